@@ -359,7 +359,7 @@ pub struct PushExpert {
 impl Default for PushExpert {
     fn default() -> Self {
         PushExpert {
-            noise_std: 0.75,
+            noise_std: 0.68,
             rng: Rng::new(0),
             side: 1.0,
             speed: 1.0,

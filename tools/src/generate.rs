@@ -1,0 +1,54 @@
+//! Demonstration datasets from the scripted demonstrators.
+
+use dataset::{DatasetInfo, DatasetSummary, DatasetWriter, Episode};
+use sim::{EnvConfig, TaskId, Trajectory, make_demonstrator, make_env, record_episode, rng::Rng};
+use std::path::Path;
+
+/// Dataset metadata for a simulated task.
+pub fn dataset_info(task: TaskId) -> DatasetInfo {
+    let spec = task.spec();
+    DatasetInfo {
+        robot_type: format!("sim/{task}"),
+        fps: spec.control_hz,
+        task: spec.description.to_string(),
+        observation_names: spec.obs_names.iter().map(|s| s.to_string()).collect(),
+        action_names: spec.action_names.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The dataset crate's episode from a simulator trajectory (same layout, moved).
+pub fn to_episode(t: Trajectory) -> Episode {
+    Episode {
+        observations: t.observations,
+        next_observations: t.next_observations,
+        actions: t.actions,
+        rewards: t.rewards,
+        terminated: t.terminated,
+        truncated: t.truncated,
+        success: t.success,
+    }
+}
+
+/// The seed of episode `i` of a dataset generated with `seed`.
+pub fn episode_seeds(seed: u64, n: usize) -> impl Iterator<Item = u64> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(move |_| rng.next_u64())
+}
+
+/// Records `episodes` demonstrations of `task` into a new dataset at `out`.
+pub fn generate(
+    task: TaskId,
+    episodes: usize,
+    seed: u64,
+    config: EnvConfig,
+    out: &Path,
+) -> anyhow::Result<DatasetSummary> {
+    let mut env = make_env(task, config);
+    let mut demo = make_demonstrator(task);
+    let mut writer = DatasetWriter::create(out, dataset_info(task))?;
+    for s in episode_seeds(seed, episodes) {
+        let traj = record_episode(env.as_mut(), demo.as_mut(), s);
+        writer.append_episode(&to_episode(traj))?;
+    }
+    Ok(writer.finish()?)
+}

@@ -1,0 +1,267 @@
+//! `tools`: dataset generation/inspection/validation and benchmarks.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use sim::{EnvConfig, Reward, TaskId};
+use std::path::PathBuf;
+use tools::{bench, generate};
+
+#[derive(Parser)]
+#[command(
+    name = "tools",
+    about = "Datasets, benchmarks and utilities for the EXPO robot stack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, inspect and validate LeRobot v3 datasets.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// The largest working slice of the stack today: generate demonstrations for every
+    /// task, validate the datasets and print their statistics.
+    Demo {
+        /// Output directory (one dataset per task below it).
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        episodes: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Record scripted demonstrations of a task into a new dataset.
+    Generate {
+        #[arg(long, value_parser = parse_task)]
+        task: TaskId,
+        #[arg(long, default_value_t = 200)]
+        episodes: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = RewardArg::Sparse)]
+        reward: RewardArg,
+        /// arm-reach only: vertical plane with gravity.
+        #[arg(long)]
+        gravity: bool,
+    },
+    /// Print episodes, lengths, success rate and feature statistics.
+    Inspect { dir: PathBuf },
+    /// Check the dataset deeply (metadata vs data, indices, statistics).
+    Validate { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Simulation throughput per task (one thread), single env and vectorized.
+    Sim {
+        /// Environment steps per measurement.
+        #[arg(long, default_value_t = 2_000_000)]
+        steps: u64,
+        /// Environments in the vectorized measurement.
+        #[arg(long, default_value_t = 64)]
+        envs: usize,
+        /// Repetitions; the table reports the median and the range.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RewardArg {
+    Sparse,
+    Dense,
+}
+
+fn parse_task(s: &str) -> Result<TaskId, String> {
+    s.parse().map_err(|e: sim::UnknownTask| e.to_string())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dataset { command } => match command {
+            DatasetCommand::Generate {
+                task,
+                episodes,
+                seed,
+                out,
+                reward,
+                gravity,
+            } => {
+                let reward = match reward {
+                    RewardArg::Sparse => Reward::Sparse,
+                    RewardArg::Dense => Reward::Dense,
+                };
+                let config = EnvConfig { reward, gravity };
+                let summary = generate::generate(task, episodes, seed, config, &out)
+                    .with_context(|| format!("generating {task} demonstrations"))?;
+                println!(
+                    "wrote {} episodes, {} frames of {task} to {} (demonstrator success {:.1}%)",
+                    summary.total_episodes,
+                    summary.total_frames,
+                    out.display(),
+                    100.0 * summary.success_rate
+                );
+            }
+            DatasetCommand::Inspect { dir } => inspect(&dir)?,
+            DatasetCommand::Validate { dir } => validate(&dir)?,
+        },
+        Command::Bench {
+            command:
+                BenchCommand::Sim {
+                    steps,
+                    envs,
+                    repeats,
+                },
+        } => bench_sim(steps, envs, repeats),
+        Command::Demo {
+            out,
+            episodes,
+            seed,
+        } => demo(&out, episodes, seed)?,
+    }
+    Ok(())
+}
+
+fn inspect(dir: &std::path::Path) -> Result<()> {
+    let ds = dataset::read_dataset(dir)?;
+    let lens: Vec<usize> = ds.episodes.iter().map(|e| e.len()).collect();
+    let returns: Vec<f32> = ds.episodes.iter().map(|e| e.ret()).collect();
+    println!("dataset     {}", dir.display());
+    println!("robot       {}  ({} Hz)", ds.info.robot_type, ds.info.fps);
+    println!("task        {}", ds.info.task);
+    println!("episodes    {}", ds.episodes.len());
+    println!("frames      {}", ds.num_frames());
+    if !lens.is_empty() {
+        println!(
+            "length      min {}  mean {:.1}  max {}",
+            lens.iter().min().unwrap(),
+            lens.iter().sum::<usize>() as f64 / lens.len() as f64,
+            lens.iter().max().unwrap()
+        );
+        println!(
+            "return      mean {:.3}",
+            returns.iter().sum::<f32>() / returns.len() as f32
+        );
+    }
+    println!("success     {:.1}%", 100.0 * ds.success_rate());
+    let stats = ds.stats();
+    for (feature, names) in [
+        (dataset::cols::OBS, &ds.info.observation_names),
+        (dataset::cols::ACTION, &ds.info.action_names),
+    ] {
+        let Some(s) = stats.get(feature) else {
+            continue;
+        };
+        println!("\n{feature}");
+        println!(
+            "  {:<14} {:>10} {:>10} {:>10} {:>10}",
+            "name", "mean", "std", "min", "max"
+        );
+        for (i, name) in names.iter().enumerate() {
+            println!(
+                "  {:<14} {:>10.4} {:>10.4} {:>10.4} {:>10.4}",
+                name, s.mean[i], s.std[i], s.min[i], s.max[i]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn validate(dir: &std::path::Path) -> Result<()> {
+    let r = dataset::validate_dataset(dir)?;
+    println!(
+        "{}: valid LeRobot v3 dataset: {} episodes, {} frames, {} data files, {} features, \
+         {} stats checked, {} successful episodes",
+        dir.display(),
+        r.episodes,
+        r.frames,
+        r.data_files,
+        r.features,
+        r.stats_checked,
+        r.successful_episodes
+    );
+    for f in &r.unreferenced_data_files {
+        println!("warning: {} is not referenced by any episode", f.display());
+    }
+    Ok(())
+}
+
+fn bench_sim(steps: u64, envs: usize, repeats: usize) {
+    println!(
+        "{:<10} {:>6} {:>16} {:>16} {:>16}",
+        "task", "envs", "median steps/s", "min", "max"
+    );
+    for task in TaskId::ALL {
+        for n in [1, envs] {
+            let mut rates: Vec<f64> = (0..repeats.max(1))
+                .map(|_| {
+                    if n == 1 {
+                        bench::bench_single(task, steps)
+                    } else {
+                        bench::bench_vector(task, n, steps)
+                    }
+                    .steps_per_second()
+                })
+                .collect();
+            rates.sort_by(f64::total_cmp);
+            println!(
+                "{:<10} {:>6} {:>16.0} {:>16.0} {:>16.0}",
+                task.name(),
+                n,
+                rates[rates.len() / 2],
+                rates[0],
+                rates[rates.len() - 1]
+            );
+        }
+    }
+}
+
+fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
+    // Rerunning the demo replaces the datasets it wrote before, and nothing else.
+    for task in TaskId::ALL {
+        let dir = out.join(task.name());
+        if dir.exists() {
+            if !dir.join("meta/info.json").is_file() {
+                bail!(
+                    "{}: exists and is not a dataset written by `tools demo`; remove it or pass --out elsewhere",
+                    dir.display()
+                );
+            }
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the previous demo dataset {}", dir.display()))?;
+        }
+    }
+    println!(
+        "Generating {episodes} scripted demonstrations per task into {}\n",
+        out.display()
+    );
+    for task in TaskId::ALL {
+        let dir = out.join(task.name());
+        generate::generate(task, episodes, seed, EnvConfig::default(), &dir)?;
+        validate(&dir)?;
+        inspect(&dir)?;
+        println!();
+    }
+    println!(
+        "Next steps (not implemented yet): `trainer pretrain` on these datasets, `trainer \
+         train` online with EXPO, export a bundle and run the controller (see README)."
+    );
+    Ok(())
+}
