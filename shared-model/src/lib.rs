@@ -1,9 +1,14 @@
 //! `shared-model`: what the trainer and the controller must agree on.
 //!
-//! It will own the model bundle manifest, observation/action specs and their
-//! normalization, the diffusion schedule, the EXPO action-selection algorithm (written
-//! once, generic over a network runner, used by both the trainer and the controller), and
-//! the ONNX graph writer.
+//! It owns the diffusion schedule ([`schedule`]) and the EXPO on-the-fly action
+//! selection ([`select`]), written once and generic over a network runner so that the
+//! trainer (burn tensors) and the controller (ONNX runtime) run the same algorithm.
 //!
-//! Status: not implemented yet (issue 9, "Model bundle, ONNX export and the inference
-//! runtime"). The crate exists so the workspace has its final shape.
+//! Still to come here (issue 9): the model bundle manifest, observation/action specs and
+//! normalization, and the ONNX graph writer.
+
+pub mod schedule;
+pub mod select;
+
+pub use schedule::DiffusionSchedule;
+pub use select::{ExpoRunner, SelectionParams, on_the_fly_action};

@@ -263,10 +263,16 @@ impl Trajectory {
     }
 }
 
+/// The seed [`record_episode`] resets the demonstrator with for an episode seeded with
+/// `episode_seed` (public so that other drivers, e.g. the Python bindings, can replay it).
+pub fn demonstrator_seed(episode_seed: u64) -> u64 {
+    episode_seed ^ 0xdeadbeef_u64.rotate_left(17)
+}
+
 /// Runs one episode of `demonstrator` in `env` from `seed` and records it.
 ///
-/// The demonstrator's own randomness is drawn from a stream derived from `seed`, so an
-/// episode is reproducible from `seed` alone.
+/// The demonstrator's own randomness is drawn from a stream derived from `seed`
+/// ([`demonstrator_seed`]), so an episode is reproducible from `seed` alone.
 pub fn record_episode(
     env: &mut dyn Env,
     demonstrator: &mut dyn Demonstrator,
@@ -279,7 +285,7 @@ pub fn record_episode(
     let mut action = vec![0.0; ad];
     let mut traj = Trajectory::default();
     env.reset(seed, &mut obs);
-    demonstrator.reset(seed ^ 0xdeadbeef_u64.rotate_left(17));
+    demonstrator.reset(demonstrator_seed(seed));
     loop {
         demonstrator.act(&obs, &mut action);
         let step = env.step(&action, &mut next);

@@ -1,9 +1,15 @@
 //! `trainer`: EXPO and its baselines in burn.
 //!
-//! It will own the networks (diffusion denoiser, edit policy, critic ensemble), the EXPO
-//! learner and the `bc`, `rlpd` and `idql-select` baselines, replay buffers, checkpoints,
-//! bundle export, and the `trainer` binary (`pretrain`, `train`, `finetune`, `eval`,
-//! `export`).
+//! It owns the networks ([`nets`]: diffusion denoiser, edit policy, critic ensemble,
+//! Gaussian actor, temperature), the learners ([`agent`]: `expo`, `bc`, `idql-select`,
+//! `rlpd` in one code path), replay buffers with 50/50 offline/online sampling
+//! ([`replay`]), the run configuration with its `paper` and `cpu` presets ([`config`]),
+//! and the `trainer` binary.
 //!
-//! Status: not implemented yet (issue 3, "Trainer: EXPO and its baselines in burn").
-//! Offline datasets for it are produced today by `tools dataset generate`.
+//! The EXPO action selection itself lives in `shared_model::select` and is shared with
+//! the controller.
+
+pub mod agent;
+pub mod config;
+pub mod nets;
+pub mod replay;

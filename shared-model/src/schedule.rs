@@ -1,0 +1,121 @@
+//! DDPM noise schedule (variance preserving) and the reverse-step coefficients.
+//!
+//! The VP schedule of Song et al. as used by IDQL and EXPO: for `T` steps and
+//! `t = 1..=T`, `α_t = exp(−b_min/T − ½ (b_max − b_min)(2t − 1)/T²)`, `β_t = 1 − α_t`,
+//! `ᾱ_t = ∏_{s≤t} α_s`. Index `t` here is 0-based (`0..T`), the integer step that also
+//! conditions the denoiser.
+//!
+//! Forward (training): `x_t = √ᾱ_t · a + √(1 − ᾱ_t) · ε`.
+//! Reverse (sampling), from `t = T−1` down to `0`:
+//! `x_{t−1} = (x_t − β_t/√(1 − ᾱ_t) · ε̂) / √α_t + σ_t z` with `σ_t² = β_t (1 − ᾱ_{t−1}) /
+//! (1 − ᾱ_t)` (posterior variance, zero at `t = 0`), clipped to `[−1, 1]` after every step.
+
+use serde::{Deserialize, Serialize};
+
+/// Precomputed schedule (computed in f64, stored as f32).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiffusionSchedule {
+    pub betas: Vec<f32>,
+    pub alphas: Vec<f32>,
+    pub alpha_bars: Vec<f32>,
+}
+
+/// Coefficients of one reverse step: `x ← (x − eps_coef · ε̂) · inv_sqrt_alpha + sigma · z`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReverseStep {
+    pub inv_sqrt_alpha: f32,
+    pub eps_coef: f32,
+    pub sigma: f32,
+}
+
+impl DiffusionSchedule {
+    /// The VP schedule with `steps` steps.
+    pub fn vp(steps: usize, beta_min: f64, beta_max: f64) -> Self {
+        assert!(steps > 0, "diffusion needs at least one step");
+        let t_max = steps as f64;
+        let mut alpha_bar = 1.0f64;
+        let (mut betas, mut alphas, mut alpha_bars) = (vec![], vec![], vec![]);
+        for i in 1..=steps {
+            let t = i as f64;
+            let alpha = (-beta_min / t_max
+                - 0.5 * (beta_max - beta_min) * (2.0 * t - 1.0) / (t_max * t_max))
+                .exp();
+            alpha_bar *= alpha;
+            betas.push((1.0 - alpha) as f32);
+            alphas.push(alpha as f32);
+            alpha_bars.push(alpha_bar as f32);
+        }
+        DiffusionSchedule { betas, alphas, alpha_bars }
+    }
+
+    pub fn steps(&self) -> usize {
+        self.betas.len()
+    }
+
+    /// `(√ᾱ_t, √(1 − ᾱ_t))` for noising at step `t`.
+    pub fn noising(&self, t: usize) -> (f32, f32) {
+        let ab = self.alpha_bars[t] as f64;
+        (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32)
+    }
+
+    /// Coefficients of the reverse step from `t` to `t − 1`.
+    pub fn reverse(&self, t: usize) -> ReverseStep {
+        let beta = self.betas[t] as f64;
+        let alpha = self.alphas[t] as f64;
+        let ab = self.alpha_bars[t] as f64;
+        let sigma = if t == 0 {
+            0.0
+        } else {
+            let ab_prev = self.alpha_bars[t - 1] as f64;
+            (beta * (1.0 - ab_prev) / (1.0 - ab)).sqrt()
+        };
+        ReverseStep {
+            inv_sqrt_alpha: (1.0 / alpha.sqrt()) as f32,
+            eps_coef: (beta / (1.0 - ab).sqrt()) as f32,
+            sigma: sigma as f32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp_schedule_matches_hand_values() {
+        // T = 2, b_min 0.1, b_max 10:
+        // α_1 = exp(−0.05 − 0.5·9.9·1/4) = exp(−1.2875) = 0.275957…
+        // α_2 = exp(−0.05 − 0.5·9.9·3/4) = exp(−3.7625) = 0.023217…
+        let s = DiffusionSchedule::vp(2, 0.1, 10.0);
+        assert!((s.alphas[0] - 0.275_957_6).abs() < 1e-6, "{}", s.alphas[0]);
+        assert!((s.alphas[1] - 0.023_216_9).abs() < 1e-6, "{}", s.alphas[1]);
+        assert!((s.betas[0] - (1.0 - 0.275_957_6)).abs() < 1e-6);
+        assert!((s.alpha_bars[1] - 0.275_957_6 * 0.023_216_9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ten_step_schedule_is_monotone_and_ends_near_pure_noise() {
+        let s = DiffusionSchedule::vp(10, 0.1, 10.0);
+        assert_eq!(s.steps(), 10);
+        for t in 1..10 {
+            assert!(s.betas[t] > s.betas[t - 1]);
+            assert!(s.alpha_bars[t] < s.alpha_bars[t - 1]);
+        }
+        // ᾱ_T = exp(−b_min − ½(b_max − b_min)) = exp(−5.05)
+        assert!((s.alpha_bars[9] - (-5.05f32).exp()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn reverse_step_inverts_noising_without_noise() {
+        // With the true ε and σ ignored, one reverse step from t to t−1 gives the mean of
+        // q(x_{t−1} | x_t, x_0); at t = 0 it returns x_0 exactly.
+        let s = DiffusionSchedule::vp(5, 0.1, 10.0);
+        let (x0, eps) = (0.3f32, -0.7f32);
+        let (a, b) = s.noising(0);
+        let x1 = a * x0 + b * eps;
+        let r = s.reverse(0);
+        assert_eq!(r.sigma, 0.0);
+        assert!(((x1 - r.eps_coef * eps) * r.inv_sqrt_alpha - x0).abs() < 1e-5);
+        assert!(s.reverse(3).sigma > 0.0);
+    }
+}

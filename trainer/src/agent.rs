@@ -1,0 +1,537 @@
+//! The learners: EXPO and the baselines in one code path.
+//!
+//! | algo | acting | TD next action | updates per env step |
+//! |---|---|---|---|
+//! | `expo` | on-the-fly: N EMA samples + n_edit edits, argmax min-subset target Q | same, online denoiser | UTD critic steps, 1 denoiser, 1 edit + temperature |
+//! | `idql-select` | on-the-fly with n_edit = 0 | same | UTD critic steps, 1 denoiser |
+//! | `bc` | one EMA sample | — | 1 denoiser |
+//! | `rlpd` | tanh-Gaussian actor | actor sample, entropy backup | UTD critic steps, 1 actor + temperature |
+//!
+//! # Which copy does what (DESIGN.md section 2)
+//! Acting samples from the EMA denoiser and scores with a random subset of the *target*
+//! critics. The TD target samples next actions from the *online* denoiser, edits them with
+//! the current edit policy and scores them with a fresh random subset of target critics.
+//! The edit loss uses the mean over all *online* critics.
+//!
+//! # Hoisted candidate generation
+//! The denoiser and the edit policy do not change during the UTD critic loop (they are
+//! updated after it), so the next-action candidates of all UTD slices are produced in one
+//! batched pass before the loop; only scoring them with the current target critics, the
+//! TD target and the critic step run per slice. Same distribution as generating them per
+//! slice, fewer and larger matrix products.
+//!
+//! # Random streams
+//! All noise comes from our seeded generators, never from the backend: `train_rng`
+//! (batch indices, diffusion noise, edit noise, critic subsets of updates, in that call
+//! order) and `act_rng` (acting). A seed therefore fixes a run on a given backend.
+
+use anyhow::Result;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action};
+use sim::rng::Rng;
+use std::collections::HashMap;
+
+use crate::config::{Algo, Config};
+use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2};
+use crate::replay::{Batch, Normalizer};
+
+/// Losses and diagnostics of one environment step's updates (means over the step).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct UpdateMetrics {
+    pub critic_loss: f32,
+    pub q_mean: f32,
+    pub target_q_mean: f32,
+    pub denoiser_loss: f32,
+    /// Mean over online critics of Q at the edited (EXPO) or actor (RLPD) action.
+    pub policy_q: f32,
+    /// −mean log π of the edit policy / actor.
+    pub entropy: f32,
+    pub temperature: f32,
+}
+
+/// Standard normal `[rows, cols]` from `rng`.
+fn normal(rng: &mut Rng, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    tensor2((0..rows * cols).map(|_| rng.normal()).collect(), rows, cols, device)
+}
+
+/// `k` distinct members out of `n`, uniformly (partial Fisher-Yates).
+pub fn random_subset(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..n).collect();
+    for i in 0..k {
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+        all.swap(i, j);
+    }
+    all.truncate(k);
+    all
+}
+
+/// Repeats every row `n` times: `[R, D] → [R·n, D]`, row `r` at `r·n .. r·n + n`.
+fn repeat_rows(x: Tensor<2>, n: usize) -> Tensor<2> {
+    let [r, d] = x.dims();
+    x.unsqueeze_dim::<3>(1).expand([r, n, d]).reshape([r * n, d])
+}
+
+/// Runs the reverse diffusion chain for every row of `obs` (`[R, O]`, normalized),
+/// returning actions `[R, A]` in `[−1, 1]`.
+pub fn sample_chain(
+    den: &Denoiser,
+    sched: &DiffusionSchedule,
+    obs: Tensor<2>,
+    act_dim: usize,
+    rng: &mut Rng,
+) -> Tensor<2> {
+    let device = obs.device();
+    let rows = obs.dims()[0];
+    let obs_proj = den.obs_projection(obs);
+    let mut x = normal(rng, rows, act_dim, &device);
+    for t in (0..sched.steps()).rev() {
+        // The time conditioning depends on t alone: once per step, shared by all rows.
+        let tp = den.time_projection(tensor2(vec![t as f32], 1, 1, &device));
+        let eps = den.forward_projected(x.clone(), obs_proj.clone(), tp);
+        let c = sched.reverse(t);
+        x = (x - eps * c.eps_coef) * c.inv_sqrt_alpha;
+        if t > 0 {
+            x = x + normal(rng, rows, act_dim, &device) * c.sigma;
+        }
+        x = x.clamp(-1.0, 1.0);
+    }
+    x
+}
+
+/// Polyak averaging `target ← (1 − τ) target + τ online`, matched by parameter id (a
+/// target made by cloning the online module shares its ids).
+pub fn polyak<M: Module>(target: M, online: &M, tau: f32) -> M {
+    struct Collect(HashMap<ParamId, Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            let n = t.shape().num_elements();
+            self.0.insert(param.id, t.inner().reshape([n]));
+        }
+    }
+    struct Blend(HashMap<ParamId, Tensor<1>>, f32);
+    impl ModuleMapper for Blend {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let Some(src) = self.0.remove(&param.id) else { return param };
+            let tau = self.1;
+            param.map(|t| {
+                let dims = t.dims();
+                t * (1.0 - tau) + src.reshape(dims) * tau
+            })
+        }
+    }
+    let mut c = Collect(HashMap::new());
+    online.visit(&mut c);
+    target.map(&mut Blend(c.0, tau))
+}
+
+/// All trainable state of a run.
+pub struct Agent {
+    pub config: Config,
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    pub normalizer: Normalizer,
+    pub schedule: DiffusionSchedule,
+    device: Device,
+    plain: Device,
+    pub denoiser: Denoiser,
+    pub denoiser_ema: Denoiser,
+    pub edit: Option<GaussianPolicy>,
+    pub actor: Option<GaussianPolicy>,
+    pub critic: Option<CriticEnsemble>,
+    pub critic_target: Option<CriticEnsemble>,
+    pub temperature: Option<Temperature>,
+    opt_denoiser: ModuleOptimizer,
+    opt_critic: ModuleOptimizer,
+    opt_policy: ModuleOptimizer,
+    opt_temperature: ModuleOptimizer,
+    pub train_rng: Rng,
+    pub act_rng: Rng,
+    /// Denoiser updates so far (drives the cosine learning-rate decay).
+    pub denoiser_updates: usize,
+}
+
+impl Agent {
+    /// Builds every network from `config.seed` on `device` (autodiff is enabled here).
+    pub fn new(config: Config, obs_dim: usize, act_dim: usize, normalizer: Normalizer, device: &Device) -> Self {
+        let plain = device.clone();
+        let device = device.clone().autodiff();
+        let mut init = Rng::new(config.seed ^ 0x1417);
+        let net = &config.net;
+        let denoiser = Denoiser::new(obs_dim, act_dim, net.denoiser(), &mut init, &device);
+        let denoiser_ema = denoiser.valid();
+        let uses_critic = config.algo != Algo::Bc;
+        let critic = uses_critic
+            .then(|| CriticEnsemble::new(net.num_critics, obs_dim + act_dim, &net.critic_widths, &mut init, &device));
+        let critic_target = critic.as_ref().map(|c| c.valid());
+        let edit = (config.algo == Algo::Expo)
+            .then(|| GaussianPolicy::new(obs_dim + act_dim, &net.critic_widths, act_dim, &mut init, &device));
+        let actor = (config.algo == Algo::Rlpd)
+            .then(|| GaussianPolicy::new(obs_dim, &net.critic_widths, act_dim, &mut init, &device));
+        let temperature = matches!(config.algo, Algo::Expo | Algo::Rlpd)
+            .then(|| Temperature::new(config.expo.init_temperature, &device));
+        let schedule =
+            DiffusionSchedule::vp(config.diffusion.steps, config.diffusion.beta_min, config.diffusion.beta_max);
+        // AdamW with optax's defaults (weight decay 1e-4, eps 1e-8) for the denoiser,
+        // Adam for the rest.
+        let opt_denoiser = AdamWConfig::new().with_weight_decay(1e-4).with_epsilon(1e-8).init();
+        let adam = || AdamConfig::new().with_epsilon(1e-8).init();
+        Agent {
+            obs_dim,
+            act_dim,
+            normalizer,
+            schedule,
+            device,
+            plain,
+            denoiser,
+            denoiser_ema,
+            edit,
+            actor,
+            critic,
+            critic_target,
+            temperature,
+            opt_denoiser,
+            opt_critic: adam(),
+            opt_policy: adam(),
+            opt_temperature: adam(),
+            train_rng: Rng::new(config.seed ^ 0x7124),
+            act_rng: Rng::new(config.seed ^ 0xac7),
+            denoiser_updates: 0,
+            config,
+        }
+    }
+
+    pub fn selection(&self) -> SelectionParams {
+        let e = &self.config.expo;
+        SelectionParams {
+            num_samples: e.num_samples,
+            num_edit: if self.config.algo == Algo::Expo { e.num_edit } else { 0 },
+            critic_subset: e.critic_subset,
+        }
+    }
+
+    fn target_entropy(&self) -> f32 {
+        self.config.expo.target_entropy_per_dim * self.act_dim as f32
+    }
+
+    /// Cosine decay from `actor_lr` to 0 over `actor_lr_decay_steps`.
+    fn denoiser_lr(&self) -> f64 {
+        let o = &self.config.optim;
+        let p = (self.denoiser_updates as f64 / o.actor_lr_decay_steps.max(1) as f64).min(1.0);
+        o.actor_lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+    }
+
+    /// Actions for a batch of raw observations `[K·O]` → `[K·A]` (host memory).
+    pub fn act(&mut self, obs: &[f32]) -> Vec<f32> {
+        let k = obs.len() / self.obs_dim;
+        let mut norm = obs.to_vec();
+        self.normalizer.apply(&mut norm);
+        let obs_t = tensor2(norm, k, self.obs_dim, &self.plain);
+        let actions = match self.config.algo {
+            Algo::Bc => {
+                sample_chain(&self.denoiser_ema, &self.schedule, obs_t, self.act_dim, &mut self.act_rng)
+            }
+            Algo::Rlpd => {
+                let actor = self.actor.as_ref().unwrap().valid();
+                let noise = normal(&mut self.act_rng, k, self.act_dim, &self.plain);
+                actor.sample(obs_t, noise).0
+            }
+            Algo::Expo | Algo::IdqlSelect => {
+                let params = self.selection();
+                let edit = self.edit.as_ref().map(|e| e.valid());
+                let mut runner = Selector {
+                    obs: obs_t,
+                    act_dim: self.act_dim,
+                    denoiser: Some(&self.denoiser_ema),
+                    schedule: &self.schedule,
+                    edit: edit.as_ref(),
+                    edit_scale: self.config.expo.edit_scale,
+                    critics: self.critic_target.as_ref().unwrap(),
+                    rng: &mut self.act_rng,
+                    precomputed: None,
+                };
+                on_the_fly_action(&mut runner, &params).0
+            }
+        };
+        actions.into_data().try_to_vec::<f32>().expect("f32 actions")
+    }
+
+    /// One environment step's worth of updates on `batch` (`utd` slices of
+    /// `batch_size` rows; observations raw, normalized here).
+    pub fn update(&mut self, batch: &Batch) -> Result<UpdateMetrics> {
+        let mut m = UpdateMetrics::default();
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        anyhow::ensure!(batch.rows == b * utd, "batch has {} rows, expected {}", batch.rows, b * utd);
+        let mut obs = batch.obs.clone();
+        let mut next_obs = batch.next_obs.clone();
+        self.normalizer.apply(&mut obs);
+        self.normalizer.apply(&mut next_obs);
+        let (od, ad) = (self.obs_dim, self.act_dim);
+
+        if self.config.algo != Algo::Bc {
+            self.update_critic(&obs, &batch.act, &batch.rew, &next_obs, &batch.mask, &mut m)?;
+        }
+        // Policy updates use the last slice.
+        let last = (utd - 1) * b;
+        let obs_last = tensor2(obs[last * od..].to_vec(), b, od, &self.device);
+        let act_last = tensor2(batch.act[last * ad..].to_vec(), b, ad, &self.device);
+        if self.config.algo != Algo::Rlpd {
+            m.denoiser_loss = self.update_denoiser(obs_last.clone(), act_last);
+        }
+        match self.config.algo {
+            Algo::Expo => self.update_edit(obs_last, &mut m),
+            Algo::Rlpd => self.update_actor(obs_last, &mut m),
+            _ => {}
+        }
+        Ok(m)
+    }
+
+    fn update_critic(
+        &mut self,
+        obs: &[f32],
+        act: &[f32],
+        rew: &[f32],
+        next_obs: &[f32],
+        mask: &[f32],
+        m: &mut UpdateMetrics,
+    ) -> Result<()> {
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        let gamma = self.config.optim.discount;
+        let rows = b * utd;
+        let next_plain = tensor2(next_obs.to_vec(), rows, od, &self.plain);
+        let params = self.selection();
+
+        // Hoisted: next-action candidates of every slice in one batched pass.
+        let precomputed = match self.config.algo {
+            Algo::Expo | Algo::IdqlSelect => {
+                let den = self.denoiser.valid();
+                let n = params.num_samples;
+                let base = sample_chain(&den, &self.schedule, repeat_rows(next_plain.clone(), n), ad, &mut self.train_rng)
+                    .reshape([rows, n, ad]);
+                let edited = (params.num_edit > 0).then(|| {
+                    let edit = self.edit.as_ref().unwrap().valid();
+                    let ne = params.num_edit;
+                    let src = base.clone().slice([0..rows, 0..ne, 0..ad]).reshape([rows * ne, ad]);
+                    let input = Tensor::cat(vec![repeat_rows(next_plain.clone(), ne), src.clone()], 1);
+                    let noise = normal(&mut self.train_rng, rows * ne, ad, &self.plain);
+                    let (a, _) = edit.sample(input, noise);
+                    (src + a * self.config.expo.edit_scale).reshape([rows, ne, ad])
+                });
+                Some((base, edited))
+            }
+            _ => None,
+        };
+        // RLPD: next actions from the actor, with the entropy term in the backup.
+        let rlpd_next = (self.config.algo == Algo::Rlpd).then(|| {
+            let actor = self.actor.as_ref().unwrap().valid();
+            let noise = normal(&mut self.train_rng, rows, ad, &self.plain);
+            actor.sample(next_plain.clone(), noise)
+        });
+        let alpha = self.temperature.as_ref().map_or(0.0, |t| scalar(t.alpha()));
+
+        let (mut loss_sum, mut q_sum, mut tq_sum) = (0.0, 0.0, 0.0);
+        for i in 0..utd {
+            let r = i * b..(i + 1) * b;
+            let next_i = next_plain.clone().slice([r.clone(), 0..od]);
+            let target = self.critic_target.as_ref().unwrap();
+            let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
+                (Some((base, edited)), _) => {
+                    let mut runner = Selector {
+                        obs: next_i,
+                        act_dim: ad,
+                        denoiser: None,
+                        schedule: &self.schedule,
+                        edit: None,
+                        edit_scale: 0.0,
+                        critics: target,
+                        rng: &mut self.train_rng,
+                        precomputed: Some((
+                            base.clone().slice([r.clone(), 0..params.num_samples, 0..ad]),
+                            edited.as_ref().map(|e| e.clone().slice([r.clone(), 0..params.num_edit, 0..ad])),
+                        )),
+                    };
+                    on_the_fly_action(&mut runner, &params).1
+                }
+                (None, Some((a_next, logp))) => {
+                    let subset = random_subset(&mut self.train_rng, target.members(), params.critic_subset);
+                    let input = Tensor::cat(vec![next_i, a_next.clone().slice([r.clone(), 0..ad])], 1);
+                    let q = target.forward_members(input, Some(&subset)).min_dim(0).reshape([b, 1]);
+                    q - logp.clone().slice([r.clone(), 0..1]) * alpha
+                }
+                _ => unreachable!("critic update without a next-action source"),
+            };
+            let rew_i = tensor2(rew[r.clone()].to_vec(), b, 1, &self.plain);
+            let mask_i = tensor2(mask[r.clone()].to_vec(), b, 1, &self.plain);
+            let y = rew_i + mask_i * q_next * gamma;
+            tq_sum += scalar(y.clone().mean());
+            let y = Tensor::<2>::from_data(y.into_data(), &self.device).reshape([1, b]);
+
+            let obs_i = tensor2(obs[i * b * od..(i + 1) * b * od].to_vec(), b, od, &self.device);
+            let act_i = tensor2(act[i * b * ad..(i + 1) * b * ad].to_vec(), b, ad, &self.device);
+            let critic = self.critic.take().unwrap();
+            let q = critic.forward(Tensor::cat(vec![obs_i, act_i], 1)); // [E, b]
+            q_sum += scalar(q.clone().detach().mean());
+            let loss = (q - y).square().mean();
+            loss_sum += scalar(loss.clone().detach());
+            let grads = GradientsParams::from_grads(loss.backward(), &critic);
+            let critic = self.opt_critic.step(self.config.optim.critic_lr, critic, grads);
+            let target = self.critic_target.take().unwrap();
+            self.critic_target = Some(polyak(target, &critic, self.config.optim.tau));
+            self.critic = Some(critic);
+        }
+        m.critic_loss = loss_sum / utd as f32;
+        m.q_mean = q_sum / utd as f32;
+        m.target_q_mean = tq_sum / utd as f32;
+        Ok(())
+    }
+
+    /// DDPM ε-prediction loss on `(obs, act)`; AdamW step; EMA update.
+    fn update_denoiser(&mut self, obs: Tensor<2>, act: Tensor<2>) -> f32 {
+        let b = obs.dims()[0];
+        let ad = self.act_dim;
+        let steps = self.schedule.steps();
+        let ts: Vec<usize> = (0..b).map(|_| (self.train_rng.next_u64() % steps as u64) as usize).collect();
+        let (sa, sb): (Vec<f32>, Vec<f32>) = ts.iter().map(|&t| self.schedule.noising(t)).unzip();
+        let eps = normal(&mut self.train_rng, b, ad, &self.device);
+        let sa = tensor2(sa, b, 1, &self.device);
+        let sb = tensor2(sb, b, 1, &self.device);
+        let noisy = act * sa + eps.clone() * sb;
+        let t = tensor2(ts.iter().map(|&t| t as f32).collect(), b, 1, &self.device);
+        // Modules are handles to shared tensors: the clone is cheap and replaced below.
+        let den = self.denoiser.clone();
+        let loss = (den.forward(noisy, obs, t) - eps).square().mean();
+        let value = scalar(loss.clone().detach());
+        let grads = GradientsParams::from_grads(loss.backward(), &den);
+        let lr = self.denoiser_lr();
+        let den = self.opt_denoiser.step(lr, den, grads);
+        self.denoiser_updates += 1;
+        let ema = std::mem::replace(&mut self.denoiser_ema, den.valid());
+        self.denoiser_ema = polyak(ema, &den, self.config.diffusion.ema_rate);
+        self.denoiser = den;
+        value
+    }
+
+    /// Edit policy: minimise `α log π − mean_e Q_e(s, a_base + β a)`, then the temperature.
+    fn update_edit(&mut self, obs: Tensor<2>, m: &mut UpdateMetrics) {
+        let b = obs.dims()[0];
+        let ad = self.act_dim;
+        // Base actions for the edit loss come from the online denoiser (as in the TD target).
+        let obs_plain = Tensor::<2>::from_data(obs.clone().into_data(), &self.plain);
+        let base_plain = sample_chain(&self.denoiser.valid(), &self.schedule, obs_plain, ad, &mut self.train_rng);
+        let base = Tensor::<2>::from_data(base_plain.into_data(), &self.device);
+        let noise = normal(&mut self.train_rng, b, ad, &self.device);
+        let edit = self.edit.take().unwrap();
+        let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);
+        // Density of base + β·a: log π − A·ln β.
+        let logp = logp - ad as f32 * self.config.expo.edit_scale.ln();
+        let edited = base + a * self.config.expo.edit_scale;
+        let q = self.critic.as_ref().unwrap().forward(Tensor::cat(vec![obs, edited], 1)).mean_dim(0); // [1, b]
+        let alpha = scalar(self.temperature.as_ref().unwrap().alpha());
+        let loss = (logp.clone().reshape([1, b]) * alpha - q.clone()).mean();
+        m.policy_q = scalar(q.detach().mean());
+        let grads = GradientsParams::from_grads(loss.backward(), &edit);
+        self.edit = Some(self.opt_policy.step(self.config.optim.edit_lr, edit, grads));
+        self.update_temperature(logp.detach(), m);
+    }
+
+    /// RLPD actor: minimise `α log π − mean_e Q_e(s, a)`, then the temperature.
+    fn update_actor(&mut self, obs: Tensor<2>, m: &mut UpdateMetrics) {
+        let b = obs.dims()[0];
+        let noise = normal(&mut self.train_rng, b, self.act_dim, &self.device);
+        let actor = self.actor.take().unwrap();
+        let (a, logp) = actor.sample(obs.clone(), noise);
+        let q = self.critic.as_ref().unwrap().forward(Tensor::cat(vec![obs, a], 1)).mean_dim(0);
+        let alpha = scalar(self.temperature.as_ref().unwrap().alpha());
+        let loss = (logp.clone().reshape([1, b]) * alpha - q.clone()).mean();
+        m.policy_q = scalar(q.detach().mean());
+        let grads = GradientsParams::from_grads(loss.backward(), &actor);
+        self.actor = Some(self.opt_policy.step(self.config.optim.edit_lr, actor, grads));
+        self.update_temperature(logp.detach(), m);
+    }
+
+    /// `min_α  −α (log π + target_entropy)` on `log_α`.
+    fn update_temperature(&mut self, logp: Tensor<2>, m: &mut UpdateMetrics) {
+        let temp = self.temperature.take().unwrap();
+        let gap = (logp.clone() + self.target_entropy()).mean().detach();
+        let loss = (temp.alpha() * gap * -1.0).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &temp);
+        let temp = self.opt_temperature.step(self.config.optim.temperature_lr, temp, grads);
+        m.entropy = -scalar(logp.mean());
+        m.temperature = scalar(temp.alpha());
+        self.temperature = Some(temp);
+    }
+}
+
+/// The first element of a tensor as f32 (host copy).
+pub fn scalar<const D: usize>(t: Tensor<D>) -> f32 {
+    t.into_data().try_to_vec::<f32>().expect("f32 tensor")[0]
+}
+
+/// [`ExpoRunner`] on burn tensors. For acting it runs the EMA chain and the edit
+/// policy; for TD targets (`precomputed`) it serves the hoisted candidates of one slice.
+struct Selector<'a> {
+    /// Observations `[B, O]`, normalized, on the plain device.
+    obs: Tensor<2>,
+    act_dim: usize,
+    denoiser: Option<&'a Denoiser>,
+    schedule: &'a DiffusionSchedule,
+    edit: Option<&'a GaussianPolicy>,
+    edit_scale: f32,
+    critics: &'a CriticEnsemble,
+    rng: &'a mut Rng,
+    precomputed: Option<(Tensor<3>, Option<Tensor<3>>)>,
+}
+
+impl ExpoRunner for Selector<'_> {
+    type Candidates = Tensor<3>;
+    type Scores = Tensor<2>;
+    /// `(actions [B, A], their scores [B, 1])`.
+    type Actions = (Tensor<2>, Tensor<2>);
+
+    fn sample_base(&mut self, n: usize) -> Tensor<3> {
+        if let Some((base, _)) = &self.precomputed {
+            return base.clone();
+        }
+        let b = self.obs.dims()[0];
+        let den = self.denoiser.expect("denoiser for sampling");
+        sample_chain(den, self.schedule, repeat_rows(self.obs.clone(), n), self.act_dim, self.rng)
+            .reshape([b, n, self.act_dim])
+    }
+
+    fn edit(&mut self, base: &Tensor<3>, n: usize) -> Tensor<3> {
+        if let Some((_, Some(edited))) = &self.precomputed {
+            return edited.clone();
+        }
+        let [b, _, ad] = base.dims();
+        let edit = self.edit.expect("edit policy");
+        let src = base.clone().slice([0..b, 0..n, 0..ad]).reshape([b * n, ad]);
+        let input = Tensor::cat(vec![repeat_rows(self.obs.clone(), n), src.clone()], 1);
+        let noise = normal(self.rng, b * n, ad, &self.obs.device());
+        let (a, _) = edit.sample(input, noise);
+        (src + a * self.edit_scale).reshape([b, n, ad])
+    }
+
+    fn concat(&mut self, a: Tensor<3>, b: Tensor<3>) -> Tensor<3> {
+        Tensor::cat(vec![a, b], 1)
+    }
+
+    fn score(&mut self, candidates: &Tensor<3>, subset: usize) -> Tensor<2> {
+        let [b, m, ad] = candidates.dims();
+        let subset = random_subset(self.rng, self.critics.members(), subset);
+        let input = Tensor::cat(
+            vec![repeat_rows(self.obs.clone(), m), candidates.clone().reshape([b * m, ad])],
+            1,
+        );
+        self.critics.forward_members(input, Some(&subset)).min_dim(0).reshape([b, m])
+    }
+
+    fn pick(&mut self, candidates: Tensor<3>, scores: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let [b, _, ad] = candidates.dims();
+        let (best, idx) = scores.max_dim_with_indices(1); // [B, 1]
+        let idx = idx.unsqueeze_dim::<3>(2).expand([b, 1, ad]);
+        (candidates.gather(1, idx).reshape([b, ad]), best)
+    }
+}

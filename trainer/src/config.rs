@@ -1,0 +1,390 @@
+//! Run configuration: one TOML file per run plus dotted overrides, two presets.
+//!
+//! `paper` is DESIGN.md section 2 verbatim (a GPU budget). `cpu` is the scaled preset for
+//! 2 CPU cores: same algorithm, smaller sizes (see [`Config::cpu`] for every difference).
+//! The resolved configuration is saved next to a run's outputs as `config.toml`.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sim::TaskId;
+use std::path::Path;
+
+use crate::nets::DenoiserSize;
+
+/// Which learner runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Algo {
+    /// EXPO: diffusion base + edit policy + Q-selection for acting and TD targets.
+    #[serde(rename = "expo")]
+    Expo,
+    /// Diffusion imitation only (one EMA sample per action, no critic).
+    #[serde(rename = "bc")]
+    Bc,
+    /// Base policy + Q-based selection among base samples, no edit policy (IDQL-style).
+    #[serde(rename = "idql-select")]
+    IdqlSelect,
+    /// Gaussian SAC with a LayerNorm critic ensemble and 50/50 offline data.
+    #[serde(rename = "rlpd")]
+    Rlpd,
+}
+
+impl std::str::FromStr for Algo {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "expo" => Algo::Expo,
+            "bc" => Algo::Bc,
+            "idql-select" => Algo::IdqlSelect,
+            "rlpd" => Algo::Rlpd,
+            _ => bail!("unknown algo '{s}': expected expo, bc, idql-select or rlpd"),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub denoiser_hidden: usize,
+    pub denoiser_blocks: usize,
+    pub denoiser_expanded: usize,
+    pub fourier_features: usize,
+    pub time_hidden: usize,
+    /// Hidden widths of each critic (and of the edit policy and the RLPD actor).
+    pub critic_widths: Vec<usize>,
+    pub num_critics: usize,
+}
+
+impl NetConfig {
+    pub fn denoiser(&self) -> DenoiserSize {
+        DenoiserSize {
+            hidden: self.denoiser_hidden,
+            blocks: self.denoiser_blocks,
+            expanded: self.denoiser_expanded,
+            fourier: self.fourier_features,
+            time_hidden: self.time_hidden,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionConfig {
+    pub steps: usize,
+    pub beta_min: f64,
+    pub beta_max: f64,
+    /// EMA rate of the acting copy of the denoiser.
+    pub ema_rate: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpoConfig {
+    /// Base samples per action (N).
+    pub num_samples: usize,
+    /// Edited samples (n_edit).
+    pub num_edit: usize,
+    /// Edit scale β ("edit_action_scale").
+    pub edit_scale: f32,
+    /// Target critics in the random min-subset.
+    pub critic_subset: usize,
+    /// Initial SAC temperature.
+    pub init_temperature: f32,
+    /// Target entropy per action dimension (the total is this times the action dim).
+    pub target_entropy_per_dim: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub batch_size: usize,
+    /// Critic updates per environment step.
+    pub utd: usize,
+    pub discount: f32,
+    /// Polyak rate of the target critics.
+    pub tau: f32,
+    pub actor_lr: f64,
+    pub critic_lr: f64,
+    pub edit_lr: f64,
+    pub temperature_lr: f64,
+    /// Cosine-decay horizon of the denoiser's learning rate (updates).
+    pub actor_lr_decay_steps: usize,
+    /// Fraction of each batch drawn from the offline buffer once online data exists.
+    pub offline_fraction: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Scripted demonstrations generated as the offline dataset when no
+    /// `dataset` is given.
+    pub offline_episodes: usize,
+    /// A LeRobot v3 dataset directory to use as offline data instead.
+    pub dataset: Option<String>,
+    /// Offline updates of the base policy before going online.
+    pub pretrain_steps: usize,
+    /// Also pretrain critics and edit policy offline (full learner updates).
+    pub pretrain_critic: bool,
+    /// Online environment steps.
+    pub online_steps: usize,
+    /// Evaluate every this many environment steps (0: only at the start and end).
+    pub eval_every: usize,
+    pub eval_episodes: usize,
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub preset: String,
+    pub algo: Algo,
+    pub task: TaskId,
+    pub seed: u64,
+    pub net: NetConfig,
+    pub diffusion: DiffusionConfig,
+    pub expo: ExpoConfig,
+    pub optim: OptimConfig,
+    pub run: RunConfig,
+}
+
+impl Config {
+    /// DESIGN.md section 2 defaults (GPU budget).
+    pub fn paper() -> Self {
+        Config {
+            preset: "paper".into(),
+            algo: Algo::Expo,
+            task: TaskId::ArmReach,
+            seed: 0,
+            net: NetConfig {
+                denoiser_hidden: 256,
+                denoiser_blocks: 3,
+                denoiser_expanded: 1024,
+                fourier_features: 128,
+                time_hidden: 256,
+                critic_widths: vec![256, 256, 256],
+                num_critics: 10,
+            },
+            diffusion: DiffusionConfig { steps: 10, beta_min: 0.1, beta_max: 10.0, ema_rate: 0.001 },
+            expo: ExpoConfig {
+                num_samples: 8,
+                num_edit: 8,
+                edit_scale: 0.05,
+                critic_subset: 2,
+                init_temperature: 1.0,
+                target_entropy_per_dim: -0.5,
+            },
+            optim: OptimConfig {
+                batch_size: 256,
+                utd: 20,
+                discount: 0.99,
+                tau: 0.005,
+                actor_lr: 3e-4,
+                critic_lr: 3e-4,
+                edit_lr: 3e-4,
+                temperature_lr: 3e-4,
+                actor_lr_decay_steps: 3_000_000,
+                offline_fraction: 0.5,
+            },
+            run: RunConfig {
+                offline_episodes: 200,
+                dataset: None,
+                pretrain_steps: 50_000,
+                pretrain_critic: false,
+                online_steps: 250_000,
+                eval_every: 5_000,
+                eval_episodes: 50,
+            },
+        }
+    }
+
+    /// The 2-core preset. Differences from `paper`: widths 128 (denoiser blocks expand
+    /// to 512, 2 blocks), 64 Fourier features, batch 128, UTD 2, N 4, n_edit 4, T 5,
+    /// 10 critics of 2 x 128; shorter runs. The algorithm is unchanged.
+    pub fn cpu() -> Self {
+        let mut c = Self::paper();
+        c.preset = "cpu".into();
+        c.net = NetConfig {
+            denoiser_hidden: 128,
+            denoiser_blocks: 2,
+            denoiser_expanded: 512,
+            fourier_features: 64,
+            time_hidden: 128,
+            critic_widths: vec![128, 128],
+            num_critics: 10,
+        };
+        c.diffusion.steps = 5;
+        c.expo.num_samples = 4;
+        c.expo.num_edit = 4;
+        c.optim.batch_size = 128;
+        c.optim.utd = 2;
+        c.optim.actor_lr_decay_steps = 100_000;
+        c.run = RunConfig {
+            offline_episodes: 200,
+            dataset: None,
+            pretrain_steps: 5_000,
+            pretrain_critic: false,
+            online_steps: 15_000,
+            eval_every: 2_500,
+            eval_episodes: 30,
+        };
+        c
+    }
+
+    /// Smallest sizes, for tests.
+    pub fn tiny() -> Self {
+        let mut c = Self::cpu();
+        c.preset = "tiny".into();
+        c.net.denoiser_hidden = 32;
+        c.net.denoiser_blocks = 1;
+        c.net.denoiser_expanded = 64;
+        c.net.fourier_features = 16;
+        c.net.time_hidden = 32;
+        c.net.critic_widths = vec![32, 32];
+        c.net.num_critics = 4;
+        c.diffusion.steps = 3;
+        c.optim.batch_size = 32;
+        c.run.offline_episodes = 20;
+        c.run.pretrain_steps = 50;
+        c.run.online_steps = 100;
+        c.run.eval_every = 0;
+        c.run.eval_episodes = 4;
+        c
+    }
+
+    pub fn preset(name: &str) -> Result<Self> {
+        Ok(match name {
+            "paper" => Self::paper(),
+            "cpu" => Self::cpu(),
+            "tiny" => Self::tiny(),
+            _ => bail!("unknown preset '{name}': expected paper, cpu or tiny"),
+        })
+    }
+
+    /// Starts from `base` (a preset name), applies the TOML file (if any) and then the
+    /// `key.path=value` overrides, and validates the result.
+    pub fn resolve(base: &str, file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut value = toml::Value::try_from(Self::preset(base)?)?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read config", path.display()))?;
+            let file_value: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("{}: invalid TOML", path.display()))?;
+            merge(&mut value, file_value);
+        }
+        for o in overrides {
+            let (key, raw) = o
+                .split_once('=')
+                .with_context(|| format!("override '{o}': expected key.path=value"))?;
+            let parsed: toml::Value = toml::from_str(&format!("v = {raw}"))
+                .map(|t: toml::Table| t["v"].clone())
+                .unwrap_or_else(|_| toml::Value::String(raw.to_string()));
+            set_path(&mut value, key.trim(), parsed).with_context(|| format!("override '{o}'"))?;
+        }
+        let config: Config = value.try_into().context("config does not match the schema")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let e = &self.expo;
+        anyhow::ensure!(e.num_samples >= 1, "expo.num_samples must be at least 1");
+        anyhow::ensure!(
+            e.num_edit <= e.num_samples,
+            "expo.num_edit ({}) must not exceed expo.num_samples ({})",
+            e.num_edit,
+            e.num_samples
+        );
+        anyhow::ensure!(
+            (1..=self.net.num_critics).contains(&e.critic_subset),
+            "expo.critic_subset must be in 1..=net.num_critics ({})",
+            self.net.num_critics
+        );
+        anyhow::ensure!(self.diffusion.steps >= 1, "diffusion.steps must be at least 1");
+        anyhow::ensure!(self.optim.batch_size >= 1 && self.optim.utd >= 1, "optim.batch_size and optim.utd must be positive");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.optim.offline_fraction),
+            "optim.offline_fraction must be in [0, 1]"
+        );
+        anyhow::ensure!(self.net.fourier_features % 2 == 0, "net.fourier_features must be even");
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()> {
+    let mut cur = value;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let table = cur.as_table_mut().with_context(|| format!("'{}' is not a section", parts[..i].join(".")))?;
+        if i == parts.len() - 1 {
+            if !table.contains_key(*part) {
+                bail!("unknown key '{path}'");
+            }
+            table.insert(part.to_string(), new);
+            return Ok(());
+        }
+        cur = table.get_mut(*part).with_context(|| format!("unknown section '{}'", parts[..=i].join(".")))?;
+    }
+    unreachable!()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_round_trip_through_toml() {
+        for name in ["paper", "cpu", "tiny"] {
+            let c = Config::preset(name).unwrap();
+            let back: Config = toml::from_str(&c.to_toml()).unwrap();
+            assert_eq!(c, back);
+        }
+    }
+
+    #[test]
+    fn overrides_apply_and_bad_ones_are_named() {
+        let c = Config::resolve(
+            "cpu",
+            None,
+            &["expo.num_samples=6".into(), "task=\"maze\"".into(), "algo=rlpd".into()],
+        )
+        .unwrap();
+        assert_eq!(c.expo.num_samples, 6);
+        assert_eq!(c.task, TaskId::Maze);
+        assert_eq!(c.algo, Algo::Rlpd);
+        let err = Config::resolve("cpu", None, &["expo.nope=1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown key 'expo.nope'"), "{err:#}");
+        let err = Config::resolve("cpu", None, &["expo.num_edit=9".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("num_edit"), "{err:#}");
+        let err = Config::resolve("cpu", None, &["expo.num_samples=\"x\"".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("schema"), "{err:#}");
+    }
+
+    #[test]
+    fn paper_preset_is_the_design_defaults() {
+        let c = Config::paper();
+        assert_eq!((c.optim.utd, c.optim.batch_size, c.expo.num_samples, c.expo.num_edit), (20, 256, 8, 8));
+        assert_eq!((c.diffusion.steps, c.net.num_critics, c.expo.critic_subset), (10, 10, 2));
+        assert_eq!((c.net.denoiser_hidden, c.net.denoiser_expanded, c.net.denoiser_blocks), (256, 1024, 3));
+        assert_eq!((c.optim.tau, c.optim.discount, c.diffusion.ema_rate), (0.005, 0.99, 0.001));
+        assert_eq!(c.expo.edit_scale, 0.05);
+    }
+}

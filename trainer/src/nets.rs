@@ -1,0 +1,388 @@
+//! The networks, as burn modules: diffusion denoiser, edit policy, critic ensemble,
+//! Gaussian actor (RLPD baseline) and the SAC temperature.
+//!
+//! Parameters are initialised from our own seeded generator (not burn's global one) so
+//! that a seed fixes every weight on every backend. Dense layers use PyTorch's default
+//! `U(−1/√fan_in, 1/√fan_in)` for weights and biases.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{relu, silu};
+use burn::tensor::{Device, Tensor, TensorData};
+use sim::rng::Rng;
+use std::f32::consts::TAU;
+
+/// `[rows, cols]` tensor from a row-major slice.
+pub fn tensor2(data: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+}
+
+fn uniform(rng: &mut Rng, n: usize, bound: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.range(-bound, bound)).collect()
+}
+
+/// Fully connected layer `y = x W + b` with `W: [in, out]`.
+#[derive(Module, Debug)]
+pub struct Dense {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Dense {
+    pub fn new(d_in: usize, d_out: usize, bias: bool, rng: &mut Rng, device: &Device) -> Self {
+        let bound = 1.0 / (d_in as f32).sqrt();
+        let w = tensor2(uniform(rng, d_in * d_out, bound), d_in, d_out, device);
+        let b = bias.then(|| {
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(uniform(rng, d_out, bound), [d_out]),
+                device,
+            ))
+        });
+        Dense { weight: Param::from_tensor(w), bias: b }
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.val());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze_dim(0),
+            None => y,
+        }
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.shape().dims::<2>()[1]
+    }
+}
+
+/// Layer normalisation over the last axis with learnable scale and shift.
+#[derive(Module, Debug)]
+pub struct Norm {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+}
+
+pub const LAYER_NORM_EPS: f64 = 1e-6;
+
+impl Norm {
+    pub fn new(d: usize, device: &Device) -> Self {
+        Norm {
+            gamma: Param::from_tensor(Tensor::ones([d], device)),
+            beta: Param::from_tensor(Tensor::zeros([d], device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let (var, mean) = x.clone().var_mean_bias(1);
+        let x = (x - mean) / (var + LAYER_NORM_EPS).sqrt();
+        x * self.gamma.val().unsqueeze_dim(0) + self.beta.val().unsqueeze_dim(0)
+    }
+}
+
+/// Sizes of the denoiser.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DenoiserSize {
+    pub hidden: usize,
+    pub blocks: usize,
+    /// Width of the residual blocks' inner layer (4x hidden in the reference).
+    pub expanded: usize,
+    /// Fourier features (half cosines, half sines).
+    pub fourier: usize,
+    /// Width of the time MLP.
+    pub time_hidden: usize,
+}
+
+/// Residual block: `x + Dense(swish(Dense(LayerNorm(x))))`.
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    pub norm: Norm,
+    pub up: Dense,
+    pub down: Dense,
+}
+
+impl ResBlock {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let h = self.down.forward(silu(self.up.forward(self.norm.forward(x.clone()))));
+        x + h
+    }
+}
+
+/// Conditional MLP-ResNet noise predictor `ε̂(x_t, s, t)`.
+///
+/// The reference concatenates `[x_t, s, time features]` into its first dense layer. We
+/// keep that layer's parameters as three blocks (`input_action`, `input_obs`,
+/// `input_time`), which is the same function, so that sampling can project the
+/// observation once per chain and the time features once per step instead of once per
+/// row and step.
+#[derive(Module, Debug)]
+pub struct Denoiser {
+    /// Learnable Fourier frequencies `[1, fourier/2]`.
+    pub fourier: Param<Tensor<2>>,
+    pub time_in: Dense,
+    pub time_out: Dense,
+    pub input_action: Dense,
+    pub input_obs: Dense,
+    pub input_time: Dense,
+    pub blocks: Vec<ResBlock>,
+    pub output: Dense,
+}
+
+impl Denoiser {
+    pub fn new(obs_dim: usize, act_dim: usize, size: DenoiserSize, rng: &mut Rng, device: &Device) -> Self {
+        let half = size.fourier / 2;
+        // Reference init for the learnable frequencies: N(0, 0.2²).
+        let freqs: Vec<f32> = (0..half).map(|_| 0.2 * rng.normal()).collect();
+        // The split first layer is initialised as the single layer over the concatenation.
+        let fan_in = act_dim + obs_dim + size.time_hidden;
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let block = |d_in: usize, bias: bool, rng: &mut Rng| {
+            let w = tensor2(uniform(rng, d_in * size.hidden, bound), d_in, size.hidden, device);
+            let b = bias.then(|| {
+                Param::from_tensor(Tensor::from_data(
+                    TensorData::new(uniform(rng, size.hidden, bound), [size.hidden]),
+                    device,
+                ))
+            });
+            Dense { weight: Param::from_tensor(w), bias: b }
+        };
+        Denoiser {
+            fourier: Param::from_tensor(tensor2(freqs, 1, half, device)),
+            time_in: Dense::new(size.fourier, size.time_hidden, true, rng, device),
+            time_out: Dense::new(size.time_hidden, size.time_hidden, true, rng, device),
+            input_action: block(act_dim, true, rng),
+            input_obs: block(obs_dim, false, rng),
+            input_time: block(size.time_hidden, false, rng),
+            blocks: (0..size.blocks)
+                .map(|_| ResBlock {
+                    norm: Norm::new(size.hidden, device),
+                    up: Dense::new(size.hidden, size.expanded, true, rng, device),
+                    down: Dense::new(size.expanded, size.hidden, true, rng, device),
+                })
+                .collect(),
+            output: Dense::new(size.hidden, act_dim, true, rng, device),
+        }
+    }
+
+    /// Time conditioning for integer steps `t` (`[R, 1]`, as floats): `[R, time_hidden]`,
+    /// already projected by the first layer's time block: `[R, hidden]`.
+    pub fn time_projection(&self, t: Tensor<2>) -> Tensor<2> {
+        let f = t.matmul(self.fourier.val()) * TAU;
+        let feats = Tensor::cat(vec![f.clone().cos(), f.sin()], 1);
+        let emb = self.time_out.forward(silu(self.time_in.forward(feats)));
+        self.input_time.forward(emb)
+    }
+
+    /// Observation block of the first layer (no bias): `[R, hidden]`.
+    pub fn obs_projection(&self, obs: Tensor<2>) -> Tensor<2> {
+        self.input_obs.forward(obs)
+    }
+
+    /// `ε̂` from the noisy action `[R, A]` and the two projections (`[R, hidden]`, or
+    /// `[1, hidden]` for a time projection shared by all rows).
+    pub fn forward_projected(&self, noisy: Tensor<2>, obs_proj: Tensor<2>, time_proj: Tensor<2>) -> Tensor<2> {
+        let mut x = self.input_action.forward(noisy) + obs_proj + time_proj;
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        self.output.forward(silu(x))
+    }
+
+    /// `ε̂(x_t, s, t)` for per-row steps `t` (`[R, 1]` floats).
+    pub fn forward(&self, noisy: Tensor<2>, obs: Tensor<2>, t: Tensor<2>) -> Tensor<2> {
+        let tp = self.time_projection(t);
+        let op = self.obs_projection(obs);
+        self.forward_projected(noisy, op, tp)
+    }
+}
+
+/// Plain MLP with ReLU between layers (optionally LayerNorm before each ReLU).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub layers: Vec<Dense>,
+    pub norms: Vec<Norm>,
+}
+
+impl Mlp {
+    /// `widths` are the hidden widths; the output layer is `d_out` wide, linear.
+    pub fn new(d_in: usize, widths: &[usize], d_out: usize, layer_norm: bool, rng: &mut Rng, device: &Device) -> Self {
+        let mut layers = vec![];
+        let mut norms = vec![];
+        let mut d = d_in;
+        for &w in widths {
+            layers.push(Dense::new(d, w, true, rng, device));
+            if layer_norm {
+                norms.push(Norm::new(w, device));
+            }
+            d = w;
+        }
+        layers.push(Dense::new(d, d_out, true, rng, device));
+        Mlp { layers, norms }
+    }
+
+    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(x);
+            if i < last {
+                if let Some(n) = self.norms.get(i) {
+                    x = n.forward(x);
+                }
+                x = relu(x);
+            }
+        }
+        x
+    }
+}
+
+/// Range the policies' log standard deviation is squashed into.
+pub const LOG_STD_MIN: f32 = -5.0;
+pub const LOG_STD_MAX: f32 = 2.0;
+
+/// Tanh-Gaussian head over an MLP: `(mean, log_std)` of the pre-tanh Gaussian.
+#[derive(Module, Debug)]
+pub struct GaussianPolicy {
+    pub mlp: Mlp,
+    pub act_dim: usize,
+}
+
+impl GaussianPolicy {
+    pub fn new(d_in: usize, widths: &[usize], act_dim: usize, rng: &mut Rng, device: &Device) -> Self {
+        GaussianPolicy { mlp: Mlp::new(d_in, widths, 2 * act_dim, false, rng, device), act_dim }
+    }
+
+    /// `(mean, log_std)`, each `[R, A]`.
+    pub fn forward(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let out = self.mlp.forward(x);
+        let rows = out.dims()[0];
+        let a = self.act_dim;
+        let mean = out.clone().slice([0..rows, 0..a]);
+        let raw = out.slice([0..rows, a..2 * a]);
+        let log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (raw.tanh() + 1.0);
+        (mean, log_std)
+    }
+
+    /// Reparameterised sample `tanh(mean + std · ε)` and its log-density (`[R, 1]`), with
+    /// the tanh change of variables. `noise` is standard normal `[R, A]`.
+    pub fn sample(&self, x: Tensor<2>, noise: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let (mean, log_std) = self.forward(x);
+        let u = mean + log_std.clone().exp() * noise.clone();
+        let a = u.clone().tanh();
+        // log N(u; mean, std) = −½ε² − log std − ½ log 2π, per dimension.
+        let log_normal = noise.square() * -0.5 - log_std - 0.5 * (TAU).ln();
+        // log |d tanh(u)/du| = log(1 − tanh²(u)), computed stably as
+        // 2 (log 2 − u − softplus(−2u)).
+        let log_det = (u.clone() * -1.0 - softplus(u * -2.0) + std::f32::consts::LN_2) * 2.0;
+        let log_prob = (log_normal - log_det).sum_dim(1);
+        (a, log_prob)
+    }
+}
+
+/// `ln(1 + eˣ)`, stable for large |x|.
+fn softplus(x: Tensor<2>) -> Tensor<2> {
+    relu(x.clone()) + (x.abs() * -1.0).exp().log1p()
+}
+
+/// Linear layer of an ensemble: member `e` maps `x_e [R, in]` with `W_e [in, out]`.
+#[derive(Module, Debug)]
+pub struct EnsembleDense {
+    /// `[E, in, out]`
+    pub weight: Param<Tensor<3>>,
+    /// `[E, 1, out]`
+    pub bias: Param<Tensor<3>>,
+}
+
+impl EnsembleDense {
+    pub fn new(members: usize, d_in: usize, d_out: usize, rng: &mut Rng, device: &Device) -> Self {
+        let bound = 1.0 / (d_in as f32).sqrt();
+        let w = uniform(rng, members * d_in * d_out, bound);
+        let b = uniform(rng, members * d_out, bound);
+        EnsembleDense {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [members, d_in, d_out]), device)),
+            bias: Param::from_tensor(Tensor::from_data(TensorData::new(b, [members, 1, d_out]), device)),
+        }
+    }
+}
+
+/// LayerNorm with per-member parameters `[E, 1, H]`.
+#[derive(Module, Debug)]
+pub struct EnsembleNorm {
+    pub gamma: Param<Tensor<3>>,
+    pub beta: Param<Tensor<3>>,
+}
+
+/// Ensemble of Q networks `[s, a] → (Dense → LayerNorm → ReLU) x L → Dense(1)`,
+/// evaluated as batched matrix products over the member axis.
+#[derive(Module, Debug)]
+pub struct CriticEnsemble {
+    pub layers: Vec<EnsembleDense>,
+    pub norms: Vec<EnsembleNorm>,
+}
+
+impl CriticEnsemble {
+    pub fn new(members: usize, d_in: usize, widths: &[usize], rng: &mut Rng, device: &Device) -> Self {
+        let mut layers = vec![];
+        let mut norms = vec![];
+        let mut d = d_in;
+        for &w in widths {
+            layers.push(EnsembleDense::new(members, d, w, rng, device));
+            norms.push(EnsembleNorm {
+                gamma: Param::from_tensor(Tensor::ones([members, 1, w], device)),
+                beta: Param::from_tensor(Tensor::zeros([members, 1, w], device)),
+            });
+            d = w;
+        }
+        layers.push(EnsembleDense::new(members, d, 1, rng, device));
+        CriticEnsemble { layers, norms }
+    }
+
+    pub fn members(&self) -> usize {
+        self.layers[0].weight.shape().dims::<3>()[0]
+    }
+
+    /// Q of every member for inputs `[R, in]`: `[E, R]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_members(x, None)
+    }
+
+    /// Q of the members listed in `subset` (all when `None`): `[|subset|, R]`.
+    pub fn forward_members(&self, x: Tensor<2>, subset: Option<&[usize]>) -> Tensor<2> {
+        let device = x.device();
+        let pick = |t: Tensor<3>| match subset {
+            Some(idx) => {
+                let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+                t.select(0, Tensor::from_data(TensorData::new(ids, [idx.len()]), &device))
+            }
+            None => t,
+        };
+        let [rows, d_in] = x.dims();
+        let e = subset.map_or(self.members(), |s| s.len());
+        let mut h: Tensor<3> = x.unsqueeze_dim::<3>(0).expand([e, rows, d_in]);
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            h = h.matmul(pick(l.weight.val())) + pick(l.bias.val());
+            if i < last {
+                let n = &self.norms[i];
+                let (var, mean) = h.clone().var_mean_bias(2);
+                h = (h - mean) / (var + LAYER_NORM_EPS).sqrt();
+                h = relu(h * pick(n.gamma.val()) + pick(n.beta.val()));
+            }
+        }
+        h.reshape([e, rows])
+    }
+}
+
+/// SAC temperature `α = exp(log_α)`.
+#[derive(Module, Debug)]
+pub struct Temperature {
+    pub log_alpha: Param<Tensor<1>>,
+}
+
+impl Temperature {
+    pub fn new(initial: f32, device: &Device) -> Self {
+        Temperature {
+            log_alpha: Param::from_tensor(Tensor::from_data(TensorData::new(vec![initial.ln()], [1]), device)),
+        }
+    }
+
+    pub fn alpha(&self) -> Tensor<1> {
+        self.log_alpha.val().exp()
+    }
+}
