@@ -1,0 +1,320 @@
+//! On-disk episode format of the project: reading, writing and validating RL
+//! episodes as a [LeRobotDataset v3.0](https://github.com/huggingface/lerobot)
+//! directory. `tools` (generate/inspect/validate) write and check datasets,
+//! `trainer` reads them as offline data, and `controller` appends the episodes
+//! it records with [`DatasetWriter::open_append`]. Each writer session puts its
+//! episodes in new data files (rolling over at ~100 MB) and never rewrites
+//! existing ones; `meta/` is rewritten atomically (temp file + rename) by
+//! [`DatasetWriter::finish`], `info.json` last. Parquet files are written
+//! with snappy compression, one row group per episode; vector features are
+//! `FixedSizeList<float32>` (the reader also accepts `List`/`LargeList` and
+//! float64, as written by pyarrow / HF `datasets`).
+//!
+//! ```text
+//! DIR/
+//! ├── meta/
+//! │   ├── info.json            codebase_version "v3.0", totals, fps, features {dtype, shape, names}
+//! │   ├── stats.json           per feature: {min, max, mean, std (population), count: [N]}
+//! │   ├── tasks.parquet        task_index (int64), task (string; pandas index)
+//! │   └── episodes/chunk-000/file-000.parquet
+//! │                            one row per episode: episode_index, tasks, length,
+//! │                            data/chunk_index, data/file_index,
+//! │                            dataset_from_index, dataset_to_index (global frames, [from, to)),
+//! │                            meta/episodes/{chunk,file}_index, success, return (ours)
+//! └── data/chunk-000/file-000.parquet, file-001.parquet, ...   (1000 files per chunk)
+//!                              one row per frame (step), columns below
+//! ```
+//!
+//! Data columns (one row = one environment step `t`):
+//!
+//! | column                   | type            | meaning |
+//! |--------------------------|-----------------|---------|
+//! | `observation.state`      | `f32 [obs_dim]` | observation before the step |
+//! | `next.observation.state` | `f32 [obs_dim]` | observation after the step (**our extension**, so RL can bootstrap the last frame of a truncated episode) |
+//! | `action`                 | `f32 [act_dim]` | action taken |
+//! | `next.reward`            | `f32 [1]`       | reward of the step |
+//! | `next.done`              | `bool [1]`      | the episode ended at this step: terminated OR truncated (LeRobot: true on the last frame) |
+//! | `next.truncated`         | `bool [1]`      | ended by time limit / operator (no terminal state reached) |
+//! | `next.success`           | `bool [1]`      | success flag after the step |
+//! | `timestamp`              | `f32 [1]`       | `frame_index / fps`, seconds |
+//! | `frame_index`, `episode_index`, `index`, `task_index` | `i64 [1]` | position in episode, episode, global frame, task |
+//!
+//! Semantics on read: `terminated = next.done && !next.truncated`, so a frame is
+//! never both terminated and truncated ([`Episode::check`] rejects that on write).
+//! Datasets recorded by LeRobot lack some `next.*` columns; the reader then derives:
+//! - no `next.observation.state`: the following frame's observation; on the last
+//!   frame, the frame's own observation (i.e. no real successor is known);
+//! - no `next.done`: never done;
+//! - no `next.truncated`: false, except the last frame, which is truncated when it is not done;
+//! - no `next.reward`: 0; no `next.success`: false.
+//!
+//! The reader never panics on malformed input: every problem is a
+//! [`DatasetError`] naming the file, the column and what was expected.
+
+mod arrow_io;
+mod error;
+mod meta;
+mod reader;
+mod stats;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use error::DatasetError;
+pub use reader::{read_dataset, validate_dataset};
+pub use writer::{DatasetWriter, write_dataset};
+
+/// Column / feature names used in data files and `info.json`.
+pub mod cols {
+    pub const OBS: &str = "observation.state";
+    pub const NEXT_OBS: &str = "next.observation.state";
+    pub const ACTION: &str = "action";
+    pub const REWARD: &str = "next.reward";
+    pub const DONE: &str = "next.done";
+    pub const TRUNCATED: &str = "next.truncated";
+    pub const SUCCESS: &str = "next.success";
+    pub const TIMESTAMP: &str = "timestamp";
+    pub const FRAME_INDEX: &str = "frame_index";
+    pub const EPISODE_INDEX: &str = "episode_index";
+    pub const INDEX: &str = "index";
+    pub const TASK_INDEX: &str = "task_index";
+
+    /// Features this crate writes, in column order.
+    pub const ALL: &[&str] = &[
+        OBS,
+        NEXT_OBS,
+        ACTION,
+        REWARD,
+        DONE,
+        TRUNCATED,
+        SUCCESS,
+        TIMESTAMP,
+        FRAME_INDEX,
+        EPISODE_INDEX,
+        INDEX,
+        TASK_INDEX,
+    ];
+    /// Features a dataset must have (LeRobot always writes these).
+    pub const REQUIRED: &[&str] = &[
+        OBS,
+        ACTION,
+        TIMESTAMP,
+        FRAME_INDEX,
+        EPISODE_INDEX,
+        INDEX,
+        TASK_INDEX,
+    ];
+    /// Features whose statistics this crate computes and checks.
+    pub const STATS_FEATURES: &[&str] = &[
+        OBS,
+        NEXT_OBS,
+        ACTION,
+        REWARD,
+        TIMESTAMP,
+        FRAME_INDEX,
+        EPISODE_INDEX,
+        INDEX,
+    ];
+}
+
+/// Dataset-wide description, stored in `meta/info.json` and `meta/tasks.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetInfo {
+    /// e.g. `"sim/arm-reach"`.
+    pub robot_type: String,
+    /// Control rate in Hz (frames per second).
+    pub fps: u32,
+    /// Natural-language task description (task 0 in `meta/tasks.parquet`).
+    pub task: String,
+    /// Names of the `observation.state` dimensions.
+    pub observation_names: Vec<String>,
+    /// Names of the `action` dimensions.
+    pub action_names: Vec<String>,
+}
+
+impl DatasetInfo {
+    pub fn obs_dim(&self) -> usize {
+        self.observation_names.len()
+    }
+    pub fn action_dim(&self) -> usize {
+        self.action_names.len()
+    }
+}
+
+/// One episode as row-major flat arrays; `len() == rewards.len()` steps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Episode {
+    /// `len * obs_dim`, observation before each step.
+    pub observations: Vec<f32>,
+    /// `len * obs_dim`, observation after each step.
+    pub next_observations: Vec<f32>,
+    /// `len * action_dim`.
+    pub actions: Vec<f32>,
+    pub rewards: Vec<f32>,
+    /// Task-terminal: no bootstrapping past it.
+    pub terminated: Vec<bool>,
+    /// Ended by time limit / operator (bootstrapping from the next observation is valid).
+    pub truncated: Vec<bool>,
+    /// Success flag after the step.
+    pub success: Vec<bool>,
+}
+
+impl Episode {
+    pub fn len(&self) -> usize {
+        self.rewards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rewards.is_empty()
+    }
+
+    /// Check lengths against the dims, that the episode is non-empty, all floats
+    /// are finite, and no step is both terminated and truncated.
+    pub fn check(&self, obs_dim: usize, act_dim: usize) -> Result<(), DatasetError> {
+        let n = self.len();
+        let bad = |field, problem: String| Err(DatasetError::Episode { field, problem });
+        if n == 0 {
+            return bad("rewards", "episode is empty (0 steps)".into());
+        }
+        let lens: [(&'static str, usize, usize); 6] = [
+            ("observations", self.observations.len(), n * obs_dim),
+            (
+                "next_observations",
+                self.next_observations.len(),
+                n * obs_dim,
+            ),
+            ("actions", self.actions.len(), n * act_dim),
+            ("terminated", self.terminated.len(), n),
+            ("truncated", self.truncated.len(), n),
+            ("success", self.success.len(), n),
+        ];
+        for (field, got, want) in lens {
+            if got != want {
+                return bad(
+                    field,
+                    format!("has {got} values, expected {want} ({n} steps)"),
+                );
+            }
+        }
+        let floats: [(&'static str, &[f32], usize); 4] = [
+            ("observations", &self.observations, obs_dim),
+            ("next_observations", &self.next_observations, obs_dim),
+            ("actions", &self.actions, act_dim),
+            ("rewards", &self.rewards, 1),
+        ];
+        for (field, v, dim) in floats {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return bad(
+                    field,
+                    format!(
+                        "non-finite value {} at step {}, dim {}",
+                        v[i],
+                        i / dim,
+                        i % dim
+                    ),
+                );
+            }
+        }
+        if let Some(t) = (0..n).find(|&t| self.terminated[t] && self.truncated[t]) {
+            return bad(
+                "truncated",
+                format!("step {t} is both terminated and truncated; set only `terminated`"),
+            );
+        }
+        Ok(())
+    }
+
+    /// True if any step reports success.
+    pub fn is_success(&self) -> bool {
+        self.success.iter().any(|&s| s)
+    }
+
+    /// Undiscounted return (sum of rewards).
+    pub fn ret(&self) -> f32 {
+        self.rewards.iter().sum()
+    }
+}
+
+/// Per-dimension statistics of one feature (population std, as LeRobot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureStats {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+    /// Number of frames.
+    pub count: u64,
+}
+
+/// A whole dataset in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub info: DatasetInfo,
+    pub episodes: Vec<Episode>,
+}
+
+impl Dataset {
+    pub fn num_frames(&self) -> usize {
+        self.episodes.iter().map(Episode::len).sum()
+    }
+
+    /// Statistics of `observation.state`, `next.observation.state`, `action`,
+    /// `next.reward`, `timestamp`, `frame_index`, `episode_index` and `index`
+    /// (the same numbers the writer puts in `meta/stats.json`).
+    pub fn stats(&self) -> BTreeMap<String, FeatureStats> {
+        let mut acc =
+            stats::StatsAcc::new(self.info.obs_dim(), self.info.action_dim(), self.info.fps);
+        for ep in &self.episodes {
+            acc.push(ep);
+        }
+        acc.finish()
+    }
+
+    /// Fraction of episodes with any success step (0 for an empty dataset).
+    pub fn success_rate(&self) -> f64 {
+        if self.episodes.is_empty() {
+            return 0.0;
+        }
+        let ok = self.episodes.iter().filter(|e| e.is_success()).count();
+        ok as f64 / self.episodes.len() as f64
+    }
+}
+
+/// What [`DatasetWriter::finish`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSummary {
+    pub dir: PathBuf,
+    pub total_episodes: usize,
+    pub total_frames: usize,
+    /// Episodes / frames appended by this writer.
+    pub episodes_added: usize,
+    pub frames_added: usize,
+    /// Data files created by this writer.
+    pub data_files_written: Vec<PathBuf>,
+    /// Success rate over the whole dataset.
+    pub success_rate: f64,
+}
+
+/// Counts from [`validate_dataset`]; only returned when every check passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationReport {
+    pub episodes: usize,
+    pub frames: usize,
+    pub tasks: usize,
+    /// Data files referenced by the episodes index.
+    pub data_files: usize,
+    /// Features declared in info.json.
+    pub features: usize,
+    /// Features whose stats.json entry was checked against the data.
+    pub stats_checked: usize,
+    pub successful_episodes: usize,
+    /// Parquet files under `data/` that no episode references (e.g. left by a
+    /// writer that crashed before `finish`); harmless but worth reporting.
+    pub unreferenced_data_files: Vec<PathBuf>,
+}
+
+/// Timestamp of a frame in seconds, as stored (float32).
+pub(crate) fn timestamp(frame_index: usize, fps: u32) -> f32 {
+    frame_index as f32 / fps as f32
+}

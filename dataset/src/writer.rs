@@ -1,0 +1,430 @@
+//! [`DatasetWriter`]: create a dataset or append episodes to an existing one.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, Float32Array, Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use crate::arrow_io::{self, ParquetOut, f32_vec_array, f32_vec_type};
+use crate::meta::{self, EpisodeMeta, Feature, InfoJson};
+use crate::stats::StatsAcc;
+use crate::{DatasetError, DatasetInfo, DatasetSummary, Episode, cols};
+
+/// Writes episodes into a LeRobot v3 dataset directory.
+///
+/// Data files are written as episodes arrive (one row group per episode);
+/// `meta/` is (re)written atomically by [`DatasetWriter::finish`] (and once by
+/// [`DatasetWriter::create`], so a new directory is a valid empty dataset).
+/// Dropping the writer without `finish` leaves the new data files unreferenced:
+/// the dataset stays readable with its previous contents.
+pub struct DatasetWriter {
+    dir: PathBuf,
+    info: DatasetInfo,
+    json: InfoJson,
+    tasks: Vec<String>,
+    /// Task of the episodes appended next.
+    task_index: usize,
+    episodes: Vec<EpisodeMeta>,
+    frames: usize,
+    stats: StatsAcc,
+    schema: SchemaRef,
+    current: Option<(ParquetOut, usize, usize)>,
+    /// (chunk, file) of the next data file to create.
+    next_file: (usize, usize),
+    new_files: Vec<PathBuf>,
+    episodes_added: usize,
+    frames_added: usize,
+    successes: usize,
+    /// Episodes-index files other than ours (foreign multi-file indexes),
+    /// removed once ours holds every row.
+    stale_index_files: Vec<PathBuf>,
+}
+
+fn fresh_info_json(info: &DatasetInfo) -> InfoJson {
+    let od = info.obs_dim();
+    let ad = info.action_dim();
+    let mut features = BTreeMap::new();
+    let mut add = |k: &str, f| {
+        features.insert(k.to_string(), f);
+    };
+    add(
+        cols::OBS,
+        Feature::new("float32", od, Some(&info.observation_names)),
+    );
+    add(
+        cols::NEXT_OBS,
+        Feature::new("float32", od, Some(&info.observation_names)),
+    );
+    add(
+        cols::ACTION,
+        Feature::new("float32", ad, Some(&info.action_names)),
+    );
+    add(cols::REWARD, Feature::new("float32", 1, None));
+    for k in [cols::DONE, cols::TRUNCATED, cols::SUCCESS] {
+        add(k, Feature::new("bool", 1, None));
+    }
+    add(cols::TIMESTAMP, Feature::new("float32", 1, None));
+    for k in [
+        cols::FRAME_INDEX,
+        cols::EPISODE_INDEX,
+        cols::INDEX,
+        cols::TASK_INDEX,
+    ] {
+        add(k, Feature::new("int64", 1, None));
+    }
+    InfoJson {
+        codebase_version: meta::CODEBASE_VERSION.into(),
+        robot_type: Some(info.robot_type.clone()),
+        total_episodes: 0,
+        total_frames: 0,
+        total_tasks: 0,
+        chunks_size: meta::CHUNKS_SIZE,
+        data_files_size_in_mb: meta::DATA_FILES_SIZE_IN_MB,
+        video_files_size_in_mb: 500,
+        fps: info.fps,
+        splits: BTreeMap::new(),
+        data_path: meta::DATA_PATH.into(),
+        video_path: None,
+        features,
+        extra: serde_json::Map::new(),
+    }
+}
+
+/// Arrow schema of the data files: the known columns that `features` declares, in
+/// [`cols::ALL`] order.
+fn data_schema(features: &BTreeMap<String, Feature>, od: usize, ad: usize) -> SchemaRef {
+    let fields: Vec<Field> = cols::ALL
+        .iter()
+        .filter(|k| features.contains_key(**k))
+        .map(|&k| {
+            let dt = match k {
+                cols::OBS | cols::NEXT_OBS => f32_vec_type(od),
+                cols::ACTION => f32_vec_type(ad),
+                cols::REWARD | cols::TIMESTAMP => DataType::Float32,
+                cols::DONE | cols::TRUNCATED | cols::SUCCESS => DataType::Boolean,
+                _ => DataType::Int64,
+            };
+            Field::new(k, dt, false)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Parse `prefix-NNN[suffix]` into NNN.
+fn parse_num(path: &Path, prefix: &str, suffix: &str) -> Option<usize> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
+}
+
+impl DatasetWriter {
+    /// Start a new dataset in `dir` (created if needed; must be empty).
+    pub fn create(dir: &Path, info: DatasetInfo) -> Result<Self, DatasetError> {
+        if info.fps == 0 || info.obs_dim() == 0 || info.action_dim() == 0 {
+            return Err(DatasetError::invalid(
+                dir,
+                format!(
+                    "cannot create dataset: need fps > 0 and non-empty observation/action names \
+                     (got fps {}, obs_dim {}, action_dim {})",
+                    info.fps,
+                    info.obs_dim(),
+                    info.action_dim()
+                ),
+            ));
+        }
+        match fs::read_dir(dir) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(DatasetError::NotEmpty { path: dir.into() });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir)
+                    .map_err(|e| DatasetError::io(dir, "creating directory", e))?;
+            }
+            Err(e) => return Err(DatasetError::io(dir, "opening dataset directory", e)),
+        }
+        fs::create_dir_all(meta::episodes_path(dir).parent().unwrap_or(dir))
+            .map_err(|e| DatasetError::io(dir, "creating meta directories", e))?;
+        let json = fresh_info_json(&info);
+        let w = Self {
+            dir: dir.into(),
+            schema: data_schema(&json.features, info.obs_dim(), info.action_dim()),
+            stats: StatsAcc::new(info.obs_dim(), info.action_dim(), info.fps),
+            tasks: vec![info.task.clone()],
+            task_index: 0,
+            info,
+            json,
+            episodes: Vec::new(),
+            frames: 0,
+            current: None,
+            next_file: (0, 0),
+            new_files: Vec::new(),
+            episodes_added: 0,
+            frames_added: 0,
+            successes: 0,
+            stale_index_files: Vec::new(),
+        };
+        w.write_meta()?;
+        Ok(w)
+    }
+
+    /// Reopen an existing dataset (fully validated first) to append episodes.
+    ///
+    /// New episodes go to new data files; existing data files are never
+    /// rewritten. Only the columns the dataset's `info.json` declares are
+    /// written, so appending to a LeRobot recording without `next.*`
+    /// columns keeps its schema. Fails if `info.json` declares features this
+    /// writer cannot produce (e.g. videos or extra state keys).
+    pub fn open_append(dir: &Path) -> Result<Self, DatasetError> {
+        let loaded = crate::reader::load(dir)?;
+        let info_path = meta::info_path(dir);
+        for (key, f) in &loaded.json.features {
+            if !cols::ALL.contains(&key.as_str()) {
+                return Err(DatasetError::invalid(
+                    &info_path,
+                    format!(
+                        "feature `{key}` ({}) is not produced by this writer; cannot append to this dataset",
+                        f.dtype
+                    ),
+                ));
+            }
+        }
+        let info = loaded.dataset.info;
+        let mut stats = StatsAcc::new(info.obs_dim(), info.action_dim(), info.fps);
+        let mut episodes = loaded.metas;
+        let mut successes = 0;
+        for ((ep, m), task_ids) in loaded
+            .dataset
+            .episodes
+            .iter()
+            .zip(episodes.iter_mut())
+            .zip(&loaded.episode_tasks)
+        {
+            stats.push(ep);
+            m.success = ep.is_success();
+            m.ret = f64::from(ep.ret());
+            m.tasks = task_ids.iter().map(|&t| loaded.tasks[t].clone()).collect();
+            successes += usize::from(m.success);
+        }
+        // Next data file: after every file referenced or present on disk.
+        let mut last = episodes.iter().map(|m| (m.chunk, m.file)).max();
+        for chunk in meta::sorted_entries(&dir.join("data"), "chunk-", "")? {
+            let Some(c) = parse_num(&chunk, "chunk-", "") else {
+                continue;
+            };
+            for file in meta::sorted_entries(&chunk, "file-", ".parquet")? {
+                if let Some(f) = parse_num(&file, "file-", ".parquet") {
+                    last = last.max(Some((c, f)));
+                }
+            }
+        }
+        let chunks_size = loaded.json.chunks_size;
+        let next_file = last.map_or((0, 0), |l| advance(l, chunks_size));
+        let ours = meta::episodes_path(dir);
+        let stale_index_files = loaded
+            .episode_files
+            .into_iter()
+            .filter(|p| *p != ours)
+            .collect();
+        let mut tasks = loaded.tasks;
+        if tasks.is_empty() {
+            tasks.push(info.task.clone());
+        }
+        Ok(Self {
+            dir: dir.into(),
+            schema: data_schema(&loaded.json.features, info.obs_dim(), info.action_dim()),
+            stats,
+            tasks,
+            task_index: 0,
+            info,
+            json: loaded.json,
+            frames: episodes.iter().map(|m| m.length).sum(),
+            episodes,
+            current: None,
+            next_file,
+            new_files: Vec::new(),
+            episodes_added: 0,
+            frames_added: 0,
+            successes,
+            stale_index_files,
+        })
+    }
+
+    /// Dataset description (for an appended dataset, as read from disk).
+    pub fn info(&self) -> &DatasetInfo {
+        &self.info
+    }
+
+    /// Use `task` for the episodes appended from now on (added to
+    /// `meta/tasks.parquet` if new).
+    pub fn set_task(&mut self, task: &str) {
+        self.task_index = match self.tasks.iter().position(|t| t == task) {
+            Some(i) => i,
+            None => {
+                self.tasks.push(task.to_owned());
+                self.tasks.len() - 1
+            }
+        };
+    }
+
+    /// Append one episode (checked with [`Episode::check`] first).
+    pub fn append_episode(&mut self, ep: &Episode) -> Result<(), DatasetError> {
+        let index = self.episodes.len();
+        ep.check(self.info.obs_dim(), self.info.action_dim())
+            .map_err(|e| {
+                DatasetError::invalid(&self.dir, format!("episode {index} rejected: {e}"))
+            })?;
+        let batch = self.data_batch(ep, index).map_err(|e| {
+            DatasetError::invalid(
+                &self.dir,
+                format!("episode {index}: cannot build record batch: {e}"),
+            )
+        })?;
+        let (out, chunk, file) = match &mut self.current {
+            Some(current) => current,
+            None => {
+                let (chunk, file) = self.next_file;
+                let path = self
+                    .dir
+                    .join(meta::format_path(&self.json.data_path, chunk, file));
+                let out = ParquetOut::create_new(&path, self.schema.clone(), None)?;
+                self.new_files.push(path);
+                self.next_file = advance(self.next_file, self.json.chunks_size);
+                self.current.insert((out, chunk, file))
+            }
+        };
+        out.write(&batch)?;
+        let (chunk, file) = (*chunk, *file);
+        let limit = self.json.data_files_size_in_mb.saturating_mul(1024 * 1024);
+        let full = out.bytes_written() as u64 >= limit;
+        let n = ep.len();
+        self.episodes.push(EpisodeMeta {
+            length: n,
+            chunk,
+            file,
+            from: self.frames,
+            to: self.frames + n,
+            tasks: vec![self.tasks[self.task_index].clone()],
+            success: ep.is_success(),
+            ret: f64::from(ep.ret()),
+        });
+        self.stats.push(ep);
+        self.frames += n;
+        self.frames_added += n;
+        self.episodes_added += 1;
+        self.successes += usize::from(ep.is_success());
+        if full && let Some((out, _, _)) = self.current.take() {
+            out.close()?;
+        }
+        Ok(())
+    }
+
+    /// Close the data file and atomically rewrite `meta/`.
+    pub fn finish(mut self) -> Result<DatasetSummary, DatasetError> {
+        if let Some((out, _, _)) = self.current.take() {
+            out.close()?;
+        }
+        self.write_meta()?;
+        for stale in &self.stale_index_files {
+            fs::remove_file(stale)
+                .map_err(|e| DatasetError::io(stale, "removing superseded episodes index", e))?;
+        }
+        Ok(DatasetSummary {
+            dir: self.dir,
+            total_episodes: self.episodes.len(),
+            total_frames: self.frames,
+            episodes_added: self.episodes_added,
+            frames_added: self.frames_added,
+            data_files_written: self.new_files,
+            success_rate: if self.episodes.is_empty() {
+                0.0
+            } else {
+                self.successes as f64 / self.episodes.len() as f64
+            },
+        })
+    }
+
+    /// Write tasks, episodes index, stats, then info.json (the totals) last.
+    fn write_meta(&self) -> Result<(), DatasetError> {
+        meta::write_tasks(&self.dir, &self.tasks)?;
+        meta::write_episodes(&meta::episodes_path(&self.dir), &self.episodes)?;
+        let features = &self.json.features;
+        let stats = meta::stats_json(&self.stats.finish(), |k| features.contains_key(k));
+        arrow_io::write_json_atomic(&meta::stats_path(&self.dir), &stats)?;
+        let mut json = self.json.clone();
+        json.total_episodes = self.episodes.len();
+        json.total_frames = self.frames;
+        json.total_tasks = self.tasks.len();
+        json.splits = BTreeMap::from([("train".into(), format!("0:{}", self.episodes.len()))]);
+        let path = meta::info_path(&self.dir);
+        let value = serde_json::to_value(&json).map_err(|source| DatasetError::Json {
+            path: path.clone(),
+            what: "serializing info.json",
+            source,
+        })?;
+        arrow_io::write_json_atomic(&path, &value)
+    }
+
+    /// One record batch holding every frame of `ep`.
+    fn data_batch(&self, ep: &Episode, episode_index: usize) -> Result<RecordBatch, String> {
+        let n = ep.len();
+        let (od, ad) = (self.info.obs_dim(), self.info.action_dim());
+        let from = self.frames;
+        let ints = |f: &dyn Fn(usize) -> usize| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| f(i) as i64)))
+        };
+        let bools = |f: &dyn Fn(usize) -> bool| -> ArrayRef {
+            Arc::new(BooleanArray::from_iter((0..n).map(|i| Some(f(i)))))
+        };
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for field in self.schema.fields() {
+            let col: ArrayRef = match field.name().as_str() {
+                cols::OBS => f32_vec_array(&ep.observations, od)?,
+                cols::NEXT_OBS => f32_vec_array(&ep.next_observations, od)?,
+                cols::ACTION => f32_vec_array(&ep.actions, ad)?,
+                cols::REWARD => Arc::new(Float32Array::from(ep.rewards.clone())),
+                cols::DONE => bools(&|i| ep.terminated[i] || ep.truncated[i]),
+                cols::TRUNCATED => bools(&|i| ep.truncated[i]),
+                cols::SUCCESS => bools(&|i| ep.success[i]),
+                cols::TIMESTAMP => Arc::new(Float32Array::from_iter_values(
+                    (0..n).map(|i| crate::timestamp(i, self.info.fps)),
+                )),
+                cols::FRAME_INDEX => ints(&|i| i),
+                cols::EPISODE_INDEX => ints(&|_| episode_index),
+                cols::INDEX => ints(&|i| from + i),
+                cols::TASK_INDEX => ints(&|_| self.task_index),
+                other => return Err(format!("no data for column {other}")),
+            };
+            columns.push(col);
+        }
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
+    }
+}
+
+fn advance((chunk, file): (usize, usize), chunks_size: usize) -> (usize, usize) {
+    if file + 1 < chunks_size {
+        (chunk, file + 1)
+    } else {
+        (chunk + 1, 0)
+    }
+}
+
+/// Create `dir` and write `episodes` in one go.
+pub fn write_dataset(
+    dir: &Path,
+    info: &DatasetInfo,
+    episodes: &[Episode],
+) -> Result<DatasetSummary, DatasetError> {
+    let mut w = DatasetWriter::create(dir, info.clone())?;
+    for ep in episodes {
+        w.append_episode(ep)?;
+    }
+    w.finish()
+}

@@ -1,0 +1,331 @@
+//! Malformed datasets: every case must be an `Err` naming the file and the
+//! problem, never a panic or a silently wrong dataset.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use arrow_schema::Schema;
+use common::*;
+use dataset::{read_dataset, validate_dataset, write_dataset};
+
+const DATA: &str = "data/chunk-000/file-000.parquet";
+const EPISODES: &str = "meta/episodes/chunk-000/file-000.parquet";
+
+fn good() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ds");
+    write_dataset(&dir, &info(), &episodes(11, &[6, 9, 4])).unwrap();
+    (tmp, dir)
+}
+
+/// Both the reader and the validator must fail with a message containing every `hint`.
+fn expect_err(dir: &Path, hints: &[&str]) {
+    let msg = read_dataset(dir)
+        .expect_err("read_dataset accepted a corrupt dataset")
+        .to_string();
+    for h in hints {
+        assert!(msg.contains(h), "read error {msg:?} lacks {h:?}");
+    }
+    let vmsg = validate_dataset(dir)
+        .expect_err("validate accepted a corrupt dataset")
+        .to_string();
+    assert_eq!(msg, vmsg);
+}
+
+#[test]
+fn truncated_data_file() {
+    let (_t, dir) = good();
+    let path = dir.join(DATA);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    expect_err(&dir, &["file-000.parquet", "truncated"]);
+}
+
+#[test]
+fn garbage_data_file() {
+    let (_t, dir) = good();
+    fs::write(
+        dir.join(DATA),
+        b"this is not parquet at all, just some garbage bytes.....",
+    )
+    .unwrap();
+    expect_err(&dir, &["data/chunk-000/file-000.parquet", "not parquet"]);
+}
+
+#[test]
+fn garbage_inside_valid_footer() {
+    // Keep the footer intact but scramble the data pages.
+    let (_t, dir) = good();
+    let path = dir.join(DATA);
+    let mut bytes = fs::read(&path).unwrap();
+    for b in &mut bytes[4..200] {
+        *b = b.wrapping_mul(31).wrapping_add(7);
+    }
+    fs::write(&path, &bytes).unwrap();
+    expect_err(&dir, &["data/chunk-000/file-000.parquet"]);
+}
+
+#[test]
+fn missing_data_file() {
+    let (_t, dir) = good();
+    fs::remove_file(dir.join(DATA)).unwrap();
+    expect_err(&dir, &["file-000.parquet", "missing"]);
+}
+
+#[test]
+fn info_json_missing() {
+    let (_t, dir) = good();
+    fs::remove_file(dir.join("meta/info.json")).unwrap();
+    expect_err(&dir, &["info.json", "missing"]);
+}
+
+#[test]
+fn info_json_bad_json() {
+    let (_t, dir) = good();
+    fs::write(
+        dir.join("meta/info.json"),
+        "{ \"codebase_version\": \"v3.0\", ",
+    )
+    .unwrap();
+    expect_err(&dir, &["info.json", "invalid JSON"]);
+}
+
+fn edit_info(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("meta/info.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    f(&mut v);
+    fs::write(&path, v.to_string()).unwrap();
+}
+
+#[test]
+fn info_json_missing_field() {
+    let (_t, dir) = good();
+    edit_info(&dir, |v| {
+        v.as_object_mut().unwrap().remove("fps");
+    });
+    expect_err(&dir, &["info.json", "fps"]);
+}
+
+#[test]
+fn wrong_codebase_version() {
+    let (_t, dir) = good();
+    edit_info(&dir, |v| v["codebase_version"] = "v2.1".into());
+    expect_err(&dir, &["info.json", "\"v2.1\"", "v3.0"]);
+}
+
+#[test]
+fn wrong_dims_vs_info_json() {
+    let (_t, dir) = good();
+    edit_info(&dir, |v| {
+        v["features"]["observation.state"]["shape"] = serde_json::json!([OBS_DIM + 1]);
+        v["features"]["next.observation.state"]["shape"] = serde_json::json!([OBS_DIM + 1]);
+    });
+    expect_err(&dir, &["file-000.parquet", "observation.state", "[8]"]);
+}
+
+#[test]
+fn inconsistent_dims_in_info_json() {
+    let (_t, dir) = good();
+    edit_info(&dir, |v| {
+        v["features"]["next.observation.state"]["shape"] = serde_json::json!([2])
+    });
+    expect_err(&dir, &["info.json", "next.observation.state", "[2]"]);
+}
+
+#[test]
+fn wrong_total_frames() {
+    let (_t, dir) = good();
+    edit_info(&dir, |v| v["total_frames"] = 18.into());
+    expect_err(&dir, &["info.json", "total_frames is 18", "19"]);
+}
+
+#[test]
+fn missing_column() {
+    let (_t, dir) = good();
+    rewrite_parquet(&dir.join(DATA), |b| {
+        let schema = b.schema();
+        let keep: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| schema.field(i).name() != "action")
+            .collect();
+        b.project(&keep).unwrap()
+    });
+    expect_err(&dir, &["file-000.parquet", "`action`", "missing"]);
+}
+
+#[test]
+fn column_with_wrong_type() {
+    let (_t, dir) = good();
+    rewrite_parquet(&dir.join(DATA), |b| {
+        let n = b.num_rows() as i64;
+        let schema = b.schema();
+        let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+        let idx = schema.index_of("next.reward").unwrap();
+        fields[idx] = Arc::new(arrow_schema::Field::new(
+            "next.reward",
+            arrow_schema::DataType::Int64,
+            false,
+        ));
+        let mut cols = b.columns().to_vec();
+        cols[idx] = Arc::new(Int64Array::from_iter_values(0..n));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+    });
+    expect_err(
+        &dir,
+        &["file-000.parquet", "`next.reward`", "Int64", "float32"],
+    );
+}
+
+#[test]
+fn nan_in_observation() {
+    let (_t, dir) = good();
+    rewrite_parquet(&dir.join(DATA), |b| {
+        let obs = b
+            .column_by_name("observation.state")
+            .unwrap()
+            .as_fixed_size_list();
+        let mut vals = obs
+            .values()
+            .as_primitive::<arrow_array::types::Float32Type>()
+            .values()
+            .to_vec();
+        // Row 8 = episode 1, frame_index 2, dim 3.
+        vals[8 * OBS_DIM + 3] = f32::NAN;
+        let (field, size, _, nulls) = obs.clone().into_parts();
+        let col: ArrayRef = Arc::new(
+            FixedSizeListArray::try_new(field, size, Arc::new(Float32Array::from(vals)), nulls)
+                .unwrap(),
+        );
+        replace_column(&b, "observation.state", col)
+    });
+    expect_err(
+        &dir,
+        &[
+            "file-000.parquet",
+            "`observation.state`",
+            "NaN",
+            "row 8",
+            "episode 1",
+            "frame_index 2",
+        ],
+    );
+}
+
+/// Rewrite int64 columns of the episodes index.
+fn edit_episodes(dir: &Path, edits: &[(&str, usize, i64)]) {
+    rewrite_parquet(&dir.join(EPISODES), |mut b| {
+        for &(name, row, delta) in edits {
+            let mut v = b
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec();
+            v[row] += delta;
+            b = replace_column(&b, name, Arc::new(Int64Array::from(v)));
+        }
+        b
+    });
+}
+
+#[test]
+fn episodes_index_disagrees_with_data() {
+    // Self-consistent index (ranges contiguous, totals right) that moves one
+    // frame from episode 1 to episode 0: only the data can tell.
+    let (_t, dir) = good();
+    edit_episodes(
+        &dir,
+        &[
+            ("length", 0, 1),
+            ("dataset_to_index", 0, 1),
+            ("length", 1, -1),
+            ("dataset_from_index", 1, 1),
+        ],
+    );
+    expect_err(
+        &dir,
+        &[
+            "data/chunk-000/file-000.parquet",
+            "`episode_index`",
+            "row 6",
+        ],
+    );
+}
+
+#[test]
+fn episodes_index_length_mismatch() {
+    let (_t, dir) = good();
+    edit_episodes(&dir, &[("length", 1, 2)]);
+    expect_err(&dir, &[EPISODES, "episode 1", "dataset_to_index"]);
+}
+
+#[test]
+fn overlapping_episode_ranges() {
+    let (_t, dir) = good();
+    edit_episodes(
+        &dir,
+        &[("dataset_from_index", 2, -1), ("dataset_to_index", 2, -1)],
+    );
+    expect_err(&dir, &[EPISODES, "episode 2", "contiguous"]);
+}
+
+#[test]
+fn data_has_more_rows_than_index() {
+    let (_t, dir) = good();
+    edit_episodes(&dir, &[("length", 2, -1), ("dataset_to_index", 2, -1)]);
+    edit_info(&dir, |v| v["total_frames"] = 18.into());
+    expect_err(&dir, &["file-000.parquet", "has 19 rows", "18 frames"]);
+}
+
+#[test]
+fn tasks_file_missing() {
+    let (_t, dir) = good();
+    fs::remove_file(dir.join("meta/tasks.parquet")).unwrap();
+    expect_err(&dir, &["tasks.parquet", "missing"]);
+}
+
+#[test]
+fn stats_missing_or_stale_fail_validation_only() {
+    let (_t, dir) = good();
+    let path = dir.join("meta/stats.json");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["action"]["mean"][1] = 123.0.into();
+    fs::write(&path, v.to_string()).unwrap();
+    read_dataset(&dir).unwrap();
+    let msg = validate_dataset(&dir).unwrap_err().to_string();
+    assert!(
+        msg.contains("stats.json") && msg.contains("`action`.mean[1]"),
+        "{msg}"
+    );
+
+    fs::remove_file(&path).unwrap();
+    let msg = validate_dataset(&dir).unwrap_err().to_string();
+    assert!(
+        msg.contains("stats.json") && msg.contains("missing"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn every_truncation_is_an_error_not_a_panic() {
+    // Cut each meta/data parquet file at many lengths; all must be clean errors.
+    let (_t, dir) = good();
+    for rel in [DATA, EPISODES, "meta/tasks.parquet"] {
+        let path = dir.join(rel);
+        let bytes = fs::read(&path).unwrap();
+        for cut in (0..bytes.len()).step_by(97) {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            let msg = read_dataset(&dir).unwrap_err().to_string();
+            assert!(msg.contains(rel), "cut {rel} at {cut}: {msg}");
+        }
+        fs::write(&path, &bytes).unwrap();
+    }
+    read_dataset(&dir).unwrap();
+}

@@ -1,0 +1,148 @@
+//! Interop with pyarrow / LeRobot: our datasets pass the Python v3 layout
+//! check, and LeRobot-style files written by pyarrow read back correctly.
+//! Requires `python3` with pyarrow (CI installs it); missing pyarrow FAILS.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use dataset::{DatasetWriter, read_dataset, validate_dataset, write_dataset};
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_lerobot_v3.py")
+}
+
+fn require_pyarrow() {
+    let ok = Command::new("python3")
+        .args(["-c", "import pyarrow"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "pyarrow is required: pip install pyarrow");
+}
+
+/// Run the script with `args`, panicking with its output unless it succeeds.
+fn run_script(args: &[&str]) -> String {
+    require_pyarrow();
+    let out = Command::new("python3")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "check_lerobot_v3.py {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn check(dir: &Path, episodes: usize, frames: usize) {
+    let out = run_script(&[
+        "check",
+        dir.to_str().unwrap(),
+        &episodes.to_string(),
+        &frames.to_string(),
+    ]);
+    assert!(out.starts_with("ok:"), "{out}");
+}
+
+#[test]
+fn pyarrow_accepts_our_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let eps = episodes(21, &[8, 3, 15, 1, 6]);
+    write_dataset(dir, &info(), &eps[..3]).unwrap();
+    check(dir, 3, 26);
+
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    for ep in &eps[3..] {
+        w.append_episode(ep).unwrap();
+    }
+    w.finish().unwrap();
+    check(dir, 5, 33);
+}
+
+#[test]
+fn the_checker_rejects_wrong_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(tmp.path(), &info(), &episodes(22, &[4])).unwrap();
+    require_pyarrow();
+    let out = Command::new("python3")
+        .arg(script())
+        .args(["check", tmp.path().to_str().unwrap(), "1", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("total_frames"));
+}
+
+/// Expected value of the Python writer's `observation.state[i][j] = i + j/10`.
+fn val(i: usize, j: usize) -> f32 {
+    (i as f64 + j as f64 / 10.0) as f32
+}
+
+#[test]
+fn we_read_lerobot_style_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lerobot");
+    run_script(&["write", dir.to_str().unwrap()]);
+
+    let ds = read_dataset(&dir).unwrap();
+    assert_eq!(ds.info.fps, 10);
+    assert_eq!(ds.info.robot_type, "so100_follower");
+    assert_eq!(ds.info.task, "pick up the cube");
+    assert_eq!(ds.info.observation_names[3], "joint3.pos");
+    assert_eq!(ds.info.action_names, ["motor0", "motor1"]); // {"motors": [...]} form
+    assert_eq!(ds.episodes.len(), 2);
+    let mut i = 0; // global frame index
+    for (e, (ep, n)) in ds.episodes.iter().zip([5, 7]).enumerate() {
+        assert_eq!(ep.len(), n, "episode {e}");
+        for k in 0..n {
+            for j in 0..4 {
+                assert_eq!(ep.observations[k * 4 + j], val(i, j));
+                // No next.observation.state: successor frame, last frame repeats itself.
+                let next = if k + 1 < n { i + 1 } else { i };
+                assert_eq!(ep.next_observations[k * 4 + j], val(next, j));
+            }
+            for j in 0..2 {
+                assert_eq!(ep.actions[k * 2 + j], -val(i, j));
+            }
+            assert_eq!(ep.rewards[k], k as f32 / 2.0);
+            // next.done on the last frame and no next.truncated → terminated.
+            assert_eq!(ep.terminated[k], k + 1 == n);
+            assert!(!ep.truncated[k]);
+            assert!(!ep.success[k]);
+            i += 1;
+        }
+    }
+    // The Python-written stats.json agrees with our computation.
+    let report = validate_dataset(&dir).unwrap();
+    assert_eq!((report.episodes, report.frames), (2, 12));
+    assert!(report.stats_checked >= 4, "{report:?}");
+
+    // Appending to a foreign dataset keeps its schema (no next.* columns added).
+    let mut w = DatasetWriter::open_append(&dir).unwrap();
+    let mut rng = Rng::new(5);
+    let n = 4;
+    let mut ep = dataset::Episode {
+        observations: (0..n * 4).map(|_| rng.f32()).collect(),
+        next_observations: Vec::new(),
+        actions: (0..n * 2).map(|_| rng.f32()).collect(),
+        rewards: vec![1.0; n],
+        terminated: vec![false, false, false, true],
+        truncated: vec![false; n],
+        success: vec![false; n],
+    };
+    ep.next_observations = ep.observations[4..].to_vec();
+    ep.next_observations
+        .extend_from_slice(&ep.observations[12..]);
+    w.append_episode(&ep).unwrap();
+    w.finish().unwrap();
+    check(&dir, 3, 16);
+    let ds = read_dataset(&dir).unwrap();
+    assert_eq!(ds.episodes[2], ep);
+    validate_dataset(&dir).unwrap();
+}

@@ -1,0 +1,292 @@
+//! Write → read round trips, append, stats and validation of good datasets.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use dataset::{DatasetError, DatasetWriter, read_dataset, validate_dataset, write_dataset};
+
+const LENS: &[usize] = &[12, 1, 40, 7, 25, 3];
+
+#[test]
+fn round_trip_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ds");
+    let eps = episodes(1, LENS);
+    let summary = write_dataset(&dir, &info(), &eps).unwrap();
+    assert_eq!(summary.total_episodes, LENS.len());
+    assert_eq!(summary.total_frames, LENS.iter().sum::<usize>());
+    assert_eq!(summary.data_files_written.len(), 1);
+
+    for f in [
+        "meta/info.json",
+        "meta/stats.json",
+        "meta/tasks.parquet",
+        "meta/episodes/chunk-000/file-000.parquet",
+        "data/chunk-000/file-000.parquet",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+
+    let ds = read_dataset(&dir).unwrap();
+    assert_eq!(ds.info, info());
+    assert_eq!(ds.episodes.len(), eps.len());
+    for (a, b) in eps.iter().zip(&ds.episodes) {
+        assert_same(a, b);
+    }
+    assert_eq!(ds.num_frames(), summary.total_frames);
+    // Episodes 0 and 3 have success (index % 3 == 0).
+    assert!((ds.success_rate() - 2.0 / 6.0).abs() < 1e-12);
+    assert!((summary.success_rate - ds.success_rate()).abs() < 1e-12);
+
+    let report = validate_dataset(&dir).unwrap();
+    assert_eq!(report.episodes, LENS.len());
+    assert_eq!(report.frames, summary.total_frames);
+    assert_eq!(report.data_files, 1);
+    assert_eq!(report.tasks, 1);
+    assert_eq!(report.successful_episodes, 2);
+    assert!(report.stats_checked >= 4, "{report:?}");
+    assert!(report.unreferenced_data_files.is_empty());
+}
+
+#[test]
+fn info_json_has_v3_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(tmp.path(), &info(), &episodes(2, &[4, 5])).unwrap();
+    let text = fs::read_to_string(tmp.path().join("meta/info.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["codebase_version"], "v3.0");
+    assert_eq!(v["robot_type"], "sim/arm-reach");
+    assert_eq!(v["total_episodes"], 2);
+    assert_eq!(v["total_frames"], 9);
+    assert_eq!(v["total_tasks"], 1);
+    assert_eq!(v["chunks_size"], 1000);
+    assert_eq!(v["fps"], 20);
+    assert_eq!(v["splits"]["train"], "0:2");
+    assert_eq!(
+        v["data_path"],
+        "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    );
+    assert!(v["video_path"].is_null());
+    assert_eq!(v["features"]["observation.state"]["shape"][0], OBS_DIM);
+    assert_eq!(v["features"]["observation.state"]["names"][2], "q2");
+    assert_eq!(v["features"]["action"]["dtype"], "float32");
+    assert_eq!(v["features"]["next.done"]["dtype"], "bool");
+    assert_eq!(v["features"]["index"]["dtype"], "int64");
+    assert_eq!(v["features"].as_object().unwrap().len(), 12);
+}
+
+#[test]
+fn append_keeps_old_files_and_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let eps = episodes(3, &[10, 4, 22, 6, 15]);
+    write_dataset(dir, &info(), &eps[..3]).unwrap();
+    let old = dir.join("data/chunk-000/file-000.parquet");
+    let old_bytes = fs::read(&old).unwrap();
+
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    assert_eq!(w.info(), &info());
+    for ep in &eps[3..] {
+        w.append_episode(ep).unwrap();
+    }
+    let s = w.finish().unwrap();
+    assert_eq!((s.total_episodes, s.episodes_added), (5, 2));
+    assert_eq!(s.frames_added, 21);
+    assert_eq!(
+        s.data_files_written,
+        vec![dir.join("data/chunk-000/file-001.parquet")]
+    );
+
+    assert_eq!(
+        fs::read(&old).unwrap(),
+        old_bytes,
+        "old data file was rewritten"
+    );
+    let ds = read_dataset(dir).unwrap();
+    assert_eq!(ds.episodes.len(), 5);
+    for (a, b) in eps.iter().zip(&ds.episodes) {
+        assert_same(a, b);
+    }
+    // Stats were recomputed over all 5 episodes.
+    let report = validate_dataset(dir).unwrap();
+    assert_eq!(
+        (report.episodes, report.frames, report.data_files),
+        (5, 57, 2)
+    );
+}
+
+#[test]
+fn unfinished_writer_leaves_dataset_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let eps = episodes(4, &[5, 6, 7]);
+    write_dataset(dir, &info(), &eps[..1]).unwrap();
+    {
+        let mut w = DatasetWriter::open_append(dir).unwrap();
+        w.append_episode(&eps[1]).unwrap();
+        // Dropped without finish(): file-001 is orphaned.
+    }
+    let ds = read_dataset(dir).unwrap();
+    assert_eq!(ds.episodes.len(), 1);
+    let report = validate_dataset(dir).unwrap();
+    assert_eq!(
+        report.unreferenced_data_files,
+        vec![dir.join("data/chunk-000/file-001.parquet")]
+    );
+    // The next append skips past the orphan instead of overwriting it.
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    w.append_episode(&eps[2]).unwrap();
+    let s = w.finish().unwrap();
+    assert_eq!(
+        s.data_files_written,
+        vec![dir.join("data/chunk-000/file-002.parquet")]
+    );
+    let ds = read_dataset(dir).unwrap();
+    assert_eq!(ds.episodes.len(), 2);
+    assert_same(&ds.episodes[1], &eps[2]);
+}
+
+#[test]
+fn set_task_adds_a_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let eps = episodes(5, &[3, 4]);
+    let mut w = DatasetWriter::create(dir, info()).unwrap();
+    w.append_episode(&eps[0]).unwrap();
+    w.set_task("wave hello");
+    w.append_episode(&eps[1]).unwrap();
+    w.finish().unwrap();
+    assert_eq!(validate_dataset(dir).unwrap().tasks, 2);
+    // Appending keeps both tasks.
+    DatasetWriter::open_append(dir).unwrap().finish().unwrap();
+    assert_eq!(validate_dataset(dir).unwrap().tasks, 2);
+    assert_eq!(read_dataset(dir).unwrap().info.task, info().task);
+}
+
+#[test]
+fn empty_dataset_and_create_guards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("empty");
+    let s = write_dataset(&dir, &info(), &[]).unwrap();
+    assert_eq!((s.total_episodes, s.total_frames), (0, 0));
+    let ds = read_dataset(&dir).unwrap();
+    assert!(ds.episodes.is_empty());
+    assert_eq!(validate_dataset(&dir).unwrap().episodes, 0);
+
+    // Non-empty directory is refused.
+    let err = DatasetWriter::create(&dir, info()).err().unwrap();
+    assert!(matches!(err, DatasetError::NotEmpty { .. }), "{err}");
+    assert!(err.to_string().contains("not empty"), "{err}");
+
+    // Invalid episodes are rejected before anything is written.
+    let mut w = DatasetWriter::open_append(&dir).unwrap();
+    let mut bad = episodes(6, &[4]).remove(0);
+    bad.actions.pop();
+    let msg = w.append_episode(&bad).unwrap_err().to_string();
+    assert!(
+        msg.contains("actions") && msg.contains("expected 12"),
+        "{msg}"
+    );
+    bad.actions.push(f32::NAN);
+    let msg = w.append_episode(&bad).unwrap_err().to_string();
+    assert!(msg.contains("non-finite"), "{msg}");
+}
+
+#[test]
+fn episode_helpers() {
+    let ep = episodes(7, &[5]).remove(0);
+    assert_eq!(ep.len(), 5);
+    assert!(!ep.is_empty());
+    ep.check(OBS_DIM, ACT_DIM).unwrap();
+    assert!(ep.check(OBS_DIM + 1, ACT_DIM).is_err());
+    assert!(ep.is_success()); // index 0 → success on last step
+    assert_eq!(ep.ret(), ep.rewards.iter().sum::<f32>());
+    let mut both = ep.clone();
+    both.truncated[4] = true; // already terminated (seed 0 is even)
+    assert!(
+        both.check(OBS_DIM, ACT_DIM)
+            .unwrap_err()
+            .to_string()
+            .contains("both")
+    );
+}
+
+/// Direct two-pass statistics of `n` rows of `dim` values.
+fn direct(rows: &[Vec<f32>]) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let dim = rows[0].len();
+    let n = rows.len() as f64;
+    let col = |j: usize| rows.iter().map(move |r| f64::from(r[j]));
+    let mean: Vec<f64> = (0..dim).map(|j| col(j).sum::<f64>() / n).collect();
+    let std = (0..dim)
+        .map(|j| (col(j).map(|x| (x - mean[j]).powi(2)).sum::<f64>() / n).sqrt())
+        .collect();
+    let min = (0..dim)
+        .map(|j| col(j).fold(f64::INFINITY, f64::min))
+        .collect();
+    let max = (0..dim)
+        .map(|j| col(j).fold(f64::NEG_INFINITY, f64::max))
+        .collect();
+    (mean, std, min, max)
+}
+
+#[test]
+fn stats_match_direct_computation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let eps = episodes(8, LENS);
+    write_dataset(tmp.path(), &info(), &eps).unwrap();
+    let ds = read_dataset(tmp.path()).unwrap();
+    let stats = ds.stats();
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("meta/stats.json")).unwrap())
+            .unwrap();
+
+    let frames: usize = LENS.iter().sum();
+    let rows = |f: &dyn Fn(&dataset::Episode) -> (&[f32], usize)| -> Vec<Vec<f32>> {
+        eps.iter()
+            .flat_map(|e| {
+                let (v, d) = f(e);
+                v.chunks(d).map(<[f32]>::to_vec).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let cases: [(&str, Vec<Vec<f32>>); 4] = [
+        ("observation.state", rows(&|e| (&e.observations, OBS_DIM))),
+        (
+            "next.observation.state",
+            rows(&|e| (&e.next_observations, OBS_DIM)),
+        ),
+        ("action", rows(&|e| (&e.actions, ACT_DIM))),
+        ("next.reward", rows(&|e| (&e.rewards, 1))),
+    ];
+    for (key, data) in cases {
+        assert_eq!(data.len(), frames);
+        let (mean, std, min, max) = direct(&data);
+        let s = &stats[key];
+        assert_eq!(s.count, frames as u64, "{key}");
+        for j in 0..mean.len() {
+            assert!((s.mean[j] - mean[j]).abs() < 1e-12, "{key} mean[{j}]");
+            assert!((s.std[j] - std[j]).abs() < 1e-12, "{key} std[{j}]");
+            assert_eq!(s.min[j], min[j], "{key} min[{j}]");
+            assert_eq!(s.max[j], max[j], "{key} max[{j}]");
+            let d = &on_disk[key];
+            assert!(
+                (d["mean"][j].as_f64().unwrap() - mean[j]).abs() < 1e-12,
+                "{key} json mean"
+            );
+            assert!(
+                (d["std"][j].as_f64().unwrap() - std[j]).abs() < 1e-12,
+                "{key} json std"
+            );
+            // serde_json's default float parsing may be off by one ulp.
+            assert!((d["min"][j].as_f64().unwrap() - min[j]).abs() < 1e-12);
+            assert!((d["max"][j].as_f64().unwrap() - max[j]).abs() < 1e-12);
+            assert_eq!(d["count"][0].as_u64().unwrap(), frames as u64);
+        }
+    }
+    // Index-like features: frame_index of an episode of length n spans 0..n-1.
+    assert_eq!(stats["frame_index"].max[0], 39.0);
+    assert_eq!(stats["index"].max[0], (frames - 1) as f64);
+    assert_eq!(stats["episode_index"].max[0], (LENS.len() - 1) as f64);
+}
