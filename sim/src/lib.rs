@@ -10,9 +10,9 @@
 //!
 //! | id | robot | obs | act | control | horizon | modes |
 //! |---|---|---|---|---|---|---|
-//! | `arm-reach` | 2-link planar arm, PD joint targets | 10 | 2 | 20 Hz | 80 | swing left / right around the obstacle |
+//! | `arm-reach` | 2-link planar arm, PD joint targets | 10 | 2 | 20 Hz | 60 | swing left / right around the obstacle |
 //! | `push` | disc pusher pushing a puck on a table | 10 | 2 | 20 Hz | 100 | go around the puck on its left / right |
-//! | `maze` | point-mass robot in a grid maze | 6 | 2 | 10 Hz | 200 | four routes (outer/inner, left/right) |
+//! | `maze` | point-mass robot in a grid maze | 6 | 2 | 10 Hz | 150 | four routes (outer/inner, left/right) |
 //!
 //! All actions are in `[-1, 1]`; out-of-range or non-finite actions are clamped (NaN
 //! becomes 0) so that a bad policy output can never blow up the physics. Rewards are

@@ -1,0 +1,86 @@
+"""Python-side simulation throughput (BENCHMARKS.md, "Python bindings throughput").
+
+    python3 python/bench.py [--steps 400000] [--repeats 5] [--envs 64]
+
+Mirrors `cargo run --release -p tools -- bench sim`: one thread, random actions drawn
+beforehand (a table cycled through), episodes reset when they end (the reset cost is
+included), median / min / max of the repeats in environment steps per second.
+
+Rows: `SimEnv` stepped directly (`env.step`, the Gymnasium API without wrappers);
+`gym.make` (the same with Gymnasium's default wrappers, PassiveEnvChecker and
+OrderEnforcing); `SimVectorEnv` with `--envs` environments per `step` call (NEXT_STEP
+autoreset, no reset calls from Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+# Run as a script, this file's directory (the source tree, without the compiled
+# extension) would shadow the installed package: import the installed one.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import expo_sim  # noqa: E402
+
+TABLE = 4096
+
+
+def actions(shape: tuple[int, ...]) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(-1, 1, size=(TABLE, *shape)).astype(np.float32)
+
+
+def bench_single(env: gym.Env, steps: int) -> float:
+    table = actions(env.action_space.shape)
+    env.reset(seed=0)
+    step, reset = env.step, env.reset
+    start = time.perf_counter()
+    for i in range(steps):
+        _, _, terminated, truncated, _ = step(table[i % TABLE])
+        if terminated or truncated:
+            reset()
+    return steps / (time.perf_counter() - start)
+
+
+def bench_vector(task: str, n: int, steps: int) -> float:
+    venv = expo_sim.SimVectorEnv(task, n)
+    table = actions((n, 2))
+    venv.reset(seed=0)
+    step = venv.step
+    calls = -(-steps // n)
+    start = time.perf_counter()
+    for i in range(calls):
+        step(table[i % TABLE])
+    return calls * n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=400_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--envs", type=int, default=64)
+    args = parser.parse_args()
+
+    runs = {
+        "SimEnv": lambda task: bench_single(expo_sim.SimEnv(task), args.steps),
+        "gym.make": lambda task: bench_single(gym.make(expo_sim.ENV_IDS[task]), args.steps),
+        f"SimVectorEnv({args.envs})": lambda task: bench_vector(task, args.envs, args.steps * 4),
+    }
+    print(f"{'task':<10} {'api':<18} {'median steps/s':>15} {'min':>12} {'max':>12}")
+    for task in expo_sim.task_ids():
+        for name, run in runs.items():
+            rates = sorted(run(task) for _ in range(args.repeats))
+            print(
+                f"{task:<10} {name:<18} {statistics.median(rates):>15.0f} "
+                f"{rates[0]:>12.0f} {rates[-1]:>12.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

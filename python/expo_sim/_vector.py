@@ -1,0 +1,132 @@
+"""N simulated environments stepped in one Rust call, as a ``gymnasium.vector.VectorEnv``.
+
+Autoreset mode: ``AutoresetMode.NEXT_STEP`` (Gymnasium 1.x's default, declared in
+``metadata["autoreset_mode"]``). The step that ends an episode returns its last
+observation with ``terminated``/``truncated`` set. On the next ``step`` that
+environment ignores its action, resets with the next seed of its own stream and returns
+the new episode's first observation with reward 0, ``terminated = truncated = False``,
+``info["_success"]`` false and ``info["seed"]``/``info["_seed"]`` set for it. This is
+exactly what ``gymnasium.vector.SyncVectorEnv`` over :class:`~expo_sim.SimEnv` does
+(tested), only without a Python loop per environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from expo_sim import _core
+from expo_sim._common import (
+    as_float32,
+    check_render_mode,
+    check_seed,
+    entropy_seed,
+    task_spaces,
+)
+
+
+class SimVectorEnv(VectorEnv):
+    """``num_envs`` environments of one task (same arguments as :class:`~expo_sim.SimEnv`).
+
+    Observations are ``(num_envs, obs_dim)`` float32, actions ``(num_envs, action_dim)``;
+    rewards are float64, ``terminated``/``truncated`` bool, all new arrays per call.
+    ``step`` returns ``info["success"]`` (bool per environment, with mask
+    ``info["_success"]``, false for environments that autoreset in this step). ``reset(seed=s)`` seeds environment ``i`` with ``s + i``; a
+    list gives one seed (or None) per environment; ``options={"reset_mask": mask}``
+    resets only the selected environments.
+    """
+
+    def __init__(
+        self,
+        task: str = "arm-reach",
+        num_envs: int = 1,
+        reward: str = "sparse",
+        gravity: bool = False,
+        render_mode: str | None = None,
+    ) -> None:
+        check_render_mode(render_mode)
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)):
+            raise TypeError(f"num_envs must be an int, got {type(num_envs).__name__}")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        spec, self.single_observation_space, self.single_action_space = task_spaces(task)
+        self.num_envs = int(num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._core = _core.VecEnv(
+            task, [entropy_seed() for _ in range(self.num_envs)], reward, gravity
+        )
+        self.task = task
+        self.horizon: int = spec["horizon"]
+        self.render_mode = None
+        self.metadata = {
+            "autoreset_mode": AutoresetMode.NEXT_STEP,
+            "render_modes": [],
+            "render_fps": spec["control_hz"],
+        }
+
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        seeds = self._seeds(seed)
+        mask = self._reset_mask(options)
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        obs, used = self._core.reset(seeds, None if mask is None else mask.tolist())
+        if mask is None:
+            mask = np.ones(self.num_envs, dtype=np.bool_)
+        return obs, {"seed": used, "_seed": mask}
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        obs, rewards, terminated, truncated, success, reset, seeds = self._core.step(
+            as_float32(actions, "actions")
+        )
+        # Gymnasium's vector info convention: a key is present when at least one
+        # environment reports it, with the mask `_key` saying which.
+        info: dict[str, Any] = {}
+        if not reset.all():
+            info["success"], info["_success"] = success, ~reset
+        if reset.any():
+            info["seed"], info["_seed"] = seeds, reset
+        return obs, rewards, terminated, truncated, info
+
+    def render(self) -> None:
+        """No render modes: returns None."""
+        return None
+
+    def _seeds(self, seed: Any) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != self.num_envs:
+                raise ValueError(
+                    f"a list of seeds needs one per environment ({self.num_envs}), "
+                    f"got {len(seed)}"
+                )
+            return [check_seed(s) for s in seed]
+        first = check_seed(seed, allow_none=False)
+        return [check_seed(first + i) for i in range(self.num_envs)]
+
+    def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
+        if not options:
+            return None
+        unknown = sorted(set(options) - {"reset_mask"})
+        if unknown:
+            raise ValueError(f"unknown reset options {unknown}; only 'reset_mask' exists")
+        mask = options["reset_mask"]
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+            raise TypeError("options['reset_mask'] must be a numpy bool array")
+        if mask.shape != (self.num_envs,):
+            raise ValueError(
+                f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}"
+            )
+        if not mask.any():
+            raise ValueError("options['reset_mask'] must select at least one environment")
+        return mask.copy()

@@ -1,0 +1,125 @@
+"""The vector environment agrees with Gymnasium's SyncVectorEnv over single envs."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+import expo_sim
+
+N = 5
+
+
+def reference(task, n=N):
+    """Gymnasium's own NEXT_STEP vectorization of the registered single environment."""
+    ref = gym.make_vec(expo_sim.ENV_IDS[task], num_envs=n, vectorization_mode="sync")
+    assert isinstance(ref, SyncVectorEnv)
+    assert ref.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    return ref
+
+
+def assert_same_step(ours, theirs):
+    obs, rew, term, trunc, info = ours
+    r_obs, r_rew, r_term, r_trunc, r_info = theirs
+    np.testing.assert_array_equal(obs, r_obs)
+    assert obs.dtype == np.float32 and obs.shape == r_obs.shape
+    np.testing.assert_array_equal(rew, r_rew)
+    np.testing.assert_array_equal(term, r_term)
+    np.testing.assert_array_equal(trunc, r_trunc)
+    # Keys present for at least one environment, with the same masks and values there.
+    assert set(info) == set(r_info)
+    for key in ("success", "seed"):
+        if key in info:
+            mask = info[f"_{key}"]
+            np.testing.assert_array_equal(mask, r_info[f"_{key}"])
+            np.testing.assert_array_equal(info[key][mask], r_info[key][mask])
+
+
+def test_make_vec_builds_the_rust_vector(task):
+    venv = gym.make_vec(expo_sim.ENV_IDS[task], num_envs=3)
+    assert isinstance(venv.unwrapped, expo_sim.SimVectorEnv)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    single = expo_sim.SimEnv(task)
+    assert venv.single_observation_space == single.observation_space
+    assert venv.single_action_space == single.action_space
+    assert venv.observation_space.shape == (3, *single.observation_space.shape)
+    assert venv.action_space.shape == (3, 2)
+
+
+def test_vector_matches_sync_vector_env_through_autoresets(task):
+    ours, theirs = expo_sim.SimVectorEnv(task, N), reference(task)
+    out, ref = ours.reset(seed=42), theirs.reset(seed=42)
+    np.testing.assert_array_equal(out[0], ref[0])
+    np.testing.assert_array_equal(out[1]["seed"], 42 + np.arange(N))
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(400):
+        actions = rng.uniform(-1, 1, size=(N, 2)).astype(np.float32)
+        step = ours.step(actions)
+        assert_same_step(step, theirs.step(actions))
+        ends += int(np.sum(step[2] | step[3]))
+    assert ends >= N  # autoreset happened, for every environment on average
+
+
+def test_seed_lists_and_unseeded_resets(task):
+    ours, theirs = expo_sim.SimVectorEnv(task, N), reference(task)
+    seeds = [7, None, 2**64 - 1, 0, 7]
+    ours.reset(seed=[7, 1, 2, 3, 4])
+    theirs.reset(seed=[7, 1, 2, 3, 4])
+    obs, info = ours.reset(seed=seeds)
+    r_obs, r_info = theirs.reset(seed=seeds)
+    np.testing.assert_array_equal(obs, r_obs)
+    np.testing.assert_array_equal(info["seed"], r_info["seed"])
+    np.testing.assert_array_equal(ours.reset()[0], theirs.reset()[0])
+
+
+def test_reset_mask_resets_only_the_selected_envs(task):
+    ours, theirs = expo_sim.SimVectorEnv(task, N), reference(task)
+    ours.reset(seed=3)
+    theirs.reset(seed=3)
+    actions = np.full((N, 2), 0.5, np.float32)
+    for _ in range(4):
+        before = ours.step(actions)[0]
+        theirs.step(actions)
+    mask = np.array([True, False, True, False, False])
+    obs, info = ours.reset(seed=100, options={"reset_mask": mask})
+    r_obs, _ = theirs.reset(seed=100, options={"reset_mask": mask.copy()})
+    np.testing.assert_array_equal(obs, r_obs)
+    np.testing.assert_array_equal(obs[~mask], before[~mask])
+    np.testing.assert_array_equal(info["_seed"], mask)
+    np.testing.assert_array_equal(info["seed"][mask], [100, 102])
+    for _ in range(50):
+        assert_same_step(ours.step(actions), theirs.step(actions))
+
+
+def test_returned_arrays_are_new_each_call():
+    venv = expo_sim.SimVectorEnv("maze", 4)
+    first = venv.reset(seed=0)
+    steps = [venv.step(np.zeros((4, 2), np.float32)) for _ in range(2)]
+    arrays = [first[0], *(a for s in steps for a in s[:4])]
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1:]:
+            assert not np.shares_memory(a, b)
+
+
+def test_gymnasium_vector_wrappers_accept_it():
+    venv = gym.wrappers.vector.RecordEpisodeStatistics(expo_sim.SimVectorEnv("arm-reach", 8))
+    venv = gym.wrappers.vector.NormalizeObservation(venv)
+    venv.reset(seed=0)
+    finished = 0
+    for _ in range(70):  # arm-reach's horizon is 60: every environment ends once
+        _, _, term, trunc, info = venv.step(venv.action_space.sample())
+        finished += int(np.sum(term | trunc))
+        if "episode" in info:
+            assert (info["episode"]["l"][info["_episode"]] <= 60).all()
+    assert finished >= 8
+
+
+@pytest.mark.parametrize("n", [1, 64])
+def test_sizes(n):
+    venv = expo_sim.SimVectorEnv("push", n)
+    obs, _ = venv.reset(seed=1)
+    assert obs.shape == (n, 10)
+    obs, rew, term, trunc, info = venv.step(np.zeros((n, 2), np.float32))
+    assert obs.shape == (n, 10) and rew.shape == term.shape == trunc.shape == (n,)
+    assert rew.dtype == np.float64 and term.dtype == trunc.dtype == np.bool_
