@@ -84,13 +84,13 @@ mod tests {
     #[test]
     fn vp_schedule_matches_hand_values() {
         // T = 2, b_min 0.1, b_max 10:
-        // α_1 = exp(−0.05 − 0.5·9.9·1/4) = exp(−1.2875) = 0.275957…
-        // α_2 = exp(−0.05 − 0.5·9.9·3/4) = exp(−3.7625) = 0.023217…
+        // α_1 = exp(−0.05 − 0.5·9.9·1/4) = exp(−1.2875) = 0.2759598…
+        // α_2 = exp(−0.05 − 0.5·9.9·3/4) = exp(−3.7625) = 0.0232256…
         let s = DiffusionSchedule::vp(2, 0.1, 10.0);
-        assert!((s.alphas[0] - 0.275_957_6).abs() < 1e-6, "{}", s.alphas[0]);
-        assert!((s.alphas[1] - 0.023_216_9).abs() < 1e-6, "{}", s.alphas[1]);
-        assert!((s.betas[0] - (1.0 - 0.275_957_6)).abs() < 1e-6);
-        assert!((s.alpha_bars[1] - 0.275_957_6 * 0.023_216_9).abs() < 1e-6);
+        assert!((s.alphas[0] - 0.275_959_8).abs() < 1e-6, "{}", s.alphas[0]);
+        assert!((s.alphas[1] - 0.023_225_6).abs() < 1e-6, "{}", s.alphas[1]);
+        assert!((s.betas[0] - (1.0 - 0.275_959_8)).abs() < 1e-6);
+        assert!((s.alpha_bars[1] - 0.275_959_8 * 0.023_225_6).abs() < 1e-6);
     }
 
     #[test]

@@ -30,6 +30,16 @@ impl Rng {
         Rng { s }
     }
 
+    /// The generator's state, for checkpoints.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// Restores a generator saved with [`Rng::state`].
+    pub fn from_state(s: [u64; 4]) -> Self {
+        Rng { s }
+    }
+
     /// Derives an independent stream, e.g. one per environment of a vector.
     pub fn fork(&mut self, stream: u64) -> Rng {
         Rng::new(self.next_u64() ^ stream.wrapping_mul(0xd1b5_4a32_d192_ed03))

@@ -51,6 +51,16 @@ pub struct UpdateMetrics {
     pub temperature: f32,
 }
 
+/// Wall-clock seconds spent per stage since the agent was built (for profiling).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StageTimes {
+    pub act: f64,
+    pub candidates: f64,
+    pub critic: f64,
+    pub denoiser: f64,
+    pub policy: f64,
+}
+
 /// Standard normal `[rows, cols]` from `rng`.
 fn normal(rng: &mut Rng, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
     tensor2((0..rows * cols).map(|_| rng.normal()).collect(), rows, cols, device)
@@ -151,6 +161,7 @@ pub struct Agent {
     pub act_rng: Rng,
     /// Denoiser updates so far (drives the cosine learning-rate decay).
     pub denoiser_updates: usize,
+    pub times: StageTimes,
 }
 
 impl Agent {
@@ -199,6 +210,7 @@ impl Agent {
             train_rng: Rng::new(config.seed ^ 0x7124),
             act_rng: Rng::new(config.seed ^ 0xac7),
             denoiser_updates: 0,
+            times: StageTimes::default(),
             config,
         }
     }
@@ -225,6 +237,7 @@ impl Agent {
 
     /// Actions for a batch of raw observations `[K·O]` → `[K·A]` (host memory).
     pub fn act(&mut self, obs: &[f32]) -> Vec<f32> {
+        let clock = std::time::Instant::now();
         let k = obs.len() / self.obs_dim;
         let mut norm = obs.to_vec();
         self.normalizer.apply(&mut norm);
@@ -255,7 +268,9 @@ impl Agent {
                 on_the_fly_action(&mut runner, &params).0
             }
         };
-        actions.into_data().try_to_vec::<f32>().expect("f32 actions")
+        let out = actions.into_data().try_to_vec::<f32>().expect("f32 actions");
+        self.times.act += clock.elapsed().as_secs_f64();
+        out
     }
 
     /// One environment step's worth of updates on `batch` (`utd` slices of
@@ -273,6 +288,7 @@ impl Agent {
         if self.config.algo != Algo::Bc {
             self.update_critic(&obs, &batch.act, &batch.rew, &next_obs, &batch.mask, &mut m)?;
         }
+        let clock = std::time::Instant::now();
         // Policy updates use the last slice.
         let last = (utd - 1) * b;
         let obs_last = tensor2(obs[last * od..].to_vec(), b, od, &self.device);
@@ -280,12 +296,56 @@ impl Agent {
         if self.config.algo != Algo::Rlpd {
             m.denoiser_loss = self.update_denoiser(obs_last.clone(), act_last);
         }
+        self.times.denoiser += clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
         match self.config.algo {
             Algo::Expo => self.update_edit(obs_last, &mut m),
             Algo::Rlpd => self.update_actor(obs_last, &mut m),
             _ => {}
         }
+        self.times.policy += clock.elapsed().as_secs_f64();
         Ok(m)
+    }
+
+    /// Base-policy (denoiser) update only, on the last slice of `batch`: offline
+    /// pretraining of the base policy.
+    pub fn update_base(&mut self, batch: &Batch) -> f32 {
+        let b = self.config.optim.batch_size;
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        let last = batch.rows - b;
+        let mut obs = batch.obs[last * od..].to_vec();
+        self.normalizer.apply(&mut obs);
+        let obs = tensor2(obs, b, od, &self.device);
+        let act = tensor2(batch.act[last * ad..].to_vec(), b, ad, &self.device);
+        self.update_denoiser(obs, act)
+    }
+
+    pub(crate) fn save_optimizers(&self, dir: &std::path::Path) -> Result<()> {
+        let pairs = [
+            (&self.opt_denoiser, "opt_denoiser.bpk"),
+            (&self.opt_critic, "opt_critic.bpk"),
+            (&self.opt_policy, "opt_policy.bpk"),
+            (&self.opt_temperature, "opt_temperature.bpk"),
+        ];
+        for (opt, name) in pairs {
+            opt.save(dir.join(name)).map_err(|e| anyhow::anyhow!("{}: {e:?}", dir.join(name).display()))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {
+        let slots = [
+            (&mut self.opt_denoiser, "opt_denoiser.bpk"),
+            (&mut self.opt_critic, "opt_critic.bpk"),
+            (&mut self.opt_policy, "opt_policy.bpk"),
+            (&mut self.opt_temperature, "opt_temperature.bpk"),
+        ];
+        for (slot, name) in slots {
+            let opt = std::mem::replace(slot, AdamConfig::new().init());
+            let path = dir.join(name);
+            *slot = opt.load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        }
+        Ok(())
     }
 
     fn update_critic(
@@ -305,6 +365,7 @@ impl Agent {
         let params = self.selection();
 
         // Hoisted: next-action candidates of every slice in one batched pass.
+        let clock = std::time::Instant::now();
         let precomputed = match self.config.algo {
             Algo::Expo | Algo::IdqlSelect => {
                 let den = self.denoiser.valid();
@@ -331,6 +392,8 @@ impl Agent {
             actor.sample(next_plain.clone(), noise)
         });
         let alpha = self.temperature.as_ref().map_or(0.0, |t| scalar(t.alpha()));
+        self.times.candidates += clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
 
         let (mut loss_sum, mut q_sum, mut tq_sum) = (0.0, 0.0, 0.0);
         for i in 0..utd {
@@ -382,6 +445,7 @@ impl Agent {
             self.critic_target = Some(polyak(target, &critic, self.config.optim.tau));
             self.critic = Some(critic);
         }
+        self.times.critic += clock.elapsed().as_secs_f64();
         m.critic_loss = loss_sum / utd as f32;
         m.q_mean = q_sum / utd as f32;
         m.target_q_mean = tq_sum / utd as f32;
@@ -425,8 +489,7 @@ impl Agent {
         let noise = normal(&mut self.train_rng, b, ad, &self.device);
         let edit = self.edit.take().unwrap();
         let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);
-        // Density of base + β·a: log π − A·ln β.
-        let logp = logp - ad as f32 * self.config.expo.edit_scale.ln();
+        let logp = edited_log_prob(logp, ad, self.config.expo.edit_scale);
         let edited = base + a * self.config.expo.edit_scale;
         let q = self.critic.as_ref().unwrap().forward(Tensor::cat(vec![obs, edited], 1)).mean_dim(0); // [1, b]
         let alpha = scalar(self.temperature.as_ref().unwrap().alpha());
@@ -465,6 +528,12 @@ impl Agent {
     }
 }
 
+/// Log-density of the edited action `base + β·a` given the log-density of `a`: the
+/// affine map scales volumes by `β^A`, so `log π_edit = log π(a) − A·ln β`.
+pub fn edited_log_prob(logp: Tensor<2>, act_dim: usize, beta: f32) -> Tensor<2> {
+    logp - act_dim as f32 * beta.ln()
+}
+
 /// The first element of a tensor as f32 (host copy).
 pub fn scalar<const D: usize>(t: Tensor<D>) -> f32 {
     t.into_data().try_to_vec::<f32>().expect("f32 tensor")[0]
@@ -472,7 +541,7 @@ pub fn scalar<const D: usize>(t: Tensor<D>) -> f32 {
 
 /// [`ExpoRunner`] on burn tensors. For acting it runs the EMA chain and the edit
 /// policy; for TD targets (`precomputed`) it serves the hoisted candidates of one slice.
-struct Selector<'a> {
+pub(crate) struct Selector<'a> {
     /// Observations `[B, O]`, normalized, on the plain device.
     obs: Tensor<2>,
     act_dim: usize,

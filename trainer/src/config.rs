@@ -196,25 +196,26 @@ impl Config {
         }
     }
 
-    /// The 2-core preset. Differences from `paper`: widths 128 (denoiser blocks expand
-    /// to 512, 2 blocks), 64 Fourier features, batch 128, UTD 2, N 4, n_edit 4, T 5,
-    /// 10 critics of 2 x 128; shorter runs. The algorithm is unchanged.
+    /// The 2-core preset, chosen by measurement (BENCHMARKS.md): denoiser width 64 with
+    /// 2 residual blocks expanding to 256 (reference: 256, 3 blocks, 1024), 32 Fourier
+    /// features and a 64-wide time MLP, 10 critics of 2 x 64, batch 64, UTD 2, N 4,
+    /// n_edit 4, T 5; shorter runs. The algorithm is unchanged.
     pub fn cpu() -> Self {
         let mut c = Self::paper();
         c.preset = "cpu".into();
         c.net = NetConfig {
-            denoiser_hidden: 128,
+            denoiser_hidden: 64,
             denoiser_blocks: 2,
-            denoiser_expanded: 512,
-            fourier_features: 64,
-            time_hidden: 128,
-            critic_widths: vec![128, 128],
+            denoiser_expanded: 256,
+            fourier_features: 32,
+            time_hidden: 64,
+            critic_widths: vec![64, 64],
             num_critics: 10,
         };
         c.diffusion.steps = 5;
         c.expo.num_samples = 4;
         c.expo.num_edit = 4;
-        c.optim.batch_size = 128;
+        c.optim.batch_size = 64;
         c.optim.utd = 2;
         c.optim.actor_lr_decay_steps = 100_000;
         c.run = RunConfig {

@@ -115,6 +115,50 @@ impl Replay {
     }
 }
 
+const REPLAY_MAGIC: &[u8; 8] = b"EXPORPL1";
+
+impl Replay {
+    /// Binary snapshot: magic, `[capacity, len, next]` as u64, then the arrays as
+    /// little-endian f32 (observations, actions, rewards, next observations, masks).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + 4 * (self.obs.len() * 2 + self.act.len() + 2 * self.len));
+        out.extend_from_slice(REPLAY_MAGIC);
+        for v in [self.capacity, self.len, self.next] {
+            out.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        for arr in [&self.obs, &self.act, &self.rew, &self.next_obs, &self.mask] {
+            for x in arr.iter() {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Inverse of [`Replay::to_bytes`]; rejects truncated or inconsistent input.
+    pub fn from_bytes(bytes: &[u8], obs_dim: usize, act_dim: usize) -> Result<Self, String> {
+        if bytes.len() < 32 || &bytes[..8] != REPLAY_MAGIC {
+            return Err("not a replay snapshot (bad magic)".into());
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().unwrap()) as usize;
+        let (capacity, len, next) = (word(0), word(1), word(2));
+        if capacity == 0 || len > capacity || next >= capacity {
+            return Err(format!("inconsistent header: capacity {capacity}, len {len}, next {next}"));
+        }
+        let floats = len * (2 * obs_dim + act_dim + 2);
+        if bytes.len() != 32 + 4 * floats {
+            return Err(format!("expected {} bytes for {len} transitions, found {}", 32 + 4 * floats, bytes.len()));
+        }
+        let mut vals = bytes[32..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+        let mut take = |n: usize| -> Vec<f32> { vals.by_ref().take(n).collect() };
+        let obs = take(len * obs_dim);
+        let act = take(len * act_dim);
+        let rew = take(len);
+        let next_obs = take(len * obs_dim);
+        let mask = take(len);
+        Ok(Replay { obs_dim, act_dim, capacity, len, next, obs, act, rew, next_obs, mask })
+    }
+}
+
 impl Batch {
     pub fn clear(&mut self) {
         self.rows = 0;
@@ -210,14 +254,27 @@ mod tests {
         for slice in b.obs.chunks(8) {
             assert_eq!(slice.iter().filter(|&&x| x == 0.0).count(), 4);
         }
-        // Terminal transitions carry mask 0.
-        for (r, m) in b.rew.iter().zip(&b.mask) {
-            assert_eq!(*m == 0.0, *r == 3.0 && b.obs.is_empty() == false && *m == 0.0);
+        // The online transition with reward 3 is the terminal one: mask 0, all others 1.
+        for ((o, r), m) in b.obs.iter().zip(&b.rew).zip(&b.mask) {
+            assert_eq!(*m == 0.0, *o == 1.0 && *r == 3.0);
         }
         // Before online data exists everything is offline.
         let empty = Replay::new(1, 1, 10);
         sample_mixed(&mut rng, &off, &empty, 0.5, 2, 8, &mut b);
         assert!(b.obs.iter().all(|&x| x == 0.0) && b.rows == 16);
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_corruption() {
+        let mut r = Replay::new(2, 1, 4);
+        for i in 0..6 {
+            r.push(&[i as f32, 1.0], &[0.5], i as f32, &[0.0, 2.0], i == 2);
+        }
+        let bytes = r.to_bytes();
+        let back = Replay::from_bytes(&bytes, 2, 1).unwrap();
+        assert_eq!(back.to_bytes(), bytes);
+        assert!(Replay::from_bytes(&bytes[..bytes.len() - 3], 2, 1).unwrap_err().contains("expected"));
+        assert!(Replay::from_bytes(b"garbage", 2, 1).unwrap_err().contains("magic"));
     }
 
     #[test]

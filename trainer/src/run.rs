@@ -1,0 +1,569 @@
+//! Training runs: offline data, pretraining, the online loop, evaluation, metrics and
+//! checkpoints that resume exactly.
+//!
+//! # Outputs (`--out DIR`)
+//! - `config.toml`: the resolved configuration.
+//! - `metrics.csv`: one row per logging interval of online training (losses, Q values,
+//!   entropy, temperature, training-episode success and return, updates per second).
+//! - `eval.csv`: success rate, mean return and length of the evaluation episodes, at
+//!   the start of online training and every `run.eval_every` environment steps.
+//! - `checkpoint/`: everything needed to continue the run (networks, optimizer states,
+//!   random generator states, online replay buffer, counters).
+//!
+//! # Checkpoints
+//! A checkpoint is taken at the first episode boundary after every `checkpoint_every`
+//! environment steps, so the simulator's state is just the position of its seed stream.
+//! It is written to `checkpoint.tmp/` and then renamed over `checkpoint/` (the previous
+//! one survives as `checkpoint.old/` until the rename is done), so killing the process
+//! at any moment leaves a complete checkpoint. Resuming truncates `metrics.csv` and
+//! `eval.csv` to the checkpoint's step and continues with exactly the same updates as an
+//! uninterrupted run.
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use sim::rng::Rng;
+use sim::{EnvConfig, Trajectory, make_demonstrator, make_env, record_episode};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::agent::{Agent, UpdateMetrics};
+use crate::config::{Algo, Config};
+use crate::replay::{Batch, Normalizer, Replay, sample_mixed};
+
+/// Success rate and return of evaluation episodes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub episodes: usize,
+    pub success_rate: f64,
+    pub mean_return: f64,
+    pub mean_length: f64,
+}
+
+/// Runs `episodes` evaluation episodes in lockstep, acting for all unfinished
+/// environments in one batch. Episode `i` is seeded from `seed` and `i`.
+pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> EvalResult {
+    let task = agent.config.task;
+    let spec = task.spec();
+    let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let mut envs: Vec<_> = (0..episodes).map(|_| make_env(task, EnvConfig::default())).collect();
+    let mut obs = vec![0.0; episodes * od];
+    let mut seeds = Rng::new(seed);
+    for (e, o) in envs.iter_mut().zip(obs.chunks_exact_mut(od)) {
+        e.reset(seeds.next_u64(), o);
+    }
+    let mut active: Vec<usize> = (0..episodes).collect();
+    let (mut returns, mut lengths, mut successes) = (vec![0.0f64; episodes], vec![0usize; episodes], 0usize);
+    let mut batch = Vec::with_capacity(episodes * od);
+    let mut next = vec![0.0; od];
+    while !active.is_empty() {
+        batch.clear();
+        for &i in &active {
+            batch.extend_from_slice(&obs[i * od..(i + 1) * od]);
+        }
+        let actions = agent.act(&batch);
+        let mut still = Vec::with_capacity(active.len());
+        for (k, &i) in active.iter().enumerate() {
+            let s = envs[i].step(&actions[k * ad..(k + 1) * ad], &mut next);
+            obs[i * od..(i + 1) * od].copy_from_slice(&next);
+            returns[i] += s.reward as f64;
+            lengths[i] += 1;
+            if s.success {
+                successes += 1;
+            }
+            if !s.done() {
+                still.push(i);
+            }
+        }
+        active = still;
+    }
+    let n = episodes.max(1) as f64;
+    EvalResult {
+        episodes,
+        success_rate: successes as f64 / n,
+        mean_return: returns.iter().sum::<f64>() / n,
+        mean_length: lengths.iter().sum::<usize>() as f64 / n,
+    }
+}
+
+impl Replay {
+    /// Appends every step of a simulator trajectory.
+    pub fn push_trajectory(&mut self, t: &Trajectory) {
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        for i in 0..t.len() {
+            self.push(
+                &t.observations[i * od..(i + 1) * od],
+                &t.actions[i * ad..(i + 1) * ad],
+                t.rewards[i],
+                &t.next_observations[i * od..(i + 1) * od],
+                t.terminated[i],
+            );
+        }
+    }
+}
+
+/// The offline buffer: the configured dataset, or freshly generated scripted
+/// demonstrations (seeded from the run's seed). Also returns the demonstrations'
+/// success rate.
+pub fn offline_data(config: &Config) -> Result<(Replay, f64)> {
+    let spec = config.task.spec();
+    if let Some(path) = &config.run.dataset {
+        let ds = dataset::read_dataset(Path::new(path))?;
+        if ds.info.obs_dim() != spec.obs_dim() || ds.info.action_dim() != spec.action_dim() {
+            bail!(
+                "{path}: dataset has obs dim {} and action dim {}, task {} expects {} and {}",
+                ds.info.obs_dim(),
+                ds.info.action_dim(),
+                config.task,
+                spec.obs_dim(),
+                spec.action_dim()
+            );
+        }
+        let rate = ds.success_rate();
+        return Ok((Replay::from_dataset(&ds), rate));
+    }
+    let mut env = make_env(config.task, EnvConfig::default());
+    let mut demo = make_demonstrator(config.task);
+    let mut replay = Replay::new(spec.obs_dim(), spec.action_dim(), 1 << 22);
+    let mut seeds = Rng::new(config.seed.wrapping_add(0x0ff1));
+    let mut ok = 0;
+    for _ in 0..config.run.offline_episodes {
+        let t = record_episode(env.as_mut(), demo.as_mut(), seeds.next_u64());
+        ok += t.is_success() as usize;
+        replay.push_trajectory(&t);
+    }
+    Ok((replay, ok as f64 / config.run.offline_episodes.max(1) as f64))
+}
+
+/// Progress reporting hook (the binary draws a progress bar with it).
+pub trait Progress {
+    fn phase(&mut self, _name: &str, _total: u64) {}
+    fn advance(&mut self, _pos: u64, _message: &str) {}
+}
+
+impl Progress for () {}
+
+/// Options of one `train` invocation beyond the config.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Continue from `out/checkpoint` if it exists.
+    pub resume: bool,
+    /// Take a checkpoint at the first episode end after every this many env steps
+    /// (0: never).
+    pub checkpoint_every: usize,
+    /// Stop the process right after the first checkpoint at or beyond this env step
+    /// (tests use it to simulate a kill).
+    pub stop_after: Option<usize>,
+    /// Log a metrics row every this many env steps.
+    pub log_every: usize,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub offline_success_rate: f64,
+    pub evals: Vec<(usize, EvalResult)>,
+    pub env_steps: usize,
+    pub stopped_early: bool,
+    pub last_metrics: Option<UpdateMetricsRow>,
+}
+
+/// One `metrics.csv` row.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UpdateMetricsRow {
+    pub step: usize,
+    pub critic_loss: f32,
+    pub q_mean: f32,
+    pub target_q_mean: f32,
+    pub denoiser_loss: f32,
+    pub policy_q: f32,
+    pub entropy: f32,
+    pub temperature: f32,
+    pub train_success_rate: f32,
+    pub train_return: f32,
+    pub updates_per_s: f32,
+}
+
+const METRICS_HEADER: &str = "step,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,train_success_rate,train_return,updates_per_s";
+const EVAL_HEADER: &str = "step,success_rate,mean_return,mean_length,episodes";
+
+/// Counters and generator states saved in `checkpoint/state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunState {
+    env_step: usize,
+    env_seeds: [u64; 4],
+    batch_rng: [u64; 4],
+    train_rng: [u64; 4],
+    act_rng: [u64; 4],
+    denoiser_updates: usize,
+    normalizer: Normalizer,
+    offline_success_rate: f64,
+    evals: Vec<(usize, EvalResult)>,
+    episode_stats: (usize, usize, f64),
+    config_toml: String,
+}
+
+fn device() -> Device {
+    match std::env::var("EXPO_BACKEND").as_deref() {
+        Ok("ndarray") => Device::ndarray(),
+        _ => Device::flex(),
+    }
+}
+
+/// Pretrain → online training → evaluation, writing outputs under `out`.
+pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dyn Progress) -> Result<TrainSummary> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let spec = config.task.spec();
+    let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let ckpt_dir = checkpoint_dir(out);
+    let resumed = opts.resume && ckpt_dir.is_some();
+
+    progress.phase("offline data", 1);
+    let (offline, offline_rate) = offline_data(config)?;
+    let mut online = Replay::new(od, ad, 1 << 21);
+    let normalizer = Normalizer::fit(offline.observations(), od);
+    let mut agent = Agent::new(config.clone(), od, ad, normalizer, &device());
+    let mut summary = TrainSummary { offline_success_rate: offline_rate, ..Default::default() };
+    let mut env_seeds = Rng::new(config.seed.wrapping_add(0xe4));
+    let mut batch_rng = Rng::new(config.seed.wrapping_add(0xba7c));
+    let mut start_step = 0;
+    let (mut episodes_done, mut successes, mut return_sum) = (0usize, 0usize, 0.0f64);
+    let mut batch = Batch::default();
+
+    if resumed {
+        let dir = ckpt_dir.unwrap();
+        let state: RunState = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("{}: reading checkpoint", dir.display()))?,
+        )
+        .with_context(|| format!("{}: bad checkpoint state", dir.join("state.json").display()))?;
+        if state.config_toml != config.to_toml() {
+            bail!("{}: checkpoint was written with a different configuration; resume with the same config", dir.display());
+        }
+        agent.load(&dir)?;
+        agent.normalizer = state.normalizer;
+        agent.train_rng = Rng::from_state(state.train_rng);
+        agent.act_rng = Rng::from_state(state.act_rng);
+        agent.denoiser_updates = state.denoiser_updates;
+        online = load_replay(&dir.join("online.bin"), od, ad)?;
+        env_seeds = Rng::from_state(state.env_seeds);
+        batch_rng = Rng::from_state(state.batch_rng);
+        start_step = state.env_step;
+        summary.evals = state.evals;
+        (episodes_done, successes, return_sum) = state.episode_stats;
+        truncate_csv(&out.join("metrics.csv"), start_step)?;
+        truncate_csv(&out.join("eval.csv"), start_step)?;
+    } else {
+        std::fs::write(out.join("config.toml"), config.to_toml())?;
+        write_header(&out.join("metrics.csv"), METRICS_HEADER)?;
+        write_header(&out.join("eval.csv"), EVAL_HEADER)?;
+        pretrain(&mut agent, &offline, &mut batch_rng, &mut batch, progress)?;
+        let e = evaluate(&mut agent, config.run.eval_episodes, config.seed ^ 0xe7a1);
+        append_eval(out, 0, &e)?;
+        summary.evals.push((0, e));
+    }
+
+    // Online training.
+    let total = config.run.online_steps;
+    progress.phase("online", total as u64);
+    let mut env = make_env(config.task, EnvConfig::default());
+    let mut obs = vec![0.0; od];
+    let mut next = vec![0.0; od];
+    env.reset(env_seeds.next_u64(), &mut obs);
+    let mut ep_return = 0.0f64;
+    let mut window = MetricsWindow::default();
+    let log_every = opts.log_every.max(1);
+    let mut last_ckpt = start_step;
+    let mut clock = Instant::now();
+    for step in start_step..total {
+        let action = agent.act(&obs);
+        let s = env.step(&action, &mut next);
+        online.push(&obs, &action, s.reward, &next, s.terminated);
+        ep_return += s.reward as f64;
+        let episode_end = s.done();
+        if episode_end {
+            episodes_done += 1;
+            successes += s.success as usize;
+            return_sum += ep_return;
+            ep_return = 0.0;
+            env.reset(env_seeds.next_u64(), &mut obs);
+        } else {
+            obs.copy_from_slice(&next);
+        }
+        sample_mixed(
+            &mut batch_rng,
+            &offline,
+            &online,
+            config.optim.offline_fraction,
+            config.optim.utd,
+            config.optim.batch_size,
+            &mut batch,
+        );
+        let m = agent.update(&batch)?;
+        window.add(&m);
+        let done_steps = step + 1;
+        if done_steps % log_every == 0 {
+            let secs = clock.elapsed().as_secs_f64().max(1e-9);
+            let row = window.row(
+                done_steps,
+                episodes_done,
+                successes,
+                return_sum,
+                (window.n * config.optim.utd) as f64 / secs,
+            );
+            append_metrics(out, &row)?;
+            progress.advance(done_steps as u64, &format!("critic {:.4}  q {:.3}", row.critic_loss, row.q_mean));
+            summary.last_metrics = Some(row);
+            window = MetricsWindow::default();
+            (episodes_done, successes, return_sum) = (0, 0, 0.0);
+            clock = Instant::now();
+        }
+        if config.run.eval_every > 0 && done_steps % config.run.eval_every == 0 || done_steps == total {
+            let e = evaluate(&mut agent, config.run.eval_episodes, config.seed ^ 0xe7a1 ^ done_steps as u64);
+            append_eval(out, done_steps, &e)?;
+            summary.evals.push((done_steps, e));
+        }
+        // Checkpoint at an episode boundary once enough steps have passed, after
+        // logging and evaluation so that a resumed run continues from a clean slate.
+        if episode_end && opts.checkpoint_every > 0 && done_steps - last_ckpt >= opts.checkpoint_every && done_steps % log_every == 0 {
+            let state = RunState {
+                env_step: done_steps,
+                env_seeds: env_seeds.state(),
+                batch_rng: batch_rng.state(),
+                train_rng: agent.train_rng.state(),
+                act_rng: agent.act_rng.state(),
+                denoiser_updates: agent.denoiser_updates,
+                normalizer: agent.normalizer.clone(),
+                offline_success_rate: offline_rate,
+                evals: summary.evals.clone(),
+                episode_stats: (episodes_done, successes, return_sum),
+                config_toml: config.to_toml(),
+            };
+            write_checkpoint(out, &agent, &online, &state)?;
+            last_ckpt = done_steps;
+            if opts.stop_after.is_some_and(|s| done_steps >= s) {
+                summary.env_steps = done_steps;
+                summary.stopped_early = true;
+                return Ok(summary);
+            }
+        }
+    }
+    summary.env_steps = total;
+    if std::env::var_os("EXPO_PROFILE").is_some() {
+        eprintln!("stage seconds: {:?}", agent.times);
+    }
+    Ok(summary)
+}
+
+/// Offline pretraining: the base policy (and with `pretrain_critic`, the full learner)
+/// on offline batches.
+pub fn pretrain(agent: &mut Agent, offline: &Replay, rng: &mut Rng, batch: &mut Batch, progress: &mut dyn Progress) -> Result<()> {
+    let c = agent.config.clone();
+    if c.algo == Algo::Rlpd || c.run.pretrain_steps == 0 {
+        return Ok(());
+    }
+    progress.phase("pretrain", c.run.pretrain_steps as u64);
+    let empty = Replay::new(agent.obs_dim, agent.act_dim, 1);
+    for i in 0..c.run.pretrain_steps {
+        sample_mixed(rng, offline, &empty, 1.0, c.optim.utd, c.optim.batch_size, batch);
+        if c.run.pretrain_critic {
+            agent.update(batch)?;
+        } else {
+            agent.update_base(batch);
+        }
+        if (i + 1) % 100 == 0 {
+            progress.advance(i as u64 + 1, "");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct MetricsWindow {
+    n: usize,
+    sum: UpdateMetrics,
+}
+
+impl MetricsWindow {
+    fn add(&mut self, m: &UpdateMetrics) {
+        self.n += 1;
+        let s = &mut self.sum;
+        s.critic_loss += m.critic_loss;
+        s.q_mean += m.q_mean;
+        s.target_q_mean += m.target_q_mean;
+        s.denoiser_loss += m.denoiser_loss;
+        s.policy_q += m.policy_q;
+        s.entropy += m.entropy;
+        s.temperature += m.temperature;
+    }
+
+    fn row(&self, step: usize, episodes: usize, successes: usize, returns: f64, updates_per_s: f64) -> UpdateMetricsRow {
+        let n = self.n.max(1) as f32;
+        let s = &self.sum;
+        let e = episodes.max(1) as f32;
+        UpdateMetricsRow {
+            step,
+            critic_loss: s.critic_loss / n,
+            q_mean: s.q_mean / n,
+            target_q_mean: s.target_q_mean / n,
+            denoiser_loss: s.denoiser_loss / n,
+            policy_q: s.policy_q / n,
+            entropy: s.entropy / n,
+            temperature: s.temperature / n,
+            train_success_rate: if episodes > 0 { successes as f32 / e } else { f32::NAN },
+            train_return: if episodes > 0 { returns as f32 / e } else { f32::NAN },
+            updates_per_s: updates_per_s as f32,
+        }
+    }
+}
+
+fn write_header(path: &Path, header: &str) -> Result<()> {
+    std::fs::write(path, format!("{header}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
+}
+
+fn append_metrics(out: &Path, r: &UpdateMetricsRow) -> Result<()> {
+    append_line(
+        &out.join("metrics.csv"),
+        &format!(
+            "{},{},{},{},{},{},{},{},{},{},{:.1}",
+            r.step,
+            r.critic_loss,
+            r.q_mean,
+            r.target_q_mean,
+            r.denoiser_loss,
+            r.policy_q,
+            r.entropy,
+            r.temperature,
+            r.train_success_rate,
+            r.train_return,
+            r.updates_per_s
+        ),
+    )
+}
+
+fn append_eval(out: &Path, step: usize, e: &EvalResult) -> Result<()> {
+    append_line(
+        &out.join("eval.csv"),
+        &format!("{step},{},{},{},{}", e.success_rate, e.mean_return, e.mean_length, e.episodes),
+    )
+}
+
+/// Keeps the header and the rows whose first field (the step) is at most `step`.
+fn truncate_csv(path: &Path, step: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let mut out = String::new();
+    if let Some(h) = lines.next() {
+        out.push_str(h);
+        out.push('\n');
+    }
+    for l in lines {
+        let s: usize = l.split(',').next().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+        if s <= step {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The newest complete checkpoint directory of a run, if any.
+fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
+    [out.join("checkpoint"), out.join("checkpoint.old")]
+        .into_iter()
+        .find(|d| d.join("state.json").is_file())
+}
+
+fn write_checkpoint(out: &Path, agent: &Agent, online: &Replay, state: &RunState) -> Result<()> {
+    let tmp = out.join("checkpoint.tmp");
+    let cur = out.join("checkpoint");
+    let old = out.join("checkpoint.old");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    agent.save(&tmp)?;
+    save_replay(online, &tmp.join("online.bin"))?;
+    // state.json last: its presence marks the directory complete.
+    std::fs::write(tmp.join("state.json"), serde_json::to_string(state)?)?;
+    if cur.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(&cur, &old)?;
+    }
+    std::fs::rename(&tmp, &cur)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+fn save_replay(r: &Replay, path: &Path) -> Result<()> {
+    let bytes = r.to_bytes();
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn load_replay(path: &Path, od: usize, ad: usize) -> Result<Replay> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Replay::from_bytes(&bytes, od, ad).map_err(|e| anyhow::anyhow!("{}: corrupt replay buffer: {e}", path.display()))
+}
+
+impl Agent {
+    /// Writes every network and optimizer state into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let rec = |e: burn::store::RecordError| anyhow::anyhow!("{e:?}");
+        self.denoiser.clone().save_file(dir.join("denoiser.bpk")).map_err(rec)?;
+        self.denoiser_ema.clone().save_file(dir.join("denoiser_ema.bpk")).map_err(rec)?;
+        if let Some(m) = &self.edit {
+            m.clone().save_file(dir.join("edit.bpk")).map_err(rec)?;
+        }
+        if let Some(m) = &self.actor {
+            m.clone().save_file(dir.join("actor.bpk")).map_err(rec)?;
+        }
+        if let Some(m) = &self.critic {
+            m.clone().save_file(dir.join("critic.bpk")).map_err(rec)?;
+        }
+        if let Some(m) = &self.critic_target {
+            m.clone().save_file(dir.join("critic_target.bpk")).map_err(rec)?;
+        }
+        if let Some(m) = &self.temperature {
+            m.clone().save_file(dir.join("temperature.bpk")).map_err(rec)?;
+        }
+        self.save_optimizers(dir)
+    }
+
+    /// Restores what [`Agent::save`] wrote (the agent must be built from the same config).
+    pub fn load(&mut self, dir: &Path) -> Result<()> {
+        fn load<M: Module>(m: M, path: PathBuf) -> Result<M> {
+            m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+        }
+        self.denoiser = load(self.denoiser.clone(), dir.join("denoiser.bpk"))?;
+        self.denoiser_ema = load(self.denoiser_ema.clone(), dir.join("denoiser_ema.bpk"))?;
+        if let Some(m) = self.edit.take() {
+            self.edit = Some(load(m, dir.join("edit.bpk"))?);
+        }
+        if let Some(m) = self.actor.take() {
+            self.actor = Some(load(m, dir.join("actor.bpk"))?);
+        }
+        if let Some(m) = self.critic.take() {
+            self.critic = Some(load(m, dir.join("critic.bpk"))?);
+        }
+        if let Some(m) = self.critic_target.take() {
+            self.critic_target = Some(load(m, dir.join("critic_target.bpk"))?);
+        }
+        if let Some(m) = self.temperature.take() {
+            self.temperature = Some(load(m, dir.join("temperature.bpk"))?);
+        }
+        self.load_optimizers(dir)
+    }
+}

@@ -1,0 +1,149 @@
+//! Network-level checks: log-densities, sampler shapes and clipping, ensemble subsets,
+//! Polyak updates.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor};
+use shared_model::DiffusionSchedule;
+use sim::rng::Rng;
+use trainer::agent::{edited_log_prob, polyak, random_subset, sample_chain};
+use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, tensor2};
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn scale_module<M: Module>(m: M, k: f32) -> M {
+    struct Scale(f32);
+    impl ModuleMapper for Scale {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let k = self.0;
+            p.map(|t| t * k)
+        }
+    }
+    m.map(&mut Scale(k))
+}
+
+/// Density of `y = base + β tanh(u)`, `u ~ N(m, s²)`, in one dimension (f64 reference).
+fn edited_density(y: f64, base: f64, beta: f64, m: f64, s: f64) -> f64 {
+    let a = (y - base) / beta;
+    let u = a.atanh();
+    let normal =
+        (-(u - m).powi(2) / (2.0 * s * s)).exp() / (s * (2.0 * std::f64::consts::PI).sqrt());
+    normal / (beta * (1.0 - a * a))
+}
+
+#[test]
+fn tanh_gaussian_log_prob_with_edit_scale_matches_the_density() {
+    let d = dev();
+    let mut rng = Rng::new(3);
+    let policy = GaussianPolicy::new(3, &[16], 1, &mut rng, &d);
+    let x = tensor2(vec![0.2, -0.4, 0.9, 1.0, 0.5, -0.1], 2, 3, &d);
+    let (mean, log_std) = policy.forward(x.clone());
+    let (m, ls) = (values(mean), values(log_std));
+    let noise = vec![0.7f32, -1.3];
+    let (a, logp) = policy.sample(x, tensor2(noise.clone(), 2, 1, &d));
+    let beta = 0.05f32;
+    let logp = values(edited_log_prob(logp, 1, beta));
+    let a = values(a);
+    for i in 0..2 {
+        let base = 0.3;
+        let y = base + beta as f64 * a[i] as f64;
+        let want = edited_density(y, base, beta as f64, m[i] as f64, (ls[i] as f64).exp()).ln();
+        assert!((logp[i] as f64 - want).abs() < 1e-3, "row {i}: {} vs {want}", logp[i]);
+        // The sample is the reparameterised tanh(mean + std·ε).
+        let u = m[i] as f64 + (ls[i] as f64).exp() * noise[i] as f64;
+        assert!((a[i] as f64 - u.tanh()).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn sampler_gives_actions_in_bounds_with_the_right_shape() {
+    let d = dev();
+    let mut rng = Rng::new(1);
+    let size = DenoiserSize { hidden: 16, blocks: 1, expanded: 32, fourier: 8, time_hidden: 16 };
+    // Large weights: unclipped samples would leave [-1, 1].
+    let den = scale_module(Denoiser::new(5, 3, size, &mut rng, &d), 4.0);
+    let sched = DiffusionSchedule::vp(4, 0.1, 10.0);
+    let obs = tensor2((0..35).map(|i| i as f32 * 0.1).collect(), 7, 5, &d);
+    let out = sample_chain(&den, &sched, obs, 3, &mut rng);
+    assert_eq!(out.dims(), [7, 3]);
+    let v = values(out);
+    assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{v:?}");
+    assert!(v.iter().any(|x| x.abs() == 1.0), "clipping never engaged: {v:?}");
+}
+
+#[test]
+fn denoiser_shared_time_projection_equals_per_row_time() {
+    let d = dev();
+    let mut rng = Rng::new(2);
+    let size = DenoiserSize { hidden: 16, blocks: 2, expanded: 32, fourier: 8, time_hidden: 16 };
+    let den = Denoiser::new(4, 2, size, &mut rng, &d);
+    let obs = tensor2((0..12).map(|i| (i as f32).sin()).collect(), 3, 4, &d);
+    let x = tensor2(vec![0.1, -0.2, 0.3, 0.0, -0.5, 0.9], 3, 2, &d);
+    let per_row = den.forward(x.clone(), obs.clone(), tensor2(vec![2.0; 3], 3, 1, &d));
+    let shared = den.forward_projected(
+        x,
+        den.obs_projection(obs),
+        den.time_projection(tensor2(vec![2.0], 1, 1, &d)),
+    );
+    for (a, b) in values(per_row).iter().zip(values(shared)) {
+        assert!((a - b).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn ensemble_subset_equals_rows_of_the_full_ensemble() {
+    let d = dev();
+    let mut rng = Rng::new(4);
+    let critic = CriticEnsemble::new(6, 5, &[16, 16], &mut rng, &d);
+    let x = tensor2((0..20).map(|i| (i as f32 * 0.37).cos()).collect(), 4, 5, &d);
+    let full = values(critic.forward(x.clone())); // [6, 4]
+    let subset = [4usize, 1];
+    let part = values(critic.forward_members(x, Some(&subset)));
+    for (k, &e) in subset.iter().enumerate() {
+        for r in 0..4 {
+            assert!((part[k * 4 + r] - full[e * 4 + r]).abs() < 1e-5);
+        }
+    }
+    assert!((full[0] - full[4]).abs() > 1e-4, "members should differ");
+}
+
+#[test]
+fn random_subsets_are_distinct_and_uniform() {
+    let mut rng = Rng::new(0);
+    let mut counts = [0usize; 10];
+    for _ in 0..20_000 {
+        let s = random_subset(&mut rng, 10, 2);
+        assert_ne!(s[0], s[1]);
+        for i in s {
+            counts[i] += 1;
+        }
+    }
+    for c in counts {
+        assert!((3_700..4_300).contains(&c), "{counts:?}");
+    }
+}
+
+#[test]
+fn polyak_blends_every_parameter() {
+    let d = dev();
+    let mut rng = Rng::new(5);
+    let target = CriticEnsemble::new(3, 4, &[8], &mut rng, &d);
+    // The online copy shares the target's parameter ids; scale it by 3.
+    let online = scale_module(target.clone(), 3.0);
+    let w = |c: &CriticEnsemble, l: usize| values(c.layers[l].weight.val());
+    let blended = polyak(target.clone(), &online, 0.25);
+    for l in 0..2 {
+        for (a, b) in w(&target, l).iter().zip(w(&blended, l)) {
+            assert!((1.5 * a - b).abs() < 1e-5, "0.75·w + 0.25·3w = 1.5w");
+        }
+    }
+    let gamma = |c: &CriticEnsemble| values(c.norms[0].gamma.val());
+    assert!(gamma(&blended).iter().all(|g| (g - 1.5).abs() < 1e-6));
+    assert_eq!(w(&polyak(target.clone(), &online, 1.0), 1), w(&online, 1));
+    assert_eq!(w(&polyak(target.clone(), &online, 0.0), 1), w(&target, 1));
+}

@@ -1,0 +1,77 @@
+//! Whole runs: determinism and exact resume after a stop at a checkpoint.
+
+use std::path::Path;
+use trainer::config::Config;
+use trainer::run::{TrainOptions, train};
+
+/// CSV contents without the wall-clock column (`updates_per_s`, last in metrics.csv).
+fn table(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| match l.rsplit_once(',') {
+            Some((head, _)) if path.ends_with("metrics.csv") => head.to_string(),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+fn tiny(algo: &str) -> Config {
+    let mut c = Config::resolve("tiny", None, &[format!("algo={algo}")]).unwrap();
+    c.run.online_steps = 120;
+    c.run.eval_every = 60;
+    c
+}
+
+#[test]
+fn same_seed_same_run() {
+    for algo in ["expo", "rlpd"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = tiny(algo);
+        let opts = TrainOptions { log_every: 10, ..Default::default() };
+        train(&c, &tmp.path().join("a"), &opts, &mut ()).unwrap();
+        train(&c, &tmp.path().join("b"), &opts, &mut ()).unwrap();
+        for f in ["metrics.csv", "eval.csv"] {
+            let a = table(&tmp.path().join("a").join(f));
+            assert!(a.len() > 3, "{algo}: {f} has {} lines", a.len());
+            assert_eq!(a, table(&tmp.path().join("b").join(f)), "{algo}: {f}");
+        }
+    }
+}
+
+#[test]
+fn resume_after_stop_matches_an_uninterrupted_run() {
+    for algo in ["expo", "idql-select", "rlpd", "bc"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = tiny(algo);
+        let full = TrainOptions { log_every: 10, checkpoint_every: 30, ..Default::default() };
+        train(&c, &tmp.path().join("full"), &full, &mut ()).unwrap();
+        let dir = tmp.path().join("cut");
+        let cut = TrainOptions { stop_after: Some(30), ..full.clone() };
+        let s = train(&c, &dir, &cut, &mut ()).unwrap();
+        assert!(s.stopped_early && s.env_steps >= 30 && s.env_steps < 120, "{algo}: {s:?}");
+        assert!(dir.join("checkpoint/state.json").is_file());
+        let resumed = TrainOptions { resume: true, ..full.clone() };
+        let s = train(&c, &dir, &resumed, &mut ()).unwrap();
+        assert_eq!(s.env_steps, 120);
+        for f in ["metrics.csv", "eval.csv"] {
+            assert_eq!(
+                table(&tmp.path().join("full").join(f)),
+                table(&dir.join(f)),
+                "{algo}: {f} differs after resume"
+            );
+        }
+    }
+}
+
+#[test]
+fn resume_refuses_a_different_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tiny("expo");
+    let opts = TrainOptions { log_every: 10, checkpoint_every: 30, stop_after: Some(30), ..Default::default() };
+    train(&c, tmp.path(), &opts, &mut ()).unwrap();
+    let mut other = c.clone();
+    other.optim.critic_lr = 1e-3;
+    let err = train(&other, tmp.path(), &TrainOptions { resume: true, ..opts }, &mut ()).unwrap_err();
+    assert!(format!("{err:#}").contains("different configuration"), "{err:#}");
+}
