@@ -194,6 +194,8 @@ const EVAL_HEADER: &str = "step,success_rate,mean_return,mean_length,episodes";
 struct RunState {
     env_step: usize,
     env_seeds: [u64; 4],
+    /// Seed of the episode that starts right after the checkpoint.
+    episode_seed: u64,
     batch_rng: [u64; 4],
     train_rng: [u64; 4],
     act_rng: [u64; 4],
@@ -229,6 +231,7 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
     let mut env_seeds = Rng::new(config.seed.wrapping_add(0xe4));
     let mut batch_rng = Rng::new(config.seed.wrapping_add(0xba7c));
     let mut start_step = 0;
+    let mut episode_seed = None;
     let (mut episodes_done, mut successes, mut return_sum) = (0usize, 0usize, 0.0f64);
     let mut batch = Batch::default();
 
@@ -248,6 +251,7 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
         agent.denoiser_updates = state.denoiser_updates;
         online = load_replay(&dir.join("online.bin"), od, ad)?;
         env_seeds = Rng::from_state(state.env_seeds);
+        episode_seed = Some(state.episode_seed);
         batch_rng = Rng::from_state(state.batch_rng);
         start_step = state.env_step;
         summary.evals = state.evals;
@@ -270,7 +274,8 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
     let mut env = make_env(config.task, EnvConfig::default());
     let mut obs = vec![0.0; od];
     let mut next = vec![0.0; od];
-    env.reset(env_seeds.next_u64(), &mut obs);
+    let mut episode_seed = episode_seed.unwrap_or_else(|| env_seeds.next_u64());
+    env.reset(episode_seed, &mut obs);
     let mut ep_return = 0.0f64;
     let mut window = MetricsWindow::default();
     let log_every = opts.log_every.max(1);
@@ -287,7 +292,8 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
             successes += s.success as usize;
             return_sum += ep_return;
             ep_return = 0.0;
-            env.reset(env_seeds.next_u64(), &mut obs);
+            episode_seed = env_seeds.next_u64();
+            env.reset(episode_seed, &mut obs);
         } else {
             obs.copy_from_slice(&next);
         }
@@ -330,6 +336,7 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
             let state = RunState {
                 env_step: done_steps,
                 env_seeds: env_seeds.state(),
+                episode_seed,
                 batch_rng: batch_rng.state(),
                 train_rng: agent.train_rng.state(),
                 act_rng: agent.act_rng.state(),
