@@ -1,24 +1,107 @@
+//! Micro-benchmark of the op costs that dominate the sampling chain (flex backend).
+use burn::tensor::activation::{relu, silu};
 use burn::tensor::{Device, Tensor};
 use std::time::Instant;
-fn main() {
-    for (name, dev) in [("flex", Device::flex()), ("ndarray", Device::ndarray())] {
-        let a = Tensor::<2>::ones([4, 4], &dev);
-        let t = Instant::now();
-        let mut x = a.clone();
-        for _ in 0..10000 { x = x + a.clone(); }
-        let _ = x.into_data();
-        let small = t.elapsed().as_secs_f64() / 10000.0;
-        let m = Tensor::<2>::ones([1024, 128], &dev);
-        let w = Tensor::<2>::ones([128, 512], &dev);
-        let _ = m.clone().matmul(w.clone()).into_data();
-        let t = Instant::now();
-        for _ in 0..20 { let _ = m.clone().matmul(w.clone()).into_data(); }
-        let mm = t.elapsed().as_secs_f64() / 20.0;
-        let m2 = Tensor::<2>::ones([256, 64], &dev);
-        let w2 = Tensor::<2>::ones([64, 256], &dev);
-        let t = Instant::now();
-        for _ in 0..200 { let _ = m2.clone().matmul(w2.clone()).into_data(); }
-        let mm2 = t.elapsed().as_secs_f64() / 200.0;
-        println!("{name}: tiny add {:.1} us; matmul 1024x128x512 {:.2} ms = {:.1} GFLOP/s; 256x64x256 {:.1} us = {:.1} GFLOP/s", small*1e6, mm*1e3, 1024.0*128.0*512.0*2.0/mm/1e9, mm2*1e6, 256.0*64.0*256.0*2.0/mm2/1e9);
+fn time<F: FnMut()>(n: usize, mut f: F) -> f64 {
+    f();
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
     }
+    t.elapsed().as_secs_f64() / n as f64 * 1e6
+}
+fn main() {
+    let dev = if std::env::var("B").as_deref() == Ok("nd") {
+        Device::ndarray()
+    } else {
+        Device::flex()
+    };
+    let x = Tensor::<2>::random(
+        [512, 256],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &dev,
+    );
+    let h = Tensor::<2>::random(
+        [512, 64],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &dev,
+    );
+    let w = Tensor::<2>::random(
+        [64, 256],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &dev,
+    );
+    let w2 = Tensor::<2>::random(
+        [256, 64],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &dev,
+    );
+    let b = Tensor::<1>::random([256], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+    println!(
+        "silu [512,256]      {:8.1} us",
+        time(200, || {
+            let _ = silu(x.clone()).into_data();
+        })
+    );
+    println!(
+        "exp [512,256]       {:8.1} us",
+        time(200, || {
+            let _ = x.clone().exp().into_data();
+        })
+    );
+    println!(
+        "tanh [512,256]      {:8.1} us",
+        time(200, || {
+            let _ = x.clone().tanh().into_data();
+        })
+    );
+    println!(
+        "sigmoid [512,256]   {:8.1} us",
+        time(200, || {
+            let _ = burn::tensor::activation::sigmoid(x.clone()).into_data();
+        })
+    );
+    println!(
+        "x*0.5*(1+tanh(x/2)) {:8.1} us",
+        time(200, || {
+            let _ = (x.clone() * ((x.clone() * 0.5).tanh() + 1.0) * 0.5).into_data();
+        })
+    );
+    println!(
+        "relu [512,256]      {:8.1} us",
+        time(200, || {
+            let _ = relu(x.clone()).into_data();
+        })
+    );
+    println!(
+        "add bias [512,256]  {:8.1} us",
+        time(200, || {
+            let _ = (x.clone() + b.clone().unsqueeze_dim(0)).into_data();
+        })
+    );
+    println!(
+        "mm 512x64x256       {:8.1} us",
+        time(200, || {
+            let _ = h.clone().matmul(w.clone()).into_data();
+        })
+    );
+    println!(
+        "mm 512x256x64       {:8.1} us",
+        time(200, || {
+            let _ = x.clone().matmul(w2.clone()).into_data();
+        })
+    );
+    println!(
+        "var_mean [512,64]   {:8.1} us",
+        time(200, || {
+            let (v, m) = h.clone().var_mean_bias(1);
+            let _ = (v.into_data(), m.into_data());
+        })
+    );
+    println!(
+        "into_data [512,256] {:8.1} us",
+        time(200, || {
+            let _ = x.clone().into_data();
+        })
+    );
 }

@@ -63,7 +63,12 @@ pub struct StageTimes {
 
 /// Standard normal `[rows, cols]` from `rng`.
 fn normal(rng: &mut Rng, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
-    tensor2((0..rows * cols).map(|_| rng.normal()).collect(), rows, cols, device)
+    tensor2(
+        (0..rows * cols).map(|_| rng.normal()).collect(),
+        rows,
+        cols,
+        device,
+    )
 }
 
 /// `k` distinct members out of `n`, uniformly (partial Fisher-Yates).
@@ -80,7 +85,9 @@ pub fn random_subset(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
 /// Repeats every row `n` times: `[R, D] → [R·n, D]`, row `r` at `r·n .. r·n + n`.
 fn repeat_rows(x: Tensor<2>, n: usize) -> Tensor<2> {
     let [r, d] = x.dims();
-    x.unsqueeze_dim::<3>(1).expand([r, n, d]).reshape([r * n, d])
+    x.unsqueeze_dim::<3>(1)
+        .expand([r, n, d])
+        .reshape([r * n, d])
 }
 
 /// Runs the reverse diffusion chain for every row of `obs` (`[R, O]`, normalized),
@@ -124,7 +131,9 @@ pub fn polyak<M: Module>(target: M, online: &M, tau: f32) -> M {
     struct Blend(HashMap<ParamId, Tensor<1>>, f32);
     impl ModuleMapper for Blend {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let Some(src) = self.0.remove(&param.id) else { return param };
+            let Some(src) = self.0.remove(&param.id) else {
+                return param;
+            };
             let tau = self.1;
             param.map(|t| {
                 let dims = t.dims();
@@ -166,7 +175,13 @@ pub struct Agent {
 
 impl Agent {
     /// Builds every network from `config.seed` on `device` (autodiff is enabled here).
-    pub fn new(config: Config, obs_dim: usize, act_dim: usize, normalizer: Normalizer, device: &Device) -> Self {
+    pub fn new(
+        config: Config,
+        obs_dim: usize,
+        act_dim: usize,
+        normalizer: Normalizer,
+        device: &Device,
+    ) -> Self {
         let plain = device.clone();
         let device = device.clone().autodiff();
         let mut init = Rng::new(config.seed ^ 0x1417);
@@ -174,20 +189,40 @@ impl Agent {
         let denoiser = Denoiser::new(obs_dim, act_dim, net.denoiser(), &mut init, &device);
         let denoiser_ema = denoiser.valid();
         let uses_critic = config.algo != Algo::Bc;
-        let critic = uses_critic
-            .then(|| CriticEnsemble::new(net.num_critics, obs_dim + act_dim, &net.critic_widths, &mut init, &device));
+        let critic = uses_critic.then(|| {
+            CriticEnsemble::new(
+                net.num_critics,
+                obs_dim + act_dim,
+                &net.critic_widths,
+                &mut init,
+                &device,
+            )
+        });
         let critic_target = critic.as_ref().map(|c| c.valid());
-        let edit = (config.algo == Algo::Expo)
-            .then(|| GaussianPolicy::new(obs_dim + act_dim, &net.critic_widths, act_dim, &mut init, &device));
+        let edit = (config.algo == Algo::Expo).then(|| {
+            GaussianPolicy::new(
+                obs_dim + act_dim,
+                &net.critic_widths,
+                act_dim,
+                &mut init,
+                &device,
+            )
+        });
         let actor = (config.algo == Algo::Rlpd)
             .then(|| GaussianPolicy::new(obs_dim, &net.critic_widths, act_dim, &mut init, &device));
         let temperature = matches!(config.algo, Algo::Expo | Algo::Rlpd)
             .then(|| Temperature::new(config.expo.init_temperature, &device));
-        let schedule =
-            DiffusionSchedule::vp(config.diffusion.steps, config.diffusion.beta_min, config.diffusion.beta_max);
+        let schedule = DiffusionSchedule::vp(
+            config.diffusion.steps,
+            config.diffusion.beta_min,
+            config.diffusion.beta_max,
+        );
         // AdamW with optax's defaults (weight decay 1e-4, eps 1e-8) for the denoiser,
         // Adam for the rest.
-        let opt_denoiser = AdamWConfig::new().with_weight_decay(1e-4).with_epsilon(1e-8).init();
+        let opt_denoiser = AdamWConfig::new()
+            .with_weight_decay(1e-4)
+            .with_epsilon(1e-8)
+            .init();
         let adam = || AdamConfig::new().with_epsilon(1e-8).init();
         Agent {
             obs_dim,
@@ -219,7 +254,11 @@ impl Agent {
         let e = &self.config.expo;
         SelectionParams {
             num_samples: e.num_samples,
-            num_edit: if self.config.algo == Algo::Expo { e.num_edit } else { 0 },
+            num_edit: if self.config.algo == Algo::Expo {
+                e.num_edit
+            } else {
+                0
+            },
             critic_subset: e.critic_subset,
         }
     }
@@ -243,9 +282,13 @@ impl Agent {
         self.normalizer.apply(&mut norm);
         let obs_t = tensor2(norm, k, self.obs_dim, &self.plain);
         let actions = match self.config.algo {
-            Algo::Bc => {
-                sample_chain(&self.denoiser_ema, &self.schedule, obs_t, self.act_dim, &mut self.act_rng)
-            }
+            Algo::Bc => sample_chain(
+                &self.denoiser_ema,
+                &self.schedule,
+                obs_t,
+                self.act_dim,
+                &mut self.act_rng,
+            ),
             Algo::Rlpd => {
                 let actor = self.actor.as_ref().unwrap().valid();
                 let noise = normal(&mut self.act_rng, k, self.act_dim, &self.plain);
@@ -268,7 +311,10 @@ impl Agent {
                 on_the_fly_action(&mut runner, &params).0
             }
         };
-        let out = actions.into_data().try_to_vec::<f32>().expect("f32 actions");
+        let out = actions
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 actions");
         self.times.act += clock.elapsed().as_secs_f64();
         out
     }
@@ -278,7 +324,12 @@ impl Agent {
     pub fn update(&mut self, batch: &Batch) -> Result<UpdateMetrics> {
         let mut m = UpdateMetrics::default();
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
-        anyhow::ensure!(batch.rows == b * utd, "batch has {} rows, expected {}", batch.rows, b * utd);
+        anyhow::ensure!(
+            batch.rows == b * utd,
+            "batch has {} rows, expected {}",
+            batch.rows,
+            b * utd
+        );
         let mut obs = batch.obs.clone();
         let mut next_obs = batch.next_obs.clone();
         self.normalizer.apply(&mut obs);
@@ -328,7 +379,8 @@ impl Agent {
             (&self.opt_temperature, "opt_temperature.bpk"),
         ];
         for (opt, name) in pairs {
-            opt.save(dir.join(name)).map_err(|e| anyhow::anyhow!("{}: {e:?}", dir.join(name).display()))?;
+            opt.save(dir.join(name))
+                .map_err(|e| anyhow::anyhow!("{}: {e:?}", dir.join(name).display()))?;
         }
         Ok(())
     }
@@ -343,7 +395,9 @@ impl Agent {
         for (slot, name) in slots {
             let opt = std::mem::replace(slot, AdamConfig::new().init());
             let path = dir.join(name);
-            *slot = opt.load(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+            *slot = opt
+                .load(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
         }
         Ok(())
     }
@@ -370,13 +424,23 @@ impl Agent {
             Algo::Expo | Algo::IdqlSelect => {
                 let den = self.denoiser.valid();
                 let n = params.num_samples;
-                let base = sample_chain(&den, &self.schedule, repeat_rows(next_plain.clone(), n), ad, &mut self.train_rng)
-                    .reshape([rows, n, ad]);
+                let base = sample_chain(
+                    &den,
+                    &self.schedule,
+                    repeat_rows(next_plain.clone(), n),
+                    ad,
+                    &mut self.train_rng,
+                )
+                .reshape([rows, n, ad]);
                 let edited = (params.num_edit > 0).then(|| {
                     let edit = self.edit.as_ref().unwrap().valid();
                     let ne = params.num_edit;
-                    let src = base.clone().slice([0..rows, 0..ne, 0..ad]).reshape([rows * ne, ad]);
-                    let input = Tensor::cat(vec![repeat_rows(next_plain.clone(), ne), src.clone()], 1);
+                    let src = base
+                        .clone()
+                        .slice([0..rows, 0..ne, 0..ad])
+                        .reshape([rows * ne, ad]);
+                    let input =
+                        Tensor::cat(vec![repeat_rows(next_plain.clone(), ne), src.clone()], 1);
                     let noise = normal(&mut self.train_rng, rows * ne, ad, &self.plain);
                     let (a, _) = edit.sample(input, noise);
                     (src + a * self.config.expo.edit_scale).reshape([rows, ne, ad])
@@ -412,16 +476,24 @@ impl Agent {
                         critics: target,
                         rng: &mut self.train_rng,
                         precomputed: Some((
-                            base.clone().slice([r.clone(), 0..params.num_samples, 0..ad]),
-                            edited.as_ref().map(|e| e.clone().slice([r.clone(), 0..params.num_edit, 0..ad])),
+                            base.clone()
+                                .slice([r.clone(), 0..params.num_samples, 0..ad]),
+                            edited
+                                .as_ref()
+                                .map(|e| e.clone().slice([r.clone(), 0..params.num_edit, 0..ad])),
                         )),
                     };
                     on_the_fly_action(&mut runner, &params).1
                 }
                 (None, Some((a_next, logp))) => {
-                    let subset = random_subset(&mut self.train_rng, target.members(), params.critic_subset);
-                    let input = Tensor::cat(vec![next_i, a_next.clone().slice([r.clone(), 0..ad])], 1);
-                    let q = target.forward_members(input, Some(&subset)).min_dim(0).reshape([b, 1]);
+                    let subset =
+                        random_subset(&mut self.train_rng, target.members(), params.critic_subset);
+                    let input =
+                        Tensor::cat(vec![next_i, a_next.clone().slice([r.clone(), 0..ad])], 1);
+                    let q = target
+                        .forward_members(input, Some(&subset))
+                        .min_dim(0)
+                        .reshape([b, 1]);
                     q - logp.clone().slice([r.clone(), 0..1]) * alpha
                 }
                 _ => unreachable!("critic update without a next-action source"),
@@ -432,15 +504,27 @@ impl Agent {
             tq_sum += scalar(y.clone().mean());
             let y = Tensor::<2>::from_data(y.into_data(), &self.device).reshape([1, b]);
 
-            let obs_i = tensor2(obs[i * b * od..(i + 1) * b * od].to_vec(), b, od, &self.device);
-            let act_i = tensor2(act[i * b * ad..(i + 1) * b * ad].to_vec(), b, ad, &self.device);
+            let obs_i = tensor2(
+                obs[i * b * od..(i + 1) * b * od].to_vec(),
+                b,
+                od,
+                &self.device,
+            );
+            let act_i = tensor2(
+                act[i * b * ad..(i + 1) * b * ad].to_vec(),
+                b,
+                ad,
+                &self.device,
+            );
             let critic = self.critic.take().unwrap();
             let q = critic.forward(Tensor::cat(vec![obs_i, act_i], 1)); // [E, b]
             q_sum += scalar(q.clone().detach().mean());
             let loss = (q - y).square().mean();
             loss_sum += scalar(loss.clone().detach());
             let grads = GradientsParams::from_grads(loss.backward(), &critic);
-            let critic = self.opt_critic.step(self.config.optim.critic_lr, critic, grads);
+            let critic = self
+                .opt_critic
+                .step(self.config.optim.critic_lr, critic, grads);
             let target = self.critic_target.take().unwrap();
             self.critic_target = Some(polyak(target, &critic, self.config.optim.tau));
             self.critic = Some(critic);
@@ -457,7 +541,9 @@ impl Agent {
         let b = obs.dims()[0];
         let ad = self.act_dim;
         let steps = self.schedule.steps();
-        let ts: Vec<usize> = (0..b).map(|_| (self.train_rng.next_u64() % steps as u64) as usize).collect();
+        let ts: Vec<usize> = (0..b)
+            .map(|_| (self.train_rng.next_u64() % steps as u64) as usize)
+            .collect();
         let (sa, sb): (Vec<f32>, Vec<f32>) = ts.iter().map(|&t| self.schedule.noising(t)).unzip();
         let eps = normal(&mut self.train_rng, b, ad, &self.device);
         let sa = tensor2(sa, b, 1, &self.device);
@@ -484,14 +570,25 @@ impl Agent {
         let ad = self.act_dim;
         // Base actions for the edit loss come from the online denoiser (as in the TD target).
         let obs_plain = Tensor::<2>::from_data(obs.clone().into_data(), &self.plain);
-        let base_plain = sample_chain(&self.denoiser.valid(), &self.schedule, obs_plain, ad, &mut self.train_rng);
+        let base_plain = sample_chain(
+            &self.denoiser.valid(),
+            &self.schedule,
+            obs_plain,
+            ad,
+            &mut self.train_rng,
+        );
         let base = Tensor::<2>::from_data(base_plain.into_data(), &self.device);
         let noise = normal(&mut self.train_rng, b, ad, &self.device);
         let edit = self.edit.take().unwrap();
         let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);
         let logp = edited_log_prob(logp, ad, self.config.expo.edit_scale);
         let edited = base + a * self.config.expo.edit_scale;
-        let q = self.critic.as_ref().unwrap().forward(Tensor::cat(vec![obs, edited], 1)).mean_dim(0); // [1, b]
+        let q = self
+            .critic
+            .as_ref()
+            .unwrap()
+            .forward(Tensor::cat(vec![obs, edited], 1))
+            .mean_dim(0); // [1, b]
         let alpha = scalar(self.temperature.as_ref().unwrap().alpha());
         let loss = (logp.clone().reshape([1, b]) * alpha - q.clone()).mean();
         m.policy_q = scalar(q.detach().mean());
@@ -506,12 +603,20 @@ impl Agent {
         let noise = normal(&mut self.train_rng, b, self.act_dim, &self.device);
         let actor = self.actor.take().unwrap();
         let (a, logp) = actor.sample(obs.clone(), noise);
-        let q = self.critic.as_ref().unwrap().forward(Tensor::cat(vec![obs, a], 1)).mean_dim(0);
+        let q = self
+            .critic
+            .as_ref()
+            .unwrap()
+            .forward(Tensor::cat(vec![obs, a], 1))
+            .mean_dim(0);
         let alpha = scalar(self.temperature.as_ref().unwrap().alpha());
         let loss = (logp.clone().reshape([1, b]) * alpha - q.clone()).mean();
         m.policy_q = scalar(q.detach().mean());
         let grads = GradientsParams::from_grads(loss.backward(), &actor);
-        self.actor = Some(self.opt_policy.step(self.config.optim.edit_lr, actor, grads));
+        self.actor = Some(
+            self.opt_policy
+                .step(self.config.optim.edit_lr, actor, grads),
+        );
         self.update_temperature(logp.detach(), m);
     }
 
@@ -521,7 +626,9 @@ impl Agent {
         let gap = (logp.clone() + self.target_entropy()).mean().detach();
         let loss = (temp.alpha() * gap * -1.0).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &temp);
-        let temp = self.opt_temperature.step(self.config.optim.temperature_lr, temp, grads);
+        let temp = self
+            .opt_temperature
+            .step(self.config.optim.temperature_lr, temp, grads);
         m.entropy = -scalar(logp.mean());
         m.temperature = scalar(temp.alpha());
         self.temperature = Some(temp);
@@ -566,8 +673,14 @@ impl ExpoRunner for Selector<'_> {
         }
         let b = self.obs.dims()[0];
         let den = self.denoiser.expect("denoiser for sampling");
-        sample_chain(den, self.schedule, repeat_rows(self.obs.clone(), n), self.act_dim, self.rng)
-            .reshape([b, n, self.act_dim])
+        sample_chain(
+            den,
+            self.schedule,
+            repeat_rows(self.obs.clone(), n),
+            self.act_dim,
+            self.rng,
+        )
+        .reshape([b, n, self.act_dim])
     }
 
     fn edit(&mut self, base: &Tensor<3>, n: usize) -> Tensor<3> {
@@ -591,10 +704,16 @@ impl ExpoRunner for Selector<'_> {
         let [b, m, ad] = candidates.dims();
         let subset = random_subset(self.rng, self.critics.members(), subset);
         let input = Tensor::cat(
-            vec![repeat_rows(self.obs.clone(), m), candidates.clone().reshape([b * m, ad])],
+            vec![
+                repeat_rows(self.obs.clone(), m),
+                candidates.clone().reshape([b * m, ad]),
+            ],
             1,
         );
-        self.critics.forward_members(input, Some(&subset)).min_dim(0).reshape([b, m])
+        self.critics
+            .forward_members(input, Some(&subset))
+            .min_dim(0)
+            .reshape([b, m])
     }
 
     fn pick(&mut self, candidates: Tensor<3>, scores: Tensor<2>) -> (Tensor<2>, Tensor<2>) {

@@ -163,7 +163,12 @@ impl Config {
                 critic_widths: vec![256, 256, 256],
                 num_critics: 10,
             },
-            diffusion: DiffusionConfig { steps: 10, beta_min: 0.1, beta_max: 10.0, ema_rate: 0.001 },
+            diffusion: DiffusionConfig {
+                steps: 10,
+                beta_min: 0.1,
+                beta_max: 10.0,
+                ema_rate: 0.001,
+            },
             expo: ExpoConfig {
                 num_samples: 8,
                 num_edit: 8,
@@ -199,7 +204,8 @@ impl Config {
     /// The 2-core preset, chosen by measurement (BENCHMARKS.md): denoiser width 64 with
     /// 2 residual blocks expanding to 256 (reference: 256, 3 blocks, 1024), 32 Fourier
     /// features and a 64-wide time MLP, 10 critics of 2 x 64, batch 64, UTD 2, N 4,
-    /// n_edit 4, T 5; shorter runs. The algorithm is unchanged.
+    /// n_edit 4, T 5; critics and edit policy pretrained offline with the base; shorter
+    /// runs. The algorithm is unchanged.
     pub fn cpu() -> Self {
         let mut c = Self::paper();
         c.preset = "cpu".into();
@@ -222,10 +228,13 @@ impl Config {
             offline_episodes: 200,
             dataset: None,
             pretrain_steps: 5_000,
-            pretrain_critic: false,
-            online_steps: 15_000,
-            eval_every: 2_500,
-            eval_episodes: 30,
+            // At UTD 2 a critic learned from scratch online is still uninformative
+            // after several thousand steps; pretraining it offline is what makes
+            // Q-selection useful early (measured, BENCHMARKS.md).
+            pretrain_critic: true,
+            online_steps: 10_000,
+            eval_every: 1_000,
+            eval_episodes: 50,
         };
         c
     }
@@ -245,6 +254,7 @@ impl Config {
         c.optim.batch_size = 32;
         c.run.offline_episodes = 20;
         c.run.pretrain_steps = 50;
+        c.run.pretrain_critic = false;
         c.run.online_steps = 100;
         c.run.eval_every = 0;
         c.run.eval_episodes = 4;
@@ -280,7 +290,9 @@ impl Config {
                 .unwrap_or_else(|_| toml::Value::String(raw.to_string()));
             set_path(&mut value, key.trim(), parsed).with_context(|| format!("override '{o}'"))?;
         }
-        let config: Config = value.try_into().context("config does not match the schema")?;
+        let config: Config = value
+            .try_into()
+            .context("config does not match the schema")?;
         config.validate()?;
         Ok(config)
     }
@@ -299,13 +311,22 @@ impl Config {
             "expo.critic_subset must be in 1..=net.num_critics ({})",
             self.net.num_critics
         );
-        anyhow::ensure!(self.diffusion.steps >= 1, "diffusion.steps must be at least 1");
-        anyhow::ensure!(self.optim.batch_size >= 1 && self.optim.utd >= 1, "optim.batch_size and optim.utd must be positive");
+        anyhow::ensure!(
+            self.diffusion.steps >= 1,
+            "diffusion.steps must be at least 1"
+        );
+        anyhow::ensure!(
+            self.optim.batch_size >= 1 && self.optim.utd >= 1,
+            "optim.batch_size and optim.utd must be positive"
+        );
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.optim.offline_fraction),
             "optim.offline_fraction must be in [0, 1]"
         );
-        anyhow::ensure!(self.net.fourier_features % 2 == 0, "net.fourier_features must be even");
+        anyhow::ensure!(
+            self.net.fourier_features % 2 == 0,
+            "net.fourier_features must be even"
+        );
         Ok(())
     }
 
@@ -334,7 +355,9 @@ fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()>
     let mut cur = value;
     let parts: Vec<&str> = path.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
-        let table = cur.as_table_mut().with_context(|| format!("'{}' is not a section", parts[..i].join(".")))?;
+        let table = cur
+            .as_table_mut()
+            .with_context(|| format!("'{}' is not a section", parts[..i].join(".")))?;
         if i == parts.len() - 1 {
             if !table.contains_key(*part) {
                 bail!("unknown key '{path}'");
@@ -342,7 +365,9 @@ fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()>
             table.insert(part.to_string(), new);
             return Ok(());
         }
-        cur = table.get_mut(*part).with_context(|| format!("unknown section '{}'", parts[..=i].join(".")))?;
+        cur = table
+            .get_mut(*part)
+            .with_context(|| format!("unknown section '{}'", parts[..=i].join(".")))?;
     }
     unreachable!()
 }
@@ -365,14 +390,21 @@ mod tests {
         let c = Config::resolve(
             "cpu",
             None,
-            &["expo.num_samples=6".into(), "task=\"maze\"".into(), "algo=rlpd".into()],
+            &[
+                "expo.num_samples=6".into(),
+                "task=\"maze\"".into(),
+                "algo=rlpd".into(),
+            ],
         )
         .unwrap();
         assert_eq!(c.expo.num_samples, 6);
         assert_eq!(c.task, TaskId::Maze);
         assert_eq!(c.algo, Algo::Rlpd);
         let err = Config::resolve("cpu", None, &["expo.nope=1".into()]).unwrap_err();
-        assert!(format!("{err:#}").contains("unknown key 'expo.nope'"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown key 'expo.nope'"),
+            "{err:#}"
+        );
         let err = Config::resolve("cpu", None, &["expo.num_edit=9".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("num_edit"), "{err:#}");
         let err = Config::resolve("cpu", None, &["expo.num_samples=\"x\"".into()]).unwrap_err();
@@ -382,10 +414,31 @@ mod tests {
     #[test]
     fn paper_preset_is_the_design_defaults() {
         let c = Config::paper();
-        assert_eq!((c.optim.utd, c.optim.batch_size, c.expo.num_samples, c.expo.num_edit), (20, 256, 8, 8));
-        assert_eq!((c.diffusion.steps, c.net.num_critics, c.expo.critic_subset), (10, 10, 2));
-        assert_eq!((c.net.denoiser_hidden, c.net.denoiser_expanded, c.net.denoiser_blocks), (256, 1024, 3));
-        assert_eq!((c.optim.tau, c.optim.discount, c.diffusion.ema_rate), (0.005, 0.99, 0.001));
+        assert_eq!(
+            (
+                c.optim.utd,
+                c.optim.batch_size,
+                c.expo.num_samples,
+                c.expo.num_edit
+            ),
+            (20, 256, 8, 8)
+        );
+        assert_eq!(
+            (c.diffusion.steps, c.net.num_critics, c.expo.critic_subset),
+            (10, 10, 2)
+        );
+        assert_eq!(
+            (
+                c.net.denoiser_hidden,
+                c.net.denoiser_expanded,
+                c.net.denoiser_blocks
+            ),
+            (256, 1024, 3)
+        );
+        assert_eq!(
+            (c.optim.tau, c.optim.discount, c.diffusion.ema_rate),
+            (0.005, 0.99, 0.001)
+        );
         assert_eq!(c.expo.edit_scale, 0.05);
     }
 }

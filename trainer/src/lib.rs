@@ -10,7 +10,10 @@
 //! the controller.
 
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod nets;
+pub mod plot;
 pub mod replay;
 pub mod run;
+pub mod study;

@@ -8,7 +8,10 @@ use trainer::config::Config;
 use trainer::run::{Progress, TrainOptions, train};
 
 #[derive(Parser)]
-#[command(name = "trainer", about = "Train EXPO (and baselines) on the simulated robot tasks")]
+#[command(
+    name = "trainer",
+    about = "Train EXPO (and baselines) on the simulated robot tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,6 +53,61 @@ enum Command {
         #[arg(long, hide = true)]
         stop_after: Option<usize>,
     },
+    /// The sample-efficiency study: tasks x algorithms x seeds as child `train` runs,
+    /// then a summary table and learning-curve PNGs under --out.
+    Study {
+        #[arg(long, default_value = "out/study")]
+        out: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        preset: String,
+        #[arg(long, value_delimiter = ',', default_value = "arm-reach,push")]
+        tasks: Vec<String>,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "expo,idql-select,rlpd,bc"
+        )]
+        algos: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Runs at once (each run uses one core).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Overrides passed to every run.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Only rebuild summary.md and the plots from finished runs.
+        #[arg(long)]
+        summarize_only: bool,
+    },
+    /// Update speed: seconds per environment step (one action + the whole UTD update),
+    /// per-stage times, FLOPs and achieved GFLOP/s.
+    Bench {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+    /// Offline pretraining only (train with run.online_steps = 0); continue online later
+    /// with `train --resume` on the same --out.
+    Pretrain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate a run's latest checkpoint: success rate and return over K episodes.
+    Eval {
+        /// A run directory written by `train` or `pretrain`.
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        episodes: usize,
+        #[arg(long, default_value_t = 12345)]
+        seed: u64,
+    },
     /// Print the resolved configuration.
     Config {
         #[command(flatten)]
@@ -66,9 +124,11 @@ impl Progress for Bar {
         }
         let b = ProgressBar::new(total);
         b.set_style(
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-                .expect("template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
         );
         b.set_prefix(name.to_string());
         self.0 = Some(b);
@@ -84,15 +144,143 @@ impl Progress for Bar {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench {
+            config,
+            steps,
+            warmup,
+        } => {
+            let c = Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
+            let r = trainer::bench::bench_updates(&c, steps, warmup)?;
+            let min = r
+                .seconds_per_env_step
+                .iter()
+                .cloned()
+                .fold(f64::INFINITY, f64::min);
+            let max = r.seconds_per_env_step.iter().cloned().fold(0.0, f64::max);
+            println!(
+                "{} {} on {} (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
+                r.preset,
+                r.algo,
+                c.task,
+                c.task.spec().obs_dim(),
+                c.task.spec().action_dim(),
+                r.median_seconds,
+                r.env_steps,
+                min,
+                max,
+                r.critic_updates_per_second,
+                r.gflop_per_env_step,
+                r.gflops
+            );
+            let s = &r.stages;
+            let n = r.env_steps as f64;
+            println!(
+                "per env step: act {:.4} s, candidates {:.4} s, critic {:.4} s, denoiser {:.4} s, edit/actor {:.4} s",
+                s.act / n,
+                s.candidates / n,
+                s.critic / n,
+                s.denoiser / n,
+                s.policy / n
+            );
+        }
+        Command::Pretrain { config, out } => {
+            let mut c =
+                Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
+            c.run.online_steps = 0;
+            let mut bar = Bar(None);
+            let summary = train(
+                &c,
+                &out,
+                &TrainOptions {
+                    log_every: 100,
+                    ..Default::default()
+                },
+                &mut bar,
+            )?;
+            if let Some(b) = bar.0.take() {
+                b.finish_and_clear();
+            }
+            let e = &summary.evals[0].1;
+            println!(
+                "pretrained {} on {}: success {:.1}% over {} episodes; checkpoint in {}",
+                serde_json::to_string(&c.algo)?,
+                c.task,
+                100.0 * e.success_rate,
+                e.episodes,
+                out.join("checkpoint").display()
+            );
+        }
+        Command::Eval {
+            run,
+            episodes,
+            seed,
+        } => {
+            let mut agent = trainer::run::load_agent(&run)?;
+            let e = trainer::run::evaluate(&mut agent, episodes, seed);
+            println!(
+                "{}: success {:.1}%  return {:.3}  length {:.1}  ({} episodes)",
+                run.display(),
+                100.0 * e.success_rate,
+                e.mean_return,
+                e.mean_length,
+                e.episodes
+            );
+        }
         Command::Config { config } => {
             let c = Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
             print!("{}", c.to_toml());
         }
-        Command::Train { config, out, resume, checkpoint_every, log_every, stop_after } => {
+        Command::Study {
+            out,
+            preset,
+            tasks,
+            algos,
+            seeds,
+            jobs,
+            overrides,
+            summarize_only,
+        } => {
+            let tasks = tasks
+                .iter()
+                .map(|t| t.parse())
+                .collect::<Result<Vec<sim::TaskId>, _>>()?;
+            let algos = algos
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<Vec<trainer::config::Algo>>>()?;
+            let spec = trainer::study::StudySpec {
+                tasks: tasks.clone(),
+                algos: algos.clone(),
+                seeds: (0..seeds).collect(),
+                preset,
+                overrides,
+                jobs,
+                out: out.clone(),
+            };
+            if !summarize_only {
+                let exe = std::env::current_exe().context("locating the trainer executable")?;
+                trainer::study::run_study(&spec, &exe)?;
+            }
+            print!("{}", trainer::study::summarize(&out, &tasks, &algos)?);
+        }
+        Command::Train {
+            config,
+            out,
+            resume,
+            checkpoint_every,
+            log_every,
+            stop_after,
+        } => {
             let c = Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
-            let opts = TrainOptions { resume, checkpoint_every, stop_after, log_every };
+            let opts = TrainOptions {
+                resume,
+                checkpoint_every,
+                stop_after,
+                log_every,
+            };
             let mut bar = Bar(None);
-            let summary = train(&c, &out, &opts, &mut bar).with_context(|| format!("training into {}", out.display()))?;
+            let summary = train(&c, &out, &opts, &mut bar)
+                .with_context(|| format!("training into {}", out.display()))?;
             if let Some(b) = bar.0.take() {
                 b.finish_and_clear();
             }
@@ -104,7 +292,12 @@ fn main() -> Result<()> {
                 100.0 * summary.offline_success_rate
             );
             for (step, e) in &summary.evals {
-                println!("  step {step:>7}: success {:5.1}%  return {:.3}  length {:.1}", 100.0 * e.success_rate, e.mean_return, e.mean_length);
+                println!(
+                    "  step {step:>7}: success {:5.1}%  return {:.3}  length {:.1}",
+                    100.0 * e.success_rate,
+                    e.mean_return,
+                    e.mean_length
+                );
             }
             if summary.stopped_early {
                 println!("stopped after the checkpoint at step {}", summary.env_steps);

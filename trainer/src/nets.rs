@@ -37,7 +37,10 @@ impl Dense {
                 device,
             ))
         });
-        Dense { weight: Param::from_tensor(w), bias: b }
+        Dense {
+            weight: Param::from_tensor(w),
+            bias: b,
+        }
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
@@ -100,7 +103,9 @@ pub struct ResBlock {
 
 impl ResBlock {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let h = self.down.forward(silu(self.up.forward(self.norm.forward(x.clone()))));
+        let h = self
+            .down
+            .forward(silu(self.up.forward(self.norm.forward(x.clone()))));
         x + h
     }
 }
@@ -126,7 +131,13 @@ pub struct Denoiser {
 }
 
 impl Denoiser {
-    pub fn new(obs_dim: usize, act_dim: usize, size: DenoiserSize, rng: &mut Rng, device: &Device) -> Self {
+    pub fn new(
+        obs_dim: usize,
+        act_dim: usize,
+        size: DenoiserSize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Self {
         let half = size.fourier / 2;
         // Reference init for the learnable frequencies: N(0, 0.2²).
         let freqs: Vec<f32> = (0..half).map(|_| 0.2 * rng.normal()).collect();
@@ -134,14 +145,22 @@ impl Denoiser {
         let fan_in = act_dim + obs_dim + size.time_hidden;
         let bound = 1.0 / (fan_in as f32).sqrt();
         let block = |d_in: usize, bias: bool, rng: &mut Rng| {
-            let w = tensor2(uniform(rng, d_in * size.hidden, bound), d_in, size.hidden, device);
+            let w = tensor2(
+                uniform(rng, d_in * size.hidden, bound),
+                d_in,
+                size.hidden,
+                device,
+            );
             let b = bias.then(|| {
                 Param::from_tensor(Tensor::from_data(
                     TensorData::new(uniform(rng, size.hidden, bound), [size.hidden]),
                     device,
                 ))
             });
-            Dense { weight: Param::from_tensor(w), bias: b }
+            Dense {
+                weight: Param::from_tensor(w),
+                bias: b,
+            }
         };
         Denoiser {
             fourier: Param::from_tensor(tensor2(freqs, 1, half, device)),
@@ -177,7 +196,12 @@ impl Denoiser {
 
     /// `ε̂` from the noisy action `[R, A]` and the two projections (`[R, hidden]`, or
     /// `[1, hidden]` for a time projection shared by all rows).
-    pub fn forward_projected(&self, noisy: Tensor<2>, obs_proj: Tensor<2>, time_proj: Tensor<2>) -> Tensor<2> {
+    pub fn forward_projected(
+        &self,
+        noisy: Tensor<2>,
+        obs_proj: Tensor<2>,
+        time_proj: Tensor<2>,
+    ) -> Tensor<2> {
         let mut x = self.input_action.forward(noisy) + obs_proj + time_proj;
         for b in &self.blocks {
             x = b.forward(x);
@@ -202,7 +226,14 @@ pub struct Mlp {
 
 impl Mlp {
     /// `widths` are the hidden widths; the output layer is `d_out` wide, linear.
-    pub fn new(d_in: usize, widths: &[usize], d_out: usize, layer_norm: bool, rng: &mut Rng, device: &Device) -> Self {
+    pub fn new(
+        d_in: usize,
+        widths: &[usize],
+        d_out: usize,
+        layer_norm: bool,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Self {
         let mut layers = vec![];
         let mut norms = vec![];
         let mut d = d_in;
@@ -244,8 +275,17 @@ pub struct GaussianPolicy {
 }
 
 impl GaussianPolicy {
-    pub fn new(d_in: usize, widths: &[usize], act_dim: usize, rng: &mut Rng, device: &Device) -> Self {
-        GaussianPolicy { mlp: Mlp::new(d_in, widths, 2 * act_dim, false, rng, device), act_dim }
+    pub fn new(
+        d_in: usize,
+        widths: &[usize],
+        act_dim: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Self {
+        GaussianPolicy {
+            mlp: Mlp::new(d_in, widths, 2 * act_dim, false, rng, device),
+            act_dim,
+        }
     }
 
     /// `(mean, log_std)`, each `[R, A]`.
@@ -295,8 +335,14 @@ impl EnsembleDense {
         let w = uniform(rng, members * d_in * d_out, bound);
         let b = uniform(rng, members * d_out, bound);
         EnsembleDense {
-            weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [members, d_in, d_out]), device)),
-            bias: Param::from_tensor(Tensor::from_data(TensorData::new(b, [members, 1, d_out]), device)),
+            weight: Param::from_tensor(Tensor::from_data(
+                TensorData::new(w, [members, d_in, d_out]),
+                device,
+            )),
+            bias: Param::from_tensor(Tensor::from_data(
+                TensorData::new(b, [members, 1, d_out]),
+                device,
+            )),
         }
     }
 }
@@ -317,7 +363,13 @@ pub struct CriticEnsemble {
 }
 
 impl CriticEnsemble {
-    pub fn new(members: usize, d_in: usize, widths: &[usize], rng: &mut Rng, device: &Device) -> Self {
+    pub fn new(
+        members: usize,
+        d_in: usize,
+        widths: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Self {
         let mut layers = vec![];
         let mut norms = vec![];
         let mut d = d_in;
@@ -348,7 +400,10 @@ impl CriticEnsemble {
         let pick = |t: Tensor<3>| match subset {
             Some(idx) => {
                 let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-                t.select(0, Tensor::from_data(TensorData::new(ids, [idx.len()]), &device))
+                t.select(
+                    0,
+                    Tensor::from_data(TensorData::new(ids, [idx.len()]), &device),
+                )
             }
             None => t,
         };
@@ -378,7 +433,10 @@ pub struct Temperature {
 impl Temperature {
     pub fn new(initial: f32, device: &Device) -> Self {
         Temperature {
-            log_alpha: Param::from_tensor(Tensor::from_data(TensorData::new(vec![initial.ln()], [1]), device)),
+            log_alpha: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![initial.ln()], [1]),
+                device,
+            )),
         }
     }
 

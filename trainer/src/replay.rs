@@ -103,7 +103,8 @@ impl Replay {
             out.obs.extend_from_slice(&self.obs[i * od..(i + 1) * od]);
             out.act.extend_from_slice(&self.act[i * ad..(i + 1) * ad]);
             out.rew.push(self.rew[i]);
-            out.next_obs.extend_from_slice(&self.next_obs[i * od..(i + 1) * od]);
+            out.next_obs
+                .extend_from_slice(&self.next_obs[i * od..(i + 1) * od]);
             out.mask.push(self.mask[i]);
         }
         out.rows += n;
@@ -121,7 +122,8 @@ impl Replay {
     /// Binary snapshot: magic, `[capacity, len, next]` as u64, then the arrays as
     /// little-endian f32 (observations, actions, rewards, next observations, masks).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + 4 * (self.obs.len() * 2 + self.act.len() + 2 * self.len));
+        let mut out =
+            Vec::with_capacity(32 + 4 * (self.obs.len() * 2 + self.act.len() + 2 * self.len));
         out.extend_from_slice(REPLAY_MAGIC);
         for v in [self.capacity, self.len, self.next] {
             out.extend_from_slice(&(v as u64).to_le_bytes());
@@ -139,23 +141,44 @@ impl Replay {
         if bytes.len() < 32 || &bytes[..8] != REPLAY_MAGIC {
             return Err("not a replay snapshot (bad magic)".into());
         }
-        let word = |i: usize| u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().unwrap()) as usize;
+        let word = |i: usize| {
+            u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().unwrap()) as usize
+        };
         let (capacity, len, next) = (word(0), word(1), word(2));
         if capacity == 0 || len > capacity || next >= capacity {
-            return Err(format!("inconsistent header: capacity {capacity}, len {len}, next {next}"));
+            return Err(format!(
+                "inconsistent header: capacity {capacity}, len {len}, next {next}"
+            ));
         }
         let floats = len * (2 * obs_dim + act_dim + 2);
         if bytes.len() != 32 + 4 * floats {
-            return Err(format!("expected {} bytes for {len} transitions, found {}", 32 + 4 * floats, bytes.len()));
+            return Err(format!(
+                "expected {} bytes for {len} transitions, found {}",
+                32 + 4 * floats,
+                bytes.len()
+            ));
         }
-        let mut vals = bytes[32..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+        let mut vals = bytes[32..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()));
         let mut take = |n: usize| -> Vec<f32> { vals.by_ref().take(n).collect() };
         let obs = take(len * obs_dim);
         let act = take(len * act_dim);
         let rew = take(len);
         let next_obs = take(len * obs_dim);
         let mask = take(len);
-        Ok(Replay { obs_dim, act_dim, capacity, len, next, obs, act, rew, next_obs, mask })
+        Ok(Replay {
+            obs_dim,
+            act_dim,
+            capacity,
+            len,
+            next,
+            obs,
+            act,
+            rew,
+            next_obs,
+            mask,
+        })
     }
 }
 
@@ -221,8 +244,15 @@ impl Normalizer {
             }
         }
         let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
-        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / n - m * m).max(0.0).sqrt().max(1e-3)) as f32).collect();
-        Normalizer { mean: mean.iter().map(|&m| m as f32).collect(), std }
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| ((s / n - m * m).max(0.0).sqrt().max(1e-3)) as f32)
+            .collect();
+        Normalizer {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std,
+        }
     }
 
     pub fn apply(&self, data: &mut [f32]) {
@@ -273,8 +303,16 @@ mod tests {
         let bytes = r.to_bytes();
         let back = Replay::from_bytes(&bytes, 2, 1).unwrap();
         assert_eq!(back.to_bytes(), bytes);
-        assert!(Replay::from_bytes(&bytes[..bytes.len() - 3], 2, 1).unwrap_err().contains("expected"));
-        assert!(Replay::from_bytes(b"garbage", 2, 1).unwrap_err().contains("magic"));
+        assert!(
+            Replay::from_bytes(&bytes[..bytes.len() - 3], 2, 1)
+                .unwrap_err()
+                .contains("expected")
+        );
+        assert!(
+            Replay::from_bytes(b"garbage", 2, 1)
+                .unwrap_err()
+                .contains("magic")
+        );
     }
 
     #[test]

@@ -48,14 +48,17 @@ pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> EvalResult {
     let task = agent.config.task;
     let spec = task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
-    let mut envs: Vec<_> = (0..episodes).map(|_| make_env(task, EnvConfig::default())).collect();
+    let mut envs: Vec<_> = (0..episodes)
+        .map(|_| make_env(task, EnvConfig::default()))
+        .collect();
     let mut obs = vec![0.0; episodes * od];
     let mut seeds = Rng::new(seed);
     for (e, o) in envs.iter_mut().zip(obs.chunks_exact_mut(od)) {
         e.reset(seeds.next_u64(), o);
     }
     let mut active: Vec<usize> = (0..episodes).collect();
-    let (mut returns, mut lengths, mut successes) = (vec![0.0f64; episodes], vec![0usize; episodes], 0usize);
+    let (mut returns, mut lengths, mut successes) =
+        (vec![0.0f64; episodes], vec![0usize; episodes], 0usize);
     let mut batch = Vec::with_capacity(episodes * od);
     let mut next = vec![0.0; od];
     while !active.is_empty() {
@@ -134,7 +137,10 @@ pub fn offline_data(config: &Config) -> Result<(Replay, f64)> {
         ok += t.is_success() as usize;
         replay.push_trajectory(&t);
     }
-    Ok((replay, ok as f64 / config.run.offline_episodes.max(1) as f64))
+    Ok((
+        replay,
+        ok as f64 / config.run.offline_episodes.max(1) as f64,
+    ))
 }
 
 /// Progress reporting hook (the binary draws a progress bar with it).
@@ -207,7 +213,10 @@ struct RunState {
     config_toml: String,
 }
 
-fn device() -> Device {
+/// The CPU backend: burn's `flex` (measured fastest, BENCHMARKS.md); `EXPO_BACKEND=ndarray`
+/// selects burn-ndarray for comparisons.
+#[allow(deprecated)]
+pub fn device() -> Device {
     match std::env::var("EXPO_BACKEND").as_deref() {
         Ok("ndarray") => Device::ndarray(),
         _ => Device::flex(),
@@ -215,7 +224,12 @@ fn device() -> Device {
 }
 
 /// Pretrain → online training → evaluation, writing outputs under `out`.
-pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dyn Progress) -> Result<TrainSummary> {
+pub fn train(
+    config: &Config,
+    out: &Path,
+    opts: &TrainOptions,
+    progress: &mut dyn Progress,
+) -> Result<TrainSummary> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let spec = config.task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
@@ -227,7 +241,10 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
     let mut online = Replay::new(od, ad, 1 << 21);
     let normalizer = Normalizer::fit(offline.observations(), od);
     let mut agent = Agent::new(config.clone(), od, ad, normalizer, &device());
-    let mut summary = TrainSummary { offline_success_rate: offline_rate, ..Default::default() };
+    let mut summary = TrainSummary {
+        offline_success_rate: offline_rate,
+        ..Default::default()
+    };
     let mut env_seeds = Rng::new(config.seed.wrapping_add(0xe4));
     let mut batch_rng = Rng::new(config.seed.wrapping_add(0xba7c));
     let mut start_step = 0;
@@ -238,11 +255,15 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
     if resumed {
         let dir = ckpt_dir.unwrap();
         let state: RunState = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("{}: reading checkpoint", dir.display()))?,
+            &std::fs::read_to_string(dir.join("state.json"))
+                .with_context(|| format!("{}: reading checkpoint", dir.display()))?,
         )
         .with_context(|| format!("{}: bad checkpoint state", dir.join("state.json").display()))?;
-        if state.config_toml != config.to_toml() {
-            bail!("{}: checkpoint was written with a different configuration; resume with the same config", dir.display());
+        if !same_except_length(&state.config_toml, config)? {
+            bail!(
+                "{}: checkpoint was written with a different configuration; resume with the same config",
+                dir.display()
+            );
         }
         agent.load(&dir)?;
         agent.normalizer = state.normalizer;
@@ -319,20 +340,33 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
                 (window.n * config.optim.utd) as f64 / secs,
             );
             append_metrics(out, &row)?;
-            progress.advance(done_steps as u64, &format!("critic {:.4}  q {:.3}", row.critic_loss, row.q_mean));
+            progress.advance(
+                done_steps as u64,
+                &format!("critic {:.4}  q {:.3}", row.critic_loss, row.q_mean),
+            );
             summary.last_metrics = Some(row);
             window = MetricsWindow::default();
             (episodes_done, successes, return_sum) = (0, 0, 0.0);
             clock = Instant::now();
         }
-        if config.run.eval_every > 0 && done_steps % config.run.eval_every == 0 || done_steps == total {
-            let e = evaluate(&mut agent, config.run.eval_episodes, config.seed ^ 0xe7a1 ^ done_steps as u64);
+        if config.run.eval_every > 0 && done_steps % config.run.eval_every == 0
+            || done_steps == total
+        {
+            let e = evaluate(
+                &mut agent,
+                config.run.eval_episodes,
+                config.seed ^ 0xe7a1 ^ done_steps as u64,
+            );
             append_eval(out, done_steps, &e)?;
             summary.evals.push((done_steps, e));
         }
         // Checkpoint at an episode boundary once enough steps have passed, after
         // logging and evaluation so that a resumed run continues from a clean slate.
-        if episode_end && opts.checkpoint_every > 0 && done_steps - last_ckpt >= opts.checkpoint_every && done_steps % log_every == 0 {
+        if episode_end
+            && opts.checkpoint_every > 0
+            && done_steps - last_ckpt >= opts.checkpoint_every
+            && done_steps % log_every == 0
+        {
             let state = RunState {
                 env_step: done_steps,
                 env_seeds: env_seeds.state(),
@@ -357,24 +391,95 @@ pub fn train(config: &Config, out: &Path, opts: &TrainOptions, progress: &mut dy
         }
     }
     summary.env_steps = total;
+    // Final checkpoint: `trainer eval` loads it, and `train --resume` with a larger
+    // `run.online_steps` continues from it.
+    let state = RunState {
+        env_step: total.max(start_step),
+        env_seeds: env_seeds.state(),
+        episode_seed,
+        batch_rng: batch_rng.state(),
+        train_rng: agent.train_rng.state(),
+        act_rng: agent.act_rng.state(),
+        denoiser_updates: agent.denoiser_updates,
+        normalizer: agent.normalizer.clone(),
+        offline_success_rate: offline_rate,
+        evals: summary.evals.clone(),
+        episode_stats: (0, 0, 0.0),
+        config_toml: config.to_toml(),
+    };
+    if start_step < total || !resumed {
+        write_checkpoint(out, &agent, &online, &state)?;
+    }
     if std::env::var_os("EXPO_PROFILE").is_some() {
         eprintln!("stage seconds: {:?}", agent.times);
     }
     Ok(summary)
 }
 
-/// Offline pretraining: the base policy (and with `pretrain_critic`, the full learner)
-/// on offline batches.
-pub fn pretrain(agent: &mut Agent, offline: &Replay, rng: &mut Rng, batch: &mut Batch, progress: &mut dyn Progress) -> Result<()> {
+/// Whether a checkpoint's config equals `config` up to `run.online_steps` (a run may be
+/// extended) and the evaluation cadence.
+fn same_except_length(saved: &str, config: &Config) -> Result<bool> {
+    let mut old: Config = toml::from_str(saved).context("checkpoint config")?;
+    old.run.online_steps = config.run.online_steps;
+    old.run.eval_every = config.run.eval_every;
+    old.run.eval_episodes = config.run.eval_episodes;
+    Ok(old == *config)
+}
+
+/// Loads a trained agent from a run directory (its `config.toml` and `checkpoint/`).
+pub fn load_agent(run: &Path) -> Result<Agent> {
+    let cfg_path = run.join("config.toml");
+    let config: Config = toml::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("{}: invalid config", cfg_path.display()))?;
+    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
+    let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+        .with_context(|| {
+        format!("{}: bad checkpoint state", dir.join("state.json").display())
+    })?;
+    let spec = config.task.spec();
+    let mut agent = Agent::new(
+        config,
+        spec.obs_dim(),
+        spec.action_dim(),
+        state.normalizer,
+        &device(),
+    );
+    agent.load(&dir)?;
+    Ok(agent)
+}
+
+/// Offline pretraining on offline batches: the base policy alone, or with
+/// `pretrain_critic` the full learner (critics, edit policy or RLPD actor, temperature,
+/// base). RLPD has no base policy: it is pretrained only with `pretrain_critic`, with the
+/// same number of updates, so that every method gets the same offline budget.
+pub fn pretrain(
+    agent: &mut Agent,
+    offline: &Replay,
+    rng: &mut Rng,
+    batch: &mut Batch,
+    progress: &mut dyn Progress,
+) -> Result<()> {
     let c = agent.config.clone();
-    if c.algo == Algo::Rlpd || c.run.pretrain_steps == 0 {
+    let full = c.run.pretrain_critic && c.algo != Algo::Bc;
+    if c.run.pretrain_steps == 0 || (c.algo == Algo::Rlpd && !full) {
         return Ok(());
     }
     progress.phase("pretrain", c.run.pretrain_steps as u64);
     let empty = Replay::new(agent.obs_dim, agent.act_dim, 1);
     for i in 0..c.run.pretrain_steps {
-        sample_mixed(rng, offline, &empty, 1.0, c.optim.utd, c.optim.batch_size, batch);
-        if c.run.pretrain_critic {
+        sample_mixed(
+            rng,
+            offline,
+            &empty,
+            1.0,
+            c.optim.utd,
+            c.optim.batch_size,
+            batch,
+        );
+        if full {
             agent.update(batch)?;
         } else {
             agent.update_base(batch);
@@ -405,7 +510,14 @@ impl MetricsWindow {
         s.temperature += m.temperature;
     }
 
-    fn row(&self, step: usize, episodes: usize, successes: usize, returns: f64, updates_per_s: f64) -> UpdateMetricsRow {
+    fn row(
+        &self,
+        step: usize,
+        episodes: usize,
+        successes: usize,
+        returns: f64,
+        updates_per_s: f64,
+    ) -> UpdateMetricsRow {
         let n = self.n.max(1) as f32;
         let s = &self.sum;
         let e = episodes.max(1) as f32;
@@ -418,15 +530,24 @@ impl MetricsWindow {
             policy_q: s.policy_q / n,
             entropy: s.entropy / n,
             temperature: s.temperature / n,
-            train_success_rate: if episodes > 0 { successes as f32 / e } else { f32::NAN },
-            train_return: if episodes > 0 { returns as f32 / e } else { f32::NAN },
+            train_success_rate: if episodes > 0 {
+                successes as f32 / e
+            } else {
+                f32::NAN
+            },
+            train_return: if episodes > 0 {
+                returns as f32 / e
+            } else {
+                f32::NAN
+            },
             updates_per_s: updates_per_s as f32,
         }
     }
 }
 
 fn write_header(path: &Path, header: &str) -> Result<()> {
-    std::fs::write(path, format!("{header}\n")).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, format!("{header}\n"))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn append_line(path: &Path, line: &str) -> Result<()> {
@@ -460,13 +581,17 @@ fn append_metrics(out: &Path, r: &UpdateMetricsRow) -> Result<()> {
 fn append_eval(out: &Path, step: usize, e: &EvalResult) -> Result<()> {
     append_line(
         &out.join("eval.csv"),
-        &format!("{step},{},{},{},{}", e.success_rate, e.mean_return, e.mean_length, e.episodes),
+        &format!(
+            "{step},{},{},{},{}",
+            e.success_rate, e.mean_return, e.mean_length, e.episodes
+        ),
     )
 }
 
 /// Keeps the header and the rows whose first field (the step) is at most `step`.
 fn truncate_csv(path: &Path, step: usize) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
     let mut out = String::new();
     if let Some(h) = lines.next() {
@@ -474,7 +599,11 @@ fn truncate_csv(path: &Path, step: usize) -> Result<()> {
         out.push('\n');
     }
     for l in lines {
-        let s: usize = l.split(',').next().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+        let s: usize = l
+            .split(',')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX);
         if s <= step {
             out.push_str(l);
             out.push('\n');
@@ -522,15 +651,22 @@ fn save_replay(r: &Replay, path: &Path) -> Result<()> {
 
 fn load_replay(path: &Path, od: usize, ad: usize) -> Result<Replay> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Replay::from_bytes(&bytes, od, ad).map_err(|e| anyhow::anyhow!("{}: corrupt replay buffer: {e}", path.display()))
+    Replay::from_bytes(&bytes, od, ad)
+        .map_err(|e| anyhow::anyhow!("{}: corrupt replay buffer: {e}", path.display()))
 }
 
 impl Agent {
     /// Writes every network and optimizer state into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let rec = |e: burn::store::RecordError| anyhow::anyhow!("{e:?}");
-        self.denoiser.clone().save_file(dir.join("denoiser.bpk")).map_err(rec)?;
-        self.denoiser_ema.clone().save_file(dir.join("denoiser_ema.bpk")).map_err(rec)?;
+        self.denoiser
+            .clone()
+            .save_file(dir.join("denoiser.bpk"))
+            .map_err(rec)?;
+        self.denoiser_ema
+            .clone()
+            .save_file(dir.join("denoiser_ema.bpk"))
+            .map_err(rec)?;
         if let Some(m) = &self.edit {
             m.clone().save_file(dir.join("edit.bpk")).map_err(rec)?;
         }
@@ -541,10 +677,14 @@ impl Agent {
             m.clone().save_file(dir.join("critic.bpk")).map_err(rec)?;
         }
         if let Some(m) = &self.critic_target {
-            m.clone().save_file(dir.join("critic_target.bpk")).map_err(rec)?;
+            m.clone()
+                .save_file(dir.join("critic_target.bpk"))
+                .map_err(rec)?;
         }
         if let Some(m) = &self.temperature {
-            m.clone().save_file(dir.join("temperature.bpk")).map_err(rec)?;
+            m.clone()
+                .save_file(dir.join("temperature.bpk"))
+                .map_err(rec)?;
         }
         self.save_optimizers(dir)
     }
@@ -552,7 +692,8 @@ impl Agent {
     /// Restores what [`Agent::save`] wrote (the agent must be built from the same config).
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         fn load<M: Module>(m: M, path: PathBuf) -> Result<M> {
-            m.try_load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+            m.try_load_file(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
         }
         self.denoiser = load(self.denoiser.clone(), dir.join("denoiser.bpk"))?;
         self.denoiser_ema = load(self.denoiser_ema.clone(), dir.join("denoiser_ema.bpk"))?;

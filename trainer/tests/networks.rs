@@ -53,7 +53,11 @@ fn tanh_gaussian_log_prob_with_edit_scale_matches_the_density() {
         let base = 0.3;
         let y = base + beta as f64 * a[i] as f64;
         let want = edited_density(y, base, beta as f64, m[i] as f64, (ls[i] as f64).exp()).ln();
-        assert!((logp[i] as f64 - want).abs() < 1e-3, "row {i}: {} vs {want}", logp[i]);
+        assert!(
+            (logp[i] as f64 - want).abs() < 1e-3,
+            "row {i}: {} vs {want}",
+            logp[i]
+        );
         // The sample is the reparameterised tanh(mean + std·ε).
         let u = m[i] as f64 + (ls[i] as f64).exp() * noise[i] as f64;
         assert!((a[i] as f64 - u.tanh()).abs() < 1e-5);
@@ -64,7 +68,13 @@ fn tanh_gaussian_log_prob_with_edit_scale_matches_the_density() {
 fn sampler_gives_actions_in_bounds_with_the_right_shape() {
     let d = dev();
     let mut rng = Rng::new(1);
-    let size = DenoiserSize { hidden: 16, blocks: 1, expanded: 32, fourier: 8, time_hidden: 16 };
+    let size = DenoiserSize {
+        hidden: 16,
+        blocks: 1,
+        expanded: 32,
+        fourier: 8,
+        time_hidden: 16,
+    };
     // Large weights: unclipped samples would leave [-1, 1].
     let den = scale_module(Denoiser::new(5, 3, size, &mut rng, &d), 4.0);
     let sched = DiffusionSchedule::vp(4, 0.1, 10.0);
@@ -73,14 +83,23 @@ fn sampler_gives_actions_in_bounds_with_the_right_shape() {
     assert_eq!(out.dims(), [7, 3]);
     let v = values(out);
     assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{v:?}");
-    assert!(v.iter().any(|x| x.abs() == 1.0), "clipping never engaged: {v:?}");
+    assert!(
+        v.iter().any(|x| x.abs() == 1.0),
+        "clipping never engaged: {v:?}"
+    );
 }
 
 #[test]
 fn denoiser_shared_time_projection_equals_per_row_time() {
     let d = dev();
     let mut rng = Rng::new(2);
-    let size = DenoiserSize { hidden: 16, blocks: 2, expanded: 32, fourier: 8, time_hidden: 16 };
+    let size = DenoiserSize {
+        hidden: 16,
+        blocks: 2,
+        expanded: 32,
+        fourier: 8,
+        time_hidden: 16,
+    };
     let den = Denoiser::new(4, 2, size, &mut rng, &d);
     let obs = tensor2((0..12).map(|i| (i as f32).sin()).collect(), 3, 4, &d);
     let x = tensor2(vec![0.1, -0.2, 0.3, 0.0, -0.5, 0.9], 3, 2, &d);

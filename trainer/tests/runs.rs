@@ -28,7 +28,10 @@ fn same_seed_same_run() {
     for algo in ["expo", "rlpd"] {
         let tmp = tempfile::tempdir().unwrap();
         let c = tiny(algo);
-        let opts = TrainOptions { log_every: 10, ..Default::default() };
+        let opts = TrainOptions {
+            log_every: 10,
+            ..Default::default()
+        };
         train(&c, &tmp.path().join("a"), &opts, &mut ()).unwrap();
         train(&c, &tmp.path().join("b"), &opts, &mut ()).unwrap();
         for f in ["metrics.csv", "eval.csv"] {
@@ -44,14 +47,27 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
     for algo in ["expo", "idql-select", "rlpd", "bc"] {
         let tmp = tempfile::tempdir().unwrap();
         let c = tiny(algo);
-        let full = TrainOptions { log_every: 10, checkpoint_every: 30, ..Default::default() };
+        let full = TrainOptions {
+            log_every: 10,
+            checkpoint_every: 30,
+            ..Default::default()
+        };
         train(&c, &tmp.path().join("full"), &full, &mut ()).unwrap();
         let dir = tmp.path().join("cut");
-        let cut = TrainOptions { stop_after: Some(30), ..full.clone() };
+        let cut = TrainOptions {
+            stop_after: Some(30),
+            ..full.clone()
+        };
         let s = train(&c, &dir, &cut, &mut ()).unwrap();
-        assert!(s.stopped_early && s.env_steps >= 30 && s.env_steps < 120, "{algo}: {s:?}");
+        assert!(
+            s.stopped_early && s.env_steps >= 30 && s.env_steps < 120,
+            "{algo}: {s:?}"
+        );
         assert!(dir.join("checkpoint/state.json").is_file());
-        let resumed = TrainOptions { resume: true, ..full.clone() };
+        let resumed = TrainOptions {
+            resume: true,
+            ..full.clone()
+        };
         let s = train(&c, &dir, &resumed, &mut ()).unwrap();
         assert_eq!(s.env_steps, 120);
         for f in ["metrics.csv", "eval.csv"] {
@@ -68,10 +84,27 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
 fn resume_refuses_a_different_config() {
     let tmp = tempfile::tempdir().unwrap();
     let c = tiny("expo");
-    let opts = TrainOptions { log_every: 10, checkpoint_every: 30, stop_after: Some(30), ..Default::default() };
+    let opts = TrainOptions {
+        log_every: 10,
+        checkpoint_every: 30,
+        stop_after: Some(30),
+        ..Default::default()
+    };
     train(&c, tmp.path(), &opts, &mut ()).unwrap();
     let mut other = c.clone();
     other.optim.critic_lr = 1e-3;
-    let err = train(&other, tmp.path(), &TrainOptions { resume: true, ..opts }, &mut ()).unwrap_err();
-    assert!(format!("{err:#}").contains("different configuration"), "{err:#}");
+    let err = train(
+        &other,
+        tmp.path(),
+        &TrainOptions {
+            resume: true,
+            ..opts
+        },
+        &mut (),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("different configuration"),
+        "{err:#}"
+    );
 }

@@ -1,0 +1,158 @@
+//! Update-speed benchmark and the FLOP count of one environment step.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+
+use crate::agent::{Agent, StageTimes};
+use crate::config::{Algo, Config};
+use crate::replay::{Batch, Normalizer, Replay, sample_mixed};
+
+/// Floating-point operations (2 per multiply-add) of one environment step of `config`:
+/// acting, next-action candidates, UTD critic updates (backward counted as twice the
+/// forward), the denoiser update and the edit-policy update. Elementwise work is left
+/// out; it is small next to the matrix products.
+pub fn flops_per_env_step(c: &Config, obs_dim: usize, act_dim: usize) -> f64 {
+    let (o, a) = (obs_dim as f64, act_dim as f64);
+    let n = &c.net;
+    let (h, e, blocks) = (
+        n.denoiser_hidden as f64,
+        n.denoiser_expanded as f64,
+        n.denoiser_blocks as f64,
+    );
+    let steps = c.diffusion.steps as f64;
+    // Per chain row: the observation projection once, then per step the action block,
+    // the residual blocks and the output layer.
+    let chain_row = o * h + steps * (a * h + blocks * 2.0 * h * e + h * a);
+    let mlp = |d_in: f64, widths: &[usize], d_out: f64| {
+        let mut d = d_in;
+        let mut macs = 0.0;
+        for &w in widths {
+            macs += d * w as f64;
+            d = w as f64;
+        }
+        macs + d * d_out
+    };
+    let critic = mlp(o + a, &n.critic_widths, 1.0);
+    let edit = mlp(o + a, &n.critic_widths, 2.0 * a);
+    let members = n.num_critics as f64;
+    let subset = c.expo.critic_subset as f64;
+    let (b, utd) = (c.optim.batch_size as f64, c.optim.utd as f64);
+    let (ns, ne) = (
+        c.expo.num_samples as f64,
+        if c.algo == Algo::Expo {
+            c.expo.num_edit as f64
+        } else {
+            0.0
+        },
+    );
+    let m = ns + ne;
+    let time_row = n.fourier_features as f64 * n.time_hidden as f64
+        + (n.time_hidden as f64).powi(2)
+        + n.time_hidden as f64 * h;
+    let denoiser_row = o * h + a * h + blocks * 2.0 * h * e + h * a + time_row;
+    let macs = match c.algo {
+        Algo::Bc => 3.0 * b * denoiser_row + ns.min(1.0) * chain_row,
+        Algo::Rlpd => {
+            let actor = mlp(o, &n.critic_widths, 2.0 * a);
+            let targets = utd * b * (actor + subset * critic);
+            let updates = utd * b * 3.0 * members * critic;
+            let actor_update = 3.0 * b * (actor + members * critic);
+            actor + targets + updates + actor_update
+        }
+        Algo::Expo | Algo::IdqlSelect => {
+            let act = ns * chain_row + ne * edit + m * subset * critic;
+            let candidates = utd * b * (ns * chain_row + ne * edit);
+            let scoring = utd * b * m * subset * critic;
+            let updates = utd * b * 3.0 * members * critic;
+            let den = 3.0 * b * denoiser_row;
+            let edit_update = if c.algo == Algo::Expo {
+                b * chain_row + 3.0 * b * (edit + members * critic)
+            } else {
+                0.0
+            };
+            act + candidates + scoring + updates + den + edit_update
+        }
+    };
+    2.0 * macs
+}
+
+/// Result of [`bench_updates`].
+#[derive(Clone, Debug, Serialize)]
+pub struct UpdateBench {
+    pub preset: String,
+    pub algo: String,
+    pub env_steps: usize,
+    pub seconds_per_env_step: Vec<f64>,
+    pub median_seconds: f64,
+    pub critic_updates_per_second: f64,
+    pub gflop_per_env_step: f64,
+    pub gflops: f64,
+    pub stages: StageTimes,
+}
+
+/// Times `steps` environment steps of updates (one action plus the UTD update) on
+/// random-looking transitions of the configured task, after `warmup` untimed steps.
+pub fn bench_updates(c: &Config, steps: usize, warmup: usize) -> Result<UpdateBench> {
+    let spec = c.task.spec();
+    let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let mut tiny = c.clone();
+    tiny.run.offline_episodes = 20;
+    let (offline, _) = crate::run::offline_data(&tiny)?;
+    let normalizer = Normalizer::fit(offline.observations(), od);
+    let mut agent = Agent::new(c.clone(), od, ad, normalizer, &crate::run::device());
+    let empty = Replay::new(od, ad, 1);
+    let mut rng = sim::rng::Rng::new(1);
+    let mut batch = Batch::default();
+    let obs: Vec<f32> = offline.observations()[..od].to_vec();
+    let mut times = vec![];
+    for i in 0..warmup + steps {
+        if i == warmup {
+            agent.times = StageTimes::default();
+        }
+        sample_mixed(
+            &mut rng,
+            &offline,
+            &empty,
+            1.0,
+            c.optim.utd,
+            c.optim.batch_size,
+            &mut batch,
+        );
+        let t = Instant::now();
+        let _ = agent.act(&obs);
+        agent.update(&batch)?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let flop = flops_per_env_step(c, od, ad);
+    Ok(UpdateBench {
+        preset: c.preset.clone(),
+        algo: crate::study::algo_name(c.algo).to_string(),
+        env_steps: steps,
+        seconds_per_env_step: times,
+        median_seconds: median,
+        critic_updates_per_second: c.optim.utd as f64 / median,
+        gflop_per_env_step: flop / 1e9,
+        gflops: flop / median / 1e9,
+        stages: agent.times.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_step_is_about_one_and_a_half_teraflop() {
+        // gpu.md: ≈1.5 TFLOP per environment step at the paper's sizes, 93% of it in the
+        // denoising chains of the TD targets (obs 20, act 4 as in the reference figure).
+        let c = Config::paper();
+        let f = flops_per_env_step(&c, 20, 4);
+        assert!((1.2e12..1.7e12).contains(&f), "{f:e}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The sample-efficiency study: every (task, algorithm, seed) as a `trainer train`
+//! child process, a few at a time, then one summary table and learning-curve plots.
+//!
+//! Each run lives in `OUT/TASK/ALGO/seed-S/` and is started with `--resume`, so an
+//! interrupted study continues where it stopped and finished runs are skipped.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use sim::TaskId;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::config::Algo;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct StudySpec {
+    pub tasks: Vec<TaskId>,
+    pub algos: Vec<Algo>,
+    pub seeds: Vec<u64>,
+    pub preset: String,
+    pub overrides: Vec<String>,
+    /// Child processes at once (one per core: each run is single-threaded).
+    pub jobs: usize,
+    pub out: PathBuf,
+}
+
+pub fn algo_name(a: Algo) -> &'static str {
+    match a {
+        Algo::Expo => "expo",
+        Algo::Bc => "bc",
+        Algo::IdqlSelect => "idql-select",
+        Algo::Rlpd => "rlpd",
+    }
+}
+
+/// Runs every missing run of the study with the `trainer` executable `exe`.
+pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
+    let mut queue = vec![];
+    for &task in &spec.tasks {
+        for &algo in &spec.algos {
+            for &seed in &spec.seeds {
+                let dir = spec
+                    .out
+                    .join(task.name())
+                    .join(algo_name(algo))
+                    .join(format!("seed-{seed}"));
+                if dir.join("done").is_file() {
+                    continue;
+                }
+                queue.push((task, algo, seed, dir));
+            }
+        }
+    }
+    let total = queue.len();
+    println!("study: {total} runs to do, {} at a time", spec.jobs);
+    let mut running: Vec<(Child, PathBuf)> = vec![];
+    let mut finished = 0;
+    let mut failures = vec![];
+    queue.reverse();
+    while !queue.is_empty() || !running.is_empty() {
+        while running.len() < spec.jobs.max(1) {
+            let Some((task, algo, seed, dir)) = queue.pop() else {
+                break;
+            };
+            std::fs::create_dir_all(&dir)?;
+            let log = std::fs::File::create(dir.join("log.txt"))?;
+            let mut cmd = Command::new(exe);
+            cmd.arg("train")
+                .arg("--preset")
+                .arg(&spec.preset)
+                .args(["--set", &format!("task=\"{task}\"")])
+                .args(["--set", &format!("algo=\"{}\"", algo_name(algo))])
+                .args(["--set", &format!("seed={seed}")]);
+            for o in &spec.overrides {
+                cmd.args(["--set", o]);
+            }
+            cmd.arg("--out").arg(&dir).arg("--resume");
+            let child = cmd
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", exe.display()))?;
+            running.push((child, dir));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut still = vec![];
+        for (mut child, dir) in running {
+            match child.try_wait()? {
+                Some(status) => {
+                    finished += 1;
+                    if status.success() {
+                        std::fs::write(dir.join("done"), "")?;
+                        println!("[{finished}/{total}] done {}", dir.display());
+                    } else {
+                        println!(
+                            "[{finished}/{total}] FAILED {} (see log.txt)",
+                            dir.display()
+                        );
+                        failures.push(dir);
+                    }
+                }
+                None => still.push((child, dir)),
+            }
+        }
+        running = still;
+    }
+    if !failures.is_empty() {
+        bail!("{} runs failed: {:?}", failures.len(), failures);
+    }
+    Ok(())
+}
+
+/// Mean and standard deviation over seeds of the success rate at each evaluation step.
+#[derive(Clone, Debug, Serialize)]
+pub struct Curve {
+    pub steps: Vec<usize>,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    pub seeds: usize,
+}
+
+/// Reads `eval.csv` of every seed of `task`/`algo` under `out`.
+pub fn load_curve(out: &Path, task: TaskId, algo: Algo) -> Result<Option<Curve>> {
+    let dir = out.join(task.name()).join(algo_name(algo));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(None);
+    };
+    let mut per_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut seeds = 0;
+    for e in entries {
+        let path = e?.path().join("eval.csv");
+        if !path.parent().unwrap().join("done").is_file() {
+            continue;
+        }
+        seeds += 1;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for line in text.lines().skip(1) {
+            let mut f = line.split(',');
+            let step: usize = f
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{}: bad row '{line}'", path.display()))?;
+            let rate: f64 = f
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{}: bad row '{line}'", path.display()))?;
+            per_step.entry(step).or_default().push(rate);
+        }
+    }
+    if seeds == 0 {
+        return Ok(None);
+    }
+    let mut c = Curve {
+        steps: vec![],
+        mean: vec![],
+        std: vec![],
+        seeds,
+    };
+    for (step, v) in per_step {
+        if v.len() != seeds {
+            continue;
+        }
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
+        c.steps.push(step);
+        c.mean.push(m);
+        c.std.push(var.sqrt());
+    }
+    Ok(Some(c))
+}
+
+/// First evaluation step at which `curve` reaches `level` (mean over seeds).
+pub fn steps_to_reach(curve: &Curve, level: f64) -> Option<usize> {
+    curve
+        .steps
+        .iter()
+        .zip(&curve.mean)
+        .find(|(_, m)| **m >= level - 1e-9)
+        .map(|(s, _)| *s)
+}
+
+/// Writes `summary.md` (and returns it) plus one PNG of learning curves per task.
+pub fn summarize(out: &Path, tasks: &[TaskId], algos: &[Algo]) -> Result<String> {
+    let mut md = String::from(
+        "| task | algorithm | seeds | start | final | best | steps to best baseline's final |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut verdicts = String::new();
+    for &task in tasks {
+        let mut curves = vec![];
+        for &algo in algos {
+            if let Some(c) = load_curve(out, task, algo)? {
+                curves.push((algo, c));
+            }
+        }
+        let best_baseline = curves
+            .iter()
+            .filter(|(a, _)| *a != Algo::Expo)
+            .filter_map(|(a, c)| c.mean.last().map(|m| (*a, *m)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        for (algo, c) in &curves {
+            let reach = best_baseline
+                .and_then(|(_, level)| steps_to_reach(c, level))
+                .map_or("never".to_string(), |s| s.to_string());
+            md += &format!(
+                "| {task} | {} | {} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2} | {} |\n",
+                algo_name(*algo),
+                c.seeds,
+                c.mean[0],
+                c.std[0],
+                c.mean.last().unwrap(),
+                c.std.last().unwrap(),
+                c.mean.iter().cloned().fold(0.0, f64::max),
+                reach
+            );
+        }
+        if let (Some((b_algo, level)), Some((_, expo))) =
+            (best_baseline, curves.iter().find(|(a, _)| *a == Algo::Expo))
+        {
+            let b_curve = &curves.iter().find(|(a, _)| *a == b_algo).unwrap().1;
+            let b_steps = *b_curve.steps.last().unwrap();
+            let e_steps = steps_to_reach(expo, level);
+            verdicts += &format!(
+                "- {task}: best baseline `{}` ends at {:.2} after {} steps; EXPO reaches that {}.\n",
+                algo_name(b_algo),
+                level,
+                b_steps,
+                match e_steps {
+                    Some(s) => format!(
+                        "at step {s} ({:.2}x of the baseline's steps)",
+                        s as f64 / b_steps as f64
+                    ),
+                    None => "never within the run".to_string(),
+                }
+            );
+        }
+        crate::plot::learning_curves(
+            &out.join(format!("{task}.png")),
+            &format!("{task}: success rate (mean ± std over seeds)"),
+            &curves
+                .iter()
+                .map(|(a, c)| (algo_name(*a), c))
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    let text = format!("{md}\n{verdicts}");
+    std::fs::write(out.join("summary.md"), &text)?;
+    Ok(text)
+}
