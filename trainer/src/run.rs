@@ -213,6 +213,34 @@ struct RunState {
     config_toml: String,
 }
 
+impl RunState {
+    /// Everything besides networks and buffers that a resumed run needs.
+    fn capture(
+        agent: &Agent,
+        config: &Config,
+        env_step: usize,
+        (env_seeds, episode_seed, batch_rng): (&Rng, u64, &Rng),
+        offline_success_rate: f64,
+        evals: &[(usize, EvalResult)],
+        episode_stats: (usize, usize, f64),
+    ) -> Self {
+        RunState {
+            env_step,
+            env_seeds: env_seeds.state(),
+            episode_seed,
+            batch_rng: batch_rng.state(),
+            train_rng: agent.train_rng.state(),
+            act_rng: agent.act_rng.state(),
+            denoiser_updates: agent.denoiser_updates,
+            normalizer: agent.normalizer.clone(),
+            offline_success_rate,
+            evals: evals.to_vec(),
+            episode_stats,
+            config_toml: config.to_toml(),
+        }
+    }
+}
+
 /// The CPU backend: burn's `flex` (measured fastest, BENCHMARKS.md); `EXPO_BACKEND=ndarray`
 /// selects burn-ndarray for comparisons.
 #[allow(deprecated)]
@@ -367,20 +395,15 @@ pub fn train(
             && done_steps - last_ckpt >= opts.checkpoint_every
             && done_steps % log_every == 0
         {
-            let state = RunState {
-                env_step: done_steps,
-                env_seeds: env_seeds.state(),
-                episode_seed,
-                batch_rng: batch_rng.state(),
-                train_rng: agent.train_rng.state(),
-                act_rng: agent.act_rng.state(),
-                denoiser_updates: agent.denoiser_updates,
-                normalizer: agent.normalizer.clone(),
-                offline_success_rate: offline_rate,
-                evals: summary.evals.clone(),
-                episode_stats: (episodes_done, successes, return_sum),
-                config_toml: config.to_toml(),
-            };
+            let state = RunState::capture(
+                &agent,
+                config,
+                done_steps,
+                (&env_seeds, episode_seed, &batch_rng),
+                offline_rate,
+                &summary.evals,
+                (episodes_done, successes, return_sum),
+            );
             write_checkpoint(out, &agent, &online, &state)?;
             last_ckpt = done_steps;
             if opts.stop_after.is_some_and(|s| done_steps >= s) {
@@ -393,20 +416,16 @@ pub fn train(
     summary.env_steps = total;
     // Final checkpoint: `trainer eval` loads it, and `train --resume` with a larger
     // `run.online_steps` continues from it.
-    let state = RunState {
-        env_step: total.max(start_step),
-        env_seeds: env_seeds.state(),
-        episode_seed,
-        batch_rng: batch_rng.state(),
-        train_rng: agent.train_rng.state(),
-        act_rng: agent.act_rng.state(),
-        denoiser_updates: agent.denoiser_updates,
-        normalizer: agent.normalizer.clone(),
-        offline_success_rate: offline_rate,
-        evals: summary.evals.clone(),
-        episode_stats: (0, 0, 0.0),
-        config_toml: config.to_toml(),
-    };
+    // (An extended run restarts the episode that was in progress here.)
+    let state = RunState::capture(
+        &agent,
+        config,
+        total.max(start_step),
+        (&env_seeds, episode_seed, &batch_rng),
+        offline_rate,
+        &summary.evals,
+        (0, 0, 0.0),
+    );
     if start_step < total || !resumed {
         write_checkpoint(out, &agent, &online, &state)?;
     }
