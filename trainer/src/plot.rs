@@ -54,6 +54,7 @@ pub fn learning_curves(path: &Path, title: &str, curves: &[(&str, &Curve)]) -> R
     chart
         .configure_mesh()
         .x_desc("environment steps")
+        .x_label_formatter(&|x| format!("{}", *x as i64))
         .y_desc("success rate")
         .label_style(("sans-serif", 16))
         .draw()
