@@ -1,8 +1,9 @@
-//! A short online run of EXPO improves the arm-reach task above its imitation start.
+//! A short online run of EXPO improves the push task above its imitation start.
 //!
 //! The most expensive test of the crate (a few minutes on one core): the `cpu` preset
 //! with 3000 online steps instead of 10000. The study (`trainer study`) measures the
-//! full curves; this test guards against a learner that silently stops learning.
+//! full curves (on push all three seeds were above 0.84 at 3000 steps, from a BC start of
+//! 0.37 ± 0.08); this test guards against a learner that silently stops learning.
 
 use trainer::config::Config;
 use trainer::run::{TrainOptions, train};
@@ -28,12 +29,14 @@ fn final_success(config: &Config) -> (f64, f64) {
 #[test]
 fn expo_improves_above_its_behavior_cloning_start() {
     let mut bc = Config::cpu();
+    bc.task = sim::TaskId::Push;
     bc.algo = trainer::config::Algo::Bc;
     bc.run.online_steps = 0;
     bc.run.eval_episodes = 100;
     let (bc_success, _) = final_success(&bc);
 
     let mut expo = Config::cpu();
+    expo.task = sim::TaskId::Push;
     expo.run.online_steps = 3000;
     expo.run.eval_every = 0;
     expo.run.eval_episodes = 100;
