@@ -45,7 +45,11 @@ impl DiffusionSchedule {
             alphas.push(alpha as f32);
             alpha_bars.push(alpha_bar as f32);
         }
-        DiffusionSchedule { betas, alphas, alpha_bars }
+        DiffusionSchedule {
+            betas,
+            alphas,
+            alpha_bars,
+        }
     }
 
     pub fn steps(&self) -> usize {

@@ -44,7 +44,10 @@ pub trait ExpoRunner {
 
 /// Runs the on-the-fly policy: sample, edit, score, pick.
 pub fn on_the_fly_action<R: ExpoRunner>(runner: &mut R, params: &SelectionParams) -> R::Actions {
-    assert!(params.num_samples > 0, "on-the-fly policy needs at least one base sample");
+    assert!(
+        params.num_samples > 0,
+        "on-the-fly policy needs at least one base sample"
+    );
     assert!(
         params.num_edit <= params.num_samples,
         "num_edit ({}) must not exceed num_samples ({})",
@@ -116,7 +119,11 @@ mod tests {
     #[test]
     fn picks_the_best_of_base_and_edited() {
         let mut toy = Toy { calls: vec![] };
-        let p = SelectionParams { num_samples: 4, num_edit: 2, critic_subset: 2 };
+        let p = SelectionParams {
+            num_samples: 4,
+            num_edit: 2,
+            critic_subset: 2,
+        };
         // Base 0, 0.25, 0.5, 0.75; edited 0.05, 0.30 → the edited 0.30 wins.
         let (a, s) = on_the_fly_action(&mut toy, &p);
         assert!((a - 0.30).abs() < 1e-6 && s.abs() < 1e-6);
@@ -131,7 +138,11 @@ mod tests {
     #[test]
     fn argmax_rows_ties_and_nan() {
         let mut out = [0; 3];
-        argmax_rows(&[1.0, 3.0, 3.0, f32::NAN, -1.0, -2.0, 0.0, 0.0, 0.0], 3, &mut out);
+        argmax_rows(
+            &[1.0, 3.0, 3.0, f32::NAN, -1.0, -2.0, 0.0, 0.0, 0.0],
+            3,
+            &mut out,
+        );
         assert_eq!(out, [1, 1, 0]);
     }
 }

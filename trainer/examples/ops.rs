@@ -10,6 +10,7 @@ fn time<F: FnMut()>(n: usize, mut f: F) -> f64 {
     }
     t.elapsed().as_secs_f64() / n as f64 * 1e6
 }
+#[allow(deprecated)] // burn-ndarray, kept for the comparison
 fn main() {
     let dev = if std::env::var("B").as_deref() == Ok("nd") {
         Device::ndarray()

@@ -324,7 +324,7 @@ impl Config {
             "optim.offline_fraction must be in [0, 1]"
         );
         anyhow::ensure!(
-            self.net.fourier_features % 2 == 0,
+            self.net.fourier_features.is_multiple_of(2),
             "net.fourier_features must be even"
         );
         Ok(())

@@ -258,8 +258,8 @@ impl Normalizer {
     pub fn apply(&self, data: &mut [f32]) {
         let d = self.mean.len();
         for row in data.chunks_exact_mut(d) {
-            for j in 0..d {
-                row[j] = (row[j] - self.mean[j]) / self.std[j];
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = (*x - m) / s;
             }
         }
     }
