@@ -38,7 +38,7 @@ use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2
 use crate::replay::{Batch, Normalizer};
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateMetrics {
     pub critic_loss: f32,
     pub q_mean: f32,
@@ -49,6 +49,19 @@ pub struct UpdateMetrics {
     /// −mean log π of the edit policy / actor.
     pub entropy: f32,
     pub temperature: f32,
+}
+
+impl UpdateMetrics {
+    /// Field-wise `self += k · other` (sums and means over logging windows).
+    pub fn accumulate(&mut self, other: &UpdateMetrics, k: f32) {
+        self.critic_loss += k * other.critic_loss;
+        self.q_mean += k * other.q_mean;
+        self.target_q_mean += k * other.target_q_mean;
+        self.denoiser_loss += k * other.denoiser_loss;
+        self.policy_q += k * other.policy_q;
+        self.entropy += k * other.entropy;
+        self.temperature += k * other.temperature;
+    }
 }
 
 /// Wall-clock seconds spent per stage since the agent was built (for profiling).

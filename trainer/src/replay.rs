@@ -76,22 +76,56 @@ impl Replay {
         self.next = (self.next + 1) % self.capacity;
     }
 
+    /// Appends consecutive steps given as flat arrays (`obs` and `next_obs`:
+    /// `steps · obs_dim`, `act`: `steps · act_dim`).
+    pub fn push_steps(
+        &mut self,
+        obs: &[f32],
+        act: &[f32],
+        rew: &[f32],
+        next_obs: &[f32],
+        terminated: &[bool],
+    ) {
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        for t in 0..rew.len() {
+            self.push(
+                &obs[t * od..(t + 1) * od],
+                &act[t * ad..(t + 1) * ad],
+                rew[t],
+                &next_obs[t * od..(t + 1) * od],
+                terminated[t],
+            );
+        }
+    }
+
     /// Every step of every episode of a dataset.
     pub fn from_dataset(ds: &dataset::Dataset) -> Self {
-        let (od, ad) = (ds.info.obs_dim(), ds.info.action_dim());
-        let mut r = Replay::new(od, ad, ds.num_frames().max(1));
+        let mut r = Replay::new(
+            ds.info.obs_dim(),
+            ds.info.action_dim(),
+            ds.num_frames().max(1),
+        );
         for ep in &ds.episodes {
-            for t in 0..ep.len() {
-                r.push(
-                    &ep.observations[t * od..(t + 1) * od],
-                    &ep.actions[t * ad..(t + 1) * ad],
-                    ep.rewards[t],
-                    &ep.next_observations[t * od..(t + 1) * od],
-                    ep.terminated[t],
-                );
-            }
+            r.push_steps(
+                &ep.observations,
+                &ep.actions,
+                &ep.rewards,
+                &ep.next_observations,
+                &ep.terminated,
+            );
         }
         r
+    }
+
+    /// Every step of a simulator trajectory.
+    pub fn push_trajectory(&mut self, t: &sim::Trajectory) {
+        self.push_steps(
+            &t.observations,
+            &t.actions,
+            &t.rewards,
+            &t.next_observations,
+            &t.terminated,
+        );
     }
 
     /// Appends `n` uniformly drawn transitions to `out`.

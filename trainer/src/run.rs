@@ -24,7 +24,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sim::rng::Rng;
-use sim::{EnvConfig, Trajectory, make_demonstrator, make_env, record_episode};
+use sim::{EnvConfig, make_demonstrator, make_env, record_episode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -88,22 +88,6 @@ pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> EvalResult {
         success_rate: successes as f64 / n,
         mean_return: returns.iter().sum::<f64>() / n,
         mean_length: lengths.iter().sum::<usize>() as f64 / n,
-    }
-}
-
-impl Replay {
-    /// Appends every step of a simulator trajectory.
-    pub fn push_trajectory(&mut self, t: &Trajectory) {
-        let (od, ad) = (self.obs_dim, self.act_dim);
-        for i in 0..t.len() {
-            self.push(
-                &t.observations[i * od..(i + 1) * od],
-                &t.actions[i * ad..(i + 1) * ad],
-                t.rewards[i],
-                &t.next_observations[i * od..(i + 1) * od],
-                t.terminated[i],
-            );
-        }
     }
 }
 
@@ -180,13 +164,9 @@ pub struct TrainSummary {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct UpdateMetricsRow {
     pub step: usize,
-    pub critic_loss: f32,
-    pub q_mean: f32,
-    pub target_q_mean: f32,
-    pub denoiser_loss: f32,
-    pub policy_q: f32,
-    pub entropy: f32,
-    pub temperature: f32,
+    /// Means over the logging window.
+    #[serde(flatten)]
+    pub metrics: UpdateMetrics,
     pub train_success_rate: f32,
     pub train_return: f32,
     pub updates_per_s: f32,
@@ -370,7 +350,10 @@ pub fn train(
             append_metrics(out, &row)?;
             progress.advance(
                 done_steps as u64,
-                &format!("critic {:.4}  q {:.3}", row.critic_loss, row.q_mean),
+                &format!(
+                    "critic {:.4}  q {:.3}",
+                    row.metrics.critic_loss, row.metrics.q_mean
+                ),
             );
             summary.last_metrics = Some(row);
             window = MetricsWindow::default();
@@ -519,14 +502,7 @@ struct MetricsWindow {
 impl MetricsWindow {
     fn add(&mut self, m: &UpdateMetrics) {
         self.n += 1;
-        let s = &mut self.sum;
-        s.critic_loss += m.critic_loss;
-        s.q_mean += m.q_mean;
-        s.target_q_mean += m.target_q_mean;
-        s.denoiser_loss += m.denoiser_loss;
-        s.policy_q += m.policy_q;
-        s.entropy += m.entropy;
-        s.temperature += m.temperature;
+        self.sum.accumulate(m, 1.0);
     }
 
     fn row(
@@ -537,18 +513,12 @@ impl MetricsWindow {
         returns: f64,
         updates_per_s: f64,
     ) -> UpdateMetricsRow {
-        let n = self.n.max(1) as f32;
-        let s = &self.sum;
+        let mut metrics = UpdateMetrics::default();
+        metrics.accumulate(&self.sum, 1.0 / self.n.max(1) as f32);
         let e = episodes.max(1) as f32;
         UpdateMetricsRow {
             step,
-            critic_loss: s.critic_loss / n,
-            q_mean: s.q_mean / n,
-            target_q_mean: s.target_q_mean / n,
-            denoiser_loss: s.denoiser_loss / n,
-            policy_q: s.policy_q / n,
-            entropy: s.entropy / n,
-            temperature: s.temperature / n,
+            metrics,
             train_success_rate: if episodes > 0 {
                 successes as f32 / e
             } else {
@@ -583,13 +553,13 @@ fn append_metrics(out: &Path, r: &UpdateMetricsRow) -> Result<()> {
         &format!(
             "{},{},{},{},{},{},{},{},{},{},{:.1}",
             r.step,
-            r.critic_loss,
-            r.q_mean,
-            r.target_q_mean,
-            r.denoiser_loss,
-            r.policy_q,
-            r.entropy,
-            r.temperature,
+            r.metrics.critic_loss,
+            r.metrics.q_mean,
+            r.metrics.target_q_mean,
+            r.metrics.denoiser_loss,
+            r.metrics.policy_q,
+            r.metrics.entropy,
+            r.metrics.temperature,
             r.train_success_rate,
             r.train_return,
             r.updates_per_s
