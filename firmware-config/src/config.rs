@@ -1,0 +1,525 @@
+//! The robot/firmware configuration: one TOML file per robot, read by both the
+//! controller and the firmware (real or simulated).
+//!
+//! ```toml
+//! robot = "sim-push"
+//! control_hz = 20                 # control loop rate; the firmware steps at this rate
+//! command_timeout_ms = 200        # firmware watchdog: hold when commands stop this long
+//!
+//! [serial]
+//! device = "/dev/ttyACM0"
+//! baud = 1000000
+//!
+//! [[joints]]                      # one table per actuated joint or axis
+//! name = "pusher_x"
+//! position_min = -0.47            # m or rad
+//! position_max = 0.47
+//! velocity_max = 0.5              # m/s or rad/s
+//! torque_max = 20.0               # N or N·m
+//!
+//! [observation]
+//! dim = 10
+//! names = ["pusher_x", "pusher_y", ...]
+//!
+//! [action]                        # robot units = offset + scale * policy action
+//! dim = 2
+//! scale = [1.0, 1.0]
+//! offset = [0.0, 0.0]
+//!
+//! [safety]                        # the controller's envelope, in policy units
+//! action_min = [-1.0, -1.0]
+//! action_max = [1.0, 1.0]
+//! max_delta_per_tick = [2.0, 2.0]
+//! stale_sensor_ms = 150
+//! gravity_safe_torque_off = true
+//! hold_ticks_before_torque_off = 20
+//! ```
+//!
+//! # Units and who does what
+//!
+//! The policy acts in `[-1, 1]`. The controller clamps its action to
+//! `[safety.action_min, safety.action_max]`, limits the change per control tick to
+//! `safety.max_delta_per_tick`, and sends `action.offset + action.scale * a` (robot
+//! units) in a `Command`. The firmware applies it, and holds position when no valid
+//! command has arrived for `command_timeout_ms`. The controller holds (sends the hold
+//! action) when the newest sensor frame is older than `safety.stale_sensor_ms`; after
+//! `hold_ticks_before_torque_off` ticks of holding it may switch the torque off, but
+//! only if `gravity_safe_torque_off` says nothing falls when it does.
+//!
+//! # Errors
+//!
+//! [`RobotConfig::load`] parses and then validates; every error names the file, the
+//! line and the field (`robot.toml:31: safety.max_delta_per_tick: expected 2 values
+//! (action.dim), found 3`). The line comes from the TOML parser's spans: parse errors
+//! carry a byte span, and the validator looks the offending field up in a span-keeping
+//! parse of the same text.
+
+use crate::protocol::{Hello, MAX_ACT, MAX_OBS};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::de::{DeTable, DeValue};
+
+/// A robot: what the controller and the firmware agree on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobotConfig {
+    /// Robot name, for logs and dataset metadata.
+    pub robot: String,
+    /// Control rate in Hz (1..=65535: the `Hello` message carries it as a u16).
+    pub control_hz: u32,
+    /// The firmware's watchdog: with no valid command for this long it holds position
+    /// and reports `Fault { Watchdog }`. At least one control period.
+    pub command_timeout_ms: u32,
+    pub serial: SerialConfig,
+    pub joints: Vec<JointConfig>,
+    pub observation: ObservationConfig,
+    pub action: ActionConfig,
+    pub safety: SafetyConfig,
+}
+
+/// The serial link to the firmware.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Device path, e.g. `/dev/ttyACM0` (the simulated firmware prints its pty's path).
+    pub device: String,
+    pub baud: u32,
+}
+
+/// One actuated joint or axis and its limits (SI units: m or rad, and per second).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JointConfig {
+    pub name: String,
+    pub position_min: f32,
+    pub position_max: f32,
+    pub velocity_max: f32,
+    /// Torque (N·m) for revolute joints, force (N) for prismatic ones.
+    pub torque_max: f32,
+}
+
+/// What a `Sensor` frame carries, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservationConfig {
+    pub dim: usize,
+    pub names: Vec<String>,
+}
+
+/// How policy actions map to robot units: `robot = offset + scale * policy`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    pub dim: usize,
+    pub scale: Vec<f32>,
+    pub offset: Vec<f32>,
+}
+
+impl ActionConfig {
+    /// `out[i] = offset[i] + scale[i] * policy[i]`.
+    pub fn to_robot_units(&self, policy: &[f32], out: &mut [f32]) {
+        for (i, (o, &a)) in out.iter_mut().zip(policy).enumerate() {
+            *o = self.offset[i] + self.scale[i] * a;
+        }
+    }
+
+    /// The inverse of [`ActionConfig::to_robot_units`] (`scale` is never zero).
+    pub fn to_policy_units(&self, robot: &[f32], out: &mut [f32]) {
+        for (i, (o, &u)) in out.iter_mut().zip(robot).enumerate() {
+            *o = (u - self.offset[i]) / self.scale[i];
+        }
+    }
+}
+
+/// The controller's safety envelope, in policy units (per action dimension).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    pub action_min: Vec<f32>,
+    pub action_max: Vec<f32>,
+    /// Largest change of each action component from one tick to the next.
+    pub max_delta_per_tick: Vec<f32>,
+    /// A sensor frame older than this makes the controller hold.
+    pub stale_sensor_ms: u32,
+    /// Whether switching the torque off is safe (nothing falls or drifts under gravity).
+    pub gravity_safe_torque_off: bool,
+    /// Ticks of holding before the torque may go off (if it is safe at all).
+    pub hold_ticks_before_torque_off: u32,
+}
+
+/// The built-in example robots, one per simulated task: `(name, TOML text)`. The
+/// files live in `firmware-config/robots/`.
+pub const EXAMPLES: [(&str, &str); 3] = [
+    ("arm-reach", include_str!("../robots/arm-reach.toml")),
+    ("push", include_str!("../robots/push.toml")),
+    ("maze", include_str!("../robots/maze.toml")),
+];
+
+/// Why a robot config was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Valid TOML, but a field is missing, unknown, of the wrong type or invalid.
+    #[error("{file}:{line}: {field}: {message}")]
+    Field {
+        file: String,
+        line: usize,
+        /// Dotted path, e.g. `joints[1].position_max` or `safety.action_min`.
+        field: String,
+        message: String,
+    },
+}
+
+impl RobotConfig {
+    /// Reads, parses and validates a robot file.
+    pub fn load(path: impl AsRef<Path>) -> Result<RobotConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn from_toml_str(text: &str, file: &str) -> Result<RobotConfig, ConfigError> {
+        let doc = match DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+                return Err(ConfigError::Syntax {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    message: e.message().trim_end().to_string(),
+                });
+            }
+        };
+        let spans = SpanIndex::new(doc.get_ref());
+        let field_error = |field: String, offset: usize, message: String| {
+            let (line, _) = line_col(text, offset);
+            ConfigError::Field {
+                file: file.to_string(),
+                line,
+                field,
+                message,
+            }
+        };
+        let config: RobotConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim_end().to_string();
+            let mut field = spans.path_at(offset).unwrap_or_default();
+            // "missing field `x`" points at the table that lacks it: name the field.
+            if let Some(name) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                field = join(&field, name);
+            }
+            if field.is_empty() {
+                field = "(top level)".to_string();
+            }
+            field_error(field, offset, message)
+        })?;
+        config.validate().map_err(|Invalid { field, message }| {
+            let offset = spans.offset_of(&field);
+            field_error(field, offset, message)
+        })?;
+        Ok(config)
+    }
+
+    /// A built-in example robot (see [`EXAMPLES`]); `None` for an unknown name.
+    pub fn example(name: &str) -> Option<RobotConfig> {
+        let (n, text) = EXAMPLES.iter().find(|(n, _)| *n == name)?;
+        // The built-in files are tested to load; an error here is a bug in them.
+        Self::from_toml_str(text, &format!("firmware-config/robots/{n}.toml")).ok()
+    }
+
+    /// One control period.
+    pub fn control_period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.control_hz as f64)
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms as u64)
+    }
+
+    pub fn stale_sensor(&self) -> Duration {
+        Duration::from_millis(self.safety.stale_sensor_ms as u64)
+    }
+
+    /// This robot's handshake message (validated configs always fit its fields).
+    pub fn hello(&self) -> Hello {
+        Hello::new(
+            self.observation.dim as u8,
+            self.action.dim as u8,
+            self.control_hz as u16,
+        )
+    }
+
+    /// Semantic checks after parsing: dimensions agree, ranges are ordered, rates and
+    /// limits are positive, every number is finite.
+    fn validate(&self) -> Result<(), Invalid> {
+        nonempty("robot", &self.robot)?;
+        check(
+            (1..=u16::MAX as u32).contains(&self.control_hz),
+            "control_hz",
+            || {
+                format!(
+                    "must be between 1 and 65535 Hz (the Hello message carries it as a u16), found {}",
+                    self.control_hz
+                )
+            },
+        )?;
+        let period_ms = 1000.0 / self.control_hz as f64;
+        check(
+            self.command_timeout_ms as f64 >= period_ms,
+            "command_timeout_ms",
+            || {
+                format!(
+                    "must be at least one control period ({period_ms} ms at {} Hz), found {}",
+                    self.control_hz, self.command_timeout_ms
+                )
+            },
+        )?;
+        nonempty("serial.device", &self.serial.device)?;
+        check(self.serial.baud > 0, "serial.baud", || {
+            "must be positive, found 0".into()
+        })?;
+
+        check(!self.joints.is_empty(), "joints", || {
+            "at least one [[joints]] table is required".into()
+        })?;
+        let mut names = HashSet::new();
+        for (i, j) in self.joints.iter().enumerate() {
+            let at = |f: &str| format!("joints[{i}].{f}");
+            nonempty(&at("name"), &j.name)?;
+            check(names.insert(j.name.as_str()), &at("name"), || {
+                format!("duplicate joint name '{}'", j.name)
+            })?;
+            finite(&at("position_min"), j.position_min)?;
+            finite(&at("position_max"), j.position_max)?;
+            check(j.position_min < j.position_max, &at("position_max"), || {
+                format!(
+                    "must be greater than position_min ({}), found {}",
+                    j.position_min, j.position_max
+                )
+            })?;
+            positive(&at("velocity_max"), j.velocity_max)?;
+            positive(&at("torque_max"), j.torque_max)?;
+        }
+
+        let obs = &self.observation;
+        check((1..=MAX_OBS).contains(&obs.dim), "observation.dim", || {
+            format!(
+                "must be between 1 and {MAX_OBS} (the protocol's MAX_OBS), found {}",
+                obs.dim
+            )
+        })?;
+        dims(
+            "observation.names",
+            obs.names.len(),
+            obs.dim,
+            "observation.dim",
+        )?;
+        let mut names = HashSet::new();
+        for (i, n) in obs.names.iter().enumerate() {
+            let field = format!("observation.names[{i}]");
+            nonempty(&field, n)?;
+            check(names.insert(n.as_str()), &field, || {
+                format!("duplicate observation name '{n}'")
+            })?;
+        }
+
+        let act = &self.action;
+        let d = act.dim;
+        check((1..=MAX_ACT).contains(&d), "action.dim", || {
+            format!("must be between 1 and {MAX_ACT} (the protocol's MAX_ACT), found {d}")
+        })?;
+        dims("action.scale", act.scale.len(), d, "action.dim")?;
+        dims("action.offset", act.offset.len(), d, "action.dim")?;
+        for (i, &s) in act.scale.iter().enumerate() {
+            let field = format!("action.scale[{i}]");
+            finite(&field, s)?;
+            check(s != 0.0, &field, || "must not be zero".into())?;
+        }
+        for (i, &o) in act.offset.iter().enumerate() {
+            finite(&format!("action.offset[{i}]"), o)?;
+        }
+
+        let s = &self.safety;
+        dims("safety.action_min", s.action_min.len(), d, "action.dim")?;
+        dims("safety.action_max", s.action_max.len(), d, "action.dim")?;
+        dims(
+            "safety.max_delta_per_tick",
+            s.max_delta_per_tick.len(),
+            d,
+            "action.dim",
+        )?;
+        for i in 0..d {
+            finite(&format!("safety.action_min[{i}]"), s.action_min[i])?;
+            finite(&format!("safety.action_max[{i}]"), s.action_max[i])?;
+            check(
+                s.action_min[i] < s.action_max[i],
+                &format!("safety.action_max[{i}]"),
+                || {
+                    format!(
+                        "must be greater than safety.action_min[{i}] ({}), found {}",
+                        s.action_min[i], s.action_max[i]
+                    )
+                },
+            )?;
+            positive(
+                &format!("safety.max_delta_per_tick[{i}]"),
+                s.max_delta_per_tick[i],
+            )?;
+        }
+        check(s.stale_sensor_ms > 0, "safety.stale_sensor_ms", || {
+            "must be positive, found 0".into()
+        })?;
+        Ok(())
+    }
+}
+
+/// A validation failure before it is located in the file.
+struct Invalid {
+    field: String,
+    message: String,
+}
+
+fn check(ok: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid {
+            field: field.to_string(),
+            message: message(),
+        })
+    }
+}
+
+fn nonempty(field: &str, s: &str) -> Result<(), Invalid> {
+    check(!s.trim().is_empty(), field, || "must not be empty".into())
+}
+
+fn finite(field: &str, x: f32) -> Result<(), Invalid> {
+    check(x.is_finite(), field, || {
+        format!("must be a finite number (f32), found {x}")
+    })
+}
+
+fn positive(field: &str, x: f32) -> Result<(), Invalid> {
+    finite(field, x)?;
+    check(x > 0.0, field, || format!("must be positive, found {x}"))
+}
+
+fn dims(field: &str, found: usize, expected: usize, from: &str) -> Result<(), Invalid> {
+    check(found == expected, field, || {
+        format!("expected {expected} values ({from}), found {found}")
+    })
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Every key and array element of a parsed document with its dotted path and spans.
+struct SpanIndex {
+    /// (path, span of the key or array element, span of the value)
+    entries: Vec<(String, Range<usize>, Range<usize>)>,
+}
+
+impl SpanIndex {
+    fn new(doc: &DeTable<'_>) -> SpanIndex {
+        let mut entries = Vec::new();
+        Self::table("", doc, &mut entries);
+        SpanIndex { entries }
+    }
+
+    fn table(prefix: &str, t: &DeTable<'_>, out: &mut Vec<(String, Range<usize>, Range<usize>)>) {
+        for (k, v) in t {
+            let path = join(prefix, k.get_ref());
+            out.push((path.clone(), k.span(), v.span()));
+            Self::value(&path, v.get_ref(), out);
+        }
+    }
+
+    fn value(path: &str, v: &DeValue<'_>, out: &mut Vec<(String, Range<usize>, Range<usize>)>) {
+        match v {
+            DeValue::Table(t) => Self::table(path, t, out),
+            DeValue::Array(a) => {
+                for (i, e) in a.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    out.push((p.clone(), e.span(), e.span()));
+                    Self::value(&p, e.get_ref(), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The most specific path whose key or value span contains `offset`.
+    fn path_at(&self, offset: usize) -> Option<String> {
+        self.entries
+            .iter()
+            .filter(|(_, k, v)| k.contains(&offset) || v.contains(&offset))
+            .min_by_key(|(_, k, v)| {
+                let span = |r: &Range<usize>| {
+                    if r.contains(&offset) {
+                        r.len()
+                    } else {
+                        usize::MAX
+                    }
+                };
+                span(k).min(span(v))
+            })
+            .map(|(p, _, _)| p.clone())
+    }
+
+    /// Where `path` is written: the key (or array element), else its nearest written
+    /// parent (for fields that are missing), else the start of the file.
+    fn offset_of(&self, path: &str) -> usize {
+        let mut p = path;
+        loop {
+            if let Some((_, k, _)) = self.entries.iter().find(|(q, _, _)| q == p) {
+                return k.start;
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p = &p[..i],
+                None => return 0,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

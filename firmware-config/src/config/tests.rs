@@ -1,0 +1,280 @@
+use super::*;
+
+const PUSH: &str = include_str!("../../robots/push.toml");
+
+/// Loads `text` from a file named `robot.toml` and returns the error message.
+fn load_err(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("robot.toml");
+    std::fs::write(&path, text).unwrap();
+    let err = RobotConfig::load(&path).expect_err("config should be rejected");
+    // Strip the temporary directory so the messages compare.
+    err.to_string()
+        .replace(&format!("{}/", dir.path().display()), "")
+}
+
+/// `PUSH` with the first occurrence of `from` replaced by `to`.
+fn edit(from: &str, to: &str) -> String {
+    assert!(PUSH.contains(from), "push.toml lacks {from:?}");
+    PUSH.replacen(from, to, 1)
+}
+
+/// 1-based line of the first line of `text` that contains `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line contains {needle:?}"))
+        + 1
+}
+
+#[test]
+fn examples_load_and_match_the_sim_tasks() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    // (name, obs dim, act dim, control Hz): sim::TaskId::{ArmReach, Push, Maze}.spec();
+    // hil-tests checks them against the sim crate itself.
+    for (name, obs, act, hz) in [
+        ("arm-reach", 10, 2, 20),
+        ("push", 10, 2, 20),
+        ("maze", 6, 2, 10),
+    ] {
+        let c = RobotConfig::load(format!("{dir}/robots/{name}.toml")).unwrap();
+        assert_eq!(
+            (c.observation.dim, c.action.dim, c.control_hz),
+            (obs, act, hz),
+            "{name}"
+        );
+        assert_eq!(RobotConfig::example(name).as_ref(), Some(&c));
+        let h = c.hello();
+        assert_eq!(
+            (h.obs_dim, h.act_dim, h.control_hz),
+            (obs as u8, act as u8, hz as u16)
+        );
+        assert!(c.command_timeout() >= c.control_period());
+    }
+    assert!(RobotConfig::example("nope").is_none());
+}
+
+#[test]
+fn serialized_config_loads_back() {
+    let c = RobotConfig::example("maze").unwrap();
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(RobotConfig::from_toml_str(&text, "x.toml").unwrap(), c);
+}
+
+#[test]
+fn action_units_roundtrip() {
+    let a = ActionConfig {
+        dim: 2,
+        scale: vec![2.0, -0.5],
+        offset: vec![1.0, 0.25],
+    };
+    let mut robot = [0.0; 2];
+    a.to_robot_units(&[0.5, 1.0], &mut robot);
+    assert_eq!(robot, [2.0, -0.25]);
+    let mut back = [0.0; 2];
+    a.to_policy_units(&robot, &mut back);
+    assert_eq!(back, [0.5, 1.0]);
+}
+
+#[test]
+fn semantic_errors_name_file_line_and_field() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (replace, with, field, message)
+        (
+            "max_delta_per_tick = [2.0, 2.0]",
+            "max_delta_per_tick = [2.0, 2.0, 2.0]",
+            "safety.max_delta_per_tick",
+            "expected 2 values (action.dim), found 3",
+        ),
+        (
+            "action_min = [-1.0, -1.0]",
+            "action_min = [-1.0]",
+            "safety.action_min",
+            "expected 2 values (action.dim), found 1",
+        ),
+        (
+            "action_max = [1.0, 1.0]",
+            "action_max = [1.0, -1.0]",
+            "safety.action_max[1]",
+            "must be greater than safety.action_min[1] (-1), found -1",
+        ),
+        (
+            "scale = [1.0, 1.0]",
+            "scale = [1.0, nan]",
+            "action.scale[1]",
+            "must be a finite number (f32), found NaN",
+        ),
+        (
+            "offset = [0.0, 0.0]",
+            "offset = [0.0, 1e39]",
+            "action.offset[1]",
+            "must be a finite number (f32), found inf",
+        ),
+        (
+            "scale = [1.0, 1.0]",
+            "scale = [0.0, 1.0]",
+            "action.scale[0]",
+            "must not be zero",
+        ),
+        (
+            "dim = 2",
+            "dim = 17",
+            "action.dim",
+            "must be between 1 and 16 (the protocol's MAX_ACT), found 17",
+        ),
+        (
+            "\"target_x\", \"target_y\"]",
+            "\"target_x\"]",
+            "observation.names",
+            "expected 10 values (observation.dim), found 9",
+        ),
+        (
+            "control_hz = 20",
+            "control_hz = 0",
+            "control_hz",
+            "must be between 1 and 65535 Hz (the Hello message carries it as a u16), found 0",
+        ),
+        (
+            "command_timeout_ms = 200",
+            "command_timeout_ms = 10",
+            "command_timeout_ms",
+            "must be at least one control period (50 ms at 20 Hz), found 10",
+        ),
+        (
+            "baud = 1000000",
+            "baud = 0",
+            "serial.baud",
+            "must be positive, found 0",
+        ),
+        (
+            "stale_sensor_ms = 150",
+            "stale_sensor_ms = 0",
+            "safety.stale_sensor_ms",
+            "must be positive, found 0",
+        ),
+        (
+            "name = \"pusher_y\"",
+            "name = \"pusher_x\"",
+            "joints[1].name",
+            "duplicate joint name 'pusher_x'",
+        ),
+        (
+            "velocity_max = 0.5        # m/s",
+            "velocity_max = -0.5        # m/s",
+            "joints[0].velocity_max",
+            "must be positive, found -0.5",
+        ),
+        (
+            "\"target_x\", \"target_y\"]",
+            "\"target_x\", \"target_x\"]",
+            "observation.names[9]",
+            "duplicate observation name 'target_x'",
+        ),
+        (
+            "robot = \"sim-push\"",
+            "robot = \"  \"",
+            "robot",
+            "must not be empty",
+        ),
+    ];
+    for (from, to, field, message) in cases {
+        let text = edit(from, to);
+        // The line where the edit went in.
+        let line = PUSH[..PUSH.find(from).unwrap()].matches('\n').count() + 1;
+        let expected = format!("robot.toml:{line}: {field}: {message}");
+        assert_eq!(load_err(&text), expected, "editing {from:?} -> {to:?}");
+    }
+}
+
+#[test]
+fn joint_range_error_points_at_the_second_joint() {
+    // Only the second joint's position_max changes; the error must name joints[1] and
+    // its line, not the first joint's identical-looking line.
+    let text = PUSH.replace(
+        "name = \"pusher_y\"\nposition_min = -0.47\nposition_max = 0.47",
+        "name = \"pusher_y\"\nposition_min = -0.47\nposition_max = -0.5",
+    );
+    assert_ne!(text, PUSH);
+    let line = line_of(&text, "position_max = -0.5");
+    assert_eq!(
+        load_err(&text),
+        format!(
+            "robot.toml:{line}: joints[1].position_max: must be greater than position_min (-0.47), found -0.5"
+        )
+    );
+}
+
+#[test]
+fn parse_errors_name_file_line_and_field() {
+    // Wrong type.
+    let text = edit("control_hz = 20", "control_hz = \"fast\"");
+    let err = load_err(&text);
+    let line = line_of(&text, "control_hz = \"fast\"");
+    assert!(
+        err.starts_with(&format!("robot.toml:{line}: control_hz: invalid type")),
+        "{err}"
+    );
+    // A float where an integer goes.
+    let text = edit("baud = 1000000", "baud = 1.5e6");
+    let err = load_err(&text);
+    let line = line_of(&text, "baud = 1.5e6");
+    assert!(
+        err.starts_with(&format!("robot.toml:{line}: serial.baud: invalid type")),
+        "{err}"
+    );
+    // Unknown field (typo).
+    let text = edit("baud = 1000000", "baud = 1000000\nparity = \"none\"");
+    let err = load_err(&text);
+    let line = line_of(&text, "parity");
+    assert!(
+        err.starts_with(&format!(
+            "robot.toml:{line}: serial.parity: unknown field `parity`"
+        )),
+        "{err}"
+    );
+    // Missing field inside a table: names the field, points at its table.
+    let text = edit("baud = 1000000\n", "");
+    let err = load_err(&text);
+    let line = line_of(&text, "[serial]");
+    assert!(
+        err.starts_with(&format!(
+            "robot.toml:{line}: serial.baud: missing field `baud`"
+        )),
+        "{err}"
+    );
+    // Missing field in an array of tables.
+    let text = PUSH.replace("torque_max = 20.0\n\n[observation]", "\n[observation]");
+    assert_ne!(text, PUSH);
+    let err = load_err(&text);
+    assert!(
+        err.contains(": joints[1].torque_max: missing field `torque_max`"),
+        "{err}"
+    );
+    // Missing table.
+    let i = PUSH.find("[safety]").unwrap();
+    let err = load_err(&PUSH[..i]);
+    assert!(
+        err.starts_with("robot.toml:1: safety: missing field `safety`"),
+        "{err}"
+    );
+    // Not TOML at all: file, line and column.
+    let text = edit("robot = \"sim-push\"", "robot = \"sim-push");
+    let err = load_err(&text);
+    let line = line_of(&text, "robot = \"sim-push");
+    assert!(err.starts_with(&format!("robot.toml:{line}:")), "{err}");
+    // No file.
+    let err = RobotConfig::load("/nonexistent/robot.toml").unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/robot.toml: cannot read")
+    );
+}
+
+#[test]
+fn line_col_counts_characters() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 3), (2, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("é\nx", 99), (2, 2));
+}

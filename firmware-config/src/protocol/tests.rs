@@ -1,0 +1,547 @@
+use super::*;
+use proptest::prelude::*;
+use std::vec::Vec as StdVec;
+
+fn enc(input: &[u8]) -> StdVec<u8> {
+    let mut out = vec![0u8; cobs_max_len(input.len())];
+    let n = cobs_encode(input, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+fn dec(input: &[u8]) -> Result<StdVec<u8>, CobsError> {
+    let mut out = vec![0u8; input.len()];
+    let n = cobs_decode(input, &mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+#[test]
+fn crc32_check_value() {
+    // The CRC-32/ISO-HDLC check value from the CRC catalogue.
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    assert_eq!(crc32(b""), 0);
+}
+
+#[test]
+fn cobs_reference_vectors() {
+    // The examples of the COBS paper / Wikipedia's table.
+    let cases: &[(&[u8], &[u8])] = &[
+        (&[0x00], &[0x01, 0x01]),
+        (&[0x00, 0x00], &[0x01, 0x01, 0x01]),
+        (&[0x00, 0x11, 0x00], &[0x01, 0x02, 0x11, 0x01]),
+        (&[0x11, 0x22, 0x00, 0x33], &[0x03, 0x11, 0x22, 0x02, 0x33]),
+        (&[0x11, 0x22, 0x33, 0x44], &[0x05, 0x11, 0x22, 0x33, 0x44]),
+        (&[0x11, 0x00, 0x00, 0x00], &[0x02, 0x11, 0x01, 0x01, 0x01]),
+        (&[], &[0x01]),
+    ];
+    for (raw, coded) in cases {
+        assert_eq!(enc(raw), *coded, "encoding {raw:02x?}");
+        assert_eq!(dec(coded).unwrap(), *raw, "decoding {coded:02x?}");
+    }
+    // 254 non-zero bytes: one full block, no trailing code byte.
+    let run: StdVec<u8> = (1..=254).collect();
+    let mut coded = vec![0xFF];
+    coded.extend(&run);
+    assert_eq!(enc(&run), coded);
+    assert_eq!(dec(&coded).unwrap(), run);
+    // 255 non-zero bytes: a full block, then a block of one.
+    let run: StdVec<u8> = (1..=255).collect();
+    let mut coded = vec![0xFF];
+    coded.extend(1..=254);
+    coded.extend([0x02, 0xFF]);
+    assert_eq!(enc(&run), coded);
+    assert_eq!(dec(&coded).unwrap(), run);
+    // A zero right after a full block.
+    let mut raw: StdVec<u8> = (1..=254).collect();
+    raw.push(0);
+    let e = enc(&raw);
+    assert_eq!(dec(&e).unwrap(), raw);
+}
+
+#[test]
+fn cobs_rejects_bad_blocks() {
+    assert_eq!(dec(&[]), Err(CobsError::Empty));
+    assert_eq!(dec(&[0x05, 1, 2]), Err(CobsError::Truncated));
+    assert_eq!(dec(&[0x03, 1, 0]), Err(CobsError::ZeroByte));
+    assert_eq!(dec(&[0x00]), Err(CobsError::ZeroByte));
+    let mut small = [0u8; 2];
+    assert_eq!(
+        cobs_decode(&[0x04, 1, 2, 3], &mut small),
+        Err(CobsError::Overflow)
+    );
+    assert!(cobs_encode(&[1, 2, 3], &mut small).is_err());
+    assert!(cobs_encode(&[], &mut []).is_err());
+}
+
+#[test]
+fn sizes_are_what_the_docs_say() {
+    assert_eq!(MAX_PAYLOAD, 137);
+    assert_eq!(MAX_RAW_FRAME, 151);
+    assert_eq!(MAX_ENCODED_FRAME, 152);
+    assert_eq!(MAX_FRAME, 153);
+    let full = Frame {
+        seq: u16::MAX,
+        timestamp_us: u32::MAX,
+        message: Message::sensor(u32::MAX, u32::MAX, &[f32::from_bits(0x0101_0101); MAX_OBS])
+            .unwrap(),
+    };
+    let mut buf = [0u8; MAX_FRAME];
+    assert_eq!(full.encode(&mut buf).unwrap(), MAX_FRAME);
+    assert!(full.encode(&mut buf[..MAX_FRAME - 1]).is_err());
+    assert!(Message::sensor(0, 0, &[0.0; MAX_OBS + 1]).is_none());
+    assert!(Message::command(&[0.0; MAX_ACT + 1]).is_none());
+}
+
+/// Pins the byte layout and the schema hash. If this fails because you changed a
+/// layout, update `SCHEMA` (and `PROTOCOL_VERSION` if old and new peers could meet),
+/// then the expected values here. The expected values were computed independently with
+/// Python's `zlib.crc32`.
+#[test]
+fn golden_bytes() {
+    assert_eq!(SCHEMA_HASH, 0x05e1_eb5c);
+    assert_eq!(schema_hash(), SCHEMA_HASH);
+    let f = Frame {
+        seq: 7,
+        timestamp_us: 1000,
+        message: Message::command(&[1.0, -0.5]).unwrap(),
+    };
+    let wire = f.to_wire();
+    let expected: StdVec<u8> = [
+        0x04, 0x01, 0x03, 0x07, 0x03, 0xe8, 0x03, 0x01, 0x02, 0x09, 0x02, 0x02, 0x01, 0x03, 0x80,
+        0x3f, 0x01, 0x01, 0x06, 0xbf, 0x8b, 0x37, 0x0b, 0x4b, 0x00,
+    ]
+    .to_vec();
+    assert_eq!(wire.as_slice(), expected.as_slice());
+    // Heartbeat: header only, CRC 0x266b1bee.
+    let hb = Frame {
+        seq: 0x0102,
+        timestamp_us: 0x0304_0506,
+        message: Message::Heartbeat,
+    };
+    let mut raw = [0u8; 64];
+    let n = cobs_decode(&hb.to_wire()[..hb.to_wire().len() - 1], &mut raw).unwrap();
+    assert_eq!(
+        &raw[..n],
+        &[1, 4, 2, 1, 6, 5, 4, 3, 0, 0, 0xee, 0x1b, 0x6b, 0x26]
+    );
+}
+
+#[test]
+fn schema_describes_every_message() {
+    for t in MessageType::ALL {
+        let line = std::format!("{:#04x} {}:", t as u8, t.name());
+        assert!(SCHEMA.contains(&line), "SCHEMA lacks `{line}`");
+    }
+    assert!(SCHEMA.contains(&std::format!("n <= {MAX_OBS}")));
+    assert!(SCHEMA.contains(&std::format!("n <= {MAX_ACT}")));
+}
+
+#[test]
+fn handshake_checks_every_field() {
+    let ours = Hello::new(10, 2, 20);
+    assert_eq!(ours.check_peer(&ours), Ok(()));
+    let mut p = ours;
+    p.protocol_version = 2;
+    assert!(matches!(
+        ours.check_peer(&p),
+        Err(HandshakeError::Version { ours: 1, theirs: 2 })
+    ));
+    let mut p = ours;
+    p.schema_hash ^= 1;
+    assert!(matches!(
+        ours.check_peer(&p),
+        Err(HandshakeError::SchemaHash { .. })
+    ));
+    let mut p = ours;
+    p.obs_dim = 6;
+    assert!(matches!(
+        ours.check_peer(&p),
+        Err(HandshakeError::ObsDim { .. })
+    ));
+    let mut p = ours;
+    p.act_dim = 3;
+    assert!(matches!(
+        ours.check_peer(&p),
+        Err(HandshakeError::ActDim { .. })
+    ));
+    let mut p = ours;
+    p.control_hz = 10;
+    assert!(matches!(
+        ours.check_peer(&p),
+        Err(HandshakeError::ControlHz { .. })
+    ));
+}
+
+/// Builds a raw frame with a valid CRC around arbitrary header fields and payload.
+fn raw_frame(version: u8, ty: u8, declared_len: u16, payload: &[u8]) -> StdVec<u8> {
+    let mut raw = vec![version, ty, 0, 0, 0, 0, 0, 0];
+    raw.extend(declared_len.to_le_bytes());
+    raw.extend(payload);
+    let crc = crc32(&raw);
+    raw.extend(crc.to_le_bytes());
+    let mut wire = enc(&raw);
+    wire.push(0);
+    wire
+}
+
+fn decode_one(wire: &[u8]) -> Result<Frame, FrameError> {
+    let mut d = FrameDecoder::new();
+    let mut out = StdVec::new();
+    d.feed(wire, |r| out.push(r));
+    assert_eq!(out.len(), 1, "{out:?}");
+    out.pop().unwrap()
+}
+
+#[test]
+fn strict_payload_checks() {
+    use FrameError::*;
+    // Version mismatch with a valid CRC is reported as such.
+    assert_eq!(
+        decode_one(&raw_frame(2, 4, 0, &[])),
+        Err(Version { received: 2 })
+    );
+    assert_eq!(
+        decode_one(&raw_frame(1, 0x55, 0, &[])),
+        Err(UnknownType(0x55))
+    );
+    assert_eq!(
+        decode_one(&raw_frame(1, 4, 3, &[])),
+        Err(Length {
+            declared: 3,
+            actual: 0
+        })
+    );
+    let payload_err = |ty: u8, payload: &[u8]| {
+        matches!(
+            decode_one(&raw_frame(1, ty, payload.len() as u16, payload)),
+            Err(Payload { .. })
+        )
+    };
+    assert!(payload_err(4, &[0])); // heartbeat with a payload
+    assert!(payload_err(1, &[1, 0, 0, 0])); // short hello
+    assert!(payload_err(3, &[17])); // 17 action values
+    assert!(payload_err(3, &[2, 0, 0, 0, 0])); // 2 values announced, 1 sent
+    let mut sensor = vec![0u8; 9];
+    sensor[8] = 33;
+    assert!(payload_err(2, &sensor)); // 33 obs values
+    assert!(payload_err(5, &[9, 0])); // unknown fault code
+    assert!(payload_err(5, &[2, 1])); // detail on a known code
+    assert!(payload_err(8, &[0, 0, 0, 0, 2, 0, 0, 0, 0])); // success = 2
+    let mut reward = vec![0u8; 13];
+    reward[12] = 8;
+    assert!(payload_err(10, &reward)); // unknown flag bit
+    // Too short to hold a header and CRC.
+    let mut short = enc(&[1, 4, 0]);
+    short.push(0);
+    assert_eq!(decode_one(&short), Err(TooShort { len: 3 }));
+}
+
+#[test]
+fn decoder_counts_and_resyncs() {
+    let mut e = FrameEncoder::new();
+    let good = e.to_wire(5, Message::Heartbeat);
+    let mut d = FrameDecoder::new();
+    let mut results = StdVec::new();
+    // Garbage that ends in a delimiter, an idle delimiter, a good frame.
+    d.feed(&[0x13, 0x37, 0x00, 0x00], |r| results.push(r));
+    d.feed(&good, |r| results.push(r));
+    assert_eq!(results.len(), 2);
+    assert!(results[0].is_err());
+    assert!(results[1].is_ok());
+    // A run longer than any frame: reported once, skipped to the next delimiter.
+    results.clear();
+    d.feed(&[0x42; 1000], |r| results.push(r));
+    assert_eq!(results, [Err(FrameError::Oversize)]);
+    d.feed(&[0x00], |r| results.push(r));
+    d.feed(&good, |r| results.push(r));
+    assert_eq!(results.len(), 2);
+    assert!(results[1].is_ok());
+    let s = d.stats();
+    assert_eq!(s.frames, 2);
+    assert_eq!(s.oversize, 1);
+    assert_eq!(s.cobs_errors + s.malformed + s.crc_errors, 1);
+    assert_eq!(s.resyncs, 2);
+    assert_eq!(s.bytes_discarded, 3 + 1001);
+    // clear() drops a partial frame: the rest of it is skipped.
+    results.clear();
+    d.feed(&good[..5], |r| results.push(r));
+    d.clear();
+    d.feed(&good[5..], |r| results.push(r));
+    d.feed(&good, |r| results.push(r));
+    assert_eq!(results.len(), 1);
+    assert!(results[0].is_ok());
+}
+
+#[test]
+fn seq_tracker() {
+    let mut t = SeqTracker::new();
+    assert_eq!(t.observe(65534), SeqEvent::First);
+    assert_eq!(t.observe(65535), SeqEvent::InOrder);
+    assert_eq!(t.observe(0), SeqEvent::InOrder);
+    assert_eq!(t.observe(3), SeqEvent::Gap { lost: 2 });
+    assert_eq!(t.observe(3), SeqEvent::Stale);
+    assert_eq!(t.observe(1), SeqEvent::Stale);
+    assert_eq!(t.observe(4), SeqEvent::InOrder);
+    assert_eq!((t.received, t.lost, t.stale), (7, 2, 2));
+    t.reset();
+    assert_eq!(t.observe(0), SeqEvent::First);
+    assert_eq!(timestamp_delta_us(5, u32::MAX - 4), 10);
+}
+
+// ----------------------------------------------------------------------------------------
+// Property tests
+
+fn any_f32() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        3 => -10.0f32..10.0,
+        1 => any::<u32>().prop_map(f32::from_bits),
+    ]
+}
+
+fn any_fault() -> impl Strategy<Value = FaultCode> {
+    prop_oneof![
+        Just(FaultCode::Estop),
+        Just(FaultCode::Watchdog),
+        Just(FaultCode::Overcurrent),
+        Just(FaultCode::InvalidCommand),
+        any::<u8>().prop_map(FaultCode::Other),
+    ]
+}
+
+fn any_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            any::<u8>(),
+            any::<u32>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u16>()
+        )
+            .prop_map(
+                |(protocol_version, schema_hash, obs_dim, act_dim, control_hz)| {
+                    Message::Hello(Hello {
+                        protocol_version,
+                        schema_hash,
+                        obs_dim,
+                        act_dim,
+                        control_hz,
+                    })
+                }
+            ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(any_f32(), 0..=MAX_OBS)
+        )
+            .prop_map(|(e, s, o)| Message::sensor(e, s, &o).unwrap()),
+        proptest::collection::vec(any_f32(), 0..=MAX_ACT)
+            .prop_map(|a| Message::command(&a).unwrap()),
+        Just(Message::Heartbeat),
+        any_fault().prop_map(|code| Message::Fault { code }),
+        Just(Message::Estop),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(episode, seed)| Message::EpisodeStart { episode, seed }),
+        (any::<u32>(), any::<bool>(), any::<u32>()).prop_map(|(episode, success, steps)| {
+            Message::EpisodeEnd {
+                episode,
+                success,
+                steps,
+            }
+        }),
+        any::<u64>().prop_map(|seed| Message::Reset { seed }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any_f32(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(episode, step, reward, done, truncated, success)| {
+                Message::Reward {
+                    episode,
+                    step,
+                    reward,
+                    done,
+                    truncated,
+                    success,
+                }
+            }),
+    ]
+}
+
+fn any_frame() -> impl Strategy<Value = Frame> {
+    (any::<u16>(), any::<u32>(), any_message()).prop_map(|(seq, timestamp_us, message)| Frame {
+        seq,
+        timestamp_us,
+        message,
+    })
+}
+
+/// Decodes a byte stream, returning the wire bytes of every accepted frame (bytes, not
+/// `Frame`s, so that NaN payloads compare bit for bit).
+fn accepted(stream: &[u8]) -> StdVec<StdVec<u8>> {
+    let mut d = FrameDecoder::new();
+    let mut out = StdVec::new();
+    d.feed(stream, |r| {
+        if let Ok(f) = r {
+            out.push(f.to_wire().to_vec());
+        }
+    });
+    out
+}
+
+/// Encodes frames into one stream; returns it and each frame's byte range
+/// (delimiter included).
+fn stream_of(frames: &[Frame]) -> (StdVec<u8>, StdVec<core::ops::Range<usize>>) {
+    let mut s = StdVec::new();
+    let mut ranges = StdVec::new();
+    for f in frames {
+        let start = s.len();
+        s.extend_from_slice(&f.to_wire());
+        ranges.push(start..s.len());
+    }
+    (s, ranges)
+}
+
+fn wires(frames: &[Frame]) -> StdVec<StdVec<u8>> {
+    frames.iter().map(|f| f.to_wire().to_vec()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn cobs_roundtrip(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let e = enc(&data);
+        prop_assert!(e.len() <= cobs_max_len(data.len()));
+        prop_assert!(!e.contains(&0));
+        prop_assert_eq!(dec(&e).unwrap(), data);
+    }
+
+    #[test]
+    fn frame_roundtrip(frame in any_frame()) {
+        let wire = frame.to_wire();
+        prop_assert!(wire.len() <= MAX_FRAME);
+        prop_assert_eq!(wire.last(), Some(&0));
+        prop_assert!(!wire[..wire.len() - 1].contains(&0));
+        let back = Frame::decode(&wire[..wire.len() - 1]).unwrap();
+        prop_assert_eq!(back.to_wire(), wire);
+        prop_assert_eq!((back.seq, back.timestamp_us), (frame.seq, frame.timestamp_us));
+        prop_assert_eq!(back.message.msg_type(), frame.message.msg_type());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        data in proptest::collection::vec(any::<u8>(), 0..2000),
+        chunk in 1usize..64,
+    ) {
+        let mut d = FrameDecoder::new();
+        let mut results = 0u32;
+        for part in data.chunks(chunk) {
+            d.feed(part, |_| results += 1);
+        }
+        let s = d.stats();
+        prop_assert_eq!(
+            results,
+            s.frames + s.crc_errors + s.cobs_errors + s.oversize + s.version_mismatches + s.malformed
+        );
+    }
+
+    #[test]
+    fn arbitrary_cobs_blocks_never_panic(block in proptest::collection::vec(1u8..=255, 0..200)) {
+        let _ = Frame::decode(&block);
+    }
+
+    #[test]
+    fn stream_roundtrip_with_byte_splits(
+        frames in proptest::collection::vec(any_frame(), 1..12),
+        chunk in 1usize..40,
+    ) {
+        let (stream, _) = stream_of(&frames);
+        let mut d = FrameDecoder::new();
+        let mut got = StdVec::new();
+        for part in stream.chunks(chunk) {
+            d.feed(part, |r| got.push(r.unwrap().to_wire().to_vec()));
+        }
+        prop_assert_eq!(got, wires(&frames));
+    }
+
+    /// One flipped bit costs the frame it hits (and the next one if it hits the
+    /// delimiter, which merges them) and nothing else; no corrupted frame is accepted.
+    #[test]
+    fn single_bit_flip_is_detected(
+        frames in proptest::collection::vec(any_frame(), 1..8),
+        pos in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let (mut stream, ranges) = stream_of(&frames);
+        let p = pos.index(stream.len());
+        stream[p] ^= 1 << bit;
+        let k = ranges.iter().position(|r| r.contains(&p)).unwrap();
+        let mut expected = wires(&frames);
+        if p == ranges[k].end - 1 && k + 1 < frames.len() {
+            expected.remove(k + 1);
+        }
+        expected.remove(k);
+        prop_assert_eq!(accepted(&stream), expected);
+    }
+
+    /// A frame cut short: without its delimiter its remains swallow the next frame
+    /// too; with its delimiter it is lost alone. Either way nothing wrong is accepted.
+    #[test]
+    fn truncation_is_detected(
+        frames in proptest::collection::vec(any_frame(), 1..8),
+        which in any::<prop::sample::Index>(),
+        cut in any::<prop::sample::Index>(),
+        keep_delimiter in any::<bool>(),
+    ) {
+        let (stream, ranges) = stream_of(&frames);
+        let k = which.index(frames.len());
+        let r = ranges[k].clone();
+        let body = r.end - 1 - r.start;
+        let keep = cut.index(body); // 0..body-1 bytes of the encoded frame survive
+        let mut cut_stream = stream[..r.start + keep].to_vec();
+        if keep_delimiter {
+            cut_stream.push(0);
+        }
+        cut_stream.extend_from_slice(&stream[r.end..]);
+        let mut expected = wires(&frames);
+        if !keep_delimiter && keep > 0 && k + 1 < frames.len() {
+            expected.remove(k + 1);
+        }
+        expected.remove(k);
+        prop_assert_eq!(accepted(&cut_stream), expected);
+    }
+
+    /// Garbage between frames, bytes dropped or duplicated anywhere: the accepted
+    /// frames are always a subsequence of the sent ones, and every frame after the
+    /// damage (past the next delimiter) is received.
+    #[test]
+    fn random_damage_yields_a_subsequence(
+        frames in proptest::collection::vec(any_frame(), 2..10),
+        at in any::<prop::sample::Index>(),
+        garbage in proptest::collection::vec(any::<u8>(), 0..300),
+        drop in 0usize..20,
+    ) {
+        let (stream, ranges) = stream_of(&frames);
+        let p = at.index(stream.len());
+        let mut damaged = stream[..p].to_vec();
+        damaged.extend_from_slice(&garbage);
+        let resume = (p + drop).min(stream.len());
+        damaged.extend_from_slice(&stream[resume..]);
+        let got = accepted(&damaged);
+        let sent = wires(&frames);
+        // Subsequence check.
+        let mut it = sent.iter();
+        for g in &got {
+            prop_assert!(it.any(|s| s == g), "accepted a frame that was not sent");
+        }
+        // Frames that start after the first delimiter at or after `resume` survive.
+        let first_clean = ranges.iter().position(|r| r.start > resume).unwrap_or(frames.len());
+        for w in &sent[first_clean..] {
+            prop_assert!(got.contains(w));
+        }
+    }
+}
