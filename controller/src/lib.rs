@@ -1,9 +1,9 @@
-//! `controller`: the policy on the robot computer.
+//! `controller`: runs an EXPO bundle on the robot.
 //!
-//! It will own the inference runtime (tract by default, ort optional) that runs the
-//! truncated denoising chain, the edit policy and Q-selection; the fixed-rate control
-//! loop; the serial link to the firmware; safety (clamps, rate limits, stale-sensor and
-//! deadline monitors, safe stop); and crash-safe transition logging and streaming. It
-//! never depends on burn.
+//! - [`runtime`]: loads a verified bundle and computes actions (tract by default; `ort`
+//!   behind a feature; `native` allocation-free kernels), full, truncated-chain and
+//!   two-speed modes.
 //!
-//! Status: not implemented yet (issues 9 and 5).
+//! The fixed-rate loop, serial link, safety and logging are issue 5 and not written yet.
+
+pub mod runtime;

@@ -81,6 +81,71 @@ impl DiffusionSchedule {
     }
 }
 
+/// One executed step of a sampling chain: `x ← x_coef·x + eps_coef·ε̂ + sigma·z`, then
+/// clip to `[−1, 1]`; the denoiser is conditioned on step `t`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingStep {
+    pub t: usize,
+    pub x_coef: f32,
+    pub eps_coef: f32,
+    pub sigma: f32,
+}
+
+impl DiffusionSchedule {
+    /// The steps a sampler executes. With `executed == steps()` this is the full DDPM
+    /// chain the policy was trained for (ancestral sampling, [`Self::reverse`]). With
+    /// fewer it is a truncated, deterministic DDIM chain (η = 0) over `executed`
+    /// timesteps spread evenly from `T − 1` down to `0`: from `t` to the next kept step
+    /// `p` (or to the clean action after the last), `x_p = √ᾱ_p x̂₀ + √(1 − ᾱ_p) ε̂` with
+    /// `x̂₀ = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t`.
+    pub fn sampling_plan(&self, executed: usize) -> Vec<SamplingStep> {
+        let steps = self.steps();
+        assert!(
+            (1..=steps).contains(&executed),
+            "executed steps ({executed}) must be in 1..={steps}"
+        );
+        if executed == steps {
+            return (0..steps)
+                .rev()
+                .map(|t| {
+                    let r = self.reverse(t);
+                    SamplingStep {
+                        t,
+                        x_coef: r.inv_sqrt_alpha,
+                        eps_coef: -r.eps_coef * r.inv_sqrt_alpha,
+                        sigma: r.sigma,
+                    }
+                })
+                .collect();
+        }
+        let kept: Vec<usize> = if executed == 1 {
+            vec![steps - 1]
+        } else {
+            (0..executed)
+                .map(|i| {
+                    let frac = i as f64 / (executed - 1) as f64;
+                    ((steps - 1) as f64 * (1.0 - frac)).round() as usize
+                })
+                .collect()
+        };
+        kept.iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let ab = self.alpha_bars[t] as f64;
+                let ab_prev = kept.get(i + 1).map_or(1.0, |&p| self.alpha_bars[p] as f64);
+                let x_coef = (ab_prev / ab).sqrt();
+                let eps_coef = (1.0 - ab_prev).sqrt() - x_coef * (1.0 - ab).sqrt();
+                SamplingStep {
+                    t,
+                    x_coef: x_coef as f32,
+                    eps_coef: eps_coef as f32,
+                    sigma: 0.0,
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +186,27 @@ mod tests {
         assert_eq!(r.sigma, 0.0);
         assert!(((x1 - r.eps_coef * eps) * r.inv_sqrt_alpha - x0).abs() < 1e-5);
         assert!(s.reverse(3).sigma > 0.0);
+    }
+
+    #[test]
+    fn sampling_plans() {
+        let s = DiffusionSchedule::vp(10, 0.1, 10.0);
+        let full = s.sampling_plan(10);
+        assert_eq!(
+            full.iter().map(|p| p.t).collect::<Vec<_>>(),
+            (0..10).rev().collect::<Vec<_>>()
+        );
+        assert_eq!(full[9].sigma, 0.0);
+        let short = s.sampling_plan(3);
+        assert_eq!(short.iter().map(|p| p.t).collect::<Vec<_>>(), [9, 5, 0]);
+        // DDIM with the true noise recovers the clean action exactly from any start.
+        let (x0, eps) = (0.4f64, 0.8f64);
+        let (a, b) = s.noising(9);
+        let mut x = a as f64 * x0 + b as f64 * eps;
+        for p in &short {
+            x = p.x_coef as f64 * x + p.eps_coef as f64 * eps;
+        }
+        assert!((x - x0).abs() < 1e-5, "{x}");
+        assert_eq!(s.sampling_plan(1)[0].t, 9);
     }
 }

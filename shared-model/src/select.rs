@@ -80,6 +80,21 @@ pub fn argmax_rows(scores: &[f32], m: usize, out: &mut [usize]) {
     }
 }
 
+/// Draws `k` distinct members out of `perm.len()` uniformly (partial Fisher-Yates) into
+/// `perm[..k]`, consuming exactly `k` values of `next_u64`. `perm` is reset to the
+/// identity first, so the draw depends only on the random stream.
+pub fn sample_subset(perm: &mut [usize], k: usize, mut next_u64: impl FnMut() -> u64) {
+    let n = perm.len();
+    assert!(k <= n, "subset of {k} out of {n} members");
+    for (i, p) in perm.iter_mut().enumerate() {
+        *p = i;
+    }
+    for i in 0..k {
+        let j = i + (next_u64() % (n - i) as u64) as usize;
+        perm.swap(i, j);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

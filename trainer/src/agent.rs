@@ -84,13 +84,10 @@ fn normal(rng: &mut Rng, rows: usize, cols: usize, device: &Device) -> Tensor<2>
     )
 }
 
-/// `k` distinct members out of `n`, uniformly (partial Fisher-Yates).
+/// `k` distinct members out of `n`, uniformly (`shared_model::select::sample_subset`).
 pub fn random_subset(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
-    let mut all: Vec<usize> = (0..n).collect();
-    for i in 0..k {
-        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
-        all.swap(i, j);
-    }
+    let mut all: Vec<usize> = vec![0; n];
+    shared_model::select::sample_subset(&mut all, k, || rng.next_u64());
     all.truncate(k);
     all
 }
@@ -116,14 +113,13 @@ pub fn sample_chain(
     let rows = obs.dims()[0];
     let obs_proj = den.obs_projection(obs);
     let mut x = normal(rng, rows, act_dim, &device);
-    for t in (0..sched.steps()).rev() {
+    for step in sched.sampling_plan(sched.steps()) {
         // The time conditioning depends on t alone: once per step, shared by all rows.
-        let tp = den.time_projection(tensor2(vec![t as f32], 1, 1, &device));
+        let tp = den.time_projection(tensor2(vec![step.t as f32], 1, 1, &device));
         let eps = den.forward_projected(x.clone(), obs_proj.clone(), tp);
-        let c = sched.reverse(t);
-        x = (x - eps * c.eps_coef) * c.inv_sqrt_alpha;
-        if t > 0 {
-            x = x + normal(rng, rows, act_dim, &device) * c.sigma;
+        x = x * step.x_coef + eps * step.eps_coef;
+        if step.sigma > 0.0 {
+            x = x + normal(rng, rows, act_dim, &device) * step.sigma;
         }
         x = x.clamp(-1.0, 1.0);
     }

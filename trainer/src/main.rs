@@ -98,21 +98,80 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Evaluate a run's latest checkpoint: success rate and return over K episodes.
+    /// Evaluate a run's latest checkpoint (burn) or a model bundle (through the
+    /// controller's runtime): success rate and return over K episodes.
     Eval {
         /// A run directory written by `train` or `pretrain`.
+        #[arg(long, conflicts_with = "bundle", required_unless_present = "bundle")]
+        run: Option<PathBuf>,
+        /// A model bundle written by `export`.
         #[arg(long)]
-        run: PathBuf,
+        bundle: Option<PathBuf>,
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Runtime backend for --bundle: tract, native or ort.
+        #[arg(long, default_value = "tract")]
+        backend: String,
+        /// Denoising steps to execute with --bundle (default: the manifest's).
+        #[arg(long)]
+        executed_steps: Option<usize>,
         #[arg(long, default_value_t = 100)]
         episodes: usize,
         #[arg(long, default_value_t = 12345)]
         seed: u64,
+    },
+    /// Write a model bundle (manifest + ONNX graphs, signed with --signing-key) from a
+    /// run's latest checkpoint, or from freshly initialised networks with --random.
+    Export {
+        #[arg(long, required_unless_present = "random")]
+        run: Option<PathBuf>,
+        /// Export untrained networks built from --preset/--set (for benchmarks and tests).
+        #[arg(long)]
+        random: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        out: PathBuf,
+        /// ed25519 signing key (`trainer keygen`); without it the bundle is unsigned.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Default executed denoising steps written to the manifest (≤ trained).
+        #[arg(long)]
+        executed_steps: Option<usize>,
+    },
+    /// Create an ed25519 key pair PREFIX.key (secret, 0600) and PREFIX.pub.
+    Keygen {
+        #[arg(long, default_value = "keys/expo")]
+        out: PathBuf,
     },
     /// Print the resolved configuration.
     Config {
         #[command(flatten)]
         config: ConfigArgs,
     },
+}
+
+/// How a bundle's signature is checked.
+#[derive(clap::Args)]
+struct TrustArgs {
+    /// Public key (`NAME.pub`) the bundle must be signed with.
+    #[arg(long)]
+    trusted_key: Option<PathBuf>,
+    /// Development only: accept unsigned bundles (hashes and shapes are still checked).
+    #[arg(long)]
+    allow_unsigned: bool,
+}
+
+impl TrustArgs {
+    fn trust(&self) -> Result<shared_model::Trust> {
+        match (&self.trusted_key, self.allow_unsigned) {
+            (Some(k), _) => Ok(shared_model::Trust::from_public_key_file(k)?),
+            (None, true) => Ok(shared_model::Trust::AllowUnsigned),
+            (None, false) => anyhow::bail!(
+                "pass --trusted-key KEY.pub to verify the bundle's signature, or --allow-unsigned for development"
+            ),
+        }
+    }
 }
 
 struct Bar(Option<ProgressBar>);
@@ -212,18 +271,114 @@ fn main() -> Result<()> {
         }
         Command::Eval {
             run,
+            bundle,
+            trust,
+            backend,
+            executed_steps,
             episodes,
             seed,
         } => {
-            let mut agent = trainer::run::load_agent(&run)?;
-            let e = trainer::run::evaluate(&mut agent, episodes, seed);
+            let (name, e) = if let Some(dir) = bundle {
+                let b = shared_model::load_bundle(&dir, &trust.trust()?)?;
+                let task: sim::TaskId = b.manifest.task.parse()?;
+                let options = controller::runtime::PolicyOptions {
+                    backend: backend.parse()?,
+                    executed_steps,
+                    seed,
+                };
+                let mut policy = controller::runtime::Policy::new(&b, &options)?;
+                let (od, ad) = (policy.obs_dim(), policy.act_dim());
+                let e = trainer::run::evaluate_with(task, episodes, seed, &mut |obs| {
+                    let mut out = vec![0.0; obs.len() / od * ad];
+                    for (o, a) in obs.chunks_exact(od).zip(out.chunks_exact_mut(ad)) {
+                        policy.act(o, a)?;
+                    }
+                    Ok(out)
+                })?;
+                (
+                    format!(
+                        "{} ({backend}, {} denoising steps)",
+                        dir.display(),
+                        policy.executed_steps()
+                    ),
+                    e,
+                )
+            } else {
+                let run = run.expect("clap requires --run or --bundle");
+                let mut agent = trainer::run::load_agent(&run)?;
+                (
+                    run.display().to_string(),
+                    trainer::run::evaluate(&mut agent, episodes, seed),
+                )
+            };
             println!(
-                "{}: success {:.1}%  return {:.3}  length {:.1}  ({} episodes)",
-                run.display(),
+                "{name}: success {:.1}%  return {:.3}  length {:.1}  ({} episodes)",
                 100.0 * e.success_rate,
                 e.mean_return,
                 e.mean_length,
                 e.episodes
+            );
+        }
+        Command::Export {
+            run,
+            random,
+            config,
+            out,
+            signing_key,
+            executed_steps,
+        } => {
+            let key = signing_key
+                .as_deref()
+                .map(shared_model::manifest::read_signing_key)
+                .transpose()?;
+            let (agent, info) = if random {
+                let c =
+                    Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
+                let spec = c.task.spec();
+                let (od, ad) = (spec.obs_dim(), spec.action_dim());
+                let identity = trainer::replay::Normalizer {
+                    mean: vec![0.0; od],
+                    std: vec![1.0; od],
+                };
+                let agent =
+                    trainer::agent::Agent::new(c, od, ad, identity, &trainer::run::device());
+                let info = trainer::export::ExportInfo {
+                    dataset: "none (untrained networks)".into(),
+                    env_steps: 0,
+                    executed_steps,
+                };
+                (agent, info)
+            } else {
+                let run = run.expect("clap requires --run or --random");
+                let agent = trainer::run::load_agent(&run)?;
+                let info = trainer::export::ExportInfo {
+                    dataset: agent.config.run.dataset.clone().unwrap_or_else(|| {
+                        format!("scripted demonstrations ({})", agent.config.task)
+                    }),
+                    env_steps: trainer::run::checkpoint_env_step(&run)? as u64,
+                    executed_steps,
+                };
+                (agent, info)
+            };
+            let m = trainer::export::export_bundle(&agent, &out, &info, key.as_ref())?;
+            println!(
+                "wrote {} ({} {}, {}; denoiser {}x{} blocks, {} of {} steps executed)",
+                out.display(),
+                m.algo,
+                m.task,
+                if key.is_some() { "signed" } else { "UNSIGNED" },
+                m.networks.denoiser_hidden,
+                m.networks.denoiser_blocks,
+                m.diffusion.executed_steps,
+                m.diffusion.trained_steps
+            );
+        }
+        Command::Keygen { out } => {
+            let (k, p) = shared_model::manifest::generate_key_pair(&out)?;
+            println!(
+                "wrote {} (secret: keep it off the robot) and {} (give it to the controller)",
+                k.display(),
+                p.display()
             );
         }
         Command::Config { config } => {

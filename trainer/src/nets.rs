@@ -63,7 +63,8 @@ pub struct Norm {
     pub beta: Param<Tensor<1>>,
 }
 
-pub const LAYER_NORM_EPS: f64 = 1e-6;
+/// Shared with the exported graphs.
+pub const LAYER_NORM_EPS: f64 = shared_model::graphs::LAYER_NORM_EPS as f64;
 
 impl Norm {
     pub fn new(d: usize, device: &Device) -> Self {
@@ -264,8 +265,7 @@ impl Mlp {
 }
 
 /// Range the policies' log standard deviation is squashed into.
-pub const LOG_STD_MIN: f32 = -5.0;
-pub const LOG_STD_MAX: f32 = 2.0;
+pub use shared_model::graphs::{LOG_STD_MAX, LOG_STD_MIN};
 
 /// Tanh-Gaussian head over an MLP: `(mean, log_std)` of the pre-tanh Gaussian.
 #[derive(Module, Debug)]

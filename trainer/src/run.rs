@@ -24,7 +24,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sim::rng::Rng;
-use sim::{EnvConfig, make_demonstrator, make_env, record_episode};
+use sim::{EnvConfig, TaskId, make_demonstrator, make_env, record_episode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,6 +46,17 @@ pub struct EvalResult {
 /// environments in one batch. Episode `i` is seeded from `seed` and `i`.
 pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> EvalResult {
     let task = agent.config.task;
+    evaluate_with(task, episodes, seed, &mut |obs| Ok(agent.act(obs)))
+        .expect("the burn agent does not fail")
+}
+
+/// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to actions `[K·A]`.
+pub fn evaluate_with(
+    task: TaskId,
+    episodes: usize,
+    seed: u64,
+    act: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
+) -> Result<EvalResult> {
     let spec = task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
     let mut envs: Vec<_> = (0..episodes)
@@ -66,7 +77,13 @@ pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> EvalResult {
         for &i in &active {
             batch.extend_from_slice(&obs[i * od..(i + 1) * od]);
         }
-        let actions = agent.act(&batch);
+        let actions = act(&batch)?;
+        anyhow::ensure!(
+            actions.len() == active.len() * ad,
+            "policy returned {} action values for {} observations",
+            actions.len(),
+            active.len()
+        );
         let mut still = Vec::with_capacity(active.len());
         for (k, &i) in active.iter().enumerate() {
             let s = envs[i].step(&actions[k * ad..(k + 1) * ad], &mut next);
@@ -83,12 +100,12 @@ pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> EvalResult {
         active = still;
     }
     let n = episodes.max(1) as f64;
-    EvalResult {
+    Ok(EvalResult {
         episodes,
         success_rate: successes as f64 / n,
         mean_return: returns.iter().sum::<f64>() / n,
         mean_length: lengths.iter().sum::<usize>() as f64 / n,
-    }
+    })
 }
 
 /// The offline buffer: the configured dataset, or freshly generated scripted
@@ -426,6 +443,13 @@ fn same_except_length(saved: &str, config: &Config) -> Result<bool> {
     old.run.eval_every = config.run.eval_every;
     old.run.eval_episodes = config.run.eval_episodes;
     Ok(old == *config)
+}
+
+/// Environment steps of a run's latest checkpoint.
+pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
+    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
+    let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+    Ok(state.env_step)
 }
 
 /// Loads a trained agent from a run directory (its `config.toml` and `checkpoint/`).

@@ -1,0 +1,441 @@
+//! The inference runtime: a verified bundle, a network backend, and EXPO's selection
+//! from `shared_model::select` (the code the trainer acts with).
+//!
+//! One action (`Policy::act`), for one observation:
+//!
+//! ```text
+//! normalize obs ─► chain: x ~ N(0, I) [N, A]; for each executed step t:
+//!                  eps = denoiser(obs, x, t)   (all N candidates in one batch)
+//!                  x = x_coef·x + eps_coef·eps + σ·z, clip to [−1, 1]
+//!              ─► edit: (mean, log_std) = edit(obs, x[..n_edit]);
+//!                  edited = x + β·tanh(mean + exp(log_std)·z)
+//!              ─► score: K of E target critics, sampled; q = critic(obs, [x; edited], K)
+//!                  score = min over the K members
+//!              ─► argmax, clamp to the action bounds
+//! ```
+//!
+//! Every buffer is allocated when the policy is built; with an allocation-free backend
+//! (`native`) an action allocates nothing. Random draws happen in the trainer's order
+//! (chain start, per-step noise when σ > 0, edit noise, critic subset) from a seeded
+//! `sim::rng::Rng`, so a bundle and its checkpoint pick the same action for the same seed.
+//!
+//! **Two-speed mode** ([`TwoSpeedPolicy`]): a worker thread keeps refreshing the N base
+//! candidates for the newest observation; every tick edits them with the newest
+//! observation and picks by Q, so the tick costs edit + critic only.
+
+#[cfg(feature = "ort")]
+mod ort_backend;
+mod tract_backend;
+
+#[cfg(feature = "ort")]
+pub use ort_backend::OrtNetworks;
+pub use tract_backend::TractNetworks;
+
+use anyhow::{Context, Result, bail, ensure};
+use shared_model::manifest::Manifest;
+use shared_model::schedule::SamplingStep;
+use shared_model::select::{
+    ExpoRunner, SelectionParams, argmax_rows, on_the_fly_action, sample_subset,
+};
+use shared_model::{DiffusionSchedule, VerifiedBundle};
+use sim::rng::Rng;
+use std::str::FromStr;
+use std::time::Instant;
+
+/// The three network calls of an action. Slices are row-major; `obs` is one normalized
+/// observation row that the graphs broadcast over the action rows.
+pub trait Networks: Send {
+    /// `eps [rows, A]` for `noisy [rows, A]` at (float) step `t`.
+    fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()>;
+    /// `mean, log_std [rows, A]` of the pre-tanh edit Gaussian for `base [rows, A]`.
+    fn edit(
+        &mut self,
+        obs: &[f32],
+        base: &[f32],
+        mean: &mut [f32],
+        log_std: &mut [f32],
+    ) -> Result<()>;
+    /// `q [K, rows]` of the listed critic members for `actions [rows, A]`.
+    fn critic(
+        &mut self,
+        obs: &[f32],
+        actions: &[f32],
+        members: &[i64],
+        q: &mut [f32],
+    ) -> Result<()>;
+}
+
+/// Batch sizes the graphs are run with (tract fixes them at load time).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GraphRows {
+    pub denoise: usize,
+    pub edit: usize,
+    pub score: usize,
+    pub critic_members: usize,
+}
+
+impl GraphRows {
+    pub fn for_manifest(m: &Manifest) -> Self {
+        let s = &m.selection;
+        GraphRows {
+            denoise: s.num_samples,
+            edit: s.num_edit,
+            score: s.num_samples + s.num_edit,
+            critic_members: s.critic_subset,
+        }
+    }
+}
+
+/// Which engine runs the graphs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// tract-onnx (pure Rust; default).
+    Tract,
+    /// onnxruntime through `ort` (feature `ort`; needs `ORT_DYLIB_PATH`).
+    Ort,
+    /// Our own kernels over the bundle's weights: allocation-free per action.
+    Native,
+}
+
+impl FromStr for Backend {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "tract" => Backend::Tract,
+            "ort" => Backend::Ort,
+            "native" => Backend::Native,
+            _ => bail!("unknown backend `{s}` (expected tract, ort or native)"),
+        })
+    }
+}
+
+/// Builds the backend's networks for `bundle`.
+pub fn load_networks(
+    backend: Backend,
+    bundle: &VerifiedBundle,
+    rows: GraphRows,
+) -> Result<Box<dyn Networks>> {
+    Ok(match backend {
+        Backend::Tract => Box::new(TractNetworks::load(bundle, rows)?),
+        Backend::Native => bail!("native backend not built yet"),
+        #[cfg(feature = "ort")]
+        Backend::Ort => Box::new(OrtNetworks::load(bundle)?),
+        #[cfg(not(feature = "ort"))]
+        Backend::Ort => bail!(
+            "this controller was built without the `ort` feature; rebuild with `--features ort`"
+        ),
+    })
+}
+
+/// Runtime options.
+#[derive(Clone, Debug)]
+pub struct PolicyOptions {
+    pub backend: Backend,
+    /// Denoising steps to execute (default: the manifest's `executed_steps`).
+    pub executed_steps: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            backend: Backend::Tract,
+            executed_steps: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Wall time of the last action's stages, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    pub denoise: f64,
+    pub edit: f64,
+    pub score: f64,
+    pub total: f64,
+}
+
+/// What was picked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Choice {
+    /// Candidate index: `< N` a base sample, `≥ N` an edited one.
+    pub index: usize,
+    /// Its score (minimum over the sampled critics; NaN without a critic).
+    pub score: f32,
+}
+
+/// EXPO acting from a bundle, with preallocated buffers.
+pub struct Policy {
+    pub manifest: Manifest,
+    nets: Box<dyn Networks>,
+    plan: Vec<SamplingStep>,
+    params: SelectionParams,
+    edit_scale: f32,
+    rng: Rng,
+    act_dim: usize,
+    /// Normalized observation `[O]`.
+    obs: Vec<f32>,
+    /// Chain state `[N, A]` and noise prediction.
+    x: Vec<f32>,
+    eps: Vec<f32>,
+    /// Candidates `[N + n_edit, A]`: base samples, then edited ones.
+    candidates: Vec<f32>,
+    mean: Vec<f32>,
+    log_std: Vec<f32>,
+    perm: Vec<usize>,
+    members: Vec<i64>,
+    /// `[K, N + n_edit]`
+    q: Vec<f32>,
+    scores: Vec<f32>,
+    /// Base candidates come from a two-speed worker instead of the chain.
+    external_base: bool,
+    error: Option<anyhow::Error>,
+    pub times: StageTimes,
+}
+
+impl Policy {
+    pub fn new(bundle: &VerifiedBundle, options: &PolicyOptions) -> Result<Self> {
+        let rows = GraphRows::for_manifest(&bundle.manifest);
+        let nets = load_networks(options.backend, bundle, rows)?;
+        Self::with_networks(bundle.manifest.clone(), nets, options)
+    }
+
+    pub fn with_networks(
+        manifest: Manifest,
+        nets: Box<dyn Networks>,
+        options: &PolicyOptions,
+    ) -> Result<Self> {
+        let d = &manifest.diffusion;
+        let executed = options.executed_steps.unwrap_or(d.executed_steps);
+        ensure!(
+            (1..=d.trained_steps).contains(&executed),
+            "executed denoising steps {executed} must be in 1..={} (trained chain length)",
+            d.trained_steps
+        );
+        let schedule = DiffusionSchedule::vp(d.trained_steps, d.beta_min, d.beta_max);
+        let s = &manifest.selection;
+        let (od, ad) = (manifest.observation.dim, manifest.action.dim);
+        let m = s.num_samples + s.num_edit;
+        let k = s.critic_subset;
+        Ok(Policy {
+            plan: schedule.sampling_plan(executed),
+            params: s.params(),
+            edit_scale: s.edit_scale,
+            rng: Rng::new(options.seed),
+            act_dim: ad,
+            obs: vec![0.0; od],
+            x: vec![0.0; s.num_samples * ad],
+            eps: vec![0.0; s.num_samples * ad],
+            candidates: vec![0.0; m * ad],
+            mean: vec![0.0; s.num_edit * ad],
+            log_std: vec![0.0; s.num_edit * ad],
+            perm: vec![0; s.ensemble_size],
+            members: vec![0; k],
+            q: vec![0.0; k * m],
+            scores: vec![0.0; m],
+            external_base: false,
+            error: None,
+            times: StageTimes::default(),
+            nets,
+            manifest,
+        })
+    }
+
+    pub fn obs_dim(&self) -> usize {
+        self.obs.len()
+    }
+
+    pub fn act_dim(&self) -> usize {
+        self.act_dim
+    }
+
+    pub fn executed_steps(&self) -> usize {
+        self.plan.len()
+    }
+
+    pub fn selection(&self) -> SelectionParams {
+        self.params
+    }
+
+    /// Normalizes a raw observation into the policy's buffer; refuses non-finite or
+    /// wrongly sized input.
+    fn load_observation(&mut self, raw: &[f32]) -> Result<()> {
+        ensure!(
+            raw.len() == self.obs.len(),
+            "observation has {} values, the bundle expects {}",
+            raw.len(),
+            self.obs.len()
+        );
+        if let Some(i) = raw.iter().position(|x| !x.is_finite()) {
+            bail!("observation[{i}] is {} (not finite)", raw[i]);
+        }
+        let o = &self.manifest.observation;
+        for (((dst, &x), &m), &s) in self.obs.iter_mut().zip(raw).zip(&o.mean).zip(&o.std) {
+            *dst = (x - m) / s;
+        }
+        Ok(())
+    }
+
+    /// One action for a raw observation, written into `action` (clamped to the bounds).
+    pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
+        ensure!(
+            action.len() == self.act_dim,
+            "action buffer has {} slots, the bundle acts in {} dimensions",
+            action.len(),
+            self.act_dim
+        );
+        let start = Instant::now();
+        self.load_observation(raw_obs)?;
+        self.times = StageTimes::default();
+        let params = self.params;
+        let choice = if params.critic_subset == 0 {
+            // No critic (BC bundle): the first chain sample is the action.
+            self.sample_base_into_candidates(1);
+            Choice {
+                index: 0,
+                score: f32::NAN,
+            }
+        } else {
+            on_the_fly_action(&mut Selection(self), &params)
+        };
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let a = &self.candidates[choice.index * self.act_dim..(choice.index + 1) * self.act_dim];
+        let spec = &self.manifest.action;
+        for (((dst, &v), &lo), &hi) in action.iter_mut().zip(a).zip(&spec.low).zip(&spec.high) {
+            *dst = v.clamp(lo, hi);
+        }
+        self.times.total = start.elapsed().as_secs_f64();
+        Ok(choice)
+    }
+
+    /// The raw candidates of the last action (`[N + n_edit, A]`, before clamping).
+    pub fn candidates(&self) -> &[f32] {
+        &self.candidates
+    }
+
+    /// Runs the chain for `n` rows into `candidates[..n·A]`.
+    fn sample_base_into_candidates(&mut self, n: usize) {
+        if self.error.is_some() {
+            return;
+        }
+        let start = Instant::now();
+        if let Err(e) = self.run_chain() {
+            self.error = Some(e);
+        }
+        let len = n * self.act_dim;
+        self.candidates[..len].copy_from_slice(&self.x[..len]);
+        self.times.denoise += start.elapsed().as_secs_f64();
+    }
+
+    /// The denoising chain over all N rows at once.
+    fn run_chain(&mut self) -> Result<()> {
+        for v in self.x.iter_mut() {
+            *v = self.rng.normal();
+        }
+        for step in &self.plan {
+            self.nets
+                .denoise(&self.obs, &self.x, step.t as f32, &mut self.eps)
+                .context("denoiser")?;
+            for (x, e) in self.x.iter_mut().zip(&self.eps) {
+                *x = step.x_coef * *x + step.eps_coef * e;
+            }
+            if step.sigma > 0.0 {
+                for x in self.x.iter_mut() {
+                    *x += step.sigma * self.rng.normal();
+                }
+            }
+            for x in self.x.iter_mut() {
+                *x = x.clamp(-1.0, 1.0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Candidate sets are ranges of the policy's candidate buffer; only their sizes travel
+/// through the selection algorithm.
+struct Selection<'a>(&'a mut Policy);
+
+impl ExpoRunner for Selection<'_> {
+    type Candidates = usize;
+    type Scores = ();
+    type Actions = Choice;
+
+    fn sample_base(&mut self, n: usize) -> usize {
+        let p = &mut *self.0;
+        if p.external_base {
+            // Two-speed tick: the worker's candidates are already in place.
+            return n;
+        }
+        p.sample_base_into_candidates(n);
+        n
+    }
+
+    fn edit(&mut self, base: &usize, n: usize) -> usize {
+        let p = &mut *self.0;
+        if p.error.is_some() {
+            return n;
+        }
+        let start = Instant::now();
+        let ad = p.act_dim;
+        let (src, dst) = p.candidates.split_at_mut(*base * ad);
+        if let Err(e) = p
+            .nets
+            .edit(&p.obs, &src[..n * ad], &mut p.mean, &mut p.log_std)
+        {
+            p.error = Some(e.context("edit policy"));
+        } else {
+            for i in 0..n * ad {
+                let z = p.rng.normal();
+                let u = p.mean[i] + p.log_std[i].exp() * z;
+                dst[i] = src[i] + p.edit_scale * u.tanh();
+            }
+        }
+        p.times.edit += start.elapsed().as_secs_f64();
+        n
+    }
+
+    fn concat(&mut self, a: usize, b: usize) -> usize {
+        a + b
+    }
+
+    fn score(&mut self, candidates: &usize, subset: usize) {
+        let p = &mut *self.0;
+        if p.error.is_some() {
+            return;
+        }
+        let start = Instant::now();
+        let m = *candidates;
+        let rng = &mut p.rng;
+        sample_subset(&mut p.perm, subset, || rng.next_u64());
+        for (dst, &src) in p.members.iter_mut().zip(&p.perm[..subset]) {
+            *dst = src as i64;
+        }
+        let ad = p.act_dim;
+        if let Err(e) = p
+            .nets
+            .critic(&p.obs, &p.candidates[..m * ad], &p.members, &mut p.q)
+        {
+            p.error = Some(e.context("critic"));
+        } else {
+            for j in 0..m {
+                p.scores[j] = (0..subset)
+                    .map(|k| p.q[k * m + j])
+                    .fold(f32::INFINITY, f32::min);
+            }
+        }
+        p.times.score += start.elapsed().as_secs_f64();
+    }
+
+    fn pick(&mut self, candidates: usize, _scores: ()) -> Choice {
+        let p = &*self.0;
+        let mut best = [0usize];
+        argmax_rows(&p.scores[..candidates], candidates, &mut best);
+        Choice {
+            index: best[0],
+            score: p.scores[best[0]],
+        }
+    }
+}

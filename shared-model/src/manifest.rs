@@ -1,0 +1,666 @@
+//! The model bundle: a directory with a versioned `manifest.toml`, its ed25519
+//! signature and the ONNX graphs it lists by sha256.
+//!
+//! ```text
+//! bundle/
+//!   manifest.toml    format version, specs, normalization, schedule, selection,
+//!                    network sizes, graph files + sha256, provenance
+//!   manifest.sig     hex ed25519 signature over the exact bytes of manifest.toml
+//!   denoiser.onnx    one denoising step
+//!   edit.onnx        edit policy            (EXPO bundles)
+//!   critic.onnx      critic ensemble        (EXPO and IDQL-select bundles)
+//! ```
+//!
+//! The signature covers the manifest, and the manifest pins every graph by hash, so one
+//! signature authenticates the whole bundle. [`load_bundle`] checks, in this order:
+//! format version, manifest syntax, signature, hashes, graph structure and shapes
+//! against the manifest, finite weights; each failure is its own [`BundleError`].
+//!
+//! Keys are 32-byte ed25519 seeds and public keys stored as one line of hex
+//! (`NAME.key`, mode 0600, and `NAME.pub`); see [`generate_key_pair`].
+
+use crate::graphs::names;
+use crate::onnx::{DATA_TYPE_FLOAT, DATA_TYPE_INT64, ModelProto};
+use crate::select::SelectionParams;
+use ed25519_dalek::{Signature, Signer};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Bundle format this code writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.toml";
+pub const SIGNATURE_FILE: &str = "manifest.sig";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Task id (`push`, …) or the robot's name.
+    pub task: String,
+    /// Training algorithm (`expo`, `idql-select`, `bc`).
+    pub algo: String,
+    pub observation: ObservationSpec,
+    pub action: ActionSpec,
+    pub diffusion: DiffusionSpec,
+    pub selection: SelectionSpec,
+    pub networks: NetworkSpec,
+    pub graphs: GraphFiles,
+    pub provenance: Provenance,
+}
+
+/// What the policy reads: raw observation bounds and the normalization it applies
+/// (`(obs − mean) / std`) before the networks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservationSpec {
+    pub dim: usize,
+    pub names: Vec<String>,
+    pub low: Vec<f32>,
+    pub high: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// What the policy emits: actions in `[low, high]` (our tasks use `[−1, 1]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    pub dim: usize,
+    pub low: Vec<f32>,
+    pub high: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionSpec {
+    /// Only `vp` (the variance-preserving schedule of `schedule::DiffusionSchedule::vp`).
+    pub schedule: String,
+    pub beta_min: f64,
+    pub beta_max: f64,
+    /// Steps the denoiser was trained with.
+    pub trained_steps: usize,
+    /// Steps the runtime executes by default (≤ trained; fewer = truncated DDIM chain).
+    pub executed_steps: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSpec {
+    /// Base samples per action (N).
+    pub num_samples: usize,
+    /// Edited candidates (n_edit; 0 = no edit policy).
+    pub num_edit: usize,
+    /// Target critics sampled to score candidates (0 = no critic: take the first sample).
+    pub critic_subset: usize,
+    /// Critic ensemble size (E).
+    pub ensemble_size: usize,
+    /// Edit scale β: edited = base + β · tanh(u).
+    pub edit_scale: f32,
+}
+
+impl SelectionSpec {
+    pub fn params(&self) -> SelectionParams {
+        SelectionParams {
+            num_samples: self.num_samples,
+            num_edit: self.num_edit,
+            critic_subset: self.critic_subset,
+        }
+    }
+}
+
+/// Layer sizes (documentation, FLOP counts, shape checks).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub denoiser_hidden: usize,
+    pub denoiser_blocks: usize,
+    pub denoiser_expanded: usize,
+    pub fourier_features: usize,
+    pub time_hidden: usize,
+    pub edit_widths: Vec<usize>,
+    pub critic_widths: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphFile {
+    pub file: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphFiles {
+    pub denoiser: GraphFile,
+    pub edit: Option<GraphFile>,
+    pub critic: Option<GraphFile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// `git rev-parse HEAD` of the trainer's source tree (`unknown` outside git).
+    pub git_revision: String,
+    /// sha256 of the resolved training config (JSON).
+    pub config_hash: String,
+    /// Where the offline data came from.
+    pub dataset: String,
+    pub env_steps: u64,
+    pub updates: u64,
+    /// Seconds since the Unix epoch at export.
+    pub created_unix: u64,
+    pub trainer_version: String,
+}
+
+/// Why a bundle was refused.
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: bundle format version {found} is newer than this program supports ({supported}); update the controller"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path}: invalid manifest: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error(
+        "{path}: bundle is not signed (no {SIGNATURE_FILE}); pass a trusted key, or allow unsigned bundles for development"
+    )]
+    Unsigned { path: PathBuf },
+    #[error(
+        "{path}: signature does not verify with the trusted key {key}: the manifest was modified or signed by another key"
+    )]
+    BadSignature { path: PathBuf, key: String },
+    #[error("{path}: sha256 mismatch: manifest says {expected}, file has {found}")]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("{path}: not a valid ONNX model: {message}")]
+    Onnx { path: PathBuf, message: String },
+    #[error("{path}: shape mismatch: {what}: expected {expected}, found {found}")]
+    Shape {
+        path: PathBuf,
+        what: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{path}: weight `{tensor}` has a non-finite value at element {index}")]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+    },
+    #[error("{path}: {message}")]
+    Key { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.trim();
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Who may have signed a bundle.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// The manifest must carry a valid signature by this key.
+    Key(VerifyingKey),
+    /// Development mode: the signature is not required (hashes, versions and shapes
+    /// are still checked).
+    AllowUnsigned,
+}
+
+impl Trust {
+    /// Reads a public key file (`NAME.pub`, one line of hex).
+    pub fn from_public_key_file(path: &Path) -> Result<Self, BundleError> {
+        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        let bytes = unhex::<32>(&text).ok_or_else(|| BundleError::Key {
+            path: path.into(),
+            message: "expected a public key as 64 hex digits".into(),
+        })?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| BundleError::Key {
+            path: path.into(),
+            message: format!("not an ed25519 public key: {e}"),
+        })?;
+        Ok(Trust::Key(key))
+    }
+}
+
+/// Reads a signing key file (`NAME.key`, one line of hex).
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, BundleError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let seed = unhex::<32>(&text).ok_or_else(|| BundleError::Key {
+        path: path.into(),
+        message: "expected a signing key as 64 hex digits".into(),
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Writes `PREFIX.key` (secret, mode 0600) and `PREFIX.pub` from the OS random source;
+/// refuses to overwrite an existing key.
+pub fn generate_key_pair(prefix: &Path) -> Result<(PathBuf, PathBuf), BundleError> {
+    let key_path = prefix.with_extension("key");
+    let pub_path = prefix.with_extension("pub");
+    if key_path.exists() {
+        return Err(BundleError::Key {
+            path: key_path,
+            message: "already exists; not overwriting a key".into(),
+        });
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| BundleError::Key {
+        path: key_path.clone(),
+        message: format!("no OS randomness: {e}"),
+    })?;
+    let key = SigningKey::from_bytes(&seed);
+    if let Some(dir) = key_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    use std::io::Write;
+    let mut f = opts.open(&key_path).map_err(io_err(&key_path))?;
+    writeln!(f, "{}", hex(&seed)).map_err(io_err(&key_path))?;
+    fs::write(
+        &pub_path,
+        format!("{}\n", hex(key.verifying_key().as_bytes())),
+    )
+    .map_err(io_err(&pub_path))?;
+    Ok((key_path, pub_path))
+}
+
+/// Graphs to write, keyed by their role.
+pub struct BundleGraphs {
+    pub denoiser: ModelProto,
+    pub edit: Option<ModelProto>,
+    pub critic: Option<ModelProto>,
+}
+
+/// Writes a bundle into `dir` (created if needed): graphs, then the manifest with their
+/// hashes, then the signature. Files are written to temporaries and renamed, manifest
+/// last, so a reader never sees a manifest pointing at half-written graphs.
+pub fn write_bundle(
+    dir: &Path,
+    manifest: &mut Manifest,
+    graphs: &BundleGraphs,
+    key: Option<&SigningKey>,
+) -> Result<(), BundleError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let write = |name: &str, bytes: &[u8]| -> Result<(), BundleError> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+        let path = dir.join(name);
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    };
+    let put = |name: &str, g: &ModelProto| -> Result<GraphFile, BundleError> {
+        let bytes = g.to_bytes();
+        write(name, &bytes)?;
+        Ok(GraphFile {
+            file: name.into(),
+            sha256: sha256_hex(&bytes),
+        })
+    };
+    manifest.format_version = FORMAT_VERSION;
+    manifest.graphs = GraphFiles {
+        denoiser: put("denoiser.onnx", &graphs.denoiser)?,
+        edit: graphs
+            .edit
+            .as_ref()
+            .map(|g| put("edit.onnx", g))
+            .transpose()?,
+        critic: graphs
+            .critic
+            .as_ref()
+            .map(|g| put("critic.onnx", g))
+            .transpose()?,
+    };
+    let text = toml::to_string_pretty(manifest).map_err(|e| BundleError::Manifest {
+        path: dir.join(MANIFEST_FILE),
+        message: e.to_string(),
+    })?;
+    // A stale signature from an earlier export must not survive next to a new manifest.
+    let sig_path = dir.join(SIGNATURE_FILE);
+    if sig_path.exists() {
+        fs::remove_file(&sig_path).map_err(io_err(&sig_path))?;
+    }
+    write(MANIFEST_FILE, text.as_bytes())?;
+    if let Some(key) = key {
+        let sig = key.sign(text.as_bytes());
+        write(
+            SIGNATURE_FILE,
+            format!("{}\n", hex(&sig.to_bytes())).as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A bundle whose manifest, signature, hashes and graph shapes have been checked.
+#[derive(Clone, Debug)]
+pub struct VerifiedBundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub denoiser: Vec<u8>,
+    pub edit: Option<Vec<u8>>,
+    pub critic: Option<Vec<u8>>,
+    /// Hex public key that signed it (`None` when loaded unsigned).
+    pub signed_by: Option<String>,
+}
+
+/// Loads and verifies a bundle directory (see the module doc for the checks).
+pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleError> {
+    let mpath = dir.join(MANIFEST_FILE);
+    let text = fs::read(&mpath).map_err(io_err(&mpath))?;
+    let manifest_err = |message: String| BundleError::Manifest {
+        path: mpath.clone(),
+        message,
+    };
+    let text_str = std::str::from_utf8(&text).map_err(|e| manifest_err(e.to_string()))?;
+    // Version first, from a loose parse: a newer format may have fields we do not know.
+    let loose: toml::Table = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
+    let version = loose
+        .get("format_version")
+        .and_then(|v| v.as_integer())
+        .ok_or_else(|| manifest_err("missing integer field `format_version`".into()))?;
+    if version > FORMAT_VERSION as i64 {
+        return Err(BundleError::NewerFormat {
+            path: mpath,
+            found: version as u32,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version < 1 {
+        return Err(manifest_err(format!(
+            "format_version {version} is not a bundle format"
+        )));
+    }
+    let manifest: Manifest = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
+    let signed_by = match trust {
+        Trust::AllowUnsigned => None,
+        Trust::Key(key) => {
+            let spath = dir.join(SIGNATURE_FILE);
+            if !spath.exists() {
+                return Err(BundleError::Unsigned { path: spath });
+            }
+            let sig_text = fs::read_to_string(&spath).map_err(io_err(&spath))?;
+            let bad = || BundleError::BadSignature {
+                path: spath.clone(),
+                key: hex(key.as_bytes()),
+            };
+            let sig = unhex::<64>(&sig_text).ok_or_else(bad)?;
+            key.verify_strict(&text, &Signature::from_bytes(&sig))
+                .map_err(|_| bad())?;
+            Some(hex(key.as_bytes()))
+        }
+    };
+    check_manifest(&manifest).map_err(manifest_err)?;
+    let read_graph = |g: &GraphFile| -> Result<Vec<u8>, BundleError> {
+        if g.file.contains('/') || g.file.contains('\\') || g.file.starts_with('.') {
+            return Err(manifest_err(format!(
+                "graph file `{}` must be a plain file name inside the bundle",
+                g.file
+            )));
+        }
+        let path = dir.join(&g.file);
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let found = sha256_hex(&bytes);
+        if found != g.sha256.to_ascii_lowercase() {
+            return Err(BundleError::HashMismatch {
+                path,
+                expected: g.sha256.clone(),
+                found,
+            });
+        }
+        Ok(bytes)
+    };
+    let m = &manifest;
+    let (od, ad) = (m.observation.dim, m.action.dim);
+    let denoiser = read_graph(&m.graphs.denoiser)?;
+    check_graph(
+        &dir.join(&m.graphs.denoiser.file),
+        &denoiser,
+        &[
+            (names::OBS, DATA_TYPE_FLOAT, vec![None, Some(od)]),
+            (names::NOISY_ACTION, DATA_TYPE_FLOAT, vec![None, Some(ad)]),
+            (names::TIME, DATA_TYPE_FLOAT, vec![None, Some(1)]),
+        ],
+        &[(names::EPS, DATA_TYPE_FLOAT, vec![None, Some(ad)])],
+    )?;
+    let edit = match (&m.graphs.edit, m.selection.num_edit) {
+        (Some(g), _) => {
+            let bytes = read_graph(g)?;
+            check_graph(
+                &dir.join(&g.file),
+                &bytes,
+                &[
+                    (names::OBS, DATA_TYPE_FLOAT, vec![None, Some(od)]),
+                    (names::BASE_ACTION, DATA_TYPE_FLOAT, vec![None, Some(ad)]),
+                ],
+                &[
+                    (names::MEAN, DATA_TYPE_FLOAT, vec![None, Some(ad)]),
+                    (names::LOG_STD, DATA_TYPE_FLOAT, vec![None, Some(ad)]),
+                ],
+            )?;
+            Some(bytes)
+        }
+        (None, 0) => None,
+        (None, n) => {
+            return Err(manifest_err(format!(
+                "selection.num_edit = {n} but graphs.edit is missing"
+            )));
+        }
+    };
+    let critic = match (&m.graphs.critic, m.selection.critic_subset) {
+        (Some(g), _) => {
+            let bytes = read_graph(g)?;
+            check_graph(
+                &dir.join(&g.file),
+                &bytes,
+                &[
+                    (names::OBS, DATA_TYPE_FLOAT, vec![None, Some(od)]),
+                    (names::ACTION, DATA_TYPE_FLOAT, vec![None, Some(ad)]),
+                    (names::MEMBERS, DATA_TYPE_INT64, vec![None]),
+                ],
+                &[(names::Q, DATA_TYPE_FLOAT, vec![None, None])],
+            )?;
+            Some(bytes)
+        }
+        (None, 0) => None,
+        (None, k) => {
+            return Err(manifest_err(format!(
+                "selection.critic_subset = {k} but graphs.critic is missing"
+            )));
+        }
+    };
+    Ok(VerifiedBundle {
+        dir: dir.to_path_buf(),
+        manifest,
+        denoiser,
+        edit,
+        critic,
+        signed_by,
+    })
+}
+
+/// Internal consistency of the manifest's numbers.
+fn check_manifest(m: &Manifest) -> Result<(), String> {
+    let o = &m.observation;
+    for (name, v) in [
+        ("observation.names", o.names.len()),
+        ("observation.low", o.low.len()),
+        ("observation.high", o.high.len()),
+        ("observation.mean", o.mean.len()),
+        ("observation.std", o.std.len()),
+    ] {
+        if v != o.dim {
+            return Err(format!(
+                "{name} has {v} entries, observation.dim is {}",
+                o.dim
+            ));
+        }
+    }
+    if o.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || o.mean.iter().any(|x| !x.is_finite()) {
+        return Err("observation.mean/std must be finite with std > 0".into());
+    }
+    let a = &m.action;
+    if a.low.len() != a.dim || a.high.len() != a.dim {
+        return Err(format!(
+            "action.low/high must have action.dim = {} entries",
+            a.dim
+        ));
+    }
+    if a.low.iter().zip(&a.high).any(|(l, h)| !(l < h)) {
+        return Err("action.low must be below action.high".into());
+    }
+    let d = &m.diffusion;
+    if d.schedule != "vp" {
+        return Err(format!(
+            "diffusion.schedule `{}` is not supported (only `vp`)",
+            d.schedule
+        ));
+    }
+    if d.executed_steps == 0 || d.executed_steps > d.trained_steps {
+        return Err(format!(
+            "diffusion.executed_steps = {} must be in 1..={} (trained_steps)",
+            d.executed_steps, d.trained_steps
+        ));
+    }
+    let s = &m.selection;
+    if s.num_samples == 0 || s.num_edit > s.num_samples {
+        return Err(format!(
+            "selection: need num_samples ≥ 1 and num_edit ≤ num_samples (got {} and {})",
+            s.num_samples, s.num_edit
+        ));
+    }
+    if s.critic_subset > s.ensemble_size {
+        return Err(format!(
+            "selection.critic_subset = {} exceeds ensemble_size = {}",
+            s.critic_subset, s.ensemble_size
+        ));
+    }
+    Ok(())
+}
+
+type IoSpec = (&'static str, i32, Vec<Option<usize>>);
+
+/// Decodes a graph and checks its inputs/outputs (names, element types, fixed dims) and
+/// that every float weight is finite.
+fn check_graph(
+    path: &Path,
+    bytes: &[u8],
+    inputs: &[IoSpec],
+    outputs: &[IoSpec],
+) -> Result<(), BundleError> {
+    let model = ModelProto::from_bytes(bytes).map_err(|e| BundleError::Onnx {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let graph = model.graph.ok_or_else(|| BundleError::Onnx {
+        path: path.into(),
+        message: "model has no graph".into(),
+    })?;
+    let fmt = |t: i32, d: &[Option<usize>]| {
+        let dims: Vec<String> = d
+            .iter()
+            .map(|x| x.map_or("?".into(), |n| n.to_string()))
+            .collect();
+        format!(
+            "{}[{}]",
+            if t == DATA_TYPE_INT64 { "i64" } else { "f32" },
+            dims.join(", ")
+        )
+    };
+    for (kind, declared, wanted) in [
+        ("input", &graph.input, inputs),
+        ("output", &graph.output, outputs),
+    ] {
+        for (name, ty, dims) in wanted {
+            let found =
+                declared
+                    .iter()
+                    .find(|v| v.name == *name)
+                    .ok_or_else(|| BundleError::Shape {
+                        path: path.into(),
+                        what: format!("{kind} `{name}`"),
+                        expected: fmt(*ty, dims),
+                        found: "no such input/output".into(),
+                    })?;
+            let (fty, fdims) = found.dims().ok_or_else(|| BundleError::Onnx {
+                path: path.into(),
+                message: format!("{kind} `{name}` has no tensor type"),
+            })?;
+            // `None` in the expectation accepts any dimension (a batch axis).
+            let ok = fty == *ty
+                && fdims.len() == dims.len()
+                && dims.iter().zip(&fdims).all(|(w, f)| w.is_none() || w == f);
+            if !ok {
+                return Err(BundleError::Shape {
+                    path: path.into(),
+                    what: format!("{kind} `{name}`"),
+                    expected: fmt(*ty, dims),
+                    found: fmt(fty, &fdims),
+                });
+            }
+        }
+    }
+    for t in &graph.initializer {
+        if let Some(values) = t.floats() {
+            if values.len() != t.num_elements() {
+                return Err(BundleError::Onnx {
+                    path: path.into(),
+                    message: format!(
+                        "weight `{}` has {} values for dims {:?}",
+                        t.name,
+                        values.len(),
+                        t.dims
+                    ),
+                });
+            }
+            if let Some(index) = values.iter().position(|x| !x.is_finite()) {
+                return Err(BundleError::NonFinite {
+                    path: path.into(),
+                    tensor: t.name.clone(),
+                    index,
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! Export: burn modules → plain weights → a signed model bundle.
+//!
+//! The bundle holds the networks the agent acts with (`Agent::act`): the EMA denoiser,
+//! the edit policy and the target critics. The graph topology is defined once in
+//! `shared_model::graphs`; this module only reads the parameters out of burn.
+
+use anyhow::{Context, Result, bail};
+use burn::module::Param;
+use burn::tensor::Tensor;
+use shared_model::graphs::{
+    self, CriticWeights, DenoiserWeights, DenseWeights, EnsembleDenseWeights, GaussianWeights,
+    NormWeights, ResBlockWeights,
+};
+use shared_model::manifest::{
+    self, ActionSpec, BundleGraphs, DiffusionSpec, GraphFile, GraphFiles, Manifest, NetworkSpec,
+    ObservationSpec, Provenance, SelectionSpec, SigningKey,
+};
+use std::path::Path;
+
+use crate::agent::Agent;
+use crate::config::Algo;
+use crate::nets::{CriticEnsemble, Denoiser, Dense, GaussianPolicy, Norm};
+
+fn host<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
+    p.val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 parameters")
+}
+
+pub fn dense(d: &Dense) -> DenseWeights {
+    let [d_in, d_out] = d.weight.shape().dims::<2>();
+    DenseWeights {
+        d_in,
+        d_out,
+        weight: host(&d.weight),
+        bias: d.bias.as_ref().map(host),
+    }
+}
+
+fn norm(n: &Norm) -> NormWeights {
+    NormWeights {
+        gamma: host(&n.gamma),
+        beta: host(&n.beta),
+    }
+}
+
+pub fn denoiser_weights(d: &Denoiser) -> DenoiserWeights {
+    DenoiserWeights {
+        fourier: host(&d.fourier),
+        time_in: dense(&d.time_in),
+        time_out: dense(&d.time_out),
+        input_action: dense(&d.input_action),
+        input_obs: dense(&d.input_obs),
+        input_time: dense(&d.input_time),
+        blocks: d
+            .blocks
+            .iter()
+            .map(|b| ResBlockWeights {
+                norm: norm(&b.norm),
+                up: dense(&b.up),
+                down: dense(&b.down),
+            })
+            .collect(),
+        output: dense(&d.output),
+    }
+}
+
+pub fn gaussian_weights(p: &GaussianPolicy) -> GaussianWeights {
+    GaussianWeights {
+        layers: p.mlp.layers.iter().map(dense).collect(),
+    }
+}
+
+pub fn critic_weights(c: &CriticEnsemble) -> CriticWeights {
+    CriticWeights {
+        layers: c
+            .layers
+            .iter()
+            .map(|l| {
+                let [members, d_in, d_out] = l.weight.shape().dims::<3>();
+                EnsembleDenseWeights {
+                    members,
+                    d_in,
+                    d_out,
+                    weight: host(&l.weight),
+                    bias: host(&l.bias),
+                }
+            })
+            .collect(),
+        norms: c
+            .norms
+            .iter()
+            .map(|n| NormWeights {
+                gamma: host(&n.gamma),
+                beta: host(&n.beta),
+            })
+            .collect(),
+    }
+}
+
+/// Where the weights came from, for the manifest.
+#[derive(Clone, Debug, Default)]
+pub struct ExportInfo {
+    pub dataset: String,
+    pub env_steps: u64,
+    /// Default executed denoising steps (≤ trained; `None` = all).
+    pub executed_steps: Option<usize>,
+}
+
+/// `git rev-parse HEAD` in the current directory, or `unknown`.
+fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The bundle's graphs for `agent` (those its algorithm acts with).
+pub fn bundle_graphs(agent: &Agent) -> BundleGraphs {
+    let (od, ad) = (agent.obs_dim, agent.act_dim);
+    let acts_with_critic = matches!(agent.config.algo, Algo::Expo | Algo::IdqlSelect);
+    BundleGraphs {
+        denoiser: graphs::denoiser_graph(&denoiser_weights(&agent.denoiser_ema), od, ad),
+        edit: agent
+            .edit
+            .as_ref()
+            .map(|e| graphs::edit_graph(&gaussian_weights(e), od, ad)),
+        critic: agent
+            .critic_target
+            .as_ref()
+            .filter(|_| acts_with_critic)
+            .map(|c| graphs::critic_graph(&critic_weights(c), od, ad)),
+    }
+}
+
+/// The manifest describing `agent` (graph hashes are filled in by `write_bundle`).
+pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
+    let c = &agent.config;
+    if c.algo == Algo::Rlpd {
+        bail!("RLPD runs have no diffusion policy; bundles hold EXPO, idql-select or BC policies");
+    }
+    let spec = c.task.spec();
+    let selection = agent.selection();
+    let uses_critic = matches!(c.algo, Algo::Expo | Algo::IdqlSelect);
+    let config_json = serde_json::to_string(c)?;
+    let d = &c.diffusion;
+    let executed = info.executed_steps.unwrap_or(d.steps);
+    let placeholder = GraphFile {
+        file: String::new(),
+        sha256: String::new(),
+    };
+    Ok(Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        task: c.task.to_string(),
+        algo: serde_json::to_value(c.algo)?
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string(),
+        observation: ObservationSpec {
+            dim: agent.obs_dim,
+            names: spec.obs_names.iter().map(|s| s.to_string()).collect(),
+            low: spec.obs_low.to_vec(),
+            high: spec.obs_high.to_vec(),
+            mean: agent.normalizer.mean.clone(),
+            std: agent.normalizer.std.clone(),
+        },
+        action: ActionSpec {
+            dim: agent.act_dim,
+            low: vec![-1.0; agent.act_dim],
+            high: vec![1.0; agent.act_dim],
+        },
+        diffusion: DiffusionSpec {
+            schedule: "vp".into(),
+            beta_min: d.beta_min,
+            beta_max: d.beta_max,
+            trained_steps: d.steps,
+            executed_steps: executed,
+        },
+        selection: SelectionSpec {
+            // BC acts with one chain sample and no critic.
+            num_samples: if uses_critic {
+                selection.num_samples
+            } else {
+                1
+            },
+            num_edit: selection.num_edit,
+            critic_subset: if uses_critic {
+                selection.critic_subset
+            } else {
+                0
+            },
+            ensemble_size: if uses_critic { c.net.num_critics } else { 0 },
+            edit_scale: c.expo.edit_scale,
+        },
+        networks: NetworkSpec {
+            denoiser_hidden: c.net.denoiser_hidden,
+            denoiser_blocks: c.net.denoiser_blocks,
+            denoiser_expanded: c.net.denoiser_expanded,
+            fourier_features: c.net.fourier_features,
+            time_hidden: c.net.time_hidden,
+            edit_widths: if c.algo == Algo::Expo {
+                c.net.critic_widths.clone()
+            } else {
+                vec![]
+            },
+            critic_widths: if uses_critic {
+                c.net.critic_widths.clone()
+            } else {
+                vec![]
+            },
+        },
+        graphs: GraphFiles {
+            denoiser: placeholder,
+            edit: None,
+            critic: None,
+        },
+        provenance: Provenance {
+            git_revision: git_revision(),
+            config_hash: manifest::sha256_hex(config_json.as_bytes()),
+            dataset: info.dataset.clone(),
+            env_steps: info.env_steps,
+            updates: agent.denoiser_updates as u64,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            trainer_version: env!("CARGO_PKG_VERSION").into(),
+        },
+    })
+}
+
+/// Writes `agent` as a bundle into `out`, signed when `key` is given.
+pub fn export_bundle(
+    agent: &Agent,
+    out: &Path,
+    info: &ExportInfo,
+    key: Option<&SigningKey>,
+) -> Result<Manifest> {
+    let mut m = manifest_for(agent, info)?;
+    if let Some(e) = info.executed_steps {
+        anyhow::ensure!(
+            (1..=agent.config.diffusion.steps).contains(&e),
+            "--executed-steps {e} must be in 1..={} (the trained chain length)",
+            agent.config.diffusion.steps
+        );
+    }
+    manifest::write_bundle(out, &mut m, &bundle_graphs(agent), key)
+        .with_context(|| format!("writing bundle {}", out.display()))?;
+    Ok(m)
+}

