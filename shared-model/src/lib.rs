@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod onnx;
 pub mod schedule;
 pub mod select;
+pub mod synthetic;
 
 pub use manifest::{BundleError, Manifest, Trust, VerifiedBundle, load_bundle, write_bundle};
 pub use schedule::DiffusionSchedule;

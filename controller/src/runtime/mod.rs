@@ -23,13 +23,19 @@
 //! candidates for the newest observation; every tick edits them with the newest
 //! observation and picks by Q, so the tick costs edit + critic only.
 
+mod kernels;
+mod native;
 #[cfg(feature = "ort")]
 mod ort_backend;
 mod tract_backend;
+mod two_speed;
 
+pub use kernels::kernel_name;
+pub use native::NativeNetworks;
 #[cfg(feature = "ort")]
 pub use ort_backend::OrtNetworks;
 pub use tract_backend::TractNetworks;
+pub use two_speed::TwoSpeedPolicy;
 
 use anyhow::{Context, Result, bail, ensure};
 use shared_model::manifest::Manifest;
@@ -117,7 +123,7 @@ pub fn load_networks(
 ) -> Result<Box<dyn Networks>> {
     Ok(match backend {
         Backend::Tract => Box::new(TractNetworks::load(bundle, rows)?),
-        Backend::Native => bail!("native backend not built yet"),
+        Backend::Native => Box::new(NativeNetworks::load(bundle)?),
         #[cfg(feature = "ort")]
         Backend::Ort => Box::new(OrtNetworks::load(bundle)?),
         #[cfg(not(feature = "ort"))]
@@ -352,6 +358,33 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// Replaces `current` with the bundle in `dir`, but only once that bundle has loaded,
+/// verified and built completely, and acts on the same observation and action sizes;
+/// on any error `current` is untouched and keeps acting.
+pub fn reload(
+    current: &mut Policy,
+    dir: &std::path::Path,
+    trust: &shared_model::Trust,
+    options: &PolicyOptions,
+) -> Result<()> {
+    let bundle = shared_model::load_bundle(dir, trust)
+        .with_context(|| format!("refusing bundle {}", dir.display()))?;
+    let m = &bundle.manifest;
+    ensure!(
+        m.observation.dim == current.obs_dim() && m.action.dim == current.act_dim(),
+        "refusing bundle {}: it acts on obs {} / action {}, the running policy on {} / {}",
+        dir.display(),
+        m.observation.dim,
+        m.action.dim,
+        current.obs_dim(),
+        current.act_dim()
+    );
+    let next = Policy::new(&bundle, options)
+        .with_context(|| format!("refusing bundle {}", dir.display()))?;
+    *current = next;
+    Ok(())
 }
 
 /// Candidate sets are ranges of the policy's candidate buffer; only their sizes travel

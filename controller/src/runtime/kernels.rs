@@ -1,0 +1,264 @@
+//! Small dense kernels for the `native` backend: a register-tiled `y = x W + b` for the
+//! few-row, wide-weight products of an action, and vectorizable `exp`/`silu`.
+//!
+//! The matrix product tiles 4 rows × 16 columns of `y` in registers and streams `W`
+//! row by row, so each weight is loaded once per 4 candidate rows. It is compiled three
+//! times (AVX-512F, AVX2+FMA, baseline) and picked at run time by CPU feature.
+
+/// Rows of `y` accumulated together.
+const MR: usize = 4;
+/// Columns of `y` accumulated together.
+const NR: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2Fma,
+    Baseline,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx2Fma;
+        }
+    }
+    Isa::Baseline
+}
+
+/// Which kernel this CPU runs (for benchmark reports).
+pub fn kernel_name() -> &'static str {
+    match isa() {
+        Isa::Avx512 => "avx512f",
+        Isa::Avx2Fma => "avx2+fma",
+        Isa::Baseline => "baseline",
+    }
+}
+
+/// `y [rows, n] = x [rows, k] · w [k, n] (+ bias [n]) (+ y if accumulate)`.
+pub fn dense(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    y: &mut [f32],
+) {
+    assert!(x.len() >= rows * k && w.len() == k * n && y.len() >= rows * n);
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports the features the function is compiled for.
+        Isa::Avx512 => unsafe { dense_avx512(x, rows, w, k, n, bias, accumulate, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Fma => unsafe { dense_avx2(x, rows, w, k, n, bias, accumulate, y) },
+        _ => dense_generic::<false>(x, rows, w, k, n, bias, accumulate, y),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dense_avx512(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    acc: bool,
+    y: &mut [f32],
+) {
+    dense_generic::<true>(x, rows, w, k, n, bias, acc, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dense_avx2(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    acc: bool,
+    y: &mut [f32],
+) {
+    dense_generic::<true>(x, rows, w, k, n, bias, acc, y)
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    // `mul_add` is one instruction where FMA exists and a slow libm call where it does
+    // not, so the baseline build multiplies and adds.
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dense_generic<const FMA: bool>(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    y: &mut [f32],
+) {
+    let full_cols = n / NR * NR;
+    let mut r0 = 0;
+    while r0 < rows {
+        let mr = MR.min(rows - r0);
+        // Column tiles of NR, all mr rows at once.
+        let mut j0 = 0;
+        while j0 < full_cols {
+            let mut acc = [[0.0f32; NR]; MR];
+            for kk in 0..k {
+                let wrow: &[f32; NR] = w[kk * n + j0..kk * n + j0 + NR].try_into().unwrap();
+                for r in 0..mr {
+                    let a = x[(r0 + r) * k + kk];
+                    for j in 0..NR {
+                        acc[r][j] = madd::<FMA>(a, wrow[j], acc[r][j]);
+                    }
+                }
+            }
+            for r in 0..mr {
+                let out = &mut y[(r0 + r) * n + j0..(r0 + r) * n + j0 + NR];
+                for j in 0..NR {
+                    let mut v = acc[r][j];
+                    if let Some(b) = bias {
+                        v += b[j0 + j];
+                    }
+                    out[j] = if accumulate { out[j] + v } else { v };
+                }
+            }
+            j0 += NR;
+        }
+        // Remaining columns (narrow outputs such as the action or Q heads).
+        for r in r0..r0 + mr {
+            for j in full_cols..n {
+                let mut v = 0.0f32;
+                for kk in 0..k {
+                    v = madd::<FMA>(x[r * k + kk], w[kk * n + j], v);
+                }
+                if let Some(b) = bias {
+                    v += b[j];
+                }
+                let out = &mut y[r * n + j];
+                *out = if accumulate { *out + v } else { v };
+            }
+        }
+        r0 += mr;
+    }
+}
+
+/// `exp(x)` to a few ulp for `x` in `[−87, 88]` (clamped outside), written so that the
+/// compiler vectorizes it: `x = i·ln 2 + g` (Cody-Waite split of ln 2, `|g| ≤ ½ ln 2`),
+/// `exp(x) = 2^i · p(g)` with a degree-6 Taylor polynomial.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let i = (x * std::f32::consts::LOG2_E).round();
+    let g = (x - i * LN2_HI) - i * LN2_LO;
+    let p = 1.0
+        + g * (1.0
+            + g * (0.5
+                + g * (1.0 / 6.0 + g * (1.0 / 24.0 + g * (1.0 / 120.0 + g * (1.0 / 720.0))))));
+    p * f32::from_bits(((i as i32 + 127) as u32) << 23)
+}
+
+/// `x · sigmoid(x)` in place.
+pub fn silu(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        *x /= 1.0 + exp(-*x);
+    }
+}
+
+/// `silu` of `src` into `dst`.
+pub fn silu_into(src: &[f32], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x / (1.0 + exp(-x));
+    }
+}
+
+/// Layer normalisation of each `width`-wide row of `src` into `dst` (biased variance),
+/// then `· gamma + beta`.
+pub fn layer_norm(
+    src: &[f32],
+    width: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    dst: &mut [f32],
+) {
+    for (row, out) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+        let mean = row.iter().sum::<f32>() / width as f32;
+        let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / width as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &x), &g), &b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
+            *o = (x - mean) * inv * g + b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_matches_naive_for_odd_shapes() {
+        let mut s = 1u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for &(rows, k, n) in &[
+            (1, 3, 2),
+            (5, 17, 33),
+            (8, 64, 256),
+            (16, 7, 1),
+            (3, 40, 16),
+        ] {
+            let x: Vec<f32> = (0..rows * k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let mut y = vec![0.5; rows * n];
+            dense(&x, rows, &w, k, n, Some(&b), true, &mut y);
+            for r in 0..rows {
+                for j in 0..n {
+                    let want =
+                        0.5 + b[j] + (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum::<f32>();
+                    assert!(
+                        (y[r * n + j] - want).abs() < 1e-5,
+                        "{rows}x{k}x{n} at {r},{j}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let rel = (exp(x) - x.exp()).abs() / x.exp();
+            assert!(rel < 3e-7, "exp({x}): rel err {rel}");
+            x += 0.37;
+        }
+        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1e-37);
+        assert!(exp(1000.0).is_finite());
+    }
+}

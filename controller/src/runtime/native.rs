@@ -1,0 +1,459 @@
+//! [`Networks`] on our own kernels ([`super::kernels`]): allocation-free per call.
+//!
+//! It reads the weights out of the bundle's ONNX initializers by the names
+//! `shared_model::graphs` gives them and evaluates the same functions directly, with
+//! scratch buffers sized at load time. It therefore runs only graphs written by this
+//! project's exporter (checked: producer and graph names); the parity tests hold it to
+//! burn and tract within 1e-4.
+
+use super::Networks;
+use super::kernels::{dense, exp, layer_norm, silu, silu_into};
+use anyhow::{Context, Result, bail, ensure};
+use shared_model::VerifiedBundle;
+use shared_model::graphs::{LAYER_NORM_EPS, LOG_STD_MAX, LOG_STD_MIN};
+use shared_model::onnx::ModelProto;
+use std::collections::HashMap;
+use std::f32::consts::TAU;
+
+/// Named float initializers of one graph with their dims.
+struct Weights {
+    file: String,
+    map: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Weights {
+    fn read(bytes: &[u8], file: &str, graph_name: &str) -> Result<Self> {
+        let model = ModelProto::from_bytes(bytes).with_context(|| format!("{file}: not ONNX"))?;
+        ensure!(
+            model.producer_name == "expo-robot",
+            "{file}: the native backend runs only bundles exported by expo-robot (producer is `{}`); use --backend tract",
+            model.producer_name
+        );
+        let graph = model.graph.with_context(|| format!("{file}: no graph"))?;
+        ensure!(
+            graph.name == graph_name,
+            "{file}: graph `{}` where `{graph_name}` was expected",
+            graph.name
+        );
+        let map = graph
+            .initializer
+            .iter()
+            .filter_map(|t| {
+                let dims = t.dims.iter().map(|&d| d as usize).collect();
+                t.floats().map(|v| (t.name.clone(), (dims, v)))
+            })
+            .collect();
+        Ok(Weights {
+            file: file.into(),
+            map,
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<(&[usize], &[f32])> {
+        let (d, v) = self
+            .map
+            .get(name)
+            .with_context(|| format!("{}: missing weight `{name}`", self.file))?;
+        Ok((d, v))
+    }
+
+    /// A `[d_in, d_out]` matrix (and the optional `[d_out]` bias).
+    fn dense(&self, name: &str, bias: bool) -> Result<Dense> {
+        let (d, w) = self.get(&format!("{name}.weight"))?;
+        ensure!(
+            d.len() == 2,
+            "{}: `{name}.weight` is not a matrix",
+            self.file
+        );
+        let b = if bias {
+            Some(self.get(&format!("{name}.bias"))?.1.to_vec())
+        } else {
+            None
+        };
+        Ok(Dense {
+            d_in: d[0],
+            d_out: d[1],
+            w: w.to_vec(),
+            b,
+        })
+    }
+}
+
+struct Dense {
+    d_in: usize,
+    d_out: usize,
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+}
+
+impl Dense {
+    fn apply(&self, x: &[f32], rows: usize, accumulate: bool, y: &mut [f32]) {
+        dense(
+            x,
+            rows,
+            &self.w,
+            self.d_in,
+            self.d_out,
+            self.b.as_deref(),
+            accumulate,
+            &mut y[..rows * self.d_out],
+        );
+    }
+}
+
+struct Block {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    up: Dense,
+    down: Dense,
+}
+
+struct Denoiser {
+    fourier: Vec<f32>,
+    time_in: Dense,
+    time_out: Dense,
+    input_time: Dense,
+    input_obs: Dense,
+    input_action: Dense,
+    blocks: Vec<Block>,
+    output: Dense,
+}
+
+struct Edit {
+    from_obs: Dense,
+    from_action: Dense,
+    hidden: Vec<Dense>,
+    mean: Dense,
+    log_std: Dense,
+}
+
+/// One critic layer: weights `[E, d_in, d_out]` (the first split by input), bias and
+/// norm parameters `[E, d_out]`.
+struct CriticLayer {
+    d_in: usize,
+    d_out: usize,
+    w: Vec<f32>,
+    w_action: Vec<f32>,
+    bias: Vec<f32>,
+    norm: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+struct Critic {
+    members: usize,
+    layers: Vec<CriticLayer>,
+}
+
+pub struct NativeNetworks {
+    obs_dim: usize,
+    act_dim: usize,
+    denoiser: Denoiser,
+    edit: Option<Edit>,
+    critic: Option<Critic>,
+    // Scratch, sized for the widest layer and the most rows at load.
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    row: Vec<f32>,
+    row2: Vec<f32>,
+}
+
+impl NativeNetworks {
+    pub fn load(bundle: &VerifiedBundle) -> Result<Self> {
+        let m = &bundle.manifest;
+        let g = &m.graphs;
+        let (od, ad) = (m.observation.dim, m.action.dim);
+        let w = Weights::read(&bundle.denoiser, &g.denoiser.file, "expo_denoiser")?;
+        let nblocks = m.networks.denoiser_blocks;
+        let denoiser = Denoiser {
+            fourier: w.get("fourier")?.1.to_vec(),
+            time_in: w.dense("time_in", true)?,
+            time_out: w.dense("time_out", true)?,
+            input_time: w.dense("input_time", false)?,
+            input_obs: w.dense("input_obs", false)?,
+            input_action: w.dense("input_action", true)?,
+            blocks: (0..nblocks)
+                .map(|i| {
+                    Ok(Block {
+                        gamma: w.get(&format!("blocks.{i}.norm.gamma"))?.1.to_vec(),
+                        beta: w.get(&format!("blocks.{i}.norm.beta"))?.1.to_vec(),
+                        up: w.dense(&format!("blocks.{i}.up"), true)?,
+                        down: w.dense(&format!("blocks.{i}.down"), true)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            output: w.dense("output", true)?,
+        };
+        ensure!(
+            denoiser.input_obs.d_in == od && denoiser.input_action.d_in == ad,
+            "{}: first layer sees {} + {} inputs, manifest says obs {od}, action {ad}",
+            g.denoiser.file,
+            denoiser.input_obs.d_in,
+            denoiser.input_action.d_in
+        );
+        let edit = match (&bundle.edit, &g.edit) {
+            (Some(bytes), Some(f)) => {
+                let w = Weights::read(bytes, &f.file, "expo_edit")?;
+                let n = m.networks.edit_widths.len();
+                Some(Edit {
+                    from_obs: w.dense("layers.0.obs", false)?,
+                    from_action: w.dense("layers.0.action", true)?,
+                    hidden: (1..n)
+                        .map(|i| w.dense(&format!("layers.{i}"), true))
+                        .collect::<Result<_>>()?,
+                    mean: w.dense("head.mean", true)?,
+                    log_std: w.dense("head.log_std", true)?,
+                })
+            }
+            _ => None,
+        };
+        let critic = match (&bundle.critic, &g.critic) {
+            (Some(bytes), Some(f)) => {
+                let w = Weights::read(bytes, &f.file, "expo_critic")?;
+                let depth = m.networks.critic_widths.len() + 1;
+                let mut layers = vec![];
+                let mut members = 0;
+                for i in 0..depth {
+                    let (w_main, w_action, d_in) = if i == 0 {
+                        let (d, wo) = w.get("layers.0.obs.weight")?;
+                        let (da, wa) = w.get("layers.0.action.weight")?;
+                        ensure!(d.len() == 3 && da.len() == 3, "{}: bad first layer", f.file);
+                        (wo.to_vec(), wa.to_vec(), d[1])
+                    } else {
+                        let (d, wm) = w.get(&format!("layers.{i}.weight"))?;
+                        ensure!(d.len() == 3, "{}: bad layer {i}", f.file);
+                        (wm.to_vec(), vec![], d[1])
+                    };
+                    let (bd, bias) = w.get(&format!("layers.{i}.bias"))?;
+                    members = bd[0];
+                    let d_out = bd[2];
+                    let norm = if i + 1 < depth {
+                        Some((
+                            w.get(&format!("norms.{i}.gamma"))?.1.to_vec(),
+                            w.get(&format!("norms.{i}.beta"))?.1.to_vec(),
+                        ))
+                    } else {
+                        None
+                    };
+                    layers.push(CriticLayer {
+                        d_in,
+                        d_out,
+                        w: w_main,
+                        w_action,
+                        bias: bias.to_vec(),
+                        norm,
+                    });
+                }
+                Some(Critic { members, layers })
+            }
+            _ => None,
+        };
+        let s = &m.selection;
+        let rows = s.num_samples + s.num_edit;
+        let mut widest = denoiser.time_in.d_out.max(denoiser.time_out.d_out);
+        widest = widest.max(denoiser.input_action.d_out);
+        for b in &denoiser.blocks {
+            widest = widest.max(b.up.d_out);
+        }
+        for l in edit.iter().flat_map(|e| e.hidden.iter()) {
+            widest = widest.max(l.d_out);
+        }
+        for l in critic.iter().flat_map(|c| c.layers.iter()) {
+            widest = widest.max(l.d_out);
+        }
+        let fourier_width = 2 * denoiser.fourier.len();
+        Ok(NativeNetworks {
+            obs_dim: od,
+            act_dim: ad,
+            a: vec![0.0; rows * widest],
+            b: vec![0.0; rows * widest],
+            c: vec![0.0; rows * widest],
+            row: vec![0.0; widest.max(fourier_width)],
+            row2: vec![0.0; widest.max(fourier_width)],
+            denoiser,
+            edit,
+            critic,
+        })
+    }
+
+    /// Grows the scratch for `rows` (allocates only when a caller exceeds the load-time
+    /// sizes).
+    fn reserve(&mut self, rows: usize, width: usize) {
+        let need = rows * width;
+        for v in [&mut self.a, &mut self.b, &mut self.c] {
+            if v.len() < need {
+                v.resize(need, 0.0);
+            }
+        }
+    }
+}
+
+impl Networks for NativeNetworks {
+    fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
+        ensure!(obs.len() == self.obs_dim, "denoiser: observation width");
+        let rows = noisy.len() / self.act_dim;
+        let d = &self.denoiser;
+        let hidden = d.input_action.d_out;
+        let widest = d
+            .blocks
+            .iter()
+            .map(|b| b.up.d_out)
+            .max()
+            .unwrap_or(0)
+            .max(hidden);
+        self.reserve(rows, widest);
+        let d = &self.denoiser;
+        // Conditioning row, once per call: time MLP and observation projection.
+        let half = d.fourier.len();
+        for (j, &f) in d.fourier.iter().enumerate() {
+            let phase = t * f * TAU;
+            self.row[j] = phase.cos();
+            self.row[half + j] = phase.sin();
+        }
+        d.time_in.apply(&self.row, 1, false, &mut self.row2);
+        silu(&mut self.row2[..d.time_in.d_out]);
+        d.time_out.apply(&self.row2, 1, false, &mut self.row);
+        d.input_time.apply(&self.row, 1, false, &mut self.row2); // [1, H] time projection
+        d.input_obs.apply(obs, 1, true, &mut self.row2); // + observation projection
+        // x = noisy · W_a + b_a + conditioning row
+        let x = &mut self.a[..rows * hidden];
+        d.input_action.apply(noisy, rows, false, x);
+        for r in x.chunks_exact_mut(hidden) {
+            for (v, c) in r.iter_mut().zip(&self.row2[..hidden]) {
+                *v += c;
+            }
+        }
+        for blk in &d.blocks {
+            let e = blk.up.d_out;
+            layer_norm(
+                &self.a[..rows * hidden],
+                hidden,
+                &blk.gamma,
+                &blk.beta,
+                LAYER_NORM_EPS,
+                &mut self.b[..rows * hidden],
+            );
+            blk.up.apply(&self.b, rows, false, &mut self.c);
+            silu(&mut self.c[..rows * e]);
+            blk.down.apply(&self.c, rows, true, &mut self.a);
+        }
+        silu_into(&self.a[..rows * hidden], &mut self.b[..rows * hidden]);
+        d.output.apply(&self.b, rows, false, eps);
+        Ok(())
+    }
+
+    fn edit(
+        &mut self,
+        obs: &[f32],
+        base: &[f32],
+        mean: &mut [f32],
+        log_std: &mut [f32],
+    ) -> Result<()> {
+        let rows = base.len() / self.act_dim;
+        let Some(e) = &self.edit else {
+            bail!("bundle has no edit policy")
+        };
+        let width = e
+            .hidden
+            .iter()
+            .map(|l| l.d_out)
+            .max()
+            .unwrap_or(0)
+            .max(e.from_obs.d_out);
+        self.reserve(rows, width);
+        let e = self.edit.as_ref().unwrap();
+        let h0 = e.from_obs.d_out;
+        e.from_obs.apply(obs, 1, false, &mut self.row);
+        e.from_action.apply(base, rows, false, &mut self.a);
+        for r in self.a[..rows * h0].chunks_exact_mut(h0) {
+            for (v, c) in r.iter_mut().zip(&self.row[..h0]) {
+                *v = (*v + c).max(0.0);
+            }
+        }
+        let (mut cur, mut next) = (&mut self.a, &mut self.b);
+        for l in &e.hidden {
+            l.apply(cur, rows, false, next);
+            for v in next[..rows * l.d_out].iter_mut() {
+                *v = v.max(0.0);
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+        e.mean.apply(cur, rows, false, mean);
+        e.log_std.apply(cur, rows, false, log_std);
+        let half_range = 0.5 * (LOG_STD_MAX - LOG_STD_MIN);
+        for v in log_std.iter_mut() {
+            // tanh(x) = 1 − 2 / (e^{2x} + 1), with the vectorizable exp.
+            let th = 1.0 - 2.0 / (exp(2.0 * *v) + 1.0);
+            *v = (th + 1.0) * half_range + LOG_STD_MIN;
+        }
+        Ok(())
+    }
+
+    fn critic(
+        &mut self,
+        obs: &[f32],
+        actions: &[f32],
+        members: &[i64],
+        q: &mut [f32],
+    ) -> Result<()> {
+        let rows = actions.len() / self.act_dim;
+        let Some(c) = &self.critic else {
+            bail!("bundle has no critic")
+        };
+        let width = c.layers.iter().map(|l| l.d_out).max().unwrap_or(1);
+        let e_count = c.members;
+        self.reserve(rows, width);
+        let c = self.critic.as_ref().unwrap();
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        for (k, &member) in members.iter().enumerate() {
+            ensure!(
+                (0..e_count as i64).contains(&member),
+                "critic member {member} out of range 0..{e_count}"
+            );
+            let m = member as usize;
+            let (mut cur, mut next) = (&mut self.a, &mut self.b);
+            for (i, l) in c.layers.iter().enumerate() {
+                let h = l.d_out;
+                let bias = &l.bias[m * h..(m + 1) * h];
+                if i == 0 {
+                    let wo = &l.w[m * od * h..(m + 1) * od * h];
+                    let wa = &l.w_action[m * ad * h..(m + 1) * ad * h];
+                    dense(obs, 1, wo, od, h, Some(bias), false, &mut self.row[..h]);
+                    dense(actions, rows, wa, ad, h, None, false, &mut next[..rows * h]);
+                    for r in next[..rows * h].chunks_exact_mut(h) {
+                        for (v, o) in r.iter_mut().zip(&self.row[..h]) {
+                            *v += o;
+                        }
+                    }
+                } else {
+                    let w = &l.w[m * l.d_in * h..(m + 1) * l.d_in * h];
+                    dense(
+                        cur,
+                        rows,
+                        w,
+                        l.d_in,
+                        h,
+                        Some(bias),
+                        false,
+                        &mut next[..rows * h],
+                    );
+                }
+                if let Some((gamma, beta)) = &l.norm {
+                    layer_norm(
+                        &next[..rows * h],
+                        h,
+                        &gamma[m * h..(m + 1) * h],
+                        &beta[m * h..(m + 1) * h],
+                        LAYER_NORM_EPS,
+                        &mut self.c[..rows * h],
+                    );
+                    for (dst, &v) in next[..rows * h].iter_mut().zip(&self.c[..rows * h]) {
+                        *dst = v.max(0.0);
+                    }
+                }
+                std::mem::swap(&mut cur, &mut next);
+            }
+            q[k * rows..(k + 1) * rows].copy_from_slice(&cur[..rows]);
+        }
+        Ok(())
+    }
+}

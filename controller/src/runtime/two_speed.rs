@@ -1,0 +1,177 @@
+//! Two-speed EXPO: base candidates refreshed by a worker, edit + Q-select every tick.
+//!
+//! ```text
+//! control thread (every tick)               worker thread (as fast as it can)
+//!   publish newest obs ──────────────────►   copy newest obs
+//!   copy newest candidates ◄──────────────   run the denoising chain for N candidates
+//!   edit + critic + argmax on newest obs     publish candidates (swap, no allocation)
+//! ```
+//!
+//! The candidates a tick edits were sampled for an observation up to one chain-time old;
+//! the edit and the critic see the newest observation, which is what keeps the action
+//! reactive. [`TwoSpeedPolicy::candidate_age`] reports how many observations old they
+//! are. The first tick waits for the first candidate set.
+
+use super::{Choice, GraphRows, Policy, PolicyOptions, load_networks};
+use anyhow::{Context, Result, bail};
+use shared_model::VerifiedBundle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+struct Shared {
+    /// Newest raw observation and its sequence number.
+    obs: Mutex<(Vec<f32>, u64)>,
+    obs_ready: Condvar,
+    /// Newest candidates `[N, A]`, the observation sequence they were sampled for, and
+    /// how many sets have been published.
+    candidates: Mutex<(Vec<f32>, u64, u64)>,
+    candidates_ready: Condvar,
+    stop: AtomicBool,
+    /// First worker error, reported by the next tick.
+    error: Mutex<Option<String>>,
+}
+
+pub struct TwoSpeedPolicy {
+    tick: Policy,
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+    obs_seq: u64,
+    candidate_obs_seq: u64,
+}
+
+impl TwoSpeedPolicy {
+    pub fn new(bundle: &VerifiedBundle, options: &PolicyOptions) -> Result<Self> {
+        let m = &bundle.manifest;
+        if m.selection.critic_subset == 0 {
+            bail!("two-speed mode needs a critic to select with (this bundle has none)");
+        }
+        let rows = GraphRows::for_manifest(m);
+        let mut tick = Policy::with_networks(
+            m.clone(),
+            load_networks(options.backend, bundle, rows)?,
+            options,
+        )?;
+        tick.external_base = true;
+        // The worker has its own networks and random stream.
+        let mut worker_policy = Policy::with_networks(
+            m.clone(),
+            load_networks(options.backend, bundle, rows)?,
+            &PolicyOptions {
+                seed: options.seed ^ 0x2_5bee_d5ee_d5ee,
+                ..options.clone()
+            },
+        )?;
+        let (od, n, ad) = (m.observation.dim, m.selection.num_samples, m.action.dim);
+        let shared = Arc::new(Shared {
+            obs: Mutex::new((vec![0.0; od], 0)),
+            obs_ready: Condvar::new(),
+            candidates: Mutex::new((vec![0.0; n * ad], 0, 0)),
+            candidates_ready: Condvar::new(),
+            stop: AtomicBool::new(false),
+            error: Mutex::new(None),
+        });
+        let s = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name("expo-base-candidates".into())
+            .spawn(move || {
+                let mut local_obs = vec![0.0; od];
+                let mut out = vec![0.0; n * ad];
+                let mut seen = 0u64;
+                while !s.stop.load(Ordering::Acquire) {
+                    {
+                        let mut guard = s.obs.lock().unwrap();
+                        while guard.1 == seen && !s.stop.load(Ordering::Acquire) {
+                            guard = s
+                                .obs_ready
+                                .wait_timeout(guard, Duration::from_millis(50))
+                                .unwrap()
+                                .0;
+                        }
+                        if s.stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        local_obs.copy_from_slice(&guard.0);
+                        seen = guard.1;
+                    }
+                    let result = worker_policy
+                        .load_observation(&local_obs)
+                        .and_then(|_| worker_policy.run_chain());
+                    if let Err(e) = result {
+                        *s.error.lock().unwrap() = Some(format!("{e:#}"));
+                        s.candidates_ready.notify_all();
+                        break;
+                    }
+                    out.copy_from_slice(&worker_policy.x);
+                    let mut c = s.candidates.lock().unwrap();
+                    std::mem::swap(&mut c.0, &mut out);
+                    c.1 = seen;
+                    c.2 += 1;
+                    drop(c);
+                    s.candidates_ready.notify_all();
+                }
+            })
+            .context("spawning the candidate worker")?;
+        Ok(TwoSpeedPolicy {
+            tick,
+            shared,
+            worker: Some(worker),
+            obs_seq: 0,
+            candidate_obs_seq: 0,
+        })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.tick
+    }
+
+    /// Observations published since the candidates used by the last tick were sampled.
+    pub fn candidate_age(&self) -> u64 {
+        self.obs_seq - self.candidate_obs_seq
+    }
+
+    /// One tick: publish `raw_obs` to the worker, then edit + select on it.
+    pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
+        // Validate before publishing, so a bad observation never reaches the worker.
+        self.tick.load_observation(raw_obs)?;
+        self.obs_seq += 1;
+        {
+            let mut o = self.shared.obs.lock().unwrap();
+            o.0.copy_from_slice(raw_obs);
+            o.1 = self.obs_seq;
+        }
+        self.shared.obs_ready.notify_one();
+        {
+            let mut c = self.shared.candidates.lock().unwrap();
+            while c.2 == 0 {
+                if let Some(e) = self.shared.error.lock().unwrap().clone() {
+                    bail!("candidate worker failed: {e}");
+                }
+                c = self
+                    .shared
+                    .candidates_ready
+                    .wait_timeout(c, Duration::from_millis(100))
+                    .unwrap()
+                    .0;
+            }
+            let n = c.0.len();
+            self.tick.candidates[..n].copy_from_slice(&c.0);
+            self.candidate_obs_seq = c.1;
+        }
+        if let Some(e) = self.shared.error.lock().unwrap().clone() {
+            bail!("candidate worker failed: {e}");
+        }
+        self.tick.act(raw_obs, action)
+    }
+}
+
+impl Drop for TwoSpeedPolicy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.obs_ready.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The runtime on synthetic bundles: backends agree, truncated and two-speed modes act,
+//! and every kind of bad bundle is refused with its own error while a loaded policy
+//! keeps working.
+
+use controller::runtime::{
+    Backend, GraphRows, Policy, PolicyOptions, TwoSpeedPolicy, load_networks, reload,
+};
+use shared_model::manifest::{
+    BundleError, MANIFEST_FILE, SIGNATURE_FILE, SigningKey, Trust, load_bundle, sha256_hex,
+};
+use shared_model::synthetic::SyntheticSpec;
+use std::fs;
+use std::path::Path;
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn trust(seed: u8) -> Trust {
+    Trust::Key(key(seed).verifying_key())
+}
+
+fn options(backend: Backend, seed: u64) -> PolicyOptions {
+    PolicyOptions {
+        backend,
+        executed_steps: None,
+        seed,
+    }
+}
+
+fn obs(i: usize) -> Vec<f32> {
+    (0..10).map(|j| ((i * 7 + j) as f32 * 0.37).sin()).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn tract_and_native_agree_per_graph_and_per_action() {
+    for (name, spec) in [
+        ("cpu", SyntheticSpec::cpu()),
+        ("paper", SyntheticSpec::paper()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        spec.write(dir.path(), 11, Some(&key(1))).unwrap();
+        let b = load_bundle(dir.path(), &trust(1)).unwrap();
+        let rows = GraphRows::for_manifest(&b.manifest);
+        let mut tract = load_networks(Backend::Tract, &b, rows).unwrap();
+        let mut native = load_networks(Backend::Native, &b, rows).unwrap();
+        let o: Vec<f32> = obs(1);
+        let x: Vec<f32> = (0..rows.denoise * 2)
+            .map(|i| (i as f32 * 0.3).cos())
+            .collect();
+        let (mut e1, mut e2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        for t in [0.0, 4.0, 9.0] {
+            tract.denoise(&o, &x, t, &mut e1).unwrap();
+            native.denoise(&o, &x, t, &mut e2).unwrap();
+            assert!(
+                max_diff(&e1, &e2) < 1e-4,
+                "{name} denoiser t={t}: {}",
+                max_diff(&e1, &e2)
+            );
+        }
+        let base = &x[..rows.edit * 2];
+        let (mut m1, mut l1, mut m2, mut l2) = (
+            vec![0.0; base.len()],
+            vec![0.0; base.len()],
+            vec![0.0; base.len()],
+            vec![0.0; base.len()],
+        );
+        tract.edit(&o, base, &mut m1, &mut l1).unwrap();
+        native.edit(&o, base, &mut m2, &mut l2).unwrap();
+        assert!(
+            max_diff(&m1, &m2) < 1e-4 && max_diff(&l1, &l2) < 1e-4,
+            "{name} edit"
+        );
+        let acts: Vec<f32> = (0..rows.score * 2)
+            .map(|i| (i as f32 * 0.11).sin())
+            .collect();
+        let members = [9i64, 0];
+        let (mut q1, mut q2) = (vec![0.0; 2 * rows.score], vec![0.0; 2 * rows.score]);
+        tract.critic(&o, &acts, &members, &mut q1).unwrap();
+        native.critic(&o, &acts, &members, &mut q2).unwrap();
+        assert!(
+            max_diff(&q1, &q2) < 1e-4,
+            "{name} critic: {}",
+            max_diff(&q1, &q2)
+        );
+
+        // Whole actions with the same seed: same candidate, same action.
+        let mut p1 = Policy::new(&b, &options(Backend::Tract, 5)).unwrap();
+        let mut p2 = Policy::new(&b, &options(Backend::Native, 5)).unwrap();
+        for i in 0..30 {
+            let (mut a1, mut a2) = ([0.0; 2], [0.0; 2]);
+            let c1 = p1.act(&obs(i), &mut a1).unwrap();
+            let c2 = p2.act(&obs(i), &mut a2).unwrap();
+            assert_eq!(c1.index, c2.index, "{name} action {i}");
+            assert!(
+                max_diff(&a1, &a2) < 1e-4,
+                "{name} action {i}: {a1:?} vs {a2:?}"
+            );
+            assert!(a1.iter().all(|v| (-1.0..=1.0).contains(v)));
+        }
+    }
+}
+
+#[test]
+fn truncated_chain_and_two_speed_mode_act() {
+    let dir = tempfile::tempdir().unwrap();
+    SyntheticSpec::cpu().write(dir.path(), 3, None).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    for backend in [Backend::Tract, Backend::Native] {
+        let mut p = Policy::new(
+            &b,
+            &PolicyOptions {
+                executed_steps: Some(3),
+                ..options(backend, 1)
+            },
+        )
+        .unwrap();
+        assert_eq!(p.executed_steps(), 3);
+        let mut a = [0.0; 2];
+        p.act(&obs(0), &mut a).unwrap();
+        assert!(a.iter().all(|v| v.is_finite() && (-1.0..=1.0).contains(v)));
+        assert!(
+            Policy::new(
+                &b,
+                &PolicyOptions {
+                    executed_steps: Some(6),
+                    ..options(backend, 1)
+                }
+            )
+            .is_err(),
+            "more executed steps than trained must be refused"
+        );
+
+        let mut two = TwoSpeedPolicy::new(&b, &options(backend, 2)).unwrap();
+        let n = b.manifest.selection.num_samples;
+        for i in 0..50 {
+            let c = two.act(&obs(i), &mut a).unwrap();
+            assert!(c.index < n + b.manifest.selection.num_edit);
+            assert!(a.iter().all(|v| (-1.0..=1.0).contains(v)));
+        }
+        // A bad observation is refused without disturbing the worker.
+        let mut bad = obs(0);
+        bad[3] = f32::NAN;
+        let e = two.act(&bad, &mut a).unwrap_err().to_string();
+        assert!(e.contains("observation[3]"), "{e}");
+        two.act(&obs(1), &mut a).unwrap();
+    }
+}
+
+/// Rewrites a manifest field and, when `fix_hash`, keeps the graph hashes consistent.
+fn edit_manifest(dir: &Path, f: impl FnOnce(&mut toml::Table)) {
+    let p = dir.join(MANIFEST_FILE);
+    let mut t: toml::Table = toml::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut t);
+    fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+}
+
+fn set_hash(t: &mut toml::Table, graph: &str, hash: String) {
+    t["graphs"][graph]
+        .as_table_mut()
+        .unwrap()
+        .insert("sha256".into(), toml::Value::String(hash));
+}
+
+#[test]
+fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
+    let root = tempfile::tempdir().unwrap();
+    let good = root.path().join("good");
+    SyntheticSpec::cpu().write(&good, 1, Some(&key(1))).unwrap();
+    let b = load_bundle(&good, &trust(1)).unwrap();
+    assert_eq!(b.signed_by.as_deref().map(str::len), Some(64));
+    let mut current = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
+    let mut reference = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
+
+    let variant = |name: &str, f: &dyn Fn(&Path)| {
+        let d = root.path().join(name);
+        fs::create_dir_all(&d).unwrap();
+        for e in fs::read_dir(&good).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        f(&d);
+        d
+    };
+
+    type Check = fn(&BundleError) -> bool;
+    let cases: Vec<(&str, std::path::PathBuf, Trust, Check, &str)> = vec![
+        (
+            "corrupted graph file",
+            variant("corrupt", &|d| {
+                let p = d.join("critic.onnx");
+                let mut bytes = fs::read(&p).unwrap();
+                bytes.truncate(bytes.len() / 2);
+                fs::write(&p, &bytes).unwrap();
+            }),
+            trust(1),
+            |e| matches!(e, BundleError::HashMismatch { .. }),
+            "sha256 mismatch",
+        ),
+        (
+            "corrupted graph with a matching (unsigned) manifest hash",
+            variant("corrupt-rehashed", &|d| {
+                let p = d.join("edit.onnx");
+                let bytes = vec![0xff; 100];
+                fs::write(&p, &bytes).unwrap();
+                edit_manifest(d, |t| set_hash(t, "edit", sha256_hex(&bytes)));
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Onnx { .. }),
+            "not a valid ONNX model",
+        ),
+        (
+            "manifest edited after signing",
+            variant("tampered", &|d| {
+                edit_manifest(d, |t| {
+                    t["selection"]
+                        .as_table_mut()
+                        .unwrap()
+                        .insert("edit_scale".into(), toml::Value::Float(0.5));
+                })
+            }),
+            trust(1),
+            |e| matches!(e, BundleError::BadSignature { .. }),
+            "signature does not verify",
+        ),
+        (
+            "signed by another key",
+            good.clone(),
+            trust(2),
+            |e| matches!(e, BundleError::BadSignature { .. }),
+            "signature does not verify",
+        ),
+        (
+            "unsigned bundle with a trusted key required",
+            variant("unsigned", &|d| {
+                fs::remove_file(d.join(SIGNATURE_FILE)).unwrap()
+            }),
+            trust(1),
+            |e| matches!(e, BundleError::Unsigned { .. }),
+            "not signed",
+        ),
+        (
+            "observation size disagrees with the graphs",
+            variant("shapes", &|d| {
+                edit_manifest(d, |t| {
+                    let o = t["observation"].as_table_mut().unwrap();
+                    o.insert("dim".into(), toml::Value::Integer(9));
+                    for k in ["names", "low", "high", "mean", "std"] {
+                        let v = o[k].as_array_mut().unwrap();
+                        v.pop();
+                    }
+                })
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Shape { .. }),
+            "shape mismatch: input `obs`: expected f32[?, 9], found f32[?, 10]",
+        ),
+        (
+            "NaN weights",
+            variant("nan", &|d| {
+                // Overwrite the first float of the first initializer with NaN, rehash.
+                let p = d.join("denoiser.onnx");
+                let mut bytes = fs::read(&p).unwrap();
+                let m = shared_model::onnx::ModelProto::from_bytes(&bytes).unwrap();
+                let first = &m.graph.unwrap().initializer[0].raw_data[..8];
+                let at = bytes.windows(8).position(|w| w == first).unwrap();
+                bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+                fs::write(&p, &bytes).unwrap();
+                edit_manifest(d, |t| set_hash(t, "denoiser", sha256_hex(&bytes)));
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::NonFinite { .. }),
+            "weight `fourier` has a non-finite value at element 0",
+        ),
+        (
+            "newer format version",
+            variant("newer", &|d| {
+                edit_manifest(d, |t| {
+                    t.insert("format_version".into(), toml::Value::Integer(7));
+                    t.insert("something_new".into(), toml::Value::Boolean(true));
+                })
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::NewerFormat { found: 7, .. }),
+            "format version 7 is newer",
+        ),
+    ];
+    for (what, dir, trust, check, text) in cases {
+        let err = load_bundle(&dir, &trust).expect_err(what);
+        assert!(check(&err), "{what}: wrong error kind: {err}");
+        assert!(
+            err.to_string().contains(text),
+            "{what}: message `{err}` lacks `{text}`"
+        );
+        // Swapping to the bad bundle fails and leaves the running policy untouched.
+        let e = reload(&mut current, &dir, &trust, &options(Backend::Tract, 9)).unwrap_err();
+        assert!(format!("{e:#}").contains(text), "{what}: {e:#}");
+        let (mut a, mut r) = ([0.0; 2], [0.0; 2]);
+        current.act(&obs(0), &mut a).unwrap();
+        reference.act(&obs(0), &mut r).unwrap();
+        assert_eq!(a, r, "{what}: the running policy changed");
+    }
+}
