@@ -335,38 +335,3 @@ pub fn critic_graph(w: &CriticWeights, obs_dim: usize, act_dim: usize) -> ModelP
     g.output(&q, Q, DATA_TYPE_FLOAT, &[Dim::Symbolic("members"), BATCH]);
     g.finish("EXPO critic ensemble: Q of the listed members for every action row")
 }
-
-/// Multiply-accumulates ×2 per row for each network, for compute-limit estimates.
-pub mod flops {
-    use super::*;
-
-    fn dense(d: &DenseWeights) -> u64 {
-        2 * (d.d_in * d.d_out) as u64
-    }
-
-    /// One denoising step for `rows` candidates (time and observation projections once).
-    pub fn denoiser_step(w: &DenoiserWeights, rows: usize) -> u64 {
-        let per_row = dense(&w.input_action)
-            + w.blocks
-                .iter()
-                .map(|b| dense(&b.up) + dense(&b.down))
-                .sum::<u64>()
-            + dense(&w.output);
-        let once =
-            dense(&w.time_in) + dense(&w.time_out) + dense(&w.input_time) + dense(&w.input_obs);
-        per_row * rows as u64 + once
-    }
-
-    pub fn edit(w: &GaussianWeights, rows: usize) -> u64 {
-        w.layers.iter().map(dense).sum::<u64>() * rows as u64
-    }
-
-    /// `members` critics over `rows` actions.
-    pub fn critic(w: &CriticWeights, rows: usize, members: usize) -> u64 {
-        w.layers
-            .iter()
-            .map(|l| 2 * (l.d_in * l.d_out) as u64)
-            .sum::<u64>()
-            * (rows * members) as u64
-    }
-}

@@ -112,6 +112,56 @@ impl SelectionSpec {
     }
 }
 
+/// Floating-point operations of one action (a multiply-add counts 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ActionFlops {
+    /// All executed denoising steps over the N candidates (time and observation
+    /// projections once per step).
+    pub denoise: u64,
+    pub edit: u64,
+    /// The sampled critic subset over all N + n_edit candidates.
+    pub score: u64,
+}
+
+impl ActionFlops {
+    pub fn total(&self) -> u64 {
+        self.denoise + self.edit + self.score
+    }
+}
+
+impl Manifest {
+    /// FLOPs of one action with `executed` denoising steps.
+    pub fn action_flops(&self, executed: usize) -> ActionFlops {
+        let n = &self.networks;
+        let s = &self.selection;
+        let (o, a) = (self.observation.dim as u64, self.action.dim as u64);
+        let (h, x) = (n.denoiser_hidden as u64, n.denoiser_expanded as u64);
+        let (f, th) = (n.fourier_features as u64, n.time_hidden as u64);
+        let per_row = a * h + n.denoiser_blocks as u64 * 2 * h * x + h * a;
+        let per_step = f * th + th * th + th * h + o * h;
+        let mlp = |d_in: u64, widths: &[usize], d_out: u64| {
+            let mut d = d_in;
+            let mut macs = 0;
+            for &w in widths {
+                macs += d * w as u64;
+                d = w as u64;
+            }
+            macs + d * d_out
+        };
+        let edit_rows = s.num_edit as u64;
+        let score_rows = (s.num_samples + s.num_edit) as u64;
+        ActionFlops {
+            denoise: 2 * executed as u64 * (s.num_samples as u64 * per_row + per_step),
+            edit: if edit_rows > 0 {
+                2 * edit_rows * mlp(o + a, &n.edit_widths, 2 * a)
+            } else {
+                0
+            },
+            score: 2 * score_rows * s.critic_subset as u64 * mlp(o + a, &n.critic_widths, 1),
+        }
+    }
+}
+
 /// Layer sizes (documentation, FLOP counts, shape checks).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

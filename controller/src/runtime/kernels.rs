@@ -116,50 +116,70 @@ fn dense_generic<const FMA: bool>(
     accumulate: bool,
     y: &mut [f32],
 ) {
-    let full_cols = n / NR * NR;
     let mut r0 = 0;
+    while r0 + MR <= rows {
+        row_block::<MR, FMA>(x, r0, w, k, n, bias, accumulate, y);
+        r0 += MR;
+    }
     while r0 < rows {
-        let mr = MR.min(rows - r0);
-        // Column tiles of NR, all mr rows at once.
-        let mut j0 = 0;
-        while j0 < full_cols {
-            let mut acc = [[0.0f32; NR]; MR];
-            for kk in 0..k {
-                let wrow: &[f32; NR] = w[kk * n + j0..kk * n + j0 + NR].try_into().unwrap();
-                for r in 0..mr {
-                    let a = x[(r0 + r) * k + kk];
-                    for j in 0..NR {
-                        acc[r][j] = madd::<FMA>(a, wrow[j], acc[r][j]);
-                    }
-                }
-            }
-            for r in 0..mr {
-                let out = &mut y[(r0 + r) * n + j0..(r0 + r) * n + j0 + NR];
+        row_block::<1, FMA>(x, r0, w, k, n, bias, accumulate, y);
+        r0 += 1;
+    }
+}
+
+/// Rows `r0..r0 + M` of `y`. `M` and `NR` are constants so the accumulator tile lives
+/// in vector registers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_block<const M: usize, const FMA: bool>(
+    x: &[f32],
+    r0: usize,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    y: &mut [f32],
+) {
+    let full_cols = n / NR * NR;
+    let xs: [&[f32]; M] = std::array::from_fn(|r| &x[(r0 + r) * k..(r0 + r + 1) * k]);
+    let mut j0 = 0;
+    while j0 < full_cols {
+        let mut acc = [[0.0f32; NR]; M];
+        for kk in 0..k {
+            let wrow: &[f32; NR] = w[kk * n + j0..kk * n + j0 + NR].try_into().unwrap();
+            for r in 0..M {
+                let a = xs[r][kk];
                 for j in 0..NR {
-                    let mut v = acc[r][j];
-                    if let Some(b) = bias {
-                        v += b[j0 + j];
-                    }
-                    out[j] = if accumulate { out[j] + v } else { v };
+                    acc[r][j] = madd::<FMA>(a, wrow[j], acc[r][j]);
                 }
             }
-            j0 += NR;
         }
-        // Remaining columns (narrow outputs such as the action or Q heads).
-        for r in r0..r0 + mr {
-            for j in full_cols..n {
-                let mut v = 0.0f32;
-                for kk in 0..k {
-                    v = madd::<FMA>(x[r * k + kk], w[kk * n + j], v);
-                }
+        for r in 0..M {
+            let out = &mut y[(r0 + r) * n + j0..(r0 + r) * n + j0 + NR];
+            for j in 0..NR {
+                let mut v = acc[r][j];
                 if let Some(b) = bias {
-                    v += b[j];
+                    v += b[j0 + j];
                 }
-                let out = &mut y[r * n + j];
-                *out = if accumulate { *out + v } else { v };
+                out[j] = if accumulate { out[j] + v } else { v };
             }
         }
-        r0 += mr;
+        j0 += NR;
+    }
+    // Remaining columns (narrow outputs such as the action or Q heads).
+    for r in r0..r0 + M {
+        for j in full_cols..n {
+            let mut v = 0.0f32;
+            for kk in 0..k {
+                v = madd::<FMA>(x[r * k + kk], w[kk * n + j], v);
+            }
+            if let Some(b) = bias {
+                v += b[j];
+            }
+            let out = &mut y[r * n + j];
+            *out = if accumulate { *out + v } else { v };
+        }
     }
 }
 
