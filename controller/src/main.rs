@@ -110,14 +110,63 @@ fn measure_gemm_rates() -> Result<(f64, f64)> {
     }
     let tract_rate = flops / best / 1e9;
     let mut out = vec![0.0; m * n];
+    let packed = controller::runtime::PackedWeights::new(&w, k, n);
     let mut best = f64::INFINITY;
     for _ in 0..6 {
         let t = Instant::now();
-        controller::runtime::dense_kernel(&x, m, &w, k, n, None, false, &mut out);
+        controller::runtime::dense_kernel(&x, m, &packed, None, false, &mut out);
         best = best.min(t.elapsed().as_secs_f64());
     }
     std::hint::black_box(&out);
     Ok((tract_rate, flops / best / 1e9))
+}
+
+/// Weight bytes one action streams: every executed step reads the whole denoiser, then
+/// the edit policy and K critic members once.
+fn weight_bytes_per_action(m: &shared_model::Manifest, executed: usize) -> f64 {
+    let n = &m.networks;
+    let (o, a) = (m.observation.dim, m.action.dim);
+    let (h, x) = (n.denoiser_hidden, n.denoiser_expanded);
+    let (f, th) = (n.fourier_features, n.time_hidden);
+    let denoiser =
+        a * h + n.denoiser_blocks * 2 * h * x + h * a + f * th + th * th + th * h + o * h;
+    let mlp = |d_in: usize, widths: &[usize], d_out: usize| {
+        let mut d = d_in;
+        let mut p = 0;
+        for &w in widths {
+            p += d * w;
+            d = w;
+        }
+        p + d * d_out
+    };
+    let s = &m.selection;
+    let edit = if s.num_edit > 0 {
+        mlp(o + a, &n.edit_widths, 2 * a)
+    } else {
+        0
+    };
+    let critic = s.critic_subset * mlp(o + a, &n.critic_widths, 1);
+    4.0 * (executed * denoiser + edit + critic) as f64
+}
+
+/// Single-thread read bandwidth (GB/s) over a buffer of `bytes` (best of 20 passes):
+/// the rate at which one core can stream weights that do not fit its L2.
+fn measure_read_bandwidth(bytes: usize) -> f64 {
+    let v: Vec<f32> = (0..bytes / 4).map(|i| i as f32).collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..20 {
+        let t = Instant::now();
+        // 16 independent partial sums so the loop is load-bound, not add-latency-bound.
+        let mut acc = [0.0f32; 16];
+        for c in v.chunks_exact(16) {
+            for (a, x) in acc.iter_mut().zip(c) {
+                *a += x;
+            }
+        }
+        std::hint::black_box(acc);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    bytes as f64 / best / 1e9
 }
 
 struct Row {
@@ -125,6 +174,7 @@ struct Row {
     total: (f64, f64, f64),
     stages: [(f64, f64, f64); 3],
     flops: u64,
+    weight_bytes: f64,
 }
 
 fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
@@ -219,6 +269,12 @@ fn main() -> Result<()> {
                 "single-core sgemm 256x1024x1024: tract {rate:.1} GFLOP/s (the compute limit uses this), native {} kernel {native_rate:.1} GFLOP/s; {actions} actions per row, one thread, batch-1 observation",
                 kernel_name()
             );
+            let per_step = weight_bytes_per_action(m, 1) - weight_bytes_per_action(m, 0);
+            let bandwidth = measure_read_bandwidth(per_step as usize);
+            println!(
+                "weights: {:.1} MB per denoising step; single-core read bandwidth over that size {bandwidth:.1} GB/s (memory floor = weight bytes per action / bandwidth)",
+                per_step / 1e6
+            );
             let mut rows: Vec<Row> = vec![];
             for name in &backends {
                 let backend: Backend = name.parse()?;
@@ -242,6 +298,7 @@ fn main() -> Result<()> {
                             percentiles(&mut t[3]),
                         ],
                         flops: m.action_flops(steps).total(),
+                        weight_bytes: weight_bytes_per_action(m, steps),
                     });
                 }
                 if m.selection.critic_subset > 0 {
@@ -283,20 +340,23 @@ fn main() -> Result<()> {
                             percentiles(&mut stages[1]),
                         ],
                         flops: f.edit + f.score,
+                        weight_bytes: weight_bytes_per_action(m, 0),
                     });
                 }
             }
             println!(
-                "\n| run | MFLOP | limit µs | p50 µs | p99 µs | max µs | p99 / limit | denoise p50/p99 | edit p50/p99 | select p50/p99 |"
+                "\n| run | MFLOP | compute limit µs | memory floor µs | p50 µs | p99 µs | max µs | p99 / limit | denoise p50/p99 | edit p50/p99 | select p50/p99 |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             for r in &rows {
                 let limit = r.flops as f64 / (rate * 1e9) * 1e6;
+                let floor = r.weight_bytes / (bandwidth * 1e9) * 1e6;
                 println!(
-                    "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0}/{:.0} | {:.0}/{:.0} | {:.0}/{:.0} |",
+                    "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0}/{:.0} | {:.0}/{:.0} | {:.0}/{:.0} |",
                     r.label,
                     r.flops as f64 / 1e6,
                     limit,
+                    floor,
                     r.total.0,
                     r.total.1,
                     r.total.2,

@@ -596,7 +596,11 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             a.dim
         ));
     }
-    if a.low.iter().zip(&a.high).any(|(l, h)| !(l < h)) {
+    if a.low
+        .iter()
+        .zip(&a.high)
+        .any(|(l, h)| l.partial_cmp(h) != Some(std::cmp::Ordering::Less))
+    {
         return Err("action.low must be below action.high".into());
     }
     let d = &m.diffusion;

@@ -1,11 +1,15 @@
 //! Small dense kernels for the `native` backend: a register-tiled `y = x W + b` for the
 //! few-row, wide-weight products of an action, and vectorizable `exp`/`silu`.
 //!
-//! The matrix product tiles 4 rows × 16 columns of `y` in registers and streams `W`
-//! row by row, so each weight is loaded once per 4 candidate rows. It is compiled three
-//! times (AVX-512F, AVX2+FMA, baseline) and picked at run time by CPU feature.
+//! The matrix product keeps a tile of rows × 16 columns of `y` in registers and streams
+//! the weights panel by panel ([`Packed`], contiguous), so each weight is loaded once per
+//! tile of candidate rows. AVX-512F (explicit intrinsics), AVX2+FMA and baseline
+//! versions are picked at run time by CPU feature.
 
-/// Rows of `y` accumulated together.
+/// Rows of `y` accumulated together: 8 with AVX-512 (8 × 16 floats = 8 zmm
+/// accumulators, so an action's 8 candidates stream each weight once), 4 otherwise
+/// (8 ymm accumulators).
+const MR_AVX512: usize = 8;
 const MR: usize = 4;
 /// Columns of `y` accumulated together.
 const NR: usize = 16;
@@ -39,62 +43,141 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
+/// A weight matrix `[k, n]` laid out for the kernels: the full 16-column panels, each
+/// `k × 16` contiguous (so a tile streams its weights sequentially and the prefetcher
+/// keeps up), then the last `n % 16` columns row-major.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    pub k: usize,
+    pub n: usize,
+    panels: Vec<f32>,
+    tail: Vec<f32>,
+}
+
+impl Packed {
+    /// Packs a row-major `[k, n]` matrix.
+    pub fn new(w: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "weight is not [{k}, {n}]");
+        let full = n / NR * NR;
+        let mut panels = Vec::with_capacity(k * full);
+        for j0 in (0..full).step_by(NR) {
+            for kk in 0..k {
+                panels.extend_from_slice(&w[kk * n + j0..kk * n + j0 + NR]);
+            }
+        }
+        let mut tail = Vec::with_capacity(k * (n - full));
+        for kk in 0..k {
+            tail.extend_from_slice(&w[kk * n + full..(kk + 1) * n]);
+        }
+        Packed { k, n, panels, tail }
+    }
+}
+
 /// `y [rows, n] = x [rows, k] · w [k, n] (+ bias [n]) (+ y if accumulate)`.
 pub fn dense(
     x: &[f32],
     rows: usize,
-    w: &[f32],
-    k: usize,
-    n: usize,
+    w: &Packed,
     bias: Option<&[f32]>,
     accumulate: bool,
     y: &mut [f32],
 ) {
-    assert!(x.len() >= rows * k && w.len() == k * n && y.len() >= rows * n);
+    assert!(x.len() >= rows * w.k && y.len() >= rows * w.n);
     if let Some(b) = bias {
-        assert_eq!(b.len(), n);
+        assert_eq!(b.len(), w.n);
     }
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports the features the function is compiled for.
-        Isa::Avx512 => unsafe { dense_avx512(x, rows, w, k, n, bias, accumulate, y) },
+        // SAFETY: the CPU supports the features the function is compiled for, and the
+        // lengths were checked above.
+        Isa::Avx512 => unsafe { dense_avx512(x, rows, w, bias, accumulate, y) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2Fma => unsafe { dense_avx2(x, rows, w, k, n, bias, accumulate, y) },
-        _ => dense_generic::<false>(x, rows, w, k, n, bias, accumulate, y),
+        Isa::Avx2Fma => unsafe { dense_avx2(x, rows, w, bias, accumulate, y) },
+        _ => dense_generic::<false, MR>(x, rows, w, bias, accumulate, y),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn dense_avx512(
     x: &[f32],
     rows: usize,
-    w: &[f32],
-    k: usize,
-    n: usize,
+    w: &Packed,
     bias: Option<&[f32]>,
     acc: bool,
     y: &mut [f32],
 ) {
-    dense_generic::<true>(x, rows, w, k, n, bias, acc, y)
+    let mut r0 = 0;
+    while r0 + MR_AVX512 <= rows {
+        // SAFETY: `dense` checked the lengths; tiles stay inside them.
+        unsafe { tile_avx512::<MR_AVX512>(x, r0, w, bias, acc, y) };
+        r0 += MR_AVX512;
+    }
+    while r0 < rows {
+        // SAFETY: as above.
+        unsafe { tile_avx512::<1>(x, r0, w, bias, acc, y) };
+        r0 += 1;
+    }
+    tail_columns::<true>(x, rows, w, bias, acc, y);
+}
+
+/// Rows `r0..r0 + M`, all full panels, in 16-wide zmm tiles: each weight vector is
+/// loaded once and multiplied into all M rows' accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tile_avx512<const M: usize>(
+    x: &[f32],
+    r0: usize,
+    w: &Packed,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    y: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (k, n) = (w.k, w.n);
+    let yp = y.as_mut_ptr();
+    // SAFETY (whole body): reads stay inside x (rows·k) and the panel (k·NR); writes
+    // inside y (rows·n); `dense` checked those lengths.
+    let xrows: [*const f32; M] = std::array::from_fn(|r| unsafe { x.as_ptr().add((r0 + r) * k) });
+    for (p, panel) in w.panels.chunks_exact(k * NR).enumerate() {
+        let j0 = p * NR;
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); M];
+            let mut wp = panel.as_ptr();
+            for kk in 0..k {
+                let wv = _mm512_loadu_ps(wp);
+                for (a, xr) in acc.iter_mut().zip(&xrows) {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*xr.add(kk)), wv, *a);
+                }
+                wp = wp.add(NR);
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let mut v = *a;
+                if let Some(b) = bias {
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(b.as_ptr().add(j0)));
+                }
+                let out = yp.add((r0 + r) * n + j0);
+                if accumulate {
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(out));
+                }
+                _mm512_storeu_ps(out, v);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn dense_avx2(
     x: &[f32],
     rows: usize,
-    w: &[f32],
-    k: usize,
-    n: usize,
+    w: &Packed,
     bias: Option<&[f32]>,
     acc: bool,
     y: &mut [f32],
 ) {
-    dense_generic::<true>(x, rows, w, k, n, bias, acc, y)
+    dense_generic::<true, MR>(x, rows, w, bias, acc, y)
 }
 
 #[inline(always)]
@@ -104,50 +187,43 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
+/// Portable version (auto-vectorized under the caller's target features).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn dense_generic<const FMA: bool>(
+fn dense_generic<const FMA: bool, const ROWS: usize>(
     x: &[f32],
     rows: usize,
-    w: &[f32],
-    k: usize,
-    n: usize,
+    w: &Packed,
     bias: Option<&[f32]>,
     accumulate: bool,
     y: &mut [f32],
 ) {
     let mut r0 = 0;
-    while r0 + MR <= rows {
-        row_block::<MR, FMA>(x, r0, w, k, n, bias, accumulate, y);
-        r0 += MR;
+    while r0 + ROWS <= rows {
+        row_block::<ROWS, FMA>(x, r0, w, bias, accumulate, y);
+        r0 += ROWS;
     }
     while r0 < rows {
-        row_block::<1, FMA>(x, r0, w, k, n, bias, accumulate, y);
+        row_block::<1, FMA>(x, r0, w, bias, accumulate, y);
         r0 += 1;
     }
+    tail_columns::<FMA>(x, rows, w, bias, accumulate, y);
 }
 
-/// Rows `r0..r0 + M` of `y`. `M` and `NR` are constants so the accumulator tile lives
-/// in vector registers.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn row_block<const M: usize, const FMA: bool>(
     x: &[f32],
     r0: usize,
-    w: &[f32],
-    k: usize,
-    n: usize,
+    w: &Packed,
     bias: Option<&[f32]>,
     accumulate: bool,
     y: &mut [f32],
 ) {
-    let full_cols = n / NR * NR;
+    let (k, n) = (w.k, w.n);
     let xs: [&[f32]; M] = std::array::from_fn(|r| &x[(r0 + r) * k..(r0 + r + 1) * k]);
-    let mut j0 = 0;
-    while j0 < full_cols {
+    for (p, panel) in w.panels.chunks_exact(k * NR).enumerate() {
+        let j0 = p * NR;
         let mut acc = [[0.0f32; NR]; M];
-        for kk in 0..k {
-            let wrow: &[f32; NR] = w[kk * n + j0..kk * n + j0 + NR].try_into().unwrap();
+        for (kk, wrow) in panel.chunks_exact(NR).enumerate() {
             for r in 0..M {
                 let a = xs[r][kk];
                 for j in 0..NR {
@@ -165,19 +241,35 @@ fn row_block<const M: usize, const FMA: bool>(
                 out[j] = if accumulate { out[j] + v } else { v };
             }
         }
-        j0 += NR;
     }
-    // Remaining columns (narrow outputs such as the action or Q heads).
-    for r in r0..r0 + M {
-        for j in full_cols..n {
+}
+
+/// The last `n % 16` columns of every row (narrow outputs: the action or Q heads).
+#[inline(always)]
+fn tail_columns<const FMA: bool>(
+    x: &[f32],
+    rows: usize,
+    w: &Packed,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    y: &mut [f32],
+) {
+    let (k, n) = (w.k, w.n);
+    let full = n / NR * NR;
+    let t = n - full;
+    if t == 0 {
+        return;
+    }
+    for r in 0..rows {
+        for j in 0..t {
             let mut v = 0.0f32;
             for kk in 0..k {
-                v = madd::<FMA>(x[r * k + kk], w[kk * n + j], v);
+                v = madd::<FMA>(x[r * k + kk], w.tail[kk * t + j], v);
             }
             if let Some(b) = bias {
-                v += b[j];
+                v += b[full + j];
             }
-            let out = &mut y[r * n + j];
+            let out = &mut y[r * n + full + j];
             *out = if accumulate { *out + v } else { v };
         }
     }
@@ -191,7 +283,7 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
-    let i = (x * std::f32::consts::LOG2_E).round();
+    let i = (x * std::f32::consts::LOG2_E).round_ties_even();
     let g = (x - i * LN2_HI) - i * LN2_LO;
     let p = 1.0
         + g * (1.0
@@ -256,7 +348,7 @@ mod tests {
             let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
             let mut y = vec![0.5; rows * n];
-            dense(&x, rows, &w, k, n, Some(&b), true, &mut y);
+            dense(&x, rows, &Packed::new(&w, k, n), Some(&b), true, &mut y);
             for r in 0..rows {
                 for j in 0..n {
                     let want =

@@ -30,7 +30,7 @@ mod ort_backend;
 mod tract_backend;
 mod two_speed;
 
-pub use kernels::{dense as dense_kernel, kernel_name};
+pub use kernels::{Packed as PackedWeights, dense as dense_kernel, kernel_name};
 pub use native::NativeNetworks;
 #[cfg(feature = "ort")]
 pub use ort_backend::OrtNetworks;

@@ -7,7 +7,7 @@
 //! burn and tract within 1e-4.
 
 use super::Networks;
-use super::kernels::{dense, exp, layer_norm, silu, silu_into};
+use super::kernels::{Packed, dense, exp, layer_norm, silu, silu_into};
 use anyhow::{Context, Result, bail, ensure};
 use shared_model::VerifiedBundle;
 use shared_model::graphs::{LAYER_NORM_EPS, LOG_STD_MAX, LOG_STD_MIN};
@@ -73,7 +73,7 @@ impl Weights {
         Ok(Dense {
             d_in: d[0],
             d_out: d[1],
-            w: w.to_vec(),
+            w: Packed::new(w, d[0], d[1]),
             b,
         })
     }
@@ -82,7 +82,7 @@ impl Weights {
 struct Dense {
     d_in: usize,
     d_out: usize,
-    w: Vec<f32>,
+    w: Packed,
     b: Option<Vec<f32>>,
 }
 
@@ -92,8 +92,6 @@ impl Dense {
             x,
             rows,
             &self.w,
-            self.d_in,
-            self.d_out,
             self.b.as_deref(),
             accumulate,
             &mut y[..rows * self.d_out],
@@ -127,13 +125,12 @@ struct Edit {
     log_std: Dense,
 }
 
-/// One critic layer: weights `[E, d_in, d_out]` (the first split by input), bias and
-/// norm parameters `[E, d_out]`.
+/// One critic layer: a packed weight per member (the first layer's split by input),
+/// bias and norm parameters `[E, d_out]`.
 struct CriticLayer {
-    d_in: usize,
     d_out: usize,
-    w: Vec<f32>,
-    w_action: Vec<f32>,
+    w: Vec<Packed>,
+    w_action: Vec<Packed>,
     bias: Vec<f32>,
     norm: Option<(Vec<f32>, Vec<f32>)>,
 }
@@ -213,15 +210,24 @@ impl NativeNetworks {
                 let mut layers = vec![];
                 let mut members = 0;
                 for i in 0..depth {
-                    let (w_main, w_action, d_in) = if i == 0 {
+                    // [E, k, n] → one packed [k, n] per member.
+                    let per_member = |d: &[usize], v: &[f32]| -> Result<Vec<Packed>> {
+                        ensure!(
+                            d.len() == 3,
+                            "{}: critic layer {i} is not [E, in, out]",
+                            f.file
+                        );
+                        Ok(v.chunks_exact(d[1] * d[2])
+                            .map(|m| Packed::new(m, d[1], d[2]))
+                            .collect())
+                    };
+                    let (w_main, w_action) = if i == 0 {
                         let (d, wo) = w.get("layers.0.obs.weight")?;
                         let (da, wa) = w.get("layers.0.action.weight")?;
-                        ensure!(d.len() == 3 && da.len() == 3, "{}: bad first layer", f.file);
-                        (wo.to_vec(), wa.to_vec(), d[1])
+                        (per_member(d, wo)?, per_member(da, wa)?)
                     } else {
                         let (d, wm) = w.get(&format!("layers.{i}.weight"))?;
-                        ensure!(d.len() == 3, "{}: bad layer {i}", f.file);
-                        (wm.to_vec(), vec![], d[1])
+                        (per_member(d, wm)?, vec![])
                     };
                     let (bd, bias) = w.get(&format!("layers.{i}.bias"))?;
                     members = bd[0];
@@ -235,7 +241,6 @@ impl NativeNetworks {
                         None
                     };
                     layers.push(CriticLayer {
-                        d_in,
                         d_out,
                         w: w_main,
                         w_action,
@@ -403,7 +408,6 @@ impl Networks for NativeNetworks {
         let e_count = c.members;
         self.reserve(rows, width);
         let c = self.critic.as_ref().unwrap();
-        let (od, ad) = (self.obs_dim, self.act_dim);
         for (k, &member) in members.iter().enumerate() {
             ensure!(
                 (0..e_count as i64).contains(&member),
@@ -415,27 +419,22 @@ impl Networks for NativeNetworks {
                 let h = l.d_out;
                 let bias = &l.bias[m * h..(m + 1) * h];
                 if i == 0 {
-                    let wo = &l.w[m * od * h..(m + 1) * od * h];
-                    let wa = &l.w_action[m * ad * h..(m + 1) * ad * h];
-                    dense(obs, 1, wo, od, h, Some(bias), false, &mut self.row[..h]);
-                    dense(actions, rows, wa, ad, h, None, false, &mut next[..rows * h]);
+                    dense(obs, 1, &l.w[m], Some(bias), false, &mut self.row[..h]);
+                    dense(
+                        actions,
+                        rows,
+                        &l.w_action[m],
+                        None,
+                        false,
+                        &mut next[..rows * h],
+                    );
                     for r in next[..rows * h].chunks_exact_mut(h) {
                         for (v, o) in r.iter_mut().zip(&self.row[..h]) {
                             *v += o;
                         }
                     }
                 } else {
-                    let w = &l.w[m * l.d_in * h..(m + 1) * l.d_in * h];
-                    dense(
-                        cur,
-                        rows,
-                        w,
-                        l.d_in,
-                        h,
-                        Some(bias),
-                        false,
-                        &mut next[..rows * h],
-                    );
+                    dense(cur, rows, &l.w[m], Some(bias), false, &mut next[..rows * h]);
                 }
                 if let Some((gamma, beta)) = &l.norm {
                     layer_norm(

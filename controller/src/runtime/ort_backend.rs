@@ -29,7 +29,16 @@ pub struct OrtNetworks {
     _env: Environment,
 }
 
+/// onnxruntime allows one environment per process; every bundle loaded shares it.
 fn environment() -> Result<Environment> {
+    static ENV: std::sync::OnceLock<std::result::Result<Environment, String>> =
+        std::sync::OnceLock::new();
+    ENV.get_or_init(|| create_environment().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn create_environment() -> Result<Environment> {
     let path = std::env::var("ORT_DYLIB_PATH").map_err(|_| {
         anyhow!("the ort backend needs ORT_DYLIB_PATH pointing at libonnxruntime.so (see the controller README)")
     })?;

@@ -34,7 +34,7 @@ fn load(bytes: &[u8], file: &str, inputs: &[(DatumType, Vec<usize>)]) -> Result<
         .with_context(|| {
             format!("{file}: tract cannot optimize the graph for shapes {inputs:?}")
         })?;
-    Ok(TypedSimpleState::new(&plan)?)
+    TypedSimpleState::new(&plan)
 }
 
 impl TractNetworks {
