@@ -1,0 +1,143 @@
+//! `sim-firmware`: a simulated robot behind the wire protocol, on a pseudo-terminal or
+//! a serial device. See the `hil-tests` crate docs.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use firmware_config::RobotConfig;
+use hil_tests::faults::FaultSpec;
+use hil_tests::firmware::{FirmwareOptions, Pacing, SimFirmware, run};
+use hil_tests::link::{Port, Pty, SerialLink};
+use sim::{EnvConfig, Reward, TaskId};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Simulated robot firmware speaking the EXPO wire protocol"
+)]
+struct Args {
+    /// Task to simulate: arm-reach, push or maze.
+    #[arg(long)]
+    task: TaskId,
+    /// Robot config (TOML). Default: the task's built-in file from firmware-config/robots.
+    #[arg(long)]
+    robot: Option<PathBuf>,
+    /// Seed for fault injection and simulated reboots (episodes take the seed of `Reset`).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Open a pseudo-terminal and print `PTY <slave path>` as the first line of stdout.
+    #[arg(long)]
+    pty: bool,
+    /// Serial device to open instead of a pty.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// Baud rate for --device (default: the robot file's serial.baud).
+    #[arg(long)]
+    baud: Option<u32>,
+    /// Step as soon as a command arrives instead of once per control period.
+    #[arg(long)]
+    lockstep: bool,
+    /// Run the firmware's clock this many times faster than the wall clock.
+    #[arg(long, default_value_t = 1.0)]
+    rate_scale: f64,
+    /// Override the robot file's command_timeout_ms.
+    #[arg(long)]
+    command_timeout_ms: Option<u64>,
+    /// Fault injection spec, e.g. `seed=3,after=4,flip=0.001,stall_after=40:500`.
+    #[arg(long, default_value = "")]
+    faults: FaultSpec,
+    /// Reward shaping: sparse or dense.
+    #[arg(long, default_value = "sparse", value_parser = parse_reward)]
+    reward: Reward,
+    /// arm-reach only: vertical arm under gravity.
+    #[arg(long)]
+    gravity: bool,
+    /// Exit after this many seconds (default: run until killed).
+    #[arg(long)]
+    max_seconds: Option<f64>,
+}
+
+fn parse_reward(s: &str) -> Result<Reward, String> {
+    match s {
+        "sparse" => Ok(Reward::Sparse),
+        "dense" => Ok(Reward::Dense),
+        _ => Err(format!("expected sparse or dense, found '{s}'")),
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !(args.rate_scale.is_finite() && args.rate_scale > 0.0) {
+        bail!(
+            "--rate-scale must be a positive number, found {}",
+            args.rate_scale
+        );
+    }
+    let robot = match &args.robot {
+        Some(path) => RobotConfig::load(path)?,
+        None => RobotConfig::example(args.task.name())
+            .with_context(|| format!("no built-in robot file for task {}", args.task))?,
+    };
+    if args.pty == args.device.is_some() {
+        bail!("give exactly one of --pty and --device PATH");
+    }
+    let baud = args.baud.unwrap_or(robot.serial.baud);
+    let robot_name = robot.robot.clone();
+    let opts = FirmwareOptions {
+        task: args.task,
+        env: EnvConfig {
+            reward: args.reward,
+            gravity: args.gravity,
+        },
+        robot,
+        pacing: if args.lockstep {
+            Pacing::Lockstep
+        } else {
+            Pacing::RealTime
+        },
+        command_timeout: args.command_timeout_ms.map(Duration::from_millis),
+        seed: args.seed,
+        faults: args.faults.clone(),
+    };
+    let mut fw = SimFirmware::new(opts)?;
+    let mut port: Box<dyn Port> = match &args.device {
+        Some(dev) => Box::new(
+            SerialLink::open(dev, baud).with_context(|| format!("opening {}", dev.display()))?,
+        ),
+        None => {
+            let pty = Pty::open().context("opening a pseudo-terminal")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "PTY {}", pty.path().display())?;
+            out.flush()?;
+            Box::new(pty.into_port())
+        }
+    };
+    eprintln!(
+        "sim-firmware: task {}, robot '{}', {} Hz, {}, rate scale {}, faults '{}'",
+        args.task,
+        robot_name,
+        fw.hello().control_hz,
+        if args.lockstep {
+            "lockstep"
+        } else {
+            "real time"
+        },
+        args.rate_scale,
+        if args.faults.is_clean() { "none" } else { "on" },
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(secs) = args.max_seconds {
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(secs.max(0.0)));
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let report = run(&mut fw, port.as_mut(), args.rate_scale, &stop)?;
+    eprintln!("sim-firmware: {report:?}");
+    Ok(())
+}

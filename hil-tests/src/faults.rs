@@ -1,0 +1,580 @@
+//! Fault injection on the simulated firmware's side of the link, reproducible from a
+//! seed.
+//!
+//! Two kinds of faults:
+//!
+//! - **Link faults** act on the outgoing byte stream, one encoded frame at a time
+//!   ([`FaultInjector::process_frame`]): dropped bytes, flipped bits, truncated frames
+//!   (the cut takes the delimiter with it, so the receiver's next block is damaged too),
+//!   garbage between frames, duplicated frames, reordered frames (one frame held back
+//!   and sent after the next), stalls (the firmware's output stops for a while), and a
+//!   wrong protocol version in every header (with a valid CRC, so the receiver sees a
+//!   version mismatch rather than noise).
+//! - **Firmware faults** need the firmware's cooperation, which asks the injector at the
+//!   right moments: NaN in sensor data ([`FaultInjector::corrupt_sensor`]), a simulated
+//!   reboot mid-episode ([`FaultInjector::reboot_now`]: the firmware restarts its
+//!   sequence numbers and clock, sends `Hello` again and starts a new episode with a new
+//!   id) and a wrong schema hash in its `Hello`.
+//!
+//! Every random choice comes from one [`sim::rng::Rng`] seeded from the spec, so a seed
+//! and the same sequence of frames reproduce the same damage byte for byte.
+//!
+//! # Spec strings
+//!
+//! `--faults` takes comma-separated `key=value` items; probabilities are in `[0, 1]`:
+//!
+//! | key | value | effect |
+//! |---|---|---|
+//! | `seed` | u64 | generator seed (default: the firmware's `--seed`) |
+//! | `after` | frames | link faults start after this many clean frames (lets the handshake through) |
+//! | `drop` | p per byte | the byte is not sent |
+//! | `flip` | p per byte | one random bit of the byte is flipped |
+//! | `truncate` | p per frame | the frame is cut at a random point, delimiter included |
+//! | `garbage` | p per frame | 1 to 32 random bytes go out before the frame |
+//! | `dup` | p per frame | the frame is sent twice |
+//! | `reorder` | p per frame | the frame is held back and sent after the next one |
+//! | `stall` | `p:ms` | with probability p per frame, output stops for ms before it |
+//! | `stall_after` | `n:ms` | once, output stops for ms before frame n (counting from 1) |
+//! | `reboot_at` | step | once, the firmware reboots when an episode reaches this step |
+//! | `version` | u8 | every frame's header carries this protocol version |
+//! | `schema` | u32 (`0x` hex ok) | the firmware's `Hello` carries this schema hash |
+//! | `nan` | p per sensor frame | one observation value is sent as NaN |
+//!
+//! Example: `seed=3,after=4,flip=0.001,dup=0.01,stall_after=40:500`.
+
+use firmware_config::protocol::{
+    CRC_LEN, MAX_FRAME, MAX_RAW_FRAME, cobs_decode, cobs_encode, crc32,
+};
+use sim::rng::Rng;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which faults to inject and how often. `Default` injects nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultSpec {
+    pub seed: Option<u64>,
+    pub after_frames: u64,
+    pub drop_byte: f32,
+    pub flip_bit: f32,
+    pub truncate: f32,
+    pub garbage: f32,
+    pub duplicate: f32,
+    pub reorder: f32,
+    pub stall: Option<(f32, Duration)>,
+    pub stall_after: Option<(u64, Duration)>,
+    pub reboot_at_step: Option<u32>,
+    pub version: Option<u8>,
+    pub schema_hash: Option<u32>,
+    pub nan_sensor: f32,
+}
+
+/// A spec string that did not parse.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("fault spec item '{item}': {reason}")]
+pub struct FaultSpecError {
+    pub item: String,
+    pub reason: String,
+}
+
+impl FromStr for FaultSpec {
+    type Err = FaultSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut spec = FaultSpec::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let err = |reason: &str| FaultSpecError {
+                item: item.to_string(),
+                reason: reason.to_string(),
+            };
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| err("expected key=value"))?;
+            let prob = |v: &str| -> Result<f32, FaultSpecError> {
+                let p: f32 = v.parse().map_err(|_| err("expected a probability"))?;
+                if (0.0..=1.0).contains(&p) {
+                    Ok(p)
+                } else {
+                    Err(err("probability must be in [0, 1]"))
+                }
+            };
+            let int = |v: &str| -> Result<u64, FaultSpecError> {
+                match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16),
+                    None => v.parse(),
+                }
+                .map_err(|_| err("expected an integer"))
+            };
+            let pair = |v: &'_ str| -> Result<(String, Duration), FaultSpecError> {
+                let (a, ms) = v
+                    .split_once(':')
+                    .ok_or_else(|| err("expected VALUE:MILLISECONDS"))?;
+                Ok((a.to_string(), Duration::from_millis(int(ms)?)))
+            };
+            match key {
+                "seed" => spec.seed = Some(int(value)?),
+                "after" => spec.after_frames = int(value)?,
+                "drop" => spec.drop_byte = prob(value)?,
+                "flip" => spec.flip_bit = prob(value)?,
+                "truncate" => spec.truncate = prob(value)?,
+                "garbage" => spec.garbage = prob(value)?,
+                "dup" => spec.duplicate = prob(value)?,
+                "reorder" => spec.reorder = prob(value)?,
+                "nan" => spec.nan_sensor = prob(value)?,
+                "stall" => {
+                    let (p, d) = pair(value)?;
+                    spec.stall = Some((prob(&p)?, d));
+                }
+                "stall_after" => {
+                    let (n, d) = pair(value)?;
+                    spec.stall_after = Some((int(&n)?, d));
+                }
+                "reboot_at" => {
+                    spec.reboot_at_step =
+                        Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
+                }
+                "version" => {
+                    spec.version =
+                        Some(u8::try_from(int(value)?).map_err(|_| err("version is a u8"))?)
+                }
+                "schema" => {
+                    spec.schema_hash =
+                        Some(u32::try_from(int(value)?).map_err(|_| err("schema hash is a u32"))?)
+                }
+                _ => {
+                    return Err(err(
+                        "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
+                         dup, reorder, stall, stall_after, reboot_at, version, schema, nan",
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+impl FaultSpec {
+    /// True if the spec injects nothing.
+    pub fn is_clean(&self) -> bool {
+        FaultSpec {
+            seed: None,
+            ..self.clone()
+        } == FaultSpec::default()
+    }
+}
+
+/// What the injector tells the writer to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emit {
+    Bytes(Vec<u8>),
+    /// Send nothing for this long (the firmware's output is stuck).
+    Stall(Duration),
+}
+
+/// How many faults of each kind were injected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    pub frames: u64,
+    pub dropped_bytes: u64,
+    pub flipped_bits: u64,
+    pub truncated: u64,
+    pub garbage: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub stalls: u64,
+    pub reboots: u64,
+    pub version_rewrites: u64,
+    pub nan_sensors: u64,
+}
+
+/// Applies a [`FaultSpec`], reproducibly.
+#[derive(Clone, Debug)]
+pub struct FaultInjector {
+    spec: FaultSpec,
+    rng: Rng,
+    held: Option<Vec<u8>>,
+    rebooted: bool,
+    stats: FaultStats,
+}
+
+impl FaultInjector {
+    /// An injector for `spec`; `default_seed` is used when the spec names none.
+    pub fn new(spec: FaultSpec, default_seed: u64) -> Self {
+        let rng = Rng::new(spec.seed.unwrap_or(default_seed) ^ 0x6661_756c_7473); // "faults"
+        FaultInjector {
+            spec,
+            rng,
+            held: None,
+            rebooted: false,
+            stats: FaultStats::default(),
+        }
+    }
+
+    /// An injector that injects nothing.
+    pub fn none() -> Self {
+        Self::new(FaultSpec::default(), 0)
+    }
+
+    pub fn spec(&self) -> &FaultSpec {
+        &self.spec
+    }
+
+    pub fn stats(&self) -> FaultStats {
+        self.stats
+    }
+
+    /// Passes one encoded frame (delimiter included) through the link faults and
+    /// appends what to do to `out`.
+    pub fn process_frame(&mut self, wire: &[u8], out: &mut Vec<Emit>) {
+        self.stats.frames += 1;
+        let index = self.stats.frames;
+        let mut bytes = wire.to_vec();
+        if let Some(v) = self.spec.version
+            && let Some(rewritten) = with_version(wire, v)
+        {
+            bytes = rewritten;
+            self.stats.version_rewrites += 1;
+        }
+        if let Some((n, d)) = self.spec.stall_after
+            && index == n
+        {
+            self.stats.stalls += 1;
+            out.push(Emit::Stall(d));
+        }
+        if index <= self.spec.after_frames {
+            out.push(Emit::Bytes(bytes));
+            return;
+        }
+        let s = self.spec.clone();
+        if let Some((p, d)) = s.stall
+            && self.rng.chance(p)
+        {
+            self.stats.stalls += 1;
+            out.push(Emit::Stall(d));
+        }
+        if self.rng.chance(s.truncate) && bytes.len() > 1 {
+            let keep = self.rng.below(bytes.len() as u32 - 1) as usize;
+            bytes.truncate(keep);
+            self.stats.truncated += 1;
+        }
+        if s.flip_bit > 0.0 {
+            for b in bytes.iter_mut() {
+                if self.rng.chance(s.flip_bit) {
+                    *b ^= 1 << self.rng.below(8);
+                    self.stats.flipped_bits += 1;
+                }
+            }
+        }
+        if s.drop_byte > 0.0 {
+            let before = bytes.len();
+            bytes.retain(|_| !self.rng.chance(s.drop_byte));
+            self.stats.dropped_bytes += (before - bytes.len()) as u64;
+        }
+        if self.rng.chance(s.garbage) {
+            let n = 1 + self.rng.below(32) as usize;
+            let mut g: Vec<u8> = (0..n).map(|_| self.rng.next_u64() as u8).collect();
+            g.extend_from_slice(&bytes);
+            bytes = g;
+            self.stats.garbage += 1;
+        }
+        let copies = if self.rng.chance(s.duplicate) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        let mut frame = Vec::with_capacity(bytes.len() * copies);
+        for _ in 0..copies {
+            frame.extend_from_slice(&bytes);
+        }
+        if let Some(held) = self.held.take() {
+            // Counted here, when the held frame really goes out after a later one.
+            self.stats.reordered += 1;
+            out.push(Emit::Bytes(frame));
+            out.push(Emit::Bytes(held));
+        } else if self.rng.chance(s.reorder) {
+            self.held = Some(frame);
+        } else {
+            out.push(Emit::Bytes(frame));
+        }
+    }
+
+    /// Releases a frame held back for reordering (e.g. before the firmware exits).
+    pub fn flush(&mut self, out: &mut Vec<Emit>) {
+        if let Some(held) = self.held.take() {
+            out.push(Emit::Bytes(held));
+        }
+    }
+
+    /// Maybe replaces one observation value by NaN; true if it did.
+    pub fn corrupt_sensor(&mut self, obs: &mut [f32]) -> bool {
+        if obs.is_empty() || !self.rng.chance(self.spec.nan_sensor) {
+            return false;
+        }
+        let i = self.rng.below(obs.len() as u32) as usize;
+        obs[i] = f32::NAN;
+        self.stats.nan_sensors += 1;
+        true
+    }
+
+    /// True once, when an episode reaches the configured reboot step.
+    pub fn reboot_now(&mut self, step: u32) -> bool {
+        if !self.rebooted && self.spec.reboot_at_step == Some(step) {
+            self.rebooted = true;
+            self.stats.reboots += 1;
+            return true;
+        }
+        false
+    }
+
+    /// The schema hash the firmware should announce.
+    pub fn schema_hash(&self, ours: u32) -> u32 {
+        self.spec.schema_hash.unwrap_or(ours)
+    }
+
+    /// A fresh seed for a simulated reboot's new episode.
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+/// Re-encodes a wire frame with another version byte and a matching CRC; `None` if it
+/// does not decode as COBS (then it is left alone).
+fn with_version(wire: &[u8], version: u8) -> Option<Vec<u8>> {
+    let block = wire.strip_suffix(&[0])?;
+    let mut raw = [0u8; MAX_RAW_FRAME];
+    let n = cobs_decode(block, &mut raw).ok()?;
+    if n < 1 + CRC_LEN {
+        return None;
+    }
+    raw[0] = version;
+    let crc = crc32(&raw[..n - CRC_LEN]);
+    raw[n - CRC_LEN..n].copy_from_slice(&crc.to_le_bytes());
+    let mut out = vec![0u8; MAX_FRAME];
+    let m = cobs_encode(&raw[..n], &mut out).ok()?;
+    out.truncate(m);
+    out.push(0);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firmware_config::protocol::{
+        Frame, FrameDecoder, FrameEncoder, FrameError, Message, SeqEvent, SeqTracker,
+    };
+
+    /// `n` sensor frames with sequence numbers 0..n.
+    fn frames(n: usize) -> Vec<Vec<u8>> {
+        let mut e = FrameEncoder::new();
+        (0..n)
+            .map(|i| {
+                let obs: Vec<f32> = (0..10).map(|k| (i * 10 + k) as f32 * 0.01).collect();
+                e.to_wire(
+                    i as u32 * 50_000,
+                    Message::sensor(0, i as u32, &obs).unwrap(),
+                )
+                .to_vec()
+            })
+            .collect()
+    }
+
+    fn run(spec: &str, input: &[Vec<u8>]) -> (Vec<Emit>, FaultStats) {
+        let mut inj = FaultInjector::new(spec.parse().unwrap(), 1);
+        let mut out = Vec::new();
+        for f in input {
+            inj.process_frame(f, &mut out);
+        }
+        inj.flush(&mut out);
+        (out, inj.stats())
+    }
+
+    fn bytes(out: &[Emit]) -> Vec<u8> {
+        out.iter()
+            .flat_map(|e| match e {
+                Emit::Bytes(b) => b.clone(),
+                Emit::Stall(_) => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Decodes a stream into (good frames, errors).
+    fn decode(stream: &[u8]) -> (Vec<Frame>, Vec<FrameError>) {
+        let mut d = FrameDecoder::new();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        d.feed(stream, |r| match r {
+            Ok(f) => ok.push(f),
+            Err(e) => bad.push(e),
+        });
+        (ok, bad)
+    }
+
+    #[test]
+    fn spec_parsing() {
+        let s: FaultSpec =
+            "seed=0x10, after=4,drop=0.5,flip=0.01,truncate=0.1,garbage=0.2,dup=0.3,\
+                            reorder=0.4,stall=0.05:200,stall_after=40:500,reboot_at=30,version=2,\
+                            schema=0xdeadbeef,nan=1"
+                .parse()
+                .unwrap();
+        assert_eq!(s.seed, Some(16));
+        assert_eq!(s.after_frames, 4);
+        assert_eq!(s.stall, Some((0.05, Duration::from_millis(200))));
+        assert_eq!(s.stall_after, Some((40, Duration::from_millis(500))));
+        assert_eq!(s.reboot_at_step, Some(30));
+        assert_eq!(s.version, Some(2));
+        assert_eq!(s.schema_hash, Some(0xdead_beef));
+        assert_eq!(s.nan_sensor, 1.0);
+        assert!(!s.is_clean());
+        assert!("".parse::<FaultSpec>().unwrap().is_clean());
+        assert!("seed=5".parse::<FaultSpec>().unwrap().is_clean());
+        for bad in [
+            "drop",
+            "drop=2",
+            "bogus=1",
+            "stall=0.1",
+            "version=300",
+            "after=x",
+        ] {
+            let e = bad.parse::<FaultSpec>().unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("fault spec item '{bad}'")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn clean_spec_passes_frames_through() {
+        let input = frames(20);
+        let (out, stats) = run("", &input);
+        assert_eq!(bytes(&out), input.concat());
+        assert_eq!(stats.frames, 20);
+    }
+
+    #[test]
+    fn same_seed_same_damage() {
+        let input = frames(200);
+        let spec = "seed=9,drop=0.01,flip=0.01,truncate=0.05,garbage=0.05,dup=0.05,reorder=0.05";
+        let (a, sa) = run(spec, &input);
+        let (b, sb) = run(spec, &input);
+        assert_eq!(a, b);
+        assert_eq!(sa, sb);
+        let (c, _) = run(&spec.replace("seed=9", "seed=10"), &input);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn dropped_and_flipped_bytes_are_detected_never_accepted_wrong() {
+        let input = frames(300);
+        let (out, stats) = run("flip=0.002,drop=0.002", &input);
+        assert!(
+            stats.flipped_bits > 0 && stats.dropped_bytes > 0,
+            "{stats:?}"
+        );
+        let (ok, bad) = decode(&bytes(&out));
+        assert!(!bad.is_empty());
+        assert!(ok.len() < 300 && ok.len() > 100, "{}", ok.len());
+        // Every accepted frame is one that was sent, unchanged.
+        for f in &ok {
+            assert_eq!(f.to_wire().as_slice(), input[f.seq as usize].as_slice());
+        }
+    }
+
+    #[test]
+    fn truncation_costs_the_next_frame_too() {
+        let input = frames(50);
+        let (out, stats) = run("truncate=0.2", &input);
+        assert!(stats.truncated > 0);
+        let (ok, bad) = decode(&bytes(&out));
+        for f in &ok {
+            assert_eq!(f.to_wire().as_slice(), input[f.seq as usize].as_slice());
+        }
+        // A cut frame loses its delimiter and merges with its successor, so at least
+        // as many frames are lost as were cut, and each loss shows up as an error
+        // (unless the cut left nothing at all of the frame).
+        assert!(50 - ok.len() as u64 >= stats.truncated);
+        assert!(!bad.is_empty());
+    }
+
+    #[test]
+    fn garbage_between_frames_forces_a_resync() {
+        let input = frames(100);
+        let (out, stats) = run("garbage=0.3", &input);
+        assert!(stats.garbage > 10);
+        let (ok, _) = decode(&bytes(&out));
+        for f in &ok {
+            assert_eq!(f.to_wire().as_slice(), input[f.seq as usize].as_slice());
+        }
+        // Garbage glues onto the next frame unless it happens to end in a zero.
+        assert!(ok.len() < 100);
+    }
+
+    #[test]
+    fn duplicates_and_reordering_show_in_sequence_numbers() {
+        let input = frames(200);
+        let (out, stats) = run("dup=0.1,reorder=0.1", &input);
+        assert!(stats.duplicated > 0 && stats.reordered > 0);
+        let (ok, bad) = decode(&bytes(&out));
+        assert!(bad.is_empty());
+        assert_eq!(ok.len() as u64, 200 + stats.duplicated);
+        let mut t = SeqTracker::new();
+        let mut stale = 0;
+        for f in &ok {
+            if t.observe(f.seq) == SeqEvent::Stale {
+                stale += 1;
+            }
+        }
+        // Each duplicate and each late (reordered) frame is stale.
+        assert_eq!(stale, stats.duplicated + stats.reordered);
+        let mut seqs: Vec<u16> = ok.iter().map(|f| f.seq).collect();
+        seqs.sort();
+        seqs.dedup();
+        assert_eq!(seqs, (0..200).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn stalls_are_emitted_before_their_frame() {
+        let input = frames(10);
+        let (out, stats) = run("stall_after=3:500", &input);
+        assert_eq!(stats.stalls, 1);
+        assert_eq!(out[2], Emit::Stall(Duration::from_millis(500)));
+        assert_eq!(out[3], Emit::Bytes(input[2].clone()));
+        let (out, stats) = run("stall=1:20", &input);
+        assert_eq!(stats.stalls, 10);
+        assert_eq!(out.len(), 20);
+    }
+
+    #[test]
+    fn after_keeps_the_first_frames_clean() {
+        let input = frames(10);
+        let (out, _) = run("after=4,drop=1", &input);
+        assert_eq!(bytes(&out), input[..4].concat());
+    }
+
+    #[test]
+    fn wrong_version_has_a_valid_crc() {
+        let input = frames(5);
+        let (out, stats) = run("version=7", &input);
+        assert_eq!(stats.version_rewrites, 5);
+        let (ok, bad) = decode(&bytes(&out));
+        assert!(ok.is_empty());
+        assert_eq!(bad, vec![FrameError::Version { received: 7 }; 5]);
+    }
+
+    #[test]
+    fn firmware_hooks() {
+        let mut inj = FaultInjector::new("nan=1,reboot_at=5,schema=0x1234".parse().unwrap(), 3);
+        let mut obs = [0.5f32; 6];
+        assert!(inj.corrupt_sensor(&mut obs));
+        assert_eq!(obs.iter().filter(|x| x.is_nan()).count(), 1);
+        assert!(!inj.reboot_now(4));
+        assert!(inj.reboot_now(5));
+        assert!(!inj.reboot_now(5), "a reboot happens once");
+        assert_eq!(inj.schema_hash(99), 0x1234);
+        let mut clean = FaultInjector::none();
+        let mut obs = [0.5f32; 6];
+        assert!(!clean.corrupt_sensor(&mut obs));
+        assert_eq!(clean.schema_hash(99), 99);
+    }
+}

@@ -1,0 +1,599 @@
+//! The simulated firmware: a `sim` task behind the wire protocol, with its own
+//! command watchdog.
+//!
+//! [`SimFirmware`] is the firmware's logic as a state machine driven by an explicit
+//! clock (`now`, time since the firmware started): feed it frames with
+//! [`SimFirmware::on_frame`], let time pass with [`SimFirmware::poll`], and send what
+//! [`SimFirmware::take_outbox`] returns. Tests drive it with a virtual clock; [`run`]
+//! drives it with the wall clock over a [`Port`].
+//!
+//! # Behaviour
+//!
+//! ```text
+//!  AwaitHello ──Hello ok──► Idle ──Reset──► Running ──done──► Ended ──Reset──► Running …
+//!      ▲  (mismatch: answer Hello,   ▲                │  Estop (any state after Hello)
+//!      │   stay here)               └──Hello─────────┤        ▼
+//!                                                    └────► Estopped ──Reset──► Running
+//! ```
+//!
+//! - **Handshake.** Nothing happens before a `Hello`. The firmware answers every
+//!   `Hello` with its own (protocol version, schema hash, the task's dimensions and
+//!   the robot's control rate); if the controller's differs it stays in `AwaitHello`
+//!   and ignores everything else. A frame with another protocol version is answered
+//!   with the firmware's `Hello` too (at most every 100 ms), so the controller can say
+//!   which version the firmware speaks.
+//! - **Episodes.** `Reset { seed }` resets the simulator with `seed`, then sends
+//!   `EpisodeStart` and the step-0 `Sensor`. Every control step sends `Sensor` (the new
+//!   observation) and `Reward` (that step's outcome) with the episode id and step
+//!   number; the step that terminates or truncates (horizon) the episode is followed by
+//!   `EpisodeEnd`, and the firmware waits for the next `Reset`.
+//! - **Pacing.** [`Pacing::RealTime`]: one step per control period (`1 / control_hz`),
+//!   with the newest command (zero-order hold). [`Pacing::Lockstep`]: a step as soon as
+//!   a command arrives, so tests and training can run faster than real time.
+//! - **Watchdog.** With no valid command for the command timeout (the robot file's
+//!   `command_timeout_ms`), the firmware sends `Fault { Watchdog }` once and holds:
+//!   it keeps stepping at the control rate with the zero action, which in all three
+//!   tasks holds position (velocity command 0 for `push` and `maze`; joint target =
+//!   current position for `arm-reach`). The next valid command ends the hold.
+//! - **Commands** are in robot units (`firmware_config::config::ActionConfig`) and are
+//!   mapped back to the simulator's units. A command of the wrong length or with a
+//!   non-finite value is answered with `Fault { InvalidCommand }` and replaced by the
+//!   hold action (in lockstep it still takes its step, so the controller is not left
+//!   waiting); it does not feed the watchdog.
+//! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`.
+//! - **Heartbeat** is answered with a `Heartbeat`; while no episode runs the firmware
+//!   also sends one every 250 ms.
+//! - **Clock.** Frame timestamps are µs since the firmware (re)booted, on the clock
+//!   that drives it (with `--rate-scale`, simulated time).
+
+use crate::faults::{Emit, FaultInjector, FaultSpec, FaultStats};
+use crate::link::Port;
+use firmware_config::RobotConfig;
+use firmware_config::protocol::{
+    DecoderStats, FaultCode, Frame, FrameDecoder, FrameEncoder, FrameError, Hello, Message,
+};
+use sim::{Env, EnvConfig, TaskId};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How control steps are timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// One step per control period, like a real robot.
+    RealTime,
+    /// A step per received command; time only drives the watchdog and its hold steps.
+    Lockstep,
+}
+
+/// Everything the simulated firmware needs.
+#[derive(Clone, Debug)]
+pub struct FirmwareOptions {
+    pub task: TaskId,
+    pub env: EnvConfig,
+    pub robot: RobotConfig,
+    pub pacing: Pacing,
+    /// Overrides the robot file's `command_timeout_ms`.
+    pub command_timeout: Option<Duration>,
+    /// Seeds the fault injector (unless its spec has a seed) and simulated reboots.
+    pub seed: u64,
+    pub faults: FaultSpec,
+}
+
+impl FirmwareOptions {
+    /// Real-time pacing, no faults, the task's default environment options.
+    pub fn new(task: TaskId, robot: RobotConfig) -> Self {
+        FirmwareOptions {
+            task,
+            env: EnvConfig::default(),
+            robot,
+            pacing: Pacing::RealTime,
+            command_timeout: None,
+            seed: 0,
+            faults: FaultSpec::default(),
+        }
+    }
+}
+
+/// Why the simulated firmware could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum FirmwareError {
+    #[error(
+        "robot '{robot}' does not fit task {task}: {field} is {robot_value} in the robot file, {task_value} in the task"
+    )]
+    Mismatch {
+        robot: String,
+        task: TaskId,
+        field: &'static str,
+        robot_value: u32,
+        task_value: u32,
+    },
+    #[error("serial link: {0}")]
+    Io(#[from] io::Error),
+    #[error("the firmware thread panicked")]
+    Panicked,
+}
+
+/// Where the firmware is in its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirmwareState {
+    AwaitHello,
+    Idle,
+    Running,
+    Ended,
+    Estopped,
+}
+
+/// What the firmware did, for tests and the end-of-run summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirmwareStats {
+    pub handshakes: u32,
+    pub handshake_refusals: u32,
+    pub episodes: u32,
+    pub steps: u64,
+    /// Steps taken with the hold action (watchdog, invalid command, no command yet).
+    pub hold_steps: u64,
+    pub commands: u64,
+    pub invalid_commands: u64,
+    /// Messages that made no sense in the current state (e.g. a command before `Reset`).
+    pub ignored_messages: u64,
+    pub watchdog_trips: u32,
+    pub estops: u32,
+    pub frame_errors: u64,
+    /// Real-time ticks skipped because the firmware fell more than a period behind.
+    pub overruns: u64,
+    pub reboots: u32,
+}
+
+/// How often the firmware sends a heartbeat while no episode runs.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(250);
+/// Least time between two `Hello`s sent in answer to version-mismatched frames.
+const VERSION_HELLO_PERIOD: Duration = Duration::from_millis(100);
+/// Longest [`SimFirmware::poll`] asks the caller to wait.
+const MAX_WAIT: Duration = Duration::from_millis(250);
+
+/// The simulated firmware's logic. See the module docs.
+pub struct SimFirmware {
+    robot: RobotConfig,
+    pacing: Pacing,
+    period: Duration,
+    timeout: Duration,
+    env: Box<dyn Env>,
+    hello: Hello,
+    obs: Vec<f32>,
+    /// The newest valid command, in simulator units.
+    action: Vec<f32>,
+    has_command: bool,
+    zero: Vec<f32>,
+    state: FirmwareState,
+    next_episode: u32,
+    episode: u32,
+    step: u32,
+    last_command_at: Duration,
+    watchdog_tripped: bool,
+    next_tick: Duration,
+    last_heartbeat: Duration,
+    last_version_hello: Option<Duration>,
+    boot_at: Duration,
+    encoder: FrameEncoder,
+    outbox: Vec<Frame>,
+    faults: FaultInjector,
+    stats: FirmwareStats,
+}
+
+impl SimFirmware {
+    /// Checks that the robot file fits the task and builds the firmware.
+    pub fn new(opts: FirmwareOptions) -> Result<SimFirmware, FirmwareError> {
+        let spec = opts.task.spec();
+        let r = &opts.robot;
+        let checks = [
+            (
+                "observation.dim",
+                r.observation.dim as u32,
+                spec.obs_dim() as u32,
+            ),
+            ("action.dim", r.action.dim as u32, spec.action_dim() as u32),
+            ("control_hz", r.control_hz, spec.control_hz),
+        ];
+        for (field, robot_value, task_value) in checks {
+            if robot_value != task_value {
+                return Err(FirmwareError::Mismatch {
+                    robot: r.robot.clone(),
+                    task: opts.task,
+                    field,
+                    robot_value,
+                    task_value,
+                });
+            }
+        }
+        let faults = FaultInjector::new(opts.faults.clone(), opts.seed);
+        let mut hello = r.hello();
+        hello.schema_hash = faults.schema_hash(hello.schema_hash);
+        Ok(SimFirmware {
+            period: r.control_period(),
+            timeout: opts.command_timeout.unwrap_or(r.command_timeout()),
+            pacing: opts.pacing,
+            env: sim::make_env(opts.task, opts.env),
+            hello,
+            obs: vec![0.0; spec.obs_dim()],
+            action: vec![0.0; spec.action_dim()],
+            has_command: false,
+            zero: vec![0.0; spec.action_dim()],
+            state: FirmwareState::AwaitHello,
+            next_episode: 0,
+            episode: 0,
+            step: 0,
+            last_command_at: Duration::ZERO,
+            watchdog_tripped: false,
+            next_tick: Duration::ZERO,
+            last_heartbeat: Duration::ZERO,
+            last_version_hello: None,
+            boot_at: Duration::ZERO,
+            encoder: FrameEncoder::new(),
+            outbox: Vec::new(),
+            faults,
+            stats: FirmwareStats::default(),
+            robot: opts.robot,
+        })
+    }
+
+    pub fn state(&self) -> FirmwareState {
+        self.state
+    }
+
+    pub fn stats(&self) -> FirmwareStats {
+        self.stats
+    }
+
+    /// The `Hello` this firmware announces.
+    pub fn hello(&self) -> Hello {
+        self.hello
+    }
+
+    /// The current episode id and step.
+    pub fn episode_step(&self) -> (u32, u32) {
+        (self.episode, self.step)
+    }
+
+    /// True while the watchdog holds.
+    pub fn watchdog_tripped(&self) -> bool {
+        self.watchdog_tripped
+    }
+
+    pub fn faults_mut(&mut self) -> &mut FaultInjector {
+        &mut self.faults
+    }
+
+    /// Frames to send, oldest first.
+    pub fn take_outbox(&mut self) -> Vec<Frame> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn send(&mut self, now: Duration, message: Message) {
+        // µs since boot, wrapping like the header field.
+        let stamp = now.saturating_sub(self.boot_at).as_micros() as u32;
+        let frame = self.encoder.frame(stamp, message);
+        self.outbox.push(frame);
+    }
+
+    fn handshaken(&self) -> bool {
+        self.state != FirmwareState::AwaitHello
+    }
+
+    /// Handles one received frame.
+    pub fn on_frame(&mut self, now: Duration, frame: Frame) {
+        match frame.message {
+            Message::Hello(peer) => {
+                let ours = self.hello;
+                self.send(now, Message::Hello(ours));
+                if ours.check_peer(&peer).is_ok() {
+                    self.stats.handshakes += 1;
+                    self.state = FirmwareState::Idle;
+                    self.last_heartbeat = now;
+                } else {
+                    self.stats.handshake_refusals += 1;
+                    self.state = FirmwareState::AwaitHello;
+                }
+            }
+            _ if !self.handshaken() => self.stats.ignored_messages += 1,
+            Message::Reset { seed } => self.start_episode(now, seed),
+            Message::Command { action } => self.on_command(now, &action),
+            Message::Heartbeat => self.send(now, Message::Heartbeat),
+            Message::Estop => {
+                self.stats.estops += 1;
+                self.state = FirmwareState::Estopped;
+                self.watchdog_tripped = false;
+                self.send(
+                    now,
+                    Message::Fault {
+                        code: FaultCode::Estop,
+                    },
+                );
+            }
+            _ => self.stats.ignored_messages += 1,
+        }
+    }
+
+    /// Counts a bad frame; answers a version mismatch with our `Hello`.
+    pub fn on_frame_error(&mut self, now: Duration, err: &FrameError) {
+        self.stats.frame_errors += 1;
+        if let FrameError::Version { .. } = err {
+            let due = self
+                .last_version_hello
+                .is_none_or(|t| now.saturating_sub(t) >= VERSION_HELLO_PERIOD);
+            if due {
+                self.last_version_hello = Some(now);
+                let ours = self.hello;
+                self.send(now, Message::Hello(ours));
+            }
+        }
+    }
+
+    fn start_episode(&mut self, now: Duration, seed: u64) {
+        self.episode = self.next_episode;
+        self.next_episode = self.next_episode.wrapping_add(1);
+        self.step = 0;
+        self.env.reset(seed, &mut self.obs);
+        self.state = FirmwareState::Running;
+        self.stats.episodes += 1;
+        self.has_command = false;
+        self.watchdog_tripped = false;
+        self.last_command_at = now;
+        self.next_tick = now + self.period;
+        self.send(
+            now,
+            Message::EpisodeStart {
+                episode: self.episode,
+                seed,
+            },
+        );
+        self.send_sensor(now);
+    }
+
+    fn send_sensor(&mut self, now: Duration) {
+        let mut obs = self.obs.clone();
+        self.faults.corrupt_sensor(&mut obs);
+        // obs_dim <= MAX_OBS is checked when the robot config loads.
+        if let Some(m) = Message::sensor(self.episode, self.step, &obs) {
+            self.send(now, m);
+        }
+    }
+
+    fn on_command(&mut self, now: Duration, action: &[f32]) {
+        if self.state != FirmwareState::Running {
+            self.stats.ignored_messages += 1;
+            return;
+        }
+        self.stats.commands += 1;
+        let valid = action.len() == self.action.len() && action.iter().all(|x| x.is_finite());
+        if valid {
+            self.robot.action.to_policy_units(action, &mut self.action);
+            self.has_command = true;
+            self.last_command_at = now;
+            self.watchdog_tripped = false;
+        } else {
+            self.stats.invalid_commands += 1;
+            self.has_command = false;
+            self.send(
+                now,
+                Message::Fault {
+                    code: FaultCode::InvalidCommand,
+                },
+            );
+        }
+        if self.pacing == Pacing::Lockstep {
+            self.step_env(now);
+        }
+    }
+
+    /// One control step with the newest command, or the hold action.
+    fn step_env(&mut self, now: Duration) {
+        let hold = self.watchdog_tripped || !self.has_command;
+        let action = if hold { &self.zero } else { &self.action };
+        let out = self.env.step(action, &mut self.obs);
+        self.step += 1;
+        self.stats.steps += 1;
+        if hold {
+            self.stats.hold_steps += 1;
+        }
+        self.send_sensor(now);
+        self.send(
+            now,
+            Message::Reward {
+                episode: self.episode,
+                step: self.step,
+                reward: out.reward,
+                done: out.done(),
+                truncated: out.truncated,
+                success: out.success,
+            },
+        );
+        if out.done() {
+            self.send(
+                now,
+                Message::EpisodeEnd {
+                    episode: self.episode,
+                    success: out.success,
+                    steps: self.step,
+                },
+            );
+            self.state = FirmwareState::Ended;
+            self.last_heartbeat = now;
+        } else if self.faults.reboot_now(self.step) {
+            self.reboot(now);
+        }
+    }
+
+    /// A simulated firmware reset mid-episode: sequence numbers and clock restart, the
+    /// firmware announces itself again and starts a new episode with a new id.
+    fn reboot(&mut self, now: Duration) {
+        self.stats.reboots += 1;
+        self.encoder.reset();
+        self.boot_at = now;
+        let ours = self.hello;
+        self.send(now, Message::Hello(ours));
+        let seed = self.faults.next_seed();
+        self.start_episode(now, seed);
+    }
+
+    /// Runs everything due at `now` (watchdog, control ticks, heartbeats) and returns
+    /// when it next needs to be called.
+    pub fn poll(&mut self, now: Duration) -> Duration {
+        let mut next = now + MAX_WAIT;
+        if self.state == FirmwareState::Running {
+            if !self.watchdog_tripped && now >= self.last_command_at + self.timeout {
+                self.watchdog_tripped = true;
+                self.stats.watchdog_trips += 1;
+                self.send(
+                    now,
+                    Message::Fault {
+                        code: FaultCode::Watchdog,
+                    },
+                );
+                if self.pacing == Pacing::Lockstep {
+                    // Holding starts now and runs at the control rate.
+                    self.next_tick = now;
+                }
+            }
+            let ticking = self.pacing == Pacing::RealTime || self.watchdog_tripped;
+            if ticking && now >= self.next_tick {
+                self.step_env(now);
+                self.next_tick += self.period;
+                if self.next_tick <= now {
+                    // More than a period behind (a stall): skip the missed ticks, as
+                    // a real control loop would.
+                    self.stats.overruns += 1;
+                    self.next_tick = now + self.period;
+                }
+            }
+            if self.state == FirmwareState::Running {
+                if ticking {
+                    next = next.min(self.next_tick);
+                }
+                if !self.watchdog_tripped {
+                    next = next.min(self.last_command_at + self.timeout);
+                }
+            }
+        }
+        if self.handshaken() && self.state != FirmwareState::Running {
+            if now >= self.last_heartbeat + HEARTBEAT_PERIOD {
+                self.last_heartbeat = now;
+                self.send(now, Message::Heartbeat);
+            }
+            next = next.min(self.last_heartbeat + HEARTBEAT_PERIOD);
+        }
+        next.max(now)
+    }
+}
+
+/// What a finished [`run`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub firmware: FirmwareStats,
+    pub faults: FaultStats,
+    pub decoder: DecoderStats,
+}
+
+/// Drives `fw` over `port` with the wall clock until `stop` is set.
+///
+/// `rate_scale` speeds the firmware's clock up (2.0: control periods, the watchdog
+/// timeout and heartbeats all take half the wall time). Outgoing frames pass through
+/// the firmware's fault injector; a stall blocks the whole firmware, like a hung one.
+pub fn run(
+    fw: &mut SimFirmware,
+    port: &mut dyn Port,
+    rate_scale: f64,
+    stop: &AtomicBool,
+) -> io::Result<RunReport> {
+    let rate_scale = if rate_scale.is_finite() && rate_scale > 0.0 {
+        rate_scale
+    } else {
+        1.0
+    };
+    let start = Instant::now();
+    let clock = || start.elapsed().mul_f64(rate_scale);
+    let mut decoder = FrameDecoder::new();
+    let mut buf = [0u8; 512];
+    let mut emits = Vec::new();
+    // Flush whatever partial frame the other side may hold from before we started.
+    port.write_all(&[0])?;
+    while !stop.load(Ordering::Relaxed) {
+        let deadline = fw.poll(clock());
+        send_outbox(fw, port, &mut emits)?;
+        let wait = deadline
+            .saturating_sub(clock())
+            .div_f64(rate_scale)
+            .min(Duration::from_millis(50));
+        let n = port.read_timeout(&mut buf, wait)?;
+        let now = clock();
+        decoder.feed(&buf[..n], |r| match r {
+            Ok(frame) => fw.on_frame(now, frame),
+            Err(e) => fw.on_frame_error(now, &e),
+        });
+        send_outbox(fw, port, &mut emits)?;
+    }
+    fw.faults_mut().flush(&mut emits);
+    write_emits(port, &mut emits)?;
+    Ok(RunReport {
+        firmware: fw.stats(),
+        faults: fw.faults_mut().stats(),
+        decoder: decoder.stats(),
+    })
+}
+
+fn send_outbox(fw: &mut SimFirmware, port: &mut dyn Port, emits: &mut Vec<Emit>) -> io::Result<()> {
+    for frame in fw.take_outbox() {
+        fw.faults_mut().process_frame(&frame.to_wire(), emits);
+    }
+    write_emits(port, emits)
+}
+
+fn write_emits(port: &mut dyn Port, emits: &mut Vec<Emit>) -> io::Result<()> {
+    for e in emits.drain(..) {
+        match e {
+            Emit::Bytes(b) => port.write_all(&b)?,
+            Emit::Stall(d) => std::thread::sleep(d),
+        }
+    }
+    Ok(())
+}
+
+/// A simulated firmware running on its own thread behind a fresh pty.
+pub struct FirmwareThread {
+    path: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<RunReport, FirmwareError>>,
+}
+
+impl FirmwareThread {
+    /// Opens a pty, starts the firmware on its master side and returns; connect to
+    /// [`FirmwareThread::path`].
+    pub fn spawn(opts: FirmwareOptions, rate_scale: f64) -> Result<FirmwareThread, FirmwareError> {
+        let mut fw = SimFirmware::new(opts)?;
+        let pty = crate::link::Pty::open()?;
+        let path = pty.path().to_path_buf();
+        let mut port = pty.into_port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("sim-firmware".into())
+            .spawn(move || Ok(run(&mut fw, &mut port, rate_scale, &flag)?))?;
+        Ok(FirmwareThread { path, stop, handle })
+    }
+
+    /// The pty slave path the controller opens.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Stops the firmware and returns what it counted.
+    pub fn stop(self) -> Result<RunReport, FirmwareError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().map_err(|_| FirmwareError::Panicked)?
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,472 @@
+//! The firmware's logic on a virtual clock: every time below is simulated, so these
+//! tests are exact and never depend on the machine's speed.
+
+use super::*;
+use firmware_config::protocol::SCHEMA_HASH;
+
+fn ms(x: u64) -> Duration {
+    Duration::from_millis(x)
+}
+
+fn firmware(task: TaskId, pacing: Pacing) -> SimFirmware {
+    firmware_with(task, pacing, "")
+}
+
+fn firmware_with(task: TaskId, pacing: Pacing, faults: &str) -> SimFirmware {
+    let mut opts = FirmwareOptions::new(task, RobotConfig::example(task.name()).unwrap());
+    opts.pacing = pacing;
+    opts.faults = faults.parse().unwrap();
+    opts.seed = 11;
+    SimFirmware::new(opts).unwrap()
+}
+
+fn frame(message: Message) -> Frame {
+    Frame {
+        seq: 0,
+        timestamp_us: 0,
+        message,
+    }
+}
+
+fn out(fw: &mut SimFirmware) -> Vec<Message> {
+    fw.take_outbox().into_iter().map(|f| f.message).collect()
+}
+
+fn connect(fw: &mut SimFirmware, now: Duration) {
+    let hello = fw.hello();
+    fw.on_frame(now, frame(Message::Hello(hello)));
+    assert_eq!(out(fw), [Message::Hello(hello)]);
+    assert_eq!(fw.state(), FirmwareState::Idle);
+}
+
+fn command(a: &[f32]) -> Frame {
+    frame(Message::command(a).unwrap())
+}
+
+/// The observation a `Sensor` message carries.
+fn sensor_obs(m: &Message) -> Vec<f32> {
+    match m {
+        Message::Sensor { obs, .. } => obs.to_vec(),
+        other => panic!("expected Sensor, got {other:?}"),
+    }
+}
+
+#[test]
+fn nothing_happens_before_a_matching_hello() {
+    let mut fw = firmware(TaskId::Push, Pacing::Lockstep);
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    assert!(out(&mut fw).is_empty());
+    assert_eq!(fw.poll(ms(1000)), ms(1250));
+    assert!(
+        out(&mut fw).is_empty(),
+        "no heartbeats before the handshake"
+    );
+    // A controller with another schema gets our Hello and a refusal.
+    let mut theirs = fw.hello();
+    theirs.schema_hash ^= 1;
+    fw.on_frame(ms(1), frame(Message::Hello(theirs)));
+    assert_eq!(out(&mut fw), [Message::Hello(fw.hello())]);
+    assert_eq!(fw.state(), FirmwareState::AwaitHello);
+    fw.on_frame(ms(2), frame(Message::Reset { seed: 1 }));
+    assert!(out(&mut fw).is_empty());
+    let s = fw.stats();
+    assert_eq!(
+        (s.handshakes, s.handshake_refusals, s.ignored_messages),
+        (0, 1, 2)
+    );
+    // Our Hello carries the task's numbers.
+    let h = fw.hello();
+    assert_eq!((h.obs_dim, h.act_dim, h.control_hz), (10, 2, 20));
+    assert_eq!(h.schema_hash, SCHEMA_HASH);
+    connect(&mut fw, ms(3));
+}
+
+#[test]
+fn lockstep_episode_matches_the_simulator() {
+    let task = TaskId::Push;
+    let mut fw = firmware(task, Pacing::Lockstep);
+    connect(&mut fw, ms(0));
+    let seed = 5;
+    fw.on_frame(ms(1), frame(Message::Reset { seed }));
+    let mut env = sim::make_env(task, EnvConfig::default());
+    let mut obs = vec![0.0; 10];
+    env.reset(seed, &mut obs);
+    let msgs = out(&mut fw);
+    assert_eq!(msgs[0], Message::EpisodeStart { episode: 0, seed });
+    assert_eq!(msgs[1], Message::sensor(0, 0, &obs).unwrap());
+    let mut demo = sim::make_demonstrator(task);
+    demo.reset(sim::demonstrator_seed(seed));
+    let mut action = [0.0f32; 2];
+    let mut now = ms(1);
+    for step in 1.. {
+        demo.act(&obs, &mut action);
+        now += ms(1);
+        fw.on_frame(now, command(&action));
+        let r = env.step(&action, &mut obs);
+        let msgs = out(&mut fw);
+        assert_eq!(
+            msgs[0],
+            Message::sensor(0, step, &obs).unwrap(),
+            "step {step}"
+        );
+        assert_eq!(
+            msgs[1],
+            Message::Reward {
+                episode: 0,
+                step,
+                reward: r.reward,
+                done: r.done(),
+                truncated: r.truncated,
+                success: r.success,
+            }
+        );
+        if r.done() {
+            assert_eq!(
+                msgs[2],
+                Message::EpisodeEnd {
+                    episode: 0,
+                    success: r.success,
+                    steps: step,
+                }
+            );
+            assert_eq!(fw.state(), FirmwareState::Ended);
+            break;
+        }
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            fw.poll(now),
+            now + fw.timeout,
+            "next deadline: the watchdog"
+        );
+    }
+    // After the end: commands are ignored, heartbeats flow, the next Reset starts
+    // episode 1.
+    fw.on_frame(now, command(&[0.0, 0.0]));
+    assert!(out(&mut fw).is_empty());
+    fw.poll(now + HEARTBEAT_PERIOD);
+    assert_eq!(out(&mut fw), [Message::Heartbeat]);
+    fw.on_frame(now + ms(300), frame(Message::Reset { seed: 6 }));
+    assert_eq!(
+        out(&mut fw)[0],
+        Message::EpisodeStart {
+            episode: 1,
+            seed: 6
+        }
+    );
+    let s = fw.stats();
+    assert_eq!((s.episodes, s.hold_steps, s.watchdog_trips), (2, 0, 0));
+}
+
+#[test]
+fn real_time_steps_once_per_period_with_the_newest_command() {
+    let task = TaskId::ArmReach;
+    let mut fw = firmware(task, Pacing::RealTime);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 3 }));
+    out(&mut fw);
+    let mut env = sim::make_env(task, EnvConfig::default());
+    let mut obs = vec![0.0; 10];
+    env.reset(3, &mut obs);
+    // Two commands within the first period: only the newest one is applied.
+    fw.on_frame(ms(10), command(&[0.9, 0.9]));
+    fw.on_frame(ms(20), command(&[0.3, -0.2]));
+    assert!(out(&mut fw).is_empty(), "real time waits for the tick");
+    assert_eq!(fw.poll(ms(49)), ms(50));
+    assert!(out(&mut fw).is_empty());
+    assert_eq!(fw.poll(ms(50)), ms(100));
+    env.step(&[0.3, -0.2], &mut obs);
+    let msgs = out(&mut fw);
+    assert_eq!(msgs[0], Message::sensor(0, 1, &obs).unwrap());
+    // The command stays in force (zero-order hold) until the watchdog runs out.
+    fw.poll(ms(100));
+    env.step(&[0.3, -0.2], &mut obs);
+    assert_eq!(out(&mut fw)[0], Message::sensor(0, 2, &obs).unwrap());
+    // Timestamps are the firmware clock in µs.
+    fw.poll(ms(150));
+    let frames = fw.take_outbox();
+    assert!(frames.iter().all(|f| f.timestamp_us == 150_000));
+    assert_eq!(fw.stats().steps, 3);
+}
+
+#[test]
+fn real_time_holds_until_the_first_command() {
+    let mut fw = firmware(TaskId::Maze, Pacing::RealTime);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    fw.poll(ms(100));
+    fw.poll(ms(200));
+    assert_eq!(fw.stats().hold_steps, 2);
+    assert_eq!(fw.stats().watchdog_trips, 0);
+}
+
+#[test]
+fn lockstep_watchdog_trips_once_and_holds_position() {
+    let task = TaskId::Push;
+    let mut fw = firmware(task, Pacing::Lockstep);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    out(&mut fw);
+    let mut env = sim::make_env(task, EnvConfig::default());
+    let mut obs = vec![0.0; 10];
+    env.reset(2, &mut obs);
+    for i in 0..5u64 {
+        fw.on_frame(ms(10 * i), command(&[1.0, 0.5]));
+        env.step(&[1.0, 0.5], &mut obs);
+    }
+    out(&mut fw);
+    let last = ms(40);
+    // Nothing until the timeout (200 ms in push.toml) has passed since the last command.
+    assert_eq!(fw.poll(last + ms(199)), last + ms(200));
+    assert!(out(&mut fw).is_empty());
+    fw.poll(last + ms(200));
+    let msgs = out(&mut fw);
+    assert_eq!(
+        msgs[0],
+        Message::Fault {
+            code: FaultCode::Watchdog
+        }
+    );
+    env.step(&[0.0, 0.0], &mut obs);
+    assert_eq!(msgs[1], Message::sensor(0, 6, &obs).unwrap(), "a hold step");
+    assert!(fw.watchdog_tripped());
+    // Holding continues at the control rate, without another fault.
+    let mut t = last + ms(200);
+    let mut positions = Vec::new();
+    for step in 7..=30 {
+        t += ms(50);
+        fw.poll(t);
+        env.step(&[0.0, 0.0], &mut obs);
+        let msgs = out(&mut fw);
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert_eq!(msgs[0], Message::sensor(0, step, &obs).unwrap());
+        positions.push((obs[0], obs[1]));
+    }
+    // Holding position: the pusher comes to rest where it is.
+    let (x0, y0) = positions[positions.len() - 10];
+    let (x1, y1) = *positions.last().unwrap();
+    assert!((x1 - x0).hypot(y1 - y0) < 1e-4, "{positions:?}");
+    assert!(obs[2].hypot(obs[3]) < 1e-3, "speed {obs:?}");
+    assert_eq!(fw.stats().watchdog_trips, 1);
+    // A command ends the hold and steps at once; no hold ticks follow.
+    fw.on_frame(t + ms(1), command(&[0.0, -1.0]));
+    env.step(&[0.0, -1.0], &mut obs);
+    assert_eq!(out(&mut fw)[0], Message::sensor(0, 31, &obs).unwrap());
+    assert!(!fw.watchdog_tripped());
+    fw.poll(t + ms(150));
+    assert!(out(&mut fw).is_empty());
+    let s = fw.stats();
+    assert_eq!((s.hold_steps, s.watchdog_trips), (25, 1));
+}
+
+#[test]
+fn real_time_watchdog_holds_with_the_zero_action() {
+    let task = TaskId::Maze;
+    let mut fw = firmware(task, Pacing::RealTime);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 4 }));
+    fw.on_frame(ms(1), command(&[1.0, 0.0]));
+    out(&mut fw);
+    // maze: 10 Hz, timeout 300 ms. Ticks at 100, 200 use the command; the watchdog
+    // trips at 301; ticks at 300 (command still fresh), 400, 500 ... hold.
+    for t in [100, 200, 300, 301, 400, 500] {
+        fw.poll(ms(t));
+    }
+    let faults: Vec<_> = out(&mut fw)
+        .into_iter()
+        .filter(|m| matches!(m, Message::Fault { .. }))
+        .collect();
+    assert_eq!(
+        faults,
+        [Message::Fault {
+            code: FaultCode::Watchdog
+        }]
+    );
+    let s = fw.stats();
+    assert_eq!((s.steps, s.hold_steps, s.watchdog_trips), (5, 2, 1));
+}
+
+#[test]
+fn invalid_commands_fault_and_hold() {
+    let mut fw = firmware(TaskId::Push, Pacing::Lockstep);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    out(&mut fw);
+    for bad in [
+        vec![0.1],
+        vec![0.1, 0.2, 0.3],
+        vec![f32::NAN, 0.0],
+        vec![0.0, f32::INFINITY],
+    ] {
+        fw.on_frame(ms(10), command(&bad));
+        let msgs = out(&mut fw);
+        assert_eq!(
+            msgs[0],
+            Message::Fault {
+                code: FaultCode::InvalidCommand
+            },
+            "{bad:?}"
+        );
+        assert!(matches!(msgs[1], Message::Sensor { .. }), "a hold step");
+    }
+    let s = fw.stats();
+    assert_eq!((s.invalid_commands, s.hold_steps), (4, 4));
+    // Invalid commands do not feed the watchdog: it trips 200 ms after the reset.
+    fw.poll(ms(200));
+    assert_eq!(
+        out(&mut fw)[0],
+        Message::Fault {
+            code: FaultCode::Watchdog
+        }
+    );
+}
+
+#[test]
+fn commands_are_mapped_from_robot_units() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example("push").unwrap();
+    robot.action.scale = vec![2.0, 4.0];
+    robot.action.offset = vec![1.0, 0.0];
+    let mut opts = FirmwareOptions::new(task, robot);
+    opts.pacing = Pacing::Lockstep;
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 9 }));
+    out(&mut fw);
+    // robot units (2.0, -2.0) = offset + scale * (0.5, -0.5)
+    fw.on_frame(ms(1), command(&[2.0, -2.0]));
+    let mut env = sim::make_env(task, EnvConfig::default());
+    let mut obs = vec![0.0; 10];
+    env.reset(9, &mut obs);
+    env.step(&[0.5, -0.5], &mut obs);
+    assert_eq!(out(&mut fw)[0], Message::sensor(0, 1, &obs).unwrap());
+}
+
+#[test]
+fn estop_stops_stepping_until_reset() {
+    let mut fw = firmware(TaskId::Push, Pacing::RealTime);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    fw.poll(ms(50));
+    out(&mut fw);
+    fw.on_frame(ms(60), frame(Message::Estop));
+    assert_eq!(
+        out(&mut fw),
+        [Message::Fault {
+            code: FaultCode::Estop
+        }]
+    );
+    assert_eq!(fw.state(), FirmwareState::Estopped);
+    fw.on_frame(ms(70), command(&[1.0, 1.0]));
+    for t in (100..2000).step_by(50) {
+        fw.poll(ms(t));
+    }
+    let msgs = out(&mut fw);
+    assert!(msgs.iter().all(|m| *m == Message::Heartbeat), "{msgs:?}");
+    assert!(!msgs.is_empty());
+    assert_eq!(fw.stats().steps, 1);
+    fw.on_frame(ms(2000), frame(Message::Reset { seed: 2 }));
+    assert_eq!(fw.state(), FirmwareState::Running);
+    fw.poll(ms(2050));
+    assert_eq!(fw.stats().steps, 2);
+}
+
+#[test]
+fn heartbeats_are_answered() {
+    let mut fw = firmware(TaskId::Maze, Pacing::Lockstep);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(1), frame(Message::Heartbeat));
+    assert_eq!(out(&mut fw), [Message::Heartbeat]);
+}
+
+#[test]
+fn version_mismatch_is_answered_with_our_hello_rate_limited() {
+    let mut fw = firmware(TaskId::Maze, Pacing::Lockstep);
+    let err = FrameError::Version { received: 9 };
+    fw.on_frame_error(ms(0), &err);
+    fw.on_frame_error(ms(50), &err);
+    assert_eq!(out(&mut fw), [Message::Hello(fw.hello())]);
+    fw.on_frame_error(ms(100), &err);
+    fw.on_frame_error(ms(101), &FrameError::UnknownType(0x77));
+    assert_eq!(out(&mut fw), [Message::Hello(fw.hello())]);
+    assert_eq!(fw.stats().frame_errors, 4);
+}
+
+#[test]
+fn simulated_reboot_restarts_sequence_clock_and_episode() {
+    let mut fw = firmware_with(TaskId::Push, Pacing::Lockstep, "reboot_at=3");
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    for i in 1..=3 {
+        fw.on_frame(ms(10 * i), command(&[0.2, 0.2]));
+    }
+    let frames = fw.take_outbox();
+    let i = frames
+        .iter()
+        .position(|f| matches!(f.message, Message::Hello(_)))
+        .expect("a Hello after the reboot");
+    let before = &frames[i - 1];
+    assert!(matches!(before.message, Message::Reward { step: 3, .. }));
+    assert_eq!((frames[i].seq, frames[i].timestamp_us), (0, 0));
+    assert!(matches!(
+        frames[i + 1].message,
+        Message::EpisodeStart { episode: 1, .. }
+    ));
+    assert!(matches!(
+        frames[i + 2].message,
+        Message::Sensor {
+            episode: 1,
+            step: 0,
+            ..
+        }
+    ));
+    assert_eq!(frames[i + 2].seq, 2);
+    assert_eq!(fw.stats().reboots, 1);
+    // Only once.
+    for i in 4..=8 {
+        fw.on_frame(ms(10 * i), command(&[0.2, 0.2]));
+    }
+    assert_eq!(fw.stats().reboots, 1);
+}
+
+#[test]
+fn nan_sensor_fault_leaves_the_simulation_intact() {
+    let mut fw = firmware_with(TaskId::Maze, Pacing::Lockstep, "nan=1");
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    let mut env = sim::make_env(TaskId::Maze, EnvConfig::default());
+    let mut obs = vec![0.0; 6];
+    env.reset(1, &mut obs);
+    for step in 0..5 {
+        if step > 0 {
+            fw.on_frame(ms(step), command(&[0.5, 0.5]));
+            env.step(&[0.5, 0.5], &mut obs);
+        }
+        let sent = out(&mut fw)
+            .into_iter()
+            .find(|m| matches!(m, Message::Sensor { .. }))
+            .unwrap();
+        let sent = sensor_obs(&sent);
+        assert_eq!(sent.iter().filter(|x| x.is_nan()).count(), 1);
+        for (s, o) in sent.iter().zip(&obs) {
+            assert!(s.is_nan() || s == o);
+        }
+    }
+}
+
+#[test]
+fn wrong_schema_fault_changes_our_hello() {
+    let fw = firmware_with(TaskId::Maze, Pacing::Lockstep, "schema=0x1234");
+    assert_eq!(fw.hello().schema_hash, 0x1234);
+    let ours = RobotConfig::example("maze").unwrap().hello();
+    assert!(ours.check_peer(&fw.hello()).is_err());
+}
+
+#[test]
+fn robot_file_must_fit_the_task() {
+    let opts = FirmwareOptions::new(TaskId::Push, RobotConfig::example("maze").unwrap());
+    let err = SimFirmware::new(opts).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        "robot 'sim-maze' does not fit task push: observation.dim is 6 in the robot file, 10 in the task"
+    );
+}

@@ -1,0 +1,187 @@
+//! Byte transports for the simulated firmware and the test client: a pseudo-terminal
+//! pair the firmware opens itself, or a serial device opened with `serialport`.
+//!
+//! A pty behaves like a serial line to the program on the other side (the controller
+//! opens `/dev/pts/N` exactly as it would open `/dev/ttyACM0`), without hardware.
+//! Both ends are put in raw mode (`cfmakeraw`): no echo, no line editing, no CR/LF
+//! translation, no signal characters — otherwise a `0x03` in a frame would become
+//! Ctrl-C and a `0x0a` would be rewritten.
+
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A bidirectional byte link with timed reads.
+pub trait Port: Send {
+    /// Reads what is available, waiting at most `timeout` for the first byte.
+    /// Returns `Ok(0)` when nothing arrived in time.
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize>;
+    /// Writes all of `data`. A firmware's UART does not block forever when nobody
+    /// reads: implementations may drop bytes after a bounded wait (and count them).
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
+}
+
+fn set_raw(fd: RawFd) -> io::Result<()> {
+    let mut t = tcgetattr(fd).map_err(io::Error::from)?;
+    cfmakeraw(&mut t);
+    tcsetattr(fd, SetArg::TCSANOW, &t).map_err(io::Error::from)
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Waits until `fd` is readable (or writable) or `timeout` passes; true if ready.
+fn wait_fd(fd: RawFd, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(fd, flags)];
+    match poll(&mut fds, ms) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A pseudo-terminal pair in raw mode.
+///
+/// The firmware side keeps the slave open too, so that the master never reports a
+/// hang-up while no client is connected and a client can disconnect and reconnect.
+/// A client should discard stale input after opening (the firmware keeps talking while
+/// nobody listens; `serialport::SerialPort::clear(ClearBuffer::Input)` does it).
+pub struct Pty {
+    master: File,
+    slave: File,
+    path: PathBuf,
+}
+
+impl Pty {
+    pub fn open() -> io::Result<Pty> {
+        let r = nix::pty::openpty(None, None).map_err(io::Error::from)?;
+        // SAFETY: openpty returned two fresh descriptors that nothing else owns.
+        let (master, slave) = unsafe { (File::from_raw_fd(r.master), File::from_raw_fd(r.slave)) };
+        set_raw(master.as_raw_fd())?;
+        set_raw(slave.as_raw_fd())?;
+        set_nonblocking(master.as_raw_fd())?;
+        let path = nix::unistd::ttyname(slave.as_raw_fd()).map_err(io::Error::from)?;
+        Ok(Pty {
+            master,
+            slave,
+            path,
+        })
+    }
+
+    /// The slave device path (`/dev/pts/N`) to give the controller.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The firmware's end of the link.
+    pub fn into_port(self) -> PtyPort {
+        PtyPort {
+            master: self.master,
+            _slave: self.slave,
+            dropped_bytes: 0,
+        }
+    }
+}
+
+/// The master side of a [`Pty`].
+pub struct PtyPort {
+    master: File,
+    _slave: File,
+    /// Bytes dropped because the slave side's buffer stayed full (nobody reading).
+    pub dropped_bytes: u64,
+}
+
+/// How long a write waits for a full pty buffer to drain before dropping bytes.
+const WRITE_STALL_LIMIT: Duration = Duration::from_millis(200);
+
+impl Port for PtyPort {
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        if !wait_fd(self.master.as_raw_fd(), PollFlags::POLLIN, timeout)? {
+            return Ok(0);
+        }
+        match self.master.read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            // EIO: no slave open at the moment (cannot happen while we hold one, but a
+            // pty opened elsewhere may behave so); treat as "nothing to read".
+            Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                std::thread::sleep(timeout.min(Duration::from_millis(10)));
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        let deadline = Instant::now() + WRITE_STALL_LIMIT;
+        while !data.is_empty() {
+            match self.master.write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero()
+                        || !wait_fd(self.master.as_raw_fd(), PollFlags::POLLOUT, left)?
+                    {
+                        self.dropped_bytes += data.len() as u64;
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A serial device (or a pty slave) opened with the `serialport` crate.
+pub struct SerialLink {
+    port: Box<dyn serialport::SerialPort>,
+}
+
+impl SerialLink {
+    /// Opens `path` at `baud` (8N1, no flow control) and discards stale input.
+    pub fn open(path: impl AsRef<Path>, baud: u32) -> io::Result<SerialLink> {
+        let path = path.as_ref().to_string_lossy().into_owned();
+        let port = serialport::new(&path, baud)
+            .timeout(Duration::from_millis(10))
+            .open()
+            .map_err(|e| io::Error::other(format!("{path}: {e}")))?;
+        port.clear(serialport::ClearBuffer::Input)
+            .map_err(|e| io::Error::other(format!("{path}: {e}")))?;
+        Ok(SerialLink { port })
+    }
+}
+
+impl Port for SerialLink {
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        self.port
+            .set_timeout(timeout.max(Duration::from_millis(1)))
+            .map_err(io::Error::other)?;
+        match self.port.read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        // The timeout also bounds writes (a device that stops draining).
+        self.port
+            .set_timeout(Duration::from_secs(1))
+            .map_err(io::Error::other)?;
+        Write::write_all(&mut self.port, data)?;
+        Ok(())
+    }
+}
