@@ -1020,8 +1020,13 @@ impl FrameDecoder {
         self.len
     }
 
-    /// Drops any partial frame (e.g. after reopening the port). Statistics stay.
+    /// Drops the partial frame and everything up to the next delimiter: use it after
+    /// reopening a port, when the stream may resume in the middle of a frame (a frame
+    /// that happens to start right at that point is lost too, which is the safe side).
+    /// Statistics stay.
     pub fn clear(&mut self) {
+        let s = &mut self.stats;
+        s.bytes_discarded = s.bytes_discarded.saturating_add(self.len as u32);
         self.len = 0;
         self.skipping = true;
     }

@@ -470,3 +470,24 @@ fn robot_file_must_fit_the_task() {
         "robot 'sim-maze' does not fit task push: observation.dim is 6 in the robot file, 10 in the task"
     );
 }
+
+#[test]
+fn built_in_robot_files_fit_their_sim_tasks() {
+    for task in TaskId::ALL {
+        let robot = RobotConfig::example(task.name()).unwrap();
+        let spec = task.spec();
+        assert_eq!(robot.observation.names, spec.obs_names, "{task}");
+        assert_eq!(robot.action.dim, spec.action_dim(), "{task}");
+        assert_eq!(robot.control_hz, spec.control_hz, "{task}");
+        // Identity action mapping: the simulator takes policy units.
+        assert!(robot.action.scale.iter().all(|&s| s == 1.0), "{task}");
+        assert!(robot.action.offset.iter().all(|&o| o == 0.0), "{task}");
+        // The watchdog allows a few periods, not less than one.
+        assert!(
+            robot.command_timeout() >= 2 * robot.control_period(),
+            "{task}"
+        );
+        let fw = SimFirmware::new(FirmwareOptions::new(task, robot)).unwrap();
+        assert_eq!(fw.hello().obs_dim as usize, spec.obs_dim());
+    }
+}
