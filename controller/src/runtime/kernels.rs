@@ -114,6 +114,11 @@ unsafe fn dense_avx512(
         unsafe { tile_avx512::<MR_AVX512>(x, r0, w, bias, acc, y) };
         r0 += MR_AVX512;
     }
+    if r0 + MR <= rows {
+        // SAFETY: as above.
+        unsafe { tile_avx512::<MR>(x, r0, w, bias, acc, y) };
+        r0 += MR;
+    }
     while r0 < rows {
         // SAFETY: as above.
         unsafe { tile_avx512::<1>(x, r0, w, bias, acc, y) };
@@ -292,17 +297,49 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(((i as i32 + 127) as u32) << 23)
 }
 
-/// `x · sigmoid(x)` in place.
-pub fn silu(v: &mut [f32]) {
-    for x in v.iter_mut() {
-        *x /= 1.0 + exp(-*x);
+#[inline(always)]
+fn silu_loop(src: &[f32], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x / (1.0 + exp(-x));
     }
 }
 
-/// `silu` of `src` into `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn silu_avx512(src: &[f32], dst: &mut [f32]) {
+    silu_loop(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_avx2(src: &[f32], dst: &mut [f32]) {
+    silu_loop(src, dst)
+}
+
+/// `silu` of `src` into `dst`, vectorized for the CPU (the baseline x86-64 build has no
+/// vector rounding instruction, so `exp` would stay scalar there).
 pub fn silu_into(src: &[f32], dst: &mut [f32]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = x / (1.0 + exp(-x));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features.
+        Isa::Avx512 => unsafe { silu_avx512(src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Fma => unsafe { silu_avx2(src, dst) },
+        _ => silu_loop(src, dst),
+    }
+}
+
+/// `x · sigmoid(x)` in place (through a copy-free element loop).
+pub fn silu(v: &mut [f32]) {
+    // In place: read and write the same element; the loop has no cross-element
+    // dependence, so splitting it into chunks through a small stack buffer keeps the
+    // vectorized path without aliasing.
+    let mut buf = [0.0f32; 256];
+    for chunk in v.chunks_mut(256) {
+        let n = chunk.len();
+        buf[..n].copy_from_slice(chunk);
+        silu_into(&buf[..n], chunk);
     }
 }
 
