@@ -4,6 +4,10 @@
 //!   behind a feature; `native` allocation-free kernels), full, truncated-chain and
 //!   two-speed modes.
 //!
-//! The fixed-rate loop, serial link, safety and logging are issue 5 and not written yet.
+//! - [`robot_loop`] (source in `src/loop/`): `controller run` — the serial link to
+//!   the firmware, the fixed-rate control thread, the safety envelope, crash-safe
+//!   transition logging into the dataset format, episodes and the cadence report.
 
+#[path = "loop/mod.rs"]
+pub mod robot_loop;
 pub mod runtime;

@@ -1,13 +1,16 @@
-//! The `controller` binary. Today: `bench` (inference latency) and `check` (verify a
-//! bundle). The fixed-rate robot loop (`run`) is issue 5.
+//! The `controller` binary: `run` (the robot loop against firmware on a serial device),
+//! `bench-loop` (the same loop against the simulated firmware in-process, for cadence
+//! and latency numbers), `log-to-dataset` (rebuild a dataset from a transition log),
+//! `bench` (inference latency) and `check` (verify a bundle).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use controller::robot_loop;
 use controller::runtime::{Backend, Policy, PolicyOptions, TwoSpeedPolicy, kernel_name};
 use shared_model::manifest::{Trust, load_bundle};
 use shared_model::synthetic::SyntheticSpec;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +75,312 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Run a bundle on the robot: handshake, `--episodes` episodes at the robot's control
+    /// rate with the safety envelope, transitions logged crash-safely and saved as a
+    /// dataset, cadence report per episode and at exit. Exit status: 0 all episodes ran,
+    /// 3 stopped by a fault, 130 interrupted (Ctrl-C / SIGTERM), 1 refused or failed.
+    Run(RunArgs),
+    /// The control loop against the simulated firmware on an in-process pty at `--rate`
+    /// Hz for `--seconds`: effective rate, wake-up jitter, overruns, sensor-to-command
+    /// latency.
+    BenchLoop {
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        #[arg(long, conflicts_with = "synthetic")]
+        bundle: Option<PathBuf>,
+        /// Random weights at `paper` or `cpu` sizes.
+        #[arg(long)]
+        synthetic: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[arg(long, default_value = "native")]
+        backend: String,
+        #[arg(long)]
+        two_speed: bool,
+        /// Simulated task (its built-in robot file).
+        #[arg(long, default_value = "push")]
+        task: String,
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Keep the log, dataset and report here (default: a temporary directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Convert a transition log (e.g. of a killed run) into a dataset (created or appended).
+    LogToDataset {
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Loop timing and real-time options shared by `run` and `bench-loop`.
+#[derive(clap::Args, Clone)]
+struct TimingArgs {
+    /// Spin this many µs before each deadline instead of sleeping.
+    #[arg(long, default_value_t = 200)]
+    spin_us: u64,
+    /// mlockall, SCHED_FIFO and CPU affinity for the control thread (each step's result
+    /// is printed; they need root or CAP_IPC_LOCK / CAP_SYS_NICE).
+    #[arg(long)]
+    realtime: bool,
+    #[arg(long, default_value_t = 80)]
+    rt_priority: i32,
+    /// CPU for the control thread with --realtime (default: the last one).
+    #[arg(long)]
+    rt_cpu: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Model bundle directory.
+    #[arg(long)]
+    bundle: PathBuf,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Robot config (TOML, see firmware-config).
+    #[arg(long)]
+    robot: PathBuf,
+    /// Serial device (for the simulated firmware: the pty path it prints).
+    #[arg(long)]
+    port: PathBuf,
+    /// Baud rate (default: the robot file's serial.baud).
+    #[arg(long)]
+    baud: Option<u32>,
+    #[arg(long, default_value_t = 1)]
+    episodes: u32,
+    /// Episode i is reset with seed + i; the policy's sampler uses seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Two-speed EXPO: a worker refreshes base candidates, each tick edits and selects.
+    #[arg(long)]
+    two_speed: bool,
+    /// tract, native or ort.
+    #[arg(long, default_value = "tract")]
+    backend: String,
+    /// Denoising steps to execute (default: the bundle's).
+    #[arg(long)]
+    executed_steps: Option<usize>,
+    /// Log, dataset and report directory (appended to if it exists).
+    #[arg(long, default_value = "out/controller")]
+    out: PathBuf,
+    /// Run the loop this many times faster than the robot's control_hz, for a simulated
+    /// firmware started with the same --rate-scale (durations in the robot file scale too).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Faults tolerated (each ends its episode with a safe stop) before the run stops.
+    #[arg(long, default_value_t = 0)]
+    max_faults: u32,
+    /// Deadlines missed in a row that count as a fault (0: never).
+    #[arg(long, default_value_t = 10)]
+    max_overruns: u32,
+    /// After the serial link fails, keep trying to reopen the device this long (ms).
+    #[arg(long)]
+    reconnect_ms: Option<u64>,
+    #[arg(long, default_value_t = 3000)]
+    handshake_timeout_ms: u64,
+    #[command(flatten)]
+    timing: TimingArgs,
+    /// No per-episode report lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Testing only: panic in the control thread at this tick (the safe stop must follow).
+    #[arg(long, hide = true)]
+    inject_panic_at_tick: Option<u64>,
+}
+
+/// Writes a synthetic bundle (`paper` or `cpu` sizes) into `dir`.
+fn write_synthetic(size: &str, dir: &Path) -> Result<()> {
+    let spec = match size {
+        "paper" => SyntheticSpec::paper(),
+        "cpu" => SyntheticSpec::cpu(),
+        _ => bail!("--synthetic takes paper or cpu, found `{size}`"),
+    };
+    spec.write(dir, 1, None)?;
+    Ok(())
+}
+
+fn loop_config(
+    robot: firmware_config::RobotConfig,
+    port: PathBuf,
+    timing: &TimingArgs,
+) -> robot_loop::RunConfig {
+    let mut cfg = robot_loop::RunConfig::new(robot, port);
+    cfg.spin = Duration::from_micros(timing.spin_us);
+    cfg.realtime = timing
+        .realtime
+        .then_some((timing.rt_priority, timing.rt_cpu));
+    cfg
+}
+
+fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
+    let robot = firmware_config::RobotConfig::load(&a.robot)?;
+    let bundle = load_bundle(&a.bundle, &a.trust.trust()?)
+        .with_context(|| format!("loading bundle {}", a.bundle.display()))?;
+    robot_loop::check_dims(&robot, &bundle)
+        .with_context(|| format!("{} does not fit {}", a.bundle.display(), a.robot.display()))?;
+    if !(a.time_scale.is_finite() && a.time_scale > 0.0) {
+        bail!(
+            "--time-scale must be a positive number, found {}",
+            a.time_scale
+        );
+    }
+    let options = PolicyOptions {
+        backend: a.backend.parse()?,
+        executed_steps: a.executed_steps,
+        seed: a.seed,
+    };
+    let brain = robot_loop::Brain::new(&bundle, &options, a.two_speed)?;
+    let mut cfg = loop_config(robot, a.port.clone(), &a.timing);
+    cfg.baud = a.baud.unwrap_or(cfg.baud);
+    cfg.episodes = Some(a.episodes);
+    cfg.seed = a.seed;
+    cfg.time_scale = a.time_scale;
+    cfg.out = Some(a.out.clone());
+    cfg.max_faults = a.max_faults;
+    cfg.max_consecutive_overruns = a.max_overruns;
+    cfg.reconnect = a.reconnect_ms.map(Duration::from_millis);
+    cfg.handshake_timeout = Duration::from_millis(a.handshake_timeout_ms);
+    cfg.quiet = a.quiet;
+    cfg.panic_at_tick = a.inject_panic_at_tick;
+    robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
+    eprintln!(
+        "controller run: {} on '{}' via {} at {} Hz (x{} time scale), {} episodes, {}{}, logging to {}",
+        a.bundle.display(),
+        cfg.robot.robot,
+        a.port.display(),
+        cfg.robot.control_hz,
+        a.time_scale,
+        a.episodes,
+        a.backend,
+        if a.two_speed { " two-speed" } else { "" },
+        a.out.display()
+    );
+    let label = a.bundle.display().to_string();
+    let report = robot_loop::run(cfg, brain, &bundle.manifest.task, &label)?;
+    println!("{report}");
+    println!(
+        "success rate {}/{} = {:.3} over completed episodes (compare: trainer eval --bundle {} --episodes {})",
+        report.successes,
+        report.episodes_completed,
+        report.success_rate,
+        a.bundle.display(),
+        a.episodes
+    );
+    Ok(exit_code(&report))
+}
+
+fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
+    use robot_loop::Outcome;
+    if let Some(e) = &report.error {
+        eprintln!("error: {e}");
+    }
+    std::process::ExitCode::from(match report.outcome {
+        Outcome::Completed => 0,
+        Outcome::Error => 1,
+        Outcome::StoppedByFault => 3,
+        Outcome::Interrupted => 130,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_bench_loop(
+    rate: f64,
+    seconds: f64,
+    bundle: Option<PathBuf>,
+    synthetic: Option<String>,
+    trust: TrustArgs,
+    backend: String,
+    two_speed: bool,
+    task: String,
+    timing: TimingArgs,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
+    let task: sim::TaskId = task.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let robot = firmware_config::RobotConfig::example(task.name())
+        .with_context(|| format!("no built-in robot for {task}"))?;
+    let tmp = tempfile::tempdir()?;
+    let (dir, trust) = match (bundle, synthetic.as_deref()) {
+        (Some(d), _) => (d, trust.trust()?),
+        (None, Some(size)) => {
+            let d = tmp.path().join("bundle");
+            write_synthetic(size, &d)?;
+            (d, Trust::AllowUnsigned)
+        }
+        (None, None) => bail!("pass --bundle DIR or --synthetic paper|cpu"),
+    };
+    let b = load_bundle(&dir, &trust).context("loading the bundle")?;
+    robot_loop::check_dims(&robot, &b)?;
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("--rate must be positive, found {rate}");
+    }
+    let scale = rate / robot.control_hz as f64;
+    let options = PolicyOptions {
+        backend: backend.parse()?,
+        executed_steps: None,
+        seed: 7,
+    };
+    let brain = robot_loop::Brain::new(&b, &options, two_speed)?;
+    let mut fw_opts = FirmwareOptions::new(task, robot.clone());
+    fw_opts.pacing = Pacing::RealTime;
+    let fw = FirmwareThread::spawn(fw_opts, scale)?;
+    let out_dir = out.unwrap_or_else(|| tmp.path().join("run"));
+    let mut cfg = loop_config(robot, fw.path().to_path_buf(), &timing);
+    cfg.episodes = None;
+    cfg.duration = Some(Duration::from_secs_f64(seconds));
+    cfg.time_scale = scale;
+    cfg.out = Some(out_dir);
+    cfg.max_faults = u32::MAX;
+    cfg.max_consecutive_overruns = 0;
+    cfg.quiet = true;
+    robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
+    eprintln!(
+        "bench-loop: {} {}{} on {task} at {rate} Hz (firmware clock x{scale}) for {seconds} s; firmware and loop in this process",
+        dir.display(),
+        backend,
+        if two_speed { " two-speed" } else { "" }
+    );
+    let report = robot_loop::run(cfg, brain, &b.manifest.task, &dir.display().to_string())?;
+    let fw_report = fw.stop()?;
+    let c = &report.cadence;
+    println!("{report}");
+    println!(
+        "firmware: {} steps, {} hold steps, {} commands, {} watchdog trips, {} overruns",
+        fw_report.firmware.steps,
+        fw_report.firmware.hold_steps,
+        fw_report.firmware.commands,
+        fw_report.firmware.watchdog_trips,
+        fw_report.firmware.overruns
+    );
+    println!(
+        "\n| model | rate Hz (target) | commands/s | overruns | jitter p50/p99/max µs | sensor→command p50/p99/max µs | infer p50/p99/max µs | faults |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {}{} {} | {:.1} ({:.0}) | {:.1} | {} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {} |",
+        synthetic.as_deref().unwrap_or("bundle"),
+        if two_speed { " two-speed" } else { "" },
+        backend,
+        c.effective_hz,
+        c.target_hz,
+        c.command_hz,
+        c.overruns,
+        c.jitter.p50_us,
+        c.jitter.p99_us,
+        c.jitter.max_us,
+        c.latency.p50_us,
+        c.latency.p99_us,
+        c.latency.max_us,
+        c.infer.p50_us,
+        c.infer.p99_us,
+        c.infer.max_us,
+        report.faults.len()
+    );
+    Ok(())
 }
 
 /// p50, p99 and max of `v` (seconds) in microseconds.
@@ -198,8 +507,36 @@ fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
     Ok(out)
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
+        Command::Run(a) => return cmd_run(a),
+        Command::BenchLoop {
+            rate,
+            seconds,
+            bundle,
+            synthetic,
+            trust,
+            backend,
+            two_speed,
+            task,
+            timing,
+            out,
+        } => cmd_bench_loop(
+            rate, seconds, bundle, synthetic, trust, backend, two_speed, task, timing, out,
+        )?,
+        Command::LogToDataset { log, out } => {
+            let r = robot_loop::log::log_to_dataset(&log, &out)?;
+            println!(
+                "{}: {} episodes ({} frames) written to {}; {} unfinished (the log ends inside them), {} without usable transitions, {} torn bytes skipped",
+                log.display(),
+                r.episodes_written,
+                r.frames,
+                out.display(),
+                r.unfinished,
+                r.skipped_empty,
+                r.torn_bytes
+            );
+        }
         Command::Check { bundle, trust } => {
             let b = load_bundle(&bundle, &trust.trust()?)?;
             let m = &b.manifest;
@@ -371,5 +708,5 @@ fn main() -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

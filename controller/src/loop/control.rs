@@ -1,0 +1,1078 @@
+//! The control thread: a fixed-rate loop on absolute deadlines that runs episodes,
+//! acts, enforces safety and builds transitions.
+//!
+//! # One tick
+//!
+//! ```text
+//!  deadline k ── sleep until (deadline − spin), spin to the deadline ── wake
+//!   read:  drain the link's frames (in order) → episode bookkeeping, faults,
+//!          newest Sensor of the running episode
+//!   checks: stop flag, panic flag, stale sensor, missed deadlines
+//!   phase:  Running + a new Sensor → guard obs → policy → shape → gate → Command
+//!           SafeStop → one hold step through the gate (then Estop, if allowed)
+//!           Idle → Reset{seed} of the next episode, Starting → wait for EpisodeStart
+//!   log:   transitions that are complete → try_send to the logger
+//!  deadline k+1 = deadline k + period (missed deadlines are skipped and counted)
+//! ```
+//!
+//! A fault detected while reading or checking moves the phase to `SafeStop` before the
+//! phase step of the *same* tick, so the first hold command goes out in the tick that
+//! detected the fault (the report records both tick numbers).
+//!
+//! # Which action a transition gets
+//!
+//! The controller acts once per new sensor frame; the firmware applies the newest
+//! command it has at each of its own control steps (or, in lockstep, steps when a
+//! command arrives). The transition of step `t` pairs `Sensor t`, `Sensor t+1` and
+//! `Reward t+1` with the newest command that had been written when `Sensor t+1`
+//! arrived — the command in force when the firmware took the step, up to the frame's
+//! time on the wire. With no command yet in the episode it is the firmware's hold
+//! action (zero). A transition whose pieces were lost on the link is counted as
+//! missing once later frames make clear they will not come.
+
+use super::log::{EndReason, EpisodeEnd, Record, Transition};
+use super::realtime;
+use super::safety::{CommandGate, Envelope};
+use super::stats::Cadence;
+use super::{Brain, EpisodeReport, FaultEvent, FaultKind, Outcome, RunConfig};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use firmware_config::protocol::{FaultCode, FrameError, Hello, MAX_ACT, MAX_OBS, Message};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::link::LinkEvent;
+
+/// Sensor frames and rewards kept per episode for pairing (by step modulo this).
+const RING: usize = 16;
+/// Commands remembered for "which command was in force".
+const COMMANDS: usize = 16;
+
+#[derive(Clone, Copy)]
+struct SensorRec {
+    step: u32,
+    obs: [f32; MAX_OBS],
+    fw_us: u32,
+    rx: Instant,
+}
+
+#[derive(Clone, Copy)]
+struct RewardRec {
+    step: u32,
+    reward: f32,
+    done: bool,
+    truncated: bool,
+    success: bool,
+}
+
+/// The running episode as the controller sees it.
+struct Track {
+    id: u32,
+    seed: u64,
+    started: Instant,
+    sensors: [Option<SensorRec>; RING],
+    rewards: [Option<RewardRec>; RING],
+    newest: Option<u32>,
+    newest_rx: Instant,
+    newest_reward: Option<u32>,
+    acted: Option<u32>,
+    next_emit: u32,
+    emitted: u32,
+    missing: u32,
+    /// Step number of the terminal reward (= the episode's step count).
+    final_step: Option<u32>,
+    /// `EpisodeEnd` from the firmware: (success, steps).
+    fw_end: Option<(bool, u32)>,
+    ret: f32,
+    success: bool,
+    steps_acted: u32,
+}
+
+impl Track {
+    fn new(id: u32, seed: u64, now: Instant) -> Track {
+        Track {
+            id,
+            seed,
+            started: now,
+            sensors: [None; RING],
+            rewards: [None; RING],
+            newest: None,
+            newest_rx: now,
+            newest_reward: None,
+            acted: None,
+            next_emit: 0,
+            emitted: 0,
+            missing: 0,
+            final_step: None,
+            fw_end: None,
+            ret: 0.0,
+            success: false,
+            steps_acted: 0,
+        }
+    }
+
+    fn sensor(&self, step: u32) -> Option<&SensorRec> {
+        self.sensors[step as usize % RING]
+            .as_ref()
+            .filter(|s| s.step == step)
+    }
+
+    fn reward(&self, step: u32) -> Option<&RewardRec> {
+        self.rewards[step as usize % RING]
+            .as_ref()
+            .filter(|r| r.step == step)
+    }
+
+    /// The furthest step anything has been heard of.
+    fn horizon(&self) -> Option<u32> {
+        self.newest.max(self.newest_reward)
+    }
+
+    /// Step count once the episode ended.
+    fn steps(&self) -> u32 {
+        self.fw_end
+            .map(|(_, s)| s)
+            .or(self.final_step)
+            .unwrap_or_else(|| self.newest.unwrap_or(0))
+    }
+}
+
+/// Commands written in the current episode, with their times.
+struct CommandRing {
+    buf: [(Instant, [f32; MAX_ACT]); COMMANDS],
+    len: usize,
+    next: usize,
+}
+
+impl CommandRing {
+    fn new(now: Instant) -> Self {
+        CommandRing {
+            buf: [(now, [0.0; MAX_ACT]); COMMANDS],
+            len: 0,
+            next: 0,
+        }
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+    fn push(&mut self, at: Instant, a: [f32; MAX_ACT]) {
+        self.buf[self.next] = (at, a);
+        self.next = (self.next + 1) % COMMANDS;
+        self.len = (self.len + 1).min(COMMANDS);
+    }
+    /// The newest command written at or before `t`.
+    fn in_force_at(&self, t: Instant) -> Option<(Instant, [f32; MAX_ACT])> {
+        (1..=self.len)
+            .map(|k| self.buf[(self.next + COMMANDS - k) % COMMANDS])
+            .find(|(at, _)| *at <= t)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    Idle,
+    Handshake,
+    Reconnect,
+    Exit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Phase {
+    Idle,
+    Starting {
+        since: Instant,
+        attempts: u32,
+        seed: u64,
+    },
+    Running,
+    /// The firmware ended the episode; waiting (briefly) for its last frames.
+    Ending {
+        until: Instant,
+    },
+    SafeStop {
+        left: u32,
+        then: After,
+    },
+    Handshaking {
+        since: Instant,
+        last_hello: Instant,
+    },
+    Reconnecting {
+        until: Instant,
+    },
+    Done,
+}
+
+/// Everything the control thread owns.
+pub(crate) struct Control {
+    pub cfg: RunConfig,
+    pub period: Duration,
+    stale: Duration,
+    pub brain: Brain,
+    pub gate: CommandGate,
+    envelope: Envelope,
+    events: Receiver<LinkEvent>,
+    log_tx: Option<Sender<Record>>,
+    pending_log: VecDeque<Record>,
+    hello: Hello,
+    pub start: Instant,
+    pub phase: Phase,
+    episodes_started: u32,
+    track: Option<Track>,
+    /// Episode ids already finished (a late frame of one must not start a new track).
+    last_finished: Option<u32>,
+    commands: CommandRing,
+    pub tick: u64,
+    consecutive_overruns: u32,
+    pub ep_cadence: Cadence,
+    pub run_cadence: Cadence,
+    pub report: super::RunReport,
+    fault_count: u32,
+    /// Set when the next phase after a safe stop must not continue the run.
+    stopping: Option<Outcome>,
+    /// The fault event waiting for its first hold command.
+    hold_pending: Option<usize>,
+    /// When our last Estop went out (its `Fault { Estop }` answer is expected).
+    estop_sent: bool,
+    torque_off: bool,
+    link_down: bool,
+    pub fatal: Option<String>,
+    action: [f32; MAX_ACT],
+    obs: [f32; MAX_OBS],
+    od: usize,
+    ad: usize,
+    pub panic_at_tick: Option<u64>,
+}
+
+fn ns_since(start: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(start).as_nanos() as u64
+}
+
+impl Control {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: RunConfig,
+        brain: Brain,
+        gate: CommandGate,
+        events: Receiver<LinkEvent>,
+        log_tx: Option<Sender<Record>>,
+        report: super::RunReport,
+        start: Instant,
+    ) -> Control {
+        let scale = cfg.time_scale;
+        let period = cfg.robot.control_period().div_f64(scale);
+        let stale = cfg.robot.stale_sensor().div_f64(scale);
+        let hello = cfg.robot.hello();
+        let envelope = gate.envelope().clone();
+        let (od, ad) = (cfg.robot.observation.dim, cfg.robot.action.dim);
+        Control {
+            period,
+            stale,
+            brain,
+            gate,
+            envelope,
+            events,
+            log_tx,
+            pending_log: VecDeque::with_capacity(16),
+            hello,
+            start,
+            phase: Phase::Idle,
+            episodes_started: 0,
+            track: None,
+            last_finished: None,
+            commands: CommandRing::new(start),
+            tick: 0,
+            consecutive_overruns: 0,
+            ep_cadence: Cadence::default(),
+            run_cadence: Cadence::default(),
+            report,
+            fault_count: 0,
+            stopping: None,
+            hold_pending: None,
+            estop_sent: false,
+            torque_off: false,
+            link_down: false,
+            fatal: None,
+            action: [0.0; MAX_ACT],
+            obs: [0.0; MAX_OBS],
+            od,
+            ad,
+            panic_at_tick: cfg.panic_at_tick,
+            cfg,
+        }
+    }
+
+    /// How the run is ending, if it is.
+    pub(crate) fn stopping(&self) -> Option<Outcome> {
+        self.stopping
+    }
+
+    /// Runs ticks on absolute deadlines until the phase is `Done`.
+    pub(crate) fn run_loop(&mut self) {
+        let spin = self.cfg.spin;
+        let mut deadline = Instant::now() + self.period;
+        let mut last_end = Instant::now();
+        while self.phase != Phase::Done {
+            sleep_until(deadline, spin);
+            let woke = Instant::now();
+            let jitter = woke.saturating_duration_since(deadline);
+            self.ep_cadence.jitter.record(jitter);
+            self.run_cadence.jitter.record(jitter);
+            self.tick += 1;
+            self.ep_cadence.ticks += 1;
+            self.run_cadence.ticks += 1;
+            self.one_tick(woke);
+            let end = Instant::now();
+            let dt = end - last_end;
+            self.ep_cadence.elapsed += dt;
+            self.run_cadence.elapsed += dt;
+            last_end = end;
+            deadline += self.period;
+            if end > deadline {
+                // Skip the deadlines the work ran over; stay on the grid.
+                let missed = ((end - deadline).as_nanos() / self.period.as_nanos()) as u32 + 1;
+                deadline += self.period * missed;
+                self.ep_cadence.overruns += missed as u64;
+                self.run_cadence.overruns += missed as u64;
+                self.consecutive_overruns += 1;
+            } else {
+                let headroom = deadline - end;
+                self.ep_cadence.headroom.record(headroom);
+                self.run_cadence.headroom.record(headroom);
+                self.consecutive_overruns = 0;
+            }
+        }
+    }
+
+    fn one_tick(&mut self, now: Instant) {
+        if let Some(t) = self.panic_at_tick
+            && self.tick >= t
+        {
+            self.panic_at_tick = None;
+            panic!(
+                "injected panic at tick {} (--inject-panic-at-tick)",
+                self.tick
+            );
+        }
+        // read
+        let t0 = now;
+        self.drain(now);
+        let t1 = Instant::now();
+        self.ep_cadence.read.record(t1 - t0);
+        self.run_cadence.read.record(t1 - t0);
+        // checks
+        self.checks(t1);
+        // phase
+        self.step_phase(t1);
+        // log
+        let t2 = Instant::now();
+        self.emit_transitions();
+        self.flush_log();
+        let t3 = Instant::now();
+        self.ep_cadence.log.record(t3 - t2);
+        self.run_cadence.log.record(t3 - t2);
+    }
+
+    // ---------------------------------------------------------------- reading
+
+    fn drain(&mut self, now: Instant) {
+        while let Ok(ev) = self.events.try_recv() {
+            match ev {
+                LinkEvent::Frame { rx, frame } => {
+                    let fw_us = frame.timestamp_us;
+                    self.on_message(frame.message, fw_us, rx, now);
+                }
+                LinkEvent::Error { error, .. } => {
+                    if let FrameError::Version { received } = error
+                        && matches!(self.phase, Phase::Handshaking { .. })
+                    {
+                        self.fatal_error(
+                            now,
+                            FaultKind::Handshake,
+                            format!(
+                                "the firmware speaks protocol version {received}, this controller speaks {}",
+                                firmware_config::protocol::PROTOCOL_VERSION
+                            ),
+                        );
+                    }
+                }
+                LinkEvent::Lost(why) => {
+                    self.link_down = true;
+                    let after = if self.cfg.reconnect.is_some() {
+                        After::Reconnect
+                    } else {
+                        After::Exit
+                    };
+                    self.fault(now, FaultKind::LinkLost, why, Some(after));
+                }
+                LinkEvent::Reconnected(w) => {
+                    let w: Box<dyn std::io::Write + Send> = Box::new(w);
+                    self.gate.set_writer(w);
+                    self.link_down = false;
+                    self.torque_off = false;
+                    if let Phase::Reconnecting { .. } = self.phase {
+                        self.enter_handshake(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: Message, fw_us: u32, rx: Instant, now: Instant) {
+        match msg {
+            Message::Sensor { episode, step, obs } => {
+                if let Phase::Starting { seed, .. } = self.phase
+                    && step == 0
+                    && Some(episode) != self.last_finished
+                    && self.track.is_none()
+                {
+                    // EpisodeStart lost on the link: the step-0 frame of a new episode
+                    // after our Reset starts it as well.
+                    self.begin_episode(episode, seed, now);
+                }
+                let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
+                    return;
+                };
+                if obs.len() != self.od {
+                    return;
+                }
+                let mut rec = SensorRec {
+                    step,
+                    obs: [0.0; MAX_OBS],
+                    fw_us,
+                    rx,
+                };
+                rec.obs[..obs.len()].copy_from_slice(&obs);
+                t.sensors[step as usize % RING] = Some(rec);
+                if t.newest.is_none_or(|n| step > n) {
+                    t.newest = Some(step);
+                    t.newest_rx = rx;
+                }
+            }
+            Message::Reward {
+                episode,
+                step,
+                reward,
+                done,
+                truncated,
+                success,
+            } => {
+                let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
+                    return;
+                };
+                if t.reward(step).is_some() {
+                    return;
+                }
+                t.rewards[step as usize % RING] = Some(RewardRec {
+                    step,
+                    reward,
+                    done,
+                    truncated,
+                    success,
+                });
+                t.ret += reward;
+                t.success |= success;
+                t.newest_reward = t.newest_reward.max(Some(step));
+                if done {
+                    t.final_step = Some(step);
+                }
+                if done && self.phase == Phase::Running {
+                    self.phase = Phase::Ending {
+                        until: now + self.period * 3,
+                    };
+                }
+            }
+            Message::EpisodeStart { episode, seed } => {
+                if let Phase::Starting { seed: ours, .. } = self.phase
+                    && seed == ours
+                    && self.track.is_none()
+                {
+                    self.begin_episode(episode, seed, now);
+                }
+            }
+            Message::EpisodeEnd {
+                episode,
+                success,
+                steps,
+            } => {
+                if let Some(t) = self.track.as_mut().filter(|t| t.id == episode) {
+                    t.fw_end = Some((success, steps));
+                    t.success |= success;
+                    if self.phase == Phase::Running {
+                        self.phase = Phase::Ending {
+                            until: now + self.period * 3,
+                        };
+                    }
+                }
+            }
+            Message::Fault { code } => {
+                if code == FaultCode::Estop && self.estop_sent {
+                    self.estop_sent = false;
+                    return;
+                }
+                if matches!(
+                    self.phase,
+                    Phase::Running | Phase::Ending { .. } | Phase::Starting { .. }
+                ) {
+                    self.fault(
+                        now,
+                        FaultKind::FirmwareFault,
+                        format!("the firmware reported {code:?}"),
+                        None,
+                    );
+                } else {
+                    self.report.ignored_firmware_faults += 1;
+                }
+            }
+            Message::Hello(h) => {
+                if let Err(e) = self.hello.check_peer(&h) {
+                    self.fatal_error(now, FaultKind::Handshake, format!("handshake refused: {e}"));
+                    return;
+                }
+                if let Phase::Handshaking { .. } = self.phase {
+                    self.phase = Phase::Idle;
+                } else {
+                    // An unasked Hello: the firmware rebooted.
+                    self.fault(
+                        now,
+                        FaultKind::FirmwareReset,
+                        "the firmware restarted (unexpected Hello)".into(),
+                        Some(After::Handshake),
+                    );
+                }
+            }
+            Message::Heartbeat => {}
+            // Controller-to-firmware messages never come this way.
+            Message::Command { .. } | Message::Estop | Message::Reset { .. } => {}
+        }
+    }
+
+    fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
+        self.track = Some(Track::new(episode, seed, now));
+        self.phase = Phase::Running;
+        self.ep_cadence.clear();
+        self.queue_log(Record::EpisodeStart { episode, seed });
+    }
+
+    // ---------------------------------------------------------------- checks
+
+    fn checks(&mut self, now: Instant) {
+        if realtime::stop_requested() && self.stopping.is_none() {
+            let sig = realtime::stop_signal();
+            let why = if sig == 0 {
+                "stop requested".to_string()
+            } else {
+                format!("signal {sig}")
+            };
+            self.interrupt(now, why);
+        }
+        if realtime::panicked() && self.fatal.is_none() {
+            self.fatal_error(
+                now,
+                FaultKind::Panic,
+                "a thread of the controller panicked".into(),
+            );
+        }
+        if let Some(limit) = self.cfg.duration
+            && self.stopping.is_none()
+            && now.saturating_duration_since(self.start) >= limit
+        {
+            self.interrupt(now, "run duration reached".into());
+        }
+        if self.phase == Phase::Running
+            && let Some(t) = &self.track
+        {
+            let age = now.saturating_duration_since(t.newest_rx);
+            if age > self.stale {
+                let detail = format!(
+                    "no new sensor frame for {:.1} ms (limit {:.1} ms)",
+                    age.as_secs_f64() * 1e3,
+                    self.stale.as_secs_f64() * 1e3
+                );
+                self.fault(now, FaultKind::StaleSensor, detail, None);
+            } else if self.cfg.max_consecutive_overruns > 0
+                && self.consecutive_overruns >= self.cfg.max_consecutive_overruns
+            {
+                let detail = format!("{} deadlines in a row missed", self.consecutive_overruns);
+                self.fault(now, FaultKind::DeadlineMissed, detail, None);
+            }
+        }
+    }
+
+    /// Ends the run: safe stop, then exit.
+    fn interrupt(&mut self, now: Instant, why: String) {
+        self.stopping = Some(Outcome::Interrupted);
+        match self.phase {
+            Phase::SafeStop { left, .. } => {
+                self.phase = Phase::SafeStop {
+                    left,
+                    then: After::Exit,
+                }
+            }
+            Phase::Done => {}
+            _ => {
+                if self.track.is_some() {
+                    self.finish_episode(now, EndReason::Interrupted, why);
+                }
+                self.enter_safe_stop(After::Exit);
+            }
+        }
+    }
+
+    /// A fault: end the episode, safe stop, then continue or exit. `after` overrides
+    /// what follows the safe stop (handshake after a firmware reset, and so on).
+    pub(crate) fn fault(
+        &mut self,
+        now: Instant,
+        kind: FaultKind,
+        detail: String,
+        after: Option<After>,
+    ) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        let (episode, step) = self
+            .track
+            .as_ref()
+            .map_or((None, None), |t| (Some(t.id), t.newest));
+        if !self.cfg.quiet {
+            eprintln!("FAULT at tick {}: {kind:?}: {detail}", self.tick);
+        }
+        self.report.faults.push(FaultEvent {
+            kind,
+            detail: detail.clone(),
+            tick: self.tick,
+            at_s: now.saturating_duration_since(self.start).as_secs_f64(),
+            episode,
+            step,
+            hold_tick: None,
+            hold_latency_us: None,
+            torque_off_tick: None,
+        });
+        if let Phase::SafeStop { left, then } = self.phase {
+            // Already stopping: keep holding; a later fault can only make the
+            // continuation stricter.
+            let then = match (then, after) {
+                (After::Exit, _) | (_, Some(After::Exit)) => After::Exit,
+                (_, Some(a)) => a,
+                (t, None) => t,
+            };
+            self.phase = Phase::SafeStop { left, then };
+            return;
+        }
+        self.fault_count += 1;
+        if self.track.is_some() {
+            self.finish_episode(now, EndReason::Fault, format!("{kind:?}: {detail}"));
+        }
+        self.hold_pending = Some(self.report.faults.len() - 1);
+        let mut then = after.unwrap_or(After::Idle);
+        if self.stopping.is_some() {
+            then = After::Exit;
+        } else if self.fault_count > self.cfg.max_faults && then != After::Exit {
+            self.stopping = Some(Outcome::StoppedByFault);
+            then = After::Exit;
+        }
+        if then == After::Exit && self.stopping.is_none() {
+            self.stopping = Some(Outcome::StoppedByFault);
+        }
+        self.enter_safe_stop(then);
+    }
+
+    fn fatal_error(&mut self, now: Instant, kind: FaultKind, detail: String) {
+        if self.fatal.is_none() {
+            self.fatal = Some(detail.clone());
+        }
+        self.stopping = Some(Outcome::Error);
+        if matches!(self.phase, Phase::Handshaking { .. }) && self.track.is_none() {
+            // Nothing runs yet: refuse without moving the robot.
+            self.report.faults.push(FaultEvent {
+                kind,
+                detail,
+                tick: self.tick,
+                at_s: now.saturating_duration_since(self.start).as_secs_f64(),
+                episode: None,
+                step: None,
+                hold_tick: None,
+                hold_latency_us: None,
+                torque_off_tick: None,
+            });
+            self.phase = Phase::Done;
+            return;
+        }
+        self.fault(now, kind, detail, Some(After::Exit));
+    }
+
+    fn enter_safe_stop(&mut self, then: After) {
+        let hold = self.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
+        self.phase = Phase::SafeStop { left: hold, then };
+    }
+
+    fn enter_handshake(&mut self, now: Instant) {
+        self.phase = Phase::Handshaking {
+            since: now,
+            last_hello: now,
+        };
+        let _ = self.gate.send_control(Message::Hello(self.hello));
+    }
+
+    // ---------------------------------------------------------------- phases
+
+    fn step_phase(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Idle => {
+                let wanted = self.cfg.episodes.is_none_or(|n| self.episodes_started < n);
+                if self.stopping.is_some() || !wanted {
+                    self.stopping.get_or_insert(Outcome::Completed);
+                    self.enter_safe_stop(After::Exit);
+                    // Nothing is moving: the exit safe stop starts next tick.
+                    return;
+                }
+                let seed = self.cfg.seed.wrapping_add(self.episodes_started as u64);
+                self.episodes_started += 1;
+                self.commands.clear();
+                self.torque_off = false;
+                if self.gate.send_control(Message::Reset { seed }).is_err() {
+                    self.fault(
+                        now,
+                        FaultKind::LinkLost,
+                        "writing Reset failed".into(),
+                        None,
+                    );
+                    return;
+                }
+                self.phase = Phase::Starting {
+                    since: now,
+                    attempts: 1,
+                    seed,
+                };
+            }
+            Phase::Starting {
+                since,
+                attempts,
+                seed,
+            } => {
+                let wait = self.period * 20 + Duration::from_millis(500);
+                if now.saturating_duration_since(since) > wait {
+                    if attempts >= 3 {
+                        self.fatal_error(
+                            now,
+                            FaultKind::NoEpisodeStart,
+                            format!(
+                                "the firmware did not start an episode after {attempts} Resets"
+                            ),
+                        );
+                    } else {
+                        let _ = self.gate.send_control(Message::Reset { seed });
+                        self.phase = Phase::Starting {
+                            since: now,
+                            attempts: attempts + 1,
+                            seed,
+                        };
+                    }
+                }
+            }
+            Phase::Running => self.act(now),
+            Phase::Ending { until } => {
+                let complete = self.track.as_ref().is_some_and(|t| {
+                    t.final_step.is_some_and(|f| t.next_emit >= f) && t.fw_end.is_some()
+                });
+                if complete || now >= until {
+                    self.emit_transitions();
+                    self.finish_episode(now, EndReason::Completed, "ended by the firmware".into());
+                    self.phase = Phase::Idle;
+                }
+            }
+            Phase::SafeStop { left, then } => self.safe_stop_tick(now, left, then),
+            Phase::Handshaking { since, last_hello } => {
+                if now.saturating_duration_since(since) > self.cfg.handshake_timeout {
+                    self.fatal = Some(format!(
+                        "no Hello from the firmware within {:?}",
+                        self.cfg.handshake_timeout
+                    ));
+                    self.stopping = Some(Outcome::Error);
+                    self.phase = Phase::Done;
+                } else if now.saturating_duration_since(last_hello) > Duration::from_millis(250) {
+                    let _ = self.gate.send_control(Message::Hello(self.hello));
+                    self.phase = Phase::Handshaking {
+                        since,
+                        last_hello: now,
+                    };
+                }
+            }
+            Phase::Reconnecting { until } => {
+                if now >= until {
+                    self.fatal = Some("the serial link did not come back".into());
+                    self.stopping = Some(Outcome::Error);
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    fn safe_stop_tick(&mut self, now: Instant, left: u32, then: After) {
+        if !self.torque_off {
+            let _ = self.gate.send_hold();
+            if let Some(i) = self.hold_pending.take() {
+                let f = &mut self.report.faults[i];
+                f.hold_tick = Some(self.tick);
+                f.hold_latency_us = Some(
+                    (now.saturating_duration_since(self.start).as_secs_f64() - f.at_s).max(0.0)
+                        * 1e6,
+                );
+            }
+        }
+        let left = left.saturating_sub(1);
+        if left > 0 {
+            self.phase = Phase::SafeStop { left, then };
+            return;
+        }
+        if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && !self.link_down {
+            if self.gate.send_control(Message::Estop).is_ok() {
+                self.estop_sent = true;
+            }
+            self.torque_off = true;
+            if let Some(f) = self.report.faults.last_mut()
+                && f.torque_off_tick.is_none()
+            {
+                f.torque_off_tick = Some(self.tick);
+            }
+            self.report.torque_off_ticks.push(self.tick);
+        }
+        self.phase = match then {
+            After::Idle => Phase::Idle,
+            After::Exit => Phase::Done,
+            After::Handshake => {
+                self.enter_handshake(now);
+                self.phase
+            }
+            After::Reconnect => {
+                if self.link_down {
+                    Phase::Reconnecting {
+                        until: now + self.cfg.reconnect.unwrap_or_default(),
+                    }
+                } else {
+                    self.enter_handshake(now);
+                    self.phase
+                }
+            }
+        };
+    }
+
+    /// One policy step on the newest sensor frame, if there is a new one.
+    fn act(&mut self, now: Instant) {
+        let Some(t) = &self.track else { return };
+        let Some(step) = t.newest else { return };
+        if t.acted.is_some_and(|a| a >= step) {
+            return;
+        }
+        let Some(s) = t.sensor(step).copied() else {
+            return;
+        };
+        let od = self.od;
+        self.obs[..od].copy_from_slice(&s.obs[..od]);
+        if let Some(i) = self.obs[..od].iter().position(|x| !x.is_finite()) {
+            let detail = format!("observation[{i}] of step {step} is {}", self.obs[i]);
+            self.report.nan_observations += 1;
+            self.fault(now, FaultKind::NonFiniteObservation, detail, None);
+            // Hold in this same tick.
+            self.step_phase(now);
+            return;
+        }
+        let ti = Instant::now();
+        let ad = self.ad;
+        let r = self.brain.act(&self.obs[..od], &mut self.action[..ad]);
+        let tf = Instant::now();
+        self.ep_cadence.infer.record(tf - ti);
+        self.run_cadence.infer.record(tf - ti);
+        if let Err(e) = r {
+            self.fault(now, FaultKind::PolicyError, format!("{e:#}"), None);
+            self.step_phase(now);
+            return;
+        }
+        let shaped = self
+            .envelope
+            .shape(&mut self.action[..ad], self.gate.last());
+        let shaped = match shaped {
+            Ok(s) => s,
+            Err(e) => {
+                self.report.nan_actions += 1;
+                self.fault(now, FaultKind::NonFiniteAction, e.to_string(), None);
+                self.step_phase(now);
+                return;
+            }
+        };
+        self.report.clamped += shaped.clamped as u64;
+        self.report.rate_limited += shaped.rate_limited as u64;
+        let sent = self.gate.send_command(&self.action[..ad]);
+        let written = Instant::now();
+        self.ep_cadence.send.record(written - tf);
+        self.run_cadence.send.record(written - tf);
+        match sent {
+            Ok(a) => {
+                self.commands.push(written, a);
+                let lat = written.saturating_duration_since(s.rx);
+                self.ep_cadence.latency.record(lat);
+                self.run_cadence.latency.record(lat);
+                self.ep_cadence.acted_ticks += 1;
+                self.run_cadence.acted_ticks += 1;
+                self.torque_off = false;
+                if let Some(t) = self.track.as_mut() {
+                    t.acted = Some(step);
+                    t.steps_acted += 1;
+                }
+            }
+            Err(e) => {
+                self.fault(
+                    now,
+                    FaultKind::LinkLost,
+                    format!("writing a command: {e}"),
+                    None,
+                );
+                self.step_phase(now);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- logging
+
+    /// Sends every transition whose pieces are all here; gives up on those whose
+    /// pieces cannot come any more.
+    fn emit_transitions(&mut self) {
+        let Some(t) = self.track.as_mut() else { return };
+        loop {
+            let s = t.next_emit;
+            if t.final_step.is_some_and(|f| s >= f) {
+                break;
+            }
+            let parts = (t.sensor(s), t.sensor(s + 1), t.reward(s + 1));
+            if let (Some(a), Some(b), Some(r)) = parts {
+                let (sent_at, action) = match self.commands.in_force_at(b.rx) {
+                    Some((at, a)) => (ns_since(self.start, at), a),
+                    None => (0, [0.0; MAX_ACT]),
+                };
+                let tr = Transition {
+                    episode: t.id,
+                    step: s,
+                    obs_dim: self.od as u8,
+                    act_dim: self.ad as u8,
+                    obs: a.obs,
+                    action,
+                    reward: r.reward,
+                    done: r.done,
+                    truncated: r.truncated,
+                    success: r.success,
+                    next_obs: b.obs,
+                    obs_fw_us: a.fw_us,
+                    next_obs_fw_us: b.fw_us,
+                    obs_rx_ns: ns_since(self.start, a.rx),
+                    action_sent_ns: sent_at,
+                    next_obs_rx_ns: ns_since(self.start, b.rx),
+                };
+                t.next_emit += 1;
+                if !tr.is_finite() {
+                    t.missing += 1;
+                    continue;
+                }
+                t.emitted += 1;
+                if let Some(tx) = &self.log_tx {
+                    match tx.try_send(Record::Transition(tr)) {
+                        Ok(()) => self.report.log_sent += 1,
+                        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                            self.report.log_drops += 1
+                        }
+                    }
+                }
+                continue;
+            }
+            // Pieces of step s that are still missing once frames well past it have
+            // arrived were lost on the link.
+            let gone = t.horizon().is_some_and(|h| h >= s + (RING as u32) / 2);
+            if gone {
+                t.next_emit += 1;
+                t.missing += 1;
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn queue_log(&mut self, rec: Record) {
+        if self.log_tx.is_some() {
+            self.pending_log.push_back(rec);
+            self.flush_log();
+        }
+    }
+
+    fn flush_log(&mut self) {
+        let Some(tx) = &self.log_tx else { return };
+        while let Some(rec) = self.pending_log.pop_front() {
+            match tx.try_send(rec) {
+                Ok(()) => {}
+                Err(TrySendError::Full(rec)) => {
+                    self.pending_log.push_front(rec);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.report.log_drops += 1;
+                }
+            }
+        }
+    }
+
+    /// Closes the running episode: log record, report line, cadence report.
+    fn finish_episode(&mut self, now: Instant, reason: EndReason, detail: String) {
+        self.emit_transitions();
+        let Some(mut t) = self.track.take() else {
+            return;
+        };
+        let steps = t.steps();
+        // Steps the firmware took that never became transitions.
+        let covered = t.next_emit;
+        if reason == EndReason::Completed && steps > covered {
+            t.missing += steps - covered;
+        }
+        self.last_finished = Some(t.id);
+        let success = t.fw_end.map_or(t.success, |(s, _)| s || t.success);
+        self.queue_log(Record::EpisodeEnd(EpisodeEnd {
+            episode: t.id,
+            seed: t.seed,
+            steps,
+            success,
+            reason,
+            detail: detail.clone(),
+        }));
+        let elapsed = now.saturating_duration_since(t.started);
+        let cad = self.ep_cadence.report(self.cfg.target_hz());
+        let rep = EpisodeReport {
+            episode: t.id,
+            seed: t.seed,
+            steps,
+            commands: t.steps_acted,
+            success,
+            ret: t.ret,
+            reason,
+            detail,
+            transitions: t.emitted,
+            missing: t.missing,
+            seconds: elapsed.as_secs_f64(),
+            cadence: cad,
+        };
+        if !self.cfg.quiet {
+            eprintln!("{rep}");
+        }
+        self.report.episodes.push(rep);
+        self.ep_cadence.clear();
+    }
+}
+
+/// Sleeps until `spin` before `deadline`, then spins to it: `sleep` alone wakes late
+/// by the scheduler's latency, spinning the whole period would burn a core.
+pub(crate) fn sleep_until(deadline: Instant, spin: Duration) {
+    let now = Instant::now();
+    if deadline > now + spin {
+        std::thread::sleep(deadline - now - spin);
+    }
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+}

@@ -1,0 +1,281 @@
+//! The serial link: opening the port and the I/O thread that reads and decodes it.
+//!
+//! The I/O thread owns the read side. It blocks in `read` (a `poll` on the device with
+//! a short timeout), stamps every chunk with its arrival time, decodes frames with
+//! `FrameDecoder`, follows the firmware's sequence numbers, and publishes every frame,
+//! in order, on a bounded channel to the control thread. The control thread drains
+//! that channel at the start of each tick and acts on the newest `Sensor` frame; the
+//! other messages (rewards, episode starts and ends, faults) come in the same order
+//! the firmware sent them, which is what building transitions needs.
+//!
+//! The I/O thread never blocks on the channel: when it is full (the control thread is
+//! stuck) the frame is dropped and counted. If the device fails (unplugged, the
+//! firmware's pty closed), the thread reports [`LinkEvent::Lost`] and, when
+//! reconnection is enabled, reopens the same path every 100 ms until the deadline,
+//! handing the control thread a fresh write handle ([`LinkEvent::Reconnected`]).
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use firmware_config::protocol::{
+    DecoderStats, Frame, FrameDecoder, FrameError, Message, SeqTracker,
+};
+use serde::Serialize;
+use serialport::SerialPort;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the I/O thread publishes.
+pub enum LinkEvent {
+    Frame {
+        rx: Instant,
+        frame: Frame,
+    },
+    /// A block that did not decode (counted in the decoder stats too).
+    Error {
+        rx: Instant,
+        error: FrameError,
+    },
+    /// Reading failed: the device is gone.
+    Lost(String),
+    /// The device was reopened; here is its write handle.
+    Reconnected(Box<dyn SerialPort>),
+}
+
+/// Link health, summed over reconnects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LinkCounters {
+    pub frames: u64,
+    pub crc_errors: u64,
+    pub cobs_errors: u64,
+    pub oversize: u64,
+    pub version_mismatches: u64,
+    pub malformed: u64,
+    pub resyncs: u64,
+    pub bytes_discarded: u64,
+    /// Firmware frames missing according to the sequence numbers.
+    pub seq_lost: u64,
+    /// Duplicated or reordered frames according to the sequence numbers.
+    pub seq_stale: u64,
+    /// Frames dropped because the control thread's queue was full.
+    pub queue_drops: u64,
+    pub read_errors: u64,
+    pub reconnects: u64,
+}
+
+impl LinkCounters {
+    fn add_decoder(&mut self, d: &DecoderStats) {
+        self.frames += d.frames as u64;
+        self.crc_errors += d.crc_errors as u64;
+        self.cobs_errors += d.cobs_errors as u64;
+        self.oversize += d.oversize as u64;
+        self.version_mismatches += d.version_mismatches as u64;
+        self.malformed += d.malformed as u64;
+        self.resyncs += d.resyncs as u64;
+        self.bytes_discarded += d.bytes_discarded as u64;
+    }
+
+    /// Frame errors of any kind.
+    pub fn frame_errors(&self) -> u64 {
+        self.crc_errors
+            + self.cobs_errors
+            + self.oversize
+            + self.version_mismatches
+            + self.malformed
+    }
+}
+
+/// Opens the device (8N1, no flow control) and discards input that arrived before.
+pub fn open_port(path: &Path, baud: u32) -> io::Result<Box<dyn SerialPort>> {
+    let name = path.to_string_lossy().into_owned();
+    let port = serialport::new(&name, baud)
+        .timeout(Duration::from_millis(5))
+        .open()
+        .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
+    port.clear(serialport::ClearBuffer::Input)
+        .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
+    Ok(port)
+}
+
+/// A write handle for the control thread (its own timeout: a device that stops
+/// draining fails a write after 100 ms instead of stalling the loop).
+pub fn writer_of(port: &dyn SerialPort) -> io::Result<Box<dyn SerialPort>> {
+    let mut w = port
+        .try_clone()
+        .map_err(|e| io::Error::other(format!("cloning the port handle: {e}")))?;
+    w.set_timeout(Duration::from_millis(100))
+        .map_err(io::Error::other)?;
+    Ok(w)
+}
+
+/// The running I/O thread.
+pub struct Link {
+    pub events: Receiver<LinkEvent>,
+    pub counters: Arc<Mutex<LinkCounters>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Starts the I/O thread on `port`. `reconnect`: how long to keep trying to reopen
+    /// `path` after the device fails (`None`: give up at once).
+    pub fn spawn(
+        port: Box<dyn SerialPort>,
+        path: PathBuf,
+        baud: u32,
+        reconnect: Option<Duration>,
+        capacity: usize,
+    ) -> io::Result<Link> {
+        let (tx, rx) = bounded(capacity);
+        let counters = Arc::new(Mutex::new(LinkCounters::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (counters.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("serial-io".into())
+            .spawn(move || io_thread(port, path, baud, reconnect, tx, c, s))?;
+        Ok(Link {
+            events: rx,
+            counters,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn counters(&self) -> LinkCounters {
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn io_thread(
+    mut port: Box<dyn SerialPort>,
+    path: PathBuf,
+    baud: u32,
+    reconnect: Option<Duration>,
+    tx: Sender<LinkEvent>,
+    counters: Arc<Mutex<LinkCounters>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut decoder = FrameDecoder::new();
+    let mut seq = SeqTracker::new();
+    // Counters of decoders from before a reconnect.
+    let mut base = LinkCounters::default();
+    let mut drops = 0u64;
+    let mut buf = [0u8; 1024];
+    let publish = |ev: LinkEvent, drops: &mut u64| match tx.try_send(ev) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            *drops += 1;
+            true
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match port.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                let rx = Instant::now();
+                let mut alive = true;
+                decoder.feed(&buf[..n], |r| {
+                    let ev = match r {
+                        Ok(frame) => {
+                            if matches!(frame.message, Message::Hello(_)) {
+                                // A Hello starts the firmware's sequence over.
+                                seq.reset();
+                            }
+                            // Stale (duplicated, reordered) frames are still
+                            // published: the control thread drops them by episode and
+                            // step, which is what matters for acting and logging.
+                            seq.observe(frame.seq);
+                            LinkEvent::Frame { rx, frame }
+                        }
+                        Err(error) => LinkEvent::Error { rx, error },
+                    };
+                    alive &= publish(ev, &mut drops);
+                });
+                if !alive {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                ) => {}
+            Err(e) => {
+                {
+                    let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
+                    c.read_errors += 1;
+                }
+                // The loss must get through even when the queue is full.
+                let lost = LinkEvent::Lost(format!("{}: {e}", path.display()));
+                if tx.send_timeout(lost, Duration::from_secs(1)).is_err() {
+                    break;
+                }
+                let Some(limit) = reconnect else { break };
+                let deadline = Instant::now() + limit;
+                let mut reopened = None;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Ok(p) = open_port(&path, baud)
+                        && let Ok(w) = writer_of(p.as_ref())
+                    {
+                        reopened = Some((p, w));
+                        break;
+                    }
+                }
+                let Some((p, w)) = reopened else { break };
+                port = p;
+                base.add_decoder(&decoder.stats());
+                decoder = FrameDecoder::new();
+                // Whatever was half-received before is garbage now.
+                decoder.clear();
+                seq.reset();
+                base.reconnects += 1;
+                if tx
+                    .send_timeout(LinkEvent::Reconnected(w), Duration::from_secs(1))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        snapshot(&counters, &base, &decoder, &seq, drops);
+    }
+    snapshot(&counters, &base, &decoder, &seq, drops);
+}
+
+/// Publishes the thread's counters (a short lock, once per read).
+fn snapshot(
+    counters: &Mutex<LinkCounters>,
+    base: &LinkCounters,
+    decoder: &FrameDecoder,
+    seq: &SeqTracker,
+    drops: u64,
+) {
+    let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
+    let read_errors = c.read_errors;
+    *c = *base;
+    c.add_decoder(&decoder.stats());
+    c.read_errors = read_errors;
+    c.seq_lost = seq.lost as u64;
+    c.seq_stale = seq.stale as u64;
+    c.queue_drops = drops;
+}

@@ -1,0 +1,908 @@
+//! Crash-safe transition log and its conversion to the dataset format.
+//!
+//! # File format
+//!
+//! An append-only file: an 8-byte magic, then records, each written with a single
+//! `write` call:
+//!
+//! ```text
+//!  "EXPOLOG1" │ len u32 │ crc32 u32 │ payload (len bytes) │ len │ crc │ payload │ …
+//!              └─ little endian; crc32 = firmware_config::protocol::crc32(payload)
+//!
+//!  payload[0] = kind:
+//!    1 run start       JSON (robot, task, fps, names, bundle)
+//!    2 episode start   episode u32, seed u64
+//!    3 transition      episode u32, step u32, od u8, ad u8, obs f32[od], action f32[ad],
+//!                      reward f32, flags u8 (1 done, 2 truncated, 4 success),
+//!                      next_obs f32[od], obs_fw_us u32, next_obs_fw_us u32,
+//!                      obs_rx_ns u64, action_sent_ns u64, next_obs_rx_ns u64
+//!    4 episode end     episode u32, seed u64, steps u32, success u8, reason u8,
+//!                      detail (UTF-8, rest of the payload)
+//! ```
+//!
+//! A `kill -9` can only interrupt the record being written (earlier records are in
+//! the kernel's page cache and survive the process), so a reader stops at the first
+//! record whose length runs past the end of the file or whose CRC does not match, and
+//! reports the skipped bytes as a torn tail ([`read_log`]). [`LogWriter::open`] cuts a
+//! torn tail off before appending, so a later run's records are not hidden behind it.
+//! The log is `fdatasync`ed at every episode end, which also covers a power loss for
+//! completed episodes.
+//!
+//! # Dataset
+//!
+//! The logger thread keeps the running episode's transitions in memory and, at the
+//! episode-end record, appends them as one episode to the dataset
+//! ([`dataset::DatasetWriter`], one writer for the whole run). The dataset's `meta/`
+//! is only rewritten when the writer finishes (end of the run), so after a crash the
+//! dataset still shows its previous contents and the log holds everything since:
+//! `controller log-to-dataset` rebuilds a dataset from a log.
+//!
+//! Timestamps `*_rx_ns` / `action_sent_ns` are nanoseconds since the run started on the
+//! controller's monotonic clock; `*_fw_us` are the firmware's frame timestamps.
+
+use dataset::{DatasetInfo, DatasetWriter, Episode};
+use firmware_config::protocol::{MAX_ACT, MAX_OBS, crc32};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// First bytes of every log file.
+pub const MAGIC: &[u8; 8] = b"EXPOLOG1";
+/// Largest payload a reader accepts (a transition is at most ~400 bytes; the run
+/// header is JSON): a larger length is a torn or foreign record.
+const MAX_RECORD: u32 = 1 << 20;
+
+const KIND_RUN: u8 = 1;
+const KIND_EPISODE_START: u8 = 2;
+const KIND_TRANSITION: u8 = 3;
+const KIND_EPISODE_END: u8 = 4;
+
+/// Why a log could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: not a transition log (expected the magic {:?} at byte 0)", path.display(), std::str::from_utf8(MAGIC).unwrap_or("?"))]
+    Magic { path: PathBuf },
+    #[error("{}: record at byte {offset}: {problem}", path.display())]
+    Record {
+        path: PathBuf,
+        offset: u64,
+        problem: String,
+    },
+    #[error("dataset: {0}")]
+    Dataset(#[from] dataset::DatasetError),
+}
+
+/// One control step as the controller saw it. Fixed-size, so sending it to the
+/// logger allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Transition {
+    pub episode: u32,
+    /// Frame index: the observation is the firmware's `Sensor` of this step.
+    pub step: u32,
+    pub obs_dim: u8,
+    pub act_dim: u8,
+    pub obs: [f32; MAX_OBS],
+    /// The action in force during the step, in policy units, as sent.
+    pub action: [f32; MAX_ACT],
+    pub reward: f32,
+    pub done: bool,
+    pub truncated: bool,
+    pub success: bool,
+    pub next_obs: [f32; MAX_OBS],
+    pub obs_fw_us: u32,
+    pub next_obs_fw_us: u32,
+    pub obs_rx_ns: u64,
+    pub action_sent_ns: u64,
+    pub next_obs_rx_ns: u64,
+}
+
+impl Transition {
+    pub fn obs(&self) -> &[f32] {
+        &self.obs[..self.obs_dim as usize]
+    }
+    pub fn next_obs(&self) -> &[f32] {
+        &self.next_obs[..self.obs_dim as usize]
+    }
+    pub fn action(&self) -> &[f32] {
+        &self.action[..self.act_dim as usize]
+    }
+    /// Every float is finite (a dataset accepts nothing else).
+    pub fn is_finite(&self) -> bool {
+        self.obs()
+            .iter()
+            .chain(self.next_obs())
+            .chain(self.action())
+            .chain(std::iter::once(&self.reward))
+            .all(|x| x.is_finite())
+    }
+}
+
+/// How an episode ended, from the controller's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The firmware ended it (terminated or time limit).
+    Completed,
+    /// A fault stopped it (safe stop).
+    Fault,
+    /// Ctrl-C, SIGTERM or the end of a timed run.
+    Interrupted,
+    /// The log ends inside the episode (the process was killed).
+    Unfinished,
+}
+
+impl EndReason {
+    fn code(self) -> u8 {
+        match self {
+            EndReason::Completed => 0,
+            EndReason::Fault => 1,
+            EndReason::Interrupted => 2,
+            EndReason::Unfinished => 3,
+        }
+    }
+    fn from_code(c: u8) -> Option<EndReason> {
+        Some(match c {
+            0 => EndReason::Completed,
+            1 => EndReason::Fault,
+            2 => EndReason::Interrupted,
+            3 => EndReason::Unfinished,
+            _ => return None,
+        })
+    }
+}
+
+/// The episode-end record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpisodeEnd {
+    pub episode: u32,
+    pub seed: u64,
+    /// Steps the firmware reported (or the last step seen).
+    pub steps: u32,
+    pub success: bool,
+    pub reason: EndReason,
+    pub detail: String,
+}
+
+/// The run-start record: what the dataset needs to describe the episodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStart {
+    pub robot: String,
+    pub task: String,
+    pub fps: u32,
+    pub observation_names: Vec<String>,
+    pub action_names: Vec<String>,
+    pub bundle: String,
+    pub started_unix: u64,
+}
+
+impl RunStart {
+    pub fn dataset_info(&self) -> DatasetInfo {
+        DatasetInfo {
+            robot_type: self.robot.clone(),
+            fps: self.fps,
+            task: self.task.clone(),
+            observation_names: self.observation_names.clone(),
+            action_names: self.action_names.clone(),
+        }
+    }
+}
+
+/// One log record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Run(RunStart),
+    EpisodeStart { episode: u32, seed: u64 },
+    Transition(Transition),
+    EpisodeEnd(EpisodeEnd),
+}
+
+impl Record {
+    /// The payload bytes (kind byte first).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        match self {
+            Record::Run(r) => {
+                out.push(KIND_RUN);
+                // Serializing plain strings and numbers cannot fail.
+                out.extend_from_slice(&serde_json::to_vec(r).unwrap_or_default());
+            }
+            Record::EpisodeStart { episode, seed } => {
+                out.push(KIND_EPISODE_START);
+                out.extend_from_slice(&episode.to_le_bytes());
+                out.extend_from_slice(&seed.to_le_bytes());
+            }
+            Record::Transition(t) => {
+                out.push(KIND_TRANSITION);
+                out.extend_from_slice(&t.episode.to_le_bytes());
+                out.extend_from_slice(&t.step.to_le_bytes());
+                out.push(t.obs_dim);
+                out.push(t.act_dim);
+                let floats = |out: &mut Vec<u8>, v: &[f32]| {
+                    for x in v {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                };
+                floats(out, t.obs());
+                floats(out, t.action());
+                out.extend_from_slice(&t.reward.to_le_bytes());
+                out.push(t.done as u8 | (t.truncated as u8) << 1 | (t.success as u8) << 2);
+                floats(out, t.next_obs());
+                out.extend_from_slice(&t.obs_fw_us.to_le_bytes());
+                out.extend_from_slice(&t.next_obs_fw_us.to_le_bytes());
+                out.extend_from_slice(&t.obs_rx_ns.to_le_bytes());
+                out.extend_from_slice(&t.action_sent_ns.to_le_bytes());
+                out.extend_from_slice(&t.next_obs_rx_ns.to_le_bytes());
+            }
+            Record::EpisodeEnd(e) => {
+                out.push(KIND_EPISODE_END);
+                out.extend_from_slice(&e.episode.to_le_bytes());
+                out.extend_from_slice(&e.seed.to_le_bytes());
+                out.extend_from_slice(&e.steps.to_le_bytes());
+                out.push(e.success as u8);
+                out.push(e.reason.code());
+                out.extend_from_slice(e.detail.as_bytes());
+            }
+        }
+    }
+
+    /// Parses a payload; strict about lengths and codes.
+    pub fn decode(p: &[u8]) -> Result<Record, String> {
+        let (&kind, rest) = p.split_first().ok_or("empty payload")?;
+        let mut r = Reader(rest);
+        let rec = match kind {
+            KIND_RUN => {
+                let run: RunStart = serde_json::from_slice(r.take(rest.len())?)
+                    .map_err(|e| format!("run header: {e}"))?;
+                Record::Run(run)
+            }
+            KIND_EPISODE_START => Record::EpisodeStart {
+                episode: r.u32()?,
+                seed: r.u64()?,
+            },
+            KIND_TRANSITION => {
+                let episode = r.u32()?;
+                let step = r.u32()?;
+                let od = r.u8()?;
+                let ad = r.u8()?;
+                if od as usize > MAX_OBS || ad as usize > MAX_ACT {
+                    return Err(format!("dimensions {od}/{ad} exceed the protocol maximum"));
+                }
+                let mut obs = [0.0; MAX_OBS];
+                let mut action = [0.0; MAX_ACT];
+                let mut next_obs = [0.0; MAX_OBS];
+                r.floats(&mut obs[..od as usize])?;
+                r.floats(&mut action[..ad as usize])?;
+                let reward = r.f32()?;
+                let flags = r.u8()?;
+                if flags & !0b111 != 0 {
+                    return Err("unknown flag bits".into());
+                }
+                r.floats(&mut next_obs[..od as usize])?;
+                Record::Transition(Transition {
+                    episode,
+                    step,
+                    obs_dim: od,
+                    act_dim: ad,
+                    obs,
+                    action,
+                    reward,
+                    done: flags & 1 != 0,
+                    truncated: flags & 2 != 0,
+                    success: flags & 4 != 0,
+                    next_obs,
+                    obs_fw_us: r.u32()?,
+                    next_obs_fw_us: r.u32()?,
+                    obs_rx_ns: r.u64()?,
+                    action_sent_ns: r.u64()?,
+                    next_obs_rx_ns: r.u64()?,
+                })
+            }
+            KIND_EPISODE_END => {
+                let episode = r.u32()?;
+                let seed = r.u64()?;
+                let steps = r.u32()?;
+                let success = r.u8()?;
+                let reason = r.u8()?;
+                let detail = String::from_utf8(r.take(r.0.len())?.to_vec())
+                    .map_err(|_| "detail is not UTF-8")?;
+                Record::EpisodeEnd(EpisodeEnd {
+                    episode,
+                    seed,
+                    steps,
+                    success: match success {
+                        0 => false,
+                        1 => true,
+                        _ => return Err("success is neither 0 nor 1".into()),
+                    },
+                    reason: EndReason::from_code(reason).ok_or("unknown end reason")?,
+                    detail,
+                })
+            }
+            k => return Err(format!("unknown record kind {k}")),
+        };
+        if !r.0.is_empty() {
+            return Err("payload too long".into());
+        }
+        Ok(rec)
+    }
+}
+
+/// Little-endian reader over a payload.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("payload too short".into());
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn f32(&mut self) -> Result<f32, String> {
+        Ok(f32::from_le_bytes(self.array()?))
+    }
+    fn floats(&mut self, dst: &mut [f32]) -> Result<(), String> {
+        for x in dst {
+            *x = self.f32()?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`read_log`] found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogContents {
+    pub records: Vec<Record>,
+    /// Bytes of whole, valid records (magic included): where the next record goes.
+    pub valid_bytes: u64,
+    /// Bytes after the last valid record (a record torn by a crash), skipped.
+    pub torn_bytes: u64,
+}
+
+/// Reads every whole record; a torn or corrupt record ends the log (see the module
+/// docs) and is reported in [`LogContents::torn_bytes`], not as an error.
+pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
+    let io_err = |what, source| LogError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    };
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| io_err("reading the log", e))?;
+    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
+            // Killed while writing the magic itself: an empty log.
+            return Ok(LogContents {
+                records: vec![],
+                valid_bytes: 0,
+                torn_bytes: data.len() as u64,
+            });
+        }
+        return Err(LogError::Magic {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut pos = MAGIC.len();
+    let mut records = Vec::new();
+    loop {
+        let Some(head) = data.get(pos..pos + 8) else {
+            break;
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len > MAX_RECORD {
+            break;
+        }
+        let Some(payload) = data.get(pos + 8..pos + 8 + len as usize) else {
+            break;
+        };
+        if crc32(payload) != crc {
+            break;
+        }
+        let rec = Record::decode(payload).map_err(|problem| LogError::Record {
+            path: path.to_path_buf(),
+            offset: pos as u64,
+            problem,
+        })?;
+        records.push(rec);
+        pos += 8 + len as usize;
+    }
+    Ok(LogContents {
+        records,
+        valid_bytes: pos as u64,
+        torn_bytes: (data.len() - pos) as u64,
+    })
+}
+
+/// Appends records to a log file.
+pub struct LogWriter {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+    payload: Vec<u8>,
+    /// Bytes of a torn tail cut off when the file was opened.
+    pub repaired_bytes: u64,
+    pub records: u64,
+}
+
+impl LogWriter {
+    /// Opens `path` for appending: creates it with the magic, or checks an existing
+    /// log and cuts off a torn final record.
+    pub fn open(path: &Path) -> Result<LogWriter, LogError> {
+        let io_err = |what, source| LogError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        };
+        let mut repaired = 0;
+        let existing = path.exists();
+        if existing {
+            let c = read_log(path)?;
+            repaired = c.torn_bytes;
+            if c.torn_bytes > 0 {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io_err("opening the log to repair it", e))?;
+                f.set_len(c.valid_bytes)
+                    .map_err(|e| io_err("cutting off a torn record", e))?;
+                f.sync_data().map_err(|e| io_err("syncing the log", e))?;
+            }
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io_err("opening the log", e))?;
+        let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
+        if empty {
+            file.write_all(MAGIC)
+                .map_err(|e| io_err("writing the log header", e))?;
+        }
+        Ok(LogWriter {
+            file,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(1024),
+            payload: Vec::with_capacity(1024),
+            repaired_bytes: repaired,
+            records: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record with a single `write` (length, CRC, payload).
+    pub fn append(&mut self, rec: &Record) -> Result<(), LogError> {
+        rec.encode(&mut self.payload);
+        self.buf.clear();
+        self.buf
+            .extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&crc32(&self.payload).to_le_bytes());
+        self.buf.extend_from_slice(&self.payload);
+        self.file
+            .write_all(&self.buf)
+            .map_err(|source| LogError::Io {
+                path: self.path.clone(),
+                what: "appending a record",
+                source,
+            })?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// `fdatasync`: completed episodes survive a power loss too.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.file.sync_data().map_err(|source| LogError::Io {
+            path: self.path.clone(),
+            what: "syncing the log",
+            source,
+        })
+    }
+}
+
+/// What turning one episode's transitions into a dataset episode found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConvertNotes {
+    pub frames: usize,
+    /// Steps of the episode (per the end record) without a transition.
+    pub missing: usize,
+    /// Transitions dropped for a non-finite value or as duplicates.
+    pub dropped: usize,
+    /// The last frame was marked truncated because the episode did not end in a
+    /// terminal or time-limit step (fault, interruption, lost final frames).
+    pub cut: bool,
+}
+
+/// Builds a dataset episode from transitions (any order). Gaps are allowed (frames
+/// are self-contained: each has its own next observation). `None` when nothing is
+/// usable (the dataset refuses empty episodes).
+pub fn to_episode(
+    transitions: &[Transition],
+    end: Option<&EpisodeEnd>,
+) -> Option<(Episode, ConvertNotes)> {
+    let mut ts: Vec<&Transition> = transitions.iter().collect();
+    ts.sort_by_key(|t| t.step);
+    let mut notes = ConvertNotes::default();
+    let before = ts.len();
+    ts.dedup_by_key(|t| t.step);
+    ts.retain(|t| t.is_finite());
+    // Nothing after a terminal step belongs to the episode.
+    if let Some(i) = ts.iter().position(|t| t.done) {
+        ts.truncate(i + 1);
+    }
+    notes.dropped = before - ts.len();
+    let last = ts.last()?;
+    let mut ep = Episode::default();
+    for t in &ts {
+        ep.observations.extend_from_slice(t.obs());
+        ep.next_observations.extend_from_slice(t.next_obs());
+        ep.actions.extend_from_slice(t.action());
+        ep.rewards.push(t.reward);
+        ep.terminated.push(t.done && !t.truncated);
+        ep.truncated.push(t.truncated);
+        ep.success.push(t.success);
+    }
+    if !last.done {
+        // The episode did not end in its own last step: bootstrapping from the last
+        // frame's next observation is valid, which is what `truncated` says.
+        if let Some(x) = ep.truncated.last_mut() {
+            *x = true;
+        }
+        notes.cut = true;
+    }
+    notes.frames = ep.len();
+    let steps = end.map_or(last.step + 1, |e| e.steps.max(last.step + 1));
+    notes.missing = (steps as usize).saturating_sub(ep.len());
+    Some((ep, notes))
+}
+
+/// One episode recovered from a log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedEpisode {
+    pub episode: u32,
+    pub seed: u64,
+    pub transitions: Vec<Transition>,
+    pub end: EpisodeEnd,
+}
+
+/// Groups a log's records into episodes. An episode without an end record (the
+/// process was killed) gets one with [`EndReason::Unfinished`].
+pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
+    let mut run = None;
+    let mut out: Vec<LoggedEpisode> = Vec::new();
+    let mut open: Option<LoggedEpisode> = None;
+    let unfinished = |e: LoggedEpisode| {
+        let steps = e.transitions.iter().map(|t| t.step + 1).max().unwrap_or(0);
+        LoggedEpisode {
+            end: EpisodeEnd {
+                episode: e.episode,
+                seed: e.seed,
+                steps,
+                success: e.transitions.iter().any(|t| t.success),
+                reason: EndReason::Unfinished,
+                detail: "the log ends inside this episode".into(),
+            },
+            ..e
+        }
+    };
+    for r in records {
+        match r {
+            Record::Run(rs) => {
+                if run.is_none() {
+                    run = Some(rs.clone());
+                }
+                if let Some(e) = open.take() {
+                    out.push(unfinished(e));
+                }
+            }
+            Record::EpisodeStart { episode, seed } => {
+                if let Some(e) = open.take() {
+                    out.push(unfinished(e));
+                }
+                open = Some(LoggedEpisode {
+                    episode: *episode,
+                    seed: *seed,
+                    transitions: vec![],
+                    end: EpisodeEnd {
+                        episode: *episode,
+                        seed: *seed,
+                        steps: 0,
+                        success: false,
+                        reason: EndReason::Unfinished,
+                        detail: String::new(),
+                    },
+                });
+            }
+            Record::Transition(t) => {
+                if let Some(e) = open.as_mut().filter(|e| e.episode == t.episode) {
+                    e.transitions.push(*t);
+                }
+            }
+            Record::EpisodeEnd(end) => {
+                if let Some(mut e) = open.take() {
+                    e.end = end.clone();
+                    out.push(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = open.take() {
+        out.push(unfinished(e));
+    }
+    (run, out)
+}
+
+/// Opens the dataset at `dir` for appending, or creates it; refuses one whose
+/// dimensions differ from `info`.
+pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, LogError> {
+    let has_meta = dir.join("meta").join("info.json").exists();
+    let mut w = if has_meta {
+        let w = DatasetWriter::open_append(dir)?;
+        let have = w.info();
+        if have.obs_dim() != info.obs_dim() || have.action_dim() != info.action_dim() {
+            return Err(LogError::Record {
+                path: dir.to_path_buf(),
+                offset: 0,
+                problem: format!(
+                    "existing dataset has observation/action dims {}/{}, this run records {}/{}",
+                    have.obs_dim(),
+                    have.action_dim(),
+                    info.obs_dim(),
+                    info.action_dim()
+                ),
+            });
+        }
+        w
+    } else {
+        DatasetWriter::create(dir, info.clone())?
+    };
+    w.set_task(&info.task);
+    Ok(w)
+}
+
+/// Summary of [`log_to_dataset`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rebuilt {
+    pub episodes_written: usize,
+    pub frames: usize,
+    pub skipped_empty: usize,
+    pub torn_bytes: u64,
+    pub unfinished: usize,
+}
+
+/// Converts every episode of a log into the dataset at `out` (created or appended).
+pub fn log_to_dataset(log: &Path, out: &Path) -> Result<Rebuilt, LogError> {
+    let contents = read_log(log)?;
+    let (run, eps) = episodes(&contents.records);
+    let run = run.ok_or_else(|| LogError::Record {
+        path: log.to_path_buf(),
+        offset: MAGIC.len() as u64,
+        problem: "no run-start record (nothing to describe the dataset with)".into(),
+    })?;
+    let mut w = open_dataset(out, &run.dataset_info())?;
+    let mut r = Rebuilt {
+        torn_bytes: contents.torn_bytes,
+        ..Rebuilt::default()
+    };
+    for e in &eps {
+        r.unfinished += usize::from(e.end.reason == EndReason::Unfinished);
+        match to_episode(&e.transitions, Some(&e.end)) {
+            Some((ep, notes)) => {
+                w.append_episode(&ep)?;
+                r.episodes_written += 1;
+                r.frames += notes.frames;
+            }
+            None => r.skipped_empty += 1,
+        }
+    }
+    w.finish()?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn transition(episode: u32, step: u32, done: bool) -> Transition {
+        let mut t = Transition {
+            episode,
+            step,
+            obs_dim: 3,
+            act_dim: 2,
+            obs: [0.0; MAX_OBS],
+            action: [0.0; MAX_ACT],
+            reward: step as f32,
+            done,
+            truncated: false,
+            success: done,
+            next_obs: [0.0; MAX_OBS],
+            obs_fw_us: step * 10,
+            next_obs_fw_us: step * 10 + 10,
+            obs_rx_ns: 1,
+            action_sent_ns: 2,
+            next_obs_rx_ns: 3,
+        };
+        t.obs[..3].copy_from_slice(&[step as f32, 1.0, 2.0]);
+        t.next_obs[..3].copy_from_slice(&[step as f32 + 1.0, 1.0, 2.0]);
+        t.action[..2].copy_from_slice(&[0.5, -0.5]);
+        t
+    }
+
+    fn run_start() -> RunStart {
+        RunStart {
+            robot: "r".into(),
+            task: "push".into(),
+            fps: 20,
+            observation_names: vec!["a".into(), "b".into(), "c".into()],
+            action_names: vec!["x".into(), "y".into()],
+            bundle: "b".into(),
+            started_unix: 0,
+        }
+    }
+
+    fn end(episode: u32, steps: u32) -> EpisodeEnd {
+        EpisodeEnd {
+            episode,
+            seed: 9,
+            steps,
+            success: true,
+            reason: EndReason::Completed,
+            detail: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn records_roundtrip() {
+        for r in [
+            Record::Run(run_start()),
+            Record::EpisodeStart {
+                episode: 3,
+                seed: u64::MAX,
+            },
+            Record::Transition(transition(3, 7, true)),
+            Record::EpisodeEnd(end(3, 8)),
+        ] {
+            let mut p = vec![];
+            r.encode(&mut p);
+            assert_eq!(Record::decode(&p).unwrap(), r);
+            assert!(
+                Record::decode(&p[..p.len() - 1]).is_err() || matches!(r, Record::EpisodeEnd(_))
+            );
+        }
+    }
+
+    #[test]
+    fn torn_tail_is_skipped_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::Run(run_start())).unwrap();
+        w.append(&Record::EpisodeStart {
+            episode: 0,
+            seed: 9,
+        })
+        .unwrap();
+        for s in 0..5 {
+            w.append(&Record::Transition(transition(0, s, s == 4)))
+                .unwrap();
+        }
+        drop(w);
+        let full = std::fs::read(&path).unwrap();
+        // Cut the file at every byte of the last record: the reader always returns the
+        // records before it and reports the rest as torn.
+        let whole = read_log(&path).unwrap();
+        assert_eq!(whole.records.len(), 7);
+        assert_eq!(whole.torn_bytes, 0);
+        let last_start = {
+            let mut p = vec![];
+            Record::Transition(transition(0, 4, true)).encode(&mut p);
+            full.len() - p.len() - 8
+        };
+        for cut in last_start..full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let c = read_log(&path).unwrap();
+            assert_eq!(c.records.len(), 6, "cut at {cut}");
+            assert_eq!(c.torn_bytes as usize, cut - last_start);
+        }
+        // A flipped byte in the last record reads as torn too.
+        let mut bad = full.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(read_log(&path).unwrap().records.len(), 6);
+        // Reopening cuts the torn record off; new records follow the good ones.
+        std::fs::write(&path, &full[..full.len() - 3]).unwrap();
+        let mut w = LogWriter::open(&path).unwrap();
+        assert!(w.repaired_bytes > 0);
+        w.append(&Record::EpisodeEnd(end(0, 5))).unwrap();
+        drop(w);
+        let c = read_log(&path).unwrap();
+        assert_eq!((c.records.len(), c.torn_bytes), (7, 0));
+        assert!(matches!(c.records[6], Record::EpisodeEnd(_)));
+        // Not a log at all.
+        std::fs::write(&path, b"hello world").unwrap();
+        assert!(matches!(read_log(&path), Err(LogError::Magic { .. })));
+    }
+
+    #[test]
+    fn episodes_with_gaps_and_cuts_convert() {
+        // Steps 0..6 of an episode that completed at step 5 (done), step 2 lost.
+        let ts: Vec<Transition> = [0, 1, 3, 4, 5, 1]
+            .iter()
+            .map(|&s| transition(0, s, s == 5))
+            .collect();
+        let (ep, notes) = to_episode(&ts, Some(&end(0, 6))).unwrap();
+        assert_eq!(ep.len(), 5);
+        assert_eq!(notes.missing, 1);
+        assert_eq!(notes.dropped, 1);
+        assert!(!notes.cut);
+        assert_eq!(ep.terminated.last(), Some(&true));
+        ep.check(3, 2).unwrap();
+        // Aborted: the last frame becomes truncated.
+        let ts: Vec<Transition> = (0..3).map(|s| transition(0, s, false)).collect();
+        let (ep, notes) = to_episode(&ts, None).unwrap();
+        assert!(notes.cut);
+        assert_eq!(ep.truncated, vec![false, false, true]);
+        // A NaN transition is dropped.
+        let mut t = transition(0, 0, false);
+        t.obs[1] = f32::NAN;
+        assert!(to_episode(&[t], None).is_none());
+    }
+
+    #[test]
+    fn log_to_dataset_rebuilds_killed_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::Run(run_start())).unwrap();
+        for e in 0..2 {
+            w.append(&Record::EpisodeStart {
+                episode: e,
+                seed: 9,
+            })
+            .unwrap();
+            for s in 0..4 {
+                w.append(&Record::Transition(transition(e, s, e == 0 && s == 3)))
+                    .unwrap();
+            }
+            if e == 0 {
+                w.append(&Record::EpisodeEnd(end(0, 4))).unwrap();
+            }
+        }
+        drop(w);
+        let out = dir.path().join("ds");
+        let r = log_to_dataset(&path, &out).unwrap();
+        assert_eq!((r.episodes_written, r.frames, r.unfinished), (2, 8, 1));
+        dataset::validate_dataset(&out).unwrap();
+        let ds = dataset::read_dataset(&out).unwrap();
+        assert_eq!(ds.num_frames(), 8);
+        assert_eq!(ds.episodes[1].truncated.last(), Some(&true));
+    }
+}

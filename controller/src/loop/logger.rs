@@ -1,0 +1,175 @@
+//! The logger thread: transition records in, log file and dataset out.
+//!
+//! ```text
+//!  control thread ──try_send(Record)──► bounded channel ──► logger thread
+//!   (never blocks; a full channel drops      │                 append record (len+crc+payload)
+//!    the transition and counts it)           │                 keep the episode's transitions
+//!                                            │                 at EpisodeEnd: fdatasync, convert,
+//!                                            ▼                 DatasetWriter::append_episode
+//!                                    run ends: channel closes → DatasetWriter::finish
+//! ```
+//!
+//! Episode boundaries (start and end records) are not dropped: the control thread
+//! keeps them in a small queue and retries every tick until the channel takes them.
+
+use super::log::{ConvertNotes, EndReason, LogWriter, Record, RunStart, Transition, to_episode};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use dataset::DatasetWriter;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// One episode as saved to the dataset.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SavedEpisode {
+    pub episode: u32,
+    pub reason: EndReason,
+    /// Index in the dataset (`None`: nothing usable, not written).
+    pub dataset_index: Option<usize>,
+    pub notes: ConvertNotes,
+}
+
+/// What the logger did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LoggerSummary {
+    pub log: Option<PathBuf>,
+    pub dataset: Option<PathBuf>,
+    pub records: u64,
+    /// Bytes of a torn record cut off the existing log before appending.
+    pub repaired_bytes: u64,
+    pub episodes: Vec<SavedEpisode>,
+    pub frames_saved: usize,
+    pub dataset_total_episodes: usize,
+    pub dataset_total_frames: usize,
+    pub errors: Vec<String>,
+}
+
+/// The running logger.
+pub struct Logger {
+    pub tx: Sender<Record>,
+    pub shared: Arc<Mutex<LoggerSummary>>,
+    handle: JoinHandle<LoggerSummary>,
+}
+
+impl Logger {
+    /// Starts the thread; it writes `run` as the first record.
+    pub fn spawn(
+        mut log: LogWriter,
+        dataset: Option<(PathBuf, DatasetWriter)>,
+        run: RunStart,
+        capacity: usize,
+    ) -> std::io::Result<Logger> {
+        let (tx, rx) = bounded(capacity);
+        let shared = Arc::new(Mutex::new(LoggerSummary {
+            log: Some(log.path().to_path_buf()),
+            dataset: dataset.as_ref().map(|(p, _)| p.clone()),
+            repaired_bytes: log.repaired_bytes,
+            ..LoggerSummary::default()
+        }));
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("logger".into())
+            .spawn(move || {
+                if let Err(e) = log.append(&Record::Run(run)) {
+                    push_error(&s, e.to_string());
+                }
+                logger_main(log, dataset.map(|(_, w)| w), rx, &s);
+                let out = s.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                out
+            })?;
+        Ok(Logger { tx, shared, handle })
+    }
+
+    /// Closes the channel and waits for the dataset to be finished.
+    pub fn finish(self) -> LoggerSummary {
+        let Logger { tx, shared, handle } = self;
+        drop(tx);
+        match handle.join() {
+            Ok(s) => s,
+            Err(_) => {
+                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                s.errors.push("the logger thread panicked".into());
+                s
+            }
+        }
+    }
+}
+
+fn push_error(s: &Mutex<LoggerSummary>, e: String) {
+    let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+    // A full disk would report every record: keep the first few.
+    if g.errors.len() < 20 {
+        g.errors.push(e);
+    }
+}
+
+fn logger_main(
+    mut log: LogWriter,
+    mut dataset: Option<DatasetWriter>,
+    rx: Receiver<Record>,
+    s: &Mutex<LoggerSummary>,
+) {
+    let mut current: Option<(u32, Vec<Transition>)> = None;
+    let mut next_index = 0usize;
+    for rec in rx.iter() {
+        if let Err(e) = log.append(&rec) {
+            push_error(s, e.to_string());
+        }
+        match rec {
+            Record::EpisodeStart { episode, .. } => {
+                current = Some((episode, Vec::with_capacity(512)));
+            }
+            Record::Transition(t) => {
+                if let Some((ep, ts)) = current.as_mut()
+                    && *ep == t.episode
+                {
+                    ts.push(t);
+                }
+            }
+            Record::EpisodeEnd(end) => {
+                if let Err(e) = log.sync() {
+                    push_error(s, e.to_string());
+                }
+                let ts = match current.take() {
+                    Some((ep, ts)) if ep == end.episode => ts,
+                    _ => Vec::new(),
+                };
+                let converted = to_episode(&ts, Some(&end));
+                let mut saved = SavedEpisode {
+                    episode: end.episode,
+                    reason: end.reason,
+                    dataset_index: None,
+                    notes: converted.as_ref().map(|c| c.1).unwrap_or_default(),
+                };
+                if let (Some(w), Some((ep, _))) = (dataset.as_mut(), converted.as_ref()) {
+                    match w.append_episode(ep) {
+                        Ok(()) => {
+                            saved.dataset_index = Some(next_index);
+                            next_index += 1;
+                        }
+                        Err(e) => push_error(s, format!("episode {}: {e}", end.episode)),
+                    }
+                }
+                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                g.frames_saved += saved.dataset_index.map_or(0, |_| saved.notes.frames);
+                g.episodes.push(saved);
+            }
+            Record::Run(_) => {}
+        }
+        s.lock().unwrap_or_else(|e| e.into_inner()).records = log.records;
+    }
+    if let Err(e) = log.sync() {
+        push_error(s, e.to_string());
+    }
+    if let Some(w) = dataset {
+        match w.finish() {
+            Ok(sum) => {
+                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                g.dataset_total_episodes = sum.total_episodes;
+                g.dataset_total_frames = sum.total_frames;
+            }
+            Err(e) => push_error(s, format!("finishing the dataset: {e}")),
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! The robot loop behind `controller run`: serial link, fixed-rate control, safety,
+//! crash-safe logging, episodes.
+//!
+//! # Threads
+//!
+//! ```text
+//!   serial device (firmware)
+//!      │ bytes                                  ▲ Command / Reset / Hello / Estop
+//!      ▼                                        │ (written by the control thread,
+//!  ┌───────────────┐  every frame, in order,    │  only through the CommandGate)
+//!  │ serial I/O    │  stamped with its arrival  │
+//!  │ thread        │──── bounded channel ────►┌─┴──────────────┐  Record (try_send,  ┌──────────┐
+//!  │ FrameDecoder, │     (full: drop, count)  │ control thread │─ bounded channel ──►│ logger   │
+//!  │ SeqTracker    │                          │ absolute       │  full: drop, count) │ thread   │
+//!  └───────────────┘                          │ deadlines      │                     └────┬─────┘
+//!                                             │ policy, safety │          transitions.log │ (len+crc+payload)
+//!                                             └────────────────┘          dataset/ (LeRobot v3)
+//! ```
+//!
+//! - [`link`]: the I/O thread (decode, sequence numbers, reconnect).
+//! - [`control`]: the control thread (ticks, episodes, faults, transitions).
+//! - [`safety`]: the envelope and the gate every `Command` passes through.
+//! - [`log`] / [`logger`]: the crash-safe log, its reader, dataset conversion.
+//! - [`stats`]: allocation-free histograms and the cadence report.
+//! - [`realtime`]: signals, the panic flag, `--realtime` (mlockall, SCHED_FIFO, affinity).
+//!
+//! # A run
+//!
+//! `Hello` → the firmware's `Hello` must pass `Hello::check_peer` (protocol version,
+//! schema hash, dimensions, rate), else the run is refused before anything moves.
+//! Then, per episode: `Reset { seed }` → `EpisodeStart` → act on every new `Sensor`
+//! until the firmware's terminal `Reward` / `EpisodeEnd` → episode record → next.
+//! At the end (all episodes done, Ctrl-C, SIGTERM, a fault beyond `--max-faults`, a
+//! panic): the safe stop — the hold action for `hold_ticks_before_torque_off` ticks,
+//! then `Estop` where `gravity_safe_torque_off` allows it.
+//!
+//! # Faults and what follows
+//!
+//! | fault | detected by | then |
+//! |---|---|---|
+//! | stale sensor (no new frame within `stale_sensor_ms`) | tick check | safe stop, episode ends (`fault`) |
+//! | non-finite observation / policy action, policy error | before acting | safe stop |
+//! | `max_consecutive_overruns` deadlines missed in a row | tick check | safe stop |
+//! | firmware `Fault` (watchdog, invalid command, …) | message | safe stop |
+//! | firmware reboot (unasked `Hello`) | message | safe stop, new handshake |
+//! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail), reconnect if enabled |
+//! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
+//!
+//! After a safe stop the run continues with the next episode while the number of
+//! faults is at most `max_faults`; beyond it, the run ends (outcome
+//! `stopped_by_fault`). Link noise (CRC errors, lost, duplicated or reordered frames)
+//! is not a fault: it is counted, and only becomes one if it starves the loop of
+//! sensor frames.
+
+pub mod control;
+pub mod link;
+pub mod log;
+pub mod logger;
+pub mod realtime;
+pub mod safety;
+pub mod stats;
+
+use crate::runtime::{Policy, PolicyOptions, TwoSpeedPolicy};
+use crossbeam_channel::RecvTimeoutError;
+use firmware_config::RobotConfig;
+use firmware_config::protocol::{FrameError, Message, PROTOCOL_VERSION};
+use log::{EndReason, LogWriter, RunStart};
+use serde::Serialize;
+use shared_model::VerifiedBundle;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use stats::CadenceReport;
+
+/// Everything `controller run` (and `bench-loop`) decides.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub robot: RobotConfig,
+    /// Serial device (a pty path for the simulated firmware).
+    pub port: PathBuf,
+    pub baud: u32,
+    /// Episodes to run (`None`: until `duration` or a stop).
+    pub episodes: Option<u32>,
+    /// Stop after this long (the episode running then ends as interrupted).
+    pub duration: Option<Duration>,
+    /// Episode `i` is reset with `seed + i`; the policy's sampler is seeded with `seed`.
+    pub seed: u64,
+    /// Run the loop this many times faster than `control_hz` (for a simulated firmware
+    /// with the same `--rate-scale`); every duration of the robot file is divided by it.
+    /// The handshake still announces `control_hz`.
+    pub time_scale: f64,
+    /// Directory for `transitions.log`, `dataset/` and `report.json` (`None`: no logging).
+    pub out: Option<PathBuf>,
+    /// Faults tolerated before the run stops (0: the first fault ends the run).
+    pub max_faults: u32,
+    /// Deadlines missed in a row that count as a fault (0: never).
+    pub max_consecutive_overruns: u32,
+    /// Spin this long before each deadline instead of sleeping.
+    pub spin: Duration,
+    /// `--realtime`: (SCHED_FIFO priority, CPU to pin the control thread to).
+    pub realtime: Option<(i32, Option<usize>)>,
+    /// After the link fails, try to reopen the device for this long.
+    pub reconnect: Option<Duration>,
+    pub handshake_timeout: Duration,
+    /// Capacity of the link → control and control → logger channels.
+    pub queue_capacity: usize,
+    /// No per-episode lines on stderr.
+    pub quiet: bool,
+    /// Testing only: panic in the control thread at this tick.
+    pub panic_at_tick: Option<u64>,
+}
+
+impl RunConfig {
+    pub fn new(robot: RobotConfig, port: PathBuf) -> RunConfig {
+        RunConfig {
+            baud: robot.serial.baud,
+            robot,
+            port,
+            episodes: Some(1),
+            duration: None,
+            seed: 0,
+            time_scale: 1.0,
+            out: None,
+            max_faults: 0,
+            max_consecutive_overruns: 10,
+            spin: Duration::from_micros(200),
+            realtime: None,
+            reconnect: None,
+            handshake_timeout: Duration::from_secs(3),
+            queue_capacity: 4096,
+            quiet: false,
+            panic_at_tick: None,
+        }
+    }
+
+    /// The loop rate in Hz.
+    pub fn target_hz(&self) -> f64 {
+        self.robot.control_hz as f64 * self.time_scale
+    }
+}
+
+/// The policy the loop runs.
+pub enum Brain {
+    Full(Box<Policy>),
+    TwoSpeed(Box<TwoSpeedPolicy>),
+}
+
+impl Brain {
+    pub fn new(
+        bundle: &VerifiedBundle,
+        options: &PolicyOptions,
+        two_speed: bool,
+    ) -> anyhow::Result<Brain> {
+        Ok(if two_speed {
+            Brain::TwoSpeed(Box::new(TwoSpeedPolicy::new(bundle, options)?))
+        } else {
+            Brain::Full(Box::new(Policy::new(bundle, options)?))
+        })
+    }
+
+    pub fn act(&mut self, obs: &[f32], action: &mut [f32]) -> anyhow::Result<()> {
+        match self {
+            Brain::Full(p) => p.act(obs, action).map(|_| ()),
+            Brain::TwoSpeed(p) => p.act(obs, action).map(|_| ()),
+        }
+    }
+}
+
+/// What kind of fault stopped an episode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    StaleSensor,
+    NonFiniteObservation,
+    NonFiniteAction,
+    PolicyError,
+    DeadlineMissed,
+    FirmwareFault,
+    FirmwareReset,
+    LinkLost,
+    Handshake,
+    NoEpisodeStart,
+    Panic,
+}
+
+/// One fault and the safe stop it caused.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultEvent {
+    pub kind: FaultKind,
+    pub detail: String,
+    /// Tick that detected it.
+    pub tick: u64,
+    /// Seconds since the run started.
+    pub at_s: f64,
+    pub episode: Option<u32>,
+    pub step: Option<u32>,
+    /// Tick whose hold command was the first of the safe stop (equal to `tick` when
+    /// the stop began in the detecting tick).
+    pub hold_tick: Option<u64>,
+    /// Detection to that hold command written, µs.
+    pub hold_latency_us: Option<f64>,
+    /// Tick that sent `Estop` (torque off), if the robot allows it.
+    pub torque_off_tick: Option<u64>,
+}
+
+/// How the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every episode ran (faults, if any, stayed within `max_faults`).
+    Completed,
+    StoppedByFault,
+    /// Ctrl-C, SIGTERM, or the run's duration.
+    Interrupted,
+    /// Refused or failed (handshake, link gone, panic).
+    Error,
+}
+
+/// One episode as the control thread saw it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EpisodeReport {
+    pub episode: u32,
+    pub seed: u64,
+    /// Firmware steps (from its `EpisodeEnd`, else the last step seen).
+    pub steps: u32,
+    /// Commands computed by the policy.
+    pub commands: u32,
+    pub success: bool,
+    #[serde(rename = "return")]
+    pub ret: f32,
+    pub reason: EndReason,
+    pub detail: String,
+    /// Transitions handed to the logger.
+    pub transitions: u32,
+    /// Steps whose transition could not be built (frames lost on the link).
+    pub missing: u32,
+    pub seconds: f64,
+    pub cadence: CadenceReport,
+}
+
+impl fmt::Display for EpisodeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "episode {} (seed {}): {}, {} steps, return {:.2}, {:?}{}; {} transitions, {} missing",
+            self.episode,
+            self.seed,
+            if self.success {
+                "success"
+            } else {
+                "no success"
+            },
+            self.steps,
+            self.ret,
+            self.reason,
+            if self.reason == EndReason::Completed {
+                String::new()
+            } else {
+                format!(" ({})", self.detail)
+            },
+            self.transitions,
+            self.missing
+        )?;
+        write!(f, "{}", self.cadence)
+    }
+}
+
+/// Everything a run reports (also written to `OUT/report.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub robot: String,
+    pub bundle: String,
+    pub control_hz: u32,
+    pub time_scale: f64,
+    pub episodes: Vec<EpisodeReport>,
+    pub episodes_completed: usize,
+    pub successes: usize,
+    /// Successes over completed episodes (compare with `trainer eval --bundle`).
+    pub success_rate: f64,
+    pub faults: Vec<FaultEvent>,
+    pub torque_off_ticks: Vec<u64>,
+    pub gate: safety::GateStats,
+    /// Policy actions clamped to the bounds / rate limited by shaping.
+    pub clamped: u64,
+    pub rate_limited: u64,
+    pub nan_observations: u64,
+    pub nan_actions: u64,
+    pub ignored_firmware_faults: u64,
+    pub link: link::LinkCounters,
+    pub log_sent: u64,
+    /// Transitions the logger's channel could not take.
+    pub log_drops: u64,
+    pub logger: Option<logger::LoggerSummary>,
+    pub cadence: CadenceReport,
+    pub realtime: Vec<realtime::RealtimeStep>,
+    pub ticks: u64,
+}
+
+impl RunReport {
+    fn new(cfg: &RunConfig, bundle: &str) -> RunReport {
+        RunReport {
+            outcome: Outcome::Completed,
+            error: None,
+            robot: cfg.robot.robot.clone(),
+            bundle: bundle.to_string(),
+            control_hz: cfg.robot.control_hz,
+            time_scale: cfg.time_scale,
+            episodes: vec![],
+            episodes_completed: 0,
+            successes: 0,
+            success_rate: 0.0,
+            faults: vec![],
+            torque_off_ticks: vec![],
+            gate: Default::default(),
+            clamped: 0,
+            rate_limited: 0,
+            nan_observations: 0,
+            nan_actions: 0,
+            ignored_firmware_faults: 0,
+            link: Default::default(),
+            log_sent: 0,
+            log_drops: 0,
+            logger: None,
+            cadence: Default::default(),
+            realtime: vec![],
+            ticks: 0,
+        }
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "run {:?}: {} episodes, {} completed, success rate {}/{} = {:.3}",
+            self.outcome,
+            self.episodes.len(),
+            self.episodes_completed,
+            self.successes,
+            self.episodes_completed,
+            self.success_rate
+        )?;
+        if let Some(e) = &self.error {
+            writeln!(f, "  error: {e}")?;
+        }
+        writeln!(f, "{}", self.cadence)?;
+        let l = &self.link;
+        writeln!(
+            f,
+            "  link: {} frames, {} CRC errors, {} other frame errors, {} resyncs, {} sequence gaps (frames lost), {} stale/duplicate, {} queue drops, {} read errors, {} reconnects",
+            l.frames,
+            l.crc_errors,
+            l.frame_errors() - l.crc_errors,
+            l.resyncs,
+            l.seq_lost,
+            l.seq_stale,
+            l.queue_drops,
+            l.read_errors,
+            l.reconnects
+        )?;
+        let stale = self
+            .faults
+            .iter()
+            .filter(|x| x.kind == FaultKind::StaleSensor)
+            .count();
+        writeln!(
+            f,
+            "  safety: {} commands ({} hold), {} envelope violations prevented, {} clamped, {} rate-limited, {} faults ({} stale-sensor timeouts), {} torque-offs",
+            self.gate.commands,
+            self.gate.hold_commands,
+            self.gate.violations_prevented,
+            self.clamped,
+            self.rate_limited,
+            self.faults.len(),
+            stale,
+            self.torque_off_ticks.len()
+        )?;
+        write!(
+            f,
+            "  logging: {} transitions sent, {} dropped",
+            self.log_sent, self.log_drops
+        )?;
+        if let Some(lg) = &self.logger {
+            write!(
+                f,
+                "; {} records written, {} episodes / {} frames saved to the dataset{}",
+                lg.records,
+                lg.episodes
+                    .iter()
+                    .filter(|e| e.dataset_index.is_some())
+                    .count(),
+                lg.frames_saved,
+                if lg.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", errors: {}", lg.errors.join("; "))
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "the bundle acts on observation {bundle_obs} / action {bundle_act} values, the robot '{robot}' has observation.dim {robot_obs} / action.dim {robot_act}"
+    )]
+    Dims {
+        robot: String,
+        bundle_obs: usize,
+        bundle_act: usize,
+        robot_obs: usize,
+        robot_act: usize,
+    },
+    #[error("policy: {0:#}")]
+    Policy(anyhow::Error),
+    #[error("serial link: {0}")]
+    Port(std::io::Error),
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+    #[error("{0}")]
+    Log(#[from] log::LogError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks that the bundle fits the robot.
+pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
+    let m = &bundle.manifest;
+    if m.observation.dim != robot.observation.dim || m.action.dim != robot.action.dim {
+        return Err(RunError::Dims {
+            robot: robot.robot.clone(),
+            bundle_obs: m.observation.dim,
+            bundle_act: m.action.dim,
+            robot_obs: robot.observation.dim,
+            robot_act: robot.action.dim,
+        });
+    }
+    Ok(())
+}
+
+/// Runs the loop: handshake, episodes, safe stop; writes `OUT/report.json`.
+///
+/// Returns `Err` only when the run could not start (dimensions, port, handshake,
+/// output directory); everything after that, faults included, is in the report.
+pub fn run(
+    cfg: RunConfig,
+    brain: Brain,
+    task: &str,
+    bundle_label: &str,
+) -> Result<RunReport, RunError> {
+    realtime::install_panic_hook();
+    let start = Instant::now();
+    let port = link::open_port(&cfg.port, cfg.baud).map_err(RunError::Port)?;
+    let writer = link::writer_of(port.as_ref()).map_err(RunError::Port)?;
+    let mut link = link::Link::spawn(
+        port,
+        cfg.port.clone(),
+        cfg.baud,
+        cfg.reconnect,
+        cfg.queue_capacity,
+    )
+    .map_err(RunError::Port)?;
+    let mut gate = safety::CommandGate::new(&cfg.robot, Box::new(writer));
+    handshake(&cfg, &mut gate, &link.events)?;
+
+    let mut report = RunReport::new(&cfg, bundle_label);
+    let logger = match &cfg.out {
+        None => None,
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| RunError::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })?;
+            let log = LogWriter::open(&dir.join("transitions.log"))?;
+            let run = RunStart {
+                robot: cfg.robot.robot.clone(),
+                task: task.to_string(),
+                fps: cfg.robot.control_hz,
+                observation_names: cfg.robot.observation.names.clone(),
+                action_names: action_names(&cfg.robot),
+                bundle: bundle_label.to_string(),
+                started_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            let ds_dir = dir.join("dataset");
+            let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
+            Some(
+                logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity).map_err(
+                    |source| RunError::Io {
+                        what: "starting the logger thread".into(),
+                        source,
+                    },
+                )?,
+            )
+        }
+    };
+
+    let realtime_opts = cfg.realtime;
+    let events = link.events.clone();
+    let log_tx = logger.as_ref().map(|l| l.tx.clone());
+    report.realtime = vec![];
+    let control = control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
+    let handle = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || control_thread(control, realtime_opts))
+        .map_err(|source| RunError::Io {
+            what: "starting the control thread".into(),
+            source,
+        })?;
+    let mut report = match handle.join() {
+        Ok(r) => r,
+        Err(_) => {
+            // Unreachable in practice (the thread catches its panics), but the report
+            // must still be written.
+            let mut r = RunReport::new(&cfg, bundle_label);
+            r.outcome = Outcome::Error;
+            r.error = Some("the control thread died".into());
+            r
+        }
+    };
+    link.stop();
+    report.link = link.counters();
+    if let Some(l) = logger {
+        report.logger = Some(l.finish());
+    }
+    let done: Vec<&EpisodeReport> = report
+        .episodes
+        .iter()
+        .filter(|e| e.reason == EndReason::Completed)
+        .collect();
+    report.episodes_completed = done.len();
+    report.successes = done.iter().filter(|e| e.success).count();
+    report.success_rate = if done.is_empty() {
+        0.0
+    } else {
+        report.successes as f64 / done.len() as f64
+    };
+    if let Some(dir) = &cfg.out {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(dir.join("report.json"), text).map_err(|source| RunError::Io {
+            what: format!("writing {}", dir.join("report.json").display()),
+            source,
+        })?;
+    }
+    Ok(report)
+}
+
+/// Joint names when there is one joint per action value, else `a0`, `a1`, …
+fn action_names(robot: &RobotConfig) -> Vec<String> {
+    if robot.joints.len() == robot.action.dim {
+        robot.joints.iter().map(|j| j.name.clone()).collect()
+    } else {
+        (0..robot.action.dim).map(|i| format!("a{i}")).collect()
+    }
+}
+
+/// Sends `Hello` until the firmware answers with its own (or the timeout) and checks it.
+fn handshake(
+    cfg: &RunConfig,
+    gate: &mut safety::CommandGate,
+    events: &crossbeam_channel::Receiver<link::LinkEvent>,
+) -> Result<(), RunError> {
+    let ours = cfg.robot.hello();
+    let deadline = Instant::now() + cfg.handshake_timeout;
+    loop {
+        gate.send_control(Message::Hello(ours))
+            .map_err(RunError::Port)?;
+        let resend = Instant::now() + Duration::from_millis(250);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RunError::Handshake(format!(
+                    "no Hello from the firmware on {} within {:?}",
+                    cfg.port.display(),
+                    cfg.handshake_timeout
+                )));
+            }
+            if now >= resend {
+                break;
+            }
+            match events.recv_timeout(resend.min(deadline) - now) {
+                Ok(link::LinkEvent::Frame { frame, .. }) => {
+                    if let Message::Hello(theirs) = frame.message {
+                        return ours
+                            .check_peer(&theirs)
+                            .map_err(|e| RunError::Handshake(e.to_string()));
+                    }
+                }
+                Ok(link::LinkEvent::Error {
+                    error: FrameError::Version { received },
+                    ..
+                }) => {
+                    return Err(RunError::Handshake(format!(
+                        "the firmware speaks protocol version {received}, this controller speaks {PROTOCOL_VERSION}"
+                    )));
+                }
+                Ok(link::LinkEvent::Lost(why)) => {
+                    return Err(RunError::Port(std::io::Error::other(why)));
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(RunError::Port(std::io::Error::other(
+                        "the serial I/O thread stopped",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// The control thread: real-time setup, the loop inside `catch_unwind`, and the safe
+/// stop after a panic.
+fn control_thread(mut c: control::Control, rt: Option<(i32, Option<usize>)>) -> RunReport {
+    realtime::tight_timer_slack();
+    if let Some((prio, cpu)) = rt {
+        let steps = realtime::apply_realtime(prio, cpu);
+        for s in &steps {
+            eprintln!(
+                "realtime: {:<44} {}: {}",
+                s.step,
+                if s.ok { "OK    " } else { "FAILED" },
+                s.detail
+            );
+        }
+        c.report.realtime = steps;
+    }
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
+    if let Err(p) = first {
+        let msg = panic_message(p.as_ref());
+        c.fatal = Some(format!("the control thread panicked: {msg}"));
+        let now = Instant::now();
+        c.phase = if c.phase == control::Phase::Done {
+            control::Phase::Idle
+        } else {
+            c.phase
+        };
+        c.fault(now, FaultKind::Panic, msg, Some(control::After::Exit));
+        let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
+        if second.is_err() {
+            // Last resort: one hold command and the torque off, directly.
+            let _ = c.gate.send_hold();
+            if c.cfg.robot.safety.gravity_safe_torque_off {
+                let _ = c.gate.send_control(Message::Estop);
+            }
+        }
+    }
+    let mut report = std::mem::replace(&mut c.report, RunReport::new(&c.cfg, ""));
+    report.gate = c.gate.stats;
+    report.ticks = c.tick;
+    report.cadence = c.run_cadence.report(c.cfg.target_hz());
+    report.error = c.fatal.clone();
+    report.outcome = if c.fatal.is_some() {
+        Outcome::Error
+    } else {
+        c.stopping().unwrap_or(Outcome::Completed)
+    };
+    report
+}
