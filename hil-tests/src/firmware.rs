@@ -80,6 +80,17 @@ pub struct FirmwareOptions {
     /// Seeds the fault injector (unless its spec has a seed) and simulated reboots.
     pub seed: u64,
     pub faults: FaultSpec,
+    /// Record every frame received ([`SimFirmware::received`]): lets tests check what a
+    /// controller really sent (e.g. that no command left its safety envelope).
+    pub record: bool,
+}
+
+/// A frame the firmware received, with its clock and state at that moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    pub at: Duration,
+    pub state: FirmwareState,
+    pub message: Message,
 }
 
 impl FirmwareOptions {
@@ -93,6 +104,7 @@ impl FirmwareOptions {
             command_timeout: None,
             seed: 0,
             faults: FaultSpec::default(),
+            record: false,
         }
     }
 }
@@ -181,6 +193,8 @@ pub struct SimFirmware {
     outbox: Vec<Frame>,
     faults: FaultInjector,
     stats: FirmwareStats,
+    record: bool,
+    received: Vec<Received>,
 }
 
 impl SimFirmware {
@@ -235,6 +249,8 @@ impl SimFirmware {
             outbox: Vec::new(),
             faults,
             stats: FirmwareStats::default(),
+            record: opts.record,
+            received: Vec::new(),
             robot: opts.robot,
         })
     }
@@ -282,8 +298,20 @@ impl SimFirmware {
         self.state != FirmwareState::AwaitHello
     }
 
+    /// Every frame received so far (only with [`FirmwareOptions::record`]).
+    pub fn received(&self) -> &[Received] {
+        &self.received
+    }
+
     /// Handles one received frame.
     pub fn on_frame(&mut self, now: Duration, frame: Frame) {
+        if self.record {
+            self.received.push(Received {
+                at: now,
+                state: self.state,
+                message: frame.message.clone(),
+            });
+        }
         match frame.message {
             Message::Hello(peer) => {
                 let ours = self.hello;
@@ -564,7 +592,7 @@ fn write_emits(port: &mut dyn Port, emits: &mut Vec<Emit>) -> io::Result<()> {
 pub struct FirmwareThread {
     path: std::path::PathBuf,
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Result<RunReport, FirmwareError>>,
+    handle: JoinHandle<Result<(RunReport, Vec<Received>), FirmwareError>>,
 }
 
 impl FirmwareThread {
@@ -579,7 +607,10 @@ impl FirmwareThread {
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("sim-firmware".into())
-            .spawn(move || Ok(run(&mut fw, &mut port, rate_scale, &flag)?))?;
+            .spawn(move || {
+                let report = run(&mut fw, &mut port, rate_scale, &flag)?;
+                Ok((report, std::mem::take(&mut fw.received)))
+            })?;
         Ok(FirmwareThread { path, stop, handle })
     }
 
@@ -590,6 +621,13 @@ impl FirmwareThread {
 
     /// Stops the firmware and returns what it counted.
     pub fn stop(self) -> Result<RunReport, FirmwareError> {
+        Ok(self.stop_recorded()?.0)
+    }
+
+    /// Stops the firmware; returns what it counted and the frames it received (empty
+    /// unless [`FirmwareOptions::record`] was set). The pty closes with it, which is
+    /// what a controller sees as the device going away.
+    pub fn stop_recorded(self) -> Result<(RunReport, Vec<Received>), FirmwareError> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().map_err(|_| FirmwareError::Panicked)?
     }

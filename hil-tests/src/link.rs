@@ -38,6 +38,12 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    Ok(())
+}
+
 /// Waits until `fd` is readable (or writable) or `timeout` passes; true if ready.
 fn wait_fd(fd: RawFd, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
@@ -66,6 +72,11 @@ impl Pty {
         let r = nix::pty::openpty(None, None).map_err(io::Error::from)?;
         // SAFETY: openpty returned two fresh descriptors that nothing else owns.
         let (master, slave) = unsafe { (File::from_raw_fd(r.master), File::from_raw_fd(r.slave)) };
+        // openpty does not set close-on-exec: without it every child process (e.g. a
+        // controller spawned by a test) would inherit both ends and keep the pty alive
+        // after the firmware closed it, so the child could never see the link go away.
+        set_cloexec(master.as_raw_fd())?;
+        set_cloexec(slave.as_raw_fd())?;
         set_raw(master.as_raw_fd())?;
         set_raw(slave.as_raw_fd())?;
         set_nonblocking(master.as_raw_fd())?;

@@ -306,6 +306,24 @@ impl Control {
         self.stopping
     }
 
+    /// Runs the phase step now, outside a tick (after a caught panic: the safe stop's
+    /// first hold goes out at once, counted in the tick that panicked).
+    pub(crate) fn step_now(&mut self) {
+        self.step_phase(Instant::now());
+    }
+
+    /// Hands the episode records still queued to the logger, waiting if need be (the
+    /// loop has ended; blocking is fine now).
+    pub(crate) fn flush_log_blocking(&mut self) {
+        if let Some(tx) = &self.log_tx {
+            while let Some(rec) = self.pending_log.pop_front() {
+                if tx.send(rec).is_err() {
+                    self.report.log_drops += 1;
+                }
+            }
+        }
+    }
+
     /// Runs ticks on absolute deadlines until the phase is `Done`.
     pub(crate) fn run_loop(&mut self) {
         let spin = self.cfg.spin;
@@ -363,6 +381,10 @@ impl Control {
         self.checks(t1);
         // phase
         self.step_phase(t1);
+        if self.hold_pending.is_some() && matches!(self.phase, Phase::SafeStop { .. }) {
+            // The phase step itself faulted (e.g. a NaN observation): hold in this tick.
+            self.step_phase(Instant::now());
+        }
         // log
         let t2 = Instant::now();
         self.emit_transitions();
@@ -421,12 +443,11 @@ impl Control {
         match msg {
             Message::Sensor { episode, step, obs } => {
                 if let Phase::Starting { seed, .. } = self.phase
-                    && step == 0
                     && Some(episode) != self.last_finished
                     && self.track.is_none()
                 {
-                    // EpisodeStart lost on the link: the step-0 frame of a new episode
-                    // after our Reset starts it as well.
+                    // EpisodeStart lost on the link: a frame of a new episode after our
+                    // Reset starts it as well (steps before it count as missing).
                     self.begin_episode(episode, seed, now);
                 }
                 let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
@@ -477,7 +498,7 @@ impl Control {
                 }
                 if done && self.phase == Phase::Running {
                     self.phase = Phase::Ending {
-                        until: now + self.period * 3,
+                        until: now + self.period * 10,
                     };
                 }
             }
@@ -486,6 +507,16 @@ impl Control {
                     && seed == ours
                     && self.track.is_none()
                 {
+                    self.begin_episode(episode, seed, now);
+                } else if self.phase == Phase::Running
+                    && let Some(t) = &self.track
+                    && t.seed == seed
+                    && t.id != episode
+                    && t.acted.is_none()
+                {
+                    // A repeated Reset (the firmware was slow to answer the first) started
+                    // the episode again: the firmware runs the newest one.
+                    self.track = None;
                     self.begin_episode(episode, seed, now);
                 }
             }
@@ -499,7 +530,7 @@ impl Control {
                     t.success |= success;
                     if self.phase == Phase::Running {
                         self.phase = Phase::Ending {
-                            until: now + self.period * 3,
+                            until: now + self.period * 10,
                         };
                     }
                 }
@@ -509,10 +540,9 @@ impl Control {
                     self.estop_sent = false;
                     return;
                 }
-                if matches!(
-                    self.phase,
-                    Phase::Running | Phase::Ending { .. } | Phase::Starting { .. }
-                ) {
+                // Outside an episode a fault is old news (e.g. the watchdog of a
+                // firmware that was stalled while we had already stopped).
+                if matches!(self.phase, Phase::Running | Phase::Ending { .. }) {
                     self.fault(
                         now,
                         FaultKind::FirmwareFault,
@@ -750,7 +780,8 @@ impl Control {
                 attempts,
                 seed,
             } => {
-                let wait = self.period * 20 + Duration::from_millis(500);
+                // Generous: every repeated Reset restarts the episode on the firmware.
+                let wait = (self.period * 40).max(Duration::from_secs(2));
                 if now.saturating_duration_since(since) > wait {
                     if attempts >= 3 {
                         self.fatal_error(
@@ -874,8 +905,6 @@ impl Control {
             let detail = format!("observation[{i}] of step {step} is {}", self.obs[i]);
             self.report.nan_observations += 1;
             self.fault(now, FaultKind::NonFiniteObservation, detail, None);
-            // Hold in this same tick.
-            self.step_phase(now);
             return;
         }
         let ti = Instant::now();
@@ -886,7 +915,6 @@ impl Control {
         self.run_cadence.infer.record(tf - ti);
         if let Err(e) = r {
             self.fault(now, FaultKind::PolicyError, format!("{e:#}"), None);
-            self.step_phase(now);
             return;
         }
         let shaped = self
@@ -897,19 +925,21 @@ impl Control {
             Err(e) => {
                 self.report.nan_actions += 1;
                 self.fault(now, FaultKind::NonFiniteAction, e.to_string(), None);
-                self.step_phase(now);
                 return;
             }
         };
         self.report.clamped += shaped.clamped as u64;
         self.report.rate_limited += shaped.rate_limited as u64;
+        // A command is in force from the moment its write starts: the firmware can
+        // answer it before `write` returns to us.
+        let write_start = Instant::now();
         let sent = self.gate.send_command(&self.action[..ad]);
         let written = Instant::now();
         self.ep_cadence.send.record(written - tf);
         self.run_cadence.send.record(written - tf);
         match sent {
             Ok(a) => {
-                self.commands.push(written, a);
+                self.commands.push(write_start, a);
                 let lat = written.saturating_duration_since(s.rx);
                 self.ep_cadence.latency.record(lat);
                 self.run_cadence.latency.record(lat);
@@ -928,7 +958,6 @@ impl Control {
                     format!("writing a command: {e}"),
                     None,
                 );
-                self.step_phase(now);
             }
         }
     }

@@ -654,7 +654,10 @@ fn control_thread(mut c: control::Control, rt: Option<(i32, Option<usize>)>) -> 
             c.phase
         };
         c.fault(now, FaultKind::Panic, msg, Some(control::After::Exit));
-        let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
+        let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.step_now();
+            c.run_loop()
+        }));
         if second.is_err() {
             // Last resort: one hold command and the torque off, directly.
             let _ = c.gate.send_hold();
@@ -663,6 +666,7 @@ fn control_thread(mut c: control::Control, rt: Option<(i32, Option<usize>)>) -> 
             }
         }
     }
+    c.flush_log_blocking();
     let mut report = std::mem::replace(&mut c.report, RunReport::new(&c.cfg, ""));
     report.gate = c.gate.stats;
     report.ticks = c.tick;

@@ -102,6 +102,7 @@ fn main() -> Result<()> {
         command_timeout: args.command_timeout_ms.map(Duration::from_millis),
         seed: args.seed,
         faults: args.faults.clone(),
+        record: false,
     };
     let mut fw = SimFirmware::new(opts)?;
     let mut port: Box<dyn Port> = match &args.device {
