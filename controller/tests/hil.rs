@@ -286,10 +286,10 @@ fn check_invariants(
         "dataset frames vs logged transitions"
     );
     for ep in &ds.episodes {
+        let s = &sim.robot.safety;
         for a in ep.actions.chunks(2) {
-            for i in 0..2 {
-                assert!(a[i] >= sim.robot.safety.action_min[i] - 1e-5);
-                assert!(a[i] <= sim.robot.safety.action_max[i] + 1e-5);
+            for ((x, lo), hi) in a.iter().zip(&s.action_min).zip(&s.action_max) {
+                assert!(*x >= lo - 1e-5 && *x <= hi + 1e-5, "{a:?}");
             }
         }
     }

@@ -75,8 +75,7 @@ impl Logger {
                     push_error(&s, e.to_string());
                 }
                 logger_main(log, dataset.map(|(_, w)| w), rx, &s);
-                let out = s.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                out
+                s.lock().unwrap_or_else(|e| e.into_inner()).clone()
             })?;
         Ok(Logger { tx, shared, handle })
     }
