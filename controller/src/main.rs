@@ -132,6 +132,10 @@ struct TimingArgs {
     /// CPU for the control thread with --realtime (default: the last one).
     #[arg(long)]
     rt_cpu: Option<usize>,
+    /// Align the tick grid to just after the sensor frames' arrival (firmware that
+    /// streams on its own clock; not for lockstep firmware).
+    #[arg(long)]
+    align_phase: bool,
 }
 
 #[derive(clap::Args)]
@@ -210,6 +214,7 @@ fn loop_config(
 ) -> robot_loop::RunConfig {
     let mut cfg = robot_loop::RunConfig::new(robot, port);
     cfg.spin = Duration::from_micros(timing.spin_us);
+    cfg.align_phase = timing.align_phase;
     cfg.realtime = timing
         .realtime
         .then_some((timing.rt_priority, timing.rt_cpu));

@@ -64,6 +64,10 @@ fn robot(tweak: impl FnOnce(&mut RobotConfig)) -> RobotConfig {
     r.safety.action_max = vec![0.8, 0.7];
     r.safety.max_delta_per_tick = vec![0.3, 0.25];
     r.safety.hold_ticks_before_torque_off = 5;
+    // Robot units differ from policy units on the wire (the firmware maps them back), so
+    // a forgotten or doubled conversion shows up as an envelope violation.
+    r.action.scale = vec![2.0, 0.5];
+    r.action.offset = vec![0.25, -0.5];
     // Generous: a loaded 2-core CI machine must not produce spurious stale faults.
     // Scaled by 10: 300 ms of wall time.
     r.safety.stale_sensor_ms = 3000;
@@ -369,8 +373,12 @@ fn e2e_synthetic_bundle_through_the_serial_link() {
         }
     }
     for (ep, cmds) in ds.episodes.iter().zip(&per_episode) {
-        let got: Vec<Vec<f32>> = ep.actions.chunks(2).map(|c| c.to_vec()).collect();
-        assert_eq!(&got, &cmds[..got.len()]);
+        assert_eq!(ep.len(), cmds.len());
+        for (got, sent) in ep.actions.chunks(2).zip(cmds) {
+            for (g, s) in got.iter().zip(sent) {
+                assert!((g - s).abs() < 1e-6, "dataset {got:?} vs wire {sent:?}");
+            }
+        }
     }
     // Torque off once, at exit, after holding.
     assert_eq!(fw.firmware.estops, 1);
@@ -386,7 +394,29 @@ fn e2e_synthetic_bundle_through_the_serial_link() {
     assert_eq!(first.episodes, second.episodes);
 }
 
-/// Setup: as above with `--two-speed` (a worker thread refreshes the base candidates).
+/// Setup: real-time pacing (the firmware steps on its own clock, like a robot) with the
+/// tick grid aligned to the sensor frames (`--align-phase`). Expected: every step of
+/// every episode gets its transition; the firmware never had to hold for lack of a
+/// command after the first step of an episode.
+#[test]
+fn e2e_real_time_pacing_with_phase_alignment() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::RealTime, "");
+    let out = sim.run(&["--episodes", "2", "--align-phase", "--max-faults", "2"]);
+    let (fw, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    check_invariants(&sim, &received, &out);
+    let report = sim.report();
+    for e in episodes(&report) {
+        if e["reason"] == "completed" {
+            assert_eq!(e["missing"], 0, "{e}");
+            assert_eq!(e["transitions"], e["steps"], "{e}");
+        }
+    }
+    assert!(fw.firmware.steps > 0);
+}
+
+/// Setup: as the first test with `--two-speed` (a worker thread refreshes the base candidates).
 /// Expected: the episode completes with every step logged.
 #[test]
 fn e2e_two_speed_policy() {

@@ -241,6 +241,11 @@ pub(crate) struct Control {
     od: usize,
     ad: usize,
     pub panic_at_tick: Option<u64>,
+    current_deadline: Instant,
+    /// Deadline minus arrival of the frame the last tick acted on (phase alignment).
+    acted_age: Option<i128>,
+    /// The next alignment may move the grid by up to half a period (episode start).
+    snap_phase: bool,
 }
 
 fn ns_since(start: Instant, t: Instant) -> u64 {
@@ -297,6 +302,9 @@ impl Control {
             od,
             ad,
             panic_at_tick: cfg.panic_at_tick,
+            current_deadline: start,
+            acted_age: None,
+            snap_phase: false,
             cfg,
         }
     }
@@ -338,6 +346,7 @@ impl Control {
             self.tick += 1;
             self.ep_cadence.ticks += 1;
             self.run_cadence.ticks += 1;
+            self.current_deadline = deadline;
             self.one_tick(woke);
             let end = Instant::now();
             let dt = end - last_end;
@@ -345,6 +354,11 @@ impl Control {
             self.run_cadence.elapsed += dt;
             last_end = end;
             deadline += self.period;
+            if self.cfg.align_phase
+                && let Some(age) = self.acted_age.take()
+            {
+                deadline = self.align(deadline, age);
+            }
             if end > deadline {
                 // Skip the deadlines the work ran over; stay on the grid.
                 let missed = ((end - deadline).as_nanos() / self.period.as_nanos()) as u32 + 1;
@@ -358,6 +372,39 @@ impl Control {
                 self.run_cadence.headroom.record(headroom);
                 self.consecutive_overruns = 0;
             }
+        }
+    }
+
+    /// Phase alignment (`--align-phase`): shifts the deadline grid so that ticks fall
+    /// a short lead after the firmware's sensor frames arrive, instead of wherever the
+    /// two free-running clocks happen to put them (up to a whole period of waiting).
+    /// `age` is deadline minus arrival of the frame just acted on (ns, negative when
+    /// it arrived after the deadline). The error against the lead is taken modulo the
+    /// period (a frame that arrived just after the previous deadline means "move the
+    /// grid a little later", not "a period earlier"); a fifth of it is corrected per
+    /// tick, at most 5% of a period, so the loop never runs more than 5% fast or slow.
+    /// Only meaningful with firmware that streams on its own clock: with a lockstep
+    /// firmware the frames follow our commands and the grid would only drift later.
+    ///
+    /// The first frame of an episode snaps the grid at once: a firmware restarts its
+    /// control clock at `Reset`, so the old phase means nothing then.
+    fn align(&mut self, deadline: Instant, age: i128) -> Instant {
+        let p = self.period.as_nanos() as i128;
+        let lead = (p / 20).max(200_000);
+        let mut e = (age - lead).rem_euclid(p);
+        if e > p / 2 {
+            e -= p;
+        }
+        // e > 0: the frame waited too long → next deadline earlier.
+        let shift = if std::mem::take(&mut self.snap_phase) {
+            e
+        } else {
+            (e / 5).clamp(-p / 20, p / 20)
+        };
+        if shift >= 0 {
+            deadline - Duration::from_nanos(shift as u64)
+        } else {
+            deadline + Duration::from_nanos((-shift) as u64)
         }
     }
 
@@ -578,6 +625,7 @@ impl Control {
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
         self.track = Some(Track::new(episode, seed, now));
+        self.snap_phase = true;
         self.phase = Phase::Running;
         self.ep_cadence.clear();
         self.queue_log(Record::EpisodeStart { episode, seed });
@@ -941,6 +989,12 @@ impl Control {
             Ok(a) => {
                 self.commands.push(write_start, a);
                 let lat = written.saturating_duration_since(s.rx);
+                let d = self.current_deadline;
+                self.acted_age = Some(if s.rx <= d {
+                    (d - s.rx).as_nanos() as i128
+                } else {
+                    -((s.rx - d).as_nanos() as i128)
+                });
                 self.ep_cadence.latency.record(lat);
                 self.run_cadence.latency.record(lat);
                 self.ep_cadence.acted_ticks += 1;

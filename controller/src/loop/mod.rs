@@ -109,6 +109,9 @@ pub struct RunConfig {
     pub quiet: bool,
     /// Testing only: panic in the control thread at this tick.
     pub panic_at_tick: Option<u64>,
+    /// Shift the tick grid to just after the sensor frames' arrival (see
+    /// `control::Control::align`); for firmware that streams on its own clock.
+    pub align_phase: bool,
 }
 
 impl RunConfig {
@@ -131,6 +134,7 @@ impl RunConfig {
             queue_capacity: 4096,
             quiet: false,
             panic_at_tick: None,
+            align_phase: false,
         }
     }
 
