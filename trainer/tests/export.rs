@@ -157,7 +157,7 @@ fn exported_bundle_matches_burn() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
-    for backend in [Backend::Tract] {
+    for backend in [Backend::Tract, Backend::Native] {
         check_graphs(&agent, &bundle, backend);
         check_actions(&mut agent, &bundle, backend);
     }
