@@ -149,8 +149,19 @@ struct RunArgs {
     #[arg(long)]
     robot: PathBuf,
     /// Serial device (for the simulated firmware: the pty path it prints).
-    #[arg(long)]
-    port: PathBuf,
+    #[arg(long, required_unless_present = "sim")]
+    port: Option<PathBuf>,
+    /// Instead of --port: run the simulated firmware of this task (arm-reach, push, maze)
+    /// in this process on a fresh pty, with the robot file and --time-scale as its clock.
+    #[arg(long, conflicts_with = "port")]
+    sim: Option<String>,
+    /// With --sim: step when a command arrives (exact, repeatable episodes) instead of on
+    /// the firmware's own clock.
+    #[arg(long, requires = "sim")]
+    sim_lockstep: bool,
+    /// With --sim: fault injection spec (see hil_tests::faults), e.g. `seed=1,flip=0.001`.
+    #[arg(long, requires = "sim", default_value = "")]
+    sim_faults: String,
     /// Baud rate (default: the robot file's serial.baud).
     #[arg(long)]
     baud: Option<u32>,
@@ -239,7 +250,32 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         seed: a.seed,
     };
     let brain = robot_loop::Brain::new(&bundle, &options, a.two_speed)?;
-    let mut cfg = loop_config(robot, a.port.clone(), &a.timing);
+    // The simulated firmware, when asked for: it lives as long as this function.
+    let sim = match &a.sim {
+        None => None,
+        Some(task) => {
+            use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
+            let task: sim::TaskId = task.parse().map_err(|e| anyhow::anyhow!("--sim: {e}"))?;
+            let mut o = FirmwareOptions::new(task, robot.clone());
+            o.pacing = if a.sim_lockstep {
+                Pacing::Lockstep
+            } else {
+                Pacing::RealTime
+            };
+            o.seed = a.seed;
+            o.faults = a
+                .sim_faults
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--sim-faults: {e}"))?;
+            Some(FirmwareThread::spawn(o, a.time_scale)?)
+        }
+    };
+    let port = match (&sim, &a.port) {
+        (Some(fw), _) => fw.path().to_path_buf(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => bail!("pass --port DEVICE or --sim TASK"),
+    };
+    let mut cfg = loop_config(robot, port.clone(), &a.timing);
     cfg.baud = a.baud.unwrap_or(cfg.baud);
     cfg.episodes = Some(a.episodes);
     cfg.seed = a.seed;
@@ -256,7 +292,11 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         "controller run: {} on '{}' via {} at {} Hz (x{} time scale), {} episodes, {}{}, logging to {}",
         a.bundle.display(),
         cfg.robot.robot,
-        a.port.display(),
+        if a.sim.is_some() {
+            format!("simulated firmware on {}", port.display())
+        } else {
+            port.display().to_string()
+        },
         cfg.robot.control_hz,
         a.time_scale,
         a.episodes,
@@ -275,6 +315,19 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         a.bundle.display(),
         a.episodes
     );
+    if let Some(fw) = sim {
+        let r = fw.stop()?;
+        println!(
+            "simulated firmware: {} episodes, {} steps ({} holding), {} commands, {} invalid, {} watchdog trips, {} estops",
+            r.firmware.episodes,
+            r.firmware.steps,
+            r.firmware.hold_steps,
+            r.firmware.commands,
+            r.firmware.invalid_commands,
+            r.firmware.watchdog_trips,
+            r.firmware.estops
+        );
+    }
     Ok(exit_code(&report))
 }
 

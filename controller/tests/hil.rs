@@ -47,7 +47,8 @@ fn serial() -> MutexGuard<'static, ()> {
 fn bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("expo-hil-bundle-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("hil-bundle-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         shared_model::synthetic::SyntheticSpec::cpu()
             .write(&dir, 3, None)
@@ -964,4 +965,45 @@ fn panic_in_the_control_thread_triggers_the_safe_stop() {
         Message::Command { .. }
     ));
     assert_eq!(episodes(&report)[0]["reason"], "fault");
+}
+
+/// `controller run --sim TASK` runs the simulated firmware inside the controller process
+/// (the one-command demo): the episodes complete and the dataset validates.
+#[test]
+fn run_with_the_simulated_firmware_in_process() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let robot_file = dir.path().join("robot.toml");
+    std::fs::write(&robot_file, toml::to_string(&robot(|_| {})).unwrap()).unwrap();
+    let out_dir = dir.path().join("run");
+    let out = finish(
+        Command::new(BIN)
+            .args(["run", "--sim", "push", "--sim-lockstep", "--allow-unsigned"])
+            .args([
+                "--episodes",
+                "2",
+                "--time-scale",
+                "10",
+                "--backend",
+                "native",
+            ])
+            .arg("--bundle")
+            .arg(bundle())
+            .arg("--robot")
+            .arg(&robot_file)
+            .arg("--out")
+            .arg(&out_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("simulated firmware: 2 episodes"),
+        "{out:?}"
+    );
+    let ds = dataset::read_dataset(&out_dir.join("dataset")).unwrap();
+    assert_eq!(ds.episodes.len(), 2);
+    dataset::validate_dataset(&out_dir.join("dataset")).unwrap();
 }

@@ -24,10 +24,19 @@
 //! The controller acts once per new sensor frame; the firmware applies the newest
 //! command it has at each of its own control steps (or, in lockstep, steps when a
 //! command arrives). The transition of step `t` pairs `Sensor t`, `Sensor t+1` and
-//! `Reward t+1` with the newest command that had been written when `Sensor t+1`
-//! arrived — the command in force when the firmware took the step, up to the frame's
-//! time on the wire. With no command yet in the episode it is the firmware's hold
-//! action (zero). A transition whose pieces were lost on the link is counted as
+//! `Reward t+1` with the newest command whose write had started when `Sensor t+1`
+//! arrived — the command in force when the firmware took the step (a command still on
+//! the wire at the firmware's tick is the one exception, and only happens when the
+//! loop is late). With no command yet in the episode it is the firmware's hold action
+//! (zero). With a lockstep firmware (one step per command) this is exact.
+//!
+//! # Phase
+//!
+//! The deadlines are absolute (`deadline += period`), so the loop does not drift. With
+//! a firmware that streams on its own clock the two grids have an arbitrary phase, and
+//! a frame may wait up to a period for the next tick; `--align-phase` shifts the grid
+//! (at most 5% of a period per tick, snapped at episode start) so that ticks fall just
+//! after the frames arrive. See `Control::align`. A transition whose pieces were lost on the link is counted as
 //! missing once later frames make clear they will not come.
 
 use super::log::{EndReason, EpisodeEnd, Record, Transition};

@@ -24,6 +24,11 @@
 //! - [`stats`]: allocation-free histograms and the cadence report.
 //! - [`realtime`]: signals, the panic flag, `--realtime` (mlockall, SCHED_FIFO, affinity).
 //!
+//! The control thread sleeps to `spin` before each absolute deadline and spins the
+//! rest (its timer slack is set to 1 ns); with `--align-phase` the deadline grid
+//! follows the sensor frames' arrival. The serial I/O thread wakes on data; the logger
+//! thread and, in two-speed mode, the candidate worker run at normal priority.
+//!
 //! # A run
 //!
 //! `Hello` → the firmware's `Hello` must pass `Hello::check_peer` (protocol version,
