@@ -145,9 +145,10 @@ struct RunArgs {
     bundle: PathBuf,
     #[command(flatten)]
     trust: TrustArgs,
-    /// Robot config (TOML, see firmware-config).
-    #[arg(long)]
-    robot: PathBuf,
+    /// Robot config (TOML, see firmware-config). With --sim, default: the task's
+    /// built-in robot file (firmware-config/robots/TASK.toml).
+    #[arg(long, required_unless_present = "sim")]
+    robot: Option<PathBuf>,
     /// Serial device (for the simulated firmware: the pty path it prints).
     #[arg(long, required_unless_present = "sim")]
     port: Option<PathBuf>,
@@ -233,11 +234,20 @@ fn loop_config(
 }
 
 fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
-    let robot = firmware_config::RobotConfig::load(&a.robot)?;
+    let robot = match (&a.robot, &a.sim) {
+        (Some(path), _) => firmware_config::RobotConfig::load(path)?,
+        (None, Some(task)) => firmware_config::RobotConfig::example(task)
+            .with_context(|| format!("no built-in robot file for task `{task}`"))?,
+        (None, None) => bail!("pass --robot FILE"),
+    };
+    let robot_label = a.robot.as_ref().map_or_else(
+        || format!("the built-in {} robot", robot.robot),
+        |p| p.display().to_string(),
+    );
     let bundle = load_bundle(&a.bundle, &a.trust.trust()?)
         .with_context(|| format!("loading bundle {}", a.bundle.display()))?;
     robot_loop::check_dims(&robot, &bundle)
-        .with_context(|| format!("{} does not fit {}", a.bundle.display(), a.robot.display()))?;
+        .with_context(|| format!("{} does not fit {robot_label}", a.bundle.display()))?;
     if !(a.time_scale.is_finite() && a.time_scale > 0.0) {
         bail!(
             "--time-scale must be a positive number, found {}",
