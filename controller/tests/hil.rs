@@ -470,7 +470,7 @@ fn e2e_trained_bundle_reaches_the_goal() {
         .command_with(
             Path::new(&dir),
             &sim.port(),
-            &["--episodes", "20", "--backend", "tract"],
+            &["--episodes", "20"],
         )
         .spawn()
         .unwrap();
