@@ -8,6 +8,7 @@
 //!   the firmware, the fixed-rate control thread, the safety envelope, crash-safe
 //!   transition logging into the dataset format, episodes and the cadence report.
 
+pub mod cli;
 #[path = "loop/mod.rs"]
 pub mod robot_loop;
 pub mod runtime;

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use controller::cli::TrustArgs;
 use controller::robot_loop;
 use controller::runtime::{Backend, Policy, PolicyOptions, TwoSpeedPolicy, kernel_name};
 use shared_model::manifest::{Trust, load_bundle};
@@ -20,28 +21,6 @@ use std::time::{Duration, Instant};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::Args)]
-struct TrustArgs {
-    /// Public key (`NAME.pub`) the bundle must be signed with.
-    #[arg(long)]
-    trusted_key: Option<PathBuf>,
-    /// Development only: accept unsigned bundles (hashes and shapes are still checked).
-    #[arg(long)]
-    allow_unsigned: bool,
-}
-
-impl TrustArgs {
-    fn trust(&self) -> Result<Trust> {
-        match (&self.trusted_key, self.allow_unsigned) {
-            (Some(k), _) => Ok(Trust::from_public_key_file(k)?),
-            (None, true) => Ok(Trust::AllowUnsigned),
-            (None, false) => bail!(
-                "pass --trusted-key KEY.pub to verify the bundle's signature, or --allow-unsigned for development"
-            ),
-        }
-    }
 }
 
 #[derive(Subcommand)]

@@ -467,11 +467,7 @@ fn e2e_trained_bundle_reaches_the_goal() {
         "",
     );
     let c = sim
-        .command_with(
-            Path::new(&dir),
-            &sim.port(),
-            &["--episodes", "20"],
-        )
+        .command_with(Path::new(&dir), &sim.port(), &["--episodes", "20"])
         .spawn()
         .unwrap();
     let out = finish(c);

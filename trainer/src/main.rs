@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use controller::cli::TrustArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use trainer::config::Config;
@@ -149,29 +150,6 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-}
-
-/// How a bundle's signature is checked.
-#[derive(clap::Args)]
-struct TrustArgs {
-    /// Public key (`NAME.pub`) the bundle must be signed with.
-    #[arg(long)]
-    trusted_key: Option<PathBuf>,
-    /// Development only: accept unsigned bundles (hashes and shapes are still checked).
-    #[arg(long)]
-    allow_unsigned: bool,
-}
-
-impl TrustArgs {
-    fn trust(&self) -> Result<shared_model::Trust> {
-        match (&self.trusted_key, self.allow_unsigned) {
-            (Some(k), _) => Ok(shared_model::Trust::from_public_key_file(k)?),
-            (None, true) => Ok(shared_model::Trust::AllowUnsigned),
-            (None, false) => anyhow::bail!(
-                "pass --trusted-key KEY.pub to verify the bundle's signature, or --allow-unsigned for development"
-            ),
-        }
-    }
 }
 
 struct Bar(Option<ProgressBar>);
