@@ -477,32 +477,9 @@ fn measure_gemm_rates() -> Result<(f64, f64)> {
     Ok((tract_rate, flops / best / 1e9))
 }
 
-/// Weight bytes one action streams: every executed step reads the whole denoiser, then
-/// the edit policy and K critic members once.
+/// Weight bytes one action streams (f32 weights).
 fn weight_bytes_per_action(m: &shared_model::Manifest, executed: usize) -> f64 {
-    let n = &m.networks;
-    let (o, a) = (m.observation.dim, m.action.dim);
-    let (h, x) = (n.denoiser_hidden, n.denoiser_expanded);
-    let (f, th) = (n.fourier_features, n.time_hidden);
-    let denoiser =
-        a * h + n.denoiser_blocks * 2 * h * x + h * a + f * th + th * th + th * h + o * h;
-    let mlp = |d_in: usize, widths: &[usize], d_out: usize| {
-        let mut d = d_in;
-        let mut p = 0;
-        for &w in widths {
-            p += d * w;
-            d = w;
-        }
-        p + d * d_out
-    };
-    let s = &m.selection;
-    let edit = if s.num_edit > 0 {
-        mlp(o + a, &n.edit_widths, 2 * a)
-    } else {
-        0
-    };
-    let critic = s.critic_subset * mlp(o + a, &n.critic_widths, 1);
-    4.0 * (executed * denoiser + edit + critic) as f64
+    4.0 * m.weights_per_action(executed) as f64
 }
 
 /// Single-thread read bandwidth (GB/s) over a buffer of `bytes` (best of 20 passes):

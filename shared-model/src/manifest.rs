@@ -129,16 +129,24 @@ impl ActionFlops {
     }
 }
 
+/// Weight-matrix sizes (multiply-adds per input row) of the bundle's networks.
+struct MatrixSizes {
+    /// Denoiser layers applied to every candidate row.
+    denoiser_per_row: u64,
+    /// Denoiser layers applied once per step (time MLP, time and observation blocks).
+    denoiser_per_step: u64,
+    /// The edit policy (0 without one).
+    edit: u64,
+    /// One critic member.
+    critic_member: u64,
+}
+
 impl Manifest {
-    /// FLOPs of one action with `executed` denoising steps.
-    pub fn action_flops(&self, executed: usize) -> ActionFlops {
+    fn matrix_sizes(&self) -> MatrixSizes {
         let n = &self.networks;
-        let s = &self.selection;
         let (o, a) = (self.observation.dim as u64, self.action.dim as u64);
         let (h, x) = (n.denoiser_hidden as u64, n.denoiser_expanded as u64);
         let (f, th) = (n.fourier_features as u64, n.time_hidden as u64);
-        let per_row = a * h + n.denoiser_blocks as u64 * 2 * h * x + h * a;
-        let per_step = f * th + th * th + th * h + o * h;
         let mlp = |d_in: u64, widths: &[usize], d_out: u64| {
             let mut d = d_in;
             let mut macs = 0;
@@ -148,17 +156,39 @@ impl Manifest {
             }
             macs + d * d_out
         };
-        let edit_rows = s.num_edit as u64;
-        let score_rows = (s.num_samples + s.num_edit) as u64;
-        ActionFlops {
-            denoise: 2 * executed as u64 * (s.num_samples as u64 * per_row + per_step),
-            edit: if edit_rows > 0 {
-                2 * edit_rows * mlp(o + a, &n.edit_widths, 2 * a)
+        MatrixSizes {
+            denoiser_per_row: a * h + n.denoiser_blocks as u64 * 2 * h * x + h * a,
+            denoiser_per_step: f * th + th * th + th * h + o * h,
+            edit: if self.selection.num_edit > 0 {
+                mlp(o + a, &n.edit_widths, 2 * a)
             } else {
                 0
             },
-            score: 2 * score_rows * s.critic_subset as u64 * mlp(o + a, &n.critic_widths, 1),
+            critic_member: mlp(o + a, &n.critic_widths, 1),
         }
+    }
+
+    /// FLOPs of one action with `executed` denoising steps.
+    pub fn action_flops(&self, executed: usize) -> ActionFlops {
+        let m = self.matrix_sizes();
+        let s = &self.selection;
+        let score_rows = (s.num_samples + s.num_edit) as u64;
+        ActionFlops {
+            denoise: 2
+                * executed as u64
+                * (s.num_samples as u64 * m.denoiser_per_row + m.denoiser_per_step),
+            edit: 2 * s.num_edit as u64 * m.edit,
+            score: 2 * score_rows * s.critic_subset as u64 * m.critic_member,
+        }
+    }
+
+    /// Weight values one action reads with `executed` denoising steps: the whole
+    /// denoiser every step, then the edit policy and the K sampled critic members.
+    pub fn weights_per_action(&self, executed: usize) -> u64 {
+        let m = self.matrix_sizes();
+        executed as u64 * (m.denoiser_per_row + m.denoiser_per_step)
+            + m.edit
+            + self.selection.critic_subset as u64 * m.critic_member
     }
 }
 

@@ -71,6 +71,19 @@ pub trait Networks: Send {
     ) -> Result<()>;
 }
 
+/// Copies a graph output into the policy's buffer, refusing a size mismatch (a graph
+/// whose shapes disagree with the manifest must not write past or short of a buffer).
+pub(crate) fn copy_output(src: &[f32], dst: &mut [f32], what: &str) -> Result<()> {
+    ensure!(
+        src.len() == dst.len(),
+        "{what}: graph returned {} values, expected {}",
+        src.len(),
+        dst.len()
+    );
+    dst.copy_from_slice(src);
+    Ok(())
+}
+
 /// Batch sizes the graphs are run with (tract fixes them at load time).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GraphRows {
@@ -284,14 +297,20 @@ impl Policy {
 
     /// One action for a raw observation, written into `action` (clamped to the bounds).
     pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
+        let start = Instant::now();
+        self.load_observation(raw_obs)?;
+        self.act_loaded(action, start)
+    }
+
+    /// [`Self::act`] on the observation already in the policy's buffer
+    /// ([`Self::load_observation`]); `start` is when the action's clock started.
+    fn act_loaded(&mut self, action: &mut [f32], start: Instant) -> Result<Choice> {
         ensure!(
             action.len() == self.act_dim,
             "action buffer has {} slots, the bundle acts in {} dimensions",
             action.len(),
             self.act_dim
         );
-        let start = Instant::now();
-        self.load_observation(raw_obs)?;
         self.times = StageTimes::default();
         let params = self.params;
         let choice = if params.critic_subset == 0 {

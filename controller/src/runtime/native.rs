@@ -146,6 +146,8 @@ pub struct NativeNetworks {
     denoiser: Denoiser,
     edit: Option<Edit>,
     critic: Option<Critic>,
+    /// Widest layer of any network: the scratch holds `rows × width`.
+    width: usize,
     // Scratch, sized for the widest layer and the most rows at load.
     a: Vec<f32>,
     b: Vec<f32>,
@@ -259,8 +261,11 @@ impl NativeNetworks {
         for b in &denoiser.blocks {
             widest = widest.max(b.up.d_out);
         }
-        for l in edit.iter().flat_map(|e| e.hidden.iter()) {
-            widest = widest.max(l.d_out);
+        if let Some(e) = &edit {
+            widest = widest.max(e.from_obs.d_out);
+            for l in &e.hidden {
+                widest = widest.max(l.d_out);
+            }
         }
         for l in critic.iter().flat_map(|c| c.layers.iter()) {
             widest = widest.max(l.d_out);
@@ -269,6 +274,7 @@ impl NativeNetworks {
         Ok(NativeNetworks {
             obs_dim: od,
             act_dim: ad,
+            width: widest,
             a: vec![0.0; rows * widest],
             b: vec![0.0; rows * widest],
             c: vec![0.0; rows * widest],
@@ -282,8 +288,8 @@ impl NativeNetworks {
 
     /// Grows the scratch for `rows` (allocates only when a caller exceeds the load-time
     /// sizes).
-    fn reserve(&mut self, rows: usize, width: usize) {
-        let need = rows * width;
+    fn reserve(&mut self, rows: usize) {
+        let need = rows * self.width;
         for v in [&mut self.a, &mut self.b, &mut self.c] {
             if v.len() < need {
                 v.resize(need, 0.0);
@@ -296,16 +302,9 @@ impl Networks for NativeNetworks {
     fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
         ensure!(obs.len() == self.obs_dim, "denoiser: observation width");
         let rows = noisy.len() / self.act_dim;
+        self.reserve(rows);
         let d = &self.denoiser;
         let hidden = d.input_action.d_out;
-        let widest = d
-            .blocks
-            .iter()
-            .map(|b| b.up.d_out)
-            .max()
-            .unwrap_or(0)
-            .max(hidden);
-        self.reserve(rows, widest);
         let d = &self.denoiser;
         // Conditioning row, once per call: time MLP and observation projection.
         let half = d.fourier.len();
@@ -354,18 +353,10 @@ impl Networks for NativeNetworks {
         log_std: &mut [f32],
     ) -> Result<()> {
         let rows = base.len() / self.act_dim;
+        self.reserve(rows);
         let Some(e) = &self.edit else {
             bail!("bundle has no edit policy")
         };
-        let width = e
-            .hidden
-            .iter()
-            .map(|l| l.d_out)
-            .max()
-            .unwrap_or(0)
-            .max(e.from_obs.d_out);
-        self.reserve(rows, width);
-        let e = self.edit.as_ref().unwrap();
         let h0 = e.from_obs.d_out;
         e.from_obs.apply(obs, 1, false, &mut self.row);
         e.from_action.apply(base, rows, false, &mut self.a);
@@ -401,13 +392,11 @@ impl Networks for NativeNetworks {
         q: &mut [f32],
     ) -> Result<()> {
         let rows = actions.len() / self.act_dim;
+        self.reserve(rows);
         let Some(c) = &self.critic else {
             bail!("bundle has no critic")
         };
-        let width = c.layers.iter().map(|l| l.d_out).max().unwrap_or(1);
         let e_count = c.members;
-        self.reserve(rows, width);
-        let c = self.critic.as_ref().unwrap();
         for (k, &member) in members.iter().enumerate() {
             ensure!(
                 (0..e_count as i64).contains(&member),

@@ -12,8 +12,8 @@
 //! Sessions run with one intra-op thread (the robot's control core) and full graph
 //! optimization. Inputs are passed as borrowed views of the policy's buffers.
 
-use super::Networks;
-use anyhow::{Context, Result, anyhow, ensure};
+use super::{Networks, copy_output};
+use anyhow::{Context, Result, anyhow};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -93,14 +93,7 @@ fn copy(out: &ort::value::DynValue, dst: &mut [f32], what: &str) -> Result<()> {
     let (_, s) = out
         .try_extract_tensor::<f32>()
         .map_err(|e| anyhow!("{what}: {e}"))?;
-    ensure!(
-        s.len() == dst.len(),
-        "{what}: graph returned {} values, expected {}",
-        s.len(),
-        dst.len()
-    );
-    dst.copy_from_slice(s);
-    Ok(())
+    copy_output(s, dst, what)
 }
 
 impl Networks for OrtNetworks {

@@ -6,8 +6,8 @@
 //! input, intermediate and output tensors on every run (measured in BENCHMARKS.md); the
 //! `native` backend is the allocation-free alternative.
 
-use super::{GraphRows, Networks};
-use anyhow::{Context, Result, ensure};
+use super::{GraphRows, Networks, copy_output};
+use anyhow::{Context, Result};
 use shared_model::VerifiedBundle;
 use tract_onnx::prelude::*;
 
@@ -83,15 +83,7 @@ impl TractNetworks {
 
 fn copy_out(v: &TValue, out: &mut [f32], what: &str) -> Result<()> {
     let s = v.try_as_plain_ram()?;
-    let s = s.as_slice::<f32>()?;
-    ensure!(
-        s.len() == out.len(),
-        "{what}: graph returned {} values, expected {}",
-        s.len(),
-        out.len()
-    );
-    out.copy_from_slice(s);
-    Ok(())
+    copy_output(s.as_slice::<f32>()?, out, what)
 }
 
 impl Networks for TractNetworks {

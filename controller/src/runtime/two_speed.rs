@@ -18,7 +18,7 @@ use shared_model::VerifiedBundle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct Shared {
     /// Newest raw observation and its sequence number.
@@ -133,7 +133,8 @@ impl TwoSpeedPolicy {
 
     /// One tick: publish `raw_obs` to the worker, then edit + select on it.
     pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
-        // Validate before publishing, so a bad observation never reaches the worker.
+        // Validate (and normalize, once) before publishing, so a bad observation never
+        // reaches the worker.
         self.tick.load_observation(raw_obs)?;
         self.obs_seq += 1;
         {
@@ -162,7 +163,7 @@ impl TwoSpeedPolicy {
         if let Some(e) = self.shared.error.lock().unwrap().clone() {
             bail!("candidate worker failed: {e}");
         }
-        self.tick.act(raw_obs, action)
+        self.tick.act_loaded(action, Instant::now())
     }
 }
 
