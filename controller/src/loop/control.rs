@@ -351,16 +351,13 @@ impl Control {
             let woke = Instant::now();
             let jitter = woke.saturating_duration_since(deadline);
             self.ep_cadence.jitter.record(jitter);
-            self.run_cadence.jitter.record(jitter);
             self.tick += 1;
             self.ep_cadence.ticks += 1;
-            self.run_cadence.ticks += 1;
             self.current_deadline = deadline;
             self.one_tick(woke);
             let end = Instant::now();
             let dt = end - last_end;
             self.ep_cadence.elapsed += dt;
-            self.run_cadence.elapsed += dt;
             last_end = end;
             deadline += self.period;
             if self.cfg.align_phase
@@ -373,12 +370,10 @@ impl Control {
                 let missed = ((end - deadline).as_nanos() / self.period.as_nanos()) as u32 + 1;
                 deadline += self.period * missed;
                 self.ep_cadence.overruns += missed as u64;
-                self.run_cadence.overruns += missed as u64;
                 self.consecutive_overruns += 1;
             } else {
                 let headroom = deadline - end;
                 self.ep_cadence.headroom.record(headroom);
-                self.run_cadence.headroom.record(headroom);
                 self.consecutive_overruns = 0;
             }
         }
@@ -432,7 +427,6 @@ impl Control {
         self.drain(now);
         let t1 = Instant::now();
         self.ep_cadence.read.record(t1 - t0);
-        self.run_cadence.read.record(t1 - t0);
         // checks
         self.checks(t1);
         // phase
@@ -447,7 +441,6 @@ impl Control {
         self.flush_log();
         let t3 = Instant::now();
         self.ep_cadence.log.record(t3 - t2);
-        self.run_cadence.log.record(t3 - t2);
     }
 
     // ---------------------------------------------------------------- reading
@@ -636,7 +629,7 @@ impl Control {
         self.track = Some(Track::new(episode, seed, now));
         self.snap_phase = true;
         self.phase = Phase::Running;
-        self.ep_cadence.clear();
+        self.fold_cadence();
         self.queue_log(Record::EpisodeStart { episode, seed });
     }
 
@@ -969,7 +962,6 @@ impl Control {
         let r = self.brain.act(&self.obs[..od], &mut self.action[..ad]);
         let tf = Instant::now();
         self.ep_cadence.infer.record(tf - ti);
-        self.run_cadence.infer.record(tf - ti);
         if let Err(e) = r {
             self.fault(now, FaultKind::PolicyError, format!("{e:#}"), None);
             return;
@@ -993,7 +985,6 @@ impl Control {
         let sent = self.gate.send_command(&self.action[..ad]);
         let written = Instant::now();
         self.ep_cadence.send.record(written - tf);
-        self.run_cadence.send.record(written - tf);
         match sent {
             Ok(a) => {
                 self.commands.push(write_start, a);
@@ -1005,9 +996,7 @@ impl Control {
                     -((s.rx - d).as_nanos() as i128)
                 });
                 self.ep_cadence.latency.record(lat);
-                self.run_cadence.latency.record(lat);
                 self.ep_cadence.acted_ticks += 1;
-                self.run_cadence.acted_ticks += 1;
                 self.torque_off = false;
                 if let Some(t) = self.track.as_mut() {
                     t.acted = Some(step);
@@ -1153,6 +1142,13 @@ impl Control {
             eprintln!("{rep}");
         }
         self.report.episodes.push(rep);
+        self.fold_cadence();
+    }
+
+    /// Adds the current episode's (or the between-episodes) cadence to the run's and
+    /// starts a fresh one: ticks record into `ep_cadence` only, once.
+    pub(crate) fn fold_cadence(&mut self) {
+        self.run_cadence.merge(&self.ep_cadence);
         self.ep_cadence.clear();
     }
 }

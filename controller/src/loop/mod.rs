@@ -679,6 +679,7 @@ fn control_thread(mut c: control::Control, rt: Option<(i32, Option<usize>)>) -> 
     let mut report = std::mem::replace(&mut c.report, RunReport::new(&c.cfg, ""));
     report.gate = c.gate.stats;
     report.ticks = c.tick;
+    c.fold_cadence();
     report.cadence = c.run_cadence.report(c.cfg.target_hz());
     report.error = c.fatal.clone();
     report.outcome = if c.fatal.is_some() {
