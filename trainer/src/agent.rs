@@ -20,20 +20,34 @@
 //! TD target and the critic step run per slice. Same distribution as generating them per
 //! slice, fewer and larger matrix products.
 //!
+//! With `compute.candidates = "sequential"` each slice's candidates are generated inside
+//! the loop instead, just before its critic step: the reference implementation's order.
+//!
 //! # Random streams
-//! All noise comes from our seeded generators, never from the backend: `train_rng`
-//! (batch indices, diffusion noise, edit noise, critic subsets of updates, in that call
-//! order) and `act_rng` (acting). A seed therefore fixes a run on a given backend.
+//! Two seeded generators of ours: `train_rng` (diffusion time steps, diffusion noise, edit
+//! noise and critic subsets of the updates, in that call order) and `act_rng` (acting).
+//! Batch indices come from the run's own `batch_rng`. With `compute.normals = "host"`
+//! (the default) every Gaussian draw comes from these too, so a seed fixes a run on a
+//! given backend and a CPU and a GPU run draw the same noise. With `"device"` the Gaussian
+//! draws come from the backend's generator (seeded from `seed` at start) and only the
+//! integer draws (time steps, subsets) stay ours: no noise is generated on the host or
+//! uploaded, which matters on a GPU.
+//!
+//! # Device residency
+//! A batch is uploaded once per environment step; the per-slice tensors are slices of it.
+//! Losses and diagnostics stay on the device until the end of [`Agent::update`], which
+//! reads them back together: one host synchronisation per environment step (plus the
+//! action read-back of acting).
 
 use anyhow::Result;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action};
 use sim::rng::Rng;
 use std::collections::HashMap;
 
-use crate::config::{Algo, Config};
+use crate::config::{Algo, CandidateSchedule, Config, NormalSource};
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2};
 use crate::replay::{Batch, Normalizer};
 
@@ -84,6 +98,60 @@ fn normal(rng: &mut Rng, rows: usize, cols: usize, device: &Device) -> Tensor<2>
     )
 }
 
+/// A random stream: integer draws always from our generator, Gaussian draws from it
+/// (`device_normals == false`) or from the backend's generator on the tensor's device.
+pub struct Stream<'a> {
+    pub rng: &'a mut Rng,
+    pub device_normals: bool,
+}
+
+impl<'a> Stream<'a> {
+    /// Everything from `rng` (bit-for-bit the same on every backend).
+    pub fn host(rng: &'a mut Rng) -> Self {
+        Stream {
+            rng,
+            device_normals: false,
+        }
+    }
+
+    /// Standard normal `[rows, cols]` on `device`.
+    pub fn normal(&mut self, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+        if self.device_normals {
+            Tensor::random([rows, cols], Distribution::Normal(0.0, 1.0), device)
+        } else {
+            normal(self.rng, rows, cols, device)
+        }
+    }
+}
+
+/// Losses and diagnostics still on the device (plain, one element each), read back
+/// together by [`PendingMetrics::read`]: one synchronisation instead of one per value.
+#[derive(Default)]
+struct PendingMetrics(Vec<(MetricField, Tensor<1>)>);
+
+/// Which [`UpdateMetrics`] field a pending value goes to.
+type MetricField = fn(&mut UpdateMetrics) -> &mut f32;
+
+impl PendingMetrics {
+    fn push(&mut self, field: MetricField, value: Tensor<1>) {
+        self.0.push((field, value.inner().reshape([1])));
+    }
+
+    fn read(self, m: &mut UpdateMetrics) {
+        if self.0.is_empty() {
+            return;
+        }
+        let (fields, values): (Vec<_>, Vec<_>) = self.0.into_iter().unzip();
+        let host = Tensor::cat(values, 0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 metrics");
+        for (field, v) in fields.into_iter().zip(host) {
+            *field(m) = v;
+        }
+    }
+}
+
 /// `k` distinct members out of `n`, uniformly (`shared_model::select::sample_subset`).
 pub fn random_subset(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
     let mut all: Vec<usize> = vec![0; n];
@@ -107,19 +175,19 @@ pub fn sample_chain(
     sched: &DiffusionSchedule,
     obs: Tensor<2>,
     act_dim: usize,
-    rng: &mut Rng,
+    stream: &mut Stream,
 ) -> Tensor<2> {
     let device = obs.device();
     let rows = obs.dims()[0];
     let obs_proj = den.obs_projection(obs);
-    let mut x = normal(rng, rows, act_dim, &device);
+    let mut x = stream.normal(rows, act_dim, &device);
     for step in sched.sampling_plan(sched.steps()) {
         // The time conditioning depends on t alone: once per step, shared by all rows.
         let tp = den.time_projection(tensor2(vec![step.t as f32], 1, 1, &device));
         let eps = den.forward_projected(x.clone(), obs_proj.clone(), tp);
         x = x * step.x_coef + eps * step.eps_coef;
         if step.sigma > 0.0 {
-            x = x + normal(rng, rows, act_dim, &device) * step.sigma;
+            x = x + stream.normal(rows, act_dim, &device) * step.sigma;
         }
         x = x.clamp(-1.0, 1.0);
     }
@@ -180,6 +248,11 @@ pub struct Agent {
     /// Denoiser updates so far (drives the cosine learning-rate decay).
     pub denoiser_updates: usize,
     pub times: StageTimes,
+    /// Wait for the device at stage boundaries so that [`StageTimes`] are device times.
+    pub sync_stages: bool,
+    /// When set, each stage of [`Agent::update`] appends its name here, in order (tests
+    /// check the schedule of candidate generation and updates with it).
+    pub trace: Option<Vec<&'static str>>,
 }
 
 impl Agent {
@@ -255,6 +328,8 @@ impl Agent {
             act_rng: Rng::new(config.seed ^ 0xac7),
             denoiser_updates: 0,
             times: StageTimes::default(),
+            sync_stages: false,
+            trace: None,
             config,
         }
     }
@@ -269,6 +344,27 @@ impl Agent {
                 0
             },
             critic_subset: e.critic_subset,
+        }
+    }
+
+    fn device_normals(&self) -> bool {
+        self.config.compute.normals == NormalSource::Device
+    }
+
+    /// Waits until the device has finished all queued work (for timing).
+    pub fn sync(&self) {
+        let _ = self.plain.sync();
+    }
+
+    fn mark(&mut self, stage: &'static str) {
+        if let Some(t) = &mut self.trace {
+            t.push(stage);
+        }
+    }
+
+    fn stage_sync(&self) {
+        if self.sync_stages {
+            self.sync();
         }
     }
 
@@ -290,21 +386,26 @@ impl Agent {
         let mut norm = obs.to_vec();
         self.normalizer.apply(&mut norm);
         let obs_t = tensor2(norm, k, self.obs_dim, &self.plain);
+        let device_normals = self.device_normals();
+        let params = self.selection();
+        let mut stream = Stream {
+            rng: &mut self.act_rng,
+            device_normals,
+        };
         let actions = match self.config.algo {
             Algo::Bc => sample_chain(
                 &self.denoiser_ema,
                 &self.schedule,
                 obs_t,
                 self.act_dim,
-                &mut self.act_rng,
+                &mut stream,
             ),
             Algo::Rlpd => {
                 let actor = self.actor.as_ref().unwrap().valid();
-                let noise = normal(&mut self.act_rng, k, self.act_dim, &self.plain);
+                let noise = stream.normal(k, self.act_dim, &self.plain);
                 actor.sample(obs_t, noise).0
             }
             Algo::Expo | Algo::IdqlSelect => {
-                let params = self.selection();
                 let edit = self.edit.as_ref().map(|e| e.valid());
                 let mut runner = Selector {
                     obs: obs_t,
@@ -314,7 +415,7 @@ impl Agent {
                     edit: edit.as_ref(),
                     edit_scale: self.config.expo.edit_scale,
                     critics: self.critic_target.as_ref().unwrap(),
-                    rng: &mut self.act_rng,
+                    stream,
                     precomputed: None,
                 };
                 on_the_fly_action(&mut runner, &params).0
@@ -324,6 +425,7 @@ impl Agent {
             .into_data()
             .try_to_vec::<f32>()
             .expect("f32 actions");
+        self.stage_sync();
         self.times.act += clock.elapsed().as_secs_f64();
         out
     }
@@ -344,25 +446,45 @@ impl Agent {
         self.normalizer.apply(&mut obs);
         self.normalizer.apply(&mut next_obs);
         let (od, ad) = (self.obs_dim, self.act_dim);
+        let rows = b * utd;
+        // One upload per environment step; every slice below is a view of these.
+        let obs = tensor2(obs, rows, od, &self.device);
+        let act = tensor2(batch.act.clone(), rows, ad, &self.device);
+        let mut pending = PendingMetrics::default();
 
         if self.config.algo != Algo::Bc {
-            self.update_critic(&obs, &batch.act, &batch.rew, &next_obs, &batch.mask, &mut m)?;
+            let next_obs = tensor2(next_obs, rows, od, &self.plain);
+            let rew = tensor2(batch.rew.clone(), rows, 1, &self.plain);
+            let mask = tensor2(batch.mask.clone(), rows, 1, &self.plain);
+            self.update_critic(
+                obs.clone(),
+                act.clone(),
+                rew,
+                next_obs,
+                mask,
+                Some(&mut pending),
+            )?;
         }
         let clock = std::time::Instant::now();
         // Policy updates use the last slice.
-        let last = (utd - 1) * b;
-        let obs_last = tensor2(obs[last * od..].to_vec(), b, od, &self.device);
-        let act_last = tensor2(batch.act[last * ad..].to_vec(), b, ad, &self.device);
+        let last = (utd - 1) * b..rows;
+        let obs_last = obs.slice([last.clone(), 0..od]);
+        let act_last = act.slice([last, 0..ad]);
         if self.config.algo != Algo::Rlpd {
-            m.denoiser_loss = self.update_denoiser(obs_last.clone(), act_last);
+            self.mark("denoiser");
+            let loss = self.update_denoiser(obs_last.clone(), act_last);
+            pending.push(|m| &mut m.denoiser_loss, loss);
         }
+        self.stage_sync();
         self.times.denoiser += clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
         match self.config.algo {
-            Algo::Expo => self.update_edit(obs_last, &mut m),
-            Algo::Rlpd => self.update_actor(obs_last, &mut m),
+            Algo::Expo => self.update_edit(obs_last, &mut pending),
+            Algo::Rlpd => self.update_actor(obs_last, &mut pending),
             _ => {}
         }
+        pending.read(&mut m);
+        self.stage_sync();
         self.times.policy += clock.elapsed().as_secs_f64();
         Ok(m)
     }
@@ -377,7 +499,7 @@ impl Agent {
         self.normalizer.apply(&mut obs);
         let obs = tensor2(obs, b, od, &self.device);
         let act = tensor2(batch.act[last * ad..].to_vec(), b, ad, &self.device);
-        self.update_denoiser(obs, act)
+        scalar(self.update_denoiser(obs, act))
     }
 
     pub(crate) fn save_optimizers(&self, dir: &std::path::Path) -> Result<()> {
@@ -411,68 +533,83 @@ impl Agent {
         Ok(())
     }
 
+    /// The UTD critic steps of one environment step. `obs`/`act` on the autodiff device,
+    /// the rest plain; all `[utd·b, ·]`, observations normalized.
     fn update_critic(
         &mut self,
-        obs: &[f32],
-        act: &[f32],
-        rew: &[f32],
-        next_obs: &[f32],
-        mask: &[f32],
-        m: &mut UpdateMetrics,
-    ) -> Result<()> {
+        obs: Tensor<2>,
+        act: Tensor<2>,
+        rew: Tensor<2>,
+        next_obs: Tensor<2>,
+        mask: Tensor<2>,
+        pending: Option<&mut PendingMetrics>,
+    ) -> Result<Vec<Tensor<2>>> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let (od, ad) = (self.obs_dim, self.act_dim);
         let gamma = self.config.optim.discount;
         let rows = b * utd;
-        let next_plain = tensor2(next_obs.to_vec(), rows, od, &self.plain);
         let params = self.selection();
+        let device_normals = self.device_normals();
+        let selects = matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect);
+        let hoisted = self.config.compute.candidates == CandidateSchedule::Hoisted;
 
-        // Hoisted: next-action candidates of every slice in one batched pass.
+        // Inference copies of the networks that make next actions; they do not change
+        // during the loop (updated after it).
+        let den = selects.then(|| self.denoiser.valid());
+        let edit = (params.num_edit > 0).then(|| self.edit.as_ref().unwrap().valid());
+
         let clock = std::time::Instant::now();
-        let precomputed = match self.config.algo {
-            Algo::Expo | Algo::IdqlSelect => {
-                let den = self.denoiser.valid();
-                let n = params.num_samples;
-                let base = sample_chain(
-                    &den,
-                    &self.schedule,
-                    repeat_rows(next_plain.clone(), n),
-                    ad,
-                    &mut self.train_rng,
-                )
-                .reshape([rows, n, ad]);
-                let edited = (params.num_edit > 0).then(|| {
-                    let edit = self.edit.as_ref().unwrap().valid();
-                    let ne = params.num_edit;
-                    let src = base
-                        .clone()
-                        .slice([0..rows, 0..ne, 0..ad])
-                        .reshape([rows * ne, ad]);
-                    let input =
-                        Tensor::cat(vec![repeat_rows(next_plain.clone(), ne), src.clone()], 1);
-                    let noise = normal(&mut self.train_rng, rows * ne, ad, &self.plain);
-                    let (a, _) = edit.sample(input, noise);
-                    (src + a * self.config.expo.edit_scale).reshape([rows, ne, ad])
-                });
-                Some((base, edited))
-            }
-            _ => None,
-        };
+        // Hoisted: next-action candidates of every slice in one batched pass.
+        if selects && hoisted {
+            self.mark("candidates");
+        }
+        let precomputed = (selects && hoisted).then(|| {
+            next_candidates(
+                den.as_ref().unwrap(),
+                edit.as_ref().map(|e| (e, self.config.expo.edit_scale)),
+                &self.schedule,
+                next_obs.clone(),
+                ad,
+                &params,
+                &mut Stream {
+                    rng: &mut self.train_rng,
+                    device_normals,
+                },
+            )
+        });
         // RLPD: next actions from the actor, with the entropy term in the backup.
         let rlpd_next = (self.config.algo == Algo::Rlpd).then(|| {
             let actor = self.actor.as_ref().unwrap().valid();
-            let noise = normal(&mut self.train_rng, rows, ad, &self.plain);
-            actor.sample(next_plain.clone(), noise)
+            let noise = Stream {
+                rng: &mut self.train_rng,
+                device_normals,
+            }
+            .normal(rows, ad, &self.plain);
+            actor.sample(next_obs.clone(), noise)
         });
-        let alpha = self.temperature.as_ref().map_or(0.0, |t| scalar(t.alpha()));
+        let alpha = self
+            .temperature
+            .as_ref()
+            .map(|t| t.alpha().inner().reshape([1, 1]));
+        self.stage_sync();
         self.times.candidates += clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
 
-        let (mut loss_sum, mut q_sum, mut tq_sum) = (0.0, 0.0, 0.0);
+        let zero = || Tensor::<1>::zeros([1], &self.plain);
+        let (mut loss_sum, mut q_sum, mut tq_sum) = (zero(), zero(), zero());
+        let mut targets = vec![];
         for i in 0..utd {
+            if selects && !hoisted {
+                self.mark("candidates");
+            }
+            self.mark("target");
             let r = i * b..(i + 1) * b;
-            let next_i = next_plain.clone().slice([r.clone(), 0..od]);
+            let next_i = next_obs.clone().slice([r.clone(), 0..od]);
             let target = self.critic_target.as_ref().unwrap();
+            let stream = Stream {
+                rng: &mut self.train_rng,
+                device_normals,
+            };
             let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
                 (Some((base, edited)), _) => {
                     let mut runner = Selector {
@@ -483,7 +620,7 @@ impl Agent {
                         edit: None,
                         edit_scale: 0.0,
                         critics: target,
-                        rng: &mut self.train_rng,
+                        stream,
                         precomputed: Some((
                             base.clone()
                                 .slice([r.clone(), 0..params.num_samples, 0..ad]),
@@ -494,59 +631,100 @@ impl Agent {
                     };
                     on_the_fly_action(&mut runner, &params).1
                 }
+                (None, None) => {
+                    // Sequential: this slice's candidates now, drawn in the reference's
+                    // order (chain noise, edit noise, critic subset).
+                    let mut runner = Selector {
+                        obs: next_i,
+                        act_dim: ad,
+                        denoiser: den.as_ref(),
+                        schedule: &self.schedule,
+                        edit: edit.as_ref(),
+                        edit_scale: self.config.expo.edit_scale,
+                        critics: target,
+                        stream,
+                        precomputed: None,
+                    };
+                    on_the_fly_action(&mut runner, &params).1
+                }
                 (None, Some((a_next, logp))) => {
-                    let subset =
-                        random_subset(&mut self.train_rng, target.members(), params.critic_subset);
+                    let subset = random_subset(stream.rng, target.members(), params.critic_subset);
                     let input =
                         Tensor::cat(vec![next_i, a_next.clone().slice([r.clone(), 0..ad])], 1);
                     let q = target
                         .forward_members(input, Some(&subset))
                         .min_dim(0)
                         .reshape([b, 1]);
-                    q - logp.clone().slice([r.clone(), 0..1]) * alpha
+                    q - logp.clone().slice([r.clone(), 0..1]) * alpha.clone().unwrap()
                 }
-                _ => unreachable!("critic update without a next-action source"),
             };
-            let rew_i = tensor2(rew[r.clone()].to_vec(), b, 1, &self.plain);
-            let mask_i = tensor2(mask[r.clone()].to_vec(), b, 1, &self.plain);
+            let rew_i = rew.clone().slice([r.clone(), 0..1]);
+            let mask_i = mask.clone().slice([r.clone(), 0..1]);
             let y = rew_i + mask_i * q_next * gamma;
-            tq_sum += scalar(y.clone().mean());
-            let y = Tensor::<2>::from_data(y.into_data(), &self.device).reshape([1, b]);
+            if pending.is_none() {
+                // Targets only (tests): no critic step.
+                targets.push(y);
+                continue;
+            }
+            tq_sum = tq_sum + y.clone().mean();
+            // The target enters the loss as a constant on the autodiff device.
+            let y = y.autodiff().reshape([1, b]);
 
-            let obs_i = tensor2(
-                obs[i * b * od..(i + 1) * b * od].to_vec(),
-                b,
-                od,
-                &self.device,
-            );
-            let act_i = tensor2(
-                act[i * b * ad..(i + 1) * b * ad].to_vec(),
-                b,
-                ad,
-                &self.device,
-            );
+            let obs_i = obs.clone().slice([r.clone(), 0..od]);
+            let act_i = act.clone().slice([r.clone(), 0..ad]);
             let critic = self.critic.take().unwrap();
             let q = critic.forward(Tensor::cat(vec![obs_i, act_i], 1)); // [E, b]
-            q_sum += scalar(q.clone().detach().mean());
+            q_sum = q_sum + q.clone().detach().inner().mean();
             let loss = (q - y).square().mean();
-            loss_sum += scalar(loss.clone().detach());
+            loss_sum = loss_sum + loss.clone().detach().inner();
             let grads = GradientsParams::from_grads(loss.backward(), &critic);
             let critic = self
                 .opt_critic
                 .step(self.config.optim.critic_lr, critic, grads);
+            self.mark("critic step");
             let target = self.critic_target.take().unwrap();
             self.critic_target = Some(polyak(target, &critic, self.config.optim.tau));
             self.critic = Some(critic);
+            self.mark("target critics");
         }
+        self.stage_sync();
         self.times.critic += clock.elapsed().as_secs_f64();
-        m.critic_loss = loss_sum / utd as f32;
-        m.q_mean = q_sum / utd as f32;
-        m.target_q_mean = tq_sum / utd as f32;
-        Ok(())
+        if let Some(pending) = pending {
+            let n = utd as f32;
+            pending.push(|m| &mut m.critic_loss, loss_sum / n);
+            pending.push(|m| &mut m.q_mean, q_sum / n);
+            pending.push(|m| &mut m.target_q_mean, tq_sum / n);
+        }
+        Ok(targets)
     }
 
-    /// DDPM ε-prediction loss on `(obs, act)`; AdamW step; EMA update.
-    fn update_denoiser(&mut self, obs: Tensor<2>, act: Tensor<2>) -> f32 {
+    /// The TD targets `r + γ·mask·Q'(s', a')` of every row of `batch` under the
+    /// configured candidate schedule, without any update (tests compare schedules).
+    pub fn td_targets(&mut self, batch: &Batch) -> Result<Vec<f32>> {
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        anyhow::ensure!(batch.rows == b * utd, "batch has {} rows", batch.rows);
+        let (od, ad, rows) = (self.obs_dim, self.act_dim, b * utd);
+        let mut obs = batch.obs.clone();
+        let mut next_obs = batch.next_obs.clone();
+        self.normalizer.apply(&mut obs);
+        self.normalizer.apply(&mut next_obs);
+        let targets = self.update_critic(
+            tensor2(obs, rows, od, &self.device),
+            tensor2(batch.act.clone(), rows, ad, &self.device),
+            tensor2(batch.rew.clone(), rows, 1, &self.plain),
+            tensor2(next_obs, rows, od, &self.plain),
+            tensor2(batch.mask.clone(), rows, 1, &self.plain),
+            None,
+        )?;
+        Ok(Tensor::cat(targets, 0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 targets"))
+    }
+
+    /// DDPM ε-prediction loss on `(obs, act)`; AdamW step; EMA update. Returns the loss
+    /// (plain device, not read back).
+    fn update_denoiser(&mut self, obs: Tensor<2>, act: Tensor<2>) -> Tensor<1> {
         let b = obs.dims()[0];
         let ad = self.act_dim;
         let steps = self.schedule.steps();
@@ -554,7 +732,12 @@ impl Agent {
             .map(|_| (self.train_rng.next_u64() % steps as u64) as usize)
             .collect();
         let (sa, sb): (Vec<f32>, Vec<f32>) = ts.iter().map(|&t| self.schedule.noising(t)).unzip();
-        let eps = normal(&mut self.train_rng, b, ad, &self.device);
+        let device_normals = self.device_normals();
+        let eps = Stream {
+            rng: &mut self.train_rng,
+            device_normals,
+        }
+        .normal(b, ad, &self.device);
         let sa = tensor2(sa, b, 1, &self.device);
         let sb = tensor2(sb, b, 1, &self.device);
         let noisy = act * sa + eps.clone() * sb;
@@ -562,7 +745,7 @@ impl Agent {
         // Modules are handles to shared tensors: the clone is cheap and replaced below.
         let den = self.denoiser.clone();
         let loss = (den.forward(noisy, obs, t) - eps).square().mean();
-        let value = scalar(loss.clone().detach());
+        let value = loss.clone().detach().inner();
         let grads = GradientsParams::from_grads(loss.backward(), &den);
         let lr = self.denoiser_lr();
         let den = self.opt_denoiser.step(lr, den, grads);
@@ -574,20 +757,25 @@ impl Agent {
     }
 
     /// Edit policy: minimise `α log π − mean_e Q_e(s, a_base + β a)`, then the temperature.
-    fn update_edit(&mut self, obs: Tensor<2>, m: &mut UpdateMetrics) {
+    fn update_edit(&mut self, obs: Tensor<2>, pending: &mut PendingMetrics) {
+        self.mark("edit");
         let b = obs.dims()[0];
         let ad = self.act_dim;
+        let device_normals = self.device_normals();
+        let mut stream = Stream {
+            rng: &mut self.train_rng,
+            device_normals,
+        };
         // Base actions for the edit loss come from the online denoiser (as in the TD target).
-        let obs_plain = Tensor::<2>::from_data(obs.clone().into_data(), &self.plain);
-        let base_plain = sample_chain(
+        let base = sample_chain(
             &self.denoiser.valid(),
             &self.schedule,
-            obs_plain,
+            obs.clone().inner(),
             ad,
-            &mut self.train_rng,
-        );
-        let base = Tensor::<2>::from_data(base_plain.into_data(), &self.device);
-        let noise = normal(&mut self.train_rng, b, ad, &self.device);
+            &mut stream,
+        )
+        .autodiff();
+        let noise = stream.normal(b, ad, &self.device);
         let edit = self.edit.take().unwrap();
         let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);
         let logp = edited_log_prob(logp, ad, self.config.expo.edit_scale);
@@ -598,18 +786,23 @@ impl Agent {
             .unwrap()
             .forward(Tensor::cat(vec![obs, edited], 1))
             .mean_dim(0); // [1, b]
-        let alpha = scalar(self.temperature.as_ref().unwrap().alpha());
-        let loss = (logp.clone().reshape([1, b]) * alpha - q.clone()).mean();
-        m.policy_q = scalar(q.detach().mean());
+        let alpha = self.temperature.as_ref().unwrap().alpha().detach();
+        let loss = (logp.clone().reshape([1, b]) * alpha.reshape([1, 1]) - q.clone()).mean();
+        pending.push(|m| &mut m.policy_q, q.detach().mean());
         let grads = GradientsParams::from_grads(loss.backward(), &edit);
         self.edit = Some(self.opt_policy.step(self.config.optim.edit_lr, edit, grads));
-        self.update_temperature(logp.detach(), m);
+        self.update_temperature(logp.detach(), pending);
     }
 
     /// RLPD actor: minimise `α log π − mean_e Q_e(s, a)`, then the temperature.
-    fn update_actor(&mut self, obs: Tensor<2>, m: &mut UpdateMetrics) {
+    fn update_actor(&mut self, obs: Tensor<2>, pending: &mut PendingMetrics) {
         let b = obs.dims()[0];
-        let noise = normal(&mut self.train_rng, b, self.act_dim, &self.device);
+        let device_normals = self.device_normals();
+        let noise = Stream {
+            rng: &mut self.train_rng,
+            device_normals,
+        }
+        .normal(b, self.act_dim, &self.device);
         let actor = self.actor.take().unwrap();
         let (a, logp) = actor.sample(obs.clone(), noise);
         let q = self
@@ -618,19 +811,20 @@ impl Agent {
             .unwrap()
             .forward(Tensor::cat(vec![obs, a], 1))
             .mean_dim(0);
-        let alpha = scalar(self.temperature.as_ref().unwrap().alpha());
-        let loss = (logp.clone().reshape([1, b]) * alpha - q.clone()).mean();
-        m.policy_q = scalar(q.detach().mean());
+        let alpha = self.temperature.as_ref().unwrap().alpha().detach();
+        let loss = (logp.clone().reshape([1, b]) * alpha.reshape([1, 1]) - q.clone()).mean();
+        pending.push(|m| &mut m.policy_q, q.detach().mean());
         let grads = GradientsParams::from_grads(loss.backward(), &actor);
         self.actor = Some(
             self.opt_policy
                 .step(self.config.optim.edit_lr, actor, grads),
         );
-        self.update_temperature(logp.detach(), m);
+        self.update_temperature(logp.detach(), pending);
     }
 
     /// `min_α  −α (log π + target_entropy)` on `log_α`.
-    fn update_temperature(&mut self, logp: Tensor<2>, m: &mut UpdateMetrics) {
+    fn update_temperature(&mut self, logp: Tensor<2>, pending: &mut PendingMetrics) {
+        self.mark("temperature");
         let temp = self.temperature.take().unwrap();
         let gap = (logp.clone() + self.target_entropy()).mean().detach();
         let loss = (temp.alpha() * gap * -1.0).sum();
@@ -638,10 +832,41 @@ impl Agent {
         let temp = self
             .opt_temperature
             .step(self.config.optim.temperature_lr, temp, grads);
-        m.entropy = -scalar(logp.mean());
-        m.temperature = scalar(temp.alpha());
+        pending.push(|m| &mut m.entropy, logp.mean() * -1.0);
+        pending.push(|m| &mut m.temperature, temp.alpha().detach());
         self.temperature = Some(temp);
     }
+}
+
+/// Next-action candidates for the TD targets of every row of `next_obs` (`[R, O]`,
+/// normalized, plain): `N` base samples from `den` `[R, N, A]` and, with an edit policy
+/// and its scale β, the first `n_edit` of them edited `[R, n_edit, A]`. Draws: chain
+/// noise, then edit noise.
+fn next_candidates(
+    den: &Denoiser,
+    edit: Option<(&GaussianPolicy, f32)>,
+    schedule: &DiffusionSchedule,
+    next_obs: Tensor<2>,
+    ad: usize,
+    params: &SelectionParams,
+    stream: &mut Stream,
+) -> (Tensor<3>, Option<Tensor<3>>) {
+    let rows = next_obs.dims()[0];
+    let n = params.num_samples;
+    let base = sample_chain(den, schedule, repeat_rows(next_obs.clone(), n), ad, stream)
+        .reshape([rows, n, ad]);
+    let edited = edit.map(|(edit, edit_scale)| {
+        let ne = params.num_edit;
+        let src = base
+            .clone()
+            .slice([0..rows, 0..ne, 0..ad])
+            .reshape([rows * ne, ad]);
+        let input = Tensor::cat(vec![repeat_rows(next_obs, ne), src.clone()], 1);
+        let noise = stream.normal(rows * ne, ad, &src.device());
+        let (a, _) = edit.sample(input, noise);
+        (src + a * edit_scale).reshape([rows, ne, ad])
+    });
+    (base, edited)
 }
 
 /// Log-density of the edited action `base + β·a` given the log-density of `a`: the
@@ -666,7 +891,7 @@ pub(crate) struct Selector<'a> {
     edit: Option<&'a GaussianPolicy>,
     edit_scale: f32,
     critics: &'a CriticEnsemble,
-    rng: &'a mut Rng,
+    stream: Stream<'a>,
     precomputed: Option<(Tensor<3>, Option<Tensor<3>>)>,
 }
 
@@ -687,7 +912,7 @@ impl ExpoRunner for Selector<'_> {
             self.schedule,
             repeat_rows(self.obs.clone(), n),
             self.act_dim,
-            self.rng,
+            &mut self.stream,
         )
         .reshape([b, n, self.act_dim])
     }
@@ -700,7 +925,7 @@ impl ExpoRunner for Selector<'_> {
         let edit = self.edit.expect("edit policy");
         let src = base.clone().slice([0..b, 0..n, 0..ad]).reshape([b * n, ad]);
         let input = Tensor::cat(vec![repeat_rows(self.obs.clone(), n), src.clone()], 1);
-        let noise = normal(self.rng, b * n, ad, &self.obs.device());
+        let noise = self.stream.normal(b * n, ad, &self.obs.device());
         let (a, _) = edit.sample(input, noise);
         (src + a * self.edit_scale).reshape([b, n, ad])
     }
@@ -711,7 +936,7 @@ impl ExpoRunner for Selector<'_> {
 
     fn score(&mut self, candidates: &Tensor<3>, subset: usize) -> Tensor<2> {
         let [b, m, ad] = candidates.dims();
-        let subset = random_subset(self.rng, self.critics.members(), subset);
+        let subset = random_subset(self.stream.rng, self.critics.members(), subset);
         let input = Tensor::cat(
             vec![
                 repeat_rows(self.obs.clone(), m),

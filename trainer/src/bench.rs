@@ -92,15 +92,22 @@ pub struct UpdateBench {
 }
 
 /// Times `steps` environment steps of updates (one action plus the UTD update) on
-/// random-looking transitions of the configured task, after `warmup` untimed steps.
-pub fn bench_updates(c: &Config, steps: usize, warmup: usize) -> Result<UpdateBench> {
+/// random-looking transitions of the configured task, after `warmup` untimed steps
+/// (which include a GPU backend's kernel compilation).
+pub fn bench_updates(
+    c: &Config,
+    steps: usize,
+    warmup: usize,
+    sync_stages: bool,
+) -> Result<UpdateBench> {
     let spec = c.task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
     let mut tiny = c.clone();
     tiny.run.offline_episodes = 20;
     let (offline, _) = crate::run::offline_data(&tiny)?;
     let normalizer = Normalizer::fit(offline.observations(), od);
-    let mut agent = Agent::new(c.clone(), od, ad, normalizer, &crate::run::device());
+    let mut agent = Agent::new(c.clone(), od, ad, normalizer, &crate::run::device(c)?);
+    agent.sync_stages = sync_stages;
     let empty = Replay::new(od, ad, 1);
     let mut rng = sim::rng::Rng::new(1);
     let mut batch = Batch::default();
@@ -122,6 +129,8 @@ pub fn bench_updates(c: &Config, steps: usize, warmup: usize) -> Result<UpdateBe
         let t = Instant::now();
         let _ = agent.act(&obs);
         agent.update(&batch)?;
+        // GPU work is queued asynchronously: the step ends when the device is done.
+        agent.sync();
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }

@@ -131,6 +131,49 @@ pub struct RunConfig {
     pub eval_episodes: usize,
 }
 
+/// When the TD targets' next-action candidates are generated (DESIGN.md section 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CandidateSchedule {
+    /// All UTD slices' candidates in one batched pass before the critic loop (valid
+    /// because the denoiser and the edit policy only change after the loop).
+    #[default]
+    #[serde(rename = "hoisted")]
+    Hoisted,
+    /// Each slice's candidates inside the loop, just before its critic step: the
+    /// reference implementation's order of random draws and updates.
+    #[serde(rename = "sequential")]
+    Sequential,
+}
+
+/// Where the Gaussian noise of diffusion chains, edits and losses is drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NormalSource {
+    /// Our seeded generator on the host (`train_rng`/`act_rng`), uploaded: identical on
+    /// every backend, checkpointed, so resume is exact. The CPU default.
+    #[default]
+    #[serde(rename = "host")]
+    Host,
+    /// The backend's generator on the device, seeded from `seed` at start: no host
+    /// generation or upload of the chain noise (the GPU choice). Its state is not
+    /// checkpointed, so a resumed run continues with fresh device noise.
+    #[serde(rename = "device")]
+    Device,
+}
+
+/// How the learner runs on its device; none of this changes the algorithm.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeConfig {
+    #[serde(default)]
+    pub candidates: CandidateSchedule,
+    #[serde(default)]
+    pub normals: NormalSource,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
 /// Everything a run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +182,11 @@ pub struct Config {
     pub algo: Algo,
     pub task: TaskId,
     pub seed: u64,
+    /// `cpu` (burn flex), `ndarray`, `vulkan[:N]` or `cuda[:N]` ([`crate::device`]).
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub compute: ComputeConfig,
     pub net: NetConfig,
     pub diffusion: DiffusionConfig,
     pub expo: ExpoConfig,
@@ -154,6 +202,8 @@ impl Config {
             algo: Algo::Expo,
             task: TaskId::ArmReach,
             seed: 0,
+            device: default_device(),
+            compute: ComputeConfig::default(),
             net: NetConfig {
                 denoiser_hidden: 256,
                 denoiser_blocks: 3,
@@ -327,6 +377,7 @@ impl Config {
             self.net.fourier_features.is_multiple_of(2),
             "net.fourier_features must be even"
         );
+        crate::device::parse(&self.device).context("device")?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod bench;
 pub mod config;
+pub mod device;
 pub mod export;
 pub mod nets;
 pub mod plot;

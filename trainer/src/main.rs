@@ -30,6 +30,20 @@ struct ConfigArgs {
     /// Dotted overrides applied last, e.g. `--set algo=rlpd --set expo.num_samples=8`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Device: `cpu` (default), `ndarray`, `vulkan[:N]`, `cuda[:N]` (GPU ones need the
+    /// matching cargo feature). Same as `--set device=...`.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ConfigArgs {
+    fn resolve(&self) -> Result<Config> {
+        let mut overrides = self.overrides.clone();
+        if let Some(d) = &self.device {
+            overrides.push(format!("device=\"{d}\""));
+        }
+        Config::resolve(&self.preset, self.config.as_deref(), &overrides)
+    }
 }
 
 #[derive(Subcommand)]
@@ -90,6 +104,13 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Wait for the device at every stage boundary, so that the per-stage times are
+        /// device times (GPU); slightly slows the total.
+        #[arg(long)]
+        sync_stages: bool,
+        /// Also write the result as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Offline pretraining only (train with run.online_steps = 0); continue online later
     /// with `train --resume` on the same --out.
@@ -185,9 +206,19 @@ fn main() -> Result<()> {
             config,
             steps,
             warmup,
+            sync_stages,
+            json,
         } => {
-            let c = Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
-            let r = trainer::bench::bench_updates(&c, steps, warmup)?;
+            let c = config.resolve()?;
+            let r = trainer::bench::bench_updates(&c, steps, warmup, sync_stages)?;
+            if let Some(path) = &json {
+                let mut v = serde_json::to_value(&r)?;
+                v["device"] = c.device.clone().into();
+                v["candidates"] = format!("{:?}", c.compute.candidates).to_lowercase().into();
+                v["normals"] = format!("{:?}", c.compute.normals).to_lowercase().into();
+                std::fs::write(path, serde_json::to_string_pretty(&v)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             let min = r
                 .seconds_per_env_step
                 .iter()
@@ -195,10 +226,13 @@ fn main() -> Result<()> {
                 .fold(f64::INFINITY, f64::min);
             let max = r.seconds_per_env_step.iter().cloned().fold(0.0, f64::max);
             println!(
-                "{} {} on {} (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
+                "{} {} on {} [{}, {:?} candidates, {:?} normals] (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
                 r.preset,
                 r.algo,
                 c.task,
+                c.device,
+                c.compute.candidates,
+                c.compute.normals,
                 c.task.spec().obs_dim(),
                 c.task.spec().action_dim(),
                 r.median_seconds,
@@ -221,8 +255,7 @@ fn main() -> Result<()> {
             );
         }
         Command::Pretrain { config, out } => {
-            let mut c =
-                Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
+            let mut c = config.resolve()?;
             c.run.online_steps = 0;
             let mut bar = Bar(None);
             let summary = train(
@@ -310,16 +343,20 @@ fn main() -> Result<()> {
                 .map(shared_model::manifest::read_signing_key)
                 .transpose()?;
             let (agent, info) = if random {
-                let c =
-                    Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
+                let c = config.resolve()?;
                 let spec = c.task.spec();
                 let (od, ad) = (spec.obs_dim(), spec.action_dim());
                 let identity = trainer::replay::Normalizer {
                     mean: vec![0.0; od],
                     std: vec![1.0; od],
                 };
-                let agent =
-                    trainer::agent::Agent::new(c, od, ad, identity, &trainer::run::device());
+                let agent = trainer::agent::Agent::new(
+                    c.clone(),
+                    od,
+                    ad,
+                    identity,
+                    &trainer::run::device(&c)?,
+                );
                 let info = trainer::export::ExportInfo {
                     dataset: "none (untrained networks)".into(),
                     env_steps: 0,
@@ -360,7 +397,7 @@ fn main() -> Result<()> {
             );
         }
         Command::Config { config } => {
-            let c = Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
+            let c = config.resolve()?;
             print!("{}", c.to_toml());
         }
         Command::Study {
@@ -404,7 +441,7 @@ fn main() -> Result<()> {
             log_every,
             stop_after,
         } => {
-            let c = Config::resolve(&config.preset, config.config.as_deref(), &config.overrides)?;
+            let c = config.resolve()?;
             let opts = TrainOptions {
                 resume,
                 checkpoint_every,

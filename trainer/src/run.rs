@@ -238,14 +238,15 @@ impl RunState {
     }
 }
 
-/// The CPU backend: burn's `flex` (measured fastest, BENCHMARKS.md); `EXPO_BACKEND=ndarray`
-/// selects burn-ndarray for comparisons.
-#[allow(deprecated)]
-pub fn device() -> Device {
-    match std::env::var("EXPO_BACKEND").as_deref() {
-        Ok("ndarray") => Device::ndarray(),
-        _ => Device::flex(),
+/// The configured device (`device` in the config, [`crate::device`]); on CPU burn's
+/// `flex`, measured fastest (BENCHMARKS.md).
+pub fn device(config: &Config) -> Result<Device> {
+    let spec = crate::device::parse(&config.device)?;
+    let device = spec.device();
+    if config.compute.normals == crate::config::NormalSource::Device {
+        device.seed(config.seed ^ 0xde71ce);
     }
+    Ok(device)
 }
 
 /// Pretrain → online training → evaluation, writing outputs under `out`.
@@ -265,7 +266,7 @@ pub fn train(
     let (offline, offline_rate) = offline_data(config)?;
     let mut online = Replay::new(od, ad, 1 << 21);
     let normalizer = Normalizer::fit(offline.observations(), od);
-    let mut agent = Agent::new(config.clone(), od, ad, normalizer, &device());
+    let mut agent = Agent::new(config.clone(), od, ad, normalizer, &device(config)?);
     let mut summary = TrainSummary {
         offline_success_rate: offline_rate,
         ..Default::default()
@@ -442,6 +443,8 @@ fn same_except_length(saved: &str, config: &Config) -> Result<bool> {
     old.run.online_steps = config.run.online_steps;
     old.run.eval_every = config.run.eval_every;
     old.run.eval_episodes = config.run.eval_episodes;
+    // A run may move between devices (trained on a GPU, resumed on a CPU).
+    old.device = config.device.clone();
     Ok(old == *config)
 }
 
@@ -466,12 +469,13 @@ pub fn load_agent(run: &Path) -> Result<Agent> {
         format!("{}: bad checkpoint state", dir.join("state.json").display())
     })?;
     let spec = config.task.spec();
+    let device = device(&config)?;
     let mut agent = Agent::new(
         config,
         spec.obs_dim(),
         spec.action_dim(),
         state.normalizer,
-        &device(),
+        &device,
     );
     agent.load(&dir)?;
     Ok(agent)

@@ -27,7 +27,8 @@ fn agent(preset: &str, overrides: &[&str]) -> Agent {
         mean: (0..od).map(|_| rng.range(-0.5, 0.5)).collect(),
         std: (0..od).map(|_| rng.range(0.5, 2.0)).collect(),
     };
-    Agent::new(c, od, ad, normalizer, &trainer::run::device())
+    let device = trainer::run::device(&c).unwrap();
+    Agent::new(c, od, ad, normalizer, &device)
 }
 
 fn host(t: Tensor<2>) -> Vec<f32> {
@@ -52,7 +53,7 @@ fn check_graphs(agent: &Agent, bundle: &Path, backend: Backend) {
     let rows = GraphRows::for_manifest(&b.manifest);
     let mut nets = load_networks(backend, &b, rows).unwrap();
     let (od, ad) = (agent.obs_dim, agent.act_dim);
-    let dev = trainer::run::device();
+    let dev = trainer::run::device(&agent.config).unwrap();
     let mut rng = Rng::new(77);
     let obs: Vec<f32> = (0..od).map(|_| rng.normal()).collect();
     let rand =

@@ -5,7 +5,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};
 use shared_model::DiffusionSchedule;
 use sim::rng::Rng;
-use trainer::agent::{edited_log_prob, polyak, random_subset, sample_chain};
+use trainer::agent::{Stream, edited_log_prob, polyak, random_subset, sample_chain};
 use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, tensor2};
 
 fn dev() -> Device {
@@ -79,7 +79,7 @@ fn sampler_gives_actions_in_bounds_with_the_right_shape() {
     let den = scale_module(Denoiser::new(5, 3, size, &mut rng, &d), 4.0);
     let sched = DiffusionSchedule::vp(4, 0.1, 10.0);
     let obs = tensor2((0..35).map(|i| i as f32 * 0.1).collect(), 7, 5, &d);
-    let out = sample_chain(&den, &sched, obs, 3, &mut rng);
+    let out = sample_chain(&den, &sched, obs, 3, &mut Stream::host(&mut rng));
     assert_eq!(out.dims(), [7, 3]);
     let v = values(out);
     assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{v:?}");

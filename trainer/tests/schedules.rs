@@ -1,0 +1,208 @@
+//! Candidate schedules (hoisted vs sequential) and device parity of one update.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use sim::rng::Rng;
+use trainer::agent::Agent;
+use trainer::config::{CandidateSchedule, Config};
+use trainer::replay::{Batch, Normalizer, Replay, sample_mixed};
+
+fn config(schedule: CandidateSchedule, device: &str) -> Config {
+    let mut c = Config::tiny();
+    c.optim.utd = 4;
+    c.optim.batch_size = 16;
+    c.compute.candidates = schedule;
+    c.device = device.into();
+    c
+}
+
+/// An agent with the config's seed and a batch of scripted-demo transitions.
+fn agent_and_batch(c: &Config) -> (Agent, Batch) {
+    let (offline, _) = trainer::run::offline_data(c).unwrap();
+    let spec = c.task.spec();
+    let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let normalizer = Normalizer::fit(offline.observations(), od);
+    let device = trainer::run::device(c).unwrap();
+    let agent = Agent::new(c.clone(), od, ad, normalizer, &device);
+    let mut batch = Batch::default();
+    let empty = Replay::new(od, ad, 1);
+    let mut rng = Rng::new(3);
+    sample_mixed(
+        &mut rng,
+        &offline,
+        &empty,
+        1.0,
+        c.optim.utd,
+        c.optim.batch_size,
+        &mut batch,
+    );
+    (agent, batch)
+}
+
+#[test]
+fn sequential_schedule_makes_each_slices_candidates_just_before_its_critic_step() {
+    let expect_slices = |first: &[&'static str], per_slice: &[&'static str]| {
+        let mut v: Vec<&'static str> = first.to_vec();
+        for _ in 0..4 {
+            v.extend_from_slice(per_slice);
+        }
+        v.extend_from_slice(&["denoiser", "edit", "temperature"]);
+        v
+    };
+    for (schedule, expected) in [
+        (
+            CandidateSchedule::Sequential,
+            expect_slices(
+                &[],
+                &["candidates", "target", "critic step", "target critics"],
+            ),
+        ),
+        (
+            CandidateSchedule::Hoisted,
+            expect_slices(
+                &["candidates"],
+                &["target", "critic step", "target critics"],
+            ),
+        ),
+    ] {
+        let (mut agent, batch) = agent_and_batch(&config(schedule, "cpu"));
+        agent.trace = Some(vec![]);
+        agent.update(&batch).unwrap();
+        assert_eq!(agent.trace.unwrap(), expected, "{schedule:?}");
+    }
+}
+
+/// Mean and standard deviation of each row's TD target over `repeats` draws.
+fn target_stats(schedule: CandidateSchedule, repeats: usize) -> Vec<(f64, f64)> {
+    let (mut agent, batch) = agent_and_batch(&config(schedule, "cpu"));
+    let mut sum = vec![0.0f64; batch.rows];
+    let mut sq = vec![0.0f64; batch.rows];
+    for _ in 0..repeats {
+        let y = agent.td_targets(&batch).unwrap();
+        for (i, v) in y.iter().enumerate() {
+            sum[i] += *v as f64;
+            sq[i] += (*v as f64).powi(2);
+        }
+    }
+    let n = repeats as f64;
+    sum.iter()
+        .zip(&sq)
+        .map(|(s, q)| {
+            let mean = s / n;
+            (mean, (q / n - mean * mean).max(0.0).sqrt())
+        })
+        .collect()
+}
+
+#[test]
+fn hoisted_and_sequential_schedules_give_the_same_td_target_distribution() {
+    // Same networks (same seed, no updates), many draws of the candidate noise and the
+    // critic subsets: every row's TD-target mean and spread must agree within sampling
+    // error. A mix-up of rows or slices in the hoisted pass would move row means by about
+    // the spread between rows, which the last assertion shows is far above the tolerance.
+    let repeats = 400;
+    let hoisted = target_stats(CandidateSchedule::Hoisted, repeats);
+    let sequential = target_stats(CandidateSchedule::Sequential, repeats);
+    let n = repeats as f64;
+    let mut worst_z = 0.0f64;
+    for (row, ((mh, sh), (ms, ss))) in hoisted.iter().zip(&sequential).enumerate() {
+        let se = ((sh * sh + ss * ss) / n).sqrt().max(1e-9);
+        let z = (mh - ms).abs() / se;
+        worst_z = worst_z.max(z);
+        assert!(
+            z < 5.0,
+            "row {row}: mean {mh:.5} vs {ms:.5} ({z:.1} standard errors)"
+        );
+        // Spreads: the standard error of a standard deviation is about sd/sqrt(2n).
+        let se_sd = (sh.max(*ss) / (2.0 * n).sqrt()).max(1e-9);
+        assert!(
+            (sh - ss).abs() < 6.0 * se_sd,
+            "row {row}: spread {sh:.5} vs {ss:.5}"
+        );
+    }
+    let means: Vec<f64> = hoisted.iter().map(|m| m.0).collect();
+    let between = means.iter().cloned().fold(f64::MIN, f64::max)
+        - means.iter().cloned().fold(f64::MAX, f64::min);
+    let typical_se = hoisted.iter().map(|m| m.1).sum::<f64>() / hoisted.len() as f64 / n.sqrt();
+    assert!(
+        between > 20.0 * typical_se,
+        "rows too alike for the test to see a mix-up: {between} vs {typical_se}"
+    );
+    eprintln!("worst row: {worst_z:.2} standard errors; row means span {between:.4}");
+}
+
+/// Every float parameter of a module, flattened in visiting order.
+fn params<M: Module>(m: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .extend(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(vec![]);
+    m.visit(&mut c);
+    c.0
+}
+
+fn all_params(a: &Agent) -> Vec<f32> {
+    let mut v = params(&a.denoiser);
+    v.extend(params(&a.denoiser_ema));
+    v.extend(params(a.edit.as_ref().unwrap()));
+    v.extend(params(a.critic.as_ref().unwrap()));
+    v.extend(params(a.critic_target.as_ref().unwrap()));
+    v.extend(params(a.temperature.as_ref().unwrap()));
+    v
+}
+
+/// GPU parity (run by `scripts/gpu-check`): `EXPO_GPU_DEVICE=vulkan` (or `cuda`) with the
+/// trainer built with that feature. From the same initial weights and the same batch,
+/// one environment step's update at the `cpu` preset's sizes (sequential schedule, host
+/// noise, fp32) on the GPU and on the CPU give the same losses and parameters within
+/// 1e-3 relative.
+#[test]
+#[ignore = "needs a GPU: EXPO_GPU_DEVICE=vulkan|cuda and the matching feature"]
+fn one_update_on_the_gpu_matches_the_cpu() {
+    let gpu = std::env::var("EXPO_GPU_DEVICE").expect("EXPO_GPU_DEVICE");
+    let make = |device: &str| {
+        let mut c = Config::cpu();
+        c.compute.candidates = CandidateSchedule::Sequential;
+        c.device = device.into();
+        c.run.offline_episodes = 20;
+        agent_and_batch(&c)
+    };
+    let (mut cpu, batch) = make("cpu");
+    let (mut dev, batch_gpu) = make(&gpu);
+    assert_eq!(batch.obs, batch_gpu.obs);
+    let before = all_params(&cpu);
+    assert_eq!(before, all_params(&dev), "initial weights differ");
+    let mc = cpu.update(&batch).unwrap();
+    let mg = dev.update(&batch).unwrap();
+    eprintln!("cpu {mc:?}\ngpu {mg:?}");
+    let rel = |a: f32, b: f32| (a - b).abs() / a.abs().max(b.abs()).max(1e-3);
+    for (name, a, b) in [
+        ("critic_loss", mc.critic_loss, mg.critic_loss),
+        ("q_mean", mc.q_mean, mg.q_mean),
+        ("target_q_mean", mc.target_q_mean, mg.target_q_mean),
+        ("denoiser_loss", mc.denoiser_loss, mg.denoiser_loss),
+        ("policy_q", mc.policy_q, mg.policy_q),
+        ("entropy", mc.entropy, mg.entropy),
+        ("temperature", mc.temperature, mg.temperature),
+    ] {
+        assert!(rel(a, b) < 1e-3, "{name}: cpu {a} vs gpu {b}");
+    }
+    let (pc, pg) = (all_params(&cpu), all_params(&dev));
+    // Relative to each parameter's own change in the update where that is the larger
+    // scale: Adam moves every weight by about the learning rate.
+    let mut worst = 0.0f32;
+    for ((c, g), b0) in pc.iter().zip(&pg).zip(&before) {
+        let scale = c.abs().max(g.abs()).max(1e-3);
+        let r = (c - g).abs() / scale;
+        worst = worst.max(r);
+        assert!(r < 1e-3, "parameter: cpu {c} vs gpu {g} (before {b0})");
+    }
+    eprintln!(
+        "{} parameters, worst relative difference {worst:e}",
+        pc.len()
+    );
+}
