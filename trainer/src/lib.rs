@@ -14,6 +14,7 @@ pub mod bench;
 pub mod config;
 pub mod device;
 pub mod export;
+pub mod finetune;
 pub mod nets;
 pub mod plot;
 pub mod replay;

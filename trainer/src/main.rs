@@ -112,6 +112,44 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Continue training a run on episodes the robot recorded (`controller run` datasets),
+    /// with the run's offline data mixed in; writes a new run directory and optionally a
+    /// signed bundle of the result.
+    Finetune {
+        /// The run to start from (train, pretrain or finetune output).
+        #[arg(long)]
+        from: PathBuf,
+        /// A dataset the robot recorded; repeat for several.
+        #[arg(long = "data", value_name = "DIR")]
+        data: Vec<PathBuf>,
+        /// The new run directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Updates (each: UTD critic steps, base policy, edit policy and temperature).
+        #[arg(long, default_value_t = 2000)]
+        updates: usize,
+        /// Train on the robot data alone, without the run's offline data.
+        #[arg(long)]
+        no_offline: bool,
+        /// Evaluate in the simulated task before and after (0: skip).
+        #[arg(long, default_value_t = 50)]
+        eval_episodes: usize,
+        #[arg(long, default_value_t = 500)]
+        checkpoint_every: usize,
+        #[arg(long, default_value_t = 100)]
+        log_every: usize,
+        /// Continue from --out's newest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Export the result as a bundle into this directory.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Sign the bundle with this key (`trainer keygen`).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        #[arg(long, hide = true)]
+        stop_after: Option<usize>,
+    },
     /// Offline pretraining only (train with run.online_steps = 0); continue online later
     /// with `train --resume` on the same --out.
     Pretrain {
@@ -387,6 +425,61 @@ fn main() -> Result<()> {
                 m.diffusion.executed_steps,
                 m.diffusion.trained_steps
             );
+        }
+        Command::Finetune {
+            from,
+            data,
+            out,
+            updates,
+            no_offline,
+            eval_episodes,
+            checkpoint_every,
+            log_every,
+            resume,
+            bundle,
+            signing_key,
+            stop_after,
+        } => {
+            // Read the key first: a bad key path should fail before the work, not after.
+            let key = signing_key
+                .as_deref()
+                .map(shared_model::manifest::read_signing_key)
+                .transpose()?;
+            let opts = trainer::finetune::FinetuneOptions {
+                from,
+                data,
+                out: out.clone(),
+                updates,
+                with_offline: !no_offline,
+                checkpoint_every,
+                log_every,
+                eval_episodes,
+                resume,
+                stop_after,
+            };
+            let mut bar = Bar(None);
+            let s = trainer::finetune::finetune(&opts, &mut bar)?;
+            if let Some(b) = bar.0.take() {
+                b.finish_and_clear();
+            }
+            println!("{}", trainer::finetune::describe(&s));
+            if s.stopped_early {
+                return Ok(());
+            }
+            if let Some(dir) = bundle {
+                let agent = trainer::run::load_agent(&out)?;
+                let info = trainer::export::ExportInfo {
+                    dataset: format!("finetuned on robot data ({})", out.display()),
+                    env_steps: trainer::run::checkpoint_env_step(&out)? as u64,
+                    executed_steps: None,
+                };
+                trainer::export::export_bundle(&agent, &dir, &info, key.as_ref())?;
+                println!(
+                    "wrote {} ({})",
+                    dir.display(),
+                    if key.is_some() { "signed" } else { "UNSIGNED" }
+                );
+            }
         }
         Command::Keygen { out } => {
             let (k, p) = shared_model::manifest::generate_key_pair(&out)?;

@@ -194,20 +194,23 @@ const EVAL_HEADER: &str = "step,success_rate,mean_return,mean_length,episodes";
 
 /// Counters and generator states saved in `checkpoint/state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct RunState {
-    env_step: usize,
-    env_seeds: [u64; 4],
+pub(crate) struct RunState {
+    pub(crate) env_step: usize,
+    pub(crate) env_seeds: [u64; 4],
     /// Seed of the episode that starts right after the checkpoint.
-    episode_seed: u64,
-    batch_rng: [u64; 4],
-    train_rng: [u64; 4],
-    act_rng: [u64; 4],
-    denoiser_updates: usize,
-    normalizer: Normalizer,
-    offline_success_rate: f64,
-    evals: Vec<(usize, EvalResult)>,
-    episode_stats: (usize, usize, f64),
-    config_toml: String,
+    pub(crate) episode_seed: u64,
+    pub(crate) batch_rng: [u64; 4],
+    pub(crate) train_rng: [u64; 4],
+    pub(crate) act_rng: [u64; 4],
+    pub(crate) denoiser_updates: usize,
+    pub(crate) normalizer: Normalizer,
+    pub(crate) offline_success_rate: f64,
+    pub(crate) evals: Vec<(usize, EvalResult)>,
+    pub(crate) episode_stats: (usize, usize, f64),
+    pub(crate) config_toml: String,
+    /// Updates done by `trainer finetune` in this run directory (0 for `train`).
+    #[serde(default)]
+    pub(crate) finetune_updates: usize,
 }
 
 impl RunState {
@@ -234,6 +237,7 @@ impl RunState {
             evals: evals.to_vec(),
             episode_stats,
             config_toml: config.to_toml(),
+            finetune_updates: 0,
         }
     }
 }
@@ -455,6 +459,22 @@ pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
     Ok(state.env_step)
 }
 
+/// Everything a run directory's newest checkpoint holds: the agent with its generator
+/// states and counters, the checkpoint state and the online replay.
+pub(crate) fn load_run(run: &Path) -> Result<(Agent, RunState, Replay)> {
+    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
+    let mut agent = load_agent(run)?;
+    let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+        .with_context(|| {
+        format!("{}: bad checkpoint state", dir.join("state.json").display())
+    })?;
+    agent.train_rng = Rng::from_state(state.train_rng);
+    agent.act_rng = Rng::from_state(state.act_rng);
+    agent.denoiser_updates = state.denoiser_updates;
+    let online = load_replay(&dir.join("online.bin"), agent.obs_dim, agent.act_dim)?;
+    Ok((agent, state, online))
+}
+
 /// Loads a trained agent from a run directory (its `config.toml` and `checkpoint/`).
 pub fn load_agent(run: &Path) -> Result<Agent> {
     let cfg_path = run.join("config.toml");
@@ -522,18 +542,18 @@ pub fn pretrain(
 }
 
 #[derive(Default)]
-struct MetricsWindow {
-    n: usize,
+pub(crate) struct MetricsWindow {
+    pub(crate) n: usize,
     sum: UpdateMetrics,
 }
 
 impl MetricsWindow {
-    fn add(&mut self, m: &UpdateMetrics) {
+    pub(crate) fn add(&mut self, m: &UpdateMetrics) {
         self.n += 1;
         self.sum.accumulate(m, 1.0);
     }
 
-    fn row(
+    pub(crate) fn row(
         &self,
         step: usize,
         episodes: usize,
@@ -562,12 +582,12 @@ impl MetricsWindow {
     }
 }
 
-fn write_header(path: &Path, header: &str) -> Result<()> {
+pub(crate) fn write_header(path: &Path, header: &str) -> Result<()> {
     std::fs::write(path, format!("{header}\n"))
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn append_line(path: &Path, line: &str) -> Result<()> {
+pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(path)
@@ -630,13 +650,18 @@ fn truncate_csv(path: &Path, step: usize) -> Result<()> {
 }
 
 /// The newest complete checkpoint directory of a run, if any.
-fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
+pub(crate) fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
     [out.join("checkpoint"), out.join("checkpoint.old")]
         .into_iter()
         .find(|d| d.join("state.json").is_file())
 }
 
-fn write_checkpoint(out: &Path, agent: &Agent, online: &Replay, state: &RunState) -> Result<()> {
+pub(crate) fn write_checkpoint(
+    out: &Path,
+    agent: &Agent,
+    online: &Replay,
+    state: &RunState,
+) -> Result<()> {
     let tmp = out.join("checkpoint.tmp");
     let cur = out.join("checkpoint");
     let old = out.join("checkpoint.old");

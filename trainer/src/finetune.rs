@@ -1,0 +1,276 @@
+//! `trainer finetune`: continue EXPO training from a run's checkpoint on episodes the robot
+//! recorded (the controller's datasets), offline-to-online style.
+//!
+//! ```text
+//!  run DIR (train/pretrain/finetune) ──► agent + optimizers + generators + replay
+//!  robot datasets (controller run) ─────► appended to the online replay
+//!  offline data (the run's config) ─────► offline replay
+//!        updates: UTD critic steps + base + edit/temperature per update, batches 50/50
+//!        (optim.offline_fraction) from offline and online replay
+//!  OUT/ ── config.toml, checkpoint/ (a run directory: `eval`, `export`, `train --resume`
+//!          and `finetune --from` all accept it), finetune.csv, optional bundle
+//! ```
+//!
+//! One "update" is what one environment step triggers in `train`: `optim.utd` critic
+//! steps, one denoiser step and one edit-policy/temperature step. Checkpoints are written
+//! like `train`'s (temporary directory, then rename); `--resume` continues from the
+//! newest one with exactly the updates an uninterrupted run makes.
+//!
+//! Not built yet: fine-tuning live from a TCP stream of transitions (issue 6, part 2).
+
+use anyhow::{Context, Result, bail, ensure};
+use sim::rng::Rng;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::agent::Agent;
+use crate::replay::{Batch, Replay, sample_mixed};
+use crate::run::{
+    EvalResult, MetricsWindow, Progress, RunState, append_line, checkpoint_dir, evaluate, load_run,
+    offline_data, write_checkpoint, write_header,
+};
+
+/// One `finetune` invocation.
+#[derive(Clone, Debug)]
+pub struct FinetuneOptions {
+    /// The run to start from (its newest checkpoint).
+    pub from: PathBuf,
+    /// Datasets the robot recorded (LeRobot v3, as `controller run` writes them).
+    pub data: Vec<PathBuf>,
+    /// Output run directory.
+    pub out: PathBuf,
+    /// Updates to run (each: UTD critic steps, base, edit policy and temperature).
+    pub updates: usize,
+    /// Mix the run's offline data into every batch (`optim.offline_fraction`).
+    pub with_offline: bool,
+    /// Checkpoint every this many updates (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Write a `finetune.csv` row every this many updates.
+    pub log_every: usize,
+    /// Evaluate in the simulated task before and after (0: skip).
+    pub eval_episodes: usize,
+    /// Continue from `out`'s newest checkpoint.
+    pub resume: bool,
+    /// Stop right after the first checkpoint at or after this many updates (tests use
+    /// it to simulate a kill).
+    pub stop_after: Option<usize>,
+}
+
+/// What a fine-tuning run reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FinetuneSummary {
+    pub robot_episodes: usize,
+    pub robot_transitions: usize,
+    pub robot_success_rate: f64,
+    pub updates: usize,
+    pub before: Option<EvalResult>,
+    pub after: Option<EvalResult>,
+    pub stopped_early: bool,
+}
+
+const FINETUNE_HEADER: &str = "update,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,updates_per_s";
+
+/// Runs `finetune` (see the module documentation).
+pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<FinetuneSummary> {
+    ensure!(
+        o.updates > 0 || o.eval_episodes > 0,
+        "nothing to do: --updates is 0"
+    );
+    let resumed = o.resume && checkpoint_dir(&o.out).is_some();
+    let source = if resumed { &o.out } else { &o.from };
+    let (mut agent, mut state, mut online) = load_run(source)?;
+    let config = agent.config.clone();
+    ensure!(
+        config.algo != crate::config::Algo::Bc,
+        "{}: a `bc` run has no critic to fine-tune with rewards; fine-tune an expo or idql-select run",
+        source.display()
+    );
+    let (od, ad) = (agent.obs_dim, agent.act_dim);
+    let mut summary = FinetuneSummary::default();
+
+    if !resumed {
+        std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+        if o.out.canonicalize()? == o.from.canonicalize()? {
+            bail!("--out must differ from --from (the source run stays as it was)");
+        }
+        ensure!(
+            !o.data.is_empty(),
+            "no --data: give at least one recorded dataset"
+        );
+        let (episodes, transitions, successes) = append_robot_data(&mut online, &o.data, od, ad)?;
+        summary.robot_episodes = episodes;
+        summary.robot_transitions = transitions;
+        summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;
+        state.finetune_updates = 0;
+        state.config_toml = config.to_toml();
+        std::fs::write(o.out.join("config.toml"), config.to_toml())?;
+        write_header(&o.out.join("finetune.csv"), FINETUNE_HEADER)?;
+        if o.eval_episodes > 0 {
+            summary.before = Some(evaluate(&mut agent, o.eval_episodes, config.seed ^ 0xf1e7));
+        }
+    } else if !o.data.is_empty() {
+        eprintln!(
+            "note: --resume continues with the replay saved in {}; --data is not read again",
+            o.out.display()
+        );
+    }
+
+    let offline = if o.with_offline {
+        offline_data(&config)?.0
+    } else {
+        Replay::new(od, ad, 1)
+    };
+    let offline_fraction = if o.with_offline {
+        config.optim.offline_fraction
+    } else {
+        0.0
+    };
+    ensure!(!online.is_empty(), "no robot transitions to fine-tune on");
+
+    let mut batch_rng = Rng::from_state(state.batch_rng);
+    let mut batch = Batch::default();
+    let start = state.finetune_updates;
+    progress.phase("finetune", o.updates as u64);
+    let mut window = MetricsWindow::default();
+    let log_every = o.log_every.max(1);
+    let mut clock = Instant::now();
+    for i in start..o.updates {
+        sample_mixed(
+            &mut batch_rng,
+            &offline,
+            &online,
+            offline_fraction,
+            config.optim.utd,
+            config.optim.batch_size,
+            &mut batch,
+        );
+        let m = agent.update(&batch)?;
+        window.add(&m);
+        let done = i + 1;
+        if done % log_every == 0 || done == o.updates {
+            let secs = clock.elapsed().as_secs_f64().max(1e-9);
+            let row = window.row(done, 0, 0, 0.0, (window.n * config.optim.utd) as f64 / secs);
+            let r = &row.metrics;
+            append_line(
+                &o.out.join("finetune.csv"),
+                &format!(
+                    "{done},{},{},{},{},{},{},{},{:.1}",
+                    r.critic_loss,
+                    r.q_mean,
+                    r.target_q_mean,
+                    r.denoiser_loss,
+                    r.policy_q,
+                    r.entropy,
+                    r.temperature,
+                    row.updates_per_s
+                ),
+            )?;
+            progress.advance(done as u64, &format!("critic {:.4}", r.critic_loss));
+            window = MetricsWindow::default();
+            clock = Instant::now();
+        }
+        let at_checkpoint = o.checkpoint_every > 0 && done % o.checkpoint_every == 0;
+        if at_checkpoint && done < o.updates {
+            state.capture_agent(&agent, &batch_rng);
+            state.finetune_updates = done;
+            write_checkpoint(&o.out, &agent, &online, &state)?;
+            if o.stop_after.is_some_and(|s| done >= s) {
+                summary.updates = done;
+                summary.stopped_early = true;
+                return Ok(summary);
+            }
+        }
+    }
+    state.capture_agent(&agent, &batch_rng);
+    state.finetune_updates = o.updates.max(start);
+    write_checkpoint(&o.out, &agent, &online, &state)?;
+    summary.updates = o.updates.max(start);
+    if o.eval_episodes > 0 {
+        summary.after = Some(evaluate(&mut agent, o.eval_episodes, config.seed ^ 0xf1e7));
+    }
+    Ok(summary)
+}
+
+/// Appends every frame of the recorded datasets to `online`; returns (episodes, frames,
+/// successful episodes).
+fn append_robot_data(
+    online: &mut Replay,
+    data: &[PathBuf],
+    od: usize,
+    ad: usize,
+) -> Result<(usize, usize, usize)> {
+    let (mut episodes, mut frames, mut successes) = (0, 0, 0);
+    for path in data {
+        let ds = read_robot_dataset(path, od, ad)?;
+        for ep in &ds.episodes {
+            online.push_steps(
+                &ep.observations,
+                &ep.actions,
+                &ep.rewards,
+                &ep.next_observations,
+                &ep.terminated,
+            );
+            frames += ep.len();
+            successes += ep.success.iter().any(|&s| s) as usize;
+        }
+        episodes += ds.episodes.len();
+    }
+    Ok((episodes, frames, successes))
+}
+
+fn read_robot_dataset(path: &Path, od: usize, ad: usize) -> Result<dataset::Dataset> {
+    let ds = dataset::read_dataset(path)
+        .with_context(|| format!("{}: cannot read the dataset", path.display()))?;
+    ensure!(
+        ds.info.obs_dim() == od && ds.info.action_dim() == ad,
+        "{}: dataset has observation dim {} and action dim {}, the run's networks take {od} and {ad}",
+        path.display(),
+        ds.info.obs_dim(),
+        ds.info.action_dim()
+    );
+    for (i, ep) in ds.episodes.iter().enumerate() {
+        let finite = ep
+            .observations
+            .iter()
+            .chain(&ep.next_observations)
+            .chain(&ep.actions)
+            .chain(&ep.rewards)
+            .all(|x| x.is_finite());
+        ensure!(
+            finite,
+            "{}: episode {i} holds a NaN or infinite value",
+            path.display()
+        );
+    }
+    Ok(ds)
+}
+
+/// One summary line for the CLI.
+pub fn describe(s: &FinetuneSummary) -> String {
+    let eval = |e: &Option<EvalResult>| {
+        e.as_ref().map_or("-".to_string(), |e| {
+            format!("{:.1}%", 100.0 * e.success_rate)
+        })
+    };
+    format!(
+        "{} updates on {} robot transitions ({} episodes, {:.1}% successful); sim success before {}, after {}",
+        s.updates,
+        s.robot_transitions,
+        s.robot_episodes,
+        100.0 * s.robot_success_rate,
+        eval(&s.before),
+        eval(&s.after)
+    )
+}
+
+impl RunState {
+    /// Refreshes the generator states and counters from `agent` (networks are saved
+    /// separately by `write_checkpoint`).
+    fn capture_agent(&mut self, agent: &Agent, batch_rng: &Rng) {
+        self.batch_rng = batch_rng.state();
+        self.train_rng = agent.train_rng.state();
+        self.act_rng = agent.act_rng.state();
+        self.denoiser_updates = agent.denoiser_updates;
+        self.normalizer = agent.normalizer.clone();
+    }
+}

@@ -1,0 +1,109 @@
+//! `trainer finetune`: continuing a run on recorded robot data.
+
+use sim::{EnvConfig, TaskId};
+use std::path::Path;
+use trainer::config::Config;
+use trainer::finetune::{FinetuneOptions, finetune};
+use trainer::run::{TrainOptions, load_agent, train};
+
+fn tiny_run(dir: &Path) {
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach;
+    c.run.online_steps = 20;
+    let opts = TrainOptions {
+        checkpoint_every: 0,
+        log_every: 10,
+        ..Default::default()
+    };
+    train(&c, dir, &opts, &mut ()).unwrap();
+}
+
+fn options(from: &Path, data: &Path, out: &Path) -> FinetuneOptions {
+    FinetuneOptions {
+        from: from.into(),
+        data: vec![data.into()],
+        out: out.into(),
+        updates: 6,
+        with_offline: true,
+        checkpoint_every: 3,
+        log_every: 1,
+        eval_episodes: 0,
+        resume: false,
+        stop_after: None,
+    }
+}
+
+/// `finetune.csv` without the timing column.
+fn losses(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out.join("finetune.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
+fn critic_weights(run: &Path) -> Vec<f32> {
+    let agent = load_agent(run).unwrap();
+    let w = trainer::export::critic_weights(agent.critic.as_ref().unwrap());
+    w.layers.iter().flat_map(|l| l.weight.clone()).collect()
+}
+
+#[test]
+fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("robot"));
+    tiny_run(&run);
+    let recorded =
+        tools::generate::generate(TaskId::ArmReach, 3, 7, EnvConfig::default(), &data).unwrap();
+
+    let straight = tmp.path().join("straight");
+    let s = finetune(&options(&run, &data, &straight), &mut ()).unwrap();
+    assert_eq!(s.updates, 6);
+    assert_eq!(s.robot_episodes, 3);
+    assert_eq!(s.robot_transitions, recorded.total_frames);
+    assert_eq!(losses(&straight).len(), 1 + 6);
+
+    // Killed after the checkpoint at update 3, then resumed.
+    let interrupted = tmp.path().join("interrupted");
+    let mut o = options(&run, &data, &interrupted);
+    o.stop_after = Some(3);
+    assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    o.stop_after = None;
+    o.resume = true;
+    assert_eq!(finetune(&o, &mut ()).unwrap().updates, 6);
+    assert_eq!(losses(&interrupted), losses(&straight));
+    assert_eq!(critic_weights(&interrupted), critic_weights(&straight));
+
+    // The source run is untouched, and the result differs from it (it trained).
+    assert_ne!(critic_weights(&run), critic_weights(&straight));
+    // The output is a run directory: it exports like any run.
+    let agent = load_agent(&straight).unwrap();
+    let info = trainer::export::ExportInfo {
+        dataset: "test".into(),
+        env_steps: 20,
+        executed_steps: None,
+    };
+    trainer::export::export_bundle(&agent, &tmp.path().join("bundle"), &info, None).unwrap();
+}
+
+#[test]
+fn finetune_refuses_data_of_another_shape_naming_the_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("maze-data"));
+    tiny_run(&run);
+    tools::generate::generate(TaskId::Maze, 1, 7, EnvConfig::default(), &data).unwrap();
+    let err = finetune(&options(&run, &data, &tmp.path().join("out")), &mut ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("maze-data") && err.contains("observation dim"),
+        "{err}"
+    );
+    let err = finetune(
+        &options(&tmp.path().join("nope"), &data, &tmp.path().join("out2")),
+        &mut (),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no checkpoint"), "{err}");
+}
