@@ -435,7 +435,9 @@ fn e2e_two_speed_policy() {
 }
 
 /// Not run by default: a trained bundle should reach the task's goal through the link
-/// about as often as in-process evaluation says. Run it by hand:
+/// about as often as in-process evaluation says. CI runs the exact version of this with a
+/// quickly trained bundle (`trainer/tests/serial_e2e.rs`: the same per-episode outcomes
+/// through the link as in-process); this one takes a bundle you trained. Run it by hand:
 ///
 /// ```sh
 /// cargo run --release -p trainer -- export --run out/main --out out/bundle   # (unsigned)
