@@ -1,0 +1,523 @@
+//! `uplink`: the authenticated, framed TCP link between the robot's controller and the
+//! trainer (issue 6). Transitions go up, bundles come down; no other host may inject
+//! either.
+//!
+//! # Handshake (shared key `K`, 32 bytes, the same file on both hosts)
+//!
+//! ```text
+//!  controller (client)                                   trainer (server)
+//!    ── Hello  "EXPOUPL1" │ version u16 │ client nonce [32] ──────────►
+//!    ◄── Challenge  server nonce [32] │ HMAC(K, "server" ‖ cn ‖ sn) ──   the server proves K
+//!    ── Proof  HMAC(K, "client" ‖ sn ‖ cn) ──────────────────────────►   the client proves K
+//!    both: session key S = HMAC(K, "session" ‖ cn ‖ sn)
+//! ```
+//!
+//! A side that cannot prove `K` is dropped before any message is read from it, and
+//! fresh nonces on both sides make a recorded handshake useless. The key never crosses
+//! the wire.
+//!
+//! # Frames (after the handshake, both directions)
+//!
+//! ```text
+//!  len u32 │ kind u8 │ seq u64 │ payload (len − 41 bytes) │ tag [32]
+//!  └─ little endian; len counts kind, seq, payload and tag
+//!  tag = HMAC(S, direction u8 ‖ seq ‖ kind ‖ payload)      direction: 0 up, 1 down
+//! ```
+//!
+//! `seq` counts frames per direction from 0 and must arrive in order: a dropped,
+//! replayed, reordered or reflected frame fails its tag or its sequence check, and so
+//! does any changed byte. The link authenticates; it does not encrypt (transitions and
+//! bundles are not secret; bundles are also signed by the trainer's ed25519 key and
+//! verified by the controller before use).
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// First bytes of a client's `Hello`.
+pub const MAGIC: &[u8; 8] = b"EXPOUPL1";
+/// Protocol version; both sides must speak the same one.
+pub const VERSION: u16 = 1;
+/// Bytes of a nonce, a key and a tag.
+pub const NONCE_LEN: usize = 32;
+pub const KEY_LEN: usize = 32;
+pub const TAG_LEN: usize = 32;
+/// Frame header after the length: kind (1) + seq (8).
+const HEADER_LEN: usize = 9;
+/// Largest frame: a bundle at the `paper` preset's sizes is about 30 MB of ONNX; 64 MiB
+/// leaves room and still bounds what a peer can make us allocate.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Which way a frame travels (part of every tag, so a frame cannot be reflected).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Controller to trainer.
+    Up = 0,
+    /// Trainer to controller.
+    Down = 1,
+}
+
+/// Why the link failed. Every variant names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("link I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer is not an EXPO uplink (bad magic)")]
+    Magic,
+    #[error("protocol version mismatch: ours {ours}, peer's {theirs}")]
+    Version { ours: u16, theirs: u16 },
+    #[error("authentication failed: the peer does not hold our key")]
+    Auth,
+    #[error("frame of {0} bytes is outside 41..={MAX_FRAME}")]
+    FrameSize(usize),
+    #[error("frame {seq}: bad tag (tampered, replayed or from another session)")]
+    Tag { seq: u64 },
+    #[error("frame out of order: expected sequence {expected}, got {got}")]
+    Sequence { expected: u64, got: u64 },
+    #[error("{path}: {message}")]
+    Key { path: PathBuf, message: String },
+}
+
+/// The shared secret of one robot–trainer pair.
+#[derive(Clone)]
+pub struct Key([u8; KEY_LEN]);
+
+/// Never prints the secret.
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+impl Key {
+    /// A fresh random key.
+    pub fn generate() -> Result<Key, LinkError> {
+        let mut k = [0u8; KEY_LEN];
+        getrandom::fill(&mut k).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Key(k))
+    }
+
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {
+        Key(bytes)
+    }
+
+    /// Writes the key as hex; refuses to overwrite an existing file.
+    pub fn write(&self, path: &Path) -> Result<(), LinkError> {
+        let err = |message: String| LinkError::Key {
+            path: path.to_path_buf(),
+            message,
+        };
+        if path.exists() {
+            return Err(err("already exists; not overwriting a key".into()));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(path, hex + "\n").map_err(|e| err(e.to_string()))
+    }
+
+    /// Reads a key written by [`Key::write`].
+    pub fn read(path: &Path) -> Result<Key, LinkError> {
+        let err = |message: String| LinkError::Key {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let hex = text.trim();
+        if hex.len() != 2 * KEY_LEN || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(err(format!(
+                "expected {} hex digits, found {} characters",
+                2 * KEY_LEN,
+                hex.len()
+            )));
+        }
+        let mut k = [0u8; KEY_LEN];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
+        }
+        Ok(Key(k))
+    }
+}
+
+fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Constant-time check of `tag` against the HMAC of `parts`.
+fn verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.verify_slice(tag).is_ok()
+}
+
+fn nonce() -> Result<[u8; NONCE_LEN], LinkError> {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(n)
+}
+
+/// One received frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: u8,
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// An authenticated connection. `S` is the stream (a `TcpStream` in use; any
+/// `Read + Write` in tests).
+pub struct Session<S> {
+    stream: S,
+    key: [u8; KEY_LEN],
+    send_dir: Direction,
+    send_seq: u64,
+    recv_seq: u64,
+}
+
+impl<S: Read + Write> Session<S> {
+    /// The controller's side of the handshake.
+    pub fn client(mut stream: S, key: &Key) -> Result<Session<S>, LinkError> {
+        let cn = nonce()?;
+        let mut hello = Vec::with_capacity(8 + 2 + NONCE_LEN);
+        hello.extend_from_slice(MAGIC);
+        hello.extend_from_slice(&VERSION.to_le_bytes());
+        hello.extend_from_slice(&cn);
+        stream.write_all(&hello)?;
+        stream.flush()?;
+        let mut challenge = [0u8; NONCE_LEN + TAG_LEN];
+        stream.read_exact(&mut challenge)?;
+        let (sn, server_tag) = challenge.split_at(NONCE_LEN);
+        if !verify(&key.0, &[b"server", &cn, sn], server_tag) {
+            return Err(LinkError::Auth);
+        }
+        stream.write_all(&mac(&key.0, &[b"client", sn, &cn]))?;
+        stream.flush()?;
+        Ok(Session::new(stream, key, &cn, sn, Direction::Up))
+    }
+
+    /// The trainer's side of the handshake.
+    pub fn server(mut stream: S, key: &Key) -> Result<Session<S>, LinkError> {
+        let mut hello = [0u8; 8 + 2 + NONCE_LEN];
+        stream.read_exact(&mut hello)?;
+        if &hello[..8] != MAGIC {
+            return Err(LinkError::Magic);
+        }
+        let theirs = u16::from_le_bytes([hello[8], hello[9]]);
+        if theirs != VERSION {
+            return Err(LinkError::Version {
+                ours: VERSION,
+                theirs,
+            });
+        }
+        let cn = &hello[10..];
+        let sn = nonce()?;
+        let mut challenge = Vec::with_capacity(NONCE_LEN + TAG_LEN);
+        challenge.extend_from_slice(&sn);
+        challenge.extend_from_slice(&mac(&key.0, &[b"server", cn, &sn]));
+        stream.write_all(&challenge)?;
+        stream.flush()?;
+        let mut proof = [0u8; TAG_LEN];
+        stream.read_exact(&mut proof)?;
+        if !verify(&key.0, &[b"client", &sn, cn], &proof) {
+            return Err(LinkError::Auth);
+        }
+        Ok(Session::new(stream, key, cn, &sn, Direction::Down))
+    }
+
+    fn new(stream: S, key: &Key, cn: &[u8], sn: &[u8], send_dir: Direction) -> Session<S> {
+        Session {
+            stream,
+            key: mac(&key.0, &[b"session", cn, sn]),
+            send_dir,
+            send_seq: 0,
+            recv_seq: 0,
+        }
+    }
+
+    /// Sends one frame; returns its sequence number.
+    pub fn send(&mut self, kind: u8, payload: &[u8]) -> Result<u64, LinkError> {
+        let len = HEADER_LEN + payload.len() + TAG_LEN;
+        if len > MAX_FRAME {
+            return Err(LinkError::FrameSize(len));
+        }
+        let seq = self.send_seq;
+        let dir = [self.send_dir as u8];
+        let tag = mac(&self.key, &[&dir, &seq.to_le_bytes(), &[kind], payload]);
+        let mut frame = Vec::with_capacity(4 + len);
+        frame.extend_from_slice(&(len as u32).to_le_bytes());
+        frame.push(kind);
+        frame.extend_from_slice(&seq.to_le_bytes());
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(&tag);
+        self.stream.write_all(&frame)?;
+        self.stream.flush()?;
+        self.send_seq += 1;
+        Ok(seq)
+    }
+
+    /// Receives the next frame, checking its size, tag and sequence number. After an
+    /// error the session is unusable: drop it and reconnect.
+    pub fn recv(&mut self) -> Result<Frame, LinkError> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if !(HEADER_LEN + TAG_LEN..=MAX_FRAME).contains(&len) {
+            return Err(LinkError::FrameSize(len));
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        let kind = body[0];
+        let seq = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
+        let (payload, tag) = body[HEADER_LEN..].split_at(len - HEADER_LEN - TAG_LEN);
+        let recv_dir = match self.send_dir {
+            Direction::Up => Direction::Down,
+            Direction::Down => Direction::Up,
+        };
+        if !verify(
+            &self.key,
+            &[&[recv_dir as u8], &seq.to_le_bytes(), &[kind], payload],
+            tag,
+        ) {
+            return Err(LinkError::Tag { seq });
+        }
+        if seq != self.recv_seq {
+            return Err(LinkError::Sequence {
+                expected: self.recv_seq,
+                got: seq,
+            });
+        }
+        self.recv_seq += 1;
+        Ok(Frame {
+            kind,
+            seq,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// The underlying stream (e.g. to set timeouts).
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::thread;
+
+    fn key(b: u8) -> Key {
+        Key::from_bytes([b; KEY_LEN])
+    }
+
+    /// A server thread that authenticates one client with `server_key`, then echoes
+    /// frames back (kind + 1) until the link fails, and returns how it ended.
+    fn echo_server(server_key: Key) -> (u16, thread::JoinHandle<Result<usize, LinkError>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let h = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut s = Session::server(stream, &server_key)?;
+            let mut n = 0;
+            loop {
+                match s.recv() {
+                    Ok(f) => {
+                        s.send(f.kind + 1, &f.payload)?;
+                        n += 1;
+                    }
+                    Err(LinkError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Ok(n);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        (port, h)
+    }
+
+    #[test]
+    fn authenticated_frames_round_trip() {
+        let (port, server) = echo_server(key(7));
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(stream, &key(7)).unwrap();
+        for i in 0..5u8 {
+            let payload = vec![i; 1000 * i as usize];
+            c.send(10, &payload).unwrap();
+            let f = c.recv().unwrap();
+            assert_eq!((f.kind, f.seq, f.payload), (11, i as u64, payload));
+        }
+        drop(c);
+        assert_eq!(server.join().unwrap().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_client_without_the_key_is_refused_and_learns_nothing() {
+        let (port, server) = echo_server(key(7));
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The wrong key already fails on the server's challenge, client side.
+        assert!(matches!(
+            Session::client(stream, &key(8)),
+            Err(LinkError::Auth)
+        ));
+        // The server never reaches its frame loop: it reports the failed handshake
+        // (the client hung up instead of proving the key).
+        assert!(server.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_forged_proof_is_refused_by_the_server() {
+        let (port, server) = echo_server(key(7));
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&VERSION.to_le_bytes());
+        hello.extend_from_slice(&[1u8; NONCE_LEN]);
+        stream.write_all(&hello).unwrap();
+        let mut challenge = [0u8; NONCE_LEN + TAG_LEN];
+        stream.read_exact(&mut challenge).unwrap();
+        stream.write_all(&[0u8; TAG_LEN]).unwrap();
+        assert!(matches!(server.join().unwrap(), Err(LinkError::Auth)));
+    }
+
+    #[test]
+    fn wrong_magic_and_version_are_named() {
+        for (magic, version, want) in [(b"HTTP/1.1", VERSION, "magic"), (MAGIC, 9, "version")] {
+            let (port, server) = echo_server(key(7));
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut hello = magic.to_vec();
+            hello.extend_from_slice(&version.to_le_bytes());
+            hello.extend_from_slice(&[0u8; NONCE_LEN]);
+            stream.write_all(&hello).unwrap();
+            let err = server.join().unwrap().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    /// An in-memory pipe pair for tampering with bytes in flight.
+    fn sessions() -> (Session<Pipe>, Session<Pipe>) {
+        let (a, b) = (Pipe::default(), Pipe::default());
+        let (cn, sn) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        (
+            Session::new(a, &key(3), &cn, &sn, Direction::Up),
+            Session::new(b, &key(3), &cn, &sn, Direction::Down),
+        )
+    }
+
+    #[derive(Default)]
+    struct Pipe {
+        buf: std::collections::VecDeque<u8>,
+    }
+    impl Read for Pipe {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.buf.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let n = out.len().min(self.buf.len());
+            for (o, b) in out.iter_mut().zip(self.buf.drain(..n)) {
+                *o = b;
+            }
+            Ok(n)
+        }
+    }
+    impl Write for Pipe {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.buf.extend(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Moves everything `from` wrote into `to`'s read buffer, through `edit`.
+    fn deliver(from: &mut Session<Pipe>, to: &mut Session<Pipe>, edit: impl Fn(&mut Vec<u8>)) {
+        let mut bytes: Vec<u8> = from.stream.buf.drain(..).collect();
+        edit(&mut bytes);
+        to.stream.buf.extend(bytes);
+    }
+
+    #[test]
+    fn every_changed_byte_is_caught() {
+        let (mut up, _) = sessions();
+        up.send(3, b"transitions").unwrap();
+        let frame: Vec<u8> = up.stream.buf.drain(..).collect();
+        // From byte 4: a changed length is a size error or a short read instead.
+        for i in 4..frame.len() {
+            let (_, mut down) = sessions();
+            let mut f = frame.clone();
+            f[i] ^= 0x20;
+            down.stream.buf.extend(f);
+            assert!(
+                matches!(down.recv(), Err(LinkError::Tag { .. })),
+                "byte {i} changed unnoticed"
+            );
+        }
+        // Unchanged, it is accepted.
+        let (_, mut down) = sessions();
+        down.stream.buf.extend(frame);
+        assert_eq!(down.recv().unwrap().payload, b"transitions");
+    }
+
+    #[test]
+    fn replayed_reordered_and_reflected_frames_are_refused() {
+        let (mut up, mut down) = sessions();
+        up.send(3, b"a").unwrap();
+        let first: Vec<u8> = up.stream.buf.iter().copied().collect();
+        deliver(&mut up, &mut down, |_| {});
+        assert_eq!(down.recv().unwrap().seq, 0);
+        // Replay of frame 0.
+        down.stream.buf.extend(first.iter().copied());
+        assert!(matches!(
+            down.recv(),
+            Err(LinkError::Sequence {
+                expected: 1,
+                got: 0
+            })
+        ));
+        // Reflection: the controller's own frame sent back to it.
+        let (mut up, _) = sessions();
+        up.send(3, b"a").unwrap();
+        let own: Vec<u8> = up.stream.buf.drain(..).collect();
+        up.stream.buf.extend(own);
+        assert!(matches!(up.recv(), Err(LinkError::Tag { .. })));
+    }
+
+    #[test]
+    fn oversized_and_undersized_lengths_are_refused_before_allocating() {
+        for len in [0u32, 40, (MAX_FRAME + 1) as u32, u32::MAX] {
+            let (_, mut down) = sessions();
+            down.stream.buf.extend(len.to_le_bytes());
+            assert!(matches!(down.recv(), Err(LinkError::FrameSize(_))), "{len}");
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/uplink.key");
+        let k = Key::generate().unwrap();
+        k.write(&path).unwrap();
+        assert_eq!(Key::read(&path).unwrap().0, k.0);
+        assert!(
+            k.write(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not overwriting")
+        );
+        std::fs::write(&path, "abc").unwrap();
+        let e = Key::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("uplink.key") && e.contains("64 hex digits"),
+            "{e}"
+        );
+    }
+}
