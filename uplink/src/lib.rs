@@ -30,6 +30,8 @@
 //! bundles are not secret; bundles are also signed by the trainer's ed25519 key and
 //! verified by the controller before use).
 
+pub mod records;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::{self, Read, Write};

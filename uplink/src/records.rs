@@ -1,0 +1,345 @@
+//! Exactly-once delivery of an append-only record stream (the controller's transition
+//! log) over a [`Session`], across disconnects.
+//!
+//! ```text
+//!  client (controller)                              server (trainer)
+//!    ── OPEN   stream id (UTF-8) ─────────────────►  looks up how many records it holds
+//!    ◄── RESUME next u64 ──────────────────────────
+//!    ── RECORDS first u64 │ count u32 │ (len u32 │ bytes)… ─►  keeps index ≥ next, in order
+//!    ◄── ACK next u64 ─────────────────────────────
+//!    …                                                (a new connection starts at OPEN)
+//! ```
+//!
+//! Records are numbered by their position in the stream (0, 1, 2, …). The client keeps
+//! them (the log on disk) and, on every connection, resends from the server's `next`:
+//! nothing acknowledged is sent twice, nothing is skipped, and a record the server
+//! already holds (sent before a disconnect, acknowledgement lost) is dropped by index.
+
+use crate::{LinkError, Session};
+use std::io::{Read, Write};
+
+/// Frame kinds of this protocol.
+pub mod kind {
+    pub const OPEN: u8 = 1;
+    pub const RESUME: u8 = 2;
+    pub const RECORDS: u8 = 3;
+    pub const ACK: u8 = 4;
+}
+
+/// Records per `RECORDS` frame: a transition record is under 500 bytes, so a batch stays
+/// far below [`crate::MAX_FRAME`] and an acknowledgement comes back every few hundred ms
+/// of robot time at 500 Hz.
+pub const BATCH: usize = 256;
+
+/// Why a record exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("sink: {0}")]
+    Sink(String),
+}
+
+/// Where the server keeps records.
+pub trait RecordSink {
+    /// How many records of `stream` are held (the index of the next one).
+    fn next_index(&mut self, stream: &str) -> u64;
+    /// Appends record `index` (always the next one) of `stream`.
+    fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String>;
+}
+
+fn u64_at(p: &[u8], at: usize) -> Result<u64, RecordError> {
+    p.get(at..at + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| RecordError::Protocol(format!("payload too short for a u64 at {at}")))
+}
+
+fn expect_kind(kind: u8, want: u8) -> Result<(), RecordError> {
+    if kind == want {
+        Ok(())
+    } else {
+        Err(RecordError::Protocol(format!(
+            "expected frame kind {want}, got {kind}"
+        )))
+    }
+}
+
+/// Client side: opens `stream` and sends every record from the server's resume point
+/// through `records.len()`. Returns the server's final `next` (= `records.len()` on
+/// success). `records` is what the client holds (e.g. read from its log).
+pub fn send_records<S: Read + Write>(
+    session: &mut Session<S>,
+    stream: &str,
+    records: &[Vec<u8>],
+) -> Result<u64, RecordError> {
+    session.send(kind::OPEN, stream.as_bytes())?;
+    let f = session.recv()?;
+    expect_kind(f.kind, kind::RESUME)?;
+    let mut next = u64_at(&f.payload, 0)?;
+    if next > records.len() as u64 {
+        return Err(RecordError::Protocol(format!(
+            "server holds {next} records of '{stream}', this client only {}",
+            records.len()
+        )));
+    }
+    while (next as usize) < records.len() {
+        let first = next as usize;
+        let batch = &records[first..records.len().min(first + BATCH)];
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&(first as u64).to_le_bytes());
+        payload.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+        for r in batch {
+            payload.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            payload.extend_from_slice(r);
+        }
+        session.send(kind::RECORDS, &payload)?;
+        let ack = session.recv()?;
+        expect_kind(ack.kind, kind::ACK)?;
+        let acked = u64_at(&ack.payload, 0)?;
+        if acked != (first + batch.len()) as u64 {
+            return Err(RecordError::Protocol(format!(
+                "server acknowledged {acked}, expected {}",
+                first + batch.len()
+            )));
+        }
+        next = acked;
+    }
+    Ok(next)
+}
+
+/// Server side: serves one connection until the client hangs up (`Ok` with the stream
+/// id and the records appended) or breaks the protocol (`Err`; the caller drops the
+/// connection and keeps serving others).
+pub fn serve_records<S: Read + Write>(
+    session: &mut Session<S>,
+    sink: &mut dyn RecordSink,
+) -> Result<(String, u64), RecordError> {
+    let open = session.recv()?;
+    expect_kind(open.kind, kind::OPEN)?;
+    let stream = String::from_utf8(open.payload)
+        .map_err(|_| RecordError::Protocol("stream id is not UTF-8".into()))?;
+    let mut next = sink.next_index(&stream);
+    session.send(kind::RESUME, &next.to_le_bytes())?;
+    let mut appended = 0;
+    loop {
+        let f = match session.recv() {
+            Ok(f) => f,
+            Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok((stream, appended));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        expect_kind(f.kind, kind::RECORDS)?;
+        let p = &f.payload;
+        let first = u64_at(p, 0)?;
+        let count = p
+            .get(8..12)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| RecordError::Protocol("RECORDS without a count".into()))?;
+        let mut at = 12;
+        for i in 0..count as u64 {
+            let len = p
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                .ok_or_else(|| RecordError::Protocol(format!("record {i} has no length")))?;
+            let record = p
+                .get(at + 4..at + 4 + len)
+                .ok_or_else(|| RecordError::Protocol(format!("record {i} runs past the frame")))?;
+            at += 4 + len;
+            let index = first + i;
+            if index < next {
+                continue; // already held: sent before a lost acknowledgement
+            }
+            if index > next {
+                return Err(RecordError::Protocol(format!(
+                    "record {index} would leave a gap after {next}"
+                )));
+            }
+            sink.append(&stream, index, record)
+                .map_err(RecordError::Sink)?;
+            next += 1;
+            appended += 1;
+        }
+        if at != p.len() {
+            return Err(RecordError::Protocol(format!(
+                "{} stray bytes after the records",
+                p.len() - at
+            )));
+        }
+        session.send(kind::ACK, &next.to_le_bytes())?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KEY_LEN, Key};
+    use std::collections::HashMap;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    use std::thread;
+
+    #[derive(Default, Clone)]
+    struct MemorySink(Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>);
+
+    impl RecordSink for MemorySink {
+        fn next_index(&mut self, stream: &str) -> u64 {
+            self.0
+                .lock()
+                .unwrap()
+                .get(stream)
+                .map_or(0, |v| v.len() as u64)
+        }
+        fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
+            let mut m = self.0.lock().unwrap();
+            let v = m.entry(stream.to_string()).or_default();
+            assert_eq!(index, v.len() as u64, "append out of order");
+            v.push(record.to_vec());
+            Ok(())
+        }
+    }
+
+    fn key() -> Key {
+        Key::from_bytes([5; KEY_LEN])
+    }
+
+    /// Serves `connections` connections one after the other; returns each outcome.
+    fn server(
+        sink: MemorySink,
+        connections: usize,
+    ) -> (u16, thread::JoinHandle<Vec<Result<u64, String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let h = thread::spawn(move || {
+            let mut sink = sink;
+            (0..connections)
+                .map(|_| {
+                    let (stream, _) = listener.accept().unwrap();
+                    let mut s = Session::server(stream, &key()).map_err(|e| e.to_string())?;
+                    serve_records(&mut s, &mut sink)
+                        .map(|(_, n)| n)
+                        .map_err(|e| e.to_string())
+                })
+                .collect()
+        });
+        (port, h)
+    }
+
+    fn records(n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("transition {i}").into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn every_record_arrives_exactly_once_across_a_forced_disconnect() {
+        let sink = MemorySink::default();
+        let (port, srv) = server(sink.clone(), 3);
+        let all = records(1000);
+
+        // Connection 1: the first 300 records, then the link dies (shut down mid-way).
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp.try_clone().unwrap(), &key()).unwrap();
+        assert_eq!(send_records(&mut c, "run-a", &all[..300]).unwrap(), 300);
+        tcp.shutdown(Shutdown::Both).unwrap();
+        drop(c);
+
+        // Connection 2: the robot logged 400 more meanwhile; everything from 300 goes.
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        assert_eq!(send_records(&mut c, "run-a", &all[..700]).unwrap(), 700);
+        drop(c);
+
+        // Connection 3: reconnect with nothing new, then the rest.
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        assert_eq!(send_records(&mut c, "run-a", &all).unwrap(), 1000);
+        drop(c);
+
+        let outcomes = srv.join().unwrap();
+        assert_eq!(outcomes, vec![Ok(300), Ok(400), Ok(300)]);
+        assert_eq!(sink.0.lock().unwrap()["run-a"], all);
+    }
+
+    #[test]
+    fn a_batch_resent_after_a_lost_ack_is_not_stored_twice() {
+        // The server stored records 0..10, but the client never saw the acknowledgement
+        // and resends from 8.
+        let sink = MemorySink::default();
+        let mut s = sink.clone();
+        for (i, r) in records(10).iter().enumerate() {
+            s.append("run-b", i as u64, r).unwrap();
+        }
+        let (port, srv) = server(sink.clone(), 1);
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        c.send(kind::OPEN, b"run-b").unwrap();
+        let resume = c.recv().unwrap();
+        assert_eq!(u64_at(&resume.payload, 0).unwrap(), 10);
+        let mut p = 8u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&4u32.to_le_bytes());
+        for r in &records(12)[8..12] {
+            p.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            p.extend_from_slice(r);
+        }
+        c.send(kind::RECORDS, &p).unwrap();
+        let ack = c.recv().unwrap();
+        assert_eq!(u64_at(&ack.payload, 0).unwrap(), 12);
+        drop(c);
+        assert_eq!(srv.join().unwrap(), vec![Ok(2)]);
+        assert_eq!(sink.0.lock().unwrap()["run-b"], records(12));
+    }
+
+    #[test]
+    fn malformed_records_end_the_connection_not_the_server() {
+        let sink = MemorySink::default();
+        let (port, srv) = server(sink.clone(), 2);
+        // A gap: records starting at 5 when the server holds none.
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        c.send(kind::OPEN, b"run-c").unwrap();
+        assert_eq!(c.recv().unwrap().kind, kind::RESUME);
+        let mut p = 5u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&3u32.to_le_bytes());
+        p.extend_from_slice(b"abc");
+        c.send(kind::RECORDS, &p).unwrap();
+        drop(c);
+        // The next, well-formed client is served normally.
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        assert_eq!(send_records(&mut c, "run-c", &records(3)).unwrap(), 3);
+        drop(c);
+        let outcomes = srv.join().unwrap();
+        assert!(
+            outcomes[0].as_ref().unwrap_err().contains("gap"),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[1], Ok(3));
+        assert_eq!(sink.0.lock().unwrap()["run-c"], records(3));
+    }
+
+    #[test]
+    fn truncated_record_lists_are_refused() {
+        let sink = MemorySink::default();
+        let (port, srv) = server(sink.clone(), 1);
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        c.send(kind::OPEN, b"run-d").unwrap();
+        c.recv().unwrap();
+        let mut p = 0u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&2u32.to_le_bytes());
+        p.extend_from_slice(&100u32.to_le_bytes());
+        p.extend_from_slice(b"short");
+        c.send(kind::RECORDS, &p).unwrap();
+        drop(c);
+        let outcomes = srv.join().unwrap();
+        assert!(
+            outcomes[0].as_ref().unwrap_err().contains("runs past"),
+            "{outcomes:?}"
+        );
+        assert!(sink.0.lock().unwrap().get("run-d").is_none());
+    }
+}
