@@ -142,6 +142,16 @@ struct RunArgs {
     /// With --sim: fault injection spec (see hil_tests::faults), e.g. `seed=1,flip=0.001`.
     #[arg(long, requires = "sim", default_value = "")]
     sim_faults: String,
+    /// Stream the transition log to a trainer (`trainer finetune --listen`) at this
+    /// address, e.g. `10.0.0.2:7878`; needs --uplink-key.
+    #[arg(long, requires = "uplink_key")]
+    uplink: Option<String>,
+    /// The shared key of the link (`trainer uplink-keygen`; the same file on both hosts).
+    #[arg(long)]
+    uplink_key: Option<PathBuf>,
+    /// After the run, keep sending to the trainer for up to this many seconds.
+    #[arg(long, default_value_t = 30)]
+    uplink_drain_s: u64,
     /// Baud rate (default: the robot file's serial.baud).
     #[arg(long)]
     baud: Option<u32>,
@@ -271,6 +281,14 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.time_scale = a.time_scale;
     cfg.out = Some(a.out.clone());
     cfg.max_faults = a.max_faults;
+    if let Some(addr) = &a.uplink {
+        let path = a.uplink_key.as_ref().expect("clap requires --uplink-key");
+        cfg.uplink = Some(robot_loop::streamer::UplinkConfig {
+            addr: addr.clone(),
+            key: uplink::Key::read(path)?,
+            drain: Duration::from_secs(a.uplink_drain_s),
+        });
+    }
     cfg.max_consecutive_overruns = a.max_overruns;
     cfg.reconnect = a.reconnect_ms.map(Duration::from_millis);
     cfg.handshake_timeout = Duration::from_millis(a.handshake_timeout_ms);

@@ -16,7 +16,9 @@
 //! like `train`'s (temporary directory, then rename); `--resume` continues from the
 //! newest one with exactly the updates an uninterrupted run makes.
 //!
-//! Not built yet: fine-tuning live from a TCP stream of transitions (issue 6, part 2).
+//! With `listen`, the robot's transitions arrive over the uplink while it runs instead
+//! ([`crate::live`]); each one is followed by one update, and bundles are published
+//! every `publish_every` updates.
 
 use anyhow::{Context, Result, bail, ensure};
 use sim::rng::Rng;
@@ -31,7 +33,7 @@ use crate::run::{
 };
 
 /// One `finetune` invocation.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FinetuneOptions {
     /// The run to start from (its newest checkpoint).
     pub from: PathBuf,
@@ -54,6 +56,29 @@ pub struct FinetuneOptions {
     /// Stop right after the first checkpoint at or after this many updates (tests use
     /// it to simulate a kill).
     pub stop_after: Option<usize>,
+    /// Train on transitions streamed by `controller run --uplink` (see [`crate::live`]).
+    pub listen: Option<LiveOptions>,
+}
+
+/// `--listen` settings.
+pub struct LiveOptions {
+    pub addr: String,
+    pub key: uplink::Key,
+    /// Publish a bundle every this many updates (0: only at the end).
+    pub publish_every: usize,
+    pub signing_key: Option<shared_model::manifest::SigningKey>,
+    /// Told the bound address once listening (tests bind port 0).
+    pub bound: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
+}
+
+impl std::fmt::Debug for LiveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LiveOptions({}, publish every {})",
+            self.addr, self.publish_every
+        )
+    }
 }
 
 /// What a fine-tuning run reports.
@@ -63,6 +88,10 @@ pub struct FinetuneSummary {
     pub robot_transitions: usize,
     pub robot_success_rate: f64,
     pub updates: usize,
+    /// Bundles published by `--listen` (directories, oldest first).
+    pub published: Vec<PathBuf>,
+    /// Transitions received over the uplink.
+    pub streamed: usize,
     pub before: Option<EvalResult>,
     pub after: Option<EvalResult>,
     pub stopped_early: bool,
@@ -94,8 +123,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             bail!("--out must differ from --from (the source run stays as it was)");
         }
         ensure!(
-            !o.data.is_empty(),
-            "no --data: give at least one recorded dataset"
+            !o.data.is_empty() || o.listen.is_some(),
+            "no --data: give at least one recorded dataset (or --listen)"
         );
         let (episodes, transitions, successes) = append_robot_data(&mut online, &o.data, od, ad)?;
         summary.robot_episodes = episodes;
@@ -125,6 +154,22 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     } else {
         0.0
     };
+    if let Some(live) = &o.listen {
+        crate::live::train_live(
+            o,
+            live,
+            &mut agent,
+            &mut state,
+            &mut online,
+            (&offline, offline_fraction),
+            &mut summary,
+            progress,
+        )?;
+        if o.eval_episodes > 0 {
+            summary.after = Some(evaluate(&mut agent, o.eval_episodes, config.seed ^ 0xf1e7));
+        }
+        return Ok(summary);
+    }
     ensure!(!online.is_empty(), "no robot transitions to fine-tune on");
 
     let mut batch_rng = Rng::from_state(state.batch_rng);
@@ -266,7 +311,7 @@ pub fn describe(s: &FinetuneSummary) -> String {
 impl RunState {
     /// Refreshes the generator states and counters from `agent` (networks are saved
     /// separately by `write_checkpoint`).
-    fn capture_agent(&mut self, agent: &Agent, batch_rng: &Rng) {
+    pub(crate) fn capture_agent(&mut self, agent: &Agent, batch_rng: &Rng) {
         self.batch_rng = batch_rng.state();
         self.train_rng = agent.train_rng.state();
         self.act_rng = agent.act_rng.state();

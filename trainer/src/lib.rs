@@ -15,6 +15,7 @@ pub mod config;
 pub mod device;
 pub mod export;
 pub mod finetune;
+pub mod live;
 pub mod nets;
 pub mod plot;
 pub mod replay;

@@ -149,6 +149,22 @@ enum Command {
         signing_key: Option<PathBuf>,
         #[arg(long, hide = true)]
         stop_after: Option<usize>,
+        /// Train live on transitions that `controller run --uplink` streams to this
+        /// address (e.g. `0.0.0.0:7878`): one update per robot transition, up to --updates.
+        #[arg(long, requires = "uplink_key")]
+        listen: Option<String>,
+        /// The link's shared key (`trainer uplink-keygen`).
+        #[arg(long)]
+        uplink_key: Option<PathBuf>,
+        /// With --listen: publish a (signed, with --signing-key) bundle under
+        /// OUT/bundles/ every this many updates; OUT/bundles/latest names the newest.
+        #[arg(long, default_value_t = 500)]
+        publish_every: usize,
+    },
+    /// Writes a new shared key for the controller ↔ trainer link (copy it to both hosts).
+    UplinkKeygen {
+        #[arg(long, default_value = "keys/uplink.key")]
+        out: PathBuf,
     },
     /// Offline pretraining only (train with run.online_steps = 0); continue online later
     /// with `train --resume` on the same --out.
@@ -439,12 +455,25 @@ fn main() -> Result<()> {
             bundle,
             signing_key,
             stop_after,
+            listen,
+            uplink_key,
+            publish_every,
         } => {
-            // Read the key first: a bad key path should fail before the work, not after.
+            // Read the keys first: a bad key path should fail before the work, not after.
             let key = signing_key
                 .as_deref()
                 .map(shared_model::manifest::read_signing_key)
                 .transpose()?;
+            let listen = match listen {
+                None => None,
+                Some(addr) => Some(trainer::finetune::LiveOptions {
+                    addr,
+                    key: uplink::Key::read(uplink_key.as_deref().expect("clap requires it"))?,
+                    publish_every,
+                    signing_key: key.clone(),
+                    bound: None,
+                }),
+            };
             let opts = trainer::finetune::FinetuneOptions {
                 from,
                 data,
@@ -456,6 +485,7 @@ fn main() -> Result<()> {
                 eval_episodes,
                 resume,
                 stop_after,
+                listen,
             };
             let mut bar = Bar(None);
             let s = trainer::finetune::finetune(&opts, &mut bar)?;
@@ -480,6 +510,13 @@ fn main() -> Result<()> {
                     if key.is_some() { "signed" } else { "UNSIGNED" }
                 );
             }
+        }
+        Command::UplinkKeygen { out } => {
+            uplink::Key::generate()?.write(&out)?;
+            println!(
+                "wrote {} (copy it to the robot and the trainer)",
+                out.display()
+            );
         }
         Command::Keygen { out } => {
             let (k, p) = shared_model::manifest::generate_key_pair(&out)?;

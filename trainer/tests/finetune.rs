@@ -30,6 +30,7 @@ fn options(from: &Path, data: &Path, out: &Path) -> FinetuneOptions {
         eval_episodes: 0,
         resume: false,
         stop_after: None,
+        listen: None,
     }
 }
 

@@ -66,18 +66,54 @@ fn expect_kind(kind: u8, want: u8) -> Result<(), RecordError> {
     }
 }
 
-/// Client side: opens `stream` and sends every record from the server's resume point
-/// through `records.len()`. Returns the server's final `next` (= `records.len()` on
-/// success). `records` is what the client holds (e.g. read from its log).
+/// Client side, first step of a connection: opens `stream`; returns the server's resume
+/// point (how many records of it the server holds).
+pub fn open_stream<S: Read + Write>(
+    session: &mut Session<S>,
+    stream: &str,
+) -> Result<u64, RecordError> {
+    session.send(kind::OPEN, stream.as_bytes())?;
+    let f = session.recv()?;
+    expect_kind(f.kind, kind::RESUME)?;
+    u64_at(&f.payload, 0)
+}
+
+/// Client side: sends `batch` as records `first..first + batch.len()` and waits for the
+/// acknowledgement; returns the server's new `next`.
+pub fn send_batch<S: Read + Write>(
+    session: &mut Session<S>,
+    first: u64,
+    batch: &[Vec<u8>],
+) -> Result<u64, RecordError> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&first.to_le_bytes());
+    payload.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+    for r in batch {
+        payload.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        payload.extend_from_slice(r);
+    }
+    session.send(kind::RECORDS, &payload)?;
+    let ack = session.recv()?;
+    expect_kind(ack.kind, kind::ACK)?;
+    let acked = u64_at(&ack.payload, 0)?;
+    let want = first + batch.len() as u64;
+    if acked != want {
+        return Err(RecordError::Protocol(format!(
+            "server acknowledged {acked}, expected {want}"
+        )));
+    }
+    Ok(acked)
+}
+
+/// Client side, whole exchange: opens `stream` and sends every record from the server's
+/// resume point through `records.len()` in batches of [`BATCH`]. Returns the server's
+/// final `next` (= `records.len()`). `records` is everything the client holds.
 pub fn send_records<S: Read + Write>(
     session: &mut Session<S>,
     stream: &str,
     records: &[Vec<u8>],
 ) -> Result<u64, RecordError> {
-    session.send(kind::OPEN, stream.as_bytes())?;
-    let f = session.recv()?;
-    expect_kind(f.kind, kind::RESUME)?;
-    let mut next = u64_at(&f.payload, 0)?;
+    let mut next = open_stream(session, stream)?;
     if next > records.len() as u64 {
         return Err(RecordError::Protocol(format!(
             "server holds {next} records of '{stream}', this client only {}",
@@ -87,24 +123,7 @@ pub fn send_records<S: Read + Write>(
     while (next as usize) < records.len() {
         let first = next as usize;
         let batch = &records[first..records.len().min(first + BATCH)];
-        let mut payload = Vec::new();
-        payload.extend_from_slice(&(first as u64).to_le_bytes());
-        payload.extend_from_slice(&(batch.len() as u32).to_le_bytes());
-        for r in batch {
-            payload.extend_from_slice(&(r.len() as u32).to_le_bytes());
-            payload.extend_from_slice(r);
-        }
-        session.send(kind::RECORDS, &payload)?;
-        let ack = session.recv()?;
-        expect_kind(ack.kind, kind::ACK)?;
-        let acked = u64_at(&ack.payload, 0)?;
-        if acked != (first + batch.len()) as u64 {
-            return Err(RecordError::Protocol(format!(
-                "server acknowledged {acked}, expected {}",
-                first + batch.len()
-            )));
-        }
-        next = acked;
+        next = send_batch(session, next, batch)?;
     }
     Ok(next)
 }

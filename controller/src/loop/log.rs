@@ -439,6 +439,90 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
     })
 }
 
+/// Follows a log as it grows (the uplink's source): each [`LogTail::poll`] returns the
+/// payloads of the whole records appended since the last one, in order. A record still
+/// being written is left for the next poll; a missing file is an empty log.
+pub struct LogTail {
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes read but not yet returned (an incomplete record, or the magic).
+    buf: Vec<u8>,
+    magic_checked: bool,
+    /// File offset of `buf[0]`.
+    offset: u64,
+}
+
+impl LogTail {
+    pub fn new(path: &Path) -> LogTail {
+        LogTail {
+            path: path.to_path_buf(),
+            file: None,
+            buf: Vec::new(),
+            magic_checked: false,
+            offset: 0,
+        }
+    }
+
+    /// Payloads of the records completed since the last call.
+    pub fn poll(&mut self) -> Result<Vec<Vec<u8>>, LogError> {
+        let io_err = |what, source| LogError::Io {
+            path: self.path.clone(),
+            what,
+            source,
+        };
+        if self.file.is_none() {
+            match File::open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+                Err(e) => return Err(io_err("opening the log", e)),
+            }
+        }
+        let file = self.file.as_mut().expect("opened above");
+        file.read_to_end(&mut self.buf)
+            .map_err(|e| io_err("reading the log", e))?;
+        let mut pos = 0;
+        if !self.magic_checked {
+            if self.buf.len() < MAGIC.len() {
+                return Ok(vec![]);
+            }
+            if &self.buf[..MAGIC.len()] != MAGIC {
+                return Err(LogError::Magic {
+                    path: self.path.clone(),
+                });
+            }
+            self.magic_checked = true;
+            pos = MAGIC.len();
+        }
+        let mut out = Vec::new();
+        while let Some(head) = self.buf.get(pos..pos + 8) {
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if len > MAX_RECORD {
+                return Err(LogError::Record {
+                    path: self.path.clone(),
+                    offset: self.offset + pos as u64,
+                    problem: format!("length {len} is beyond any record"),
+                });
+            }
+            let Some(payload) = self.buf.get(pos + 8..pos + 8 + len as usize) else {
+                break; // still being written
+            };
+            if crc32(payload) != crc {
+                return Err(LogError::Record {
+                    path: self.path.clone(),
+                    offset: self.offset + pos as u64,
+                    problem: "CRC mismatch in a complete record".into(),
+                });
+            }
+            out.push(payload.to_vec());
+            pos += 8 + len as usize;
+        }
+        self.buf.drain(..pos);
+        self.offset += pos as u64;
+        Ok(out)
+    }
+}
+
 /// Appends records to a log file.
 pub struct LogWriter {
     file: File,

@@ -64,6 +64,7 @@ pub mod logger;
 pub mod realtime;
 pub mod safety;
 pub mod stats;
+pub mod streamer;
 
 use crate::runtime::{Policy, PolicyOptions, TwoSpeedPolicy};
 use crossbeam_channel::RecvTimeoutError;
@@ -117,6 +118,8 @@ pub struct RunConfig {
     /// Shift the tick grid to just after the sensor frames' arrival (see
     /// `control::Control::align`); for firmware that streams on its own clock.
     pub align_phase: bool,
+    /// Stream the transition log to a trainer (`--uplink`; needs `out`).
+    pub uplink: Option<streamer::UplinkConfig>,
 }
 
 impl RunConfig {
@@ -140,6 +143,7 @@ impl RunConfig {
             quiet: false,
             panic_at_tick: None,
             align_phase: false,
+            uplink: None,
         }
     }
 
@@ -303,6 +307,7 @@ pub struct RunReport {
     /// Transitions the logger's channel could not take.
     pub log_drops: u64,
     pub logger: Option<logger::LoggerSummary>,
+    pub uplink: Option<streamer::UplinkSummary>,
     pub cadence: CadenceReport,
     pub realtime: Vec<realtime::RealtimeStep>,
     pub ticks: u64,
@@ -333,6 +338,7 @@ impl RunReport {
             log_sent: 0,
             log_drops: 0,
             logger: None,
+            uplink: None,
             cadence: Default::default(),
             realtime: vec![],
             ticks: 0,
@@ -407,6 +413,19 @@ impl fmt::Display for RunReport {
                 } else {
                     format!(", errors: {}", lg.errors.join("; "))
                 }
+            )?;
+        }
+        if let Some(u) = &self.uplink {
+            write!(
+                f,
+                "\n  uplink: {} of {} logged records acknowledged by the trainer, {} connections, {} errors{}",
+                u.acknowledged,
+                u.logged,
+                u.connections,
+                u.errors,
+                u.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (last: {e})"))
             )?;
         }
         Ok(())
@@ -515,6 +534,18 @@ pub fn run(
         }
     };
 
+    let streamer = match (&cfg.uplink, &cfg.out) {
+        (Some(u), Some(dir)) => Some(
+            streamer::Streamer::spawn(u.clone(), &dir.join("transitions.log")).map_err(
+                |source| RunError::Io {
+                    what: "starting the uplink thread".into(),
+                    source,
+                },
+            )?,
+        ),
+        _ => None,
+    };
+
     let realtime_opts = cfg.realtime;
     let events = link.events.clone();
     let log_tx = logger.as_ref().map(|l| l.tx.clone());
@@ -542,6 +573,10 @@ pub fn run(
     report.link = link.counters();
     if let Some(l) = logger {
         report.logger = Some(l.finish());
+    }
+    // After the logger: every record is in the log for the streamer's last send.
+    if let Some(s) = streamer {
+        report.uplink = Some(s.finish());
     }
     let done: Vec<&EpisodeReport> = report
         .episodes

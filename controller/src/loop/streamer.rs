@@ -1,0 +1,200 @@
+//! The uplink streamer: sends the transition log to the trainer while the robot runs.
+//!
+//! ```text
+//!  control thread ──► logger thread ──► transitions.log ──(LogTail)──► streamer ──TCP──► trainer
+//! ```
+//!
+//! The streamer reads the log file, never the control thread's channels, so a slow or
+//! absent trainer cannot hold up the loop or the logger: the log on disk is the buffer.
+//! Each connection authenticates ([`uplink::Session`]), asks the trainer how many records
+//! of this log it holds, and sends the rest in order ([`uplink::records`]): across
+//! disconnects every record arrives exactly once. The stream id is the log's path plus
+//! the CRC of its first record (the run header), so two logs never share an id.
+
+use std::collections::VecDeque;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::log::LogTail;
+use firmware_config::protocol::crc32;
+use uplink::records::{self, BATCH};
+use uplink::{Key, Session};
+
+/// Where and how to stream.
+#[derive(Clone, Debug)]
+pub struct UplinkConfig {
+    /// The trainer's `finetune --listen` address, e.g. `10.0.0.2:7878`.
+    pub addr: String,
+    pub key: Key,
+    /// How long to keep sending after the run ends before giving up (the records stay
+    /// in the log either way).
+    pub drain: Duration,
+}
+
+/// What the streamer did (in `report.json`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct UplinkSummary {
+    pub stream: Option<String>,
+    /// Records read from the log.
+    pub logged: u64,
+    /// Records the trainer acknowledged (its count of this stream).
+    pub acknowledged: u64,
+    pub connections: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The running streamer thread.
+pub struct Streamer {
+    stop: Arc<AtomicBool>,
+    summary: Arc<Mutex<UplinkSummary>>,
+    handle: JoinHandle<()>,
+}
+
+impl Streamer {
+    pub fn spawn(cfg: UplinkConfig, log: &Path) -> std::io::Result<Streamer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let summary = Arc::new(Mutex::new(UplinkSummary::default()));
+        let (s, st) = (summary.clone(), stop.clone());
+        let log = log.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || stream_main(cfg, log, &st, &s))?;
+        Ok(Streamer {
+            stop,
+            summary,
+            handle,
+        })
+    }
+
+    /// Asks the thread to send what is left (for up to the configured drain time) and
+    /// waits for it.
+    pub fn finish(self) -> UplinkSummary {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
+        self.summary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn stream_main(cfg: UplinkConfig, log: PathBuf, stop: &AtomicBool, summary: &Mutex<UplinkSummary>) {
+    let mut tail = LogTail::new(&log);
+    // Records not yet acknowledged; `base` is the index of `pending[0]`.
+    let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut base = 0u64;
+    let mut stream_id: Option<String> = None;
+    let mut session: Option<Session<TcpStream>> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut next_try = Instant::now();
+    let mut drain_until: Option<Instant> = None;
+    let fail = |e: String| {
+        let mut s = summary.lock().unwrap_or_else(|e| e.into_inner());
+        s.errors += 1;
+        s.last_error = Some(e);
+    };
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        match tail.poll() {
+            Ok(new) => {
+                if stream_id.is_none()
+                    && let Some(first) = new.first()
+                {
+                    let id = format!("{}#{:08x}", log.display(), crc32(first));
+                    summary.lock().unwrap_or_else(|e| e.into_inner()).stream = Some(id.clone());
+                    stream_id = Some(id);
+                }
+                summary.lock().unwrap_or_else(|e| e.into_inner()).logged += new.len() as u64;
+                pending.extend(new);
+            }
+            Err(e) => fail(e.to_string()),
+        }
+        if stopping {
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + cfg.drain);
+            if pending.is_empty() || Instant::now() >= until {
+                return;
+            }
+        }
+        if session.is_none()
+            && let Some(id) = &stream_id
+            && Instant::now() >= next_try
+        {
+            match connect(&cfg, id) {
+                Ok((s, resume)) => {
+                    summary
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .connections += 1;
+                    if resume < base {
+                        fail(format!(
+                            "the trainer holds {resume} records of this log but acknowledged {base} before; not resending what it lost"
+                        ));
+                    }
+                    // Drop what the trainer already holds (sent before a lost ack).
+                    while base < resume && !pending.is_empty() {
+                        pending.pop_front();
+                        base += 1;
+                    }
+                    base = base.max(resume);
+                    session = Some(s);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    fail(e);
+                    next_try = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        if let Some(s) = session.as_mut() {
+            while !pending.is_empty() {
+                let n = pending.len().min(BATCH);
+                let batch: Vec<Vec<u8>> = pending.range(..n).cloned().collect();
+                match records::send_batch(s, base, &batch) {
+                    Ok(acked) => {
+                        pending.drain(..n);
+                        base = acked;
+                        summary
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .acknowledged = acked;
+                    }
+                    Err(e) => {
+                        fail(e.to_string());
+                        session = None;
+                        next_try = Instant::now() + backoff;
+                        break;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects, authenticates and opens `stream`; returns the session and the trainer's
+/// resume point.
+fn connect(cfg: &UplinkConfig, stream: &str) -> Result<(Session<TcpStream>, u64), String> {
+    let addr = cfg
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| format!("uplink address {}: {e}", cfg.addr))?
+        .next()
+        .ok_or_else(|| format!("uplink address {} resolves to nothing", cfg.addr))?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    // A trainer that stops answering must not hang the streamer forever.
+    let timeout = Some(Duration::from_secs(10));
+    tcp.set_read_timeout(timeout)
+        .and_then(|_| tcp.set_write_timeout(timeout))
+        .and_then(|_| tcp.set_nodelay(true))
+        .map_err(|e| e.to_string())?;
+    let mut s = Session::client(tcp, &cfg.key).map_err(|e| format!("{addr}: {e}"))?;
+    let resume = records::open_stream(&mut s, stream).map_err(|e| format!("{addr}: {e}"))?;
+    Ok((s, resume))
+}

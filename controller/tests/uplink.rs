@@ -1,0 +1,143 @@
+//! The uplink in a real run: the controller drives the simulated firmware over a pty and
+//! streams its transition log to a trainer-side server that drops the first connection
+//! part-way. Every record of the log must reach the server exactly once, in order.
+
+use controller::robot_loop::streamer::UplinkConfig;
+use controller::robot_loop::{self, Brain, RunConfig, log::read_log};
+use controller::runtime::{Backend, PolicyOptions};
+use firmware_config::RobotConfig;
+use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
+use shared_model::manifest::Trust;
+use sim::TaskId;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uplink::records::{RecordSink, serve_records};
+use uplink::{KEY_LEN, Key, Session};
+
+type Store = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
+
+/// Holds records in memory; the first connection fails after `cut` records.
+struct Sink {
+    store: Store,
+    cut: Option<usize>,
+}
+
+impl RecordSink for Sink {
+    fn next_index(&mut self, stream: &str) -> u64 {
+        self.store
+            .lock()
+            .unwrap()
+            .get(stream)
+            .map_or(0, |v| v.len() as u64)
+    }
+    fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
+        if self.cut == Some(0) {
+            return Err("forced disconnect".into());
+        }
+        self.cut = self.cut.map(|c| c - 1);
+        let mut m = self.store.lock().unwrap();
+        let v = m.entry(stream.to_string()).or_default();
+        assert_eq!(index, v.len() as u64, "out of order");
+        v.push(record.to_vec());
+        Ok(())
+    }
+}
+
+fn key() -> Key {
+    Key::from_bytes([9; KEY_LEN])
+}
+
+#[test]
+fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle_dir = tmp.path().join("bundle");
+    shared_model::synthetic::SyntheticSpec::cpu()
+        .write(&bundle_dir, 3, None)
+        .unwrap();
+    let bundle = shared_model::load_bundle(&bundle_dir, &Trust::AllowUnsigned).unwrap();
+
+    // The trainer side: connection 1 dies after 150 records, later ones run normally.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let store: Store = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let (st, dn) = (store.clone(), done.clone());
+    let server = std::thread::spawn(move || {
+        let mut outcomes = vec![];
+        let mut cut = Some(150);
+        while !dn.load(Ordering::SeqCst) {
+            let Ok((tcp, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            tcp.set_nonblocking(false).unwrap();
+            let mut sink = Sink {
+                store: st.clone(),
+                cut: cut.take(),
+            };
+            let outcome = Session::server(tcp, &key())
+                .map_err(|e| e.to_string())
+                .and_then(|mut s| serve_records(&mut s, &mut sink).map_err(|e| e.to_string()));
+            outcomes.push(outcome.map(|(_, n)| n));
+        }
+        outcomes
+    });
+
+    let mut robot = RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    let options = PolicyOptions {
+        backend: Backend::Tract,
+        executed_steps: None,
+        seed: 5,
+    };
+    let brain = Brain::new(&bundle, &options, false).unwrap();
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.episodes = Some(4);
+    cfg.time_scale = 10.0;
+    cfg.out = Some(out.clone());
+    cfg.quiet = true;
+    cfg.uplink = Some(UplinkConfig {
+        addr: addr.to_string(),
+        key: key(),
+        drain: Duration::from_secs(20),
+    });
+    let report = robot_loop::run(cfg, brain, "push", "synthetic").unwrap();
+    drop(firmware);
+    done.store(true, Ordering::SeqCst);
+    let outcomes = server.join().unwrap();
+
+    let logged: Vec<Vec<u8>> = read_log(&out.join("transitions.log"))
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| {
+            let mut v = vec![];
+            r.encode(&mut v);
+            v
+        })
+        .collect();
+    let up = report.uplink.expect("uplink summary");
+    eprintln!("{up:?}\nserver: {outcomes:?}");
+    assert!(logged.len() > 300, "only {} records logged", logged.len());
+    assert_eq!(up.logged, logged.len() as u64);
+    assert_eq!(up.acknowledged, logged.len() as u64);
+    assert!(up.connections >= 2, "{up:?}");
+    assert!(
+        outcomes[0]
+            .as_ref()
+            .is_err_and(|e| e.contains("forced disconnect")),
+        "{outcomes:?}"
+    );
+    let store = store.lock().unwrap();
+    let received = &store[up.stream.as_ref().unwrap()];
+    assert_eq!(received.len(), logged.len());
+    assert!(received == &logged, "records differ from the log");
+}

@@ -1,0 +1,293 @@
+//! `trainer finetune --listen`: fine-tuning on transitions as the robot streams them.
+//!
+//! ```text
+//!  controller --uplink ──TCP (uplink: authenticated, exactly once)──► receiver thread
+//!      receiver: OUT/uplink/<stream>.log (a copy of the robot's log; its length is the
+//!                resume point a reconnecting robot is told) ──channel──► training loop
+//!  training loop: each robot transition → online replay + one update (UTD critic steps,
+//!                 base, edit/temperature), so updates track robot steps; every
+//!                 --publish-every updates a signed bundle in OUT/bundles/NNNNNN and its
+//!                 name in OUT/bundles/latest
+//! ```
+//!
+//! Transitions that arrive after the last update are kept in `OUT/uplink/` (and
+//! acknowledged, so the robot does not resend them) but not trained on; `controller
+//! log-to-dataset` turns those logs into datasets for `finetune --data`.
+//!
+//! The robot picking up the published bundles (downlink and swap between episodes) is
+//! not built yet: deploy one from `OUT/bundles/latest` with `controller run --bundle`.
+
+use anyhow::{Context, Result};
+use controller::robot_loop::log::{LogWriter, Record, read_log};
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uplink::records::{RecordSink, serve_records};
+use uplink::{Key, Session};
+
+/// Transitions as the training loop takes them: obs, action, reward, next obs, terminal.
+pub type Step = (Vec<f32>, Vec<f32>, f32, Vec<f32>, bool);
+
+/// Persists every stream's records and forwards the transitions.
+struct Receiver {
+    dir: PathBuf,
+    logs: HashMap<String, (LogWriter, u64)>,
+    tx: mpsc::Sender<Step>,
+    dims: (usize, usize),
+}
+
+/// A file name for a stream id (a path and a CRC; not itself a safe name).
+fn file_name(stream: &str) -> String {
+    let h = firmware_config::protocol::crc32(stream.as_bytes());
+    let tail: String = stream
+        .chars()
+        .rev()
+        .take(40)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{tail}-{h:08x}.log")
+}
+
+impl Receiver {
+    fn log(&mut self, stream: &str) -> Result<&mut (LogWriter, u64), String> {
+        if !self.logs.contains_key(stream) {
+            let path = self.dir.join(file_name(stream));
+            let held = if path.exists() {
+                read_log(&path).map_err(|e| e.to_string())?.records.len() as u64
+            } else {
+                0
+            };
+            let w = LogWriter::open(&path).map_err(|e| e.to_string())?;
+            self.logs.insert(stream.to_string(), (w, held));
+        }
+        Ok(self.logs.get_mut(stream).expect("inserted"))
+    }
+}
+
+impl RecordSink for Receiver {
+    fn next_index(&mut self, stream: &str) -> u64 {
+        self.log(stream).map_or(0, |l| l.1)
+    }
+
+    fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
+        let rec = Record::decode(record).map_err(|e| format!("record {index}: {e}"))?;
+        if let Record::Transition(t) = &rec {
+            let (od, ad) = self.dims;
+            if t.obs().len() != od || t.action().len() != ad {
+                return Err(format!(
+                    "record {index}: transition of observation {} / action {}, the run takes {od} / {ad}",
+                    t.obs().len(),
+                    t.action().len()
+                ));
+            }
+        }
+        let (writer, held) = self.log(stream)?;
+        writer.append(&rec).map_err(|e| e.to_string())?;
+        *held += 1;
+        if let Record::Transition(t) = rec
+            && t.is_finite()
+        {
+            // The trainer may have stopped taking them; the log keeps them either way.
+            let _ = self.tx.send((
+                t.obs().to_vec(),
+                t.action().to_vec(),
+                t.reward,
+                t.next_obs().to_vec(),
+                t.done && !t.truncated,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The receiving side: accepts robots one connection at a time until `stop`.
+pub struct Listener {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+    /// One line per connection that ended in an error (the server keeps serving).
+    pub errors: Arc<Mutex<Vec<String>>>,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Listener {
+    /// Binds `addr` and starts serving; transitions arrive on the returned channel.
+    pub fn start(
+        addr: &str,
+        key: Key,
+        dir: &Path,
+        dims: (usize, usize),
+    ) -> Result<(Listener, mpsc::Receiver<Step>)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(vec![]));
+        let mut receiver = Receiver {
+            dir: dir.to_path_buf(),
+            logs: HashMap::new(),
+            tx,
+            dims,
+        };
+        let (st, er) = (stop.clone(), errors.clone());
+        let handle = std::thread::Builder::new()
+            .name("uplink-server".into())
+            .spawn(move || {
+                while !st.load(Ordering::SeqCst) {
+                    let Ok((tcp, peer)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    let timeout = Some(Duration::from_secs(30));
+                    let _ = tcp.set_nonblocking(false);
+                    let _ = tcp.set_read_timeout(timeout);
+                    let _ = tcp.set_write_timeout(timeout);
+                    let outcome = Session::server(tcp, &key)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut s| {
+                            serve_records(&mut s, &mut receiver).map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = outcome {
+                        eprintln!("uplink: connection from {peer} refused or broken: {e}");
+                        er.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                    }
+                }
+            })?;
+        Ok((
+            Listener {
+                stop,
+                handle,
+                errors,
+                addr: local,
+            },
+            rx,
+        ))
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
+    }
+}
+
+/// The `--listen` training loop (called by [`crate::finetune::finetune`] once the run is
+/// loaded): trains one update per received transition until `o.updates`, publishing
+/// bundles on the way, then checkpoints.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_live(
+    o: &crate::finetune::FinetuneOptions,
+    live: &crate::finetune::LiveOptions,
+    agent: &mut crate::agent::Agent,
+    state: &mut crate::run::RunState,
+    online: &mut crate::replay::Replay,
+    (offline, offline_fraction): (&crate::replay::Replay, f32),
+    summary: &mut crate::finetune::FinetuneSummary,
+    progress: &mut dyn crate::run::Progress,
+) -> Result<()> {
+    use crate::replay::{Batch, sample_mixed};
+    use sim::rng::Rng;
+
+    let config = agent.config.clone();
+    let (listener, rx) = Listener::start(
+        &live.addr,
+        live.key.clone(),
+        &o.out.join("uplink"),
+        (agent.obs_dim, agent.act_dim),
+    )?;
+    eprintln!(
+        "finetune: listening on {} for `controller run --uplink`",
+        listener.addr
+    );
+    if let Some(tx) = &live.bound {
+        let _ = tx.send(listener.addr);
+    }
+    let env_steps = state.env_step as u64;
+    let mut batch_rng = Rng::from_state(state.batch_rng);
+    let mut batch = Batch::default();
+    let mut updates = state.finetune_updates;
+    let mut owed = 0usize;
+    progress.phase("finetune (live)", o.updates as u64);
+    let publish = |agent: &crate::agent::Agent,
+                   n: usize,
+                   summary: &mut crate::finetune::FinetuneSummary|
+     -> Result<()> {
+        let root = o.out.join("bundles");
+        let name = format!("{n:07}");
+        let info = crate::export::ExportInfo {
+            dataset: format!("live fine-tuning, {} robot transitions", summary.streamed),
+            env_steps,
+            executed_steps: None,
+        };
+        crate::export::export_bundle(agent, &root.join(&name), &info, live.signing_key.as_ref())?;
+        // `latest` names the newest complete bundle; written then renamed.
+        let tmp = root.join("latest.tmp");
+        std::fs::write(&tmp, format!("{name}\n"))?;
+        std::fs::rename(&tmp, root.join("latest"))?;
+        summary.published.push(root.join(name));
+        Ok(())
+    };
+    while updates < o.updates {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(first) => {
+                for (obs, act, rew, next, terminal) in std::iter::once(first).chain(rx.try_iter()) {
+                    online.push(&obs, &act, rew, &next, terminal);
+                    owed += 1;
+                    summary.streamed += 1;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        while owed > 0 && updates < o.updates {
+            sample_mixed(
+                &mut batch_rng,
+                offline,
+                online,
+                offline_fraction,
+                config.optim.utd,
+                config.optim.batch_size,
+                &mut batch,
+            );
+            agent.update(&batch)?;
+            owed -= 1;
+            updates += 1;
+            progress.advance(updates as u64, &format!("{} transitions", summary.streamed));
+            if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
+                publish(agent, updates, summary)?;
+            }
+        }
+    }
+    let errors = listener
+        .errors
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_default();
+    listener.stop();
+    if !errors.is_empty() {
+        eprintln!(
+            "finetune: {} uplink connection(s) ended in an error; the last: {}",
+            errors.len(),
+            errors[errors.len() - 1]
+        );
+    }
+    state.capture_agent(agent, &batch_rng);
+    state.finetune_updates = updates;
+    crate::run::write_checkpoint(&o.out, agent, online, state)?;
+    if summary
+        .published
+        .last()
+        .is_none_or(|p| !p.ends_with(format!("{updates:07}")))
+    {
+        publish(agent, updates, summary)?;
+    }
+    summary.updates = updates;
+    Ok(())
+}

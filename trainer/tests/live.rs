@@ -1,0 +1,122 @@
+//! Live fine-tuning: `controller run --uplink` streams its transitions to `trainer
+//! finetune --listen`, which trains on them as they arrive and publishes signed bundles.
+
+use controller::robot_loop::{self, Brain, RunConfig, log::read_log};
+use controller::runtime::{Backend, PolicyOptions};
+use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
+use shared_model::manifest::{Trust, read_signing_key};
+use sim::TaskId;
+use std::path::Path;
+use std::time::Duration;
+use trainer::config::Config;
+use trainer::finetune::{FinetuneOptions, LiveOptions, finetune};
+use trainer::run::{TrainOptions, load_agent, train};
+use uplink::{KEY_LEN, Key};
+
+fn tiny_push_run(dir: &Path) {
+    let mut c = Config::tiny();
+    c.task = TaskId::Push;
+    c.run.online_steps = 10;
+    train(&c, dir, &TrainOptions::default(), &mut ()).unwrap();
+}
+
+#[test]
+fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    tiny_push_run(&run);
+    let (key_path, pub_path) =
+        shared_model::manifest::generate_key_pair(&tmp.path().join("keys/expo")).unwrap();
+    let signing = read_signing_key(&key_path).unwrap();
+    let link_key = Key::from_bytes([4; KEY_LEN]);
+
+    // The robot's first bundle: the run as it is.
+    let bundle0 = tmp.path().join("bundle0");
+    let info = trainer::export::ExportInfo {
+        dataset: "test".into(),
+        env_steps: 10,
+        executed_steps: None,
+    };
+    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle0, &info, Some(&signing))
+        .unwrap();
+
+    // The trainer, listening on a free port.
+    let out = tmp.path().join("live");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = FinetuneOptions {
+        from: run.clone(),
+        data: vec![],
+        out: out.clone(),
+        updates: 150,
+        with_offline: true,
+        checkpoint_every: 0,
+        log_every: 50,
+        eval_episodes: 0,
+        resume: false,
+        stop_after: None,
+        listen: Some(LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key: link_key.clone(),
+            publish_every: 50,
+            signing_key: Some(signing.clone()),
+            bound: Some(tx),
+        }),
+    };
+    let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
+    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+
+    // The robot: the controller on the simulated firmware, streaming to the trainer.
+    let b = shared_model::load_bundle(&bundle0, &Trust::from_public_key_file(&pub_path).unwrap())
+        .unwrap();
+    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    let options = PolicyOptions {
+        backend: Backend::Tract,
+        executed_steps: None,
+        seed: 1,
+    };
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let robot_out = tmp.path().join("robot");
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.episodes = Some(3);
+    cfg.time_scale = 10.0;
+    cfg.out = Some(robot_out.clone());
+    cfg.quiet = true;
+    cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
+        addr: addr.to_string(),
+        key: link_key,
+        drain: Duration::from_secs(30),
+    });
+    let brain = Brain::new(&b, &options, false).unwrap();
+    let report = robot_loop::run(cfg, brain, "push", "bundle0").unwrap();
+    drop(firmware);
+    let summary = trainer.join().unwrap();
+
+    let up = report.uplink.unwrap();
+    eprintln!("{up:?}\n{summary:?}");
+    assert_eq!(summary.updates, 150);
+    assert!(summary.streamed >= 150, "{summary:?}");
+    // Published every 50 updates, each signed and loadable by the robot.
+    assert_eq!(summary.published.len(), 3, "{summary:?}");
+    for p in &summary.published {
+        shared_model::load_bundle(p, &Trust::from_public_key_file(&pub_path).unwrap()).unwrap();
+    }
+    let latest = std::fs::read_to_string(out.join("bundles/latest")).unwrap();
+    assert!(summary.published.last().unwrap().ends_with(latest.trim()));
+    // The trainer's copy of the stream is the robot's log (as far as it was received).
+    let robot_log = read_log(&robot_out.join("transitions.log"))
+        .unwrap()
+        .records;
+    let copies: Vec<_> = std::fs::read_dir(out.join("uplink"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = read_log(&copies[0]).unwrap().records;
+    assert!(!copy.is_empty() && copy.len() <= robot_log.len());
+    assert_eq!(copy[..], robot_log[..copy.len()]);
+    // The result is a run directory like any other.
+    load_agent(&out).unwrap();
+}
