@@ -149,6 +149,9 @@ struct RunArgs {
     /// The shared key of the link (`trainer uplink-keygen`; the same file on both hosts).
     #[arg(long)]
     uplink_key: Option<PathBuf>,
+    /// With --uplink: keep the starting bundle, do not take the trainer's new ones.
+    #[arg(long)]
+    no_swap: bool,
     /// After the run, keep sending to the trainer for up to this many seconds.
     #[arg(long, default_value_t = 30)]
     uplink_drain_s: u64,
@@ -233,7 +236,8 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         || format!("the built-in {} robot", robot.robot),
         |p| p.display().to_string(),
     );
-    let bundle = load_bundle(&a.bundle, &a.trust.trust()?)
+    let trust = a.trust.trust()?;
+    let bundle = load_bundle(&a.bundle, &trust)
         .with_context(|| format!("loading bundle {}", a.bundle.display()))?;
     robot_loop::check_dims(&robot, &bundle)
         .with_context(|| format!("{} does not fit {robot_label}", a.bundle.display()))?;
@@ -287,6 +291,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             addr: addr.clone(),
             key: uplink::Key::read(path)?,
             drain: Duration::from_secs(a.uplink_drain_s),
+            // New bundles from the trainer are held to the same trust as --bundle.
+            swap: (!a.no_swap).then(|| robot_loop::streamer::SwapConfig {
+                trust: trust.clone(),
+                options: options.clone(),
+                two_speed: a.two_speed,
+                robot: cfg.robot.clone(),
+            }),
         });
     }
     cfg.max_consecutive_overruns = a.max_overruns;

@@ -108,6 +108,7 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
         addr: addr.to_string(),
         key: key(),
         drain: Duration::from_secs(20),
+        swap: None,
     });
     let report = robot_loop::run(cfg, brain, "push", "synthetic").unwrap();
     drop(firmware);

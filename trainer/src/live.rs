@@ -6,16 +6,17 @@
 //!                resume point a reconnecting robot is told) ──channel──► training loop
 //!  training loop: each robot transition → online replay + one update (UTD critic steps,
 //!                 base, edit/temperature), so updates track robot steps; every
-//!                 --publish-every updates a signed bundle in OUT/bundles/NNNNNN and its
-//!                 name in OUT/bundles/latest
+//!                 --publish-every updates a signed bundle in OUT/bundles/NNNNNNN and
+//!                 its name in OUT/bundles/latest ──► offered to the robot
 //! ```
 //!
 //! Transitions that arrive after the last update are kept in `OUT/uplink/` (and
 //! acknowledged, so the robot does not resend them) but not trained on; `controller
 //! log-to-dataset` turns those logs into datasets for `finetune --data`.
 //!
-//! The robot picking up the published bundles (downlink and swap between episodes) is
-//! not built yet: deploy one from `OUT/bundles/latest` with `controller run --bundle`.
+//! Every acknowledgement to the robot names `OUT/bundles/latest`; the robot fetches a
+//! new one over the same link, verifies it and swaps it in between episodes
+//! (`controller::robot_loop::streamer`).
 
 use anyhow::{Context, Result};
 use controller::robot_loop::log::{LogWriter, Record, read_log};
@@ -35,6 +36,8 @@ pub type Step = (Vec<f32>, Vec<f32>, f32, Vec<f32>, bool);
 /// Persists every stream's records and forwards the transitions.
 struct Receiver {
     dir: PathBuf,
+    /// Where published bundles are (`latest` names the newest).
+    bundles: PathBuf,
     logs: HashMap<String, (LogWriter, u64)>,
     tx: mpsc::Sender<Step>,
     dims: (usize, usize),
@@ -105,6 +108,32 @@ impl RecordSink for Receiver {
         }
         Ok(())
     }
+
+    fn latest_bundle(&mut self) -> Option<String> {
+        let name = std::fs::read_to_string(self.bundles.join("latest")).ok()?;
+        Some(name.trim().to_string()).filter(|n| !n.is_empty())
+    }
+
+    fn bundle(&mut self, name: &str) -> Result<uplink::records::BundleFiles, String> {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(format!("bundle name '{name}' is not a plain name"));
+        }
+        let dir = self.bundles.join(name);
+        let mut files = vec![];
+        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let file = path
+                    .file_name()
+                    .expect("a file")
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((file, bytes));
+            }
+        }
+        Ok(files)
+    }
 }
 
 /// The receiving side: accepts robots one connection at a time until `stop`.
@@ -122,6 +151,7 @@ impl Listener {
         addr: &str,
         key: Key,
         dir: &Path,
+        bundles: &Path,
         dims: (usize, usize),
     ) -> Result<(Listener, mpsc::Receiver<Step>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -133,6 +163,7 @@ impl Listener {
         let errors = Arc::new(Mutex::new(vec![]));
         let mut receiver = Receiver {
             dir: dir.to_path_buf(),
+            bundles: bundles.to_path_buf(),
             logs: HashMap::new(),
             tx,
             dims,
@@ -200,6 +231,7 @@ pub(crate) fn train_live(
         &live.addr,
         live.key.clone(),
         &o.out.join("uplink"),
+        &o.out.join("bundles"),
         (agent.obs_dim, agent.act_dim),
     )?;
     eprintln!(

@@ -80,14 +80,21 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
     let robot_out = tmp.path().join("robot");
     let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
-    cfg.episodes = Some(3);
+    cfg.episodes = Some(4);
     cfg.time_scale = 10.0;
     cfg.out = Some(robot_out.clone());
     cfg.quiet = true;
     cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
         addr: addr.to_string(),
         key: link_key,
-        drain: Duration::from_secs(30),
+        // The trainer stops listening after its last update; do not wait long for it.
+        drain: Duration::from_secs(2),
+        swap: Some(controller::robot_loop::streamer::SwapConfig {
+            trust: Trust::from_public_key_file(&pub_path).unwrap(),
+            options: options.clone(),
+            two_speed: false,
+            robot: cfg.robot.clone(),
+        }),
     });
     let brain = Brain::new(&b, &options, false).unwrap();
     let report = robot_loop::run(cfg, brain, "push", "bundle0").unwrap();
@@ -117,6 +124,18 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     let copy = read_log(&copies[0]).unwrap().records;
     assert!(!copy.is_empty() && copy.len() <= robot_log.len());
     assert_eq!(copy[..], robot_log[..copy.len()]);
+    // The robot took the trainer's bundles, verified, and only between episodes: the
+    // first episode ran bundle 0 and every swap starts an episode.
+    let offered = &up.bundles;
+    assert!(!offered.is_empty(), "{up:?}");
+    assert!(offered.iter().all(|b| b.error.is_none()), "{offered:?}");
+    assert!(!report.bundle_swaps.is_empty(), "{:?}", report.bundle_swaps);
+    for s in &report.bundle_swaps {
+        assert!((1..4).contains(&s.first_episode), "{s:?}");
+        assert!(offered.iter().any(|b| b.name == s.bundle), "{s:?}");
+        let started = &report.episodes[s.first_episode as usize];
+        assert!(started.episode == s.first_episode, "{started:?}");
+    }
     // The result is a run directory like any other.
     load_agent(&out).unwrap();
 }

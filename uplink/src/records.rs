@@ -6,9 +6,15 @@
 //!    ── OPEN   stream id (UTF-8) ─────────────────►  looks up how many records it holds
 //!    ◄── RESUME next u64 ──────────────────────────
 //!    ── RECORDS first u64 │ count u32 │ (len u32 │ bytes)… ─►  keeps index ≥ next, in order
-//!    ◄── ACK next u64 ─────────────────────────────
+//!    ◄── ACK next u64 │ latest bundle name (UTF-8, may be empty) ──
+//!    ── FETCH name ───────────────────────────────►  (when the name is new to the client)
+//!    ◄── BUNDLE name │ files: (name, bytes)… ─────
 //!    …                                                (a new connection starts at OPEN)
 //! ```
+//!
+//! An empty `RECORDS` batch is a poll: the client learns of new bundles while the robot
+//! logs nothing. Strings and file names are u16-length-prefixed, file contents
+//! u32-length-prefixed.
 //!
 //! Records are numbered by their position in the stream (0, 1, 2, …). The client keeps
 //! them (the log on disk) and, on every connection, resends from the server's `next`:
@@ -24,7 +30,21 @@ pub mod kind {
     pub const RESUME: u8 = 2;
     pub const RECORDS: u8 = 3;
     pub const ACK: u8 = 4;
+    pub const FETCH: u8 = 5;
+    pub const BUNDLE: u8 = 6;
 }
+
+/// What the server answers a batch with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// Records of the stream the server holds.
+    pub next: u64,
+    /// The newest bundle the server publishes, if any.
+    pub latest: Option<String>,
+}
+
+/// A bundle directory in transit: file names (no directories) and contents.
+pub type BundleFiles = Vec<(String, Vec<u8>)>;
 
 /// Records per `RECORDS` frame: a transition record is under 500 bytes, so a batch stays
 /// far below [`crate::MAX_FRAME`] and an acknowledgement comes back every few hundred ms
@@ -48,6 +68,79 @@ pub trait RecordSink {
     fn next_index(&mut self, stream: &str) -> u64;
     /// Appends record `index` (always the next one) of `stream`.
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String>;
+    /// The name of the newest bundle to offer the robot.
+    fn latest_bundle(&mut self) -> Option<String> {
+        None
+    }
+    /// The files of bundle `name`.
+    fn bundle(&mut self, name: &str) -> Result<BundleFiles, String> {
+        Err(format!("no bundle '{name}' here"))
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A little reader over a payload whose every failure names what was missing.
+struct Cursor<'a>(&'a [u8], usize);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], RecordError> {
+        let b = self
+            .0
+            .get(self.1..self.1 + n)
+            .ok_or_else(|| RecordError::Protocol(format!("{what} runs past the frame")))?;
+        self.1 += n;
+        Ok(b)
+    }
+    fn u16(&mut self, what: &str) -> Result<usize, RecordError> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2")) as usize)
+    }
+    fn u32(&mut self, what: &str) -> Result<usize, RecordError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4")) as usize)
+    }
+    fn str(&mut self, what: &str) -> Result<String, RecordError> {
+        let n = self.u16(what)?;
+        String::from_utf8(self.take(n, what)?.to_vec())
+            .map_err(|_| RecordError::Protocol(format!("{what} is not UTF-8")))
+    }
+}
+
+/// A bundle file name must be a plain name: no path separators, no `..`.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// Client side: asks for bundle `name`.
+pub fn fetch_bundle<S: Read + Write>(
+    session: &mut Session<S>,
+    name: &str,
+) -> Result<BundleFiles, RecordError> {
+    session.send(kind::FETCH, name.as_bytes())?;
+    let f = session.recv()?;
+    expect_kind(f.kind, kind::BUNDLE)?;
+    let mut c = Cursor(&f.payload, 0);
+    let got = c.str("bundle name")?;
+    if got != name {
+        return Err(RecordError::Protocol(format!(
+            "asked for bundle '{name}', got '{got}'"
+        )));
+    }
+    let count = c.u16("file count")?;
+    let mut files = Vec::with_capacity(count);
+    for _ in 0..count {
+        let file = c.str("file name")?;
+        if !plain_name(&file) {
+            return Err(RecordError::Protocol(format!(
+                "bundle file name '{file}' is not a plain name"
+            )));
+        }
+        let len = c.u32("file length")?;
+        files.push((file, c.take(len, "file contents")?.to_vec()));
+    }
+    Ok(files)
 }
 
 fn u64_at(p: &[u8], at: usize) -> Result<u64, RecordError> {
@@ -78,13 +171,13 @@ pub fn open_stream<S: Read + Write>(
     u64_at(&f.payload, 0)
 }
 
-/// Client side: sends `batch` as records `first..first + batch.len()` and waits for the
-/// acknowledgement; returns the server's new `next`.
+/// Client side: sends `batch` as records `first..first + batch.len()` (empty: a poll)
+/// and waits for the acknowledgement.
 pub fn send_batch<S: Read + Write>(
     session: &mut Session<S>,
     first: u64,
     batch: &[Vec<u8>],
-) -> Result<u64, RecordError> {
+) -> Result<Ack, RecordError> {
     let mut payload = Vec::new();
     payload.extend_from_slice(&first.to_le_bytes());
     payload.extend_from_slice(&(batch.len() as u32).to_le_bytes());
@@ -102,7 +195,12 @@ pub fn send_batch<S: Read + Write>(
             "server acknowledged {acked}, expected {want}"
         )));
     }
-    Ok(acked)
+    let mut c = Cursor(&ack.payload, 8);
+    let latest = c.str("latest bundle name")?;
+    Ok(Ack {
+        next: acked,
+        latest: (!latest.is_empty()).then_some(latest),
+    })
 }
 
 /// Client side, whole exchange: opens `stream` and sends every record from the server's
@@ -123,7 +221,7 @@ pub fn send_records<S: Read + Write>(
     while (next as usize) < records.len() {
         let first = next as usize;
         let batch = &records[first..records.len().min(first + BATCH)];
-        next = send_batch(session, next, batch)?;
+        next = send_batch(session, next, batch)?.next;
     }
     Ok(next)
 }
@@ -150,6 +248,21 @@ pub fn serve_records<S: Read + Write>(
             }
             Err(e) => return Err(e.into()),
         };
+        if f.kind == kind::FETCH {
+            let name = String::from_utf8(f.payload)
+                .map_err(|_| RecordError::Protocol("bundle name is not UTF-8".into()))?;
+            let files = sink.bundle(&name).map_err(RecordError::Sink)?;
+            let mut out = Vec::new();
+            put_str(&mut out, &name);
+            out.extend_from_slice(&(files.len() as u16).to_le_bytes());
+            for (file, bytes) in &files {
+                put_str(&mut out, file);
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+            session.send(kind::BUNDLE, &out)?;
+            continue;
+        }
         expect_kind(f.kind, kind::RECORDS)?;
         let p = &f.payload;
         let first = u64_at(p, 0)?;
@@ -187,7 +300,9 @@ pub fn serve_records<S: Read + Write>(
                 p.len() - at
             )));
         }
-        session.send(kind::ACK, &next.to_le_bytes())?;
+        let mut ack = next.to_le_bytes().to_vec();
+        put_str(&mut ack, &sink.latest_bundle().unwrap_or_default());
+        session.send(kind::ACK, &ack)?;
     }
 }
 

@@ -238,6 +238,9 @@ pub(crate) struct Control {
     fault_count: u32,
     /// Set when the next phase after a safe stop must not continue the run.
     stopping: Option<Outcome>,
+    /// Policies from new bundles (the uplink streamer verifies and builds them); taken
+    /// only between episodes.
+    pub swaps: Option<std::sync::mpsc::Receiver<super::streamer::Ready>>,
     /// The fault event waiting for its first hold command.
     hold_pending: Option<usize>,
     /// When our last Estop went out (its `Fault { Estop }` answer is expected).
@@ -301,6 +304,7 @@ impl Control {
             report,
             fault_count: 0,
             stopping: None,
+            swaps: None,
             hold_pending: None,
             estop_sent: false,
             torque_off: false,
@@ -805,6 +809,17 @@ impl Control {
                     self.enter_safe_stop(After::Exit);
                     // Nothing is moving: the exit safe stop starts next tick.
                     return;
+                }
+                // Between episodes: the only place the policy may change.
+                if let Some(rx) = &self.swaps
+                    && let Some((name, brain)) = rx.try_iter().last()
+                {
+                    self.brain = brain;
+                    self.report.bundle_swaps.push(super::BundleSwap {
+                        bundle: name,
+                        first_episode: self.episodes_started,
+                        tick: self.tick,
+                    });
                 }
                 let seed = self.cfg.seed.wrapping_add(self.episodes_started as u64);
                 self.episodes_started += 1;

@@ -308,6 +308,8 @@ pub struct RunReport {
     pub log_drops: u64,
     pub logger: Option<logger::LoggerSummary>,
     pub uplink: Option<streamer::UplinkSummary>,
+    /// Policies swapped in from the trainer's bundles, at episode boundaries.
+    pub bundle_swaps: Vec<BundleSwap>,
     pub cadence: CadenceReport,
     pub realtime: Vec<realtime::RealtimeStep>,
     pub ticks: u64,
@@ -339,6 +341,7 @@ impl RunReport {
             log_drops: 0,
             logger: None,
             uplink: None,
+            bundle_swaps: vec![],
             cadence: Default::default(),
             realtime: vec![],
             ticks: 0,
@@ -430,6 +433,15 @@ impl fmt::Display for RunReport {
         }
         Ok(())
     }
+}
+
+/// One policy swap: from episode `first_episode` (0-based) on, the policy of `bundle`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BundleSwap {
+    pub bundle: String,
+    pub first_episode: u32,
+    /// Control tick of the swap.
+    pub tick: u64,
 }
 
 /// Why a run could not start.
@@ -534,23 +546,25 @@ pub fn run(
         }
     };
 
-    let streamer = match (&cfg.uplink, &cfg.out) {
-        (Some(u), Some(dir)) => Some(
-            streamer::Streamer::spawn(u.clone(), &dir.join("transitions.log")).map_err(
-                |source| RunError::Io {
+    let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
+        (Some(u), Some(dir)) => {
+            let (s, rx) = streamer::Streamer::spawn(u.clone(), &dir.join("transitions.log"))
+                .map_err(|source| RunError::Io {
                     what: "starting the uplink thread".into(),
                     source,
-                },
-            )?,
-        ),
-        _ => None,
+                })?;
+            (Some(s), Some(rx))
+        }
+        _ => (None, None),
     };
 
     let realtime_opts = cfg.realtime;
     let events = link.events.clone();
     let log_tx = logger.as_ref().map(|l| l.tx.clone());
     report.realtime = vec![];
-    let control = control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
+    let mut control =
+        control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
+    control.swaps = swaps;
     let handle = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || control_thread(control, realtime_opts))

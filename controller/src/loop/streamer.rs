@@ -10,6 +10,13 @@
 //! of this log it holds, and sends the rest in order ([`uplink::records`]): across
 //! disconnects every record arrives exactly once. The stream id is the log's path plus
 //! the CRC of its first record (the run header), so two logs never share an id.
+//!
+//! **Bundles down.** Every acknowledgement names the trainer's newest bundle. A new name
+//! is fetched into `OUT/bundles/NAME`, verified like any bundle (signature against the
+//! run's trusted key, hashes, shapes, the robot's dimensions) and built into a policy
+//! here, off the control thread; the control thread swaps it in at the next episode
+//! boundary (`Phase::Idle`, before `Reset`). A bundle that fails any check is recorded
+//! and never used: the running policy stays.
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -20,7 +27,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::log::LogTail;
+use super::{Brain, check_dims};
+use crate::runtime::PolicyOptions;
+use firmware_config::RobotConfig;
 use firmware_config::protocol::crc32;
+use shared_model::manifest::Trust;
+use std::sync::mpsc;
 use uplink::records::{self, BATCH};
 use uplink::{Key, Session};
 
@@ -33,7 +45,29 @@ pub struct UplinkConfig {
     /// How long to keep sending after the run ends before giving up (the records stay
     /// in the log either way).
     pub drain: Duration,
+    /// Take new bundles from the trainer (`None`: stream transitions only).
+    pub swap: Option<SwapConfig>,
 }
+
+/// How a bundle from the trainer becomes a policy.
+#[derive(Clone, Debug)]
+pub struct SwapConfig {
+    pub trust: Trust,
+    pub options: PolicyOptions,
+    pub two_speed: bool,
+    pub robot: RobotConfig,
+}
+
+/// A bundle the trainer offered.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BundleOffer {
+    pub name: String,
+    /// `None`: ready, handed to the control thread; else why it was refused.
+    pub error: Option<String>,
+}
+
+/// A verified policy ready to swap in, with its bundle's name.
+pub type Ready = (String, Brain);
 
 /// What the streamer did (in `report.json`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -46,6 +80,8 @@ pub struct UplinkSummary {
     pub connections: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Bundles the trainer offered, in order.
+    pub bundles: Vec<BundleOffer>,
 }
 
 /// The running streamer thread.
@@ -56,19 +92,27 @@ pub struct Streamer {
 }
 
 impl Streamer {
-    pub fn spawn(cfg: UplinkConfig, log: &Path) -> std::io::Result<Streamer> {
+    /// Starts the thread; ready policies arrive on the returned channel.
+    pub fn spawn(
+        cfg: UplinkConfig,
+        log: &Path,
+    ) -> std::io::Result<(Streamer, mpsc::Receiver<Ready>)> {
         let stop = Arc::new(AtomicBool::new(false));
         let summary = Arc::new(Mutex::new(UplinkSummary::default()));
         let (s, st) = (summary.clone(), stop.clone());
         let log = log.to_path_buf();
+        let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("uplink".into())
-            .spawn(move || stream_main(cfg, log, &st, &s))?;
-        Ok(Streamer {
-            stop,
-            summary,
-            handle,
-        })
+            .spawn(move || stream_main(cfg, log, &st, &s, tx))?;
+        Ok((
+            Streamer {
+                stop,
+                summary,
+                handle,
+            },
+            rx,
+        ))
     }
 
     /// Asks the thread to send what is left (for up to the configured drain time) and
@@ -83,7 +127,17 @@ impl Streamer {
     }
 }
 
-fn stream_main(cfg: UplinkConfig, log: PathBuf, stop: &AtomicBool, summary: &Mutex<UplinkSummary>) {
+fn stream_main(
+    cfg: UplinkConfig,
+    log: PathBuf,
+    stop: &AtomicBool,
+    summary: &Mutex<UplinkSummary>,
+    ready: mpsc::Sender<Ready>,
+) {
+    let bundles_dir = log.parent().unwrap_or(Path::new(".")).join("bundles");
+    // Names already fetched (used or refused): never fetched twice.
+    let mut seen: Vec<String> = vec![];
+    let mut last_poll = Instant::now();
     let mut tail = LogTail::new(&log);
     // Records not yet acknowledged; `base` is the index of `pending[0]`.
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
@@ -152,29 +206,89 @@ fn stream_main(cfg: UplinkConfig, log: PathBuf, stop: &AtomicBool, summary: &Mut
             }
         }
         if let Some(s) = session.as_mut() {
-            while !pending.is_empty() {
+            let mut latest = None;
+            let mut broken = false;
+            // An empty batch once a second is a poll for new bundles.
+            let poll = cfg.swap.is_some() && last_poll.elapsed() >= Duration::from_secs(1);
+            while !pending.is_empty() || (poll && latest.is_none()) {
                 let n = pending.len().min(BATCH);
                 let batch: Vec<Vec<u8>> = pending.range(..n).cloned().collect();
                 match records::send_batch(s, base, &batch) {
-                    Ok(acked) => {
+                    Ok(ack) => {
                         pending.drain(..n);
-                        base = acked;
+                        base = ack.next;
                         summary
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .acknowledged = acked;
+                            .acknowledged = ack.next;
+                        latest = Some(ack.latest);
+                        last_poll = Instant::now();
                     }
                     Err(e) => {
                         fail(e.to_string());
-                        session = None;
-                        next_try = Instant::now() + backoff;
+                        broken = true;
                         break;
                     }
                 }
             }
+            if let (Some(swap), Some(Some(name))) = (&cfg.swap, latest)
+                && !broken
+                && !seen.contains(&name)
+            {
+                seen.push(name.clone());
+                let outcome = match records::fetch_bundle(s, &name) {
+                    Ok(files) => prepare(&bundles_dir, &name, &files, swap),
+                    Err(e) => {
+                        broken = true;
+                        Err(format!("fetching: {e}"))
+                    }
+                };
+                let error = match outcome {
+                    Ok(brain) => {
+                        let _ = ready.send((name.clone(), brain));
+                        None
+                    }
+                    Err(e) => Some(e),
+                };
+                summary
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bundles
+                    .push(BundleOffer { name, error });
+            }
+            if broken {
+                session = None;
+                next_try = Instant::now() + backoff;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Writes a fetched bundle to `dir/name` (through a temporary directory), verifies it
+/// and builds its policy.
+fn prepare(
+    dir: &Path,
+    name: &str,
+    files: &[(String, Vec<u8>)],
+    swap: &SwapConfig,
+) -> Result<Brain, String> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(format!("bundle name '{name}' is not a plain name"));
+    }
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |e: std::io::Error| format!("writing {}: {e}", target.display());
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io)?;
+    for (file, bytes) in files {
+        std::fs::write(tmp.join(file), bytes).map_err(io)?;
+    }
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&tmp, &target).map_err(io)?;
+    let bundle = shared_model::load_bundle(&target, &swap.trust).map_err(|e| e.to_string())?;
+    check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
+    Brain::new(&bundle, &swap.options, swap.two_speed).map_err(|e| format!("{e:#}"))
 }
 
 /// Connects, authenticates and opens `stream`; returns the session and the trainer's
