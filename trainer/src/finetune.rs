@@ -67,6 +67,8 @@ pub struct LiveOptions {
     /// Publish a bundle every this many updates (0: only at the end).
     pub publish_every: usize,
     pub signing_key: Option<shared_model::manifest::SigningKey>,
+    /// Stop once no transition has arrived for this long (and none is owed an update).
+    pub idle_exit: Option<std::time::Duration>,
     /// Told the bound address once listening (tests bind port 0).
     pub bound: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
 }
@@ -297,12 +299,23 @@ pub fn describe(s: &FinetuneSummary) -> String {
             format!("{:.1}%", 100.0 * e.success_rate)
         })
     };
+    let data = if s.streamed > 0 || !s.published.is_empty() {
+        format!(
+            "{} transitions streamed by the robot, {} bundles published",
+            s.streamed,
+            s.published.len()
+        )
+    } else {
+        format!(
+            "{} robot transitions ({} episodes, {:.1}% successful)",
+            s.robot_transitions,
+            s.robot_episodes,
+            100.0 * s.robot_success_rate
+        )
+    };
     format!(
-        "{} updates on {} robot transitions ({} episodes, {:.1}% successful); sim success before {}, after {}",
+        "{} updates on {data}; sim success before {}, after {}",
         s.updates,
-        s.robot_transitions,
-        s.robot_episodes,
-        100.0 * s.robot_success_rate,
         eval(&s.before),
         eval(&s.after)
     )

@@ -266,16 +266,31 @@ pub(crate) fn train_live(
         summary.published.push(root.join(name));
         Ok(())
     };
+    // The idle clock starts with the first transition: a robot may take a while to connect.
+    let mut last_data: Option<std::time::Instant> = None;
     while updates < o.updates {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(first) => {
+                last_data = Some(std::time::Instant::now());
                 for (obs, act, rew, next, terminal) in std::iter::once(first).chain(rx.try_iter()) {
                     online.push(&obs, &act, rew, &next, terminal);
                     owed += 1;
                     summary.streamed += 1;
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if live
+                    .idle_exit
+                    .is_some_and(|d| last_data.is_some_and(|t| t.elapsed() >= d))
+                {
+                    eprintln!(
+                        "finetune: no transitions for {:?}; stopping",
+                        live.idle_exit.unwrap()
+                    );
+                    break;
+                }
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         while owed > 0 && updates < o.updates {

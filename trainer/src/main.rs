@@ -160,6 +160,10 @@ enum Command {
         /// OUT/bundles/ every this many updates; OUT/bundles/latest names the newest.
         #[arg(long, default_value_t = 500)]
         publish_every: usize,
+        /// With --listen: stop (checkpoint, final bundle) once the robot has sent nothing
+        /// for this many seconds (0: wait until --updates).
+        #[arg(long, default_value_t = 0)]
+        idle_exit_s: u64,
     },
     /// Writes a new shared key for the controller ↔ trainer link (copy it to both hosts).
     UplinkKeygen {
@@ -458,6 +462,7 @@ fn main() -> Result<()> {
             listen,
             uplink_key,
             publish_every,
+            idle_exit_s,
         } => {
             // Read the keys first: a bad key path should fail before the work, not after.
             let key = signing_key
@@ -471,6 +476,8 @@ fn main() -> Result<()> {
                     key: uplink::Key::read(uplink_key.as_deref().expect("clap requires it"))?,
                     publish_every,
                     signing_key: key.clone(),
+                    idle_exit: (idle_exit_s > 0)
+                        .then(|| std::time::Duration::from_secs(idle_exit_s)),
                     bound: None,
                 }),
             };

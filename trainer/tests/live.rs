@@ -59,6 +59,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
             key: link_key.clone(),
             publish_every: 50,
             signing_key: Some(signing.clone()),
+            idle_exit: None,
             bound: Some(tx),
         }),
     };
