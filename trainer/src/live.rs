@@ -115,7 +115,7 @@ impl RecordSink for Receiver {
     }
 
     fn bundle(&mut self, name: &str) -> Result<uplink::records::BundleFiles, String> {
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        if !uplink::records::plain_name(name) || name.starts_with('.') {
             return Err(format!("bundle name '{name}' is not a plain name"));
         }
         let dir = self.bundles.join(name);

@@ -108,8 +108,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A bundle file name must be a plain name: no path separators, no `..`.
-fn plain_name(name: &str) -> bool {
+/// Whether `name` is safe as one path component (a bundle or file name from the peer):
+/// not empty, no separators, no `.`/`..`.
+pub fn plain_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
@@ -453,6 +454,57 @@ mod tests {
         );
         assert_eq!(outcomes[1], Ok(3));
         assert_eq!(sink.0.lock().unwrap()["run-c"], records(3));
+    }
+
+    /// A sink that publishes one bundle.
+    struct Publishing(Vec<(String, Vec<u8>)>);
+    impl RecordSink for Publishing {
+        fn next_index(&mut self, _: &str) -> u64 {
+            0
+        }
+        fn append(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn latest_bundle(&mut self) -> Option<String> {
+            Some("0000500".into())
+        }
+        fn bundle(&mut self, name: &str) -> Result<BundleFiles, String> {
+            assert_eq!(name, "0000500");
+            Ok(self.0.clone())
+        }
+    }
+
+    /// One connection: poll, learn the latest bundle, fetch it.
+    fn fetch_from(files: Vec<(String, Vec<u8>)>) -> Result<BundleFiles, RecordError> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let srv = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let mut s = Session::server(tcp, &key()).unwrap();
+            let _ = serve_records(&mut s, &mut Publishing(files));
+        });
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        assert_eq!(open_stream(&mut c, "run-e").unwrap(), 0);
+        let ack = send_batch(&mut c, 0, &[]).unwrap();
+        assert_eq!(ack.latest.as_deref(), Some("0000500"));
+        let got = fetch_bundle(&mut c, "0000500");
+        drop(c);
+        srv.join().unwrap();
+        got
+    }
+
+    #[test]
+    fn bundles_come_down_and_unsafe_file_names_are_refused() {
+        let files = vec![
+            ("manifest.toml".to_string(), b"format = 1".to_vec()),
+            ("denoiser.onnx".to_string(), vec![7u8; 100_000]),
+        ];
+        assert_eq!(fetch_from(files.clone()).unwrap(), files);
+        for bad in ["../evil", "a/b", "..", ""] {
+            let err = fetch_from(vec![(bad.to_string(), vec![1])]).unwrap_err();
+            assert!(err.to_string().contains("not a plain name"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -242,7 +242,7 @@ pub(crate) struct Control {
     /// only between episodes.
     pub swaps: Option<std::sync::mpsc::Receiver<super::streamer::Ready>>,
     /// The fault event waiting for its first hold command.
-    hold_pending: Option<usize>,
+    hold_pending: Vec<usize>,
     /// When our last Estop went out (its `Fault { Estop }` answer is expected).
     estop_sent: bool,
     torque_off: bool,
@@ -305,7 +305,7 @@ impl Control {
             fault_count: 0,
             stopping: None,
             swaps: None,
-            hold_pending: None,
+            hold_pending: Vec::new(),
             estop_sent: false,
             torque_off: false,
             link_down: false,
@@ -435,7 +435,7 @@ impl Control {
         self.checks(t1);
         // phase
         self.step_phase(t1);
-        if self.hold_pending.is_some() && matches!(self.phase, Phase::SafeStop { .. }) {
+        if !self.hold_pending.is_empty() && matches!(self.phase, Phase::SafeStop { .. }) {
             // The phase step itself faulted (e.g. a NaN observation): hold in this tick.
             self.step_phase(Instant::now());
         }
@@ -731,8 +731,14 @@ impl Control {
             hold_tick: None,
             hold_latency_us: None,
             torque_off_tick: None,
+            during_safe_stop: matches!(self.phase, Phase::SafeStop { .. }),
         });
         if let Phase::SafeStop { left, then } = self.phase {
+            // The robot is being held already; this fault's own hold is the next one
+            // sent (none once torque is off).
+            if !self.torque_off {
+                self.hold_pending.push(self.report.faults.len() - 1);
+            }
             // Already stopping: keep holding; a later fault can only make the
             // continuation stricter.
             let then = match (then, after) {
@@ -747,7 +753,7 @@ impl Control {
         if self.track.is_some() {
             self.finish_episode(now, EndReason::Fault, format!("{kind:?}: {detail}"));
         }
-        self.hold_pending = Some(self.report.faults.len() - 1);
+        self.hold_pending.push(self.report.faults.len() - 1);
         let mut then = after.unwrap_or(After::Idle);
         if self.stopping.is_some() {
             then = After::Exit;
@@ -778,6 +784,7 @@ impl Control {
                 hold_tick: None,
                 hold_latency_us: None,
                 torque_off_tick: None,
+                during_safe_stop: false,
             });
             self.phase = Phase::Done;
             return;
@@ -908,7 +915,7 @@ impl Control {
     fn safe_stop_tick(&mut self, now: Instant, left: u32, then: After) {
         if !self.torque_off {
             let _ = self.gate.send_hold();
-            if let Some(i) = self.hold_pending.take() {
+            for i in std::mem::take(&mut self.hold_pending) {
                 let f = &mut self.report.faults[i];
                 f.hold_tick = Some(self.tick);
                 f.hold_latency_us = Some(

@@ -215,6 +215,9 @@ pub struct FaultEvent {
     pub hold_latency_us: Option<f64>,
     /// Tick that sent `Estop` (torque off), if the robot allows it.
     pub torque_off_tick: Option<u64>,
+    /// Detected while a safe stop was already under way (the robot was being held, or
+    /// its torque was already off): its hold, if any, is the stop's next one.
+    pub during_safe_stop: bool,
 }
 
 /// How the run ended.

@@ -273,7 +273,8 @@ fn prepare(
     files: &[(String, Vec<u8>)],
     swap: &SwapConfig,
 ) -> Result<Brain, String> {
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+    // Not hidden either: `.NAME.tmp` is the staging directory.
+    if !records::plain_name(name) || name.starts_with('.') {
         return Err(format!("bundle name '{name}' is not a plain name"));
     }
     let target = dir.join(name);
