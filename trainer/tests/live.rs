@@ -81,7 +81,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
     let robot_out = tmp.path().join("robot");
     let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
-    cfg.episodes = Some(4);
+    cfg.episodes = Some(8);
     cfg.time_scale = 10.0;
     cfg.out = Some(robot_out.clone());
     cfg.quiet = true;
@@ -132,7 +132,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     assert!(offered.iter().all(|b| b.error.is_none()), "{offered:?}");
     assert!(!report.bundle_swaps.is_empty(), "{:?}", report.bundle_swaps);
     for s in &report.bundle_swaps {
-        assert!((1..4).contains(&s.first_episode), "{s:?}");
+        assert!((1..8).contains(&s.first_episode), "{s:?}");
         assert!(offered.iter().any(|b| b.name == s.bundle), "{s:?}");
         let started = &report.episodes[s.first_episode as usize];
         assert!(started.episode == s.first_episode, "{started:?}");
