@@ -133,6 +133,30 @@ pub const fn schema_hash() -> u32 {
 // ---------------------------------------------------------------------------------------
 // CRC-32
 
+/// The end-of-step flags byte of `Reward` frames (the controller's log stores the same
+/// byte): bit 0 done, bit 1 truncated, bit 2 success; the other bits must be zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepFlags {
+    pub done: bool,
+    pub truncated: bool,
+    pub success: bool,
+}
+
+impl StepFlags {
+    pub fn to_byte(self) -> u8 {
+        self.done as u8 | (self.truncated as u8) << 1 | (self.success as u8) << 2
+    }
+
+    /// `None` when an unknown bit is set.
+    pub fn from_byte(b: u8) -> Option<StepFlags> {
+        (b & !0b111 == 0).then_some(StepFlags {
+            done: b & 1 != 0,
+            truncated: b & 2 != 0,
+            success: b & 4 != 0,
+        })
+    }
+}
+
 /// CRC-32/IEEE (reflected polynomial 0xEDB88320, init and final XOR 0xFFFFFFFF): the
 /// Ethernet/zlib CRC, so any tool can check a captured frame.
 const CRC_TABLE: [u32; 256] = {
@@ -585,7 +609,12 @@ impl Message {
                 w.u32(*episode)?;
                 w.u32(*step)?;
                 w.f32(*reward)?;
-                w.u8(*done as u8 | (*truncated as u8) << 1 | (*success as u8) << 2)?;
+                w.u8(StepFlags {
+                    done: *done,
+                    truncated: *truncated,
+                    success: *success,
+                }
+                .to_byte())?;
             }
         }
         Ok(w.pos)
@@ -669,17 +698,16 @@ impl Message {
                 let episode = r.u32();
                 let step = r.u32();
                 let reward = r.f32();
-                let flags = r.u8();
-                if flags & !0b111 != 0 {
+                let Some(flags) = StepFlags::from_byte(r.u8()) else {
                     return Err(bad("unknown flag bits"));
-                }
+                };
                 Message::Reward {
                     episode,
                     step,
                     reward,
-                    done: flags & 1 != 0,
-                    truncated: flags & 2 != 0,
-                    success: flags & 4 != 0,
+                    done: flags.done,
+                    truncated: flags.truncated,
+                    success: flags.success,
                 }
             }
         };

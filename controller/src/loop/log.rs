@@ -41,7 +41,7 @@
 //! controller's monotonic clock; `*_fw_us` are the firmware's frame timestamps.
 
 use dataset::{DatasetInfo, DatasetWriter, Episode};
-use firmware_config::protocol::{MAX_ACT, MAX_OBS, crc32};
+use firmware_config::protocol::{MAX_ACT, MAX_OBS, StepFlags, crc32};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -236,7 +236,14 @@ impl Record {
                 floats(out, t.obs());
                 floats(out, t.action());
                 out.extend_from_slice(&t.reward.to_le_bytes());
-                out.push(t.done as u8 | (t.truncated as u8) << 1 | (t.success as u8) << 2);
+                out.push(
+                    StepFlags {
+                        done: t.done,
+                        truncated: t.truncated,
+                        success: t.success,
+                    }
+                    .to_byte(),
+                );
                 floats(out, t.next_obs());
                 out.extend_from_slice(&t.obs_fw_us.to_le_bytes());
                 out.extend_from_slice(&t.next_obs_fw_us.to_le_bytes());
@@ -284,10 +291,7 @@ impl Record {
                 r.floats(&mut obs[..od as usize])?;
                 r.floats(&mut action[..ad as usize])?;
                 let reward = r.f32()?;
-                let flags = r.u8()?;
-                if flags & !0b111 != 0 {
-                    return Err("unknown flag bits".into());
-                }
+                let flags = StepFlags::from_byte(r.u8()?).ok_or("unknown flag bits")?;
                 r.floats(&mut next_obs[..od as usize])?;
                 Record::Transition(Transition {
                     episode,
@@ -297,9 +301,9 @@ impl Record {
                     obs,
                     action,
                     reward,
-                    done: flags & 1 != 0,
-                    truncated: flags & 2 != 0,
-                    success: flags & 4 != 0,
+                    done: flags.done,
+                    truncated: flags.truncated,
+                    success: flags.success,
                     next_obs,
                     obs_fw_us: r.u32()?,
                     next_obs_fw_us: r.u32()?,
