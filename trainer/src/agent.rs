@@ -129,6 +129,21 @@ impl<'a> Stream<'a> {
 #[derive(Default)]
 struct PendingMetrics(Vec<(MetricField, Tensor<1>)>);
 
+/// A batch on the device: observations (normalized) and actions on the autodiff device,
+/// the TD targets' inputs plain.
+struct DeviceBatch {
+    obs: Tensor<2>,
+    act: Tensor<2>,
+    targets: Option<TargetInputs>,
+}
+
+/// Rewards `[R, 1]`, normalized next observations `[R, O]`, bootstrap masks `[R, 1]`.
+struct TargetInputs {
+    rew: Tensor<2>,
+    next_obs: Tensor<2>,
+    mask: Tensor<2>,
+}
+
 /// Which [`UpdateMetrics`] field a pending value goes to.
 type MetricField = fn(&mut UpdateMetrics) -> &mut f32;
 
@@ -435,35 +450,13 @@ impl Agent {
     pub fn update(&mut self, batch: &Batch) -> Result<UpdateMetrics> {
         let mut m = UpdateMetrics::default();
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
-        anyhow::ensure!(
-            batch.rows == b * utd,
-            "batch has {} rows, expected {}",
-            batch.rows,
-            b * utd
-        );
-        let mut obs = batch.obs.clone();
-        let mut next_obs = batch.next_obs.clone();
-        self.normalizer.apply(&mut obs);
-        self.normalizer.apply(&mut next_obs);
         let (od, ad) = (self.obs_dim, self.act_dim);
         let rows = b * utd;
-        // One upload per environment step; every slice below is a view of these.
-        let obs = tensor2(obs, rows, od, &self.device);
-        let act = tensor2(batch.act.clone(), rows, ad, &self.device);
+        let DeviceBatch { obs, act, targets } = self.upload(batch, self.config.algo != Algo::Bc)?;
         let mut pending = PendingMetrics::default();
 
-        if self.config.algo != Algo::Bc {
-            let next_obs = tensor2(next_obs, rows, od, &self.plain);
-            let rew = tensor2(batch.rew.clone(), rows, 1, &self.plain);
-            let mask = tensor2(batch.mask.clone(), rows, 1, &self.plain);
-            self.update_critic(
-                obs.clone(),
-                act.clone(),
-                rew,
-                next_obs,
-                mask,
-                Some(&mut pending),
-            )?;
+        if let Some(targets) = targets {
+            self.update_critic(obs.clone(), act.clone(), targets, Some(&mut pending))?;
         }
         let clock = std::time::Instant::now();
         // Policy updates use the last slice.
@@ -539,9 +532,11 @@ impl Agent {
         &mut self,
         obs: Tensor<2>,
         act: Tensor<2>,
-        rew: Tensor<2>,
-        next_obs: Tensor<2>,
-        mask: Tensor<2>,
+        TargetInputs {
+            rew,
+            next_obs,
+            mask,
+        }: TargetInputs,
         pending: Option<&mut PendingMetrics>,
     ) -> Result<Vec<Tensor<2>>> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
@@ -698,24 +693,41 @@ impl Agent {
         Ok(targets)
     }
 
+    /// Checks, normalizes and uploads one environment step's batch (`utd` slices of
+    /// `batch_size` rows): once per step, every slice is a view of these. The TD-target
+    /// inputs only `with_targets` (BC has no critic).
+    fn upload(&self, batch: &Batch, with_targets: bool) -> Result<DeviceBatch> {
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        anyhow::ensure!(
+            batch.rows == b * utd,
+            "batch has {} rows, expected {}",
+            batch.rows,
+            b * utd
+        );
+        let (od, ad, rows) = (self.obs_dim, self.act_dim, b * utd);
+        let mut obs = batch.obs.clone();
+        self.normalizer.apply(&mut obs);
+        let targets = with_targets.then(|| {
+            let mut next_obs = batch.next_obs.clone();
+            self.normalizer.apply(&mut next_obs);
+            TargetInputs {
+                rew: tensor2(batch.rew.clone(), rows, 1, &self.plain),
+                next_obs: tensor2(next_obs, rows, od, &self.plain),
+                mask: tensor2(batch.mask.clone(), rows, 1, &self.plain),
+            }
+        });
+        Ok(DeviceBatch {
+            obs: tensor2(obs, rows, od, &self.device),
+            act: tensor2(batch.act.clone(), rows, ad, &self.device),
+            targets,
+        })
+    }
+
     /// The TD targets `r + γ·mask·Q'(s', a')` of every row of `batch` under the
     /// configured candidate schedule, without any update (tests compare schedules).
     pub fn td_targets(&mut self, batch: &Batch) -> Result<Vec<f32>> {
-        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
-        anyhow::ensure!(batch.rows == b * utd, "batch has {} rows", batch.rows);
-        let (od, ad, rows) = (self.obs_dim, self.act_dim, b * utd);
-        let mut obs = batch.obs.clone();
-        let mut next_obs = batch.next_obs.clone();
-        self.normalizer.apply(&mut obs);
-        self.normalizer.apply(&mut next_obs);
-        let targets = self.update_critic(
-            tensor2(obs, rows, od, &self.device),
-            tensor2(batch.act.clone(), rows, ad, &self.device),
-            tensor2(batch.rew.clone(), rows, 1, &self.plain),
-            tensor2(next_obs, rows, od, &self.plain),
-            tensor2(batch.mask.clone(), rows, 1, &self.plain),
-            None,
-        )?;
+        let DeviceBatch { obs, act, targets } = self.upload(batch, true)?;
+        let targets = self.update_critic(obs, act, targets.expect("requested"), None)?;
         Ok(Tensor::cat(targets, 0)
             .into_data()
             .try_to_vec::<f32>()

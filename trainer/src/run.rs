@@ -462,12 +462,7 @@ pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
 /// Everything a run directory's newest checkpoint holds: the agent with its generator
 /// states and counters, the checkpoint state and the online replay.
 pub(crate) fn load_run(run: &Path) -> Result<(Agent, RunState, Replay)> {
-    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
-    let mut agent = load_agent(run)?;
-    let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
-        .with_context(|| {
-        format!("{}: bad checkpoint state", dir.join("state.json").display())
-    })?;
+    let (mut agent, state, dir) = load_checkpoint(run)?;
     agent.train_rng = Rng::from_state(state.train_rng);
     agent.act_rng = Rng::from_state(state.act_rng);
     agent.denoiser_updates = state.denoiser_updates;
@@ -477,13 +472,19 @@ pub(crate) fn load_run(run: &Path) -> Result<(Agent, RunState, Replay)> {
 
 /// Loads a trained agent from a run directory (its `config.toml` and `checkpoint/`).
 pub fn load_agent(run: &Path) -> Result<Agent> {
+    Ok(load_checkpoint(run)?.0)
+}
+
+/// The agent's networks and optimizers, the checkpoint state and the checkpoint's
+/// directory.
+fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
+    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
     let cfg_path = run.join("config.toml");
     let config: Config = toml::from_str(
         &std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("reading {}", cfg_path.display()))?,
     )
     .with_context(|| format!("{}: invalid config", cfg_path.display()))?;
-    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
     let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
         .with_context(|| {
         format!("{}: bad checkpoint state", dir.join("state.json").display())
@@ -494,11 +495,11 @@ pub fn load_agent(run: &Path) -> Result<Agent> {
         config,
         spec.obs_dim(),
         spec.action_dim(),
-        state.normalizer,
+        state.normalizer.clone(),
         &device,
     );
     agent.load(&dir)?;
-    Ok(agent)
+    Ok((agent, state, dir))
 }
 
 /// Offline pretraining on offline batches: the base policy alone, or with

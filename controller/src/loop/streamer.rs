@@ -147,10 +147,15 @@ fn stream_main(
     let mut backoff = Duration::from_millis(100);
     let mut next_try = Instant::now();
     let mut drain_until: Option<Instant> = None;
+    // The summary is shared with `finish`; a poisoned lock still holds valid counters.
+    let edit = |f: &mut dyn FnMut(&mut UplinkSummary)| {
+        f(&mut summary.lock().unwrap_or_else(|e| e.into_inner()))
+    };
     let fail = |e: String| {
-        let mut s = summary.lock().unwrap_or_else(|e| e.into_inner());
-        s.errors += 1;
-        s.last_error = Some(e);
+        edit(&mut |s| {
+            s.errors += 1;
+            s.last_error = Some(e.clone());
+        })
     };
     loop {
         let stopping = stop.load(Ordering::SeqCst);
@@ -160,10 +165,10 @@ fn stream_main(
                     && let Some(first) = new.first()
                 {
                     let id = format!("{}#{:08x}", log.display(), crc32(first));
-                    summary.lock().unwrap_or_else(|e| e.into_inner()).stream = Some(id.clone());
+                    edit(&mut |s| s.stream = Some(id.clone()));
                     stream_id = Some(id);
                 }
-                summary.lock().unwrap_or_else(|e| e.into_inner()).logged += new.len() as u64;
+                edit(&mut |s| s.logged += new.len() as u64);
                 pending.extend(new);
             }
             Err(e) => fail(e.to_string()),
@@ -180,10 +185,7 @@ fn stream_main(
         {
             match connect(&cfg, id) {
                 Ok((s, resume)) => {
-                    summary
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .connections += 1;
+                    edit(&mut |s| s.connections += 1);
                     if resume < base {
                         fail(format!(
                             "the trainer holds {resume} records of this log but acknowledged {base} before; not resending what it lost"
@@ -217,10 +219,7 @@ fn stream_main(
                     Ok(ack) => {
                         pending.drain(..n);
                         base = ack.next;
-                        summary
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .acknowledged = ack.next;
+                        edit(&mut |s| s.acknowledged = ack.next);
                         latest = Some(ack.latest);
                         last_poll = Instant::now();
                     }
@@ -250,11 +249,12 @@ fn stream_main(
                     }
                     Err(e) => Some(e),
                 };
-                summary
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .bundles
-                    .push(BundleOffer { name, error });
+                edit(&mut |s| {
+                    s.bundles.push(BundleOffer {
+                        name: name.clone(),
+                        error: error.clone(),
+                    })
+                });
             }
             if broken {
                 session = None;
