@@ -155,6 +155,13 @@ struct RunArgs {
     /// After the run, keep sending to the trainer for up to this many seconds.
     #[arg(long, default_value_t = 30)]
     uplink_drain_s: u64,
+    /// Operator episode control from stdin, one key per line: s success, f failure,
+    /// r reset, i toggle intervention, p pause, c continue, q quit.
+    #[arg(long)]
+    operator: bool,
+    /// Added to the reward of the step the operator labels a success.
+    #[arg(long, default_value_t = 1.0)]
+    success_reward: f32,
     /// Baud rate (default: the robot file's serial.baud).
     #[arg(long)]
     baud: Option<u32>,
@@ -285,6 +292,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.time_scale = a.time_scale;
     cfg.out = Some(a.out.clone());
     cfg.max_faults = a.max_faults;
+    cfg.operator = a.operator;
+    anyhow::ensure!(
+        a.success_reward.is_finite(),
+        "--success-reward must be finite (got {})",
+        a.success_reward
+    );
+    cfg.success_reward = a.success_reward;
     if let Some(addr) = &a.uplink {
         let path = a.uplink_key.as_ref().expect("clap requires --uplink-key");
         cfg.uplink = Some(robot_loop::streamer::UplinkConfig {

@@ -118,6 +118,11 @@ impl Sim {
     }
 
     fn command_with(&self, bundle: &Path, port: &Path, extra: &[&str]) -> Command {
+        self.command_at("10", bundle, port, extra)
+    }
+
+    /// `controller run` at `--time-scale scale`.
+    fn command_at(&self, scale: &str, bundle: &Path, port: &Path, extra: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.arg("run")
             .arg("--bundle")
@@ -129,7 +134,14 @@ impl Sim {
             .arg(port)
             .arg("--out")
             .arg(&self.out)
-            .args(["--backend", "native", "--time-scale", "10", "--seed", "100"])
+            .args([
+                "--backend",
+                "native",
+                "--time-scale",
+                scale,
+                "--seed",
+                "100",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -850,6 +862,10 @@ fn disconnect_and_reconnect() {
 }
 
 /// Waits (guarded) until the log holds at least `n` records.
+fn log_records(log: &Path) -> Vec<Record> {
+    read_log(log).map(|c| c.records).unwrap_or_default()
+}
+
 fn wait_for_records(log: &Path, n: usize) {
     let start = Instant::now();
     loop {
@@ -1015,4 +1031,141 @@ fn run_with_the_simulated_firmware_in_process() {
     let ds = dataset::read_dataset(&out_dir.join("dataset")).unwrap();
     assert_eq!(ds.episodes.len(), 2);
     dataset::validate_dataset(&out_dir.join("dataset")).unwrap();
+}
+
+// ------------------------------------------------------------------------------------
+// Operator episode control
+
+/// Setup: `--operator`, commands typed on the controller's stdin, the loop at the
+/// robot's real 20 Hz (an episode lasts seconds, so each command lands in the episode
+/// it is meant for). Script: in episode 1, intervention on after a few steps and off a
+/// few steps later, then `s`; in episode 2, `p` then `f`; check that no episode starts
+/// while paused; `c`; in episode 3, `q`. Expected: episode 1 labelled a success (its
+/// last frame terminal, successful, with the success reward added), exactly one block
+/// of intervention frames inside it and none elsewhere; episode 2 labelled a failure
+/// (last frame truncated); episode 3 interrupted with a safe stop; the run's success
+/// rate counts the two labelled episodes.
+#[test]
+fn operator_labels_interventions_pause_and_quit() {
+    use std::io::Write;
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let mut child = sim
+        .command_at(
+            "1",
+            bundle(),
+            &sim.port(),
+            &["--episodes", "10", "--operator"],
+        )
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let log = sim.out.join("transitions.log");
+    let mut key = |k: &str| stdin.write_all(format!("{k}\n").as_bytes()).unwrap();
+    let starts = |recs: &[Record]| {
+        recs.iter()
+            .filter(|r| matches!(r, Record::EpisodeStart { .. }))
+            .count()
+    };
+    let ends = |recs: &[Record]| {
+        recs.iter()
+            .filter(|r| matches!(r, Record::EpisodeEnd(_)))
+            .count()
+    };
+    let wait_until = |what: &str, f: &dyn Fn(&[Record]) -> bool| {
+        let start = Instant::now();
+        while !f(&log_records(&log)) {
+            assert!(start.elapsed() < GUARD, "never saw: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        log_records(&log).len()
+    };
+
+    // Episode 1: run 5 steps, intervene for ~10, run ~5 more, label a success.
+    let n = wait_until("episode 1 under way", &|r| r.len() >= 7);
+    key("i");
+    let n = wait_until("intervention steps", &|r| r.len() >= n + 10);
+    key("i");
+    wait_until("steps after the intervention", &|r| r.len() >= n + 5);
+    key("s");
+    // Episode 2: pause (it runs on), then label a failure.
+    let n = wait_until("episode 2 started", &|r| starts(r) == 2);
+    let n = wait_until("episode 2 under way", &|r| r.len() >= n + 5);
+    key("p");
+    wait_until("more of episode 2", &|r| r.len() >= n + 5);
+    key("f");
+    wait_until("episode 2 ended", &|r| ends(r) == 2);
+    // Paused: nothing starts. (The wait is a window for a wrong start to show up in,
+    // not a timing assertion: a correct controller passes however slow the machine.)
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        starts(&log_records(&log)),
+        2,
+        "an episode started while paused"
+    );
+    key("c");
+    let n = wait_until("episode 3 started", &|r| starts(r) == 3);
+    wait_until("episode 3 under way", &|r| r.len() >= n + 5);
+    key("q");
+    let out = finish(child);
+    let (fw, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let (records, ds) = check_invariants(&sim, &received, &out);
+    let report = sim.report();
+    assert_eq!(report["outcome"], "interrupted", "{out:?}");
+    let eps = episodes(&report);
+    assert_eq!(eps.len(), 3, "{out:?}");
+    assert_eq!(eps[0]["reason"], "labelled");
+    assert_eq!(eps[0]["success"], true);
+    assert_eq!(eps[1]["reason"], "labelled");
+    assert_eq!(eps[1]["success"], false);
+    assert_eq!(eps[2]["reason"], "interrupted");
+    assert_eq!(report["episodes_completed"], 2);
+    assert_eq!(report["successes"], 1);
+    assert_eq!(report["operator"]["labels"], 2);
+    assert_eq!(report["operator"]["intervention_toggles"], 2);
+    assert_eq!(report["operator"]["ignored"], 0);
+    assert_eq!(fw.firmware.invalid_commands, 0);
+
+    // The log's end records carry the labels.
+    let labelled: Vec<bool> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::EpisodeEnd(e) if e.reason == EndReason::Labelled => Some(e.success),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(labelled, [true, false]);
+
+    assert_eq!(ds.episodes.len(), 3);
+    let (e1, e2, e3) = (&ds.episodes[0], &ds.episodes[1], &ds.episodes[2]);
+    // Episode 1: a successful terminal last frame, the success reward on top of the
+    // firmware's rewards (the report's return is the firmware's sum).
+    assert!(*e1.terminated.last().unwrap() && *e1.success.last().unwrap());
+    assert!(!e1.truncated.last().unwrap());
+    assert!(e1.success[..e1.len() - 1].iter().all(|s| !s));
+    let sum: f32 = e1.rewards.iter().sum();
+    let ret = eps[0]["return"].as_f64().unwrap() as f32;
+    assert!(
+        (sum - (ret + 1.0)).abs() < 1e-4,
+        "rewards {sum} vs return {ret} + 1"
+    );
+    assert_eq!(eps[0]["missing"], 0);
+    // One block of intervention frames, strictly inside the episode.
+    let marks = &e1.intervention;
+    let first = marks
+        .iter()
+        .position(|&m| m)
+        .expect("no intervention frame");
+    let last = marks.iter().rposition(|&m| m).unwrap();
+    assert!(marks[first..=last].iter().all(|&m| m), "{marks:?}");
+    assert!(first > 0 && last + 1 < marks.len(), "{marks:?}");
+    assert!(last - first + 1 >= 5, "{marks:?}");
+    // Episode 2: failure = truncated (bootstrapping stays valid), no success.
+    assert!(*e2.truncated.last().unwrap() && !e2.terminated.last().unwrap());
+    assert!(e2.success.iter().all(|s| !s));
+    for e in [e2, e3] {
+        assert!(e.intervention.iter().all(|m| !m));
+    }
 }

@@ -74,6 +74,9 @@ pub mod cols {
     pub const DONE: &str = "next.done";
     pub const TRUNCATED: &str = "next.truncated";
     pub const SUCCESS: &str = "next.success";
+    /// The operator was intervening during this frame (teleop or a hand on the arm);
+    /// optional on read (absent: `false`).
+    pub const INTERVENTION: &str = "intervention";
     pub const TIMESTAMP: &str = "timestamp";
     pub const FRAME_INDEX: &str = "frame_index";
     pub const EPISODE_INDEX: &str = "episode_index";
@@ -89,6 +92,7 @@ pub mod cols {
         DONE,
         TRUNCATED,
         SUCCESS,
+        INTERVENTION,
         TIMESTAMP,
         FRAME_INDEX,
         EPISODE_INDEX,
@@ -158,6 +162,9 @@ pub struct Episode {
     pub truncated: Vec<bool>,
     /// Success flag after the step.
     pub success: Vec<bool>,
+    /// The operator marked the step as an intervention (robot logs); all `false` for
+    /// generated demos and datasets without the column.
+    pub intervention: Vec<bool>,
 }
 
 impl Episode {
@@ -177,7 +184,7 @@ impl Episode {
         if n == 0 {
             return bad("rewards", "episode is empty (0 steps)".into());
         }
-        let lens: [(&'static str, usize, usize); 6] = [
+        let lens: [(&'static str, usize, usize); 7] = [
             ("observations", self.observations.len(), n * obs_dim),
             (
                 "next_observations",
@@ -188,6 +195,7 @@ impl Episode {
             ("terminated", self.terminated.len(), n),
             ("truncated", self.truncated.len(), n),
             ("success", self.success.len(), n),
+            ("intervention", self.intervention.len(), n),
         ];
         for (field, got, want) in lens {
             if got != want {

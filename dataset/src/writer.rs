@@ -63,7 +63,12 @@ fn fresh_info_json(info: &DatasetInfo) -> InfoJson {
         Feature::new("float32", ad, Some(&info.action_names)),
     );
     add(cols::REWARD, Feature::new("float32", 1, None));
-    for k in [cols::DONE, cols::TRUNCATED, cols::SUCCESS] {
+    for k in [
+        cols::DONE,
+        cols::TRUNCATED,
+        cols::SUCCESS,
+        cols::INTERVENTION,
+    ] {
         add(k, Feature::new("bool", 1, None));
     }
     add(cols::TIMESTAMP, Feature::new("float32", 1, None));
@@ -104,7 +109,9 @@ fn data_schema(features: &BTreeMap<String, Feature>, od: usize, ad: usize) -> Sc
                 cols::OBS | cols::NEXT_OBS => f32_vec_type(od),
                 cols::ACTION => f32_vec_type(ad),
                 cols::REWARD | cols::TIMESTAMP => DataType::Float32,
-                cols::DONE | cols::TRUNCATED | cols::SUCCESS => DataType::Boolean,
+                cols::DONE | cols::TRUNCATED | cols::SUCCESS | cols::INTERVENTION => {
+                    DataType::Boolean
+                }
                 _ => DataType::Int64,
             };
             Field::new(k, dt, false)
@@ -393,6 +400,7 @@ impl DatasetWriter {
                 cols::DONE => bools(&|i| ep.terminated[i] || ep.truncated[i]),
                 cols::TRUNCATED => bools(&|i| ep.truncated[i]),
                 cols::SUCCESS => bools(&|i| ep.success[i]),
+                cols::INTERVENTION => bools(&|i| ep.intervention[i]),
                 cols::TIMESTAMP => Arc::new(Float32Array::from_iter_values(
                     (0..n).map(|i| crate::timestamp(i, self.info.fps)),
                 )),

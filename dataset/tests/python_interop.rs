@@ -135,6 +135,7 @@ fn we_read_lerobot_style_files() {
         terminated: vec![false, false, false, true],
         truncated: vec![false; n],
         success: vec![false; n],
+        intervention: vec![false; n],
     };
     ep.next_observations = ep.observations[4..].to_vec();
     ep.next_observations

@@ -326,46 +326,58 @@ impl Env for ArmReach {
     }
 
     fn scene(&self, scene: &mut Scene) {
-        scene.clear();
-        let (elbow, ee) = self.state.kinematics();
-        let w = 2.0 * LINK_HALF_WIDTH;
-        scene.push(
-            ShapeKind::Obstacle,
-            Shape::Circle {
-                x: self.obstacle[0],
-                y: self.obstacle[1],
-                r: OBSTACLE_RADIUS,
-            },
-        );
-        scene.push(
-            ShapeKind::Goal,
-            Shape::Circle {
-                x: self.goal[0],
-                y: self.goal[1],
-                r: GOAL_TOLERANCE,
-            },
-        );
-        scene.push(
-            ShapeKind::Robot,
-            Shape::Segment {
-                x0: 0.0,
-                y0: 0.0,
-                x1: elbow[0],
-                y1: elbow[1],
-                width: w,
-            },
-        );
-        scene.push(
-            ShapeKind::Robot,
-            Shape::Segment {
-                x0: elbow[0],
-                y0: elbow[1],
-                x1: ee[0],
-                y1: ee[1],
-                width: w,
-            },
-        );
+        let mut obs = [0.0; 10];
+        self.observe(&mut obs);
+        scene_from_observation(&obs, scene);
     }
+}
+
+/// The geometry of an observation (an observation holds the whole state that is
+/// drawn): arm links, goal, obstacle.
+pub fn scene_from_observation(obs: &[f32], scene: &mut Scene) {
+    scene.clear();
+    let state = ArmState {
+        q: [obs[0] * PI, obs[1] * PI],
+        qd: [0.0; 2],
+    };
+    let (elbow, ee) = state.kinematics();
+    let w = 2.0 * LINK_HALF_WIDTH;
+    scene.push(
+        ShapeKind::Obstacle,
+        Shape::Circle {
+            x: obs[8],
+            y: obs[9],
+            r: OBSTACLE_RADIUS,
+        },
+    );
+    scene.push(
+        ShapeKind::Goal,
+        Shape::Circle {
+            x: obs[6],
+            y: obs[7],
+            r: GOAL_TOLERANCE,
+        },
+    );
+    scene.push(
+        ShapeKind::Robot,
+        Shape::Segment {
+            x0: 0.0,
+            y0: 0.0,
+            x1: elbow[0],
+            y1: elbow[1],
+            width: w,
+        },
+    );
+    scene.push(
+        ShapeKind::Robot,
+        Shape::Segment {
+            x0: elbow[0],
+            y0: elbow[1],
+            x1: ee[0],
+            y1: ee[1],
+            width: w,
+        },
+    );
 }
 
 impl ArmReach {

@@ -224,6 +224,22 @@ pub fn make_env(task: TaskId, config: EnvConfig) -> Box<dyn Env> {
     }
 }
 
+/// The geometry `task`'s environment draws for a state with observation `obs` (the
+/// same as `Env::scene` for that state): for viewing recorded episodes.
+pub fn scene_from_observation(task: TaskId, obs: &[f32], scene: &mut Scene) {
+    assert_eq!(
+        obs.len(),
+        task.spec().obs_dim(),
+        "observation of {task} has {} values",
+        task.spec().obs_dim()
+    );
+    match task {
+        TaskId::ArmReach => arm::scene_from_observation(obs, scene),
+        TaskId::Push => push::scene_from_observation(obs, scene),
+        TaskId::Maze => maze::scene_from_observation(obs, scene),
+    }
+}
+
 /// Creates the task's scripted demonstrator with its documented default imperfection.
 pub fn make_demonstrator(task: TaskId) -> Box<dyn Demonstrator> {
     match task {

@@ -259,40 +259,47 @@ impl Env for Maze {
     }
 
     fn scene(&self, scene: &mut Scene) {
-        scene.clear();
-        for r in 0..ROWS {
-            for c in 0..COLS {
-                if is_wall(r as isize, c as isize) {
-                    let y0 = (ROWS - 1 - r) as f32;
-                    scene.push(
-                        ShapeKind::Wall,
-                        Shape::Rect {
-                            x0: c as f32,
-                            y0,
-                            x1: c as f32 + 1.0,
-                            y1: y0 + 1.0,
-                        },
-                    );
-                }
+        let mut obs = [0.0; 6];
+        self.observe(&mut obs);
+        scene_from_observation(&obs, scene);
+    }
+}
+
+/// The geometry of an observation: walls (the layout is fixed), goal, robot.
+pub fn scene_from_observation(obs: &[f32], scene: &mut Scene) {
+    scene.clear();
+    for r in 0..ROWS {
+        for c in 0..COLS {
+            if is_wall(r as isize, c as isize) {
+                let y0 = (ROWS - 1 - r) as f32;
+                scene.push(
+                    ShapeKind::Wall,
+                    Shape::Rect {
+                        x0: c as f32,
+                        y0,
+                        x1: c as f32 + 1.0,
+                        y1: y0 + 1.0,
+                    },
+                );
             }
         }
-        scene.push(
-            ShapeKind::Goal,
-            Shape::Circle {
-                x: self.goal[0],
-                y: self.goal[1],
-                r: GOAL_TOLERANCE,
-            },
-        );
-        scene.push(
-            ShapeKind::Robot,
-            Shape::Circle {
-                x: self.pos[0],
-                y: self.pos[1],
-                r: ROBOT_RADIUS,
-            },
-        );
     }
+    scene.push(
+        ShapeKind::Goal,
+        Shape::Circle {
+            x: obs[4],
+            y: obs[5],
+            r: GOAL_TOLERANCE,
+        },
+    );
+    scene.push(
+        ShapeKind::Robot,
+        Shape::Circle {
+            x: obs[0],
+            y: obs[1],
+            r: ROBOT_RADIUS,
+        },
+    );
 }
 
 /// Breadth-first distances (in cells) from every free cell to `(row, col)`;

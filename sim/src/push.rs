@@ -302,42 +302,49 @@ impl Env for Push {
     }
 
     fn scene(&self, scene: &mut Scene) {
-        scene.clear();
-        let h = TABLE_HALF;
-        scene.push(
-            ShapeKind::Wall,
-            Shape::Rect {
-                x0: -h,
-                y0: -h,
-                x1: h,
-                y1: h,
-            },
-        );
-        scene.push(
-            ShapeKind::Goal,
-            Shape::Circle {
-                x: self.target[0],
-                y: self.target[1],
-                r: TARGET_TOLERANCE + PUCK_RADIUS,
-            },
-        );
-        scene.push(
-            ShapeKind::Object,
-            Shape::Circle {
-                x: self.state.puck[0],
-                y: self.state.puck[1],
-                r: PUCK_RADIUS,
-            },
-        );
-        scene.push(
-            ShapeKind::Robot,
-            Shape::Circle {
-                x: self.state.pusher[0],
-                y: self.state.pusher[1],
-                r: PUSHER_RADIUS,
-            },
-        );
+        let mut obs = [0.0; 10];
+        self.observe(&mut obs);
+        scene_from_observation(&obs, scene);
     }
+}
+
+/// The geometry of an observation: table, target, puck, pusher.
+pub fn scene_from_observation(obs: &[f32], scene: &mut Scene) {
+    scene.clear();
+    let h = TABLE_HALF;
+    scene.push(
+        ShapeKind::Wall,
+        Shape::Rect {
+            x0: -h,
+            y0: -h,
+            x1: h,
+            y1: h,
+        },
+    );
+    scene.push(
+        ShapeKind::Goal,
+        Shape::Circle {
+            x: obs[8],
+            y: obs[9],
+            r: TARGET_TOLERANCE + PUCK_RADIUS,
+        },
+    );
+    scene.push(
+        ShapeKind::Object,
+        Shape::Circle {
+            x: obs[4],
+            y: obs[5],
+            r: PUCK_RADIUS,
+        },
+    );
+    scene.push(
+        ShapeKind::Robot,
+        Shape::Circle {
+            x: obs[0],
+            y: obs[1],
+            r: PUSHER_RADIUS,
+        },
+    );
 }
 
 /// Scripted demonstrator for `push`.

@@ -25,6 +25,7 @@ pub fn to_episode(t: Trajectory) -> Episode {
         rewards: t.rewards,
         terminated: t.terminated,
         truncated: t.truncated,
+        intervention: vec![false; t.success.len()],
         success: t.success,
     }
 }

@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         eval_episodes: 0,
         resume: false,
         stop_after: None,
+        keep_interventions: false,
         listen: Some(LiveOptions {
             addr: "127.0.0.1:0".into(),
             key: key.clone(),
@@ -73,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                 done: i % 100 == 99,
                 truncated: false,
                 success: false,
+                intervention: false,
                 next_obs: [0.0; MAX_OBS],
                 obs_fw_us: 0,
                 next_obs_fw_us: 0,

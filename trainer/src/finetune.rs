@@ -58,6 +58,10 @@ pub struct FinetuneOptions {
     pub stop_after: Option<usize>,
     /// Train on transitions streamed by `controller run --uplink` (see [`crate::live`]).
     pub listen: Option<LiveOptions>,
+    /// Also train on frames the operator marked as interventions. Off by default: the
+    /// action logged for them is the policy's command, not what the person made the
+    /// arm do, so (observation, action, next observation) may not belong together.
+    pub keep_interventions: bool,
 }
 
 /// `--listen` settings.
@@ -89,6 +93,11 @@ pub struct FinetuneSummary {
     pub robot_episodes: usize,
     pub robot_transitions: usize,
     pub robot_success_rate: f64,
+    /// Robot frames marked as operator interventions (left out of training unless
+    /// `keep_interventions`).
+    pub robot_interventions: usize,
+    /// Robot frames put in the online buffer.
+    pub robot_transitions_used: usize,
     pub updates: usize,
     /// Bundles published by `--listen` (directories, oldest first).
     pub published: Vec<PathBuf>,
@@ -128,9 +137,14 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             !o.data.is_empty() || o.listen.is_some(),
             "no --data: give at least one recorded dataset (or --listen)"
         );
-        let (episodes, transitions, successes) = append_robot_data(&mut online, &o.data, od, ad)?;
+        let (episodes, successes) = append_robot_data(
+            &mut online,
+            &o.data,
+            (od, ad),
+            o.keep_interventions,
+            &mut summary,
+        )?;
         summary.robot_episodes = episodes;
-        summary.robot_transitions = transitions;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;
         state.finetune_updates = 0;
         state.config_toml = config.to_toml();
@@ -238,31 +252,40 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     Ok(summary)
 }
 
-/// Appends every frame of the recorded datasets to `online`; returns (episodes, frames,
+/// Appends the frames of the recorded datasets to `online` (intervention frames only
+/// with `keep_interventions`), counting frames in `summary`; returns (episodes,
 /// successful episodes).
 fn append_robot_data(
     online: &mut Replay,
     data: &[PathBuf],
-    od: usize,
-    ad: usize,
-) -> Result<(usize, usize, usize)> {
-    let (mut episodes, mut frames, mut successes) = (0, 0, 0);
+    (od, ad): (usize, usize),
+    keep_interventions: bool,
+    summary: &mut FinetuneSummary,
+) -> Result<(usize, usize)> {
+    let (mut episodes, mut successes) = (0, 0);
     for path in data {
         let ds = read_robot_dataset(path, od, ad)?;
         for ep in &ds.episodes {
-            online.push_steps(
-                &ep.observations,
-                &ep.actions,
-                &ep.rewards,
-                &ep.next_observations,
-                &ep.terminated,
-            );
-            frames += ep.len();
+            for i in 0..ep.len() {
+                summary.robot_transitions += 1;
+                summary.robot_interventions += ep.intervention[i] as usize;
+                if ep.intervention[i] && !keep_interventions {
+                    continue;
+                }
+                summary.robot_transitions_used += 1;
+                online.push(
+                    &ep.observations[i * od..(i + 1) * od],
+                    &ep.actions[i * ad..(i + 1) * ad],
+                    ep.rewards[i],
+                    &ep.next_observations[i * od..(i + 1) * od],
+                    ep.terminated[i],
+                );
+            }
             successes += ep.success.iter().any(|&s| s) as usize;
         }
         episodes += ds.episodes.len();
     }
-    Ok((episodes, frames, successes))
+    Ok((episodes, successes))
 }
 
 fn read_robot_dataset(path: &Path, od: usize, ad: usize) -> Result<dataset::Dataset> {
@@ -307,10 +330,11 @@ pub fn describe(s: &FinetuneSummary) -> String {
         )
     } else {
         format!(
-            "{} robot transitions ({} episodes, {:.1}% successful)",
+            "{} robot transitions ({} episodes, {:.1}% successful, {} marked interventions)",
             s.robot_transitions,
             s.robot_episodes,
-            100.0 * s.robot_success_rate
+            100.0 * s.robot_success_rate,
+            s.robot_interventions
         )
     };
     format!(

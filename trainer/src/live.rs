@@ -30,8 +30,17 @@ use std::time::Duration;
 use uplink::records::{RecordSink, serve_records};
 use uplink::{Key, Session};
 
-/// Transitions as the training loop takes them: obs, action, reward, next obs, terminal.
-pub type Step = (Vec<f32>, Vec<f32>, f32, Vec<f32>, bool);
+/// A transition as the training loop takes it.
+pub struct Step {
+    pub obs: Vec<f32>,
+    pub action: Vec<f32>,
+    pub reward: f32,
+    pub next_obs: Vec<f32>,
+    /// Task-terminal (no bootstrapping).
+    pub terminal: bool,
+    /// The operator marked it an intervention (`controller run --operator`).
+    pub intervention: bool,
+}
 
 /// Persists every stream's records and forwards the transitions.
 struct Receiver {
@@ -98,13 +107,14 @@ impl RecordSink for Receiver {
             && t.is_finite()
         {
             // The trainer may have stopped taking them; the log keeps them either way.
-            let _ = self.tx.send((
-                t.obs().to_vec(),
-                t.action().to_vec(),
-                t.reward,
-                t.next_obs().to_vec(),
-                t.done && !t.truncated,
-            ));
+            let _ = self.tx.send(Step {
+                obs: t.obs().to_vec(),
+                action: t.action().to_vec(),
+                reward: t.reward,
+                next_obs: t.next_obs().to_vec(),
+                terminal: t.done && !t.truncated,
+                intervention: t.intervention,
+            });
         }
         Ok(())
     }
@@ -272,10 +282,23 @@ pub(crate) fn train_live(
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(first) => {
                 last_data = Some(std::time::Instant::now());
-                for (obs, act, rew, next, terminal) in std::iter::once(first).chain(rx.try_iter()) {
-                    online.push(&obs, &act, rew, &next, terminal);
-                    owed += 1;
+                for step in std::iter::once(first).chain(rx.try_iter()) {
                     summary.streamed += 1;
+                    if step.intervention {
+                        summary.robot_interventions += 1;
+                        if !o.keep_interventions {
+                            continue;
+                        }
+                    }
+                    online.push(
+                        &step.obs,
+                        &step.action,
+                        step.reward,
+                        &step.next_obs,
+                        step.terminal,
+                    );
+                    summary.robot_transitions_used += 1;
+                    owed += 1;
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

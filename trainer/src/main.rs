@@ -131,6 +131,10 @@ enum Command {
         /// Train on the robot data alone, without the run's offline data.
         #[arg(long)]
         no_offline: bool,
+        /// Also train on frames the operator marked as interventions (left out by
+        /// default: their logged action is the policy's, not what the arm was made to do).
+        #[arg(long)]
+        keep_interventions: bool,
         /// Evaluate in the simulated task before and after (0: skip).
         #[arg(long, default_value_t = 50)]
         eval_episodes: usize,
@@ -452,6 +456,7 @@ fn main() -> Result<()> {
             out,
             updates,
             no_offline,
+            keep_interventions,
             eval_episodes,
             checkpoint_every,
             log_every,
@@ -493,6 +498,7 @@ fn main() -> Result<()> {
                 resume,
                 stop_after,
                 listen,
+                keep_interventions,
             };
             let mut bar = Bar(None);
             let s = trainer::finetune::finetune(&opts, &mut bar)?;

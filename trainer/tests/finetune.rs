@@ -30,6 +30,7 @@ fn options(from: &Path, data: &Path, out: &Path) -> FinetuneOptions {
         eval_episodes: 0,
         resume: false,
         stop_after: None,
+        keep_interventions: false,
         listen: None,
     }
 }
@@ -85,6 +86,45 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
         executed_steps: None,
     };
     trainer::export::export_bundle(&agent, &tmp.path().join("bundle"), &info, None).unwrap();
+}
+
+/// Frames the operator marked as interventions stay out of the online buffer unless
+/// `keep_interventions` (their logged action is not what moved the arm).
+#[test]
+fn intervention_frames_are_left_out_unless_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, generated, data) = (
+        tmp.path().join("run"),
+        tmp.path().join("generated"),
+        tmp.path().join("robot"),
+    );
+    tiny_run(&run);
+    tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &generated).unwrap();
+    let mut ds = dataset::read_dataset(&generated).unwrap();
+    let mut marked = 0;
+    for ep in &mut ds.episodes {
+        for (i, m) in ep.intervention.iter_mut().enumerate() {
+            *m = (3..9).contains(&i);
+            marked += *m as usize;
+        }
+    }
+    dataset::write_dataset(&data, &ds.info, &ds.episodes).unwrap();
+    let total = ds.num_frames();
+    assert_eq!(marked, 12);
+
+    let mut o = options(&run, &data, &tmp.path().join("dropped"));
+    o.updates = 1;
+    let s = finetune(&o, &mut ()).unwrap();
+    assert_eq!(s.robot_transitions, total);
+    assert_eq!(s.robot_interventions, marked);
+    assert_eq!(s.robot_transitions_used, total - marked);
+
+    let mut o = options(&run, &data, &tmp.path().join("kept"));
+    o.updates = 1;
+    o.keep_interventions = true;
+    let s = finetune(&o, &mut ()).unwrap();
+    assert_eq!(s.robot_interventions, marked);
+    assert_eq!(s.robot_transitions_used, total);
 }
 
 #[test]

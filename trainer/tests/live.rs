@@ -54,6 +54,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
         eval_episodes: 0,
         resume: false,
         stop_after: None,
+        keep_interventions: false,
         listen: Some(LiveOptions {
             addr: "127.0.0.1:0".into(),
             key: link_key.clone(),
@@ -139,4 +140,221 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     }
     // The result is a run directory like any other.
     load_agent(&out).unwrap();
+}
+
+/// A TCP relay to `upstream` that cuts its first connection once `cut_after` bytes have
+/// gone robot → trainer (a forced disconnect mid-stream); later connections pass.
+fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut first = true;
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            let limit = if std::mem::take(&mut first) {
+                cut_after
+            } else {
+                usize::MAX
+            };
+            let pump = |mut from: TcpStream, mut to: TcpStream, limit: usize| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut sent = 0usize;
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n.min(limit - sent),
+                        };
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                        if sent >= limit {
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            };
+            pump(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                limit,
+            );
+            pump(server, client, usize::MAX);
+        }
+    });
+    addr
+}
+
+/// Held-out success of `bundle` through the controller and the simulated firmware
+/// (lockstep, 20x clock): the same seeds for every bundle.
+fn held_out_success(bundle: &Path, trust: &Trust, episodes: u32) -> f64 {
+    let b = shared_model::load_bundle(bundle, trust).unwrap();
+    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    let options = PolicyOptions {
+        backend: Backend::Tract,
+        executed_steps: None,
+        seed: 7,
+    };
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 20.0).unwrap();
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.episodes = Some(episodes);
+    cfg.seed = 99_000;
+    cfg.time_scale = 20.0;
+    cfg.quiet = true;
+    let brain = Brain::new(&b, &options, false).unwrap();
+    let report = robot_loop::run(cfg, brain, "push", "eval").unwrap();
+    assert_eq!(report.episodes_completed, episodes as usize, "{report}");
+    report.success_rate
+}
+
+/// The product's loop end to end, as `scripts/demo` runs it but in one process: a
+/// pretrained `cpu`-preset push policy on the robot (controller + simulated firmware over
+/// a pty), `finetune --listen` training on its stream, bundles swapped in between
+/// episodes, and the link cut once mid-stream. Expected: held-out success through the
+/// controller rises above the pretrained bundle's; swaps only start episodes; the
+/// trainer's copy of the stream is exactly the robot's log (every record once, in order,
+/// across the cut). About 3-4 minutes on 2 cores.
+#[test]
+fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("pretrained");
+    let mut c = Config::preset("cpu").unwrap();
+    c.task = TaskId::Push;
+    c.run.online_steps = 0;
+    train(&c, &run, &TrainOptions::default(), &mut ()).unwrap();
+    let (key_path, pub_path) =
+        shared_model::manifest::generate_key_pair(&tmp.path().join("keys/expo")).unwrap();
+    let signing = read_signing_key(&key_path).unwrap();
+    let trust = Trust::from_public_key_file(&pub_path).unwrap();
+    let bundle0 = tmp.path().join("bundle0");
+    let info = trainer::export::ExportInfo {
+        dataset: "scripted demos".into(),
+        env_steps: 0,
+        executed_steps: None,
+    };
+    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle0, &info, Some(&signing))
+        .unwrap();
+
+    let link_key = Key::from_bytes([7; KEY_LEN]);
+    let out = tmp.path().join("live");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = FinetuneOptions {
+        from: run.clone(),
+        data: vec![],
+        out: out.clone(),
+        updates: usize::MAX,
+        with_offline: true,
+        checkpoint_every: 0,
+        log_every: 500,
+        eval_episodes: 0,
+        resume: false,
+        stop_after: None,
+        keep_interventions: false,
+        listen: Some(LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key: link_key.clone(),
+            publish_every: 500,
+            signing_key: Some(signing),
+            idle_exit: Some(Duration::from_secs(5)),
+            bound: Some(tx),
+        }),
+    };
+    let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
+    let trainer_addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    // About 700 push transitions (136 bytes each) pass before the cut.
+    let proxy = cutting_proxy(trainer_addr, 100_000);
+
+    let episodes = 40;
+    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    let options = PolicyOptions {
+        backend: Backend::Tract,
+        executed_steps: None,
+        seed: 1,
+    };
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 2.0).unwrap();
+    let robot_out = tmp.path().join("robot");
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.episodes = Some(episodes);
+    cfg.seed = 1000;
+    // 40 Hz: about the rate of the trainer's updates on 2 cores, as in scripts/demo.
+    cfg.time_scale = 2.0;
+    cfg.out = Some(robot_out.clone());
+    cfg.quiet = true;
+    cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
+        addr: proxy.to_string(),
+        key: link_key,
+        drain: Duration::from_secs(30),
+        swap: Some(controller::robot_loop::streamer::SwapConfig {
+            trust: trust.clone(),
+            options: options.clone(),
+            two_speed: false,
+            robot: cfg.robot.clone(),
+        }),
+    });
+    let brain = Brain::new(
+        &shared_model::load_bundle(&bundle0, &trust).unwrap(),
+        &options,
+        false,
+    )
+    .unwrap();
+    let report = robot_loop::run(cfg, brain, "push", "bundle0").unwrap();
+    drop(firmware);
+    let summary = trainer.join().unwrap();
+    let up = report.uplink.clone().unwrap();
+    eprintln!("{up:?}\n{summary:?}\nswaps {:?}", report.bundle_swaps);
+
+    // Exactly once across the cut: the trainer's copy is the robot's whole log.
+    assert!(up.connections >= 2, "the link was never cut: {up:?}");
+    let robot_log = read_log(&robot_out.join("transitions.log"))
+        .unwrap()
+        .records;
+    assert_eq!(up.acknowledged, robot_log.len() as u64, "{up:?}");
+    let copies: Vec<_> = std::fs::read_dir(out.join("uplink"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(read_log(&copies[0]).unwrap().records == robot_log);
+    let logged_transitions = robot_log
+        .iter()
+        .filter(|r| matches!(r, controller::robot_loop::log::Record::Transition(_)))
+        .count();
+    assert_eq!(summary.streamed, logged_transitions);
+    // Swaps only start episodes, with bundles the trainer published and signed.
+    assert!(!report.bundle_swaps.is_empty());
+    for s in &report.bundle_swaps {
+        assert!((1..episodes).contains(&s.first_episode), "{s:?}");
+        let started = &report.episodes[s.first_episode as usize];
+        assert_eq!(started.episode, s.first_episode, "{started:?}");
+        assert!(
+            up.bundles
+                .iter()
+                .any(|b| b.name == s.bundle && b.error.is_none())
+        );
+    }
+
+    // Held-out success through the controller: before and after.
+    let latest = std::fs::read_to_string(out.join("bundles/latest")).unwrap();
+    let last = out.join("bundles").join(latest.trim());
+    let before = held_out_success(&bundle0, &trust, 50);
+    let after = held_out_success(&last, &trust, 50);
+    eprintln!(
+        "held-out success: pretrained {before:.2}, after {} updates on {} robot transitions {after:.2}",
+        summary.updates, summary.streamed
+    );
+    assert!(after > before, "before {before}, after {after}");
 }

@@ -40,6 +40,7 @@
 //! missing once later frames make clear they will not come.
 
 use super::log::{EndReason, EpisodeEnd, Record, Transition};
+use super::operator::OperatorCommand;
 use super::realtime;
 use super::safety::{CommandGate, Envelope};
 use super::stats::Cadence;
@@ -94,6 +95,8 @@ struct Track {
     ret: f32,
     success: bool,
     steps_acted: u32,
+    /// The operator's label (`Some(true)`: success), which ended the episode.
+    label: Option<bool>,
 }
 
 impl Track {
@@ -116,6 +119,7 @@ impl Track {
             ret: 0.0,
             success: false,
             steps_acted: 0,
+            label: None,
         }
     }
 
@@ -145,9 +149,13 @@ impl Track {
     }
 }
 
+/// A command as written: when its write started, the action, and whether the operator
+/// was intervening.
+type SentCommand = (Instant, [f32; MAX_ACT], bool);
+
 /// Commands written in the current episode, with their times.
 struct CommandRing {
-    buf: [(Instant, [f32; MAX_ACT]); COMMANDS],
+    buf: [SentCommand; COMMANDS],
     len: usize,
     next: usize,
 }
@@ -155,7 +163,7 @@ struct CommandRing {
 impl CommandRing {
     fn new(now: Instant) -> Self {
         CommandRing {
-            buf: [(now, [0.0; MAX_ACT]); COMMANDS],
+            buf: [(now, [0.0; MAX_ACT], false); COMMANDS],
             len: 0,
             next: 0,
         }
@@ -163,16 +171,16 @@ impl CommandRing {
     fn clear(&mut self) {
         self.len = 0;
     }
-    fn push(&mut self, at: Instant, a: [f32; MAX_ACT]) {
-        self.buf[self.next] = (at, a);
+    fn push(&mut self, c: SentCommand) {
+        self.buf[self.next] = c;
         self.next = (self.next + 1) % COMMANDS;
         self.len = (self.len + 1).min(COMMANDS);
     }
     /// The newest command written at or before `t`.
-    fn in_force_at(&self, t: Instant) -> Option<(Instant, [f32; MAX_ACT])> {
+    fn in_force_at(&self, t: Instant) -> Option<SentCommand> {
         (1..=self.len)
             .map(|k| self.buf[(self.next + COMMANDS - k) % COMMANDS])
-            .find(|(at, _)| *at <= t)
+            .find(|(at, ..)| *at <= t)
     }
 }
 
@@ -258,6 +266,12 @@ pub(crate) struct Control {
     acted_age: Option<i128>,
     /// The next alignment may move the grid by up to half a period (episode start).
     snap_phase: bool,
+    /// Operator commands (`--operator`), polled once per tick.
+    pub operator: Option<Receiver<OperatorCommand>>,
+    /// The operator's intervention mark is on.
+    intervention: bool,
+    /// The operator paused: no new episode starts.
+    paused: bool,
 }
 
 fn ns_since(start: Instant, t: Instant) -> u64 {
@@ -318,6 +332,9 @@ impl Control {
             current_deadline: start,
             acted_age: None,
             snap_phase: false,
+            operator: None,
+            intervention: false,
+            paused: false,
             cfg,
         }
     }
@@ -640,6 +657,12 @@ impl Control {
     // ---------------------------------------------------------------- checks
 
     fn checks(&mut self, now: Instant) {
+        if let Some(rx) = &self.operator {
+            let commands: Vec<OperatorCommand> = rx.try_iter().collect();
+            for c in commands {
+                self.on_operator(now, c);
+            }
+        }
         if realtime::stop_requested() && self.stopping.is_none() {
             let sig = realtime::stop_signal();
             let why = if sig == 0 {
@@ -680,6 +703,74 @@ impl Control {
                 self.fault(now, FaultKind::DeadlineMissed, detail, None);
             }
         }
+    }
+
+    /// One operator command (see [`super::operator`]).
+    fn on_operator(&mut self, now: Instant, c: OperatorCommand) {
+        let note = |what: &str| eprintln!("operator: {what}");
+        match c {
+            OperatorCommand::Success | OperatorCommand::Failure | OperatorCommand::Reset => {
+                let label = match c {
+                    OperatorCommand::Success => Some(true),
+                    OperatorCommand::Failure => Some(false),
+                    _ => None,
+                };
+                if self.phase != Phase::Running || self.track.is_none() {
+                    self.report.operator.ignored += 1;
+                    note("no episode is running; command ignored");
+                    return;
+                }
+                match label {
+                    Some(l) => {
+                        self.operator_end(now, l);
+                        self.report.operator.labels += 1;
+                    }
+                    None => {
+                        self.report.operator.resets += 1;
+                        // The firmware's episode ends with our next Reset.
+                        self.finish_episode(
+                            now,
+                            EndReason::Interrupted,
+                            "reset by the operator".into(),
+                        );
+                        self.phase = Phase::Idle;
+                    }
+                }
+            }
+            OperatorCommand::ToggleIntervention => {
+                self.intervention = !self.intervention;
+                self.report.operator.intervention_toggles += 1;
+                note(if self.intervention {
+                    "intervention on"
+                } else {
+                    "intervention off"
+                });
+            }
+            OperatorCommand::Pause => {
+                self.paused = true;
+                note("paused: no new episode starts until `c`");
+            }
+            OperatorCommand::Continue => {
+                self.paused = false;
+                note("continuing");
+            }
+            OperatorCommand::Quit => {
+                if self.stopping.is_none() {
+                    self.interrupt(now, "quit by the operator".into());
+                }
+            }
+        }
+    }
+
+    /// Ends the running episode with the operator's label: its last transition is the
+    /// one into the newest frame (waited for in `Ending`, like the firmware's last).
+    fn operator_end(&mut self, now: Instant, success: bool) {
+        let Some(t) = self.track.as_mut() else { return };
+        t.label = Some(success);
+        t.final_step = Some(t.newest.unwrap_or(0));
+        self.phase = Phase::Ending {
+            until: now + self.period * 10,
+        };
     }
 
     /// Ends the run: safe stop, then exit.
@@ -817,6 +908,9 @@ impl Control {
                     // Nothing is moving: the exit safe stop starts next tick.
                     return;
                 }
+                if self.paused {
+                    return;
+                }
                 // Between episodes: the only place the policy may change.
                 if let Some(rx) = &self.swaps
                     && let Some((name, brain)) = rx.try_iter().last()
@@ -875,12 +969,20 @@ impl Control {
             }
             Phase::Running => self.act(now),
             Phase::Ending { until } => {
+                let label = self.track.as_ref().and_then(|t| t.label);
                 let complete = self.track.as_ref().is_some_and(|t| {
-                    t.final_step.is_some_and(|f| t.next_emit >= f) && t.fw_end.is_some()
+                    // A labelled episode goes on on the firmware until our Reset.
+                    t.final_step.is_some_and(|f| t.next_emit >= f)
+                        && (t.fw_end.is_some() || t.label.is_some())
                 });
                 if complete || now >= until {
                     self.emit_transitions();
-                    self.finish_episode(now, EndReason::Completed, "ended by the firmware".into());
+                    let (reason, detail) = match label {
+                        None => (EndReason::Completed, "ended by the firmware"),
+                        Some(true) => (EndReason::Labelled, "labelled a success by the operator"),
+                        Some(false) => (EndReason::Labelled, "labelled a failure by the operator"),
+                    };
+                    self.finish_episode(now, reason, detail.into());
                     self.phase = Phase::Idle;
                 }
             }
@@ -1009,7 +1111,7 @@ impl Control {
         self.ep_cadence.send.record(written - tf);
         match sent {
             Ok(a) => {
-                self.commands.push(write_start, a);
+                self.commands.push((write_start, a, self.intervention));
                 let lat = written.saturating_duration_since(s.rx);
                 let d = self.current_deadline;
                 self.acted_age = Some(if s.rx <= d {
@@ -1049,11 +1151,11 @@ impl Control {
             }
             let parts = (t.sensor(s), t.sensor(s + 1), t.reward(s + 1));
             if let (Some(a), Some(b), Some(r)) = parts {
-                let (sent_at, action) = match self.commands.in_force_at(b.rx) {
-                    Some((at, a)) => (ns_since(self.start, at), a),
-                    None => (0, [0.0; MAX_ACT]),
+                let (sent_at, action, intervention) = match self.commands.in_force_at(b.rx) {
+                    Some((at, a, i)) => (ns_since(self.start, at), a, i),
+                    None => (0, [0.0; MAX_ACT], self.intervention),
                 };
-                let tr = Transition {
+                let mut tr = Transition {
                     episode: t.id,
                     step: s,
                     obs_dim: self.od as u8,
@@ -1064,6 +1166,7 @@ impl Control {
                     done: r.done,
                     truncated: r.truncated,
                     success: r.success,
+                    intervention,
                     next_obs: b.obs,
                     obs_fw_us: a.fw_us,
                     next_obs_fw_us: b.fw_us,
@@ -1071,6 +1174,17 @@ impl Control {
                     action_sent_ns: sent_at,
                     next_obs_rx_ns: ns_since(self.start, b.rx),
                 };
+                if let Some(label) = t.label
+                    && t.final_step == Some(s + 1)
+                {
+                    // The operator's label on the episode's last step.
+                    tr.done = true;
+                    tr.truncated = !label;
+                    tr.success = label;
+                    if label {
+                        tr.reward += self.cfg.success_reward;
+                    }
+                }
                 t.next_emit += 1;
                 if !tr.is_finite() {
                     t.missing += 1;
@@ -1135,7 +1249,10 @@ impl Control {
             t.missing += steps - covered;
         }
         self.last_finished = Some(t.id);
-        let success = t.fw_end.map_or(t.success, |(s, _)| s || t.success);
+        let success = match t.label {
+            Some(label) => label,
+            None => t.fw_end.map_or(t.success, |(s, _)| s || t.success),
+        };
         self.queue_log(Record::EpisodeEnd(EpisodeEnd {
             episode: t.id,
             seed: t.seed,

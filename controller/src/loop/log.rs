@@ -13,10 +13,12 @@
 //!    1 run start       JSON (robot, task, fps, names, bundle)
 //!    2 episode start   episode u32, seed u64
 //!    3 transition      episode u32, step u32, od u8, ad u8, obs f32[od], action f32[ad],
-//!                      reward f32, flags u8 (1 done, 2 truncated, 4 success),
+//!                      reward f32, flags u8 (1 done, 2 truncated, 4 success,
+//!                      8 intervention),
 //!                      next_obs f32[od], obs_fw_us u32, next_obs_fw_us u32,
 //!                      obs_rx_ns u64, action_sent_ns u64, next_obs_rx_ns u64
-//!    4 episode end     episode u32, seed u64, steps u32, success u8, reason u8,
+//!    4 episode end     episode u32, seed u64, steps u32, success u8, reason u8
+//!                      (0 completed, 1 fault, 2 interrupted, 3 unfinished, 4 labelled),
 //!                      detail (UTF-8, rest of the payload)
 //! ```
 //!
@@ -58,6 +60,11 @@ const KIND_EPISODE_START: u8 = 2;
 const KIND_TRANSITION: u8 = 3;
 const KIND_EPISODE_END: u8 = 4;
 
+/// Bit of a transition's flags byte set by the controller, above the three bits of the
+/// firmware's `Reward` frame ([`StepFlags`]): the operator marked the step as an
+/// intervention.
+const FLAG_INTERVENTION: u8 = 1 << 3;
+
 /// Why a log could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -96,6 +103,8 @@ pub struct Transition {
     pub done: bool,
     pub truncated: bool,
     pub success: bool,
+    /// The operator was intervening (`i` key of `--operator`) when the action was sent.
+    pub intervention: bool,
     pub next_obs: [f32; MAX_OBS],
     pub obs_fw_us: u32,
     pub next_obs_fw_us: u32,
@@ -137,6 +146,8 @@ pub enum EndReason {
     Interrupted,
     /// The log ends inside the episode (the process was killed).
     Unfinished,
+    /// The operator ended it with a success or failure label (`--operator`).
+    Labelled,
 }
 
 impl EndReason {
@@ -146,6 +157,7 @@ impl EndReason {
             EndReason::Fault => 1,
             EndReason::Interrupted => 2,
             EndReason::Unfinished => 3,
+            EndReason::Labelled => 4,
         }
     }
     fn from_code(c: u8) -> Option<EndReason> {
@@ -154,6 +166,7 @@ impl EndReason {
             1 => EndReason::Fault,
             2 => EndReason::Interrupted,
             3 => EndReason::Unfinished,
+            4 => EndReason::Labelled,
             _ => return None,
         })
     }
@@ -236,14 +249,12 @@ impl Record {
                 floats(out, t.obs());
                 floats(out, t.action());
                 out.extend_from_slice(&t.reward.to_le_bytes());
-                out.push(
-                    StepFlags {
-                        done: t.done,
-                        truncated: t.truncated,
-                        success: t.success,
-                    }
-                    .to_byte(),
-                );
+                let step = StepFlags {
+                    done: t.done,
+                    truncated: t.truncated,
+                    success: t.success,
+                };
+                out.push(step.to_byte() | if t.intervention { FLAG_INTERVENTION } else { 0 });
                 floats(out, t.next_obs());
                 out.extend_from_slice(&t.obs_fw_us.to_le_bytes());
                 out.extend_from_slice(&t.next_obs_fw_us.to_le_bytes());
@@ -291,7 +302,9 @@ impl Record {
                 r.floats(&mut obs[..od as usize])?;
                 r.floats(&mut action[..ad as usize])?;
                 let reward = r.f32()?;
-                let flags = StepFlags::from_byte(r.u8()?).ok_or("unknown flag bits")?;
+                let byte = r.u8()?;
+                let flags =
+                    StepFlags::from_byte(byte & !FLAG_INTERVENTION).ok_or("unknown flag bits")?;
                 r.floats(&mut next_obs[..od as usize])?;
                 Record::Transition(Transition {
                     episode,
@@ -304,6 +317,7 @@ impl Record {
                     done: flags.done,
                     truncated: flags.truncated,
                     success: flags.success,
+                    intervention: byte & FLAG_INTERVENTION != 0,
                     next_obs,
                     obs_fw_us: r.u32()?,
                     next_obs_fw_us: r.u32()?,
@@ -657,6 +671,7 @@ pub fn to_episode(
         ep.terminated.push(t.done && !t.truncated);
         ep.truncated.push(t.truncated);
         ep.success.push(t.success);
+        ep.intervention.push(t.intervention);
     }
     if !last.done {
         // The episode did not end in its own last step: bootstrapping from the last
@@ -831,6 +846,7 @@ mod tests {
             done,
             truncated: false,
             success: done,
+            intervention: step % 3 == 1,
             next_obs: [0.0; MAX_OBS],
             obs_fw_us: step * 10,
             next_obs_fw_us: step * 10 + 10,

@@ -61,6 +61,7 @@ pub mod control;
 pub mod link;
 pub mod log;
 pub mod logger;
+pub mod operator;
 pub mod realtime;
 pub mod safety;
 pub mod stats;
@@ -120,6 +121,11 @@ pub struct RunConfig {
     pub align_phase: bool,
     /// Stream the transition log to a trainer (`--uplink`; needs `out`).
     pub uplink: Option<streamer::UplinkConfig>,
+    /// Read operator commands from stdin (`--operator`; see [`operator`]).
+    pub operator: bool,
+    /// Added to the reward of the step the operator labels a success (the simulated
+    /// tasks' sparse success reward is 1).
+    pub success_reward: f32,
 }
 
 impl RunConfig {
@@ -144,6 +150,8 @@ impl RunConfig {
             panic_at_tick: None,
             align_phase: false,
             uplink: None,
+            operator: false,
+            success_reward: 1.0,
         }
     }
 
@@ -294,7 +302,8 @@ pub struct RunReport {
     pub episodes: Vec<EpisodeReport>,
     pub episodes_completed: usize,
     pub successes: usize,
-    /// Successes over completed episodes (compare with `trainer eval --bundle`).
+    /// Successes over completed and operator-labelled episodes (compare with
+    /// `trainer eval --bundle`).
     pub success_rate: f64,
     pub faults: Vec<FaultEvent>,
     pub torque_off_ticks: Vec<u64>,
@@ -313,6 +322,8 @@ pub struct RunReport {
     pub uplink: Option<streamer::UplinkSummary>,
     /// Policies swapped in from the trainer's bundles, at episode boundaries.
     pub bundle_swaps: Vec<BundleSwap>,
+    /// What the operator did (`--operator`).
+    pub operator: operator::OperatorSummary,
     pub cadence: CadenceReport,
     pub realtime: Vec<realtime::RealtimeStep>,
     pub ticks: u64,
@@ -345,6 +356,7 @@ impl RunReport {
             logger: None,
             uplink: None,
             bundle_swaps: vec![],
+            operator: Default::default(),
             cadence: Default::default(),
             realtime: vec![],
             ticks: 0,
@@ -568,6 +580,16 @@ pub fn run(
     let mut control =
         control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
     control.swaps = swaps;
+    if cfg.operator {
+        eprintln!("{}", operator::HELP);
+        let stdin = std::io::BufReader::new(std::io::stdin());
+        control.operator = Some(
+            operator::spawn_reader(stdin).map_err(|source| RunError::Io {
+                what: "starting the operator thread".into(),
+                source,
+            })?,
+        );
+    }
     let handle = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || control_thread(control, realtime_opts))
@@ -598,7 +620,7 @@ pub fn run(
     let done: Vec<&EpisodeReport> = report
         .episodes
         .iter()
-        .filter(|e| e.reason == EndReason::Completed)
+        .filter(|e| matches!(e.reason, EndReason::Completed | EndReason::Labelled))
         .collect();
     report.episodes_completed = done.len();
     report.successes = done.iter().filter(|e| e.success).count();

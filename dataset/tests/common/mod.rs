@@ -61,6 +61,7 @@ pub fn episode(rng: &mut Rng, len: usize, seed: u64) -> Episode {
     let success = (0..len)
         .map(|k| last(k) && seed.is_multiple_of(3))
         .collect();
+    let intervention = (0..len).map(|k| k % 5 == 1).collect();
     Episode {
         observations,
         next_observations,
@@ -69,6 +70,7 @@ pub fn episode(rng: &mut Rng, len: usize, seed: u64) -> Episode {
         terminated,
         truncated,
         success,
+        intervention,
     }
 }
 
@@ -93,6 +95,7 @@ pub fn assert_same(a: &Episode, b: &Episode) {
     assert_eq!(a.terminated, b.terminated);
     assert_eq!(a.truncated, b.truncated);
     assert_eq!(a.success, b.success);
+    assert_eq!(a.intervention, b.intervention);
 }
 
 /// Rewrite a parquet file, passing every record batch through `f`.

@@ -1,0 +1,150 @@
+//! Operator episode control: keys typed on the controller's terminal (`--operator`).
+//!
+//! One command per line (a key, then Enter; the whole word works too), read by a thread
+//! of its own and handed to the control thread through a channel it polls once per
+//! tick, so a slow or silent terminal never delays a tick.
+//!
+//! ```text
+//!  s  success       end the running episode now, labelled a success
+//!  f  failure       end the running episode now, labelled a failure
+//!  r  reset         end the running episode now, unlabelled (counts as interrupted)
+//!  i  intervention  toggle the intervention mark of the transitions being recorded
+//!  p  pause         start no new episode until `c` (the running one goes on)
+//!  c  continue      start episodes again
+//!  q  quit          end the run (safe stop), like Ctrl-C
+//! ```
+//!
+//! What a label does to the data (see `control::Control::operator_end`): the episode's
+//! last transition is the one whose next observation is the newest frame when the key
+//! arrived. A success makes it terminal (`done`, `success`) and adds
+//! `RunConfig::success_reward` to its reward; a failure makes it truncated (the state
+//! is not terminal, so bootstrapping from it stays valid). The episode-end record
+//! says [`EndReason::Labelled`](super::log::EndReason::Labelled) and the label, and the
+//! run's success rate counts labelled episodes with completed ones.
+//!
+//! The intervention mark does not change what the controller sends: it records that a
+//! person was acting on the arm (a teleop device on the firmware's side, or a hand on
+//! the arm) while the policy's commands went out, so that a trainer can tell those
+//! steps apart (`intervention` column of the dataset).
+
+use crossbeam_channel::{Receiver, Sender};
+use std::io::BufRead;
+
+/// What the operator did in a run (`report.json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OperatorSummary {
+    /// Episodes ended with a success or failure label.
+    pub labels: u32,
+    /// Episodes ended unlabelled (`r`).
+    pub resets: u32,
+    pub intervention_toggles: u32,
+    /// Commands that needed a running episode when none was.
+    pub ignored: u32,
+}
+
+/// One operator command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorCommand {
+    Success,
+    Failure,
+    Reset,
+    ToggleIntervention,
+    Pause,
+    Continue,
+    Quit,
+}
+
+/// The help line printed at start and after an unknown command.
+pub const HELP: &str = "operator keys (then Enter): s success, f failure, r reset episode, \
+     i toggle intervention, p pause, c continue, q quit";
+
+impl OperatorCommand {
+    /// Parses one line: a key or its word, case-insensitive, surrounding blanks ignored.
+    /// `Ok(None)` for a blank line.
+    pub fn parse(line: &str) -> Result<Option<OperatorCommand>, String> {
+        let word = line.trim().to_ascii_lowercase();
+        Ok(Some(match word.as_str() {
+            "" => return Ok(None),
+            "s" | "success" => OperatorCommand::Success,
+            "f" | "fail" | "failure" => OperatorCommand::Failure,
+            "r" | "reset" => OperatorCommand::Reset,
+            "i" | "intervention" => OperatorCommand::ToggleIntervention,
+            "p" | "pause" => OperatorCommand::Pause,
+            "c" | "continue" | "resume" => OperatorCommand::Continue,
+            "q" | "quit" => OperatorCommand::Quit,
+            _ => {
+                return Err(format!(
+                    "unknown operator command {:?}; {HELP}",
+                    line.trim()
+                ));
+            }
+        }))
+    }
+}
+
+/// Reads commands from `input` (stdin in the binary) until it closes; the receiver
+/// is what the control thread polls. Unknown lines are reported on stderr and skipped.
+pub fn spawn_reader<R: BufRead + Send + 'static>(
+    input: R,
+) -> std::io::Result<Receiver<OperatorCommand>> {
+    // Unbounded: a person types a few commands a minute, and the control thread drains
+    // the channel every tick.
+    let (tx, rx): (Sender<OperatorCommand>, _) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("operator".into())
+        .spawn(move || {
+            for line in input.lines() {
+                let Ok(line) = line else { break };
+                match OperatorCommand::parse(&line) {
+                    Ok(Some(c)) => {
+                        if tx.send(c).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_words_parse() {
+        for (line, want) in [
+            ("s", OperatorCommand::Success),
+            (" Success \n", OperatorCommand::Success),
+            ("f", OperatorCommand::Failure),
+            ("fail", OperatorCommand::Failure),
+            ("r", OperatorCommand::Reset),
+            ("I", OperatorCommand::ToggleIntervention),
+            ("p", OperatorCommand::Pause),
+            ("resume", OperatorCommand::Continue),
+            ("q", OperatorCommand::Quit),
+        ] {
+            assert_eq!(OperatorCommand::parse(line), Ok(Some(want)), "{line:?}");
+        }
+        assert_eq!(OperatorCommand::parse("  "), Ok(None));
+        let err = OperatorCommand::parse("x").unwrap_err();
+        assert!(err.contains("\"x\"") && err.contains("s success"), "{err}");
+    }
+
+    #[test]
+    fn the_reader_forwards_commands_in_order_and_skips_unknown_lines() {
+        let input = std::io::Cursor::new("i\n\nbogus\ns\nq\n");
+        let rx = spawn_reader(input).unwrap();
+        let got: Vec<_> = rx.iter().collect();
+        assert_eq!(
+            got,
+            [
+                OperatorCommand::ToggleIntervention,
+                OperatorCommand::Success,
+                OperatorCommand::Quit
+            ]
+        );
+    }
+}
