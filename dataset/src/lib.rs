@@ -323,6 +323,6 @@ pub struct ValidationReport {
 }
 
 /// Timestamp of a frame in seconds, as stored (float32).
-pub(crate) fn timestamp(frame_index: usize, fps: u32) -> f32 {
+pub fn timestamp(frame_index: usize, fps: u32) -> f32 {
     frame_index as f32 / fps as f32
 }

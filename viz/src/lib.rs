@@ -1,0 +1,287 @@
+//! Rerun recordings of what the stack does: controller rollouts tick by tick, recorded
+//! or generated datasets, and training runs' metrics.
+//!
+//! Built on the `rerun` crate **0.36.3** with only its SDK (saving `.rrd` files and
+//! streaming to a viewer). Open the files with the same version of the viewer:
+//! `pip install rerun-sdk==0.36.3`, then `rerun out.rrd`.
+//!
+//! # Entities and timelines
+//!
+//! Entity paths reuse the dataset's keys where one exists, with the dimension's name as
+//! the last part (names are sanitized to `[A-Za-z0-9_.-]`):
+//!
+//! ```text
+//!  observation.state/<name>   Scalars   observation per dimension (per joint)
+//!  action/<name>              Scalars   the action (controller: as sent, after safety)
+//!  next.reward, next.success  Scalars   datasets: the step's reward and success (0/1)
+//!  intervention               Scalars   datasets: the operator's mark (0/1)
+//!  scene/{walls,goal,object,obstacle,robot}
+//!                             2-D shapes of the simulated task, from the observation
+//!  policy/raw_action/<name>   Scalars   controller: the policy's action before safety
+//!  policy/candidates          Points2D  controller: the N base (blue) and n_edit edited
+//!                                        (orange) candidates in the first two action
+//!                                        dimensions, labelled with their scores
+//!  policy/selected            Points2D  the chosen candidate (green)
+//!  policy/q/{selected,best_base,best_edit,spread}
+//!                             Scalars   score of the chosen candidate (min over the sampled
+//!                                        critics), best base and edited scores, and the
+//!                                        critics' spread (standard deviation over the
+//!                                        sampled critics, mean over candidates)
+//!  timing/{read,infer,send}_us Scalars  controller: per-stage time of the tick
+//!  link/{crc_errors,resyncs,seq_lost,queue_drops,read_errors}
+//!                             Scalars   controller: the serial link's error counters
+//!  safety/{clamped,rate_limited} Scalars controller: the envelope changed the action
+//!  safety/state               TextLog   controller: the loop's phase, when it changes
+//!  metrics/<file>/<column>    Scalars   training runs: every column of every CSV
+//! ```
+//!
+//! Timelines: `tick` (controller ticks), `time` (seconds since the run or episode
+//! started), `episode` (episode index), `frame_index` (datasets), and a run CSV's first
+//! column (`step` or `update`).
+
+use anyhow::{Context, Result, bail};
+use rerun::{Color, RecordingStream};
+use sim::{Scene, Shape, ShapeKind, TaskId};
+use std::path::{Path, PathBuf};
+
+pub mod dataset_rrd;
+pub mod run_rrd;
+pub mod tick;
+
+pub use dataset_rrd::dataset_to_rrd;
+pub use run_rrd::run_to_rrd;
+
+/// The rerun release this crate is built on; the viewer must match.
+pub const RERUN_VERSION: &str = "0.36.3";
+
+/// Where a recording goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// An `.rrd` file.
+    File(PathBuf),
+    /// A running viewer (`rerun` listens on `rerun+http://127.0.0.1:9876/proxy` by
+    /// default); a bare `HOST:PORT` is expanded to that form.
+    Connect(String),
+}
+
+impl Target {
+    fn url(addr: &str) -> String {
+        if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("rerun+http://{addr}/proxy")
+        }
+    }
+}
+
+/// An open recording. Logging calls queue data for the SDK's own batching thread and
+/// return without waiting for I/O; [`Recorder::finish`] flushes.
+pub struct Recorder {
+    pub rec: RecordingStream,
+    target: Target,
+}
+
+impl Recorder {
+    /// Opens a recording named `app` (the viewer groups recordings by it).
+    pub fn open(app: &'static str, target: &Target) -> Result<Recorder> {
+        let builder = rerun::RecordingStreamBuilder::new(app);
+        let rec = match target {
+            Target::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                builder
+                    .save(path)
+                    .with_context(|| format!("creating the rerun file {}", path.display()))?
+            }
+            Target::Connect(addr) => builder
+                .connect_grpc_opts(Target::url(addr))
+                .with_context(|| format!("connecting to a rerun viewer at {addr}"))?,
+        };
+        Ok(Recorder {
+            rec,
+            target: target.clone(),
+        })
+    }
+
+    /// Flushes everything to the file or the viewer.
+    pub fn finish(self) -> Result<()> {
+        self.rec
+            .flush_blocking()
+            .with_context(|| format!("writing the rerun recording to {:?}", self.target))
+    }
+}
+
+/// `name` as one entity-path part: characters outside `[A-Za-z0-9_.-]` become `_`.
+pub fn path_part(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() { "_".into() } else { s }
+}
+
+/// Entity paths `prefix/<name>` for each name.
+pub fn paths(prefix: &str, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| format!("{prefix}/{}", path_part(n)))
+        .collect()
+}
+
+/// Logs one scalar per path.
+pub fn log_scalars(rec: &RecordingStream, paths: &[String], values: &[f32]) -> Result<()> {
+    for (p, v) in paths.iter().zip(values) {
+        rec.log(p.as_str(), &rerun::Scalars::single(*v as f64))?;
+    }
+    Ok(())
+}
+
+/// The task a dataset or robot name refers to (`sim/push`, `push`, `sim-push`, …).
+pub fn task_of(name: &str) -> Option<TaskId> {
+    [TaskId::ArmReach, TaskId::Push, TaskId::Maze]
+        .into_iter()
+        .find(|t| name == t.name() || name.ends_with(&format!("/{}", t.name())))
+        .or_else(|| {
+            [TaskId::ArmReach, TaskId::Push, TaskId::Maze]
+                .into_iter()
+                .find(|t| name.contains(t.name()))
+        })
+}
+
+fn color(kind: ShapeKind) -> Color {
+    match kind {
+        ShapeKind::Robot => Color::from_rgb(70, 110, 220),
+        ShapeKind::Object => Color::from_rgb(230, 140, 40),
+        ShapeKind::Goal => Color::from_rgb(60, 180, 90),
+        ShapeKind::Obstacle => Color::from_rgb(200, 60, 60),
+        ShapeKind::Wall => Color::from_rgb(120, 120, 120),
+    }
+}
+
+fn kind_name(kind: ShapeKind) -> &'static str {
+    match kind {
+        ShapeKind::Robot => "robot",
+        ShapeKind::Object => "object",
+        ShapeKind::Goal => "goal",
+        ShapeKind::Obstacle => "obstacle",
+        ShapeKind::Wall => "walls",
+    }
+}
+
+/// The geometric view of a task's state, under `scene/`: one entity per kind of shape,
+/// circles as points with their radius, links as strips with their width, walls and
+/// tables as boxes.
+pub fn log_scene(rec: &RecordingStream, scene: &Scene) -> Result<()> {
+    for kind in [
+        ShapeKind::Wall,
+        ShapeKind::Goal,
+        ShapeKind::Obstacle,
+        ShapeKind::Object,
+        ShapeKind::Robot,
+    ] {
+        let shapes = scene.shapes.iter().filter(|(k, _)| *k == kind);
+        let (mut centers, mut radii) = (vec![], vec![]);
+        let (mut strips, mut widths) = (vec![], vec![]);
+        let (mut mins, mut sizes) = (vec![], vec![]);
+        for (_, s) in shapes {
+            match *s {
+                Shape::Circle { x, y, r } => {
+                    centers.push([x, y]);
+                    radii.push(r);
+                }
+                Shape::Segment {
+                    x0,
+                    y0,
+                    x1,
+                    y1,
+                    width,
+                } => {
+                    strips.push(vec![[x0, y0], [x1, y1]]);
+                    widths.push(width / 2.0);
+                }
+                Shape::Rect { x0, y0, x1, y1 } => {
+                    mins.push([x0, y0]);
+                    sizes.push([x1 - x0, y1 - y0]);
+                }
+            }
+        }
+        let base = format!("scene/{}", kind_name(kind));
+        let c = color(kind);
+        if !centers.is_empty() {
+            let n = centers.len();
+            rec.log(
+                format!("{base}/discs"),
+                &rerun::Points2D::new(centers)
+                    .with_radii(radii)
+                    .with_colors(vec![c; n]),
+            )?;
+        }
+        if !strips.is_empty() {
+            let n = strips.len();
+            rec.log(
+                format!("{base}/links"),
+                &rerun::LineStrips2D::new(strips)
+                    .with_radii(widths)
+                    .with_colors(vec![c; n]),
+            )?;
+        }
+        if !mins.is_empty() {
+            let n = mins.len();
+            rec.log(
+                format!("{base}/boxes"),
+                &rerun::Boxes2D::from_mins_and_sizes(mins, sizes).with_colors(vec![c; n]),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a text file with context.
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Fails unless `dir` is a directory.
+fn need_dir(dir: &Path, what: &str) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("{}: not a directory ({what} expected)", dir.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_path_parts() {
+        assert_eq!(path_part("shoulder pitch (rad)"), "shoulder_pitch__rad_");
+        assert_eq!(path_part("x.y-z_0"), "x.y-z_0");
+        assert_eq!(path_part(""), "_");
+    }
+
+    #[test]
+    fn tasks_are_found_by_name() {
+        assert_eq!(task_of("sim/push"), Some(TaskId::Push));
+        assert_eq!(task_of("arm-reach"), Some(TaskId::ArmReach));
+        assert_eq!(task_of("sim-maze-robot"), Some(TaskId::Maze));
+        assert_eq!(task_of("franka"), None);
+    }
+
+    #[test]
+    fn viewer_addresses_expand_to_urls() {
+        assert_eq!(
+            Target::url("127.0.0.1:9876"),
+            "rerun+http://127.0.0.1:9876/proxy"
+        );
+        assert_eq!(Target::url("rerun+http://h:1/proxy"), "rerun+http://h:1/proxy");
+    }
+}

@@ -1,0 +1,230 @@
+//! The controller's ticks: what `controller run --rerun` records.
+//!
+//! The control thread copies each tick into a fixed-size frame and hands it to the
+//! logger thread without waiting (a full queue drops the frame and counts it); the
+//! logger thread turns frames into [`TickView`]s for [`TickLogger::log`]. The rerun SDK
+//! batches on its own thread, so not even the logger thread waits for I/O.
+
+use crate::{log_scalars, log_scene, paths};
+use anyhow::Result;
+use rerun::{Color, RecordingStream};
+use sim::{Scene, TaskId};
+
+/// The serial link's error counters at the tick (cumulative over the run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkView {
+    pub crc_errors: u64,
+    pub resyncs: u64,
+    pub seq_lost: u64,
+    pub queue_drops: u64,
+    pub read_errors: u64,
+}
+
+/// One policy step.
+#[derive(Clone, Copy, Debug)]
+pub struct ActView<'a> {
+    /// The observation acted on, `[O]`.
+    pub obs: &'a [f32],
+    /// The policy's action before the safety envelope, `[A]`.
+    pub policy_action: &'a [f32],
+    /// The action sent, `[A]`, policy units.
+    pub action: &'a [f32],
+    pub clamped: bool,
+    pub rate_limited: bool,
+    /// Candidates `[M, A]`: `num_base` base samples, then the edited ones.
+    pub candidates: &'a [f32],
+    pub num_base: usize,
+    /// Q values of the sampled critics `[K, M]` (empty without a critic).
+    pub q: &'a [f32],
+    /// Index of the chosen candidate (`None`: no critic, the first base sample).
+    pub selected: Option<usize>,
+}
+
+/// One tick of the control loop.
+#[derive(Clone, Copy, Debug)]
+pub struct TickView<'a> {
+    pub tick: u64,
+    /// Seconds since the run started.
+    pub time_s: f64,
+    pub episode: Option<u32>,
+    /// The loop's phase (`running`, `safe_stop`, …).
+    pub phase: &'a str,
+    pub read_us: f64,
+    /// Policy and command write times, when the tick acted.
+    pub infer_us: Option<f64>,
+    pub send_us: Option<f64>,
+    pub act: Option<ActView<'a>>,
+    pub link: LinkView,
+}
+
+/// Turns ticks into rerun entities (see the crate docs for the layout).
+pub struct TickLogger {
+    task: Option<TaskId>,
+    obs_paths: Vec<String>,
+    act_paths: Vec<String>,
+    raw_paths: Vec<String>,
+    scene: Scene,
+    last_phase: String,
+    /// Score labels, reused.
+    labels: Vec<String>,
+}
+
+fn base_color() -> Color {
+    Color::from_rgb(70, 110, 220)
+}
+fn edited_color() -> Color {
+    Color::from_rgb(230, 140, 40)
+}
+fn selected_color() -> Color {
+    Color::from_rgb(40, 170, 80)
+}
+
+impl TickLogger {
+    /// `task` draws the simulated task's scene from each observation (`None`: a robot
+    /// without one).
+    pub fn new(task: Option<TaskId>, obs_names: &[String], action_names: &[String]) -> Self {
+        let task = task.filter(|t| t.spec().obs_dim() == obs_names.len());
+        TickLogger {
+            task,
+            obs_paths: paths("observation.state", obs_names),
+            act_paths: paths("action", action_names),
+            raw_paths: paths("policy/raw_action", action_names),
+            scene: Scene::default(),
+            last_phase: String::new(),
+            labels: vec![],
+        }
+    }
+
+    pub fn log(&mut self, rec: &RecordingStream, t: &TickView) -> Result<()> {
+        rec.set_time_sequence("tick", t.tick as i64);
+        rec.set_duration_secs("time", t.time_s);
+        if let Some(e) = t.episode {
+            rec.set_time_sequence("episode", e as i64);
+        }
+        if t.phase != self.last_phase {
+            rec.log("safety/state", &rerun::TextLog::new(t.phase))?;
+            self.last_phase = t.phase.to_string();
+        }
+        rec.log("timing/read_us", &rerun::Scalars::single(t.read_us))?;
+        if let Some(us) = t.infer_us {
+            rec.log("timing/infer_us", &rerun::Scalars::single(us))?;
+        }
+        if let Some(us) = t.send_us {
+            rec.log("timing/send_us", &rerun::Scalars::single(us))?;
+        }
+        let l = &t.link;
+        for (name, v) in [
+            ("link/crc_errors", l.crc_errors),
+            ("link/resyncs", l.resyncs),
+            ("link/seq_lost", l.seq_lost),
+            ("link/queue_drops", l.queue_drops),
+            ("link/read_errors", l.read_errors),
+        ] {
+            rec.log(name, &rerun::Scalars::single(v as f64))?;
+        }
+        if let Some(a) = &t.act {
+            self.log_act(rec, a)?;
+        }
+        Ok(())
+    }
+
+    fn log_act(&mut self, rec: &RecordingStream, a: &ActView) -> Result<()> {
+        log_scalars(rec, &self.obs_paths, a.obs)?;
+        log_scalars(rec, &self.act_paths, a.action)?;
+        log_scalars(rec, &self.raw_paths, a.policy_action)?;
+        rec.log("safety/clamped", &rerun::Scalars::single(a.clamped as u8 as f64))?;
+        rec.log(
+            "safety/rate_limited",
+            &rerun::Scalars::single(a.rate_limited as u8 as f64),
+        )?;
+        if let Some(task) = self.task {
+            sim::scene_from_observation(task, a.obs, &mut self.scene);
+            log_scene(rec, &self.scene)?;
+        }
+        let ad = a.policy_action.len().max(1);
+        let m = a.candidates.len() / ad;
+        if m == 0 {
+            return Ok(());
+        }
+        let k = a.q.len().checked_div(m).unwrap_or(0);
+        // Score of a candidate: the minimum over the sampled critics (what selection
+        // maximizes).
+        let score = |j: usize| (0..k).map(|c| a.q[c * m + j]).fold(f32::INFINITY, f32::min);
+        let point = |j: usize| {
+            let c = &a.candidates[j * ad..(j + 1) * ad];
+            [c[0], c.get(1).copied().unwrap_or(0.0)]
+        };
+        self.labels.clear();
+        for j in 0..m {
+            let kind = if j < a.num_base { "b" } else { "e" };
+            let idx = if j < a.num_base { j } else { j - a.num_base };
+            self.labels.push(if k > 0 {
+                format!("{kind}{idx} {:.3}", score(j))
+            } else {
+                format!("{kind}{idx}")
+            });
+        }
+        rec.log(
+            "policy/candidates",
+            &rerun::Points2D::new((0..m).map(point))
+                .with_colors((0..m).map(|j| if j < a.num_base { base_color() } else { edited_color() }))
+                .with_radii([0.02])
+                .with_labels(self.labels.iter().map(String::as_str)),
+        )?;
+        if let Some(s) = a.selected.filter(|&s| s < m) {
+            rec.log(
+                "policy/selected",
+                &rerun::Points2D::new([point(s)])
+                    .with_colors([selected_color()])
+                    .with_radii([0.035]),
+            )?;
+            if k > 0 {
+                rec.log("policy/q/selected", &rerun::Scalars::single(score(s) as f64))?;
+            }
+        }
+        if k > 0 {
+            let best = |r: std::ops::Range<usize>| r.map(score).fold(f32::NEG_INFINITY, f32::max);
+            rec.log(
+                "policy/q/best_base",
+                &rerun::Scalars::single(best(0..a.num_base.min(m)) as f64),
+            )?;
+            if a.num_base < m {
+                rec.log(
+                    "policy/q/best_edit",
+                    &rerun::Scalars::single(best(a.num_base..m) as f64),
+                )?;
+            }
+            rec.log("policy/q/spread", &rerun::Scalars::single(spread(a.q, k, m)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Standard deviation over the `k` critics of each of the `m` candidates (`q` is
+/// `[k, m]`), averaged over candidates; 0 with one critic.
+pub fn spread(q: &[f32], k: usize, m: usize) -> f64 {
+    if k < 2 || m == 0 {
+        return 0.0;
+    }
+    let mut total = 0.0;
+    for j in 0..m {
+        let vals = (0..k).map(|c| q[c * m + j] as f64);
+        let mean = vals.clone().sum::<f64>() / k as f64;
+        let var = vals.map(|v| (v - mean).powi(2)).sum::<f64>() / k as f64;
+        total += var.sqrt();
+    }
+    total / m as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_the_mean_standard_deviation_over_critics() {
+        // Two critics, two candidates: |1-3|/2 = 1 and |5-5|/2 = 0.
+        let q = [1.0, 5.0, 3.0, 5.0];
+        assert!((spread(&q, 2, 2) - 0.5).abs() < 1e-12);
+        assert_eq!(spread(&q[..2], 1, 2), 0.0);
+    }
+}

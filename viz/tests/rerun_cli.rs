@@ -1,0 +1,195 @@
+//! The recordings checked with the rerun viewer's own command-line tool, from the
+//! `rerun-sdk` wheel of the same version (`pip install rerun-sdk==0.36.3`; scripts/test
+//! installs it from requirements-test.txt): `rerun rrd verify` must accept every file,
+//! and `rerun rrd print` must list the expected entities with the expected number of
+//! rows. The CLI runs as `python3 -m rerun_cli` (`RERUN_PYTHON` picks another Python).
+
+use sim::{EnvConfig, TaskId};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use viz::Target;
+use viz::tick::{ActView, LinkView, TickLogger, TickView};
+
+fn rerun_cli(args: &[&str]) -> String {
+    let python = std::env::var("RERUN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args(["-m", "rerun_cli"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python} -m rerun_cli: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "rerun {args:?} failed (is rerun-sdk=={} installed? pip install -r requirements-test.txt):\n{text}",
+        viz::RERUN_VERSION
+    );
+    text
+}
+
+/// `rerun rrd verify`, then the rows per entity path from `rerun rrd print`.
+fn verified_rows(rrd: &Path) -> BTreeMap<String, usize> {
+    let version = rerun_cli(&["--version"]);
+    assert!(
+        version.contains(&format!("rerun-cli {}", viz::RERUN_VERSION)),
+        "the rerun CLI is not version {}: {version}",
+        viz::RERUN_VERSION
+    );
+    let path = rrd.to_str().unwrap();
+    let verify = rerun_cli(&["rrd", "verify", path]);
+    assert!(verify.contains("verified without error"), "{verify}");
+    let mut rows = BTreeMap::new();
+    // "Chunk(chunk_…) with 5 rows (1.3 KiB) - /scene/robot - data columns: […]"
+    for line in rerun_cli(&["rrd", "print", path]).lines() {
+        let Some(rest) = line.strip_prefix("Chunk(") else {
+            continue;
+        };
+        let n: usize = rest
+            .split(" with ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line: {line}"));
+        let entity = rest
+            .split(" - ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("unexpected line: {line}"));
+        *rows.entry(entity.to_string()).or_default() += n;
+    }
+    rows
+}
+
+#[test]
+fn a_generated_dataset_becomes_a_valid_recording() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("push");
+    let summary =
+        tools::generate::generate(TaskId::Push, 3, 11, EnvConfig::default(), &data).unwrap();
+    let rrd = tmp.path().join("push.rrd");
+    let w = viz::dataset_to_rrd(&data, None, &Target::File(rrd.clone())).unwrap();
+    assert_eq!((w.episodes, w.frames), (3, summary.total_frames));
+    assert!(w.scene, "push is a known task: its scene is drawn");
+
+    let rows = verified_rows(&rrd);
+    let ds = dataset::read_dataset(&data).unwrap();
+    let frames = ds.num_frames();
+    for name in &ds.info.observation_names {
+        let e = format!("/observation.state/{}", viz::path_part(name));
+        assert_eq!(rows.get(&e), Some(&frames), "{e}: {rows:?}");
+    }
+    for name in &ds.info.action_names {
+        let e = format!("/action/{}", viz::path_part(name));
+        assert_eq!(rows.get(&e), Some(&frames), "{e}: {rows:?}");
+    }
+    for e in [
+        "/next.reward",
+        "/next.success",
+        "/intervention",
+        "/scene/robot/discs",
+        "/scene/object/discs",
+        "/scene/goal/discs",
+        "/scene/walls/boxes",
+    ] {
+        assert_eq!(rows.get(e), Some(&frames), "{e}: {rows:?}");
+    }
+}
+
+#[test]
+fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("metrics.csv"),
+        "step,critic_loss,q_mean,temperature\n100,0.5,1.0,0.1\n200,0.4,1.2,0.09\n300,0.3,,0.08\n",
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("eval.csv"),
+        "step,success_rate,mean_return,mean_length,episodes\n0,0.4,0.4,80,50\n300,0.7,0.7,60,50\n",
+    )
+    .unwrap();
+    let rrd = tmp.path().join("run.rrd");
+    let w = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
+    assert_eq!(w.files, [("eval".into(), 2), ("metrics".into(), 3)]);
+    let rows = verified_rows(&rrd);
+    assert_eq!(rows.get("/metrics/metrics/critic_loss"), Some(&3), "{rows:?}");
+    // The empty cell is skipped, not logged as 0.
+    assert_eq!(rows.get("/metrics/metrics/q_mean"), Some(&2), "{rows:?}");
+    assert_eq!(rows.get("/metrics/eval/success_rate"), Some(&2), "{rows:?}");
+
+    // A malformed row names the file and line.
+    std::fs::write(run.join("eval.csv"), "step,success_rate\n0,0.4\n1,0.5,9\n").unwrap();
+    let err = viz::run_to_rrd(&run, &Target::File(tmp.path().join("bad.rrd"))).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("eval.csv:3") && msg.contains("3 cells"), "{msg}");
+}
+
+#[test]
+fn ticks_become_entities_with_one_row_per_tick() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rrd = tmp.path().join("ticks.rrd");
+    let r = viz::Recorder::open("expo_ticks_test", &Target::File(rrd.clone())).unwrap();
+    let spec = TaskId::ArmReach.spec();
+    let obs_names: Vec<String> = (0..spec.obs_dim()).map(|i| format!("o{i}")).collect();
+    let act_names = vec!["shoulder".to_string(), "elbow".to_string()];
+    let mut logger = TickLogger::new(Some(TaskId::ArmReach), &obs_names, &act_names);
+    let (m, k, acted) = (6, 2, 40);
+    let candidates: Vec<f32> = (0..m * 2).map(|i| (i as f32 * 0.1).sin()).collect();
+    let q: Vec<f32> = (0..k * m).map(|i| i as f32 * 0.01).collect();
+    let obs = vec![0.1; spec.obs_dim()];
+    for tick in 0..50u64 {
+        // Ten ticks without a policy step (waiting for an episode).
+        let act = (tick >= 10).then_some(ActView {
+            obs: &obs,
+            policy_action: &[0.5, -0.5],
+            action: &[0.4, -0.4],
+            clamped: true,
+            rate_limited: false,
+            candidates: &candidates,
+            num_base: 4,
+            q: &q,
+            selected: Some(5),
+        });
+        let t = TickView {
+            tick,
+            time_s: tick as f64 * 0.01,
+            episode: (tick >= 10).then_some(0),
+            phase: if tick < 10 { "starting" } else { "running" },
+            read_us: 3.0,
+            infer_us: act.map(|_| 250.0),
+            send_us: act.map(|_| 12.0),
+            act,
+            link: LinkView::default(),
+        };
+        logger.log(&r.rec, &t).unwrap();
+    }
+    r.finish().unwrap();
+    let rows = verified_rows(&rrd);
+    assert_eq!(rows.get("/timing/read_us"), Some(&50), "{rows:?}");
+    assert_eq!(rows.get("/link/crc_errors"), Some(&50), "{rows:?}");
+    for e in [
+        "/timing/infer_us",
+        "/observation.state/o0",
+        "/action/shoulder",
+        "/policy/raw_action/elbow",
+        "/policy/candidates",
+        "/policy/selected",
+        "/policy/q/selected",
+        "/policy/q/best_base",
+        "/policy/q/best_edit",
+        "/policy/q/spread",
+        "/safety/clamped",
+        "/scene/robot/links",
+        "/scene/goal/discs",
+        "/scene/obstacle/discs",
+    ] {
+        assert_eq!(rows.get(e), Some(&acted), "{e}: {rows:?}");
+    }
+    // The phase is logged when it changes.
+    assert_eq!(rows.get("/safety/state"), Some(&2), "{rows:?}");
+}
