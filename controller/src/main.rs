@@ -58,7 +58,7 @@ enum Command {
     /// rate with the safety envelope, transitions logged crash-safely and saved as a
     /// dataset, cadence report per episode and at exit. Exit status: 0 all episodes ran,
     /// 3 stopped by a fault, 130 interrupted (Ctrl-C / SIGTERM), 1 refused or failed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The control loop against the simulated firmware on an in-process pty at `--rate`
     /// Hz for `--seconds`: effective rate, wake-up jitter, overruns, sensor-to-command
     /// latency.
@@ -155,6 +155,14 @@ struct RunArgs {
     /// After the run, keep sending to the trainer for up to this many seconds.
     #[arg(long, default_value_t = 30)]
     uplink_drain_s: u64,
+    /// Record every tick (observation, action, candidates and their Q values, timing,
+    /// link errors, safety state) to this rerun file (needs the `viz` feature).
+    #[arg(long, conflicts_with = "rerun_connect")]
+    rerun: Option<PathBuf>,
+    /// Stream the same recording to a running rerun viewer at HOST:PORT (e.g.
+    /// 127.0.0.1:9876) or a rerun+http:// URL.
+    #[arg(long)]
+    rerun_connect: Option<String>,
     /// Operator episode control from stdin, one key per line: s success, f failure,
     /// r reset, i toggle intervention, p pause, c continue, q quit.
     #[arg(long)]
@@ -293,6 +301,11 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.out = Some(a.out.clone());
     cfg.max_faults = a.max_faults;
     cfg.operator = a.operator;
+    cfg.rerun = match (&a.rerun, &a.rerun_connect) {
+        (Some(f), _) => Some(robot_loop::viz::RerunTarget::File(f.clone())),
+        (None, Some(addr)) => Some(robot_loop::viz::RerunTarget::Connect(addr.clone())),
+        (None, None) => None,
+    };
     anyhow::ensure!(
         a.success_reward.is_finite(),
         "--success-reward must be finite (got {})",
@@ -576,7 +589,7 @@ fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
 
 fn main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
-        Command::Run(a) => return cmd_run(a),
+        Command::Run(a) => return cmd_run(*a),
         Command::BenchLoop {
             rate,
             seconds,

@@ -1169,3 +1169,24 @@ fn operator_labels_interventions_pause_and_quit() {
         assert!(e.intervention.iter().all(|m| !m));
     }
 }
+
+/// Without the `viz` feature, `--rerun` is refused before the robot is touched, naming
+/// the feature to build with.
+#[cfg(not(feature = "viz"))]
+#[test]
+fn rerun_without_the_viz_feature_says_how_to_get_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--sim", "push", "--allow-unsigned", "--bundle"])
+        .arg(bundle())
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .arg("--rerun")
+        .arg(tmp.path().join("run.rrd"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--features viz"), "{err}");
+    assert!(!tmp.path().join("run.rrd").exists());
+}

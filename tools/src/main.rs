@@ -28,6 +28,12 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Rerun recordings of datasets and training runs (build with `--features viz`;
+    /// open them with `pip install rerun-sdk==0.36.3`, then `rerun FILE`).
+    Viz {
+        #[command(subcommand)]
+        command: VizCommand,
+    },
     /// The largest working slice of the stack today: generate demonstrations for every
     /// task, validate the datasets and print their statistics.
     Demo {
@@ -39,6 +45,40 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum VizCommand {
+    /// Every frame of a dataset on the timelines episode / frame_index / time, with the
+    /// simulated task's scene (arm links, puck, maze walls, goal) when it is one of ours.
+    Dataset {
+        dir: PathBuf,
+        #[command(flatten)]
+        to: VizTarget,
+        /// The task whose scene to draw (default: from the dataset's robot_type).
+        #[arg(long)]
+        task: Option<TaskId>,
+    },
+    /// Every numeric column of a training run's CSV files (metrics, eval, finetune).
+    Run {
+        dir: PathBuf,
+        #[command(flatten)]
+        to: VizTarget,
+    },
+    /// Check a recording with the rerun CLI (`python3 -m rerun_cli`, rerun-sdk 0.36.3)
+    /// and list its entities with their row counts.
+    Verify { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct VizTarget {
+    /// Write an .rrd file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Stream to a running viewer (HOST:PORT, e.g. 127.0.0.1:9876).
+    #[arg(long)]
+    connect: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +132,59 @@ fn parse_task(s: &str) -> Result<TaskId, String> {
     s.parse().map_err(|e: sim::UnknownTask| e.to_string())
 }
 
+#[cfg(feature = "viz")]
+fn viz_command(command: VizCommand) -> Result<()> {
+    let target = |t: VizTarget| match (t.out, t.connect) {
+        (Some(f), _) => viz::Target::File(f),
+        (None, Some(addr)) => viz::Target::Connect(addr),
+        (None, None) => unreachable!("clap requires one of --out and --connect"),
+    };
+    match command {
+        VizCommand::Dataset { dir, to, task } => {
+            let t = target(to);
+            let w = viz::dataset_to_rrd(&dir, task, &t)?;
+            println!(
+                "{}: {} episodes, {} frames{} -> {t:?}",
+                dir.display(),
+                w.episodes,
+                w.frames,
+                if w.scene {
+                    ", with the task's scene"
+                } else {
+                    ""
+                }
+            );
+        }
+        VizCommand::Run { dir, to } => {
+            let t = target(to);
+            let w = viz::run_to_rrd(&dir, &t)?;
+            for (file, rows) in &w.files {
+                println!("{}: {file}.csv, {rows} rows", dir.display());
+            }
+            println!("-> {t:?}");
+        }
+        VizCommand::Verify { file } => {
+            let rows = viz::cli::verified_rows(&file)?;
+            println!(
+                "{}: verified by rerun {}",
+                file.display(),
+                viz::RERUN_VERSION
+            );
+            for (entity, n) in rows {
+                println!("{n:>8}  {entity}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "viz"))]
+fn viz_command(_: VizCommand) -> Result<()> {
+    bail!(
+        "this tools binary was built without rerun support: cargo build --release -p tools --features viz"
+    )
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -130,6 +223,7 @@ fn main() -> Result<()> {
                     repeats,
                 },
         } => bench_sim(steps, envs, repeats),
+        Command::Viz { command } => viz_command(command)?,
         Command::Demo {
             out,
             episodes,

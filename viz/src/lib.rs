@@ -44,6 +44,7 @@ use rerun::{Color, RecordingStream};
 use sim::{Scene, Shape, ShapeKind, TaskId};
 use std::path::{Path, PathBuf};
 
+pub mod cli;
 pub mod dataset_rrd;
 pub mod run_rrd;
 pub mod tick;
@@ -282,6 +283,9 @@ mod tests {
             Target::url("127.0.0.1:9876"),
             "rerun+http://127.0.0.1:9876/proxy"
         );
-        assert_eq!(Target::url("rerun+http://h:1/proxy"), "rerun+http://h:1/proxy");
+        assert_eq!(
+            Target::url("rerun+http://h:1/proxy"),
+            "rerun+http://h:1/proxy"
+        );
     }
 }

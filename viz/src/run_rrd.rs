@@ -38,9 +38,8 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
         };
         let cols: Vec<&str> = header.split(',').map(str::trim).collect();
         let stem = path_part(&path.file_stem().unwrap_or_default().to_string_lossy());
-        let timeline = rerun::TimelineName::try_new(cols[0]).map_err(|e| {
-            anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0])
-        })?;
+        let timeline = rerun::TimelineName::try_new(cols[0])
+            .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0]))?;
         let entities: Vec<String> = cols
             .iter()
             .map(|c| format!("metrics/{stem}/{}", path_part(c)))
@@ -69,7 +68,7 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
                     cells[0]
                 );
             };
-            r.rec.set_time_sequence(timeline.clone(), x as i64);
+            r.rec.set_time_sequence(timeline, x as i64);
             for (e, c) in entities.iter().zip(&cells).skip(1) {
                 if let Ok(v) = c.parse::<f64>()
                     && v.is_finite()

@@ -132,7 +132,10 @@ impl TickLogger {
         log_scalars(rec, &self.obs_paths, a.obs)?;
         log_scalars(rec, &self.act_paths, a.action)?;
         log_scalars(rec, &self.raw_paths, a.policy_action)?;
-        rec.log("safety/clamped", &rerun::Scalars::single(a.clamped as u8 as f64))?;
+        rec.log(
+            "safety/clamped",
+            &rerun::Scalars::single(a.clamped as u8 as f64),
+        )?;
         rec.log(
             "safety/rate_limited",
             &rerun::Scalars::single(a.rate_limited as u8 as f64),
@@ -167,7 +170,13 @@ impl TickLogger {
         rec.log(
             "policy/candidates",
             &rerun::Points2D::new((0..m).map(point))
-                .with_colors((0..m).map(|j| if j < a.num_base { base_color() } else { edited_color() }))
+                .with_colors((0..m).map(|j| {
+                    if j < a.num_base {
+                        base_color()
+                    } else {
+                        edited_color()
+                    }
+                }))
                 .with_radii([0.02])
                 .with_labels(self.labels.iter().map(String::as_str)),
         )?;
@@ -179,7 +188,10 @@ impl TickLogger {
                     .with_radii([0.035]),
             )?;
             if k > 0 {
-                rec.log("policy/q/selected", &rerun::Scalars::single(score(s) as f64))?;
+                rec.log(
+                    "policy/q/selected",
+                    &rerun::Scalars::single(score(s) as f64),
+                )?;
             }
         }
         if k > 0 {
@@ -194,7 +206,10 @@ impl TickLogger {
                     &rerun::Scalars::single(best(a.num_base..m) as f64),
                 )?;
             }
-            rec.log("policy/q/spread", &rerun::Scalars::single(spread(a.q, k, m)))?;
+            rec.log(
+                "policy/q/spread",
+                &rerun::Scalars::single(spread(a.q, k, m)),
+            )?;
         }
         Ok(())
     }

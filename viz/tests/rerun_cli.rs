@@ -7,60 +7,11 @@
 use sim::{EnvConfig, TaskId};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use viz::Target;
 use viz::tick::{ActView, LinkView, TickLogger, TickView};
 
-fn rerun_cli(args: &[&str]) -> String {
-    let python = std::env::var("RERUN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .args(["-m", "rerun_cli"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {python} -m rerun_cli: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "rerun {args:?} failed (is rerun-sdk=={} installed? pip install -r requirements-test.txt):\n{text}",
-        viz::RERUN_VERSION
-    );
-    text
-}
-
-/// `rerun rrd verify`, then the rows per entity path from `rerun rrd print`.
 fn verified_rows(rrd: &Path) -> BTreeMap<String, usize> {
-    let version = rerun_cli(&["--version"]);
-    assert!(
-        version.contains(&format!("rerun-cli {}", viz::RERUN_VERSION)),
-        "the rerun CLI is not version {}: {version}",
-        viz::RERUN_VERSION
-    );
-    let path = rrd.to_str().unwrap();
-    let verify = rerun_cli(&["rrd", "verify", path]);
-    assert!(verify.contains("verified without error"), "{verify}");
-    let mut rows = BTreeMap::new();
-    // "Chunk(chunk_…) with 5 rows (1.3 KiB) - /scene/robot - data columns: […]"
-    for line in rerun_cli(&["rrd", "print", path]).lines() {
-        let Some(rest) = line.strip_prefix("Chunk(") else {
-            continue;
-        };
-        let n: usize = rest
-            .split(" with ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected line: {line}"));
-        let entity = rest
-            .split(" - ")
-            .nth(1)
-            .unwrap_or_else(|| panic!("unexpected line: {line}"));
-        *rows.entry(entity.to_string()).or_default() += n;
-    }
-    rows
+    viz::cli::verified_rows(rrd).unwrap()
 }
 
 #[test]
@@ -117,7 +68,11 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     let w = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
     assert_eq!(w.files, [("eval".into(), 2), ("metrics".into(), 3)]);
     let rows = verified_rows(&rrd);
-    assert_eq!(rows.get("/metrics/metrics/critic_loss"), Some(&3), "{rows:?}");
+    assert_eq!(
+        rows.get("/metrics/metrics/critic_loss"),
+        Some(&3),
+        "{rows:?}"
+    );
     // The empty cell is skipped, not logged as 0.
     assert_eq!(rows.get("/metrics/metrics/q_mean"), Some(&2), "{rows:?}");
     assert_eq!(rows.get("/metrics/eval/success_rate"), Some(&2), "{rows:?}");
@@ -126,7 +81,10 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     std::fs::write(run.join("eval.csv"), "step,success_rate\n0,0.4\n1,0.5,9\n").unwrap();
     let err = viz::run_to_rrd(&run, &Target::File(tmp.path().join("bad.rrd"))).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("eval.csv:3") && msg.contains("3 cells"), "{msg}");
+    assert!(
+        msg.contains("eval.csv:3") && msg.contains("3 cells"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -44,6 +44,7 @@ use super::operator::OperatorCommand;
 use super::realtime;
 use super::safety::{CommandGate, Envelope};
 use super::stats::Cadence;
+use super::viz::{ActFrame, TickFrame};
 use super::{Brain, EpisodeReport, FaultEvent, FaultKind, Outcome, RunConfig};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use firmware_config::protocol::{FaultCode, FrameError, Hello, MAX_ACT, MAX_OBS, Message};
@@ -219,6 +220,22 @@ pub(crate) enum Phase {
     Done,
 }
 
+impl Phase {
+    /// For the rerun recording's `safety/state`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Starting { .. } => "starting",
+            Phase::Running => "running",
+            Phase::Ending { .. } => "ending",
+            Phase::SafeStop { .. } => "safe_stop",
+            Phase::Handshaking { .. } => "handshaking",
+            Phase::Reconnecting { .. } => "reconnecting",
+            Phase::Done => "done",
+        }
+    }
+}
+
 /// Everything the control thread owns.
 pub(crate) struct Control {
     pub cfg: RunConfig,
@@ -272,6 +289,9 @@ pub(crate) struct Control {
     intervention: bool,
     /// The operator paused: no new episode starts.
     paused: bool,
+    /// Tick frames for the rerun recording (`--rerun`), and the one being filled.
+    pub viz_tx: Option<Sender<TickFrame>>,
+    frame: TickFrame,
 }
 
 fn ns_since(start: Instant, t: Instant) -> u64 {
@@ -335,6 +355,8 @@ impl Control {
             operator: None,
             intervention: false,
             paused: false,
+            viz_tx: None,
+            frame: TickFrame::default(),
             cfg,
         }
     }
@@ -445,9 +467,11 @@ impl Control {
         }
         // read
         let t0 = now;
+        self.frame.act = None;
         self.drain(now);
         let t1 = Instant::now();
         self.ep_cadence.read.record(t1 - t0);
+        self.frame.read_ns = (t1 - t0).as_nanos() as u64;
         // checks
         self.checks(t1);
         // phase
@@ -462,6 +486,19 @@ impl Control {
         self.flush_log();
         let t3 = Instant::now();
         self.ep_cadence.log.record(t3 - t2);
+        self.send_frame(now);
+    }
+
+    /// Hands this tick's frame to the rerun recording, never waiting.
+    fn send_frame(&mut self, now: Instant) {
+        let Some(tx) = &self.viz_tx else { return };
+        self.frame.tick = self.tick;
+        self.frame.time_ns = ns_since(self.start, now);
+        self.frame.episode = self.track.as_ref().map(|t| t.id);
+        self.frame.phase = self.phase.name();
+        if tx.try_send(self.frame).is_err() {
+            self.report.viz_drops += 1;
+        }
     }
 
     // ---------------------------------------------------------------- reading
@@ -1084,12 +1121,16 @@ impl Control {
         let ti = Instant::now();
         let ad = self.ad;
         let r = self.brain.act(&self.obs[..od], &mut self.action[..ad]);
+        let policy_action = self.action;
         let tf = Instant::now();
         self.ep_cadence.infer.record(tf - ti);
-        if let Err(e) = r {
-            self.fault(now, FaultKind::PolicyError, format!("{e:#}"), None);
-            return;
-        }
+        let choice = match r {
+            Ok(c) => c,
+            Err(e) => {
+                self.fault(now, FaultKind::PolicyError, format!("{e:#}"), None);
+                return;
+            }
+        };
         let shaped = self
             .envelope
             .shape(&mut self.action[..ad], self.gate.last());
@@ -1112,6 +1153,10 @@ impl Control {
         match sent {
             Ok(a) => {
                 self.commands.push((write_start, a, self.intervention));
+                if self.viz_tx.is_some() {
+                    let times = (tf - ti, written - tf);
+                    self.record_act(policy_action, shaped, choice.index, times);
+                }
                 let lat = written.saturating_duration_since(s.rx);
                 let d = self.current_deadline;
                 self.acted_age = Some(if s.rx <= d {
@@ -1136,6 +1181,38 @@ impl Control {
                 );
             }
         }
+    }
+
+    /// Copies the policy step into this tick's rerun frame (`--rerun` only).
+    fn record_act(
+        &mut self,
+        policy_action: [f32; MAX_ACT],
+        shaped: super::safety::Shaped,
+        selected: usize,
+        (infer, send): (Duration, Duration),
+    ) {
+        let (od, ad) = (self.od, self.ad);
+        let mut a = ActFrame {
+            od: od as u8,
+            ad: ad as u8,
+            clamped: shaped.clamped,
+            rate_limited: shaped.rate_limited,
+            infer_ns: infer.as_nanos() as u64,
+            send_ns: send.as_nanos() as u64,
+            ..ActFrame::default()
+        };
+        a.obs[..od].copy_from_slice(&self.obs[..od]);
+        a.policy_action = policy_action;
+        a.action[..ad].copy_from_slice(&self.action[..ad]);
+        let p = self.brain.policy();
+        if p.q_values().is_empty() {
+            // No critic: one chain sample is the whole story.
+            a.set_candidates(&p.candidates()[..ad], 1, &[], Some(0));
+        } else {
+            let n = p.selection().num_samples;
+            a.set_candidates(p.candidates(), n, p.q_values(), Some(selected));
+        }
+        self.frame.act = Some(a);
     }
 
     // ---------------------------------------------------------------- logging

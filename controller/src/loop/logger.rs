@@ -11,9 +11,14 @@
 //!
 //! Episode boundaries (start and end records) are not dropped: the control thread
 //! keeps them in a small queue and retries every tick until the channel takes them.
+//!
+//! With `--rerun`, the same thread also takes the control thread's tick frames from a
+//! second bounded channel and records them (see [`super::viz`]).
 
+use super::link::LinkCounters;
 use super::log::{ConvertNotes, EndReason, LogWriter, Record, RunStart, Transition, to_episode};
-use crossbeam_channel::{Receiver, Sender, bounded};
+use super::viz::{TickFrame, TickSink};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 use dataset::DatasetWriter;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -43,6 +48,15 @@ pub struct LoggerSummary {
     pub dataset_total_episodes: usize,
     pub dataset_total_frames: usize,
     pub errors: Vec<String>,
+    /// Ticks recorded for rerun (`--rerun`).
+    pub rerun_ticks: Option<u64>,
+}
+
+/// The tick frames to record: their channel, the recording, the link's counters.
+pub struct TickInput {
+    pub rx: Receiver<TickFrame>,
+    pub sink: Box<dyn TickSink>,
+    pub link: Arc<Mutex<LinkCounters>>,
 }
 
 /// The running logger.
@@ -59,6 +73,7 @@ impl Logger {
         dataset: Option<(PathBuf, DatasetWriter)>,
         run: RunStart,
         capacity: usize,
+        ticks: Option<TickInput>,
     ) -> std::io::Result<Logger> {
         let (tx, rx) = bounded(capacity);
         let shared = Arc::new(Mutex::new(LoggerSummary {
@@ -74,7 +89,7 @@ impl Logger {
                 if let Err(e) = log.append(&Record::Run(run)) {
                     push_error(&s, e.to_string());
                 }
-                logger_main(log, dataset.map(|(_, w)| w), rx, &s);
+                logger_main(log, dataset.map(|(_, w)| w), rx, ticks, &s);
                 s.lock().unwrap_or_else(|e| e.into_inner()).clone()
             })?;
         Ok(Logger { tx, shared, handle })
@@ -103,15 +118,43 @@ fn push_error(s: &Mutex<LoggerSummary>, e: String) {
     }
 }
 
+/// The next record, recording tick frames while waiting; `None` once the records'
+/// channel closed (the run ended: the control thread dropped both senders).
+fn next_record(
+    rx: &Receiver<Record>,
+    ticks: &mut Option<TickInput>,
+    recorded: &mut u64,
+) -> Option<Record> {
+    let Some(t) = ticks.as_mut() else {
+        return rx.recv().ok();
+    };
+    loop {
+        select! {
+            recv(rx) -> rec => return rec.ok(),
+            recv(t.rx) -> frame => match frame {
+                Ok(f) => {
+                    let link = *t.link.lock().unwrap_or_else(|e| e.into_inner());
+                    t.sink.tick(&f, &link);
+                    *recorded += 1;
+                }
+                // Closed with the run; records may still be queued.
+                Err(_) => t.rx = crossbeam_channel::never(),
+            },
+        }
+    }
+}
+
 fn logger_main(
     mut log: LogWriter,
     mut dataset: Option<DatasetWriter>,
     rx: Receiver<Record>,
+    mut ticks: Option<TickInput>,
     s: &Mutex<LoggerSummary>,
 ) {
     let mut current: Option<(u32, Vec<Transition>)> = None;
     let mut next_index = 0usize;
-    for rec in rx.iter() {
+    let mut recorded = 0u64;
+    while let Some(rec) = next_record(&rx, &mut ticks, &mut recorded) {
         if let Err(e) = log.append(&rec) {
             push_error(s, e.to_string());
         }
@@ -160,6 +203,19 @@ fn logger_main(
     }
     if let Err(e) = log.sync() {
         push_error(s, e.to_string());
+    }
+    if let Some(mut t) = ticks {
+        // Frames sent before the channel closed.
+        for f in t.rx.try_iter() {
+            let link = *t.link.lock().unwrap_or_else(|e| e.into_inner());
+            t.sink.tick(&f, &link);
+            recorded += 1;
+        }
+        let flushed = t.sink.finish();
+        s.lock().unwrap_or_else(|e| e.into_inner()).rerun_ticks = Some(recorded);
+        if let Err(e) = flushed {
+            push_error(s, e);
+        }
     }
     if let Some(w) = dataset {
         match w.finish() {

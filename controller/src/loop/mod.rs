@@ -66,8 +66,9 @@ pub mod realtime;
 pub mod safety;
 pub mod stats;
 pub mod streamer;
+pub mod viz;
 
-use crate::runtime::{Policy, PolicyOptions, TwoSpeedPolicy};
+use crate::runtime::{Choice, Policy, PolicyOptions, TwoSpeedPolicy};
 use crossbeam_channel::RecvTimeoutError;
 use firmware_config::RobotConfig;
 use firmware_config::protocol::{FrameError, Message, PROTOCOL_VERSION};
@@ -121,6 +122,9 @@ pub struct RunConfig {
     pub align_phase: bool,
     /// Stream the transition log to a trainer (`--uplink`; needs `out`).
     pub uplink: Option<streamer::UplinkConfig>,
+    /// Record every tick for the rerun viewer (`--rerun`, `--rerun-connect`; needs
+    /// `out` and the `viz` feature).
+    pub rerun: Option<viz::RerunTarget>,
     /// Read operator commands from stdin (`--operator`; see [`operator`]).
     pub operator: bool,
     /// Added to the reward of the step the operator labels a success (the simulated
@@ -150,6 +154,7 @@ impl RunConfig {
             panic_at_tick: None,
             align_phase: false,
             uplink: None,
+            rerun: None,
             operator: false,
             success_reward: 1.0,
         }
@@ -180,10 +185,18 @@ impl Brain {
         })
     }
 
-    pub fn act(&mut self, obs: &[f32], action: &mut [f32]) -> anyhow::Result<()> {
+    pub fn act(&mut self, obs: &[f32], action: &mut [f32]) -> anyhow::Result<Choice> {
         match self {
-            Brain::Full(p) => p.act(obs, action).map(|_| ()),
-            Brain::TwoSpeed(p) => p.act(obs, action).map(|_| ()),
+            Brain::Full(p) => p.act(obs, action),
+            Brain::TwoSpeed(p) => p.act(obs, action),
+        }
+    }
+
+    /// The policy that made the last action (its candidates and Q values).
+    pub fn policy(&self) -> &Policy {
+        match self {
+            Brain::Full(p) => p,
+            Brain::TwoSpeed(p) => p.policy(),
         }
     }
 }
@@ -324,6 +337,8 @@ pub struct RunReport {
     pub bundle_swaps: Vec<BundleSwap>,
     /// What the operator did (`--operator`).
     pub operator: operator::OperatorSummary,
+    /// Tick frames the rerun recording's queue could not take (`--rerun`).
+    pub viz_drops: u64,
     pub cadence: CadenceReport,
     pub realtime: Vec<realtime::RealtimeStep>,
     pub ticks: u64,
@@ -357,6 +372,7 @@ impl RunReport {
             uplink: None,
             bundle_swaps: vec![],
             operator: Default::default(),
+            viz_drops: 0,
             cadence: Default::default(),
             realtime: vec![],
             ticks: 0,
@@ -480,6 +496,8 @@ pub enum RunError {
     Handshake(String),
     #[error("{0}")]
     Log(#[from] log::LogError),
+    #[error("rerun recording: {0:#}")]
+    Rerun(anyhow::Error),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -515,6 +533,26 @@ pub fn run(
 ) -> Result<RunReport, RunError> {
     realtime::install_panic_hook();
     let start = Instant::now();
+    // The recording first: a missing feature or an unwritable file fails before the
+    // robot is touched.
+    let ticks = match &cfg.rerun {
+        None => None,
+        Some(target) => {
+            if cfg.out.is_none() {
+                return Err(RunError::Rerun(anyhow::anyhow!(
+                    "recording for rerun needs an output directory (--out)"
+                )));
+            }
+            let sink = viz::open_sink(
+                target,
+                task,
+                &cfg.robot.observation.names,
+                &action_names(&cfg.robot),
+            )
+            .map_err(RunError::Rerun)?;
+            Some(sink)
+        }
+    };
     let port = link::open_port(&cfg.port, cfg.baud).map_err(RunError::Port)?;
     let writer = link::writer_of(port.as_ref()).map_err(RunError::Port)?;
     let mut link = link::Link::spawn(
@@ -529,6 +567,18 @@ pub fn run(
     handshake(&cfg, &mut gate, &link.events)?;
 
     let mut report = RunReport::new(&cfg, bundle_label);
+    let (tick_tx, tick_input) = match ticks {
+        None => (None, None),
+        Some(sink) => {
+            let (tx, rx) = crossbeam_channel::bounded(viz::QUEUE);
+            let input = logger::TickInput {
+                rx,
+                sink,
+                link: link.counters.clone(),
+            };
+            (Some(tx), Some(input))
+        }
+    };
     let logger = match &cfg.out {
         None => None,
         Some(dir) => {
@@ -551,12 +601,11 @@ pub fn run(
             let ds_dir = dir.join("dataset");
             let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
             Some(
-                logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity).map_err(
-                    |source| RunError::Io {
+                logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity, tick_input)
+                    .map_err(|source| RunError::Io {
                         what: "starting the logger thread".into(),
                         source,
-                    },
-                )?,
+                    })?,
             )
         }
     };
@@ -580,6 +629,7 @@ pub fn run(
     let mut control =
         control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
     control.swaps = swaps;
+    control.viz_tx = tick_tx;
     if cfg.operator {
         eprintln!("{}", operator::HELP);
         let stdin = std::io::BufReader::new(std::io::stdin());

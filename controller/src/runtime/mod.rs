@@ -340,6 +340,12 @@ impl Policy {
         &self.candidates
     }
 
+    /// The last action's Q values from the sampled critics, `[K, N + n_edit]` (empty
+    /// for a bundle without a critic).
+    pub fn q_values(&self) -> &[f32] {
+        &self.q
+    }
+
     /// Runs the chain for `n` rows into `candidates[..n·A]`.
     fn sample_base_into_candidates(&mut self, n: usize) {
         if self.error.is_some() {

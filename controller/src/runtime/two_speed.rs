@@ -122,6 +122,7 @@ impl TwoSpeedPolicy {
         })
     }
 
+    /// The tick-side policy (its candidates and Q values are the last action's).
     pub fn policy(&self) -> &Policy {
         &self.tick
     }

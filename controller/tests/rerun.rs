@@ -1,0 +1,101 @@
+//! `controller run --rerun FILE` (feature `viz`; scripts/test runs it with
+//! `cargo test -p controller --features viz --test rerun`): the real binary against the
+//! simulated firmware over a pty, its recording checked with the rerun CLI of the
+//! matching `rerun-sdk` wheel (`viz::cli`): one row per tick for the per-tick entities,
+//! one per policy step for the policy's, and the task's scene.
+
+use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
+use serde_json::Value;
+use sim::TaskId;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_controller");
+
+#[test]
+fn a_run_records_every_tick_for_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    shared_model::synthetic::SyntheticSpec::cpu()
+        .write(&bundle, 3, None)
+        .unwrap();
+    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    robot.command_timeout_ms = 5000;
+    let robot_file = tmp.path().join("robot.toml");
+    std::fs::write(&robot_file, toml::to_string(&robot).unwrap()).unwrap();
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let out = tmp.path().join("run");
+    let rrd = tmp.path().join("run.rrd");
+    let status = Command::new(BIN)
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--allow-unsigned")
+        .arg("--robot")
+        .arg(&robot_file)
+        .arg("--port")
+        .arg(firmware.path())
+        .arg("--out")
+        .arg(&out)
+        .arg("--rerun")
+        .arg(&rrd)
+        .args([
+            "--backend",
+            "native",
+            "--time-scale",
+            "10",
+            "--episodes",
+            "2",
+        ])
+        .status()
+        .unwrap();
+    drop(firmware);
+    assert!(status.success());
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let ticks = report["ticks"].as_u64().unwrap() as usize;
+    let drops = report["viz_drops"].as_u64().unwrap() as usize;
+    let recorded = report["logger"]["rerun_ticks"].as_u64().unwrap() as usize;
+    assert_eq!(recorded + drops, ticks, "{report}");
+    let acted: usize = report["episodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["commands"].as_u64().unwrap() as usize)
+        .sum();
+    assert!(acted > 100, "{report}");
+
+    let rows = viz::cli::verified_rows(&rrd).unwrap();
+    assert_eq!(rows.get("/timing/read_us"), Some(&recorded), "{rows:?}");
+    assert_eq!(rows.get("/link/crc_errors"), Some(&recorded), "{rows:?}");
+    // Policy steps: every command the report counts, unless its tick's frame was dropped.
+    let steps = rows.get("/policy/candidates").copied().unwrap_or(0);
+    assert!(
+        steps <= acted && steps + drops >= acted,
+        "{steps} vs {acted}: {rows:?}"
+    );
+    for e in [
+        "/observation.state/pusher_x",
+        "/action/pusher_x",
+        "/policy/raw_action/pusher_y",
+        "/policy/selected",
+        "/policy/q/selected",
+        "/policy/q/best_base",
+        "/policy/q/best_edit",
+        "/policy/q/spread",
+        "/timing/infer_us",
+        "/timing/send_us",
+        "/safety/clamped",
+        "/scene/robot/discs",
+        "/scene/object/discs",
+        "/scene/goal/discs",
+    ] {
+        assert_eq!(rows.get(e), Some(&steps), "{e}: {rows:?}");
+    }
+    assert!(
+        rows.get("/safety/state").is_some_and(|&n| n >= 4),
+        "{rows:?}"
+    );
+}

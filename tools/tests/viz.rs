@@ -1,0 +1,56 @@
+//! `tools viz` (feature `viz`; scripts/test runs `cargo test -p tools --features viz
+//! --test viz`): the commands as a user types them, the result checked by `tools viz
+//! verify` (the rerun CLI of the matching rerun-sdk wheel).
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tools");
+
+fn tools(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tools {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn dataset_recording_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("arm");
+    let rrd = tmp.path().join("arm.rrd");
+    let (data_s, rrd_s) = (data.to_str().unwrap(), rrd.to_str().unwrap());
+    tools(&[
+        "dataset",
+        "generate",
+        "--task",
+        "arm-reach",
+        "--episodes",
+        "2",
+        "--out",
+        data_s,
+    ]);
+    let said = tools(&["viz", "dataset", data_s, "--out", rrd_s]);
+    assert!(
+        said.contains("2 episodes") && said.contains("scene"),
+        "{said}"
+    );
+    let listed = tools(&["viz", "verify", rrd_s]);
+    assert!(listed.contains("verified by rerun 0.36.3"), "{listed}");
+    for entity in [
+        "/scene/robot/links",
+        "/scene/obstacle/discs",
+        "/next.reward",
+    ] {
+        assert!(listed.contains(entity), "{entity} missing:\n{listed}");
+    }
+    // Neither --out nor --connect: refused by the argument parser.
+    let out = Command::new(BIN)
+        .args(["viz", "dataset", data_s])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
