@@ -74,7 +74,8 @@ fn info_json_has_v3_fields() {
     assert_eq!(v["features"]["action"]["dtype"], "float32");
     assert_eq!(v["features"]["next.done"]["dtype"], "bool");
     assert_eq!(v["features"]["index"]["dtype"], "int64");
-    assert_eq!(v["features"].as_object().unwrap().len(), 12);
+    assert_eq!(v["features"]["intervention"]["dtype"], "bool");
+    assert_eq!(v["features"].as_object().unwrap().len(), 13);
 }
 
 #[test]

@@ -20,6 +20,25 @@ fn tiny_push_run(dir: &Path) {
     train(&c, dir, &TrainOptions::default(), &mut ()).unwrap();
 }
 
+/// The push robot behind the simulated firmware (lockstep, clock `scale` times the
+/// robot's), and a quiet loop config for it; the policy options use tract and `seed`.
+fn push_robot(scale: f64, seed: u64) -> (FirmwareThread, RunConfig, PolicyOptions) {
+    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, scale).unwrap();
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.time_scale = scale;
+    cfg.quiet = true;
+    let options = PolicyOptions {
+        backend: Backend::Tract,
+        executed_steps: None,
+        seed,
+    };
+    (firmware, cfg, options)
+}
+
 #[test]
 fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     let tmp = tempfile::tempdir().unwrap();
@@ -70,22 +89,10 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     // The robot: the controller on the simulated firmware, streaming to the trainer.
     let b = shared_model::load_bundle(&bundle0, &Trust::from_public_key_file(&pub_path).unwrap())
         .unwrap();
-    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
-    robot.safety.stale_sensor_ms = 3000;
-    let options = PolicyOptions {
-        backend: Backend::Tract,
-        executed_steps: None,
-        seed: 1,
-    };
-    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
-    fw.pacing = Pacing::Lockstep;
-    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let (firmware, mut cfg, options) = push_robot(10.0, 1);
     let robot_out = tmp.path().join("robot");
-    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
     cfg.episodes = Some(8);
-    cfg.time_scale = 10.0;
     cfg.out = Some(robot_out.clone());
-    cfg.quiet = true;
     cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
         addr: addr.to_string(),
         key: link_key,
@@ -197,21 +204,9 @@ fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: usize) -> std::net::
 /// (lockstep, 20x clock): the same seeds for every bundle.
 fn held_out_success(bundle: &Path, trust: &Trust, episodes: u32) -> f64 {
     let b = shared_model::load_bundle(bundle, trust).unwrap();
-    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
-    robot.safety.stale_sensor_ms = 3000;
-    let options = PolicyOptions {
-        backend: Backend::Tract,
-        executed_steps: None,
-        seed: 7,
-    };
-    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
-    fw.pacing = Pacing::Lockstep;
-    let firmware = FirmwareThread::spawn(fw, 20.0).unwrap();
-    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    let (_firmware, mut cfg, options) = push_robot(20.0, 7);
     cfg.episodes = Some(episodes);
     cfg.seed = 99_000;
-    cfg.time_scale = 20.0;
-    cfg.quiet = true;
     let brain = Brain::new(&b, &options, false).unwrap();
     let report = robot_loop::run(cfg, brain, "push", "eval").unwrap();
     assert_eq!(report.episodes_completed, episodes as usize, "{report}");
@@ -276,24 +271,12 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
     let proxy = cutting_proxy(trainer_addr, 100_000);
 
     let episodes = 40;
-    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
-    robot.safety.stale_sensor_ms = 3000;
-    let options = PolicyOptions {
-        backend: Backend::Tract,
-        executed_steps: None,
-        seed: 1,
-    };
-    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
-    fw.pacing = Pacing::Lockstep;
-    let firmware = FirmwareThread::spawn(fw, 2.0).unwrap();
+    // 40 Hz: about the rate of the trainer's updates on 2 cores, as in scripts/demo.
+    let (firmware, mut cfg, options) = push_robot(2.0, 1);
     let robot_out = tmp.path().join("robot");
-    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
     cfg.episodes = Some(episodes);
     cfg.seed = 1000;
-    // 40 Hz: about the rate of the trainer's updates on 2 cores, as in scripts/demo.
-    cfg.time_scale = 2.0;
     cfg.out = Some(robot_out.clone());
-    cfg.quiet = true;
     cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
         addr: proxy.to_string(),
         key: link_key,
