@@ -108,6 +108,17 @@ pub struct FinetuneSummary {
     pub stopped_early: bool,
 }
 
+impl FinetuneSummary {
+    /// Counts one robot frame and says whether it goes into training: frames the
+    /// operator marked as interventions only with `keep_interventions`.
+    pub(crate) fn admit(&mut self, intervention: bool, keep_interventions: bool) -> bool {
+        self.robot_interventions += intervention as usize;
+        let used = keep_interventions || !intervention;
+        self.robot_transitions_used += used as usize;
+        used
+    }
+}
+
 const FINETUNE_HEADER: &str = "update,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,updates_per_s";
 
 /// Runs `finetune` (see the module documentation).
@@ -268,11 +279,9 @@ fn append_robot_data(
         for ep in &ds.episodes {
             for i in 0..ep.len() {
                 summary.robot_transitions += 1;
-                summary.robot_interventions += ep.intervention[i] as usize;
-                if ep.intervention[i] && !keep_interventions {
+                if !summary.admit(ep.intervention[i], keep_interventions) {
                     continue;
                 }
-                summary.robot_transitions_used += 1;
                 online.push(
                     &ep.observations[i * od..(i + 1) * od],
                     &ep.actions[i * ad..(i + 1) * ad],

@@ -284,11 +284,8 @@ pub(crate) fn train_live(
                 last_data = Some(std::time::Instant::now());
                 for step in std::iter::once(first).chain(rx.try_iter()) {
                     summary.streamed += 1;
-                    if step.intervention {
-                        summary.robot_interventions += 1;
-                        if !o.keep_interventions {
-                            continue;
-                        }
+                    if !summary.admit(step.intervention, o.keep_interventions) {
+                        continue;
                     }
                     online.push(
                         &step.obs,
@@ -297,7 +294,6 @@ pub(crate) fn train_live(
                         &step.next_obs,
                         step.terminal,
                     );
-                    summary.robot_transitions_used += 1;
                     owed += 1;
                 }
             }

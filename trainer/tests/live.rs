@@ -39,6 +39,47 @@ fn push_robot(scale: f64, seed: u64) -> (FirmwareThread, RunConfig, PolicyOption
     (firmware, cfg, options)
 }
 
+/// `finetune --listen` from `run` into `out` on a free loopback port, in a thread:
+/// `updates` updates at most, a bundle every 50 (short runs) or 500 updates, signed
+/// with `signing`; returns the thread and the bound address.
+fn spawn_listening_trainer(
+    run: &Path,
+    out: &Path,
+    updates: usize,
+    key: &Key,
+    signing: Option<shared_model::manifest::SigningKey>,
+    idle_exit: Option<Duration>,
+) -> (
+    std::thread::JoinHandle<trainer::finetune::FinetuneSummary>,
+    std::net::SocketAddr,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let short = updates < 1000;
+    let opts = FinetuneOptions {
+        from: run.to_path_buf(),
+        data: vec![],
+        out: out.to_path_buf(),
+        updates,
+        with_offline: true,
+        checkpoint_every: 0,
+        log_every: if short { 50 } else { 500 },
+        eval_episodes: 0,
+        resume: false,
+        stop_after: None,
+        keep_interventions: false,
+        listen: Some(LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key: key.clone(),
+            publish_every: if short { 50 } else { 500 },
+            signing_key: signing,
+            idle_exit,
+            bound: Some(tx),
+        }),
+    };
+    let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
+    (trainer, rx.recv_timeout(Duration::from_secs(60)).unwrap())
+}
+
 #[test]
 fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     let tmp = tempfile::tempdir().unwrap();
@@ -61,30 +102,8 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
 
     // The trainer, listening on a free port.
     let out = tmp.path().join("live");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let opts = FinetuneOptions {
-        from: run.clone(),
-        data: vec![],
-        out: out.clone(),
-        updates: 150,
-        with_offline: true,
-        checkpoint_every: 0,
-        log_every: 50,
-        eval_episodes: 0,
-        resume: false,
-        stop_after: None,
-        keep_interventions: false,
-        listen: Some(LiveOptions {
-            addr: "127.0.0.1:0".into(),
-            key: link_key.clone(),
-            publish_every: 50,
-            signing_key: Some(signing.clone()),
-            idle_exit: None,
-            bound: Some(tx),
-        }),
-    };
-    let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
-    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let (trainer, addr) =
+        spawn_listening_trainer(&run, &out, 150, &link_key, Some(signing.clone()), None);
 
     // The robot: the controller on the simulated firmware, streaming to the trainer.
     let b = shared_model::load_bundle(&bundle0, &Trust::from_public_key_file(&pub_path).unwrap())
@@ -243,30 +262,9 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
 
     let link_key = Key::from_bytes([7; KEY_LEN]);
     let out = tmp.path().join("live");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let opts = FinetuneOptions {
-        from: run.clone(),
-        data: vec![],
-        out: out.clone(),
-        updates: usize::MAX,
-        with_offline: true,
-        checkpoint_every: 0,
-        log_every: 500,
-        eval_episodes: 0,
-        resume: false,
-        stop_after: None,
-        keep_interventions: false,
-        listen: Some(LiveOptions {
-            addr: "127.0.0.1:0".into(),
-            key: link_key.clone(),
-            publish_every: 500,
-            signing_key: Some(signing),
-            idle_exit: Some(Duration::from_secs(5)),
-            bound: Some(tx),
-        }),
-    };
-    let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
-    let trainer_addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let idle_exit = Some(Duration::from_secs(5));
+    let (trainer, trainer_addr) =
+        spawn_listening_trainer(&run, &out, usize::MAX, &link_key, Some(signing), idle_exit);
     // About 700 push transitions (136 bytes each) pass before the cut.
     let proxy = cutting_proxy(trainer_addr, 100_000);
 

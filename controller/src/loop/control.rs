@@ -694,11 +694,8 @@ impl Control {
     // ---------------------------------------------------------------- checks
 
     fn checks(&mut self, now: Instant) {
-        if let Some(rx) = &self.operator {
-            let commands: Vec<OperatorCommand> = rx.try_iter().collect();
-            for c in commands {
-                self.on_operator(now, c);
-            }
+        while let Some(c) = self.operator.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.on_operator(now, c);
         }
         if realtime::stop_requested() && self.stopping.is_none() {
             let sig = realtime::stop_signal();
@@ -745,34 +742,23 @@ impl Control {
     /// One operator command (see [`super::operator`]).
     fn on_operator(&mut self, now: Instant, c: OperatorCommand) {
         let note = |what: &str| eprintln!("operator: {what}");
+        let running = self.phase == Phase::Running && self.track.is_some();
         match c {
-            OperatorCommand::Success | OperatorCommand::Failure | OperatorCommand::Reset => {
-                let label = match c {
-                    OperatorCommand::Success => Some(true),
-                    OperatorCommand::Failure => Some(false),
-                    _ => None,
-                };
-                if self.phase != Phase::Running || self.track.is_none() {
-                    self.report.operator.ignored += 1;
-                    note("no episode is running; command ignored");
-                    return;
-                }
-                match label {
-                    Some(l) => {
-                        self.operator_end(now, l);
-                        self.report.operator.labels += 1;
-                    }
-                    None => {
-                        self.report.operator.resets += 1;
-                        // The firmware's episode ends with our next Reset.
-                        self.finish_episode(
-                            now,
-                            EndReason::Interrupted,
-                            "reset by the operator".into(),
-                        );
-                        self.phase = Phase::Idle;
-                    }
-                }
+            OperatorCommand::Success | OperatorCommand::Failure | OperatorCommand::Reset
+                if !running =>
+            {
+                self.report.operator.ignored += 1;
+                note("no episode is running; command ignored");
+            }
+            OperatorCommand::Success | OperatorCommand::Failure => {
+                self.operator_end(now, c == OperatorCommand::Success);
+                self.report.operator.labels += 1;
+            }
+            OperatorCommand::Reset => {
+                self.report.operator.resets += 1;
+                // The firmware's episode ends with our next Reset.
+                self.finish_episode(now, EndReason::Interrupted, "reset by the operator".into());
+                self.phase = Phase::Idle;
             }
             OperatorCommand::ToggleIntervention => {
                 self.intervention = !self.intervention;
@@ -1121,7 +1107,8 @@ impl Control {
         let ti = Instant::now();
         let ad = self.ad;
         let r = self.brain.act(&self.obs[..od], &mut self.action[..ad]);
-        let policy_action = self.action;
+        // The policy's own action, before shaping, for the rerun recording only.
+        let policy_action = self.viz_tx.is_some().then_some(self.action);
         let tf = Instant::now();
         self.ep_cadence.infer.record(tf - ti);
         let choice = match r {
@@ -1153,7 +1140,7 @@ impl Control {
         match sent {
             Ok(a) => {
                 self.commands.push((write_start, a, self.intervention));
-                if self.viz_tx.is_some() {
+                if let Some(policy_action) = policy_action {
                     let times = (tf - ti, written - tf);
                     self.record_act(policy_action, shaped, choice.index, times);
                 }

@@ -57,6 +57,16 @@ pub struct TickInput {
     pub rx: Receiver<TickFrame>,
     pub sink: Box<dyn TickSink>,
     pub link: Arc<Mutex<LinkCounters>>,
+    /// Frames recorded so far.
+    pub recorded: u64,
+}
+
+impl TickInput {
+    fn record(&mut self, f: &TickFrame) {
+        let link = *self.link.lock().unwrap_or_else(|e| e.into_inner());
+        self.sink.tick(f, &link);
+        self.recorded += 1;
+    }
 }
 
 /// The running logger.
@@ -120,11 +130,7 @@ fn push_error(s: &Mutex<LoggerSummary>, e: String) {
 
 /// The next record, recording tick frames while waiting; `None` once the records'
 /// channel closed (the run ended: the control thread dropped both senders).
-fn next_record(
-    rx: &Receiver<Record>,
-    ticks: &mut Option<TickInput>,
-    recorded: &mut u64,
-) -> Option<Record> {
+fn next_record(rx: &Receiver<Record>, ticks: &mut Option<TickInput>) -> Option<Record> {
     let Some(t) = ticks.as_mut() else {
         return rx.recv().ok();
     };
@@ -132,11 +138,7 @@ fn next_record(
         select! {
             recv(rx) -> rec => return rec.ok(),
             recv(t.rx) -> frame => match frame {
-                Ok(f) => {
-                    let link = *t.link.lock().unwrap_or_else(|e| e.into_inner());
-                    t.sink.tick(&f, &link);
-                    *recorded += 1;
-                }
+                Ok(f) => t.record(&f),
                 // Closed with the run; records may still be queued.
                 Err(_) => t.rx = crossbeam_channel::never(),
             },
@@ -153,8 +155,7 @@ fn logger_main(
 ) {
     let mut current: Option<(u32, Vec<Transition>)> = None;
     let mut next_index = 0usize;
-    let mut recorded = 0u64;
-    while let Some(rec) = next_record(&rx, &mut ticks, &mut recorded) {
+    while let Some(rec) = next_record(&rx, &mut ticks) {
         if let Err(e) = log.append(&rec) {
             push_error(s, e.to_string());
         }
@@ -206,13 +207,11 @@ fn logger_main(
     }
     if let Some(mut t) = ticks {
         // Frames sent before the channel closed.
-        for f in t.rx.try_iter() {
-            let link = *t.link.lock().unwrap_or_else(|e| e.into_inner());
-            t.sink.tick(&f, &link);
-            recorded += 1;
+        while let Ok(f) = t.rx.try_recv() {
+            t.record(&f);
         }
+        s.lock().unwrap_or_else(|e| e.into_inner()).rerun_ticks = Some(t.recorded);
         let flushed = t.sink.finish();
-        s.lock().unwrap_or_else(|e| e.into_inner()).rerun_ticks = Some(recorded);
         if let Err(e) = flushed {
             push_error(s, e);
         }

@@ -575,6 +575,7 @@ pub fn run(
                 rx,
                 sink,
                 link: link.counters.clone(),
+                recorded: 0,
             };
             (Some(tx), Some(input))
         }
