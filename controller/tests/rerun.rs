@@ -1,33 +1,36 @@
-//! `controller run --rerun FILE` (feature `viz`; scripts/test runs it with
-//! `cargo test -p controller --features viz --test rerun`): the real binary against the
-//! simulated firmware over a pty, its recording checked with the rerun CLI of the
-//! matching `rerun-sdk` wheel (`viz::cli`): one row per tick for the per-tick entities,
-//! one per policy step for the policy's, and the task's scene.
+//! `controller run --rerun FILE` and `--rerun-connect ADDR` (feature `viz`; scripts/test
+//! runs it with `cargo test -p controller --features viz --test rerun`): the real binary
+//! against the simulated firmware over a pty, its recording checked with the rerun CLI
+//! of the matching `rerun-sdk` wheel (`viz::cli`): one row per tick for the per-tick
+//! entities, one per policy step for the policy's, and the task's scene.
 
 use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
 use serde_json::Value;
 use sim::TaskId;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_controller");
 
-#[test]
-fn a_run_records_every_tick_for_rerun() {
-    let tmp = tempfile::tempdir().unwrap();
-    let bundle = tmp.path().join("bundle");
+/// Two push episodes at a 10x clock with a synthetic bundle, recording for rerun with
+/// `rerun_args`; the run's report.
+fn run_recorded(dir: &Path, rerun_args: &[OsString]) -> Value {
+    let bundle = dir.join("bundle");
     shared_model::synthetic::SyntheticSpec::cpu()
         .write(&bundle, 3, None)
         .unwrap();
     let mut robot = firmware_config::RobotConfig::example("push").unwrap();
     robot.safety.stale_sensor_ms = 3000;
     robot.command_timeout_ms = 5000;
-    let robot_file = tmp.path().join("robot.toml");
+    let robot_file = dir.join("robot.toml");
     std::fs::write(&robot_file, toml::to_string(&robot).unwrap()).unwrap();
     let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
     fw.pacing = Pacing::Lockstep;
     let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
-    let out = tmp.path().join("run");
-    let rrd = tmp.path().join("run.rrd");
+    let out = dir.join("run");
     let status = Command::new(BIN)
         .arg("run")
         .arg("--bundle")
@@ -39,8 +42,7 @@ fn a_run_records_every_tick_for_rerun() {
         .arg(firmware.path())
         .arg("--out")
         .arg(&out)
-        .arg("--rerun")
-        .arg(&rrd)
+        .args(rerun_args)
         .args([
             "--backend",
             "native",
@@ -53,12 +55,24 @@ fn a_run_records_every_tick_for_rerun() {
         .unwrap();
     drop(firmware);
     assert!(status.success());
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+/// Ticks the logger recorded (`logger.rerun_ticks`); checked against the report's ticks
+/// and dropped frames.
+fn recorded_ticks(report: &Value) -> usize {
     let ticks = report["ticks"].as_u64().unwrap() as usize;
     let drops = report["viz_drops"].as_u64().unwrap() as usize;
     let recorded = report["logger"]["rerun_ticks"].as_u64().unwrap() as usize;
     assert_eq!(recorded + drops, ticks, "{report}");
+    recorded
+}
+
+/// The recording holds one row per recorded tick for the per-tick entities and one per
+/// policy step for the policy's and the scene's.
+fn check_rows(report: &Value, rows: &BTreeMap<String, usize>) {
+    let recorded = recorded_ticks(report);
+    let drops = report["viz_drops"].as_u64().unwrap() as usize;
     let acted: usize = report["episodes"]
         .as_array()
         .unwrap()
@@ -66,8 +80,6 @@ fn a_run_records_every_tick_for_rerun() {
         .map(|e| e["commands"].as_u64().unwrap() as usize)
         .sum();
     assert!(acted > 100, "{report}");
-
-    let rows = viz::cli::verified_rows(&rrd).unwrap();
     assert_eq!(rows.get("/timing/read_us"), Some(&recorded), "{rows:?}");
     assert_eq!(rows.get("/link/crc_errors"), Some(&recorded), "{rows:?}");
     // Policy steps: every command the report counts, unless its tick's frame was dropped.
@@ -98,4 +110,36 @@ fn a_run_records_every_tick_for_rerun() {
         rows.get("/safety/state").is_some_and(|&n| n >= 4),
         "{rows:?}"
     );
+}
+
+#[test]
+fn a_run_records_every_tick_for_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rrd = tmp.path().join("run.rrd");
+    let report = run_recorded(tmp.path(), &["--rerun".into(), rrd.clone().into()]);
+    check_rows(&report, &viz::cli::verified_rows(&rrd).unwrap());
+}
+
+/// `--rerun-connect` against the rerun executable's own gRPC server (headless, saving
+/// what arrives), the server a viewer runs: every tick arrives.
+#[test]
+fn a_run_streams_every_tick_to_a_live_rerun_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = viz::cli::StreamServer::start(&tmp.path().join("stream.rrd")).unwrap();
+    let report = run_recorded(
+        tmp.path(),
+        &["--rerun-connect".into(), server.url.clone().into()],
+    );
+    let recorded = recorded_ticks(&report);
+    // The controller flushed before exiting; the server may still be writing.
+    let scratch = tmp.path().join("merged.rrd");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows = server.rows(&scratch).unwrap();
+        if rows.get("/timing/read_us") == Some(&recorded) || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    check_rows(&report, &rows);
 }

@@ -6,8 +6,10 @@
 use crate::RERUN_VERSION;
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs the rerun CLI with `args`; its stdout and stderr together.
 pub fn rerun_cli(args: &[&str]) -> Result<String> {
@@ -62,4 +64,82 @@ pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
         *rows.entry(entity.to_string()).or_default() += n;
     }
     Ok(rows)
+}
+
+/// A headless rerun gRPC server, `rerun --port PORT --save FILE`: it accepts what SDKs
+/// stream, as a viewer does (`--rerun-connect`), and appends it to `file`. It stands in
+/// for a live viewer where there is no display. Killed on drop.
+pub struct StreamServer {
+    child: Child,
+    /// The address SDKs connect to, `rerun+http://127.0.0.1:PORT/proxy`.
+    pub url: String,
+    file: PathBuf,
+}
+
+impl StreamServer {
+    /// Starts the server on a free local port and waits (up to 30 s) until it accepts
+    /// connections.
+    pub fn start(file: &Path) -> Result<StreamServer> {
+        let python = std::env::var("RERUN_PYTHON").unwrap_or_else(|_| "python3".into());
+        // The wheel's `rerun` executable itself, not the `python -m rerun_cli` wrapper:
+        // killing the wrapper would leave the server running.
+        let exe = Command::new(&python)
+            .args([
+                "-c",
+                "import os, rerun_cli; print(os.path.join(os.path.dirname(rerun_cli.__file__), 'rerun'))",
+            ])
+            .output()
+            .with_context(|| format!("running {python}"))?;
+        ensure!(
+            exe.status.success(),
+            "finding the rerun executable (pip install rerun-sdk=={RERUN_VERSION}): {}",
+            String::from_utf8_lossy(&exe.stderr)
+        );
+        let exe = String::from_utf8(exe.stdout)?.trim().to_string();
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(&exe)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--save")
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {exe}"))?;
+        let mut server = StreamServer {
+            child,
+            url: format!("rerun+http://127.0.0.1:{port}/proxy"),
+            file: file.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("the rerun server exited with {status} before listening on {port}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the rerun server did not listen on {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    /// Rows per entity path of what the server has saved so far, checked by the CLI as
+    /// in [`verified_rows`]. A saved stream has no footer, which `rrd verify` requires,
+    /// so it is first re-encoded into `scratch` with `rerun rrd merge`.
+    pub fn rows(&self, scratch: &Path) -> Result<BTreeMap<String, usize>> {
+        let src = self.file.to_str().context("the path is not UTF-8")?;
+        let dst = scratch.to_str().context("the path is not UTF-8")?;
+        let _ = std::fs::remove_file(scratch);
+        rerun_cli(&["rrd", "merge", src, "-o", dst])?;
+        verified_rows(scratch)
+    }
+}
+
+impl Drop for StreamServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -14,8 +14,9 @@ pub struct DatasetRrd {
     pub scene: bool,
 }
 
-/// Logs every frame of the dataset at `dir` on the timelines `episode`, `frame_index`
-/// and `time` (seconds into the episode, from the dataset's fps). `task` draws the
+/// Logs every frame of the dataset at `dir` on the timelines `index` (the global frame
+/// index: the episodes one after another), `episode`, `frame_index` and `time` (seconds
+/// into the episode, from the dataset's fps). `task` draws the
 /// simulated task's scene from each observation; `None` takes it from the dataset's
 /// `robot_type` when that names one of our tasks (`sim/push`, …), else no scene.
 pub fn dataset_to_rrd(dir: &Path, task: Option<TaskId>, target: &Target) -> Result<DatasetRrd> {
@@ -35,9 +36,12 @@ pub fn dataset_to_rrd(dir: &Path, task: Option<TaskId>, target: &Target) -> Resu
         scene: task.is_some(),
         ..DatasetRrd::default()
     };
+    let mut index = 0i64;
     for (e, ep) in ds.episodes.iter().enumerate() {
         rec.set_time_sequence("episode", e as i64);
         for i in 0..ep.len() {
+            rec.set_time_sequence("index", index);
+            index += 1;
             rec.set_time_sequence("frame_index", i as i64);
             rec.set_duration_secs("time", dataset::timestamp(i, info.fps) as f64);
             let obs = &ep.observations[i * od..(i + 1) * od];

@@ -17,10 +17,13 @@
 //!  intervention               Scalars   datasets: the operator's mark (0/1)
 //!  scene/{walls,goal,object,obstacle,robot}
 //!                             2-D shapes of the simulated task, from the observation
+//!                                        (y negated: rerun's 2-D views draw y downwards,
+//!                                        the tasks' y points up)
 //!  policy/raw_action/<name>   Scalars   controller: the policy's action before safety
 //!  policy/candidates          Points2D  controller: the N base (blue) and n_edit edited
 //!                                        (orange) candidates in the first two action
-//!                                        dimensions, labelled with their scores
+//!                                        dimensions (second one negated, as the scene's
+//!                                        y), labelled with their scores
 //!  policy/selected            Points2D  the chosen candidate (green)
 //!  policy/q/{selected,best_base,best_edit,spread}
 //!                             Scalars   score of the chosen candidate (min over the sampled
@@ -36,8 +39,9 @@
 //! ```
 //!
 //! Timelines: `tick` (controller ticks), `time` (seconds since the run or episode
-//! started), `episode` (episode index), `frame_index` (datasets), and a run CSV's first
-//! column (`step` or `update`).
+//! started), `episode` (episode index), `index` and `frame_index` (datasets: the global
+//! frame index, which orders every episode one after another, and the frame within its
+//! episode), and a run CSV's first column (`step` or `update`).
 
 use anyhow::{Context, Result, bail};
 use rerun::{Color, RecordingStream};
@@ -179,7 +183,7 @@ fn kind_name(kind: ShapeKind) -> &'static str {
 
 /// The geometric view of a task's state, under `scene/`: one entity per kind of shape,
 /// circles as points with their radius, links as strips with their width, walls and
-/// tables as boxes.
+/// tables as boxes; y negated, so that the task's up is up in rerun's 2-D view.
 pub fn log_scene(rec: &RecordingStream, scene: &Scene) -> Result<()> {
     for kind in [
         ShapeKind::Wall,
@@ -195,7 +199,7 @@ pub fn log_scene(rec: &RecordingStream, scene: &Scene) -> Result<()> {
         for (_, s) in shapes {
             match *s {
                 Shape::Circle { x, y, r } => {
-                    centers.push([x, y]);
+                    centers.push([x, -y]);
                     radii.push(r);
                 }
                 Shape::Segment {
@@ -205,12 +209,13 @@ pub fn log_scene(rec: &RecordingStream, scene: &Scene) -> Result<()> {
                     y1,
                     width,
                 } => {
-                    strips.push(vec![[x0, y0], [x1, y1]]);
+                    strips.push(vec![[x0, -y0], [x1, -y1]]);
                     widths.push(width / 2.0);
                 }
                 Shape::Rect { x0, y0, x1, y1 } => {
-                    mins.push([x0, y0]);
-                    sizes.push([x1 - x0, y1 - y0]);
+                    // The corner with the smallest x and (negated) y.
+                    mins.push([x0.min(x1), -y0.max(y1)]);
+                    sizes.push([(x1 - x0).abs(), (y1 - y0).abs()]);
                 }
             }
         }

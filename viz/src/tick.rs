@@ -155,7 +155,8 @@ impl TickLogger {
         let score = |j: usize| (0..k).map(|c| a.q[c * m + j]).fold(f32::INFINITY, f32::min);
         let point = |j: usize| {
             let c = &a.candidates[j * ad..(j + 1) * ad];
-            [c[0], c.get(1).copied().unwrap_or(0.0)]
+            // Negated like the scene's y, so that "up" agrees in the two views.
+            [c[0], -c.get(1).copied().unwrap_or(0.0)]
         };
         self.labels.clear();
         for j in 0..m {
