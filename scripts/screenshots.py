@@ -53,6 +53,25 @@ def controller() -> rrb.Blueprint:
     )
 
 
+def loop() -> rrb.Blueprint:
+    """`controller bench-loop --rerun`: the loop's cadence, tick by tick."""
+    return rrb.Blueprint(
+        rrb.Vertical(
+            series(
+                contents=["timing/tick_us"],
+                name="tick work (µs): wake to end of tick; above the period = overrun",
+            ),
+            series(contents=["timing/jitter_us"], name="wake-up jitter (µs)"),
+            series(
+                contents=["timing/infer_us", "timing/read_us", "timing/send_us"],
+                name="stages (µs): policy, read, send",
+            ),
+        ),
+        rrb.TimePanel(timeline="tick", play_state="paused", state="collapsed"),
+        collapse_panels=True,
+    )
+
+
 def dataset() -> rrb.Blueprint:
     """`tools viz dataset`: scene, observation, action, reward and success."""
     return rrb.Blueprint(
@@ -103,6 +122,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     controller().save("expo_controller", out / "controller.rbl")
+    loop().save("expo_controller", out / "loop.rbl")
     dataset().save("expo_dataset", out / "dataset.rbl")
     run().save("expo_run", out / "run.rbl")
 

@@ -86,6 +86,10 @@ enum Command {
         /// Keep the log, dataset and report here (default: a temporary directory).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Record every tick for the rerun viewer (feature `viz`), e.g. to plot the
+        /// loop's jitter and tick time; the recording adds work on the logger thread.
+        #[arg(long)]
+        rerun: Option<PathBuf>,
     },
     /// Convert a transition log (e.g. of a killed run) into a dataset (created or appended).
     LogToDataset {
@@ -401,6 +405,7 @@ fn cmd_bench_loop(
     task: String,
     timing: TimingArgs,
     out: Option<PathBuf>,
+    rerun: Option<PathBuf>,
 ) -> Result<()> {
     use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
     let task: sim::TaskId = task.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -440,6 +445,7 @@ fn cmd_bench_loop(
     cfg.max_faults = u32::MAX;
     cfg.max_consecutive_overruns = 0;
     cfg.quiet = true;
+    cfg.rerun = rerun.map(robot_loop::viz::RerunTarget::File);
     robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
     eprintln!(
         "bench-loop: {} {}{} on {task} at {rate} Hz (firmware clock x{scale}) for {seconds} s; firmware and loop in this process",
@@ -601,8 +607,9 @@ fn main() -> Result<std::process::ExitCode> {
             task,
             timing,
             out,
+            rerun,
         } => cmd_bench_loop(
-            rate, seconds, bundle, synthetic, trust, backend, two_speed, task, timing, out,
+            rate, seconds, bundle, synthetic, trust, backend, two_speed, task, timing, out, rerun,
         )?,
         Command::LogToDataset { log, out } => {
             let r = robot_loop::log::log_to_dataset(&log, &out)?;

@@ -81,6 +81,8 @@ fn check_rows(report: &Value, rows: &BTreeMap<String, usize>) {
         .sum();
     assert!(acted > 100, "{report}");
     assert_eq!(rows.get("/timing/read_us"), Some(&recorded), "{rows:?}");
+    assert_eq!(rows.get("/timing/jitter_us"), Some(&recorded), "{rows:?}");
+    assert_eq!(rows.get("/timing/tick_us"), Some(&recorded), "{rows:?}");
     assert_eq!(rows.get("/link/crc_errors"), Some(&recorded), "{rows:?}");
     // Policy steps: every command the report counts, unless its tick's frame was dropped.
     let steps = rows.get("/policy/candidates").copied().unwrap_or(0);

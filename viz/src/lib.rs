@@ -31,6 +31,8 @@
 //!                                        critics' spread (standard deviation over the
 //!                                        sampled critics, mean over candidates)
 //!  timing/{read,infer,send}_us Scalars  controller: per-stage time of the tick
+//!  timing/{jitter,tick}_us    Scalars   controller: how late the loop woke, and the
+//!                                        tick's whole work (over one period: overrun)
 //!  link/{crc_errors,resyncs,seq_lost,queue_drops,read_errors}
 //!                             Scalars   controller: the serial link's error counters
 //!  safety/{clamped,rate_limited} Scalars controller: the envelope changed the action

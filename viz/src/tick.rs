@@ -49,6 +49,10 @@ pub struct TickView<'a> {
     pub episode: Option<u32>,
     /// The loop's phase (`running`, `safe_stop`, …).
     pub phase: &'a str,
+    /// How late the loop woke after its deadline.
+    pub jitter_us: f64,
+    /// The tick's whole work, from waking to the end (above one period: an overrun).
+    pub work_us: f64,
     pub read_us: f64,
     /// Policy and command write times, when the tick acted.
     pub infer_us: Option<f64>,
@@ -105,6 +109,8 @@ impl TickLogger {
             rec.log("safety/state", &rerun::TextLog::new(t.phase))?;
             self.last_phase = t.phase.to_string();
         }
+        rec.log("timing/jitter_us", &rerun::Scalars::single(t.jitter_us))?;
+        rec.log("timing/tick_us", &rerun::Scalars::single(t.work_us))?;
         rec.log("timing/read_us", &rerun::Scalars::single(t.read_us))?;
         if let Some(us) = t.infer_us {
             rec.log("timing/infer_us", &rerun::Scalars::single(us))?;

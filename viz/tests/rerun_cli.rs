@@ -118,6 +118,8 @@ fn ticks_become_entities_with_one_row_per_tick() {
             time_s: tick as f64 * 0.01,
             episode: (tick >= 10).then_some(0),
             phase: if tick < 10 { "starting" } else { "running" },
+            jitter_us: 1.0,
+            work_us: 300.0,
             read_us: 3.0,
             infer_us: act.map(|_| 250.0),
             send_us: act.map(|_| 12.0),
@@ -129,6 +131,8 @@ fn ticks_become_entities_with_one_row_per_tick() {
     r.finish().unwrap();
     let rows = verified_rows(&rrd);
     assert_eq!(rows.get("/timing/read_us"), Some(&50), "{rows:?}");
+    assert_eq!(rows.get("/timing/jitter_us"), Some(&50), "{rows:?}");
+    assert_eq!(rows.get("/timing/tick_us"), Some(&50), "{rows:?}");
     assert_eq!(rows.get("/link/crc_errors"), Some(&50), "{rows:?}");
     for e in [
         "/timing/infer_us",

@@ -394,6 +394,7 @@ impl Control {
             let woke = Instant::now();
             let jitter = woke.saturating_duration_since(deadline);
             self.ep_cadence.jitter.record(jitter);
+            self.frame.jitter_ns = jitter.as_nanos() as u64;
             self.tick += 1;
             self.ep_cadence.ticks += 1;
             self.current_deadline = deadline;
@@ -494,6 +495,7 @@ impl Control {
         let Some(tx) = &self.viz_tx else { return };
         self.frame.tick = self.tick;
         self.frame.time_ns = ns_since(self.start, now);
+        self.frame.work_ns = now.elapsed().as_nanos() as u64;
         self.frame.episode = self.track.as_ref().map(|t| t.id);
         self.frame.phase = self.phase.name();
         if tx.try_send(self.frame).is_err() {

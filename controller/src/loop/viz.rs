@@ -109,6 +109,11 @@ pub struct TickFrame {
     pub time_ns: u64,
     pub episode: Option<u32>,
     pub phase: &'static str,
+    /// How late the loop woke after its deadline.
+    pub jitter_ns: u64,
+    /// From waking to handing over this frame: the tick's whole work (read, checks,
+    /// policy, send, log); above one period it overran.
+    pub work_ns: u64,
     pub read_ns: u64,
     pub act: Option<ActFrame>,
 }
@@ -192,6 +197,8 @@ impl TickSink for RerunSink {
             time_s: f.time_ns as f64 * 1e-9,
             episode: f.episode,
             phase: f.phase,
+            jitter_us: f.jitter_ns as f64 * 1e-3,
+            work_us: f.work_ns as f64 * 1e-3,
             read_us: f.read_ns as f64 * 1e-3,
             infer_us: f.act.map(|a| a.infer_ns as f64 * 1e-3),
             send_us: f.act.map(|a| a.send_ns as f64 * 1e-3),
