@@ -40,7 +40,7 @@
 //! action read-back of acting).
 
 use anyhow::Result;
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action};
@@ -663,7 +663,7 @@ impl Agent {
             }
             tq_sum = tq_sum + y.clone().mean();
             // The target enters the loss as a constant on the autodiff device.
-            let y = y.autodiff().reshape([1, b]);
+            let y = Tensor::from_inner(y).reshape([1, b]);
 
             let obs_i = obs.clone().slice([r.clone(), 0..od]);
             let act_i = act.clone().slice([r.clone(), 0..ad]);
@@ -779,14 +779,13 @@ impl Agent {
             device_normals,
         };
         // Base actions for the edit loss come from the online denoiser (as in the TD target).
-        let base = sample_chain(
+        let base = Tensor::from_inner(sample_chain(
             &self.denoiser.valid(),
             &self.schedule,
             obs.clone().inner(),
             ad,
             &mut stream,
-        )
-        .autodiff();
+        ));
         let noise = stream.normal(b, ad, &self.device);
         let edit = self.edit.take().unwrap();
         let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);
