@@ -5,7 +5,7 @@
 //! | `cpu` (default) | burn `flex` | always |
 //! | `ndarray` | burn `ndarray` (for comparisons) | always |
 //! | `vulkan`, `vulkan:N` | cubecl on wgpu/Vulkan, SPIR-V kernels, N-th discrete GPU | `vulkan` |
-//! | `cuda`, `cuda:N` | cubecl CUDA, N-th device | `cuda` (needs network at build time, README) |
+//! | `cuda`, `cuda:N` | cubecl CUDA, N-th device | `cuda` (run time: the NVIDIA driver and NVRTC) |
 //!
 //! The learner code is the same on every device; only where tensors live changes.
 
