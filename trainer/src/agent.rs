@@ -149,7 +149,7 @@ type MetricField = fn(&mut UpdateMetrics) -> &mut f32;
 
 impl PendingMetrics {
     fn push(&mut self, field: MetricField, value: Tensor<1>) {
-        self.0.push((field, value.inner().reshape([1])));
+        self.0.push((field, value.no_grad().reshape([1])));
     }
 
     fn read(self, m: &mut UpdateMetrics) {
@@ -217,7 +217,7 @@ pub fn polyak<M: Module>(target: M, online: &M, tau: f32) -> M {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let t = param.val();
             let n = t.shape().num_elements();
-            self.0.insert(param.id, t.inner().reshape([n]));
+            self.0.insert(param.id, t.no_grad().reshape([n]));
         }
     }
     struct Blend(HashMap<ParamId, Tensor<1>>, f32);
@@ -585,7 +585,7 @@ impl Agent {
         let alpha = self
             .temperature
             .as_ref()
-            .map(|t| t.alpha().inner().reshape([1, 1]));
+            .map(|t| t.alpha().no_grad().reshape([1, 1]));
         self.stage_sync();
         self.times.candidates += clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
@@ -669,9 +669,9 @@ impl Agent {
             let act_i = act.clone().slice([r.clone(), 0..ad]);
             let critic = self.critic.take().unwrap();
             let q = critic.forward(Tensor::cat(vec![obs_i, act_i], 1)); // [E, b]
-            q_sum = q_sum + q.clone().detach().inner().mean();
+            q_sum = q_sum + q.clone().detach().no_grad().mean();
             let loss = (q - y).square().mean();
-            loss_sum = loss_sum + loss.clone().detach().inner();
+            loss_sum = loss_sum + loss.clone().detach().no_grad();
             let grads = GradientsParams::from_grads(loss.backward(), &critic);
             let critic = self
                 .opt_critic
@@ -757,7 +757,7 @@ impl Agent {
         // Modules are handles to shared tensors: the clone is cheap and replaced below.
         let den = self.denoiser.clone();
         let loss = (den.forward(noisy, obs, t) - eps).square().mean();
-        let value = loss.clone().detach().inner();
+        let value = loss.clone().detach().no_grad();
         let grads = GradientsParams::from_grads(loss.backward(), &den);
         let lr = self.denoiser_lr();
         let den = self.opt_denoiser.step(lr, den, grads);
@@ -782,7 +782,7 @@ impl Agent {
         let base = Tensor::from_inner(sample_chain(
             &self.denoiser.valid(),
             &self.schedule,
-            obs.clone().inner(),
+            obs.clone().no_grad(),
             ad,
             &mut stream,
         ));

@@ -5,6 +5,7 @@
 //! | `cpu` (default) | burn `flex` | always |
 //! | `ndarray` | burn `ndarray` (for comparisons) | always |
 //! | `vulkan`, `vulkan:N` | cubecl on wgpu/Vulkan, SPIR-V kernels, N-th discrete GPU | `vulkan` |
+//! | `vulkan:cpu` | the same on a CPU Vulkan driver (Mesa's lavapipe): smoke tests without a GPU | `vulkan` |
 //! | `cuda`, `cuda:N` | cubecl CUDA, N-th device | `cuda` (run time: the NVIDIA driver and NVRTC) |
 //!
 //! The learner code is the same on every device; only where tensors live changes.
@@ -18,13 +19,18 @@ pub enum DeviceSpec {
     Cpu,
     NdArray,
     Vulkan(usize),
+    /// A software (CPU) Vulkan adapter.
+    VulkanCpu,
     Cuda(usize),
 }
 
 impl DeviceSpec {
     /// True for the GPU backends.
     pub fn is_gpu(self) -> bool {
-        matches!(self, DeviceSpec::Vulkan(_) | DeviceSpec::Cuda(_))
+        matches!(
+            self,
+            DeviceSpec::Vulkan(_) | DeviceSpec::VulkanCpu | DeviceSpec::Cuda(_)
+        )
     }
 
     /// The burn device (plain: autodiff is added by the agent).
@@ -36,6 +42,11 @@ impl DeviceSpec {
             DeviceSpec::Vulkan(i) => {
                 #[cfg(feature = "vulkan")]
                 return Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(i));
+                unreachable!("parse refuses vulkan without the feature")
+            }
+            DeviceSpec::VulkanCpu => {
+                #[cfg(feature = "vulkan")]
+                return Device::vulkan(burn::tensor::DeviceKind::Cpu);
                 unreachable!("parse refuses vulkan without the feature")
             }
             DeviceSpec::Cuda(i) => {
@@ -51,6 +62,7 @@ impl DeviceSpec {
 /// binary was built without.
 pub fn parse(name: &str) -> Result<DeviceSpec> {
     let (kind, index) = match name.split_once(':') {
+        Some(("vulkan", "cpu")) => ("vulkan-cpu", None),
         Some((k, i)) => {
             let Ok(i) = i.parse::<usize>() else {
                 bail!("device '{name}': the index after ':' must be a number");
@@ -63,21 +75,25 @@ pub fn parse(name: &str) -> Result<DeviceSpec> {
         ("cpu" | "flex", None) => DeviceSpec::Cpu,
         ("ndarray", None) => DeviceSpec::NdArray,
         ("vulkan", i) => DeviceSpec::Vulkan(i.unwrap_or(0)),
+        ("vulkan-cpu", None) => DeviceSpec::VulkanCpu,
         ("cuda", i) => DeviceSpec::Cuda(i.unwrap_or(0)),
         ("cpu" | "flex" | "ndarray", Some(_)) => bail!("device '{name}' takes no index"),
-        _ => bail!("unknown device '{name}': expected cpu, ndarray, vulkan[:N] or cuda[:N]"),
+        _ => bail!(
+            "unknown device '{name}': expected cpu, ndarray, vulkan[:N], vulkan:cpu or cuda[:N]"
+        ),
     };
     // Not `matches!`: which arms are true depends on the features.
     #[allow(clippy::match_like_matches_macro)]
     let built = match spec {
-        DeviceSpec::Vulkan(_) => cfg!(feature = "vulkan"),
+        DeviceSpec::Vulkan(_) | DeviceSpec::VulkanCpu => cfg!(feature = "vulkan"),
         DeviceSpec::Cuda(_) => cfg!(feature = "cuda"),
         _ => true,
     };
     if !built {
         bail!(
-            "device '{name}' needs the trainer built with `--features {kind}` \
-             (this binary has the CPU backends only)"
+            "device '{name}' needs the trainer built with `--features {}` \
+             (this binary has the CPU backends only)",
+            kind.trim_end_matches("-cpu")
         );
     }
     Ok(spec)
@@ -105,7 +121,10 @@ mod tests {
         }
         if cfg!(feature = "vulkan") {
             assert_eq!(parse("vulkan").unwrap(), DeviceSpec::Vulkan(0));
+            assert_eq!(parse("vulkan:cpu").unwrap(), DeviceSpec::VulkanCpu);
         } else {
+            let e = parse("vulkan:cpu").unwrap_err().to_string();
+            assert!(e.contains("--features vulkan"), "{e}");
             let e = parse("vulkan").unwrap_err().to_string();
             assert!(e.contains("--features vulkan"), "{e}");
         }

@@ -3,6 +3,7 @@
 //! `Agent::act` for the same seed. Also writes a fixture for the Python onnxruntime and
 //! `onnx.checker` check (controller/tests/interop).
 
+use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use controller::runtime::{Backend, GraphRows, Policy, PolicyOptions, load_networks};
 use shared_model::Trust;
@@ -86,6 +87,7 @@ fn check_graphs(agent: &Agent, bundle: &Path, backend: Backend) {
             .edit
             .as_ref()
             .unwrap()
+            .valid()
             .forward(tensor2(input, rows.edit, od + ad, &dev));
     let (mut gm, mut gl) = (vec![0.0; rows.edit * ad], vec![0.0; rows.edit * ad]);
     nets.edit(&obs, &base, &mut gm, &mut gl).unwrap();
