@@ -11,9 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The Python with the `rerun-sdk` wheel: `RERUN_PYTHON`, else `python3`.
+fn python() -> String {
+    std::env::var("RERUN_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// Runs the rerun CLI with `args`; its stdout and stderr together.
 pub fn rerun_cli(args: &[&str]) -> Result<String> {
-    let python = std::env::var("RERUN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let out = Command::new(&python)
         .args(["-m", "rerun_cli"])
         .args(args)
@@ -80,7 +85,7 @@ impl StreamServer {
     /// Starts the server on a free local port and waits (up to 30 s) until it accepts
     /// connections.
     pub fn start(file: &Path) -> Result<StreamServer> {
-        let python = std::env::var("RERUN_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = python();
         // The wheel's `rerun` executable itself, not the `python -m rerun_cli` wrapper:
         // killing the wrapper would leave the server running.
         let exe = Command::new(&python)
