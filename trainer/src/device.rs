@@ -5,7 +5,7 @@
 //! | `cpu` (default) | burn `flex` | always |
 //! | `ndarray` | burn `ndarray` (for comparisons) | always |
 //! | `vulkan`, `vulkan:N` | cubecl on wgpu/Vulkan, SPIR-V kernels, N-th discrete GPU | `vulkan` |
-//! | `vulkan:cpu` | the same on a CPU Vulkan driver (Mesa's lavapipe): smoke tests without a GPU | `vulkan` |
+//! | `vulkan:cpu` | a CPU Vulkan driver (Mesa's lavapipe): smoke tests without a GPU; WGSL kernels with `webgpu`, else SPIR-V | `webgpu` or `vulkan` |
 //! | `cuda`, `cuda:N` | cubecl CUDA, N-th device | `cuda` (run time: the NVIDIA driver and NVRTC) |
 //!
 //! The learner code is the same on every device; only where tensors live changes.
@@ -45,6 +45,8 @@ impl DeviceSpec {
                 unreachable!("parse refuses vulkan without the feature")
             }
             DeviceSpec::VulkanCpu => {
+                #[cfg(feature = "webgpu")]
+                return Device::webgpu(burn::tensor::DeviceKind::Cpu);
                 #[cfg(feature = "vulkan")]
                 return Device::vulkan(burn::tensor::DeviceKind::Cpu);
                 unreachable!("parse refuses vulkan without the feature")
@@ -85,7 +87,8 @@ pub fn parse(name: &str) -> Result<DeviceSpec> {
     // Not `matches!`: which arms are true depends on the features.
     #[allow(clippy::match_like_matches_macro)]
     let built = match spec {
-        DeviceSpec::Vulkan(_) | DeviceSpec::VulkanCpu => cfg!(feature = "vulkan"),
+        DeviceSpec::Vulkan(_) => cfg!(feature = "vulkan"),
+        DeviceSpec::VulkanCpu => cfg!(any(feature = "vulkan", feature = "webgpu")),
         DeviceSpec::Cuda(_) => cfg!(feature = "cuda"),
         _ => true,
     };
@@ -121,11 +124,14 @@ mod tests {
         }
         if cfg!(feature = "vulkan") {
             assert_eq!(parse("vulkan").unwrap(), DeviceSpec::Vulkan(0));
+        } else {
+            let e = parse("vulkan").unwrap_err().to_string();
+            assert!(e.contains("--features vulkan"), "{e}");
+        }
+        if cfg!(any(feature = "vulkan", feature = "webgpu")) {
             assert_eq!(parse("vulkan:cpu").unwrap(), DeviceSpec::VulkanCpu);
         } else {
             let e = parse("vulkan:cpu").unwrap_err().to_string();
-            assert!(e.contains("--features vulkan"), "{e}");
-            let e = parse("vulkan").unwrap_err().to_string();
             assert!(e.contains("--features vulkan"), "{e}");
         }
     }
