@@ -1,6 +1,7 @@
 //! The `controller` binary: `run` (the robot loop against firmware on a serial device),
 //! `bench-loop` (the same loop against the simulated firmware in-process, for cadence
-//! and latency numbers), `log-to-dataset` (rebuild a dataset from a transition log),
+//! and latency numbers), `bench-wake` (how late a bare loop wakes on this computer),
+//! `log-to-dataset` (rebuild a dataset from a transition log),
 //! `bench` (inference latency) and `check` (verify a bundle).
 
 use anyhow::{Context, Result, bail};
@@ -91,6 +92,21 @@ enum Command {
         #[arg(long)]
         rerun: Option<PathBuf>,
     },
+    /// How late this computer wakes a bare loop at `--rate` Hz: the same sleep-then-spin
+    /// to absolute deadlines as the control loop, with no work in the ticks. The floor
+    /// under `bench-loop`'s jitter and overruns; try it before choosing a control rate.
+    BenchWake {
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Spin this many µs before each deadline instead of sleeping.
+        #[arg(long, default_value_t = 200)]
+        spin_us: u64,
+        /// As `bench-loop --dedicated-cpu`: this CPU alone, busy-waiting.
+        #[arg(long, value_name = "CPU")]
+        dedicated_cpu: Option<usize>,
+    },
     /// Convert a transition log (e.g. of a killed run) into a dataset (created or appended).
     LogToDataset {
         #[arg(long)]
@@ -115,6 +131,12 @@ struct TimingArgs {
     /// CPU for the control thread with --realtime (default: the last one).
     #[arg(long)]
     rt_cpu: Option<usize>,
+    /// Give the control thread this CPU to itself and busy-wait to each deadline
+    /// instead of sleeping (needs no privileges; every other thread of the process is
+    /// kept off the CPU). Costs one core; removes the late wake-ups of a sleeping
+    /// (v)CPU.
+    #[arg(long, value_name = "CPU")]
+    dedicated_cpu: Option<usize>,
     /// Align the tick grid to just after the sensor frames' arrival (firmware that
     /// streams on its own clock; not for lockstep firmware).
     #[arg(long)]
@@ -230,6 +252,15 @@ fn write_synthetic(size: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--dedicated-cpu`: keeps the threads started from here on (two-speed worker,
+/// simulated firmware) off the control thread's CPU. `robot_loop::run` reserves it
+/// again, idempotently, and reports how it went.
+fn reserve_dedicated_cpu(timing: &TimingArgs) {
+    if let Some(cpu) = timing.dedicated_cpu {
+        robot_loop::realtime::reserve_cpu(cpu);
+    }
+}
+
 fn loop_config(
     robot: firmware_config::RobotConfig,
     port: PathBuf,
@@ -241,6 +272,7 @@ fn loop_config(
     cfg.realtime = timing
         .realtime
         .then_some((timing.rt_priority, timing.rt_cpu));
+    cfg.dedicated_cpu = timing.dedicated_cpu;
     cfg
 }
 
@@ -271,6 +303,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         executed_steps: a.executed_steps,
         seed: a.seed,
     };
+    reserve_dedicated_cpu(&a.timing);
     let brain = robot_loop::Brain::new(&bundle, &options, a.two_speed)?;
     // The simulated firmware, when asked for: it lives as long as this function.
     let sim = match &a.sim {
@@ -432,6 +465,7 @@ fn cmd_bench_loop(
         executed_steps: None,
         seed: 7,
     };
+    reserve_dedicated_cpu(&timing);
     let brain = robot_loop::Brain::new(&b, &options, two_speed)?;
     let mut fw_opts = FirmwareOptions::new(task, robot.clone());
     fw_opts.pacing = Pacing::RealTime;
@@ -593,6 +627,68 @@ fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
     Ok(out)
 }
 
+/// `bench-wake`: a loop that only sleeps to its deadlines, on a thread set up like the
+/// control thread (timer slack, optionally a dedicated CPU).
+fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> Result<()> {
+    use robot_loop::{realtime, stats::Histogram};
+    if !(rate.is_finite() && rate > 0.0 && seconds.is_finite() && seconds > 0.0) {
+        bail!("--rate and --seconds must be positive, found {rate} and {seconds}");
+    }
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let reserved = cpu.map(realtime::reserve_cpu);
+    let probe = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            realtime::tight_timer_slack();
+            let mut steps = vec![];
+            let mut spin = Duration::from_micros(spin_us);
+            if let (Some(cpu), Some(reserved)) = (cpu, reserved) {
+                let pinned = realtime::pin_to_cpu(cpu);
+                if reserved.ok && pinned.ok {
+                    spin = period;
+                }
+                steps.extend([reserved, pinned]);
+            }
+            let ticks = (seconds * rate).ceil() as u64;
+            let mut late = Histogram::new();
+            let (mut over_200us, mut over_1ms, mut overruns) = (0u64, 0u64, 0u64);
+            let mut deadline = Instant::now() + period;
+            for _ in 0..ticks {
+                robot_loop::control::sleep_until(deadline, spin);
+                let l = deadline.elapsed();
+                late.record(l);
+                over_200us += u64::from(l > Duration::from_micros(200));
+                over_1ms += u64::from(l > Duration::from_millis(1));
+                // Late past the next deadline: a loop doing no work at all overran.
+                overruns += u64::from(l >= period);
+                deadline += period;
+            }
+            (steps, ticks, late.summary(), over_200us, over_1ms, overruns)
+        })?;
+    let (steps, ticks, late, over_200us, over_1ms, overruns) = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
+    for s in &steps {
+        println!(
+            "realtime: {:<44} {}: {}",
+            s.step,
+            if s.ok { "OK    " } else { "FAILED" },
+            s.detail
+        );
+    }
+    let minutes = seconds / 60.0;
+    println!(
+        "bench-wake at {rate} Hz for {seconds} s ({ticks} ticks): late p50/p99/max {:.0}/{:.0}/{:.0} µs; late > 200 µs {over_200us} ({:.1}/min), > 1 ms {over_1ms} ({:.1}/min), past the next deadline {overruns} ({:.1}/min)",
+        late.p50_us,
+        late.p99_us,
+        late.max_us,
+        over_200us as f64 / minutes,
+        over_1ms as f64 / minutes,
+        overruns as f64 / minutes,
+    );
+    Ok(())
+}
+
 fn main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Run(a) => return cmd_run(*a),
@@ -611,6 +707,12 @@ fn main() -> Result<std::process::ExitCode> {
         } => cmd_bench_loop(
             rate, seconds, bundle, synthetic, trust, backend, two_speed, task, timing, out, rerun,
         )?,
+        Command::BenchWake {
+            rate,
+            seconds,
+            spin_us,
+            dedicated_cpu,
+        } => cmd_bench_wake(rate, seconds, spin_us, dedicated_cpu)?,
         Command::LogToDataset { log, out } => {
             let r = robot_loop::log::log_to_dataset(&log, &out)?;
             println!(

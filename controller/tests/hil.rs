@@ -440,6 +440,54 @@ fn e2e_real_time_pacing_with_phase_alignment() {
     assert!(fw.firmware.steps > 0);
 }
 
+/// Setup: real-time pacing with `--dedicated-cpu` (the control thread alone on the
+/// last CPU, busy-waiting), then with a CPU that does not exist. Expected: with two or
+/// more CPUs both setup steps succeed; with a bad CPU the failure is reported by name
+/// and the loop falls back to sleeping; both runs complete with the usual invariants.
+#[test]
+fn e2e_dedicated_cpu_and_its_failure_report() {
+    let _g = serial();
+    let ncpu = std::thread::available_parallelism().unwrap().get();
+    let steps = |report: &Value| -> Vec<(String, bool, String)> {
+        report["realtime"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["step"].as_str().unwrap().to_string(),
+                    s["ok"].as_bool().unwrap(),
+                    s["detail"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let last = (ncpu - 1).to_string();
+    for (cpu, expect_ok) in [(last.as_str(), ncpu >= 2), ("4095", false)] {
+        let mut sim = Sim::new(robot(|_| {}), Pacing::RealTime, "");
+        let out = sim.run(&["--episodes", "1", "--align-phase", "--dedicated-cpu", cpu]);
+        let (_fw, received) = sim.stop_fw();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        check_invariants(&sim, &received, &out);
+        let got = steps(&sim.report());
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].0.contains(&format!("reserve CPU {cpu}")), "{got:?}");
+        assert!(got[1].0.contains(&format!("CPU {cpu}")), "{got:?}");
+        if expect_ok {
+            assert!(got.iter().all(|s| s.1), "{got:?}");
+            assert!(got[1].2.contains("busy-waiting"), "{got:?}");
+        } else {
+            assert!(!got[0].1, "{got:?}");
+            assert!(
+                got[0].2.contains("not one this process may use")
+                    || got[0].2.contains("no CPU left"),
+                "{got:?}"
+            );
+        }
+        assert!(out.stderr.contains("realtime: reserve CPU"), "{out:?}");
+    }
+}
+
 /// Setup: as the first test with `--two-speed` (a worker thread refreshes the base candidates).
 /// Expected: the episode completes with every step logged.
 #[test]

@@ -384,7 +384,13 @@ impl Agent {
     }
 
     fn target_entropy(&self) -> f32 {
-        self.config.expo.target_entropy_per_dim * self.act_dim as f32
+        let e = &self.config.expo;
+        let beta = (self.config.algo == Algo::Expo).then_some(e.edit_scale);
+        target_entropy(
+            e.target_entropy_per_dim,
+            self.act_dim,
+            beta.filter(|_| e.adjust_target_entropy),
+        )
     }
 
     /// Cosine decay from `actor_lr` to 0 over `actor_lr_decay_steps`.
@@ -884,6 +890,14 @@ fn next_candidates(
 /// affine map scales volumes by `β^A`, so `log π_edit = log π(a) − A·ln β`.
 pub fn edited_log_prob(logp: Tensor<2>, act_dim: usize, beta: f32) -> Tensor<2> {
     logp - act_dim as f32 * beta.ln()
+}
+
+/// The SAC temperature's target entropy: `per_dim · A`, plus `A·ln β` when the policy's
+/// samples are scaled by `β` and the target is to be adjusted for it
+/// (`expo.adjust_target_entropy`; see [`edited_log_prob`]).
+pub fn target_entropy(per_dim: f32, act_dim: usize, scaled_by: Option<f32>) -> f32 {
+    let a = act_dim as f32;
+    per_dim * a + scaled_by.map_or(0.0, |beta| a * beta.ln())
 }
 
 /// The first element of a tensor as f32 (host copy).

@@ -91,6 +91,14 @@ pub struct ExpoConfig {
     pub init_temperature: f32,
     /// Target entropy per action dimension (the total is this times the action dim).
     pub target_entropy_per_dim: f32,
+    /// Add `action_dim · ln β` to the edit policy's target entropy (`expo` only). The
+    /// edited action's density carries `−action_dim · ln β`, so its entropy is at most
+    /// `action_dim · ln 2β`: with the `cpu` preset's β = 0.05 that is −4.6 for two action
+    /// dimensions, below the plain target of −1, and the temperature then grows without
+    /// bound. Off by default, as DESIGN.md and the public EXPO code's
+    /// `adjust_target_entropy` flag have it.
+    #[serde(default)]
+    pub adjust_target_entropy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,6 +234,7 @@ impl Config {
                 critic_subset: 2,
                 init_temperature: 1.0,
                 target_entropy_per_dim: -0.5,
+                adjust_target_entropy: false,
             },
             optim: OptimConfig {
                 batch_size: 256,

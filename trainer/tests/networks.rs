@@ -5,7 +5,9 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor};
 use shared_model::DiffusionSchedule;
 use sim::rng::Rng;
-use trainer::agent::{Stream, edited_log_prob, polyak, random_subset, sample_chain};
+use trainer::agent::{
+    Stream, edited_log_prob, polyak, random_subset, sample_chain, target_entropy,
+};
 use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, tensor2};
 
 fn dev() -> Device {
@@ -62,6 +64,25 @@ fn tanh_gaussian_log_prob_with_edit_scale_matches_the_density() {
         let u = m[i] as f64 + (ls[i] as f64).exp() * noise[i] as f64;
         assert!((a[i] as f64 - u.tanh()).abs() < 1e-5);
     }
+}
+
+/// The edited action `base + β·a` with `a` in (−1, 1)^A has entropy at most
+/// `A·ln 2β` (uniform over its box). The plain target −A/2 is above that for the `cpu`
+/// preset's β; the adjusted one is below it.
+#[test]
+fn adjusted_target_entropy_is_reachable_for_small_edit_scales() {
+    let (a, beta) = (2usize, 0.05f32);
+    let max_entropy = a as f32 * (2.0 * beta).ln();
+    assert!((max_entropy - -4.6052).abs() < 1e-3);
+    let plain = target_entropy(-0.5, a, None);
+    assert_eq!(plain, -1.0);
+    assert!(plain > max_entropy, "plain target {plain} is out of reach");
+    let adjusted = target_entropy(-0.5, a, Some(beta));
+    assert!((adjusted - (-1.0 + 2.0 * 0.05f32.ln())).abs() < 1e-6);
+    assert!((adjusted - -6.9915).abs() < 1e-3, "{adjusted}");
+    assert!(adjusted < max_entropy);
+    // β = 1 leaves the target alone.
+    assert_eq!(target_entropy(-0.5, 3, Some(1.0)), -1.5);
 }
 
 #[test]

@@ -268,6 +268,9 @@ pub(crate) struct Control {
     pub swaps: Option<std::sync::mpsc::Receiver<super::streamer::Ready>>,
     /// The fault event waiting for its first hold command.
     hold_pending: Vec<usize>,
+    /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
+    /// thread is alone on its CPU).
+    pub busy_wait: bool,
     /// When our last Estop went out (its `Fault { Estop }` answer is expected).
     estop_sent: bool,
     torque_off: bool,
@@ -340,6 +343,7 @@ impl Control {
             stopping: None,
             swaps: None,
             hold_pending: Vec::new(),
+            busy_wait: false,
             estop_sent: false,
             torque_off: false,
             link_down: false,
@@ -386,7 +390,13 @@ impl Control {
 
     /// Runs ticks on absolute deadlines until the phase is `Done`.
     pub(crate) fn run_loop(&mut self) {
-        let spin = self.cfg.spin;
+        // A whole period of spinning never sleeps: the vCPU never halts, so it is not
+        // woken late (see `sleep_until`).
+        let spin = if self.busy_wait {
+            self.period
+        } else {
+            self.cfg.spin
+        };
         let mut deadline = Instant::now() + self.period;
         let mut last_end = Instant::now();
         while self.phase != Phase::Done {
@@ -1360,7 +1370,14 @@ impl Control {
 
 /// Sleeps until `spin` before `deadline`, then spins to it: `sleep` alone wakes late
 /// by the scheduler's latency, spinning the whole period would burn a core.
-pub(crate) fn sleep_until(deadline: Instant, spin: Duration) {
+///
+/// On a virtual machine a sleep can wake much later than the kernel's latency: an
+/// idle vCPU halts and the host runs it again when it likes. On our 2-vCPU CI-class
+/// machine a bare C loop sleeping to absolute 2 ms deadlines woke more than 1 ms late
+/// about 75 times a minute (max ≈4 ms) on an idle machine, while one spinning the
+/// whole period was never late by more than 0.25 ms (BENCHMARKS.md, issue 5). Hence
+/// `--dedicated-cpu`: a CPU of its own and `spin` = the whole period.
+pub fn sleep_until(deadline: Instant, spin: Duration) {
     let now = Instant::now();
     if deadline > now + spin {
         std::thread::sleep(deadline - now - spin);

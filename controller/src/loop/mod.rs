@@ -108,6 +108,12 @@ pub struct RunConfig {
     pub spin: Duration,
     /// `--realtime`: (SCHED_FIFO priority, CPU to pin the control thread to).
     pub realtime: Option<(i32, Option<usize>)>,
+    /// `--dedicated-cpu`: the control thread runs alone on this CPU and busy-waits to
+    /// its deadlines instead of sleeping (see [`realtime::reserve_cpu`]). Unprivileged.
+    /// `run` keeps the threads it starts off the CPU; threads started before it (a
+    /// simulated firmware, a two-speed worker) are kept off only if the caller called
+    /// `realtime::reserve_cpu` before starting them.
+    pub dedicated_cpu: Option<usize>,
     /// After the link fails, try to reopen the device for this long.
     pub reconnect: Option<Duration>,
     pub handshake_timeout: Duration,
@@ -147,6 +153,7 @@ impl RunConfig {
             max_consecutive_overruns: 10,
             spin: Duration::from_micros(200),
             realtime: None,
+            dedicated_cpu: None,
             reconnect: None,
             handshake_timeout: Duration::from_secs(3),
             queue_capacity: 4096,
@@ -533,6 +540,8 @@ pub fn run(
 ) -> Result<RunReport, RunError> {
     realtime::install_panic_hook();
     let start = Instant::now();
+    // Before any thread starts: they inherit this thread's affinity.
+    let reserve = cfg.dedicated_cpu.map(realtime::reserve_cpu);
     // The recording first: a missing feature or an unwritable file fails before the
     // robot is touched.
     let ticks = match &cfg.rerun {
@@ -623,7 +632,10 @@ pub fn run(
         _ => (None, None),
     };
 
-    let realtime_opts = cfg.realtime;
+    let realtime_opts = RealtimeOpts {
+        fifo: cfg.realtime,
+        dedicated: cfg.dedicated_cpu.zip(reserve),
+    };
     let events = link.events.clone();
     let log_tx = logger.as_ref().map(|l| l.tx.clone());
     report.realtime = vec![];
@@ -761,20 +773,49 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// What the control thread sets up for itself before its first tick.
+struct RealtimeOpts {
+    /// `--realtime`: SCHED_FIFO priority, CPU.
+    fifo: Option<(i32, Option<usize>)>,
+    /// `--dedicated-cpu`: the CPU and how reserving it went.
+    dedicated: Option<(usize, realtime::RealtimeStep)>,
+}
+
 /// The control thread: real-time setup, the loop inside `catch_unwind`, and the safe
 /// stop after a panic.
-fn control_thread(mut c: control::Control, rt: Option<(i32, Option<usize>)>) -> RunReport {
+fn control_thread(mut c: control::Control, rt: RealtimeOpts) -> RunReport {
     realtime::tight_timer_slack();
-    if let Some((prio, cpu)) = rt {
-        let steps = realtime::apply_realtime(prio, cpu);
-        for s in &steps {
-            eprintln!(
-                "realtime: {:<44} {}: {}",
-                s.step,
-                if s.ok { "OK    " } else { "FAILED" },
-                s.detail
-            );
-        }
+    let mut steps = vec![];
+    let dedicated_cpu = rt.dedicated.as_ref().map(|d| d.0);
+    if let Some((cpu, reserved)) = rt.dedicated {
+        // Busy-waiting is only safe on a CPU nothing else of ours needs: without the
+        // reservation the thread stays where it is and sleeps as usual.
+        let pinned = if reserved.ok {
+            realtime::pin_to_cpu(cpu)
+        } else {
+            realtime::RealtimeStep {
+                step: format!("sched_setaffinity(CPU {cpu})"),
+                ok: false,
+                detail: "not attempted: the CPU could not be reserved; sleeping as usual".into(),
+            }
+        };
+        c.busy_wait = reserved.ok && pinned.ok;
+        steps.push(reserved);
+        steps.push(pinned);
+    }
+    if let Some((prio, cpu)) = rt.fifo {
+        let cpu = dedicated_cpu.or(cpu);
+        steps.extend(realtime::apply_realtime(prio, cpu));
+    }
+    for s in &steps {
+        eprintln!(
+            "realtime: {:<44} {}: {}",
+            s.step,
+            if s.ok { "OK    " } else { "FAILED" },
+            s.detail
+        );
+    }
+    if !steps.is_empty() {
         c.report.realtime = steps;
     }
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));

@@ -149,3 +149,79 @@ pub fn apply_realtime(priority: i32, cpu: Option<usize>) -> Vec<RealtimeStep> {
     out.push(step(&format!("sched_setaffinity(CPU {cpu})"), r));
     out
 }
+
+/// The CPUs the calling thread may run on.
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        check(libc::sched_getaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut set,
+        ))?;
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect())
+    }
+}
+
+fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
+    if let Some(c) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(std::io::Error::other(format!(
+            "CPU {c} is beyond the largest CPU set ({})",
+            libc::CPU_SETSIZE
+        )));
+    }
+    // SAFETY: cpu_set_t is plain data; every cpu is below CPU_SETSIZE (checked above).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        check(libc::sched_setaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ))
+    }
+}
+
+/// `--dedicated-cpu`, first half, on the thread that starts the others: takes `cpu`
+/// out of the calling thread's affinity, so every thread it starts from now on (they
+/// inherit it: link, logger, recording, two-speed worker, simulated firmware) stays
+/// off that CPU. Unprivileged: a thread may narrow its own affinity. Idempotent.
+pub fn reserve_cpu(cpu: usize) -> RealtimeStep {
+    let r = allowed_cpus().and_then(|allowed| {
+        let rest: Vec<usize> = allowed.iter().copied().filter(|&c| c != cpu).collect();
+        if !allowed.contains(&cpu) && !reserved(cpu) {
+            return Err(std::io::Error::other(format!(
+                "CPU {cpu} is not one this process may use ({allowed:?})"
+            )));
+        }
+        if rest.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "no CPU left for the other threads (allowed: {allowed:?})"
+            )));
+        }
+        set_affinity(&rest)?;
+        RESERVED.store(cpu as i32, Ordering::SeqCst);
+        Ok(format!("other threads on CPUs {rest:?}"))
+    });
+    step(&format!("reserve CPU {cpu} for the control thread"), r)
+}
+
+/// The CPU [`reserve_cpu`] took out (-1: none), so a second call knows it is allowed.
+static RESERVED: AtomicI32 = AtomicI32::new(-1);
+
+fn reserved(cpu: usize) -> bool {
+    RESERVED.load(Ordering::SeqCst) == cpu as i32
+}
+
+/// `--dedicated-cpu`, second half, on the control thread: pins it to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> RealtimeStep {
+    step(
+        &format!("sched_setaffinity(CPU {cpu})"),
+        set_affinity(&[cpu]).map(|_| format!("control thread alone on CPU {cpu}, busy-waiting")),
+    )
+}
