@@ -47,7 +47,7 @@ use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_ac
 use sim::rng::Rng;
 use std::collections::HashMap;
 
-use crate::config::{Algo, CandidateSchedule, Config, NormalSource};
+use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource};
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2};
 use crate::replay::{Batch, Normalizer};
 
@@ -471,14 +471,14 @@ impl Agent {
         let act_last = act.slice([last, 0..ad]);
         if self.config.algo != Algo::Rlpd {
             self.mark("denoiser");
-            let loss = self.update_denoiser(obs_last.clone(), act_last);
+            let loss = self.update_denoiser(obs_last.clone(), act_last.clone());
             pending.push(|m| &mut m.denoiser_loss, loss);
         }
         self.stage_sync();
         self.times.denoiser += clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
         match self.config.algo {
-            Algo::Expo => self.update_edit(obs_last, &mut pending),
+            Algo::Expo => self.update_edit(obs_last, act_last, &mut pending),
             Algo::Rlpd => self.update_actor(obs_last, &mut pending),
             _ => {}
         }
@@ -775,7 +775,9 @@ impl Agent {
     }
 
     /// Edit policy: minimise `α log π − mean_e Q_e(s, a_base + β a)`, then the temperature.
-    fn update_edit(&mut self, obs: Tensor<2>, pending: &mut PendingMetrics) {
+    /// `a_base` is the slice's own actions or fresh online-denoiser samples
+    /// (`expo.edit_base`).
+    fn update_edit(&mut self, obs: Tensor<2>, act: Tensor<2>, pending: &mut PendingMetrics) {
         self.mark("edit");
         let b = obs.dims()[0];
         let ad = self.act_dim;
@@ -784,14 +786,16 @@ impl Agent {
             rng: &mut self.train_rng,
             device_normals,
         };
-        // Base actions for the edit loss come from the online denoiser (as in the TD target).
-        let base = Tensor::from_inner(sample_chain(
-            &self.denoiser.valid(),
-            &self.schedule,
-            obs.clone().no_grad(),
-            ad,
-            &mut stream,
-        ));
+        let base = match self.config.expo.edit_base {
+            EditBase::Buffer => act,
+            EditBase::Denoiser => Tensor::from_inner(sample_chain(
+                &self.denoiser.valid(),
+                &self.schedule,
+                obs.clone().no_grad(),
+                ad,
+                &mut stream,
+            )),
+        };
         let noise = stream.normal(b, ad, &self.device);
         let edit = self.edit.take().unwrap();
         let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);

@@ -99,6 +99,33 @@ pub struct ExpoConfig {
     /// `adjust_target_entropy` flag have it.
     #[serde(default)]
     pub adjust_target_entropy: bool,
+    /// The base actions the edit policy's loss edits (see [`EditBase`]). The presets
+    /// say `buffer`; a saved config without the key (a run started before the key
+    /// existed) means `denoiser`, so such a run resumes exactly as it ran.
+    #[serde(default = "EditBase::before_the_key")]
+    pub edit_base: EditBase,
+}
+
+/// The base actions of the edit policy's loss `α log π − mean_e Q_e(s, base + β·a)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EditBase {
+    /// The batch's own actions (demonstrations and online transitions), as the public
+    /// EXPO code's `update_edit_actor` does. No denoising chain in the update.
+    #[default]
+    #[serde(rename = "buffer")]
+    Buffer,
+    /// Fresh samples of the online denoiser (one chain per update): the distribution
+    /// the edit policy meets when acting and in the TD target. This trainer's
+    /// behaviour before 2026-11-30.
+    #[serde(rename = "denoiser")]
+    Denoiser,
+}
+
+impl EditBase {
+    /// What a config written before `expo.edit_base` existed ran with.
+    fn before_the_key() -> EditBase {
+        EditBase::Denoiser
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -235,6 +262,7 @@ impl Config {
                 init_temperature: 1.0,
                 target_entropy_per_dim: -0.5,
                 adjust_target_entropy: false,
+                edit_base: EditBase::Buffer,
             },
             optim: OptimConfig {
                 batch_size: 256,
@@ -443,6 +471,27 @@ mod tests {
             let back: Config = toml::from_str(&c.to_toml()).unwrap();
             assert_eq!(c, back);
         }
+    }
+
+    /// A config saved before `expo.edit_base` and `expo.adjust_target_entropy` existed
+    /// loads with the behaviour it ran with; the presets use the reference's.
+    #[test]
+    fn configs_without_the_newer_expo_keys_keep_their_behaviour() {
+        let c = Config::preset("cpu").unwrap();
+        assert_eq!(c.expo.edit_base, EditBase::Buffer);
+        assert!(!c.expo.adjust_target_entropy);
+        let old = c
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("edit_base") && !l.starts_with("adjust_target_entropy"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(!old.contains("edit_base"));
+        let back: Config = toml::from_str(&old).unwrap();
+        assert_eq!(back.expo.edit_base, EditBase::Denoiser);
+        assert!(!back.expo.adjust_target_entropy);
+        let c = Config::resolve("cpu", None, &["expo.edit_base=\"denoiser\"".into()]).unwrap();
+        assert_eq!(c.expo.edit_base, EditBase::Denoiser);
     }
 
     #[test]
