@@ -643,11 +643,11 @@ fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> 
             let mut steps = vec![];
             let mut spin = Duration::from_micros(spin_us);
             if let (Some(cpu), Some(reserved)) = (cpu, reserved) {
-                let pinned = realtime::pin_to_cpu(cpu);
-                if reserved.ok && pinned.ok {
+                let (dedicated, busy_wait) = realtime::dedicate_cpu(cpu, reserved);
+                if busy_wait {
                     spin = period;
                 }
-                steps.extend([reserved, pinned]);
+                steps = dedicated;
             }
             let ticks = (seconds * rate).ceil() as u64;
             let mut late = Histogram::new();
@@ -669,12 +669,7 @@ fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> 
         .join()
         .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
     for s in &steps {
-        println!(
-            "realtime: {:<44} {}: {}",
-            s.step,
-            if s.ok { "OK    " } else { "FAILED" },
-            s.detail
-        );
+        println!("{s}");
     }
     let minutes = seconds / 60.0;
     println!(

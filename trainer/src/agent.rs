@@ -385,11 +385,11 @@ impl Agent {
 
     fn target_entropy(&self) -> f32 {
         let e = &self.config.expo;
-        let beta = (self.config.algo == Algo::Expo).then_some(e.edit_scale);
+        let adjust = self.config.algo == Algo::Expo && e.adjust_target_entropy;
         target_entropy(
             e.target_entropy_per_dim,
             self.act_dim,
-            beta.filter(|_| e.adjust_target_entropy),
+            adjust.then_some(e.edit_scale),
         )
     }
 

@@ -788,32 +788,16 @@ fn control_thread(mut c: control::Control, rt: RealtimeOpts) -> RunReport {
     let mut steps = vec![];
     let dedicated_cpu = rt.dedicated.as_ref().map(|d| d.0);
     if let Some((cpu, reserved)) = rt.dedicated {
-        // Busy-waiting is only safe on a CPU nothing else of ours needs: without the
-        // reservation the thread stays where it is and sleeps as usual.
-        let pinned = if reserved.ok {
-            realtime::pin_to_cpu(cpu)
-        } else {
-            realtime::RealtimeStep {
-                step: format!("sched_setaffinity(CPU {cpu})"),
-                ok: false,
-                detail: "not attempted: the CPU could not be reserved; sleeping as usual".into(),
-            }
-        };
-        c.busy_wait = reserved.ok && pinned.ok;
-        steps.push(reserved);
-        steps.push(pinned);
+        let (dedicated, busy_wait) = realtime::dedicate_cpu(cpu, reserved);
+        c.busy_wait = busy_wait;
+        steps.extend(dedicated);
     }
     if let Some((prio, cpu)) = rt.fifo {
         let cpu = dedicated_cpu.or(cpu);
         steps.extend(realtime::apply_realtime(prio, cpu));
     }
     for s in &steps {
-        eprintln!(
-            "realtime: {:<44} {}: {}",
-            s.step,
-            if s.ok { "OK    " } else { "FAILED" },
-            s.detail
-        );
+        eprintln!("{s}");
     }
     if !steps.is_empty() {
         c.report.realtime = steps;

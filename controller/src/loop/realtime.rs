@@ -76,6 +76,18 @@ pub struct RealtimeStep {
     pub detail: String,
 }
 
+impl std::fmt::Display for RealtimeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "realtime: {:<44} {}: {}",
+            self.step,
+            if self.ok { "OK    " } else { "FAILED" },
+            self.detail
+        )
+    }
+}
+
 fn step(name: &str, r: std::io::Result<String>) -> RealtimeStep {
     match r {
         Ok(detail) => RealtimeStep {
@@ -218,10 +230,25 @@ fn reserved(cpu: usize) -> bool {
     RESERVED.load(Ordering::SeqCst) == cpu as i32
 }
 
-/// `--dedicated-cpu`, second half, on the control thread: pins it to `cpu`.
-pub fn pin_to_cpu(cpu: usize) -> RealtimeStep {
-    step(
-        &format!("sched_setaffinity(CPU {cpu})"),
-        set_affinity(&[cpu]).map(|_| format!("control thread alone on CPU {cpu}, busy-waiting")),
-    )
+/// `--dedicated-cpu`, second half, on the control thread: pins it to `cpu` if
+/// [`reserve_cpu`] (its result is `reserved`) succeeded. Returns both steps and whether
+/// the thread may busy-wait: only on a CPU nothing else of ours needs; without the
+/// reservation the thread stays where it is and sleeps as usual.
+pub fn dedicate_cpu(cpu: usize, reserved: RealtimeStep) -> (Vec<RealtimeStep>, bool) {
+    let name = format!("sched_setaffinity(CPU {cpu})");
+    let pinned = if reserved.ok {
+        step(
+            &name,
+            set_affinity(&[cpu])
+                .map(|_| format!("control thread alone on CPU {cpu}, busy-waiting")),
+        )
+    } else {
+        RealtimeStep {
+            step: name,
+            ok: false,
+            detail: "not attempted: the CPU could not be reserved; sleeping as usual".into(),
+        }
+    };
+    let busy_wait = reserved.ok && pinned.ok;
+    (vec![reserved, pinned], busy_wait)
 }
