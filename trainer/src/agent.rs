@@ -47,8 +47,9 @@ use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_ac
 use sim::rng::Rng;
 use std::collections::HashMap;
 
-use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource};
+use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl};
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2};
+use crate::optim::{FlatLayout, FusedAdam, polyak_flat};
 use crate::replay::{Batch, Normalizer};
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
@@ -238,6 +239,84 @@ pub fn polyak<M: Module>(target: M, online: &M, tau: f32) -> M {
     target.map(&mut Blend(c.0, tau))
 }
 
+/// The optimizer of one network (`compute.optimizer`).
+enum NetOptimizer {
+    PerParameter(ModuleOptimizer),
+    Fused(FusedAdam),
+}
+
+impl NetOptimizer {
+    /// Adam (`weight_decay` 0) or AdamW with ε 1e-8 and burn's β defaults.
+    fn new(kind: OptimizerImpl, weight_decay: f32) -> Self {
+        const EPSILON: f32 = 1e-8;
+        match kind {
+            OptimizerImpl::Fused => NetOptimizer::Fused(FusedAdam::adamw(EPSILON, weight_decay)),
+            OptimizerImpl::PerParameter if weight_decay > 0.0 => NetOptimizer::PerParameter(
+                AdamWConfig::new()
+                    .with_weight_decay(weight_decay)
+                    .with_epsilon(EPSILON)
+                    .init(),
+            ),
+            OptimizerImpl::PerParameter => {
+                NetOptimizer::PerParameter(AdamConfig::new().with_epsilon(EPSILON).init())
+            }
+        }
+    }
+
+    fn step<M: AutodiffModule>(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        match self {
+            NetOptimizer::PerParameter(o) => o.step(lr, module, grads),
+            NetOptimizer::Fused(o) => o.step(lr, module, grads),
+        }
+    }
+
+    /// Polyak averaging of `target` towards `online`, the network this optimizer just
+    /// stepped: on the flat buffer of that step when there is one and `target` shares
+    /// its layout, else parameter by parameter.
+    fn blend<M: Module>(&self, target: M, online: &M, tau: f32) -> M {
+        if let NetOptimizer::Fused(o) = self
+            && let Some((layout, flat)) = o.last_params(online)
+            && layout.matches(&target)
+        {
+            return polyak_flat(target, layout, flat, tau);
+        }
+        polyak(target, online, tau)
+    }
+
+    /// `dir/stem.bpk` (burn's record) or `dir/stem.adam` (the fused state).
+    fn save(&self, dir: &std::path::Path, stem: &str) -> Result<()> {
+        match self {
+            NetOptimizer::PerParameter(o) => {
+                let path = dir.join(format!("{stem}.bpk"));
+                o.save(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+            }
+            NetOptimizer::Fused(o) => o.save(&dir.join(format!("{stem}.adam"))),
+        }
+    }
+
+    /// Restores what [`NetOptimizer::save`] wrote for a network of layout length `len`.
+    fn load(
+        &mut self,
+        dir: &std::path::Path,
+        stem: &str,
+        len: usize,
+        device: &Device,
+    ) -> Result<()> {
+        match self {
+            NetOptimizer::PerParameter(o) => {
+                let path = dir.join(format!("{stem}.bpk"));
+                let opt = std::mem::replace(o, AdamConfig::new().init());
+                *o = opt
+                    .load(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+                Ok(())
+            }
+            NetOptimizer::Fused(o) => o.load(&dir.join(format!("{stem}.adam")), len, device),
+        }
+    }
+}
+
 /// All trainable state of a run.
 pub struct Agent {
     pub config: Config,
@@ -254,9 +333,10 @@ pub struct Agent {
     pub critic: Option<CriticEnsemble>,
     pub critic_target: Option<CriticEnsemble>,
     pub temperature: Option<Temperature>,
-    opt_denoiser: ModuleOptimizer,
-    opt_critic: ModuleOptimizer,
-    opt_policy: ModuleOptimizer,
+    opt_denoiser: NetOptimizer,
+    opt_critic: NetOptimizer,
+    opt_policy: NetOptimizer,
+    /// Always burn's: one scalar parameter, nothing to fuse.
     opt_temperature: ModuleOptimizer,
     pub train_rng: Rng,
     pub act_rng: Rng,
@@ -316,11 +396,8 @@ impl Agent {
         );
         // AdamW with optax's defaults (weight decay 1e-4, eps 1e-8) for the denoiser,
         // Adam for the rest.
-        let opt_denoiser = AdamWConfig::new()
-            .with_weight_decay(1e-4)
-            .with_epsilon(1e-8)
-            .init();
-        let adam = || AdamConfig::new().with_epsilon(1e-8).init();
+        let kind = config.compute.optimizer;
+        let opt_denoiser = NetOptimizer::new(kind, 1e-4);
         Agent {
             obs_dim,
             act_dim,
@@ -336,9 +413,9 @@ impl Agent {
             critic_target,
             temperature,
             opt_denoiser,
-            opt_critic: adam(),
-            opt_policy: adam(),
-            opt_temperature: adam(),
+            opt_critic: NetOptimizer::new(kind, 0.0),
+            opt_policy: NetOptimizer::new(kind, 0.0),
+            opt_temperature: AdamConfig::new().with_epsilon(1e-8).init(),
             train_rng: Rng::new(config.seed ^ 0x7124),
             act_rng: Rng::new(config.seed ^ 0xac7),
             denoiser_updates: 0,
@@ -502,33 +579,33 @@ impl Agent {
     }
 
     pub(crate) fn save_optimizers(&self, dir: &std::path::Path) -> Result<()> {
-        let pairs = [
-            (&self.opt_denoiser, "opt_denoiser.bpk"),
-            (&self.opt_critic, "opt_critic.bpk"),
-            (&self.opt_policy, "opt_policy.bpk"),
-            (&self.opt_temperature, "opt_temperature.bpk"),
-        ];
-        for (opt, name) in pairs {
-            opt.save(dir.join(name))
-                .map_err(|e| anyhow::anyhow!("{}: {e:?}", dir.join(name).display()))?;
-        }
-        Ok(())
+        self.opt_denoiser.save(dir, "opt_denoiser")?;
+        self.opt_critic.save(dir, "opt_critic")?;
+        self.opt_policy.save(dir, "opt_policy")?;
+        let path = dir.join("opt_temperature.bpk");
+        self.opt_temperature
+            .save(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
     }
 
     pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {
-        let slots = [
-            (&mut self.opt_denoiser, "opt_denoiser.bpk"),
-            (&mut self.opt_critic, "opt_critic.bpk"),
-            (&mut self.opt_policy, "opt_policy.bpk"),
-            (&mut self.opt_temperature, "opt_temperature.bpk"),
-        ];
-        for (slot, name) in slots {
-            let opt = std::mem::replace(slot, AdamConfig::new().init());
-            let path = dir.join(name);
-            *slot = opt
-                .load(&path)
-                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        }
+        let len = |m: Option<FlatLayout>| m.map_or(0, |l| l.len());
+        let device = self.plain.clone();
+        let den = FlatLayout::of(&self.denoiser).len();
+        self.opt_denoiser.load(dir, "opt_denoiser", den, &device)?;
+        let critic = len(self.critic.as_ref().map(FlatLayout::of));
+        self.opt_critic.load(dir, "opt_critic", critic, &device)?;
+        let policy = len(match (&self.edit, &self.actor) {
+            (Some(m), _) => Some(FlatLayout::of(m)),
+            (_, Some(m)) => Some(FlatLayout::of(m)),
+            _ => None,
+        });
+        self.opt_policy.load(dir, "opt_policy", policy, &device)?;
+        let path = dir.join("opt_temperature.bpk");
+        let opt = std::mem::replace(&mut self.opt_temperature, AdamConfig::new().init());
+        self.opt_temperature = opt
+            .load(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
         Ok(())
     }
 
@@ -684,7 +761,11 @@ impl Agent {
                 .step(self.config.optim.critic_lr, critic, grads);
             self.mark("critic step");
             let target = self.critic_target.take().unwrap();
-            self.critic_target = Some(polyak(target, &critic, self.config.optim.tau));
+            self.critic_target = Some(self.opt_critic.blend(
+                target,
+                &critic,
+                self.config.optim.tau,
+            ));
             self.critic = Some(critic);
             self.mark("target critics");
         }
@@ -769,7 +850,9 @@ impl Agent {
         let den = self.opt_denoiser.step(lr, den, grads);
         self.denoiser_updates += 1;
         let ema = std::mem::replace(&mut self.denoiser_ema, den.valid());
-        self.denoiser_ema = polyak(ema, &den, self.config.diffusion.ema_rate);
+        self.denoiser_ema = self
+            .opt_denoiser
+            .blend(ema, &den, self.config.diffusion.ema_rate);
         self.denoiser = den;
         value
     }

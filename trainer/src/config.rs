@@ -195,14 +195,59 @@ pub enum NormalSource {
     Device,
 }
 
+/// How the optimizers update a network's parameters ([`crate::optim`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimizerImpl {
+    /// Adam/AdamW and Polyak averaging once over a flat buffer of all of a network's
+    /// parameters: the same arithmetic as burn's, in a few operations per step instead
+    /// of about 16 per parameter tensor.
+    #[default]
+    #[serde(rename = "fused")]
+    Fused,
+    /// burn's optimizers, one parameter tensor at a time; its own checkpoint format.
+    /// What a config written before `compute.optimizer` existed ran with.
+    #[serde(rename = "per-parameter")]
+    PerParameter,
+}
+
+impl OptimizerImpl {
+    fn before_the_key() -> OptimizerImpl {
+        OptimizerImpl::PerParameter
+    }
+}
+
 /// How the learner runs on its device; none of this changes the algorithm.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComputeConfig {
     #[serde(default)]
     pub candidates: CandidateSchedule,
     #[serde(default)]
     pub normals: NormalSource,
+    /// The presets say `fused`; a saved config without the key (a run started before
+    /// it existed, whose optimizer state is in burn's format) means `per-parameter`.
+    #[serde(default = "OptimizerImpl::before_the_key")]
+    pub optimizer: OptimizerImpl,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            candidates: CandidateSchedule::default(),
+            normals: NormalSource::default(),
+            optimizer: OptimizerImpl::Fused,
+        }
+    }
+}
+
+impl ComputeConfig {
+    /// What a config written before the `compute` section existed ran with.
+    fn before_the_keys() -> ComputeConfig {
+        ComputeConfig {
+            optimizer: OptimizerImpl::PerParameter,
+            ..ComputeConfig::default()
+        }
+    }
 }
 
 fn default_device() -> String {
@@ -220,7 +265,7 @@ pub struct Config {
     /// `cpu` (burn flex), `ndarray`, `vulkan[:N]` or `cuda[:N]` ([`crate::device`]).
     #[serde(default = "default_device")]
     pub device: String,
-    #[serde(default)]
+    #[serde(default = "ComputeConfig::before_the_keys")]
     pub compute: ComputeConfig,
     pub net: NetConfig,
     pub diffusion: DiffusionConfig,
@@ -492,6 +537,40 @@ mod tests {
         assert!(!back.expo.adjust_target_entropy);
         let c = Config::resolve("cpu", None, &["expo.edit_base=\"denoiser\"".into()]).unwrap();
         assert_eq!(c.expo.edit_base, EditBase::Denoiser);
+    }
+
+    /// A config saved before `compute.optimizer` (or the whole `compute` section)
+    /// existed resumes with burn's per-parameter optimizers, whose state it saved; the
+    /// presets use the fused one.
+    #[test]
+    fn configs_without_the_optimizer_key_keep_burns_optimizers() {
+        let c = Config::preset("cpu").unwrap();
+        assert_eq!(c.compute.optimizer, OptimizerImpl::Fused);
+        let text = c.to_toml();
+        let without_key: String = text
+            .lines()
+            .filter(|l| !l.starts_with("optimizer"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let back: Config = toml::from_str(&without_key).unwrap();
+        assert_eq!(back.compute.optimizer, OptimizerImpl::PerParameter);
+        assert_eq!(back.compute.candidates, c.compute.candidates);
+        let mut lines = vec![];
+        let mut in_compute = false;
+        for l in text.lines() {
+            if l.starts_with('[') {
+                in_compute = l == "[compute]";
+            }
+            if !in_compute {
+                lines.push(l);
+            }
+        }
+        let without_section = lines.join("\n");
+        assert!(!without_section.contains("[compute]"));
+        let back: Config = toml::from_str(&without_section).unwrap();
+        assert_eq!(back.compute.optimizer, OptimizerImpl::PerParameter);
+        let c = Config::resolve("cpu", None, &["compute.optimizer=\"per-parameter\"".into()]);
+        assert_eq!(c.unwrap().compute.optimizer, OptimizerImpl::PerParameter);
     }
 
     #[test]

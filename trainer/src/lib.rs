@@ -1,7 +1,7 @@
 //! `trainer`: EXPO and its baselines in burn.
 //!
 //! It owns the networks ([`nets`]: diffusion denoiser, edit policy, critic ensemble,
-//! Gaussian actor, temperature), the learners ([`agent`]: `expo`, `bc`, `idql-select`,
+//! Gaussian actor, temperature), fused Adam/AdamW on flat buffers ([`optim`]), the learners ([`agent`]: `expo`, `bc`, `idql-select`,
 //! `rlpd` in one code path), replay buffers with 50/50 offline/online sampling
 //! ([`replay`]), the run configuration with its `paper` and `cpu` presets ([`config`]),
 //! and the `trainer` binary.
@@ -17,6 +17,7 @@ pub mod export;
 pub mod finetune;
 pub mod live;
 pub mod nets;
+pub mod optim;
 pub mod plot;
 pub mod replay;
 pub mod run;

@@ -1,0 +1,231 @@
+//! The fused (flat-buffer) Adam/AdamW against burn's per-parameter optimizers, Polyak
+//! averaging on the flat buffer, and the fused state's save/load.
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use sim::rng::Rng;
+use trainer::agent::polyak;
+use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, tensor2};
+use trainer::optim::{ALIGN, FlatLayout, FusedAdam, polyak_flat};
+
+fn dev() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Every float parameter of `m`, in visiting order.
+fn params<M: Module>(m: &M) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0
+                .push(p.val().no_grad().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(vec![]);
+    m.visit(&mut c);
+    c.0
+}
+
+/// Largest |a − b| / (|b| + 1e-3) over all parameters.
+fn max_rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs() / (q.abs() + 1e-3))
+        })
+        .fold(0.0, f32::max)
+}
+
+fn random(rng: &mut Rng, rows: usize, cols: usize, d: &Device) -> Tensor<2> {
+    tensor2(
+        (0..rows * cols).map(|_| rng.normal()).collect(),
+        rows,
+        cols,
+        d,
+    )
+}
+
+/// Squared error of the ensemble's Q against random targets.
+fn critic_grads(c: &CriticEnsemble, rng: &mut Rng, d: &Device) -> GradientsParams {
+    let x = random(rng, 16, 5, d);
+    let y = random(rng, 1, 16, d);
+    let loss = (c.forward(x) - y).square().mean();
+    GradientsParams::from_grads(loss.backward(), c)
+}
+
+#[test]
+fn fused_adam_takes_the_same_steps_as_burns_adam() {
+    let d = dev();
+    let net = CriticEnsemble::new(3, 5, &[32, 32], &mut Rng::new(1), &d);
+    let (mut a, mut b) = (net.clone(), net);
+    let mut burn_adam = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut fused = FusedAdam::adam(1e-8);
+    let (mut ra, mut rb) = (Rng::new(2), Rng::new(2));
+    for step in 0..6 {
+        let lr = 1e-3 * (1.0 + step as f64);
+        let ga = critic_grads(&a, &mut ra, &d);
+        a = burn_adam.step(lr, a, ga);
+        let gb = critic_grads(&b, &mut rb, &d);
+        b = fused.step(lr, b, gb);
+    }
+    let (pa, pb) = (params(&a), params(&b));
+    // The parameters moved...
+    let start = params(&CriticEnsemble::new(3, 5, &[32, 32], &mut Rng::new(1), &d));
+    assert!(max_rel_diff(&pa, &start) > 1e-3);
+    // ...by the same amounts (same arithmetic, element for element; the last bits may
+    // differ where the CPU backend vectorises a flat buffer differently).
+    let diff = max_rel_diff(&pb, &pa);
+    assert!(diff < 1e-5, "fused vs burn: {diff}");
+}
+
+#[test]
+fn fused_adamw_takes_the_same_steps_as_burns_adamw() {
+    let d = dev();
+    let size = DenoiserSize {
+        hidden: 16,
+        blocks: 2,
+        expanded: 32,
+        fourier: 8,
+        time_hidden: 16,
+    };
+    let net = Denoiser::new(4, 2, size, &mut Rng::new(3), &d);
+    let (mut a, mut b) = (net.clone(), net);
+    let mut burn_adamw = AdamWConfig::new()
+        .with_weight_decay(0.1)
+        .with_epsilon(1e-8)
+        .init();
+    let mut fused = FusedAdam::adamw(1e-8, 0.1);
+    let (mut ra, mut rb) = (Rng::new(4), Rng::new(4));
+    let loss = |m: &Denoiser, rng: &mut Rng| {
+        let noisy = random(rng, 8, 2, &d);
+        let obs = random(rng, 8, 4, &d);
+        let t = tensor2((0..8).map(|i| (i % 5) as f32).collect(), 8, 1, &d);
+        let eps = random(rng, 8, 2, &d);
+        let l = (m.forward(noisy, obs, t) - eps).square().mean();
+        GradientsParams::from_grads(l.backward(), m)
+    };
+    for _ in 0..5 {
+        let ga = loss(&a, &mut ra);
+        a = burn_adamw.step(3e-3, a, ga);
+        let gb = loss(&b, &mut rb);
+        b = fused.step(3e-3, b, gb);
+    }
+    let (pa, pb) = (params(&a), params(&b));
+    let start = params(&Denoiser::new(4, 2, size, &mut Rng::new(3), &d));
+    assert!(max_rel_diff(&pa, &start) > 1e-3);
+    let diff = max_rel_diff(&pb, &pa);
+    assert!(diff < 1e-5, "fused vs burn AdamW: {diff}");
+}
+
+#[test]
+fn layout_aligns_every_parameter_and_round_trips() {
+    let d = dev();
+    let net = CriticEnsemble::new(3, 5, &[32, 32], &mut Rng::new(1), &d);
+    let layout = FlatLayout::of(&net);
+    // 3 dense layers (weight, bias) and 2 norms (gamma, beta): 10 tensors, each padded to
+    // a whole number of ALIGN-element blocks.
+    let sizes = [
+        3 * 5 * 32,
+        3 * 32,
+        3 * 32,
+        3 * 32,
+        3 * 32 * 32,
+        3 * 32,
+        3 * 32,
+        3 * 32,
+        3 * 32,
+        3,
+    ];
+    let blocks: usize = sizes.iter().map(|n: &usize| n.div_ceil(ALIGN)).sum();
+    assert_eq!(layout.len(), blocks * ALIGN);
+    let flat = layout.params(&net);
+    let back = layout.assign(net.clone(), &flat);
+    assert_eq!(params(&back), params(&net));
+    assert!(layout.matches(&back));
+    // The parameters given back are still trained: they have gradients.
+    let grads = critic_grads(&back, &mut Rng::new(9), &d);
+    assert_eq!(grads.len(), 10);
+    // A network of another size does not match.
+    let other = CriticEnsemble::new(3, 5, &[16, 32], &mut Rng::new(1), &d);
+    assert!(!layout.matches(&other));
+}
+
+#[test]
+fn polyak_on_the_flat_buffer_equals_polyak_per_parameter() {
+    let d = dev();
+    let mut online = CriticEnsemble::new(3, 5, &[32], &mut Rng::new(1), &d);
+    let target = online.valid();
+    let mut fused = FusedAdam::adam(1e-8);
+    let mut rng = Rng::new(3);
+    for _ in 0..2 {
+        let g = critic_grads(&online, &mut rng, &d);
+        online = fused.step(1e-2, online, g);
+    }
+    let (layout, flat) = fused.last_params(&online).expect("the last step's buffer");
+    assert!(layout.matches(&target));
+    let a = polyak_flat(target.clone(), layout, flat, 0.3);
+    let b = polyak(target.clone(), &online, 0.3);
+    let diff = max_rel_diff(&params(&a), &params(&b));
+    assert!(diff < 1e-6, "{diff}");
+    assert!(max_rel_diff(&params(&a), &params(&target)) > 1e-4);
+}
+
+#[test]
+fn fused_state_saves_loads_and_names_bad_files() {
+    let d = dev();
+    let dir = std::env::temp_dir().join(format!("fused-adam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("opt.adam");
+    let net = CriticEnsemble::new(2, 5, &[16], &mut Rng::new(1), &d);
+    let len = FlatLayout::of(&net).len();
+    let mut first = FusedAdam::adam(1e-8);
+    let mut rng = Rng::new(5);
+    let mut a = net;
+    for _ in 0..3 {
+        let g = critic_grads(&a, &mut rng, &d);
+        a = first.step(1e-2, a, g);
+    }
+    first.save(&path).unwrap();
+    let mut second = FusedAdam::adam(1e-8);
+    second.load(&path, len, &Device::flex()).unwrap();
+    // Both continue identically from the saved moments and step count.
+    let mut b = a.clone();
+    let mut rb = rng.clone();
+    for _ in 0..2 {
+        let g = critic_grads(&a, &mut rng, &d);
+        a = first.step(1e-2, a, g);
+        let g = critic_grads(&b, &mut rb, &d);
+        b = second.step(1e-2, b, g);
+    }
+    assert_eq!(params(&a), params(&b));
+
+    // The wrong network size, a truncated file and a foreign file are named.
+    let err = FusedAdam::adam(1e-8)
+        .load(&path, len + ALIGN, &Device::flex())
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("different network size"),
+        "{err:#}"
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let err = FusedAdam::adam(1e-8)
+        .load(&path, len, &Device::flex())
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("truncated"), "{err:#}");
+    assert!(format!("{err:#}").contains("opt.adam"), "{err:#}");
+    std::fs::write(&path, b"PK\x03\x04 not an optimizer state at all").unwrap();
+    let err = FusedAdam::adam(1e-8)
+        .load(&path, len, &Device::flex())
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not a fused optimizer state"),
+        "{err:#}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
