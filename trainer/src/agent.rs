@@ -242,7 +242,7 @@ pub fn polyak<M: Module>(target: M, online: &M, tau: f32) -> M {
 /// The optimizer of one network (`compute.optimizer`).
 enum NetOptimizer {
     PerParameter(ModuleOptimizer),
-    Fused(FusedAdam),
+    Fused(Box<FusedAdam>),
 }
 
 impl NetOptimizer {
@@ -250,7 +250,9 @@ impl NetOptimizer {
     fn new(kind: OptimizerImpl, weight_decay: f32) -> Self {
         const EPSILON: f32 = 1e-8;
         match kind {
-            OptimizerImpl::Fused => NetOptimizer::Fused(FusedAdam::adamw(EPSILON, weight_decay)),
+            OptimizerImpl::Fused => {
+                NetOptimizer::Fused(Box::new(FusedAdam::adamw(EPSILON, weight_decay)))
+            }
             OptimizerImpl::PerParameter if weight_decay > 0.0 => NetOptimizer::PerParameter(
                 AdamWConfig::new()
                     .with_weight_decay(weight_decay)

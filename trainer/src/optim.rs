@@ -107,9 +107,8 @@ impl FlatLayout {
                     self.flat = Some(Tensor::zeros([self.layout.len], &value.device()));
                 }
                 let flat = self.flat.take().unwrap();
-                self.flat = Some(
-                    flat.slice_assign([e.offset..e.offset + e.numel], value.reshape([e.numel])),
-                );
+                self.flat =
+                    Some(flat.slice_assign(e.offset..e.offset + e.numel, value.reshape([e.numel])));
             }
         }
         let mut v = Visit {
@@ -135,7 +134,7 @@ impl FlatLayout {
             };
             if let Some(g) = g {
                 let f = flat.unwrap_or_else(|| Tensor::zeros([self.len], &g.device()));
-                flat = Some(f.slice_assign([e.offset..e.offset + e.numel], g));
+                flat = Some(f.slice_assign(e.offset..e.offset + e.numel, g));
             }
         }
         flat
@@ -158,7 +157,7 @@ impl FlatLayout {
                 let value = self
                     .flat
                     .clone()
-                    .slice([e.offset..e.offset + e.numel])
+                    .slice(e.offset..e.offset + e.numel)
                     .reshape(dims);
                 let value = if old.device().is_autodiff() {
                     let t = Tensor::from_inner(value);
