@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{relu, silu};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use sim::rng::Rng;
 use std::f32::consts::TAU;
 
@@ -75,10 +75,17 @@ impl Norm {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let (var, mean) = x.clone().var_mean_bias(1);
-        let x = (x - mean) / (var + LAYER_NORM_EPS).sqrt();
-        x * self.gamma.val().unsqueeze_dim(0) + self.beta.val().unsqueeze_dim(0)
+        normalize_last(x) * self.gamma.val().unsqueeze_dim(0) + self.beta.val().unsqueeze_dim(0)
     }
+}
+
+/// `(x − mean) / √(var + ε)` over the last axis (biased variance), in 7 tensor
+/// operations: the centred values are computed once and reused for the variance
+/// (burn's `var_mean_bias` centres twice and divides separately: 9).
+fn normalize_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let centred = x.clone() - x.mean_dim(D - 1);
+    let var = centred.clone().square().mean_dim(D - 1);
+    centred / (var + LAYER_NORM_EPS).sqrt()
 }
 
 /// Sizes of the denoiser.
@@ -396,15 +403,13 @@ impl CriticEnsemble {
 
     /// Q of the members listed in `subset` (all when `None`): `[|subset|, R]`.
     pub fn forward_members(&self, x: Tensor<2>, subset: Option<&[usize]>) -> Tensor<2> {
-        let device = x.device();
-        let pick = |t: Tensor<3>| match subset {
-            Some(idx) => {
-                let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-                t.select(
-                    0,
-                    Tensor::from_data(TensorData::new(ids, [idx.len()]), &device),
-                )
-            }
+        // One upload of the member indices, shared by every parameter's selection.
+        let ids = subset.map(|idx| {
+            let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), &x.device())
+        });
+        let pick = |t: Tensor<3>| match &ids {
+            Some(ids) => t.select(0, ids.clone()),
             None => t,
         };
         let [rows, d_in] = x.dims();
@@ -415,9 +420,7 @@ impl CriticEnsemble {
             h = h.matmul(pick(l.weight.val())) + pick(l.bias.val());
             if i < last {
                 let n = &self.norms[i];
-                let (var, mean) = h.clone().var_mean_bias(2);
-                h = (h - mean) / (var + LAYER_NORM_EPS).sqrt();
-                h = relu(h * pick(n.gamma.val()) + pick(n.beta.val()));
+                h = relu(normalize_last(h) * pick(n.gamma.val()) + pick(n.beta.val()));
             }
         }
         h.reshape([e, rows])
