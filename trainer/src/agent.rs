@@ -49,7 +49,7 @@ use std::collections::HashMap;
 
 use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl};
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2};
-use crate::optim::{FlatLayout, FusedAdam, polyak_flat};
+use crate::optim::{FusedAdam, Packing, polyak_flat};
 use crate::replay::{Batch, Normalizer};
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
@@ -247,11 +247,11 @@ enum NetOptimizer {
 
 impl NetOptimizer {
     /// Adam (`weight_decay` 0) or AdamW with ε 1e-8 and burn's β defaults.
-    fn new(kind: OptimizerImpl, weight_decay: f32) -> Self {
+    fn new(kind: OptimizerImpl, weight_decay: f32, packing: Packing) -> Self {
         const EPSILON: f32 = 1e-8;
         match kind {
             OptimizerImpl::Fused => {
-                NetOptimizer::Fused(Box::new(FusedAdam::adamw(EPSILON, weight_decay)))
+                NetOptimizer::Fused(Box::new(FusedAdam::adamw(EPSILON, weight_decay, packing)))
             }
             OptimizerImpl::PerParameter if weight_decay > 0.0 => NetOptimizer::PerParameter(
                 AdamWConfig::new()
@@ -297,12 +297,13 @@ impl NetOptimizer {
         }
     }
 
-    /// Restores what [`NetOptimizer::save`] wrote for a network of layout length `len`.
-    fn load(
+    /// Restores what [`NetOptimizer::save`] wrote for `network` (`None`: the run has no
+    /// such network and the state is empty).
+    fn load<M: Module>(
         &mut self,
         dir: &std::path::Path,
         stem: &str,
-        len: usize,
+        network: Option<&M>,
         device: &Device,
     ) -> Result<()> {
         match self {
@@ -314,7 +315,10 @@ impl NetOptimizer {
                     .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
                 Ok(())
             }
-            NetOptimizer::Fused(o) => o.load(&dir.join(format!("{stem}.adam")), len, device),
+            NetOptimizer::Fused(o) => {
+                let layout = network.map(|m| o.layout_of(m));
+                o.load(&dir.join(format!("{stem}.adam")), layout, device)
+            }
         }
     }
 }
@@ -399,7 +403,11 @@ impl Agent {
         // AdamW with optax's defaults (weight decay 1e-4, eps 1e-8) for the denoiser,
         // Adam for the rest.
         let kind = config.compute.optimizer;
-        let opt_denoiser = NetOptimizer::new(kind, 1e-4);
+        // Packing of the fused optimizer's buffers: by the configured device (a test may
+        // pass another device; only the speed depends on it).
+        let packing =
+            Packing::for_device(crate::device::parse(&config.device).is_ok_and(|d| d.is_gpu()));
+        let opt_denoiser = NetOptimizer::new(kind, 1e-4, packing);
         Agent {
             obs_dim,
             act_dim,
@@ -415,8 +423,8 @@ impl Agent {
             critic_target,
             temperature,
             opt_denoiser,
-            opt_critic: NetOptimizer::new(kind, 0.0),
-            opt_policy: NetOptimizer::new(kind, 0.0),
+            opt_critic: NetOptimizer::new(kind, 0.0, packing),
+            opt_policy: NetOptimizer::new(kind, 0.0, packing),
             opt_temperature: AdamConfig::new().with_epsilon(1e-8).init(),
             train_rng: Rng::new(config.seed ^ 0x7124),
             act_rng: Rng::new(config.seed ^ 0xac7),
@@ -591,18 +599,17 @@ impl Agent {
     }
 
     pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {
-        let len = |m: Option<FlatLayout>| m.map_or(0, |l| l.len());
         let device = self.plain.clone();
-        let den = FlatLayout::of(&self.denoiser).len();
-        self.opt_denoiser.load(dir, "opt_denoiser", den, &device)?;
-        let critic = len(self.critic.as_ref().map(FlatLayout::of));
-        self.opt_critic.load(dir, "opt_critic", critic, &device)?;
-        let policy = len(match (&self.edit, &self.actor) {
-            (Some(m), _) => Some(FlatLayout::of(m)),
-            (_, Some(m)) => Some(FlatLayout::of(m)),
-            _ => None,
-        });
-        self.opt_policy.load(dir, "opt_policy", policy, &device)?;
+        self.opt_denoiser
+            .load(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
+        self.opt_critic
+            .load(dir, "opt_critic", self.critic.as_ref(), &device)?;
+        match (&self.edit, &self.actor) {
+            (Some(m), _) => self.opt_policy.load(dir, "opt_policy", Some(m), &device)?,
+            (_, m) => self
+                .opt_policy
+                .load(dir, "opt_policy", m.as_ref(), &device)?,
+        }
         let path = dir.join("opt_temperature.bpk");
         let opt = std::mem::replace(&mut self.opt_temperature, AdamConfig::new().init());
         self.opt_temperature = opt

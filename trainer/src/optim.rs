@@ -21,9 +21,14 @@
 //!                                                     p₀' = p'[o₀..o₀+n₀].reshape(…) …
 //! ```
 //!
-//! Each parameter starts at a multiple of [`ALIGN`] elements so that its slice is a
-//! view of the buffer on cubecl backends (they copy a slice whose byte offset is not
-//! aligned to the device's binding alignment). The arithmetic is burn's Adam/AdamW,
+//! How the buffer is assembled depends on the backend ([`Packing`]). On a GPU each
+//! parameter starts at a multiple of [`ALIGN`] elements, so that its slice is a view of
+//! the buffer (cubecl copies a slice whose byte offset is not aligned to the device's
+//! binding alignment), and the buffer is filled in place. On the CPU the tensors are
+//! concatenated without padding: there a `slice_assign` copies the whole destination
+//! (burn-flex 0.22.0-pre.3 copies on write), so filling a buffer piece by piece would
+//! cost one whole copy per parameter. The saved state is the same either way (the
+//! moments without padding), so a run can move between devices. The arithmetic is burn's Adam/AdamW,
 //! element for element, so the result is the same as burn's per-parameter step (tested).
 //! One difference: a parameter that got no gradient is treated as having a zero
 //! gradient (its moments decay and it moves by its momentum), where burn's optimizers
@@ -41,11 +46,32 @@ use std::path::Path;
 /// bytes on wgpu/Vulkan, less on CUDA), so that each parameter's slice is a view.
 pub const ALIGN: usize = 256;
 
+/// How a network's tensors are packed into its flat buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// Zero buffer, each tensor written in place at an [`ALIGN`]-multiple offset: GPU.
+    Aligned,
+    /// One concatenation, no padding: CPU backends.
+    Concatenated,
+}
+
+impl Packing {
+    /// The packing for a device (`crate::device` name): aligned on GPUs.
+    pub fn for_device(gpu: bool) -> Self {
+        if gpu {
+            Packing::Aligned
+        } else {
+            Packing::Concatenated
+        }
+    }
+}
+
 /// Where each parameter of a network lives in its flat buffer, in visiting order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlatLayout {
     entries: Vec<Entry>,
-    /// Buffer length, padded to a multiple of [`ALIGN`].
+    packing: Packing,
+    /// Buffer length (with [`Packing::Aligned`], padded to a multiple of [`ALIGN`]).
     len: usize,
 }
 
@@ -59,8 +85,8 @@ struct Entry {
 
 impl FlatLayout {
     /// The layout of `module`'s float parameters.
-    pub fn of<M: Module>(module: &M) -> Self {
-        struct Visit(Vec<Entry>, usize);
+    pub fn of<M: Module>(module: &M, packing: Packing) -> Self {
+        struct Visit(Vec<Entry>, usize, usize);
         impl ModuleVisitor for Visit {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 let dims = param.shape().dims::<D>().to_vec();
@@ -71,15 +97,60 @@ impl FlatLayout {
                     offset: self.1,
                     numel,
                 });
-                self.1 += numel.div_ceil(ALIGN) * ALIGN;
+                self.1 += numel.div_ceil(self.2) * self.2;
             }
         }
-        let mut v = Visit(vec![], 0);
+        let align = match packing {
+            Packing::Aligned => ALIGN,
+            Packing::Concatenated => 1,
+        };
+        let mut v = Visit(vec![], 0, align);
         module.visit(&mut v);
         FlatLayout {
             entries: v.0,
-            len: v.1.max(ALIGN),
+            packing,
+            len: v.1.max(align),
         }
+    }
+
+    /// Elements of the parameters themselves (without padding).
+    pub fn num_params(&self) -> usize {
+        self.entries.iter().map(|e| e.numel).sum()
+    }
+
+    /// One buffer from the flattened tensors (`[numel]` each, in layout order).
+    fn pack(&self, pieces: Vec<Tensor<1>>) -> Tensor<1> {
+        match self.packing {
+            Packing::Concatenated => Tensor::cat(pieces, 0),
+            Packing::Aligned => {
+                let device = pieces[0].device();
+                let mut flat = Tensor::zeros([self.len], &device);
+                for (e, piece) in self.entries.iter().zip(pieces) {
+                    flat = flat.slice_assign(e.offset..e.offset + e.numel, piece);
+                }
+                flat
+            }
+        }
+    }
+
+    /// The padded buffer of host values given without padding (zeros in the padding).
+    fn pad(&self, values: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; self.len];
+        let mut at = 0;
+        for e in &self.entries {
+            out[e.offset..e.offset + e.numel].copy_from_slice(&values[at..at + e.numel]);
+            at += e.numel;
+        }
+        out
+    }
+
+    /// The host values of a buffer without its padding.
+    fn unpad(&self, flat: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.num_params());
+        for e in &self.entries {
+            out.extend_from_slice(&flat[e.offset..e.offset + e.numel]);
+        }
+        out
     }
 
     /// Padded buffer length (elements).
@@ -93,51 +164,41 @@ impl FlatLayout {
 
     /// The parameters' values (gradient-free) in one buffer; the padding is zero.
     pub fn params<M: Module>(&self, module: &M) -> Tensor<1> {
-        struct Visit<'a> {
-            layout: &'a FlatLayout,
-            next: usize,
-            flat: Option<Tensor<1>>,
-        }
-        impl ModuleVisitor for Visit<'_> {
+        struct Visit(Vec<Tensor<1>>);
+        impl ModuleVisitor for Visit {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let e = &self.layout.entries[self.next];
-                self.next += 1;
                 let value = param.val().no_grad();
-                if self.flat.is_none() {
-                    self.flat = Some(Tensor::zeros([self.layout.len], &value.device()));
-                }
-                let flat = self.flat.take().unwrap();
-                self.flat =
-                    Some(flat.slice_assign(e.offset..e.offset + e.numel, value.reshape([e.numel])));
+                let n = value.shape().num_elements();
+                self.0.push(value.reshape([n]));
             }
         }
-        let mut v = Visit {
-            layout: self,
-            next: 0,
-            flat: None,
-        };
+        let mut v = Visit(vec![]);
         module.visit(&mut v);
-        v.flat.expect("a network with parameters")
+        self.pack(v.0)
     }
 
     /// The gradients of the parameters in one buffer (zero where a parameter has none,
     /// and in the padding), removed from `grads`. `None` when no parameter has one.
     fn grads(&self, grads: &mut GradientsParams) -> Option<Tensor<1>> {
-        let mut flat: Option<Tensor<1>> = None;
+        let mut pieces: Vec<Option<Tensor<1>>> = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
-            let g = match e.dims.len() {
-                1 => grads.remove::<1>(e.id).map(|g| g.reshape([e.numel])),
-                2 => grads.remove::<2>(e.id).map(|g| g.reshape([e.numel])),
-                3 => grads.remove::<3>(e.id).map(|g| g.reshape([e.numel])),
-                4 => grads.remove::<4>(e.id).map(|g| g.reshape([e.numel])),
+            let n = e.numel;
+            pieces.push(match e.dims.len() {
+                1 => grads.remove::<1>(e.id).map(|g| g.reshape([n])),
+                2 => grads.remove::<2>(e.id).map(|g| g.reshape([n])),
+                3 => grads.remove::<3>(e.id).map(|g| g.reshape([n])),
+                4 => grads.remove::<4>(e.id).map(|g| g.reshape([n])),
                 r => panic!("parameters of rank {r} are not supported by the fused optimizer"),
-            };
-            if let Some(g) = g {
-                let f = flat.unwrap_or_else(|| Tensor::zeros([self.len], &g.device()));
-                flat = Some(f.slice_assign(e.offset..e.offset + e.numel, g));
-            }
+            });
         }
-        flat
+        let device = pieces.iter().flatten().next()?.device();
+        let pieces = self
+            .entries
+            .iter()
+            .zip(pieces)
+            .map(|(e, g)| g.unwrap_or_else(|| Tensor::zeros([e.numel], &device)))
+            .collect();
+        Some(self.pack(pieces))
     }
 
     /// `module` with its parameters replaced by slices of `flat` (same ids), tracked for
@@ -181,7 +242,7 @@ impl FlatLayout {
 
     /// Whether `module` has exactly this layout (same parameter ids and shapes).
     pub fn matches<M: Module>(&self, module: &M) -> bool {
-        FlatLayout::of(module) == *self
+        FlatLayout::of(module, self.packing) == *self
     }
 }
 
@@ -192,6 +253,7 @@ pub struct FusedAdam {
     beta_2: f32,
     epsilon: f32,
     weight_decay: f32,
+    packing: Packing,
     state: Option<FlatState>,
     /// The parameters after the last step, and their layout: [`polyak_flat`] blends a
     /// target copy towards them without flattening the online network again.
@@ -200,6 +262,8 @@ pub struct FusedAdam {
 
 struct FlatState {
     time: usize,
+    /// The layout the moments are in.
+    layout: FlatLayout,
     moment_1: Tensor<1>,
     moment_2: Tensor<1>,
 }
@@ -208,16 +272,17 @@ struct FlatState {
 const MAGIC: &[u8; 8] = b"EXPOADM1";
 
 impl FusedAdam {
-    pub fn adam(epsilon: f32) -> Self {
-        Self::adamw(epsilon, 0.0)
+    pub fn adam(epsilon: f32, packing: Packing) -> Self {
+        Self::adamw(epsilon, 0.0, packing)
     }
 
-    pub fn adamw(epsilon: f32, weight_decay: f32) -> Self {
+    pub fn adamw(epsilon: f32, weight_decay: f32, packing: Packing) -> Self {
         FusedAdam {
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon,
             weight_decay,
+            packing,
             state: None,
             last: None,
         }
@@ -227,21 +292,25 @@ impl FusedAdam {
     pub fn step<M: AutodiffModule>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
         let layout = match self.last.take() {
             Some((layout, _)) if layout.matches(&module) => layout,
-            _ => FlatLayout::of(&module),
+            _ => FlatLayout::of(&module, self.packing),
         };
         let Some(grad) = layout.grads(&mut grads) else {
             return module;
         };
         let (b1, b2) = (self.beta_1, self.beta_2);
         // burn's AdaptiveMomentum, element for element.
+        // A state of another layout cannot happen with the agent's networks (their
+        // shapes are fixed by the config); it would start afresh.
         let state = match self.state.take() {
-            Some(s) if s.moment_1.dims()[0] == layout.len() => FlatState {
+            Some(s) if s.layout == layout => FlatState {
                 time: s.time + 1,
+                layout: s.layout,
                 moment_1: s.moment_1 * b1 + grad.clone() * (1.0 - b1),
                 moment_2: s.moment_2 * b2 + grad.square() * (1.0 - b2),
             },
             _ => FlatState {
                 time: 1,
+                layout: layout.clone(),
                 moment_1: grad.clone() * (1.0 - b1),
                 moment_2: grad.square() * (1.0 - b2),
             },
@@ -266,12 +335,17 @@ impl FusedAdam {
         module
     }
 
-    /// Writes the moments and the step count (little-endian f32 after a small header).
+    /// Writes the step count and the moments without padding (little-endian f32 after
+    /// a small header), so that the file does not depend on the [`Packing`].
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         let (time, m1, m2) = match &self.state {
-            Some(s) => (s.time, to_vec(&s.moment_1)?, to_vec(&s.moment_2)?),
+            Some(s) => (
+                s.time,
+                s.layout.unpad(&to_vec(&s.moment_1)?),
+                s.layout.unpad(&to_vec(&s.moment_2)?),
+            ),
             None => (0, vec![], vec![]),
         };
         out.extend_from_slice(&(time as u64).to_le_bytes());
@@ -285,9 +359,20 @@ impl FusedAdam {
             .with_context(|| format!("{}: cannot write", path.display()))
     }
 
-    /// Restores what [`FusedAdam::save`] wrote, onto `device`, for a network of layout
-    /// length `len` (checked).
-    pub fn load(&mut self, path: &Path, len: usize, device: &burn::tensor::Device) -> Result<()> {
+    /// The layout this optimizer gives `network`.
+    pub fn layout_of<M: Module>(&self, network: &M) -> FlatLayout {
+        FlatLayout::of(network, self.packing)
+    }
+
+    /// Restores what [`FusedAdam::save`] wrote, onto `device`, for the network of
+    /// `layout` (its parameter count is checked; `None`: the run has no such network,
+    /// and the file must hold an empty state).
+    pub fn load(
+        &mut self,
+        path: &Path,
+        layout: Option<FlatLayout>,
+        device: &burn::tensor::Device,
+    ) -> Result<()> {
         let mut bytes = vec![];
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -304,13 +389,21 @@ impl FusedAdam {
             body.len(),
             n * 8
         );
+        self.last = None;
         if time == 0 {
             self.state = None;
             return Ok(());
         }
+        let Some(layout) = layout else {
+            bail!(
+                "{}: optimizer state of a network this run does not have",
+                path.display()
+            );
+        };
+        let len = layout.num_params();
         if n != len {
             bail!(
-                "{}: optimizer state for {n} parameters (padded), but the network has {len}: \
+                "{}: optimizer state for {n} parameters, but the network has {len}: \
                  a checkpoint of a different network size",
                 path.display()
             );
@@ -320,13 +413,16 @@ impl FusedAdam {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         let (m1, m2) = floats.split_at(n);
-        let tensor = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), device);
+        let padded = layout.len();
+        let tensor =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(layout.pad(v), [padded]), device);
+        let (moment_1, moment_2) = (tensor(m1), tensor(m2));
         self.state = Some(FlatState {
             time,
-            moment_1: tensor(m1),
-            moment_2: tensor(m2),
+            moment_1,
+            moment_2,
+            layout,
         });
-        self.last = None;
         Ok(())
     }
 
