@@ -49,7 +49,7 @@ use std::collections::HashMap;
 
 use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl};
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2};
-use crate::optim::{FusedAdam, Packing, polyak_flat};
+use crate::optim::{FusedAdam, Packing};
 use crate::replay::{Batch, Normalizer};
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
@@ -273,15 +273,16 @@ impl NetOptimizer {
     }
 
     /// Polyak averaging of `target` towards `online`, the network this optimizer just
-    /// stepped: on the flat buffer of that step when there is one and `target` shares
-    /// its layout, else parameter by parameter.
-    fn blend<M: Module>(&self, target: M, online: &M, tau: f32) -> M {
-        if let NetOptimizer::Fused(o) = self
-            && let Some((layout, flat)) = o.last_params(online)
-            && layout.matches(&target)
-        {
-            return polyak_flat(target, layout, flat, tau);
-        }
+    /// stepped: on the flat buffers of the fused optimizer when `target` has their
+    /// layout, else parameter by parameter.
+    fn blend<M: Module>(&mut self, target: M, online: &M, tau: f32) -> M {
+        let target = match self {
+            NetOptimizer::Fused(o) => match o.blend(target, tau) {
+                Ok(blended) => return blended,
+                Err(target) => target,
+            },
+            NetOptimizer::PerParameter(_) => target,
+        };
         polyak(target, online, tau)
     }
 
@@ -332,12 +333,15 @@ pub struct Agent {
     pub schedule: DiffusionSchedule,
     device: Device,
     plain: Device,
-    pub denoiser: Denoiser,
-    pub denoiser_ema: Denoiser,
-    pub edit: Option<GaussianPolicy>,
-    pub actor: Option<GaussianPolicy>,
-    pub critic: Option<CriticEnsemble>,
-    pub critic_target: Option<CriticEnsemble>,
+    // The networks change only through the updates below and `Agent::load`: the fused
+    // optimizers keep their parameters in flat buffers between steps (`crate::optim`).
+    // Read them with the accessors of the same names.
+    pub(crate) denoiser: Denoiser,
+    pub(crate) denoiser_ema: Denoiser,
+    pub(crate) edit: Option<GaussianPolicy>,
+    pub(crate) actor: Option<GaussianPolicy>,
+    pub(crate) critic: Option<CriticEnsemble>,
+    pub(crate) critic_target: Option<CriticEnsemble>,
     pub temperature: Option<Temperature>,
     opt_denoiser: NetOptimizer,
     opt_critic: NetOptimizer,
@@ -434,6 +438,36 @@ impl Agent {
             trace: None,
             config,
         }
+    }
+
+    /// The online denoiser (trained; makes the TD targets' candidates).
+    pub fn denoiser(&self) -> &Denoiser {
+        &self.denoiser
+    }
+
+    /// The EMA copy of the denoiser (acting, export).
+    pub fn denoiser_ema(&self) -> &Denoiser {
+        &self.denoiser_ema
+    }
+
+    /// The edit policy (`expo`).
+    pub fn edit(&self) -> Option<&GaussianPolicy> {
+        self.edit.as_ref()
+    }
+
+    /// The Gaussian actor (`rlpd`).
+    pub fn actor(&self) -> Option<&GaussianPolicy> {
+        self.actor.as_ref()
+    }
+
+    /// The online critic ensemble.
+    pub fn critic(&self) -> Option<&CriticEnsemble> {
+        self.critic.as_ref()
+    }
+
+    /// The target critic ensemble (acting, TD targets, export).
+    pub fn critic_target(&self) -> Option<&CriticEnsemble> {
+        self.critic_target.as_ref()
     }
 
     pub fn selection(&self) -> SelectionParams {

@@ -255,9 +255,12 @@ pub struct FusedAdam {
     weight_decay: f32,
     packing: Packing,
     state: Option<FlatState>,
-    /// The parameters after the last step, and their layout: [`polyak_flat`] blends a
-    /// target copy towards them without flattening the online network again.
+    /// The parameters after the last step, and their layout: the network this optimizer
+    /// returned holds slices of this buffer, so the next step starts from it instead of
+    /// copying the parameters out again, and [`FusedAdam::blend`] averages towards it.
     last: Option<(FlatLayout, Tensor<1>)>,
+    /// The buffer of the target network that [`FusedAdam::blend`] returned last.
+    target: Option<Tensor<1>>,
 }
 
 struct FlatState {
@@ -285,14 +288,26 @@ impl FusedAdam {
             packing,
             state: None,
             last: None,
+            target: None,
         }
     }
 
+    /// Forgets the buffers of the last step and blend: call it when the network (or its
+    /// target copy) was changed by anything but this optimizer, e.g. loaded.
+    pub fn forget_params(&mut self) {
+        self.last = None;
+        self.target = None;
+    }
+
     /// One step of `module` along `grads` with learning rate `lr`.
+    ///
+    /// `module` must be the network this optimizer returned last, unchanged, or one of
+    /// another layout, or any network after [`FusedAdam::forget_params`]: a network
+    /// with the last step's layout is taken to hold that step's parameters.
     pub fn step<M: AutodiffModule>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
-        let layout = match self.last.take() {
-            Some((layout, _)) if layout.matches(&module) => layout,
-            _ => FlatLayout::of(&module, self.packing),
+        let (layout, params) = match self.last.take() {
+            Some((layout, flat)) if layout.matches(&module) => (layout, Some(flat)),
+            _ => (FlatLayout::of(&module, self.packing), None),
         };
         let Some(grad) = layout.grads(&mut grads) else {
             return module;
@@ -320,7 +335,7 @@ impl FusedAdam {
         let factor = bias_correction_2 / (1.0 - b1.powi(t));
         let delta = (state.moment_1.clone() * factor)
             / (state.moment_2.clone().sqrt() + self.epsilon * bias_correction_2);
-        let params = layout.params(&module);
+        let params = params.unwrap_or_else(|| layout.params(&module));
         // AdamW: p·(1 − lr·λ) − lr·Δ; Adam: p − lr·Δ.
         let decay = lr * self.weight_decay as f64;
         let params = if decay == 0.0 {
@@ -389,7 +404,7 @@ impl FusedAdam {
             body.len(),
             n * 8
         );
-        self.last = None;
+        self.forget_params();
         if time == 0 {
             self.state = None;
             return Ok(());
@@ -426,12 +441,26 @@ impl FusedAdam {
         Ok(())
     }
 
-    /// The parameters after the last step, if `online` still has that layout.
-    pub fn last_params<M: Module>(&self, online: &M) -> Option<(&FlatLayout, &Tensor<1>)> {
-        self.last
-            .as_ref()
-            .filter(|(layout, _)| layout.matches(online))
-            .map(|(l, p)| (l, p))
+    /// Polyak averaging `target ← (1 − τ) target + τ online` towards the parameters of
+    /// the last step, on flat buffers. `target` must have the stepped network's layout
+    /// (a copy made with `valid()` has) and be the one this returned last, or any
+    /// target after [`FusedAdam::forget_params`]. `Err(target)` unchanged when there
+    /// was no step or the layouts differ.
+    pub fn blend<M: Module>(&mut self, target: M, tau: f32) -> Result<M, M> {
+        // Whoever blends instead changes the target: its buffer here is then stale.
+        let Some((layout, online)) = &self.last else {
+            self.target = None;
+            return Err(target);
+        };
+        if !layout.matches(&target) {
+            self.target = None;
+            return Err(target);
+        }
+        let current = self.target.take().unwrap_or_else(|| layout.params(&target));
+        let blended = current * (1.0 - tau) + online.clone() * tau;
+        let target = layout.assign(target, &blended);
+        self.target = Some(blended);
+        Ok(target)
     }
 }
 
@@ -440,12 +469,4 @@ fn to_vec(t: &Tensor<1>) -> Result<Vec<f32>> {
         .into_data()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("optimizer state is not f32: {e:?}"))
-}
-
-/// Polyak averaging `target ← (1 − τ) target + τ online` on flat buffers: `online` is
-/// the flat buffer of the online network (layout `layout`, which `target` must share:
-/// a copy made with `valid()` does).
-pub fn polyak_flat<M: Module>(target: M, layout: &FlatLayout, online: &Tensor<1>, tau: f32) -> M {
-    let blended = layout.params(&target) * (1.0 - tau) + online.clone() * tau;
-    layout.assign(target, &blended)
 }

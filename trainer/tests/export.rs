@@ -63,7 +63,7 @@ fn check_graphs(agent: &Agent, bundle: &Path, backend: Backend) {
     // Denoiser, at several steps.
     let x = rand(&mut rng, rows.denoise * ad);
     for t in [0usize, 2, agent.config.diffusion.steps - 1] {
-        let want = host(agent.denoiser_ema.forward(
+        let want = host(agent.denoiser_ema().forward(
             tensor2(x.clone(), rows.denoise, ad, &dev),
             tensor2(repeat(&obs, rows.denoise), rows.denoise, od, &dev),
             tensor2(vec![t as f32; rows.denoise], rows.denoise, 1, &dev),
@@ -84,8 +84,7 @@ fn check_graphs(agent: &Agent, bundle: &Path, backend: Backend) {
         .collect();
     let (mean, log_std) =
         agent
-            .edit
-            .as_ref()
+            .edit()
             .unwrap()
             .valid()
             .forward(tensor2(input, rows.edit, od + ad, &dev));
@@ -101,7 +100,7 @@ fn check_graphs(agent: &Agent, bundle: &Path, backend: Backend) {
         .flat_map(|a| obs.iter().chain(a).copied().collect::<Vec<_>>())
         .collect();
     let subset = [3usize, 7];
-    let want = host(agent.critic_target.as_ref().unwrap().forward_members(
+    let want = host(agent.critic_target().unwrap().forward_members(
         tensor2(input, rows.score, od + ad, &dev),
         Some(&subset[..rows.critic_members]),
     ));

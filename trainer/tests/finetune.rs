@@ -46,7 +46,7 @@ fn losses(out: &Path) -> Vec<String> {
 
 fn critic_weights(run: &Path) -> Vec<f32> {
     let agent = load_agent(run).unwrap();
-    let w = trainer::export::critic_weights(agent.critic.as_ref().unwrap());
+    let w = trainer::export::critic_weights(agent.critic().unwrap());
     w.layers.iter().flat_map(|l| l.weight.clone()).collect()
 }
 

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 use sim::rng::Rng;
 use trainer::agent::polyak;
 use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, tensor2};
-use trainer::optim::{ALIGN, FlatLayout, FusedAdam, Packing, polyak_flat};
+use trainer::optim::{ALIGN, FlatLayout, FusedAdam, Packing};
 
 const PACKINGS: [Packing; 2] = [Packing::Aligned, Packing::Concatenated];
 
@@ -174,24 +174,68 @@ fn layout_aligns_every_parameter_and_round_trips() {
     }
 }
 
+/// Polyak averaging on the flat buffers equals burn-style averaging parameter by
+/// parameter, over several steps (the second and later blends start from the buffer of
+/// the previous one).
 #[test]
 fn polyak_on_the_flat_buffer_equals_polyak_per_parameter() {
-    let d = dev();
-    let mut online = CriticEnsemble::new(3, 5, &[32], &mut Rng::new(1), &d);
-    let target = online.valid();
-    let mut fused = FusedAdam::adam(1e-8, Packing::Aligned);
-    let mut rng = Rng::new(3);
-    for _ in 0..2 {
-        let g = critic_grads(&online, &mut rng, &d);
-        online = fused.step(1e-2, online, g);
+    for packing in PACKINGS {
+        let d = dev();
+        let mut online = CriticEnsemble::new(3, 5, &[32], &mut Rng::new(1), &d);
+        let (mut a, mut b) = (online.valid(), online.valid());
+        let start = params(&a);
+        let mut fused = FusedAdam::adam(1e-8, packing);
+        let mut rng = Rng::new(3);
+        assert!(fused.blend(a.clone(), 0.3).is_err(), "no step yet");
+        for _ in 0..3 {
+            let g = critic_grads(&online, &mut rng, &d);
+            online = fused.step(1e-2, online, g);
+            a = fused.blend(a, 0.3).map_err(|_| "same layout").unwrap();
+            b = polyak(b, &online, 0.3);
+        }
+        let diff = max_rel_diff(&params(&a), &params(&b));
+        assert!(diff < 1e-6, "{packing:?}: {diff}");
+        assert!(max_rel_diff(&params(&a), &start) > 1e-4);
+        // A target of another network is refused, unchanged.
+        let other = CriticEnsemble::new(3, 5, &[16], &mut Rng::new(1), &d).valid();
+        assert!(fused.blend(other, 0.3).is_err());
     }
-    let (layout, flat) = fused.last_params(&online).expect("the last step's buffer");
-    assert!(layout.matches(&target));
-    let a = polyak_flat(target.clone(), layout, flat, 0.3);
-    let b = polyak(target.clone(), &online, 0.3);
-    let diff = max_rel_diff(&params(&a), &params(&b));
-    assert!(diff < 1e-6, "{diff}");
-    assert!(max_rel_diff(&params(&a), &params(&target)) > 1e-4);
+}
+
+/// Between steps the optimizer keeps the parameters it handed out; a network changed
+/// from outside must be announced with `forget_params`, after which the step starts
+/// from the changed values, as burn's does.
+#[test]
+fn a_network_changed_from_outside_is_stepped_from_its_new_values() {
+    let d = dev();
+    let net = CriticEnsemble::new(2, 5, &[16], &mut Rng::new(1), &d);
+    let (mut a, mut b) = (net.clone(), net);
+    let mut burn_adam = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut fused = FusedAdam::adam(1e-8, Packing::Concatenated);
+    let (mut ra, mut rb) = (Rng::new(2), Rng::new(2));
+    let g = critic_grads(&a, &mut ra, &d);
+    a = burn_adam.step(1e-2, a, g);
+    let g = critic_grads(&b, &mut rb, &d);
+    b = fused.step(1e-2, b, g);
+    // Both networks are replaced by another one with the same parameter ids (as loading
+    // a checkpoint does).
+    let replaced = CriticEnsemble::new(2, 5, &[16], &mut Rng::new(7), &d);
+    let replaced = FlatLayout::of(&b, Packing::Concatenated).assign(
+        b.clone(),
+        &FlatLayout::of(&replaced, Packing::Concatenated).params(&replaced),
+    );
+    a = FlatLayout::of(&a, Packing::Concatenated).assign(
+        a,
+        &FlatLayout::of(&replaced, Packing::Concatenated).params(&replaced),
+    );
+    fused.forget_params();
+    b = replaced;
+    let g = critic_grads(&a, &mut ra, &d);
+    a = burn_adam.step(1e-2, a, g);
+    let g = critic_grads(&b, &mut rb, &d);
+    b = fused.step(1e-2, b, g);
+    let diff = max_rel_diff(&params(&b), &params(&a));
+    assert!(diff < 1e-5, "{diff}");
 }
 
 /// The state is saved without padding: a run saved on a GPU (aligned buffers) resumes

@@ -146,11 +146,11 @@ fn params<M: Module>(m: &M) -> Vec<f32> {
 }
 
 fn all_params(a: &Agent) -> Vec<f32> {
-    let mut v = params(&a.denoiser);
-    v.extend(params(&a.denoiser_ema));
-    v.extend(params(a.edit.as_ref().unwrap()));
-    v.extend(params(a.critic.as_ref().unwrap()));
-    v.extend(params(a.critic_target.as_ref().unwrap()));
+    let mut v = params(a.denoiser());
+    v.extend(params(a.denoiser_ema()));
+    v.extend(params(a.edit().unwrap()));
+    v.extend(params(a.critic().unwrap()));
+    v.extend(params(a.critic_target().unwrap()));
     v.extend(params(a.temperature.as_ref().unwrap()));
     v
 }
