@@ -1,7 +1,7 @@
 //! Whole runs: determinism and exact resume after a stop at a checkpoint.
 
 use std::path::Path;
-use trainer::config::Config;
+use trainer::config::{Config, OptimizerImpl};
 use trainer::run::{TrainOptions, train};
 
 /// CSV contents without the wall-clock column (`updates_per_s`, last in metrics.csv).
@@ -42,11 +42,25 @@ fn same_seed_same_run() {
     }
 }
 
+/// Every algorithm with the fused optimizers (the default), and EXPO with burn's
+/// per-parameter ones (what runs saved before `compute.optimizer` existed use).
 #[test]
 fn resume_after_stop_matches_an_uninterrupted_run() {
-    for algo in ["expo", "idql-select", "rlpd", "bc"] {
+    let cases = [
+        ("expo", "fused"),
+        ("idql-select", "fused"),
+        ("rlpd", "fused"),
+        ("bc", "fused"),
+        ("expo", "per-parameter"),
+    ];
+    for (algo, optimizer) in cases {
         let tmp = tempfile::tempdir().unwrap();
-        let c = tiny(algo);
+        let mut c = tiny(algo);
+        c.compute.optimizer = match optimizer {
+            "fused" => OptimizerImpl::Fused,
+            _ => OptimizerImpl::PerParameter,
+        };
+        let algo = format!("{algo} ({optimizer})");
         let full = TrainOptions {
             log_every: 10,
             checkpoint_every: 30,
