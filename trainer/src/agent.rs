@@ -347,7 +347,7 @@ pub struct Agent {
     opt_critic: NetOptimizer,
     opt_policy: NetOptimizer,
     /// Always burn's: one scalar parameter, nothing to fuse.
-    opt_temperature: ModuleOptimizer,
+    opt_temperature: NetOptimizer,
     pub train_rng: Rng,
     pub act_rng: Rng,
     /// Denoiser updates so far (drives the cosine learning-rate decay).
@@ -429,7 +429,7 @@ impl Agent {
             opt_denoiser,
             opt_critic: NetOptimizer::new(kind, 0.0, packing),
             opt_policy: NetOptimizer::new(kind, 0.0, packing),
-            opt_temperature: AdamConfig::new().with_epsilon(1e-8).init(),
+            opt_temperature: NetOptimizer::new(OptimizerImpl::PerParameter, 0.0, packing),
             train_rng: Rng::new(config.seed ^ 0x7124),
             act_rng: Rng::new(config.seed ^ 0xac7),
             denoiser_updates: 0,
@@ -626,10 +626,7 @@ impl Agent {
         self.opt_denoiser.save(dir, "opt_denoiser")?;
         self.opt_critic.save(dir, "opt_critic")?;
         self.opt_policy.save(dir, "opt_policy")?;
-        let path = dir.join("opt_temperature.bpk");
-        self.opt_temperature
-            .save(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+        self.opt_temperature.save(dir, "opt_temperature")
     }
 
     pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {
@@ -638,18 +635,10 @@ impl Agent {
             .load(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
         self.opt_critic
             .load(dir, "opt_critic", self.critic.as_ref(), &device)?;
-        match (&self.edit, &self.actor) {
-            (Some(m), _) => self.opt_policy.load(dir, "opt_policy", Some(m), &device)?,
-            (_, m) => self
-                .opt_policy
-                .load(dir, "opt_policy", m.as_ref(), &device)?,
-        }
-        let path = dir.join("opt_temperature.bpk");
-        let opt = std::mem::replace(&mut self.opt_temperature, AdamConfig::new().init());
-        self.opt_temperature = opt
-            .load(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        Ok(())
+        let policy = self.edit.as_ref().or(self.actor.as_ref());
+        self.opt_policy.load(dir, "opt_policy", policy, &device)?;
+        self.opt_temperature
+            .load(dir, "opt_temperature", self.temperature.as_ref(), &device)
     }
 
     /// The UTD critic steps of one environment step. `obs`/`act` on the autodiff device,
