@@ -123,6 +123,23 @@ impl<'a> Stream<'a> {
             normal(self.rng, rows, cols, device)
         }
     }
+
+    /// `scale ·` standard normal `[rows, cols]`: host draws are scaled before the upload
+    /// (one device operation fewer; the same f32 products as scaling on the device).
+    pub fn scaled_normal(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        device: &Device,
+    ) -> Tensor<2> {
+        if self.device_normals {
+            Tensor::random([rows, cols], Distribution::Normal(0.0, 1.0), device) * scale
+        } else {
+            let draws = (0..rows * cols).map(|_| self.rng.normal() * scale);
+            tensor2(draws.collect(), rows, cols, device)
+        }
+    }
 }
 
 /// Losses and diagnostics still on the device (plain, one element each), read back
@@ -135,11 +152,14 @@ struct PendingMetrics(Vec<(MetricField, Tensor<1>)>);
 struct DeviceBatch {
     obs: Tensor<2>,
     act: Tensor<2>,
-    targets: Option<TargetInputs>,
+    critic: Option<CriticInputs>,
 }
 
-/// Rewards `[R, 1]`, normalized next observations `[R, O]`, bootstrap masks `[R, 1]`.
-struct TargetInputs {
+/// The critic loop's inputs: normalized `[s, a]` rows `[R, O + A]` on the autodiff device
+/// (concatenated on the host, so no slice needs a device concatenation); rewards `[R, 1]`,
+/// normalized next observations `[R, O]` and bootstrap masks `[R, 1]`, plain.
+struct CriticInputs {
+    obs_act: Tensor<2>,
     rew: Tensor<2>,
     next_obs: Tensor<2>,
     mask: Tensor<2>,
@@ -197,13 +217,18 @@ pub fn sample_chain(
     let rows = obs.dims()[0];
     let obs_proj = den.obs_projection(obs);
     let mut x = stream.normal(rows, act_dim, &device);
-    for step in sched.sampling_plan(sched.steps()) {
-        // The time conditioning depends on t alone: once per step, shared by all rows.
-        let tp = den.time_projection(tensor2(vec![step.t as f32], 1, 1, &device));
+    let plan = sched.sampling_plan(sched.steps());
+    // The time conditioning depends on t alone: one batched pass for every step of the
+    // chain, `[T, hidden]`, each step's row shared by all rows of x.
+    let ts: Vec<f32> = plan.iter().map(|step| step.t as f32).collect();
+    let time_proj = den.time_projection(tensor2(ts, plan.len(), 1, &device));
+    let hidden = time_proj.dims()[1];
+    for (k, step) in plan.iter().enumerate() {
+        let tp = time_proj.clone().slice([k..k + 1, 0..hidden]);
         let eps = den.forward_projected(x.clone(), obs_proj.clone(), tp);
         x = x * step.x_coef + eps * step.eps_coef;
         if step.sigma > 0.0 {
-            x = x + stream.normal(rows, act_dim, &device) * step.sigma;
+            x = x + stream.scaled_normal(rows, act_dim, step.sigma, &device);
         }
         x = x.clamp(-1.0, 1.0);
     }
@@ -358,6 +383,45 @@ pub struct Agent {
     /// When set, each stage of [`Agent::update`] appends its name here, in order (tests
     /// check the schedule of candidate generation and updates with it).
     pub trace: Option<Vec<&'static str>>,
+    /// Kernel attribution for `scripts/kernel-count`: see [`KernelMarks`].
+    kernel_marks: Option<KernelMarks>,
+}
+
+/// With `EXPO_KERNEL_MARKS=FILE` in the environment, every stage boundary launches one
+/// marker kernel (a cumulative sum over one element, an operation the learner never uses)
+/// and appends the stage's name to FILE. A device's kernel log (cubecl's profile log, on a
+/// build without fusion, where each operation is one kernel launched in order) can then be
+/// cut into stages. Diagnostics only: nothing else reads it.
+struct KernelMarks {
+    one: Tensor<1>,
+    names: std::io::BufWriter<std::fs::File>,
+}
+
+impl KernelMarks {
+    const ENV: &'static str = "EXPO_KERNEL_MARKS";
+
+    fn from_env(device: &Device) -> Option<Self> {
+        let path = std::env::var_os(Self::ENV)?;
+        let file = std::fs::File::create(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: cannot create {}: {e}",
+                Self::ENV,
+                path.to_string_lossy()
+            )
+        });
+        Some(KernelMarks {
+            one: Tensor::ones([1], device),
+            names: std::io::BufWriter::new(file),
+        })
+    }
+
+    fn mark(&mut self, stage: &str) {
+        use std::io::Write;
+        drop(self.one.clone().cumsum(0));
+        // A failed write only loses diagnostics.
+        let _ = writeln!(self.names, "{stage}");
+        let _ = self.names.flush();
+    }
 }
 
 impl Agent {
@@ -370,6 +434,7 @@ impl Agent {
         device: &Device,
     ) -> Self {
         let plain = device.clone();
+        let kernel_marks = KernelMarks::from_env(&plain);
         let device = device.clone().autodiff();
         let mut init = Rng::new(config.seed ^ 0x1417);
         let net = &config.net;
@@ -436,6 +501,7 @@ impl Agent {
             times: StageTimes::default(),
             sync_stages: false,
             trace: None,
+            kernel_marks,
             config,
         }
     }
@@ -496,6 +562,9 @@ impl Agent {
         if let Some(t) = &mut self.trace {
             t.push(stage);
         }
+        if let Some(k) = &mut self.kernel_marks {
+            k.mark(stage);
+        }
     }
 
     fn stage_sync(&self) {
@@ -523,6 +592,7 @@ impl Agent {
 
     /// Actions for a batch of raw observations `[K·O]` → `[K·A]` (host memory).
     pub fn act(&mut self, obs: &[f32]) -> Vec<f32> {
+        self.mark("act");
         let clock = std::time::Instant::now();
         let k = obs.len() / self.obs_dim;
         let mut norm = obs.to_vec();
@@ -579,11 +649,11 @@ impl Agent {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let (od, ad) = (self.obs_dim, self.act_dim);
         let rows = b * utd;
-        let DeviceBatch { obs, act, targets } = self.upload(batch, self.config.algo != Algo::Bc)?;
+        let DeviceBatch { obs, act, critic } = self.upload(batch, self.config.algo != Algo::Bc)?;
         let mut pending = PendingMetrics::default();
 
-        if let Some(targets) = targets {
-            self.update_critic(obs.clone(), act.clone(), targets, Some(&mut pending))?;
+        if let Some(inputs) = critic {
+            self.update_critic(inputs, Some(&mut pending))?;
         }
         let clock = std::time::Instant::now();
         // Policy updates use the last slice.
@@ -641,17 +711,15 @@ impl Agent {
             .load(dir, "opt_temperature", self.temperature.as_ref(), &device)
     }
 
-    /// The UTD critic steps of one environment step. `obs`/`act` on the autodiff device,
-    /// the rest plain; all `[utd·b, ·]`, observations normalized.
+    /// The UTD critic steps of one environment step; inputs `[utd·b, ·]`.
     fn update_critic(
         &mut self,
-        obs: Tensor<2>,
-        act: Tensor<2>,
-        TargetInputs {
+        CriticInputs {
+            obs_act,
             rew,
             next_obs,
             mask,
-        }: TargetInputs,
+        }: CriticInputs,
         pending: Option<&mut PendingMetrics>,
     ) -> Result<Vec<Tensor<2>>> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
@@ -780,10 +848,9 @@ impl Agent {
             // The target enters the loss as a constant on the autodiff device.
             let y = Tensor::from_inner(y).reshape([1, b]);
 
-            let obs_i = obs.clone().slice([r.clone(), 0..od]);
-            let act_i = act.clone().slice([r.clone(), 0..ad]);
+            self.mark("critic step");
             let critic = self.critic.take().unwrap();
-            let q = critic.forward(Tensor::cat(vec![obs_i, act_i], 1)); // [E, b]
+            let q = critic.forward(obs_act.clone().slice([r.clone(), 0..od + ad])); // [E, b]
             q_sum = q_sum + q.clone().detach().no_grad().mean();
             let loss = (q - y).square().mean();
             loss_sum = loss_sum + loss.clone().detach().no_grad();
@@ -791,7 +858,7 @@ impl Agent {
             let critic = self
                 .opt_critic
                 .step(self.config.optim.critic_lr, critic, grads);
-            self.mark("critic step");
+            self.mark("target critics");
             let target = self.critic_target.take().unwrap();
             self.critic_target = Some(self.opt_critic.blend(
                 target,
@@ -799,7 +866,6 @@ impl Agent {
                 self.config.optim.tau,
             ));
             self.critic = Some(critic);
-            self.mark("target critics");
         }
         self.stage_sync();
         self.times.critic += clock.elapsed().as_secs_f64();
@@ -813,7 +879,7 @@ impl Agent {
     }
 
     /// Checks, normalizes and uploads one environment step's batch (`utd` slices of
-    /// `batch_size` rows): once per step, every slice is a view of these. The TD-target
+    /// `batch_size` rows): once per step, every slice is a view of these. The critic's
     /// inputs only `with_targets` (BC has no critic).
     fn upload(&self, batch: &Batch, with_targets: bool) -> Result<DeviceBatch> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
@@ -826,10 +892,16 @@ impl Agent {
         let (od, ad, rows) = (self.obs_dim, self.act_dim, b * utd);
         let mut obs = batch.obs.clone();
         self.normalizer.apply(&mut obs);
-        let targets = with_targets.then(|| {
+        let critic = with_targets.then(|| {
             let mut next_obs = batch.next_obs.clone();
             self.normalizer.apply(&mut next_obs);
-            TargetInputs {
+            let mut obs_act = Vec::with_capacity(rows * (od + ad));
+            for (o, a) in obs.chunks_exact(od).zip(batch.act.chunks_exact(ad)) {
+                obs_act.extend_from_slice(o);
+                obs_act.extend_from_slice(a);
+            }
+            CriticInputs {
+                obs_act: tensor2(obs_act, rows, od + ad, &self.device),
                 rew: tensor2(batch.rew.clone(), rows, 1, &self.plain),
                 next_obs: tensor2(next_obs, rows, od, &self.plain),
                 mask: tensor2(batch.mask.clone(), rows, 1, &self.plain),
@@ -838,15 +910,15 @@ impl Agent {
         Ok(DeviceBatch {
             obs: tensor2(obs, rows, od, &self.device),
             act: tensor2(batch.act.clone(), rows, ad, &self.device),
-            targets,
+            critic,
         })
     }
 
     /// The TD targets `r + γ·mask·Q'(s', a')` of every row of `batch` under the
     /// configured candidate schedule, without any update (tests compare schedules).
     pub fn td_targets(&mut self, batch: &Batch) -> Result<Vec<f32>> {
-        let DeviceBatch { obs, act, targets } = self.upload(batch, true)?;
-        let targets = self.update_critic(obs, act, targets.expect("requested"), None)?;
+        let DeviceBatch { critic, .. } = self.upload(batch, true)?;
+        let targets = self.update_critic(critic.expect("requested"), None)?;
         Ok(Tensor::cat(targets, 0)
             .into_data()
             .try_to_vec::<f32>()
