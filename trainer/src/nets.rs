@@ -101,15 +101,24 @@ fn native_activations(device: &Device) -> bool {
     device == Device::flex() || device == Device::ndarray()
 }
 
-/// SiLU `x·σ(x)`. On the GPU backends as `x / (1 + e^−x)`: 4 operations forward and
-/// about 8 backward, where burn's composed sigmoid (`exp(−ln(1 + e^−x))`) takes 7 and
-/// 13. Both are exact at the limits: `x → −∞` gives `−0`, `x → +∞` gives `x`.
+/// SiLU `x·σ(x)`. Inference on the GPU backends (the denoising chains) uses
+/// `x / (1 + e^−x)`: 4 operations where burn's composed sigmoid (`exp(−ln(1 + e^−x))`)
+/// makes 7. Not under autodiff: the backward pass of that formula multiplies a zero
+/// gradient by `e^−x = ∞` for `x < −88` and gives NaN, where burn's sigmoid node is
+/// stable. The CPU backends keep burn's native SiLU everywhere.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if native_activations(&x.device()) {
+    let device = x.device();
+    if native_activations(&device) || device.is_autodiff() {
         burn::tensor::activation::silu(x)
     } else {
-        x.clone() / ((x * -1.0).exp() + 1.0)
+        silu_composed(x)
     }
+}
+
+/// The GPU backends' inference SiLU, `x / (1 + e^−x)`, on any device (tests compare it
+/// with burn's). Exact at the limits: `x → −∞` gives `−0`, `x → +∞` gives `x`.
+pub fn silu_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() / ((x * -1.0).exp() + 1.0)
 }
 
 /// Sizes of the denoiser.

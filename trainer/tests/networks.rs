@@ -8,7 +8,9 @@ use sim::rng::Rng;
 use trainer::agent::{
     Stream, edited_log_prob, polyak, random_subset, sample_chain, target_entropy,
 };
-use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, tensor2};
+use trainer::nets::{
+    CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, silu_composed, tensor2,
+};
 
 fn dev() -> Device {
     Device::flex()
@@ -186,4 +188,37 @@ fn polyak_blends_every_parameter() {
     assert!(gamma(&blended).iter().all(|g| (g - 1.5).abs() < 1e-6));
     assert_eq!(w(&polyak(target.clone(), &online, 1.0), 1), w(&online, 1));
     assert_eq!(w(&polyak(target.clone(), &online, 0.0), 1), w(&target, 1));
+}
+
+/// The SiLU the GPU backends use for inference (`x / (1 + e^−x)`, fewer kernels than
+/// burn's composed sigmoid there) against burn's native one, out to the extremes where
+/// `e^−x` overflows; and why it is kept out of autodiff: its gradient is NaN there.
+#[test]
+fn composed_silu_matches_burns_and_stays_out_of_autodiff() {
+    let xs = [
+        -1e4f32, -100.0, -88.0, -20.0, -3.0, -1.0, -0.1, 0.0, 0.1, 1.0, 3.0, 20.0, 100.0, 1e4,
+    ];
+    let x = || Tensor::<1>::from_floats(xs, &dev());
+    let y_ref = values(burn::tensor::activation::silu(x()));
+    let y = values(silu_composed(x()));
+    for (i, v) in xs.iter().enumerate() {
+        let tol = 1e-6 * (1.0 + y_ref[i].abs());
+        assert!(
+            (y[i] - y_ref[i]).abs() <= tol,
+            "silu({v}) = {} vs {}",
+            y[i],
+            y_ref[i]
+        );
+    }
+    // Under autodiff `nets::silu` is burn's; the composed formula's gradient at −1e4 is
+    // 0 · ∞. If burn ever makes it finite, the composed form could serve training too.
+    let ad = dev().autodiff();
+    let x = Tensor::<1>::from_floats([-1e4f32, 1.0], &ad).require_grad();
+    let grads = silu_composed(x.clone()).sum().backward();
+    let g = values(x.grad(&grads).unwrap());
+    assert!(g[0].is_nan() && g[1].is_finite(), "{g:?}");
+    let x = Tensor::<1>::from_floats([-1e4f32, 1.0], &ad).require_grad();
+    let grads = trainer::nets::silu(x.clone()).sum().backward();
+    let g = values(x.grad(&grads).unwrap());
+    assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
 }
