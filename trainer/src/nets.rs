@@ -458,6 +458,73 @@ impl CriticEnsemble {
         }
         h.reshape([e, rows])
     }
+
+    /// The critic step's loss and gradients without autodiff: Q of every member for
+    /// inputs `x: [R, in]`, the TD loss `mean_{e,r} (Q_e(x_r) − y_r)²` against targets
+    /// `y: [1, R]`, and that loss's gradient for every parameter (by id), all on the
+    /// plain device. The backward pass is written out (layer norm's in its closed form),
+    /// about 18 operations per hidden layer where burn's autodiff graph takes about 30:
+    /// on a GPU each is a kernel launch, and the critic loop is most of a step's
+    /// operations (issue 14). `trainer/tests/networks.rs` checks it against autodiff.
+    /// `self` may be the autodiff module: its parameters are read through `valid()`.
+    pub fn td_loss_and_grads(
+        &self,
+        x: Tensor<2>,
+        y: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<1>, burn::optim::GradientsParams) {
+        let [rows, d_in] = x.dims();
+        let e = self.members();
+        let last = self.layers.len() - 1;
+        let w = |l: &EnsembleDense| l.weight.val().inner();
+        let b = |l: &EnsembleDense| l.bias.val().inner();
+        // Forward, keeping each hidden layer's input, normalized values, inverse scale and
+        // output.
+        let mut h: Tensor<3> = x.unsqueeze_dim::<3>(0).expand([e, rows, d_in]);
+        let mut saved = Vec::with_capacity(last);
+        for i in 0..last {
+            let (l, n) = (&self.layers[i], &self.norms[i]);
+            let z = h.clone().matmul(w(l)) + b(l);
+            let centred = z.clone() - z.mean_dim(2);
+            let inv = (centred.clone().square().mean_dim(2) + LAYER_NORM_EPS).powf_scalar(-0.5);
+            let xhat = centred * inv.clone();
+            let out = relu(xhat.clone() * n.gamma.val().inner() + n.beta.val().inner());
+            saved.push((h, xhat, inv, out.clone()));
+            h = out;
+        }
+        let q =
+            (h.clone().matmul(w(&self.layers[last])) + b(&self.layers[last])).reshape([e, rows]);
+        let diff = q.clone() - y;
+        let loss = diff.clone().square().mean();
+
+        // Backward. dL/dQ = 2 (Q − y) / (E·R), as `[E, R, 1]`.
+        let mut grads = burn::optim::GradientsParams::new();
+        let dq = (diff * (2.0 / (e * rows) as f32)).reshape([e, rows, 1]);
+        let l = &self.layers[last];
+        grads.register(l.weight.id, h.swap_dims(1, 2).matmul(dq.clone()));
+        grads.register(l.bias.id, dq.clone().sum_dim(1));
+        let mut dh = dq.matmul(w(l).swap_dims(1, 2)); // [E, R, width]
+        for i in (0..last).rev() {
+            let (l, n) = (&self.layers[i], &self.norms[i]);
+            let (h_in, xhat, inv, out) = saved.pop().expect("one saved entry per layer");
+            // ReLU: no gradient where the output is 0 (as burn's relu_backward).
+            let da = dh.mask_fill(out.lower_equal_elem(0.0), 0.0);
+            grads.register(n.gamma.id, (da.clone() * xhat.clone()).sum_dim(1));
+            grads.register(n.beta.id, da.clone().sum_dim(1));
+            // Layer norm: dz = inv · (d x̂ − mean(d x̂) − x̂ · mean(d x̂ · x̂)).
+            let dxhat = da * n.gamma.val().inner();
+            let dz = (dxhat.clone()
+                - dxhat.clone().mean_dim(2)
+                - xhat.clone() * (dxhat * xhat).mean_dim(2))
+                * inv;
+            grads.register(l.weight.id, h_in.swap_dims(1, 2).matmul(dz.clone()));
+            grads.register(l.bias.id, dz.clone().sum_dim(1));
+            if i == 0 {
+                break; // the inputs are data: no gradient
+            }
+            dh = dz.matmul(w(l).swap_dims(1, 2));
+        }
+        (q, loss, grads)
+    }
 }
 
 /// SAC temperature `α = exp(log_α)`.

@@ -222,3 +222,69 @@ fn composed_silu_matches_burns_and_stays_out_of_autodiff() {
     let g = values(x.grad(&grads).unwrap());
     assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
 }
+
+/// The critic step's written-out backward pass against burn's autodiff on the same
+/// loss: Q, the loss and every parameter's gradient, for a 3-member ensemble with layer
+/// norm and ReLU, on inputs that leave some units inactive.
+#[test]
+fn critic_gradients_written_out_match_autodiff() {
+    let ad = dev().autodiff();
+    let (rows, d_in) = (9, 5);
+    let critic = CriticEnsemble::new(3, d_in, &[7, 6], &mut Rng::new(11), &ad);
+    let mut rng = Rng::new(12);
+    let x: Vec<f32> = (0..rows * d_in).map(|_| 2.0 * rng.normal()).collect();
+    let y: Vec<f32> = (0..rows).map(|_| rng.normal()).collect();
+    let x_plain = tensor2(x.clone(), rows, d_in, &dev());
+    let y_plain = tensor2(y.clone(), 1, rows, &dev());
+
+    let q_ad = critic.forward(tensor2(x, rows, d_in, &ad));
+    let loss_ad = (q_ad.clone() - tensor2(y, 1, rows, &ad)).square().mean();
+    let grads_ad = burn::optim::GradientsParams::from_grads(loss_ad.clone().backward(), &critic);
+    let (q, loss, grads) = critic.td_loss_and_grads(x_plain, y_plain);
+
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (u, v) in a.iter().zip(b) {
+            assert!(
+                (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                "{what}: {u} vs {v}"
+            );
+        }
+    };
+    close(&values(q), &values(q_ad.inner()), "Q");
+    close(&values(loss), &values(loss_ad.inner()), "loss");
+    let mut compared = 0;
+    let mut inactive = 0;
+    for (i, l) in critic.layers.iter().enumerate() {
+        for (id, what) in [(l.weight.id, "weight"), (l.bias.id, "bias")] {
+            let want = values(grads_ad.get::<3>(id).expect("autodiff gradient"));
+            let got = values(grads.get::<3>(id).expect("written-out gradient"));
+            assert!(
+                want.iter().any(|v| v.abs() > 1e-4),
+                "layer {i} {what}: all zero"
+            );
+            inactive += want.iter().filter(|v| **v == 0.0).count();
+            close(&got, &want, &format!("layer {i} {what}"));
+            compared += 1;
+        }
+    }
+    for (i, n) in critic.norms.iter().enumerate() {
+        for (id, what) in [(n.gamma.id, "gamma"), (n.beta.id, "beta")] {
+            let want = values(grads_ad.get::<3>(id).expect("autodiff gradient"));
+            let got = values(grads.get::<3>(id).expect("written-out gradient"));
+            close(&got, &want, &format!("norm {i} {what}"));
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 10);
+    assert_eq!(
+        grads.len(),
+        10,
+        "no gradient for anything but the parameters"
+    );
+    // Some ReLUs were off for every row of a member, so the mask path was exercised.
+    assert!(
+        inactive > 0,
+        "every unit active: the ReLU mask was not exercised"
+    );
+}
