@@ -89,16 +89,6 @@ pub struct StageTimes {
     pub policy: f64,
 }
 
-/// Standard normal `[rows, cols]` from `rng`.
-fn normal(rng: &mut Rng, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
-    tensor2(
-        (0..rows * cols).map(|_| rng.normal()).collect(),
-        rows,
-        cols,
-        device,
-    )
-}
-
 /// A random stream: integer draws always from our generator, Gaussian draws from it
 /// (`device_normals == false`) or from the backend's generator on the tensor's device.
 pub struct Stream<'a> {
@@ -117,11 +107,7 @@ impl<'a> Stream<'a> {
 
     /// Standard normal `[rows, cols]` on `device`.
     pub fn normal(&mut self, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
-        if self.device_normals {
-            Tensor::random([rows, cols], Distribution::Normal(0.0, 1.0), device)
-        } else {
-            normal(self.rng, rows, cols, device)
-        }
+        self.scaled_normal(rows, cols, 1.0, device)
     }
 
     /// `scale ·` standard normal `[rows, cols]`: host draws are scaled before the upload
@@ -134,7 +120,8 @@ impl<'a> Stream<'a> {
         device: &Device,
     ) -> Tensor<2> {
         if self.device_normals {
-            Tensor::random([rows, cols], Distribution::Normal(0.0, 1.0), device) * scale
+            let z = Tensor::random([rows, cols], Distribution::Normal(0.0, 1.0), device);
+            if scale == 1.0 { z } else { z * scale }
         } else {
             let draws = (0..rows * cols).map(|_| self.rng.normal() * scale);
             tensor2(draws.collect(), rows, cols, device)
@@ -395,7 +382,7 @@ pub struct Agent {
 /// cut into stages. Diagnostics only: nothing else reads it.
 struct KernelMarks {
     one: Tensor<1>,
-    names: std::io::BufWriter<std::fs::File>,
+    names: std::fs::File,
 }
 
 impl KernelMarks {
@@ -412,7 +399,7 @@ impl KernelMarks {
         });
         Some(KernelMarks {
             one: Tensor::ones([1], device),
-            names: std::io::BufWriter::new(file),
+            names: file,
         })
     }
 
@@ -421,7 +408,6 @@ impl KernelMarks {
         drop(self.one.clone().cumsum(0));
         // A failed write only loses diagnostics.
         let _ = writeln!(self.names, "{stage}");
-        let _ = self.names.flush();
     }
 }
 

@@ -87,9 +87,16 @@ impl Norm {
 /// same forward count, and a backward pass of 6 operations instead of 10 (autodiff's
 /// division backward takes a reciprocal, a square, a negation and a division).
 fn normalize_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    normalize_last_with_scale(x).0
+}
+
+/// [`normalize_last`]'s normalized values and its inverse scale `(var + ε)^−½` (last axis
+/// of size 1), which the critic's written-out backward pass needs.
+fn normalize_last_with_scale<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
     let centred = x.clone() - x.mean_dim(D - 1);
     let var = centred.clone().square().mean_dim(D - 1);
-    centred * (var + LAYER_NORM_EPS).powf_scalar(-0.5)
+    let inv = (var + LAYER_NORM_EPS).powf_scalar(-0.5);
+    (centred * inv.clone(), inv)
 }
 
 /// True on backends with native single-pass activations (the CPU ones). On the cubecl
@@ -483,10 +490,7 @@ impl CriticEnsemble {
         let mut saved = Vec::with_capacity(last);
         for i in 0..last {
             let (l, n) = (&self.layers[i], &self.norms[i]);
-            let z = h.clone().matmul(w(l)) + b(l);
-            let centred = z.clone() - z.mean_dim(2);
-            let inv = (centred.clone().square().mean_dim(2) + LAYER_NORM_EPS).powf_scalar(-0.5);
-            let xhat = centred * inv.clone();
+            let (xhat, inv) = normalize_last_with_scale(h.clone().matmul(w(l)) + b(l));
             let out = relu(xhat.clone() * n.gamma.val().inner() + n.beta.val().inner());
             saved.push((h, xhat, inv, out.clone()));
             h = out;
