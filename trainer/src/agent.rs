@@ -42,13 +42,13 @@
 use anyhow::Result;
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action};
 use sim::rng::Rng;
 use std::collections::HashMap;
 
 use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl};
-use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, tensor2};
+use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, member_ids, tensor2};
 use crate::optim::{FusedAdam, Packing};
 use crate::replay::{Batch, Normalizer};
 
@@ -77,6 +77,26 @@ impl UpdateMetrics {
         self.entropy += k * other.entropy;
         self.temperature += k * other.temperature;
     }
+}
+
+/// Result of [`Agent::graph_probe`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GraphProbe {
+    /// Whether the backend captured a device graph (`false`: a replay re-runs the loop).
+    pub hardware: bool,
+    pub utd: usize,
+    pub runs: usize,
+    /// Mean milliseconds per critic loop (all UTD slices), operation by operation.
+    pub direct_ms: f64,
+    /// The same, replayed from the captured graph.
+    pub replay_ms: f64,
+    /// Largest relative difference (against max(|direct|, 1e-6)) between direct and
+    /// replayed results (the loss sum and every critic and target parameter), over two
+    /// comparisons: the recorded inputs, and new rewards written into the recorded
+    /// buffer (a replay that gave the old result there is an error).
+    pub max_rel_diff: f64,
+    /// How many values were compared.
+    pub values: usize,
 }
 
 /// Wall-clock seconds spent per stage since the agent was built (for profiling).
@@ -146,6 +166,7 @@ struct DeviceBatch {
 /// out, no autodiff): normalized `[s, a]` rows `[R, O + A]` (concatenated on the host, so
 /// no slice needs a device concatenation), rewards `[R, 1]`, normalized next observations
 /// `[R, O]` and bootstrap masks `[R, 1]`.
+#[derive(Clone)]
 struct CriticInputs {
     obs_act: Tensor<2>,
     rew: Tensor<2>,
@@ -411,6 +432,21 @@ impl KernelMarks {
     }
 }
 
+/// Records the start of `stage` in the schedule trace and the kernel marks (each when
+/// enabled).
+fn mark_stage(
+    trace: &mut Option<Vec<&'static str>>,
+    marks: &mut Option<KernelMarks>,
+    stage: &'static str,
+) {
+    if let Some(t) = trace {
+        t.push(stage);
+    }
+    if let Some(k) = marks {
+        k.mark(stage);
+    }
+}
+
 impl Agent {
     /// Builds every network from `config.seed` on `device` (autodiff is enabled here).
     pub fn new(
@@ -546,12 +582,7 @@ impl Agent {
     }
 
     fn mark(&mut self, stage: &'static str) {
-        if let Some(t) = &mut self.trace {
-            t.push(stage);
-        }
-        if let Some(k) = &mut self.kernel_marks {
-            k.mark(stage);
-        }
+        mark_stage(&mut self.trace, &mut self.kernel_marks, stage);
     }
 
     fn stage_sync(&self) {
@@ -616,6 +647,7 @@ impl Agent {
                     critics: self.critic_target.as_ref().unwrap(),
                     stream,
                     precomputed: None,
+                    subset_ids: None,
                 };
                 on_the_fly_action(&mut runner, &params).0
             }
@@ -777,24 +809,15 @@ impl Agent {
             };
             let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
                 (Some((base, edited)), _) => {
-                    let mut runner = Selector {
-                        obs: next_i,
-                        act_dim: ad,
-                        denoiser: None,
-                        schedule: &self.schedule,
-                        edit: None,
-                        edit_scale: 0.0,
-                        critics: target,
-                        stream,
-                        precomputed: Some((
-                            base.clone()
-                                .slice([r.clone(), 0..params.num_samples, 0..ad]),
-                            edited
-                                .as_ref()
-                                .map(|e| e.clone().slice([r.clone(), 0..params.num_edit, 0..ad])),
-                        )),
-                    };
-                    on_the_fly_action(&mut runner, &params).1
+                    let subset = random_subset(stream.rng, target.members(), params.critic_subset);
+                    hoisted_next_value(
+                        target,
+                        next_i,
+                        slice_candidates(base, edited, r.clone()),
+                        member_ids(&subset, &self.plain),
+                        &params,
+                        &self.schedule,
+                    )
                 }
                 (None, None) => {
                     // Sequential: this slice's candidates now, drawn in the reference's
@@ -809,6 +832,7 @@ impl Agent {
                         critics: target,
                         stream,
                         precomputed: None,
+                        subset_ids: None,
                     };
                     on_the_fly_action(&mut runner, &params).1
                 }
@@ -834,24 +858,21 @@ impl Agent {
             tq_sum = tq_sum + y.clone().mean();
 
             self.mark("critic step");
-            let critic = self.critic.take().unwrap();
-            // Loss and gradients with the critic's backward pass written out (fewer
-            // operations than an autodiff graph; checked against autodiff in the tests).
             let x = obs_act.clone().slice([r.clone(), 0..od + ad]);
-            let (q, loss, grads) = critic.td_loss_and_grads(x, y.reshape([1, b])); // q: [E, b]
+            let (trace, marks) = (&mut self.trace, &mut self.kernel_marks);
+            let (critic, target, q, loss) = critic_slice_step(
+                self.critic.take().unwrap(),
+                self.critic_target.take().unwrap(),
+                &mut self.opt_critic,
+                x,
+                y.reshape([1, b]),
+                (self.config.optim.critic_lr, self.config.optim.tau),
+                &mut |stage| mark_stage(trace, marks, stage),
+            );
             q_sum = q_sum + q.mean();
             loss_sum = loss_sum + loss;
-            let critic = self
-                .opt_critic
-                .step(self.config.optim.critic_lr, critic, grads);
-            self.mark("target critics");
-            let target = self.critic_target.take().unwrap();
-            self.critic_target = Some(self.opt_critic.blend(
-                target,
-                &critic,
-                self.config.optim.tau,
-            ));
             self.critic = Some(critic);
+            self.critic_target = Some(target);
         }
         self.stage_sync();
         self.times.critic += clock.elapsed().as_secs_f64();
@@ -909,6 +930,191 @@ impl Agent {
             .into_data()
             .try_to_vec::<f32>()
             .expect("f32 targets"))
+    }
+
+    /// Times the critic loop of one environment step (all UTD slices: scoring the hoisted
+    /// candidates, TD targets, critic steps, Polyak averaging) run operation by operation
+    /// and replayed from a captured device graph (`burn::tensor::capture`), `runs` times
+    /// each, from the same state and inputs, and compares the two results. Diagnostics
+    /// for issue 14: on a GPU the loop is bound by per-operation dispatch, which a graph
+    /// replay does without. The agent's networks are not changed; `train_rng` advances
+    /// (candidates and subsets are drawn as an update draws them).
+    ///
+    /// Needs `expo` or `idql-select`, hoisted candidates and the fused optimizer. On a
+    /// backend without graph support the "replay" re-runs the loop.
+    pub fn graph_probe(&mut self, batch: &Batch, runs: usize) -> Result<GraphProbe> {
+        anyhow::ensure!(
+            matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect),
+            "the graph probe runs EXPO's critic loop: algo must be expo or idql-select"
+        );
+        anyhow::ensure!(
+            self.config.compute.candidates == CandidateSchedule::Hoisted,
+            "the graph probe needs compute.candidates = \"hoisted\""
+        );
+        anyhow::ensure!(runs > 0, "the graph probe needs at least one run");
+        let NetOptimizer::Fused(fused) = &self.opt_critic else {
+            anyhow::bail!("the graph probe needs compute.optimizer = \"fused\"");
+        };
+        let fused = (**fused).clone();
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        let (gamma, rates) = (
+            self.config.optim.discount,
+            (self.config.optim.critic_lr, self.config.optim.tau),
+        );
+        let params = self.selection();
+        let DeviceBatch { critic, .. } = self.upload(batch, true)?;
+        let inputs = critic.expect("requested");
+        // Everything a graph reads is on the device before capture: a capture may not
+        // upload.
+        let edit = (params.num_edit > 0).then(|| self.edit.as_ref().unwrap().valid());
+        let device_normals = self.device_normals();
+        let (base, edited) = next_candidates(
+            &self.denoiser.valid(),
+            edit.as_ref().map(|e| (e, self.config.expo.edit_scale)),
+            &self.schedule,
+            inputs.next_obs.clone(),
+            ad,
+            &params,
+            &mut Stream {
+                rng: &mut self.train_rng,
+                device_normals,
+            },
+        );
+        let members = self.critic.as_ref().unwrap().members();
+        let ids: Vec<Tensor<1, Int>> = (0..utd)
+            .map(|_| {
+                let subset = random_subset(&mut self.train_rng, members, params.critic_subset);
+                member_ids(&subset, &self.plain)
+            })
+            .collect();
+        let (critic, target) = (
+            self.critic.clone().unwrap(),
+            self.critic_target.clone().unwrap(),
+        );
+        let schedule = self.schedule.clone();
+        // The rewards are the input a replay is checked to read afresh: they live in a
+        // cell whose handle is the only one between runs, so they can be rewritten in
+        // place (a replay reads the buffers it recorded, whatever they hold then).
+        let rewards = std::rc::Rc::new(std::cell::RefCell::new(tensor2(
+            batch.rew.clone(),
+            b * utd,
+            1,
+            &self.plain,
+        )));
+        // The loop as a closure that owns (handles to) all it reads, so that a captured
+        // graph's buffers stay alive as long as the graph.
+        let make_loop = || {
+            let (critic, target, fused) = (critic.clone(), target.clone(), fused.clone());
+            let (inputs, ids, rewards) = (inputs.clone(), ids.clone(), rewards.clone());
+            let (base, edited) = (base.clone(), edited.clone());
+            let schedule = schedule.clone();
+            let device = self.plain.clone();
+            move || {
+                let (mut critic, mut target) = (critic.clone(), target.clone());
+                let mut opt = NetOptimizer::Fused(Box::new(fused.clone()));
+                let mut loss_sum = Tensor::<1>::zeros([1], &device);
+                let rew_all = rewards.borrow().clone();
+                for (i, ids) in ids.iter().enumerate() {
+                    let r = i * b..(i + 1) * b;
+                    let q_next = hoisted_next_value(
+                        &target,
+                        inputs.next_obs.clone().slice([r.clone(), 0..od]),
+                        slice_candidates(&base, &edited, r.clone()),
+                        ids.clone(),
+                        &params,
+                        &schedule,
+                    );
+                    let rew = rew_all.clone().slice([r.clone(), 0..1]);
+                    let mask = inputs.mask.clone().slice([r.clone(), 0..1]);
+                    let y = rew + mask * q_next * gamma;
+                    let x = inputs.obs_act.clone().slice([r, 0..od + ad]);
+                    let (c, t, _, loss) = critic_slice_step(
+                        critic,
+                        target,
+                        &mut opt,
+                        x,
+                        y.reshape([1, b]),
+                        rates,
+                        &mut |_| {},
+                    );
+                    (critic, target) = (c, t);
+                    loss_sum = loss_sum + loss;
+                }
+                (loss_sum, critic, target)
+            }
+        };
+        let host = |(loss, critic, target): &(Tensor<1>, CriticEnsemble, CriticEnsemble)| {
+            let mut v = to_host(loss.clone());
+            for m in [critic, target] {
+                v.extend(to_host(
+                    crate::optim::FlatLayout::of(m, crate::optim::Packing::Concatenated).params(m),
+                ));
+            }
+            v
+        };
+        let max_rel_diff = |a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len(), "graph probe: results of different sizes");
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| ((a - b).abs() / a.abs().max(1e-6)) as f64)
+                .fold(0.0, f64::max)
+        };
+        let time = |f: &mut dyn FnMut()| {
+            let clock = std::time::Instant::now();
+            for _ in 0..runs {
+                f();
+                self.sync();
+            }
+            clock.elapsed().as_secs_f64() * 1e3 / runs as f64
+        };
+
+        let direct = make_loop();
+        let mut out = direct(); // warm-up: kernel compilation, autotuning
+        self.sync();
+        let direct_ms = time(&mut || out = direct());
+        let direct_result = host(&out);
+
+        let mut graph = burn::tensor::capture(&self.plain, make_loop());
+        // Safety: the closure owns a handle to every tensor it reads, and the graph owns
+        // the closure, so every buffer it recorded lives as long as `graph`; the rewards
+        // are rewritten below on this thread's device stream, between replays only.
+        let replay_ms = time(&mut || {
+            unsafe { graph.replay() };
+        });
+        let replay_result = host(graph.output());
+        let hardware = graph.is_hardware();
+
+        // New rewards (+1), written into the recorded buffer: the next replay must give
+        // what the loop run directly on them gives, and not the old result.
+        {
+            let mut cell = rewards.borrow_mut();
+            anyhow::ensure!(
+                !hardware || cell.can_mut(),
+                "graph probe: the rewards' buffer is shared and cannot be rewritten in place"
+            );
+            let fresh = cell.clone().detach() + 1.0;
+            cell.inplace(|r| r.slice_assign([0..b * utd, 0..1], fresh));
+        }
+        unsafe { graph.replay() };
+        let refreshed = host(graph.output());
+        let refreshed_direct = host(&direct());
+        let input_change = max_rel_diff(&replay_result, &refreshed);
+        anyhow::ensure!(
+            input_change > 0.0,
+            "graph probe: the replay after new rewards gave the old result"
+        );
+        let max_rel_diff = max_rel_diff(&direct_result, &replay_result)
+            .max(max_rel_diff(&refreshed_direct, &refreshed));
+        Ok(GraphProbe {
+            hardware,
+            utd,
+            runs,
+            direct_ms,
+            replay_ms,
+            max_rel_diff,
+            values: direct_result.len(),
+        })
     }
 
     /// DDPM ε-prediction loss on `(obs, act)`; AdamW step; EMA update. Returns the loss
@@ -1063,6 +1269,68 @@ fn next_candidates(
     (base, edited)
 }
 
+/// Rows `r` of the hoisted candidates.
+fn slice_candidates(
+    base: &Tensor<3>,
+    edited: &Option<Tensor<3>>,
+    r: std::ops::Range<usize>,
+) -> (Tensor<3>, Option<Tensor<3>>) {
+    let slice = |t: &Tensor<3>| {
+        let [_, n, ad] = t.dims();
+        t.clone().slice([r.clone(), 0..n, 0..ad])
+    };
+    (slice(base), edited.as_ref().map(slice))
+}
+
+/// The TD targets' next-state value of one slice from its hoisted candidates `(base,
+/// edited)`: scored by the target critics `ids` (min over them), the best one's score
+/// `[b, 1]` (EXPO's selection, `shared_model::on_the_fly_action`).
+fn hoisted_next_value(
+    target: &CriticEnsemble,
+    next_obs: Tensor<2>,
+    candidates: (Tensor<3>, Option<Tensor<3>>),
+    ids: Tensor<1, Int>,
+    params: &SelectionParams,
+    schedule: &DiffusionSchedule,
+) -> Tensor<2> {
+    // Nothing is drawn: the candidates and the subset are given.
+    let mut unused = Rng::new(0);
+    let mut runner = Selector {
+        obs: next_obs,
+        act_dim: candidates.0.dims()[2],
+        denoiser: None,
+        schedule,
+        edit: None,
+        edit_scale: 0.0,
+        critics: target,
+        stream: Stream::host(&mut unused),
+        precomputed: Some(candidates),
+        subset_ids: Some(ids),
+    };
+    on_the_fly_action(&mut runner, params).1
+}
+
+/// One slice's critic step towards TD targets `y` `[1, b]` on inputs `x` `[b, O + A]`:
+/// loss and gradients (the backward pass written out: fewer operations than an autodiff
+/// graph, checked against autodiff in the tests), the optimizer step with learning rate
+/// `lr`, then Polyak averaging of the target with rate `tau`. Returns the stepped critic,
+/// the blended target, Q `[E, b]` and the loss.
+fn critic_slice_step(
+    critic: CriticEnsemble,
+    target: CriticEnsemble,
+    opt: &mut NetOptimizer,
+    x: Tensor<2>,
+    y: Tensor<2>,
+    (lr, tau): (f64, f32),
+    mark: &mut dyn FnMut(&'static str),
+) -> (CriticEnsemble, CriticEnsemble, Tensor<2>, Tensor<1>) {
+    let (q, loss, grads) = critic.td_loss_and_grads(x, y);
+    let critic = opt.step(lr, critic, grads);
+    mark("target critics");
+    let target = opt.blend(target, &critic, tau);
+    (critic, target, q, loss)
+}
+
 /// Log-density of the edited action `base + β·a` given the log-density of `a`: the
 /// affine map scales volumes by `β^A`, so `log π_edit = log π(a) − A·ln β`.
 pub fn edited_log_prob(logp: Tensor<2>, act_dim: usize, beta: f32) -> Tensor<2> {
@@ -1075,6 +1343,11 @@ pub fn edited_log_prob(logp: Tensor<2>, act_dim: usize, beta: f32) -> Tensor<2> 
 pub fn target_entropy(per_dim: f32, act_dim: usize, scaled_by: Option<f32>) -> f32 {
     let a = act_dim as f32;
     per_dim * a + scaled_by.map_or(0.0, |beta| a * beta.ln())
+}
+
+/// A tensor's values (host copy, f32).
+fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
 }
 
 /// The first element of a tensor as f32 (host copy).
@@ -1095,6 +1368,9 @@ pub(crate) struct Selector<'a> {
     critics: &'a CriticEnsemble,
     stream: Stream<'a>,
     precomputed: Option<(Tensor<3>, Option<Tensor<3>>)>,
+    /// The scoring subset's member indices, drawn beforehand (`None`: drawn from
+    /// `stream` when scoring).
+    subset_ids: Option<Tensor<1, Int>>,
 }
 
 impl ExpoRunner for Selector<'_> {
@@ -1138,7 +1414,10 @@ impl ExpoRunner for Selector<'_> {
 
     fn score(&mut self, candidates: &Tensor<3>, subset: usize) -> Tensor<2> {
         let [b, m, ad] = candidates.dims();
-        let subset = random_subset(self.stream.rng, self.critics.members(), subset);
+        let ids = self.subset_ids.take().unwrap_or_else(|| {
+            let subset = random_subset(self.stream.rng, self.critics.members(), subset);
+            member_ids(&subset, &self.obs.device())
+        });
         let input = Tensor::cat(
             vec![
                 repeat_rows(self.obs.clone(), m),
@@ -1147,7 +1426,7 @@ impl ExpoRunner for Selector<'_> {
             1,
         );
         self.critics
-            .forward_members(input, Some(&subset))
+            .forward_selected(input, Some(&ids))
             .min_dim(0)
             .reshape([b, m])
     }

@@ -444,16 +444,19 @@ impl CriticEnsemble {
     /// Q of the members listed in `subset` (all when `None`): `[|subset|, R]`.
     pub fn forward_members(&self, x: Tensor<2>, subset: Option<&[usize]>) -> Tensor<2> {
         // One upload of the member indices, shared by every parameter's selection.
-        let ids = subset.map(|idx| {
-            let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), &x.device())
-        });
-        let pick = |t: Tensor<3>| match &ids {
+        let ids = subset.map(|idx| member_ids(idx, &x.device()));
+        self.forward_selected(x, ids.as_ref())
+    }
+
+    /// Q of the members whose indices `ids` holds (all when `None`), the indices already
+    /// on the device (a captured graph may not upload): `[|ids|, R]`.
+    pub fn forward_selected(&self, x: Tensor<2>, ids: Option<&Tensor<1, Int>>) -> Tensor<2> {
+        let pick = |t: Tensor<3>| match ids {
             Some(ids) => t.select(0, ids.clone()),
             None => t,
         };
         let [rows, d_in] = x.dims();
-        let e = subset.map_or(self.members(), |s| s.len());
+        let e = ids.map_or(self.members(), |ids| ids.dims()[0]);
         let mut h: Tensor<3> = x.unsqueeze_dim::<3>(0).expand([e, rows, d_in]);
         let last = self.layers.len() - 1;
         for (i, l) in self.layers.iter().enumerate() {
@@ -529,6 +532,12 @@ impl CriticEnsemble {
         }
         (q, loss, grads)
     }
+}
+
+/// Ensemble member indices on `device`, for [`CriticEnsemble::forward_selected`].
+pub fn member_ids(subset: &[usize], device: &Device) -> Tensor<1, Int> {
+    let ids: Vec<i64> = subset.iter().map(|&i| i as i64).collect();
+    Tensor::<1, Int>::from_data(TensorData::new(ids, [subset.len()]), device)
 }
 
 /// SAC temperature `α = exp(log_α)`.

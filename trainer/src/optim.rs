@@ -254,6 +254,7 @@ impl FlatLayout {
 
 /// Adam (`weight_decay = 0`) or AdamW (decoupled weight decay) over a network's flat
 /// buffer, with burn's defaults β₁ 0.9, β₂ 0.999 and the given ε.
+#[derive(Clone)]
 pub struct FusedAdam {
     beta_1: f32,
     beta_2: f32,
@@ -269,6 +270,7 @@ pub struct FusedAdam {
     target: Option<Tensor<1>>,
 }
 
+#[derive(Clone)]
 struct FlatState {
     time: usize,
     /// The layout the moments are in.

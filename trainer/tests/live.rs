@@ -232,7 +232,11 @@ fn held_out_success(bundle: &Path, trust: &Trust, episodes: u32) -> f64 {
     cfg.seed = 99_000;
     let brain = Brain::new(&b, &options, false).unwrap();
     let report = robot_loop::run(cfg, brain, "push", "eval").unwrap();
-    assert_eq!(report.episodes_completed, episodes as usize, "{report}");
+    assert_eq!(
+        report.episodes_completed, episodes as usize,
+        "{report}\nfaults: {:?}",
+        report.faults
+    );
     report.success_rate
 }
 
@@ -299,6 +303,13 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
     let report = robot_loop::run(cfg, brain, "push", "bundle0").unwrap();
     drop(firmware);
     let summary = trainer.join().unwrap();
+    // A run that ends early (a safety stop under load, say) would otherwise surface as
+    // a confusing failure further down; say why it stopped.
+    assert_eq!(
+        report.episodes_completed, episodes as usize,
+        "the robot's run ended early:\n{report}\nfaults: {:?}",
+        report.faults
+    );
     let up = report.uplink.clone().unwrap();
     eprintln!("{up:?}\n{summary:?}\nswaps {:?}", report.bundle_swaps);
 
