@@ -39,10 +39,10 @@
 //! reads them back together: one host synchronisation per environment step (plus the
 //! action read-back of acting).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action};
 use sim::rng::Rng;
 use std::collections::HashMap;
@@ -50,7 +50,10 @@ use std::collections::HashMap;
 use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl};
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, member_ids, tensor2};
 use crate::optim::{FusedAdam, Packing};
+
+mod graph;
 use crate::replay::{Batch, Normalizer};
+use graph::{CriticGraph, LoopConsts, LoopInputs};
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -77,26 +80,6 @@ impl UpdateMetrics {
         self.entropy += k * other.entropy;
         self.temperature += k * other.temperature;
     }
-}
-
-/// Result of [`Agent::graph_probe`].
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct GraphProbe {
-    /// Whether the backend captured a device graph (`false`: a replay re-runs the loop).
-    pub hardware: bool,
-    pub utd: usize,
-    pub runs: usize,
-    /// Mean milliseconds per critic loop (all UTD slices), operation by operation.
-    pub direct_ms: f64,
-    /// The same, replayed from the captured graph.
-    pub replay_ms: f64,
-    /// Largest relative difference (against max(|direct|, 1e-6)) between direct and
-    /// replayed results (the loss sum and every critic and target parameter), over two
-    /// comparisons: the recorded inputs, and new rewards written into the recorded
-    /// buffer (a replay that gave the old result there is an error).
-    pub max_rel_diff: f64,
-    /// How many values were compared.
-    pub values: usize,
 }
 
 /// Wall-clock seconds spent per stage since the agent was built (for profiling).
@@ -166,7 +149,6 @@ struct DeviceBatch {
 /// out, no autodiff): normalized `[s, a]` rows `[R, O + A]` (concatenated on the host, so
 /// no slice needs a device concatenation), rewards `[R, 1]`, normalized next observations
 /// `[R, O]` and bootstrap masks `[R, 1]`.
-#[derive(Clone)]
 struct CriticInputs {
     obs_act: Tensor<2>,
     rew: Tensor<2>,
@@ -300,9 +282,27 @@ impl NetOptimizer {
     }
 
     fn step<M: AutodiffModule>(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        self.step_with(lr, module, grads, None)
+    }
+
+    /// [`NetOptimizer::step`] with the fused optimizer's bias corrections read from the
+    /// device ([`FusedAdam::step_with`]; only the fused optimizer takes them).
+    fn step_with<M: AutodiffModule>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+        corrections: Option<&(Tensor<1>, Tensor<1>)>,
+    ) -> M {
         match self {
-            NetOptimizer::PerParameter(o) => o.step(lr, module, grads),
-            NetOptimizer::Fused(o) => o.step(lr, module, grads),
+            NetOptimizer::PerParameter(o) => {
+                assert!(
+                    corrections.is_none(),
+                    "device bias corrections need the fused optimizer"
+                );
+                o.step(lr, module, grads)
+            }
+            NetOptimizer::Fused(o) => o.step_with(lr, module, grads, corrections),
         }
     }
 
@@ -394,6 +394,9 @@ pub struct Agent {
     pub trace: Option<Vec<&'static str>>,
     /// Kernel attribution for `scripts/kernel-count`: see [`KernelMarks`].
     kernel_marks: Option<KernelMarks>,
+    /// The critic loop recorded as a device graph (`compute.graph`), from the second
+    /// update on (the recording needs the optimizer's buffers).
+    critic_graph: Option<CriticGraph>,
 }
 
 /// With `EXPO_KERNEL_MARKS=FILE` in the environment, every stage boundary launches one
@@ -525,8 +528,15 @@ impl Agent {
             sync_stages: false,
             trace: None,
             kernel_marks,
+            critic_graph: None,
             config,
         }
+    }
+
+    /// `Some(recorded)` once the critic loop runs as a graph (`compute.graph`): whether
+    /// the backend recorded a device graph (`false`: each run re-runs the loop).
+    pub fn critic_graph(&self) -> Option<bool> {
+        self.critic_graph.as_ref().map(CriticGraph::is_recorded)
     }
 
     /// The online denoiser (trained; makes the TD targets' candidates).
@@ -719,6 +729,8 @@ impl Agent {
     }
 
     pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {
+        // The recording holds the networks' state as it was; record again from the loaded.
+        self.critic_graph = None;
         let device = self.plain.clone();
         self.opt_denoiser
             .load(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
@@ -732,6 +744,115 @@ impl Agent {
 
     /// The UTD critic steps of one environment step; inputs `[utd·b, ·]`.
     fn update_critic(
+        &mut self,
+        inputs: CriticInputs,
+        pending: Option<&mut PendingMetrics>,
+    ) -> Result<Vec<Tensor<2>>> {
+        if let Some(pending) = pending {
+            if self.config.compute.graph && self.critic_graph_ready() {
+                self.update_critic_graph(inputs, pending)?;
+                return Ok(vec![]);
+            }
+            return self.update_critic_direct(inputs, Some(pending));
+        }
+        self.update_critic_direct(inputs, None)
+    }
+
+    /// Whether the critic loop can run as a recorded graph: the fused critic optimizer
+    /// has taken a step (its buffers are what the recording starts from).
+    fn critic_graph_ready(&self) -> bool {
+        matches!(&self.opt_critic, NetOptimizer::Fused(o) if o.buffers().iter().all(Option::is_some))
+    }
+
+    /// [`Agent::update_critic`] as a recorded graph ([`graph`]): the candidates, then the
+    /// critic subsets of every slice drawn here, in the direct loop's order; the loop
+    /// replayed on them.
+    fn update_critic_graph(
+        &mut self,
+        critic_inputs: CriticInputs,
+        pending: &mut PendingMetrics,
+    ) -> Result<()> {
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        let params = self.selection();
+        let clock = std::time::Instant::now();
+        self.mark("candidates");
+        let edit = (params.num_edit > 0).then(|| self.edit.as_ref().unwrap().valid());
+        let device_normals = self.device_normals();
+        let (base, edited) = next_candidates(
+            &self.denoiser.valid(),
+            edit.as_ref().map(|e| (e, self.config.expo.edit_scale)),
+            &self.schedule,
+            critic_inputs.next_obs.clone(),
+            self.act_dim,
+            &params,
+            &mut Stream {
+                rng: &mut self.train_rng,
+                device_normals,
+            },
+        );
+        self.stage_sync();
+        self.times.candidates += clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
+        self.mark("critic graph");
+        let members = self.critic.as_ref().unwrap().members();
+        let subsets: Vec<Vec<usize>> = (0..utd)
+            .map(|_| random_subset(&mut self.train_rng, members, params.critic_subset))
+            .collect();
+        let NetOptimizer::Fused(opt) = &self.opt_critic else {
+            unreachable!("checked by critic_graph_ready")
+        };
+        let time = opt.time();
+        let corrections: Vec<(f32, f32)> = (1..=utd).map(|i| opt.corrections(time + i)).collect();
+        let (ids, factors, eps) = LoopInputs::per_slice(&subsets, &corrections, &self.plain);
+        let inputs = LoopInputs {
+            critic: critic_inputs,
+            base,
+            edited,
+            ids,
+            factors,
+            eps,
+        };
+        let out = match &mut self.critic_graph {
+            Some(g) => g.run(inputs)?,
+            None => {
+                let consts = LoopConsts {
+                    batch: b,
+                    utd,
+                    obs_dim: self.obs_dim,
+                    act_dim: self.act_dim,
+                    gamma: self.config.optim.discount,
+                    rates: (self.config.optim.critic_lr, self.config.optim.tau),
+                    params,
+                    schedule: self.schedule.clone(),
+                };
+                let g = self.critic_graph.insert(CriticGraph::capture(
+                    consts,
+                    self.critic.as_ref().unwrap(),
+                    self.critic_target.as_ref().unwrap(),
+                    opt,
+                    inputs,
+                    &self.plain,
+                )?);
+                g.replay()
+            }
+        };
+        self.critic = Some(out.critic);
+        self.critic_target = Some(out.target);
+        let mut opt = out.opt;
+        opt.set_time(time + utd);
+        self.opt_critic = NetOptimizer::Fused(Box::new(opt));
+        let n = utd as f32;
+        pending.push(|m| &mut m.critic_loss, out.loss_sum / n);
+        pending.push(|m| &mut m.q_mean, out.q_sum / n);
+        pending.push(|m| &mut m.target_q_mean, out.target_sum / n);
+        self.stage_sync();
+        self.times.critic += clock.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The UTD critic steps operation by operation (without `pending`: the TD targets
+    /// only, no step).
+    fn update_critic_direct(
         &mut self,
         CriticInputs {
             obs_act,
@@ -861,12 +982,15 @@ impl Agent {
             let x = obs_act.clone().slice([r.clone(), 0..od + ad]);
             let (trace, marks) = (&mut self.trace, &mut self.kernel_marks);
             let (critic, target, q, loss) = critic_slice_step(
-                self.critic.take().unwrap(),
-                self.critic_target.take().unwrap(),
+                (
+                    self.critic.take().unwrap(),
+                    self.critic_target.take().unwrap(),
+                ),
                 &mut self.opt_critic,
                 x,
                 y.reshape([1, b]),
                 (self.config.optim.critic_lr, self.config.optim.tau),
+                None,
                 &mut |stage| mark_stage(trace, marks, stage),
             );
             q_sum = q_sum + q.mean();
@@ -930,191 +1054,6 @@ impl Agent {
             .into_data()
             .try_to_vec::<f32>()
             .expect("f32 targets"))
-    }
-
-    /// Times the critic loop of one environment step (all UTD slices: scoring the hoisted
-    /// candidates, TD targets, critic steps, Polyak averaging) run operation by operation
-    /// and replayed from a captured device graph (`burn::tensor::capture`), `runs` times
-    /// each, from the same state and inputs, and compares the two results. Diagnostics
-    /// for issue 14: on a GPU the loop is bound by per-operation dispatch, which a graph
-    /// replay does without. The agent's networks are not changed; `train_rng` advances
-    /// (candidates and subsets are drawn as an update draws them).
-    ///
-    /// Needs `expo` or `idql-select`, hoisted candidates and the fused optimizer. On a
-    /// backend without graph support the "replay" re-runs the loop.
-    pub fn graph_probe(&mut self, batch: &Batch, runs: usize) -> Result<GraphProbe> {
-        anyhow::ensure!(
-            matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect),
-            "the graph probe runs EXPO's critic loop: algo must be expo or idql-select"
-        );
-        anyhow::ensure!(
-            self.config.compute.candidates == CandidateSchedule::Hoisted,
-            "the graph probe needs compute.candidates = \"hoisted\""
-        );
-        anyhow::ensure!(runs > 0, "the graph probe needs at least one run");
-        let NetOptimizer::Fused(fused) = &self.opt_critic else {
-            anyhow::bail!("the graph probe needs compute.optimizer = \"fused\"");
-        };
-        let fused = (**fused).clone();
-        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
-        let (od, ad) = (self.obs_dim, self.act_dim);
-        let (gamma, rates) = (
-            self.config.optim.discount,
-            (self.config.optim.critic_lr, self.config.optim.tau),
-        );
-        let params = self.selection();
-        let DeviceBatch { critic, .. } = self.upload(batch, true)?;
-        let inputs = critic.expect("requested");
-        // Everything a graph reads is on the device before capture: a capture may not
-        // upload.
-        let edit = (params.num_edit > 0).then(|| self.edit.as_ref().unwrap().valid());
-        let device_normals = self.device_normals();
-        let (base, edited) = next_candidates(
-            &self.denoiser.valid(),
-            edit.as_ref().map(|e| (e, self.config.expo.edit_scale)),
-            &self.schedule,
-            inputs.next_obs.clone(),
-            ad,
-            &params,
-            &mut Stream {
-                rng: &mut self.train_rng,
-                device_normals,
-            },
-        );
-        let members = self.critic.as_ref().unwrap().members();
-        let ids: Vec<Tensor<1, Int>> = (0..utd)
-            .map(|_| {
-                let subset = random_subset(&mut self.train_rng, members, params.critic_subset);
-                member_ids(&subset, &self.plain)
-            })
-            .collect();
-        let (critic, target) = (
-            self.critic.clone().unwrap(),
-            self.critic_target.clone().unwrap(),
-        );
-        let schedule = self.schedule.clone();
-        // The rewards are the input a replay is checked to read afresh: they live in a
-        // cell whose handle is the only one between runs, so they can be rewritten in
-        // place (a replay reads the buffers it recorded, whatever they hold then).
-        let rewards = std::rc::Rc::new(std::cell::RefCell::new(tensor2(
-            batch.rew.clone(),
-            b * utd,
-            1,
-            &self.plain,
-        )));
-        // The loop as a closure that owns (handles to) all it reads, so that a captured
-        // graph's buffers stay alive as long as the graph.
-        let make_loop = || {
-            let (critic, target, fused) = (critic.clone(), target.clone(), fused.clone());
-            let (inputs, ids, rewards) = (inputs.clone(), ids.clone(), rewards.clone());
-            let (base, edited) = (base.clone(), edited.clone());
-            let schedule = schedule.clone();
-            let device = self.plain.clone();
-            move || {
-                let (mut critic, mut target) = (critic.clone(), target.clone());
-                let mut opt = NetOptimizer::Fused(Box::new(fused.clone()));
-                let mut loss_sum = Tensor::<1>::zeros([1], &device);
-                let rew_all = rewards.borrow().clone();
-                for (i, ids) in ids.iter().enumerate() {
-                    let r = i * b..(i + 1) * b;
-                    let q_next = hoisted_next_value(
-                        &target,
-                        inputs.next_obs.clone().slice([r.clone(), 0..od]),
-                        slice_candidates(&base, &edited, r.clone()),
-                        ids.clone(),
-                        &params,
-                        &schedule,
-                    );
-                    let rew = rew_all.clone().slice([r.clone(), 0..1]);
-                    let mask = inputs.mask.clone().slice([r.clone(), 0..1]);
-                    let y = rew + mask * q_next * gamma;
-                    let x = inputs.obs_act.clone().slice([r, 0..od + ad]);
-                    let (c, t, _, loss) = critic_slice_step(
-                        critic,
-                        target,
-                        &mut opt,
-                        x,
-                        y.reshape([1, b]),
-                        rates,
-                        &mut |_| {},
-                    );
-                    (critic, target) = (c, t);
-                    loss_sum = loss_sum + loss;
-                }
-                (loss_sum, critic, target)
-            }
-        };
-        let host = |(loss, critic, target): &(Tensor<1>, CriticEnsemble, CriticEnsemble)| {
-            let mut v = to_host(loss.clone());
-            for m in [critic, target] {
-                v.extend(to_host(
-                    crate::optim::FlatLayout::of(m, crate::optim::Packing::Concatenated).params(m),
-                ));
-            }
-            v
-        };
-        let max_rel_diff = |a: &[f32], b: &[f32]| {
-            assert_eq!(a.len(), b.len(), "graph probe: results of different sizes");
-            a.iter()
-                .zip(b)
-                .map(|(a, b)| ((a - b).abs() / a.abs().max(1e-6)) as f64)
-                .fold(0.0, f64::max)
-        };
-        let time = |f: &mut dyn FnMut()| {
-            let clock = std::time::Instant::now();
-            for _ in 0..runs {
-                f();
-                self.sync();
-            }
-            clock.elapsed().as_secs_f64() * 1e3 / runs as f64
-        };
-
-        let direct = make_loop();
-        let mut out = direct(); // warm-up: kernel compilation, autotuning
-        self.sync();
-        let direct_ms = time(&mut || out = direct());
-        let direct_result = host(&out);
-
-        let mut graph = burn::tensor::capture(&self.plain, make_loop());
-        // Safety: the closure owns a handle to every tensor it reads, and the graph owns
-        // the closure, so every buffer it recorded lives as long as `graph`; the rewards
-        // are rewritten below on this thread's device stream, between replays only.
-        let replay_ms = time(&mut || {
-            unsafe { graph.replay() };
-        });
-        let replay_result = host(graph.output());
-        let hardware = graph.is_hardware();
-
-        // New rewards (+1), written into the recorded buffer: the next replay must give
-        // what the loop run directly on them gives, and not the old result.
-        {
-            let mut cell = rewards.borrow_mut();
-            anyhow::ensure!(
-                !hardware || cell.can_mut(),
-                "graph probe: the rewards' buffer is shared and cannot be rewritten in place"
-            );
-            let fresh = cell.clone().detach() + 1.0;
-            cell.inplace(|r| r.slice_assign([0..b * utd, 0..1], fresh));
-        }
-        unsafe { graph.replay() };
-        let refreshed = host(graph.output());
-        let refreshed_direct = host(&direct());
-        let input_change = max_rel_diff(&replay_result, &refreshed);
-        anyhow::ensure!(
-            input_change > 0.0,
-            "graph probe: the replay after new rewards gave the old result"
-        );
-        let max_rel_diff = max_rel_diff(&direct_result, &replay_result)
-            .max(max_rel_diff(&refreshed_direct, &refreshed));
-        Ok(GraphProbe {
-            hardware,
-            utd,
-            runs,
-            direct_ms,
-            replay_ms,
-            max_rel_diff,
-            values: direct_result.len(),
-        })
     }
 
     /// DDPM ε-prediction loss on `(obs, act)`; AdamW step; EMA update. Returns the loss
@@ -1316,16 +1255,16 @@ fn hoisted_next_value(
 /// `lr`, then Polyak averaging of the target with rate `tau`. Returns the stepped critic,
 /// the blended target, Q `[E, b]` and the loss.
 fn critic_slice_step(
-    critic: CriticEnsemble,
-    target: CriticEnsemble,
+    (critic, target): (CriticEnsemble, CriticEnsemble),
     opt: &mut NetOptimizer,
     x: Tensor<2>,
     y: Tensor<2>,
     (lr, tau): (f64, f32),
+    corrections: Option<&(Tensor<1>, Tensor<1>)>,
     mark: &mut dyn FnMut(&'static str),
 ) -> (CriticEnsemble, CriticEnsemble, Tensor<2>, Tensor<1>) {
     let (q, loss, grads) = critic.td_loss_and_grads(x, y);
-    let critic = opt.step(lr, critic, grads);
+    let critic = opt.step_with(lr, critic, grads, corrections);
     mark("target critics");
     let target = opt.blend(target, &critic, tau);
     (critic, target, q, loss)
@@ -1343,11 +1282,6 @@ pub fn edited_log_prob(logp: Tensor<2>, act_dim: usize, beta: f32) -> Tensor<2> 
 pub fn target_entropy(per_dim: f32, act_dim: usize, scaled_by: Option<f32>) -> f32 {
     let a = act_dim as f32;
     per_dim * a + scaled_by.map_or(0.0, |beta| a * beta.ln())
-}
-
-/// A tensor's values (host copy, f32).
-fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
 }
 
 /// The first element of a tensor as f32 (host copy).

@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
-use crate::agent::{Agent, GraphProbe, StageTimes};
+use crate::agent::{Agent, StageTimes};
 use crate::config::{Algo, Config};
 use crate::replay::{Batch, Normalizer, Replay, sample_mixed};
 
@@ -89,20 +89,16 @@ pub struct UpdateBench {
     pub gflop_per_env_step: f64,
     pub gflops: f64,
     pub stages: StageTimes,
-    /// The critic loop direct and replayed from a device graph (`--graph-probe`).
-    pub graph: Option<GraphProbe>,
 }
 
 /// Times `steps` environment steps of updates (one action plus the UTD update) on
 /// random-looking transitions of the configured task, after `warmup` untimed steps
-/// (which include a GPU backend's kernel compilation). With `graph_runs > 0`, then
-/// [`Agent::graph_probe`] with that many runs on one more batch.
+/// (which include a GPU backend's kernel compilation).
 pub fn bench_updates(
     c: &Config,
     steps: usize,
     warmup: usize,
     sync_stages: bool,
-    graph_runs: usize,
 ) -> Result<UpdateBench> {
     let spec = c.task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
@@ -139,20 +135,6 @@ pub fn bench_updates(
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    let graph = if graph_runs > 0 {
-        sample_mixed(
-            &mut rng,
-            &offline,
-            &empty,
-            1.0,
-            c.optim.utd,
-            c.optim.batch_size,
-            &mut batch,
-        );
-        Some(agent.graph_probe(&batch, graph_runs)?)
-    } else {
-        None
-    };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -167,7 +149,6 @@ pub fn bench_updates(
         gflop_per_env_step: flop / 1e9,
         gflops: flop / median / 1e9,
         stages: agent.times.clone(),
-        graph,
     })
 }
 

@@ -228,6 +228,13 @@ pub struct ComputeConfig {
     /// it existed, whose optimizer state is in burn's format) means `per-parameter`.
     #[serde(default = "OptimizerImpl::before_the_key")]
     pub optimizer: OptimizerImpl,
+    /// Run the UTD critic loop of each environment step as one captured device graph,
+    /// replayed with the step's inputs written into its recorded buffers (burn's
+    /// `capture`; CUDA and wgpu/Vulkan record one, other backends re-run the loop). Same
+    /// results as without. Needs `expo` or `idql-select`, hoisted candidates and the fused
+    /// optimizer.
+    #[serde(default)]
+    pub graph: bool,
 }
 
 impl Default for ComputeConfig {
@@ -236,6 +243,7 @@ impl Default for ComputeConfig {
             candidates: CandidateSchedule::default(),
             normals: NormalSource::default(),
             optimizer: OptimizerImpl::Fused,
+            graph: false,
         }
     }
 }
@@ -430,6 +438,17 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.compute.graph {
+            anyhow::ensure!(
+                matches!(self.algo, Algo::Expo | Algo::IdqlSelect),
+                "compute.graph captures EXPO's critic loop: algo must be expo or idql-select"
+            );
+            anyhow::ensure!(
+                self.compute.candidates == CandidateSchedule::Hoisted
+                    && self.compute.optimizer == OptimizerImpl::Fused,
+                "compute.graph needs compute.candidates = \"hoisted\" and compute.optimizer = \"fused\""
+            );
+        }
         let e = &self.expo;
         anyhow::ensure!(e.num_samples >= 1, "expo.num_samples must be at least 1");
         anyhow::ensure!(

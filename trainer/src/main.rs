@@ -108,11 +108,6 @@ enum Command {
         /// device times (GPU); slightly slows the total.
         #[arg(long)]
         sync_stages: bool,
-        /// After the benchmark, time one step's critic loop run operation by operation
-        /// and replayed from a captured device graph, this many runs each, and compare
-        /// the results (expo/idql-select, hoisted candidates, fused optimizer).
-        #[arg(long, value_name = "RUNS", default_value_t = 0)]
-        graph_probe: usize,
         /// Also write the result as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -274,11 +269,10 @@ fn main() -> Result<()> {
             steps,
             warmup,
             sync_stages,
-            graph_probe,
             json,
         } => {
             let c = config.resolve()?;
-            let r = trainer::bench::bench_updates(&c, steps, warmup, sync_stages, graph_probe)?;
+            let r = trainer::bench::bench_updates(&c, steps, warmup, sync_stages)?;
             if let Some(path) = &json {
                 let mut v = serde_json::to_value(&r)?;
                 v["device"] = c.device.clone().into();
@@ -323,23 +317,6 @@ fn main() -> Result<()> {
                 s.denoiser / n,
                 s.policy / n
             );
-            if let Some(g) = &r.graph {
-                println!(
-                    "critic loop ({} slices), mean of {} runs: {:.3} ms operation by operation, {:.3} ms replayed from a {} graph ({:.2}x); largest relative difference {:.2e} over {} values",
-                    g.utd,
-                    g.runs,
-                    g.direct_ms,
-                    g.replay_ms,
-                    if g.hardware {
-                        "captured device"
-                    } else {
-                        "re-run (no device graph on this backend)"
-                    },
-                    g.direct_ms / g.replay_ms,
-                    g.max_rel_diff,
-                    g.values
-                );
-            }
         }
         Command::Pretrain { config, out } => {
             let mut c = config.resolve()?;

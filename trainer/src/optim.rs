@@ -312,7 +312,80 @@ impl FusedAdam {
     /// `module` must be the network this optimizer returned last, unchanged, or one of
     /// another layout, or any network after [`FusedAdam::forget_params`]: a network
     /// with the last step's layout is taken to hold that step's parameters.
-    pub fn step<M: AutodiffModule>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
+    pub fn step<M: AutodiffModule>(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        self.step_with(lr, module, grads, None)
+    }
+
+    /// Adam's bias-correction terms at step `time` (from 1): `√(1 − β₂ᵗ) / (1 − β₁ᵗ)`,
+    /// which scales the first moment, and `ε·√(1 − β₂ᵗ)`, added to `√v`.
+    pub fn corrections(&self, time: usize) -> (f32, f32) {
+        let t = time as i32;
+        let bias_correction_2 = (1.0 - self.beta_2.powi(t)).sqrt();
+        (
+            bias_correction_2 / (1.0 - self.beta_1.powi(t)),
+            self.epsilon * bias_correction_2,
+        )
+    }
+
+    /// Steps taken (the time of the last one).
+    pub fn time(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.time)
+    }
+
+    /// Sets the step count (after steps taken in a replayed graph, which does not run
+    /// this host code).
+    pub fn set_time(&mut self, time: usize) {
+        if let Some(s) = &mut self.state {
+            s.time = time;
+        }
+    }
+
+    /// The layout of the last step's buffers.
+    pub fn layout(&self) -> Option<&FlatLayout> {
+        self.last.as_ref().map(|(l, _)| l)
+    }
+
+    /// The buffers of the last step: parameters, first and second moments, and the
+    /// target [`FusedAdam::blend`] returned last (each `None` when absent).
+    pub fn buffers(&self) -> [Option<&Tensor<1>>; 4] {
+        [
+            self.last.as_ref().map(|(_, p)| p),
+            self.state.as_ref().map(|s| &s.moment_1),
+            self.state.as_ref().map(|s| &s.moment_2),
+            self.target.as_ref(),
+        ]
+    }
+
+    /// The same optimizer over other buffers of the same layout (parameters, moments,
+    /// target; a captured graph reads its state from buffers of its own). Needs a step
+    /// taken before.
+    pub fn with_buffers(&self, [params, m1, m2, target]: [Tensor<1>; 4]) -> Self {
+        let (layout, _) = self.last.as_ref().expect("a step taken before");
+        let state = self.state.as_ref().expect("a step taken before");
+        FusedAdam {
+            state: Some(FlatState {
+                time: state.time,
+                layout: state.layout.clone(),
+                moment_1: m1,
+                moment_2: m2,
+            }),
+            last: Some((layout.clone(), params)),
+            target: Some(target),
+            ..self.clone()
+        }
+    }
+
+    /// [`FusedAdam::step`], with this step's [`FusedAdam::corrections`] read from the
+    /// device (`[1]` each) when `corrections` is given: a captured graph replays the
+    /// scalars it recorded, so values that change from step to step must be tensors.
+    /// The same f32 arithmetic either way.
+    pub fn step_with<M: AutodiffModule>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+        corrections: Option<&(Tensor<1>, Tensor<1>)>,
+    ) -> M {
         let (layout, params) = match self.last.take() {
             Some((layout, flat)) if layout.matches(&module) => (layout, Some(flat)),
             _ => (FlatLayout::of(&module, self.packing), None),
@@ -338,11 +411,16 @@ impl FusedAdam {
                 moment_2: grad.square() * (1.0 - b2),
             },
         };
-        let t = state.time as i32;
-        let bias_correction_2 = (1.0 - b2.powi(t)).sqrt();
-        let factor = bias_correction_2 / (1.0 - b1.powi(t));
-        let delta = (state.moment_1.clone() * factor)
-            / (state.moment_2.clone().sqrt() + self.epsilon * bias_correction_2);
+        let delta = match corrections {
+            Some((factor, eps)) => {
+                (state.moment_1.clone() * factor.clone())
+                    / (state.moment_2.clone().sqrt() + eps.clone())
+            }
+            None => {
+                let (factor, eps) = self.corrections(state.time);
+                (state.moment_1.clone() * factor) / (state.moment_2.clone().sqrt() + eps)
+            }
+        };
         let params = params.unwrap_or_else(|| layout.params(&module));
         // AdamW: p·(1 − lr·λ) − lr·Δ; Adam: p − lr·Δ.
         let decay = lr * self.weight_decay as f64;

@@ -1,0 +1,336 @@
+//! The UTD critic loop as one captured device graph (`compute.graph`, issue 14).
+//!
+//! On a GPU the critic loop is bound by the host's cost of issuing each of its ~4,000
+//! operations, not by arithmetic. burn 0.22 can record a closure's launches once
+//! (`burn::tensor::capture`: a CUDA graph, or wgpu's recorded passes) and replay them
+//! as one dispatch. A replay reads and writes exactly the buffers recorded, so:
+//!
+//! ```text
+//!  per step, on the host          cells (recorded buffers)            graph (recorded)
+//!  batch, candidates, subsets ──► obs_act rew next_obs mask  ──┐
+//!  bias corrections of t+1..t+U   base edited ids factors eps  ├──► U × (scores, TD target,
+//!                                 params m₁ m₂ target ─────────┘     critic step, Polyak)
+//!                                   ▲                                        │
+//!                                   └──── written back in place ─────────────┘
+//! ```
+//!
+//! - Every input is a **cell**: a device tensor whose handle is the only one between
+//!   replays, so the step's values are copied into the recorded buffer in place.
+//! - Everything drawn at random is drawn on the host before the replay, in the order the
+//!   direct loop draws it: the candidates' noise, then each slice's critic subset.
+//! - Adam's bias corrections change every step: they are tensors, one pair per slice
+//!   ([`FusedAdam::step_with`]), not recorded scalars.
+//! - The loop ends by writing the critic's parameters, moments and target back into the
+//!   state cells, so the next replay starts from them. The agent's networks and
+//!   optimizer are the graph's outputs (buffers the replay rewrites).
+//!
+//! Per-slice values sit [`ALIGN`] elements apart so that each slice's is a view, not a
+//! copy. On backends without graph support `capture` falls back to running the closure:
+//! the same code, so the CPU tests check everything but the recording.
+
+use super::*;
+use crate::optim::{ALIGN, FusedAdam};
+use burn::tensor::kind::Basic;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// A device tensor that the graph reads or writes where it was recorded.
+type Cell<const D: usize, K = burn::tensor::Float> = Rc<RefCell<Tensor<D, K>>>;
+
+/// One environment step's inputs of the critic loop, fresh on the device.
+pub(super) struct LoopInputs {
+    pub critic: CriticInputs,
+    /// Hoisted candidates `[R, N, A]` and edited ones `[R, n_edit, A]`.
+    pub base: Tensor<3>,
+    pub edited: Option<Tensor<3>>,
+    /// Slice `i`'s critic subset at `i·ALIGN ..`.
+    pub ids: Tensor<1, Int>,
+    /// Slice `i`'s bias corrections at `i·ALIGN` ([`FusedAdam::corrections`]).
+    pub factors: Tensor<1>,
+    pub eps: Tensor<1>,
+}
+
+impl LoopInputs {
+    /// Uploads the per-slice values: critic `subsets` and Adam's corrections of
+    /// `steps` (`(factor, ε term)` each), `ALIGN` apart.
+    pub fn per_slice(
+        subsets: &[Vec<usize>],
+        corrections: &[(f32, f32)],
+        device: &Device,
+    ) -> (Tensor<1, Int>, Tensor<1>, Tensor<1>) {
+        let n = subsets.len() * ALIGN;
+        let mut ids = vec![0i64; n];
+        let (mut factors, mut eps) = (vec![0f32; n], vec![0f32; n]);
+        for (i, (subset, &(f, e))) in subsets.iter().zip(corrections).enumerate() {
+            for (j, &m) in subset.iter().enumerate() {
+                ids[i * ALIGN + j] = m as i64;
+            }
+            factors[i * ALIGN] = f;
+            eps[i * ALIGN] = e;
+        }
+        (
+            Tensor::from_data(TensorData::new(ids, [n]), device),
+            Tensor::from_data(TensorData::new(factors, [n]), device),
+            Tensor::from_data(TensorData::new(eps, [n]), device),
+        )
+    }
+}
+
+/// What one run of the loop leaves: sums over slices of the loss, of mean Q and of the
+/// mean TD target; the critic and its target; the optimizer over the final buffers.
+#[derive(Clone)]
+pub(super) struct LoopOutput {
+    pub loss_sum: Tensor<1>,
+    pub q_sum: Tensor<1>,
+    pub target_sum: Tensor<1>,
+    pub critic: CriticEnsemble,
+    pub target: CriticEnsemble,
+    pub opt: FusedAdam,
+}
+
+/// The loop's sizes and constants.
+#[derive(Clone)]
+pub(super) struct LoopConsts {
+    pub batch: usize,
+    pub utd: usize,
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    pub gamma: f32,
+    pub rates: (f64, f32),
+    pub params: SelectionParams,
+    pub schedule: DiffusionSchedule,
+}
+
+#[derive(Clone)]
+struct InputCells {
+    obs_act: Cell<2>,
+    rew: Cell<2>,
+    next_obs: Cell<2>,
+    mask: Cell<2>,
+    base: Cell<3>,
+    edited: Option<Cell<3>>,
+    ids: Cell<1, Int>,
+    factors: Cell<1>,
+    eps: Cell<1>,
+}
+
+/// The critic loop, recorded.
+pub(super) struct CriticGraph {
+    inputs: InputCells,
+    /// Parameters, first and second moments, target (the optimizer's flat buffers).
+    state: [Cell<1>; 4],
+    graph: burn::tensor::Graph<LoopOutput, Box<dyn FnMut() -> LoopOutput>>,
+}
+
+fn cell<const D: usize, K: Basic>(t: Tensor<D, K>) -> Cell<D, K> {
+    Rc::new(RefCell::new(t))
+}
+
+/// Copies `value` into the buffer of `cell`, in place when the graph was recorded (a
+/// copy elsewhere would leave the recorded buffer stale).
+fn overwrite<const D: usize, K: Basic>(
+    cell: &Cell<D, K>,
+    value: Tensor<D, K>,
+    recorded: bool,
+    what: &str,
+) -> Result<()> {
+    let mut c = cell.borrow_mut();
+    anyhow::ensure!(
+        c.dims() == value.dims(),
+        "critic graph: {what} is {:?}, the recorded buffer {:?}",
+        value.dims(),
+        c.dims()
+    );
+    anyhow::ensure!(
+        !recorded || c.can_mut(),
+        "critic graph: the buffer of {what} is shared and cannot be written in place"
+    );
+    let ranges: [std::ops::Range<usize>; D] = c.dims().map(|d| 0..d);
+    c.inplace(|c| c.slice_assign(ranges, value));
+    Ok(())
+}
+
+/// A copy of `t` in a buffer of its own.
+fn own_copy(t: &Tensor<1>) -> Tensor<1> {
+    t.clone() * 1.0
+}
+
+impl CriticGraph {
+    /// Records the loop of `critic`, `target` and their optimizer `opt` (which must have
+    /// taken a step) with `inputs` as the first step's, without changing any of them:
+    /// the recording's warm-up runs work on copies of the state, which are then reset.
+    pub fn capture(
+        consts: LoopConsts,
+        critic: &CriticEnsemble,
+        target: &CriticEnsemble,
+        opt: &FusedAdam,
+        inputs: LoopInputs,
+        device: &Device,
+    ) -> Result<Self> {
+        let current: Vec<Tensor<1>> = opt
+            .buffers()
+            .into_iter()
+            .map(|b| {
+                b.cloned()
+                    .context("critic graph: the optimizer has taken no step")
+            })
+            .collect::<Result<_>>()?;
+        let state: [Cell<1>; 4] = std::array::from_fn(|i| cell(own_copy(&current[i])));
+        let c = inputs.critic;
+        let cells = InputCells {
+            obs_act: cell(c.obs_act),
+            rew: cell(c.rew),
+            next_obs: cell(c.next_obs),
+            mask: cell(c.mask),
+            base: cell(inputs.base),
+            edited: inputs.edited.map(cell),
+            ids: cell(inputs.ids),
+            factors: cell(inputs.factors),
+            eps: cell(inputs.eps),
+        };
+        let in_place = Rc::new(std::cell::Cell::new(true));
+        let closure = {
+            let (cells, state, in_place) = (cells.clone(), state.clone(), in_place.clone());
+            let (critic, target, opt) = (critic.clone(), target.clone(), opt.clone());
+            let device = device.clone();
+            move || {
+                let out = run_loop(&consts, &cells, &state, &critic, &target, &opt, &device);
+                in_place.set(state.iter().all(|s| s.borrow().can_mut()));
+                for (cell, new) in state.iter().zip(out.opt.buffers()) {
+                    let new = new.expect("buffers after a step").clone();
+                    let mut c = cell.borrow_mut();
+                    let n = c.dims()[0];
+                    c.inplace(|c| c.slice_assign(0..n, new));
+                }
+                out
+            }
+        };
+        let graph =
+            burn::tensor::capture(device, Box::new(closure) as Box<dyn FnMut() -> LoopOutput>);
+        let recorded = graph.is_hardware();
+        anyhow::ensure!(
+            !recorded || in_place.get(),
+            "critic graph: the loop's state buffers are shared at its end, so the recorded \
+             write-back would not reach them (set compute.graph = false)"
+        );
+        let g = CriticGraph {
+            inputs: cells,
+            state,
+            graph,
+        };
+        // The warm-up runs advanced the state copies: back to the optimizer's.
+        for (cell, value) in g.state.iter().zip(current) {
+            overwrite(cell, value, recorded, "the critic state")?;
+        }
+        Ok(g)
+    }
+
+    /// Runs the recorded loop on the inputs it holds (those of `capture` or the last
+    /// `run`) and returns its outputs.
+    pub fn replay(&mut self) -> LoopOutput {
+        // Safety: the closure owns a handle to every cell and template it reads and the
+        // graph owns the closure, so every recorded buffer lives as long as the graph;
+        // the cells are written only in `run` and `capture`, between replays, on this
+        // thread's device stream.
+        unsafe { self.graph.replay() }.clone()
+    }
+
+    /// Runs the recorded loop on `inputs` and returns its outputs.
+    pub fn run(&mut self, inputs: LoopInputs) -> Result<LoopOutput> {
+        let recorded = self.graph.is_hardware();
+        let (cells, c) = (&self.inputs, inputs.critic);
+        overwrite(&cells.obs_act, c.obs_act, recorded, "obs_act")?;
+        overwrite(&cells.rew, c.rew, recorded, "rewards")?;
+        overwrite(&cells.next_obs, c.next_obs, recorded, "next observations")?;
+        overwrite(&cells.mask, c.mask, recorded, "masks")?;
+        overwrite(&cells.base, inputs.base, recorded, "base candidates")?;
+        if let (Some(cell), Some(edited)) = (&cells.edited, inputs.edited) {
+            overwrite(cell, edited, recorded, "edited candidates")?;
+        }
+        overwrite(&cells.ids, inputs.ids, recorded, "critic subsets")?;
+        overwrite(&cells.factors, inputs.factors, recorded, "bias corrections")?;
+        overwrite(&cells.eps, inputs.eps, recorded, "bias corrections")?;
+        Ok(self.replay())
+    }
+
+    /// Whether the backend recorded a device graph (else each run re-runs the loop).
+    pub fn is_recorded(&self) -> bool {
+        self.graph.is_hardware()
+    }
+}
+
+/// The loop itself: `utd` slices from the state cells, the same operations as the direct
+/// loop of [`Agent::update_critic`] (the same functions).
+fn run_loop(
+    c: &LoopConsts,
+    cells: &InputCells,
+    state: &[Cell<1>; 4],
+    critic: &CriticEnsemble,
+    target: &CriticEnsemble,
+    opt: &FusedAdam,
+    device: &Device,
+) -> LoopOutput {
+    let (b, od, ad) = (c.batch, c.obs_dim, c.act_dim);
+    let [p, m1, m2, t] = state.each_ref().map(|s| s.borrow().clone());
+    let layout = opt.layout().expect("a step taken before").clone();
+    let mut critic = layout.assign(critic.clone(), &p);
+    let mut target = layout.assign(target.clone(), &t);
+    let mut opt = NetOptimizer::Fused(Box::new(opt.with_buffers([p, m1, m2, t])));
+    let (obs_act, rew, next_obs, mask) = (
+        cells.obs_act.borrow().clone(),
+        cells.rew.borrow().clone(),
+        cells.next_obs.borrow().clone(),
+        cells.mask.borrow().clone(),
+    );
+    let base = cells.base.borrow().clone();
+    let edited = cells.edited.as_ref().map(|e| e.borrow().clone());
+    let ids = cells.ids.borrow().clone();
+    let (factors, eps) = (cells.factors.borrow().clone(), cells.eps.borrow().clone());
+    let k = c.params.critic_subset;
+    let zero = || Tensor::<1>::zeros([1], device);
+    let (mut loss_sum, mut q_sum, mut target_sum) = (zero(), zero(), zero());
+    for i in 0..c.utd {
+        let r = i * b..(i + 1) * b;
+        let at = i * ALIGN;
+        let q_next = hoisted_next_value(
+            &target,
+            next_obs.clone().slice([r.clone(), 0..od]),
+            slice_candidates(&base, &edited, r.clone()),
+            ids.clone().slice(at..at + k),
+            &c.params,
+            &c.schedule,
+        );
+        let rew_i = rew.clone().slice([r.clone(), 0..1]);
+        let mask_i = mask.clone().slice([r.clone(), 0..1]);
+        let y = rew_i + mask_i * q_next * c.gamma;
+        target_sum = target_sum + y.clone().mean();
+        let x = obs_act.clone().slice([r, 0..od + ad]);
+        let corrections = (
+            factors.clone().slice(at..at + 1),
+            eps.clone().slice(at..at + 1),
+        );
+        let (stepped, blended, q, loss) = critic_slice_step(
+            (critic, target),
+            &mut opt,
+            x,
+            y.reshape([1, b]),
+            c.rates,
+            Some(&corrections),
+            &mut |_| {},
+        );
+        (critic, target) = (stepped, blended);
+        q_sum = q_sum + q.mean();
+        loss_sum = loss_sum + loss;
+    }
+    let NetOptimizer::Fused(opt) = opt else {
+        unreachable!("built fused above")
+    };
+    LoopOutput {
+        loss_sum,
+        q_sum,
+        target_sum,
+        critic,
+        target,
+        opt: *opt,
+    }
+}
