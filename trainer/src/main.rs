@@ -279,6 +279,7 @@ fn main() -> Result<()> {
                 v["candidates"] = format!("{:?}", c.compute.candidates).to_lowercase().into();
                 v["normals"] = format!("{:?}", c.compute.normals).to_lowercase().into();
                 v["optimizer"] = serde_json::to_value(c.compute.optimizer)?;
+                v["graph"] = c.compute.graph.into();
                 std::fs::write(path, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -289,7 +290,7 @@ fn main() -> Result<()> {
                 .fold(f64::INFINITY, f64::min);
             let max = r.seconds_per_env_step.iter().cloned().fold(0.0, f64::max);
             println!(
-                "{} {} on {} [{}, {:?} candidates, {:?} normals, {:?} optimizer] (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
+                "{} {} on {} [{}, {:?} candidates, {:?} normals, {:?} optimizer{}] (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
                 r.preset,
                 r.algo,
                 c.task,
@@ -297,6 +298,11 @@ fn main() -> Result<()> {
                 c.compute.candidates,
                 c.compute.normals,
                 c.compute.optimizer,
+                if c.compute.graph {
+                    ", critic loop as a graph"
+                } else {
+                    ""
+                },
                 c.task.spec().obs_dim(),
                 c.task.spec().action_dim(),
                 r.median_seconds,
