@@ -205,21 +205,58 @@ pub fn sample_chain(
     stream: &mut Stream,
 ) -> Tensor<2> {
     let device = obs.device();
-    let rows = obs.dims()[0];
+    let noise = chain_noise(stream, sched, obs.dims()[0], act_dim, &device);
+    run_chain(den, sched, obs, chain_times(sched, &device), noise)
+}
+
+/// The Gaussian draws of a reverse chain over `rows` rows `[rows, A]` each, in the order
+/// the chain uses them: the initial sample, then one per step with σ > 0, scaled by σ.
+pub fn chain_noise(
+    stream: &mut Stream,
+    sched: &DiffusionSchedule,
+    rows: usize,
+    act_dim: usize,
+    device: &Device,
+) -> Vec<Tensor<2>> {
+    let mut draws = vec![stream.normal(rows, act_dim, device)];
+    for step in sched.sampling_plan(sched.steps()) {
+        if step.sigma > 0.0 {
+            draws.push(stream.scaled_normal(rows, act_dim, step.sigma, device));
+        }
+    }
+    draws
+}
+
+/// The chain's time steps `[T, 1]`, in sampling order (constants of the schedule).
+pub fn chain_times(sched: &DiffusionSchedule, device: &Device) -> Tensor<2> {
+    let plan = sched.sampling_plan(sched.steps());
+    let ts: Vec<f32> = plan.iter().map(|step| step.t as f32).collect();
+    tensor2(ts, plan.len(), 1, device)
+}
+
+/// The reverse chain of [`sample_chain`] from its draws ([`chain_noise`]) and time
+/// steps ([`chain_times`]), all on the device already.
+pub fn run_chain(
+    den: &Denoiser,
+    sched: &DiffusionSchedule,
+    obs: Tensor<2>,
+    times: Tensor<2>,
+    noise: Vec<Tensor<2>>,
+) -> Tensor<2> {
+    let mut noise = noise.into_iter();
     let obs_proj = den.obs_projection(obs);
-    let mut x = stream.normal(rows, act_dim, &device);
+    let mut x = noise.next().expect("the chain's initial sample");
     let plan = sched.sampling_plan(sched.steps());
     // The time conditioning depends on t alone: one batched pass for every step of the
     // chain, `[T, hidden]`, each step's row shared by all rows of x.
-    let ts: Vec<f32> = plan.iter().map(|step| step.t as f32).collect();
-    let time_proj = den.time_projection(tensor2(ts, plan.len(), 1, &device));
+    let time_proj = den.time_projection(times);
     let hidden = time_proj.dims()[1];
     for (k, step) in plan.iter().enumerate() {
         let tp = time_proj.clone().slice([k..k + 1, 0..hidden]);
         let eps = den.forward_projected(x.clone(), obs_proj.clone(), tp);
         x = x * step.x_coef + eps * step.eps_coef;
         if step.sigma > 0.0 {
-            x = x + stream.scaled_normal(rows, act_dim, step.sigma, &device);
+            x = x + noise.next().expect("one draw per step with noise");
         }
         x = x.clamp(-1.0, 1.0);
     }
@@ -1180,7 +1217,7 @@ impl Agent {
 /// Next-action candidates for the TD targets of every row of `next_obs` (`[R, O]`,
 /// normalized, plain): `N` base samples from `den` `[R, N, A]` and, with an edit policy
 /// and its scale β, the first `n_edit` of them edited `[R, n_edit, A]`. Draws: chain
-/// noise, then edit noise.
+/// noise, then edit noise ([`candidate_noise`]).
 fn next_candidates(
     den: &Denoiser,
     edit: Option<(&GaussianPolicy, f32)>,
@@ -1190,10 +1227,55 @@ fn next_candidates(
     params: &SelectionParams,
     stream: &mut Stream,
 ) -> (Tensor<3>, Option<Tensor<3>>) {
+    let device = next_obs.device();
+    let rows = next_obs.dims()[0];
+    let noise = candidate_noise(stream, schedule, rows, ad, params, edit.is_some(), &device);
+    let times = chain_times(schedule, &device);
+    candidates_from(den, edit, schedule, next_obs, times, params, noise)
+}
+
+/// The Gaussian draws of [`next_candidates`] for `rows` rows: the chains of `rows·N`
+/// samples, then the edits' `[rows·n_edit, A]` (`with_edit`).
+struct CandidateNoise {
+    chain: Vec<Tensor<2>>,
+    edit: Option<Tensor<2>>,
+}
+
+fn candidate_noise(
+    stream: &mut Stream,
+    schedule: &DiffusionSchedule,
+    rows: usize,
+    ad: usize,
+    params: &SelectionParams,
+    with_edit: bool,
+    device: &Device,
+) -> CandidateNoise {
+    let chain = chain_noise(stream, schedule, rows * params.num_samples, ad, device);
+    let edit = with_edit.then(|| stream.normal(rows * params.num_edit, ad, device));
+    CandidateNoise { chain, edit }
+}
+
+/// [`next_candidates`] from its draws and the chain's time steps.
+fn candidates_from(
+    den: &Denoiser,
+    edit: Option<(&GaussianPolicy, f32)>,
+    schedule: &DiffusionSchedule,
+    next_obs: Tensor<2>,
+    times: Tensor<2>,
+    params: &SelectionParams,
+    noise: CandidateNoise,
+) -> (Tensor<3>, Option<Tensor<3>>) {
     let rows = next_obs.dims()[0];
     let n = params.num_samples;
-    let base = sample_chain(den, schedule, repeat_rows(next_obs.clone(), n), ad, stream)
-        .reshape([rows, n, ad]);
+    let base = run_chain(
+        den,
+        schedule,
+        repeat_rows(next_obs.clone(), n),
+        times,
+        noise.chain,
+    );
+    let ad = base.dims()[1];
+    let base = base.reshape([rows, n, ad]);
     let edited = edit.map(|(edit, edit_scale)| {
         let ne = params.num_edit;
         let src = base
@@ -1201,7 +1283,7 @@ fn next_candidates(
             .slice([0..rows, 0..ne, 0..ad])
             .reshape([rows * ne, ad]);
         let input = Tensor::cat(vec![repeat_rows(next_obs, ne), src.clone()], 1);
-        let noise = stream.normal(rows * ne, ad, &src.device());
+        let noise = noise.edit.expect("edit noise drawn with the edit policy");
         let (a, _) = edit.sample(input, noise);
         (src + a * edit_scale).reshape([rows, ne, ad])
     });
