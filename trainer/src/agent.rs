@@ -53,7 +53,7 @@ use crate::optim::{FusedAdam, Packing};
 
 mod graph;
 use crate::replay::{Batch, Normalizer};
-use graph::{CriticGraph, LoopConsts, LoopInputs};
+use graph::{CriticGraph, LoopConsts, LoopInputs, Templates};
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -472,6 +472,15 @@ impl KernelMarks {
     }
 }
 
+/// The parameters of the network `opt` stepped last, as its flat buffer, and their
+/// layout (`None`: not the fused optimizer, or no step taken yet).
+fn flat_params(opt: &NetOptimizer) -> Option<(&Tensor<1>, &crate::optim::FlatLayout)> {
+    match opt {
+        NetOptimizer::Fused(o) => Some((o.buffers()[0]?, o.layout()?)),
+        NetOptimizer::PerParameter(_) => None,
+    }
+}
+
 /// Records the start of `stage` in the schedule trace and the kernel marks (each when
 /// enabled).
 fn mark_stage(
@@ -795,15 +804,20 @@ impl Agent {
         self.update_critic_direct(inputs, None)
     }
 
-    /// Whether the critic loop can run as a recorded graph: the fused critic optimizer
-    /// has taken a step (its buffers are what the recording starts from).
+    /// Whether the critic loop can run as a recorded graph: the fused optimizers of the
+    /// critic, the denoiser and (with edits) the edit policy have taken a step (their
+    /// buffers are what the recording reads).
     fn critic_graph_ready(&self) -> bool {
-        matches!(&self.opt_critic, NetOptimizer::Fused(o) if o.buffers().iter().all(Option::is_some))
+        let stepped = |o: &NetOptimizer| matches!(o, NetOptimizer::Fused(o) if o.buffers().iter().all(Option::is_some));
+        let edits = self.selection().num_edit > 0;
+        stepped(&self.opt_critic)
+            && flat_params(&self.opt_denoiser).is_some()
+            && (!edits || flat_params(&self.opt_policy).is_some())
     }
 
-    /// [`Agent::update_critic`] as a recorded graph ([`graph`]): the candidates, then the
-    /// critic subsets of every slice drawn here, in the direct loop's order; the loop
-    /// replayed on them.
+    /// [`Agent::update_critic`] as a recorded graph ([`graph`]): the candidates' noise,
+    /// then the critic subsets of every slice drawn here, in the direct loop's order; the
+    /// candidates and the loop replayed on them.
     fn update_critic_graph(
         &mut self,
         critic_inputs: CriticInputs,
@@ -811,21 +825,21 @@ impl Agent {
     ) -> Result<()> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let params = self.selection();
+        let edits = params.num_edit > 0;
         let clock = std::time::Instant::now();
         self.mark("candidates");
-        let edit = (params.num_edit > 0).then(|| self.edit.as_ref().unwrap().valid());
         let device_normals = self.device_normals();
-        let (base, edited) = next_candidates(
-            &self.denoiser.valid(),
-            edit.as_ref().map(|e| (e, self.config.expo.edit_scale)),
-            &self.schedule,
-            critic_inputs.next_obs.clone(),
-            self.act_dim,
-            &params,
+        let noise = candidate_noise(
             &mut Stream {
                 rng: &mut self.train_rng,
                 device_normals,
             },
+            &self.schedule,
+            b * utd,
+            self.act_dim,
+            &params,
+            edits,
+            &self.plain,
         );
         self.stage_sync();
         self.times.candidates += clock.elapsed().as_secs_f64();
@@ -841,10 +855,13 @@ impl Agent {
         let time = opt.time();
         let corrections: Vec<(f32, f32)> = (1..=utd).map(|i| opt.corrections(time + i)).collect();
         let (ids, factors, eps) = LoopInputs::per_slice(&subsets, &corrections, &self.plain);
+        let (den_flat, den_layout) = flat_params(&self.opt_denoiser).expect("checked");
+        let edit_flat = edits.then(|| flat_params(&self.opt_policy).expect("checked"));
         let inputs = LoopInputs {
             critic: critic_inputs,
-            base,
-            edited,
+            noise,
+            denoiser: den_flat.clone(),
+            edit: edit_flat.map(|(flat, _)| flat.clone()),
             ids,
             factors,
             eps,
@@ -853,6 +870,7 @@ impl Agent {
             Some(g) => g.run(inputs)?,
             None => {
                 let consts = LoopConsts {
+                    edit_scale: self.config.expo.edit_scale,
                     batch: b,
                     utd,
                     obs_dim: self.obs_dim,
@@ -862,11 +880,18 @@ impl Agent {
                     params,
                     schedule: self.schedule.clone(),
                 };
+                let templates = Templates {
+                    critic: self.critic.clone().unwrap(),
+                    target: self.critic_target.clone().unwrap(),
+                    opt: (**opt).clone(),
+                    denoiser: (self.denoiser.valid(), den_layout.clone()),
+                    edit: edit_flat
+                        .map(|(_, layout)| (self.edit.as_ref().unwrap().valid(), layout.clone())),
+                    times: chain_times(&self.schedule, &self.plain),
+                };
                 let g = self.critic_graph.insert(CriticGraph::capture(
                     consts,
-                    self.critic.as_ref().unwrap(),
-                    self.critic_target.as_ref().unwrap(),
-                    opt,
+                    templates,
                     inputs,
                     &self.plain,
                 )?);

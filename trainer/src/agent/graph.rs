@@ -6,18 +6,22 @@
 //! as one dispatch. A replay reads and writes exactly the buffers recorded, so:
 //!
 //! ```text
-//!  per step, on the host          cells (recorded buffers)            graph (recorded)
-//!  batch, candidates, subsets ──► obs_act rew next_obs mask  ──┐
-//!  bias corrections of t+1..t+U   base edited ids factors eps  ├──► U × (scores, TD target,
-//!                                 params m₁ m₂ target ─────────┘     critic step, Polyak)
+//!  per step, on the host            cells (recorded buffers)          graph (recorded)
+//!  batch ───────────────────────► obs_act rew next_obs mask ───┐
+//!  chain and edit noise, subsets  noise… ids factors eps       ├──► candidates (chains,
+//!  bias corrections of t+1..t+U                                │    edits), then U × (scores,
+//!  denoiser, edit policy ───────► their parameters (copies)    │    TD target, critic step,
+//!                                 params m₁ m₂ target ─────────┘    Polyak)
 //!                                   ▲                                        │
 //!                                   └──── written back in place ─────────────┘
 //! ```
 //!
 //! - Every input is a **cell**: a device tensor whose handle is the only one between
 //!   replays, so the step's values are copied into the recorded buffer in place.
-//! - Everything drawn at random is drawn on the host before the replay, in the order the
-//!   direct loop draws it: the candidates' noise, then each slice's critic subset.
+//! - Everything drawn at random is drawn before the replay, in the order the direct loop
+//!   draws it: the candidates' noise, then each slice's critic subset.
+//! - The denoiser and the edit policy change after the loop, outside the graph: their
+//!   parameters (the fused optimizers' flat buffers) are inputs, copied in each step.
 //! - Adam's bias corrections change every step: they are tensors, one pair per slice
 //!   ([`FusedAdam::step_with`]), not recorded scalars.
 //! - The loop ends by writing the critic's parameters, moments and target back into the
@@ -29,7 +33,7 @@
 //! the same code, so the CPU tests check everything but the recording.
 
 use super::*;
-use crate::optim::{ALIGN, FusedAdam};
+use crate::optim::{ALIGN, FlatLayout, FusedAdam};
 use burn::tensor::kind::Basic;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -40,14 +44,29 @@ type Cell<const D: usize, K = burn::tensor::Float> = Rc<RefCell<Tensor<D, K>>>;
 /// One environment step's inputs of the critic loop, fresh on the device.
 pub(super) struct LoopInputs {
     pub critic: CriticInputs,
-    /// Hoisted candidates `[R, N, A]` and edited ones `[R, n_edit, A]`.
-    pub base: Tensor<3>,
-    pub edited: Option<Tensor<3>>,
+    /// The draws of the next-action candidates ([`candidate_noise`]).
+    pub noise: CandidateNoise,
+    /// The online denoiser's and the edit policy's parameters (their optimizers' flat
+    /// buffers, the layouts of [`Templates`]).
+    pub denoiser: Tensor<1>,
+    pub edit: Option<Tensor<1>>,
     /// Slice `i`'s critic subset at `i·ALIGN ..`.
     pub ids: Tensor<1, Int>,
     /// Slice `i`'s bias corrections at `i·ALIGN` ([`FusedAdam::corrections`]).
     pub factors: Tensor<1>,
     pub eps: Tensor<1>,
+}
+
+/// The networks as the graph takes them: modules whose parameters it replaces by views
+/// of its cells (their values are not read), the layouts of those cells, the critic's
+/// optimizer (hyperparameters, layout) and the chain's time steps.
+pub(super) struct Templates {
+    pub critic: CriticEnsemble,
+    pub target: CriticEnsemble,
+    pub opt: FusedAdam,
+    pub denoiser: (Denoiser, FlatLayout),
+    pub edit: Option<(GaussianPolicy, FlatLayout)>,
+    pub times: Tensor<2>,
 }
 
 impl LoopInputs {
@@ -91,6 +110,7 @@ pub(super) struct LoopOutput {
 /// The loop's sizes and constants.
 #[derive(Clone)]
 pub(super) struct LoopConsts {
+    pub edit_scale: f32,
     pub batch: usize,
     pub utd: usize,
     pub obs_dim: usize,
@@ -107,8 +127,10 @@ struct InputCells {
     rew: Cell<2>,
     next_obs: Cell<2>,
     mask: Cell<2>,
-    base: Cell<3>,
-    edited: Option<Cell<3>>,
+    chain_noise: Vec<Cell<2>>,
+    edit_noise: Option<Cell<2>>,
+    denoiser: Cell<1>,
+    edit: Option<Cell<1>>,
     ids: Cell<1, Int>,
     factors: Cell<1>,
     eps: Cell<1>,
@@ -156,18 +178,29 @@ fn own_copy(t: &Tensor<1>) -> Tensor<1> {
 }
 
 impl CriticGraph {
-    /// Records the loop of `critic`, `target` and their optimizer `opt` (which must have
-    /// taken a step) with `inputs` as the first step's, without changing any of them:
-    /// the recording's warm-up runs work on copies of the state, which are then reset.
+    /// Records the loop of the networks of `templates` (whose critic optimizer must have
+    /// taken a step) with `inputs` as the first step's, without changing the networks:
+    /// the recording's warm-up runs work on copies of the critic's state, which are then
+    /// reset to it.
     pub fn capture(
         consts: LoopConsts,
-        critic: &CriticEnsemble,
-        target: &CriticEnsemble,
-        opt: &FusedAdam,
+        templates: Templates,
         inputs: LoopInputs,
         device: &Device,
     ) -> Result<Self> {
-        let current: Vec<Tensor<1>> = opt
+        let (den, den_layout) = &templates.denoiser;
+        anyhow::ensure!(
+            den_layout.matches(den) && den_layout.len() == inputs.denoiser.dims()[0],
+            "critic graph: the denoiser's parameters are not in its optimizer's layout"
+        );
+        if let (Some((edit, layout)), Some(flat)) = (&templates.edit, &inputs.edit) {
+            anyhow::ensure!(
+                layout.matches(edit) && layout.len() == flat.dims()[0],
+                "critic graph: the edit policy's parameters are not in its optimizer's layout"
+            );
+        }
+        let current: Vec<Tensor<1>> = templates
+            .opt
             .buffers()
             .into_iter()
             .map(|b| {
@@ -182,8 +215,10 @@ impl CriticGraph {
             rew: cell(c.rew),
             next_obs: cell(c.next_obs),
             mask: cell(c.mask),
-            base: cell(inputs.base),
-            edited: inputs.edited.map(cell),
+            chain_noise: inputs.noise.chain.into_iter().map(cell).collect(),
+            edit_noise: inputs.noise.edit.map(cell),
+            denoiser: cell(own_copy(&inputs.denoiser)),
+            edit: inputs.edit.as_ref().map(|e| cell(own_copy(e))),
             ids: cell(inputs.ids),
             factors: cell(inputs.factors),
             eps: cell(inputs.eps),
@@ -191,10 +226,9 @@ impl CriticGraph {
         let in_place = Rc::new(std::cell::Cell::new(true));
         let closure = {
             let (cells, state, in_place) = (cells.clone(), state.clone(), in_place.clone());
-            let (critic, target, opt) = (critic.clone(), target.clone(), opt.clone());
             let device = device.clone();
             move || {
-                let out = run_loop(&consts, &cells, &state, &critic, &target, &opt, &device);
+                let out = run_loop(&consts, &cells, &state, &templates, &device);
                 in_place.set(state.iter().all(|s| s.borrow().can_mut()));
                 for (cell, new) in state.iter().zip(out.opt.buffers()) {
                     let new = new.expect("buffers after a step").clone();
@@ -243,9 +277,26 @@ impl CriticGraph {
         overwrite(&cells.rew, c.rew, recorded, "rewards")?;
         overwrite(&cells.next_obs, c.next_obs, recorded, "next observations")?;
         overwrite(&cells.mask, c.mask, recorded, "masks")?;
-        overwrite(&cells.base, inputs.base, recorded, "base candidates")?;
-        if let (Some(cell), Some(edited)) = (&cells.edited, inputs.edited) {
-            overwrite(cell, edited, recorded, "edited candidates")?;
+        anyhow::ensure!(
+            cells.chain_noise.len() == inputs.noise.chain.len(),
+            "critic graph: {} chain draws, {} recorded",
+            inputs.noise.chain.len(),
+            cells.chain_noise.len()
+        );
+        for (cell, draw) in cells.chain_noise.iter().zip(inputs.noise.chain) {
+            overwrite(cell, draw, recorded, "chain noise")?;
+        }
+        if let (Some(cell), Some(draw)) = (&cells.edit_noise, inputs.noise.edit) {
+            overwrite(cell, draw, recorded, "edit noise")?;
+        }
+        overwrite(
+            &cells.denoiser,
+            inputs.denoiser,
+            recorded,
+            "denoiser parameters",
+        )?;
+        if let (Some(cell), Some(flat)) = (&cells.edit, inputs.edit) {
+            overwrite(cell, flat, recorded, "edit policy parameters")?;
         }
         overwrite(&cells.ids, inputs.ids, recorded, "critic subsets")?;
         overwrite(&cells.factors, inputs.factors, recorded, "bias corrections")?;
@@ -259,31 +310,54 @@ impl CriticGraph {
     }
 }
 
-/// The loop itself: `utd` slices from the state cells, the same operations as the direct
-/// loop of [`Agent::update_critic`] (the same functions).
+/// The loop itself: the candidates, then `utd` slices from the state cells; the same
+/// operations as the direct loop of [`Agent::update_critic`] (the same functions).
 fn run_loop(
     c: &LoopConsts,
     cells: &InputCells,
     state: &[Cell<1>; 4],
-    critic: &CriticEnsemble,
-    target: &CriticEnsemble,
-    opt: &FusedAdam,
+    templates: &Templates,
     device: &Device,
 ) -> LoopOutput {
     let (b, od, ad) = (c.batch, c.obs_dim, c.act_dim);
-    let [p, m1, m2, t] = state.each_ref().map(|s| s.borrow().clone());
-    let layout = opt.layout().expect("a step taken before").clone();
-    let mut critic = layout.assign(critic.clone(), &p);
-    let mut target = layout.assign(target.clone(), &t);
-    let mut opt = NetOptimizer::Fused(Box::new(opt.with_buffers([p, m1, m2, t])));
     let (obs_act, rew, next_obs, mask) = (
         cells.obs_act.borrow().clone(),
         cells.rew.borrow().clone(),
         cells.next_obs.borrow().clone(),
         cells.mask.borrow().clone(),
     );
-    let base = cells.base.borrow().clone();
-    let edited = cells.edited.as_ref().map(|e| e.borrow().clone());
+    // Next-action candidates of every slice, from this step's denoiser and edit policy.
+    let (den, den_layout) = &templates.denoiser;
+    let den = den_layout.assign(den.clone(), &cells.denoiser.borrow().clone());
+    let edit = templates
+        .edit
+        .as_ref()
+        .zip(cells.edit.as_ref())
+        .map(|((e, layout), flat)| layout.assign(e.clone(), &flat.borrow().clone()));
+    let noise = CandidateNoise {
+        chain: cells
+            .chain_noise
+            .iter()
+            .map(|n| n.borrow().clone())
+            .collect(),
+        edit: cells.edit_noise.as_ref().map(|n| n.borrow().clone()),
+    };
+    let (base, edited) = candidates_from(
+        &den,
+        edit.as_ref().map(|e| (e, c.edit_scale)),
+        &c.schedule,
+        next_obs.clone(),
+        templates.times.clone(),
+        &c.params,
+        noise,
+    );
+    // The critic loop.
+    let [p, m1, m2, t] = state.each_ref().map(|s| s.borrow().clone());
+    let opt = &templates.opt;
+    let layout = opt.layout().expect("a step taken before").clone();
+    let mut critic = layout.assign(templates.critic.clone(), &p);
+    let mut target = layout.assign(templates.target.clone(), &t);
+    let mut opt = NetOptimizer::Fused(Box::new(opt.with_buffers([p, m1, m2, t])));
     let ids = cells.ids.borrow().clone();
     let (factors, eps) = (cells.factors.borrow().clone(), cells.eps.borrow().clone());
     let k = c.params.critic_subset;
