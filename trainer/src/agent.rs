@@ -53,7 +53,10 @@ use crate::optim::{FusedAdam, Packing};
 
 mod graph;
 use crate::replay::{Batch, Normalizer};
-use graph::{CriticGraph, LoopConsts, LoopInputs, Templates};
+use graph::{
+    ActGraph, ActInputs, CriticGraph, LoopConsts, LoopInputs, LoopTemplates, PolicyInputs,
+    PolicyTemplates,
+};
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -434,6 +437,9 @@ pub struct Agent {
     /// The critic loop recorded as a device graph (`compute.graph`), from the second
     /// update on (the recording needs the optimizer's buffers).
     critic_graph: Option<CriticGraph>,
+    /// Acting recorded as device graphs (`compute.graph`), one per number of
+    /// observations acted on at once.
+    act_graphs: Vec<ActGraph>,
 }
 
 /// With `EXPO_KERNEL_MARKS=FILE` in the environment, every stage boundary launches one
@@ -477,6 +483,15 @@ impl KernelMarks {
 fn flat_params(opt: &NetOptimizer) -> Option<(&Tensor<1>, &crate::optim::FlatLayout)> {
     match opt {
         NetOptimizer::Fused(o) => Some((o.buffers()[0]?, o.layout()?)),
+        NetOptimizer::PerParameter(_) => None,
+    }
+}
+
+/// The target copy of the network `opt` stepped last (its EMA or Polyak average), as
+/// [`FusedAdam::blend`] keeps it, and its layout.
+fn ema_params(opt: &NetOptimizer) -> Option<(&Tensor<1>, &crate::optim::FlatLayout)> {
+    match opt {
+        NetOptimizer::Fused(o) => Some((o.buffers()[3]?, o.layout()?)),
         NetOptimizer::PerParameter(_) => None,
     }
 }
@@ -575,14 +590,21 @@ impl Agent {
             trace: None,
             kernel_marks,
             critic_graph: None,
+            act_graphs: vec![],
             config,
         }
     }
 
-    /// `Some(recorded)` once the critic loop runs as a graph (`compute.graph`): whether
-    /// the backend recorded a device graph (`false`: each run re-runs the loop).
-    pub fn critic_graph(&self) -> Option<bool> {
-        self.critic_graph.as_ref().map(CriticGraph::is_recorded)
+    /// The graphs in use (`compute.graph`), by what they run (`"critic loop"`, `"act"`),
+    /// each with whether the backend recorded a device graph (`false`: each run re-runs
+    /// the closure).
+    pub fn graphs(&self) -> Vec<(&'static str, bool)> {
+        let critic = self
+            .critic_graph
+            .iter()
+            .map(|g| ("critic loop", g.is_recorded()));
+        let act = self.act_graphs.iter().map(|g| ("act", g.is_recorded()));
+        critic.chain(act).collect()
     }
 
     /// The online denoiser (trained; makes the TD targets' candidates).
@@ -673,7 +695,6 @@ impl Agent {
         self.normalizer.apply(&mut norm);
         let obs_t = tensor2(norm, k, self.obs_dim, &self.plain);
         let device_normals = self.device_normals();
-        let params = self.selection();
         let mut stream = Stream {
             rng: &mut self.act_rng,
             device_normals,
@@ -691,22 +712,7 @@ impl Agent {
                 let noise = stream.normal(k, self.act_dim, &self.plain);
                 actor.sample(obs_t, noise).0
             }
-            Algo::Expo | Algo::IdqlSelect => {
-                let edit = self.edit.as_ref().map(|e| e.valid());
-                let mut runner = Selector {
-                    obs: obs_t,
-                    act_dim: self.act_dim,
-                    denoiser: Some(&self.denoiser_ema),
-                    schedule: &self.schedule,
-                    edit: edit.as_ref(),
-                    edit_scale: self.config.expo.edit_scale,
-                    critics: self.critic_target.as_ref().unwrap(),
-                    stream,
-                    precomputed: None,
-                    subset_ids: None,
-                };
-                on_the_fly_action(&mut runner, &params).0
-            }
+            Algo::Expo | Algo::IdqlSelect => self.act_select(obs_t),
         };
         let out = actions
             .into_data()
@@ -715,6 +721,83 @@ impl Agent {
         self.stage_sync();
         self.times.act += clock.elapsed().as_secs_f64();
         out
+    }
+
+    /// EXPO's on-the-fly action for observations `obs` `[K, O]` (normalized): `N`
+    /// samples of the EMA denoiser, the first `n_edit` edited, scored by a random subset
+    /// of the target critics. Draws: chain noise, edit noise, the subset. As a recorded
+    /// graph with `compute.graph` once the networks' optimizers have stepped.
+    fn act_select(&mut self, obs: Tensor<2>) -> Tensor<2> {
+        let params = self.selection();
+        let (k, ad) = (obs.dims()[0], self.act_dim);
+        let edits = params.num_edit > 0;
+        let device_normals = self.device_normals();
+        let noise = candidate_noise(
+            &mut Stream {
+                rng: &mut self.act_rng,
+                device_normals,
+            },
+            &self.schedule,
+            k,
+            ad,
+            &params,
+            edits,
+            &self.plain,
+        );
+        let target = self.critic_target.as_ref().unwrap();
+        let subset = random_subset(&mut self.act_rng, target.members(), params.critic_subset);
+        let ids = member_ids(&subset, &self.plain);
+        let flats = (
+            ema_params(&self.opt_denoiser),
+            ema_params(&self.opt_critic),
+            flat_params(&self.opt_policy),
+        );
+        match flats {
+            (Some(ema), Some(target_flat), edit)
+                if self.config.compute.graph && (edit.is_some() || !edits) =>
+            {
+                let inputs = ActInputs {
+                    obs,
+                    policy: PolicyInputs {
+                        noise,
+                        denoiser: ema.0.clone(),
+                        edit: edits.then(|| edit.unwrap().0.clone()),
+                    },
+                    target: target_flat.0.clone(),
+                    ids,
+                };
+                if let Some(g) = self.act_graphs.iter_mut().find(|g| g.rows() == k) {
+                    return g.run(inputs).expect("acting as a recorded graph");
+                }
+                let policy = PolicyTemplates {
+                    denoiser: (self.denoiser_ema.clone(), ema.1.clone()),
+                    edit: edits
+                        .then(|| (self.edit.as_ref().unwrap().valid(), edit.unwrap().1.clone())),
+                    edit_scale: self.config.expo.edit_scale,
+                    params,
+                    schedule: self.schedule.clone(),
+                    times: chain_times(&self.schedule, &self.plain),
+                };
+                let target = (target.clone(), target_flat.1.clone());
+                let g = ActGraph::capture(policy, target, inputs, &self.plain)
+                    .expect("recording acting as a graph");
+                self.act_graphs.push(g);
+                self.act_graphs.last_mut().unwrap().replay()
+            }
+            _ => {
+                let edit = edits.then(|| self.edit.as_ref().unwrap().valid());
+                let candidates = candidates_from(
+                    &self.denoiser_ema,
+                    edit.as_ref().map(|e| (e, self.config.expo.edit_scale)),
+                    &self.schedule,
+                    obs.clone(),
+                    chain_times(&self.schedule, &self.plain),
+                    &params,
+                    noise,
+                );
+                select_given(target, obs, candidates, ids, &params, &self.schedule).0
+            }
+        }
     }
 
     /// One environment step's worth of updates on `batch` (`utd` slices of
@@ -775,8 +858,9 @@ impl Agent {
     }
 
     pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {
-        // The recording holds the networks' state as it was; record again from the loaded.
+        // The recordings hold the networks' state as it was; record again from the loaded.
         self.critic_graph = None;
+        self.act_graphs.clear();
         let device = self.plain.clone();
         self.opt_denoiser
             .load(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
@@ -859,9 +943,11 @@ impl Agent {
         let edit_flat = edits.then(|| flat_params(&self.opt_policy).expect("checked"));
         let inputs = LoopInputs {
             critic: critic_inputs,
-            noise,
-            denoiser: den_flat.clone(),
-            edit: edit_flat.map(|(flat, _)| flat.clone()),
+            policy: PolicyInputs {
+                noise,
+                denoiser: den_flat.clone(),
+                edit: edit_flat.map(|(flat, _)| flat.clone()),
+            },
             ids,
             factors,
             eps,
@@ -870,24 +956,27 @@ impl Agent {
             Some(g) => g.run(inputs)?,
             None => {
                 let consts = LoopConsts {
-                    edit_scale: self.config.expo.edit_scale,
                     batch: b,
                     utd,
                     obs_dim: self.obs_dim,
                     act_dim: self.act_dim,
                     gamma: self.config.optim.discount,
                     rates: (self.config.optim.critic_lr, self.config.optim.tau),
-                    params,
-                    schedule: self.schedule.clone(),
                 };
-                let templates = Templates {
+                let templates = LoopTemplates {
                     critic: self.critic.clone().unwrap(),
                     target: self.critic_target.clone().unwrap(),
                     opt: (**opt).clone(),
-                    denoiser: (self.denoiser.valid(), den_layout.clone()),
-                    edit: edit_flat
-                        .map(|(_, layout)| (self.edit.as_ref().unwrap().valid(), layout.clone())),
-                    times: chain_times(&self.schedule, &self.plain),
+                    policy: PolicyTemplates {
+                        denoiser: (self.denoiser.valid(), den_layout.clone()),
+                        edit: edit_flat.map(|(_, layout)| {
+                            (self.edit.as_ref().unwrap().valid(), layout.clone())
+                        }),
+                        edit_scale: self.config.expo.edit_scale,
+                        params,
+                        schedule: self.schedule.clone(),
+                        times: chain_times(&self.schedule, &self.plain),
+                    },
                 };
                 let g = self.critic_graph.insert(CriticGraph::capture(
                     consts,
@@ -993,7 +1082,7 @@ impl Agent {
             let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
                 (Some((base, edited)), _) => {
                     let subset = random_subset(stream.rng, target.members(), params.critic_subset);
-                    hoisted_next_value(
+                    select_given(
                         target,
                         next_i,
                         slice_candidates(base, edited, r.clone()),
@@ -1001,6 +1090,7 @@ impl Agent {
                         &params,
                         &self.schedule,
                     )
+                    .1
                 }
                 (None, None) => {
                     // Sequential: this slice's candidates now, drawn in the reference's
@@ -1328,21 +1418,21 @@ fn slice_candidates(
     (slice(base), edited.as_ref().map(slice))
 }
 
-/// The TD targets' next-state value of one slice from its hoisted candidates `(base,
-/// edited)`: scored by the target critics `ids` (min over them), the best one's score
-/// `[b, 1]` (EXPO's selection, `shared_model::on_the_fly_action`).
-fn hoisted_next_value(
+/// EXPO's selection (`shared_model::on_the_fly_action`) among given candidates `(base
+/// [B, N, A], edited [B, n_edit, A])` for observations `obs` `[B, O]`: scored by the
+/// target critics `ids` (min over them), the best one and its score, `([B, A], [B, 1])`.
+/// Nothing is drawn. Acting and the hoisted TD targets use it.
+fn select_given(
     target: &CriticEnsemble,
-    next_obs: Tensor<2>,
+    obs: Tensor<2>,
     candidates: (Tensor<3>, Option<Tensor<3>>),
     ids: Tensor<1, Int>,
     params: &SelectionParams,
     schedule: &DiffusionSchedule,
-) -> Tensor<2> {
-    // Nothing is drawn: the candidates and the subset are given.
+) -> (Tensor<2>, Tensor<2>) {
     let mut unused = Rng::new(0);
     let mut runner = Selector {
-        obs: next_obs,
+        obs,
         act_dim: candidates.0.dims()[2],
         denoiser: None,
         schedule,
@@ -1353,7 +1443,7 @@ fn hoisted_next_value(
         precomputed: Some(candidates),
         subset_ids: Some(ids),
     };
-    on_the_fly_action(&mut runner, params).1
+    on_the_fly_action(&mut runner, params)
 }
 
 /// One slice's critic step towards TD targets `y` `[1, b]` on inputs `x` `[b, O + A]`:

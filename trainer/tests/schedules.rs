@@ -207,19 +207,27 @@ fn one_update_on_the_gpu_matches_the_cpu() {
     );
 }
 
-/// `compute.graph`: the critic loop recorded once and replayed, its inputs written into
-/// the recorded buffers each step, gives exactly the direct loop's results, update after
-/// update: every network's parameters, the metrics and the critic optimizer's saved state.
-/// The rewards change between updates, so a replay that read stale inputs would differ.
+/// `compute.graph`: the critic loop and acting recorded once and replayed, their inputs
+/// written into the recorded buffers each step, give exactly the direct path's results,
+/// step after step: the actions, every network's parameters, the metrics and the critic
+/// optimizer's saved state. The rewards and the observation acted on change between
+/// steps, so a replay that read stale inputs would differ.
 fn graph_matches_direct(device: &str, expect_recorded: bool) {
     let make = |graph: bool| {
         let mut c = config(CandidateSchedule::Hoisted, device);
         c.compute.graph = graph;
+        // Target critics that move a lot per step: acting only compares their scores, so
+        // a stale copy must change some choice to be seen.
+        c.optim.tau = 0.5;
+        c.optim.critic_lr = 0.05;
         agent_and_batch(&c)
     };
     let (mut direct, mut batch) = make(false);
     let (mut graphed, _) = make(true);
+    let k = 8 * direct.obs_dim; // acting on 8 observations at once
     for step in 0..4 {
+        let obs = &batch.obs[step * k..(step + 1) * k];
+        assert_eq!(direct.act(obs), graphed.act(obs), "action of step {step}");
         let md = direct.update(&batch).unwrap();
         let mg = graphed.update(&batch).unwrap();
         assert_eq!(md, mg, "metrics of update {step}");
@@ -227,8 +235,12 @@ fn graph_matches_direct(device: &str, expect_recorded: bool) {
             *r += 0.25;
         }
     }
-    // The first update runs directly (the recording starts from the optimizer's state).
-    assert_eq!(graphed.critic_graph(), Some(expect_recorded));
+    // The first update and action run directly (the recordings start from the
+    // optimizers' buffers, which exist after a step).
+    assert_eq!(
+        graphed.graphs(),
+        [("critic loop", expect_recorded), ("act", expect_recorded)]
+    );
     let (pd, pg) = (all_params(&direct), all_params(&graphed));
     let differing = pd.iter().zip(&pg).filter(|(a, b)| a != b).count();
     assert_eq!(differing, 0, "of {} parameters", pd.len());
@@ -243,17 +255,17 @@ fn graph_matches_direct(device: &str, expect_recorded: bool) {
 }
 
 #[test]
-fn critic_graph_gives_the_direct_loops_results() {
-    // The CPU backends record no graph: `capture` re-runs the loop, through the same
+fn recorded_graphs_give_the_direct_results() {
+    // The CPU backends record no graph: `capture` re-runs the closures, through the same
     // cells, write-back and device-side bias corrections.
     graph_matches_direct("cpu", false);
 }
 
-/// The same on a GPU device, where the loop is recorded (CI runs it on lavapipe with
+/// The same on a GPU device, where the graphs are recorded (CI runs it on lavapipe with
 /// `EXPO_GPU_DEVICE=vulkan:cpu`).
 #[test]
 #[ignore = "needs a GPU: EXPO_GPU_DEVICE=vulkan|vulkan:cpu|cuda and the matching feature"]
-fn critic_graph_gives_the_direct_loops_results_on_the_gpu() {
+fn recorded_graphs_give_the_direct_results_on_the_gpu() {
     let gpu = std::env::var("EXPO_GPU_DEVICE").expect("EXPO_GPU_DEVICE");
     graph_matches_direct(&gpu, true);
 }

@@ -1,4 +1,4 @@
-//! The UTD critic loop as one captured device graph (`compute.graph`, issue 14).
+//! The UTD critic loop, and acting, as captured device graphs (`compute.graph`, issue 14).
 //!
 //! On a GPU the critic loop is bound by the host's cost of issuing each of its ~4,000
 //! operations, not by arithmetic. burn 0.22 can record a closure's launches once
@@ -28,6 +28,10 @@
 //!   state cells, so the next replay starts from them. The agent's networks and
 //!   optimizer are the graph's outputs (buffers the replay rewrites).
 //!
+//! Acting ([`ActGraph`]) is recorded the same way: the observations, the draws, the
+//! critic subset and the parameters of the EMA denoiser, the edit policy and the target
+//! critics are its cells, the action its output.
+//!
 //! Per-slice values sit [`ALIGN`] elements apart so that each slice's is a view, not a
 //! copy. On backends without graph support `capture` falls back to running the closure:
 //! the same code, so the CPU tests check everything but the recording.
@@ -41,32 +45,159 @@ use std::rc::Rc;
 /// A device tensor that the graph reads or writes where it was recorded.
 type Cell<const D: usize, K = burn::tensor::Float> = Rc<RefCell<Tensor<D, K>>>;
 
+fn cell<const D: usize, K: Basic>(t: Tensor<D, K>) -> Cell<D, K> {
+    Rc::new(RefCell::new(t))
+}
+
+/// Copies `value` into the buffer of `cell`, in place when the graph was recorded (a
+/// copy elsewhere would leave the recorded buffer stale).
+fn overwrite<const D: usize, K: Basic>(
+    cell: &Cell<D, K>,
+    value: Tensor<D, K>,
+    recorded: bool,
+    what: &str,
+) -> Result<()> {
+    let mut c = cell.borrow_mut();
+    anyhow::ensure!(
+        c.dims() == value.dims(),
+        "recorded graph: {what} is {:?}, the recorded buffer {:?}",
+        value.dims(),
+        c.dims()
+    );
+    anyhow::ensure!(
+        !recorded || c.can_mut(),
+        "recorded graph: the buffer of {what} is shared and cannot be written in place"
+    );
+    let ranges: [std::ops::Range<usize>; D] = c.dims().map(|d| 0..d);
+    c.inplace(|c| c.slice_assign(ranges, value));
+    Ok(())
+}
+
+/// A copy of `t` in a buffer of its own.
+fn own_copy(t: &Tensor<1>) -> Tensor<1> {
+    t.clone() * 1.0
+}
+
+/// The networks that make candidates, as a graph takes them: modules whose parameters it
+/// replaces by views of its cells (their values are not read) with the layouts of those
+/// cells, and what the chains and the selection need.
+#[derive(Clone)]
+pub(super) struct PolicyTemplates {
+    pub denoiser: (Denoiser, FlatLayout),
+    /// With edits (`n_edit > 0`).
+    pub edit: Option<(GaussianPolicy, FlatLayout)>,
+    pub edit_scale: f32,
+    pub params: SelectionParams,
+    pub schedule: DiffusionSchedule,
+    /// The chain's time steps ([`chain_times`]).
+    pub times: Tensor<2>,
+}
+
+/// One run's inputs of the candidates: their draws and the parameters of the denoiser
+/// and the edit policy (flat, in the templates' layouts).
+pub(super) struct PolicyInputs {
+    pub noise: CandidateNoise,
+    pub denoiser: Tensor<1>,
+    pub edit: Option<Tensor<1>>,
+}
+
+#[derive(Clone)]
+struct PolicyCells {
+    chain_noise: Vec<Cell<2>>,
+    edit_noise: Option<Cell<2>>,
+    denoiser: Cell<1>,
+    edit: Option<Cell<1>>,
+}
+
+impl PolicyCells {
+    fn new(templates: &PolicyTemplates, inputs: PolicyInputs) -> Result<Self> {
+        let (den, layout) = &templates.denoiser;
+        anyhow::ensure!(
+            layout.matches(den) && layout.len() == inputs.denoiser.dims()[0],
+            "recorded graph: the denoiser's parameters are not in its optimizer's layout"
+        );
+        anyhow::ensure!(
+            templates.edit.is_some() == inputs.edit.is_some(),
+            "recorded graph: edit policy parameters given without the policy, or missing"
+        );
+        if let (Some((edit, layout)), Some(flat)) = (&templates.edit, &inputs.edit) {
+            anyhow::ensure!(
+                layout.matches(edit) && layout.len() == flat.dims()[0],
+                "recorded graph: the edit policy's parameters are not in its optimizer's layout"
+            );
+        }
+        Ok(PolicyCells {
+            chain_noise: inputs.noise.chain.into_iter().map(cell).collect(),
+            edit_noise: inputs.noise.edit.map(cell),
+            denoiser: cell(own_copy(&inputs.denoiser)),
+            edit: inputs.edit.as_ref().map(|e| cell(own_copy(e))),
+        })
+    }
+
+    fn write(&self, inputs: PolicyInputs, recorded: bool) -> Result<()> {
+        anyhow::ensure!(
+            self.chain_noise.len() == inputs.noise.chain.len(),
+            "recorded graph: {} chain draws, {} recorded",
+            inputs.noise.chain.len(),
+            self.chain_noise.len()
+        );
+        for (cell, draw) in self.chain_noise.iter().zip(inputs.noise.chain) {
+            overwrite(cell, draw, recorded, "chain noise")?;
+        }
+        if let (Some(cell), Some(draw)) = (&self.edit_noise, inputs.noise.edit) {
+            overwrite(cell, draw, recorded, "edit noise")?;
+        }
+        overwrite(
+            &self.denoiser,
+            inputs.denoiser,
+            recorded,
+            "denoiser parameters",
+        )?;
+        if let (Some(cell), Some(flat)) = (&self.edit, inputs.edit) {
+            overwrite(cell, flat, recorded, "edit policy parameters")?;
+        }
+        Ok(())
+    }
+
+    /// The candidates `(base [R, N, A], edited [R, n_edit, A])` for observations `obs`.
+    fn candidates(&self, t: &PolicyTemplates, obs: Tensor<2>) -> (Tensor<3>, Option<Tensor<3>>) {
+        let (den, den_layout) = &t.denoiser;
+        let den = den_layout.assign(den.clone(), &self.denoiser.borrow().clone());
+        let edit = t
+            .edit
+            .as_ref()
+            .zip(self.edit.as_ref())
+            .map(|((e, layout), flat)| layout.assign(e.clone(), &flat.borrow().clone()));
+        let noise = CandidateNoise {
+            chain: self
+                .chain_noise
+                .iter()
+                .map(|n| n.borrow().clone())
+                .collect(),
+            edit: self.edit_noise.as_ref().map(|n| n.borrow().clone()),
+        };
+        candidates_from(
+            &den,
+            edit.as_ref().map(|e| (e, t.edit_scale)),
+            &t.schedule,
+            obs,
+            t.times.clone(),
+            &t.params,
+            noise,
+        )
+    }
+}
+
 /// One environment step's inputs of the critic loop, fresh on the device.
 pub(super) struct LoopInputs {
     pub critic: CriticInputs,
-    /// The draws of the next-action candidates ([`candidate_noise`]).
-    pub noise: CandidateNoise,
-    /// The online denoiser's and the edit policy's parameters (their optimizers' flat
-    /// buffers, the layouts of [`Templates`]).
-    pub denoiser: Tensor<1>,
-    pub edit: Option<Tensor<1>>,
+    /// The candidates' draws, the online denoiser's and the edit policy's parameters.
+    pub policy: PolicyInputs,
     /// Slice `i`'s critic subset at `i·ALIGN ..`.
     pub ids: Tensor<1, Int>,
     /// Slice `i`'s bias corrections at `i·ALIGN` ([`FusedAdam::corrections`]).
     pub factors: Tensor<1>,
     pub eps: Tensor<1>,
-}
-
-/// The networks as the graph takes them: modules whose parameters it replaces by views
-/// of its cells (their values are not read), the layouts of those cells, the critic's
-/// optimizer (hyperparameters, layout) and the chain's time steps.
-pub(super) struct Templates {
-    pub critic: CriticEnsemble,
-    pub target: CriticEnsemble,
-    pub opt: FusedAdam,
-    pub denoiser: (Denoiser, FlatLayout),
-    pub edit: Option<(GaussianPolicy, FlatLayout)>,
-    pub times: Tensor<2>,
 }
 
 impl LoopInputs {
@@ -95,6 +226,15 @@ impl LoopInputs {
     }
 }
 
+/// The critic networks as the loop takes them (see [`PolicyTemplates`]), and the
+/// critic's optimizer (hyperparameters, layout).
+pub(super) struct LoopTemplates {
+    pub critic: CriticEnsemble,
+    pub target: CriticEnsemble,
+    pub opt: FusedAdam,
+    pub policy: PolicyTemplates,
+}
+
 /// What one run of the loop leaves: sums over slices of the loss, of mean Q and of the
 /// mean TD target; the critic and its target; the optimizer over the final buffers.
 #[derive(Clone)]
@@ -110,27 +250,21 @@ pub(super) struct LoopOutput {
 /// The loop's sizes and constants.
 #[derive(Clone)]
 pub(super) struct LoopConsts {
-    pub edit_scale: f32,
     pub batch: usize,
     pub utd: usize,
     pub obs_dim: usize,
     pub act_dim: usize,
     pub gamma: f32,
     pub rates: (f64, f32),
-    pub params: SelectionParams,
-    pub schedule: DiffusionSchedule,
 }
 
 #[derive(Clone)]
-struct InputCells {
+struct LoopCells {
     obs_act: Cell<2>,
     rew: Cell<2>,
     next_obs: Cell<2>,
     mask: Cell<2>,
-    chain_noise: Vec<Cell<2>>,
-    edit_noise: Option<Cell<2>>,
-    denoiser: Cell<1>,
-    edit: Option<Cell<1>>,
+    policy: PolicyCells,
     ids: Cell<1, Int>,
     factors: Cell<1>,
     eps: Cell<1>,
@@ -138,43 +272,10 @@ struct InputCells {
 
 /// The critic loop, recorded.
 pub(super) struct CriticGraph {
-    inputs: InputCells,
+    inputs: LoopCells,
     /// Parameters, first and second moments, target (the optimizer's flat buffers).
     state: [Cell<1>; 4],
     graph: burn::tensor::Graph<LoopOutput, Box<dyn FnMut() -> LoopOutput>>,
-}
-
-fn cell<const D: usize, K: Basic>(t: Tensor<D, K>) -> Cell<D, K> {
-    Rc::new(RefCell::new(t))
-}
-
-/// Copies `value` into the buffer of `cell`, in place when the graph was recorded (a
-/// copy elsewhere would leave the recorded buffer stale).
-fn overwrite<const D: usize, K: Basic>(
-    cell: &Cell<D, K>,
-    value: Tensor<D, K>,
-    recorded: bool,
-    what: &str,
-) -> Result<()> {
-    let mut c = cell.borrow_mut();
-    anyhow::ensure!(
-        c.dims() == value.dims(),
-        "critic graph: {what} is {:?}, the recorded buffer {:?}",
-        value.dims(),
-        c.dims()
-    );
-    anyhow::ensure!(
-        !recorded || c.can_mut(),
-        "critic graph: the buffer of {what} is shared and cannot be written in place"
-    );
-    let ranges: [std::ops::Range<usize>; D] = c.dims().map(|d| 0..d);
-    c.inplace(|c| c.slice_assign(ranges, value));
-    Ok(())
-}
-
-/// A copy of `t` in a buffer of its own.
-fn own_copy(t: &Tensor<1>) -> Tensor<1> {
-    t.clone() * 1.0
 }
 
 impl CriticGraph {
@@ -184,21 +285,10 @@ impl CriticGraph {
     /// reset to it.
     pub fn capture(
         consts: LoopConsts,
-        templates: Templates,
+        templates: LoopTemplates,
         inputs: LoopInputs,
         device: &Device,
     ) -> Result<Self> {
-        let (den, den_layout) = &templates.denoiser;
-        anyhow::ensure!(
-            den_layout.matches(den) && den_layout.len() == inputs.denoiser.dims()[0],
-            "critic graph: the denoiser's parameters are not in its optimizer's layout"
-        );
-        if let (Some((edit, layout)), Some(flat)) = (&templates.edit, &inputs.edit) {
-            anyhow::ensure!(
-                layout.matches(edit) && layout.len() == flat.dims()[0],
-                "critic graph: the edit policy's parameters are not in its optimizer's layout"
-            );
-        }
         let current: Vec<Tensor<1>> = templates
             .opt
             .buffers()
@@ -210,15 +300,12 @@ impl CriticGraph {
             .collect::<Result<_>>()?;
         let state: [Cell<1>; 4] = std::array::from_fn(|i| cell(own_copy(&current[i])));
         let c = inputs.critic;
-        let cells = InputCells {
+        let cells = LoopCells {
             obs_act: cell(c.obs_act),
             rew: cell(c.rew),
             next_obs: cell(c.next_obs),
             mask: cell(c.mask),
-            chain_noise: inputs.noise.chain.into_iter().map(cell).collect(),
-            edit_noise: inputs.noise.edit.map(cell),
-            denoiser: cell(own_copy(&inputs.denoiser)),
-            edit: inputs.edit.as_ref().map(|e| cell(own_copy(e))),
+            policy: PolicyCells::new(&templates.policy, inputs.policy)?,
             ids: cell(inputs.ids),
             factors: cell(inputs.factors),
             eps: cell(inputs.eps),
@@ -277,27 +364,7 @@ impl CriticGraph {
         overwrite(&cells.rew, c.rew, recorded, "rewards")?;
         overwrite(&cells.next_obs, c.next_obs, recorded, "next observations")?;
         overwrite(&cells.mask, c.mask, recorded, "masks")?;
-        anyhow::ensure!(
-            cells.chain_noise.len() == inputs.noise.chain.len(),
-            "critic graph: {} chain draws, {} recorded",
-            inputs.noise.chain.len(),
-            cells.chain_noise.len()
-        );
-        for (cell, draw) in cells.chain_noise.iter().zip(inputs.noise.chain) {
-            overwrite(cell, draw, recorded, "chain noise")?;
-        }
-        if let (Some(cell), Some(draw)) = (&cells.edit_noise, inputs.noise.edit) {
-            overwrite(cell, draw, recorded, "edit noise")?;
-        }
-        overwrite(
-            &cells.denoiser,
-            inputs.denoiser,
-            recorded,
-            "denoiser parameters",
-        )?;
-        if let (Some(cell), Some(flat)) = (&cells.edit, inputs.edit) {
-            overwrite(cell, flat, recorded, "edit policy parameters")?;
-        }
+        cells.policy.write(inputs.policy, recorded)?;
         overwrite(&cells.ids, inputs.ids, recorded, "critic subsets")?;
         overwrite(&cells.factors, inputs.factors, recorded, "bias corrections")?;
         overwrite(&cells.eps, inputs.eps, recorded, "bias corrections")?;
@@ -314,9 +381,9 @@ impl CriticGraph {
 /// operations as the direct loop of [`Agent::update_critic`] (the same functions).
 fn run_loop(
     c: &LoopConsts,
-    cells: &InputCells,
+    cells: &LoopCells,
     state: &[Cell<1>; 4],
-    templates: &Templates,
+    templates: &LoopTemplates,
     device: &Device,
 ) -> LoopOutput {
     let (b, od, ad) = (c.batch, c.obs_dim, c.act_dim);
@@ -327,30 +394,8 @@ fn run_loop(
         cells.mask.borrow().clone(),
     );
     // Next-action candidates of every slice, from this step's denoiser and edit policy.
-    let (den, den_layout) = &templates.denoiser;
-    let den = den_layout.assign(den.clone(), &cells.denoiser.borrow().clone());
-    let edit = templates
-        .edit
-        .as_ref()
-        .zip(cells.edit.as_ref())
-        .map(|((e, layout), flat)| layout.assign(e.clone(), &flat.borrow().clone()));
-    let noise = CandidateNoise {
-        chain: cells
-            .chain_noise
-            .iter()
-            .map(|n| n.borrow().clone())
-            .collect(),
-        edit: cells.edit_noise.as_ref().map(|n| n.borrow().clone()),
-    };
-    let (base, edited) = candidates_from(
-        &den,
-        edit.as_ref().map(|e| (e, c.edit_scale)),
-        &c.schedule,
-        next_obs.clone(),
-        templates.times.clone(),
-        &c.params,
-        noise,
-    );
+    let policy = &templates.policy;
+    let (base, edited) = cells.policy.candidates(policy, next_obs.clone());
     // The critic loop.
     let [p, m1, m2, t] = state.each_ref().map(|s| s.borrow().clone());
     let opt = &templates.opt;
@@ -360,19 +405,19 @@ fn run_loop(
     let mut opt = NetOptimizer::Fused(Box::new(opt.with_buffers([p, m1, m2, t])));
     let ids = cells.ids.borrow().clone();
     let (factors, eps) = (cells.factors.borrow().clone(), cells.eps.borrow().clone());
-    let k = c.params.critic_subset;
+    let k = policy.params.critic_subset;
     let zero = || Tensor::<1>::zeros([1], device);
     let (mut loss_sum, mut q_sum, mut target_sum) = (zero(), zero(), zero());
     for i in 0..c.utd {
         let r = i * b..(i + 1) * b;
         let at = i * ALIGN;
-        let q_next = hoisted_next_value(
+        let (_, q_next) = select_given(
             &target,
             next_obs.clone().slice([r.clone(), 0..od]),
             slice_candidates(&base, &edited, r.clone()),
             ids.clone().slice(at..at + k),
-            &c.params,
-            &c.schedule,
+            &policy.params,
+            &policy.schedule,
         );
         let rew_i = rew.clone().slice([r.clone(), 0..1]);
         let mask_i = mask.clone().slice([r.clone(), 0..1]);
@@ -406,5 +451,107 @@ fn run_loop(
         critic,
         target,
         opt: *opt,
+    }
+}
+
+/// One action's inputs: the observations `[K, O]` (normalized), the candidates' draws
+/// and the EMA denoiser's and edit policy's parameters, the target critics' parameters
+/// (flat, in the target template's layout) and the scoring subset's member indices.
+pub(super) struct ActInputs {
+    pub obs: Tensor<2>,
+    pub policy: PolicyInputs,
+    pub target: Tensor<1>,
+    pub ids: Tensor<1, Int>,
+}
+
+/// Acting (EXPO's on-the-fly selection for `K` observations), recorded.
+pub(super) struct ActGraph {
+    obs: Cell<2>,
+    policy: PolicyCells,
+    target: Cell<1>,
+    ids: Cell<1, Int>,
+    graph: burn::tensor::Graph<Tensor<2>, Box<dyn FnMut() -> Tensor<2>>>,
+}
+
+impl ActGraph {
+    /// Records acting with the networks of `policy` and the target critics `target`
+    /// (module and the layout of its flat parameters), with `inputs` as the first
+    /// action's. Changes no network.
+    pub fn capture(
+        policy: PolicyTemplates,
+        target: (CriticEnsemble, FlatLayout),
+        inputs: ActInputs,
+        device: &Device,
+    ) -> Result<Self> {
+        anyhow::ensure!(
+            target.1.matches(&target.0) && target.1.len() == inputs.target.dims()[0],
+            "act graph: the target critics' parameters are not in their optimizer's layout"
+        );
+        let (obs, target_cell) = (cell(inputs.obs), cell(own_copy(&inputs.target)));
+        let cells = PolicyCells::new(&policy, inputs.policy)?;
+        let ids = cell(inputs.ids);
+        let closure = {
+            let (obs, cells, target_cell, ids) =
+                (obs.clone(), cells.clone(), target_cell.clone(), ids.clone());
+            move || {
+                let obs = obs.borrow().clone();
+                let candidates = cells.candidates(&policy, obs.clone());
+                let (critics, layout) = &target;
+                let critics = layout.assign(critics.clone(), &target_cell.borrow().clone());
+                let ids = ids.borrow().clone();
+                select_given(
+                    &critics,
+                    obs,
+                    candidates,
+                    ids,
+                    &policy.params,
+                    &policy.schedule,
+                )
+                .0
+            }
+        };
+        let graph =
+            burn::tensor::capture(device, Box::new(closure) as Box<dyn FnMut() -> Tensor<2>>);
+        Ok(ActGraph {
+            obs,
+            policy: cells,
+            target: target_cell,
+            ids,
+            graph,
+        })
+    }
+
+    /// Whether the backend recorded a device graph (else each run re-runs the closure).
+    pub fn is_recorded(&self) -> bool {
+        self.graph.is_hardware()
+    }
+
+    /// Observations per action (the recorded `K`).
+    pub fn rows(&self) -> usize {
+        self.obs.borrow().dims()[0]
+    }
+
+    /// The actions `[K, A]` for the inputs it holds (those of `capture` or the last
+    /// `run`).
+    pub fn replay(&mut self) -> Tensor<2> {
+        // Safety: as for `CriticGraph::replay`: the closure owns a handle to every cell
+        // and template it reads, the graph owns the closure, and the cells are written
+        // only in `run`, between replays, on this thread's device stream.
+        unsafe { self.graph.replay() }.clone()
+    }
+
+    /// The actions `[K, A]` for `inputs`.
+    pub fn run(&mut self, inputs: ActInputs) -> Result<Tensor<2>> {
+        let recorded = self.graph.is_hardware();
+        overwrite(&self.obs, inputs.obs, recorded, "observations")?;
+        self.policy.write(inputs.policy, recorded)?;
+        overwrite(
+            &self.target,
+            inputs.target,
+            recorded,
+            "target critic parameters",
+        )?;
+        overwrite(&self.ids, inputs.ids, recorded, "critic subset")?;
+        Ok(self.replay())
     }
 }
