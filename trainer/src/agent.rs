@@ -49,13 +49,13 @@ use std::collections::HashMap;
 
 use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl};
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, member_ids, tensor2};
-use crate::optim::{FusedAdam, Packing};
+use crate::optim::{FusedAdam, Packing, StepScalars};
 
 mod graph;
 use crate::replay::{Batch, Normalizer};
 use graph::{
-    ActGraph, ActInputs, CriticGraph, LoopConsts, LoopInputs, LoopTemplates, PolicyInputs,
-    PolicyTemplates,
+    ActGraph, ActInputs, CriticGraph, EditInputs, EditTemplates, LoopConsts, LoopInputs,
+    LoopTemplates, PolicyInputs, PolicyTemplates, UpdateGraph, UpdateInputs, UpdateTemplates,
 };
 
 /// Losses and diagnostics of one environment step's updates (means over the step).
@@ -325,24 +325,21 @@ impl NetOptimizer {
         self.step_with(lr, module, grads, None)
     }
 
-    /// [`NetOptimizer::step`] with the fused optimizer's bias corrections read from the
-    /// device ([`FusedAdam::step_with`]; only the fused optimizer takes them).
+    /// [`NetOptimizer::step`] with the fused optimizer's scalars read from the device
+    /// ([`FusedAdam::step_with`]; only the fused optimizer takes them).
     fn step_with<M: AutodiffModule>(
         &mut self,
         lr: f64,
         module: M,
         grads: GradientsParams,
-        corrections: Option<&(Tensor<1>, Tensor<1>)>,
+        scalars: Option<&StepScalars>,
     ) -> M {
         match self {
             NetOptimizer::PerParameter(o) => {
-                assert!(
-                    corrections.is_none(),
-                    "device bias corrections need the fused optimizer"
-                );
+                assert!(scalars.is_none(), "device scalars need the fused optimizer");
                 o.step(lr, module, grads)
             }
-            NetOptimizer::Fused(o) => o.step_with(lr, module, grads, corrections),
+            NetOptimizer::Fused(o) => o.step_with(lr, module, grads, scalars),
         }
     }
 
@@ -440,6 +437,8 @@ pub struct Agent {
     /// Acting recorded as device graphs (`compute.graph`), one per number of
     /// observations acted on at once.
     act_graphs: Vec<ActGraph>,
+    /// The denoiser's and the edit policy's updates recorded as a device graph.
+    update_graph: Option<UpdateGraph>,
 }
 
 /// With `EXPO_KERNEL_MARKS=FILE` in the environment, every stage boundary launches one
@@ -591,11 +590,13 @@ impl Agent {
             kernel_marks,
             critic_graph: None,
             act_graphs: vec![],
+            update_graph: None,
             config,
         }
     }
 
-    /// The graphs in use (`compute.graph`), by what they run (`"critic loop"`, `"act"`),
+    /// The graphs in use (`compute.graph`), by what they run (`"critic loop"`,
+    /// `"updates"`, `"act"`),
     /// each with whether the backend recorded a device graph (`false`: each run re-runs
     /// the closure).
     pub fn graphs(&self) -> Vec<(&'static str, bool)> {
@@ -603,8 +604,12 @@ impl Agent {
             .critic_graph
             .iter()
             .map(|g| ("critic loop", g.is_recorded()));
+        let updates = self
+            .update_graph
+            .iter()
+            .map(|g| ("updates", g.is_recorded()));
         let act = self.act_graphs.iter().map(|g| ("act", g.is_recorded()));
-        critic.chain(act).collect()
+        critic.chain(updates).chain(act).collect()
     }
 
     /// The online denoiser (trained; makes the TD targets' candidates).
@@ -818,6 +823,11 @@ impl Agent {
         let last = (utd - 1) * b..rows;
         let obs_last = obs.slice([last.clone(), 0..od]);
         let act_last = act.slice([last, 0..ad]);
+        if self.update_graph_ready() {
+            self.update_policies_graph(obs_last, act_last, &mut pending)?;
+            pending.read(&mut m);
+            return Ok(m);
+        }
         if self.config.algo != Algo::Rlpd {
             self.mark("denoiser");
             let loss = self.update_denoiser(obs_last.clone(), act_last.clone());
@@ -835,6 +845,113 @@ impl Agent {
         self.stage_sync();
         self.times.policy += clock.elapsed().as_secs_f64();
         Ok(m)
+    }
+
+    /// Whether the denoiser's and the edit policy's updates can run as a recorded graph
+    /// (`compute.graph`, edits of the buffer's actions): their fused optimizers and the
+    /// critic's have taken a step.
+    fn update_graph_ready(&self) -> bool {
+        let expo = self.config.algo == Algo::Expo;
+        let buffers = |o: &NetOptimizer, n: usize| matches!(o, NetOptimizer::Fused(o) if o.buffers()[..n].iter().all(Option::is_some));
+        self.config.compute.graph
+            && matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect)
+            && (!expo || self.config.expo.edit_base == EditBase::Buffer)
+            && buffers(&self.opt_denoiser, 4)
+            && (!expo || (buffers(&self.opt_policy, 3) && buffers(&self.opt_critic, 1)))
+    }
+
+    /// The denoiser's and (EXPO) the edit policy's updates as a recorded graph, then the
+    /// temperature's directly: the same draws in the same order as the direct path.
+    fn update_policies_graph(
+        &mut self,
+        obs: Tensor<2>,
+        act: Tensor<2>,
+        pending: &mut PendingMetrics,
+    ) -> Result<()> {
+        let clock = std::time::Instant::now();
+        self.mark("denoiser");
+        let (b, ad) = (obs.dims()[0], self.act_dim);
+        let plain = self.plain.clone();
+        let draws = self.denoiser_draws(b, &plain);
+        let expo = self.config.algo == Algo::Expo;
+        let device_normals = self.device_normals();
+        let edit_noise = expo.then(|| {
+            Stream {
+                rng: &mut self.train_rng,
+                device_normals,
+            }
+            .normal(b, ad, &plain)
+        });
+        let fused = |o: &NetOptimizer| match o {
+            NetOptimizer::Fused(o) => (**o).clone(),
+            NetOptimizer::PerParameter(_) => unreachable!("checked by update_graph_ready"),
+        };
+        let den_opt = fused(&self.opt_denoiser);
+        let den_time = den_opt.time() + 1;
+        let den_values = den_opt.step_values(den_time, self.denoiser_lr());
+        let policy_opt = expo.then(|| fused(&self.opt_policy));
+        let edit_time = policy_opt.as_ref().map_or(0, |o| o.time() + 1);
+        let edit = edit_noise.map(|noise| {
+            let opt = policy_opt.as_ref().unwrap();
+            let values = opt.step_values(edit_time, self.config.optim.edit_lr);
+            EditInputs {
+                noise,
+                alpha: self.temperature.as_ref().unwrap().alpha().detach().inner(),
+                critic: flat_params(&self.opt_critic).expect("checked").0.clone(),
+                scalars: graph::spaced(&values[..2], &plain),
+            }
+        });
+        let inputs = UpdateInputs {
+            obs: obs.inner(),
+            act: act.inner(),
+            draws,
+            denoiser_scalars: graph::spaced(&den_values, &plain),
+            edit,
+        };
+        let out = match &mut self.update_graph {
+            Some(g) => g.run(inputs)?,
+            None => {
+                let templates = UpdateTemplates {
+                    denoiser: self.denoiser.clone(),
+                    ema: self.denoiser_ema.clone(),
+                    denoiser_opt: den_opt,
+                    ema_rate: self.config.diffusion.ema_rate,
+                    edit: policy_opt.map(|opt| EditTemplates {
+                        edit: self.edit.clone().unwrap(),
+                        opt,
+                        critic: (
+                            self.critic.clone().unwrap(),
+                            flat_params(&self.opt_critic).expect("checked").1.clone(),
+                        ),
+                        edit_scale: self.config.expo.edit_scale,
+                        lr: self.config.optim.edit_lr,
+                    }),
+                };
+                let g = UpdateGraph::capture(templates, inputs, &plain)?;
+                self.update_graph.insert(g).replay()
+            }
+        };
+        self.denoiser = out.denoiser;
+        self.denoiser_ema = out.ema;
+        let mut den_opt = out.denoiser_opt;
+        den_opt.set_time(den_time);
+        self.opt_denoiser = NetOptimizer::Fused(Box::new(den_opt));
+        self.denoiser_updates += 1;
+        pending.push(|m| &mut m.denoiser_loss, out.denoiser_loss);
+        self.stage_sync();
+        self.times.denoiser += clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
+        if let Some((edit, mut opt, logp, q)) = out.edit {
+            self.mark("edit");
+            opt.set_time(edit_time);
+            self.edit = Some(edit);
+            self.opt_policy = NetOptimizer::Fused(Box::new(opt));
+            pending.push(|m| &mut m.policy_q, q);
+            self.update_temperature(logp, pending);
+        }
+        self.stage_sync();
+        self.times.policy += clock.elapsed().as_secs_f64();
+        Ok(())
     }
 
     /// Base-policy (denoiser) update only, on the last slice of `batch`: offline
@@ -861,6 +978,7 @@ impl Agent {
         // The recordings hold the networks' state as it was; record again from the loaded.
         self.critic_graph = None;
         self.act_graphs.clear();
+        self.update_graph = None;
         let device = self.plain.clone();
         self.opt_denoiser
             .load(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
@@ -1211,8 +1329,24 @@ impl Agent {
     /// DDPM ε-prediction loss on `(obs, act)`; AdamW step; EMA update. Returns the loss
     /// (plain device, not read back).
     fn update_denoiser(&mut self, obs: Tensor<2>, act: Tensor<2>) -> Tensor<1> {
-        let b = obs.dims()[0];
-        let ad = self.act_dim;
+        let draws = self.denoiser_draws(obs.dims()[0], &self.device.clone());
+        let lr = self.denoiser_lr();
+        let (den, ema, loss) = denoiser_step(
+            (self.denoiser.clone(), self.denoiser_ema.clone()),
+            &mut self.opt_denoiser,
+            obs,
+            act,
+            draws,
+            (lr, None),
+            self.config.diffusion.ema_rate,
+        );
+        self.denoiser_updates += 1;
+        (self.denoiser, self.denoiser_ema) = (den, ema);
+        loss
+    }
+
+    /// The denoiser loss's draws for `b` rows on `device`: diffusion time steps, then ε.
+    fn denoiser_draws(&mut self, b: usize, device: &Device) -> DenoiserDraws {
         let steps = self.schedule.steps();
         let ts: Vec<usize> = (0..b)
             .map(|_| (self.train_rng.next_u64() % steps as u64) as usize)
@@ -1223,25 +1357,13 @@ impl Agent {
             rng: &mut self.train_rng,
             device_normals,
         }
-        .normal(b, ad, &self.device);
-        let sa = tensor2(sa, b, 1, &self.device);
-        let sb = tensor2(sb, b, 1, &self.device);
-        let noisy = act * sa + eps.clone() * sb;
-        let t = tensor2(ts.iter().map(|&t| t as f32).collect(), b, 1, &self.device);
-        // Modules are handles to shared tensors: the clone is cheap and replaced below.
-        let den = self.denoiser.clone();
-        let loss = (den.forward(noisy, obs, t) - eps).square().mean();
-        let value = loss.clone().detach().no_grad();
-        let grads = GradientsParams::from_grads(loss.backward(), &den);
-        let lr = self.denoiser_lr();
-        let den = self.opt_denoiser.step(lr, den, grads);
-        self.denoiser_updates += 1;
-        let ema = std::mem::replace(&mut self.denoiser_ema, den.valid());
-        self.denoiser_ema = self
-            .opt_denoiser
-            .blend(ema, &den, self.config.diffusion.ema_rate);
-        self.denoiser = den;
-        value
+        .normal(b, self.act_dim, device);
+        DenoiserDraws {
+            sa: tensor2(sa, b, 1, device),
+            sb: tensor2(sb, b, 1, device),
+            t: tensor2(ts.iter().map(|&t| t as f32).collect(), b, 1, device),
+            eps,
+        }
     }
 
     /// Edit policy: minimise `α log π − mean_e Q_e(s, a_base + β a)`, then the temperature.
@@ -1267,22 +1389,23 @@ impl Agent {
             )),
         };
         let noise = stream.normal(b, ad, &self.device);
-        let edit = self.edit.take().unwrap();
-        let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);
-        let logp = edited_log_prob(logp, ad, self.config.expo.edit_scale);
-        let edited = base + a * self.config.expo.edit_scale;
-        let q = self
-            .critic
-            .as_ref()
-            .unwrap()
-            .forward(Tensor::cat(vec![obs, edited], 1))
-            .mean_dim(0); // [1, b]
         let alpha = self.temperature.as_ref().unwrap().alpha().detach();
-        let loss = (logp.clone().reshape([1, b]) * alpha.reshape([1, 1]) - q.clone()).mean();
-        pending.push(|m| &mut m.policy_q, q.detach().mean());
-        let grads = GradientsParams::from_grads(loss.backward(), &edit);
-        self.edit = Some(self.opt_policy.step(self.config.optim.edit_lr, edit, grads));
-        self.update_temperature(logp.detach(), pending);
+        let (edit, logp, q) = edit_step(
+            self.edit.take().unwrap(),
+            self.critic.as_ref().unwrap(),
+            &mut self.opt_policy,
+            EditBatch {
+                obs,
+                base,
+                noise,
+                alpha,
+            },
+            self.config.expo.edit_scale,
+            (self.config.optim.edit_lr, None),
+        );
+        self.edit = Some(edit);
+        pending.push(|m| &mut m.policy_q, q);
+        self.update_temperature(logp, pending);
     }
 
     /// RLPD actor: minimise `α log π − mean_e Q_e(s, a)`, then the temperature.
@@ -1327,6 +1450,77 @@ impl Agent {
         pending.push(|m| &mut m.temperature, temp.alpha().detach());
         self.temperature = Some(temp);
     }
+}
+
+/// The denoiser loss's draws for `b` rows: the noising coefficients `√ᾱ_t`, `√(1−ᾱ_t)`
+/// and the step `t` of each row's diffusion time step (`[b, 1]` each), and ε `[b, A]`.
+struct DenoiserDraws {
+    sa: Tensor<2>,
+    sb: Tensor<2>,
+    t: Tensor<2>,
+    eps: Tensor<2>,
+}
+
+/// One denoiser step on `(obs, act)` (autodiff device): the DDPM ε-prediction loss with
+/// `draws`, the optimizer step with learning rate `lr` (or the device's `scalars`), then
+/// the EMA update of `ema` at `ema_rate`. Returns the stepped denoiser, the new EMA copy
+/// and the loss (plain, detached).
+fn denoiser_step(
+    (den, ema): (Denoiser, Denoiser),
+    opt: &mut NetOptimizer,
+    obs: Tensor<2>,
+    act: Tensor<2>,
+    draws: DenoiserDraws,
+    (lr, scalars): (f64, Option<&StepScalars>),
+    ema_rate: f32,
+) -> (Denoiser, Denoiser, Tensor<1>) {
+    let DenoiserDraws { sa, sb, t, eps } = draws;
+    let noisy = act * sa + eps.clone() * sb;
+    let loss = (den.forward(noisy, obs, t) - eps).square().mean();
+    let value = loss.clone().detach().no_grad();
+    let grads = GradientsParams::from_grads(loss.backward(), &den);
+    let den = opt.step_with(lr, den, grads, scalars);
+    let ema = opt.blend(ema, &den, ema_rate);
+    (den, ema, value)
+}
+
+/// The edit policy loss's inputs (autodiff device): observations `[b, O]`, base actions
+/// `[b, A]`, the policy's noise `[b, A]` and the temperature α `[1]` (detached).
+struct EditBatch {
+    obs: Tensor<2>,
+    base: Tensor<2>,
+    noise: Tensor<2>,
+    alpha: Tensor<1>,
+}
+
+/// One edit-policy step: minimise `α log π − mean_e Q_e(s, a_base + β a)` over the edit
+/// policy only, with learning rate `lr` (or the device's `scalars`). Returns the stepped
+/// policy, `log π` of the edited actions `[b, 1]` (detached) and the mean Q (plain).
+fn edit_step(
+    edit: GaussianPolicy,
+    critic: &CriticEnsemble,
+    opt: &mut NetOptimizer,
+    EditBatch {
+        obs,
+        base,
+        noise,
+        alpha,
+    }: EditBatch,
+    edit_scale: f32,
+    (lr, scalars): (f64, Option<&StepScalars>),
+) -> (GaussianPolicy, Tensor<2>, Tensor<1>) {
+    let [b, ad] = base.dims();
+    let (a, logp) = edit.sample(Tensor::cat(vec![obs.clone(), base.clone()], 1), noise);
+    let logp = edited_log_prob(logp, ad, edit_scale);
+    let edited = base + a * edit_scale;
+    let q = critic
+        .forward(Tensor::cat(vec![obs, edited], 1))
+        .mean_dim(0); // [1, b]
+    let loss = (logp.clone().reshape([1, b]) * alpha.reshape([1, 1]) - q.clone()).mean();
+    let q_mean = q.detach().mean().no_grad();
+    let grads = GradientsParams::from_grads(loss.backward(), &edit);
+    let edit = opt.step_with(lr, edit, grads, scalars);
+    (edit, logp.detach(), q_mean)
 }
 
 /// Next-action candidates for the TD targets of every row of `next_obs` (`[R, O]`,
@@ -1457,11 +1651,11 @@ fn critic_slice_step(
     x: Tensor<2>,
     y: Tensor<2>,
     (lr, tau): (f64, f32),
-    corrections: Option<&(Tensor<1>, Tensor<1>)>,
+    scalars: Option<&StepScalars>,
     mark: &mut dyn FnMut(&'static str),
 ) -> (CriticEnsemble, CriticEnsemble, Tensor<2>, Tensor<1>) {
     let (q, loss, grads) = critic.td_loss_and_grads(x, y);
-    let critic = opt.step_with(lr, critic, grads, corrections);
+    let critic = opt.step_with(lr, critic, grads, scalars);
     mark("target critics");
     let target = opt.blend(target, &critic, tau);
     (critic, target, q, loss)

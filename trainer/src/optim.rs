@@ -252,6 +252,19 @@ impl FlatLayout {
     }
 }
 
+/// One step's scalars on the device (`[1]` each). A captured graph replays the scalars
+/// it recorded unchanged, so values that change from step to step must be read from
+/// tensors; [`FusedAdam::step_values`] gives their host values.
+#[derive(Clone)]
+pub struct StepScalars {
+    /// [`FusedAdam::corrections`] at the step's time.
+    pub factor: Tensor<1>,
+    pub eps: Tensor<1>,
+    /// The learning rate and the weight-decay factor `1 − lr·λ` (`None`: the `lr`
+    /// passed to the step, a constant).
+    pub lr: Option<(Tensor<1>, Tensor<1>)>,
+}
+
 /// Adam (`weight_decay = 0`) or AdamW (decoupled weight decay) over a network's flat
 /// buffer, with burn's defaults β₁ 0.9, β₂ 0.999 and the given ε.
 #[derive(Clone)]
@@ -357,9 +370,13 @@ impl FusedAdam {
     }
 
     /// The same optimizer over other buffers of the same layout (parameters, moments,
-    /// target; a captured graph reads its state from buffers of its own). Needs a step
-    /// taken before.
-    pub fn with_buffers(&self, [params, m1, m2, target]: [Tensor<1>; 4]) -> Self {
+    /// and the target when it keeps one; a captured graph reads its state from buffers
+    /// of its own). Needs a step taken before.
+    pub fn with_buffers(
+        &self,
+        [params, m1, m2]: [Tensor<1>; 3],
+        target: Option<Tensor<1>>,
+    ) -> Self {
         let (layout, _) = self.last.as_ref().expect("a step taken before");
         let state = self.state.as_ref().expect("a step taken before");
         FusedAdam {
@@ -370,21 +387,28 @@ impl FusedAdam {
                 moment_2: m2,
             }),
             last: Some((layout.clone(), params)),
-            target: Some(target),
+            target,
             ..self.clone()
         }
     }
 
-    /// [`FusedAdam::step`], with this step's [`FusedAdam::corrections`] read from the
-    /// device (`[1]` each) when `corrections` is given: a captured graph replays the
-    /// scalars it recorded, so values that change from step to step must be tensors.
-    /// The same f32 arithmetic either way.
+    /// The host values of [`StepScalars`] for the step at `time` with learning rate
+    /// `lr`: `[factor, ε term, lr, 1 − lr·λ]`, as f32 exactly as the host path rounds
+    /// them.
+    pub fn step_values(&self, time: usize, lr: f64) -> [f32; 4] {
+        let (factor, eps) = self.corrections(time);
+        let keep = 1.0 - lr * self.weight_decay as f64;
+        [factor, eps, lr as f32, keep as f32]
+    }
+
+    /// [`FusedAdam::step`], with this step's scalars read from the device when
+    /// `scalars` is given. The same f32 arithmetic either way.
     pub fn step_with<M: AutodiffModule>(
         &mut self,
         lr: f64,
         module: M,
         mut grads: GradientsParams,
-        corrections: Option<&(Tensor<1>, Tensor<1>)>,
+        scalars: Option<&StepScalars>,
     ) -> M {
         let (layout, params) = match self.last.take() {
             Some((layout, flat)) if layout.matches(&module) => (layout, Some(flat)),
@@ -411,10 +435,10 @@ impl FusedAdam {
                 moment_2: grad.square() * (1.0 - b2),
             },
         };
-        let delta = match corrections {
-            Some((factor, eps)) => {
-                (state.moment_1.clone() * factor.clone())
-                    / (state.moment_2.clone().sqrt() + eps.clone())
+        let delta = match scalars {
+            Some(s) => {
+                (state.moment_1.clone() * s.factor.clone())
+                    / (state.moment_2.clone().sqrt() + s.eps.clone())
             }
             None => {
                 let (factor, eps) = self.corrections(state.time);
@@ -423,13 +447,25 @@ impl FusedAdam {
         };
         let params = params.unwrap_or_else(|| layout.params(&module));
         // AdamW: p·(1 − lr·λ) − lr·Δ; Adam: p − lr·Δ.
-        let decay = lr * self.weight_decay as f64;
-        let params = if decay == 0.0 {
-            params
-        } else {
-            params * (1.0 - decay)
+        let params = match scalars.and_then(|s| s.lr.as_ref()) {
+            Some((lr, keep)) => {
+                let params = if self.weight_decay == 0.0 {
+                    params
+                } else {
+                    params * keep.clone()
+                };
+                params - delta * lr.clone()
+            }
+            None => {
+                let decay = lr * self.weight_decay as f64;
+                let params = if decay == 0.0 {
+                    params
+                } else {
+                    params * (1.0 - decay)
+                };
+                params - delta * lr
+            }
         };
-        let params = params - delta * lr;
         self.state = Some(state);
         let module = layout.assign(module, &params);
         self.last = Some((layout, params));

@@ -207,10 +207,10 @@ fn one_update_on_the_gpu_matches_the_cpu() {
     );
 }
 
-/// `compute.graph`: the critic loop and acting recorded once and replayed, their inputs
-/// written into the recorded buffers each step, give exactly the direct path's results,
-/// step after step: the actions, every network's parameters, the metrics and the critic
-/// optimizer's saved state. The rewards and the observation acted on change between
+/// `compute.graph`: the critic loop, the denoiser's and edit policy's updates and acting
+/// recorded once and replayed, their inputs written into the recorded buffers each step,
+/// give exactly the direct path's results, step after step: the actions, every network's
+/// parameters, the metrics and the optimizers' saved states. The rewards and the observation acted on change between
 /// steps, so a replay that read stale inputs would differ.
 fn graph_matches_direct(device: &str, expect_recorded: bool) {
     let make = |graph: bool| {
@@ -239,7 +239,11 @@ fn graph_matches_direct(device: &str, expect_recorded: bool) {
     // optimizers' buffers, which exist after a step).
     assert_eq!(
         graphed.graphs(),
-        [("critic loop", expect_recorded), ("act", expect_recorded)]
+        [
+            ("critic loop", expect_recorded),
+            ("updates", expect_recorded),
+            ("act", expect_recorded)
+        ]
     );
     let (pd, pg) = (all_params(&direct), all_params(&graphed));
     let differing = pd.iter().zip(&pg).filter(|(a, b)| a != b).count();
@@ -250,8 +254,10 @@ fn graph_matches_direct(device: &str, expect_recorded: bool) {
         std::fs::create_dir_all(dir).unwrap();
         agent.save(dir).unwrap();
     }
-    let adam = |d: &std::path::Path| std::fs::read(d.join("opt_critic.adam")).unwrap();
-    assert!(adam(&dd) == adam(&dg), "critic optimizer state differs");
+    for opt in ["opt_critic", "opt_denoiser", "opt_policy"] {
+        let adam = |d: &std::path::Path| std::fs::read(d.join(format!("{opt}.adam"))).unwrap();
+        assert!(adam(&dd) == adam(&dg), "{opt}: optimizer state differs");
+    }
 }
 
 #[test]

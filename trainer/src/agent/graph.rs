@@ -37,7 +37,7 @@
 //! the same code, so the CPU tests check everything but the recording.
 
 use super::*;
-use crate::optim::{ALIGN, FlatLayout, FusedAdam};
+use crate::optim::{ALIGN, FlatLayout, FusedAdam, StepScalars};
 use burn::tensor::kind::Basic;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -402,7 +402,7 @@ fn run_loop(
     let layout = opt.layout().expect("a step taken before").clone();
     let mut critic = layout.assign(templates.critic.clone(), &p);
     let mut target = layout.assign(templates.target.clone(), &t);
-    let mut opt = NetOptimizer::Fused(Box::new(opt.with_buffers([p, m1, m2, t])));
+    let mut opt = NetOptimizer::Fused(Box::new(opt.with_buffers([p, m1, m2], Some(t))));
     let ids = cells.ids.borrow().clone();
     let (factors, eps) = (cells.factors.borrow().clone(), cells.eps.borrow().clone());
     let k = policy.params.critic_subset;
@@ -424,17 +424,18 @@ fn run_loop(
         let y = rew_i + mask_i * q_next * c.gamma;
         target_sum = target_sum + y.clone().mean();
         let x = obs_act.clone().slice([r, 0..od + ad]);
-        let corrections = (
-            factors.clone().slice(at..at + 1),
-            eps.clone().slice(at..at + 1),
-        );
+        let scalars = StepScalars {
+            factor: factors.clone().slice(at..at + 1),
+            eps: eps.clone().slice(at..at + 1),
+            lr: None,
+        };
         let (stepped, blended, q, loss) = critic_slice_step(
             (critic, target),
             &mut opt,
             x,
             y.reshape([1, b]),
             c.rates,
-            Some(&corrections),
+            Some(&scalars),
             &mut |_| {},
         );
         (critic, target) = (stepped, blended);
@@ -553,5 +554,327 @@ impl ActGraph {
         )?;
         overwrite(&self.ids, inputs.ids, recorded, "critic subset")?;
         Ok(self.replay())
+    }
+}
+
+/// One step's inputs of the denoiser's and the edit policy's updates (plain device):
+/// the last slice's observations and actions, the denoiser loss's draws, and the
+/// denoiser optimizer's step values at `ALIGN` spacing (`[factor, ε term, lr, 1 − lr·λ]`,
+/// [`FusedAdam::step_values`]).
+pub(super) struct UpdateInputs {
+    pub obs: Tensor<2>,
+    pub act: Tensor<2>,
+    pub draws: DenoiserDraws,
+    pub denoiser_scalars: Tensor<1>,
+    pub edit: Option<EditInputs>,
+}
+
+/// The edit update's inputs: its noise, α `[1]`, the online critics' parameters (flat)
+/// and the policy optimizer's step values (`[factor, ε term]` at `ALIGN` spacing).
+pub(super) struct EditInputs {
+    pub noise: Tensor<2>,
+    pub alpha: Tensor<1>,
+    pub critic: Tensor<1>,
+    pub scalars: Tensor<1>,
+}
+
+/// Step values `values` at `ALIGN` spacing, uploaded.
+pub(super) fn spaced(values: &[f32], device: &Device) -> Tensor<1> {
+    let mut v = vec![0f32; values.len() * ALIGN];
+    for (i, x) in values.iter().enumerate() {
+        v[i * ALIGN] = *x;
+    }
+    Tensor::from_data(TensorData::new(v, [values.len() * ALIGN]), device)
+}
+
+/// The updated networks as the graph takes them: the denoiser (autodiff) with its EMA
+/// copy and optimizer (`ema_rate`), and with edits the edit policy (autodiff), its
+/// optimizer, the online critics (autodiff) with their layout, β and the learning rate.
+pub(super) struct UpdateTemplates {
+    pub denoiser: Denoiser,
+    pub ema: Denoiser,
+    pub denoiser_opt: FusedAdam,
+    pub ema_rate: f32,
+    pub edit: Option<EditTemplates>,
+}
+
+pub(super) struct EditTemplates {
+    pub edit: GaussianPolicy,
+    pub opt: FusedAdam,
+    pub critic: (CriticEnsemble, FlatLayout),
+    pub edit_scale: f32,
+    pub lr: f64,
+}
+
+/// What one run of the updates leaves.
+#[derive(Clone)]
+pub(super) struct UpdateOutput {
+    pub denoiser_loss: Tensor<1>,
+    pub denoiser: Denoiser,
+    pub ema: Denoiser,
+    pub denoiser_opt: FusedAdam,
+    /// The edit policy, its optimizer, `log π` `[b, 1]` and the mean Q.
+    pub edit: Option<(GaussianPolicy, FusedAdam, Tensor<2>, Tensor<1>)>,
+}
+
+#[derive(Clone)]
+struct UpdateCells {
+    obs: Cell<2>,
+    act: Cell<2>,
+    sa: Cell<2>,
+    sb: Cell<2>,
+    t: Cell<2>,
+    eps: Cell<2>,
+    denoiser_scalars: Cell<1>,
+    edit: Option<EditCells>,
+}
+
+#[derive(Clone)]
+struct EditCells {
+    noise: Cell<2>,
+    alpha: Cell<1>,
+    critic: Cell<1>,
+    scalars: Cell<1>,
+}
+
+/// The denoiser's and (EXPO) the edit policy's updates of an environment step, recorded.
+/// The temperature's update, which needs `log π` of this one, stays outside.
+pub(super) struct UpdateGraph {
+    cells: UpdateCells,
+    /// The denoiser's parameters, moments and EMA copy; the edit policy's parameters and
+    /// moments.
+    denoiser_state: [Cell<1>; 4],
+    edit_state: Option<[Cell<1>; 3]>,
+    graph: burn::tensor::Graph<UpdateOutput, Box<dyn FnMut() -> UpdateOutput>>,
+}
+
+/// The optimizer's buffers (parameters, moments, target), each required.
+fn required_buffers(opt: &FusedAdam, n: usize, what: &str) -> Result<Vec<Tensor<1>>> {
+    opt.buffers()[..n]
+        .iter()
+        .map(|b| {
+            b.cloned()
+                .with_context(|| format!("update graph: the {what} optimizer has no buffers"))
+        })
+        .collect()
+}
+
+/// Writes `outputs` into the state cells at the end of a run (in the recording: the
+/// write-back), and records whether every cell was the only handle to its buffer.
+fn write_back(cells: &[Cell<1>], outputs: &[Option<&Tensor<1>>], in_place: &mut bool) {
+    for (cell, new) in cells.iter().zip(outputs) {
+        let new = new.expect("buffers after a step").clone();
+        let mut c = cell.borrow_mut();
+        *in_place &= c.can_mut();
+        let n = c.dims()[0];
+        c.inplace(|c| c.slice_assign(0..n, new));
+    }
+}
+
+impl UpdateGraph {
+    /// Records the updates of the networks of `templates` with `inputs` as the first
+    /// step's, without changing the networks (the warm-up runs step copies, which are
+    /// then reset).
+    pub fn capture(
+        templates: UpdateTemplates,
+        inputs: UpdateInputs,
+        device: &Device,
+    ) -> Result<Self> {
+        let den_current = required_buffers(&templates.denoiser_opt, 4, "denoiser")?;
+        let edit_current = templates
+            .edit
+            .as_ref()
+            .map(|e| required_buffers(&e.opt, 3, "edit policy"))
+            .transpose()?;
+        let denoiser_state: [Cell<1>; 4] = std::array::from_fn(|i| cell(own_copy(&den_current[i])));
+        let edit_state: Option<[Cell<1>; 3]> = edit_current
+            .as_ref()
+            .map(|c| std::array::from_fn(|i| cell(own_copy(&c[i]))));
+        anyhow::ensure!(
+            templates.edit.is_some() == inputs.edit.is_some(),
+            "update graph: edit inputs without the edit policy, or missing"
+        );
+        let d = inputs.draws;
+        let cells = UpdateCells {
+            obs: cell(inputs.obs),
+            act: cell(inputs.act),
+            sa: cell(d.sa),
+            sb: cell(d.sb),
+            t: cell(d.t),
+            eps: cell(d.eps),
+            denoiser_scalars: cell(inputs.denoiser_scalars),
+            edit: inputs.edit.map(|e| EditCells {
+                noise: cell(e.noise),
+                alpha: cell(e.alpha),
+                critic: cell(own_copy(&e.critic)),
+                scalars: cell(e.scalars),
+            }),
+        };
+        let in_place = Rc::new(std::cell::Cell::new(true));
+        let closure = {
+            let (cells, in_place) = (cells.clone(), in_place.clone());
+            let (den_state, edit_state) = (denoiser_state.clone(), edit_state.clone());
+            move || {
+                let out = run_updates(&cells, &den_state, edit_state.as_ref(), &templates);
+                let mut all = true;
+                write_back(&den_state, &out.denoiser_opt.buffers(), &mut all);
+                if let (Some(state), Some((_, opt, _, _))) = (&edit_state, &out.edit) {
+                    write_back(state, &opt.buffers()[..3], &mut all);
+                }
+                in_place.set(all);
+                out
+            }
+        };
+        let graph = burn::tensor::capture(
+            device,
+            Box::new(closure) as Box<dyn FnMut() -> UpdateOutput>,
+        );
+        let recorded = graph.is_hardware();
+        anyhow::ensure!(
+            !recorded || in_place.get(),
+            "update graph: the state buffers are shared at the end of the updates, so the \
+             recorded write-back would not reach them (set compute.graph = false)"
+        );
+        let g = UpdateGraph {
+            cells,
+            denoiser_state,
+            edit_state,
+            graph,
+        };
+        // The warm-up runs stepped the state copies: back to the optimizers'.
+        for (cell, value) in g.denoiser_state.iter().zip(den_current) {
+            overwrite(cell, value, recorded, "the denoiser state")?;
+        }
+        if let (Some(state), Some(current)) = (&g.edit_state, edit_current) {
+            for (cell, value) in state.iter().zip(current) {
+                overwrite(cell, value, recorded, "the edit policy state")?;
+            }
+        }
+        Ok(g)
+    }
+
+    /// Runs the recorded updates on the inputs they hold.
+    pub fn replay(&mut self) -> UpdateOutput {
+        // Safety: as for `CriticGraph::replay`.
+        unsafe { self.graph.replay() }.clone()
+    }
+
+    /// Runs the recorded updates on `inputs`.
+    pub fn run(&mut self, inputs: UpdateInputs) -> Result<UpdateOutput> {
+        let recorded = self.graph.is_hardware();
+        let c = &self.cells;
+        overwrite(&c.obs, inputs.obs, recorded, "observations")?;
+        overwrite(&c.act, inputs.act, recorded, "actions")?;
+        let d = inputs.draws;
+        overwrite(&c.sa, d.sa, recorded, "noising coefficients")?;
+        overwrite(&c.sb, d.sb, recorded, "noising coefficients")?;
+        overwrite(&c.t, d.t, recorded, "time steps")?;
+        overwrite(&c.eps, d.eps, recorded, "denoiser noise")?;
+        overwrite(
+            &c.denoiser_scalars,
+            inputs.denoiser_scalars,
+            recorded,
+            "step values",
+        )?;
+        if let (Some(cells), Some(e)) = (&c.edit, inputs.edit) {
+            overwrite(&cells.noise, e.noise, recorded, "edit noise")?;
+            overwrite(&cells.alpha, e.alpha, recorded, "temperature")?;
+            overwrite(&cells.critic, e.critic, recorded, "critic parameters")?;
+            overwrite(&cells.scalars, e.scalars, recorded, "step values")?;
+        }
+        Ok(self.replay())
+    }
+
+    pub fn is_recorded(&self) -> bool {
+        self.graph.is_hardware()
+    }
+}
+
+/// The updates themselves: [`denoiser_step`] and [`edit_step`] on the cells.
+fn run_updates(
+    cells: &UpdateCells,
+    den_state: &[Cell<1>; 4],
+    edit_state: Option<&[Cell<1>; 3]>,
+    t: &UpdateTemplates,
+) -> UpdateOutput {
+    let auto = |c: &Cell<2>| Tensor::<2>::from_inner(c.borrow().clone());
+    let (obs, act) = (auto(&cells.obs), auto(&cells.act));
+    let scalars = |c: &Cell<1>, with_lr: bool| {
+        let v = c.borrow().clone();
+        let at = |i: usize| v.clone().slice(i * ALIGN..i * ALIGN + 1);
+        StepScalars {
+            factor: at(0),
+            eps: at(1),
+            lr: with_lr.then(|| (at(2), at(3))),
+        }
+    };
+    // The denoiser.
+    let [p, m1, m2, ema] = den_state.each_ref().map(|s| s.borrow().clone());
+    let layout = t
+        .denoiser_opt
+        .layout()
+        .expect("a step taken before")
+        .clone();
+    let den = layout.assign(t.denoiser.clone(), &p);
+    let ema_net = layout.assign(t.ema.clone(), &ema);
+    let mut opt = NetOptimizer::Fused(Box::new(
+        t.denoiser_opt.with_buffers([p, m1, m2], Some(ema)),
+    ));
+    let draws = DenoiserDraws {
+        sa: auto(&cells.sa),
+        sb: auto(&cells.sb),
+        t: auto(&cells.t),
+        eps: auto(&cells.eps),
+    };
+    let (denoiser, ema, denoiser_loss) = denoiser_step(
+        (den, ema_net),
+        &mut opt,
+        obs.clone(),
+        act.clone(),
+        draws,
+        (0.0, Some(&scalars(&cells.denoiser_scalars, true))),
+        t.ema_rate,
+    );
+    let NetOptimizer::Fused(denoiser_opt) = opt else {
+        unreachable!("built fused above")
+    };
+    // The edit policy.
+    let edit = t
+        .edit
+        .as_ref()
+        .zip(cells.edit.as_ref())
+        .zip(edit_state)
+        .map(|((e, c), state)| {
+            let [p, m1, m2] = state.each_ref().map(|s| s.borrow().clone());
+            let layout = e.opt.layout().expect("a step taken before").clone();
+            let policy = layout.assign(e.edit.clone(), &p);
+            let mut opt = NetOptimizer::Fused(Box::new(e.opt.with_buffers([p, m1, m2], None)));
+            let (critic, critic_layout) = &e.critic;
+            let critic = critic_layout.assign(critic.clone(), &c.critic.borrow().clone());
+            let batch = EditBatch {
+                obs: obs.clone(),
+                base: act.clone(),
+                noise: auto(&c.noise),
+                alpha: Tensor::from_inner(c.alpha.borrow().clone()),
+            };
+            let (policy, logp, q) = edit_step(
+                policy,
+                &critic,
+                &mut opt,
+                batch,
+                e.edit_scale,
+                (e.lr, Some(&scalars(&c.scalars, false))),
+            );
+            let NetOptimizer::Fused(opt) = opt else {
+                unreachable!("built fused above")
+            };
+            (policy, *opt, logp, q)
+        });
+    UpdateOutput {
+        denoiser_loss,
+        denoiser,
+        ema,
+        denoiser_opt: *denoiser_opt,
+        edit,
     }
 }
