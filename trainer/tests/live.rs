@@ -29,6 +29,10 @@ fn push_robot(scale: f64, seed: u64) -> (FirmwareThread, RunConfig, PolicyOption
     // (a fault ended an episode). These tests are not about that check (the HIL tests
     // are), so it is 20 s of robot time: 1 s real at 20x.
     robot.safety.stale_sensor_ms = 20_000;
+    // Likewise the firmware's command watchdog (200 ms of robot time, 100 ms real at 2x):
+    // a CI run once tripped it when one inference took 105 ms on the loaded machine
+    // (the report printed below said so). The HIL tests check the watchdog.
+    robot.command_timeout_ms = 20_000;
     let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
     fw.pacing = Pacing::Lockstep;
     let firmware = FirmwareThread::spawn(fw, scale).unwrap();
