@@ -228,11 +228,13 @@ pub struct ComputeConfig {
     /// it existed, whose optimizer state is in burn's format) means `per-parameter`.
     #[serde(default = "OptimizerImpl::before_the_key")]
     pub optimizer: OptimizerImpl,
-    /// Run the UTD critic loop of each environment step as one captured device graph,
-    /// replayed with the step's inputs written into its recorded buffers (burn's
-    /// `capture`; CUDA and wgpu/Vulkan record one, other backends re-run the loop). Same
-    /// results as without. Needs `expo` or `idql-select`, hoisted candidates and the fused
-    /// optimizer.
+    /// Record three parts of an environment step as device graphs and replay them each
+    /// step, their inputs written into the recorded buffers (burn's `capture`; CUDA and
+    /// wgpu/Vulkan record, the CPU backends re-run the closures): the candidates and the
+    /// UTD critic loop, the denoiser's and edit policy's updates, and acting. Same
+    /// results as without. Needs `expo` or `idql-select`, hoisted candidates and the
+    /// fused optimizer (the updates also `expo.edit_base = "buffer"`, else they run
+    /// directly).
     #[serde(default)]
     pub graph: bool,
 }
@@ -441,7 +443,7 @@ impl Config {
         if self.compute.graph {
             anyhow::ensure!(
                 matches!(self.algo, Algo::Expo | Algo::IdqlSelect),
-                "compute.graph captures EXPO's critic loop: algo must be expo or idql-select"
+                "compute.graph records EXPO's step: algo must be expo or idql-select"
             );
             anyhow::ensure!(
                 self.compute.candidates == CandidateSchedule::Hoisted

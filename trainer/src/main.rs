@@ -299,7 +299,7 @@ fn main() -> Result<()> {
                 c.compute.normals,
                 c.compute.optimizer,
                 if c.compute.graph {
-                    ", critic loop as a graph"
+                    ", recorded graphs"
                 } else {
                     ""
                 },

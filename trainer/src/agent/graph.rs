@@ -1,4 +1,6 @@
-//! The UTD critic loop, and acting, as captured device graphs (`compute.graph`, issue 14).
+//! Parts of an environment step as captured device graphs (`compute.graph`, issue 14):
+//! the candidates and the UTD critic loop, the denoiser's and edit policy's updates, and
+//! acting.
 //!
 //! On a GPU the critic loop is bound by the host's cost of issuing each of its ~4,000
 //! operations, not by arithmetic. burn 0.22 can record a closure's launches once
@@ -20,7 +22,7 @@
 //!   replays, so the step's values are copied into the recorded buffer in place.
 //! - Everything drawn at random is drawn before the replay, in the order the direct loop
 //!   draws it: the candidates' noise, then each slice's critic subset.
-//! - The denoiser and the edit policy change after the loop, outside the graph: their
+//! - The denoiser and the edit policy change after the loop, in another graph: their
 //!   parameters (the fused optimizers' flat buffers) are inputs, copied in each step.
 //! - Adam's bias corrections change every step: they are tensors, one pair per slice
 //!   ([`FusedAdam::step_with`]), not recorded scalars.
@@ -28,9 +30,14 @@
 //!   state cells, so the next replay starts from them. The agent's networks and
 //!   optimizer are the graph's outputs (buffers the replay rewrites).
 //!
-//! Acting ([`ActGraph`]) is recorded the same way: the observations, the draws, the
-//! critic subset and the parameters of the EMA denoiser, the edit policy and the target
-//! critics are its cells, the action its output.
+//! The updates ([`UpdateGraph`]: the denoiser's step with its EMA, the edit policy's
+//! step, autodiff inside the recording) and acting ([`ActGraph`]) are recorded the same
+//! way. The updates' cells are the last slice, the denoiser loss's draws, the edit noise,
+//! α, the critic's parameters and the step values (the denoiser's learning rate decays);
+//! their state is written back like the critic's. Acting's cells are the observations,
+//! the draws, the critic subset and the parameters of the EMA denoiser, the edit policy
+//! and the target critics; the action is its output. The temperature's update needs this
+//! step's `log π` and stays outside.
 //!
 //! Per-slice values sit [`ALIGN`] elements apart so that each slice's is a view, not a
 //! copy. On backends without graph support `capture` falls back to running the closure:
