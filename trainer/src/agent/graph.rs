@@ -85,6 +85,29 @@ fn own_copy(t: &Tensor<1>) -> Tensor<1> {
     t.clone() * 1.0
 }
 
+/// The optimizer's buffers (parameters, moments, target), each required.
+fn required_buffers(opt: &FusedAdam, n: usize, what: &str) -> Result<Vec<Tensor<1>>> {
+    opt.buffers()[..n]
+        .iter()
+        .map(|b| {
+            b.cloned()
+                .with_context(|| format!("recorded graph: the {what} optimizer has taken no step"))
+        })
+        .collect()
+}
+
+/// Writes `outputs` into the state cells at the end of a run (in the recording: the
+/// write-back), and records whether every cell was the only handle to its buffer.
+fn write_back(cells: &[Cell<1>], outputs: &[Option<&Tensor<1>>], in_place: &mut bool) {
+    for (cell, new) in cells.iter().zip(outputs) {
+        let new = new.expect("buffers after a step").clone();
+        let mut c = cell.borrow_mut();
+        *in_place &= c.can_mut();
+        let n = c.dims()[0];
+        c.inplace(|c| c.slice_assign(0..n, new));
+    }
+}
+
 /// The networks that make candidates, as a graph takes them: modules whose parameters it
 /// replaces by views of its cells (their values are not read) with the layouts of those
 /// cells, and what the chains and the selection need.
@@ -296,15 +319,7 @@ impl CriticGraph {
         inputs: LoopInputs,
         device: &Device,
     ) -> Result<Self> {
-        let current: Vec<Tensor<1>> = templates
-            .opt
-            .buffers()
-            .into_iter()
-            .map(|b| {
-                b.cloned()
-                    .context("critic graph: the optimizer has taken no step")
-            })
-            .collect::<Result<_>>()?;
+        let current = required_buffers(&templates.opt, 4, "critic")?;
         let state: [Cell<1>; 4] = std::array::from_fn(|i| cell(own_copy(&current[i])));
         let c = inputs.critic;
         let cells = LoopCells {
@@ -323,13 +338,9 @@ impl CriticGraph {
             let device = device.clone();
             move || {
                 let out = run_loop(&consts, &cells, &state, &templates, &device);
-                in_place.set(state.iter().all(|s| s.borrow().can_mut()));
-                for (cell, new) in state.iter().zip(out.opt.buffers()) {
-                    let new = new.expect("buffers after a step").clone();
-                    let mut c = cell.borrow_mut();
-                    let n = c.dims()[0];
-                    c.inplace(|c| c.slice_assign(0..n, new));
-                }
+                let mut all = true;
+                write_back(&state, &out.opt.buffers(), &mut all);
+                in_place.set(all);
                 out
             }
         };
@@ -653,29 +664,6 @@ pub(super) struct UpdateGraph {
     denoiser_state: [Cell<1>; 4],
     edit_state: Option<[Cell<1>; 3]>,
     graph: burn::tensor::Graph<UpdateOutput, Box<dyn FnMut() -> UpdateOutput>>,
-}
-
-/// The optimizer's buffers (parameters, moments, target), each required.
-fn required_buffers(opt: &FusedAdam, n: usize, what: &str) -> Result<Vec<Tensor<1>>> {
-    opt.buffers()[..n]
-        .iter()
-        .map(|b| {
-            b.cloned()
-                .with_context(|| format!("update graph: the {what} optimizer has no buffers"))
-        })
-        .collect()
-}
-
-/// Writes `outputs` into the state cells at the end of a run (in the recording: the
-/// write-back), and records whether every cell was the only handle to its buffer.
-fn write_back(cells: &[Cell<1>], outputs: &[Option<&Tensor<1>>], in_place: &mut bool) {
-    for (cell, new) in cells.iter().zip(outputs) {
-        let new = new.expect("buffers after a step").clone();
-        let mut c = cell.borrow_mut();
-        *in_place &= c.can_mut();
-        let n = c.dims()[0];
-        c.inplace(|c| c.slice_assign(0..n, new));
-    }
 }
 
 impl UpdateGraph {
