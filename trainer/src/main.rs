@@ -261,7 +261,24 @@ impl Progress for Bar {
     }
 }
 
+/// glibc's malloc gives a freed block above its mmap threshold (128 KiB to start) back to
+/// the kernel and maps a fresh one for the next allocation, so every training step
+/// page-faults again on its intermediate tensors: about 2,300 faults per `cpu`-preset
+/// step, a fifth of its time (BENCHMARKS.md, "Recorded graphs"). With the threshold
+/// at its maximum (32 MiB) and no trimming, freed blocks stay in the heap for reuse.
+/// The process's peak memory is unchanged; it is just not returned early.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // Safety: mallopt only sets allocator parameters; called before any other thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 fn main() -> Result<()> {
+    keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench {
