@@ -42,8 +42,10 @@ fn same_seed_same_run() {
     }
 }
 
-/// Every algorithm with the fused optimizers (the default), and EXPO with burn's
-/// per-parameter ones (what runs saved before `compute.optimizer` existed use).
+/// Every algorithm with the fused optimizers (the default), EXPO with burn's
+/// per-parameter ones (what runs saved before `compute.optimizer` existed use), and EXPO
+/// with recorded graphs (`compute.graph`: a resume drops the recordings and makes new
+/// ones).
 #[test]
 fn resume_after_stop_matches_an_uninterrupted_run() {
     let cases = [
@@ -52,14 +54,16 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
         ("rlpd", "fused"),
         ("bc", "fused"),
         ("expo", "per-parameter"),
+        ("expo", "fused, graph"),
     ];
     for (algo, optimizer) in cases {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = tiny(algo);
         c.compute.optimizer = match optimizer {
-            "fused" => OptimizerImpl::Fused,
-            _ => OptimizerImpl::PerParameter,
+            "per-parameter" => OptimizerImpl::PerParameter,
+            _ => OptimizerImpl::Fused,
         };
+        c.compute.graph = optimizer.ends_with("graph");
         let algo = format!("{algo} ({optimizer})");
         let full = TrainOptions {
             log_every: 10,
@@ -90,6 +94,29 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
                 table(&dir.join(f)),
                 "{algo}: {f} differs after resume"
             );
+        }
+    }
+}
+
+/// Whole runs with the recorded graphs (`compute.graph`; on the CPU `capture` re-runs
+/// the closures) log the same metrics and evaluations as without, to the last digit.
+#[test]
+fn recorded_graphs_give_the_same_run() {
+    for algo in ["expo", "idql-select"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = TrainOptions {
+            log_every: 10,
+            ..Default::default()
+        };
+        let c = tiny(algo);
+        let mut g = c.clone();
+        g.compute.graph = true;
+        train(&c, &tmp.path().join("direct"), &opts, &mut ()).unwrap();
+        train(&g, &tmp.path().join("graph"), &opts, &mut ()).unwrap();
+        for f in ["metrics.csv", "eval.csv"] {
+            let a = table(&tmp.path().join("direct").join(f));
+            assert!(a.len() > 3, "{algo}: {f} has {} lines", a.len());
+            assert_eq!(a, table(&tmp.path().join("graph").join(f)), "{algo}: {f}");
         }
     }
 }
