@@ -477,22 +477,29 @@ impl KernelMarks {
     }
 }
 
-/// The parameters of the network `opt` stepped last, as its flat buffer, and their
-/// layout (`None`: not the fused optimizer, or no step taken yet).
-fn flat_params(opt: &NetOptimizer) -> Option<(&Tensor<1>, &crate::optim::FlatLayout)> {
-    match opt {
-        NetOptimizer::Fused(o) => Some((o.buffers()[0]?, o.layout()?)),
-        NetOptimizer::PerParameter(_) => None,
+impl NetOptimizer {
+    /// The fused optimizer, if this is one.
+    fn fused(&self) -> Option<&FusedAdam> {
+        match self {
+            NetOptimizer::Fused(o) => Some(o),
+            NetOptimizer::PerParameter(_) => None,
+        }
+    }
+
+    /// Whether this is the fused optimizer and has its first `n` buffers (parameters,
+    /// moments, target: [`FusedAdam::buffers`]), i.e. has taken a step.
+    fn has_buffers(&self, n: usize) -> bool {
+        self.fused()
+            .is_some_and(|o| o.buffers()[..n].iter().all(Option::is_some))
     }
 }
 
-/// The target copy of the network `opt` stepped last (its EMA or Polyak average), as
-/// [`FusedAdam::blend`] keeps it, and its layout.
-fn ema_params(opt: &NetOptimizer) -> Option<(&Tensor<1>, &crate::optim::FlatLayout)> {
-    match opt {
-        NetOptimizer::Fused(o) => Some((o.buffers()[3]?, o.layout()?)),
-        NetOptimizer::PerParameter(_) => None,
-    }
+/// Buffer `i` of the fused optimizer `opt` ([`FusedAdam::buffers`]: 0 the parameters of
+/// the network it stepped last, 3 their target or EMA copy) and its layout (`None`: not
+/// the fused optimizer, or no such buffer yet).
+fn fused_buffer(opt: &NetOptimizer, i: usize) -> Option<(&Tensor<1>, &crate::optim::FlatLayout)> {
+    let o = opt.fused()?;
+    Some((o.buffers()[i]?, o.layout()?))
 }
 
 /// Records the start of `stage` in the schedule trace and the kernel marks (each when
@@ -753,9 +760,9 @@ impl Agent {
         let subset = random_subset(&mut self.act_rng, target.members(), params.critic_subset);
         let ids = member_ids(&subset, &self.plain);
         let flats = (
-            ema_params(&self.opt_denoiser),
-            ema_params(&self.opt_critic),
-            flat_params(&self.opt_policy),
+            fused_buffer(&self.opt_denoiser, 3),
+            fused_buffer(&self.opt_critic, 3),
+            fused_buffer(&self.opt_policy, 0),
         );
         match flats {
             (Some(ema), Some(target_flat), edit)
@@ -852,12 +859,11 @@ impl Agent {
     /// critic's have taken a step.
     fn update_graph_ready(&self) -> bool {
         let expo = self.config.algo == Algo::Expo;
-        let buffers = |o: &NetOptimizer, n: usize| matches!(o, NetOptimizer::Fused(o) if o.buffers()[..n].iter().all(Option::is_some));
         self.config.compute.graph
             && matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect)
             && (!expo || self.config.expo.edit_base == EditBase::Buffer)
-            && buffers(&self.opt_denoiser, 4)
-            && (!expo || (buffers(&self.opt_policy, 3) && buffers(&self.opt_critic, 1)))
+            && self.opt_denoiser.has_buffers(4)
+            && (!expo || (self.opt_policy.has_buffers(3) && self.opt_critic.has_buffers(1)))
     }
 
     /// The denoiser's and (EXPO) the edit policy's updates as a recorded graph, then the
@@ -882,10 +888,7 @@ impl Agent {
             }
             .normal(b, ad, &plain)
         });
-        let fused = |o: &NetOptimizer| match o {
-            NetOptimizer::Fused(o) => (**o).clone(),
-            NetOptimizer::PerParameter(_) => unreachable!("checked by update_graph_ready"),
-        };
+        let fused = |o: &NetOptimizer| o.fused().expect("checked by update_graph_ready").clone();
         let den_opt = fused(&self.opt_denoiser);
         let den_time = den_opt.time() + 1;
         let den_values = den_opt.step_values(den_time, self.denoiser_lr());
@@ -897,7 +900,10 @@ impl Agent {
             EditInputs {
                 noise,
                 alpha: self.temperature.as_ref().unwrap().alpha().detach().inner(),
-                critic: flat_params(&self.opt_critic).expect("checked").0.clone(),
+                critic: fused_buffer(&self.opt_critic, 0)
+                    .expect("checked")
+                    .0
+                    .clone(),
                 scalars: graph::spaced(&values[..2], &plain),
             }
         });
@@ -921,7 +927,10 @@ impl Agent {
                         opt,
                         critic: (
                             self.critic.clone().unwrap(),
-                            flat_params(&self.opt_critic).expect("checked").1.clone(),
+                            fused_buffer(&self.opt_critic, 0)
+                                .expect("checked")
+                                .1
+                                .clone(),
                         ),
                         edit_scale: self.config.expo.edit_scale,
                         lr: self.config.optim.edit_lr,
@@ -996,25 +1005,23 @@ impl Agent {
         inputs: CriticInputs,
         pending: Option<&mut PendingMetrics>,
     ) -> Result<Vec<Tensor<2>>> {
-        if let Some(pending) = pending {
-            if self.config.compute.graph && self.critic_graph_ready() {
+        match pending {
+            Some(pending) if self.config.compute.graph && self.critic_graph_ready() => {
                 self.update_critic_graph(inputs, pending)?;
-                return Ok(vec![]);
+                Ok(vec![])
             }
-            return self.update_critic_direct(inputs, Some(pending));
+            pending => self.update_critic_direct(inputs, pending),
         }
-        self.update_critic_direct(inputs, None)
     }
 
     /// Whether the critic loop can run as a recorded graph: the fused optimizers of the
     /// critic, the denoiser and (with edits) the edit policy have taken a step (their
     /// buffers are what the recording reads).
     fn critic_graph_ready(&self) -> bool {
-        let stepped = |o: &NetOptimizer| matches!(o, NetOptimizer::Fused(o) if o.buffers().iter().all(Option::is_some));
         let edits = self.selection().num_edit > 0;
-        stepped(&self.opt_critic)
-            && flat_params(&self.opt_denoiser).is_some()
-            && (!edits || flat_params(&self.opt_policy).is_some())
+        self.opt_critic.has_buffers(4)
+            && self.opt_denoiser.has_buffers(1)
+            && (!edits || self.opt_policy.has_buffers(1))
     }
 
     /// [`Agent::update_critic`] as a recorded graph ([`graph`]): the candidates' noise,
@@ -1051,14 +1058,20 @@ impl Agent {
         let subsets: Vec<Vec<usize>> = (0..utd)
             .map(|_| random_subset(&mut self.train_rng, members, params.critic_subset))
             .collect();
-        let NetOptimizer::Fused(opt) = &self.opt_critic else {
-            unreachable!("checked by critic_graph_ready")
-        };
+        let opt = self
+            .opt_critic
+            .fused()
+            .expect("checked by critic_graph_ready");
         let time = opt.time();
-        let corrections: Vec<(f32, f32)> = (1..=utd).map(|i| opt.corrections(time + i)).collect();
-        let (ids, factors, eps) = LoopInputs::per_slice(&subsets, &corrections, &self.plain);
-        let (den_flat, den_layout) = flat_params(&self.opt_denoiser).expect("checked");
-        let edit_flat = edits.then(|| flat_params(&self.opt_policy).expect("checked"));
+        let (factors, eps): (Vec<f32>, Vec<f32>) =
+            (1..=utd).map(|i| opt.corrections(time + i)).unzip();
+        let ids = LoopInputs::subset_ids(&subsets, &self.plain);
+        let (factors, eps) = (
+            graph::spaced(&factors, &self.plain),
+            graph::spaced(&eps, &self.plain),
+        );
+        let (den_flat, den_layout) = fused_buffer(&self.opt_denoiser, 0).expect("checked");
+        let edit_flat = edits.then(|| fused_buffer(&self.opt_policy, 0).expect("checked"));
         let inputs = LoopInputs {
             critic: critic_inputs,
             policy: PolicyInputs {
@@ -1084,7 +1097,7 @@ impl Agent {
                 let templates = LoopTemplates {
                     critic: self.critic.clone().unwrap(),
                     target: self.critic_target.clone().unwrap(),
-                    opt: (**opt).clone(),
+                    opt: opt.clone(),
                     policy: PolicyTemplates {
                         denoiser: (self.denoiser.valid(), den_layout.clone()),
                         edit: edit_flat.map(|(_, layout)| {

@@ -85,26 +85,52 @@ fn own_copy(t: &Tensor<1>) -> Tensor<1> {
     t.clone() * 1.0
 }
 
-/// The optimizer's buffers (parameters, moments, target), each required.
-fn required_buffers(opt: &FusedAdam, n: usize, what: &str) -> Result<Vec<Tensor<1>>> {
-    opt.buffers()[..n]
-        .iter()
-        .map(|b| {
-            b.cloned()
-                .with_context(|| format!("recorded graph: the {what} optimizer has taken no step"))
-        })
-        .collect()
-}
+/// The buffers a recorded part updates: cells holding copies of the first buffers of a
+/// fused optimizer (parameters, moments, and the target or EMA copy when it keeps one).
+/// The recorded closure reads them at its start and writes the new values back at its
+/// end, so that the next replay starts from them.
+#[derive(Clone)]
+struct StateCells(Vec<Cell<1>>);
 
-/// Writes `outputs` into the state cells at the end of a run (in the recording: the
-/// write-back), and records whether every cell was the only handle to its buffer.
-fn write_back(cells: &[Cell<1>], outputs: &[Option<&Tensor<1>>], in_place: &mut bool) {
-    for (cell, new) in cells.iter().zip(outputs) {
-        let new = new.expect("buffers after a step").clone();
-        let mut c = cell.borrow_mut();
-        *in_place &= c.can_mut();
-        let n = c.dims()[0];
-        c.inplace(|c| c.slice_assign(0..n, new));
+impl StateCells {
+    /// Cells with copies of `opt`'s first `n` buffers, and those buffers themselves (what
+    /// the cells are reset to after recording: the warm-up runs step the copies).
+    fn copy_of(opt: &FusedAdam, n: usize, what: &str) -> Result<(Self, Vec<Tensor<1>>)> {
+        let current: Vec<Tensor<1>> = opt.buffers()[..n]
+            .iter()
+            .map(|b| {
+                b.cloned().with_context(|| {
+                    format!("recorded graph: the {what} optimizer has taken no step")
+                })
+            })
+            .collect::<Result<_>>()?;
+        let cells = current.iter().map(|b| cell(own_copy(b))).collect();
+        Ok((StateCells(cells), current))
+    }
+
+    /// The cells' values, in order.
+    fn read<const N: usize>(&self) -> [Tensor<1>; N] {
+        std::array::from_fn(|i| self.0[i].borrow().clone())
+    }
+
+    /// Writes `opt`'s buffers back into the cells (in the recording: the write-back), and
+    /// clears `in_place` unless every cell was the only handle to its buffer.
+    fn write_back(&self, opt: &FusedAdam, in_place: &mut bool) {
+        for (cell, new) in self.0.iter().zip(opt.buffers()) {
+            let new = new.expect("buffers after a step").clone();
+            let mut c = cell.borrow_mut();
+            *in_place &= c.can_mut();
+            let n = c.dims()[0];
+            c.inplace(|c| c.slice_assign(0..n, new));
+        }
+    }
+
+    /// Resets the cells to `values` (after recording).
+    fn reset(&self, values: Vec<Tensor<1>>, recorded: bool, what: &str) -> Result<()> {
+        for (cell, value) in self.0.iter().zip(values) {
+            overwrite(cell, value, recorded, what)?;
+        }
+        Ok(())
     }
 }
 
@@ -231,28 +257,16 @@ pub(super) struct LoopInputs {
 }
 
 impl LoopInputs {
-    /// Uploads the per-slice values: critic `subsets` and Adam's corrections of
-    /// `steps` (`(factor, ε term)` each), `ALIGN` apart.
-    pub fn per_slice(
-        subsets: &[Vec<usize>],
-        corrections: &[(f32, f32)],
-        device: &Device,
-    ) -> (Tensor<1, Int>, Tensor<1>, Tensor<1>) {
+    /// Each slice's critic subset at `i·ALIGN ..`, uploaded.
+    pub fn subset_ids(subsets: &[Vec<usize>], device: &Device) -> Tensor<1, Int> {
         let n = subsets.len() * ALIGN;
         let mut ids = vec![0i64; n];
-        let (mut factors, mut eps) = (vec![0f32; n], vec![0f32; n]);
-        for (i, (subset, &(f, e))) in subsets.iter().zip(corrections).enumerate() {
+        for (i, subset) in subsets.iter().enumerate() {
             for (j, &m) in subset.iter().enumerate() {
                 ids[i * ALIGN + j] = m as i64;
             }
-            factors[i * ALIGN] = f;
-            eps[i * ALIGN] = e;
         }
-        (
-            Tensor::from_data(TensorData::new(ids, [n]), device),
-            Tensor::from_data(TensorData::new(factors, [n]), device),
-            Tensor::from_data(TensorData::new(eps, [n]), device),
-        )
+        Tensor::from_data(TensorData::new(ids, [n]), device)
     }
 }
 
@@ -304,7 +318,7 @@ struct LoopCells {
 pub(super) struct CriticGraph {
     inputs: LoopCells,
     /// Parameters, first and second moments, target (the optimizer's flat buffers).
-    state: [Cell<1>; 4],
+    state: StateCells,
     graph: burn::tensor::Graph<LoopOutput, Box<dyn FnMut() -> LoopOutput>>,
 }
 
@@ -319,8 +333,7 @@ impl CriticGraph {
         inputs: LoopInputs,
         device: &Device,
     ) -> Result<Self> {
-        let current = required_buffers(&templates.opt, 4, "critic")?;
-        let state: [Cell<1>; 4] = std::array::from_fn(|i| cell(own_copy(&current[i])));
+        let (state, current) = StateCells::copy_of(&templates.opt, 4, "critic")?;
         let c = inputs.critic;
         let cells = LoopCells {
             obs_act: cell(c.obs_act),
@@ -339,7 +352,7 @@ impl CriticGraph {
             move || {
                 let out = run_loop(&consts, &cells, &state, &templates, &device);
                 let mut all = true;
-                write_back(&state, &out.opt.buffers(), &mut all);
+                state.write_back(&out.opt, &mut all);
                 in_place.set(all);
                 out
             }
@@ -358,9 +371,7 @@ impl CriticGraph {
             graph,
         };
         // The warm-up runs advanced the state copies: back to the optimizer's.
-        for (cell, value) in g.state.iter().zip(current) {
-            overwrite(cell, value, recorded, "the critic state")?;
-        }
+        g.state.reset(current, recorded, "the critic state")?;
         Ok(g)
     }
 
@@ -400,7 +411,7 @@ impl CriticGraph {
 fn run_loop(
     c: &LoopConsts,
     cells: &LoopCells,
-    state: &[Cell<1>; 4],
+    state: &StateCells,
     templates: &LoopTemplates,
     device: &Device,
 ) -> LoopOutput {
@@ -415,7 +426,7 @@ fn run_loop(
     let policy = &templates.policy;
     let (base, edited) = cells.policy.candidates(policy, next_obs.clone());
     // The critic loop.
-    let [p, m1, m2, t] = state.each_ref().map(|s| s.borrow().clone());
+    let [p, m1, m2, t] = state.read();
     let opt = &templates.opt;
     let layout = opt.layout().expect("a step taken before").clone();
     let mut critic = layout.assign(templates.critic.clone(), &p);
@@ -661,8 +672,8 @@ pub(super) struct UpdateGraph {
     cells: UpdateCells,
     /// The denoiser's parameters, moments and EMA copy; the edit policy's parameters and
     /// moments.
-    denoiser_state: [Cell<1>; 4],
-    edit_state: Option<[Cell<1>; 3]>,
+    denoiser_state: StateCells,
+    edit_state: Option<StateCells>,
     graph: burn::tensor::Graph<UpdateOutput, Box<dyn FnMut() -> UpdateOutput>>,
 }
 
@@ -675,16 +686,15 @@ impl UpdateGraph {
         inputs: UpdateInputs,
         device: &Device,
     ) -> Result<Self> {
-        let den_current = required_buffers(&templates.denoiser_opt, 4, "denoiser")?;
-        let edit_current = templates
-            .edit
-            .as_ref()
-            .map(|e| required_buffers(&e.opt, 3, "edit policy"))
-            .transpose()?;
-        let denoiser_state: [Cell<1>; 4] = std::array::from_fn(|i| cell(own_copy(&den_current[i])));
-        let edit_state: Option<[Cell<1>; 3]> = edit_current
-            .as_ref()
-            .map(|c| std::array::from_fn(|i| cell(own_copy(&c[i]))));
+        let (denoiser_state, den_current) =
+            StateCells::copy_of(&templates.denoiser_opt, 4, "denoiser")?;
+        let (edit_state, edit_current) = match &templates.edit {
+            Some(e) => {
+                let (cells, current) = StateCells::copy_of(&e.opt, 3, "edit policy")?;
+                (Some(cells), Some(current))
+            }
+            None => (None, None),
+        };
         anyhow::ensure!(
             templates.edit.is_some() == inputs.edit.is_some(),
             "update graph: edit inputs without the edit policy, or missing"
@@ -712,9 +722,9 @@ impl UpdateGraph {
             move || {
                 let out = run_updates(&cells, &den_state, edit_state.as_ref(), &templates);
                 let mut all = true;
-                write_back(&den_state, &out.denoiser_opt.buffers(), &mut all);
+                den_state.write_back(&out.denoiser_opt, &mut all);
                 if let (Some(state), Some((_, opt, _, _))) = (&edit_state, &out.edit) {
-                    write_back(state, &opt.buffers()[..3], &mut all);
+                    state.write_back(opt, &mut all);
                 }
                 in_place.set(all);
                 out
@@ -737,13 +747,10 @@ impl UpdateGraph {
             graph,
         };
         // The warm-up runs stepped the state copies: back to the optimizers'.
-        for (cell, value) in g.denoiser_state.iter().zip(den_current) {
-            overwrite(cell, value, recorded, "the denoiser state")?;
-        }
+        g.denoiser_state
+            .reset(den_current, recorded, "the denoiser state")?;
         if let (Some(state), Some(current)) = (&g.edit_state, edit_current) {
-            for (cell, value) in state.iter().zip(current) {
-                overwrite(cell, value, recorded, "the edit policy state")?;
-            }
+            state.reset(current, recorded, "the edit policy state")?;
         }
         Ok(g)
     }
@@ -788,8 +795,8 @@ impl UpdateGraph {
 /// The updates themselves: [`denoiser_step`] and [`edit_step`] on the cells.
 fn run_updates(
     cells: &UpdateCells,
-    den_state: &[Cell<1>; 4],
-    edit_state: Option<&[Cell<1>; 3]>,
+    den_state: &StateCells,
+    edit_state: Option<&StateCells>,
     t: &UpdateTemplates,
 ) -> UpdateOutput {
     let auto = |c: &Cell<2>| Tensor::<2>::from_inner(c.borrow().clone());
@@ -804,7 +811,7 @@ fn run_updates(
         }
     };
     // The denoiser.
-    let [p, m1, m2, ema] = den_state.each_ref().map(|s| s.borrow().clone());
+    let [p, m1, m2, ema] = den_state.read();
     let layout = t
         .denoiser_opt
         .layout()
@@ -840,7 +847,7 @@ fn run_updates(
         .zip(cells.edit.as_ref())
         .zip(edit_state)
         .map(|((e, c), state)| {
-            let [p, m1, m2] = state.each_ref().map(|s| s.borrow().clone());
+            let [p, m1, m2] = state.read();
             let layout = e.opt.layout().expect("a step taken before").clone();
             let policy = layout.assign(e.edit.clone(), &p);
             let mut opt = NetOptimizer::Fused(Box::new(e.opt.with_buffers([p, m1, m2], None)));
