@@ -53,6 +53,7 @@ use crate::optim::{FusedAdam, Packing, StepScalars};
 
 mod graph;
 use crate::replay::{Batch, Normalizer};
+pub use graph::Recorded;
 use graph::{
     ActGraph, ActInputs, CriticGraph, EditInputs, EditTemplates, LoopConsts, LoopInputs,
     LoopTemplates, PolicyInputs, PolicyTemplates, UpdateGraph, UpdateInputs, UpdateTemplates,
@@ -603,19 +604,18 @@ impl Agent {
     }
 
     /// The graphs in use (`compute.graph`), by what they run (`"critic loop"`,
-    /// `"updates"`, `"act"`),
-    /// each with whether the backend recorded a device graph (`false`: each run re-runs
-    /// the closure).
-    pub fn graphs(&self) -> Vec<(&'static str, bool)> {
+    /// `"updates"`, `"act"`), each with whether the backend recorded a device graph, and
+    /// if not, why (each run then re-runs the operations).
+    pub fn graphs(&self) -> Vec<(&'static str, Recorded)> {
         let critic = self
             .critic_graph
             .iter()
-            .map(|g| ("critic loop", g.is_recorded()));
+            .map(|g| ("critic loop", g.status().clone()));
         let updates = self
             .update_graph
             .iter()
-            .map(|g| ("updates", g.is_recorded()));
-        let act = self.act_graphs.iter().map(|g| ("act", g.is_recorded()));
+            .map(|g| ("updates", g.status().clone()));
+        let act = self.act_graphs.iter().map(|g| ("act", g.status().clone()));
         critic.chain(updates).chain(act).collect()
     }
 

@@ -89,6 +89,9 @@ pub struct UpdateBench {
     pub gflop_per_env_step: f64,
     pub gflops: f64,
     pub stages: StageTimes,
+    /// With `compute.graph`: each recorded part and whether it replayed as a device
+    /// graph (a failed recording runs directly: this says so, with the reason).
+    pub graphs: Vec<(String, crate::agent::Recorded)>,
 }
 
 /// Times `steps` environment steps of updates (one action plus the UTD update) on
@@ -149,6 +152,11 @@ pub fn bench_updates(
         gflop_per_env_step: flop / 1e9,
         gflops: flop / median / 1e9,
         stages: agent.times.clone(),
+        graphs: agent
+            .graphs()
+            .into_iter()
+            .map(|(part, status)| (part.to_string(), status))
+            .collect(),
     })
 }
 

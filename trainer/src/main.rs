@@ -316,7 +316,7 @@ fn main() -> Result<()> {
                 c.compute.normals,
                 c.compute.optimizer,
                 if c.compute.graph {
-                    ", recorded graphs"
+                    ", compute.graph"
                 } else {
                     ""
                 },
@@ -330,6 +330,9 @@ fn main() -> Result<()> {
                 r.gflop_per_env_step,
                 r.gflops
             );
+            for (part, status) in &r.graphs {
+                println!("graph: {part}: {status}");
+            }
             let s = &r.stages;
             let n = r.env_steps as f64;
             println!(

@@ -3,9 +3,9 @@
 //! acting.
 //!
 //! On a GPU the critic loop is bound by the host's cost of issuing each of its ~4,000
-//! operations, not by arithmetic. burn 0.22 can record a closure's launches once
-//! (`burn::tensor::capture`: a CUDA graph, or wgpu's recorded passes) and replay them
-//! as one dispatch. A replay reads and writes exactly the buffers recorded, so:
+//! operations, not by arithmetic. burn 0.22 can record a closure's launches once (a
+//! CUDA graph, or wgpu's recorded passes; [`Recording`]) and replay them as one
+//! dispatch. A replay reads and writes exactly the buffers recorded, so:
 //!
 //! ```text
 //!  per step, on the host            cells (recorded buffers)          graph (recorded)
@@ -40,11 +40,13 @@
 //! step's `log π` and stays outside.
 //!
 //! Per-slice values sit [`ALIGN`] elements apart so that each slice's is a view, not a
-//! copy. On backends without graph support `capture` falls back to running the closure:
-//! the same code, so the CPU tests check everything but the recording.
+//! copy. On backends without graph support, or when recording fails (the reason is kept,
+//! [`Recorded`]), each run re-runs the closure: the same code, so the CPU tests check
+//! everything but the recording.
 
 use super::*;
 use crate::optim::{ALIGN, FlatLayout, FusedAdam, StepScalars};
+use burn::backend::{Backend, BackendGraph, Dispatch, ExecutionError};
 use burn::tensor::kind::Basic;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -78,6 +80,141 @@ fn overwrite<const D: usize, K: Basic>(
     let ranges: [std::ops::Range<usize>; D] = c.dims().map(|d| 0..d);
     c.inplace(|c| c.slice_assign(ranges, value));
     Ok(())
+}
+
+/// Whether a part of the step replays as a recorded device graph.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", content = "why", rename_all = "snake_case")]
+pub enum Recorded {
+    /// One dispatch per run (CUDA graph, or wgpu's recorded passes).
+    Yes,
+    /// The backend records nothing (the CPU backends): each run re-runs the operations.
+    Unsupported,
+    /// The backend records graphs but this one failed (the backend's reason): each run
+    /// re-runs the operations, correct but without the saving.
+    Failed(String),
+}
+
+impl Recorded {
+    pub fn is_yes(&self) -> bool {
+        matches!(self, Recorded::Yes)
+    }
+}
+
+impl std::fmt::Display for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recorded::Yes => write!(f, "recorded"),
+            Recorded::Unsupported => write!(f, "re-run (the backend records no graphs)"),
+            Recorded::Failed(why) => write!(f, "re-run (recording failed: {why})"),
+        }
+    }
+}
+
+/// Runs of the closure before it is recorded (as burn's `capture`): with `fusion` the
+/// first run builds and tunes the fused kernels, and the later ones take the steady
+/// path, whose buffers the pool must then hold, since an allocation inside the
+/// recording would make the graph unreplayable.
+const WARMUP_RUNS: usize = 3;
+
+/// A closure recorded once as a device graph and replayed, or re-run where the backend
+/// cannot record or recording failed. The same sequence as `burn::tensor::capture`
+/// (prepare the allocator, warm up, record), but it keeps the backend's reason when
+/// recording fails, where `capture` silently falls back: a user who asked for graphs
+/// learns why a run is not faster ([`Agent::graphs`], the trainer's warning).
+struct Recording<T> {
+    device: Device,
+    closure: Box<dyn FnMut() -> T>,
+    /// The recorded run's output (its buffers are what each replay rewrites), or the
+    /// last re-run's.
+    output: T,
+    graph: Option<BackendGraph<Dispatch>>,
+    status: Recorded,
+}
+
+/// The reason of a backend error, on one line.
+fn reason(e: ExecutionError) -> String {
+    match e {
+        ExecutionError::WithContext { reason } | ExecutionError::Generic { reason, .. } => {
+            reason.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+    }
+}
+
+impl<T> Recording<T> {
+    /// Records `closure` on `device`. It runs [`WARMUP_RUNS`] + 1 times (each run's
+    /// effects on its cells must be undone by the caller, see [`StateCells::reset`]).
+    fn new(device: &Device, mut closure: Box<dyn FnMut() -> T>, what: &str) -> Self {
+        let d = device.as_dispatch();
+        let prepared = Dispatch::graph_prepare(d).map_err(reason);
+        for _ in 0..WARMUP_RUNS {
+            // Kept until the sync: a lazy backend (fusion) skips work whose result is
+            // dropped, and the recording must find the buffers that work allocates.
+            let out = closure();
+            let _ = Dispatch::sync(d);
+            drop(out);
+        }
+        let (output, graph, status) = match Dispatch::graph_start_capture(d) {
+            Ok(()) => {
+                let output = closure();
+                match Dispatch::graph_stop_capture(d) {
+                    Ok(graph) => (output, Some(graph), Recorded::Yes),
+                    Err(e) => (output, None, Recorded::Failed(reason(e))),
+                }
+            }
+            // The CPU backends: nothing to record, and no error worth reporting.
+            Err(_) if prepared.is_ok() && !is_gpu(device) => {
+                (closure(), None, Recorded::Unsupported)
+            }
+            Err(e) => {
+                let why = match prepared {
+                    Err(p) => format!("preparing the allocator: {p}; then: {}", reason(e)),
+                    Ok(()) => reason(e),
+                };
+                (closure(), None, Recorded::Failed(why))
+            }
+        };
+        if let Recorded::Failed(why) = &status {
+            eprintln!(
+                "warning: compute.graph: the {what} could not be recorded as a device graph; \
+                 it runs its operations directly (same results, without the saving): {why}"
+            );
+        }
+        Recording {
+            device: device.clone(),
+            closure,
+            output,
+            graph,
+            status,
+        }
+    }
+
+    /// Runs the recorded graph (or the closure) and returns its output.
+    ///
+    /// # Safety
+    /// As `burn::tensor::Graph::replay`: every buffer the closure touched while being
+    /// recorded is alive, and no other stream or thread uses them during the replay; the
+    /// inputs were written on this thread's stream.
+    unsafe fn replay(&mut self) -> &T {
+        match &self.graph {
+            Some(graph) => {
+                // Safety: the caller's contract.
+                unsafe { Dispatch::graph_replay(self.device.as_dispatch(), graph) }
+                    .expect("replaying a recorded graph");
+            }
+            None => self.output = (self.closure)(),
+        }
+        &self.output
+    }
+
+    fn is_recorded(&self) -> bool {
+        self.graph.is_some()
+    }
+}
+
+/// Whether `device` is a GPU backend's (where a failed recording is worth a warning).
+fn is_gpu(device: &Device) -> bool {
+    !matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
 }
 
 /// A copy of `t` in a buffer of its own.
@@ -319,7 +456,7 @@ pub(super) struct CriticGraph {
     inputs: LoopCells,
     /// Parameters, first and second moments, target (the optimizer's flat buffers).
     state: StateCells,
-    graph: burn::tensor::Graph<LoopOutput, Box<dyn FnMut() -> LoopOutput>>,
+    graph: Recording<LoopOutput>,
 }
 
 impl CriticGraph {
@@ -357,9 +494,8 @@ impl CriticGraph {
                 out
             }
         };
-        let graph =
-            burn::tensor::capture(device, Box::new(closure) as Box<dyn FnMut() -> LoopOutput>);
-        let recorded = graph.is_hardware();
+        let graph = Recording::new(device, Box::new(closure), "critic loop");
+        let recorded = graph.is_recorded();
         anyhow::ensure!(
             !recorded || in_place.get(),
             "critic graph: the loop's state buffers are shared at its end, so the recorded \
@@ -387,7 +523,7 @@ impl CriticGraph {
 
     /// Runs the recorded loop on `inputs` and returns its outputs.
     pub fn run(&mut self, inputs: LoopInputs) -> Result<LoopOutput> {
-        let recorded = self.graph.is_hardware();
+        let recorded = self.graph.is_recorded();
         let (cells, c) = (&self.inputs, inputs.critic);
         overwrite(&cells.obs_act, c.obs_act, recorded, "obs_act")?;
         overwrite(&cells.rew, c.rew, recorded, "rewards")?;
@@ -400,9 +536,9 @@ impl CriticGraph {
         Ok(self.replay())
     }
 
-    /// Whether the backend recorded a device graph (else each run re-runs the loop).
-    pub fn is_recorded(&self) -> bool {
-        self.graph.is_hardware()
+    /// Whether the backend recorded a device graph (else each run re-runs the closure).
+    pub fn status(&self) -> &Recorded {
+        &self.graph.status
     }
 }
 
@@ -500,7 +636,7 @@ pub(super) struct ActGraph {
     policy: PolicyCells,
     target: Cell<1>,
     ids: Cell<1, Int>,
-    graph: burn::tensor::Graph<Tensor<2>, Box<dyn FnMut() -> Tensor<2>>>,
+    graph: Recording<Tensor<2>>,
 }
 
 impl ActGraph {
@@ -540,8 +676,7 @@ impl ActGraph {
                 .0
             }
         };
-        let graph =
-            burn::tensor::capture(device, Box::new(closure) as Box<dyn FnMut() -> Tensor<2>>);
+        let graph = Recording::new(device, Box::new(closure), "acting");
         Ok(ActGraph {
             obs,
             policy: cells,
@@ -552,8 +687,8 @@ impl ActGraph {
     }
 
     /// Whether the backend recorded a device graph (else each run re-runs the closure).
-    pub fn is_recorded(&self) -> bool {
-        self.graph.is_hardware()
+    pub fn status(&self) -> &Recorded {
+        &self.graph.status
     }
 
     /// Observations per action (the recorded `K`).
@@ -572,7 +707,7 @@ impl ActGraph {
 
     /// The actions `[K, A]` for `inputs`.
     pub fn run(&mut self, inputs: ActInputs) -> Result<Tensor<2>> {
-        let recorded = self.graph.is_hardware();
+        let recorded = self.graph.is_recorded();
         overwrite(&self.obs, inputs.obs, recorded, "observations")?;
         self.policy.write(inputs.policy, recorded)?;
         overwrite(
@@ -674,7 +809,7 @@ pub(super) struct UpdateGraph {
     /// moments.
     denoiser_state: StateCells,
     edit_state: Option<StateCells>,
-    graph: burn::tensor::Graph<UpdateOutput, Box<dyn FnMut() -> UpdateOutput>>,
+    graph: Recording<UpdateOutput>,
 }
 
 impl UpdateGraph {
@@ -730,11 +865,8 @@ impl UpdateGraph {
                 out
             }
         };
-        let graph = burn::tensor::capture(
-            device,
-            Box::new(closure) as Box<dyn FnMut() -> UpdateOutput>,
-        );
-        let recorded = graph.is_hardware();
+        let graph = Recording::new(device, Box::new(closure), "updates");
+        let recorded = graph.is_recorded();
         anyhow::ensure!(
             !recorded || in_place.get(),
             "update graph: the state buffers are shared at the end of the updates, so the \
@@ -763,7 +895,7 @@ impl UpdateGraph {
 
     /// Runs the recorded updates on `inputs`.
     pub fn run(&mut self, inputs: UpdateInputs) -> Result<UpdateOutput> {
-        let recorded = self.graph.is_hardware();
+        let recorded = self.graph.is_recorded();
         let c = &self.cells;
         overwrite(&c.obs, inputs.obs, recorded, "observations")?;
         overwrite(&c.act, inputs.act, recorded, "actions")?;
@@ -787,8 +919,9 @@ impl UpdateGraph {
         Ok(self.replay())
     }
 
-    pub fn is_recorded(&self) -> bool {
-        self.graph.is_hardware()
+    /// Whether the backend recorded a device graph (else each run re-runs the closure).
+    pub fn status(&self) -> &Recorded {
+        &self.graph.status
     }
 }
 
