@@ -94,6 +94,29 @@ enum Command {
         /// Only rebuild summary.md and the plots from finished runs.
         #[arg(long)]
         summarize_only: bool,
+        /// Stop the runs still going after this many seconds (their evaluations so far
+        /// are kept; `trainer curves --include-unfinished` plots them).
+        #[arg(long)]
+        time_limit_s: Option<u64>,
+    },
+    /// One algorithm on one task from several studies, side by side: one PNG with a
+    /// learning curve per study (say the `paper` preset's on a GPU beside the `cpu`
+    /// preset's) and the curves' points as a markdown table on stdout.
+    Curves {
+        /// LABEL=DIR: a study directory (`trainer study --out DIR`) and its curve's name.
+        #[arg(long = "study", value_name = "LABEL=DIR", required = true)]
+        studies: Vec<String>,
+        #[arg(long, default_value = "arm-reach")]
+        task: String,
+        #[arg(long, default_value = "expo")]
+        algo: String,
+        /// Also count runs stopped before their end (a time-limited study): each curve
+        /// ends at the last evaluation all its seeds reached.
+        #[arg(long)]
+        include_unfinished: bool,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Update speed: seconds per environment step (one action + the whole UTD update),
     /// per-stage times, FLOPs and achieved GFLOP/s.
@@ -571,6 +594,30 @@ fn main() -> Result<()> {
             let c = config.resolve()?;
             print!("{}", c.to_toml());
         }
+        Command::Curves {
+            studies,
+            task,
+            algo,
+            include_unfinished,
+            out,
+        } => {
+            let studies = studies
+                .iter()
+                .map(|s| {
+                    let (label, dir) = s
+                        .split_once('=')
+                        .with_context(|| format!("--study {s}: expected LABEL=DIR"))?;
+                    Ok((label.to_string(), PathBuf::from(dir)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let task: sim::TaskId = task.parse()?;
+            let algo: trainer::config::Algo = algo.parse()?;
+            print!(
+                "{}",
+                trainer::study::compare(&studies, task, algo, include_unfinished, &out)?
+            );
+            println!("(plot: {})", out.display());
+        }
         Command::Study {
             out,
             preset,
@@ -580,6 +627,7 @@ fn main() -> Result<()> {
             jobs,
             overrides,
             summarize_only,
+            time_limit_s,
         } => {
             let tasks = tasks
                 .iter()
@@ -597,6 +645,7 @@ fn main() -> Result<()> {
                 overrides,
                 jobs,
                 out: out.clone(),
+                time_limit: time_limit_s.map(std::time::Duration::from_secs),
             };
             if !summarize_only {
                 let exe = std::env::current_exe().context("locating the trainer executable")?;

@@ -24,6 +24,9 @@ pub struct StudySpec {
     /// Child processes at once (one per core: each run is single-threaded).
     pub jobs: usize,
     pub out: PathBuf,
+    /// Stop the runs still going after this long (a device lent for minutes): their
+    /// evaluations so far stay in their `eval.csv`, without a `done` marker.
+    pub time_limit: Option<std::time::Duration>,
 }
 
 pub fn algo_name(a: Algo) -> &'static str {
@@ -59,7 +62,25 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
     let mut finished = 0;
     let mut failures = vec![];
     queue.reverse();
+    let start = std::time::Instant::now();
     while !queue.is_empty() || !running.is_empty() {
+        if spec
+            .time_limit
+            .is_some_and(|limit| start.elapsed() >= limit)
+        {
+            for (mut child, dir) in running {
+                // Killed, not failed: the run's rows so far are kept; `--resume` would
+                // continue it from its last checkpoint.
+                child.kill().ok();
+                child.wait().ok();
+                println!("stopped at the time limit: {}", dir.display());
+            }
+            println!(
+                "study: time limit reached; {finished} of {total} runs finished, {} not started",
+                queue.len()
+            );
+            break;
+        }
         while running.len() < spec.jobs.max(1) {
             let Some((task, algo, seed, dir)) = queue.pop() else {
                 break;
@@ -122,8 +143,14 @@ pub struct Curve {
     pub seeds: usize,
 }
 
-/// Reads `eval.csv` of every seed of `task`/`algo` under `out`.
+/// Reads `eval.csv` of every finished seed of `task`/`algo` under `out`.
 pub fn load_curve(out: &Path, task: TaskId, algo: Algo) -> Result<Option<Curve>> {
+    load_runs(out, task, algo, false)
+}
+
+/// As [`load_curve`]; with `unfinished`, also the seeds stopped before their end (a
+/// time-limited study): the curve then ends at the last evaluation every seed reached.
+pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Result<Option<Curve>> {
     let dir = out.join(task.name()).join(algo_name(algo));
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
@@ -132,7 +159,8 @@ pub fn load_curve(out: &Path, task: TaskId, algo: Algo) -> Result<Option<Curve>>
     let mut seeds = 0;
     for e in entries {
         let path = e?.path().join("eval.csv");
-        if !path.parent().unwrap().join("done").is_file() {
+        let done = path.parent().unwrap().join("done").is_file();
+        if !(done || unfinished && path.is_file()) {
             continue;
         }
         seeds += 1;
@@ -249,4 +277,64 @@ pub fn summarize(out: &Path, tasks: &[TaskId], algos: &[Algo]) -> Result<String>
     let text = format!("{md}\n{verdicts}");
     std::fs::write(out.join("summary.md"), &text)?;
     Ok(text)
+}
+
+/// One algorithm on one task from several studies (say the `paper` preset's on a GPU
+/// beside the `cpu` preset's): one PNG with a curve per study, and a table of each
+/// curve's points (returned as markdown). `studies` are (label, study directory).
+/// With `unfinished`, runs stopped before their end count too ([`load_runs`]).
+pub fn compare(
+    studies: &[(String, PathBuf)],
+    task: TaskId,
+    algo: Algo,
+    unfinished: bool,
+    png: &Path,
+) -> Result<String> {
+    anyhow::ensure!(!studies.is_empty(), "compare: no studies given");
+    let mut curves = vec![];
+    for (label, dir) in studies {
+        let c = load_runs(dir, task, algo, unfinished)?.with_context(|| {
+            format!(
+                "{label}: no {}run of {} on {task} under {} (expected {}/seed-*/eval.csv{})",
+                if unfinished { "" } else { "finished " },
+                algo_name(algo),
+                dir.display(),
+                dir.join(task.name()).join(algo_name(algo)).display(),
+                if unfinished {
+                    ""
+                } else {
+                    " with a `done` marker"
+                }
+            )
+        })?;
+        curves.push((label.as_str(), c));
+    }
+    crate::plot::learning_curves(
+        png,
+        &format!(
+            "{task}, {}: success rate (mean ± std over seeds)",
+            algo_name(algo)
+        ),
+        &curves.iter().map(|(l, c)| (*l, c)).collect::<Vec<_>>(),
+    )?;
+    let mut md = String::from("| environment step |");
+    for (label, c) in &curves {
+        md += &format!(" {label} ({} seeds) |", c.seeds);
+    }
+    md += "\n|---|";
+    md += &"---|".repeat(curves.len());
+    md += "\n";
+    let steps: std::collections::BTreeSet<usize> =
+        curves.iter().flat_map(|(_, c)| c.steps.clone()).collect();
+    for step in steps {
+        md += &format!("| {step} |");
+        for (_, c) in &curves {
+            md += &match c.steps.iter().position(|s| *s == step) {
+                Some(i) => format!(" {:.2} ± {:.2} |", c.mean[i], c.std[i]),
+                None => " |".to_string(),
+            };
+        }
+        md += "\n";
+    }
+    Ok(md)
 }

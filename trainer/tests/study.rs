@@ -3,7 +3,7 @@
 use sim::TaskId;
 use std::path::Path;
 use trainer::config::Algo;
-use trainer::study::{load_curve, steps_to_reach, summarize};
+use trainer::study::{compare, load_curve, steps_to_reach, summarize};
 
 fn fake_run(out: &Path, algo: &str, seed: u64, rates: &[f64]) {
     let dir = out.join("push").join(algo).join(format!("seed-{seed}"));
@@ -53,4 +53,49 @@ fn summary_and_plot_from_finished_runs() {
         "plot suspiciously small: {} bytes",
         png.len()
     );
+}
+
+#[test]
+fn curves_of_two_studies_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("paper"), tmp.path().join("cpu"));
+    fake_run(&a, "expo", 0, &[0.2, 0.6]);
+    fake_run(&a, "expo", 1, &[0.4, 0.8]);
+    fake_run(&b, "expo", 0, &[0.1, 0.3, 0.5]);
+    let png = tmp.path().join("cmp.png");
+    let studies = [("paper".to_string(), a), ("cpu".to_string(), b.clone())];
+    let md = compare(&studies, TaskId::Push, Algo::Expo, false, &png).unwrap();
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+    let rows: Vec<&str> = md.lines().collect();
+    assert_eq!(
+        rows[0],
+        "| environment step | paper (2 seeds) | cpu (1 seeds) |"
+    );
+    assert_eq!(rows[2], "| 0 | 0.30 ± 0.10 | 0.10 ± 0.00 |");
+    assert_eq!(rows[3], "| 1000 | 0.70 ± 0.10 | 0.30 ± 0.00 |");
+    // Steps only one study reached leave the other's cell empty.
+    assert_eq!(rows[4], "| 2000 | | 0.50 ± 0.00 |");
+    // A study without finished runs of the algorithm is an error that names it.
+    let missing = [
+        ("gpu".to_string(), tmp.path().join("none")),
+        ("cpu".to_string(), b),
+    ];
+    let err = compare(&missing, TaskId::Push, Algo::Expo, false, &png).unwrap_err();
+    assert!(
+        format!("{err}").contains("gpu: no finished run of expo on push"),
+        "{err}"
+    );
+    // A time-limited study's unfinished runs count only when asked for; the curve ends
+    // at the last evaluation every seed reached.
+    let c = tmp.path().join("limited");
+    fake_run(&c, "expo", 0, &[0.1, 0.2, 0.3]);
+    fake_run(&c, "expo", 1, &[0.3, 0.4]);
+    for seed in [0, 1] {
+        std::fs::remove_file(c.join(format!("push/expo/seed-{seed}/done"))).unwrap();
+    }
+    let limited = [("gpu".to_string(), c)];
+    assert!(compare(&limited, TaskId::Push, Algo::Expo, false, &png).is_err());
+    let md = compare(&limited, TaskId::Push, Algo::Expo, true, &png).unwrap();
+    let rows: Vec<&str> = md.lines().skip(2).collect();
+    assert_eq!(rows, ["| 0 | 0.20 ± 0.10 |", "| 1000 | 0.30 ± 0.10 |"]);
 }
