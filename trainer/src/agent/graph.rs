@@ -212,9 +212,15 @@ impl<T> Recording<T> {
     }
 }
 
-/// Whether `device` is a GPU backend's (where a failed recording is worth a warning).
+/// Whether `device` is a GPU backend's (where a failed recording is worth a warning):
+/// not one of the CPU backends the trainer builds with (the recorded parts run on the
+/// plain device, never an autodiff one).
 fn is_gpu(device: &Device) -> bool {
-    !matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    use burn::backend::DispatchDevice;
+    !matches!(
+        device.as_dispatch(),
+        DispatchDevice::Flex(_) | DispatchDevice::NdArray(_)
+    )
 }
 
 /// A copy of `t` in a buffer of its own.
