@@ -108,18 +108,101 @@ fn native_activations(device: &Device) -> bool {
     device == Device::flex() || device == Device::ndarray()
 }
 
-/// SiLU `x·σ(x)`. Inference on the GPU backends (the denoising chains) uses
-/// `x / (1 + e^−x)`: 4 operations where burn's composed sigmoid (`exp(−ln(1 + e^−x))`)
-/// makes 7. Not under autodiff: the backward pass of that formula multiplies a zero
-/// gradient by `e^−x = ∞` for `x < −88` and gives NaN, where burn's sigmoid node is
-/// stable. The CPU backends keep burn's native SiLU everywhere.
+/// SiLU `x·σ(x)`. Under autodiff, burn's. Outside it (the denoising chains, acting):
+/// - on the GPU backends `x / (1 + e^−x)`: 4 operations where burn's composed sigmoid
+///   (`exp(−ln(1 + e^−x))`) makes 7. Not under autodiff: the backward pass of that
+///   formula multiplies a zero gradient by `e^−x = ∞` for `x < −88` and gives NaN, where
+///   burn's sigmoid node is stable;
+/// - on the CPU backends the same formula in one pass over the host buffer
+///   ([`silu_in_place`]): burn-flex's sigmoid calls libm's `expf` element by element,
+///   which was 45% of a `cpu` preset training step (BENCHMARKS.md, "SiLU on the CPU").
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
-    if native_activations(&device) || device.is_autodiff() {
+    if device.is_autodiff() {
         burn::tensor::activation::silu(x)
+    } else if native_activations(&device) {
+        silu_host(x)
     } else {
         silu_composed(x)
     }
+}
+
+/// [`silu_in_place`] on a CPU tensor's values (without copies where the tensor is the
+/// only handle to its buffer: burn-flex hands it out and takes it back as is).
+pub fn silu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let device = x.device();
+    let mut data = x.into_data();
+    let values = data
+        .as_mut_slice::<f32>()
+        .expect("the trainer's float tensors are f32");
+    silu_in_place(values);
+    Tensor::from_data(data, &device)
+}
+
+/// `x ← x / (1 + e^−x)`, with [`exp_f32`]: a loop the compiler vectorizes (8 lanes where
+/// the CPU has AVX2, chosen at run time). Every lane does the same IEEE operations, so
+/// the result does not depend on the CPU. `x → −∞` gives `−0`, `x → +∞` gives `x`, NaN
+/// stays NaN.
+pub fn silu_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Safety: AVX2 is present (checked just above).
+        unsafe { silu_avx2(values) };
+        return;
+    }
+    silu_loop(values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn silu_avx2(values: &mut [f32]) {
+    silu_loop(values);
+}
+
+#[inline(always)]
+fn silu_loop(values: &mut [f32]) {
+    for x in values {
+        *x = *x / (1.0 + exp_f32(-*x));
+    }
+}
+
+/// `e^x` in f32 without branches or library calls (so that it vectorizes), within 2
+/// ulp of the correctly rounded value for `x` in [−87.3, 88.7] (tested against f64).
+/// Cody–Waite range reduction `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, then a degree-6
+/// polynomial for `e^r` (the coefficients of Cephes' `expf`) and `2^n` put into the
+/// exponent bits. Below −87.3 it gives about 1.2e−38 (not 0), above 88.7 about 3.4e38
+/// or +∞; NaN gives NaN.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // the constants as published; each rounds to its f32
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split into a part exact in a few bits and the rest: n·LN2_HI has no rounding
+    // error for the n that occur here.
+    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2^23 rounds to the nearest integer (ties to even) without `roundps`.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.722_83);
+    let t = x * LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.987_569_2e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let er = p * (r * r) + r + 1.0;
+    // 2^n as 2^h · 2^(n−h), h = ⌊n/2⌋, each made by putting its power + 127 in the
+    // exponent field: n reaches 128 near the top of the range, where 2^n alone would
+    // overflow although e^x does not.
+    // Wrapping integer operations: they cannot overflow for a number (NaN makes garbage
+    // bits, multiplied into NaN), and the release profile's overflow checks would
+    // otherwise keep the loop from vectorizing.
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let h = n >> 1;
+    let pow2 = |k: i32| f32::from_bits((k.wrapping_add(127) << 23) as u32);
+    er * pow2(h) * pow2(n.wrapping_sub(h))
 }
 
 /// The GPU backends' inference SiLU, `x / (1 + e^−x)`, on any device (tests compare it
@@ -558,5 +641,41 @@ impl Temperature {
 
     pub fn alpha(&self) -> Tensor<1> {
         self.log_alpha.val().exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exp_f32` within 2 ulp of the correctly rounded `e^x` (from f64) over its whole
+    /// range, and its ends.
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0.0f64;
+        let n = 2_000_000;
+        for i in 0..=n {
+            let x = -87.3f32 + (88.7 + 87.3) * i as f32 / n as f32;
+            let exact = (x as f64).exp();
+            let ulp = f32::EPSILON as f64 * 2f64.powi((exact as f32).log2().floor() as i32);
+            let err = (exp_f32(x) as f64 - exact).abs() / ulp;
+            worst = worst.max(err);
+        }
+        eprintln!("exp_f32: worst error {worst:.3} ulp");
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(100.0) > 3.4e38 && exp_f32(f32::INFINITY) > 3.4e38);
+        assert!(exp_f32(-100.0) < 1.2e-38 && exp_f32(f32::NEG_INFINITY) >= 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    /// The vectorized loop (AVX2 where present) gives the plain loop's bits.
+    #[test]
+    fn silu_does_not_depend_on_the_cpu() {
+        let xs: Vec<f32> = (0..10_007).map(|i| (i as f32 - 5000.0) * 0.0173).collect();
+        let (mut a, mut b) = (xs.clone(), xs);
+        silu_in_place(&mut a);
+        silu_loop(&mut b);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }

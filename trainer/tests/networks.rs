@@ -191,8 +191,9 @@ fn polyak_blends_every_parameter() {
 }
 
 /// The SiLU the GPU backends use for inference (`x / (1 + e^−x)`, fewer kernels than
-/// burn's composed sigmoid there) against burn's native one, out to the extremes where
-/// `e^−x` overflows; and why it is kept out of autodiff: its gradient is NaN there.
+/// burn's composed sigmoid there), and the CPU's (the same formula in one vectorized
+/// pass), against burn's native one, out to the extremes where `e^−x` overflows; and why
+/// the formula is kept out of autodiff: its gradient is NaN there.
 #[test]
 fn composed_silu_matches_burns_and_stays_out_of_autodiff() {
     let xs = [
@@ -201,7 +202,16 @@ fn composed_silu_matches_burns_and_stays_out_of_autodiff() {
     let x = || Tensor::<1>::from_floats(xs, &dev());
     let y_ref = values(burn::tensor::activation::silu(x()));
     let y = values(silu_composed(x()));
+    // The CPU's inference SiLU (`nets::silu` outside autodiff on flex): the same bound.
+    let y_host = values(trainer::nets::silu(x()));
     for (i, v) in xs.iter().enumerate() {
+        let tol = 1e-6 * (1.0 + y_ref[i].abs());
+        assert!(
+            (y_host[i] - y_ref[i]).abs() <= tol,
+            "host silu({v}) = {} vs {}",
+            y_host[i],
+            y_ref[i]
+        );
         let tol = 1e-6 * (1.0 + y_ref[i].abs());
         assert!(
             (y[i] - y_ref[i]).abs() <= tol,
