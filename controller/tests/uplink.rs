@@ -88,7 +88,11 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
     });
 
     let mut robot = RobotConfig::example("push").unwrap();
+    // At the 10x clock the firmware's checks get a tenth of their real time: a slow step
+    // of a loaded 2-core machine must not stop this test of the link (the HIL tests
+    // cover the stale-sensor monitor and the command watchdog).
     robot.safety.stale_sensor_ms = 3000;
+    robot.command_timeout_ms = 20_000;
     let options = PolicyOptions {
         backend: Backend::Tract,
         executed_steps: None,
