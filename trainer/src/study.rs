@@ -163,19 +163,30 @@ pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Resu
         if !(done || unfinished && path.is_file()) {
             continue;
         }
-        seeds += 1;
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        for line in text.lines().skip(1) {
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        let mut rows = vec![];
+        for (i, line) in lines.iter().enumerate() {
             let mut f = line.split(',');
-            let step: usize = f
+            let row = f
                 .next()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{}: bad row '{line}'", path.display()))?;
-            let rate: f64 = f
-                .next()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{}: bad row '{line}'", path.display()))?;
+                .and_then(|v| v.parse::<usize>().ok())
+                .zip(f.next().and_then(|v| v.parse::<f64>().ok()));
+            match row {
+                Some(row) => rows.push(row),
+                // A run stopped at a time limit may have been killed mid-row.
+                None if !done && i + 1 == lines.len() => {}
+                None => bail!("{}: bad row '{line}'", path.display()),
+            }
+        }
+        // A run stopped before its first evaluation adds nothing (and would empty the
+        // curve, which keeps the steps every counted seed reached).
+        if rows.is_empty() && !done {
+            continue;
+        }
+        seeds += 1;
+        for (step, rate) in rows {
             per_step.entry(step).or_default().push(rate);
         }
     }

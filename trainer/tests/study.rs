@@ -93,6 +93,13 @@ fn curves_of_two_studies_side_by_side() {
     for seed in [0, 1] {
         std::fs::remove_file(c.join(format!("push/expo/seed-{seed}/done"))).unwrap();
     }
+    // A run killed mid-row, and one killed before its first evaluation.
+    let seed0 = c.join("push/expo/seed-0/eval.csv");
+    let text = std::fs::read_to_string(&seed0).unwrap();
+    std::fs::write(&seed0, format!("{text}3000,")).unwrap();
+    let early = c.join("push/expo/seed-2");
+    std::fs::create_dir_all(&early).unwrap();
+    std::fs::write(early.join("eval.csv"), "step,success_rate\n").unwrap();
     let limited = [("gpu".to_string(), c)];
     assert!(compare(&limited, TaskId::Push, Algo::Expo, false, &png).is_err());
     let md = compare(&limited, TaskId::Push, Algo::Expo, true, &png).unwrap();

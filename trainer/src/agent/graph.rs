@@ -95,12 +95,6 @@ pub enum Recorded {
     Failed(String),
 }
 
-impl Recorded {
-    pub fn is_yes(&self) -> bool {
-        matches!(self, Recorded::Yes)
-    }
-}
-
 impl std::fmt::Display for Recorded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
