@@ -106,3 +106,36 @@ fn curves_of_two_studies_side_by_side() {
     let rows: Vec<&str> = md.lines().skip(2).collect();
     assert_eq!(rows, ["| 0 | 0.20 ± 0.10 |", "| 1000 | 0.30 ± 0.10 |"]);
 }
+
+/// `--time-limit-s`: runs still going at the limit are stopped (not left running, not
+/// marked done, not counted as failures).
+#[cfg(unix)]
+#[test]
+fn a_time_limit_stops_the_runs_still_going() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // A stand-in for `trainer train` that never finishes on its own.
+    let exe = tmp.path().join("slow-trainer");
+    std::fs::write(&exe, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = tmp.path().join("study");
+    let spec = trainer::study::StudySpec {
+        tasks: vec![TaskId::Push],
+        algos: vec![Algo::Expo],
+        seeds: vec![0, 1, 2],
+        preset: "tiny".into(),
+        overrides: vec![],
+        jobs: 2,
+        out: out.clone(),
+        time_limit: Some(std::time::Duration::from_millis(500)),
+    };
+    let start = std::time::Instant::now();
+    trainer::study::run_study(&spec, &exe).unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    for seed in [0, 1] {
+        let dir = out.join(format!("push/expo/seed-{seed}"));
+        assert!(dir.join("log.txt").is_file() && !dir.join("done").exists());
+    }
+    // Not started: the limit came first.
+    assert!(!out.join("push/expo/seed-2").exists());
+}

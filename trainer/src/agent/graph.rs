@@ -1013,3 +1013,46 @@ fn run_updates(
         edit,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where the backend records nothing (the CPU), a recording runs its closure for
+    /// the warm-ups and the recording, then once per replay, and says why it is not
+    /// recorded without calling it a failure.
+    #[test]
+    fn on_the_cpu_a_recording_reruns_its_closure() {
+        let device = crate::device::parse("cpu").unwrap().device();
+        let runs = Rc::new(std::cell::Cell::new(0usize));
+        let closure = {
+            let (runs, device) = (runs.clone(), device.clone());
+            move || {
+                runs.set(runs.get() + 1);
+                Tensor::<1>::from_floats([runs.get() as f32], &device)
+            }
+        };
+        let mut r = Recording::new(&device, Box::new(closure), "test closure");
+        assert_eq!(r.status, Recorded::Unsupported);
+        assert!(!r.is_recorded());
+        assert_eq!(runs.get(), WARMUP_RUNS + 1);
+        // Safety: nothing is recorded; the replay re-runs the closure.
+        let out = unsafe { r.replay() }.clone();
+        assert_eq!(runs.get(), WARMUP_RUNS + 2);
+        assert_eq!(scalar(out), (WARMUP_RUNS + 2) as f32);
+    }
+
+    /// A backend's multi-line reason becomes one line.
+    #[test]
+    fn a_failure_reason_is_one_line() {
+        let e = ExecutionError::WithContext {
+            reason: "capture recorded 2 memory node(s):\n  an allocation inside".into(),
+        };
+        assert_eq!(
+            reason(e),
+            "capture recorded 2 memory node(s): an allocation inside"
+        );
+        let failed = Recorded::Failed("why".into());
+        assert_eq!(failed.to_string(), "re-run (recording failed: why)");
+    }
+}
