@@ -1175,6 +1175,7 @@ impl Agent {
                     rng: &mut self.train_rng,
                     device_normals,
                 },
+                self.config.compute.threads,
             )
         });
         // RLPD: next actions from the actor, with the entropy term in the backup.
@@ -1548,12 +1549,66 @@ fn next_candidates(
     ad: usize,
     params: &SelectionParams,
     stream: &mut Stream,
+    threads: usize,
 ) -> (Tensor<3>, Option<Tensor<3>>) {
     let device = next_obs.device();
     let rows = next_obs.dims()[0];
     let noise = candidate_noise(stream, schedule, rows, ad, params, edit.is_some(), &device);
     let times = chain_times(schedule, &device);
+    if threads > 1 && rows > 1 && crate::nets::native_activations(&device) {
+        return candidates_in_threads(den, edit, schedule, next_obs, times, params, noise, threads);
+    }
     candidates_from(den, edit, schedule, next_obs, times, params, noise)
+}
+
+/// [`candidates_from`] with the rows split into `threads` blocks, one thread each (CPU
+/// backends: each thread runs its own operations; `compute.threads`). Every row's chain
+/// and edit depend on that row alone, so the result is the one-thread result, to the bit
+/// (tested). Block `[r0, r1)` takes rows `[r0·N, r1·N)` of each chain draw and
+/// `[r0·n_edit, r1·n_edit)` of the edit noise: [`repeat_rows`] keeps each observation's
+/// copies together.
+#[allow(clippy::too_many_arguments)]
+fn candidates_in_threads(
+    den: &Denoiser,
+    edit: Option<(&GaussianPolicy, f32)>,
+    schedule: &DiffusionSchedule,
+    next_obs: Tensor<2>,
+    times: Tensor<2>,
+    params: &SelectionParams,
+    noise: CandidateNoise,
+    threads: usize,
+) -> (Tensor<3>, Option<Tensor<3>>) {
+    let [rows, od] = next_obs.dims();
+    let threads = threads.min(rows);
+    let rows_of = |t: &Tensor<2>, r: std::ops::Range<usize>, per_row: usize| {
+        let cols = t.dims()[1];
+        t.clone()
+            .slice([r.start * per_row..r.end * per_row, 0..cols])
+    };
+    let parts: Vec<(Tensor<3>, Option<Tensor<3>>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let r = rows * i / threads..rows * (i + 1) / threads;
+                let part = CandidateNoise {
+                    chain: (noise.chain.iter())
+                        .map(|n| rows_of(n, r.clone(), params.num_samples))
+                        .collect(),
+                    edit: (noise.edit.as_ref()).map(|n| rows_of(n, r.clone(), params.num_edit)),
+                };
+                let obs = next_obs.clone().slice([r, 0..od]);
+                let times = times.clone();
+                s.spawn(move || candidates_from(den, edit, schedule, obs, times, params, part))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a candidates thread panicked"))
+            .collect()
+    });
+    let edited = (parts[0].1.is_some())
+        .then(|| Tensor::cat(parts.iter().map(|p| p.1.clone().unwrap()).collect(), 0));
+    let base = Tensor::cat(parts.into_iter().map(|p| p.0).collect(), 0);
+    (base, edited)
 }
 
 /// The Gaussian draws of [`next_candidates`] for `rows` rows: the chains of `rows·N`

@@ -237,6 +237,16 @@ pub struct ComputeConfig {
     /// directly).
     #[serde(default)]
     pub graph: bool,
+    /// CPU backends only: the hoisted next-action candidates (most of a `cpu` step) split
+    /// by rows across this many threads. The same bits as one thread (tested): each row's
+    /// chain is computed alone. For a single run on a machine with spare cores; a study
+    /// already runs one run per core, and the demo's controller shares its 2 cores.
+    #[serde(default = "one_thread")]
+    pub threads: usize,
+}
+
+fn one_thread() -> usize {
+    1
 }
 
 impl Default for ComputeConfig {
@@ -246,6 +256,7 @@ impl Default for ComputeConfig {
             normals: NormalSource::default(),
             optimizer: OptimizerImpl::Fused,
             graph: false,
+            threads: 1,
         }
     }
 }
@@ -440,6 +451,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            (1..=256).contains(&self.compute.threads),
+            "compute.threads must be between 1 and 256, not {}",
+            self.compute.threads
+        );
         if self.compute.graph {
             anyhow::ensure!(
                 matches!(self.algo, Algo::Expo | Algo::IdqlSelect),

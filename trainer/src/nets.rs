@@ -103,7 +103,7 @@ fn normalize_last_with_scale<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor
 /// (GPU) backends every tensor operation is a kernel launch, and burn composes the
 /// activations there from elementary operations.
 #[allow(deprecated)] // ndarray: kept for comparisons (`--device ndarray`)
-fn native_activations(device: &Device) -> bool {
+pub(crate) fn native_activations(device: &Device) -> bool {
     let device = device.clone().inner();
     device == Device::flex() || device == Device::ndarray()
 }

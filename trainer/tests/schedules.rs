@@ -299,3 +299,33 @@ fn recorded_graphs_give_the_direct_results_on_the_gpu() {
     let gpu = std::env::var("EXPO_GPU_DEVICE").expect("EXPO_GPU_DEVICE");
     graph_matches_direct(&gpu, true);
 }
+
+/// `compute.threads`: the hoisted candidates split by rows across threads give exactly
+/// the one-thread results (each row's chain and edit depend on that row alone): the
+/// metrics of every update and every parameter after them. 3 threads over 64 rows, so
+/// the blocks are uneven. Host normals: burn-flex's device RNG is one generator for the
+/// whole process, so two agents in one test would take each other's draws (all draws
+/// are made before the split either way).
+#[test]
+fn candidates_in_threads_give_the_one_thread_results() {
+    let make = |threads: usize| {
+        let mut c = config(CandidateSchedule::Hoisted, "cpu");
+        c.compute.threads = threads;
+        c.validate().unwrap();
+        agent_and_batch(&c)
+    };
+    let (mut one, mut batch) = make(1);
+    let (mut three, _) = make(3);
+    assert_eq!(batch.obs.len() / one.obs_dim, 64);
+    for step in 0..3 {
+        let m1 = one.update(&batch).unwrap();
+        let m3 = three.update(&batch).unwrap();
+        assert_eq!(m1, m3, "metrics of update {step}");
+        for r in &mut batch.rew {
+            *r += 0.25;
+        }
+    }
+    let (p1, p3) = (all_params(&one), all_params(&three));
+    let differing = p1.iter().zip(&p3).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "of {} parameters", p1.len());
+}
