@@ -1541,6 +1541,7 @@ fn edit_step(
 /// normalized, plain): `N` base samples from `den` `[R, N, A]` and, with an edit policy
 /// and its scale β, the first `n_edit` of them edited `[R, n_edit, A]`. Draws: chain
 /// noise, then edit noise ([`candidate_noise`]).
+#[allow(clippy::too_many_arguments)]
 fn next_candidates(
     den: &Denoiser,
     edit: Option<(&GaussianPolicy, f32)>,
