@@ -1556,48 +1556,24 @@ fn next_candidates(
     let rows = next_obs.dims()[0];
     let noise = candidate_noise(stream, schedule, rows, ad, params, edit.is_some(), &device);
     let times = chain_times(schedule, &device);
-    if threads > 1 && rows > 1 && crate::nets::native_activations(&device) {
-        return candidates_in_threads(den, edit, schedule, next_obs, times, params, noise, threads);
-    }
-    candidates_from(den, edit, schedule, next_obs, times, params, noise)
-}
-
-/// [`candidates_from`] with the rows split into `threads` blocks, one thread each (CPU
-/// backends: each thread runs its own operations; `compute.threads`). Every row's chain
-/// and edit depend on that row alone, so the result is the one-thread result, to the bit
-/// (tested). Block `[r0, r1)` takes rows `[r0·N, r1·N)` of each chain draw and
-/// `[r0·n_edit, r1·n_edit)` of the edit noise: [`repeat_rows`] keeps each observation's
-/// copies together.
-#[allow(clippy::too_many_arguments)]
-fn candidates_in_threads(
-    den: &Denoiser,
-    edit: Option<(&GaussianPolicy, f32)>,
-    schedule: &DiffusionSchedule,
-    next_obs: Tensor<2>,
-    times: Tensor<2>,
-    params: &SelectionParams,
-    noise: CandidateNoise,
-    threads: usize,
-) -> (Tensor<3>, Option<Tensor<3>>) {
-    let [rows, od] = next_obs.dims();
-    let threads = threads.min(rows);
-    let rows_of = |t: &Tensor<2>, r: std::ops::Range<usize>, per_row: usize| {
-        let cols = t.dims()[1];
-        t.clone()
-            .slice([r.start * per_row..r.end * per_row, 0..cols])
+    // `compute.threads`: on the CPU backends, blocks of rows on their own threads. Every
+    // row's chain and edit depend on that row alone, so the result is the one-thread
+    // result, to the bit (tested).
+    let threads = if crate::nets::native_activations(&device) {
+        threads.clamp(1, rows.max(1))
+    } else {
+        1
     };
+    if threads == 1 {
+        return candidates_from(den, edit, schedule, next_obs, times, params, noise);
+    }
+    let od = next_obs.dims()[1];
     let parts: Vec<(Tensor<3>, Option<Tensor<3>>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let r = rows * i / threads..rows * (i + 1) / threads;
-                let part = CandidateNoise {
-                    chain: (noise.chain.iter())
-                        .map(|n| rows_of(n, r.clone(), params.num_samples))
-                        .collect(),
-                    edit: (noise.edit.as_ref()).map(|n| rows_of(n, r.clone(), params.num_edit)),
-                };
-                let obs = next_obs.clone().slice([r, 0..od]);
-                let times = times.clone();
+                let part = noise.rows(r.clone(), params);
+                let (obs, times) = (next_obs.clone().slice([r, 0..od]), times.clone());
                 s.spawn(move || candidates_from(den, edit, schedule, obs, times, params, part))
             })
             .collect();
@@ -1617,6 +1593,27 @@ fn candidates_in_threads(
 struct CandidateNoise {
     chain: Vec<Tensor<2>>,
     edit: Option<Tensor<2>>,
+}
+
+impl CandidateNoise {
+    /// The draws of observation rows `r`: rows `[r0·N, r1·N)` of each chain draw and
+    /// `[r0·n_edit, r1·n_edit)` of the edit noise ([`repeat_rows`] keeps each
+    /// observation's copies together).
+    fn rows(&self, r: std::ops::Range<usize>, params: &SelectionParams) -> CandidateNoise {
+        let block = |t: &Tensor<2>, per_row: usize| {
+            let cols = t.dims()[1];
+            t.clone()
+                .slice([r.start * per_row..r.end * per_row, 0..cols])
+        };
+        CandidateNoise {
+            chain: self
+                .chain
+                .iter()
+                .map(|n| block(n, params.num_samples))
+                .collect(),
+            edit: self.edit.as_ref().map(|n| block(n, params.num_edit)),
+        }
+    }
 }
 
 fn candidate_noise(
