@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let run = tmp.path().join("run");
     let mut c = Config::preset(preset)?;
-    c.task = sim::TaskId::Push;
+    c.task = sim::TaskId::Push.into();
     c.run.pretrain_steps = 10;
     c.run.online_steps = 10;
     c.run.eval_episodes = 1;

@@ -402,6 +402,8 @@ pub struct Agent {
     pub obs_dim: usize,
     pub act_dim: usize,
     pub normalizer: Normalizer,
+    /// With `task = "robot"`: the robot, as its dataset described it (for export).
+    pub robot: Option<crate::robot::RobotInfo>,
     pub schedule: DiffusionSchedule,
     device: Device,
     plain: Device,
@@ -575,6 +577,7 @@ impl Agent {
             obs_dim,
             act_dim,
             normalizer,
+            robot: None,
             schedule,
             device,
             plain,

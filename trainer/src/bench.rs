@@ -82,6 +82,9 @@ pub fn flops_per_env_step(c: &Config, obs_dim: usize, act_dim: usize) -> f64 {
 pub struct UpdateBench {
     pub preset: String,
     pub algo: String,
+    /// Observation and action dimensions (the task's, or a robot dataset's).
+    pub obs_dim: usize,
+    pub act_dim: usize,
     pub env_steps: usize,
     pub seconds_per_env_step: Vec<f64>,
     pub median_seconds: f64,
@@ -103,11 +106,10 @@ pub fn bench_updates(
     warmup: usize,
     sync_stages: bool,
 ) -> Result<UpdateBench> {
-    let spec = c.task.spec();
-    let (od, ad) = (spec.obs_dim(), spec.action_dim());
     let mut tiny = c.clone();
     tiny.run.offline_episodes = 20;
-    let (offline, _) = crate::run::offline_data(&tiny)?;
+    let offline = crate::run::offline_data(&tiny)?.replay;
+    let (od, ad) = (offline.obs_dim, offline.act_dim);
     let normalizer = Normalizer::fit(offline.observations(), od);
     let mut agent = Agent::new(c.clone(), od, ad, normalizer, &crate::run::device(c)?);
     agent.sync_stages = sync_stages;
@@ -145,6 +147,8 @@ pub fn bench_updates(
     Ok(UpdateBench {
         preset: c.preset.clone(),
         algo: crate::study::algo_name(c.algo).to_string(),
+        obs_dim: od,
+        act_dim: ad,
         env_steps: steps,
         seconds_per_env_step: times,
         median_seconds: median,

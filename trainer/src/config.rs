@@ -11,6 +11,79 @@ use std::path::Path;
 
 use crate::nets::DenoiserSize;
 
+/// What a run trains for: a simulated task (environment, demonstrator, evaluation), or a
+/// robot known only through its recorded dataset (`run.dataset`): dimensions, names and
+/// observation ranges come from the data, there is no environment to act in, so such a
+/// run is pretrained offline, exported, and improved on the robot (`trainer finetune`).
+/// Written as the task's name, or `robot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Task {
+    Sim(TaskId),
+    Robot,
+}
+
+impl Task {
+    /// The simulated task, if there is one.
+    pub fn sim(self) -> Option<TaskId> {
+        match self {
+            Task::Sim(t) => Some(t),
+            Task::Robot => None,
+        }
+    }
+
+    /// The simulated task that `what` needs, or an error saying that a robot run has none.
+    pub fn require_sim(self, what: &str) -> Result<TaskId> {
+        self.sim().with_context(|| {
+            format!(
+                "{what} needs a simulated task (arm-reach, push or maze); this run's task is \
+                 `robot` (a robot known only from its dataset), which has no simulator: \
+                 evaluate and improve it on the robot (`controller run`, `trainer finetune`)"
+            )
+        })
+    }
+}
+
+impl From<TaskId> for Task {
+    fn from(t: TaskId) -> Self {
+        Task::Sim(t)
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Task::Sim(t) => t.fmt(f),
+            Task::Robot => f.write_str("robot"),
+        }
+    }
+}
+
+impl std::str::FromStr for Task {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "robot" {
+            return Ok(Task::Robot);
+        }
+        s.parse::<TaskId>().map(Task::Sim).map_err(|_| {
+            anyhow::anyhow!("unknown task '{s}': expected arm-reach, push, maze or robot")
+        })
+    }
+}
+
+impl TryFrom<String> for Task {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Task> for String {
+    fn from(t: Task) -> String {
+        t.to_string()
+    }
+}
+
 /// Which learner runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Algo {
@@ -153,7 +226,8 @@ pub struct RunConfig {
     /// Scripted demonstrations generated as the offline dataset when no
     /// `dataset` is given.
     pub offline_episodes: usize,
-    /// A LeRobot v3 dataset directory to use as offline data instead.
+    /// A LeRobot v3 dataset directory to use as offline data instead (required with
+    /// `task = "robot"`).
     pub dataset: Option<String>,
     /// Offline updates of the base policy before going online.
     pub pretrain_steps: usize,
@@ -281,7 +355,8 @@ fn default_device() -> String {
 pub struct Config {
     pub preset: String,
     pub algo: Algo,
-    pub task: TaskId,
+    /// A simulated task, or `robot` (dimensions from `run.dataset`): see [`Task`].
+    pub task: Task,
     pub seed: u64,
     /// `cpu` (burn flex), `ndarray`, `vulkan[:N]` or `cuda[:N]` ([`crate::device`]).
     #[serde(default = "default_device")]
@@ -301,7 +376,7 @@ impl Config {
         Config {
             preset: "paper".into(),
             algo: Algo::Expo,
-            task: TaskId::ArmReach,
+            task: Task::Sim(TaskId::ArmReach),
             seed: 0,
             device: default_device(),
             compute: ComputeConfig::default(),
@@ -452,6 +527,11 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(
+            self.task != Task::Robot || self.run.dataset.is_some(),
+            "task = \"robot\" needs the robot's demonstrations: set run.dataset to a LeRobot v3 \
+             dataset directory (its dimensions, names and rate describe the robot)"
+        );
+        anyhow::ensure!(
             (1..=256).contains(&self.compute.threads),
             "compute.threads must be between 1 and 256, not {}",
             self.compute.threads
@@ -521,6 +601,10 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
+/// Keys whose value may be absent (an `Option` that is `None` is not written to TOML), so
+/// that an override may add them. Every other override must name a key the preset has.
+const OPTIONAL_KEYS: &[&str] = &["run.dataset"];
+
 fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()> {
     let mut cur = value;
     let parts: Vec<&str> = path.split('.').collect();
@@ -529,7 +613,7 @@ fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()>
             .as_table_mut()
             .with_context(|| format!("'{}' is not a section", parts[..i].join(".")))?;
         if i == parts.len() - 1 {
-            if !table.contains_key(*part) {
+            if !table.contains_key(*part) && !OPTIONAL_KEYS.contains(&path) {
                 bail!("unknown key '{path}'");
             }
             table.insert(part.to_string(), new);
@@ -623,8 +707,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.expo.num_samples, 6);
-        assert_eq!(c.task, TaskId::Maze);
+        assert_eq!(c.task, Task::Sim(TaskId::Maze));
         assert_eq!(c.algo, Algo::Rlpd);
+        // An optional key that the preset leaves out.
+        let c = Config::resolve("cpu", None, &["run.dataset=demos/push".into()]).unwrap();
+        assert_eq!(c.run.dataset.as_deref(), Some("demos/push"));
         let err = Config::resolve("cpu", None, &["expo.nope=1".into()]).unwrap_err();
         assert!(
             format!("{err:#}").contains("unknown key 'expo.nope'"),

@@ -144,7 +144,26 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     if c.algo == Algo::Rlpd {
         bail!("RLPD runs have no diffusion policy; bundles hold EXPO, idql-select or BC policies");
     }
-    let spec = c.task.spec();
+    // Names and bounds of the observation: the simulated task's, or the robot's as its
+    // dataset showed it.
+    let (task, names, low, high) = match (c.task.sim(), &agent.robot) {
+        (Some(t), _) => {
+            let spec = t.spec();
+            (
+                t.to_string(),
+                spec.obs_names.iter().map(|s| s.to_string()).collect(),
+                spec.obs_low.to_vec(),
+                spec.obs_high.to_vec(),
+            )
+        }
+        (None, Some(r)) => (
+            r.name.clone(),
+            r.observation_names.clone(),
+            r.obs_low.clone(),
+            r.obs_high.clone(),
+        ),
+        (None, None) => bail!("a robot run without its robot's description (checkpoint state)"),
+    };
     let selection = agent.selection();
     let uses_critic = matches!(c.algo, Algo::Expo | Algo::IdqlSelect);
     let config_json = serde_json::to_string(c)?;
@@ -156,16 +175,16 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     };
     Ok(Manifest {
         format_version: manifest::FORMAT_VERSION,
-        task: c.task.to_string(),
+        task,
         algo: serde_json::to_value(c.algo)?
             .as_str()
             .unwrap_or("unknown")
             .to_string(),
         observation: ObservationSpec {
             dim: agent.obs_dim,
-            names: spec.obs_names.iter().map(|s| s.to_string()).collect(),
-            low: spec.obs_low.to_vec(),
-            high: spec.obs_high.to_vec(),
+            names,
+            low,
+            high,
             mean: agent.normalizer.mean.clone(),
             std: agent.normalizer.std.clone(),
         },

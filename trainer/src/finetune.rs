@@ -22,7 +22,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use sim::rng::Rng;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::agent::Agent;
@@ -138,6 +138,19 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     );
     let (od, ad) = (agent.obs_dim, agent.act_dim);
     let mut summary = FinetuneSummary::default();
+    // A robot run has no simulator to evaluate in.
+    let eval_episodes = if config.task.sim().is_some() {
+        o.eval_episodes
+    } else {
+        if o.eval_episodes > 0 {
+            eprintln!(
+                "note: {} is a robot run (no simulator): no evaluation before and after; \
+                 the robot's own success is in its datasets and `controller run` reports",
+                source.display()
+            );
+        }
+        0
+    };
 
     if !resumed {
         std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
@@ -161,8 +174,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         state.config_toml = config.to_toml();
         std::fs::write(o.out.join("config.toml"), config.to_toml())?;
         write_header(&o.out.join("finetune.csv"), FINETUNE_HEADER)?;
-        if o.eval_episodes > 0 {
-            summary.before = Some(evaluate(&mut agent, o.eval_episodes, config.seed ^ 0xf1e7));
+        if eval_episodes > 0 {
+            summary.before = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
         }
     } else if !o.data.is_empty() {
         eprintln!(
@@ -172,7 +185,15 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     }
 
     let offline = if o.with_offline {
-        offline_data(&config)?.0
+        let offline = offline_data(&config)?.replay;
+        ensure!(
+            (offline.obs_dim, offline.act_dim) == (od, ad),
+            "the run's offline data ({}) now has observation dim {} and action dim {}, its networks take {od} and {ad}",
+            config.run.dataset.as_deref().unwrap_or("generated"),
+            offline.obs_dim,
+            offline.act_dim
+        );
+        offline
     } else {
         Replay::new(od, ad, 1)
     };
@@ -192,8 +213,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             &mut summary,
             progress,
         )?;
-        if o.eval_episodes > 0 {
-            summary.after = Some(evaluate(&mut agent, o.eval_episodes, config.seed ^ 0xf1e7));
+        if eval_episodes > 0 {
+            summary.after = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
         }
         return Ok(summary);
     }
@@ -257,8 +278,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     state.finetune_updates = o.updates.max(start);
     write_checkpoint(&o.out, &agent, &online, &state)?;
     summary.updates = o.updates.max(start);
-    if o.eval_episodes > 0 {
-        summary.after = Some(evaluate(&mut agent, o.eval_episodes, config.seed ^ 0xf1e7));
+    if eval_episodes > 0 {
+        summary.after = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
     }
     Ok(summary)
 }
@@ -275,7 +296,7 @@ fn append_robot_data(
 ) -> Result<(usize, usize)> {
     let (mut episodes, mut successes) = (0, 0);
     for path in data {
-        let ds = read_robot_dataset(path, od, ad)?;
+        let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
         for ep in &ds.episodes {
             for i in 0..ep.len() {
                 summary.robot_transitions += 1;
@@ -295,33 +316,6 @@ fn append_robot_data(
         episodes += ds.episodes.len();
     }
     Ok((episodes, successes))
-}
-
-fn read_robot_dataset(path: &Path, od: usize, ad: usize) -> Result<dataset::Dataset> {
-    let ds = dataset::read_dataset(path)
-        .with_context(|| format!("{}: cannot read the dataset", path.display()))?;
-    ensure!(
-        ds.info.obs_dim() == od && ds.info.action_dim() == ad,
-        "{}: dataset has observation dim {} and action dim {}, the run's networks take {od} and {ad}",
-        path.display(),
-        ds.info.obs_dim(),
-        ds.info.action_dim()
-    );
-    for (i, ep) in ds.episodes.iter().enumerate() {
-        let finite = ep
-            .observations
-            .iter()
-            .chain(&ep.next_observations)
-            .chain(&ep.actions)
-            .chain(&ep.rewards)
-            .all(|x| x.is_finite());
-        ensure!(
-            finite,
-            "{}: episode {i} holds a NaN or infinite value",
-            path.display()
-        );
-    }
-    Ok(ds)
 }
 
 /// One summary line for the CLI.

@@ -4,7 +4,7 @@
 //! Gaussian actor, temperature), fused Adam/AdamW on flat buffers ([`optim`]), the learners ([`agent`]: `expo`, `bc`, `idql-select`,
 //! `rlpd` in one code path), replay buffers with 50/50 offline/online sampling
 //! ([`replay`]), the run configuration with its `paper` and `cpu` presets ([`config`]),
-//! and the `trainer` binary.
+//! runs on robots known only from their datasets ([`robot`]), and the `trainer` binary.
 //!
 //! The EXPO action selection itself lives in `shared_model::select` and is shared with
 //! the controller.
@@ -20,5 +20,6 @@ pub mod nets;
 pub mod optim;
 pub mod plot;
 pub mod replay;
+pub mod robot;
 pub mod run;
 pub mod study;

@@ -343,8 +343,8 @@ fn main() -> Result<()> {
                 } else {
                     ""
                 },
-                c.task.spec().obs_dim(),
-                c.task.spec().action_dim(),
+                r.obs_dim,
+                r.act_dim,
                 r.median_seconds,
                 r.env_steps,
                 min,
@@ -383,15 +383,25 @@ fn main() -> Result<()> {
             if let Some(b) = bar.0.take() {
                 b.finish_and_clear();
             }
-            let e = &summary.evals[0].1;
-            println!(
-                "pretrained {} on {}: success {:.1}% over {} episodes; checkpoint in {}",
-                serde_json::to_string(&c.algo)?,
-                c.task,
-                100.0 * e.success_rate,
-                e.episodes,
-                out.join("checkpoint").display()
-            );
+            match summary.evals.first() {
+                Some((_, e)) => println!(
+                    "pretrained {} on {}: success {:.1}% over {} episodes; checkpoint in {}",
+                    serde_json::to_string(&c.algo)?,
+                    c.task,
+                    100.0 * e.success_rate,
+                    e.episodes,
+                    out.join("checkpoint").display()
+                ),
+                // A robot run: no simulator to evaluate in.
+                None => println!(
+                    "pretrained {} for the robot of {} ({:.1}% of its episodes successful); \
+                     no simulator to evaluate in; checkpoint in {}",
+                    serde_json::to_string(&c.algo)?,
+                    c.run.dataset.as_deref().unwrap_or("?"),
+                    100.0 * summary.offline_success_rate,
+                    out.join("checkpoint").display()
+                ),
+            }
         }
         Command::Eval {
             run,
@@ -404,7 +414,14 @@ fn main() -> Result<()> {
         } => {
             let (name, e) = if let Some(dir) = bundle {
                 let b = shared_model::load_bundle(&dir, &trust.trust()?)?;
-                let task: sim::TaskId = b.manifest.task.parse()?;
+                let task: sim::TaskId = b.manifest.task.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: the bundle is for '{}', which is not a simulated task \
+                         (arm-reach, push, maze); run it on its robot (`controller run`)",
+                        dir.display(),
+                        b.manifest.task
+                    )
+                })?;
                 let options = controller::runtime::PolicyOptions {
                     backend: backend.parse()?,
                     executed_steps,
@@ -432,7 +449,8 @@ fn main() -> Result<()> {
                 let mut agent = trainer::run::load_agent(&run)?;
                 (
                     run.display().to_string(),
-                    trainer::run::evaluate(&mut agent, episodes, seed),
+                    trainer::run::evaluate(&mut agent, episodes, seed)
+                        .with_context(|| run.display().to_string())?,
                 )
             };
             println!(
@@ -457,19 +475,28 @@ fn main() -> Result<()> {
                 .transpose()?;
             let (agent, info) = if random {
                 let c = config.resolve()?;
-                let spec = c.task.spec();
-                let (od, ad) = (spec.obs_dim(), spec.action_dim());
+                // A robot's description (dimensions, names) comes from its dataset.
+                let (od, ad, robot) = match c.task.sim() {
+                    Some(t) => (t.spec().obs_dim(), t.spec().action_dim(), None),
+                    None => {
+                        let r = trainer::run::offline_data(&c)?
+                            .robot
+                            .expect("a robot run's offline data describes its robot");
+                        (r.obs_dim(), r.act_dim(), Some(r))
+                    }
+                };
                 let identity = trainer::replay::Normalizer {
                     mean: vec![0.0; od],
                     std: vec![1.0; od],
                 };
-                let agent = trainer::agent::Agent::new(
+                let mut agent = trainer::agent::Agent::new(
                     c.clone(),
                     od,
                     ad,
                     identity,
                     &trainer::run::device(&c)?,
                 );
+                agent.robot = robot;
                 let info = trainer::export::ExportInfo {
                     dataset: "none (untrained networks)".into(),
                     env_steps: 0,

@@ -19,7 +19,7 @@
 //! `eval.csv` to the checkpoint's step and continues with exactly the same updates as an
 //! uninterrupted run.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::agent::{Agent, UpdateMetrics};
-use crate::config::{Algo, Config};
+use crate::config::{Algo, Config, Task};
 use crate::replay::{Batch, Normalizer, Replay, sample_mixed};
+use crate::robot::{RobotInfo, read_training_dataset};
 
 /// Success rate and return of evaluation episodes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -44,10 +45,10 @@ pub struct EvalResult {
 
 /// Runs `episodes` evaluation episodes in lockstep, acting for all unfinished
 /// environments in one batch. Episode `i` is seeded from `seed` and `i`.
-pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> EvalResult {
-    let task = agent.config.task;
+/// A robot run (`task = "robot"`) has no simulator: that is an error.
+pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> Result<EvalResult> {
+    let task = agent.config.task.require_sim("evaluation")?;
     evaluate_with(task, episodes, seed, &mut |obs| Ok(agent.act(obs)))
-        .expect("the burn agent does not fail")
 }
 
 /// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to actions `[K·A]`.
@@ -108,28 +109,51 @@ pub fn evaluate_with(
     })
 }
 
-/// The offline buffer: the configured dataset, or freshly generated scripted
-/// demonstrations (seeded from the run's seed). Also returns the demonstrations'
-/// success rate.
-pub fn offline_data(config: &Config) -> Result<(Replay, f64)> {
-    let spec = config.task.spec();
-    if let Some(path) = &config.run.dataset {
-        let ds = dataset::read_dataset(Path::new(path))?;
-        if ds.info.obs_dim() != spec.obs_dim() || ds.info.action_dim() != spec.action_dim() {
-            bail!(
-                "{path}: dataset has obs dim {} and action dim {}, task {} expects {} and {}",
-                ds.info.obs_dim(),
-                ds.info.action_dim(),
-                config.task,
-                spec.obs_dim(),
-                spec.action_dim()
-            );
+/// A run's offline data.
+pub struct OfflineData {
+    pub replay: Replay,
+    /// Fraction of the demonstrations' episodes that succeeded.
+    pub success_rate: f64,
+    /// With `task = "robot"`: the robot, as its dataset describes it.
+    pub robot: Option<RobotInfo>,
+}
+
+/// The offline buffer: the configured dataset (checked: dimensions, finite values, not
+/// empty), or freshly generated scripted demonstrations of the simulated task (seeded
+/// from the run's seed).
+pub fn offline_data(config: &Config) -> Result<OfflineData> {
+    let task = match (config.task, &config.run.dataset) {
+        (_, Some(path)) => {
+            let ds = read_training_dataset(Path::new(path), None)?;
+            if let Some(task) = config.task.sim() {
+                let spec = task.spec();
+                if ds.info.obs_dim() != spec.obs_dim() || ds.info.action_dim() != spec.action_dim()
+                {
+                    bail!(
+                        "{path}: dataset has obs dim {} and action dim {}, task {task} expects {} and {} \
+                         (a robot without a simulator: task = \"robot\")",
+                        ds.info.obs_dim(),
+                        ds.info.action_dim(),
+                        spec.obs_dim(),
+                        spec.action_dim()
+                    );
+                }
+            }
+            ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
+            return Ok(OfflineData {
+                replay: Replay::from_dataset(&ds),
+                success_rate: ds.success_rate(),
+                robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
+            });
         }
-        let rate = ds.success_rate();
-        return Ok((Replay::from_dataset(&ds), rate));
-    }
-    let mut env = make_env(config.task, EnvConfig::default());
-    let mut demo = make_demonstrator(config.task);
+        (Task::Sim(task), None) => task,
+        (Task::Robot, None) => {
+            bail!("task = \"robot\" needs run.dataset (the robot's demonstrations)")
+        }
+    };
+    let spec = task.spec();
+    let mut env = make_env(task, EnvConfig::default());
+    let mut demo = make_demonstrator(task);
     let mut replay = Replay::new(spec.obs_dim(), spec.action_dim(), 1 << 22);
     let mut seeds = Rng::new(config.seed.wrapping_add(0x0ff1));
     let mut ok = 0;
@@ -138,10 +162,11 @@ pub fn offline_data(config: &Config) -> Result<(Replay, f64)> {
         ok += t.is_success() as usize;
         replay.push_trajectory(&t);
     }
-    Ok((
+    Ok(OfflineData {
         replay,
-        ok as f64 / config.run.offline_episodes.max(1) as f64,
-    ))
+        success_rate: ok as f64 / config.run.offline_episodes.max(1) as f64,
+        robot: None,
+    })
 }
 
 /// Progress reporting hook (the binary draws a progress bar with it).
@@ -211,6 +236,10 @@ pub(crate) struct RunState {
     /// Updates done by `trainer finetune` in this run directory (0 for `train`).
     #[serde(default)]
     pub(crate) finetune_updates: usize,
+    /// A robot run's robot (`task = "robot"`), from its dataset: the networks' dimensions
+    /// and what export writes into the manifest.
+    #[serde(default)]
+    pub(crate) robot: Option<RobotInfo>,
 }
 
 impl RunState {
@@ -238,6 +267,7 @@ impl RunState {
             episode_stats,
             config_toml: config.to_toml(),
             finetune_updates: 0,
+            robot: agent.robot.clone(),
         }
     }
 }
@@ -260,17 +290,30 @@ pub fn train(
     opts: &TrainOptions,
     progress: &mut dyn Progress,
 ) -> Result<TrainSummary> {
+    if config.task == Task::Robot {
+        ensure!(
+            config.run.online_steps == 0,
+            "task = \"robot\" has no simulator to take online steps in (run.online_steps = {}): \
+             pretrain it (`trainer pretrain`), export a bundle, and improve it on the robot \
+             (`controller run --uplink` with `trainer finetune --listen`, or `trainer finetune --data`)",
+            config.run.online_steps
+        );
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let spec = config.task.spec();
-    let (od, ad) = (spec.obs_dim(), spec.action_dim());
     let ckpt_dir = checkpoint_dir(out);
     let resumed = opts.resume && ckpt_dir.is_some();
 
     progress.phase("offline data", 1);
-    let (offline, offline_rate) = offline_data(config)?;
+    let OfflineData {
+        replay: offline,
+        success_rate: offline_rate,
+        robot,
+    } = offline_data(config)?;
+    let (od, ad) = (offline.obs_dim, offline.act_dim);
     let mut online = Replay::new(od, ad, 1 << 21);
     let normalizer = Normalizer::fit(offline.observations(), od);
     let mut agent = Agent::new(config.clone(), od, ad, normalizer, &device(config)?);
+    agent.robot = robot;
     let mut summary = TrainSummary {
         offline_success_rate: offline_rate,
         ..Default::default()
@@ -314,25 +357,37 @@ pub fn train(
         write_header(&out.join("metrics.csv"), METRICS_HEADER)?;
         write_header(&out.join("eval.csv"), EVAL_HEADER)?;
         pretrain(&mut agent, &offline, &mut batch_rng, &mut batch, progress)?;
-        let e = evaluate(&mut agent, config.run.eval_episodes, config.seed ^ 0xe7a1);
-        append_eval(out, 0, &e)?;
-        summary.evals.push((0, e));
+        // A robot run has nothing to evaluate in: its eval.csv stays empty.
+        if config.task.sim().is_some() {
+            let e = evaluate(&mut agent, config.run.eval_episodes, config.seed ^ 0xe7a1)?;
+            append_eval(out, 0, &e)?;
+            summary.evals.push((0, e));
+        }
     }
 
     // Online training.
     let total = config.run.online_steps;
     progress.phase("online", total as u64);
-    let mut env = make_env(config.task, EnvConfig::default());
+    // None for a robot run, which has no online steps (checked above).
+    let mut env = config
+        .task
+        .sim()
+        .map(|task| make_env(task, EnvConfig::default()));
     let mut obs = vec![0.0; od];
     let mut next = vec![0.0; od];
     let mut episode_seed = episode_seed.unwrap_or_else(|| env_seeds.next_u64());
-    env.reset(episode_seed, &mut obs);
+    if let Some(env) = env.as_mut() {
+        env.reset(episode_seed, &mut obs);
+    }
     let mut ep_return = 0.0f64;
     let mut window = MetricsWindow::default();
     let log_every = opts.log_every.max(1);
     let mut last_ckpt = start_step;
     let mut clock = Instant::now();
     for step in start_step..total {
+        let env = env
+            .as_mut()
+            .expect("only simulated tasks take online steps");
         let action = agent.act(&obs);
         let s = env.step(&action, &mut next);
         online.push(&obs, &action, s.reward, &next, s.terminated);
@@ -389,7 +444,7 @@ pub fn train(
                 &mut agent,
                 config.run.eval_episodes,
                 config.seed ^ 0xe7a1 ^ done_steps as u64,
-            );
+            )?;
             append_eval(out, done_steps, &e)?;
             summary.evals.push((done_steps, e));
         }
@@ -489,15 +544,19 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
         .with_context(|| {
         format!("{}: bad checkpoint state", dir.join("state.json").display())
     })?;
-    let spec = config.task.spec();
+    let (od, ad) = match &state.robot {
+        Some(r) => (r.obs_dim(), r.act_dim()),
+        None => {
+            let spec = config
+                .task
+                .require_sim("a checkpoint without a robot description")?
+                .spec();
+            (spec.obs_dim(), spec.action_dim())
+        }
+    };
     let device = device(&config)?;
-    let mut agent = Agent::new(
-        config,
-        spec.obs_dim(),
-        spec.action_dim(),
-        state.normalizer.clone(),
-        &device,
-    );
+    let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
+    agent.robot = state.robot.clone();
     agent.load(&dir)?;
     Ok((agent, state, dir))
 }

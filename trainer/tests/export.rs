@@ -20,7 +20,7 @@ const TOL: f32 = 1e-4;
 fn agent(preset: &str, overrides: &[&str]) -> Agent {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let c = Config::resolve(preset, None, &overrides).unwrap();
-    let spec = c.task.spec();
+    let spec = c.task.sim().unwrap().spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
     let mut rng = Rng::new(5);
     // A non-trivial normalization, so the test covers it.
@@ -129,7 +129,7 @@ fn check_actions(agent: &mut Agent, bundle: &Path, backend: Backend) {
     )
     .unwrap();
     agent.act_rng = Rng::new(seed);
-    let task = agent.config.task;
+    let task = agent.config.task.sim().unwrap();
     let mut env = sim::make_env(task, sim::EnvConfig::default());
     let mut obs = vec![0.0; agent.obs_dim];
     env.reset(3, &mut obs);

@@ -8,7 +8,7 @@ use trainer::run::{TrainOptions, load_agent, train};
 
 fn tiny_run(dir: &Path) {
     let mut c = Config::tiny();
-    c.task = TaskId::ArmReach;
+    c.task = TaskId::ArmReach.into();
     c.run.online_steps = 20;
     let opts = TrainOptions {
         checkpoint_every: 0,

@@ -29,14 +29,14 @@ fn final_success(config: &Config) -> (f64, f64) {
 #[test]
 fn expo_improves_above_its_behavior_cloning_start() {
     let mut bc = Config::cpu();
-    bc.task = sim::TaskId::Push;
+    bc.task = sim::TaskId::Push.into();
     bc.algo = trainer::config::Algo::Bc;
     bc.run.online_steps = 0;
     bc.run.eval_episodes = 100;
     let (bc_success, _) = final_success(&bc);
 
     let mut expo = Config::cpu();
-    expo.task = sim::TaskId::Push;
+    expo.task = sim::TaskId::Push.into();
     expo.run.online_steps = 3000;
     expo.run.eval_every = 0;
     expo.run.eval_episodes = 100;

@@ -15,7 +15,7 @@ use uplink::{KEY_LEN, Key};
 
 fn tiny_push_run(dir: &Path) {
     let mut c = Config::tiny();
-    c.task = TaskId::Push;
+    c.task = TaskId::Push.into();
     c.run.online_steps = 10;
     train(&c, dir, &TrainOptions::default(), &mut ()).unwrap();
 }
@@ -256,7 +256,7 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("pretrained");
     let mut c = Config::preset("cpu").unwrap();
-    c.task = TaskId::Push;
+    c.task = TaskId::Push.into();
     c.run.online_steps = 0;
     train(&c, &run, &TrainOptions::default(), &mut ()).unwrap();
     let (key_path, pub_path) =

@@ -18,8 +18,8 @@ fn config(schedule: CandidateSchedule, device: &str) -> Config {
 
 /// An agent with the config's seed and a batch of scripted-demo transitions.
 fn agent_and_batch(c: &Config) -> (Agent, Batch) {
-    let (offline, _) = trainer::run::offline_data(c).unwrap();
-    let spec = c.task.spec();
+    let offline = trainer::run::offline_data(c).unwrap().replay;
+    let spec = c.task.sim().unwrap().spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
     let normalizer = Normalizer::fit(offline.observations(), od);
     let device = trainer::run::device(c).unwrap();

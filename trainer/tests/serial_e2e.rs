@@ -20,7 +20,7 @@ const SEED: u64 = 4242;
 fn quick_bundle(dir: &Path) {
     let mut c = Config::cpu();
     c.algo = trainer::config::Algo::Bc;
-    c.task = TaskId::Push;
+    c.task = TaskId::Push.into();
     c.diffusion.ema_rate = 0.01;
     c.run.pretrain_steps = 6000;
     c.run.pretrain_critic = false;

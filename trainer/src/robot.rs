@@ -1,0 +1,91 @@
+//! Robots without a simulator: runs with `task = "robot"` learn from a recorded LeRobot
+//! v3 dataset alone, so the dataset is what describes the robot.
+//!
+//! ```text
+//!  demonstrations (LeRobot v3: observation.state, action, next.reward, …)
+//!        │  trainer pretrain --set task=robot --set run.dataset=DIR
+//!        ▼
+//!  run directory ── checkpoint/state.json keeps a RobotInfo (name, rate, names, ranges)
+//!        │  trainer export
+//!        ▼
+//!  bundle (manifest: the robot's name, dimensions, observation names and ranges)
+//!        │  controller run --robot robot.toml … --uplink       trainer finetune --listen
+//!        ▼                                                     (or --data, from the logs)
+//!  the robot's own episodes ──────────────────────────────────────────►  better bundle
+//! ```
+//!
+//! Everything that needs an environment (online `train` steps, `eval`, `bench`, the
+//! evaluations of `finetune`) names the missing simulator instead of guessing one.
+
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What a `robot` run knows about its robot, taken from its dataset at pretraining and
+/// kept in the checkpoint (so export does not need the dataset again).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RobotInfo {
+    /// The dataset's `robot_type` (the robot file's `robot` for `controller run` logs).
+    pub name: String,
+    /// Control rate of the recording, Hz.
+    pub fps: u32,
+    pub observation_names: Vec<String>,
+    pub action_names: Vec<String>,
+    /// Per-dimension minimum and maximum of the observations in the data: the bundle's
+    /// observation bounds (the data is all the trainer knows of the robot's ranges).
+    pub obs_low: Vec<f32>,
+    pub obs_high: Vec<f32>,
+}
+
+impl RobotInfo {
+    /// The description of the robot that recorded `ds` (which must hold frames).
+    pub fn of(ds: &dataset::Dataset) -> Self {
+        let od = ds.info.obs_dim();
+        let (mut low, mut high) = (vec![f32::INFINITY; od], vec![f32::NEG_INFINITY; od]);
+        for ep in &ds.episodes {
+            for row in ep.observations.chunks_exact(od) {
+                for ((l, h), &x) in low.iter_mut().zip(&mut high).zip(row) {
+                    *l = l.min(x);
+                    *h = h.max(x);
+                }
+            }
+        }
+        RobotInfo {
+            name: ds.info.robot_type.clone(),
+            fps: ds.info.fps,
+            observation_names: ds.info.observation_names.clone(),
+            action_names: ds.info.action_names.clone(),
+            obs_low: low,
+            obs_high: high,
+        }
+    }
+
+    pub fn obs_dim(&self) -> usize {
+        self.observation_names.len()
+    }
+
+    pub fn act_dim(&self) -> usize {
+        self.action_names.len()
+    }
+}
+
+/// Reads a dataset for training: a read error (the reader also refuses NaN and infinite
+/// values, naming the column and frame) or other dimensions than `dims` (observation,
+/// action) when given is an error naming the directory.
+pub fn read_training_dataset(
+    path: &Path,
+    dims: Option<(usize, usize)>,
+) -> Result<dataset::Dataset> {
+    let ds = dataset::read_dataset(path)
+        .with_context(|| format!("{}: cannot read the dataset", path.display()))?;
+    if let Some((od, ad)) = dims {
+        ensure!(
+            ds.info.obs_dim() == od && ds.info.action_dim() == ad,
+            "{}: dataset has observation dim {} and action dim {}, the run's networks take {od} and {ad}",
+            path.display(),
+            ds.info.obs_dim(),
+            ds.info.action_dim()
+        );
+    }
+    Ok(ds)
+}

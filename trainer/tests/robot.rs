@@ -1,0 +1,328 @@
+//! Runs for a robot without a simulator (`task = "robot"`): everything comes from the
+//! robot's dataset, and what needs an environment says so.
+
+use dataset::{DatasetInfo, Episode};
+use shared_model::Trust;
+use sim::rng::Rng;
+use sim::{EnvConfig, TaskId};
+use std::path::Path;
+use trainer::config::{Config, Task};
+use trainer::export::{ExportInfo, export_bundle};
+use trainer::finetune::{FinetuneOptions, finetune};
+use trainer::run::{TrainOptions, load_agent, train};
+
+fn pretrain(c: &Config, out: &Path) {
+    let mut c = c.clone();
+    c.run.online_steps = 0;
+    train(&c, out, &TrainOptions::default(), &mut ()).unwrap();
+}
+
+fn robot_config(dataset: &Path) -> Config {
+    let mut c = Config::tiny();
+    c.task = Task::Robot;
+    c.run.dataset = Some(dataset.display().to_string());
+    c.run.online_steps = 0;
+    // Critics and edit policy too, as the `cpu` preset does.
+    c.run.pretrain_critic = true;
+    c
+}
+
+/// A robot with 7 observations and 3 actions: a noisy point that the actions push
+/// towards a goal, success when it gets close. Episode `i` is seeded from `seed`.
+fn own_robot_dataset(dir: &Path, episodes: usize, seed: u64) -> DatasetInfo {
+    let info = DatasetInfo {
+        robot_type: "lab-arm".into(),
+        fps: 50,
+        task: "reach the marker".into(),
+        observation_names: (0..7).map(|i| format!("q{i}")).collect(),
+        action_names: vec!["dx".into(), "dy".into(), "dz".into()],
+    };
+    let mut rng = Rng::new(seed);
+    let mut eps = vec![];
+    for _ in 0..episodes {
+        let mut ep = Episode::default();
+        let goal = [rng.uniform(), rng.uniform(), rng.uniform()];
+        let mut p = [0.0f32; 3];
+        for t in 0..30 {
+            let obs: Vec<f32> = p
+                .iter()
+                .chain(&goal)
+                .copied()
+                .chain([t as f32 / 30.0])
+                .collect();
+            let act: Vec<f32> = (0..3)
+                .map(|k| ((goal[k] - p[k]) * 4.0 + 0.3 * rng.normal()).clamp(-1.0, 1.0))
+                .collect();
+            for k in 0..3 {
+                p[k] += 0.1 * act[k];
+            }
+            let dist: f32 = (0..3).map(|k| (goal[k] - p[k]).powi(2)).sum::<f32>().sqrt();
+            let success = dist < 0.05;
+            let next: Vec<f32> = p
+                .iter()
+                .chain(&goal)
+                .copied()
+                .chain([(t + 1) as f32 / 30.0])
+                .collect();
+            ep.observations.extend(&obs);
+            ep.next_observations.extend(&next);
+            ep.actions.extend(&act);
+            ep.rewards.push(success as u8 as f32);
+            ep.terminated.push(success);
+            ep.truncated.push(!success && t == 29);
+            ep.success.push(success);
+            ep.intervention.push(false);
+            if success {
+                break;
+            }
+        }
+        eps.push(ep);
+    }
+    dataset::write_dataset(dir, &info, &eps).unwrap();
+    info
+}
+
+fn graph_hashes(bundle: &Path) -> Vec<String> {
+    let m = shared_model::load_bundle(bundle, &Trust::AllowUnsigned)
+        .unwrap()
+        .manifest;
+    let g = &m.graphs;
+    [Some(&g.denoiser), g.edit.as_ref(), g.critic.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|f| f.sha256.clone())
+        .collect()
+}
+
+/// The same demonstrations as a simulated task's dataset and as an unknown robot's
+/// (another name, other feature names): the robot run learns exactly what the task run
+/// learns, and its bundle differs only in what describes the robot.
+#[test]
+fn a_robot_run_learns_what_the_same_data_teaches_under_a_task_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let as_task = tmp.path().join("push-demos");
+    tools::generate::generate(TaskId::Push, 12, 3, EnvConfig::default(), &as_task).unwrap();
+    let mut ds = dataset::read_dataset(&as_task).unwrap();
+    ds.info.robot_type = "lab-pusher".into();
+    ds.info.observation_names = (0..10).map(|i| format!("sensor{i}")).collect();
+    let as_robot = tmp.path().join("robot-demos");
+    dataset::write_dataset(&as_robot, &ds.info, &ds.episodes).unwrap();
+
+    let mut task_config = robot_config(&as_task);
+    task_config.task = TaskId::Push.into();
+    let (task_run, robot_run) = (tmp.path().join("task-run"), tmp.path().join("robot-run"));
+    pretrain(&task_config, &task_run);
+    pretrain(&robot_config(&as_robot), &robot_run);
+
+    // No simulator, no evaluation: the robot run's eval.csv has its header only.
+    let evals = std::fs::read_to_string(robot_run.join("eval.csv")).unwrap();
+    assert_eq!(evals.lines().count(), 1, "{evals}");
+    let task_evals = std::fs::read_to_string(task_run.join("eval.csv")).unwrap();
+    assert_eq!(task_evals.lines().count(), 2, "{task_evals}");
+
+    let (task_bundle, robot_bundle) = (tmp.path().join("task-b"), tmp.path().join("robot-b"));
+    for (run, bundle) in [(&task_run, &task_bundle), (&robot_run, &robot_bundle)] {
+        let agent = load_agent(run).unwrap();
+        export_bundle(&agent, bundle, &ExportInfo::default(), None).unwrap();
+    }
+    let hashes = graph_hashes(&task_bundle);
+    assert_eq!(hashes.len(), 3, "denoiser, edit policy and critic");
+    assert_eq!(
+        hashes,
+        graph_hashes(&robot_bundle),
+        "the same data must train the same networks"
+    );
+    // And the networks do depend on the data: other demonstrations, another denoiser.
+    let (other, other_run) = (tmp.path().join("other"), tmp.path().join("other-run"));
+    tools::generate::generate(TaskId::Push, 12, 4, EnvConfig::default(), &other).unwrap();
+    pretrain(&robot_config(&other), &other_run);
+    let other_bundle = tmp.path().join("other-b");
+    export_bundle(
+        &load_agent(&other_run).unwrap(),
+        &other_bundle,
+        &ExportInfo::default(),
+        None,
+    )
+    .unwrap();
+    assert_ne!(graph_hashes(&other_bundle)[0], hashes[0]);
+
+    let m = shared_model::load_bundle(&robot_bundle, &Trust::AllowUnsigned)
+        .unwrap()
+        .manifest;
+    assert_eq!(m.task, "lab-pusher");
+    assert_eq!(m.observation.names, ds.info.observation_names);
+    assert_eq!((m.observation.dim, m.action.dim), (10, 2));
+    // The observation bounds are the data's range.
+    for d in 0..10 {
+        let column = ds
+            .episodes
+            .iter()
+            .flat_map(|e| e.observations.iter().skip(d).step_by(10).copied());
+        let (lo, hi) = column.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), x| {
+            (l.min(x), h.max(x))
+        });
+        assert_eq!((m.observation.low[d], m.observation.high[d]), (lo, hi));
+        assert!(lo < hi, "dimension {d} is constant in the demonstrations");
+    }
+}
+
+/// A robot of its own shape (7 observations, 3 actions): pretraining, a bundle the
+/// controller's runtime runs, and fine-tuning on what the robot recorded, with no
+/// simulator anywhere.
+#[test]
+fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demos = tmp.path().join("demos");
+    let info = own_robot_dataset(&demos, 40, 1);
+    let run = tmp.path().join("run");
+    pretrain(&robot_config(&demos), &run);
+
+    let agent = load_agent(&run).unwrap();
+    assert_eq!((agent.obs_dim, agent.act_dim), (7, 3));
+    let robot = agent.robot.clone().expect("the checkpoint keeps the robot");
+    assert_eq!(robot.name, "lab-arm");
+    assert_eq!(robot.fps, 50);
+    assert_eq!(robot.action_names, info.action_names);
+
+    let bundle = tmp.path().join("bundle");
+    export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
+    let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
+    assert_eq!(b.manifest.task, "lab-arm");
+    let mut policy = controller::runtime::Policy::new(
+        &b,
+        &controller::runtime::PolicyOptions {
+            backend: controller::runtime::Backend::Tract,
+            executed_steps: None,
+            seed: 5,
+        },
+    )
+    .unwrap();
+    let mut action = [f32::NAN; 3];
+    policy
+        .act(&[0.1, 0.0, 0.2, 0.5, 0.4, 0.3, 0.0], &mut action)
+        .unwrap();
+    assert!(
+        action.iter().all(|a| (-1.0..=1.0).contains(a)),
+        "{action:?}"
+    );
+
+    // What the robot recorded later (same shape), then fine-tuning on it.
+    let recorded = tmp.path().join("recorded");
+    own_robot_dataset(&recorded, 5, 2);
+    let out = tmp.path().join("ft");
+    let summary = finetune(
+        &FinetuneOptions {
+            from: run.clone(),
+            data: vec![recorded],
+            out: out.clone(),
+            updates: 4,
+            with_offline: true,
+            checkpoint_every: 0,
+            log_every: 1,
+            // The CLI's default; a robot run skips it (no simulator).
+            eval_episodes: 50,
+            resume: false,
+            stop_after: None,
+            keep_interventions: false,
+            listen: None,
+        },
+        &mut (),
+    )
+    .unwrap();
+    assert_eq!(summary.updates, 4);
+    assert_eq!(summary.robot_episodes, 5);
+    assert!(summary.before.is_none() && summary.after.is_none());
+    let tuned = load_agent(&out).unwrap();
+    assert_eq!(tuned.robot.as_ref(), Some(&robot));
+    export_bundle(
+        &tuned,
+        &tmp.path().join("bundle2"),
+        &ExportInfo::default(),
+        None,
+    )
+    .unwrap();
+
+    // A dataset of another shape is refused with its path.
+    let other = tmp.path().join("other");
+    tools::generate::generate(TaskId::Push, 1, 1, EnvConfig::default(), &other).unwrap();
+    let o = FinetuneOptions {
+        from: run,
+        data: vec![other.clone()],
+        out: tmp.path().join("ft2"),
+        updates: 1,
+        with_offline: true,
+        checkpoint_every: 0,
+        log_every: 1,
+        eval_episodes: 0,
+        resume: false,
+        stop_after: None,
+        keep_interventions: false,
+        listen: None,
+    };
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains(&other.display().to_string()) && e.contains("take 7 and 3"),
+        "{e}"
+    );
+}
+
+/// What needs a simulator names the missing one; a robot run needs its dataset.
+#[test]
+fn what_needs_a_simulator_says_so_for_a_robot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demos = tmp.path().join("demos");
+    own_robot_dataset(&demos, 6, 3);
+
+    let e = Config::resolve("tiny", None, &["task=robot".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("run.dataset"), "{e}");
+    let e = format!(
+        "{:#}",
+        Config::resolve("tiny", None, &["task=lab".into()]).unwrap_err()
+    );
+    assert!(
+        e.contains("unknown task 'lab': expected arm-reach, push, maze or robot"),
+        "{e}"
+    );
+
+    // Online steps need an environment.
+    let mut c = robot_config(&demos);
+    c.run.online_steps = 10;
+    let e = train(
+        &c,
+        &tmp.path().join("online"),
+        &TrainOptions::default(),
+        &mut (),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no simulator") && e.contains("trainer pretrain"),
+        "{e}"
+    );
+
+    let run = tmp.path().join("run");
+    pretrain(&robot_config(&demos), &run);
+    let mut agent = load_agent(&run).unwrap();
+    let e = trainer::run::evaluate(&mut agent, 2, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs a simulated task"), "{e}");
+
+    // A simulated task's dimensions do not fit this robot's data.
+    let mut c = robot_config(&demos);
+    c.task = TaskId::Push.into();
+    let e = train(
+        &c,
+        &tmp.path().join("push"),
+        &TrainOptions::default(),
+        &mut (),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("expects 10 and 2") && e.contains("task = \"robot\""),
+        "{e}"
+    );
+}
