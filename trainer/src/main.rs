@@ -198,7 +198,8 @@ enum Command {
         out: PathBuf,
     },
     /// Offline pretraining only (train with run.online_steps = 0); continue online later
-    /// with `train --resume` on the same --out.
+    /// with `train --resume` on the same --out. For a robot without a simulator: `--set
+    /// task=robot --set run.dataset=DIR` (its LeRobot v3 demonstrations).
     Pretrain {
         #[command(flatten)]
         config: ConfigArgs,

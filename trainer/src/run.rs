@@ -116,6 +116,8 @@ pub struct OfflineData {
     pub success_rate: f64,
     /// With `task = "robot"`: the robot, as its dataset describes it.
     pub robot: Option<RobotInfo>,
+    /// What looked wrong with the data without stopping the run (also on stderr).
+    pub warnings: Vec<String>,
 }
 
 /// The offline buffer: the configured dataset (checked: dimensions, finite values, not
@@ -140,10 +142,28 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
                 }
             }
             ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
+            let mut warnings = vec![];
+            if ds
+                .episodes
+                .iter()
+                .all(|e| e.rewards.iter().all(|&r| r == 0.0))
+            {
+                // LeRobot's own recordings have no `next.reward` column (read as 0).
+                warnings.push(format!(
+                    "{path}: every reward is 0 (no `next.reward` column, or no success \
+                     labelled): the critics learn nothing from these demonstrations, so \
+                     Q-selection starts uninformed; label each successful episode's last frame \
+                     with next.reward = 1 (and next.success) to pretrain them"
+                ));
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             return Ok(OfflineData {
                 replay: Replay::from_dataset(&ds),
                 success_rate: ds.success_rate(),
                 robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
+                warnings,
             });
         }
         (Task::Sim(task), None) => task,
@@ -166,6 +186,7 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
         replay,
         success_rate: ok as f64 / config.run.offline_episodes.max(1) as f64,
         robot: None,
+        warnings: vec![],
     })
 }
 
@@ -308,6 +329,7 @@ pub fn train(
         replay: offline,
         success_rate: offline_rate,
         robot,
+        ..
     } = offline_data(config)?;
     let (od, ad) = (offline.obs_dim, offline.act_dim);
     let mut online = Replay::new(od, ad, 1 << 21);

@@ -310,6 +310,24 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
         .to_string();
     assert!(e.contains("needs a simulated task"), "{e}");
 
+    // Labelled demonstrations pass without a warning; without rewards they get one.
+    assert!(
+        trainer::run::offline_data(&robot_config(&demos))
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+    let mut ds = dataset::read_dataset(&demos).unwrap();
+    for ep in &mut ds.episodes {
+        ep.rewards.iter_mut().for_each(|r| *r = 0.0);
+    }
+    let unlabelled = tmp.path().join("unlabelled");
+    dataset::write_dataset(&unlabelled, &ds.info, &ds.episodes).unwrap();
+    let w = trainer::run::offline_data(&robot_config(&unlabelled))
+        .unwrap()
+        .warnings;
+    assert!(w.len() == 1 && w[0].contains("every reward is 0"), "{w:?}");
+
     // A simulated task's dimensions do not fit this robot's data.
     let mut c = robot_config(&demos);
     c.task = TaskId::Push.into();
