@@ -100,6 +100,19 @@ enum DatasetCommand {
         #[arg(long)]
         gravity: bool,
     },
+    /// Copy a dataset with sparse success rewards (1 on the last frame of each successful
+    /// episode, which then ends terminated; 0 elsewhere), for demonstrations recorded
+    /// without rewards (LeRobot's recorder). The source is not modified.
+    Label {
+        dir: PathBuf,
+        /// The successful episodes: `all`, `none`, or indices and ranges such as `0,3,5-9`
+        /// (positions in the dataset, from 0); the others are labelled as failures.
+        #[arg(long)]
+        success: tools::label::Successful,
+        /// Output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print episodes, lengths, success rate and feature statistics.
     Inspect { dir: PathBuf },
     /// Check the dataset deeply (metadata vs data, indices, statistics).
@@ -210,6 +223,16 @@ fn main() -> Result<()> {
                     summary.total_frames,
                     out.display(),
                     100.0 * summary.success_rate
+                );
+            }
+            DatasetCommand::Label { dir, success, out } => {
+                let s = tools::label::label_success(&dir, &out, &success)?;
+                println!(
+                    "wrote {} episodes, {} frames to {} ({:.1}% labelled successful)",
+                    s.total_episodes,
+                    s.total_frames,
+                    out.display(),
+                    100.0 * s.success_rate
                 );
             }
             DatasetCommand::Inspect { dir } => inspect(&dir)?,

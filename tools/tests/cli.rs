@@ -146,3 +146,95 @@ fn unknown_task_is_a_clear_error() {
     assert!(!o.status.success());
     assert!(text(&o).contains("unknown task 'fly'"), "{}", text(&o));
 }
+
+/// `dataset label`: a copy with sparse success rewards on the episodes named; the
+/// source stays as it was; an episode that does not exist is named.
+#[test]
+fn label_writes_success_rewards_on_a_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let s = src.to_str().unwrap();
+    let o = tools(&[
+        "dataset",
+        "generate",
+        "--task",
+        "push",
+        "--episodes",
+        "6",
+        "--out",
+        s,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Like LeRobot's recordings: no rewards at all.
+    let mut raw = dataset::read_dataset(&src).unwrap();
+    for ep in &mut raw.episodes {
+        let n = ep.len();
+        ep.rewards = vec![0.0; n];
+        ep.success = vec![false; n];
+        ep.terminated = vec![false; n];
+        ep.truncated = vec![false; n];
+        ep.truncated[n - 1] = true;
+    }
+    let unlabelled = tmp.path().join("raw");
+    dataset::write_dataset(&unlabelled, &raw.info, &raw.episodes).unwrap();
+    let before = std::fs::read_dir(unlabelled.join("data/chunk-000"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>();
+
+    let out = tmp.path().join("labelled");
+    let u = unlabelled.to_str().unwrap();
+    let o = tools(&[
+        "dataset",
+        "label",
+        u,
+        "--success",
+        "1,3-4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("50.0% labelled successful"),
+        "{}",
+        text(&o)
+    );
+    let got = dataset::read_dataset(&out).unwrap();
+    assert_eq!(got.info, raw.info);
+    assert_eq!(got.episodes.len(), 6);
+    for (i, (g, r)) in got.episodes.iter().zip(&raw.episodes).enumerate() {
+        let n = r.len();
+        assert_eq!(g.observations, r.observations, "episode {i}");
+        assert_eq!(g.actions, r.actions, "episode {i}");
+        let success = [1, 3, 4].contains(&i);
+        let want_reward: Vec<f32> = (0..n)
+            .map(|t| (success && t == n - 1) as u8 as f32)
+            .collect();
+        assert_eq!(g.rewards, want_reward, "episode {i}");
+        assert_eq!(g.is_success(), success, "episode {i}");
+        assert_eq!(g.terminated[n - 1], success, "episode {i}");
+        assert_eq!(g.truncated[n - 1], !success, "episode {i}");
+    }
+    // The source is untouched.
+    let after = std::fs::read_dir(unlabelled.join("data/chunk-000"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(before, after);
+
+    let o = tools(&[
+        "dataset",
+        "label",
+        u,
+        "--success",
+        "2,6",
+        "--out",
+        tmp.path().join("bad").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("episode 6 does not exist (the dataset has 6 episodes"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,128 @@
+//! Success labels for demonstrations recorded without rewards.
+//!
+//! LeRobot's recorder writes `observation.state` and `action` but no `next.reward`, so
+//! every reward reads as 0 and critics pretrained on such demonstrations learn nothing.
+//! The stack's tasks use sparse rewards: 1 on the frame that succeeds, which ends the
+//! episode. [`label_success`] writes a copy of a dataset with that labelling, given which
+//! episodes succeeded (teleoperated demonstrations usually all do):
+//!
+//! ```text
+//!  successful episode:   reward 0 0 0 … 0 1   success … false true   last frame terminated
+//!  other episode:        reward 0 0 0 … 0 0   success … false false  last frame truncated
+//! ```
+//!
+//! The source is never modified; the copy keeps every observation, action and the
+//! dataset's description.
+
+use anyhow::{Context, Result, bail, ensure};
+use dataset::DatasetSummary;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Which episodes succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Successful {
+    All,
+    /// Episode indices (positions in the dataset, from 0).
+    Only(BTreeSet<usize>),
+}
+
+impl std::str::FromStr for Successful {
+    type Err = anyhow::Error;
+
+    /// `all`, or a comma-separated list of episode indices and inclusive ranges
+    /// (`0,3,5-9`); `none` for an empty list.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "all" => return Ok(Successful::All),
+            "none" => return Ok(Successful::Only(BTreeSet::new())),
+            _ => {}
+        }
+        let mut set = BTreeSet::new();
+        for part in s.split(',').map(str::trim) {
+            let bad = || format!("episode list '{s}': '{part}' is not an index or a range a-b");
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b): (usize, usize) = (
+                        a.trim().parse().with_context(bad)?,
+                        b.trim().parse().with_context(bad)?,
+                    );
+                    ensure!(a <= b, "episode list '{s}': range {part} is empty");
+                    set.extend(a..=b);
+                }
+                None => {
+                    set.insert(part.parse().with_context(bad)?);
+                }
+            }
+        }
+        Ok(Successful::Only(set))
+    }
+}
+
+/// Writes `input` to `output` (a new, empty directory) with sparse success rewards:
+/// the episodes `successful` names end in a success frame (reward 1, success,
+/// terminated); all others get reward 0 everywhere and end truncated. Refuses an index
+/// past the dataset's episodes, naming it.
+pub fn label_success(
+    input: &Path,
+    output: &Path,
+    successful: &Successful,
+) -> Result<DatasetSummary> {
+    let mut ds = dataset::read_dataset(input)
+        .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
+    let n = ds.episodes.len();
+    if let Successful::Only(set) = successful {
+        if let Some(&past) = set.range(n..).next() {
+            bail!(
+                "{}: episode {past} does not exist (the dataset has {n} episodes, 0..{})",
+                input.display(),
+                n.saturating_sub(1)
+            );
+        }
+    }
+    for (i, ep) in ds.episodes.iter_mut().enumerate() {
+        let success = match successful {
+            Successful::All => true,
+            Successful::Only(set) => set.contains(&i),
+        };
+        let len = ep.len();
+        ep.rewards.iter_mut().for_each(|r| *r = 0.0);
+        ep.success.iter_mut().for_each(|s| *s = false);
+        ep.terminated.iter_mut().for_each(|t| *t = false);
+        ep.truncated.iter_mut().for_each(|t| *t = false);
+        if len == 0 {
+            continue;
+        }
+        if success {
+            ep.rewards[len - 1] = 1.0;
+            ep.success[len - 1] = true;
+            ep.terminated[len - 1] = true;
+        } else {
+            ep.truncated[len - 1] = true;
+        }
+    }
+    dataset::write_dataset(output, &ds.info, &ds.episodes)
+        .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn episode_lists_parse_and_bad_ones_are_named() {
+        assert_eq!("all".parse::<Successful>().unwrap(), Successful::All);
+        assert_eq!(
+            "none".parse::<Successful>().unwrap(),
+            Successful::Only(BTreeSet::new())
+        );
+        assert_eq!(
+            "0, 3,5-7".parse::<Successful>().unwrap(),
+            Successful::Only([0, 3, 5, 6, 7].into_iter().collect())
+        );
+        let e = format!("{:#}", "1,x".parse::<Successful>().unwrap_err());
+        assert!(e.contains("'x' is not an index"), "{e}");
+        let e = format!("{:#}", "4-2".parse::<Successful>().unwrap_err());
+        assert!(e.contains("range 4-2 is empty"), "{e}");
+    }
+}
