@@ -71,14 +71,14 @@ pub fn label_success(
     let mut ds = dataset::read_dataset(input)
         .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
     let n = ds.episodes.len();
-    if let Successful::Only(set) = successful {
-        if let Some(&past) = set.range(n..).next() {
-            bail!(
-                "{}: episode {past} does not exist (the dataset has {n} episodes, 0..{})",
-                input.display(),
-                n.saturating_sub(1)
-            );
-        }
+    if let Successful::Only(set) = successful
+        && let Some(&past) = set.range(n..).next()
+    {
+        bail!(
+            "{}: episode {past} does not exist (the dataset has {n} episodes, 0..{})",
+            input.display(),
+            n.saturating_sub(1)
+        );
     }
     for (i, ep) in ds.episodes.iter_mut().enumerate() {
         let success = match successful {
