@@ -11,8 +11,9 @@
 //!  other episode:        reward 0 0 0 … 0 0   success … false false  last frame truncated
 //! ```
 //!
-//! The source is never modified; the copy keeps every observation, action and the
-//! dataset's description.
+//! The source is never modified. The copy keeps every frame's observation and action and
+//! the dataset's description (robot, rate, names): what the trainer reads. Other features
+//! of the source, such as camera videos, are not copied.
 
 use anyhow::{Context, Result, bail, ensure};
 use dataset::DatasetSummary;
@@ -75,7 +76,7 @@ pub fn label_success(
         && let Some(&past) = set.range(n..).next()
     {
         bail!(
-            "{}: episode {past} does not exist (the dataset has {n} episodes, 0..{})",
+            "{}: episode {past} does not exist (the dataset has {n} episodes, 0 to {})",
             input.display(),
             n.saturating_sub(1)
         );
