@@ -11,12 +11,20 @@
 //!  other episode:        reward 0 0 0 … 0 0   success … false false  last frame truncated
 //! ```
 //!
+//! Datasets recorded outside this stack (LeRobot's recorder) also hold actions in the
+//! robot's units (joint targets in degrees, say), where the policy works in `[-1, 1]`
+//! (`controller run` records policy units). With the robot file, the copy's actions are
+//! converted back through its `action.scale` and `action.offset`
+//! (`policy = (robot − offset) / scale`), and an action outside the policy's range is
+//! refused with its episode and frame.
+//!
 //! The source is never modified. The copy keeps every frame's observation and action and
 //! the dataset's description (robot, rate, names): what the trainer reads. Other features
 //! of the source, such as camera videos, are not copied.
 
 use anyhow::{Context, Result, bail, ensure};
 use dataset::DatasetSummary;
+use firmware_config::RobotConfig;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -60,17 +68,27 @@ impl std::str::FromStr for Successful {
     }
 }
 
+/// How far a converted action may lie outside `[-1, 1]` (float round-off of the
+/// conversion) before it is refused; values within it are clamped.
+pub const ACTION_SLACK: f32 = 1e-4;
+
 /// Writes `input` to `output` (a new, empty directory) with sparse success rewards:
 /// the episodes `successful` names end in a success frame (reward 1, success,
-/// terminated); all others get reward 0 everywhere and end truncated. Refuses an index
-/// past the dataset's episodes, naming it.
+/// terminated); all others get reward 0 everywhere and end truncated. With
+/// `robot_units`, the source's actions are in that robot's units and are converted to
+/// policy units. Refuses an index past the dataset's episodes, dimensions that differ
+/// from the robot file's, and a converted action outside `[-1, 1]`, naming each.
 pub fn label_success(
     input: &Path,
     output: &Path,
     successful: &Successful,
+    robot_units: Option<(&Path, &RobotConfig)>,
 ) -> Result<DatasetSummary> {
     let mut ds = dataset::read_dataset(input)
         .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
+    if let Some((path, robot)) = robot_units {
+        to_policy_units(&mut ds, input, path, robot)?;
+    }
     let n = ds.episodes.len();
     if let Successful::Only(set) = successful
         && let Some(&past) = set.range(n..).next()
@@ -104,6 +122,48 @@ pub fn label_success(
     }
     dataset::write_dataset(output, &ds.info, &ds.episodes)
         .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))
+}
+
+/// Converts every action of `ds` (read from `input`) from `robot`'s units (the robot file
+/// at `path`) to policy units.
+fn to_policy_units(
+    ds: &mut dataset::Dataset,
+    input: &Path,
+    path: &Path,
+    robot: &RobotConfig,
+) -> Result<()> {
+    let (od, ad) = (ds.info.obs_dim(), ds.info.action_dim());
+    ensure!(
+        od == robot.observation.dim && ad == robot.action.dim,
+        "{}: observation dim {od} and action dim {ad}, but {} has {} and {}",
+        input.display(),
+        path.display(),
+        robot.observation.dim,
+        robot.action.dim
+    );
+    let mut policy = vec![0.0; ad];
+    for (e, ep) in ds.episodes.iter_mut().enumerate() {
+        for (t, a) in ep.actions.chunks_exact_mut(ad).enumerate() {
+            robot.action.to_policy_units(a, &mut policy);
+            if let Some(i) = policy.iter().position(|p| p.abs() > 1.0 + ACTION_SLACK) {
+                bail!(
+                    "{}: episode {e}, frame {t}: action[{i}] = {} in robot units is {} in \
+                     policy units, outside [-1, 1]; the policy's range maps to offset ± scale \
+                     ({} ± {} in {}): widen action.scale there",
+                    input.display(),
+                    a[i],
+                    policy[i],
+                    robot.action.offset[i],
+                    robot.action.scale[i],
+                    path.display()
+                );
+            }
+            for (dst, p) in a.iter_mut().zip(&policy) {
+                *dst = p.clamp(-1.0, 1.0);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

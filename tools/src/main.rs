@@ -102,13 +102,18 @@ enum DatasetCommand {
     },
     /// Copy a dataset with sparse success rewards (1 on the last frame of each successful
     /// episode, which then ends terminated; 0 elsewhere), for demonstrations recorded
-    /// without rewards (LeRobot's recorder). The source is not modified.
+    /// without rewards (LeRobot's recorder), optionally converting actions recorded in the
+    /// robot's units to policy units. The source is not modified.
     Label {
         dir: PathBuf,
         /// The successful episodes: `all`, `none`, or indices and ranges such as `0,3,5-9`
         /// (positions in the dataset, from 0); the others are labelled as failures.
         #[arg(long)]
         success: tools::label::Successful,
+        /// The source's actions are in this robot file's units (LeRobot's recordings):
+        /// convert them to policy units, `(robot − action.offset) / action.scale`.
+        #[arg(long, value_name = "ROBOT_TOML")]
+        robot_units: Option<PathBuf>,
         /// Output directory (must not exist or be empty).
         #[arg(long)]
         out: PathBuf,
@@ -225,8 +230,22 @@ fn main() -> Result<()> {
                     100.0 * summary.success_rate
                 );
             }
-            DatasetCommand::Label { dir, success, out } => {
-                let s = tools::label::label_success(&dir, &out, &success)?;
+            DatasetCommand::Label {
+                dir,
+                success,
+                robot_units,
+                out,
+            } => {
+                let robot = robot_units
+                    .as_deref()
+                    .map(|p| firmware_config::RobotConfig::load(p).map(|r| (p, r)))
+                    .transpose()?;
+                let s = tools::label::label_success(
+                    &dir,
+                    &out,
+                    &success,
+                    robot.as_ref().map(|(p, r)| (*p, r)),
+                )?;
                 println!(
                     "wrote {} episodes, {} frames to {} ({:.1}% labelled successful)",
                     s.total_episodes,

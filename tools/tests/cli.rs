@@ -238,3 +238,88 @@ fn label_writes_success_rewards_on_a_copy() {
         text(&o)
     );
 }
+
+/// `dataset label --robot-units`: actions recorded in the robot's units come back in
+/// policy units; one outside the policy's range is refused with its episode and frame.
+#[test]
+fn label_converts_robot_units_to_policy_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let o = tools(&[
+        "dataset",
+        "generate",
+        "--task",
+        "push",
+        "--episodes",
+        "4",
+        "--out",
+        src.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A robot whose motors take offset + scale * a.
+    let robot_file = tmp.path().join("robot.toml");
+    let text_of = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-config/robots/push.toml"),
+    )
+    .unwrap()
+    .replace("scale = [1.0, 1.0]", "scale = [0.5, 2.0]")
+    .replace("offset = [0.0, 0.0]", "offset = [0.1, -0.3]");
+    std::fs::write(&robot_file, text_of).unwrap();
+    let (scale, offset) = ([0.5f32, 2.0], [0.1f32, -0.3]);
+    let policy = dataset::read_dataset(&src).unwrap();
+    let mut raw = policy.clone();
+    for ep in &mut raw.episodes {
+        for a in ep.actions.chunks_exact_mut(2) {
+            for i in 0..2 {
+                a[i] = offset[i] + scale[i] * a[i];
+            }
+        }
+    }
+    let raw_dir = tmp.path().join("raw");
+    dataset::write_dataset(&raw_dir, &raw.info, &raw.episodes).unwrap();
+
+    let out = tmp.path().join("policy-units");
+    let o = tools(&[
+        "dataset",
+        "label",
+        raw_dir.to_str().unwrap(),
+        "--success",
+        "all",
+        "--robot-units",
+        robot_file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = dataset::read_dataset(&out).unwrap();
+    let mut worst = 0.0f32;
+    for (g, p) in got.episodes.iter().zip(&policy.episodes) {
+        for (x, y) in g.actions.iter().zip(&p.actions) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst < 1e-6, "converted actions differ by {worst}");
+
+    // Past the range the robot file maps the policy's [-1, 1] to.
+    raw.episodes[2].actions[5] = 2.5; // (2.5 + 0.3) / 2 = 1.4
+    let too_far = tmp.path().join("too-far");
+    dataset::write_dataset(&too_far, &raw.info, &raw.episodes).unwrap();
+    let o = tools(&[
+        "dataset",
+        "label",
+        too_far.to_str().unwrap(),
+        "--success",
+        "all",
+        "--robot-units",
+        robot_file.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("episode 2, frame 2: action[1] = 2.5 in robot units is 1.4")
+            && text(&o).contains("widen action.scale"),
+        "{}",
+        text(&o)
+    );
+}

@@ -17,7 +17,7 @@
 //! Everything that needs an environment (online `train` steps, `eval`, `bench`, the
 //! evaluations of `finetune`) names the missing simulator instead of guessing one.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -69,9 +69,14 @@ impl RobotInfo {
     }
 }
 
+/// The largest action magnitude a training dataset may hold: the policy's `[-1, 1]` plus
+/// float round-off (of a unit conversion, say).
+pub const ACTION_LIMIT: f32 = 1.0 + 1e-4;
+
 /// Reads a dataset for training: a read error (the reader also refuses NaN and infinite
-/// values, naming the column and frame) or other dimensions than `dims` (observation,
-/// action) when given is an error naming the directory.
+/// values, naming the column and frame), other dimensions than `dims` (observation,
+/// action) when given, or an action outside the policy's `[-1, 1]` (a recording in the
+/// robot's units) is an error naming the directory, and the episode and frame.
 pub fn read_training_dataset(
     path: &Path,
     dims: Option<(usize, usize)>,
@@ -86,6 +91,21 @@ pub fn read_training_dataset(
             ds.info.obs_dim(),
             ds.info.action_dim()
         );
+    }
+    let ad = ds.info.action_dim();
+    for (e, ep) in ds.episodes.iter().enumerate() {
+        if let Some(k) = ep.actions.iter().position(|a| a.abs() > ACTION_LIMIT) {
+            bail!(
+                "{}: episode {e}, frame {}: action[{}] = {} is outside the policy's [-1, 1]; \
+                 a dataset's actions must be in policy units, as `controller run` records \
+                 them: convert a recording in the robot's units with `tools dataset label \
+                 --robot-units ROBOT.toml`",
+                path.display(),
+                k / ad,
+                k % ad,
+                ep.actions[k]
+            );
+        }
     }
     Ok(ds)
 }

@@ -328,6 +328,28 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
         .warnings;
     assert!(w.len() == 1 && w[0].contains("every reward is 0"), "{w:?}");
 
+    // Actions in the robot's units (outside the policy's [-1, 1]) are refused.
+    let mut ds = dataset::read_dataset(&demos).unwrap();
+    ds.episodes[3].actions[7] = 42.0;
+    let raw_units = tmp.path().join("raw-units");
+    dataset::write_dataset(&raw_units, &ds.info, &ds.episodes).unwrap();
+    let e = format!(
+        "{:#}",
+        train(
+            &robot_config(&raw_units),
+            &tmp.path().join("raw-run"),
+            &TrainOptions::default(),
+            &mut ()
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains(&raw_units.display().to_string())
+            && e.contains("episode 3, frame 2: action[1] = 42")
+            && e.contains("--robot-units"),
+        "{e}"
+    );
+
     // A simulated task's dimensions do not fit this robot's data.
     let mut c = robot_config(&demos);
     c.task = TaskId::Push.into();
