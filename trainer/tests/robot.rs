@@ -17,6 +17,32 @@ fn pretrain(c: &Config, out: &Path) {
     train(&c, out, &TrainOptions::default(), &mut ()).unwrap();
 }
 
+fn finetune_options(from: &Path, data: &Path, out: &Path, updates: usize) -> FinetuneOptions {
+    FinetuneOptions {
+        from: from.into(),
+        data: vec![data.into()],
+        out: out.into(),
+        updates,
+        with_offline: true,
+        checkpoint_every: 0,
+        log_every: 1,
+        // The CLI's default; a robot run skips it (no simulator).
+        eval_episodes: 50,
+        resume: false,
+        stop_after: None,
+        keep_interventions: false,
+        listen: None,
+    }
+}
+
+/// The error of a `train` that must fail, with its causes.
+fn train_error(config: &Config, out: &Path) -> String {
+    format!(
+        "{:#}",
+        train(config, out, &TrainOptions::default(), &mut ()).unwrap_err()
+    )
+}
+
 fn robot_config(dataset: &Path) -> Config {
     let mut c = Config::tiny();
     c.task = Task::Robot;
@@ -210,25 +236,7 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
     let recorded = tmp.path().join("recorded");
     own_robot_dataset(&recorded, 5, 2);
     let out = tmp.path().join("ft");
-    let summary = finetune(
-        &FinetuneOptions {
-            from: run.clone(),
-            data: vec![recorded],
-            out: out.clone(),
-            updates: 4,
-            with_offline: true,
-            checkpoint_every: 0,
-            log_every: 1,
-            // The CLI's default; a robot run skips it (no simulator).
-            eval_episodes: 50,
-            resume: false,
-            stop_after: None,
-            keep_interventions: false,
-            listen: None,
-        },
-        &mut (),
-    )
-    .unwrap();
+    let summary = finetune(&finetune_options(&run, &recorded, &out, 4), &mut ()).unwrap();
     assert_eq!(summary.updates, 4);
     assert_eq!(summary.robot_episodes, 5);
     assert!(summary.before.is_none() && summary.after.is_none());
@@ -245,20 +253,7 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
     // A dataset of another shape is refused with its path.
     let other = tmp.path().join("other");
     tools::generate::generate(TaskId::Push, 1, 1, EnvConfig::default(), &other).unwrap();
-    let o = FinetuneOptions {
-        from: run,
-        data: vec![other.clone()],
-        out: tmp.path().join("ft2"),
-        updates: 1,
-        with_offline: true,
-        checkpoint_every: 0,
-        log_every: 1,
-        eval_episodes: 0,
-        resume: false,
-        stop_after: None,
-        keep_interventions: false,
-        listen: None,
-    };
+    let o = finetune_options(&run, &other, &tmp.path().join("ft2"), 1);
     let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
     assert!(
         e.contains(&other.display().to_string()) && e.contains("take 7 and 3"),
@@ -289,14 +284,7 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
     // Online steps need an environment.
     let mut c = robot_config(&demos);
     c.run.online_steps = 10;
-    let e = train(
-        &c,
-        &tmp.path().join("online"),
-        &TrainOptions::default(),
-        &mut (),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train_error(&c, &tmp.path().join("online"));
     assert!(
         e.contains("no simulator") && e.contains("trainer pretrain"),
         "{e}"
@@ -333,16 +321,7 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
     ds.episodes[3].actions[7] = 42.0;
     let raw_units = tmp.path().join("raw-units");
     dataset::write_dataset(&raw_units, &ds.info, &ds.episodes).unwrap();
-    let e = format!(
-        "{:#}",
-        train(
-            &robot_config(&raw_units),
-            &tmp.path().join("raw-run"),
-            &TrainOptions::default(),
-            &mut ()
-        )
-        .unwrap_err()
-    );
+    let e = train_error(&robot_config(&raw_units), &tmp.path().join("raw-run"));
     assert!(
         e.contains(&raw_units.display().to_string())
             && e.contains("episode 3, frame 2: action[1] = 42")
@@ -353,14 +332,7 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
     // A simulated task's dimensions do not fit this robot's data.
     let mut c = robot_config(&demos);
     c.task = TaskId::Push.into();
-    let e = train(
-        &c,
-        &tmp.path().join("push"),
-        &TrainOptions::default(),
-        &mut (),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train_error(&c, &tmp.path().join("push"));
     assert!(
         e.contains("expects 10 and 2") && e.contains("task = \"robot\""),
         "{e}"
