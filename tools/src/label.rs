@@ -31,6 +31,8 @@ use std::path::Path;
 /// Which episodes succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Successful {
+    /// The source's labels as they are (to convert units only).
+    Keep,
     All,
     /// Episode indices (positions in the dataset, from 0).
     Only(BTreeSet<usize>),
@@ -39,11 +41,12 @@ pub enum Successful {
 impl std::str::FromStr for Successful {
     type Err = anyhow::Error;
 
-    /// `all`, or a comma-separated list of episode indices and inclusive ranges
+    /// `all`, `keep`, or a comma-separated list of episode indices and inclusive ranges
     /// (`0,3,5-9`); `none` for an empty list.
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
             "all" => return Ok(Successful::All),
+            "keep" => return Ok(Successful::Keep),
             "none" => return Ok(Successful::Only(BTreeSet::new())),
             _ => {}
         }
@@ -72,35 +75,73 @@ impl std::str::FromStr for Successful {
 /// conversion) before it is refused; values within it are clamped.
 pub const ACTION_SLACK: f32 = 1e-4;
 
+/// What [`label_success`] wrote, and what looked wrong without stopping it.
+#[derive(Debug)]
+pub struct Labelled {
+    pub summary: DatasetSummary,
+    pub warnings: Vec<String>,
+}
+
 /// Writes `input` to `output` (a new, empty directory) with sparse success rewards:
 /// the episodes `successful` names end in a success frame (reward 1, success,
-/// terminated); all others get reward 0 everywhere and end truncated. With
-/// `robot_units`, the source's actions are in that robot's units and are converted to
-/// policy units. Refuses an index past the dataset's episodes, dimensions that differ
-/// from the robot file's, and a converted action outside `[-1, 1]`, naming each.
+/// terminated); all others get reward 0 everywhere and end truncated
+/// ([`Successful::Keep`] leaves the labels alone). With `robot_units`, the source's
+/// actions are in that robot's units and are converted to policy units. Refuses an
+/// index past the dataset's episodes, dimensions that differ from the robot file's, and
+/// a converted action outside `[-1, 1]`, naming each. Warns when labels the source had
+/// are replaced, and when its observation names differ from the robot file's.
 pub fn label_success(
     input: &Path,
     output: &Path,
     successful: &Successful,
     robot_units: Option<(&Path, &RobotConfig)>,
-) -> Result<DatasetSummary> {
+) -> Result<Labelled> {
     let mut ds = dataset::read_dataset(input)
         .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
+    let mut warnings = vec![];
     if let Some((path, robot)) = robot_units {
         to_policy_units(&mut ds, input, path, robot)?;
+        if ds.info.observation_names != robot.observation.names {
+            warnings.push(format!(
+                "{}: observation names {:?} differ from {}'s {:?}: the firmware's Sensor \
+                 frame must carry the same values in the same order",
+                input.display(),
+                ds.info.observation_names,
+                path.display(),
+                robot.observation.names
+            ));
+        }
     }
     let n = ds.episodes.len();
     if let Successful::Only(set) = successful
         && let Some(&past) = set.range(n..).next()
     {
         bail!(
-            "{}: episode {past} does not exist (the dataset has {n} episodes, 0 to {})",
+            "{}: episode {past} does not exist (the dataset has {n} episode{}{})",
             input.display(),
-            n.saturating_sub(1)
+            if n == 1 { "" } else { "s" },
+            if n > 0 {
+                format!(", 0 to {}", n - 1)
+            } else {
+                String::new()
+            }
         );
+    }
+    if *successful != Successful::Keep
+        && ds
+            .episodes
+            .iter()
+            .any(|e| e.rewards.iter().any(|&r| r != 0.0))
+    {
+        warnings.push(format!(
+            "{}: the source's rewards were not all 0; they are replaced by the success \
+             labels (`--success keep` keeps them)",
+            input.display()
+        ));
     }
     for (i, ep) in ds.episodes.iter_mut().enumerate() {
         let success = match successful {
+            Successful::Keep => continue,
             Successful::All => true,
             Successful::Only(set) => set.contains(&i),
         };
@@ -120,8 +161,9 @@ pub fn label_success(
             ep.truncated[len - 1] = true;
         }
     }
-    dataset::write_dataset(output, &ds.info, &ds.episodes)
-        .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))
+    let summary = dataset::write_dataset(output, &ds.info, &ds.episodes)
+        .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))?;
+    Ok(Labelled { summary, warnings })
 }
 
 /// Converts every action of `ds` (read from `input`) from `robot`'s units (the robot file
@@ -173,6 +215,7 @@ mod tests {
     #[test]
     fn episode_lists_parse_and_bad_ones_are_named() {
         assert_eq!("all".parse::<Successful>().unwrap(), Successful::All);
+        assert_eq!("keep".parse::<Successful>().unwrap(), Successful::Keep);
         assert_eq!(
             "none".parse::<Successful>().unwrap(),
             Successful::Only(BTreeSet::new())

@@ -108,6 +108,7 @@ enum DatasetCommand {
         dir: PathBuf,
         /// The successful episodes: `all`, `none`, or indices and ranges such as `0,3,5-9`
         /// (positions in the dataset, from 0); the others are labelled as failures.
+        /// `keep` leaves the labels as they are (to convert units only).
         #[arg(long)]
         success: tools::label::Successful,
         /// The source's actions are in this robot file's units (LeRobot's recordings):
@@ -240,12 +241,16 @@ fn main() -> Result<()> {
                     .as_deref()
                     .map(|p| firmware_config::RobotConfig::load(p).map(|r| (p, r)))
                     .transpose()?;
-                let s = tools::label::label_success(
+                let labelled = tools::label::label_success(
                     &dir,
                     &out,
                     &success,
                     robot.as_ref().map(|(p, r)| (*p, r)),
                 )?;
+                for w in &labelled.warnings {
+                    eprintln!("warning: {w}");
+                }
+                let s = labelled.summary;
                 println!(
                     "wrote {} episodes, {} frames to {} ({:.1}% labelled successful)",
                     s.total_episodes,

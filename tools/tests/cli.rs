@@ -291,6 +291,13 @@ fn label_converts_robot_units_to_policy_units() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    // The generated source had rewards: the labels replaced them, and said so.
+    assert!(
+        text(&o).contains("rewards were not all 0; they are replaced"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("observation names"), "{}", text(&o));
     let got = dataset::read_dataset(&out).unwrap();
     let mut worst = 0.0f32;
     for (g, p) in got.episodes.iter().zip(&policy.episodes) {
@@ -299,6 +306,29 @@ fn label_converts_robot_units_to_policy_units() {
         }
     }
     assert!(worst < 1e-6, "converted actions differ by {worst}");
+
+    // `keep`: units converted, the source's labels untouched.
+    let kept = tmp.path().join("kept");
+    let o = tools(&[
+        "dataset",
+        "label",
+        raw_dir.to_str().unwrap(),
+        "--success",
+        "keep",
+        "--robot-units",
+        robot_file.to_str().unwrap(),
+        "--out",
+        kept.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("warning"), "{}", text(&o));
+    let kept = dataset::read_dataset(&kept).unwrap();
+    for (k, p) in kept.episodes.iter().zip(&policy.episodes) {
+        assert_eq!(
+            (&k.rewards, &k.success, &k.terminated, &k.truncated),
+            (&p.rewards, &p.success, &p.terminated, &p.truncated)
+        );
+    }
 
     // Past the range the robot file maps the policy's [-1, 1] to.
     raw.episodes[2].actions[5] = 2.5; // (2.5 + 0.3) / 2 = 1.4

@@ -151,6 +151,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         }
         0
     };
+    ensure!(
+        o.updates > 0 || eval_episodes > 0,
+        "nothing to do: --updates is 0"
+    );
 
     if !resumed {
         std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;

@@ -198,8 +198,8 @@ enum Command {
         out: PathBuf,
     },
     /// Offline pretraining only (train with run.online_steps = 0); continue online later
-    /// with `train --resume` on the same --out. For a robot without a simulator: `--set
-    /// task=robot --set run.dataset=DIR` (its LeRobot v3 demonstrations).
+    /// with `train --resume` on the same --out (simulated tasks). For a robot without a
+    /// simulator: `--set task=robot --set run.dataset=DIR` (its LeRobot v3 demonstrations).
     Pretrain {
         #[command(flatten)]
         config: ConfigArgs,
@@ -430,6 +430,17 @@ fn main() -> Result<()> {
                 };
                 let mut policy = controller::runtime::Policy::new(&b, &options)?;
                 let (od, ad) = (policy.obs_dim(), policy.act_dim());
+                // A robot may carry a task's name: its sizes tell.
+                let spec = task.spec();
+                anyhow::ensure!(
+                    (od, ad) == (spec.obs_dim(), spec.action_dim()),
+                    "{}: the bundle takes {od} observations and {ad} actions, the simulated \
+                     task '{task}' has {} and {}; a robot's bundle runs on its robot \
+                     (`controller run`)",
+                    dir.display(),
+                    spec.obs_dim(),
+                    spec.action_dim()
+                );
                 let e = trainer::run::evaluate_with(task, episodes, seed, &mut |obs| {
                     let mut out = vec![0.0; obs.len() / od * ad];
                     for (o, a) in obs.chunks_exact(od).zip(out.chunks_exact_mut(ad)) {

@@ -14,8 +14,8 @@
 //!  the robot's own episodes ──────────────────────────────────────────►  better bundle
 //! ```
 //!
-//! Everything that needs an environment (online `train` steps, `eval`, `bench`, the
-//! evaluations of `finetune`) names the missing simulator instead of guessing one.
+//! Everything that needs an environment (online `train` steps, `eval`, the evaluations of
+//! `finetune`) names the missing simulator instead of guessing one.
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
@@ -50,8 +50,13 @@ impl RobotInfo {
                 }
             }
         }
+        // The bundle's task name; a dataset without `robot_type` reads as "".
+        let name = match ds.info.robot_type.trim() {
+            "" => "robot".to_string(),
+            n => n.to_string(),
+        };
         RobotInfo {
-            name: ds.info.robot_type.clone(),
+            name,
             fps: ds.info.fps,
             observation_names: ds.info.observation_names.clone(),
             action_names: ds.info.action_names.clone(),

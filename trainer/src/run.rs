@@ -152,8 +152,8 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
                 warnings.push(format!(
                     "{path}: every reward is 0 (no `next.reward` column, or no success \
                      labelled): the critics learn nothing from these demonstrations, so \
-                     Q-selection starts uninformed; label each successful episode's last frame \
-                     with next.reward = 1 (and next.success) to pretrain them"
+                     Q-selection starts uninformed; `tools dataset label DIR --success LIST \
+                     --out DIR2` writes a copy with success rewards"
                 ));
             }
             for w in &warnings {
@@ -569,11 +569,13 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
     let (od, ad) = match &state.robot {
         Some(r) => (r.obs_dim(), r.act_dim()),
         None => {
-            let spec = config
-                .task
-                .require_sim("a checkpoint without a robot description")?
-                .spec();
-            (spec.obs_dim(), spec.action_dim())
+            let Some(task) = config.task.sim() else {
+                bail!(
+                    "{}: a robot run's checkpoint without its robot's description (`robot`)",
+                    dir.join("state.json").display()
+                );
+            };
+            (task.spec().obs_dim(), task.spec().action_dim())
         }
     };
     let device = device(&config)?;

@@ -43,6 +43,20 @@ fn train_error(config: &Config, out: &Path) -> String {
     )
 }
 
+/// Runs the `trainer` binary: its stdout, or its stderr when it fails.
+fn trainer_cli(args: &[&str]) -> Result<String, String> {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
 fn robot_config(dataset: &Path) -> Config {
     let mut c = Config::tiny();
     c.task = Task::Robot;
@@ -53,11 +67,11 @@ fn robot_config(dataset: &Path) -> Config {
     c
 }
 
-/// A robot with 7 observations and 3 actions: a noisy point that the actions push
-/// towards a goal, success when it gets close. Episode `i` is seeded from `seed`.
-fn own_robot_dataset(dir: &Path, episodes: usize, seed: u64) -> DatasetInfo {
+/// A robot `name` with 7 observations and 3 actions: a noisy point that the actions push
+/// towards a goal, success when it gets close. Episodes are seeded from `seed`.
+fn own_robot_dataset(dir: &Path, name: &str, episodes: usize, seed: u64) -> DatasetInfo {
     let info = DatasetInfo {
-        robot_type: "lab-arm".into(),
+        robot_type: name.into(),
         fps: 50,
         task: "reach the marker".into(),
         observation_names: (0..7).map(|i| format!("q{i}")).collect(),
@@ -146,6 +160,13 @@ fn a_robot_run_learns_what_the_same_data_teaches_under_a_task_name() {
     let task_evals = std::fs::read_to_string(task_run.join("eval.csv")).unwrap();
     assert_eq!(task_evals.lines().count(), 2, "{task_evals}");
 
+    // A checkpoint written before runs knew robots (no `robot` key) still loads.
+    let state = task_run.join("checkpoint/state.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("robot").is_some());
+    std::fs::write(&state, json.to_string()).unwrap();
+
     let (task_bundle, robot_bundle) = (tmp.path().join("task-b"), tmp.path().join("robot-b"));
     for (run, bundle) in [(&task_run, &task_bundle), (&robot_run, &robot_bundle)] {
         let agent = load_agent(run).unwrap();
@@ -176,6 +197,19 @@ fn a_robot_run_learns_what_the_same_data_teaches_under_a_task_name() {
         .unwrap()
         .manifest;
     assert_eq!(m.task, "lab-pusher");
+    let e = trainer_cli(&[
+        "eval",
+        "--bundle",
+        robot_bundle.to_str().unwrap(),
+        "--allow-unsigned",
+        "--episodes",
+        "2",
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("the bundle is for 'lab-pusher', which is not a simulated task"),
+        "{e}"
+    );
     assert_eq!(m.observation.names, ds.info.observation_names);
     assert_eq!((m.observation.dim, m.action.dim), (10, 2));
     // The observation bounds are the data's range.
@@ -199,11 +233,11 @@ fn a_robot_run_learns_what_the_same_data_teaches_under_a_task_name() {
 fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
     let tmp = tempfile::tempdir().unwrap();
     let demos = tmp.path().join("demos");
-    let info = own_robot_dataset(&demos, 40, 1);
+    let info = own_robot_dataset(&demos, "lab-arm", 40, 1);
     let run = tmp.path().join("run");
     pretrain(&robot_config(&demos), &run);
 
-    let agent = load_agent(&run).unwrap();
+    let mut agent = load_agent(&run).unwrap();
     assert_eq!((agent.obs_dim, agent.act_dim), (7, 3));
     let robot = agent.robot.clone().expect("the checkpoint keeps the robot");
     assert_eq!(robot.name, "lab-arm");
@@ -223,18 +257,26 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
         },
     )
     .unwrap();
-    let mut action = [f32::NAN; 3];
-    policy
-        .act(&[0.1, 0.0, 0.2, 0.5, 0.4, 0.3, 0.0], &mut action)
-        .unwrap();
-    assert!(
-        action.iter().all(|a| (-1.0..=1.0).contains(a)),
-        "{action:?}"
-    );
+    // The runtime acts as the trained agent does (same seed: same noise and subsets).
+    agent.act_rng = Rng::new(5);
+    for obs in [
+        [0.1, 0.0, 0.2, 0.5, 0.4, 0.3, 0.0],
+        [0.6, 0.2, 0.1, 0.3, 0.9, 0.2, 0.5],
+    ] {
+        let want: Vec<f32> = agent.act(&obs).iter().map(|a| a.clamp(-1.0, 1.0)).collect();
+        let mut got = [f32::NAN; 3];
+        policy.act(&obs, &mut got).unwrap();
+        let diff = want
+            .iter()
+            .zip(&got)
+            .map(|(w, g)| (w - g).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "burn {want:?} vs runtime {got:?}");
+    }
 
     // What the robot recorded later (same shape), then fine-tuning on it.
     let recorded = tmp.path().join("recorded");
-    own_robot_dataset(&recorded, 5, 2);
+    own_robot_dataset(&recorded, "lab-arm", 5, 2);
     let out = tmp.path().join("ft");
     let summary = finetune(&finetune_options(&run, &recorded, &out, 4), &mut ()).unwrap();
     assert_eq!(summary.updates, 4);
@@ -266,7 +308,7 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
 fn what_needs_a_simulator_says_so_for_a_robot_run() {
     let tmp = tempfile::tempdir().unwrap();
     let demos = tmp.path().join("demos");
-    own_robot_dataset(&demos, 6, 3);
+    own_robot_dataset(&demos, "lab-arm", 6, 3);
 
     let e = Config::resolve("tiny", None, &["task=robot".into()])
         .unwrap_err()
@@ -278,6 +320,51 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
     );
     assert!(
         e.contains("unknown task 'lab': expected arm-reach, push, maze or robot"),
+        "{e}"
+    );
+
+    // Through the command line.
+    let toml = trainer_cli(&[
+        "config",
+        "--preset",
+        "tiny",
+        "--set",
+        "task=robot",
+        "--set",
+        &format!("run.dataset={}", demos.display()),
+    ])
+    .unwrap();
+    assert!(
+        toml.contains("task = \"robot\"")
+            && toml.contains(&format!("dataset = \"{}\"", demos.display())),
+        "{toml}"
+    );
+
+    // A robot that carries a simulated task's name is still not that task.
+    let named_push = tmp.path().join("named-push");
+    own_robot_dataset(&named_push, "push", 6, 4);
+    let (run, bundle) = (tmp.path().join("np-run"), tmp.path().join("np-bundle"));
+    pretrain(&robot_config(&named_push), &run);
+    export_bundle(
+        &load_agent(&run).unwrap(),
+        &bundle,
+        &ExportInfo::default(),
+        None,
+    )
+    .unwrap();
+    let e = trainer_cli(&[
+        "eval",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--allow-unsigned",
+        "--episodes",
+        "2",
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "the bundle takes 7 observations and 3 actions, the simulated task 'push' has 10 and 2"
+        ),
         "{e}"
     );
 
