@@ -17,7 +17,7 @@ const SEED: u64 = 4242;
 
 /// A push policy from a short offline pretraining: diffusion behaviour cloning, with a
 /// faster EMA than the preset's so that the acting copy has caught up after few updates.
-fn quick_bundle(dir: &Path) {
+fn quick_config() -> Config {
     let mut c = Config::cpu();
     c.algo = trainer::config::Algo::Bc;
     c.task = TaskId::Push.into();
@@ -26,8 +26,13 @@ fn quick_bundle(dir: &Path) {
     c.run.pretrain_critic = false;
     c.run.online_steps = 0;
     c.run.eval_episodes = 1;
+    c
+}
+
+/// Trains `c` under `dir/run` and exports `dir/bundle`.
+fn quick_bundle(c: &Config, dir: &Path) {
     let run = dir.join("run");
-    train(&c, &run, &TrainOptions::default(), &mut ()).unwrap();
+    train(c, &run, &TrainOptions::default(), &mut ()).unwrap();
     let info = ExportInfo {
         dataset: "scripted demonstrations".into(),
         env_steps: 0,
@@ -65,9 +70,13 @@ fn in_process(bundle: &Path) -> Vec<bool> {
         .collect()
 }
 
-fn through_the_link(bundle: &Path, out: &Path) -> robot_loop::RunReport {
+/// The bundle on the simulated push hardware described by `robot`, over a pseudo-terminal.
+fn through_the_link(
+    bundle: &Path,
+    out: &Path,
+    mut robot: firmware_config::RobotConfig,
+) -> robot_loop::RunReport {
     let b = shared_model::load_bundle(bundle, &Trust::AllowUnsigned).unwrap();
-    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
     // Lockstep: a slow step of this busy machine must not count as a stale sensor, nor
     // trip the firmware's command watchdog (200 ms is 20 ms of real time at the 10x
     // clock; one 15 ms inference on a loaded 2-core VM once did). This test is about
@@ -99,10 +108,21 @@ fn through_the_link(bundle: &Path, out: &Path) -> robot_loop::RunReport {
 #[test]
 fn a_trained_bundle_reaches_the_goal_through_the_serial_link_as_often_as_in_process() {
     let tmp = tempfile::tempdir().unwrap();
-    quick_bundle(tmp.path());
+    quick_bundle(&quick_config(), tmp.path());
     let bundle = tmp.path().join("bundle");
-    let expected = in_process(&bundle);
-    let report = through_the_link(&bundle, &tmp.path().join("controller"));
+    let robot = firmware_config::RobotConfig::example("push").unwrap();
+    same_outcomes(&bundle, &tmp.path().join("controller"), robot);
+}
+
+/// The bundle's episodes through the link on `robot` end as they do in-process (and
+/// some succeed); returns the run's report.
+fn same_outcomes(
+    bundle: &Path,
+    out: &Path,
+    robot: firmware_config::RobotConfig,
+) -> robot_loop::RunReport {
+    let expected = in_process(bundle);
+    let report = through_the_link(bundle, out, robot);
     let got: Vec<bool> = report.episodes.iter().map(|e| e.success).collect();
     eprintln!(
         "in-process {}/{EPISODES}, through the link {}/{EPISODES}; faults {:?}",
@@ -119,4 +139,80 @@ fn a_trained_bundle_reaches_the_goal_through_the_serial_link_as_often_as_in_proc
         "the quick policy never succeeds"
     );
     assert_eq!(got, expected);
+    report
+}
+
+/// A robot the trainer knows only from recordings in its own units (README, "Your own
+/// robot"): demonstrations as LeRobot would record them (the motors' units, no rewards),
+/// labelled and converted with `tools dataset label`, a `task = "robot"` run, and its
+/// bundle on the hardware through the link with those units, ending its episodes as it
+/// does in-process. The hardware is the simulated push table with motors that take
+/// `scale · a` (powers of two, so that the conversions are exact and the two runs can be
+/// compared episode by episode).
+#[test]
+fn a_robot_known_only_from_its_recordings_runs_through_the_link_as_in_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+    robot.robot = "lab-pusher".into();
+    robot.action.scale = vec![0.5, 2.0];
+
+    // The demonstrations, in policy units, and as the robot's recorder would hold them.
+    let demos = tmp.path().join("demos");
+    tools::generate::generate(TaskId::Push, 200, 7, EnvConfig::default(), &demos).unwrap();
+    let policy_units = dataset::read_dataset(&demos).unwrap();
+    let mut recorded = policy_units.clone();
+    recorded.info.robot_type = robot.robot.clone();
+    let mut successful = std::collections::BTreeSet::new();
+    for (i, ep) in recorded.episodes.iter_mut().enumerate() {
+        if ep.is_success() {
+            successful.insert(i);
+        }
+        let mut units = vec![0.0; 2];
+        for a in ep.actions.chunks_exact_mut(2) {
+            robot.action.to_robot_units(a, &mut units);
+            a.copy_from_slice(&units);
+        }
+        let n = ep.len();
+        ep.rewards = vec![0.0; n];
+        ep.success = vec![false; n];
+        ep.terminated = vec![false; n];
+        ep.truncated = vec![false; n];
+        ep.truncated[n - 1] = true;
+    }
+    assert!(!successful.is_empty());
+    let raw = tmp.path().join("raw");
+    dataset::write_dataset(&raw, &recorded.info, &recorded.episodes).unwrap();
+
+    // The README's step: label and convert, then the labels and actions are the originals.
+    let labelled = tmp.path().join("labelled");
+    let l = tools::label::label_success(
+        &raw,
+        &labelled,
+        &tools::label::Successful::Only(successful),
+        Some((Path::new("lab-pusher.toml"), &robot)),
+    )
+    .unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let back = dataset::read_dataset(&labelled).unwrap();
+    for (b, p) in back.episodes.iter().zip(&policy_units.episodes) {
+        assert_eq!(b.actions, p.actions);
+        assert_eq!(b.is_success(), p.is_success());
+        if p.is_success() {
+            assert_eq!((&b.rewards, &b.terminated), (&p.rewards, &p.terminated));
+        }
+    }
+
+    let mut c = quick_config();
+    c.task = trainer::config::Task::Robot;
+    c.run.dataset = Some(labelled.display().to_string());
+    quick_bundle(&c, tmp.path());
+    let bundle = tmp.path().join("bundle");
+    let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
+    assert_eq!(b.manifest.task, "lab-pusher");
+    let report = same_outcomes(&bundle, &tmp.path().join("controller"), robot);
+    // What the controller recorded is in policy units again: the trainer takes it.
+    let logged = tmp.path().join("controller/dataset");
+    let ds = trainer::robot::read_training_dataset(&logged, Some((10, 2))).unwrap();
+    assert_eq!(ds.info.robot_type, "lab-pusher");
+    assert_eq!(ds.episodes.len(), report.episodes_completed);
 }
