@@ -292,6 +292,12 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         .with_context(|| format!("loading bundle {}", a.bundle.display()))?;
     robot_loop::check_dims(&robot, &bundle)
         .with_context(|| format!("{} does not fit {robot_label}", a.bundle.display()))?;
+    if let Some(w) = robot_loop::observation_names_differ(
+        &robot.observation.names,
+        &bundle.manifest.observation.names,
+    ) {
+        eprintln!("warning: {}: {w}", a.bundle.display());
+    }
     if !(a.time_scale.is_finite() && a.time_scale > 0.0) {
         bail!(
             "--time-scale must be a positive number, found {}",

@@ -513,6 +513,20 @@ pub enum RunError {
     },
 }
 
+/// The bundle's observation names against the robot file's: `None` when they agree, else
+/// a one-line warning with the first difference. Sizes are [`check_dims`]'s job; names
+/// may be spelled differently for the same values (a LeRobot recording's `joint.pos`),
+/// so this warns instead of refusing, but the order of the values must be the same.
+pub fn observation_names_differ(robot: &[String], bundle: &[String]) -> Option<String> {
+    let first = robot.iter().zip(bundle).position(|(r, b)| r != b)?;
+    Some(format!(
+        "the bundle's observation names differ from the robot file's, first at [{first}] \
+         (`{}` in the bundle, `{}` in the robot file): the robot's Sensor frame must carry \
+         the values the policy was trained on, in the same order",
+        bundle[first], robot[first]
+    ))
+}
+
 /// Checks that the bundle fits the robot.
 pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
     let m = &bundle.manifest;
@@ -838,4 +852,44 @@ fn control_thread(mut c: control::Control, rt: RealtimeOpts) -> RunReport {
         c.stopping().unwrap_or(Outcome::Completed)
     };
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn observation_names_that_differ_are_named() {
+        let robot = names(&["q1", "q2", "qd1"]);
+        assert_eq!(observation_names_differ(&robot, &robot), None);
+        let w = observation_names_differ(&robot, &names(&["q1", "qd1", "q2"])).unwrap();
+        assert!(
+            w.contains("first at [1]") && w.contains("`qd1` in the bundle, `q2` in the robot file"),
+            "{w}"
+        );
+    }
+
+    /// The built-in robot files describe the simulated tasks' observations, so a
+    /// simulated task's bundle never warns on its own robot.
+    #[test]
+    fn the_built_in_robots_name_their_tasks_observations() {
+        for task in sim::TaskId::ALL {
+            let robot = RobotConfig::example(task.name()).unwrap();
+            let spec: Vec<String> = task
+                .spec()
+                .obs_names
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            assert_eq!(
+                observation_names_differ(&robot.observation.names, &spec),
+                None,
+                "{task}"
+            );
+        }
+    }
 }
