@@ -103,8 +103,9 @@ enum Command {
     /// learning curve per study (say the `paper` preset's on a GPU beside the `cpu`
     /// preset's) and the curves' points as a markdown table on stdout.
     Curves {
-        /// LABEL=DIR: a study directory (`trainer study --out DIR`) and its curve's name.
-        #[arg(long = "study", value_name = "LABEL=DIR", required = true)]
+        /// LABEL=DIR: a study directory (`trainer study --out DIR`) and its curve's name;
+        /// LABEL=DIR@ALGO takes that study's ALGO runs instead of --algo's (a baseline).
+        #[arg(long = "study", value_name = "LABEL=DIR[@ALGO]", required = true)]
         studies: Vec<String>,
         #[arg(long, default_value = "arm-reach")]
         task: String,
@@ -640,20 +641,28 @@ fn main() -> Result<()> {
             include_unfinished,
             out,
         } => {
+            let algo: trainer::config::Algo = algo.parse()?;
             let studies = studies
                 .iter()
                 .map(|s| {
-                    let (label, dir) = s
+                    let (label, rest) = s
                         .split_once('=')
-                        .with_context(|| format!("--study {s}: expected LABEL=DIR"))?;
-                    Ok((label.to_string(), PathBuf::from(dir)))
+                        .with_context(|| format!("--study {s}: expected LABEL=DIR[@ALGO]"))?;
+                    let (dir, algo) = match rest.rsplit_once('@') {
+                        Some((dir, a)) => (
+                            dir,
+                            a.parse()
+                                .with_context(|| format!("--study {s}: the algorithm after @"))?,
+                        ),
+                        None => (rest, algo),
+                    };
+                    Ok((label.to_string(), PathBuf::from(dir), algo))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let task: sim::TaskId = task.parse()?;
-            let algo: trainer::config::Algo = algo.parse()?;
             print!(
                 "{}",
-                trainer::study::compare(&studies, task, algo, include_unfinished, &out)?
+                trainer::study::compare_curves(&studies, task, include_unfinished, &out)?
             );
             println!("(plot: {})", out.display());
         }

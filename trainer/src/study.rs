@@ -301,9 +301,24 @@ pub fn compare(
     unfinished: bool,
     png: &Path,
 ) -> Result<String> {
+    let curves: Vec<_> = studies
+        .iter()
+        .map(|(label, dir)| (label.clone(), dir.clone(), algo))
+        .collect();
+    compare_curves(&curves, task, unfinished, png)
+}
+
+/// [`compare`] with each curve's own algorithm: `(label, study directory, algorithm)`,
+/// so that a baseline's curve can stand beside EXPO's variants.
+pub fn compare_curves(
+    studies: &[(String, PathBuf, Algo)],
+    task: TaskId,
+    unfinished: bool,
+    png: &Path,
+) -> Result<String> {
     anyhow::ensure!(!studies.is_empty(), "compare: no studies given");
     let mut curves = vec![];
-    for (label, dir) in studies {
+    for &(ref label, ref dir, algo) in studies {
         let c = load_runs(dir, task, algo, unfinished)?.with_context(|| {
             format!(
                 "{label}: no {}run of {} on {task} under {} (expected {}/seed-*/eval.csv{})",
@@ -320,12 +335,16 @@ pub fn compare(
         })?;
         curves.push((label.as_str(), c));
     }
+    // One algorithm in the title; several are in the curves' labels.
+    let algo = studies[0].2;
+    let what = if studies.iter().all(|s| s.2 == algo) {
+        format!("{task}, {}", algo_name(algo))
+    } else {
+        task.to_string()
+    };
     crate::plot::learning_curves(
         png,
-        &format!(
-            "{task}, {}: success rate (mean ± std over seeds)",
-            algo_name(algo)
-        ),
+        &format!("{what}: success rate (mean ± std over seeds)"),
         &curves.iter().map(|(l, c)| (*l, c)).collect::<Vec<_>>(),
     )?;
     let mut md = String::from("| environment step |");

@@ -85,6 +85,19 @@ fn curves_of_two_studies_side_by_side() {
         format!("{err}").contains("gpu: no finished run of expo on push"),
         "{err}"
     );
+    // Each curve may take its own algorithm: a baseline beside EXPO.
+    fake_run(&tmp.path().join("base"), "bc", 0, &[0.05, 0.15]);
+    let mixed = [
+        ("expo".to_string(), tmp.path().join("paper"), Algo::Expo),
+        ("bc".to_string(), tmp.path().join("base"), Algo::Bc),
+    ];
+    let md = trainer::study::compare_curves(&mixed, TaskId::Push, false, &png).unwrap();
+    let rows: Vec<&str> = md.lines().collect();
+    assert_eq!(
+        rows[0],
+        "| environment step | expo (2 seeds) | bc (1 seeds) |"
+    );
+    assert_eq!(rows[2], "| 0 | 0.30 ± 0.10 | 0.05 ± 0.00 |");
     // A time-limited study's unfinished runs count only when asked for; the curve ends
     // at the last evaluation every seed reached.
     let c = tmp.path().join("limited");
