@@ -233,6 +233,27 @@ impl Episode {
         Ok(())
     }
 
+    /// Sparse success labels (the simulated tasks' rewards): with `success`, reward 1,
+    /// success and termination on the last frame; without, reward 0 throughout and a
+    /// truncated end (no outcome reached). Every other frame: reward 0, no success,
+    /// neither terminated nor truncated. Observations and actions are untouched.
+    pub fn set_outcome(&mut self, success: bool) {
+        self.rewards.iter_mut().for_each(|r| *r = 0.0);
+        self.success.iter_mut().for_each(|s| *s = false);
+        self.terminated.iter_mut().for_each(|t| *t = false);
+        self.truncated.iter_mut().for_each(|t| *t = false);
+        let Some(last) = self.len().checked_sub(1) else {
+            return;
+        };
+        if success {
+            self.rewards[last] = 1.0;
+            self.success[last] = true;
+            self.terminated[last] = true;
+        } else {
+            self.truncated[last] = true;
+        }
+    }
+
     /// True if any step reports success.
     pub fn is_success(&self) -> bool {
         self.success.iter().any(|&s| s)

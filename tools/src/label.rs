@@ -145,21 +145,7 @@ pub fn label_success(
             Successful::All => true,
             Successful::Only(set) => set.contains(&i),
         };
-        let len = ep.len();
-        ep.rewards.iter_mut().for_each(|r| *r = 0.0);
-        ep.success.iter_mut().for_each(|s| *s = false);
-        ep.terminated.iter_mut().for_each(|t| *t = false);
-        ep.truncated.iter_mut().for_each(|t| *t = false);
-        if len == 0 {
-            continue;
-        }
-        if success {
-            ep.rewards[len - 1] = 1.0;
-            ep.success[len - 1] = true;
-            ep.terminated[len - 1] = true;
-        } else {
-            ep.truncated[len - 1] = true;
-        }
+        ep.set_outcome(success);
     }
     let summary = dataset::write_dataset(output, &ds.info, &ds.episodes)
         .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))?;

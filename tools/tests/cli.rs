@@ -168,12 +168,7 @@ fn label_writes_success_rewards_on_a_copy() {
     // Like LeRobot's recordings: no rewards at all.
     let mut raw = dataset::read_dataset(&src).unwrap();
     for ep in &mut raw.episodes {
-        let n = ep.len();
-        ep.rewards = vec![0.0; n];
-        ep.success = vec![false; n];
-        ep.terminated = vec![false; n];
-        ep.truncated = vec![false; n];
-        ep.truncated[n - 1] = true;
+        ep.set_outcome(false);
     }
     let unlabelled = tmp.path().join("raw");
     dataset::write_dataset(&unlabelled, &raw.info, &raw.episodes).unwrap();

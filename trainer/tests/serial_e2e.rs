@@ -172,12 +172,7 @@ fn a_robot_known_only_from_its_recordings_runs_through_the_link_as_in_process() 
             robot.action.to_robot_units(a, &mut units);
             a.copy_from_slice(&units);
         }
-        let n = ep.len();
-        ep.rewards = vec![0.0; n];
-        ep.success = vec![false; n];
-        ep.terminated = vec![false; n];
-        ep.truncated = vec![false; n];
-        ep.truncated[n - 1] = true;
+        ep.set_outcome(false);
     }
     assert!(!successful.is_empty());
     let raw = tmp.path().join("raw");
