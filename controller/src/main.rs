@@ -292,10 +292,10 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         .with_context(|| format!("loading bundle {}", a.bundle.display()))?;
     robot_loop::check_dims(&robot, &bundle)
         .with_context(|| format!("{} does not fit {robot_label}", a.bundle.display()))?;
-    if let Some(w) = robot_loop::observation_names_differ(
-        &robot.observation.names,
-        &bundle.manifest.observation.names,
-    ) {
+    if let Some(w) = robot
+        .observation
+        .names_differ(&bundle.manifest.observation.names, "the bundle")
+    {
         eprintln!("warning: {}: {w}", a.bundle.display());
     }
     if !(a.time_scale.is_finite() && a.time_scale > 0.0) {

@@ -65,6 +65,11 @@ pub use error::DatasetError;
 pub use reader::{read_dataset, validate_dataset};
 pub use writer::{DatasetWriter, write_dataset};
 
+/// The largest action magnitude a dataset for training may hold. Actions are in the
+/// policy's units, `[-1, 1]` per dimension (what `controller run` records); the margin is
+/// float round-off, of a conversion from the robot's units say.
+pub const POLICY_ACTION_LIMIT: f32 = 1.0 + 1e-4;
+
 /// Column / feature names used in data files and `info.json`.
 pub mod cols {
     pub const OBS: &str = "observation.state";

@@ -109,6 +109,23 @@ pub struct ObservationConfig {
     pub names: Vec<String>,
 }
 
+impl ObservationConfig {
+    /// `names` (the observation names of `whose`: "the bundle", "the dataset") against
+    /// this robot's: `None` when they agree, else a one-line warning with the first
+    /// difference. Names may be spelled differently for the same values (a LeRobot
+    /// recording's `joint.pos`), so callers warn rather than refuse; but the values must
+    /// come in the same order. Sizes are checked elsewhere.
+    pub fn names_differ(&self, names: &[String], whose: &str) -> Option<String> {
+        let first = self.names.iter().zip(names).position(|(r, n)| r != n)?;
+        Some(format!(
+            "observation names differ from the robot file's, first at [{first}] (`{}` in \
+             {whose}, `{}` in the robot file): the robot's Sensor frame must carry the values \
+             the policy learns from, in the same order",
+            names[first], self.names[first]
+        ))
+    }
+}
+
 /// How policy actions map to robot units: `robot = offset + scale * policy`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -71,10 +71,6 @@ impl std::str::FromStr for Successful {
     }
 }
 
-/// How far a converted action may lie outside `[-1, 1]` (float round-off of the
-/// conversion) before it is refused; values within it are clamped.
-pub const ACTION_SLACK: f32 = 1e-4;
-
 /// What [`label_success`] wrote, and what looked wrong without stopping it.
 #[derive(Debug)]
 pub struct Labelled {
@@ -101,15 +97,11 @@ pub fn label_success(
     let mut warnings = vec![];
     if let Some((path, robot)) = robot_units {
         to_policy_units(&mut ds, input, path, robot)?;
-        if ds.info.observation_names != robot.observation.names {
-            warnings.push(format!(
-                "{}: observation names {:?} differ from {}'s {:?}: the firmware's Sensor \
-                 frame must carry the same values in the same order",
-                input.display(),
-                ds.info.observation_names,
-                path.display(),
-                robot.observation.names
-            ));
+        if let Some(w) = robot
+            .observation
+            .names_differ(&ds.info.observation_names, "the dataset")
+        {
+            warnings.push(format!("{}: {w} ({})", input.display(), path.display()));
         }
     }
     let n = ds.episodes.len();
@@ -173,7 +165,10 @@ fn to_policy_units(
     for (e, ep) in ds.episodes.iter_mut().enumerate() {
         for (t, a) in ep.actions.chunks_exact_mut(ad).enumerate() {
             robot.action.to_policy_units(a, &mut policy);
-            if let Some(i) = policy.iter().position(|p| p.abs() > 1.0 + ACTION_SLACK) {
+            if let Some(i) = policy
+                .iter()
+                .position(|p| p.abs() > dataset::POLICY_ACTION_LIMIT)
+            {
                 bail!(
                     "{}: episode {e}, frame {t}: action[{i}] = {} in robot units is {} in \
                      policy units, outside [-1, 1]; the policy's range maps to offset ± scale \

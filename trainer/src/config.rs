@@ -84,6 +84,11 @@ impl From<Task> for String {
     }
 }
 
+/// Why a `task = "robot"` configuration without `run.dataset` is refused.
+pub const ROBOT_NEEDS_A_DATASET: &str = "task = \"robot\" needs the robot's demonstrations: \
+     set run.dataset to a LeRobot v3 dataset directory (its dimensions, names and rate \
+     describe the robot)";
+
 /// Which learner runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Algo {
@@ -528,8 +533,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(
             self.task != Task::Robot || self.run.dataset.is_some(),
-            "task = \"robot\" needs the robot's demonstrations: set run.dataset to a LeRobot v3 \
-             dataset directory (its dimensions, names and rate describe the robot)"
+            ROBOT_NEEDS_A_DATASET
         );
         anyhow::ensure!(
             (1..=256).contains(&self.compute.threads),

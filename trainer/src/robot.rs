@@ -74,10 +74,6 @@ impl RobotInfo {
     }
 }
 
-/// The largest action magnitude a training dataset may hold: the policy's `[-1, 1]` plus
-/// float round-off (of a unit conversion, say).
-pub const ACTION_LIMIT: f32 = 1.0 + 1e-4;
-
 /// Reads a dataset for training: a read error (the reader also refuses NaN and infinite
 /// values, naming the column and frame), other dimensions than `dims` (observation,
 /// action) when given, or an action outside the policy's `[-1, 1]` (a recording in the
@@ -99,7 +95,11 @@ pub fn read_training_dataset(
     }
     let ad = ds.info.action_dim();
     for (e, ep) in ds.episodes.iter().enumerate() {
-        if let Some(k) = ep.actions.iter().position(|a| a.abs() > ACTION_LIMIT) {
+        if let Some(k) = ep
+            .actions
+            .iter()
+            .position(|a| a.abs() > dataset::POLICY_ACTION_LIMIT)
+        {
             bail!(
                 "{}: episode {e}, frame {}: action[{}] = {} is outside the policy's [-1, 1]; \
                  a dataset's actions must be in policy units, as `controller run` records \

@@ -120,56 +120,13 @@ pub struct OfflineData {
     pub warnings: Vec<String>,
 }
 
-/// The offline buffer: the configured dataset (checked: dimensions, finite values, not
-/// empty), or freshly generated scripted demonstrations of the simulated task (seeded
-/// from the run's seed).
+/// The offline buffer: the configured dataset ([`dataset_offline_data`]), or freshly
+/// generated scripted demonstrations of the simulated task (seeded from the run's seed).
 pub fn offline_data(config: &Config) -> Result<OfflineData> {
     let task = match (config.task, &config.run.dataset) {
-        (_, Some(path)) => {
-            let ds = read_training_dataset(Path::new(path), None)?;
-            if let Some(task) = config.task.sim() {
-                let spec = task.spec();
-                if ds.info.obs_dim() != spec.obs_dim() || ds.info.action_dim() != spec.action_dim()
-                {
-                    bail!(
-                        "{path}: dataset has obs dim {} and action dim {}, task {task} expects {} and {} \
-                         (a robot without a simulator: task = \"robot\")",
-                        ds.info.obs_dim(),
-                        ds.info.action_dim(),
-                        spec.obs_dim(),
-                        spec.action_dim()
-                    );
-                }
-            }
-            ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
-            let mut warnings = vec![];
-            if ds
-                .episodes
-                .iter()
-                .all(|e| e.rewards.iter().all(|&r| r == 0.0))
-            {
-                // LeRobot's own recordings have no `next.reward` column (read as 0).
-                warnings.push(format!(
-                    "{path}: every reward is 0 (no `next.reward` column, or no success \
-                     labelled): the critics learn nothing from these demonstrations, so \
-                     Q-selection starts uninformed; `tools dataset label DIR --success LIST \
-                     --out DIR2` writes a copy with success rewards"
-                ));
-            }
-            for w in &warnings {
-                eprintln!("warning: {w}");
-            }
-            return Ok(OfflineData {
-                replay: Replay::from_dataset(&ds),
-                success_rate: ds.success_rate(),
-                robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
-                warnings,
-            });
-        }
+        (_, Some(path)) => return dataset_offline_data(config, path),
         (Task::Sim(task), None) => task,
-        (Task::Robot, None) => {
-            bail!("task = \"robot\" needs run.dataset (the robot's demonstrations)")
-        }
+        (Task::Robot, None) => bail!(crate::config::ROBOT_NEEDS_A_DATASET),
     };
     let spec = task.spec();
     let mut env = make_env(task, EnvConfig::default());
@@ -187,6 +144,51 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
         success_rate: ok as f64 / config.run.offline_episodes.max(1) as f64,
         robot: None,
         warnings: vec![],
+    })
+}
+
+/// `run.dataset` as offline data: checked by [`read_training_dataset`] and against the
+/// simulated task's sizes (with a hint for robots), not empty, with a warning when no
+/// reward was labelled.
+fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
+    let ds = read_training_dataset(Path::new(path), None)?;
+    if let Some(task) = config.task.sim() {
+        let spec = task.spec();
+        ensure!(
+            (ds.info.obs_dim(), ds.info.action_dim()) == (spec.obs_dim(), spec.action_dim()),
+            "{path}: dataset has obs dim {} and action dim {}, task {task} expects {} and {} \
+             (a robot without a simulator: task = \"robot\")",
+            ds.info.obs_dim(),
+            ds.info.action_dim(),
+            spec.obs_dim(),
+            spec.action_dim()
+        );
+    }
+    ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
+    // LeRobot's own recordings have no `next.reward` column (read as 0).
+    let unlabelled = ds
+        .episodes
+        .iter()
+        .all(|e| e.rewards.iter().all(|&r| r == 0.0));
+    let warnings: Vec<String> = unlabelled
+        .then(|| {
+            format!(
+                "{path}: every reward is 0 (no `next.reward` column, or no success \
+                 labelled): the critics learn nothing from these demonstrations, so \
+                 Q-selection starts uninformed; `tools dataset label DIR --success LIST \
+                 --out DIR2` writes a copy with success rewards"
+            )
+        })
+        .into_iter()
+        .collect();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(OfflineData {
+        replay: Replay::from_dataset(&ds),
+        success_rate: ds.success_rate(),
+        robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
+        warnings,
     })
 }
 

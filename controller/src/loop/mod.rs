@@ -513,20 +513,6 @@ pub enum RunError {
     },
 }
 
-/// The bundle's observation names against the robot file's: `None` when they agree, else
-/// a one-line warning with the first difference. Sizes are [`check_dims`]'s job; names
-/// may be spelled differently for the same values (a LeRobot recording's `joint.pos`),
-/// so this warns instead of refusing, but the order of the values must be the same.
-pub fn observation_names_differ(robot: &[String], bundle: &[String]) -> Option<String> {
-    let first = robot.iter().zip(bundle).position(|(r, b)| r != b)?;
-    Some(format!(
-        "the bundle's observation names differ from the robot file's, first at [{first}] \
-         (`{}` in the bundle, `{}` in the robot file): the robot's Sensor frame must carry \
-         the values the policy was trained on, in the same order",
-        bundle[first], robot[first]
-    ))
-}
-
 /// Checks that the bundle fits the robot.
 pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
     let m = &bundle.manifest;
@@ -857,6 +843,7 @@ fn control_thread(mut c: control::Control, rt: RealtimeOpts) -> RunReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firmware_config::config::ObservationConfig;
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -864,9 +851,14 @@ mod tests {
 
     #[test]
     fn observation_names_that_differ_are_named() {
-        let robot = names(&["q1", "q2", "qd1"]);
-        assert_eq!(observation_names_differ(&robot, &robot), None);
-        let w = observation_names_differ(&robot, &names(&["q1", "qd1", "q2"])).unwrap();
+        let robot = ObservationConfig {
+            dim: 3,
+            names: names(&["q1", "q2", "qd1"]),
+        };
+        assert_eq!(robot.names_differ(&robot.names, "the bundle"), None);
+        let w = robot
+            .names_differ(&names(&["q1", "qd1", "q2"]), "the bundle")
+            .unwrap();
         assert!(
             w.contains("first at [1]") && w.contains("`qd1` in the bundle, `q2` in the robot file"),
             "{w}"
@@ -886,7 +878,7 @@ mod tests {
                 .map(|s| s.to_string())
                 .collect();
             assert_eq!(
-                observation_names_differ(&robot.observation.names, &spec),
+                robot.observation.names_differ(&spec, "the bundle"),
                 None,
                 "{task}"
             );
