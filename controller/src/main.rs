@@ -145,9 +145,20 @@ struct TimingArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Model bundle directory.
-    #[arg(long)]
-    bundle: PathBuf,
+    /// Model bundle directory. Optional with --teleop: without one, the robot holds
+    /// (the zero action) whenever the teleop device is not engaged (recording
+    /// demonstrations).
+    #[arg(long, required_unless_present = "teleop")]
+    bundle: Option<PathBuf>,
+    /// Take actions from a teleop device: listen for its UDP datagrams on this address
+    /// (e.g. 127.0.0.1:7979; see firmware_config::teleop for the format). While it is
+    /// engaged, its actions replace the policy's, through the same safety envelope,
+    /// and are recorded marked `teleop`; it gets each observation back.
+    #[arg(long, value_name = "ADDR")]
+    teleop: Option<String>,
+    /// With --teleop: the longest the robot follows a device that fell silent (ms).
+    #[arg(long, default_value_t = 200, requires = "teleop")]
+    teleop_timeout_ms: u64,
     #[command(flatten)]
     trust: TrustArgs,
     /// Robot config (TOML, see firmware-config). With --sim, default: the task's
@@ -176,6 +187,7 @@ struct RunArgs {
     #[arg(long)]
     uplink_key: Option<PathBuf>,
     /// With --uplink: keep the starting bundle, do not take the trainer's new ones.
+    /// (--uplink needs a --bundle: the trainer's bundles replace it.)
     #[arg(long)]
     no_swap: bool,
     /// After the run, keep sending to the trainer for up to this many seconds.
@@ -205,13 +217,13 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Two-speed EXPO: a worker refreshes base candidates, each tick edits and selects.
-    #[arg(long)]
+    #[arg(long, requires = "bundle")]
     two_speed: bool,
     /// tract, native or ort.
     #[arg(long, default_value = "tract")]
     backend: String,
     /// Denoising steps to execute (default: the bundle's).
-    #[arg(long)]
+    #[arg(long, requires = "bundle")]
     executed_steps: Option<usize>,
     /// Log, dataset and report directory (appended to if it exists).
     #[arg(long, default_value = "out/controller")]
@@ -287,17 +299,47 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         || format!("the built-in {} robot", robot.robot),
         |p| p.display().to_string(),
     );
-    let trust = a.trust.trust()?;
-    let bundle = load_bundle(&a.bundle, &trust)
-        .with_context(|| format!("loading bundle {}", a.bundle.display()))?;
-    robot_loop::check_dims(&robot, &bundle)
-        .with_context(|| format!("{} does not fit {robot_label}", a.bundle.display()))?;
-    if let Some(w) = robot
-        .observation
-        .names_differ(&bundle.manifest.observation.names, "the bundle")
-    {
-        eprintln!("warning: {}: {w}", a.bundle.display());
+    // Trust matters for bundles only (--uplink needs one, below).
+    let trust = match &a.bundle {
+        Some(_) => a.trust.trust()?,
+        None => Trust::AllowUnsigned,
+    };
+    let bundle = match &a.bundle {
+        None => None,
+        Some(dir) => {
+            let bundle = load_bundle(dir, &trust)
+                .with_context(|| format!("loading bundle {}", dir.display()))?;
+            robot_loop::check_dims(&robot, &bundle)
+                .with_context(|| format!("{} does not fit {robot_label}", dir.display()))?;
+            if let Some(w) = robot
+                .observation
+                .names_differ(&bundle.manifest.observation.names, "the bundle")
+            {
+                eprintln!("warning: {}: {w}", dir.display());
+            }
+            Some(bundle)
+        }
+    };
+    if a.uplink.is_some() && bundle.is_none() {
+        bail!("--uplink needs --bundle (the trainer's new bundles replace it)");
     }
+    // Bound before the robot is touched: an address in use fails here.
+    let teleop = match &a.teleop {
+        None => None,
+        Some(addr) => {
+            let socket = std::net::UdpSocket::bind(addr)
+                .with_context(|| format!("--teleop: listening on {addr}"))?;
+            eprintln!(
+                "teleop: listening on {} (datagrams: firmware_config::teleop; the device's actions move the robot while engaged, {} ms at most after its last one)",
+                socket.local_addr()?,
+                a.teleop_timeout_ms
+            );
+            Some(robot_loop::teleop::TeleopConfig {
+                socket: std::sync::Arc::new(socket),
+                timeout: Duration::from_millis(a.teleop_timeout_ms),
+            })
+        }
+    };
     if !(a.time_scale.is_finite() && a.time_scale > 0.0) {
         bail!(
             "--time-scale must be a positive number, found {}",
@@ -310,7 +352,10 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         seed: a.seed,
     };
     reserve_dedicated_cpu(&a.timing);
-    let brain = robot_loop::Brain::new(&bundle, &options, a.two_speed)?;
+    let brain = match &bundle {
+        Some(b) => robot_loop::Brain::new(b, &options, a.two_speed)?,
+        None => robot_loop::Brain::Hold,
+    };
     // The simulated firmware, when asked for: it lives as long as this function.
     let sim = match &a.sim {
         None => None,
@@ -344,6 +389,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.out = Some(a.out.clone());
     cfg.max_faults = a.max_faults;
     cfg.operator = a.operator;
+    cfg.teleop = teleop;
     cfg.rerun = match (&a.rerun, &a.rerun_connect) {
         (Some(f), _) => Some(robot_loop::viz::RerunTarget::File(f.clone())),
         (None, Some(addr)) => Some(robot_loop::viz::RerunTarget::Connect(addr.clone())),
@@ -376,9 +422,14 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.quiet = a.quiet;
     cfg.panic_at_tick = a.inject_panic_at_tick;
     robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
+    // What the run's records and dataset name: the bundle, else the teleop device.
+    let label = match &a.bundle {
+        Some(dir) => dir.display().to_string(),
+        None => "teleop (no bundle)".to_string(),
+    };
     eprintln!(
         "controller run: {} on '{}' via {} at {} Hz (x{} time scale), {} episodes, {}{}, logging to {}",
-        a.bundle.display(),
+        label,
         cfg.robot.robot,
         if a.sim.is_some() {
             format!("simulated firmware on {}", port.display())
@@ -392,16 +443,25 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         if a.two_speed { " two-speed" } else { "" },
         a.out.display()
     );
-    let label = a.bundle.display().to_string();
-    let report = robot_loop::run(cfg, brain, &bundle.manifest.task, &label)?;
+    // The dataset's task: the bundle's, else the simulated task's, else the robot's name.
+    let task = match (&bundle, &a.sim) {
+        (Some(b), _) => b.manifest.task.clone(),
+        (None, Some(task)) => task.clone(),
+        (None, None) => cfg.robot.robot.clone(),
+    };
+    let report = robot_loop::run(cfg, brain, &task, &label)?;
     println!("{report}");
+    let compare = match &a.bundle {
+        Some(dir) => format!(
+            " (compare: trainer eval --bundle {} --episodes {})",
+            dir.display(),
+            a.episodes
+        ),
+        None => String::new(),
+    };
     println!(
-        "success rate {}/{} = {:.3} over completed episodes (compare: trainer eval --bundle {} --episodes {})",
-        report.successes,
-        report.episodes_completed,
-        report.success_rate,
-        a.bundle.display(),
-        a.episodes
+        "success rate {}/{} = {:.3} over completed episodes{compare}",
+        report.successes, report.episodes_completed, report.success_rate,
     );
     if let Some(fw) = sim {
         let r = fw.stop()?;

@@ -82,6 +82,9 @@ pub mod cols {
     /// The operator was intervening during this frame (teleop or a hand on the arm);
     /// optional on read (absent: `false`).
     pub const INTERVENTION: &str = "intervention";
+    /// The action came from a teleop device (`controller run --teleop`): a person's
+    /// command, and what the robot was sent; optional on read (absent: `false`).
+    pub const TELEOP: &str = "teleop";
     pub const TIMESTAMP: &str = "timestamp";
     pub const FRAME_INDEX: &str = "frame_index";
     pub const EPISODE_INDEX: &str = "episode_index";
@@ -98,6 +101,7 @@ pub mod cols {
         TRUNCATED,
         SUCCESS,
         INTERVENTION,
+        TELEOP,
         TIMESTAMP,
         FRAME_INDEX,
         EPISODE_INDEX,
@@ -170,6 +174,9 @@ pub struct Episode {
     /// The operator marked the step as an intervention (robot logs); all `false` for
     /// generated demos and datasets without the column.
     pub intervention: Vec<bool>,
+    /// The action came from a teleop device (robot logs); all `false` for generated
+    /// demos and datasets without the column.
+    pub teleop: Vec<bool>,
 }
 
 impl Episode {
@@ -189,7 +196,7 @@ impl Episode {
         if n == 0 {
             return bad("rewards", "episode is empty (0 steps)".into());
         }
-        let lens: [(&'static str, usize, usize); 7] = [
+        let lens: [(&'static str, usize, usize); 8] = [
             ("observations", self.observations.len(), n * obs_dim),
             (
                 "next_observations",
@@ -201,6 +208,7 @@ impl Episode {
             ("truncated", self.truncated.len(), n),
             ("success", self.success.len(), n),
             ("intervention", self.intervention.len(), n),
+            ("teleop", self.teleop.len(), n),
         ];
         for (field, got, want) in lens {
             if got != want {

@@ -43,7 +43,9 @@ fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usize), Datase
         let (dtypes, dim): (&[&str], Option<usize>) = match k.as_str() {
             cols::OBS | cols::NEXT_OBS | cols::ACTION => (FLOAT, None),
             cols::REWARD | cols::TIMESTAMP => (FLOAT, Some(1)),
-            cols::DONE | cols::TRUNCATED | cols::SUCCESS | cols::INTERVENTION => (BOOL, Some(1)),
+            cols::DONE | cols::TRUNCATED | cols::SUCCESS | cols::INTERVENTION | cols::TELEOP => {
+                (BOOL, Some(1))
+            }
             cols::FRAME_INDEX | cols::EPISODE_INDEX | cols::INDEX | cols::TASK_INDEX => {
                 (INT, Some(1))
             }
@@ -103,6 +105,7 @@ struct FileData {
     truncated: Option<Vec<bool>>,
     success: Option<Vec<bool>>,
     intervention: Option<Vec<bool>>,
+    teleop: Option<Vec<bool>>,
     frame_index: Vec<i64>,
     episode_index: Vec<i64>,
     index: Vec<i64>,
@@ -125,6 +128,7 @@ impl FileData {
         extend(&mut self.truncated, o.truncated);
         extend(&mut self.success, o.success);
         extend(&mut self.intervention, o.intervention);
+        extend(&mut self.teleop, o.teleop);
         self.frame_index.extend(o.frame_index);
         self.episode_index.extend(o.episode_index);
         self.index.extend(o.index);
@@ -183,6 +187,7 @@ fn decode_batch(
         truncated: opt_b(cols::TRUNCATED)?,
         success: opt_b(cols::SUCCESS)?,
         intervention: opt_b(cols::INTERVENTION)?,
+        teleop: opt_b(cols::TELEOP)?,
         frame_index: ints(cols::FRAME_INDEX)?,
         episode_index: ints(cols::EPISODE_INDEX)?,
         index: ints(cols::INDEX)?,
@@ -221,6 +226,7 @@ fn read_data_file(
         truncated: has(cols::TRUNCATED).then(Vec::new),
         success: has(cols::SUCCESS).then(Vec::new),
         intervention: has(cols::INTERVENTION).then(Vec::new),
+        teleop: has(cols::TELEOP).then(Vec::new),
         ..FileData::default()
     };
     for batch in &batches {
@@ -342,6 +348,10 @@ fn build_episode(d: &FileData, r0: usize, n: usize, od: usize, ad: usize) -> Epi
             .map_or_else(|| vec![false; n], |v| v[rows.clone()].to_vec()),
         intervention: d
             .intervention
+            .as_ref()
+            .map_or_else(|| vec![false; n], |v| v[rows.clone()].to_vec()),
+        teleop: d
+            .teleop
             .as_ref()
             .map_or_else(|| vec![false; n], |v| v[rows].to_vec()),
     }

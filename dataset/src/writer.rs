@@ -68,6 +68,7 @@ fn fresh_info_json(info: &DatasetInfo) -> InfoJson {
         cols::TRUNCATED,
         cols::SUCCESS,
         cols::INTERVENTION,
+        cols::TELEOP,
     ] {
         add(k, Feature::new("bool", 1, None));
     }
@@ -109,9 +110,11 @@ fn data_schema(features: &BTreeMap<String, Feature>, od: usize, ad: usize) -> Sc
                 cols::OBS | cols::NEXT_OBS => f32_vec_type(od),
                 cols::ACTION => f32_vec_type(ad),
                 cols::REWARD | cols::TIMESTAMP => DataType::Float32,
-                cols::DONE | cols::TRUNCATED | cols::SUCCESS | cols::INTERVENTION => {
-                    DataType::Boolean
-                }
+                cols::DONE
+                | cols::TRUNCATED
+                | cols::SUCCESS
+                | cols::INTERVENTION
+                | cols::TELEOP => DataType::Boolean,
                 _ => DataType::Int64,
             };
             Field::new(k, dt, false)
@@ -401,6 +404,7 @@ impl DatasetWriter {
                 cols::TRUNCATED => bools(&|i| ep.truncated[i]),
                 cols::SUCCESS => bools(&|i| ep.success[i]),
                 cols::INTERVENTION => bools(&|i| ep.intervention[i]),
+                cols::TELEOP => bools(&|i| ep.teleop[i]),
                 cols::TIMESTAMP => Arc::new(Float32Array::from_iter_values(
                     (0..n).map(|i| crate::timestamp(i, self.info.fps)),
                 )),

@@ -115,6 +115,8 @@ fn we_read_lerobot_style_files() {
             assert_eq!(ep.terminated[k], k + 1 == n);
             assert!(!ep.truncated[k]);
             assert!(!ep.success[k]);
+            // Columns LeRobot does not write read as false.
+            assert!(!ep.intervention[k] && !ep.teleop[k]);
             i += 1;
         }
     }
@@ -136,6 +138,7 @@ fn we_read_lerobot_style_files() {
         truncated: vec![false; n],
         success: vec![false; n],
         intervention: vec![false; n],
+        teleop: vec![false; n],
     };
     ep.next_observations = ep.observations[4..].to_vec();
     ep.next_observations

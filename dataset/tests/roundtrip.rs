@@ -75,7 +75,8 @@ fn info_json_has_v3_fields() {
     assert_eq!(v["features"]["next.done"]["dtype"], "bool");
     assert_eq!(v["features"]["index"]["dtype"], "int64");
     assert_eq!(v["features"]["intervention"]["dtype"], "bool");
-    assert_eq!(v["features"].as_object().unwrap().len(), 13);
+    assert_eq!(v["features"]["teleop"]["dtype"], "bool");
+    assert_eq!(v["features"].as_object().unwrap().len(), 14);
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub fn to_episode(t: Trajectory) -> Episode {
         terminated: t.terminated,
         truncated: t.truncated,
         intervention: vec![false; t.success.len()],
+        teleop: vec![false; t.success.len()],
         success: t.success,
     }
 }

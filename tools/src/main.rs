@@ -34,6 +34,23 @@ enum Command {
         #[command(subcommand)]
         command: VizCommand,
     },
+    /// A scripted teleop device for `controller run --teleop ADDR`: the task's
+    /// demonstrator acts on the observations the controller sends back, as a person at
+    /// a device would. Stops when the controller has been silent for --idle-s.
+    Teleop {
+        /// The controller's --teleop address.
+        #[arg(long)]
+        controller: std::net::SocketAddr,
+        /// The simulated task whose demonstrator plays the operator.
+        #[arg(long)]
+        task: String,
+        /// Engage from this step of each episode on (a takeover from the policy);
+        /// default: always engaged (demonstrations).
+        #[arg(long)]
+        engage_from_step: Option<u32>,
+        #[arg(long, default_value_t = 5.0)]
+        idle_s: f64,
+    },
     /// The largest working slice of the stack today: generate demonstrations for every
     /// task, validate the datasets and print their statistics.
     Demo {
@@ -271,6 +288,34 @@ fn main() -> Result<()> {
                 },
         } => bench_sim(steps, envs, repeats),
         Command::Viz { command } => viz_command(command)?,
+        Command::Teleop {
+            controller,
+            task,
+            engage_from_step,
+            idle_s,
+        } => {
+            let task: TaskId = task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+            anyhow::ensure!(
+                idle_s.is_finite() && idle_s > 0.0,
+                "--idle-s must be a positive number of seconds, found {idle_s}"
+            );
+            let mut o = tools::teleop::DeviceOptions::new(controller, task);
+            o.idle = std::time::Duration::from_secs_f64(idle_s);
+            if let Some(k) = engage_from_step {
+                o.engage = tools::teleop::Engage::FromStep(k);
+            }
+            eprintln!("tools teleop: {task}'s demonstrator at the device, sending to {controller}");
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let s = tools::teleop::run_device(&o, &stop)?;
+            println!(
+                "tools teleop: {} observations ({} with the device in control), {} episodes, {} actions sent ({} engaged)",
+                s.observations,
+                s.in_control,
+                s.episodes_seen,
+                s.actions_sent,
+                s.engaged_actions.len()
+            );
+        }
         Command::Demo {
             out,
             episodes,

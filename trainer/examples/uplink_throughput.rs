@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
                 truncated: false,
                 success: false,
                 intervention: false,
+                teleop: false,
                 next_obs: [0.0; MAX_OBS],
                 obs_fw_us: 0,
                 next_obs_fw_us: 0,

@@ -96,6 +96,10 @@ pub struct FinetuneSummary {
     /// Robot frames marked as operator interventions (left out of training unless
     /// `keep_interventions`).
     pub robot_interventions: usize,
+    /// Robot frames whose action came from a teleop device (`controller run
+    /// --teleop`). They are trained on like the policy's: the recorded action is what
+    /// the robot was sent.
+    pub robot_teleop: usize,
     /// Robot frames put in the online buffer.
     pub robot_transitions_used: usize,
     pub updates: usize,
@@ -110,9 +114,16 @@ pub struct FinetuneSummary {
 
 impl FinetuneSummary {
     /// Counts one robot frame and says whether it goes into training: frames the
-    /// operator marked as interventions only with `keep_interventions`.
-    pub(crate) fn admit(&mut self, intervention: bool, keep_interventions: bool) -> bool {
+    /// operator marked as interventions only with `keep_interventions`; teleoperated
+    /// frames always.
+    pub(crate) fn admit(
+        &mut self,
+        intervention: bool,
+        teleop: bool,
+        keep_interventions: bool,
+    ) -> bool {
         self.robot_interventions += intervention as usize;
+        self.robot_teleop += teleop as usize;
         let used = keep_interventions || !intervention;
         self.robot_transitions_used += used as usize;
         used
@@ -304,7 +315,7 @@ fn append_robot_data(
         for ep in &ds.episodes {
             for i in 0..ep.len() {
                 summary.robot_transitions += 1;
-                if !summary.admit(ep.intervention[i], keep_interventions) {
+                if !summary.admit(ep.intervention[i], ep.teleop[i], keep_interventions) {
                     continue;
                 }
                 online.push(
@@ -337,11 +348,12 @@ pub fn describe(s: &FinetuneSummary) -> String {
         )
     } else {
         format!(
-            "{} robot transitions ({} episodes, {:.1}% successful, {} marked interventions)",
+            "{} robot transitions ({} episodes, {:.1}% successful, {} marked interventions, {} teleoperated)",
             s.robot_transitions,
             s.robot_episodes,
             100.0 * s.robot_success_rate,
-            s.robot_interventions
+            s.robot_interventions,
+            s.robot_teleop
         )
     };
     format!(

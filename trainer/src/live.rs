@@ -40,6 +40,8 @@ pub struct Step {
     pub terminal: bool,
     /// The operator marked it an intervention (`controller run --operator`).
     pub intervention: bool,
+    /// Its action came from the teleop device (`controller run --teleop`).
+    pub teleop: bool,
 }
 
 /// Persists every stream's records and forwards the transitions.
@@ -114,6 +116,7 @@ impl RecordSink for Receiver {
                 next_obs: t.next_obs().to_vec(),
                 terminal: t.done && !t.truncated,
                 intervention: t.intervention,
+                teleop: t.teleop,
             });
         }
         Ok(())
@@ -284,7 +287,7 @@ pub(crate) fn train_live(
                 last_data = Some(std::time::Instant::now());
                 for step in std::iter::once(first).chain(rx.try_iter()) {
                     summary.streamed += 1;
-                    if !summary.admit(step.intervention, o.keep_interventions) {
+                    if !summary.admit(step.intervention, step.teleop, o.keep_interventions) {
                         continue;
                     }
                     online.push(

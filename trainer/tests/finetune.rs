@@ -89,7 +89,8 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
 }
 
 /// Frames the operator marked as interventions stay out of the online buffer unless
-/// `keep_interventions` (their logged action is not what moved the arm).
+/// `keep_interventions` (their logged action is not what moved the arm). Teleoperated
+/// frames (their action is what the robot was sent) are counted and kept.
 #[test]
 fn intervention_frames_are_left_out_unless_kept() {
     let tmp = tempfile::tempdir().unwrap();
@@ -101,22 +102,28 @@ fn intervention_frames_are_left_out_unless_kept() {
     tiny_run(&run);
     tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &generated).unwrap();
     let mut ds = dataset::read_dataset(&generated).unwrap();
-    let mut marked = 0;
+    let (mut marked, mut teleop) = (0, 0);
     for ep in &mut ds.episodes {
         for (i, m) in ep.intervention.iter_mut().enumerate() {
             *m = (3..9).contains(&i);
             marked += *m as usize;
         }
+        // Overlapping the marked frames in 6..9: those stay out with the marked ones.
+        for (i, t) in ep.teleop.iter_mut().enumerate() {
+            *t = (6..14).contains(&i);
+            teleop += *t as usize;
+        }
     }
     dataset::write_dataset(&data, &ds.info, &ds.episodes).unwrap();
     let total = ds.num_frames();
-    assert_eq!(marked, 12);
+    assert_eq!((marked, teleop), (12, 16));
 
     let mut o = options(&run, &data, &tmp.path().join("dropped"));
     o.updates = 1;
     let s = finetune(&o, &mut ()).unwrap();
     assert_eq!(s.robot_transitions, total);
     assert_eq!(s.robot_interventions, marked);
+    assert_eq!(s.robot_teleop, teleop);
     assert_eq!(s.robot_transitions_used, total - marked);
 
     let mut o = options(&run, &data, &tmp.path().join("kept"));

@@ -112,6 +112,7 @@ fn own_robot_dataset(dir: &Path, name: &str, episodes: usize, seed: u64) -> Data
             ep.truncated.push(!success && t == 29);
             ep.success.push(success);
             ep.intervention.push(false);
+            ep.teleop.push(false);
             if success {
                 break;
             }

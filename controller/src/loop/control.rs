@@ -96,6 +96,8 @@ struct Track {
     ret: f32,
     success: bool,
     steps_acted: u32,
+    /// Of those, with the teleop device's action.
+    steps_teleop: u32,
     /// The operator's label (`Some(true)`: success), which ended the episode.
     label: Option<bool>,
 }
@@ -120,6 +122,7 @@ impl Track {
             ret: 0.0,
             success: false,
             steps_acted: 0,
+            steps_teleop: 0,
             label: None,
         }
     }
@@ -150,9 +153,18 @@ impl Track {
     }
 }
 
-/// A command as written: when its write started, the action, and whether the operator
-/// was intervening.
-type SentCommand = (Instant, [f32; MAX_ACT], bool);
+/// A command as written.
+#[derive(Clone, Copy)]
+struct SentCommand {
+    /// When its write started.
+    at: Instant,
+    /// Policy units, as sent.
+    action: [f32; MAX_ACT],
+    /// The operator's intervention mark was on.
+    intervention: bool,
+    /// The action was the teleop device's.
+    teleop: bool,
+}
 
 /// Commands written in the current episode, with their times.
 struct CommandRing {
@@ -164,7 +176,12 @@ struct CommandRing {
 impl CommandRing {
     fn new(now: Instant) -> Self {
         CommandRing {
-            buf: [(now, [0.0; MAX_ACT], false); COMMANDS],
+            buf: [SentCommand {
+                at: now,
+                action: [0.0; MAX_ACT],
+                intervention: false,
+                teleop: false,
+            }; COMMANDS],
             len: 0,
             next: 0,
         }
@@ -181,7 +198,7 @@ impl CommandRing {
     fn in_force_at(&self, t: Instant) -> Option<SentCommand> {
         (1..=self.len)
             .map(|k| self.buf[(self.next + COMMANDS - k) % COMMANDS])
-            .find(|(at, ..)| *at <= t)
+            .find(|c| c.at <= t)
     }
 }
 
@@ -292,6 +309,8 @@ pub(crate) struct Control {
     intervention: bool,
     /// The operator paused: no new episode starts.
     paused: bool,
+    /// The teleop device's actions and labels (`--teleop`).
+    pub teleop: Option<super::teleop::TeleopPort>,
     /// Tick frames for the rerun recording (`--rerun`), and the one being filled.
     pub viz_tx: Option<Sender<TickFrame>>,
     frame: TickFrame,
@@ -359,6 +378,7 @@ impl Control {
             operator: None,
             intervention: false,
             paused: false,
+            teleop: None,
             viz_tx: None,
             frame: TickFrame::default(),
             cfg,
@@ -708,6 +728,9 @@ impl Control {
     fn checks(&mut self, now: Instant) {
         while let Some(c) = self.operator.as_ref().and_then(|rx| rx.try_recv().ok()) {
             self.on_operator(now, c);
+        }
+        if let Some(label) = self.teleop.as_mut().and_then(|t| t.poll()) {
+            self.on_operator(now, label);
         }
         if realtime::stop_requested() && self.stopping.is_none() {
             let sig = realtime::stop_signal();
@@ -1118,7 +1141,19 @@ impl Control {
         }
         let ti = Instant::now();
         let ad = self.ad;
-        let r = self.brain.act(&self.obs[..od], &mut self.action[..ad]);
+        // The teleop device's action replaces the policy's while it is engaged and
+        // fresh; the policy does not run then.
+        let teleop = self.teleop.as_ref().and_then(|t| t.action(now));
+        let r = match teleop {
+            Some(a) => {
+                self.action[..ad].copy_from_slice(&a[..ad]);
+                Ok(None)
+            }
+            None => self
+                .brain
+                .act(&self.obs[..od], &mut self.action[..ad])
+                .map(Some),
+        };
         // The policy's own action, before shaping, for the rerun recording only.
         let policy_action = self.viz_tx.is_some().then_some(self.action);
         let tf = Instant::now();
@@ -1151,10 +1186,15 @@ impl Control {
         self.ep_cadence.send.record(written - tf);
         match sent {
             Ok(a) => {
-                self.commands.push((write_start, a, self.intervention));
+                self.commands.push(SentCommand {
+                    at: write_start,
+                    action: a,
+                    intervention: self.intervention,
+                    teleop: teleop.is_some(),
+                });
                 if let Some(policy_action) = policy_action {
                     let times = (tf - ti, written - tf);
-                    self.record_act(policy_action, shaped, choice.index, times);
+                    self.record_act(policy_action, shaped, choice.map(|c| c.index), times);
                 }
                 let lat = written.saturating_duration_since(s.rx);
                 let d = self.current_deadline;
@@ -1166,9 +1206,16 @@ impl Control {
                 self.ep_cadence.latency.record(lat);
                 self.ep_cadence.acted_ticks += 1;
                 self.torque_off = false;
+                let mut episode = 0;
                 if let Some(t) = self.track.as_mut() {
                     t.acted = Some(step);
                     t.steps_acted += 1;
+                    t.steps_teleop += teleop.is_some() as u32;
+                    episode = t.id;
+                }
+                if let Some(port) = self.teleop.as_mut() {
+                    port.commanded(teleop.is_some());
+                    port.send_observation(episode, step, &self.obs[..od]);
                 }
             }
             Err(e) => {
@@ -1187,7 +1234,7 @@ impl Control {
         &mut self,
         policy_action: [f32; MAX_ACT],
         shaped: super::safety::Shaped,
-        selected: usize,
+        selected: Option<usize>,
         (infer, send): (Duration, Duration),
     ) {
         let (od, ad) = (self.od, self.ad);
@@ -1203,13 +1250,15 @@ impl Control {
         a.obs[..od].copy_from_slice(&self.obs[..od]);
         a.policy_action = policy_action;
         a.action[..ad].copy_from_slice(&self.action[..ad]);
-        let p = self.brain.policy();
-        if p.q_values().is_empty() {
-            // No critic: one chain sample is the whole story.
-            a.set_candidates(&p.candidates()[..ad], 1, &[], Some(0));
-        } else {
-            let n = p.selection().num_samples;
-            a.set_candidates(p.candidates(), n, p.q_values(), Some(selected));
+        // The teleop device's action or the hold action: no candidates to show.
+        if let (Some(p), Some(selected)) = (self.brain.policy(), selected) {
+            if p.q_values().is_empty() {
+                // No critic: one chain sample is the whole story.
+                a.set_candidates(&p.candidates()[..ad], 1, &[], Some(0));
+            } else {
+                let n = p.selection().num_samples;
+                a.set_candidates(p.candidates(), n, p.q_values(), Some(selected));
+            }
         }
         self.frame.act = Some(a);
     }
@@ -1227,9 +1276,15 @@ impl Control {
             }
             let parts = (t.sensor(s), t.sensor(s + 1), t.reward(s + 1));
             if let (Some(a), Some(b), Some(r)) = parts {
-                let (sent_at, action, intervention) = match self.commands.in_force_at(b.rx) {
-                    Some((at, a, i)) => (ns_since(self.start, at), a, i),
-                    None => (0, [0.0; MAX_ACT], self.intervention),
+                let (sent_at, action, intervention, teleop) = match self.commands.in_force_at(b.rx)
+                {
+                    Some(c) => (
+                        ns_since(self.start, c.at),
+                        c.action,
+                        c.intervention,
+                        c.teleop,
+                    ),
+                    None => (0, [0.0; MAX_ACT], self.intervention, false),
                 };
                 let mut tr = Transition {
                     episode: t.id,
@@ -1243,6 +1298,7 @@ impl Control {
                     truncated: r.truncated,
                     success: r.success,
                     intervention,
+                    teleop,
                     next_obs: b.obs,
                     obs_fw_us: a.fw_us,
                     next_obs_fw_us: b.fw_us,
@@ -1344,6 +1400,7 @@ impl Control {
             seed: t.seed,
             steps,
             commands: t.steps_acted,
+            teleop_commands: t.steps_teleop,
             success,
             ret: t.ret,
             reason,

@@ -14,7 +14,7 @@
 //!    2 episode start   episode u32, seed u64
 //!    3 transition      episode u32, step u32, od u8, ad u8, obs f32[od], action f32[ad],
 //!                      reward f32, flags u8 (1 done, 2 truncated, 4 success,
-//!                      8 intervention),
+//!                      8 intervention, 16 teleop),
 //!                      next_obs f32[od], obs_fw_us u32, next_obs_fw_us u32,
 //!                      obs_rx_ns u64, action_sent_ns u64, next_obs_rx_ns u64
 //!    4 episode end     episode u32, seed u64, steps u32, success u8, reason u8
@@ -64,6 +64,9 @@ const KIND_EPISODE_END: u8 = 4;
 /// firmware's `Reward` frame ([`StepFlags`]): the operator marked the step as an
 /// intervention.
 const FLAG_INTERVENTION: u8 = 1 << 3;
+/// Bit of a transition's flags byte set by the controller: the action came from the
+/// teleop device (`--teleop`).
+const FLAG_TELEOP: u8 = 1 << 4;
 
 /// Why a log could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,8 @@ pub struct Transition {
     pub success: bool,
     /// The operator was intervening (`i` key of `--operator`) when the action was sent.
     pub intervention: bool,
+    /// The action came from the teleop device (`--teleop`), not the policy.
+    pub teleop: bool,
     pub next_obs: [f32; MAX_OBS],
     pub obs_fw_us: u32,
     pub next_obs_fw_us: u32,
@@ -254,7 +259,12 @@ impl Record {
                     truncated: t.truncated,
                     success: t.success,
                 };
-                out.push(step.to_byte() | if t.intervention { FLAG_INTERVENTION } else { 0 });
+                let mark = |on: bool, flag: u8| if on { flag } else { 0 };
+                out.push(
+                    step.to_byte()
+                        | mark(t.intervention, FLAG_INTERVENTION)
+                        | mark(t.teleop, FLAG_TELEOP),
+                );
                 floats(out, t.next_obs());
                 out.extend_from_slice(&t.obs_fw_us.to_le_bytes());
                 out.extend_from_slice(&t.next_obs_fw_us.to_le_bytes());
@@ -303,8 +313,8 @@ impl Record {
                 r.floats(&mut action[..ad as usize])?;
                 let reward = r.f32()?;
                 let byte = r.u8()?;
-                let flags =
-                    StepFlags::from_byte(byte & !FLAG_INTERVENTION).ok_or("unknown flag bits")?;
+                let flags = StepFlags::from_byte(byte & !(FLAG_INTERVENTION | FLAG_TELEOP))
+                    .ok_or("unknown flag bits")?;
                 r.floats(&mut next_obs[..od as usize])?;
                 Record::Transition(Transition {
                     episode,
@@ -318,6 +328,7 @@ impl Record {
                     truncated: flags.truncated,
                     success: flags.success,
                     intervention: byte & FLAG_INTERVENTION != 0,
+                    teleop: byte & FLAG_TELEOP != 0,
                     next_obs,
                     obs_fw_us: r.u32()?,
                     next_obs_fw_us: r.u32()?,
@@ -672,6 +683,7 @@ pub fn to_episode(
         ep.truncated.push(t.truncated);
         ep.success.push(t.success);
         ep.intervention.push(t.intervention);
+        ep.teleop.push(t.teleop);
     }
     if !last.done {
         // The episode did not end in its own last step: bootstrapping from the last
@@ -847,6 +859,7 @@ mod tests {
             truncated: false,
             success: done,
             intervention: step % 3 == 1,
+            teleop: step % 4 == 2,
             next_obs: [0.0; MAX_OBS],
             obs_fw_us: step * 10,
             next_obs_fw_us: step * 10 + 10,

@@ -23,6 +23,8 @@
 //! - [`log`] / [`logger`]: the crash-safe log, its reader, dataset conversion.
 //! - [`stats`]: allocation-free histograms and the cadence report.
 //! - [`realtime`]: signals, the panic flag, `--realtime` (mlockall, SCHED_FIFO, affinity).
+//! - [`teleop`]: a teleop device's actions over UDP (`--teleop`), for demonstrations
+//!   and takeovers.
 //!
 //! The control thread sleeps to `spin` before each absolute deadline and spins the
 //! rest (its timer slack is set to 1 ns); with `--align-phase` the deadline grid
@@ -66,6 +68,7 @@ pub mod realtime;
 pub mod safety;
 pub mod stats;
 pub mod streamer;
+pub mod teleop;
 pub mod viz;
 
 use crate::runtime::{Choice, Policy, PolicyOptions, TwoSpeedPolicy};
@@ -136,6 +139,8 @@ pub struct RunConfig {
     /// Added to the reward of the step the operator labels a success (the simulated
     /// tasks' sparse success reward is 1).
     pub success_reward: f32,
+    /// Take actions from a teleop device (`--teleop`; see [`teleop`]).
+    pub teleop: Option<teleop::TeleopConfig>,
 }
 
 impl RunConfig {
@@ -164,6 +169,7 @@ impl RunConfig {
             rerun: None,
             operator: false,
             success_reward: 1.0,
+            teleop: None,
         }
     }
 
@@ -177,6 +183,10 @@ impl RunConfig {
 pub enum Brain {
     Full(Box<Policy>),
     TwoSpeed(Box<TwoSpeedPolicy>),
+    /// No policy: the hold action (zero in policy units) on every tick. For recording
+    /// demonstrations with a teleop device (`controller run --teleop` without a
+    /// bundle), whose actions replace it while the device is engaged.
+    Hold,
 }
 
 impl Brain {
@@ -196,14 +206,23 @@ impl Brain {
         match self {
             Brain::Full(p) => p.act(obs, action),
             Brain::TwoSpeed(p) => p.act(obs, action),
+            Brain::Hold => {
+                action.fill(0.0);
+                Ok(Choice {
+                    index: 0,
+                    score: f32::NAN,
+                })
+            }
         }
     }
 
-    /// The policy that made the last action (its candidates and Q values).
-    pub fn policy(&self) -> &Policy {
+    /// The policy that made the last action (its candidates and Q values); `None` for
+    /// [`Brain::Hold`].
+    pub fn policy(&self) -> Option<&Policy> {
         match self {
-            Brain::Full(p) => p,
-            Brain::TwoSpeed(p) => p.policy(),
+            Brain::Full(p) => Some(p),
+            Brain::TwoSpeed(p) => Some(p.policy()),
+            Brain::Hold => None,
         }
     }
 }
@@ -268,8 +287,10 @@ pub struct EpisodeReport {
     pub seed: u64,
     /// Firmware steps (from its `EpisodeEnd`, else the last step seen).
     pub steps: u32,
-    /// Commands computed by the policy.
+    /// Commands computed by the policy or taken from the teleop device.
     pub commands: u32,
+    /// Of those, the teleop device's (`--teleop`).
+    pub teleop_commands: u32,
     pub success: bool,
     #[serde(rename = "return")]
     pub ret: f32,
@@ -287,7 +308,7 @@ impl fmt::Display for EpisodeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "episode {} (seed {}): {}, {} steps, return {:.2}, {:?}{}; {} transitions, {} missing",
+            "episode {} (seed {}): {}, {} steps{}, return {:.2}, {:?}{}; {} transitions, {} missing",
             self.episode,
             self.seed,
             if self.success {
@@ -296,6 +317,14 @@ impl fmt::Display for EpisodeReport {
                 "no success"
             },
             self.steps,
+            if self.teleop_commands > 0 {
+                format!(
+                    " ({} commands from the teleop device)",
+                    self.teleop_commands
+                )
+            } else {
+                String::new()
+            },
             self.ret,
             self.reason,
             if self.reason == EndReason::Completed {
@@ -344,6 +373,8 @@ pub struct RunReport {
     pub bundle_swaps: Vec<BundleSwap>,
     /// What the operator did (`--operator`).
     pub operator: operator::OperatorSummary,
+    /// What the teleop device did (`--teleop`).
+    pub teleop: Option<teleop::TeleopSummary>,
     /// Tick frames the rerun recording's queue could not take (`--rerun`).
     pub viz_drops: u64,
     pub cadence: CadenceReport,
@@ -379,6 +410,7 @@ impl RunReport {
             uplink: None,
             bundle_swaps: vec![],
             operator: Default::default(),
+            teleop: None,
             viz_drops: 0,
             cadence: Default::default(),
             realtime: vec![],
@@ -455,6 +487,9 @@ impl fmt::Display for RunReport {
                     format!(", errors: {}", lg.errors.join("; "))
                 }
             )?;
+        }
+        if let Some(t) = &self.teleop {
+            write!(f, "\n{t}")?;
         }
         if let Some(u) = &self.uplink {
             write!(
@@ -643,6 +678,18 @@ pub fn run(
         control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
     control.swaps = swaps;
     control.viz_tx = tick_tx;
+    let teleop_thread = match &cfg.teleop {
+        None => None,
+        Some(t) => {
+            let (thread, port) =
+                teleop::spawn(t, cfg.robot.action.dim).map_err(|source| RunError::Io {
+                    what: "starting the teleop thread".into(),
+                    source,
+                })?;
+            control.teleop = Some(port);
+            Some(thread)
+        }
+    };
     if cfg.operator {
         eprintln!("{}", operator::HELP);
         let stdin = std::io::BufReader::new(std::io::stdin());
@@ -660,7 +707,7 @@ pub fn run(
             what: "starting the control thread".into(),
             source,
         })?;
-    let mut report = match handle.join() {
+    let (mut report, port) = match handle.join() {
         Ok(r) => r,
         Err(_) => {
             // Unreachable in practice (the thread catches its panics), but the report
@@ -668,9 +715,12 @@ pub fn run(
             let mut r = RunReport::new(&cfg, bundle_label);
             r.outcome = Outcome::Error;
             r.error = Some("the control thread died".into());
-            r
+            (r, None)
         }
     };
+    if let Some(t) = teleop_thread {
+        report.teleop = Some(t.finish(port.as_ref()));
+    }
     link.stop();
     report.link = link.counters();
     if let Some(l) = logger {
@@ -783,7 +833,10 @@ struct RealtimeOpts {
 
 /// The control thread: real-time setup, the loop inside `catch_unwind`, and the safe
 /// stop after a panic.
-fn control_thread(mut c: control::Control, rt: RealtimeOpts) -> RunReport {
+fn control_thread(
+    mut c: control::Control,
+    rt: RealtimeOpts,
+) -> (RunReport, Option<teleop::TeleopPort>) {
     realtime::tight_timer_slack();
     let mut steps = vec![];
     let dedicated_cpu = rt.dedicated.as_ref().map(|d| d.0);
@@ -837,7 +890,7 @@ fn control_thread(mut c: control::Control, rt: RealtimeOpts) -> RunReport {
     } else {
         c.stopping().unwrap_or(Outcome::Completed)
     };
-    report
+    (report, c.teleop.take())
 }
 
 #[cfg(test)]

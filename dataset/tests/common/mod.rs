@@ -62,6 +62,7 @@ pub fn episode(rng: &mut Rng, len: usize, seed: u64) -> Episode {
         .map(|k| last(k) && seed.is_multiple_of(3))
         .collect();
     let intervention = (0..len).map(|k| k % 5 == 1).collect();
+    let teleop = (0..len).map(|k| k % 3 == 2).collect();
     Episode {
         observations,
         next_observations,
@@ -71,6 +72,7 @@ pub fn episode(rng: &mut Rng, len: usize, seed: u64) -> Episode {
         truncated,
         success,
         intervention,
+        teleop,
     }
 }
 
@@ -96,6 +98,7 @@ pub fn assert_same(a: &Episode, b: &Episode) {
     assert_eq!(a.truncated, b.truncated);
     assert_eq!(a.success, b.success);
     assert_eq!(a.intervention, b.intervention);
+    assert_eq!(a.teleop, b.teleop);
 }
 
 /// Rewrite a parquet file, passing every record batch through `f`.

@@ -1,0 +1,168 @@
+//! Teleoperation through the real loop (`controller run --teleop`): the scripted teleop
+//! device (`tools teleop`) drives the simulated push firmware over a pty, through UDP
+//! datagrams, the safety envelope and the gate. What the dataset records must be
+//! exactly what the device sent, marked `teleop`, and the policy's (or the hold)
+//! actions everywhere else.
+
+use controller::robot_loop::teleop::TeleopConfig;
+use controller::robot_loop::{self, Brain, RunConfig, RunReport};
+use controller::runtime::{Backend, PolicyOptions};
+use dataset::Dataset;
+use firmware_config::RobotConfig;
+use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
+use shared_model::manifest::Trust;
+use sim::TaskId;
+use std::collections::HashSet;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tools::teleop::{DeviceOptions, DeviceSummary, Engage, run_device};
+
+/// Runs `episodes` push episodes with the scripted device at `engage`; returns the
+/// run's report, the device's account and the recorded dataset.
+fn teleop_run(
+    dir: &Path,
+    brain: Brain,
+    episodes: u32,
+    engage: Engage,
+) -> (RunReport, DeviceSummary, Dataset) {
+    let mut robot = RobotConfig::example("push").unwrap();
+    // At the 10x clock the checks get a tenth of their real time; a slow step of a
+    // loaded 2-core machine must not stop this test of the teleop path (the HIL tests
+    // cover the stale-sensor monitor and the watchdog).
+    robot.safety.stale_sensor_ms = 3000;
+    robot.command_timeout_ms = 20_000;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let device = {
+        let stop = stop.clone();
+        let mut o = DeviceOptions::new(addr, TaskId::Push);
+        o.engage = engage;
+        o.idle = Duration::from_secs(600);
+        std::thread::spawn(move || run_device(&o, &stop))
+    };
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.episodes = Some(episodes);
+    cfg.time_scale = 10.0;
+    cfg.out = Some(dir.to_path_buf());
+    cfg.quiet = true;
+    cfg.teleop = Some(TeleopConfig {
+        socket: Arc::new(socket),
+        // Generous, so that a stalled device thread on a loaded machine does not hand
+        // control back in the middle (the hand-back has its own unit test).
+        timeout: Duration::from_secs(2),
+    });
+    let report = robot_loop::run(cfg, brain, "push", "teleop test").unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let device = device.join().unwrap().unwrap();
+    drop(firmware);
+    let ds = dataset::read_dataset(&dir.join("dataset")).unwrap();
+    (report, device, ds)
+}
+
+fn bits(a: &[f32]) -> Vec<u32> {
+    a.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn demonstrations_record_exactly_what_the_device_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (report, device, ds) = teleop_run(tmp.path(), Brain::Hold, 6, Engage::Always);
+    assert_eq!(report.episodes.len(), 6, "{report}");
+    assert_eq!(report.episodes_completed, 6, "{report}");
+    let t = report.teleop.as_ref().expect("a teleop summary");
+    assert!(t.device.is_some(), "{t:?}");
+    assert_eq!((t.invalid, t.foreign), (0, 0), "{t:?}");
+    let per_episode: u32 = report.episodes.iter().map(|e| e.teleop_commands).sum();
+    assert_eq!(t.commands, per_episode as u64);
+    assert!(
+        device.observations > 0 && device.in_control > 0,
+        "{device:?}"
+    );
+    assert!(device.observations <= t.observations_sent);
+
+    let sent: HashSet<Vec<u32>> = device.engaged_actions.iter().map(|a| bits(a)).collect();
+    let ad = 2;
+    let (mut teleop, mut frames) = (0, 0);
+    for (e, ep) in ds.episodes.iter().enumerate() {
+        for i in 0..ep.len() {
+            let a = &ep.actions[i * ad..(i + 1) * ad];
+            assert!(a.iter().all(|x| x.abs() <= dataset::POLICY_ACTION_LIMIT));
+            if ep.teleop[i] {
+                assert!(
+                    sent.contains(&bits(a)),
+                    "episode {e} frame {i}: {a:?} is not an action the device sent"
+                );
+                teleop += 1;
+            } else {
+                // No bundle: the hold action.
+                assert_eq!(a, [0.0, 0.0], "episode {e} frame {i}");
+            }
+            assert!(!ep.intervention[i]);
+            frames += 1;
+        }
+    }
+    assert_eq!(frames as u64, report.log_sent);
+    // The run's first command goes out before the device has seen an observation (its
+    // first datagram is disengaged): the hold action.
+    assert!(!ds.episodes[0].teleop[0]);
+    assert!(
+        teleop * 10 >= frames * 9,
+        "{teleop} of {frames} frames teleoperated"
+    );
+    let successes = ds.episodes.iter().filter(|e| e.is_success()).count();
+    assert_eq!(successes, report.successes);
+}
+
+#[test]
+fn a_takeover_replaces_the_policy_from_the_step_it_engages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle_dir = tmp.path().join("bundle");
+    shared_model::synthetic::SyntheticSpec::cpu()
+        .write(&bundle_dir, 3, None)
+        .unwrap();
+    let bundle = shared_model::load_bundle(&bundle_dir, &Trust::AllowUnsigned).unwrap();
+    let options = PolicyOptions {
+        backend: Backend::Tract,
+        executed_steps: None,
+        seed: 5,
+    };
+    let brain = Brain::new(&bundle, &options, false).unwrap();
+    const FROM: usize = 10;
+    let out = tmp.path().join("run");
+    let (report, device, ds) = teleop_run(&out, brain, 1, Engage::FromStep(FROM as u32));
+    assert_eq!(report.episodes_completed, 1, "{report}");
+    let t = report.teleop.as_ref().unwrap();
+    assert_eq!(t.takeovers, 1, "{t:?}");
+    assert_eq!(t.commands, report.episodes[0].teleop_commands as u64);
+
+    let ep = &ds.episodes[0];
+    assert!(
+        ep.len() > FROM + 20,
+        "the episode ended after {} steps",
+        ep.len()
+    );
+    let sent: HashSet<Vec<u32>> = device.engaged_actions.iter().map(|a| bits(a)).collect();
+    // The device engages on observation FROM; its first action is the command of step
+    // FROM + 1. Before that, the policy's actions (the random synthetic policy's, never
+    // exactly the hold action), whatever the timing.
+    for i in 0..=FROM {
+        assert!(!ep.teleop[i], "frame {i} marked teleop");
+        assert_ne!(&ep.actions[2 * i..2 * i + 2], [0.0, 0.0], "frame {i}");
+    }
+    let after: Vec<usize> = (FROM + 1..ep.len()).collect();
+    let taken = after.iter().filter(|&&i| ep.teleop[i]).count();
+    assert!(taken * 10 >= after.len() * 9, "{taken} of {}", after.len());
+    for &i in after.iter().filter(|&&i| ep.teleop[i]) {
+        assert!(
+            sent.contains(&bits(&ep.actions[2 * i..2 * i + 2])),
+            "frame {i}"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! A scripted teleop device (`tools teleop`): a simulated task's demonstrator plays the
+//! person at the device, acting on the observations `controller run --teleop` sends
+//! back. It exercises the teleop path without hardware: recording demonstrations
+//! through the real controller, serial link and safety envelope, or taking over from a
+//! policy part of the time.
+//!
+//! It speaks [`firmware_config::teleop`]: it announces itself with a disengaged action,
+//! then answers every observation with the demonstrator's action (engaged when the
+//! [`Engage`] schedule says so), and repeats its last datagram while no observation
+//! arrives, so that the controller keeps hearing from it between episodes (a person's
+//! device streams continuously the same way).
+
+use anyhow::{Context, Result, bail, ensure};
+use firmware_config::protocol::MAX_ACT;
+use firmware_config::teleop::{self as wire, Datagram, ENGAGED, TeleopAction};
+use sim::TaskId;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// When the scripted device holds its deadman.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Engage {
+    /// Always: demonstrations.
+    Always,
+    /// From step `from` of each episode on (a takeover from the policy that acted
+    /// before).
+    FromStep(u32),
+}
+
+/// `tools teleop`'s options.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// The controller's `--teleop` address.
+    pub controller: SocketAddr,
+    pub task: TaskId,
+    pub engage: Engage,
+    /// Stop after this long without an observation, once one has come.
+    pub idle: Duration,
+    /// Resend the last datagram this often while no observation comes.
+    pub resend: Duration,
+}
+
+impl DeviceOptions {
+    pub fn new(controller: SocketAddr, task: TaskId) -> DeviceOptions {
+        DeviceOptions {
+            controller,
+            task,
+            engage: Engage::Always,
+            idle: Duration::from_secs(5),
+            resend: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What the scripted device saw and did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceSummary {
+    pub observations: u64,
+    /// Observations that said the device's action was in control.
+    pub in_control: u64,
+    pub actions_sent: u64,
+    pub episodes_seen: u64,
+    /// Every engaged action sent, in order (for tests that compare with the record).
+    pub engaged_actions: Vec<Vec<f32>>,
+}
+
+/// Runs the device until the controller falls silent for `idle` (after its first
+/// observation) or `stop` is set.
+pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSummary> {
+    let bind = if o.controller.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(bind).context("binding the device's socket")?;
+    socket.set_read_timeout(Some(o.resend))?;
+    let ad = o.task.spec().action_dim();
+    let od = o.task.spec().obs_dim();
+    ensure!(ad <= MAX_ACT, "{} has {ad} action values", o.task);
+    let mut demonstrator = sim::make_demonstrator(o.task);
+    let mut summary = DeviceSummary::default();
+    let mut seq = 0u32;
+    let mut last = TeleopAction::new(seq, 0, &vec![0.0; ad]);
+    let mut buf = [0u8; wire::MAX_DATAGRAM];
+    let mut episode = None;
+    let mut last_heard: Option<Instant> = None;
+    let mut action = vec![0.0; ad];
+    while !stop.load(Ordering::Relaxed) {
+        // The same values again, as a new datagram (its own sequence number).
+        seq = seq.wrapping_add(1);
+        last.seq = seq;
+        let len = wire::encode_action(&last, &mut buf);
+        // The controller may not be up yet: "connection refused" on loopback is normal.
+        let _ = socket.send_to(&buf[..len], o.controller);
+        summary.actions_sent += 1;
+        // Answer every observation that comes before the next resend.
+        loop {
+            let mut rx = [0u8; wire::MAX_DATAGRAM + 1];
+            let Ok((n, from)) = socket.recv_from(&mut rx) else {
+                break;
+            };
+            if from != o.controller {
+                continue;
+            }
+            let obs = match wire::decode(&rx[..n]) {
+                Ok(Datagram::Observation(obs)) => obs,
+                Ok(Datagram::Action(_)) => bail!("the controller sent an action datagram"),
+                Err(e) => bail!("a datagram from the controller: {e}"),
+            };
+            ensure!(
+                obs.n as usize == od,
+                "the controller sent {} observation values, {} has {od}",
+                obs.n,
+                o.task
+            );
+            last_heard = Some(Instant::now());
+            summary.observations += 1;
+            summary.in_control += obs.in_control() as u64;
+            if episode != Some(obs.episode) {
+                episode = Some(obs.episode);
+                summary.episodes_seen += 1;
+                demonstrator.reset(sim::demonstrator_seed(obs.episode as u64));
+            }
+            demonstrator.act(obs.values(), &mut action);
+            let engaged = match o.engage {
+                Engage::Always => true,
+                Engage::FromStep(k) => obs.step >= k,
+            };
+            seq = seq.wrapping_add(1);
+            last = TeleopAction::new(seq, if engaged { ENGAGED } else { 0 }, &action);
+            let len = wire::encode_action(&last, &mut buf);
+            socket
+                .send_to(&buf[..len], o.controller)
+                .context("sending an action to the controller")?;
+            summary.actions_sent += 1;
+            if engaged {
+                summary.engaged_actions.push(action.clone());
+            }
+        }
+        if last_heard.is_some_and(|t| t.elapsed() > o.idle) {
+            break;
+        }
+    }
+    Ok(summary)
+}
