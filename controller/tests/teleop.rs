@@ -3,6 +3,10 @@
 //! datagrams, the safety envelope and the gate. What the dataset records must be
 //! exactly what the device sent, marked `teleop`, and the policy's (or the hold)
 //! actions everywhere else.
+//!
+//! A failing assertion in one test also stops the runs of the others in this binary:
+//! the controller's panic hook is process-wide (any panic is a fault). Read the first
+//! failure.
 
 use controller::robot_loop::teleop::TeleopConfig;
 use controller::robot_loop::{self, Brain, RunConfig, RunReport};
@@ -165,4 +169,70 @@ fn a_takeover_replaces_the_policy_from_the_step_it_engages() {
             "frame {i}"
         );
     }
+}
+
+/// `scripts/teleop_device.py` (the Python template for users' devices) against the
+/// real loop: its datagrams decode, its constant action is what the dataset records,
+/// and it decodes the observations sent back. Needs `python3` (standard library only).
+#[test]
+fn the_python_device_template_speaks_the_same_datagrams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut robot = RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    robot.command_timeout_ms = 20_000;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/teleop_device.py");
+    let device = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--controller", &addr.to_string(), "--action", "0.25,-0.5"])
+        .args(["--seconds", "120", "--until-observations", "40"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for this test");
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.episodes = Some(2);
+    cfg.time_scale = 10.0;
+    cfg.out = Some(tmp.path().to_path_buf());
+    cfg.quiet = true;
+    cfg.teleop = Some(TeleopConfig {
+        socket: Arc::new(socket),
+        timeout: Duration::from_secs(2),
+    });
+    let report = robot_loop::run(cfg, Brain::Hold, "push", "python device").unwrap();
+    drop(firmware);
+    let out = device.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    // At least 40 (it stops once it has them; a read may bring several at once).
+    let observations: usize = printed
+        .strip_prefix("teleop_device: ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!(observations >= 40, "{printed}");
+    let t = report.teleop.as_ref().unwrap();
+    assert_eq!(t.invalid, 0, "{t:?}");
+    let ds = dataset::read_dataset(&tmp.path().join("dataset")).unwrap();
+    let (mut teleop, mut handed_back) = (0, false);
+    for ep in &ds.episodes {
+        for i in 0..ep.len() {
+            let want: &[f32] = if ep.teleop[i] {
+                &[0.25, -0.5]
+            } else {
+                &[0.0, 0.0]
+            };
+            assert_eq!(&ep.actions[2 * i..2 * i + 2], want, "frame {i}");
+            teleop += ep.teleop[i] as usize;
+            handed_back |= teleop > 0 && !ep.teleop[i];
+        }
+    }
+    // The device streams engaged actions from its start, so every tick that sent it an
+    // observation acted on its action: at least 40, less a transition or two lost at
+    // an episode's end. Then it let go, and the hold action followed.
+    assert!(teleop >= 38, "{teleop} teleoperated frames");
+    assert!(handed_back);
 }

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""A teleop device for `controller run --teleop ADDR`, in Python, standard library only.
+
+Use it as a template for your own device (a space mouse, a gamepad, a leader arm): read
+the device, map it to actions in policy units ([-1, 1] per action dimension; the robot
+file's `action.scale` and `offset` map them to the motors, as for the policy), and call
+`TeleopLink.send` at the device's rate with `engaged=True` while the deadman is held.
+The controller sends each observation it acts on back; `TeleopLink.receive` returns the
+newest one. The datagram format is `firmware_config::teleop` (firmware-config/src/teleop.rs).
+
+    link = TeleopLink(("127.0.0.1", 7979))
+    while True:
+        link.send(read_my_device(), engaged=deadman_pressed(), success=button_a())
+        obs = link.receive()          # None, or (episode, step, in_control, values)
+
+As a script it jogs the robot with a constant action while it runs, to check the wiring
+(start with small values):
+
+    scripts/teleop_device.py --controller 127.0.0.1:7979 --action 0.1,0 --seconds 3
+"""
+
+import argparse
+import socket
+import struct
+import sys
+import time
+import zlib
+
+MAGIC = b"EXTP"
+VERSION = 1
+KIND_ACTION = 1
+KIND_OBSERVATION = 2
+ENGAGED = 1
+LABEL_SUCCESS = 2
+LABEL_FAILURE = 4
+IN_CONTROL = 1
+HEADER = struct.Struct("<4sBBBBII")  # magic, version, kind, n, flags, seq, episode
+MAX_DATAGRAM = HEADER.size + 4 * 32 + 4
+
+
+def encode_action(seq, values, engaged=False, success=False, failure=False):
+    """One action datagram: header, n little-endian f32, CRC-32 (zlib's) of the rest."""
+    flags = (ENGAGED if engaged else 0) | (LABEL_SUCCESS if success else 0)
+    flags |= LABEL_FAILURE if failure else 0
+    body = HEADER.pack(MAGIC, VERSION, KIND_ACTION, len(values), flags, seq & 0xFFFFFFFF, 0)
+    body += struct.pack("<%df" % len(values), *values)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode_observation(data):
+    """(episode, step, in_control, values) of an observation datagram; ValueError if
+    it is not one."""
+    if len(data) < HEADER.size + 4:
+        raise ValueError("%d bytes is too short for a teleop datagram" % len(data))
+    magic, version, kind, n, flags, step, episode = HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION or kind != KIND_OBSERVATION:
+        raise ValueError("not a version-%d observation datagram" % VERSION)
+    if len(data) != HEADER.size + 4 * n + 4:
+        raise ValueError("%d values in %d bytes" % (n, len(data)))
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if crc != zlib.crc32(data[:-4]):
+        raise ValueError("CRC mismatch")
+    values = struct.unpack_from("<%df" % n, data, HEADER.size)
+    return episode, step, bool(flags & IN_CONTROL), list(values)
+
+
+class TeleopLink:
+    """The device's end of the link: sends actions, collects observations."""
+
+    def __init__(self, controller):
+        self.controller = controller
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.seq = 0
+        self.received = 0  # observations decoded so far
+
+    def send(self, values, engaged=False, success=False, failure=False):
+        """Sends one action. Labels act where their flag turns on, so keeping `success`
+        True while a button is held ends one episode only."""
+        self.seq += 1
+        data = encode_action(self.seq, values, engaged, success, failure)
+        try:
+            self.sock.sendto(data, self.controller)
+        except ConnectionRefusedError:
+            pass  # the controller is not listening yet
+
+    def receive(self):
+        """The newest observation that arrived since the last call, or None."""
+        newest = None
+        while True:
+            try:
+                data, sender = self.sock.recvfrom(MAX_DATAGRAM + 1)
+            except (BlockingIOError, ConnectionRefusedError):
+                return newest
+            if sender[:2] == self.controller[:2]:
+                newest = decode_observation(data)
+                self.received += 1
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--controller", required=True, help="HOST:PORT of controller run --teleop")
+    p.add_argument("--action", required=True, help="comma-separated action, policy units")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--rate", type=float, default=50.0, help="datagrams per second")
+    p.add_argument("--until-observations", type=int, help="stop after this many observations")
+    a = p.parse_args()
+    host, port = a.controller.rsplit(":", 1)
+    values = [float(v) for v in a.action.split(",")]
+    link = TeleopLink((socket.gethostbyname(host), int(port)))
+    last = None
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        if a.until_observations is not None and link.received >= a.until_observations:
+            break
+        link.send(values, engaged=True)
+        time.sleep(1.0 / a.rate)
+        last = link.receive() or last
+    link.send(values, engaged=False)  # let go of the deadman
+    print("teleop_device: %d observations, last %s" % (link.received, last))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
