@@ -236,3 +236,34 @@ fn the_python_device_template_speaks_the_same_datagrams() {
     assert!(teleop >= 38, "{teleop} teleoperated frames");
     assert!(handed_back);
 }
+
+/// What `controller run` refuses without a bundle, before anything moves.
+#[test]
+fn without_a_bundle_the_cli_needs_teleop_and_refuses_what_needs_a_policy() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
+            .args(["run", "--sim", "push", "--out"])
+            .arg(tempfile::tempdir().unwrap().path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} ran");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run(&[]);
+    assert!(e.contains("--bundle") && e.contains("required"), "{e}");
+    let e = run(&["--teleop", "127.0.0.1:0", "--two-speed"]);
+    assert!(e.contains("--bundle"), "{e}");
+    let e = run(&[
+        "--teleop",
+        "127.0.0.1:0",
+        "--uplink",
+        "127.0.0.1:9",
+        "--uplink-key",
+        "k",
+    ]);
+    assert!(e.contains("--uplink needs --bundle"), "{e}");
+    // An address that cannot be bound is refused with the address named.
+    let e = run(&["--teleop", "256.0.0.1:7979"]);
+    assert!(e.contains("--teleop: listening on 256.0.0.1:7979"), "{e}");
+}

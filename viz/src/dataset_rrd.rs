@@ -56,6 +56,7 @@ pub fn dataset_to_rrd(dir: &Path, task: Option<TaskId>, target: &Target) -> Resu
                 "intervention",
                 &rerun::Scalars::single(ep.intervention[i] as u8 as f64),
             )?;
+            rec.log("teleop", &rerun::Scalars::single(ep.teleop[i] as u8 as f64))?;
             if let Some(t) = task {
                 sim::scene_from_observation(t, obs, &mut scene);
                 log_scene(rec, &scene)?;

@@ -15,11 +15,13 @@
 //!  action/<name>              Scalars   the action (controller: as sent, after safety)
 //!  next.reward, next.success  Scalars   datasets: the step's reward and success (0/1)
 //!  intervention               Scalars   datasets: the operator's mark (0/1)
+//!  teleop                     Scalars   the action came from the teleop device (0/1)
 //!  scene/{walls,goal,object,obstacle,robot}
 //!                             2-D shapes of the simulated task, from the observation
 //!                                        (y negated: rerun's 2-D views draw y downwards,
 //!                                        the tasks' y points up)
-//!  policy/raw_action/<name>   Scalars   controller: the policy's action before safety
+//!  policy/raw_action/<name>   Scalars   controller: the policy's (or teleop device's)
+//!                                        action before safety
 //!  policy/candidates          Points2D  controller: the N base (blue) and n_edit edited
 //!                                        (orange) candidates in the first two action
 //!                                        dimensions (second one negated, as the scene's

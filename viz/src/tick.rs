@@ -25,8 +25,11 @@ pub struct LinkView {
 pub struct ActView<'a> {
     /// The observation acted on, `[O]`.
     pub obs: &'a [f32],
-    /// The policy's action before the safety envelope, `[A]`.
+    /// The policy's action before the safety envelope, `[A]` (the teleop device's
+    /// when `teleop`).
     pub policy_action: &'a [f32],
+    /// The action came from the teleop device (`controller run --teleop`).
+    pub teleop: bool,
     /// The action sent, `[A]`, policy units.
     pub action: &'a [f32],
     pub clamped: bool,
@@ -146,6 +149,7 @@ impl TickLogger {
             "safety/rate_limited",
             &rerun::Scalars::single(a.rate_limited as u8 as f64),
         )?;
+        rec.log("teleop", &rerun::Scalars::single(a.teleop as u8 as f64))?;
         if let Some(task) = self.task {
             sim::scene_from_observation(task, a.obs, &mut self.scene);
             log_scene(rec, &self.scene)?;

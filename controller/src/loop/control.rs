@@ -1243,6 +1243,8 @@ impl Control {
             ad: ad as u8,
             clamped: shaped.clamped,
             rate_limited: shaped.rate_limited,
+            // No selection: the teleop device's action.
+            teleop: selected.is_none(),
             infer_ns: infer.as_nanos() as u64,
             send_ns: send.as_nanos() as u64,
             ..ActFrame::default()

@@ -25,7 +25,9 @@
 //! The intervention mark does not change what the controller sends: it records that a
 //! person was acting on the arm (a teleop device on the firmware's side, or a hand on
 //! the arm) while the policy's commands went out, so that a trainer can tell those
-//! steps apart (`intervention` column of the dataset).
+//! steps apart (`intervention` column of the dataset). A teleop device whose actions
+//! the controller itself sends is [`super::teleop`] (`--teleop`): those steps are
+//! recorded with the device's action and marked `teleop` instead.
 
 use crossbeam_channel::{Receiver, Sender};
 use std::io::BufRead;

@@ -42,6 +42,8 @@ pub struct ActFrame {
     pub action: [f32; MAX_ACT],
     pub clamped: bool,
     pub rate_limited: bool,
+    /// The action came from the teleop device.
+    pub teleop: bool,
     /// Candidates recorded (`m ≤ MAX_CANDIDATES`), `[m, ad]`.
     pub m: u8,
     pub num_base: u8,
@@ -64,6 +66,7 @@ impl Default for ActFrame {
             action: [0.0; MAX_ACT],
             clamped: false,
             rate_limited: false,
+            teleop: false,
             m: 0,
             num_base: 0,
             candidates: [0.0; MAX_CANDIDATES * MAX_ACT],
@@ -186,6 +189,7 @@ impl TickSink for RerunSink {
                 action: &a.action[..ad],
                 clamped: a.clamped,
                 rate_limited: a.rate_limited,
+                teleop: a.teleop,
                 candidates: &a.candidates[..m * ad],
                 num_base: a.num_base as usize,
                 q: &a.q[..k * m],
