@@ -1,0 +1,108 @@
+//! Demonstrations recorded through the controller with a teleop device (`controller run
+//! --teleop`, no bundle) train a policy: the journey of README "Your own robot" with the
+//! simulated arm as the robot and its scripted demonstrator as the person at the device.
+
+use controller::robot_loop::teleop::TeleopConfig;
+use controller::robot_loop::{self, Brain, RunConfig};
+use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
+use sim::TaskId;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tools::teleop::{DeviceOptions, run_device};
+use trainer::config::Config;
+use trainer::run::{TrainOptions, evaluate, load_agent, train};
+
+const TASK: TaskId = TaskId::ArmReach;
+
+/// Records `episodes` teleoperated episodes of `TASK` into `out/dataset`; returns the
+/// run's success rate.
+fn record(out: &Path, episodes: u32) -> f64 {
+    let mut robot = firmware_config::RobotConfig::example(TASK.name()).unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    robot.command_timeout_ms = 20_000;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let device = {
+        let stop = stop.clone();
+        let mut o = DeviceOptions::new(addr, TASK);
+        o.idle = Duration::from_secs(600);
+        std::thread::spawn(move || run_device(&o, &stop))
+    };
+    let mut fw = FirmwareOptions::new(TASK, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let time_scale = 20.0;
+    let firmware = FirmwareThread::spawn(fw, time_scale).unwrap();
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.episodes = Some(episodes);
+    cfg.time_scale = time_scale;
+    cfg.out = Some(out.to_path_buf());
+    cfg.quiet = true;
+    cfg.teleop = Some(TeleopConfig {
+        socket: Arc::new(socket),
+        timeout: Duration::from_secs(2),
+    });
+    let report = robot_loop::run(cfg, Brain::Hold, TASK.name(), "teleop").unwrap();
+    stop.store(true, Ordering::SeqCst);
+    device.join().unwrap().unwrap();
+    drop(firmware);
+    assert_eq!(report.episodes_completed, episodes as usize, "{report}");
+    report.success_rate
+}
+
+fn bc(dataset: Option<&Path>, run: &Path, steps: usize) -> f64 {
+    let mut c = Config::cpu();
+    c.algo = trainer::config::Algo::Bc;
+    c.task = TASK.into();
+    c.diffusion.ema_rate = 0.01;
+    c.run.pretrain_steps = steps;
+    c.run.pretrain_critic = false;
+    c.run.online_steps = 0;
+    c.run.eval_episodes = 1;
+    c.run.dataset = dataset.map(|d| d.display().to_string());
+    train(&c, run, &TrainOptions::default(), &mut ()).unwrap();
+    let mut agent = load_agent(run).unwrap();
+    evaluate(&mut agent, 50, 77).unwrap().success_rate
+}
+
+/// 100 teleoperated arm-reach episodes (the demonstrator acting one control period
+/// late, as any device does: about half succeed) train a BC policy that reaches the
+/// goal in a good share of 50 held-out episodes; the same recipe stopped after one
+/// update (the control) does not. Measured on this machine: 0.34 and 0.48 in two
+/// recordings, against 0.00.
+#[test]
+fn teleoperated_demonstrations_train_a_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = tmp.path().join("rec");
+    let demo_rate = record(&rec, 100);
+    assert!(
+        demo_rate > 0.2,
+        "the demonstrations succeeded in {demo_rate}"
+    );
+    let ds = dataset::read_dataset(&rec.join("dataset")).unwrap();
+    assert_eq!(ds.episodes.len(), 100);
+    // Every frame but the run's first (sent before the device had seen anything).
+    let frames = ds.num_frames();
+    let teleop: usize = ds
+        .episodes
+        .iter()
+        .map(|e| e.teleop.iter().filter(|&&t| t).count())
+        .sum();
+    assert!(
+        teleop + 1 >= frames,
+        "{teleop} of {frames} frames teleoperated"
+    );
+
+    let data = rec.join("dataset");
+    let trained = bc(Some(&data), &tmp.path().join("run"), 6000);
+    let control = bc(Some(&data), &tmp.path().join("control"), 1);
+    eprintln!("demonstrations {demo_rate}, BC {trained}, after one update {control}");
+    assert!(
+        trained >= 0.1,
+        "BC on the teleoperated demonstrations: {trained}"
+    );
+    assert!(control < trained, "one update: {control}, 6000: {trained}");
+}
