@@ -40,6 +40,8 @@ MAX_DATAGRAM = HEADER.size + 4 * 32 + 4
 
 def encode_action(seq, values, engaged=False, success=False, failure=False):
     """One action datagram: header, n little-endian f32, CRC-32 (zlib's) of the rest."""
+    if success and failure:
+        raise ValueError("an action labels the episode a success or a failure, not both")
     flags = (ENGAGED if engaged else 0) | (LABEL_SUCCESS if success else 0)
     flags |= LABEL_FAILURE if failure else 0
     body = HEADER.pack(MAGIC, VERSION, KIND_ACTION, len(values), flags, seq & 0xFFFFFFFF, 0)
@@ -73,6 +75,7 @@ class TeleopLink:
         self.sock.setblocking(False)
         self.seq = 0
         self.received = 0  # observations decoded so far
+        self.refused = 0  # datagrams that were not observations (counted, skipped)
 
     def send(self, values, engaged=False, success=False, failure=False):
         """Sends one action. Labels act where their flag turns on, so keeping `success`
@@ -89,12 +92,16 @@ class TeleopLink:
         newest = None
         while True:
             try:
-                data, sender = self.sock.recvfrom(MAX_DATAGRAM + 1)
+                data, _ = self.sock.recvfrom(MAX_DATAGRAM + 1)
             except (BlockingIOError, ConnectionRefusedError):
                 return newest
-            if sender[:2] == self.controller[:2]:
+            # The CRC, not the sender's address, tells the controller's datagrams apart
+            # (its replies may come from another address of a multihomed host).
+            try:
                 newest = decode_observation(data)
                 self.received += 1
+            except ValueError:
+                self.refused += 1
 
 
 def main():
@@ -116,7 +123,8 @@ def main():
         link.send(values, engaged=True)
         time.sleep(1.0 / a.rate)
         last = link.receive() or last
-    link.send(values, engaged=False)  # let go of the deadman
+    for _ in range(3):  # let go of the deadman (UDP may lose one datagram)
+        link.send(values, engaged=False)
     print("teleop_device: %d observations, last %s" % (link.received, last))
     return 0
 

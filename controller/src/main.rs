@@ -156,7 +156,8 @@ struct RunArgs {
     /// and are recorded marked `teleop`; it gets each observation back.
     #[arg(long, value_name = "ADDR")]
     teleop: Option<String>,
-    /// With --teleop: the longest the robot follows a device that fell silent (ms).
+    /// With --teleop: the longest the robot follows a device that fell silent, counted
+    /// from its last datagram's arrival (ms, 1 to 1000).
     #[arg(long, default_value_t = 200, requires = "teleop")]
     teleop_timeout_ms: u64,
     #[command(flatten)]
@@ -327,17 +328,23 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     let teleop = match &a.teleop {
         None => None,
         Some(addr) => {
-            let socket = std::net::UdpSocket::bind(addr)
+            let timeout = Duration::from_millis(a.teleop_timeout_ms);
+            let max = robot_loop::teleop::MAX_TIMEOUT;
+            if timeout.is_zero() || timeout > max {
+                bail!(
+                    "--teleop-timeout-ms must be between 1 and {} (the longest the robot follows a silent device), found {}",
+                    max.as_millis(),
+                    a.teleop_timeout_ms
+                );
+            }
+            let cfg = robot_loop::teleop::TeleopConfig::bind(addr, timeout)
                 .with_context(|| format!("--teleop: listening on {addr}"))?;
             eprintln!(
                 "teleop: listening on {} (datagrams: firmware_config::teleop; the device's actions move the robot while engaged, {} ms at most after its last one)",
-                socket.local_addr()?,
+                cfg.socket.local_addr()?,
                 a.teleop_timeout_ms
             );
-            Some(robot_loop::teleop::TeleopConfig {
-                socket: std::sync::Arc::new(socket),
-                timeout: Duration::from_millis(a.teleop_timeout_ms),
-            })
+            Some(cfg)
         }
     };
     if !(a.time_scale.is_finite() && a.time_scale > 0.0) {

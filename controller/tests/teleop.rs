@@ -17,7 +17,6 @@ use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
 use shared_model::manifest::Trust;
 use sim::TaskId;
 use std::collections::HashSet;
-use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,8 +37,10 @@ fn teleop_run(
     // cover the stale-sensor monitor and the watchdog).
     robot.safety.stale_sensor_ms = 3000;
     robot.command_timeout_ms = 20_000;
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
+    // Generous, so that a stalled device thread on a loaded machine does not hand
+    // control back in the middle (the hand-back has its own unit test).
+    let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
+    let addr = teleop.socket.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let device = {
         let stop = stop.clone();
@@ -56,12 +57,7 @@ fn teleop_run(
     cfg.time_scale = 10.0;
     cfg.out = Some(dir.to_path_buf());
     cfg.quiet = true;
-    cfg.teleop = Some(TeleopConfig {
-        socket: Arc::new(socket),
-        // Generous, so that a stalled device thread on a loaded machine does not hand
-        // control back in the middle (the hand-back has its own unit test).
-        timeout: Duration::from_secs(2),
-    });
+    cfg.teleop = Some(teleop);
     let report = robot_loop::run(cfg, brain, "push", "teleop test").unwrap();
     stop.store(true, Ordering::SeqCst);
     let device = device.join().unwrap().unwrap();
@@ -180,30 +176,45 @@ fn the_python_device_template_speaks_the_same_datagrams() {
     let mut robot = RobotConfig::example("push").unwrap();
     robot.safety.stale_sensor_ms = 3000;
     robot.command_timeout_ms = 20_000;
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
+    let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
+    let addr = teleop.socket.local_addr().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/teleop_device.py");
-    let device = std::process::Command::new("python3")
+    let mut device = std::process::Command::new("python3")
         .arg(&script)
         .args(["--controller", &addr.to_string(), "--action", "0.25,-0.5"])
-        .args(["--seconds", "120", "--until-observations", "40"])
+        .args(["--seconds", "60", "--until-observations", "40"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 is needed for this test");
+    // The run starts once the device is streaming (Python's start-up can take longer
+    // than the run on a loaded machine); the datagram stays queued for the run.
+    teleop
+        .socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut first = [0u8; 256];
+    teleop
+        .socket
+        .peek_from(&mut first)
+        .expect("the Python device sent nothing within 60 s");
     let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
     fw.pacing = Pacing::Lockstep;
     let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
     let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
-    cfg.episodes = Some(2);
+    cfg.episodes = Some(4);
     cfg.time_scale = 10.0;
     cfg.out = Some(tmp.path().to_path_buf());
     cfg.quiet = true;
-    cfg.teleop = Some(TeleopConfig {
-        socket: Arc::new(socket),
-        timeout: Duration::from_secs(2),
-    });
+    cfg.teleop = Some(teleop);
     let report = robot_loop::run(cfg, Brain::Hold, "push", "python device").unwrap();
     drop(firmware);
+    // It stops by itself once it has 40 observations; if the run ended first, it would
+    // wait out its 60 s: stop it then, and the assertions below say why.
+    let waited = std::time::Instant::now();
+    while device.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = device.kill();
     let out = device.wait_with_output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{printed}");

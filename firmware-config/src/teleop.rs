@@ -20,12 +20,12 @@
 //!       │ "EXTP" │ version │ kind │ n   │ flags │ seq    │ episode  │ n × f32      │ CRC-32   │
 //!       │ magic  │ u8      │ u8   │ u8  │ u8    │ u32    │ u32      │ values       │ u32      │
 //!       └────────┴─────────┴──────┴─────┴───────┴────────┴──────────┴──────────────┴──────────┘
-//!       │◄────────────────────── CRC-32 (IEEE, as `protocol::crc32`) covers all of this ──────►│
+//!       │◄─────────────── CRC-32 (IEEE, as `protocol::crc32`) covers all of this ───────►│
 //! ```
 //!
 //! | kind | datagram | direction | `seq` | `episode` | values | flags |
 //! |---|---|---|---|---|---|---|
-//! | 1 | [`TeleopAction`] | device → controller | the device's counter | 0 | the action, policy units `[-1, 1]` | 1 engaged, 2 label success, 4 label failure |
+//! | 1 | [`TeleopAction`] | device → controller | the device's counter, +1 per datagram | 0 | the action, policy units `[-1, 1]` | 1 engaged, 2 label success, 4 label failure (not both) |
 //! | 2 | [`TeleopObservation`] | controller → device | the firmware's step | the firmware's episode | the observation | 1 the device's action is in control |
 //!
 //! - **Engaged** (flag 1): the device's values move the robot. A device sends
@@ -36,12 +36,16 @@
 //!   like the operator's `s` and `f` keys. They act on the datagram where the flag turns
 //!   on (compared with the previous one), so a device may keep the flag set while its
 //!   button is held.
-//! - The controller answers the address that sent the first valid action datagram and
-//!   ignores other senders (counted), so a device that only wants observations sends one
-//!   disengaged action first.
+//! - **Sequence numbers** go up by one per datagram; the controller drops a datagram
+//!   older than one it has taken, so a late duplicate cannot undo a release.
+//! - The controller follows one device: the address of the first valid action
+//!   datagram, and another one only after that device has been silent for longer than
+//!   the timeout. It sends observations there, so a device that only wants
+//!   observations sends disengaged actions.
 //!
 //! Decoding is strict: the magic, version, kind, the count against the datagram's
-//! length, unknown flag bits and the CRC are all checked ([`TeleopError`]). UDP's own
+//! length, unknown flag bits, both labels at once, an action's `episode` other than 0
+//! and the CRC are all checked ([`TeleopError`]). UDP's own
 //! checksum is optional on IPv4; the CRC also keeps stray traffic on the port (another
 //! program's datagrams) from ever moving the arm.
 //!
@@ -109,7 +113,7 @@ impl TeleopAction {
     }
 
     pub fn values(&self) -> &[f32] {
-        &self.values[..self.n as usize]
+        &self.values[..(self.n as usize).min(MAX_ACT)]
     }
 
     pub fn engaged(&self) -> bool {
@@ -130,7 +134,7 @@ pub struct TeleopObservation {
 
 impl TeleopObservation {
     pub fn values(&self) -> &[f32] {
-        &self.values[..self.n as usize]
+        &self.values[..(self.n as usize).min(MAX_OBS)]
     }
 
     pub fn in_control(&self) -> bool {
@@ -172,12 +176,17 @@ pub enum TeleopError {
     Crc { received: u32, computed: u32 },
     #[error("unknown {what} flag bits {bits:#04x}")]
     Flags { what: &'static str, bits: u8 },
+    #[error("an action labels the episode both a success and a failure")]
+    BothLabels,
+    #[error("an action's episode field is {0}, it must be 0")]
+    ActionEpisode(u32),
 }
 
 /// Encodes an action datagram into `out` (at least [`MAX_DATAGRAM`] bytes); returns its
 /// length.
 pub fn encode_action(a: &TeleopAction, out: &mut [u8]) -> usize {
-    encode(KIND_ACTION, a.n, a.flags, a.seq, 0, a.values(), out)
+    let v = a.values();
+    encode(KIND_ACTION, v.len() as u8, a.flags, a.seq, 0, v, out)
 }
 
 /// Encodes an observation datagram into `out` (at least [`MAX_DATAGRAM`] bytes);
@@ -185,7 +194,7 @@ pub fn encode_action(a: &TeleopAction, out: &mut [u8]) -> usize {
 pub fn encode_observation(o: &TeleopObservation, out: &mut [u8]) -> usize {
     encode(
         KIND_OBSERVATION,
-        o.n,
+        o.values().len() as u8,
         o.flags,
         o.step,
         o.episode,
@@ -276,6 +285,14 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
     };
     let seq = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     let episode = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    if kind == KIND_ACTION {
+        if flags & (LABEL_SUCCESS | LABEL_FAILURE) == LABEL_SUCCESS | LABEL_FAILURE {
+            return Err(TeleopError::BothLabels);
+        }
+        if episode != 0 {
+            return Err(TeleopError::ActionEpisode(episode));
+        }
+    }
     Ok(if kind == KIND_ACTION {
         let mut values = [0.0; MAX_ACT];
         for (i, v) in values.iter_mut().take(n as usize).enumerate() {
@@ -395,6 +412,11 @@ mod tests {
             Err(TeleopError::Version { received: 2 })
         );
         assert_eq!(resealed(&|b| b[5] = 9), Err(TeleopError::Kind(9)));
+        assert_eq!(
+            resealed(&|b| b[7] = LABEL_SUCCESS | LABEL_FAILURE),
+            Err(TeleopError::BothLabels)
+        );
+        assert_eq!(resealed(&|b| b[12] = 3), Err(TeleopError::ActionEpisode(3)));
         assert_eq!(
             resealed(&|b| b[7] = ENGAGED | 0x40),
             Err(TeleopError::Flags {

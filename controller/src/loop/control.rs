@@ -729,8 +729,16 @@ impl Control {
         while let Some(c) = self.operator.as_ref().and_then(|rx| rx.try_recv().ok()) {
             self.on_operator(now, c);
         }
-        if let Some(label) = self.teleop.as_mut().and_then(|t| t.poll()) {
-            self.on_operator(now, label);
+        if let Some(success) = self.teleop.as_mut().and_then(|t| t.poll()) {
+            // The device's labels end the episode like the operator's keys, without the
+            // operator's counts or messages (a device must not make this thread print).
+            let running = self.phase == Phase::Running && self.track.is_some();
+            if running {
+                self.operator_end(now, success);
+            }
+            if let Some(t) = self.teleop.as_mut() {
+                t.label(running);
+            }
         }
         if realtime::stop_requested() && self.stopping.is_none() {
             let sig = realtime::stop_signal();
@@ -912,6 +920,10 @@ impl Control {
         }
         if then == After::Exit && self.stopping.is_none() {
             self.stopping = Some(Outcome::StoppedByFault);
+        }
+        if let Some(t) = self.teleop.as_mut() {
+            // A device still engaged does not drive the next episode until it lets go.
+            t.require_release();
         }
         self.enter_safe_stop(then);
     }

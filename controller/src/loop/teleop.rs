@@ -3,46 +3,64 @@
 //!
 //! ```text
 //!  teleop device ── UDP: TeleopAction ──► teleop thread: decode, check dims and
-//!  (leader arm,                           values, lock onto the first device,
-//!   space mouse,                          count the rest
-//!   gamepad,                                  │ bounded channel (full: drop, count)
-//!   script)                                   ▼
-//!        ▲                              control thread, each tick: the newest action,
-//!        │                              if engaged and younger than the timeout,
-//!        │                              replaces the policy's (or the hold action)
-//!        │                              → envelope → gate → Command; the transition
-//!        │                              records it, marked `teleop`
+//!  (leader arm,                           values, keep the sequence order, stamp
+//!   space mouse,                          each datagram with its arrival (kernel
+//!   gamepad,                              timestamp), follow one device at a time
+//!   script)                                   │ newest datagram (one slot) + the
+//!        ▲                                    ▼ labels asked for (sticky bits)
+//!        │                              control thread, each frame it acts on: the
+//!        │                              newest action, if engaged and younger than
+//!        │                              the timeout, replaces the policy's (or the
+//!        │                              hold action) → envelope → gate → Command;
+//!        │                              the transition records it, marked `teleop`
 //!        └──── UDP: TeleopObservation ─── (non-blocking send, once per acted frame)
 //! ```
 //!
 //! The datagrams are [`firmware_config::teleop`]'s. What the device sends goes through
 //! the same safety envelope as the policy's actions (clamp, per-tick change limit, the
-//! gate's final check), so a device cannot command more than a policy could. A device
-//! that falls silent for longer than the timeout, or releases its deadman (a datagram
-//! without `ENGAGED`), hands control back within one tick. Datagrams that fail to
-//! decode, carry another number of values than the robot's action dimension, or carry
-//! a non-finite value are refused and counted; the first one is printed with its reason.
+//! gate's final check), so a device cannot command more than a policy could.
 //!
-//! Only the address that sent the first valid action datagram is listened to for the
-//! rest of the run (other senders are counted as `foreign`): the socket's address is
-//! the only access control, so bind it to loopback or to a private link to the device.
+//! # When the device's action is in force
+//!
+//! - Its newest datagram is engaged and younger than the timeout, counted from the
+//!   datagram's arrival at this computer (the kernel's receive timestamp), so datagrams
+//!   that waited in the socket's buffer are judged by their true age.
+//! - A datagram older in the device's sequence than one already taken is dropped
+//!   (counted `out_of_order`), so a late duplicate cannot undo a release. A jump back
+//!   by more than [`RESTART_JUMP`] is a restarted device and is taken.
+//! - After a safe stop (any fault), the device must release its deadman once (a
+//!   disengaged datagram) before it moves the robot again.
+//!
+//! So when the device releases, its release takes effect at the next frame the
+//! controller acts on; when it falls silent, its last action lapses once it is older
+//! than the timeout.
+//!
+//! # What is refused
+//!
+//! Datagrams that fail to decode, carry another number of values than the robot's
+//! action dimension, or a non-finite value, are refused and counted; the first one is
+//! printed with its reason. One device is followed at a time: the first valid sender,
+//! and another sender only once the current one has been silent for longer than the
+//! timeout (a restarted device program, on a new port; printed). Datagrams from other
+//! senders are counted as `foreign`. The socket's address is the only access control,
+//! so bind it to loopback or to a private link to the device.
 
-use super::operator::OperatorCommand;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use firmware_config::protocol::{MAX_ACT, MAX_OBS};
 use firmware_config::teleop::{self as wire, Datagram, TeleopAction, TeleopObservation};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Action datagrams the control thread has not taken yet. It drains the channel every
-/// tick and keeps the newest, so this only has to absorb a device faster than the
-/// control rate between two ticks (1 kHz against 10 Hz is 100).
-const QUEUE: usize = 256;
 /// How often the teleop thread looks at its stop flag while no datagram arrives.
 const POLL: Duration = Duration::from_millis(50);
+/// A sequence number this far behind the last one taken is a restarted device, not a
+/// reordered datagram (UDP reorders by a few datagrams at most).
+pub const RESTART_JUMP: u32 = 1024;
+/// Longest `--teleop-timeout-ms` the CLI accepts: the robot follows a device that fell
+/// silent for at most this long.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `--teleop`: where to listen and how long an action stays in force.
 #[derive(Clone, Debug)]
@@ -55,13 +73,28 @@ pub struct TeleopConfig {
     pub timeout: Duration,
 }
 
+impl TeleopConfig {
+    /// Binds `addr` and turns on the kernel's receive timestamps at once, so that the
+    /// datagrams that arrive before the run starts are judged by their true age.
+    pub fn bind(addr: &str, timeout: Duration) -> std::io::Result<TeleopConfig> {
+        let socket = UdpSocket::bind(addr)?;
+        enable_receive_timestamps(&socket)?;
+        Ok(TeleopConfig {
+            socket: Arc::new(socket),
+            timeout,
+        })
+    }
+}
+
 /// What the teleop link did in a run (`report.json`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct TeleopSummary {
     /// The address the controller listened on.
     pub listen: String,
-    /// The device's address (the first valid sender).
+    /// The device's address (the last one followed).
     pub device: Option<String>,
+    /// Times another sender became the device after the previous one fell silent.
+    pub device_changes: u64,
     /// Valid action datagrams from the device.
     pub datagrams: u64,
     /// Datagrams refused: malformed, wrong number of values, non-finite values.
@@ -70,16 +103,20 @@ pub struct TeleopSummary {
     pub last_invalid: Option<String>,
     /// Datagrams from other addresses than the device's (ignored).
     pub foreign: u64,
-    /// Gaps in the device's sequence numbers (datagrams lost or reordered).
+    /// Datagrams older in the device's sequence than one already taken (dropped).
+    pub out_of_order: u64,
+    /// Gaps in the device's sequence numbers (datagrams lost on the way).
     pub seq_gaps: u64,
-    /// Datagrams dropped because the control thread had not taken the earlier ones.
-    pub queue_drops: u64,
     /// Commands sent with the device's values.
     pub commands: u64,
-    /// Times the device took control (from the policy or the hold action).
+    /// Times control passed to the device (from the policy or the hold action).
     pub takeovers: u64,
     /// Episodes the device ended with a label.
     pub labels: u64,
+    /// Labels the device asked for while no episode was running (ignored).
+    pub labels_ignored: u64,
+    /// Safe stops after which the device had to release its deadman first.
+    pub releases_required: u64,
     pub observations_sent: u64,
     pub send_errors: u64,
 }
@@ -88,23 +125,29 @@ pub struct TeleopSummary {
 #[derive(Clone, Copy, Debug)]
 struct Received {
     action: TeleopAction,
+    /// When it arrived at this computer.
     at: Instant,
     from: SocketAddr,
 }
 
-/// Counters the teleop thread shares with [`TeleopThread::finish`].
+/// What the teleop thread shares with the control thread and [`TeleopThread::finish`].
 #[derive(Default)]
 struct Shared {
+    /// The newest datagram taken (one slot: the control thread only wants the newest).
+    latest: Mutex<Option<Received>>,
+    /// Labels asked for since the control thread last looked (`wire::LABEL_*` bits).
+    labels: AtomicU8,
     datagrams: AtomicU64,
     invalid: AtomicU64,
     foreign: AtomicU64,
+    out_of_order: AtomicU64,
     seq_gaps: AtomicU64,
-    queue_drops: AtomicU64,
+    device_changes: AtomicU64,
     last_invalid: Mutex<Option<String>>,
     device: Mutex<Option<SocketAddr>>,
 }
 
-/// The receiving thread; `run` keeps it and stops it at the end.
+/// The receiving thread; `run` keeps it and stops it at the end (or on drop).
 pub(crate) struct TeleopThread {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -114,17 +157,19 @@ pub(crate) struct TeleopThread {
 
 /// The control thread's end: the newest action, labels, observations back.
 pub(crate) struct TeleopPort {
-    rx: Receiver<Received>,
+    shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
     timeout: Duration,
     newest: Option<Received>,
-    /// Flags of the previous datagram (labels act where their flag turns on).
-    last_flags: u8,
+    /// A safe stop happened: the device's action is not used until it releases.
+    release_required: bool,
     /// The last command sent was the device's.
     in_control: bool,
     commands: u64,
     takeovers: u64,
     labels: u64,
+    labels_ignored: u64,
+    releases_required: u64,
     observations_sent: u64,
     send_errors: u64,
     buf: [u8; wire::MAX_DATAGRAM],
@@ -139,28 +184,31 @@ pub(crate) fn spawn(
     // Non-blocking, so that the control thread's sends never wait; the teleop thread
     // waits for datagrams with poll(2) instead (see `wait_readable`).
     socket.set_nonblocking(true)?;
+    enable_receive_timestamps(&socket)?;
     let listen = socket
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
-    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared::default());
     let handle = {
         let (socket, stop, shared) = (socket.clone(), stop.clone(), shared.clone());
+        let timeout = cfg.timeout;
         std::thread::Builder::new()
             .name("teleop".into())
-            .spawn(move || receive(&socket, act_dim, &tx, &stop, &shared))?
+            .spawn(move || receive(&socket, act_dim, timeout, &stop, &shared))?
     };
     let port = TeleopPort {
-        rx,
+        shared: shared.clone(),
         socket,
         timeout: cfg.timeout,
         newest: None,
-        last_flags: 0,
+        release_required: false,
         in_control: false,
         commands: 0,
         takeovers: 0,
         labels: 0,
+        labels_ignored: 0,
+        releases_required: 0,
         observations_sent: 0,
         send_errors: 0,
         buf: [0; wire::MAX_DATAGRAM],
@@ -192,28 +240,56 @@ fn refuse(bytes: &[u8], act_dim: usize) -> Result<TeleopAction, String> {
     Ok(a)
 }
 
+/// Where `seq` stands against the last sequence number taken.
+#[derive(Debug, PartialEq)]
+enum Order {
+    Next,
+    /// Ahead by more than one: datagrams lost (or still on the way).
+    Gap,
+    /// Not newer: a reordered or duplicated datagram.
+    Old,
+    /// Far behind: the device restarted its count.
+    Restart,
+}
+
+fn order(last: Option<u32>, seq: u32) -> Order {
+    let Some(last) = last else {
+        return Order::Next;
+    };
+    match seq.wrapping_sub(last) {
+        1 => Order::Next,
+        d if d != 0 && d < u32::MAX / 2 => Order::Gap,
+        d if d.wrapping_neg() > RESTART_JUMP => Order::Restart,
+        _ => Order::Old,
+    }
+}
+
 fn receive(
     socket: &UdpSocket,
     act_dim: usize,
-    tx: &Sender<Received>,
+    timeout: Duration,
     stop: &AtomicBool,
     shared: &Shared,
 ) {
     // A datagram longer than the largest valid one is cut to this and then refused.
     let mut buf = [0u8; wire::MAX_DATAGRAM + 1];
-    let mut device: Option<SocketAddr> = None;
+    let mut device: Option<(SocketAddr, Instant)> = None;
     let mut last_seq: Option<u32> = None;
+    let mut last_flags = 0u8;
     while !stop.load(Ordering::Relaxed) {
         if !wait_readable(socket, POLL) {
             continue;
         }
-        let (len, from) = match socket.recv_from(&mut buf) {
+        let (len, from, at) = match recv_stamped(socket, &mut buf) {
             Ok(r) => r,
             // Nothing after all, or a transient error such as an ICMP port-unreachable
             // report (Linux hands those to the next receive).
             Err(_) => continue,
         };
-        if device.is_some_and(|d| d != from) {
+        if let Some((d, heard)) = device
+            && d != from
+            && at.saturating_duration_since(heard) <= timeout
+        {
             shared.foreign.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -227,28 +303,136 @@ fn receive(
                 continue;
             }
         };
-        if device.is_none() {
-            eprintln!("teleop: device at {from}");
-            device = Some(from);
+        if device.is_none_or(|(d, _)| d != from) {
+            if let Some((d, _)) = device {
+                eprintln!("teleop: device now at {from} ({d} fell silent)");
+                shared.device_changes.fetch_add(1, Ordering::Relaxed);
+            } else {
+                eprintln!("teleop: device at {from}");
+            }
             *shared.device.lock().unwrap() = Some(from);
+            last_seq = None;
+            last_flags = 0;
         }
-        if last_seq.is_some_and(|s| action.seq != s.wrapping_add(1)) {
-            shared.seq_gaps.fetch_add(1, Ordering::Relaxed);
+        device = Some((from, at));
+        match order(last_seq, action.seq) {
+            Order::Old => {
+                shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Order::Gap => {
+                shared.seq_gaps.fetch_add(1, Ordering::Relaxed);
+            }
+            Order::Next | Order::Restart => {}
         }
         last_seq = Some(action.seq);
         shared.datagrams.fetch_add(1, Ordering::Relaxed);
-        let r = Received {
-            action,
-            at: Instant::now(),
-            from,
-        };
-        match tx.try_send(r) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                shared.queue_drops.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => break,
+        // Labels act where their flag turns on; the control thread may see only the
+        // newest datagram, so the edges are found here and kept until it looks.
+        let on = action.flags & !last_flags & (wire::LABEL_SUCCESS | wire::LABEL_FAILURE);
+        last_flags = action.flags;
+        if on != 0 {
+            shared.labels.fetch_or(on, Ordering::Relaxed);
         }
+        *shared.latest.lock().unwrap() = Some(Received { action, at, from });
+    }
+}
+
+/// Asks the kernel to stamp each datagram with its arrival time (`SO_TIMESTAMPNS`).
+/// Linux turns the stamping on a moment after the first socket asks for it (a deferred
+/// static key); a datagram that arrives in that moment is stamped when it is read.
+fn enable_receive_timestamps(socket: &UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and an int option of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one datagram: its length, sender and arrival time (from the kernel's
+/// timestamp, or now if there is none).
+fn recv_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Instant)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain C structs, zero is a valid value for each.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // Room for one `SCM_TIMESTAMPNS` control message (a timespec), 8-byte aligned.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut name as *mut libc::sockaddr_storage as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `msg` points to a live buffer of the length given.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let from = socket_addr(&name).ok_or_else(|| std::io::Error::other("unknown address family"))?;
+    let mut at = now;
+    // SAFETY: the CMSG_* helpers walk the control buffer the kernel filled, within
+    // `msg_controllen`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                let stamp = SystemTime::UNIX_EPOCH
+                    + Duration::new(
+                        ts.tv_sec.max(0) as u64,
+                        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+                    );
+                // A clock step can make the stamp look later than now: then age 0.
+                let age = wall.duration_since(stamp).unwrap_or(Duration::ZERO);
+                at = now.checked_sub(age).unwrap_or(now);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, from, at))
+}
+
+/// The sender's address from `recvmsg`'s `msg_name`.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }
 
@@ -267,29 +451,36 @@ fn wait_readable(socket: &UdpSocket, timeout: Duration) -> bool {
 }
 
 impl TeleopThread {
-    /// Stops the thread and folds its counters with the control thread's.
-    pub(crate) fn finish(mut self, port: Option<&TeleopPort>) -> TeleopSummary {
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+
+    /// Stops the thread and folds its counters with the control thread's.
+    pub(crate) fn finish(mut self, port: Option<&TeleopPort>) -> TeleopSummary {
+        self.stop();
         let s = &self.shared;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut summary = TeleopSummary {
             listen: self.listen.clone(),
             device: s.device.lock().unwrap().map(|d| d.to_string()),
+            device_changes: get(&s.device_changes),
             datagrams: get(&s.datagrams),
             invalid: get(&s.invalid),
             last_invalid: s.last_invalid.lock().unwrap().clone(),
             foreign: get(&s.foreign),
+            out_of_order: get(&s.out_of_order),
             seq_gaps: get(&s.seq_gaps),
-            queue_drops: get(&s.queue_drops),
             ..TeleopSummary::default()
         };
         if let Some(p) = port {
             summary.commands = p.commands;
             summary.takeovers = p.takeovers;
             summary.labels = p.labels;
+            summary.labels_ignored = p.labels_ignored;
+            summary.releases_required = p.releases_required;
             summary.observations_sent = p.observations_sent;
             summary.send_errors = p.send_errors;
         }
@@ -297,30 +488,63 @@ impl TeleopThread {
     }
 }
 
+impl Drop for TeleopThread {
+    /// A run that fails after starting the thread still stops it.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl TeleopPort {
-    /// Takes the datagrams that arrived since the last tick; returns a label the device
-    /// asked for (a flag that turned on), if any.
-    pub(crate) fn poll(&mut self) -> Option<OperatorCommand> {
-        let mut label = None;
-        while let Ok(r) = self.rx.try_recv() {
-            let on = r.action.flags & !self.last_flags;
-            if on & wire::LABEL_SUCCESS != 0 {
-                label = Some(OperatorCommand::Success);
-            } else if on & wire::LABEL_FAILURE != 0 {
-                label = Some(OperatorCommand::Failure);
-            }
-            self.last_flags = r.action.flags;
+    /// Takes the newest datagram; returns the label the device asked for since the last
+    /// call, if any (`true`: success; a success wins over a failure asked for in the
+    /// same interval).
+    pub(crate) fn poll(&mut self) -> Option<bool> {
+        // Never wait: if the teleop thread holds the slot this instant, the newest
+        // datagram is taken at the next tick.
+        if let Ok(latest) = self.shared.latest.try_lock()
+            && let Some(r) = *latest
+        {
             self.newest = Some(r);
         }
-        self.labels += label.is_some() as u64;
-        label
+        if self.release_required && self.newest.is_some_and(|r| !r.action.engaged()) {
+            self.release_required = false;
+        }
+        let labels = self.shared.labels.swap(0, Ordering::Relaxed);
+        if labels & wire::LABEL_SUCCESS != 0 {
+            Some(true)
+        } else if labels & wire::LABEL_FAILURE != 0 {
+            Some(false)
+        } else {
+            None
+        }
     }
 
-    /// The device's action, if it is engaged and younger than the timeout at `now`.
+    /// Counts a label of the device: applied to the running episode, or ignored.
+    pub(crate) fn label(&mut self, applied: bool) {
+        if applied {
+            self.labels += 1;
+        } else {
+            self.labels_ignored += 1;
+        }
+    }
+
+    /// The device's action, if it is engaged and younger than the timeout at `now`
+    /// (and has been released since the last safe stop).
     pub(crate) fn action(&self, now: Instant) -> Option<[f32; MAX_ACT]> {
         let r = self.newest.as_ref()?;
         let fresh = now.saturating_duration_since(r.at) <= self.timeout;
-        (r.action.engaged() && fresh).then_some(r.action.values)
+        (r.action.engaged() && fresh && !self.release_required).then_some(r.action.values)
+    }
+
+    /// A safe stop began: the device must release its deadman before it moves the
+    /// robot again.
+    pub(crate) fn require_release(&mut self) {
+        if !self.release_required {
+            self.release_required = true;
+            self.releases_required += 1;
+        }
+        self.in_control = false;
     }
 
     /// Counts one command: the device's (`teleop`) or the policy's / the hold action.
@@ -359,20 +583,27 @@ impl std::fmt::Display for TeleopSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "  teleop: listening on {}, device {}; {} datagrams ({} refused{}, {} from other senders, {} sequence gaps, {} queue drops); {} commands from the device in {} takeovers, {} labels, {} observations sent ({} send errors)",
+            "  teleop: listening on {}, device {}{}; {} datagrams ({} refused{}, {} from other senders, {} out of order, {} sequence gaps); {} commands from the device in {} takeovers, {} labels ({} ignored), {} releases required after safe stops, {} observations sent ({} send errors)",
             self.listen,
             self.device.as_deref().unwrap_or("none"),
+            if self.device_changes > 0 {
+                format!(" ({} changes)", self.device_changes)
+            } else {
+                String::new()
+            },
             self.datagrams,
             self.invalid,
             self.last_invalid
                 .as_ref()
                 .map_or(String::new(), |w| format!(", last: {w}")),
             self.foreign,
+            self.out_of_order,
             self.seq_gaps,
-            self.queue_drops,
             self.commands,
             self.takeovers,
             self.labels,
+            self.labels_ignored,
+            self.releases_required,
             self.observations_sent,
             self.send_errors
         )
@@ -383,6 +614,19 @@ impl std::fmt::Display for TeleopSummary {
 mod tests {
     use super::*;
     use firmware_config::teleop::{LABEL_FAILURE, LABEL_SUCCESS};
+    use std::net::UdpSocket;
+
+    #[test]
+    fn sequence_order() {
+        assert_eq!(order(None, 7), Order::Next);
+        assert_eq!(order(Some(7), 8), Order::Next);
+        assert_eq!(order(Some(u32::MAX), 0), Order::Next);
+        assert_eq!(order(Some(7), 9), Order::Gap);
+        assert_eq!(order(Some(7), 7), Order::Old);
+        assert_eq!(order(Some(7), 6), Order::Old);
+        assert_eq!(order(Some(2000), 2000 - RESTART_JUMP), Order::Old);
+        assert_eq!(order(Some(2000), 1), Order::Restart);
+    }
 
     struct Rig {
         thread: Option<TeleopThread>,
@@ -394,9 +638,12 @@ mod tests {
 
     impl Rig {
         fn new(timeout: Duration) -> Rig {
-            let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-            let addr = socket.local_addr().unwrap();
-            let (thread, port) = spawn(&TeleopConfig { socket, timeout }, 2).unwrap();
+            Rig::started(TeleopConfig::bind("127.0.0.1:0", timeout).unwrap())
+        }
+
+        fn started(cfg: TeleopConfig) -> Rig {
+            let addr = cfg.socket.local_addr().unwrap();
+            let (thread, port) = spawn(&cfg, 2).unwrap();
             let device = UdpSocket::bind("127.0.0.1:0").unwrap();
             Rig {
                 thread: Some(thread),
@@ -407,30 +654,36 @@ mod tests {
             }
         }
 
+        fn datagram(seq: u32, flags: u8, values: &[f32]) -> Vec<u8> {
+            let mut buf = [0u8; wire::MAX_DATAGRAM];
+            let n = wire::encode_action(&TeleopAction::new(seq, flags, values), &mut buf);
+            buf[..n].to_vec()
+        }
+
+        /// Polls until the control side has the datagram numbered `seq`; returns the
+        /// labels seen on the way.
+        fn wait_for(&mut self, seq: u32) -> Option<bool> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut label = None;
+            while self.port.newest.is_none_or(|r| r.action.seq != seq) {
+                assert!(Instant::now() < deadline, "datagram {seq} never arrived");
+                std::thread::sleep(Duration::from_millis(1));
+                label = label.or(self.port.poll());
+            }
+            label.or(self.port.poll())
+        }
+
         fn send_raw(&self, from: &UdpSocket, bytes: &[u8]) {
             from.send_to(bytes, self.addr).unwrap();
         }
 
-        /// Sends an action and polls until the control side has it; returns the poll's
-        /// label.
-        fn send(&mut self, flags: u8, values: &[f32]) -> Option<OperatorCommand> {
+        /// Sends an action and polls until the control side has it; returns the label
+        /// it asked for, if any.
+        fn send(&mut self, flags: u8, values: &[f32]) -> Option<bool> {
             self.seq += 1;
-            let mut buf = [0u8; wire::MAX_DATAGRAM];
-            let a = TeleopAction::new(self.seq, flags, values);
-            let n = wire::encode_action(&a, &mut buf);
-            self.send_raw(&self.device, &buf[..n]);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut label = None;
-            while self.port.newest.is_none_or(|r| r.action.seq != self.seq) {
-                assert!(
-                    Instant::now() < deadline,
-                    "datagram {} never arrived",
-                    self.seq
-                );
-                std::thread::sleep(Duration::from_millis(1));
-                label = label.or(self.port.poll());
-            }
-            label
+            let d = Rig::datagram(self.seq, flags, values);
+            self.send_raw(&self.device, &d);
+            self.wait_for(self.seq)
         }
 
         /// Waits until the thread has counted `n` refused datagrams.
@@ -490,7 +743,13 @@ mod tests {
         let n = wire::encode_action(&TeleopAction::new(1, wire::ENGAGED, &[1.0, 1.0]), &mut buf);
         rig.send_raw(&intruder, &buf[..n]);
         rig.send(0, &[0.0, 0.0]);
-        rig.port.poll();
+        assert_eq!(rig.port.action(Instant::now()), None);
+        // A late duplicate of an engaged datagram does not undo the release.
+        rig.send_raw(
+            &rig.device,
+            &Rig::datagram(2, wire::ENGAGED, &[0.25, -0.75]),
+        );
+        rig.send(0, &[0.0, 0.0]);
         assert_eq!(rig.port.action(Instant::now()), None);
 
         rig.port.commanded(true);
@@ -499,10 +758,10 @@ mod tests {
         rig.port.commanded(true);
         let s = rig.finish();
         assert_eq!((s.invalid, s.commands, s.takeovers), (3, 3, 2), "{s:?}");
-        // The intruder's datagram may still be in flight when the thread stops.
-        assert!(s.foreign <= 1, "{s:?}");
-        assert_eq!(s.datagrams, 4, "{s:?}");
-        // Sequence numbers 1..=4 from the device: the refused 90 and 91 do not count.
+        // The intruder's datagram came before the device's 4th, which was waited for.
+        assert_eq!(s.foreign, 1, "{s:?}");
+        assert_eq!((s.datagrams, s.out_of_order), (5, 1), "{s:?}");
+        // Sequence numbers 1..=5 from the device: the refused 90 and 91 do not count.
         assert_eq!(s.seq_gaps, 0, "{s:?}");
     }
 
@@ -512,16 +771,78 @@ mod tests {
         let mut rig = Rig::new(Duration::from_secs(1));
         let e = wire::ENGAGED;
         assert_eq!(rig.send(e, &[0.0, 0.0]), None);
-        assert_eq!(
-            rig.send(e | LABEL_SUCCESS, &[0.0, 0.0]),
-            Some(OperatorCommand::Success)
-        );
+        assert_eq!(rig.send(e | LABEL_SUCCESS, &[0.0, 0.0]), Some(true));
         assert_eq!(rig.send(e | LABEL_SUCCESS, &[0.0, 0.0]), None, "held");
         assert_eq!(rig.send(e, &[0.0, 0.0]), None);
-        assert_eq!(
-            rig.send(LABEL_FAILURE, &[0.0, 0.0]),
-            Some(OperatorCommand::Failure)
+        assert_eq!(rig.send(LABEL_FAILURE, &[0.0, 0.0]), Some(false));
+        // A label on a datagram that a newer one replaced before the control thread
+        // looked is still delivered.
+        let seq = rig.seq;
+        rig.send_raw(
+            &rig.device,
+            &Rig::datagram(seq + 1, e | LABEL_SUCCESS, &[0.0; 2]),
         );
-        assert_eq!(rig.finish().labels, 2);
+        rig.send_raw(&rig.device, &Rig::datagram(seq + 2, e, &[0.0; 2]));
+        assert_eq!(rig.wait_for(seq + 2), Some(true));
+        rig.port.label(true);
+        rig.port.label(false);
+        let s = rig.finish();
+        assert_eq!((s.labels, s.labels_ignored), (1, 1));
+    }
+
+    /// A datagram that waited in the socket's buffer is judged by its arrival, not by
+    /// when the thread read it.
+    #[test]
+    fn datagrams_are_judged_by_their_arrival() {
+        let timeout = Duration::from_millis(200);
+        let cfg = TeleopConfig::bind("127.0.0.1:0", timeout).unwrap();
+        let device = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = cfg.socket.local_addr().unwrap();
+        // Linux turns on arrival stamping (a static key) a moment after the first socket
+        // asks for it; a datagram in that moment is stamped when read.
+        std::thread::sleep(Duration::from_millis(100));
+        device
+            .send_to(&Rig::datagram(1, wire::ENGAGED, &[0.5, 0.5]), addr)
+            .unwrap();
+        std::thread::sleep(timeout * 2);
+        let mut rig = Rig::started(cfg);
+        rig.device = device;
+        rig.seq = 1;
+        rig.wait_for(1);
+        assert_eq!(rig.port.action(Instant::now()), None, "400 ms old");
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert!(rig.port.action(Instant::now()).is_some(), "just sent");
+    }
+
+    /// After a safe stop the device's action waits for a release; another sender becomes
+    /// the device once the first has been silent for longer than the timeout.
+    #[test]
+    fn a_release_after_a_safe_stop_and_a_new_device_after_silence() {
+        let timeout = Duration::from_millis(100);
+        let mut rig = Rig::new(timeout);
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert!(rig.port.action(Instant::now()).is_some());
+        rig.port.require_release();
+        assert_eq!(rig.port.action(Instant::now()), None, "release first");
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert_eq!(rig.port.action(Instant::now()), None, "still held down");
+        rig.send(0, &[0.5, 0.5]);
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert!(
+            rig.port.action(Instant::now()).is_some(),
+            "released and pressed"
+        );
+
+        // The device program restarts on a new port: taken once the old one is silent.
+        std::thread::sleep(timeout * 2);
+        rig.device = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rig.seq = 0;
+        rig.send(wire::ENGAGED, &[-0.5, 0.5]);
+        assert_eq!(rig.port.action(Instant::now()).unwrap()[..2], [-0.5, 0.5]);
+        let s = rig.finish();
+        assert_eq!(
+            (s.device_changes, s.releases_required, s.foreign),
+            (1, 1, 0)
+        );
     }
 }
