@@ -13,8 +13,14 @@ newest one. The datagram format is `firmware_config::teleop` (firmware-config/sr
         link.send(read_my_device(), engaged=deadman_pressed(), success=button_a())
         obs = link.receive()          # None, or (episode, step, in_control, values)
 
+A device that reads motor positions (a leader arm mirroring the robot) converts them
+with the robot file's action mapping, the inverse of what the controller sends:
+
+    units = RobotUnits.from_robot_file("my-arm.toml")
+    link.send(units.to_policy(read_leader_positions()), engaged=True)
+
 As a script it jogs the robot with a constant action while it runs, to check the wiring
-(start with small values):
+(start with small values; with --robot FILE the action is in the robot's units):
 
     scripts/teleop_device.py --controller 127.0.0.1:7979 --action 0.1,0 --seconds 3
 """
@@ -66,6 +72,31 @@ def decode_observation(data):
     return episode, step, bool(flags & IN_CONTROL), list(values)
 
 
+class RobotUnits:
+    """A robot file's action mapping: the controller sends `offset + scale * a` to the
+    motors for a policy-unit action `a`; `to_policy` is the inverse."""
+
+    def __init__(self, scale, offset):
+        if len(scale) != len(offset) or any(s == 0 for s in scale):
+            raise ValueError("action.scale and action.offset: same length, no zero scale")
+        self.scale, self.offset = list(scale), list(offset)
+
+    @classmethod
+    def from_robot_file(cls, path):
+        import tomllib  # Python >= 3.11
+
+        with open(path, "rb") as f:
+            action = tomllib.load(f)["action"]
+        return cls(action["scale"], action["offset"])
+
+    def to_policy(self, values):
+        """Motor units to policy units, `(u - offset) / scale`. Values beyond [-1, 1]
+        are clamped by the controller's safety envelope (and recorded clamped)."""
+        if len(values) != len(self.scale):
+            raise ValueError("%d values, the robot file has %d" % (len(values), len(self.scale)))
+        return [(u - o) / s for u, o, s in zip(values, self.offset, self.scale)]
+
+
 class TeleopLink:
     """The device's end of the link: sends actions, collects observations."""
 
@@ -108,12 +139,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--controller", required=True, help="HOST:PORT of controller run --teleop")
     p.add_argument("--action", required=True, help="comma-separated action, policy units")
+    p.add_argument("--robot", help="robot file: --action is in the robot's units")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--rate", type=float, default=50.0, help="datagrams per second")
     p.add_argument("--until-observations", type=int, help="stop after this many observations")
     a = p.parse_args()
     host, port = a.controller.rsplit(":", 1)
     values = [float(v) for v in a.action.split(",")]
+    if a.robot:
+        values = RobotUnits.from_robot_file(a.robot).to_policy(values)
     link = TeleopLink((socket.gethostbyname(host), int(port)))
     last = None
     end = time.monotonic() + a.seconds

@@ -168,20 +168,31 @@ fn a_takeover_replaces_the_policy_from_the_step_it_engages() {
 }
 
 /// `scripts/teleop_device.py` (the Python template for users' devices) against the
-/// real loop: its datagrams decode, its constant action is what the dataset records,
-/// and it decodes the observations sent back. Needs `python3` (standard library only).
+/// real loop: its datagrams decode, its constant action (given in the robot's motor
+/// units, converted with the robot file as a leader arm's positions would be) is what
+/// the dataset records, and it decodes the observations sent back. Needs `python3`
+/// (standard library only, 3.11 for `tomllib`).
 #[test]
 fn the_python_device_template_speaks_the_same_datagrams() {
     let tmp = tempfile::tempdir().unwrap();
     let mut robot = RobotConfig::example("push").unwrap();
     robot.safety.stale_sensor_ms = 3000;
     robot.command_timeout_ms = 20_000;
+    // Motors in other units (powers of two: the conversions are exact). The policy-unit
+    // action (0.25, -0.5) is (0.25, -1.25) for these motors.
+    robot.action.scale = vec![0.5, 2.0];
+    robot.action.offset = vec![0.125, -0.25];
+    let robot_file = tmp.path().join("robot.toml");
+    std::fs::write(&robot_file, toml::to_string(&robot).unwrap()).unwrap();
+    let out_dir = tmp.path().join("run");
     let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
     let addr = teleop.socket.local_addr().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/teleop_device.py");
     let mut device = std::process::Command::new("python3")
         .arg(&script)
-        .args(["--controller", &addr.to_string(), "--action", "0.25,-0.5"])
+        .args(["--controller", &addr.to_string(), "--action", "0.25,-1.25"])
+        .arg("--robot")
+        .arg(&robot_file)
         .args(["--seconds", "60", "--until-observations", "40"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -203,7 +214,7 @@ fn the_python_device_template_speaks_the_same_datagrams() {
     let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
     cfg.episodes = Some(4);
     cfg.time_scale = 10.0;
-    cfg.out = Some(tmp.path().to_path_buf());
+    cfg.out = Some(out_dir.clone());
     cfg.quiet = true;
     cfg.teleop = Some(teleop);
     let report = robot_loop::run(cfg, Brain::Hold, "push", "python device").unwrap();
@@ -227,7 +238,7 @@ fn the_python_device_template_speaks_the_same_datagrams() {
     assert!(observations >= 40, "{printed}");
     let t = report.teleop.as_ref().unwrap();
     assert_eq!(t.invalid, 0, "{t:?}");
-    let ds = dataset::read_dataset(&tmp.path().join("dataset")).unwrap();
+    let ds = dataset::read_dataset(&out_dir.join("dataset")).unwrap();
     let (mut teleop, mut handed_back) = (0, false);
     for ep in &ds.episodes {
         for i in 0..ep.len() {
