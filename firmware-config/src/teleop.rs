@@ -322,6 +322,44 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        /// Any bytes: an error or a datagram, never a panic; a datagram re-encodes to
+        /// the same bytes.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(d) = decode(&bytes) {
+                let mut buf = [0u8; MAX_DATAGRAM];
+                let n = match d {
+                    Datagram::Action(a) => encode_action(&a, &mut buf),
+                    Datagram::Observation(o) => encode_observation(&o, &mut buf),
+                };
+                prop_assert_eq!(&buf[..n], &bytes[..]);
+            }
+        }
+
+        /// Valid datagrams with a valid CRC and one corrupted byte: still no panic.
+        #[test]
+        fn damaged_valid_datagrams_never_panic(
+            seq in any::<u32>(),
+            flags in 0u8..8,
+            values in proptest::collection::vec(any::<f32>(), 0..=MAX_ACT),
+            at in 0usize..200,
+            byte in any::<u8>(),
+        ) {
+            let mut buf = [0u8; MAX_DATAGRAM];
+            let n = encode_action(&TeleopAction::new(seq, flags, &values), &mut buf);
+            let mut b = buf[..n].to_vec();
+            let at = at % n;
+            b[at] = byte;
+            let _ = decode(&b);
+            // The undamaged one decodes, unless it asks for both labels.
+            prop_assert_eq!(decode(&buf[..n]).is_ok(), flags & 6 != 6);
+        }
+    }
 
     fn action_bytes(a: &TeleopAction) -> ([u8; MAX_DATAGRAM], usize) {
         let mut buf = [0u8; MAX_DATAGRAM];
