@@ -8,7 +8,8 @@
 //!   read:  drain the link's frames (in order) → episode bookkeeping, faults,
 //!          newest Sensor of the running episode
 //!   checks: stop flag, panic flag, stale sensor, missed deadlines
-//!   phase:  Running + a new Sensor → guard obs → policy → shape → gate → Command
+//!   phase:  Running + a new Sensor → guard obs → policy (or the teleop device's
+//!           engaged action) → shape → gate → Command (→ observation to the device)
 //!           SafeStop → one hold step through the gate (then Estop, if allowed)
 //!           Idle → Reset{seed} of the next episode, Starting → wait for EpisodeStart
 //!   log:   transitions that are complete → try_send to the logger

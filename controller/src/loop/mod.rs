@@ -29,7 +29,8 @@
 //! The control thread sleeps to `spin` before each absolute deadline and spins the
 //! rest (its timer slack is set to 1 ns); with `--align-phase` the deadline grid
 //! follows the sensor frames' arrival. The serial I/O thread wakes on data; the logger
-//! thread and, in two-speed mode, the candidate worker run at normal priority.
+//! thread, with `--teleop` the teleop thread (UDP datagrams from a teleop device, see
+//! [`teleop`]) and, in two-speed mode, the candidate worker run at normal priority.
 //!
 //! # A run
 //!
