@@ -39,18 +39,22 @@ KIND_OBSERVATION = 2
 ENGAGED = 1
 LABEL_SUCCESS = 2
 LABEL_FAILURE = 4
+ANSWERS = 8
 IN_CONTROL = 1
 HEADER = struct.Struct("<4sBBBBII")  # magic, version, kind, n, flags, seq, episode
 MAX_DATAGRAM = HEADER.size + 4 * 32 + 4
 
 
-def encode_action(seq, values, engaged=False, success=False, failure=False):
-    """One action datagram: header, n little-endian f32, CRC-32 (zlib's) of the rest."""
+def encode_action(seq, values, engaged=False, success=False, failure=False, answers=None):
+    """One action datagram: header, n little-endian f32, CRC-32 (zlib's) of the rest.
+    `answers`: the step of the observation the action was computed from (a controller
+    started with --teleop-wait-ms waits for it)."""
     if success and failure:
         raise ValueError("an action labels the episode a success or a failure, not both")
     flags = (ENGAGED if engaged else 0) | (LABEL_SUCCESS if success else 0)
-    flags |= LABEL_FAILURE if failure else 0
-    body = HEADER.pack(MAGIC, VERSION, KIND_ACTION, len(values), flags, seq & 0xFFFFFFFF, 0)
+    flags |= (LABEL_FAILURE if failure else 0) | (ANSWERS if answers is not None else 0)
+    ref = answers & 0xFFFFFFFF if answers is not None else 0
+    body = HEADER.pack(MAGIC, VERSION, KIND_ACTION, len(values), flags, seq & 0xFFFFFFFF, ref)
     body += struct.pack("<%df" % len(values), *values)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -108,11 +112,12 @@ class TeleopLink:
         self.received = 0  # observations decoded so far
         self.refused = 0  # datagrams that were not observations (counted, skipped)
 
-    def send(self, values, engaged=False, success=False, failure=False):
+    def send(self, values, engaged=False, success=False, failure=False, answers=None):
         """Sends one action. Labels act where their flag turns on, so keeping `success`
-        True while a button is held ends one episode only."""
+        True while a button is held ends one episode only. A closed-loop device passes
+        `answers=step` of the observation it acted on."""
         self.seq += 1
-        data = encode_action(self.seq, values, engaged, success, failure)
+        data = encode_action(self.seq, values, engaged, success, failure, answers)
         try:
             self.sock.sendto(data, self.controller)
         except ConnectionRefusedError:

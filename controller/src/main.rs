@@ -160,6 +160,12 @@ struct RunArgs {
     /// from its last datagram's arrival (ms, 1 to 1000).
     #[arg(long, default_value_t = 200, requires = "teleop")]
     teleop_timeout_ms: u64,
+    /// With --teleop: send each observation to the device before acting on it and wait
+    /// up to this long (ms, at most 80% of the control period) for its answer, so that
+    /// a closed-loop device (a scripted controller) acts on the frame it answers.
+    /// Default 0: never wait (the device acts one period late).
+    #[arg(long, default_value_t = 0.0, requires = "teleop")]
+    teleop_wait_ms: f64,
     #[command(flatten)]
     trust: TrustArgs,
     /// Robot config (TOML, see firmware-config). With --sim, default: the task's
@@ -324,6 +330,12 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     if a.uplink.is_some() && bundle.is_none() {
         bail!("--uplink needs --bundle (the trainer's new bundles replace it)");
     }
+    if !(a.time_scale.is_finite() && a.time_scale > 0.0) {
+        bail!(
+            "--time-scale must be a positive number, found {}",
+            a.time_scale
+        );
+    }
     // Bound before the robot is touched: an address in use fails here.
     let teleop = match &a.teleop {
         None => None,
@@ -337,8 +349,19 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                     a.teleop_timeout_ms
                 );
             }
-            let cfg = robot_loop::teleop::TeleopConfig::bind(addr, timeout)
+            let period_ms = 1e3 / (robot.control_hz as f64 * a.time_scale);
+            let wait_ms = a.teleop_wait_ms;
+            if !(wait_ms.is_finite() && wait_ms >= 0.0 && wait_ms <= 0.8 * period_ms) {
+                bail!(
+                    "--teleop-wait-ms must be between 0 and 80% of the control period ({:.3} ms at {} Hz x{}), found {wait_ms}",
+                    0.8 * period_ms,
+                    robot.control_hz,
+                    a.time_scale
+                );
+            }
+            let mut cfg = robot_loop::teleop::TeleopConfig::bind(addr, timeout)
                 .with_context(|| format!("--teleop: listening on {addr}"))?;
+            cfg.wait = Duration::from_secs_f64(wait_ms / 1e3);
             eprintln!(
                 "teleop: listening on {} (datagrams: firmware_config::teleop; the device's actions move the robot while engaged, {} ms at most after its last one)",
                 cfg.socket.local_addr()?,
@@ -347,12 +370,6 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             Some(cfg)
         }
     };
-    if !(a.time_scale.is_finite() && a.time_scale > 0.0) {
-        bail!(
-            "--time-scale must be a positive number, found {}",
-            a.time_scale
-        );
-    }
     let options = PolicyOptions {
         backend: a.backend.parse()?,
         executed_steps: a.executed_steps,

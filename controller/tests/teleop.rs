@@ -18,19 +18,42 @@ use shared_model::manifest::Trust;
 use sim::TaskId;
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tools::teleop::{DeviceOptions, DeviceSummary, Engage, run_device};
 
-/// Runs `episodes` push episodes with the scripted device at `engage`; returns the
-/// run's report, the device's account and the recorded dataset.
-fn teleop_run(
-    dir: &Path,
-    brain: Brain,
+/// The loop tests of this file one at a time: each has the firmware, the controller
+/// and the device on a 2-core machine, and the wait test needs its answers in time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a test runs the loop.
+struct Setup {
     episodes: u32,
     engage: Engage,
-) -> (RunReport, DeviceSummary, Dataset) {
+    time_scale: f64,
+    /// `--teleop-wait-ms`.
+    wait: Duration,
+}
+
+impl Setup {
+    fn new(episodes: u32, engage: Engage) -> Setup {
+        Setup {
+            episodes,
+            engage,
+            time_scale: 10.0,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Runs push episodes with the scripted device as `setup` says; returns the run's
+/// report, the device's account and the recorded dataset.
+fn teleop_run(dir: &Path, brain: Brain, setup: Setup) -> (RunReport, DeviceSummary, Dataset) {
     let mut robot = RobotConfig::example("push").unwrap();
     // At the 10x clock the checks get a tenth of their real time; a slow step of a
     // loaded 2-core machine must not stop this test of the teleop path (the HIL tests
@@ -39,22 +62,30 @@ fn teleop_run(
     robot.command_timeout_ms = 20_000;
     // Generous, so that a stalled device thread on a loaded machine does not hand
     // control back in the middle (the hand-back has its own unit test).
-    let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
+    let mut teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
+    teleop.wait = setup.wait;
     let addr = teleop.socket.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let device = {
         let stop = stop.clone();
         let mut o = DeviceOptions::new(addr, TaskId::Push);
-        o.engage = engage;
+        o.engage = setup.engage;
         o.idle = Duration::from_secs(600);
         std::thread::spawn(move || run_device(&o, &stop))
     };
+    // The run starts once the device has announced itself (its first datagram stays
+    // queued for the run), so the device is known from the first frame on.
+    teleop
+        .socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    teleop.socket.peek_from(&mut [0u8; 256]).unwrap();
     let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
     fw.pacing = Pacing::Lockstep;
-    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let firmware = FirmwareThread::spawn(fw, setup.time_scale).unwrap();
     let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
-    cfg.episodes = Some(episodes);
-    cfg.time_scale = 10.0;
+    cfg.episodes = Some(setup.episodes);
+    cfg.time_scale = setup.time_scale;
     cfg.out = Some(dir.to_path_buf());
     cfg.quiet = true;
     cfg.teleop = Some(teleop);
@@ -72,8 +103,10 @@ fn bits(a: &[f32]) -> Vec<u32> {
 
 #[test]
 fn demonstrations_record_exactly_what_the_device_sent() {
+    let _one_at_a_time = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let (report, device, ds) = teleop_run(tmp.path(), Brain::Hold, 6, Engage::Always);
+    let setup = Setup::new(6, Engage::Always);
+    let (report, device, ds) = teleop_run(tmp.path(), Brain::Hold, setup);
     assert_eq!(report.episodes.len(), 6, "{report}");
     assert_eq!(report.episodes_completed, 6, "{report}");
     let t = report.teleop.as_ref().expect("a teleop summary");
@@ -136,7 +169,9 @@ fn a_takeover_replaces_the_policy_from_the_step_it_engages() {
     let brain = Brain::new(&bundle, &options, false).unwrap();
     const FROM: usize = 10;
     let out = tmp.path().join("run");
-    let (report, device, ds) = teleop_run(&out, brain, 1, Engage::FromStep(FROM as u32));
+    let _one_at_a_time = serial();
+    let setup = Setup::new(1, Engage::FromStep(FROM as u32));
+    let (report, device, ds) = teleop_run(&out, brain, setup);
     assert_eq!(report.episodes_completed, 1, "{report}");
     let t = report.teleop.as_ref().unwrap();
     assert_eq!(t.takeovers, 1, "{t:?}");
@@ -174,6 +209,7 @@ fn a_takeover_replaces_the_policy_from_the_step_it_engages() {
 /// (standard library only, 3.11 for `tomllib`).
 #[test]
 fn the_python_device_template_speaks_the_same_datagrams() {
+    let _one_at_a_time = serial();
     let tmp = tempfile::tempdir().unwrap();
     let mut robot = RobotConfig::example("push").unwrap();
     robot.safety.stale_sensor_ms = 3000;
@@ -288,4 +324,60 @@ fn without_a_bundle_the_cli_needs_teleop_and_refuses_what_needs_a_policy() {
     // An address that cannot be bound is refused with the address named.
     let e = run(&["--teleop", "256.0.0.1:7979"]);
     assert!(e.contains("--teleop: listening on 256.0.0.1:7979"), "{e}");
+}
+
+/// `--teleop-wait-ms`: the controller sends each observation first and waits for the
+/// device's answer, so a closed-loop device acts on the frame it answers. The scripted
+/// demonstrator through the loop then plays exactly its in-process episodes (same
+/// environment seeds, same demonstrator seeds): every observation and action equal to
+/// the bit, every outcome the same. Without the wait, push's demonstrator acts a period
+/// late and succeeds about half as often (BENCHMARKS, "Teleoperated episodes").
+#[test]
+fn with_a_wait_a_closed_loop_device_acts_on_the_frame_it_answers() {
+    let _one_at_a_time = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    // 40 Hz: a 25 ms period, 20 ms of which the controller may wait.
+    let setup = Setup {
+        time_scale: 2.0,
+        wait: Duration::from_millis(20),
+        ..Setup::new(3, Engage::Always)
+    };
+    let (report, _, ds) = teleop_run(tmp.path(), Brain::Hold, setup);
+    let t = report.teleop.as_ref().unwrap();
+    assert_eq!(t.answer_timeouts, 0, "{t:?}");
+    assert_eq!(t.answered, t.commands, "{t:?}");
+    assert_eq!(report.episodes_completed, 3, "{report}");
+
+    let spec = TaskId::Push.spec();
+    let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let mut env = sim::make_env(TaskId::Push, sim::EnvConfig::default());
+    let mut demonstrator = sim::make_demonstrator(TaskId::Push);
+    let (mut obs, mut next, mut action) = (vec![0.0; od], vec![0.0; od], vec![0.0; ad]);
+    for (e, (ep, rep)) in ds.episodes.iter().zip(&report.episodes).enumerate() {
+        env.reset(rep.seed, &mut obs);
+        demonstrator.reset(sim::demonstrator_seed(rep.episode as u64));
+        let mut k = 0;
+        let success = loop {
+            demonstrator.act(&obs, &mut action);
+            assert_eq!(
+                bits(&ep.observations[k * od..(k + 1) * od]),
+                bits(&obs),
+                "episode {e} step {k}"
+            );
+            assert_eq!(
+                bits(&ep.actions[k * ad..(k + 1) * ad]),
+                bits(&action),
+                "episode {e} step {k}"
+            );
+            assert!(ep.teleop[k]);
+            let s = env.step(&action, &mut next);
+            obs.copy_from_slice(&next);
+            k += 1;
+            if s.done() {
+                break s.success;
+            }
+        };
+        assert_eq!(ep.len(), k, "episode {e}");
+        assert_eq!(rep.success, success, "episode {e}");
+    }
 }

@@ -17,15 +17,15 @@
 //!
 //!  byte  0 … 3    4         5      6     7       8 … 11   12 … 15    16 … 16+4n-1   16+4n … +3
 //!       ┌────────┬─────────┬──────┬─────┬───────┬────────┬──────────┬──────────────┬──────────┐
-//!       │ "EXTP" │ version │ kind │ n   │ flags │ seq    │ episode  │ n × f32      │ CRC-32   │
+//!       │ "EXTP" │ version │ kind │ n   │ flags │ seq    │ ref      │ n × f32      │ CRC-32   │
 //!       │ magic  │ u8      │ u8   │ u8  │ u8    │ u32    │ u32      │ values       │ u32      │
 //!       └────────┴─────────┴──────┴─────┴───────┴────────┴──────────┴──────────────┴──────────┘
 //!       │◄─────────────── CRC-32 (IEEE, as `protocol::crc32`) covers all of this ───────►│
 //! ```
 //!
-//! | kind | datagram | direction | `seq` | `episode` | values | flags |
+//! | kind | datagram | direction | `seq` | `ref` | values | flags |
 //! |---|---|---|---|---|---|---|
-//! | 1 | [`TeleopAction`] | device → controller | the device's counter, +1 per datagram | 0 | the action, policy units `[-1, 1]` | 1 engaged, 2 label success, 4 label failure (not both) |
+//! | 1 | [`TeleopAction`] | device → controller | the device's counter, +1 per datagram | with flag 8: the step of the observation it answers; else 0 | the action, policy units `[-1, 1]` | 1 engaged, 2 label success, 4 label failure (not both), 8 answers |
 //! | 2 | [`TeleopObservation`] | controller → device | the firmware's step | the firmware's episode | the observation | 1 the device's action is in control |
 //!
 //! - **Engaged** (flag 1): the device's values move the robot. A device sends
@@ -36,6 +36,10 @@
 //!   like the operator's `s` and `f` keys. They act on the datagram where the flag turns
 //!   on (compared with the previous one), so a device may keep the flag set while its
 //!   button is held.
+//! - **Answers** (flag 8): the action was computed from the observation of step
+//!   `ref`. A controller started with `--teleop-wait-ms` sends each observation before
+//!   acting on it and waits that long for the answer, so that a closed-loop device (a
+//!   scripted controller) acts on the frame it answers instead of one period late.
 //! - **Sequence numbers** go up by one per datagram; the controller drops a datagram
 //!   older than one it has taken, so a late duplicate cannot undo a release.
 //! - The controller follows one device: the address of the first valid action
@@ -44,8 +48,8 @@
 //!   observations sends disengaged actions.
 //!
 //! Decoding is strict: the magic, version, kind, the count against the datagram's
-//! length, unknown flag bits, both labels at once, an action's `episode` other than 0
-//! and the CRC are all checked ([`TeleopError`]). UDP's own
+//! length, unknown flag bits, both labels at once, an action's `ref` other than 0
+//! without flag 8, and the CRC are all checked ([`TeleopError`]). UDP's own
 //! checksum is optional on IPv4; the CRC also keeps stray traffic on the port (another
 //! program's datagrams) from ever moving the arm.
 //!
@@ -79,7 +83,10 @@ pub const ENGAGED: u8 = 1;
 pub const LABEL_SUCCESS: u8 = 2;
 /// [`TeleopAction::flags`]: end the running episode, labelled a failure.
 pub const LABEL_FAILURE: u8 = 4;
-const ACTION_FLAGS: u8 = ENGAGED | LABEL_SUCCESS | LABEL_FAILURE;
+/// [`TeleopAction::flags`]: the action answers the observation of step
+/// [`TeleopAction::answers`].
+pub const ANSWERS: u8 = 8;
+const ACTION_FLAGS: u8 = ENGAGED | LABEL_SUCCESS | LABEL_FAILURE | ANSWERS;
 /// [`TeleopObservation::flags`]: the command sent for this frame was the device's.
 pub const IN_CONTROL: u8 = 1;
 const OBSERVATION_FLAGS: u8 = IN_CONTROL;
@@ -89,8 +96,10 @@ const OBSERVATION_FLAGS: u8 = IN_CONTROL;
 pub struct TeleopAction {
     /// The device's own counter (the controller reports gaps, nothing more).
     pub seq: u32,
-    /// [`ENGAGED`], [`LABEL_SUCCESS`], [`LABEL_FAILURE`].
+    /// [`ENGAGED`], [`LABEL_SUCCESS`], [`LABEL_FAILURE`], [`ANSWERS`].
     pub flags: u8,
+    /// With [`ANSWERS`]: the step of the observation this action was computed from.
+    pub answers: u32,
     /// Number of values in `values`.
     pub n: u8,
     /// Policy units, `[-1, 1]` per dimension (the robot file's `action.scale` and
@@ -107,9 +116,22 @@ impl TeleopAction {
         TeleopAction {
             seq,
             flags,
+            answers: 0,
             n: values.len() as u8,
             values: v,
         }
+    }
+
+    /// The same action, marked as the answer to the observation of `step`.
+    pub fn answering(mut self, step: u32) -> TeleopAction {
+        self.flags |= ANSWERS;
+        self.answers = step;
+        self
+    }
+
+    /// The step of the observation this action answers, if it says.
+    pub fn answer_to(&self) -> Option<u32> {
+        (self.flags & ANSWERS != 0).then_some(self.answers)
     }
 
     pub fn values(&self) -> &[f32] {
@@ -178,15 +200,24 @@ pub enum TeleopError {
     Flags { what: &'static str, bits: u8 },
     #[error("an action labels the episode both a success and a failure")]
     BothLabels,
-    #[error("an action's episode field is {0}, it must be 0")]
-    ActionEpisode(u32),
+    #[error("an action's ref field is {0} without the answers flag (8), it must be 0")]
+    RefWithoutAnswer(u32),
 }
 
 /// Encodes an action datagram into `out` (at least [`MAX_DATAGRAM`] bytes); returns its
 /// length.
 pub fn encode_action(a: &TeleopAction, out: &mut [u8]) -> usize {
     let v = a.values();
-    encode(KIND_ACTION, v.len() as u8, a.flags, a.seq, 0, v, out)
+    let reference = if a.flags & ANSWERS != 0 { a.answers } else { 0 };
+    encode(
+        KIND_ACTION,
+        v.len() as u8,
+        a.flags,
+        a.seq,
+        reference,
+        v,
+        out,
+    )
 }
 
 /// Encodes an observation datagram into `out` (at least [`MAX_DATAGRAM`] bytes);
@@ -289,8 +320,8 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
         if flags & (LABEL_SUCCESS | LABEL_FAILURE) == LABEL_SUCCESS | LABEL_FAILURE {
             return Err(TeleopError::BothLabels);
         }
-        if episode != 0 {
-            return Err(TeleopError::ActionEpisode(episode));
+        if flags & ANSWERS == 0 && episode != 0 {
+            return Err(TeleopError::RefWithoutAnswer(episode));
         }
     }
     Ok(if kind == KIND_ACTION {
@@ -301,6 +332,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
         Datagram::Action(TeleopAction {
             seq,
             flags,
+            answers: episode,
             n,
             values,
         })
@@ -345,13 +377,18 @@ mod tests {
         #[test]
         fn damaged_valid_datagrams_never_panic(
             seq in any::<u32>(),
-            flags in 0u8..8,
+            flags in 0u8..16,
+            answers in any::<u32>(),
             values in proptest::collection::vec(any::<f32>(), 0..=MAX_ACT),
             at in 0usize..200,
             byte in any::<u8>(),
         ) {
             let mut buf = [0u8; MAX_DATAGRAM];
-            let n = encode_action(&TeleopAction::new(seq, flags, &values), &mut buf);
+            let mut a = TeleopAction::new(seq, flags & !ANSWERS, &values);
+            if flags & ANSWERS != 0 {
+                a = a.answering(answers);
+            }
+            let n = encode_action(&a, &mut buf);
             let mut b = buf[..n].to_vec();
             let at = at % n;
             b[at] = byte;
@@ -379,6 +416,12 @@ mod tests {
         assert_eq!(back.values()[..2], [0.5, -1.0]);
         assert!(back.values()[2].is_nan());
         assert!(back.engaged());
+        assert_eq!(back.answer_to(), None);
+        let (buf, n) = action_bytes(&a.answering(41));
+        let Datagram::Action(back) = decode(&buf[..n]).unwrap() else {
+            panic!("not an action")
+        };
+        assert_eq!((back.flags, back.answer_to()), (3 | ANSWERS, Some(41)));
 
         let mut values = [0.0; MAX_OBS];
         for (i, v) in values.iter_mut().enumerate() {
@@ -454,7 +497,17 @@ mod tests {
             resealed(&|b| b[7] = LABEL_SUCCESS | LABEL_FAILURE),
             Err(TeleopError::BothLabels)
         );
-        assert_eq!(resealed(&|b| b[12] = 3), Err(TeleopError::ActionEpisode(3)));
+        assert_eq!(
+            resealed(&|b| b[12] = 3),
+            Err(TeleopError::RefWithoutAnswer(3))
+        );
+        let Ok(Datagram::Action(a)) = resealed(&|b| {
+            b[7] |= ANSWERS;
+            b[12] = 3;
+        }) else {
+            panic!("an answer")
+        };
+        assert_eq!(a.answer_to(), Some(3));
         assert_eq!(
             resealed(&|b| b[7] = ENGAGED | 0x40),
             Err(TeleopError::Flags {

@@ -6,7 +6,8 @@
 //!
 //! It speaks [`firmware_config::teleop`]: it announces itself with a disengaged action,
 //! then answers every observation with the demonstrator's action (engaged when the
-//! [`Engage`] schedule says so), and repeats its last datagram while no observation
+//! [`Engage`] schedule says so, marked as the answer to that observation, which a
+//! controller with `--teleop-wait-ms` waits for), and repeats its last datagram while no observation
 //! arrives, so that the controller keeps hearing from it between episodes (a person's
 //! device streams continuously the same way).
 
@@ -129,7 +130,9 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
                 Engage::FromStep(k) => obs.step >= k,
             };
             seq = seq.wrapping_add(1);
-            last = TeleopAction::new(seq, if engaged { ENGAGED } else { 0 }, &action);
+            // Marked as the answer to this observation (for `--teleop-wait-ms`).
+            last = TeleopAction::new(seq, if engaged { ENGAGED } else { 0 }, &action)
+                .answering(obs.step);
             let len = wire::encode_action(&last, &mut buf);
             socket
                 .send_to(&buf[..len], o.controller)

@@ -1152,8 +1152,20 @@ impl Control {
             self.fault(now, FaultKind::NonFiniteObservation, detail, None);
             return;
         }
-        let ti = Instant::now();
         let ad = self.ad;
+        let episode = self.track.as_ref().map_or(0, |t| t.id);
+        // `--teleop-wait-ms`: the device gets this observation first, and its answer is
+        // waited for (boundedly) so that it acts on this frame.
+        let waited = match self.teleop.as_mut() {
+            Some(port) if port.waits() => {
+                let sent = Instant::now();
+                port.send_observation(episode, step, &self.obs[..od]);
+                port.await_answer(step, sent);
+                true
+            }
+            _ => false,
+        };
+        let ti = Instant::now();
         // The teleop device's action replaces the policy's while it is engaged and
         // fresh; the policy does not run then.
         let teleop = self.teleop.as_ref().and_then(|t| t.action(now));
@@ -1219,16 +1231,16 @@ impl Control {
                 self.ep_cadence.latency.record(lat);
                 self.ep_cadence.acted_ticks += 1;
                 self.torque_off = false;
-                let mut episode = 0;
                 if let Some(t) = self.track.as_mut() {
                     t.acted = Some(step);
                     t.steps_acted += 1;
                     t.steps_teleop += teleop.is_some() as u32;
-                    episode = t.id;
                 }
                 if let Some(port) = self.teleop.as_mut() {
                     port.commanded(teleop.is_some());
-                    port.send_observation(episode, step, &self.obs[..od]);
+                    if !waited {
+                        port.send_observation(episode, step, &self.obs[..od]);
+                    }
                 }
             }
             Err(e) => {

@@ -35,6 +35,17 @@
 //! controller acts on; when it falls silent, its last action lapses once it is older
 //! than the timeout.
 //!
+//! # Closed-loop devices (`--teleop-wait-ms`)
+//!
+//! By default the controller never waits for the device: it sends each observation
+//! after acting on it, so a device that computes its action from the observation (a
+//! scripted controller) acts one control period late. With a wait, the controller
+//! sends the observation first and spins up to the wait for an action datagram that
+//! answers it (flag `ANSWERS`, `ref` = the observation's step, arrived after the
+//! observation left). It then acts on that answer; without one in time it acts as
+//! without a wait (counted `answer_timeouts`). The wait is part of the tick, so it must
+//! stay well inside the control period (the CLI accepts up to 80% of it).
+//!
 //! # What is refused
 //!
 //! Datagrams that fail to decode, carry another number of values than the robot's
@@ -71,6 +82,9 @@ pub struct TeleopConfig {
     /// The newest engaged action moves the robot while it is younger than this (wall
     /// time, not scaled by `--time-scale`: the person does not speed up).
     pub timeout: Duration,
+    /// `--teleop-wait-ms`: send each observation before acting on it and wait up to
+    /// this long for the device's answer to it (zero: never wait; see the module doc).
+    pub wait: Duration,
 }
 
 impl TeleopConfig {
@@ -82,6 +96,7 @@ impl TeleopConfig {
         Ok(TeleopConfig {
             socket: Arc::new(socket),
             timeout,
+            wait: Duration::ZERO,
         })
     }
 }
@@ -117,6 +132,9 @@ pub struct TeleopSummary {
     pub labels_ignored: u64,
     /// Safe stops after which the device had to release its deadman first.
     pub releases_required: u64,
+    /// With a wait: observations whose answer arrived in time, and those whose did not.
+    pub answered: u64,
+    pub answer_timeouts: u64,
     pub observations_sent: u64,
     pub send_errors: u64,
 }
@@ -160,6 +178,7 @@ pub(crate) struct TeleopPort {
     shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
     timeout: Duration,
+    wait: Duration,
     newest: Option<Received>,
     /// A safe stop happened: the device's action is not used until it releases.
     release_required: bool,
@@ -170,6 +189,8 @@ pub(crate) struct TeleopPort {
     labels: u64,
     labels_ignored: u64,
     releases_required: u64,
+    answered: u64,
+    answer_timeouts: u64,
     observations_sent: u64,
     send_errors: u64,
     buf: [u8; wire::MAX_DATAGRAM],
@@ -201,6 +222,7 @@ pub(crate) fn spawn(
         shared: shared.clone(),
         socket,
         timeout: cfg.timeout,
+        wait: cfg.wait,
         newest: None,
         release_required: false,
         in_control: false,
@@ -209,6 +231,8 @@ pub(crate) fn spawn(
         labels: 0,
         labels_ignored: 0,
         releases_required: 0,
+        answered: 0,
+        answer_timeouts: 0,
         observations_sent: 0,
         send_errors: 0,
         buf: [0; wire::MAX_DATAGRAM],
@@ -481,6 +505,8 @@ impl TeleopThread {
             summary.labels = p.labels;
             summary.labels_ignored = p.labels_ignored;
             summary.releases_required = p.releases_required;
+            summary.answered = p.answered;
+            summary.answer_timeouts = p.answer_timeouts;
             summary.observations_sent = p.observations_sent;
             summary.send_errors = p.send_errors;
         }
@@ -500,8 +526,20 @@ impl TeleopPort {
     /// call, if any (`true`: success; a success wins over a failure asked for in the
     /// same interval).
     pub(crate) fn poll(&mut self) -> Option<bool> {
-        // Never wait: if the teleop thread holds the slot this instant, the newest
-        // datagram is taken at the next tick.
+        self.refresh();
+        let labels = self.shared.labels.swap(0, Ordering::Relaxed);
+        if labels & wire::LABEL_SUCCESS != 0 {
+            Some(true)
+        } else if labels & wire::LABEL_FAILURE != 0 {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Takes the newest datagram from the teleop thread. Never waits: if the thread
+    /// holds the slot this instant, the newest datagram is taken at the next look.
+    fn refresh(&mut self) {
         if let Ok(latest) = self.shared.latest.try_lock()
             && let Some(r) = *latest
         {
@@ -510,13 +548,33 @@ impl TeleopPort {
         if self.release_required && self.newest.is_some_and(|r| !r.action.engaged()) {
             self.release_required = false;
         }
-        let labels = self.shared.labels.swap(0, Ordering::Relaxed);
-        if labels & wire::LABEL_SUCCESS != 0 {
-            Some(true)
-        } else if labels & wire::LABEL_FAILURE != 0 {
-            Some(false)
-        } else {
-            None
+    }
+
+    /// The controller sends observations before acting and waits for answers
+    /// (`--teleop-wait-ms`, once a device is known).
+    pub(crate) fn waits(&self) -> bool {
+        !self.wait.is_zero() && self.newest.is_some()
+    }
+
+    /// Spins up to the wait for the device's answer to the observation of `step`, sent
+    /// at `sent`; true if it came.
+    pub(crate) fn await_answer(&mut self, step: u32, sent: Instant) -> bool {
+        let deadline = sent + self.wait;
+        loop {
+            self.refresh();
+            if self
+                .newest
+                .is_some_and(|r| r.action.answer_to() == Some(step) && r.at >= sent)
+            {
+                self.answered += 1;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                self.answer_timeouts += 1;
+                return false;
+            }
+            // The teleop thread may need this core (2-core robot computers).
+            std::thread::yield_now();
         }
     }
 
@@ -583,7 +641,7 @@ impl std::fmt::Display for TeleopSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "  teleop: listening on {}, device {}{}; {} datagrams ({} refused{}, {} from other senders, {} out of order, {} sequence gaps); {} commands from the device in {} takeovers, {} labels ({} ignored), {} releases required after safe stops, {} observations sent ({} send errors)",
+            "  teleop: listening on {}, device {}{}; {} datagrams ({} refused{}, {} from other senders, {} out of order, {} sequence gaps); {} commands from the device in {} takeovers, {} labels ({} ignored), {} releases required after safe stops, {} observations sent ({} send errors){}",
             self.listen,
             self.device.as_deref().unwrap_or("none"),
             if self.device_changes > 0 {
@@ -605,7 +663,15 @@ impl std::fmt::Display for TeleopSummary {
             self.labels_ignored,
             self.releases_required,
             self.observations_sent,
-            self.send_errors
+            self.send_errors,
+            if self.answered + self.answer_timeouts > 0 {
+                format!(
+                    ", {} answered in time, {} not",
+                    self.answered, self.answer_timeouts
+                )
+            } else {
+                String::new()
+            }
         )
     }
 }
