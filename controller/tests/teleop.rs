@@ -323,9 +323,15 @@ fn without_a_bundle_the_cli_needs_teleop_and_refuses_what_needs_a_policy() {
     assert!(e.contains("--uplink needs --bundle"), "{e}");
     // A wait beyond 80% of the period (push: 20 Hz, 50 ms) or a timeout of 0.
     let e = run(&["--teleop", "127.0.0.1:0", "--teleop-wait-ms", "45"]);
-    assert!(e.contains("--teleop-wait-ms must be between 0 and 80%"), "{e}");
+    assert!(
+        e.contains("--teleop-wait-ms must be between 0 and 80%"),
+        "{e}"
+    );
     let e = run(&["--teleop", "127.0.0.1:0", "--teleop-timeout-ms", "0"]);
-    assert!(e.contains("--teleop-timeout-ms must be between 1 and 1000"), "{e}");
+    assert!(
+        e.contains("--teleop-timeout-ms must be between 1 and 1000"),
+        "{e}"
+    );
     // An address that cannot be bound is refused with the address named.
     let e = run(&["--teleop", "256.0.0.1:7979"]);
     assert!(e.contains("--teleop: listening on 256.0.0.1:7979"), "{e}");

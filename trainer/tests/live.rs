@@ -1,13 +1,19 @@
 //! Live fine-tuning: `controller run --uplink` streams its transitions to `trainer
 //! finetune --listen`, which trains on them as they arrive and publishes signed bundles.
+//! In the first test a teleop device also takes over from the policy part of each
+//! episode (`--teleop`), as an operator correcting the robot would.
 
+use controller::robot_loop::teleop::TeleopConfig;
 use controller::robot_loop::{self, Brain, RunConfig, log::read_log};
 use controller::runtime::{Backend, PolicyOptions};
 use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
 use shared_model::manifest::{Trust, read_signing_key};
 use sim::TaskId;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tools::teleop::{DeviceOptions, Engage, run_device};
 use trainer::config::Config;
 use trainer::finetune::{FinetuneOptions, LiveOptions, finetune};
 use trainer::run::{TrainOptions, load_agent, train};
@@ -132,13 +138,38 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
             robot: cfg.robot.clone(),
         }),
     });
+    // The operator's device: the push demonstrator, taking over from step 10 of each
+    // episode (the scripted stand-in for a person correcting the policy).
+    let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
+    let device_stop = Arc::new(AtomicBool::new(false));
+    let device = {
+        let mut o = DeviceOptions::new(teleop.socket.local_addr().unwrap(), TaskId::Push);
+        o.engage = Engage::FromStep(10);
+        o.idle = Duration::from_secs(600);
+        let stop = device_stop.clone();
+        std::thread::spawn(move || run_device(&o, &stop))
+    };
+    cfg.teleop = Some(teleop);
     let brain = Brain::new(&b, &options, false).unwrap();
     let report = robot_loop::run(cfg, brain, "push", "bundle0").unwrap();
     drop(firmware);
+    device_stop.store(true, Ordering::SeqCst);
+    device.join().unwrap().unwrap();
     let summary = trainer.join().unwrap();
 
     let up = report.uplink.unwrap();
     eprintln!("{up:?}\n{summary:?}");
+    // The device's transitions reach the trainer marked, and are trained on (the
+    // trainer drops only interventions; none were marked).
+    let t = report.teleop.as_ref().unwrap();
+    assert!(t.commands > 0, "{t:?}");
+    assert!(
+        summary.robot_teleop > 0 && summary.robot_teleop as u64 <= t.commands,
+        "{} teleoperated transitions received, {} commands from the device",
+        summary.robot_teleop,
+        t.commands
+    );
+    assert_eq!(summary.robot_interventions, 0);
     assert_eq!(summary.updates, 150);
     assert!(summary.streamed >= 150, "{summary:?}");
     // Published every 50 updates, each signed and loadable by the robot.
