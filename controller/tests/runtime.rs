@@ -151,6 +151,14 @@ fn truncated_chain_and_two_speed_mode_act() {
         let e = two.act(&bad, &mut a).unwrap_err().to_string();
         assert!(e.contains("observation[3]"), "{e}");
         two.act(&obs(1), &mut a).unwrap();
+        // Ticks acted on by someone else (a teleop device) still feed the worker.
+        let before = two.published();
+        two.observe(&obs(2)).unwrap();
+        two.observe(&obs(3)).unwrap();
+        assert!(two.observe(&bad).is_err());
+        assert_eq!(two.published(), before + 2);
+        two.act(&obs(4), &mut a).unwrap();
+        assert_eq!(two.published(), before + 3);
     }
 }
 

@@ -166,7 +166,9 @@ fn a_takeover_replaces_the_policy_from_the_step_it_engages() {
         executed_steps: None,
         seed: 5,
     };
-    let brain = Brain::new(&bundle, &options, false).unwrap();
+    // Two-speed: its candidate worker keeps getting observations while the device is
+    // in control (`Brain::observe`).
+    let brain = Brain::new(&bundle, &options, true).unwrap();
     const FROM: usize = 10;
     let out = tmp.path().join("run");
     let _one_at_a_time = serial();

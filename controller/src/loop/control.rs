@@ -1172,6 +1172,9 @@ impl Control {
         let r = match teleop {
             Some(a) => {
                 self.action[..ad].copy_from_slice(&a[..ad]);
+                // The observation was checked finite above; a two-speed worker that
+                // refused it would only keep older candidates.
+                let _ = self.brain.observe(&self.obs[..od]);
                 Ok(None)
             }
             None => self

@@ -217,6 +217,16 @@ impl Brain {
         }
     }
 
+    /// A tick whose action comes from elsewhere (a teleop device): the two-speed
+    /// worker still gets the observation, so its candidates are current when the
+    /// policy acts again.
+    pub fn observe(&mut self, obs: &[f32]) -> anyhow::Result<()> {
+        match self {
+            Brain::TwoSpeed(p) => p.observe(obs),
+            Brain::Full(_) | Brain::Hold => Ok(()),
+        }
+    }
+
     /// The policy that made the last action (its candidates and Q values); `None` for
     /// [`Brain::Hold`].
     pub fn policy(&self) -> Option<&Policy> {

@@ -132,8 +132,15 @@ impl TwoSpeedPolicy {
         self.obs_seq - self.candidate_obs_seq
     }
 
-    /// One tick: publish `raw_obs` to the worker, then edit + select on it.
-    pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
+    /// Observations published to the worker so far.
+    pub fn published(&self) -> u64 {
+        self.obs_seq
+    }
+
+    /// Publishes `raw_obs` to the worker without acting: for ticks whose action comes
+    /// from elsewhere (a teleop device), so that the candidates stay current for the
+    /// first tick the policy acts again.
+    pub fn observe(&mut self, raw_obs: &[f32]) -> Result<()> {
         // Validate (and normalize, once) before publishing, so a bad observation never
         // reaches the worker.
         self.tick.load_observation(raw_obs)?;
@@ -144,6 +151,12 @@ impl TwoSpeedPolicy {
             o.1 = self.obs_seq;
         }
         self.shared.obs_ready.notify_one();
+        Ok(())
+    }
+
+    /// One tick: publish `raw_obs` to the worker, then edit + select on it.
+    pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
+        self.observe(raw_obs)?;
         {
             let mut c = self.shared.candidates.lock().unwrap();
             while c.2 == 0 {
