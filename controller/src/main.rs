@@ -227,7 +227,7 @@ struct RunArgs {
     #[arg(long, requires = "bundle")]
     two_speed: bool,
     /// tract, native or ort.
-    #[arg(long, default_value = "tract")]
+    #[arg(long, default_value = "tract", requires = "bundle")]
     backend: String,
     /// Denoising steps to execute (default: the bundle's).
     #[arg(long, requires = "bundle")]

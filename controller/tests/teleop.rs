@@ -312,8 +312,10 @@ fn without_a_bundle_the_cli_needs_teleop_and_refuses_what_needs_a_policy() {
     };
     let e = run(&[]);
     assert!(e.contains("--bundle") && e.contains("required"), "{e}");
-    let e = run(&["--teleop", "127.0.0.1:0", "--two-speed"]);
-    assert!(e.contains("--bundle"), "{e}");
+    for needs_a_policy in [&["--two-speed"][..], &["--backend", "native"]] {
+        let e = run(&[&["--teleop", "127.0.0.1:0"][..], needs_a_policy].concat());
+        assert!(e.contains("--bundle"), "{needs_a_policy:?}: {e}");
+    }
     let e = run(&[
         "--teleop",
         "127.0.0.1:0",

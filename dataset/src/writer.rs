@@ -272,6 +272,12 @@ impl DatasetWriter {
         &self.info
     }
 
+    /// Whether the dataset has the column `key` (one of [`cols::ALL`]): an appended
+    /// dataset keeps the columns it was created with, and the others are not written.
+    pub fn writes(&self, key: &str) -> bool {
+        self.json.features.contains_key(key)
+    }
+
     /// Use `task` for the episodes appended from now on (added to
     /// `meta/tasks.parquet` if new).
     pub fn set_task(&mut self, task: &str) {

@@ -127,6 +127,8 @@ fn we_read_lerobot_style_files() {
 
     // Appending to a foreign dataset keeps its schema (no next.* columns added).
     let mut w = DatasetWriter::open_append(&dir).unwrap();
+    assert!(w.writes(dataset::cols::ACTION));
+    assert!(!w.writes(dataset::cols::TELEOP) && !w.writes(dataset::cols::NEXT_OBS));
     let mut rng = Rng::new(5);
     let n = 4;
     let mut ep = dataset::Episode {

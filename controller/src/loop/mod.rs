@@ -656,6 +656,12 @@ pub fn run(
             };
             let ds_dir = dir.join("dataset");
             let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
+            if cfg.teleop.is_some() && !ds.writes(dataset::cols::TELEOP) {
+                eprintln!(
+                    "warning: {}: this dataset has no `teleop` column (it predates it), so the episodes appended to it lose the teleop mark; transitions.log keeps it. Record into a new --out to keep the mark in the dataset.",
+                    ds_dir.display()
+                );
+            }
             Some(
                 logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity, tick_input)
                     .map_err(|source| RunError::Io {
