@@ -18,10 +18,9 @@ use shared_model::manifest::Trust;
 use sim::TaskId;
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-use tools::teleop::{DeviceOptions, DeviceSummary, Engage, run_device};
+use tools::teleop::{DeviceOptions, DeviceSummary, DeviceThread, Engage};
 
 /// The loop tests of this file one at a time: each has the firmware, the controller
 /// and the device on a 2-core machine, and the wait test needs its answers in time.
@@ -65,14 +64,10 @@ fn teleop_run(dir: &Path, brain: Brain, setup: Setup) -> (RunReport, DeviceSumma
     let mut teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
     teleop.wait = setup.wait;
     let addr = teleop.socket.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let device = {
-        let stop = stop.clone();
-        let mut o = DeviceOptions::new(addr, TaskId::Push);
-        o.engage = setup.engage;
-        o.idle = Duration::from_secs(600);
-        std::thread::spawn(move || run_device(&o, &stop))
-    };
+    let mut o = DeviceOptions::new(addr, TaskId::Push);
+    o.engage = setup.engage;
+    o.idle = Duration::from_secs(600);
+    let device = DeviceThread::spawn(o);
     // The run starts once the device has announced itself (its first datagram stays
     // queued for the run), so the device is known from the first frame on.
     teleop
@@ -90,8 +85,7 @@ fn teleop_run(dir: &Path, brain: Brain, setup: Setup) -> (RunReport, DeviceSumma
     cfg.quiet = true;
     cfg.teleop = Some(teleop);
     let report = robot_loop::run(cfg, brain, "push", "teleop test").unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let device = device.join().unwrap().unwrap();
+    let device = device.finish().unwrap();
     drop(firmware);
     let ds = dataset::read_dataset(&dir.join("dataset")).unwrap();
     (report, device, ds)

@@ -270,11 +270,11 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
         return Err(TeleopError::Magic);
     }
     let (kind, n, flags) = (bytes[5], bytes[6], bytes[7]);
-    let (what, max, known) = match kind {
-        KIND_ACTION => ("action", MAX_ACT, ACTION_FLAGS),
-        KIND_OBSERVATION => ("observation", MAX_OBS, OBSERVATION_FLAGS),
-        // The CRC decides between "another kind" and "noise" below.
-        _ => ("unknown", MAX_OBS, 0),
+    // An unknown kind is told apart from noise by the CRC below.
+    let shape = match kind {
+        KIND_ACTION => Some(("action", MAX_ACT, ACTION_FLAGS)),
+        KIND_OBSERVATION => Some(("observation", MAX_OBS, OBSERVATION_FLAGS)),
+        _ => None,
     };
     let expected = HEADER_LEN + 4 * n as usize + CRC_LEN;
     if n as usize <= MAX_OBS && expected != len {
@@ -285,12 +285,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
         });
     }
     let body = len - CRC_LEN;
-    let received = u32::from_le_bytes([
-        bytes[body],
-        bytes[body + 1],
-        bytes[body + 2],
-        bytes[body + 3],
-    ]);
+    let received = le_u32(bytes, body);
     let computed = crc32(&bytes[..body]);
     if received != computed {
         return Err(TeleopError::Crc { received, computed });
@@ -298,9 +293,9 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
     if bytes[4] != VERSION {
         return Err(TeleopError::Version { received: bytes[4] });
     }
-    if what == "unknown" {
+    let Some((what, max, known)) = shape else {
         return Err(TeleopError::Kind(kind));
-    }
+    };
     if n as usize > max {
         return Err(TeleopError::Count { what, n, max });
     }
@@ -310,12 +305,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
             bits: flags & !known,
         });
     }
-    let word = |i: usize| {
-        let at = HEADER_LEN + 4 * i;
-        [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]
-    };
-    let seq = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    let episode = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    let (seq, episode) = (le_u32(bytes, 8), le_u32(bytes, 12));
     if kind == KIND_ACTION {
         if flags & (LABEL_SUCCESS | LABEL_FAILURE) == LABEL_SUCCESS | LABEL_FAILURE {
             return Err(TeleopError::BothLabels);
@@ -325,30 +315,35 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
         }
     }
     Ok(if kind == KIND_ACTION {
-        let mut values = [0.0; MAX_ACT];
-        for (i, v) in values.iter_mut().take(n as usize).enumerate() {
-            *v = f32::from_le_bytes(word(i));
-        }
         Datagram::Action(TeleopAction {
             seq,
             flags,
             answers: episode,
             n,
-            values,
+            values: read_values(bytes, n),
         })
     } else {
-        let mut values = [0.0; MAX_OBS];
-        for (i, v) in values.iter_mut().take(n as usize).enumerate() {
-            *v = f32::from_le_bytes(word(i));
-        }
         Datagram::Observation(TeleopObservation {
             episode,
             step: seq,
             flags,
             n,
-            values,
+            values: read_values(bytes, n),
         })
     })
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// The `n` values after the header (`n <= N`, checked by the caller), zero-padded.
+fn read_values<const N: usize>(bytes: &[u8], n: u8) -> [f32; N] {
+    let mut values = [0.0; N];
+    for (i, v) in values.iter_mut().take(n as usize).enumerate() {
+        *v = f32::from_bits(le_u32(bytes, HEADER_LEN + 4 * i));
+    }
+    values
 }
 
 #[cfg(test)]

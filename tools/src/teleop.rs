@@ -148,3 +148,29 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
     }
     Ok(summary)
 }
+
+/// [`run_device`] in a thread of its own, until [`DeviceThread::finish`] (a device
+/// beside a controller in the same process: tests, examples).
+pub struct DeviceThread {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<DeviceSummary>>,
+}
+
+impl DeviceThread {
+    pub fn spawn(o: DeviceOptions) -> DeviceThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let stop = stop.clone();
+            std::thread::spawn(move || run_device(&o, &stop))
+        };
+        DeviceThread { stop, handle }
+    }
+
+    /// Stops the device and returns what it saw and did.
+    pub fn finish(self) -> Result<DeviceSummary> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the device thread panicked"))?
+    }
+}

@@ -10,10 +10,8 @@ use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
 use shared_model::manifest::{Trust, read_signing_key};
 use sim::TaskId;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tools::teleop::{DeviceOptions, Engage, run_device};
+use tools::teleop::{DeviceOptions, DeviceThread, Engage};
 use trainer::config::Config;
 use trainer::finetune::{FinetuneOptions, LiveOptions, finetune};
 use trainer::run::{TrainOptions, load_agent, train};
@@ -141,20 +139,15 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     // The operator's device: the push demonstrator, taking over from step 10 of each
     // episode (the scripted stand-in for a person correcting the policy).
     let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
-    let device_stop = Arc::new(AtomicBool::new(false));
-    let device = {
-        let mut o = DeviceOptions::new(teleop.socket.local_addr().unwrap(), TaskId::Push);
-        o.engage = Engage::FromStep(10);
-        o.idle = Duration::from_secs(600);
-        let stop = device_stop.clone();
-        std::thread::spawn(move || run_device(&o, &stop))
-    };
+    let mut o = DeviceOptions::new(teleop.socket.local_addr().unwrap(), TaskId::Push);
+    o.engage = Engage::FromStep(10);
+    o.idle = Duration::from_secs(600);
+    let device = DeviceThread::spawn(o);
     cfg.teleop = Some(teleop);
     let brain = Brain::new(&b, &options, false).unwrap();
     let report = robot_loop::run(cfg, brain, "push", "bundle0").unwrap();
     drop(firmware);
-    device_stop.store(true, Ordering::SeqCst);
-    device.join().unwrap().unwrap();
+    device.finish().unwrap();
     let summary = trainer.join().unwrap();
 
     let up = report.uplink.unwrap();

@@ -7,10 +7,8 @@ use controller::robot_loop::{self, Brain, RunConfig};
 use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
 use sim::TaskId;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tools::teleop::{DeviceOptions, run_device};
+use tools::teleop::{DeviceOptions, DeviceThread};
 use trainer::config::Config;
 use trainer::run::{TrainOptions, evaluate, load_agent, train};
 
@@ -26,13 +24,9 @@ fn record(out: &Path, episodes: u32) -> f64 {
     robot.command_timeout_ms = 40_000;
     let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
     let addr = teleop.socket.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let device = {
-        let stop = stop.clone();
-        let mut o = DeviceOptions::new(addr, TASK);
-        o.idle = Duration::from_secs(600);
-        std::thread::spawn(move || run_device(&o, &stop))
-    };
+    let mut o = DeviceOptions::new(addr, TASK);
+    o.idle = Duration::from_secs(600);
+    let device = DeviceThread::spawn(o);
     let mut fw = FirmwareOptions::new(TASK, robot.clone());
     fw.pacing = Pacing::Lockstep;
     let time_scale = 20.0;
@@ -44,8 +38,7 @@ fn record(out: &Path, episodes: u32) -> f64 {
     cfg.quiet = true;
     cfg.teleop = Some(teleop);
     let report = robot_loop::run(cfg, Brain::Hold, TASK.name(), "teleop").unwrap();
-    stop.store(true, Ordering::SeqCst);
-    device.join().unwrap().unwrap();
+    device.finish().unwrap();
     drop(firmware);
     assert_eq!(report.episodes_completed, episodes as usize, "{report}");
     report.success_rate

@@ -184,15 +184,9 @@ pub(crate) struct TeleopPort {
     release_required: bool,
     /// The last command sent was the device's.
     in_control: bool,
-    commands: u64,
-    takeovers: u64,
-    labels: u64,
-    labels_ignored: u64,
-    releases_required: u64,
-    answered: u64,
-    answer_timeouts: u64,
-    observations_sent: u64,
-    send_errors: u64,
+    /// The control thread's counters (commands, takeovers, labels, answers,
+    /// observations); the teleop thread's are added at the end.
+    counts: TeleopSummary,
     buf: [u8; wire::MAX_DATAGRAM],
 }
 
@@ -226,15 +220,7 @@ pub(crate) fn spawn(
         newest: None,
         release_required: false,
         in_control: false,
-        commands: 0,
-        takeovers: 0,
-        labels: 0,
-        labels_ignored: 0,
-        releases_required: 0,
-        answered: 0,
-        answer_timeouts: 0,
-        observations_sent: 0,
-        send_errors: 0,
+        counts: TeleopSummary::default(),
         buf: [0; wire::MAX_DATAGRAM],
     };
     let thread = TeleopThread {
@@ -487,7 +473,7 @@ impl TeleopThread {
         self.stop();
         let s = &self.shared;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut summary = TeleopSummary {
+        TeleopSummary {
             listen: self.listen.clone(),
             device: s.device.lock().unwrap().map(|d| d.to_string()),
             device_changes: get(&s.device_changes),
@@ -497,20 +483,8 @@ impl TeleopThread {
             foreign: get(&s.foreign),
             out_of_order: get(&s.out_of_order),
             seq_gaps: get(&s.seq_gaps),
-            ..TeleopSummary::default()
-        };
-        if let Some(p) = port {
-            summary.commands = p.commands;
-            summary.takeovers = p.takeovers;
-            summary.labels = p.labels;
-            summary.labels_ignored = p.labels_ignored;
-            summary.releases_required = p.releases_required;
-            summary.answered = p.answered;
-            summary.answer_timeouts = p.answer_timeouts;
-            summary.observations_sent = p.observations_sent;
-            summary.send_errors = p.send_errors;
+            ..port.map_or_else(TeleopSummary::default, |p| p.counts.clone())
         }
-        summary
     }
 }
 
@@ -566,11 +540,11 @@ impl TeleopPort {
                 .newest
                 .is_some_and(|r| r.action.answer_to() == Some(step) && r.at >= sent)
             {
-                self.answered += 1;
+                self.counts.answered += 1;
                 return true;
             }
             if Instant::now() >= deadline {
-                self.answer_timeouts += 1;
+                self.counts.answer_timeouts += 1;
                 return false;
             }
             // The teleop thread may need this core (2-core robot computers).
@@ -581,9 +555,9 @@ impl TeleopPort {
     /// Counts a label of the device: applied to the running episode, or ignored.
     pub(crate) fn label(&mut self, applied: bool) {
         if applied {
-            self.labels += 1;
+            self.counts.labels += 1;
         } else {
-            self.labels_ignored += 1;
+            self.counts.labels_ignored += 1;
         }
     }
 
@@ -600,15 +574,15 @@ impl TeleopPort {
     pub(crate) fn require_release(&mut self) {
         if !self.release_required {
             self.release_required = true;
-            self.releases_required += 1;
+            self.counts.releases_required += 1;
         }
         self.in_control = false;
     }
 
     /// Counts one command: the device's (`teleop`) or the policy's / the hold action.
     pub(crate) fn commanded(&mut self, teleop: bool) {
-        self.takeovers += (teleop && !self.in_control) as u64;
-        self.commands += teleop as u64;
+        self.counts.takeovers += (teleop && !self.in_control) as u64;
+        self.counts.commands += teleop as u64;
         self.in_control = teleop;
     }
 
@@ -630,8 +604,8 @@ impl TeleopPort {
         };
         let len = wire::encode_observation(&o, &mut self.buf);
         match self.socket.send_to(&self.buf[..len], to) {
-            Ok(_) => self.observations_sent += 1,
-            Err(_) => self.send_errors += 1,
+            Ok(_) => self.counts.observations_sent += 1,
+            Err(_) => self.counts.send_errors += 1,
         }
     }
 }
