@@ -698,7 +698,7 @@ struct Row {
 
 fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
     let od = policy.obs_dim();
-    let mut a = vec![0.0; policy.act_dim()];
+    let mut a = vec![0.0; policy.chunk_dim()];
     let mut obs = vec![0.0; od];
     let mut out: [Vec<f64>; 4] = std::array::from_fn(|_| Vec::with_capacity(actions));
     for i in 0..actions + 50 {
@@ -815,7 +815,7 @@ fn main() -> Result<std::process::ExitCode> {
             let b = load_bundle(&bundle, &trust.trust()?)?;
             let m = &b.manifest;
             println!(
-                "{}: OK ({}), format {}, {} on {}: obs {}, action {}, N {}, n_edit {}, K {}/{} critics, {}/{} steps; trained by {} at {} env steps from {}",
+                "{}: OK ({}), format {}, {} on {}: obs {}, action {}{}, N {}, n_edit {}, K {}/{} critics, {}/{} steps; trained by {} at {} env steps from {}",
                 bundle.display(),
                 b.signed_by
                     .as_deref()
@@ -825,6 +825,11 @@ fn main() -> Result<std::process::ExitCode> {
                 m.task,
                 m.observation.dim,
                 m.action.dim,
+                if m.action.horizon > 1 {
+                    format!(" in chunks of {}", m.action.horizon)
+                } else {
+                    String::new()
+                },
                 m.selection.num_samples,
                 m.selection.num_edit,
                 m.selection.critic_subset,
@@ -912,7 +917,8 @@ fn main() -> Result<std::process::ExitCode> {
                         weight_bytes: weight_bytes_per_action(m, steps),
                     });
                 }
-                if m.selection.critic_subset > 0 {
+                // (A chunked bundle plans once per chunk, without two-speed mode.)
+                if m.selection.critic_subset > 0 && m.action.horizon == 1 {
                     // Two-speed: the tick's own cost (edit + select), worker on another core.
                     let mut two = TwoSpeedPolicy::new(
                         &b,

@@ -316,3 +316,124 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
         assert_eq!(a, r, "{what}: the running policy changed");
     }
 }
+
+#[test]
+fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
+    use controller::robot_loop::ChunkPlayer;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SyntheticSpec {
+        horizon: 3,
+        ..SyntheticSpec::cpu()
+    };
+    spec.write(dir.path(), 5, None).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    assert_eq!(b.manifest.format_version, 2);
+    let (ad, cw) = (2, 6);
+    // Reference: the policy's chunks, one per plan, from an identically seeded policy.
+    let mut reference = Policy::new(&b, &options(Backend::Native, 3)).unwrap();
+    assert_eq!(
+        (
+            reference.act_dim(),
+            reference.horizon(),
+            reference.chunk_dim()
+        ),
+        (ad, 3, cw)
+    );
+    let mut short = vec![0.0; ad];
+    let e = reference.act(&obs(0), &mut short).unwrap_err().to_string();
+    assert!(e.contains("chunk"), "{e}");
+    let plan = |p: &mut Policy, i: usize| {
+        let mut c = vec![0.0; cw];
+        p.act(&obs(i), &mut c).unwrap();
+        assert!(c.iter().all(|v| (-1.0..=1.0).contains(v)));
+        c
+    };
+
+    let mut policy = Policy::new(&b, &options(Backend::Native, 3)).unwrap();
+    let mut player = ChunkPlayer::new(&policy);
+    let mut a = vec![0.0; ad];
+    let mut play = |player: &mut ChunkPlayer, policy: &mut Policy, step: u64| {
+        player
+            .act(policy, step, &obs(step as usize), &mut a)
+            .unwrap();
+        a.clone()
+    };
+    // Planned on step 0 (observation 0), played out on steps 1 and 2 whatever they see.
+    let c0 = plan(&mut reference, 0);
+    for s in 0..3 {
+        assert_eq!(
+            play(&mut player, &mut policy, s),
+            c0[s as usize * ad..][..ad]
+        );
+    }
+    // Step 3 plans again, on observation 3; step 4 is skipped (no fresh frame) and
+    // step 5 plays the chunk's third action, not its second.
+    let c3 = plan(&mut reference, 3);
+    assert_eq!(play(&mut player, &mut policy, 3), c3[..ad]);
+    assert_eq!(play(&mut player, &mut policy, 5), c3[2 * ad..]);
+    // A new episode (steps from 0 again) or a restart plans on the next step.
+    let c0b = plan(&mut reference, 0);
+    assert_eq!(play(&mut player, &mut policy, 0), c0b[..ad]);
+    player.restart();
+    let c1 = plan(&mut reference, 1);
+    assert_eq!(play(&mut player, &mut policy, 1), c1[..ad]);
+    assert_eq!(play(&mut player, &mut policy, 2), c1[ad..2 * ad]);
+
+    // A chunked bundle refuses two-speed mode, and a one-step bundle cannot replace it.
+    let e = TwoSpeedPolicy::new(&b, &options(Backend::Native, 3))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("without --two-speed"), "{e}");
+    let one = tempfile::tempdir().unwrap();
+    SyntheticSpec::cpu().write(one.path(), 5, None).unwrap();
+    let e = reload(
+        &mut policy,
+        one.path(),
+        &Trust::AllowUnsigned,
+        &options(Backend::Native, 3),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("3 x 2"), "{e}");
+}
+
+#[test]
+fn a_chunk_manifest_must_say_format_2_and_a_sane_horizon() {
+    let dir = tempfile::tempdir().unwrap();
+    SyntheticSpec {
+        horizon: 4,
+        ..SyntheticSpec::cpu()
+    }
+    .write(dir.path(), 5, None)
+    .unwrap();
+    let path = dir.path().join(MANIFEST_FILE);
+    let text = fs::read_to_string(&path).unwrap();
+    for (from, to, want) in [
+        (
+            "format_version = 2",
+            "format_version = 1",
+            "needs format_version 2",
+        ),
+        (
+            "horizon = 4",
+            "horizon = 0",
+            "action.horizon = 0 must be in 1..=64",
+        ),
+        (
+            "horizon = 4",
+            "horizon = 65",
+            "action.horizon = 65 must be in 1..=64",
+        ),
+        // The graphs act on chunks of 4: a manifest claiming 2 does not match them.
+        ("horizon = 4", "horizon = 2", "noisy_action"),
+    ] {
+        assert!(text.contains(from), "{text}");
+        fs::write(&path, text.replace(from, to)).unwrap();
+        let e = load_bundle(dir.path(), &Trust::AllowUnsigned)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{to}: {e}");
+    }
+}

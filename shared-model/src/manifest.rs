@@ -30,8 +30,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// Bundle format this code writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest bundle format this code reads. Format 2 adds `action.horizon` (action
+/// chunks); a bundle is written as format 1 unless it uses a format-2 feature, so
+/// controllers that read only format 1 keep loading every bundle they can run, and
+/// refuse a chunked one by its version ([`BundleError::NewerFormat`]).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The longest action chunk a bundle may declare (as the trainer's
+/// `MAX_ACTION_HORIZON`).
+pub const MAX_HORIZON: usize = 64;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 
@@ -65,13 +72,34 @@ pub struct ObservationSpec {
     pub std: Vec<f32>,
 }
 
-/// What the policy emits: actions in `[low, high]` (our tasks use `[−1, 1]`).
+/// What the policy emits: actions in `[low, high]` (our tasks use `[−1, 1]`), `horizon`
+/// of them at a time (an action chunk, executed one per control step).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionSpec {
+    /// Values of one action (one control step).
     pub dim: usize,
     pub low: Vec<f32>,
     pub high: Vec<f32>,
+    /// Actions per chunk: the networks act on `horizon · dim` values (format 2;
+    /// absent = 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub horizon: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+impl ActionSpec {
+    /// The networks' action width: a whole chunk.
+    pub fn chunk_dim(&self) -> usize {
+        self.dim * self.horizon
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,9 +170,14 @@ struct MatrixSizes {
 }
 
 impl Manifest {
+    /// The oldest format that holds this manifest: 2 with action chunks, else 1.
+    pub fn required_format(&self) -> u32 {
+        if self.action.horizon > 1 { 2 } else { 1 }
+    }
+
     fn matrix_sizes(&self) -> MatrixSizes {
         let n = &self.networks;
-        let (o, a) = (self.observation.dim as u64, self.action.dim as u64);
+        let (o, a) = (self.observation.dim as u64, self.action.chunk_dim() as u64);
         let (h, x) = (n.denoiser_hidden as u64, n.denoiser_expanded as u64);
         let (f, th) = (n.fourier_features as u64, n.time_hidden as u64);
         let mlp = |d_in: u64, widths: &[usize], d_out: u64| {
@@ -418,7 +451,7 @@ pub fn write_bundle(
             sha256: sha256_hex(&bytes),
         })
     };
-    manifest.format_version = FORMAT_VERSION;
+    manifest.format_version = manifest.required_format();
     manifest.graphs = GraphFiles {
         denoiser: put("denoiser.onnx", &graphs.denoiser)?,
         edit: graphs
@@ -531,7 +564,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
         Ok(bytes)
     };
     let m = &manifest;
-    let (od, ad) = (m.observation.dim, m.action.dim);
+    let (od, ad) = (m.observation.dim, m.action.chunk_dim());
     let denoiser = read_graph(&m.graphs.denoiser)?;
     check_graph(
         &dir.join(&m.graphs.denoiser.file),
@@ -632,6 +665,18 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         .any(|(l, h)| l.partial_cmp(h) != Some(std::cmp::Ordering::Less))
     {
         return Err("action.low must be below action.high".into());
+    }
+    if !(1..=MAX_HORIZON).contains(&a.horizon) {
+        return Err(format!(
+            "action.horizon = {} must be in 1..={MAX_HORIZON}",
+            a.horizon
+        ));
+    }
+    if a.horizon > 1 && m.format_version < 2 {
+        return Err(format!(
+            "action.horizon = {} needs format_version 2 (found {})",
+            a.horizon, m.format_version
+        ));
     }
     let d = &m.diffusion;
     if d.schedule != "vp" {

@@ -48,7 +48,10 @@ impl Gen {
 #[derive(Clone, Debug)]
 pub struct SyntheticSpec {
     pub obs_dim: usize,
+    /// Values per action (one control step).
     pub act_dim: usize,
+    /// Actions per chunk (1: one action per observation).
+    pub horizon: usize,
     pub networks: NetworkSpec,
     pub num_critics: usize,
     pub selection: SelectionSpec,
@@ -61,6 +64,7 @@ impl SyntheticSpec {
         SyntheticSpec {
             obs_dim: 10,
             act_dim: 2,
+            horizon: 1,
             networks: NetworkSpec {
                 denoiser_hidden: 256,
                 denoiser_blocks: 3,
@@ -87,6 +91,7 @@ impl SyntheticSpec {
         SyntheticSpec {
             obs_dim: 10,
             act_dim: 2,
+            horizon: 1,
             networks: NetworkSpec {
                 denoiser_hidden: 64,
                 denoiser_blocks: 2,
@@ -117,7 +122,8 @@ impl SyntheticSpec {
     ) -> Result<Manifest, BundleError> {
         let mut g = Gen(seed);
         let n = &self.networks;
-        let (od, ad) = (self.obs_dim, self.act_dim);
+        // The networks act on whole chunks.
+        let (od, ad) = (self.obs_dim, self.act_dim * self.horizon);
         let fan_in = ad + od + n.time_hidden;
         let first = |g: &mut Gen, d_in: usize, bias: bool| {
             let s = 1.0 / (fan_in as f32).sqrt();
@@ -201,9 +207,10 @@ impl SyntheticSpec {
                 std: (0..od).map(|_| 1.0 + 0.5 * g.next()).collect(),
             },
             action: ActionSpec {
-                dim: ad,
-                low: vec![-1.0; ad],
-                high: vec![1.0; ad],
+                dim: self.act_dim,
+                low: vec![-1.0; self.act_dim],
+                high: vec![1.0; self.act_dim],
+                horizon: self.horizon,
             },
             diffusion: DiffusionSpec {
                 schedule: "vp".into(),

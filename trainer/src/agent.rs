@@ -400,6 +400,7 @@ impl NetOptimizer {
 pub struct Agent {
     pub config: Config,
     pub obs_dim: usize,
+    /// The networks' action width: `config.action_horizon` actions (one chunk).
     pub act_dim: usize,
     pub normalizer: Normalizer,
     /// With `task = "robot"`: the robot, as its dataset described it (for export).
@@ -522,13 +523,16 @@ fn mark_stage(
 
 impl Agent {
     /// Builds every network from `config.seed` on `device` (autodiff is enabled here).
+    /// `step_act_dim` is the values of one action; the networks act on chunks of
+    /// `config.action_horizon` of them ([`Agent::act_dim`]).
     pub fn new(
         config: Config,
         obs_dim: usize,
-        act_dim: usize,
+        step_act_dim: usize,
         normalizer: Normalizer,
         device: &Device,
     ) -> Self {
+        let act_dim = step_act_dim * config.action_horizon;
         let plain = device.clone();
         let kernel_marks = KernelMarks::from_env(&plain);
         let device = device.clone().autodiff();
@@ -701,7 +705,8 @@ impl Agent {
         o.actor_lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
     }
 
-    /// Actions for a batch of raw observations `[K·O]` → `[K·A]` (host memory).
+    /// Actions for a batch of raw observations `[K·O]` → `[K·A]` (host memory); with
+    /// action chunks `A` is a whole chunk, its actions in order.
     pub fn act(&mut self, obs: &[f32]) -> Vec<f32> {
         self.mark("act");
         let clock = std::time::Instant::now();
@@ -1094,7 +1099,7 @@ impl Agent {
                     utd,
                     obs_dim: self.obs_dim,
                     act_dim: self.act_dim,
-                    gamma: self.config.optim.discount,
+                    gamma: self.config.chunk_discount(),
                     rates: (self.config.optim.critic_lr, self.config.optim.tau),
                 };
                 let templates = LoopTemplates {
@@ -1149,7 +1154,7 @@ impl Agent {
     ) -> Result<Vec<Tensor<2>>> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let (od, ad) = (self.obs_dim, self.act_dim);
-        let gamma = self.config.optim.discount;
+        let gamma = self.config.chunk_discount();
         let rows = b * utd;
         let params = self.selection();
         let device_normals = self.device_normals();

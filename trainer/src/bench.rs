@@ -111,7 +111,8 @@ pub fn bench_updates(
     let offline = crate::run::offline_data(&tiny)?.replay;
     let (od, ad) = (offline.obs_dim, offline.act_dim);
     let normalizer = Normalizer::fit(offline.observations(), od);
-    let mut agent = Agent::new(c.clone(), od, ad, normalizer, &crate::run::device(c)?);
+    let step_ad = ad / c.action_horizon;
+    let mut agent = Agent::new(c.clone(), od, step_ad, normalizer, &crate::run::device(c)?);
     agent.sync_stages = sync_stages;
     let empty = Replay::new(od, ad, 1);
     let mut rng = sim::rng::Rng::new(1);

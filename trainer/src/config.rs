@@ -354,6 +354,14 @@ fn default_device() -> String {
     "cpu".into()
 }
 
+/// The longest action chunk a run may use: a chunk is one network output of
+/// `horizon · action_dim` values, and 64 steps is over a second at 50 Hz.
+pub const MAX_ACTION_HORIZON: usize = 64;
+
+fn one_step() -> usize {
+    1
+}
+
 /// Everything a run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -366,6 +374,12 @@ pub struct Config {
     /// `cpu` (burn flex), `ndarray`, `vulkan[:N]` or `cuda[:N]` ([`crate::device`]).
     #[serde(default = "default_device")]
     pub device: String,
+    /// Actions per chunk (DESIGN §2, optional action chunking): the policy emits this
+    /// many consecutive actions at once, executed open loop, and the critics value the
+    /// whole chunk, bootstrapping after it with `optim.discount` to that power
+    /// ([`crate::replay::Chunker`]). 1 (the default) is the reference algorithm.
+    #[serde(default = "one_step")]
+    pub action_horizon: usize,
     #[serde(default = "ComputeConfig::before_the_keys")]
     pub compute: ComputeConfig,
     pub net: NetConfig,
@@ -384,6 +398,7 @@ impl Config {
             task: Task::Sim(TaskId::ArmReach),
             seed: 0,
             device: default_device(),
+            action_horizon: 1,
             compute: ComputeConfig::default(),
             net: NetConfig {
                 denoiser_hidden: 256,
@@ -580,8 +595,26 @@ impl Config {
             self.net.fourier_features.is_multiple_of(2),
             "net.fourier_features must be even"
         );
+        anyhow::ensure!(
+            (1..=MAX_ACTION_HORIZON).contains(&self.action_horizon),
+            "action_horizon must be in 1..={MAX_ACTION_HORIZON}, not {}",
+            self.action_horizon
+        );
         crate::device::parse(&self.device).context("device")?;
         Ok(())
+    }
+
+    /// How the run's steps become training transitions.
+    pub fn chunks(&self) -> crate::replay::ChunkSpec {
+        crate::replay::ChunkSpec {
+            horizon: self.action_horizon,
+            discount: self.optim.discount,
+        }
+    }
+
+    /// The discount of one transition: `optim.discount` per step, over a whole chunk.
+    pub fn chunk_discount(&self) -> f32 {
+        self.optim.discount.powi(self.action_horizon as i32)
     }
 
     pub fn to_toml(&self) -> String {

@@ -165,6 +165,8 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
         (None, None) => bail!("a robot run without its robot's description (checkpoint state)"),
     };
     let selection = agent.selection();
+    // The networks act on chunks of `action_horizon` actions.
+    let step_ad = agent.act_dim / c.action_horizon;
     let uses_critic = matches!(c.algo, Algo::Expo | Algo::IdqlSelect);
     let config_json = serde_json::to_string(c)?;
     let d = &c.diffusion;
@@ -173,8 +175,9 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
         file: String::new(),
         sha256: String::new(),
     };
-    Ok(Manifest {
-        format_version: manifest::FORMAT_VERSION,
+    let mut manifest = Manifest {
+        // The oldest format that holds it (set below).
+        format_version: 1,
         task,
         algo: serde_json::to_value(c.algo)?
             .as_str()
@@ -189,9 +192,10 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             std: agent.normalizer.std.clone(),
         },
         action: ActionSpec {
-            dim: agent.act_dim,
-            low: vec![-1.0; agent.act_dim],
-            high: vec![1.0; agent.act_dim],
+            dim: step_ad,
+            low: vec![-1.0; step_ad],
+            high: vec![1.0; step_ad],
+            horizon: c.action_horizon,
         },
         diffusion: DiffusionSpec {
             schedule: "vp".into(),
@@ -250,7 +254,9 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
                 .unwrap_or(0),
             trainer_version: env!("CARGO_PKG_VERSION").into(),
         },
-    })
+    };
+    manifest.format_version = manifest.required_format();
+    Ok(manifest)
 }
 
 /// Writes `agent` as a bundle into `out`, signed when `key` is given.

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::agent::Agent;
-use crate::replay::{Batch, Replay, sample_mixed};
+use crate::replay::{Batch, Chunker, Replay, sample_mixed};
 use crate::run::{
     EvalResult, MetricsWindow, Progress, RunState, append_line, checkpoint_dir, evaluate, load_run,
     offline_data, write_checkpoint, write_header,
@@ -179,7 +179,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         let (episodes, successes) = append_robot_data(
             &mut online,
             &o.data,
-            (od, ad),
+            Chunker::new(od, ad / config.action_horizon, config.chunks()),
             o.keep_interventions,
             &mut summary,
         )?;
@@ -302,28 +302,36 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
 /// Appends the frames of the recorded datasets to `online` (intervention frames only
 /// with `keep_interventions`), counting frames in `summary`; returns (episodes,
 /// successful episodes).
+///
+/// With action chunks, a frame left out cuts its episode's chunks there
+/// ([`Chunker::cut`]).
 fn append_robot_data(
     online: &mut Replay,
     data: &[PathBuf],
-    (od, ad): (usize, usize),
+    mut chunker: Chunker,
     keep_interventions: bool,
     summary: &mut FinetuneSummary,
 ) -> Result<(usize, usize)> {
+    let (od, ad) = (online.obs_dim, online.act_dim / chunker.spec().horizon);
     let (mut episodes, mut successes) = (0, 0);
     for path in data {
         let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
         for ep in &ds.episodes {
+            chunker.cut();
             for i in 0..ep.len() {
                 summary.robot_transitions += 1;
                 if !summary.admit(ep.intervention[i], ep.teleop[i], keep_interventions) {
+                    chunker.cut();
                     continue;
                 }
-                online.push(
+                chunker.push(
+                    online,
                     &ep.observations[i * od..(i + 1) * od],
                     &ep.actions[i * ad..(i + 1) * ad],
                     ep.rewards[i],
                     &ep.next_observations[i * od..(i + 1) * od],
                     ep.terminated[i],
+                    i + 1 == ep.len(),
                 );
             }
             successes += ep.success.iter().any(|&s| s) as usize;

@@ -38,6 +38,10 @@ pub struct Step {
     pub next_obs: Vec<f32>,
     /// Task-terminal (no bootstrapping).
     pub terminal: bool,
+    /// The episode's last step (terminal or truncated).
+    pub episode_end: bool,
+    /// The stream (robot) it came from: action chunks are built per stream.
+    pub stream: String,
     /// The operator marked it an intervention (`controller run --operator`).
     pub intervention: bool,
     /// Its action came from the teleop device (`controller run --teleop`).
@@ -115,6 +119,8 @@ impl RecordSink for Receiver {
                 reward: t.reward,
                 next_obs: t.next_obs().to_vec(),
                 terminal: t.done && !t.truncated,
+                episode_end: t.done,
+                stream: stream.to_string(),
                 intervention: t.intervention,
                 teleop: t.teleop,
             });
@@ -245,8 +251,10 @@ pub(crate) fn train_live(
         live.key.clone(),
         &o.out.join("uplink"),
         &o.out.join("bundles"),
-        (agent.obs_dim, agent.act_dim),
+        (agent.obs_dim, agent.act_dim / config.action_horizon),
     )?;
+    // One chunker per robot stream: chunks are consecutive steps of one robot.
+    let mut chunkers: HashMap<String, crate::replay::Chunker> = HashMap::new();
     eprintln!(
         "finetune: listening on {} for `controller run --uplink`",
         listener.addr
@@ -287,15 +295,25 @@ pub(crate) fn train_live(
                 last_data = Some(std::time::Instant::now());
                 for step in std::iter::once(first).chain(rx.try_iter()) {
                     summary.streamed += 1;
+                    let chunker = chunkers.entry(step.stream.clone()).or_insert_with(|| {
+                        crate::replay::Chunker::new(
+                            agent.obs_dim,
+                            step.action.len(),
+                            config.chunks(),
+                        )
+                    });
                     if !summary.admit(step.intervention, step.teleop, o.keep_interventions) {
+                        chunker.cut();
                         continue;
                     }
-                    online.push(
+                    chunker.push(
+                        online,
                         &step.obs,
                         &step.action,
                         step.reward,
                         &step.next_obs,
                         step.terminal,
+                        step.episode_end,
                     );
                     owed += 1;
                 }

@@ -442,9 +442,10 @@ fn main() -> Result<()> {
                     spec.obs_dim(),
                     spec.action_dim()
                 );
-                let e = trainer::run::evaluate_with(task, episodes, seed, &mut |obs| {
-                    let mut out = vec![0.0; obs.len() / od * ad];
-                    for (o, a) in obs.chunks_exact(od).zip(out.chunks_exact_mut(ad)) {
+                let (horizon, cw) = (policy.horizon(), policy.chunk_dim());
+                let e = trainer::run::evaluate_with(task, episodes, seed, horizon, &mut |obs| {
+                    let mut out = vec![0.0; obs.len() / od * cw];
+                    for (o, a) in obs.chunks_exact(od).zip(out.chunks_exact_mut(cw)) {
                         policy.act(o, a)?;
                     }
                     Ok(out)

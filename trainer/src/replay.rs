@@ -76,37 +76,19 @@ impl Replay {
         self.next = (self.next + 1) % self.capacity;
     }
 
-    /// Appends consecutive steps given as flat arrays (`obs` and `next_obs`:
-    /// `steps · obs_dim`, `act`: `steps · act_dim`).
-    pub fn push_steps(
-        &mut self,
-        obs: &[f32],
-        act: &[f32],
-        rew: &[f32],
-        next_obs: &[f32],
-        terminated: &[bool],
-    ) {
-        let (od, ad) = (self.obs_dim, self.act_dim);
-        for t in 0..rew.len() {
-            self.push(
-                &obs[t * od..(t + 1) * od],
-                &act[t * ad..(t + 1) * ad],
-                rew[t],
-                &next_obs[t * od..(t + 1) * od],
-                terminated[t],
-            );
-        }
-    }
-
-    /// Every step of every episode of a dataset.
-    pub fn from_dataset(ds: &dataset::Dataset) -> Self {
+    /// Every chunk of every episode of a dataset ([`Chunker`]; with horizon 1, every
+    /// step).
+    pub fn from_dataset(ds: &dataset::Dataset, chunks: ChunkSpec) -> Self {
+        let od = ds.info.obs_dim();
         let mut r = Replay::new(
-            ds.info.obs_dim(),
-            ds.info.action_dim(),
+            od,
+            chunks.width(ds.info.action_dim()),
             ds.num_frames().max(1),
         );
+        let mut chunker = Chunker::new(od, ds.info.action_dim(), chunks);
         for ep in &ds.episodes {
-            r.push_steps(
+            chunker.push_episode(
+                &mut r,
                 &ep.observations,
                 &ep.actions,
                 &ep.rewards,
@@ -115,17 +97,6 @@ impl Replay {
             );
         }
         r
-    }
-
-    /// Every step of a simulator trajectory.
-    pub fn push_trajectory(&mut self, t: &sim::Trajectory) {
-        self.push_steps(
-            &t.observations,
-            &t.actions,
-            &t.rewards,
-            &t.next_observations,
-            &t.terminated,
-        );
     }
 
     /// Appends `n` uniformly drawn transitions to `out`.
@@ -213,6 +184,206 @@ impl Replay {
             next_obs,
             mask,
         })
+    }
+}
+
+/// How steps become the transitions the learner trains on: action chunks of
+/// `horizon` consecutive steps (DESIGN §2, "optional action chunking"), with the
+/// discount that sums the rewards within a chunk.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ChunkSpec {
+    pub horizon: usize,
+    pub discount: f32,
+}
+
+impl ChunkSpec {
+    /// One step per transition: the reference algorithm.
+    pub const SINGLE: ChunkSpec = ChunkSpec {
+        horizon: 1,
+        discount: 0.99,
+    };
+
+    /// The networks' action width for `action_dim` values per step.
+    pub fn width(&self, action_dim: usize) -> usize {
+        self.horizon * action_dim
+    }
+}
+
+/// Turns consecutive steps of episodes into action-chunk transitions and pushes them
+/// into a [`Replay`] whose action width is `horizon · action_dim`.
+///
+/// Every step starts a chunk (a sliding window): the chunk from step `t` is
+///
+/// ```text
+/// obs      = o_t
+/// action   = [a_t, a_t+1, …, a_t+H−1]                  (H · A values)
+/// reward   = Σ_k<L γ^k · r_t+k                          (L = H, or fewer at a terminal)
+/// next_obs = o_t+L
+/// mask     = 0 if step t+L−1 terminated, else 1          (bootstrap with γ^H)
+/// ```
+///
+/// At a terminal step the chunks that would run past it end there: their remaining
+/// actions repeat the last one (never executed; the bootstrap term is masked). At a
+/// truncation (time limit, operator) the last `H − 1` starts cannot be completed and
+/// are dropped; a complete chunk ending on the truncated step is kept. A gap in the
+/// data (a frame dropped from a log, another robot's stream) shows as an observation
+/// that is not the previous step's next observation, and cuts the window the same
+/// way. With `horizon = 1` every step is pushed as it comes, exactly as one-step
+/// transitions.
+#[derive(Clone, Debug)]
+pub struct Chunker {
+    spec: ChunkSpec,
+    od: usize,
+    ad: usize,
+    /// The pending steps, oldest first (at most `horizon − 1` between pushes).
+    obs: Vec<f32>,
+    act: Vec<f32>,
+    rew: Vec<f32>,
+    next_obs: Vec<f32>,
+    chunk: Vec<f32>,
+}
+
+impl Chunker {
+    pub fn new(obs_dim: usize, action_dim: usize, spec: ChunkSpec) -> Self {
+        assert!(spec.horizon >= 1, "action horizon must be at least 1");
+        Chunker {
+            spec,
+            od: obs_dim,
+            ad: action_dim,
+            obs: Vec::new(),
+            act: Vec::new(),
+            rew: Vec::new(),
+            next_obs: Vec::new(),
+            chunk: vec![0.0; spec.width(action_dim)],
+        }
+    }
+
+    pub fn spec(&self) -> ChunkSpec {
+        self.spec
+    }
+
+    /// Steps waiting for the rest of their chunk.
+    pub fn pending(&self) -> usize {
+        self.rew.len()
+    }
+
+    /// Forgets the pending steps (their chunks cannot be completed).
+    pub fn cut(&mut self) {
+        self.obs.clear();
+        self.act.clear();
+        self.rew.clear();
+        self.next_obs.clear();
+    }
+
+    /// One step; `episode_end` on an episode's last step (terminated or truncated).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        out: &mut Replay,
+        obs: &[f32],
+        act: &[f32],
+        rew: f32,
+        next_obs: &[f32],
+        terminated: bool,
+        episode_end: bool,
+    ) {
+        let (od, ad, h) = (self.od, self.ad, self.spec.horizon);
+        debug_assert!(obs.len() == od && next_obs.len() == od && act.len() == ad);
+        debug_assert_eq!(out.act_dim, h * ad);
+        if h == 1 {
+            out.push(obs, act, rew, next_obs, terminated);
+            return;
+        }
+        let contiguous = self.next_obs[self.next_obs.len().saturating_sub(od)..]
+            .iter()
+            .zip(obs)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        if !contiguous {
+            self.cut();
+        }
+        self.obs.extend_from_slice(obs);
+        self.act.extend_from_slice(act);
+        self.rew.push(rew);
+        self.next_obs.extend_from_slice(next_obs);
+        if self.pending() == h {
+            self.emit_front(out, h, terminated);
+        }
+        if terminated {
+            while self.pending() > 0 {
+                self.emit_front(out, self.pending(), true);
+            }
+        }
+        if episode_end {
+            self.cut();
+        }
+    }
+
+    /// Pushes the chunk that starts at the oldest pending step and spans `len` steps,
+    /// then drops that step.
+    fn emit_front(&mut self, out: &mut Replay, len: usize, terminated: bool) {
+        let (od, ad) = (self.od, self.ad);
+        let last = &self.act[(len - 1) * ad..len * ad];
+        for (k, dst) in self.chunk.chunks_exact_mut(ad).enumerate() {
+            dst.copy_from_slice(if k < len {
+                &self.act[k * ad..(k + 1) * ad]
+            } else {
+                last
+            });
+        }
+        let mut reward = 0.0f32;
+        let mut scale = 1.0f32;
+        for &r in &self.rew[..len] {
+            reward += scale * r;
+            scale *= self.spec.discount;
+        }
+        out.push(
+            &self.obs[..od],
+            &self.chunk,
+            reward,
+            &self.next_obs[(len - 1) * od..len * od],
+            terminated,
+        );
+        self.obs.drain(..od);
+        self.act.drain(..ad);
+        self.rew.remove(0);
+        self.next_obs.drain(..od);
+    }
+
+    /// A whole episode (flat arrays of its steps); its last step ends it.
+    pub fn push_episode(
+        &mut self,
+        out: &mut Replay,
+        obs: &[f32],
+        act: &[f32],
+        rew: &[f32],
+        next_obs: &[f32],
+        terminated: &[bool],
+    ) {
+        let (od, ad) = (self.od, self.ad);
+        self.cut();
+        for t in 0..rew.len() {
+            self.push(
+                out,
+                &obs[t * od..(t + 1) * od],
+                &act[t * ad..(t + 1) * ad],
+                rew[t],
+                &next_obs[t * od..(t + 1) * od],
+                terminated[t],
+                t + 1 == rew.len(),
+            );
+        }
+    }
+
+    /// Every step of a simulator trajectory (one episode).
+    pub fn push_trajectory(&mut self, out: &mut Replay, t: &sim::Trajectory) {
+        self.push_episode(
+            out,
+            &t.observations,
+            &t.actions,
+            &t.rewards,
+            &t.next_observations,
+            &t.terminated,
+        );
     }
 }
 
@@ -359,6 +530,140 @@ mod tests {
         let mut seen: Vec<f32> = r.observations().to_vec();
         seen.sort_by(f32::total_cmp);
         assert_eq!(seen, [2.0, 3.0, 4.0]);
+    }
+
+    /// All transitions of a replay in insertion order (no ring wrap in these tests):
+    /// (obs[0], actions, reward, next_obs[0], mask).
+    fn rows(r: &Replay) -> Vec<(f32, Vec<f32>, f32, f32, f32)> {
+        (0..r.len())
+            .map(|i| {
+                (
+                    r.obs[i * r.obs_dim],
+                    r.act[i * r.act_dim..(i + 1) * r.act_dim].to_vec(),
+                    r.rew[i],
+                    r.next_obs[i * r.obs_dim],
+                    r.mask[i],
+                )
+            })
+            .collect()
+    }
+
+    /// A 1-D episode: observation t, action 10 + t, reward 1 + t.
+    fn episode(len: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let obs: Vec<f32> = (0..len).map(|t| t as f32).collect();
+        let act = obs.iter().map(|t| 10.0 + t).collect();
+        let rew = obs.iter().map(|t| 1.0 + t).collect();
+        let next = obs.iter().map(|t| t + 1.0).collect();
+        (obs, act, rew, next)
+    }
+
+    #[test]
+    fn chunks_sum_discounted_rewards_and_bootstrap_after_the_chunk() {
+        let spec = ChunkSpec {
+            horizon: 3,
+            discount: 0.5,
+        };
+        let (obs, act, rew, next) = episode(5);
+        // Truncated (no terminal): starts 3 and 4 cannot complete and are dropped.
+        let mut r = Replay::new(1, 3, 100);
+        let mut c = Chunker::new(1, 1, spec);
+        c.push_episode(&mut r, &obs, &act, &rew, &next, &[false; 5]);
+        assert_eq!(
+            rows(&r),
+            [
+                (
+                    0.0,
+                    vec![10.0, 11.0, 12.0],
+                    1.0 + 0.5 * 2.0 + 0.25 * 3.0,
+                    3.0,
+                    1.0
+                ),
+                (
+                    1.0,
+                    vec![11.0, 12.0, 13.0],
+                    2.0 + 0.5 * 3.0 + 0.25 * 4.0,
+                    4.0,
+                    1.0
+                ),
+                (
+                    2.0,
+                    vec![12.0, 13.0, 14.0],
+                    3.0 + 0.5 * 4.0 + 0.25 * 5.0,
+                    5.0,
+                    1.0
+                ),
+            ]
+        );
+        assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn chunks_running_past_a_terminal_end_there() {
+        let spec = ChunkSpec {
+            horizon: 3,
+            discount: 0.5,
+        };
+        let (obs, act, rew, next) = episode(4);
+        let mut r = Replay::new(1, 3, 100);
+        let mut c = Chunker::new(1, 1, spec);
+        c.push_episode(
+            &mut r,
+            &obs,
+            &act,
+            &rew,
+            &next,
+            &[false, false, false, true],
+        );
+        assert_eq!(
+            rows(&r),
+            [
+                (0.0, vec![10.0, 11.0, 12.0], 1.0 + 1.0 + 0.75, 3.0, 1.0),
+                // The full chunk whose last step is the terminal: masked.
+                (1.0, vec![11.0, 12.0, 13.0], 2.0 + 1.5 + 1.0, 4.0, 0.0),
+                // Shorter chunks up to the terminal, the last action repeated.
+                (2.0, vec![12.0, 13.0, 13.0], 3.0 + 2.0, 4.0, 0.0),
+                (3.0, vec![13.0, 13.0, 13.0], 4.0, 4.0, 0.0),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gap_in_the_steps_cuts_the_window_and_horizon_one_is_one_step() {
+        let spec = ChunkSpec {
+            horizon: 2,
+            discount: 1.0,
+        };
+        let mut r = Replay::new(1, 2, 100);
+        let mut c = Chunker::new(1, 1, spec);
+        c.push(&mut r, &[0.0], &[10.0], 1.0, &[1.0], false, false);
+        // Step 1 is missing: step 2's observation is not step 0's next one.
+        c.push(&mut r, &[2.0], &[12.0], 1.0, &[3.0], false, false);
+        c.push(&mut r, &[3.0], &[13.0], 1.0, &[4.0], false, false);
+        assert_eq!(rows(&r), [(2.0, vec![12.0, 13.0], 2.0, 4.0, 1.0)]);
+        assert_eq!(c.pending(), 1);
+
+        // Horizon 1: exactly the steps, terminal mask included.
+        let (obs, act, rew, next) = episode(3);
+        let mut one = Replay::new(1, 1, 10);
+        let mut direct = Replay::new(1, 1, 10);
+        Chunker::new(1, 1, ChunkSpec::SINGLE).push_episode(
+            &mut one,
+            &obs,
+            &act,
+            &rew,
+            &next,
+            &[false, false, true],
+        );
+        for t in 0..3 {
+            direct.push(
+                &obs[t..t + 1],
+                &act[t..t + 1],
+                rew[t],
+                &next[t..t + 1],
+                t == 2,
+            );
+        }
+        assert_eq!(one.to_bytes(), direct.to_bytes());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use crate::agent::{Agent, UpdateMetrics};
 use crate::config::{Algo, Config, Task};
-use crate::replay::{Batch, Normalizer, Replay, sample_mixed};
+use crate::replay::{Batch, Chunker, Normalizer, Replay, sample_mixed};
 use crate::robot::{RobotInfo, read_training_dataset};
 
 /// Success rate and return of evaluation episodes.
@@ -48,18 +48,24 @@ pub struct EvalResult {
 /// A robot run (`task = "robot"`) has no simulator: that is an error.
 pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> Result<EvalResult> {
     let task = agent.config.task.require_sim("evaluation")?;
-    evaluate_with(task, episodes, seed, &mut |obs| Ok(agent.act(obs)))
+    let horizon = agent.config.action_horizon;
+    evaluate_with(task, episodes, seed, horizon, &mut |obs| Ok(agent.act(obs)))
 }
 
-/// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to actions `[K·A]`.
+/// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to action chunks
+/// `[K·H·A]` (`H = horizon`; 1 = one action per observation). A chunk's actions are
+/// executed open loop, one per step, and the policy is asked again after `H` steps.
 pub fn evaluate_with(
     task: TaskId,
     episodes: usize,
     seed: u64,
+    horizon: usize,
     act: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
 ) -> Result<EvalResult> {
+    ensure!(horizon >= 1, "action horizon must be at least 1");
     let spec = task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let cw = horizon * ad;
     let mut envs: Vec<_> = (0..episodes)
         .map(|_| make_env(task, EnvConfig::default()))
         .collect();
@@ -73,21 +79,34 @@ pub fn evaluate_with(
         (vec![0.0f64; episodes], vec![0usize; episodes], 0usize);
     let mut batch = Vec::with_capacity(episodes * od);
     let mut next = vec![0.0; od];
+    // Each environment's current chunk; all environments step in lockstep, so they
+    // all plan on the same steps.
+    let mut chunks = vec![0.0; episodes * cw];
+    let mut t = 0usize;
     while !active.is_empty() {
-        batch.clear();
-        for &i in &active {
-            batch.extend_from_slice(&obs[i * od..(i + 1) * od]);
+        let k = t % horizon;
+        if k == 0 {
+            batch.clear();
+            for &i in &active {
+                batch.extend_from_slice(&obs[i * od..(i + 1) * od]);
+            }
+            let actions = act(&batch)?;
+            anyhow::ensure!(
+                actions.len() == active.len() * cw,
+                "policy returned {} action values for {} observations (expected {} each)",
+                actions.len(),
+                active.len(),
+                cw
+            );
+            for (c, &i) in actions.chunks_exact(cw).zip(&active) {
+                chunks[i * cw..(i + 1) * cw].copy_from_slice(c);
+            }
         }
-        let actions = act(&batch)?;
-        anyhow::ensure!(
-            actions.len() == active.len() * ad,
-            "policy returned {} action values for {} observations",
-            actions.len(),
-            active.len()
-        );
+        t += 1;
         let mut still = Vec::with_capacity(active.len());
-        for (k, &i) in active.iter().enumerate() {
-            let s = envs[i].step(&actions[k * ad..(k + 1) * ad], &mut next);
+        for &i in &active {
+            let a = &chunks[i * cw + k * ad..i * cw + (k + 1) * ad];
+            let s = envs[i].step(a, &mut next);
             obs[i * od..(i + 1) * od].copy_from_slice(&next);
             returns[i] += s.reward as f64;
             lengths[i] += 1;
@@ -131,13 +150,15 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
     let spec = task.spec();
     let mut env = make_env(task, EnvConfig::default());
     let mut demo = make_demonstrator(task);
-    let mut replay = Replay::new(spec.obs_dim(), spec.action_dim(), 1 << 22);
+    let chunks = config.chunks();
+    let mut replay = Replay::new(spec.obs_dim(), chunks.width(spec.action_dim()), 1 << 22);
+    let mut chunker = Chunker::new(spec.obs_dim(), spec.action_dim(), chunks);
     let mut seeds = Rng::new(config.seed.wrapping_add(0x0ff1));
     let mut ok = 0;
     for _ in 0..config.run.offline_episodes {
         let t = record_episode(env.as_mut(), demo.as_mut(), seeds.next_u64());
         ok += t.is_success() as usize;
-        replay.push_trajectory(&t);
+        chunker.push_trajectory(&mut replay, &t);
     }
     Ok(OfflineData {
         replay,
@@ -185,7 +206,7 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         eprintln!("warning: {w}");
     }
     Ok(OfflineData {
-        replay: Replay::from_dataset(&ds),
+        replay: Replay::from_dataset(&ds, config.chunks()),
         success_rate: ds.success_rate(),
         robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
         warnings,
@@ -336,7 +357,13 @@ pub fn train(
     let (od, ad) = (offline.obs_dim, offline.act_dim);
     let mut online = Replay::new(od, ad, 1 << 21);
     let normalizer = Normalizer::fit(offline.observations(), od);
-    let mut agent = Agent::new(config.clone(), od, ad, normalizer, &device(config)?);
+    let mut agent = Agent::new(
+        config.clone(),
+        od,
+        ad / config.action_horizon,
+        normalizer,
+        &device(config)?,
+    );
     agent.robot = robot;
     let mut summary = TrainSummary {
         offline_success_rate: offline_rate,
@@ -404,6 +431,13 @@ pub fn train(
         env.reset(episode_seed, &mut obs);
     }
     let mut ep_return = 0.0f64;
+    // Action chunks: the policy plans every `horizon` steps (and at each episode's
+    // start); the chunker turns the steps into chunk transitions.
+    let horizon = config.action_horizon;
+    let step_ad = ad / horizon;
+    let mut chunker = Chunker::new(od, step_ad, config.chunks());
+    let mut chunk = vec![0.0; ad];
+    let mut chunk_step = horizon;
     let mut window = MetricsWindow::default();
     let log_every = opts.log_every.max(1);
     let mut last_ckpt = start_step;
@@ -412,12 +446,26 @@ pub fn train(
         let env = env
             .as_mut()
             .expect("only simulated tasks take online steps");
-        let action = agent.act(&obs);
-        let s = env.step(&action, &mut next);
-        online.push(&obs, &action, s.reward, &next, s.terminated);
-        ep_return += s.reward as f64;
+        if chunk_step == horizon {
+            chunk = agent.act(&obs);
+            chunk_step = 0;
+        }
+        let action = &chunk[chunk_step * step_ad..(chunk_step + 1) * step_ad];
+        chunk_step += 1;
+        let s = env.step(action, &mut next);
         let episode_end = s.done();
+        chunker.push(
+            &mut online,
+            &obs,
+            action,
+            s.reward,
+            &next,
+            s.terminated,
+            episode_end,
+        );
+        ep_return += s.reward as f64;
         if episode_end {
+            chunk_step = horizon;
             episodes_done += 1;
             successes += s.success as usize;
             return_sum += ep_return;

@@ -147,7 +147,8 @@ fn check_actions(agent: &mut Agent, bundle: &Path, backend: Backend) {
         );
         worst = worst.max(d);
         let mut next = obs.clone();
-        env.step(&got, &mut next);
+        // (With an action chunk, its first action.)
+        env.step(&got[..policy.act_dim()], &mut next);
         obs = next;
     }
     eprintln!("{backend:?}: 20 actions, max |diff| {worst:e}");
@@ -163,4 +164,31 @@ fn exported_bundle_matches_burn() {
         check_graphs(&agent, &bundle, backend);
         check_actions(&mut agent, &bundle, backend);
     }
+}
+
+#[test]
+fn exported_chunk_bundle_matches_burn() {
+    // Action chunks of 3: the networks act on 3 × 2 values; the manifest says so
+    // (format 2), and the runtime's chunk is the agent's.
+    let one = agent("cpu", &["task=push"]);
+    let mut agent = agent("cpu", &["task=push", "action_horizon=3"]);
+    assert_eq!(agent.act_dim, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let m = export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
+    assert_eq!(
+        (m.format_version, m.action.dim, m.action.horizon),
+        (2, 2, 3)
+    );
+    let text = std::fs::read_to_string(bundle.join("manifest.toml")).unwrap();
+    assert!(text.contains("horizon = 3"), "{text}");
+    for backend in [Backend::Tract, Backend::Native] {
+        check_graphs(&agent, &bundle, backend);
+        check_actions(&mut agent, &bundle, backend);
+    }
+    // A one-step bundle stays format 1, without the field.
+    let m = export_bundle(&one, &dir.path().join("one"), &ExportInfo::default(), None).unwrap();
+    assert_eq!((m.format_version, m.action.horizon), (1, 1));
+    let text = std::fs::read_to_string(dir.path().join("one/manifest.toml")).unwrap();
+    assert!(!text.contains("horizon"), "{text}");
 }

@@ -45,7 +45,7 @@ fn same_seed_same_run() {
 /// Every algorithm with the fused optimizers (the default), EXPO with burn's
 /// per-parameter ones (what runs saved before `compute.optimizer` existed use), and EXPO
 /// with recorded graphs (`compute.graph`: a resume drops the recordings and makes new
-/// ones).
+/// ones), and EXPO acting in chunks of 3 actions (`action_horizon`).
 #[test]
 fn resume_after_stop_matches_an_uninterrupted_run() {
     let cases = [
@@ -55,6 +55,7 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
         ("bc", "fused"),
         ("expo", "per-parameter"),
         ("expo", "fused, graph"),
+        ("expo", "fused, chunks of 3"),
     ];
     for (algo, optimizer) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -64,6 +65,9 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
             _ => OptimizerImpl::Fused,
         };
         c.compute.graph = optimizer.ends_with("graph");
+        if optimizer.ends_with("chunks of 3") {
+            c.action_horizon = 3;
+        }
         let algo = format!("{algo} ({optimizer})");
         let full = TrainOptions {
             log_every: 10,

@@ -42,7 +42,8 @@ fn quick_bundle(c: &Config, dir: &Path) {
 }
 
 /// Episode `i` reset with `SEED + i`, one policy (seeded with `SEED`) acting on every
-/// step in turn: the controller's order of episodes and actions, without the link.
+/// step in turn (with action chunks, on every chunk's first step, from each episode's
+/// start): the controller's order of episodes and actions, without the link.
 fn in_process(bundle: &Path) -> Vec<bool> {
     let b = shared_model::load_bundle(bundle, &Trust::AllowUnsigned).unwrap();
     let options = PolicyOptions {
@@ -54,18 +55,23 @@ fn in_process(bundle: &Path) -> Vec<bool> {
     let mut env = make_env(TaskId::Push, EnvConfig::default());
     let spec = TaskId::Push.spec();
     let (mut obs, mut next) = (vec![0.0; spec.obs_dim()], vec![0.0; spec.obs_dim()]);
-    let mut action = vec![0.0; spec.action_dim()];
+    let (ad, h) = (spec.action_dim(), policy.horizon());
+    let mut chunk = vec![0.0; policy.chunk_dim()];
     (0..EPISODES as u64)
         .map(|i| {
             env.reset(SEED + i, &mut obs);
-            loop {
-                policy.act(&obs, &mut action).unwrap();
-                let s = env.step(&action, &mut next);
+            for t in 0.. {
+                if t % h == 0 {
+                    policy.act(&obs, &mut chunk).unwrap();
+                }
+                let k = t % h;
+                let s = env.step(&chunk[k * ad..(k + 1) * ad], &mut next);
                 obs.copy_from_slice(&next);
                 if s.done() {
                     return s.success;
                 }
             }
+            unreachable!()
         })
         .collect()
 }
@@ -112,6 +118,27 @@ fn a_trained_bundle_reaches_the_goal_through_the_serial_link_as_often_as_in_proc
     let bundle = tmp.path().join("bundle");
     let robot = firmware_config::RobotConfig::example("push").unwrap();
     same_outcomes(&bundle, &tmp.path().join("controller"), robot);
+}
+
+/// A behaviour-cloned policy that plans chunks of 4 actions (`action_horizon = 4`):
+/// the controller plays each chunk out one sensor step at a time, and the episodes end
+/// as they do in-process.
+#[test]
+fn a_chunked_bundle_plays_its_chunks_through_the_serial_link_as_in_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = quick_config();
+    c.action_horizon = 4;
+    quick_bundle(&c, tmp.path());
+    let bundle = tmp.path().join("bundle");
+    let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
+    assert_eq!((b.manifest.action.dim, b.manifest.action.horizon), (2, 4));
+    let robot = firmware_config::RobotConfig::example("push").unwrap();
+    let report = same_outcomes(&bundle, &tmp.path().join("controller"), robot);
+    // The recorded frames are single steps, as for any bundle: the trainer makes chunks
+    // of them again (`trainer::replay::Chunker`).
+    let ds = dataset::read_dataset(&tmp.path().join("controller/dataset")).unwrap();
+    assert_eq!(ds.info.action_dim(), 2);
+    assert_eq!(ds.episodes.len(), report.episodes_completed);
 }
 
 /// The bundle's episodes through the link on `robot` end as they do in-process (and

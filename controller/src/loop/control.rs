@@ -995,6 +995,7 @@ impl Control {
                 }
                 let seed = self.cfg.seed.wrapping_add(self.episodes_started as u64);
                 self.episodes_started += 1;
+                self.brain.new_episode();
                 self.commands.clear();
                 self.torque_off = false;
                 if self.gate.send_control(Message::Reset { seed }).is_err() {
@@ -1179,7 +1180,7 @@ impl Control {
             }
             None => self
                 .brain
-                .act(&self.obs[..od], &mut self.action[..ad])
+                .act(step as u64, &self.obs[..od], &mut self.action[..ad])
                 .map(Some),
         };
         // The policy's own action, before shaping, for the rerun recording only.
@@ -1282,12 +1283,17 @@ impl Control {
         a.action[..ad].copy_from_slice(&self.action[..ad]);
         // The teleop device's action or the hold action: no candidates to show.
         if let (Some(p), Some(selected)) = (self.brain.policy(), selected) {
+            // With action chunks: each candidate's action for this step (its Q value
+            // is the whole chunk's).
+            let stride = p.chunk_dim();
+            let offset = self.brain.chunk_index() * ad;
             if p.q_values().is_empty() {
                 // No critic: one chain sample is the whole story.
-                a.set_candidates(&p.candidates()[..ad], 1, &[], Some(0));
+                a.set_candidates(&p.candidates()[..stride], (stride, offset), 1, &[], Some(0));
             } else {
                 let n = p.selection().num_samples;
-                a.set_candidates(p.candidates(), n, p.q_values(), Some(selected));
+                let c = p.candidates();
+                a.set_candidates(c, (stride, offset), n, p.q_values(), Some(selected));
             }
         }
         self.frame.act = Some(a);

@@ -182,12 +182,82 @@ impl RunConfig {
 
 /// The policy the loop runs.
 pub enum Brain {
-    Full(Box<Policy>),
+    /// The whole EXPO action every time the policy acts (with an action-chunk bundle,
+    /// once per chunk: [`ChunkPlayer`]).
+    Full {
+        policy: Box<Policy>,
+        chunk: ChunkPlayer,
+    },
     TwoSpeed(Box<TwoSpeedPolicy>),
     /// No policy: the hold action (zero in policy units) on every tick. For recording
     /// demonstrations with a teleop device (`controller run --teleop` without a
     /// bundle), whose actions replace it while the device is engaged.
     Hold,
+}
+
+/// Plays a bundle's action chunks (`action.horizon` > 1) out one sensor step at a time.
+///
+/// The policy plans a chunk on a step `p`; the action for a later step `s` is the
+/// chunk's action `s − p`, open loop, as in training: a step the loop did not act on
+/// (no fresh frame in time) skips its action rather than delaying the rest. The next
+/// chunk is planned on the first step past the chunk, at an episode's start, and after
+/// a teleop device has driven the robot.
+pub struct ChunkPlayer {
+    /// `[H · A]`, as the policy wrote it (clamped to the bounds).
+    chunk: Vec<f32>,
+    /// The step the chunk was planned on; `None`: plan on the next step.
+    planned_at: Option<u64>,
+    /// The selection that made the chunk.
+    choice: Choice,
+    /// The index within the chunk of the last action played.
+    index: usize,
+}
+
+impl ChunkPlayer {
+    pub fn new(policy: &Policy) -> Self {
+        ChunkPlayer {
+            chunk: vec![0.0; policy.chunk_dim()],
+            planned_at: None,
+            choice: Choice {
+                index: 0,
+                score: f32::NAN,
+            },
+            index: 0,
+        }
+    }
+
+    /// The action for sensor step `step`, planning a new chunk when it is due.
+    pub fn act(
+        &mut self,
+        policy: &mut Policy,
+        step: u64,
+        obs: &[f32],
+        action: &mut [f32],
+    ) -> anyhow::Result<Choice> {
+        let (h, ad) = (policy.horizon(), policy.act_dim());
+        if h == 1 {
+            self.index = 0;
+            return policy.act(obs, action);
+        }
+        let k = match self.planned_at {
+            Some(p) if step >= p && step - p < h as u64 => (step - p) as usize,
+            _ => {
+                // A failed plan leaves nothing to play.
+                self.planned_at = None;
+                self.choice = policy.act(obs, &mut self.chunk)?;
+                self.planned_at = Some(step);
+                0
+            }
+        };
+        self.index = k;
+        action.copy_from_slice(&self.chunk[k * ad..(k + 1) * ad]);
+        Ok(self.choice)
+    }
+
+    /// Plan afresh on the next step.
+    pub fn restart(&mut self) {
+        self.planned_at = None;
+    }
 }
 
 impl Brain {
@@ -199,13 +269,18 @@ impl Brain {
         Ok(if two_speed {
             Brain::TwoSpeed(Box::new(TwoSpeedPolicy::new(bundle, options)?))
         } else {
-            Brain::Full(Box::new(Policy::new(bundle, options)?))
+            let policy = Box::new(Policy::new(bundle, options)?);
+            Brain::Full {
+                chunk: ChunkPlayer::new(&policy),
+                policy,
+            }
         })
     }
 
-    pub fn act(&mut self, obs: &[f32], action: &mut [f32]) -> anyhow::Result<Choice> {
+    /// The action for sensor step `step` (of the current episode).
+    pub fn act(&mut self, step: u64, obs: &[f32], action: &mut [f32]) -> anyhow::Result<Choice> {
         match self {
-            Brain::Full(p) => p.act(obs, action),
+            Brain::Full { policy, chunk } => chunk.act(policy, step, obs, action),
             Brain::TwoSpeed(p) => p.act(obs, action),
             Brain::Hold => {
                 action.fill(0.0);
@@ -217,13 +292,25 @@ impl Brain {
         }
     }
 
+    /// A new episode: an action chunk in progress is dropped.
+    pub fn new_episode(&mut self) {
+        if let Brain::Full { chunk, .. } = self {
+            chunk.restart();
+        }
+    }
+
     /// A tick whose action comes from elsewhere (a teleop device): the two-speed
     /// worker still gets the observation, so its candidates are current when the
-    /// policy acts again.
+    /// policy acts again; a chunk in progress is dropped (the device moved the robot
+    /// off its plan).
     pub fn observe(&mut self, obs: &[f32]) -> anyhow::Result<()> {
         match self {
             Brain::TwoSpeed(p) => p.observe(obs),
-            Brain::Full(_) | Brain::Hold => Ok(()),
+            Brain::Full { chunk, .. } => {
+                chunk.restart();
+                Ok(())
+            }
+            Brain::Hold => Ok(()),
         }
     }
 
@@ -231,9 +318,17 @@ impl Brain {
     /// [`Brain::Hold`].
     pub fn policy(&self) -> Option<&Policy> {
         match self {
-            Brain::Full(p) => Some(p),
+            Brain::Full { policy, .. } => Some(policy),
             Brain::TwoSpeed(p) => Some(p.policy()),
             Brain::Hold => None,
+        }
+    }
+
+    /// Where the last action sits in its chunk (0 without action chunks).
+    pub fn chunk_index(&self) -> usize {
+        match self {
+            Brain::Full { chunk, .. } => chunk.index,
+            _ => 0,
         }
     }
 }

@@ -82,19 +82,29 @@ impl Default for ActFrame {
 impl ActFrame {
     /// Copies the policy's last candidates (`[m_all, ad]`) and sampled Q values
     /// (`[k_all, m_all]`), keeping the first `MAX_CANDIDATES` / `MAX_CRITICS`.
+    /// `candidates` holds one row of `stride` values per candidate; the action shown is
+    /// the `ad` values at `offset` in each row (with action chunks, this step's action of
+    /// each candidate chunk; otherwise `stride = ad`, `offset = 0`).
     pub fn set_candidates(
         &mut self,
         candidates: &[f32],
+        (stride, offset): (usize, usize),
         num_base: usize,
         q: &[f32],
         selected: Option<usize>,
     ) {
         let ad = (self.ad as usize).max(1);
-        let m_all = candidates.len() / ad;
+        let stride = stride.max(ad);
+        let m_all = candidates.len() / stride;
         let m = m_all.min(MAX_CANDIDATES);
         self.m = m as u8;
         self.num_base = num_base.min(m) as u8;
-        self.candidates[..m * ad].copy_from_slice(&candidates[..m * ad]);
+        for (dst, row) in self.candidates[..m * ad]
+            .chunks_exact_mut(ad)
+            .zip(candidates.chunks_exact(stride))
+        {
+            dst.copy_from_slice(&row[offset..offset + ad]);
+        }
         let k_all = q.len().checked_div(m_all).unwrap_or(0);
         let k = k_all.min(MAX_CRITICS);
         self.k = k as u8;
@@ -239,7 +249,7 @@ mod tests {
         // 40 candidates of 2 dims, 3 critics: [3, 40].
         let cands: Vec<f32> = (0..80).map(|i| i as f32).collect();
         let q: Vec<f32> = (0..120).map(|i| i as f32).collect();
-        a.set_candidates(&cands, 20, &q, Some(35));
+        a.set_candidates(&cands, (2, 0), 20, &q, Some(35));
         assert_eq!((a.m, a.k, a.num_base), (32, 3, 20));
         assert_eq!(a.candidates[63], 63.0);
         // Row 1 of the recorded Q is row 1 of the policy's, first 32 columns.
@@ -247,7 +257,12 @@ mod tests {
         assert_eq!(a.q[32 + 31], 71.0);
         // The selected candidate was cut: not recorded.
         assert_eq!(a.selected, None);
-        a.set_candidates(&cands, 20, &q, Some(3));
+        a.set_candidates(&cands, (2, 0), 20, &q, Some(3));
         assert_eq!(a.selected, Some(3));
+        // Chunks of 4 two-dim actions: the third action of each of 10 candidates.
+        a.set_candidates(&cands, (8, 4), 5, &q[..30], Some(1));
+        assert_eq!((a.m, a.k, a.num_base), (10, 3, 5));
+        assert_eq!(a.candidates[..4], [4.0, 5.0, 12.0, 13.0]);
+        assert_eq!(a.candidates[18..20], [76.0, 77.0]);
     }
 }

@@ -191,6 +191,7 @@ pub struct Policy {
     params: SelectionParams,
     edit_scale: f32,
     rng: Rng,
+    /// The networks' action width `A` here: a whole chunk (`horizon · dim`).
     act_dim: usize,
     /// Normalized observation `[O]`.
     obs: Vec<f32>,
@@ -233,7 +234,7 @@ impl Policy {
         );
         let schedule = DiffusionSchedule::vp(d.trained_steps, d.beta_min, d.beta_max);
         let s = &manifest.selection;
-        let (od, ad) = (manifest.observation.dim, manifest.action.dim);
+        let (od, ad) = (manifest.observation.dim, manifest.action.chunk_dim());
         let m = s.num_samples + s.num_edit;
         let k = s.critic_subset;
         Ok(Policy {
@@ -264,7 +265,18 @@ impl Policy {
         self.obs.len()
     }
 
+    /// Values of one action (one control step).
     pub fn act_dim(&self) -> usize {
+        self.manifest.action.dim
+    }
+
+    /// Actions per call of [`Self::act`] (the bundle's action chunk; 1 for most).
+    pub fn horizon(&self) -> usize {
+        self.manifest.action.horizon
+    }
+
+    /// Values [`Self::act`] writes: `horizon · act_dim`.
+    pub fn chunk_dim(&self) -> usize {
         self.act_dim
     }
 
@@ -295,7 +307,9 @@ impl Policy {
         Ok(())
     }
 
-    /// One action for a raw observation, written into `action` (clamped to the bounds).
+    /// One action for a raw observation, written into `action` (clamped to the bounds);
+    /// with an action chunk ([`Self::horizon`] > 1), the chunk's actions in order
+    /// (`action` holds [`Self::chunk_dim`] values).
     pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
         let start = Instant::now();
         self.load_observation(raw_obs)?;
@@ -307,7 +321,7 @@ impl Policy {
     fn act_loaded(&mut self, action: &mut [f32], start: Instant) -> Result<Choice> {
         ensure!(
             action.len() == self.act_dim,
-            "action buffer has {} slots, the bundle acts in {} dimensions",
+            "action buffer has {} slots, the bundle acts in {} dimensions (chunk included)",
             action.len(),
             self.act_dim
         );
@@ -328,7 +342,9 @@ impl Policy {
         }
         let a = &self.candidates[choice.index * self.act_dim..(choice.index + 1) * self.act_dim];
         let spec = &self.manifest.action;
-        for (((dst, &v), &lo), &hi) in action.iter_mut().zip(a).zip(&spec.low).zip(&spec.high) {
+        // Every action of a chunk has the same bounds.
+        let bounds = spec.low.iter().zip(&spec.high).cycle();
+        for ((dst, &v), (&lo, &hi)) in action.iter_mut().zip(a).zip(bounds) {
             *dst = v.clamp(lo, hi);
         }
         self.times.total = start.elapsed().as_secs_f64();
@@ -398,12 +414,14 @@ pub fn reload(
         .with_context(|| format!("refusing bundle {}", dir.display()))?;
     let m = &bundle.manifest;
     ensure!(
-        m.observation.dim == current.obs_dim() && m.action.dim == current.act_dim(),
-        "refusing bundle {}: it acts on obs {} / action {}, the running policy on {} / {}",
+        m.observation.dim == current.obs_dim() && m.action.chunk_dim() == current.chunk_dim(),
+        "refusing bundle {}: it acts on obs {} / action {} x {}, the running policy on {} / {} x {}",
         dir.display(),
         m.observation.dim,
+        m.action.horizon,
         m.action.dim,
         current.obs_dim(),
+        current.horizon(),
         current.act_dim()
     );
     let next = Policy::new(&bundle, options)

@@ -160,7 +160,7 @@ impl NativeNetworks {
     pub fn load(bundle: &VerifiedBundle) -> Result<Self> {
         let m = &bundle.manifest;
         let g = &m.graphs;
-        let (od, ad) = (m.observation.dim, m.action.dim);
+        let (od, ad) = (m.observation.dim, m.action.chunk_dim());
         let w = Weights::read(&bundle.denoiser, &g.denoiser.file, "expo_denoiser")?;
         let nblocks = m.networks.denoiser_blocks;
         let denoiser = Denoiser {

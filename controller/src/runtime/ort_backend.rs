@@ -76,7 +76,7 @@ impl OrtNetworks {
         };
         Ok(OrtNetworks {
             obs_dim: bundle.manifest.observation.dim,
-            act_dim: bundle.manifest.action.dim,
+            act_dim: bundle.manifest.action.chunk_dim(),
             denoiser,
             edit,
             critic,

@@ -40,7 +40,7 @@ fn load(bytes: &[u8], file: &str, inputs: &[(DatumType, Vec<usize>)]) -> Result<
 impl TractNetworks {
     pub fn load(bundle: &VerifiedBundle, rows: GraphRows) -> Result<Self> {
         let m = &bundle.manifest;
-        let (od, ad) = (m.observation.dim, m.action.dim);
+        let (od, ad) = (m.observation.dim, m.action.chunk_dim());
         let f = DatumType::F32;
         let denoiser = load(
             &bundle.denoiser,

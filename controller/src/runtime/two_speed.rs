@@ -47,6 +47,14 @@ impl TwoSpeedPolicy {
         if m.selection.critic_subset == 0 {
             bail!("two-speed mode needs a critic to select with (this bundle has none)");
         }
+        if m.action.horizon > 1 {
+            bail!(
+                "two-speed mode edits and selects one action per tick; this bundle plans \
+                 chunks of {} actions (action.horizon), once per chunk: run it without \
+                 --two-speed",
+                m.action.horizon
+            );
+        }
         let rows = GraphRows::for_manifest(m);
         let mut tick = Policy::with_networks(
             m.clone(),
