@@ -452,7 +452,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         None => "teleop (no bundle)".to_string(),
     };
     eprintln!(
-        "controller run: {} on '{}' via {} at {} Hz (x{} time scale), {} episodes, {}{}, logging to {}",
+        "controller run: {} on '{}' via {} at {} Hz (x{} time scale), {} episodes, {}{}{}, logging to {}",
         label,
         cfg.robot.robot,
         if a.sim.is_some() {
@@ -465,6 +465,10 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         a.episodes,
         a.backend,
         if a.two_speed { " two-speed" } else { "" },
+        match bundle.as_ref().map_or(1, |b| b.manifest.action.horizon) {
+            1 => String::new(),
+            h => format!(", chunks of {h} actions"),
+        },
         a.out.display()
     );
     // The dataset's task: the bundle's, else the simulated task's, else the robot's name.

@@ -197,7 +197,7 @@ pub struct ChunkSpec {
 }
 
 impl ChunkSpec {
-    /// One step per transition: the reference algorithm.
+    /// One step per transition: the reference algorithm (the discount is not used).
     pub const SINGLE: ChunkSpec = ChunkSpec {
         horizon: 1,
         discount: 0.99,
