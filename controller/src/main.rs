@@ -232,6 +232,11 @@ struct RunArgs {
     /// Denoising steps to execute (default: the bundle's).
     #[arg(long, requires = "bundle")]
     executed_steps: Option<usize>,
+    /// With an action-chunk bundle: actions played from each chunk before the policy
+    /// plans the next, 1..=H (default: whole chunks). Fewer reacts sooner and plans more
+    /// often.
+    #[arg(long, requires = "bundle")]
+    replan_every: Option<usize>,
     /// Log, dataset and report directory (appended to if it exists).
     #[arg(long, default_value = "out/controller")]
     out: PathBuf,
@@ -377,7 +382,9 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     };
     reserve_dedicated_cpu(&a.timing);
     let brain = match &bundle {
-        Some(b) => robot_loop::Brain::new(b, &options, a.two_speed)?,
+        Some(b) => {
+            robot_loop::Brain::with_play(b, &options, a.two_speed, a.replan_every.unwrap_or(0))?
+        }
         None => robot_loop::Brain::Hold,
     };
     // The simulated firmware, when asked for: it lives as long as this function.
@@ -436,6 +443,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 trust: trust.clone(),
                 options: options.clone(),
                 two_speed: a.two_speed,
+                replan_every: a.replan_every.unwrap_or(0),
                 robot: cfg.robot.clone(),
             }),
         });
@@ -465,9 +473,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         a.episodes,
         a.backend,
         if a.two_speed { " two-speed" } else { "" },
-        match bundle.as_ref().map_or(1, |b| b.manifest.action.horizon) {
-            1 => String::new(),
-            h => format!(", chunks of {h} actions"),
+        match (
+            bundle.as_ref().map_or(1, |b| b.manifest.action.horizon),
+            a.replan_every.unwrap_or(0),
+        ) {
+            (1, _) => String::new(),
+            (h, k) if k == 0 || k == h => format!(", chunks of {h} actions"),
+            (h, k) => format!(", chunks of {h} actions, replanning every {k}"),
         },
         a.out.display()
     );
@@ -921,8 +933,8 @@ fn main() -> Result<std::process::ExitCode> {
                         weight_bytes: weight_bytes_per_action(m, steps),
                     });
                 }
-                // (A chunked bundle plans once per chunk, without two-speed mode.)
-                if m.selection.critic_subset > 0 && m.action.horizon == 1 {
+                // (With action chunks, the tick that plans a chunk.)
+                if m.selection.critic_subset > 0 {
                     // Two-speed: the tick's own cost (edit + select), worker on another core.
                     let mut two = TwoSpeedPolicy::new(
                         &b,
@@ -933,7 +945,7 @@ fn main() -> Result<std::process::ExitCode> {
                         },
                     )?;
                     let od = m.observation.dim;
-                    let mut a = vec![0.0; m.action.dim];
+                    let mut a = vec![0.0; m.action.chunk_dim()];
                     let mut obs = vec![0.0; od];
                     let mut tick = Vec::with_capacity(actions);
                     let mut stages: [Vec<f64>; 2] =

@@ -320,6 +320,7 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
 #[test]
 fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
     use controller::robot_loop::ChunkPlayer;
+    use shared_model::ChunkPlay;
     let dir = tempfile::tempdir().unwrap();
     let spec = SyntheticSpec {
         horizon: 3,
@@ -350,7 +351,9 @@ fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
     };
 
     let mut policy = Policy::new(&b, &options(Backend::Native, 3)).unwrap();
-    let mut player = ChunkPlayer::new(&policy);
+    let whole = ChunkPlay::new(3, 0).unwrap();
+    assert!(ChunkPlayer::new(&policy, ChunkPlay::SINGLE).is_err());
+    let mut player = ChunkPlayer::new(&policy, whole).unwrap();
     let mut a = vec![0.0; ad];
     let mut play = |player: &mut ChunkPlayer, policy: &mut Policy, step: u64| {
         player
@@ -379,12 +382,15 @@ fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
     assert_eq!(play(&mut player, &mut policy, 1), c1[..ad]);
     assert_eq!(play(&mut player, &mut policy, 2), c1[ad..2 * ad]);
 
-    // A chunked bundle refuses two-speed mode, and a one-step bundle cannot replace it.
-    let e = TwoSpeedPolicy::new(&b, &options(Backend::Native, 3))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("without --two-speed"), "{e}");
+    // Receding horizon: two actions of each chunk, then a new plan.
+    let mut player = ChunkPlayer::new(&policy, ChunkPlay::new(3, 2).unwrap()).unwrap();
+    for start in [0, 2, 4] {
+        let c = plan(&mut reference, start as usize);
+        assert_eq!(play(&mut player, &mut policy, start), c[..ad]);
+        assert_eq!(play(&mut player, &mut policy, start + 1), c[ad..2 * ad]);
+    }
+
+    // A one-step bundle cannot replace a chunked one.
     let one = tempfile::tempdir().unwrap();
     SyntheticSpec::cpu().write(one.path(), 5, None).unwrap();
     let e = reload(
@@ -396,6 +402,82 @@ fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("3 x 2"), "{e}");
+}
+
+#[test]
+fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
+    use controller::robot_loop::Brain;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SyntheticSpec {
+        horizon: 3,
+        ..SyntheticSpec::cpu()
+    };
+    spec.write(dir.path(), 5, None).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    let (ad, cw) = (2, 6);
+    let m = &b.manifest;
+    let rows = m.selection.num_samples + m.selection.num_edit;
+    // The chunk the tick selected: its candidate row, clamped to the bounds.
+    let selected = |brain: &Brain, index: usize| -> Vec<f32> {
+        let c = brain.policy().unwrap().candidates();
+        assert_eq!(c.len(), rows * cw, "candidates are whole chunks");
+        c[index * cw..(index + 1) * cw]
+            .iter()
+            .enumerate()
+            .map(|(j, v)| v.clamp(m.action.low[j % ad], m.action.high[j % ad]))
+            .collect()
+    };
+    let published = |brain: &Brain| match brain {
+        Brain::TwoSpeed { policy, .. } => policy.published(),
+        _ => unreachable!("a two-speed brain"),
+    };
+    for replan_every in [0, 1, 2] {
+        let mut brain =
+            Brain::with_play(&b, &options(Backend::Native, 4), true, replan_every).unwrap();
+        let k = if replan_every == 0 { 3 } else { replan_every };
+        let mut a = vec![0.0; ad];
+        let mut chunk = Vec::new();
+        let mut plans = 0;
+        for step in 0..9u64 {
+            let choice = brain.act(step, &obs(step as usize), &mut a).unwrap();
+            let i = (step % k as u64) as usize;
+            if i == 0 {
+                // A planning tick: the chunk is the selected candidate.
+                assert!(choice.index < rows);
+                chunk = selected(&brain, choice.index);
+                plans += 1;
+            }
+            assert_eq!(
+                brain.chunk_index(),
+                i,
+                "replan_every {replan_every} step {step}"
+            );
+            assert_eq!(
+                a,
+                chunk[i * ad..(i + 1) * ad],
+                "replan_every {replan_every} step {step}"
+            );
+            // Every tick feeds the worker, planning or not.
+            assert_eq!(published(&brain), step + 1);
+        }
+        assert_eq!(plans, 9usize.div_ceil(k));
+        // A replan (new episode, intervention) plans on the next step, mid-chunk.
+        if k == 3 {
+            brain.act(9, &obs(9), &mut a).unwrap();
+            brain.act(10, &obs(10), &mut a).unwrap();
+            assert_eq!(brain.chunk_index(), 1);
+            brain.replan();
+            brain.act(11, &obs(11), &mut a).unwrap();
+            assert_eq!(brain.chunk_index(), 0, "replanned");
+            brain.act(12, &obs(12), &mut a).unwrap();
+            assert_eq!(brain.chunk_index(), 1);
+        }
+    }
+    let e = Brain::with_play(&b, &options(Backend::Native, 4), true, 4)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("replan-every") && e.contains("1..=3"), "{e}");
 }
 
 #[test]

@@ -9,7 +9,10 @@
 //!   ensemble), built from plain weight arrays; [`onnx`]: the protobuf messages and a
 //!   graph builder.
 //! - [`manifest`]: the bundle on disk: manifest, signature, hashes, verification.
+//! - [`chunk`]: how action chunks are played (which action a step takes, when to
+//!   replan).
 
+pub mod chunk;
 pub mod graphs;
 pub mod manifest;
 pub mod onnx;
@@ -17,6 +20,7 @@ pub mod schedule;
 pub mod select;
 pub mod synthetic;
 
+pub use chunk::ChunkPlay;
 pub use manifest::{BundleError, Manifest, Trust, VerifiedBundle, load_bundle, write_bundle};
 pub use schedule::DiffusionSchedule;
 pub use select::{ExpoRunner, SelectionParams, on_the_fly_action};

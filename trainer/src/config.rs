@@ -380,6 +380,12 @@ pub struct Config {
     /// ([`crate::replay::Chunker`]). 1 (the default) is the reference algorithm.
     #[serde(default = "one_step")]
     pub action_horizon: usize,
+    /// Actions played from each chunk before the policy plans the next one, in online
+    /// training and evaluation (`shared_model::ChunkPlay`): 0 (the default) plays whole
+    /// chunks; fewer is receding-horizon execution. Training transitions are always
+    /// whole chunks of the actions taken.
+    #[serde(default)]
+    pub replan_every: usize,
     #[serde(default = "ComputeConfig::before_the_keys")]
     pub compute: ComputeConfig,
     pub net: NetConfig,
@@ -399,6 +405,7 @@ impl Config {
             seed: 0,
             device: default_device(),
             action_horizon: 1,
+            replan_every: 0,
             compute: ComputeConfig::default(),
             net: NetConfig {
                 denoiser_hidden: 256,
@@ -600,8 +607,17 @@ impl Config {
             "action_horizon must be in 1..={MAX_ACTION_HORIZON}, not {}",
             self.action_horizon
         );
+        self.chunk_play()?;
         crate::device::parse(&self.device).context("device")?;
         Ok(())
+    }
+
+    /// How the policy's chunks are played (online and in evaluation).
+    pub fn chunk_play(&self) -> Result<shared_model::ChunkPlay> {
+        Ok(shared_model::ChunkPlay::new(
+            self.action_horizon,
+            self.replan_every,
+        )?)
     }
 
     /// How the run's steps become training transitions.

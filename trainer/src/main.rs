@@ -224,6 +224,10 @@ enum Command {
         /// Denoising steps to execute with --bundle (default: the manifest's).
         #[arg(long)]
         executed_steps: Option<usize>,
+        /// With action chunks: actions played from each chunk before planning the next
+        /// (1..=H; default: the run's `replan_every`, whole chunks for a bundle).
+        #[arg(long)]
+        replan_every: Option<usize>,
         #[arg(long, default_value_t = 100)]
         episodes: usize,
         #[arg(long, default_value_t = 12345)]
@@ -411,6 +415,7 @@ fn main() -> Result<()> {
             trust,
             backend,
             executed_steps,
+            replan_every,
             episodes,
             seed,
         } => {
@@ -442,8 +447,11 @@ fn main() -> Result<()> {
                     spec.obs_dim(),
                     spec.action_dim()
                 );
-                let (horizon, cw) = (policy.horizon(), policy.chunk_dim());
-                let e = trainer::run::evaluate_with(task, episodes, seed, horizon, &mut |obs| {
+                let cw = policy.chunk_dim();
+                let play =
+                    shared_model::ChunkPlay::new(policy.horizon(), replan_every.unwrap_or(0))
+                        .with_context(|| format!("--replan-every for {}", dir.display()))?;
+                let e = trainer::run::evaluate_with(task, episodes, seed, play, &mut |obs| {
                     let mut out = vec![0.0; obs.len() / od * cw];
                     for (o, a) in obs.chunks_exact(od).zip(out.chunks_exact_mut(cw)) {
                         policy.act(o, a)?;
@@ -452,17 +460,25 @@ fn main() -> Result<()> {
                 })?;
                 (
                     format!(
-                        "{} ({backend}, {} denoising steps)",
+                        "{} ({backend}, {} denoising steps{})",
                         dir.display(),
-                        policy.executed_steps()
+                        policy.executed_steps(),
+                        describe_play(play)
                     ),
                     e,
                 )
             } else {
                 let run = run.expect("clap requires --run or --bundle");
                 let mut agent = trainer::run::load_agent(&run)?;
+                if let Some(k) = replan_every {
+                    agent.config.replan_every = k;
+                }
+                let play = agent
+                    .config
+                    .chunk_play()
+                    .with_context(|| format!("--replan-every for {}", run.display()))?;
                 (
-                    run.display().to_string(),
+                    format!("{}{}", run.display(), describe_play(play)),
                     trainer::run::evaluate(&mut agent, episodes, seed)
                         .with_context(|| run.display().to_string())?,
                 )
@@ -744,4 +760,13 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `", chunks of H, replanning every K"` for a chunked policy; empty without chunks.
+fn describe_play(play: shared_model::ChunkPlay) -> String {
+    match (play.horizon(), play.replan_every()) {
+        (1, _) => String::new(),
+        (h, k) if k == h => format!(", chunks of {h}"),
+        (h, k) => format!(", chunks of {h}, replanning every {k}"),
+    }
 }

@@ -33,6 +33,7 @@ use crate::agent::{Agent, UpdateMetrics};
 use crate::config::{Algo, Config, Task};
 use crate::replay::{Batch, Chunker, Normalizer, Replay, sample_mixed};
 use crate::robot::{RobotInfo, read_training_dataset};
+use shared_model::ChunkPlay;
 
 /// Success rate and return of evaluation episodes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -48,21 +49,22 @@ pub struct EvalResult {
 /// A robot run (`task = "robot"`) has no simulator: that is an error.
 pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> Result<EvalResult> {
     let task = agent.config.task.require_sim("evaluation")?;
-    let horizon = agent.config.action_horizon;
-    evaluate_with(task, episodes, seed, horizon, &mut |obs| Ok(agent.act(obs)))
+    let play = agent.config.chunk_play()?;
+    evaluate_with(task, episodes, seed, play, &mut |obs| Ok(agent.act(obs)))
 }
 
 /// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to action chunks
-/// `[K·H·A]` (`H = horizon`; 1 = one action per observation). A chunk's actions are
-/// executed open loop, one per step, and the policy is asked again after `H` steps.
+/// `[K·H·A]` (`H = play.horizon()`; 1 = one action per observation). A chunk's actions
+/// are executed open loop, one per step, and the policy is asked again after
+/// `play.replan_every()` steps.
 pub fn evaluate_with(
     task: TaskId,
     episodes: usize,
     seed: u64,
-    horizon: usize,
+    play: ChunkPlay,
     act: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
 ) -> Result<EvalResult> {
-    ensure!(horizon >= 1, "action horizon must be at least 1");
+    let horizon = play.horizon();
     let spec = task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
     let cw = horizon * ad;
@@ -82,9 +84,16 @@ pub fn evaluate_with(
     // Each environment's current chunk; all environments step in lockstep, so they
     // all plan on the same steps.
     let mut chunks = vec![0.0; episodes * cw];
-    let mut t = 0usize;
+    // Steps since the chunks were planned.
+    let mut since = 0u64;
     while !active.is_empty() {
-        let k = t % horizon;
+        let k = match play.index(since) {
+            Some(k) => k,
+            None => {
+                since = 0;
+                0
+            }
+        };
         if k == 0 {
             batch.clear();
             for &i in &active {
@@ -102,7 +111,7 @@ pub fn evaluate_with(
                 chunks[i * cw..(i + 1) * cw].copy_from_slice(c);
             }
         }
-        t += 1;
+        since += 1;
         let mut still = Vec::with_capacity(active.len());
         for &i in &active {
             let a = &chunks[i * cw + k * ad..i * cw + (k + 1) * ad];
@@ -431,13 +440,15 @@ pub fn train(
         env.reset(episode_seed, &mut obs);
     }
     let mut ep_return = 0.0f64;
-    // Action chunks: the policy plans every `horizon` steps (and at each episode's
-    // start); the chunker turns the steps into chunk transitions.
-    let horizon = config.action_horizon;
-    let step_ad = ad / horizon;
+    // Action chunks: the policy plans a chunk at each episode's start and every
+    // `replan_every` steps (`ChunkPlay`); the chunker turns the steps taken into chunk
+    // transitions.
+    let play = config.chunk_play()?;
+    let step_ad = ad / play.horizon();
     let mut chunker = Chunker::new(od, step_ad, config.chunks());
     let mut chunk = vec![0.0; ad];
-    let mut chunk_step = horizon;
+    // Steps since the chunk was planned; `None`: plan on the next step.
+    let mut since: Option<u64> = None;
     let mut window = MetricsWindow::default();
     let log_every = opts.log_every.max(1);
     let mut last_ckpt = start_step;
@@ -446,12 +457,16 @@ pub fn train(
         let env = env
             .as_mut()
             .expect("only simulated tasks take online steps");
-        if chunk_step == horizon {
-            chunk = agent.act(&obs);
-            chunk_step = 0;
-        }
-        let action = &chunk[chunk_step * step_ad..(chunk_step + 1) * step_ad];
-        chunk_step += 1;
+        let k = match since.and_then(|n| play.index(n)) {
+            Some(k) => k,
+            None => {
+                chunk = agent.act(&obs);
+                since = Some(0);
+                0
+            }
+        };
+        since = since.map(|n| n + 1);
+        let action = &chunk[k * step_ad..(k + 1) * step_ad];
         let s = env.step(action, &mut next);
         let episode_end = s.done();
         chunker.push(
@@ -465,7 +480,7 @@ pub fn train(
         );
         ep_return += s.reward as f64;
         if episode_end {
-            chunk_step = horizon;
+            since = None;
             episodes_done += 1;
             successes += s.success as usize;
             return_sum += ep_return;
@@ -889,5 +904,45 @@ impl Agent {
             self.temperature = Some(load(m, dir.join("temperature.bpk"))?);
         }
         self.load_optimizers(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One episode, a policy that counts its calls: it is asked once per
+    /// `replan_every` steps.
+    #[test]
+    fn evaluation_plans_every_replan_every_steps() {
+        let task = TaskId::Push;
+        let ad = task.spec().action_dim();
+        for (h, k) in [(1, 0), (4, 0), (4, 2), (4, 1)] {
+            let play = ChunkPlay::new(h, k).unwrap();
+            let mut calls = 0usize;
+            let e = evaluate_with(task, 1, 3, play, &mut |obs| {
+                calls += 1;
+                assert_eq!(obs.len(), task.spec().obs_dim());
+                Ok(vec![0.0; h * ad])
+            })
+            .unwrap();
+            let length = e.mean_length as usize;
+            assert!(length > 4, "{e:?}");
+            assert_eq!(
+                calls,
+                length.div_ceil(play.replan_every()),
+                "H {h}, replan every {k}"
+            );
+        }
+        let e = Config::resolve(
+            "tiny",
+            None,
+            &["action_horizon=4".into(), "replan_every=5".into()],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("replan_every must be in 1..=4"),
+            "{e:#}"
+        );
     }
 }

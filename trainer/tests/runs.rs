@@ -55,7 +55,7 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
         ("bc", "fused"),
         ("expo", "per-parameter"),
         ("expo", "fused, graph"),
-        ("expo", "fused, chunks of 3"),
+        ("expo", "fused, chunks of 3 replanned every 2"),
     ];
     for (algo, optimizer) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -65,8 +65,9 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
             _ => OptimizerImpl::Fused,
         };
         c.compute.graph = optimizer.ends_with("graph");
-        if optimizer.ends_with("chunks of 3") {
+        if optimizer.ends_with("chunks of 3 replanned every 2") {
             c.action_horizon = 3;
+            c.replan_every = 2;
         }
         let algo = format!("{algo} ({optimizer})");
         let full = TrainOptions {

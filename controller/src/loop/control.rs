@@ -807,6 +807,8 @@ impl Control {
             OperatorCommand::ToggleIntervention => {
                 self.intervention = !self.intervention;
                 self.report.operator.intervention_toggles += 1;
+                // The operator takes over or hands back: the robot is off the plan.
+                self.brain.replan();
                 note(if self.intervention {
                     "intervention on"
                 } else {
@@ -995,7 +997,7 @@ impl Control {
                 }
                 let seed = self.cfg.seed.wrapping_add(self.episodes_started as u64);
                 self.episodes_started += 1;
-                self.brain.new_episode();
+                self.brain.replan();
                 self.commands.clear();
                 self.torque_off = false;
                 if self.gate.send_control(Message::Reset { seed }).is_err() {

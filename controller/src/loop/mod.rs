@@ -78,6 +78,7 @@ use firmware_config::RobotConfig;
 use firmware_config::protocol::{FrameError, Message, PROTOCOL_VERSION};
 use log::{EndReason, LogWriter, RunStart};
 use serde::Serialize;
+use shared_model::ChunkPlay;
 use shared_model::VerifiedBundle;
 use std::fmt;
 use std::path::PathBuf;
@@ -182,27 +183,70 @@ impl RunConfig {
 
 /// The policy the loop runs.
 pub enum Brain {
-    /// The whole EXPO action every time the policy acts (with an action-chunk bundle,
+    /// The whole EXPO action every time the policy plans (with an action-chunk bundle,
     /// once per chunk: [`ChunkPlayer`]).
     Full {
         policy: Box<Policy>,
         chunk: ChunkPlayer,
     },
-    TwoSpeed(Box<TwoSpeedPolicy>),
+    /// Base candidates from a worker thread, edit + select when the policy plans
+    /// ([`TwoSpeedPolicy`]; chunks as in `Full`).
+    TwoSpeed {
+        policy: Box<TwoSpeedPolicy>,
+        chunk: ChunkPlayer,
+    },
     /// No policy: the hold action (zero in policy units) on every tick. For recording
     /// demonstrations with a teleop device (`controller run --teleop` without a
     /// bundle), whose actions replace it while the device is engaged.
     Hold,
 }
 
-/// Plays a bundle's action chunks (`action.horizon` > 1) out one sensor step at a time.
+/// What plans an action (or a chunk of them) for the [`ChunkPlayer`].
+pub trait Planner {
+    /// Writes a whole chunk (`chunk_dim` values) planned on `obs`.
+    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Choice>;
+    /// A step the policy does not plan on: `obs` is what the robot sees meanwhile.
+    fn observe(&mut self, _obs: &[f32]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// The policy that made the last plan (its candidates and Q values).
+    fn policy(&self) -> &Policy;
+}
+
+impl Planner for Policy {
+    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Choice> {
+        self.act(obs, chunk)
+    }
+    fn policy(&self) -> &Policy {
+        self
+    }
+}
+
+impl Planner for TwoSpeedPolicy {
+    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Choice> {
+        self.act(obs, chunk)
+    }
+    /// Publishes the observation, so the worker's candidates stay current for the next
+    /// plan.
+    fn observe(&mut self, obs: &[f32]) -> anyhow::Result<()> {
+        TwoSpeedPolicy::observe(self, obs)
+    }
+    fn policy(&self) -> &Policy {
+        TwoSpeedPolicy::policy(self)
+    }
+}
+
+/// Plays a policy's action chunks (`action.horizon` > 1) out one sensor step at a time
+/// ([`ChunkPlay`]: whole chunks, or the first `replan_every` actions of each).
 ///
 /// The policy plans a chunk on a step `p`; the action for a later step `s` is the
 /// chunk's action `s − p`, open loop, as in training: a step the loop did not act on
 /// (no fresh frame in time) skips its action rather than delaying the rest. The next
-/// chunk is planned on the first step past the chunk, at an episode's start, and after
-/// a teleop device has driven the robot.
+/// chunk is planned once `replan_every` steps have passed, at an episode's start, and
+/// after the robot left the plan ([`Self::restart`]: a teleop device drove it, the
+/// operator toggled an intervention). Without chunks every step plans.
 pub struct ChunkPlayer {
+    play: ChunkPlay,
     /// `[H · A]`, as the policy wrote it (clamped to the bounds).
     chunk: Vec<f32>,
     /// The step the chunk was planned on; `None`: plan on the next step.
@@ -214,8 +258,17 @@ pub struct ChunkPlayer {
 }
 
 impl ChunkPlayer {
-    pub fn new(policy: &Policy) -> Self {
-        ChunkPlayer {
+    /// Plays `policy`'s chunks by `play` (`ChunkPlay::new(policy.horizon(), 0)`: whole
+    /// chunks).
+    pub fn new(policy: &Policy, play: ChunkPlay) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            play.horizon() == policy.horizon(),
+            "chunk playback for chunks of {}, the bundle plans chunks of {}",
+            play.horizon(),
+            policy.horizon()
+        );
+        Ok(ChunkPlayer {
+            play,
             chunk: vec![0.0; policy.chunk_dim()],
             planned_at: None,
             choice: Choice {
@@ -223,28 +276,42 @@ impl ChunkPlayer {
                 score: f32::NAN,
             },
             index: 0,
-        }
+        })
+    }
+
+    /// How chunks are played.
+    pub fn play(&self) -> ChunkPlay {
+        self.play
     }
 
     /// The action for sensor step `step`, planning a new chunk when it is due.
-    pub fn act(
+    pub fn act<P: Planner + ?Sized>(
         &mut self,
-        policy: &mut Policy,
+        planner: &mut P,
         step: u64,
         obs: &[f32],
         action: &mut [f32],
     ) -> anyhow::Result<Choice> {
-        let (h, ad) = (policy.horizon(), policy.act_dim());
-        if h == 1 {
-            self.index = 0;
-            return policy.act(obs, action);
-        }
-        let k = match self.planned_at {
-            Some(p) if step >= p && step - p < h as u64 => (step - p) as usize,
-            _ => {
+        let ad = action.len();
+        anyhow::ensure!(
+            ad * self.play.horizon() == self.chunk.len(),
+            "action buffer has {ad} slots, the bundle's chunks hold {} actions of {}",
+            self.play.horizon(),
+            self.chunk.len() / self.play.horizon()
+        );
+        let due = self
+            .planned_at
+            .and_then(|p| step.checked_sub(p))
+            .and_then(|since| self.play.index(since));
+        let k = match due {
+            Some(k) => {
+                planner.observe(obs)?;
+                k
+            }
+            None => {
                 // A failed plan leaves nothing to play.
                 self.planned_at = None;
-                self.choice = policy.act(obs, &mut self.chunk)?;
+                self.choice = planner.plan(obs, &mut self.chunk)?;
                 self.planned_at = Some(step);
                 0
             }
@@ -261,17 +328,34 @@ impl ChunkPlayer {
 }
 
 impl Brain {
+    /// A bundle's policy, playing whole chunks.
     pub fn new(
         bundle: &VerifiedBundle,
         options: &PolicyOptions,
         two_speed: bool,
     ) -> anyhow::Result<Brain> {
+        Self::with_play(bundle, options, two_speed, 0)
+    }
+
+    /// [`Self::new`], playing `replan_every` actions of each chunk (0: whole chunks).
+    pub fn with_play(
+        bundle: &VerifiedBundle,
+        options: &PolicyOptions,
+        two_speed: bool,
+        replan_every: usize,
+    ) -> anyhow::Result<Brain> {
+        let play = ChunkPlay::new(bundle.manifest.action.horizon, replan_every)
+            .map_err(|e| anyhow::anyhow!("--replan-every: {e}"))?;
         Ok(if two_speed {
-            Brain::TwoSpeed(Box::new(TwoSpeedPolicy::new(bundle, options)?))
+            let policy = Box::new(TwoSpeedPolicy::new(bundle, options)?);
+            Brain::TwoSpeed {
+                chunk: ChunkPlayer::new(policy.policy(), play)?,
+                policy,
+            }
         } else {
             let policy = Box::new(Policy::new(bundle, options)?);
             Brain::Full {
-                chunk: ChunkPlayer::new(&policy),
+                chunk: ChunkPlayer::new(&policy, play)?,
                 policy,
             }
         })
@@ -280,8 +364,8 @@ impl Brain {
     /// The action for sensor step `step` (of the current episode).
     pub fn act(&mut self, step: u64, obs: &[f32], action: &mut [f32]) -> anyhow::Result<Choice> {
         match self {
-            Brain::Full { policy, chunk } => chunk.act(policy, step, obs, action),
-            Brain::TwoSpeed(p) => p.act(obs, action),
+            Brain::Full { policy, chunk } => chunk.act(&mut **policy, step, obs, action),
+            Brain::TwoSpeed { policy, chunk } => chunk.act(&mut **policy, step, obs, action),
             Brain::Hold => {
                 action.fill(0.0);
                 Ok(Choice {
@@ -292,9 +376,10 @@ impl Brain {
         }
     }
 
-    /// A new episode: an action chunk in progress is dropped.
-    pub fn new_episode(&mut self) {
-        if let Brain::Full { chunk, .. } = self {
+    /// Drop the chunk in progress: the policy plans on the next step it acts. For a new
+    /// episode, and when the robot left the plan (an operator's intervention toggled).
+    pub fn replan(&mut self) {
+        if let Some(chunk) = self.chunk_player() {
             chunk.restart();
         }
     }
@@ -304,13 +389,10 @@ impl Brain {
     /// policy acts again; a chunk in progress is dropped (the device moved the robot
     /// off its plan).
     pub fn observe(&mut self, obs: &[f32]) -> anyhow::Result<()> {
+        self.replan();
         match self {
-            Brain::TwoSpeed(p) => p.observe(obs),
-            Brain::Full { chunk, .. } => {
-                chunk.restart();
-                Ok(())
-            }
-            Brain::Hold => Ok(()),
+            Brain::TwoSpeed { policy, .. } => policy.observe(obs),
+            Brain::Full { .. } | Brain::Hold => Ok(()),
         }
     }
 
@@ -319,7 +401,14 @@ impl Brain {
     pub fn policy(&self) -> Option<&Policy> {
         match self {
             Brain::Full { policy, .. } => Some(policy),
-            Brain::TwoSpeed(p) => Some(p.policy()),
+            Brain::TwoSpeed { policy, .. } => Some(policy.policy()),
+            Brain::Hold => None,
+        }
+    }
+
+    fn chunk_player(&mut self) -> Option<&mut ChunkPlayer> {
+        match self {
+            Brain::Full { chunk, .. } | Brain::TwoSpeed { chunk, .. } => Some(chunk),
             Brain::Hold => None,
         }
     }
@@ -327,8 +416,8 @@ impl Brain {
     /// Where the last action sits in its chunk (0 without action chunks).
     pub fn chunk_index(&self) -> usize {
         match self {
-            Brain::Full { chunk, .. } => chunk.index,
-            _ => 0,
+            Brain::Full { chunk, .. } | Brain::TwoSpeed { chunk, .. } => chunk.index,
+            Brain::Hold => 0,
         }
     }
 }

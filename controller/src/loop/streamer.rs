@@ -55,6 +55,8 @@ pub struct SwapConfig {
     pub trust: Trust,
     pub options: PolicyOptions,
     pub two_speed: bool,
+    /// Actions played from each chunk (0: whole chunks), as for the first bundle.
+    pub replan_every: usize,
     pub robot: RobotConfig,
 }
 
@@ -289,7 +291,8 @@ fn prepare(
     std::fs::rename(&tmp, &target).map_err(io)?;
     let bundle = shared_model::load_bundle(&target, &swap.trust).map_err(|e| e.to_string())?;
     check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
-    Brain::new(&bundle, &swap.options, swap.two_speed).map_err(|e| format!("{e:#}"))
+    Brain::with_play(&bundle, &swap.options, swap.two_speed, swap.replan_every)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// Connects, authenticates and opens `stream`; returns the session and the trainer's

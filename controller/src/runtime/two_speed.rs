@@ -11,6 +11,10 @@
 //! the edit and the critic see the newest observation, which is what keeps the action
 //! reactive. [`TwoSpeedPolicy::candidate_age`] reports how many observations old they
 //! are. The first tick waits for the first candidate set.
+//!
+//! With action chunks the candidates are whole chunks (`[N, H·A]`): the tick that plans
+//! a chunk edits and selects among them, and the ticks that play it only publish their
+//! observation ([`TwoSpeedPolicy::observe`]), so the worker's candidates stay current.
 
 use super::{Choice, GraphRows, Policy, PolicyOptions, load_networks};
 use anyhow::{Context, Result, bail};
@@ -24,8 +28,8 @@ struct Shared {
     /// Newest raw observation and its sequence number.
     obs: Mutex<(Vec<f32>, u64)>,
     obs_ready: Condvar,
-    /// Newest candidates `[N, A]`, the observation sequence they were sampled for, and
-    /// how many sets have been published.
+    /// Newest candidates `[N, A]` (`A` a whole chunk), the observation sequence they
+    /// were sampled for, and how many sets have been published.
     candidates: Mutex<(Vec<f32>, u64, u64)>,
     candidates_ready: Condvar,
     stop: AtomicBool,
@@ -47,14 +51,6 @@ impl TwoSpeedPolicy {
         if m.selection.critic_subset == 0 {
             bail!("two-speed mode needs a critic to select with (this bundle has none)");
         }
-        if m.action.horizon > 1 {
-            bail!(
-                "two-speed mode edits and selects one action per tick; this bundle plans \
-                 chunks of {} actions (action.horizon), once per chunk: run it without \
-                 --two-speed",
-                m.action.horizon
-            );
-        }
         let rows = GraphRows::for_manifest(m);
         let mut tick = Policy::with_networks(
             m.clone(),
@@ -71,7 +67,11 @@ impl TwoSpeedPolicy {
                 ..options.clone()
             },
         )?;
-        let (od, n, ad) = (m.observation.dim, m.selection.num_samples, m.action.dim);
+        let (od, n, ad) = (
+            m.observation.dim,
+            m.selection.num_samples,
+            m.action.chunk_dim(),
+        );
         let shared = Arc::new(Shared {
             obs: Mutex::new((vec![0.0; od], 0)),
             obs_ready: Condvar::new(),
