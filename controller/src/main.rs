@@ -4,7 +4,7 @@
 //! `log-to-dataset` (rebuild a dataset from a transition log),
 //! `bench` (inference latency) and `check` (verify a bundle).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use controller::cli::TrustArgs;
 use controller::robot_loop;
@@ -42,6 +42,9 @@ enum Command {
         /// Random weights at `paper` or `cpu` sizes (written to a temporary bundle).
         #[arg(long)]
         synthetic: Option<String>,
+        /// With --synthetic: actions per chunk (the networks act on `horizon` actions).
+        #[arg(long, default_value_t = 1, requires = "synthetic")]
+        horizon: usize,
         #[command(flatten)]
         trust: TrustArgs,
         #[arg(long, value_delimiter = ',', default_value = "tract,native")]
@@ -73,6 +76,9 @@ enum Command {
         /// Random weights at `paper` or `cpu` sizes.
         #[arg(long)]
         synthetic: Option<String>,
+        /// With --synthetic: actions per chunk.
+        #[arg(long, default_value_t = 1, requires = "synthetic")]
+        horizon: usize,
         #[command(flatten)]
         trust: TrustArgs,
         #[arg(long, default_value = "native")]
@@ -266,13 +272,19 @@ struct RunArgs {
 }
 
 /// Writes a synthetic bundle (`paper` or `cpu` sizes) into `dir`.
-fn write_synthetic(size: &str, dir: &Path) -> Result<()> {
+/// A bundle of random weights at `paper` or `cpu` sizes, planning chunks of `horizon`.
+fn write_synthetic(size: &str, horizon: usize, dir: &Path) -> Result<()> {
     let spec = match size {
         "paper" => SyntheticSpec::paper(),
         "cpu" => SyntheticSpec::cpu(),
         _ => bail!("--synthetic takes paper or cpu, found `{size}`"),
     };
-    spec.write(dir, 1, None)?;
+    ensure!(
+        (1..=shared_model::manifest::MAX_HORIZON).contains(&horizon),
+        "--horizon must be in 1..={}, not {horizon}",
+        shared_model::manifest::MAX_HORIZON
+    );
+    SyntheticSpec { horizon, ..spec }.write(dir, 1, None)?;
     Ok(())
 }
 
@@ -537,7 +549,8 @@ fn cmd_bench_loop(
     rate: f64,
     seconds: f64,
     bundle: Option<PathBuf>,
-    synthetic: Option<String>,
+    // Size and horizon.
+    synthetic: Option<(String, usize)>,
     trust: TrustArgs,
     backend: String,
     two_speed: bool,
@@ -551,11 +564,11 @@ fn cmd_bench_loop(
     let robot = firmware_config::RobotConfig::example(task.name())
         .with_context(|| format!("no built-in robot for {task}"))?;
     let tmp = tempfile::tempdir()?;
-    let (dir, trust) = match (bundle, synthetic.as_deref()) {
+    let (dir, trust) = match (bundle, synthetic.as_ref()) {
         (Some(d), _) => (d, trust.trust()?),
-        (None, Some(size)) => {
+        (None, Some((size, horizon))) => {
             let d = tmp.path().join("bundle");
-            write_synthetic(size, &d)?;
+            write_synthetic(size, *horizon, &d)?;
             (d, Trust::AllowUnsigned)
         }
         (None, None) => bail!("pass --bundle DIR or --synthetic paper|cpu"),
@@ -611,7 +624,11 @@ fn cmd_bench_loop(
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| {}{} {} | {:.1} ({:.0}) | {:.1} | {} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {} |",
-        synthetic.as_deref().unwrap_or("bundle"),
+        match &synthetic {
+            None => "bundle".to_string(),
+            Some((size, 1)) => size.clone(),
+            Some((size, h)) => format!("{size} chunks of {h}"),
+        },
         if two_speed { " two-speed" } else { "" },
         backend,
         c.effective_hz,
@@ -798,6 +815,7 @@ fn main() -> Result<std::process::ExitCode> {
             seconds,
             bundle,
             synthetic,
+            horizon,
             trust,
             backend,
             two_speed,
@@ -806,7 +824,17 @@ fn main() -> Result<std::process::ExitCode> {
             out,
             rerun,
         } => cmd_bench_loop(
-            rate, seconds, bundle, synthetic, trust, backend, two_speed, task, timing, out, rerun,
+            rate,
+            seconds,
+            bundle,
+            synthetic.map(|size| (size, horizon)),
+            trust,
+            backend,
+            two_speed,
+            task,
+            timing,
+            out,
+            rerun,
         )?,
         Command::BenchWake {
             rate,
@@ -860,6 +888,7 @@ fn main() -> Result<std::process::ExitCode> {
         Command::Bench {
             bundle,
             synthetic,
+            horizon,
             trust,
             backends,
             actions,
@@ -870,13 +899,8 @@ fn main() -> Result<std::process::ExitCode> {
             let (dir, trust) = match (bundle, synthetic.as_deref()) {
                 (Some(d), _) => (d, trust.trust()?),
                 (None, Some(size)) => {
-                    let spec = match size {
-                        "paper" => SyntheticSpec::paper(),
-                        "cpu" => SyntheticSpec::cpu(),
-                        _ => bail!("--synthetic takes paper or cpu"),
-                    };
                     let d = keep.unwrap_or_else(|| tmp.path().join("bundle"));
-                    spec.write(&d, 1, None)?;
+                    write_synthetic(size, horizon, &d)?;
                     (d, Trust::AllowUnsigned)
                 }
                 (None, None) => bail!("pass --bundle DIR or --synthetic paper|cpu"),

@@ -493,16 +493,50 @@ fn e2e_dedicated_cpu_and_its_failure_report() {
 #[test]
 fn e2e_two_speed_policy() {
     let _g = serial();
-    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
-    let out = sim.run(&["--episodes", "1", "--two-speed"]);
-    let (fw, received) = sim.stop_fw();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    check_invariants(&sim, &received, &out);
-    let report = sim.report();
-    let e = &episodes(&report)[0];
-    assert_eq!(e["reason"], "completed");
-    assert_eq!(e["transitions"], e["steps"]);
-    assert_eq!(fw.firmware.steps, e["steps"].as_u64().unwrap());
+    // One action per tick; and chunks of 3, two of each played (receding horizon).
+    let chunked = tempfile::tempdir().unwrap();
+    shared_model::synthetic::SyntheticSpec {
+        horizon: 3,
+        ..shared_model::synthetic::SyntheticSpec::cpu()
+    }
+    .write(chunked.path(), 3, None)
+    .unwrap();
+    for (dir, extra, says) in [
+        (bundle(), &[][..], "two-speed,"),
+        (
+            chunked.path(),
+            &["--replan-every", "2"][..],
+            "two-speed, chunks of 3 actions, replanning every 2",
+        ),
+    ] {
+        let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+        let mut args = vec!["--episodes", "1", "--two-speed"];
+        args.extend_from_slice(extra);
+        let out = finish(sim.command_with(dir, &sim.port(), &args).spawn().unwrap());
+        let (fw, received) = sim.stop_fw();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stderr.contains(says), "{says}: {}", out.stderr);
+        check_invariants(&sim, &received, &out);
+        let report = sim.report();
+        let e = &episodes(&report)[0];
+        assert_eq!(e["reason"], "completed", "{says}");
+        assert_eq!(e["transitions"], e["steps"]);
+        assert_eq!(fw.firmware.steps, e["steps"].as_u64().unwrap());
+    }
+    // More actions than a chunk holds is refused before the loop starts.
+    let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let out = finish(
+        sim.command_with(chunked.path(), &sim.port(), &["--replan-every", "4"])
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--replan-every: replan_every must be in 1..=3"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Not run by default: a trained bundle should reach the task's goal through the link
