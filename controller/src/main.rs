@@ -66,38 +66,7 @@ enum Command {
     /// The control loop against the simulated firmware on an in-process pty at `--rate`
     /// Hz for `--seconds`: effective rate, wake-up jitter, overruns, sensor-to-command
     /// latency.
-    BenchLoop {
-        #[arg(long, default_value_t = 500.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 60.0)]
-        seconds: f64,
-        #[arg(long, conflicts_with = "synthetic")]
-        bundle: Option<PathBuf>,
-        /// Random weights at `paper` or `cpu` sizes.
-        #[arg(long)]
-        synthetic: Option<String>,
-        /// With --synthetic: actions per chunk.
-        #[arg(long, default_value_t = 1, requires = "synthetic")]
-        horizon: usize,
-        #[command(flatten)]
-        trust: TrustArgs,
-        #[arg(long, default_value = "native")]
-        backend: String,
-        #[arg(long)]
-        two_speed: bool,
-        /// Simulated task (its built-in robot file).
-        #[arg(long, default_value = "push")]
-        task: String,
-        #[command(flatten)]
-        timing: TimingArgs,
-        /// Keep the log, dataset and report here (default: a temporary directory).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Record every tick for the rerun viewer (feature `viz`), e.g. to plot the
-        /// loop's jitter and tick time; the recording adds work on the logger thread.
-        #[arg(long)]
-        rerun: Option<PathBuf>,
-    },
+    BenchLoop(Box<BenchLoopArgs>),
     /// How late this computer wakes a bare loop at `--rate` Hz: the same sleep-then-spin
     /// to absolute deadlines as the control loop, with no work in the ticks. The floor
     /// under `bench-loop`'s jitter and overruns; try it before choosing a control rate.
@@ -120,6 +89,41 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `controller bench-loop`.
+#[derive(clap::Args)]
+struct BenchLoopArgs {
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    #[arg(long, conflicts_with = "synthetic")]
+    bundle: Option<PathBuf>,
+    /// Random weights at `paper` or `cpu` sizes.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// With --synthetic: actions per chunk.
+    #[arg(long, default_value_t = 1, requires = "synthetic")]
+    horizon: usize,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[arg(long, default_value = "native")]
+    backend: String,
+    #[arg(long)]
+    two_speed: bool,
+    /// Simulated task (its built-in robot file).
+    #[arg(long, default_value = "push")]
+    task: String,
+    #[command(flatten)]
+    timing: TimingArgs,
+    /// Keep the log, dataset and report here (default: a temporary directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Record every tick for the rerun viewer (feature `viz`), e.g. to plot the
+    /// loop's jitter and tick time; the recording adds work on the logger thread.
+    #[arg(long)]
+    rerun: Option<PathBuf>,
 }
 
 /// Loop timing and real-time options shared by `run` and `bench-loop`.
@@ -271,8 +275,8 @@ struct RunArgs {
     inject_panic_at_tick: Option<u64>,
 }
 
-/// Writes a synthetic bundle (`paper` or `cpu` sizes) into `dir`.
-/// A bundle of random weights at `paper` or `cpu` sizes, planning chunks of `horizon`.
+/// Writes a bundle of random weights at `paper` or `cpu` sizes, planning chunks of
+/// `horizon`, into `dir`.
 fn write_synthetic(size: &str, horizon: usize, dir: &Path) -> Result<()> {
     let spec = match size {
         "paper" => SyntheticSpec::paper(),
@@ -544,31 +548,31 @@ fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cmd_bench_loop(
-    rate: f64,
-    seconds: f64,
-    bundle: Option<PathBuf>,
-    // Size and horizon.
-    synthetic: Option<(String, usize)>,
-    trust: TrustArgs,
-    backend: String,
-    two_speed: bool,
-    task: String,
-    timing: TimingArgs,
-    out: Option<PathBuf>,
-    rerun: Option<PathBuf>,
-) -> Result<()> {
+fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
+    let BenchLoopArgs {
+        rate,
+        seconds,
+        bundle,
+        synthetic,
+        horizon,
+        trust,
+        backend,
+        two_speed,
+        task,
+        timing,
+        out,
+        rerun,
+    } = a;
     use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
     let task: sim::TaskId = task.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let robot = firmware_config::RobotConfig::example(task.name())
         .with_context(|| format!("no built-in robot for {task}"))?;
     let tmp = tempfile::tempdir()?;
-    let (dir, trust) = match (bundle, synthetic.as_ref()) {
+    let (dir, trust) = match (bundle, synthetic.as_deref()) {
         (Some(d), _) => (d, trust.trust()?),
-        (None, Some((size, horizon))) => {
+        (None, Some(size)) => {
             let d = tmp.path().join("bundle");
-            write_synthetic(size, *horizon, &d)?;
+            write_synthetic(size, horizon, &d)?;
             (d, Trust::AllowUnsigned)
         }
         (None, None) => bail!("pass --bundle DIR or --synthetic paper|cpu"),
@@ -624,10 +628,10 @@ fn cmd_bench_loop(
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| {}{} {} | {:.1} ({:.0}) | {:.1} | {} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {} |",
-        match &synthetic {
-            None => "bundle".to_string(),
-            Some((size, 1)) => size.clone(),
-            Some((size, h)) => format!("{size} chunks of {h}"),
+        match (&synthetic, horizon) {
+            (None, _) => "bundle".to_string(),
+            (Some(size), 1) => size.clone(),
+            (Some(size), h) => format!("{size} chunks of {h}"),
         },
         if two_speed { " two-speed" } else { "" },
         backend,
@@ -810,32 +814,7 @@ fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> 
 fn main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Run(a) => return cmd_run(*a),
-        Command::BenchLoop {
-            rate,
-            seconds,
-            bundle,
-            synthetic,
-            horizon,
-            trust,
-            backend,
-            two_speed,
-            task,
-            timing,
-            out,
-            rerun,
-        } => cmd_bench_loop(
-            rate,
-            seconds,
-            bundle,
-            synthetic.map(|size| (size, horizon)),
-            trust,
-            backend,
-            two_speed,
-            task,
-            timing,
-            out,
-            rerun,
-        )?,
+        Command::BenchLoop(a) => cmd_bench_loop(*a)?,
         Command::BenchWake {
             rate,
             seconds,

@@ -5,6 +5,7 @@
 use controller::runtime::{
     Backend, GraphRows, Policy, PolicyOptions, TwoSpeedPolicy, load_networks, reload,
 };
+use shared_model::VerifiedBundle;
 use shared_model::manifest::{
     BundleError, MANIFEST_FILE, SIGNATURE_FILE, SigningKey, Trust, load_bundle, sha256_hex,
 };
@@ -317,17 +318,25 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
     }
 }
 
+/// A `cpu`-sized synthetic bundle planning chunks of `horizon` (seed 5), and its
+/// directory.
+fn chunk_bundle(horizon: usize) -> (tempfile::TempDir, VerifiedBundle) {
+    let dir = tempfile::tempdir().unwrap();
+    SyntheticSpec {
+        horizon,
+        ..SyntheticSpec::cpu()
+    }
+    .write(dir.path(), 5, None)
+    .unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    (dir, b)
+}
+
 #[test]
 fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
     use controller::robot_loop::ChunkPlayer;
     use shared_model::ChunkPlay;
-    let dir = tempfile::tempdir().unwrap();
-    let spec = SyntheticSpec {
-        horizon: 3,
-        ..SyntheticSpec::cpu()
-    };
-    spec.write(dir.path(), 5, None).unwrap();
-    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    let (_dir, b) = chunk_bundle(3);
     assert_eq!(b.manifest.format_version, 2);
     let (ad, cw) = (2, 6);
     // Reference: the policy's chunks, one per plan, from an identically seeded policy.
@@ -407,13 +416,7 @@ fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
 #[test]
 fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
     use controller::robot_loop::Brain;
-    let dir = tempfile::tempdir().unwrap();
-    let spec = SyntheticSpec {
-        horizon: 3,
-        ..SyntheticSpec::cpu()
-    };
-    spec.write(dir.path(), 5, None).unwrap();
-    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    let (_dir, b) = chunk_bundle(3);
     let (ad, cw) = (2, 6);
     let m = &b.manifest;
     let rows = m.selection.num_samples + m.selection.num_edit;
