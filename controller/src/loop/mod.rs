@@ -209,16 +209,11 @@ pub trait Planner {
     fn observe(&mut self, _obs: &[f32]) -> anyhow::Result<()> {
         Ok(())
     }
-    /// The policy that made the last plan (its candidates and Q values).
-    fn policy(&self) -> &Policy;
 }
 
 impl Planner for Policy {
     fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Choice> {
         self.act(obs, chunk)
-    }
-    fn policy(&self) -> &Policy {
-        self
     }
 }
 
@@ -230,9 +225,6 @@ impl Planner for TwoSpeedPolicy {
     /// plan.
     fn observe(&mut self, obs: &[f32]) -> anyhow::Result<()> {
         TwoSpeedPolicy::observe(self, obs)
-    }
-    fn policy(&self) -> &Policy {
-        TwoSpeedPolicy::policy(self)
     }
 }
 
