@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use controller::cli::TrustArgs;
 use controller::robot_loop;
 use controller::runtime::{Backend, Policy, PolicyOptions, TwoSpeedPolicy, kernel_name};
+use shared_model::VerifiedBundle;
 use shared_model::manifest::{Trust, load_bundle};
 use shared_model::synthetic::SyntheticSpec;
 use std::path::{Path, PathBuf};
@@ -36,17 +37,8 @@ enum Command {
     /// Latency of EXPO actions: per stage p50/p99/max over --actions, batch-1
     /// observations, one thread, beside the compute limit (FLOPs / measured rate).
     Bench {
-        /// A bundle directory; or use --synthetic.
-        #[arg(long, conflicts_with = "synthetic")]
-        bundle: Option<PathBuf>,
-        /// Random weights at `paper` or `cpu` sizes (written to a temporary bundle).
-        #[arg(long)]
-        synthetic: Option<String>,
-        /// With --synthetic: actions per chunk (the networks act on `horizon` actions).
-        #[arg(long, default_value_t = 1, requires = "synthetic")]
-        horizon: usize,
         #[command(flatten)]
-        trust: TrustArgs,
+        source: BenchBundle,
         #[arg(long, value_delimiter = ',', default_value = "tract,native")]
         backends: Vec<String>,
         #[arg(long, default_value_t = 10_000)]
@@ -91,6 +83,48 @@ enum Command {
     },
 }
 
+/// The bundle a benchmark runs: a directory, or random weights at a preset's sizes.
+#[derive(clap::Args)]
+struct BenchBundle {
+    /// A bundle directory; or use --synthetic.
+    #[arg(long, conflicts_with = "synthetic")]
+    bundle: Option<PathBuf>,
+    /// Random weights at `paper` or `cpu` sizes (written to a temporary bundle).
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// With --synthetic: actions per chunk (the networks act on `horizon` actions).
+    #[arg(long, default_value_t = 1, requires = "synthetic")]
+    horizon: usize,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+impl BenchBundle {
+    /// The bundle's directory and the bundle; a synthetic one is written to
+    /// `synthetic_dir` first.
+    fn load(&self, synthetic_dir: PathBuf) -> Result<(PathBuf, VerifiedBundle)> {
+        let (dir, trust) = match (&self.bundle, self.synthetic.as_deref()) {
+            (Some(d), _) => (d.clone(), self.trust.trust()?),
+            (None, Some(size)) => {
+                write_synthetic(size, self.horizon, &synthetic_dir)?;
+                (synthetic_dir, Trust::AllowUnsigned)
+            }
+            (None, None) => bail!("pass --bundle DIR or --synthetic paper|cpu"),
+        };
+        let b = load_bundle(&dir, &trust).context("loading the bundle")?;
+        Ok((dir, b))
+    }
+
+    /// `bundle`, `paper`, `paper chunks of 4`, ... for result tables.
+    fn label(&self) -> String {
+        match (&self.synthetic, self.horizon) {
+            (None, _) => "bundle".to_string(),
+            (Some(size), 1) => size.clone(),
+            (Some(size), h) => format!("{size} chunks of {h}"),
+        }
+    }
+}
+
 /// `controller bench-loop`.
 #[derive(clap::Args)]
 struct BenchLoopArgs {
@@ -98,16 +132,8 @@ struct BenchLoopArgs {
     rate: f64,
     #[arg(long, default_value_t = 60.0)]
     seconds: f64,
-    #[arg(long, conflicts_with = "synthetic")]
-    bundle: Option<PathBuf>,
-    /// Random weights at `paper` or `cpu` sizes.
-    #[arg(long)]
-    synthetic: Option<String>,
-    /// With --synthetic: actions per chunk.
-    #[arg(long, default_value_t = 1, requires = "synthetic")]
-    horizon: usize,
     #[command(flatten)]
-    trust: TrustArgs,
+    source: BenchBundle,
     #[arg(long, default_value = "native")]
     backend: String,
     #[arg(long)]
@@ -552,10 +578,7 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
     let BenchLoopArgs {
         rate,
         seconds,
-        bundle,
-        synthetic,
-        horizon,
-        trust,
+        source,
         backend,
         two_speed,
         task,
@@ -568,16 +591,7 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
     let robot = firmware_config::RobotConfig::example(task.name())
         .with_context(|| format!("no built-in robot for {task}"))?;
     let tmp = tempfile::tempdir()?;
-    let (dir, trust) = match (bundle, synthetic.as_deref()) {
-        (Some(d), _) => (d, trust.trust()?),
-        (None, Some(size)) => {
-            let d = tmp.path().join("bundle");
-            write_synthetic(size, horizon, &d)?;
-            (d, Trust::AllowUnsigned)
-        }
-        (None, None) => bail!("pass --bundle DIR or --synthetic paper|cpu"),
-    };
-    let b = load_bundle(&dir, &trust).context("loading the bundle")?;
+    let (dir, b) = source.load(tmp.path().join("bundle"))?;
     robot_loop::check_dims(&robot, &b)?;
     if !(rate.is_finite() && rate > 0.0) {
         bail!("--rate must be positive, found {rate}");
@@ -628,11 +642,7 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| {}{} {} | {:.1} ({:.0}) | {:.1} | {} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {} |",
-        match (&synthetic, horizon) {
-            (None, _) => "bundle".to_string(),
-            (Some(size), 1) => size.clone(),
-            (Some(size), h) => format!("{size} chunks of {h}"),
-        },
+        source.label(),
         if two_speed { " two-speed" } else { "" },
         backend,
         c.effective_hz,
@@ -865,26 +875,14 @@ fn main() -> Result<std::process::ExitCode> {
             );
         }
         Command::Bench {
-            bundle,
-            synthetic,
-            horizon,
-            trust,
+            source,
             backends,
             actions,
             truncated_steps,
             keep,
         } => {
             let tmp = tempfile::tempdir()?;
-            let (dir, trust) = match (bundle, synthetic.as_deref()) {
-                (Some(d), _) => (d, trust.trust()?),
-                (None, Some(size)) => {
-                    let d = keep.unwrap_or_else(|| tmp.path().join("bundle"));
-                    write_synthetic(size, horizon, &d)?;
-                    (d, Trust::AllowUnsigned)
-                }
-                (None, None) => bail!("pass --bundle DIR or --synthetic paper|cpu"),
-            };
-            let b = load_bundle(&dir, &trust).context("loading the bundle")?;
+            let (dir, b) = source.load(keep.unwrap_or_else(|| tmp.path().join("bundle")))?;
             let m = &b.manifest;
             let (rate, native_rate) = measure_gemm_rates()?;
             println!(
