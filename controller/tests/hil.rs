@@ -1272,3 +1272,57 @@ fn rerun_without_the_viz_feature_says_how_to_get_it() {
     assert!(err.contains("--features viz"), "{err}");
     assert!(!tmp.path().join("run.rrd").exists());
 }
+
+/// The benchmark commands run chunked synthetic bundles in both modes (their numbers are
+/// benchmarks, not checked here; only that every row is there).
+#[test]
+fn bench_commands_time_chunked_bundles_in_both_modes() {
+    let _g = serial();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        stdout
+    };
+    let bench = run(&[
+        "bench",
+        "--synthetic",
+        "cpu",
+        "--horizon",
+        "3",
+        "--backends",
+        "native",
+        "--actions",
+        "20",
+    ]);
+    for row in [
+        "| native full",
+        "| native truncated",
+        "| native two-speed tick",
+    ] {
+        assert!(bench.contains(row), "{row} missing:\n{bench}");
+    }
+    for two_speed in [false, true] {
+        let mut args = vec![
+            "bench-loop",
+            "--synthetic",
+            "cpu",
+            "--horizon",
+            "3",
+            "--rate",
+            "100",
+            "--seconds",
+            "1",
+        ];
+        if two_speed {
+            args.push("--two-speed");
+        }
+        let out = run(&args);
+        let row = if two_speed {
+            "| cpu chunks of 3 two-speed native |"
+        } else {
+            "| cpu chunks of 3 native |"
+        };
+        assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+}
