@@ -515,14 +515,10 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         a.episodes,
         a.backend,
         if a.two_speed { " two-speed" } else { "" },
-        match (
-            bundle.as_ref().map_or(1, |b| b.manifest.action.horizon),
-            a.replan_every.unwrap_or(0),
-        ) {
-            (1, _) => String::new(),
-            (h, k) if k == 0 || k == h => format!(", chunks of {h} actions"),
-            (h, k) => format!(", chunks of {h} actions, replanning every {k}"),
-        },
+        brain
+            .chunk_play()
+            .and_then(|p| p.describe())
+            .map_or(String::new(), |d| format!(", {d}")),
         a.out.display()
     );
     // The dataset's task: the bundle's, else the simulated task's, else the robot's name.

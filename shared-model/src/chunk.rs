@@ -73,6 +73,46 @@ impl ChunkPlay {
     pub fn index(&self, since: u64) -> Option<usize> {
         (since < self.replan_every as u64).then_some(since as usize)
     }
+
+    /// `"chunks of H actions[, replanning every K]"` for logs; `None` without chunks.
+    pub fn describe(&self) -> Option<String> {
+        match (self.horizon, self.replan_every) {
+            (1, _) => None,
+            (h, k) if k == h => Some(format!("chunks of {h} actions")),
+            (h, k) => Some(format!("chunks of {h} actions, replanning every {k}")),
+        }
+    }
+}
+
+/// [`ChunkPlay`] for a loop that takes every step (simulated episodes): counts the
+/// steps since the last plan.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkClock {
+    play: ChunkPlay,
+    /// Steps since the chunk was planned; `None`: plan on the next step.
+    since: Option<u64>,
+}
+
+impl ChunkClock {
+    pub fn new(play: ChunkPlay) -> Self {
+        ChunkClock { play, since: None }
+    }
+
+    /// One step: the index of its action in the chunk, and whether the policy must plan
+    /// a new chunk first (then the index is 0).
+    pub fn tick(&mut self) -> (usize, bool) {
+        let (k, plan) = match self.since.and_then(|n| self.play.index(n)) {
+            Some(k) => (k, false),
+            None => (0, true),
+        };
+        self.since = Some(k as u64 + 1);
+        (k, plan)
+    }
+
+    /// Plan on the next step (a new episode).
+    pub fn restart(&mut self) {
+        self.since = None;
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +131,20 @@ mod tests {
         assert_eq!(ChunkPlay::SINGLE.index(0), Some(0));
         assert_eq!(ChunkPlay::SINGLE.index(1), None);
         assert_eq!(ChunkPlay::new(1, 0).unwrap(), ChunkPlay::SINGLE);
+        let mut clock = ChunkClock::new(p);
+        let ticks: Vec<_> = (0..5).map(|_| clock.tick()).collect();
+        assert_eq!(
+            ticks,
+            [(0, true), (1, false), (0, true), (1, false), (0, true)]
+        );
+        clock.restart();
+        assert_eq!(clock.tick(), (0, true));
+        assert_eq!(
+            p.describe().unwrap(),
+            "chunks of 4 actions, replanning every 2"
+        );
+        assert_eq!(whole.describe().unwrap(), "chunks of 4 actions");
+        assert_eq!(ChunkPlay::SINGLE.describe(), None);
     }
 
     #[test]

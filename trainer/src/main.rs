@@ -463,7 +463,7 @@ fn main() -> Result<()> {
                         "{} ({backend}, {} denoising steps{})",
                         dir.display(),
                         policy.executed_steps(),
-                        describe_play(play)
+                        play.describe().map_or(String::new(), |d| format!(", {d}"))
                     ),
                     e,
                 )
@@ -478,7 +478,11 @@ fn main() -> Result<()> {
                     .chunk_play()
                     .with_context(|| format!("--replan-every for {}", run.display()))?;
                 (
-                    format!("{}{}", run.display(), describe_play(play)),
+                    format!(
+                        "{}{}",
+                        run.display(),
+                        play.describe().map_or(String::new(), |d| format!(", {d}"))
+                    ),
                     trainer::run::evaluate(&mut agent, episodes, seed)
                         .with_context(|| run.display().to_string())?,
                 )
@@ -760,13 +764,4 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `", chunks of H, replanning every K"` for a chunked policy; empty without chunks.
-fn describe_play(play: shared_model::ChunkPlay) -> String {
-    match (play.horizon(), play.replan_every()) {
-        (1, _) => String::new(),
-        (h, k) if k == h => format!(", chunks of {h}"),
-        (h, k) => format!(", chunks of {h}, replanning every {k}"),
-    }
 }

@@ -33,7 +33,7 @@ use crate::agent::{Agent, UpdateMetrics};
 use crate::config::{Algo, Config, Task};
 use crate::replay::{Batch, Chunker, Normalizer, Replay, sample_mixed};
 use crate::robot::{RobotInfo, read_training_dataset};
-use shared_model::ChunkPlay;
+use shared_model::{ChunkClock, ChunkPlay};
 
 /// Success rate and return of evaluation episodes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -84,17 +84,10 @@ pub fn evaluate_with(
     // Each environment's current chunk; all environments step in lockstep, so they
     // all plan on the same steps.
     let mut chunks = vec![0.0; episodes * cw];
-    // Steps since the chunks were planned.
-    let mut since = 0u64;
+    let mut clock = ChunkClock::new(play);
     while !active.is_empty() {
-        let k = match play.index(since) {
-            Some(k) => k,
-            None => {
-                since = 0;
-                0
-            }
-        };
-        if k == 0 {
+        let (k, plan) = clock.tick();
+        if plan {
             batch.clear();
             for &i in &active {
                 batch.extend_from_slice(&obs[i * od..(i + 1) * od]);
@@ -111,7 +104,6 @@ pub fn evaluate_with(
                 chunks[i * cw..(i + 1) * cw].copy_from_slice(c);
             }
         }
-        since += 1;
         let mut still = Vec::with_capacity(active.len());
         for &i in &active {
             let a = &chunks[i * cw + k * ad..i * cw + (k + 1) * ad];
@@ -447,8 +439,7 @@ pub fn train(
     let step_ad = ad / play.horizon();
     let mut chunker = Chunker::new(od, step_ad, config.chunks());
     let mut chunk = vec![0.0; ad];
-    // Steps since the chunk was planned; `None`: plan on the next step.
-    let mut since: Option<u64> = None;
+    let mut chunk_clock = ChunkClock::new(play);
     let mut window = MetricsWindow::default();
     let log_every = opts.log_every.max(1);
     let mut last_ckpt = start_step;
@@ -457,15 +448,10 @@ pub fn train(
         let env = env
             .as_mut()
             .expect("only simulated tasks take online steps");
-        let k = match since.and_then(|n| play.index(n)) {
-            Some(k) => k,
-            None => {
-                chunk = agent.act(&obs);
-                since = Some(0);
-                0
-            }
-        };
-        since = since.map(|n| n + 1);
+        let (k, plan) = chunk_clock.tick();
+        if plan {
+            chunk = agent.act(&obs);
+        }
         let action = &chunk[k * step_ad..(k + 1) * step_ad];
         let s = env.step(action, &mut next);
         let episode_end = s.done();
@@ -480,7 +466,7 @@ pub fn train(
         );
         ep_return += s.reward as f64;
         if episode_end {
-            since = None;
+            chunk_clock.restart();
             episodes_done += 1;
             successes += s.success as usize;
             return_sum += ep_return;

@@ -271,11 +271,6 @@ impl ChunkPlayer {
         })
     }
 
-    /// How chunks are played.
-    pub fn play(&self) -> ChunkPlay {
-        self.play
-    }
-
     /// The action for sensor step `step`, planning a new chunk when it is due.
     pub fn act<P: Planner + ?Sized>(
         &mut self,
@@ -401,6 +396,14 @@ impl Brain {
     fn chunk_player(&mut self) -> Option<&mut ChunkPlayer> {
         match self {
             Brain::Full { chunk, .. } | Brain::TwoSpeed { chunk, .. } => Some(chunk),
+            Brain::Hold => None,
+        }
+    }
+
+    /// How the policy's chunks are played; `None` for [`Brain::Hold`].
+    pub fn chunk_play(&self) -> Option<ChunkPlay> {
+        match self {
+            Brain::Full { chunk, .. } | Brain::TwoSpeed { chunk, .. } => Some(chunk.play),
             Brain::Hold => None,
         }
     }
