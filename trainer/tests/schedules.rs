@@ -329,3 +329,40 @@ fn candidates_in_threads_give_the_one_thread_results() {
     let differing = p1.iter().zip(&p3).filter(|(a, b)| a != b).count();
     assert_eq!(differing, 0, "of {} parameters", p1.len());
 }
+
+/// Two learners updating at the same time on two threads of one process end with the
+/// parameters each has when it updates alone: nothing a learner does depends on
+/// process-wide state. Two such states exist in burn: burn-flex's device generator (the
+/// learner draws from its own seeded generators, `NormalSource::Host`), and the
+/// autodiff graph bookkeeping, where a backward pass on one thread can drop the
+/// gradient of a parameter another thread reuses after an earlier backward pass
+/// (tracel-ai/burn #5573; the learner's optimizers give every parameter a fresh graph
+/// leaf each step, so no parameter is reused). Several rounds, so that the threads
+/// interleave.
+#[test]
+fn learners_on_two_threads_train_as_each_does_alone() {
+    let c = config(CandidateSchedule::Hoisted, "cpu");
+    let train = |c: &Config| {
+        let (mut agent, batch) = agent_and_batch(c);
+        for _ in 0..4 {
+            agent.update(&batch).unwrap();
+        }
+        all_params(&agent)
+    };
+    let alone = train(&c);
+    for round in 0..5 {
+        let together: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2).map(|_| s.spawn(|| train(&c))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (thread, p) in together.iter().enumerate() {
+            let differing = p.iter().zip(&alone).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differing,
+                0,
+                "round {round}, thread {thread}: of {}",
+                p.len()
+            );
+        }
+    }
+}
