@@ -273,6 +273,17 @@ struct RunArgs {
     /// often.
     #[arg(long, requires = "bundle")]
     replan_every: Option<usize>,
+    /// With an action-chunk bundle: temporal ensembling (ACT): each step's action is the
+    /// weighted mean of the actions every chunk planned in the last H steps holds for
+    /// it, weights e^(-M·i) with i = 0 for the oldest (0: plain mean; ACT used 0.01).
+    /// Usually with --replan-every 1.
+    #[arg(
+        long,
+        requires = "bundle",
+        value_name = "M",
+        allow_negative_numbers = true
+    )]
+    temporal_ensemble: Option<f32>,
     /// Log, dataset and report directory (appended to if it exists).
     #[arg(long, default_value = "out/controller")]
     out: PathBuf,
@@ -423,10 +434,12 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         seed: a.seed,
     };
     reserve_dedicated_cpu(&a.timing);
+    let play = robot_loop::PlayOptions {
+        replan_every: a.replan_every.unwrap_or(0),
+        ensemble: a.temporal_ensemble,
+    };
     let brain = match &bundle {
-        Some(b) => {
-            robot_loop::Brain::with_play(b, &options, a.two_speed, a.replan_every.unwrap_or(0))?
-        }
+        Some(b) => robot_loop::Brain::with_play(b, &options, a.two_speed, play)?,
         None => robot_loop::Brain::Hold,
     };
     // The simulated firmware, when asked for: it lives as long as this function.
@@ -485,7 +498,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 trust: trust.clone(),
                 options: options.clone(),
                 two_speed: a.two_speed,
-                replan_every: a.replan_every.unwrap_or(0),
+                play,
                 robot: cfg.robot.clone(),
             }),
         });

@@ -488,8 +488,10 @@ fn e2e_dedicated_cpu_and_its_failure_report() {
     }
 }
 
-/// Setup: as the first test with `--two-speed` (a worker thread refreshes the base candidates).
-/// Expected: the episode completes with every step logged.
+/// Setup: as the first test with `--two-speed` (a worker thread refreshes the base
+/// candidates): one action per tick, chunks of 3 replanned every 2 steps, and chunks of 3
+/// planned every step with temporal ensembling. Expected: each episode completes with
+/// every step logged.
 #[test]
 fn e2e_two_speed_policy() {
     let _g = serial();
@@ -507,6 +509,11 @@ fn e2e_two_speed_policy() {
             chunked.path(),
             &["--replan-every", "2"][..],
             "two-speed, chunks of 3 actions, replanning every 2",
+        ),
+        (
+            chunked.path(),
+            &["--replan-every", "1", "--temporal-ensemble", "0.01"][..],
+            "two-speed, chunks of 3 actions, replanning every 1, temporal ensembling m = 0.01",
         ),
     ] {
         let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");

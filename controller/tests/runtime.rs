@@ -399,6 +399,51 @@ fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
         assert_eq!(play(&mut player, &mut policy, start + 1), c[ad..2 * ad]);
     }
 
+    // Temporal ensembling, replanning every step: each action is the weighted mean of
+    // the actions the last 3 plans hold for the step (oldest weighted 1, then e^−m,
+    // e^−2m); a restart forgets them.
+    let m = 0.3f32;
+    let ensemble = ChunkPlay::new(3, 1)
+        .unwrap()
+        .with_ensemble(Some(m))
+        .unwrap();
+    let mut player = ChunkPlayer::new(&policy, ensemble).unwrap();
+    let mut chunks: Vec<Vec<f32>> = vec![];
+    for step in 0..6u64 {
+        chunks.push(plan(&mut reference, step as usize));
+        let got = play(&mut player, &mut policy, step);
+        let mut want = vec![0.0f32; ad];
+        let mut total = 0.0f32;
+        for (i, p) in (step.saturating_sub(2)..=step).enumerate() {
+            let w = (-m * i as f32).exp();
+            let k = (step - p) as usize;
+            for (o, v) in want
+                .iter_mut()
+                .zip(&chunks[p as usize][k * ad..(k + 1) * ad])
+            {
+                *o += w * v;
+            }
+            total += w;
+        }
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w / total).abs() < 1e-6,
+                "step {step}: {got:?} vs {want:?}"
+            );
+        }
+    }
+    assert_ne!(
+        play(&mut player, &mut policy, 6),
+        plan(&mut reference, 6)[..ad],
+        "a blend, not the newest plan's action"
+    );
+    player.restart();
+    assert_eq!(
+        play(&mut player, &mut policy, 7),
+        plan(&mut reference, 7)[..ad],
+        "after a restart only the new plan"
+    );
+
     // A one-step bundle cannot replace a chunked one.
     let one = tempfile::tempdir().unwrap();
     SyntheticSpec::cpu().write(one.path(), 5, None).unwrap();
@@ -415,7 +460,7 @@ fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
 
 #[test]
 fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
-    use controller::robot_loop::Brain;
+    use controller::robot_loop::{Brain, PlayOptions};
     let (_dir, b) = chunk_bundle(3);
     let (ad, cw) = (2, 6);
     let m = &b.manifest;
@@ -434,9 +479,18 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         Brain::TwoSpeed { policy, .. } => policy.published(),
         _ => unreachable!("a two-speed brain"),
     };
+    let play = |replan_every: usize, ensemble: Option<f32>| PlayOptions {
+        replan_every,
+        ensemble,
+    };
     for replan_every in [0, 1, 2] {
-        let mut brain =
-            Brain::with_play(&b, &options(Backend::Native, 4), true, replan_every).unwrap();
+        let mut brain = Brain::with_play(
+            &b,
+            &options(Backend::Native, 4),
+            true,
+            play(replan_every, None),
+        )
+        .unwrap();
         let k = if replan_every == 0 { 3 } else { replan_every };
         let mut a = vec![0.0; ad];
         let mut chunk = Vec::new();
@@ -476,11 +530,24 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
             assert_eq!(brain.chunk_index(), 1);
         }
     }
-    let e = Brain::with_play(&b, &options(Backend::Native, 4), true, 4)
+    let e = Brain::with_play(&b, &options(Backend::Native, 4), true, play(4, None))
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("replan-every") && e.contains("1..=3"), "{e}");
+    let e = Brain::with_play(
+        &b,
+        &options(Backend::Native, 4),
+        true,
+        play(1, Some(f32::NAN)),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("--temporal-ensemble") && e.contains("finite"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub mod schedule;
 pub mod select;
 pub mod synthetic;
 
-pub use chunk::{ChunkClock, ChunkPlay};
+pub use chunk::{ChunkClock, ChunkPlay, TemporalEnsemble};
 pub use manifest::{BundleError, Manifest, Trust, VerifiedBundle, load_bundle, write_bundle};
 pub use schedule::DiffusionSchedule;
 pub use select::{ExpoRunner, SelectionParams, on_the_fly_action};

@@ -228,6 +228,12 @@ enum Command {
         /// (1..=H; default: the run's `replan_every`, whole chunks for a bundle).
         #[arg(long)]
         replan_every: Option<usize>,
+        /// With action chunks: temporal ensembling (ACT). Each step's action is the
+        /// weighted mean of the actions every chunk planned in the last H steps holds
+        /// for it, weights e^(-M·i) with i = 0 for the oldest (0: plain mean; ACT used
+        /// 0.01). Usually with --replan-every 1.
+        #[arg(long, value_name = "M", allow_negative_numbers = true)]
+        temporal_ensemble: Option<f32>,
         #[arg(long, default_value_t = 100)]
         episodes: usize,
         #[arg(long, default_value_t = 12345)]
@@ -416,6 +422,7 @@ fn main() -> Result<()> {
             backend,
             executed_steps,
             replan_every,
+            temporal_ensemble,
             episodes,
             seed,
         } => {
@@ -450,7 +457,9 @@ fn main() -> Result<()> {
                 let cw = policy.chunk_dim();
                 let play =
                     shared_model::ChunkPlay::new(policy.horizon(), replan_every.unwrap_or(0))
-                        .with_context(|| format!("--replan-every for {}", dir.display()))?;
+                        .with_context(|| format!("--replan-every for {}", dir.display()))?
+                        .with_ensemble(temporal_ensemble)
+                        .with_context(|| format!("--temporal-ensemble for {}", dir.display()))?;
                 let e = trainer::run::evaluate_with(task, episodes, seed, play, &mut |obs| {
                     let mut out = vec![0.0; obs.len() / od * cw];
                     for (o, a) in obs.chunks_exact(od).zip(out.chunks_exact_mut(cw)) {
@@ -476,15 +485,20 @@ fn main() -> Result<()> {
                 let play = agent
                     .config
                     .chunk_play()
-                    .with_context(|| format!("--replan-every for {}", run.display()))?;
+                    .with_context(|| format!("--replan-every for {}", run.display()))?
+                    .with_ensemble(temporal_ensemble)
+                    .with_context(|| format!("--temporal-ensemble for {}", run.display()))?;
+                let task = agent.config.task.require_sim("evaluation")?;
                 (
                     format!(
                         "{}{}",
                         run.display(),
                         play.describe().map_or(String::new(), |d| format!(", {d}"))
                     ),
-                    trainer::run::evaluate(&mut agent, episodes, seed)
-                        .with_context(|| run.display().to_string())?,
+                    trainer::run::evaluate_with(task, episodes, seed, play, &mut |obs| {
+                        Ok(agent.act(obs))
+                    })
+                    .with_context(|| run.display().to_string())?,
                 )
             };
             println!(

@@ -33,7 +33,7 @@ use crate::agent::{Agent, UpdateMetrics};
 use crate::config::{Algo, Config, Task};
 use crate::replay::{Batch, Chunker, Normalizer, Replay, sample_mixed};
 use crate::robot::{RobotInfo, read_training_dataset};
-use shared_model::{ChunkClock, ChunkPlay};
+use shared_model::{ChunkClock, ChunkPlay, TemporalEnsemble};
 
 /// Success rate and return of evaluation episodes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -56,7 +56,8 @@ pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> Result<EvalRes
 /// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to action chunks
 /// `[K·H·A]` (`H = play.horizon()`; 1 = one action per observation). A chunk's actions
 /// are executed open loop, one per step, and the policy is asked again after
-/// `play.replan_every()` steps.
+/// `play.replan_every()` steps; with `play.ensemble()`, each step takes the blend of
+/// every recent chunk's action for it ([`TemporalEnsemble`]).
 pub fn evaluate_with(
     task: TaskId,
     episodes: usize,
@@ -84,8 +85,16 @@ pub fn evaluate_with(
     // Each environment's current chunk; all environments step in lockstep, so they
     // all plan on the same steps.
     let mut chunks = vec![0.0; episodes * cw];
+    let mut ensembles: Vec<TemporalEnsemble> = match play.ensemble() {
+        Some(_) => vec![TemporalEnsemble::new(&play, ad); episodes],
+        None => vec![],
+    };
+    let mut blended = vec![0.0; ad];
     let mut clock = ChunkClock::new(play);
-    while !active.is_empty() {
+    for step in 0u64.. {
+        if active.is_empty() {
+            break;
+        }
         let (k, plan) = clock.tick();
         if plan {
             batch.clear();
@@ -102,11 +111,21 @@ pub fn evaluate_with(
             );
             for (c, &i) in actions.chunks_exact(cw).zip(&active) {
                 chunks[i * cw..(i + 1) * cw].copy_from_slice(c);
+                if let Some(e) = ensembles.get_mut(i) {
+                    e.add(step, c);
+                }
             }
         }
         let mut still = Vec::with_capacity(active.len());
         for &i in &active {
-            let a = &chunks[i * cw + k * ad..i * cw + (k + 1) * ad];
+            let a = match ensembles.get(i) {
+                Some(e) => {
+                    // The chunk in progress covers this step: the blend is never empty.
+                    e.action(step, &mut blended);
+                    &blended[..]
+                }
+                None => &chunks[i * cw + k * ad..i * cw + (k + 1) * ad],
+            };
             let s = envs[i].step(a, &mut next);
             obs[i * od..(i + 1) * od].copy_from_slice(&next);
             returns[i] += s.reward as f64;
@@ -930,5 +949,46 @@ mod tests {
             format!("{e:#}").contains("replan_every must be in 1..=4"),
             "{e:#}"
         );
+    }
+
+    /// Temporal ensembling with m = 0, chunks of 2 planned every step: each step plays
+    /// the mean of the two chunks' actions for it, exactly what a one-step policy that
+    /// returns that mean does.
+    #[test]
+    fn evaluation_with_temporal_ensembling_plays_the_blend() {
+        let task = TaskId::Push;
+        let ad = task.spec().action_dim();
+        // The t-th plan's actions: all x(t).
+        let x = |t: usize| 0.7 * (1.3 * t as f32).sin();
+        // The result and every observation the policy was shown (the trajectories).
+        let run = |play: ChunkPlay, action: &dyn Fn(usize) -> f32| {
+            let (mut t, mut seen) = (0, vec![]);
+            let e = evaluate_with(task, 2, 3, play, &mut |obs| {
+                seen.extend_from_slice(obs);
+                let v = action(t);
+                t += 1;
+                Ok(vec![
+                    v;
+                    obs.len() / task.spec().obs_dim() * play.horizon() * ad
+                ])
+            })
+            .unwrap();
+            (e, seen)
+        };
+        let chunks = ChunkPlay::new(2, 1).unwrap();
+        let blended = run(chunks.with_ensemble(Some(0.0)).unwrap(), &x);
+        let mean = |t: usize| {
+            if t == 0 {
+                x(0)
+            } else {
+                (x(t - 1) + x(t)) / 2.0
+            }
+        };
+        let one_step = run(ChunkPlay::SINGLE, &mean);
+        assert_eq!(blended, one_step);
+        // Playing the newest chunk's action instead moves the robot differently.
+        let newest_only = run(chunks, &x);
+        assert_eq!(newest_only.0.episodes, 2);
+        assert_ne!(blended.1, newest_only.1);
     }
 }

@@ -133,7 +133,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
             trust: Trust::from_public_key_file(&pub_path).unwrap(),
             options: options.clone(),
             two_speed: false,
-            replan_every: 0,
+            play: Default::default(),
             robot: cfg.robot.clone(),
         }),
     });
@@ -320,7 +320,7 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
             trust: trust.clone(),
             options: options.clone(),
             two_speed: false,
-            replan_every: 0,
+            play: Default::default(),
             robot: cfg.robot.clone(),
         }),
     });

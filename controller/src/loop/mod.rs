@@ -78,8 +78,8 @@ use firmware_config::RobotConfig;
 use firmware_config::protocol::{FrameError, Message, PROTOCOL_VERSION};
 use log::{EndReason, LogWriter, RunStart};
 use serde::Serialize;
-use shared_model::ChunkPlay;
 use shared_model::VerifiedBundle;
+use shared_model::{ChunkPlay, TemporalEnsemble};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -236,9 +236,13 @@ impl Planner for TwoSpeedPolicy {
 /// (no fresh frame in time) skips its action rather than delaying the rest. The next
 /// chunk is planned once `replan_every` steps have passed, at an episode's start, and
 /// after the robot left the plan ([`Self::restart`]: a teleop device drove it, the
-/// operator toggled an intervention). Without chunks every step plans.
+/// operator toggled an intervention). Without chunks every step plans. With temporal
+/// ensembling the action for `s` is the blend of the actions for `s` of every chunk
+/// planned since `s − H + 1` ([`TemporalEnsemble`]; forgotten on a restart).
 pub struct ChunkPlayer {
     play: ChunkPlay,
+    /// The recent chunks, when the play blends them.
+    ensemble: Option<TemporalEnsemble>,
     /// `[H · A]`, as the policy wrote it (clamped to the bounds).
     chunk: Vec<f32>,
     /// The step the chunk was planned on; `None`: plan on the next step.
@@ -261,6 +265,9 @@ impl ChunkPlayer {
         );
         Ok(ChunkPlayer {
             play,
+            ensemble: play
+                .ensemble()
+                .map(|_| TemporalEnsemble::new(&play, policy.chunk_dim() / play.horizon())),
             chunk: vec![0.0; policy.chunk_dim()],
             planned_at: None,
             choice: Choice {
@@ -300,17 +307,47 @@ impl ChunkPlayer {
                 self.planned_at = None;
                 self.choice = planner.plan(obs, &mut self.chunk)?;
                 self.planned_at = Some(step);
+                if let Some(e) = &mut self.ensemble {
+                    e.add(step, &self.chunk);
+                }
                 0
             }
         };
         self.index = k;
-        action.copy_from_slice(&self.chunk[k * ad..(k + 1) * ad]);
+        // The chunk in progress covers `step` (k < H), so the blend is never empty.
+        match &self.ensemble {
+            Some(e) => _ = e.action(step, action),
+            None => action.copy_from_slice(&self.chunk[k * ad..(k + 1) * ad]),
+        }
         Ok(self.choice)
     }
 
-    /// Plan afresh on the next step.
+    /// Plan afresh on the next step (and forget the chunks kept for ensembling).
     pub fn restart(&mut self) {
         self.planned_at = None;
+        if let Some(e) = &mut self.ensemble {
+            e.clear();
+        }
+    }
+}
+
+/// How `controller run` plays a bundle's action chunks, given before the bundle (and so
+/// its horizon) is known: `--replan-every` and `--temporal-ensemble`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PlayOptions {
+    /// Actions played from each chunk before the next plan (0: whole chunks).
+    pub replan_every: usize,
+    /// Temporal ensembling's weight `m` ([`TemporalEnsemble`]).
+    pub ensemble: Option<f32>,
+}
+
+impl PlayOptions {
+    /// The play for chunks of `horizon` actions; an error names the option at fault.
+    pub fn for_horizon(&self, horizon: usize) -> anyhow::Result<ChunkPlay> {
+        let play = ChunkPlay::new(horizon, self.replan_every)
+            .map_err(|e| anyhow::anyhow!("--replan-every: {e}"))?;
+        play.with_ensemble(self.ensemble)
+            .map_err(|e| anyhow::anyhow!("--temporal-ensemble: {e}"))
     }
 }
 
@@ -321,18 +358,17 @@ impl Brain {
         options: &PolicyOptions,
         two_speed: bool,
     ) -> anyhow::Result<Brain> {
-        Self::with_play(bundle, options, two_speed, 0)
+        Self::with_play(bundle, options, two_speed, PlayOptions::default())
     }
 
-    /// [`Self::new`], playing `replan_every` actions of each chunk (0: whole chunks).
+    /// [`Self::new`], playing the bundle's chunks as `play` says.
     pub fn with_play(
         bundle: &VerifiedBundle,
         options: &PolicyOptions,
         two_speed: bool,
-        replan_every: usize,
+        play: PlayOptions,
     ) -> anyhow::Result<Brain> {
-        let play = ChunkPlay::new(bundle.manifest.action.horizon, replan_every)
-            .map_err(|e| anyhow::anyhow!("--replan-every: {e}"))?;
+        let play = play.for_horizon(bundle.manifest.action.horizon)?;
         Ok(if two_speed {
             let policy = Box::new(TwoSpeedPolicy::new(bundle, options)?);
             Brain::TwoSpeed {

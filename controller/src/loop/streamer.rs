@@ -55,8 +55,8 @@ pub struct SwapConfig {
     pub trust: Trust,
     pub options: PolicyOptions,
     pub two_speed: bool,
-    /// Actions played from each chunk (0: whole chunks), as for the first bundle.
-    pub replan_every: usize,
+    /// How chunks are played, as for the first bundle.
+    pub play: super::PlayOptions,
     pub robot: RobotConfig,
 }
 
@@ -291,7 +291,7 @@ fn prepare(
     std::fs::rename(&tmp, &target).map_err(io)?;
     let bundle = shared_model::load_bundle(&target, &swap.trust).map_err(|e| e.to_string())?;
     check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
-    Brain::with_play(&bundle, &swap.options, swap.two_speed, swap.replan_every)
+    Brain::with_play(&bundle, &swap.options, swap.two_speed, swap.play)
         .map_err(|e| format!("{e:#}"))
 }
 
