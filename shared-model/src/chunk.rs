@@ -93,7 +93,7 @@ impl ChunkPlay {
         let horizon = self.horizon;
         match m {
             None => {}
-            Some(m) if !m.is_finite() || m.abs() * (horizon.max(1) - 1) as f32 > 80.0 => {
+            Some(m) if !m.is_finite() || m.abs() * (horizon - 1) as f32 > 80.0 => {
                 return Err(ChunkPlayError::EnsembleWeight { horizon, m });
             }
             Some(_) if self.horizon == 1 => return Err(ChunkPlayError::EnsembleWithoutChunks),
@@ -157,17 +157,17 @@ pub struct TemporalEnsemble {
 }
 
 impl TemporalEnsemble {
-    /// For chunks of `play.horizon()` actions of `act_dim` values, with `play`'s weight
-    /// (0, the plain mean, when `play` has none).
-    pub fn new(play: &ChunkPlay, act_dim: usize) -> Self {
+    /// For chunks of `play.horizon()` actions of `act_dim` values, with `play`'s weight;
+    /// `None` when `play` does not blend.
+    pub fn for_play(play: &ChunkPlay, act_dim: usize) -> Option<Self> {
         let h = play.horizon();
-        TemporalEnsemble {
+        Some(TemporalEnsemble {
             horizon: h,
             act_dim,
-            m: play.ensemble().unwrap_or(0.0),
+            m: play.ensemble()?,
             chunks: vec![0.0; h * h * act_dim],
             planned: vec![None; h],
-        }
+        })
     }
 
     /// Keeps `chunk` (`[H·A]`), planned on `step`, in place of the one planned `H` steps
@@ -331,7 +331,7 @@ mod tests {
             play.describe().unwrap(),
             "chunks of 3 actions, replanning every 1, temporal ensembling m = 0.5"
         );
-        let mut e = TemporalEnsemble::new(&play, 2);
+        let mut e = TemporalEnsemble::for_play(&play, 2).unwrap();
         let mut out = [f32::NAN; 2];
         assert_eq!(e.action(0, &mut out), 0, "nothing planned yet");
         assert!(out[0].is_nan(), "left untouched");
@@ -356,7 +356,7 @@ mod tests {
             .unwrap()
             .with_ensemble(Some(0.0))
             .unwrap();
-        let mut e = TemporalEnsemble::new(&play, 2);
+        let mut e = TemporalEnsemble::for_play(&play, 2).unwrap();
         e.add(0, &chunk(0, 4));
         e.add(2, &chunk(2, 4));
         assert_eq!(e.action(3, &mut out), 2);

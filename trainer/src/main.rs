@@ -488,17 +488,14 @@ fn main() -> Result<()> {
                     .with_context(|| format!("--replan-every for {}", run.display()))?
                     .with_ensemble(temporal_ensemble)
                     .with_context(|| format!("--temporal-ensemble for {}", run.display()))?;
-                let task = agent.config.task.require_sim("evaluation")?;
                 (
                     format!(
                         "{}{}",
                         run.display(),
                         play.describe().map_or(String::new(), |d| format!(", {d}"))
                     ),
-                    trainer::run::evaluate_with(task, episodes, seed, play, &mut |obs| {
-                        Ok(agent.act(obs))
-                    })
-                    .with_context(|| run.display().to_string())?,
+                    trainer::run::evaluate_played(&mut agent, episodes, seed, play)
+                        .with_context(|| run.display().to_string())?,
                 )
             };
             println!(

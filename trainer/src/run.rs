@@ -48,8 +48,18 @@ pub struct EvalResult {
 /// environments in one batch. Episode `i` is seeded from `seed` and `i`.
 /// A robot run (`task = "robot"`) has no simulator: that is an error.
 pub fn evaluate(agent: &mut Agent, episodes: usize, seed: u64) -> Result<EvalResult> {
-    let task = agent.config.task.require_sim("evaluation")?;
     let play = agent.config.chunk_play()?;
+    evaluate_played(agent, episodes, seed, play)
+}
+
+/// [`evaluate`], playing the chunks by `play` instead of the run's configuration.
+pub fn evaluate_played(
+    agent: &mut Agent,
+    episodes: usize,
+    seed: u64,
+    play: ChunkPlay,
+) -> Result<EvalResult> {
+    let task = agent.config.task.require_sim("evaluation")?;
     evaluate_with(task, episodes, seed, play, &mut |obs| Ok(agent.act(obs)))
 }
 
@@ -85,16 +95,13 @@ pub fn evaluate_with(
     // Each environment's current chunk; all environments step in lockstep, so they
     // all plan on the same steps.
     let mut chunks = vec![0.0; episodes * cw];
-    let mut ensembles: Vec<TemporalEnsemble> = match play.ensemble() {
-        Some(_) => vec![TemporalEnsemble::new(&play, ad); episodes],
-        None => vec![],
-    };
+    // With ensembling, each environment's recent chunks (none without).
+    let mut ensembles: Vec<TemporalEnsemble> =
+        TemporalEnsemble::for_play(&play, ad).map_or(vec![], |e| vec![e; episodes]);
     let mut blended = vec![0.0; ad];
     let mut clock = ChunkClock::new(play);
-    for step in 0u64.. {
-        if active.is_empty() {
-            break;
-        }
+    let mut step = 0u64;
+    while !active.is_empty() {
         let (k, plan) = clock.tick();
         if plan {
             batch.clear();
@@ -138,6 +145,7 @@ pub fn evaluate_with(
             }
         }
         active = still;
+        step += 1;
     }
     let n = episodes.max(1) as f64;
     Ok(EvalResult {

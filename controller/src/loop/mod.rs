@@ -265,9 +265,7 @@ impl ChunkPlayer {
         );
         Ok(ChunkPlayer {
             play,
-            ensemble: play
-                .ensemble()
-                .map(|_| TemporalEnsemble::new(&play, policy.chunk_dim() / play.horizon())),
+            ensemble: TemporalEnsemble::for_play(&play, policy.act_dim()),
             chunk: vec![0.0; policy.chunk_dim()],
             planned_at: None,
             choice: Choice {
