@@ -219,7 +219,7 @@ fn the_python_device_template_speaks_the_same_datagrams() {
     let out_dir = tmp.path().join("run");
     let teleop = TeleopConfig::bind("127.0.0.1:0", Duration::from_secs(2)).unwrap();
     let addr = teleop.socket.local_addr().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/teleop_device.py");
+    let script = crate_dir().join("../scripts/teleop_device.py");
     let mut device = std::process::Command::new("python3")
         .arg(&script)
         .args(["--controller", &addr.to_string(), "--action", "0.25,-1.25"])
@@ -389,4 +389,12 @@ fn with_a_wait_a_closed_loop_device_acts_on_the_frame_it_answers() {
         assert_eq!(ep.len(), k, "episode {e}");
         assert_eq!(rep.success, success, "episode {e}");
     }
+}
+
+/// This crate's directory as cargo sets it at run time: `env!` keeps the checkout the
+/// test was compiled in, and cargo reuses a shared target directory's tests after a move.
+fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
 }

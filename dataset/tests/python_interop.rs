@@ -11,7 +11,7 @@ use common::*;
 use dataset::{DatasetWriter, read_dataset, validate_dataset, write_dataset};
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_lerobot_v3.py")
+    crate_dir().join("tests/interop/check_lerobot_v3.py")
 }
 
 fn require_pyarrow() {
@@ -151,4 +151,12 @@ fn we_read_lerobot_style_files() {
     let ds = read_dataset(&dir).unwrap();
     assert_eq!(ds.episodes[2], ep);
     validate_dataset(&dir).unwrap();
+}
+
+/// This crate's directory as cargo sets it at run time: `env!` keeps the checkout the
+/// test was compiled in, and cargo reuses a shared target directory's tests after a move.
+fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
 }

@@ -285,10 +285,7 @@ fn binary_with_wrong_version_is_recognized() {
 fn binary_rejects_a_robot_that_does_not_fit() {
     let out = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
         .args(["--task", "push", "--pty", "--robot"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../firmware-config/robots/maze.toml"
-        ))
+        .arg(crate_dir().join("../firmware-config/robots/maze.toml"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -327,4 +324,12 @@ fn real_time_pacing_streams_and_holds_without_commands() {
     assert_eq!(report.firmware.watchdog_trips, 1);
     assert_eq!(report.firmware.hold_steps, report.firmware.steps);
     assert_eq!(report.firmware.commands, 0);
+}
+
+/// This crate's directory as cargo sets it at run time: `env!` keeps the checkout the
+/// test was compiled in, and cargo reuses a shared target directory's tests after a move.
+fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
 }

@@ -253,12 +253,10 @@ fn label_converts_robot_units_to_policy_units() {
     assert!(o.status.success(), "{}", text(&o));
     // A robot whose motors take offset + scale * a.
     let robot_file = tmp.path().join("robot.toml");
-    let text_of = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-config/robots/push.toml"),
-    )
-    .unwrap()
-    .replace("scale = [1.0, 1.0]", "scale = [0.5, 2.0]")
-    .replace("offset = [0.0, 0.0]", "offset = [0.1, -0.3]");
+    let text_of = std::fs::read_to_string(crate_dir().join("../firmware-config/robots/push.toml"))
+        .unwrap()
+        .replace("scale = [1.0, 1.0]", "scale = [0.5, 2.0]")
+        .replace("offset = [0.0, 0.0]", "offset = [0.1, -0.3]");
     std::fs::write(&robot_file, text_of).unwrap();
     let (scale, offset) = ([0.5f32, 2.0], [0.1f32, -0.3]);
     let policy = dataset::read_dataset(&src).unwrap();
@@ -347,4 +345,12 @@ fn label_converts_robot_units_to_policy_units() {
         "{}",
         text(&o)
     );
+}
+
+/// This crate's directory as cargo sets it at run time: `env!` keeps the checkout the
+/// test was compiled in, and cargo reuses a shared target directory's tests after a move.
+fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
 }

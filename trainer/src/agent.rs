@@ -1184,6 +1184,7 @@ impl Agent {
                     device_normals,
                 },
                 self.config.compute.threads,
+                self.config.compute.block_chains,
             )
         });
         // RLPD: next actions from the actor, with the entropy term in the backup.
@@ -1559,30 +1560,51 @@ fn next_candidates(
     params: &SelectionParams,
     stream: &mut Stream,
     threads: usize,
+    block_chains: usize,
 ) -> (Tensor<3>, Option<Tensor<3>>) {
     let device = next_obs.device();
     let rows = next_obs.dims()[0];
     let noise = candidate_noise(stream, schedule, rows, ad, params, edit.is_some(), &device);
     let times = chain_times(schedule, &device);
-    // `compute.threads`: on the CPU backends, blocks of rows on their own threads. Every
-    // row's chain and edit depend on that row alone, so the result is the one-thread
-    // result, to the bit (tested).
-    let threads = if crate::nets::native_activations(&device) {
-        threads.clamp(1, rows.max(1))
+    // `compute.threads` and `compute.block_chains`: on the CPU backends, blocks of rows
+    // on their own threads, each thread's rows in blocks. Every row's chain and edit
+    // depend on that row alone, so the result is the one-block result, to the bit
+    // (tested).
+    let (threads, block) = if crate::nets::native_activations(&device) {
+        let block = match block_chains {
+            0 => rows,
+            chains => (chains / params.num_samples.max(1)).max(1),
+        };
+        (threads.clamp(1, rows.max(1)), block)
     } else {
-        1
+        (1, rows)
+    };
+    let blocks = |r: std::ops::Range<usize>, noise: &CandidateNoise| {
+        let od = next_obs.dims()[1];
+        let parts: Vec<_> = (r.start..r.end)
+            .step_by(block.max(1))
+            .map(|start| {
+                let b = start..(start + block).min(r.end);
+                let obs = next_obs.clone().slice([b.clone(), 0..od]);
+                let noise = noise.rows(b.start - r.start..b.end - r.start, params);
+                candidates_from(den, edit, schedule, obs, times.clone(), params, noise)
+            })
+            .collect();
+        cat_candidates(parts)
     };
     if threads == 1 {
-        return candidates_from(den, edit, schedule, next_obs, times, params, noise);
+        if block >= rows {
+            return candidates_from(den, edit, schedule, next_obs, times, params, noise);
+        }
+        return blocks(0..rows, &noise);
     }
-    let od = next_obs.dims()[1];
     let parts: Vec<(Tensor<3>, Option<Tensor<3>>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let r = rows * i / threads..rows * (i + 1) / threads;
                 let part = noise.rows(r.clone(), params);
-                let (obs, times) = (next_obs.clone().slice([r, 0..od]), times.clone());
-                s.spawn(move || candidates_from(den, edit, schedule, obs, times, params, part))
+                let blocks = &blocks;
+                s.spawn(move || blocks(r, &part))
             })
             .collect();
         handles
@@ -1590,6 +1612,16 @@ fn next_candidates(
             .map(|h| h.join().expect("a candidates thread panicked"))
             .collect()
     });
+    cat_candidates(parts)
+}
+
+/// Candidates of consecutive blocks of rows, joined in order.
+fn cat_candidates(
+    mut parts: Vec<(Tensor<3>, Option<Tensor<3>>)>,
+) -> (Tensor<3>, Option<Tensor<3>>) {
+    if parts.len() == 1 {
+        return parts.pop().unwrap();
+    }
     let edited = (parts[0].1.is_some())
         .then(|| Tensor::cat(parts.iter().map(|p| p.1.clone().unwrap()).collect(), 0));
     let base = Tensor::cat(parts.into_iter().map(|p| p.0).collect(), 0);

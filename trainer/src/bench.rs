@@ -8,6 +8,24 @@ use crate::agent::{Agent, StageTimes};
 use crate::config::{Algo, Config};
 use crate::replay::{Batch, Normalizer, Replay, sample_mixed};
 
+/// The widest vector instructions this CPU gives the CPU backends' matrix products:
+/// gemm picks its kernels by them at run time (`avx512` with the trainer's `x86-v4`
+/// build of gemm, else `avx2`, else `baseline`). Benchmarks print it, since it sets the
+/// speed, and results differ in the last bits between machines that differ in it.
+pub fn cpu_matmul_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2";
+        }
+    }
+    "baseline"
+}
+
 /// Floating-point operations (2 per multiply-add) of one environment step of `config`:
 /// acting, next-action candidates, UTD critic updates (backward counted as twice the
 /// forward), the denoiser update and the edit-policy update. Elementwise work is left

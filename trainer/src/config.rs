@@ -322,11 +322,27 @@ pub struct ComputeConfig {
     /// already runs one run per core, and the demo's controller shares its 2 cores.
     #[serde(default = "one_thread")]
     pub threads: usize,
+    /// CPU backends only: each thread runs its hoisted candidates in blocks of at most
+    /// this many chains (observation rows × `N`), each block's chain to its end before
+    /// the next; 0 runs all of them as one block. At the `paper` preset one block is
+    /// 40,960 chains, so each `[rows, 1024]` intermediate is 168 MB: it misses every
+    /// cache and is a fresh mapping the kernel page-faults in. The same bits as one block
+    /// (tested). The default was picked by measurement (BENCHMARKS.md, "The `paper`
+    /// preset on the CPU"); it leaves the `cpu` preset's 512 chains one block.
+    #[serde(default = "default_block_chains")]
+    pub block_chains: usize,
 }
 
 fn one_thread() -> usize {
     1
 }
+
+fn default_block_chains() -> usize {
+    DEFAULT_BLOCK_CHAINS
+}
+
+/// `compute.block_chains`'s default.
+pub const DEFAULT_BLOCK_CHAINS: usize = 1024;
 
 impl Default for ComputeConfig {
     fn default() -> Self {
@@ -336,6 +352,7 @@ impl Default for ComputeConfig {
             optimizer: OptimizerImpl::Fused,
             graph: false,
             threads: 1,
+            block_chains: DEFAULT_BLOCK_CHAINS,
         }
     }
 }

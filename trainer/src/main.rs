@@ -332,6 +332,9 @@ fn main() -> Result<()> {
                 v["normals"] = format!("{:?}", c.compute.normals).to_lowercase().into();
                 v["optimizer"] = serde_json::to_value(c.compute.optimizer)?;
                 v["graph"] = c.compute.graph.into();
+                v["threads"] = c.compute.threads.into();
+                v["block_chains"] = c.compute.block_chains.into();
+                v["cpu_matmul_isa"] = trainer::bench::cpu_matmul_isa().into();
                 std::fs::write(path, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -341,8 +344,21 @@ fn main() -> Result<()> {
                 .cloned()
                 .fold(f64::INFINITY, f64::min);
             let max = r.seconds_per_env_step.iter().cloned().fold(0.0, f64::max);
+            let cpu_settings = if !trainer::device::parse(&c.device)?.is_gpu() {
+                let blocks = match c.compute.block_chains {
+                    0 => "one block".to_string(),
+                    n => format!("blocks of {n} chains"),
+                };
+                format!(
+                    ", {} thread(s), {blocks}, {} matmuls",
+                    c.compute.threads,
+                    trainer::bench::cpu_matmul_isa()
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{} {} on {} [{}, {:?} candidates, {:?} normals, {:?} optimizer{}] (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
+                "{} {} on {} [{}, {:?} candidates, {:?} normals, {:?} optimizer{}{}] (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
                 r.preset,
                 r.algo,
                 c.task,
@@ -355,6 +371,7 @@ fn main() -> Result<()> {
                 } else {
                     ""
                 },
+                cpu_settings,
                 r.obs_dim,
                 r.act_dim,
                 r.median_seconds,

@@ -300,34 +300,57 @@ fn recorded_graphs_give_the_direct_results_on_the_gpu() {
     graph_matches_direct(&gpu, true);
 }
 
-/// `compute.threads`: the hoisted candidates split by rows across threads give exactly
-/// the one-thread results (each row's chain and edit depend on that row alone): the
-/// metrics of every update and every parameter after them. 3 threads over 64 rows, so
-/// the blocks are uneven. Host normals: burn-flex's device RNG is one generator for the
-/// whole process, so two agents in one test would take each other's draws (all draws
-/// are made before the split either way).
+/// `compute.threads` and `compute.block_chains`: the hoisted candidates split by rows
+/// across threads, and each thread's rows run in blocks, give exactly the results of
+/// one thread and one block (each row's chain and edit depend on that row alone): the
+/// metrics of every update and every parameter after them. 64 rows of 4 chains each:
+/// 3 threads (uneven), blocks of 10 rows (the last one 4), 2 threads of 6-row blocks
+/// (each thread's last one 2 rows), and one row per block. Host normals: burn-flex's
+/// device RNG is one generator for the whole process, so two agents in one test would
+/// take each other's draws (all draws are made before the split either way).
 #[test]
-fn candidates_in_threads_give_the_one_thread_results() {
-    let make = |threads: usize| {
+fn candidates_in_threads_and_blocks_give_the_one_block_results() {
+    let make = |threads: usize, block_chains: usize| {
         let mut c = config(CandidateSchedule::Hoisted, "cpu");
         c.compute.threads = threads;
+        c.compute.block_chains = block_chains;
         c.validate().unwrap();
         agent_and_batch(&c)
     };
-    let (mut one, mut batch) = make(1);
-    let (mut three, _) = make(3);
+    let (mut one, batch) = make(1, 0);
     assert_eq!(batch.obs.len() / one.obs_dim, 64);
-    for step in 0..3 {
-        let m1 = one.update(&batch).unwrap();
-        let m3 = three.update(&batch).unwrap();
-        assert_eq!(m1, m3, "metrics of update {step}");
-        for r in &mut batch.rew {
+    assert_eq!(one.config.expo.num_samples, 4);
+    let mut reference = vec![];
+    let mut b = batch.clone();
+    for _ in 0..3 {
+        reference.push(one.update(&b).unwrap());
+        for r in &mut b.rew {
             *r += 0.25;
         }
     }
-    let (p1, p3) = (all_params(&one), all_params(&three));
-    let differing = p1.iter().zip(&p3).filter(|(a, b)| a != b).count();
-    assert_eq!(differing, 0, "of {} parameters", p1.len());
+    let p1 = all_params(&one);
+    for (threads, block_chains) in [(3, 0), (1, 40), (2, 24), (1, 4)] {
+        let (mut split, _) = make(threads, block_chains);
+        let mut b = batch.clone();
+        for (step, m1) in reference.iter().enumerate() {
+            let m = split.update(&b).unwrap();
+            assert_eq!(
+                m1, &m,
+                "metrics of update {step}, {threads} threads, blocks of {block_chains}"
+            );
+            for r in &mut b.rew {
+                *r += 0.25;
+            }
+        }
+        let p = all_params(&split);
+        let differing = p1.iter().zip(&p).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing,
+            0,
+            "of {} parameters, {threads} threads, blocks of {block_chains}",
+            p1.len()
+        );
+    }
 }
 
 /// Two learners updating at the same time on two threads of one process end with the

@@ -29,7 +29,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 
 #[test]
 fn examples_load_and_match_the_sim_tasks() {
-    let dir = env!("CARGO_MANIFEST_DIR");
+    let dir = crate_dir();
     // (name, obs dim, act dim, control Hz): sim::TaskId::{ArmReach, Push, Maze}.spec();
     // hil-tests checks them against the sim crate itself.
     for (name, obs, act, hz) in [
@@ -37,7 +37,7 @@ fn examples_load_and_match_the_sim_tasks() {
         ("push", 10, 2, 20),
         ("maze", 6, 2, 10),
     ] {
-        let c = RobotConfig::load(format!("{dir}/robots/{name}.toml")).unwrap();
+        let c = RobotConfig::load(dir.join(format!("robots/{name}.toml"))).unwrap();
         assert_eq!(
             (c.observation.dim, c.action.dim, c.control_hz),
             (obs, act, hz),
@@ -277,4 +277,12 @@ fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncd", 3), (2, 1));
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("é\nx", 99), (2, 2));
+}
+
+/// This crate's directory as cargo sets it at run time: `env!` keeps the checkout the
+/// test was compiled in, and cargo reuses a shared target directory's tests after a move.
+fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
 }
