@@ -99,6 +99,27 @@ fn main() {
             let _ = (v.into_data(), m.into_data());
         })
     );
+    // The trainer's own SiLU on the host buffer (`nets::silu_in_place`), each loop this
+    // CPU has, on a `paper`-preset block's `[1024 chains, 1024]` activations. Each run
+    // starts from a fresh copy (repeated SiLU would drift into denormals); the copy alone
+    // is timed too.
+    let src: Vec<f32> = (0..1024 * 1024)
+        .map(|i| (i % 4001) as f32 * 0.005 - 10.0)
+        .collect();
+    let mut values = src.clone();
+    println!(
+        "copy [1024,1024]                   {:8.1} us",
+        time(200, || values.copy_from_slice(&src))
+    );
+    for (name, kernel) in trainer::nets::silu_kernels() {
+        println!(
+            "copy + silu_in_place {name:6} [1024,1024] {:8.1} us",
+            time(200, || {
+                values.copy_from_slice(&src);
+                kernel(&mut values)
+            })
+        );
+    }
     println!(
         "into_data [512,256] {:8.1} us",
         time(200, || {

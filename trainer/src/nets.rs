@@ -139,17 +139,52 @@ pub fn silu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_data(data, &device)
 }
 
-/// `x ← x / (1 + e^−x)`, with [`exp_f32`]: a loop the compiler vectorizes (8 lanes where
-/// the CPU has AVX2, chosen at run time). Every lane does the same IEEE operations, so
-/// the result does not depend on the CPU. `x → −∞` gives `−0`, `x → +∞` gives `x`, NaN
-/// stays NaN.
+/// `x ← x / (1 + e^−x)`, with [`exp_f32`]: a loop the compiler vectorizes (16 lanes
+/// where the CPU has AVX-512, 8 with AVX2, chosen at run time). Every lane does the same
+/// IEEE operations, so the result does not depend on the CPU. `x → −∞` gives `−0`,
+/// `x → +∞` gives `x`, NaN stays NaN.
 pub fn silu_in_place(values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // Safety: AVX2 is present (checked just above).
-        unsafe { silu_avx2(values) };
-        return;
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Safety: AVX-512F is present (checked just above).
+            unsafe { silu_avx512(values) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // Safety: AVX2 is present (checked just above).
+            unsafe { silu_avx2(values) };
+            return;
+        }
     }
+    silu_loop(values);
+}
+
+/// A SiLU loop over values in place.
+pub type SiluKernel = fn(&mut [f32]);
+
+/// Every SiLU loop this CPU can run, named, the plain one last: for the test that they
+/// agree to the bit and for `examples/ops.rs`, which times them side by side.
+pub fn silu_kernels() -> Vec<(&'static str, SiluKernel)> {
+    let mut kernels: Vec<(&'static str, SiluKernel)> = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Safety: AVX-512F is present (checked just above).
+            kernels.push(("avx512", |v| unsafe { silu_avx512(v) }));
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // Safety: AVX2 is present (checked just above).
+            kernels.push(("avx2", |v| unsafe { silu_avx2(v) }));
+        }
+    }
+    kernels.push(("plain", silu_loop));
+    kernels
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn silu_avx512(values: &mut [f32]) {
     silu_loop(values);
 }
 
@@ -669,13 +704,27 @@ mod tests {
         assert!(exp_f32(f32::NAN).is_nan());
     }
 
-    /// The vectorized loop (AVX2 where present) gives the plain loop's bits.
+    /// The vectorized loops (AVX-512 and AVX2, each where this CPU has it) and the
+    /// run-time choice give the plain loop's bits.
     #[test]
     fn silu_does_not_depend_on_the_cpu() {
         let xs: Vec<f32> = (0..10_007).map(|i| (i as f32 - 5000.0) * 0.0173).collect();
-        let (mut a, mut b) = (xs.clone(), xs);
-        silu_in_place(&mut a);
-        silu_loop(&mut b);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let mut plain = xs.clone();
+        silu_loop(&mut plain);
+        let mut chosen = xs.clone();
+        silu_in_place(&mut chosen);
+        let mut runs = vec![("run-time choice", chosen)];
+        for (name, kernel) in silu_kernels() {
+            let mut v = xs.clone();
+            kernel(&mut v);
+            runs.push((name, v));
+        }
+        for (name, v) in runs {
+            let same = v
+                .iter()
+                .zip(&plain)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{name}");
+        }
     }
 }
