@@ -26,6 +26,20 @@ pub fn cpu_matmul_isa() -> &'static str {
     "baseline"
 }
 
+/// The median of `values`: the middle one, or the mean of the two middle ones for an
+/// even count (until 2026-12-01 `bench` took the upper of the two, which for `--steps 2`
+/// was the slower step).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// Floating-point operations (2 per multiply-add) of one environment step of `config`:
 /// acting, next-action candidates, UTD critic updates (backward counted as twice the
 /// forward), the denoiser update and the edit-policy update. Elementwise work is left
@@ -159,9 +173,7 @@ pub fn bench_updates(
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let median = median(&times);
     let flop = flops_per_env_step(c, od, ad);
     Ok(UpdateBench {
         preset: c.preset.clone(),
@@ -186,6 +198,13 @@ pub fn bench_updates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
 
     #[test]
     fn paper_step_is_about_one_and_a_half_teraflop() {
