@@ -1579,32 +1579,33 @@ fn next_candidates(
     } else {
         (1, rows)
     };
-    let blocks = |r: std::ops::Range<usize>, noise: &CandidateNoise| {
+    if threads == 1 && block >= rows {
+        return candidates_from(den, edit, schedule, next_obs, times, params, noise);
+    }
+    // Rows `r`, block by block.
+    let blocks = |r: std::ops::Range<usize>| {
         let od = next_obs.dims()[1];
-        let parts: Vec<_> = (r.start..r.end)
-            .step_by(block.max(1))
+        let parts: Vec<_> = r
+            .clone()
+            .step_by(block)
             .map(|start| {
                 let b = start..(start + block).min(r.end);
                 let obs = next_obs.clone().slice([b.clone(), 0..od]);
-                let noise = noise.rows(b.start - r.start..b.end - r.start, params);
+                let noise = noise.rows(b, params);
                 candidates_from(den, edit, schedule, obs, times.clone(), params, noise)
             })
             .collect();
         cat_candidates(parts)
     };
     if threads == 1 {
-        if block >= rows {
-            return candidates_from(den, edit, schedule, next_obs, times, params, noise);
-        }
-        return blocks(0..rows, &noise);
+        return blocks(0..rows);
     }
     let parts: Vec<(Tensor<3>, Option<Tensor<3>>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let r = rows * i / threads..rows * (i + 1) / threads;
-                let part = noise.rows(r.clone(), params);
                 let blocks = &blocks;
-                s.spawn(move || blocks(r, &part))
+                s.spawn(move || blocks(r))
             })
             .collect();
         handles
