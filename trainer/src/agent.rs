@@ -688,6 +688,16 @@ impl Agent {
         }
     }
 
+    /// `compute.threads` on the CPU backends, else 1 (a GPU runs each operation on all
+    /// of its cores already).
+    fn cpu_threads(&self) -> usize {
+        if crate::nets::native_activations(&self.plain) {
+            self.config.compute.threads
+        } else {
+            1
+        }
+    }
+
     fn target_entropy(&self) -> f32 {
         let e = &self.config.expo;
         let adjust = self.config.algo == Algo::Expo && e.adjust_target_entropy;
@@ -1160,6 +1170,7 @@ impl Agent {
         let device_normals = self.device_normals();
         let selects = matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect);
         let hoisted = self.config.compute.candidates == CandidateSchedule::Hoisted;
+        let threads = self.cpu_threads();
 
         // Inference copies of the networks that make next actions; they do not change
         // during the loop (updated after it).
@@ -1223,15 +1234,22 @@ impl Agent {
             let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
                 (Some((base, edited)), _) => {
                     let subset = random_subset(stream.rng, target.members(), params.critic_subset);
-                    select_given(
-                        target,
-                        next_i,
-                        slice_candidates(base, edited, r.clone()),
-                        member_ids(&subset, &self.plain),
-                        &params,
-                        &self.schedule,
-                    )
-                    .1
+                    let ids = member_ids(&subset, &self.plain);
+                    // Each row's score and pick depend on that row alone: the rows split
+                    // across threads give the one-thread values (`crate::split`).
+                    let parts = crate::split::in_threads(b, threads, |p| {
+                        let rows = r.start + p.start..r.start + p.end;
+                        select_given(
+                            target,
+                            next_obs.clone().slice([rows.clone(), 0..od]),
+                            slice_candidates(base, edited, rows),
+                            ids.clone(),
+                            &params,
+                            &self.schedule,
+                        )
+                        .1
+                    });
+                    Tensor::cat(parts, 0)
                 }
                 (None, None) => {
                     // Sequential: this slice's candidates now, drawn in the reference's
@@ -1284,6 +1302,7 @@ impl Agent {
                 y.reshape([1, b]),
                 (self.config.optim.critic_lr, self.config.optim.tau),
                 None,
+                threads,
                 &mut |stage| mark_stage(trace, marks, stage),
             );
             q_sum = q_sum + q.mean();
@@ -1597,23 +1616,7 @@ fn next_candidates(
             .collect();
         cat_candidates(parts)
     };
-    if threads == 1 {
-        return blocks(0..rows);
-    }
-    let parts: Vec<(Tensor<3>, Option<Tensor<3>>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|i| {
-                let r = rows * i / threads..rows * (i + 1) / threads;
-                let blocks = &blocks;
-                s.spawn(move || blocks(r))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a candidates thread panicked"))
-            .collect()
-    });
-    cat_candidates(parts)
+    cat_candidates(crate::split::in_threads(rows, threads, blocks))
 }
 
 /// Candidates of consecutive blocks of rows, joined in order.
@@ -1751,7 +1754,9 @@ fn select_given(
 /// loss and gradients (the backward pass written out: fewer operations than an autodiff
 /// graph, checked against autodiff in the tests), the optimizer step with learning rate
 /// `lr`, then Polyak averaging of the target with rate `tau`. Returns the stepped critic,
-/// the blended target, Q `[E, b]` and the loss.
+/// the blended target, Q `[E, b]` and the loss. The loss and gradients split the
+/// members across `threads` (CPU; the same bits as 1).
+#[allow(clippy::too_many_arguments)]
 fn critic_slice_step(
     (critic, target): (CriticEnsemble, CriticEnsemble),
     opt: &mut NetOptimizer,
@@ -1759,9 +1764,10 @@ fn critic_slice_step(
     y: Tensor<2>,
     (lr, tau): (f64, f32),
     scalars: Option<&StepScalars>,
+    threads: usize,
     mark: &mut dyn FnMut(&'static str),
 ) -> (CriticEnsemble, CriticEnsemble, Tensor<2>, Tensor<1>) {
-    let (q, loss, grads) = critic.td_loss_and_grads(x, y);
+    let (q, loss, grads) = critic.td_loss_and_grads(x, y, threads);
     let critic = opt.step_with(lr, critic, grads, scalars);
     mark("target critics");
     let target = opt.blend(target, &critic, tau);

@@ -316,10 +316,12 @@ pub struct ComputeConfig {
     /// directly).
     #[serde(default)]
     pub graph: bool,
-    /// CPU backends only: the hoisted next-action candidates (most of a `cpu` step) split
-    /// by rows across this many threads. The same bits as one thread (tested): each row's
-    /// chain is computed alone. For a single run on a machine with spare cores; a study
-    /// already runs one run per core, and the demo's controller shares its 2 cores.
+    /// CPU backends only: the hoisted next-action candidates (most of a step) and, in the
+    /// critic loop, the hoisted TD targets' scoring split by rows and each critic step's
+    /// loss and gradients split by ensemble members, across this many threads. The same
+    /// bits as one thread (tested): each row's chain and score, and each member's
+    /// gradient, are computed alone. For a single run on a machine with spare cores; a
+    /// study already runs one run per core, and the demo's controller shares its 2 cores.
     #[serde(default = "one_thread")]
     pub threads: usize,
     /// CPU backends only: each thread runs its hoisted candidates in blocks of at most

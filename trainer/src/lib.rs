@@ -22,4 +22,5 @@ pub mod plot;
 pub mod replay;
 pub mod robot;
 pub mod run;
+pub mod split;
 pub mod study;

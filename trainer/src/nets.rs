@@ -595,60 +595,149 @@ impl CriticEnsemble {
     /// on a GPU each is a kernel launch, and the critic loop is most of a step's
     /// operations (issue 14). `trainer/tests/networks.rs` checks it against autodiff.
     /// `self` may be the autodiff module: its parameters are read through `valid()`.
+    ///
+    /// Each member's Q and gradients depend on that member alone, so the members split
+    /// into `threads` consecutive groups, each on its own thread ([`crate::split`]), give
+    /// the one-thread values to the bit (tested); use 1 on a GPU.
     pub fn td_loss_and_grads(
         &self,
         x: Tensor<2>,
         y: Tensor<2>,
+        threads: usize,
     ) -> (Tensor<2>, Tensor<1>, burn::optim::GradientsParams) {
-        let [rows, d_in] = x.dims();
+        let rows = x.dims()[0];
         let e = self.members();
+        // dL/dQ = 2 (Q − y) / (E·R): the whole ensemble's E in every group.
+        let scale = 2.0 / (e * rows) as f32;
+        let plain = |p: &Param<Tensor<3>>| p.val().inner();
+        let params = MemberParams {
+            layers: (self.layers.iter())
+                .map(|l| [plain(&l.weight), plain(&l.bias)])
+                .collect(),
+            norms: (self.norms.iter())
+                .map(|n| [plain(&n.gamma), plain(&n.beta)])
+                .collect(),
+        };
+        let mut parts = crate::split::in_threads(e, threads, |m| {
+            let group = if m.len() == e {
+                params.clone()
+            } else {
+                params.members(m)
+            };
+            group.td_q_and_grads(x.clone(), y.clone(), scale)
+        });
+        let (q, diff, grads) = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            let cat = |pick: &dyn Fn(&MemberParams) -> &Tensor<3>| {
+                Tensor::cat(parts.iter().map(|(_, _, g)| pick(g).clone()).collect(), 0)
+            };
+            let q = Tensor::cat(parts.iter().map(|(q, _, _)| q.clone()).collect(), 0);
+            let diff = Tensor::cat(parts.iter().map(|(_, d, _)| d.clone()).collect(), 0);
+            let layers = (0..self.layers.len())
+                .map(|i| [0, 1].map(|j| cat(&|g| &g.layers[i][j])))
+                .collect();
+            let norms = (0..self.norms.len())
+                .map(|i| [0, 1].map(|j| cat(&|g| &g.norms[i][j])))
+                .collect();
+            (q, diff, MemberParams { layers, norms })
+        };
+        let loss = diff.square().mean();
+        let mut registered = burn::optim::GradientsParams::new();
+        for (l, [w, b]) in self.layers.iter().zip(grads.layers) {
+            registered.register(l.weight.id, w);
+            registered.register(l.bias.id, b);
+        }
+        for (n, [gamma, beta]) in self.norms.iter().zip(grads.norms) {
+            registered.register(n.gamma.id, gamma);
+            registered.register(n.beta.id, beta);
+        }
+        (q, loss, registered)
+    }
+}
+
+/// The plain values of a group of critic members' parameters (or of their gradients):
+/// each dense layer's `[weight, bias]` and each hidden layer norm's `[gamma, beta]`, all
+/// with the members first (`[E, ..]`).
+#[derive(Clone)]
+struct MemberParams {
+    layers: Vec<[Tensor<3>; 2]>,
+    norms: Vec<[Tensor<3>; 2]>,
+}
+
+impl MemberParams {
+    /// Members `m` of every tensor.
+    fn members(&self, m: std::ops::Range<usize>) -> Self {
+        let take = |t: &Tensor<3>| {
+            let [_, a, b] = t.dims();
+            t.clone().slice([m.clone(), 0..a, 0..b])
+        };
+        MemberParams {
+            layers: self.layers.iter().map(|p| p.each_ref().map(take)).collect(),
+            norms: self.norms.iter().map(|p| p.each_ref().map(take)).collect(),
+        }
+    }
+
+    /// [`CriticEnsemble::td_loss_and_grads`] for these members: Q `[E, R]`, `Q − y` and
+    /// the gradients (in the layout of `self`), with `dL/dQ = scale · (Q − y)`.
+    fn td_q_and_grads(
+        &self,
+        x: Tensor<2>,
+        y: Tensor<2>,
+        scale: f32,
+    ) -> (Tensor<2>, Tensor<2>, Self) {
+        let [rows, d_in] = x.dims();
+        let e = self.layers[0][0].dims()[0];
         let last = self.layers.len() - 1;
-        let w = |l: &EnsembleDense| l.weight.val().inner();
-        let b = |l: &EnsembleDense| l.bias.val().inner();
         // Forward, keeping each hidden layer's input, normalized values, inverse scale and
         // output.
         let mut h: Tensor<3> = x.unsqueeze_dim::<3>(0).expand([e, rows, d_in]);
         let mut saved = Vec::with_capacity(last);
         for i in 0..last {
-            let (l, n) = (&self.layers[i], &self.norms[i]);
-            let (xhat, inv) = normalize_last_with_scale(h.clone().matmul(w(l)) + b(l));
-            let out = relu(xhat.clone() * n.gamma.val().inner() + n.beta.val().inner());
+            let ([w, b], [gamma, beta]) = (&self.layers[i], &self.norms[i]);
+            let (xhat, inv) = normalize_last_with_scale(h.clone().matmul(w.clone()) + b.clone());
+            let out = relu(xhat.clone() * gamma.clone() + beta.clone());
             saved.push((h, xhat, inv, out.clone()));
             h = out;
         }
-        let q =
-            (h.clone().matmul(w(&self.layers[last])) + b(&self.layers[last])).reshape([e, rows]);
-        let diff = q.clone() - y;
-        let loss = diff.clone().square().mean();
+        let [w, b] = &self.layers[last];
+        let q = (h.clone().matmul(w.clone()) + b.clone()).reshape([e, rows]);
 
-        // Backward. dL/dQ = 2 (Q − y) / (E·R), as `[E, R, 1]`.
-        let mut grads = burn::optim::GradientsParams::new();
-        let dq = (diff * (2.0 / (e * rows) as f32)).reshape([e, rows, 1]);
-        let l = &self.layers[last];
-        grads.register(l.weight.id, h.swap_dims(1, 2).matmul(dq.clone()));
-        grads.register(l.bias.id, dq.clone().sum_dim(1));
-        let mut dh = dq.matmul(w(l).swap_dims(1, 2)); // [E, R, width]
+        // Backward, from dL/dQ as `[E, R, 1]`.
+        let mut layers = vec![];
+        let mut norms = vec![];
+        let diff = q.clone() - y;
+        let dq = (diff.clone() * scale).reshape([e, rows, 1]);
+        layers.push([h.swap_dims(1, 2).matmul(dq.clone()), dq.clone().sum_dim(1)]);
+        let mut dh = dq.matmul(w.clone().swap_dims(1, 2)); // [E, R, width]
         for i in (0..last).rev() {
-            let (l, n) = (&self.layers[i], &self.norms[i]);
+            let ([w, _], [gamma, _]) = (&self.layers[i], &self.norms[i]);
             let (h_in, xhat, inv, out) = saved.pop().expect("one saved entry per layer");
             // ReLU: no gradient where the output is 0 (as burn's relu_backward).
             let da = dh.mask_fill(out.lower_equal_elem(0.0), 0.0);
-            grads.register(n.gamma.id, (da.clone() * xhat.clone()).sum_dim(1));
-            grads.register(n.beta.id, da.clone().sum_dim(1));
+            norms.push([
+                (da.clone() * xhat.clone()).sum_dim(1),
+                da.clone().sum_dim(1),
+            ]);
             // Layer norm: dz = inv · (d x̂ − mean(d x̂) − x̂ · mean(d x̂ · x̂)).
-            let dxhat = da * n.gamma.val().inner();
+            let dxhat = da * gamma.clone();
             let dz = (dxhat.clone()
                 - dxhat.clone().mean_dim(2)
                 - xhat.clone() * (dxhat * xhat).mean_dim(2))
                 * inv;
-            grads.register(l.weight.id, h_in.swap_dims(1, 2).matmul(dz.clone()));
-            grads.register(l.bias.id, dz.clone().sum_dim(1));
+            layers.push([
+                h_in.swap_dims(1, 2).matmul(dz.clone()),
+                dz.clone().sum_dim(1),
+            ]);
             if i == 0 {
                 break; // the inputs are data: no gradient
             }
-            dh = dz.matmul(w(l).swap_dims(1, 2));
+            dh = dz.matmul(w.clone().swap_dims(1, 2));
         }
-        (q, loss, grads)
+        // Collected from the last layer back: into the parameters' order.
+        layers.reverse();
+        norms.reverse();
+        (q, diff, MemberParams { layers, norms })
     }
 }
 

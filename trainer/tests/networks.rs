@@ -247,7 +247,7 @@ fn critic_gradients_written_out_match_autodiff() {
     let q_ad = critic.forward(tensor2(x, rows, d_in, &ad));
     let loss_ad = (q_ad.clone() - tensor2(y, 1, rows, &ad)).square().mean();
     let grads_ad = burn::optim::GradientsParams::from_grads(loss_ad.clone().backward(), &critic);
-    let (q, loss, grads) = critic.td_loss_and_grads(x_plain, y_plain);
+    let (q, loss, grads) = critic.td_loss_and_grads(x_plain, y_plain, 1);
 
     let close = |a: &[f32], b: &[f32], what: &str| {
         assert_eq!(a.len(), b.len(), "{what}");
@@ -294,4 +294,51 @@ fn critic_gradients_written_out_match_autodiff() {
         inactive > 0,
         "every unit active: the ReLU mask was not exercised"
     );
+}
+
+/// `compute.threads` in the critic step: the members split into groups on their own
+/// threads give the one-thread Q, loss and gradients to the bit. 5 members in 2 groups
+/// (3 + 2, so the groups differ in size), in 3, and in 5 (one member each).
+#[test]
+fn critic_gradients_split_by_members_are_the_one_thread_values() {
+    let ad = dev().autodiff();
+    let (rows, d_in) = (33, 6);
+    let critic = CriticEnsemble::new(5, d_in, &[16, 8], &mut Rng::new(21), &ad);
+    let mut rng = Rng::new(22);
+    let x: Vec<f32> = (0..rows * d_in).map(|_| 2.0 * rng.normal()).collect();
+    let y: Vec<f32> = (0..rows).map(|_| rng.normal()).collect();
+    let run = |threads: usize| {
+        let (q, loss, grads) = critic.td_loss_and_grads(
+            tensor2(x.clone(), rows, d_in, &dev()),
+            tensor2(y.clone(), 1, rows, &dev()),
+            threads,
+        );
+        let mut all = vec![values(q), values(loss)];
+        for l in &critic.layers {
+            for id in [l.weight.id, l.bias.id] {
+                all.push(values(
+                    grads.get::<3>(id).expect("a gradient per parameter"),
+                ));
+            }
+        }
+        for n in &critic.norms {
+            for id in [n.gamma.id, n.beta.id] {
+                all.push(values(
+                    grads.get::<3>(id).expect("a gradient per parameter"),
+                ));
+            }
+        }
+        assert_eq!(grads.len(), 10, "{threads} threads");
+        all
+    };
+    let one = run(1);
+    assert!(one[2].iter().any(|v| *v != 0.0));
+    for threads in [2, 3, 5] {
+        let split = run(threads);
+        for (i, (a, b)) in one.iter().zip(&split).enumerate() {
+            assert_eq!(a.len(), b.len(), "{threads} threads, tensor {i}");
+            let differing = a.iter().zip(b).filter(|(u, v)| u.to_bits() != v.to_bits());
+            assert_eq!(differing.count(), 0, "{threads} threads, tensor {i}");
+        }
+    }
 }

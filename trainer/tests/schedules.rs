@@ -301,15 +301,17 @@ fn recorded_graphs_give_the_direct_results_on_the_gpu() {
 }
 
 /// `compute.threads` and `compute.block_chains`: the hoisted candidates split by rows
-/// across threads, and each thread's rows run in blocks, give exactly the results of
-/// one thread and one block (each row's chain and edit depend on that row alone): the
-/// metrics of every update and every parameter after them. 64 rows of 4 chains each:
+/// across threads, each thread's rows run in blocks, the target scoring split by rows
+/// and the critic step's gradients by members give exactly the results of one thread
+/// and one block (each row's chain, edit and score depend on that row alone, each
+/// member's gradient on that member): the metrics of every update and every parameter
+/// after them. 64 rows of 4 chains each (16 per slice, 4 critics):
 /// 3 threads (uneven), blocks of 10 rows (the last one 4), 2 threads of 6-row blocks
 /// (each thread's last one 2 rows), and one row per block. Host normals: burn-flex's
 /// device RNG is one generator for the whole process, so two agents in one test would
 /// take each other's draws (all draws are made before the split either way).
 #[test]
-fn candidates_in_threads_and_blocks_give_the_one_block_results() {
+fn updates_in_threads_and_blocks_give_the_one_thread_results() {
     let make = |threads: usize, block_chains: usize| {
         let mut c = config(CandidateSchedule::Hoisted, "cpu");
         c.compute.threads = threads;

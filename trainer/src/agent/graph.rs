@@ -601,6 +601,8 @@ fn run_loop(
             y.reshape([1, b]),
             c.rates,
             Some(&scalars),
+            // A recorded graph is one stream of device operations.
+            1,
             &mut |_| {},
         );
         (critic, target) = (stepped, blended);
