@@ -1249,7 +1249,7 @@ impl Agent {
                         )
                         .1
                     });
-                    Tensor::cat(parts, 0)
+                    cat_parts(parts)
                 }
                 (None, None) => {
                     // Sequential: this slice's candidates now, drawn in the reference's
@@ -1617,6 +1617,16 @@ fn next_candidates(
         cat_candidates(parts)
     };
     cat_candidates(crate::split::in_threads(rows, threads, blocks))
+}
+
+/// Consecutive blocks of rows joined in order; one block as it is (a one-tensor `cat`
+/// would still copy it: a kernel launch on a GPU).
+fn cat_parts(mut parts: Vec<Tensor<2>>) -> Tensor<2> {
+    if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(parts, 0)
+    }
 }
 
 /// Candidates of consecutive blocks of rows, joined in order.

@@ -100,8 +100,13 @@ pub struct FinetuneSummary {
     /// --teleop`). They are trained on like the policy's: the recorded action is what
     /// the robot was sent.
     pub robot_teleop: usize,
-    /// Robot frames put in the online buffer.
+    /// Robot frames admitted to training (all but the interventions left out).
     pub robot_transitions_used: usize,
+    /// Training transitions the admitted frames made in the online buffer. One per frame
+    /// one step at a time. With action chunks (`action_horizon` H) each frame starts at
+    /// most one chunk: the last H − 1 frames before a truncation, a left-out frame or a
+    /// gap in the data start none ([`crate::replay::Chunker`]).
+    pub replay_transitions: usize,
     pub updates: usize,
     /// Bundles published by `--listen` (directories, oldest first).
     pub published: Vec<PathBuf>,
@@ -324,7 +329,7 @@ fn append_robot_data(
                     chunker.cut();
                     continue;
                 }
-                chunker.push(
+                summary.replay_transitions += chunker.push(
                     online,
                     &ep.observations[i * od..(i + 1) * od],
                     &ep.actions[i * ad..(i + 1) * ad],
@@ -356,12 +361,13 @@ pub fn describe(s: &FinetuneSummary) -> String {
         )
     } else {
         format!(
-            "{} robot transitions ({} episodes, {:.1}% successful, {} marked interventions, {} teleoperated)",
+            "{} robot transitions ({} episodes, {:.1}% successful, {} marked interventions, {} teleoperated; {} training transitions)",
             s.robot_transitions,
             s.robot_episodes,
             100.0 * s.robot_success_rate,
             s.robot_interventions,
-            s.robot_teleop
+            s.robot_teleop,
+            s.replay_transitions
         )
     };
     format!(

@@ -306,7 +306,7 @@ pub(crate) fn train_live(
                         chunker.cut();
                         continue;
                     }
-                    chunker.push(
+                    summary.replay_transitions += chunker.push(
                         online,
                         &step.obs,
                         &step.action,

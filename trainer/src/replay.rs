@@ -276,6 +276,8 @@ impl Chunker {
     }
 
     /// One step; `episode_end` on an episode's last step (terminated or truncated).
+    /// Returns how many transitions it completed into `out`: 1 one step at a time; with
+    /// chunks 0 while a chunk is still pending, and up to `horizon` at a terminal step.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -286,13 +288,13 @@ impl Chunker {
         next_obs: &[f32],
         terminated: bool,
         episode_end: bool,
-    ) {
+    ) -> usize {
         let (od, ad, h) = (self.od, self.ad, self.spec.horizon);
         debug_assert!(obs.len() == od && next_obs.len() == od && act.len() == ad);
         debug_assert_eq!(out.act_dim, h * ad);
         if h == 1 {
             out.push(obs, act, rew, next_obs, terminated);
-            return;
+            return 1;
         }
         let contiguous = self.next_obs[self.next_obs.len().saturating_sub(od)..]
             .iter()
@@ -305,17 +307,21 @@ impl Chunker {
         self.act.extend_from_slice(act);
         self.rew.push(rew);
         self.next_obs.extend_from_slice(next_obs);
+        let mut emitted = 0;
         if self.pending() == h {
             self.emit_front(out, h, terminated);
+            emitted += 1;
         }
         if terminated {
             while self.pending() > 0 {
                 self.emit_front(out, self.pending(), true);
+                emitted += 1;
             }
         }
         if episode_end {
             self.cut();
         }
+        emitted
     }
 
     /// Pushes the chunk that starts at the oldest pending step and spans `len` steps,
@@ -606,14 +612,22 @@ mod tests {
         let (obs, act, rew, next) = episode(4);
         let mut r = Replay::new(1, 3, 100);
         let mut c = Chunker::new(1, 1, spec);
-        c.push_episode(
-            &mut r,
-            &obs,
-            &act,
-            &rew,
-            &next,
-            &[false, false, false, true],
-        );
+        let completed: Vec<usize> = (0..4)
+            .map(|t| {
+                let at = t..t + 1;
+                c.push(
+                    &mut r,
+                    &obs[at.clone()],
+                    &act[at.clone()],
+                    rew[t],
+                    &next[at],
+                    t == 3,
+                    t == 3,
+                )
+            })
+            .collect();
+        // The terminal step completes its own chunk and the two shorter ones.
+        assert_eq!(completed, [0, 0, 1, 3]);
         assert_eq!(
             rows(&r),
             [
@@ -635,10 +649,20 @@ mod tests {
         };
         let mut r = Replay::new(1, 2, 100);
         let mut c = Chunker::new(1, 1, spec);
-        c.push(&mut r, &[0.0], &[10.0], 1.0, &[1.0], false, false);
+        // Each push says how many transitions it completed.
+        assert_eq!(
+            c.push(&mut r, &[0.0], &[10.0], 1.0, &[1.0], false, false),
+            0
+        );
         // Step 1 is missing: step 2's observation is not step 0's next one.
-        c.push(&mut r, &[2.0], &[12.0], 1.0, &[3.0], false, false);
-        c.push(&mut r, &[3.0], &[13.0], 1.0, &[4.0], false, false);
+        assert_eq!(
+            c.push(&mut r, &[2.0], &[12.0], 1.0, &[3.0], false, false),
+            0
+        );
+        assert_eq!(
+            c.push(&mut r, &[3.0], &[13.0], 1.0, &[4.0], false, false),
+            1
+        );
         assert_eq!(rows(&r), [(2.0, vec![12.0, 13.0], 2.0, 4.0, 1.0)]);
         assert_eq!(c.pending(), 1);
 

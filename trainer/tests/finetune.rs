@@ -7,8 +7,13 @@ use trainer::finetune::{FinetuneOptions, finetune};
 use trainer::run::{TrainOptions, load_agent, train};
 
 fn tiny_run(dir: &Path) {
+    tiny_run_with_horizon(dir, 1);
+}
+
+fn tiny_run_with_horizon(dir: &Path, action_horizon: usize) {
     let mut c = Config::tiny();
     c.task = TaskId::ArmReach.into();
+    c.action_horizon = action_horizon;
     c.run.online_steps = 20;
     let opts = TrainOptions {
         checkpoint_every: 0,
@@ -125,6 +130,8 @@ fn intervention_frames_are_left_out_unless_kept() {
     assert_eq!(s.robot_interventions, marked);
     assert_eq!(s.robot_teleop, teleop);
     assert_eq!(s.robot_transitions_used, total - marked);
+    // One step at a time: one training transition per admitted frame.
+    assert_eq!(s.replay_transitions, total - marked);
 
     let mut o = options(&run, &data, &tmp.path().join("kept"));
     o.updates = 1;
@@ -132,6 +139,43 @@ fn intervention_frames_are_left_out_unless_kept() {
     let s = finetune(&o, &mut ()).unwrap();
     assert_eq!(s.robot_interventions, marked);
     assert_eq!(s.robot_transitions_used, total);
+}
+
+/// With action chunks the admitted frames and the training transitions differ: each
+/// stretch of consecutive admitted frames makes one chunk per frame but for its last
+/// H − 1, unless it ends in a terminal step (which completes the shorter chunks too).
+#[test]
+fn chunked_runs_count_the_chunks_their_frames_make() {
+    const H: usize = 3;
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, generated, data) = (
+        tmp.path().join("run"),
+        tmp.path().join("generated"),
+        tmp.path().join("robot"),
+    );
+    tiny_run_with_horizon(&run, H);
+    tools::generate::generate(TaskId::ArmReach, 3, 9, EnvConfig::default(), &generated).unwrap();
+    let mut ds = dataset::read_dataset(&generated).unwrap();
+    let mut expected = 0;
+    let stretch = |n: usize, terminal: bool| if terminal { n } else { n.saturating_sub(H - 1) };
+    for ep in &mut ds.episodes {
+        let len = ep.intervention.len();
+        assert!(len > 12, "an episode of {len} frames");
+        for (i, m) in ep.intervention.iter_mut().enumerate() {
+            *m = (4..6).contains(&i);
+        }
+        expected += stretch(4, false) + stretch(len - 6, *ep.terminated.last().unwrap());
+    }
+    dataset::write_dataset(&data, &ds.info, &ds.episodes).unwrap();
+    let total = ds.num_frames();
+
+    let mut o = options(&run, &data, &tmp.path().join("out"));
+    o.updates = 1;
+    let s = finetune(&o, &mut ()).unwrap();
+    assert_eq!(s.robot_transitions, total);
+    assert_eq!(s.robot_transitions_used, total - 2 * 3);
+    assert_eq!(s.replay_transitions, expected);
+    assert!(s.replay_transitions < s.robot_transitions_used);
 }
 
 #[test]
