@@ -41,6 +41,16 @@
 //!
 //! Timestamps `*_rx_ns` / `action_sent_ns` are nanoseconds since the run started on the
 //! controller's monotonic clock; `*_fw_us` are the firmware's frame timestamps.
+//!
+//! # Versions
+//!
+//! New flag bits are added without a new magic: readers refuse any bit they do not
+//! know ("unknown flag bits"), so a reader older than a bit stops at the first record
+//! that sets it and says so, and reads every log without it as before. The teleop bit
+//! (16) came this way (2026-11-30). A new magic would make those older readers refuse
+//! every new log, teleop or not, as "not a transition log". The same records travel over
+//! the uplink (`uplink::records`), whose handshake version is unchanged for the same
+//! reason.
 
 use dataset::{DatasetInfo, DatasetWriter, Episode};
 use firmware_config::protocol::{MAX_ACT, MAX_OBS, StepFlags, crc32};
