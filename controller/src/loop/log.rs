@@ -45,8 +45,9 @@
 //! # Versions
 //!
 //! New flag bits are added without a new magic: readers refuse any bit they do not
-//! know ("unknown flag bits"), so a reader older than a bit stops at the first record
-//! that sets it and says so, and reads every log without it as before. The teleop bit
+//! know, so a reader older than a bit refuses a log at the first record that sets it
+//! (the log's path, the record's byte offset, "unknown flag bits"), and reads every log
+//! without it as before. The teleop bit
 //! (16) came this way (2026-11-30). A new magic would make those older readers refuse
 //! every new log, teleop or not, as "not a transition log". The same records travel over
 //! the uplink (`uplink::records`), whose handshake version is unchanged for the same
