@@ -1249,7 +1249,7 @@ impl Agent {
                         )
                         .1
                     });
-                    cat_parts(parts)
+                    crate::split::join(parts)
                 }
                 (None, None) => {
                     // Sequential: this slice's candidates now, drawn in the reference's
@@ -1619,27 +1619,11 @@ fn next_candidates(
     cat_candidates(crate::split::in_threads(rows, threads, blocks))
 }
 
-/// Consecutive blocks of rows joined in order; one block as it is (a one-tensor `cat`
-/// would still copy it: a kernel launch on a GPU).
-fn cat_parts(mut parts: Vec<Tensor<2>>) -> Tensor<2> {
-    if parts.len() == 1 {
-        parts.pop().expect("one part")
-    } else {
-        Tensor::cat(parts, 0)
-    }
-}
-
 /// Candidates of consecutive blocks of rows, joined in order.
-fn cat_candidates(
-    mut parts: Vec<(Tensor<3>, Option<Tensor<3>>)>,
-) -> (Tensor<3>, Option<Tensor<3>>) {
-    if parts.len() == 1 {
-        return parts.pop().unwrap();
-    }
-    let edited = (parts[0].1.is_some())
-        .then(|| Tensor::cat(parts.iter().map(|p| p.1.clone().unwrap()).collect(), 0));
-    let base = Tensor::cat(parts.into_iter().map(|p| p.0).collect(), 0);
-    (base, edited)
+fn cat_candidates(parts: Vec<(Tensor<3>, Option<Tensor<3>>)>) -> (Tensor<3>, Option<Tensor<3>>) {
+    let (base, edited): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+    let edited: Option<Vec<_>> = edited.into_iter().collect();
+    (crate::split::join(base), edited.map(crate::split::join))
 }
 
 /// The Gaussian draws of [`next_candidates`] for `rows` rows: the chains of `rows·N`

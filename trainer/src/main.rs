@@ -344,7 +344,8 @@ fn main() -> Result<()> {
                 .cloned()
                 .fold(f64::INFINITY, f64::min);
             let max = r.seconds_per_env_step.iter().cloned().fold(0.0, f64::max);
-            let cpu_settings = if !trainer::device::parse(&c.device)?.is_gpu() {
+            let on_cpu = !trainer::device::parse(&c.device)?.is_gpu();
+            let cpu_settings = if on_cpu {
                 let blocks = match c.compute.block_chains {
                     0 => "one block".to_string(),
                     n => format!("blocks of {n} chains"),
@@ -399,7 +400,7 @@ fn main() -> Result<()> {
             // split is large against a thread's start (tens of µs): the `tiny` preset's
             // candidates take well under 1 ms, and threads slow it down.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            if !cpu_settings.is_empty() && c.compute.threads < cores && s.candidates / n >= 1e-3 {
+            if on_cpu && c.compute.threads < cores && s.candidates / n >= 1e-3 {
                 eprintln!(
                     "note: {} of {cores} cores used; `--set compute.threads={cores}` splits the \
                      candidates and the critic loop across them (the same results to the bit)",

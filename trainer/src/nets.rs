@@ -140,31 +140,21 @@ pub fn silu_host<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `x ← x / (1 + e^−x)`, with [`exp_f32`]: a loop the compiler vectorizes (16 lanes
-/// where the CPU has AVX-512, 8 with AVX2, chosen at run time). Every lane does the same
-/// IEEE operations, so the result does not depend on the CPU. `x → −∞` gives `−0`,
-/// `x → +∞` gives `x`, NaN stays NaN.
+/// where the CPU has AVX-512, 8 with AVX2, chosen at run time: the first of
+/// [`silu_kernels`], picked once). Every lane does the same IEEE operations, so the
+/// result does not depend on the CPU. `x → −∞` gives `−0`, `x → +∞` gives `x`, NaN stays
+/// NaN.
 pub fn silu_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // Safety: AVX-512F is present (checked just above).
-            unsafe { silu_avx512(values) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // Safety: AVX2 is present (checked just above).
-            unsafe { silu_avx2(values) };
-            return;
-        }
-    }
-    silu_loop(values);
+    static CHOSEN: std::sync::OnceLock<SiluKernel> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| silu_kernels()[0].1)(values);
 }
 
 /// A SiLU loop over values in place.
 pub type SiluKernel = fn(&mut [f32]);
 
-/// Every SiLU loop this CPU can run, named, the plain one last: for the test that they
-/// agree to the bit and for `examples/ops.rs`, which times them side by side.
+/// Every SiLU loop this CPU can run, named, fastest first and the plain one last:
+/// [`silu_in_place`] runs the first; the test that they agree to the bit and
+/// `examples/ops.rs`, which times them side by side, run all.
 pub fn silu_kernels() -> Vec<(&'static str, SiluKernel)> {
     let mut kernels: Vec<(&'static str, SiluKernel)> = vec![];
     #[cfg(target_arch = "x86_64")]
@@ -618,30 +608,19 @@ impl CriticEnsemble {
                 .map(|n| [plain(&n.gamma), plain(&n.beta)])
                 .collect(),
         };
-        let mut parts = crate::split::in_threads(e, threads, |m| {
-            let group = if m.len() == e {
-                params.clone()
-            } else {
-                params.members(m)
-            };
-            group.td_q_and_grads(x.clone(), y.clone(), scale)
+        let parts = crate::split::in_threads(e, threads, |m| {
+            params
+                .members(m)
+                .td_q_and_grads(x.clone(), y.clone(), scale)
         });
-        let (q, diff, grads) = if parts.len() == 1 {
-            parts.pop().expect("one part")
-        } else {
-            let cat = |pick: &dyn Fn(&MemberParams) -> &Tensor<3>| {
-                Tensor::cat(parts.iter().map(|(_, _, g)| pick(g).clone()).collect(), 0)
-            };
-            let q = Tensor::cat(parts.iter().map(|(q, _, _)| q.clone()).collect(), 0);
-            let diff = Tensor::cat(parts.iter().map(|(_, d, _)| d.clone()).collect(), 0);
-            let layers = (0..self.layers.len())
-                .map(|i| [0, 1].map(|j| cat(&|g| &g.layers[i][j])))
-                .collect();
-            let norms = (0..self.norms.len())
-                .map(|i| [0, 1].map(|j| cat(&|g| &g.norms[i][j])))
-                .collect();
-            (q, diff, MemberParams { layers, norms })
-        };
+        let (mut qs, mut diffs, mut groups) = (vec![], vec![], vec![]);
+        for (q, diff, grads) in parts {
+            qs.push(q);
+            diffs.push(diff);
+            groups.push(grads);
+        }
+        let (q, diff) = (crate::split::join(qs), crate::split::join(diffs));
+        let grads = MemberParams::join(groups);
         let loss = diff.square().mean();
         let mut registered = burn::optim::GradientsParams::new();
         for (l, [w, b]) in self.layers.iter().zip(grads.layers) {
@@ -666,8 +645,11 @@ struct MemberParams {
 }
 
 impl MemberParams {
-    /// Members `m` of every tensor.
+    /// Members `m` of every tensor (all of them: the tensors as they are).
     fn members(&self, m: std::ops::Range<usize>) -> Self {
+        if m.len() == self.layers[0][0].dims()[0] {
+            return self.clone();
+        }
         let take = |t: &Tensor<3>| {
             let [_, a, b] = t.dims();
             t.clone().slice([m.clone(), 0..a, 0..b])
@@ -676,6 +658,23 @@ impl MemberParams {
             layers: self.layers.iter().map(|p| p.each_ref().map(take)).collect(),
             norms: self.norms.iter().map(|p| p.each_ref().map(take)).collect(),
         }
+    }
+
+    /// Groups of consecutive members joined along the member axis, in order.
+    fn join(mut groups: Vec<Self>) -> Self {
+        if groups.len() == 1 {
+            return groups.pop().expect("one group");
+        }
+        let column = |pick: &dyn Fn(&Self) -> &Tensor<3>| {
+            crate::split::join(groups.iter().map(|g| pick(g).clone()).collect())
+        };
+        let layers = (0..groups[0].layers.len())
+            .map(|i| [0, 1].map(|j| column(&|g| &g.layers[i][j])))
+            .collect();
+        let norms = (0..groups[0].norms.len())
+            .map(|i| [0, 1].map(|j| column(&|g| &g.norms[i][j])))
+            .collect();
+        MemberParams { layers, norms }
     }
 
     /// [`CriticEnsemble::td_loss_and_grads`] for these members: Q `[E, R]`, `Q − y` and

@@ -7,6 +7,7 @@
 //! order. The tests check it to the bit (`trainer/tests/schedules.rs`,
 //! `trainer/tests/networks.rs`).
 
+use burn::tensor::Tensor;
 use std::ops::Range;
 
 /// The `k`-th of `parts` consecutive ranges that cover `0..n`; their sizes differ by at
@@ -36,6 +37,16 @@ pub fn in_threads<T: Send>(n: usize, parts: usize, f: impl Fn(Range<usize>) -> T
         }
         out
     })
+}
+
+/// Parts of consecutive rows (the first axis) joined in order. One part is returned as
+/// it is: a one-tensor `cat` would still copy it (on a GPU, one more kernel launch).
+pub fn join<const D: usize>(mut parts: Vec<Tensor<D>>) -> Tensor<D> {
+    if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(parts, 0)
+    }
 }
 
 #[cfg(test)]
