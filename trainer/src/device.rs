@@ -10,7 +10,7 @@
 //!
 //! The learner code is the same on every device; only where tensors live changes.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 
 /// A parsed, validated device name.
@@ -58,6 +58,97 @@ impl DeviceSpec {
             }
         }
     }
+
+    /// Checks, before any backend starts, that the device exists, so that a missing driver
+    /// or a wrong index is a clear error and not a panic in a backend thread. CUDA: loads
+    /// the NVIDIA driver library and asks it how many devices it sees. The other backends
+    /// are not checked here.
+    pub fn check_present(self) -> Result<()> {
+        if let DeviceSpec::Cuda(i) = self {
+            let n = cuda_devices().context("device 'cuda'")?;
+            ensure!(
+                i < n,
+                "device 'cuda:{i}': the NVIDIA driver sees {n} CUDA device(s), numbered from 0"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The NVIDIA driver's library, as the CUDA runtime looks for it.
+const CUDA_DRIVER_LIBRARIES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
+
+/// How many CUDA devices the NVIDIA driver sees (`cuInit`, `cuDeviceGetCount`), loading the
+/// driver library at run time as burn's CUDA backend does. Compiled into every build
+/// (plain `dlopen`), so that its errors are tested without the `cuda` feature.
+pub fn cuda_devices() -> Result<usize> {
+    use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+    type CuInit = unsafe extern "C" fn(c_uint) -> c_int;
+    type CuDeviceGetCount = unsafe extern "C" fn(*mut c_int) -> c_int;
+    type CuGetErrorString = unsafe extern "C" fn(c_int, *mut *const c_char) -> c_int;
+    let mut handle = std::ptr::null_mut();
+    let mut why = String::new();
+    for name in CUDA_DRIVER_LIBRARIES {
+        let c_name = CString::new(name).expect("no NUL in a library name");
+        // SAFETY: dlopen with a valid C string; the handle is kept for the process's life
+        // (burn's backend loads the same library).
+        handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if !handle.is_null() {
+            break;
+        }
+        // SAFETY: dlerror returns null or a valid C string, read at once.
+        let err = unsafe { libc::dlerror() };
+        if !err.is_null() && why.is_empty() {
+            why = unsafe { CStr::from_ptr(err) }
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    ensure!(
+        !handle.is_null(),
+        "cannot load the NVIDIA driver library ({}): is an NVIDIA driver installed, and its \
+         library on the loader's path (LD_LIBRARY_PATH)? dlopen said: {why}",
+        CUDA_DRIVER_LIBRARIES.join(" or ")
+    );
+    let symbol = |name: &str| -> Result<*mut c_void> {
+        let c_name = CString::new(name).expect("no NUL in a symbol name");
+        // SAFETY: a valid handle from dlopen and a valid C string.
+        let f = unsafe { libc::dlsym(handle, c_name.as_ptr()) };
+        ensure!(!f.is_null(), "the NVIDIA driver library has no `{name}`");
+        Ok(f)
+    };
+    // SAFETY: the driver API's signatures (cuda.h): CUresult is a C int.
+    let (init, count, error_string) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, CuInit>(symbol("cuInit")?),
+            std::mem::transmute::<*mut c_void, CuDeviceGetCount>(symbol("cuDeviceGetCount")?),
+            std::mem::transmute::<*mut c_void, CuGetErrorString>(symbol("cuGetErrorString")?),
+        )
+    };
+    let describe = |code: c_int| {
+        let mut text: *const c_char = std::ptr::null();
+        // SAFETY: cuGetErrorString writes a static C string or leaves null.
+        if unsafe { error_string(code, &mut text) } == 0 && !text.is_null() {
+            format!(
+                "{} ({code})",
+                unsafe { CStr::from_ptr(text) }.to_string_lossy()
+            )
+        } else {
+            format!("CUresult {code}")
+        }
+    };
+    // SAFETY: the driver API's documented calls, with valid pointers.
+    let code = unsafe { init(0) };
+    ensure!(
+        code == 0,
+        "the NVIDIA driver failed to start: cuInit: {}",
+        describe(code)
+    );
+    let mut n: c_int = 0;
+    let code = unsafe { count(&mut n) };
+    ensure!(code == 0, "cuDeviceGetCount: {}", describe(code));
+    ensure!(n > 0, "the NVIDIA driver sees no CUDA device");
+    Ok(n as usize)
 }
 
 /// Parses `cpu`, `ndarray`, `vulkan[:N]` or `cuda[:N]`, refusing a GPU backend this
@@ -134,5 +225,30 @@ mod tests {
             let e = parse("vulkan:cpu").unwrap_err().to_string();
             assert!(e.contains("--features vulkan"), "{e}");
         }
+    }
+
+    /// Without an NVIDIA driver (CI, most laptops) asking for a CUDA device is a clear
+    /// error naming the library; with one, the count is what the driver says and an index
+    /// past it is refused.
+    #[test]
+    fn a_missing_cuda_driver_or_device_is_named() {
+        match cuda_devices() {
+            Err(e) => {
+                let e = format!("{e:#}");
+                assert!(e.contains("libcuda.so.1"), "{e}");
+                let e = format!("{:#}", DeviceSpec::Cuda(0).check_present().unwrap_err());
+                assert!(
+                    e.contains("device 'cuda'") && e.contains("NVIDIA driver"),
+                    "{e}"
+                );
+            }
+            Ok(n) => {
+                assert!(n > 0);
+                DeviceSpec::Cuda(n - 1).check_present().unwrap();
+                let e = DeviceSpec::Cuda(n).check_present().unwrap_err().to_string();
+                assert!(e.contains(&format!("cuda:{n}")), "{e}");
+            }
+        }
+        DeviceSpec::Cpu.check_present().unwrap();
     }
 }

@@ -348,6 +348,7 @@ impl RunState {
 /// `flex`, measured fastest (BENCHMARKS.md).
 pub fn device(config: &Config) -> Result<Device> {
     let spec = crate::device::parse(&config.device)?;
+    spec.check_present()?;
     let device = spec.device();
     if config.compute.normals == crate::config::NormalSource::Device {
         device.seed(config.seed ^ 0xde71ce);
