@@ -152,12 +152,13 @@ struct DeviceBatch {
 /// The critic loop's inputs, on the plain device (the critic's backward pass is written
 /// out, no autodiff): normalized `[s, a]` rows `[R, O + A]` (concatenated on the host, so
 /// no slice needs a device concatenation), rewards `[R, 1]`, normalized next observations
-/// `[R, O]` and bootstrap masks `[R, 1]`.
+/// `[R, O]` and bootstrap discounts `[R, 1]`: `γ^H · mask`, multiplied on the host (0 or
+/// `γ^H` exactly), so that a TD target takes two device operations, not three.
 struct CriticInputs {
     obs_act: Tensor<2>,
     rew: Tensor<2>,
     next_obs: Tensor<2>,
-    mask: Tensor<2>,
+    discount: Tensor<2>,
 }
 
 /// Which [`UpdateMetrics`] field a pending value goes to.
@@ -1109,7 +1110,6 @@ impl Agent {
                     utd,
                     obs_dim: self.obs_dim,
                     act_dim: self.act_dim,
-                    gamma: self.config.chunk_discount(),
                     rates: (self.config.optim.critic_lr, self.config.optim.tau),
                 };
                 let templates = LoopTemplates {
@@ -1141,10 +1141,7 @@ impl Agent {
         let mut opt = out.opt;
         opt.set_time(time + utd);
         self.opt_critic = NetOptimizer::Fused(Box::new(opt));
-        let n = utd as f32;
-        pending.push(|m| &mut m.critic_loss, out.loss_sum / n);
-        pending.push(|m| &mut m.q_mean, out.q_sum / n);
-        pending.push(|m| &mut m.target_q_mean, out.target_sum / n);
+        out.metrics.push_to(pending);
         self.stage_sync();
         self.times.critic += clock.elapsed().as_secs_f64();
         Ok(())
@@ -1158,13 +1155,12 @@ impl Agent {
             obs_act,
             rew,
             next_obs,
-            mask,
+            discount,
         }: CriticInputs,
         pending: Option<&mut PendingMetrics>,
     ) -> Result<Vec<Tensor<2>>> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let (od, ad) = (self.obs_dim, self.act_dim);
-        let gamma = self.config.chunk_discount();
         let rows = b * utd;
         let params = self.selection();
         let device_normals = self.device_normals();
@@ -1216,8 +1212,7 @@ impl Agent {
         self.times.candidates += clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
 
-        let zero = || Tensor::<1>::zeros([1], &self.plain);
-        let (mut loss_sum, mut q_sum, mut tq_sum) = (zero(), zero(), zero());
+        let mut sums = LoopSums::default();
         let mut targets = vec![];
         for i in 0..utd {
             if selects && !hoisted {
@@ -1279,44 +1274,37 @@ impl Agent {
                     q - logp.clone().slice([r.clone(), 0..1]) * alpha.clone().unwrap()
                 }
             };
-            let rew_i = rew.clone().slice([r.clone(), 0..1]);
-            let mask_i = mask.clone().slice([r.clone(), 0..1]);
-            let y = rew_i + mask_i * q_next * gamma;
+            let y = td_target(&rew, &discount, r.clone(), q_next);
             if pending.is_none() {
                 // Targets only (tests): no critic step.
                 targets.push(y);
                 continue;
             }
-            tq_sum = tq_sum + y.clone().mean();
 
             self.mark("critic step");
             let x = obs_act.clone().slice([r.clone(), 0..od + ad]);
             let (trace, marks) = (&mut self.trace, &mut self.kernel_marks);
-            let (critic, target, q, loss) = critic_slice_step(
+            let (critic, target) = critic_slice_step(
                 (
                     self.critic.take().unwrap(),
                     self.critic_target.take().unwrap(),
                 ),
                 &mut self.opt_critic,
                 x,
-                y.reshape([1, b]),
+                y,
                 (self.config.optim.critic_lr, self.config.optim.tau),
                 None,
                 threads,
+                &mut sums,
                 &mut |stage| mark_stage(trace, marks, stage),
             );
-            q_sum = q_sum + q.mean();
-            loss_sum = loss_sum + loss;
             self.critic = Some(critic);
             self.critic_target = Some(target);
         }
         self.stage_sync();
         self.times.critic += clock.elapsed().as_secs_f64();
         if let Some(pending) = pending {
-            let n = utd as f32;
-            pending.push(|m| &mut m.critic_loss, loss_sum / n);
-            pending.push(|m| &mut m.q_mean, q_sum / n);
-            pending.push(|m| &mut m.target_q_mean, tq_sum / n);
+            sums.means().push_to(pending);
         }
         Ok(targets)
     }
@@ -1347,7 +1335,11 @@ impl Agent {
                 obs_act: tensor2(obs_act, rows, od + ad, &self.plain),
                 rew: tensor2(batch.rew.clone(), rows, 1, &self.plain),
                 next_obs: tensor2(next_obs, rows, od, &self.plain),
-                mask: tensor2(batch.mask.clone(), rows, 1, &self.plain),
+                discount: {
+                    let gamma = self.config.chunk_discount();
+                    let discount = batch.mask.iter().map(|m| m * gamma).collect();
+                    tensor2(discount, rows, 1, &self.plain)
+                },
             }
         });
         Ok(DeviceBatch {
@@ -1744,11 +1736,78 @@ fn select_given(
     on_the_fly_action(&mut runner, params)
 }
 
-/// One slice's critic step towards TD targets `y` `[1, b]` on inputs `x` `[b, O + A]`:
-/// loss and gradients (the backward pass written out: fewer operations than an autodiff
-/// graph, checked against autodiff in the tests), the optimizer step with learning rate
-/// `lr`, then Polyak averaging of the target with rate `tau`. Returns the stepped critic,
-/// the blended target, Q `[E, b]` and the loss. The loss and gradients split the
+/// One slice's TD targets `y = r + d·Q'(s', a')` `[b, 1]`: rows `r` of the rewards and
+/// the bootstrap discounts ([`CriticInputs`]), and the next actions' scores `q_next`.
+fn td_target(
+    rew: &Tensor<2>,
+    discount: &Tensor<2>,
+    r: std::ops::Range<usize>,
+    q_next: Tensor<2>,
+) -> Tensor<2> {
+    let slice = |t: &Tensor<2>| t.clone().slice([r.clone(), 0..1]);
+    slice(rew) + slice(discount) * q_next
+}
+
+/// The critic loop's metrics, summed over its slices element by element and averaged
+/// once after the loop: per slice two additions and a square instead of three means,
+/// three additions and a square (on a GPU each is a kernel; issue 14).
+#[derive(Default)]
+struct LoopSums {
+    /// Σ over slices of the TD targets `[b, 1]`, of Q `[E, b]` and of `(Q − y)²` `[E, b]`.
+    targets: Option<Tensor<2>>,
+    q: Option<Tensor<2>>,
+    squared_errors: Option<Tensor<2>>,
+    slices: usize,
+}
+
+impl LoopSums {
+    fn add(&mut self, y: Tensor<2>, q: Tensor<2>, errors: Tensor<2>) {
+        let add = |sum: &mut Option<Tensor<2>>, x: Tensor<2>| {
+            *sum = Some(match sum.take() {
+                Some(s) => s + x,
+                None => x,
+            });
+        };
+        add(&mut self.targets, y);
+        add(&mut self.q, q);
+        add(&mut self.squared_errors, errors.square());
+        self.slices += 1;
+    }
+
+    /// The means over all slices: the critic loss (the mean of the slices' TD losses),
+    /// Q and the TD target.
+    fn means(self) -> LoopMetrics {
+        let n = self.slices as f32;
+        let mean = |sum: Option<Tensor<2>>| sum.expect("at least one slice").mean() / n;
+        LoopMetrics {
+            loss: mean(self.squared_errors),
+            q: mean(self.q),
+            target_q: mean(self.targets),
+        }
+    }
+}
+
+/// [`LoopSums::means`], on the device until [`PendingMetrics::read`].
+#[derive(Clone)]
+pub(crate) struct LoopMetrics {
+    loss: Tensor<1>,
+    q: Tensor<1>,
+    target_q: Tensor<1>,
+}
+
+impl LoopMetrics {
+    fn push_to(self, pending: &mut PendingMetrics) {
+        pending.push(|m| &mut m.critic_loss, self.loss);
+        pending.push(|m| &mut m.q_mean, self.q);
+        pending.push(|m| &mut m.target_q_mean, self.target_q);
+    }
+}
+
+/// One slice's critic step towards TD targets `y` `[b, 1]` on inputs `x` `[b, O + A]`:
+/// gradients (the backward pass written out: fewer operations than an autodiff graph,
+/// checked against autodiff in the tests), the optimizer step with learning rate `lr`,
+/// then Polyak averaging of the target with rate `tau`; the slice's Q and errors go to
+/// `sums`. Returns the stepped critic and the blended target. The gradients split the
 /// members across `threads` (CPU; the same bits as 1).
 #[allow(clippy::too_many_arguments)]
 fn critic_slice_step(
@@ -1759,13 +1818,16 @@ fn critic_slice_step(
     (lr, tau): (f64, f32),
     scalars: Option<&StepScalars>,
     threads: usize,
+    sums: &mut LoopSums,
     mark: &mut dyn FnMut(&'static str),
-) -> (CriticEnsemble, CriticEnsemble, Tensor<2>, Tensor<1>) {
-    let (q, loss, grads) = critic.td_loss_and_grads(x, y, threads);
+) -> (CriticEnsemble, CriticEnsemble) {
+    let b = y.dims()[0];
+    let (q, errors, grads) = critic.td_loss_and_grads(x, y.clone().reshape([1, b]), threads);
+    sums.add(y, q, errors);
     let critic = opt.step_with(lr, critic, grads, scalars);
     mark("target critics");
     let target = opt.blend(target, &critic, tau);
-    (critic, target, q, loss)
+    (critic, target)
 }
 
 /// Log-density of the edited action `base + β·a` given the log-density of `a`: the
@@ -1868,5 +1930,49 @@ impl ExpoRunner for Selector<'_> {
         let (best, idx) = scores.max_dim_with_indices(1); // [B, 1]
         let idx = idx.unsqueeze_dim::<3>(2).expand([b, 1, ad]);
         (candidates.gather(1, idx).reshape([b, ad]), best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's metrics are the means over all slices of each slice's mean: the TD loss
+    /// `mean (Q − y)²`, Q and the TD target, whatever the slices' values.
+    #[test]
+    fn loop_sums_average_the_slices_means() {
+        let device = Device::flex();
+        let mut rng = Rng::new(5);
+        let (e, b, slices) = (3, 4, 5);
+        let mut sums = LoopSums::default();
+        let (mut loss, mut q_mean, mut y_mean) = (0.0f64, 0.0f64, 0.0f64);
+        for _ in 0..slices {
+            let y: Vec<f32> = (0..b).map(|_| rng.normal()).collect();
+            let q: Vec<f32> = (0..e * b).map(|_| 3.0 * rng.normal()).collect();
+            let errors: Vec<f32> = (0..e * b).map(|i| q[i] - y[i % b]).collect();
+            let mean = |v: &[f32], f: fn(f32) -> f32| {
+                v.iter().map(|&x| f(x) as f64).sum::<f64>() / v.len() as f64
+            };
+            loss += mean(&errors, |x| x * x) / slices as f64;
+            q_mean += mean(&q, |x| x) / slices as f64;
+            y_mean += mean(&y, |x| x) / slices as f64;
+            sums.add(
+                tensor2(y, b, 1, &device),
+                tensor2(q, e, b, &device),
+                tensor2(errors, e, b, &device),
+            );
+        }
+        let m = sums.means();
+        for (got, want, what) in [
+            (m.loss, loss, "loss"),
+            (m.q, q_mean, "Q"),
+            (m.target_q, y_mean, "target"),
+        ] {
+            let got = scalar(got) as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{what}: {got} vs {want}"
+            );
+        }
     }
 }

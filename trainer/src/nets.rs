@@ -577,10 +577,11 @@ impl CriticEnsemble {
         h.reshape([e, rows])
     }
 
-    /// The critic step's loss and gradients without autodiff: Q of every member for
-    /// inputs `x: [R, in]`, the TD loss `mean_{e,r} (Q_e(x_r) − y_r)²` against targets
-    /// `y: [1, R]`, and that loss's gradient for every parameter (by id), all on the
-    /// plain device. The backward pass is written out (layer norm's in its closed form),
+    /// The critic step's gradients without autodiff: Q of every member for inputs
+    /// `x: [R, in]`, the errors `Q − y` `[E, R]` against targets `y: [1, R]`, and the
+    /// gradient of the TD loss `mean_{e,r} (Q_e(x_r) − y_r)²` for every parameter (by
+    /// id), all on the plain device. The loss itself is left to the caller (it is a
+    /// metric: the critic loop sums the squared errors of its slices, [`crate::agent`]). The backward pass is written out (layer norm's in its closed form),
     /// about 18 operations per hidden layer where burn's autodiff graph takes about 30:
     /// on a GPU each is a kernel launch, and the critic loop is most of a step's
     /// operations (issue 14). `trainer/tests/networks.rs` checks it against autodiff.
@@ -594,7 +595,7 @@ impl CriticEnsemble {
         x: Tensor<2>,
         y: Tensor<2>,
         threads: usize,
-    ) -> (Tensor<2>, Tensor<1>, burn::optim::GradientsParams) {
+    ) -> (Tensor<2>, Tensor<2>, burn::optim::GradientsParams) {
         let rows = x.dims()[0];
         let e = self.members();
         // dL/dQ = 2 (Q − y) / (E·R): the whole ensemble's E in every group.
@@ -621,7 +622,6 @@ impl CriticEnsemble {
         }
         let (q, diff) = (crate::split::join(qs), crate::split::join(diffs));
         let grads = MemberParams::join(groups);
-        let loss = diff.square().mean();
         let mut registered = burn::optim::GradientsParams::new();
         for (l, [w, b]) in self.layers.iter().zip(grads.layers) {
             registered.register(l.weight.id, w);
@@ -631,7 +631,7 @@ impl CriticEnsemble {
             registered.register(n.gamma.id, gamma);
             registered.register(n.beta.id, beta);
         }
-        (q, loss, registered)
+        (q, diff, registered)
     }
 }
 
@@ -695,8 +695,12 @@ impl MemberParams {
         for i in 0..last {
             let ([w, b], [gamma, beta]) = (&self.layers[i], &self.norms[i]);
             let (xhat, inv) = normalize_last_with_scale(h.clone().matmul(w.clone()) + b.clone());
-            let out = relu(xhat.clone() * gamma.clone() + beta.clone());
-            saved.push((h, xhat, inv, out.clone()));
+            // ReLU with its mask kept for the backward pass (as burn's relu: 0 where the
+            // input is ≤ 0), so that the backward pass does not compare again.
+            let pre = xhat.clone() * gamma.clone() + beta.clone();
+            let off = pre.clone().lower_equal_elem(0.0);
+            let out = pre.mask_fill(off.clone(), 0.0);
+            saved.push((h, xhat, inv, off));
             h = out;
         }
         let [w, b] = &self.layers[last];
@@ -711,9 +715,9 @@ impl MemberParams {
         let mut dh = dq.matmul(w.clone().swap_dims(1, 2)); // [E, R, width]
         for i in (0..last).rev() {
             let ([w, _], [gamma, _]) = (&self.layers[i], &self.norms[i]);
-            let (h_in, xhat, inv, out) = saved.pop().expect("one saved entry per layer");
+            let (h_in, xhat, inv, off) = saved.pop().expect("one saved entry per layer");
             // ReLU: no gradient where the output is 0 (as burn's relu_backward).
-            let da = dh.mask_fill(out.lower_equal_elem(0.0), 0.0);
+            let da = dh.mask_fill(off, 0.0);
             norms.push([
                 (da.clone() * xhat.clone()).sum_dim(1),
                 da.clone().sum_dim(1),

@@ -247,7 +247,13 @@ fn critic_gradients_written_out_match_autodiff() {
     let q_ad = critic.forward(tensor2(x, rows, d_in, &ad));
     let loss_ad = (q_ad.clone() - tensor2(y, 1, rows, &ad)).square().mean();
     let grads_ad = burn::optim::GradientsParams::from_grads(loss_ad.clone().backward(), &critic);
-    let (q, loss, grads) = critic.td_loss_and_grads(x_plain, y_plain, 1);
+    let (q, diff, grads) = critic.td_loss_and_grads(x_plain, y_plain.clone(), 1);
+    assert_eq!(
+        values(diff.clone()),
+        values(q.clone() - y_plain),
+        "errors Q − y"
+    );
+    let loss = diff.square().mean();
 
     let close = |a: &[f32], b: &[f32], what: &str| {
         assert_eq!(a.len(), b.len(), "{what}");
@@ -297,7 +303,7 @@ fn critic_gradients_written_out_match_autodiff() {
 }
 
 /// `compute.threads` in the critic step: the members split into groups on their own
-/// threads give the one-thread Q, loss and gradients to the bit. 5 members in 2 groups
+/// threads give the one-thread Q, errors and gradients to the bit. 5 members in 2 groups
 /// (3 + 2, so the groups differ in size), in 3, and in 5 (one member each).
 #[test]
 fn critic_gradients_split_by_members_are_the_one_thread_values() {
@@ -308,12 +314,12 @@ fn critic_gradients_split_by_members_are_the_one_thread_values() {
     let x: Vec<f32> = (0..rows * d_in).map(|_| 2.0 * rng.normal()).collect();
     let y: Vec<f32> = (0..rows).map(|_| rng.normal()).collect();
     let run = |threads: usize| {
-        let (q, loss, grads) = critic.td_loss_and_grads(
+        let (q, diff, grads) = critic.td_loss_and_grads(
             tensor2(x.clone(), rows, d_in, &dev()),
             tensor2(y.clone(), 1, rows, &dev()),
             threads,
         );
-        let mut all = vec![values(q), values(loss)];
+        let mut all = vec![values(q), values(diff)];
         for l in &critic.layers {
             for id in [l.weight.id, l.bias.id] {
                 all.push(values(

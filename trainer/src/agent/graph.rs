@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!  per step, on the host            cells (recorded buffers)          graph (recorded)
-//!  batch ───────────────────────► obs_act rew next_obs mask ───┐
+//!  batch ───────────────────────► obs_act rew next_obs γ·mask ─┐
 //!  chain and edit noise, subsets  noise… ids factors eps       ├──► candidates (chains,
 //!  bias corrections of t+1..t+U                                │    edits), then U × (scores,
 //!  denoiser, edit policy ───────► their parameters (copies)    │    TD target, critic step,
@@ -416,13 +416,11 @@ pub(super) struct LoopTemplates {
     pub policy: PolicyTemplates,
 }
 
-/// What one run of the loop leaves: sums over slices of the loss, of mean Q and of the
-/// mean TD target; the critic and its target; the optimizer over the final buffers.
+/// What one run of the loop leaves: its metrics (means over the slices), the critic and
+/// its target, the optimizer over the final buffers.
 #[derive(Clone)]
 pub(super) struct LoopOutput {
-    pub loss_sum: Tensor<1>,
-    pub q_sum: Tensor<1>,
-    pub target_sum: Tensor<1>,
+    pub metrics: LoopMetrics,
     pub critic: CriticEnsemble,
     pub target: CriticEnsemble,
     pub opt: FusedAdam,
@@ -435,7 +433,6 @@ pub(super) struct LoopConsts {
     pub utd: usize,
     pub obs_dim: usize,
     pub act_dim: usize,
-    pub gamma: f32,
     pub rates: (f64, f32),
 }
 
@@ -444,7 +441,7 @@ struct LoopCells {
     obs_act: Cell<2>,
     rew: Cell<2>,
     next_obs: Cell<2>,
-    mask: Cell<2>,
+    discount: Cell<2>,
     policy: PolicyCells,
     ids: Cell<1, Int>,
     factors: Cell<1>,
@@ -476,7 +473,7 @@ impl CriticGraph {
             obs_act: cell(c.obs_act),
             rew: cell(c.rew),
             next_obs: cell(c.next_obs),
-            mask: cell(c.mask),
+            discount: cell(c.discount),
             policy: PolicyCells::new(&templates.policy, inputs.policy)?,
             ids: cell(inputs.ids),
             factors: cell(inputs.factors),
@@ -485,9 +482,8 @@ impl CriticGraph {
         let in_place = Rc::new(std::cell::Cell::new(true));
         let closure = {
             let (cells, state, in_place) = (cells.clone(), state.clone(), in_place.clone());
-            let device = device.clone();
             move || {
-                let out = run_loop(&consts, &cells, &state, &templates, &device);
+                let out = run_loop(&consts, &cells, &state, &templates);
                 let mut all = true;
                 state.write_back(&out.opt, &mut all);
                 in_place.set(all);
@@ -528,7 +524,7 @@ impl CriticGraph {
         overwrite(&cells.obs_act, c.obs_act, recorded, "obs_act")?;
         overwrite(&cells.rew, c.rew, recorded, "rewards")?;
         overwrite(&cells.next_obs, c.next_obs, recorded, "next observations")?;
-        overwrite(&cells.mask, c.mask, recorded, "masks")?;
+        overwrite(&cells.discount, c.discount, recorded, "discounts")?;
         cells.policy.write(inputs.policy, recorded)?;
         overwrite(&cells.ids, inputs.ids, recorded, "critic subsets")?;
         overwrite(&cells.factors, inputs.factors, recorded, "bias corrections")?;
@@ -549,14 +545,13 @@ fn run_loop(
     cells: &LoopCells,
     state: &StateCells,
     templates: &LoopTemplates,
-    device: &Device,
 ) -> LoopOutput {
     let (b, od, ad) = (c.batch, c.obs_dim, c.act_dim);
-    let (obs_act, rew, next_obs, mask) = (
+    let (obs_act, rew, next_obs, discount) = (
         cells.obs_act.borrow().clone(),
         cells.rew.borrow().clone(),
         cells.next_obs.borrow().clone(),
-        cells.mask.borrow().clone(),
+        cells.discount.borrow().clone(),
     );
     // Next-action candidates of every slice, from this step's denoiser and edit policy.
     let policy = &templates.policy;
@@ -571,8 +566,7 @@ fn run_loop(
     let ids = cells.ids.borrow().clone();
     let (factors, eps) = (cells.factors.borrow().clone(), cells.eps.borrow().clone());
     let k = policy.params.critic_subset;
-    let zero = || Tensor::<1>::zeros([1], device);
-    let (mut loss_sum, mut q_sum, mut target_sum) = (zero(), zero(), zero());
+    let mut sums = LoopSums::default();
     for i in 0..c.utd {
         let r = i * b..(i + 1) * b;
         let at = i * ALIGN;
@@ -584,38 +578,31 @@ fn run_loop(
             &policy.params,
             &policy.schedule,
         );
-        let rew_i = rew.clone().slice([r.clone(), 0..1]);
-        let mask_i = mask.clone().slice([r.clone(), 0..1]);
-        let y = rew_i + mask_i * q_next * c.gamma;
-        target_sum = target_sum + y.clone().mean();
+        let y = td_target(&rew, &discount, r.clone(), q_next);
         let x = obs_act.clone().slice([r, 0..od + ad]);
         let scalars = StepScalars {
             factor: factors.clone().slice(at..at + 1),
             eps: eps.clone().slice(at..at + 1),
             lr: None,
         };
-        let (stepped, blended, q, loss) = critic_slice_step(
+        (critic, target) = critic_slice_step(
             (critic, target),
             &mut opt,
             x,
-            y.reshape([1, b]),
+            y,
             c.rates,
             Some(&scalars),
             // A recorded graph is one stream of device operations.
             1,
+            &mut sums,
             &mut |_| {},
         );
-        (critic, target) = (stepped, blended);
-        q_sum = q_sum + q.mean();
-        loss_sum = loss_sum + loss;
     }
     let NetOptimizer::Fused(opt) = opt else {
         unreachable!("built fused above")
     };
     LoopOutput {
-        loss_sum,
-        q_sum,
-        target_sum,
+        metrics: sums.means(),
         critic,
         target,
         opt: *opt,
