@@ -826,6 +826,7 @@ impl Agent {
                     &params,
                     noise,
                 );
+                let candidates = Joined::new(obs.clone(), candidates);
                 select_given(target, obs, candidates, ids, &params, &self.schedule).0
             }
         }
@@ -1179,7 +1180,7 @@ impl Agent {
             self.mark("candidates");
         }
         let precomputed = (selects && hoisted).then(|| {
-            next_candidates(
+            let candidates = next_candidates(
                 den.as_ref().unwrap(),
                 edit.as_ref().map(|e| (e, self.config.expo.edit_scale)),
                 &self.schedule,
@@ -1192,7 +1193,8 @@ impl Agent {
                 },
                 self.config.compute.threads,
                 self.config.compute.block_chains,
-            )
+            );
+            Joined::new(next_obs.clone(), candidates)
         });
         // RLPD: next actions from the actor, with the entropy term in the backup.
         let rlpd_next = (self.config.algo == Algo::Rlpd).then(|| {
@@ -1227,7 +1229,7 @@ impl Agent {
                 device_normals,
             };
             let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
-                (Some((base, edited)), _) => {
+                (Some(joined), _) => {
                     let subset = random_subset(stream.rng, target.members(), params.critic_subset);
                     let ids = member_ids(&subset, &self.plain);
                     // Each row's score and pick depend on that row alone: the rows split
@@ -1237,7 +1239,7 @@ impl Agent {
                         select_given(
                             target,
                             next_obs.clone().slice([rows.clone(), 0..od]),
-                            slice_candidates(base, edited, rows),
+                            joined.rows(rows),
                             ids.clone(),
                             &params,
                             &self.schedule,
@@ -1695,27 +1697,64 @@ fn candidates_from(
     (base, edited)
 }
 
-/// Rows `r` of the hoisted candidates.
-fn slice_candidates(
-    base: &Tensor<3>,
-    edited: &Option<Tensor<3>>,
-    r: std::ops::Range<usize>,
-) -> (Tensor<3>, Option<Tensor<3>>) {
-    let slice = |t: &Tensor<3>| {
-        let [_, n, ad] = t.dims();
-        t.clone().slice([r.clone(), 0..n, 0..ad])
-    };
-    (slice(base), edited.as_ref().map(slice))
+/// Candidates ready to be scored: every observation's candidates `[B, M, A]` (its N base
+/// samples, then its n_edit edits) and the critics' input rows `[B·M, O + A]` (the
+/// observation beside each of its candidates). The hoisted TD targets join them once per
+/// environment step, and each slice takes a view of its rows ([`Joined::rows`]): per
+/// slice that saves the joining's five device operations (two concatenations and the
+/// copy of the repeated observations).
+#[derive(Clone)]
+struct Joined {
+    candidates: Tensor<3>,
+    input: Tensor<2>,
 }
 
-/// EXPO's selection (`shared_model::on_the_fly_action`) among given candidates `(base
-/// [B, N, A], edited [B, n_edit, A])` for observations `obs` `[B, O]`: scored by the
-/// target critics `ids` (min over them), the best one and its score, `([B, A], [B, 1])`.
-/// Nothing is drawn. Acting and the hoisted TD targets use it.
+impl Joined {
+    fn new(obs: Tensor<2>, (base, edited): (Tensor<3>, Option<Tensor<3>>)) -> Self {
+        let candidates = match edited {
+            Some(edited) => join_candidates(base, edited),
+            None => base,
+        };
+        Joined {
+            input: critic_input(obs, &candidates),
+            candidates,
+        }
+    }
+
+    /// The candidates of observations `r`.
+    fn rows(&self, r: std::ops::Range<usize>) -> Self {
+        let [_, m, ad] = self.candidates.dims();
+        let width = self.input.dims()[1];
+        Joined {
+            candidates: self.candidates.clone().slice([r.clone(), 0..m, 0..ad]),
+            input: self.input.clone().slice([r.start * m..r.end * m, 0..width]),
+        }
+    }
+}
+
+/// Base and edited candidates side by side: `[B, N, A]`, `[B, n_edit, A]` → `[B, M, A]`.
+fn join_candidates(base: Tensor<3>, edited: Tensor<3>) -> Tensor<3> {
+    Tensor::cat(vec![base, edited], 1)
+}
+
+/// The critics' input rows for candidates `[B, M, A]` of observations `obs` `[B, O]`:
+/// `[B·M, O + A]`, row `b·M + j` holding observation `b` and its candidate `j`.
+fn critic_input(obs: Tensor<2>, candidates: &Tensor<3>) -> Tensor<2> {
+    let [b, m, ad] = candidates.dims();
+    Tensor::cat(
+        vec![repeat_rows(obs, m), candidates.clone().reshape([b * m, ad])],
+        1,
+    )
+}
+
+/// EXPO's selection (`shared_model::on_the_fly_action`) among given candidates of
+/// observations `obs` `[B, O]`: scored by the target critics `ids` (min over them), the
+/// best one and its score, `([B, A], [B, 1])`. Nothing is drawn. Acting and the hoisted
+/// TD targets use it.
 fn select_given(
     target: &CriticEnsemble,
     obs: Tensor<2>,
-    candidates: (Tensor<3>, Option<Tensor<3>>),
+    candidates: Joined,
     ids: Tensor<1, Int>,
     params: &SelectionParams,
     schedule: &DiffusionSchedule,
@@ -1723,7 +1762,7 @@ fn select_given(
     let mut unused = Rng::new(0);
     let mut runner = Selector {
         obs,
-        act_dim: candidates.0.dims()[2],
+        act_dim: candidates.candidates.dims()[2],
         denoiser: None,
         schedule,
         edit: None,
@@ -1849,8 +1888,10 @@ pub fn scalar<const D: usize>(t: Tensor<D>) -> f32 {
     t.into_data().try_to_vec::<f32>().expect("f32 tensor")[0]
 }
 
-/// [`ExpoRunner`] on burn tensors. For acting it runs the EMA chain and the edit
-/// policy; for TD targets (`precomputed`) it serves the hoisted candidates of one slice.
+/// [`ExpoRunner`] on burn tensors. It runs a chain and the edit policy (the sequential
+/// TD targets), or serves candidates made beforehand (`precomputed`: acting and the
+/// hoisted TD targets), already joined: then sampling, editing and joining all return
+/// them whole, and scoring takes their input rows.
 pub(crate) struct Selector<'a> {
     /// Observations `[B, O]`, normalized, on the plain device.
     obs: Tensor<2>,
@@ -1861,7 +1902,7 @@ pub(crate) struct Selector<'a> {
     edit_scale: f32,
     critics: &'a CriticEnsemble,
     stream: Stream<'a>,
-    precomputed: Option<(Tensor<3>, Option<Tensor<3>>)>,
+    precomputed: Option<Joined>,
     /// The scoring subset's member indices, drawn beforehand (`None`: drawn from
     /// `stream` when scoring).
     subset_ids: Option<Tensor<1, Int>>,
@@ -1874,8 +1915,8 @@ impl ExpoRunner for Selector<'_> {
     type Actions = (Tensor<2>, Tensor<2>);
 
     fn sample_base(&mut self, n: usize) -> Tensor<3> {
-        if let Some((base, _)) = &self.precomputed {
-            return base.clone();
+        if let Some(given) = &self.precomputed {
+            return given.candidates.clone();
         }
         let b = self.obs.dims()[0];
         let den = self.denoiser.expect("denoiser for sampling");
@@ -1890,8 +1931,8 @@ impl ExpoRunner for Selector<'_> {
     }
 
     fn edit(&mut self, base: &Tensor<3>, n: usize) -> Tensor<3> {
-        if let Some((_, Some(edited))) = &self.precomputed {
-            return edited.clone();
+        if let Some(given) = &self.precomputed {
+            return given.candidates.clone();
         }
         let [b, _, ad] = base.dims();
         let edit = self.edit.expect("edit policy");
@@ -1903,22 +1944,22 @@ impl ExpoRunner for Selector<'_> {
     }
 
     fn concat(&mut self, a: Tensor<3>, b: Tensor<3>) -> Tensor<3> {
-        Tensor::cat(vec![a, b], 1)
+        if self.precomputed.is_some() {
+            return a; // the joined candidates, from `sample_base`
+        }
+        join_candidates(a, b)
     }
 
     fn score(&mut self, candidates: &Tensor<3>, subset: usize) -> Tensor<2> {
-        let [b, m, ad] = candidates.dims();
+        let [b, m, _] = candidates.dims();
         let ids = self.subset_ids.take().unwrap_or_else(|| {
             let subset = random_subset(self.stream.rng, self.critics.members(), subset);
             member_ids(&subset, &self.obs.device())
         });
-        let input = Tensor::cat(
-            vec![
-                repeat_rows(self.obs.clone(), m),
-                candidates.clone().reshape([b * m, ad]),
-            ],
-            1,
-        );
+        let input = match &self.precomputed {
+            Some(given) => given.input.clone(),
+            None => critic_input(self.obs.clone(), candidates),
+        };
         self.critics
             .forward_selected(input, Some(&ids))
             .min_dim(0)

@@ -555,7 +555,10 @@ fn run_loop(
     );
     // Next-action candidates of every slice, from this step's denoiser and edit policy.
     let policy = &templates.policy;
-    let (base, edited) = cells.policy.candidates(policy, next_obs.clone());
+    let joined = Joined::new(
+        next_obs.clone(),
+        cells.policy.candidates(policy, next_obs.clone()),
+    );
     // The critic loop.
     let [p, m1, m2, t] = state.read();
     let opt = &templates.opt;
@@ -573,7 +576,7 @@ fn run_loop(
         let (_, q_next) = select_given(
             &target,
             next_obs.clone().slice([r.clone(), 0..od]),
-            slice_candidates(&base, &edited, r.clone()),
+            joined.rows(r.clone()),
             ids.clone().slice(at..at + k),
             &policy.params,
             &policy.schedule,
@@ -650,7 +653,7 @@ impl ActGraph {
                 (obs.clone(), cells.clone(), target_cell.clone(), ids.clone());
             move || {
                 let obs = obs.borrow().clone();
-                let candidates = cells.candidates(&policy, obs.clone());
+                let candidates = Joined::new(obs.clone(), cells.candidates(&policy, obs.clone()));
                 let (critics, layout) = &target;
                 let critics = layout.assign(critics.clone(), &target_cell.borrow().clone());
                 let ids = ids.borrow().clone();
