@@ -444,6 +444,9 @@ pub struct Agent {
     act_graphs: Vec<ActGraph>,
     /// The denoiser's and the edit policy's updates recorded as a device graph.
     update_graph: Option<UpdateGraph>,
+    /// Scoring subsets of the target critics gathered from their flat buffer, built at the
+    /// first use after the critic's optimizer has a target buffer.
+    target_subsets: Option<TargetSubsets>,
 }
 
 /// With `EXPO_KERNEL_MARKS=FILE` in the environment, every stage boundary launches one
@@ -607,6 +610,7 @@ impl Agent {
             critic_graph: None,
             act_graphs: vec![],
             update_graph: None,
+            target_subsets: None,
             config,
         }
     }
@@ -758,6 +762,31 @@ impl Agent {
     /// samples of the EMA denoiser, the first `n_edit` edited, scored by a random subset
     /// of the target critics. Draws: chain noise, edit noise, the subset. As a recorded
     /// graph with `compute.graph` once the networks' optimizers have stepped.
+    /// Members `ids` of the target critics, to score with: gathered from the critic
+    /// optimizer's target buffer when it has one ([`TargetSubsets`]), else selected
+    /// tensor by tensor.
+    fn target_subset(&mut self, ids: Tensor<1, Int>) -> Subset {
+        let Some((flat, layout)) = fused_buffer(&self.opt_critic, 3) else {
+            return Subset::Ids(ids);
+        };
+        let k = ids.dims()[0];
+        if !self
+            .target_subsets
+            .as_ref()
+            .is_some_and(|t| t.fits(layout, k))
+        {
+            let target = self.critic_target.as_ref().expect("target critics");
+            self.target_subsets = Some(
+                TargetSubsets::new(layout, target, k, &self.plain)
+                    .expect("the target critics in their optimizer's layout"),
+            );
+        }
+        self.target_subsets
+            .as_ref()
+            .expect("built above")
+            .subset(flat, &ids)
+    }
+
     fn act_select(&mut self, obs: Tensor<2>) -> Tensor<2> {
         let params = self.selection();
         let (k, ad) = (obs.dims()[0], self.act_dim);
@@ -816,6 +845,8 @@ impl Agent {
                 self.act_graphs.last_mut().unwrap().replay()
             }
             _ => {
+                let subset = self.target_subset(ids);
+                let target = self.critic_target.as_ref().unwrap();
                 let edit = edits.then(|| self.edit.as_ref().unwrap().valid());
                 let candidates = candidates_from(
                     &self.denoiser_ema,
@@ -827,7 +858,7 @@ impl Agent {
                     noise,
                 );
                 let candidates = Joined::new(obs.clone(), candidates);
-                select_given(target, obs, candidates, ids, &params, &self.schedule).0
+                select_given(target, obs, candidates, subset, &params, &self.schedule).0
             }
         }
     }
@@ -1223,6 +1254,12 @@ impl Agent {
             self.mark("target");
             let r = i * b..(i + 1) * b;
             let next_i = next_obs.clone().slice([r.clone(), 0..od]);
+            // Hoisted: this slice's scoring subset, drawn first as in the direct order.
+            let hoisted_subset = precomputed.is_some().then(|| {
+                let members = self.critic_target.as_ref().unwrap().members();
+                let subset = random_subset(&mut self.train_rng, members, params.critic_subset);
+                self.target_subset(member_ids(&subset, &self.plain))
+            });
             let target = self.critic_target.as_ref().unwrap();
             let stream = Stream {
                 rng: &mut self.train_rng,
@@ -1230,8 +1267,7 @@ impl Agent {
             };
             let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
                 (Some(joined), _) => {
-                    let subset = random_subset(stream.rng, target.members(), params.critic_subset);
-                    let ids = member_ids(&subset, &self.plain);
+                    let subset = hoisted_subset.expect("drawn above");
                     // Each row's score and pick depend on that row alone: the rows split
                     // across threads give the one-thread values (`crate::split`).
                     let parts = crate::split::in_threads(b, threads, |p| {
@@ -1240,7 +1276,7 @@ impl Agent {
                             target,
                             next_obs.clone().slice([rows.clone(), 0..od]),
                             joined.rows(rows),
-                            ids.clone(),
+                            subset.clone(),
                             &params,
                             &self.schedule,
                         )
@@ -1261,7 +1297,7 @@ impl Agent {
                         critics: target,
                         stream,
                         precomputed: None,
-                        subset_ids: None,
+                        subset: None,
                     };
                     on_the_fly_action(&mut runner, &params).1
                 }
@@ -1747,6 +1783,54 @@ fn critic_input(obs: Tensor<2>, candidates: &Tensor<3>) -> Tensor<2> {
     )
 }
 
+/// The target critics that score the candidates, chosen before scoring.
+#[derive(Clone)]
+enum Subset {
+    /// Members `ids` (`[k]`) of the ensemble: one selection per parameter tensor.
+    Ids(Tensor<1, Int>),
+    /// The members already gathered into a `k`-member ensemble ([`TargetSubsets`]).
+    Gathered(CriticEnsemble),
+}
+
+/// Scoring subsets of the target critics gathered from the fused optimizer's target
+/// buffer ([`crate::optim::MemberGather`]): three device operations per subset instead
+/// of one selection per parameter tensor (14 at 3 hidden layers), in every slice of the
+/// critic loop and in acting. The same values as selecting (tested).
+#[derive(Clone)]
+pub(crate) struct TargetSubsets {
+    /// The layout of the buffers it gathers from.
+    source: crate::optim::FlatLayout,
+    gather: crate::optim::MemberGather,
+    /// A `k`-member critic ensemble: the shape the gathered buffer is assigned to.
+    template: CriticEnsemble,
+}
+
+impl TargetSubsets {
+    fn new(
+        source: &crate::optim::FlatLayout,
+        critics: &CriticEnsemble,
+        k: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let template = critics.first_members(k);
+        Ok(TargetSubsets {
+            gather: crate::optim::MemberGather::new(source, &template, device)?,
+            source: source.clone(),
+            template,
+        })
+    }
+
+    /// Members `ids` of the critics whose parameters `flat` holds (in `source`'s layout).
+    fn subset(&self, flat: &Tensor<1>, ids: &Tensor<1, Int>) -> Subset {
+        let values = self.gather.gather(flat, ids);
+        Subset::Gathered(self.gather.layout().assign(self.template.clone(), &values))
+    }
+
+    fn fits(&self, source: &crate::optim::FlatLayout, k: usize) -> bool {
+        self.source == *source && self.template.members() == k
+    }
+}
+
 /// EXPO's selection (`shared_model::on_the_fly_action`) among given candidates of
 /// observations `obs` `[B, O]`: scored by the target critics `ids` (min over them), the
 /// best one and its score, `([B, A], [B, 1])`. Nothing is drawn. Acting and the hoisted
@@ -1755,7 +1839,7 @@ fn select_given(
     target: &CriticEnsemble,
     obs: Tensor<2>,
     candidates: Joined,
-    ids: Tensor<1, Int>,
+    subset: Subset,
     params: &SelectionParams,
     schedule: &DiffusionSchedule,
 ) -> (Tensor<2>, Tensor<2>) {
@@ -1770,7 +1854,7 @@ fn select_given(
         critics: target,
         stream: Stream::host(&mut unused),
         precomputed: Some(candidates),
-        subset_ids: Some(ids),
+        subset: Some(subset),
     };
     on_the_fly_action(&mut runner, params)
 }
@@ -1903,9 +1987,9 @@ pub(crate) struct Selector<'a> {
     critics: &'a CriticEnsemble,
     stream: Stream<'a>,
     precomputed: Option<Joined>,
-    /// The scoring subset's member indices, drawn beforehand (`None`: drawn from
-    /// `stream` when scoring).
-    subset_ids: Option<Tensor<1, Int>>,
+    /// The scoring subset, chosen beforehand (`None`: its members drawn from `stream`
+    /// when scoring).
+    subset: Option<Subset>,
 }
 
 impl ExpoRunner for Selector<'_> {
@@ -1952,18 +2036,19 @@ impl ExpoRunner for Selector<'_> {
 
     fn score(&mut self, candidates: &Tensor<3>, subset: usize) -> Tensor<2> {
         let [b, m, _] = candidates.dims();
-        let ids = self.subset_ids.take().unwrap_or_else(|| {
+        let chosen = self.subset.take().unwrap_or_else(|| {
             let subset = random_subset(self.stream.rng, self.critics.members(), subset);
-            member_ids(&subset, &self.obs.device())
+            Subset::Ids(member_ids(&subset, &self.obs.device()))
         });
         let input = match &self.precomputed {
             Some(given) => given.input.clone(),
             None => critic_input(self.obs.clone(), candidates),
         };
-        self.critics
-            .forward_selected(input, Some(&ids))
-            .min_dim(0)
-            .reshape([b, m])
+        let q = match chosen {
+            Subset::Ids(ids) => self.critics.forward_selected(input, Some(&ids)),
+            Subset::Gathered(critics) => critics.forward(input),
+        };
+        q.min_dim(0).reshape([b, m])
     }
 
     fn pick(&mut self, candidates: Tensor<3>, scores: Tensor<2>) -> (Tensor<2>, Tensor<2>) {

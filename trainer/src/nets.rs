@@ -544,6 +544,30 @@ impl CriticEnsemble {
         self.layers[0].weight.shape().dims::<3>()[0]
     }
 
+    /// An ensemble of this one's first `k` members (their values, new parameter ids): the
+    /// shape of a `k`-member subset ([`crate::optim::MemberGather`]).
+    pub fn first_members(&self, k: usize) -> Self {
+        let take = |p: &Param<Tensor<3>>| {
+            let t = p.val();
+            let [_, a, b] = t.dims();
+            Param::from_tensor(t.slice([0..k, 0..a, 0..b]))
+        };
+        CriticEnsemble {
+            layers: (self.layers.iter())
+                .map(|l| EnsembleDense {
+                    weight: take(&l.weight),
+                    bias: take(&l.bias),
+                })
+                .collect(),
+            norms: (self.norms.iter())
+                .map(|n| EnsembleNorm {
+                    gamma: take(&n.gamma),
+                    beta: take(&n.beta),
+                })
+                .collect(),
+        }
+    }
+
     /// Q of every member for inputs `[R, in]`: `[E, R]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.forward_members(x, None)

@@ -42,7 +42,7 @@
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -249,6 +249,96 @@ impl FlatLayout {
     /// Whether `module` has exactly this layout (same parameter ids and shapes).
     pub fn matches<M: Module>(&self, module: &M) -> bool {
         FlatLayout::of(module, self.packing) == *self
+    }
+}
+
+/// Some members of an ensemble, gathered straight from its flat buffer into the flat
+/// buffer of a smaller ensemble: three device operations whatever the number of
+/// parameter tensors, where selecting the members of each tensor takes one each (14 for
+/// a critic of 3 hidden layers). Every parameter must have the members on its first axis
+/// (`[E, ..]`).
+///
+/// ```text
+///  source buffer (E members)      table [E, n]            k-member buffer [n]
+///  p₀: m₀ m₁ … m_E−1 │ p₁: …      row m: where member m's   p₀: slot 0, …, slot k−1 │ p₁: …
+///                                 values for each position
+///  position t of the result = table[ids[slot[t]], t]   (slot[t]: which of the k members)
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemberGather {
+    /// `[E, n]`: row `m` holds, for every position of the `k`-member buffer, where member
+    /// `m`'s value for it sits in the source buffer (0 in the padding).
+    table: Tensor<2, Int>,
+    /// `[n]`: the slot (`0..k`) of every position of the `k`-member buffer.
+    slot: Tensor<1, Int>,
+    /// The `k`-member ensemble's layout.
+    layout: FlatLayout,
+}
+
+impl MemberGather {
+    /// For ensembles with layout `source` (`E` members), gathering into the layout of
+    /// `small`, the same network with `k ≤ E` members.
+    pub fn new<M: Module>(
+        source: &FlatLayout,
+        small: &M,
+        device: &burn::tensor::Device,
+    ) -> Result<Self> {
+        let layout = FlatLayout::of(small, source.packing);
+        ensure!(
+            layout.entries.len() == source.entries.len(),
+            "member gather: {} parameter tensors in the small ensemble, {} in the source",
+            layout.entries.len(),
+            source.entries.len()
+        );
+        let members = |e: &Entry| e.dims.first().copied().unwrap_or(0);
+        let big = source.entries.first().map(members).unwrap_or(0);
+        let k = layout.entries.first().map(members).unwrap_or(0);
+        ensure!(
+            k >= 1 && k <= big,
+            "member gather: {k} members out of {big}"
+        );
+        let n = layout.len;
+        let mut table = vec![0i64; big * n];
+        let mut slot = vec![0i64; n];
+        for (small_e, big_e) in layout.entries.iter().zip(&source.entries) {
+            ensure!(
+                members(small_e) == k
+                    && members(big_e) == big
+                    && small_e.dims[1..] == big_e.dims[1..],
+                "member gather: a parameter of shape {:?} against {:?} (members first)",
+                small_e.dims,
+                big_e.dims
+            );
+            let each = small_e.numel / k;
+            for i in 0..k {
+                for j in 0..each {
+                    let t = small_e.offset + i * each + j;
+                    slot[t] = i as i64;
+                    for m in 0..big {
+                        table[m * n + t] = (big_e.offset + m * each + j) as i64;
+                    }
+                }
+            }
+        }
+        Ok(MemberGather {
+            table: Tensor::from_data(TensorData::new(table, [big, n]), device),
+            slot: Tensor::from_data(TensorData::new(slot, [n]), device),
+            layout,
+        })
+    }
+
+    /// The `k`-member buffer holding members `ids` (`[k]`, in that order) of `flat`, a
+    /// buffer in the source layout; [`MemberGather::layout`] assigns it to a network.
+    pub fn gather(&self, flat: &Tensor<1>, ids: &Tensor<1, Int>) -> Tensor<1> {
+        let n = self.layout.len;
+        let members = ids.clone().select(0, self.slot.clone()).reshape([1, n]);
+        let at = self.table.clone().gather(0, members).reshape([n]);
+        flat.clone().select(0, at)
+    }
+
+    /// The layout of the gathered buffers.
+    pub fn layout(&self) -> &FlatLayout {
+        &self.layout
     }
 }
 

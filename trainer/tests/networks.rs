@@ -348,3 +348,69 @@ fn critic_gradients_split_by_members_are_the_one_thread_values() {
         }
     }
 }
+
+/// Scoring subsets gathered from a critic ensemble's flat buffer
+/// (`trainer::optim::MemberGather`, 3 device operations) hold exactly the members that
+/// selecting each parameter tensor gives, in the order asked for, with both packings
+/// (the GPU's aligned buffer with padding, the CPU's concatenation); and so score the
+/// same, to the bit.
+#[test]
+fn members_gathered_from_the_flat_buffer_are_the_selected_members() {
+    use trainer::nets::member_ids;
+    use trainer::optim::{FlatLayout, MemberGather, Packing};
+    let (rows, d_in) = (9, 5);
+    let critic = CriticEnsemble::new(5, d_in, &[7, 6], &mut Rng::new(31), &dev());
+    let mut rng = Rng::new(32);
+    let x = tensor2(
+        (0..rows * d_in).map(|_| rng.normal()).collect(),
+        rows,
+        d_in,
+        &dev(),
+    );
+    for packing in [Packing::Aligned, Packing::Concatenated] {
+        let layout = FlatLayout::of(&critic, packing);
+        let flat = layout.params(&critic);
+        for subset in [vec![3, 1], vec![0, 4], vec![2, 2], vec![4]] {
+            let small = critic.first_members(subset.len());
+            let gather = MemberGather::new(&layout, &small, &dev()).unwrap();
+            let ids = member_ids(&subset, &dev());
+            let gathered = gather.layout().assign(small, &gather.gather(&flat, &ids));
+            let pairs = critic
+                .layers
+                .iter()
+                .zip(&gathered.layers)
+                .flat_map(|(a, b)| [(&a.weight, &b.weight), (&a.bias, &b.bias)]);
+            let norms = critic
+                .norms
+                .iter()
+                .zip(&gathered.norms)
+                .flat_map(|(a, b)| [(&a.gamma, &b.gamma), (&a.beta, &b.beta)]);
+            let mut compared = 0;
+            for (full, got) in pairs.chain(norms) {
+                let want = full.val().select(0, ids.clone());
+                assert_eq!(
+                    values(got.val()),
+                    values(want),
+                    "{packing:?}, members {subset:?}"
+                );
+                compared += 1;
+            }
+            assert_eq!(compared, 10);
+            assert_eq!(
+                values(gathered.forward(x.clone())),
+                values(critic.forward_selected(x.clone(), Some(&ids))),
+                "{packing:?}, members {subset:?}: scores"
+            );
+        }
+    }
+    // A layout of another network is refused with the reason.
+    let other = CriticEnsemble::new(5, d_in, &[7], &mut Rng::new(33), &dev());
+    let e = MemberGather::new(
+        &FlatLayout::of(&critic, Packing::Aligned),
+        &other.first_members(2),
+        &dev(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("parameter tensors"), "{e}");
+}

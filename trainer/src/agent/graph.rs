@@ -468,6 +468,12 @@ impl CriticGraph {
         device: &Device,
     ) -> Result<Self> {
         let (state, current) = StateCells::copy_of(&templates.opt, 4, "critic")?;
+        let subsets = TargetSubsets::new(
+            templates.opt.layout().expect("a step taken before"),
+            &templates.target,
+            templates.policy.params.critic_subset,
+            device,
+        )?;
         let c = inputs.critic;
         let cells = LoopCells {
             obs_act: cell(c.obs_act),
@@ -483,7 +489,7 @@ impl CriticGraph {
         let closure = {
             let (cells, state, in_place) = (cells.clone(), state.clone(), in_place.clone());
             move || {
-                let out = run_loop(&consts, &cells, &state, &templates);
+                let out = run_loop(&consts, &cells, &state, &templates, &subsets);
                 let mut all = true;
                 state.write_back(&out.opt, &mut all);
                 in_place.set(all);
@@ -545,6 +551,7 @@ fn run_loop(
     cells: &LoopCells,
     state: &StateCells,
     templates: &LoopTemplates,
+    subsets: &TargetSubsets,
 ) -> LoopOutput {
     let (b, od, ad) = (c.batch, c.obs_dim, c.act_dim);
     let (obs_act, rew, next_obs, discount) = (
@@ -577,7 +584,10 @@ fn run_loop(
             &target,
             next_obs.clone().slice([r.clone(), 0..od]),
             joined.rows(r.clone()),
-            ids.clone().slice(at..at + k),
+            subsets.subset(
+                fused_buffer(&opt, 3).expect("a target buffer").0,
+                &ids.clone().slice(at..at + k),
+            ),
             &policy.params,
             &policy.schedule,
         );
@@ -647,6 +657,7 @@ impl ActGraph {
         );
         let (obs, target_cell) = (cell(inputs.obs), cell(own_copy(&inputs.target)));
         let cells = PolicyCells::new(&policy, inputs.policy)?;
+        let subsets = TargetSubsets::new(&target.1, &target.0, inputs.ids.dims()[0], device)?;
         let ids = cell(inputs.ids);
         let closure = {
             let (obs, cells, target_cell, ids) =
@@ -655,13 +666,14 @@ impl ActGraph {
                 let obs = obs.borrow().clone();
                 let candidates = Joined::new(obs.clone(), cells.candidates(&policy, obs.clone()));
                 let (critics, layout) = &target;
-                let critics = layout.assign(critics.clone(), &target_cell.borrow().clone());
-                let ids = ids.borrow().clone();
+                let flat = target_cell.borrow().clone();
+                let subset = subsets.subset(&flat, &ids.borrow());
+                let critics = layout.assign(critics.clone(), &flat);
                 select_given(
                     &critics,
                     obs,
                     candidates,
-                    ids,
+                    subset,
                     &policy.params,
                     &policy.schedule,
                 )
