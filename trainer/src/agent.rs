@@ -767,7 +767,7 @@ impl Agent {
     /// tensor by tensor.
     fn target_subset(&mut self, ids: Tensor<1, Int>) -> Subset {
         let Some((flat, layout)) = fused_buffer(&self.opt_critic, 3) else {
-            return Subset::Ids(ids);
+            return Subset::Ids(Box::new(ids));
         };
         let k = ids.dims()[0];
         if !self
@@ -1787,7 +1787,7 @@ fn critic_input(obs: Tensor<2>, candidates: &Tensor<3>) -> Tensor<2> {
 #[derive(Clone)]
 enum Subset {
     /// Members `ids` (`[k]`) of the ensemble: one selection per parameter tensor.
-    Ids(Tensor<1, Int>),
+    Ids(Box<Tensor<1, Int>>),
     /// The members already gathered into a `k`-member ensemble ([`TargetSubsets`]).
     Gathered(CriticEnsemble),
 }
@@ -2038,7 +2038,7 @@ impl ExpoRunner for Selector<'_> {
         let [b, m, _] = candidates.dims();
         let chosen = self.subset.take().unwrap_or_else(|| {
             let subset = random_subset(self.stream.rng, self.critics.members(), subset);
-            Subset::Ids(member_ids(&subset, &self.obs.device()))
+            Subset::Ids(Box::new(member_ids(&subset, &self.obs.device())))
         });
         let input = match &self.precomputed {
             Some(given) => given.input.clone(),
