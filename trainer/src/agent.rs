@@ -758,10 +758,6 @@ impl Agent {
         out
     }
 
-    /// EXPO's on-the-fly action for observations `obs` `[K, O]` (normalized): `N`
-    /// samples of the EMA denoiser, the first `n_edit` edited, scored by a random subset
-    /// of the target critics. Draws: chain noise, edit noise, the subset. As a recorded
-    /// graph with `compute.graph` once the networks' optimizers have stepped.
     /// Members `ids` of the target critics, to score with: gathered from the critic
     /// optimizer's target buffer when it has one ([`TargetSubsets`]), else selected
     /// tensor by tensor.
@@ -787,6 +783,10 @@ impl Agent {
             .subset(flat, &ids)
     }
 
+    /// EXPO's on-the-fly action for observations `obs` `[K, O]` (normalized): `N`
+    /// samples of the EMA denoiser, the first `n_edit` edited, scored by a random subset
+    /// of the target critics. Draws: chain noise, edit noise, the subset. As a recorded
+    /// graph with `compute.graph` once the networks' optimizers have stepped.
     fn act_select(&mut self, obs: Tensor<2>) -> Tensor<2> {
         let params = self.selection();
         let (k, ad) = (obs.dims()[0], self.act_dim);
