@@ -758,14 +758,13 @@ impl Agent {
         out
     }
 
-    /// Members `ids` of the target critics, to score with: gathered from the critic
-    /// optimizer's target buffer when it has one ([`TargetSubsets`]), else selected
-    /// tensor by tensor.
-    fn target_subset(&mut self, ids: Tensor<1, Int>) -> Subset {
-        let Some((flat, layout)) = fused_buffer(&self.opt_critic, 3) else {
-            return Subset::Ids(Box::new(ids));
+    /// Whether the target critics can be gathered from the critic optimizer's target
+    /// buffer ([`TargetSubsets`] for subsets of `k`, built at the first use and kept in
+    /// `self.target_subsets` while the layout stays): false without such a buffer.
+    fn has_target_subsets(&mut self, k: usize) -> bool {
+        let Some((_, layout)) = fused_buffer(&self.opt_critic, 3) else {
+            return false;
         };
-        let k = ids.dims()[0];
         if !self
             .target_subsets
             .as_ref()
@@ -777,10 +776,18 @@ impl Agent {
                     .expect("the target critics in their optimizer's layout"),
             );
         }
-        self.target_subsets
-            .as_ref()
-            .expect("built above")
-            .subset(flat, &ids)
+        true
+    }
+
+    /// Members `ids` of the target critics, to score with: gathered from the critic
+    /// optimizer's target buffer when it has one, else selected tensor by tensor.
+    fn target_subset(&mut self, ids: Tensor<1, Int>) -> Subset {
+        if !self.has_target_subsets(ids.dims()[0]) {
+            return Subset::Ids(Box::new(ids));
+        }
+        let (flat, _) = fused_buffer(&self.opt_critic, 3).expect("checked just above");
+        let subsets = self.target_subsets.as_ref().expect("built just above");
+        subsets.subset(flat, &ids)
     }
 
     /// EXPO's on-the-fly action for observations `obs` `[K, O]` (normalized): `N`
@@ -804,9 +811,14 @@ impl Agent {
             edits,
             &self.plain,
         );
-        let target = self.critic_target.as_ref().unwrap();
-        let subset = random_subset(&mut self.act_rng, target.members(), params.critic_subset);
+        let members = self.critic_target.as_ref().unwrap().members();
+        let subset = random_subset(&mut self.act_rng, members, params.critic_subset);
         let ids = member_ids(&subset, &self.plain);
+        // The same gatherer for the direct path and for recording (its tables built once).
+        let subsets = self
+            .has_target_subsets(params.critic_subset)
+            .then(|| self.target_subsets.clone().expect("built"));
+        let target = self.critic_target.as_ref().unwrap();
         let flats = (
             fused_buffer(&self.opt_denoiser, 3),
             fused_buffer(&self.opt_critic, 3),
@@ -814,7 +826,7 @@ impl Agent {
         );
         match flats {
             (Some(ema), Some(target_flat), edit)
-                if self.config.compute.graph && (edit.is_some() || !edits) =>
+                if self.config.compute.graph && (edit.is_some() || !edits) && subsets.is_some() =>
             {
                 let inputs = ActInputs {
                     obs,
@@ -839,7 +851,8 @@ impl Agent {
                     times: chain_times(&self.schedule, &self.plain),
                 };
                 let target = (target.clone(), target_flat.1.clone());
-                let g = ActGraph::capture(policy, target, inputs, &self.plain)
+                let subsets = subsets.expect("in the match guard");
+                let g = ActGraph::capture(policy, target, subsets, inputs, &self.plain)
                     .expect("recording acting as a graph");
                 self.act_graphs.push(g);
                 self.act_graphs.last_mut().unwrap().replay()
@@ -1086,6 +1099,10 @@ impl Agent {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let params = self.selection();
         let edits = params.num_edit > 0;
+        // For the recording (first step only): the gatherer the direct path uses too.
+        let gatherer = (self.critic_graph.is_none()
+            && self.has_target_subsets(params.critic_subset))
+        .then(|| self.target_subsets.clone().expect("built"));
         let clock = std::time::Instant::now();
         self.mark("candidates");
         let device_normals = self.device_normals();
@@ -1147,6 +1164,7 @@ impl Agent {
                 let templates = LoopTemplates {
                     critic: self.critic.clone().unwrap(),
                     target: self.critic_target.clone().unwrap(),
+                    subsets: gatherer.expect("a target buffer: critic_graph_ready"),
                     opt: opt.clone(),
                     policy: PolicyTemplates {
                         denoiser: (self.denoiser.valid(), den_layout.clone()),

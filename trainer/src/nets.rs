@@ -605,8 +605,9 @@ impl CriticEnsemble {
     /// `x: [R, in]`, the errors `Q − y` `[E, R]` against targets `y: [1, R]`, and the
     /// gradient of the TD loss `mean_{e,r} (Q_e(x_r) − y_r)²` for every parameter (by
     /// id), all on the plain device. The loss itself is left to the caller (it is a
-    /// metric: the critic loop sums the squared errors of its slices, [`crate::agent`]). The backward pass is written out (layer norm's in its closed form),
-    /// about 18 operations per hidden layer where burn's autodiff graph takes about 30:
+    /// metric: the critic loop sums the squared errors of its slices, [`crate::agent`]).
+    /// The backward pass is written out (layer norm's in its closed form), about 18
+    /// operations per hidden layer where burn's autodiff graph takes about 30:
     /// on a GPU each is a kernel launch, and the critic loop is most of a step's
     /// operations (issue 14). `trainer/tests/networks.rs` checks it against autodiff.
     /// `self` may be the autodiff module: its parameters are read through `valid()`.

@@ -412,6 +412,8 @@ impl LoopInputs {
 pub(super) struct LoopTemplates {
     pub critic: CriticEnsemble,
     pub target: CriticEnsemble,
+    /// Gathers each slice's scoring subset from the target buffer.
+    pub subsets: TargetSubsets,
     pub opt: FusedAdam,
     pub policy: PolicyTemplates,
 }
@@ -468,12 +470,6 @@ impl CriticGraph {
         device: &Device,
     ) -> Result<Self> {
         let (state, current) = StateCells::copy_of(&templates.opt, 4, "critic")?;
-        let subsets = TargetSubsets::new(
-            templates.opt.layout().expect("a step taken before"),
-            &templates.target,
-            templates.policy.params.critic_subset,
-            device,
-        )?;
         let c = inputs.critic;
         let cells = LoopCells {
             obs_act: cell(c.obs_act),
@@ -489,7 +485,7 @@ impl CriticGraph {
         let closure = {
             let (cells, state, in_place) = (cells.clone(), state.clone(), in_place.clone());
             move || {
-                let out = run_loop(&consts, &cells, &state, &templates, &subsets);
+                let out = run_loop(&consts, &cells, &state, &templates);
                 let mut all = true;
                 state.write_back(&out.opt, &mut all);
                 in_place.set(all);
@@ -551,7 +547,6 @@ fn run_loop(
     cells: &LoopCells,
     state: &StateCells,
     templates: &LoopTemplates,
-    subsets: &TargetSubsets,
 ) -> LoopOutput {
     let (b, od, ad) = (c.batch, c.obs_dim, c.act_dim);
     let (obs_act, rew, next_obs, discount) = (
@@ -584,7 +579,7 @@ fn run_loop(
             &target,
             next_obs.clone().slice([r.clone(), 0..od]),
             joined.rows(r.clone()),
-            subsets.subset(
+            templates.subsets.subset(
                 fused_buffer(&opt, 3).expect("a target buffer").0,
                 &ids.clone().slice(at..at + k),
             ),
@@ -648,6 +643,7 @@ impl ActGraph {
     pub fn capture(
         policy: PolicyTemplates,
         target: (CriticEnsemble, FlatLayout),
+        subsets: TargetSubsets,
         inputs: ActInputs,
         device: &Device,
     ) -> Result<Self> {
@@ -657,7 +653,6 @@ impl ActGraph {
         );
         let (obs, target_cell) = (cell(inputs.obs), cell(own_copy(&inputs.target)));
         let cells = PolicyCells::new(&policy, inputs.policy)?;
-        let subsets = TargetSubsets::new(&target.1, &target.0, inputs.ids.dims()[0], device)?;
         let ids = cell(inputs.ids);
         let closure = {
             let (obs, cells, target_cell, ids) =
