@@ -139,7 +139,89 @@ impl<'a> Stream<'a> {
 /// Losses and diagnostics still on the device (plain, one element each), read back
 /// together by [`PendingMetrics::read`]: one synchronisation instead of one per value.
 #[derive(Default)]
-struct PendingMetrics(Vec<(MetricField, Tensor<1>)>);
+struct PendingMetrics(Vec<(Metric, Tensor<1>)>);
+
+/// One field of [`UpdateMetrics`] (the order of the fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Metric {
+    CriticLoss,
+    QMean,
+    TargetQMean,
+    DenoiserLoss,
+    PolicyQ,
+    Entropy,
+    Temperature,
+}
+
+impl Metric {
+    fn field(self, m: &mut UpdateMetrics) -> &mut f32 {
+        match self {
+            Metric::CriticLoss => &mut m.critic_loss,
+            Metric::QMean => &mut m.q_mean,
+            Metric::TargetQMean => &mut m.target_q_mean,
+            Metric::DenoiserLoss => &mut m.denoiser_loss,
+            Metric::PolicyQ => &mut m.policy_q,
+            Metric::Entropy => &mut m.entropy,
+            Metric::Temperature => &mut m.temperature,
+        }
+    }
+}
+
+/// The metrics of the environment steps since the last [`Agent::take_metrics`], summed
+/// on the device ([`Agent::train_step`]): reading them back is a synchronisation with
+/// the device, so the caller chooses when (the logging interval), not every step.
+#[derive(Default)]
+struct MetricSums {
+    /// The metrics `device` holds, in order.
+    fields: Vec<Metric>,
+    device: Option<Tensor<1>>,
+    /// Sums read back early because the set of metrics changed (it does not within one
+    /// algorithm; kept for safety).
+    host: UpdateMetrics,
+    steps: usize,
+}
+
+impl MetricSums {
+    /// Adds one environment step's metrics (one device addition).
+    fn add(&mut self, pending: PendingMetrics) {
+        self.steps += 1;
+        let Some((fields, values)) = pending.joined() else {
+            return;
+        };
+        match self.device.take() {
+            Some(sum) if self.fields == fields => self.device = Some(sum + values),
+            earlier => {
+                if let Some(sum) = earlier {
+                    read_metrics(&self.fields, sum, &mut self.host);
+                }
+                self.fields = fields;
+                self.device = Some(values);
+            }
+        }
+    }
+
+    /// The sums and the number of steps summed; empties `self`.
+    fn take(&mut self) -> (UpdateMetrics, usize) {
+        let MetricSums {
+            fields,
+            device,
+            mut host,
+            steps,
+        } = std::mem::take(self);
+        if let Some(sum) = device {
+            read_metrics(&fields, sum, &mut host);
+        }
+        (host, steps)
+    }
+}
+
+/// `m.field += value` for each metric of `fields` and value of `values` (one read-back).
+fn read_metrics(fields: &[Metric], values: Tensor<1>, m: &mut UpdateMetrics) {
+    let host = values.into_data().try_to_vec::<f32>().expect("f32 metrics");
+    for (field, v) in fields.iter().zip(host) {
+        *field.field(m) += v;
+    }
+}
 
 /// A batch on the device: observations (normalized) and actions on the autodiff device,
 /// the TD targets' inputs plain.
@@ -161,25 +243,25 @@ struct CriticInputs {
     discount: Tensor<2>,
 }
 
-/// Which [`UpdateMetrics`] field a pending value goes to.
-type MetricField = fn(&mut UpdateMetrics) -> &mut f32;
-
 impl PendingMetrics {
-    fn push(&mut self, field: MetricField, value: Tensor<1>) {
-        self.0.push((field, value.no_grad().reshape([1])));
+    fn push(&mut self, metric: Metric, value: Tensor<1>) {
+        self.0.push((metric, value.no_grad().reshape([1])));
+    }
+
+    /// The metrics in field order and their values joined (one device operation); none
+    /// when nothing was pushed.
+    fn joined(mut self) -> Option<(Vec<Metric>, Tensor<1>)> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.sort_by_key(|(metric, _)| *metric);
+        let (fields, values): (Vec<_>, Vec<_>) = self.0.into_iter().unzip();
+        Some((fields, Tensor::cat(values, 0)))
     }
 
     fn read(self, m: &mut UpdateMetrics) {
-        if self.0.is_empty() {
-            return;
-        }
-        let (fields, values): (Vec<_>, Vec<_>) = self.0.into_iter().unzip();
-        let host = Tensor::cat(values, 0)
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("f32 metrics");
-        for (field, v) in fields.into_iter().zip(host) {
-            *field(m) = v;
+        if let Some((fields, values)) = self.joined() {
+            read_metrics(&fields, values, m);
         }
     }
 }
@@ -431,6 +513,8 @@ pub struct Agent {
     pub times: StageTimes,
     /// Wait for the device at stage boundaries so that [`StageTimes`] are device times.
     pub sync_stages: bool,
+    /// Metrics of [`Agent::train_step`]s not yet taken.
+    metric_sums: MetricSums,
     /// When set, each stage of [`Agent::update`] appends its name here, in order (tests
     /// check the schedule of candidate generation and updates with it).
     pub trace: Option<Vec<&'static str>>,
@@ -605,6 +689,7 @@ impl Agent {
             denoiser_updates: 0,
             times: StageTimes::default(),
             sync_stages: false,
+            metric_sums: MetricSums::default(),
             trace: None,
             kernel_marks,
             critic_graph: None,
@@ -877,9 +962,30 @@ impl Agent {
     }
 
     /// One environment step's worth of updates on `batch` (`utd` slices of
-    /// `batch_size` rows; observations raw, normalized here).
+    /// `batch_size` rows; observations raw, normalized here), and their metrics (read
+    /// back now: a synchronisation with the device; training loops use
+    /// [`Agent::train_step`]).
     pub fn update(&mut self, batch: &Batch) -> Result<UpdateMetrics> {
         let mut m = UpdateMetrics::default();
+        self.update_pending(batch)?.read(&mut m);
+        Ok(m)
+    }
+
+    /// [`Agent::update`] with the metrics summed on the device until
+    /// [`Agent::take_metrics`]: no read-back, so the host goes on queueing work.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<()> {
+        let pending = self.update_pending(batch)?;
+        self.metric_sums.add(pending);
+        Ok(())
+    }
+
+    /// The metrics of the [`Agent::train_step`]s since the last call, summed field by
+    /// field, and how many steps they are (one read-back).
+    pub fn take_metrics(&mut self) -> (UpdateMetrics, usize) {
+        self.metric_sums.take()
+    }
+
+    fn update_pending(&mut self, batch: &Batch) -> Result<PendingMetrics> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let (od, ad) = (self.obs_dim, self.act_dim);
         let rows = b * utd;
@@ -896,13 +1002,12 @@ impl Agent {
         let act_last = act.slice([last, 0..ad]);
         if self.update_graph_ready() {
             self.update_policies_graph(obs_last, act_last, &mut pending)?;
-            pending.read(&mut m);
-            return Ok(m);
+            return Ok(pending);
         }
         if self.config.algo != Algo::Rlpd {
             self.mark("denoiser");
             let loss = self.update_denoiser(obs_last.clone(), act_last.clone());
-            pending.push(|m| &mut m.denoiser_loss, loss);
+            pending.push(Metric::DenoiserLoss, loss);
         }
         self.stage_sync();
         self.times.denoiser += clock.elapsed().as_secs_f64();
@@ -912,10 +1017,9 @@ impl Agent {
             Algo::Rlpd => self.update_actor(obs_last, &mut pending),
             _ => {}
         }
-        pending.read(&mut m);
         self.stage_sync();
         self.times.policy += clock.elapsed().as_secs_f64();
-        Ok(m)
+        Ok(pending)
     }
 
     /// Whether the denoiser's and the edit policy's updates can run as a recorded graph
@@ -1010,7 +1114,7 @@ impl Agent {
         den_opt.set_time(den_time);
         self.opt_denoiser = NetOptimizer::Fused(Box::new(den_opt));
         self.denoiser_updates += 1;
-        pending.push(|m| &mut m.denoiser_loss, out.denoiser_loss);
+        pending.push(Metric::DenoiserLoss, out.denoiser_loss);
         self.stage_sync();
         self.times.denoiser += clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
@@ -1019,7 +1123,7 @@ impl Agent {
             opt.set_time(edit_time);
             self.edit = Some(edit);
             self.opt_policy = NetOptimizer::Fused(Box::new(opt));
-            pending.push(|m| &mut m.policy_q, q);
+            pending.push(Metric::PolicyQ, q);
             self.update_temperature(logp, pending);
         }
         self.stage_sync();
@@ -1494,7 +1598,7 @@ impl Agent {
             (self.config.optim.edit_lr, None),
         );
         self.edit = Some(edit);
-        pending.push(|m| &mut m.policy_q, q);
+        pending.push(Metric::PolicyQ, q);
         self.update_temperature(logp, pending);
     }
 
@@ -1517,7 +1621,7 @@ impl Agent {
             .mean_dim(0);
         let alpha = self.temperature.as_ref().unwrap().alpha().detach();
         let loss = (logp.clone().reshape([1, b]) * alpha.reshape([1, 1]) - q.clone()).mean();
-        pending.push(|m| &mut m.policy_q, q.detach().mean());
+        pending.push(Metric::PolicyQ, q.detach().mean());
         let grads = GradientsParams::from_grads(loss.backward(), &actor);
         self.actor = Some(
             self.opt_policy
@@ -1536,8 +1640,8 @@ impl Agent {
         let temp = self
             .opt_temperature
             .step(self.config.optim.temperature_lr, temp, grads);
-        pending.push(|m| &mut m.entropy, logp.mean() * -1.0);
-        pending.push(|m| &mut m.temperature, temp.alpha().detach());
+        pending.push(Metric::Entropy, logp.mean() * -1.0);
+        pending.push(Metric::Temperature, temp.alpha().detach());
         self.temperature = Some(temp);
     }
 }
@@ -1938,9 +2042,9 @@ pub(crate) struct LoopMetrics {
 
 impl LoopMetrics {
     fn push_to(self, pending: &mut PendingMetrics) {
-        pending.push(|m| &mut m.critic_loss, self.loss);
-        pending.push(|m| &mut m.q_mean, self.q);
-        pending.push(|m| &mut m.target_q_mean, self.target_q);
+        pending.push(Metric::CriticLoss, self.loss);
+        pending.push(Metric::QMean, self.q);
+        pending.push(Metric::TargetQMean, self.target_q);
     }
 }
 
@@ -2118,5 +2222,39 @@ mod tests {
                 "{what}: {got} vs {want}"
             );
         }
+    }
+
+    /// Metric sums follow the metrics pushed, in any order (without reading back), and
+    /// keep what was summed when the set of metrics changes (read back then).
+    #[test]
+    fn metric_sums_add_up_each_metric_whatever_the_order_and_set() {
+        let device = Device::flex();
+        let value = |v: f32| Tensor::<1>::from_floats([v], &device);
+        let mut sums = MetricSums::default();
+        let steps: [&[(Metric, f32)]; 4] = [
+            &[(Metric::QMean, 1.0), (Metric::CriticLoss, 2.0)],
+            &[(Metric::CriticLoss, 3.0), (Metric::QMean, 4.0)],
+            &[(Metric::Entropy, 6.0), (Metric::CriticLoss, 5.0)],
+            &[],
+        ];
+        for (i, step) in steps.into_iter().enumerate() {
+            let mut pending = PendingMetrics::default();
+            for &(metric, v) in step {
+                pending.push(metric, value(v));
+            }
+            sums.add(pending);
+            if i == 1 {
+                // The same set in another order: still summed on the device.
+                assert_eq!(sums.host, UpdateMetrics::default(), "read back early");
+            }
+        }
+        let want = UpdateMetrics {
+            critic_loss: 10.0,
+            q_mean: 5.0,
+            entropy: 6.0,
+            ..Default::default()
+        };
+        assert_eq!(sums.take(), (want, 4));
+        assert_eq!(sums.take(), (UpdateMetrics::default(), 0));
     }
 }

@@ -166,7 +166,8 @@ pub fn bench_updates(
         );
         let t = Instant::now();
         let _ = agent.act(&obs);
-        agent.update(&batch)?;
+        // Metrics stay on the device, as in training (read back per logging interval).
+        agent.train_step(&batch)?;
         // GPU work is queued asynchronously: the step ends when the device is done.
         agent.sync();
         if i >= warmup {

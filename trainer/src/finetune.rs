@@ -22,7 +22,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use sim::rng::Rng;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::agent::Agent;
@@ -244,7 +244,6 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     let mut batch = Batch::default();
     let start = state.finetune_updates;
     progress.phase("finetune", o.updates as u64);
-    let mut window = MetricsWindow::default();
     let log_every = o.log_every.max(1);
     let mut clock = Instant::now();
     for i in start..o.updates {
@@ -257,29 +256,11 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             config.optim.batch_size,
             &mut batch,
         );
-        let m = agent.update(&batch)?;
-        window.add(&m);
+        agent.train_step(&batch)?;
         let done = i + 1;
         if done % log_every == 0 || done == o.updates {
-            let secs = clock.elapsed().as_secs_f64().max(1e-9);
-            let row = window.row(done, 0, 0, 0.0, (window.n * config.optim.utd) as f64 / secs);
-            let r = &row.metrics;
-            append_line(
-                &o.out.join("finetune.csv"),
-                &format!(
-                    "{done},{},{},{},{},{},{},{},{:.1}",
-                    r.critic_loss,
-                    r.q_mean,
-                    r.target_q_mean,
-                    r.denoiser_loss,
-                    r.policy_q,
-                    r.entropy,
-                    r.temperature,
-                    row.updates_per_s
-                ),
-            )?;
-            progress.advance(done as u64, &format!("critic {:.4}", r.critic_loss));
-            window = MetricsWindow::default();
+            let critic_loss = log_finetune_row(&o.out, &mut agent, done, clock.elapsed())?;
+            progress.advance(done as u64, &format!("critic {critic_loss:.4}"));
             clock = Instant::now();
         }
         let at_checkpoint = o.checkpoint_every > 0 && done % o.checkpoint_every == 0;
@@ -302,6 +283,37 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         summary.after = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
     }
     Ok(summary)
+}
+
+/// Appends the `finetune.csv` row of update `done`: the means of the metrics of the
+/// updates since the last row (read back from `agent` now), over `elapsed`. Returns the
+/// mean critic loss.
+pub(crate) fn log_finetune_row(
+    out: &Path,
+    agent: &mut Agent,
+    done: usize,
+    elapsed: std::time::Duration,
+) -> Result<f32> {
+    let window = MetricsWindow::take(agent);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let updates_per_s = (window.n * agent.config.optim.utd) as f64 / secs;
+    let row = window.row(done, 0, 0, 0.0, updates_per_s);
+    let r = &row.metrics;
+    append_line(
+        &out.join("finetune.csv"),
+        &format!(
+            "{done},{},{},{},{},{},{},{},{:.1}",
+            r.critic_loss,
+            r.q_mean,
+            r.target_q_mean,
+            r.denoiser_loss,
+            r.policy_q,
+            r.entropy,
+            r.temperature,
+            row.updates_per_s
+        ),
+    )?;
+    Ok(r.critic_loss)
 }
 
 /// Appends the frames of the recorded datasets to `online` (intervention frames only

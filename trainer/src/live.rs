@@ -7,7 +7,8 @@
 //!  training loop: each robot transition → online replay + one update (UTD critic steps,
 //!                 base, edit/temperature), so updates track robot steps; every
 //!                 --publish-every updates a signed bundle in OUT/bundles/NNNNNNN and
-//!                 its name in OUT/bundles/latest ──► offered to the robot
+//!                 its name in OUT/bundles/latest ──► offered to the robot; every
+//!                 --log-every updates a finetune.csv row (the metrics' means)
 //! ```
 //!
 //! Transitions that arrive after the last update are kept in `OUT/uplink/` (and
@@ -267,6 +268,9 @@ pub(crate) fn train_live(
     let mut batch = Batch::default();
     let mut updates = state.finetune_updates;
     let mut owed = 0usize;
+    // `finetune.csv` rows as in offline fine-tuning: every `--log-every` updates.
+    let log_every = o.log_every.max(1);
+    let mut log_clock = std::time::Instant::now();
     progress.phase("finetune (live)", o.updates as u64);
     let publish = |agent: &crate::agent::Agent,
                    n: usize,
@@ -343,10 +347,14 @@ pub(crate) fn train_live(
                 config.optim.batch_size,
                 &mut batch,
             );
-            agent.update(&batch)?;
+            agent.train_step(&batch)?;
             owed -= 1;
             updates += 1;
             progress.advance(updates as u64, &format!("{} transitions", summary.streamed));
+            if updates.is_multiple_of(log_every) {
+                crate::finetune::log_finetune_row(&o.out, agent, updates, log_clock.elapsed())?;
+                log_clock = std::time::Instant::now();
+            }
             if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
                 publish(agent, updates, summary)?;
             }
@@ -364,6 +372,9 @@ pub(crate) fn train_live(
             errors.len(),
             errors[errors.len() - 1]
         );
+    }
+    if !updates.is_multiple_of(log_every) && updates > state.finetune_updates {
+        crate::finetune::log_finetune_row(&o.out, agent, updates, log_clock.elapsed())?;
     }
     state.capture_agent(agent, &batch_rng);
     state.finetune_updates = updates;

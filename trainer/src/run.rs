@@ -468,7 +468,6 @@ pub fn train(
     let mut chunker = Chunker::new(od, step_ad, config.chunks());
     let mut chunk = vec![0.0; ad];
     let mut chunk_clock = ChunkClock::new(play);
-    let mut window = MetricsWindow::default();
     let log_every = opts.log_every.max(1);
     let mut last_ckpt = start_step;
     let mut clock = Instant::now();
@@ -513,10 +512,10 @@ pub fn train(
             config.optim.batch_size,
             &mut batch,
         );
-        let m = agent.update(&batch)?;
-        window.add(&m);
+        agent.train_step(&batch)?;
         let done_steps = step + 1;
         if done_steps % log_every == 0 {
+            let window = MetricsWindow::take(&mut agent);
             let secs = clock.elapsed().as_secs_f64().max(1e-9);
             let row = window.row(
                 done_steps,
@@ -534,7 +533,6 @@ pub fn train(
                 ),
             );
             summary.last_metrics = Some(row);
-            window = MetricsWindow::default();
             (episodes_done, successes, return_sum) = (0, 0, 0.0);
             clock = Instant::now();
         }
@@ -704,16 +702,17 @@ pub fn pretrain(
     Ok(())
 }
 
-#[derive(Default)]
+/// The metrics of the environment steps since the last logged row, read back from the
+/// agent once per row ([`Agent::take_metrics`]).
 pub(crate) struct MetricsWindow {
     pub(crate) n: usize,
     sum: UpdateMetrics,
 }
 
 impl MetricsWindow {
-    pub(crate) fn add(&mut self, m: &UpdateMetrics) {
-        self.n += 1;
-        self.sum.accumulate(m, 1.0);
+    pub(crate) fn take(agent: &mut Agent) -> Self {
+        let (sum, n) = agent.take_metrics();
+        MetricsWindow { n, sum }
     }
 
     pub(crate) fn row(

@@ -173,6 +173,20 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     }
     let latest = std::fs::read_to_string(out.join("bundles/latest")).unwrap();
     assert!(summary.published.last().unwrap().ends_with(latest.trim()));
+    // A `finetune.csv` row every 50 updates, finite metrics.
+    let log = std::fs::read_to_string(out.join("finetune.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let updates: Vec<f64> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(updates, [50.0, 100.0, 150.0], "{log}");
+    assert!(
+        rows.iter()
+            .all(|r| r.iter().all(|v| v.is_finite()) && r[1] > 0.0),
+        "{log}"
+    );
     // The trainer's copy of the stream is the robot's log (as far as it was received).
     let robot_log = read_log(&robot_out.join("transitions.log"))
         .unwrap()

@@ -391,3 +391,47 @@ fn learners_on_two_threads_train_as_each_does_alone() {
         }
     }
 }
+
+/// `train_step` keeps the metrics on the device and `take_metrics` reads back their sums:
+/// the same as reading every step's metrics (`update`) and adding them up, through the
+/// switch from the direct updates to the recorded ones (`compute.graph`, from the second
+/// step on; re-run on the CPU), whose metrics come from other code.
+#[test]
+fn metrics_summed_on_the_device_are_the_sums_of_each_steps_metrics() {
+    for graph in [false, true] {
+        let make = || {
+            let mut c = config(CandidateSchedule::Hoisted, "cpu");
+            c.compute.graph = graph;
+            agent_and_batch(&c)
+        };
+        let (mut each, mut batch) = make();
+        let (mut summed, _) = make();
+        let mut want = trainer::agent::UpdateMetrics::default();
+        for step in 0..3 {
+            let m = each.update(&batch).unwrap();
+            for (name, v) in [
+                ("critic loss", m.critic_loss),
+                ("Q", m.q_mean),
+                ("target Q", m.target_q_mean),
+                ("denoiser loss", m.denoiser_loss),
+                ("policy Q", m.policy_q),
+                ("entropy", m.entropy),
+                ("temperature", m.temperature),
+            ] {
+                assert!(v != 0.0 && v.is_finite(), "{name} of step {step}: {v}");
+            }
+            want.accumulate(&m, 1.0);
+            summed.train_step(&batch).unwrap();
+            // Different rewards each step: a sum that kept one step's values would differ.
+            for r in &mut batch.rew {
+                *r += 0.5;
+            }
+        }
+        assert_eq!(summed.take_metrics(), (want, 3), "graph {graph}");
+        assert_eq!(
+            summed.take_metrics(),
+            (Default::default(), 0),
+            "taken twice (graph {graph})"
+        );
+    }
+}
