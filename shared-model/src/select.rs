@@ -5,7 +5,9 @@
 //! `num_samples + num_edit` candidates with the minimum over a freshly sampled subset of
 //! the target critics, and take the argmax. The same procedure picks the action to
 //! execute (with the EMA denoiser) and the next action of the TD target (with the online
-//! denoiser). `num_edit = 0` is IDQL-style selection among base samples.
+//! denoiser; the target needs only its score, so the trainer stops at
+//! [`on_the_fly_candidates`] and takes the best score). `num_edit = 0` is IDQL-style
+//! selection among base samples.
 //!
 //! The runner owns the networks, the tensors and the random streams; this module owns
 //! the order of operations. The trainer implements [`ExpoRunner`] on burn tensors, the
@@ -44,6 +46,16 @@ pub trait ExpoRunner {
 
 /// Runs the on-the-fly policy: sample, edit, score, pick.
 pub fn on_the_fly_action<R: ExpoRunner>(runner: &mut R, params: &SelectionParams) -> R::Actions {
+    let (candidates, scores) = on_the_fly_candidates(runner, params);
+    runner.pick(candidates, scores)
+}
+
+/// The on-the-fly policy up to the pick: the candidates and their scores. A TD target
+/// needs only the best score of each observation, not the action that has it.
+pub fn on_the_fly_candidates<R: ExpoRunner>(
+    runner: &mut R,
+    params: &SelectionParams,
+) -> (R::Candidates, R::Scores) {
     assert!(
         params.num_samples > 0,
         "on-the-fly policy needs at least one base sample"
@@ -62,7 +74,7 @@ pub fn on_the_fly_action<R: ExpoRunner>(runner: &mut R, params: &SelectionParams
         base
     };
     let scores = runner.score(&candidates, params.critic_subset);
-    runner.pick(candidates, scores)
+    (candidates, scores)
 }
 
 /// Row-wise argmax of `scores` (`[rows, m]`, row-major), first index on ties; NaN never

@@ -43,7 +43,9 @@ use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use shared_model::{DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action};
+use shared_model::{
+    DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action, on_the_fly_candidates,
+};
 use sim::rng::Rng;
 use std::collections::HashMap;
 
@@ -956,7 +958,7 @@ impl Agent {
                     noise,
                 );
                 let candidates = Joined::new(obs.clone(), candidates);
-                select_given(target, obs, candidates, subset, &params, &self.schedule).0
+                select_given(target, obs, candidates, subset, &params, &self.schedule)
             }
         }
     }
@@ -1394,7 +1396,7 @@ impl Agent {
                     // across threads give the one-thread values (`crate::split`).
                     let parts = crate::split::in_threads(b, threads, |p| {
                         let rows = r.start + p.start..r.start + p.end;
-                        select_given(
+                        best_score_given(
                             target,
                             next_obs.clone().slice([rows.clone(), 0..od]),
                             joined.rows(rows),
@@ -1402,7 +1404,6 @@ impl Agent {
                             &params,
                             &self.schedule,
                         )
-                        .1
                     });
                     crate::split::join(parts)
                 }
@@ -1421,7 +1422,7 @@ impl Agent {
                         precomputed: None,
                         subset: None,
                     };
-                    on_the_fly_action(&mut runner, &params).1
+                    best_scores(on_the_fly_candidates(&mut runner, &params).1)
                 }
                 (None, Some((a_next, logp))) => {
                     let subset = random_subset(stream.rng, target.members(), params.critic_subset);
@@ -1954,9 +1955,8 @@ impl TargetSubsets {
 }
 
 /// EXPO's selection (`shared_model::on_the_fly_action`) among given candidates of
-/// observations `obs` `[B, O]`: scored by the target critics `ids` (min over them), the
-/// best one and its score, `([B, A], [B, 1])`. Nothing is drawn. Acting and the hoisted
-/// TD targets use it.
+/// observations `obs` `[B, O]`, scored by the target critics `subset` (min over them):
+/// the best candidate `[B, A]`. Nothing is drawn. Acting uses it.
 fn select_given(
     target: &CriticEnsemble,
     obs: Tensor<2>,
@@ -1964,21 +1964,31 @@ fn select_given(
     subset: Subset,
     params: &SelectionParams,
     schedule: &DiffusionSchedule,
-) -> (Tensor<2>, Tensor<2>) {
+) -> Tensor<2> {
     let mut unused = Rng::new(0);
-    let mut runner = Selector {
-        obs,
-        act_dim: candidates.candidates.dims()[2],
-        denoiser: None,
-        schedule,
-        edit: None,
-        edit_scale: 0.0,
-        critics: target,
-        stream: Stream::host(&mut unused),
-        precomputed: Some(candidates),
-        subset: Some(subset),
-    };
-    on_the_fly_action(&mut runner, params)
+    let mut runner = Selector::given(target, obs, candidates, subset, schedule, &mut unused);
+    on_the_fly_action(&mut runner, params).0
+}
+
+/// [`select_given`]'s best score `[B, 1]` without the candidate that has it (the TD
+/// targets of the hoisted schedule: no gather of the chosen actions).
+fn best_score_given(
+    target: &CriticEnsemble,
+    obs: Tensor<2>,
+    candidates: Joined,
+    subset: Subset,
+    params: &SelectionParams,
+    schedule: &DiffusionSchedule,
+) -> Tensor<2> {
+    let mut unused = Rng::new(0);
+    let mut runner = Selector::given(target, obs, candidates, subset, schedule, &mut unused);
+    best_scores(on_the_fly_candidates(&mut runner, params).1)
+}
+
+/// Each row's best score `[B, 1]` of scores `[B, M]`: the score of the candidate that
+/// [`Selector::pick`] picks.
+fn best_scores(scores: Tensor<2>) -> Tensor<2> {
+    scores.max_dim(1)
 }
 
 /// One slice's TD targets `y = r + d·Q'(s', a')` `[b, 1]`: rows `r` of the rewards and
@@ -2112,6 +2122,32 @@ pub(crate) struct Selector<'a> {
     /// The scoring subset, chosen beforehand (`None`: its members drawn from `stream`
     /// when scoring).
     subset: Option<Subset>,
+}
+
+impl<'a> Selector<'a> {
+    /// A selection among given candidates (see [`Joined`]) with a chosen subset: nothing
+    /// is drawn (`unused` is never read).
+    fn given(
+        critics: &'a CriticEnsemble,
+        obs: Tensor<2>,
+        candidates: Joined,
+        subset: Subset,
+        schedule: &'a DiffusionSchedule,
+        unused: &'a mut Rng,
+    ) -> Self {
+        Selector {
+            obs,
+            act_dim: candidates.candidates.dims()[2],
+            denoiser: None,
+            schedule,
+            edit: None,
+            edit_scale: 0.0,
+            critics,
+            stream: Stream::host(unused),
+            precomputed: Some(candidates),
+            subset: Some(subset),
+        }
+    }
 }
 
 impl ExpoRunner for Selector<'_> {

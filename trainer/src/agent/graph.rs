@@ -575,7 +575,7 @@ fn run_loop(
     for i in 0..c.utd {
         let r = i * b..(i + 1) * b;
         let at = i * ALIGN;
-        let (_, q_next) = select_given(
+        let q_next = best_score_given(
             &target,
             next_obs.clone().slice([r.clone(), 0..od]),
             joined.rows(r.clone()),
@@ -672,7 +672,6 @@ impl ActGraph {
                     &policy.params,
                     &policy.schedule,
                 )
-                .0
             }
         };
         let graph = Recording::new(device, Box::new(closure), "acting");
