@@ -91,6 +91,9 @@ impl UpdateMetrics {
 /// Wall-clock seconds spent per stage since the agent was built (for profiling).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StageTimes {
+    /// Replay sampling (added by the caller: the training loop and `trainer bench`), then
+    /// the batch's checks, normalization and upload (host work, and the copy).
+    pub batch: f64,
     pub act: f64,
     pub candidates: f64,
     pub critic: f64,
@@ -991,7 +994,10 @@ impl Agent {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let (od, ad) = (self.obs_dim, self.act_dim);
         let rows = b * utd;
+        let clock = std::time::Instant::now();
         let DeviceBatch { obs, act, critic } = self.upload(batch, self.config.algo != Algo::Bc)?;
+        self.stage_sync();
+        self.times.batch += clock.elapsed().as_secs_f64();
         let mut pending = PendingMetrics::default();
 
         if let Some(inputs) = critic {

@@ -129,9 +129,9 @@ pub struct UpdateBench {
     pub graphs: Vec<(String, crate::agent::Recorded)>,
 }
 
-/// Times `steps` environment steps of updates (one action plus the UTD update) on
-/// random-looking transitions of the configured task, after `warmup` untimed steps
-/// (which include a GPU backend's kernel compilation).
+/// Times `steps` environment steps (the batch's sampling and upload, one action, the UTD
+/// update) on random-looking transitions of the configured task, after `warmup` untimed
+/// steps (which include a GPU backend's kernel compilation).
 pub fn bench_updates(
     c: &Config,
     steps: usize,
@@ -155,6 +155,7 @@ pub fn bench_updates(
         if i == warmup {
             agent.times = StageTimes::default();
         }
+        let t = Instant::now();
         sample_mixed(
             &mut rng,
             &offline,
@@ -164,7 +165,7 @@ pub fn bench_updates(
             c.optim.batch_size,
             &mut batch,
         );
-        let t = Instant::now();
+        agent.times.batch += t.elapsed().as_secs_f64();
         let _ = agent.act(&obs);
         // Metrics stay on the device, as in training (read back per logging interval).
         agent.train_step(&batch)?;

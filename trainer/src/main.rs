@@ -119,8 +119,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Update speed: seconds per environment step (one action + the whole UTD update),
-    /// per-stage times, FLOPs and achieved GFLOP/s.
+    /// Update speed: seconds per environment step (replay sampling and upload, one
+    /// action, the whole UTD update), per-stage times, FLOPs and achieved GFLOP/s.
     Bench {
         #[command(flatten)]
         config: ConfigArgs,
@@ -389,7 +389,8 @@ fn main() -> Result<()> {
             let s = &r.stages;
             let n = r.env_steps as f64;
             println!(
-                "per env step: act {:.4} s, candidates {:.4} s, critic {:.4} s, denoiser {:.4} s, edit/actor {:.4} s",
+                "per env step: batch {:.4} s, act {:.4} s, candidates {:.4} s, critic {:.4} s, denoiser {:.4} s, edit/actor {:.4} s",
+                s.batch / n,
                 s.act / n,
                 s.candidates / n,
                 s.critic / n,

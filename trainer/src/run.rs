@@ -503,6 +503,7 @@ pub fn train(
         } else {
             obs.copy_from_slice(&next);
         }
+        let sampling = Instant::now();
         sample_mixed(
             &mut batch_rng,
             &offline,
@@ -512,6 +513,7 @@ pub fn train(
             config.optim.batch_size,
             &mut batch,
         );
+        agent.times.batch += sampling.elapsed().as_secs_f64();
         agent.train_step(&batch)?;
         let done_steps = step + 1;
         if done_steps % log_every == 0 {
