@@ -29,7 +29,7 @@ use crate::agent::Agent;
 use crate::replay::{Batch, Chunker, Replay, sample_mixed};
 use crate::run::{
     EvalResult, MetricsWindow, Progress, RunState, append_line, checkpoint_dir, evaluate, load_run,
-    offline_data, write_checkpoint, write_header,
+    offline_data, truncate_csv, write_checkpoint, write_header,
 };
 
 /// One `finetune` invocation.
@@ -197,11 +197,18 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         if eval_episodes > 0 {
             summary.before = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
         }
-    } else if !o.data.is_empty() {
-        eprintln!(
-            "note: --resume continues with the replay saved in {}; --data is not read again",
-            o.out.display()
-        );
+    } else {
+        // Rows logged after the checkpoint are logged again by the resumed run.
+        let log = o.out.join("finetune.csv");
+        if log.exists() {
+            truncate_csv(&log, state.finetune_updates)?;
+        }
+        if !o.data.is_empty() {
+            eprintln!(
+                "note: --resume continues with the replay saved in {}; --data is not read again",
+                o.out.display()
+            );
+        }
     }
 
     let offline = if o.with_offline {

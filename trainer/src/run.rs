@@ -790,7 +790,7 @@ fn append_eval(out: &Path, step: usize, e: &EvalResult) -> Result<()> {
 }
 
 /// Keeps the header and the rows whose first field (the step) is at most `step`.
-fn truncate_csv(path: &Path, step: usize) -> Result<()> {
+pub(crate) fn truncate_csv(path: &Path, step: usize) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();

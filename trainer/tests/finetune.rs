@@ -75,6 +75,11 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     let mut o = options(&run, &data, &interrupted);
     o.stop_after = Some(3);
     assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    // A kill later than the checkpoint leaves rows past it; the resumed run logs them again.
+    let log = interrupted.join("finetune.csv");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("4,9,9,9,9,9,9,9,1.0\n");
+    std::fs::write(&log, text).unwrap();
     o.stop_after = None;
     o.resume = true;
     assert_eq!(finetune(&o, &mut ()).unwrap().updates, 6);
