@@ -961,7 +961,15 @@ impl Agent {
                     noise,
                 );
                 let candidates = Joined::new(obs.clone(), candidates);
-                select_given(target, obs, candidates, subset, &params, &self.schedule)
+                select_given(
+                    target,
+                    obs,
+                    candidates,
+                    subset,
+                    &params,
+                    &self.schedule,
+                    Selected::Action,
+                )
             }
         }
     }
@@ -1402,13 +1410,14 @@ impl Agent {
                     // across threads give the one-thread values (`crate::split`).
                     let parts = crate::split::in_threads(b, threads, |p| {
                         let rows = r.start + p.start..r.start + p.end;
-                        best_score_given(
+                        select_given(
                             target,
                             next_obs.clone().slice([rows.clone(), 0..od]),
                             joined.rows(rows),
                             subset.clone(),
                             &params,
                             &self.schedule,
+                            Selected::Score,
                         )
                     });
                     crate::split::join(parts)
@@ -1960,9 +1969,19 @@ impl TargetSubsets {
     }
 }
 
+/// What [`select_given`] returns.
+#[derive(Clone, Copy, Debug)]
+enum Selected {
+    /// The best candidate `[B, A]` (acting).
+    Action,
+    /// The best candidate's score `[B, 1]`, without gathering the candidate (TD targets).
+    Score,
+}
+
 /// EXPO's selection (`shared_model::on_the_fly_action`) among given candidates of
 /// observations `obs` `[B, O]`, scored by the target critics `subset` (min over them):
-/// the best candidate `[B, A]`. Nothing is drawn. Acting uses it.
+/// the best candidate or its score. Nothing is drawn. Acting and the hoisted TD targets
+/// use it.
 fn select_given(
     target: &CriticEnsemble,
     obs: Tensor<2>,
@@ -1970,25 +1989,25 @@ fn select_given(
     subset: Subset,
     params: &SelectionParams,
     schedule: &DiffusionSchedule,
+    selected: Selected,
 ) -> Tensor<2> {
     let mut unused = Rng::new(0);
-    let mut runner = Selector::given(target, obs, candidates, subset, schedule, &mut unused);
-    on_the_fly_action(&mut runner, params).0
-}
-
-/// [`select_given`]'s best score `[B, 1]` without the candidate that has it (the TD
-/// targets of the hoisted schedule: no gather of the chosen actions).
-fn best_score_given(
-    target: &CriticEnsemble,
-    obs: Tensor<2>,
-    candidates: Joined,
-    subset: Subset,
-    params: &SelectionParams,
-    schedule: &DiffusionSchedule,
-) -> Tensor<2> {
-    let mut unused = Rng::new(0);
-    let mut runner = Selector::given(target, obs, candidates, subset, schedule, &mut unused);
-    best_scores(on_the_fly_candidates(&mut runner, params).1)
+    let mut runner = Selector {
+        obs,
+        act_dim: candidates.candidates.dims()[2],
+        denoiser: None,
+        schedule,
+        edit: None,
+        edit_scale: 0.0,
+        critics: target,
+        stream: Stream::host(&mut unused),
+        precomputed: Some(candidates),
+        subset: Some(subset),
+    };
+    match selected {
+        Selected::Action => on_the_fly_action(&mut runner, params).0,
+        Selected::Score => best_scores(on_the_fly_candidates(&mut runner, params).1),
+    }
 }
 
 /// Each row's best score `[B, 1]` of scores `[B, M]`: the score of the candidate that
@@ -2128,32 +2147,6 @@ pub(crate) struct Selector<'a> {
     /// The scoring subset, chosen beforehand (`None`: its members drawn from `stream`
     /// when scoring).
     subset: Option<Subset>,
-}
-
-impl<'a> Selector<'a> {
-    /// A selection among given candidates (see [`Joined`]) with a chosen subset: nothing
-    /// is drawn (`unused` is never read).
-    fn given(
-        critics: &'a CriticEnsemble,
-        obs: Tensor<2>,
-        candidates: Joined,
-        subset: Subset,
-        schedule: &'a DiffusionSchedule,
-        unused: &'a mut Rng,
-    ) -> Self {
-        Selector {
-            obs,
-            act_dim: candidates.candidates.dims()[2],
-            denoiser: None,
-            schedule,
-            edit: None,
-            edit_scale: 0.0,
-            critics,
-            stream: Stream::host(unused),
-            precomputed: Some(candidates),
-            subset: Some(subset),
-        }
-    }
 }
 
 impl ExpoRunner for Selector<'_> {

@@ -575,7 +575,7 @@ fn run_loop(
     for i in 0..c.utd {
         let r = i * b..(i + 1) * b;
         let at = i * ALIGN;
-        let q_next = best_score_given(
+        let q_next = select_given(
             &target,
             next_obs.clone().slice([r.clone(), 0..od]),
             joined.rows(r.clone()),
@@ -585,6 +585,7 @@ fn run_loop(
             ),
             &policy.params,
             &policy.schedule,
+            Selected::Score,
         );
         let y = td_target(&rew, &discount, r.clone(), q_next);
         let x = obs_act.clone().slice([r, 0..od + ad]);
@@ -671,6 +672,7 @@ impl ActGraph {
                     subset,
                     &policy.params,
                     &policy.schedule,
+                    Selected::Action,
                 )
             }
         };
