@@ -76,6 +76,21 @@ pub struct UpdateMetrics {
 }
 
 impl UpdateMetrics {
+    /// The first metric that is NaN or infinite, by its `metrics.csv` column name.
+    pub fn first_non_finite(&self) -> Option<(&'static str, f32)> {
+        [
+            ("critic_loss", self.critic_loss),
+            ("q_mean", self.q_mean),
+            ("target_q_mean", self.target_q_mean),
+            ("denoiser_loss", self.denoiser_loss),
+            ("policy_q", self.policy_q),
+            ("entropy", self.entropy),
+            ("temperature", self.temperature),
+        ]
+        .into_iter()
+        .find(|(_, v)| !v.is_finite())
+    }
+
     /// Field-wise `self += k · other` (sums and means over logging windows).
     pub fn accumulate(&mut self, other: &UpdateMetrics, k: f32) {
         self.critic_loss += k * other.critic_loss;

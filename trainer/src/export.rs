@@ -266,6 +266,13 @@ pub fn export_bundle(
     info: &ExportInfo,
     key: Option<&SigningKey>,
 ) -> Result<Manifest> {
+    // The robot refuses such a bundle too; say so here, where the cause is.
+    if let Some(what) = agent.first_non_finite() {
+        anyhow::bail!(
+            "not exporting {}: {what} (training diverged)",
+            out.display()
+        );
+    }
     let mut m = manifest_for(agent, info)?;
     if let Some(e) = info.executed_steps {
         anyhow::ensure!(

@@ -28,8 +28,8 @@ use std::time::Instant;
 use crate::agent::Agent;
 use crate::replay::{Batch, Chunker, Replay, sample_mixed};
 use crate::run::{
-    EvalResult, MetricsWindow, Progress, RunState, append_line, checkpoint_dir, evaluate, load_run,
-    offline_data, truncate_csv, write_checkpoint, write_header,
+    EvalResult, MetricsWindow, Progress, RunState, append_line, checkpoint_dir, ensure_finite,
+    evaluate, load_run, offline_data, truncate_csv, write_checkpoint, write_header,
 };
 
 /// One `finetune` invocation.
@@ -320,6 +320,7 @@ pub(crate) fn log_finetune_row(
             row.updates_per_s
         ),
     )?;
+    ensure_finite(r, &out.join("finetune.csv"), done)?;
     Ok(r.critic_loss)
 }
 

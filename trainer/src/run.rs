@@ -527,6 +527,7 @@ pub fn train(
                 (window.n * config.optim.utd) as f64 / secs,
             );
             append_metrics(out, &row)?;
+            ensure_finite(&row.metrics, &out.join("metrics.csv"), done_steps)?;
             progress.advance(
                 done_steps as u64,
                 &format!(
@@ -704,6 +705,21 @@ pub fn pretrain(
     Ok(())
 }
 
+/// Stops a diverged run: an error naming the first non-finite metric of the row just
+/// appended to `log` (at step or update `at`), before a checkpoint could save the
+/// diverged networks.
+pub(crate) fn ensure_finite(m: &UpdateMetrics, log: &Path, at: usize) -> Result<()> {
+    if let Some((name, v)) = m.first_non_finite() {
+        bail!(
+            "training diverged: {name} is {v} in the row of {at} in {} (the mean since the \
+             row before); stopped before a checkpoint could save it (check the learning \
+             rates, `optim.*_lr`, and the data)",
+            log.display()
+        );
+    }
+    Ok(())
+}
+
 /// The metrics of the environment steps since the last logged row, read back from the
 /// agent once per row ([`Agent::take_metrics`]).
 pub(crate) struct MetricsWindow {
@@ -829,6 +845,13 @@ pub(crate) fn write_checkpoint(
     let tmp = out.join("checkpoint.tmp");
     let cur = out.join("checkpoint");
     let old = out.join("checkpoint.old");
+    // A diverged agent must not replace the last good checkpoint.
+    if let Some(what) = agent.first_non_finite() {
+        bail!(
+            "not writing a checkpoint: {what} (training diverged); the checkpoint already in {}, if any, stays",
+            out.display()
+        );
+    }
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
@@ -862,6 +885,41 @@ fn load_replay(path: &Path, od: usize, ad: usize) -> Result<Replay> {
 }
 
 impl Agent {
+    /// The first parameter of any network that is NaN or infinite, described (network,
+    /// shape, element, value); `None` when all are finite. Reads every parameter back.
+    pub fn first_non_finite(&self) -> Option<String> {
+        use burn::module::{ModuleVisitor, Param};
+        use burn::tensor::Tensor;
+        struct Find(Option<String>);
+        impl ModuleVisitor for Find {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if self.0.is_some() {
+                    return;
+                }
+                let t = param.val();
+                let dims = t.dims();
+                let values = t.into_data().try_to_vec::<f32>().expect("f32 parameters");
+                if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                    self.0 = Some(format!(
+                        "a parameter of shape {dims:?} is {v} at element {i}"
+                    ));
+                }
+            }
+        }
+        fn find<M: Module>(name: &str, m: Option<&M>) -> Option<String> {
+            let mut f = Find(None);
+            m?.visit(&mut f);
+            f.0.map(|what| format!("{name}: {what}"))
+        }
+        find("denoiser", Some(&self.denoiser))
+            .or_else(|| find("denoiser_ema", Some(&self.denoiser_ema)))
+            .or_else(|| find("edit", self.edit.as_ref()))
+            .or_else(|| find("actor", self.actor.as_ref()))
+            .or_else(|| find("critic", self.critic.as_ref()))
+            .or_else(|| find("critic_target", self.critic_target.as_ref()))
+            .or_else(|| find("temperature", self.temperature.as_ref()))
+    }
+
     /// Writes every network and optimizer state into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let rec = |e: burn::store::RecordError| anyhow::anyhow!("{e:?}");

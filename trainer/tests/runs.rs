@@ -154,3 +154,67 @@ fn resume_refuses_a_different_config() {
         "{err:#}"
     );
 }
+
+/// A run whose critic diverges (an absurd learning rate) stops at its first logged row
+/// with an error naming the metric; with rows too rare to see it first, the checkpoint
+/// refuses the non-finite networks instead, naming the parameter. Neither leaves a
+/// checkpoint of them, and such networks are not exported either.
+#[test]
+fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = tiny("expo");
+    c.optim.critic_lr = 1e20;
+    let logged = tmp.path().join("logged");
+    let opts = TrainOptions {
+        log_every: 20,
+        ..Default::default()
+    };
+    let e = format!("{:#}", train(&c, &logged, &opts, &mut ()).unwrap_err());
+    assert!(
+        e.contains("training diverged: critic_loss is NaN in the row of 20"),
+        "{e}"
+    );
+    let rows = table(&logged.join("metrics.csv"));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[1].starts_with("20,NaN,"), "{rows:?}");
+    assert!(!logged.join("checkpoint").exists());
+
+    let checkpointed = tmp.path().join("checkpointed");
+    let opts = TrainOptions {
+        log_every: 1000,
+        checkpoint_every: 1,
+        ..Default::default()
+    };
+    let e = format!(
+        "{:#}",
+        train(&c, &checkpointed, &opts, &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("not writing a checkpoint: ") && e.contains(" is NaN at element "),
+        "{e}"
+    );
+    assert!(!checkpointed.join("checkpoint").exists());
+
+    // A healthy run's networks are all finite (the check does not refuse everything).
+    let healthy = tmp.path().join("healthy");
+    let mut c = tiny("expo");
+    c.run.online_steps = 20;
+    train(&c, &healthy, &opts, &mut ()).unwrap();
+    let mut agent = trainer::run::load_agent(&healthy).unwrap();
+    assert_eq!(agent.first_non_finite(), None);
+    // Nor is a diverged agent exported (the robot would refuse the bundle).
+    let device = trainer::run::device(&agent.config).unwrap();
+    agent.temperature = Some(trainer::nets::Temperature::new(f32::NAN, &device));
+    let info = trainer::export::ExportInfo {
+        dataset: "test".into(),
+        env_steps: 20,
+        executed_steps: None,
+    };
+    let bundle = tmp.path().join("bundle");
+    let e = trainer::export::export_bundle(&agent, &bundle, &info, None).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("temperature: a parameter of shape [1] is NaN"),
+        "{e:#}"
+    );
+    assert!(!bundle.exists());
+}
