@@ -156,10 +156,13 @@ impl RecordSink for Receiver {
     }
 }
 
-/// The receiving side: accepts robots one connection at a time until `stop`.
+/// The receiving side: accepts robots one connection at a time until `stop` (or until it
+/// is dropped, e.g. when the training loop returns an error: then the server thread ends
+/// after its current connection, unjoined).
 pub struct Listener {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<()>,
+    /// Taken by [`Listener::stop`].
+    handle: Option<std::thread::JoinHandle<()>>,
     /// One line per connection that ended in an error (the server keeps serving).
     pub errors: Arc<Mutex<Vec<String>>>,
     pub addr: std::net::SocketAddr,
@@ -215,7 +218,7 @@ impl Listener {
         Ok((
             Listener {
                 stop,
-                handle,
+                handle: Some(handle),
                 errors,
                 addr: local,
             },
@@ -223,9 +226,17 @@ impl Listener {
         ))
     }
 
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.handle.join();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -388,4 +399,31 @@ pub(crate) fn train_live(
     }
     summary.updates = updates;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener dropped without `stop` (the training loop returned an error) ends its
+    /// server thread, which frees the port.
+    #[test]
+    fn a_dropped_listener_stops_serving() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = Key::from_bytes([7; uplink::KEY_LEN]);
+        let dir = tmp.path().join("uplink");
+        let (listener, _rx) =
+            Listener::start("127.0.0.1:0", key, &dir, &tmp.path().join("b"), (3, 2)).unwrap();
+        let addr = listener.addr;
+        assert!(TcpListener::bind(addr).is_err(), "the port is in use");
+        drop(listener);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while TcpListener::bind(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} still bound 5 s after the drop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
