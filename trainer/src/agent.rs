@@ -76,8 +76,8 @@ pub struct UpdateMetrics {
 }
 
 impl UpdateMetrics {
-    /// The first metric that is NaN or infinite, by its `metrics.csv` column name.
-    pub fn first_non_finite(&self) -> Option<(&'static str, f32)> {
+    /// Every metric with its `metrics.csv` column name, in the columns' order.
+    pub fn named(&self) -> [(&'static str, f32); 7] {
         [
             ("critic_loss", self.critic_loss),
             ("q_mean", self.q_mean),
@@ -87,8 +87,17 @@ impl UpdateMetrics {
             ("entropy", self.entropy),
             ("temperature", self.temperature),
         ]
-        .into_iter()
-        .find(|(_, v)| !v.is_finite())
+    }
+
+    /// The metrics' values as CSV fields, in the columns' order (`a,b,...`).
+    pub fn csv_fields(&self) -> String {
+        let values: Vec<String> = self.named().iter().map(|(_, v)| v.to_string()).collect();
+        values.join(",")
+    }
+
+    /// The first metric that is NaN or infinite, by its `metrics.csv` column name.
+    pub fn first_non_finite(&self) -> Option<(&'static str, f32)> {
+        self.named().into_iter().find(|(_, v)| !v.is_finite())
     }
 
     /// Field-wise `self += k · other` (sums and means over logging windows).

@@ -308,17 +308,7 @@ pub(crate) fn log_finetune_row(
     let r = &row.metrics;
     append_line(
         &out.join("finetune.csv"),
-        &format!(
-            "{done},{},{},{},{},{},{},{},{:.1}",
-            r.critic_loss,
-            r.q_mean,
-            r.target_q_mean,
-            r.denoiser_loss,
-            r.policy_q,
-            r.entropy,
-            r.temperature,
-            row.updates_per_s
-        ),
+        &format!("{done},{},{:.1}", r.csv_fields(), row.updates_per_s),
     )?;
     ensure_finite(r, &out.join("finetune.csv"), done)?;
     Ok(r.critic_loss)

@@ -779,15 +779,9 @@ fn append_metrics(out: &Path, r: &UpdateMetricsRow) -> Result<()> {
     append_line(
         &out.join("metrics.csv"),
         &format!(
-            "{},{},{},{},{},{},{},{},{},{},{:.1}",
+            "{},{},{},{},{:.1}",
             r.step,
-            r.metrics.critic_loss,
-            r.metrics.q_mean,
-            r.metrics.target_q_mean,
-            r.metrics.denoiser_loss,
-            r.metrics.policy_q,
-            r.metrics.entropy,
-            r.metrics.temperature,
+            r.metrics.csv_fields(),
             r.train_success_rate,
             r.train_return,
             r.updates_per_s

@@ -409,15 +409,7 @@ fn metrics_summed_on_the_device_are_the_sums_of_each_steps_metrics() {
         let mut want = trainer::agent::UpdateMetrics::default();
         for step in 0..3 {
             let m = each.update(&batch).unwrap();
-            for (name, v) in [
-                ("critic loss", m.critic_loss),
-                ("Q", m.q_mean),
-                ("target Q", m.target_q_mean),
-                ("denoiser loss", m.denoiser_loss),
-                ("policy Q", m.policy_q),
-                ("entropy", m.entropy),
-                ("temperature", m.temperature),
-            ] {
+            for (name, v) in m.named() {
                 assert!(v != 0.0 && v.is_finite(), "{name} of step {step}: {v}");
             }
             want.accumulate(&m, 1.0);
