@@ -4,7 +4,7 @@
 //! 2 CPU cores: same algorithm, smaller sizes (see [`Config::cpu`] for every difference).
 //! The resolved configuration is saved next to a run's outputs as `config.toml`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use sim::TaskId;
 use std::path::Path;
@@ -627,7 +627,106 @@ impl Config {
             self.action_horizon
         );
         self.chunk_play()?;
+        self.validate_values()?;
         crate::device::parse(&self.device).context("device")?;
+        Ok(())
+    }
+
+    /// The ranges of the sizes and rates that the checks above leave open. Each of these
+    /// values outside its range used to reach the learner: zero widths panicked inside
+    /// the backend, no offline episodes panicked on the first batch, a negative edit
+    /// scale or a zero temperature ran until the divergence check stopped the run, and a
+    /// discount above 1 or a Polyak rate of 0 trained without a word.
+    fn validate_values(&self) -> Result<()> {
+        let n = &self.net;
+        for (key, width) in [
+            ("net.denoiser_hidden", n.denoiser_hidden),
+            ("net.denoiser_expanded", n.denoiser_expanded),
+            ("net.time_hidden", n.time_hidden),
+            ("net.fourier_features", n.fourier_features),
+        ] {
+            ensure!(width >= 1, "{key} must be at least 1, not 0");
+        }
+        if let Some(i) = n.critic_widths.iter().position(|&w| w == 0) {
+            bail!("net.critic_widths[{i}] must be at least 1, not 0");
+        }
+        let d = &self.diffusion;
+        ensure!(
+            d.beta_min.is_finite() && d.beta_min > 0.0 && d.beta_max.is_finite(),
+            "diffusion.beta_min ({}) must be positive and diffusion.beta_max ({}) finite",
+            d.beta_min,
+            d.beta_max
+        );
+        ensure!(
+            d.beta_min <= d.beta_max,
+            "diffusion.beta_min ({}) must not exceed diffusion.beta_max ({})",
+            d.beta_min,
+            d.beta_max
+        );
+        ensure!(
+            d.ema_rate > 0.0 && d.ema_rate <= 1.0,
+            "diffusion.ema_rate must be in (0, 1], not {}",
+            d.ema_rate
+        );
+        let e = &self.expo;
+        for (key, value) in [
+            ("expo.edit_scale", e.edit_scale),
+            ("expo.init_temperature", e.init_temperature),
+        ] {
+            ensure!(
+                value.is_finite() && value > 0.0,
+                "{key} must be positive, not {value}"
+            );
+        }
+        ensure!(
+            e.target_entropy_per_dim.is_finite(),
+            "expo.target_entropy_per_dim must be finite, not {}",
+            e.target_entropy_per_dim
+        );
+        let o = &self.optim;
+        ensure!(
+            (0.0..=1.0).contains(&o.discount),
+            "optim.discount must be in [0, 1], not {}",
+            o.discount
+        );
+        ensure!(
+            o.tau > 0.0 && o.tau <= 1.0,
+            "optim.tau (the target critics' Polyak rate) must be in (0, 1], not {}",
+            o.tau
+        );
+        for (key, lr) in [
+            ("optim.actor_lr", o.actor_lr),
+            ("optim.critic_lr", o.critic_lr),
+            ("optim.edit_lr", o.edit_lr),
+            ("optim.temperature_lr", o.temperature_lr),
+        ] {
+            ensure!(
+                lr.is_finite() && lr >= 0.0,
+                "{key} must be finite and not negative, not {lr}"
+            );
+        }
+        ensure!(
+            o.actor_lr_decay_steps >= 1,
+            "optim.actor_lr_decay_steps (the denoiser's cosine decay, in updates) must be at \
+             least 1, not 0"
+        );
+        // Offline data comes from `run.dataset` when given, else from this many scripted
+        // demonstrations; the first batches (pretraining, the first online steps) come
+        // from it whatever `optim.offline_fraction` says.
+        if self.run.dataset.is_none() && self.task.sim().is_some() {
+            ensure!(
+                self.run.offline_episodes >= 1,
+                "run.offline_episodes must be at least 1 without run.dataset (the offline \
+                 buffer would be empty)"
+            );
+        }
+        if self.task.sim().is_some() {
+            ensure!(
+                self.run.eval_episodes >= 1,
+                "run.eval_episodes must be at least 1 (evaluations run at the start, every \
+                 run.eval_every steps and at the end)"
+            );
+        }
         Ok(())
     }
 
@@ -793,6 +892,82 @@ mod tests {
         assert!(format!("{err:#}").contains("num_edit"), "{err:#}");
         let err = Config::resolve("cpu", None, &["expo.num_samples=\"x\"".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("schema"), "{err:#}");
+    }
+
+    /// Every value that used to panic inside the learner, stop the run only through the
+    /// divergence check, or train silently on a meaningless setting is refused when the
+    /// config is resolved, by an error that names the key (and the value where it helps).
+    #[test]
+    fn out_of_range_values_are_refused_by_name() {
+        let cases = [
+            ("net.critic_widths=[64, 0]", "net.critic_widths[1]"),
+            ("net.denoiser_hidden=0", "net.denoiser_hidden"),
+            ("net.denoiser_expanded=0", "net.denoiser_expanded"),
+            ("net.time_hidden=0", "net.time_hidden"),
+            ("net.fourier_features=0", "net.fourier_features"),
+            ("diffusion.beta_min=0", "diffusion.beta_min"),
+            ("diffusion.beta_max=-1", "diffusion.beta_max"),
+            (
+                "diffusion.beta_min=20",
+                "must not exceed diffusion.beta_max",
+            ),
+            ("diffusion.beta_max=inf", "diffusion.beta_max"),
+            ("diffusion.ema_rate=0", "diffusion.ema_rate"),
+            ("diffusion.ema_rate=2", "diffusion.ema_rate"),
+            ("expo.edit_scale=-1", "expo.edit_scale"),
+            ("expo.edit_scale=nan", "expo.edit_scale"),
+            ("expo.init_temperature=0", "expo.init_temperature"),
+            (
+                "expo.target_entropy_per_dim=-inf",
+                "expo.target_entropy_per_dim",
+            ),
+            ("optim.discount=1.5", "optim.discount"),
+            ("optim.discount=-0.1", "optim.discount"),
+            ("optim.discount=nan", "optim.discount"),
+            ("optim.tau=0", "optim.tau"),
+            ("optim.tau=2", "optim.tau"),
+            ("optim.actor_lr=nan", "optim.actor_lr"),
+            ("optim.critic_lr=-1e-3", "optim.critic_lr"),
+            ("optim.edit_lr=inf", "optim.edit_lr"),
+            ("optim.temperature_lr=-1", "optim.temperature_lr"),
+            ("optim.actor_lr_decay_steps=0", "optim.actor_lr_decay_steps"),
+            ("run.offline_episodes=0", "run.offline_episodes"),
+            ("run.eval_episodes=0", "run.eval_episodes"),
+        ];
+        for (set, named) in cases {
+            let err = Config::resolve("cpu", None, &[set.into()])
+                .err()
+                .unwrap_or_else(|| panic!("{set} was accepted"));
+            assert!(format!("{err:#}").contains(named), "{set}: {err:#}");
+        }
+        // The edges of the ranges, and settings that look odd but mean something: a
+        // linear critic, no residual blocks, frozen networks (learning rate 0), no
+        // discount, one whole copy per step for the EMA and the targets.
+        for set in [
+            "net.critic_widths=[]",
+            "net.denoiser_blocks=0",
+            "optim.actor_lr=0",
+            "optim.discount=0",
+            "optim.discount=1",
+            "optim.tau=1",
+            "diffusion.ema_rate=1",
+            "diffusion.beta_min=10",
+        ] {
+            Config::resolve("cpu", None, &[set.into()]).unwrap_or_else(|e| panic!("{set}: {e:#}"));
+        }
+        // Without a simulator nothing is generated or evaluated: a robot run needs its
+        // dataset, not scripted episodes.
+        Config::resolve(
+            "cpu",
+            None,
+            &[
+                "task=robot".into(),
+                "run.dataset=demos".into(),
+                "run.offline_episodes=0".into(),
+                "run.eval_episodes=0".into(),
+            ],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -83,7 +83,7 @@ enum Command {
             default_value = "expo,idql-select,rlpd,bc"
         )]
         algos: Vec<String>,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
         seeds: u64,
         /// Runs at once (each run uses one core).
         #[arg(long, default_value_t = 2)]
@@ -124,7 +124,7 @@ enum Command {
     Bench {
         #[command(flatten)]
         config: ConfigArgs,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -234,7 +234,7 @@ enum Command {
         /// 0.01). Usually with --replan-every 1.
         #[arg(long, value_name = "M", allow_negative_numbers = true)]
         temporal_ensemble: Option<f32>,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         episodes: usize,
         #[arg(long, default_value_t = 12345)]
         seed: u64,
@@ -302,6 +302,15 @@ impl Progress for Bar {
 /// step, a fifth of its time (BENCHMARKS.md, "Recorded graphs"). With the threshold
 /// at its maximum (32 MiB) and no trimming, freed blocks stay in the heap for reuse.
 /// The process's peak memory is unchanged; it is just not returned early.
+/// A count that must not be 0 (timed steps, evaluation episodes).
+fn at_least_one(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // Safety: mallopt only sets allocator parameters; called before any other thread

@@ -516,7 +516,8 @@ pub fn train(
         agent.times.batch += sampling.elapsed().as_secs_f64();
         agent.train_step(&batch)?;
         let done_steps = step + 1;
-        if done_steps % log_every == 0 {
+        // A row every `log_every` steps, and one for the last steps of the run.
+        if done_steps % log_every == 0 || done_steps == total {
             let window = MetricsWindow::take(&mut agent);
             let secs = clock.elapsed().as_secs_f64().max(1e-9);
             let row = window.row(
@@ -642,6 +643,10 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
             .with_context(|| format!("reading {}", cfg_path.display()))?,
     )
     .with_context(|| format!("{}: invalid config", cfg_path.display()))?;
+    // A hand-edited config.toml is checked as a resolved one is.
+    config
+        .validate()
+        .with_context(|| format!("{}: invalid config", cfg_path.display()))?;
     let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
         .with_context(|| {
         format!("{}: bad checkpoint state", dir.join("state.json").display())
@@ -977,6 +982,32 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `write_checkpoint` refuses an agent with a non-finite parameter, naming it, and
+    /// leaves the run's last good checkpoint as it was (the logged rows usually stop a
+    /// diverging run first; this is the guard behind them, also for `finetune`).
+    #[test]
+    fn a_checkpoint_of_non_finite_networks_is_refused_and_the_last_good_one_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::preset("tiny").unwrap();
+        c.run.online_steps = 10;
+        train(&c, tmp.path(), &TrainOptions::default(), &mut ()).unwrap();
+        let state_file = tmp.path().join("checkpoint/state.json");
+        let good = std::fs::read(&state_file).unwrap();
+        let (mut agent, state, online) = load_run(tmp.path()).unwrap();
+        write_checkpoint(tmp.path(), &agent, &online, &state).unwrap();
+        let device = device(&agent.config).unwrap();
+        agent.temperature = Some(crate::nets::Temperature::new(f32::NAN, &device));
+        let e = write_checkpoint(tmp.path(), &agent, &online, &state).unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .contains("not writing a checkpoint: temperature: a parameter of shape [1] is NaN"),
+            "{e:#}"
+        );
+        assert_eq!(std::fs::read(&state_file).unwrap(), good);
+        let (agent, _, _) = load_run(tmp.path()).unwrap();
+        assert_eq!(agent.first_non_finite(), None);
+    }
 
     /// One episode, a policy that counts its calls: it is asked once per
     /// `replan_every` steps.
