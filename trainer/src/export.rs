@@ -108,18 +108,6 @@ pub struct ExportInfo {
     pub executed_steps: Option<usize>,
 }
 
-/// `git rev-parse HEAD` in the current directory, or `unknown`.
-fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// The bundle's graphs for `agent` (those its algorithm acts with).
 pub fn bundle_graphs(agent: &Agent) -> BundleGraphs {
     let (od, ad) = (agent.obs_dim, agent.act_dim);
@@ -243,7 +231,8 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             critic: None,
         },
         provenance: Provenance {
-            git_revision: git_revision(),
+            // The trainer's own revision (trainer/build.rs), `unknown` outside git.
+            git_revision: env!("EXPO_TRAINER_GIT_REVISION").into(),
             config_hash: manifest::sha256_hex(config_json.as_bytes()),
             dataset: info.dataset.clone(),
             env_steps: info.env_steps,

@@ -623,7 +623,6 @@ pub(crate) fn load_run(run: &Path) -> Result<(Agent, RunState, Replay)> {
     let (mut agent, state, dir) = load_checkpoint(run)?;
     agent.train_rng = Rng::from_state(state.train_rng);
     agent.act_rng = Rng::from_state(state.act_rng);
-    agent.denoiser_updates = state.denoiser_updates;
     let online = load_replay(&dir.join("online.bin"), agent.obs_dim, agent.act_dim)?;
     Ok((agent, state, online))
 }
@@ -666,6 +665,8 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
     let device = device(&config)?;
     let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
     agent.robot = state.robot.clone();
+    // The bundle's provenance reports it, and the denoiser's learning-rate decay uses it.
+    agent.denoiser_updates = state.denoiser_updates;
     agent.load(&dir)?;
     Ok((agent, state, dir))
 }

@@ -146,6 +146,42 @@ fn the_last_steps_of_a_run_get_a_metrics_row() {
     assert_eq!(steps, ["10", "20", "25"]);
 }
 
+/// A bundle exported from a run directory (`trainer export --run`) reports the run's
+/// updates and the trainer's revision in its provenance (it said 0 updates, and the
+/// revision of whatever directory the export ran in).
+#[test]
+fn a_bundle_exported_from_a_run_names_its_updates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = tiny("expo");
+    c.run.online_steps = 25;
+    let run = tmp.path().join("run");
+    train(&c, &run, &TrainOptions::default(), &mut ()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    let updates = state["denoiser_updates"].as_u64().unwrap();
+    // One base-policy update per pretraining step and per online step.
+    assert_eq!(updates, (c.run.pretrain_steps + c.run.online_steps) as u64);
+    let agent = trainer::run::load_agent(&run).unwrap();
+    let info = trainer::export::ExportInfo {
+        dataset: "test".into(),
+        env_steps: 25,
+        executed_steps: None,
+    };
+    let bundle = tmp.path().join("bundle");
+    trainer::export::export_bundle(&agent, &bundle, &info, None).unwrap();
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(bundle.join("manifest.toml")).unwrap()).unwrap();
+    let provenance = &manifest["provenance"];
+    assert_eq!(provenance["updates"].as_integer(), Some(updates as i64));
+    let revision = provenance["git_revision"].as_str().unwrap();
+    assert!(
+        revision == "unknown"
+            || revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()),
+        "{revision}"
+    );
+}
+
 #[test]
 fn resume_refuses_a_different_config() {
     let tmp = tempfile::tempdir().unwrap();
