@@ -41,8 +41,8 @@ enum Command {
         source: BenchBundle,
         #[arg(long, value_delimiter = ',', default_value = "tract,native")]
         backends: Vec<String>,
-        #[arg(long, default_value_t = 10_000)]
-        actions: usize,
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+        actions: u32,
         /// Executed steps of the truncated-chain run.
         #[arg(long, default_value_t = 3)]
         truncated_steps: usize,
@@ -254,7 +254,7 @@ struct RunArgs {
     /// Baud rate (default: the robot file's serial.baud).
     #[arg(long)]
     baud: Option<u32>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     episodes: u32,
     /// Episode i is reset with seed + i; the policy's sampler uses seed.
     #[arg(long, default_value_t = 0)]
@@ -602,8 +602,10 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (dir, b) = source.load(tmp.path().join("bundle"))?;
     robot_loop::check_dims(&robot, &b)?;
-    if !(rate.is_finite() && rate > 0.0) {
-        bail!("--rate must be positive, found {rate}");
+    if !(rate > 0.0 && rate <= MAX_RATE_HZ && seconds.is_finite() && seconds > 0.0) {
+        bail!(
+            "--rate must be in (0, {MAX_RATE_HZ}] Hz and --seconds positive, found {rate} and {seconds}"
+        );
     }
     let scale = rate / robot.control_hz as f64;
     let options = PolicyOptions {
@@ -773,12 +775,19 @@ fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
     Ok(out)
 }
 
+/// The highest control rate the benches take: the fastest a robot file can ask for
+/// (`control_hz` is a `u16` in the handshake). Above it the period is a few µs, below
+/// what one tick of the loop costs, and the figures would say nothing.
+const MAX_RATE_HZ: f64 = u16::MAX as f64;
+
 /// `bench-wake`: a loop that only sleeps to its deadlines, on a thread set up like the
 /// control thread (timer slack, optionally a dedicated CPU).
 fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> Result<()> {
     use robot_loop::{realtime, stats::Histogram};
-    if !(rate.is_finite() && rate > 0.0 && seconds.is_finite() && seconds > 0.0) {
-        bail!("--rate and --seconds must be positive, found {rate} and {seconds}");
+    if !(rate > 0.0 && rate <= MAX_RATE_HZ && seconds.is_finite() && seconds > 0.0) {
+        bail!(
+            "--rate must be in (0, {MAX_RATE_HZ}] Hz and --seconds positive, found {rate} and {seconds}"
+        );
     }
     let period = Duration::from_secs_f64(1.0 / rate);
     let reserved = cpu.map(realtime::reserve_cpu);
@@ -890,6 +899,7 @@ fn main() -> Result<std::process::ExitCode> {
             truncated_steps,
             keep,
         } => {
+            let actions = actions as usize;
             let tmp = tempfile::tempdir()?;
             let (dir, b) = source.load(keep.unwrap_or_else(|| tmp.path().join("bundle")))?;
             let m = &b.manifest;

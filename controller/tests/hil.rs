@@ -1333,3 +1333,66 @@ fn bench_commands_time_chunked_bundles_in_both_modes() {
         assert!(out.contains(row), "{row} missing:\n{out}");
     }
 }
+
+/// Counts and rates that make no sense are refused by name before anything runs (an
+/// `--actions 0` bench panicked on an overflow, a 1 GHz bench-loop printed figures).
+/// Exit status 2 is clap's refusal of an argument, 1 the command's own.
+#[test]
+fn out_of_range_counts_and_rates_are_refused() {
+    let bundle = bundle().to_str().unwrap();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &[
+                "bench",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--actions",
+                "0",
+            ],
+            2,
+            "--actions",
+        ),
+        (
+            &["run", "--sim", "push", "--episodes", "0"],
+            2,
+            "--episodes",
+        ),
+        (
+            &[
+                "bench-loop",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--rate",
+                "1e9",
+            ],
+            1,
+            "--rate must be in (0, 65535] Hz",
+        ),
+        (
+            &[
+                "bench-loop",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--seconds",
+                "nan",
+            ],
+            1,
+            "--seconds positive",
+        ),
+        (
+            &["bench-wake", "--rate", "70000", "--seconds", "1"],
+            1,
+            "--rate must be in",
+        ),
+    ];
+    for (args, code, named) in cases {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

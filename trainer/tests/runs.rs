@@ -273,3 +273,32 @@ fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
     );
     assert!(!bundle.exists());
 }
+
+/// Counts that must not be 0 are refused by the command line (a 0-step bench printed NaN
+/// and infinite times, a 0-episode evaluation a success rate, a 0-seed study failed
+/// while plotting).
+#[test]
+fn zero_counts_are_refused_on_the_command_line() {
+    for (args, named) in [
+        (
+            &["bench", "--preset", "tiny", "--steps", "0"][..],
+            "--steps",
+        ),
+        (
+            &["eval", "--run", "nowhere", "--episodes", "0"],
+            "--episodes",
+        ),
+        (&["study", "--out", "nowhere", "--seeds", "0"], "--seeds"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '0' for '{named}")),
+            "{args:?}: {stderr}"
+        );
+    }
+}
