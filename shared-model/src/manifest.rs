@@ -17,7 +17,10 @@
 //! against the manifest, finite weights; each failure is its own [`BundleError`].
 //!
 //! Keys are 32-byte ed25519 seeds and public keys stored as one line of hex
-//! (`NAME.key`, mode 0600, and `NAME.pub`); see [`generate_key_pair`].
+//! (`NAME.key`, mode 0600, and `NAME.pub`) under a comment line that says which it is;
+//! see [`generate_key_pair`]. A secret key given where a public one belongs (or the
+//! reverse) is refused by that line, or, for files written before it existed, by the
+//! file's extension; a secret key is never printed.
 
 use crate::graphs::names;
 use crate::onnx::{DATA_TYPE_FLOAT, DATA_TYPE_INT64, ModelProto};
@@ -292,10 +295,16 @@ pub enum BundleError {
         "{path}: bundle is not signed (no {SIGNATURE_FILE}); pass a trusted key, or allow unsigned bundles for development"
     )]
     Unsigned { path: PathBuf },
+    /// `key` is the trusted key's fingerprint ([`key_fingerprint`]), never the key
+    /// itself: a secret key given by mistake must not end up in a log.
     #[error(
         "{path}: signature does not verify with the trusted key {key}: the manifest was modified or signed by another key"
     )]
     BadSignature { path: PathBuf, key: String },
+    #[error(
+        "{path}: the trusted key (fingerprint {key}) is the secret signing key of the key pair that signed this bundle, not its public key: pass NAME.pub instead, and keep NAME.key off the robot"
+    )]
+    SecretKeyTrusted { path: PathBuf, key: String },
     #[error("{path}: sha256 mismatch: manifest says {expected}, file has {found}")]
     HashMismatch {
         path: PathBuf,
@@ -359,25 +368,92 @@ pub enum Trust {
     AllowUnsigned,
 }
 
+/// The first line of a secret key file written by [`generate_key_pair`].
+const SECRET_KEY_HEADER: &str =
+    "# EXPO bundle signing key (ed25519 secret): keep it private; robots get the .pub";
+/// The first line of a public key file written by [`generate_key_pair`].
+const PUBLIC_KEY_HEADER: &str = "# EXPO bundle verification key (ed25519 public)";
+
+/// What a key file says it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyFileKind {
+    Secret,
+    Public,
+    /// A file without the comment line (written before it existed, or by hand): its
+    /// extension is the only hint.
+    Unmarked,
+}
+
+/// The key file's hex (its comment lines left out) and what the file says it holds.
+fn read_key_file(path: &Path) -> Result<(String, KeyFileKind), BundleError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let kind = if text.contains(SECRET_KEY_HEADER) {
+        KeyFileKind::Secret
+    } else if text.contains(PUBLIC_KEY_HEADER) {
+        KeyFileKind::Public
+    } else {
+        KeyFileKind::Unmarked
+    };
+    let hex: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("");
+    Ok((hex, kind))
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension().is_some_and(|e| e == ext)
+}
+
+/// A short name for a public key that is safe to print: the first 16 hex digits of
+/// its sha256.
+pub fn key_fingerprint(key: &[u8; 32]) -> String {
+    format!("sha256:{}", &sha256_hex(key)[..16])
+}
+
 impl Trust {
-    /// Reads a public key file (`NAME.pub`, one line of hex).
+    /// Reads a public key file (`NAME.pub`). Refuses a secret key file without
+    /// printing it.
     pub fn from_public_key_file(path: &Path) -> Result<Self, BundleError> {
-        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        let (text, kind) = read_key_file(path)?;
+        if kind == KeyFileKind::Secret
+            || kind == KeyFileKind::Unmarked && has_extension(path, "key")
+        {
+            return Err(BundleError::Key {
+                path: path.into(),
+                message: "this is a secret signing key, not a public key: pass NAME.pub (the \
+                          secret key belongs on the trainer's machine only)"
+                    .into(),
+            });
+        }
         let bytes = unhex::<32>(&text).ok_or_else(|| BundleError::Key {
             path: path.into(),
             message: "expected a public key as 64 hex digits".into(),
         })?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|e| BundleError::Key {
             path: path.into(),
-            message: format!("not an ed25519 public key: {e}"),
+            message: format!(
+                "not an ed25519 public key ({e}); a secret key? pass NAME.pub, written by \
+                 `trainer keygen` beside NAME.key"
+            ),
         })?;
         Ok(Trust::Key(key))
     }
 }
 
-/// Reads a signing key file (`NAME.key`, one line of hex).
+/// Reads a signing key file (`NAME.key`). Refuses a public key file: a bundle signed
+/// with it would verify with no key.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, BundleError> {
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let (text, kind) = read_key_file(path)?;
+    if kind == KeyFileKind::Public || kind == KeyFileKind::Unmarked && has_extension(path, "pub") {
+        return Err(BundleError::Key {
+            path: path.into(),
+            message: "this is a public key; signing needs the secret key of the pair \
+                      (NAME.key, written by `trainer keygen` beside NAME.pub)"
+                .into(),
+        });
+    }
     let seed = unhex::<32>(&text).ok_or_else(|| BundleError::Key {
         path: path.into(),
         message: "expected a signing key as 64 hex digits".into(),
@@ -411,10 +487,13 @@ pub fn generate_key_pair(prefix: &Path) -> Result<(PathBuf, PathBuf), BundleErro
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     use std::io::Write;
     let mut f = opts.open(&key_path).map_err(io_err(&key_path))?;
-    writeln!(f, "{}", hex(&seed)).map_err(io_err(&key_path))?;
+    writeln!(f, "{SECRET_KEY_HEADER}\n{}", hex(&seed)).map_err(io_err(&key_path))?;
     fs::write(
         &pub_path,
-        format!("{}\n", hex(key.verifying_key().as_bytes())),
+        format!(
+            "{PUBLIC_KEY_HEADER}\n{}\n",
+            hex(key.verifying_key().as_bytes())
+        ),
     )
     .map_err(io_err(&pub_path))?;
     Ok((key_path, pub_path))
@@ -535,11 +614,22 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
             let sig_text = fs::read_to_string(&spath).map_err(io_err(&spath))?;
             let bad = || BundleError::BadSignature {
                 path: spath.clone(),
-                key: hex(key.as_bytes()),
+                key: key_fingerprint(key.as_bytes()),
             };
             let sig = unhex::<64>(&sig_text).ok_or_else(bad)?;
-            key.verify_strict(&text, &Signature::from_bytes(&sig))
-                .map_err(|_| bad())?;
+            let sig = Signature::from_bytes(&sig);
+            if key.verify_strict(&text, &sig).is_err() {
+                // A secret key read as a public one (an unmarked file under another
+                // name): say so, rather than "signed by another key".
+                let as_secret = SigningKey::from_bytes(key.as_bytes()).verifying_key();
+                if as_secret.verify_strict(&text, &sig).is_ok() {
+                    return Err(BundleError::SecretKeyTrusted {
+                        path: spath.clone(),
+                        key: key_fingerprint(key.as_bytes()),
+                    });
+                }
+                return Err(bad());
+            }
             Some(hex(key.as_bytes()))
         }
     };
@@ -792,4 +882,92 @@ fn check_graph(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::SyntheticSpec;
+
+    fn message(e: BundleError) -> String {
+        e.to_string()
+    }
+
+    /// Each key file is refused in the other's role, by its comment line or, for a
+    /// file without one, by its extension; a secret key read as a trusted one under
+    /// another name is recognised from the signature; no error prints a secret key.
+    #[test]
+    fn key_files_in_the_wrong_role_are_refused_without_printing_the_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (key_path, pub_path) = generate_key_pair(&tmp.path().join("expo")).unwrap();
+        let key = read_signing_key(&key_path).unwrap();
+        let secret = hex(&key.to_bytes());
+        assert!(matches!(
+            Trust::from_public_key_file(&pub_path).unwrap(),
+            Trust::Key(k) if k == key.verifying_key()
+        ));
+        let e = message(Trust::from_public_key_file(&key_path).err().unwrap());
+        assert!(e.contains("this is a secret signing key"), "{e}");
+        assert!(!e.contains(&secret), "{e}");
+        let e = message(read_signing_key(&pub_path).err().unwrap());
+        assert!(e.contains("this is a public key"), "{e}");
+        // The comment line decides whatever the file is called.
+        let renamed = tmp.path().join("robot-trust.txt");
+        fs::copy(&key_path, &renamed).unwrap();
+        let e = message(Trust::from_public_key_file(&renamed).err().unwrap());
+        assert!(e.contains("this is a secret signing key"), "{e}");
+
+        // Files written before the comment line: one line of hex, told apart by name.
+        let old_key = tmp.path().join("old.key");
+        let old_pub = tmp.path().join("old.pub");
+        fs::write(&old_key, format!("{secret}\n")).unwrap();
+        fs::write(
+            &old_pub,
+            format!("{}\n", hex(key.verifying_key().as_bytes())),
+        )
+        .unwrap();
+        assert_eq!(
+            read_signing_key(&old_key).unwrap().to_bytes(),
+            key.to_bytes()
+        );
+        assert!(Trust::from_public_key_file(&old_pub).is_ok());
+        let e = message(Trust::from_public_key_file(&old_key).err().unwrap());
+        assert!(e.contains("this is a secret signing key") && !e.contains(&secret));
+        let e = message(read_signing_key(&old_pub).err().unwrap());
+        assert!(e.contains("this is a public key"), "{e}");
+
+        // An unmarked secret key under another name, given as the trusted key. About
+        // half of all seeds are also valid public keys; take one that is, sign with it.
+        let seed = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|s| VerifyingKey::from_bytes(s).is_ok())
+            .unwrap();
+        let signer = SigningKey::from_bytes(&seed);
+        let bundle = tmp.path().join("bundle");
+        SyntheticSpec::cpu()
+            .write(&bundle, 3, Some(&signer))
+            .unwrap();
+        let misnamed = tmp.path().join("trusted.hex");
+        fs::write(&misnamed, format!("{}\n", hex(&seed))).unwrap();
+        let trust = Trust::from_public_key_file(&misnamed).unwrap();
+        let e = load_bundle(&bundle, &trust).err().unwrap();
+        assert!(matches!(e, BundleError::SecretKeyTrusted { .. }), "{e}");
+        let e = message(e);
+        assert!(
+            e.contains("pass NAME.pub") && !e.contains(&hex(&seed)),
+            "{e}"
+        );
+        // Another key: "signed by another key", naming the key by its fingerprint only.
+        let other = Trust::from_public_key_file(&pub_path).unwrap();
+        let e = message(load_bundle(&bundle, &other).err().unwrap());
+        let fingerprint = key_fingerprint(key.verifying_key().as_bytes());
+        assert!(
+            e.contains("signature does not verify") && e.contains(&fingerprint),
+            "{e}"
+        );
+        assert!(!e.contains(&hex(key.verifying_key().as_bytes())), "{e}");
+        // The right key still loads it.
+        let right = Trust::Key(signer.verifying_key());
+        assert!(load_bundle(&bundle, &right).is_ok());
+    }
 }

@@ -29,7 +29,8 @@ use crate::agent::Agent;
 use crate::replay::{Batch, Chunker, Replay, sample_mixed};
 use crate::run::{
     EvalResult, MetricsWindow, Progress, RunState, append_line, checkpoint_dir, ensure_finite,
-    evaluate, load_run, offline_data, truncate_csv, write_checkpoint, write_header,
+    ensure_no_run_in, evaluate, load_run, offline_data, truncate_csv, write_checkpoint,
+    write_header,
 };
 
 /// One `finetune` invocation.
@@ -176,6 +177,9 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
         if o.out.canonicalize()? == o.from.canonicalize()? {
             bail!("--out must differ from --from (the source run stays as it was)");
+        }
+        if !o.resume {
+            ensure_no_run_in(&o.out)?;
         }
         ensure!(
             !o.data.is_empty() || o.listen.is_some(),

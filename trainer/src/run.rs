@@ -372,6 +372,9 @@ pub fn train(
             config.run.online_steps
         );
     }
+    if !opts.resume {
+        ensure_no_run_in(out)?;
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ckpt_dir = checkpoint_dir(out);
     let resumed = opts.resume && ckpt_dir.is_some();
@@ -827,6 +830,29 @@ pub(crate) fn truncate_csv(path: &Path, step: usize) -> Result<()> {
         }
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Refuses to start a new run where one already is: its checkpoint, metrics and
+/// evaluations would be overwritten. `--resume` continues it instead.
+pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
+    let held: Vec<&str> = [
+        "checkpoint/state.json",
+        "checkpoint.old/state.json",
+        "metrics.csv",
+        "eval.csv",
+        "finetune.csv",
+    ]
+    .into_iter()
+    .filter(|f| out.join(f).exists())
+    .collect();
+    ensure!(
+        held.is_empty(),
+        "{} already holds a run ({}): pass --resume to continue it, or choose another --out \
+         (nothing was changed)",
+        out.display(),
+        held.join(", ")
+    );
+    Ok(())
 }
 
 /// The newest complete checkpoint directory of a run, if any.

@@ -69,6 +69,17 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     assert_eq!(s.robot_episodes, 3);
     assert_eq!(s.robot_transitions, recorded.total_frames);
     assert_eq!(losses(&straight).len(), 1 + 6);
+    // Started again into the same --out without --resume: refused, nothing touched.
+    let before = losses(&straight);
+    let e = format!(
+        "{:#}",
+        finetune(&options(&run, &data, &straight), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("already holds a run") && e.contains("--resume"),
+        "{e}"
+    );
+    assert_eq!(losses(&straight), before);
 
     // Killed after the checkpoint at update 3, then resumed.
     let interrupted = tmp.path().join("interrupted");

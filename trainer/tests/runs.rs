@@ -209,6 +209,18 @@ fn resume_refuses_a_different_config() {
         format!("{err:#}").contains("different configuration"),
         "{err:#}"
     );
+    // A new run into the same directory (no --resume) is refused before it writes
+    // anything: the checkpoint, metrics and evaluations stay.
+    let metrics = std::fs::read(tmp.path().join("metrics.csv")).unwrap();
+    let e = format!("{:#}", train(&c, tmp.path(), &opts, &mut ()).unwrap_err());
+    assert!(
+        e.contains("already holds a run (checkpoint/state.json, metrics.csv, eval.csv)"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("metrics.csv")).unwrap(),
+        metrics
+    );
     // A hand-edited config.toml is checked on load as a resolved config is: a zero
     // width is named instead of panicking inside the backend.
     trainer::run::load_agent(tmp.path()).unwrap();
