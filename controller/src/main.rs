@@ -542,13 +542,22 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     };
     let report = robot_loop::run(cfg, brain, &task, &label)?;
     println!("{report}");
+    // The same bundle in the trainer's simulator, with the same trust (a robot of its
+    // own has no simulated task to compare with).
+    let simulated = bundle
+        .as_ref()
+        .is_some_and(|b| b.manifest.task.parse::<sim::TaskId>().is_ok());
     let compare = match &a.bundle {
-        Some(dir) => format!(
-            " (compare: trainer eval --bundle {} --episodes {})",
+        Some(dir) if simulated => format!(
+            " (compare: trainer eval --bundle {} {} --episodes {})",
             dir.display(),
+            match &a.trust.trusted_key {
+                Some(k) => format!("--trusted-key {}", k.display()),
+                None => "--allow-unsigned".into(),
+            },
             a.episodes
         ),
-        None => String::new(),
+        _ => String::new(),
     };
     println!(
         "success rate {}/{} = {:.3} over completed episodes{compare}",

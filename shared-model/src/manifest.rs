@@ -292,7 +292,7 @@ pub enum BundleError {
     #[error("{path}: invalid manifest: {message}")]
     Manifest { path: PathBuf, message: String },
     #[error(
-        "{path}: bundle is not signed (no {SIGNATURE_FILE}); pass a trusted key, or allow unsigned bundles for development"
+        "{path}: bundle is not signed (no {SIGNATURE_FILE}) but a trusted key is required: sign it (the trainer's --signing-key), or allow unsigned bundles for development"
     )]
     Unsigned { path: PathBuf },
     /// `key` is the trusted key's fingerprint ([`key_fingerprint`]), never the key

@@ -28,9 +28,8 @@ use std::time::Instant;
 use crate::agent::Agent;
 use crate::replay::{Batch, Chunker, Replay, sample_mixed};
 use crate::run::{
-    EvalResult, MetricsWindow, Progress, RunState, append_line, checkpoint_dir, ensure_finite,
-    ensure_no_run_in, evaluate, load_run, offline_data, truncate_csv, write_checkpoint,
-    write_header,
+    EvalResult, Progress, RunState, UPDATES_HEADER, checkpoint_dir, ensure_no_run_in, evaluate,
+    load_run, log_updates_row, offline_data, truncate_csv, write_checkpoint, write_header,
 };
 
 /// One `finetune` invocation.
@@ -136,8 +135,6 @@ impl FinetuneSummary {
     }
 }
 
-const FINETUNE_HEADER: &str = "update,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,updates_per_s";
-
 /// Runs `finetune` (see the module documentation).
 pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<FinetuneSummary> {
     ensure!(
@@ -197,7 +194,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         state.finetune_updates = 0;
         state.config_toml = config.to_toml();
         std::fs::write(o.out.join("config.toml"), config.to_toml())?;
-        write_header(&o.out.join("finetune.csv"), FINETUNE_HEADER)?;
+        write_header(&o.out.join("finetune.csv"), UPDATES_HEADER)?;
         if eval_episodes > 0 {
             summary.before = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
         }
@@ -305,17 +302,7 @@ pub(crate) fn log_finetune_row(
     done: usize,
     elapsed: std::time::Duration,
 ) -> Result<f32> {
-    let window = MetricsWindow::take(agent);
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let updates_per_s = (window.n * agent.config.optim.utd) as f64 / secs;
-    let row = window.row(done, 0, 0, 0.0, updates_per_s);
-    let r = &row.metrics;
-    append_line(
-        &out.join("finetune.csv"),
-        &format!("{done},{},{:.1}", r.csv_fields(), row.updates_per_s),
-    )?;
-    ensure_finite(r, &out.join("finetune.csv"), done)?;
-    Ok(r.critic_loss)
+    log_updates_row(&out.join("finetune.csv"), agent, done, elapsed)
 }
 
 /// Appends the frames of the recorded datasets to `online` (intervention frames only

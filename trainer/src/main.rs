@@ -636,6 +636,12 @@ fn main() -> Result<()> {
                 .as_deref()
                 .map(shared_model::manifest::read_signing_key)
                 .transpose()?;
+            if listen.is_some() && key.is_none() {
+                eprintln!(
+                    "warning: no --signing-key: the bundles published to the robot are unsigned, \
+                     and a controller that trusts a key (--trusted-key) refuses them"
+                );
+            }
             let listen = match listen {
                 None => None,
                 Some(addr) => Some(trainer::finetune::LiveOptions {

@@ -288,6 +288,9 @@ pub struct UpdateMetricsRow {
 
 const METRICS_HEADER: &str = "step,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,train_success_rate,train_return,updates_per_s";
 const EVAL_HEADER: &str = "step,success_rate,mean_return,mean_length,episodes";
+/// `finetune.csv` and `pretrain.csv`: learner metrics by update (means since the row
+/// before) and critic updates per second.
+pub(crate) const UPDATES_HEADER: &str = "update,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,updates_per_s";
 
 /// Counters and generator states saved in `checkpoint/state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -439,7 +442,15 @@ pub fn train(
         std::fs::write(out.join("config.toml"), config.to_toml())?;
         write_header(&out.join("metrics.csv"), METRICS_HEADER)?;
         write_header(&out.join("eval.csv"), EVAL_HEADER)?;
-        pretrain(&mut agent, &offline, &mut batch_rng, &mut batch, progress)?;
+        let log = (out.join("pretrain.csv"), opts.log_every.max(1));
+        pretrain(
+            &mut agent,
+            &offline,
+            &mut batch_rng,
+            &mut batch,
+            Some(&log),
+            progress,
+        )?;
         // A robot run has nothing to evaluate in: its eval.csv stays empty.
         if config.task.sim().is_some() {
             let e = evaluate(&mut agent, config.run.eval_episodes, config.seed ^ 0xe7a1)?;
@@ -683,6 +694,7 @@ pub fn pretrain(
     offline: &Replay,
     rng: &mut Rng,
     batch: &mut Batch,
+    log: Option<&(PathBuf, usize)>,
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let c = agent.config.clone();
@@ -690,8 +702,14 @@ pub fn pretrain(
     if c.run.pretrain_steps == 0 || (c.algo == Algo::Rlpd && !full) {
         return Ok(());
     }
+    if let Some((path, _)) = log {
+        write_header(path, UPDATES_HEADER)?;
+    }
     progress.phase("pretrain", c.run.pretrain_steps as u64);
     let empty = Replay::new(agent.obs_dim, agent.act_dim, 1);
+    // The base policy's loss since the last row, when only the base is pretrained.
+    let (mut base_loss, mut base_n) = (0.0f64, 0usize);
+    let mut clock = Instant::now();
     for i in 0..c.run.pretrain_steps {
         sample_mixed(
             rng,
@@ -703,15 +721,63 @@ pub fn pretrain(
             batch,
         );
         if full {
-            agent.update(batch)?;
+            agent.train_step(batch)?;
         } else {
-            agent.update_base(batch);
+            base_loss += agent.update_base(batch) as f64;
+            base_n += 1;
         }
-        if (i + 1) % 100 == 0 {
-            progress.advance(i as u64 + 1, "");
+        let done = i + 1;
+        if let Some((path, every)) = log
+            && (done % every == 0 || done == c.run.pretrain_steps)
+        {
+            if full {
+                log_updates_row(path, agent, done, clock.elapsed())?;
+            } else {
+                // Only the base policy learns: the other columns stay empty.
+                let loss = (base_loss / base_n as f64) as f32;
+                let per_s = base_n as f64 / clock.elapsed().as_secs_f64().max(1e-9);
+                append_line(path, &format!("{done},,,,{loss},,,,{per_s:.1}"))?;
+                let m = UpdateMetrics {
+                    denoiser_loss: loss,
+                    ..Default::default()
+                };
+                ensure_finite(&m, path, done)?;
+                (base_loss, base_n) = (0.0, 0);
+            }
+            clock = Instant::now();
+        }
+        if done % 100 == 0 {
+            progress.advance(done as u64, "");
         }
     }
+    // Nothing of pretraining is left in the sums the online rows take.
+    if full && log.is_none() {
+        agent.take_metrics();
+    }
     Ok(())
+}
+
+/// Appends a row of the learner's metrics since the last row (read back from the
+/// device now) to `path` (`finetune.csv`, `pretrain.csv`): the update count, the
+/// metrics, critic updates per second; then stops a diverged run. Returns the critic
+/// loss.
+pub(crate) fn log_updates_row(
+    path: &Path,
+    agent: &mut Agent,
+    done: usize,
+    elapsed: std::time::Duration,
+) -> Result<f32> {
+    let window = MetricsWindow::take(agent);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let updates_per_s = (window.n * agent.config.optim.utd) as f64 / secs;
+    let row = window.row(done, 0, 0, 0.0, updates_per_s);
+    let r = &row.metrics;
+    append_line(
+        path,
+        &format!("{done},{},{:.1}", r.csv_fields(), row.updates_per_s),
+    )?;
+    ensure_finite(r, path, done)?;
+    Ok(r.critic_loss)
 }
 
 /// Stops a diverged run: an error naming the first non-finite metric of the row just

@@ -144,6 +144,42 @@ fn the_last_steps_of_a_run_get_a_metrics_row() {
         .map(|row| row.split(',').next().unwrap().to_string())
         .collect();
     assert_eq!(steps, ["10", "20", "25"]);
+    // Pretraining has its own rows, by update: the base policy's loss alone here
+    // (tiny pretrains only the base), every metric with `run.pretrain_critic`.
+    for (full, dir) in [
+        (false, tmp.path().to_path_buf()),
+        (true, tmp.path().join("full")),
+    ] {
+        if full {
+            c.run.pretrain_critic = true;
+            c.run.pretrain_steps = 25;
+            train(&c, &dir, &opts, &mut ()).unwrap();
+        }
+        let rows = table(&dir.join("pretrain.csv"));
+        assert!(rows[0].starts_with("update,critic_loss,"), "{rows:?}");
+        let updates: Vec<&str> = rows[1..]
+            .iter()
+            .map(|r| r.split(',').next().unwrap())
+            .collect();
+        let expected: &[&str] = if full {
+            &["10", "20", "25"]
+        } else {
+            &["10", "20", "30", "40", "50"]
+        };
+        assert_eq!(updates, expected);
+        for row in &rows[1..] {
+            let cells: Vec<&str> = row.split(',').collect();
+            for (i, cell) in cells.iter().enumerate().skip(1) {
+                // Column 4 is denoiser_loss; the others belong to the critic learner.
+                if full || i == 4 || i == cells.len() - 1 {
+                    let v: f32 = cell.parse().unwrap_or_else(|_| panic!("{row}"));
+                    assert!(v.is_finite(), "{row}");
+                } else {
+                    assert!(cell.is_empty(), "{row}");
+                }
+            }
+        }
+    }
 }
 
 /// A bundle exported from a run directory (`trainer export --run`) reports the run's

@@ -73,6 +73,12 @@ pub enum LinkError {
     Version { ours: u16, theirs: u16 },
     #[error("authentication failed: the peer does not hold our key")]
     Auth,
+    /// The client closed the link after the server's challenge instead of proving the
+    /// key: what a client with another key does (it refuses the challenge).
+    #[error(
+        "the peer hung up after our challenge instead of proving the key: it holds another key (or it stopped)"
+    )]
+    Abandoned,
     #[error("frame of {0} bytes is outside 41..={MAX_FRAME}")]
     FrameSize(usize),
     #[error("frame {seq}: bad tag (tampered, replayed or from another session)")]
@@ -229,7 +235,10 @@ impl<S: Read + Write> Session<S> {
         stream.write_all(&challenge)?;
         stream.flush()?;
         let mut proof = [0u8; TAG_LEN];
-        stream.read_exact(&mut proof)?;
+        stream.read_exact(&mut proof).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => LinkError::Abandoned,
+            _ => LinkError::Io(e),
+        })?;
         if !verify(&key.0, &[b"client", &sn, cn], &proof) {
             return Err(LinkError::Auth);
         }
@@ -373,7 +382,7 @@ mod tests {
         ));
         // The server never reaches its frame loop: it reports the failed handshake
         // (the client hung up instead of proving the key).
-        assert!(server.join().unwrap().is_err());
+        assert!(matches!(server.join().unwrap(), Err(LinkError::Abandoned)));
     }
 
     #[test]

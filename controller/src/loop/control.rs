@@ -1353,6 +1353,8 @@ impl Control {
                     tr.success = label;
                     if label {
                         tr.reward += self.cfg.success_reward;
+                        // The episode's return (console, report.json) is the dataset's.
+                        t.ret += self.cfg.success_reward;
                     }
                 }
                 t.next_emit += 1;

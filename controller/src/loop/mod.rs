@@ -645,12 +645,21 @@ impl RunReport {
 
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // "Completed" is the run's outcome (every episode ran, faults within
+        // --max-faults); an episode cut short by a fault or an interruption does not
+        // count in the success rate.
+        let cut_short = self.episodes.len().saturating_sub(self.episodes_completed);
         writeln!(
             f,
-            "run {:?}: {} episodes, {} completed, success rate {}/{} = {:.3}",
+            "run {:?}: {} episodes, {} ran to their end{}, success rate {}/{} = {:.3}",
             self.outcome,
             self.episodes.len(),
             self.episodes_completed,
+            if cut_short > 0 {
+                format!(" and {cut_short} were cut short (faults, interruption)")
+            } else {
+                String::new()
+            },
             self.successes,
             self.episodes_completed,
             self.success_rate

@@ -153,7 +153,14 @@ fn stream_main(
     let edit = |f: &mut dyn FnMut(&mut UplinkSummary)| {
         f(&mut summary.lock().unwrap_or_else(|e| e.into_inner()))
     };
-    let fail = |e: String| {
+    // Errors also go to the console (this thread is not the control thread), each
+    // once until another one comes: a reconnect loop would repeat it every 2 s.
+    let mut last_printed: Option<String> = None;
+    let mut fail = |e: String| {
+        if last_printed.as_ref() != Some(&e) {
+            eprintln!("uplink: {e} (retrying; the robot keeps running and logging)");
+            last_printed = Some(e.clone());
+        }
         edit(&mut |s| {
             s.errors += 1;
             s.last_error = Some(e.clone());
@@ -246,10 +253,18 @@ fn stream_main(
                 };
                 let error = match outcome {
                     Ok(brain) => {
+                        eprintln!(
+                            "uplink: bundle {name} verified; it takes over at the next episode"
+                        );
                         let _ = ready.send((name.clone(), brain));
                         None
                     }
-                    Err(e) => Some(e),
+                    Err(e) => {
+                        eprintln!(
+                            "uplink: bundle {name} refused: {e}; the robot keeps the policy it runs"
+                        );
+                        Some(e)
+                    }
                 };
                 edit(&mut |s| {
                     s.bundles.push(BundleOffer {
