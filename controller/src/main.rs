@@ -356,8 +356,13 @@ fn loop_config(
 fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     let robot = match (&a.robot, &a.sim) {
         (Some(path), _) => firmware_config::RobotConfig::load(path)?,
-        (None, Some(task)) => firmware_config::RobotConfig::example(task)
-            .with_context(|| format!("no built-in robot file for task `{task}`"))?,
+        (None, Some(task)) => firmware_config::RobotConfig::example(task).with_context(|| {
+            let tasks: Vec<&str> = sim::TaskId::ALL.iter().map(|t| t.name()).collect();
+            format!(
+                "no built-in robot file for task `{task}` (--sim takes {})",
+                tasks.join(", ")
+            )
+        })?,
         (None, None) => bail!("pass --robot FILE"),
     };
     let robot_label = a.robot.as_ref().map_or_else(

@@ -36,7 +36,8 @@ enum Command {
     },
     /// A scripted teleop device for `controller run --teleop ADDR`: the task's
     /// demonstrator acts on the observations the controller sends back, as a person at
-    /// a device would. Stops when the controller has been silent for --idle-s.
+    /// a device would. Waits for the controller's first message, then stops once the
+    /// controller has been silent for --idle-s.
     Teleop {
         /// The controller's --teleop address.
         #[arg(long)]
@@ -104,8 +105,8 @@ enum DatasetCommand {
     Generate {
         #[arg(long, value_parser = parse_task)]
         task: TaskId,
-        #[arg(long, default_value_t = 200)]
-        episodes: usize,
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+        episodes: u32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output directory (must not exist or be empty).
@@ -222,6 +223,14 @@ fn viz_command(_: VizCommand) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Output piped into `head` and the like: end quietly when the reader goes away, as
+    // other command-line tools do, instead of panicking on the broken pipe (Rust
+    // ignores SIGPIPE by default). Nothing here writes anywhere a robot depends on.
+    // SAFETY: restoring a signal's default disposition at start, before any thread.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Dataset { command } => match command {
@@ -238,7 +247,7 @@ fn main() -> Result<()> {
                     RewardArg::Dense => Reward::Dense,
                 };
                 let config = EnvConfig { reward, gravity };
-                let summary = generate::generate(task, episodes, seed, config, &out)
+                let summary = generate::generate(task, episodes as usize, seed, config, &out)
                     .with_context(|| format!("generating {task} demonstrations"))?;
                 println!(
                     "wrote {} episodes, {} frames of {task} to {} (demonstrator success {:.1}%)",

@@ -182,9 +182,11 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             !o.data.is_empty() || o.listen.is_some(),
             "no --data: give at least one recorded dataset (or --listen)"
         );
+        let expected = RecordedBy::of(&agent);
         let (episodes, successes) = append_robot_data(
             &mut online,
             &o.data,
+            &expected,
             Chunker::new(od, ad / config.action_horizon, config.chunks()),
             o.keep_interventions,
             &mut summary,
@@ -305,6 +307,75 @@ pub(crate) fn log_finetune_row(
     log_updates_row(&out.join("finetune.csv"), agent, done, elapsed)
 }
 
+/// What the run's own data looked like, to tell a dataset of another robot (of the
+/// same sizes) from the run's.
+struct RecordedBy {
+    /// The robot's name (`robot_type`) for a robot run; simulated tasks' datasets are
+    /// recorded under several names (`sim/push`, `sim-push`, a robot file's).
+    robot: Option<String>,
+    observation_names: Vec<String>,
+}
+
+impl RecordedBy {
+    fn of(agent: &Agent) -> Self {
+        match (&agent.robot, agent.config.task.sim()) {
+            (Some(r), _) => RecordedBy {
+                robot: Some(r.name.clone()),
+                observation_names: r.observation_names.clone(),
+            },
+            (None, Some(task)) => RecordedBy {
+                robot: None,
+                observation_names: task
+                    .spec()
+                    .obs_names
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            },
+            (None, None) => RecordedBy {
+                robot: None,
+                observation_names: vec![],
+            },
+        }
+    }
+
+    /// Observation names that differ (where both sides name them) are an error: the
+    /// same sizes with other channels would train the networks on the wrong inputs. A
+    /// robot of another name with the same channels is only a warning (a robot file
+    /// renamed, demonstrations from another recorder).
+    fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<()> {
+        let theirs = &info.observation_names;
+        if !self.observation_names.is_empty()
+            && !theirs.is_empty()
+            && let Some(i) = self
+                .observation_names
+                .iter()
+                .zip(theirs)
+                .position(|(a, b)| a != b)
+        {
+            bail!(
+                "{}: observation names differ from the run's, first at [{i}] (`{}` in the \
+                 dataset, `{}` in the run): data of another robot or task? (the run's: {})",
+                path.display(),
+                theirs[i],
+                self.observation_names[i],
+                self.observation_names.join(", ")
+            );
+        }
+        if let Some(robot) = &self.robot
+            && info.robot_type.trim() != robot
+        {
+            eprintln!(
+                "warning: {} was recorded by robot `{}`, the run was trained on `{robot}` (its \
+                 observation names agree); fine-tuning on it",
+                path.display(),
+                info.robot_type.trim()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Appends the frames of the recorded datasets to `online` (intervention frames only
 /// with `keep_interventions`), counting frames in `summary`; returns (episodes,
 /// successful episodes).
@@ -314,6 +385,7 @@ pub(crate) fn log_finetune_row(
 fn append_robot_data(
     online: &mut Replay,
     data: &[PathBuf],
+    expected: &RecordedBy,
     mut chunker: Chunker,
     keep_interventions: bool,
     summary: &mut FinetuneSummary,
@@ -322,6 +394,7 @@ fn append_robot_data(
     let (mut episodes, mut successes) = (0, 0);
     for path in data {
         let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
+        expected.check(path, &ds.info)?;
         for ep in &ds.episodes {
             chunker.cut();
             for i in 0..ep.len() {

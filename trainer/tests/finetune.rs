@@ -215,3 +215,24 @@ fn finetune_refuses_data_of_another_shape_naming_the_dataset() {
     .to_string();
     assert!(err.contains("no checkpoint"), "{err}");
 }
+
+/// Data of another task with the same sizes (push's observations and actions are as
+/// wide as arm-reach's) is refused by its observation names, before any update.
+#[test]
+fn data_of_another_task_with_the_same_sizes_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("push"));
+    tiny_run(&run);
+    tools::generate::generate(TaskId::Push, 2, 7, EnvConfig::default(), &data).unwrap();
+    let out = tmp.path().join("out");
+    let e = format!(
+        "{:#}",
+        finetune(&options(&run, &data, &out), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("observation names differ from the run's, first at [0]")
+            && e.contains("`pusher_x` in the dataset"),
+        "{e}"
+    );
+    assert!(!out.join("checkpoint").exists());
+}

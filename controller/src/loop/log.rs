@@ -787,7 +787,8 @@ pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
 }
 
 /// Opens the dataset at `dir` for appending, or creates it; refuses one whose
-/// dimensions differ from `info`.
+/// dimensions, robot or observation names differ from `info` (a dataset holds one
+/// robot's episodes: mixed, they would train on the wrong inputs).
 pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, LogError> {
     let has_meta = dir.join("meta").join("info.json").exists();
     let mut w = if has_meta {
@@ -805,6 +806,27 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
                     info.action_dim()
                 ),
             });
+        }
+        let differs = |what: String| LogError::Record {
+            path: dir.to_path_buf(),
+            offset: 0,
+            problem: format!("{what}; record into another directory"),
+        };
+        let (theirs, ours) = (have.robot_type.trim(), info.robot_type.trim());
+        if !theirs.is_empty() && theirs != ours {
+            return Err(differs(format!(
+                "existing dataset was recorded by robot `{theirs}`, this run is `{ours}`"
+            )));
+        }
+        let names = (&have.observation_names, &info.observation_names);
+        if !names.0.is_empty()
+            && !names.1.is_empty()
+            && let Some(i) = names.0.iter().zip(names.1).position(|(a, b)| a != b)
+        {
+            return Err(differs(format!(
+                "existing dataset's observation [{i}] is `{}`, this run's is `{}`",
+                names.0[i], names.1[i]
+            )));
         }
         w
     } else {
@@ -1032,5 +1054,31 @@ mod tests {
         let ds = dataset::read_dataset(&out).unwrap();
         assert_eq!(ds.num_frames(), 8);
         assert_eq!(ds.episodes[1].truncated.last(), Some(&true));
+        // The same log again: appended (same robot, same observations).
+        let r = log_to_dataset(&path, &out).unwrap();
+        assert_eq!(r.episodes_written, 2);
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
+        // Another robot's log, or other observations of the same sizes: refused by name,
+        // the dataset untouched.
+        for (robot, names) in [
+            ("other-arm", run_start().observation_names),
+            ("r", vec!["a".into(), "c".into(), "b".into()]),
+        ] {
+            let other = dir.path().join(format!("{robot}.log"));
+            let mut w = LogWriter::open(&other).unwrap();
+            let mut start = run_start();
+            start.robot = robot.to_string();
+            start.observation_names = names;
+            w.append(&Record::Run(start)).unwrap();
+            drop(w);
+            let e = log_to_dataset(&other, &out).unwrap_err().to_string();
+            let named = if robot == "other-arm" {
+                "was recorded by robot `"
+            } else {
+                "observation [1] is `b`, this run's is `c`"
+            };
+            assert!(e.contains(named) && e.contains("another directory"), "{e}");
+            assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
+        }
     }
 }
