@@ -656,7 +656,10 @@ impl fmt::Display for RunReport {
             self.episodes.len(),
             self.episodes_completed,
             if cut_short > 0 {
-                format!(" and {cut_short} were cut short (faults, interruption)")
+                format!(
+                    " and {cut_short} {} cut short (faults, interruption)",
+                    if cut_short == 1 { "was" } else { "were" }
+                )
             } else {
                 String::new()
             },
