@@ -309,7 +309,7 @@ pub(crate) fn log_finetune_row(
 
 /// What the run's own data looked like, to tell a dataset of another robot (of the
 /// same sizes) from the run's.
-struct RecordedBy {
+pub struct RecordedBy {
     /// The robot's name (`robot_type`) for a robot run; simulated tasks' datasets are
     /// recorded under several names (`sim/push`, `sim-push`, a robot file's).
     robot: Option<String>,
@@ -317,7 +317,7 @@ struct RecordedBy {
 }
 
 impl RecordedBy {
-    fn of(agent: &Agent) -> Self {
+    pub fn of(agent: &Agent) -> Self {
         match (&agent.robot, agent.config.task.sim()) {
             (Some(r), _) => RecordedBy {
                 robot: Some(r.name.clone()),
@@ -344,23 +344,8 @@ impl RecordedBy {
     /// robot of another name with the same channels is only a warning (a robot file
     /// renamed, demonstrations from another recorder).
     fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<()> {
-        let theirs = &info.observation_names;
-        if !self.observation_names.is_empty()
-            && !theirs.is_empty()
-            && let Some(i) = self
-                .observation_names
-                .iter()
-                .zip(theirs)
-                .position(|(a, b)| a != b)
-        {
-            bail!(
-                "{}: observation names differ from the run's, first at [{i}] (`{}` in the \
-                 dataset, `{}` in the run): data of another robot or task? (the run's: {})",
-                path.display(),
-                theirs[i],
-                self.observation_names[i],
-                self.observation_names.join(", ")
-            );
+        if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
+            bail!("{}: {differ}", path.display());
         }
         if let Some(robot) = &self.robot
             && info.robot_type.trim() != robot
@@ -373,6 +358,34 @@ impl RecordedBy {
             );
         }
         Ok(())
+    }
+}
+
+impl RecordedBy {
+    /// Only observation names (tests).
+    #[cfg(test)]
+    pub(crate) fn named(observation_names: Vec<String>) -> Self {
+        RecordedBy {
+            robot: None,
+            observation_names,
+        }
+    }
+
+    /// Where `theirs` (named by `whose`) first differs from the run's observation
+    /// names, as an error message; `None` when they agree or either side has none.
+    pub fn names_differ(&self, theirs: &[String], whose: &str) -> Option<String> {
+        let ours = &self.observation_names;
+        if ours.is_empty() || theirs.is_empty() {
+            return None;
+        }
+        let i = ours.iter().zip(theirs).position(|(a, b)| a != b)?;
+        Some(format!(
+            "observation names differ from the run's, first at [{i}] (`{}` in {whose}, `{}` \
+             in the run): data of another robot or task? (the run's: {})",
+            theirs[i],
+            ours[i],
+            ours.join(", ")
+        ))
     }
 }
 

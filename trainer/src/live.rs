@@ -57,6 +57,9 @@ struct Receiver {
     logs: HashMap<String, (LogWriter, u64)>,
     tx: mpsc::Sender<Step>,
     dims: (usize, usize),
+    /// What the run was trained on: a robot stream whose run-start record names other
+    /// observations is refused (another robot or task of the same sizes).
+    recorded_by: crate::finetune::RecordedBy,
 }
 
 /// A file name for a stream id (a path and a CRC; not itself a safe name).
@@ -97,6 +100,13 @@ impl RecordSink for Receiver {
 
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
         let rec = Record::decode(record).map_err(|e| format!("record {index}: {e}"))?;
+        if let Record::Run(run) = &rec
+            && let Some(differ) = self
+                .recorded_by
+                .names_differ(&run.observation_names, "the robot's stream")
+        {
+            return Err(format!("record {index}: {differ}"));
+        }
         if let Record::Transition(t) = &rec {
             let (od, ad) = self.dims;
             if t.obs().len() != od || t.action().len() != ad {
@@ -176,6 +186,7 @@ impl Listener {
         dir: &Path,
         bundles: &Path,
         dims: (usize, usize),
+        recorded_by: crate::finetune::RecordedBy,
     ) -> Result<(Listener, mpsc::Receiver<Step>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
@@ -190,6 +201,7 @@ impl Listener {
             logs: HashMap::new(),
             tx,
             dims,
+            recorded_by,
         };
         let (st, er) = (stop.clone(), errors.clone());
         let handle = std::thread::Builder::new()
@@ -264,6 +276,7 @@ pub(crate) fn train_live(
         &o.out.join("uplink"),
         &o.out.join("bundles"),
         (agent.obs_dim, agent.act_dim / config.action_horizon),
+        crate::finetune::RecordedBy::of(agent),
     )?;
     // One chunker per robot stream: chunks are consecutive steps of one robot.
     let mut chunkers: HashMap<String, crate::replay::Chunker> = HashMap::new();
@@ -405,6 +418,52 @@ pub(crate) fn train_live(
 mod tests {
     use super::*;
 
+    /// A robot stream whose run-start record names other observations than the run's
+    /// is refused at that record (nothing of it is logged or trained on); the same
+    /// names pass.
+    #[test]
+    fn a_stream_of_another_robot_is_refused_by_its_observation_names() {
+        use controller::robot_loop::log::RunStart;
+        let tmp = tempfile::tempdir().unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (tx, _rx) = mpsc::channel();
+        let mut receiver = Receiver {
+            dir: tmp.path().join("uplink"),
+            bundles: tmp.path().join("b"),
+            logs: HashMap::new(),
+            tx,
+            dims: (3, 2),
+            recorded_by: crate::finetune::RecordedBy::named(names(&["a", "b", "c"])),
+        };
+        std::fs::create_dir_all(&receiver.dir).unwrap();
+        let start = |obs: &[&str]| {
+            let mut bytes = vec![];
+            Record::Run(RunStart {
+                robot: "r".into(),
+                task: "push".into(),
+                fps: 20,
+                observation_names: names(obs),
+                action_names: names(&["x", "y"]),
+                bundle: "b".into(),
+                started_unix: 0,
+            })
+            .encode(&mut bytes);
+            bytes
+        };
+        receiver
+            .append("same", 0, &start(&["a", "b", "c"]))
+            .unwrap();
+        assert_eq!(receiver.next_index("same"), 1);
+        let e = receiver
+            .append("other", 0, &start(&["a", "c", "b"]))
+            .unwrap_err();
+        assert!(
+            e.contains("first at [1] (`c` in the robot's stream, `b` in the run)"),
+            "{e}"
+        );
+        assert_eq!(receiver.next_index("other"), 0);
+    }
+
     /// A listener dropped without `stop` (the training loop returned an error) ends its
     /// server thread, which frees the port.
     #[test]
@@ -412,8 +471,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let key = Key::from_bytes([7; uplink::KEY_LEN]);
         let dir = tmp.path().join("uplink");
-        let (listener, _rx) =
-            Listener::start("127.0.0.1:0", key, &dir, &tmp.path().join("b"), (3, 2)).unwrap();
+        let (listener, _rx) = Listener::start(
+            "127.0.0.1:0",
+            key,
+            &dir,
+            &tmp.path().join("b"),
+            (3, 2),
+            crate::finetune::RecordedBy::named(vec![]),
+        )
+        .unwrap();
         let addr = listener.addr;
         assert!(TcpListener::bind(addr).is_err(), "the port is in use");
         drop(listener);
