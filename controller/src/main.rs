@@ -616,11 +616,7 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (dir, b) = source.load(tmp.path().join("bundle"))?;
     robot_loop::check_dims(&robot, &b)?;
-    if !(rate > 0.0 && rate <= MAX_RATE_HZ && seconds.is_finite() && seconds > 0.0) {
-        bail!(
-            "--rate must be in (0, {MAX_RATE_HZ}] Hz and --seconds positive, found {rate} and {seconds}"
-        );
-    }
+    check_rate(rate, seconds)?;
     let scale = rate / robot.control_hz as f64;
     let options = PolicyOptions {
         backend: backend.parse()?,
@@ -794,15 +790,20 @@ fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
 /// what one tick of the loop costs, and the figures would say nothing.
 const MAX_RATE_HZ: f64 = u16::MAX as f64;
 
+/// The benches' `--rate` (in (0, [`MAX_RATE_HZ`]]) and `--seconds` (finite, positive).
+fn check_rate(rate: f64, seconds: f64) -> Result<()> {
+    ensure!(
+        rate > 0.0 && rate <= MAX_RATE_HZ && seconds.is_finite() && seconds > 0.0,
+        "--rate must be in (0, {MAX_RATE_HZ}] Hz and --seconds positive, found {rate} and {seconds}"
+    );
+    Ok(())
+}
+
 /// `bench-wake`: a loop that only sleeps to its deadlines, on a thread set up like the
 /// control thread (timer slack, optionally a dedicated CPU).
 fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> Result<()> {
     use robot_loop::{realtime, stats::Histogram};
-    if !(rate > 0.0 && rate <= MAX_RATE_HZ && seconds.is_finite() && seconds > 0.0) {
-        bail!(
-            "--rate must be in (0, {MAX_RATE_HZ}] Hz and --seconds positive, found {rate} and {seconds}"
-        );
-    }
+    check_rate(rate, seconds)?;
     let period = Duration::from_secs_f64(1.0 / rate);
     let reserved = cpu.map(realtime::reserve_cpu);
     let probe = std::thread::Builder::new()

@@ -116,7 +116,7 @@ impl ObservationConfig {
     /// recording's `joint.pos`), so callers warn rather than refuse; but the values must
     /// come in the same order. Sizes are checked elsewhere.
     pub fn names_differ(&self, names: &[String], whose: &str) -> Option<String> {
-        let first = self.names.iter().zip(names).position(|(r, n)| r != n)?;
+        let first = first_name_difference(&self.names, names)?;
         Some(format!(
             "observation names differ from the robot file's, first at [{first}] (`{}` in \
              {whose}, `{}` in the robot file): the robot's Sensor frame must carry the values \
@@ -124,6 +124,13 @@ impl ObservationConfig {
             names[first], self.names[first]
         ))
     }
+}
+
+/// Where two lists of channel names (a robot file's, a bundle's, a dataset's, a run's)
+/// first disagree; `None` when they agree on their common length. Sizes are checked
+/// elsewhere, and an empty list (names not recorded) agrees with anything.
+pub fn first_name_difference(a: &[String], b: &[String]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
 }
 
 /// How policy actions map to robot units: `robot = offset + scale * policy`.

@@ -269,7 +269,12 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         agent.train_step(&batch)?;
         let done = i + 1;
         if done % log_every == 0 || done == o.updates {
-            let critic_loss = log_finetune_row(&o.out, &mut agent, done, clock.elapsed())?;
+            let critic_loss = log_updates_row(
+                &o.out.join("finetune.csv"),
+                &mut agent,
+                done,
+                clock.elapsed(),
+            )?;
             progress.advance(done as u64, &format!("critic {critic_loss:.4}"));
             clock = Instant::now();
         }
@@ -293,18 +298,6 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         summary.after = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
     }
     Ok(summary)
-}
-
-/// Appends the `finetune.csv` row of update `done`: the means of the metrics of the
-/// updates since the last row (read back from `agent` now), over `elapsed`. Returns the
-/// mean critic loss.
-pub(crate) fn log_finetune_row(
-    out: &Path,
-    agent: &mut Agent,
-    done: usize,
-    elapsed: std::time::Duration,
-) -> Result<f32> {
-    log_updates_row(&out.join("finetune.csv"), agent, done, elapsed)
 }
 
 /// What the run's own data looked like, to tell a dataset of another robot (of the
@@ -359,9 +352,7 @@ impl RecordedBy {
         }
         Ok(())
     }
-}
 
-impl RecordedBy {
     /// Only observation names (tests).
     #[cfg(test)]
     pub(crate) fn named(observation_names: Vec<String>) -> Self {
@@ -375,10 +366,7 @@ impl RecordedBy {
     /// names, as an error message; `None` when they agree or either side has none.
     pub fn names_differ(&self, theirs: &[String], whose: &str) -> Option<String> {
         let ours = &self.observation_names;
-        if ours.is_empty() || theirs.is_empty() {
-            return None;
-        }
-        let i = ours.iter().zip(theirs).position(|(a, b)| a != b)?;
+        let i = firmware_config::config::first_name_difference(ours, theirs)?;
         Some(format!(
             "observation names differ from the run's, first at [{i}] (`{}` in {whose}, `{}` \
              in the run): data of another robot or task? (the run's: {})",

@@ -376,7 +376,12 @@ pub(crate) fn train_live(
             updates += 1;
             progress.advance(updates as u64, &format!("{} transitions", summary.streamed));
             if updates.is_multiple_of(log_every) {
-                crate::finetune::log_finetune_row(&o.out, agent, updates, log_clock.elapsed())?;
+                crate::run::log_updates_row(
+                    &o.out.join("finetune.csv"),
+                    agent,
+                    updates,
+                    log_clock.elapsed(),
+                )?;
                 log_clock = std::time::Instant::now();
             }
             if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
@@ -398,7 +403,12 @@ pub(crate) fn train_live(
         );
     }
     if !updates.is_multiple_of(log_every) && updates > state.finetune_updates {
-        crate::finetune::log_finetune_row(&o.out, agent, updates, log_clock.elapsed())?;
+        crate::run::log_updates_row(
+            &o.out.join("finetune.csv"),
+            agent,
+            updates,
+            log_clock.elapsed(),
+        )?;
     }
     state.capture_agent(agent, &batch_rng);
     state.finetune_updates = updates;

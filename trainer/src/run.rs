@@ -448,7 +448,7 @@ pub fn train(
             &offline,
             &mut batch_rng,
             &mut batch,
-            Some(&log),
+            &log,
             progress,
         )?;
         // A robot run has nothing to evaluate in: its eval.csv stays empty.
@@ -688,13 +688,14 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
 /// Offline pretraining on offline batches: the base policy alone, or with
 /// `pretrain_critic` the full learner (critics, edit policy or RLPD actor, temperature,
 /// base). RLPD has no base policy: it is pretrained only with `pretrain_critic`, with the
-/// same number of updates, so that every method gets the same offline budget.
+/// same number of updates, so that every method gets the same offline budget. Writes a
+/// row to `log` (`pretrain.csv`) every `log_every` updates and after the last.
 pub fn pretrain(
     agent: &mut Agent,
     offline: &Replay,
     rng: &mut Rng,
     batch: &mut Batch,
-    log: Option<&(PathBuf, usize)>,
+    (log, log_every): &(PathBuf, usize),
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let c = agent.config.clone();
@@ -702,9 +703,7 @@ pub fn pretrain(
     if c.run.pretrain_steps == 0 || (c.algo == Algo::Rlpd && !full) {
         return Ok(());
     }
-    if let Some((path, _)) = log {
-        write_header(path, UPDATES_HEADER)?;
-    }
+    write_header(log, UPDATES_HEADER)?;
     progress.phase("pretrain", c.run.pretrain_steps as u64);
     let empty = Replay::new(agent.obs_dim, agent.act_dim, 1);
     // The base policy's loss since the last row, when only the base is pretrained.
@@ -727,21 +726,19 @@ pub fn pretrain(
             base_n += 1;
         }
         let done = i + 1;
-        if let Some((path, every)) = log
-            && (done % every == 0 || done == c.run.pretrain_steps)
-        {
+        if done % log_every == 0 || done == c.run.pretrain_steps {
             if full {
-                log_updates_row(path, agent, done, clock.elapsed())?;
+                log_updates_row(log, agent, done, clock.elapsed())?;
             } else {
                 // Only the base policy learns: the other columns stay empty.
                 let loss = (base_loss / base_n as f64) as f32;
                 let per_s = base_n as f64 / clock.elapsed().as_secs_f64().max(1e-9);
-                append_line(path, &format!("{done},,,,{loss},,,,{per_s:.1}"))?;
+                append_line(log, &format!("{done},,,,{loss},,,,{per_s:.1}"))?;
                 let m = UpdateMetrics {
                     denoiser_loss: loss,
                     ..Default::default()
                 };
-                ensure_finite(&m, path, done)?;
+                ensure_finite(&m, log, done)?;
                 (base_loss, base_n) = (0.0, 0);
             }
             clock = Instant::now();
@@ -749,10 +746,6 @@ pub fn pretrain(
         if done % 100 == 0 {
             progress.advance(done as u64, "");
         }
-    }
-    // Nothing of pretraining is left in the sums the online rows take.
-    if full && log.is_none() {
-        agent.take_metrics();
     }
     Ok(())
 }

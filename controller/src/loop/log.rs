@@ -819,10 +819,7 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
             )));
         }
         let names = (&have.observation_names, &info.observation_names);
-        if !names.0.is_empty()
-            && !names.1.is_empty()
-            && let Some(i) = names.0.iter().zip(names.1).position(|(a, b)| a != b)
-        {
+        if let Some(i) = firmware_config::config::first_name_difference(names.0, names.1) {
             return Err(differs(format!(
                 "existing dataset's observation [{i}] is `{}`, this run's is `{}`",
                 names.0[i], names.1[i]
