@@ -818,18 +818,19 @@ fn fault_nan_sensor_values_hold_and_never_reach_the_wire() {
     }
 }
 
-/// Setup: the firmware speaks protocol version 2. Expected: the controller refuses to
-/// run, says which version the firmware speaks, and sends nothing but `Hello`.
+/// Setup: the firmware speaks protocol version 1 (before the robot id). Expected: the
+/// controller refuses to run, says which version the firmware speaks, and sends nothing
+/// but `Hello`.
 #[test]
 fn protocol_version_mismatch_refuses_to_run() {
     let _g = serial();
-    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "version=2");
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "version=1");
     let out = sim.run(&["--episodes", "1"]);
     let (_, received) = sim.stop_fw();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         out.stderr
-            .contains("the firmware speaks protocol version 2, this controller speaks 1"),
+            .contains("the firmware speaks protocol version 1, this controller speaks 2"),
         "{out:?}"
     );
     assert!(
@@ -857,6 +858,45 @@ fn schema_mismatch_refuses_to_run() {
             .iter()
             .all(|r| matches!(r.message, Message::Hello(_)))
     );
+}
+
+/// Setup: the firmware runs push's robot file; the controller is given arm-reach's, which
+/// has the same sizes and rate (10/2 at 20 Hz) but other channels. Expected: refused at
+/// the handshake, naming both robot ids and this file's robot; nothing but `Hello` sent,
+/// nothing logged. (Protocol version 1 had no robot id, and this ran an episode.)
+#[test]
+fn a_robot_file_of_another_robot_is_refused_at_the_handshake() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let mut arm = RobotConfig::example("arm-reach").unwrap();
+    arm.safety = sim.robot.safety.clone();
+    arm.command_timeout_ms = sim.robot.command_timeout_ms;
+    let (od, ad, hz) = (arm.observation.dim, arm.action.dim, arm.control_hz);
+    let push = &sim.robot;
+    assert_eq!(
+        (od, ad, hz),
+        (push.observation.dim, push.action.dim, push.control_hz)
+    );
+    std::fs::write(&sim.robot_file, toml::to_string(&arm).unwrap()).unwrap();
+    let out = sim.run(&["--episodes", "1"]);
+    let (report, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let ids = format!(
+        "our robot id {:#010x}, the peer's {:#010x}",
+        arm.identity(),
+        sim.robot.identity()
+    );
+    assert!(out.stderr.contains(&ids), "{out:?}");
+    assert!(out.stderr.contains("'sim-arm-reach'"), "{out:?}");
+    // The firmware checks the controller's Hello the same way.
+    assert!(report.firmware.handshake_refusals >= 1);
+    assert_eq!(report.firmware.episodes, 0);
+    assert!(
+        received
+            .iter()
+            .all(|r| matches!(r.message, Message::Hello(_)))
+    );
+    assert!(!sim.out.join("transitions.log").exists());
 }
 
 /// A bundle whose dimensions do not fit the robot is refused before the port is opened.

@@ -288,9 +288,40 @@ impl RobotConfig {
         Duration::from_millis(self.safety.stale_sensor_ms as u64)
     }
 
+    /// The text whose CRC-32 is [`RobotConfig::identity`]: one line for the robot's
+    /// name, then one per observation name and per joint name, in order. Each name is
+    /// written as `length:name`, so that no choice of names makes two different lists
+    /// read the same. Limits, scales, rates and the serial settings are not part of it:
+    /// they are settings of the robot (the rate and sizes have their own `Hello`
+    /// fields), while the names say what the values on the wire mean.
+    pub fn identity_text(&self) -> String {
+        let mut text = String::new();
+        let mut line = |key: &str, name: &str| {
+            text.push_str(&format!("{key} {}:{name}\n", name.len()));
+        };
+        line("robot", &self.robot);
+        for name in &self.observation.names {
+            line("observation", name);
+        }
+        for joint in &self.joints {
+            line("joint", &joint.name);
+        }
+        text
+    }
+
+    /// The robot id this robot file announces in the handshake (`Hello::robot_id`):
+    /// CRC-32 of [`RobotConfig::identity_text`]. The controller and the firmware
+    /// configured from the same robot file agree on it; a robot file of another robot
+    /// with the same sizes and rate (arm-reach's and push's are both 10/2 at 20 Hz) does
+    /// not.
+    pub fn identity(&self) -> u32 {
+        crate::protocol::crc32(self.identity_text().as_bytes())
+    }
+
     /// This robot's handshake message (validated configs always fit its fields).
     pub fn hello(&self) -> Hello {
         Hello::new(
+            self.identity(),
             self.observation.dim as u8,
             self.action.dim as u8,
             self.control_hz as u16,

@@ -46,7 +46,7 @@
 //!
 //! | type | message | direction | payload |
 //! |---|---|---|---|
-//! | 0x01 | [`Hello`] | both | version u8, schema hash u32, obs dim u8, act dim u8, control Hz u16 |
+//! | 0x01 | [`Hello`] | both | version u8, schema hash u32, robot id u32, obs dim u8, act dim u8, control Hz u16 |
 //! | 0x02 | `Sensor` | fw → ctl | episode u32, step u32, n u8, n × f32 |
 //! | 0x03 | `Command` | ctl → fw | n u8, n × f32 (robot units, see `config::ActionConfig`) |
 //! | 0x04 | `Heartbeat` | both | — |
@@ -66,16 +66,22 @@
 //!
 //! # Handshake
 //!
-//! The controller sends [`Hello`] with its [`PROTOCOL_VERSION`], [`SCHEMA_HASH`] and
-//! the robot config's dimensions and rate; the firmware answers with its own `Hello`.
-//! [`Hello::check_peer`] refuses to run on any difference. [`SCHEMA_HASH`] is the
-//! CRC-32 of [`SCHEMA`], a canonical text description of every layout above, so a
-//! layout change that forgets to bump the version still fails the handshake.
+//! The controller sends [`Hello`] with its [`PROTOCOL_VERSION`], [`SCHEMA_HASH`], the
+//! robot config's identity, dimensions and rate; the firmware answers with its own
+//! `Hello`. [`Hello::check_peer`] refuses to run on any difference. [`SCHEMA_HASH`] is
+//! the CRC-32 of [`SCHEMA`], a canonical text description of every layout above, so a
+//! layout change that forgets to bump the version still fails the handshake. The robot
+//! id (`config::RobotConfig::identity`, the CRC-32 of the robot's name and its channel
+//! names in order) tells two robots apart that happen to have the same sizes and rate:
+//! a policy for one arm must not drive another robot whose sensor frame means something
+//! else. A `no_std` firmware gets its value from the robot file at build time.
 
 use heapless::Vec;
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u8 = 1;
+///
+/// History: 1, the first; 2 added the robot id to `Hello`.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Most observation values one [`Message::Sensor`] carries.
 pub const MAX_OBS: usize = 32;
 /// Most action values one [`Message::Command`] carries.
@@ -110,7 +116,7 @@ const _: () = assert!(MAX_ACT <= u8::MAX as usize);
 pub const SCHEMA: &str = "\
 frame: cobs(header payload crc32) 0x00; crc32 ieee reflected 0xedb88320 over header and payload; little endian; f32 ieee754
 header: version u8, type u8, seq u16, timestamp_us u32, payload_len u16
-0x01 hello: protocol_version u8, schema_hash u32, obs_dim u8, act_dim u8, control_hz u16
+0x01 hello: protocol_version u8, schema_hash u32, robot_id u32, obs_dim u8, act_dim u8, control_hz u16
 0x02 sensor: episode u32, step u32, n u8, obs f32[n], n <= 32
 0x03 command: n u8, action f32[n], n <= 16
 0x04 heartbeat: empty
@@ -399,6 +405,9 @@ impl FaultCode {
 pub struct Hello {
     pub protocol_version: u8,
     pub schema_hash: u32,
+    /// The robot's identity (`config::RobotConfig::identity`): CRC-32 of its name and
+    /// its observation and joint names, in order.
+    pub robot_id: u32,
     pub obs_dim: u8,
     pub act_dim: u8,
     pub control_hz: u16,
@@ -413,6 +422,12 @@ pub enum HandshakeError {
         "schema hash mismatch: ours {ours:#010x}, the peer's {theirs:#010x} (message layouts differ)"
     )]
     SchemaHash { ours: u32, theirs: u32 },
+    #[error(
+        "robot mismatch: our robot id {ours:#010x}, the peer's {theirs:#010x} (the two sides \
+         were configured from different robot files: the robot name or the observation or \
+         joint names differ)"
+    )]
+    Robot { ours: u32, theirs: u32 },
     #[error("observation dimension mismatch: ours {ours}, the peer's {theirs}")]
     ObsDim { ours: u8, theirs: u8 },
     #[error("action dimension mismatch: ours {ours}, the peer's {theirs}")]
@@ -422,11 +437,12 @@ pub enum HandshakeError {
 }
 
 impl Hello {
-    /// Our `Hello` for a robot with these dimensions and rate.
-    pub const fn new(obs_dim: u8, act_dim: u8, control_hz: u16) -> Hello {
+    /// Our `Hello` for a robot with this identity, dimensions and rate.
+    pub const fn new(robot_id: u32, obs_dim: u8, act_dim: u8, control_hz: u16) -> Hello {
         Hello {
             protocol_version: PROTOCOL_VERSION,
             schema_hash: SCHEMA_HASH,
+            robot_id,
             obs_dim,
             act_dim,
             control_hz,
@@ -435,7 +451,8 @@ impl Hello {
 
     /// Checks the peer's `Hello` against ours: every field must agree. Version and
     /// schema are checked first because a peer that disagrees on them may also have
-    /// meant something else by the other fields.
+    /// meant something else by the other fields; the robot id last, because a
+    /// difference in sizes or rate says more than a differing hash.
     pub fn check_peer(&self, peer: &Hello) -> Result<(), HandshakeError> {
         if peer.protocol_version != self.protocol_version {
             return Err(HandshakeError::Version {
@@ -465,6 +482,12 @@ impl Hello {
             return Err(HandshakeError::ControlHz {
                 ours: self.control_hz,
                 theirs: peer.control_hz,
+            });
+        }
+        if peer.robot_id != self.robot_id {
+            return Err(HandshakeError::Robot {
+                ours: self.robot_id,
+                theirs: peer.robot_id,
             });
         }
         Ok(())
@@ -560,6 +583,7 @@ impl Message {
             Message::Hello(h) => {
                 w.u8(h.protocol_version)?;
                 w.u32(h.schema_hash)?;
+                w.u32(h.robot_id)?;
                 w.u8(h.obs_dim)?;
                 w.u8(h.act_dim)?;
                 w.u16(h.control_hz)?;
@@ -634,6 +658,7 @@ impl Message {
             MessageType::Hello => Message::Hello(Hello {
                 protocol_version: r.u8(),
                 schema_hash: r.u32(),
+                robot_id: r.u32(),
                 obs_dim: r.u8(),
                 act_dim: r.u8(),
                 control_hz: r.u16(),

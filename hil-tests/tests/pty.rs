@@ -268,15 +268,15 @@ fn binary_serves_a_pty() {
 
 #[test]
 fn binary_with_wrong_version_is_recognized() {
-    let (mut child, path) = spawn_binary(&["--task", "push", "--faults", "version=2"]);
+    let (mut child, path) = spawn_binary(&["--task", "push", "--faults", "version=3"]);
     let mut client = Client::new(Box::new(SerialLink::open(&path, 1_000_000).unwrap()));
     client
         .send(Message::Hello(robot(TaskId::Push).hello()))
         .unwrap();
-    // Its Hello comes back in a version-2 frame: a version mismatch, not noise.
+    // Its Hello comes back in a version-3 frame: a version mismatch, not noise.
     let event = client.next_event(GUARD).unwrap().expect("an answer");
-    assert_eq!(event.err(), Some(FrameError::Version { received: 2 }));
-    assert_eq!(client.errors[0], FrameError::Version { received: 2 });
+    assert_eq!(event.err(), Some(FrameError::Version { received: 3 }));
+    assert_eq!(client.errors[0], FrameError::Version { received: 3 });
     child.kill().unwrap();
     child.wait().unwrap();
 }

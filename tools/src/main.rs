@@ -52,6 +52,10 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         idle_s: f64,
     },
+    /// Validate a robot file and print what the controller and the firmware must agree on:
+    /// the `Hello` handshake's fields (robot id, sizes, rate) and the text the robot id is
+    /// the CRC-32 of. A firmware of your own announces this robot id.
+    Robot { file: PathBuf },
     /// The largest working slice of the stack today: generate demonstrations for every
     /// task, validate the datasets and print their statistics.
     Demo {
@@ -233,6 +237,27 @@ fn main() -> Result<()> {
     }
     let cli = Cli::parse();
     match cli.command {
+        Command::Robot { file } => {
+            let robot = firmware_config::RobotConfig::load(&file)?;
+            let hello = robot.hello();
+            println!(
+                "{}: valid robot file, robot '{}'",
+                file.display(),
+                robot.robot
+            );
+            println!(
+                "Hello: protocol {}, schema hash {:#010x}, robot id {:#010x}, {} observations, \
+                 {} actions, {} Hz",
+                hello.protocol_version,
+                hello.schema_hash,
+                hello.robot_id,
+                hello.obs_dim,
+                hello.act_dim,
+                hello.control_hz
+            );
+            println!("robot id = CRC-32 of these lines:");
+            print!("{}", robot.identity_text());
+        }
         Command::Dataset { command } => match command {
             DatasetCommand::Generate {
                 task,

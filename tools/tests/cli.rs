@@ -147,6 +147,34 @@ fn unknown_task_is_a_clear_error() {
     assert!(text(&o).contains("unknown task 'fly'"), "{}", text(&o));
 }
 
+/// `tools robot FILE`: the handshake's fields and the robot id's text for a good file;
+/// file, line and field for a broken one.
+#[test]
+fn robot_prints_the_hello_and_names_what_is_wrong() {
+    let robots = crate_dir().join("../firmware-config/robots");
+    let push = robots.join("push.toml");
+    let o = tools(&["robot", push.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    // 0xbb868dbb: firmware-config's pinned id for push (computed with Python's zlib).
+    assert!(
+        out.contains("robot id 0xbb868dbb, 10 observations, 2 actions, 20 Hz"),
+        "{out}"
+    );
+    assert!(
+        out.contains("robot 8:sim-push\nobservation 8:pusher_x\n"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    let text_of = std::fs::read_to_string(&push).unwrap();
+    std::fs::write(&broken, text_of.replace("dim = 10", "dim = 11")).unwrap();
+    let o = tools(&["robot", broken.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("broken.toml:"), "{}", text(&o));
+    assert!(text(&o).contains("observation"), "{}", text(&o));
+}
+
 /// `dataset label`: a copy with sparse success rewards on the episodes named; the
 /// source stays as it was; an episode that does not exist is named.
 #[test]

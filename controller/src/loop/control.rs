@@ -695,7 +695,12 @@ impl Control {
             }
             Message::Hello(h) => {
                 if let Err(e) = self.hello.check_peer(&h) {
-                    self.fatal_error(now, FaultKind::Handshake, format!("handshake refused: {e}"));
+                    let why = super::handshake_refusal(&self.cfg.robot, &e);
+                    self.fatal_error(
+                        now,
+                        FaultKind::Handshake,
+                        format!("handshake refused: {why}"),
+                    );
                     return;
                 }
                 if let Phase::Handshaking { .. } = self.phase {

@@ -75,7 +75,7 @@ pub mod viz;
 use crate::runtime::{Choice, Policy, PolicyOptions, TwoSpeedPolicy};
 use crossbeam_channel::RecvTimeoutError;
 use firmware_config::RobotConfig;
-use firmware_config::protocol::{FrameError, Message, PROTOCOL_VERSION};
+use firmware_config::protocol::{FrameError, HandshakeError, Message, PROTOCOL_VERSION};
 use log::{EndReason, LogWriter, RunStart};
 use serde::Serialize;
 use shared_model::VerifiedBundle;
@@ -1032,7 +1032,7 @@ fn handshake(
                     if let Message::Hello(theirs) = frame.message {
                         return ours
                             .check_peer(&theirs)
-                            .map_err(|e| RunError::Handshake(e.to_string()));
+                            .map_err(|e| RunError::Handshake(handshake_refusal(&cfg.robot, &e)));
                     }
                 }
                 Ok(link::LinkEvent::Error {
@@ -1055,6 +1055,22 @@ fn handshake(
                 }
             }
         }
+    }
+}
+
+/// A refused handshake in words, with what only this side knows: the firmware's `Hello`
+/// carries its robot id, not its robot file, so a robot mismatch names ours.
+pub(crate) fn handshake_refusal(robot: &RobotConfig, e: &HandshakeError) -> String {
+    match e {
+        HandshakeError::Robot { .. } => format!(
+            "{e}. This robot file describes robot '{}' ({} observation and {} joint names); \
+             configure the firmware from the same file (sim-firmware prints the robot id it \
+             announces), or pass the robot file the firmware was configured from",
+            robot.robot,
+            robot.observation.names.len(),
+            robot.joints.len()
+        ),
+        _ => e.to_string(),
     }
 }
 

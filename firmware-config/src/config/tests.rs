@@ -54,6 +54,57 @@ fn examples_load_and_match_the_sim_tasks() {
     assert!(RobotConfig::example("nope").is_none());
 }
 
+/// The robot id is the CRC-32 of the name and channel names; the expected values were
+/// computed independently (Python's `tomllib` and `zlib.crc32` over the same text).
+#[test]
+fn robot_ids_tell_robots_apart_and_ignore_settings() {
+    let id = |name| RobotConfig::example(name).unwrap().identity();
+    assert_eq!(id("push"), 0xbb86_8dbb);
+    assert_eq!(id("arm-reach"), 0xb19b_87cf);
+    assert_eq!(id("maze"), 0xcc2c_0de9);
+    let push = RobotConfig::example("push").unwrap();
+    assert_eq!(push.hello().robot_id, push.identity());
+    assert!(
+        push.identity_text()
+            .starts_with("robot 8:sim-push\nobservation 8:pusher_x\n")
+    );
+    // What the values mean changes the id: the name, a channel name, the channel order.
+    let changed = |f: &dyn Fn(&mut RobotConfig)| {
+        let mut c = push.clone();
+        f(&mut c);
+        c.identity()
+    };
+    assert_ne!(changed(&|c| c.robot.push('2')), push.identity());
+    assert_ne!(
+        changed(&|c| c.observation.names[3] = "puck_q".into()),
+        push.identity()
+    );
+    assert_ne!(
+        changed(&|c| c.observation.names.swap(0, 1)),
+        push.identity()
+    );
+    assert_ne!(changed(&|c| c.joints[1].name.push('2')), push.identity());
+    // Names are length-prefixed: one name that spells two lines is not two names.
+    assert_ne!(
+        changed(&|c| {
+            let two = c.observation.names.drain(..2).collect::<Vec<_>>();
+            let spelled = format!("{}\nobservation {}", two[0], two[1]);
+            c.observation.names.insert(0, spelled);
+        }),
+        push.identity()
+    );
+    // Settings do not.
+    assert_eq!(
+        changed(&|c| {
+            c.safety.stale_sensor_ms += 1;
+            c.action.scale[0] = 2.0;
+            c.joints[0].torque_max += 1.0;
+            c.serial.baud = 115_200;
+        }),
+        push.identity()
+    );
+}
+
 #[test]
 fn serialized_config_loads_back() {
     let c = RobotConfig::example("maze").unwrap();

@@ -99,7 +99,7 @@ fn sizes_are_what_the_docs_say() {
 /// Python's `zlib.crc32`.
 #[test]
 fn golden_bytes() {
-    assert_eq!(SCHEMA_HASH, 0x05e1_eb5c);
+    assert_eq!(SCHEMA_HASH, 0x75a9_d35a);
     assert_eq!(schema_hash(), SCHEMA_HASH);
     let f = Frame {
         seq: 7,
@@ -108,12 +108,12 @@ fn golden_bytes() {
     };
     let wire = f.to_wire();
     let expected: StdVec<u8> = [
-        0x04, 0x01, 0x03, 0x07, 0x03, 0xe8, 0x03, 0x01, 0x02, 0x09, 0x02, 0x02, 0x01, 0x03, 0x80,
-        0x3f, 0x01, 0x01, 0x06, 0xbf, 0x8b, 0x37, 0x0b, 0x4b, 0x00,
+        0x04, 0x02, 0x03, 0x07, 0x03, 0xe8, 0x03, 0x01, 0x02, 0x09, 0x02, 0x02, 0x01, 0x03, 0x80,
+        0x3f, 0x01, 0x01, 0x06, 0xbf, 0x22, 0xb1, 0x5d, 0xe8, 0x00,
     ]
     .to_vec();
     assert_eq!(wire.as_slice(), expected.as_slice());
-    // Heartbeat: header only, CRC 0x266b1bee.
+    // Heartbeat: header only, CRC 0xcd5ca0ed.
     let hb = Frame {
         seq: 0x0102,
         timestamp_us: 0x0304_0506,
@@ -123,7 +123,15 @@ fn golden_bytes() {
     let n = cobs_decode(&hb.to_wire()[..hb.to_wire().len() - 1], &mut raw).unwrap();
     assert_eq!(
         &raw[..n],
-        &[1, 4, 2, 1, 6, 5, 4, 3, 0, 0, 0xee, 0x1b, 0x6b, 0x26]
+        &[2, 4, 2, 1, 6, 5, 4, 3, 0, 0, 0xed, 0xa0, 0x5c, 0xcd]
+    );
+    // Hello: version, schema hash, robot id, obs dim, act dim, control Hz.
+    let hello = Message::Hello(Hello::new(0x0102_0304, 10, 2, 20));
+    let mut payload = [0u8; MAX_PAYLOAD];
+    let n = hello.encode_payload(&mut payload).unwrap();
+    assert_eq!(
+        &payload[..n],
+        &[2, 0x5a, 0xd3, 0xa9, 0x75, 4, 3, 2, 1, 10, 2, 20, 0]
     );
 }
 
@@ -139,13 +147,13 @@ fn schema_describes_every_message() {
 
 #[test]
 fn handshake_checks_every_field() {
-    let ours = Hello::new(10, 2, 20);
+    let ours = Hello::new(0xabcd_0123, 10, 2, 20);
     assert_eq!(ours.check_peer(&ours), Ok(()));
     let mut p = ours;
-    p.protocol_version = 2;
+    p.protocol_version = 1;
     assert!(matches!(
         ours.check_peer(&p),
-        Err(HandshakeError::Version { ours: 1, theirs: 2 })
+        Err(HandshakeError::Version { ours: 2, theirs: 1 })
     ));
     let mut p = ours;
     p.schema_hash ^= 1;
@@ -170,6 +178,21 @@ fn handshake_checks_every_field() {
     assert!(matches!(
         ours.check_peer(&p),
         Err(HandshakeError::ControlHz { .. })
+    ));
+    let mut p = ours;
+    p.robot_id ^= 1 << 31;
+    assert_eq!(
+        ours.check_peer(&p),
+        Err(HandshakeError::Robot {
+            ours: 0xabcd_0123,
+            theirs: 0x2bcd_0123
+        })
+    );
+    // Sizes and rate are named before the robot id: they say more.
+    p.obs_dim = 6;
+    assert!(matches!(
+        ours.check_peer(&p),
+        Err(HandshakeError::ObsDim { .. })
     ));
 }
 
@@ -198,15 +221,17 @@ fn strict_payload_checks() {
     use FrameError::*;
     // Version mismatch with a valid CRC is reported as such.
     assert_eq!(
-        decode_one(&raw_frame(2, 4, 0, &[])),
-        Err(Version { received: 2 })
+        decode_one(&raw_frame(PROTOCOL_VERSION + 1, 4, 0, &[])),
+        Err(Version {
+            received: PROTOCOL_VERSION + 1
+        })
     );
     assert_eq!(
-        decode_one(&raw_frame(1, 0x55, 0, &[])),
+        decode_one(&raw_frame(PROTOCOL_VERSION, 0x55, 0, &[])),
         Err(UnknownType(0x55))
     );
     assert_eq!(
-        decode_one(&raw_frame(1, 4, 3, &[])),
+        decode_one(&raw_frame(PROTOCOL_VERSION, 4, 3, &[])),
         Err(Length {
             declared: 3,
             actual: 0
@@ -214,7 +239,12 @@ fn strict_payload_checks() {
     );
     let payload_err = |ty: u8, payload: &[u8]| {
         matches!(
-            decode_one(&raw_frame(1, ty, payload.len() as u16, payload)),
+            decode_one(&raw_frame(
+                PROTOCOL_VERSION,
+                ty,
+                payload.len() as u16,
+                payload
+            )),
             Err(Payload { .. })
         )
     };
@@ -314,15 +344,17 @@ fn any_message() -> impl Strategy<Value = Message> {
         (
             any::<u8>(),
             any::<u32>(),
+            any::<u32>(),
             any::<u8>(),
             any::<u8>(),
             any::<u16>()
         )
             .prop_map(
-                |(protocol_version, schema_hash, obs_dim, act_dim, control_hz)| {
+                |(protocol_version, schema_hash, robot_id, obs_dim, act_dim, control_hz)| {
                     Message::Hello(Hello {
                         protocol_version,
                         schema_hash,
+                        robot_id,
                         obs_dim,
                         act_dim,
                         control_hz,
