@@ -49,12 +49,15 @@ use shared_model::{
 use sim::rng::Rng;
 use std::collections::HashMap;
 
-use crate::config::{Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl};
+use crate::config::{
+    Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl, ReplayPlacement,
+};
+use crate::device_replay::DeviceReplay;
 use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, member_ids, tensor2};
 use crate::optim::{FusedAdam, Packing, StepScalars};
 
 mod graph;
-use crate::replay::{Batch, Normalizer};
+use crate::replay::{Batch, Normalizer, Replay, gather_rows};
 pub use graph::Recorded;
 use graph::{
     ActGraph, ActInputs, CriticGraph, EditInputs, EditTemplates, LoopConsts, LoopInputs,
@@ -252,6 +255,25 @@ fn read_metrics(fields: &[Metric], values: Tensor<1>, m: &mut UpdateMetrics) {
     }
 }
 
+/// The rows one environment step trains on (`utd` slices of `batch_size`).
+#[derive(Clone, Copy)]
+pub enum StepBatch<'a> {
+    /// Copied out on the host already (observations raw).
+    Host(&'a Batch),
+    /// Drawn by [`crate::replay::draw_mixed`]: copied out where `compute.replay` says.
+    Drawn {
+        offline: &'a Replay,
+        online: &'a Replay,
+        rows: &'a [u32],
+    },
+}
+
+impl<'a> From<&'a Batch> for StepBatch<'a> {
+    fn from(batch: &'a Batch) -> Self {
+        StepBatch::Host(batch)
+    }
+}
+
 /// A batch on the device: observations (normalized) and actions on the autodiff device,
 /// the TD targets' inputs plain.
 struct DeviceBatch {
@@ -261,8 +283,8 @@ struct DeviceBatch {
 }
 
 /// The critic loop's inputs, on the plain device (the critic's backward pass is written
-/// out, no autodiff): normalized `[s, a]` rows `[R, O + A]` (concatenated on the host, so
-/// no slice needs a device concatenation), rewards `[R, 1]`, normalized next observations
+/// out, no autodiff): normalized `[s, a]` rows `[R, O + A]` (concatenated once per step,
+/// on the host or after a device gather, so no slice needs a concatenation), rewards `[R, 1]`, normalized next observations
 /// `[R, O]` and bootstrap discounts `[R, 1]`: `γ^H · mask`, multiplied on the host (0 or
 /// `γ^H` exactly), so that a TD target takes two device operations, not three.
 struct CriticInputs {
@@ -560,6 +582,11 @@ pub struct Agent {
     /// Scoring subsets of the target critics gathered from their flat buffer, built at the
     /// first use after the critic's optimizer has a target buffer.
     target_subsets: Option<TargetSubsets>,
+    /// The replay buffers on the device (`compute.replay = "device"`), built at the
+    /// first drawn step.
+    device_replay: Option<DeviceReplay>,
+    /// Scratch for drawn rows copied out on the host.
+    host_batch: Batch,
 }
 
 /// With `EXPO_KERNEL_MARKS=FILE` in the environment, every stage boundary launches one
@@ -725,6 +752,8 @@ impl Agent {
             act_graphs: vec![],
             update_graph: None,
             target_subsets: None,
+            device_replay: None,
+            host_batch: Batch::default(),
             config,
         }
     }
@@ -1002,16 +1031,16 @@ impl Agent {
     /// `batch_size` rows; observations raw, normalized here), and their metrics (read
     /// back now: a synchronisation with the device; training loops use
     /// [`Agent::train_step`]).
-    pub fn update(&mut self, batch: &Batch) -> Result<UpdateMetrics> {
+    pub fn update<'a>(&mut self, batch: impl Into<StepBatch<'a>>) -> Result<UpdateMetrics> {
         let mut m = UpdateMetrics::default();
-        self.update_pending(batch)?.read(&mut m);
+        self.update_pending(batch.into())?.read(&mut m);
         Ok(m)
     }
 
     /// [`Agent::update`] with the metrics summed on the device until
     /// [`Agent::take_metrics`]: no read-back, so the host goes on queueing work.
-    pub fn train_step(&mut self, batch: &Batch) -> Result<()> {
-        let pending = self.update_pending(batch)?;
+    pub fn train_step<'a>(&mut self, batch: impl Into<StepBatch<'a>>) -> Result<()> {
+        let pending = self.update_pending(batch.into())?;
         self.metric_sums.add(pending);
         Ok(())
     }
@@ -1022,12 +1051,13 @@ impl Agent {
         self.metric_sums.take()
     }
 
-    fn update_pending(&mut self, batch: &Batch) -> Result<PendingMetrics> {
+    fn update_pending(&mut self, batch: StepBatch) -> Result<PendingMetrics> {
         let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
         let (od, ad) = (self.obs_dim, self.act_dim);
         let rows = b * utd;
         let clock = std::time::Instant::now();
-        let DeviceBatch { obs, act, critic } = self.upload(batch, self.config.algo != Algo::Bc)?;
+        let DeviceBatch { obs, act, critic } =
+            self.assemble(batch, self.config.algo != Algo::Bc)?;
         self.stage_sync();
         self.times.batch += clock.elapsed().as_secs_f64();
         let mut pending = PendingMetrics::default();
@@ -1507,6 +1537,86 @@ impl Agent {
             sums.means().push_to(pending);
         }
         Ok(targets)
+    }
+
+    /// One environment step's batch on the device, copied out of the replay buffers where
+    /// `compute.replay` says (a host batch is uploaded as it is).
+    fn assemble(&mut self, batch: StepBatch, with_targets: bool) -> Result<DeviceBatch> {
+        match batch {
+            StepBatch::Host(batch) => self.upload(batch, with_targets),
+            StepBatch::Drawn {
+                offline,
+                online,
+                rows,
+            } if self.config.compute.replay == ReplayPlacement::Device => {
+                self.gather_on_device(offline, online, rows, with_targets)
+            }
+            StepBatch::Drawn {
+                offline,
+                online,
+                rows,
+            } => {
+                let mut host = std::mem::take(&mut self.host_batch);
+                gather_rows(offline, online, rows, &mut host);
+                let uploaded = self.upload(&host, with_targets);
+                self.host_batch = host;
+                uploaded
+            }
+        }
+    }
+
+    /// [`Agent::upload`]'s batch, gathered from the device mirror of the buffers (kept
+    /// current here): the same values, see `crate::device_replay`.
+    fn gather_on_device(
+        &mut self,
+        offline: &Replay,
+        online: &Replay,
+        rows: &[u32],
+        with_targets: bool,
+    ) -> Result<DeviceBatch> {
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        anyhow::ensure!(
+            rows.len() == b * utd,
+            "batch has {} rows, expected {}",
+            rows.len(),
+            b * utd
+        );
+        anyhow::ensure!(
+            (offline.obs_dim, offline.act_dim) == (self.obs_dim, self.act_dim)
+                && (online.obs_dim, online.act_dim) == (self.obs_dim, self.act_dim),
+            "replay buffers of {}/{} and {}/{} values for a learner of {}/{}",
+            offline.obs_dim,
+            offline.act_dim,
+            online.obs_dim,
+            online.act_dim,
+            self.obs_dim,
+            self.act_dim
+        );
+        let gamma = self.config.chunk_discount();
+        match &mut self.device_replay {
+            Some(m) if m.follows(offline, online, &self.normalizer, gamma) => m.sync(online),
+            _ => {
+                self.device_replay = Some(DeviceReplay::new(
+                    offline,
+                    online,
+                    &self.normalizer,
+                    gamma,
+                    &self.plain,
+                ))
+            }
+        }
+        let g = self.device_replay.as_ref().expect("just set").gather(rows);
+        let critic = with_targets.then(|| CriticInputs {
+            obs_act: Tensor::cat(vec![g.obs.clone(), g.act.clone()], 1),
+            rew: g.rew,
+            next_obs: g.next_obs,
+            discount: g.discount,
+        });
+        Ok(DeviceBatch {
+            obs: Tensor::from_inner(g.obs),
+            act: Tensor::from_inner(g.act),
+            critic,
+        })
     }
 
     /// Checks, normalizes and uploads one environment step's batch (`utd` slices of

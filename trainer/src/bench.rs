@@ -4,9 +4,10 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
+use crate::agent::StepBatch;
 use crate::agent::{Agent, StageTimes};
 use crate::config::{Algo, Config};
-use crate::replay::{Batch, Normalizer, Replay, sample_mixed};
+use crate::replay::{Normalizer, Replay, draw_mixed};
 
 /// The widest vector instructions this CPU gives the CPU backends' matrix products:
 /// gemm picks its kernels by them at run time (`avx512` with the trainer's `x86-v4`
@@ -129,9 +130,12 @@ pub struct UpdateBench {
     pub graphs: Vec<(String, crate::agent::Recorded)>,
 }
 
-/// Times `steps` environment steps (the batch's sampling and upload, one action, the UTD
-/// update) on random-looking transitions of the configured task, after `warmup` untimed
-/// steps (which include a GPU backend's kernel compilation).
+/// Times `steps` environment steps (one new transition stored, the batch's sampling and
+/// upload or device gather, one action, the UTD update) on scripted transitions of the
+/// configured task, after `warmup` untimed steps (which include a GPU backend's kernel
+/// compilation). The batches come from the offline buffer alone; the new transitions go
+/// to an online buffer of a run's size, as in training (`compute.replay = "device"`
+/// uploads each to the device).
 pub fn bench_updates(
     c: &Config,
     steps: usize,
@@ -146,9 +150,9 @@ pub fn bench_updates(
     let step_ad = ad / c.action_horizon;
     let mut agent = Agent::new(c.clone(), od, step_ad, normalizer, &crate::run::device(c)?);
     agent.sync_stages = sync_stages;
-    let empty = Replay::new(od, ad, 1);
+    let mut online = Replay::new(od, ad, crate::run::ONLINE_CAPACITY);
     let mut rng = sim::rng::Rng::new(1);
-    let mut batch = Batch::default();
+    let mut rows = Vec::new();
     let obs: Vec<f32> = offline.observations()[..od].to_vec();
     let mut times = vec![];
     for i in 0..warmup + steps {
@@ -156,19 +160,31 @@ pub fn bench_updates(
             agent.times = StageTimes::default();
         }
         let t = Instant::now();
-        sample_mixed(
+        let new = offline.rows(i % offline.len()..i % offline.len() + 1);
+        online.push(
+            new.obs,
+            new.act,
+            new.rew[0],
+            new.next_obs,
+            new.mask[0] == 0.0,
+        );
+        draw_mixed(
             &mut rng,
             &offline,
-            &empty,
+            &online,
             1.0,
             c.optim.utd,
             c.optim.batch_size,
-            &mut batch,
+            &mut rows,
         );
         agent.times.batch += t.elapsed().as_secs_f64();
         let _ = agent.act(&obs);
         // Metrics stay on the device, as in training (read back per logging interval).
-        agent.train_step(&batch)?;
+        agent.train_step(StepBatch::Drawn {
+            offline: &offline,
+            online: &online,
+            rows: &rows,
+        })?;
         // GPU work is queued asynchronously: the step ends when the device is done.
         agent.sync();
         if i >= warmup {

@@ -274,6 +274,24 @@ pub enum NormalSource {
     Device,
 }
 
+/// Where the rows a step trains on are copied out of the replay buffers
+/// ([`crate::replay::draw_mixed`] draws which, on the host, either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplayPlacement {
+    /// Copied on the host and uploaded, one batch per environment step (`utd ·
+    /// batch_size` rows). The CPU choice: no second copy of the buffers.
+    #[default]
+    #[serde(rename = "host")]
+    Host,
+    /// A mirror of both buffers on the device (observations normalized, bootstrap
+    /// discounts multiplied, as the host batch has them), kept current by uploading each
+    /// new transition; a step uploads only its row numbers and gathers on the device
+    /// (`crate::device_replay`). The same batches to the bit (tested). Costs device
+    /// memory: `(2 · obs_dim + act_dim + 2) · 4` bytes per slot of both buffers.
+    #[serde(rename = "device")]
+    Device,
+}
+
 /// How the optimizers update a network's parameters ([`crate::optim`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerImpl {
@@ -303,6 +321,9 @@ pub struct ComputeConfig {
     pub candidates: CandidateSchedule,
     #[serde(default)]
     pub normals: NormalSource,
+    /// Where each environment step's batch is assembled from the replay buffers.
+    #[serde(default)]
+    pub replay: ReplayPlacement,
     /// The presets say `fused`; a saved config without the key (a run started before
     /// it existed, whose optimizer state is in burn's format) means `per-parameter`.
     #[serde(default = "OptimizerImpl::before_the_key")]
@@ -351,6 +372,7 @@ impl Default for ComputeConfig {
         ComputeConfig {
             candidates: CandidateSchedule::default(),
             normals: NormalSource::default(),
+            replay: ReplayPlacement::default(),
             optimizer: OptimizerImpl::Fused,
             graph: false,
             threads: 1,

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::agent::Agent;
-use crate::replay::{Batch, Chunker, Replay, sample_mixed};
+use crate::agent::StepBatch;
+use crate::replay::{Chunker, Replay, draw_mixed};
 use crate::run::{
     EvalResult, Progress, RunState, UPDATES_HEADER, checkpoint_dir, ensure_no_run_in, evaluate,
     load_run, log_updates_row, offline_data, truncate_csv, write_checkpoint, write_header,
@@ -251,22 +252,26 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     ensure!(!online.is_empty(), "no robot transitions to fine-tune on");
 
     let mut batch_rng = Rng::from_state(state.batch_rng);
-    let mut batch = Batch::default();
+    let mut rows = Vec::new();
     let start = state.finetune_updates;
     progress.phase("finetune", o.updates as u64);
     let log_every = o.log_every.max(1);
     let mut clock = Instant::now();
     for i in start..o.updates {
-        sample_mixed(
+        draw_mixed(
             &mut batch_rng,
             &offline,
             &online,
             offline_fraction,
             config.optim.utd,
             config.optim.batch_size,
-            &mut batch,
+            &mut rows,
         );
-        agent.train_step(&batch)?;
+        agent.train_step(StepBatch::Drawn {
+            offline: &offline,
+            online: &online,
+            rows: &rows,
+        })?;
         let done = i + 1;
         if done % log_every == 0 || done == o.updates {
             let critic_loss = log_updates_row(

@@ -266,7 +266,8 @@ pub(crate) fn train_live(
     summary: &mut crate::finetune::FinetuneSummary,
     progress: &mut dyn crate::run::Progress,
 ) -> Result<()> {
-    use crate::replay::{Batch, sample_mixed};
+    use crate::agent::StepBatch;
+    use crate::replay::draw_mixed;
     use sim::rng::Rng;
 
     let config = agent.config.clone();
@@ -289,7 +290,7 @@ pub(crate) fn train_live(
     }
     let env_steps = state.env_step as u64;
     let mut batch_rng = Rng::from_state(state.batch_rng);
-    let mut batch = Batch::default();
+    let mut rows = Vec::new();
     let mut updates = state.finetune_updates;
     let mut owed = 0usize;
     // `finetune.csv` rows as in offline fine-tuning: every `--log-every` updates.
@@ -362,16 +363,20 @@ pub(crate) fn train_live(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         while owed > 0 && updates < o.updates {
-            sample_mixed(
+            draw_mixed(
                 &mut batch_rng,
                 offline,
                 online,
                 offline_fraction,
                 config.optim.utd,
                 config.optim.batch_size,
-                &mut batch,
+                &mut rows,
             );
-            agent.train_step(&batch)?;
+            agent.train_step(StepBatch::Drawn {
+                offline,
+                online,
+                rows: &rows,
+            })?;
             owed -= 1;
             updates += 1;
             progress.advance(updates as u64, &format!("{} transitions", summary.streamed));

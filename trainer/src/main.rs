@@ -340,6 +340,7 @@ fn main() -> Result<()> {
                 v["candidates"] = format!("{:?}", c.compute.candidates).to_lowercase().into();
                 v["normals"] = format!("{:?}", c.compute.normals).to_lowercase().into();
                 v["optimizer"] = serde_json::to_value(c.compute.optimizer)?;
+                v["replay"] = serde_json::to_value(c.compute.replay)?;
                 v["graph"] = c.compute.graph.into();
                 v["threads"] = c.compute.threads.into();
                 v["block_chains"] = c.compute.block_chains.into();
@@ -368,13 +369,14 @@ fn main() -> Result<()> {
                 String::new()
             };
             println!(
-                "{} {} on {} [{}, {:?} candidates, {:?} normals, {:?} optimizer{}{}] (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
+                "{} {} on {} [{}, {:?} candidates, {:?} normals, {:?} replay, {:?} optimizer{}{}] (obs {}, act {}): {:.4} s per env step (median of {}, min {:.4}, max {:.4}); {:.1} critic updates/s; {:.3} GFLOP per step, {:.1} GFLOP/s",
                 r.preset,
                 r.algo,
                 c.task,
                 c.device,
                 c.compute.candidates,
                 c.compute.normals,
+                c.compute.replay,
                 c.compute.optimizer,
                 if c.compute.graph {
                     ", compute.graph"

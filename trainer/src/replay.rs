@@ -1,21 +1,69 @@
 //! Replay buffers (host memory) and 50/50 offline/online batch sampling.
+//!
+//! Sampling is split in two: [`draw_mixed`] draws which rows one environment step trains
+//! on (the only use of the sampling generator), and the rows are then copied out, on the
+//! host ([`gather_rows`], [`sample_mixed`]) or on the training device from a mirror of
+//! the buffers (`crate::device_replay`, `compute.replay = "device"`). Both copy the same
+//! rows in the same order, so the choice changes no result.
 
 use sim::rng::Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Transitions in flat row-major arrays; a ring buffer once `capacity` is reached.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Replay {
     pub obs_dim: usize,
     pub act_dim: usize,
     capacity: usize,
     len: usize,
     next: usize,
+    /// Which buffer this is, for a device mirror (`crate::device_replay`): unique per
+    /// process, and a clone gets its own, since it can be changed apart from the original.
+    id: u64,
+    /// Transitions pushed since this buffer was made (or loaded): a mirror uploads the
+    /// rows pushed since it last looked.
+    pushes: u64,
     obs: Vec<f32>,
     act: Vec<f32>,
     rew: Vec<f32>,
     next_obs: Vec<f32>,
     /// `1 − terminated`: multiplies the bootstrap term.
     mask: Vec<f32>,
+}
+
+/// Source of [`Replay`] ids.
+static NEXT_REPLAY_ID: AtomicU64 = AtomicU64::new(1);
+
+fn new_replay_id() -> u64 {
+    NEXT_REPLAY_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Clone for Replay {
+    fn clone(&self) -> Self {
+        Replay {
+            obs_dim: self.obs_dim,
+            act_dim: self.act_dim,
+            capacity: self.capacity,
+            len: self.len,
+            next: self.next,
+            id: new_replay_id(),
+            pushes: self.pushes,
+            obs: self.obs.clone(),
+            act: self.act.clone(),
+            rew: self.rew.clone(),
+            next_obs: self.next_obs.clone(),
+            mask: self.mask.clone(),
+        }
+    }
+}
+
+/// Rows `range` of a [`Replay`]'s arrays (row-major, `range.len()` rows each).
+pub struct Rows<'a> {
+    pub obs: &'a [f32],
+    pub act: &'a [f32],
+    pub rew: &'a [f32],
+    pub next_obs: &'a [f32],
+    pub mask: &'a [f32],
 }
 
 /// A sampled batch, flat arrays of `rows` transitions.
@@ -38,6 +86,8 @@ impl Replay {
             capacity,
             len: 0,
             next: 0,
+            id: new_replay_id(),
+            pushes: 0,
             obs: Vec::new(),
             act: Vec::new(),
             rew: Vec::new(),
@@ -52,6 +102,40 @@ impl Replay {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Most transitions held; row numbers of [`draw_mixed`] count the offline buffer's
+    /// capacity first.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// See the field; with [`Replay::pushes`], how a mirror knows what is new.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Transitions pushed since this buffer was made or loaded.
+    pub fn pushes(&self) -> u64 {
+        self.pushes
+    }
+
+    /// Where the next push goes (the ring's write position).
+    pub fn next_slot(&self) -> usize {
+        self.next
+    }
+
+    /// Rows `range` (within [`Replay::len`]).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Rows<'_> {
+        assert!(range.end <= self.len, "rows {range:?} of {}", self.len);
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        Rows {
+            obs: &self.obs[range.start * od..range.end * od],
+            act: &self.act[range.start * ad..range.end * ad],
+            rew: &self.rew[range.clone()],
+            next_obs: &self.next_obs[range.start * od..range.end * od],
+            mask: &self.mask[range],
+        }
     }
 
     pub fn push(&mut self, obs: &[f32], act: &[f32], rew: f32, next_obs: &[f32], terminated: bool) {
@@ -74,6 +158,7 @@ impl Replay {
             self.mask[i] = m;
         }
         self.next = (self.next + 1) % self.capacity;
+        self.pushes += 1;
     }
 
     /// Every chunk of every episode of a dataset ([`Chunker`]; with horizon 1, every
@@ -99,20 +184,25 @@ impl Replay {
         r
     }
 
-    /// Appends `n` uniformly drawn transitions to `out`.
-    pub fn sample_into(&self, rng: &mut Rng, n: usize, out: &mut Batch) {
+    /// Appends the numbers of `n` uniformly drawn rows, plus `base`, to `rows`.
+    fn draw_into(&self, rng: &mut Rng, n: usize, base: usize, rows: &mut Vec<u32>) {
         assert!(self.len > 0, "sampling from an empty replay buffer");
-        let (od, ad) = (self.obs_dim, self.act_dim);
         for _ in 0..n {
             let i = (rng.next_u64() % self.len as u64) as usize;
-            out.obs.extend_from_slice(&self.obs[i * od..(i + 1) * od]);
-            out.act.extend_from_slice(&self.act[i * ad..(i + 1) * ad]);
-            out.rew.push(self.rew[i]);
-            out.next_obs
-                .extend_from_slice(&self.next_obs[i * od..(i + 1) * od]);
-            out.mask.push(self.mask[i]);
+            rows.push((base + i) as u32);
         }
-        out.rows += n;
+    }
+
+    /// Appends row `i` to `out`.
+    fn copy_row(&self, i: usize, out: &mut Batch) {
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        out.obs.extend_from_slice(&self.obs[i * od..(i + 1) * od]);
+        out.act.extend_from_slice(&self.act[i * ad..(i + 1) * ad]);
+        out.rew.push(self.rew[i]);
+        out.next_obs
+            .extend_from_slice(&self.next_obs[i * od..(i + 1) * od]);
+        out.mask.push(self.mask[i]);
+        out.rows += 1;
     }
 
     /// All observations (for normalization statistics).
@@ -178,6 +268,8 @@ impl Replay {
             capacity,
             len,
             next,
+            id: new_replay_id(),
+            pushes: len as u64,
             obs,
             act,
             rew,
@@ -404,10 +496,7 @@ impl Batch {
     }
 }
 
-/// Draws `n` transitions: `round(offline_fraction · n)` from `offline`, the rest from
-/// `online` (RLPD's symmetric sampling). Until `online` has data, all come from
-/// `offline`; with no offline data, all from `online`. Slices of `n` are drawn in turn so
-/// that each UTD slice is itself mixed 50/50.
+/// [`draw_mixed`], then [`gather_rows`]: the batch on the host.
 pub fn sample_mixed(
     rng: &mut Rng,
     offline: &Replay,
@@ -417,7 +506,43 @@ pub fn sample_mixed(
     n: usize,
     out: &mut Batch,
 ) {
+    let mut rows = Vec::with_capacity(slices * n);
+    draw_mixed(rng, offline, online, offline_fraction, slices, n, &mut rows);
+    gather_rows(offline, online, &rows, out);
+}
+
+/// Copies `rows` (numbered as by [`draw_mixed`]) into `out`, replacing its contents.
+pub fn gather_rows(offline: &Replay, online: &Replay, rows: &[u32], out: &mut Batch) {
     out.clear();
+    let split = offline.capacity;
+    for &r in rows {
+        match (r as usize).checked_sub(split) {
+            None => offline.copy_row(r as usize, out),
+            Some(i) => online.copy_row(i, out),
+        }
+    }
+}
+
+/// Draws the rows of `slices · n` transitions into `rows` (replacing its contents): in
+/// each slice of `n`, `round(offline_fraction · n)` from `offline`, the rest from
+/// `online` (RLPD's symmetric sampling). Until `online` has data, all come from
+/// `offline`; with no offline data, all from `online`. Slices are drawn in turn so that
+/// each UTD slice is itself mixed 50/50. Rows of `offline` are numbered from 0, those of
+/// `online` from `offline.capacity()`: one table of both buffers' slots.
+pub fn draw_mixed(
+    rng: &mut Rng,
+    offline: &Replay,
+    online: &Replay,
+    offline_fraction: f32,
+    slices: usize,
+    n: usize,
+    rows: &mut Vec<u32>,
+) {
+    assert!(
+        offline.capacity + online.capacity <= u32::MAX as usize,
+        "replay buffers too large for u32 row numbers"
+    );
+    rows.clear();
     for _ in 0..slices {
         let k = if online.is_empty() {
             n
@@ -428,10 +553,10 @@ pub fn sample_mixed(
         };
         // Shuffling within a slice is unnecessary: losses are means over the slice.
         if k > 0 {
-            offline.sample_into(rng, k, out);
+            offline.draw_into(rng, k, 0, rows);
         }
         if n > k {
-            online.sample_into(rng, n - k, out);
+            online.draw_into(rng, n - k, offline.capacity, rows);
         }
     }
 }

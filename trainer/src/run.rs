@@ -29,9 +29,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::agent::StepBatch;
 use crate::agent::{Agent, UpdateMetrics};
 use crate::config::{Algo, Config, Task};
-use crate::replay::{Batch, Chunker, Normalizer, Replay, sample_mixed};
+use crate::replay::{Batch, Chunker, Normalizer, Replay, draw_mixed, gather_rows};
 use crate::robot::{RobotInfo, read_training_dataset};
 use shared_model::{ChunkClock, ChunkPlay, TemporalEnsemble};
 
@@ -353,6 +354,13 @@ pub fn device(config: &Config) -> Result<Device> {
     let spec = crate::device::parse(&config.device)?;
     spec.check_present()?;
     let device = spec.device();
+    if config.compute.replay == crate::config::ReplayPlacement::Device && !spec.is_gpu() {
+        eprintln!(
+            "warning: compute.replay = \"device\" on the CPU: every new transition copies the \
+             online buffer's tables (burn-flex's slice_assign copies), about 0.14 s per step \
+             at the cpu preset; \"host\" gives the same results without it"
+        );
+    }
     if config.compute.normals == crate::config::NormalSource::Device {
         device.seed(config.seed ^ 0xde71ce);
     }
@@ -390,7 +398,7 @@ pub fn train(
         ..
     } = offline_data(config)?;
     let (od, ad) = (offline.obs_dim, offline.act_dim);
-    let mut online = Replay::new(od, ad, 1 << 21);
+    let mut online = Replay::new(od, ad, ONLINE_CAPACITY);
     let normalizer = Normalizer::fit(offline.observations(), od);
     let mut agent = Agent::new(
         config.clone(),
@@ -410,6 +418,8 @@ pub fn train(
     let mut episode_seed = None;
     let (mut episodes_done, mut successes, mut return_sum) = (0usize, 0usize, 0.0f64);
     let mut batch = Batch::default();
+    // Each environment step's rows of the replay buffers (`draw_mixed`).
+    let mut rows = Vec::new();
 
     if resumed {
         let dir = ckpt_dir.unwrap();
@@ -518,17 +528,21 @@ pub fn train(
             obs.copy_from_slice(&next);
         }
         let sampling = Instant::now();
-        sample_mixed(
+        draw_mixed(
             &mut batch_rng,
             &offline,
             &online,
             config.optim.offline_fraction,
             config.optim.utd,
             config.optim.batch_size,
-            &mut batch,
+            &mut rows,
         );
         agent.times.batch += sampling.elapsed().as_secs_f64();
-        agent.train_step(&batch)?;
+        agent.train_step(StepBatch::Drawn {
+            offline: &offline,
+            online: &online,
+            rows: &rows,
+        })?;
         let done_steps = step + 1;
         // A row every `log_every` steps, and one for the last steps of the run.
         if done_steps % log_every == 0 || done_steps == total {
@@ -685,6 +699,10 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
     Ok((agent, state, dir))
 }
 
+/// Slots of a run's online replay buffer (the oldest transitions are overwritten after
+/// this many environment steps).
+pub const ONLINE_CAPACITY: usize = 1 << 21;
+
 /// Offline pretraining on offline batches: the base policy alone, or with
 /// `pretrain_critic` the full learner (critics, edit policy or RLPD actor, temperature,
 /// base). RLPD has no base policy: it is pretrained only with `pretrain_critic`, with the
@@ -709,19 +727,25 @@ pub fn pretrain(
     // The base policy's loss since the last row, when only the base is pretrained.
     let (mut base_loss, mut base_n) = (0.0f64, 0usize);
     let mut clock = Instant::now();
+    let mut rows = Vec::new();
     for i in 0..c.run.pretrain_steps {
-        sample_mixed(
+        draw_mixed(
             rng,
             offline,
             &empty,
             1.0,
             c.optim.utd,
             c.optim.batch_size,
-            batch,
+            &mut rows,
         );
         if full {
-            agent.train_step(batch)?;
+            agent.train_step(StepBatch::Drawn {
+                offline,
+                online: &empty,
+                rows: &rows,
+            })?;
         } else {
+            gather_rows(offline, &empty, &rows, batch);
             base_loss += agent.update_base(batch) as f64;
             base_n += 1;
         }

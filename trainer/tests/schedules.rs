@@ -3,9 +3,10 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use sim::rng::Rng;
-use trainer::agent::{Agent, Recorded};
-use trainer::config::{CandidateSchedule, Config};
-use trainer::replay::{Batch, Normalizer, Replay, sample_mixed};
+use trainer::agent::{Agent, Recorded, StepBatch};
+use trainer::config::{CandidateSchedule, Config, ReplayPlacement};
+use trainer::device_replay::DeviceReplay;
+use trainer::replay::{Batch, Normalizer, Replay, draw_mixed, gather_rows, sample_mixed};
 
 fn config(schedule: CandidateSchedule, device: &str) -> Config {
     let mut c = Config::tiny();
@@ -353,6 +354,150 @@ fn updates_in_threads_and_blocks_give_the_one_thread_results() {
             p1.len()
         );
     }
+}
+
+fn push_random(r: &mut Replay, rng: &mut Rng) {
+    let (od, ad) = (r.obs_dim, r.act_dim);
+    let v = |n: usize, rng: &mut Rng| (0..n).map(|_| rng.normal()).collect::<Vec<_>>();
+    let (obs, act, next) = (v(od, rng), v(ad, rng), v(od, rng));
+    let terminated = rng.next_u64().is_multiple_of(3);
+    r.push(&obs, &act, rng.normal(), &next, terminated);
+}
+
+/// Every row in use, gathered from a [`DeviceReplay`] on `device`, equals the host's copy
+/// normalized and discounted as the learner's upload does: after each push (the ring
+/// wraps twice), after several pushes at once (across the ring's end), after more pushes
+/// than slots, and in a mirror rebuilt after the online buffer is replaced or the offline
+/// one grows.
+fn gathered_rows_equal_the_hosts(device: &burn::tensor::Device) {
+    let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+    let (od, ad, gamma) = (3, 2, 0.97f32);
+    let mut rng = Rng::new(11);
+    let mut offline = Replay::new(od, ad, 7);
+    for _ in 0..5 {
+        push_random(&mut offline, &mut rng);
+    }
+    let mut online = Replay::new(od, ad, 4);
+    let normalizer = Normalizer {
+        mean: vec![0.5, -1.0, 2.0],
+        std: vec![2.0, 0.25, 3.0],
+    };
+    let mut mirror = DeviceReplay::new(&offline, &online, &normalizer, gamma, device);
+    let check = |mirror: &DeviceReplay, offline: &Replay, online: &Replay, when: &str| {
+        let rows: Vec<u32> = (0..offline.len() as u32)
+            .chain((0..online.len() as u32).map(|i| offline.capacity() as u32 + i))
+            .collect();
+        let mut host = Batch::default();
+        gather_rows(offline, online, &rows, &mut host);
+        normalizer.apply(&mut host.obs);
+        normalizer.apply(&mut host.next_obs);
+        let discount: Vec<f32> = host.mask.iter().map(|m| m * gamma).collect();
+        let g = mirror.gather(&rows);
+        assert_eq!(values(g.obs), host.obs, "obs {when}");
+        assert_eq!(values(g.act), host.act, "act {when}");
+        assert_eq!(values(g.rew), host.rew, "rew {when}");
+        assert_eq!(values(g.next_obs), host.next_obs, "next_obs {when}");
+        assert_eq!(values(g.discount), discount, "discount {when}");
+    };
+    check(&mirror, &offline, &online, "at start");
+    for step in 0..10 {
+        push_random(&mut online, &mut rng);
+        assert!(mirror.follows(&offline, &online, &normalizer, gamma));
+        mirror.sync(&online);
+        check(&mirror, &offline, &online, &format!("after push {step}"));
+    }
+    // Three pushes between syncs, across the ring's end (slots 2, 3, 0).
+    for _ in 0..3 {
+        push_random(&mut online, &mut rng);
+    }
+    assert_eq!(online.next_slot(), 1);
+    mirror.sync(&online);
+    check(&mirror, &offline, &online, "after three pushes");
+    for _ in 0..6 {
+        push_random(&mut online, &mut rng);
+    }
+    mirror.sync(&online);
+    check(&mirror, &offline, &online, "after six pushes");
+    // A replaced buffer (a clone is another buffer), another normalizer or discount:
+    // the mirror does not follow, and a new one is built.
+    let replaced = online.clone();
+    assert!(!mirror.follows(&offline, &replaced, &normalizer, gamma));
+    assert!(!mirror.follows(&offline, &online, &normalizer, 0.5));
+    let mut other = normalizer.clone();
+    other.std[1] = 1.0;
+    assert!(!mirror.follows(&offline, &online, &other, gamma));
+    let rebuilt = DeviceReplay::new(&offline, &replaced, &normalizer, gamma, device);
+    check(&rebuilt, &offline, &replaced, "rebuilt");
+    // The offline buffer is taken as it is: a push to it needs a new mirror.
+    push_random(&mut offline, &mut rng);
+    assert!(!mirror.follows(&offline, &online, &normalizer, gamma));
+    let rebuilt = DeviceReplay::new(&offline, &online, &normalizer, gamma, device);
+    check(&rebuilt, &offline, &online, "offline grown");
+}
+
+#[test]
+fn rows_gathered_on_the_cpu_equal_the_hosts() {
+    gathered_rows_equal_the_hosts(&trainer::device::parse("cpu").unwrap().device());
+}
+
+/// As above on the GPU (run by `scripts/gpu-check`): there each row is written into the
+/// tables in place.
+#[test]
+#[ignore = "needs a GPU: EXPO_GPU_DEVICE=vulkan|cuda and the matching feature"]
+fn rows_gathered_on_the_gpu_equal_the_hosts() {
+    let gpu = std::env::var("EXPO_GPU_DEVICE").expect("EXPO_GPU_DEVICE");
+    gathered_rows_equal_the_hosts(&trainer::device::parse(&gpu).unwrap().device());
+}
+
+/// `compute.replay = "device"` trains on the host's batches: two learners, one gathering
+/// each step's rows on the host and one from the device mirror, give the same metrics
+/// each step and the same parameters, while the online buffer (4 slots) fills, wraps
+/// around, gets several transitions between steps, and is replaced by a copy (the mirror
+/// is rebuilt).
+#[test]
+fn batches_gathered_on_the_device_train_as_the_hosts() {
+    let make = |replay: ReplayPlacement| {
+        let mut c = config(CandidateSchedule::Hoisted, "cpu");
+        c.compute.replay = replay;
+        c.validate().unwrap();
+        agent_and_batch(&c).0
+    };
+    let (mut host, mut device) = (make(ReplayPlacement::Host), make(ReplayPlacement::Device));
+    let c = host.config.clone();
+    let offline = trainer::run::offline_data(&c).unwrap().replay;
+    let mut online = Replay::new(offline.obs_dim, offline.act_dim, 4);
+    let mut rng = Rng::new(9);
+    let mut rows = vec![];
+    for step in 0..9 {
+        for k in 0..1 + step % 3 {
+            let i = (7 * step + k) % offline.len();
+            let r = offline.rows(i..i + 1);
+            online.push(r.obs, r.act, r.rew[0] + step as f32, r.next_obs, k == 1);
+        }
+        if step == 6 {
+            online = online.clone();
+        }
+        draw_mixed(
+            &mut rng,
+            &offline,
+            &online,
+            c.optim.offline_fraction,
+            c.optim.utd,
+            c.optim.batch_size,
+            &mut rows,
+        );
+        let drawn = StepBatch::Drawn {
+            offline: &offline,
+            online: &online,
+            rows: &rows,
+        };
+        let m_host = host.update(drawn).unwrap();
+        let m_device = device.update(drawn).unwrap();
+        assert_eq!(m_host, m_device, "metrics of step {step}");
+    }
+    let (p_host, p_device) = (all_params(&host), all_params(&device));
+    let differing = p_host.iter().zip(&p_device).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "of {} parameters", p_host.len());
 }
 
 /// Two learners updating at the same time on two threads of one process end with the
