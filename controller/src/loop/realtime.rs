@@ -118,6 +118,26 @@ pub fn tight_timer_slack() -> bool {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) == 0 }
 }
 
+/// Nice value of the threads whose work may wait ([`background_priority`]).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to nice [`BACKGROUND_NICE`], or
+/// leaves it where it is if it is lower already (Linux gives each thread its own nice
+/// value). For threads whose work may wait while the
+/// control thread runs: the uplink's bundle fetching and building, which takes tens to
+/// hundreds of ms of CPU on a robot computer of 2 cores. At nice 10 such a thread gets
+/// about a tenth of a core that the control thread also wants, and all of an idle one.
+/// Unprivileged (lowering one's own priority always is).
+pub fn background_priority() -> std::io::Result<()> {
+    // SAFETY: gettid, getpriority and setpriority take plain integers and touch no
+    // memory of ours. getpriority's -1 may be an error; then the target is ours.
+    check(unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, now.max(BACKGROUND_NICE))
+    })
+}
+
 /// The `--realtime` steps for the calling (control) thread: lock memory, SCHED_FIFO
 /// at `priority`, pin to `cpu`. Each is attempted and reported, whatever the others
 /// did; without the privileges (root or CAP_IPC_LOCK / CAP_SYS_NICE) they fail.
@@ -251,4 +271,27 @@ pub fn dedicate_cpu(cpu: usize, reserved: RealtimeStep) -> (Vec<RealtimeStep>, b
     };
     let busy_wait = reserved.ok && pinned.ok;
     (vec![reserved, pinned], busy_wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread, and only it, runs at the background nice value.
+    #[test]
+    fn background_priority_lowers_only_the_calling_thread() {
+        let nice = || {
+            // SAFETY: as in `background_priority`. getpriority returns the nice value.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        };
+        let before = nice();
+        let inside = std::thread::spawn(move || {
+            background_priority().unwrap();
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, BACKGROUND_NICE.max(before));
+        assert_eq!(nice(), before, "the spawning thread is unchanged");
+    }
 }

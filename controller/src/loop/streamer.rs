@@ -14,8 +14,8 @@
 //! **Bundles down.** Every acknowledgement names the trainer's newest bundle. A new name
 //! is fetched into `OUT/bundles/NAME`, verified like any bundle (signature against the
 //! run's trusted key, hashes, shapes, the robot's dimensions) and built into a policy
-//! here, off the control thread; the control thread swaps it in at the next episode
-//! boundary (`Phase::Idle`, before `Reset`). A bundle that fails any check is recorded
+//! here, off the control thread and at a lower priority (nice 10); the control thread
+//! swaps it in at the next episode boundary (`Phase::Idle`, before `Reset`). A bundle that fails any check is recorded
 //! and never used: the running policy stays.
 
 use std::collections::VecDeque;
@@ -136,6 +136,10 @@ fn stream_main(
     summary: &Mutex<UplinkSummary>,
     ready: mpsc::Sender<Ready>,
 ) {
+    // Fetching and building a bundle must not take CPU time the control thread needs
+    // (the demo's one watchdog stop came while a bundle was built; the cause is not
+    // confirmed). Failing to lower it leaves the thread at the default, as before.
+    let _ = super::realtime::background_priority();
     let bundles_dir = log.parent().unwrap_or(Path::new(".")).join("bundles");
     // Names already fetched (used or refused): never fetched twice.
     let mut seen: Vec<String> = vec![];
