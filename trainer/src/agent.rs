@@ -1542,25 +1542,31 @@ impl Agent {
     /// One environment step's batch on the device, copied out of the replay buffers where
     /// `compute.replay` says (a host batch is uploaded as it is).
     fn assemble(&mut self, batch: StepBatch, with_targets: bool) -> Result<DeviceBatch> {
+        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
+        let rows = match batch {
+            StepBatch::Host(batch) => batch.rows,
+            StepBatch::Drawn { rows, .. } => rows.len(),
+        };
+        anyhow::ensure!(
+            rows == b * utd,
+            "batch has {rows} rows, expected {}",
+            b * utd
+        );
         match batch {
-            StepBatch::Host(batch) => self.upload(batch, with_targets),
-            StepBatch::Drawn {
-                offline,
-                online,
-                rows,
-            } if self.config.compute.replay == ReplayPlacement::Device => {
-                self.gather_on_device(offline, online, rows, with_targets)
-            }
+            StepBatch::Host(batch) => Ok(self.upload(batch, with_targets)),
             StepBatch::Drawn {
                 offline,
                 online,
                 rows,
             } => {
+                if self.config.compute.replay == ReplayPlacement::Device {
+                    return self.gather_on_device(offline, online, rows, with_targets);
+                }
                 let mut host = std::mem::take(&mut self.host_batch);
                 gather_rows(offline, online, rows, &mut host);
                 let uploaded = self.upload(&host, with_targets);
                 self.host_batch = host;
-                uploaded
+                Ok(uploaded)
             }
         }
     }
@@ -1574,13 +1580,6 @@ impl Agent {
         rows: &[u32],
         with_targets: bool,
     ) -> Result<DeviceBatch> {
-        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
-        anyhow::ensure!(
-            rows.len() == b * utd,
-            "batch has {} rows, expected {}",
-            rows.len(),
-            b * utd
-        );
         anyhow::ensure!(
             (offline.obs_dim, offline.act_dim) == (self.obs_dim, self.act_dim)
                 && (online.obs_dim, online.act_dim) == (self.obs_dim, self.act_dim),
@@ -1619,18 +1618,11 @@ impl Agent {
         })
     }
 
-    /// Checks, normalizes and uploads one environment step's batch (`utd` slices of
-    /// `batch_size` rows): once per step, every slice is a view of these. The critic's
-    /// inputs only `with_targets` (BC has no critic).
-    fn upload(&self, batch: &Batch, with_targets: bool) -> Result<DeviceBatch> {
-        let (b, utd) = (self.config.optim.batch_size, self.config.optim.utd);
-        anyhow::ensure!(
-            batch.rows == b * utd,
-            "batch has {} rows, expected {}",
-            batch.rows,
-            b * utd
-        );
-        let (od, ad, rows) = (self.obs_dim, self.act_dim, b * utd);
+    /// Normalizes and uploads one environment step's batch (`utd` slices of `batch_size`
+    /// rows, checked by [`Agent::assemble`]): once per step, every slice is a view of
+    /// these. The critic's inputs only `with_targets` (BC has no critic).
+    fn upload(&self, batch: &Batch, with_targets: bool) -> DeviceBatch {
+        let (od, ad, rows) = (self.obs_dim, self.act_dim, batch.rows);
         let mut obs = batch.obs.clone();
         self.normalizer.apply(&mut obs);
         let critic = with_targets.then(|| {
@@ -1652,17 +1644,17 @@ impl Agent {
                 },
             }
         });
-        Ok(DeviceBatch {
+        DeviceBatch {
             obs: tensor2(obs, rows, od, &self.device),
             act: tensor2(batch.act.clone(), rows, ad, &self.device),
             critic,
-        })
+        }
     }
 
     /// The TD targets `r + γ·mask·Q'(s', a')` of every row of `batch` under the
     /// configured candidate schedule, without any update (tests compare schedules).
     pub fn td_targets(&mut self, batch: &Batch) -> Result<Vec<f32>> {
-        let DeviceBatch { critic, .. } = self.upload(batch, true)?;
+        let DeviceBatch { critic, .. } = self.assemble(StepBatch::Host(batch), true)?;
         let targets = self.update_critic(critic.expect("requested"), None)?;
         Ok(Tensor::cat(targets, 0)
             .into_data()

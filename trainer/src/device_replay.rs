@@ -143,10 +143,28 @@ impl DeviceReplay {
     }
 
     /// Uploads the transitions pushed to the online buffer since the last call (the
-    /// mirror [`DeviceReplay::follows`] both buffers).
+    /// mirror [`DeviceReplay::follows`] both buffers): the `new` slots before the ring's
+    /// write position, or all of them when at least as many were pushed.
     pub fn sync(&mut self, online: &Replay) {
-        let seen = self.online;
-        self.online = self.catch_up(online, seen, self.offline.len);
+        let (new, cap, base) = (
+            (online.pushes() - self.online.pushes) as usize,
+            online.capacity(),
+            self.offline.len,
+        );
+        if new >= online.len() {
+            self.write(online, base, 0..online.len());
+        } else if new > 0 {
+            let end = online.next_slot();
+            let start = (end + cap - new) % cap;
+            if start < end {
+                self.write(online, base, start..end);
+            } else {
+                // Wrapped: the ring is full (an unfilled ring only appends).
+                self.write(online, base, start..cap);
+                self.write(online, base, 0..end);
+            }
+        }
+        self.online = Mirrored::of(online);
     }
 
     /// The rows `rows` (numbered as by `draw_mixed`: offline rows, then online slots from
@@ -170,27 +188,6 @@ impl DeviceReplay {
             next_obs: pick(&t.next_obs),
             discount: pick(&t.mask_discount),
         }
-    }
-
-    /// Writes the slots of `replay` changed since `seen`; returns the new state.
-    fn catch_up(&mut self, replay: &Replay, seen: Mirrored, base: usize) -> Mirrored {
-        let new = (replay.pushes() - seen.pushes) as usize;
-        let cap = replay.capacity();
-        if new >= replay.len() {
-            // Every slot in use was written (or the ring went round): all of them.
-            self.write(replay, base, 0..replay.len());
-        } else if new > 0 {
-            // The `new` slots before the write position, possibly wrapping.
-            let end = replay.next_slot();
-            let start = (end + cap - new) % cap;
-            if start < end {
-                self.write(replay, base, start..end);
-            } else {
-                self.write(replay, base, start..cap.min(replay.len()));
-                self.write(replay, base, 0..end);
-            }
-        }
-        Mirrored::of(replay)
     }
 
     /// Writes slots `range` of `replay` into table rows `base + range`.

@@ -123,9 +123,9 @@ pub const BACKGROUND_NICE: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority to nice [`BACKGROUND_NICE`], or
 /// leaves it where it is if it is lower already (Linux gives each thread its own nice
-/// value). For threads whose work may wait while the
-/// control thread runs: the uplink's bundle fetching and building, which takes tens to
-/// hundreds of ms of CPU on a robot computer of 2 cores. At nice 10 such a thread gets
+/// value). For threads whose work may wait while the control thread runs: the uplink's
+/// bundle fetching and building, which takes tens to hundreds of ms of CPU on a robot
+/// computer of 2 cores. At nice 10 such a thread gets
 /// about a tenth of a core that the control thread also wants, and all of an idle one.
 /// Unprivileged (lowering one's own priority always is).
 pub fn background_priority() -> std::io::Result<()> {

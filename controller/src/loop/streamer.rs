@@ -15,8 +15,8 @@
 //! is fetched into `OUT/bundles/NAME`, verified like any bundle (signature against the
 //! run's trusted key, hashes, shapes, the robot's dimensions) and built into a policy
 //! here, off the control thread and at a lower priority (nice 10); the control thread
-//! swaps it in at the next episode boundary (`Phase::Idle`, before `Reset`). A bundle that fails any check is recorded
-//! and never used: the running policy stays.
+//! swaps it in at the next episode boundary (`Phase::Idle`, before `Reset`). A bundle
+//! that fails any check is recorded and never used: the running policy stays.
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
