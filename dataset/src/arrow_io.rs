@@ -300,7 +300,7 @@ pub(crate) fn write_json_atomic(
     let mut text = serde_json::to_string_pretty(value).map_err(|e| DatasetError::Json {
         path: path.to_owned(),
         what: "serializing",
-        source: e,
+        error: e,
     })?;
     text.push('\n');
     let write = || -> std::io::Result<()> {

@@ -5,27 +5,27 @@ use std::path::PathBuf;
 /// Errors from reading, writing or validating a dataset.
 ///
 /// Display strings start with the offending file, then the field/column and
-/// what was expected, so a CLI can print them as-is.
+/// what was expected, so a CLI can print them as-is. A wrapped I/O or JSON error
+/// is part of the message and not also the `source()`, so that an error chain
+/// (anyhow's `Caused by:`) does not print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// The file system refused an operation (`action` says which).
-    #[error("{}: I/O error while {action}: {source}", path.display())]
+    #[error("{}: I/O error while {action}: {error}", path.display())]
     Io {
         path: PathBuf,
         action: &'static str,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A required file or directory does not exist.
     #[error("{}: missing {what}", path.display())]
     Missing { path: PathBuf, what: String },
     /// A JSON file could not be parsed into the expected structure.
-    #[error("{}: invalid JSON for {what}: {source}", path.display())]
+    #[error("{}: invalid JSON for {what}: {error}", path.display())]
     Json {
         path: PathBuf,
         what: &'static str,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// `info.json` declares a format version this crate does not read.
     #[error(
@@ -67,12 +67,12 @@ impl DatasetError {
     pub(crate) fn io(
         path: impl Into<PathBuf>,
         action: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         Self::Io {
             path: path.into(),
             action,
-            source,
+            error,
         }
     }
 

@@ -143,10 +143,10 @@ impl InfoJson {
             },
             _ => DatasetError::io(&path, "reading info.json", e),
         })?;
-        let json_err = |source| DatasetError::Json {
+        let json_err = |error| DatasetError::Json {
             path: path.clone(),
             what: "LeRobot v3 info.json",
-            source,
+            error,
         };
         let value: Value = serde_json::from_str(&text).map_err(json_err)?;
         // Check the version before the schema so old datasets get the clear message.
@@ -488,10 +488,10 @@ pub(crate) fn read_stats(dir: &Path) -> Result<BTreeMap<String, FeatureStats>, D
         count: Vec<u64>,
     }
     let raw: BTreeMap<String, Value> =
-        serde_json::from_str(&text).map_err(|source| DatasetError::Json {
+        serde_json::from_str(&text).map_err(|error| DatasetError::Json {
             path: path.clone(),
             what: "stats.json (map of feature -> {min,max,mean,std,count})",
-            source,
+            error,
         })?;
     let mut out = BTreeMap::new();
     for (key, v) in raw {
@@ -499,10 +499,10 @@ pub(crate) fn read_stats(dir: &Path) -> Result<BTreeMap<String, FeatureStats>, D
         if !cols::STATS_FEATURES.contains(&key.as_str()) {
             continue;
         }
-        let r: Raw = serde_json::from_value(v).map_err(|source| DatasetError::Json {
+        let r: Raw = serde_json::from_value(v).map_err(|error| DatasetError::Json {
             path: path.clone(),
             what: "stats.json feature entry {min,max,mean,std,count}",
-            source,
+            error,
         })?;
         out.insert(
             key,

@@ -380,10 +380,10 @@ impl DatasetWriter {
         json.total_tasks = self.tasks.len();
         json.splits = BTreeMap::from([("train".into(), format!("0:{}", self.episodes.len()))]);
         let path = meta::info_path(&self.dir);
-        let value = serde_json::to_value(&json).map_err(|source| DatasetError::Json {
+        let value = serde_json::to_value(&json).map_err(|error| DatasetError::Json {
             path: path.clone(),
             what: "serializing info.json",
-            source,
+            error,
         })?;
         arrow_io::write_json_atomic(&path, &value)
     }

@@ -185,11 +185,10 @@ pub const EXAMPLES: [(&str, &str); 3] = [
 /// Why a robot config was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not valid TOML.
     #[error("{file}:{line}:{column}: {message}")]
@@ -214,9 +213,9 @@ impl RobotConfig {
     /// Reads, parses and validates a robot file.
     pub fn load(path: impl AsRef<Path>) -> Result<RobotConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml_str(&text, &path.display().to_string())
     }

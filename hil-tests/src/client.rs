@@ -16,14 +16,28 @@ pub use firmware_config::protocol::Frame;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("link: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("no {waiting_for} within {timeout:?}")]
     Timeout {
         waiting_for: &'static str,
         timeout: Duration,
     },
     #[error("handshake refused: {0}")]
-    Handshake(#[from] HandshakeError),
+    Handshake(HandshakeError),
+}
+
+// By hand rather than `#[from]`, which would also make the inner error the
+// `source()`: the message already includes it, and an error chain would print it twice.
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<HandshakeError> for ClientError {
+    fn from(e: HandshakeError) -> Self {
+        Self::Handshake(e)
+    }
 }
 
 /// The controller's end of the link, for tests.

@@ -123,9 +123,16 @@ pub enum FirmwareError {
         task_value: u32,
     },
     #[error("serial link: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("the firmware thread panicked")]
     Panicked,
+}
+
+// By hand rather than `#[from]`: see `ClientError`.
+impl From<io::Error> for FirmwareError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// Where the firmware is in its protocol.

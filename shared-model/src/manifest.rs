@@ -275,11 +275,10 @@ pub struct Provenance {
 /// Why a bundle was refused.
 #[derive(Debug, Error)]
 pub enum BundleError {
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path}: bundle format version {found} is newer than this program supports ({supported}); update the controller"
@@ -331,9 +330,9 @@ pub enum BundleError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io {
+    move |error| BundleError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

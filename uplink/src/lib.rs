@@ -66,7 +66,7 @@ pub enum Direction {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("link I/O: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("peer is not an EXPO uplink (bad magic)")]
     Magic,
     #[error("protocol version mismatch: ours {ours}, peer's {theirs}")]
@@ -87,6 +87,14 @@ pub enum LinkError {
     Sequence { expected: u64, got: u64 },
     #[error("{path}: {message}")]
     Key { path: PathBuf, message: String },
+}
+
+// By hand rather than `#[from]`, which would also make the I/O error the `source()`:
+// the message already includes it, and an error chain would print it twice.
+impl From<io::Error> for LinkError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// The shared secret of one robot–trainer pair.

@@ -82,12 +82,11 @@ const FLAG_TELEOP: u8 = 1 << 4;
 /// Why a log could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}: {error}", path.display())]
     Io {
         path: PathBuf,
         what: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{}: not a transition log (expected the magic {:?} at byte 0)", path.display(), std::str::from_utf8(MAGIC).unwrap_or("?"))]
     Magic { path: PathBuf },
@@ -97,7 +96,8 @@ pub enum LogError {
         offset: u64,
         problem: String,
     },
-    #[error("dataset: {0}")]
+    /// The dataset's own message names its file.
+    #[error(transparent)]
     Dataset(#[from] dataset::DatasetError),
 }
 
@@ -428,10 +428,10 @@ pub struct LogContents {
 /// Reads every whole record; a torn or corrupt record ends the log (see the module
 /// docs) and is reported in [`LogContents::torn_bytes`], not as an error.
 pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
-    let io_err = |what, source| LogError::Io {
+    let io_err = |what, error| LogError::Io {
         path: path.to_path_buf(),
         what,
-        source,
+        error,
     };
     let mut data = Vec::new();
     File::open(path)
@@ -505,10 +505,10 @@ impl LogTail {
 
     /// Payloads of the records completed since the last call.
     pub fn poll(&mut self) -> Result<Vec<Vec<u8>>, LogError> {
-        let io_err = |what, source| LogError::Io {
+        let io_err = |what, error| LogError::Io {
             path: self.path.clone(),
             what,
-            source,
+            error,
         };
         if self.file.is_none() {
             match File::open(&self.path) {
@@ -578,10 +578,10 @@ impl LogWriter {
     /// Opens `path` for appending: creates it with the magic, or checks an existing
     /// log and cuts off a torn final record.
     pub fn open(path: &Path) -> Result<LogWriter, LogError> {
-        let io_err = |what, source| LogError::Io {
+        let io_err = |what, error| LogError::Io {
             path: path.to_path_buf(),
             what,
-            source,
+            error,
         };
         let mut repaired = 0;
         let existing = path.exists();
@@ -633,10 +633,10 @@ impl LogWriter {
         self.buf.extend_from_slice(&self.payload);
         self.file
             .write_all(&self.buf)
-            .map_err(|source| LogError::Io {
+            .map_err(|error| LogError::Io {
                 path: self.path.clone(),
                 what: "appending a record",
-                source,
+                error,
             })?;
         self.records += 1;
         Ok(())
@@ -644,10 +644,10 @@ impl LogWriter {
 
     /// `fdatasync`: completed episodes survive a power loss too.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.file.sync_data().map_err(|source| LogError::Io {
+        self.file.sync_data().map_err(|error| LogError::Io {
             path: self.path.clone(),
             what: "syncing the log",
-            source,
+            error,
         })
     }
 }

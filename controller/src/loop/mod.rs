@@ -772,16 +772,12 @@ pub enum RunError {
     Port(std::io::Error),
     #[error("handshake refused: {0}")]
     Handshake(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Log(#[from] log::LogError),
     #[error("rerun recording: {0:#}")]
     Rerun(anyhow::Error),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
 }
 
 /// Checks that the bundle fits the robot.
@@ -863,9 +859,9 @@ pub fn run(
     let logger = match &cfg.out {
         None => None,
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|source| RunError::Io {
+            std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
                 what: format!("creating {}", dir.display()),
-                source,
+                error,
             })?;
             let log = LogWriter::open(&dir.join("transitions.log"))?;
             let run = RunStart {
@@ -889,9 +885,9 @@ pub fn run(
             }
             Some(
                 logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity, tick_input)
-                    .map_err(|source| RunError::Io {
+                    .map_err(|error| RunError::Io {
                         what: "starting the logger thread".into(),
-                        source,
+                        error,
                     })?,
             )
         }
@@ -900,9 +896,9 @@ pub fn run(
     let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
         (Some(u), Some(dir)) => {
             let (s, rx) = streamer::Streamer::spawn(u.clone(), &dir.join("transitions.log"))
-                .map_err(|source| RunError::Io {
+                .map_err(|error| RunError::Io {
                     what: "starting the uplink thread".into(),
-                    source,
+                    error,
                 })?;
             (Some(s), Some(rx))
         }
@@ -924,9 +920,9 @@ pub fn run(
         None => None,
         Some(t) => {
             let (thread, port) =
-                teleop::spawn(t, cfg.robot.action.dim).map_err(|source| RunError::Io {
+                teleop::spawn(t, cfg.robot.action.dim).map_err(|error| RunError::Io {
                     what: "starting the teleop thread".into(),
-                    source,
+                    error,
                 })?;
             control.teleop = Some(port);
             Some(thread)
@@ -935,19 +931,17 @@ pub fn run(
     if cfg.operator {
         eprintln!("{}", operator::HELP);
         let stdin = std::io::BufReader::new(std::io::stdin());
-        control.operator = Some(
-            operator::spawn_reader(stdin).map_err(|source| RunError::Io {
-                what: "starting the operator thread".into(),
-                source,
-            })?,
-        );
+        control.operator = Some(operator::spawn_reader(stdin).map_err(|error| RunError::Io {
+            what: "starting the operator thread".into(),
+            error,
+        })?);
     }
     let handle = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || control_thread(control, realtime_opts))
-        .map_err(|source| RunError::Io {
+        .map_err(|error| RunError::Io {
             what: "starting the control thread".into(),
-            source,
+            error,
         })?;
     let (mut report, port) = match handle.join() {
         Ok(r) => r,
@@ -986,9 +980,9 @@ pub fn run(
     };
     if let Some(dir) = &cfg.out {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        std::fs::write(dir.join("report.json"), text).map_err(|source| RunError::Io {
+        std::fs::write(dir.join("report.json"), text).map_err(|error| RunError::Io {
             what: format!("writing {}", dir.join("report.json").display()),
-            source,
+            error,
         })?;
     }
     Ok(report)

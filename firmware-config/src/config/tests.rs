@@ -320,6 +320,10 @@ fn parse_errors_name_file_line_and_field() {
         err.to_string()
             .starts_with("/nonexistent/robot.toml: cannot read")
     );
+    // The OS's reason is in the message once, and not again as the cause: an error
+    // chain (anyhow's `Caused by:`) printed it twice.
+    assert!(err.to_string().contains("No such file"), "{err}");
+    assert!(std::error::Error::source(&err).is_none());
 }
 
 #[test]
