@@ -867,7 +867,7 @@ fn main() -> Result<std::process::ExitCode> {
         Command::LogToDataset { log, out } => {
             let r = robot_loop::log::log_to_dataset(&log, &out)?;
             println!(
-                "{}: {} episodes ({} frames) written to {}; {} unfinished (the log ends inside them), {} without usable transitions, {} torn bytes skipped",
+                "{}: {} episodes ({} frames) written to {}; {} without an end record, {} without usable transitions, {} torn bytes at the end skipped",
                 log.display(),
                 r.episodes_written,
                 r.frames,
@@ -876,6 +876,17 @@ fn main() -> Result<std::process::ExitCode> {
                 r.skipped_empty,
                 r.torn_bytes
             );
+            if !r.damaged.is_empty() {
+                let bytes: u64 = r.damaged.iter().map(|d| d.len).sum();
+                let at: Vec<String> = r.damaged.iter().map(|d| d.offset.to_string()).collect();
+                eprintln!(
+                    "warning: {}: {} damaged stretch(es) of {bytes} bytes in all, at byte {}, skipped; the records around them were kept, and {} steps of the written episodes have no transition",
+                    log.display(),
+                    r.damaged.len(),
+                    at.join(", "),
+                    r.missing_frames
+                );
+            }
         }
         Command::Check { bundle, trust } => {
             let b = load_bundle(&bundle, &trust.trust()?)?;

@@ -23,12 +23,18 @@
 //! ```
 //!
 //! A `kill -9` can only interrupt the record being written (earlier records are in
-//! the kernel's page cache and survive the process), so a reader stops at the first
-//! record whose length runs past the end of the file or whose CRC does not match, and
-//! reports the skipped bytes as a torn tail ([`read_log`]). [`LogWriter::open`] cuts a
-//! torn tail off before appending, so a later run's records are not hidden behind it.
-//! The log is `fdatasync`ed at every episode end, which also covers a power loss for
-//! completed episodes.
+//! the kernel's page cache and survive the process), so bytes after the last whole
+//! record are a torn tail: [`read_log`] reports and skips them, and [`LogWriter::open`]
+//! cuts them off before appending, so a later run's records are not hidden behind
+//! them. The log is `fdatasync`ed at every episode end, which also covers a power loss
+//! for completed episodes.
+//!
+//! Damage in the middle (a bad sector, a flipped bit, an edit) loses only the records
+//! it touches: where a record's length is impossible or its CRC does not match, the
+//! readers ([`read_log`], [`LogTail`]) look for the next offset where a whole record
+//! with a matching CRC starts and carry on there, reporting the stretch they skipped
+//! ([`DamagedSpan`]). A false start needs a 32-bit CRC to match by chance. Nothing after
+//! the damage is cut off.
 //!
 //! # Dataset
 //!
@@ -419,14 +425,62 @@ impl<'a> Reader<'a> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LogContents {
     pub records: Vec<Record>,
-    /// Bytes of whole, valid records (magic included): where the next record goes.
+    /// Bytes up to the end of the last valid record (magic included): where the next
+    /// record goes.
     pub valid_bytes: u64,
     /// Bytes after the last valid record (a record torn by a crash), skipped.
     pub torn_bytes: u64,
+    /// Stretches between valid records that hold none, skipped.
+    pub damaged: Vec<DamagedSpan>,
 }
 
-/// Reads every whole record; a torn or corrupt record ends the log (see the module
-/// docs) and is reported in [`LogContents::torn_bytes`], not as an error.
+/// Bytes of a log between two valid records that are not a record (see the module
+/// docs): the records they held are lost, the ones around them are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DamagedSpan {
+    /// File offset of the first damaged byte.
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What the bytes at one offset of a log hold.
+enum Slot {
+    /// A record whose CRC matches: `len` payload bytes after the 8-byte header.
+    Whole { len: usize },
+    /// The header or the payload runs past the bytes read so far.
+    Partial,
+    /// Not a record: a length no writer writes, or a CRC that does not match.
+    Bad,
+}
+
+fn slot(buf: &[u8], pos: usize) -> Slot {
+    let Some(head) = buf.get(pos..pos + 8) else {
+        return Slot::Partial;
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    // Every record has at least its kind byte; zeroed bytes (len 0, CRC 0) are damage.
+    if len == 0 || len > MAX_RECORD {
+        return Slot::Bad;
+    }
+    let len = len as usize;
+    match buf.get(pos + 8..pos + 8 + len) {
+        None => Slot::Partial,
+        Some(payload) if crc32(payload) == crc => Slot::Whole { len },
+        Some(_) => Slot::Bad,
+    }
+}
+
+/// The first offset at or after `from` where a whole record starts: where a reader
+/// carries on after damaged bytes.
+fn next_whole(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len()).find(|&p| matches!(slot(buf, p), Slot::Whole { .. }))
+}
+
+/// Reads every whole record. Damaged records are skipped and reported in
+/// [`LogContents::damaged`], a torn end in [`LogContents::torn_bytes`] (see the module
+/// docs); neither is an error. A whole record that does not decode is one (say, a
+/// newer controller's flag bits).
 pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
     let io_err = |what, error| LogError::Io {
         path: path.to_path_buf(),
@@ -444,6 +498,7 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
                 records: vec![],
                 valid_bytes: 0,
                 torn_bytes: data.len() as u64,
+                damaged: vec![],
             });
         }
         return Err(LogError::Magic {
@@ -452,36 +507,46 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
     }
     let mut pos = MAGIC.len();
     let mut records = Vec::new();
-    while let Some(head) = data.get(pos..pos + 8) {
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len > MAX_RECORD {
-            break;
+    let mut damaged = Vec::new();
+    while pos < data.len() {
+        match slot(&data, pos) {
+            Slot::Whole { len } => {
+                let payload = &data[pos + 8..pos + 8 + len];
+                let rec = Record::decode(payload).map_err(|problem| LogError::Record {
+                    path: path.to_path_buf(),
+                    offset: pos as u64,
+                    problem,
+                })?;
+                records.push(rec);
+                pos += 8 + len;
+            }
+            // A record that runs past the end is torn only if no whole record follows:
+            // its length may be the damaged part.
+            Slot::Partial | Slot::Bad => match next_whole(&data, pos + 1) {
+                Some(next) => {
+                    damaged.push(DamagedSpan {
+                        offset: pos as u64,
+                        len: (next - pos) as u64,
+                    });
+                    pos = next;
+                }
+                None => break,
+            },
         }
-        let Some(payload) = data.get(pos + 8..pos + 8 + len as usize) else {
-            break;
-        };
-        if crc32(payload) != crc {
-            break;
-        }
-        let rec = Record::decode(payload).map_err(|problem| LogError::Record {
-            path: path.to_path_buf(),
-            offset: pos as u64,
-            problem,
-        })?;
-        records.push(rec);
-        pos += 8 + len as usize;
     }
     Ok(LogContents {
         records,
         valid_bytes: pos as u64,
         torn_bytes: (data.len() - pos) as u64,
+        damaged,
     })
 }
 
 /// Follows a log as it grows (the uplink's source): each [`LogTail::poll`] returns the
 /// payloads of the whole records appended since the last one, in order. A record still
-/// being written is left for the next poll; a missing file is an empty log.
+/// being written is left for the next poll; a missing file is an empty log. Damaged
+/// bytes are skipped as [`read_log`] skips them, once a whole record follows them, and
+/// listed in [`LogTail::damaged`].
 pub struct LogTail {
     path: PathBuf,
     file: Option<File>,
@@ -490,6 +555,8 @@ pub struct LogTail {
     magic_checked: bool,
     /// File offset of `buf[0]`.
     offset: u64,
+    /// Damaged stretches skipped so far.
+    pub damaged: Vec<DamagedSpan>,
 }
 
 impl LogTail {
@@ -500,6 +567,7 @@ impl LogTail {
             buf: Vec::new(),
             magic_checked: false,
             offset: 0,
+            damaged: Vec::new(),
         }
     }
 
@@ -534,28 +602,25 @@ impl LogTail {
             pos = MAGIC.len();
         }
         let mut out = Vec::new();
-        while let Some(head) = self.buf.get(pos..pos + 8) {
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-            if len > MAX_RECORD {
-                return Err(LogError::Record {
-                    path: self.path.clone(),
-                    offset: self.offset + pos as u64,
-                    problem: format!("length {len} is beyond any record"),
-                });
+        loop {
+            match slot(&self.buf, pos) {
+                Slot::Whole { len } => {
+                    out.push(self.buf[pos + 8..pos + 8 + len].to_vec());
+                    pos += 8 + len;
+                }
+                // A record being written is the last one: one that a whole record
+                // follows is damaged (its length, say).
+                Slot::Partial | Slot::Bad => match next_whole(&self.buf, pos + 1) {
+                    Some(next) => {
+                        self.damaged.push(DamagedSpan {
+                            offset: self.offset + pos as u64,
+                            len: (next - pos) as u64,
+                        });
+                        pos = next;
+                    }
+                    None => break, // still being written, or damage to skip later
+                },
             }
-            let Some(payload) = self.buf.get(pos + 8..pos + 8 + len as usize) else {
-                break; // still being written
-            };
-            if crc32(payload) != crc {
-                return Err(LogError::Record {
-                    path: self.path.clone(),
-                    offset: self.offset + pos as u64,
-                    problem: "CRC mismatch in a complete record".into(),
-                });
-            }
-            out.push(payload.to_vec());
-            pos += 8 + len as usize;
         }
         self.buf.drain(..pos);
         self.offset += pos as u64;
@@ -720,7 +785,9 @@ pub struct LoggedEpisode {
 }
 
 /// Groups a log's records into episodes. An episode without an end record (the
-/// process was killed) gets one with [`EndReason::Unfinished`].
+/// process was killed, or the record is damaged) gets one with
+/// [`EndReason::Unfinished`]. Transitions whose episode-start record is missing (damaged)
+/// still make an episode; its seed comes from its end record, if that survived.
 pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
     let mut run = None;
     let mut out: Vec<LoggedEpisode> = Vec::new();
@@ -734,10 +801,23 @@ pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
                 steps,
                 success: e.transitions.iter().any(|t| t.success),
                 reason: EndReason::Unfinished,
-                detail: "the log ends inside this episode".into(),
+                detail: "no end record (the log ends inside this episode, or it is damaged)".into(),
             },
             ..e
         }
+    };
+    let start = |episode: u32, seed: u64| LoggedEpisode {
+        episode,
+        seed,
+        transitions: vec![],
+        end: EpisodeEnd {
+            episode,
+            seed,
+            steps: 0,
+            success: false,
+            reason: EndReason::Unfinished,
+            detail: String::new(),
+        },
     };
     for r in records {
         match r {
@@ -753,31 +833,31 @@ pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
                 if let Some(e) = open.take() {
                     out.push(unfinished(e));
                 }
-                open = Some(LoggedEpisode {
-                    episode: *episode,
-                    seed: *seed,
-                    transitions: vec![],
-                    end: EpisodeEnd {
-                        episode: *episode,
-                        seed: *seed,
-                        steps: 0,
-                        success: false,
-                        reason: EndReason::Unfinished,
-                        detail: String::new(),
-                    },
-                });
+                open = Some(start(*episode, *seed));
             }
             Record::Transition(t) => {
-                if let Some(e) = open.as_mut().filter(|e| e.episode == t.episode) {
-                    e.transitions.push(*t);
+                if open.as_ref().is_none_or(|e| e.episode != t.episode) {
+                    // The episode's start record is lost.
+                    if let Some(e) = open.take() {
+                        out.push(unfinished(e));
+                    }
+                    open = Some(start(t.episode, 0));
                 }
+                open.as_mut().expect("opened above").transitions.push(*t);
             }
-            Record::EpisodeEnd(end) => {
-                if let Some(mut e) = open.take() {
+            Record::EpisodeEnd(end) => match open.take() {
+                Some(mut e) if e.episode == end.episode => {
+                    e.seed = end.seed;
                     e.end = end.clone();
                     out.push(e);
                 }
-            }
+                other => {
+                    // Its start and all its transitions are lost: nothing to keep.
+                    if let Some(e) = other {
+                        out.push(unfinished(e));
+                    }
+                }
+            },
         }
     }
     if let Some(e) = open.take() {
@@ -840,7 +920,13 @@ pub struct Rebuilt {
     pub frames: usize,
     pub skipped_empty: usize,
     pub torn_bytes: u64,
+    /// Damaged stretches skipped in the middle of the log.
+    pub damaged: Vec<DamagedSpan>,
+    /// Episodes without an end record.
     pub unfinished: usize,
+    /// Steps that the episodes' end records (or last steps) count but no transition
+    /// holds: lost in damaged stretches, or never logged.
+    pub missing_frames: usize,
 }
 
 /// Converts every episode of a log into the dataset at `out` (created or appended).
@@ -855,6 +941,7 @@ pub fn log_to_dataset(log: &Path, out: &Path) -> Result<Rebuilt, LogError> {
     let mut w = open_dataset(out, &run.dataset_info())?;
     let mut r = Rebuilt {
         torn_bytes: contents.torn_bytes,
+        damaged: contents.damaged,
         ..Rebuilt::default()
     };
     for e in &eps {
@@ -864,6 +951,7 @@ pub fn log_to_dataset(log: &Path, out: &Path) -> Result<Rebuilt, LogError> {
                 w.append_episode(&ep)?;
                 r.episodes_written += 1;
                 r.frames += notes.frames;
+                r.missing_frames += notes.missing;
             }
             None => r.skipped_empty += 1,
         }
@@ -996,6 +1084,109 @@ mod tests {
         // Not a log at all.
         std::fs::write(&path, b"hello world").unwrap();
         assert!(matches!(read_log(&path), Err(LogError::Magic { .. })));
+    }
+
+    /// A log of three episodes of four steps each (seeds 7, 8, 9), and the byte range
+    /// of every record.
+    fn three_episodes(path: &Path) -> Vec<std::ops::Range<usize>> {
+        let mut w = LogWriter::open(path).unwrap();
+        let mut records = vec![Record::Run(run_start())];
+        for e in 0..3 {
+            records.push(Record::EpisodeStart {
+                episode: e,
+                seed: 7 + u64::from(e),
+            });
+            for s in 0..4 {
+                records.push(Record::Transition(transition(e, s, s == 3)));
+            }
+            let mut end = end(e, 4);
+            end.seed = 7 + u64::from(e);
+            records.push(Record::EpisodeEnd(end));
+        }
+        let mut ranges = vec![];
+        let mut pos = MAGIC.len();
+        for r in &records {
+            w.append(r).unwrap();
+            let mut p = vec![];
+            r.encode(&mut p);
+            ranges.push(pos..pos + 8 + p.len());
+            pos += 8 + p.len();
+        }
+        ranges
+    }
+
+    #[test]
+    fn damage_in_the_middle_loses_only_the_records_it_touches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let ranges = three_episodes(&path);
+        let full = std::fs::read(&path).unwrap();
+        let all = read_log(&path).unwrap().records;
+        assert_eq!(all.len(), 19);
+        // A flipped byte anywhere in record 8 (episode 1's second transition), header
+        // included: every other record is read, and the damage is exactly that record.
+        let hit = ranges[8].clone();
+        for at in hit.clone() {
+            let mut bad = full.clone();
+            bad[at] ^= 0x5a;
+            std::fs::write(&path, &bad).unwrap();
+            let c = read_log(&path).unwrap();
+            let mut want = all.clone();
+            want.remove(8);
+            assert_eq!(c.records, want, "flip at byte {at}");
+            let span = DamagedSpan {
+                offset: hit.start as u64,
+                len: hit.len() as u64,
+            };
+            assert_eq!((c.damaged, c.torn_bytes), (vec![span], 0), "flip at {at}");
+            // The follower (the uplink's source) skips the same bytes.
+            let mut tail = LogTail::new(&path);
+            let payloads = tail.poll().unwrap();
+            assert_eq!(payloads.len(), 18, "flip at {at}");
+            assert_eq!(tail.damaged, vec![span]);
+        }
+        // Converted, episode 1 has three frames, and its end record counts the fourth.
+        let r = log_to_dataset(&path, &dir.path().join("flipped")).unwrap();
+        assert_eq!((r.episodes_written, r.frames, r.missing_frames), (3, 11, 1));
+        // A zeroed stretch over three records (the end of episode 0, the start of 1):
+        // episode 1 is kept without its start record, its seed from its end record.
+        let mut bad = full.clone();
+        bad[ranges[5].start..ranges[7].end].fill(0);
+        std::fs::write(&path, &bad).unwrap();
+        let c = read_log(&path).unwrap();
+        assert_eq!(c.records.len(), 16);
+        assert_eq!(c.damaged.len(), 1);
+        let (_, eps) = episodes(&c.records);
+        let got: Vec<(u32, u64, usize, EndReason)> = eps
+            .iter()
+            .map(|e| (e.episode, e.seed, e.transitions.len(), e.end.reason))
+            .collect();
+        use EndReason::{Completed, Unfinished};
+        let want = [
+            (0, 7, 3, Unfinished),
+            (1, 8, 4, Completed),
+            (2, 9, 4, Completed),
+        ];
+        assert_eq!(got, want);
+        // Appending to a damaged log keeps everything after the damage.
+        let mut w = LogWriter::open(&path).unwrap();
+        assert_eq!(w.repaired_bytes, 0);
+        w.append(&Record::EpisodeStart {
+            episode: 3,
+            seed: 10,
+        })
+        .unwrap();
+        drop(w);
+        let c = read_log(&path).unwrap();
+        assert_eq!(c.records.len(), 17);
+        assert_eq!(c.records[15], all[18]);
+        // The rebuilt dataset has every surviving step. Episode 0's lost last step is
+        // not counted as missing: its end record, which counts them, is lost too.
+        let out = dir.path().join("ds");
+        let r = log_to_dataset(&path, &out).unwrap();
+        assert_eq!((r.episodes_written, r.frames, r.skipped_empty), (3, 11, 1));
+        assert_eq!((r.missing_frames, r.damaged.len()), (0, 1));
+        dataset::validate_dataset(&out).unwrap();
     }
 
     #[test]

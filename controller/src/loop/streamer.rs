@@ -183,6 +183,14 @@ fn stream_main(
                 }
                 edit(&mut |s| s.logged += new.len() as u64);
                 pending.extend(new);
+                for d in tail.damaged.drain(..) {
+                    eprintln!(
+                        "uplink: {}: {} damaged bytes at byte {} skipped; the records after them are sent",
+                        log.display(),
+                        d.len,
+                        d.offset
+                    );
+                }
             }
             Err(e) => fail(e.to_string()),
         }
