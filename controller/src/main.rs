@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use controller::cli::TrustArgs;
 use controller::robot_loop;
-use controller::runtime::{Backend, Policy, PolicyOptions, TwoSpeedPolicy, kernel_name};
+use controller::runtime::{
+    Backend, GraphRows, Policy, PolicyOptions, TwoSpeedPolicy, kernel_name, load_networks,
+};
 use shared_model::VerifiedBundle;
 use shared_model::manifest::{Trust, load_bundle};
 use shared_model::synthetic::SyntheticSpec;
@@ -27,12 +29,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Verify a bundle (signature, hashes, shapes, weights) and print its manifest summary.
+    /// Verify a bundle (signature, hashes, shapes, weights), build its networks on the
+    /// given backend and run each once (every critic member), and print its manifest
+    /// summary.
     Check {
+        /// The bundle directory (`trainer export`).
         #[arg(long)]
         bundle: PathBuf,
         #[command(flatten)]
         trust: TrustArgs,
+        /// Backend(s) to build and run the networks on: tract, native, ort.
+        #[arg(long, value_delimiter = ',', default_value = "tract,native")]
+        backends: Vec<String>,
     },
     /// Latency of EXPO actions: per stage p50/p99/max over --actions, batch-1
     /// observations, one thread, beside the compute limit (FLOPs / measured rate).
@@ -888,15 +896,29 @@ fn main() -> Result<std::process::ExitCode> {
                 );
             }
         }
-        Command::Check { bundle, trust } => {
+        Command::Check {
+            bundle,
+            trust,
+            backends,
+        } => {
             let b = load_bundle(&bundle, &trust.trust()?)?;
             let m = &b.manifest;
+            for name in &backends {
+                let backend: Backend = name.parse()?;
+                load_networks(backend, &b, GraphRows::for_manifest(m))
+                    .with_context(|| format!("{}: on the {name} backend", bundle.display()))?;
+            }
             println!(
                 "{}: OK ({}), format {}, {} on {}: obs {}, action {}{}, N {}, n_edit {}, K {}/{} critics, {}/{} steps; trained by {} at {} env steps from {}",
                 bundle.display(),
-                b.signed_by
-                    .as_deref()
-                    .map_or("unsigned".to_string(), |k| format!("signed by {k}")),
+                match (
+                    &b.signed_by,
+                    b.dir.join(shared_model::manifest::SIGNATURE_FILE).exists()
+                ) {
+                    (Some(k), _) => format!("signed by {k}"),
+                    (None, true) => "signature not checked: --allow-unsigned".to_string(),
+                    (None, false) => "unsigned".to_string(),
+                },
                 m.format_version,
                 m.algo,
                 m.task,

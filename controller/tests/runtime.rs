@@ -184,7 +184,8 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
     let good = root.path().join("good");
     SyntheticSpec::cpu().write(&good, 1, Some(&key(1))).unwrap();
     let b = load_bundle(&good, &trust(1)).unwrap();
-    assert_eq!(b.signed_by.as_deref().map(str::len), Some(64));
+    let fingerprint = shared_model::manifest::key_fingerprint(key(1).verifying_key().as_bytes());
+    assert_eq!(b.signed_by, Some(fingerprint));
     let mut current = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
     let mut reference = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
 
@@ -588,4 +589,138 @@ fn a_chunk_manifest_must_say_format_2_and_a_sane_horizon() {
             .to_string();
         assert!(e.contains(want), "{to}: {e}");
     }
+}
+
+/// Bundles whose hashes and declared inputs check out but whose networks would not run
+/// as the manifest says: refused when the policy is built, on both backends, with the
+/// part named (tract's own panics on such graphs come back as errors), and a running
+/// policy keeps acting. Nonsense manifest values are refused when the bundle loads.
+#[test]
+fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
+    let root = tempfile::tempdir().unwrap();
+    let good = root.path().join("good");
+    SyntheticSpec::cpu().write(&good, 1, None).unwrap();
+    let b = load_bundle(&good, &Trust::AllowUnsigned).unwrap();
+    let mut current = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
+    let variant = |name: &str, f: &dyn Fn(&Path)| {
+        let d = root.path().join(name);
+        fs::create_dir_all(&d).unwrap();
+        for e in fs::read_dir(&good).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        f(&d);
+        d
+    };
+    let ensemble = b.manifest.selection.ensemble_size;
+    // (what, bundle, the native backend's message, tract's)
+    let cases = [
+        (
+            "more critic members in the manifest than in the graph",
+            variant("ensemble", &|d| {
+                edit_manifest(d, |t| {
+                    t["selection"].as_table_mut().unwrap().insert(
+                        "ensemble_size".into(),
+                        toml::Value::Integer(2 * ensemble as i64),
+                    );
+                })
+            }),
+            format!("expected [{} (selection.ensemble_size), 10, width]", 2 * ensemble),
+            "crashed building or running the graphs".to_string(),
+        ),
+        (
+            "a critic weight of the right size in the wrong shape",
+            variant("reshaped", &|d| {
+                let p = d.join("critic.onnx");
+                let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap())
+                    .unwrap();
+                let g = m.graph.as_mut().unwrap();
+                let w = g
+                    .initializer
+                    .iter_mut()
+                    .find(|t| t.name == "layers.0.obs.weight")
+                    .unwrap();
+                // [E, 10, 64] → [E, 20, 32]: as many values, layers that do not chain.
+                assert_eq!(w.dims[1..], [10, 64]);
+                w.dims[1] = 20;
+                w.dims[2] = 32;
+                let bytes = m.to_bytes();
+                fs::write(&p, &bytes).unwrap();
+                edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
+            }),
+            "`layers.0.obs.weight` is [10, 20, 32], expected [10 (selection.ensemble_size), 10, width]"
+                .to_string(),
+            "critic.onnx".to_string(),
+        ),
+    ];
+    for (what, dir, native_text, tract_text) in cases {
+        let bundle = load_bundle(&dir, &Trust::AllowUnsigned).expect(what);
+        for (backend, text) in [
+            (Backend::Native, &native_text),
+            (Backend::Tract, &tract_text),
+        ] {
+            let e = Policy::new(&bundle, &options(backend, 9))
+                .err()
+                .expect(what);
+            assert!(
+                format!("{e:#}").contains(text.as_str()),
+                "{what}, {backend:?}: {e:#}"
+            );
+            let e = reload(
+                &mut current,
+                &dir,
+                &Trust::AllowUnsigned,
+                &options(backend, 9),
+            );
+            assert!(e.is_err(), "{what}, {backend:?}: reloaded");
+        }
+        let mut a = [0.0; 2];
+        current.act(&obs(0), &mut a).unwrap();
+    }
+    // Values no trainer writes: refused by load_bundle, by field.
+    for (what, edit, text) in [
+        (
+            "beta_min NaN",
+            ("diffusion", "beta_min", toml::Value::Float(f64::NAN)),
+            "need 0 < beta_min <= beta_max",
+        ),
+        (
+            "beta_min above beta_max",
+            ("diffusion", "beta_min", toml::Value::Float(50.0)),
+            "need 0 < beta_min <= beta_max",
+        ),
+        (
+            "negative edit scale",
+            ("selection", "edit_scale", toml::Value::Float(-3.0)),
+            "selection.edit_scale = -3 must be finite and not negative",
+        ),
+        (
+            "unknown algorithm",
+            ("", "algo", toml::Value::String("bogus".into())),
+            "algo `bogus` is not one this controller acts for",
+        ),
+    ] {
+        let dir = variant(what, &|d| {
+            edit_manifest(d, |t| {
+                let (table, key, value) = edit.clone();
+                let t = if table.is_empty() {
+                    t
+                } else {
+                    t[table].as_table_mut().unwrap()
+                };
+                t.insert(key.into(), value);
+            })
+        });
+        let e = load_bundle(&dir, &Trust::AllowUnsigned).expect_err(what);
+        assert!(e.to_string().contains(text), "{what}: {e}");
+    }
+    let dir = variant("inverted", &|d| {
+        edit_manifest(d, |t| {
+            let o = t["observation"].as_table_mut().unwrap();
+            o["low"].as_array_mut().unwrap()[3] = toml::Value::Float(5.0);
+            o["high"].as_array_mut().unwrap()[3] = toml::Value::Float(-5.0);
+        })
+    });
+    let e = load_bundle(&dir, &Trust::AllowUnsigned).unwrap_err();
+    assert!(e.to_string().contains("observation.low[3] = 5"), "{e}");
 }

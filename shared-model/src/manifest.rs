@@ -383,9 +383,21 @@ enum KeyFileKind {
     Unmarked,
 }
 
+/// How the uplink crate's key files start (`uplink::KEY_FILE_HEADER`): the uplink's
+/// shared secret is also 64 hex digits, and must not sign bundles.
+const UPLINK_KEY_MARK: &str = "# EXPO uplink key";
+
 /// The key file's hex (its comment lines left out) and what the file says it holds.
 fn read_key_file(path: &Path) -> Result<(String, KeyFileKind), BundleError> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
+    if text.contains(UPLINK_KEY_MARK) {
+        return Err(BundleError::Key {
+            path: path.into(),
+            message: "this is the uplink's shared key (`trainer uplink-keygen`), not a bundle \
+                      signing key: pass NAME.key or NAME.pub from `trainer keygen`"
+                .into(),
+        });
+    }
     let kind = if text.contains(SECRET_KEY_HEADER) {
         KeyFileKind::Secret
     } else if text.contains(PUBLIC_KEY_HEADER) {
@@ -571,7 +583,8 @@ pub struct VerifiedBundle {
     pub denoiser: Vec<u8>,
     pub edit: Option<Vec<u8>>,
     pub critic: Option<Vec<u8>>,
-    /// Hex public key that signed it (`None` when loaded unsigned).
+    /// Fingerprint ([`key_fingerprint`]) of the public key that signed it, as errors
+    /// and `trainer keygen` name keys (`None` when loaded without checking a signature).
     pub signed_by: Option<String>,
 }
 
@@ -629,7 +642,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                 }
                 return Err(bad());
             }
-            Some(hex(key.as_bytes()))
+            Some(key_fingerprint(key.as_bytes()))
         }
     };
     check_manifest(&manifest).map_err(manifest_err)?;
@@ -741,6 +754,25 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
     if o.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || o.mean.iter().any(|x| !x.is_finite()) {
         return Err("observation.mean/std must be finite with std > 0".into());
     }
+    // Bounds may be infinite (an unbounded channel), not NaN or inverted.
+    if let Some(i) = (0..o.dim).find(|&i| {
+        !matches!(
+            o.low[i].partial_cmp(&o.high[i]),
+            Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        )
+    }) {
+        return Err(format!(
+            "observation.low[{i}] = {} must not be above observation.high[{i}] = {}",
+            o.low[i], o.high[i]
+        ));
+    }
+    if !KNOWN_ALGOS.contains(&m.algo.as_str()) {
+        return Err(format!(
+            "algo `{}` is not one this controller acts for ({})",
+            m.algo,
+            KNOWN_ALGOS.join(", ")
+        ));
+    }
     let a = &m.action;
     if a.low.len() != a.dim || a.high.len() != a.dim {
         return Err(format!(
@@ -774,6 +806,17 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             d.schedule
         ));
     }
+    // As the trainer's config requires.
+    if !(d.beta_min.is_finite()
+        && d.beta_max.is_finite()
+        && 0.0 < d.beta_min
+        && d.beta_min <= d.beta_max)
+    {
+        return Err(format!(
+            "diffusion: need 0 < beta_min <= beta_max, finite (got {} and {})",
+            d.beta_min, d.beta_max
+        ));
+    }
     if d.executed_steps == 0 || d.executed_steps > d.trained_steps {
         return Err(format!(
             "diffusion.executed_steps = {} must be in 1..={} (trained_steps)",
@@ -793,8 +836,18 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             s.critic_subset, s.ensemble_size
         ));
     }
+    if !(s.edit_scale.is_finite() && s.edit_scale >= 0.0) {
+        return Err(format!(
+            "selection.edit_scale = {} must be finite and not negative",
+            s.edit_scale
+        ));
+    }
     Ok(())
 }
+
+/// The `algo` values of bundles the trainer exports (RLPD's Gaussian actor is not
+/// exported).
+const KNOWN_ALGOS: [&str; 3] = ["expo", "bc", "idql-select"];
 
 type IoSpec = (&'static str, i32, Vec<Option<usize>>);
 

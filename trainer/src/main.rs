@@ -703,10 +703,12 @@ fn main() -> Result<()> {
         }
         Command::Keygen { out } => {
             let (k, p) = shared_model::manifest::generate_key_pair(&out)?;
+            let public = shared_model::manifest::read_signing_key(&k)?.verifying_key();
             println!(
-                "wrote {} (secret: keep it off the robot) and {} (give it to the controller)",
+                "wrote {} (secret: keep it off the robot) and {} (give it to the controller); key {}",
                 k.display(),
-                p.display()
+                p.display(),
+                shared_model::manifest::key_fingerprint(public.as_bytes())
             );
         }
         Command::Config { config } => {

@@ -101,6 +101,13 @@ impl From<io::Error> for LinkError {
 #[derive(Clone)]
 pub struct Key([u8; KEY_LEN]);
 
+/// First line of a key file written by [`Key::write`]: it tells the key apart from a
+/// bundle signing key, which is also 64 hex digits (and whose files start `# EXPO
+/// bundle`: `shared_model::manifest` refuses this header in its place, and this crate
+/// refuses that one here).
+pub const KEY_FILE_HEADER: &str =
+    "# EXPO uplink key (shared secret of a robot and its trainer): keep it private";
+
 /// Never prints the secret.
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,7 +127,8 @@ impl Key {
         Key(bytes)
     }
 
-    /// Writes the key as hex; refuses to overwrite an existing file.
+    /// Writes the key as hex after [`KEY_FILE_HEADER`], readable by its owner only;
+    /// refuses to overwrite an existing file.
     pub fn write(&self, path: &Path) -> Result<(), LinkError> {
         let err = |message: String| LinkError::Key {
             path: path.to_path_buf(),
@@ -133,17 +141,35 @@ impl Key {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
         let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(path, hex + "\n").map_err(|e| err(e.to_string()))
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
+        writeln!(f, "{KEY_FILE_HEADER}\n{hex}").map_err(|e| err(e.to_string()))
     }
 
-    /// Reads a key written by [`Key::write`].
+    /// Reads a key written by [`Key::write`] (or a bare line of hex, as written before
+    /// the header). Refuses a bundle signing or verification key by its header.
     pub fn read(path: &Path) -> Result<Key, LinkError> {
         let err = |message: String| LinkError::Key {
             path: path.to_path_buf(),
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let hex = text.trim();
+        if text.contains("# EXPO bundle") {
+            return Err(err(
+                "this is a bundle signing or verification key (`trainer keygen`), not an \
+                 uplink key: pass the file written by `trainer uplink-keygen`"
+                    .into(),
+            ));
+        }
+        let hex: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .concat();
+        let hex = hex.trim();
         if hex.len() != 2 * KEY_LEN || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(err(format!(
                 "expected {} hex digits, found {} characters",
@@ -532,11 +558,48 @@ mod tests {
                 .to_string()
                 .contains("not overwriting")
         );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A key file from before the header: a bare line of hex.
+        let bare = dir.path().join("bare.key");
+        let hex: String = k.0.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&bare, hex + "\n").unwrap();
+        assert_eq!(Key::read(&bare).unwrap().0, k.0);
         std::fs::write(&path, "abc").unwrap();
         let e = Key::read(&path).unwrap_err().to_string();
         assert!(
             e.contains("uplink.key") && e.contains("64 hex digits"),
             "{e}"
         );
+    }
+
+    /// The uplink key and a bundle signing key are both 64 hex digits: each is refused
+    /// in the other's role, by name.
+    #[test]
+    fn uplink_and_bundle_keys_are_refused_in_each_others_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let uplink = dir.path().join("uplink.key");
+        Key::generate().unwrap().write(&uplink).unwrap();
+        let (secret, public) =
+            shared_model::manifest::generate_key_pair(&dir.path().join("expo")).unwrap();
+        for bundle_key in [&secret, &public] {
+            let e = Key::read(bundle_key).unwrap_err().to_string();
+            assert!(
+                e.contains("bundle signing") && e.contains("uplink-keygen"),
+                "{e}"
+            );
+        }
+        let e = shared_model::manifest::read_signing_key(&uplink)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("uplink's shared key"), "{e}");
+        let e = shared_model::manifest::Trust::from_public_key_file(&uplink)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("uplink's shared key"), "{e}");
     }
 }

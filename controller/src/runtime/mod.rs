@@ -128,22 +128,86 @@ impl FromStr for Backend {
     }
 }
 
-/// Builds the backend's networks for `bundle`.
+/// Builds the backend's networks for `bundle` and runs each of them once
+/// ([`probe`]), so that a malformed bundle is refused here and not in the control loop.
+/// A panic inside an inference engine while doing so (tract has some on malformed
+/// graphs) is returned as an error naming the bundle.
 pub fn load_networks(
     backend: Backend,
     bundle: &VerifiedBundle,
     rows: GraphRows,
 ) -> Result<Box<dyn Networks>> {
-    Ok(match backend {
-        Backend::Tract => Box::new(TractNetworks::load(bundle, rows)?),
-        Backend::Native => Box::new(NativeNetworks::load(bundle)?),
-        #[cfg(feature = "ort")]
-        Backend::Ort => Box::new(OrtNetworks::load(bundle)?),
-        #[cfg(not(feature = "ort"))]
-        Backend::Ort => bail!(
-            "this controller was built without the `ort` feature; rebuild with `--features ort`"
-        ),
-    })
+    let build = || -> Result<Box<dyn Networks>> {
+        let mut nets: Box<dyn Networks> = match backend {
+            Backend::Tract => Box::new(TractNetworks::load(bundle, rows)?),
+            Backend::Native => Box::new(NativeNetworks::load(bundle)?),
+            #[cfg(feature = "ort")]
+            Backend::Ort => Box::new(OrtNetworks::load(bundle)?),
+            #[cfg(not(feature = "ort"))]
+            Backend::Ort => bail!(
+                "this controller was built without the `ort` feature; rebuild with `--features ort`"
+            ),
+        };
+        probe(nets.as_mut(), &bundle.manifest, rows)?;
+        Ok(nets)
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)) {
+        Ok(nets) => nets,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            bail!(
+                "{}: {backend:?} crashed building or running the graphs ({why}): the bundle is malformed",
+                bundle.dir.display()
+            )
+        }
+    }
+}
+
+/// Runs every network once at the batch sizes the policy uses, on the mean observation
+/// and zero actions, and every critic member of the ensemble: graphs whose shapes
+/// disagree with the manifest, an ensemble smaller than `selection.ensemble_size`, or
+/// outputs that are not finite are found at load. The shapes are the same on every
+/// later call, so a bundle that passes runs in the control loop without shape errors.
+fn probe(nets: &mut dyn Networks, m: &Manifest, rows: GraphRows) -> Result<()> {
+    let (od, ad) = (m.observation.dim, m.action.chunk_dim());
+    let obs = vec![0.0; od];
+    let finite = |v: &[f32], what: &str| -> Result<()> {
+        match v.iter().position(|x| !x.is_finite()) {
+            None => Ok(()),
+            Some(i) => bail!("{what} output [{i}] is {} for a neutral input", v[i]),
+        }
+    };
+    let mut eps = vec![0.0; rows.denoise * ad];
+    nets.denoise(&obs, &vec![0.0; rows.denoise * ad], 1.0, &mut eps)
+        .context("denoiser")?;
+    finite(&eps, "denoiser")?;
+    if rows.edit > 0 && m.graphs.edit.is_some() {
+        let (mut mean, mut log_std) = (vec![0.0; rows.edit * ad], vec![0.0; rows.edit * ad]);
+        nets.edit(&obs, &vec![0.0; rows.edit * ad], &mut mean, &mut log_std)
+            .context("edit policy")?;
+        finite(&mean, "edit policy mean")?;
+        finite(&log_std, "edit policy log_std")?;
+    }
+    if rows.critic_members > 0 {
+        let actions = vec![0.0; rows.score * ad];
+        let mut q = vec![0.0; rows.critic_members * rows.score];
+        for member in 0..m.selection.ensemble_size {
+            let members = vec![member as i64; rows.critic_members];
+            nets.critic(&obs, &actions, &members, &mut q)
+                .with_context(|| {
+                    format!(
+                        "critic member {member} (selection.ensemble_size is {})",
+                        m.selection.ensemble_size
+                    )
+                })?;
+            finite(&q, "critic")?;
+        }
+    }
+    Ok(())
 }
 
 /// Runtime options.

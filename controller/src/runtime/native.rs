@@ -66,7 +66,15 @@ impl Weights {
             self.file
         );
         let b = if bias {
-            Some(self.get(&format!("{name}.bias"))?.1.to_vec())
+            let b = self.get(&format!("{name}.bias"))?.1.to_vec();
+            ensure!(
+                b.len() == d[1],
+                "{}: `{name}.bias` has {} values for {} outputs",
+                self.file,
+                b.len(),
+                d[1]
+            );
+            Some(b)
         } else {
             None
         };
@@ -84,6 +92,17 @@ struct Dense {
     d_out: usize,
     w: Packed,
     b: Option<Vec<f32>>,
+}
+
+/// Checks that a width the weights give is the one the next step needs: a bundle whose
+/// layers do not chain is refused at load (the kernels would otherwise stop the process
+/// on their bounds checks mid-run).
+fn width(file: &str, what: impl std::fmt::Display, found: usize, expected: usize) -> Result<()> {
+    ensure!(
+        found == expected,
+        "{file}: {what} is {found} wide, expected {expected} (the layers do not chain)"
+    );
+    Ok(())
 }
 
 impl Dense {
@@ -189,11 +208,49 @@ impl NativeNetworks {
             denoiser.input_obs.d_in,
             denoiser.input_action.d_in
         );
+        {
+            let (f, d) = (g.denoiser.file.as_str(), &denoiser);
+            let hidden = d.input_action.d_out;
+            width(f, "time_in's input", d.time_in.d_in, 2 * d.fourier.len())?;
+            width(f, "time_out's input", d.time_out.d_in, d.time_in.d_out)?;
+            width(f, "input_time's input", d.input_time.d_in, d.time_out.d_out)?;
+            width(f, "input_time's output", d.input_time.d_out, hidden)?;
+            width(f, "input_obs's output", d.input_obs.d_out, hidden)?;
+            for (i, b) in d.blocks.iter().enumerate() {
+                width(
+                    f,
+                    format_args!("blocks.{i}.norm.gamma"),
+                    b.gamma.len(),
+                    hidden,
+                )?;
+                width(
+                    f,
+                    format_args!("blocks.{i}.norm.beta"),
+                    b.beta.len(),
+                    hidden,
+                )?;
+                width(f, format_args!("blocks.{i}.up's input"), b.up.d_in, hidden)?;
+                width(
+                    f,
+                    format_args!("blocks.{i}.down's input"),
+                    b.down.d_in,
+                    b.up.d_out,
+                )?;
+                width(
+                    f,
+                    format_args!("blocks.{i}.down's output"),
+                    b.down.d_out,
+                    hidden,
+                )?;
+            }
+            width(f, "output's input", d.output.d_in, hidden)?;
+            width(f, "output's output", d.output.d_out, ad)?;
+        }
         let edit = match (&bundle.edit, &g.edit) {
             (Some(bytes), Some(f)) => {
                 let w = Weights::read(bytes, &f.file, "expo_edit")?;
                 let n = m.networks.edit_widths.len();
-                Some(Edit {
+                let e = Edit {
                     from_obs: w.dense("layers.0.obs", false)?,
                     from_action: w.dense("layers.0.action", true)?,
                     hidden: (1..n)
@@ -201,7 +258,21 @@ impl NativeNetworks {
                         .collect::<Result<_>>()?,
                     mean: w.dense("head.mean", true)?,
                     log_std: w.dense("head.log_std", true)?,
-                })
+                };
+                let f = f.file.as_str();
+                width(f, "layers.0.obs's input", e.from_obs.d_in, od)?;
+                width(f, "layers.0.action's input", e.from_action.d_in, ad)?;
+                let mut prev = e.from_action.d_out;
+                width(f, "layers.0.obs's output", e.from_obs.d_out, prev)?;
+                for (i, l) in e.hidden.iter().enumerate() {
+                    width(f, format_args!("layers.{}'s input", i + 1), l.d_in, prev)?;
+                    prev = l.d_out;
+                }
+                for (name, l) in [("head.mean", &e.mean), ("head.log_std", &e.log_std)] {
+                    width(f, format_args!("{name}'s input"), l.d_in, prev)?;
+                    width(f, format_args!("{name}'s output"), l.d_out, ad)?;
+                }
+                Some(e)
             }
             _ => None,
         };
@@ -209,44 +280,55 @@ impl NativeNetworks {
             (Some(bytes), Some(f)) => {
                 let w = Weights::read(bytes, &f.file, "expo_critic")?;
                 let depth = m.networks.critic_widths.len() + 1;
+                let members = m.selection.ensemble_size;
+                let file = f.file.as_str();
                 let mut layers = vec![];
-                let mut members = 0;
+                // Width of the layer's input: the observation and action at layer 0.
+                let mut d_in = od;
                 for i in 0..depth {
                     // [E, k, n] → one packed [k, n] per member.
-                    let per_member = |d: &[usize], v: &[f32]| -> Result<Vec<Packed>> {
+                    let per_member = |name: &str, k: usize| -> Result<(usize, Vec<Packed>)> {
+                        let (d, v) = w.get(name)?;
                         ensure!(
-                            d.len() == 3,
-                            "{}: critic layer {i} is not [E, in, out]",
-                            f.file
+                            d.len() == 3 && d[0] == members && d[1] == k,
+                            "{file}: `{name}` is {d:?}, expected [{members} (selection.ensemble_size), {k}, width]"
                         );
-                        Ok(v.chunks_exact(d[1] * d[2])
+                        let packed = v
+                            .chunks_exact(d[1] * d[2])
                             .map(|m| Packed::new(m, d[1], d[2]))
-                            .collect())
+                            .collect();
+                        Ok((d[2], packed))
                     };
-                    let (w_main, w_action) = if i == 0 {
-                        let (d, wo) = w.get("layers.0.obs.weight")?;
-                        let (da, wa) = w.get("layers.0.action.weight")?;
-                        (per_member(d, wo)?, per_member(da, wa)?)
+                    let (d_out, w_main, w_action) = if i == 0 {
+                        let (h, wo) = per_member("layers.0.obs.weight", od)?;
+                        let (ha, wa) = per_member("layers.0.action.weight", ad)?;
+                        width(file, "layers.0.action.weight's output", ha, h)?;
+                        (h, wo, wa)
                     } else {
-                        let (d, wm) = w.get(&format!("layers.{i}.weight"))?;
-                        (per_member(d, wm)?, vec![])
+                        let (h, wm) = per_member(&format!("layers.{i}.weight"), d_in)?;
+                        (h, wm, vec![])
                     };
-                    let (bd, bias) = w.get(&format!("layers.{i}.bias"))?;
-                    members = bd[0];
-                    let d_out = bd[2];
+                    let per_layer = |name: String| -> Result<Vec<f32>> {
+                        let v = w.get(&name)?.1;
+                        width(file, format_args!("`{name}`"), v.len(), members * d_out)?;
+                        Ok(v.to_vec())
+                    };
+                    let bias = per_layer(format!("layers.{i}.bias"))?;
                     let norm = if i + 1 < depth {
                         Some((
-                            w.get(&format!("norms.{i}.gamma"))?.1.to_vec(),
-                            w.get(&format!("norms.{i}.beta"))?.1.to_vec(),
+                            per_layer(format!("norms.{i}.gamma"))?,
+                            per_layer(format!("norms.{i}.beta"))?,
                         ))
                     } else {
+                        width(file, "the last layer's output", d_out, 1)?;
                         None
                     };
+                    d_in = d_out;
                     layers.push(CriticLayer {
                         d_out,
                         w: w_main,
                         w_action,
-                        bias: bias.to_vec(),
+                        bias,
                         norm,
                     });
                 }
