@@ -371,7 +371,9 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 tasks.join(", ")
             )
         })?,
-        (None, None) => bail!("pass --robot FILE"),
+        (None, None) => bail!(
+            "pass --robot FILE (a robot on --port) or --sim TASK (the built-in simulated firmware)"
+        ),
     };
     let robot_label = a.robot.as_ref().map_or_else(
         || format!("the built-in {} robot", robot.robot),
@@ -389,6 +391,16 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 .with_context(|| format!("loading bundle {}", dir.display()))?;
             robot_loop::check_dims(&robot, &bundle)
                 .with_context(|| format!("{} does not fit {robot_label}", dir.display()))?;
+            let trained_on = &bundle.manifest.task;
+            if let Some(task) = &a.sim
+                && trained_on != task
+                && sim::TaskId::ALL.iter().any(|t| t.name() == trained_on)
+            {
+                bail!(
+                    "{}: the bundle was trained on the simulated task {trained_on}, --sim runs {task}",
+                    dir.display()
+                );
+            }
             if let Some(w) = robot
                 .observation
                 .names_differ(&bundle.manifest.observation.names, "the bundle")

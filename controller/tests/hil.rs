@@ -540,7 +540,7 @@ fn e2e_two_speed_policy() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         out.stderr
-            .contains("--replan-every: replan_every must be in 1..=3"),
+            .contains("--replan-every: replan_every must be 0 (play whole chunks) or in 1..=3"),
         "{}",
         out.stderr
     );

@@ -333,3 +333,20 @@ fn crate_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .into()
 }
+
+#[test]
+fn binary_rejects_the_robot_file_of_another_task_of_the_same_sizes() {
+    // arm-reach and push both have 10 observations and 2 joints.
+    let out = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
+        .args(["--task", "push", "--pty", "--robot"])
+        .arg(crate_dir().join("../firmware-config/robots/arm-reach.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("arm-reach.toml: observation [0]")
+            && err.contains("describes another robot than the task simulates"),
+        "{err}"
+    );
+}

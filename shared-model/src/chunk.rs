@@ -35,7 +35,7 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq)]
 pub enum ChunkPlayError {
     #[error(
-        "replan_every must be in 1..={horizon} (the action horizon; 0 = the whole chunk), not {replan_every}"
+        "replan_every must be 0 (play whole chunks) or in 1..={horizon} (the action horizon), not {replan_every}"
     )]
     ReplanEvery { horizon: usize, replan_every: usize },
     #[error(

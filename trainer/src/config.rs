@@ -586,9 +586,13 @@ impl Config {
                 .unwrap_or_else(|_| toml::Value::String(raw.to_string()));
             set_path(&mut value, key.trim(), parsed).with_context(|| format!("override '{o}'"))?;
         }
-        let config: Config = value
-            .try_into()
-            .context("config does not match the schema")?;
+        let config: Config = value.try_into().with_context(|| match file {
+            Some(path) => format!(
+                "{} (with the overrides) does not match the config schema",
+                path.display()
+            ),
+            None => "the overrides do not match the config schema".to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -623,21 +627,29 @@ impl Config {
             e.num_samples
         );
         anyhow::ensure!(
+            self.net.num_critics >= 1,
+            "net.num_critics must be at least 1, not 0"
+        );
+        anyhow::ensure!(
             (1..=self.net.num_critics).contains(&e.critic_subset),
-            "expo.critic_subset must be in 1..=net.num_critics ({})",
+            "expo.critic_subset ({}) must be in 1..=net.num_critics ({})",
+            e.critic_subset,
             self.net.num_critics
         );
         anyhow::ensure!(
             self.diffusion.steps >= 1,
             "diffusion.steps must be at least 1"
         );
-        anyhow::ensure!(
-            self.optim.batch_size >= 1 && self.optim.utd >= 1,
-            "optim.batch_size and optim.utd must be positive"
-        );
+        for (key, value) in [
+            ("optim.batch_size", self.optim.batch_size),
+            ("optim.utd", self.optim.utd),
+        ] {
+            anyhow::ensure!(value >= 1, "{key} must be at least 1, not {value}");
+        }
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.optim.offline_fraction),
-            "optim.offline_fraction must be in [0, 1]"
+            "optim.offline_fraction must be in [0, 1], not {}",
+            self.optim.offline_fraction
         );
         anyhow::ensure!(
             self.net.fourier_features.is_multiple_of(2),

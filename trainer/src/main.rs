@@ -1,6 +1,6 @@
 //! `trainer`: EXPO and baselines on the simulated tasks.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use clap::{Parser, Subcommand};
 use controller::cli::TrustArgs;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -86,8 +86,8 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
         seeds: u64,
         /// Runs at once (each run uses one core).
-        #[arg(long, default_value_t = 2)]
-        jobs: usize,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        jobs: u64,
         /// Overrides passed to every run.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -242,13 +242,16 @@ enum Command {
     /// Write a model bundle (manifest + ONNX graphs, signed with --signing-key) from a
     /// run's latest checkpoint, or from freshly initialised networks with --random.
     Export {
-        #[arg(long, required_unless_present = "random")]
+        /// A run directory (`train`, `pretrain`, `finetune`): its latest checkpoint, as
+        /// its config.toml describes it.
+        #[arg(long, required_unless_present = "random", conflicts_with = "random")]
         run: Option<PathBuf>,
         /// Export untrained networks built from --preset/--set (for benchmarks and tests).
         #[arg(long)]
         random: bool,
         #[command(flatten)]
         config: ConfigArgs,
+        /// The bundle directory to write.
         #[arg(long)]
         out: PathBuf,
         /// ed25519 signing key (`trainer keygen`); without it the bundle is unsigned.
@@ -591,6 +594,15 @@ fn main() -> Result<()> {
                 (agent, info)
             } else {
                 let run = run.expect("clap requires --run or --random");
+                ensure!(
+                    config.preset == "cpu"
+                        && config.config.is_none()
+                        && config.overrides.is_empty()
+                        && config.device.is_none(),
+                    "--preset, --config, --set and --device describe the networks of --random; \
+                     --run exports {} as its own config.toml describes it",
+                    run.display()
+                );
                 let agent = trainer::run::load_agent(&run)?;
                 let info = trainer::export::ExportInfo {
                     dataset: agent.config.run.dataset.clone().unwrap_or_else(|| {
@@ -671,7 +683,14 @@ fn main() -> Result<()> {
                 keep_interventions,
             };
             let mut bar = Bar(None);
-            let s = trainer::finetune::finetune(&opts, &mut bar)?;
+            let existed = out.exists();
+            let s = trainer::finetune::finetune(&opts, &mut bar);
+            if s.is_err() && !existed {
+                // Refused before writing anything: leave no empty directory behind
+                // (`remove_dir` removes only an empty one).
+                let _ = std::fs::remove_dir(&out);
+            }
+            let s = s?;
             if let Some(b) = bar.0.take() {
                 b.finish_and_clear();
             }
@@ -772,7 +791,7 @@ fn main() -> Result<()> {
                 seeds: (0..seeds).collect(),
                 preset,
                 overrides,
-                jobs,
+                jobs: jobs as usize,
                 out: out.clone(),
                 time_limit: time_limit_s.map(std::time::Duration::from_secs),
             };

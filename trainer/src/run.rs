@@ -389,6 +389,12 @@ pub fn train(
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ckpt_dir = checkpoint_dir(out);
     let resumed = opts.resume && ckpt_dir.is_some();
+    if opts.resume && !resumed {
+        eprintln!(
+            "note: --resume: {} holds no checkpoint yet; starting a new run there",
+            out.display()
+        );
+    }
 
     progress.phase("offline data", 1);
     let OfflineData {
@@ -428,9 +434,9 @@ pub fn train(
                 .with_context(|| format!("{}: reading checkpoint", dir.display()))?,
         )
         .with_context(|| format!("{}: bad checkpoint state", dir.join("state.json").display()))?;
-        if !same_except_length(&state.config_toml, config)? {
+        if let Some((key, then, now)) = difference_except_length(&state.config_toml, config)? {
             bail!(
-                "{}: checkpoint was written with a different configuration; resume with the same config",
+                "{}: checkpoint was written with a different configuration: `{key}` was {then}, is {now} now; resume with the same config (only run.online_steps, run.eval_every, run.eval_episodes and device may change)",
                 dir.display()
             );
         }
@@ -628,14 +634,60 @@ pub fn train(
 
 /// Whether a checkpoint's config equals `config` up to `run.online_steps` (a run may be
 /// extended) and the evaluation cadence.
-fn same_except_length(saved: &str, config: &Config) -> Result<bool> {
+/// The first setting (dotted key, saved value, current value) in which `config`
+/// differs from the checkpoint's, besides those a resumed run may change: its length,
+/// its evaluations and its device (trained on a GPU, resumed on a CPU).
+fn difference_except_length(
+    saved: &str,
+    config: &Config,
+) -> Result<Option<(String, String, String)>> {
     let mut old: Config = toml::from_str(saved).context("checkpoint config")?;
     old.run.online_steps = config.run.online_steps;
     old.run.eval_every = config.run.eval_every;
     old.run.eval_episodes = config.run.eval_episodes;
-    // A run may move between devices (trained on a GPU, resumed on a CPU).
     old.device = config.device.clone();
-    Ok(old == *config)
+    if old == *config {
+        return Ok(None);
+    }
+    let (old, new) = (toml::Value::try_from(&old)?, toml::Value::try_from(config)?);
+    Ok(Some(first_difference(&old, &new, "").unwrap_or_else(
+        || {
+            // Equal as TOML, unequal as configs (a float that TOML prints alike).
+            ("(a value)".into(), "different".into(), "different".into())
+        },
+    )))
+}
+
+/// Where two TOML values first differ: the dotted key and both values.
+fn first_difference(
+    a: &toml::Value,
+    b: &toml::Value,
+    at: &str,
+) -> Option<(String, String, String)> {
+    let key = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (a, b) {
+        (toml::Value::Table(x), toml::Value::Table(y)) => {
+            let missing = toml::Value::String("(not set)".into());
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                first_difference(
+                    x.get(k).unwrap_or(&missing),
+                    y.get(k).unwrap_or(&missing),
+                    &key(k),
+                )
+            })
+        }
+        _ if a == b => None,
+        _ => Some((at.to_string(), a.to_string(), b.to_string())),
+    }
 }
 
 /// Environment steps of a run's latest checkpoint.
@@ -674,10 +726,20 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
     config
         .validate()
         .with_context(|| format!("{}: invalid config", cfg_path.display()))?;
-    let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
-        .with_context(|| {
-        format!("{}: bad checkpoint state", dir.join("state.json").display())
-    })?;
+    let state_path = dir.join("state.json");
+    let state: RunState = serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("{}: cannot read", state_path.display()))?,
+    )
+    .with_context(|| format!("{}: bad checkpoint state", state_path.display()))?;
+    // The networks are built from config.toml: an edited one would evaluate or
+    // continue the checkpoint as something it is not (another task of the same sizes).
+    if let Some((key, then, now)) = difference_except_length(&state.config_toml, &config)? {
+        bail!(
+            "{}: `{key}` is {now}, but the checkpoint was written with {then}",
+            cfg_path.display()
+        );
+    }
     let (od, ad) = match &state.robot {
         Some(r) => (r.obs_dim(), r.act_dim()),
         None => {
@@ -696,6 +758,13 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
     // The bundle's provenance reports it, and the denoiser's learning-rate decay uses it.
     agent.denoiser_updates = state.denoiser_updates;
     agent.load(&dir)?;
+    // Nothing can act or train from these; the export would refuse them too.
+    if let Some(what) = agent.first_non_finite() {
+        bail!(
+            "{}: the checkpoint holds {what} (training diverged, or the files are damaged)",
+            dir.display()
+        );
+    }
     Ok((agent, state, dir))
 }
 
@@ -1065,8 +1134,22 @@ impl Agent {
     /// Restores what [`Agent::save`] wrote (the agent must be built from the same config).
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         fn load<M: Module>(m: M, path: PathBuf) -> Result<M> {
-            m.try_load_file(&path)
-                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))
+            use burn::store::RecordError;
+            m.try_load_file(&path).map_err(|e| match e {
+                RecordError::Io(why) => anyhow::anyhow!(
+                    "{}: cannot read this checkpoint file ({why}): missing or damaged",
+                    path.display()
+                ),
+                // burn lists every tensor that does not fit; the first says enough.
+                RecordError::Validation(why) => {
+                    let first: String = why.chars().take(240).collect();
+                    let more = if why.chars().count() > 240 { " …" } else { "" };
+                    anyhow::anyhow!(
+                        "{}: does not fit the networks that the run's config.toml describes (was config.toml edited?): {first}{more}",
+                        path.display()
+                    )
+                }
+            })
         }
         self.denoiser = load(self.denoiser.clone(), dir.join("denoiser.bpk"))?;
         self.denoiser_ema = load(self.denoiser_ema.clone(), dir.join("denoiser_ema.bpk"))?;
@@ -1149,7 +1232,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            format!("{e:#}").contains("replan_every must be in 1..=4"),
+            format!("{e:#}").contains("replan_every must be 0 (play whole chunks) or in 1..=4"),
             "{e:#}"
         );
     }

@@ -4,7 +4,7 @@
 //! Each run lives in `OUT/TASK/ALGO/seed-S/` and is started with `--resume`, so an
 //! interrupted study continues where it stopped and finished runs are skipped.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 use sim::TaskId;
 use std::collections::BTreeMap;
@@ -40,6 +40,19 @@ pub fn algo_name(a: Algo) -> &'static str {
 
 /// Runs every missing run of the study with the `trainer` executable `exe`.
 pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
+    // Every run's configuration first: a bad preset or override fails here, with its
+    // reason, instead of in each child run's log.
+    for &task in &spec.tasks {
+        for &algo in &spec.algos {
+            let mut overrides = vec![
+                format!("task=\"{task}\""),
+                format!("algo=\"{}\"", algo_name(algo)),
+            ];
+            overrides.extend(spec.overrides.iter().cloned());
+            crate::config::Config::resolve(&spec.preset, None, &overrides)
+                .with_context(|| format!("the {task} / {} runs' configuration", algo_name(algo)))?;
+        }
+    }
     let mut queue = vec![];
     for &task in &spec.tasks {
         for &algo in &spec.algos {
@@ -224,10 +237,16 @@ pub fn steps_to_reach(curve: &Curve, level: f64) -> Option<usize> {
 
 /// Writes `summary.md` (and returns it) plus one PNG of learning curves per task.
 pub fn summarize(out: &Path, tasks: &[TaskId], algos: &[Algo]) -> Result<String> {
+    ensure!(
+        out.is_dir(),
+        "{}: no such study directory (`trainer study --out DIR`)",
+        out.display()
+    );
     let mut md = String::from(
         "| task | algorithm | seeds | start | final | best | steps to best baseline's final |\n|---|---|---|---|---|---|---|\n",
     );
     let mut verdicts = String::new();
+    let mut any_runs = false;
     for &task in tasks {
         let mut curves = vec![];
         for &algo in algos {
@@ -235,6 +254,7 @@ pub fn summarize(out: &Path, tasks: &[TaskId], algos: &[Algo]) -> Result<String>
                 curves.push((algo, c));
             }
         }
+        any_runs |= !curves.is_empty();
         let best_baseline = curves
             .iter()
             .filter(|(a, _)| *a != Algo::Expo)
@@ -285,6 +305,21 @@ pub fn summarize(out: &Path, tasks: &[TaskId], algos: &[Algo]) -> Result<String>
                 .collect::<Vec<_>>(),
         )?;
     }
+    ensure!(
+        any_runs,
+        "{}: no finished runs of {} with {} (a run's eval.csv)",
+        out.display(),
+        tasks
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        algos
+            .iter()
+            .map(|a| algo_name(*a))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let text = format!("{md}\n{verdicts}");
     std::fs::write(out.join("summary.md"), &text)?;
     Ok(text)

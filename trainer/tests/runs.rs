@@ -241,8 +241,10 @@ fn resume_refuses_a_different_config() {
         &mut (),
     )
     .unwrap_err();
+    // The setting is named, with both values.
     assert!(
-        format!("{err:#}").contains("different configuration"),
+        format!("{err:#}")
+            .contains("different configuration: `optim.critic_lr` was 0.0003, is 0.001 now"),
         "{err:#}"
     );
     // A new run into the same directory (no --resume) is refused before it writes

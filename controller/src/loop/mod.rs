@@ -702,6 +702,14 @@ impl fmt::Display for RunReport {
             stale,
             self.torque_off_ticks.len()
         )?;
+        // The last fault is what stopped a stopped run (`--quiet` prints no FAULT lines).
+        if let Some(x) = self.faults.last() {
+            writeln!(
+                f,
+                "  last fault: {:?} at tick {}: {}",
+                x.kind, x.tick, x.detail
+            )?;
+        }
         write!(
             f,
             "  logging: {} transitions sent, {} dropped",
@@ -770,8 +778,11 @@ pub enum RunError {
     Policy(anyhow::Error),
     #[error("serial link: {0}")]
     Port(std::io::Error),
-    #[error("handshake refused: {0}")]
+    /// Refused by either side, or no answer.
+    #[error("handshake: {0}")]
     Handshake(String),
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Log(#[from] log::LogError),
     #[error("rerun recording: {0:#}")]
@@ -779,6 +790,10 @@ pub enum RunError {
     #[error("{what}: {error}")]
     Io { what: String, error: std::io::Error },
 }
+
+/// Shortest control period the loop runs (10 kHz): enough for any robot file and time
+/// scale in use (the benches run 500 Hz), and far above a zero period.
+pub const MIN_PERIOD: Duration = Duration::from_micros(100);
 
 /// Checks that the bundle fits the robot.
 pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
@@ -805,6 +820,22 @@ pub fn run(
     task: &str,
     bundle_label: &str,
 ) -> Result<RunReport, RunError> {
+    // A faster clock than this leaves no time to act (and a zero period, none to wait).
+    let period = cfg.robot.control_period().div_f64(cfg.time_scale);
+    if !(cfg.time_scale.is_finite() && cfg.time_scale > 0.0) || period < MIN_PERIOD {
+        return Err(RunError::Config(format!(
+            "time scale {} gives a control period of {period:?} for {} Hz; the loop needs at least {MIN_PERIOD:?}",
+            cfg.time_scale, cfg.robot.control_hz
+        )));
+    }
+    if cfg.baud == 0 {
+        return Err(RunError::Config("the baud rate must be above zero".into()));
+    }
+    if cfg.handshake_timeout.is_zero() {
+        return Err(RunError::Config(
+            "the handshake timeout must be above zero".into(),
+        ));
+    }
     realtime::install_panic_hook();
     let start = Instant::now();
     // Before any thread starts: they inherit this thread's affinity.
@@ -1013,9 +1044,10 @@ fn handshake(
             let now = Instant::now();
             if now >= deadline {
                 return Err(RunError::Handshake(format!(
-                    "no Hello from the firmware on {} within {:?}",
+                    "no Hello from the firmware on {} within {:?} (is the firmware running, on this port, at {} baud?)",
                     cfg.port.display(),
-                    cfg.handshake_timeout
+                    cfg.handshake_timeout,
+                    cfg.baud
                 )));
             }
             if now >= resend {

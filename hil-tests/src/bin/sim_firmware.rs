@@ -1,7 +1,7 @@
 //! `sim-firmware`: a simulated robot behind the wire protocol, on a pseudo-terminal or
 //! a serial device. See the `hil-tests` crate docs.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use firmware_config::RobotConfig;
 use hil_tests::faults::FaultSpec;
@@ -77,10 +77,49 @@ fn main() -> Result<()> {
             args.rate_scale
         );
     }
+    if let Some(ms) = args.command_timeout_ms {
+        ensure!(ms > 0, "--command-timeout-ms must be above zero");
+    }
+    if let Some(b) = args.baud {
+        ensure!(b > 0, "--baud must be above zero");
+    }
+    if let Some(s) = args.max_seconds {
+        ensure!(
+            s.is_finite() && s >= 0.0,
+            "--max-seconds must be a number of seconds, found {s}"
+        );
+    }
+    let built_in = RobotConfig::example(args.task.name())
+        .with_context(|| format!("no built-in robot file for task {}", args.task))?;
     let robot = match &args.robot {
-        Some(path) => RobotConfig::load(path)?,
-        None => RobotConfig::example(args.task.name())
-            .with_context(|| format!("no built-in robot file for task {}", args.task))?,
+        Some(path) => {
+            let robot = RobotConfig::load(path)?;
+            // The firmware announces the robot file's id: a file of another robot would
+            // let a controller configured for that robot drive this task. (Other sizes
+            // are refused below, by the firmware, with the sizes named.)
+            let names = (&robot.observation.names, &built_in.observation.names);
+            if let Some(i) = firmware_config::config::first_name_difference(names.0, names.1)
+                .filter(|_| names.0.len() == names.1.len())
+            {
+                bail!(
+                    "{}: observation [{i}] is `{}`, task {}'s is `{}`: this file describes another robot than the task simulates",
+                    path.display(),
+                    robot
+                        .observation
+                        .names
+                        .get(i)
+                        .map_or("(none)", String::as_str),
+                    args.task,
+                    built_in
+                        .observation
+                        .names
+                        .get(i)
+                        .map_or("(none)", String::as_str),
+                );
+            }
+            robot
+        }
+        None => built_in,
     };
     if args.pty == args.device.is_some() {
         bail!("give exactly one of --pty and --device PATH");
@@ -140,6 +179,24 @@ fn main() -> Result<()> {
         });
     }
     let report = run(&mut fw, port.as_mut(), args.rate_scale, &stop)?;
-    eprintln!("sim-firmware: {report:?}");
+    let (f, d) = (&report.firmware, &report.decoder);
+    eprintln!(
+        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding), {} commands ({} invalid), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
+        f.handshakes,
+        f.handshake_refusals,
+        f.episodes,
+        f.steps,
+        f.hold_steps,
+        f.commands,
+        f.invalid_commands,
+        f.watchdog_trips,
+        f.estops,
+        f.frame_errors,
+        d.crc_errors,
+        f.overruns
+    );
+    if !args.faults.is_clean() {
+        eprintln!("sim-firmware: injected faults: {:?}", report.faults);
+    }
     Ok(())
 }
