@@ -47,8 +47,10 @@ enum Command {
     Bench {
         #[command(flatten)]
         source: BenchBundle,
+        /// Backends to time, comma-separated: tract, native, ort.
         #[arg(long, value_delimiter = ',', default_value = "tract,native")]
         backends: Vec<String>,
+        /// Actions timed per backend.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
         actions: u32,
         /// Executed steps of the truncated-chain run.
@@ -71,8 +73,10 @@ enum Command {
     /// to absolute deadlines as the control loop, with no work in the ticks. The floor
     /// under `bench-loop`'s jitter and overruns; try it before choosing a control rate.
     BenchWake {
+        /// Loop rate in Hz.
         #[arg(long, default_value_t = 500.0)]
         rate: f64,
+        /// Seconds to run.
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
         /// Spin this many µs before each deadline instead of sleeping.
@@ -84,8 +88,10 @@ enum Command {
     },
     /// Convert a transition log (e.g. of a killed run) into a dataset (created or appended).
     LogToDataset {
+        /// The transition log (`controller run --out DIR` writes DIR/transitions.log).
         #[arg(long)]
         log: PathBuf,
+        /// The dataset directory (created, or appended to).
         #[arg(long)]
         out: PathBuf,
     },
@@ -136,14 +142,18 @@ impl BenchBundle {
 /// `controller bench-loop`.
 #[derive(clap::Args)]
 struct BenchLoopArgs {
+    /// Loop rate in Hz.
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
+    /// Seconds to run.
     #[arg(long, default_value_t = 60.0)]
     seconds: f64,
     #[command(flatten)]
     source: BenchBundle,
+    /// tract, native or ort.
     #[arg(long, default_value = "native")]
     backend: String,
+    /// Two-speed EXPO: a worker refreshes base candidates, each tick edits and selects.
     #[arg(long)]
     two_speed: bool,
     /// Simulated task (its built-in robot file).
@@ -170,6 +180,7 @@ struct TimingArgs {
     /// is printed; they need root or CAP_IPC_LOCK / CAP_SYS_NICE).
     #[arg(long)]
     realtime: bool,
+    /// SCHED_FIFO priority of the control thread with --realtime (1-99).
     #[arg(long, default_value_t = 80)]
     rt_priority: i32,
     /// CPU for the control thread with --realtime (default: the last one).
@@ -235,7 +246,7 @@ struct RunArgs {
     #[arg(long, requires = "uplink_key")]
     uplink: Option<String>,
     /// The shared key of the link (`trainer uplink-keygen`; the same file on both hosts).
-    #[arg(long)]
+    #[arg(long, requires = "uplink")]
     uplink_key: Option<PathBuf>,
     /// With --uplink: keep the starting bundle, do not take the trainer's new ones.
     /// (--uplink needs a --bundle: the trainer's bundles replace it.)
@@ -262,6 +273,7 @@ struct RunArgs {
     /// Baud rate (default: the robot file's serial.baud).
     #[arg(long)]
     baud: Option<u32>,
+    /// Episodes to run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     episodes: u32,
     /// Episode i is reset with seed + i; the policy's sampler uses seed.
@@ -277,7 +289,7 @@ struct RunArgs {
     #[arg(long, requires = "bundle")]
     executed_steps: Option<usize>,
     /// With an action-chunk bundle: actions played from each chunk before the policy
-    /// plans the next, 1..=H (default: whole chunks). Fewer reacts sooner and plans more
+    /// plans the next, 1..=H, or 0 for whole chunks (the default). Fewer reacts sooner and plans more
     /// often.
     #[arg(long, requires = "bundle")]
     replan_every: Option<usize>,
@@ -308,6 +320,7 @@ struct RunArgs {
     /// After the serial link fails, keep trying to reopen the device this long (ms).
     #[arg(long)]
     reconnect_ms: Option<u64>,
+    /// How long to wait for the firmware's Hello (ms).
     #[arg(long, default_value_t = 3000)]
     handshake_timeout_ms: u64,
     #[command(flatten)]

@@ -49,21 +49,27 @@ enum Command {
         /// default: always engaged (demonstrations).
         #[arg(long)]
         engage_from_step: Option<u32>,
+        /// Seconds of silence from the controller after which the device stops.
         #[arg(long, default_value_t = 5.0)]
         idle_s: f64,
     },
     /// Validate a robot file and print what the controller and the firmware must agree on:
     /// the `Hello` handshake's fields (robot id, sizes, rate) and the text the robot id is
     /// the CRC-32 of. A firmware of your own announces this robot id.
-    Robot { file: PathBuf },
+    Robot {
+        /// The robot file (TOML; see firmware-config/robots/).
+        file: PathBuf,
+    },
     /// The largest working slice of the stack today: generate demonstrations for every
     /// task, validate the datasets and print their statistics.
     Demo {
         /// Output directory (one dataset per task below it).
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
-        #[arg(long, default_value_t = 200)]
-        episodes: usize,
+        /// Demonstrations per task.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+        episodes: u64,
+        /// Seed of the generator that draws the episodes' seeds.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -74,6 +80,7 @@ enum VizCommand {
     /// Every frame of a dataset on the timelines episode / frame_index / time, with the
     /// simulated task's scene (arm links, puck, maze walls, goal) when it is one of ours.
     Dataset {
+        /// The dataset directory.
         dir: PathBuf,
         #[command(flatten)]
         to: VizTarget,
@@ -83,13 +90,17 @@ enum VizCommand {
     },
     /// Every numeric column of a training run's CSV files (metrics, eval, finetune).
     Run {
+        /// The run directory (`trainer train --out DIR` and the like).
         dir: PathBuf,
         #[command(flatten)]
         to: VizTarget,
     },
     /// Check a recording with the rerun CLI (`python3 -m rerun_cli`, rerun-sdk 0.36.3)
     /// and list its entities with their row counts.
-    Verify { file: PathBuf },
+    Verify {
+        /// The .rrd recording.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -107,15 +118,19 @@ struct VizTarget {
 enum DatasetCommand {
     /// Record scripted demonstrations of a task into a new dataset.
     Generate {
+        /// The simulated task: arm-reach, push or maze.
         #[arg(long, value_parser = parse_task)]
         task: TaskId,
+        /// Demonstrations to record.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
         episodes: u32,
+        /// Seed of the generator that draws the episodes' seeds.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output directory (must not exist or be empty).
         #[arg(long)]
         out: PathBuf,
+        /// Reward written to the dataset.
         #[arg(long, value_enum, default_value_t = RewardArg::Sparse)]
         reward: RewardArg,
         /// arm-reach only: vertical plane with gravity.
@@ -127,6 +142,7 @@ enum DatasetCommand {
     /// without rewards (LeRobot's recorder), optionally converting actions recorded in the
     /// robot's units to policy units. The source is not modified.
     Label {
+        /// The source dataset.
         dir: PathBuf,
         /// The successful episodes: `all`, `none`, or indices and ranges such as `0,3,5-9`
         /// (positions in the dataset, from 0); the others are labelled as failures.
@@ -142,9 +158,15 @@ enum DatasetCommand {
         out: PathBuf,
     },
     /// Print episodes, lengths, success rate and feature statistics.
-    Inspect { dir: PathBuf },
+    Inspect {
+        /// The dataset directory.
+        dir: PathBuf,
+    },
     /// Check the dataset deeply (metadata vs data, indices, statistics).
-    Validate { dir: PathBuf },
+    Validate {
+        /// The dataset directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -354,7 +376,7 @@ fn main() -> Result<()> {
             out,
             episodes,
             seed,
-        } => demo(&out, episodes, seed)?,
+        } => demo(&out, episodes as usize, seed)?,
     }
     Ok(())
 }

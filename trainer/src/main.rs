@@ -53,6 +53,7 @@ enum Command {
     Train {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The run directory (refused if it holds a run, unless --resume).
         #[arg(long)]
         out: PathBuf,
         /// Continue from the run's last checkpoint.
@@ -71,18 +72,23 @@ enum Command {
     /// The sample-efficiency study: tasks x algorithms x seeds as child `train` runs,
     /// then a summary table and learning-curve PNGs under --out.
     Study {
+        /// The study directory: one run per task, algorithm and seed under it.
         #[arg(long, default_value = "out/study")]
         out: PathBuf,
+        /// Preset of every run: cpu, paper or tiny.
         #[arg(long, default_value = "cpu")]
         preset: String,
+        /// Tasks, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "arm-reach,push")]
         tasks: Vec<String>,
+        /// Algorithms, comma-separated: expo, idql-select, rlpd, bc.
         #[arg(
             long,
             value_delimiter = ',',
             default_value = "expo,idql-select,rlpd,bc"
         )]
         algos: Vec<String>,
+        /// Seeds per task and algorithm (0..N).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
         seeds: u64,
         /// Runs at once (each run uses one core).
@@ -107,8 +113,10 @@ enum Command {
         /// LABEL=DIR@ALGO takes that study's ALGO runs instead of --algo's (a baseline).
         #[arg(long = "study", value_name = "LABEL=DIR[@ALGO]", required = true)]
         studies: Vec<String>,
+        /// The task whose curves to draw.
         #[arg(long, default_value = "arm-reach")]
         task: String,
+        /// The algorithm whose curves to draw.
         #[arg(long, default_value = "expo")]
         algo: String,
         /// Also count runs stopped before their end (a time-limited study): each curve
@@ -124,8 +132,10 @@ enum Command {
     Bench {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Environment steps timed.
         #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         steps: usize,
+        /// Environment steps run before timing (first-call costs).
         #[arg(long, default_value_t = 2)]
         warmup: usize,
         /// Wait for the device at every stage boundary, so that the per-stage times are
@@ -162,8 +172,10 @@ enum Command {
         /// Evaluate in the simulated task before and after (0: skip).
         #[arg(long, default_value_t = 50)]
         eval_episodes: usize,
+        /// Checkpoint every N updates (0: only at the end).
         #[arg(long, default_value_t = 500)]
         checkpoint_every: usize,
+        /// Write a finetune.csv row every N updates.
         #[arg(long, default_value_t = 100)]
         log_every: usize,
         /// Continue from --out's newest checkpoint.
@@ -182,7 +194,7 @@ enum Command {
         #[arg(long, requires = "uplink_key")]
         listen: Option<String>,
         /// The link's shared key (`trainer uplink-keygen`).
-        #[arg(long)]
+        #[arg(long, requires = "listen")]
         uplink_key: Option<PathBuf>,
         /// With --listen: publish a (signed, with --signing-key) bundle under
         /// OUT/bundles/ every this many updates; OUT/bundles/latest names the newest.
@@ -195,6 +207,7 @@ enum Command {
     },
     /// Writes a new shared key for the controller ↔ trainer link (copy it to both hosts).
     UplinkKeygen {
+        /// The key file to write (refused if it exists).
         #[arg(long, default_value = "keys/uplink.key")]
         out: PathBuf,
     },
@@ -204,6 +217,7 @@ enum Command {
     Pretrain {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The run directory (refused if it holds a run).
         #[arg(long)]
         out: PathBuf,
     },
@@ -225,7 +239,8 @@ enum Command {
         #[arg(long)]
         executed_steps: Option<usize>,
         /// With action chunks: actions played from each chunk before planning the next
-        /// (1..=H; default: the run's `replan_every`, whole chunks for a bundle).
+        /// (1..=H, or 0 for whole chunks; default: the run's `replan_every`, whole chunks
+        /// for a bundle).
         #[arg(long)]
         replan_every: Option<usize>,
         /// With action chunks: temporal ensembling (ACT). Each step's action is the
@@ -234,8 +249,10 @@ enum Command {
         /// 0.01). Usually with --replan-every 1.
         #[arg(long, value_name = "M", allow_negative_numbers = true)]
         temporal_ensemble: Option<f32>,
+        /// Episodes to evaluate.
         #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         episodes: usize,
+        /// Seed of the generator that draws the episodes.
         #[arg(long, default_value_t = 12345)]
         seed: u64,
     },
@@ -263,6 +280,7 @@ enum Command {
     },
     /// Create an ed25519 key pair PREFIX.key (secret, 0600) and PREFIX.pub.
     Keygen {
+        /// PREFIX of the key pair: PREFIX.key and PREFIX.pub.
         #[arg(long, default_value = "keys/expo")]
         out: PathBuf,
     },
