@@ -932,6 +932,53 @@ fn bundle_that_does_not_fit_the_robot_is_refused() {
     );
 }
 
+/// Settings the loop cannot run with are refused before the first command, by name: a
+/// clock so fast that the period is below the loop's floor (it divided by a zero period),
+/// no time for the handshake, a zero baud rate, and a bundle of another simulated task.
+#[test]
+fn settings_the_loop_cannot_run_with_are_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, says) in [
+        (
+            &["--sim", "push", "--time-scale", "1e9"][..],
+            "time scale 1000000000 gives a control period of 0ns for 20 Hz; the loop needs at least 100µs",
+        ),
+        (
+            &["--sim", "push", "--handshake-timeout-ms", "0"],
+            "the handshake timeout must be above zero",
+        ),
+        (
+            &["--sim", "push", "--baud", "0"],
+            "the baud rate must be above zero",
+        ),
+        (
+            &["--sim", "arm-reach"],
+            "the bundle was trained on the simulated task push, --sim runs arm-reach",
+        ),
+    ] {
+        let out = finish(
+            Command::new(BIN)
+                .args(["run", "--allow-unsigned", "--episodes", "1"])
+                .arg("--bundle")
+                .arg(bundle())
+                .args(extra)
+                .arg("--out")
+                .arg(dir.path().join("run"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {out:?}");
+        assert!(out.stderr.contains(says), "{extra:?}: {}", out.stderr);
+        assert!(
+            !dir.path().join("run/transitions.log").exists(),
+            "{extra:?}: logged"
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------
 // The link goes away; the process is stopped
 

@@ -925,7 +925,10 @@ mod tests {
         let err = Config::resolve("cpu", None, &["expo.num_edit=9".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("num_edit"), "{err:#}");
         let err = Config::resolve("cpu", None, &["expo.num_samples=\"x\"".into()]).unwrap_err();
-        assert!(format!("{err:#}").contains("schema"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("the overrides do not match the config schema"),
+            "{err:#}"
+        );
     }
 
     /// Every value that used to panic inside the learner, stop the run only through the
@@ -967,6 +970,16 @@ mod tests {
             ("optim.actor_lr_decay_steps=0", "optim.actor_lr_decay_steps"),
             ("run.offline_episodes=0", "run.offline_episodes"),
             ("run.eval_episodes=0", "run.eval_episodes"),
+            ("net.num_critics=0", "net.num_critics must be at least 1"),
+            (
+                "optim.batch_size=0",
+                "optim.batch_size must be at least 1, not 0",
+            ),
+            ("optim.utd=0", "optim.utd must be at least 1, not 0"),
+            (
+                "optim.offline_fraction=1.5",
+                "optim.offline_fraction must be in [0, 1], not 1.5",
+            ),
         ];
         for (set, named) in cases {
             let err = Config::resolve("cpu", None, &[set.into()])

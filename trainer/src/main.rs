@@ -817,7 +817,10 @@ fn main() -> Result<()> {
                 let exe = std::env::current_exe().context("locating the trainer executable")?;
                 trainer::study::run_study(&spec, &exe)?;
             }
-            print!("{}", trainer::study::summarize(&out, &tasks, &algos)?);
+            print!(
+                "{}",
+                trainer::study::summarize(&out, &tasks, &algos, summarize_only)?
+            );
         }
         Command::Train {
             config,

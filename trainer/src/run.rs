@@ -434,7 +434,8 @@ pub fn train(
                 .with_context(|| format!("{}: reading checkpoint", dir.display()))?,
         )
         .with_context(|| format!("{}: bad checkpoint state", dir.join("state.json").display()))?;
-        if let Some((key, then, now)) = difference_except_length(&state.config_toml, config)? {
+        if let Some((key, then, now)) = difference_except_length(&state.config_toml, config, false)?
+        {
             bail!(
                 "{}: checkpoint was written with a different configuration: `{key}` was {then}, is {now} now; resume with the same config (only run.online_steps, run.eval_every, run.eval_episodes and device may change)",
                 dir.display()
@@ -636,16 +637,23 @@ pub fn train(
 /// extended) and the evaluation cadence.
 /// The first setting (dotted key, saved value, current value) in which `config`
 /// differs from the checkpoint's, besides those a resumed run may change: its length,
-/// its evaluations and its device (trained on a GPU, resumed on a CPU).
+/// its evaluations and its device (trained on a GPU, resumed on a CPU). With
+/// `any_compute`, the `compute` section (threads, schedules, kernels) may differ too:
+/// loading networks to evaluate or export does not depend on it, and resuming does
+/// (the random streams of the candidate schedules).
 fn difference_except_length(
     saved: &str,
     config: &Config,
+    any_compute: bool,
 ) -> Result<Option<(String, String, String)>> {
     let mut old: Config = toml::from_str(saved).context("checkpoint config")?;
     old.run.online_steps = config.run.online_steps;
     old.run.eval_every = config.run.eval_every;
     old.run.eval_episodes = config.run.eval_episodes;
     old.device = config.device.clone();
+    if any_compute {
+        old.compute = config.compute.clone();
+    }
     if old == *config {
         return Ok(None);
     }
@@ -734,7 +742,7 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
     .with_context(|| format!("{}: bad checkpoint state", state_path.display()))?;
     // The networks are built from config.toml: an edited one would evaluate or
     // continue the checkpoint as something it is not (another task of the same sizes).
-    if let Some((key, then, now)) = difference_except_length(&state.config_toml, &config)? {
+    if let Some((key, then, now)) = difference_except_length(&state.config_toml, &config, true)? {
         bail!(
             "{}: `{key}` is {now}, but the checkpoint was written with {then}",
             cfg_path.display()

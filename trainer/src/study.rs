@@ -236,7 +236,16 @@ pub fn steps_to_reach(curve: &Curve, level: f64) -> Option<usize> {
 }
 
 /// Writes `summary.md` (and returns it) plus one PNG of learning curves per task.
-pub fn summarize(out: &Path, tasks: &[TaskId], algos: &[Algo]) -> Result<String> {
+/// Writes `summary.md` and the plots of the finished runs under `out`. With
+/// `require_runs` (`--summarize-only`), a directory without any is an error; after a
+/// study stopped by its time limit it is not (`trainer curves --include-unfinished`
+/// plots those runs).
+pub fn summarize(
+    out: &Path,
+    tasks: &[TaskId],
+    algos: &[Algo],
+    require_runs: bool,
+) -> Result<String> {
     ensure!(
         out.is_dir(),
         "{}: no such study directory (`trainer study --out DIR`)",
@@ -306,7 +315,7 @@ pub fn summarize(out: &Path, tasks: &[TaskId], algos: &[Algo]) -> Result<String>
         )?;
     }
     ensure!(
-        any_runs,
+        any_runs || !require_runs,
         "{}: no finished runs of {} with {} (a run's eval.csv)",
         out.display(),
         tasks

@@ -273,6 +273,18 @@ fn resume_refuses_a_different_config() {
         err.contains("config.toml: invalid config") && err.contains("net.denoiser_hidden"),
         "{err}"
     );
+    // A valid config.toml that is not the one the checkpoint was written with (another
+    // task of the same sizes) is refused by the setting, not evaluated as that task.
+    let other_task = text.replace("task = \"arm-reach\"", "task = \"push\"");
+    assert_ne!(other_task, text);
+    std::fs::write(&path, other_task).unwrap();
+    let err = format!("{:#}", trainer::run::load_agent(tmp.path()).err().unwrap());
+    assert!(
+        err.contains(
+            "config.toml: `task` is \"push\", but the checkpoint was written with \"arm-reach\""
+        ),
+        "{err}"
+    );
 }
 
 /// A run whose critic diverges (an absurd learning rate) stops at its first logged row
@@ -322,6 +334,14 @@ fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
         "{e:#}"
     );
     assert!(!bundle.exists());
+    // Nor is a checkpoint holding such networks loaded (to evaluate, export or
+    // fine-tune): it says what is not finite.
+    agent.save(&healthy.join("checkpoint")).unwrap();
+    let e = format!("{:#}", trainer::run::load_agent(&healthy).err().unwrap());
+    assert!(
+        e.contains("the checkpoint holds temperature: a parameter of shape [1] is NaN"),
+        "{e}"
+    );
 }
 
 /// Counts that must not be 0 are refused by the command line (a 0-step bench printed NaN
@@ -339,6 +359,7 @@ fn zero_counts_are_refused_on_the_command_line() {
             "--episodes",
         ),
         (&["study", "--out", "nowhere", "--seeds", "0"], "--seeds"),
+        (&["study", "--out", "nowhere", "--jobs", "0"], "--jobs"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
             .args(args)
@@ -351,4 +372,57 @@ fn zero_counts_are_refused_on_the_command_line() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// Mistakes a study or an export would otherwise carry out: a study's bad preset or
+/// override is refused before any run starts (it failed in every child run's log), a
+/// summary of a directory without runs is refused, and `export --run` refuses the
+/// options that only describe `--random`'s networks.
+#[test]
+fn study_and_export_refuse_what_they_would_ignore_or_fail_late() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trainer = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let study = tmp.path().join("study");
+    let s = study.to_str().unwrap();
+    let (code, e) = trainer(&[
+        "study",
+        "--out",
+        s,
+        "--preset",
+        "tiny",
+        "--set",
+        "optim.discount=7",
+    ]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("optim.discount must be in [0, 1], not 7"), "{e}");
+    assert!(!study.exists(), "a run was started");
+    let (code, e) = trainer(&["study", "--out", s, "--summarize-only"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("no such study directory"), "{e}");
+    std::fs::create_dir_all(&study).unwrap();
+    let (code, e) = trainer(&["study", "--out", s, "--summarize-only"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("no finished runs of arm-reach, push"), "{e}");
+    let bundle = tmp.path().join("bundle");
+    let (code, e) = trainer(&[
+        "export",
+        "--run",
+        s,
+        "--set",
+        "task=maze",
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("describe the networks of --random"), "{e}");
+    assert!(!bundle.exists());
 }

@@ -37,7 +37,7 @@ fn summary_and_plot_from_finished_runs() {
     // BC ends at 0.5; EXPO's mean passes it at step 1000.
     assert_eq!(steps_to_reach(&expo, 0.5), Some(1000));
 
-    let text = summarize(out, &[TaskId::Push], &[Algo::Expo, Algo::Bc]).unwrap();
+    let text = summarize(out, &[TaskId::Push], &[Algo::Expo, Algo::Bc], true).unwrap();
     assert!(
         text.contains("| push | expo | 2 | 0.30 ± 0.10 | 0.90 ± 0.00 |"),
         "{text}"

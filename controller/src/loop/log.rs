@@ -784,40 +784,64 @@ pub struct LoggedEpisode {
     pub end: EpisodeEnd,
 }
 
-/// Groups a log's records into episodes. An episode without an end record (the
-/// process was killed, or the record is damaged) gets one with
-/// [`EndReason::Unfinished`]. Transitions whose episode-start record is missing (damaged)
+/// Groups a log's records into episodes, by episode number within each run (a `Run`
+/// record starts a new one; so does a second start record of the same episode, in case
+/// the `Run` record between two appended runs is damaged). Records are matched by
+/// number, not by order: the control thread sends transitions straight to the logger
+/// and queues start and end records when the channel is full, so a next episode's first
+/// transition can precede its start record and the previous episode's end.
+///
+/// An episode without an end record (the process was killed, or the record is damaged)
+/// gets one with [`EndReason::Unfinished`]. Transitions whose start record is missing
 /// still make an episode; its seed comes from its end record, if that survived.
 pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
     let mut run = None;
     let mut out: Vec<LoggedEpisode> = Vec::new();
-    let mut open: Option<LoggedEpisode> = None;
-    let unfinished = |e: LoggedEpisode| {
-        let steps = e.transitions.iter().map(|t| t.step + 1).max().unwrap_or(0);
-        LoggedEpisode {
-            end: EpisodeEnd {
-                episode: e.episode,
-                seed: e.seed,
-                steps,
-                success: e.transitions.iter().any(|t| t.success),
-                reason: EndReason::Unfinished,
-                detail: "no end record (the log ends inside this episode, or it is damaged)".into(),
-            },
-            ..e
+    // The current run's episodes in order of first appearance, whether each has its
+    // start and its end record.
+    let mut current: Vec<(LoggedEpisode, bool, bool)> = Vec::new();
+    let finish = |current: &mut Vec<(LoggedEpisode, bool, bool)>, out: &mut Vec<LoggedEpisode>| {
+        for (mut e, _, ended) in current.drain(..) {
+            if !ended {
+                let steps = e.transitions.iter().map(|t| t.step + 1).max().unwrap_or(0);
+                e.end = EpisodeEnd {
+                    episode: e.episode,
+                    seed: e.seed,
+                    steps,
+                    success: e.transitions.iter().any(|t| t.success),
+                    reason: EndReason::Unfinished,
+                    detail: "no end record (the log ends inside this episode, or it is damaged)"
+                        .into(),
+                };
+            }
+            out.push(e);
         }
     };
-    let start = |episode: u32, seed: u64| LoggedEpisode {
-        episode,
-        seed,
-        transitions: vec![],
-        end: EpisodeEnd {
-            episode,
-            seed,
-            steps: 0,
-            success: false,
-            reason: EndReason::Unfinished,
-            detail: String::new(),
-        },
+    // The entry of `episode` in the current run, created on first sight.
+    let entry = |current: &mut Vec<(LoggedEpisode, bool, bool)>, episode: u32| -> usize {
+        match current.iter().position(|(e, _, _)| e.episode == episode) {
+            Some(i) => i,
+            None => {
+                current.push((
+                    LoggedEpisode {
+                        episode,
+                        seed: 0,
+                        transitions: vec![],
+                        end: EpisodeEnd {
+                            episode,
+                            seed: 0,
+                            steps: 0,
+                            success: false,
+                            reason: EndReason::Unfinished,
+                            detail: String::new(),
+                        },
+                    },
+                    false,
+                    false,
+                ));
+                current.len() - 1
+            }
+        }
     };
     for r in records {
         match r {
@@ -825,44 +849,34 @@ pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
                 if run.is_none() {
                     run = Some(rs.clone());
                 }
-                if let Some(e) = open.take() {
-                    out.push(unfinished(e));
-                }
+                finish(&mut current, &mut out);
             }
             Record::EpisodeStart { episode, seed } => {
-                if let Some(e) = open.take() {
-                    out.push(unfinished(e));
+                if current
+                    .iter()
+                    .any(|(e, started, _)| e.episode == *episode && *started)
+                {
+                    finish(&mut current, &mut out);
                 }
-                open = Some(start(*episode, *seed));
+                let i = entry(&mut current, *episode);
+                let (e, started, _) = &mut current[i];
+                e.seed = *seed;
+                *started = true;
             }
             Record::Transition(t) => {
-                if open.as_ref().is_none_or(|e| e.episode != t.episode) {
-                    // The episode's start record is lost.
-                    if let Some(e) = open.take() {
-                        out.push(unfinished(e));
-                    }
-                    open = Some(start(t.episode, 0));
-                }
-                open.as_mut().expect("opened above").transitions.push(*t);
+                let i = entry(&mut current, t.episode);
+                current[i].0.transitions.push(*t);
             }
-            Record::EpisodeEnd(end) => match open.take() {
-                Some(mut e) if e.episode == end.episode => {
-                    e.seed = end.seed;
-                    e.end = end.clone();
-                    out.push(e);
-                }
-                other => {
-                    // Its start and all its transitions are lost: nothing to keep.
-                    if let Some(e) = other {
-                        out.push(unfinished(e));
-                    }
-                }
-            },
+            Record::EpisodeEnd(end) => {
+                let i = entry(&mut current, end.episode);
+                let (e, _, ended) = &mut current[i];
+                e.seed = end.seed;
+                e.end = end.clone();
+                *ended = true;
+            }
         }
     }
-    if let Some(e) = open.take() {
-        out.push(unfinished(e));
-    }
+    finish(&mut current, &mut out);
     (run, out)
 }
 
@@ -1123,7 +1137,7 @@ mod tests {
         let full = std::fs::read(&path).unwrap();
         let all = read_log(&path).unwrap().records;
         assert_eq!(all.len(), 19);
-        // A flipped byte anywhere in record 8 (episode 1's second transition), header
+        // A flipped byte anywhere in record 8 (episode 1's first transition), header
         // included: every other record is read, and the damage is exactly that record.
         let hit = ranges[8].clone();
         for at in hit.clone() {
@@ -1187,6 +1201,45 @@ mod tests {
         assert_eq!((r.episodes_written, r.frames, r.skipped_empty), (3, 11, 1));
         assert_eq!((r.missing_frames, r.damaged.len()), (0, 1));
         dataset::validate_dataset(&out).unwrap();
+    }
+
+    /// The control thread sends transitions straight to the logger but queues start and
+    /// end records while the channel is full: an episode's first transition can come
+    /// before the previous episode's end and its own start. Both episodes stay whole.
+    #[test]
+    fn records_out_of_order_still_make_their_episodes() {
+        let start = |episode, seed| Record::EpisodeStart { episode, seed };
+        let t = |episode, step, done| Record::Transition(transition(episode, step, done));
+        let mut end1 = end(1, 3);
+        end1.seed = 8;
+        let records = vec![
+            Record::Run(run_start()),
+            start(0, 7),
+            t(0, 0, false),
+            t(0, 1, false),
+            t(0, 2, true),
+            t(1, 0, false),
+            Record::EpisodeEnd(end(0, 3)),
+            start(1, 8),
+            t(1, 1, false),
+            t(1, 2, true),
+            Record::EpisodeEnd(end1),
+            // A second run appended to the log, its `Run` record lost: episode 0 again.
+            start(0, 70),
+            t(0, 0, true),
+        ];
+        let (_, eps) = episodes(&records);
+        let got: Vec<(u32, u64, usize, EndReason)> = eps
+            .iter()
+            .map(|e| (e.episode, e.seed, e.transitions.len(), e.end.reason))
+            .collect();
+        use EndReason::{Completed, Unfinished};
+        let want = [
+            (0, 9, 3, Completed),
+            (1, 8, 3, Completed),
+            (0, 70, 1, Unfinished),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -821,8 +821,21 @@ pub fn run(
     bundle_label: &str,
 ) -> Result<RunReport, RunError> {
     // A faster clock than this leaves no time to act (and a zero period, none to wait).
-    let period = cfg.robot.control_period().div_f64(cfg.time_scale);
-    if !(cfg.time_scale.is_finite() && cfg.time_scale > 0.0) || period < MIN_PERIOD {
+    if !(cfg.time_scale.is_finite() && cfg.time_scale > 0.0) {
+        return Err(RunError::Config(format!(
+            "the time scale must be a positive number, not {}",
+            cfg.time_scale
+        )));
+    }
+    let period =
+        Duration::try_from_secs_f64(cfg.robot.control_period().as_secs_f64() / cfg.time_scale)
+            .map_err(|_| {
+                RunError::Config(format!(
+                    "time scale {} gives no usable control period",
+                    cfg.time_scale
+                ))
+            })?;
+    if period < MIN_PERIOD {
         return Err(RunError::Config(format!(
             "time scale {} gives a control period of {period:?} for {} Hz; the loop needs at least {MIN_PERIOD:?}",
             cfg.time_scale, cfg.robot.control_hz

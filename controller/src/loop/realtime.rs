@@ -15,6 +15,12 @@ static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static PANICKED: AtomicBool = AtomicBool::new(false);
 static PANIC_HOOK: Once = Once::new();
 
+thread_local! {
+    /// Set while this thread runs code whose panics are caught and returned as errors
+    /// ([`catching_panics`]): those do not stop the robot.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe work: two atomic stores and signal().
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
@@ -53,15 +59,35 @@ pub fn request_stop() {
 
 /// Installs (once) a panic hook that raises the panic flag before the default hook
 /// prints the message, so that a panic on any thread makes the control thread stop
-/// the robot safely.
+/// the robot safely. A panic inside [`catching_panics`] on its own thread does neither.
 pub fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.with(|c| c.get()) {
+                return;
+            }
             PANICKED.store(true, Ordering::SeqCst);
             default(info);
         }));
     });
+}
+
+/// Runs `f`, returning its panic as `Err(message)`. Such a panic is expected (an
+/// inference engine on a malformed bundle, say): it neither raises the panic flag nor
+/// prints, and panics on other threads meanwhile are handled as usual.
+pub fn catching_panics<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    install_panic_hook();
+    let was = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "no message".into())
+    })
 }
 
 pub fn panicked() -> bool {

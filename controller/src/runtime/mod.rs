@@ -151,19 +151,14 @@ pub fn load_networks(
         probe(nets.as_mut(), &bundle.manifest, rows)?;
         Ok(nets)
     };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)) {
+    // On the uplink thread during a run, a panic here must not stop the robot: the
+    // running policy keeps acting (`reload`).
+    match crate::robot_loop::realtime::catching_panics(build) {
         Ok(nets) => nets,
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("no message");
-            bail!(
-                "{}: {backend:?} crashed building or running the graphs ({why}): the bundle is malformed",
-                bundle.dir.display()
-            )
-        }
+        Err(why) => bail!(
+            "{}: {backend:?} crashed building or running the graphs ({why}): the bundle is malformed",
+            bundle.dir.display()
+        ),
     }
 }
 
@@ -182,7 +177,8 @@ fn probe(nets: &mut dyn Networks, m: &Manifest, rows: GraphRows) -> Result<()> {
         }
     };
     let mut eps = vec![0.0; rows.denoise * ad];
-    nets.denoise(&obs, &vec![0.0; rows.denoise * ad], 1.0, &mut eps)
+    // Step 0 of the chain: every trained chain has it.
+    nets.denoise(&obs, &vec![0.0; rows.denoise * ad], 0.0, &mut eps)
         .context("denoiser")?;
     finite(&eps, "denoiser")?;
     if rows.edit > 0 && m.graphs.edit.is_some() {
