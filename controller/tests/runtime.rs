@@ -163,6 +163,18 @@ fn truncated_chain_and_two_speed_mode_act() {
     }
 }
 
+/// A copy of the bundle `good` as `root/name`, changed by `f`.
+fn variant_of(good: &Path, root: &Path, name: &str, f: &dyn Fn(&Path)) -> std::path::PathBuf {
+    let d = root.join(name);
+    fs::create_dir_all(&d).unwrap();
+    for e in fs::read_dir(good).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), d.join(e.file_name())).unwrap();
+    }
+    f(&d);
+    d
+}
+
 /// Rewrites a manifest field and, when `fix_hash`, keeps the graph hashes consistent.
 fn edit_manifest(dir: &Path, f: impl FnOnce(&mut toml::Table)) {
     let p = dir.join(MANIFEST_FILE);
@@ -189,16 +201,7 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
     let mut current = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
     let mut reference = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
 
-    let variant = |name: &str, f: &dyn Fn(&Path)| {
-        let d = root.path().join(name);
-        fs::create_dir_all(&d).unwrap();
-        for e in fs::read_dir(&good).unwrap() {
-            let e = e.unwrap();
-            fs::copy(e.path(), d.join(e.file_name())).unwrap();
-        }
-        f(&d);
-        d
-    };
+    let variant = |name: &str, f: &dyn Fn(&Path)| variant_of(&good, root.path(), name, f);
 
     type Check = fn(&BundleError) -> bool;
     let cases: Vec<(&str, std::path::PathBuf, Trust, Check, &str)> = vec![
@@ -606,16 +609,7 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
     SyntheticSpec::cpu().write(&good, 1, None).unwrap();
     let b = load_bundle(&good, &Trust::AllowUnsigned).unwrap();
     let mut current = Policy::new(&b, &options(Backend::Tract, 9)).unwrap();
-    let variant = |name: &str, f: &dyn Fn(&Path)| {
-        let d = root.path().join(name);
-        fs::create_dir_all(&d).unwrap();
-        for e in fs::read_dir(&good).unwrap() {
-            let e = e.unwrap();
-            fs::copy(e.path(), d.join(e.file_name())).unwrap();
-        }
-        f(&d);
-        d
-    };
+    let variant = |name: &str, f: &dyn Fn(&Path)| variant_of(&good, root.path(), name, f);
     let ensemble = b.manifest.selection.ensemble_size;
     // (what, bundle, the native backend's message, tract's)
     let cases = [
@@ -681,7 +675,10 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
         let mut a = [0.0; 2];
         current.act(&obs(0), &mut a).unwrap();
     }
-    assert!(!realtime::panicked(), "a caught panic would have stopped the robot");
+    assert!(
+        !realtime::panicked(),
+        "a caught panic would have stopped the robot"
+    );
     // Values no trainer writes: refused by load_bundle, by field.
     for (what, edit, text) in [
         (
