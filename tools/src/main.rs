@@ -174,7 +174,7 @@ enum BenchCommand {
     /// Simulation throughput per task (one thread), single env and vectorized.
     Sim {
         /// Environment steps per measurement.
-        #[arg(long, default_value_t = 2_000_000)]
+        #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
         /// Environments in the vectorized measurement.
         #[arg(long, default_value_t = 64)]

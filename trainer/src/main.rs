@@ -232,11 +232,12 @@ enum Command {
         bundle: Option<PathBuf>,
         #[command(flatten)]
         trust: TrustArgs,
-        /// Runtime backend for --bundle: tract, native or ort.
-        #[arg(long, default_value = "tract")]
+        /// Runtime backend for --bundle: tract, native or ort (a run is evaluated with
+        /// burn).
+        #[arg(long, default_value = "tract", conflicts_with = "run")]
         backend: String,
         /// Denoising steps to execute with --bundle (default: the manifest's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "run")]
         executed_steps: Option<usize>,
         /// With action chunks: actions played from each chunk before planning the next
         /// (1..=H, or 0 for whole chunks; default: the run's `replan_every`, whole chunks

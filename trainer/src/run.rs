@@ -451,6 +451,13 @@ pub fn train(
         episode_seed = Some(state.episode_seed);
         batch_rng = Rng::from_state(state.batch_rng);
         start_step = state.env_step;
+        if start_step >= config.run.online_steps {
+            eprintln!(
+                "note: --resume: {} already holds {start_step} environment steps, run.online_steps is {}: nothing left to train (raise run.online_steps to extend it)",
+                out.display(),
+                config.run.online_steps
+            );
+        }
         summary.evals = state.evals;
         (episodes_done, successes, return_sum) = state.episode_stats;
         truncate_csv(&out.join("metrics.csv"), start_step)?;
@@ -633,8 +640,6 @@ pub fn train(
     Ok(summary)
 }
 
-/// Whether a checkpoint's config equals `config` up to `run.online_steps` (a run may be
-/// extended) and the evaluation cadence.
 /// The first setting (dotted key, saved value, current value) in which `config`
 /// differs from the checkpoint's, besides those a resumed run may change: its length,
 /// its evaluations and its device (trained on a GPU, resumed on a CPU). With

@@ -425,4 +425,11 @@ fn study_and_export_refuse_what_they_would_ignore_or_fail_late() {
     assert_eq!(code, Some(1), "{e}");
     assert!(e.contains("describe the networks of --random"), "{e}");
     assert!(!bundle.exists());
+    // The runtime's options of `eval --bundle` do not apply to a run (burn evaluates it).
+    let (code, e) = trainer(&["eval", "--run", s, "--backend", "native"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains("'--run <RUN>' cannot be used with '--backend <BACKEND>'"),
+        "{e}"
+    );
 }
