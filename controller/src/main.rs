@@ -107,7 +107,7 @@ struct BenchBundle {
     #[arg(long)]
     synthetic: Option<String>,
     /// With --synthetic: actions per chunk (the networks act on `horizon` actions).
-    #[arg(long, default_value_t = 1, requires = "synthetic")]
+    #[arg(long, default_value_t = 1)]
     horizon: usize,
     #[command(flatten)]
     trust: TrustArgs,
@@ -118,7 +118,13 @@ impl BenchBundle {
     /// `synthetic_dir` first.
     fn load(&self, synthetic_dir: PathBuf) -> Result<(PathBuf, VerifiedBundle)> {
         let (dir, trust) = match (&self.bundle, self.synthetic.as_deref()) {
-            (Some(d), _) => (d.clone(), self.trust.trust()?),
+            (Some(d), _) => {
+                ensure!(
+                    self.horizon == 1,
+                    "--horizon sizes --synthetic networks; a bundle plans the chunks its manifest says (action.horizon)"
+                );
+                (d.clone(), self.trust.trust()?)
+            }
             (None, Some(size)) => {
                 write_synthetic(size, self.horizon, &synthetic_dir)?;
                 (synthetic_dir, Trust::AllowUnsigned)
