@@ -477,6 +477,40 @@ fn next_whole(buf: &[u8], from: usize) -> Option<usize> {
     (from..buf.len()).find(|&p| matches!(slot(buf, p), Slot::Whole { .. }))
 }
 
+/// Walks the whole records of `buf` from `pos`, giving each one's offset and payload to
+/// `record`, and skips damaged stretches (listed in `damaged`, at file offset `base` +
+/// their position). Returns where it stopped: the end of `buf`, or a record that runs
+/// past it with no whole record after it (torn, or still being written).
+fn walk(
+    buf: &[u8],
+    mut pos: usize,
+    base: u64,
+    damaged: &mut Vec<DamagedSpan>,
+    mut record: impl FnMut(usize, &[u8]) -> Result<(), LogError>,
+) -> Result<usize, LogError> {
+    while pos < buf.len() {
+        match slot(buf, pos) {
+            Slot::Whole { len } => {
+                record(pos, &buf[pos + 8..pos + 8 + len])?;
+                pos += 8 + len;
+            }
+            // A record that runs past the end is torn (or still being written) only if
+            // no whole record follows it: its length may be the damaged part.
+            Slot::Partial | Slot::Bad => match next_whole(buf, pos + 1) {
+                Some(next) => {
+                    damaged.push(DamagedSpan {
+                        offset: base + pos as u64,
+                        len: (next - pos) as u64,
+                    });
+                    pos = next;
+                }
+                None => break,
+            },
+        }
+    }
+    Ok(pos)
+}
+
 /// Reads every whole record. Damaged records are skipped and reported in
 /// [`LogContents::damaged`], a torn end in [`LogContents::torn_bytes`] (see the module
 /// docs); neither is an error. A whole record that does not decode is one (say, a
@@ -505,35 +539,17 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
             path: path.to_path_buf(),
         });
     }
-    let mut pos = MAGIC.len();
     let mut records = Vec::new();
     let mut damaged = Vec::new();
-    while pos < data.len() {
-        match slot(&data, pos) {
-            Slot::Whole { len } => {
-                let payload = &data[pos + 8..pos + 8 + len];
-                let rec = Record::decode(payload).map_err(|problem| LogError::Record {
-                    path: path.to_path_buf(),
-                    offset: pos as u64,
-                    problem,
-                })?;
-                records.push(rec);
-                pos += 8 + len;
-            }
-            // A record that runs past the end is torn only if no whole record follows:
-            // its length may be the damaged part.
-            Slot::Partial | Slot::Bad => match next_whole(&data, pos + 1) {
-                Some(next) => {
-                    damaged.push(DamagedSpan {
-                        offset: pos as u64,
-                        len: (next - pos) as u64,
-                    });
-                    pos = next;
-                }
-                None => break,
-            },
-        }
-    }
+    let pos = walk(&data, MAGIC.len(), 0, &mut damaged, |offset, payload| {
+        let rec = Record::decode(payload).map_err(|problem| LogError::Record {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            problem,
+        })?;
+        records.push(rec);
+        Ok(())
+    })?;
     Ok(LogContents {
         records,
         valid_bytes: pos as u64,
@@ -602,26 +618,16 @@ impl LogTail {
             pos = MAGIC.len();
         }
         let mut out = Vec::new();
-        loop {
-            match slot(&self.buf, pos) {
-                Slot::Whole { len } => {
-                    out.push(self.buf[pos + 8..pos + 8 + len].to_vec());
-                    pos += 8 + len;
-                }
-                // A record being written is the last one: one that a whole record
-                // follows is damaged (its length, say).
-                Slot::Partial | Slot::Bad => match next_whole(&self.buf, pos + 1) {
-                    Some(next) => {
-                        self.damaged.push(DamagedSpan {
-                            offset: self.offset + pos as u64,
-                            len: (next - pos) as u64,
-                        });
-                        pos = next;
-                    }
-                    None => break, // still being written, or damage to skip later
-                },
-            }
-        }
+        let pos = walk(
+            &self.buf,
+            pos,
+            self.offset,
+            &mut self.damaged,
+            |_, payload| {
+                out.push(payload.to_vec());
+                Ok(())
+            },
+        )?;
         self.buf.drain(..pos);
         self.offset += pos as u64;
         Ok(out)
