@@ -413,7 +413,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             let trained_on = &bundle.manifest.task;
             if let Some(task) = &a.sim
                 && trained_on != task
-                && sim::TaskId::ALL.iter().any(|t| t.name() == trained_on)
+                && trained_on.parse::<sim::TaskId>().is_ok()
             {
                 bail!(
                     "{}: the bundle was trained on the simulated task {trained_on}, --sim runs {task}",

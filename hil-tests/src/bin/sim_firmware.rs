@@ -104,17 +104,9 @@ fn main() -> Result<()> {
                 bail!(
                     "{}: observation [{i}] is `{}`, task {}'s is `{}`: this file describes another robot than the task simulates",
                     path.display(),
-                    robot
-                        .observation
-                        .names
-                        .get(i)
-                        .map_or("(none)", String::as_str),
+                    names.0[i],
                     args.task,
-                    built_in
-                        .observation
-                        .names
-                        .get(i)
-                        .map_or("(none)", String::as_str),
+                    names.1[i],
                 );
             }
             robot
