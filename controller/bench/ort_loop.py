@@ -23,7 +23,7 @@ def vp_plan(trained, executed, bmin, bmax):
     if executed == trained:
         for i in reversed(range(trained)):
             beta, a, ab = 1 - alphas[i], alphas[i], abar[i]
-            sigma = 0.0 if i == 0 else np.sqrt(beta * (1 - abar[i - 1]) / (1 - ab))
+            sigma = 0.0 if i == 0 else np.sqrt(beta)
             plan.append((i, 1 / np.sqrt(a), -beta / np.sqrt(1 - ab) / np.sqrt(a), sigma))
     else:
         kept = [round((trained - 1) * (1 - j / (executed - 1))) for j in range(executed)] if executed > 1 else [trained - 1]

@@ -982,6 +982,21 @@ fn main() -> Result<std::process::ExitCode> {
             let tmp = tempfile::tempdir()?;
             let (dir, b) = source.load(keep.unwrap_or_else(|| tmp.path().join("bundle")))?;
             let m = &b.manifest;
+            // Refuse bad flags before the seconds of calibration below.
+            let backends = backends
+                .iter()
+                .map(|name| Ok((name, name.parse::<Backend>()?)))
+                .collect::<Result<Vec<_>>>()?;
+            #[cfg(not(feature = "ort"))]
+            ensure!(
+                !backends.iter().any(|&(_, b)| b == Backend::Ort),
+                "--backends ort: this controller was built without the `ort` feature; rebuild with `--features ort`"
+            );
+            ensure!(
+                (1..=m.diffusion.trained_steps).contains(&truncated_steps),
+                "--truncated-steps {truncated_steps} must be in 1..={} (the bundle's trained chain length)",
+                m.diffusion.trained_steps
+            );
             let (rate, native_rate) = measure_gemm_rates()?;
             println!(
                 "bundle {}: denoiser {}x{} blocks ({} wide), N {}, n_edit {}, {} of {} critics ({:?}), {} steps",
@@ -1007,8 +1022,7 @@ fn main() -> Result<std::process::ExitCode> {
                 per_step / 1e6
             );
             let mut rows: Vec<Row> = vec![];
-            for name in &backends {
-                let backend: Backend = name.parse()?;
+            for &(name, backend) in &backends {
                 for (mode, steps) in [
                     ("full", m.diffusion.executed_steps),
                     ("truncated", truncated_steps),

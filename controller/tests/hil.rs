@@ -1419,13 +1419,38 @@ fn bench_commands_time_chunked_bundles_in_both_modes() {
     }
 }
 
-/// Counts and rates that make no sense are refused by name before anything runs (an
-/// `--actions 0` bench panicked on an overflow, a 1 GHz bench-loop printed figures).
+/// Counts, rates, step counts and backends that make no sense are refused by name
+/// before anything runs (an `--actions 0` bench panicked on an overflow, a 1 GHz
+/// bench-loop printed figures, a misspelt backend was refused after the calibration).
 /// Exit status 2 is clap's refusal of an argument, 1 the command's own.
 #[test]
 fn out_of_range_counts_and_rates_are_refused() {
     let bundle = bundle().to_str().unwrap();
-    let cases: [(&[&str], i32, &str); 5] = [
+    let cases: [(&[&str], i32, &str); 7] = [
+        (
+            &[
+                "bench",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--truncated-steps",
+                "0",
+            ],
+            1,
+            "--truncated-steps 0 must be in 1..=",
+        ),
+        (
+            &[
+                "bench",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--backends",
+                "tract,onnx",
+            ],
+            1,
+            "unknown backend `onnx`",
+        ),
         (
             &[
                 "bench",
@@ -1479,5 +1504,8 @@ fn out_of_range_counts_and_rates_are_refused() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(named), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        // Refused before the bench calibrates (seconds) or anything runs.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("sgemm"), "{args:?}: {stdout}");
     }
 }

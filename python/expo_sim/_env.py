@@ -24,7 +24,8 @@ class SimEnv(gym.Env[np.ndarray, np.ndarray]):
         task: the task id.
         reward: ``"sparse"`` (1 on success, else 0) or ``"dense"`` (adds minus a scaled
             distance to the goal).
-        gravity: ``arm-reach`` only: the arm moves in a vertical plane under gravity.
+        gravity: ``arm-reach`` only (refused for the other tasks): the arm moves in a
+            vertical plane under gravity.
         render_mode: must be None; :meth:`state` gives the scene geometry instead.
 
     ``step`` returns ``info["success"]``; ``reset`` returns ``info["seed"]``, the

@@ -77,7 +77,7 @@ pub fn record_episode<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let task = parse_task(task)?;
     let spec = task.spec();
-    let mut env = make_env(task, env_config(reward, gravity)?);
+    let mut env = make_env(task, env_config(task, reward, gravity)?);
     let mut demo = make_demonstrator(task);
     let traj = sim::record_episode(env.as_mut(), demo.as_mut(), seed);
     let rows = traj.len();

@@ -42,7 +42,7 @@ impl PyEnv {
     #[pyo3(signature = (task, reward = "sparse", gravity = false, seed_stream = 0))]
     fn new(task: &str, reward: &str, gravity: bool, seed_stream: u64) -> PyResult<Self> {
         let task = parse_task(task)?;
-        let env = make_env(task, env_config(reward, gravity)?);
+        let env = make_env(task, env_config(task, reward, gravity)?);
         Ok(PyEnv {
             env: Exclusive::new(env),
             spec: task.spec(),

@@ -61,8 +61,8 @@ fn parse_task(task: &str) -> PyResult<TaskId> {
         .map_err(|e: sim::UnknownTask| PyValueError::new_err(e.to_string()))
 }
 
-/// The simulator options from the Python keyword arguments.
-fn env_config(reward: &str, gravity: bool) -> PyResult<EnvConfig> {
+/// The simulator options for `task` from the Python keyword arguments.
+fn env_config(task: TaskId, reward: &str, gravity: bool) -> PyResult<EnvConfig> {
     let reward = match reward {
         "sparse" => Reward::Sparse,
         "dense" => Reward::Dense,
@@ -72,7 +72,9 @@ fn env_config(reward: &str, gravity: bool) -> PyResult<EnvConfig> {
             )));
         }
     };
-    Ok(EnvConfig { reward, gravity })
+    let config = EnvConfig { reward, gravity };
+    config.check_for(task).map_err(PyValueError::new_err)?;
+    Ok(config)
 }
 
 /// A new C-contiguous NumPy array of `shape`, filled in place by `fill`.

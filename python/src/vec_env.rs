@@ -53,7 +53,7 @@ impl PyVecEnv {
     #[pyo3(signature = (task, seed_streams, reward = "sparse", gravity = false))]
     fn new(task: &str, seed_streams: Vec<u64>, reward: &str, gravity: bool) -> PyResult<Self> {
         let task = parse_task(task)?;
-        let config = env_config(reward, gravity)?;
+        let config = env_config(task, reward, gravity)?;
         let n = seed_streams.len();
         if n == 0 {
             return Err(PyValueError::new_err(

@@ -95,6 +95,7 @@ def test_unknown_task_lists_the_valid_ids():
     [
         ({"reward": "shaped"}, ValueError, "unknown reward 'shaped': expected one of sparse, dense"),
         ({"render_mode": "rgb_array"}, ValueError, "render_mode must be None"),
+        ({"gravity": True}, ValueError, "gravity applies to arm-reach only; push moves"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, error, message):

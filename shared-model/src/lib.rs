@@ -23,4 +23,7 @@ pub mod synthetic;
 pub use chunk::{ChunkClock, ChunkPlay, TemporalEnsemble};
 pub use manifest::{BundleError, Manifest, Trust, VerifiedBundle, load_bundle, write_bundle};
 pub use schedule::DiffusionSchedule;
-pub use select::{ExpoRunner, SelectionParams, on_the_fly_action, on_the_fly_candidates};
+pub use select::{
+    ExpoRunner, SelectionParams, TdRunner, on_the_fly_action, on_the_fly_candidates,
+    on_the_fly_value,
+};

@@ -44,6 +44,10 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const MAX_HORIZON: usize = 64;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
+/// The graph files [`write_bundle`] writes (a manifest may name others; it is checked).
+pub const DENOISER_FILE: &str = "denoiser.onnx";
+pub const EDIT_FILE: &str = "edit.onnx";
+pub const CRITIC_FILE: &str = "critic.onnx";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,6 +331,12 @@ pub enum BundleError {
     },
     #[error("{path}: {message}")]
     Key { path: PathBuf, message: String },
+    /// [`write_bundle`] replaces an earlier bundle, but never writes into a directory of
+    /// something else (a run directory, a dataset): its files would be mixed up.
+    #[error(
+        "{path}: not empty and holds no bundle (no {MANIFEST_FILE}): write the bundle into a new or empty directory, or into an earlier bundle's directory to replace that bundle"
+    )]
+    NotABundleDir { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -526,6 +536,7 @@ pub fn write_bundle(
     graphs: &BundleGraphs,
     key: Option<&SigningKey>,
 ) -> Result<(), BundleError> {
+    check_bundle_target(dir)?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let write = |name: &str, bytes: &[u8]| -> Result<(), BundleError> {
         let tmp = dir.join(format!(".{name}.tmp"));
@@ -543,16 +554,16 @@ pub fn write_bundle(
     };
     manifest.format_version = manifest.required_format();
     manifest.graphs = GraphFiles {
-        denoiser: put("denoiser.onnx", &graphs.denoiser)?,
+        denoiser: put(DENOISER_FILE, &graphs.denoiser)?,
         edit: graphs
             .edit
             .as_ref()
-            .map(|g| put("edit.onnx", g))
+            .map(|g| put(EDIT_FILE, g))
             .transpose()?,
         critic: graphs
             .critic
             .as_ref()
-            .map(|g| put("critic.onnx", g))
+            .map(|g| put(CRITIC_FILE, g))
             .transpose()?,
     };
     let text = toml::to_string_pretty(manifest).map_err(|e| BundleError::Manifest {
@@ -571,6 +582,34 @@ pub fn write_bundle(
             SIGNATURE_FILE,
             format!("{}\n", hex(&sig.to_bytes())).as_bytes(),
         )?;
+    }
+    // Replacing an EXPO bundle with a BC one: the old edit and critic graphs would stay
+    // beside a manifest that no longer lists them. Other files of the user's are kept.
+    for (name, listed) in [
+        (EDIT_FILE, manifest.graphs.edit.is_some()),
+        (CRITIC_FILE, manifest.graphs.critic.is_some()),
+    ] {
+        let path = dir.join(name);
+        if !listed && path.exists() {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether [`write_bundle`] may write into `dir`: it does not exist yet, is empty, or
+/// holds an earlier bundle (which is then replaced). Commands that export at the end of
+/// long work call it first, so a wrong `--bundle` is refused before the work.
+pub fn check_bundle_target(dir: &Path) -> Result<(), BundleError> {
+    let holds_other_files = match fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some() && !dir.join(MANIFEST_FILE).exists(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    if holds_other_files {
+        return Err(BundleError::NotABundleDir {
+            path: dir.to_path_buf(),
+        });
     }
     Ok(())
 }
@@ -943,6 +982,48 @@ mod tests {
 
     fn message(e: BundleError) -> String {
         e.to_string()
+    }
+
+    /// Writing over an earlier bundle replaces it: graphs the new manifest does not list
+    /// and the old signature go, the user's own files stay. A directory that holds
+    /// something else is refused and left as it was.
+    #[test]
+    fn writing_over_a_bundle_replaces_it_and_other_directories_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("bundle");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        SyntheticSpec::cpu().write(&dir, 1, Some(&key)).unwrap();
+        for f in [EDIT_FILE, CRITIC_FILE, SIGNATURE_FILE] {
+            assert!(dir.join(f).exists(), "{f}");
+        }
+        fs::write(dir.join("NOTES.txt"), "mine").unwrap();
+        // A behaviour-cloning bundle: the denoiser only.
+        let mut bc = SyntheticSpec::cpu();
+        bc.selection.num_edit = 0;
+        bc.selection.critic_subset = 0;
+        bc.write(&dir, 2, None).unwrap();
+        for f in [EDIT_FILE, CRITIC_FILE, SIGNATURE_FILE] {
+            assert!(!dir.join(f).exists(), "{f} was left behind");
+        }
+        assert_eq!(fs::read_to_string(dir.join("NOTES.txt")).unwrap(), "mine");
+        let loaded = load_bundle(&dir, &Trust::AllowUnsigned).unwrap();
+        assert!(loaded.edit.is_none() && loaded.critic.is_none());
+
+        let run = tmp.path().join("run");
+        fs::create_dir(&run).unwrap();
+        fs::write(run.join("config.toml"), "seed = 1").unwrap();
+        let e = SyntheticSpec::cpu().write(&run, 1, None).err().unwrap();
+        assert!(matches!(e, BundleError::NotABundleDir { .. }), "{e}");
+        assert!(message(e).contains("new or empty directory"));
+        let left: Vec<_> = fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["config.toml"]);
+        // An empty directory that already exists is fine.
+        let empty = tmp.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        SyntheticSpec::cpu().write(&empty, 1, None).unwrap();
     }
 
     /// Each key file is refused in the other's role, by its comment line or, for a

@@ -5,9 +5,19 @@
 //! `num_samples + num_edit` candidates with the minimum over a freshly sampled subset of
 //! the target critics, and take the argmax. The same procedure picks the action to
 //! execute (with the EMA denoiser) and the next action of the TD target (with the online
-//! denoiser; the target needs only its score, so the trainer stops at
-//! [`on_the_fly_candidates`] and takes the best score). `num_edit = 0` is IDQL-style
-//! selection among base samples.
+//! denoiser). `num_edit = 0` is IDQL-style selection among base samples.
+//!
+//! The TD target's bootstrap value ([`on_the_fly_value`]) is the minimum over a *second*
+//! fresh subset of target critics at the picked next action, not the score that picked
+//! it: selection and evaluation use independent subsets, as the public EXPO code's
+//! `update_critic` does (it draws the evaluation subset after `sample_batch_actions`).
+//! The picked candidate's own score is the maximum of noisy estimates, biased upward.
+//!
+//! ```text
+//!  s' ─► N base samples ─► first n_edit edited ─► score all (min over subset A) ─► argmax a'
+//!                                                                                   │
+//!  TD target:  y = r + γ·mask · min over subset B of Q_target(s', a')  ◄─────────────┘
+//! ```
 //!
 //! The runner owns the networks, the tensors and the random streams; this module owns
 //! the order of operations. The trainer implements [`ExpoRunner`] on burn tensors, the
@@ -44,6 +54,15 @@ pub trait ExpoRunner {
     fn pick(&mut self, candidates: Self::Candidates, scores: Self::Scores) -> Self::Actions;
 }
 
+/// What the TD target needs besides [`ExpoRunner`]: the target critics' value of
+/// picked actions.
+pub trait TdRunner: ExpoRunner {
+    type Values;
+    /// Minimum over a freshly sampled subset of `subset` target critics (drawn after the
+    /// scoring subset) at each observation's picked action: `[B, 1]`.
+    fn evaluate(&mut self, picked: Self::Actions, subset: usize) -> Self::Values;
+}
+
 /// Runs the on-the-fly policy: sample, edit, score, pick.
 pub fn on_the_fly_action<R: ExpoRunner>(runner: &mut R, params: &SelectionParams) -> R::Actions {
     let (candidates, scores) = on_the_fly_candidates(runner, params);
@@ -75,6 +94,13 @@ pub fn on_the_fly_candidates<R: ExpoRunner>(
     };
     let scores = runner.score(&candidates, params.critic_subset);
     (candidates, scores)
+}
+
+/// The bootstrap value of EXPO's TD target: the on-the-fly action ([`on_the_fly_action`],
+/// scored by one subset of target critics) evaluated by a second, independent subset.
+pub fn on_the_fly_value<R: TdRunner>(runner: &mut R, params: &SelectionParams) -> R::Values {
+    let picked = on_the_fly_action(runner, params);
+    runner.evaluate(picked, params.critic_subset)
 }
 
 /// Row-wise argmax of `scores` (`[rows, m]`, row-major), first index on ties; NaN never
@@ -142,6 +168,15 @@ mod tests {
             (c[i[0]], s[i[0]])
         }
     }
+    impl TdRunner for Toy {
+        type Values = f32;
+        /// Another "subset": Q = 10 · the action, unlike the scoring critics.
+        fn evaluate(&mut self, (a, _score): (f32, f32), subset: usize) -> f32 {
+            assert_eq!(subset, 2);
+            self.calls.push("evaluate");
+            10.0 * a
+        }
+    }
 
     #[test]
     fn picks_the_best_of_base_and_edited() {
@@ -160,6 +195,21 @@ mod tests {
         let (a, _) = on_the_fly_action(&mut toy, &SelectionParams { num_edit: 0, ..p });
         assert_eq!(a, 0.25);
         assert_eq!(toy.calls, ["sample", "score"]);
+    }
+
+    /// The TD target's value is the evaluation subset's value of the picked action, drawn
+    /// after the scoring; not the picked action's own score.
+    #[test]
+    fn td_value_evaluates_the_pick_with_a_second_subset() {
+        let mut toy = Toy { calls: vec![] };
+        let p = SelectionParams {
+            num_samples: 4,
+            num_edit: 2,
+            critic_subset: 2,
+        };
+        let v = on_the_fly_value(&mut toy, &p);
+        assert!((v - 3.0).abs() < 1e-6, "10 × the picked 0.30, got {v}");
+        assert_eq!(toy.calls, ["sample", "edit", "score", "evaluate"]);
     }
 
     #[test]

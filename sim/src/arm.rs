@@ -20,8 +20,8 @@
 //! its radius plus the 2 cm link half-width) aborts the episode (terminated, reward 0).
 
 use crate::{
-    Demonstrator, Env, EnvConfig, Reward, Scene, Shape, ShapeKind, Step, TaskId, TaskSpec,
-    rng::Rng, sanitize_action,
+    Demonstrator, Env, EnvConfig, Scene, Shape, ShapeKind, Step, TaskId, TaskSpec, rng::Rng,
+    sanitize_action,
 };
 use std::f32::consts::PI;
 
@@ -288,20 +288,18 @@ impl Env for ArmReach {
         self.t += 1;
         let dist = self.goal_distance();
         let success = !self.collided && dist < GOAL_TOLERANCE;
-        let terminated = success || self.collided;
-        let truncated = !terminated && self.t >= SPEC.horizon;
-        self.done = terminated || truncated;
-        let mut reward = if success { 1.0 } else { 0.0 };
-        if self.config.reward == Reward::Dense {
-            reward -= 0.1 * dist;
-        }
-        self.observe(obs);
-        Step {
-            reward,
-            terminated,
-            truncated,
+        let step = Step::score(
+            &SPEC,
+            &self.config,
+            self.t,
             success,
-        }
+            self.collided,
+            dist,
+            0.1,
+        );
+        self.done = step.done();
+        self.observe(obs);
+        step
     }
 
     fn observe(&self, obs: &mut [f32]) {

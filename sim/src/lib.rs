@@ -169,6 +169,18 @@ pub struct EnvConfig {
     pub gravity: bool,
 }
 
+impl EnvConfig {
+    /// Refuses options `task` would silently ignore (gravity outside `arm-reach`).
+    pub fn check_for(&self, task: TaskId) -> Result<(), String> {
+        if self.gravity && task != TaskId::ArmReach {
+            return Err(format!(
+                "gravity applies to arm-reach only; {task} moves in the horizontal plane"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What one control step returned.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Step {
@@ -184,6 +196,32 @@ pub struct Step {
 impl Step {
     pub fn done(&self) -> bool {
         self.terminated || self.truncated
+    }
+
+    /// How every task scores a step (see the module doc): 1 on success,
+    /// minus `dense_scale` × the goal distance `dist` with dense rewards; task-terminal on
+    /// success or on `aborted` (a collision); truncated when neither and `t` (steps taken)
+    /// has reached `spec.horizon`.
+    fn score(
+        spec: &TaskSpec,
+        config: &EnvConfig,
+        t: u32,
+        success: bool,
+        aborted: bool,
+        dist: f32,
+        dense_scale: f32,
+    ) -> Step {
+        let terminated = success || aborted;
+        let mut reward = if success { 1.0 } else { 0.0 };
+        if config.reward == Reward::Dense {
+            reward -= dense_scale * dist;
+        }
+        Step {
+            reward,
+            terminated,
+            truncated: !terminated && t >= spec.horizon,
+            success,
+        }
     }
 }
 

@@ -15,8 +15,8 @@
 //! Success: within 0.3 m of the goal.
 
 use crate::{
-    Demonstrator, Env, EnvConfig, Reward, Scene, Shape, ShapeKind, Step, TaskId, TaskSpec,
-    rng::Rng, sanitize_action,
+    Demonstrator, Env, EnvConfig, Scene, Shape, ShapeKind, Step, TaskId, TaskSpec, rng::Rng,
+    sanitize_action,
 };
 
 pub const SPEC: TaskSpec = TaskSpec {
@@ -225,17 +225,7 @@ impl Env for Maze {
         self.t += 1;
         let dist = self.goal_distance();
         let success = dist < GOAL_TOLERANCE;
-        let truncated = !success && self.t >= SPEC.horizon;
-        let mut reward = if success { 1.0 } else { 0.0 };
-        if self.config.reward == Reward::Dense {
-            reward -= 0.02 * dist;
-        }
-        let step = Step {
-            reward,
-            terminated: success,
-            truncated,
-            success,
-        };
+        let step = Step::score(&SPEC, &self.config, self.t, success, false, dist, 0.02);
         if step.done() {
             self.ended = Some(step);
         }

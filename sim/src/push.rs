@@ -15,8 +15,8 @@
 //! Success: puck centre within 5 cm of the target centre.
 
 use crate::{
-    Demonstrator, Env, EnvConfig, Reward, Scene, Shape, ShapeKind, Step, TaskId, TaskSpec,
-    rng::Rng, sanitize_action,
+    Demonstrator, Env, EnvConfig, Scene, Shape, ShapeKind, Step, TaskId, TaskSpec, rng::Rng,
+    sanitize_action,
 };
 
 pub const SPEC: TaskSpec = TaskSpec {
@@ -263,17 +263,7 @@ impl Env for Push {
         self.t += 1;
         let dist = self.target_distance();
         let success = dist < TARGET_TOLERANCE;
-        let truncated = !success && self.t >= SPEC.horizon;
-        let mut reward = if success { 1.0 } else { 0.0 };
-        if self.config.reward == Reward::Dense {
-            reward -= 0.1 * dist;
-        }
-        let step = Step {
-            reward,
-            terminated: success,
-            truncated,
-            success,
-        };
+        let step = Step::score(&SPEC, &self.config, self.t, success, false, dist, 0.1);
         if step.done() {
             self.ended = Some(step);
         }

@@ -133,7 +133,7 @@ enum DatasetCommand {
         /// Reward written to the dataset.
         #[arg(long, value_enum, default_value_t = RewardArg::Sparse)]
         reward: RewardArg,
-        /// arm-reach only: vertical plane with gravity.
+        /// arm-reach only (refused for the other tasks): vertical plane with gravity.
         #[arg(long)]
         gravity: bool,
     },
@@ -294,6 +294,9 @@ fn main() -> Result<()> {
                     RewardArg::Dense => Reward::Dense,
                 };
                 let config = EnvConfig { reward, gravity };
+                config
+                    .check_for(task)
+                    .map_err(|why| anyhow::anyhow!("--gravity: {why}"))?;
                 let summary = generate::generate(task, episodes as usize, seed, config, &out)
                     .with_context(|| format!("generating {task} demonstrations"))?;
                 println!(

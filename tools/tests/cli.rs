@@ -147,6 +147,29 @@ fn unknown_task_is_a_clear_error() {
     assert!(text(&o).contains("unknown task 'fly'"), "{}", text(&o));
 }
 
+/// Only `arm-reach` has a vertical variant; the flag is refused, not ignored, elsewhere.
+#[test]
+fn gravity_is_refused_for_tasks_in_the_plane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("push");
+    let o = tools(&[
+        "dataset",
+        "generate",
+        "--task",
+        "push",
+        "--gravity",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--gravity: gravity applies to arm-reach only"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists(), "nothing written");
+}
+
 /// `tools robot FILE`: the handshake's fields and the robot id's text for a good file;
 /// file, line and field for a broken one.
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! | algo | acting | TD next action | updates per env step |
 //! |---|---|---|---|
-//! | `expo` | on-the-fly: N EMA samples + n_edit edits, argmax min-subset target Q | same, online denoiser | UTD critic steps, 1 denoiser, 1 edit + temperature |
+//! | `expo` | on-the-fly: N EMA samples + n_edit edits, argmax min-subset target Q | same, online denoiser; its value from a second subset | UTD critic steps, 1 denoiser, 1 edit + temperature |
 //! | `idql-select` | on-the-fly with n_edit = 0 | same | UTD critic steps, 1 denoiser |
 //! | `bc` | one EMA sample | — | 1 denoiser |
 //! | `rlpd` | tanh-Gaussian actor | actor sample, entropy backup | UTD critic steps, 1 actor + temperature |
@@ -10,8 +10,10 @@
 //! # Which copy does what (DESIGN.md section 2)
 //! Acting samples from the EMA denoiser and scores with a random subset of the *target*
 //! critics. The TD target samples next actions from the *online* denoiser, edits them with
-//! the current edit policy and scores them with a fresh random subset of target critics.
-//! The edit loss uses the mean over all *online* critics.
+//! the current edit policy and scores them with a fresh random subset of target critics;
+//! the picked action's value is the minimum over a second fresh subset
+//! (`shared_model::on_the_fly_value`). The edit loss uses the mean over all *online*
+//! critics.
 //!
 //! # Hoisted candidate generation
 //! The denoiser and the edit policy do not change during the UTD critic loop (they are
@@ -24,8 +26,11 @@
 //! the loop instead, just before its critic step: the reference implementation's order.
 //!
 //! # Random streams
-//! Two seeded generators of ours: `train_rng` (diffusion time steps, diffusion noise, edit
-//! noise and critic subsets of the updates, in that call order) and `act_rng` (acting).
+//! Two seeded generators of ours: `train_rng` (the updates) and `act_rng` (acting). Per
+//! environment step `train_rng` draws the candidates' chain noise and edit noise (all
+//! slices at once when hoisted, per slice before its subsets when sequential), each
+//! slice's scoring subset then evaluation subset, then the denoiser loss's time steps and
+//! noise and the edit loss's noise.
 //! Batch indices come from the run's own `batch_rng`. With `compute.normals = "host"`
 //! (the default) every Gaussian draw comes from these too, so a seed fixes a run on a
 //! given backend and a CPU and a GPU run draw the same noise. With `"device"` the Gaussian
@@ -44,7 +49,7 @@ use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, P
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use shared_model::{
-    DiffusionSchedule, ExpoRunner, SelectionParams, on_the_fly_action, on_the_fly_candidates,
+    DiffusionSchedule, ExpoRunner, SelectionParams, TdRunner, on_the_fly_action, on_the_fly_value,
 };
 use sim::rng::Rng;
 use std::collections::HashMap;
@@ -1297,8 +1302,17 @@ impl Agent {
         let clock = std::time::Instant::now();
         self.mark("critic graph");
         let members = self.critic.as_ref().unwrap().members();
+        // Per slice its scoring subset, then its evaluation subset (as the direct loop).
         let subsets: Vec<Vec<usize>> = (0..utd)
-            .map(|_| random_subset(&mut self.train_rng, members, params.critic_subset))
+            .map(|_| {
+                let mut ids = random_subset(&mut self.train_rng, members, params.critic_subset);
+                ids.extend(random_subset(
+                    &mut self.train_rng,
+                    members,
+                    params.critic_subset,
+                ));
+                ids
+            })
             .collect();
         let opt = self
             .opt_critic
@@ -1446,11 +1460,14 @@ impl Agent {
             self.mark("target");
             let r = i * b..(i + 1) * b;
             let next_i = next_obs.clone().slice([r.clone(), 0..od]);
-            // Hoisted: this slice's scoring subset, drawn first as in the direct order.
-            let hoisted_subset = precomputed.is_some().then(|| {
+            // Hoisted: this slice's scoring and evaluation subsets, in the sequential
+            // order (after the candidates' noise).
+            let hoisted_subsets = precomputed.is_some().then(|| {
                 let members = self.critic_target.as_ref().unwrap().members();
-                let subset = random_subset(&mut self.train_rng, members, params.critic_subset);
-                self.target_subset(member_ids(&subset, &self.plain))
+                [(); 2].map(|_| {
+                    let subset = random_subset(&mut self.train_rng, members, params.critic_subset);
+                    self.target_subset(member_ids(&subset, &self.plain))
+                })
             });
             let target = self.critic_target.as_ref().unwrap();
             let stream = Stream {
@@ -1459,7 +1476,7 @@ impl Agent {
             };
             let q_next: Tensor<2> = match (&precomputed, &rlpd_next) {
                 (Some(joined), _) => {
-                    let subset = hoisted_subset.expect("drawn above");
+                    let [scoring, evaluation] = hoisted_subsets.expect("drawn above");
                     // Each row's score and pick depend on that row alone: the rows split
                     // across threads give the one-thread values (`crate::split`).
                     let parts = crate::split::in_threads(b, threads, |p| {
@@ -1468,17 +1485,17 @@ impl Agent {
                             target,
                             next_obs.clone().slice([rows.clone(), 0..od]),
                             joined.rows(rows),
-                            subset.clone(),
+                            scoring.clone(),
                             &params,
                             &self.schedule,
-                            Selected::Score,
+                            Selected::Value(evaluation.clone()),
                         )
                     });
                     crate::split::join(parts)
                 }
                 (None, None) => {
                     // Sequential: this slice's candidates now, drawn in the reference's
-                    // order (chain noise, edit noise, critic subset).
+                    // order (chain noise, edit noise, scoring and evaluation subsets).
                     let mut runner = Selector {
                         obs: next_i,
                         act_dim: ad,
@@ -1490,8 +1507,9 @@ impl Agent {
                         stream,
                         precomputed: None,
                         subset: None,
+                        evaluation: None,
                     };
-                    best_scores(on_the_fly_candidates(&mut runner, &params).1)
+                    on_the_fly_value(&mut runner, &params)
                 }
                 (None, Some((a_next, logp))) => {
                     let subset = random_subset(stream.rng, target.members(), params.critic_subset);
@@ -2096,17 +2114,18 @@ impl TargetSubsets {
 }
 
 /// What [`select_given`] returns.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 enum Selected {
     /// The best candidate `[B, A]` (acting).
     Action,
-    /// The best candidate's score `[B, 1]`, without gathering the candidate (TD targets).
-    Score,
+    /// The best candidate's value `[B, 1]` under these target critics (min over them):
+    /// the TD target's bootstrap (`shared_model::on_the_fly_value`).
+    Value(Subset),
 }
 
 /// EXPO's selection (`shared_model::on_the_fly_action`) among given candidates of
 /// observations `obs` `[B, O]`, scored by the target critics `subset` (min over them):
-/// the best candidate or its score. Nothing is drawn. Acting and the hoisted TD targets
+/// the best candidate or its value. Nothing is drawn. Acting and the hoisted TD targets
 /// use it.
 fn select_given(
     target: &CriticEnsemble,
@@ -2129,21 +2148,19 @@ fn select_given(
         stream: Stream::host(&mut unused),
         precomputed: Some(candidates),
         subset: Some(subset),
+        evaluation: None,
     };
     match selected {
         Selected::Action => on_the_fly_action(&mut runner, params).0,
-        Selected::Score => best_scores(on_the_fly_candidates(&mut runner, params).1),
+        Selected::Value(evaluation) => {
+            runner.evaluation = Some(evaluation);
+            on_the_fly_value(&mut runner, params)
+        }
     }
 }
 
-/// Each row's best score `[B, 1]` of scores `[B, M]`: the score of the candidate that
-/// [`Selector::pick`] picks.
-fn best_scores(scores: Tensor<2>) -> Tensor<2> {
-    scores.max_dim(1)
-}
-
 /// One slice's TD targets `y = r + d·Q'(s', a')` `[b, 1]`: rows `r` of the rewards and
-/// the bootstrap discounts ([`CriticInputs`]), and the next actions' scores `q_next`.
+/// the bootstrap discounts ([`CriticInputs`]), and the next actions' values `q_next`.
 fn td_target(
     rew: &Tensor<2>,
     discount: &Tensor<2>,
@@ -2273,6 +2290,24 @@ pub(crate) struct Selector<'a> {
     /// The scoring subset, chosen beforehand (`None`: its members drawn from `stream`
     /// when scoring).
     subset: Option<Subset>,
+    /// The TD target's evaluation subset, likewise (drawn when evaluating).
+    evaluation: Option<Subset>,
+}
+
+impl Selector<'_> {
+    /// The minimum over the target critics `chosen` (or `k` of them drawn now) of their
+    /// values at critic input rows `input` `[R, O + A]`: `[1, R]`.
+    fn min_q(&mut self, chosen: Option<Subset>, k: usize, input: Tensor<2>) -> Tensor<2> {
+        let chosen = chosen.unwrap_or_else(|| {
+            let subset = random_subset(self.stream.rng, self.critics.members(), k);
+            Subset::Ids(Box::new(member_ids(&subset, &self.obs.device())))
+        });
+        let q = match chosen {
+            Subset::Ids(ids) => self.critics.forward_selected(input, Some(&ids)),
+            Subset::Gathered(critics) => critics.forward(input),
+        };
+        q.min_dim(0)
+    }
 }
 
 impl ExpoRunner for Selector<'_> {
@@ -2319,19 +2354,12 @@ impl ExpoRunner for Selector<'_> {
 
     fn score(&mut self, candidates: &Tensor<3>, subset: usize) -> Tensor<2> {
         let [b, m, _] = candidates.dims();
-        let chosen = self.subset.take().unwrap_or_else(|| {
-            let subset = random_subset(self.stream.rng, self.critics.members(), subset);
-            Subset::Ids(Box::new(member_ids(&subset, &self.obs.device())))
-        });
         let input = match &self.precomputed {
             Some(given) => given.input.clone(),
             None => critic_input(self.obs.clone(), candidates),
         };
-        let q = match chosen {
-            Subset::Ids(ids) => self.critics.forward_selected(input, Some(&ids)),
-            Subset::Gathered(critics) => critics.forward(input),
-        };
-        q.min_dim(0).reshape([b, m])
+        let chosen = self.subset.take();
+        self.min_q(chosen, subset, input).reshape([b, m])
     }
 
     fn pick(&mut self, candidates: Tensor<3>, scores: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
@@ -2342,9 +2370,77 @@ impl ExpoRunner for Selector<'_> {
     }
 }
 
+impl TdRunner for Selector<'_> {
+    /// `[B, 1]`.
+    type Values = Tensor<2>;
+
+    fn evaluate(&mut self, (actions, _score): (Tensor<2>, Tensor<2>), subset: usize) -> Tensor<2> {
+        let b = actions.dims()[0];
+        let input = Tensor::cat(vec![self.obs.clone(), actions], 1);
+        let chosen = self.evaluation.take();
+        self.min_q(chosen, subset, input).reshape([b, 1])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The TD target's value of given candidates: the candidate that scores best under
+    /// the scoring subset (min over it), valued by the evaluation subset (min over it),
+    /// computed on the host from every member's Q; never the picked candidate's score.
+    #[test]
+    fn td_value_is_the_evaluation_subsets_value_of_the_scoring_subsets_pick() {
+        let device = Device::flex();
+        let mut rng = Rng::new(11);
+        let (b, m, od, ad, members) = (6, 5, 3, 2, 6);
+        let critics = CriticEnsemble::new(members, od + ad, &[16, 16], &mut rng, &device);
+        let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal()).collect() };
+        let obs = tensor2(values(b * od), b, od, &device);
+        let candidates =
+            Tensor::<3>::from_data(TensorData::new(values(b * m * ad), [b, m, ad]), &device);
+        let joined = Joined::new(obs.clone(), (candidates.clone(), None));
+        // Q of every member at every candidate, on the host: q[e][row·m + j].
+        let all = critics.forward(joined.input.clone());
+        let q: Vec<f32> = all.into_data().try_to_vec().unwrap();
+        let at = |e: usize, row: usize, j: usize| q[e * b * m + row * m + j];
+        let params = SelectionParams {
+            num_samples: m,
+            num_edit: 0,
+            critic_subset: 2,
+        };
+        let schedule = DiffusionSchedule::vp(3, 0.1, 10.0);
+        let (scoring, evaluation) = ([0usize, 3], [1usize, 5]);
+        let ids = |s: &[usize]| Subset::Ids(Box::new(member_ids(s, &device)));
+        let got = select_given(
+            &critics,
+            obs,
+            joined,
+            ids(&scoring),
+            &params,
+            &schedule,
+            Selected::Value(ids(&evaluation)),
+        );
+        let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
+        let min_over =
+            |s: &[usize], row, j| s.iter().map(|&e| at(e, row, j)).fold(f32::MAX, f32::min);
+        let mut differs = 0;
+        for row in 0..b {
+            let score = |j| min_over(&scoring, row, j);
+            let pick = (0..m).fold(0, |best, j| if score(j) > score(best) { j } else { best });
+            let want = min_over(&evaluation, row, pick);
+            assert!(
+                (got[row] - want).abs() < 1e-5,
+                "row {row}: {} vs {want}",
+                got[row]
+            );
+            differs += usize::from((score(pick) - want).abs() > 1e-4);
+        }
+        assert!(
+            differs > 0,
+            "the test cannot tell the value from the pick's score"
+        );
+    }
 
     /// The loop's metrics are the means over all slices of each slice's mean: the TD loss
     /// `mean (Q − y)²`, Q and the TD target, whatever the slices' values.

@@ -669,6 +669,15 @@ fn main() -> Result<()> {
                 .as_deref()
                 .map(shared_model::manifest::read_signing_key)
                 .transpose()?;
+            // The bundle is written after the fine-tuning: refuse a wrong place now.
+            if let Some(dir) = &bundle {
+                ensure!(
+                    dir != &out,
+                    "--bundle {} is the run directory --out: give the bundle its own directory",
+                    dir.display()
+                );
+                shared_model::manifest::check_bundle_target(dir)?;
+            }
             if listen.is_some() && key.is_none() {
                 eprintln!(
                     "warning: no --signing-key: the bundles published to the robot are unsigned, \

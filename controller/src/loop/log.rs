@@ -632,6 +632,12 @@ impl LogTail {
         self.offset += pos as u64;
         Ok(out)
     }
+
+    /// Bytes read after the last whole record: a record still being written, or, once
+    /// the writer has closed the log, a torn or damaged end that no poll will return.
+    pub fn unread_bytes(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// Appends records to a log file.
@@ -1133,6 +1139,43 @@ mod tests {
             pos += 8 + p.len();
         }
         ranges
+    }
+
+    /// The follower returns a record once it is whole, and counts the bytes of one that
+    /// is not (yet): the streamer names them when the finished log ends in them.
+    #[test]
+    fn the_follower_waits_for_whole_records_and_counts_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let ranges = three_episodes(&path);
+        let full = std::fs::read(&path).unwrap();
+        let last = ranges[18].clone();
+        // The last record half written.
+        let half = last.start + last.len() / 2;
+        std::fs::write(&path, &full[..half]).unwrap();
+        let mut tail = LogTail::new(&path);
+        assert_eq!(tail.poll().unwrap().len(), 18);
+        assert_eq!(tail.unread_bytes(), half - last.start);
+        // Its second half arrives.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&full[half..]).unwrap();
+        assert_eq!(tail.poll().unwrap().len(), 1);
+        assert_eq!(tail.unread_bytes(), 0);
+        // A damaged final record (its checksum byte flipped) is never returned.
+        let mut bad = full.clone();
+        bad[last.start + 4] ^= 0xff;
+        std::fs::write(&path, &bad).unwrap();
+        let mut tail = LogTail::new(&path);
+        assert_eq!(tail.poll().unwrap().len(), 18);
+        assert_eq!(tail.poll().unwrap().len(), 0);
+        assert_eq!(tail.unread_bytes(), last.len());
+        assert!(
+            tail.damaged.is_empty(),
+            "nothing whole follows it to resync on"
+        );
     }
 
     #[test]

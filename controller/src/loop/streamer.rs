@@ -197,6 +197,14 @@ fn stream_main(
         if stopping {
             let until = *drain_until.get_or_insert_with(|| Instant::now() + cfg.drain);
             if pending.is_empty() || Instant::now() >= until {
+                // The logger has closed the log: what is left is not a whole record.
+                let left = tail.unread_bytes();
+                if left > 0 {
+                    eprintln!(
+                        "uplink: {}: its last {left} bytes are not a whole record (torn or damaged); they are not sent",
+                        log.display()
+                    );
+                }
                 return;
             }
         }

@@ -21,7 +21,7 @@
 //! - Every input is a **cell**: a device tensor whose handle is the only one between
 //!   replays, so the step's values are copied into the recorded buffer in place.
 //! - Everything drawn at random is drawn before the replay, in the order the direct loop
-//!   draws it: the candidates' noise, then each slice's critic subset.
+//!   draws it: the candidates' noise, then each slice's scoring and evaluation subsets.
 //! - The denoiser and the edit policy change after the loop, in another graph: their
 //!   parameters (the fused optimizers' flat buffers) are inputs, copied in each step.
 //! - Adam's bias corrections change every step: they are tensors, one pair per slice
@@ -386,7 +386,7 @@ pub(super) struct LoopInputs {
     pub critic: CriticInputs,
     /// The candidates' draws, the online denoiser's and the edit policy's parameters.
     pub policy: PolicyInputs,
-    /// Slice `i`'s critic subset at `i·ALIGN ..`.
+    /// Slice `i`'s scoring subset at `i·ALIGN ..`, its evaluation subset right after.
     pub ids: Tensor<1, Int>,
     /// Slice `i`'s bias corrections at `i·ALIGN` ([`FusedAdam::corrections`]).
     pub factors: Tensor<1>,
@@ -394,11 +394,17 @@ pub(super) struct LoopInputs {
 }
 
 impl LoopInputs {
-    /// Each slice's critic subset at `i·ALIGN ..`, uploaded.
+    /// Each slice's member ids (its scoring then evaluation subset, or acting's one
+    /// subset) at `i·ALIGN ..`, uploaded.
     pub fn subset_ids(subsets: &[Vec<usize>], device: &Device) -> Tensor<1, Int> {
         let n = subsets.len() * ALIGN;
         let mut ids = vec![0i64; n];
         for (i, subset) in subsets.iter().enumerate() {
+            assert!(
+                subset.len() <= ALIGN,
+                "{} member ids per slice",
+                subset.len()
+            );
             for (j, &m) in subset.iter().enumerate() {
                 ids[i * ALIGN + j] = m as i64;
             }
@@ -575,17 +581,21 @@ fn run_loop(
     for i in 0..c.utd {
         let r = i * b..(i + 1) * b;
         let at = i * ALIGN;
+        let members = |from: usize| {
+            templates.subsets.subset(
+                fused_buffer(&opt, 3).expect("a target buffer").0,
+                &ids.clone().slice(from..from + k),
+            )
+        };
+        let (scoring, evaluation) = (members(at), members(at + k));
         let q_next = select_given(
             &target,
             next_obs.clone().slice([r.clone(), 0..od]),
             joined.rows(r.clone()),
-            templates.subsets.subset(
-                fused_buffer(&opt, 3).expect("a target buffer").0,
-                &ids.clone().slice(at..at + k),
-            ),
+            scoring,
             &policy.params,
             &policy.schedule,
-            Selected::Score,
+            Selected::Value(evaluation),
         );
         let y = td_target(&rew, &discount, r.clone(), q_next);
         let x = obs_act.clone().slice([r, 0..od + ad]);
