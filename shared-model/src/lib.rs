@@ -23,7 +23,4 @@ pub mod synthetic;
 pub use chunk::{ChunkClock, ChunkPlay, TemporalEnsemble};
 pub use manifest::{BundleError, Manifest, Trust, VerifiedBundle, load_bundle, write_bundle};
 pub use schedule::DiffusionSchedule;
-pub use select::{
-    ExpoRunner, SelectionParams, TdRunner, on_the_fly_action, on_the_fly_candidates,
-    on_the_fly_value,
-};
+pub use select::{ExpoRunner, SelectionParams, TdRunner, on_the_fly_action, on_the_fly_value};

@@ -69,9 +69,8 @@ pub fn on_the_fly_action<R: ExpoRunner>(runner: &mut R, params: &SelectionParams
     runner.pick(candidates, scores)
 }
 
-/// The on-the-fly policy up to the pick: the candidates and their scores. A TD target
-/// needs only the best score of each observation, not the action that has it.
-pub fn on_the_fly_candidates<R: ExpoRunner>(
+/// The on-the-fly policy up to the pick: the candidates and their scores.
+fn on_the_fly_candidates<R: ExpoRunner>(
     runner: &mut R,
     params: &SelectionParams,
 ) -> (R::Candidates, R::Scores) {

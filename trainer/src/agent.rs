@@ -330,6 +330,12 @@ pub fn random_subset(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
     all
 }
 
+/// One critic slice's TD-target subsets of `k` out of `n` target critics, in their draw
+/// order: the scoring subset, then the evaluation subset (`shared_model::on_the_fly_value`).
+fn slice_subsets(rng: &mut Rng, n: usize, k: usize) -> [Vec<usize>; 2] {
+    [(); 2].map(|_| random_subset(rng, n, k))
+}
+
 /// Repeats every row `n` times: `[R, D] → [R·n, D]`, row `r` at `r·n .. r·n + n`.
 fn repeat_rows(x: Tensor<2>, n: usize) -> Tensor<2> {
     let [r, d] = x.dims();
@@ -1304,15 +1310,7 @@ impl Agent {
         let members = self.critic.as_ref().unwrap().members();
         // Per slice its scoring subset, then its evaluation subset (as the direct loop).
         let subsets: Vec<Vec<usize>> = (0..utd)
-            .map(|_| {
-                let mut ids = random_subset(&mut self.train_rng, members, params.critic_subset);
-                ids.extend(random_subset(
-                    &mut self.train_rng,
-                    members,
-                    params.critic_subset,
-                ));
-                ids
-            })
+            .map(|_| slice_subsets(&mut self.train_rng, members, params.critic_subset).concat())
             .collect();
         let opt = self
             .opt_critic
@@ -1464,10 +1462,8 @@ impl Agent {
             // order (after the candidates' noise).
             let hoisted_subsets = precomputed.is_some().then(|| {
                 let members = self.critic_target.as_ref().unwrap().members();
-                [(); 2].map(|_| {
-                    let subset = random_subset(&mut self.train_rng, members, params.critic_subset);
-                    self.target_subset(member_ids(&subset, &self.plain))
-                })
+                slice_subsets(&mut self.train_rng, members, params.critic_subset)
+                    .map(|subset| self.target_subset(member_ids(&subset, &self.plain)))
             });
             let target = self.critic_target.as_ref().unwrap();
             let stream = Stream {
