@@ -337,6 +337,23 @@ struct RunArgs {
     /// Testing only: panic in the control thread at this tick (the safe stop must follow).
     #[arg(long, hide = true)]
     inject_panic_at_tick: Option<u64>,
+    /// Testing only: `FROM:COUNT`, ticks FROM to FROM+COUNT-1 each take one control period
+    /// longer (they miss their deadlines; `--max-overruns` in a row is a fault).
+    #[arg(long, hide = true, value_parser = parse_tick_range)]
+    inject_slow_ticks: Option<(u64, u64)>,
+}
+
+/// `FROM:COUNT` of `--inject-slow-ticks`.
+fn parse_tick_range(s: &str) -> Result<(u64, u64), String> {
+    let (from, count) = s
+        .split_once(':')
+        .ok_or_else(|| format!("'{s}' is not FROM:COUNT"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("'{v}' in '{s}': {e}"))
+    };
+    Ok((num(from)?, num(count)?))
 }
 
 /// Writes a bundle of random weights at `paper` or `cpu` sizes, planning chunks of
@@ -552,6 +569,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.handshake_timeout = Duration::from_millis(a.handshake_timeout_ms);
     cfg.quiet = a.quiet;
     cfg.panic_at_tick = a.inject_panic_at_tick;
+    cfg.slow_ticks = a.inject_slow_ticks;
     robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
     // What the run's records and dataset name: the bundle, else the teleop device.
     let label = match &a.bundle {

@@ -600,10 +600,10 @@ fn a_chunk_manifest_must_say_format_2_and_a_sane_horizon() {
 /// policy keeps acting. Nonsense manifest values are refused when the bundle loads.
 #[test]
 fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
-    // As in a robot run: a panic anywhere raises the flag that stops the robot. tract's
-    // panics on these bundles are caught and must not.
+    // As in a robot run: a panic on the run's threads raises the flag that stops the
+    // robot. tract's panics on these bundles are caught and must not.
     use controller::robot_loop::realtime;
-    realtime::install_panic_hook();
+    let _run = realtime::RunScope::enter();
     let root = tempfile::tempdir().unwrap();
     let good = root.path().join("good");
     SyntheticSpec::cpu().write(&good, 1, None).unwrap();

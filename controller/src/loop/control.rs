@@ -299,6 +299,8 @@ pub(crate) struct Control {
     od: usize,
     ad: usize,
     pub panic_at_tick: Option<u64>,
+    /// Testing only: ticks `from..from + count` each sleep one extra control period.
+    pub slow_ticks: Option<(u64, u64)>,
     current_deadline: Instant,
     /// Deadline minus arrival of the frame the last tick acted on (phase alignment).
     acted_age: Option<i128>,
@@ -373,6 +375,7 @@ impl Control {
             od,
             ad,
             panic_at_tick: cfg.panic_at_tick,
+            slow_ticks: cfg.slow_ticks,
             current_deadline: start,
             acted_age: None,
             snap_phase: false,
@@ -496,6 +499,13 @@ impl Control {
                 "injected panic at tick {} (--inject-panic-at-tick)",
                 self.tick
             );
+        }
+        if let Some((from, count)) = self.slow_ticks
+            && (from..from.saturating_add(count)).contains(&self.tick)
+        {
+            // The tick started at or after its deadline's predecessor, so one more whole
+            // period of work always ends past its own deadline: a certain overrun.
+            std::thread::sleep(self.period);
         }
         // read
         let t0 = now;

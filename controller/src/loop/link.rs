@@ -14,6 +14,7 @@
 //! reconnection is enabled, reopens the same path every 100 ms until the deadline,
 //! handing the control thread a fresh write handle ([`LinkEvent::Reconnected`]).
 
+use super::realtime;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use firmware_config::protocol::{
     DecoderStats, Frame, FrameDecoder, FrameError, Message, SeqTracker,
@@ -132,9 +133,9 @@ impl Link {
         let counters = Arc::new(Mutex::new(LinkCounters::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s) = (counters.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("serial-io".into())
-            .spawn(move || io_thread(port, path, baud, reconnect, tx, c, s))?;
+        let handle = realtime::spawn_in_run("serial-io", move || {
+            io_thread(port, path, baud, reconnect, tx, c, s)
+        })?;
         Ok(Link {
             events: rx,
             counters,

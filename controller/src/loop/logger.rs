@@ -17,6 +17,7 @@
 
 use super::link::LinkCounters;
 use super::log::{ConvertNotes, EndReason, LogWriter, Record, RunStart, Transition, to_episode};
+use super::realtime;
 use super::viz::{TickFrame, TickSink};
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use dataset::DatasetWriter;
@@ -93,15 +94,13 @@ impl Logger {
             ..LoggerSummary::default()
         }));
         let s = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("logger".into())
-            .spawn(move || {
-                if let Err(e) = log.append(&Record::Run(run)) {
-                    push_error(&s, e.to_string());
-                }
-                logger_main(log, dataset.map(|(_, w)| w), rx, ticks, &s);
-                s.lock().unwrap_or_else(|e| e.into_inner()).clone()
-            })?;
+        let handle = realtime::spawn_in_run("logger", move || {
+            if let Err(e) = log.append(&Record::Run(run)) {
+                push_error(&s, e.to_string());
+            }
+            logger_main(log, dataset.map(|(_, w)| w), rx, ticks, &s);
+            s.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        })?;
         Ok(Logger { tx, shared, handle })
     }
 

@@ -128,6 +128,9 @@ pub struct RunConfig {
     pub quiet: bool,
     /// Testing only: panic in the control thread at this tick.
     pub panic_at_tick: Option<u64>,
+    /// Testing only: ticks `from..from + count` each take one control period longer
+    /// than their work (every one of them misses its deadline).
+    pub slow_ticks: Option<(u64, u64)>,
     /// Shift the tick grid to just after the sensor frames' arrival (see
     /// `control::Control::align`); for firmware that streams on its own clock.
     pub align_phase: bool,
@@ -166,6 +169,7 @@ impl RunConfig {
             queue_capacity: 4096,
             quiet: false,
             panic_at_tick: None,
+            slow_ticks: None,
             align_phase: false,
             uplink: None,
             rerun: None,
@@ -849,7 +853,8 @@ pub fn run(
             "the handshake timeout must be above zero".into(),
         ));
     }
-    realtime::install_panic_hook();
+    // Until `run` returns, this thread and those it starts work for this run (panics).
+    let _scope = realtime::RunScope::enter();
     let start = Instant::now();
     // Before any thread starts: they inherit this thread's affinity.
     let reserve = cfg.dedicated_cpu.map(realtime::reserve_cpu);
@@ -980,9 +985,7 @@ pub fn run(
             error,
         })?);
     }
-    let handle = std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || control_thread(control, realtime_opts))
+    let handle = realtime::spawn_in_run("control", move || control_thread(control, realtime_opts))
         .map_err(|error| RunError::Io {
             what: "starting the control thread".into(),
             error,
@@ -1113,13 +1116,6 @@ pub(crate) fn handshake_refusal(robot: &RobotConfig, e: &HandshakeError) -> Stri
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
-}
-
 /// What the control thread sets up for itself before its first tick.
 struct RealtimeOpts {
     /// `--realtime`: SCHED_FIFO priority, CPU.
@@ -1154,7 +1150,7 @@ fn control_thread(
     }
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
     if let Err(p) = first {
-        let msg = panic_message(p.as_ref());
+        let msg = crate::panic_message(p.as_ref());
         c.fatal = Some(format!("the control thread panicked: {msg}"));
         let now = Instant::now();
         c.phase = if c.phase == control::Phase::Done {

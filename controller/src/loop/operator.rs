@@ -29,6 +29,7 @@
 //! the controller itself sends is [`super::teleop`] (`--teleop`): those steps are
 //! recorded with the device's action and marked `teleop` instead.
 
+use super::realtime;
 use crossbeam_channel::{Receiver, Sender};
 use std::io::BufRead;
 
@@ -92,22 +93,20 @@ pub fn spawn_reader<R: BufRead + Send + 'static>(
     // Unbounded: a person types a few commands a minute, and the control thread drains
     // the channel every tick.
     let (tx, rx): (Sender<OperatorCommand>, _) = crossbeam_channel::unbounded();
-    std::thread::Builder::new()
-        .name("operator".into())
-        .spawn(move || {
-            for line in input.lines() {
-                let Ok(line) = line else { break };
-                match OperatorCommand::parse(&line) {
-                    Ok(Some(c)) => {
-                        if tx.send(c).is_err() {
-                            break;
-                        }
+    realtime::spawn_in_run("operator", move || {
+        for line in input.lines() {
+            let Ok(line) = line else { break };
+            match OperatorCommand::parse(&line) {
+                Ok(Some(c)) => {
+                    if tx.send(c).is_err() {
+                        break;
                     }
-                    Ok(None) => {}
-                    Err(e) => eprintln!("{e}"),
                 }
+                Ok(None) => {}
+                Err(e) => eprintln!("{e}"),
             }
-        })?;
+        }
+    })?;
     Ok(rx)
 }
 

@@ -1,24 +1,69 @@
-//! Process-level plumbing of the loop: stop signals, the panic flag, and the optional
+//! Process-level plumbing of the loop: stop signals, the panic flags, and the optional
 //! real-time settings (`--realtime`).
 //!
 //! Signals and panics only set flags; the control thread polls them every tick and
 //! runs the safe stop itself, because it is the only place that may send commands.
 //! A second Ctrl-C gets the default action (the process dies at once; the firmware's
 //! watchdog then holds on its own).
+//!
+//! Panics are scoped to a run ([`RunScope`]): a panic on one of a run's threads (the
+//! thread that called `run`, and every thread it starts with [`spawn_in_run`]: link,
+//! logger, uplink, teleop, operator, control) stops that run's robot. A panic on any
+//! other thread of the process (another run's, a test's, a host application's) does
+//! not, and a run started after a panic starts clean. Work a run relies on that runs
+//! on a thread started outside it catches its own panics and reports them as errors
+//! (the two-speed policy's candidate worker does).
 
 use serde::Serialize;
-use std::sync::Once;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Once};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
-static PANICKED: AtomicBool = AtomicBool::new(false);
 static PANIC_HOOK: Once = Once::new();
 
 thread_local! {
     /// Set while this thread runs code whose panics are caught and returned as errors
     /// ([`catching_panics`]): those do not stop the robot.
     static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The panic flag of the run this thread works for (`None`: no run).
+    static RUN_PANICKED: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// The calling thread works for a new run until this is dropped: its panics, and those
+/// of the threads it starts with [`spawn_in_run`], raise this run's panic flag only.
+pub struct RunScope {
+    previous: Option<Arc<AtomicBool>>,
+}
+
+impl RunScope {
+    pub fn enter() -> RunScope {
+        install_panic_hook();
+        let flag = Arc::new(AtomicBool::new(false));
+        let previous = RUN_PANICKED.with(|f| f.replace(Some(flag)));
+        RunScope { previous }
+    }
+}
+
+impl Drop for RunScope {
+    fn drop(&mut self) {
+        RUN_PANICKED.with(|f| *f.borrow_mut() = self.previous.take());
+    }
+}
+
+/// Starts a thread named `name` that works for the calling thread's run (if any).
+pub fn spawn_in_run<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let flag = RUN_PANICKED.with(|f| f.borrow().clone());
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            RUN_PANICKED.with(|f| *f.borrow_mut() = flag);
+            f()
+        })
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
@@ -57,9 +102,10 @@ pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Installs (once) a panic hook that raises the panic flag before the default hook
-/// prints the message, so that a panic on any thread makes the control thread stop
-/// the robot safely. A panic inside [`catching_panics`] on its own thread does neither.
+/// Installs (once) a panic hook that raises the panicking thread's run flag (if it works
+/// for a run) before the default hook prints the message, so that the run's control
+/// thread stops the robot safely. A panic inside [`catching_panics`] on its own thread
+/// does neither.
 pub fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
         let default = std::panic::take_hook();
@@ -67,7 +113,15 @@ pub fn install_panic_hook() {
             if CATCHING.with(|c| c.get()) {
                 return;
             }
-            PANICKED.store(true, Ordering::SeqCst);
+            // `try_`: a panic while this thread's scope is being changed (never in
+            // practice) must still print.
+            let _ = RUN_PANICKED.try_with(|f| {
+                if let Ok(f) = f.try_borrow()
+                    && let Some(flag) = f.as_ref()
+                {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            });
             default(info);
         }));
     });
@@ -81,17 +135,16 @@ pub fn catching_panics<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     let was = CATCHING.with(|c| c.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     CATCHING.with(|c| c.set(was));
-    result.map_err(|panic| {
-        panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "no message".into())
-    })
+    result.map_err(|panic| crate::panic_message(panic.as_ref()))
 }
 
+/// True once a thread of the calling thread's run panicked (false outside runs).
 pub fn panicked() -> bool {
-    PANICKED.load(Ordering::Relaxed)
+    RUN_PANICKED.with(|f| {
+        f.borrow()
+            .as_ref()
+            .is_some_and(|p| p.load(Ordering::Relaxed))
+    })
 }
 
 /// One step of the real-time setup and how it went.
@@ -302,6 +355,54 @@ pub fn dedicate_cpu(cpu: usize, reserved: RealtimeStep) -> (Vec<RealtimeStep>, b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic on a run's thread raises that run's flag, on the thread that entered the
+    /// run and on the threads it started; not another run's, and not for a panic on a
+    /// thread outside every run. A run entered after a panic starts clean.
+    #[test]
+    fn a_panic_stops_only_the_run_whose_thread_panicked() {
+        fn panic_in_run(name: &str) {
+            spawn_in_run(name, || panic!("injected test panic"))
+                .unwrap()
+                .join()
+                .unwrap_err();
+        }
+        let (a_flag_seen, b_flag_seen, after_seen) = std::thread::scope(|s| {
+            let (to_b, b_waits) = std::sync::mpsc::channel::<()>();
+            let b = s.spawn(move || {
+                let _run = RunScope::enter();
+                b_waits.recv().unwrap();
+                panicked()
+            });
+            let a = s.spawn(move || {
+                let run = RunScope::enter();
+                assert!(!panicked());
+                // A thread outside every run panics: no run stops.
+                std::thread::spawn(|| panic!("injected test panic"))
+                    .join()
+                    .unwrap_err();
+                assert!(!panicked(), "a thread outside the run stopped it");
+                // A thread started by a thread of the run panics.
+                spawn_in_run("nested", || {
+                    panic_in_run("inner");
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+                let seen = panicked();
+                drop(run);
+                assert!(!panicked(), "outside the run");
+                let _again = RunScope::enter();
+                (seen, panicked())
+            });
+            let (seen, after) = a.join().unwrap();
+            to_b.send(()).unwrap();
+            (seen, b.join().unwrap(), after)
+        });
+        assert!(a_flag_seen, "the run whose thread panicked");
+        assert!(!b_flag_seen, "another run");
+        assert!(!after_seen, "a run entered after the panic");
+    }
 
     /// The calling thread, and only it, runs at the background nice value.
     #[test]

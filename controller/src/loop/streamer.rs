@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::log::LogTail;
+use super::realtime;
 use super::{Brain, check_dims};
 use crate::runtime::PolicyOptions;
 use firmware_config::RobotConfig;
@@ -104,9 +105,7 @@ impl Streamer {
         let (s, st) = (summary.clone(), stop.clone());
         let log = log.to_path_buf();
         let (tx, rx) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("uplink".into())
-            .spawn(move || stream_main(cfg, log, &st, &s, tx))?;
+        let handle = realtime::spawn_in_run("uplink", move || stream_main(cfg, log, &st, &s, tx))?;
         Ok((
             Streamer {
                 stop,

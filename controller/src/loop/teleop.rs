@@ -56,6 +56,7 @@
 //! senders are counted as `foreign`. The socket's address is the only access control,
 //! so bind it to loopback or to a private link to the device.
 
+use super::realtime;
 use firmware_config::protocol::{MAX_ACT, MAX_OBS};
 use firmware_config::teleop::{self as wire, Datagram, TeleopAction, TeleopObservation};
 use std::net::{SocketAddr, UdpSocket};
@@ -208,9 +209,9 @@ pub(crate) fn spawn(
     let handle = {
         let (socket, stop, shared) = (socket.clone(), stop.clone(), shared.clone());
         let timeout = cfg.timeout;
-        std::thread::Builder::new()
-            .name("teleop".into())
-            .spawn(move || receive(&socket, act_dim, timeout, &stop, &shared))?
+        realtime::spawn_in_run("teleop", move || {
+            receive(&socket, act_dim, timeout, &stop, &shared)
+        })?
     };
     let port = TeleopPort {
         shared: shared.clone(),

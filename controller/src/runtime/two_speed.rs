@@ -103,9 +103,17 @@ impl TwoSpeedPolicy {
                         local_obs.copy_from_slice(&guard.0);
                         seen = guard.1;
                     }
-                    let result = worker_policy
-                        .load_observation(&local_obs)
-                        .and_then(|_| worker_policy.run_chain());
+                    // Started before the run, this thread is not one of its threads
+                    // (`realtime::RunScope`): its panic comes to the tick as an error.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        worker_policy
+                            .load_observation(&local_obs)
+                            .and_then(|_| worker_policy.run_chain())
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let msg = crate::panic_message(panic.as_ref());
+                        Err(anyhow::anyhow!("the candidate worker panicked: {msg}"))
+                    });
                     if let Err(e) = result {
                         *s.error.lock().unwrap() = Some(format!("{e:#}"));
                         s.candidates_ready.notify_all();
