@@ -2421,15 +2421,12 @@ mod tests {
         let min_over =
             |s: &[usize], row, j| s.iter().map(|&e| at(e, row, j)).fold(f32::MAX, f32::min);
         let mut differs = 0;
-        for row in 0..b {
+        assert_eq!(got.len(), b);
+        for (row, &got) in got.iter().enumerate() {
             let score = |j| min_over(&scoring, row, j);
             let pick = (0..m).fold(0, |best, j| if score(j) > score(best) { j } else { best });
             let want = min_over(&evaluation, row, pick);
-            assert!(
-                (got[row] - want).abs() < 1e-5,
-                "row {row}: {} vs {want}",
-                got[row]
-            );
+            assert!((got - want).abs() < 1e-5, "row {row}: {got} vs {want}");
             differs += usize::from((score(pick) - want).abs() > 1e-4);
         }
         assert!(
