@@ -1,8 +1,9 @@
 //! The sample-efficiency study: every (task, algorithm, seed) as a `trainer train`
 //! child process, a few at a time, then one summary table and learning-curve plots.
 //!
-//! Each run lives in `OUT/TASK/ALGO/seed-S/` and is started with `--resume`, so an
-//! interrupted study continues where it stopped and finished runs are skipped.
+//! Each run lives in `OUT/TASK/ALGO/seed-S/`. A run directory that already holds a run
+//! is continued with `--resume`, so an interrupted study continues where it stopped and
+//! finished runs are skipped; its `log.txt` is appended to.
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
@@ -99,7 +100,13 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
                 break;
             };
             std::fs::create_dir_all(&dir)?;
-            let log = std::fs::File::create(dir.join("log.txt"))?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("log.txt"))?;
+            // Only where there is something to continue: `--resume` on an empty directory
+            // prints a note into the log of every fresh run.
+            let resume = crate::run::ensure_no_run_in(&dir).is_err();
             let mut cmd = Command::new(exe);
             cmd.arg("train")
                 .arg("--preset")
@@ -110,7 +117,10 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
             for o in &spec.overrides {
                 cmd.args(["--set", o]);
             }
-            cmd.arg("--out").arg(&dir).arg("--resume");
+            cmd.arg("--out").arg(&dir);
+            if resume {
+                cmd.arg("--resume");
+            }
             let child = cmd
                 .stdout(log.try_clone()?)
                 .stderr(log)

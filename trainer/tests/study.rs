@@ -152,3 +152,46 @@ fn a_time_limit_stops_the_runs_still_going() {
     // Not started: the limit came first.
     assert!(!out.join("push/expo/seed-2").exists());
 }
+
+/// A run directory is continued with `--resume` only where it holds a run (an
+/// interrupted study), and its log is appended to; a fresh run starts without it.
+#[cfg(unix)]
+#[test]
+fn only_runs_already_started_are_resumed_and_their_logs_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // A stand-in for `trainer train` that logs its arguments and succeeds.
+    let exe = tmp.path().join("echo-trainer");
+    std::fs::write(&exe, "#!/bin/sh\necho \"args: $*\"\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = tmp.path().join("study");
+    let started = out.join("push/expo/seed-1");
+    std::fs::create_dir_all(&started).unwrap();
+    std::fs::write(started.join("metrics.csv"), "step\n").unwrap();
+    std::fs::write(started.join("log.txt"), "the first attempt's log\n").unwrap();
+    let spec = trainer::study::StudySpec {
+        tasks: vec![TaskId::Push],
+        algos: vec![Algo::Expo],
+        seeds: vec![0, 1],
+        preset: "tiny".into(),
+        overrides: vec![],
+        jobs: 2,
+        out: out.clone(),
+        time_limit: None,
+    };
+    trainer::study::run_study(&spec, &exe).unwrap();
+    let log = |seed: u64| {
+        std::fs::read_to_string(out.join(format!("push/expo/seed-{seed}/log.txt"))).unwrap()
+    };
+    let fresh = log(0);
+    assert!(
+        fresh.starts_with("args: train ") && !fresh.contains("--resume"),
+        "{fresh}"
+    );
+    let resumed = log(1);
+    assert!(
+        resumed.starts_with("the first attempt's log\nargs: train ")
+            && resumed.contains("--resume"),
+        "{resumed}"
+    );
+}
