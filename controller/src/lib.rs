@@ -12,11 +12,3 @@ pub mod cli;
 #[path = "loop/mod.rs"]
 pub mod robot_loop;
 pub mod runtime;
-
-/// The message of a caught panic's payload (`panic!` with a literal or a format).
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
-}

@@ -120,28 +120,50 @@ fn curves_of_two_studies_side_by_side() {
     assert_eq!(rows, ["| 0 | 0.20 ± 0.10 |", "| 1000 | 0.30 ± 0.10 |"]);
 }
 
+/// An executable shell script `dir/stand-in-trainer` running `body`, in place of
+/// `trainer train` for the study.
+#[cfg(unix)]
+fn stand_in_trainer(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = dir.join("stand-in-trainer");
+    std::fs::write(&exe, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}
+
+/// A study of EXPO on push, 2 runs at a time, into `out`.
+#[cfg(unix)]
+fn push_expo_study(
+    out: &std::path::Path,
+    seeds: &[u64],
+    time_limit: Option<std::time::Duration>,
+) -> trainer::study::StudySpec {
+    trainer::study::StudySpec {
+        tasks: vec![TaskId::Push],
+        algos: vec![Algo::Expo],
+        seeds: seeds.to_vec(),
+        preset: "tiny".into(),
+        overrides: vec![],
+        jobs: 2,
+        out: out.to_path_buf(),
+        time_limit,
+    }
+}
+
 /// `--time-limit-s`: runs still going at the limit are stopped (not left running, not
 /// marked done, not counted as failures).
 #[cfg(unix)]
 #[test]
 fn a_time_limit_stops_the_runs_still_going() {
-    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     // A stand-in for `trainer train` that never finishes on its own.
-    let exe = tmp.path().join("slow-trainer");
-    std::fs::write(&exe, "#!/bin/sh\nexec sleep 60\n").unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = stand_in_trainer(tmp.path(), "exec sleep 60");
     let out = tmp.path().join("study");
-    let spec = trainer::study::StudySpec {
-        tasks: vec![TaskId::Push],
-        algos: vec![Algo::Expo],
-        seeds: vec![0, 1, 2],
-        preset: "tiny".into(),
-        overrides: vec![],
-        jobs: 2,
-        out: out.clone(),
-        time_limit: Some(std::time::Duration::from_millis(500)),
-    };
+    let spec = push_expo_study(
+        &out,
+        &[0, 1, 2],
+        Some(std::time::Duration::from_millis(500)),
+    );
     let start = std::time::Instant::now();
     trainer::study::run_study(&spec, &exe).unwrap();
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
@@ -158,28 +180,15 @@ fn a_time_limit_stops_the_runs_still_going() {
 #[cfg(unix)]
 #[test]
 fn only_runs_already_started_are_resumed_and_their_logs_kept() {
-    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     // A stand-in for `trainer train` that logs its arguments and succeeds.
-    let exe = tmp.path().join("echo-trainer");
-    std::fs::write(&exe, "#!/bin/sh\necho \"args: $*\"\n").unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = stand_in_trainer(tmp.path(), "echo \"args: $*\"");
     let out = tmp.path().join("study");
     let started = out.join("push/expo/seed-1");
     std::fs::create_dir_all(&started).unwrap();
     std::fs::write(started.join("metrics.csv"), "step\n").unwrap();
     std::fs::write(started.join("log.txt"), "the first attempt's log\n").unwrap();
-    let spec = trainer::study::StudySpec {
-        tasks: vec![TaskId::Push],
-        algos: vec![Algo::Expo],
-        seeds: vec![0, 1],
-        preset: "tiny".into(),
-        overrides: vec![],
-        jobs: 2,
-        out: out.clone(),
-        time_limit: None,
-    };
-    trainer::study::run_study(&spec, &exe).unwrap();
+    trainer::study::run_study(&push_expo_study(&out, &[0, 1], None), &exe).unwrap();
     let log = |seed: u64| {
         std::fs::read_to_string(out.join(format!("push/expo/seed-{seed}/log.txt"))).unwrap()
     };

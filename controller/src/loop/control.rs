@@ -50,6 +50,8 @@ use super::{Brain, EpisodeReport, FaultEvent, FaultKind, Outcome, RunConfig};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use firmware_config::protocol::{FaultCode, FrameError, Hello, MAX_ACT, MAX_OBS, Message};
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::link::LinkEvent;
@@ -299,6 +301,8 @@ pub(crate) struct Control {
     od: usize,
     ad: usize,
     pub panic_at_tick: Option<u64>,
+    /// Raised when a thread of this run panics ([`realtime::RunScope`]).
+    run_panicked: Arc<AtomicBool>,
     /// Testing only: ticks `from..from + count` each sleep one extra control period.
     pub slow_ticks: Option<(u64, u64)>,
     current_deadline: Instant,
@@ -375,6 +379,8 @@ impl Control {
             od,
             ad,
             panic_at_tick: cfg.panic_at_tick,
+            // Built by `run` inside its scope; a bare flag that no panic raises otherwise.
+            run_panicked: realtime::run_panic_flag().unwrap_or_default(),
             slow_ticks: cfg.slow_ticks,
             current_deadline: start,
             acted_age: None,
@@ -765,7 +771,7 @@ impl Control {
             };
             self.interrupt(now, why);
         }
-        if realtime::panicked() && self.fatal.is_none() {
+        if self.run_panicked.load(Ordering::Relaxed) && self.fatal.is_none() {
             self.fatal_error(
                 now,
                 FaultKind::Panic,

@@ -1150,7 +1150,7 @@ fn control_thread(
     }
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
     if let Err(p) = first {
-        let msg = crate::panic_message(p.as_ref());
+        let msg = realtime::panic_message(p.as_ref());
         c.fatal = Some(format!("the control thread panicked: {msg}"));
         let now = Instant::now();
         c.phase = if c.phase == control::Phase::Done {

@@ -57,7 +57,7 @@ pub fn spawn_in_run<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<T>> {
-    let flag = RUN_PANICKED.with(|f| f.borrow().clone());
+    let flag = run_panic_flag();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -86,6 +86,14 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The message of a caught panic's payload (`panic!` with a literal or a format).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// True once a stop was requested (signal or [`request_stop`]).
@@ -135,7 +143,13 @@ pub fn catching_panics<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     let was = CATCHING.with(|c| c.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     CATCHING.with(|c| c.set(was));
-    result.map_err(|panic| crate::panic_message(panic.as_ref()))
+    result.map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// The panic flag of the calling thread's run (`None` outside runs). The control thread
+/// keeps it, so that its per-tick check is one atomic load.
+pub fn run_panic_flag() -> Option<Arc<AtomicBool>> {
+    RUN_PANICKED.with(|f| f.borrow().clone())
 }
 
 /// True once a thread of the calling thread's run panicked (false outside runs).

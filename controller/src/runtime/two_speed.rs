@@ -105,13 +105,12 @@ impl TwoSpeedPolicy {
                     }
                     // Started before the run, this thread is not one of its threads
                     // (`realtime::RunScope`): its panic comes to the tick as an error.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let result = crate::robot_loop::realtime::catching_panics(|| {
                         worker_policy
                             .load_observation(&local_obs)
                             .and_then(|_| worker_policy.run_chain())
-                    }))
-                    .unwrap_or_else(|panic| {
-                        let msg = crate::panic_message(panic.as_ref());
+                    })
+                    .unwrap_or_else(|msg| {
                         Err(anyhow::anyhow!("the candidate worker panicked: {msg}"))
                     });
                     if let Err(e) = result {
