@@ -5,7 +5,7 @@ use shared_model::DiffusionSchedule;
 use sim::rng::Rng;
 use std::time::Instant;
 use trainer::agent::{Stream, chain_noise, chain_times, run_chain};
-use trainer::nets::{Denoiser, DenoiserSize, tensor2};
+use trainer::nets::{Denoiser, DenoiserSize, Init, tensor2};
 
 fn main() {
     let d = trainer::device::parse("cpu").unwrap().device();
@@ -17,7 +17,7 @@ fn main() {
         fourier: 32,
         time_hidden: 64,
     };
-    let den = Denoiser::new(10, 2, size, &mut rng, &d);
+    let den = Denoiser::new(10, 2, size, &mut Init::reference(1), &d);
     let sched = DiffusionSchedule::vp(5, 0.1, 10.0);
     let rows = 512;
     let obs = tensor2(

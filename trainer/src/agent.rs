@@ -58,7 +58,9 @@ use crate::config::{
     Algo, CandidateSchedule, Config, EditBase, NormalSource, OptimizerImpl, ReplayPlacement,
 };
 use crate::device_replay::DeviceReplay;
-use crate::nets::{CriticEnsemble, Denoiser, GaussianPolicy, Temperature, member_ids, tensor2};
+use crate::nets::{
+    CriticEnsemble, Denoiser, GaussianPolicy, Init, Temperature, member_ids, tensor2,
+};
 use crate::optim::{FusedAdam, Packing, StepScalars};
 
 mod graph;
@@ -691,7 +693,7 @@ impl Agent {
         let plain = device.clone();
         let kernel_marks = KernelMarks::from_env(&plain);
         let device = device.clone().autodiff();
-        let mut init = Rng::new(config.seed ^ 0x1417);
+        let mut init = Init::new(config.seed ^ 0x1417, config.net.init);
         let net = &config.net;
         let denoiser = Denoiser::new(obs_dim, act_dim, net.denoiser(), &mut init, &device);
         let denoiser_ema = denoiser.valid();
@@ -2390,7 +2392,13 @@ mod tests {
         let device = Device::flex();
         let mut rng = Rng::new(11);
         let (b, m, od, ad, members) = (6, 5, 3, 2, 6);
-        let critics = CriticEnsemble::new(members, od + ad, &[16, 16], &mut rng, &device);
+        let critics = CriticEnsemble::new(
+            members,
+            od + ad,
+            &[16, 16],
+            &mut Init::reference(11),
+            &device,
+        );
         let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal()).collect() };
         let obs = tensor2(values(b * od), b, od, &device);
         let candidates =

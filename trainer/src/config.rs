@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sim::TaskId;
 use std::path::Path;
 
-use crate::nets::DenoiserSize;
+use crate::nets::{DenoiserSize, InitScheme};
 
 /// What a run trains for: a simulated task (environment, demonstrator, evaluation), or a
 /// robot known only through its recorded dataset (`run.dataset`): dimensions, names and
@@ -130,6 +130,12 @@ pub struct NetConfig {
     /// Hidden widths of each critic (and of the edit policy and the RLPD actor).
     pub critic_widths: Vec<usize>,
     pub num_critics: usize,
+    /// How the dense layers are initialised: `"torch"` (PyTorch's default; every
+    /// preset) or `"reference"` (the public EXPO code's Glorot and LeCun rules, zero
+    /// biases). A saved config without the key means `"torch"`, what such a run ran
+    /// with ([`InitScheme`]).
+    #[serde(default = "InitScheme::before_the_key")]
+    pub init: InitScheme,
 }
 
 impl NetConfig {
@@ -456,6 +462,7 @@ impl Config {
                 time_hidden: 256,
                 critic_widths: vec![256, 256, 256],
                 num_critics: 10,
+                init: InitScheme::Torch,
             },
             diffusion: DiffusionConfig {
                 steps: 10,
@@ -513,6 +520,7 @@ impl Config {
             time_hidden: 64,
             critic_widths: vec![64, 64],
             num_critics: 10,
+            init: InitScheme::Torch,
         };
         c.diffusion.steps = 5;
         c.expo.num_samples = 4;
@@ -844,25 +852,35 @@ mod tests {
         }
     }
 
-    /// A config saved before `expo.edit_base` and `expo.adjust_target_entropy` existed
-    /// loads with the behaviour it ran with; the presets use the reference's.
+    /// A config saved before `expo.edit_base`, `expo.adjust_target_entropy` and
+    /// `net.init` existed loads with the behaviour it ran with.
     #[test]
-    fn configs_without_the_newer_expo_keys_keep_their_behaviour() {
+    fn configs_without_the_newer_keys_keep_their_behaviour() {
         let c = Config::preset("cpu").unwrap();
         assert_eq!(c.expo.edit_base, EditBase::Buffer);
         assert!(!c.expo.adjust_target_entropy);
+        assert_eq!(c.net.init, InitScheme::Torch);
+        let newer = ["edit_base", "adjust_target_entropy", "init "];
         let old = c
             .to_toml()
             .lines()
-            .filter(|l| !l.starts_with("edit_base") && !l.starts_with("adjust_target_entropy"))
+            .filter(|l| !newer.iter().any(|k| l.starts_with(k)))
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(!old.contains("edit_base"));
+        assert!(
+            !old.contains("edit_base") && !old.contains("init ="),
+            "{old}"
+        );
         let back: Config = toml::from_str(&old).unwrap();
         assert_eq!(back.expo.edit_base, EditBase::Denoiser);
         assert!(!back.expo.adjust_target_entropy);
+        assert_eq!(back.net.init, InitScheme::Torch);
         let c = Config::resolve("cpu", None, &["expo.edit_base=\"denoiser\"".into()]).unwrap();
         assert_eq!(c.expo.edit_base, EditBase::Denoiser);
+        let c = Config::resolve("cpu", None, &["net.init=\"reference\"".into()]).unwrap();
+        assert_eq!(c.net.init, InitScheme::Reference);
+        let err = Config::resolve("cpu", None, &["net.init=\"xavier\"".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("reference"), "{err:#}");
     }
 
     /// A config saved before `compute.optimizer` (or the whole `compute` section)

@@ -2,8 +2,8 @@
 //! Gaussian actor (RLPD baseline) and the SAC temperature.
 //!
 //! Parameters are initialised from our own seeded generator (not burn's global one) so
-//! that a seed fixes every weight on every backend. Dense layers use PyTorch's default
-//! `U(−1/√fan_in, 1/√fan_in)` for weights and biases.
+//! that a seed fixes every weight on every backend, by the rule `net.init` names
+//! ([`InitScheme`]): the public EXPO code's (flax) by default, or PyTorch's default.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
@@ -20,6 +20,100 @@ fn uniform(rng: &mut Rng, n: usize, bound: f32) -> Vec<f32> {
     (0..n).map(|_| rng.range(-bound, bound)).collect()
 }
 
+/// How dense layers are initialised (`net.init`). LayerNorm scales start at 1 and shifts
+/// at 0, and the denoiser's Fourier frequencies are `N(0, 0.2²)`, under both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum InitScheme {
+    /// As the public EXPO code (flax): Glorot-uniform weights, `U(±√(6 / (fan_in +
+    /// fan_out)))`, in every dense layer but the residual blocks' two, which have flax's
+    /// default LeCun normal (standard deviation `1/√fan_in`, truncated at two of them);
+    /// biases zero. The edit policy's (and the RLPD actor's) mean and log-std are one
+    /// layer here, two heads there: each half is drawn with the fans of its own head.
+    /// Opt-in (`--set net.init='"reference"'`) until its learning curves are measured
+    /// against `torch`'s (BENCHMARKS.md, "Initialisation").
+    #[serde(rename = "reference")]
+    Reference,
+    /// PyTorch's default, `U(±1/√fan_in)` for weights and biases: every preset's, this
+    /// trainer's only initialisation before 2026-12-02, and what a saved config without
+    /// `net.init` (a run started before the key existed) means.
+    #[serde(rename = "torch")]
+    Torch,
+}
+
+impl InitScheme {
+    pub(crate) fn before_the_key() -> InitScheme {
+        InitScheme::Torch
+    }
+}
+
+/// Which rule a dense layer's weights follow under [`InitScheme::Reference`] (under
+/// [`InitScheme::Torch`] every layer is the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Glorot,
+    LecunNormal,
+}
+
+/// The seeded generator every network's parameters are drawn from, and the rule.
+pub struct Init {
+    rng: Rng,
+    scheme: InitScheme,
+}
+
+impl Init {
+    pub fn new(seed: u64, scheme: InitScheme) -> Self {
+        Init {
+            rng: Rng::new(seed),
+            scheme,
+        }
+    }
+
+    /// `Init::new(seed, InitScheme::Reference)`.
+    pub fn reference(seed: u64) -> Self {
+        Self::new(seed, InitScheme::Reference)
+    }
+
+    pub fn scheme(&self) -> InitScheme {
+        self.scheme
+    }
+
+    /// `n` weights of a layer with these fans, row-major.
+    fn weights(&mut self, n: usize, fan_in: usize, fan_out: usize, kernel: Kernel) -> Vec<f32> {
+        match (self.scheme, kernel) {
+            (InitScheme::Torch, _) => uniform(&mut self.rng, n, 1.0 / (fan_in as f32).sqrt()),
+            (InitScheme::Reference, Kernel::Glorot) => {
+                let bound = (6.0 / (fan_in + fan_out) as f32).sqrt();
+                uniform(&mut self.rng, n, bound)
+            }
+            (InitScheme::Reference, Kernel::LecunNormal) => {
+                // flax's `variance_scaling(1, "fan_in", "truncated_normal")`: a standard
+                // normal truncated to [−2, 2] has standard deviation 0.8796, so the scale
+                // is divided by it to give the variance 1/fan_in.
+                let scale = (1.0 / fan_in as f32).sqrt() / 0.879_625_7;
+                (0..n).map(|_| scale * self.truncated_normal()).collect()
+            }
+        }
+    }
+
+    /// `n` biases of a layer with this fan-in.
+    fn biases(&mut self, n: usize, fan_in: usize) -> Vec<f32> {
+        match self.scheme {
+            InitScheme::Torch => uniform(&mut self.rng, n, 1.0 / (fan_in as f32).sqrt()),
+            InitScheme::Reference => vec![0.0; n],
+        }
+    }
+
+    /// A standard normal draw within [−2, 2] (rejection: 95.4% are accepted).
+    fn truncated_normal(&mut self) -> f32 {
+        loop {
+            let z = self.rng.normal();
+            if z.abs() <= 2.0 {
+                return z;
+            }
+        }
+    }
+}
+
 /// Fully connected layer `y = x W + b` with `W: [in, out]`.
 #[derive(Module, Debug)]
 pub struct Dense {
@@ -28,17 +122,32 @@ pub struct Dense {
 }
 
 impl Dense {
-    pub fn new(d_in: usize, d_out: usize, bias: bool, rng: &mut Rng, device: &Device) -> Self {
-        let bound = 1.0 / (d_in as f32).sqrt();
-        let w = tensor2(uniform(rng, d_in * d_out, bound), d_in, d_out, device);
+    /// A `[d_in, d_out]` layer (Glorot under [`InitScheme::Reference`]).
+    pub fn new(d_in: usize, d_out: usize, bias: bool, init: &mut Init, device: &Device) -> Self {
+        Self::drawn(d_in, d_out, bias, Kernel::Glorot, 1, init, device)
+    }
+
+    /// A `[d_in, d_out]` layer whose weights follow `kernel`, drawn as `heads` layers of
+    /// `d_out / heads` outputs side by side (their fans), with one bias vector.
+    fn drawn(
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        kernel: Kernel,
+        heads: usize,
+        init: &mut Init,
+        device: &Device,
+    ) -> Self {
+        debug_assert_eq!(d_out % heads, 0);
+        let w = init.weights(d_in * d_out, d_in, d_out / heads, kernel);
         let b = bias.then(|| {
             Param::from_tensor(Tensor::from_data(
-                TensorData::new(uniform(rng, d_out, bound), [d_out]),
+                TensorData::new(init.biases(d_out, d_in), [d_out]),
                 device,
             ))
         });
         Dense {
-            weight: Param::from_tensor(w),
+            weight: Param::from_tensor(tensor2(w, d_in, d_out, device)),
             bias: b,
         }
     }
@@ -291,48 +400,47 @@ impl Denoiser {
         obs_dim: usize,
         act_dim: usize,
         size: DenoiserSize,
-        rng: &mut Rng,
+        init: &mut Init,
         device: &Device,
     ) -> Self {
         let half = size.fourier / 2;
         // Reference init for the learnable frequencies: N(0, 0.2²).
-        let freqs: Vec<f32> = (0..half).map(|_| 0.2 * rng.normal()).collect();
-        // The split first layer is initialised as the single layer over the concatenation.
+        let freqs: Vec<f32> = (0..half).map(|_| 0.2 * init.rng.normal()).collect();
+        // The split first layer is initialised as the single layer over the concatenation:
+        // its fans, the concatenation's.
         let fan_in = act_dim + obs_dim + size.time_hidden;
-        let bound = 1.0 / (fan_in as f32).sqrt();
-        let block = |d_in: usize, bias: bool, rng: &mut Rng| {
-            let w = tensor2(
-                uniform(rng, d_in * size.hidden, bound),
-                d_in,
-                size.hidden,
-                device,
-            );
+        let block = |d_in: usize, bias: bool, init: &mut Init| {
+            let w = init.weights(d_in * size.hidden, fan_in, size.hidden, Kernel::Glorot);
             let b = bias.then(|| {
                 Param::from_tensor(Tensor::from_data(
-                    TensorData::new(uniform(rng, size.hidden, bound), [size.hidden]),
+                    TensorData::new(init.biases(size.hidden, fan_in), [size.hidden]),
                     device,
                 ))
             });
             Dense {
-                weight: Param::from_tensor(w),
+                weight: Param::from_tensor(tensor2(w, d_in, size.hidden, device)),
                 bias: b,
             }
         };
+        // The residual blocks' layers have flax's default initialiser in the reference.
+        let lecun = |d_in, d_out, init: &mut Init| {
+            Dense::drawn(d_in, d_out, true, Kernel::LecunNormal, 1, init, device)
+        };
         Denoiser {
             fourier: Param::from_tensor(tensor2(freqs, 1, half, device)),
-            time_in: Dense::new(size.fourier, size.time_hidden, true, rng, device),
-            time_out: Dense::new(size.time_hidden, size.time_hidden, true, rng, device),
-            input_action: block(act_dim, true, rng),
-            input_obs: block(obs_dim, false, rng),
-            input_time: block(size.time_hidden, false, rng),
+            time_in: Dense::new(size.fourier, size.time_hidden, true, init, device),
+            time_out: Dense::new(size.time_hidden, size.time_hidden, true, init, device),
+            input_action: block(act_dim, true, init),
+            input_obs: block(obs_dim, false, init),
+            input_time: block(size.time_hidden, false, init),
             blocks: (0..size.blocks)
                 .map(|_| ResBlock {
                     norm: Norm::new(size.hidden, device),
-                    up: Dense::new(size.hidden, size.expanded, true, rng, device),
-                    down: Dense::new(size.expanded, size.hidden, true, rng, device),
+                    up: lecun(size.hidden, size.expanded, init),
+                    down: lecun(size.expanded, size.hidden, init),
                 })
                 .collect(),
-            output: Dense::new(size.hidden, act_dim, true, rng, device),
+            output: Dense::new(size.hidden, act_dim, true, init, device),
         }
     }
 
@@ -381,26 +489,29 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// `widths` are the hidden widths; the output layer is `d_out` wide, linear.
+    /// `widths` are the hidden widths; the output layer is `d_out` wide, linear, drawn as
+    /// `out_heads` layers side by side (see [`InitScheme::Reference`]).
     pub fn new(
         d_in: usize,
         widths: &[usize],
         d_out: usize,
+        out_heads: usize,
         layer_norm: bool,
-        rng: &mut Rng,
+        init: &mut Init,
         device: &Device,
     ) -> Self {
         let mut layers = vec![];
         let mut norms = vec![];
         let mut d = d_in;
         for &w in widths {
-            layers.push(Dense::new(d, w, true, rng, device));
+            layers.push(Dense::new(d, w, true, init, device));
             if layer_norm {
                 norms.push(Norm::new(w, device));
             }
             d = w;
         }
-        layers.push(Dense::new(d, d_out, true, rng, device));
+        let out = Dense::drawn(d, d_out, true, Kernel::Glorot, out_heads, init, device);
+        layers.push(out);
         Mlp { layers, norms }
     }
 
@@ -434,11 +545,12 @@ impl GaussianPolicy {
         d_in: usize,
         widths: &[usize],
         act_dim: usize,
-        rng: &mut Rng,
+        init: &mut Init,
         device: &Device,
     ) -> Self {
         GaussianPolicy {
-            mlp: Mlp::new(d_in, widths, 2 * act_dim, false, rng, device),
+            // Mean and log-std: two heads in the reference.
+            mlp: Mlp::new(d_in, widths, 2 * act_dim, 2, false, init, device),
             act_dim,
         }
     }
@@ -485,10 +597,17 @@ pub struct EnsembleDense {
 }
 
 impl EnsembleDense {
-    pub fn new(members: usize, d_in: usize, d_out: usize, rng: &mut Rng, device: &Device) -> Self {
-        let bound = 1.0 / (d_in as f32).sqrt();
-        let w = uniform(rng, members * d_in * d_out, bound);
-        let b = uniform(rng, members * d_out, bound);
+    /// Every member drawn as one `[d_in, d_out]` layer (Glorot under
+    /// [`InitScheme::Reference`]).
+    pub fn new(
+        members: usize,
+        d_in: usize,
+        d_out: usize,
+        init: &mut Init,
+        device: &Device,
+    ) -> Self {
+        let w = init.weights(members * d_in * d_out, d_in, d_out, Kernel::Glorot);
+        let b = init.biases(members * d_out, d_in);
         EnsembleDense {
             weight: Param::from_tensor(Tensor::from_data(
                 TensorData::new(w, [members, d_in, d_out]),
@@ -522,21 +641,21 @@ impl CriticEnsemble {
         members: usize,
         d_in: usize,
         widths: &[usize],
-        rng: &mut Rng,
+        init: &mut Init,
         device: &Device,
     ) -> Self {
         let mut layers = vec![];
         let mut norms = vec![];
         let mut d = d_in;
         for &w in widths {
-            layers.push(EnsembleDense::new(members, d, w, rng, device));
+            layers.push(EnsembleDense::new(members, d, w, init, device));
             norms.push(EnsembleNorm {
                 gamma: Param::from_tensor(Tensor::ones([members, 1, w], device)),
                 beta: Param::from_tensor(Tensor::zeros([members, 1, w], device)),
             });
             d = w;
         }
-        layers.push(EnsembleDense::new(members, d, 1, rng, device));
+        layers.push(EnsembleDense::new(members, d, 1, init, device));
         CriticEnsemble { layers, norms }
     }
 
@@ -843,5 +962,129 @@ mod tests {
                 .all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{name}");
         }
+    }
+
+    fn values<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
+        p.val().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// Mean and standard deviation.
+    fn moments(v: &[f32]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean, var.sqrt())
+    }
+
+    /// Under the reference scheme: Glorot-uniform weights (bound `√(6/(in+out))`, the
+    /// spread of a uniform: bound/√3) in the plain layers, the critics' and the policy
+    /// heads (each head with its own fan-out), LeCun normal truncated at two standard
+    /// deviations in the residual blocks, zero biases; the first layer's three blocks
+    /// drawn with the fans of the whole concatenation. Fails with the fans swapped, a
+    /// wrong scale or nonzero biases.
+    #[test]
+    fn reference_scheme_draws_the_public_codes_rules() {
+        let d = Device::flex();
+        let mut init = Init::reference(5);
+        let size = DenoiserSize {
+            hidden: 256,
+            blocks: 2,
+            expanded: 1024,
+            fourier: 32,
+            time_hidden: 128,
+        };
+        let den = Denoiser::new(20, 6, size, &mut init, &d);
+        let glorot = |w: &[f32], fan_in: usize, fan_out: usize, what: &str| {
+            let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+            let (mean, std) = moments(w);
+            let max = w.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+            assert!(
+                max <= bound && max > 0.95 * bound,
+                "{what}: max {max}, bound {bound}"
+            );
+            let want = bound / 3f64.sqrt();
+            assert!(
+                (std / want - 1.0).abs() < 0.05,
+                "{what}: std {std}, want {want}"
+            );
+            // Five standard errors of the mean.
+            let tolerance = 5.0 * want / (w.len() as f64).sqrt();
+            assert!(mean.abs() < tolerance, "{what}: mean {mean}");
+        };
+        glorot(&values(&den.time_in.weight), 32, 128, "time_in");
+        glorot(&values(&den.time_out.weight), 128, 128, "time_out");
+        let first: Vec<f32> = [&den.input_action, &den.input_obs, &den.input_time]
+            .iter()
+            .flat_map(|l| values(&l.weight))
+            .collect();
+        glorot(&first, 6 + 20 + 128, 256, "first layer");
+        glorot(&values(&den.output.weight), 256, 6, "output");
+        for b in &den.blocks {
+            for (l, fan_in) in [(&b.up, 256), (&b.down, 1024)] {
+                let w = values(&l.weight);
+                let (mean, std) = moments(&w);
+                let want = 1.0 / (fan_in as f64).sqrt();
+                assert!(
+                    (std / want - 1.0).abs() < 0.03,
+                    "block: std {std}, want {want}"
+                );
+                assert!(mean.abs() < 0.02 * want, "block: mean {mean}");
+                let max = w.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+                // Truncated at 2 standard deviations of the underlying normal.
+                assert!(max <= 2.0 * want / 0.879_625_7 + 1e-6, "block: max {max}");
+            }
+        }
+        let biases = [&den.time_in, &den.time_out, &den.input_action, &den.output]
+            .into_iter()
+            .chain(den.blocks.iter().flat_map(|b| [&b.up, &b.down]))
+            .flat_map(|l| values(l.bias.as_ref().expect("a bias")));
+        assert!(biases.into_iter().all(|b| b == 0.0));
+
+        let critic = CriticEnsemble::new(10, 26, &[256, 256], &mut init, &d);
+        for (l, (fan_in, fan_out)) in critic.layers.iter().zip([(26, 256), (256, 256), (256, 1)]) {
+            glorot(&values(&l.weight), fan_in, fan_out, "critic layer");
+            assert!(values(&l.bias).iter().all(|&b| b == 0.0));
+        }
+        let policy = GaussianPolicy::new(26, &[256, 256], 6, &mut init, &d);
+        let head = policy.mlp.layers.last().expect("an output layer");
+        // [256, 12]: the mean's columns and the log-std's, each a [256, 6] head.
+        glorot(&values(&head.weight), 256, 6, "policy heads");
+        assert!(
+            values(head.bias.as_ref().unwrap())
+                .iter()
+                .all(|&b| b == 0.0)
+        );
+    }
+
+    /// The `torch` scheme is the draws of this trainer before `net.init` existed, to the
+    /// bit (so that a saved config without the key rebuilds its run's networks): per
+    /// layer the weights, then the biases, `U(±1/√fan_in)` from the one generator.
+    #[test]
+    fn torch_scheme_is_the_draws_before_the_key() {
+        let d = Device::flex();
+        let mut init = Init::new(9, InitScheme::Torch);
+        let policy = GaussianPolicy::new(7, &[16], 3, &mut init, &d);
+        let critic = CriticEnsemble::new(4, 7, &[8], &mut init, &d);
+        let mut rng = Rng::new(9);
+        let mut draw = |n: usize, fan_in: usize| uniform(&mut rng, n, 1.0 / (fan_in as f32).sqrt());
+        let mut want = vec![];
+        for (fan_in, fan_out) in [(7, 16), (16, 6)] {
+            want.push(draw(fan_in * fan_out, fan_in));
+            want.push(draw(fan_out, fan_in));
+        }
+        for (fan_in, fan_out) in [(7, 8), (8, 1)] {
+            want.push(draw(4 * fan_in * fan_out, fan_in));
+            want.push(draw(4 * fan_out, fan_in));
+        }
+        let mut got = vec![];
+        for l in &policy.mlp.layers {
+            got.push(values(&l.weight));
+            got.push(values(l.bias.as_ref().unwrap()));
+        }
+        for l in &critic.layers {
+            got.push(values(&l.weight));
+            got.push(values(&l.bias));
+        }
+        assert_eq!(got, want);
     }
 }

@@ -9,7 +9,7 @@ use trainer::agent::{
     Stream, edited_log_prob, polyak, random_subset, sample_chain, target_entropy,
 };
 use trainer::nets::{
-    CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, silu_composed, tensor2,
+    CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, Init, silu_composed, tensor2,
 };
 
 fn dev() -> Device {
@@ -43,8 +43,7 @@ fn edited_density(y: f64, base: f64, beta: f64, m: f64, s: f64) -> f64 {
 #[test]
 fn tanh_gaussian_log_prob_with_edit_scale_matches_the_density() {
     let d = dev();
-    let mut rng = Rng::new(3);
-    let policy = GaussianPolicy::new(3, &[16], 1, &mut rng, &d);
+    let policy = GaussianPolicy::new(3, &[16], 1, &mut Init::reference(3), &d);
     let x = tensor2(vec![0.2, -0.4, 0.9, 1.0, 0.5, -0.1], 2, 3, &d);
     let (mean, log_std) = policy.forward(x.clone());
     let (m, ls) = (values(mean), values(log_std));
@@ -99,7 +98,10 @@ fn sampler_gives_actions_in_bounds_with_the_right_shape() {
         time_hidden: 16,
     };
     // Large weights: unclipped samples would leave [-1, 1].
-    let den = scale_module(Denoiser::new(5, 3, size, &mut rng, &d), 4.0);
+    let den = scale_module(
+        Denoiser::new(5, 3, size, &mut Init::reference(101), &d),
+        4.0,
+    );
     let sched = DiffusionSchedule::vp(4, 0.1, 10.0);
     let obs = tensor2((0..35).map(|i| i as f32 * 0.1).collect(), 7, 5, &d);
     let out = sample_chain(&den, &sched, obs, 3, &mut Stream::host(&mut rng));
@@ -115,7 +117,6 @@ fn sampler_gives_actions_in_bounds_with_the_right_shape() {
 #[test]
 fn denoiser_shared_time_projection_equals_per_row_time() {
     let d = dev();
-    let mut rng = Rng::new(2);
     let size = DenoiserSize {
         hidden: 16,
         blocks: 2,
@@ -123,7 +124,7 @@ fn denoiser_shared_time_projection_equals_per_row_time() {
         fourier: 8,
         time_hidden: 16,
     };
-    let den = Denoiser::new(4, 2, size, &mut rng, &d);
+    let den = Denoiser::new(4, 2, size, &mut Init::reference(2), &d);
     let obs = tensor2((0..12).map(|i| (i as f32).sin()).collect(), 3, 4, &d);
     let x = tensor2(vec![0.1, -0.2, 0.3, 0.0, -0.5, 0.9], 3, 2, &d);
     let per_row = den.forward(x.clone(), obs.clone(), tensor2(vec![2.0; 3], 3, 1, &d));
@@ -140,8 +141,7 @@ fn denoiser_shared_time_projection_equals_per_row_time() {
 #[test]
 fn ensemble_subset_equals_rows_of_the_full_ensemble() {
     let d = dev();
-    let mut rng = Rng::new(4);
-    let critic = CriticEnsemble::new(6, 5, &[16, 16], &mut rng, &d);
+    let critic = CriticEnsemble::new(6, 5, &[16, 16], &mut Init::reference(4), &d);
     let x = tensor2((0..20).map(|i| (i as f32 * 0.37).cos()).collect(), 4, 5, &d);
     let full = values(critic.forward(x.clone())); // [6, 4]
     let subset = [4usize, 1];
@@ -173,8 +173,7 @@ fn random_subsets_are_distinct_and_uniform() {
 #[test]
 fn polyak_blends_every_parameter() {
     let d = dev();
-    let mut rng = Rng::new(5);
-    let target = CriticEnsemble::new(3, 4, &[8], &mut rng, &d);
+    let target = CriticEnsemble::new(3, 4, &[8], &mut Init::reference(5), &d);
     // The online copy shares the target's parameter ids; scale it by 3.
     let online = scale_module(target.clone(), 3.0);
     let w = |c: &CriticEnsemble, l: usize| values(c.layers[l].weight.val());
@@ -237,7 +236,7 @@ fn composed_silu_matches_burns_and_stays_out_of_autodiff() {
 fn critic_gradients_written_out_match_autodiff() {
     let ad = dev().autodiff();
     let (rows, d_in) = (9, 5);
-    let critic = CriticEnsemble::new(3, d_in, &[7, 6], &mut Rng::new(11), &ad);
+    let critic = CriticEnsemble::new(3, d_in, &[7, 6], &mut Init::reference(11), &ad);
     let mut rng = Rng::new(12);
     let x: Vec<f32> = (0..rows * d_in).map(|_| 2.0 * rng.normal()).collect();
     let y: Vec<f32> = (0..rows).map(|_| rng.normal()).collect();
@@ -309,7 +308,7 @@ fn critic_gradients_written_out_match_autodiff() {
 fn critic_gradients_split_by_members_are_the_one_thread_values() {
     let ad = dev().autodiff();
     let (rows, d_in) = (33, 6);
-    let critic = CriticEnsemble::new(5, d_in, &[16, 8], &mut Rng::new(21), &ad);
+    let critic = CriticEnsemble::new(5, d_in, &[16, 8], &mut Init::reference(21), &ad);
     let mut rng = Rng::new(22);
     let x: Vec<f32> = (0..rows * d_in).map(|_| 2.0 * rng.normal()).collect();
     let y: Vec<f32> = (0..rows).map(|_| rng.normal()).collect();
@@ -359,7 +358,7 @@ fn members_gathered_from_the_flat_buffer_are_the_selected_members() {
     use trainer::nets::member_ids;
     use trainer::optim::{FlatLayout, MemberGather, Packing};
     let (rows, d_in) = (9, 5);
-    let critic = CriticEnsemble::new(5, d_in, &[7, 6], &mut Rng::new(31), &dev());
+    let critic = CriticEnsemble::new(5, d_in, &[7, 6], &mut Init::reference(31), &dev());
     let mut rng = Rng::new(32);
     let x = tensor2(
         (0..rows * d_in).map(|_| rng.normal()).collect(),
@@ -404,7 +403,7 @@ fn members_gathered_from_the_flat_buffer_are_the_selected_members() {
         }
     }
     // A layout of another network is refused with the reason.
-    let other = CriticEnsemble::new(5, d_in, &[7], &mut Rng::new(33), &dev());
+    let other = CriticEnsemble::new(5, d_in, &[7], &mut Init::reference(33), &dev());
     let e = MemberGather::new(
         &FlatLayout::of(&critic, Packing::Aligned),
         &other.first_members(2),

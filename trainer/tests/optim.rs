@@ -6,7 +6,7 @@ use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use sim::rng::Rng;
 use trainer::agent::polyak;
-use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, tensor2};
+use trainer::nets::{CriticEnsemble, Denoiser, DenoiserSize, Init, tensor2};
 use trainer::optim::{ALIGN, FlatLayout, FusedAdam, Packing};
 
 const PACKINGS: [Packing; 2] = [Packing::Aligned, Packing::Concatenated];
@@ -75,7 +75,7 @@ fn fused_adam_takes_the_same_steps_as_burns_adam() {
 
 fn adam_matches(packing: Packing) {
     let d = dev();
-    let net = || CriticEnsemble::new(3, 5, &[32, 32], &mut Rng::new(1), &d);
+    let net = || CriticEnsemble::new(3, 5, &[32, 32], &mut Init::reference(1), &d);
     let (mut a, mut b) = (net(), net());
     let mut burn_adam = AdamConfig::new().with_epsilon(1e-8).init();
     let mut fused = FusedAdam::adam(1e-8, packing);
@@ -113,7 +113,7 @@ fn adamw_matches(packing: Packing) {
         fourier: 8,
         time_hidden: 16,
     };
-    let net = || Denoiser::new(4, 2, size, &mut Rng::new(3), &d);
+    let net = || Denoiser::new(4, 2, size, &mut Init::reference(3), &d);
     let (mut a, mut b) = (net(), net());
     let mut burn_adamw = AdamWConfig::new()
         .with_weight_decay(0.1)
@@ -145,7 +145,7 @@ fn adamw_matches(packing: Packing) {
 #[test]
 fn layout_aligns_every_parameter_and_round_trips() {
     let d = dev();
-    let net = CriticEnsemble::new(3, 5, &[32, 32], &mut Rng::new(1), &d);
+    let net = CriticEnsemble::new(3, 5, &[32, 32], &mut Init::reference(1), &d);
     // 3 dense layers (weight, bias) and 2 norms (gamma, beta): 10 tensors. Aligned, each
     // is padded to a whole number of ALIGN-element blocks; concatenated, none is.
     let sizes = [
@@ -175,7 +175,7 @@ fn layout_aligns_every_parameter_and_round_trips() {
         let grads = critic_grads(&back, &mut Rng::new(9), &d);
         assert_eq!(grads.len(), 10);
         // A network of another size does not match.
-        let other = CriticEnsemble::new(3, 5, &[16, 32], &mut Rng::new(1), &d);
+        let other = CriticEnsemble::new(3, 5, &[16, 32], &mut Init::reference(1), &d);
         assert!(!layout.matches(&other));
     }
 }
@@ -187,7 +187,7 @@ fn layout_aligns_every_parameter_and_round_trips() {
 fn polyak_on_the_flat_buffer_equals_polyak_per_parameter() {
     for packing in PACKINGS {
         let d = dev();
-        let mut online = CriticEnsemble::new(3, 5, &[32], &mut Rng::new(1), &d);
+        let mut online = CriticEnsemble::new(3, 5, &[32], &mut Init::reference(1), &d);
         let (mut a, mut b) = (online.valid(), online.valid());
         let start = params(&a);
         let mut fused = FusedAdam::adam(1e-8, packing);
@@ -203,7 +203,7 @@ fn polyak_on_the_flat_buffer_equals_polyak_per_parameter() {
         assert!(diff < 1e-6, "{packing:?}: {diff}");
         assert!(max_rel_diff(&params(&a), &start) > 1e-4);
         // A target of another network is refused, unchanged.
-        let other = CriticEnsemble::new(3, 5, &[16], &mut Rng::new(1), &d).valid();
+        let other = CriticEnsemble::new(3, 5, &[16], &mut Init::reference(1), &d).valid();
         assert!(fused.blend(other, 0.3).is_err());
     }
 }
@@ -214,7 +214,7 @@ fn polyak_on_the_flat_buffer_equals_polyak_per_parameter() {
 #[test]
 fn a_network_changed_from_outside_is_stepped_from_its_new_values() {
     let d = dev();
-    let net = CriticEnsemble::new(2, 5, &[16], &mut Rng::new(1), &d);
+    let net = CriticEnsemble::new(2, 5, &[16], &mut Init::reference(1), &d);
     let (mut a, mut b) = (net.clone(), net);
     let mut burn_adam = AdamConfig::new().with_epsilon(1e-8).init();
     let mut fused = FusedAdam::adam(1e-8, Packing::Concatenated);
@@ -225,7 +225,7 @@ fn a_network_changed_from_outside_is_stepped_from_its_new_values() {
     b = fused.step(1e-2, b, g);
     // Both networks are replaced by another one with the same parameter ids (as loading
     // a checkpoint does).
-    let replaced = CriticEnsemble::new(2, 5, &[16], &mut Rng::new(7), &d);
+    let replaced = CriticEnsemble::new(2, 5, &[16], &mut Init::reference(7), &d);
     let replaced = FlatLayout::of(&b, Packing::Concatenated).assign(
         b.clone(),
         &FlatLayout::of(&replaced, Packing::Concatenated).params(&replaced),
@@ -252,7 +252,7 @@ fn fused_state_saves_loads_across_packings_and_names_bad_files() {
     let dir = std::env::temp_dir().join(format!("fused-adam-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("opt.adam");
-    let net = CriticEnsemble::new(2, 5, &[16], &mut Rng::new(1), &d);
+    let net = CriticEnsemble::new(2, 5, &[16], &mut Init::reference(1), &d);
     let mut first = FusedAdam::adam(1e-8, Packing::Aligned);
     let mut rng = Rng::new(5);
     let mut a = net;
@@ -284,7 +284,7 @@ fn fused_state_saves_loads_across_packings_and_names_bad_files() {
             .unwrap_err();
         format!("{err:#}")
     };
-    let other = CriticEnsemble::new(2, 5, &[24], &mut Rng::new(1), &d);
+    let other = CriticEnsemble::new(2, 5, &[24], &mut Init::reference(1), &d);
     let other = FlatLayout::of(&other, Packing::Concatenated);
     assert!(load(Some(other)).contains("different network size"));
     assert!(load(None).contains("network this run does not have"));
