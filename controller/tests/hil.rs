@@ -1345,7 +1345,8 @@ fn operator_labels_interventions_pause_and_quit() {
 }
 
 /// Without the `viz` feature, `--rerun` is refused before the robot is touched, naming
-/// the feature to build with.
+/// the feature to build with. (scripts/test builds with `viz`, so this runs only in a
+/// plain `cargo test --workspace`.)
 #[cfg(not(feature = "viz"))]
 #[test]
 fn rerun_without_the_viz_feature_says_how_to_get_it() {

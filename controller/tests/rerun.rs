@@ -1,6 +1,5 @@
 //! `controller run --rerun FILE` and `--rerun-connect ADDR` (feature `viz`; scripts/test
-//! runs it with `cargo test -p controller -p tools --features
-//! controller/viz,tools/viz --test rerun --test viz`): the real binary against the
+//! builds the workspace's tests with it, scripts/test-features): the real binary against the
 //! simulated firmware over a pty, its recording checked with the rerun CLI of the
 //! matching `rerun-sdk` wheel (`viz::cli`): one row per tick for the per-tick
 //! entities, one per policy step for the policy's, and the task's scene.

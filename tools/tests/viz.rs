@@ -1,5 +1,5 @@
-//! `tools viz` (feature `viz`; scripts/test runs `cargo test -p tools --features viz
-//! --test viz`): the commands as a user types them, the result checked by `tools viz
+//! `tools viz` (feature `viz`; scripts/test builds the workspace's tests with it,
+//! scripts/test-features): the commands as a user types them, the result checked by `tools viz
 //! verify` (the rerun CLI of the matching rerun-sdk wheel).
 
 use std::process::Command;

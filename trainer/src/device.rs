@@ -3,7 +3,7 @@
 //! | name | backend | feature |
 //! |---|---|---|
 //! | `cpu` (default) | burn `flex` | always |
-//! | `ndarray` | burn `ndarray` (for comparisons) | always |
+//! | `ndarray` | burn `ndarray` (for comparisons) | `ndarray` |
 //! | `vulkan`, `vulkan:N` | cubecl on wgpu/Vulkan, SPIR-V kernels, N-th discrete GPU | `vulkan` |
 //! | `vulkan:cpu` | a CPU Vulkan driver (Mesa's lavapipe): smoke tests without a GPU; WGSL kernels with `webgpu`, else SPIR-V | `webgpu` or `vulkan` |
 //! | `cuda`, `cuda:N` | cubecl CUDA, N-th device | `cuda` (run time: the NVIDIA driver and NVRTC) |
@@ -38,7 +38,11 @@ impl DeviceSpec {
     pub fn device(self) -> Device {
         match self {
             DeviceSpec::Cpu => Device::flex(),
-            DeviceSpec::NdArray => Device::ndarray(),
+            DeviceSpec::NdArray => {
+                #[cfg(feature = "ndarray")]
+                return Device::ndarray();
+                unreachable!("parse refuses ndarray without the feature")
+            }
             DeviceSpec::Vulkan(i) => {
                 #[cfg(feature = "vulkan")]
                 return Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(i));
@@ -181,12 +185,13 @@ pub fn parse(name: &str) -> Result<DeviceSpec> {
         DeviceSpec::Vulkan(_) => cfg!(feature = "vulkan"),
         DeviceSpec::VulkanCpu => cfg!(any(feature = "vulkan", feature = "webgpu")),
         DeviceSpec::Cuda(_) => cfg!(feature = "cuda"),
+        DeviceSpec::NdArray => cfg!(feature = "ndarray"),
         _ => true,
     };
     if !built {
         bail!(
             "device '{name}' needs the trainer built with `--features {}` \
-             (this binary has the CPU backends only)",
+             (this binary has the default CPU backend only)",
             kind.trim_end_matches("-cpu")
         );
     }
@@ -200,7 +205,12 @@ mod tests {
     #[test]
     fn names_parse_and_bad_ones_are_explained() {
         assert_eq!(parse("cpu").unwrap(), DeviceSpec::Cpu);
-        assert_eq!(parse("ndarray").unwrap(), DeviceSpec::NdArray);
+        if cfg!(feature = "ndarray") {
+            assert_eq!(parse("ndarray").unwrap(), DeviceSpec::NdArray);
+        } else {
+            let e = parse("ndarray").unwrap_err().to_string();
+            assert!(e.contains("--features ndarray"), "{e}");
+        }
         let e = parse("tpu").unwrap_err().to_string();
         assert!(e.contains("unknown device 'tpu'"), "{e}");
         let e = parse("vulkan:x").unwrap_err().to_string();

@@ -30,7 +30,7 @@ struct ConfigArgs {
     /// Dotted overrides applied last, e.g. `--set algo=rlpd --set expo.num_samples=8`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Device: `cpu` (default), `ndarray`, `vulkan[:N]`, `cuda[:N]` (GPU ones need the
+    /// Device: `cpu` (default), `ndarray`, `vulkan[:N]`, `cuda[:N]` (all but `cpu` need the
     /// matching cargo feature). Same as `--set device=...`.
     #[arg(long)]
     device: Option<String>,

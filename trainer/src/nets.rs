@@ -211,10 +211,14 @@ fn normalize_last_with_scale<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor
 /// True on backends with native single-pass activations (the CPU ones). On the cubecl
 /// (GPU) backends every tensor operation is a kernel launch, and burn composes the
 /// activations there from elementary operations.
-#[allow(deprecated)] // ndarray: kept for comparisons (`--device ndarray`)
 pub(crate) fn native_activations(device: &Device) -> bool {
-    let device = device.clone().inner();
-    device == Device::flex() || device == Device::ndarray()
+    use burn::backend::DispatchDevice;
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => true,
+        _ => false,
+    }
 }
 
 /// SiLU `x·σ(x)`. Under autodiff, burn's. Outside it (the denoising chains, acting):

@@ -211,10 +211,12 @@ impl<T> Recording<T> {
 /// plain device, never an autodiff one).
 fn is_gpu(device: &Device) -> bool {
     use burn::backend::DispatchDevice;
-    !matches!(
-        device.as_dispatch(),
-        DispatchDevice::Flex(_) | DispatchDevice::NdArray(_)
-    )
+    match device.as_dispatch() {
+        DispatchDevice::Flex(_) => false,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => false,
+        _ => true,
+    }
 }
 
 /// A copy of `t` in a buffer of its own.
