@@ -441,7 +441,7 @@ pub(crate) fn write_tasks(dir: &Path, tasks: &[String]) -> Result<(), DatasetErr
             Field::new("task_index", DataType::Int64, false),
             Field::new("task", DataType::Utf8, false),
         ],
-        [("pandas", pandas.clone())],
+        std::collections::HashMap::from([("pandas".to_string(), pandas.clone())]),
     ));
     let batch = RecordBatch::try_new(schema, columns)
         .map_err(|e| DatasetError::parquet(&path, "write", e))?;

@@ -1,4 +1,5 @@
-//! Micro-benchmark of the op costs that dominate the sampling chain (flex backend).
+//! Micro-benchmark of the op costs that dominate the sampling chain (flex backend;
+//! `B=nd` picks burn-ndarray, which needs `--features ndarray`).
 use burn::tensor::activation::{relu, silu};
 use burn::tensor::{Device, Tensor};
 use std::time::Instant;
@@ -10,13 +11,14 @@ fn time<F: FnMut()>(n: usize, mut f: F) -> f64 {
     }
     t.elapsed().as_secs_f64() / n as f64 * 1e6
 }
-#[allow(deprecated)] // burn-ndarray, kept for the comparison
 fn main() {
-    let dev = if std::env::var("B").as_deref() == Ok("nd") {
-        Device::ndarray()
+    let backend = if std::env::var("B").as_deref() == Ok("nd") {
+        "ndarray"
     } else {
-        Device::flex()
+        "cpu"
     };
+    // The trainer's own parser: it names the missing feature for `nd`.
+    let dev: Device = trainer::device::parse(backend).expect("device").device();
     let x = Tensor::<2>::random(
         [512, 256],
         burn::tensor::Distribution::Normal(0.0, 1.0),
