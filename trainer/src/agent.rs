@@ -46,7 +46,7 @@
 
 use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use shared_model::{
     DiffusionSchedule, ExpoRunner, SelectionParams, TdRunner, on_the_fly_action, on_the_fly_value,
@@ -457,14 +457,8 @@ impl NetOptimizer {
             OptimizerImpl::Fused => {
                 NetOptimizer::Fused(Box::new(FusedAdam::adamw(EPSILON, weight_decay, packing)))
             }
-            OptimizerImpl::PerParameter if weight_decay > 0.0 => NetOptimizer::PerParameter(
-                AdamWConfig::new()
-                    .with_weight_decay(weight_decay)
-                    .with_epsilon(EPSILON)
-                    .init(),
-            ),
             OptimizerImpl::PerParameter => {
-                NetOptimizer::PerParameter(AdamConfig::new().with_epsilon(EPSILON).init())
+                NetOptimizer::PerParameter(crate::per_parameter::adam(weight_decay, EPSILON))
             }
         }
     }
@@ -529,10 +523,8 @@ impl NetOptimizer {
         match self {
             NetOptimizer::PerParameter(o) => {
                 let path = dir.join(format!("{stem}.bpk"));
-                let opt = std::mem::replace(o, AdamConfig::new().init());
-                *o = opt
-                    .load(&path)
-                    .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+                let fresh = std::mem::replace(o, crate::per_parameter::adam(0.0, 0.0));
+                *o = crate::per_parameter::load(fresh, &path, device)?;
                 Ok(())
             }
             NetOptimizer::Fused(o) => {

@@ -20,6 +20,7 @@ pub mod finetune;
 pub mod live;
 pub mod nets;
 pub mod optim;
+pub mod per_parameter;
 pub mod plot;
 pub mod replay;
 pub mod robot;

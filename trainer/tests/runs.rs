@@ -433,3 +433,51 @@ fn study_and_export_refuse_what_they_would_ignore_or_fail_late() {
         "{e}"
     );
 }
+
+/// A CPU run never uses burn's default device. With a GPU backend compiled in (the test
+/// build has `webgpu`), burn's default is that GPU whatever `--device` says, and
+/// burn-optim rebuilt loaded optimizer states there: a CPU run that loaded a checkpoint
+/// initialised the GPU, and panicked on a machine without one. Here the Vulkan loader
+/// finds no driver, so any use of the default device panics: training, resuming and
+/// evaluating a run with per-parameter optimizers (whose states burn loads) must not.
+#[cfg(feature = "webgpu")]
+#[test]
+fn a_cpu_run_never_touches_burns_default_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    let trainer = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(args)
+            .env("BURN_DEVICE", "webgpu")
+            .env("VK_ICD_FILENAMES", "/nonexistent/no-vulkan-driver.json")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{args:?}: {stderr}");
+    };
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--set",
+            "compute.optimizer=\"per-parameter\"",
+            "--set",
+            "run.eval_every=0",
+            "--set",
+            "run.online_steps=40",
+            "--checkpoint-every",
+            "20",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        trainer(&args);
+    };
+    train(&["--stop-after", "20"]);
+    train(&["--resume"]);
+    trainer(&["eval", "--run", out, "--episodes", "1"]);
+}
