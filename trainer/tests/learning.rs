@@ -1,9 +1,10 @@
 //! A short online run of EXPO improves the push task above its imitation start.
 //!
-//! One of the most expensive tests of the crate (two runs, about 2.5 minutes on two cores): the `cpu` preset
-//! with 3000 online steps instead of 10000. The study (`trainer study`) measures the
-//! full curves (on push all three seeds were above 0.84 at 3000 steps, from a BC start of
-//! 0.37 ± 0.08); this test guards against a learner that silently stops learning.
+//! One of the most expensive tests of the crate (two runs side by side, about 2 minutes on
+//! two cores): the `cpu` preset with 3000 online steps instead of 10000. The study
+//! (`trainer study`) measures the full curves (on push all three seeds were above 0.84 at
+//! 3000 steps, from a BC start of 0.37 ± 0.08); this test guards against a learner that
+//! silently stops learning.
 
 use trainer::config::Config;
 use trainer::run::{TrainOptions, train};

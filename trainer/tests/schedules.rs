@@ -292,8 +292,8 @@ fn recorded_graphs_give_the_direct_results() {
     graph_matches_direct("cpu", false);
 }
 
-/// The same on a GPU device, where the graphs are recorded (scripts/lavapipe-check runs it with
-/// `EXPO_GPU_DEVICE=vulkan:cpu`).
+/// The same on a GPU device, where the graphs are recorded (scripts/lavapipe-check runs
+/// it with `EXPO_GPU_DEVICE=vulkan:cpu`).
 #[test]
 #[ignore = "needs a GPU: EXPO_GPU_DEVICE=vulkan|vulkan:cpu|cuda and the matching feature"]
 fn recorded_graphs_give_the_direct_results_on_the_gpu() {
