@@ -987,7 +987,7 @@ pub fn log_to_dataset(log: &Path, out: &Path) -> Result<Rebuilt, LogError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn transition(episode: u32, step: u32, done: bool) -> Transition {
@@ -1017,7 +1017,7 @@ mod tests {
         t
     }
 
-    fn run_start() -> RunStart {
+    pub(crate) fn run_start() -> RunStart {
         RunStart {
             robot: "r".into(),
             task: "push".into(),
@@ -1029,7 +1029,7 @@ mod tests {
         }
     }
 
-    fn end(episode: u32, steps: u32) -> EpisodeEnd {
+    pub(crate) fn end(episode: u32, steps: u32) -> EpisodeEnd {
         EpisodeEnd {
             episode,
             seed: 9,

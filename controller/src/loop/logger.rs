@@ -11,6 +11,9 @@
 //!
 //! Episode boundaries (start and end records) are not dropped: the control thread
 //! keeps them in a small queue and retries every tick until the channel takes them.
+//! Transitions go straight in, so under backpressure an episode's first transitions can
+//! overtake its start record (and the previous episode's end): the logger keeps them
+//! aside for the start record.
 //!
 //! With `--rerun`, the same thread also takes the control thread's tick frames from a
 //! second bounded channel and records them (see [`super::viz`]).
@@ -153,6 +156,8 @@ fn logger_main(
     s: &Mutex<LoggerSummary>,
 ) {
     let mut current: Option<(u32, Vec<Transition>)> = None;
+    // Transitions of an episode whose start record has not arrived yet.
+    let mut early: Vec<Transition> = Vec::new();
     let mut next_index = 0usize;
     while let Some(rec) = next_record(&rx, &mut ticks) {
         if let Err(e) = log.append(&rec) {
@@ -160,15 +165,14 @@ fn logger_main(
         }
         match rec {
             Record::EpisodeStart { episode, .. } => {
-                current = Some((episode, Vec::with_capacity(512)));
+                let mut ts = Vec::with_capacity(512);
+                ts.extend(early.drain(..).filter(|t| t.episode == episode));
+                current = Some((episode, ts));
             }
-            Record::Transition(t) => {
-                if let Some((ep, ts)) = current.as_mut()
-                    && *ep == t.episode
-                {
-                    ts.push(t);
-                }
-            }
+            Record::Transition(t) => match current.as_mut() {
+                Some((ep, ts)) if *ep == t.episode => ts.push(t),
+                _ => early.push(t),
+            },
             Record::EpisodeEnd(end) => {
                 if let Err(e) = log.sync() {
                     push_error(s, e.to_string());
@@ -224,5 +228,45 @@ fn logger_main(
             }
             Err(e) => push_error(s, format!("finishing the dataset: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::log::open_dataset;
+    use super::super::log::tests::{end, run_start, transition};
+    use super::*;
+
+    /// Under backpressure the control thread's queued end and start records can come
+    /// after the next episode's first transitions: those still reach the dataset.
+    #[test]
+    fn transitions_ahead_of_their_episodes_start_record_are_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogWriter::open(&dir.path().join("transitions.log")).unwrap();
+        let run = run_start();
+        let ds_dir = dir.path().join("dataset");
+        let w = open_dataset(&ds_dir, &run.dataset_info()).unwrap();
+        let logger = Logger::spawn(log, Some((ds_dir.clone(), w)), run, 64, None).unwrap();
+        let send = |r: Record| logger.tx.send(r).unwrap();
+        send(Record::EpisodeStart {
+            episode: 0,
+            seed: 9,
+        });
+        send(Record::Transition(transition(0, 0, false)));
+        send(Record::Transition(transition(0, 1, true)));
+        send(Record::Transition(transition(1, 0, false)));
+        send(Record::EpisodeEnd(end(0, 2)));
+        send(Record::EpisodeStart {
+            episode: 1,
+            seed: 10,
+        });
+        send(Record::Transition(transition(1, 1, true)));
+        send(Record::EpisodeEnd(end(1, 2)));
+        let s = logger.finish();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(s.frames_saved, 4, "{s:?}");
+        let ds = dataset::read_dataset(&ds_dir).unwrap();
+        assert_eq!(ds.episodes.len(), 2);
+        assert_eq!(ds.episodes[1].len(), 2);
     }
 }
