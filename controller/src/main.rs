@@ -63,7 +63,7 @@ enum Command {
     /// Run a bundle on the robot: handshake, `--episodes` episodes at the robot's control
     /// rate with the safety envelope, transitions logged crash-safely and saved as a
     /// dataset, cadence report per episode and at exit. Exit status: 0 all episodes ran,
-    /// 3 stopped by a fault, 130 interrupted (Ctrl-C / SIGTERM), 1 refused or failed.
+    /// 3 stopped by a fault, 130 interrupted (Ctrl-C, SIGTERM, SIGHUP), 1 refused or failed.
     Run(Box<RunArgs>),
     /// The control loop against the simulated firmware on an in-process pty at `--rate`
     /// Hz for `--seconds`: effective rate, wake-up jitter, overruns, sensor-to-command
@@ -441,7 +441,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 .observation
                 .names_differ(&bundle.manifest.observation.names, "the bundle")
             {
-                eprintln!("warning: {}: {w}", dir.display());
+                controller::note!("warning: {}: {w}", dir.display());
             }
             Some(bundle)
         }
@@ -481,7 +481,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             let mut cfg = robot_loop::teleop::TeleopConfig::bind(addr, timeout)
                 .with_context(|| format!("--teleop: listening on {addr}"))?;
             cfg.wait = Duration::from_secs_f64(wait_ms / 1e3);
-            eprintln!(
+            controller::note!(
                 "teleop: listening on {} (datagrams: firmware_config::teleop; the device's actions move the robot while engaged, {} ms at most after its last one)",
                 cfg.socket.local_addr()?,
                 a.teleop_timeout_ms
@@ -576,7 +576,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         Some(dir) => dir.display().to_string(),
         None => "teleop (no bundle)".to_string(),
     };
-    eprintln!(
+    controller::note!(
         "controller run: {} on '{}' via {} at {} Hz (x{} time scale), {} episodes, {}{}{}, logging to {}",
         label,
         cfg.robot.robot,
@@ -603,7 +603,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         (None, None) => cfg.robot.robot.clone(),
     };
     let report = robot_loop::run(cfg, brain, &task, &label)?;
-    println!("{report}");
+    controller::say!("{report}");
     // The same bundle in the trainer's simulator, with the same trust (a robot of its
     // own has no simulated task to compare with).
     let simulated = bundle
@@ -621,13 +621,15 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         ),
         _ => String::new(),
     };
-    println!(
+    controller::say!(
         "success rate {}/{} = {:.3} over completed episodes{compare}",
-        report.successes, report.episodes_completed, report.success_rate,
+        report.successes,
+        report.episodes_completed,
+        report.success_rate,
     );
     if let Some(fw) = sim {
         let r = fw.stop()?;
-        println!(
+        controller::say!(
             "simulated firmware: {} episodes, {} steps ({} holding), {} commands, {} invalid, {} watchdog trips, {} estops",
             r.firmware.episodes,
             r.firmware.steps,
@@ -644,7 +646,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
 fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
     use robot_loop::Outcome;
     if let Some(e) = &report.error {
-        eprintln!("error: {e}");
+        controller::note!("error: {e}");
     }
     std::process::ExitCode::from(match report.outcome {
         Outcome::Completed => 0,

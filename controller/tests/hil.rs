@@ -207,9 +207,13 @@ fn policy_units(robot: &RobotConfig, action: &[f32]) -> Vec<f32> {
 }
 
 /// The firmware-side envelope check over every frame it received: finite, inside
-/// `[min, max]`, within `max_delta` of the previous command (the firmware's hold, zero,
-/// after `Reset` or `Estop`). Also: every `Estop` follows a hold command (or comes
-/// right after a `Reset`/nothing). Returns the number of commands checked.
+/// `[min, max]`, and within `max_delta` of either the action the firmware applied when
+/// the command arrived or the previous command since the last `Reset` or `Estop` (the
+/// controller's reference until it hears that the firmware fell back to its hold: a
+/// watchdog trip, a reboot, a stop button), or exactly the hold action (zero), which
+/// the firmware itself falls back to at once in each of those cases. Also: every
+/// `Estop` follows a hold command (or comes right after a `Reset`/nothing). Returns the
+/// number of commands checked.
 fn check_envelope(robot: &RobotConfig, received: &[Received]) -> usize {
     let s = &robot.safety;
     let tol = 1e-5;
@@ -234,6 +238,10 @@ fn check_envelope(robot: &RobotConfig, received: &[Received]) -> usize {
             }
             Message::Command { action } => {
                 let p = policy_units(robot, action);
+                let within = |reference: &[f32]| {
+                    (0..p.len())
+                        .all(|i| (p[i] - reference[i]).abs() <= s.max_delta_per_tick[i] + tol)
+                };
                 for i in 0..p.len() {
                     assert!(p[i].is_finite(), "non-finite command {p:?}");
                     assert!(
@@ -242,12 +250,14 @@ fn check_envelope(robot: &RobotConfig, received: &[Received]) -> usize {
                         s.action_min,
                         s.action_max
                     );
-                    assert!(
-                        (p[i] - prev[i]).abs() <= s.max_delta_per_tick[i] + tol,
-                        "command {p:?} jumps from {prev:?} by more than {:?}",
-                        s.max_delta_per_tick
-                    );
                 }
+                assert!(
+                    within(&r.applied) || within(&prev) || p.iter().all(|x| *x == 0.0),
+                    "command {p:?} jumps by more than {:?} from the firmware's {:?} and from the \
+                     previous command {prev:?}",
+                    s.max_delta_per_tick,
+                    r.applied,
+                );
                 prev = p.clone();
                 last_cmd = Some(p);
                 n += 1;
@@ -793,6 +803,133 @@ fn fault_firmware_reset_mid_episode() {
     assert_eq!(eps[1]["transitions"], eps[1]["steps"]);
 }
 
+/// Setup: the robot's stop button is pressed at step 20 of the first episode (the
+/// firmware stops as on an `Estop` and reports `Fault { Estop }`), with faults to spare
+/// (`--max-faults 3`). Expected: a safe stop, then the run ends (exit status 3, an
+/// `emergency_stop` fault): no `Reset` follows the press, since the firmware would
+/// release its stop at one.
+#[test]
+fn a_stop_button_pressed_on_the_robot_ends_the_run() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "estop_at=20");
+    let out = sim.run(&["--episodes", "3", "--max-faults", "3"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(fw.faults.estop_presses, 1);
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "emergency_stop"), 1, "{report}");
+    assert_eq!(report["outcome"], "stopped_by_fault");
+    let eps = episodes(&report);
+    assert_eq!(eps.len(), 1, "{report}");
+    assert_eq!(eps[0]["reason"], "fault");
+    let resets = received
+        .iter()
+        .filter(|r| matches!(r.message, Message::Reset { .. }))
+        .count();
+    assert_eq!(resets, 1, "only the first episode's Reset");
+}
+
+/// Setup: at step 20 of the first episode the controller's command is lost and the firmware's watchdog trips at once: it holds
+/// with its own hold action (zero) and reports `Fault { Watchdog }`. Expected: a safe
+/// stop whose ramp starts from the firmware's hold, not from the lost command: the
+/// first command the holding firmware receives is the hold action itself (a ramp from
+/// the lost command would restart the motion the watchdog stopped, by more than the
+/// rate limit). The next episode runs.
+#[test]
+fn after_a_watchdog_trip_the_safe_stop_starts_from_the_firmwares_hold() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "watchdog_at=20");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fw.faults.watchdog_trips, 1);
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "firmware_fault"), 1, "{report}");
+    let commands: Vec<&Received> = received
+        .iter()
+        .filter(|r| matches!(r.message, Message::Command { .. }))
+        .collect();
+    let first_held = commands
+        .iter()
+        .position(|r| r.watchdog_hold)
+        .expect("a command while the watchdog held");
+    let policy = |r: &Received| match &r.message {
+        Message::Command { action } => policy_units(&sim.robot, action),
+        _ => unreachable!(),
+    };
+    // The lost command was away from the hold by more than one tick's delta, so a
+    // ramp from it would have been visible (lockstep: the same every run; another
+    // synthetic bundle may need another step).
+    let lost = policy(commands[first_held - 1]);
+    let delta = &sim.robot.safety.max_delta_per_tick;
+    assert!(
+        lost.iter().zip(delta).any(|(x, d)| x.abs() > d + 1e-4),
+        "{lost:?}"
+    );
+    assert_eq!(policy(commands[first_held]), vec![0.0, 0.0]);
+    let eps = episodes(&report);
+    assert_eq!(eps[0]["reason"], "fault");
+    assert_eq!(eps[1]["reason"], "completed");
+}
+
+/// Setup: at step 20 of the first episode the firmware's `Sensor` frame carries the step
+/// number `u32::MAX` (a firmware bug). Expected: no hang and no panic (a transition
+/// pairing that gave up on steps one at a time would count to 2^32, then overflow):
+/// no newer frame can follow that one, so the episode ends with a stale-sensor safe
+/// stop; the next episode runs, and the log and the dataset agree.
+#[test]
+fn a_wild_step_number_from_the_firmware_ends_only_its_episode() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "bad_step_at=20");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fw.faults.bad_steps, 1);
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "stale_sensor"), 1, "{report}");
+    let eps = episodes(&report);
+    assert_eq!(eps[0]["reason"], "fault");
+    assert_eq!(eps[1]["reason"], "completed");
+    assert_eq!(eps[1]["transitions"], eps[1]["steps"]);
+}
+
+/// Setup: a robot file whose hold ticks (1) are fewer than its rate limit (0.05 per
+/// tick) needs to bring the last action back to the hold. Expected: the safe stop at
+/// the end of the run ramps all the way to the hold before the torque goes off
+/// (`check_envelope`: every `Estop` follows a hold command).
+#[test]
+fn the_torque_goes_off_only_once_the_ramp_has_reached_the_hold() {
+    let _g = serial();
+    let mut sim = Sim::new(
+        robot(|r| {
+            r.safety.max_delta_per_tick = vec![0.05, 0.05];
+            r.safety.hold_ticks_before_torque_off = 1;
+        }),
+        Pacing::Lockstep,
+        "",
+    );
+    let out = sim.run(&["--episodes", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fw.firmware.estops, 1);
+    // The exit's ramp (the commands after the policy's) took more than the one hold
+    // tick, so an Estop after the hold ticks alone would have come mid-ramp.
+    let commands = received
+        .iter()
+        .filter(|r| matches!(r.message, Message::Command { .. }))
+        .count();
+    let report = sim.report();
+    let policy = episodes(&report)[0]["commands"].as_u64().unwrap() as usize;
+    assert!(
+        commands > policy + 1,
+        "{commands} commands, {policy} by the policy"
+    );
+}
+
 /// Setup: 3% of sensor frames carry a NaN. Expected: the guard refuses to act on them:
 /// the episode ends with a safe stop in the same tick; no NaN ever reaches the
 /// firmware (it never reports an invalid command) or the dataset.
@@ -1090,6 +1227,36 @@ fn ctrl_c_stops_safely_and_saves_the_dataset() {
         .take_while(|r| matches!(r.message, Message::Command { .. }))
         .count();
     assert!(holds >= 5, "{holds} hold commands before Estop");
+    assert_eq!(fw.firmware.invalid_commands, 0);
+}
+
+/// Setup: a long run whose stderr reader goes away (the pipe's read end is closed, as
+/// when `controller run 2>&1 | tee` loses its `tee`), then SIGHUP (the terminal or the
+/// SSH session closed). Expected: the console lines that cannot be written are dropped
+/// (no panic), and SIGHUP stops the run as Ctrl-C does: hold, torque off, the dataset
+/// finished, exit status 130.
+#[test]
+fn sighup_with_a_dead_stderr_stops_safely_and_saves_the_dataset() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let mut child = sim.spawn(&["--episodes", "1000"]);
+    let log = sim.out.join("transitions.log");
+    wait_for_records(&log, 50);
+    drop(child.stderr.take());
+    // Past a few episodes' console lines, which now fail to write.
+    wait_for_records(&log, 250);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let out = finish(child);
+    let (fw, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let (_, ds) = check_invariants(&sim, &received, &out);
+    let report = sim.report();
+    assert_eq!(report["outcome"], "interrupted");
+    assert!(ds.episodes.len() >= 2);
+    assert_eq!(report["faults"].as_array().unwrap().len(), 0, "{report}");
+    let last = received.last().expect("frames");
+    assert_eq!(last.message, Message::Estop, "torque off last");
     assert_eq!(fw.firmware.invalid_commands, 0);
 }
 

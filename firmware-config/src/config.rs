@@ -170,7 +170,9 @@ pub struct SafetyConfig {
     pub stale_sensor_ms: u32,
     /// Whether switching the torque off is safe (nothing falls or drifts under gravity).
     pub gravity_safe_torque_off: bool,
-    /// Ticks of holding before the torque may go off (if it is safe at all).
+    /// Ticks of holding before the torque may go off (if it is safe at all). The
+    /// controller keeps holding past them until its ramp at `max_delta_per_tick` has
+    /// reached the hold action: the torque never goes off mid-ramp.
     pub hold_ticks_before_torque_off: u32,
 }
 

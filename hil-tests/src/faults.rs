@@ -14,7 +14,9 @@
 //!   right moments: NaN in sensor data ([`FaultInjector::corrupt_sensor`]), a simulated
 //!   reboot mid-episode ([`FaultInjector::reboot_now`]: the firmware restarts its
 //!   sequence numbers and clock, sends `Hello` again and starts a new episode with a new
-//!   id) and a wrong schema hash in its `Hello`.
+//!   id), a press of the robot's stop button ([`FaultInjector::estop_now`]: the
+//!   firmware stops as on an `Estop` and reports `Fault { Estop }`) and a wrong schema
+//!   hash in its `Hello`.
 //!
 //! Every random choice comes from one [`sim::rng::Rng`] seeded from the spec, so a seed
 //! and the same sequence of frames reproduce the same damage byte for byte.
@@ -36,6 +38,9 @@
 //! | `stall` | `p:ms` | with probability p per frame, output stops for ms before it |
 //! | `stall_after` | `n:ms` | once, output stops for ms before frame n (counting from 1) |
 //! | `reboot_at` | step | once, the firmware reboots when an episode reaches this step |
+//! | `estop_at` | step | once, the stop button is pressed when an episode reaches this step |
+//! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
+//! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
 //! | `version` | u8 | every frame's header carries this protocol version |
 //! | `schema` | u32 (`0x` hex ok) | the firmware's `Hello` carries this schema hash |
 //! | `nan` | p per sensor frame | one observation value is sent as NaN |
@@ -63,6 +68,9 @@ pub struct FaultSpec {
     pub stall: Option<(f32, Duration)>,
     pub stall_after: Option<(u64, Duration)>,
     pub reboot_at_step: Option<u32>,
+    pub estop_at_step: Option<u32>,
+    pub watchdog_at_step: Option<u32>,
+    pub bad_step_at: Option<u32>,
     pub version: Option<u8>,
     pub schema_hash: Option<u32>,
     pub nan_sensor: f32,
@@ -132,6 +140,18 @@ impl FromStr for FaultSpec {
                     spec.reboot_at_step =
                         Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
                 }
+                "estop_at" => {
+                    spec.estop_at_step =
+                        Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
+                }
+                "watchdog_at" => {
+                    spec.watchdog_at_step =
+                        Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
+                }
+                "bad_step_at" => {
+                    spec.bad_step_at =
+                        Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
+                }
                 "version" => {
                     spec.version =
                         Some(u8::try_from(int(value)?).map_err(|_| err("version is a u8"))?)
@@ -143,7 +163,8 @@ impl FromStr for FaultSpec {
                 _ => {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
-                         dup, reorder, stall, stall_after, reboot_at, version, schema, nan",
+                         dup, reorder, stall, stall_after, reboot_at, estop_at, watchdog_at, bad_step_at, version, schema, \
+                         nan",
                     ));
                 }
             }
@@ -182,6 +203,9 @@ pub struct FaultStats {
     pub reordered: u64,
     pub stalls: u64,
     pub reboots: u64,
+    pub estop_presses: u64,
+    pub watchdog_trips: u64,
+    pub bad_steps: u64,
     pub version_rewrites: u64,
     pub nan_sensors: u64,
 }
@@ -193,6 +217,8 @@ pub struct FaultInjector {
     rng: Rng,
     held: Option<Vec<u8>>,
     rebooted: bool,
+    estop_pressed: bool,
+    watchdog_tripped: bool,
     stats: FaultStats,
 }
 
@@ -205,6 +231,8 @@ impl FaultInjector {
             rng,
             held: None,
             rebooted: false,
+            estop_pressed: false,
+            watchdog_tripped: false,
             stats: FaultStats::default(),
         }
     }
@@ -326,6 +354,37 @@ impl FaultInjector {
         false
     }
 
+    /// True once, when an episode reaches the configured stop-button step.
+    pub fn estop_now(&mut self, step: u32) -> bool {
+        if !self.estop_pressed && self.spec.estop_at_step == Some(step) {
+            self.estop_pressed = true;
+            self.stats.estop_presses += 1;
+            return true;
+        }
+        false
+    }
+
+    /// True once, for the first command at the configured watchdog step: that command is
+    /// lost and the firmware's watchdog trips.
+    pub fn watchdog_now(&mut self, step: u32) -> bool {
+        if !self.watchdog_tripped && self.spec.watchdog_at_step == Some(step) {
+            self.watchdog_tripped = true;
+            self.stats.watchdog_trips += 1;
+            return true;
+        }
+        false
+    }
+
+    /// The step number to put in step `step`'s `Sensor` frame (`u32::MAX` once, at the
+    /// configured `bad_step_at`).
+    pub fn sensor_step(&mut self, step: u32) -> u32 {
+        if self.spec.bad_step_at == Some(step) && self.stats.bad_steps == 0 {
+            self.stats.bad_steps += 1;
+            return u32::MAX;
+        }
+        step
+    }
+
     /// The schema hash the firmware should announce.
     pub fn schema_hash(&self, ours: u32) -> u32 {
         self.spec.schema_hash.unwrap_or(ours)
@@ -412,7 +471,8 @@ mod tests {
     fn spec_parsing() {
         let s: FaultSpec =
             "seed=0x10, after=4,drop=0.5,flip=0.01,truncate=0.1,garbage=0.2,dup=0.3,\
-                            reorder=0.4,stall=0.05:200,stall_after=40:500,reboot_at=30,version=2,\
+                            reorder=0.4,stall=0.05:200,stall_after=40:500,reboot_at=30,estop_at=7,watchdog_at=8,\
+                            bad_step_at=9,version=2,\
                             schema=0xdeadbeef,nan=1"
                 .parse()
                 .unwrap();
@@ -421,6 +481,9 @@ mod tests {
         assert_eq!(s.stall, Some((0.05, Duration::from_millis(200))));
         assert_eq!(s.stall_after, Some((40, Duration::from_millis(500))));
         assert_eq!(s.reboot_at_step, Some(30));
+        assert_eq!(s.estop_at_step, Some(7));
+        assert_eq!(s.watchdog_at_step, Some(8));
+        assert_eq!(s.bad_step_at, Some(9));
         assert_eq!(s.version, Some(2));
         assert_eq!(s.schema_hash, Some(0xdead_beef));
         assert_eq!(s.nan_sensor, 1.0);
@@ -564,13 +627,26 @@ mod tests {
 
     #[test]
     fn firmware_hooks() {
-        let mut inj = FaultInjector::new("nan=1,reboot_at=5,schema=0x1234".parse().unwrap(), 3);
+        let mut inj = FaultInjector::new(
+            "nan=1,reboot_at=5,estop_at=6,watchdog_at=7,bad_step_at=8,schema=0x1234"
+                .parse()
+                .unwrap(),
+            3,
+        );
         let mut obs = [0.5f32; 6];
         assert!(inj.corrupt_sensor(&mut obs));
         assert_eq!(obs.iter().filter(|x| x.is_nan()).count(), 1);
         assert!(!inj.reboot_now(4));
         assert!(inj.reboot_now(5));
         assert!(!inj.reboot_now(5), "a reboot happens once");
+        assert!(!inj.estop_now(5));
+        assert!(inj.estop_now(6));
+        assert!(!inj.estop_now(6), "the button is pressed once");
+        assert!(inj.watchdog_now(7));
+        assert!(!inj.watchdog_now(7), "the watchdog trips once");
+        assert_eq!(inj.sensor_step(7), 7);
+        assert_eq!(inj.sensor_step(8), u32::MAX);
+        assert_eq!(inj.sensor_step(8), 8, "once");
         assert_eq!(inj.schema_hash(99), 0x1234);
         let mut clean = FaultInjector::none();
         let mut obs = [0.5f32; 6];

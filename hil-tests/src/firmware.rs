@@ -40,7 +40,8 @@
 //!   non-finite value is answered with `Fault { InvalidCommand }` and replaced by the
 //!   hold action (in lockstep it still takes its step, so the controller is not left
 //!   waiting); it does not feed the watchdog.
-//! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`.
+//! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`; so
+//!   does a press of the robot's stop button (the fault injector's `estop_at`).
 //! - **Heartbeat** is answered with a `Heartbeat`; while no episode runs the firmware
 //!   also sends one every 250 ms.
 //! - **Clock.** Frame timestamps are µs since the firmware (re)booted, on the clock
@@ -90,6 +91,12 @@ pub struct FirmwareOptions {
 pub struct Received {
     pub at: Duration,
     pub state: FirmwareState,
+    /// The watchdog had tripped: the firmware was applying its own hold action.
+    pub watchdog_hold: bool,
+    /// The action the firmware was applying (policy units): the last valid command,
+    /// or its hold action (zero) after a `Reset`, an `Estop`, a reboot, an invalid
+    /// command or a watchdog trip, and outside an episode.
+    pub applied: Vec<f32>,
     pub message: Message,
 }
 
@@ -316,6 +323,8 @@ impl SimFirmware {
             self.received.push(Received {
                 at: now,
                 state: self.state,
+                watchdog_hold: self.watchdog_tripped,
+                applied: self.applied().to_vec(),
                 message: frame.message.clone(),
             });
         }
@@ -338,14 +347,7 @@ impl SimFirmware {
             Message::Heartbeat => self.send(now, Message::Heartbeat),
             Message::Estop => {
                 self.stats.estops += 1;
-                self.state = FirmwareState::Estopped;
-                self.watchdog_tripped = false;
-                self.send(
-                    now,
-                    Message::Fault {
-                        code: FaultCode::Estop,
-                    },
-                );
+                self.estop(now);
             }
             _ => self.stats.ignored_messages += 1,
         }
@@ -391,7 +393,8 @@ impl SimFirmware {
         let mut obs = self.obs.clone();
         self.faults.corrupt_sensor(&mut obs);
         // obs_dim <= MAX_OBS is checked when the robot config loads.
-        if let Some(m) = Message::sensor(self.episode, self.step, &obs) {
+        let step = self.faults.sensor_step(self.step);
+        if let Some(m) = Message::sensor(self.episode, step, &obs) {
             self.send(now, m);
         }
     }
@@ -403,6 +406,11 @@ impl SimFirmware {
         }
         self.stats.commands += 1;
         let valid = action.len() == self.action.len() && action.iter().all(|x| x.is_finite());
+        if valid && !self.watchdog_tripped && self.faults.watchdog_now(self.step) {
+            // Injected: this command is lost and the command timeout runs out now.
+            self.trip_watchdog(now);
+            return;
+        }
         if valid {
             self.robot.action.to_policy_units(action, &mut self.action);
             self.has_command = true;
@@ -421,6 +429,13 @@ impl SimFirmware {
         if self.pacing == Pacing::Lockstep {
             self.step_env(now);
         }
+    }
+
+    /// The action a control step applies now: the newest command, or the hold action.
+    fn applied(&self) -> &[f32] {
+        let hold =
+            self.state != FirmwareState::Running || self.watchdog_tripped || !self.has_command;
+        if hold { &self.zero } else { &self.action }
     }
 
     /// One control step with the newest command, or the hold action.
@@ -458,7 +473,39 @@ impl SimFirmware {
             self.last_heartbeat = now;
         } else if self.faults.reboot_now(self.step) {
             self.reboot(now);
+        } else if self.faults.estop_now(self.step) {
+            self.estop(now);
         }
+    }
+
+    /// No valid command for the command timeout: hold with the zero action at the
+    /// control rate until the next valid command, and say so once.
+    fn trip_watchdog(&mut self, now: Duration) {
+        self.watchdog_tripped = true;
+        self.stats.watchdog_trips += 1;
+        self.send(
+            now,
+            Message::Fault {
+                code: FaultCode::Watchdog,
+            },
+        );
+        if self.pacing == Pacing::Lockstep {
+            // Holding starts now and runs at the control rate.
+            self.next_tick = now;
+        }
+    }
+
+    /// Stops stepping until the next `Reset` and says so: the answer to an `Estop`, or
+    /// the robot's stop button.
+    fn estop(&mut self, now: Duration) {
+        self.state = FirmwareState::Estopped;
+        self.watchdog_tripped = false;
+        self.send(
+            now,
+            Message::Fault {
+                code: FaultCode::Estop,
+            },
+        );
     }
 
     /// A simulated firmware reset mid-episode: sequence numbers and clock restart, the
@@ -479,18 +526,7 @@ impl SimFirmware {
         let mut next = now + MAX_WAIT;
         if self.state == FirmwareState::Running {
             if !self.watchdog_tripped && now >= self.last_command_at + self.timeout {
-                self.watchdog_tripped = true;
-                self.stats.watchdog_trips += 1;
-                self.send(
-                    now,
-                    Message::Fault {
-                        code: FaultCode::Watchdog,
-                    },
-                );
-                if self.pacing == Pacing::Lockstep {
-                    // Holding starts now and runs at the control rate.
-                    self.next_tick = now;
-                }
+                self.trip_watchdog(now);
             }
             let ticking = self.pacing == Pacing::RealTime || self.watchdog_tripped;
             if ticking && now >= self.next_tick {

@@ -291,7 +291,10 @@ pub(crate) struct Control {
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
     /// thread is alone on its CPU).
     pub busy_wait: bool,
-    /// When our last Estop went out (its `Fault { Estop }` answer is expected).
+    /// Our last Estop went out and the firmware has not started an episode since: a
+    /// `Fault { Estop }` until then is its answer (or a duplicate of it). The firmware
+    /// answers in order, so once it answers our next `Reset` every answer to the Estop
+    /// has been sent.
     estop_sent: bool,
     torque_off: bool,
     link_down: bool,
@@ -555,9 +558,9 @@ impl Control {
     fn drain(&mut self, now: Instant) {
         while let Ok(ev) = self.events.try_recv() {
             match ev {
-                LinkEvent::Frame { rx, frame } => {
+                LinkEvent::Frame { rx, frame, stale } => {
                     let fw_us = frame.timestamp_us;
-                    self.on_message(frame.message, fw_us, rx, now);
+                    self.on_message(frame.message, fw_us, rx, now, stale);
                 }
                 LinkEvent::Error { error, .. } => {
                     if let FrameError::Version { received } = error
@@ -595,7 +598,9 @@ impl Control {
         }
     }
 
-    fn on_message(&mut self, msg: Message, fw_us: u32, rx: Instant, now: Instant) {
+    /// `stale`: the link saw this frame's sequence number before (a duplicate) or after
+    /// a newer one (reordered).
+    fn on_message(&mut self, msg: Message, fw_us: u32, rx: Instant, now: Instant, stale: bool) {
         match msg {
             Message::Sensor { episode, step, obs } => {
                 if let Phase::Starting { seed, .. } = self.phase
@@ -609,7 +614,11 @@ impl Control {
                 let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
                     return;
                 };
-                if obs.len() != self.od {
+                let slot = step as usize % RING;
+                if obs.len() != self.od || t.sensors[slot].is_some_and(|r| r.step >= step) {
+                    // Kept: the first copy of a step (a duplicate arrives later, and its
+                    // receive time would misplace the step), and a newer step over a
+                    // late frame from RING or more steps back.
                     return;
                 }
                 let mut rec = SensorRec {
@@ -619,7 +628,7 @@ impl Control {
                     rx,
                 };
                 rec.obs[..obs.len()].copy_from_slice(&obs);
-                t.sensors[step as usize % RING] = Some(rec);
+                t.sensors[slot] = Some(rec);
                 if t.newest.is_none_or(|n| step > n) {
                     t.newest = Some(step);
                     t.newest_rx = rx;
@@ -636,10 +645,13 @@ impl Control {
                 let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
                     return;
                 };
-                if t.reward(step).is_some() {
+                let slot = step as usize % RING;
+                if t.rewards[slot].is_some_and(|r| r.step >= step) {
+                    // A duplicate, or a late frame from RING or more steps back: its
+                    // reward is in the return already, or its step was given up on.
                     return;
                 }
-                t.rewards[step as usize % RING] = Some(RewardRec {
+                t.rewards[slot] = Some(RewardRec {
                     step,
                     reward,
                     done,
@@ -659,6 +671,7 @@ impl Control {
                 }
             }
             Message::EpisodeStart { episode, seed } => {
+                self.estop_sent = false;
                 if let Phase::Starting { seed: ours, .. } = self.phase
                     && seed == ours
                     && self.track.is_none()
@@ -692,8 +705,36 @@ impl Control {
                 }
             }
             Message::Fault { code } => {
-                if code == FaultCode::Estop && self.estop_sent {
-                    self.estop_sent = false;
+                if matches!(
+                    code,
+                    FaultCode::Watchdog | FaultCode::InvalidCommand | FaultCode::Estop
+                ) {
+                    // The firmware fell back to its own hold: that is the reference of
+                    // the safe stop's first command, which must not restart the motion
+                    // the firmware has just stopped.
+                    self.gate.firmware_holds();
+                }
+                if code == FaultCode::Estop {
+                    if self.estop_sent || stale {
+                        // Our own Estop's answer, or a duplicated or reordered copy of
+                        // an answer already handled.
+                        return;
+                    }
+                    // A stop we did not send: the operator's (or the hardware's) stop
+                    // button. The firmware would release it at our next `Reset`, so
+                    // the run ends here, whatever the phase; a person restarts it.
+                    if matches!(self.phase, Phase::Handshaking { .. } | Phase::Done) {
+                        self.report.ignored_firmware_faults += 1;
+                        return;
+                    }
+                    self.fault(
+                        now,
+                        FaultKind::EmergencyStop,
+                        "the firmware reported an emergency stop this controller did not send \
+                         (a stop button?): the run ends, so that no Reset releases it"
+                            .into(),
+                        Some(After::Exit),
+                    );
                     return;
                 }
                 // Outside an episode a fault is old news (e.g. the watchdog of a
@@ -722,7 +763,9 @@ impl Control {
                 if let Phase::Handshaking { .. } = self.phase {
                     self.phase = Phase::Idle;
                 } else {
-                    // An unasked Hello: the firmware rebooted.
+                    // An unasked Hello: the firmware rebooted and holds with its own
+                    // hold action.
+                    self.gate.firmware_holds();
                     self.fault(
                         now,
                         FaultKind::FirmwareReset,
@@ -806,7 +849,7 @@ impl Control {
 
     /// One operator command (see [`super::operator`]).
     fn on_operator(&mut self, now: Instant, c: OperatorCommand) {
-        let note = |what: &str| eprintln!("operator: {what}");
+        let note = |what: &str| note!("operator: {what}");
         let running = self.phase == Phase::Running && self.track.is_some();
         match c {
             OperatorCommand::Success | OperatorCommand::Failure | OperatorCommand::Reset
@@ -900,7 +943,7 @@ impl Control {
             .as_ref()
             .map_or((None, None), |t| (Some(t.id), t.newest));
         if !self.cfg.quiet {
-            eprintln!("FAULT at tick {}: {kind:?}: {detail}", self.tick);
+            note!("FAULT at tick {}: {kind:?}: {detail}", self.tick);
         }
         self.report.faults.push(FaultEvent {
             kind,
@@ -1122,7 +1165,12 @@ impl Control {
             }
         }
         let left = left.saturating_sub(1);
-        if left > 0 {
+        // The hold ticks count down, and the torque goes off only at the hold action: a
+        // robot file whose `hold_ticks_before_torque_off` is shorter than the ramp at
+        // `max_delta_per_tick` gets the ticks the ramp needs (a bounded number: every
+        // hold step moves the reference by the full delta, written or not).
+        let ramping = !self.torque_off && !self.gate.envelope().at_hold(self.gate.last());
+        if left > 0 || ramping {
             self.phase = Phase::SafeStop { left, then };
             return;
         }
@@ -1333,7 +1381,9 @@ impl Control {
             if t.final_step.is_some_and(|f| s >= f) {
                 break;
             }
-            let parts = (t.sensor(s), t.sensor(s + 1), t.reward(s + 1));
+            // (A step number at u32::MAX is the firmware's bug; it has no successor.)
+            let Some(s1) = s.checked_add(1) else { break };
+            let parts = (t.sensor(s), t.sensor(s1), t.reward(s1));
             if let (Some(a), Some(b), Some(r)) = parts {
                 let (sent_at, action, intervention, teleop) = match self.commands.in_force_at(b.rx)
                 {
@@ -1366,7 +1416,7 @@ impl Control {
                     next_obs_rx_ns: ns_since(self.start, b.rx),
                 };
                 if let Some(label) = t.label
-                    && t.final_step == Some(s + 1)
+                    && t.final_step == Some(s1)
                 {
                     // The operator's label on the episode's last step.
                     tr.done = true;
@@ -1378,9 +1428,9 @@ impl Control {
                         t.ret += self.cfg.success_reward;
                     }
                 }
-                t.next_emit += 1;
+                t.next_emit = s1;
                 if !tr.is_finite() {
-                    t.missing += 1;
+                    t.missing = t.missing.saturating_add(1);
                     continue;
                 }
                 t.emitted += 1;
@@ -1396,13 +1446,30 @@ impl Control {
             }
             // Pieces of step s that are still missing once frames well past it have
             // arrived were lost on the link.
-            let gone = t.horizon().is_some_and(|h| h >= s + (RING as u32) / 2);
-            if gone {
-                t.next_emit += 1;
-                t.missing += 1;
-                continue;
+            let Some(gone_to) = t.horizon().and_then(|h| h.checked_sub(RING as u32 / 2)) else {
+                break;
+            };
+            let keep_from = gone_to + 1;
+            if s >= keep_from {
+                break;
             }
-            break;
+            // Given up on: skip the whole run of lost steps at once, to the next step
+            // whose observation is here or the first one not given up on yet (a wild
+            // step number from the firmware must not cost one iteration per step).
+            let next_here = t
+                .sensors
+                .iter()
+                .flatten()
+                .map(|r| r.step)
+                .filter(|&k| k > s)
+                .min();
+            let mut next = next_here.map_or(keep_from, |k| k.min(keep_from));
+            if let Some(f) = t.final_step {
+                next = next.min(f);
+            }
+            let next = next.max(s1);
+            t.missing = t.missing.saturating_add(next - s);
+            t.next_emit = next;
         }
     }
 
@@ -1439,7 +1506,7 @@ impl Control {
         // Steps the firmware took that never became transitions.
         let covered = t.next_emit;
         if reason == EndReason::Completed && steps > covered {
-            t.missing += steps - covered;
+            t.missing = t.missing.saturating_add(steps - covered);
         }
         self.last_finished = Some(t.id);
         let success = match t.label {
@@ -1472,7 +1539,7 @@ impl Control {
             cadence: cad,
         };
         if !self.cfg.quiet {
-            eprintln!("{rep}");
+            note!("{rep}");
         }
         self.report.episodes.push(rep);
         self.fold_cadence();

@@ -17,7 +17,7 @@
 use super::realtime;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use firmware_config::protocol::{
-    DecoderStats, Frame, FrameDecoder, FrameError, Message, SeqTracker,
+    DecoderStats, Frame, FrameDecoder, FrameError, Message, SeqEvent, SeqTracker,
 };
 use serde::Serialize;
 use serialport::SerialPort;
@@ -33,12 +33,12 @@ pub enum LinkEvent {
     Frame {
         rx: Instant,
         frame: Frame,
+        /// Its sequence number is not newer than the last one's: a duplicated or
+        /// reordered frame.
+        stale: bool,
     },
     /// A block that did not decode (counted in the decoder stats too).
-    Error {
-        rx: Instant,
-        error: FrameError,
-    },
+    Error { rx: Instant, error: FrameError },
     /// Reading failed: the device is gone.
     Lost(String),
     /// The device was reopened; here is its write handle.
@@ -202,8 +202,8 @@ fn io_thread(
                             // Stale (duplicated, reordered) frames are still
                             // published: the control thread drops them by episode and
                             // step, which is what matters for acting and logging.
-                            seq.observe(frame.seq);
-                            LinkEvent::Frame { rx, frame }
+                            let stale = seq.observe(frame.seq) == SeqEvent::Stale;
+                            LinkEvent::Frame { rx, frame, stale }
                         }
                         Err(error) => LinkEvent::Error { rx, error },
                     };

@@ -38,9 +38,10 @@
 //! schema hash, dimensions, rate), else the run is refused before anything moves.
 //! Then, per episode: `Reset { seed }` → `EpisodeStart` → act on every new `Sensor`
 //! until the firmware's terminal `Reward` / `EpisodeEnd` → episode record → next.
-//! At the end (all episodes done, Ctrl-C, SIGTERM, a fault beyond `--max-faults`, a
-//! panic): the safe stop — the hold action for `hold_ticks_before_torque_off` ticks,
-//! then `Estop` where `gravity_safe_torque_off` allows it.
+//! At the end (all episodes done, Ctrl-C, SIGTERM, SIGHUP, a fault beyond
+//! `--max-faults`, a panic): the safe stop — the hold action for
+//! `hold_ticks_before_torque_off` ticks (and as long as the ramp to it at
+//! `max_delta_per_tick` needs), then `Estop` where `gravity_safe_torque_off` allows it.
 //!
 //! # Faults and what follows
 //!
@@ -49,8 +50,9 @@
 //! | stale sensor (no new frame within `stale_sensor_ms`) | tick check | safe stop, episode ends (`fault`) |
 //! | non-finite observation / policy action, policy error | before acting | safe stop |
 //! | `max_consecutive_overruns` deadlines missed in a row | tick check | safe stop |
-//! | firmware `Fault` (watchdog, invalid command, …) | message | safe stop |
-//! | firmware reboot (unasked `Hello`) | message | safe stop, new handshake |
+//! | firmware `Fault` (watchdog, invalid command, …) | message | safe stop, from the firmware's own hold |
+//! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
+//! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
 //! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail), reconnect if enabled |
 //! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
 //!
@@ -465,6 +467,9 @@ pub enum FaultKind {
     PolicyError,
     DeadlineMissed,
     FirmwareFault,
+    /// A `Fault { Estop }` the controller did not cause: someone pressed a stop button.
+    /// Ends the run.
+    EmergencyStop,
     FirmwareReset,
     LinkLost,
     Handshake,
@@ -501,6 +506,8 @@ pub struct FaultEvent {
 pub enum Outcome {
     /// Every episode ran (faults, if any, stayed within `max_faults`).
     Completed,
+    /// A fault beyond `max_faults`, or one that ends the run (an emergency stop the
+    /// controller did not send, a lost link without `--reconnect`).
     StoppedByFault,
     /// Ctrl-C, SIGTERM, or the run's duration.
     Interrupted,
@@ -927,7 +934,7 @@ pub fn run(
             let ds_dir = dir.join("dataset");
             let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
             if cfg.teleop.is_some() && !ds.writes(dataset::cols::TELEOP) {
-                eprintln!(
+                note!(
                     "warning: {}: this dataset has no `teleop` column (it predates it), so the episodes appended to it lose the teleop mark; transitions.log keeps it. Record into a new --out to keep the mark in the dataset.",
                     ds_dir.display()
                 );
@@ -978,7 +985,7 @@ pub fn run(
         }
     };
     if cfg.operator {
-        eprintln!("{}", operator::HELP);
+        note!("{}", operator::HELP);
         let stdin = std::io::BufReader::new(std::io::stdin());
         control.operator = Some(operator::spawn_reader(stdin).map_err(|error| RunError::Io {
             what: "starting the operator thread".into(),
@@ -1143,7 +1150,7 @@ fn control_thread(
         steps.extend(realtime::apply_realtime(prio, cpu));
     }
     for s in &steps {
-        eprintln!("{s}");
+        note!("{s}");
     }
     if !steps.is_empty() {
         c.report.realtime = steps;
@@ -1158,8 +1165,10 @@ fn control_thread(
         } else {
             c.phase
         };
-        c.fault(now, FaultKind::Panic, msg, Some(control::After::Exit));
+        // The recovery runs the loop's own code again, so a panic in it (the same bug
+        // once more) must not skip the last resort below.
         let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.fault(now, FaultKind::Panic, msg, Some(control::After::Exit));
             c.step_now();
             c.run_loop()
         }));

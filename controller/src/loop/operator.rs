@@ -103,7 +103,7 @@ pub fn spawn_reader<R: BufRead + Send + 'static>(
                     }
                 }
                 Ok(None) => {}
-                Err(e) => eprintln!("{e}"),
+                Err(e) => note!("{e}"),
             }
         }
     })?;

@@ -76,13 +76,21 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Routes SIGINT and SIGTERM to the stop flag.
+/// Routes SIGINT, SIGTERM and SIGHUP (the terminal or the SSH session went away) to the
+/// stop flag: each one ends the run with a safe stop and a finished dataset. A SIGHUP
+/// that was ignored when the controller started (`nohup`) stays ignored.
 pub fn install_signal_handlers() -> std::io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only touches atomics and calls signal().
         let prev = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
         if prev == libc::SIG_ERR {
             return Err(std::io::Error::last_os_error());
+        }
+        if sig == libc::SIGHUP && prev == libc::SIG_IGN {
+            // SAFETY: restoring the disposition found at start.
+            unsafe {
+                libc::signal(sig, libc::SIG_IGN);
+            }
         }
     }
     Ok(())

@@ -161,7 +161,7 @@ fn stream_main(
     let mut last_printed: Option<String> = None;
     let mut fail = |e: String| {
         if last_printed.as_ref() != Some(&e) {
-            eprintln!("uplink: {e} (retrying; the robot keeps running and logging)");
+            note!("uplink: {e} (retrying; the robot keeps running and logging)");
             last_printed = Some(e.clone());
         }
         edit(&mut |s| {
@@ -183,7 +183,7 @@ fn stream_main(
                 edit(&mut |s| s.logged += new.len() as u64);
                 pending.extend(new);
                 for d in tail.damaged.drain(..) {
-                    eprintln!(
+                    note!(
                         "uplink: {}: {} damaged bytes at byte {} skipped; the records after them are sent",
                         log.display(),
                         d.len,
@@ -199,7 +199,7 @@ fn stream_main(
                 // The logger has closed the log: what is left is not a whole record.
                 let left = tail.unread_bytes();
                 if left > 0 {
-                    eprintln!(
+                    note!(
                         "uplink: {}: its last {left} bytes are not a whole record (torn or damaged); they are not sent",
                         log.display()
                     );
@@ -272,14 +272,12 @@ fn stream_main(
                 };
                 let error = match outcome {
                     Ok(brain) => {
-                        eprintln!(
-                            "uplink: bundle {name} verified; it takes over at the next episode"
-                        );
+                        note!("uplink: bundle {name} verified; it takes over at the next episode");
                         let _ = ready.send((name.clone(), brain));
                         None
                     }
                     Err(e) => {
-                        eprintln!(
+                        note!(
                             "uplink: bundle {name} refused: {e}; the robot keeps the policy it runs"
                         );
                         Some(e)

@@ -308,7 +308,7 @@ fn receive(
             Ok(a) => a,
             Err(why) => {
                 if shared.invalid.fetch_add(1, Ordering::Relaxed) == 0 {
-                    eprintln!("teleop: refused a datagram from {from}: {why}");
+                    note!("teleop: refused a datagram from {from}: {why}");
                 }
                 *shared.last_invalid.lock().unwrap() = Some(why);
                 continue;
@@ -316,10 +316,10 @@ fn receive(
         };
         if device.is_none_or(|(d, _)| d != from) {
             if let Some((d, _)) = device {
-                eprintln!("teleop: device now at {from} ({d} fell silent)");
+                note!("teleop: device now at {from} ({d} fell silent)");
                 shared.device_changes.fetch_add(1, Ordering::Relaxed);
             } else {
-                eprintln!("teleop: device at {from}");
+                note!("teleop: device at {from}");
             }
             *shared.device.lock().unwrap() = Some(from);
             last_seq = None;
