@@ -276,26 +276,49 @@ fn rename(tmp: &Path, path: &Path) -> Result<(), DatasetError> {
         .map_err(|e| DatasetError::io(path, "renaming temporary file into place", e))
 }
 
-/// Atomically replace `path` with a single-row-group parquet file holding `batch`.
-pub(crate) fn write_parquet_atomic(
+/// A file written in full and synced under a temporary name beside `path`, waiting to
+/// replace `path` atomically ([`Staged::commit`]). Metadata is staged file by file and
+/// committed together, so that running out of disk while writing it (the likeliest
+/// moment: at the end of a recording) leaves the previous metadata in place.
+#[must_use = "a staged file replaces nothing until it is committed"]
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    pub(crate) fn commit(self) -> Result<(), DatasetError> {
+        rename(&self.tmp, &self.path)
+    }
+}
+
+impl Drop for Staged {
+    /// An uncommitted file is removed (after a commit there is nothing left to remove).
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Stage a single-row-group parquet file holding `batch` to replace `path`.
+pub(crate) fn stage_parquet(
     path: &Path,
     batch: &RecordBatch,
     kv: Option<Vec<KeyValue>>,
-) -> Result<(), DatasetError> {
+) -> Result<Staged, DatasetError> {
     let tmp = tmp_path(path);
     // A stale temp file from a crashed writer is ours to replace.
     let _ = fs::remove_file(&tmp);
     let mut out = ParquetOut::create_new(&tmp, batch.schema(), kv)?;
     out.write(batch)?;
     out.close()?;
-    rename(&tmp, path)
+    Ok(Staged {
+        tmp,
+        path: path.to_owned(),
+    })
 }
 
-/// Atomically replace `path` with pretty-printed JSON.
-pub(crate) fn write_json_atomic(
-    path: &Path,
-    value: &serde_json::Value,
-) -> Result<(), DatasetError> {
+/// Stage pretty-printed JSON to replace `path`.
+pub(crate) fn stage_json(path: &Path, value: &serde_json::Value) -> Result<Staged, DatasetError> {
     let tmp = tmp_path(path);
     let mut text = serde_json::to_string_pretty(value).map_err(|e| DatasetError::Json {
         path: path.to_owned(),
@@ -309,5 +332,8 @@ pub(crate) fn write_json_atomic(
         f.sync_all()
     };
     write().map_err(|e| DatasetError::io(&tmp, "writing temporary file", e))?;
-    rename(&tmp, path)
+    Ok(Staged {
+        tmp,
+        path: path.to_owned(),
+    })
 }

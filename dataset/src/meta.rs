@@ -313,8 +313,11 @@ pub(crate) fn read_episodes(files: &[PathBuf]) -> Result<Vec<EpisodeMeta>, Datas
     Ok(out)
 }
 
-/// Atomically (re)write the episodes index as one file.
-pub(crate) fn write_episodes(path: &Path, eps: &[EpisodeMeta]) -> Result<(), DatasetError> {
+/// Stage the episodes index as one file (replacing `path` once committed).
+pub(crate) fn stage_episodes(
+    path: &Path,
+    eps: &[EpisodeMeta],
+) -> Result<arrow_io::Staged, DatasetError> {
     let i64s = |f: &dyn Fn(usize, &EpisodeMeta) -> usize| -> ArrayRef {
         Arc::new(Int64Array::from_iter_values(
             eps.iter().enumerate().map(|(i, e)| f(i, e) as i64),
@@ -359,7 +362,7 @@ pub(crate) fn write_episodes(path: &Path, eps: &[EpisodeMeta]) -> Result<(), Dat
         .map_err(|e| DatasetError::parquet(path, "write", e))?;
     fs::create_dir_all(path.parent().unwrap_or(path))
         .map_err(|e| DatasetError::io(path, "creating directory", e))?;
-    arrow_io::write_parquet_atomic(path, &batch, None)
+    arrow_io::stage_parquet(path, &batch, None)
 }
 
 /// Read `meta/tasks.parquet` into task strings ordered by `task_index`.
@@ -412,8 +415,8 @@ pub(crate) fn read_tasks(dir: &Path) -> Result<Vec<String>, DatasetError> {
     Ok(pairs.into_iter().map(|(_, t)| t).collect())
 }
 
-/// Atomically write `meta/tasks.parquet` with pandas metadata making `task` the index.
-pub(crate) fn write_tasks(dir: &Path, tasks: &[String]) -> Result<(), DatasetError> {
+/// Stage `meta/tasks.parquet` with pandas metadata making `task` the index.
+pub(crate) fn stage_tasks(dir: &Path, tasks: &[String]) -> Result<arrow_io::Staged, DatasetError> {
     let path = tasks_path(dir);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(0..tasks.len() as i64)),
@@ -446,7 +449,7 @@ pub(crate) fn write_tasks(dir: &Path, tasks: &[String]) -> Result<(), DatasetErr
     let batch = RecordBatch::try_new(schema, columns)
         .map_err(|e| DatasetError::parquet(&path, "write", e))?;
     let kv = vec![KeyValue::new("pandas".to_string(), pandas)];
-    arrow_io::write_parquet_atomic(&path, &batch, Some(kv))
+    arrow_io::stage_parquet(&path, &batch, Some(kv))
 }
 
 /// Build the `meta/stats.json` object for the features `keep` accepts.

@@ -150,6 +150,38 @@ fn unfinished_writer_leaves_dataset_readable() {
     assert_same(&ds.episodes[1], &eps[2]);
 }
 
+/// A failure while `finish` writes the metadata (here: info.json's temporary file cannot
+/// be created, as on a full disk) must leave the metadata as it was, not a mix of new
+/// index and tasks with old totals that no reader accepts.
+#[test]
+fn a_failed_finish_leaves_the_previous_dataset_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let eps = episodes(6, &[5, 6, 7]);
+    write_dataset(dir, &info(), &eps[..2]).unwrap();
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    w.set_task("a task of its own");
+    w.append_episode(&eps[2]).unwrap();
+    let blocker = dir.join("meta/info.json.tmp");
+    fs::create_dir(&blocker).unwrap();
+    let err = w.finish().unwrap_err().to_string();
+    assert!(err.contains("info.json.tmp"), "{err}");
+    let report = validate_dataset(dir).unwrap();
+    assert_eq!((report.episodes, report.tasks), (2, 1), "{report:?}");
+    let ds = read_dataset(dir).unwrap();
+    assert_eq!(ds.episodes.len(), 2);
+    assert_same(&ds.episodes[1], &eps[1]);
+    // No temporary file is left behind, and the next append works.
+    for f in ["meta/tasks.parquet.tmp", "meta/stats.json.tmp"] {
+        assert!(!dir.join(f).exists(), "{f} left behind");
+    }
+    fs::remove_dir(&blocker).unwrap();
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    w.append_episode(&eps[2]).unwrap();
+    w.finish().unwrap();
+    assert_eq!(validate_dataset(dir).unwrap().episodes, 3);
+}
+
 #[test]
 fn set_task_adds_a_task() {
     let tmp = tempfile::tempdir().unwrap();
