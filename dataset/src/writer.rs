@@ -19,7 +19,11 @@ use crate::{DatasetError, DatasetInfo, DatasetSummary, Episode, cols};
 /// `meta/` is (re)written atomically by [`DatasetWriter::finish`] (and once by
 /// [`DatasetWriter::create`], so a new directory is a valid empty dataset).
 /// Dropping the writer without `finish` leaves the new data files unreferenced:
-/// the dataset stays readable with its previous contents.
+/// the dataset stays readable with its previous contents. A data file that cannot be
+/// written or closed (a full disk) is deleted with the episodes in it, which the error
+/// names; later episodes go to a new file, and `finish` still writes the metadata of
+/// the rest. `finish` stages every metadata file before it renames any, info.json last,
+/// so a failure there leaves the previous metadata.
 pub struct DatasetWriter {
     dir: PathBuf,
     info: DatasetInfo,
@@ -41,6 +45,19 @@ pub struct DatasetWriter {
     /// Episodes-index files other than ours (foreign multi-file indexes),
     /// removed once ours holds every row.
     stale_index_files: Vec<PathBuf>,
+    /// The writer's state when the current data file was opened, to go back to if
+    /// that file cannot be written or closed.
+    before_current: Option<Box<Checkpoint>>,
+}
+
+/// What a data file that fails takes back with it.
+struct Checkpoint {
+    episodes: usize,
+    frames: usize,
+    stats: StatsAcc,
+    episodes_added: usize,
+    frames_added: usize,
+    successes: usize,
 }
 
 fn fresh_info_json(info: &DatasetInfo) -> InfoJson {
@@ -180,6 +197,7 @@ impl DatasetWriter {
             frames_added: 0,
             successes: 0,
             stale_index_files: Vec::new(),
+            before_current: None,
         };
         w.write_meta()?;
         Ok(w)
@@ -264,7 +282,14 @@ impl DatasetWriter {
             frames_added: 0,
             successes,
             stale_index_files,
+            before_current: None,
         })
+    }
+
+    /// Episodes in the dataset so far, the ones from before an append included: the
+    /// index the next appended episode gets.
+    pub fn total_episodes(&self) -> usize {
+        self.episodes.len()
     }
 
     /// Dataset description (for an appended dataset, as read from disk).
@@ -303,20 +328,23 @@ impl DatasetWriter {
                 format!("episode {index}: cannot build record batch: {e}"),
             )
         })?;
-        let (out, chunk, file) = match &mut self.current {
-            Some(current) => current,
-            None => {
-                let (chunk, file) = self.next_file;
-                let path = self
-                    .dir
-                    .join(meta::format_path(&self.json.data_path, chunk, file));
-                let out = ParquetOut::create_new(&path, self.schema.clone(), None)?;
-                self.new_files.push(path);
-                self.next_file = advance(self.next_file, self.json.chunks_size);
-                self.current.insert((out, chunk, file))
-            }
+        if self.current.is_none() {
+            let (chunk, file) = self.next_file;
+            let path = self
+                .dir
+                .join(meta::format_path(&self.json.data_path, chunk, file));
+            let out = ParquetOut::create_new(&path, self.schema.clone(), None)?;
+            self.new_files.push(path);
+            self.next_file = advance(self.next_file, self.json.chunks_size);
+            self.before_current = Some(Box::new(self.checkpoint()));
+            self.current = Some((out, chunk, file));
+        }
+        let Some((out, chunk, file)) = self.current.as_mut() else {
+            unreachable!("a data file was opened above");
         };
-        out.write(&batch)?;
+        if let Err(e) = out.write(&batch) {
+            return Err(self.abandon_current(e, index));
+        }
         let (chunk, file) = (*chunk, *file);
         let limit = self.json.data_files_size_in_mb.saturating_mul(1024 * 1024);
         let full = out.bytes_written() as u64 >= limit;
@@ -336,18 +364,82 @@ impl DatasetWriter {
         self.frames_added += n;
         self.episodes_added += 1;
         self.successes += usize::from(ep.is_success());
-        if full && let Some((out, _, _)) = self.current.take() {
-            out.close()?;
+        if full {
+            self.close_current()?;
         }
         Ok(())
     }
 
-    /// Close the data file and atomically rewrite `meta/`.
-    pub fn finish(mut self) -> Result<DatasetSummary, DatasetError> {
-        if let Some((out, _, _)) = self.current.take() {
-            out.close()?;
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            episodes: self.episodes.len(),
+            frames: self.frames,
+            stats: self.stats.clone(),
+            episodes_added: self.episodes_added,
+            frames_added: self.frames_added,
+            successes: self.successes,
         }
+    }
+
+    /// Closes the current data file (its footer makes it readable); if that fails,
+    /// abandons it.
+    fn close_current(&mut self) -> Result<(), DatasetError> {
+        let Some((out, _, _)) = self.current.take() else {
+            return Ok(());
+        };
+        match out.close() {
+            Ok(_) => {
+                self.before_current = None;
+                Ok(())
+            }
+            Err(e) => Err(self.abandon_current(e, self.episodes.len())),
+        }
+    }
+
+    /// A data file that could not be written or closed (a full disk, an I/O error) is
+    /// unreadable: the episodes in it leave the index (and the statistics), the file is
+    /// deleted, and the next episode starts a new file. `attempted` is the index the
+    /// failing episode would have had. Returns the error, which names the file and the
+    /// episodes lost with it.
+    fn abandon_current(&mut self, e: DatasetError, attempted: usize) -> DatasetError {
+        self.current = None;
+        let Some(before) = self.before_current.take() else {
+            return e;
+        };
+        let lost = before.episodes..attempted.max(self.episodes.len());
+        let lost = match lost.len() {
+            0 => String::new(),
+            1 => format!(", and episode {} written to it before", lost.start),
+            _ => format!(
+                ", and episodes {} to {} written to it before",
+                lost.start,
+                lost.end - 1
+            ),
+        };
+        self.episodes.truncate(before.episodes);
+        self.frames = before.frames;
+        self.stats = before.stats;
+        self.episodes_added = before.episodes_added;
+        self.frames_added = before.frames_added;
+        self.successes = before.successes;
+        let mut dropped = String::new();
+        if let Some(path) = self.new_files.pop() {
+            let _ = fs::remove_file(&path);
+            dropped = format!(
+                "; {} is deleted{lost}: those episodes are not in the dataset",
+                path.display()
+            );
+        }
+        DatasetError::invalid(&self.dir, format!("{e}{dropped}"))
+    }
+
+    /// Close the data file and atomically rewrite `meta/`. If the data file cannot be
+    /// closed, its episodes are dropped (see [`DatasetWriter::append_episode`]'s
+    /// errors), the metadata is still written for the rest, and the error is returned.
+    pub fn finish(mut self) -> Result<DatasetSummary, DatasetError> {
+        let closed = self.close_current();
         self.write_meta()?;
+        closed?;
         for stale in &self.stale_index_files {
             fs::remove_file(stale)
                 .map_err(|e| DatasetError::io(stale, "removing superseded episodes index", e))?;
@@ -367,13 +459,16 @@ impl DatasetWriter {
         })
     }
 
-    /// Write tasks, episodes index, stats, then info.json (the totals) last.
+    /// Stage tasks, episodes index, stats and info.json (the totals), each written in
+    /// full and synced under a temporary name; then rename them into place, info.json
+    /// last. A failure while staging (a full disk) leaves the previous metadata, so
+    /// the dataset reads as before; the renames need no space.
     fn write_meta(&self) -> Result<(), DatasetError> {
-        meta::write_tasks(&self.dir, &self.tasks)?;
-        meta::write_episodes(&meta::episodes_path(&self.dir), &self.episodes)?;
+        let tasks = meta::stage_tasks(&self.dir, &self.tasks)?;
+        let index = meta::stage_episodes(&meta::episodes_path(&self.dir), &self.episodes)?;
         let features = &self.json.features;
         let stats = meta::stats_json(&self.stats.finish(), |k| features.contains_key(k));
-        arrow_io::write_json_atomic(&meta::stats_path(&self.dir), &stats)?;
+        let stats = arrow_io::stage_json(&meta::stats_path(&self.dir), &stats)?;
         let mut json = self.json.clone();
         json.total_episodes = self.episodes.len();
         json.total_frames = self.frames;
@@ -385,7 +480,11 @@ impl DatasetWriter {
             what: "serializing info.json",
             error,
         })?;
-        arrow_io::write_json_atomic(&path, &value)
+        let info = arrow_io::stage_json(&path, &value)?;
+        for staged in [tasks, index, stats, info] {
+            staged.commit()?;
+        }
+        Ok(())
     }
 
     /// One record batch holding every frame of `ep`.

@@ -158,7 +158,6 @@ fn logger_main(
     let mut current: Option<(u32, Vec<Transition>)> = None;
     // Transitions of an episode whose start record has not arrived yet.
     let mut early: Vec<Transition> = Vec::new();
-    let mut next_index = 0usize;
     while let Some(rec) = next_record(&rx, &mut ticks) {
         if let Err(e) = log.append(&rec) {
             push_error(s, e.to_string());
@@ -188,16 +187,28 @@ fn logger_main(
                     dataset_index: None,
                     notes: converted.as_ref().map(|c| c.1).unwrap_or_default(),
                 };
+                let mut unsaved = None;
                 if let (Some(w), Some((ep, _))) = (dataset.as_mut(), converted.as_ref()) {
+                    let index = w.total_episodes();
                     match w.append_episode(ep) {
-                        Ok(()) => {
-                            saved.dataset_index = Some(next_index);
-                            next_index += 1;
+                        Ok(()) => saved.dataset_index = Some(index),
+                        Err(e) => {
+                            push_error(s, format!("episode {}: {e}", end.episode));
+                            // A data file that failed takes its earlier episodes along.
+                            unsaved = Some(w.total_episodes());
                         }
-                        Err(e) => push_error(s, format!("episode {}: {e}", end.episode)),
                     }
                 }
                 let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(kept) = unsaved {
+                    let g = &mut *g;
+                    for e in g.episodes.iter_mut() {
+                        if e.dataset_index.is_some_and(|i| i >= kept) {
+                            e.dataset_index = None;
+                            g.frames_saved -= e.notes.frames;
+                        }
+                    }
+                }
                 g.frames_saved += saved.dataset_index.map_or(0, |_| saved.notes.frames);
                 g.episodes.push(saved);
             }
