@@ -38,6 +38,11 @@ pub enum Successful {
     Only(BTreeSet<usize>),
 }
 
+/// The largest episode index an episode list may name: far beyond any recorded dataset,
+/// and small enough that a range such as `0-99999999999` is refused at once instead of
+/// being expanded index by index.
+pub const MAX_LISTED_EPISODE: usize = 1 << 24;
+
 impl std::str::FromStr for Successful {
     type Err = anyhow::Error;
 
@@ -60,10 +65,19 @@ impl std::str::FromStr for Successful {
                         b.trim().parse().with_context(bad)?,
                     );
                     ensure!(a <= b, "episode list '{s}': range {part} is empty");
+                    ensure!(
+                        b <= MAX_LISTED_EPISODE,
+                        "episode list '{s}': {part} names episodes past {MAX_LISTED_EPISODE}"
+                    );
                     set.extend(a..=b);
                 }
                 None => {
-                    set.insert(part.parse().with_context(bad)?);
+                    let i: usize = part.parse().with_context(bad)?;
+                    ensure!(
+                        i <= MAX_LISTED_EPISODE,
+                        "episode list '{s}': {part} names episodes past {MAX_LISTED_EPISODE}"
+                    );
+                    set.insert(i);
                 }
             }
         }
@@ -209,5 +223,9 @@ mod tests {
         assert!(e.contains("'x' is not an index"), "{e}");
         let e = format!("{:#}", "4-2".parse::<Successful>().unwrap_err());
         assert!(e.contains("range 4-2 is empty"), "{e}");
+        for huge in ["0-18446744073709551615", "3,99999999999"] {
+            let e = format!("{:#}", huge.parse::<Successful>().unwrap_err());
+            assert!(e.contains("names episodes past 16777216"), "{e}");
+        }
     }
 }
