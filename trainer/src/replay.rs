@@ -231,7 +231,9 @@ impl Replay {
         out
     }
 
-    /// Inverse of [`Replay::to_bytes`]; rejects truncated or inconsistent input.
+    /// Inverse of [`Replay::to_bytes`]; rejects truncated or inconsistent input, and
+    /// values no push could have stored (non-finite, a mask other than 0 or 1), naming
+    /// the first.
     pub fn from_bytes(bytes: &[u8], obs_dim: usize, act_dim: usize) -> Result<Self, String> {
         if bytes.len() < 32 || &bytes[..8] != REPLAY_MAGIC {
             return Err("not a replay snapshot (bad magic)".into());
@@ -245,11 +247,14 @@ impl Replay {
                 "inconsistent header: capacity {capacity}, len {len}, next {next}"
             ));
         }
-        let floats = len * (2 * obs_dim + act_dim + 2);
-        if bytes.len() != 32 + 4 * floats {
+        let expected = (2 * obs_dim + act_dim + 2)
+            .checked_mul(len)
+            .and_then(|floats| floats.checked_mul(4))
+            .and_then(|b| b.checked_add(32));
+        if expected != Some(bytes.len()) {
             return Err(format!(
                 "expected {} bytes for {len} transitions, found {}",
-                32 + 4 * floats,
+                expected.map_or("more than usize".into(), |b| b.to_string()),
                 bytes.len()
             ));
         }
@@ -262,6 +267,24 @@ impl Replay {
         let rew = take(len);
         let next_obs = take(len * obs_dim);
         let mask = take(len);
+        let named = [
+            ("observation", &obs),
+            ("action", &act),
+            ("reward", &rew),
+            ("next observation", &next_obs),
+        ];
+        for (what, values) in named {
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                let row = i / (values.len() / len).max(1);
+                return Err(format!("transition {row}: {what} value is {}", values[i]));
+            }
+        }
+        if let Some(row) = mask.iter().position(|&m| m != 0.0 && m != 1.0) {
+            return Err(format!(
+                "transition {row}: mask is {} (0 or 1 expected)",
+                mask[row]
+            ));
+        }
         Ok(Replay {
             obs_dim,
             act_dim,
@@ -649,6 +672,24 @@ mod tests {
                 .unwrap_err()
                 .contains("magic")
         );
+        // A header whose length overflows the size computation, and damaged values.
+        let mut huge = bytes.clone();
+        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        huge[16..24].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let e = Replay::from_bytes(&huge, 2, 1).unwrap_err();
+        assert!(e.contains("more than usize"), "{e}");
+        let floats = |b: &mut Vec<u8>, i: usize, x: f32| {
+            b[32 + 4 * i..36 + 4 * i].copy_from_slice(&x.to_le_bytes());
+        };
+        let mut nan = bytes.clone();
+        // Observations of 4 rows of 2, then 4 actions: the action of row 3.
+        floats(&mut nan, 8 + 3, f32::NAN);
+        let e = Replay::from_bytes(&nan, 2, 1).unwrap_err();
+        assert_eq!(e, "transition 3: action value is NaN");
+        let mut mask = bytes.clone();
+        floats(&mut mask, 8 + 4 + 4 + 8 + 1, 0.5);
+        let e = Replay::from_bytes(&mask, 2, 1).unwrap_err();
+        assert_eq!(e, "transition 1: mask is 0.5 (0 or 1 expected)");
     }
 
     #[test]
