@@ -830,6 +830,37 @@ fn a_stop_button_pressed_on_the_robot_ends_the_run() {
     assert_eq!(resets, 1, "only the first episode's Reset");
 }
 
+/// As above, with the button pressed during the safe stop of another fault (a watchdog
+/// trip at step 20; the hold commands step the lockstep firmware past step 22): the run
+/// still ends, with exit status 3, instead of going on to the next episode.
+#[test]
+fn a_stop_button_pressed_during_a_safe_stop_ends_the_run() {
+    let _g = serial();
+    let mut sim = Sim::new(
+        robot(|_| {}),
+        Pacing::Lockstep,
+        "watchdog_at=20,estop_at=22",
+    );
+    let out = sim.run(&["--episodes", "3", "--max-faults", "3"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(fw.faults.estop_presses, 1);
+    let report = sim.report();
+    assert_eq!(report["outcome"], "stopped_by_fault");
+    let faults = report["faults"].as_array().unwrap();
+    let stop = faults
+        .iter()
+        .find(|f| f["kind"] == "emergency_stop")
+        .expect("an emergency_stop fault");
+    assert_eq!(stop["during_safe_stop"], true, "{report}");
+    let resets = received
+        .iter()
+        .filter(|r| matches!(r.message, Message::Reset { .. }))
+        .count();
+    assert_eq!(resets, 1, "only the first episode's Reset");
+}
+
 /// Setup: at step 20 of the first episode the controller's command is lost and the firmware's watchdog trips at once: it holds
 /// with its own hold action (zero) and reports `Fault { Watchdog }`. Expected: a safe
 /// stop whose ramp starts from the firmware's hold, not from the lost command: the

@@ -365,7 +365,7 @@ impl DatasetWriter {
         self.episodes_added += 1;
         self.successes += usize::from(ep.is_success());
         if full {
-            self.close_current()?;
+            self.close_data_file()?;
         }
         Ok(())
     }
@@ -381,9 +381,11 @@ impl DatasetWriter {
         }
     }
 
-    /// Closes the current data file (its footer makes it readable); if that fails,
-    /// abandons it.
-    fn close_current(&mut self) -> Result<(), DatasetError> {
+    /// Closes the current data file (its footer makes it readable), which `finish` does
+    /// too; if that fails, the file is abandoned as when a write fails (see
+    /// [`DatasetWriter::append_episode`]), and [`DatasetWriter::total_episodes`] says
+    /// how many episodes remain. The next episode starts a new file.
+    pub fn close_data_file(&mut self) -> Result<(), DatasetError> {
         let Some((out, _, _)) = self.current.take() else {
             return Ok(());
         };
@@ -437,13 +439,23 @@ impl DatasetWriter {
     /// closed, its episodes are dropped (see [`DatasetWriter::append_episode`]'s
     /// errors), the metadata is still written for the rest, and the error is returned.
     pub fn finish(mut self) -> Result<DatasetSummary, DatasetError> {
-        let closed = self.close_current();
-        self.write_meta()?;
-        closed?;
+        let closed = self.close_data_file();
+        if let Err(meta) = self.write_meta() {
+            return Err(match closed {
+                Ok(()) => meta,
+                Err(c) => DatasetError::invalid(
+                    &self.dir,
+                    format!("{c}; then writing the metadata failed too: {meta}"),
+                ),
+            });
+        }
+        // Our index holds every row now, so the superseded ones go even after a failed
+        // close (the reader refuses rows listed twice).
         for stale in &self.stale_index_files {
             fs::remove_file(stale)
                 .map_err(|e| DatasetError::io(stale, "removing superseded episodes index", e))?;
         }
+        closed?;
         Ok(DatasetSummary {
             dir: self.dir,
             total_episodes: self.episodes.len(),

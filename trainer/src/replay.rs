@@ -232,8 +232,8 @@ impl Replay {
     }
 
     /// Inverse of [`Replay::to_bytes`]; rejects truncated or inconsistent input, and
-    /// values no push could have stored (non-finite, a mask other than 0 or 1), naming
-    /// the first.
+    /// values training must not see (non-finite, a mask other than 0 or 1), naming the
+    /// first by its slot in the ring.
     pub fn from_bytes(bytes: &[u8], obs_dim: usize, act_dim: usize) -> Result<Self, String> {
         if bytes.len() < 32 || &bytes[..8] != REPLAY_MAGIC {
             return Err("not a replay snapshot (bad magic)".into());
@@ -276,12 +276,12 @@ impl Replay {
         for (what, values) in named {
             if let Some(i) = values.iter().position(|x| !x.is_finite()) {
                 let row = i / (values.len() / len).max(1);
-                return Err(format!("transition {row}: {what} value is {}", values[i]));
+                return Err(format!("slot {row}: {what} value is {}", values[i]));
             }
         }
         if let Some(row) = mask.iter().position(|&m| m != 0.0 && m != 1.0) {
             return Err(format!(
-                "transition {row}: mask is {} (0 or 1 expected)",
+                "slot {row}: mask is {} (0 or 1 expected)",
                 mask[row]
             ));
         }
@@ -685,11 +685,11 @@ mod tests {
         // Observations of 4 rows of 2, then 4 actions: the action of row 3.
         floats(&mut nan, 8 + 3, f32::NAN);
         let e = Replay::from_bytes(&nan, 2, 1).unwrap_err();
-        assert_eq!(e, "transition 3: action value is NaN");
+        assert_eq!(e, "slot 3: action value is NaN");
         let mut mask = bytes.clone();
         floats(&mut mask, 8 + 4 + 4 + 8 + 1, 0.5);
         let e = Replay::from_bytes(&mask, 2, 1).unwrap_err();
-        assert_eq!(e, "transition 1: mask is 0.5 (0 or 1 expected)");
+        assert_eq!(e, "slot 1: mask is 0.5 (0 or 1 expected)");
     }
 
     #[test]

@@ -291,11 +291,13 @@ pub(crate) struct Control {
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
     /// thread is alone on its CPU).
     pub busy_wait: bool,
-    /// Our last Estop went out and the firmware has not started an episode since: a
-    /// `Fault { Estop }` until then is its answer (or a duplicate of it). The firmware
-    /// answers in order, so once it answers our next `Reset` every answer to the Estop
-    /// has been sent.
+    /// Our last Estop went out and no episode has started since: a `Fault { Estop }`
+    /// until then is its answer (or a duplicate of it). The firmware answers in order,
+    /// so once it answers our next `Reset` every answer to the Estop has been sent.
     estop_sent: bool,
+    /// The answer to our last Estop arrived: a duplicated or reordered copy of it may
+    /// still come later.
+    estop_answered: bool,
     torque_off: bool,
     link_down: bool,
     pub fatal: Option<String>,
@@ -374,6 +376,7 @@ impl Control {
             hold_pending: Vec::new(),
             busy_wait: false,
             estop_sent: false,
+            estop_answered: false,
             torque_off: false,
             link_down: false,
             fatal: None,
@@ -671,7 +674,6 @@ impl Control {
                 }
             }
             Message::EpisodeStart { episode, seed } => {
-                self.estop_sent = false;
                 if let Phase::Starting { seed: ours, .. } = self.phase
                     && seed == ours
                     && self.track.is_none()
@@ -705,25 +707,32 @@ impl Control {
                 }
             }
             Message::Fault { code } => {
-                if matches!(
-                    code,
-                    FaultCode::Watchdog | FaultCode::InvalidCommand | FaultCode::Estop
-                ) {
-                    // The firmware fell back to its own hold: that is the reference of
-                    // the safe stop's first command, which must not restart the motion
-                    // the firmware has just stopped.
+                let fell_back = matches!(code, FaultCode::Watchdog | FaultCode::InvalidCommand);
+                if fell_back
+                    && !stale
+                    && matches!(self.phase, Phase::Running | Phase::Ending { .. })
+                {
+                    // The firmware fell back to its own hold while we were acting: that
+                    // is the reference of the safe stop's first command, which must not
+                    // restart the motion the firmware has just stopped. (In a safe stop
+                    // our hold commands since then have ended the firmware's hold.)
                     self.gate.firmware_holds();
                 }
                 if code == FaultCode::Estop {
-                    if self.estop_sent || stale {
-                        // Our own Estop's answer, or a duplicated or reordered copy of
-                        // an answer already handled.
+                    if self.estop_sent {
+                        // Our own Estop's answer.
+                        self.estop_answered = true;
+                        return;
+                    }
+                    if stale && self.estop_answered {
+                        // A duplicated or reordered copy of that answer.
                         return;
                     }
                     // A stop we did not send: the operator's (or the hardware's) stop
                     // button. The firmware would release it at our next `Reset`, so
                     // the run ends here, whatever the phase; a person restarts it.
-                    if matches!(self.phase, Phase::Handshaking { .. } | Phase::Done) {
+                    self.gate.firmware_holds();
+                    if self.phase == Phase::Done {
                         self.report.ignored_firmware_faults += 1;
                         return;
                     }
@@ -781,6 +790,7 @@ impl Control {
     }
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
+        self.estop_sent = false;
         self.track = Some(Track::new(episode, seed, now));
         self.snap_phase = true;
         self.phase = Phase::Running;
@@ -970,6 +980,9 @@ impl Control {
                 (_, Some(a)) => a,
                 (t, None) => t,
             };
+            if then == After::Exit && self.stopping.is_none() {
+                self.stopping = Some(Outcome::StoppedByFault);
+            }
             self.phase = Phase::SafeStop { left, then };
             return;
         }
@@ -1153,6 +1166,8 @@ impl Control {
     }
 
     fn safe_stop_tick(&mut self, now: Instant, left: u32, then: After) {
+        let mut before = [0.0f32; MAX_ACT];
+        before[..self.ad].copy_from_slice(&self.gate.last()[..self.ad]);
         if !self.torque_off {
             let _ = self.gate.send_hold();
             for i in std::mem::take(&mut self.hold_pending) {
@@ -1167,9 +1182,13 @@ impl Control {
         let left = left.saturating_sub(1);
         // The hold ticks count down, and the torque goes off only at the hold action: a
         // robot file whose `hold_ticks_before_torque_off` is shorter than the ramp at
-        // `max_delta_per_tick` gets the ticks the ramp needs (a bounded number: every
-        // hold step moves the reference by the full delta, written or not).
-        let ramping = !self.torque_off && !self.gate.envelope().at_hold(self.gate.last());
+        // `max_delta_per_tick` gets the ticks the ramp needs. Every hold step moves the
+        // reference by the full delta, written or not, so that is a bounded number,
+        // unless a delta below the f32 resolution makes no progress at all.
+        let last = self.gate.last();
+        let ramping = !self.torque_off
+            && !self.gate.envelope().at_hold(last)
+            && last[..self.ad] != before[..self.ad];
         if left > 0 || ramping {
             self.phase = Phase::SafeStop { left, then };
             return;
@@ -1177,6 +1196,7 @@ impl Control {
         if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && !self.link_down {
             if self.gate.send_control(Message::Estop).is_ok() {
                 self.estop_sent = true;
+                self.estop_answered = false;
             }
             self.torque_off = true;
             if let Some(f) = self.report.faults.last_mut()

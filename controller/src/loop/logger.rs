@@ -122,6 +122,19 @@ impl Logger {
     }
 }
 
+/// A data file that failed took its episodes out of the dataset: those at index `kept`
+/// and beyond are not saved after all.
+fn unsave_lost(s: &Mutex<LoggerSummary>, kept: usize) {
+    let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+    let g = &mut *g;
+    for e in g.episodes.iter_mut() {
+        if e.dataset_index.is_some_and(|i| i >= kept) {
+            e.dataset_index = None;
+            g.frames_saved -= e.notes.frames;
+        }
+    }
+}
+
 fn push_error(s: &Mutex<LoggerSummary>, e: String) {
     let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
     // A full disk would report every record: keep the first few.
@@ -164,8 +177,10 @@ fn logger_main(
         }
         match rec {
             Record::EpisodeStart { episode, .. } => {
-                let mut ts = Vec::with_capacity(512);
-                ts.extend(early.drain(..).filter(|t| t.episode == episode));
+                let (mut ts, later): (Vec<_>, Vec<_>) =
+                    early.drain(..).partition(|t| t.episode == episode);
+                early = later;
+                ts.reserve(512);
                 current = Some((episode, ts));
             }
             Record::Transition(t) => match current.as_mut() {
@@ -187,28 +202,18 @@ fn logger_main(
                     dataset_index: None,
                     notes: converted.as_ref().map(|c| c.1).unwrap_or_default(),
                 };
-                let mut unsaved = None;
+                early.retain(|t| t.episode != end.episode);
                 if let (Some(w), Some((ep, _))) = (dataset.as_mut(), converted.as_ref()) {
                     let index = w.total_episodes();
                     match w.append_episode(ep) {
                         Ok(()) => saved.dataset_index = Some(index),
                         Err(e) => {
                             push_error(s, format!("episode {}: {e}", end.episode));
-                            // A data file that failed takes its earlier episodes along.
-                            unsaved = Some(w.total_episodes());
+                            unsave_lost(s, w.total_episodes());
                         }
                     }
                 }
                 let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(kept) = unsaved {
-                    let g = &mut *g;
-                    for e in g.episodes.iter_mut() {
-                        if e.dataset_index.is_some_and(|i| i >= kept) {
-                            e.dataset_index = None;
-                            g.frames_saved -= e.notes.frames;
-                        }
-                    }
-                }
                 g.frames_saved += saved.dataset_index.map_or(0, |_| saved.notes.frames);
                 g.episodes.push(saved);
             }
@@ -230,7 +235,13 @@ fn logger_main(
             push_error(s, e);
         }
     }
-    if let Some(w) = dataset {
+    if let Some(mut w) = dataset {
+        // Closed here rather than in finish(), to know which episodes a failed close
+        // took along (finish() still writes the metadata of the others).
+        if let Err(e) = w.close_data_file() {
+            push_error(s, format!("closing the dataset's data file: {e}"));
+            unsave_lost(s, w.total_episodes());
+        }
         match w.finish() {
             Ok(sum) => {
                 let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,7 +260,7 @@ mod tests {
     use super::*;
 
     /// Under backpressure the control thread's queued end and start records can come
-    /// after the next episode's first transitions: those still reach the dataset.
+    /// after the next episodes' first transitions: those still reach the dataset.
     #[test]
     fn transitions_ahead_of_their_episodes_start_record_are_saved() {
         let dir = tempfile::tempdir().unwrap();
@@ -266,18 +277,26 @@ mod tests {
         send(Record::Transition(transition(0, 0, false)));
         send(Record::Transition(transition(0, 1, true)));
         send(Record::Transition(transition(1, 0, false)));
+        send(Record::Transition(transition(1, 1, true)));
+        // Two episodes ahead.
+        send(Record::Transition(transition(2, 0, false)));
         send(Record::EpisodeEnd(end(0, 2)));
         send(Record::EpisodeStart {
             episode: 1,
             seed: 10,
         });
-        send(Record::Transition(transition(1, 1, true)));
         send(Record::EpisodeEnd(end(1, 2)));
+        send(Record::EpisodeStart {
+            episode: 2,
+            seed: 11,
+        });
+        send(Record::Transition(transition(2, 1, true)));
+        send(Record::EpisodeEnd(end(2, 2)));
         let s = logger.finish();
         assert!(s.errors.is_empty(), "{:?}", s.errors);
-        assert_eq!(s.frames_saved, 4, "{s:?}");
+        assert_eq!(s.frames_saved, 6, "{s:?}");
         let ds = dataset::read_dataset(&ds_dir).unwrap();
-        assert_eq!(ds.episodes.len(), 2);
-        assert_eq!(ds.episodes[1].len(), 2);
+        assert_eq!(ds.episodes.len(), 3);
+        assert!(ds.episodes.iter().all(|e| e.len() == 2));
     }
 }
