@@ -1051,6 +1051,9 @@ pub(crate) fn write_checkpoint(
     save_replay(online, &tmp.join("online.bin"))?;
     // state.json last: its presence marks the directory complete.
     std::fs::write(tmp.join("state.json"), serde_json::to_string(state)?)?;
+    // On disk before the renames (a power cut after them must not find a truncated
+    // checkpoint where the previous one was).
+    sync_tree(&tmp)?;
     if cur.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old)?;
@@ -1058,10 +1061,30 @@ pub(crate) fn write_checkpoint(
         std::fs::rename(&cur, &old)?;
     }
     std::fs::rename(&tmp, &cur)?;
+    sync_path(out)?;
     if old.exists() {
         std::fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+/// fsync of every file under `dir`, then of the directories themselves.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            sync_path(&path)?;
+        }
+    }
+    sync_path(dir)
+}
+
+fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
 }
 
 fn save_replay(r: &Replay, path: &Path) -> Result<()> {
