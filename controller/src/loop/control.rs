@@ -61,6 +61,14 @@ const RING: usize = 16;
 /// Commands remembered for "which command was in force".
 const COMMANDS: usize = 16;
 
+/// A received frame's place in the firmware's sequence.
+#[derive(Clone, Copy)]
+struct Seq {
+    number: u16,
+    /// The link saw this number before (a duplicate) or after a newer one (reordered).
+    stale: bool,
+}
+
 #[derive(Clone, Copy)]
 struct SensorRec {
     step: u32,
@@ -291,13 +299,14 @@ pub(crate) struct Control {
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
     /// thread is alone on its CPU).
     pub busy_wait: bool,
-    /// Our last Estop went out and no episode has started since: a `Fault { Estop }`
-    /// until then is its answer (or a duplicate of it). The firmware answers in order,
-    /// so once it answers our next `Reset` every answer to the Estop has been sent.
-    estop_sent: bool,
-    /// The answer to our last Estop arrived: a duplicated or reordered copy of it may
-    /// still come later.
-    estop_answered: bool,
+    /// Our Estops still waiting for their `Fault { Estop }` answer. Zeroed when an
+    /// episode begins: the firmware answers in order, so by then every answer to an
+    /// earlier Estop has been sent (one lost on the link never comes).
+    estops_unanswered: u32,
+    /// The firmware's sequence number of the last answer to our Estop: a stale frame
+    /// with that number is a duplicated or reordered copy of it (a Hello restarts the
+    /// numbers).
+    estop_answer_seq: Option<u16>,
     torque_off: bool,
     link_down: bool,
     pub fatal: Option<String>,
@@ -375,8 +384,8 @@ impl Control {
             swaps: None,
             hold_pending: Vec::new(),
             busy_wait: false,
-            estop_sent: false,
-            estop_answered: false,
+            estops_unanswered: 0,
+            estop_answer_seq: None,
             torque_off: false,
             link_down: false,
             fatal: None,
@@ -562,8 +571,12 @@ impl Control {
         while let Ok(ev) = self.events.try_recv() {
             match ev {
                 LinkEvent::Frame { rx, frame, stale } => {
+                    let seq = Seq {
+                        number: frame.seq,
+                        stale,
+                    };
                     let fw_us = frame.timestamp_us;
-                    self.on_message(frame.message, fw_us, rx, now, stale);
+                    self.on_message(frame.message, fw_us, rx, now, seq);
                 }
                 LinkEvent::Error { error, .. } => {
                     if let FrameError::Version { received } = error
@@ -601,9 +614,7 @@ impl Control {
         }
     }
 
-    /// `stale`: the link saw this frame's sequence number before (a duplicate) or after
-    /// a newer one (reordered).
-    fn on_message(&mut self, msg: Message, fw_us: u32, rx: Instant, now: Instant, stale: bool) {
+    fn on_message(&mut self, msg: Message, fw_us: u32, rx: Instant, now: Instant, seq: Seq) {
         match msg {
             Message::Sensor { episode, step, obs } => {
                 if let Phase::Starting { seed, .. } = self.phase
@@ -709,7 +720,7 @@ impl Control {
             Message::Fault { code } => {
                 let fell_back = matches!(code, FaultCode::Watchdog | FaultCode::InvalidCommand);
                 if fell_back
-                    && !stale
+                    && !seq.stale
                     && matches!(self.phase, Phase::Running | Phase::Ending { .. })
                 {
                     // The firmware fell back to its own hold while we were acting: that
@@ -719,31 +730,21 @@ impl Control {
                     self.gate.firmware_holds();
                 }
                 if code == FaultCode::Estop {
-                    if self.estop_sent {
-                        // Our own Estop's answer.
-                        self.estop_answered = true;
+                    if seq.stale && self.estop_answer_seq == Some(seq.number) {
+                        // A duplicated or reordered copy of our Estop's answer.
                         return;
                     }
-                    if stale && self.estop_answered {
-                        // A duplicated or reordered copy of that answer.
+                    if self.estops_unanswered > 0 {
+                        // Our own Estop's answer.
+                        self.estops_unanswered -= 1;
+                        self.estop_answer_seq = Some(seq.number);
                         return;
                     }
                     // A stop we did not send: the operator's (or the hardware's) stop
                     // button. The firmware would release it at our next `Reset`, so
                     // the run ends here, whatever the phase; a person restarts it.
                     self.gate.firmware_holds();
-                    if self.phase == Phase::Done {
-                        self.report.ignored_firmware_faults += 1;
-                        return;
-                    }
-                    self.fault(
-                        now,
-                        FaultKind::EmergencyStop,
-                        "the firmware reported an emergency stop this controller did not send \
-                         (a stop button?): the run ends, so that no Reset releases it"
-                            .into(),
-                        Some(After::Exit),
-                    );
+                    self.emergency_stop(now);
                     return;
                 }
                 // Outside an episode a fault is old news (e.g. the watchdog of a
@@ -769,6 +770,7 @@ impl Control {
                     );
                     return;
                 }
+                self.estop_answer_seq = None;
                 if let Phase::Handshaking { .. } = self.phase {
                     self.phase = Phase::Idle;
                 } else {
@@ -790,7 +792,7 @@ impl Control {
     }
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
-        self.estop_sent = false;
+        self.estops_unanswered = 0;
         self.track = Some(Track::new(episode, seed, now));
         self.snap_phase = true;
         self.phase = Phase::Running;
@@ -1013,8 +1015,32 @@ impl Control {
             self.fatal = Some(detail.clone());
         }
         self.stopping = Some(Outcome::Error);
+        self.end_run_after(now, kind, detail);
+    }
+
+    /// The robot's stop button: the run ends (exit status 3, whatever else ended it), so
+    /// that a wrapper that restarts runs ending well does not release it.
+    fn emergency_stop(&mut self, now: Instant) {
+        if self.phase == Phase::Done {
+            self.report.ignored_firmware_faults += 1;
+            return;
+        }
+        if self.stopping != Some(Outcome::Error) {
+            self.stopping = Some(Outcome::StoppedByFault);
+        }
+        self.end_run_after(
+            now,
+            FaultKind::EmergencyStop,
+            "the firmware reported an emergency stop this controller did not send (a stop \
+             button?): the run ends, so that no Reset releases it"
+                .into(),
+        );
+    }
+
+    /// A fault that ends the run: through a safe stop, or, before the handshake has
+    /// verified the firmware, at once, without moving the robot.
+    fn end_run_after(&mut self, now: Instant, kind: FaultKind, detail: String) {
         if matches!(self.phase, Phase::Handshaking { .. }) && self.track.is_none() {
-            // Nothing runs yet: refuse without moving the robot.
             self.report.faults.push(FaultEvent {
                 kind,
                 detail,
@@ -1195,8 +1221,7 @@ impl Control {
         }
         if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && !self.link_down {
             if self.gate.send_control(Message::Estop).is_ok() {
-                self.estop_sent = true;
-                self.estop_answered = false;
+                self.estops_unanswered += 1;
             }
             self.torque_off = true;
             if let Some(f) = self.report.faults.last_mut()
