@@ -35,7 +35,7 @@ pub struct DatasetWriter {
     frames: usize,
     stats: StatsAcc,
     schema: SchemaRef,
-    current: Option<(ParquetOut, usize, usize)>,
+    current: Option<OpenFile>,
     /// (chunk, file) of the next data file to create.
     next_file: (usize, usize),
     new_files: Vec<PathBuf>,
@@ -45,9 +45,16 @@ pub struct DatasetWriter {
     /// Episodes-index files other than ours (foreign multi-file indexes),
     /// removed once ours holds every row.
     stale_index_files: Vec<PathBuf>,
-    /// The writer's state when the current data file was opened, to go back to if
-    /// that file cannot be written or closed.
-    before_current: Option<Box<Checkpoint>>,
+}
+
+/// The data file being written.
+struct OpenFile {
+    out: ParquetOut,
+    chunk: usize,
+    file: usize,
+    /// The writer's state when it was opened, to go back to if it cannot be written or
+    /// closed.
+    before: Checkpoint,
 }
 
 /// What a data file that fails takes back with it.
@@ -197,7 +204,6 @@ impl DatasetWriter {
             frames_added: 0,
             successes: 0,
             stale_index_files: Vec::new(),
-            before_current: None,
         };
         w.write_meta()?;
         Ok(w)
@@ -282,7 +288,6 @@ impl DatasetWriter {
             frames_added: 0,
             successes,
             stale_index_files,
-            before_current: None,
         })
     }
 
@@ -328,26 +333,31 @@ impl DatasetWriter {
                 format!("episode {index}: cannot build record batch: {e}"),
             )
         })?;
-        if self.current.is_none() {
-            let (chunk, file) = self.next_file;
-            let path = self
-                .dir
-                .join(meta::format_path(&self.json.data_path, chunk, file));
-            let out = ParquetOut::create_new(&path, self.schema.clone(), None)?;
-            self.new_files.push(path);
-            self.next_file = advance(self.next_file, self.json.chunks_size);
-            self.before_current = Some(Box::new(self.checkpoint()));
-            self.current = Some((out, chunk, file));
-        }
-        let Some((out, chunk, file)) = self.current.as_mut() else {
-            unreachable!("a data file was opened above");
+        let mut current = match self.current.take() {
+            Some(current) => current,
+            None => {
+                let (chunk, file) = self.next_file;
+                let path = self
+                    .dir
+                    .join(meta::format_path(&self.json.data_path, chunk, file));
+                let out = ParquetOut::create_new(&path, self.schema.clone(), None)?;
+                self.new_files.push(path);
+                self.next_file = advance(self.next_file, self.json.chunks_size);
+                OpenFile {
+                    out,
+                    chunk,
+                    file,
+                    before: self.checkpoint(),
+                }
+            }
         };
-        if let Err(e) = out.write(&batch) {
-            return Err(self.abandon_current(e, index));
+        if let Err(e) = current.out.write(&batch) {
+            return Err(self.abandon(e, current.before));
         }
-        let (chunk, file) = (*chunk, *file);
+        let (chunk, file) = (current.chunk, current.file);
         let limit = self.json.data_files_size_in_mb.saturating_mul(1024 * 1024);
-        let full = out.bytes_written() as u64 >= limit;
+        let full = current.out.bytes_written() as u64 >= limit;
+        self.current = Some(current);
         let n = ep.len();
         self.episodes.push(EpisodeMeta {
             length: n,
@@ -386,29 +396,21 @@ impl DatasetWriter {
     /// [`DatasetWriter::append_episode`]), and [`DatasetWriter::total_episodes`] says
     /// how many episodes remain. The next episode starts a new file.
     pub fn close_data_file(&mut self) -> Result<(), DatasetError> {
-        let Some((out, _, _)) = self.current.take() else {
+        let Some(OpenFile { out, before, .. }) = self.current.take() else {
             return Ok(());
         };
         match out.close() {
-            Ok(_) => {
-                self.before_current = None;
-                Ok(())
-            }
-            Err(e) => Err(self.abandon_current(e, self.episodes.len())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.abandon(e, before)),
         }
     }
 
     /// A data file that could not be written or closed (a full disk, an I/O error) is
     /// unreadable: the episodes in it leave the index (and the statistics), the file is
-    /// deleted, and the next episode starts a new file. `attempted` is the index the
-    /// failing episode would have had. Returns the error, which names the file and the
-    /// episodes lost with it.
-    fn abandon_current(&mut self, e: DatasetError, attempted: usize) -> DatasetError {
-        self.current = None;
-        let Some(before) = self.before_current.take() else {
-            return e;
-        };
-        let lost = before.episodes..attempted.max(self.episodes.len());
+    /// deleted (it is the last of `new_files`), and the next episode starts a new file.
+    /// Returns the error, which names the file and the episodes lost with it.
+    fn abandon(&mut self, e: DatasetError, before: Checkpoint) -> DatasetError {
+        let lost = before.episodes..self.episodes.len();
         let lost = match lost.len() {
             0 => String::new(),
             1 => format!(", and episode {} written to it before", lost.start),
