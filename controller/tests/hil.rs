@@ -810,24 +810,32 @@ fn fault_firmware_reset_mid_episode() {
 /// release its stop at one.
 #[test]
 fn a_stop_button_pressed_on_the_robot_ends_the_run() {
+    let report = stop_button_run("estop_at=20");
+    assert_eq!(faults_of(&report, "emergency_stop"), 1, "{report}");
+    let eps = episodes(&report);
+    assert_eq!(eps.len(), 1, "{report}");
+    assert_eq!(eps[0]["reason"], "fault");
+}
+
+/// A run of 3 episodes with faults to spare, in which the stop button is pressed (per
+/// `faults`): it ends with exit status 3, and no `Reset` follows the first episode's.
+/// Returns the report.
+fn stop_button_run(faults: &str) -> Value {
     let _g = serial();
-    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "estop_at=20");
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, faults);
     let out = sim.run(&["--episodes", "3", "--max-faults", "3"]);
     let (fw, received) = sim.stop_fw();
     check_invariants(&sim, &received, &out);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(fw.faults.estop_presses, 1);
     let report = sim.report();
-    assert_eq!(faults_of(&report, "emergency_stop"), 1, "{report}");
     assert_eq!(report["outcome"], "stopped_by_fault");
-    let eps = episodes(&report);
-    assert_eq!(eps.len(), 1, "{report}");
-    assert_eq!(eps[0]["reason"], "fault");
     let resets = received
         .iter()
         .filter(|r| matches!(r.message, Message::Reset { .. }))
         .count();
     assert_eq!(resets, 1, "only the first episode's Reset");
+    report
 }
 
 /// As above, with the button pressed during the safe stop of another fault (a watchdog
@@ -835,34 +843,18 @@ fn a_stop_button_pressed_on_the_robot_ends_the_run() {
 /// still ends, with exit status 3, instead of going on to the next episode.
 #[test]
 fn a_stop_button_pressed_during_a_safe_stop_ends_the_run() {
-    let _g = serial();
-    let mut sim = Sim::new(
-        robot(|_| {}),
-        Pacing::Lockstep,
-        "watchdog_at=20,estop_at=22",
-    );
-    let out = sim.run(&["--episodes", "3", "--max-faults", "3"]);
-    let (fw, received) = sim.stop_fw();
-    check_invariants(&sim, &received, &out);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert_eq!(fw.faults.estop_presses, 1);
-    let report = sim.report();
-    assert_eq!(report["outcome"], "stopped_by_fault");
+    let report = stop_button_run("watchdog_at=20,estop_at=22");
     let faults = report["faults"].as_array().unwrap();
     let stop = faults
         .iter()
         .find(|f| f["kind"] == "emergency_stop")
         .expect("an emergency_stop fault");
     assert_eq!(stop["during_safe_stop"], true, "{report}");
-    let resets = received
-        .iter()
-        .filter(|r| matches!(r.message, Message::Reset { .. }))
-        .count();
-    assert_eq!(resets, 1, "only the first episode's Reset");
 }
 
-/// Setup: at step 20 of the first episode the controller's command is lost and the firmware's watchdog trips at once: it holds
-/// with its own hold action (zero) and reports `Fault { Watchdog }`. Expected: a safe
+/// Setup: at step 20 of the first episode the controller's command is lost and the
+/// firmware's watchdog trips at once: it holds with its own hold action (zero) and
+/// reports `Fault { Watchdog }`. Expected: a safe
 /// stop whose ramp starts from the firmware's hold, not from the lost command: the
 /// first command the holding firmware receives is the hold action itself (a ramp from
 /// the lost command would restart the motion the watchdog stopped, by more than the

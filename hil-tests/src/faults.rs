@@ -216,9 +216,6 @@ pub struct FaultInjector {
     spec: FaultSpec,
     rng: Rng,
     held: Option<Vec<u8>>,
-    rebooted: bool,
-    estop_pressed: bool,
-    watchdog_tripped: bool,
     stats: FaultStats,
 }
 
@@ -230,9 +227,6 @@ impl FaultInjector {
             spec,
             rng,
             held: None,
-            rebooted: false,
-            estop_pressed: false,
-            watchdog_tripped: false,
             stats: FaultStats::default(),
         }
     }
@@ -346,43 +340,32 @@ impl FaultInjector {
 
     /// True once, when an episode reaches the configured reboot step.
     pub fn reboot_now(&mut self, step: u32) -> bool {
-        if !self.rebooted && self.spec.reboot_at_step == Some(step) {
-            self.rebooted = true;
-            self.stats.reboots += 1;
-            return true;
-        }
-        false
+        once_at(self.spec.reboot_at_step, step, &mut self.stats.reboots)
     }
 
     /// True once, when an episode reaches the configured stop-button step.
     pub fn estop_now(&mut self, step: u32) -> bool {
-        if !self.estop_pressed && self.spec.estop_at_step == Some(step) {
-            self.estop_pressed = true;
-            self.stats.estop_presses += 1;
-            return true;
-        }
-        false
+        once_at(self.spec.estop_at_step, step, &mut self.stats.estop_presses)
     }
 
     /// True once, for the first command at the configured watchdog step: that command is
     /// lost and the firmware's watchdog trips.
     pub fn watchdog_now(&mut self, step: u32) -> bool {
-        if !self.watchdog_tripped && self.spec.watchdog_at_step == Some(step) {
-            self.watchdog_tripped = true;
-            self.stats.watchdog_trips += 1;
-            return true;
-        }
-        false
+        once_at(
+            self.spec.watchdog_at_step,
+            step,
+            &mut self.stats.watchdog_trips,
+        )
     }
 
     /// The step number to put in step `step`'s `Sensor` frame (`u32::MAX` once, at the
     /// configured `bad_step_at`).
     pub fn sensor_step(&mut self, step: u32) -> u32 {
-        if self.spec.bad_step_at == Some(step) && self.stats.bad_steps == 0 {
-            self.stats.bad_steps += 1;
-            return u32::MAX;
+        if once_at(self.spec.bad_step_at, step, &mut self.stats.bad_steps) {
+            u32::MAX
+        } else {
+            step
         }
-        step
     }
 
     /// The schema hash the firmware should announce.
@@ -394,6 +377,14 @@ impl FaultInjector {
     pub fn next_seed(&mut self) -> u64 {
         self.rng.next_u64()
     }
+}
+
+/// A fault configured for step `at` that happens once: true the first time `step`
+/// reaches it, counted in `count` (which is also what makes it once).
+fn once_at(at: Option<u32>, step: u32, count: &mut u64) -> bool {
+    let now = *count == 0 && at == Some(step);
+    *count += u64::from(now);
+    now
 }
 
 /// Re-encodes a wire frame with another version byte and a matching CRC; `None` if it

@@ -431,16 +431,25 @@ impl SimFirmware {
         }
     }
 
-    /// The action a control step applies now: the newest command, or the hold action.
+    /// The firmware applies its hold action, not the newest command: outside an
+    /// episode, after a watchdog trip, and until a valid command follows a `Reset`, an
+    /// invalid command or a reboot.
+    fn holding(&self) -> bool {
+        self.state != FirmwareState::Running || self.watchdog_tripped || !self.has_command
+    }
+
+    /// The action a control step applies now.
     fn applied(&self) -> &[f32] {
-        let hold =
-            self.state != FirmwareState::Running || self.watchdog_tripped || !self.has_command;
-        if hold { &self.zero } else { &self.action }
+        if self.holding() {
+            &self.zero
+        } else {
+            &self.action
+        }
     }
 
     /// One control step with the newest command, or the hold action.
     fn step_env(&mut self, now: Duration) {
-        let hold = self.watchdog_tripped || !self.has_command;
+        let hold = self.holding();
         let action = if hold { &self.zero } else { &self.action };
         let out = self.env.step(action, &mut self.obs);
         self.step += 1;
