@@ -58,28 +58,22 @@ impl std::str::FromStr for Successful {
         let mut set = BTreeSet::new();
         for part in s.split(',').map(str::trim) {
             let bad = || format!("episode list '{s}': '{part}' is not an index or a range a-b");
-            match part.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b): (usize, usize) = (
-                        a.trim().parse().with_context(bad)?,
-                        b.trim().parse().with_context(bad)?,
-                    );
-                    ensure!(a <= b, "episode list '{s}': range {part} is empty");
-                    ensure!(
-                        b <= MAX_LISTED_EPISODE,
-                        "episode list '{s}': {part} names episodes past {MAX_LISTED_EPISODE}"
-                    );
-                    set.extend(a..=b);
-                }
+            let (a, b): (usize, usize) = match part.split_once('-') {
+                Some((a, b)) => (
+                    a.trim().parse().with_context(bad)?,
+                    b.trim().parse().with_context(bad)?,
+                ),
                 None => {
-                    let i: usize = part.parse().with_context(bad)?;
-                    ensure!(
-                        i <= MAX_LISTED_EPISODE,
-                        "episode list '{s}': {part} names episodes past {MAX_LISTED_EPISODE}"
-                    );
-                    set.insert(i);
+                    let i = part.parse().with_context(bad)?;
+                    (i, i)
                 }
-            }
+            };
+            ensure!(a <= b, "episode list '{s}': range {part} is empty");
+            ensure!(
+                b <= MAX_LISTED_EPISODE,
+                "episode list '{s}': {part} names episodes past {MAX_LISTED_EPISODE}"
+            );
+            set.extend(a..=b);
         }
         Ok(Successful::Only(set))
     }
