@@ -899,9 +899,11 @@ fn after_a_watchdog_trip_the_safe_stop_starts_from_the_firmwares_hold() {
 
 /// Setup: at step 20 of the first episode the firmware's `Sensor` frame carries the step
 /// number `u32::MAX` (a firmware bug). Expected: no hang and no panic (a transition
-/// pairing that gave up on steps one at a time would count to 2^32, then overflow):
-/// no newer frame can follow that one, so the episode ends with a stale-sensor safe
-/// stop; the next episode runs, and the log and the dataset agree.
+/// pairing that gave up on steps one at a time would count to 2^32, then overflow);
+/// the frame is refused as an `implausible_step` fault that names the step (kept, no
+/// newer frame could follow it, and the episode would end as a misleading stale
+/// sensor, reporting 2^32 - 1 steps); the next episode runs, and the log and the
+/// dataset agree.
 #[test]
 fn a_wild_step_number_from_the_firmware_ends_only_its_episode() {
     let _g = serial();
@@ -912,9 +914,19 @@ fn a_wild_step_number_from_the_firmware_ends_only_its_episode() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(fw.faults.bad_steps, 1);
     let report = sim.report();
-    assert_eq!(faults_of(&report, "stale_sensor"), 1, "{report}");
+    assert_eq!(faults_of(&report, "implausible_step"), 1, "{report}");
+    assert_eq!(faults_of(&report, "stale_sensor"), 0, "{report}");
+    let fault = &report["faults"][0];
+    assert!(
+        fault["detail"]
+            .as_str()
+            .unwrap()
+            .contains("step 4294967295"),
+        "{fault}"
+    );
     let eps = episodes(&report);
     assert_eq!(eps[0]["reason"], "fault");
+    assert!(eps[0]["steps"].as_u64().unwrap() < 25, "{}", eps[0]);
     assert_eq!(eps[1]["reason"], "completed");
     assert_eq!(eps[1]["transitions"], eps[1]["steps"]);
 }

@@ -269,6 +269,9 @@ pub(crate) struct Control {
     pub cfg: RunConfig,
     pub period: Duration,
     stale: Duration,
+    /// How far past the furthest step heard of a frame's step number may be
+    /// ([`max_step_leap`]); a frame further ahead is the firmware's bug.
+    max_step_leap: u32,
     pub brain: Brain,
     pub gate: CommandGate,
     envelope: Envelope,
@@ -337,6 +340,21 @@ pub(crate) struct Control {
     frame: TickFrame,
 }
 
+/// The furthest a frame's step number can plausibly leap past the furthest step heard
+/// of: the firmware steps at most once per control period (in lockstep, once per
+/// command, and commands wait for sensor frames), so while frames are lost it gets at
+/// most `stale / period` steps ahead before the stale-sensor fault ends the episode.
+/// Four times that (clock drift, the phases that do not check staleness) plus the
+/// pairing ring (the frames of an episode's start) is generous; a leap further is a
+/// step number no firmware clock reached (or the whole controller was paused, the I/O
+/// thread too, while the port's buffer overflowed: the firmware's watchdog has tripped
+/// by then anyway).
+fn max_step_leap(period: Duration, stale: Duration) -> u32 {
+    // (Less a hair: 150 ms over 50 ms, time-scaled, is 3 ticks, not 3 + 1e-16.)
+    let stale_ticks = (stale.as_secs_f64() / period.as_secs_f64() - 1e-9).ceil();
+    (4.0 * stale_ticks + RING as f64).min(u32::MAX as f64) as u32
+}
+
 fn ns_since(start: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(start).as_nanos() as u64
 }
@@ -361,6 +379,7 @@ impl Control {
         Control {
             period,
             stale,
+            max_step_leap: max_step_leap(period, stale),
             brain,
             gate,
             envelope,
@@ -625,6 +644,9 @@ impl Control {
                     // Reset starts it as well (steps before it count as missing).
                     self.begin_episode(episode, seed, now);
                 }
+                if self.refuse_leap(now, "Sensor", episode, step) {
+                    return;
+                }
                 let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
                     return;
                 };
@@ -656,6 +678,9 @@ impl Control {
                 truncated,
                 success,
             } => {
+                if self.refuse_leap(now, "Reward", episode, step) {
+                    return;
+                }
                 let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
                     return;
                 };
@@ -789,6 +814,31 @@ impl Control {
             // Controller-to-firmware messages never come this way.
             Message::Command { .. } | Message::Estop | Message::Reset { .. } => {}
         }
+    }
+
+    /// A frame of the running episode whose step number leaps past
+    /// [`Control::max_step_leap`] is refused: a firmware bug, which ends the episode as
+    /// the `implausible_step` fault (kept, such a frame would stand for the newest
+    /// step, which no later frame could pass). True when the frame is to be dropped.
+    fn refuse_leap(&mut self, now: Instant, frame: &str, episode: u32, step: u32) -> bool {
+        let Some(t) = self.track.as_ref().filter(|t| t.id == episode) else {
+            return false;
+        };
+        let furthest = t.horizon().unwrap_or(0);
+        if step <= furthest.saturating_add(self.max_step_leap) {
+            return false;
+        }
+        if matches!(self.phase, Phase::Running | Phase::Ending { .. }) {
+            let detail = format!(
+                "a {frame} frame carries step {step}, {} past the furthest step heard of \
+                 ({furthest}), where frames lost on the link explain at most {} (a \
+                 firmware bug, or this process paused far past the stale-sensor limit)",
+                step - furthest,
+                self.max_step_leap
+            );
+            self.fault(now, FaultKind::ImplausibleStep, detail, None);
+        }
+        true
     }
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
@@ -1614,5 +1664,21 @@ pub fn sleep_until(deadline: Instant, spin: Duration) {
     }
     while Instant::now() < deadline {
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_leap_bound_follows_the_stale_limit_in_ticks() {
+        let ms = Duration::from_millis;
+        // 150 ms at 20 Hz: 3 ticks.
+        assert_eq!(max_step_leap(ms(50), ms(150)), 4 * 3 + RING as u32);
+        // A part of a tick counts as a tick; a time scale scales both alike.
+        assert_eq!(max_step_leap(ms(50), ms(151)), 4 * 4 + RING as u32);
+        let (p, s) = (ms(50).div_f64(10.0), ms(150).div_f64(10.0));
+        assert_eq!(max_step_leap(p, s), max_step_leap(ms(50), ms(150)));
     }
 }

@@ -52,6 +52,7 @@
 //! | `max_consecutive_overruns` deadlines missed in a row | tick check | safe stop |
 //! | firmware `Fault` (watchdog, invalid command, …) | message | safe stop, from the firmware's own hold |
 //! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
+//! | a frame's step number far past the furthest step heard of (4 × the stale limit in ticks + 16) | message | safe stop, episode ends (`implausible_step`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
 //! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail), reconnect if enabled |
 //! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
@@ -471,6 +472,9 @@ pub enum FaultKind {
     /// Ends the run.
     EmergencyStop,
     FirmwareReset,
+    /// A `Sensor` or `Reward` frame whose step number leaps further ahead than any
+    /// frames lost on the link can explain: the firmware's bug.
+    ImplausibleStep,
     LinkLost,
     Handshake,
     NoEpisodeStart,
