@@ -602,7 +602,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         (None, Some(task)) => task.clone(),
         (None, None) => cfg.robot.robot.clone(),
     };
-    let report = robot_loop::run(cfg, brain, &task, &label)?;
+    let report = match robot_loop::run(cfg, brain, &task, &label) {
+        Err(e @ robot_loop::RunError::EmergencyStop) => {
+            controller::note!("error: {e}");
+            return Ok(std::process::ExitCode::from(3));
+        }
+        r => r?,
+    };
     controller::say!("{report}");
     // The same bundle in the trainer's simulator, with the same trust (a robot of its
     // own has no simulated task to compare with).

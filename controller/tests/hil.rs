@@ -852,6 +852,51 @@ fn a_stop_button_pressed_during_a_safe_stop_ends_the_run() {
     assert_eq!(stop["during_safe_stop"], true, "{report}");
 }
 
+/// Setup: the stop button is pressed as the controller starts, before the handshake
+/// (the firmware reports `Fault { Estop }` ahead of its `Hello`). Expected: the run
+/// does not start (exit status 3, the error says why) and the robot never moves: the
+/// controller sends nothing but its `Hello` (no `Reset`, which would release the
+/// stop, and no command).
+#[test]
+fn a_stop_button_pressed_before_the_handshake_refuses_the_run() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "estop_at=hello");
+    let out = sim.run(&["--episodes", "3", "--max-faults", "3"]);
+    let (fw, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr.contains("emergency stop before the run began"),
+        "{out:?}"
+    );
+    assert_eq!(fw.faults.estop_presses, 1);
+    assert!(!received.is_empty());
+    for r in &received {
+        assert!(matches!(r.message, Message::Hello(_)), "{:?}", r.message);
+    }
+}
+
+/// Setup: one episode runs to its end; the stop button is pressed at the first command
+/// of the controller's closing hold (the safe stop that ends every run). Expected: the
+/// episode stays `completed`, and the run's outcome and exit status (3) say that the
+/// stop button ended it, as they would for a press during any other safe stop.
+#[test]
+fn a_stop_button_pressed_during_the_closing_hold_ends_the_run() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "estop_at=end");
+    let out = sim.run(&["--episodes", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(fw.faults.estop_presses, 1);
+    let report = sim.report();
+    assert_eq!(report["outcome"], "stopped_by_fault");
+    let faults = report["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 1, "{report}");
+    assert_eq!(faults[0]["kind"], "emergency_stop");
+    assert_eq!(faults[0]["during_safe_stop"], true, "{report}");
+    assert_eq!(episodes(&report)[0]["reason"], "completed");
+}
+
 /// Setup: at step 20 of the first episode the controller's command is lost and the
 /// firmware's watchdog trips at once: it holds with its own hold action (zero) and
 /// reports `Fault { Watchdog }`. Expected: a safe

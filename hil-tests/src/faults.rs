@@ -38,7 +38,7 @@
 //! | `stall` | `p:ms` | with probability p per frame, output stops for ms before it |
 //! | `stall_after` | `n:ms` | once, output stops for ms before frame n (counting from 1) |
 //! | `reboot_at` | step | once, the firmware reboots when an episode reaches this step |
-//! | `estop_at` | step | once, the stop button is pressed when an episode reaches this step |
+//! | `estop_at` | step, `hello` or `end` | once, the stop button is pressed when an episode reaches this step; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
 //! | `version` | u8 | every frame's header carries this protocol version |
@@ -68,12 +68,23 @@ pub struct FaultSpec {
     pub stall: Option<(f32, Duration)>,
     pub stall_after: Option<(u64, Duration)>,
     pub reboot_at_step: Option<u32>,
-    pub estop_at_step: Option<u32>,
+    pub estop_at: Option<PressAt>,
     pub watchdog_at_step: Option<u32>,
     pub bad_step_at: Option<u32>,
     pub version: Option<u8>,
     pub schema_hash: Option<u32>,
     pub nan_sensor: f32,
+}
+
+/// When the robot's stop button is pressed (`estop_at`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PressAt {
+    /// As the controller's first `Hello` arrives, before the firmware answers it.
+    Hello,
+    /// When an episode reaches this step.
+    Step(u32),
+    /// At the first command after an episode ended.
+    End,
 }
 
 /// A spec string that did not parse.
@@ -141,8 +152,13 @@ impl FromStr for FaultSpec {
                         Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
                 }
                 "estop_at" => {
-                    spec.estop_at_step =
-                        Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
+                    spec.estop_at = Some(match value {
+                        "hello" => PressAt::Hello,
+                        "end" => PressAt::End,
+                        _ => PressAt::Step(
+                            u32::try_from(int(value)?).map_err(|_| err("step too large"))?,
+                        ),
+                    })
                 }
                 "watchdog_at" => {
                     spec.watchdog_at_step =
@@ -340,20 +356,39 @@ impl FaultInjector {
 
     /// True once, when an episode reaches the configured reboot step.
     pub fn reboot_now(&mut self, step: u32) -> bool {
-        once_at(self.spec.reboot_at_step, step, &mut self.stats.reboots)
+        once(
+            self.spec.reboot_at_step == Some(step),
+            &mut self.stats.reboots,
+        )
     }
 
     /// True once, when an episode reaches the configured stop-button step.
     pub fn estop_now(&mut self, step: u32) -> bool {
-        once_at(self.spec.estop_at_step, step, &mut self.stats.estop_presses)
+        self.press_at(PressAt::Step(step))
+    }
+
+    /// True once, for `estop_at=hello`, when a `Hello` arrives.
+    pub fn estop_at_hello(&mut self) -> bool {
+        self.press_at(PressAt::Hello)
+    }
+
+    /// True once, for `estop_at=end`, when a command arrives after an episode ended.
+    pub fn estop_after_end(&mut self) -> bool {
+        self.press_at(PressAt::End)
+    }
+
+    fn press_at(&mut self, moment: PressAt) -> bool {
+        once(
+            self.spec.estop_at == Some(moment),
+            &mut self.stats.estop_presses,
+        )
     }
 
     /// True once, for the first command at the configured watchdog step: that command is
     /// lost and the firmware's watchdog trips.
     pub fn watchdog_now(&mut self, step: u32) -> bool {
-        once_at(
-            self.spec.watchdog_at_step,
-            step,
+        once(
+            self.spec.watchdog_at_step == Some(step),
             &mut self.stats.watchdog_trips,
         )
     }
@@ -361,7 +396,10 @@ impl FaultInjector {
     /// The step number to put in step `step`'s `Sensor` frame (`u32::MAX` once, at the
     /// configured `bad_step_at`).
     pub fn sensor_step(&mut self, step: u32) -> u32 {
-        if once_at(self.spec.bad_step_at, step, &mut self.stats.bad_steps) {
+        if once(
+            self.spec.bad_step_at == Some(step),
+            &mut self.stats.bad_steps,
+        ) {
             u32::MAX
         } else {
             step
@@ -379,10 +417,10 @@ impl FaultInjector {
     }
 }
 
-/// A fault configured for step `at` that happens once: true the first time `step`
-/// reaches it, counted in `count` (which is also what makes it once).
-fn once_at(at: Option<u32>, step: u32, count: &mut u64) -> bool {
-    let now = *count == 0 && at == Some(step);
+/// A fault configured for one moment that happens once: true the first time `due`
+/// is, counted in `count` (which is also what makes it once).
+fn once(due: bool, count: &mut u64) -> bool {
+    let now = *count == 0 && due;
     *count += u64::from(now);
     now
 }
@@ -472,7 +510,16 @@ mod tests {
         assert_eq!(s.stall, Some((0.05, Duration::from_millis(200))));
         assert_eq!(s.stall_after, Some((40, Duration::from_millis(500))));
         assert_eq!(s.reboot_at_step, Some(30));
-        assert_eq!(s.estop_at_step, Some(7));
+        assert_eq!(s.estop_at, Some(PressAt::Step(7)));
+        let at = |v: &str| {
+            format!("estop_at={v}")
+                .parse::<FaultSpec>()
+                .unwrap()
+                .estop_at
+        };
+        assert_eq!(at("hello"), Some(PressAt::Hello));
+        assert_eq!(at("end"), Some(PressAt::End));
+        assert!("estop_at=later".parse::<FaultSpec>().is_err());
         assert_eq!(s.watchdog_at_step, Some(8));
         assert_eq!(s.bad_step_at, Some(9));
         assert_eq!(s.version, Some(2));
@@ -633,6 +680,10 @@ mod tests {
         assert!(!inj.estop_now(5));
         assert!(inj.estop_now(6));
         assert!(!inj.estop_now(6), "the button is pressed once");
+        assert!(
+            !inj.estop_at_hello() && !inj.estop_after_end(),
+            "at step 6 only"
+        );
         assert!(inj.watchdog_now(7));
         assert!(!inj.watchdog_now(7), "the watchdog trips once");
         assert_eq!(inj.sensor_step(7), 7);

@@ -41,7 +41,8 @@
 //!   hold action (in lockstep it still takes its step, so the controller is not left
 //!   waiting); it does not feed the watchdog.
 //! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`; so
-//!   does a press of the robot's stop button (the fault injector's `estop_at`).
+//!   does a press of the robot's stop button (the fault injector's `estop_at`: at a
+//!   step, as the controller's `Hello` arrives, or during its closing hold).
 //! - **Heartbeat** is answered with a `Heartbeat`; while no episode runs the firmware
 //!   also sends one every 250 ms.
 //! - **Clock.** Frame timestamps are µs since the firmware (re)booted, on the clock
@@ -330,6 +331,10 @@ impl SimFirmware {
         }
         match frame.message {
             Message::Hello(peer) => {
+                if self.faults.estop_at_hello() {
+                    // The stop button, pressed as the controller starts.
+                    self.estop(now);
+                }
                 let ours = self.hello;
                 self.send(now, Message::Hello(ours));
                 if ours.check_peer(&peer).is_ok() {
@@ -400,6 +405,10 @@ impl SimFirmware {
     }
 
     fn on_command(&mut self, now: Duration, action: &[f32]) {
+        if self.state == FirmwareState::Ended && self.faults.estop_after_end() {
+            // The stop button, pressed while the controller's closing hold runs.
+            self.estop(now);
+        }
         if self.state != FirmwareState::Running {
             self.stats.ignored_messages += 1;
             return;

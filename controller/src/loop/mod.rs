@@ -78,7 +78,7 @@ pub mod viz;
 use crate::runtime::{Choice, Policy, PolicyOptions, TwoSpeedPolicy};
 use crossbeam_channel::RecvTimeoutError;
 use firmware_config::RobotConfig;
-use firmware_config::protocol::{FrameError, HandshakeError, Message, PROTOCOL_VERSION};
+use firmware_config::protocol::{FaultCode, FrameError, HandshakeError, Message, PROTOCOL_VERSION};
 use log::{EndReason, LogWriter, RunStart};
 use serde::Serialize;
 use shared_model::VerifiedBundle;
@@ -796,6 +796,13 @@ pub enum RunError {
     /// Refused by either side, or no answer.
     #[error("handshake: {0}")]
     Handshake(String),
+    /// A `Fault { Estop }` while the first handshake ran: this controller has sent no
+    /// `Estop`, so someone pressed a stop button. The run does not start (its `Reset`
+    /// would release the stop); exit status 3, as for a press during a run.
+    #[error(
+        "the firmware reported an emergency stop before the run began (a stop button?); nothing but Hello was sent. Release the stop, then start the run again"
+    )]
+    EmergencyStop,
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -1055,7 +1062,8 @@ fn action_names(robot: &RobotConfig) -> Vec<String> {
     }
 }
 
-/// Sends `Hello` until the firmware answers with its own (or the timeout) and checks it.
+/// Sends `Hello` until the firmware answers with its own (or the timeout) and checks it;
+/// a stop button pressed meanwhile refuses the run.
 fn handshake(
     cfg: &RunConfig,
     gate: &mut safety::CommandGate,
@@ -1081,13 +1089,19 @@ fn handshake(
                 break;
             }
             match events.recv_timeout(resend.min(deadline) - now) {
-                Ok(link::LinkEvent::Frame { frame, .. }) => {
-                    if let Message::Hello(theirs) = frame.message {
+                Ok(link::LinkEvent::Frame { frame, .. }) => match frame.message {
+                    Message::Hello(theirs) => {
                         return ours
                             .check_peer(&theirs)
                             .map_err(|e| RunError::Handshake(handshake_refusal(&cfg.robot, &e)));
                     }
-                }
+                    // (The port's input was cleared when it opened, so this is no
+                    // answer to an earlier run's Estop.)
+                    Message::Fault {
+                        code: FaultCode::Estop,
+                    } => return Err(RunError::EmergencyStop),
+                    _ => {}
+                },
                 Ok(link::LinkEvent::Error {
                     error: FrameError::Version { received },
                     ..
