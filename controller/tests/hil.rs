@@ -27,7 +27,7 @@ use firmware_config::RobotConfig;
 use firmware_config::protocol::Message;
 use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing, Received};
 use serde_json::Value;
-use sim::TaskId;
+use sim::{Reward, TaskId};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -85,8 +85,9 @@ struct Sim {
     _dir: tempfile::TempDir,
 }
 
-fn start_fw(robot: &RobotConfig, pacing: Pacing, faults: &str) -> FirmwareThread {
+fn start_fw(robot: &RobotConfig, pacing: Pacing, faults: &str, reward: Reward) -> FirmwareThread {
     let mut opts = FirmwareOptions::new(TaskId::Push, robot.clone());
+    opts.env.reward = reward;
     opts.pacing = pacing;
     opts.faults = faults.parse().unwrap();
     opts.seed = 5;
@@ -96,11 +97,16 @@ fn start_fw(robot: &RobotConfig, pacing: Pacing, faults: &str) -> FirmwareThread
 
 impl Sim {
     fn new(robot: RobotConfig, pacing: Pacing, faults: &str) -> Sim {
+        Sim::with_reward(robot, pacing, faults, Reward::Sparse)
+    }
+
+    /// As [`Sim::new`], with the simulated task's reward.
+    fn with_reward(robot: RobotConfig, pacing: Pacing, faults: &str, reward: Reward) -> Sim {
         let dir = tempfile::tempdir().unwrap();
         let robot_file = dir.path().join("robot.toml");
         std::fs::write(&robot_file, toml::to_string(&robot).unwrap()).unwrap();
         Sim {
-            fw: Some(start_fw(&robot, pacing, faults)),
+            fw: Some(start_fw(&robot, pacing, faults, reward)),
             out: dir.path().join("run"),
             robot,
             robot_file,
@@ -609,11 +615,25 @@ fn e2e_trained_bundle_reaches_the_goal() {
 
 /// Runs 2 episodes with link faults `faults`; returns (report, outcome).
 fn link_fault_run(faults: &str) -> (Value, Outcome, hil_tests::firmware::RunReport) {
-    let mut sim = Sim::new(robot(|_| {}), Pacing::RealTime, faults);
+    let (report, out, fw, _) = link_fault_run_with(faults, Reward::Sparse);
+    (report, out, fw)
+}
+
+/// As [`link_fault_run`], with the task's reward; also returns the dataset.
+fn link_fault_run_with(
+    faults: &str,
+    reward: Reward,
+) -> (
+    Value,
+    Outcome,
+    hil_tests::firmware::RunReport,
+    dataset::Dataset,
+) {
+    let mut sim = Sim::with_reward(robot(|_| {}), Pacing::RealTime, faults, reward);
     let out = sim.run(&["--episodes", "2", "--max-faults", "4"]);
     let (fw, received) = sim.stop_fw();
-    check_invariants(&sim, &received, &out);
-    (sim.report(), out, fw)
+    let (_, ds) = check_invariants(&sim, &received, &out);
+    (sim.report(), out, fw, ds)
 }
 
 /// Setup: 0.2% of the firmware's bytes dropped. Fault: frames break mid-way.
@@ -673,25 +693,43 @@ fn fault_garbage_between_frames() {
     assert!(report["link"]["resyncs"].as_u64().unwrap() > 0);
 }
 
-/// Setup: 10% of frames duplicated, 10% held back behind the next one.
-/// Expected: the sequence numbers show them; nothing is lost, so every step still gets
-/// exactly one transition (duplicates ignored, late frames slotted in by step).
+/// Setup: 10% of frames duplicated, 10% held back behind the next one; dense rewards
+/// (one on every step). Expected: the sequence numbers show them; nothing is lost, so
+/// every step still gets exactly one transition (duplicates ignored, late frames
+/// slotted in by step), and each episode's return in the report is its dataset's sum
+/// of rewards (a duplicated `Reward` frame counts once).
 #[test]
 fn fault_duplicated_and_reordered_frames() {
     let _g = serial();
-    let (report, out, fw) = link_fault_run("seed=5,after=4,dup=0.1,reorder=0.1");
+    let (report, out, fw, ds) =
+        link_fault_run_with("seed=5,after=4,dup=0.1,reorder=0.1", Reward::Dense);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(fw.faults.duplicated > 0 && fw.faults.reordered > 0);
     assert!(
         report["link"]["seq_stale"].as_u64().unwrap() > 0,
         "{report}"
     );
-    for e in episodes(&report) {
+    // The dataset holds the episodes that have transitions, in order.
+    let saved = episodes(&report)
+        .iter()
+        .filter(|e| e["transitions"].as_u64().unwrap() > 0);
+    let mut compared = 0;
+    for (e, saved) in saved.zip(&ds.episodes) {
+        assert_eq!(e["transitions"].as_u64().unwrap() as usize, saved.len());
         if e["reason"] == "completed" {
             assert_eq!(e["missing"], 0, "{e}");
             assert_eq!(e["transitions"], e["steps"], "{e}");
+            let sum: f32 = saved.rewards.iter().sum();
+            assert!(sum < -1.0, "dense rewards: {sum}");
+            let ret = e["return"].as_f64().unwrap() as f32;
+            assert!(
+                (ret - sum).abs() < 1e-3 * sum.abs(),
+                "return {ret}, rewards {sum}"
+            );
+            compared += 1;
         }
     }
+    assert!(compared > 0, "{report}");
 }
 
 /// Setup: latency spikes — 2% of frames delayed by 5 ms, well under the stale limit.
@@ -1227,7 +1265,7 @@ fn disconnect_and_reconnect() {
     // Let the first episode get going, then pull the plug.
     wait_for_records(&sim.out.join("transitions.log"), 20);
     let (_, first) = sim.stop_fw();
-    let fw2 = start_fw(&sim.robot, Pacing::RealTime, "");
+    let fw2 = start_fw(&sim.robot, Pacing::RealTime, "", Reward::Sparse);
     let tmp = sim._dir.path().join("ttyEXPO.new");
     std::os::unix::fs::symlink(fw2.path(), &tmp).unwrap();
     std::fs::rename(&tmp, &link).unwrap();
