@@ -25,7 +25,7 @@
 use controller::robot_loop::log::{EndReason, Record, read_log};
 use firmware_config::RobotConfig;
 use firmware_config::protocol::Message;
-use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing, Received};
+use hil_tests::firmware::{FirmwareOptions, FirmwareState, FirmwareThread, Pacing, Received};
 use serde_json::Value;
 use sim::{Reward, TaskId};
 use std::path::{Path, PathBuf};
@@ -911,6 +911,33 @@ fn a_stop_button_pressed_before_the_handshake_refuses_the_run() {
     for r in &received {
         assert!(matches!(r.message, Message::Hello(_)), "{:?}", r.message);
     }
+}
+
+/// Setup: the stop button is already pressed when the controller starts (pressed at
+/// the firmware's boot; its `Fault { Estop }` went out before the controller opened the
+/// port, whose stale input is cleared), and the firmware latches it: it answers the
+/// run's `Reset` with `Fault { Estop }` again. Expected: the run ends with exit status 3
+/// (at the handshake or at the `Reset`, whichever hears of the press first) and the
+/// robot never moves: no episode starts and no command reaches a running firmware.
+#[test]
+fn a_stop_button_already_pressed_when_the_run_starts_ends_it() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "estop_at=boot");
+    let out = sim.run(&["--episodes", "3", "--max-faults", "3"]);
+    let (fw, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(fw.faults.estop_presses, 1);
+    assert_eq!(fw.firmware.episodes, 0);
+    assert!(
+        received.iter().all(|r| r.state != FirmwareState::Running),
+        "a frame reached a running firmware"
+    );
+    let resets = received
+        .iter()
+        .filter(|r| matches!(r.message, Message::Reset { .. }))
+        .count();
+    assert!(resets <= 1, "{resets} Resets: the press must end the run");
+    assert_eq!(fw.firmware.refused_resets as usize, resets);
 }
 
 /// Setup: one episode runs to its end; the stop button is pressed at the first command

@@ -75,6 +75,20 @@
 //! names in order) tells two robots apart that happen to have the same sizes and rate:
 //! a policy for one arm must not drive another robot whose sensor frame means something
 //! else. A `no_std` firmware gets its value from the robot file at build time.
+//!
+//! # Stops
+//!
+//! - `Estop` from the controller: the firmware stops (torque off where the robot file
+//!   allows it), answers `Fault { Estop }` and takes no step until the next `Reset`.
+//! - A hardware stop (the robot's stop button): the firmware stops the same way and
+//!   sends `Fault { Estop }` at once, in any state, before a handshake too. The stop is
+//!   latched: until the button is released, every `Reset` is answered with
+//!   `Fault { Estop }` again instead of starting an episode. The controller treats any
+//!   `Fault { Estop }` it did not ask for as a press and ends its run; a press it missed
+//!   (made before it opened the port) reaches it as the answer to its first `Reset`.
+//! - The command watchdog (`command_timeout_ms` in the robot file): with no valid
+//!   command for that long, the firmware holds on its own and sends `Fault { Watchdog }`
+//!   once; the next valid command ends the hold.
 
 use heapless::Vec;
 
@@ -363,8 +377,10 @@ impl MessageType {
 /// Why the firmware faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultCode {
-    /// An [`Message::Estop`] was received (or a hardware stop was pressed); the
-    /// firmware stops stepping until the next [`Message::Reset`].
+    /// An [`Message::Estop`] was received (the firmware stops stepping until the next
+    /// [`Message::Reset`]), or a hardware stop was pressed (latched: until it is
+    /// released, a `Reset` is answered with this fault again; see the module's
+    /// "Stops").
     Estop,
     /// No valid command for longer than the configured command timeout; the firmware
     /// holds position until commands resume.

@@ -38,7 +38,7 @@
 //! | `stall` | `p:ms` | with probability p per frame, output stops for ms before it |
 //! | `stall_after` | `n:ms` | once, output stops for ms before frame n (counting from 1) |
 //! | `reboot_at` | step | once, the firmware reboots when an episode reaches this step |
-//! | `estop_at` | step, `hello` or `end` | once, the stop button is pressed when an episode reaches this step; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
+//! | `estop_at` | step, `boot`, `hello` or `end` | once, the stop button is pressed (and stays pressed) when an episode reaches this step; `boot`: as the firmware starts, before any controller connects; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
 //! | `version` | u8 | every frame's header carries this protocol version |
@@ -79,6 +79,8 @@ pub struct FaultSpec {
 /// When the robot's stop button is pressed (`estop_at`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PressAt {
+    /// As the firmware starts, before any controller connects.
+    Boot,
     /// As the controller's first `Hello` arrives, before the firmware answers it.
     Hello,
     /// When an episode reaches this step.
@@ -153,6 +155,7 @@ impl FromStr for FaultSpec {
                 }
                 "estop_at" => {
                     spec.estop_at = Some(match value {
+                        "boot" => PressAt::Boot,
                         "hello" => PressAt::Hello,
                         "end" => PressAt::End,
                         _ => PressAt::Step(
@@ -367,6 +370,11 @@ impl FaultInjector {
         self.press_at(PressAt::Step(step))
     }
 
+    /// True once, for `estop_at=boot` (asked as the firmware runs).
+    pub fn estop_at_boot(&mut self) -> bool {
+        self.press_at(PressAt::Boot)
+    }
+
     /// True once, for `estop_at=hello`, when a `Hello` arrives.
     pub fn estop_at_hello(&mut self) -> bool {
         self.press_at(PressAt::Hello)
@@ -517,6 +525,7 @@ mod tests {
                 .unwrap()
                 .estop_at
         };
+        assert_eq!(at("boot"), Some(PressAt::Boot));
         assert_eq!(at("hello"), Some(PressAt::Hello));
         assert_eq!(at("end"), Some(PressAt::End));
         assert!("estop_at=later".parse::<FaultSpec>().is_err());
@@ -681,7 +690,7 @@ mod tests {
         assert!(inj.estop_now(6));
         assert!(!inj.estop_now(6), "the button is pressed once");
         assert!(
-            !inj.estop_at_hello() && !inj.estop_after_end(),
+            !inj.estop_at_boot() && !inj.estop_at_hello() && !inj.estop_after_end(),
             "at step 6 only"
         );
         assert!(inj.watchdog_now(7));

@@ -42,7 +42,9 @@
 //!   waiting); it does not feed the watchdog.
 //! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`; so
 //!   does a press of the robot's stop button (the fault injector's `estop_at`: at a
-//!   step, as the controller's `Hello` arrives, or during its closing hold).
+//!   step, at boot, as the controller's `Hello` arrives, or during its closing hold),
+//!   except that a press is latched: every later `Reset` is answered with
+//!   `Fault { Estop }` again (the simulation has no button to release).
 //! - **Heartbeat** is answered with a `Heartbeat`; while no episode runs the firmware
 //!   also sends one every 250 ms.
 //! - **Clock.** Frame timestamps are µs since the firmware (re)booted, on the clock
@@ -168,6 +170,8 @@ pub struct FirmwareStats {
     pub ignored_messages: u64,
     pub watchdog_trips: u32,
     pub estops: u32,
+    /// `Reset`s answered with `Fault { Estop }`: the stop button was pressed.
+    pub refused_resets: u32,
     pub frame_errors: u64,
     /// Real-time ticks skipped because the firmware fell more than a period behind.
     pub overruns: u64,
@@ -200,6 +204,9 @@ pub struct SimFirmware {
     step: u32,
     last_command_at: Duration,
     watchdog_tripped: bool,
+    /// The robot's stop button was pressed: no `Reset` releases it (there is no button
+    /// to release in the simulation, so it stays pressed for the rest of the run).
+    button_pressed: bool,
     next_tick: Duration,
     last_heartbeat: Duration,
     last_version_hello: Option<Duration>,
@@ -256,6 +263,7 @@ impl SimFirmware {
             step: 0,
             last_command_at: Duration::ZERO,
             watchdog_tripped: false,
+            button_pressed: false,
             next_tick: Duration::ZERO,
             last_heartbeat: Duration::ZERO,
             last_version_hello: None,
@@ -333,7 +341,7 @@ impl SimFirmware {
             Message::Hello(peer) => {
                 if self.faults.estop_at_hello() {
                     // The stop button, pressed as the controller starts.
-                    self.estop(now);
+                    self.press_button(now);
                 }
                 let ours = self.hello;
                 self.send(now, Message::Hello(ours));
@@ -347,6 +355,11 @@ impl SimFirmware {
                 }
             }
             _ if !self.handshaken() => self.stats.ignored_messages += 1,
+            Message::Reset { .. } if self.button_pressed => {
+                // A hardware stop is latched: only releasing the button ends it.
+                self.stats.refused_resets += 1;
+                self.estop(now);
+            }
             Message::Reset { seed } => self.start_episode(now, seed),
             Message::Command { action } => self.on_command(now, &action),
             Message::Heartbeat => self.send(now, Message::Heartbeat),
@@ -407,7 +420,7 @@ impl SimFirmware {
     fn on_command(&mut self, now: Duration, action: &[f32]) {
         if self.state == FirmwareState::Ended && self.faults.estop_after_end() {
             // The stop button, pressed while the controller's closing hold runs.
-            self.estop(now);
+            self.press_button(now);
         }
         if self.state != FirmwareState::Running {
             self.stats.ignored_messages += 1;
@@ -492,7 +505,7 @@ impl SimFirmware {
         } else if self.faults.reboot_now(self.step) {
             self.reboot(now);
         } else if self.faults.estop_now(self.step) {
-            self.estop(now);
+            self.press_button(now);
         }
     }
 
@@ -526,6 +539,12 @@ impl SimFirmware {
         );
     }
 
+    /// The robot's stop button: stops as an `Estop` does, and stays latched.
+    fn press_button(&mut self, now: Duration) {
+        self.button_pressed = true;
+        self.estop(now);
+    }
+
     /// A simulated firmware reset mid-episode: sequence numbers and clock restart, the
     /// firmware announces itself again and starts a new episode with a new id.
     fn reboot(&mut self, now: Duration) {
@@ -542,6 +561,10 @@ impl SimFirmware {
     /// when it next needs to be called.
     pub fn poll(&mut self, now: Duration) -> Duration {
         let mut next = now + MAX_WAIT;
+        if self.faults.estop_at_boot() {
+            // The stop button, pressed before any controller is there to hear of it.
+            self.press_button(now);
+        }
         if self.state == FirmwareState::Running {
             if !self.watchdog_tripped && now >= self.last_command_at + self.timeout {
                 self.trip_watchdog(now);
