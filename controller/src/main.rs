@@ -446,6 +446,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             Some(bundle)
         }
     };
+    let first_manifest = bundle.as_ref().map(|b| b.manifest.clone());
     if a.uplink.is_some() && bundle.is_none() {
         bail!("--uplink needs --bundle (the trainer's new bundles replace it)");
     }
@@ -561,6 +562,9 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 two_speed: a.two_speed,
                 play,
                 robot: cfg.robot.clone(),
+                replaces: first_manifest
+                    .clone()
+                    .expect("--uplink needs --bundle (checked)"),
             }),
         });
     }

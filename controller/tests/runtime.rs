@@ -701,6 +701,23 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             ("", "algo", toml::Value::String("bogus".into())),
             "algo `bogus` is not one this controller acts for",
         ),
+        // Sizes that would abort the process on an allocation (no panic guard catches
+        // that) once the policy is built.
+        (
+            "2^40 critics",
+            ("selection", "ensemble_size", toml::Value::Integer(1 << 40)),
+            "ensemble_size = 1099511627776 must be at most",
+        ),
+        (
+            "2^40 candidates",
+            ("selection", "num_samples", toml::Value::Integer(1 << 40)),
+            "num_samples = 1099511627776 and ensemble_size",
+        ),
+        (
+            "2^40 diffusion steps",
+            ("diffusion", "trained_steps", toml::Value::Integer(1 << 40)),
+            "diffusion.trained_steps = 1099511627776 exceeds",
+        ),
     ] {
         let dir = variant(what, &|d| {
             edit_manifest(d, |t| {
@@ -725,4 +742,86 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
     });
     let e = load_bundle(&dir, &Trust::AllowUnsigned).unwrap_err();
     assert!(e.to_string().contains("observation.low[3] = 5"), "{e}");
+    // Weights whose dims overflow a usize, or are negative, or whose bytes are not
+    // whole f32s: refused by name when the bundle loads (the first used to panic on
+    // the overflow, the last skipped the size and NaN checks).
+    for (what, edit, text) in [
+        (
+            "overflowing dims",
+            (&|w: &mut shared_model::onnx::TensorProto| w.dims = vec![1 << 32, 1 << 32])
+                as &dyn Fn(&mut shared_model::onnx::TensorProto),
+            "more elements than memory holds",
+        ),
+        (
+            "a negative dim",
+            &|w| w.dims[0] = -10,
+            "more elements than memory holds",
+        ),
+        (
+            "a torn f32",
+            &|w| {
+                let mut bytes = w
+                    .floats()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<u8>>();
+                bytes.pop();
+                w.float_data.clear();
+                w.raw_data = bytes;
+            },
+            "not a multiple of 4",
+        ),
+    ] {
+        let dir = variant(what, &|d| {
+            let p = d.join("critic.onnx");
+            let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+            let g = m.graph.as_mut().unwrap();
+            edit(&mut g.initializer[0]);
+            let bytes = m.to_bytes();
+            fs::write(&p, &bytes).unwrap();
+            edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
+        });
+        let e = load_bundle(&dir, &Trust::AllowUnsigned).expect_err(what);
+        assert!(e.to_string().contains(text), "{what}: {e}");
+        assert!(e.to_string().contains("critic.onnx"), "{what}: {e}");
+    }
+    // tract and ort pass tensors by position: outputs declared in another order are
+    // refused when the bundle loads (they would be swapped without a word).
+    let dir = variant("outputs swapped", &|d| {
+        let p = d.join("edit.onnx");
+        let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+        m.graph.as_mut().unwrap().output.reverse();
+        let bytes = m.to_bytes();
+        fs::write(&p, &bytes).unwrap();
+        edit_manifest(d, |t| set_hash(t, "edit", sha256_hex(&bytes)));
+    });
+    let e = load_bundle(&dir, &Trust::AllowUnsigned).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("outputs, in order: expected mean, log_std"),
+        "{e}"
+    );
+    // A manifest that declares fewer denoiser blocks than the graph has: tract runs the
+    // graph, so the native backend must not quietly run a shorter network.
+    let blocks = b.manifest.networks.denoiser_blocks;
+    assert!(blocks >= 2);
+    let dir = variant("fewer blocks", &|d| {
+        edit_manifest(d, |t| {
+            t["networks"].as_table_mut().unwrap().insert(
+                "denoiser_blocks".into(),
+                toml::Value::Integer(blocks as i64 - 1),
+            );
+        })
+    });
+    let bundle = load_bundle(&dir, &Trust::AllowUnsigned).unwrap();
+    let e = Policy::new(&bundle, &options(Backend::Native, 9))
+        .err()
+        .unwrap();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(&format!("weight `blocks.{}.", blocks - 1))
+            && e.contains(&format!("networks.denoiser_blocks = {}", blocks - 1)),
+        "{e}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The uplink in a real run: the controller drives the simulated firmware over a pty and
 //! streams its transition log to a trainer-side server that drops the first connection
-//! part-way. Every record of the log must reach the server exactly once, in order.
+//! part-way and then loses records it had acknowledged. Every record of the log must
+//! reach the server exactly once, in order.
 
 use controller::robot_loop::streamer::UplinkConfig;
 use controller::robot_loop::{self, Brain, RunConfig, log::read_log};
@@ -19,19 +20,23 @@ use uplink::{KEY_LEN, Key, Session};
 
 type Store = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
 
-/// Holds records in memory; the first connection fails after `cut` records.
+/// Holds records in memory; the first connection fails after `cut` records, the
+/// second begins by losing the newest `lose` of them (a trainer restarted from an
+/// older copy of its data).
 struct Sink {
     store: Store,
     cut: Option<usize>,
+    lose: Option<usize>,
 }
 
 impl RecordSink for Sink {
     fn next_index(&mut self, stream: &str) -> u64 {
-        self.store
-            .lock()
-            .unwrap()
-            .get(stream)
-            .map_or(0, |v| v.len() as u64)
+        let mut m = self.store.lock().unwrap();
+        let v = m.entry(stream.to_string()).or_default();
+        if let Some(n) = self.lose.take() {
+            v.truncate(v.len().saturating_sub(n));
+        }
+        v.len() as u64
     }
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
         if self.cut == Some(0) {
@@ -69,6 +74,7 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
     let server = std::thread::spawn(move || {
         let mut outcomes = vec![];
         let mut cut = Some(150);
+        let mut lose = None;
         while !dn.load(Ordering::SeqCst) {
             let Ok((tcp, _)) = listener.accept() else {
                 std::thread::sleep(Duration::from_millis(10));
@@ -78,7 +84,11 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
             let mut sink = Sink {
                 store: st.clone(),
                 cut: cut.take(),
+                lose: lose.take(),
             };
+            if sink.cut.is_some() {
+                lose = Some(100);
+            }
             let outcome = Session::server(tcp, &key())
                 .map_err(|e| e.to_string())
                 .and_then(|mut s| serve_records(&mut s, &mut sink).map_err(|e| e.to_string()));
@@ -135,6 +145,8 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
     assert_eq!(up.logged, logged.len() as u64);
     assert_eq!(up.acknowledged, logged.len() as u64);
     assert!(up.connections >= 2, "{up:?}");
+    // The first connection's acknowledgements covered more than the 100 records lost.
+    assert!(up.resent > 0, "{up:?}");
     assert!(
         outcomes[0]
             .as_ref()

@@ -42,6 +42,18 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The longest action chunk a bundle may declare (as the trainer's
 /// `MAX_ACTION_HORIZON`).
 pub const MAX_HORIZON: usize = 64;
+
+// Largest sizes a bundle may declare (the trainer's config refuses larger ones, so it
+// never exports a bundle a controller refuses). Each is far above any preset (the
+// paper: T 10, N 8, 10 critics) and keeps the controller's buffers for it small; a
+// corrupt or hostile manifest that declares 2^40 would otherwise abort the process on
+// an allocation, which no panic guard catches.
+/// Most diffusion steps a schedule is trained with (DDPM's 1000, ten times over).
+pub const MAX_DIFFUSION_STEPS: usize = 10_000;
+/// Most action candidates sampled per decision (`selection.num_samples`).
+pub const MAX_SAMPLES: usize = 1024;
+/// Most critics in the ensemble (`selection.ensemble_size`).
+pub const MAX_ENSEMBLE: usize = 256;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 /// The graph files [`write_bundle`] writes (a manifest may name others; it is checked).
@@ -856,6 +868,12 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             d.beta_min, d.beta_max
         ));
     }
+    if d.trained_steps > MAX_DIFFUSION_STEPS {
+        return Err(format!(
+            "diffusion.trained_steps = {} exceeds {MAX_DIFFUSION_STEPS}",
+            d.trained_steps
+        ));
+    }
     if d.executed_steps == 0 || d.executed_steps > d.trained_steps {
         return Err(format!(
             "diffusion.executed_steps = {} must be in 1..={} (trained_steps)",
@@ -863,6 +881,13 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         ));
     }
     let s = &m.selection;
+    if s.num_samples > MAX_SAMPLES || s.ensemble_size > MAX_ENSEMBLE {
+        return Err(format!(
+            "selection: num_samples = {} and ensemble_size = {} must be at most \
+             {MAX_SAMPLES} and {MAX_ENSEMBLE}",
+            s.num_samples, s.ensemble_size
+        ));
+    }
     if s.num_samples == 0 || s.num_edit > s.num_samples {
         return Err(format!(
             "selection: need num_samples ≥ 1 and num_edit ≤ num_samples (got {} and {})",
@@ -949,10 +974,44 @@ fn check_graph(
                 });
             }
         }
+        // tract and ort pass tensors by position: the declared order must be ours
+        // (two inputs of one width would otherwise be swapped without a word).
+        let found: Vec<&str> = declared.iter().map(|v| v.name.as_str()).collect();
+        let expected: Vec<&str> = wanted.iter().map(|w| w.0).collect();
+        if found != expected {
+            return Err(BundleError::Shape {
+                path: path.into(),
+                what: format!("{kind}s, in order"),
+                expected: expected.join(", "),
+                found: found.join(", "),
+            });
+        }
     }
     for t in &graph.initializer {
+        let Some(declared) = t.num_elements() else {
+            return Err(BundleError::Onnx {
+                path: path.into(),
+                message: format!(
+                    "weight `{}` has dims {:?}: negative, or more elements than memory holds",
+                    t.name, t.dims
+                ),
+            });
+        };
+        if t.data_type == crate::onnx::DATA_TYPE_FLOAT
+            && !t.raw_data.is_empty()
+            && !t.raw_data.len().is_multiple_of(4)
+        {
+            return Err(BundleError::Onnx {
+                path: path.into(),
+                message: format!(
+                    "weight `{}` has {} bytes of f32 data, not a multiple of 4",
+                    t.name,
+                    t.raw_data.len()
+                ),
+            });
+        }
         if let Some(values) = t.floats() {
-            if values.len() != t.num_elements() {
+            if values.len() != declared {
                 return Err(BundleError::Onnx {
                     path: path.into(),
                     message: format!(

@@ -199,8 +199,12 @@ impl TensorProto {
         Some(self.float_data.clone())
     }
 
-    pub fn num_elements(&self) -> usize {
-        self.dims.iter().map(|&d| d.max(0) as usize).product()
+    /// The element count its dims declare; `None` for a negative dim or a count past
+    /// `usize` (a corrupt or hostile header, which must be an error, not a panic).
+    pub fn num_elements(&self) -> Option<usize> {
+        self.dims.iter().try_fold(1usize, |n, &d| {
+            usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+        })
     }
 }
 

@@ -648,6 +648,15 @@ impl Config {
             self.diffusion.steps >= 1,
             "diffusion.steps must be at least 1"
         );
+        // A bundle declaring more is refused by every controller (shared_model's limits).
+        use shared_model::manifest::{MAX_DIFFUSION_STEPS, MAX_ENSEMBLE, MAX_SAMPLES};
+        for (key, value, max) in [
+            ("diffusion.steps", self.diffusion.steps, MAX_DIFFUSION_STEPS),
+            ("expo.num_samples", e.num_samples, MAX_SAMPLES),
+            ("net.num_critics", self.net.num_critics, MAX_ENSEMBLE),
+        ] {
+            anyhow::ensure!(value <= max, "{key} must be at most {max}, not {value}");
+        }
         for (key, value) in [
             ("optim.batch_size", self.optim.batch_size),
             ("optim.utd", self.optim.utd),
@@ -942,6 +951,21 @@ mod tests {
         );
         let err = Config::resolve("cpu", None, &["expo.num_edit=9".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("num_edit"), "{err:#}");
+        // Past what a bundle may declare: no controller would load the export.
+        for (key, text) in [
+            (
+                "expo.num_samples=2000",
+                "expo.num_samples must be at most 1024",
+            ),
+            ("net.num_critics=300", "net.num_critics must be at most 256"),
+            (
+                "diffusion.steps=20000",
+                "diffusion.steps must be at most 10000",
+            ),
+        ] {
+            let err = Config::resolve("cpu", None, &[key.into()]).unwrap_err();
+            assert!(format!("{err:#}").contains(text), "{key}: {err:#}");
+        }
         let err = Config::resolve("cpu", None, &["expo.num_samples=\"x\"".into()]).unwrap_err();
         assert!(
             format!("{err:#}").contains("the overrides do not match the config schema"),

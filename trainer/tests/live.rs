@@ -135,6 +135,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
             two_speed: false,
             play: Default::default(),
             robot: cfg.robot.clone(),
+            replaces: b.manifest.clone(),
         }),
     });
     // The operator's device: the push demonstrator, taking over from step 10 of each
@@ -319,6 +320,7 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
     // About 700 push transitions (136 bytes each) pass before the cut.
     let proxy = cutting_proxy(trainer_addr, 100_000);
 
+    let first = shared_model::load_bundle(&bundle0, &trust).unwrap();
     let episodes = 40;
     // 40 Hz: about the rate of the trainer's updates on 2 cores, as in scripts/demo.
     let (firmware, mut cfg, options) = push_robot(2.0, 1);
@@ -336,14 +338,10 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
             two_speed: false,
             play: Default::default(),
             robot: cfg.robot.clone(),
+            replaces: first.manifest.clone(),
         }),
     });
-    let brain = Brain::new(
-        &shared_model::load_bundle(&bundle0, &trust).unwrap(),
-        &options,
-        false,
-    )
-    .unwrap();
+    let brain = Brain::new(&first, &options, false).unwrap();
     let report = robot_loop::run(cfg, brain, "push", "bundle0").unwrap();
     drop(firmware);
     let summary = trainer.join().unwrap();

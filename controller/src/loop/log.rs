@@ -565,6 +565,8 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
 /// listed in [`LogTail::damaged`].
 pub struct LogTail {
     path: PathBuf,
+    /// Most bytes one poll reads ([`TAIL_READ_MAX`]).
+    read_max: u64,
     file: Option<File>,
     /// Bytes read but not yet returned (an incomplete record, or the magic).
     buf: Vec<u8>,
@@ -575,10 +577,21 @@ pub struct LogTail {
     pub damaged: Vec<DamagedSpan>,
 }
 
+/// Most bytes one [`LogTail::poll`] reads: a follower hours behind the log (the trainer
+/// was unreachable) catches up a few MiB at a time instead of holding the backlog in
+/// memory.
+pub const TAIL_READ_MAX: u64 = 4 << 20;
+
 impl LogTail {
     pub fn new(path: &Path) -> LogTail {
+        LogTail::with_read_max(path, TAIL_READ_MAX)
+    }
+
+    /// As [`LogTail::new`], reading at most `read_max` bytes per poll.
+    pub fn with_read_max(path: &Path, read_max: u64) -> LogTail {
         LogTail {
             path: path.to_path_buf(),
+            read_max,
             file: None,
             buf: Vec::new(),
             magic_checked: false,
@@ -587,7 +600,8 @@ impl LogTail {
         }
     }
 
-    /// Payloads of the records completed since the last call.
+    /// Payloads of the records completed since the last call, from at most `read_max`
+    /// more bytes of the file (poll again for the rest).
     pub fn poll(&mut self) -> Result<Vec<Vec<u8>>, LogError> {
         let io_err = |what, error| LogError::Io {
             path: self.path.clone(),
@@ -602,7 +616,8 @@ impl LogTail {
             }
         }
         let file = self.file.as_mut().expect("opened above");
-        file.read_to_end(&mut self.buf)
+        file.take(self.read_max)
+            .read_to_end(&mut self.buf)
             .map_err(|e| io_err("reading the log", e))?;
         let mut pos = 0;
         if !self.magic_checked {
@@ -1176,6 +1191,18 @@ pub(crate) mod tests {
             tail.damaged.is_empty(),
             "nothing whole follows it to resync on"
         );
+        // Read a few bytes per poll, the records come in pieces, whole and in order.
+        std::fs::write(&path, &full).unwrap();
+        let mut tail = LogTail::with_read_max(&path, 50);
+        let (mut got, mut polls) = (vec![], 0);
+        for _ in 0..full.len() {
+            let new = tail.poll().unwrap();
+            polls += usize::from(!new.is_empty());
+            got.extend(new);
+        }
+        assert!(polls > 1, "{polls} polls returned records");
+        assert_eq!(got, LogTail::new(&path).poll().unwrap());
+        assert_eq!(got.len(), 19);
     }
 
     #[test]

@@ -13,10 +13,16 @@
 //!
 //! **Bundles down.** Every acknowledgement names the trainer's newest bundle. A new name
 //! is fetched into `OUT/bundles/NAME`, verified like any bundle (signature against the
-//! run's trusted key, hashes, shapes, the robot's dimensions) and built into a policy
-//! here, off the control thread and at a lower priority (nice 10); the control thread
-//! swaps it in at the next episode boundary (`Phase::Idle`, before `Reset`). A bundle
-//! that fails any check is recorded and never used: the running policy stays.
+//! run's trusted key, hashes, shapes, the robot's dimensions; and the running bundle's
+//! task and observation names) and built into a policy here, off the control thread and
+//! at a lower priority (nice 10, except with `--two-speed`, whose candidate worker would
+//! inherit it); the control thread swaps it in at the next episode boundary
+//! (`Phase::Idle`, before `Reset`). A bundle that fails any check is recorded and never
+//! used: the running policy stays. A download cut short is tried again on the next
+//! connection, up to [`FETCH_TRIES`] times.
+//!
+//! At most about [`WINDOW`] records are held in memory; a trainer that lost records it
+//! had acknowledged gets them again, read from the log.
 
 use std::collections::VecDeque;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -32,6 +38,7 @@ use super::{Brain, check_dims};
 use crate::runtime::PolicyOptions;
 use firmware_config::RobotConfig;
 use firmware_config::protocol::crc32;
+use shared_model::Manifest;
 use shared_model::manifest::Trust;
 use std::sync::mpsc;
 use uplink::records::{self, BATCH};
@@ -59,7 +66,19 @@ pub struct SwapConfig {
     /// How chunks are played, as for the first bundle.
     pub play: super::PlayOptions,
     pub robot: RobotConfig,
+    /// The manifest of the bundle the run started with: a new bundle fine-tunes that
+    /// policy, so it must be for the same task with the same observation names (the
+    /// dimensions are checked against the robot).
+    pub replaces: Manifest,
 }
+
+/// Records held in memory at most, read from the log and not yet acknowledged (about
+/// 8 MB at 500 bytes a record, plus one [`super::log::TAIL_READ_MAX`] read): while the
+/// trainer is unreachable the rest waits in the log, which is the buffer.
+const WINDOW: usize = 64 * BATCH;
+/// Failed downloads of one bundle before it counts as refused (a dropped connection
+/// mid-download is retried on the next one).
+const FETCH_TRIES: u32 = 3;
 
 /// A bundle the trainer offered.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -81,6 +100,8 @@ pub struct UplinkSummary {
     /// Records the trainer acknowledged (its count of this stream).
     pub acknowledged: u64,
     pub connections: u64,
+    /// Records sent again because the trainer lost them after acknowledging them.
+    pub resent: u64,
     pub errors: u64,
     pub last_error: Option<String>,
     /// Bundles the trainer offered, in order.
@@ -138,15 +159,26 @@ fn stream_main(
     // Fetching and building a bundle must not take CPU time the control thread needs
     // (the demo's one watchdog stop came while a bundle was built; the cause is not
     // confirmed). Failing to lower it leaves the thread at the default, as before.
-    let _ = super::realtime::background_priority();
+    // Not with --two-speed: a new bundle's candidate worker is started on this thread
+    // and would inherit the lower priority for good (an unprivileged process cannot
+    // raise it again); its candidates would then lag the control loop's ticks.
+    if !cfg.swap.as_ref().is_some_and(|s| s.two_speed) {
+        let _ = super::realtime::background_priority();
+    }
     let bundles_dir = log.parent().unwrap_or(Path::new(".")).join("bundles");
     // Names already fetched (used or refused): never fetched twice.
     let mut seen: Vec<String> = vec![];
+    let mut fetch_failures: std::collections::HashMap<String, u32> = Default::default();
     let mut last_poll = Instant::now();
     let mut tail = LogTail::new(&log);
-    // Records not yet acknowledged; `base` is the index of `pending[0]`.
+    // Records read and not yet acknowledged, at most about WINDOW of them; `base` is
+    // the index of `pending[0]`, `read` the index of the next record the tail returns
+    // (records below `base` are dropped as they are read: the trainer holds them).
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     let mut base = 0u64;
+    let mut read = 0u64;
+    // Damaged stretches are named once, also when the log is read again.
+    let mut damage_noted_to = 0u64;
     let mut stream_id: Option<String> = None;
     let mut session: Option<Session<TcpStream>> = None;
     let mut backoff = Duration::from_millis(100);
@@ -171,34 +203,47 @@ fn stream_main(
     };
     loop {
         let stopping = stop.load(Ordering::SeqCst);
-        match tail.poll() {
-            Ok(new) => {
-                if stream_id.is_none()
-                    && let Some(first) = new.first()
-                {
-                    let id = format!("{}#{:08x}", log.display(), crc32(first));
-                    edit(&mut |s| s.stream = Some(id.clone()));
-                    stream_id = Some(id);
+        let polled = pending.len() < WINDOW;
+        if polled {
+            match tail.poll() {
+                Ok(new) => {
+                    if stream_id.is_none()
+                        && let Some(first) = new.first()
+                    {
+                        let id = format!("{}#{:08x}", log.display(), crc32(first));
+                        edit(&mut |s| s.stream = Some(id.clone()));
+                        stream_id = Some(id);
+                    }
+                    for record in new {
+                        if read >= base {
+                            pending.push_back(record);
+                        }
+                        read += 1;
+                    }
+                    edit(&mut |s| s.logged = s.logged.max(read));
+                    for d in tail.damaged.drain(..) {
+                        if d.offset < damage_noted_to {
+                            continue;
+                        }
+                        damage_noted_to = d.offset + d.len;
+                        note!(
+                            "uplink: {}: {} damaged bytes at byte {} skipped; the records after them are sent",
+                            log.display(),
+                            d.len,
+                            d.offset
+                        );
+                    }
                 }
-                edit(&mut |s| s.logged += new.len() as u64);
-                pending.extend(new);
-                for d in tail.damaged.drain(..) {
-                    note!(
-                        "uplink: {}: {} damaged bytes at byte {} skipped; the records after them are sent",
-                        log.display(),
-                        d.len,
-                        d.offset
-                    );
-                }
+                Err(e) => fail(e.to_string()),
             }
-            Err(e) => fail(e.to_string()),
         }
         if stopping {
             let until = *drain_until.get_or_insert_with(|| Instant::now() + cfg.drain);
-            if pending.is_empty() || Instant::now() >= until {
+            // (Empty after a poll: the log has no more whole records.)
+            if (polled && pending.is_empty()) || Instant::now() >= until {
                 // The logger has closed the log: what is left is not a whole record.
                 let left = tail.unread_bytes();
-                if left > 0 {
+                if left > 0 && pending.is_empty() {
                     note!(
                         "uplink: {}: its last {left} bytes are not a whole record (torn or damaged); they are not sent",
                         log.display()
@@ -215,16 +260,23 @@ fn stream_main(
                 Ok((s, resume)) => {
                     edit(&mut |s| s.connections += 1);
                     if resume < base {
+                        // The trainer lost records it had acknowledged (its uplink
+                        // log was cut back): they are read from the log again.
                         fail(format!(
-                            "the trainer holds {resume} records of this log but acknowledged {base} before; not resending what it lost"
+                            "the trainer holds {resume} records of this log but acknowledged {base} before; sending the rest again from the log"
                         ));
+                        edit(&mut |s| s.resent += base - resume);
+                        tail = LogTail::new(&log);
+                        pending.clear();
+                        read = 0;
+                    } else {
+                        // Drop what the trainer already holds (sent before a lost ack).
+                        let held = usize::try_from(resume - base)
+                            .unwrap_or(usize::MAX)
+                            .min(pending.len());
+                        pending.drain(..held);
                     }
-                    // Drop what the trainer already holds (sent before a lost ack).
-                    while base < resume && !pending.is_empty() {
-                        pending.pop_front();
-                        base += 1;
-                    }
-                    base = base.max(resume);
+                    base = resume;
                     session = Some(s);
                     backoff = Duration::from_millis(100);
                 }
@@ -262,33 +314,45 @@ fn stream_main(
                 && !broken
                 && !seen.contains(&name)
             {
-                seen.push(name.clone());
                 let outcome = match records::fetch_bundle(s, &name) {
-                    Ok(files) => prepare(&bundles_dir, &name, &files, swap),
+                    Ok(files) => Some(prepare(&bundles_dir, &name, &files, swap)),
                     Err(e) => {
                         broken = true;
-                        Err(format!("fetching: {e}"))
+                        let tries = fetch_failures.entry(name.clone()).or_insert(0);
+                        *tries += 1;
+                        if *tries < FETCH_TRIES {
+                            fail(format!("fetching bundle {name}: {e}; trying again"));
+                            None
+                        } else {
+                            Some(Err(format!("fetching: {e} ({FETCH_TRIES} tries)")))
+                        }
                     }
                 };
-                let error = match outcome {
-                    Ok(brain) => {
-                        note!("uplink: bundle {name} verified; it takes over at the next episode");
-                        let _ = ready.send((name.clone(), brain));
-                        None
-                    }
-                    Err(e) => {
-                        note!(
-                            "uplink: bundle {name} refused: {e}; the robot keeps the policy it runs"
-                        );
-                        Some(e)
-                    }
-                };
-                edit(&mut |s| {
-                    s.bundles.push(BundleOffer {
-                        name: name.clone(),
-                        error: error.clone(),
-                    })
-                });
+                // A download cut short is tried again on the next connection.
+                if let Some(outcome) = outcome {
+                    seen.push(name.clone());
+                    let error = match outcome {
+                        Ok(brain) => {
+                            note!(
+                                "uplink: bundle {name} verified; it takes over at the next episode"
+                            );
+                            let _ = ready.send((name.clone(), brain));
+                            None
+                        }
+                        Err(e) => {
+                            note!(
+                                "uplink: bundle {name} refused: {e}; the robot keeps the policy it runs"
+                            );
+                            Some(e)
+                        }
+                    };
+                    edit(&mut |s| {
+                        s.bundles.push(BundleOffer {
+                            name: name.clone(),
+                            error: error.clone(),
+                        })
+                    });
+                }
             }
             if broken {
                 session = None;
@@ -323,6 +387,20 @@ fn prepare(
     std::fs::rename(&tmp, &target).map_err(io)?;
     let bundle = shared_model::load_bundle(&target, &swap.trust).map_err(|e| e.to_string())?;
     check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
+    let (new, old) = (&bundle.manifest, &swap.replaces);
+    if new.task != old.task {
+        return Err(format!(
+            "it was trained on task `{}`, the running bundle on `{}`",
+            new.task, old.task
+        ));
+    }
+    if new.observation.names != old.observation.names {
+        return Err(format!(
+            "its observation names ({}) are not the running bundle's ({})",
+            new.observation.names.join(", "),
+            old.observation.names.join(", ")
+        ));
+    }
     Brain::with_play(&bundle, &swap.options, swap.two_speed, swap.play)
         .map_err(|e| format!("{e:#}"))
 }
@@ -347,4 +425,49 @@ fn connect(cfg: &UplinkConfig, stream: &str) -> Result<(Session<TcpStream>, u64)
     let mut s = Session::client(tcp, &cfg.key).map_err(|e| format!("{addr}: {e}"))?;
     let resume = records::open_stream(&mut s, stream).map_err(|e| format!("{addr}: {e}"))?;
     Ok((s, resume))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_model::synthetic::SyntheticSpec;
+
+    /// A bundle from the trainer for another task, or with other observation names,
+    /// than the running one is refused before it is built, saying which.
+    #[test]
+    fn a_new_bundle_must_be_for_the_running_bundles_task_and_observations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("new");
+        SyntheticSpec::cpu().write(&src, 3, None).unwrap();
+        let bundle = shared_model::load_bundle(&src, &Trust::AllowUnsigned).unwrap();
+        let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        let swap = |replaces: Manifest| SwapConfig {
+            trust: Trust::AllowUnsigned,
+            options: PolicyOptions::default(),
+            two_speed: false,
+            play: Default::default(),
+            robot: RobotConfig::example("push").unwrap(),
+            replaces,
+        };
+        let dir = tmp.path().join("bundles");
+        let same = bundle.manifest.clone();
+        assert!(prepare(&dir, "b1", &files, &swap(same.clone())).is_ok());
+        let mut other_task = same.clone();
+        other_task.task = "maze".into();
+        let e = prepare(&dir, "b2", &files, &swap(other_task))
+            .err()
+            .unwrap();
+        assert!(e.contains("the running bundle on `maze`"), "{e}");
+        let mut renamed = same;
+        renamed.observation.names[0] = "elbow".into();
+        let e = prepare(&dir, "b3", &files, &swap(renamed)).err().unwrap();
+        assert!(e.contains("observation names"), "{e}");
+    }
 }

@@ -474,7 +474,9 @@ pub fn reload(
         .with_context(|| format!("refusing bundle {}", dir.display()))?;
     let m = &bundle.manifest;
     ensure!(
-        m.observation.dim == current.obs_dim() && m.action.chunk_dim() == current.chunk_dim(),
+        m.observation.dim == current.obs_dim()
+            && m.action.horizon == current.horizon()
+            && m.action.dim == current.act_dim(),
         "refusing bundle {}: it acts on obs {} / action {} x {}, the running policy on {} / {} x {}",
         dir.display(),
         m.observation.dim,

@@ -19,6 +19,9 @@ use std::f32::consts::TAU;
 struct Weights {
     file: String,
     map: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Names read so far: a weight the manifest's network never reads means the graph
+    /// is larger than the manifest says (tract would run it, this backend would not).
+    used: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Weights {
@@ -46,6 +49,7 @@ impl Weights {
         Ok(Weights {
             file: file.into(),
             map,
+            used: Default::default(),
         })
     }
 
@@ -54,7 +58,36 @@ impl Weights {
             .map
             .get(name)
             .with_context(|| format!("{}: missing weight `{name}`", self.file))?;
+        self.used.borrow_mut().insert(name.to_string());
         Ok((d, v))
+    }
+
+    /// A constant of the graph that this backend has built in: it must hold `value`
+    /// everywhere, or the backends would compute different functions.
+    fn constant(&self, name: &str, value: f32) -> Result<()> {
+        let (_, v) = self.get(name)?;
+        ensure!(
+            v.iter()
+                .all(|x| (x - value).abs() <= 1e-6 * value.abs().max(1.0)),
+            "{}: constant `{name}` is not {value} throughout",
+            self.file
+        );
+        Ok(())
+    }
+
+    /// Refuses a graph with weights the network the manifest describes does not read.
+    fn all_read(&self, manifest_says: &str) -> Result<()> {
+        let used = self.used.borrow();
+        let mut unread: Vec<&String> = self.map.keys().filter(|k| !used.contains(*k)).collect();
+        unread.sort();
+        if let Some(first) = unread.first() {
+            bail!(
+                "{}: weight `{first}` (and {} more) is not part of the network the manifest describes ({manifest_says})",
+                self.file,
+                unread.len() - 1
+            );
+        }
+        Ok(())
     }
 
     /// A `[d_in, d_out]` matrix (and the optional `[d_out]` bias).
@@ -201,6 +234,8 @@ impl NativeNetworks {
                 .collect::<Result<_>>()?,
             output: w.dense("output", true)?,
         };
+        w.constant("two_pi", TAU)?;
+        w.all_read(&format!("networks.denoiser_blocks = {nblocks}"))?;
         ensure!(
             denoiser.input_obs.d_in == od && denoiser.input_action.d_in == ad,
             "{}: first layer sees {} + {} inputs, manifest says obs {od}, action {ad}",
@@ -259,6 +294,10 @@ impl NativeNetworks {
                     mean: w.dense("head.mean", true)?,
                     log_std: w.dense("head.log_std", true)?,
                 };
+                w.constant("one", 1.0)?;
+                w.constant("half_log_std_range", 0.5 * (LOG_STD_MAX - LOG_STD_MIN))?;
+                w.constant("log_std_min", LOG_STD_MIN)?;
+                w.all_read(&format!("networks.edit_widths has {n} entries"))?;
                 let f = f.file.as_str();
                 width(f, "layers.0.obs's input", e.from_obs.d_in, od)?;
                 width(f, "layers.0.action's input", e.from_action.d_in, ad)?;
@@ -332,6 +371,11 @@ impl NativeNetworks {
                         norm,
                     });
                 }
+                for i in 0..depth - 1 {
+                    w.constant(&format!("norms.{i}.unit"), 1.0)?;
+                    w.constant(&format!("norms.{i}.zero"), 0.0)?;
+                }
+                w.all_read(&format!("networks.critic_widths has {} entries", depth - 1))?;
                 Some(Critic { members, layers })
             }
             _ => None,
