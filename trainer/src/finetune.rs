@@ -142,7 +142,21 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         o.updates > 0 || o.eval_episodes > 0,
         "nothing to do: --updates is 0"
     );
+    // The source run stays as it was, resumed or not.
+    if o.out.exists() && o.out.canonicalize()? == o.from.canonicalize()? {
+        bail!("--out must differ from --from (the source run stays as it was)");
+    }
     let resumed = o.resume && checkpoint_dir(&o.out).is_some();
+    if resumed {
+        // Only a finetune run is continued: a train or pretrain run's checkpoint would
+        // otherwise be trained on and overwritten.
+        ensure!(
+            o.out.join("finetune.csv").exists(),
+            "{} holds a checkpoint but no finetune.csv: it is not a finetune run (a train \
+             or pretrain run?), and --resume continues only the finetune run written there",
+            o.out.display()
+        );
+    }
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source)?;
     let config = agent.config.clone();
@@ -173,9 +187,6 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
 
     if !resumed {
         std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-        if o.out.canonicalize()? == o.from.canonicalize()? {
-            bail!("--out must differ from --from (the source run stays as it was)");
-        }
         if !o.resume {
             ensure_no_run_in(&o.out)?;
         }
@@ -194,6 +205,23 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         )?;
         summary.robot_episodes = episodes;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;
+        // Else the run would "fine-tune" on the source run's own replay alone.
+        ensure!(
+            summary.replay_transitions > 0 || o.listen.is_some(),
+            "--data gives no training transition: {} robot frames in {episodes} episodes, \
+             {} left out as interventions{}",
+            summary.robot_transitions,
+            summary.robot_transitions - summary.robot_transitions_used,
+            if config.action_horizon > 1 {
+                format!(
+                    ", and with action_horizon {} an episode needs that many frames in a row \
+                     to make one",
+                    config.action_horizon
+                )
+            } else {
+                String::new()
+            }
+        );
         state.finetune_updates = 0;
         state.config_toml = config.to_toml();
         std::fs::write(o.out.join("config.toml"), config.to_toml())?;

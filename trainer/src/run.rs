@@ -214,6 +214,30 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
             spec.action_dim()
         );
     }
+    if let Some(task) = config.task.sim() {
+        // Same sizes are not the same task (push's and arm-reach's are alike): names
+        // the dataset recorded must be the task's. Names made up for a dataset that
+        // recorded none (`observation.state.0`, …) say nothing.
+        let names = &ds.info.observation_names;
+        let made_up = names
+            .iter()
+            .enumerate()
+            .all(|(i, n)| *n == format!("{}.{i}", dataset::cols::OBS));
+        let ours: Vec<String> = task
+            .spec()
+            .obs_names
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if !made_up && let Some(i) = firmware_config::config::first_name_difference(&ours, names) {
+            bail!(
+                "{path}: observation names differ from task {task}'s, first at [{i}] (`{}` in \
+                 the dataset, `{}` in the task): data of another task?",
+                names[i],
+                ours[i]
+            );
+        }
+    }
     ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
     // LeRobot's own recordings have no `next.reward` column (read as 0).
     let unlabelled = ds
@@ -234,8 +258,16 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
+    let replay = Replay::from_dataset(&ds, config.chunks());
+    ensure!(
+        !replay.is_empty(),
+        "{path}: no training transition in {} frames: with action_horizon {} an episode \
+         needs that many frames in a row (or a terminal step) to make one",
+        ds.num_frames(),
+        config.action_horizon
+    );
     Ok(OfflineData {
-        replay: Replay::from_dataset(&ds, config.chunks()),
+        replay,
         success_rate: ds.success_rate(),
         robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
         warnings,
@@ -765,6 +797,18 @@ fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
             (task.spec().obs_dim(), task.spec().action_dim())
         }
     };
+    let n = &state.normalizer;
+    ensure!(
+        n.mean.len() == od
+            && n.std.len() == od
+            && n.mean.iter().all(|x| x.is_finite())
+            && n.std.iter().all(|s| s.is_finite() && *s > 0.0),
+        "{}: the observation normalizer must hold {od} finite means and {od} finite, positive \
+         deviations (found {} and {})",
+        state_path.display(),
+        n.mean.len(),
+        n.std.len()
+    );
     let device = device(&config)?;
     let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
     agent.robot = state.robot.clone();

@@ -236,3 +236,59 @@ fn data_of_another_task_with_the_same_sizes_is_refused() {
     );
     assert!(!out.join("checkpoint").exists());
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// `--resume` continues only a finetune run: pointed at the source run or at another
+/// train run it is refused before that run's checkpoint is touched (it used to be
+/// trained on and overwritten). Data that gives no training transition (every frame
+/// an intervention) is refused too, instead of fine-tuning on the source's replay alone.
+#[test]
+fn finetune_never_overwrites_a_train_run_nor_runs_without_robot_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("robot"));
+    tiny_run(&run);
+    tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &data).unwrap();
+    let other = tmp.path().join("other-train-run");
+    copy_dir(&run, &other);
+    let before = critic_weights(&other);
+    for (out, text) in [
+        (&run, "--out must differ from --from"),
+        (&other, "it is not a finetune run"),
+    ] {
+        let mut o = options(&run, &data, out);
+        o.resume = true;
+        let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+        assert!(e.contains(text), "{e}");
+    }
+    assert_eq!(critic_weights(&other), before);
+    assert!(!other.join("finetune.csv").exists());
+
+    let mut ds = dataset::read_dataset(&data).unwrap();
+    for ep in &mut ds.episodes {
+        ep.intervention.iter_mut().for_each(|m| *m = true);
+    }
+    let marked = tmp.path().join("all-marked");
+    dataset::write_dataset(&marked, &ds.info, &ds.episodes).unwrap();
+    let out = tmp.path().join("out");
+    let e = format!(
+        "{:#}",
+        finetune(&options(&run, &marked, &out), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("--data gives no training transition")
+            && e.contains("left out as interventions"),
+        "{e}"
+    );
+    assert!(!out.join("checkpoint").exists());
+}

@@ -426,3 +426,47 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
         "{e}"
     );
 }
+
+/// Offline data that cannot train the run is refused by name before any update: a
+/// dataset of another simulated task with the same sizes (push's and arm-reach's are
+/// alike; it used to be trained on without a word), and a robot dataset whose
+/// episodes are all shorter than the action horizon, without a terminal step (no chunk
+/// at all; that used to panic on the first batch).
+#[test]
+fn offline_data_that_cannot_train_the_run_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let push = tmp.path().join("push-demos");
+    tools::generate::generate(TaskId::Push, 2, 7, EnvConfig::default(), &push).unwrap();
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach.into();
+    c.run.dataset = Some(push.display().to_string());
+    c.run.online_steps = 0;
+    let e = format!(
+        "{:#}",
+        train(&c, &tmp.path().join("a"), &TrainOptions::default(), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("push-demos") && e.contains("observation names differ from task arm-reach's"),
+        "{e}"
+    );
+
+    let demos = tmp.path().join("demos");
+    let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
+    let mut ds = dataset::read_dataset(&demos).unwrap();
+    for ep in &mut ds.episodes {
+        ep.terminated.iter_mut().for_each(|t| *t = false);
+        *ep.truncated.last_mut().unwrap() = true;
+    }
+    let cut = tmp.path().join("never-terminal");
+    dataset::write_dataset(&cut, &info, &ds.episodes).unwrap();
+    let mut c = robot_config(&cut);
+    c.action_horizon = 32;
+    let e = format!(
+        "{:#}",
+        train(&c, &tmp.path().join("b"), &TrainOptions::default(), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("never-terminal") && e.contains("no training transition"),
+        "{e}"
+    );
+}

@@ -285,6 +285,29 @@ fn resume_refuses_a_different_config() {
         ),
         "{err}"
     );
+    // A normalizer in state.json of the wrong length, or with a zero deviation, is named
+    // (an empty one used to panic, a zero deviation to feed infinities to the networks).
+    std::fs::write(&path, &text).unwrap();
+    let state_path = tmp.path().join("checkpoint/state.json");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    for (what, edit) in [
+        ("empty", serde_json::json!({"mean": [], "std": []})),
+        ("zero deviation", {
+            let mut n = state["normalizer"].clone();
+            n["std"][0] = serde_json::json!(0.0);
+            n
+        }),
+    ] {
+        let mut bad = state.clone();
+        bad["normalizer"] = edit;
+        std::fs::write(&state_path, bad.to_string()).unwrap();
+        let err = format!("{:#}", trainer::run::load_agent(tmp.path()).err().unwrap());
+        assert!(
+            err.contains("state.json: the observation normalizer must hold 10 finite means"),
+            "{what}: {err}"
+        );
+    }
 }
 
 /// A run whose critic diverges (an absurd learning rate) stops at its first logged row
