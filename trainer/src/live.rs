@@ -15,6 +15,12 @@
 //! acknowledged, so the robot does not resend them) but not trained on; `controller
 //! log-to-dataset` turns those logs into datasets for `finetune --data`.
 //!
+//! A checkpoint is written every `--checkpoint-every` updates and at the end, so
+//! `--resume` after a crash continues from the last one. The transitions that arrived
+//! between that checkpoint and the crash are in `OUT/uplink/` but not in the resumed
+//! replay (the robot is not asked to send them again): convert them with `controller
+//! log-to-dataset` for a later `finetune --data`.
+//!
 //! Every acknowledgement to the robot names `OUT/bundles/latest`; the robot fetches a
 //! new one over the same link, verifies it and swaps it in between episodes
 //! (`controller::robot_loop::streamer`).
@@ -391,6 +397,11 @@ pub(crate) fn train_live(
             }
             if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
                 publish(agent, updates, summary)?;
+            }
+            if o.checkpoint_every > 0 && updates.is_multiple_of(o.checkpoint_every) {
+                state.capture_agent(agent, &batch_rng);
+                state.finetune_updates = updates;
+                crate::run::write_checkpoint(&o.out, agent, online, state)?;
             }
         }
     }

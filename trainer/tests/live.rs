@@ -73,7 +73,8 @@ fn spawn_listening_trainer(
         out: out.to_path_buf(),
         updates,
         with_offline: true,
-        checkpoint_every: 0,
+        // Mid-run checkpoints as a long session writes them (none is read back here).
+        checkpoint_every: if short { 50 } else { 500 },
         log_every: if short { 50 } else { 500 },
         eval_episodes: 0,
         resume: false,
