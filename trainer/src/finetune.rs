@@ -136,6 +136,83 @@ impl FinetuneSummary {
     }
 }
 
+/// The options a finetune run began with that shape its batches (`OPTIONS_FILE` in its
+/// directory): `--resume` with others would continue it as another run.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct StartedWith {
+    from: PathBuf,
+    with_offline: bool,
+    keep_interventions: bool,
+    listen: bool,
+}
+
+const OPTIONS_FILE: &str = "finetune-options.json";
+
+impl StartedWith {
+    fn of(o: &FinetuneOptions) -> Self {
+        StartedWith {
+            from: o.from.canonicalize().unwrap_or_else(|_| o.from.clone()),
+            with_offline: o.with_offline,
+            keep_interventions: o.keep_interventions,
+            listen: o.listen.is_some(),
+        }
+    }
+
+    /// Refuses a resume whose options differ from the run's (runs from before this
+    /// file was written are not checked).
+    fn check_resume(o: &FinetuneOptions) -> Result<()> {
+        let path = o.out.join(OPTIONS_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let then: StartedWith = serde_json::from_str(&text)
+            .with_context(|| format!("{}: unreadable", path.display()))?;
+        let now = StartedWith::of(o);
+        let flag = |on: bool, name: &str| {
+            if on {
+                format!("with {name}")
+            } else {
+                format!("without {name}")
+            }
+        };
+        for (same, what, then_s, now_s) in [
+            (
+                then.with_offline == now.with_offline,
+                "--no-offline",
+                flag(!then.with_offline, "--no-offline"),
+                flag(!now.with_offline, "--no-offline"),
+            ),
+            (
+                then.keep_interventions == now.keep_interventions,
+                "--keep-interventions",
+                flag(then.keep_interventions, "--keep-interventions"),
+                flag(now.keep_interventions, "--keep-interventions"),
+            ),
+            (
+                then.listen == now.listen,
+                "--listen",
+                flag(then.listen, "--listen"),
+                flag(now.listen, "--listen"),
+            ),
+        ] {
+            ensure!(
+                same,
+                "{}: the run began {then_s}, --resume is {now_s}: resume it as it began ({what})",
+                o.out.display()
+            );
+        }
+        if then.from != now.from {
+            eprintln!(
+                "note: --resume continues {} from its checkpoint; --from {} is not read (the run began from {})",
+                o.out.display(),
+                o.from.display(),
+                then.from.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Runs `finetune` (see the module documentation).
 pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<FinetuneSummary> {
     ensure!(
@@ -156,6 +233,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
              or pretrain run?), and --resume continues only the finetune run written there",
             o.out.display()
         );
+        StartedWith::check_resume(o)?;
     }
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source)?;
@@ -225,6 +303,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         state.finetune_updates = 0;
         state.config_toml = config.to_toml();
         std::fs::write(o.out.join("config.toml"), config.to_toml())?;
+        std::fs::write(
+            o.out.join(OPTIONS_FILE),
+            serde_json::to_string_pretty(&StartedWith::of(o))?,
+        )?;
         write_header(&o.out.join("finetune.csv"), UPDATES_HEADER)?;
         if eval_episodes > 0 {
             summary.before = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);

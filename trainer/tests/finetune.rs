@@ -93,6 +93,14 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     std::fs::write(&log, text).unwrap();
     o.stop_after = None;
     o.resume = true;
+    // Resumed with other batch options, it would go on as another run: refused by flag.
+    o.with_offline = false;
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains("the run began without --no-offline, --resume is with --no-offline"),
+        "{e}"
+    );
+    o.with_offline = true;
     assert_eq!(finetune(&o, &mut ()).unwrap().updates, 6);
     assert_eq!(losses(&interrupted), losses(&straight));
     assert_eq!(critic_weights(&interrupted), critic_weights(&straight));
