@@ -301,7 +301,7 @@ pub enum BundleError {
     )]
     NewerFormat {
         path: PathBuf,
-        found: u32,
+        found: i64,
         supported: u32,
     },
     #[error("{path}: invalid manifest: {message}")]
@@ -657,7 +657,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     if version > FORMAT_VERSION as i64 {
         return Err(BundleError::NewerFormat {
             path: mpath,
-            found: version as u32,
+            found: version,
             supported: FORMAT_VERSION,
         });
     }

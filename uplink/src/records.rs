@@ -281,7 +281,9 @@ pub fn serve_records<S: Read + Write>(
                 .get(at + 4..at + 4 + len)
                 .ok_or_else(|| RecordError::Protocol(format!("record {i} runs past the frame")))?;
             at += 4 + len;
-            let index = first + i;
+            let index = first.checked_add(i).ok_or_else(|| {
+                RecordError::Protocol(format!("record {i} after {first} is past the last index"))
+            })?;
             if index < next {
                 continue; // already held: sent before a lost acknowledgement
             }
