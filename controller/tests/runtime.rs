@@ -697,6 +697,18 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             "selection.edit_scale = -3 must be finite and not negative",
         ),
         (
+            "an infinite action bound",
+            (
+                "action",
+                "high",
+                toml::Value::Array(vec![
+                    toml::Value::Float(f64::INFINITY),
+                    toml::Value::Float(1.0),
+                ]),
+            ),
+            "action.low[0] = -1 and action.high[0] = inf must be finite",
+        ),
+        (
             "unknown algorithm",
             ("", "algo", toml::Value::String("bogus".into())),
             "algo `bogus` is not one this controller acts for",

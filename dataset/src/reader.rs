@@ -27,6 +27,10 @@ type DataFileKey = (usize, usize);
 const FLOAT: &[&str] = &["float32", "float64"];
 const BOOL: &[&str] = &["bool"];
 const INT: &[&str] = &["int64", "int32"];
+/// Most values an observation or action vector may have per frame: far above any robot
+/// (the wire protocol carries 32 and 16), and small enough that a corrupt shape such as
+/// `[4000000000]` is an error rather than billions of channel names in memory.
+pub const MAX_VECTOR_DIM: usize = 1 << 16;
 
 /// Check the features of info.json: required keys, dtypes, scalar shapes.
 /// Returns (obs_dim, act_dim).
@@ -62,7 +66,7 @@ fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usize), Datase
         }
         let ok = match dim {
             Some(d) => f.dim() == d,
-            None => f.shape.len() == 1 && f.dim() > 0,
+            None => f.shape.len() == 1 && (1..=MAX_VECTOR_DIM).contains(&f.dim()),
         };
         if !ok {
             return Err(DatasetError::invalid(
@@ -70,7 +74,9 @@ fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usize), Datase
                 format!(
                     "feature `{k}` has shape {:?}, expected {}",
                     f.shape,
-                    dim.map_or("[n] with n > 0".to_string(), |d| format!("[{d}]"))
+                    dim.map_or(format!("[n] with 0 < n <= {MAX_VECTOR_DIM}"), |d| format!(
+                        "[{d}]"
+                    ))
                 ),
             ));
         }

@@ -130,6 +130,22 @@ fn wrong_dims_vs_info_json() {
     expect_err(&dir, &["file-000.parquet", "observation.state", "[8]"]);
 }
 
+/// A corrupt shape is refused by name before anything is sized from it (it used to
+/// make the reader build billions of channel names).
+#[test]
+fn absurd_vector_shape_in_info_json() {
+    let (_t, dir) = good();
+    edit_info(&dir, |v| {
+        for k in ["observation.state", "next.observation.state"] {
+            v["features"][k]["shape"] = serde_json::json!([4_000_000_000u64]);
+        }
+    });
+    expect_err(
+        &dir,
+        &["info.json", "observation.state", "[4000000000]", "65536"],
+    );
+}
+
 #[test]
 fn inconsistent_dims_in_info_json() {
     let (_t, dir) = good();

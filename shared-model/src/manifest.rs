@@ -831,12 +831,15 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             a.dim
         ));
     }
-    if a.low
-        .iter()
-        .zip(&a.high)
-        .any(|(l, h)| l.partial_cmp(h) != Some(std::cmp::Ordering::Less))
+    // Finite: the controller clamps every action to them, and an infinite bound would
+    // clamp nothing (the trainer always writes finite ones).
+    if let Some(i) = (0..a.dim)
+        .find(|&i| !(a.low[i].is_finite() && a.high[i].is_finite() && a.low[i] < a.high[i]))
     {
-        return Err("action.low must be below action.high".into());
+        return Err(format!(
+            "action.low[{i}] = {} and action.high[{i}] = {} must be finite, low below high",
+            a.low[i], a.high[i]
+        ));
     }
     if !(1..=MAX_HORIZON).contains(&a.horizon) {
         return Err(format!(

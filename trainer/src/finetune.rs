@@ -263,6 +263,20 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         "nothing to do: --updates is 0"
     );
 
+    // Before anything is written: a refused run leaves no files that would block its retry.
+    let offline = if o.with_offline {
+        let offline = offline_data(&config)?.replay;
+        ensure!(
+            (offline.obs_dim, offline.act_dim) == (od, ad),
+            "the run's offline data ({}) now has observation dim {} and action dim {}, its networks take {od} and {ad}",
+            config.run.dataset.as_deref().unwrap_or("generated"),
+            offline.obs_dim,
+            offline.act_dim
+        );
+        offline
+    } else {
+        Replay::new(od, ad, 1)
+    };
     if !resumed {
         std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
         if !o.resume {
@@ -325,19 +339,6 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         }
     }
 
-    let offline = if o.with_offline {
-        let offline = offline_data(&config)?.replay;
-        ensure!(
-            (offline.obs_dim, offline.act_dim) == (od, ad),
-            "the run's offline data ({}) now has observation dim {} and action dim {}, its networks take {od} and {ad}",
-            config.run.dataset.as_deref().unwrap_or("generated"),
-            offline.obs_dim,
-            offline.act_dim
-        );
-        offline
-    } else {
-        Replay::new(od, ad, 1)
-    };
     let offline_fraction = if o.with_offline {
         config.optim.offline_fraction
     } else {
