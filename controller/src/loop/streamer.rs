@@ -331,27 +331,8 @@ fn stream_main(
                 // A download cut short is tried again on the next connection.
                 if let Some(outcome) = outcome {
                     seen.push(name.clone());
-                    let error = match outcome {
-                        Ok(brain) => {
-                            note!(
-                                "uplink: bundle {name} verified; it takes over at the next episode"
-                            );
-                            let _ = ready.send((name.clone(), brain));
-                            None
-                        }
-                        Err(e) => {
-                            note!(
-                                "uplink: bundle {name} refused: {e}; the robot keeps the policy it runs"
-                            );
-                            Some(e)
-                        }
-                    };
-                    edit(&mut |s| {
-                        s.bundles.push(BundleOffer {
-                            name: name.clone(),
-                            error: error.clone(),
-                        })
-                    });
+                    let offer = settle(name, outcome, &ready);
+                    edit(&mut |s| s.bundles.push(offer.clone()));
                 }
             }
             if broken {
@@ -361,6 +342,26 @@ fn stream_main(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Hands a verified bundle's policy to the control thread, or says why it was refused.
+fn settle(
+    name: String,
+    outcome: Result<Brain, String>,
+    ready: &mpsc::Sender<Ready>,
+) -> BundleOffer {
+    let error = match outcome {
+        Ok(brain) => {
+            note!("uplink: bundle {name} verified; it takes over at the next episode");
+            let _ = ready.send((name.clone(), brain));
+            None
+        }
+        Err(e) => {
+            note!("uplink: bundle {name} refused: {e}; the robot keeps the policy it runs");
+            Some(e)
+        }
+    };
+    BundleOffer { name, error }
 }
 
 /// Writes a fetched bundle to `dir/name` (through a temporary directory), verifies it
