@@ -113,6 +113,9 @@ pub struct FinetuneSummary {
     pub published: Vec<PathBuf>,
     /// Transitions received over the uplink.
     pub streamed: usize,
+    /// Of those, the ones not trained on for a value that is not finite or an action
+    /// outside `[-1, 1]` (they stay in `OUT/uplink/`).
+    pub streamed_unusable: usize,
     pub before: Option<EvalResult>,
     pub after: Option<EvalResult>,
     pub stopped_early: bool,
@@ -545,8 +548,12 @@ pub fn describe(s: &FinetuneSummary) -> String {
         })
     };
     let data = if s.streamed > 0 || !s.published.is_empty() {
+        let unusable = match s.streamed_unusable {
+            0 => String::new(),
+            n => format!(" ({n} not trained on: a value not finite or an action outside [-1, 1])"),
+        };
         format!(
-            "{} transitions streamed by the robot, {} bundles published",
+            "{} transitions streamed by the robot{unusable}, {} bundles published",
             s.streamed,
             s.published.len()
         )

@@ -53,6 +53,28 @@ pub struct Step {
     pub intervention: bool,
     /// Its action came from the teleop device (`controller run --teleop`).
     pub teleop: bool,
+    /// Why it cannot be trained on (a value that is not finite, an action outside the
+    /// policy's `[-1, 1]`), or `None`. Such a transition is logged and acknowledged like
+    /// any other, counted in [`crate::finetune::FinetuneSummary::streamed_unusable`], and
+    /// cuts its stream's pending action chunk.
+    pub unusable: Option<String>,
+}
+
+/// Why a streamed transition cannot be trained on, checked as a dataset's frames are
+/// (`crate::robot::read_training_dataset`).
+fn unusable(t: &controller::robot_loop::log::Transition) -> Option<String> {
+    let where_ = format!("episode {}, step {}", t.episode, t.step);
+    if !t.is_finite() {
+        return Some(format!("{where_}: a value is not finite"));
+    }
+    let (i, a) = t
+        .action()
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.abs() > dataset::POLICY_ACTION_LIMIT)?;
+    Some(format!(
+        "{where_}: action[{i}] = {a} is outside the policy's [-1, 1]"
+    ))
 }
 
 /// Persists every stream's records and forwards the transitions.
@@ -126,11 +148,10 @@ impl RecordSink for Receiver {
         let (writer, held) = self.log(stream)?;
         writer.append(&rec).map_err(|e| e.to_string())?;
         *held += 1;
-        if let Record::Transition(t) = rec
-            && t.is_finite()
-        {
+        if let Record::Transition(t) = rec {
             // The trainer may have stopped taking them; the log keeps them either way.
             let _ = self.tx.send(Step {
+                unusable: unusable(&t),
                 obs: t.obs().to_vec(),
                 action: t.action().to_vec(),
                 reward: t.reward,
@@ -337,6 +358,18 @@ pub(crate) fn train_live(
                             config.chunks(),
                         )
                     });
+                    if let Some(why) = step.unusable {
+                        if summary.streamed_unusable == 0 {
+                            eprintln!(
+                                "finetune: not training on a transition of stream {}: {why} \
+                                 (kept in OUT/uplink/; further ones are only counted)",
+                                step.stream
+                            );
+                        }
+                        summary.streamed_unusable += 1;
+                        chunker.cut();
+                        continue;
+                    }
                     if !summary.admit(step.intervention, step.teleop, o.keep_interventions) {
                         chunker.cut();
                         continue;
@@ -488,6 +521,70 @@ mod tests {
             "{e}"
         );
         assert_eq!(receiver.next_index("other"), 0);
+    }
+
+    /// A transition with a value that is not finite or an action outside `[-1, 1]` is
+    /// logged and acknowledged like any other, and reaches the training loop marked
+    /// unusable, naming why.
+    #[test]
+    fn unusable_transitions_are_logged_and_marked() {
+        use controller::robot_loop::log::Transition;
+        use firmware_config::protocol::{MAX_ACT, MAX_OBS};
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut receiver = Receiver {
+            dir: tmp.path().join("uplink"),
+            bundles: tmp.path().join("b"),
+            logs: HashMap::new(),
+            tx,
+            dims: (3, 2),
+            recorded_by: crate::finetune::RecordedBy::named(vec![]),
+        };
+        std::fs::create_dir_all(&receiver.dir).unwrap();
+        let transition = |step: u32, action: [f32; 2], reward: f32| {
+            let mut t = Transition {
+                episode: 4,
+                step,
+                obs_dim: 3,
+                act_dim: 2,
+                obs: [0.5; MAX_OBS],
+                action: [0.0; MAX_ACT],
+                reward,
+                done: false,
+                truncated: false,
+                success: false,
+                intervention: false,
+                teleop: false,
+                next_obs: [0.5; MAX_OBS],
+                obs_fw_us: 0,
+                next_obs_fw_us: 0,
+                obs_rx_ns: 0,
+                action_sent_ns: 0,
+                next_obs_rx_ns: 0,
+            };
+            t.action[..2].copy_from_slice(&action);
+            let mut bytes = vec![];
+            Record::Transition(t).encode(&mut bytes);
+            bytes
+        };
+        let sent = [
+            transition(0, [0.5, -1.0], 1.0),
+            transition(1, [0.5, 1.5], 1.0),
+            transition(2, [0.5, 0.0], f32::NAN),
+        ];
+        for (i, bytes) in sent.iter().enumerate() {
+            receiver.append("r", i as u64, bytes).unwrap();
+        }
+        assert_eq!(receiver.next_index("r"), 3, "every record is logged");
+        let why: Vec<Option<String>> = rx.try_iter().map(|s| s.unusable).collect();
+        assert_eq!(
+            why,
+            [
+                None,
+                Some("episode 4, step 1: action[1] = 1.5 is outside the policy's [-1, 1]".into()),
+                Some("episode 4, step 2: a value is not finite".into()),
+            ]
+        );
     }
 
     /// A listener dropped without `stop` (the training loop returned an error) ends its
