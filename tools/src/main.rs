@@ -478,17 +478,24 @@ fn bench_sim(steps: u64, envs: usize, repeats: usize) {
     }
 }
 
+/// Marks a dataset directory `tools demo` wrote: a rerun replaces those, and only those.
+const DEMO_MARKER: &str = ".written-by-tools-demo";
+
 fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
-    // Rerunning the demo replaces the datasets it wrote before, and nothing else.
+    // Every directory is checked before any is removed: one refusal leaves all in place.
+    for task in TaskId::ALL {
+        let dir = out.join(task.name());
+        if dir.exists() && !dir.join(DEMO_MARKER).is_file() {
+            bail!(
+                "{}: exists and is not a dataset written by `tools demo` (no {DEMO_MARKER} in it); \
+                 `tools demo` replaces only its own datasets: remove it or pass --out elsewhere",
+                dir.display()
+            );
+        }
+    }
     for task in TaskId::ALL {
         let dir = out.join(task.name());
         if dir.exists() {
-            if !dir.join("meta/info.json").is_file() {
-                bail!(
-                    "{}: exists and is not a dataset written by `tools demo`; remove it or pass --out elsewhere",
-                    dir.display()
-                );
-            }
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("removing the previous demo dataset {}", dir.display()))?;
         }
@@ -500,13 +507,20 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
     for task in TaskId::ALL {
         let dir = out.join(task.name());
         generate::generate(task, episodes, seed, EnvConfig::default(), &dir)?;
+        std::fs::write(
+            dir.join(DEMO_MARKER),
+            "written by `tools demo`; rerunning it replaces this dataset\n",
+        )
+        .with_context(|| format!("marking {} as a demo dataset", dir.display()))?;
         validate(&dir)?;
         inspect(&dir)?;
         println!();
     }
     println!(
-        "Next steps (not implemented yet): `trainer pretrain` on these datasets, `trainer \
-         train` online with EXPO, export a bundle and run the controller (see README)."
+        "Next: train on one of them, e.g. `trainer train --preset cpu --set task=push --set \
+         run.dataset={}/push --out out/push`, or run the whole loop with `scripts/demo` \
+         (README).",
+        out.display()
     );
     Ok(())
 }

@@ -133,6 +133,49 @@ fn demo_refuses_to_overwrite_foreign_directories() {
     assert!(tmp.path().join("maze/notes.txt").exists());
 }
 
+/// `tools demo` replaces the datasets it wrote itself, and refuses (before removing
+/// anything) a dataset it did not write, e.g. one from `dataset generate`.
+#[test]
+fn demo_replaces_only_its_own_datasets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let demo = || tools(&["demo", "--out", out, "--episodes", "2", "--seed", "5"]);
+    let o = demo();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = demo();
+    assert!(o.status.success(), "a rerun replaces its own: {}", text(&o));
+    // A user's dataset where the demo would write its push one.
+    let push = tmp.path().join("push");
+    std::fs::remove_dir_all(&push).unwrap();
+    let p = push.to_str().unwrap();
+    let o = tools(&[
+        "dataset",
+        "generate",
+        "--task",
+        "push",
+        "--episodes",
+        "3",
+        "--out",
+        p,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = demo();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("is not a dataset written by `tools demo`"),
+        "{}",
+        text(&o)
+    );
+    let o = tools(&["dataset", "inspect", p]);
+    assert!(
+        text(&o).contains("episodes    3\n"),
+        "the user's dataset is kept: {}",
+        text(&o)
+    );
+    // Checked before anything is removed: the demo's arm-reach dataset is still there.
+    assert!(tmp.path().join("arm-reach/meta/info.json").is_file());
+}
+
 #[test]
 fn unknown_task_is_a_clear_error() {
     let o = tools(&[
