@@ -166,36 +166,45 @@ fn a_takeover_replaces_the_policy_from_the_step_it_engages() {
     const FROM: usize = 10;
     let out = tmp.path().join("run");
     let _one_at_a_time = serial();
-    let setup = Setup::new(1, Engage::FromStep(FROM as u32));
+    // Two episodes: the device repeats its last (engaged) answer between them, which
+    // must not take the second episode over before its step FROM.
+    let setup = Setup::new(2, Engage::FromStep(FROM as u32));
     let (report, device, ds) = teleop_run(&out, brain, setup);
-    assert_eq!(report.episodes_completed, 1, "{report}");
+    assert_eq!(report.episodes_completed, 2, "{report}");
     let t = report.teleop.as_ref().unwrap();
-    assert_eq!(t.takeovers, 1, "{t:?}");
-    assert_eq!(t.commands, report.episodes[0].teleop_commands as u64);
+    assert_eq!(t.takeovers, 2, "{t:?}");
+    let per_episode: u32 = report.episodes.iter().map(|e| e.teleop_commands).sum();
+    assert_eq!(t.commands, per_episode as u64);
 
-    let ep = &ds.episodes[0];
-    assert!(
-        ep.len() > FROM + 20,
-        "the episode ended after {} steps",
-        ep.len()
-    );
     let sent: HashSet<Vec<u32>> = device.engaged_actions.iter().map(|a| bits(a)).collect();
-    // The device engages on observation FROM; its first action is the command of step
-    // FROM + 1. Before that, the policy's actions (the random synthetic policy's, never
-    // exactly the hold action), whatever the timing.
-    for i in 0..=FROM {
-        assert!(!ep.teleop[i], "frame {i} marked teleop");
-        assert_ne!(&ep.actions[2 * i..2 * i + 2], [0.0, 0.0], "frame {i}");
-    }
-    let after: Vec<usize> = (FROM + 1..ep.len()).collect();
-    let taken = after.iter().filter(|&&i| ep.teleop[i]).count();
-    assert!(taken * 10 >= after.len() * 9, "{taken} of {}", after.len());
-    for &i in after.iter().filter(|&&i| ep.teleop[i]) {
+    let (mut taken, mut after) = (0, 0);
+    for (e, ep) in ds.episodes.iter().enumerate() {
         assert!(
-            sent.contains(&bits(&ep.actions[2 * i..2 * i + 2])),
-            "frame {i}"
+            ep.len() > FROM + 20,
+            "episode {e} ended after {} steps",
+            ep.len()
         );
+        // The device engages on observation FROM; its first action is the command of
+        // step FROM + 1. Before that, the policy's actions (the random synthetic
+        // policy's, never exactly the hold action), whatever the timing.
+        for i in 0..=FROM {
+            assert!(!ep.teleop[i], "episode {e} frame {i} marked teleop");
+            assert_ne!(
+                &ep.actions[2 * i..2 * i + 2],
+                [0.0, 0.0],
+                "episode {e} frame {i}"
+            );
+        }
+        after += ep.len() - (FROM + 1);
+        for i in (FROM + 1..ep.len()).filter(|&i| ep.teleop[i]) {
+            taken += 1;
+            assert!(
+                sent.contains(&bits(&ep.actions[2 * i..2 * i + 2])),
+                "episode {e} frame {i}"
+            );
+        }
     }
+    assert!(taken * 10 >= after * 9, "{taken} of {after}");
 }
 
 /// `scripts/teleop_device.py` (the Python template for users' devices) against the

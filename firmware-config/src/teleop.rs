@@ -40,6 +40,9 @@
 //!   `ref`. A controller started with `--teleop-wait-ms` sends each observation before
 //!   acting on it and waits that long for the answer, so that a closed-loop device (a
 //!   scripted controller) acts on the frame it answers instead of one period late.
+//!   An answer to a later step than the frame being acted on answers an earlier
+//!   episode, and the controller does not act on it (a device repeating its last answer
+//!   between episodes does not drive the next one's first frames).
 //! - **Sequence numbers** go up by one per datagram; the controller drops a datagram
 //!   older than one it has taken, so a late duplicate cannot undo a release.
 //! - The controller follows one device: the address of the first valid action

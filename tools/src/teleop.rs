@@ -9,7 +9,8 @@
 //! [`Engage`] schedule says so, marked as the answer to that observation, which a
 //! controller with `--teleop-wait-ms` waits for), and repeats its last datagram while no observation
 //! arrives, so that the controller keeps hearing from it between episodes (a person's
-//! device streams continuously the same way).
+//! device streams continuously the same way). A repeated answer still names the step
+//! it answers, so the controller does not act on it in the next episode's first frames.
 
 use anyhow::{Context, Result, bail, ensure};
 use firmware_config::protocol::MAX_ACT;

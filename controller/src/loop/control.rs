@@ -1335,7 +1335,7 @@ impl Control {
         let ti = Instant::now();
         // The teleop device's action replaces the policy's while it is engaged and
         // fresh; the policy does not run then.
-        let teleop = self.teleop.as_ref().and_then(|t| t.action(now));
+        let teleop = self.teleop.as_ref().and_then(|t| t.action(now, step));
         let r = match teleop {
             Some(a) => {
                 self.action[..ad].copy_from_slice(&a[..ad]);

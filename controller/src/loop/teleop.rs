@@ -30,6 +30,10 @@
 //!   by more than [`RESTART_JUMP`] is a restarted device and is taken.
 //! - After a safe stop (any fault), the device must release its deadman once (a
 //!   disengaged datagram) before it moves the robot again.
+//! - A datagram marked as the answer to the observation of a later step than the one
+//!   being acted on answers an earlier episode (a closed-loop device repeating its last
+//!   answer between episodes), and is not in force: an action computed for the previous
+//!   episode's last state never drives the next episode's first steps.
 //!
 //! So when the device releases, its release takes effect at the next frame the
 //! controller acts on; when it falls silent, its last action lapses once it is older
@@ -562,12 +566,15 @@ impl TeleopPort {
         }
     }
 
-    /// The device's action, if it is engaged and younger than the timeout at `now`
-    /// (and has been released since the last safe stop).
-    pub(crate) fn action(&self, now: Instant) -> Option<[f32; MAX_ACT]> {
+    /// The device's action for the frame of `step`, if it is engaged, younger than the
+    /// timeout at `now`, has been released since the last safe stop, and does not answer
+    /// a later step's observation (then it answers an earlier episode's).
+    pub(crate) fn action(&self, now: Instant, step: u32) -> Option<[f32; MAX_ACT]> {
         let r = self.newest.as_ref()?;
         let fresh = now.saturating_duration_since(r.at) <= self.timeout;
-        (r.action.engaged() && fresh && !self.release_required).then_some(r.action.values)
+        let this_episode = r.action.answer_to().is_none_or(|s| s <= step);
+        (r.action.engaged() && fresh && this_episode && !self.release_required)
+            .then_some(r.action.values)
     }
 
     /// A safe stop began: the device must release its deadman before it moves the
@@ -743,27 +750,52 @@ mod tests {
         }
     }
 
+    /// A closed-loop device's answer is in force from the step it answers on, and not
+    /// in a frame before it: a repeat of the previous episode's last answer does not
+    /// drive the next episode's first frames.
+    #[test]
+    fn an_answer_to_a_later_step_is_not_in_force() {
+        let mut rig = Rig::new(Duration::from_secs(2));
+        let mut buf = [0u8; wire::MAX_DATAGRAM];
+        rig.seq += 1;
+        let answer = TeleopAction::new(rig.seq, wire::ENGAGED, &[0.25, -0.5]).answering(40);
+        let n = wire::encode_action(&answer, &mut buf);
+        rig.send_raw(&rig.device, &buf[..n]);
+        rig.wait_for(rig.seq);
+        let now = Instant::now();
+        assert_eq!(rig.port.action(now, 40).unwrap()[..2], [0.25, -0.5]);
+        assert!(
+            rig.port.action(now, 41).is_some(),
+            "the answer to the previous frame"
+        );
+        assert_eq!(rig.port.action(now, 0), None, "a new episode's first frame");
+        assert_eq!(rig.port.action(now, 39), None);
+        // A device that does not answer (a person's) is in force at any step.
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert!(rig.port.action(Instant::now(), 0).is_some());
+    }
+
     #[test]
     fn engaged_fresh_actions_move_the_robot_and_nothing_else_does() {
         let timeout = Duration::from_millis(300);
         let mut rig = Rig::new(timeout);
-        assert_eq!(rig.port.action(Instant::now()), None, "nothing sent yet");
+        assert_eq!(rig.port.action(Instant::now(), 0), None, "nothing sent yet");
         rig.send(0, &[0.5, -0.5]);
-        assert_eq!(rig.port.action(Instant::now()), None, "disengaged");
+        assert_eq!(rig.port.action(Instant::now(), 0), None, "disengaged");
         rig.send(wire::ENGAGED, &[0.25, -0.75]);
         let at = rig.port.newest.unwrap().at;
         let a = rig
             .port
-            .action(at + timeout)
+            .action(at + timeout, 0)
             .expect("fresh until the timeout");
         assert_eq!(a[..2], [0.25, -0.75]);
         assert_eq!(
-            rig.port.action(at + timeout + Duration::from_millis(1)),
+            rig.port.action(at + timeout + Duration::from_millis(1), 0),
             None
         );
         // The deadman released: control goes back at once.
         rig.send(0, &[0.25, -0.75]);
-        assert_eq!(rig.port.action(Instant::now()), None);
+        assert_eq!(rig.port.action(Instant::now(), 0), None);
 
         // Refused: another dimension, a NaN, an observation, noise. Not in force.
         let mut buf = [0u8; wire::MAX_DATAGRAM];
@@ -784,14 +816,14 @@ mod tests {
         let n = wire::encode_action(&TeleopAction::new(1, wire::ENGAGED, &[1.0, 1.0]), &mut buf);
         rig.send_raw(&intruder, &buf[..n]);
         rig.send(0, &[0.0, 0.0]);
-        assert_eq!(rig.port.action(Instant::now()), None);
+        assert_eq!(rig.port.action(Instant::now(), 0), None);
         // A late duplicate of an engaged datagram does not undo the release.
         rig.send_raw(
             &rig.device,
             &Rig::datagram(2, wire::ENGAGED, &[0.25, -0.75]),
         );
         rig.send(0, &[0.0, 0.0]);
-        assert_eq!(rig.port.action(Instant::now()), None);
+        assert_eq!(rig.port.action(Instant::now(), 0), None);
 
         rig.port.commanded(true);
         rig.port.commanded(true);
@@ -850,9 +882,9 @@ mod tests {
         rig.device = device;
         rig.seq = 1;
         rig.wait_for(1);
-        assert_eq!(rig.port.action(Instant::now()), None, "400 ms old");
+        assert_eq!(rig.port.action(Instant::now(), 0), None, "400 ms old");
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
-        assert!(rig.port.action(Instant::now()).is_some(), "just sent");
+        assert!(rig.port.action(Instant::now(), 0).is_some(), "just sent");
     }
 
     /// After a safe stop the device's action waits for a release; another sender becomes
@@ -862,15 +894,15 @@ mod tests {
         let timeout = Duration::from_millis(100);
         let mut rig = Rig::new(timeout);
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
-        assert!(rig.port.action(Instant::now()).is_some());
+        assert!(rig.port.action(Instant::now(), 0).is_some());
         rig.port.require_release();
-        assert_eq!(rig.port.action(Instant::now()), None, "release first");
+        assert_eq!(rig.port.action(Instant::now(), 0), None, "release first");
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
-        assert_eq!(rig.port.action(Instant::now()), None, "still held down");
+        assert_eq!(rig.port.action(Instant::now(), 0), None, "still held down");
         rig.send(0, &[0.5, 0.5]);
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(
-            rig.port.action(Instant::now()).is_some(),
+            rig.port.action(Instant::now(), 0).is_some(),
             "released and pressed"
         );
 
@@ -879,7 +911,10 @@ mod tests {
         rig.device = UdpSocket::bind("127.0.0.1:0").unwrap();
         rig.seq = 0;
         rig.send(wire::ENGAGED, &[-0.5, 0.5]);
-        assert_eq!(rig.port.action(Instant::now()).unwrap()[..2], [-0.5, 0.5]);
+        assert_eq!(
+            rig.port.action(Instant::now(), 0).unwrap()[..2],
+            [-0.5, 0.5]
+        );
         let s = rig.finish();
         assert_eq!(
             (s.device_changes, s.releases_required, s.foreign),
