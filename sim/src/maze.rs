@@ -221,6 +221,12 @@ impl Env for Maze {
             self.pos[0] += self.vel[0] * PHYSICS_DT;
             self.pos[1] += self.vel[1] * PHYSICS_DT;
             collide_walls(&mut self.pos, &mut self.vel);
+            // Sliding along a wall's corner turns the velocity: one axis can gain what
+            // the other loses (up to 1.5·√2 at full diagonal speed). The drive is
+            // limited per axis, and the observation bounds say so.
+            for v in &mut self.vel {
+                *v = v.clamp(-MAX_SPEED, MAX_SPEED);
+            }
         }
         self.t += 1;
         let dist = self.goal_distance();

@@ -36,52 +36,67 @@ fn same_seed_same_trajectory() {
     }
 }
 
-/// 10^5 random steps per task (including NaN/inf/out-of-range actions): observations stay
-/// finite and inside the spec's nominal bounds.
+/// 10^5 random steps per task and per way of acting: observations stay finite and
+/// inside the spec's nominal bounds. Uniform actions (with NaN, inf and out-of-range
+/// ones mixed in), and saturated ones held for a while (a tanh policy at its limits:
+/// full diagonal speed into a maze wall's corner, say).
 #[test]
 fn random_actions_keep_state_finite_and_in_bounds() {
     for task in TaskId::ALL {
-        let spec = task.spec();
-        let mut env = make_env(task, EnvConfig::default());
-        let mut obs = vec![0.0; spec.obs_dim()];
-        let mut act = vec![0.0; spec.action_dim()];
-        let mut rng = Rng::new(1);
-        env.reset(0, &mut obs);
-        let mut episodes = 0;
-        for i in 0..100_000u32 {
-            for a in act.iter_mut() {
-                *a = match rng.below(50) {
-                    0 => f32::NAN,
-                    1 => f32::INFINITY,
-                    2 => -7.0,
-                    _ => rng.range(-1.0, 1.0),
-                };
+        for saturated in [false, true] {
+            let spec = task.spec();
+            let mut env = make_env(task, EnvConfig::default());
+            let mut obs = vec![0.0; spec.obs_dim()];
+            let mut act = vec![0.0; spec.action_dim()];
+            let mut rng = Rng::new(1);
+            env.reset(0, &mut obs);
+            let mut episodes = 0;
+            let mut held = 0;
+            for i in 0..100_000u32 {
+                if saturated {
+                    if held == 0 {
+                        for a in act.iter_mut() {
+                            *a = if rng.below(2) == 0 { -1.0 } else { 1.0 };
+                        }
+                        held = 1 + rng.below(10);
+                    }
+                    held -= 1;
+                } else {
+                    for a in act.iter_mut() {
+                        *a = match rng.below(50) {
+                            0 => f32::NAN,
+                            1 => f32::INFINITY,
+                            2 => -7.0,
+                            _ => rng.range(-1.0, 1.0),
+                        };
+                    }
+                }
+                let s = env.step(&act, &mut obs);
+                for (k, &o) in obs.iter().enumerate() {
+                    assert!(
+                        o.is_finite(),
+                        "{task} step {i}: {} is {o}",
+                        spec.obs_names[k]
+                    );
+                    assert!(
+                        o >= spec.obs_low[k] - 1e-4 && o <= spec.obs_high[k] + 1e-4,
+                        "{task} (saturated: {saturated}) step {i}: {} = {o} outside [{}, {}]",
+                        spec.obs_names[k],
+                        spec.obs_low[k],
+                        spec.obs_high[k]
+                    );
+                }
+                assert!(s.reward.is_finite());
+                if s.done() {
+                    episodes += 1;
+                    env.reset(rng.next_u64(), &mut obs);
+                }
             }
-            let s = env.step(&act, &mut obs);
-            for (k, &o) in obs.iter().enumerate() {
-                assert!(
-                    o.is_finite(),
-                    "{task} step {i}: {} is {o}",
-                    spec.obs_names[k]
-                );
-                assert!(
-                    o >= spec.obs_low[k] - 1e-4 && o <= spec.obs_high[k] + 1e-4,
-                    "{task} step {i}: {} = {o} outside [{}, {}]",
-                    spec.obs_names[k],
-                    spec.obs_low[k],
-                    spec.obs_high[k]
-                );
-            }
-            assert!(s.reward.is_finite());
-            if s.done() {
-                episodes += 1;
-                env.reset(rng.next_u64(), &mut obs);
-            }
+            assert!(
+                episodes > 100_000 / spec.horizon as usize / 2,
+                "{task}: {episodes} episodes"
+            );
         }
-        assert!(
-            episodes > 100_000 / spec.horizon as usize / 2,
-            "{task}: {episodes} episodes"
-        );
     }
 }
 
