@@ -132,6 +132,9 @@ pub enum FirmwareError {
         robot_value: u32,
         task_value: u32,
     },
+    /// An environment option the task does not have (`--gravity` on a planar task).
+    #[error("{0}")]
+    Env(String),
     #[error("serial link: {0}")]
     Io(io::Error),
     #[error("the firmware thread panicked")]
@@ -244,6 +247,7 @@ impl SimFirmware {
                 });
             }
         }
+        opts.env.check_for(opts.task).map_err(FirmwareError::Env)?;
         let faults = FaultInjector::new(opts.faults.clone(), opts.seed);
         let mut hello = r.hello();
         hello.schema_hash = faults.schema_hash(hello.schema_hash);

@@ -471,6 +471,23 @@ fn robot_file_must_fit_the_task() {
     );
 }
 
+/// `sim_firmware --task push --gravity` is refused, as the Python bindings and `tools`
+/// refuse it, not run without gravity.
+#[test]
+fn gravity_on_a_planar_task_is_refused() {
+    let mut opts = FirmwareOptions::new(TaskId::Push, RobotConfig::example("push").unwrap());
+    opts.env.gravity = true;
+    let err = SimFirmware::new(opts).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        "gravity applies to arm-reach only; push moves in the horizontal plane"
+    );
+    let mut opts =
+        FirmwareOptions::new(TaskId::ArmReach, RobotConfig::example("arm-reach").unwrap());
+    opts.env.gravity = true;
+    assert!(SimFirmware::new(opts).is_ok());
+}
+
 #[test]
 fn built_in_robot_files_fit_their_sim_tasks() {
     for task in TaskId::ALL {
