@@ -49,7 +49,8 @@ enum Command {
         /// default: always engaged (demonstrations).
         #[arg(long)]
         engage_from_step: Option<u32>,
-        /// Seconds of silence from the controller after which the device stops.
+        /// Seconds of silence from the controller after which the device stops (at most
+        /// a day).
         #[arg(long, default_value_t = 5.0)]
         idle_s: f64,
     },
@@ -176,9 +177,10 @@ enum BenchCommand {
         /// Environment steps per measurement.
         #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
-        /// Environments in the vectorized measurement.
-        #[arg(long, default_value_t = 64)]
-        envs: usize,
+        /// Environments in the vectorized measurement (2 to 4096; the action table holds
+        /// 4096 rows).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=4096))]
+        envs: u64,
         /// Repetitions; the table reports the median and the range.
         #[arg(long, default_value_t = 5)]
         repeats: usize,
@@ -345,7 +347,7 @@ fn main() -> Result<()> {
                     envs,
                     repeats,
                 },
-        } => bench_sim(steps, envs, repeats),
+        } => bench_sim(steps, envs as usize, repeats),
         Command::Viz { command } => viz_command(command)?,
         Command::Teleop {
             controller,
@@ -355,8 +357,8 @@ fn main() -> Result<()> {
         } => {
             let task: TaskId = task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
             anyhow::ensure!(
-                idle_s.is_finite() && idle_s > 0.0,
-                "--idle-s must be a positive number of seconds, found {idle_s}"
+                idle_s.is_finite() && idle_s > 0.0 && idle_s <= 86_400.0,
+                "--idle-s must be a positive number of seconds, at most 86400 (a day), found {idle_s}"
             );
             let mut o = tools::teleop::DeviceOptions::new(controller, task);
             o.idle = std::time::Duration::from_secs_f64(idle_s);

@@ -76,6 +76,15 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
     } else {
         "[::]:0"
     };
+    // The controller answers from its concrete address; datagrams from any other
+    // address are ignored, so an unspecified one would never hear an observation.
+    ensure!(
+        !o.controller.ip().is_unspecified(),
+        "the controller's address {} is unspecified: give the address it listens on, e.g. \
+         127.0.0.1:{}",
+        o.controller,
+        o.controller.port()
+    );
     let socket = UdpSocket::bind(bind).context("binding the device's socket")?;
     socket.set_read_timeout(Some(o.resend))?;
     let ad = o.task.spec().action_dim();

@@ -448,3 +448,42 @@ fn crate_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .into()
 }
+
+/// Arguments that used to panic or hang are refused by name: `bench sim --envs` outside
+/// 2..=4096 (a division by zero, an index underflow), `teleop --idle-s` past a day (a
+/// Duration overflow) and an unspecified controller address (no observation would ever
+/// be taken from it).
+#[test]
+fn bench_and_teleop_arguments_out_of_range_are_refused() {
+    for envs in ["0", "1", "4097"] {
+        let o = tools(&["bench", "sim", "--envs", envs, "--steps", "10"]);
+        assert!(!o.status.success());
+        assert!(text(&o).contains("--envs"), "{}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    }
+    let teleop = |controller: &str, idle: &str| {
+        tools(&[
+            "teleop",
+            "--controller",
+            controller,
+            "--task",
+            "push",
+            "--idle-s",
+            idle,
+        ])
+    };
+    let o = teleop("127.0.0.1:9", "1e20");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--idle-s must be a positive number of seconds, at most 86400"),
+        "{}",
+        text(&o)
+    );
+    let o = teleop("0.0.0.0:7979", "1");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("the controller's address 0.0.0.0:7979 is unspecified"),
+        "{}",
+        text(&o)
+    );
+}

@@ -53,4 +53,24 @@ fn dataset_recording_from_the_command_line() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // A task whose scene needs another observation size: refused, not drawn without it.
+    let out = Command::new(BIN)
+        .args(["viz", "dataset", data_s, "--task", "maze", "--out", rrd_s])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("--task maze draws its scene from 6 observation values, the dataset has 10"),
+        "{said}"
+    );
+    // A recording that is not there is named as such.
+    let missing = tmp.path().join("missing.rrd");
+    let out = Command::new(BIN)
+        .args(["viz", "verify", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("missing.rrd: no such recording"), "{said}");
 }

@@ -30,9 +30,15 @@ pub fn rerun_cli(args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        bail!(
-            "rerun {args:?} failed (is rerun-sdk=={RERUN_VERSION} installed? pip install rerun-sdk=={RERUN_VERSION}):\n{text}"
-        );
+        // Once `--version` has answered, the CLI is there: its own text says what failed.
+        let hint = if args == ["--version"] {
+            format!(
+                " (is rerun-sdk=={RERUN_VERSION} installed? pip install rerun-sdk=={RERUN_VERSION})"
+            )
+        } else {
+            String::new()
+        };
+        bail!("rerun {args:?} failed{hint}:\n{text}");
     }
     Ok(text)
 }
@@ -40,6 +46,7 @@ pub fn rerun_cli(args: &[&str]) -> Result<String> {
 /// `rerun rrd verify` on `rrd` (after checking the CLI's version), then the number of
 /// rows per entity path that `rerun rrd print` lists.
 pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
+    ensure!(rrd.is_file(), "{}: no such recording", rrd.display());
     let version = rerun_cli(&["--version"])?;
     ensure!(
         version.contains(&format!("rerun-cli {RERUN_VERSION}")),

@@ -17,15 +17,33 @@ pub struct DatasetRrd {
 /// Logs every frame of the dataset at `dir` on the timelines `index` (the global frame
 /// index: the episodes one after another), `episode`, `frame_index` and `time` (seconds
 /// into the episode, from the dataset's fps). `task` draws the
-/// simulated task's scene from each observation; `None` takes it from the dataset's
-/// `robot_type` when that names one of our tasks (`sim/push`, …), else no scene.
+/// simulated task's scene from each observation (an error if its observation size is
+/// not the dataset's); `None` takes it from the dataset's `robot_type` when that names
+/// one of our tasks (`sim/push`, …) and the observation names are that task's, else no
+/// scene.
 pub fn dataset_to_rrd(dir: &Path, task: Option<TaskId>, target: &Target) -> Result<DatasetRrd> {
     need_dir(dir, "a dataset directory")?;
     let ds = dataset::read_dataset(dir)
         .with_context(|| format!("{}: cannot read the dataset", dir.display()))?;
     let info = &ds.info;
-    let task = task.or_else(|| crate::task_of(&info.robot_type));
-    let task = task.filter(|t| t.spec().obs_dim() == info.obs_dim());
+    let task = match task {
+        // Asked for: the scene is drawn from the observation by position, so the sizes
+        // must agree.
+        Some(t) => {
+            anyhow::ensure!(
+                t.spec().obs_dim() == info.obs_dim(),
+                "{}: --task {t} draws its scene from {} observation values, the dataset has {}",
+                dir.display(),
+                t.spec().obs_dim(),
+                info.obs_dim()
+            );
+            Some(t)
+        }
+        // Guessed from `robot_type`: only when the observation names are the task's too
+        // (a real robot whose name contains `push` is not drawn as the simulated one).
+        None => crate::task_of(&info.robot_type)
+            .filter(|t| t.spec().obs_names.iter().eq(info.observation_names.iter())),
+    };
     let (od, ad) = (info.obs_dim(), info.action_dim());
     let obs_paths = paths("observation.state", &info.observation_names);
     let act_paths = paths("action", &info.action_names);

@@ -28,58 +28,93 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
             dir.display()
         );
     }
+    // Every file is read and checked before the recording is opened: a bad line leaves
+    // an earlier recording at `--out` as it was.
+    let parsed = csvs
+        .iter()
+        .map(|p| parse_csv(p))
+        .collect::<Result<Vec<_>>>()?;
     let r = Recorder::open("expo_run", target)?;
     let mut out = RunRrd::default();
-    for path in &csvs {
-        let text = read_text(path)?;
-        let mut lines = text.lines();
-        let Some(header) = lines.next() else {
-            bail!("{}: empty file (no header)", path.display());
-        };
-        let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-        let stem = path_part(&path.file_stem().unwrap_or_default().to_string_lossy());
-        let timeline = rerun::TimelineName::try_new(cols[0])
-            .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0]))?;
-        let entities: Vec<String> = cols
-            .iter()
-            .map(|c| format!("metrics/{stem}/{}", path_part(c)))
-            .collect();
-        let mut rows = 0;
-        for (i, line) in lines.enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            if cells.len() != cols.len() {
-                bail!(
-                    "{}:{}: {} cells, the header has {}",
-                    path.display(),
-                    i + 2,
-                    cells.len(),
-                    cols.len()
-                );
-            }
-            let Ok(x) = cells[0].parse::<f64>() else {
-                bail!(
-                    "{}:{}: {} {:?} is not a number",
-                    path.display(),
-                    i + 2,
-                    cols[0],
-                    cells[0]
-                );
-            };
-            r.rec.set_time_sequence(timeline, x as i64);
-            for (e, c) in entities.iter().zip(&cells).skip(1) {
-                if let Ok(v) = c.parse::<f64>()
-                    && v.is_finite()
-                {
-                    r.rec.log(e.as_str(), &rerun::Scalars::single(v))?;
+    for csv in parsed {
+        let timeline = rerun::TimelineName::try_new(csv.timeline.as_str())
+            .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", csv.stem, csv.timeline))?;
+        for (x, values) in &csv.rows {
+            r.rec.set_time_sequence(timeline, *x);
+            for (e, v) in csv.entities.iter().zip(values) {
+                if let Some(v) = v {
+                    r.rec.log(e.as_str(), &rerun::Scalars::single(*v))?;
                 }
             }
-            rows += 1;
         }
-        out.files.push((stem, rows));
+        out.files.push((csv.stem, csv.rows.len()));
     }
     r.finish()?;
     Ok(out)
+}
+
+/// One CSV file of a run, checked.
+struct RunCsv {
+    stem: String,
+    /// The first column's name: the timeline.
+    timeline: String,
+    /// `metrics/<file>/<column>` of the other columns.
+    entities: Vec<String>,
+    /// The timeline's value and the other columns' finite numbers (`None`: empty, not a
+    /// number, or not finite).
+    rows: Vec<(i64, Vec<Option<f64>>)>,
+}
+
+fn parse_csv(path: &Path) -> Result<RunCsv> {
+    let text = read_text(path)?;
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        bail!("{}: empty file (no header)", path.display());
+    };
+    let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+    let stem = path_part(&path.file_stem().unwrap_or_default().to_string_lossy());
+    rerun::TimelineName::try_new(cols[0])
+        .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0]))?;
+    let entities = cols[1..]
+        .iter()
+        .map(|c| format!("metrics/{stem}/{}", path_part(c)))
+        .collect();
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cells.len() != cols.len() {
+            bail!(
+                "{}:{}: {} cells, the header has {}",
+                path.display(),
+                i + 2,
+                cells.len(),
+                cols.len()
+            );
+        }
+        // A step or update count: a whole number (`1e3` and `20.0` are fine).
+        let x = match cells[0].parse::<f64>() {
+            Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 2f64.powi(53) => x as i64,
+            _ => bail!(
+                "{}:{}: {} {:?} is not a whole number",
+                path.display(),
+                i + 2,
+                cols[0],
+                cells[0]
+            ),
+        };
+        let values = cells[1..]
+            .iter()
+            .map(|c| c.parse::<f64>().ok().filter(|v| v.is_finite()))
+            .collect();
+        rows.push((x, values));
+    }
+    Ok(RunCsv {
+        stem,
+        timeline: cols[0].to_string(),
+        entities,
+        rows,
+    })
 }

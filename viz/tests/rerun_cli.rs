@@ -78,14 +78,25 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     assert_eq!(rows.get("/metrics/metrics/q_mean"), Some(&2), "{rows:?}");
     assert_eq!(rows.get("/metrics/eval/success_rate"), Some(&2), "{rows:?}");
 
-    // A malformed row names the file and line.
+    // A malformed row names the file and line, and the recording written before is
+    // left as it was (every file is checked before the recording is opened).
+    let good = std::fs::read(&rrd).unwrap();
     std::fs::write(run.join("eval.csv"), "step,success_rate\n0,0.4\n1,0.5,9\n").unwrap();
-    let err = viz::run_to_rrd(&run, &Target::File(tmp.path().join("bad.rrd"))).unwrap_err();
+    let err = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("eval.csv:3") && msg.contains("3 cells"),
         "{msg}"
     );
+    assert_eq!(std::fs::read(&rrd).unwrap(), good);
+    // A step that is not a whole number is refused, not logged at step 0.
+    std::fs::write(run.join("eval.csv"), "step,success_rate\n0,0.4\nNaN,0.5\n").unwrap();
+    let err = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("eval.csv:3: step \"NaN\" is not a whole number"),
+        "{err:#}"
+    );
+    assert_eq!(std::fs::read(&rrd).unwrap(), good);
 }
 
 #[test]
