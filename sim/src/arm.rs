@@ -465,7 +465,7 @@ impl Demonstrator for ArmExpert {
         let scale = (MAX_TARGET_OFFSET * self.speed / largest).min(1.0);
         for j in 0..2 {
             let a = delta[j] * scale / MAX_TARGET_OFFSET + self.noise_std * self.rng.normal();
-            action[j] = a.clamp(-1.0, 1.0);
+            action[j] = sanitize_action(a);
         }
     }
 }

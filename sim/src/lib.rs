@@ -48,8 +48,11 @@
 //! # Determinism
 //!
 //! [`Env::reset`] takes a seed; the state after it and every subsequent step depend only
-//! on that seed and the actions. The random generator is our own ([`rng::Rng`]), so
-//! seeds keep their meaning across platforms and dependency updates.
+//! on that seed and the actions. The random generator is our own ([`rng::Rng`]), so its
+//! integer stream is the same on every platform and across dependency updates. Resets
+//! and the Gaussian noise go through `sin`, `cos` and `ln` of the platform's maths
+//! library, so trajectories are bit for bit the same on machines with the same library
+//! (and the same build), not necessarily across operating systems.
 
 // Index loops over the x/y (or joint 1/2) components read like the equations they code.
 #![allow(clippy::needless_range_loop)]

@@ -435,8 +435,8 @@ impl Demonstrator for MazeExpert {
         for d in dir.iter_mut() {
             *d += self.noise_std * self.rng.normal();
         }
-        action[0] = dir[0].clamp(-1.0, 1.0);
-        action[1] = dir[1].clamp(-1.0, 1.0);
+        action[0] = sanitize_action(dir[0]);
+        action[1] = sanitize_action(dir[1]);
     }
 }
 

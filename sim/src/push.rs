@@ -420,7 +420,7 @@ impl Demonstrator for PushExpert {
             a = [a[0] * self.speed / norm, a[1] * self.speed / norm];
         }
         for j in 0..2 {
-            action[j] = (a[j] + self.noise_std * self.rng.normal()).clamp(-1.0, 1.0);
+            action[j] = sanitize_action(a[j] + self.noise_std * self.rng.normal());
         }
     }
 }

@@ -40,7 +40,12 @@ impl VecEnv {
         self.envs[i].as_ref()
     }
 
-    /// Resets every environment; environment `i` gets a seed derived from `seed` and `i`.
+    /// Resets every environment from one seed stream, `Rng::new(seed)`: environment `i`
+    /// gets its `i`-th draw. Autoresets draw from the same stream in the order episodes
+    /// end (lower index first within a step), so an environment's later episodes depend
+    /// on when the others end. The Python `SimVectorEnv` seeds otherwise (environment `i`
+    /// from `seed + i`, as Gymnasium's vector environments do), so one seed gives other
+    /// episodes there.
     pub fn reset(&mut self, seed: u64, obs: &mut [f32]) {
         let od = self.spec.obs_dim();
         assert_eq!(obs.len(), self.envs.len() * od, "obs buffer length");

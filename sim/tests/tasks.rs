@@ -371,6 +371,25 @@ fn record_episode_is_reproducible_and_consistent() {
     }
 }
 
+/// A demonstrator's action is in [-1, 1] for any finite observation, however far
+/// outside the task's bounds (a huge one made inf − inf = NaN in arm-reach).
+#[test]
+fn demonstrators_act_in_range_on_extreme_observations() {
+    for task in TaskId::ALL {
+        let mut demo = make_demonstrator(task);
+        demo.reset(3);
+        let mut act = vec![0.0; task.spec().action_dim()];
+        for value in [3e38f32, -3e38, 1e20, 0.0, f32::MIN_POSITIVE] {
+            let obs = vec![value; task.spec().obs_dim()];
+            demo.act(&obs, &mut act);
+            assert!(
+                act.iter().all(|a| a.abs() <= 1.0),
+                "{task} on {value}: {act:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn demonstrator_acts_from_observation_only() {
     // Same seed and observation sequence give the same actions: nothing hidden leaks in.
