@@ -33,6 +33,8 @@ def as_float32(values: Any, name: str) -> np.ndarray:
     """``values`` as a float32 array; refuses non-floating dtypes (ints, bools, objects).
 
     The shape and finiteness are checked by the Rust side, which names the expected shape.
+    The array handed on is native-endian and aligned: a view at an odd byte offset (from
+    ``np.frombuffer``, say) is copied, as the Rust side may only read aligned floats.
     """
     array = np.asarray(values)
     if array.dtype.kind != "f":
@@ -40,7 +42,7 @@ def as_float32(values: Any, name: str) -> np.ndarray:
             f"{name} must be a floating-point array (float32, or float64 converted), "
             f"got dtype {array.dtype}"
         )
-    return array.astype(np.float32, copy=False)
+    return np.require(array, dtype=np.float32, requirements=["ALIGNED"])
 
 
 def task_spaces(task: str) -> tuple[dict, spaces.Box, spaces.Box]:

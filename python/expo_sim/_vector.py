@@ -36,7 +36,10 @@ class SimVectorEnv(VectorEnv):
     ``step`` returns ``info["success"]`` (bool per environment, with mask
     ``info["_success"]``, false for environments that autoreset in this step). ``reset(seed=s)`` seeds environment ``i`` with ``s + i``; a
     list gives one seed (or None) per environment; ``options={"reset_mask": mask}``
-    resets only the selected environments.
+    resets only the selected environments. Each environment's autoresets continue its
+    own seed stream, so runs seeded ``s`` and ``s + 1`` share ``num_envs - 1``
+    environments' whole episode sequences: space the seeds of independent runs (a study's
+    seeds) by at least ``num_envs``.
     """
 
     def __init__(

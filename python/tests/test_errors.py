@@ -157,9 +157,19 @@ def test_vector_bad_input():
     for value, error, message in bad:
         with pytest.raises(error, match=message):
             venv.step(value)
-    # Strided input (a transposed view) is read correctly.
-    transposed = np.asfortranarray(np.full((4, 2), 0.5, np.float32))
-    venv.step(transposed)
+    # Strided input (Fortran order) and a misaligned view are read in logical order:
+    # the same observations as the C-ordered array gives a twin.
+    values = np.array([[0.9, -0.1], [0.3, -0.7], [-0.5, 0.2], [0.6, 0.8]], np.float32)
+    raw = bytearray(1 + values.nbytes)
+    raw[1:] = values.tobytes()
+    misaligned = np.frombuffer(raw, np.float32, count=8, offset=1).reshape(4, 2)
+    assert not misaligned.flags.aligned
+    for other in [np.asfortranarray(values), misaligned]:
+        a = expo_sim.SimVectorEnv("push", 4)
+        b = expo_sim.SimVectorEnv("push", 4)
+        a.reset(seed=9)
+        b.reset(seed=9)
+        np.testing.assert_array_equal(a.step(values)[0], b.step(other)[0])
 
 
 def test_demonstrator_bad_input():
