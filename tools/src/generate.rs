@@ -47,10 +47,13 @@ pub fn generate(
 ) -> anyhow::Result<DatasetSummary> {
     let mut env = make_env(task, config);
     let mut demo = make_demonstrator(task);
-    let mut writer = DatasetWriter::create(out, dataset_info(task))?;
-    for s in episode_seeds(seed, episodes) {
-        let traj = record_episode(env.as_mut(), demo.as_mut(), s);
-        writer.append_episode(&to_episode(traj))?;
-    }
-    Ok(writer.finish()?)
+    // Whole or not at all: an interrupted run leaves no short dataset at `out`.
+    crate::write_dataset_whole(out, |dir| {
+        let mut writer = DatasetWriter::create(dir, dataset_info(task))?;
+        for s in episode_seeds(seed, episodes) {
+            let traj = record_episode(env.as_mut(), demo.as_mut(), s);
+            writer.append_episode(&to_episode(traj))?;
+        }
+        Ok(writer.finish()?)
+    })
 }

@@ -147,8 +147,10 @@ pub fn label_success(
         };
         ep.set_outcome(success);
     }
-    let summary = dataset::write_dataset(output, &ds.info, &ds.episodes)
-        .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))?;
+    let summary = crate::write_dataset_whole(output, |dir| {
+        Ok(dataset::write_dataset(dir, &ds.info, &ds.episodes)?)
+    })
+    .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))?;
     Ok(Labelled { summary, warnings })
 }
 
