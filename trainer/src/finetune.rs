@@ -276,6 +276,12 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             offline.obs_dim,
             offline.act_dim
         );
+        crate::run::check_offline_mark(
+            &config,
+            state.offline.as_ref(),
+            &offline.mark(),
+            "or pass --no-offline to fine-tune on the robot data alone",
+        )?;
         offline
     } else {
         Replay::new(od, ad, 1)

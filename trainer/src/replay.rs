@@ -31,6 +31,14 @@ pub struct Replay {
     mask: Vec<f32>,
 }
 
+/// A buffer's content in short ([`Replay::mark`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplayMark {
+    pub transitions: usize,
+    /// 16 hex digits.
+    pub fingerprint: String,
+}
+
 /// Source of [`Replay`] ids.
 static NEXT_REPLAY_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -135,6 +143,37 @@ impl Replay {
             rew: &self.rew[range.clone()],
             next_obs: &self.next_obs[range.start * od..range.end * od],
             mask: &self.mask[range],
+        }
+    }
+
+    /// What identifies the buffer's content: its transitions and an FNV-1a hash of their
+    /// values' bits, in row order. The offline data of a run is rebuilt from its dataset
+    /// (or its seed) by `train --resume` and `finetune`; this tells them whether they got
+    /// the data the run was trained on.
+    pub fn mark(&self) -> ReplayMark {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bits: u32| {
+            for b in bits.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        eat(self.obs_dim as u32);
+        eat(self.act_dim as u32);
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        for i in 0..self.len {
+            let row = self.obs[i * od..(i + 1) * od]
+                .iter()
+                .chain(&self.act[i * ad..(i + 1) * ad])
+                .chain(std::iter::once(&self.rew[i]))
+                .chain(&self.next_obs[i * od..(i + 1) * od])
+                .chain(std::iter::once(&self.mask[i]));
+            for x in row {
+                eat(x.to_bits());
+            }
+        }
+        ReplayMark {
+            transitions: self.len,
+            fingerprint: format!("{h:016x}"),
         }
     }
 

@@ -197,6 +197,36 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
     })
 }
 
+/// An error when the offline data rebuilt now (`now`) is not what the run recorded
+/// (`then`; nothing to compare in a checkpoint from before it was recorded): a dataset
+/// appended to or replaced since, or a relative `run.dataset` path read from another
+/// directory.
+pub(crate) fn check_offline_mark(
+    config: &Config,
+    then: Option<&crate::replay::ReplayMark>,
+    now: &crate::replay::ReplayMark,
+    otherwise: &str,
+) -> Result<()> {
+    let Some(then) = then else { return Ok(()) };
+    if then == now {
+        return Ok(());
+    }
+    let source = match &config.run.dataset {
+        Some(path) => format!("run.dataset = {path:?}"),
+        None => "the generated demonstrations".to_string(),
+    };
+    bail!(
+        "the run's offline data ({source}) is not what the run was trained on: it makes \
+         {} training transitions now, {} then, and its content differs (fingerprint {}, \
+         then {}); restore the dataset the run was trained on (a relative path is read from \
+         the current directory), {otherwise}",
+        now.transitions,
+        then.transitions,
+        now.fingerprint,
+        then.fingerprint
+    )
+}
+
 /// `run.dataset` as offline data: checked by [`read_training_dataset`] and against the
 /// simulated task's sizes (with a hint for robots), not empty, with a warning when no
 /// reward was labelled.
@@ -348,6 +378,10 @@ pub(crate) struct RunState {
     /// and what export writes into the manifest.
     #[serde(default)]
     pub(crate) robot: Option<RobotInfo>,
+    /// The offline data the run was trained on ([`Replay::mark`]); `None` in checkpoints
+    /// written before it was recorded.
+    #[serde(default)]
+    pub(crate) offline: Option<crate::replay::ReplayMark>,
 }
 
 impl RunState {
@@ -357,7 +391,7 @@ impl RunState {
         config: &Config,
         env_step: usize,
         (env_seeds, episode_seed, batch_rng): (&Rng, u64, &Rng),
-        offline_success_rate: f64,
+        (offline_success_rate, offline): (f64, &crate::replay::ReplayMark),
         evals: &[(usize, EvalResult)],
         episode_stats: (usize, usize, f64),
     ) -> Self {
@@ -376,6 +410,7 @@ impl RunState {
             config_toml: config.to_toml(),
             finetune_updates: 0,
             robot: agent.robot.clone(),
+            offline: Some(offline.clone()),
         }
     }
 }
@@ -436,6 +471,7 @@ pub fn train(
         ..
     } = offline_data(config)?;
     let (od, ad) = (offline.obs_dim, offline.act_dim);
+    let offline_mark = offline.mark();
     let mut online = Replay::new(od, ad, ONLINE_CAPACITY);
     let normalizer = Normalizer::fit(offline.observations(), od);
     let mut agent = Agent::new(
@@ -473,6 +509,12 @@ pub fn train(
                 dir.display()
             );
         }
+        check_offline_mark(
+            config,
+            state.offline.as_ref(),
+            &offline_mark,
+            "or start a new run",
+        )?;
         agent.load(&dir)?;
         agent.normalizer = state.normalizer;
         agent.train_rng = Rng::from_state(state.train_rng);
@@ -637,7 +679,7 @@ pub fn train(
                 config,
                 done_steps,
                 (&env_seeds, episode_seed, &batch_rng),
-                offline_rate,
+                (offline_rate, &offline_mark),
                 &summary.evals,
                 (episodes_done, successes, return_sum),
             );
@@ -659,7 +701,7 @@ pub fn train(
         config,
         total.max(start_step),
         (&env_seeds, episode_seed, &batch_rng),
-        offline_rate,
+        (offline_rate, &offline_mark),
         &summary.evals,
         (0, 0, 0.0),
     );

@@ -470,3 +470,57 @@ fn offline_data_that_cannot_train_the_run_is_refused_by_name() {
         "{e}"
     );
 }
+
+/// The run's offline data (`run.dataset`) is read again by `finetune` and `train
+/// --resume`; a dataset replaced at the same path since the run was trained (other
+/// episodes, same sizes) is refused with both fingerprints, where it used to be trained
+/// on as the run's own. `--no-offline` fine-tunes without it.
+#[test]
+fn offline_data_changed_since_the_run_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demos = tmp.path().join("demos");
+    own_robot_dataset(&demos, "lab-arm", 4, 5);
+    let c = robot_config(&demos);
+    let run = tmp.path().join("run");
+    pretrain(&c, &run);
+    let data = tmp.path().join("robot-data");
+    own_robot_dataset(&data, "lab-arm", 2, 9);
+    // Unchanged: fine-tuning runs.
+    finetune(
+        &finetune_options(&run, &data, &tmp.path().join("ft1"), 2),
+        &mut (),
+    )
+    .unwrap();
+
+    std::fs::remove_dir_all(&demos).unwrap();
+    own_robot_dataset(&demos, "lab-arm", 4, 6);
+    let e = format!(
+        "{:#}",
+        finetune(
+            &finetune_options(&run, &data, &tmp.path().join("ft2"), 2),
+            &mut ()
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("is not what the run was trained on") && e.contains("or pass --no-offline"),
+        "{e}"
+    );
+    assert!(
+        !tmp.path().join("ft2/config.toml").exists(),
+        "nothing written"
+    );
+    let mut o = finetune_options(&run, &data, &tmp.path().join("ft3"), 2);
+    o.with_offline = false;
+    finetune(&o, &mut ()).unwrap();
+
+    let resume = TrainOptions {
+        resume: true,
+        ..TrainOptions::default()
+    };
+    let e = format!("{:#}", train(&c, &run, &resume, &mut ()).unwrap_err());
+    assert!(
+        e.contains("is not what the run was trained on") && e.contains("or start a new run"),
+        "{e}"
+    );
+}
