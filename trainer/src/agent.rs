@@ -239,6 +239,16 @@ impl MetricSums {
         }
     }
 
+    /// Starts again from sums already read back (a checkpoint's): the next [`Self::take`]
+    /// adds the steps after them, in the same order as without the read-back.
+    fn restore(&mut self, sums: UpdateMetrics, steps: usize) {
+        *self = MetricSums {
+            host: sums,
+            steps,
+            ..MetricSums::default()
+        };
+    }
+
     /// The sums and the number of steps summed; empties `self`.
     fn take(&mut self) -> (UpdateMetrics, usize) {
         let MetricSums {
@@ -1054,6 +1064,13 @@ impl Agent {
     /// field, and how many steps they are (one read-back).
     pub fn take_metrics(&mut self) -> (UpdateMetrics, usize) {
         self.metric_sums.take()
+    }
+
+    /// Puts metric sums taken with [`Agent::take_metrics`] back, as if they had not been
+    /// taken: a checkpoint between two logged rows saves them, and the row after it is
+    /// the same as without the checkpoint.
+    pub fn restore_metrics(&mut self, (sums, steps): (UpdateMetrics, usize)) {
+        self.metric_sums.restore(sums, steps);
     }
 
     fn update_pending(&mut self, batch: StepBatch) -> Result<PendingMetrics> {

@@ -59,7 +59,8 @@ enum Command {
         /// Continue from the run's last checkpoint.
         #[arg(long)]
         resume: bool,
-        /// Checkpoint at the first episode end after every N environment steps.
+        /// Checkpoint at the first episode end after every N environment steps (a
+        /// checkpoint between two metrics rows keeps the row's sums so far).
         #[arg(long, default_value_t = 1000)]
         checkpoint_every: usize,
         /// Write a metrics row every N environment steps.
@@ -88,8 +89,8 @@ enum Command {
             default_value = "expo,idql-select,rlpd,bc"
         )]
         algos: Vec<String>,
-        /// Seeds per task and algorithm (0..N).
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Seeds per task and algorithm (0..N, N at most 1000).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
         seeds: u64,
         /// Runs at once (each run uses one core).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
@@ -823,6 +824,7 @@ fn main() -> Result<()> {
                 out: out.clone(),
                 time_limit: time_limit_s.map(std::time::Duration::from_secs),
             };
+            spec.check()?;
             if !summarize_only {
                 let exe = std::env::current_exe().context("locating the trainer executable")?;
                 trainer::study::run_study(&spec, &exe)?;

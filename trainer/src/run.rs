@@ -382,6 +382,10 @@ pub(crate) struct RunState {
     /// written before it was recorded.
     #[serde(default)]
     pub(crate) offline: Option<crate::replay::ReplayMark>,
+    /// The metric sums of the steps since the last `metrics.csv` row (a checkpoint may
+    /// fall between two rows); `None` in checkpoints written on a row.
+    #[serde(default)]
+    pub(crate) metrics_window: Option<(crate::agent::UpdateMetrics, usize)>,
 }
 
 impl RunState {
@@ -411,6 +415,7 @@ impl RunState {
             finetune_updates: 0,
             robot: agent.robot.clone(),
             offline: Some(offline.clone()),
+            metrics_window: None,
         }
     }
 }
@@ -534,6 +539,14 @@ pub fn train(
         }
         summary.evals = state.evals;
         (episodes_done, successes, return_sum) = state.episode_stats;
+        if let Some(window) = state.metrics_window {
+            agent.restore_metrics(window);
+        }
+        // What may differ on resume (the run's length, evaluation, device) is now what
+        // `config.toml` says, for `eval`, `export` and a study's check of finished runs.
+        let tmp = out.join("config.toml.tmp");
+        std::fs::write(&tmp, config.to_toml())?;
+        std::fs::rename(&tmp, out.join("config.toml"))?;
         truncate_csv(&out.join("metrics.csv"), start_step)?;
         truncate_csv(&out.join("eval.csv"), start_step)?;
     } else {
@@ -669,12 +682,13 @@ pub fn train(
         }
         // Checkpoint at an episode boundary once enough steps have passed, after
         // logging and evaluation so that a resumed run continues from a clean slate.
+        // Between two rows, the row's metric sums so far go into the checkpoint (and back
+        // into the agent), so that the next row is the same with or without it.
         if episode_end
             && opts.checkpoint_every > 0
             && done_steps - last_ckpt >= opts.checkpoint_every
-            && done_steps % log_every == 0
         {
-            let state = RunState::capture(
+            let mut state = RunState::capture(
                 &agent,
                 config,
                 done_steps,
@@ -683,6 +697,11 @@ pub fn train(
                 &summary.evals,
                 (episodes_done, successes, return_sum),
             );
+            if done_steps % log_every != 0 {
+                let window = agent.take_metrics();
+                agent.restore_metrics(window.clone());
+                state.metrics_window = Some(window);
+            }
             write_checkpoint(out, &agent, &online, &state)?;
             last_ckpt = done_steps;
             if opts.stop_after.is_some_and(|s| done_steps >= s) {
@@ -720,7 +739,7 @@ pub fn train(
 /// `any_compute`, the `compute` section (threads, schedules, kernels) may differ too:
 /// loading networks to evaluate or export does not depend on it, and resuming does
 /// (the random streams of the candidate schedules).
-fn difference_except_length(
+pub(crate) fn difference_except_length(
     saved: &str,
     config: &Config,
     any_compute: bool,
@@ -1080,7 +1099,10 @@ pub(crate) fn truncate_csv(path: &Path, step: usize) -> Result<()> {
             out.push('\n');
         }
     }
-    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    // Written then renamed: a kill in between leaves the old file, not an empty one.
+    let tmp = path.with_extension("csv.tmp");
+    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 /// Refuses to start a new run where one already is: its checkpoint, metrics and

@@ -39,32 +39,98 @@ pub fn algo_name(a: Algo) -> &'static str {
     }
 }
 
+/// The keys the study sets for each run itself: a `--set` of one of them would give
+/// every run the same value under the study's names (three "seeds" of one seed).
+const STUDY_KEYS: [&str; 3] = ["task", "algo", "seed"];
+
+impl StudySpec {
+    /// Refuses what would file runs under the wrong names: `--set` of a key the study
+    /// sets per run, and a task or algorithm listed twice (two runs in one directory).
+    pub fn check(&self) -> Result<()> {
+        for o in &self.overrides {
+            let key = o.split('=').next().unwrap_or("").trim();
+            ensure!(
+                !STUDY_KEYS.contains(&key),
+                "--set {o}: the study sets `{key}` for each run (--tasks, --algos, --seeds); \
+                 it cannot be overridden for all of them"
+            );
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            ensure!(!self.tasks[..i].contains(t), "--tasks lists {t} twice");
+        }
+        for (i, a) in self.algos.iter().enumerate() {
+            ensure!(
+                !self.algos[..i].contains(a),
+                "--algos lists {} twice",
+                algo_name(*a)
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration of one run, as its child process resolves it.
+    fn config(&self, task: TaskId, algo: Algo, seed: u64) -> Result<crate::config::Config> {
+        let mut overrides = vec![
+            format!("task=\"{task}\""),
+            format!("algo=\"{}\"", algo_name(algo)),
+            format!("seed={seed}"),
+        ];
+        overrides.extend(self.overrides.iter().cloned());
+        crate::config::Config::resolve(&self.preset, None, &overrides)
+            .with_context(|| format!("the {task} / {} runs' configuration", algo_name(algo)))
+    }
+}
+
+/// Whether the finished run in `dir` is the one `config` asks for: `Ok(true)` when it
+/// is, `Ok(false)` when only a larger `run.online_steps` is asked (the run is extended
+/// with `--resume`), an error naming the setting otherwise (a study rerun with another
+/// preset or `--set` into the same directory would mix its runs in).
+fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bool> {
+    let path = dir.join("config.toml");
+    let saved = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if let Some((key, then, now)) = crate::run::difference_except_length(&saved, config, true)
+        .with_context(|| format!("{}", path.display()))?
+    {
+        bail!(
+            "{}: a finished run with another configuration (`{key}` was {then}, the study \
+             asks {now}); give the study another --out",
+            dir.display()
+        );
+    }
+    let then: crate::config::Config = toml::from_str(&saved)?;
+    let (was, asked) = (then.run.online_steps, config.run.online_steps);
+    ensure!(
+        was <= asked,
+        "{}: a finished run of {was} online steps, the study asks {asked}; give the study \
+         another --out",
+        dir.display()
+    );
+    Ok(was == asked)
+}
+
 /// Runs every missing run of the study with the `trainer` executable `exe`.
 pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
+    spec.check()?;
     // Every run's configuration first: a bad preset or override fails here, with its
-    // reason, instead of in each child run's log.
-    for &task in &spec.tasks {
-        for &algo in &spec.algos {
-            let mut overrides = vec![
-                format!("task=\"{task}\""),
-                format!("algo=\"{}\"", algo_name(algo)),
-            ];
-            overrides.extend(spec.overrides.iter().cloned());
-            crate::config::Config::resolve(&spec.preset, None, &overrides)
-                .with_context(|| format!("the {task} / {} runs' configuration", algo_name(algo)))?;
-        }
-    }
+    // reason, instead of in each child run's log; and a finished run of other settings
+    // in the directory is refused before anything starts.
     let mut queue = vec![];
     for &task in &spec.tasks {
         for &algo in &spec.algos {
             for &seed in &spec.seeds {
+                let config = spec.config(task, algo, seed)?;
                 let dir = spec
                     .out
                     .join(task.name())
                     .join(algo_name(algo))
                     .join(format!("seed-{seed}"));
                 if dir.join("done").is_file() {
-                    continue;
+                    if finished_run_matches(&dir, &config)? {
+                        continue;
+                    }
+                    // Extended: `train --resume` continues it to the new length.
+                    std::fs::remove_file(dir.join("done"))?;
                 }
                 queue.push((task, algo, seed, dir));
             }
@@ -181,7 +247,17 @@ pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Resu
     let mut per_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut seeds = 0;
     for e in entries {
-        let path = e?.path().join("eval.csv");
+        let run = e?.path();
+        // Runs are `seed-N`; a copy such as `seed-0-old` is not another seed.
+        let is_seed = run
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("seed-"))
+            .is_some_and(|n| n.parse::<u64>().is_ok());
+        if !is_seed {
+            continue;
+        }
+        let path = run.join("eval.csv");
         let done = path.parent().unwrap().join("done").is_file();
         if !(done || unfinished && path.is_file()) {
             continue;
@@ -208,6 +284,11 @@ pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Resu
         if rows.is_empty() && !done {
             continue;
         }
+        ensure!(
+            !rows.is_empty(),
+            "{}: a finished run without an evaluation row",
+            path.display()
+        );
         seeds += 1;
         for (step, rate) in rows {
             per_step.entry(step).or_default().push(rate);
@@ -232,6 +313,12 @@ pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Resu
         c.mean.push(m);
         c.std.push(var.sqrt());
     }
+    ensure!(
+        !c.steps.is_empty(),
+        "{}: no evaluation step that all {seeds} seeds reached (their eval.csv files \
+         share no step)",
+        dir.display()
+    );
     Ok(Some(c))
 }
 

@@ -56,6 +56,7 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
         ("expo", "per-parameter"),
         ("expo", "fused, graph"),
         ("expo", "fused, chunks of 3 replanned every 2"),
+        ("expo", "fused, rows every 7 steps"),
     ];
     for (algo, optimizer) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -70,8 +71,12 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
             c.replan_every = 2;
         }
         let algo = format!("{algo} ({optimizer})");
+        // Rows every 7 steps: the checkpoint (at an episode end) falls between two rows,
+        // and the row after it must not change (it used to be skipped until an episode
+        // ended on a row, which made checkpoints rare).
+        let between_rows = optimizer.ends_with("rows every 7 steps");
         let full = TrainOptions {
-            log_every: 10,
+            log_every: if between_rows { 7 } else { 10 },
             checkpoint_every: 30,
             ..Default::default()
         };
@@ -87,6 +92,9 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
             "{algo}: {s:?}"
         );
         assert!(dir.join("checkpoint/state.json").is_file());
+        if between_rows {
+            assert_ne!(s.env_steps % 7, 0, "{algo}: the checkpoint fell on a row");
+        }
         let resumed = TrainOptions {
             resume: true,
             ..full.clone()
@@ -395,6 +403,66 @@ fn zero_counts_are_refused_on_the_command_line() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// A study files its runs by task, algorithm and seed, so it refuses what would put
+/// other runs under those names: `--set` of a key it sets per run (three "seeds" of one
+/// seed), a task listed twice (two runs in one directory), and a rerun into a directory
+/// whose finished runs have other settings (they were summarised as the new ones). A
+/// larger `run.online_steps` extends the finished runs instead.
+#[test]
+fn a_study_never_files_runs_under_the_wrong_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = tmp.path().join("study");
+    let s = study.to_str().unwrap();
+    let trainer = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args([
+                "study", "--out", s, "--preset", "tiny", "--algos", "bc", "--seeds", "1",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, e) = trainer(&["--tasks", "push", "--set", "seed=7"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("--set seed=7: the study sets `seed` for each run"),
+        "{e}"
+    );
+    let (code, e) = trainer(&["--tasks", "push,push"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("--tasks lists push twice"), "{e}");
+    assert!(!study.exists(), "a run was started");
+
+    let (code, e) = trainer(&["--tasks", "push"]);
+    assert_eq!(code, Some(0), "{e}");
+    let (code, e) = trainer(&["--tasks", "push"]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(e.contains("study: 0 runs to do"), "{e}");
+    let (code, e) = trainer(&["--tasks", "push", "--set", "optim.batch_size=16"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("a finished run with another configuration (`optim.batch_size` was 32"),
+        "{e}"
+    );
+    let (code, e) = trainer(&["--tasks", "push", "--set", "run.online_steps=120"]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(e.contains("study: 1 runs to do"), "{e}");
+    let eval = std::fs::read_to_string(study.join("push/bc/seed-0/eval.csv")).unwrap();
+    assert!(eval.lines().last().unwrap().starts_with("120,"), "{eval}");
+    let (code, e) = trainer(&["--tasks", "push", "--set", "run.online_steps=100"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("a finished run of 120 online steps, the study asks 100"),
+        "{e}"
+    );
 }
 
 /// Mistakes a study or an export would otherwise carry out: a study's bad preset or
