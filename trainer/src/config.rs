@@ -773,9 +773,10 @@ impl Config {
         }
         if self.task.sim().is_some() {
             ensure!(
-                self.run.eval_episodes >= 1,
-                "run.eval_episodes must be at least 1 (evaluations run at the start, every \
-                 run.eval_every steps and at the end)"
+                (1..=1_000_000).contains(&self.run.eval_episodes),
+                "run.eval_episodes must be in 1..=1000000, not {} (evaluations run at the \
+                 start, every run.eval_every steps and at the end)",
+                self.run.eval_episodes
             );
         }
         Ok(())
@@ -1012,6 +1013,10 @@ mod tests {
             ("optim.actor_lr_decay_steps=0", "optim.actor_lr_decay_steps"),
             ("run.offline_episodes=0", "run.offline_episodes"),
             ("run.eval_episodes=0", "run.eval_episodes"),
+            (
+                "run.eval_episodes=4000000000000000000",
+                "run.eval_episodes must be in 1..=1000000",
+            ),
             ("net.num_critics=0", "net.num_critics must be at least 1"),
             (
                 "optim.batch_size=0",

@@ -325,10 +325,12 @@ impl Progress for Bar {
 /// step, a fifth of its time (BENCHMARKS.md, "Recorded graphs"). With the threshold
 /// at its maximum (32 MiB) and no trimming, freed blocks stay in the heap for reuse.
 /// The process's peak memory is unchanged; it is just not returned early.
-/// A count that must not be 0 (timed steps, evaluation episodes).
+/// A count that must not be 0 (timed steps, evaluation episodes), nor past a million
+/// (memory for the results is taken up front).
 fn at_least_one(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n > 1_000_000 => Err(format!("must be at most 1000000, found {n}")),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }

@@ -281,7 +281,10 @@ impl Replay {
             u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().unwrap()) as usize
         };
         let (capacity, len, next) = (word(0), word(1), word(2));
-        if capacity == 0 || len > capacity || next >= capacity {
+        // Rows are drawn as u32 numbers across both buffers (`draw_mixed`); no buffer the
+        // trainer writes is larger than a tenth of that.
+        if capacity == 0 || capacity > (u32::MAX / 2) as usize || len > capacity || next >= capacity
+        {
             return Err(format!(
                 "inconsistent header: capacity {capacity}, len {len}, next {next}"
             ));
@@ -711,12 +714,24 @@ mod tests {
                 .unwrap_err()
                 .contains("magic")
         );
-        // A header whose length overflows the size computation, and damaged values.
+        // A header whose length would overflow the size computation, a capacity past
+        // what row numbers can address (it panicked at the first draw), and damaged
+        // values.
         let mut huge = bytes.clone();
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         huge[16..24].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         let e = Replay::from_bytes(&huge, 2, 1).unwrap_err();
-        assert!(e.contains("more than usize"), "{e}");
+        assert!(
+            e.starts_with("inconsistent header: capacity 18446744073709551615"),
+            "{e}"
+        );
+        let mut wide = bytes.clone();
+        wide[8..16].copy_from_slice(&(1u64 << 32).to_le_bytes());
+        let e = Replay::from_bytes(&wide, 2, 1).unwrap_err();
+        assert!(
+            e.starts_with("inconsistent header: capacity 4294967296"),
+            "{e}"
+        );
         let floats = |b: &mut Vec<u8>, i: usize, x: f32| {
             b[32 + 4 * i..36 + 4 * i].copy_from_slice(&x.to_le_bytes());
         };

@@ -547,8 +547,15 @@ pub fn train(
         let tmp = out.join("config.toml.tmp");
         std::fs::write(&tmp, config.to_toml())?;
         std::fs::rename(&tmp, out.join("config.toml"))?;
-        truncate_csv(&out.join("metrics.csv"), start_step)?;
-        truncate_csv(&out.join("eval.csv"), start_step)?;
+        // A finetune run continued online has no rows of `train`'s yet.
+        for (file, header) in [("metrics.csv", METRICS_HEADER), ("eval.csv", EVAL_HEADER)] {
+            let path = out.join(file);
+            if path.exists() {
+                truncate_csv(&path, start_step)?;
+            } else {
+                write_header(&path, header)?;
+            }
+        }
     } else {
         std::fs::write(out.join("config.toml"), config.to_toml())?;
         write_header(&out.join("metrics.csv"), METRICS_HEADER)?;
@@ -1120,8 +1127,8 @@ pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
     .collect();
     ensure!(
         held.is_empty(),
-        "{} already holds a run ({}): pass --resume to continue it, or choose another --out \
-         (nothing was changed)",
+        "{} already holds a run ({}): `train --resume` (or `finetune --resume` for a \
+         finetune run) continues it; or choose another --out (nothing was changed)",
         out.display(),
         held.join(", ")
     );

@@ -115,6 +115,20 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
         executed_steps: None,
     };
     trainer::export::export_bundle(&agent, &tmp.path().join("bundle"), &info, None).unwrap();
+    // And `train --resume` continues it online (it has no metrics.csv or eval.csv yet).
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach.into();
+    c.run.online_steps = 30;
+    let resume = TrainOptions {
+        resume: true,
+        checkpoint_every: 0,
+        log_every: 10,
+        ..Default::default()
+    };
+    let s = train(&c, &straight, &resume, &mut ()).unwrap();
+    assert_eq!(s.env_steps, 30);
+    let metrics = std::fs::read_to_string(straight.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 1 + 1, "{metrics}");
 }
 
 /// Frames the operator marked as interventions stay out of the online buffer unless
