@@ -56,8 +56,9 @@ enum Command {
         /// Executed steps of the truncated-chain run.
         #[arg(long, default_value_t = 3)]
         truncated_steps: usize,
-        /// Keep the synthetic bundle here (e.g. for the Python onnxruntime loop).
-        #[arg(long)]
+        /// Keep the synthetic bundle here (e.g. for the Python onnxruntime loop): a new or
+        /// empty directory, never a bundle already there (with --synthetic only).
+        #[arg(long, requires = "synthetic")]
         keep: Option<PathBuf>,
     },
     /// Run a bundle on the robot: handshake, `--episodes` episodes at the robot's control
@@ -91,7 +92,9 @@ enum Command {
         /// The transition log (`controller run --out DIR` writes DIR/transitions.log).
         #[arg(long)]
         log: PathBuf,
-        /// The dataset directory (created, or appended to).
+        /// The dataset directory (created, or appended to: a log holds every run into
+        /// its --out, so the episodes those runs saved in DIR/dataset would be there
+        /// twice; rebuild into a new directory).
         #[arg(long)]
         out: PathBuf,
     },
@@ -187,10 +190,10 @@ struct TimingArgs {
     #[arg(long)]
     realtime: bool,
     /// SCHED_FIFO priority of the control thread with --realtime (1-99).
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, requires = "realtime", value_parser = clap::value_parser!(i32).range(1..=99))]
     rt_priority: i32,
     /// CPU for the control thread with --realtime (default: the last one).
-    #[arg(long)]
+    #[arg(long, requires = "realtime")]
     rt_cpu: Option<usize>,
     /// Give the control thread this CPU to itself and busy-wait to each deadline
     /// instead of sleeping (needs no privileges; every other thread of the process is
@@ -256,10 +259,11 @@ struct RunArgs {
     uplink_key: Option<PathBuf>,
     /// With --uplink: keep the starting bundle, do not take the trainer's new ones.
     /// (--uplink needs a --bundle: the trainer's bundles replace it.)
-    #[arg(long)]
+    #[arg(long, requires = "uplink")]
     no_swap: bool,
-    /// After the run, keep sending to the trainer for up to this many seconds.
-    #[arg(long, default_value_t = 30)]
+    /// After the run, keep sending to the trainer for up to this many seconds (at most a
+    /// day; with --uplink only).
+    #[arg(long, default_value_t = 30, requires = "uplink", value_parser = clap::value_parser!(u64).range(0..=86_400))]
     uplink_drain_s: u64,
     /// Record every tick (observation, action, candidates and their Q values, timing,
     /// link errors, safety state) to this rerun file (needs the `viz` feature).
@@ -611,6 +615,10 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             controller::note!("error: {e}");
             return Ok(std::process::ExitCode::from(3));
         }
+        Err(e @ robot_loop::RunError::InterruptedBeforeStart) => {
+            controller::note!("{e}");
+            return Ok(std::process::ExitCode::from(130));
+        }
         r => r?,
     };
     controller::say!("{report}");
@@ -861,9 +869,11 @@ const MAX_RATE_HZ: f64 = u16::MAX as f64;
 
 /// The benches' `--rate` (in (0, [`MAX_RATE_HZ`]]) and `--seconds` (finite, positive).
 fn check_rate(rate: f64, seconds: f64) -> Result<()> {
+    // A tick at least once a minute, and at most a day of it.
     ensure!(
-        rate > 0.0 && rate <= MAX_RATE_HZ && seconds.is_finite() && seconds > 0.0,
-        "--rate must be in (0, {MAX_RATE_HZ}] Hz and --seconds positive, found {rate} and {seconds}"
+        (1.0 / 60.0..=MAX_RATE_HZ).contains(&rate) && seconds > 0.0 && seconds <= 86_400.0,
+        "--rate must be in [1/60, {MAX_RATE_HZ}] Hz and --seconds in (0, 86400], found {rate} \
+         and {seconds}"
     );
     Ok(())
 }
@@ -934,6 +944,15 @@ fn main() -> Result<std::process::ExitCode> {
             dedicated_cpu,
         } => cmd_bench_wake(rate, seconds, spin_us, dedicated_cpu)?,
         Command::LogToDataset { log, out } => {
+            if out.join("meta").join("info.json").is_file() {
+                eprintln!(
+                    "warning: {} already holds a dataset: the log's episodes are appended to \
+                     it. A log holds every run into its --out, so episodes those runs saved \
+                     there already are now there twice; convert into a new directory to \
+                     rebuild",
+                    out.display()
+                );
+            }
             let r = robot_loop::log::log_to_dataset(&log, &out)?;
             println!(
                 "{}: {} episodes ({} frames) written to {}; {} without an end record, {} without usable transitions, {} torn bytes at the end skipped",
@@ -1010,6 +1029,16 @@ fn main() -> Result<std::process::ExitCode> {
         } => {
             let actions = actions as usize;
             let tmp = tempfile::tempdir()?;
+            if let Some(k) = &keep {
+                // Random weights must never replace a trained bundle.
+                let empty = std::fs::read_dir(k).map_or(true, |mut d| d.next().is_none());
+                ensure!(
+                    empty,
+                    "--keep {}: exists and is not empty; give a new directory for the \
+                     synthetic bundle",
+                    k.display()
+                );
+            }
             let (dir, b) = source.load(keep.unwrap_or_else(|| tmp.path().join("bundle")))?;
             let m = &b.manifest;
             // Refuse bad flags before the seconds of calibration below.

@@ -434,6 +434,26 @@ fn e2e_synthetic_bundle_through_the_serial_link() {
     assert_eq!(first.episodes, second.episodes);
 }
 
+/// Setup: two runs, one after the other, into one --out. Expected: the dataset holds
+/// both runs' episodes, `report.json` is the second run's, and the first run's report is
+/// kept as `reports/report-0.json` (it used to be overwritten).
+#[test]
+fn a_second_run_into_the_same_out_keeps_the_first_report() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let out = sim.run(&["--episodes", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let first = std::fs::read_to_string(sim.out.join("report.json")).unwrap();
+    let out = sim.run(&["--episodes", "2"]);
+    sim.stop_fw();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let kept = std::fs::read_to_string(sim.out.join("reports/report-0.json")).unwrap();
+    assert_eq!(kept, first);
+    assert_eq!(episodes(&sim.report()).len(), 2);
+    let ds = dataset::read_dataset(&sim.out.join("dataset")).unwrap();
+    assert_eq!(ds.episodes.len(), 3);
+}
+
 /// Setup: real-time pacing (the firmware steps on its own clock, like a robot) with the
 /// tick grid aligned to the sensor frames (`--align-phase`). Expected: every step of
 /// every episode gets its transition; the firmware never had to hold for lack of a
@@ -1227,6 +1247,11 @@ fn settings_the_loop_cannot_run_with_are_refused() {
             "time scale 1000000000 gives a control period of 0ns for 20 Hz; the loop needs at least 100µs",
         ),
         (
+            // A period of 10^19 s panicked in the control thread's deadlines.
+            &["--sim", "push", "--time-scale", "5e-21"],
+            "for 20 Hz; at most 60s",
+        ),
+        (
             &["--sim", "push", "--handshake-timeout-ms", "0"],
             "the handshake timeout must be above zero",
         ),
@@ -1373,6 +1398,47 @@ fn ctrl_c_stops_safely_and_saves_the_dataset() {
         .count();
     assert!(holds >= 5, "{holds} hold commands before Estop");
     assert_eq!(fw.firmware.invalid_commands, 0);
+}
+
+/// Setup: firmware that never answers (a wrong port, a board still booting) and a long
+/// handshake timeout; Ctrl-C once the controller has sent its first Hello. Expected: the
+/// run ends at once with exit status 130 and says so; it used to wait out the whole
+/// timeout and exit 1.
+#[test]
+fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
+    use hil_tests::link::Port;
+    let _g = serial();
+    let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let silent = hil_tests::link::Pty::open().unwrap();
+    let path = silent.path().to_path_buf();
+    let mut port = silent.into_port();
+    let child = sim
+        .command(
+            &path,
+            &["--episodes", "1", "--handshake-timeout-ms", "600000"],
+        )
+        .spawn()
+        .unwrap();
+    // The first Hello: the controller is in the handshake, its signal handlers set.
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + GUARD;
+    while port
+        .read_timeout(&mut buf, Duration::from_millis(100))
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no Hello from the controller");
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("interrupted while waiting for the firmware's Hello"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Setup: a long run whose stderr reader goes away (the pipe's read end is closed, as
@@ -1739,7 +1805,10 @@ fn bench_commands_time_chunked_bundles_in_both_modes() {
 #[test]
 fn out_of_range_counts_and_rates_are_refused() {
     let bundle = bundle().to_str().unwrap();
-    let cases: [(&[&str], i32, &str); 7] = [
+    let keep = tempfile::tempdir().unwrap();
+    std::fs::write(keep.path().join("manifest.json"), "a bundle").unwrap();
+    let keep = keep.path().to_str().unwrap().to_string();
+    let cases: [(&[&str], i32, &str); 13] = [
         (
             &[
                 "bench",
@@ -1791,7 +1860,7 @@ fn out_of_range_counts_and_rates_are_refused() {
                 "1e9",
             ],
             1,
-            "--rate must be in (0, 65535] Hz",
+            "--rate must be in [1/60, 65535] Hz",
         ),
         (
             &[
@@ -1803,12 +1872,54 @@ fn out_of_range_counts_and_rates_are_refused() {
                 "nan",
             ],
             1,
-            "--seconds positive",
+            "--seconds in (0, 86400]",
         ),
         (
             &["bench-wake", "--rate", "70000", "--seconds", "1"],
             1,
             "--rate must be in",
+        ),
+        // These panicked on a Duration overflow.
+        (
+            &["bench-wake", "--rate", "1e-20", "--seconds", "1"],
+            1,
+            "--rate must be in [1/60",
+        ),
+        (
+            &[
+                "bench-loop",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--seconds",
+                "1e20",
+            ],
+            1,
+            "--seconds in (0, 86400]",
+        ),
+        (
+            &[
+                "run",
+                "--sim",
+                "push",
+                "--uplink-drain-s",
+                "18446744073709551615",
+            ],
+            2,
+            "--uplink-drain-s",
+        ),
+        // Options that did nothing without the one they depend on.
+        (&["run", "--sim", "push", "--no-swap"], 2, "--uplink"),
+        (
+            &["run", "--sim", "push", "--rt-priority", "0"],
+            2,
+            "--rt-priority",
+        ),
+        // Random weights never replace a bundle.
+        (
+            &["bench", "--synthetic", "cpu", "--keep", &keep],
+            1,
+            "exists and is not empty; give a new directory",
         ),
     ];
     for (args, code, named) in cases {

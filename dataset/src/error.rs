@@ -51,6 +51,9 @@ pub enum DatasetError {
     /// Any other inconsistency inside a file or between files.
     #[error("{}: {problem}", path.display())]
     Invalid { path: PathBuf, problem: String },
+    /// Another writer (another process) has the dataset open.
+    #[error("{}: another process is writing this dataset (a controller run or a conversion into it?); one writer at a time", path.display())]
+    InUse { path: PathBuf },
     /// `DatasetWriter::create` was pointed at a non-empty directory.
     #[error("{}: directory exists and is not empty; refusing to create a dataset there", path.display())]
     NotEmpty { path: PathBuf },

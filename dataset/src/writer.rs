@@ -45,6 +45,22 @@ pub struct DatasetWriter {
     /// Episodes-index files other than ours (foreign multi-file indexes),
     /// removed once ours holds every row.
     stale_index_files: Vec<PathBuf>,
+    /// The directory, locked (advisory, `flock`) while this writer lives: two writers
+    /// would pick the same next data file and each rewrite `meta/` from its own view.
+    _lock: fs::File,
+}
+
+/// Locks the dataset directory `dir` for one writer.
+fn lock_dir(dir: &Path) -> Result<fs::File, DatasetError> {
+    let f =
+        fs::File::open(dir).map_err(|e| DatasetError::io(dir, "opening dataset directory", e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(DatasetError::InUse { path: dir.into() }),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(DatasetError::io(dir, "locking dataset directory", e))
+        }
+    }
 }
 
 /// The data file being written.
@@ -184,6 +200,7 @@ impl DatasetWriter {
             }
             Err(e) => return Err(DatasetError::io(dir, "opening dataset directory", e)),
         }
+        let lock = lock_dir(dir)?;
         fs::create_dir_all(meta::episodes_path(dir).parent().unwrap_or(dir))
             .map_err(|e| DatasetError::io(dir, "creating meta directories", e))?;
         let json = fresh_info_json(&info);
@@ -204,6 +221,7 @@ impl DatasetWriter {
             frames_added: 0,
             successes: 0,
             stale_index_files: Vec::new(),
+            _lock: lock,
         };
         w.write_meta()?;
         Ok(w)
@@ -217,6 +235,8 @@ impl DatasetWriter {
     /// columns keeps its schema. Fails if `info.json` declares features this
     /// writer cannot produce (e.g. videos or extra state keys).
     pub fn open_append(dir: &Path) -> Result<Self, DatasetError> {
+        // Locked before reading: what is read must be what this writer extends.
+        let lock = lock_dir(dir)?;
         let loaded = crate::reader::load(dir)?;
         let info_path = meta::info_path(dir);
         for (key, f) in &loaded.json.features {
@@ -288,6 +308,7 @@ impl DatasetWriter {
             frames_added: 0,
             successes,
             stale_index_files,
+            _lock: lock,
         })
     }
 

@@ -90,11 +90,17 @@ fn append_keeps_old_files_and_order() {
 
     let mut w = DatasetWriter::open_append(dir).unwrap();
     assert_eq!(w.info(), &info());
+    // One writer at a time: a second one (another process in practice) is refused by
+    // name, where both used to pick the same next data file and rewrite meta/.
+    let e = DatasetWriter::open_append(dir).err().unwrap().to_string();
+    assert!(e.contains("another process is writing this dataset"), "{e}");
     for ep in &eps[3..] {
         w.append_episode(ep).unwrap();
     }
     let s = w.finish().unwrap();
     assert_eq!((s.total_episodes, s.episodes_added), (5, 2));
+    // Released once the writer is done.
+    drop(DatasetWriter::open_append(dir).unwrap());
     assert_eq!(s.frames_added, 21);
     assert_eq!(
         s.data_files_written,

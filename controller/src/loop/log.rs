@@ -96,6 +96,9 @@ pub enum LogError {
     },
     #[error("{}: not a transition log (expected the magic {:?} at byte 0)", path.display(), std::str::from_utf8(MAGIC).unwrap_or("?"))]
     Magic { path: PathBuf },
+    /// Another process appends to this log (one controller run per `--out`).
+    #[error("{}: in use by another process (a controller run into the same --out?); one run at a time may write a log", path.display())]
+    InUse { path: PathBuf },
     #[error("{}: record at byte {offset}: {problem}", path.display())]
     Record {
         path: PathBuf,
@@ -675,8 +678,25 @@ impl LogWriter {
             what,
             error,
         };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io_err("opening the log", e))?;
+        // One writer at a time (an advisory lock, held as long as `file` is open): a
+        // second run into the same --out would interleave its records with ours, and
+        // its repair below could cut off the record we are writing.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LogError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking the log", e)),
+        }
         let mut repaired = 0;
-        let existing = path.exists();
+        let existing = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
         if existing {
             let c = read_log(path)?;
             repaired = c.torn_bytes;
@@ -690,11 +710,6 @@ impl LogWriter {
                 f.sync_data().map_err(|e| io_err("syncing the log", e))?;
             }
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| io_err("opening the log", e))?;
         let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
         if empty {
             file.write_all(MAGIC)
@@ -797,7 +812,9 @@ pub fn to_episode(
         notes.cut = true;
     }
     notes.frames = ep.len();
-    let steps = end.map_or(last.step + 1, |e| e.steps.max(last.step + 1));
+    let steps = end.map_or(last.step.saturating_add(1), |e| {
+        e.steps.max(last.step.saturating_add(1))
+    });
     notes.missing = (steps as usize).saturating_sub(ep.len());
     Some((ep, notes))
 }
@@ -830,7 +847,12 @@ pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
     let finish = |current: &mut Vec<(LoggedEpisode, bool, bool)>, out: &mut Vec<LoggedEpisode>| {
         for (mut e, _, ended) in current.drain(..) {
             if !ended {
-                let steps = e.transitions.iter().map(|t| t.step + 1).max().unwrap_or(0);
+                let steps = e
+                    .transitions
+                    .iter()
+                    .map(|t| t.step.saturating_add(1))
+                    .max()
+                    .unwrap_or(0);
                 e.end = EpisodeEnd {
                     episode: e.episode,
                     seed: e.seed,
@@ -1073,6 +1095,23 @@ pub(crate) mod tests {
                 Record::decode(&p[..p.len() - 1]).is_err() || matches!(r, Record::EpisodeEnd(_))
             );
         }
+    }
+
+    /// Two writers of one log (two runs into one --out) would interleave their records,
+    /// and the second's repair could cut off the first's record in progress: refused.
+    #[test]
+    fn a_log_has_one_writer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::Run(run_start())).unwrap();
+        let e = LogWriter::open(&path).err().unwrap().to_string();
+        assert!(e.contains("t.log: in use by another process"), "{e}");
+        drop(w);
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::Run(run_start())).unwrap();
+        drop(w);
+        assert_eq!(read_log(&path).unwrap().records.len(), 2);
     }
 
     #[test]

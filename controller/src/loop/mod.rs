@@ -84,7 +84,7 @@ use serde::Serialize;
 use shared_model::VerifiedBundle;
 use shared_model::{ChunkPlay, TemporalEnsemble};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use stats::CadenceReport;
@@ -803,6 +803,10 @@ pub enum RunError {
         "the firmware reported an emergency stop before the run began (a stop button?); nothing but Hello was sent. Release the stop, then start the run again"
     )]
     EmergencyStop,
+    /// Ctrl-C, SIGTERM or SIGHUP while waiting for the firmware's `Hello`: nothing but
+    /// `Hello` was sent; exit status 130, as for an interrupted run.
+    #[error("interrupted while waiting for the firmware's Hello; nothing but Hello was sent")]
+    InterruptedBeforeStart,
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -816,6 +820,10 @@ pub enum RunError {
 /// Shortest control period the loop runs (10 kHz): enough for any robot file and time
 /// scale in use (the benches run 500 Hz), and far above a zero period.
 pub const MIN_PERIOD: Duration = Duration::from_micros(100);
+/// The longest control period a `--time-scale` may give: a slowed clock for watching a
+/// run, not one whose deadlines overflow (the stale-sensor limit and the firmware's
+/// watchdog scale with it).
+pub const MAX_PERIOD: Duration = Duration::from_secs(60);
 
 /// Checks that the bundle fits the robot.
 pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
@@ -860,6 +868,12 @@ pub fn run(
     if period < MIN_PERIOD {
         return Err(RunError::Config(format!(
             "time scale {} gives a control period of {period:?} for {} Hz; the loop needs at least {MIN_PERIOD:?}",
+            cfg.time_scale, cfg.robot.control_hz
+        )));
+    }
+    if period > MAX_PERIOD {
+        return Err(RunError::Config(format!(
+            "time scale {} gives a control period of {period:?} for {} Hz; at most {MAX_PERIOD:?}",
             cfg.time_scale, cfg.robot.control_hz
         )));
     }
@@ -1044,13 +1058,30 @@ pub fn run(
         report.successes as f64 / done.len() as f64
     };
     if let Some(dir) = &cfg.out {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        std::fs::write(dir.join("report.json"), text).map_err(|error| RunError::Io {
-            what: format!("writing {}", dir.join("report.json").display()),
-            error,
-        })?;
+        write_report(dir, &report)?;
     }
     Ok(report)
+}
+
+/// Writes `OUT/report.json` (this run's); an earlier run's report there is kept as
+/// `OUT/reports/report-N.json` (N the first free number), as its transitions are kept
+/// in the log and its episodes in the dataset.
+fn write_report(dir: &Path, report: &RunReport) -> Result<(), RunError> {
+    let io = |what: String| move |error| RunError::Io { what, error };
+    let path = dir.join("report.json");
+    if path.exists() {
+        let old = dir.join("reports");
+        std::fs::create_dir_all(&old).map_err(io(format!("creating {}", old.display())))?;
+        let kept = (0..)
+            .map(|n| old.join(format!("report-{n}.json")))
+            .find(|p| !p.exists())
+            .expect("a free name");
+        std::fs::rename(&path, &kept).map_err(io(format!("keeping {}", path.display())))?;
+    }
+    let text = serde_json::to_string_pretty(report).unwrap_or_default();
+    let tmp = dir.join("report.json.tmp");
+    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
 }
 
 /// Joint names when there is one joint per action value, else `a0`, `a1`, …
@@ -1088,7 +1119,12 @@ fn handshake(
             if now >= resend {
                 break;
             }
-            match events.recv_timeout(resend.min(deadline) - now) {
+            if realtime::stop_requested() {
+                return Err(RunError::InterruptedBeforeStart);
+            }
+            // Short waits, so that Ctrl-C is heard within a tenth of a second.
+            let wait = (resend.min(deadline) - now).min(Duration::from_millis(100));
+            match events.recv_timeout(wait) {
                 Ok(link::LinkEvent::Frame { frame, .. }) => match frame.message {
                     Message::Hello(theirs) => {
                         return ours
