@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         resume: false,
         stop_after: None,
         keep_interventions: false,
+        device: None,
         listen: Some(LiveOptions {
             addr: "127.0.0.1:0".into(),
             key: key.clone(),

@@ -63,6 +63,9 @@ pub struct FinetuneOptions {
     /// action logged for them is the policy's command, not what the person made the
     /// arm do, so (observation, action, next observation) may not belong together.
     pub keep_interventions: bool,
+    /// Train on this device instead of the run's (`cpu`, `cuda:1`, …; `None`: the
+    /// run's).
+    pub device: Option<String>,
 }
 
 /// `--listen` settings.
@@ -239,7 +242,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         StartedWith::check_resume(o)?;
     }
     let source = if resumed { &o.out } else { &o.from };
-    let (mut agent, mut state, mut online) = load_run(source)?;
+    let (mut agent, mut state, mut online) = load_run(source, o.device.as_deref())?;
     let config = agent.config.clone();
     ensure!(
         config.algo != crate::config::Algo::Bc,

@@ -170,6 +170,10 @@ enum Command {
         /// default: their logged action is the policy's, not what the arm was made to do).
         #[arg(long)]
         keep_interventions: bool,
+        /// Train on this device instead of the one the run's config.toml names: `cpu`,
+        /// `ndarray`, `vulkan[:N]`, `cuda[:N]` (all but `cpu` need the matching feature).
+        #[arg(long)]
+        device: Option<String>,
         /// Evaluate in the simulated task before and after (0: skip).
         #[arg(long, default_value_t = 50)]
         eval_episodes: usize,
@@ -257,6 +261,11 @@ enum Command {
         /// Seed of the generator that draws the episodes.
         #[arg(long, default_value_t = 12345)]
         seed: u64,
+        /// Evaluate a run on this device instead of the one its config.toml names (a
+        /// GPU-trained run on a machine without one): `cpu`, `ndarray`, `vulkan[:N]`,
+        /// `cuda[:N]`.
+        #[arg(long, conflicts_with = "bundle")]
+        device: Option<String>,
     },
     /// Write a model bundle (manifest + ONNX graphs, signed with --signing-key) from a
     /// run's latest checkpoint, or from freshly initialised networks with --random.
@@ -491,6 +500,7 @@ fn main() -> Result<()> {
             temporal_ensemble,
             episodes,
             seed,
+            device,
         } => {
             let (name, e) = if let Some(dir) = bundle {
                 let b = shared_model::load_bundle(&dir, &trust.trust()?)?;
@@ -544,7 +554,7 @@ fn main() -> Result<()> {
                 )
             } else {
                 let run = run.expect("clap requires --run or --bundle");
-                let mut agent = trainer::run::load_agent(&run)?;
+                let mut agent = trainer::run::load_agent_on(&run, device.as_deref())?;
                 if let Some(k) = replan_every {
                     agent.config.replan_every = k;
                 }
@@ -619,13 +629,13 @@ fn main() -> Result<()> {
                 ensure!(
                     config.preset == "cpu"
                         && config.config.is_none()
-                        && config.overrides.is_empty()
-                        && config.device.is_none(),
-                    "--preset, --config, --set and --device describe the networks of --random; \
-                     --run exports {} as its own config.toml describes it",
+                        && config.overrides.is_empty(),
+                    "--preset, --config and --set describe the networks of --random; \
+                     --run exports {} as its own config.toml describes it (--device may \
+                     differ)",
                     run.display()
                 );
-                let agent = trainer::run::load_agent(&run)?;
+                let agent = trainer::run::load_agent_on(&run, config.device.as_deref())?;
                 let info = trainer::export::ExportInfo {
                     dataset: agent.config.run.dataset.clone().unwrap_or_else(|| {
                         format!("scripted demonstrations ({})", agent.config.task)
@@ -666,6 +676,7 @@ fn main() -> Result<()> {
             uplink_key,
             publish_every,
             idle_exit_s,
+            device,
         } => {
             // Read the keys first: a bad key path should fail before the work, not after.
             let key = signing_key
@@ -712,6 +723,7 @@ fn main() -> Result<()> {
                 stop_after,
                 listen,
                 keep_interventions,
+                device,
             };
             let mut bar = Bar(None);
             let existed = out.exists();

@@ -812,8 +812,8 @@ pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
 
 /// Everything a run directory's newest checkpoint holds: the agent with its generator
 /// states and counters, the checkpoint state and the online replay.
-pub(crate) fn load_run(run: &Path) -> Result<(Agent, RunState, Replay)> {
-    let (mut agent, state, dir) = load_checkpoint(run)?;
+pub(crate) fn load_run(run: &Path, device: Option<&str>) -> Result<(Agent, RunState, Replay)> {
+    let (mut agent, state, dir) = load_checkpoint(run, device)?;
     agent.train_rng = Rng::from_state(state.train_rng);
     agent.act_rng = Rng::from_state(state.act_rng);
     let online = load_replay(&dir.join("online.bin"), agent.obs_dim, agent.act_dim)?;
@@ -822,19 +822,29 @@ pub(crate) fn load_run(run: &Path) -> Result<(Agent, RunState, Replay)> {
 
 /// Loads a trained agent from a run directory (its `config.toml` and `checkpoint/`).
 pub fn load_agent(run: &Path) -> Result<Agent> {
-    Ok(load_checkpoint(run)?.0)
+    load_agent_on(run, None)
+}
+
+/// [`load_agent`] on `device` (`cpu`, `cuda:1`, …) instead of the one the run's
+/// `config.toml` names: a run trained on a GPU, evaluated or exported on a machine
+/// without one.
+pub fn load_agent_on(run: &Path, device: Option<&str>) -> Result<Agent> {
+    Ok(load_checkpoint(run, device)?.0)
 }
 
 /// The agent's networks and optimizers, the checkpoint state and the checkpoint's
-/// directory.
-fn load_checkpoint(run: &Path) -> Result<(Agent, RunState, PathBuf)> {
+/// directory; on `device` when given, else on the run's.
+fn load_checkpoint(run: &Path, on: Option<&str>) -> Result<(Agent, RunState, PathBuf)> {
     let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
     let cfg_path = run.join("config.toml");
-    let config: Config = toml::from_str(
+    let mut config: Config = toml::from_str(
         &std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("reading {}", cfg_path.display()))?,
     )
     .with_context(|| format!("{}: invalid config", cfg_path.display()))?;
+    if let Some(d) = on {
+        config.device = d.to_string();
+    }
     // A hand-edited config.toml is checked as a resolved one is.
     config
         .validate()
@@ -1338,7 +1348,7 @@ mod tests {
         train(&c, tmp.path(), &TrainOptions::default(), &mut ()).unwrap();
         let state_file = tmp.path().join("checkpoint/state.json");
         let good = std::fs::read(&state_file).unwrap();
-        let (mut agent, state, online) = load_run(tmp.path()).unwrap();
+        let (mut agent, state, online) = load_run(tmp.path(), None).unwrap();
         write_checkpoint(tmp.path(), &agent, &online, &state).unwrap();
         let device = device(&agent.config).unwrap();
         agent.temperature = Some(crate::nets::Temperature::new(f32::NAN, &device));
@@ -1349,7 +1359,7 @@ mod tests {
             "{e:#}"
         );
         assert_eq!(std::fs::read(&state_file).unwrap(), good);
-        let (agent, _, _) = load_run(tmp.path()).unwrap();
+        let (agent, _, _) = load_run(tmp.path(), None).unwrap();
         assert_eq!(agent.first_non_finite(), None);
     }
 

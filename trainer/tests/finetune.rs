@@ -36,6 +36,7 @@ fn options(from: &Path, data: &Path, out: &Path) -> FinetuneOptions {
         resume: false,
         stop_after: None,
         keep_interventions: false,
+        device: None,
         listen: None,
     }
 }

@@ -80,6 +80,7 @@ fn spawn_listening_trainer(
         resume: false,
         stop_after: None,
         keep_interventions: false,
+        device: None,
         listen: Some(LiveOptions {
             addr: "127.0.0.1:0".into(),
             key: key.clone(),

@@ -31,6 +31,7 @@ fn finetune_options(from: &Path, data: &Path, out: &Path, updates: usize) -> Fin
         resume: false,
         stop_after: None,
         keep_interventions: false,
+        device: None,
         listen: None,
     }
 }

@@ -525,6 +525,70 @@ fn study_and_export_refuse_what_they_would_ignore_or_fail_late() {
     );
 }
 
+/// A run whose config.toml names a device this machine lacks (trained on a GPU) is
+/// evaluated, exported and fine-tuned with `--device cpu`; without it, `eval` fails.
+#[test]
+fn a_gpu_run_is_evaluated_exported_and_finetuned_on_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut c = tiny("expo");
+    c.run.online_steps = 20;
+    train(&c, &run, &TrainOptions::default(), &mut ()).unwrap();
+    let cfg = run.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("device = \"cpu\""), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace("device = \"cpu\"", "device = \"cuda:7\""),
+    )
+    .unwrap();
+    let r = run.to_str().unwrap();
+    let trainer = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (ok, e) = trainer(&["eval", "--run", r, "--episodes", "1"]);
+    assert!(!ok, "cuda:7 on this machine: {e}");
+    let (ok, e) = trainer(&["eval", "--run", r, "--episodes", "1", "--device", "cpu"]);
+    assert!(ok, "{e}");
+    let bundle = tmp.path().join("bundle");
+    let b = bundle.to_str().unwrap();
+    let (ok, e) = trainer(&["export", "--run", r, "--device", "cpu", "--out", b]);
+    assert!(ok, "{e}");
+    assert!(bundle.join("manifest.toml").is_file());
+    let data = tmp.path().join("robot");
+    tools::generate::generate(
+        sim::TaskId::ArmReach,
+        2,
+        3,
+        sim::EnvConfig::default(),
+        &data,
+    )
+    .unwrap();
+    let o = trainer::finetune::FinetuneOptions {
+        from: run.clone(),
+        data: vec![data],
+        out: tmp.path().join("ft"),
+        updates: 2,
+        with_offline: true,
+        checkpoint_every: 0,
+        log_every: 1,
+        eval_episodes: 0,
+        resume: false,
+        stop_after: None,
+        listen: None,
+        keep_interventions: false,
+        device: Some("cpu".into()),
+    };
+    assert_eq!(trainer::finetune::finetune(&o, &mut ()).unwrap().updates, 2);
+}
+
 /// A CPU run never uses burn's default device. With a GPU backend compiled in (the test
 /// build has `webgpu`), burn's default is that GPU whatever `--device` says, and
 /// burn-optim rebuilt loaded optimizer states there: a CPU run that loaded a checkpoint
