@@ -39,6 +39,11 @@ pub fn algo_name(a: Algo) -> &'static str {
     }
 }
 
+/// Marks a run whose process failed (its exit status inside): its rows so far are not
+/// a curve's, not even with `curves --include-unfinished`, which takes the runs a time
+/// limit stopped.
+const FAILED: &str = "failed";
+
 /// The keys the study sets for each run itself: a `--set` of one of them would give
 /// every run the same value under the study's names (three "seeds" of one seed).
 const STUDY_KEYS: [&str; 3] = ["task", "algo", "seed"];
@@ -166,6 +171,8 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
                 break;
             };
             std::fs::create_dir_all(&dir)?;
+            // Tried again: no longer a failed run unless it fails again.
+            let _ = std::fs::remove_file(dir.join(FAILED));
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -209,6 +216,7 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
                             "[{finished}/{total}] FAILED {} (see log.txt)",
                             dir.display()
                         );
+                        std::fs::write(dir.join(FAILED), format!("{status}\n"))?;
                         failures.push(dir);
                     }
                 }
@@ -259,6 +267,15 @@ pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Resu
         }
         let path = run.join("eval.csv");
         let done = path.parent().unwrap().join("done").is_file();
+        if !done && run.join(FAILED).is_file() {
+            if unfinished {
+                eprintln!(
+                    "note: {} failed (see its log.txt): left out of the curve",
+                    run.display()
+                );
+            }
+            continue;
+        }
         if !(done || unfinished && path.is_file()) {
             continue;
         }

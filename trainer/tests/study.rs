@@ -113,6 +113,10 @@ fn curves_of_two_studies_side_by_side() {
     let early = c.join("push/expo/seed-2");
     std::fs::create_dir_all(&early).unwrap();
     std::fs::write(early.join("eval.csv"), "step,success_rate\n").unwrap();
+    // A run that failed (the study marks it): never part of the curve.
+    fake_run(&c, "expo", 3, &[0.9, 0.9]);
+    std::fs::remove_file(c.join("push/expo/seed-3/done")).unwrap();
+    std::fs::write(c.join("push/expo/seed-3/failed"), "exit status: 101\n").unwrap();
     let limited = [("gpu".to_string(), c)];
     assert!(compare(&limited, TaskId::Push, Algo::Expo, false, &png).is_err());
     let md = compare(&limited, TaskId::Push, Algo::Expo, true, &png).unwrap();
@@ -203,4 +207,23 @@ fn only_runs_already_started_are_resumed_and_their_logs_kept() {
             && resumed.contains("--resume"),
         "{resumed}"
     );
+}
+
+/// A run whose process fails is marked `failed` (and the study reports it); the marker
+/// goes when the run is tried again and succeeds.
+#[cfg(unix)]
+#[test]
+fn a_failed_run_is_marked_until_it_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let failing = stand_in_trainer(tmp.path(), "exit 3");
+    let e = trainer::study::run_study(&push_expo_study(&out, &[0], None), &failing).unwrap_err();
+    assert!(e.to_string().contains("1 runs failed"), "{e}");
+    let dir = out.join("push/expo/seed-0");
+    assert!(dir.join("failed").is_file() && !dir.join("done").exists());
+    let ok = tmp.path().join("ok");
+    std::fs::create_dir_all(&ok).unwrap();
+    let succeeding = stand_in_trainer(&ok, "true");
+    trainer::study::run_study(&push_expo_study(&out, &[0], None), &succeeding).unwrap();
+    assert!(!dir.join("failed").exists() && dir.join("done").is_file());
 }
