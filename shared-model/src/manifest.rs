@@ -539,9 +539,10 @@ pub struct BundleGraphs {
     pub critic: Option<ModelProto>,
 }
 
-/// Writes a bundle into `dir` (created if needed): graphs, then the manifest with their
-/// hashes, then the signature. Files are written to temporaries and renamed, manifest
-/// last, so a reader never sees a manifest pointing at half-written graphs.
+/// Writes a bundle into `dir` (created if needed). Every file is first written in full
+/// to a temporary beside it; only then are they renamed into place, graphs first and
+/// manifest last, so a reader never sees a manifest pointing at half-written graphs, and
+/// a failure while writing (a full disk) leaves an earlier bundle there as it was.
 pub fn write_bundle(
     dir: &Path,
     manifest: &mut Manifest,
@@ -550,50 +551,22 @@ pub fn write_bundle(
 ) -> Result<(), BundleError> {
     check_bundle_target(dir)?;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let write = |name: &str, bytes: &[u8]| -> Result<(), BundleError> {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-        let path = dir.join(name);
-        fs::rename(&tmp, &path).map_err(io_err(&path))
-    };
-    let put = |name: &str, g: &ModelProto| -> Result<GraphFile, BundleError> {
-        let bytes = g.to_bytes();
-        write(name, &bytes)?;
-        Ok(GraphFile {
-            file: name.into(),
-            sha256: sha256_hex(&bytes),
-        })
-    };
-    manifest.format_version = manifest.required_format();
-    manifest.graphs = GraphFiles {
-        denoiser: put(DENOISER_FILE, &graphs.denoiser)?,
-        edit: graphs
-            .edit
-            .as_ref()
-            .map(|g| put(EDIT_FILE, g))
-            .transpose()?,
-        critic: graphs
-            .critic
-            .as_ref()
-            .map(|g| put(CRITIC_FILE, g))
-            .transpose()?,
-    };
-    let text = toml::to_string_pretty(manifest).map_err(|e| BundleError::Manifest {
-        path: dir.join(MANIFEST_FILE),
-        message: e.to_string(),
-    })?;
+    // (final name, temporary) of every file written so far.
+    let mut staged: Vec<(PathBuf, PathBuf)> = vec![];
+    let result = stage_bundle(dir, manifest, graphs, key, &mut staged);
+    if let Err(e) = result {
+        for (_, tmp) in &staged {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
     // A stale signature from an earlier export must not survive next to a new manifest.
     let sig_path = dir.join(SIGNATURE_FILE);
     if sig_path.exists() {
         fs::remove_file(&sig_path).map_err(io_err(&sig_path))?;
     }
-    write(MANIFEST_FILE, text.as_bytes())?;
-    if let Some(key) = key {
-        let sig = key.sign(text.as_bytes());
-        write(
-            SIGNATURE_FILE,
-            format!("{}\n", hex(&sig.to_bytes())).as_bytes(),
-        )?;
+    for (path, tmp) in &staged {
+        fs::rename(tmp, path).map_err(io_err(path))?;
     }
     // Replacing an EXPO bundle with a BC one: the old edit and critic graphs would stay
     // beside a manifest that no longer lists them. Other files of the user's are kept.
@@ -605,6 +578,60 @@ pub fn write_bundle(
         if !listed && path.exists() {
             fs::remove_file(&path).map_err(io_err(&path))?;
         }
+    }
+    Ok(())
+}
+
+/// Writes every file of the bundle to its temporary in `dir`, in the order they are to
+/// be renamed (graphs, manifest, signature), recording each in `staged`.
+fn stage_bundle(
+    dir: &Path,
+    manifest: &mut Manifest,
+    graphs: &BundleGraphs,
+    key: Option<&SigningKey>,
+    staged: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<(), BundleError> {
+    let mut write = |name: &str, bytes: &[u8]| -> Result<(), BundleError> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        staged.push((dir.join(name), tmp.clone()));
+        fs::write(&tmp, bytes).map_err(io_err(&tmp))
+    };
+    let mut put = |name: &str, g: &ModelProto| -> Result<GraphFile, BundleError> {
+        let bytes = g.to_bytes();
+        write(name, &bytes)?;
+        Ok(GraphFile {
+            file: name.into(),
+            sha256: sha256_hex(&bytes),
+        })
+    };
+    manifest.format_version = manifest.required_format();
+    let denoiser = put(DENOISER_FILE, &graphs.denoiser)?;
+    let edit = graphs
+        .edit
+        .as_ref()
+        .map(|g| put(EDIT_FILE, g))
+        .transpose()?;
+    let critic = graphs
+        .critic
+        .as_ref()
+        .map(|g| put(CRITIC_FILE, g))
+        .transpose()?;
+    manifest.graphs = GraphFiles {
+        denoiser,
+        edit,
+        critic,
+    };
+    let text = toml::to_string_pretty(manifest).map_err(|e| BundleError::Manifest {
+        path: dir.join(MANIFEST_FILE),
+        message: e.to_string(),
+    })?;
+    write(MANIFEST_FILE, text.as_bytes())?;
+    if let Some(key) = key {
+        let sig = key.sign(text.as_bytes());
+        write(
+            SIGNATURE_FILE,
+            format!("{}\n", hex(&sig.to_bytes())).as_bytes(),
+        )?;
     }
     Ok(())
 }
@@ -1086,6 +1113,33 @@ mod tests {
         let empty = tmp.path().join("empty");
         fs::create_dir(&empty).unwrap();
         SyntheticSpec::cpu().write(&empty, 1, None).unwrap();
+    }
+
+    /// A write that fails part-way (here the signature's temporary cannot be created; a
+    /// full disk in practice) leaves the earlier bundle in place, still verified by its
+    /// key, and no temporaries. It used to have the new graphs renamed in beside the old
+    /// manifest already, which then failed its hash check.
+    #[test]
+    fn a_failed_write_leaves_the_earlier_bundle_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("bundle");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        SyntheticSpec::cpu().write(&dir, 1, Some(&key)).unwrap();
+        let trust = Trust::Key(key.verifying_key());
+        let before = load_bundle(&dir, &trust).unwrap().manifest;
+        fs::create_dir(dir.join(format!(".{SIGNATURE_FILE}.tmp"))).unwrap();
+        SyntheticSpec::cpu()
+            .write(&dir, 2, Some(&key))
+            .err()
+            .unwrap();
+        assert_eq!(load_bundle(&dir, &trust).unwrap().manifest, before);
+        fs::remove_dir(dir.join(format!(".{SIGNATURE_FILE}.tmp"))).unwrap();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// Each key file is refused in the other's role, by its comment line or, for a
