@@ -961,6 +961,14 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
                 "existing dataset was recorded by robot `{theirs}`, this run is `{ours}`"
             )));
         }
+        // Timestamps come from the dataset's one fps: frames at another rate would be
+        // stamped wrongly.
+        if have.fps != info.fps {
+            return Err(differs(format!(
+                "existing dataset was recorded at {} Hz, this run records at {} Hz",
+                have.fps, info.fps
+            )));
+        }
         let names = (&have.observation_names, &info.observation_names);
         if let Some(i) = firmware_config::config::first_name_difference(names.0, names.1) {
             return Err(differs(format!(
@@ -1414,25 +1422,41 @@ pub(crate) mod tests {
         let r = log_to_dataset(&path, &out).unwrap();
         assert_eq!(r.episodes_written, 2);
         assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
-        // Another robot's log, or other observations of the same sizes: refused by name,
-        // the dataset untouched.
-        for (robot, names) in [
-            ("other-arm", run_start().observation_names),
-            ("r", vec!["a".into(), "c".into(), "b".into()]),
+        // Another robot's log, other observations of the same sizes, or another control
+        // rate: refused by name, the dataset untouched.
+        let fps = run_start().fps;
+        for (case, robot, names, fps, named) in [
+            (
+                "robot",
+                "other-arm",
+                run_start().observation_names,
+                fps,
+                "was recorded by robot `",
+            ),
+            (
+                "names",
+                "r",
+                vec!["a".into(), "c".into(), "b".into()],
+                fps,
+                "observation [1] is `b`, this run's is `c`",
+            ),
+            (
+                "rate",
+                "r",
+                run_start().observation_names,
+                fps * 2,
+                "this run records at",
+            ),
         ] {
-            let other = dir.path().join(format!("{robot}.log"));
+            let other = dir.path().join(format!("{case}.log"));
             let mut w = LogWriter::open(&other).unwrap();
             let mut start = run_start();
             start.robot = robot.to_string();
             start.observation_names = names;
+            start.fps = fps;
             w.append(&Record::Run(start)).unwrap();
             drop(w);
             let e = log_to_dataset(&other, &out).unwrap_err().to_string();
-            let named = if robot == "other-arm" {
-                "was recorded by robot `"
-            } else {
-                "observation [1] is `b`, this run's is `c`"
-            };
             assert!(e.contains(named) && e.contains("another directory"), "{e}");
             assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
         }
