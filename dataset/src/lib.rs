@@ -70,6 +70,12 @@ pub use writer::{DatasetWriter, write_dataset};
 /// float round-off, of a conversion from the robot's units say.
 pub const POLICY_ACTION_LIMIT: f32 = 1.0 + 1e-4;
 
+/// The first of `actions` (flat, any number of frames) whose magnitude exceeds
+/// [`POLICY_ACTION_LIMIT`]: actions in the robot's units, not the policy's.
+pub fn outside_policy_range(actions: &[f32]) -> Option<usize> {
+    actions.iter().position(|a| a.abs() > POLICY_ACTION_LIMIT)
+}
+
 /// Column / feature names used in data files and `info.json`.
 pub mod cols {
     pub const OBS: &str = "observation.state";

@@ -175,10 +175,7 @@ fn to_policy_units(
     for (e, ep) in ds.episodes.iter_mut().enumerate() {
         for (t, a) in ep.actions.chunks_exact_mut(ad).enumerate() {
             robot.action.to_policy_units(a, &mut policy);
-            if let Some(i) = policy
-                .iter()
-                .position(|p| p.abs() > dataset::POLICY_ACTION_LIMIT)
-            {
+            if let Some(i) = dataset::outside_policy_range(&policy) {
                 bail!(
                     "{}: episode {e}, frame {t}: action[{i}] = {} in robot units is {} in \
                      policy units, outside [-1, 1]; the policy's range maps to offset ± scale \

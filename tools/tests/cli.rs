@@ -10,6 +10,20 @@ fn tools(args: &[&str]) -> std::process::Output {
         .expect("run tools")
 }
 
+/// `tools dataset generate --task TASK --episodes N --out DIR`.
+fn generate(task: &str, episodes: usize, out: &Path) -> std::process::Output {
+    tools(&[
+        "dataset",
+        "generate",
+        "--task",
+        task,
+        "--episodes",
+        &episodes.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -24,16 +38,7 @@ fn generate_inspect_validate_every_task() {
     for task in ["arm-reach", "push", "maze"] {
         let dir = tmp.path().join(task);
         let d = dir.to_str().unwrap();
-        let o = tools(&[
-            "dataset",
-            "generate",
-            "--task",
-            task,
-            "--episodes",
-            "30",
-            "--out",
-            d,
-        ]);
+        let o = generate(task, 30, &dir);
         assert!(o.status.success(), "{}", text(&o));
         assert!(text(&o).contains("wrote 30 episodes"), "{}", text(&o));
         let o = tools(&["dataset", "inspect", d]);
@@ -88,20 +93,7 @@ fn damaged_dataset_is_rejected_with_the_file_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("push");
     let d = dir.to_str().unwrap();
-    assert!(
-        tools(&[
-            "dataset",
-            "generate",
-            "--task",
-            "push",
-            "--episodes",
-            "5",
-            "--out",
-            d
-        ])
-        .status
-        .success()
-    );
+    assert!(generate("push", 5, &dir).status.success());
     corrupt(&dir);
     for cmd in ["validate", "inspect"] {
         let o = tools(&["dataset", cmd, d]);
@@ -148,16 +140,7 @@ fn demo_replaces_only_its_own_datasets() {
     let push = tmp.path().join("push");
     std::fs::remove_dir_all(&push).unwrap();
     let p = push.to_str().unwrap();
-    let o = tools(&[
-        "dataset",
-        "generate",
-        "--task",
-        "push",
-        "--episodes",
-        "3",
-        "--out",
-        p,
-    ]);
+    let o = generate("push", 3, &push);
     assert!(o.status.success(), "{}", text(&o));
     let o = demo();
     assert!(!o.status.success());
@@ -248,16 +231,7 @@ fn label_writes_success_rewards_on_a_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let s = src.to_str().unwrap();
-    let o = tools(&[
-        "dataset",
-        "generate",
-        "--task",
-        "push",
-        "--episodes",
-        "6",
-        "--out",
-        s,
-    ]);
+    let o = generate("push", 6, &src);
     assert!(o.status.success(), "{}", text(&o));
     // Like LeRobot's recordings: no rewards at all.
     let mut raw = dataset::read_dataset(&src).unwrap();
@@ -334,16 +308,7 @@ fn label_writes_success_rewards_on_a_copy() {
 fn label_converts_robot_units_to_policy_units() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let o = tools(&[
-        "dataset",
-        "generate",
-        "--task",
-        "push",
-        "--episodes",
-        "4",
-        "--out",
-        src.to_str().unwrap(),
-    ]);
+    let o = generate("push", 4, &src);
     assert!(o.status.success(), "{}", text(&o));
     // A robot whose motors take offset + scale * a.
     let robot_file = tmp.path().join("robot.toml");

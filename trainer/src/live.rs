@@ -67,13 +67,10 @@ fn unusable(t: &controller::robot_loop::log::Transition) -> Option<String> {
     if !t.is_finite() {
         return Some(format!("{where_}: a value is not finite"));
     }
-    let (i, a) = t
-        .action()
-        .iter()
-        .enumerate()
-        .find(|(_, a)| a.abs() > dataset::POLICY_ACTION_LIMIT)?;
+    let i = dataset::outside_policy_range(t.action())?;
     Some(format!(
-        "{where_}: action[{i}] = {a} is outside the policy's [-1, 1]"
+        "{where_}: action[{i}] = {} is outside the policy's [-1, 1]",
+        t.action()[i]
     ))
 }
 
@@ -477,6 +474,22 @@ pub(crate) fn train_live(
 mod tests {
     use super::*;
 
+    /// A receiver of observation 3 / action 2 streams for a run whose observations are
+    /// `names` (none: not compared), logging under `dir/uplink`; and its channel.
+    fn receiver(dir: &Path, names: Vec<String>) -> (Receiver, mpsc::Receiver<Step>) {
+        let (tx, rx) = mpsc::channel();
+        let r = Receiver {
+            dir: dir.join("uplink"),
+            bundles: dir.join("b"),
+            logs: HashMap::new(),
+            tx,
+            dims: (3, 2),
+            recorded_by: crate::finetune::RecordedBy::named(names),
+        };
+        std::fs::create_dir_all(&r.dir).unwrap();
+        (r, rx)
+    }
+
     /// A robot stream whose run-start record names other observations than the run's
     /// is refused at that record (nothing of it is logged or trained on); the same
     /// names pass.
@@ -485,16 +498,7 @@ mod tests {
         use controller::robot_loop::log::RunStart;
         let tmp = tempfile::tempdir().unwrap();
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let (tx, _rx) = mpsc::channel();
-        let mut receiver = Receiver {
-            dir: tmp.path().join("uplink"),
-            bundles: tmp.path().join("b"),
-            logs: HashMap::new(),
-            tx,
-            dims: (3, 2),
-            recorded_by: crate::finetune::RecordedBy::named(names(&["a", "b", "c"])),
-        };
-        std::fs::create_dir_all(&receiver.dir).unwrap();
+        let (mut receiver, _rx) = receiver(tmp.path(), names(&["a", "b", "c"]));
         let start = |obs: &[&str]| {
             let mut bytes = vec![];
             Record::Run(RunStart {
@@ -531,16 +535,7 @@ mod tests {
         use controller::robot_loop::log::Transition;
         use firmware_config::protocol::{MAX_ACT, MAX_OBS};
         let tmp = tempfile::tempdir().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let mut receiver = Receiver {
-            dir: tmp.path().join("uplink"),
-            bundles: tmp.path().join("b"),
-            logs: HashMap::new(),
-            tx,
-            dims: (3, 2),
-            recorded_by: crate::finetune::RecordedBy::named(vec![]),
-        };
-        std::fs::create_dir_all(&receiver.dir).unwrap();
+        let (mut receiver, rx) = receiver(tmp.path(), vec![]);
         let transition = |step: u32, action: [f32; 2], reward: f32| {
             let mut t = Transition {
                 episode: 4,

@@ -95,11 +95,7 @@ pub fn read_training_dataset(
     }
     let ad = ds.info.action_dim();
     for (e, ep) in ds.episodes.iter().enumerate() {
-        if let Some(k) = ep
-            .actions
-            .iter()
-            .position(|a| a.abs() > dataset::POLICY_ACTION_LIMIT)
-        {
+        if let Some(k) = dataset::outside_policy_range(&ep.actions) {
             bail!(
                 "{}: episode {e}, frame {}: action[{}] = {} is outside the policy's [-1, 1]; \
                  a dataset's actions must be in policy units, as `controller run` records \

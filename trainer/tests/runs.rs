@@ -16,6 +16,20 @@ fn table(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The `trainer` binary with `args`: its exit status and its stdout and stderr together.
+fn trainer_cli(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 fn tiny(algo: &str) -> Config {
     let mut c = Config::resolve("tiny", None, &[format!("algo={algo}")]).unwrap();
     c.run.online_steps = 120;
@@ -416,19 +430,11 @@ fn a_study_never_files_runs_under_the_wrong_names() {
     let study = tmp.path().join("study");
     let s = study.to_str().unwrap();
     let trainer = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
-            .args([
-                "study", "--out", s, "--preset", "tiny", "--algos", "bc", "--seeds", "1",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
+        let mut args = vec![
+            "study", "--out", s, "--preset", "tiny", "--algos", "bc", "--seeds", "1",
+        ];
+        args.extend_from_slice(extra);
+        trainer_cli(&args)
     };
     let (code, e) = trainer(&["--tasks", "push", "--set", "seed=7"]);
     assert_eq!(code, Some(1), "{e}");
@@ -472,16 +478,7 @@ fn a_study_never_files_runs_under_the_wrong_names() {
 #[test]
 fn study_and_export_refuse_what_they_would_ignore_or_fail_late() {
     let tmp = tempfile::tempdir().unwrap();
-    let trainer = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let trainer = trainer_cli;
     let study = tmp.path().join("study");
     let s = study.to_str().unwrap();
     let (code, e) = trainer(&[
@@ -544,14 +541,8 @@ fn a_gpu_run_is_evaluated_exported_and_finetuned_on_the_cpu() {
     .unwrap();
     let r = run.to_str().unwrap();
     let trainer = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
+        let (code, text) = trainer_cli(args);
+        (code == Some(0), text)
     };
     let (ok, e) = trainer(&["eval", "--run", r, "--episodes", "1"]);
     assert!(!ok, "cuda:7 on this machine: {e}");
