@@ -230,7 +230,6 @@ fn robot_prints_the_hello_and_names_what_is_wrong() {
 fn label_writes_success_rewards_on_a_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let s = src.to_str().unwrap();
     let o = generate("push", 6, &src);
     assert!(o.status.success(), "{}", text(&o));
     // Like LeRobot's recordings: no rewards at all.
