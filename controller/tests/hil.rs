@@ -752,6 +752,58 @@ fn fault_duplicated_and_reordered_frames() {
     assert!(compared > 0, "{report}");
 }
 
+/// Setup: 10% of frames sent again 2 frames later (a late duplicate: a `Sensor` frame's
+/// copy arrives with the next step's frames). Expected: the copy changes nothing. A
+/// step's observation keeps the receive time of its first copy, so the transition that
+/// ends on a step and the one that starts from it agree on when it arrived (a late copy
+/// used to overwrite it, which also misplaced the step against the commands in force).
+#[test]
+fn fault_late_duplicates_keep_the_first_receive_time() {
+    let _g = serial();
+    let mut sim = Sim::with_reward(
+        robot(|_| {}),
+        Pacing::RealTime,
+        "seed=7,after=4,echo=0.1:2",
+        Reward::Dense,
+    );
+    let out = sim.run(&["--episodes", "2", "--max-faults", "4"]);
+    let (fw, received) = sim.stop_fw();
+    let (records, _) = check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(fw.faults.echoed > 0);
+    let report = sim.report();
+    assert!(
+        report["link"]["seq_stale"].as_u64().unwrap() >= fw.faults.echoed,
+        "{report}"
+    );
+    let transitions: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Transition(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    let mut joined = 0;
+    for pair in transitions.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if a.episode == b.episode && a.step + 1 == b.step {
+            assert_eq!(a.next_obs(), b.obs(), "step {}", b.step);
+            assert_eq!(
+                a.next_obs_rx_ns, b.obs_rx_ns,
+                "step {} of episode {}: two receive times",
+                b.step, b.episode
+            );
+            assert!(a.obs_rx_ns < a.next_obs_rx_ns, "step {}", a.step);
+            joined += 1;
+        }
+    }
+    // Nothing was lost, so every transition but each episode's first joins its
+    // predecessor.
+    let episodes: std::collections::BTreeSet<u32> = transitions.iter().map(|t| t.episode).collect();
+    assert_eq!(joined + episodes.len(), transitions.len());
+    assert!(joined > 0);
+}
+
 /// Setup: latency spikes — 2% of frames delayed by 5 ms, well under the stale limit.
 /// Expected: no fault, the episodes complete.
 #[test]

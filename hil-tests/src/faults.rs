@@ -7,7 +7,8 @@
 //!   ([`FaultInjector::process_frame`]): dropped bytes, flipped bits, truncated frames
 //!   (the cut takes the delimiter with it, so the receiver's next block is damaged too),
 //!   garbage between frames, duplicated frames, reordered frames (one frame held back
-//!   and sent after the next), stalls (the firmware's output stops for a while), and a
+//!   and sent after the next), late duplicates (a copy sent again some frames later),
+//!   stalls (the firmware's output stops for a while), and a
 //!   wrong protocol version in every header (with a valid CRC, so the receiver sees a
 //!   version mismatch rather than noise).
 //! - **Firmware faults** need the firmware's cooperation, which asks the injector at the
@@ -35,6 +36,7 @@
 //! | `garbage` | p per frame | 1 to 32 random bytes go out before the frame |
 //! | `dup` | p per frame | the frame is sent twice |
 //! | `reorder` | p per frame | the frame is held back and sent after the next one |
+//! | `echo` | `p:n` | with probability p per frame, a copy goes out again after the next n frames (a late duplicate) |
 //! | `stall` | `p:ms` | with probability p per frame, output stops for ms before it |
 //! | `stall_after` | `n:ms` | once, output stops for ms before frame n (counting from 1) |
 //! | `reboot_at` | step | once, the firmware reboots when an episode reaches this step |
@@ -65,6 +67,8 @@ pub struct FaultSpec {
     pub garbage: f32,
     pub duplicate: f32,
     pub reorder: f32,
+    /// Probability per frame, and how many frames later the copy goes out.
+    pub echo: Option<(f32, u64)>,
     pub stall: Option<(f32, Duration)>,
     pub stall_after: Option<(u64, Duration)>,
     pub reboot_at_step: Option<u32>,
@@ -145,6 +149,16 @@ impl FromStr for FaultSpec {
                     let (p, d) = pair(value)?;
                     spec.stall = Some((prob(&p)?, d));
                 }
+                "echo" => {
+                    let (p, n) = value
+                        .split_once(':')
+                        .ok_or_else(|| err("expected PROBABILITY:FRAMES"))?;
+                    let n = int(n)?;
+                    if n == 0 {
+                        return Err(err("a late copy goes out at least 1 frame later"));
+                    }
+                    spec.echo = Some((prob(p)?, n));
+                }
                 "stall_after" => {
                     let (n, d) = pair(value)?;
                     spec.stall_after = Some((int(&n)?, d));
@@ -182,7 +196,7 @@ impl FromStr for FaultSpec {
                 _ => {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
-                         dup, reorder, stall, stall_after, reboot_at, estop_at, watchdog_at, bad_step_at, version, schema, \
+                         dup, reorder, echo, stall, stall_after, reboot_at, estop_at, watchdog_at, bad_step_at, version, schema, \
                          nan",
                     ));
                 }
@@ -220,6 +234,7 @@ pub struct FaultStats {
     pub garbage: u64,
     pub duplicated: u64,
     pub reordered: u64,
+    pub echoed: u64,
     pub stalls: u64,
     pub reboots: u64,
     pub estop_presses: u64,
@@ -235,6 +250,8 @@ pub struct FaultInjector {
     spec: FaultSpec,
     rng: Rng,
     held: Option<Vec<u8>>,
+    /// Late copies waiting to go out: frames still to pass, and the bytes.
+    echoes: Vec<(u64, Vec<u8>)>,
     stats: FaultStats,
 }
 
@@ -246,6 +263,7 @@ impl FaultInjector {
             spec,
             rng,
             held: None,
+            echoes: Vec::new(),
             stats: FaultStats::default(),
         }
     }
@@ -327,6 +345,21 @@ impl FaultInjector {
         for _ in 0..copies {
             frame.extend_from_slice(&bytes);
         }
+        // Copies of earlier frames whose turn has come go out after this one.
+        let mut due = Vec::new();
+        self.echoes.retain_mut(|(left, copy)| {
+            *left -= 1;
+            if *left == 0 {
+                due.push(std::mem::take(copy));
+            }
+            *left > 0
+        });
+        if let Some((p, n)) = s.echo
+            && self.rng.chance(p)
+        {
+            self.stats.echoed += 1;
+            self.echoes.push((n, bytes));
+        }
         if let Some(held) = self.held.take() {
             // Counted here, when the held frame really goes out after a later one.
             self.stats.reordered += 1;
@@ -337,13 +370,16 @@ impl FaultInjector {
         } else {
             out.push(Emit::Bytes(frame));
         }
+        out.extend(due.into_iter().map(Emit::Bytes));
     }
 
-    /// Releases a frame held back for reordering (e.g. before the firmware exits).
+    /// Releases a frame held back for reordering and the late copies still waiting
+    /// (e.g. before the firmware exits).
     pub fn flush(&mut self, out: &mut Vec<Emit>) {
         if let Some(held) = self.held.take() {
             out.push(Emit::Bytes(held));
         }
+        out.extend(self.echoes.drain(..).map(|(_, copy)| Emit::Bytes(copy)));
     }
 
     /// Maybe replaces one observation value by NaN; true if it did.
@@ -508,7 +544,7 @@ mod tests {
     fn spec_parsing() {
         let s: FaultSpec =
             "seed=0x10, after=4,drop=0.5,flip=0.01,truncate=0.1,garbage=0.2,dup=0.3,\
-                            reorder=0.4,stall=0.05:200,stall_after=40:500,reboot_at=30,estop_at=7,watchdog_at=8,\
+                            reorder=0.4,echo=0.25:3,stall=0.05:200,stall_after=40:500,reboot_at=30,estop_at=7,watchdog_at=8,\
                             bad_step_at=9,version=2,\
                             schema=0xdeadbeef,nan=1"
                 .parse()
@@ -516,6 +552,7 @@ mod tests {
         assert_eq!(s.seed, Some(16));
         assert_eq!(s.after_frames, 4);
         assert_eq!(s.stall, Some((0.05, Duration::from_millis(200))));
+        assert_eq!(s.echo, Some((0.25, 3)));
         assert_eq!(s.stall_after, Some((40, Duration::from_millis(500))));
         assert_eq!(s.reboot_at_step, Some(30));
         assert_eq!(s.estop_at, Some(PressAt::Step(7)));
@@ -542,6 +579,9 @@ mod tests {
             "drop=2",
             "bogus=1",
             "stall=0.1",
+            "echo=0.1",
+            "echo=0.1:0",
+            "echo=2:1",
             "version=300",
             "after=x",
         ] {
@@ -641,6 +681,32 @@ mod tests {
         seqs.sort();
         seqs.dedup();
         assert_eq!(seqs, (0..200).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn late_copies_go_out_after_the_next_n_frames() {
+        let input = frames(200);
+        let (out, stats) = run("echo=0.1:3", &input);
+        assert!(stats.echoed > 0);
+        let (ok, bad) = decode(&bytes(&out));
+        assert!(bad.is_empty());
+        assert_eq!(ok.len() as u64, 200 + stats.echoed);
+        // Each copy follows the frame 3 after its original (or ends the stream).
+        let mut copies = 0;
+        for (i, f) in ok.iter().enumerate() {
+            let first = ok.iter().position(|g| g.seq == f.seq).unwrap();
+            if first == i {
+                continue;
+            }
+            copies += 1;
+            let last_before = ok[..i].iter().map(|g| g.seq).max().unwrap();
+            assert!(
+                last_before == f.seq + 3 || (last_before == 199 && f.seq + 3 > 199),
+                "copy of {} after {last_before}",
+                f.seq
+            );
+        }
+        assert_eq!(copies, stats.echoed);
     }
 
     #[test]
