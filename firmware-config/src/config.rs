@@ -46,6 +46,20 @@
 //! `hold_ticks_before_torque_off` ticks of holding it may switch the torque off, but
 //! only if `gravity_safe_torque_off` says nothing falls when it does.
 //!
+//! # What validation asks beyond well-formed values
+//!
+//! - `control_hz` at most [`MAX_CONTROL_HZ`] (the controller's shortest period);
+//! - `command_timeout_ms` and `safety.stale_sensor_ms` at least [`MIN_TIMEOUT_PERIODS`]
+//!   control periods: commands and sensor frames come once per period, give or take
+//!   jitter, so a limit of one period would trip on a healthy link;
+//! - `serial.baud` fast enough that one step's `Sensor` and `Reward` frames take at
+//!   most half of a control period on the line
+//!   ([`crate::protocol::step_wire_bytes`], 10 bits per byte);
+//! - the envelope `[safety.action_min, safety.action_max]` contains 0, the hold action
+//!   the firmware falls back to on its own;
+//! - `action.scale` normal (the firmware divides by it) and the envelope's bounds finite
+//!   in robot units.
+//!
 //! # Errors
 //!
 //! [`RobotConfig::load`] parses and then validates; every error names the file, the
@@ -54,7 +68,7 @@
 //! carry a byte span, and the validator looks the offending field up in a span-keeping
 //! parse of the same text.
 
-use crate::protocol::{Hello, MAX_ACT, MAX_OBS};
+use crate::protocol::{Hello, MAX_ACT, MAX_OBS, step_wire_bytes};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::ops::Range;
@@ -176,6 +190,14 @@ pub struct SafetyConfig {
     pub hold_ticks_before_torque_off: u32,
 }
 
+/// The highest control rate a robot file may ask for: the controller's shortest control
+/// period is 100 µs (`controller::robot_loop::MIN_PERIOD` is derived from this).
+pub const MAX_CONTROL_HZ: u32 = 10_000;
+
+/// The command watchdog (`command_timeout_ms`) and the stale-sensor limit
+/// (`safety.stale_sensor_ms`) span at least this many control periods.
+pub const MIN_TIMEOUT_PERIODS: f64 = 2.0;
+
 /// The built-in example robots, one per simulated task: `(name, TOML text)`. The
 /// files live in `firmware-config/robots/`.
 pub const EXAMPLES: [(&str, &str); 3] = [
@@ -249,7 +271,12 @@ impl RobotConfig {
         let config: RobotConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             let message = e.message().trim_end().to_string();
-            let mut field = spans.path_at(offset).unwrap_or_default();
+            // An empty span is the root table's (a missing top-level field): no key of
+            // the file is meant, not even one that starts at offset 0.
+            let mut field = match e.span() {
+                Some(s) if !s.is_empty() => spans.path_at(offset).unwrap_or_default(),
+                _ => String::new(),
+            };
             // "missing field `x`" points at the table that lacks it: name the field.
             if let Some(name) = message
                 .strip_prefix("missing field `")
@@ -334,23 +361,27 @@ impl RobotConfig {
     fn validate(&self) -> Result<(), Invalid> {
         nonempty("robot", &self.robot)?;
         check(
-            (1..=u16::MAX as u32).contains(&self.control_hz),
+            (1..=MAX_CONTROL_HZ).contains(&self.control_hz),
             "control_hz",
             || {
                 format!(
-                    "must be between 1 and 65535 Hz (the Hello message carries it as a u16), found {}",
+                    "must be between 1 and {MAX_CONTROL_HZ} Hz (the controller's shortest control period is 100 µs), found {}",
                     self.control_hz
                 )
             },
         )?;
         let period_ms = 1000.0 / self.control_hz as f64;
+        // Commands come once per period, give or take the loop's jitter: a watchdog of
+        // one period would trip on any late one.
         check(
-            self.command_timeout_ms as f64 >= period_ms,
+            self.command_timeout_ms as f64 >= MIN_TIMEOUT_PERIODS * period_ms,
             "command_timeout_ms",
             || {
                 format!(
-                    "must be at least one control period ({period_ms} ms at {} Hz), found {}",
-                    self.control_hz, self.command_timeout_ms
+                    "must be at least {MIN_TIMEOUT_PERIODS} control periods ({} ms at {} Hz), found {}",
+                    MIN_TIMEOUT_PERIODS * period_ms,
+                    self.control_hz,
+                    self.command_timeout_ms
                 )
             },
         )?;
@@ -414,6 +445,11 @@ impl RobotConfig {
             let field = format!("action.scale[{i}]");
             finite(&field, s)?;
             check(s != 0.0, &field, || "must not be zero".into())?;
+            // Commands are divided by it on the firmware's side: a subnormal scale
+            // turns finite commands into infinities.
+            check(s.is_normal(), &field, || {
+                format!("is too small to divide by (a subnormal f32), found {s:e}")
+            })?;
         }
         for (i, &o) in act.offset.iter().enumerate() {
             finite(&format!("action.offset[{i}]"), o)?;
@@ -441,13 +477,68 @@ impl RobotConfig {
                     )
                 },
             )?;
+            // The firmware falls back to the zero action (a Reset, a watchdog, a safe
+            // stop): the envelope must allow it, or the controller's hold and the
+            // firmware's would differ.
+            check(
+                s.action_min[i] <= 0.0,
+                &format!("safety.action_min[{i}]"),
+                || {
+                    format!(
+                        "must be at most 0 (the hold action, which the firmware falls back to, must be inside the envelope), found {}",
+                        s.action_min[i]
+                    )
+                },
+            )?;
+            check(
+                s.action_max[i] >= 0.0,
+                &format!("safety.action_max[{i}]"),
+                || {
+                    format!(
+                        "must be at least 0 (the hold action, which the firmware falls back to, must be inside the envelope), found {}",
+                        s.action_max[i]
+                    )
+                },
+            )?;
             positive(
                 &format!("safety.max_delta_per_tick[{i}]"),
                 s.max_delta_per_tick[i],
             )?;
+            // The envelope's corners in robot units are finite, and so is the way back.
+            for bound in [s.action_min[i], s.action_max[i]] {
+                let robot = act.offset[i] + act.scale[i] * bound;
+                check(robot.is_finite(), &format!("action.scale[{i}]"), || {
+                    format!(
+                        "with action.offset[{i}] = {:e} it maps safety bound {bound:e} to {robot} in robot units",
+                        act.offset[i]
+                    )
+                })?;
+            }
         }
-        check(s.stale_sensor_ms > 0, "safety.stale_sensor_ms", || {
-            "must be positive, found 0".into()
+        // The newest frame can be almost a period old at a tick before the next one is
+        // due: a limit of one period would fault on a healthy link.
+        check(
+            s.stale_sensor_ms as f64 >= MIN_TIMEOUT_PERIODS * period_ms,
+            "safety.stale_sensor_ms",
+            || {
+                format!(
+                    "must be at least {MIN_TIMEOUT_PERIODS} control periods ({} ms at {} Hz), found {}",
+                    MIN_TIMEOUT_PERIODS * period_ms,
+                    self.control_hz,
+                    s.stale_sensor_ms
+                )
+            },
+        )?;
+        // The firmware's frames for one step must leave room on the line for a late
+        // one to catch up: at most half of each period (10 bits per byte on a UART).
+        let step_bytes = step_wire_bytes(obs.dim);
+        let line_ms = (step_bytes * 10) as f64 * 1000.0 / self.serial.baud as f64;
+        check(line_ms <= 0.5 * period_ms, "serial.baud", || {
+            let min_baud = (step_bytes * 10) as f64 * 2.0 * self.control_hz as f64;
+            format!(
+                "{} baud is too slow for {} Hz: the firmware's frames for one step ({step_bytes} bytes for {} observation values) take {line_ms:.1} ms of the {period_ms} ms period, and at most half of it is allowed; use at least {min_baud} baud or a lower control_hz",
+                self.serial.baud, self.control_hz, obs.dim
+            )
         })?;
         Ok(())
     }

@@ -89,6 +89,13 @@
 //! - The command watchdog (`command_timeout_ms` in the robot file): with no valid
 //!   command for that long, the firmware holds on its own and sends `Fault { Watchdog }`
 //!   once; the next valid command ends the hold.
+//!
+//! # Reboots
+//!
+//! A firmware that restarts (a reset, a brown-out) sends `Hello` again before any other
+//! frame, with its sequence numbers and clock starting over. The controller restarts
+//! its sequence tracking on that `Hello`; without it, the restarted numbers would read
+//! as stale copies of frames already seen.
 
 use heapless::Vec;
 
@@ -106,6 +113,8 @@ pub const HEADER_LEN: usize = 10;
 pub const CRC_LEN: usize = 4;
 /// Fixed part of a sensor payload: episode u32, step u32, count u8.
 const SENSOR_FIXED: usize = 4 + 4 + 1;
+/// A reward payload: episode u32, step u32, reward f32, flags u8.
+const REWARD_PAYLOAD: usize = 4 + 4 + 4 + 1;
 /// Largest payload (a full sensor frame): 9 + 4 × 32 = 137 bytes.
 pub const MAX_PAYLOAD: usize = SENSOR_FIXED + 4 * MAX_OBS;
 /// Largest frame before COBS: 10 + 137 + 4 = 151 bytes.
@@ -114,6 +123,17 @@ pub const MAX_RAW_FRAME: usize = HEADER_LEN + MAX_PAYLOAD + CRC_LEN;
 pub const MAX_ENCODED_FRAME: usize = cobs_max_len(MAX_RAW_FRAME);
 /// Largest frame on the wire, delimiter included: 153 bytes.
 pub const MAX_FRAME: usize = MAX_ENCODED_FRAME + 1;
+
+/// The most bytes the firmware sends for one control step of a robot with `obs_dim`
+/// observation values: a `Sensor` frame and a `Reward` frame, each at its largest COBS
+/// encoding plus the delimiter (65 + 29 = 94 bytes for 10 values). The line must carry
+/// this every control period (`config::RobotConfig` checks the baud rate against it).
+pub const fn step_wire_bytes(obs_dim: usize) -> usize {
+    const fn frame(payload: usize) -> usize {
+        cobs_max_len(HEADER_LEN + payload + CRC_LEN) + 1
+    }
+    frame(SENSOR_FIXED + 4 * obs_dim) + frame(REWARD_PAYLOAD)
+}
 
 // Every other payload fits in MAX_PAYLOAD (Command: 1 + 4 × 16 = 65; Reward 13;
 // EpisodeStart 12); the wire length field is a u16.
@@ -594,6 +614,16 @@ impl Message {
 
     /// Writes the payload into `out`, returning its length (at most [`MAX_PAYLOAD`]).
     pub fn encode_payload(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let len = out.len();
+        self.write_payload(out).map_err(|_| {
+            // Name the length this message needs: encode it again where it fits.
+            let mut scratch = [0u8; MAX_PAYLOAD];
+            let needed = self.write_payload(&mut scratch).unwrap_or(MAX_PAYLOAD);
+            EncodeError { len, needed }
+        })
+    }
+
+    fn write_payload(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer { out, pos: 0 };
         match self {
             Message::Hello(h) => {
@@ -771,13 +801,11 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         let len = self.out.len();
+        // `needed` is filled in by `encode_payload`.
         let dst = self
             .out
             .get_mut(self.pos..self.pos + b.len())
-            .ok_or(EncodeError {
-                len,
-                needed: MAX_PAYLOAD,
-            })?;
+            .ok_or(EncodeError { len, needed: 0 })?;
         dst.copy_from_slice(b);
         self.pos += b.len();
         Ok(())
@@ -1021,14 +1049,16 @@ impl FrameEncoder {
 pub struct DecoderStats {
     /// Frames decoded successfully.
     pub frames: u32,
+    /// Frames whose CRC does not match, or too short to carry a header and a CRC (line
+    /// noise either way).
     pub crc_errors: u32,
     pub cobs_errors: u32,
     /// Runs longer than [`MAX_ENCODED_FRAME`] without a delimiter.
     pub oversize: u32,
     /// Frames with a valid CRC but another protocol version.
     pub version_mismatches: u32,
-    /// Frames with a valid CRC that are too short, disagree with their length field,
-    /// have an unknown type or a malformed payload.
+    /// Frames with a valid CRC that disagree with their length field, have an unknown
+    /// type or a malformed payload (a peer's bug rather than noise).
     pub malformed: u32,
     /// Times the decoder threw away a partial or bad frame and restarted at the next
     /// delimiter (one per error above).
@@ -1136,10 +1166,9 @@ impl FrameDecoder {
                 let counter = match e {
                     FrameError::Oversize => &mut s.oversize,
                     FrameError::Cobs(_) => &mut s.cobs_errors,
-                    FrameError::Crc { .. } => &mut s.crc_errors,
+                    FrameError::Crc { .. } | FrameError::TooShort { .. } => &mut s.crc_errors,
                     FrameError::Version { .. } => &mut s.version_mismatches,
-                    FrameError::TooShort { .. }
-                    | FrameError::Length { .. }
+                    FrameError::Length { .. }
                     | FrameError::UnknownType(_)
                     | FrameError::Payload { .. } => &mut s.malformed,
                 };

@@ -817,9 +817,11 @@ pub enum RunError {
     Io { what: String, error: std::io::Error },
 }
 
-/// Shortest control period the loop runs (10 kHz): enough for any robot file and time
-/// scale in use (the benches run 500 Hz), and far above a zero period.
-pub const MIN_PERIOD: Duration = Duration::from_micros(100);
+/// Shortest control period the loop runs (10 kHz, the highest rate a robot file may
+/// ask for): enough for any robot file and time scale in use (the benches run 500 Hz),
+/// and far above a zero period.
+pub const MIN_PERIOD: Duration =
+    Duration::from_micros(1_000_000 / firmware_config::config::MAX_CONTROL_HZ as u64);
 /// The longest control period a `--time-scale` may give: a slowed clock for watching a
 /// run, not one whose deadlines overflow (the stale-sensor limit and the firmware's
 /// watchdog scale with it).

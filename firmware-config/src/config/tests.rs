@@ -183,13 +183,19 @@ fn semantic_errors_name_file_line_and_field() {
             "control_hz = 20",
             "control_hz = 0",
             "control_hz",
-            "must be between 1 and 65535 Hz (the Hello message carries it as a u16), found 0",
+            "must be between 1 and 10000 Hz (the controller's shortest control period is 100 µs), found 0",
+        ),
+        (
+            "control_hz = 20",
+            "control_hz = 20000",
+            "control_hz",
+            "must be between 1 and 10000 Hz (the controller's shortest control period is 100 µs), found 20000",
         ),
         (
             "command_timeout_ms = 200",
-            "command_timeout_ms = 10",
+            "command_timeout_ms = 50",
             "command_timeout_ms",
-            "must be at least one control period (50 ms at 20 Hz), found 10",
+            "must be at least 2 control periods (100 ms at 20 Hz), found 50",
         ),
         (
             "baud = 1000000",
@@ -201,7 +207,43 @@ fn semantic_errors_name_file_line_and_field() {
             "stale_sensor_ms = 150",
             "stale_sensor_ms = 0",
             "safety.stale_sensor_ms",
-            "must be positive, found 0",
+            "must be at least 2 control periods (100 ms at 20 Hz), found 0",
+        ),
+        (
+            "stale_sensor_ms = 150",
+            "stale_sensor_ms = 60",
+            "safety.stale_sensor_ms",
+            "must be at least 2 control periods (100 ms at 20 Hz), found 60",
+        ),
+        (
+            "baud = 1000000",
+            "baud = 9600",
+            "serial.baud",
+            "9600 baud is too slow for 20 Hz: the firmware's frames for one step (94 bytes for 10 observation values) take 97.9 ms of the 50 ms period, and at most half of it is allowed; use at least 37600 baud or a lower control_hz",
+        ),
+        (
+            "action_min = [-1.0, -1.0]",
+            "action_min = [-1.0, 0.25]",
+            "safety.action_min[1]",
+            "must be at most 0 (the hold action, which the firmware falls back to, must be inside the envelope), found 0.25",
+        ),
+        (
+            "action_max = [1.0, 1.0]",
+            "action_max = [-0.5, 1.0]",
+            "safety.action_max[0]",
+            "must be at least 0 (the hold action, which the firmware falls back to, must be inside the envelope), found -0.5",
+        ),
+        (
+            "scale = [1.0, 1.0]\noffset = [0.0, 0.0]",
+            "scale = [1.0, 3e38]\noffset = [0.0, 1e38]",
+            "action.scale[1]",
+            "with action.offset[1] = 1e38 it maps safety bound 1e0 to inf in robot units",
+        ),
+        (
+            "scale = [1.0, 1.0]",
+            "scale = [1e-40, 1.0]",
+            "action.scale[0]",
+            "is too small to divide by (a subnormal f32), found 1e-40",
         ),
         (
             "name = \"pusher_y\"",
@@ -299,6 +341,19 @@ fn parse_errors_name_file_line_and_field() {
     let err = load_err(&text);
     assert!(
         err.contains(": joints[1].torque_max: missing field `torque_max`"),
+        "{err}"
+    );
+    // Missing top-level field in a file that starts with a key (no comment first): the
+    // error is the root table's, not the first key's.
+    let start = PUSH.find("robot = ").unwrap();
+    let text = PUSH[start..].replace(
+        "control_hz = 20           # sim::push::SPEC.control_hz\n",
+        "",
+    );
+    assert!(!text.contains("control_hz"));
+    let err = load_err(&text);
+    assert!(
+        err.starts_with("robot.toml:1: control_hz: missing field `control_hz`"),
         "{err}"
     );
     // Missing table.

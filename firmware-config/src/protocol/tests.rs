@@ -577,3 +577,58 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_noise_burst_too_short_for_a_crc_counts_as_a_crc_error() {
+    // A block that COBS-decodes to 2 bytes: no room for a header and a CRC, so nothing
+    // says it came from the peer (malformed counts only frames that passed the CRC).
+    let mut d = FrameDecoder::new();
+    let mut results = StdVec::new();
+    d.feed(&[0x03, 0xaa, 0xbb, 0x00], |r| results.push(r));
+    assert_eq!(results, [Err(FrameError::TooShort { len: 2 })]);
+    let s = d.stats();
+    assert_eq!((s.crc_errors, s.malformed), (1, 0));
+}
+
+#[test]
+fn encode_errors_name_the_length_the_message_needs() {
+    let hello = Message::Hello(Hello::new(1, 10, 2, 20));
+    let mut small = [0u8; 5];
+    let e = hello.encode_payload(&mut small).unwrap_err();
+    assert_eq!((e.len, e.needed), (5, 13));
+    let sensor = Message::sensor(0, 0, &[0.5; 10]).unwrap();
+    let mut out = [0u8; MAX_PAYLOAD];
+    assert_eq!(
+        sensor.encode_payload(&mut out[..48]).unwrap_err().needed,
+        49
+    );
+    assert_eq!(sensor.encode_payload(&mut out).unwrap(), 49);
+}
+
+#[test]
+fn a_step_of_frames_fits_the_wire_bytes_bound() {
+    // step_wire_bytes is the largest encoding; real frames of any content fit it.
+    let mut e = FrameEncoder::new();
+    for dim in [1, 10, MAX_OBS] {
+        for fill in [0.0f32, 1.0, f32::from_bits(0x0101_0101)] {
+            let obs = vec![fill; dim];
+            let sensor = e.to_wire(1, Message::sensor(7, 9, &obs).unwrap()).len();
+            let reward = e
+                .to_wire(
+                    1,
+                    Message::Reward {
+                        episode: 7,
+                        step: 9,
+                        reward: fill,
+                        done: true,
+                        truncated: false,
+                        success: true,
+                    },
+                )
+                .len();
+            assert!(sensor + reward <= step_wire_bytes(dim), "{dim} {fill}");
+        }
+    }
+    assert_eq!(step_wire_bytes(10), 94);
+    assert_eq!(step_wire_bytes(MAX_OBS), MAX_FRAME + 29);
+}
