@@ -692,6 +692,16 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             "need 0 < beta_min <= beta_max",
         ),
         (
+            "a signal that rounds to none in f32",
+            ("diffusion", "beta_max", toml::Value::Float(1e5)),
+            "rounds to zero in f32 (alpha",
+        ),
+        (
+            "an edit policy without a hidden layer",
+            ("networks", "edit_widths", toml::Value::Array(vec![])),
+            "networks.edit_widths is empty",
+        ),
+        (
             "negative edit scale",
             ("selection", "edit_scale", toml::Value::Float(-3.0)),
             "selection.edit_scale = -3 must be finite and not negative",
@@ -742,7 +752,9 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
                 t.insert(key.into(), value);
             })
         });
-        let e = load_bundle(&dir, &Trust::AllowUnsigned).expect_err(what);
+        let e = load_bundle(&dir, &Trust::AllowUnsigned)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
         assert!(e.to_string().contains(text), "{what}: {e}");
     }
     let dir = variant("inverted", &|d| {
@@ -794,7 +806,9 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             fs::write(&p, &bytes).unwrap();
             edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
         });
-        let e = load_bundle(&dir, &Trust::AllowUnsigned).expect_err(what);
+        let e = load_bundle(&dir, &Trust::AllowUnsigned)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
         assert!(e.to_string().contains(text), "{what}: {e}");
         assert!(e.to_string().contains("critic.onnx"), "{what}: {e}");
     }

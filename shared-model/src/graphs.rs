@@ -212,9 +212,15 @@ pub fn denoiser_graph(w: &DenoiserWeights, obs_dim: usize, act_dim: usize) -> Mo
     g.finish("EXPO diffusion base policy: one denoising step, eps(noisy_action, obs, t)")
 }
 
-/// The edit-policy graph (mean and squashed log-std of the pre-tanh Gaussian).
+/// The edit-policy graph (mean and squashed log-std of the pre-tanh Gaussian). Needs
+/// at least one hidden layer: the first layer is split by input and the last is the
+/// head (the trainer's config and the manifest check refuse a policy without one).
 pub fn edit_graph(w: &GaussianWeights, obs_dim: usize, act_dim: usize) -> ModelProto {
     use names::*;
+    assert!(
+        w.layers.len() >= 2,
+        "an edit policy without a hidden layer has no separate head to export"
+    );
     let mut g = GraphBuilder::new("expo_edit");
     let obs = g.input(OBS, DATA_TYPE_FLOAT, &[OBS_BATCH, Dim::Fixed(obs_dim)]);
     let base = g.input(BASE_ACTION, DATA_TYPE_FLOAT, &[BATCH, Dim::Fixed(act_dim)]);

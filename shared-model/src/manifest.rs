@@ -910,6 +910,14 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             d.executed_steps, d.trained_steps
         ));
     }
+    if let Some(why) =
+        crate::schedule::DiffusionSchedule::vp(d.trained_steps, d.beta_min, d.beta_max).degenerate()
+    {
+        return Err(format!(
+            "diffusion (beta_min {}, beta_max {}, {} steps): {why}",
+            d.beta_min, d.beta_max, d.trained_steps
+        ));
+    }
     let s = &m.selection;
     if s.num_samples > MAX_SAMPLES || s.ensemble_size > MAX_ENSEMBLE {
         return Err(format!(
@@ -934,6 +942,14 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         return Err(format!(
             "selection.edit_scale = {} must be finite and not negative",
             s.edit_scale
+        ));
+    }
+    // The edit graph's first layer reads [obs, base_action] ahead of a separate head.
+    if s.num_edit > 0 && m.networks.edit_widths.is_empty() {
+        return Err(format!(
+            "selection.num_edit = {} but networks.edit_widths is empty: the edit policy \
+             needs at least one hidden layer",
+            s.num_edit
         ));
     }
     Ok(())

@@ -60,6 +60,27 @@ impl DiffusionSchedule {
         self.betas.len()
     }
 
+    /// Why this schedule cannot be sampled in f32, if it cannot. A noise level that
+    /// rounds to none (`β_t = 0` or `ᾱ_t = 1`: the reverse step divides by
+    /// `√(1 − ᾱ_t)`) or to everything (`α_t` or `ᾱ_t` not a normal f32: the steps
+    /// divide by `√α_t` and `√ᾱ_t`) would turn every sampled action into ±1 or NaN.
+    pub fn degenerate(&self) -> Option<String> {
+        for t in 0..self.steps() {
+            let (beta, alpha, ab) = (self.betas[t], self.alphas[t], self.alpha_bars[t]);
+            if !(beta > 0.0 && ab < 1.0) {
+                return Some(format!(
+                    "the noise of step {t} rounds to zero in f32 (beta {beta:e}, alpha_bar {ab}): raise beta_min"
+                ));
+            }
+            if !(alpha.is_normal() && ab.is_normal()) {
+                return Some(format!(
+                    "the signal of step {t} rounds to zero in f32 (alpha {alpha:e}, alpha_bar {ab:e}): lower beta_max"
+                ));
+            }
+        }
+        None
+    }
+
     /// `(√ᾱ_t, √(1 − ᾱ_t))` for noising at step `t`.
     pub fn noising(&self, t: usize) -> (f32, f32) {
         let ab = self.alpha_bars[t] as f64;

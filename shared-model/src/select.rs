@@ -102,6 +102,27 @@ pub fn on_the_fly_value<R: TdRunner>(runner: &mut R, params: &SelectionParams) -
     runner.evaluate(picked, params.critic_subset)
 }
 
+/// Each candidate's score: the minimum of its Q-values over the sampled critics (`q` is
+/// `[members, m]`, row-major, `m` candidates). A NaN from any member makes the score
+/// NaN, which [`argmax_rows`] never picks over a number: the other members do not
+/// outvote it (a plain `f32::min` fold would skip the NaN and score the candidate by
+/// fewer critics, or by none: +∞).
+pub fn pessimistic_scores(q: &[f32], m: usize, scores: &mut [f32]) {
+    assert!(
+        scores.len() == m && q.len().is_multiple_of(m.max(1)),
+        "q must be [members, m] and scores [m]"
+    );
+    scores.fill(f32::INFINITY);
+    for row in q.chunks_exact(m.max(1)) {
+        for (s, &v) in scores.iter_mut().zip(row) {
+            // Once NaN, a score stays NaN (`v < NaN` is false).
+            if v.is_nan() || v < *s {
+                *s = v;
+            }
+        }
+    }
+}
+
 /// Row-wise argmax of `scores` (`[rows, m]`, row-major), first index on ties; NaN never
 /// wins over a number.
 pub fn argmax_rows(scores: &[f32], m: usize, out: &mut [usize]) {
@@ -135,6 +156,32 @@ pub fn sample_subset(perm: &mut [usize], k: usize, mut next_u64: impl FnMut() ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_from_any_critic_loses_the_candidate() {
+        // Two members, three candidates: [members, m].
+        let q = [
+            1.0,
+            f32::NAN,
+            0.5, //
+            2.0,
+            3.0,
+            f32::NAN,
+        ];
+        let mut scores = [0.0; 3];
+        pessimistic_scores(&q, 3, &mut scores);
+        assert_eq!(scores[0], 1.0);
+        assert!(scores[1].is_nan() && scores[2].is_nan());
+        let mut best = [9];
+        argmax_rows(&scores, 3, &mut best);
+        assert_eq!(best, [0]);
+        // All NaN: every score NaN, and argmax stays at the first.
+        pessimistic_scores(&[f32::NAN; 6], 3, &mut scores);
+        assert!(scores.iter().all(|s| s.is_nan()));
+        // The minimum, not the mean.
+        pessimistic_scores(&[1.0, 5.0, -2.0, 4.0], 2, &mut scores[..2]);
+        assert_eq!(scores[..2], [-2.0, 4.0]);
+    }
 
     /// A scalar runner: one observation, candidates are numbers, score = −|c − 0.3|.
     struct Toy {

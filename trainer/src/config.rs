@@ -701,6 +701,13 @@ impl Config {
         if let Some(i) = n.critic_widths.iter().position(|&w| w == 0) {
             bail!("net.critic_widths[{i}] must be at least 1, not 0");
         }
+        // The edit policy reuses the critic's widths, and the bundle's edit graph splits
+        // its first layer by input ahead of a separate head.
+        ensure!(
+            !n.critic_widths.is_empty() || self.algo != Algo::Expo,
+            "net.critic_widths must name at least one hidden layer for algo expo: the edit \
+             policy has the critic's widths, and the bundle's edit graph needs a hidden layer"
+        );
         let d = &self.diffusion;
         ensure!(
             d.beta_min.is_finite() && d.beta_min > 0.0 && d.beta_max.is_finite(),
@@ -714,6 +721,17 @@ impl Config {
             d.beta_min,
             d.beta_max
         );
+        if let Some(why) =
+            shared_model::schedule::DiffusionSchedule::vp(d.steps, d.beta_min, d.beta_max)
+                .degenerate()
+        {
+            bail!(
+                "diffusion.beta_min {} and diffusion.beta_max {} over {} steps: {why}",
+                d.beta_min,
+                d.beta_max,
+                d.steps
+            );
+        }
         ensure!(
             d.ema_rate > 0.0 && d.ema_rate <= 1.0,
             "diffusion.ema_rate must be in (0, 1], not {}",
@@ -1027,6 +1045,11 @@ mod tests {
                 "optim.offline_fraction=1.5",
                 "optim.offline_fraction must be in [0, 1], not 1.5",
             ),
+            (
+                "net.critic_widths=[]",
+                "net.critic_widths must name at least one hidden layer for algo expo",
+            ),
+            ("diffusion.beta_max=1e5", "rounds to zero in f32 (alpha"),
         ];
         for (set, named) in cases {
             let err = Config::resolve("cpu", None, &[set.into()])
@@ -1037,8 +1060,26 @@ mod tests {
         // The edges of the ranges, and settings that look odd but mean something: a
         // linear critic, no residual blocks, frozen networks (learning rate 0), no
         // discount, one whole copy per step for the EMA and the targets.
+        Config::resolve(
+            "cpu",
+            None,
+            &["algo=idql-select".into(), "net.critic_widths=[]".into()],
+        )
+        .expect("a linear critic without an edit policy");
+        let err = Config::resolve(
+            "cpu",
+            None,
+            &[
+                "diffusion.beta_min=1e-9".into(),
+                "diffusion.beta_max=1e-9".into(),
+            ],
+        )
+        .expect_err("a schedule without noise in f32");
+        assert!(
+            format!("{err:#}").contains("the noise of step 0 rounds to zero in f32"),
+            "{err:#}"
+        );
         for set in [
-            "net.critic_widths=[]",
             "net.denoiser_blocks=0",
             "optim.actor_lr=0",
             "optim.discount=0",

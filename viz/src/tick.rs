@@ -162,7 +162,9 @@ impl TickLogger {
         let k = a.q.len().checked_div(m).unwrap_or(0);
         // Score of a candidate: the minimum over the sampled critics (what selection
         // maximizes).
-        let score = |j: usize| (0..k).map(|c| a.q[c * m + j]).fold(f32::INFINITY, f32::min);
+        let mut scores = vec![0.0; m];
+        shared_model::select::pessimistic_scores(&a.q[..k * m], m, &mut scores);
+        let score = |j: usize| scores[j];
         let point = |j: usize| {
             let c = &a.candidates[j * ad..(j + 1) * ad];
             // Negated like the scene's y, so that "up" agrees in the two views.

@@ -41,7 +41,7 @@ use anyhow::{Context, Result, bail, ensure};
 use shared_model::manifest::Manifest;
 use shared_model::schedule::SamplingStep;
 use shared_model::select::{
-    ExpoRunner, SelectionParams, argmax_rows, on_the_fly_action, sample_subset,
+    ExpoRunner, SelectionParams, argmax_rows, on_the_fly_action, pessimistic_scores, sample_subset,
 };
 use shared_model::{DiffusionSchedule, VerifiedBundle};
 use sim::rng::Rng;
@@ -558,11 +558,7 @@ impl ExpoRunner for Selection<'_> {
         {
             p.error = Some(e.context("critic"));
         } else {
-            for j in 0..m {
-                p.scores[j] = (0..subset)
-                    .map(|k| p.q[k * m + j])
-                    .fold(f32::INFINITY, f32::min);
-            }
+            pessimistic_scores(&p.q[..subset * m], m, &mut p.scores[..m]);
         }
         p.times.score += start.elapsed().as_secs_f64();
     }
