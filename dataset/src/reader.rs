@@ -102,7 +102,7 @@ fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usize), Datase
 /// Decoded columns of (part of) one data file. Optional columns are `Some`
 /// exactly when info.json declares the feature.
 #[derive(Default)]
-struct FileData {
+pub(crate) struct FileData {
     obs: Vec<f32>,
     next_obs: Option<Vec<f32>>,
     action: Vec<f32>,
@@ -143,7 +143,7 @@ impl FileData {
 }
 
 /// Decode one record batch, type-checking every declared feature.
-fn decode_batch(
+pub(crate) fn decode_batch(
     batch: &RecordBatch,
     path: &Path,
     json: &InfoJson,
@@ -314,7 +314,7 @@ fn read_data_file(
 
 /// Cut the frames `[r0, r0 + n)` of `d` into an [`Episode`], applying the
 /// documented defaults for missing `next.*` columns.
-fn build_episode(d: &FileData, r0: usize, n: usize, od: usize, ad: usize) -> Episode {
+pub(crate) fn build_episode(d: &FileData, r0: usize, n: usize, od: usize, ad: usize) -> Episode {
     let rows = r0..r0 + n;
     let obs = d.obs[r0 * od..(r0 + n) * od].to_vec();
     let next_observations = match &d.next_obs {

@@ -10,6 +10,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::arrow_io::{self, ParquetOut, f32_vec_array, f32_vec_type};
 use crate::meta::{self, EpisodeMeta, Feature, InfoJson};
+use crate::reader;
 use crate::stats::StatsAcc;
 use crate::{DatasetError, DatasetInfo, DatasetSummary, Episode, cols};
 
@@ -329,6 +330,22 @@ impl DatasetWriter {
         self.json.features.contains_key(key)
     }
 
+    /// The `next.*` columns of an episode's outcome that this dataset does not have (a
+    /// dataset not written by us): an episode they cannot represent exactly is refused
+    /// by [`Self::append_episode`].
+    pub fn lacks_outcome_columns(&self) -> Vec<&'static str> {
+        [
+            cols::NEXT_OBS,
+            cols::REWARD,
+            cols::DONE,
+            cols::TRUNCATED,
+            cols::SUCCESS,
+        ]
+        .into_iter()
+        .filter(|k| !self.writes(k))
+        .collect()
+    }
+
     /// Use `task` for the episodes appended from now on (added to
     /// `meta/tasks.parquet` if new).
     pub fn set_task(&mut self, task: &str) {
@@ -354,6 +371,7 @@ impl DatasetWriter {
                 format!("episode {index}: cannot build record batch: {e}"),
             )
         })?;
+        self.check_reads_back(ep, index, &batch)?;
         let mut current = match self.current.take() {
             Some(current) => current,
             None => {
@@ -523,6 +541,57 @@ impl DatasetWriter {
     }
 
     /// One record batch holding every frame of `ep`.
+    /// A dataset that lacks some of the `next.*` columns (one not written by us) stores
+    /// what it has, and the reader fills the rest in by its documented defaults. Refuses
+    /// an episode that would read back differently from what it is: its outcome
+    /// (reward, terminated, truncated, success) or its next observations. The operator
+    /// marks (`intervention`, `teleop`) are not checked: losing one is warned about where
+    /// the dataset is opened.
+    fn check_reads_back(
+        &self,
+        ep: &Episode,
+        index: usize,
+        batch: &RecordBatch,
+    ) -> Result<(), DatasetError> {
+        let missing = self.lacks_outcome_columns();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (od, ad) = (self.info.obs_dim(), self.info.action_dim());
+        let back = reader::decode_batch(batch, &self.dir, &self.json, od, ad)
+            .map(|d| reader::build_episode(&d, 0, ep.len(), od, ad))?;
+        let differs = [
+            (
+                "next observations",
+                ep.next_observations != back.next_observations,
+            ),
+            ("rewards", ep.rewards != back.rewards),
+            ("terminated flags", ep.terminated != back.terminated),
+            ("truncated flags", ep.truncated != back.truncated),
+            ("success flags", ep.success != back.success),
+        ]
+        .into_iter()
+        .filter_map(|(what, d)| d.then_some(what))
+        .collect::<Vec<_>>();
+        if differs.is_empty() {
+            return Ok(());
+        }
+        Err(DatasetError::invalid(
+            &self.dir,
+            format!(
+                "episode {index} rejected: this dataset has no {} column, so the episode's {} \
+                 would read back changed; write it into a dataset with every `next.*` column \
+                 (a new one)",
+                missing
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                differs.join(", ")
+            ),
+        ))
+    }
+
     fn data_batch(&self, ep: &Episode, episode_index: usize) -> Result<RecordBatch, String> {
         let n = ep.len();
         let (od, ad) = (self.info.obs_dim(), self.info.action_dim());

@@ -145,6 +145,17 @@ fn we_read_lerobot_style_files() {
     ep.next_observations = ep.observations[4..].to_vec();
     ep.next_observations
         .extend_from_slice(&ep.observations[12..]);
+    // An episode these columns cannot represent is refused, and nothing of it is
+    // written: without next.truncated, a time-limit end would read back as terminal.
+    let mut cut = ep.clone();
+    cut.terminated[n - 1] = false;
+    cut.truncated[n - 1] = true;
+    let e = w.append_episode(&cut).unwrap_err().to_string();
+    assert!(
+        e.contains("no `next.observation.state`, `next.truncated`, `next.success` column")
+            && e.contains("terminated flags, truncated flags would read back changed"),
+        "{e}"
+    );
     w.append_episode(&ep).unwrap();
     w.finish().unwrap();
     check(&dir, 3, 16);

@@ -931,7 +931,8 @@ pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
 
 /// Opens the dataset at `dir` for appending, or creates it; refuses one whose
 /// dimensions, robot or observation names differ from `info` (a dataset holds one
-/// robot's episodes: mixed, they would train on the wrong inputs).
+/// robot's episodes: mixed, they would train on the wrong inputs), and one without
+/// the `next.*` columns of an episode's outcome.
 pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, LogError> {
     let has_meta = dir.join("meta").join("info.json").exists();
     let mut w = if has_meta {
@@ -974,6 +975,21 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
             return Err(differs(format!(
                 "existing dataset's observation [{i}] is `{}`, this run's is `{}`",
                 names.0[i], names.1[i]
+            )));
+        }
+        // A robot episode's outcome needs every one of them: without, a time-limit end
+        // would read back as terminal, or the rewards as 0 (the writer refuses such an
+        // episode; refusing here keeps the run from starting into it).
+        let lacks = w.lacks_outcome_columns();
+        if !lacks.is_empty() {
+            return Err(differs(format!(
+                "existing dataset has no {} column, which robot episodes need to read back \
+                 unchanged",
+                lacks
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         w
@@ -1460,5 +1476,27 @@ pub(crate) mod tests {
             assert!(e.contains(named) && e.contains("another directory"), "{e}");
             assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
         }
+        // A dataset without `next.truncated` (not written by us): a time-limit end would
+        // read back as terminal there, so it is refused before anything is written.
+        let foreign = dir.path().join("foreign");
+        DatasetWriter::create(&foreign, run_start().dataset_info())
+            .unwrap()
+            .finish()
+            .unwrap();
+        let info = foreign.join("meta/info.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
+        json["features"]
+            .as_object_mut()
+            .unwrap()
+            .remove(dataset::cols::TRUNCATED)
+            .unwrap();
+        std::fs::write(&info, json.to_string()).unwrap();
+        let e = log_to_dataset(&path, &foreign).unwrap_err().to_string();
+        assert!(
+            e.contains("has no `next.truncated` column") && e.contains("another directory"),
+            "{e}"
+        );
+        assert_eq!(dataset::read_dataset(&foreign).unwrap().num_frames(), 0);
     }
 }
