@@ -322,7 +322,7 @@ pub(crate) fn stage_json(path: &Path, value: &serde_json::Value) -> Result<Stage
     let tmp = tmp_path(path);
     let mut text = serde_json::to_string_pretty(value).map_err(|e| DatasetError::Json {
         path: path.to_owned(),
-        what: "serializing",
+        what: "serializing".into(),
         error: e,
     })?;
     text.push('\n');

@@ -24,7 +24,7 @@ pub enum DatasetError {
     #[error("{}: invalid JSON for {what}: {error}", path.display())]
     Json {
         path: PathBuf,
-        what: &'static str,
+        what: String,
         error: serde_json::Error,
     },
     /// `info.json` declares a format version this crate does not read.

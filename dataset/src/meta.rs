@@ -145,7 +145,7 @@ impl InfoJson {
         })?;
         let json_err = |error| DatasetError::Json {
             path: path.clone(),
-            what: "LeRobot v3 info.json",
+            what: "LeRobot v3 info.json".into(),
             error,
         };
         let value: Value = serde_json::from_str(&text).map_err(json_err)?;
@@ -493,7 +493,7 @@ pub(crate) fn read_stats(dir: &Path) -> Result<BTreeMap<String, FeatureStats>, D
     let raw: BTreeMap<String, Value> =
         serde_json::from_str(&text).map_err(|error| DatasetError::Json {
             path: path.clone(),
-            what: "stats.json (map of feature -> {min,max,mean,std,count})",
+            what: "stats.json (map of feature -> {min,max,mean,std,count})".into(),
             error,
         })?;
     let mut out = BTreeMap::new();
@@ -504,7 +504,7 @@ pub(crate) fn read_stats(dir: &Path) -> Result<BTreeMap<String, FeatureStats>, D
         }
         let r: Raw = serde_json::from_value(v).map_err(|error| DatasetError::Json {
             path: path.clone(),
-            what: "stats.json feature entry {min,max,mean,std,count}",
+            what: format!("stats.json entry `{key}` {{min,max,mean,std,count}}"),
             error,
         })?;
         out.insert(

@@ -112,6 +112,7 @@ pub(crate) struct FileData {
     success: Option<Vec<bool>>,
     intervention: Option<Vec<bool>>,
     teleop: Option<Vec<bool>>,
+    timestamp: Vec<f32>,
     frame_index: Vec<i64>,
     episode_index: Vec<i64>,
     index: Vec<i64>,
@@ -135,6 +136,7 @@ impl FileData {
         extend(&mut self.success, o.success);
         extend(&mut self.intervention, o.intervention);
         extend(&mut self.teleop, o.teleop);
+        self.timestamp.extend(o.timestamp);
         self.frame_index.extend(o.frame_index);
         self.episode_index.extend(o.episode_index);
         self.index.extend(o.index);
@@ -183,8 +185,8 @@ pub(crate) fn decode_batch(
         };
         res.map_err(err(path, k))?;
     }
-    floats(cols::TIMESTAMP, 1)?;
     Ok(FileData {
+        timestamp: floats(cols::TIMESTAMP, 1)?,
         obs: floats(cols::OBS, od)?,
         next_obs: opt_f(cols::NEXT_OBS, od)?,
         action: floats(cols::ACTION, ad)?,
@@ -270,6 +272,20 @@ fn read_data_file(
                         ),
                     ));
                 }
+            }
+            // LeRobot's meaning: seconds since the episode's start at the dataset's one
+            // rate, checked to LeRobot's default tolerance (1e-4 s) plus f32 rounding.
+            let (ts, want) = (d.timestamp[r], k as f64 / json.fps as f64);
+            if !(ts.is_finite() && (ts as f64 - want).abs() <= 1e-4 + want * 2.5e-7) {
+                return Err(DatasetError::column(
+                    path,
+                    cols::TIMESTAMP,
+                    format!(
+                        "row {r}: {ts} s, expected frame_index / fps = {k} / {} = {want} s \
+                         (episode {e}); a dataset's frames are at its one fps",
+                        json.fps
+                    ),
+                ));
             }
             let t = d.task_index[r];
             if usize::try_from(t).map_or(true, |t| t >= num_tasks) {

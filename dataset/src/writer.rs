@@ -189,6 +189,18 @@ impl DatasetWriter {
                 ),
             ));
         }
+        if info.obs_dim().max(info.action_dim()) > reader::MAX_VECTOR_DIM {
+            return Err(DatasetError::invalid(
+                dir,
+                format!(
+                    "cannot create dataset: {} observation and {} action names, at most {} each \
+                     (the reader's limit)",
+                    info.obs_dim(),
+                    info.action_dim(),
+                    reader::MAX_VECTOR_DIM
+                ),
+            ));
+        }
         match fs::read_dir(dir) {
             Ok(mut rd) => {
                 if rd.next().is_some() {
@@ -530,7 +542,7 @@ impl DatasetWriter {
         let path = meta::info_path(&self.dir);
         let value = serde_json::to_value(&json).map_err(|error| DatasetError::Json {
             path: path.clone(),
-            what: "serializing info.json",
+            what: "serializing info.json".into(),
             error,
         })?;
         let info = arrow_io::stage_json(&path, &value)?;

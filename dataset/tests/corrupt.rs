@@ -233,6 +233,35 @@ fn nan_in_observation() {
     );
 }
 
+#[test]
+fn timestamps_off_the_datasets_rate() {
+    // Row 8 = episode 1, frame_index 2: stamped as if a frame had been dropped before it.
+    // (The common dataset is at 20 fps: frame 2 is at 0.1 s.)
+    for (bad, shown) in [(f32::NAN, "NaN s"), (0.15, "0.15 s")] {
+        let (_t, dir) = good();
+        rewrite_parquet(&dir.join(DATA), |b| {
+            let ts = b.column_by_name("timestamp").unwrap();
+            let mut vals = ts
+                .as_primitive::<arrow_array::types::Float32Type>()
+                .values()
+                .to_vec();
+            vals[8] = bad;
+            replace_column(&b, "timestamp", Arc::new(Float32Array::from(vals)))
+        });
+        expect_err(
+            &dir,
+            &[
+                "file-000.parquet",
+                "`timestamp`",
+                "row 8",
+                shown,
+                "expected frame_index / fps = 2 /",
+                "(episode 1)",
+            ],
+        );
+    }
+}
+
 /// Rewrite int64 columns of the episodes index.
 fn edit_episodes(dir: &Path, edits: &[(&str, usize, i64)]) {
     rewrite_parquet(&dir.join(EPISODES), |mut b| {

@@ -232,6 +232,18 @@ fn empty_dataset_and_create_guards() {
     bad.actions.push(f32::NAN);
     let msg = w.append_episode(&bad).unwrap_err().to_string();
     assert!(msg.contains("non-finite"), "{msg}");
+
+    // Vectors wider than the reader reads are refused when the dataset is created.
+    let mut wide = info();
+    wide.observation_names = (0..70_000).map(|i| format!("o{i}")).collect();
+    let err = DatasetWriter::create(&tmp.path().join("wide"), wide)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("70000 observation") && err.contains("at most 65536"),
+        "{err}"
+    );
 }
 
 #[test]
