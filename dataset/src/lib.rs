@@ -4,9 +4,12 @@
 //! `trainer` reads them as offline data, and `controller` appends the episodes
 //! it records with [`DatasetWriter::open_append`]. Each writer session puts its
 //! episodes in new data files (rolling over at ~100 MB) and never rewrites
-//! existing ones; `meta/` is rewritten atomically (temp file + rename) by
-//! [`DatasetWriter::finish`], `info.json` last. Parquet files are written
-//! with snappy compression, one row group per episode; vector features are
+//! existing ones. [`DatasetWriter::finish`] rewrites each file of `meta/` atomically
+//! (temp file + rename), `info.json` last: its totals are the commit point. A writer
+//! stopped between those renames leaves an index and a task list longer than the totals
+//! say, and readers take only their first rows, so the dataset reads as before the
+//! session. Parquet files are written with snappy compression, one row group per
+//! episode (up to about a million frames); vector features are
 //! `FixedSizeList<float32>` (the reader also accepts `List`/`LargeList` and
 //! float64, as written by pyarrow / HF `datasets`).
 //!
@@ -360,6 +363,11 @@ pub struct ValidationReport {
     /// Parquet files under `data/` that no episode references (e.g. left by a
     /// writer that crashed before `finish`); harmless but worth reporting.
     pub unreferenced_data_files: Vec<PathBuf>,
+    /// Rows of the episodes index beyond info.json's `total_episodes` (a writer stopped
+    /// between renaming its index and renaming info.json, its commit point): not part
+    /// of the dataset. The statistics are then not checked: they may already describe
+    /// those episodes.
+    pub uncommitted_episodes: usize,
 }
 
 /// Timestamp of a frame in seconds, as stored (float32).

@@ -273,12 +273,26 @@ fn usize_col(batch: &RecordBatch, path: &Path, name: &str) -> Result<Vec<usize>,
         .collect()
 }
 
-/// Read all episode rows, checking `episode_index` runs 0, 1, 2, ... across files.
-pub(crate) fn read_episodes(files: &[PathBuf]) -> Result<Vec<EpisodeMeta>, DatasetError> {
+/// Read the first `committed` episode rows, checking `episode_index` runs 0, 1, 2, ...
+/// across files; also returns how many rows follow them (not checked: a writer stopped
+/// before its commit, or superseded index files it did not get to remove).
+pub(crate) fn read_episodes(
+    files: &[PathBuf],
+    committed: usize,
+) -> Result<(Vec<EpisodeMeta>, usize), DatasetError> {
     let mut out: Vec<EpisodeMeta> = Vec::new();
+    let mut beyond = 0;
     for path in files {
         let (_, batches) = read_parquet(path)?;
         for batch in &batches {
+            let wanted = committed - out.len();
+            if batch.num_rows() > wanted {
+                beyond += batch.num_rows() - wanted;
+            }
+            if wanted == 0 {
+                continue;
+            }
+            let batch = &batch.slice(0, batch.num_rows().min(wanted));
             let idx = usize_col(batch, path, ecols::EPISODE_INDEX)?;
             let length = usize_col(batch, path, ecols::LENGTH)?;
             let chunk = usize_col(batch, path, ecols::DATA_CHUNK)?;
@@ -310,7 +324,7 @@ pub(crate) fn read_episodes(files: &[PathBuf]) -> Result<Vec<EpisodeMeta>, Datas
             }
         }
     }
-    Ok(out)
+    Ok((out, beyond))
 }
 
 /// Stage the episodes index as one file (replacing `path` once committed).

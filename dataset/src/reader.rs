@@ -19,6 +19,9 @@ pub(crate) struct Loaded {
     pub episode_tasks: Vec<Vec<usize>>,
     pub data_files: Vec<PathBuf>,
     pub episode_files: Vec<PathBuf>,
+    /// Rows of the episodes index beyond `total_episodes`: a writer stopped between
+    /// renaming its new index into place and renaming info.json (the commit point).
+    pub uncommitted_episodes: usize,
 }
 
 /// (chunk_index, file_index) of a data file.
@@ -385,7 +388,12 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
     let json = InfoJson::read(dir)?;
     let (od, ad) = check_features(&json, &info_path)?;
 
-    let tasks = meta::read_tasks(dir)?;
+    // info.json is renamed into place last, so its totals are the committed dataset: a
+    // writer stopped before that leaves an index and a task list that extend the
+    // committed ones (rows are only ever added at the end), and only their first rows
+    // count. Fewer rows than the totals is damage.
+    let mut tasks = meta::read_tasks(dir)?;
+    tasks.truncate(json.total_tasks);
     if tasks.len() != json.total_tasks {
         return Err(DatasetError::invalid(
             &info_path,
@@ -403,7 +411,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
         [one] => one.clone(),
         _ => meta::episodes_dir(dir),
     };
-    let metas = meta::read_episodes(&episode_files)?;
+    let (metas, uncommitted_episodes) = meta::read_episodes(&episode_files, json.total_episodes)?;
     if metas.len() != json.total_episodes {
         return Err(DatasetError::invalid(
             &info_path,
@@ -517,6 +525,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
         episode_tasks,
         data_files,
         episode_files,
+        uncommitted_episodes,
     })
 }
 
@@ -532,7 +541,8 @@ fn close(a: f64, b: f64) -> bool {
 
 /// Deep check: everything [`read_dataset`] checks, plus `meta/stats.json`
 /// present with `observation.state` and `action` entries of the right size
-/// whose values match the data, and a list of unreferenced data files.
+/// whose values match the data (unless an uncommitted index tail says a writer
+/// stopped mid-commit), and a list of unreferenced data files.
 pub fn validate_dataset(dir: &Path) -> Result<ValidationReport, DatasetError> {
     let loaded = load(dir)?;
     let stats_path = meta::stats_path(dir);
@@ -547,7 +557,8 @@ pub fn validate_dataset(dir: &Path) -> Result<ValidationReport, DatasetError> {
     }
     let computed = loaded.dataset.stats();
     let mut stats_checked = 0;
-    for (k, want) in &computed {
+    let stats_describe_committed = loaded.uncommitted_episodes == 0;
+    for (k, want) in computed.iter().filter(|_| stats_describe_committed) {
         let (Some(got), true) = (on_disk.get(k), loaded.json.features.contains_key(k)) else {
             continue;
         };
@@ -605,5 +616,6 @@ pub fn validate_dataset(dir: &Path) -> Result<ValidationReport, DatasetError> {
         stats_checked,
         successful_episodes: ds.episodes.iter().filter(|e| e.is_success()).count(),
         unreferenced_data_files: unreferenced.into_iter().collect(),
+        uncommitted_episodes: loaded.uncommitted_episodes,
     })
 }

@@ -552,7 +552,6 @@ impl DatasetWriter {
         Ok(())
     }
 
-    /// One record batch holding every frame of `ep`.
     /// A dataset that lacks some of the `next.*` columns (one not written by us) stores
     /// what it has, and the reader fills the rest in by its documented defaults. Refuses
     /// an episode that would read back differently from what it is: its outcome
@@ -604,6 +603,7 @@ impl DatasetWriter {
         ))
     }
 
+    /// One record batch holding every frame of `ep`.
     fn data_batch(&self, ep: &Episode, episode_index: usize) -> Result<RecordBatch, String> {
         let n = ep.len();
         let (od, ad) = (self.info.obs_dim(), self.info.action_dim());

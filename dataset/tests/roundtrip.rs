@@ -189,6 +189,45 @@ fn a_failed_finish_leaves_the_previous_dataset_readable() {
 }
 
 #[test]
+fn a_writer_stopped_before_its_commit_leaves_the_previous_dataset() {
+    // The renames of one finish(), stopped before info.json's (the commit point): the
+    // new index, task list and stats are in place, the totals are the old ones.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let eps = episodes(6, &[5, 6, 7]);
+    write_dataset(dir, &info(), &eps[..2]).unwrap();
+    let committed = fs::read(dir.join("meta/info.json")).unwrap();
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    w.set_task("a task of its own");
+    w.append_episode(&eps[2]).unwrap();
+    w.finish().unwrap();
+    fs::write(dir.join("meta/info.json"), committed).unwrap();
+    let ds = read_dataset(dir).unwrap();
+    assert_eq!(ds.episodes.len(), 2);
+    assert_same(&ds.episodes[1], &eps[1]);
+    let report = validate_dataset(dir).unwrap();
+    assert_eq!(
+        (report.episodes, report.tasks, report.uncommitted_episodes),
+        (2, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.stats_checked, 0, "the stats describe 3 episodes");
+    assert_eq!(report.unreferenced_data_files.len(), 1);
+    // The next session commits over it.
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    w.append_episode(&eps[0]).unwrap();
+    w.finish().unwrap();
+    let report = validate_dataset(dir).unwrap();
+    assert_eq!(
+        (report.episodes, report.tasks, report.uncommitted_episodes),
+        (3, 1, 0),
+        "{report:?}"
+    );
+    assert!(report.stats_checked >= 2);
+    assert_same(&read_dataset(dir).unwrap().episodes[2], &eps[0]);
+}
+
+#[test]
 fn set_task_adds_a_task() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
