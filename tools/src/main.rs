@@ -447,6 +447,14 @@ fn validate(dir: &std::path::Path) -> Result<()> {
     for f in &r.unreferenced_data_files {
         println!("warning: {} is not referenced by any episode", f.display());
     }
+    if r.uncommitted_episodes > 0 {
+        println!(
+            "warning: the episodes index lists {} more episodes than meta/info.json commits \
+             (a writer stopped before its commit); they are not part of the dataset, and the \
+             statistics were not checked",
+            r.uncommitted_episodes
+        );
+    }
     Ok(())
 }
 
