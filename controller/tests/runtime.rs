@@ -719,6 +719,11 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             "action.low[0] = -1 and action.high[0] = inf must be finite",
         ),
         (
+            "a format version written as a string",
+            ("", "format_version", toml::Value::String("2".into())),
+            "`format_version` must be an integer, found string \"2\"",
+        ),
+        (
             "unknown algorithm",
             ("", "algo", toml::Value::String("bogus".into())),
             "algo `bogus` is not one this controller acts for",

@@ -495,15 +495,27 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, BundleError> {
 }
 
 /// Writes `PREFIX.key` (secret, mode 0600) and `PREFIX.pub` from the OS random source;
-/// refuses to overwrite an existing key.
+/// refuses to overwrite either (a robot's trusted `.pub` replaced by accident would
+/// refuse every bundle signed before). The suffixes are appended (`keys/robot.v2` gives
+/// `keys/robot.v2.key`); a PREFIX that already ends in `.key` or `.pub` names the pair.
 pub fn generate_key_pair(prefix: &Path) -> Result<(PathBuf, PathBuf), BundleError> {
-    let key_path = prefix.with_extension("key");
-    let pub_path = prefix.with_extension("pub");
-    if key_path.exists() {
-        return Err(BundleError::Key {
-            path: key_path,
-            message: "already exists; not overwriting a key".into(),
-        });
+    let prefix = match prefix.extension().and_then(|e| e.to_str()) {
+        Some("key" | "pub") => prefix.with_extension(""),
+        _ => prefix.to_path_buf(),
+    };
+    let with = |suffix: &str| {
+        let mut p = prefix.clone().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let (key_path, pub_path) = (with(".key"), with(".pub"));
+    for path in [&key_path, &pub_path] {
+        if path.exists() {
+            return Err(BundleError::Key {
+                path: path.clone(),
+                message: "already exists; not overwriting a key".into(),
+            });
+        }
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| BundleError::Key {
@@ -521,14 +533,22 @@ pub fn generate_key_pair(prefix: &Path) -> Result<(PathBuf, PathBuf), BundleErro
     use std::io::Write;
     let mut f = opts.open(&key_path).map_err(io_err(&key_path))?;
     writeln!(f, "{SECRET_KEY_HEADER}\n{}", hex(&seed)).map_err(io_err(&key_path))?;
-    fs::write(
-        &pub_path,
-        format!(
-            "{PUBLIC_KEY_HEADER}\n{}\n",
-            hex(key.verifying_key().as_bytes())
-        ),
-    )
-    .map_err(io_err(&pub_path))?;
+    let public = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pub_path)
+        .and_then(|mut f| {
+            writeln!(
+                f,
+                "{PUBLIC_KEY_HEADER}\n{}",
+                hex(key.verifying_key().as_bytes())
+            )
+        });
+    if let Err(e) = public {
+        // A secret key without its public half is of no use: no half pair is left.
+        let _ = fs::remove_file(&key_path);
+        return Err(io_err(&pub_path)(e));
+    }
     Ok((key_path, pub_path))
 }
 
@@ -677,10 +697,19 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     let text_str = std::str::from_utf8(&text).map_err(|e| manifest_err(e.to_string()))?;
     // Version first, from a loose parse: a newer format may have fields we do not know.
     let loose: toml::Table = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
-    let version = loose
-        .get("format_version")
-        .and_then(|v| v.as_integer())
-        .ok_or_else(|| manifest_err("missing integer field `format_version`".into()))?;
+    let version = match loose.get("format_version") {
+        None => {
+            return Err(manifest_err(
+                "missing integer field `format_version`".into(),
+            ));
+        }
+        Some(v) => v.as_integer().ok_or_else(|| {
+            manifest_err(format!(
+                "`format_version` must be an integer, found {} {v}",
+                v.type_str()
+            ))
+        })?,
+    };
     if version > FORMAT_VERSION as i64 {
         return Err(BundleError::NewerFormat {
             path: mpath,
@@ -1198,6 +1227,22 @@ mod tests {
         assert!(Trust::from_public_key_file(&old_pub).is_ok());
         let e = message(Trust::from_public_key_file(&old_key).err().unwrap());
         assert!(e.contains("this is a secret signing key") && !e.contains(&secret));
+
+        // keygen appends its suffixes, and overwrites neither half of a pair.
+        let (k, p) = generate_key_pair(&tmp.path().join("robot.v2")).unwrap();
+        assert_eq!(k, tmp.path().join("robot.v2.key"));
+        assert_eq!(p, tmp.path().join("robot.v2.pub"));
+        let (k2, _) = generate_key_pair(&tmp.path().join("other.key")).unwrap();
+        assert_eq!(k2, tmp.path().join("other.key"));
+        let trusted = fs::read(&pub_path).unwrap();
+        fs::remove_file(&key_path).unwrap();
+        let e = message(generate_key_pair(&tmp.path().join("expo")).err().unwrap());
+        assert!(
+            e.contains("expo.pub") && e.contains("already exists"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&pub_path).unwrap(), trusted);
+        assert!(!key_path.exists());
         let e = message(read_signing_key(&old_pub).err().unwrap());
         assert!(e.contains("this is a public key"), "{e}");
 

@@ -10,7 +10,13 @@
 //!    ── FETCH name ───────────────────────────────►  (when the name is new to the client)
 //!    ◄── BUNDLE name │ files: (name, bytes)… ─────
 //!    …                                                (a new connection starts at OPEN)
+//!    ◄── ERROR reason (UTF-8) ──────────────────────  instead of an answer, then hangs up
 //! ```
+//!
+//! A server that refuses a request (a record its sink does not take, a bundle it does
+//! not have, a frame that breaks this protocol) says why in an `ERROR` frame before it
+//! drops the connection, so the robot's report names the trainer's reason rather than
+//! an end of file.
 //!
 //! An empty `RECORDS` batch is a poll: the client learns of new bundles while the robot
 //! logs nothing. Strings and file names are u16-length-prefixed, file contents
@@ -32,6 +38,8 @@ pub mod kind {
     pub const ACK: u8 = 4;
     pub const FETCH: u8 = 5;
     pub const BUNDLE: u8 = 6;
+    /// The server's reason for hanging up, in place of the answer.
+    pub const ERROR: u8 = 7;
 }
 
 /// What the server answers a batch with.
@@ -60,6 +68,9 @@ pub enum RecordError {
     Protocol(String),
     #[error("sink: {0}")]
     Sink(String),
+    /// The server's `ERROR` frame: why it refused and hung up.
+    #[error("the trainer refused: {0}")]
+    Refused(String),
 }
 
 /// Where the server keeps records.
@@ -78,9 +89,16 @@ pub trait RecordSink {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+fn put_str(out: &mut Vec<u8>, s: &str, what: &str) -> Result<(), RecordError> {
+    let len = u16::try_from(s.len()).map_err(|_| {
+        RecordError::Protocol(format!(
+            "{what} of {} bytes does not fit its u16 length prefix",
+            s.len()
+        ))
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(s.as_bytes());
+    Ok(())
 }
 
 /// A little reader over a payload whose every failure names what was missing.
@@ -121,7 +139,7 @@ pub fn fetch_bundle<S: Read + Write>(
 ) -> Result<BundleFiles, RecordError> {
     session.send(kind::FETCH, name.as_bytes())?;
     let f = session.recv()?;
-    expect_kind(f.kind, kind::BUNDLE)?;
+    expect_answer(&f, kind::BUNDLE)?;
     let mut c = Cursor(&f.payload, 0);
     let got = c.str("bundle name")?;
     if got != name {
@@ -138,8 +156,19 @@ pub fn fetch_bundle<S: Read + Write>(
                 "bundle file name '{file}' is not a plain name"
             )));
         }
+        if files.iter().any(|(f, _)| *f == file) {
+            return Err(RecordError::Protocol(format!(
+                "bundle file name '{file}' appears twice"
+            )));
+        }
         let len = c.u32("file length")?;
         files.push((file, c.take(len, "file contents")?.to_vec()));
+    }
+    if c.1 != f.payload.len() {
+        return Err(RecordError::Protocol(format!(
+            "{} stray bytes after the bundle's files",
+            f.payload.len() - c.1
+        )));
     }
     Ok(files)
 }
@@ -148,6 +177,16 @@ fn u64_at(p: &[u8], at: usize) -> Result<u64, RecordError> {
     p.get(at..at + 8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
         .ok_or_else(|| RecordError::Protocol(format!("payload too short for a u64 at {at}")))
+}
+
+/// The server's answer of kind `want`, or its `ERROR` frame as [`RecordError::Refused`].
+fn expect_answer(f: &crate::Frame, want: u8) -> Result<(), RecordError> {
+    if f.kind == kind::ERROR {
+        return Err(RecordError::Refused(
+            String::from_utf8_lossy(&f.payload).into_owned(),
+        ));
+    }
+    expect_kind(f.kind, want)
 }
 
 fn expect_kind(kind: u8, want: u8) -> Result<(), RecordError> {
@@ -168,7 +207,7 @@ pub fn open_stream<S: Read + Write>(
 ) -> Result<u64, RecordError> {
     session.send(kind::OPEN, stream.as_bytes())?;
     let f = session.recv()?;
-    expect_kind(f.kind, kind::RESUME)?;
+    expect_answer(&f, kind::RESUME)?;
     u64_at(&f.payload, 0)
 }
 
@@ -188,7 +227,7 @@ pub fn send_batch<S: Read + Write>(
     }
     session.send(kind::RECORDS, &payload)?;
     let ack = session.recv()?;
-    expect_kind(ack.kind, kind::ACK)?;
+    expect_answer(&ack, kind::ACK)?;
     let acked = u64_at(&ack.payload, 0)?;
     let want = first + batch.len() as u64;
     if acked != want {
@@ -234,6 +273,18 @@ pub fn serve_records<S: Read + Write>(
     session: &mut Session<S>,
     sink: &mut dyn RecordSink,
 ) -> Result<(String, u64), RecordError> {
+    let served = serve(session, sink);
+    if let Err(RecordError::Sink(why) | RecordError::Protocol(why)) = &served {
+        // Best effort: the connection is dropped either way.
+        let _ = session.send(kind::ERROR, why.as_bytes());
+    }
+    served
+}
+
+fn serve<S: Read + Write>(
+    session: &mut Session<S>,
+    sink: &mut dyn RecordSink,
+) -> Result<(String, u64), RecordError> {
     let open = session.recv()?;
     expect_kind(open.kind, kind::OPEN)?;
     let stream = String::from_utf8(open.payload)
@@ -254,11 +305,17 @@ pub fn serve_records<S: Read + Write>(
                 .map_err(|_| RecordError::Protocol("bundle name is not UTF-8".into()))?;
             let files = sink.bundle(&name).map_err(RecordError::Sink)?;
             let mut out = Vec::new();
-            put_str(&mut out, &name);
-            out.extend_from_slice(&(files.len() as u16).to_le_bytes());
+            put_str(&mut out, &name, "bundle name")?;
+            let count = u16::try_from(files.len()).map_err(|_| {
+                RecordError::Sink(format!("bundle '{name}' has {} files", files.len()))
+            })?;
+            out.extend_from_slice(&count.to_le_bytes());
             for (file, bytes) in &files {
-                put_str(&mut out, file);
-                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                put_str(&mut out, file, "bundle file name")?;
+                let len = u32::try_from(bytes.len()).map_err(|_| {
+                    RecordError::Sink(format!("bundle file '{file}' is over 4 GiB"))
+                })?;
+                out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(bytes);
             }
             session.send(kind::BUNDLE, &out)?;
@@ -304,7 +361,11 @@ pub fn serve_records<S: Read + Write>(
             )));
         }
         let mut ack = next.to_le_bytes().to_vec();
-        put_str(&mut ack, &sink.latest_bundle().unwrap_or_default());
+        put_str(
+            &mut ack,
+            &sink.latest_bundle().unwrap_or_default(),
+            "latest bundle name",
+        )?;
         session.send(kind::ACK, &ack)?;
     }
 }
@@ -471,7 +532,9 @@ mod tests {
             Some("0000500".into())
         }
         fn bundle(&mut self, name: &str) -> Result<BundleFiles, String> {
-            assert_eq!(name, "0000500");
+            if name != "0000500" {
+                return Err(format!("no bundle '{name}' here"));
+            }
             Ok(self.0.clone())
         }
     }
@@ -507,6 +570,62 @@ mod tests {
             let err = fetch_from(vec![(bad.to_string(), vec![1])]).unwrap_err();
             assert!(err.to_string().contains("not a plain name"), "{bad}: {err}");
         }
+        let twice = vec![
+            ("manifest.toml".to_string(), b"a".to_vec()),
+            ("manifest.toml".to_string(), b"b".to_vec()),
+        ];
+        let err = fetch_from(twice).unwrap_err().to_string();
+        assert!(err.contains("appears twice"), "{err}");
+    }
+
+    /// A sink that refuses every record, as the trainer refuses another robot's.
+    struct Refusing;
+    impl RecordSink for Refusing {
+        fn next_index(&mut self, _: &str) -> u64 {
+            0
+        }
+        fn append(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), String> {
+            Err("observation names differ from the run's".into())
+        }
+    }
+
+    #[test]
+    fn a_refusal_reaches_the_client_with_the_servers_reason() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let srv = thread::spawn(move || {
+            (0..2)
+                .map(|i| {
+                    let (tcp, _) = listener.accept().unwrap();
+                    let mut s = Session::server(tcp, &key()).unwrap();
+                    let r = if i == 0 {
+                        serve_records(&mut s, &mut Refusing)
+                    } else {
+                        serve_records(&mut s, &mut Publishing(vec![]))
+                    };
+                    r.map(|_| ()).map_err(|e| e.to_string())
+                })
+                .collect::<Vec<_>>()
+        });
+        // A record the sink refuses.
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        let err = send_records(&mut c, "run-f", &records(3)).unwrap_err();
+        assert!(matches!(err, RecordError::Refused(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the trainer refused: observation names differ from the run's"
+        );
+        drop(c);
+        // A bundle the server does not have.
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut c = Session::client(tcp, &key()).unwrap();
+        open_stream(&mut c, "run-f").unwrap();
+        let err = fetch_bundle(&mut c, "0000999").unwrap_err().to_string();
+        assert_eq!(err, "the trainer refused: no bundle '0000999' here");
+        drop(c);
+        let outcomes = srv.join().unwrap();
+        assert!(outcomes.iter().all(|o| o.is_err()), "{outcomes:?}");
     }
 
     #[test]
