@@ -17,6 +17,10 @@ use shared_model::synthetic::SyntheticSpec;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Mixed into `--seed` for the policy's random stream ("policy"): the same seed also
+/// seeds the episodes' resets.
+const POLICY_STREAM: u64 = 0x706f_6c69_6379;
+
 #[derive(Parser)]
 #[command(
     name = "controller",
@@ -299,7 +303,8 @@ struct RunArgs {
     #[arg(long, requires = "bundle")]
     executed_steps: Option<usize>,
     /// With an action-chunk bundle: actions played from each chunk before the policy
-    /// plans the next, 1..=H, or 0 for whole chunks (the default). Fewer reacts sooner and plans more
+    /// plans the next, 1..=H, or 0 for whole chunks (default: as the run that trained the
+    /// bundle played them, its `action.replan_every`). Fewer reacts sooner and plans more
     /// often.
     #[arg(long, requires = "bundle")]
     replan_every: Option<usize>,
@@ -497,11 +502,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     let options = PolicyOptions {
         backend: a.backend.parse()?,
         executed_steps: a.executed_steps,
-        seed: a.seed,
+        // A stream of its own: `--seed` also seeds the episodes' resets (with --sim,
+        // the first reset's draws would otherwise be the policy's first noise).
+        seed: a.seed ^ POLICY_STREAM,
     };
     reserve_dedicated_cpu(&a.timing);
     let play = robot_loop::PlayOptions {
-        replan_every: a.replan_every.unwrap_or(0),
+        replan_every: a.replan_every,
         ensemble: a.temporal_ensemble,
     };
     let brain = match &bundle {

@@ -160,6 +160,13 @@ fn truncated_chain_and_two_speed_mode_act() {
         assert_eq!(two.published(), before + 2);
         two.act(&obs(4), &mut a).unwrap();
         assert_eq!(two.published(), before + 3);
+        // A new episode: the first tick edits candidates sampled for its own
+        // observation, never the previous episode's.
+        for _ in 0..5 {
+            two.restart();
+            two.act(&obs(5), &mut a).unwrap();
+            assert_eq!(two.candidate_age(), 0);
+        }
     }
 }
 
@@ -484,7 +491,7 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         _ => unreachable!("a two-speed brain"),
     };
     let play = |replan_every: usize, ensemble: Option<f32>| PlayOptions {
-        replan_every,
+        replan_every: Some(replan_every),
         ensemble,
     };
     for replan_every in [0, 1, 2] {
@@ -539,6 +546,24 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         .unwrap()
         .to_string();
     assert!(e.contains("replan-every") && e.contains("1..=3"), "{e}");
+    // Without --replan-every: as the bundle's training run played (action.replan_every),
+    // whole chunks (K = H = 3) for a bundle that does not say.
+    let default_play = |b: &shared_model::VerifiedBundle| {
+        Brain::with_play(
+            b,
+            &options(Backend::Native, 4),
+            false,
+            PlayOptions::default(),
+        )
+        .unwrap()
+        .chunk_play()
+        .unwrap()
+        .replan_every()
+    };
+    assert_eq!(default_play(&b), 3);
+    let mut replanning = b.clone();
+    replanning.manifest.action.replan_every = 2;
+    assert_eq!(default_play(&replanning), 2);
     let e = Brain::with_play(
         &b,
         &options(Backend::Native, 4),
@@ -591,6 +616,25 @@ fn a_chunk_manifest_must_say_format_2_and_a_sane_horizon() {
             .unwrap()
             .to_string();
         assert!(e.contains(want), "{to}: {e}");
+    }
+    // How the training run played the chunks (format 3): in 1..=horizon.
+    let with_replan = |k: usize, version: u32| {
+        text.replace("format_version = 2", &format!("format_version = {version}"))
+            .replace("horizon = 4", &format!("horizon = 4\nreplan_every = {k}"))
+    };
+    fs::write(&path, with_replan(2, 3)).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    assert_eq!(b.manifest.action.replan_every, 2);
+    for (k, version, want) in [
+        (2, 2, "action.replan_every = 2 needs format_version 3"),
+        (5, 3, "action.replan_every: replan_every must be 0"),
+    ] {
+        fs::write(&path, with_replan(k, version)).unwrap();
+        let e = load_bundle(dir.path(), &Trust::AllowUnsigned)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{k}, {version}: {e}");
     }
 }
 

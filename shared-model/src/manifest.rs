@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// The newest bundle format this code reads. Format 2 adds `action.horizon` (action
-/// chunks); a bundle is written as format 1 unless it uses a format-2 feature, so
-/// controllers that read only format 1 keep loading every bundle they can run, and
-/// refuse a chunked one by its version ([`BundleError::NewerFormat`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// chunks), format 3 `action.replan_every` (how the training run played them); a
+/// bundle is written in the oldest format that holds what it uses
+/// ([`Manifest::required_format`]), so older controllers keep loading every bundle
+/// they can run, and refuse a newer one by its version ([`BundleError::NewerFormat`]).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The longest action chunk a bundle may declare (as the trainer's
 /// `MAX_ACTION_HORIZON`).
@@ -104,6 +105,11 @@ pub struct ActionSpec {
     /// absent = 1).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub horizon: usize,
+    /// Actions played from each chunk before the next plan, as the run that trained
+    /// the bundle acted and was evaluated (`shared_model::ChunkPlay`; format 3; absent
+    /// = 0, whole chunks). The controller plays chunks this way unless told otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replan_every: usize,
 }
 
 fn one() -> usize {
@@ -112,6 +118,10 @@ fn one() -> usize {
 
 fn is_one(n: &usize) -> bool {
     *n == 1
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ActionSpec {
@@ -191,7 +201,13 @@ struct MatrixSizes {
 impl Manifest {
     /// The oldest format that holds this manifest: 2 with action chunks, else 1.
     pub fn required_format(&self) -> u32 {
-        if self.action.horizon > 1 { 2 } else { 1 }
+        if self.action.replan_every != 0 {
+            3
+        } else if self.action.horizon > 1 {
+            2
+        } else {
+            1
+        }
     }
 
     fn matrix_sizes(&self) -> MatrixSizes {
@@ -908,6 +924,16 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             "action.horizon = {} needs format_version 2 (found {})",
             a.horizon, m.format_version
         ));
+    }
+    if a.replan_every != 0 {
+        crate::ChunkPlay::new(a.horizon, a.replan_every)
+            .map_err(|e| format!("action.replan_every: {e}"))?;
+        if m.format_version < 3 {
+            return Err(format!(
+                "action.replan_every = {} needs format_version 3 (found {})",
+                a.replan_every, m.format_version
+            ));
+        }
     }
     let d = &m.diffusion;
     if d.schedule != "vp" {

@@ -211,6 +211,7 @@ impl SyntheticSpec {
                 low: vec![-1.0; self.act_dim],
                 high: vec![1.0; self.act_dim],
                 horizon: self.horizon,
+                replan_every: 0,
             },
             diffusion: DiffusionSpec {
                 schedule: "vp".into(),

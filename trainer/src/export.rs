@@ -184,6 +184,12 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             low: vec![-1.0; step_ad],
             high: vec![1.0; step_ad],
             horizon: c.action_horizon,
+            // How the run played its chunks (one action per plan needs no field).
+            replan_every: if c.action_horizon > 1 {
+                c.replan_every
+            } else {
+                0
+            },
         },
         diffusion: DiffusionSpec {
             schedule: "vp".into(),

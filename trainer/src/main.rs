@@ -531,11 +531,15 @@ fn main() -> Result<()> {
                     spec.action_dim()
                 );
                 let cw = policy.chunk_dim();
-                let play =
-                    shared_model::ChunkPlay::new(policy.horizon(), replan_every.unwrap_or(0))
-                        .with_context(|| format!("--replan-every for {}", dir.display()))?
-                        .with_ensemble(temporal_ensemble)
-                        .with_context(|| format!("--temporal-ensemble for {}", dir.display()))?;
+                // Unless told otherwise, as the run that trained the bundle played.
+                let default_replan = b.manifest.action.replan_every;
+                let play = shared_model::ChunkPlay::new(
+                    policy.horizon(),
+                    replan_every.unwrap_or(default_replan),
+                )
+                .with_context(|| format!("--replan-every for {}", dir.display()))?
+                .with_ensemble(temporal_ensemble)
+                .with_context(|| format!("--temporal-ensemble for {}", dir.display()))?;
                 let e = trainer::run::evaluate_with(task, episodes, seed, play, &mut |obs| {
                     let mut out = vec![0.0; obs.len() / od * cw];
                     for (o, a) in obs.chunks_exact(od).zip(out.chunks_exact_mut(cw)) {

@@ -118,9 +118,15 @@ pub fn evaluate_with(
                 cw
             );
             for (c, &i) in actions.chunks_exact(cw).zip(&active) {
-                chunks[i * cw..(i + 1) * cw].copy_from_slice(c);
+                // Clamped to the policy's range before any blending, as on the robot
+                // (the controller's policy clamps what it returns): an edited action
+                // can leave [-1, 1] by up to the edit scale.
+                let chunk = &mut chunks[i * cw..(i + 1) * cw];
+                for (dst, &v) in chunk.iter_mut().zip(c) {
+                    *dst = v.clamp(-1.0, 1.0);
+                }
                 if let Some(e) = ensembles.get_mut(i) {
-                    e.add(step, c);
+                    e.add(step, chunk);
                 }
             }
         }

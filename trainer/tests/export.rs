@@ -186,6 +186,11 @@ fn exported_chunk_bundle_matches_burn() {
         check_graphs(&agent, &bundle, backend);
         check_actions(&mut agent, &bundle, backend);
     }
+    // A run that replanned every 2 actions says so (format 3): the controller and
+    // `trainer eval --bundle` play the bundle that way unless told otherwise.
+    agent.config.replan_every = 2;
+    let m = export_bundle(&agent, &dir.path().join("k2"), &ExportInfo::default(), None).unwrap();
+    assert_eq!((m.format_version, m.action.replan_every), (3, 2));
     // A one-step bundle stays format 1, without the field.
     let m = export_bundle(&one, &dir.path().join("one"), &ExportInfo::default(), None).unwrap();
     assert_eq!((m.format_version, m.action.horizon), (1, 1));

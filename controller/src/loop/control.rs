@@ -1150,7 +1150,7 @@ impl Control {
                 }
                 let seed = self.cfg.seed.wrapping_add(self.episodes_started as u64);
                 self.episodes_started += 1;
-                self.brain.replan();
+                self.brain.new_episode();
                 self.commands.clear();
                 self.torque_off = false;
                 if self.gate.send_control(Message::Reset { seed }).is_err() {

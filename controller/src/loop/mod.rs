@@ -82,6 +82,7 @@ use firmware_config::protocol::{FaultCode, FrameError, HandshakeError, Message, 
 use log::{EndReason, LogWriter, RunStart};
 use serde::Serialize;
 use shared_model::VerifiedBundle;
+use shared_model::manifest::ActionSpec;
 use shared_model::{ChunkPlay, TemporalEnsemble};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -340,16 +341,18 @@ impl ChunkPlayer {
 /// its horizon) is known: `--replan-every` and `--temporal-ensemble`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PlayOptions {
-    /// Actions played from each chunk before the next plan (0: whole chunks).
-    pub replan_every: usize,
+    /// Actions played from each chunk before the next plan (0: whole chunks); `None`:
+    /// as the bundle's training run played them (`action.replan_every`).
+    pub replan_every: Option<usize>,
     /// Temporal ensembling's weight `m` ([`TemporalEnsemble`]).
     pub ensemble: Option<f32>,
 }
 
 impl PlayOptions {
-    /// The play for chunks of `horizon` actions; an error names the option at fault.
-    pub fn for_horizon(&self, horizon: usize) -> anyhow::Result<ChunkPlay> {
-        let play = ChunkPlay::new(horizon, self.replan_every)
+    /// The play for `action`'s chunks; an error names the option at fault.
+    pub fn for_bundle(&self, action: &ActionSpec) -> anyhow::Result<ChunkPlay> {
+        let replan_every = self.replan_every.unwrap_or(action.replan_every);
+        let play = ChunkPlay::new(action.horizon, replan_every)
             .map_err(|e| anyhow::anyhow!("--replan-every: {e}"))?;
         play.with_ensemble(self.ensemble)
             .map_err(|e| anyhow::anyhow!("--temporal-ensemble: {e}"))
@@ -373,7 +376,7 @@ impl Brain {
         two_speed: bool,
         play: PlayOptions,
     ) -> anyhow::Result<Brain> {
-        let play = play.for_horizon(bundle.manifest.action.horizon)?;
+        let play = play.for_bundle(&bundle.manifest.action)?;
         Ok(if two_speed {
             let policy = Box::new(TwoSpeedPolicy::new(bundle, options)?);
             Brain::TwoSpeed {
@@ -409,6 +412,15 @@ impl Brain {
     pub fn replan(&mut self) {
         if let Some(chunk) = self.chunk_player() {
             chunk.restart();
+        }
+    }
+
+    /// A new episode: as [`Self::replan`], and the two-speed worker's candidates of the
+    /// previous episode are not used ([`TwoSpeedPolicy::restart`]).
+    pub fn new_episode(&mut self) {
+        self.replan();
+        if let Brain::TwoSpeed { policy, .. } = self {
+            policy.restart();
         }
     }
 

@@ -402,8 +402,13 @@ fn prepare(
             old.observation.names.join(", ")
         ));
     }
-    Brain::with_play(&bundle, &swap.options, swap.two_speed, swap.play)
-        .map_err(|e| format!("{e:#}"))
+    // Its own random stream: with the run's seed as it is, every swapped-in policy
+    // would replay the noise of the run's first decisions.
+    let options = PolicyOptions {
+        seed: swap.options.seed ^ u64::from(firmware_config::protocol::crc32(name.as_bytes())),
+        ..swap.options.clone()
+    };
+    Brain::with_play(&bundle, &options, swap.two_speed, swap.play).map_err(|e| format!("{e:#}"))
 }
 
 /// Connects, authenticates and opens `stream`; returns the session and the trainer's

@@ -10,7 +10,10 @@
 //! The candidates a tick edits were sampled for an observation up to one chain-time old;
 //! the edit and the critic see the newest observation, which is what keeps the action
 //! reactive. [`TwoSpeedPolicy::candidate_age`] reports how many observations old they
-//! are. The first tick waits for the first candidate set.
+//! are. The first tick waits for the first candidate set, and so does the first tick
+//! after [`TwoSpeedPolicy::restart`] (a new episode): it waits for a set sampled for an
+//! observation of the new episode (at most the worker's chain in progress plus one),
+//! never editing candidates sampled for the previous episode's last state.
 //!
 //! With action chunks the candidates are whole chunks (`[N, H·A]`): the tick that plans
 //! a chunk edits and selects among them, and the ticks that play it only publish their
@@ -43,6 +46,8 @@ pub struct TwoSpeedPolicy {
     worker: Option<JoinHandle<()>>,
     obs_seq: u64,
     candidate_obs_seq: u64,
+    /// The first observation whose candidates the next tick may use (see `restart`).
+    fresh_from: u64,
 }
 
 impl TwoSpeedPolicy {
@@ -134,6 +139,7 @@ impl TwoSpeedPolicy {
             worker: Some(worker),
             obs_seq: 0,
             candidate_obs_seq: 0,
+            fresh_from: 1,
         })
     }
 
@@ -145,6 +151,13 @@ impl TwoSpeedPolicy {
     /// Observations published since the candidates used by the last tick were sampled.
     pub fn candidate_age(&self) -> u64 {
         self.obs_seq - self.candidate_obs_seq
+    }
+
+    /// A new episode: the next tick waits for candidates sampled for an observation
+    /// published from now on (the robot was reset; the candidates of the last state
+    /// before it are for another situation).
+    pub fn restart(&mut self) {
+        self.fresh_from = self.obs_seq + 1;
     }
 
     /// Observations published to the worker so far.
@@ -174,7 +187,8 @@ impl TwoSpeedPolicy {
         self.observe(raw_obs)?;
         {
             let mut c = self.shared.candidates.lock().unwrap();
-            while c.2 == 0 {
+            // (Before the first set, c.1 is 0 and fresh_from at least 1.)
+            while c.1 < self.fresh_from {
                 if let Some(e) = self.shared.error.lock().unwrap().clone() {
                     bail!("candidate worker failed: {e}");
                 }
