@@ -881,6 +881,17 @@ impl Agent {
     /// Actions for a batch of raw observations `[K·O]` → `[K·A]` (host memory); with
     /// action chunks `A` is a whole chunk, its actions in order.
     pub fn act(&mut self, obs: &[f32]) -> Vec<f32> {
+        self.act_as(obs, false)
+    }
+
+    /// [`Self::act`] for evaluation: RLPD's actor acts by its mode, `tanh(mean)`, as
+    /// RLPD's own evaluation does (its exploration samples). EXPO, IDQL-style selection
+    /// and BC evaluate as they act: their sampling and selection are the policy.
+    pub fn act_eval(&mut self, obs: &[f32]) -> Vec<f32> {
+        self.act_as(obs, true)
+    }
+
+    fn act_as(&mut self, obs: &[f32], eval: bool) -> Vec<f32> {
         self.mark("act");
         let clock = std::time::Instant::now();
         let k = obs.len() / self.obs_dim;
@@ -900,6 +911,10 @@ impl Agent {
                 self.act_dim,
                 &mut stream,
             ),
+            Algo::Rlpd if eval => {
+                let actor = self.actor.as_ref().unwrap().valid();
+                actor.forward(obs_t).0.tanh()
+            }
             Algo::Rlpd => {
                 let actor = self.actor.as_ref().unwrap().valid();
                 let noise = stream.normal(k, self.act_dim, &self.plain);

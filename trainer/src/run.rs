@@ -61,7 +61,9 @@ pub fn evaluate_played(
     play: ChunkPlay,
 ) -> Result<EvalResult> {
     let task = agent.config.task.require_sim("evaluation")?;
-    evaluate_with(task, episodes, seed, play, &mut |obs| Ok(agent.act(obs)))
+    evaluate_with(task, episodes, seed, play, &mut |obs| {
+        Ok(agent.act_eval(obs))
+    })
 }
 
 /// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to action chunks

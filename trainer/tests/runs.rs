@@ -56,6 +56,28 @@ fn same_seed_same_run() {
     }
 }
 
+/// RLPD is evaluated by its actor's mode, `tanh(mean)` (RLPD's own evaluation); it
+/// explores with samples. The other algorithms evaluate as they act.
+#[test]
+fn rlpd_evaluates_by_the_actors_mode() {
+    let c = tiny("rlpd");
+    let spec = c.task.sim().unwrap().spec();
+    let (od, ad) = (spec.obs_dim(), spec.action_dim());
+    let normalizer = trainer::replay::Normalizer {
+        mean: vec![0.0; od],
+        std: vec![1.0; od],
+    };
+    let device = trainer::run::device(&c).unwrap();
+    let mut agent = trainer::agent::Agent::new(c, od, ad, normalizer, &device);
+    let obs: Vec<f32> = (0..3 * od).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mode = agent.act_eval(&obs);
+    assert_eq!(agent.act_eval(&obs), mode, "evaluation is deterministic");
+    let (sampled, again) = (agent.act(&obs), agent.act(&obs));
+    assert_ne!(sampled, again, "exploration samples");
+    assert_ne!(sampled, mode);
+    assert!(mode.iter().all(|a| a.abs() < 1.0));
+}
+
 /// Every algorithm with the fused optimizers (the default), EXPO with burn's
 /// per-parameter ones (what runs saved before `compute.optimizer` existed use), and EXPO
 /// with recorded graphs (`compute.graph`: a resume drops the recordings and makes new
