@@ -30,7 +30,11 @@
 //! environment step `train_rng` draws the candidates' chain noise and edit noise (all
 //! slices at once when hoisted, per slice before its subsets when sequential), each
 //! slice's scoring subset then evaluation subset, then the denoiser loss's time steps and
-//! noise and the edit loss's noise.
+//! noise and the edit loss's noise (with `expo.edit_base = "denoiser"`, a whole chain's
+//! noise for the edited base actions first). RLPD draws each slice's actor noise, then
+//! one subset per slice, then the actor loss's noise. `act_rng` serves acting online
+//! and evaluation alike, so the number of evaluation episodes shapes the later online
+//! draws (RLPD's evaluation, by the actor's mode, draws nothing).
 //! Batch indices come from the run's own `batch_rng`. With `compute.normals = "host"`
 //! (the default) every Gaussian draw comes from these too, so a seed fixes a run on a
 //! given backend and a CPU and a GPU run draw the same noise. With `"device"` the Gaussian
