@@ -533,7 +533,11 @@ impl SimFirmware {
     /// Stops stepping until the next `Reset` and says so: the answer to an `Estop`, or
     /// the robot's stop button.
     fn estop(&mut self, now: Duration) {
-        self.state = FirmwareState::Estopped;
+        // Before a handshake nothing runs to stop, and no controller may be served
+        // (a press at boot must not count as one).
+        if self.handshaken() {
+            self.state = FirmwareState::Estopped;
+        }
         self.watchdog_tripped = false;
         self.send(
             now,
@@ -575,7 +579,8 @@ impl SimFirmware {
             }
             let ticking = self.pacing == Pacing::RealTime || self.watchdog_tripped;
             if ticking && now >= self.next_tick {
-                self.step_env(now);
+                // The next tick is set before the step: a reboot inside the step starts
+                // a new episode whose first tick (one period on) must stand.
                 self.next_tick += self.period;
                 if self.next_tick <= now {
                     // More than a period behind (a stall): skip the missed ticks, as
@@ -583,6 +588,7 @@ impl SimFirmware {
                     self.stats.overruns += 1;
                     self.next_tick = now + self.period;
                 }
+                self.step_env(now);
             }
             if self.state == FirmwareState::Running {
                 if ticking {

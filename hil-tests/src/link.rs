@@ -45,8 +45,10 @@ fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// Waits until `fd` is readable (or writable) or `timeout` passes; true if ready.
+/// A timeout is rounded up to whole milliseconds (poll's unit): rounded down, every
+/// wait under 1 ms became a busy spin until the deadline.
 fn wait_fd(fd: RawFd, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     let mut fds = [PollFd::new(fd, flags)];
     match poll(&mut fds, ms) {
         Ok(n) => Ok(n > 0),

@@ -71,9 +71,10 @@ fn parse_reward(s: &str) -> Result<Reward, String> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !(args.rate_scale.is_finite() && args.rate_scale > 0.0) {
+    // The bounds keep the firmware's clock arithmetic (Duration × scale) in range.
+    if !(1e-3..=1e4).contains(&args.rate_scale) {
         bail!(
-            "--rate-scale must be a positive number, found {}",
+            "--rate-scale must be between 0.001 and 10000, found {}",
             args.rate_scale
         );
     }

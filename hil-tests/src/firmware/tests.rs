@@ -508,3 +508,57 @@ fn built_in_robot_files_fit_their_sim_tasks() {
         assert_eq!(fw.hello().obs_dim as usize, spec.obs_dim());
     }
 }
+
+#[test]
+fn a_press_at_boot_is_reported_but_serves_no_controller_before_a_hello() {
+    let mut fw = firmware_with(TaskId::Push, Pacing::Lockstep, "estop_at=boot");
+    fw.poll(ms(0));
+    assert_eq!(
+        out(&mut fw),
+        [Message::Fault {
+            code: FaultCode::Estop
+        }]
+    );
+    // Still waiting for a controller: no heartbeats, nothing served.
+    assert_eq!(fw.state(), FirmwareState::AwaitHello);
+    fw.poll(ms(1000));
+    fw.on_frame(ms(1001), frame(Message::Reset { seed: 1 }));
+    assert!(out(&mut fw).is_empty(), "nothing before a Hello");
+    // After the handshake, the latched button refuses the Reset.
+    connect(&mut fw, ms(1002));
+    fw.on_frame(ms(1003), frame(Message::Reset { seed: 1 }));
+    assert_eq!(
+        out(&mut fw),
+        [Message::Fault {
+            code: FaultCode::Estop
+        }]
+    );
+}
+
+#[test]
+fn after_a_reboot_the_first_step_comes_one_period_on() {
+    // Real time at 20 Hz: the reboot at step 2 starts a new episode at 100 ms, whose
+    // step 1 is due at 150 ms (it came at 200 ms).
+    let mut fw = firmware_with(TaskId::Push, Pacing::RealTime, "reboot_at=2");
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    let mut at = 0;
+    for t in (0..=200).step_by(5) {
+        fw.on_frame(ms(t), command(&[0.1, 0.1]));
+        fw.poll(ms(t));
+        for f in fw.take_outbox() {
+            if let Message::Sensor {
+                episode: 1,
+                step: 1,
+                ..
+            } = f.message
+            {
+                at = t;
+            }
+        }
+        if at > 0 {
+            break;
+        }
+    }
+    assert_eq!(at, 150);
+}
