@@ -541,6 +541,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         (None, None) => bail!("pass --port DEVICE or --sim TASK"),
     };
     let mut cfg = loop_config(robot, port.clone(), &a.timing);
+    // A real port's line (a pty ignores the rate); 0 is refused below, with the loop's
+    // other settings.
+    if let (Some(baud), Some(port)) = (a.baud.filter(|&b| b > 0), &a.port) {
+        cfg.robot
+            .check_baud(&port.to_string_lossy(), baud)
+            .map_err(|e| anyhow::anyhow!("--baud: {e}"))?;
+    }
     cfg.baud = a.baud.unwrap_or(cfg.baud);
     cfg.episodes = Some(a.episodes);
     cfg.seed = a.seed;

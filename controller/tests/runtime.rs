@@ -504,6 +504,18 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         .unwrap();
         let k = if replan_every == 0 { 3 } else { replan_every };
         let mut a = vec![0.0; ad];
+        // The loop does not wait for the worker: until it has sampled for this episode,
+        // a planning step holds (zeros, no candidate) and the next step plans again.
+        let mut held = 0;
+        while brain.act(0, &obs(0), &mut a).unwrap().score.is_nan() {
+            assert_eq!(a, [0.0; 2]);
+            assert_eq!(brain.chunk_index(), 0);
+            held += 1;
+            assert!(held < 100_000, "the worker never delivered");
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        brain.replan();
+        let first = published(&brain);
         let mut chunk = Vec::new();
         let mut plans = 0;
         for step in 0..9u64 {
@@ -526,7 +538,7 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
                 "replan_every {replan_every} step {step}"
             );
             // Every tick feeds the worker, planning or not.
-            assert_eq!(published(&brain), step + 1);
+            assert_eq!(published(&brain), first + step + 1);
         }
         assert_eq!(plans, 9usize.div_ceil(k));
         // A replan (new episode, intervention) plans on the next step, mid-chunk.
@@ -539,6 +551,17 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
             assert_eq!(brain.chunk_index(), 0, "replanned");
             brain.act(12, &obs(12), &mut a).unwrap();
             assert_eq!(brain.chunk_index(), 1);
+            // A new episode: its first plan holds or uses candidates sampled for it,
+            // never the previous episode's.
+            for _ in 0..5 {
+                brain.new_episode();
+                let c = brain.act(0, &obs(13), &mut a).unwrap();
+                let age = match &brain {
+                    Brain::TwoSpeed { policy, .. } => policy.candidate_age(),
+                    _ => unreachable!(),
+                };
+                assert!(c.score.is_nan() || age == 0, "candidates {age} old");
+            }
         }
     }
     let e = Brain::with_play(&b, &options(Backend::Native, 4), true, play(4, None))

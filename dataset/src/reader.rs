@@ -276,17 +276,21 @@ fn read_data_file(
                     ));
                 }
             }
-            // LeRobot's meaning: seconds since the episode's start at the dataset's one
-            // rate, checked to LeRobot's default tolerance (1e-4 s) plus f32 rounding.
-            let (ts, want) = (d.timestamp[r], k as f64 / json.fps as f64);
-            if !(ts.is_finite() && (ts as f64 - want).abs() <= 1e-4 + want * 2.5e-7) {
+            // LeRobot's rule (`check_timestamps_sync`): within an episode, consecutive
+            // frames are 1 / fps apart, to 1e-4 s (plus f32 rounding here); a slow drift
+            // of a capture clock passes, a dropped or repeated frame does not.
+            let ts = d.timestamp[r];
+            let gap = (k > 0).then(|| ts as f64 - d.timestamp[r - 1] as f64);
+            let period = 1.0 / json.fps as f64;
+            let off = gap.is_some_and(|g| (g - period).abs() > 1e-4 + ts.abs() as f64 * 5e-7);
+            if !ts.is_finite() || off {
                 return Err(DatasetError::column(
                     path,
                     cols::TIMESTAMP,
                     format!(
-                        "row {r}: {ts} s, expected frame_index / fps = {k} / {} = {want} s \
-                         (episode {e}); a dataset's frames are at its one fps",
-                        json.fps
+                        "row {r}: {ts} s{}; frames of an episode are 1 / fps = {period} s \
+                         apart (episode {e}, frame_index {k})",
+                        gap.map_or(String::new(), |g| format!(", {g} s after the frame before"))
                     ),
                 ));
             }

@@ -236,8 +236,8 @@ fn nan_in_observation() {
 #[test]
 fn timestamps_off_the_datasets_rate() {
     // Row 8 = episode 1, frame_index 2: stamped as if a frame had been dropped before it.
-    // (The common dataset is at 20 fps: frame 2 is at 0.1 s.)
-    for (bad, shown) in [(f32::NAN, "NaN s"), (0.15, "0.15 s")] {
+    // (The common dataset is at 20 fps: frame 2 is at 0.1 s, 0.05 s after frame 1.)
+    for (bad, shown) in [(f32::NAN, "NaN s"), (0.15, "0.15 s, 0.100000")] {
         let (_t, dir) = good();
         rewrite_parquet(&dir.join(DATA), |b| {
             let ts = b.column_by_name("timestamp").unwrap();
@@ -255,11 +255,24 @@ fn timestamps_off_the_datasets_rate() {
                 "`timestamp`",
                 "row 8",
                 shown,
-                "expected frame_index / fps = 2 /",
-                "(episode 1)",
+                "1 / fps = 0.05 s apart",
+                "(episode 1, frame_index 2)",
             ],
         );
     }
+    // A slow drift (a capture clock 0.1% fast) passes, as in LeRobot.
+    let (_t, dir) = good();
+    rewrite_parquet(&dir.join(DATA), |b| {
+        let ts = b.column_by_name("timestamp").unwrap();
+        let vals: Vec<f32> = ts
+            .as_primitive::<arrow_array::types::Float32Type>()
+            .values()
+            .iter()
+            .map(|t| t * 1.001)
+            .collect();
+        replace_column(&b, "timestamp", Arc::new(Float32Array::from(vals)))
+    });
+    read_dataset(&dir).unwrap();
 }
 
 /// Rewrite int64 columns of the episodes index.

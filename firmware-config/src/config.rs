@@ -82,10 +82,11 @@ use toml::de::{DeTable, DeValue};
 pub struct RobotConfig {
     /// Robot name, for logs and dataset metadata.
     pub robot: String,
-    /// Control rate in Hz (1..=65535: the `Hello` message carries it as a u16).
+    /// Control rate in Hz (1..=[`MAX_CONTROL_HZ`]; the `Hello` message carries it as a
+    /// u16).
     pub control_hz: u32,
     /// The firmware's watchdog: with no valid command for this long it holds position
-    /// and reports `Fault { Watchdog }`. At least one control period.
+    /// and reports `Fault { Watchdog }`. At least [`MIN_TIMEOUT_PERIODS`] control periods.
     pub command_timeout_ms: u32,
     pub serial: SerialConfig,
     pub joints: Vec<JointConfig>,
@@ -529,18 +530,36 @@ impl RobotConfig {
                 )
             },
         )?;
-        // The firmware's frames for one step must leave room on the line for a late
-        // one to catch up: at most half of each period (10 bits per byte on a UART).
-        let step_bytes = step_wire_bytes(obs.dim);
-        let line_ms = (step_bytes * 10) as f64 * 1000.0 / self.serial.baud as f64;
-        check(line_ms <= 0.5 * period_ms, "serial.baud", || {
-            let min_baud = (step_bytes * 10) as f64 * 2.0 * self.control_hz as f64;
-            format!(
-                "{} baud is too slow for {} Hz: the firmware's frames for one step ({step_bytes} bytes for {} observation values) take {line_ms:.1} ms of the {period_ms} ms period, and at most half of it is allowed; use at least {min_baud} baud or a lower control_hz",
-                self.serial.baud, self.control_hz, obs.dim
-            )
-        })?;
+        self.check_baud(&self.serial.device, self.serial.baud)
+            .map_err(|message| Invalid {
+                field: "serial.baud".into(),
+                message,
+            })?;
         Ok(())
+    }
+
+    /// Whether a line at `baud` carries this robot's frames: the firmware's frames for
+    /// one step must leave room on the line for a late one to catch up, so they may take
+    /// at most half of each control period (10 bits per byte on a UART). Checked for the
+    /// robot file's `serial.baud` and for the controller's `--baud`. Not for USB CDC-ACM
+    /// devices (`/dev/ttyACM*`, macOS `/dev/cu.usbmodem*`), which ignore the baud rate
+    /// and run at USB speed.
+    pub fn check_baud(&self, device: &str, baud: u32) -> Result<(), String> {
+        let name = device.rsplit('/').next().unwrap_or(device);
+        if name.starts_with("ttyACM") || name.starts_with("cu.usbmodem") {
+            return Ok(());
+        }
+        let period_ms = 1000.0 / self.control_hz as f64;
+        let step_bytes = step_wire_bytes(self.observation.dim);
+        let line_ms = (step_bytes * 10) as f64 * 1000.0 / baud as f64;
+        if line_ms <= 0.5 * period_ms {
+            return Ok(());
+        }
+        let min_baud = (step_bytes * 10) as f64 * 2.0 * self.control_hz as f64;
+        Err(format!(
+            "{baud} baud is too slow for {} Hz: the firmware's frames for one step ({step_bytes} bytes for {} observation values) take {line_ms:.1} ms of the {period_ms} ms period, and at most half of it is allowed; use at least {min_baud} baud or a lower control_hz",
+            self.control_hz, self.observation.dim
+        ))
     }
 }
 

@@ -7,8 +7,9 @@
 //! translation, no signal characters — otherwise a `0x03` in a frame would become
 //! Ctrl-C and a `0x0a` would be rewritten.
 
-use nix::poll::{PollFd, PollFlags, poll};
+use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+use nix::sys::time::TimeSpec;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -45,12 +46,12 @@ fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// Waits until `fd` is readable (or writable) or `timeout` passes; true if ready.
-/// A timeout is rounded up to whole milliseconds (poll's unit): rounded down, every
-/// wait under 1 ms became a busy spin until the deadline.
+/// `ppoll` takes the timeout to the nanosecond: `poll`'s whole milliseconds either
+/// busy-spun through every wait under 1 ms (rounded down) or overslept by up to 1 ms,
+/// half a period at 500 Hz (rounded up).
 fn wait_fd(fd: RawFd, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     let mut fds = [PollFd::new(fd, flags)];
-    match poll(&mut fds, ms) {
+    match ppoll(&mut fds, Some(TimeSpec::from(timeout)), None) {
         Ok(n) => Ok(n > 0),
         Err(nix::errno::Errno::EINTR) => Ok(false),
         Err(e) => Err(e.into()),

@@ -449,9 +449,9 @@ fn validate(dir: &std::path::Path) -> Result<()> {
     }
     if r.uncommitted_episodes > 0 {
         println!(
-            "warning: the episodes index lists {} more episodes than meta/info.json commits \
-             (a writer stopped before its commit); they are not part of the dataset, and the \
-             statistics were not checked",
+            "warning: the episodes index lists {} more rows than meta/info.json commits (a \
+             writer stopped before its commit, or superseded index files left behind); they \
+             are not part of the dataset, and the statistics were not checked",
             r.uncommitted_episodes
         );
     }

@@ -184,8 +184,10 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             low: vec![-1.0; step_ad],
             high: vec![1.0; step_ad],
             horizon: c.action_horizon,
-            // How the run played its chunks (one action per plan needs no field).
-            replan_every: if c.action_horizon > 1 {
+            // How the run played its chunks; whole chunks (0, or H itself) and one
+            // action per plan need no field, so the bundle stays readable by older
+            // controllers.
+            replan_every: if c.action_horizon > 1 && c.replan_every != c.action_horizon {
                 c.replan_every
             } else {
                 0

@@ -191,6 +191,11 @@ fn exported_chunk_bundle_matches_burn() {
     agent.config.replan_every = 2;
     let m = export_bundle(&agent, &dir.path().join("k2"), &ExportInfo::default(), None).unwrap();
     assert_eq!((m.format_version, m.action.replan_every), (3, 2));
+    // Replanning every H actions is whole chunks: no field, format 2 as before.
+    agent.config.replan_every = 3;
+    let m = export_bundle(&agent, &dir.path().join("k3"), &ExportInfo::default(), None).unwrap();
+    assert_eq!((m.format_version, m.action.replan_every), (2, 0));
+    agent.config.replan_every = 0;
     // A one-step bundle stays format 1, without the field.
     let m = export_bundle(&one, &dir.path().join("one"), &ExportInfo::default(), None).unwrap();
     assert_eq!((m.format_version, m.action.horizon), (1, 1));

@@ -209,10 +209,18 @@ pub enum Brain {
     Hold,
 }
 
+/// The choice reported for a step that holds (zero in policy units, the hold action the
+/// robot file's envelope contains): no candidate, no score.
+const HOLD_CHOICE: Choice = Choice {
+    index: 0,
+    score: f32::NAN,
+};
+
 /// What plans an action (or a chunk of them) for the [`ChunkPlayer`].
 pub trait Planner {
-    /// Writes a whole chunk (`chunk_dim` values) planned on `obs`.
-    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Choice>;
+    /// Writes a whole chunk (`chunk_dim` values) planned on `obs`; `None` (nothing
+    /// written) when it cannot plan yet and the step is to hold.
+    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Option<Choice>>;
     /// A step the policy does not plan on: `obs` is what the robot sees meanwhile.
     fn observe(&mut self, _obs: &[f32]) -> anyhow::Result<()> {
         Ok(())
@@ -220,14 +228,16 @@ pub trait Planner {
 }
 
 impl Planner for Policy {
-    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Choice> {
-        self.act(obs, chunk)
+    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Option<Choice>> {
+        self.act(obs, chunk).map(Some)
     }
 }
 
 impl Planner for TwoSpeedPolicy {
-    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Choice> {
-        self.act(obs, chunk)
+    /// Does not wait for the worker: the first steps of an episode hold until it has
+    /// sampled for that episode ([`TwoSpeedPolicy::try_act`]).
+    fn plan(&mut self, obs: &[f32], chunk: &mut [f32]) -> anyhow::Result<Option<Choice>> {
+        self.try_act(obs, chunk)
     }
     /// Publishes the observation, so the worker's candidates stay current for the next
     /// plan.
@@ -276,10 +286,7 @@ impl ChunkPlayer {
             ensemble: TemporalEnsemble::for_play(&play, policy.act_dim()),
             chunk: vec![0.0; policy.chunk_dim()],
             planned_at: None,
-            choice: Choice {
-                index: 0,
-                score: f32::NAN,
-            },
+            choice: HOLD_CHOICE,
             index: 0,
         })
     }
@@ -311,7 +318,15 @@ impl ChunkPlayer {
             None => {
                 // A failed plan leaves nothing to play.
                 self.planned_at = None;
-                self.choice = planner.plan(obs, &mut self.chunk)?;
+                let Some(choice) = planner.plan(obs, &mut self.chunk)? else {
+                    // Not ready (a two-speed worker still sampling for this episode):
+                    // hold, and plan again on the next step.
+                    self.index = 0;
+                    self.choice = HOLD_CHOICE;
+                    action.fill(0.0);
+                    return Ok(HOLD_CHOICE);
+                };
+                self.choice = choice;
                 self.planned_at = Some(step);
                 if let Some(e) = &mut self.ensemble {
                     e.add(step, &self.chunk);
@@ -399,10 +414,7 @@ impl Brain {
             Brain::TwoSpeed { policy, chunk } => chunk.act(&mut **policy, step, obs, action),
             Brain::Hold => {
                 action.fill(0.0);
-                Ok(Choice {
-                    index: 0,
-                    score: f32::NAN,
-                })
+                Ok(HOLD_CHOICE)
             }
         }
     }

@@ -10,10 +10,12 @@
 //! The candidates a tick edits were sampled for an observation up to one chain-time old;
 //! the edit and the critic see the newest observation, which is what keeps the action
 //! reactive. [`TwoSpeedPolicy::candidate_age`] reports how many observations old they
-//! are. The first tick waits for the first candidate set, and so does the first tick
-//! after [`TwoSpeedPolicy::restart`] (a new episode): it waits for a set sampled for an
-//! observation of the new episode (at most the worker's chain in progress plus one),
-//! never editing candidates sampled for the previous episode's last state.
+//! are. Candidates are only used for the episode they were sampled in: after
+//! [`TwoSpeedPolicy::restart`] (a new episode) the previous episode's are not edited.
+//! [`TwoSpeedPolicy::act`] waits for a usable set; [`TwoSpeedPolicy::try_act`], what the
+//! control loop uses, does not wait: until the worker has sampled for the new episode
+//! (one chain time), the loop holds (the robot has just been reset), and its rate and the
+//! firmware's command watchdog are unaffected by the chain's length.
 //!
 //! With action chunks the candidates are whole chunks (`[N, H·A]`): the tick that plans
 //! a chunk edits and selects among them, and the ticks that play it only publish their
@@ -182,31 +184,51 @@ impl TwoSpeedPolicy {
         Ok(())
     }
 
-    /// One tick: publish `raw_obs` to the worker, then edit + select on it.
+    /// One tick: publish `raw_obs` to the worker, then edit + select on it, waiting
+    /// for a usable candidate set if there is none yet.
     pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
         self.observe(raw_obs)?;
-        {
-            let mut c = self.shared.candidates.lock().unwrap();
-            // (Before the first set, c.1 is 0 and fresh_from at least 1.)
-            while c.1 < self.fresh_from {
-                if let Some(e) = self.shared.error.lock().unwrap().clone() {
-                    bail!("candidate worker failed: {e}");
-                }
-                c = self
-                    .shared
-                    .candidates_ready
-                    .wait_timeout(c, Duration::from_millis(100))
-                    .unwrap()
-                    .0;
-            }
-            let n = c.0.len();
-            self.tick.candidates[..n].copy_from_slice(&c.0);
-            self.candidate_obs_seq = c.1;
+        self.take_candidates(true)?;
+        self.tick.act_loaded(action, Instant::now())
+    }
+
+    /// [`Self::act`] without waiting: `None` (and nothing written) while the worker has
+    /// no candidates for this episode yet.
+    pub fn try_act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Option<Choice>> {
+        self.observe(raw_obs)?;
+        if !self.take_candidates(false)? {
+            return Ok(None);
         }
+        self.tick.act_loaded(action, Instant::now()).map(Some)
+    }
+
+    /// Copies the newest candidates for the tick if they are usable (sampled for an
+    /// observation from `fresh_from` on), waiting for them when `wait`; false if not.
+    fn take_candidates(&mut self, wait: bool) -> Result<bool> {
+        let mut c = self.shared.candidates.lock().unwrap();
+        // (Before the first set, c.1 is 0 and fresh_from at least 1.)
+        while c.1 < self.fresh_from {
+            if let Some(e) = self.shared.error.lock().unwrap().clone() {
+                bail!("candidate worker failed: {e}");
+            }
+            if !wait {
+                return Ok(false);
+            }
+            c = self
+                .shared
+                .candidates_ready
+                .wait_timeout(c, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+        let n = c.0.len();
+        self.tick.candidates[..n].copy_from_slice(&c.0);
+        self.candidate_obs_seq = c.1;
+        drop(c);
         if let Some(e) = self.shared.error.lock().unwrap().clone() {
             bail!("candidate worker failed: {e}");
         }
-        self.tick.act_loaded(action, Instant::now())
+        Ok(true)
     }
 }
 

@@ -216,12 +216,6 @@ fn semantic_errors_name_file_line_and_field() {
             "must be at least 2 control periods (100 ms at 20 Hz), found 60",
         ),
         (
-            "baud = 1000000",
-            "baud = 9600",
-            "serial.baud",
-            "9600 baud is too slow for 20 Hz: the firmware's frames for one step (94 bytes for 10 observation values) take 97.9 ms of the 50 ms period, and at most half of it is allowed; use at least 37600 baud or a lower control_hz",
-        ),
-        (
             "action_min = [-1.0, -1.0]",
             "action_min = [-1.0, 0.25]",
             "safety.action_min[1]",
@@ -342,6 +336,18 @@ fn parse_errors_name_file_line_and_field() {
     assert!(
         err.contains(": joints[1].torque_max: missing field `torque_max`"),
         "{err}"
+    );
+    // A UART too slow for the frames of one step; a USB CDC-ACM device (the examples')
+    // ignores the baud rate.
+    let acm = edit("baud = 1000000", "baud = 9600");
+    RobotConfig::from_toml_str(&acm, "robot.toml").unwrap();
+    let text = acm.replace("/dev/ttyACM0", "/dev/ttyUSB0");
+    let line = line_of(&text, "baud = 9600");
+    assert_eq!(
+        load_err(&text),
+        format!(
+            "robot.toml:{line}: serial.baud: 9600 baud is too slow for 20 Hz: the firmware's frames for one step (94 bytes for 10 observation values) take 97.9 ms of the 50 ms period, and at most half of it is allowed; use at least 37600 baud or a lower control_hz"
+        )
     );
     // Missing top-level field in a file that starts with a key (no comment first): the
     // error is the root table's, not the first key's.
