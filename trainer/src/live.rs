@@ -398,7 +398,10 @@ pub(crate) fn train_live(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        while owed > 0 && updates < o.updates {
+        // Nothing to draw from yet (no offline data, and no chunk of H actions complete):
+        // the owed updates wait for the first transition in the replay.
+        let nothing_yet = offline.is_empty() && online.is_empty();
+        while owed > 0 && updates < o.updates && !nothing_yet {
             draw_mixed(
                 &mut batch_rng,
                 offline,

@@ -18,9 +18,14 @@ use trainer::run::{TrainOptions, load_agent, train};
 use uplink::{KEY_LEN, Key};
 
 fn tiny_push_run(dir: &Path) {
+    tiny_push_run_with(dir, 1, 10);
+}
+
+fn tiny_push_run_with(dir: &Path, action_horizon: usize, online_steps: usize) {
     let mut c = Config::tiny();
     c.task = TaskId::Push.into();
-    c.run.online_steps = 10;
+    c.action_horizon = action_horizon;
+    c.run.online_steps = online_steps;
     train(&c, dir, &TrainOptions::default(), &mut ()).unwrap();
 }
 
@@ -65,6 +70,21 @@ fn spawn_listening_trainer(
     std::thread::JoinHandle<trainer::finetune::FinetuneSummary>,
     std::net::SocketAddr,
 ) {
+    spawn_listening_trainer_with(run, out, updates, key, signing, idle_exit, true)
+}
+
+fn spawn_listening_trainer_with(
+    run: &Path,
+    out: &Path,
+    updates: usize,
+    key: &Key,
+    signing: Option<shared_model::manifest::SigningKey>,
+    idle_exit: Option<Duration>,
+    with_offline: bool,
+) -> (
+    std::thread::JoinHandle<trainer::finetune::FinetuneSummary>,
+    std::net::SocketAddr,
+) {
     let (tx, rx) = std::sync::mpsc::channel();
     let short = updates < 1000;
     let opts = FinetuneOptions {
@@ -72,7 +92,7 @@ fn spawn_listening_trainer(
         data: vec![],
         out: out.to_path_buf(),
         updates,
-        with_offline: true,
+        with_offline,
         // Mid-run checkpoints as a long session writes them (none is read back here).
         checkpoint_every: if short { 50 } else { 500 },
         log_every: if short { 50 } else { 500 },
@@ -92,6 +112,56 @@ fn spawn_listening_trainer(
     };
     let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
     (trainer, rx.recv_timeout(Duration::from_secs(60)).unwrap())
+}
+
+/// `finetune --listen --no-offline` on a pretrained run (no online data) of chunks of
+/// 3: until the robot's first chunk is complete there is nothing to draw from, and the
+/// owed updates wait for it (they drew from the empty offline buffer and aborted the
+/// trainer).
+#[test]
+fn live_fine_tuning_without_offline_data_waits_for_the_first_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    tiny_push_run_with(&run, 3, 0);
+    let bundle = tmp.path().join("bundle");
+    let info = trainer::export::ExportInfo {
+        dataset: "test".into(),
+        env_steps: 10,
+        executed_steps: None,
+    };
+    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle, &info, None).unwrap();
+    let link_key = Key::from_bytes([6; KEY_LEN]);
+    let out = tmp.path().join("live");
+    let (trainer, addr) = spawn_listening_trainer_with(
+        &run,
+        &out,
+        1_000_000,
+        &link_key,
+        None,
+        Some(Duration::from_secs(2)),
+        false,
+    );
+    let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
+    // Real time (20 Hz): the robot's transitions come a few at a time, so the trainer
+    // sees steps before the first chunk is complete.
+    let (firmware, mut cfg, options) = push_robot(1.0, 3);
+    cfg.episodes = Some(1);
+    cfg.out = Some(tmp.path().join("robot"));
+    cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
+        addr: addr.to_string(),
+        key: link_key,
+        drain: Duration::from_secs(5),
+        swap: None,
+    });
+    let brain = Brain::new(&b, &options, false).unwrap();
+    let report = controller::robot_loop::run(cfg, brain, "push", "chunks of 3").unwrap();
+    drop(firmware);
+    let summary = trainer.join().expect("the trainer did not panic");
+    assert!(summary.streamed > 0, "{report:?}");
+    assert!(
+        summary.replay_transitions > 0 && summary.updates > 0,
+        "{summary:?}"
+    );
 }
 
 #[test]
