@@ -1324,7 +1324,7 @@ impl Control {
         // `--teleop-wait-ms`: the device gets this observation first, and its answer is
         // waited for (boundedly) so that it acts on this frame.
         let waited = match self.teleop.as_mut() {
-            Some(port) if port.waits() => {
+            Some(port) if port.waits(now) => {
                 let sent = Instant::now();
                 port.send_observation(episode, step, &self.obs[..od]);
                 port.await_answer(step, sent);

@@ -31,7 +31,11 @@
 
 use super::realtime;
 use crossbeam_channel::{Receiver, Sender};
-use std::io::BufRead;
+use std::io::{BufRead, Read};
+
+/// The longest line read as a command: every command is a word; a longer line (pasted
+/// text) is reported and skipped, so that input cannot grow memory.
+const MAX_LINE: usize = 1024;
 
 /// What the operator did in a run (`report.json`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -94,8 +98,36 @@ pub fn spawn_reader<R: BufRead + Send + 'static>(
     // the channel every tick.
     let (tx, rx): (Sender<OperatorCommand>, _) = crossbeam_channel::unbounded();
     realtime::spawn_in_run("operator", move || {
-        for line in input.lines() {
-            let Ok(line) = line else { break };
+        let mut input = input;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match (&mut input)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut buf)
+            {
+                Ok(0) => {
+                    note!(
+                        "operator console: input closed; commands are no longer read (Ctrl-C still stops the run)"
+                    );
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    note!(
+                        "operator console: reading input failed ({e}); commands are no longer read (Ctrl-C still stops the run)"
+                    );
+                    break;
+                }
+            }
+            if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+                note!("operator console: a line of over {MAX_LINE} bytes skipped");
+                skip_line(&mut input);
+                continue;
+            }
+            // Bytes that are not UTF-8 (an 8-bit terminal) make an unknown command, not
+            // the end of the console.
+            let line = String::from_utf8_lossy(&buf);
             match OperatorCommand::parse(&line) {
                 Ok(Some(c)) => {
                     if tx.send(c).is_err() {
@@ -108,6 +140,19 @@ pub fn spawn_reader<R: BufRead + Send + 'static>(
         }
     })?;
     Ok(rx)
+}
+
+/// Reads and drops the rest of a line (to its newline or the end of the input).
+fn skip_line<R: BufRead>(input: &mut R) {
+    let mut rest = Vec::new();
+    loop {
+        rest.clear();
+        match input.take(4096).read_until(b'\n', &mut rest) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if rest.ends_with(b"\n") => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +183,23 @@ mod tests {
     fn the_reader_forwards_commands_in_order_and_skips_unknown_lines() {
         let input = std::io::Cursor::new("i\n\nbogus\ns\nq\n");
         let rx = spawn_reader(input).unwrap();
+        let got: Vec<_> = rx.iter().collect();
+        assert_eq!(
+            got,
+            [
+                OperatorCommand::ToggleIntervention,
+                OperatorCommand::Success,
+                OperatorCommand::Quit
+            ]
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_and_long_lines_do_not_end_the_console() {
+        let mut input = b"i\n\xff\xfe\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 5000));
+        input.extend_from_slice(b"\ns\r\nq\n");
+        let rx = spawn_reader(std::io::Cursor::new(input)).unwrap();
         let got: Vec<_> = rx.iter().collect();
         assert_eq!(
             got,

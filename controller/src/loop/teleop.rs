@@ -47,7 +47,8 @@
 //! sends the observation first and spins up to the wait for an action datagram that
 //! answers it (flag `ANSWERS`, `ref` = the observation's step, arrived after the
 //! observation left). It then acts on that answer; without one in time it acts as
-//! without a wait (counted `answer_timeouts`). The wait is part of the tick, so it must
+//! without a wait (counted `answer_timeouts`). It waits only while the device's newest
+//! datagram is younger than the timeout: a device that stopped costs no wait. The wait is part of the tick, so it must
 //! stay well inside the control period (the CLI accepts up to 80% of it).
 //!
 //! # What is refused
@@ -530,9 +531,13 @@ impl TeleopPort {
     }
 
     /// The controller sends observations before acting and waits for answers
-    /// (`--teleop-wait-ms`, once a device is known).
-    pub(crate) fn waits(&self) -> bool {
-        !self.wait.is_zero() && self.newest.is_some()
+    /// (`--teleop-wait-ms`) while the device's newest datagram is younger than the
+    /// timeout at `now`: a device that went away costs no wait.
+    pub(crate) fn waits(&self, now: Instant) -> bool {
+        !self.wait.is_zero()
+            && self
+                .newest
+                .is_some_and(|r| now.saturating_duration_since(r.at) <= self.timeout)
     }
 
     /// Spins up to the wait for the device's answer to the observation of `step`, sent
@@ -773,6 +778,23 @@ mod tests {
         // A device that does not answer (a person's) is in force at any step.
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(rig.port.action(Instant::now(), 0).is_some());
+    }
+
+    /// `--teleop-wait-ms`: the tick waits only while the device's newest datagram is
+    /// younger than the timeout; a device that stopped costs no wait.
+    #[test]
+    fn the_wait_is_only_for_a_device_that_is_there() {
+        let timeout = Duration::from_millis(300);
+        let mut cfg = TeleopConfig::bind("127.0.0.1:0", timeout).unwrap();
+        cfg.wait = Duration::from_millis(5);
+        let mut rig = Rig::started(cfg);
+        assert!(!rig.port.waits(Instant::now()), "no device yet");
+        rig.send(0, &[0.1, 0.1]);
+        assert!(rig.port.waits(Instant::now()));
+        assert!(
+            !rig.port.waits(Instant::now() + timeout * 2),
+            "a device that went quiet"
+        );
     }
 
     #[test]
