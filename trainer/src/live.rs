@@ -11,15 +11,19 @@
 //!                 --log-every updates a finetune.csv row (the metrics' means)
 //! ```
 //!
-//! Transitions that arrive after the last update are kept in `OUT/uplink/` (and
-//! acknowledged, so the robot does not resend them) but not trained on; `controller
-//! log-to-dataset` turns those logs into datasets for `finetune --data`.
+//! Every transition received is kept in `OUT/uplink/` and acknowledged. Those queued
+//! when the last update ran are still put in the online replay, so the final
+//! checkpoint holds every streamed transition (a later `--from OUT` or `--resume`
+//! trains on them; converting `OUT/uplink/` with `controller log-to-dataset` for
+//! `finetune --data` would add them a second time).
 //!
 //! A checkpoint is written every `--checkpoint-every` updates and at the end, so
 //! `--resume` after a crash continues from the last one. The transitions that arrived
 //! between that checkpoint and the crash are in `OUT/uplink/` but not in the resumed
-//! replay (the robot is not asked to send them again): convert them with `controller
-//! log-to-dataset` for a later `finetune --data`.
+//! replay (the robot is not asked to send them again), and neither are a stream's last
+//! steps of an unfinished action chunk (H > 1) at the checkpoint. The log holds
+//! everything since the run began, so converting it for `finetune --data` brings those
+//! back together with transitions the checkpoint already has.
 //!
 //! Every acknowledgement to the robot names `OUT/bundles/latest`; the robot fetches a
 //! new one over the same link, verifies it and swaps it in between episodes

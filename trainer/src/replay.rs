@@ -283,7 +283,12 @@ impl Replay {
         let (capacity, len, next) = (word(0), word(1), word(2));
         // Rows are drawn as u32 numbers across both buffers (`draw_mixed`); no buffer the
         // trainer writes is larger than a tenth of that.
-        if capacity == 0 || capacity > (u32::MAX / 2) as usize || len > capacity || next >= capacity
+        // An unfilled ring writes at its end (the device mirror relies on it).
+        if capacity == 0
+            || capacity > (u32::MAX / 2) as usize
+            || len > capacity
+            || next >= capacity
+            || (len < capacity && next != len)
         {
             return Err(format!(
                 "inconsistent header: capacity {capacity}, len {len}, next {next}"
@@ -730,6 +735,17 @@ mod tests {
         let e = Replay::from_bytes(&wide, 2, 1).unwrap_err();
         assert!(
             e.starts_with("inconsistent header: capacity 4294967296"),
+            "{e}"
+        );
+        // An unfilled ring whose write position is not its end: its pushes would land
+        // elsewhere than the rows it reads (and the device mirror uploads).
+        let mut part = Replay::new(2, 1, 4);
+        part.push(&[0.0, 1.0], &[0.5], 0.0, &[0.0, 2.0], false);
+        let mut skewed = part.to_bytes();
+        skewed[24..32].copy_from_slice(&3u64.to_le_bytes());
+        let e = Replay::from_bytes(&skewed, 2, 1).unwrap_err();
+        assert!(
+            e.starts_with("inconsistent header: capacity 4, len 1, next 3"),
             "{e}"
         );
         let floats = |b: &mut Vec<u8>, i: usize, x: f32| {
