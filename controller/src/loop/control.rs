@@ -979,6 +979,10 @@ impl Control {
                 }
             }
             Phase::Done => {}
+            // Re-handshaking after a reconnect, with no episode: the port's firmware has
+            // not confirmed its robot id, so nothing is sent to it (it holds on its own,
+            // by its watchdog); the run ends at once, as `end_run_after` does.
+            Phase::Handshaking { .. } if self.track.is_none() => self.phase = Phase::Done,
             _ => {
                 if self.track.is_some() {
                     self.finish_episode(now, EndReason::Interrupted, why);
