@@ -365,8 +365,8 @@ pub struct ValidationReport {
     pub unreferenced_data_files: Vec<PathBuf>,
     /// Rows of the episodes index beyond info.json's `total_episodes` (a writer stopped
     /// between renaming its index and renaming info.json, its commit point, or
-    /// superseded index files it did not remove): not part of the dataset. The statistics are then not checked: they may already describe
-    /// those episodes.
+    /// superseded index files it did not remove): not part of the dataset. The
+    /// statistics are then not checked: they may already describe those episodes.
     pub uncommitted_episodes: usize,
 }
 

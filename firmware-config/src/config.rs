@@ -371,21 +371,9 @@ impl RobotConfig {
                 )
             },
         )?;
-        let period_ms = 1000.0 / self.control_hz as f64;
         // Commands come once per period, give or take the loop's jitter: a watchdog of
         // one period would trip on any late one.
-        check(
-            self.command_timeout_ms as f64 >= MIN_TIMEOUT_PERIODS * period_ms,
-            "command_timeout_ms",
-            || {
-                format!(
-                    "must be at least {MIN_TIMEOUT_PERIODS} control periods ({} ms at {} Hz), found {}",
-                    MIN_TIMEOUT_PERIODS * period_ms,
-                    self.control_hz,
-                    self.command_timeout_ms
-                )
-            },
-        )?;
+        self.spans_periods("command_timeout_ms", self.command_timeout_ms)?;
         nonempty("serial.device", &self.serial.device)?;
         check(self.serial.baud > 0, "serial.baud", || {
             "must be positive, found 0".into()
@@ -481,26 +469,26 @@ impl RobotConfig {
             // The firmware falls back to the zero action (a Reset, a watchdog, a safe
             // stop): the envelope must allow it, or the controller's hold and the
             // firmware's would differ.
-            check(
-                s.action_min[i] <= 0.0,
-                &format!("safety.action_min[{i}]"),
-                || {
+            for (bound, value, ok, side) in [
+                (
+                    "action_min",
+                    s.action_min[i],
+                    s.action_min[i] <= 0.0,
+                    "most",
+                ),
+                (
+                    "action_max",
+                    s.action_max[i],
+                    s.action_max[i] >= 0.0,
+                    "least",
+                ),
+            ] {
+                check(ok, &format!("safety.{bound}[{i}]"), || {
                     format!(
-                        "must be at most 0 (the hold action, which the firmware falls back to, must be inside the envelope), found {}",
-                        s.action_min[i]
+                        "must be at {side} 0 (the hold action, which the firmware falls back to, must be inside the envelope), found {value}"
                     )
-                },
-            )?;
-            check(
-                s.action_max[i] >= 0.0,
-                &format!("safety.action_max[{i}]"),
-                || {
-                    format!(
-                        "must be at least 0 (the hold action, which the firmware falls back to, must be inside the envelope), found {}",
-                        s.action_max[i]
-                    )
-                },
-            )?;
+                })?;
+            }
             positive(
                 &format!("safety.max_delta_per_tick[{i}]"),
                 s.max_delta_per_tick[i],
@@ -518,24 +506,24 @@ impl RobotConfig {
         }
         // The newest frame can be almost a period old at a tick before the next one is
         // due: a limit of one period would fault on a healthy link.
-        check(
-            s.stale_sensor_ms as f64 >= MIN_TIMEOUT_PERIODS * period_ms,
-            "safety.stale_sensor_ms",
-            || {
-                format!(
-                    "must be at least {MIN_TIMEOUT_PERIODS} control periods ({} ms at {} Hz), found {}",
-                    MIN_TIMEOUT_PERIODS * period_ms,
-                    self.control_hz,
-                    s.stale_sensor_ms
-                )
-            },
-        )?;
+        self.spans_periods("safety.stale_sensor_ms", s.stale_sensor_ms)?;
         self.check_baud(&self.serial.device, self.serial.baud)
             .map_err(|message| Invalid {
                 field: "serial.baud".into(),
                 message,
             })?;
         Ok(())
+    }
+
+    /// `field` (milliseconds) spans at least [`MIN_TIMEOUT_PERIODS`] control periods.
+    fn spans_periods(&self, field: &str, ms: u32) -> Result<(), Invalid> {
+        let periods_ms = MIN_TIMEOUT_PERIODS * 1000.0 / self.control_hz as f64;
+        check(ms as f64 >= periods_ms, field, || {
+            format!(
+                "must be at least {MIN_TIMEOUT_PERIODS} control periods ({periods_ms} ms at {} Hz), found {ms}",
+                self.control_hz
+            )
+        })
     }
 
     /// Whether a line at `baud` carries this robot's frames: the firmware's frames for

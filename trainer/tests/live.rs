@@ -58,22 +58,9 @@ fn push_robot(scale: f64, seed: u64) -> (FirmwareThread, RunConfig, PolicyOption
 
 /// `finetune --listen` from `run` into `out` on a free loopback port, in a thread:
 /// `updates` updates at most, a bundle every 50 (short runs) or 500 updates, signed
-/// with `signing`; returns the thread and the bound address.
+/// with `signing`, the run's offline data mixed in when `with_offline`; returns the
+/// thread and the bound address.
 fn spawn_listening_trainer(
-    run: &Path,
-    out: &Path,
-    updates: usize,
-    key: &Key,
-    signing: Option<shared_model::manifest::SigningKey>,
-    idle_exit: Option<Duration>,
-) -> (
-    std::thread::JoinHandle<trainer::finetune::FinetuneSummary>,
-    std::net::SocketAddr,
-) {
-    spawn_listening_trainer_with(run, out, updates, key, signing, idle_exit, true)
-}
-
-fn spawn_listening_trainer_with(
     run: &Path,
     out: &Path,
     updates: usize,
@@ -132,7 +119,7 @@ fn live_fine_tuning_without_offline_data_waits_for_the_first_chunk() {
     trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle, &info, None).unwrap();
     let link_key = Key::from_bytes([6; KEY_LEN]);
     let out = tmp.path().join("live");
-    let (trainer, addr) = spawn_listening_trainer_with(
+    let (trainer, addr) = spawn_listening_trainer(
         &run,
         &out,
         1_000_000,
@@ -186,8 +173,15 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
 
     // The trainer, listening on a free port.
     let out = tmp.path().join("live");
-    let (trainer, addr) =
-        spawn_listening_trainer(&run, &out, 150, &link_key, Some(signing.clone()), None);
+    let (trainer, addr) = spawn_listening_trainer(
+        &run,
+        &out,
+        150,
+        &link_key,
+        Some(signing.clone()),
+        None,
+        true,
+    );
 
     // The robot: the controller on the simulated firmware, streaming to the trainer.
     let b = shared_model::load_bundle(&bundle0, &Trust::from_public_key_file(&pub_path).unwrap())
@@ -387,8 +381,15 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
     let link_key = Key::from_bytes([7; KEY_LEN]);
     let out = tmp.path().join("live");
     let idle_exit = Some(Duration::from_secs(5));
-    let (trainer, trainer_addr) =
-        spawn_listening_trainer(&run, &out, usize::MAX, &link_key, Some(signing), idle_exit);
+    let (trainer, trainer_addr) = spawn_listening_trainer(
+        &run,
+        &out,
+        usize::MAX,
+        &link_key,
+        Some(signing),
+        idle_exit,
+        true,
+    );
     // About 700 push transitions (136 bytes each) pass before the cut.
     let proxy = cutting_proxy(trainer_addr, 100_000);
 

@@ -179,19 +179,23 @@ mod tests {
         assert!(err.contains("\"x\"") && err.contains("s success"), "{err}");
     }
 
+    /// Every command the reader forwards from `input`, in order.
+    fn commands_in(input: Vec<u8>) -> Vec<OperatorCommand> {
+        spawn_reader(std::io::Cursor::new(input))
+            .unwrap()
+            .iter()
+            .collect()
+    }
+
+    const I_S_Q: [OperatorCommand; 3] = [
+        OperatorCommand::ToggleIntervention,
+        OperatorCommand::Success,
+        OperatorCommand::Quit,
+    ];
+
     #[test]
     fn the_reader_forwards_commands_in_order_and_skips_unknown_lines() {
-        let input = std::io::Cursor::new("i\n\nbogus\ns\nq\n");
-        let rx = spawn_reader(input).unwrap();
-        let got: Vec<_> = rx.iter().collect();
-        assert_eq!(
-            got,
-            [
-                OperatorCommand::ToggleIntervention,
-                OperatorCommand::Success,
-                OperatorCommand::Quit
-            ]
-        );
+        assert_eq!(commands_in(b"i\n\nbogus\ns\nq\n".to_vec()), I_S_Q);
     }
 
     #[test]
@@ -199,15 +203,6 @@ mod tests {
         let mut input = b"i\n\xff\xfe\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', 5000));
         input.extend_from_slice(b"\ns\r\nq\n");
-        let rx = spawn_reader(std::io::Cursor::new(input)).unwrap();
-        let got: Vec<_> = rx.iter().collect();
-        assert_eq!(
-            got,
-            [
-                OperatorCommand::ToggleIntervention,
-                OperatorCommand::Success,
-                OperatorCommand::Quit
-            ]
-        );
+        assert_eq!(commands_in(input), I_S_Q);
     }
 }

@@ -48,8 +48,9 @@
 //! answers it (flag `ANSWERS`, `ref` = the observation's step, arrived after the
 //! observation left). It then acts on that answer; without one in time it acts as
 //! without a wait (counted `answer_timeouts`). It waits only while the device's newest
-//! datagram is younger than the timeout: a device that stopped costs no wait. The wait is part of the tick, so it must
-//! stay well inside the control period (the CLI accepts up to 80% of it).
+//! datagram is younger than the timeout: a device that stopped costs no wait. The wait
+//! is part of the tick, so it must stay well inside the control period (the CLI accepts
+//! up to 80% of it).
 //!
 //! # What is refused
 //!

@@ -33,9 +33,9 @@ struct Shared {
     /// Newest raw observation and its sequence number.
     obs: Mutex<(Vec<f32>, u64)>,
     obs_ready: Condvar,
-    /// Newest candidates `[N, A]` (`A` a whole chunk), the observation sequence they
-    /// were sampled for, and how many sets have been published.
-    candidates: Mutex<(Vec<f32>, u64, u64)>,
+    /// Newest candidates `[N, A]` (`A` a whole chunk) and the observation sequence
+    /// they were sampled for (0 before the first set).
+    candidates: Mutex<(Vec<f32>, u64)>,
     candidates_ready: Condvar,
     stop: AtomicBool,
     /// First worker error, reported by the next tick.
@@ -82,7 +82,7 @@ impl TwoSpeedPolicy {
         let shared = Arc::new(Shared {
             obs: Mutex::new((vec![0.0; od], 0)),
             obs_ready: Condvar::new(),
-            candidates: Mutex::new((vec![0.0; n * ad], 0, 0)),
+            candidates: Mutex::new((vec![0.0; n * ad], 0)),
             candidates_ready: Condvar::new(),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -129,7 +129,6 @@ impl TwoSpeedPolicy {
                     let mut c = s.candidates.lock().unwrap();
                     std::mem::swap(&mut c.0, &mut out);
                     c.1 = seen;
-                    c.2 += 1;
                     drop(c);
                     s.candidates_ready.notify_all();
                 }
