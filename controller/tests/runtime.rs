@@ -808,6 +808,16 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             "num_samples = 1099511627776 and ensemble_size",
         ),
         (
+            "2^40 observation values",
+            ("observation", "dim", toml::Value::Integer(1 << 40)),
+            "observation.dim = 1099511627776 exceeds 65536",
+        ),
+        (
+            "2^40 action values",
+            ("action", "dim", toml::Value::Integer(1 << 40)),
+            "action.dim = 1099511627776 exceeds 65536",
+        ),
+        (
             "2^40 diffusion steps",
             ("diffusion", "trained_steps", toml::Value::Integer(1 << 40)),
             "diffusion.trained_steps = 1099511627776 exceeds",

@@ -55,6 +55,12 @@ pub const MAX_DIFFUSION_STEPS: usize = 10_000;
 pub const MAX_SAMPLES: usize = 1024;
 /// Most critics in the ensemble (`selection.ensemble_size`).
 pub const MAX_ENSEMBLE: usize = 256;
+/// Widest observation or action vector (as the `dataset` reader's `MAX_VECTOR_DIM`).
+pub const MAX_DIM: usize = 1 << 16;
+/// Most values in one decision's candidate buffer, `num_samples × horizon × action.dim`
+/// (64 MiB of f32; the controller holds a few buffers of this size). The caps above
+/// alone allow 1024 × 64 × 65,536 = 2^32 values. The largest preset holds 8 × 1 × 7.
+pub const MAX_CANDIDATE_VALUES: usize = 1 << 24;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 /// The graph files [`write_bundle`] writes (a manifest may name others; it is checked).
@@ -857,9 +863,47 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     })
 }
 
+/// The size caps on vectors and on the candidate buffer ([`MAX_DIM`],
+/// [`MAX_CANDIDATE_VALUES`]; `num_samples` and `horizon` are capped by their own
+/// checks). The trainer checks them before it trains, so that it never
+/// exports a bundle every controller refuses.
+pub fn check_policy_sizes(
+    obs_dim: usize,
+    action_dim: usize,
+    horizon: usize,
+    num_samples: usize,
+) -> Result<(), String> {
+    for (name, dim) in [("observation.dim", obs_dim), ("action.dim", action_dim)] {
+        if dim > MAX_DIM {
+            return Err(format!("{name} = {dim} exceeds {MAX_DIM}"));
+        }
+    }
+    // num_samples and horizon have caps of their own, named by their own checks.
+    if num_samples > MAX_SAMPLES || horizon > MAX_HORIZON {
+        return Ok(());
+    }
+    let values = num_samples
+        .saturating_mul(horizon)
+        .saturating_mul(action_dim);
+    if values > MAX_CANDIDATE_VALUES {
+        return Err(format!(
+            "num_samples × horizon × action.dim = {num_samples} × {horizon} × {action_dim} \
+             = {values} values per decision exceeds {MAX_CANDIDATE_VALUES}"
+        ));
+    }
+    Ok(())
+}
+
 /// Internal consistency of the manifest's numbers.
 fn check_manifest(m: &Manifest) -> Result<(), String> {
     let o = &m.observation;
+    // First, so that a huge dim is named as such rather than as a list of the wrong length.
+    check_policy_sizes(
+        o.dim,
+        m.action.dim,
+        m.action.horizon,
+        m.selection.num_samples,
+    )?;
     for (name, v) in [
         ("observation.names", o.names.len()),
         ("observation.low", o.low.len()),
@@ -1139,6 +1183,17 @@ fn check_graph(
 mod tests {
     use super::*;
     use crate::synthetic::SyntheticSpec;
+
+    /// The candidate buffer's cap holds at its edge: 1024 samples of 64 steps of 256
+    /// values are 2^24 values, one more value per step is refused, by its sizes.
+    #[test]
+    fn policy_sizes_are_capped_by_the_candidate_buffer() {
+        check_policy_sizes(17, 256, MAX_HORIZON, MAX_SAMPLES).unwrap();
+        let e = check_policy_sizes(17, 257, MAX_HORIZON, MAX_SAMPLES).unwrap_err();
+        assert!(e.contains("1024 × 64 × 257 = 16842752 values"), "{e}");
+        let e = check_policy_sizes(MAX_DIM + 1, 1, 1, 1).unwrap_err();
+        assert!(e.contains("observation.dim = 65537 exceeds 65536"), "{e}");
+    }
 
     fn message(e: BundleError) -> String {
         e.to_string()

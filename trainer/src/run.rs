@@ -179,6 +179,20 @@ pub struct OfflineData {
 /// The offline buffer: the configured dataset ([`dataset_offline_data`]), or freshly
 /// generated scripted demonstrations of the simulated task (seeded from the run's seed).
 pub fn offline_data(config: &Config) -> Result<OfflineData> {
+    let data = read_offline_data(config)?;
+    // Sizes every controller refuses in a bundle: refused before training, not at export.
+    let (od, ad) = (data.replay.obs_dim, data.replay.act_dim);
+    shared_model::manifest::check_policy_sizes(
+        od,
+        ad / config.action_horizon,
+        config.action_horizon,
+        config.expo.num_samples,
+    )
+    .map_err(|e| anyhow::anyhow!("the offline data's sizes with this config: {e}"))?;
+    Ok(data)
+}
+
+fn read_offline_data(config: &Config) -> Result<OfflineData> {
     let task = match (config.task, &config.run.dataset) {
         (_, Some(path)) => return dataset_offline_data(config, path),
         (Task::Sim(task), None) => task,
