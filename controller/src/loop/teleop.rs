@@ -27,7 +27,8 @@
 //!   that waited in the socket's buffer are judged by their true age.
 //! - A datagram older in the device's sequence than one already taken is dropped
 //!   (counted `out_of_order`), so a late duplicate cannot undo a release. A jump back
-//!   by more than [`RESTART_JUMP`] is a restarted device and is taken.
+//!   by more than [`RESTART_JUMP`], or any jump back after the device was silent for
+//!   longer than the timeout, is a restarted device and is taken.
 //! - After a safe stop (any fault), the device must release its deadman once (a
 //!   disengaged datagram) before it moves the robot again.
 //! - A datagram marked as the answer to the observation of a later step than the one
@@ -320,6 +321,18 @@ fn receive(
                 continue;
             }
         };
+        // A device silent for longer than the timeout starts a new count if it likes: a
+        // restarted device on the same address, whose count is behind by less than
+        // RESTART_JUMP, must not be dropped until its numbers pass the old ones.
+        let silent = device.is_some_and(|(_, heard)| at.saturating_duration_since(heard) > timeout);
+        if silent && order(last_seq, action.seq) == Order::Old {
+            note!(
+                "teleop: the device restarted its count after a silence (datagram {})",
+                action.seq
+            );
+            last_seq = None;
+            last_flags = 0;
+        }
         if device.is_none_or(|(d, _)| d != from) {
             if let Some((d, _)) = device {
                 note!("teleop: device now at {from} ({d} fell silent)");
@@ -779,6 +792,31 @@ mod tests {
         // A device that does not answer (a person's) is in force at any step.
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(rig.port.action(Instant::now(), 0).is_some());
+    }
+
+    /// A device that restarts on the same address after a silence longer than the
+    /// timeout is followed from its first datagram, though its count is behind the old
+    /// one by less than RESTART_JUMP. Before the silence, a datagram behind is dropped.
+    #[test]
+    fn a_device_restarted_after_a_silence_is_followed_at_once() {
+        let timeout = Duration::from_millis(100);
+        let mut rig = Rig::new(timeout);
+        for _ in 0..20 {
+            rig.send(wire::ENGAGED, &[0.1, 0.1]);
+        }
+        // A late duplicate while the device is live: dropped.
+        rig.send_raw(&rig.device, &Rig::datagram(3, wire::ENGAGED, &[0.9, 0.9]));
+        rig.send(wire::ENGAGED, &[0.2, 0.2]);
+        assert_eq!(rig.port.newest.unwrap().action.values()[..2], [0.2, 0.2]);
+        std::thread::sleep(timeout * 2);
+        // The restarted device counts from 1 again.
+        rig.seq = 0;
+        rig.send(0, &[0.3, 0.3]);
+        rig.send(wire::ENGAGED, &[0.4, 0.4]);
+        assert_eq!(rig.port.action(Instant::now(), 0).unwrap()[..2], [0.4, 0.4]);
+        let s = rig.finish();
+        assert_eq!(s.out_of_order, 1, "{s:?}");
+        assert_eq!(s.device_changes, 0, "{s:?}");
     }
 
     /// `--teleop-wait-ms`: the tick waits only while the device's newest datagram is
