@@ -5,7 +5,7 @@
 
 use crate::RERUN_VERSION;
 use anyhow::{Context, Result, bail, ensure};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,6 +76,45 @@ pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
         *rows.entry(entity.to_string()).or_default() += n;
     }
     Ok(rows)
+}
+
+/// Per chunk of `rrd`: its entity, the timelines its rows are indexed by and its number
+/// of rows, from `rerun rrd print -vv` (the chunk's line, then its column headers
+/// `RowId ┆ log_time ┆ step ┆ … ┆ Scalars:scalars`: every column but the row id, the
+/// log time and the data columns, `Archetype:component`).
+pub fn chunk_timelines(rrd: &Path) -> Result<Vec<(String, BTreeSet<String>, usize)>> {
+    let path = rrd.to_str().context("the path is not UTF-8")?;
+    let mut out = Vec::new();
+    let mut chunk: Option<(String, usize)> = None;
+    for line in rerun_cli(&["rrd", "print", "-vv", path])?.lines() {
+        if let Some(rest) = line.strip_prefix("Chunk(") {
+            let rows = rest
+                .split(" with ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok());
+            let entity = rest.split(" - ").nth(1).map(|e| e.trim().to_string());
+            let (Some(rows), Some(entity)) = (rows, entity) else {
+                bail!("rerun rrd print: unexpected line {line:?}");
+            };
+            chunk = Some((entity, rows));
+            continue;
+        }
+        if !line.contains("RowId") {
+            continue;
+        }
+        let Some((entity, rows)) = chunk.take() else {
+            continue;
+        };
+        let timelines = line
+            .split('┆')
+            .map(|c| c.trim_matches(|ch: char| ch == '│' || ch.is_whitespace()))
+            .filter(|c| !c.is_empty() && *c != "RowId" && *c != "log_time" && !c.contains(':'))
+            .map(str::to_string)
+            .collect();
+        out.push((entity, timelines, rows));
+    }
+    Ok(out)
 }
 
 /// A headless rerun gRPC server, `rerun --port PORT --save FILE`: it accepts what SDKs

@@ -26,7 +26,8 @@
 //!                                        (orange) candidates in the first two action
 //!                                        dimensions (second one negated, as the scene's
 //!                                        y), labelled with their scores
-//!  policy/selected            Points2D  the chosen candidate (green)
+//!  policy/selected            Points2D  the chosen candidate (green); both are cleared
+//!                                        on a tick that acted without them (teleop)
 //!  policy/q/{selected,best_base,best_edit,spread}
 //!                             Scalars   score of the chosen candidate (min over the sampled
 //!                                        critics), best base and edited scores, and the
@@ -43,7 +44,7 @@
 //! ```
 //!
 //! Timelines: `tick` (controller ticks), `time` (seconds since the run or episode
-//! started), `episode` (episode index), `index` and `frame_index` (datasets: the global
+//! started), `episode` (episode index; ticks between episodes have none), `index` and `frame_index` (datasets: the global
 //! frame index, which orders every episode one after another, and the frame within its
 //! episode), and a run CSV's first column (`step` or `update`).
 

@@ -37,6 +37,9 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
     let r = Recorder::open("expo_run", target)?;
     let mut out = RunRrd::default();
     for csv in parsed {
+        // A time set stays on the stream until changed: without this, a file's rows would
+        // also be filed at the previous file's last value of its own timeline.
+        r.rec.reset_time();
         let timeline = rerun::TimelineName::try_new(csv.timeline.as_str())
             .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", csv.stem, csv.timeline))?;
         for (x, values) in &csv.rows {

@@ -74,6 +74,10 @@ pub struct TickLogger {
     last_phase: String,
     /// Score labels, reused.
     labels: Vec<String>,
+    /// Whether `policy/candidates` and `policy/selected` show a tick's points, which the
+    /// viewer keeps drawing until they are cleared.
+    shows_candidates: bool,
+    shows_selected: bool,
 }
 
 fn base_color() -> Color {
@@ -99,14 +103,18 @@ impl TickLogger {
             scene: Scene::default(),
             last_phase: String::new(),
             labels: vec![],
+            shows_candidates: false,
+            shows_selected: false,
         }
     }
 
     pub fn log(&mut self, rec: &RecordingStream, t: &TickView) -> Result<()> {
         rec.set_time_sequence("tick", t.tick as i64);
         rec.set_duration_secs("time", t.time_s);
-        if let Some(e) = t.episode {
-            rec.set_time_sequence("episode", e as i64);
+        // Between episodes a tick belongs to none (not to the one that ended).
+        match t.episode {
+            Some(e) => rec.set_time_sequence("episode", e as i64),
+            None => rec.disable_timeline("episode"),
         }
         if t.phase != self.last_phase {
             rec.log("safety/state", &rerun::TextLog::new(t.phase))?;
@@ -156,7 +164,19 @@ impl TickLogger {
         }
         let ad = a.policy_action.len().max(1);
         let m = a.candidates.len() / ad;
+        // A tick that acted without candidates (the teleop device's action) or whose
+        // choice was cut clears the last ones, so that the view never shows a choice
+        // that is not driving the robot.
+        let selected = a.selected.filter(|&s| s < m);
+        if self.shows_selected && selected.is_none() {
+            rec.log("policy/selected", &rerun::Clear::flat())?;
+            self.shows_selected = false;
+        }
         if m == 0 {
+            if self.shows_candidates {
+                rec.log("policy/candidates", &rerun::Clear::flat())?;
+                self.shows_candidates = false;
+            }
             return Ok(());
         }
         let k = a.q.len().checked_div(m).unwrap_or(0);
@@ -193,7 +213,9 @@ impl TickLogger {
                 .with_radii([0.02])
                 .with_labels(self.labels.iter().map(String::as_str)),
         )?;
-        if let Some(s) = a.selected.filter(|&s| s < m) {
+        self.shows_candidates = true;
+        if let Some(s) = selected {
+            self.shows_selected = true;
             rec.log(
                 "policy/selected",
                 &rerun::Points2D::new([point(s)])

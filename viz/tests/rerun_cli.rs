@@ -78,6 +78,25 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     assert_eq!(rows.get("/metrics/metrics/q_mean"), Some(&2), "{rows:?}");
     assert_eq!(rows.get("/metrics/eval/success_rate"), Some(&2), "{rows:?}");
 
+    // Each file's rows are on its own timeline only: `pretrain.csv` (by update) sorts
+    // after `eval.csv` and `metrics.csv` (by step), and used to be filed at their last
+    // step as well.
+    std::fs::write(run.join("pretrain.csv"), "update,bc_loss\n0,1.0\n50,0.5\n").unwrap();
+    viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
+    let chunks = viz::cli::chunk_timelines(&rrd).unwrap();
+    for (entity, timeline) in [
+        ("/metrics/pretrain/bc_loss", "update"),
+        ("/metrics/metrics/critic_loss", "step"),
+    ] {
+        let on: Vec<_> = chunks.iter().filter(|c| c.0 == entity).collect();
+        assert!(
+            !on.is_empty() && on.iter().all(|c| c.1 == [timeline.to_string()].into()),
+            "{entity}: {on:?}"
+        );
+    }
+    std::fs::remove_file(run.join("pretrain.csv")).unwrap();
+    viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
+
     // A malformed row names the file and line, and the recording written before is
     // left as it was (every file is checked before the recording is opened).
     let good = std::fs::read(&rrd).unwrap();
@@ -112,24 +131,27 @@ fn ticks_become_entities_with_one_row_per_tick() {
     let candidates: Vec<f32> = (0..m * 2).map(|i| (i as f32 * 0.1).sin()).collect();
     let q: Vec<f32> = (0..k * m).map(|i| i as f32 * 0.01).collect();
     let obs = vec![0.1; spec.obs_dim()];
-    for tick in 0..50u64 {
-        // Ten ticks without a policy step (waiting for an episode).
-        let act = (tick >= 10).then_some(ActView {
+    // Ten ticks without a policy step (waiting for an episode), 40 policy steps, 5
+    // steps of a teleop device's (no candidates), 5 ticks after the episode.
+    let (policy, teleop) = (10..50u64, 50..55u64);
+    for tick in 0..60u64 {
+        let from_policy = policy.contains(&tick);
+        let act = (from_policy || teleop.contains(&tick)).then_some(ActView {
             obs: &obs,
             policy_action: &[0.5, -0.5],
             action: &[0.4, -0.4],
             clamped: true,
             rate_limited: false,
             teleop: tick % 2 == 0,
-            candidates: &candidates,
+            candidates: if from_policy { &candidates } else { &[] },
             num_base: 4,
-            q: &q,
-            selected: Some(5),
+            q: if from_policy { &q } else { &[] },
+            selected: from_policy.then_some(5),
         });
         let t = TickView {
             tick,
             time_s: tick as f64 * 0.01,
-            episode: (tick >= 10).then_some(0),
+            episode: (10..55).contains(&tick).then_some(0),
             phase: if tick < 10 { "starting" } else { "running" },
             jitter_us: 1.0,
             work_us: 300.0,
@@ -143,26 +165,41 @@ fn ticks_become_entities_with_one_row_per_tick() {
     }
     r.finish().unwrap();
     let rows = verified_rows(&rrd);
-    assert_eq!(rows.get("/timing/read_us"), Some(&50), "{rows:?}");
-    assert_eq!(rows.get("/timing/jitter_us"), Some(&50), "{rows:?}");
-    assert_eq!(rows.get("/timing/tick_us"), Some(&50), "{rows:?}");
-    assert_eq!(rows.get("/link/crc_errors"), Some(&50), "{rows:?}");
+    assert_eq!(rows.get("/timing/read_us"), Some(&60), "{rows:?}");
+    assert_eq!(rows.get("/timing/jitter_us"), Some(&60), "{rows:?}");
+    assert_eq!(rows.get("/timing/tick_us"), Some(&60), "{rows:?}");
+    assert_eq!(rows.get("/link/crc_errors"), Some(&60), "{rows:?}");
     for e in [
         "/timing/infer_us",
         "/observation.state/o0",
         "/action/shoulder",
         "/policy/raw_action/elbow",
-        "/policy/candidates",
-        "/policy/selected",
-        "/policy/q/selected",
-        "/policy/q/best_base",
-        "/policy/q/best_edit",
-        "/policy/q/spread",
         "/safety/clamped",
         "/teleop",
         "/scene/robot/links",
         "/scene/goal/discs",
         "/scene/obstacle/discs",
+    ] {
+        assert_eq!(rows.get(e), Some(&(acted + 5)), "{e}: {rows:?}");
+    }
+    // The policy's points, and one clear when the device took over: the viewer does not
+    // keep drawing a choice that no longer drives the robot.
+    for e in ["/policy/candidates", "/policy/selected"] {
+        assert_eq!(rows.get(e), Some(&(acted + 1)), "{e}: {rows:?}");
+    }
+    // The ticks before and after the episode are on no episode's timeline.
+    let without_episode: usize = viz::cli::chunk_timelines(&rrd)
+        .unwrap()
+        .iter()
+        .filter(|(e, timelines, _)| e == "/timing/tick_us" && !timelines.contains("episode"))
+        .map(|c| c.2)
+        .sum();
+    assert_eq!(without_episode, 15);
+    for e in [
+        "/policy/q/selected",
+        "/policy/q/best_base",
+        "/policy/q/best_edit",
+        "/policy/q/spread",
     ] {
         assert_eq!(rows.get(e), Some(&acted), "{e}: {rows:?}");
     }
