@@ -20,6 +20,7 @@ from gymnasium.vector.utils import batch_space
 
 from expo_sim import _core
 from expo_sim._common import (
+    SEED_LIMIT,
     as_float32,
     check_render_mode,
     check_seed,
@@ -79,7 +80,8 @@ class SimVectorEnv(VectorEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         seeds = self._seeds(seed)
         mask = self._reset_mask(options)
-        super().reset(seed=seed if isinstance(seed, int) else None)
+        # `np_random` from the first environment's seed, as checked (a NumPy integer too).
+        super().reset(seed=None if isinstance(seed, (list, tuple)) else seeds[0])
         obs, used = self._core.reset(seeds, None if mask is None else mask.tolist())
         if mask is None:
             mask = np.ones(self.num_envs, dtype=np.bool_)
@@ -115,7 +117,12 @@ class SimVectorEnv(VectorEnv):
                 )
             return [check_seed(s) for s in seed]
         first = check_seed(seed, allow_none=False)
-        return [check_seed(first + i) for i in range(self.num_envs)]
+        if first + self.num_envs > SEED_LIMIT:
+            raise ValueError(
+                f"seed must be at most 2**64 - {self.num_envs} with {self.num_envs} "
+                f"environments (environment i is seeded with seed + i), got {first}"
+            )
+        return [first + i for i in range(self.num_envs)]
 
     def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
         if not options:

@@ -14,8 +14,8 @@
 //! of order such as stepping before `reset` or after the episode ended ([`ResetNeeded`],
 //! a `RuntimeError`). A wrong dtype is refused by the argument conversion (`TypeError`);
 //! the Python wrapper converts floating-point input to float32 before calling in. The
-//! simulator itself clamps non-finite actions to 0 silently; these bindings refuse them
-//! instead, so that a policy producing NaN is noticed.
+//! simulator itself clamps non-finite actions silently (NaN to 0, ±inf to ±1); these
+//! bindings refuse them instead, so that a policy producing NaN is noticed.
 
 use numpy::ndarray::{Dimension, IntoDimension};
 use numpy::{Element, PyArray, PyArrayMethods};

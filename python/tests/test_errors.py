@@ -120,6 +120,21 @@ def test_bad_seeds(seed, error):
         expo_sim.record_episode("maze", seed)
 
 
+def test_vector_seeds_past_the_end_name_the_rule():
+    with pytest.raises(ValueError, match=r"seed must be at most 2\*\*64 - 3 with 3 environments"):
+        expo_sim.SimVectorEnv("maze", 3).reset(seed=2**64 - 2)
+    # The last seed that fits.
+    obs, info = expo_sim.SimVectorEnv("maze", 3).reset(seed=2**64 - 3)
+    assert list(info["seed"]) == [2**64 - 3, 2**64 - 2, 2**64 - 1]
+
+
+def test_vector_numpy_integer_seed_seeds_np_random():
+    a, b = expo_sim.SimVectorEnv("maze", 2), expo_sim.SimVectorEnv("maze", 2)
+    a.reset(seed=np.int64(5))
+    b.reset(seed=5)
+    assert a.np_random.random() == b.np_random.random()
+
+
 def test_bad_reset_options():
     with pytest.raises(ValueError, match="takes no options"):
         expo_sim.SimEnv("maze").reset(options={"goal": 1})

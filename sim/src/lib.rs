@@ -19,7 +19,9 @@
 //! sparse by default: `1` on the step that reaches success, which also terminates the
 //! episode; `0` otherwise. Failures that a real robot would treat as an abort (arm hits
 //! the obstacle) terminate with reward `0`. Dense shaping (`Reward::Dense`) adds minus a
-//! distance to the goal, scaled per task, for users who want it.
+//! distance to the goal, scaled per task, for users who want it; an abort is charged that
+//! distance for every step left to the horizon, so that ending early on the obstacle never
+//! scores better than staying where it stopped.
 //!
 //! # Physics (SI units: m, s, kg, rad, N, N·m)
 //!
@@ -32,9 +34,10 @@
 //! - `arm-reach` ([`arm`]): two uniform rods (1 kg, 0.5 m each) on revolute joints, full
 //!   rigid-body dynamics `M(q) q̈ + C(q, q̇) q̇ + g(q) = τ − b q̇`, physics step 5 ms
 //!   (10 substeps per 50 ms control step). Action = joint position target offset
-//!   (`q_des = q + 0.3 rad · a`) tracked by a torque-limited PD (10 N·m). Joint limits
-//!   are hard stops (position clamped, velocity into the stop zeroed). The arm moves in
-//!   the horizontal plane by default; `gravity = true` tilts it vertical (joint 1 hanging
+//!   (`q_des = q + 0.3 rad · a`) tracked by a torque-limited PD (10 and 5 N·m at the
+//!   shoulder and elbow); joint speeds are capped at 20 rad/s. Joint limits are hard
+//!   stops (position clamped, velocity into the stop zeroed). The arm moves in the
+//!   horizontal plane by default; `gravity = true` tilts it vertical (joint 1 hanging
 //!   down at `q = 0`).
 //! - `push` ([`push`]): a 3 cm disc pusher (1 kg, velocity-tracking force controller,
 //!   20 N limit) and a 5 cm puck (0.2 kg, Coulomb friction μ = 0.4 with the table) on a
@@ -192,7 +195,8 @@ pub struct Step {
     pub terminated: bool,
     /// Ended by the horizon.
     pub truncated: bool,
-    /// The task's goal is reached in the state after this step.
+    /// The task's goal is reached in the state after this step (false on the frozen
+    /// steps after the episode ended).
     pub success: bool,
 }
 
@@ -202,7 +206,8 @@ impl Step {
     }
 
     /// How every task scores a step (see the module doc): 1 on success,
-    /// minus `dense_scale` × the goal distance `dist` with dense rewards; task-terminal on
+    /// minus `dense_scale` × the goal distance `dist` with dense rewards (times the steps
+    /// left to the horizon, this one included, on an abort); task-terminal on
     /// success or on `aborted` (a collision); truncated when neither and `t` (steps taken)
     /// has reached `spec.horizon`.
     fn score(
@@ -217,7 +222,15 @@ impl Step {
         let terminated = success || aborted;
         let mut reward = if success { 1.0 } else { 0.0 };
         if config.reward == Reward::Dense {
-            reward -= dense_scale * dist;
+            // An abort is charged the steps it cut short, as if the robot stayed where it
+            // stopped until the horizon: otherwise ending an episode early on the
+            // obstacle would score better than trying until the horizon.
+            let charged = if aborted {
+                1 + spec.horizon.saturating_sub(t)
+            } else {
+                1
+            };
+            reward -= dense_scale * dist * charged as f32;
         }
         Step {
             reward,

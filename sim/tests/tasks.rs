@@ -208,6 +208,29 @@ fn arm_reaches_goal_when_driven_to_ik_and_aborts_on_obstacle() {
         env.collided() && end.terminated && !end.success && end.reward == 0.0,
         "{end:?}"
     );
+
+    // With dense rewards the crash is charged its distance for every step left to the
+    // horizon: it scores as staying there would have, not better than trying on.
+    let mut env = ArmReach::new(EnvConfig {
+        reward: sim::Reward::Dense,
+        ..EnvConfig::default()
+    });
+    env.reset(5, &mut obs);
+    let (mut steps, mut end) = (0u32, Step::default());
+    while !end.done() {
+        let q = env.state().q;
+        end = env.step(&[(straight - q[0]) / 0.3, -q[1] / 0.3], &mut obs);
+        steps += 1;
+    }
+    assert!(env.collided() && steps < 60, "{steps} steps");
+    let (_, tip) = env.state().kinematics();
+    let dist = ((tip[0] - goal[0]).powi(2) + (tip[1] - goal[1]).powi(2)).sqrt();
+    let charged = -0.1 * dist * (60 - steps + 1) as f32;
+    assert!(
+        (end.reward - charged).abs() < 1e-5,
+        "{} vs {charged}",
+        end.reward
+    );
 }
 
 #[test]
