@@ -405,6 +405,18 @@ fn default_device() -> String {
 /// `horizon · action_dim` values, and 64 steps is over a second at 50 Hz.
 pub const MAX_ACTION_HORIZON: usize = 64;
 
+// Largest sizes a run may ask for, each far above the `paper` preset's (1,024-wide
+// layers, batch 256, UTD 20): larger values would overflow a weight's element count or
+// abort the process on an allocation instead of being refused by name.
+/// Widest layer (`net.*` widths, `net.fourier_features`).
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Most hidden layers in `net.critic_widths`.
+pub const MAX_LAYERS: usize = 64;
+/// Largest `optim.batch_size`.
+pub const MAX_BATCH: usize = 1 << 20;
+/// Largest `optim.utd`.
+pub const MAX_UTD: usize = 10_000;
+
 fn one_step() -> usize {
     1
 }
@@ -583,12 +595,23 @@ impl Config {
                 .with_context(|| format!("{}: cannot read config", path.display()))?;
             let file_value: toml::Value = toml::from_str(&text)
                 .with_context(|| format!("{}: invalid TOML", path.display()))?;
-            merge(&mut value, file_value);
+            match file_value.clone().try_into::<Config>() {
+                // A whole config (a run's saved `config.toml`): keys it lacks take their
+                // defaults from before they existed, so that it trains as it did, not the
+                // preset's newer values.
+                Ok(whole) => value = toml::Value::try_from(whole)?,
+                Err(_) => merge(&mut value, file_value),
+            }
         }
         for o in overrides {
             let (key, raw) = o
                 .split_once('=')
                 .with_context(|| format!("override '{o}': expected key.path=value"))?;
+            ensure!(
+                key.trim() != "preset",
+                "override '{o}': the preset is chosen with --preset (an override would only \
+                 change its name, not the sizes it sets)"
+            );
             let parsed: toml::Value = toml::from_str(&format!("v = {raw}"))
                 .map(|t: toml::Table| t["v"].clone())
                 .unwrap_or_else(|_| toml::Value::String(raw.to_string()));
@@ -657,11 +680,14 @@ impl Config {
         ] {
             anyhow::ensure!(value <= max, "{key} must be at most {max}, not {value}");
         }
-        for (key, value) in [
-            ("optim.batch_size", self.optim.batch_size),
-            ("optim.utd", self.optim.utd),
+        for (key, value, max) in [
+            ("optim.batch_size", self.optim.batch_size, MAX_BATCH),
+            ("optim.utd", self.optim.utd, MAX_UTD),
         ] {
-            anyhow::ensure!(value >= 1, "{key} must be at least 1, not {value}");
+            anyhow::ensure!(
+                (1..=max).contains(&value),
+                "{key} must be in 1..={max}, not {value}"
+            );
         }
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.optim.offline_fraction),
@@ -696,11 +722,26 @@ impl Config {
             ("net.time_hidden", n.time_hidden),
             ("net.fourier_features", n.fourier_features),
         ] {
-            ensure!(width >= 1, "{key} must be at least 1, not 0");
+            ensure!(
+                (1..=MAX_WIDTH).contains(&width),
+                "{key} must be in 1..={MAX_WIDTH}, not {width}"
+            );
         }
-        if let Some(i) = n.critic_widths.iter().position(|&w| w == 0) {
-            bail!("net.critic_widths[{i}] must be at least 1, not 0");
+        if let Some(i) = n
+            .critic_widths
+            .iter()
+            .position(|w| !(1..=MAX_WIDTH).contains(w))
+        {
+            bail!(
+                "net.critic_widths[{i}] must be in 1..={MAX_WIDTH}, not {}",
+                n.critic_widths[i]
+            );
         }
+        ensure!(
+            n.critic_widths.len() <= MAX_LAYERS,
+            "net.critic_widths may name at most {MAX_LAYERS} hidden layers, not {}",
+            n.critic_widths.len()
+        );
         // The edit policy reuses the critic's widths, and the bundle's edit graph splits
         // its first layer by input ahead of a separate head.
         ensure!(
@@ -903,6 +944,25 @@ mod tests {
         assert_eq!(back.expo.edit_base, EditBase::Denoiser);
         assert!(!back.expo.adjust_target_entropy);
         assert_eq!(back.net.init, InitScheme::Torch);
+        // The same through `--config` (a new run from an old run's config.toml), whatever
+        // `--preset` says: before, the missing keys took the preset's newer values.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &old).unwrap();
+        for preset in ["cpu", "paper"] {
+            let c = Config::resolve(preset, Some(&path), &[]).unwrap();
+            assert_eq!(c, back, "--preset {preset}");
+        }
+        // A partial file is still merged over the preset.
+        std::fs::write(&path, "[optim]\nutd = 3\n").unwrap();
+        let c = Config::resolve("cpu", Some(&path), &[]).unwrap();
+        assert_eq!((c.optim.utd, c.expo.edit_base), (3, EditBase::Buffer));
+        // The preset's name is not an override: it would not change its sizes.
+        let err = Config::resolve("cpu", None, &["preset=\"paper\"".into()]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("chosen with --preset"),
+            "{err:#}"
+        );
         let c = Config::resolve("cpu", None, &["expo.edit_base=\"denoiser\"".into()]).unwrap();
         assert_eq!(c.expo.edit_base, EditBase::Denoiser);
         let c = Config::resolve("cpu", None, &["net.init=\"reference\"".into()]).unwrap();
@@ -1038,9 +1098,22 @@ mod tests {
             ("net.num_critics=0", "net.num_critics must be at least 1"),
             (
                 "optim.batch_size=0",
-                "optim.batch_size must be at least 1, not 0",
+                "optim.batch_size must be in 1..=1048576, not 0",
             ),
-            ("optim.utd=0", "optim.utd must be at least 1, not 0"),
+            ("optim.utd=0", "optim.utd must be in 1..=10000, not 0"),
+            // Sizes that overflowed a weight's element count or aborted on an allocation.
+            (
+                "optim.batch_size=1000000000000",
+                "optim.batch_size must be in 1..=1048576, not 1000000000000",
+            ),
+            (
+                "net.denoiser_hidden=5000000000",
+                "net.denoiser_hidden must be in 1..=65536, not 5000000000",
+            ),
+            (
+                "net.critic_widths=[64, 70000]",
+                "net.critic_widths[1] must be in 1..=65536, not 70000",
+            ),
             (
                 "optim.offline_fraction=1.5",
                 "optim.offline_fraction must be in [0, 1], not 1.5",

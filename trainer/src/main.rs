@@ -24,7 +24,8 @@ struct ConfigArgs {
     /// Preset to start from: `cpu` (default, 2 CPU cores), `paper` (GPU budget), `tiny`.
     #[arg(long, default_value = "cpu")]
     preset: String,
-    /// A TOML file applied over the preset.
+    /// A TOML file applied over the preset; a whole config (a run's `config.toml`) is
+    /// taken as it is instead, with the defaults of keys added since it was written.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Dotted overrides applied last, e.g. `--set algo=rlpd --set expo.num_samples=8`.

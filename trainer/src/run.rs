@@ -211,6 +211,15 @@ fn read_offline_data(config: &Config) -> Result<OfflineData> {
         ok += t.is_success() as usize;
         chunker.push_trajectory(&mut replay, &t);
     }
+    ensure!(
+        !replay.is_empty(),
+        "the {} generated demonstrations of {task} made no training transition: with \
+         action_horizon {} an episode needs that many steps in a row (or a terminal step) \
+         to make one, and the task's episodes last at most {} steps",
+        config.run.offline_episodes,
+        config.action_horizon,
+        spec.horizon
+    );
     Ok(OfflineData {
         replay,
         success_rate: ok as f64 / config.run.offline_episodes.max(1) as f64,
@@ -1358,6 +1367,31 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks longer than every generated demonstration that did not end on a terminal
+    /// step make no transition: refused by name, where the first batch used to panic on
+    /// an empty buffer. (arm-reach lasts 60 steps; a failed demonstration times out.)
+    #[test]
+    fn generated_demonstrations_too_short_for_the_chunks_are_refused() {
+        let mut refused = 0;
+        for seed in 0..16 {
+            let mut c = Config::preset("tiny").unwrap();
+            c.task = crate::config::Task::Sim(TaskId::ArmReach);
+            c.action_horizon = 64;
+            c.run.offline_episodes = 1;
+            c.seed = seed;
+            if let Err(e) = offline_data(&c) {
+                let e = format!("{e:#}");
+                assert!(
+                    e.contains("made no training transition: with action_horizon 64")
+                        && e.contains("last at most 60 steps"),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "every demonstration succeeded");
+    }
 
     /// `write_checkpoint` refuses an agent with a non-finite parameter, naming it, and
     /// leaves the run's last good checkpoint as it was (the logged rows usually stop a
