@@ -329,12 +329,6 @@ impl Progress for Bar {
     }
 }
 
-/// glibc's malloc gives a freed block above its mmap threshold (128 KiB to start) back to
-/// the kernel and maps a fresh one for the next allocation, so every training step
-/// page-faults again on its intermediate tensors: about 2,300 faults per `cpu`-preset
-/// step, a fifth of its time (BENCHMARKS.md, "Recorded graphs"). With the threshold
-/// at its maximum (32 MiB) and no trimming, freed blocks stay in the heap for reuse.
-/// The process's peak memory is unchanged; it is just not returned early.
 /// A count that must not be 0 (timed steps, evaluation episodes), nor past a million
 /// (memory for the results is taken up front).
 fn at_least_one(raw: &str) -> Result<usize, String> {
@@ -346,6 +340,12 @@ fn at_least_one(raw: &str) -> Result<usize, String> {
     }
 }
 
+/// glibc's malloc gives a freed block above its mmap threshold (128 KiB to start) back to
+/// the kernel and maps a fresh one for the next allocation, so every training step
+/// page-faults again on its intermediate tensors: about 2,300 faults per `cpu`-preset
+/// step, a fifth of its time (BENCHMARKS.md, "Recorded graphs"). With the threshold
+/// at its maximum (32 MiB) and no trimming, freed blocks stay in the heap for reuse.
+/// The process's peak memory is unchanged; it is just not returned early.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // Safety: mallopt only sets allocator parameters; called before any other thread
