@@ -404,16 +404,22 @@ pub fn summarize(
         {
             let b_curve = &curves.iter().find(|(a, _)| *a == b_algo).unwrap().1;
             let b_steps = *b_curve.steps.last().unwrap();
+            // Where the baseline first reached its own final level (its last evaluation
+            // at the latest), not its run's length: a baseline that plateaued early took
+            // that many steps to get there.
+            let b_reach = steps_to_reach(b_curve, level).unwrap_or(b_steps);
             let e_steps = steps_to_reach(expo, level);
             verdicts += &format!(
-                "- {task}: best baseline `{}` ends at {:.2} after {} steps; EXPO reaches that {}.\n",
+                "- {task}: best baseline `{}` ends at {:.2} after {} steps, first reached at \
+                 step {}; EXPO reaches that {}.\n",
                 algo_name(b_algo),
                 level,
                 b_steps,
+                b_reach,
                 match e_steps {
                     Some(s) => format!(
                         "at step {s} ({:.2}x of the baseline's steps)",
-                        s as f64 / b_steps as f64
+                        s as f64 / b_reach.max(1) as f64
                     ),
                     None => "never within the run".to_string(),
                 }

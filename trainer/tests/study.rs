@@ -22,7 +22,7 @@ fn summary_and_plot_from_finished_runs() {
     let out = tmp.path();
     fake_run(out, "expo", 0, &[0.2, 0.6, 0.9]);
     fake_run(out, "expo", 1, &[0.4, 0.8, 0.9]);
-    fake_run(out, "bc", 0, &[0.4, 0.4, 0.5]);
+    fake_run(out, "bc", 0, &[0.4, 0.5, 0.5]);
     fake_run(out, "bc", 1, &[0.4, 0.5, 0.5]);
     // An unfinished run is ignored.
     let partial = out.join("push/bc/seed-2");
@@ -42,8 +42,13 @@ fn summary_and_plot_from_finished_runs() {
         text.contains("| push | expo | 2 | 0.30 ± 0.10 | 0.90 ± 0.00 |"),
         "{text}"
     );
+    // BC plateaued at its final 0.5 from step 1000: EXPO, there at 1000 too, took as
+    // many steps (the ratio used to divide by the run's 2,000 steps: 0.50x).
     assert!(
-        text.contains("EXPO reaches that at step 1000 (0.50x"),
+        text.contains(
+            "ends at 0.50 after 2000 steps, first reached at step 1000; EXPO reaches that at \
+             step 1000 (1.00x"
+        ),
         "{text}"
     );
     let png = std::fs::read(out.join("push.png")).unwrap();
