@@ -104,7 +104,7 @@ pub fn label_success(
         .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
     let mut warnings = vec![];
     if let Some((path, robot)) = robot_units {
-        to_policy_units(&mut ds, input, path, robot)?;
+        to_policy_units(&mut ds, input, path, robot, &mut warnings)?;
         if let Some(w) = robot
             .observation
             .names_differ(&ds.info.observation_names, "the dataset")
@@ -155,12 +155,14 @@ pub fn label_success(
 }
 
 /// Converts every action of `ds` (read from `input`) from `robot`'s units (the robot file
-/// at `path`) to policy units.
+/// at `path`) to policy units. Warns when every action is in `[-1, 1]` already and the
+/// conversion is not the identity: likely a dataset in policy units, converted twice.
 fn to_policy_units(
     ds: &mut dataset::Dataset,
     input: &Path,
     path: &Path,
     robot: &RobotConfig,
+    warnings: &mut Vec<String>,
 ) -> Result<()> {
     let (od, ad) = (ds.info.obs_dim(), ds.info.action_dim());
     ensure!(
@@ -172,6 +174,22 @@ fn to_policy_units(
         robot.action.dim
     );
     let mut policy = vec![0.0; ad];
+    let units = &robot.action;
+    let identity = units.scale.iter().all(|&s| s == 1.0) && units.offset.iter().all(|&o| o == 0.0);
+    let all_in_range = ds
+        .episodes
+        .iter()
+        .all(|ep| dataset::outside_policy_range(&ep.actions).is_none());
+    if all_in_range && !identity {
+        warnings.push(format!(
+            "{}: every action is within [-1, 1] already, as in policy units: if the dataset \
+             is in policy units (recorded by `controller run`, or written by `dataset label \
+             --robot-units`), this converts it twice; robot units are usually wider \
+             (action.scale in {})",
+            input.display(),
+            path.display()
+        ));
+    }
     for (e, ep) in ds.episodes.iter_mut().enumerate() {
         for (t, a) in ep.actions.chunks_exact_mut(ad).enumerate() {
             robot.action.to_policy_units(a, &mut policy);

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 /// leaves `out` as it was (absent or empty) rather than a dataset that reads as valid
 /// with fewer episodes, or none, than asked for. `out` must not exist or be empty, as
 /// for [`dataset::DatasetWriter::create`]. A run killed mid-way leaves the sibling
-/// `.NAME.partial-PID` behind (its name says what it is). `write` gets that directory,
-/// created and empty.
+/// `.NAME.partial-PID` behind (its name says what it is), and so does a finished write
+/// that cannot be moved to `out` (a mount point): the error says so. `write` gets that
+/// directory, created and empty.
 pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let empty_dir = match std::fs::read_dir(out) {
         Ok(mut entries) => {
@@ -47,19 +48,31 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
     // A leftover of this very process id (a reused pid) is ours to replace.
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let result = write(&partial);
-    let done = result.and_then(|value| {
-        if empty_dir {
-            std::fs::remove_dir(out).with_context(|| format!("replacing {}", out.display()))?;
+    let value = match write(&partial) {
+        Ok(value) => value,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
         }
-        std::fs::rename(&partial, out)
-            .with_context(|| format!("moving {} to {}", partial.display(), out.display()))?;
-        Ok(value)
-    });
-    if done.is_err() {
-        let _ = std::fs::remove_dir_all(&partial);
-    }
-    done
+    };
+    // rename(2) replaces an empty directory in one step. It fails on a mount point
+    // (EBUSY, EXDEV) or a directory that filled up meanwhile: the finished data stays
+    // in the partial directory, which the error names, not thrown away.
+    std::fs::rename(&partial, out).with_context(|| {
+        format!(
+            "moving the finished data from {} to {}{} (it is complete in {}: move its \
+             contents there yourself)",
+            partial.display(),
+            out.display(),
+            if empty_dir {
+                ", an existing directory"
+            } else {
+                ""
+            },
+            partial.display()
+        )
+    })?;
+    Ok(value)
 }
 
 /// [`write_whole`] for a dataset: the summary's paths name `out`, where the files are
@@ -115,5 +128,33 @@ mod tests {
                 .to_string()
                 .contains("exists and is not empty")
         );
+    }
+
+    /// When the finished data cannot be moved into place (here `out` filled up while it
+    /// was written; a mount point in practice), it is kept where it was written and the
+    /// error says where. It used to be deleted with the failed move.
+    #[test]
+    fn finished_data_that_cannot_be_moved_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("d");
+        std::fs::create_dir(&out).unwrap();
+        let err = write_whole(&out, |dir| -> Result<()> {
+            std::fs::write(dir.join("episodes"), "x")?;
+            std::fs::write(out.join("someone_else"), "y")?;
+            Ok(())
+        })
+        .unwrap_err();
+        let partial = tmp
+            .path()
+            .join(format!(".d.partial-{}", std::process::id()));
+        assert!(
+            format!("{err:#}").contains(&format!("it is complete in {}", partial.display())),
+            "{err:#}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(partial.join("episodes")).unwrap(),
+            "x"
+        );
+        assert!(out.join("someone_else").is_file());
     }
 }

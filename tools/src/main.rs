@@ -78,8 +78,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum VizCommand {
-    /// Every frame of a dataset on the timelines episode / frame_index / time, with the
-    /// simulated task's scene (arm links, puck, maze walls, goal) when it is one of ours.
+    /// Every frame of a dataset on the timelines index (every episode one after another),
+    /// episode, frame_index and time (episodes drawn over each other), with the simulated
+    /// task's scene (arm links, puck, maze walls, goal) when it is one of ours.
     Dataset {
         /// The dataset directory.
         dir: PathBuf,
@@ -182,8 +183,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=4096))]
         envs: u64,
         /// Repetitions; the table reports the median and the range.
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        repeats: u64,
     },
 }
 
@@ -347,7 +348,7 @@ fn main() -> Result<()> {
                     envs,
                     repeats,
                 },
-        } => bench_sim(steps, envs as usize, repeats),
+        } => bench_sim(steps, envs as usize, repeats as usize),
         Command::Viz { command } => viz_command(command)?,
         Command::Teleop {
             controller,
@@ -362,6 +363,7 @@ fn main() -> Result<()> {
             );
             let mut o = tools::teleop::DeviceOptions::new(controller, task);
             o.idle = std::time::Duration::from_secs_f64(idle_s);
+            o.keep_actions = false;
             if let Some(k) = engage_from_step {
                 o.engage = tools::teleop::Engage::FromStep(k);
             }
@@ -370,11 +372,7 @@ fn main() -> Result<()> {
             let s = tools::teleop::run_device(&o, &stop)?;
             println!(
                 "tools teleop: {} observations ({} with the device in control), {} episodes, {} actions sent ({} engaged)",
-                s.observations,
-                s.in_control,
-                s.episodes_seen,
-                s.actions_sent,
-                s.engaged_actions.len()
+                s.observations, s.in_control, s.episodes_seen, s.actions_sent, s.engaged
             );
         }
         Command::Demo {
@@ -465,7 +463,7 @@ fn bench_sim(steps: u64, envs: usize, repeats: usize) {
     );
     for task in TaskId::ALL {
         for n in [1, envs] {
-            let mut rates: Vec<f64> = (0..repeats.max(1))
+            let mut rates: Vec<f64> = (0..repeats)
                 .map(|_| {
                     if n == 1 {
                         bench::bench_single(task, steps)

@@ -42,6 +42,9 @@ pub struct DeviceOptions {
     pub idle: Duration,
     /// Resend the last datagram this often while no observation comes.
     pub resend: Duration,
+    /// Keep every engaged action in the summary (tests compare them with the record;
+    /// the CLI only counts them, so that a session of hours does not grow).
+    pub keep_actions: bool,
 }
 
 impl DeviceOptions {
@@ -52,6 +55,7 @@ impl DeviceOptions {
             engage: Engage::Always,
             idle: Duration::from_secs(5),
             resend: Duration::from_millis(20),
+            keep_actions: true,
         }
     }
 }
@@ -64,7 +68,10 @@ pub struct DeviceSummary {
     pub in_control: u64,
     pub actions_sent: u64,
     pub episodes_seen: u64,
-    /// Every engaged action sent, in order (for tests that compare with the record).
+    /// Engaged actions sent.
+    pub engaged: u64,
+    /// Every engaged action sent, in order, with `keep_actions` (for tests that compare
+    /// with the record).
     pub engaged_actions: Vec<Vec<f32>>,
 }
 
@@ -149,7 +156,10 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
                 .context("sending an action to the controller")?;
             summary.actions_sent += 1;
             if engaged {
-                summary.engaged_actions.push(action.clone());
+                summary.engaged += 1;
+                if o.keep_actions {
+                    summary.engaged_actions.push(action.clone());
+                }
             }
         }
         if last_heard.is_some_and(|t| t.elapsed() > o.idle) {

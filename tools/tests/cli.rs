@@ -381,6 +381,36 @@ fn label_converts_robot_units_to_policy_units() {
         );
     }
 
+    // A dataset in policy units already (the generated one), converted with a robot
+    // whose units are twice as wide: every action shrinks to half and stays in range, so
+    // nothing refuses it; the label warns.
+    let wide = tmp.path().join("wide.toml");
+    std::fs::write(
+        &wide,
+        std::fs::read_to_string(crate_dir().join("../firmware-config/robots/push.toml"))
+            .unwrap()
+            .replace("scale = [1.0, 1.0]", "scale = [2.0, 2.0]"),
+    )
+    .unwrap();
+    let o = tools(&[
+        "dataset",
+        "label",
+        src.to_str().unwrap(),
+        "--success",
+        "keep",
+        "--robot-units",
+        wide.to_str().unwrap(),
+        "--out",
+        tmp.path().join("twice").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("every action is within [-1, 1] already")
+            && text(&o).contains("converts it twice"),
+        "{}",
+        text(&o)
+    );
+
     // Past the range the robot file maps the policy's [-1, 1] to.
     raw.episodes[2].actions[5] = 2.5; // (2.5 + 0.3) / 2 = 1.4
     let too_far = tmp.path().join("too-far");
@@ -425,6 +455,13 @@ fn bench_and_teleop_arguments_out_of_range_are_refused() {
         assert!(text(&o).contains("--envs"), "{}", text(&o));
         assert!(!text(&o).contains("panicked"), "{}", text(&o));
     }
+    // `--repeats 0` ran once, silently.
+    let o = tools(&["bench", "sim", "--repeats", "0", "--steps", "10"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--repeats"),
+        "{}",
+        text(&o)
+    );
     let teleop = |controller: &str, idle: &str| {
         tools(&[
             "teleop",
