@@ -223,9 +223,13 @@ enum Command {
     Pretrain {
         #[command(flatten)]
         config: ConfigArgs,
-        /// The run directory (refused if it holds a run).
+        /// The run directory (refused if it holds a run, unless --resume).
         #[arg(long)]
         out: PathBuf,
+        /// Continue the run in --out: pretraining writes no checkpoint before it ends, so
+        /// a pretraining that was stopped starts over there (its logs are replaced).
+        #[arg(long)]
+        resume: bool,
     },
     /// Evaluate a run's latest checkpoint (burn) or a model bundle (through the
     /// controller's runtime): success rate and return over K episodes.
@@ -455,7 +459,11 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Pretrain { config, out } => {
+        Command::Pretrain {
+            config,
+            out,
+            resume,
+        } => {
             let mut c = config.resolve()?;
             c.run.online_steps = 0;
             let mut bar = Bar(None);
@@ -464,6 +472,7 @@ fn main() -> Result<()> {
                 &out,
                 &TrainOptions {
                     log_every: 100,
+                    resume,
                     ..Default::default()
                 },
                 &mut bar,

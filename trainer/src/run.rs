@@ -1166,6 +1166,16 @@ pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
     .into_iter()
     .filter(|f| out.join(f).exists())
     .collect();
+    // Logs without a checkpoint: a run stopped before its first one (pretraining takes
+    // none before it ends), with nothing to continue from.
+    ensure!(
+        held.iter().any(|f| f.starts_with("checkpoint")) || held.is_empty(),
+        "{} holds the logs of a run that wrote no checkpoint ({}; stopped during \
+         pretraining?): `pretrain --resume` or `train --resume` starts it over there, \
+         replacing them; or choose another --out (nothing was changed)",
+        out.display(),
+        held.join(", ")
+    );
     ensure!(
         held.is_empty(),
         "{} already holds a run ({}): `train --resume` (or `finetune --resume` for a \

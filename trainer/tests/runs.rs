@@ -303,6 +303,30 @@ fn resume_refuses_a_different_config() {
         std::fs::read(tmp.path().join("metrics.csv")).unwrap(),
         metrics
     );
+    // A run stopped before its first checkpoint (pretraining takes none before it ends)
+    // leaves only logs: a new run is refused with what to do, and `--resume` starts it
+    // over (before, the advice was `train --resume`, which a robot run refuses).
+    let stopped = tempfile::tempdir().unwrap();
+    for f in ["metrics.csv", "eval.csv"] {
+        std::fs::write(stopped.path().join(f), "step\n").unwrap();
+    }
+    let mut pre = c.clone();
+    pre.run.online_steps = 0;
+    let e = format!(
+        "{:#}",
+        train(&pre, stopped.path(), &opts, &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("holds the logs of a run that wrote no checkpoint (metrics.csv, eval.csv")
+            && e.contains("`pretrain --resume`"),
+        "{e}"
+    );
+    let resumed = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    train(&pre, stopped.path(), &resumed, &mut ()).unwrap();
+    assert!(stopped.path().join("checkpoint/state.json").is_file());
     // A hand-edited config.toml is checked on load as a resolved config is: a zero
     // width is named instead of panicking inside the backend.
     trainer::run::load_agent(tmp.path()).unwrap();
