@@ -853,13 +853,24 @@ fn main() -> Result<()> {
                 time_limit: time_limit_s.map(std::time::Duration::from_secs),
             };
             spec.check()?;
+            let mut failed = vec![];
             if !summarize_only {
                 let exe = std::env::current_exe().context("locating the trainer executable")?;
-                trainer::study::run_study(&spec, &exe)?;
+                failed = trainer::study::run_study(&spec, &exe)?;
             }
+            // The study's own seeds after a run (leftovers of an earlier, larger study are
+            // named and left out); every seed on disk with --summarize-only. The runs that
+            // did finish are summarized even when others failed.
+            let seeds = (!summarize_only).then_some(&spec.seeds[..]);
             print!(
                 "{}",
-                trainer::study::summarize(&out, &tasks, &algos, summarize_only)?
+                trainer::study::summarize(&out, &tasks, &algos, seeds, summarize_only)?
+            );
+            anyhow::ensure!(
+                failed.is_empty(),
+                "{} runs failed (each marked `failed`, see its log.txt): {:?}",
+                failed.len(),
+                failed
             );
         }
         Command::Train {

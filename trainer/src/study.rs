@@ -111,11 +111,39 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
          another --out",
         dir.display()
     );
+    if was < asked {
+        // Extended with `train --resume`, which also needs the same `compute` settings:
+        // refused here, before its `done` mark goes, rather than failed in its child.
+        if let Some((key, then, now)) = crate::run::difference_except_length(&saved, config, false)
+            .with_context(|| format!("{}", path.display()))?
+        {
+            bail!(
+                "{}: extending this finished run to {asked} online steps resumes it, which \
+                 needs the settings it ran with (`{key}` was {then}, the study asks {now}); \
+                 give the study the same settings or another --out",
+                dir.display()
+            );
+        }
+    }
+    let (e, ask) = (&then.run, &config.run);
+    if (e.eval_every, e.eval_episodes) != (ask.eval_every, ask.eval_episodes) {
+        eprintln!(
+            "note: {} keeps its evaluations (every {} steps, {} episodes); the study asks \
+             every {} steps, {} episodes",
+            dir.display(),
+            e.eval_every,
+            e.eval_episodes,
+            ask.eval_every,
+            ask.eval_episodes
+        );
+    }
     Ok(was == asked)
 }
 
-/// Runs every missing run of the study with the `trainer` executable `exe`.
-pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
+/// Runs every missing run of the study with the `trainer` executable `exe`. Returns the
+/// directories of the runs that failed (each marked `failed`); the others are done, or
+/// were stopped by the time limit.
+pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
     spec.check()?;
     // Every run's configuration first: a bad preset or override fails here, with its
     // reason, instead of in each child run's log; and a finished run of other settings
@@ -225,10 +253,7 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<()> {
         }
         running = still;
     }
-    if !failures.is_empty() {
-        bail!("{} runs failed: {:?}", failures.len(), failures);
-    }
-    Ok(())
+    Ok(failures)
 }
 
 /// Mean and standard deviation over seeds of the success rate at each evaluation step.
@@ -242,12 +267,20 @@ pub struct Curve {
 
 /// Reads `eval.csv` of every finished seed of `task`/`algo` under `out`.
 pub fn load_curve(out: &Path, task: TaskId, algo: Algo) -> Result<Option<Curve>> {
-    load_runs(out, task, algo, false)
+    load_runs(out, task, algo, false, None)
 }
 
 /// As [`load_curve`]; with `unfinished`, also the seeds stopped before their end (a
 /// time-limited study): the curve then ends at the last evaluation every seed reached.
-pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Result<Option<Curve>> {
+/// With `seeds`, only those (a study's own; other `seed-N` directories are named and
+/// left out).
+pub fn load_runs(
+    out: &Path,
+    task: TaskId,
+    algo: Algo,
+    unfinished: bool,
+    seeds_asked: Option<&[u64]>,
+) -> Result<Option<Curve>> {
     let dir = out.join(task.name()).join(algo_name(algo));
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
@@ -257,12 +290,19 @@ pub fn load_runs(out: &Path, task: TaskId, algo: Algo, unfinished: bool) -> Resu
     for e in entries {
         let run = e?.path();
         // Runs are `seed-N`; a copy such as `seed-0-old` is not another seed.
-        let is_seed = run
+        let Some(seed) = run
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix("seed-"))
-            .is_some_and(|n| n.parse::<u64>().is_ok());
-        if !is_seed {
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if seeds_asked.is_some_and(|asked| !asked.contains(&seed)) {
+            eprintln!(
+                "note: {} is not one of this study's seeds: left out of the summary",
+                run.display()
+            );
             continue;
         }
         let path = run.join("eval.csv");
@@ -358,6 +398,7 @@ pub fn summarize(
     out: &Path,
     tasks: &[TaskId],
     algos: &[Algo],
+    seeds: Option<&[u64]>,
     require_runs: bool,
 ) -> Result<String> {
     ensure!(
@@ -373,7 +414,7 @@ pub fn summarize(
     for &task in tasks {
         let mut curves = vec![];
         for &algo in algos {
-            if let Some(c) = load_curve(out, task, algo)? {
+            if let Some(c) = load_runs(out, task, algo, false, seeds)? {
                 curves.push((algo, c));
             }
         }
@@ -483,7 +524,7 @@ pub fn compare_curves(
     anyhow::ensure!(!studies.is_empty(), "compare: no studies given");
     let mut curves = vec![];
     for &(ref label, ref dir, algo) in studies {
-        let c = load_runs(dir, task, algo, unfinished)?.with_context(|| {
+        let c = load_runs(dir, task, algo, unfinished, None)?.with_context(|| {
             format!(
                 "{label}: no {}run of {} on {task} under {} (expected {}/seed-*/eval.csv{})",
                 if unfinished { "" } else { "finished " },

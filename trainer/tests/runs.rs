@@ -509,6 +509,23 @@ fn a_study_never_files_runs_under_the_wrong_names() {
     assert!(e.contains("study: 1 runs to do"), "{e}");
     let eval = std::fs::read_to_string(study.join("push/bc/seed-0/eval.csv")).unwrap();
     assert!(eval.lines().last().unwrap().starts_with("120,"), "{eval}");
+    // Extending resumes the run, which needs its compute settings: refused before its
+    // `done` mark goes (the child failed, and the run was marked failed).
+    let (code, e) = trainer(&[
+        "--tasks",
+        "push",
+        "--set",
+        "run.online_steps=140",
+        "--set",
+        "compute.threads=2",
+    ]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("extending this finished run to 140 online steps resumes it")
+            && e.contains("`compute.threads` was 1, the study asks 2"),
+        "{e}"
+    );
+    assert!(study.join("push/bc/seed-0/done").is_file());
     let (code, e) = trainer(&["--tasks", "push", "--set", "run.online_steps=100"]);
     assert_eq!(code, Some(1), "{e}");
     assert!(
