@@ -610,6 +610,10 @@ pub fn write_bundle(
     for (path, tmp) in &staged {
         fs::rename(tmp, path).map_err(io_err(path))?;
     }
+    // The renames themselves, on disk.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
     // Replacing an EXPO bundle with a BC one: the old edit and critic graphs would stay
     // beside a manifest that no longer lists them. Other files of the user's are kept.
     for (name, listed) in [
@@ -634,9 +638,14 @@ fn stage_bundle(
     staged: &mut Vec<(PathBuf, PathBuf)>,
 ) -> Result<(), BundleError> {
     let mut write = |name: &str, bytes: &[u8]| -> Result<(), BundleError> {
-        let tmp = dir.join(format!(".{name}.tmp"));
+        let tmp = dir.join(temporary_name(name));
         staged.push((dir.join(name), tmp.clone()));
-        fs::write(&tmp, bytes).map_err(io_err(&tmp))
+        // On disk before the rename: after a power cut, a renamed file whose data never
+        // reached the disk would be empty (the hash check refuses it, but the bundle is
+        // lost).
+        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        std::io::Write::write_all(&mut f, bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))
     };
     let mut put = |name: &str, g: &ModelProto| -> Result<GraphFile, BundleError> {
         let bytes = g.to_bytes();
@@ -678,12 +687,35 @@ fn stage_bundle(
     Ok(())
 }
 
+/// Where [`write_bundle`] writes the file `name` before renaming it into place.
+fn temporary_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
 /// Whether [`write_bundle`] may write into `dir`: it does not exist yet, is empty, or
 /// holds an earlier bundle (which is then replaced). Commands that export at the end of
 /// long work call it first, so a wrong `--bundle` is refused before the work.
 pub fn check_bundle_target(dir: &Path) -> Result<(), BundleError> {
+    // The temporaries of a first write that was killed do not make it another directory
+    // (the next write replaces them).
+    let ours: Vec<String> = [
+        DENOISER_FILE,
+        EDIT_FILE,
+        CRITIC_FILE,
+        MANIFEST_FILE,
+        SIGNATURE_FILE,
+    ]
+    .map(temporary_name)
+    .into();
     let holds_other_files = match fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_some() && !dir.join(MANIFEST_FILE).exists(),
+        Ok(entries) => {
+            let mut others = entries.filter_map(|e| e.ok()).filter(|e| {
+                !ours
+                    .iter()
+                    .any(|t| e.file_name().to_str() == Some(t.as_str()))
+            });
+            others.next().is_some() && !dir.join(MANIFEST_FILE).exists()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(io_err(dir)(e)),
     };
@@ -1239,6 +1271,21 @@ mod tests {
         let empty = tmp.path().join("empty");
         fs::create_dir(&empty).unwrap();
         SyntheticSpec::cpu().write(&empty, 1, None).unwrap();
+        // So is one a first write left its temporaries in when it was killed (it used to
+        // be refused as another directory on every retry); they are replaced.
+        let killed = tmp.path().join("killed");
+        fs::create_dir(&killed).unwrap();
+        fs::write(killed.join(".denoiser.onnx.tmp"), "half").unwrap();
+        fs::write(killed.join(".manifest.toml.tmp"), "half").unwrap();
+        SyntheticSpec::cpu().write(&killed, 1, None).unwrap();
+        load_bundle(&killed, &Trust::AllowUnsigned).unwrap();
+        assert!(!killed.join(".denoiser.onnx.tmp").exists());
+        // A temporary of another name is not ours.
+        let other = tmp.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join(".notes.tmp"), "mine").unwrap();
+        let e = SyntheticSpec::cpu().write(&other, 1, None).err().unwrap();
+        assert!(matches!(e, BundleError::NotABundleDir { .. }), "{e}");
     }
 
     /// A write that fails part-way (here the signature's temporary cannot be created; a
