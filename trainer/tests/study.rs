@@ -235,7 +235,7 @@ fn a_failed_run_is_marked_until_it_succeeds() {
     let failing = stand_in_trainer(tmp.path(), "exit 3");
     let failed = trainer::study::run_study(&push_expo_study(&out, &[0], None), &failing).unwrap();
     let dir = out.join("push/expo/seed-0");
-    assert_eq!(failed, [dir.clone()]);
+    assert_eq!(failed, std::slice::from_ref(&dir));
     assert!(dir.join("failed").is_file() && !dir.join("done").exists());
     let ok = tmp.path().join("ok");
     std::fs::create_dir_all(&ok).unwrap();
