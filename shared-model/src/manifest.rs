@@ -57,9 +57,11 @@ pub const MAX_SAMPLES: usize = 1024;
 pub const MAX_ENSEMBLE: usize = 256;
 /// Widest observation or action vector (as the `dataset` reader's `MAX_VECTOR_DIM`).
 pub const MAX_DIM: usize = 1 << 16;
-/// Most values in one decision's candidate buffer, `num_samples × horizon × action.dim`
-/// (64 MiB of f32; the controller holds a few buffers of this size). The caps above
-/// alone allow 1024 × 64 × 65,536 = 2^32 values. The largest preset holds 8 × 1 × 7.
+/// Most values of `num_samples × horizon × action.dim`, the sampled chunks of one
+/// decision (64 MiB of f32). The controller's candidate buffer also holds the edited
+/// chunks (`num_edit ≤ num_samples` more), so at most twice that, in a few buffers. The
+/// caps above alone allow 1024 × 64 × 65,536 = 2^32 values. The largest preset holds
+/// 8 × 1 × 7.
 pub const MAX_CANDIDATE_VALUES: usize = 1 << 24;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
@@ -604,16 +606,24 @@ pub fn write_bundle(
     }
     // A stale signature from an earlier export must not survive next to a new manifest.
     let sig_path = dir.join(SIGNATURE_FILE);
-    if sig_path.exists() {
-        fs::remove_file(&sig_path).map_err(io_err(&sig_path))?;
+    let mut renamed = 0;
+    let moved = (|| {
+        if sig_path.exists() {
+            fs::remove_file(&sig_path).map_err(io_err(&sig_path))?;
+        }
+        for (path, tmp) in &staged {
+            fs::rename(tmp, path).map_err(io_err(path))?;
+            renamed += 1;
+        }
+        Ok(())
+    })();
+    if let Err(e) = moved {
+        // The temporaries not yet renamed are ours: none is left behind.
+        for (_, left) in &staged[renamed..] {
+            let _ = fs::remove_file(left);
+        }
+        return Err(e);
     }
-    for (path, tmp) in &staged {
-        fs::rename(tmp, path).map_err(io_err(path))?;
-    }
-    // The renames themselves, on disk.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
     // Replacing an EXPO bundle with a BC one: the old edit and critic graphs would stay
     // beside a manifest that no longer lists them. Other files of the user's are kept.
     for (name, listed) in [
@@ -625,6 +635,9 @@ pub fn write_bundle(
             fs::remove_file(&path).map_err(io_err(&path))?;
         }
     }
+    // The renames and removals themselves, on disk. Best effort: every file was synced
+    // before its rename, and some filesystems refuse to sync a directory.
+    let _ = fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(())
 }
 
@@ -1307,6 +1320,26 @@ mod tests {
             .unwrap();
         assert_eq!(load_bundle(&dir, &trust).unwrap().manifest, before);
         fs::remove_dir(dir.join(format!(".{SIGNATURE_FILE}.tmp"))).unwrap();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// A rename that fails part-way (here a directory where the critic graph goes)
+    /// leaves none of the write's temporaries behind: the manifest's was left before.
+    #[test]
+    fn a_failed_rename_leaves_no_temporaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("bundle");
+        SyntheticSpec::cpu().write(&dir, 1, None).unwrap();
+        fs::remove_file(dir.join(CRITIC_FILE)).unwrap();
+        fs::create_dir(dir.join(CRITIC_FILE)).unwrap();
+        fs::write(dir.join(CRITIC_FILE).join("keep"), "x").unwrap();
+        let e = SyntheticSpec::cpu().write(&dir, 2, None).err().unwrap();
+        assert!(e.to_string().contains(CRITIC_FILE), "{e}");
         let left: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -20,8 +20,9 @@
 //! episode; `0` otherwise. Failures that a real robot would treat as an abort (arm hits
 //! the obstacle) terminate with reward `0`. Dense shaping (`Reward::Dense`) adds minus a
 //! distance to the goal, scaled per task, for users who want it; an abort is charged that
-//! distance for every step left to the horizon, so that ending early on the obstacle never
-//! scores better than staying where it stopped.
+//! distance for every step left to the task's horizon (the table's, whatever shorter limit
+//! a wrapper sets), so that ending early on the obstacle never scores better than staying
+//! where it stopped.
 //!
 //! # Physics (SI units: m, s, kg, rad, N, N·m)
 //!

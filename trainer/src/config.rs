@@ -410,7 +410,7 @@ pub const MAX_ACTION_HORIZON: usize = 64;
 // abort the process on an allocation instead of being refused by name.
 /// Widest layer (`net.*` widths, `net.fourier_features`).
 pub const MAX_WIDTH: usize = 1 << 16;
-/// Most hidden layers in `net.critic_widths`.
+/// Most hidden layers in `net.critic_widths`, and most `net.denoiser_blocks`.
 pub const MAX_LAYERS: usize = 64;
 /// Largest `optim.batch_size`.
 pub const MAX_BATCH: usize = 1 << 20;
@@ -600,7 +600,20 @@ impl Config {
                 // defaults from before they existed, so that it trains as it did, not the
                 // preset's newer values.
                 Ok(whole) => value = toml::Value::try_from(whole)?,
-                Err(_) => merge(&mut value, file_value),
+                Err(_) => {
+                    // A partial file is merged over --preset: a `preset` key naming
+                    // another would only rename the run, not give it that preset's sizes.
+                    if let Some(named) = file_value.get("preset") {
+                        ensure!(
+                            named.as_str() == Some(base),
+                            "{}: preset = {named} in a partial config, which is merged over \
+                             --preset {base}: pass --preset {} (or remove the key)",
+                            path.display(),
+                            named.as_str().unwrap_or("...")
+                        );
+                    }
+                    merge(&mut value, file_value)
+                }
             }
         }
         for o in overrides {
@@ -741,6 +754,11 @@ impl Config {
             n.critic_widths.len() <= MAX_LAYERS,
             "net.critic_widths may name at most {MAX_LAYERS} hidden layers, not {}",
             n.critic_widths.len()
+        );
+        ensure!(
+            n.denoiser_blocks <= MAX_LAYERS,
+            "net.denoiser_blocks must be at most {MAX_LAYERS}, not {}",
+            n.denoiser_blocks
         );
         // The edit policy reuses the critic's widths, and the bundle's edit graph splits
         // its first layer by input ahead of a separate head.
@@ -957,6 +975,15 @@ mod tests {
         std::fs::write(&path, "[optim]\nutd = 3\n").unwrap();
         let c = Config::resolve("cpu", Some(&path), &[]).unwrap();
         assert_eq!((c.optim.utd, c.expo.edit_base), (3, EditBase::Buffer));
+        // ... and one naming another preset is refused (it would only rename the run).
+        std::fs::write(&path, "preset = \"paper\"\n[optim]\nutd = 3\n").unwrap();
+        let err = Config::resolve("cpu", Some(&path), &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("merged over --preset cpu: pass --preset paper"),
+            "{err:#}"
+        );
+        let c = Config::resolve("paper", Some(&path), &[]).unwrap();
+        assert_eq!((c.preset.as_str(), c.optim.utd), ("paper", 3));
         // The preset's name is not an override: it would not change its sizes.
         let err = Config::resolve("cpu", None, &["preset=\"paper\"".into()]).unwrap_err();
         assert!(
@@ -1113,6 +1140,10 @@ mod tests {
             (
                 "net.critic_widths=[64, 70000]",
                 "net.critic_widths[1] must be in 1..=65536, not 70000",
+            ),
+            (
+                "net.denoiser_blocks=100000",
+                "net.denoiser_blocks must be at most 64, not 100000",
             ),
             (
                 "optim.offline_fraction=1.5",

@@ -22,8 +22,8 @@ struct Cli {
 #[derive(clap::Args)]
 struct ConfigArgs {
     /// Preset to start from: `cpu` (default, 2 CPU cores), `paper` (GPU budget), `tiny`.
-    #[arg(long, default_value = "cpu")]
-    preset: String,
+    #[arg(long)]
+    preset: Option<String>,
     /// A TOML file applied over the preset; a whole config (a run's `config.toml`) is
     /// taken as it is instead, with the defaults of keys added since it was written.
     #[arg(long)]
@@ -43,7 +43,21 @@ impl ConfigArgs {
         if let Some(d) = &self.device {
             overrides.push(format!("device=\"{d}\""));
         }
-        Config::resolve(&self.preset, self.config.as_deref(), &overrides)
+        let base = self.preset.as_deref().unwrap_or("cpu");
+        let c = Config::resolve(base, self.config.as_deref(), &overrides)?;
+        // Only a whole config can differ here (a partial one naming another preset is
+        // refused): it is taken as it is, sizes and all.
+        if let (Some(asked), Some(file)) = (&self.preset, &self.config)
+            && c.preset != *asked
+        {
+            eprintln!(
+                "note: {} is a whole config of preset {}, taken as it is; --preset {asked} \
+                 is not used",
+                file.display(),
+                c.preset
+            );
+        }
+        Ok(c)
     }
 }
 
@@ -466,6 +480,18 @@ fn main() -> Result<()> {
         } => {
             let mut c = config.resolve()?;
             c.run.online_steps = 0;
+            // A checkpoint past pretraining belongs to an online run: pretraining has
+            // nothing left to do there, and `train --resume` is what continues it.
+            if resume && trainer::run::checkpoint_dir_exists(&out) {
+                let step = trainer::run::checkpoint_env_step(&out)?;
+                anyhow::ensure!(
+                    step == 0,
+                    "{}: its checkpoint is {step} environment steps into online training; \
+                     `pretrain --resume` does not continue it (`train --resume` does; nothing \
+                     was changed)",
+                    out.display()
+                );
+            }
             let mut bar = Bar(None);
             let summary = train(
                 &c,
@@ -641,7 +667,7 @@ fn main() -> Result<()> {
             } else {
                 let run = run.expect("clap requires --run or --random");
                 ensure!(
-                    config.preset == "cpu"
+                    config.preset.is_none()
                         && config.config.is_none()
                         && config.overrides.is_empty(),
                     "--preset, --config and --set describe the networks of --random; \
@@ -862,16 +888,24 @@ fn main() -> Result<()> {
             // named and left out); every seed on disk with --summarize-only. The runs that
             // did finish are summarized even when others failed.
             let seeds = (!summarize_only).then_some(&spec.seeds[..]);
-            print!(
-                "{}",
-                trainer::study::summarize(&out, &tasks, &algos, seeds, summarize_only)?
-            );
-            anyhow::ensure!(
-                failed.is_empty(),
-                "{} runs failed (each marked `failed`, see its log.txt): {:?}",
-                failed.len(),
-                failed
-            );
+            let summary = trainer::study::summarize(&out, &tasks, &algos, seeds, summarize_only);
+            if let Ok(text) = &summary {
+                print!("{text}");
+            }
+            // The failed runs are named even when there is nothing to summarize.
+            let failed_runs = (!failed.is_empty()).then(|| {
+                format!(
+                    "{} runs failed (each marked `failed`, see its log.txt): {:?}",
+                    failed.len(),
+                    failed
+                )
+            });
+            match (summary, failed_runs) {
+                (Ok(_), None) => {}
+                (Ok(_), Some(why)) => anyhow::bail!(why),
+                (Err(e), None) => return Err(e),
+                (Err(e), Some(why)) => return Err(e.context(why)),
+            }
         }
         Command::Train {
             config,

@@ -182,11 +182,17 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
     let data = read_offline_data(config)?;
     // Sizes every controller refuses in a bundle: refused before training, not at export.
     let (od, ad) = (data.replay.obs_dim, data.replay.act_dim);
+    // As the export writes it: a policy without a critic acts with one chain sample.
+    let num_samples = if matches!(config.algo, Algo::Expo | Algo::IdqlSelect) {
+        config.expo.num_samples
+    } else {
+        1
+    };
     shared_model::manifest::check_policy_sizes(
         od,
         ad / config.action_horizon,
         config.action_horizon,
-        config.expo.num_samples,
+        num_samples,
     )
     .map_err(|e| anyhow::anyhow!("the offline data's sizes with this config: {e}"))?;
     Ok(data)
@@ -834,6 +840,11 @@ fn first_difference(
     }
 }
 
+/// Whether a run directory holds a complete checkpoint.
+pub fn checkpoint_dir_exists(run: &Path) -> bool {
+    checkpoint_dir(run).is_some()
+}
+
 /// Environment steps of a run's latest checkpoint.
 pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
     let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
@@ -1168,11 +1179,17 @@ pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
     .collect();
     // Logs without a checkpoint: a run stopped before its first one (pretraining takes
     // none before it ends), with nothing to continue from.
+    // The command that wrote them starts it over with --resume.
+    let again = if held.contains(&"finetune.csv") {
+        "`finetune --resume`"
+    } else {
+        "the command that wrote them with --resume (`pretrain --resume` or `train --resume`)"
+    };
     ensure!(
         held.iter().any(|f| f.starts_with("checkpoint")) || held.is_empty(),
-        "{} holds the logs of a run that wrote no checkpoint ({}; stopped during \
-         pretraining?): `pretrain --resume` or `train --resume` starts it over there, \
-         replacing them; or choose another --out (nothing was changed)",
+        "{} holds the logs of a run that wrote no checkpoint ({}; stopped before its first \
+         checkpoint?): {again} starts it over there, replacing them; or choose another \
+         --out (nothing was changed)",
         out.display(),
         held.join(", ")
     );

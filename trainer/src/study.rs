@@ -149,6 +149,7 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
     // reason, instead of in each child run's log; and a finished run of other settings
     // in the directory is refused before anything starts.
     let mut queue = vec![];
+    let mut extended = vec![];
     for &task in &spec.tasks {
         for &algo in &spec.algos {
             for &seed in &spec.seeds {
@@ -162,12 +163,17 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
                     if finished_run_matches(&dir, &config)? {
                         continue;
                     }
-                    // Extended: `train --resume` continues it to the new length.
-                    std::fs::remove_file(dir.join("done"))?;
+                    // Extended: `train --resume` continues it to the new length. Its
+                    // done mark goes only once every run has been checked, so a refusal
+                    // of a later one leaves all of them as they were.
+                    extended.push(dir.join("done"));
                 }
                 queue.push((task, algo, seed, dir));
             }
         }
+    }
+    for done in extended {
+        std::fs::remove_file(&done).with_context(|| format!("removing {}", done.display()))?;
     }
     let total = queue.len();
     println!("study: {total} runs to do, {} at a time", spec.jobs);
@@ -458,9 +464,15 @@ pub fn summarize(
                 b_steps,
                 b_reach,
                 match e_steps {
+                    // The baseline was there at its first evaluation (pretraining alone):
+                    // a ratio to zero steps means nothing.
+                    Some(s) if b_reach == 0 => format!(
+                        "at step {s} (the baseline was there from its first evaluation: no \
+                         ratio)"
+                    ),
                     Some(s) => format!(
                         "at step {s} ({:.2}x of the baseline's steps)",
-                        s as f64 / b_reach.max(1) as f64
+                        s as f64 / b_reach as f64
                     ),
                     None => "never within the run".to_string(),
                 }

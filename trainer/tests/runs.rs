@@ -327,6 +327,35 @@ fn resume_refuses_a_different_config() {
     };
     train(&pre, stopped.path(), &resumed, &mut ()).unwrap();
     assert!(stopped.path().join("checkpoint/state.json").is_file());
+    // A finetune stopped before its first checkpoint: `finetune --resume` is the advice.
+    let stopped_finetune = tempfile::tempdir().unwrap();
+    std::fs::write(stopped_finetune.path().join("finetune.csv"), "step\n").unwrap();
+    let e = format!(
+        "{:#}",
+        train(&pre, stopped_finetune.path(), &opts, &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("wrote no checkpoint (finetune.csv") && e.contains("`finetune --resume`"),
+        "{e}"
+    );
+    // `pretrain --resume` on a run into online training is refused by its step; the
+    // checkpoint stays as it was.
+    let step = trainer::run::checkpoint_env_step(tmp.path()).unwrap();
+    assert!(step > 0);
+    let state = std::fs::read(tmp.path().join("checkpoint/state.json")).unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let (code, text) = trainer_cli(&["pretrain", "--preset", "tiny", "--out", dir, "--resume"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "its checkpoint is {step} environment steps into online training"
+        )) && text.contains("`train --resume` does"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("checkpoint/state.json")).unwrap(),
+        state
+    );
     // A hand-edited config.toml is checked on load as a resolved config is: a zero
     // width is named instead of panicking inside the backend.
     trainer::run::load_agent(tmp.path()).unwrap();

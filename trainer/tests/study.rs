@@ -71,6 +71,24 @@ fn summary_and_plot_from_finished_runs() {
     );
 }
 
+/// A baseline already at its final level at its first evaluation (pretraining alone)
+/// gives no ratio: EXPO's steps over zero steps meant nothing (it printed "1000.00x").
+#[test]
+fn a_baseline_there_from_the_start_gives_no_ratio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    fake_run(out, "expo", 0, &[0.2, 0.6, 0.9]);
+    fake_run(out, "bc", 0, &[0.5, 0.5, 0.5]);
+    let text = summarize(out, &[TaskId::Push], &[Algo::Expo, Algo::Bc], None, true).unwrap();
+    assert!(
+        text.contains(
+            "first reached at step 0; EXPO reaches that at step 1000 (the baseline was there \
+             from its first evaluation: no ratio)"
+        ),
+        "{text}"
+    );
+}
+
 #[test]
 fn curves_of_two_studies_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();

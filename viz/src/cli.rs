@@ -59,23 +59,31 @@ pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
         "rerun rrd verify: {verify}"
     );
     let mut rows = BTreeMap::new();
-    // "Chunk(chunk_…) with 5 rows (1.3 KiB) - /scene/robot - data columns: […]"
     for line in rerun_cli(&["rrd", "print", path])?.lines() {
-        let Some(rest) = line.strip_prefix("Chunk(") else {
-            continue;
-        };
-        let n: Option<usize> = rest
-            .split(" with ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|n| n.parse().ok());
-        let entity = rest.split(" - ").nth(1);
-        let (Some(n), Some(entity)) = (n, entity) else {
-            bail!("rerun rrd print: unexpected line {line:?}");
-        };
-        *rows.entry(entity.to_string()).or_default() += n;
+        if let Some((entity, n)) = chunk_line(line)? {
+            *rows.entry(entity).or_default() += n;
+        }
     }
     Ok(rows)
+}
+
+/// The entity and number of rows of a chunk's line of `rerun rrd print`,
+/// "Chunk(chunk_…) with 5 rows (1.3 KiB) - /scene/robot - data columns: […]"; `None`
+/// for other lines.
+fn chunk_line(line: &str) -> Result<Option<(String, usize)>> {
+    let Some(rest) = line.strip_prefix("Chunk(") else {
+        return Ok(None);
+    };
+    let rows = rest
+        .split(" with ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok());
+    let entity = rest.split(" - ").nth(1).map(|e| e.trim().to_string());
+    match (entity, rows) {
+        (Some(entity), Some(rows)) => Ok(Some((entity, rows))),
+        _ => bail!("rerun rrd print: unexpected line {line:?}"),
+    }
 }
 
 /// Per chunk of `rrd`: its entity, the timelines its rows are indexed by and its number
@@ -87,17 +95,8 @@ pub fn chunk_timelines(rrd: &Path) -> Result<Vec<(String, BTreeSet<String>, usiz
     let mut out = Vec::new();
     let mut chunk: Option<(String, usize)> = None;
     for line in rerun_cli(&["rrd", "print", "-vv", path])?.lines() {
-        if let Some(rest) = line.strip_prefix("Chunk(") {
-            let rows = rest
-                .split(" with ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|n| n.parse().ok());
-            let entity = rest.split(" - ").nth(1).map(|e| e.trim().to_string());
-            let (Some(rows), Some(entity)) = (rows, entity) else {
-                bail!("rerun rrd print: unexpected line {line:?}");
-            };
-            chunk = Some((entity, rows));
+        if let Some(found) = chunk_line(line)? {
+            chunk = Some(found);
             continue;
         }
         if !line.contains("RowId") {

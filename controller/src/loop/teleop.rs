@@ -27,8 +27,10 @@
 //!   that waited in the socket's buffer are judged by their true age.
 //! - A datagram older in the device's sequence than one already taken is dropped
 //!   (counted `out_of_order`), so a late duplicate cannot undo a release. A jump back
-//!   by more than [`RESTART_JUMP`], or any jump back after the device was silent for
-//!   longer than the timeout, is a restarted device and is taken.
+//!   by more than [`RESTART_JUMP`], or by more than [`REORDER_WINDOW`] after the device
+//!   was silent for longer than the timeout, is a restarted device and is taken. A
+//!   datagram at most [`REORDER_WINDOW`] behind is dropped even after a silence: it may
+//!   be a late copy of one sent before the device's release.
 //! - After a safe stop (any fault), the device must release its deadman once (a
 //!   disengaged datagram) before it moves the robot again.
 //! - A datagram marked as the answer to the observation of a later step than the one
@@ -77,6 +79,11 @@ const POLL: Duration = Duration::from_millis(50);
 /// A sequence number this far behind the last one taken is a restarted device, not a
 /// reordered datagram (UDP reorders by a few datagrams at most).
 pub const RESTART_JUMP: u32 = 1024;
+/// After a silence longer than the timeout, a sequence number this far behind (or less)
+/// is still a late datagram, not a restart. A reordering network delays a datagram by a
+/// few others; 32 leaves room for bursts. A device restarted after fewer datagrams than
+/// this is followed once its count passes the old one.
+pub const REORDER_WINDOW: u32 = 32;
 /// Longest `--teleop-timeout-ms` the CLI accepts: the robot follows a device that fell
 /// silent for at most this long.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(1);
@@ -323,9 +330,15 @@ fn receive(
         };
         // A device silent for longer than the timeout starts a new count if it likes: a
         // restarted device on the same address, whose count is behind by less than
-        // RESTART_JUMP, must not be dropped until its numbers pass the old ones.
-        let silent = device.is_some_and(|(_, heard)| at.saturating_duration_since(heard) > timeout);
-        if silent && order(last_seq, action.seq) == Order::Old {
+        // RESTART_JUMP, must not be dropped until its numbers pass the old ones. Only a
+        // count behind by more than REORDER_WINDOW is taken for one: a late copy of a
+        // datagram sent just before the silence (an engaged one, before a release) must
+        // still be dropped.
+        let silent_here = device
+            .is_some_and(|(d, heard)| d == from && at.saturating_duration_since(heard) > timeout);
+        let far_behind =
+            last_seq.is_some_and(|last| last.wrapping_sub(action.seq) > REORDER_WINDOW);
+        if silent_here && far_behind && order(last_seq, action.seq) == Order::Old {
             note!(
                 "teleop: the device restarted its count after a silence (datagram {})",
                 action.seq
@@ -796,18 +809,39 @@ mod tests {
 
     /// A device that restarts on the same address after a silence longer than the
     /// timeout is followed from its first datagram, though its count is behind the old
-    /// one by less than RESTART_JUMP. Before the silence, a datagram behind is dropped.
+    /// one by less than RESTART_JUMP. Before the silence, a datagram behind is dropped;
+    /// after it, one at most REORDER_WINDOW behind (a late copy) is dropped too.
     #[test]
     fn a_device_restarted_after_a_silence_is_followed_at_once() {
-        let timeout = Duration::from_millis(100);
+        let timeout = Duration::from_millis(300);
         let mut rig = Rig::new(timeout);
-        for _ in 0..20 {
+        for _ in 0..40 {
             rig.send(wire::ENGAGED, &[0.1, 0.1]);
         }
         // A late duplicate while the device is live: dropped.
         rig.send_raw(&rig.device, &Rig::datagram(3, wire::ENGAGED, &[0.9, 0.9]));
-        rig.send(wire::ENGAGED, &[0.2, 0.2]);
-        assert_eq!(rig.port.newest.unwrap().action.values()[..2], [0.2, 0.2]);
+        // The device releases (datagram 41), then falls silent.
+        rig.send(0, &[0.0, 0.0]);
+        std::thread::sleep(timeout * 2);
+        // A late engaged copy of datagram 40 after the silence: not a restart, dropped,
+        // so it cannot undo the release.
+        rig.send_raw(&rig.device, &Rig::datagram(40, wire::ENGAGED, &[0.9, 0.9]));
+        let shared = Arc::clone(&rig.thread.as_ref().unwrap().shared);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.out_of_order.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "the late copy was not dropped");
+            assert_eq!(
+                rig.port.action(Instant::now(), 0),
+                None,
+                "a late copy undid a release"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            rig.port.action(Instant::now(), 0),
+            None,
+            "a late copy undid a release"
+        );
         std::thread::sleep(timeout * 2);
         // The restarted device counts from 1 again.
         rig.seq = 0;
@@ -815,7 +849,7 @@ mod tests {
         rig.send(wire::ENGAGED, &[0.4, 0.4]);
         assert_eq!(rig.port.action(Instant::now(), 0).unwrap()[..2], [0.4, 0.4]);
         let s = rig.finish();
-        assert_eq!(s.out_of_order, 1, "{s:?}");
+        assert_eq!(s.out_of_order, 2, "{s:?}");
         assert_eq!(s.device_changes, 0, "{s:?}");
     }
 
