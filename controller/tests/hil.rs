@@ -1508,9 +1508,10 @@ fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
 
 /// Setup: a long run whose stderr reader goes away (the pipe's read end is closed, as
 /// when `controller run 2>&1 | tee` loses its `tee`), then SIGHUP (the terminal or the
-/// SSH session closed). Expected: the console lines that cannot be written are dropped
-/// (no panic), and SIGHUP stops the run as Ctrl-C does: hold, torque off, the dataset
-/// finished, exit status 130.
+/// SSH session closed), twice, then SIGTERM. Expected: the console lines that cannot be
+/// written are dropped (no panic), and SIGHUP stops the run as Ctrl-C does: hold, torque
+/// off, the dataset finished, exit status 130; the signals after it do not cut the safe
+/// stop short (the second SIGHUP used to kill the controller).
 #[test]
 fn sighup_with_a_dead_stderr_stops_safely_and_saves_the_dataset() {
     let _g = serial();
@@ -1523,6 +1524,12 @@ fn sighup_with_a_dead_stderr_stops_safely_and_saves_the_dataset() {
     wait_for_records(&log, 250);
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    // Apart, so that they are not merged into one pending signal.
+    for again in [libc::SIGHUP, libc::SIGTERM] {
+        std::thread::sleep(Duration::from_millis(3));
+        // SAFETY: as above; the child is not reaped before `finish`, so the pid is its.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, again) }, 0);
+    }
     let out = finish(child);
     let (fw, received) = sim.stop_fw();
     assert_eq!(out.status.code(), Some(130), "{out:?}");

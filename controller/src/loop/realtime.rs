@@ -70,14 +70,21 @@ extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe work: two atomic stores and signal().
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
     STOP.store(true, Ordering::SeqCst);
-    // SAFETY: restoring the default disposition is async-signal-safe.
-    unsafe {
-        libc::signal(sig, libc::SIG_DFL);
+    // A second Ctrl-C is the person's way out of a stop that hangs: it kills. SIGTERM
+    // and SIGHUP come from programs (a service manager, a closing terminal that sends
+    // SIGHUP more than once) and must not cut the safe stop short: they stay caught.
+    if sig == libc::SIGINT {
+        // SAFETY: restoring the default disposition is async-signal-safe.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
     }
 }
 
 /// Routes SIGINT, SIGTERM and SIGHUP (the terminal or the SSH session went away) to the
-/// stop flag: each one ends the run with a safe stop and a finished dataset. A SIGHUP
+/// stop flag: each one ends the run with a safe stop and a finished dataset. Repeated
+/// SIGTERM or SIGHUP only ask for the stop again; a second SIGINT (Ctrl-C twice) kills
+/// the controller at once, the firmware's watchdog then stopping the robot. A SIGHUP
 /// that was ignored when the controller started (`nohup`) stays ignored.
 pub fn install_signal_handlers() -> std::io::Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
