@@ -40,6 +40,7 @@
 //! after the frames arrive. See `Control::align`. A transition whose pieces were lost on the link is counted as
 //! missing once later frames make clear they will not come.
 
+use super::console::ConsoleTx;
 use super::log::{EndReason, EpisodeEnd, Record, Transition};
 use super::operator::OperatorCommand;
 use super::realtime;
@@ -338,6 +339,19 @@ pub(crate) struct Control {
     /// Tick frames for the rerun recording (`--rerun`), and the one being filled.
     pub viz_tx: Option<Sender<TickFrame>>,
     frame: TickFrame,
+    /// Where this thread's console lines go ([`super::console`]): never to stderr
+    /// directly, whose writes block while nobody reads them. `None` (tests, library
+    /// use without a console thread) writes them to stderr.
+    pub console: Option<ConsoleTx>,
+}
+
+/// A console line of the control thread: queued for the console thread, never waited
+/// for; written at once only where there is none.
+fn say_line(console: Option<&ConsoleTx>, line: String) {
+    match console {
+        Some(c) => c.line(line),
+        None => note!("{line}"),
+    }
 }
 
 /// The furthest a frame's step number can plausibly leap past the furthest step heard
@@ -424,6 +438,7 @@ impl Control {
             paused: false,
             teleop: None,
             viz_tx: None,
+            console: None,
             frame: TickFrame::default(),
             cfg,
         }
@@ -911,7 +926,8 @@ impl Control {
 
     /// One operator command (see [`super::operator`]).
     fn on_operator(&mut self, now: Instant, c: OperatorCommand) {
-        let note = |what: &str| note!("operator: {what}");
+        let console = self.console.clone();
+        let note = |what: &str| say_line(console.as_ref(), format!("operator: {what}"));
         let running = self.phase == Phase::Running && self.track.is_some();
         match c {
             OperatorCommand::Success | OperatorCommand::Failure | OperatorCommand::Reset
@@ -1009,7 +1025,10 @@ impl Control {
             .as_ref()
             .map_or((None, None), |t| (Some(t.id), t.newest));
         if !self.cfg.quiet {
-            note!("FAULT at tick {}: {kind:?}: {detail}", self.tick);
+            say_line(
+                self.console.as_ref(),
+                format!("FAULT at tick {}: {kind:?}: {detail}", self.tick),
+            );
         }
         self.report.faults.push(FaultEvent {
             kind,
@@ -1638,7 +1657,7 @@ impl Control {
             cadence: cad,
         };
         if !self.cfg.quiet {
-            note!("{rep}");
+            say_line(self.console.as_ref(), rep.to_string());
         }
         self.report.episodes.push(rep);
         self.fold_cadence();

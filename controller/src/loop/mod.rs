@@ -25,6 +25,8 @@
 //! - [`realtime`]: signals, the panic flag, `--realtime` (mlockall, SCHED_FIFO, affinity).
 //! - [`teleop`]: a teleop device's actions over UDP (`--teleop`), for demonstrations
 //!   and takeovers.
+//! - [`console`]: the control thread's console lines (faults, episodes), written by a
+//!   thread of their own so that a stderr nobody reads cannot delay a hold.
 //!
 //! The control thread sleeps to `spin` before each absolute deadline and spins the
 //! rest (its timer slack is set to 1 ns); with `--align-phase` the deadline grid
@@ -63,6 +65,7 @@
 //! is not a fault: it is counted, and only becomes one if it starves the loop of
 //! sensor frames.
 
+pub mod console;
 pub mod control;
 pub mod link;
 pub mod log;
@@ -1043,12 +1046,27 @@ pub fn run(
             error,
         })?);
     }
+    let (console, console_tx) =
+        console::Console::spawn(std::io::stderr()).map_err(|error| RunError::Io {
+            what: "starting the console thread".into(),
+            error,
+        })?;
+    control.console = Some(console_tx);
     let handle = realtime::spawn_in_run("control", move || control_thread(control, realtime_opts))
         .map_err(|error| RunError::Io {
             what: "starting the control thread".into(),
             error,
         })?;
-    let (mut report, port) = match handle.join() {
+    let joined = handle.join();
+    // The control thread's lines, written before anything this thread prints next.
+    let dropped_lines = console.finish();
+    if dropped_lines > 0 {
+        note!(
+            "{dropped_lines} console lines of the control thread were dropped (stderr was \
+             not read); the report and the log have everything"
+        );
+    }
+    let (mut report, port) = match joined {
         Ok(r) => r,
         Err(_) => {
             // Unreachable in practice (the thread catches its panics), but the report
