@@ -81,10 +81,13 @@ mod tests {
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
 
+    /// Whether the writer is released, and what it was given.
+    type Written = Mutex<(bool, Vec<u8>)>;
+
     /// A writer that blocks until released, as a paused terminal does, then keeps what
     /// it was given.
     #[derive(Clone, Default)]
-    struct Paused(Arc<(Mutex<(bool, Vec<u8>)>, Condvar)>);
+    struct Paused(Arc<(Written, Condvar)>);
 
     impl Write for Paused {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
