@@ -638,6 +638,13 @@ fn a_gpu_run_is_evaluated_exported_and_finetuned_on_the_cpu() {
     };
     let (ok, e) = trainer(&["eval", "--run", r, "--episodes", "1"]);
     assert!(!ok, "cuda:7 on this machine: {e}");
+    // Refused for the device it names, not for some other reason.
+    if !cfg!(feature = "cuda") {
+        assert!(
+            e.contains("device 'cuda:7' needs the trainer built with `--features cuda`"),
+            "{e}"
+        );
+    }
     let (ok, e) = trainer(&["eval", "--run", r, "--episodes", "1", "--device", "cpu"]);
     assert!(ok, "{e}");
     let bundle = tmp.path().join("bundle");
