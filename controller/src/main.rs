@@ -68,7 +68,8 @@ enum Command {
     /// Run a bundle on the robot: handshake, `--episodes` episodes at the robot's control
     /// rate with the safety envelope, transitions logged crash-safely and saved as a
     /// dataset, cadence report per episode and at exit. Exit status: 0 all episodes ran,
-    /// 3 stopped by a fault, 130 interrupted (Ctrl-C, SIGTERM, SIGHUP), 1 refused or failed.
+    /// 4 all ran but the recording lost data (a full disk), 3 stopped by a fault, 130
+    /// interrupted (Ctrl-C, SIGTERM, SIGHUP), 1 refused or failed.
     Run(Box<RunArgs>),
     /// The control loop against the simulated firmware on an in-process pty at `--rate`
     /// Hz for `--seconds`: effective rate, wake-up jitter, overruns, sensor-to-command
@@ -676,16 +677,15 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
 }
 
 fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
-    use robot_loop::Outcome;
     if let Some(e) = &report.error {
         controller::note!("error: {e}");
     }
-    std::process::ExitCode::from(match report.outcome {
-        Outcome::Completed => 0,
-        Outcome::Error => 1,
-        Outcome::StoppedByFault => 3,
-        Outcome::Interrupted => 130,
-    })
+    if let Some(lost) = report.recording_lost() {
+        controller::note!(
+            "error: the recording is incomplete ({lost}); report.json lists the episodes saved"
+        );
+    }
+    std::process::ExitCode::from(report.exit_status())
 }
 
 fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {

@@ -455,6 +455,34 @@ fn a_second_run_into_the_same_out_keeps_the_first_report() {
     assert_eq!(ds.episodes.len(), 3);
 }
 
+/// Setup: a report that cannot be written (the directory for earlier reports is taken
+/// by a file). Expected: the run fails with that said, and prints the report it could
+/// not write (it used to be lost, and with it the run's faults and timing); the earlier
+/// report stays.
+#[test]
+fn a_report_that_cannot_be_written_is_printed() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let out = sim.run(&["--episodes", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let first = std::fs::read_to_string(sim.out.join("report.json")).unwrap();
+    std::fs::write(sim.out.join("reports"), "not a directory").unwrap();
+    let out = sim.run(&["--episodes", "1"]);
+    sim.stop_fw();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the run's report, which could not be written")
+            && out.stderr.contains("\"episodes_completed\": 1"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sim.out.join("report.json")).unwrap(),
+        first
+    );
+}
+
 /// Setup: real-time pacing (the firmware steps on its own clock, like a robot) with the
 /// tick grid aligned to the sensor frames (`--align-phase`). Expected: every step of
 /// every episode gets its transition; the firmware never had to hold for lack of a

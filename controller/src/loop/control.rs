@@ -699,6 +699,12 @@ impl Control {
                 let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
                     return;
                 };
+                if t.final_step.is_some_and(|f| step > f) {
+                    // Past the step an operator's label ended the episode at (the robot
+                    // ran on while the last frames came in): not the episode's any more,
+                    // neither its return nor a `done` that would move its end.
+                    return;
+                }
                 let slot = step as usize % RING;
                 if t.rewards[slot].is_some_and(|r| r.step >= step) {
                     // A duplicate, or a late frame from RING or more steps back: its

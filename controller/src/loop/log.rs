@@ -658,6 +658,38 @@ impl LogTail {
     }
 }
 
+/// Where a log's whole records end, and the bytes after that (a torn record, or damage
+/// no whole record follows): [`read_log`]'s `valid_bytes` and `torn_bytes`, found by
+/// reading at most `read_max` bytes at a time and keeping no record.
+fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64), LogError> {
+    let len = std::fs::metadata(path)
+        .map_err(|error| LogError::Io {
+            path: path.to_path_buf(),
+            what: "reading the log",
+            error,
+        })?
+        .len();
+    let mut tail = LogTail::with_read_max(path, read_max);
+    loop {
+        let before = tail.offset + tail.buf.len() as u64;
+        tail.poll()?;
+        let scanned = tail.offset + tail.buf.len() as u64;
+        if scanned >= len || scanned == before {
+            break;
+        }
+    }
+    if !tail.magic_checked {
+        // Shorter than the magic: killed while writing it (an empty log), or not a log.
+        if !MAGIC.starts_with(&tail.buf) {
+            return Err(LogError::Magic {
+                path: path.to_path_buf(),
+            });
+        }
+        return Ok((0, tail.buf.len() as u64));
+    }
+    Ok((tail.offset, tail.buf.len() as u64))
+}
+
 /// Appends records to a log file.
 pub struct LogWriter {
     file: File,
@@ -698,14 +730,15 @@ impl LogWriter {
         let mut repaired = 0;
         let existing = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
         if existing {
-            let c = read_log(path)?;
-            repaired = c.torn_bytes;
-            if c.torn_bytes > 0 {
+            // Scanned a few MiB at a time: a log of days is not held in memory.
+            let (valid_bytes, torn_bytes) = log_end(path, TAIL_READ_MAX)?;
+            repaired = torn_bytes;
+            if torn_bytes > 0 {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(path)
                     .map_err(|e| io_err("opening the log to repair it", e))?;
-                f.set_len(c.valid_bytes)
+                f.set_len(valid_bytes)
                     .map_err(|e| io_err("cutting off a torn record", e))?;
                 f.sync_data().map_err(|e| io_err("syncing the log", e))?;
             }
@@ -1165,11 +1198,18 @@ pub(crate) mod tests {
             Record::Transition(transition(0, 4, true)).encode(&mut p);
             full.len() - p.len() - 8
         };
-        for cut in last_start..full.len() {
+        for cut in (0..MAGIC.len()).chain(last_start..full.len()) {
             std::fs::write(&path, &full[..cut]).unwrap();
             let c = read_log(&path).unwrap();
-            assert_eq!(c.records.len(), 6, "cut at {cut}");
-            assert_eq!(c.torn_bytes as usize, cut - last_start);
+            if cut >= last_start {
+                assert_eq!(c.records.len(), 6, "cut at {cut}");
+                assert_eq!(c.torn_bytes as usize, cut - last_start);
+            }
+            // The writer's scan, a few bytes at a time, finds the same end.
+            for read_max in [7, 64, TAIL_READ_MAX] {
+                let end = log_end(&path, read_max).unwrap();
+                assert_eq!(end, (c.valid_bytes, c.torn_bytes), "cut at {cut}");
+            }
         }
         // A flipped byte in the last record reads as torn too.
         let mut bad = full.clone();
@@ -1185,9 +1225,19 @@ pub(crate) mod tests {
         let c = read_log(&path).unwrap();
         assert_eq!((c.records.len(), c.torn_bytes), (7, 0));
         assert!(matches!(c.records[6], Record::EpisodeEnd(_)));
-        // Not a log at all.
-        std::fs::write(&path, b"hello world").unwrap();
-        assert!(matches!(read_log(&path), Err(LogError::Magic { .. })));
+        // Not a log at all, long or short.
+        for foreign in [&b"hello world"[..], b"he"] {
+            std::fs::write(&path, foreign).unwrap();
+            if foreign.len() >= MAGIC.len() {
+                assert!(matches!(read_log(&path), Err(LogError::Magic { .. })));
+            }
+            assert!(matches!(log_end(&path, 4), Err(LogError::Magic { .. })));
+            assert!(matches!(
+                LogWriter::open(&path),
+                Err(LogError::Magic { .. })
+            ));
+            assert_eq!(std::fs::read(&path).unwrap(), foreign, "left as it was");
+        }
     }
 
     /// A log of three episodes of four steps each (seeds 7, 8, 9), and the byte range
@@ -1292,6 +1342,7 @@ pub(crate) mod tests {
                 len: hit.len() as u64,
             };
             assert_eq!((c.damaged, c.torn_bytes), (vec![span], 0), "flip at {at}");
+            assert_eq!(log_end(&path, 16).unwrap(), (full.len() as u64, 0));
             // The follower (the uplink's source) skips the same bytes.
             let mut tail = LogTail::new(&path);
             let payloads = tail.poll().unwrap();

@@ -685,6 +685,44 @@ impl RunReport {
     }
 }
 
+impl RunReport {
+    /// What the recording lost, if anything: transitions the logger's queue could not
+    /// take, or errors writing the log or the dataset (a full disk).
+    pub fn recording_lost(&self) -> Option<String> {
+        let errors = self.logger.as_ref().map_or(&[][..], |l| &l.errors[..]);
+        if self.log_drops == 0 && errors.is_empty() {
+            return None;
+        }
+        let mut why = vec![];
+        if self.log_drops > 0 {
+            why.push(format!(
+                "{} transitions the logger's queue could not take",
+                self.log_drops
+            ));
+        }
+        if let Some(first) = errors.first() {
+            why.push(format!(
+                "{} logger errors, the first: {first}",
+                errors.len()
+            ));
+        }
+        Some(why.join("; "))
+    }
+
+    /// `controller run`'s exit status: 0 every episode ran and was recorded, 4 every
+    /// episode ran but the recording lost some ([`Self::recording_lost`]), 3 stopped by
+    /// a fault, 130 interrupted, 1 an error.
+    pub fn exit_status(&self) -> u8 {
+        match self.outcome {
+            Outcome::Completed if self.recording_lost().is_some() => 4,
+            Outcome::Completed => 0,
+            Outcome::Error => 1,
+            Outcome::StoppedByFault => 3,
+            Outcome::Interrupted => 130,
+        }
+    }
+}
+
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // "Completed" is the run's outcome (every episode ran, faults within
@@ -1101,8 +1139,17 @@ pub fn run(
     } else {
         report.successes as f64 / done.len() as f64
     };
-    if let Some(dir) = &cfg.out {
-        write_report(dir, &report)?;
+    if let Some(dir) = &cfg.out
+        && let Err(e) = write_report(dir, &report)
+    {
+        // The report is the run's only account of its faults and timing: printed where
+        // it cannot be written, not lost.
+        note!(
+            "the run's report, which could not be written to {}:\n{}",
+            dir.join("report.json").display(),
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Err(e);
     }
     Ok(report)
 }
@@ -1316,6 +1363,26 @@ mod tests {
             w.contains("first at [1]") && w.contains("`qd1` in the bundle, `q2` in the robot file"),
             "{w}"
         );
+    }
+
+    /// A run that completed but whose recording lost data exits with 4, not 0: a
+    /// script that records demonstrations must not take it for a full recording.
+    #[test]
+    fn a_completed_run_with_a_lossy_recording_does_not_exit_0() {
+        let robot = RobotConfig::example("push").unwrap();
+        let mut r = RunReport::new(&RunConfig::new(robot, "/dev/null".into()), "b");
+        assert_eq!((r.exit_status(), r.recording_lost()), (0, None));
+        r.log_drops = 2;
+        assert_eq!(r.exit_status(), 4);
+        r.log_drops = 0;
+        r.logger = Some(logger::LoggerSummary {
+            errors: vec!["writing data/chunk-000/file-000.parquet: no space left".into()],
+            ..Default::default()
+        });
+        assert_eq!(r.exit_status(), 4);
+        assert!(r.recording_lost().unwrap().contains("no space left"));
+        r.outcome = Outcome::StoppedByFault;
+        assert_eq!(r.exit_status(), 3);
     }
 
     /// The built-in robot files describe the simulated tasks' observations, so a
