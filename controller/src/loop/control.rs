@@ -114,7 +114,20 @@ struct Track {
     label: Option<bool>,
 }
 
+/// A label (operator key or teleop device) this soon after an episode began is taken
+/// for one meant for the episode before: a key pressed twice, or a device's press that
+/// came just after the firmware ended the episode itself. Labels carry no episode id,
+/// so time is the only clue. Wall time, not robot time: people and devices press keys
+/// in wall time, whatever `--time-scale` does to the episodes.
+pub const LABEL_GRACE: Duration = Duration::from_millis(250);
+
 impl Track {
+    /// Whether a label at `now` is this episode's, not a late one for the one before
+    /// ([`LABEL_GRACE`]).
+    fn takes_label_at(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= LABEL_GRACE
+    }
+
     fn new(id: u32, seed: u64, now: Instant) -> Track {
         Track {
             id,
@@ -880,7 +893,8 @@ impl Control {
         if let Some(success) = self.teleop.as_mut().and_then(|t| t.poll()) {
             // The device's labels end the episode like the operator's keys, without the
             // operator's counts or messages (a device must not make this thread print).
-            let running = self.phase == Phase::Running && self.track.is_some();
+            let running = self.phase == Phase::Running
+                && self.track.as_ref().is_some_and(|t| t.takes_label_at(now));
             if running {
                 self.operator_end(now, success);
             }
@@ -941,6 +955,16 @@ impl Control {
             {
                 self.report.operator.ignored += 1;
                 note("no episode is running; command ignored");
+            }
+            OperatorCommand::Success | OperatorCommand::Failure
+                if self.track.as_ref().is_some_and(|t| !t.takes_label_at(now)) =>
+            {
+                self.report.operator.ignored += 1;
+                note(&format!(
+                    "label ignored: this episode began less than {} ms ago (a press meant \
+                     for the one before?); press again to label this one",
+                    LABEL_GRACE.as_millis()
+                ));
             }
             OperatorCommand::Success | OperatorCommand::Failure => {
                 self.operator_end(now, c == OperatorCommand::Success);
@@ -1709,5 +1733,20 @@ mod tests {
         assert_eq!(max_step_leap(ms(50), ms(151)), 4 * 4 + RING as u32);
         let (p, s) = (ms(50).div_f64(10.0), ms(150).div_f64(10.0));
         assert_eq!(max_step_leap(p, s), max_step_leap(ms(50), ms(150)));
+    }
+
+    /// A label in the first LABEL_GRACE of an episode is the episode before's (a key
+    /// pressed twice); from then on it is this one's, in wall time.
+    #[test]
+    fn a_label_just_after_an_episode_began_is_not_its() {
+        let start = Instant::now();
+        let t = Track::new(3, 7, start);
+        assert!(!t.takes_label_at(start));
+        assert!(!t.takes_label_at(start + LABEL_GRACE - Duration::from_millis(1)));
+        assert!(t.takes_label_at(start + LABEL_GRACE));
+        assert!(t.takes_label_at(start + Duration::from_secs(60)));
+        // A clock read before the start (another thread's `now`) is not after it.
+        let before = start.checked_sub(Duration::from_millis(1)).unwrap_or(start);
+        assert!(!t.takes_label_at(before));
     }
 }
