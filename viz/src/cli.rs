@@ -146,8 +146,24 @@ impl StreamServer {
             String::from_utf8_lossy(&exe.stderr)
         );
         let exe = String::from_utf8(exe.stdout)?.trim().to_string();
+        // The free port is found by binding and releasing it, so another process may
+        // take it before the server binds it: the server then exits, and another port
+        // is tried.
+        let mut exits = vec![];
+        for _ in 0..3 {
+            match StreamServer::try_start(&exe, file)? {
+                Ok(server) => return Ok(server),
+                Err(exited) => exits.push(exited),
+            }
+        }
+        bail!("the rerun server exited before listening, three times: {exits:?}")
+    }
+
+    /// One try of [`StreamServer::start`]: the server, or how it exited before it
+    /// listened.
+    fn try_start(exe: &str, file: &Path) -> Result<std::result::Result<StreamServer, String>> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
             .arg("--port")
             .arg(port.to_string())
             .arg("--save")
@@ -164,7 +180,7 @@ impl StreamServer {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = server.child.try_wait()? {
-                bail!("the rerun server exited with {status} before listening on {port}");
+                return Ok(Err(format!("exited with {status} on port {port}")));
             }
             ensure!(
                 Instant::now() < deadline,
@@ -172,7 +188,7 @@ impl StreamServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(server)
+        Ok(Ok(server))
     }
 
     /// Rows per entity path of what the server has saved so far, checked by the CLI as
