@@ -682,7 +682,8 @@ fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
     }
     if let Some(lost) = report.recording_lost() {
         controller::note!(
-            "error: the recording is incomplete ({lost}); report.json lists the episodes saved"
+            "error: the recording is incomplete ({lost}); report.json's `logger` lists the \
+             episodes saved and the errors"
         );
     }
     std::process::ExitCode::from(report.exit_status())

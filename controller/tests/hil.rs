@@ -507,11 +507,12 @@ fn e2e_real_time_pacing_with_phase_alignment() {
     // A loaded machine may fault one episode (hence --max-faults), not both.
     assert!(completed >= 1, "{report}");
     // Without a fault (whose safe stop holds) or a missed deadline (a loaded machine),
-    // the firmware held at most on each episode's first step, before the first command
-    // could answer its first frame.
+    // the firmware held only at each episode's start, before the first command could
+    // answer its first frame: one step, two where the pty or a descheduled thread
+    // delayed that command (seen with three busy loops on two cores).
     if report["faults"].as_array().unwrap().is_empty() && report["cadence"]["overruns"] == 0 {
         assert!(
-            fw.firmware.hold_steps <= u64::from(fw.firmware.episodes),
+            fw.firmware.hold_steps <= 2 * u64::from(fw.firmware.episodes),
             "{} hold steps in {} episodes",
             fw.firmware.hold_steps,
             fw.firmware.episodes

@@ -586,7 +586,9 @@ pub struct BundleGraphs {
 /// Writes a bundle into `dir` (created if needed). Every file is first written in full
 /// to a temporary beside it; only then are they renamed into place, graphs first and
 /// manifest last, so a reader never sees a manifest pointing at half-written graphs, and
-/// a failure while writing (a full disk) leaves an earlier bundle there as it was.
+/// a failure while writing (a full disk) leaves an earlier bundle there as it was. A
+/// rename that fails part-way (rare: the data is written by then) can leave new graphs
+/// beside the old manifest, which their hashes then refuse at load.
 pub fn write_bundle(
     dir: &Path,
     manifest: &mut Manifest,
@@ -635,10 +637,12 @@ pub fn write_bundle(
             fs::remove_file(&path).map_err(io_err(&path))?;
         }
     }
-    // The renames and removals themselves, on disk. Best effort: every file was synced
-    // before its rename, and some filesystems refuse to sync a directory.
-    let _ = fs::File::open(dir).and_then(|d| d.sync_all());
-    Ok(())
+    // The renames and removals themselves, on disk. Every file was synced before its
+    // rename; a filesystem that cannot sync a directory (EINVAL) is not an error.
+    match fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.raw_os_error() != Some(EINVAL) => Err(io_err(dir)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Writes every file of the bundle to its temporary in `dir`, in the order they are to
@@ -699,6 +703,10 @@ fn stage_bundle(
     }
     Ok(())
 }
+
+/// What Linux answers when a filesystem cannot sync a directory (`EINVAL`; this crate
+/// does not depend on libc).
+const EINVAL: i32 = 22;
 
 /// Where [`write_bundle`] writes the file `name` before renaming it into place.
 fn temporary_name(name: &str) -> String {

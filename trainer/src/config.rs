@@ -600,14 +600,16 @@ impl Config {
                 // defaults from before they existed, so that it trains as it did, not the
                 // preset's newer values.
                 Ok(whole) => value = toml::Value::try_from(whole)?,
-                Err(_) => {
+                Err(not_whole) => {
                     // A partial file is merged over --preset: a `preset` key naming
                     // another would only rename the run, not give it that preset's sizes.
+                    // (It may also be a whole config with a bad key: its error is named.)
                     if let Some(named) = file_value.get("preset") {
                         ensure!(
                             named.as_str() == Some(base),
                             "{}: preset = {named} in a partial config, which is merged over \
-                             --preset {base}: pass --preset {} (or remove the key)",
+                             --preset {base}: pass --preset {} (or remove the key); read as \
+                             a whole config, it fails with: {not_whole}",
                             path.display(),
                             named.as_str().unwrap_or("...")
                         );

@@ -484,11 +484,16 @@ fn main() -> Result<()> {
             // nothing left to do there, and `train --resume` is what continues it.
             if resume && trainer::run::checkpoint_dir_exists(&out) {
                 let step = trainer::run::checkpoint_env_step(&out)?;
+                let continues = if out.join("finetune.csv").exists() {
+                    "it is a finetune run: `finetune --resume` continues it"
+                } else {
+                    "`train --resume` does"
+                };
                 anyhow::ensure!(
                     step == 0,
                     "{}: its checkpoint is {step} environment steps into online training; \
-                     `pretrain --resume` does not continue it (`train --resume` does; nothing \
-                     was changed)",
+                     `pretrain --resume` does not continue it ({continues}; nothing was \
+                     changed)",
                     out.display()
                 );
             }

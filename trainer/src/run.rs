@@ -848,7 +848,11 @@ pub fn checkpoint_dir_exists(run: &Path) -> bool {
 /// Environment steps of a run's latest checkpoint.
 pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
     let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
-    let state: RunState = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+    let path = dir.join("state.json");
+    let state: RunState = std::fs::read_to_string(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| Ok(serde_json::from_str(&text)?))
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(state.env_step)
 }
 

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-/// Lines queued before the newest are dropped: a run prints a line per episode and per
-/// fault, so 256 lines is minutes of output even at a fault a tick.
+/// Lines waiting to be written; a line sent while the queue is full is dropped. A run
+/// prints a line per episode and per fault, so this is many episodes of output (2.5 s
+/// even at a fault every tick at 100 Hz, which the run stops long before).
 pub const CAPACITY: usize = 256;
 
 /// The control thread's end: queues a line, never waits.
@@ -81,8 +82,8 @@ mod tests {
     use std::sync::{Condvar, Mutex};
     use std::time::Duration;
 
-    /// Whether the writer is released, and what it was given.
-    type Written = Mutex<(bool, Vec<u8>)>;
+    /// Whether a write began, whether the writer is released, and what it was given.
+    type Written = Mutex<(bool, bool, Vec<u8>)>;
 
     /// A writer that blocks until released, as a paused terminal does, then keeps what
     /// it was given.
@@ -92,10 +93,11 @@ mod tests {
     impl Write for Paused {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let (lock, cvar) = &*self.0;
-            let mut g = cvar
-                .wait_while(lock.lock().unwrap(), |(open, _)| !*open)
-                .unwrap();
-            g.1.extend_from_slice(buf);
+            let mut g = lock.lock().unwrap();
+            g.0 = true;
+            cvar.notify_all();
+            let mut g = cvar.wait_while(g, |(_, open, _)| !*open).unwrap();
+            g.2.extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -110,13 +112,24 @@ mod tests {
     fn a_blocked_console_never_blocks_the_sender() {
         let out = Paused::default();
         let (console, tx) = Console::spawn(out.clone()).unwrap();
+        // Line 0 first, until the console thread is blocked writing it: the queue then
+        // holds the next CAPACITY lines, and the rest are dropped.
+        tx.line("line 0".into());
+        {
+            let (lock, cvar) = &*out.0;
+            let g = lock.lock().unwrap();
+            let (g, _) = cvar
+                .wait_timeout_while(g, Duration::from_secs(60), |(began, _, _)| !*began)
+                .unwrap();
+            assert!(g.0, "the console thread never wrote");
+        }
         let n = CAPACITY + 50;
         // On a thread of its own, so that a send that blocked fails the test instead of
         // hanging it (the writer is released only after all were sent).
         let (sent_tx, sent) = bounded(1);
         let sender = tx.clone();
         std::thread::spawn(move || {
-            for i in 0..n {
+            for i in 1..=n {
                 sender.line(format!("line {i}"));
             }
             sent_tx.send(()).unwrap();
@@ -125,25 +138,15 @@ mod tests {
             .expect("queuing a line waited for the blocked console");
         {
             let (lock, cvar) = &*out.0;
-            lock.lock().unwrap().0 = true;
+            lock.lock().unwrap().1 = true;
             cvar.notify_all();
         }
         drop(tx);
         let dropped = console.finish();
-        let text = String::from_utf8(out.0.0.lock().unwrap().1.clone()).unwrap();
+        let text = String::from_utf8(out.0.0.lock().unwrap().2.clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        // The thread may have taken one line off the queue before it blocked.
-        assert!(
-            (CAPACITY..=CAPACITY + 1).contains(&lines.len()),
-            "{} lines written",
-            lines.len()
-        );
-        assert_eq!(dropped as usize + lines.len(), n);
-        assert!(
-            lines
-                .iter()
-                .enumerate()
-                .all(|(i, l)| *l == format!("line {i}"))
-        );
+        let want: Vec<String> = (0..=CAPACITY).map(|i| format!("line {i}")).collect();
+        assert_eq!(lines, want);
+        assert_eq!(dropped as usize, n - CAPACITY);
     }
 }

@@ -358,6 +358,13 @@ pub(crate) struct Control {
     pub console: Option<ConsoleTx>,
 }
 
+impl Control {
+    /// Queues a console line ([`say_line`]).
+    pub(crate) fn say(&self, line: String) {
+        say_line(self.console.as_ref(), line);
+    }
+}
+
 /// A console line of the control thread: queued for the console thread, never waited
 /// for; written at once only where there is none.
 fn say_line(console: Option<&ConsoleTx>, line: String) {

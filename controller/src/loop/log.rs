@@ -606,6 +606,20 @@ impl LogTail {
     /// Payloads of the records completed since the last call, from at most `read_max`
     /// more bytes of the file (poll again for the rest).
     pub fn poll(&mut self) -> Result<Vec<Vec<u8>>, LogError> {
+        let mut out = Vec::new();
+        self.poll_each(|_, payload| {
+            out.push(payload.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`LogTail::poll`], handing each payload with its record's file offset to
+    /// `record` instead of collecting them.
+    fn poll_each(
+        &mut self,
+        mut record: impl FnMut(u64, &[u8]) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
         let io_err = |what, error| LogError::Io {
             path: self.path.clone(),
             what,
@@ -614,7 +628,7 @@ impl LogTail {
         if self.file.is_none() {
             match File::open(&self.path) {
                 Ok(f) => self.file = Some(f),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(io_err("opening the log", e)),
             }
         }
@@ -625,7 +639,7 @@ impl LogTail {
         let mut pos = 0;
         if !self.magic_checked {
             if self.buf.len() < MAGIC.len() {
-                return Ok(vec![]);
+                return Ok(());
             }
             if &self.buf[..MAGIC.len()] != MAGIC {
                 return Err(LogError::Magic {
@@ -635,20 +649,13 @@ impl LogTail {
             self.magic_checked = true;
             pos = MAGIC.len();
         }
-        let mut out = Vec::new();
-        let pos = walk(
-            &self.buf,
-            pos,
-            self.offset,
-            &mut self.damaged,
-            |_, payload| {
-                out.push(payload.to_vec());
-                Ok(())
-            },
-        )?;
+        let base = self.offset;
+        let pos = walk(&self.buf, pos, base, &mut self.damaged, |at, payload| {
+            record(base + at as u64, payload)
+        })?;
         self.buf.drain(..pos);
         self.offset += pos as u64;
-        Ok(out)
+        Ok(())
     }
 
     /// Bytes read after the last whole record: a record still being written, or, once
@@ -660,7 +667,10 @@ impl LogTail {
 
 /// Where a log's whole records end, and the bytes after that (a torn record, or damage
 /// no whole record follows): [`read_log`]'s `valid_bytes` and `torn_bytes`, found by
-/// reading at most `read_max` bytes at a time and keeping no record.
+/// reading at most `read_max` bytes at a time and keeping no record. Every record is
+/// decoded, so a log [`read_log`] refuses (a record this version cannot read) is
+/// refused here too. Bytes after damage stay buffered until a whole record follows
+/// them: a damaged stretch is held in memory, the rest is not.
 fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64), LogError> {
     let len = std::fs::metadata(path)
         .map_err(|error| LogError::Io {
@@ -670,9 +680,18 @@ fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64), LogError> {
         })?
         .len();
     let mut tail = LogTail::with_read_max(path, read_max);
+    let decode = |at: u64, payload: &[u8]| {
+        Record::decode(payload)
+            .map(drop)
+            .map_err(|problem| LogError::Record {
+                path: path.to_path_buf(),
+                offset: at,
+                problem,
+            })
+    };
     loop {
         let before = tail.offset + tail.buf.len() as u64;
-        tail.poll()?;
+        tail.poll_each(decode)?;
         let scanned = tail.offset + tail.buf.len() as u64;
         if scanned >= len || scanned == before {
             break;
@@ -1225,6 +1244,21 @@ pub(crate) mod tests {
         let c = read_log(&path).unwrap();
         assert_eq!((c.records.len(), c.torn_bytes), (7, 0));
         assert!(matches!(c.records[6], Record::EpisodeEnd(_)));
+        // A whole record this version cannot decode (a newer controller's): the log is
+        // refused for appending, as the reader refuses it, naming the record's offset.
+        std::fs::write(&path, &full).unwrap();
+        let payload = [0xEEu8; 5];
+        let mut unknown = full.clone();
+        unknown.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        unknown.extend_from_slice(&crc32(&payload).to_le_bytes());
+        unknown.extend_from_slice(&payload);
+        std::fs::write(&path, &unknown).unwrap();
+        assert!(matches!(read_log(&path), Err(LogError::Record { .. })));
+        match LogWriter::open(&path) {
+            Err(LogError::Record { offset, .. }) => assert_eq!(offset, full.len() as u64),
+            other => panic!("{:?}", other.map(|w| w.records)),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), unknown, "left as it was");
         // Not a log at all, long or short.
         for foreign in [&b"hello world"[..], b"he"] {
             std::fs::write(&path, foreign).unwrap();

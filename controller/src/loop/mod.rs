@@ -687,7 +687,8 @@ impl RunReport {
 
 impl RunReport {
     /// What the recording lost, if anything: transitions the logger's queue could not
-    /// take, or errors writing the log or the dataset (a full disk).
+    /// take, or errors writing the log, the dataset or the `--rerun` recording (a full
+    /// disk).
     pub fn recording_lost(&self) -> Option<String> {
         let errors = self.logger.as_ref().map_or(&[][..], |l| &l.errors[..]);
         if self.log_drops == 0 && errors.is_empty() {
@@ -701,10 +702,13 @@ impl RunReport {
             ));
         }
         if let Some(first) = errors.first() {
-            why.push(format!(
-                "{} logger errors, the first: {first}",
-                errors.len()
-            ));
+            // The logger keeps the first 20 (a full disk fails every write).
+            let count = match errors.len() {
+                1 => "1 logger error".to_string(),
+                n if n >= 20 => format!("at least {n} logger errors"),
+                n => format!("{n} logger errors"),
+            };
+            why.push(format!("{count}, the first: {first}"));
         }
         Some(why.join("; "))
     }
@@ -1004,6 +1008,12 @@ pub fn run(
             (Some(tx), Some(input))
         }
     };
+    // First of the run's threads: if it cannot start, none of the others is left running.
+    let (console, console_tx) =
+        console::Console::spawn(std::io::stderr()).map_err(|error| RunError::Io {
+            what: "starting the console thread".into(),
+            error,
+        })?;
     let logger = match &cfg.out {
         None => None,
         Some(dir) => {
@@ -1084,27 +1094,13 @@ pub fn run(
             error,
         })?);
     }
-    let (console, console_tx) =
-        console::Console::spawn(std::io::stderr()).map_err(|error| RunError::Io {
-            what: "starting the console thread".into(),
-            error,
-        })?;
     control.console = Some(console_tx);
     let handle = realtime::spawn_in_run("control", move || control_thread(control, realtime_opts))
         .map_err(|error| RunError::Io {
             what: "starting the control thread".into(),
             error,
         })?;
-    let joined = handle.join();
-    // The control thread's lines, written before anything this thread prints next.
-    let dropped_lines = console.finish();
-    if dropped_lines > 0 {
-        note!(
-            "{dropped_lines} console lines of the control thread were dropped (stderr was \
-             not read); the report and the log have everything"
-        );
-    }
-    let (mut report, port) = match joined {
+    let (mut report, port) = match handle.join() {
         Ok(r) => r,
         Err(_) => {
             // Unreachable in practice (the thread catches its panics), but the report
@@ -1139,14 +1135,30 @@ pub fn run(
     } else {
         report.successes as f64 / done.len() as f64
     };
-    if let Some(dir) = &cfg.out
-        && let Err(e) = write_report(dir, &report)
-    {
+    let written = match &cfg.out {
+        Some(dir) => write_report(dir, &report),
+        None => Ok(()),
+    };
+    // The control thread's lines, once the recording and the report are saved: a stderr
+    // nobody reads holds up only this wait, not them.
+    let dropped_lines = console.finish();
+    if dropped_lines > 0 {
+        note!(
+            "{dropped_lines} console lines of the control thread were dropped (its queue \
+             was full: stderr was not read fast enough); report.json has the faults and \
+             episodes"
+        );
+    }
+    if let Err(e) = written {
         // The report is the run's only account of its faults and timing: printed where
         // it cannot be written, not lost.
         note!(
             "the run's report, which could not be written to {}:\n{}",
-            dir.join("report.json").display(),
+            cfg.out
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .join("report.json")
+                .display(),
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
         return Err(e);
@@ -1300,8 +1312,14 @@ fn control_thread(
     if !steps.is_empty() {
         c.report.realtime = steps;
     }
+    // A panic's message goes to the console thread, not to stderr from here: see
+    // `defer_panic_messages`.
+    realtime::defer_panic_messages();
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
     if let Err(p) = first {
+        for m in realtime::take_deferred_panics() {
+            c.say(m);
+        }
         let msg = realtime::panic_message(p.as_ref());
         c.fatal = Some(format!("the control thread panicked: {msg}"));
         let now = Instant::now();
@@ -1323,6 +1341,9 @@ fn control_thread(
             if c.cfg.robot.safety.gravity_safe_torque_off {
                 let _ = c.gate.send_control(Message::Estop);
             }
+        }
+        for m in realtime::take_deferred_panics() {
+            c.say(m);
         }
     }
     c.flush_log_blocking();

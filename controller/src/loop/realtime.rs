@@ -29,6 +29,28 @@ thread_local! {
     static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The panic flag of the run this thread works for (`None`: no run).
     static RUN_PANICKED: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+    /// `Some` on a thread whose panic messages are kept here instead of printed
+    /// ([`defer_panic_messages`]).
+    static DEFERRED_PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// From now on, the calling thread's panic messages are kept for
+/// [`take_deferred_panics`] instead of printed by the panic hook. The control thread's:
+/// printing writes to stderr, which blocks while nobody reads it (a paused terminal),
+/// and the panic's hold goes out only after the hook returns.
+pub fn defer_panic_messages() {
+    install_panic_hook();
+    DEFERRED_PANICS.with(|d| *d.borrow_mut() = Some(vec![]));
+}
+
+/// The panic messages kept since the last call (see [`defer_panic_messages`]).
+pub fn take_deferred_panics() -> Vec<String> {
+    DEFERRED_PANICS.with(|d| {
+        d.borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    })
 }
 
 /// The calling thread works for a new run until this is dropped: its panics, and those
@@ -145,7 +167,15 @@ pub fn install_panic_hook() {
                     flag.store(true, Ordering::SeqCst);
                 }
             });
-            default(info);
+            let deferred = DEFERRED_PANICS
+                .try_with(|d| match d.try_borrow_mut() {
+                    Ok(mut d) => d.as_mut().map(|kept| kept.push(info.to_string())).is_some(),
+                    Err(_) => false,
+                })
+                .unwrap_or(false);
+            if !deferred {
+                default(info);
+            }
         }));
     });
 }
