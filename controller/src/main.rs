@@ -99,9 +99,15 @@ enum Command {
         log: PathBuf,
         /// The dataset directory (created, or appended to: a log holds every run into
         /// its --out, so the episodes those runs saved in DIR/dataset would be there
-        /// twice; rebuild into a new directory).
+        /// twice; rebuild into a new directory, or use --last-run).
         #[arg(long)]
         out: PathBuf,
+        /// Only the log's last run: after a run was killed (`kill -9`, a power cut)
+        /// before it saved its episodes, append them to DIR/dataset, which holds the
+        /// runs before it. A run that ended saved its episodes itself: do not use this
+        /// after one.
+        #[arg(long)]
+        last_run: bool,
     },
 }
 
@@ -958,17 +964,27 @@ fn main() -> Result<std::process::ExitCode> {
             spin_us,
             dedicated_cpu,
         } => cmd_bench_wake(rate, seconds, spin_us, dedicated_cpu)?,
-        Command::LogToDataset { log, out } => {
-            if out.join("meta").join("info.json").is_file() {
+        Command::LogToDataset { log, out, last_run } => {
+            if last_run {
+                eprintln!(
+                    "note: converting the log's last run only: the episodes of a run killed \
+                     before it saved them"
+                );
+            } else if out.join("meta").join("info.json").is_file() {
                 eprintln!(
                     "warning: {} already holds a dataset: the log's episodes are appended to \
                      it. A log holds every run into its --out, so episodes those runs saved \
                      there already are now there twice; convert into a new directory to \
-                     rebuild",
+                     rebuild (or pass --last-run after a killed run)",
                     out.display()
                 );
             }
-            let r = robot_loop::log::log_to_dataset(&log, &out)?;
+            let runs = if last_run {
+                robot_loop::log::Runs::Last
+            } else {
+                robot_loop::log::Runs::All
+            };
+            let r = robot_loop::log::log_to_dataset(&log, &out, runs)?;
             println!(
                 "{}: {} episodes ({} frames) written to {}; {} without an end record, {} without usable transitions, {} torn bytes at the end skipped",
                 log.display(),

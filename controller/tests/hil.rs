@@ -1587,14 +1587,20 @@ fn sighup_with_a_dead_stderr_stops_safely_and_saves_the_dataset() {
     assert_eq!(fw.firmware.invalid_commands, 0);
 }
 
-/// Setup: a long run. Fault: `kill -9` at an arbitrary moment. Expected: the log reads
-/// back with at most the record being written lost, the dataset directory still
-/// validates (its previous contents), and `log-to-dataset` rebuilds every logged
-/// episode from the log.
+/// Setup: a run of one episode, then a long run into the same --out. Fault: `kill -9`
+/// at an arbitrary moment. Expected: the log reads back with at most the record being
+/// written lost, the dataset directory still validates (its previous contents: the
+/// first run's episode), `log-to-dataset` rebuilds every logged episode from the log,
+/// and `--last-run` adds exactly the killed run's episodes to the dataset.
 #[test]
 fn kill_9_loses_at_most_the_record_being_written() {
     let _g = serial();
     let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let first = sim.run(&["--episodes", "1"]);
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let saved = dataset::read_dataset(&sim.out.join("dataset"))
+        .unwrap()
+        .num_frames();
     let mut child = sim.spawn(&["--episodes", "1000"]);
     wait_for_records(&sim.out.join("transitions.log"), 250);
     child.kill().unwrap();
@@ -1606,19 +1612,20 @@ fn kill_9_loses_at_most_the_record_being_written() {
     assert!(log.torn_bytes < 1024, "{} torn bytes", log.torn_bytes);
     dataset::validate_dataset(&sim.out.join("dataset")).unwrap();
     let rebuilt = sim._dir.path().join("rebuilt");
-    let out = Command::new(BIN)
-        .arg("log-to-dataset")
-        .arg("--log")
-        .arg(sim.out.join("transitions.log"))
-        .arg("--out")
-        .arg(&rebuilt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `controller log-to-dataset` from the run's log into `out`.
+    let log_to_dataset = |out: &Path, extra: &[&str]| {
+        let o = Command::new(BIN)
+            .arg("log-to-dataset")
+            .arg("--log")
+            .arg(sim.out.join("transitions.log"))
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    log_to_dataset(&rebuilt, &[]);
     dataset::validate_dataset(&rebuilt).unwrap();
     let ds = dataset::read_dataset(&rebuilt).unwrap();
     let transitions = log
@@ -1633,6 +1640,29 @@ fn kill_9_loses_at_most_the_record_being_written() {
         .filter(|r| matches!(r, Record::EpisodeEnd(e) if e.reason == EndReason::Completed))
         .count();
     assert!(ds.episodes.len() >= ends);
+    // The killed run saved nothing; `--last-run` appends its episodes, not the first
+    // run's again.
+    let dataset_dir = sim.out.join("dataset");
+    assert_eq!(
+        dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
+        saved
+    );
+    log_to_dataset(&dataset_dir, &["--last-run"]);
+    dataset::validate_dataset(&dataset_dir).unwrap();
+    let last_run = log
+        .records
+        .iter()
+        .rposition(|r| matches!(r, Record::Run(_)))
+        .unwrap();
+    let killed: usize = log.records[last_run..]
+        .iter()
+        .filter(|r| matches!(r, Record::Transition(_)))
+        .count();
+    assert_eq!(saved + killed, transitions);
+    assert_eq!(
+        dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
+        transitions
+    );
 }
 
 /// Setup: a panic injected into the control thread at tick 40. Expected: the panic is

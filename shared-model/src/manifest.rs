@@ -1328,12 +1328,16 @@ mod tests {
             .unwrap();
         assert_eq!(load_bundle(&dir, &trust).unwrap().manifest, before);
         fs::remove_dir(dir.join(format!(".{SIGNATURE_FILE}.tmp"))).unwrap();
-        let left: Vec<_> = fs::read_dir(&dir)
+        assert_eq!(temporaries(&dir), Vec::<String>::new());
+    }
+
+    /// The names of the `.tmp` files in `dir`.
+    fn temporaries(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".tmp"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+            .collect()
     }
 
     /// A rename that fails part-way (here a directory where the critic graph goes)
@@ -1348,12 +1352,7 @@ mod tests {
         fs::write(dir.join(CRITIC_FILE).join("keep"), "x").unwrap();
         let e = SyntheticSpec::cpu().write(&dir, 2, None).err().unwrap();
         assert!(e.to_string().contains(CRITIC_FILE), "{e}");
-        let left: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".tmp"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(temporaries(&dir), Vec::<String>::new());
     }
 
     /// Each key file is refused in the other's role, by its comment line or, for a

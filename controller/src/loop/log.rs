@@ -1068,10 +1068,33 @@ pub struct Rebuilt {
     pub missing_frames: usize,
 }
 
-/// Converts every episode of a log into the dataset at `out` (created or appended).
-pub fn log_to_dataset(log: &Path, out: &Path) -> Result<Rebuilt, LogError> {
+/// Which runs of a log [`log_to_dataset`] converts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// Every run (a rebuild, into a new directory).
+    All,
+    /// The last run only, under its own run record: the episodes of a run that was
+    /// killed (`kill -9`, a power cut) before it saved them, appended to the dataset
+    /// that holds the runs before it.
+    Last,
+}
+
+/// Converts the episodes of a log's `runs` into the dataset at `out` (created or
+/// appended).
+pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, LogError> {
     let contents = read_log(log)?;
-    let (run, eps) = episodes(&contents.records);
+    let records = match runs {
+        Runs::All => &contents.records[..],
+        Runs::Last => {
+            let last = contents
+                .records
+                .iter()
+                .rposition(|r| matches!(r, Record::Run(_)))
+                .unwrap_or(0);
+            &contents.records[last..]
+        }
+    };
+    let (run, eps) = episodes(records);
     let run = run.ok_or_else(|| LogError::Record {
         path: log.to_path_buf(),
         offset: MAGIC.len() as u64,
@@ -1384,7 +1407,7 @@ pub(crate) mod tests {
             assert_eq!(tail.damaged, vec![span]);
         }
         // Converted, episode 1 has three frames, and its end record counts the fourth.
-        let r = log_to_dataset(&path, &dir.path().join("flipped")).unwrap();
+        let r = log_to_dataset(&path, &dir.path().join("flipped"), Runs::All).unwrap();
         assert_eq!((r.episodes_written, r.frames, r.missing_frames), (3, 11, 1));
         // A zeroed stretch over three records (the end of episode 0, the start of 1):
         // episode 1 is kept without its start record, its seed from its end record.
@@ -1421,7 +1444,7 @@ pub(crate) mod tests {
         // The rebuilt dataset has every surviving step. Episode 0's lost last step is
         // not counted as missing: its end record, which counts them, is lost too.
         let out = dir.path().join("ds");
-        let r = log_to_dataset(&path, &out).unwrap();
+        let r = log_to_dataset(&path, &out, Runs::All).unwrap();
         assert_eq!((r.episodes_written, r.frames, r.skipped_empty), (3, 11, 1));
         assert_eq!((r.missing_frames, r.damaged.len()), (0, 1));
         dataset::validate_dataset(&out).unwrap();
@@ -1513,16 +1536,36 @@ pub(crate) mod tests {
         }
         drop(w);
         let out = dir.path().join("ds");
-        let r = log_to_dataset(&path, &out).unwrap();
+        let r = log_to_dataset(&path, &out, Runs::All).unwrap();
         assert_eq!((r.episodes_written, r.frames, r.unfinished), (2, 8, 1));
         dataset::validate_dataset(&out).unwrap();
         let ds = dataset::read_dataset(&out).unwrap();
         assert_eq!(ds.num_frames(), 8);
         assert_eq!(ds.episodes[1].truncated.last(), Some(&true));
         // The same log again: appended (same robot, same observations).
-        let r = log_to_dataset(&path, &out).unwrap();
+        let r = log_to_dataset(&path, &out, Runs::All).unwrap();
         assert_eq!(r.episodes_written, 2);
         assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
+        // A second run into the same log, killed in its second episode: `Runs::Last`
+        // adds its two episodes (3 frames each) and nothing of the first run.
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::Run(run_start())).unwrap();
+        for e in 0..2 {
+            w.append(&Record::EpisodeStart {
+                episode: e,
+                seed: 11,
+            })
+            .unwrap();
+            for s in 0..3 {
+                w.append(&Record::Transition(transition(e, s, false)))
+                    .unwrap();
+            }
+        }
+        drop(w);
+        let r = log_to_dataset(&path, &out, Runs::Last).unwrap();
+        assert_eq!((r.episodes_written, r.frames, r.unfinished), (2, 6, 2));
+        let ds = dataset::read_dataset(&out).unwrap();
+        assert_eq!((ds.episodes.len(), ds.num_frames()), (6, 22));
         // Another robot's log, other observations of the same sizes, or another control
         // rate: refused by name, the dataset untouched.
         let fps = run_start().fps;
@@ -1557,9 +1600,11 @@ pub(crate) mod tests {
             start.fps = fps;
             w.append(&Record::Run(start)).unwrap();
             drop(w);
-            let e = log_to_dataset(&other, &out).unwrap_err().to_string();
+            let e = log_to_dataset(&other, &out, Runs::All)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(named) && e.contains("another directory"), "{e}");
-            assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
+            assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
         }
         // A dataset without `next.truncated` (not written by us): a time-limit end would
         // read back as terminal there, so it is refused before anything is written.
@@ -1577,7 +1622,9 @@ pub(crate) mod tests {
             .remove(dataset::cols::TRUNCATED)
             .unwrap();
         std::fs::write(&info, json.to_string()).unwrap();
-        let e = log_to_dataset(&path, &foreign).unwrap_err().to_string();
+        let e = log_to_dataset(&path, &foreign, Runs::All)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("has no `next.truncated` column") && e.contains("another directory"),
             "{e}"
