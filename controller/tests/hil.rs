@@ -910,6 +910,43 @@ fn fault_firmware_stall_gives_a_safe_stop() {
     );
 }
 
+/// Setup: the push robot's x axis names its velocity observation, with a limit of
+/// 0.01 m/s that the policy soon exceeds. Expected: a `joint_limit` fault naming the
+/// joint, the value and the limits; the hold goes out in the detecting tick; every
+/// episode ends that way and the run stops at the fault limit (exit status 3).
+#[test]
+fn a_joint_beyond_its_limit_stops_the_episode() {
+    let _g = serial();
+    let mut sim = Sim::new(
+        robot(|r| {
+            r.joints[0].velocity_max = 0.01;
+            r.joints[0].velocity_observation = Some("pusher_vx".into());
+        }),
+        Pacing::Lockstep,
+        "",
+    );
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (_fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report = sim.report();
+    let faults = report["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 2, "{report}");
+    for f in faults {
+        assert_eq!(f["kind"], "joint_limit", "{f}");
+        let detail = f["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("joint `pusher_x` velocity (observation `pusher_vx`) is ")
+                && detail.ends_with("outside [-0.01, 0.01]"),
+            "{detail}"
+        );
+        assert_eq!(f["hold_tick"], f["tick"], "{f}");
+    }
+    for e in episodes(&report) {
+        assert_eq!(e["reason"], "fault", "{e}");
+    }
+}
+
 /// As the stall test on a robot where switching the torque off is not safe: the safe
 /// stop holds and never sends `Estop`.
 #[test]

@@ -16,6 +16,9 @@
 //! position_max = 0.47
 //! velocity_max = 0.5              # m/s or rad/s
 //! torque_max = 20.0               # N or N·m
+//! position_observation = "pusher_x"  # optional: the controller stops the run when the
+//!                                    # observation leaves [position_min, position_max]
+//! velocity_observation = "pusher_vx" # optional: likewise beyond ±velocity_max
 //!
 //! [observation]
 //! dim = 10
@@ -114,6 +117,26 @@ pub struct JointConfig {
     pub velocity_max: f32,
     /// Torque (N·m) for revolute joints, force (N) for prismatic ones.
     pub torque_max: f32,
+    /// The observation value (by name) that carries this joint's position: the
+    /// controller then stops the run with a safe stop (fault `joint_limit`) on a sensor
+    /// frame where it is outside `[position_min, position_max]`. Without it, the limit
+    /// is the firmware's business only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_observation: Option<String>,
+    /// As `position_observation`, for the velocity against `velocity_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub velocity_observation: Option<String>,
+}
+
+/// One limit the controller checks on every sensor frame ([`RobotConfig::joint_checks`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JointCheck {
+    /// Index into the observation vector.
+    pub index: usize,
+    pub min: f32,
+    pub max: f32,
+    /// "joint `shoulder` position (observation `q1`)", for the fault's detail.
+    pub what: String,
 }
 
 /// What a `Sensor` frame carries, in order.
@@ -338,6 +361,41 @@ impl RobotConfig {
         text
     }
 
+    /// The joint limits the controller checks on every sensor frame: those of joints
+    /// that name their position or velocity observation (a velocity within
+    /// `±velocity_max`). Valid only for a validated config (the names exist).
+    pub fn joint_checks(&self) -> Vec<JointCheck> {
+        let index = |n: &str| self.observation.names.iter().position(|m| m == n);
+        let mut checks = vec![];
+        for j in &self.joints {
+            if let Some(i) = j
+                .position_observation
+                .as_deref()
+                .and_then(|n| index(n).map(|i| (n, i)))
+            {
+                checks.push(JointCheck {
+                    index: i.1,
+                    min: j.position_min,
+                    max: j.position_max,
+                    what: format!("joint `{}` position (observation `{}`)", j.name, i.0),
+                });
+            }
+            if let Some(i) = j
+                .velocity_observation
+                .as_deref()
+                .and_then(|n| index(n).map(|i| (n, i)))
+            {
+                checks.push(JointCheck {
+                    index: i.1,
+                    min: -j.velocity_max,
+                    max: j.velocity_max,
+                    what: format!("joint `{}` velocity (observation `{}`)", j.name, i.0),
+                });
+            }
+        }
+        checks
+    }
+
     /// The robot id this robot file announces in the handshake (`Hello::robot_id`):
     /// CRC-32 of [`RobotConfig::identity_text`]. The controller and the firmware
     /// configured from the same robot file agree on it; a robot file of another robot
@@ -421,6 +479,24 @@ impl RobotConfig {
             check(names.insert(n.as_str()), &field, || {
                 format!("duplicate observation name '{n}'")
             })?;
+        }
+        // The observation values that joints name for their limits: they must exist, and
+        // each carries one joint's position or velocity.
+        let mut claimed: HashSet<&str> = HashSet::new();
+        for (i, j) in self.joints.iter().enumerate() {
+            for (key, named) in [
+                ("position_observation", &j.position_observation),
+                ("velocity_observation", &j.velocity_observation),
+            ] {
+                let Some(n) = named else { continue };
+                let field = format!("joints[{i}].{key}");
+                check(names.contains(n.as_str()), &field, || {
+                    format!("'{n}' is not one of observation.names")
+                })?;
+                check(claimed.insert(n.as_str()), &field, || {
+                    format!("'{n}' is named by another joint limit already")
+                })?;
+            }
         }
 
         let act = &self.action;

@@ -282,6 +282,19 @@ fn main() -> Result<()> {
             );
             println!("robot id = CRC-32 of these lines:");
             print!("{}", robot.identity_text());
+            let checks = robot.joint_checks();
+            if checks.is_empty() {
+                println!(
+                    "joint limits: none checked by the controller (no joint names its \
+                     position_observation or velocity_observation)"
+                );
+            }
+            for c in checks {
+                println!(
+                    "joint limit checked by the controller: {} in [{}, {}]",
+                    c.what, c.min, c.max
+                );
+            }
         }
         Command::Dataset { command } => match command {
             DatasetCommand::Generate {

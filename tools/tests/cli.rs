@@ -214,6 +214,21 @@ fn robot_prints_the_hello_and_names_what_is_wrong() {
         out.contains("robot 8:sim-push\nobservation 8:pusher_x\n"),
         "{out}"
     );
+    assert!(
+        out.contains("joint limits: none checked by the controller"),
+        "{out}"
+    );
+    // The arm names its joints' observations: the limits the controller checks.
+    let arm = robots.join("arm-reach.toml");
+    let o = tools(&["robot", arm.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(
+        out.contains(
+            "joint limit checked by the controller: joint `elbow` velocity (observation \
+             `qd2`) in [-20, 20]"
+        ),
+        "{out}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.toml");
     let text_of = std::fs::read_to_string(&push).unwrap();

@@ -331,6 +331,9 @@ pub(crate) struct Control {
     obs: [f32; MAX_OBS],
     od: usize,
     ad: usize,
+    /// The robot file's joint limits on observation values, checked on every frame
+    /// acted on.
+    joint_checks: Vec<firmware_config::config::JointCheck>,
     pub panic_at_tick: Option<u64>,
     /// Raised when a thread of this run panics ([`realtime::RunScope`]).
     run_panicked: Arc<AtomicBool>,
@@ -410,7 +413,9 @@ impl Control {
         let hello = cfg.robot.hello();
         let envelope = gate.envelope().clone();
         let (od, ad) = (cfg.robot.observation.dim, cfg.robot.action.dim);
+        let joint_checks = cfg.robot.joint_checks();
         Control {
+            joint_checks,
             period,
             stale,
             max_step_leap: max_step_leap(period, stale),
@@ -1377,6 +1382,18 @@ impl Control {
             let detail = format!("observation[{i}] of step {step} is {}", self.obs[i]);
             self.report.nan_observations += 1;
             self.fault(now, FaultKind::NonFiniteObservation, detail, None);
+            return;
+        }
+        if let Some(c) = self
+            .joint_checks
+            .iter()
+            .find(|c| !(c.min..=c.max).contains(&self.obs[c.index]))
+        {
+            let detail = format!(
+                "{} is {} at step {step}, outside [{}, {}]",
+                c.what, self.obs[c.index], c.min, c.max
+            );
+            self.fault(now, FaultKind::JointLimit, detail, None);
             return;
         }
         let ad = self.ad;

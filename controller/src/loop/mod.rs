@@ -51,6 +51,7 @@
 //! |---|---|---|
 //! | stale sensor (no new frame within `stale_sensor_ms`) | tick check | safe stop, episode ends (`fault`) |
 //! | non-finite observation / policy action, policy error | before acting | safe stop |
+//! | a joint's position or velocity outside the robot file's limits (`joint_limit`, joints that name their observation) | before acting | safe stop |
 //! | `max_consecutive_overruns` deadlines missed in a row | tick check | safe stop |
 //! | firmware `Fault` (watchdog, invalid command, …) | message | safe stop, from the firmware's own hold |
 //! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
@@ -491,6 +492,9 @@ impl Brain {
 pub enum FaultKind {
     StaleSensor,
     NonFiniteObservation,
+    /// A joint position or velocity outside the robot file's limits, where the joint
+    /// names its observation value (`position_observation`, `velocity_observation`).
+    JointLimit,
     NonFiniteAction,
     PolicyError,
     DeadlineMissed,

@@ -291,6 +291,57 @@ fn joint_range_error_points_at_the_second_joint() {
     );
 }
 
+/// A joint may name the observation values that carry its position and velocity; the
+/// names must exist and each may be claimed once. The checks say which value, which
+/// joint and which limits.
+#[test]
+fn joint_limit_observations_are_checked_and_listed() {
+    let arm = RobotConfig::example("arm-reach").unwrap();
+    let checks = arm.joint_checks();
+    assert_eq!(checks.len(), 4);
+    assert_eq!(
+        checks[0],
+        JointCheck {
+            index: 0,
+            min: -3.4,
+            max: 3.4,
+            what: "joint `shoulder` position (observation `q1`)".into(),
+        }
+    );
+    assert_eq!(
+        (checks[3].index, checks[3].min, checks[3].max),
+        (3, -20.0, 20.0)
+    );
+    assert!(
+        RobotConfig::example("push")
+            .unwrap()
+            .joint_checks()
+            .is_empty()
+    );
+    let text = edit(
+        "torque_max = 20.0",
+        "torque_max = 20.0\nposition_observation = \"pusher_z\"",
+    );
+    let line = line_of(&text, "pusher_z");
+    assert_eq!(
+        load_err(&text),
+        format!(
+            "robot.toml:{line}: joints[0].position_observation: 'pusher_z' is not one of observation.names"
+        )
+    );
+    let text = edit(
+        "torque_max = 20.0",
+        "torque_max = 20.0\nposition_observation = \"pusher_x\"\nvelocity_observation = \"pusher_x\"",
+    );
+    assert!(
+        load_err(&text).contains(
+            "joints[0].velocity_observation: 'pusher_x' is named by another joint limit already"
+        ),
+        "{}",
+        load_err(&text)
+    );
+}
+
 #[test]
 fn parse_errors_name_file_line_and_field() {
     // Wrong type.
