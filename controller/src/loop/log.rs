@@ -766,6 +766,14 @@ impl LogWriter {
         if empty {
             file.write_all(MAGIC)
                 .map_err(|e| io_err("writing the log header", e))?;
+            // A new file: its directory entry on disk too, so that the records synced
+            // later are not in a file a power cut leaves unnamed. Best effort where the
+            // filesystem cannot sync a directory.
+            file.sync_data()
+                .map_err(|e| io_err("syncing the log header", e))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = File::open(dir).and_then(|d| d.sync_all());
+            }
         }
         Ok(LogWriter {
             file,
