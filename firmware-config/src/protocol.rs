@@ -88,7 +88,12 @@
 //!   (made before it opened the port) reaches it as the answer to its first `Reset`.
 //! - The command watchdog (`command_timeout_ms` in the robot file): with no valid
 //!   command for that long, the firmware holds on its own and sends `Fault { Watchdog }`
-//!   once; the next valid command ends the hold.
+//!   once. The next valid command within `max_delta_per_tick` of the hold action ends
+//!   the hold; one further from it is ignored and answered with `Fault { Watchdog }`
+//!   again. A firmware that stalled can find commands sent before its watchdog tripped
+//!   still queued: they continue the motion the hold stopped, and taking them would
+//!   restart it with a jump. The controller's safe stop ramps to the hold, so its
+//!   commands come within reach of it.
 //!
 //! # Reboots
 //!

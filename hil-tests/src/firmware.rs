@@ -34,7 +34,9 @@
 //!   `command_timeout_ms`), the firmware sends `Fault { Watchdog }` once and holds:
 //!   it keeps stepping at the control rate with the zero action, which in all three
 //!   tasks holds position (velocity command 0 for `push` and `maze`; joint target =
-//!   current position for `arm-reach`). The next valid command ends the hold.
+//!   current position for `arm-reach`). The next valid command within
+//!   `max_delta_per_tick` of the hold ends it; one further away (sent before the trip)
+//!   is ignored and answered with `Fault { Watchdog }` again.
 //! - **Commands** are in robot units (`firmware_config::config::ActionConfig`) and are
 //!   mapped back to the simulator's units. A command of the wrong length or with a
 //!   non-finite value is answered with `Fault { InvalidCommand }` and replaced by the
@@ -179,6 +181,10 @@ pub struct FirmwareStats {
     /// Real-time ticks skipped because the firmware fell more than a period behind.
     pub overruns: u64,
     pub reboots: u32,
+    /// Valid commands ignored while the watchdog held because they were further than
+    /// `max_delta_per_tick` from the hold action (commands sent before the trip, which
+    /// continued the motion it stopped).
+    pub far_commands_held: u64,
 }
 
 /// How often the firmware sends a heartbeat while no episode runs.
@@ -437,6 +443,21 @@ impl SimFirmware {
             self.trip_watchdog(now);
             return;
         }
+        if valid && self.watchdog_tripped && self.far_from_hold(action) {
+            // The watchdog's hold ends only on a command the robot may move to from it
+            // in one tick: one sent before the trip (queued while this firmware
+            // stalled) continues the motion the hold stopped, and would restart it
+            // with a jump. It is answered with the fault again, so the controller
+            // ramps from the hold.
+            self.stats.far_commands_held += 1;
+            self.send(
+                now,
+                Message::Fault {
+                    code: FaultCode::Watchdog,
+                },
+            );
+            return;
+        }
         if valid {
             self.robot.action.to_policy_units(action, &mut self.action);
             self.has_command = true;
@@ -455,6 +476,17 @@ impl SimFirmware {
         if self.pacing == Pacing::Lockstep {
             self.step_env(now);
         }
+    }
+
+    /// Whether `action` (robot units) is further than `max_delta_per_tick` from the hold
+    /// action (zero in policy units) in some dimension.
+    fn far_from_hold(&self, action: &[f32]) -> bool {
+        let mut p = [0.0f32; firmware_config::protocol::MAX_ACT];
+        let p = &mut p[..action.len()];
+        self.robot.action.to_policy_units(action, p);
+        let d = &self.robot.safety.max_delta_per_tick;
+        // The controller's gate allows the same tolerance.
+        p.iter().zip(d).any(|(x, d)| x.abs() > d + 1e-5)
     }
 
     /// The firmware applies its hold action, not the newest command: outside an
@@ -514,7 +546,7 @@ impl SimFirmware {
     }
 
     /// No valid command for the command timeout: hold with the zero action at the
-    /// control rate until the next valid command, and say so once.
+    /// control rate until the next valid command within reach of it, and say so.
     fn trip_watchdog(&mut self, now: Duration) {
         self.watchdog_tripped = true;
         self.stats.watchdog_trips += 1;

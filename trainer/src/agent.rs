@@ -2324,16 +2324,32 @@ impl Selector<'_> {
     /// The minimum over the target critics `chosen` (or `k` of them drawn now) of their
     /// values at critic input rows `input` `[R, O + A]`: `[1, R]`.
     fn min_q(&mut self, chosen: Option<Subset>, k: usize, input: Tensor<2>) -> Tensor<2> {
+        self.q_values(chosen, k, input).min_dim(0)
+    }
+
+    /// The values of the target critics `chosen` (or `k` of them drawn now) at critic
+    /// input rows `input` `[R, O + A]`: `[members, R]`.
+    fn q_values(&mut self, chosen: Option<Subset>, k: usize, input: Tensor<2>) -> Tensor<2> {
         let chosen = chosen.unwrap_or_else(|| {
             let subset = random_subset(self.stream.rng, self.critics.members(), k);
             Subset::Ids(Box::new(member_ids(&subset, &self.obs.device())))
         });
-        let q = match chosen {
+        match chosen {
             Subset::Ids(ids) => self.critics.forward_selected(input, Some(&ids)),
             Subset::Gathered(critics) => critics.forward(input),
-        };
-        q.min_dim(0)
+        }
     }
+}
+
+/// The candidates' scores from the chosen critics' values `q` `[members, R]`: the
+/// minimum of each column, −∞ where any member's value is NaN, so that such a
+/// candidate never wins the argmax, as in the controller
+/// (`shared_model::select::pessimistic_scores` then `argmax_rows`). burn's min skips
+/// NaN, and its argmax would pick a NaN.
+fn pessimistic_min(q: Tensor<2>) -> Tensor<2> {
+    // Two kernels more than a bare min: NaN becomes −∞ before it.
+    let nan = q.clone().is_nan();
+    q.mask_fill(nan, f32::NEG_INFINITY).min_dim(0)
 }
 
 impl ExpoRunner for Selector<'_> {
@@ -2385,7 +2401,7 @@ impl ExpoRunner for Selector<'_> {
             None => critic_input(self.obs.clone(), candidates),
         };
         let chosen = self.subset.take();
-        self.min_q(chosen, subset, input).reshape([b, m])
+        pessimistic_min(self.q_values(chosen, subset, input)).reshape([b, m])
     }
 
     fn pick(&mut self, candidates: Tensor<3>, scores: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
@@ -2411,6 +2427,38 @@ impl TdRunner for Selector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The trainer's scores and pick agree with the controller's on NaN values and ties:
+    /// a candidate any chosen critic values NaN never wins; ties go to the first; a row
+    /// of NaN only takes candidate 0. (burn's min skipped the NaN, and its argmax took
+    /// it: the trainer could act with a candidate the controller never would.)
+    #[test]
+    fn nan_values_lose_as_in_the_controller() {
+        let device = Device::flex();
+        let nan = f32::NAN;
+        // [members 2, rows 2 × candidates 4], member-major.
+        let (members, rows, m) = (2, 2, 4);
+        let q = vec![
+            5.0, nan, 1.0, 2.0, /* row 1 */ nan, nan, nan, nan, //
+            4.0, 9.0, 3.0, 4.0, /* row 1 */ nan, nan, nan, nan,
+        ];
+        let scores =
+            pessimistic_min(tensor2(q.clone(), members, rows * m, &device)).reshape([rows, m]);
+        let (_, idx) = scores.max_dim_with_indices(1);
+        let picked: Vec<i64> = idx.into_data().convert::<i64>().try_to_vec().unwrap();
+        let mut host = vec![0.0; rows * m];
+        shared_model::select::pessimistic_scores(&q, rows * m, &mut host);
+        let mut want = vec![0; rows];
+        shared_model::select::argmax_rows(&host, m, &mut want);
+        assert_eq!(want, [0, 0]);
+        assert_eq!(picked, want.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        // Ties: the first of the best.
+        let tied = vec![1.0, 3.0, 3.0, 2.0];
+        let scores = pessimistic_min(tensor2(tied, 1, 4, &device));
+        let (_, idx) = scores.max_dim_with_indices(1);
+        let picked: Vec<i64> = idx.into_data().convert::<i64>().try_to_vec().unwrap();
+        assert_eq!(picked, [1]);
+    }
 
     /// The TD target's value of given candidates: the candidate that scores best under
     /// the scoring subset (min over it), valued by the evaluation subset (min over it),

@@ -48,7 +48,7 @@ use super::safety::{CommandGate, Envelope};
 use super::stats::Cadence;
 use super::viz::{ActFrame, TickFrame};
 use super::{Brain, EpisodeReport, FaultEvent, FaultKind, Outcome, RunConfig};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use firmware_config::protocol::{FaultCode, FrameError, Hello, MAX_ACT, MAX_OBS, Message};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -627,7 +627,21 @@ impl Control {
     // ---------------------------------------------------------------- reading
 
     fn drain(&mut self, now: Instant) {
-        while let Ok(ev) = self.events.try_recv() {
+        loop {
+            let ev = match self.events.try_recv() {
+                Ok(ev) => ev,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    // The I/O thread ended without its loss getting through (the queue
+                    // stayed full for its whole wait): the link is gone all the same.
+                    if !self.link_down {
+                        self.link_down = true;
+                        let why = "the serial I/O thread ended".to_string();
+                        self.fault(now, FaultKind::LinkLost, why, Some(After::Exit));
+                    }
+                    break;
+                }
+            };
             match ev {
                 LinkEvent::Frame { rx, frame, stale } => {
                     let seq = Seq {

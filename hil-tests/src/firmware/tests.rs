@@ -258,6 +258,45 @@ fn lockstep_watchdog_trips_once_and_holds_position() {
     assert_eq!((s.hold_steps, s.watchdog_trips), (25, 1));
 }
 
+/// After a watchdog trip, a command further than `max_delta_per_tick` from the hold
+/// (one sent before the trip, say) does not end the hold: it is answered with the
+/// fault again and moves nothing; one within reach of the hold ends it.
+#[test]
+fn a_far_command_does_not_end_the_watchdogs_hold() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example(task.name()).unwrap();
+    robot.safety.max_delta_per_tick = vec![0.3, 0.3];
+    let mut opts = FirmwareOptions::new(task, robot);
+    opts.pacing = Pacing::Lockstep;
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    fw.on_frame(ms(10), command(&[0.2, 0.0]));
+    fw.on_frame(ms(20), command(&[0.5, 0.0]));
+    fw.on_frame(ms(30), command(&[0.8, 0.0]));
+    out(&mut fw);
+    fw.poll(ms(30 + 200));
+    assert!(fw.watchdog_tripped());
+    out(&mut fw);
+    let steps = fw.stats().steps;
+    // Queued before the trip: 0.5 away from the hold, more than 0.3.
+    fw.on_frame(ms(231), command(&[0.5, 0.0]));
+    assert_eq!(
+        out(&mut fw),
+        [Message::Fault {
+            code: FaultCode::Watchdog
+        }]
+    );
+    assert!(fw.watchdog_tripped());
+    assert_eq!(fw.stats().steps, steps, "an ignored command steps nothing");
+    assert_eq!(fw.stats().far_commands_held, 1);
+    // Within reach of the hold: taken, and stepped with (lockstep).
+    fw.on_frame(ms(232), command(&[0.2, -0.3]));
+    assert!(!fw.watchdog_tripped());
+    assert_eq!(fw.stats().steps, steps + 1);
+    assert_eq!(fw.stats().far_commands_held, 1);
+}
+
 #[test]
 fn real_time_watchdog_holds_with_the_zero_action() {
     let task = TaskId::Maze;
