@@ -3,7 +3,8 @@
 //!
 //! Parameters are initialised from our own seeded generator (not burn's global one) so
 //! that a seed fixes every weight on every backend, by the rule `net.init` names
-//! ([`InitScheme`]): the public EXPO code's (flax) by default, or PyTorch's default.
+//! ([`InitScheme`]): PyTorch's default (every preset's), or the public EXPO code's (flax)
+//! with `net.init = "reference"`.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
