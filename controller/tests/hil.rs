@@ -910,6 +910,24 @@ fn fault_firmware_stall_gives_a_safe_stop() {
     );
 }
 
+/// Setup: the firmware is slow to answer the first `Hello` (its output stalls 700 ms),
+/// so the controller sends it again and the firmware answers every copy. Expected: the
+/// late answers are counted and ignored (a reboot's `Hello` is its first frame,
+/// numbered 0); they used to be taken for a firmware reboot, a fault at the run's start.
+#[test]
+fn late_answers_to_the_handshake_are_not_a_reboot() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "stall_after=1:700");
+    let out = sim.run(&["--episodes", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = sim.report();
+    assert!(fw.firmware.handshakes >= 2, "{:?}", fw.firmware);
+    assert!(report["ignored_hellos"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(report["faults"].as_array().unwrap().len(), 0, "{report}");
+}
+
 /// Setup: the push robot's x axis names its velocity observation, with a limit of
 /// 0.01 m/s that the policy soon exceeds. Expected: a `joint_limit` fault naming the
 /// joint, the value and the limits; the hold goes out in the detecting tick; every

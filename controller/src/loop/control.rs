@@ -855,12 +855,18 @@ impl Control {
                     );
                     return;
                 }
-                self.estop_answer_seq = None;
                 if let Phase::Handshaking { .. } = self.phase {
+                    self.estop_answer_seq = None;
                     self.phase = Phase::Idle;
+                } else if seq.number != 0 {
+                    // Not a reboot, whose Hello is its first frame (numbered 0): a late
+                    // answer to a Hello of ours already answered (a firmware that
+                    // answered each of the handshake's resent Hellos).
+                    self.report.ignored_hellos += 1;
                 } else {
                     // An unasked Hello: the firmware rebooted and holds with its own
-                    // hold action.
+                    // hold action; its numbering starts over.
+                    self.estop_answer_seq = None;
                     self.gate.firmware_holds();
                     self.fault(
                         now,

@@ -633,6 +633,9 @@ pub struct RunReport {
     pub nan_observations: u64,
     pub nan_actions: u64,
     pub ignored_firmware_faults: u64,
+    /// `Hello` frames outside a handshake that were not a reboot's (numbered other than
+    /// 0): late answers to the handshake's resent `Hello`s.
+    pub ignored_hellos: u64,
     pub link: link::LinkCounters,
     pub log_sent: u64,
     /// Transitions the logger's channel could not take.
@@ -673,6 +676,7 @@ impl RunReport {
             nan_observations: 0,
             nan_actions: 0,
             ignored_firmware_faults: 0,
+            ignored_hellos: 0,
             link: Default::default(),
             log_sent: 0,
             log_drops: 0,
