@@ -98,9 +98,11 @@
 //! # Reboots
 //!
 //! A firmware that restarts (a reset, a brown-out) sends `Hello` again before any other
-//! frame, with its sequence numbers and clock starting over. The controller restarts
-//! its sequence tracking on that `Hello`; without it, the restarted numbers would read
-//! as stale copies of frames already seen.
+//! frame, with its sequence numbers and clock starting over: that `Hello` is numbered
+//! 0. The controller restarts its sequence tracking on it; without it, the restarted
+//! numbers would read as stale copies of frames already seen. Outside a handshake, the
+//! controller takes only a `Hello` numbered 0 for a reboot: others are late answers to
+//! its own resent `Hello`s.
 
 use heapless::Vec;
 

@@ -167,6 +167,10 @@ pub struct CommandGate {
     dim: usize,
     encoder: FrameEncoder,
     writer: Box<dyn Write + Send>,
+    /// The next write starts with a frame delimiter: after a failed write (which may
+    /// have left part of a frame on the line) and on a new port, so that the next frame
+    /// does not merge with what came before it into one bad block.
+    resync: bool,
     clock: std::time::Instant,
     pub stats: GateStats,
 }
@@ -181,6 +185,7 @@ impl CommandGate {
             last: [0.0; MAX_ACT],
             encoder: FrameEncoder::new(),
             writer,
+            resync: false,
             clock: std::time::Instant::now(),
             stats: GateStats::default(),
         };
@@ -201,6 +206,7 @@ impl CommandGate {
     /// the firmware's hold, since a reconnected firmware has no command from us.
     pub fn set_writer(&mut self, writer: Box<dyn Write + Send>) {
         self.writer = writer;
+        self.resync = true;
         self.firmware_holds();
     }
 
@@ -216,17 +222,18 @@ impl CommandGate {
     pub fn send_command(&mut self, action: &[f32]) -> io::Result<[f32; MAX_ACT]> {
         let d = self.dim;
         let mut sent = [0.0f32; MAX_ACT];
+        // Counted as a prevented violation beyond the rounding tolerance; projected
+        // always, so that what goes out is inside the envelope exactly (a value within
+        // the tolerance outside it used to go out as it was).
         if self
             .envelope
             .violation(&action[..d], &self.last[..d])
             .is_some()
         {
             self.stats.violations_prevented += 1;
-            self.envelope
-                .project(&action[..d], &self.last[..d], &mut sent[..d]);
-        } else {
-            sent[..d].copy_from_slice(&action[..d]);
         }
+        self.envelope
+            .project(&action[..d], &self.last[..d], &mut sent[..d]);
         let mut robot_units = [0.0f32; MAX_ACT];
         self.action_config
             .to_robot_units(&sent[..d], &mut robot_units[..d]);
@@ -274,8 +281,16 @@ impl CommandGate {
         let now = self.clock.elapsed().as_micros() as u32;
         let wire = self.encoder.to_wire(now, msg);
         // No flush: on a serial port it is tcdrain, which would wait for the bytes to
-        // leave the UART; the kernel's buffer takes them at once.
-        let r = self.writer.write_all(&wire);
+        // leave the UART; the kernel's buffer takes them at once. An empty block (a lone
+        // delimiter) is skipped by every decoder.
+        let r = if self.resync {
+            self.writer
+                .write_all(&[0])
+                .and_then(|()| self.writer.write_all(&wire))
+        } else {
+            self.writer.write_all(&wire)
+        };
+        self.resync = r.is_err();
         if r.is_err() {
             self.stats.write_errors += 1;
         }
@@ -309,6 +324,46 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A writer whose next write fails after taking `cut` bytes of it (a port that
+    /// went away in the middle of a frame), once.
+    #[derive(Clone, Default)]
+    struct Cutting(Sink, Arc<Mutex<Option<usize>>>);
+    impl Write for Cutting {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            match self.1.lock().unwrap().take() {
+                Some(cut) => {
+                    self.0.write(&b[..cut.min(b.len())])?;
+                    Err(io::Error::other("cut"))
+                }
+                None => self.0.write(b),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// After a write that failed part-way, the next frame still decodes: it starts with
+    /// a delimiter, instead of merging with the cut one into one bad block.
+    #[test]
+    fn a_frame_after_a_cut_write_is_not_lost() {
+        let out = Cutting::default();
+        let mut g = CommandGate::new(&robot(), Box::new(out.clone()));
+        *out.1.lock().unwrap() = Some(5);
+        assert!(g.send_command(&[0.1, 0.1]).is_err());
+        g.send_command(&[0.2, 0.2]).unwrap();
+        let mut d = FrameDecoder::new();
+        let mut good = vec![];
+        d.feed(&out.0.0.lock().unwrap(), |r| {
+            if let Ok(f) = r {
+                good.push(f.message)
+            }
+        });
+        assert_eq!(good.len(), 1, "{good:?}");
+        assert!(matches!(good[0], Message::Command { .. }));
+        assert_eq!(g.stats.write_errors, 1);
     }
 
     fn frames(sink: &Sink) -> Vec<Frame> {
@@ -377,6 +432,18 @@ mod tests {
             g.send_control(Message::command(&[9.0, 9.0]).unwrap())
                 .is_err()
         );
+    }
+
+    /// A value outside the envelope by less than the rounding tolerance is not counted
+    /// as a prevented violation, but what goes out is inside the envelope exactly.
+    #[test]
+    fn values_within_the_tolerance_outside_go_out_projected() {
+        let e = Envelope::from_robot(&robot());
+        let edge = e.max[0].min(e.max_delta[0]);
+        let mut g = CommandGate::new(&robot(), Box::new(Sink::default()));
+        let sent = g.send_command(&[edge + 5e-6, 0.0]).unwrap();
+        assert_eq!(sent[0], edge);
+        assert_eq!(g.stats.violations_prevented, 0);
     }
 
     #[test]
