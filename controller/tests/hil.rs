@@ -213,13 +213,13 @@ fn policy_units(robot: &RobotConfig, action: &[f32]) -> Vec<f32> {
 }
 
 /// The firmware-side envelope check over every frame it received: finite, inside
-/// `[min, max]`, and within `max_delta` of either the action the firmware applied when
-/// the command arrived or the previous command since the last `Reset` or `Estop` (the
-/// controller's reference until it hears that the firmware fell back to its hold: a
-/// watchdog trip, a reboot, a stop button), or exactly the hold action (zero), which
-/// the firmware itself falls back to at once in each of those cases. Also: every
-/// `Estop` follows a hold command (or comes right after a `Reset`/nothing). Returns the
-/// number of commands checked.
+/// `[min, max]`, and within `max_delta` of the action the firmware applied when the
+/// command arrived, or exactly the hold action (zero), or, while the watchdog holds, a
+/// command the firmware ignores (further than `max_delta` from its hold: sent before
+/// the trip). Before the firmware's watchdog rule, a command within reach of the
+/// previous command was accepted too, which let a queued command end the hold with a
+/// jump. Also: every `Estop` follows a hold command (or comes right after a
+/// `Reset`/nothing). Returns the number of commands checked.
 fn check_envelope(robot: &RobotConfig, received: &[Received]) -> usize {
     let s = &robot.safety;
     let tol = 1e-5;
@@ -257,10 +257,16 @@ fn check_envelope(robot: &RobotConfig, received: &[Received]) -> usize {
                         s.action_max
                     );
                 }
+                // While the watchdog holds, the firmware takes only a command within reach
+                // of its hold (zero) and ignores the others (sent before the trip): those
+                // move nothing. Every other command must be within reach of what the
+                // firmware applies.
+                let ignored = r.state != FirmwareState::Running
+                    || r.watchdog_hold && !within(&vec![0.0; p.len()]);
                 assert!(
-                    within(&r.applied) || within(&prev) || p.iter().all(|x| *x == 0.0),
-                    "command {p:?} jumps by more than {:?} from the firmware's {:?} and from the \
-                     previous command {prev:?}",
+                    within(&r.applied) || ignored || p.iter().all(|x| *x == 0.0),
+                    "command {p:?} jumps by more than {:?} from the firmware's {:?} (the \
+                     previous command was {prev:?})",
                     s.max_delta_per_tick,
                     r.applied,
                 );
