@@ -365,31 +365,31 @@ impl RobotConfig {
     /// that name their position or velocity observation (a velocity within
     /// `±velocity_max`). Valid only for a validated config (the names exist).
     pub fn joint_checks(&self) -> Vec<JointCheck> {
-        let index = |n: &str| self.observation.names.iter().position(|m| m == n);
         let mut checks = vec![];
         for j in &self.joints {
-            if let Some(i) = j
-                .position_observation
-                .as_deref()
-                .and_then(|n| index(n).map(|i| (n, i)))
-            {
+            for (what, named, min, max) in [
+                (
+                    "position",
+                    &j.position_observation,
+                    j.position_min,
+                    j.position_max,
+                ),
+                (
+                    "velocity",
+                    &j.velocity_observation,
+                    -j.velocity_max,
+                    j.velocity_max,
+                ),
+            ] {
+                let Some(n) = named else { continue };
+                let Some(index) = self.observation.names.iter().position(|m| m == n) else {
+                    continue;
+                };
                 checks.push(JointCheck {
-                    index: i.1,
-                    min: j.position_min,
-                    max: j.position_max,
-                    what: format!("joint `{}` position (observation `{}`)", j.name, i.0),
-                });
-            }
-            if let Some(i) = j
-                .velocity_observation
-                .as_deref()
-                .and_then(|n| index(n).map(|i| (n, i)))
-            {
-                checks.push(JointCheck {
-                    index: i.1,
-                    min: -j.velocity_max,
-                    max: j.velocity_max,
-                    what: format!("joint `{}` velocity (observation `{}`)", j.name, i.0),
+                    index,
+                    min,
+                    max,
+                    what: format!("joint `{}` {what} (observation `{n}`)", j.name),
                 });
             }
         }

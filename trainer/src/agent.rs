@@ -1139,7 +1139,7 @@ impl Agent {
     fn update_graph_ready(&self) -> bool {
         let expo = self.config.algo == Algo::Expo;
         self.config.compute.graph
-            && matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect)
+            && self.config.algo.selects_with_critic()
             && (!expo || self.config.expo.edit_base == EditBase::Buffer)
             && self.opt_denoiser.has_buffers(4)
             && (!expo || (self.opt_policy.has_buffers(3) && self.opt_critic.has_buffers(1)))
@@ -1430,7 +1430,7 @@ impl Agent {
         let rows = b * utd;
         let params = self.selection();
         let device_normals = self.device_normals();
-        let selects = matches!(self.config.algo, Algo::Expo | Algo::IdqlSelect);
+        let selects = self.config.algo.selects_with_critic();
         let hoisted = self.config.compute.candidates == CandidateSchedule::Hoisted;
         let threads = self.cpu_threads();
 

@@ -106,6 +106,15 @@ pub enum Algo {
     Rlpd,
 }
 
+impl Algo {
+    /// Whether the policy acts by Q-selection among sampled candidates (EXPO, IDQL-select):
+    /// its bundle carries critics and `num_samples` candidates per decision. The others
+    /// act with one sample (BC) or their own actor (RLPD).
+    pub fn selects_with_critic(self) -> bool {
+        matches!(self, Algo::Expo | Algo::IdqlSelect)
+    }
+}
+
 impl std::str::FromStr for Algo {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -655,7 +664,7 @@ impl Config {
         );
         if self.compute.graph {
             anyhow::ensure!(
-                matches!(self.algo, Algo::Expo | Algo::IdqlSelect),
+                self.algo.selects_with_critic(),
                 "compute.graph records EXPO's step: algo must be expo or idql-select"
             );
             anyhow::ensure!(

@@ -111,7 +111,7 @@ pub struct ExportInfo {
 /// The bundle's graphs for `agent` (those its algorithm acts with).
 pub fn bundle_graphs(agent: &Agent) -> BundleGraphs {
     let (od, ad) = (agent.obs_dim, agent.act_dim);
-    let acts_with_critic = matches!(agent.config.algo, Algo::Expo | Algo::IdqlSelect);
+    let acts_with_critic = agent.config.algo.selects_with_critic();
     BundleGraphs {
         denoiser: graphs::denoiser_graph(&denoiser_weights(&agent.denoiser_ema), od, ad),
         edit: agent
@@ -155,7 +155,7 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     let selection = agent.selection();
     // The networks act on chunks of `action_horizon` actions.
     let step_ad = agent.act_dim / c.action_horizon;
-    let uses_critic = matches!(c.algo, Algo::Expo | Algo::IdqlSelect);
+    let uses_critic = c.algo.selects_with_critic();
     let config_json = serde_json::to_string(c)?;
     let d = &c.diffusion;
     let executed = info.executed_steps.unwrap_or(d.steps);

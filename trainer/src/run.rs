@@ -183,7 +183,7 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
     // Sizes every controller refuses in a bundle: refused before training, not at export.
     let (od, ad) = (data.replay.obs_dim, data.replay.act_dim);
     // As the export writes it: a policy without a critic acts with one chain sample.
-    let num_samples = if matches!(config.algo, Algo::Expo | Algo::IdqlSelect) {
+    let num_samples = if config.algo.selects_with_critic() {
         config.expo.num_samples
     } else {
         1

@@ -1087,10 +1087,7 @@ impl Control {
             .as_ref()
             .map_or((None, None), |t| (Some(t.id), t.newest));
         if !self.cfg.quiet {
-            say_line(
-                self.console.as_ref(),
-                format!("FAULT at tick {}: {kind:?}: {detail}", self.tick),
-            );
+            self.say(format!("FAULT at tick {}: {kind:?}: {detail}", self.tick));
         }
         self.report.faults.push(FaultEvent {
             kind,
@@ -1731,7 +1728,7 @@ impl Control {
             cadence: cad,
         };
         if !self.cfg.quiet {
-            say_line(self.console.as_ref(), rep.to_string());
+            self.say(rep.to_string());
         }
         self.report.episodes.push(rep);
         self.fold_cadence();
