@@ -844,7 +844,9 @@ fn fault_late_duplicates_keep_the_first_receive_time() {
                 "step {} of episode {}: two receive times",
                 b.step, b.episode
             );
-            assert!(a.obs_rx_ns < a.next_obs_rx_ns, "step {}", a.step);
+            // Frames that came in one read share its receive time (a loaded machine read
+            // two steps' frames at once: CI saw it once), so equal times are allowed.
+            assert!(a.obs_rx_ns <= a.next_obs_rx_ns, "step {}", a.step);
             joined += 1;
         }
     }
