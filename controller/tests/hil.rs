@@ -218,7 +218,9 @@ fn policy_units(robot: &RobotConfig, action: &[f32]) -> Vec<f32> {
 /// command the firmware ignores (further than `max_delta` from its hold: sent before
 /// the trip). Before the firmware's watchdog rule, a command within reach of the
 /// previous command was accepted too, which let a queued command end the hold with a
-/// jump. Also: every `Estop` follows a hold command (or comes right after a
+/// jump. After `k` commands lost on the way (`lose_cmd`), the reach is `k + 1` deltas:
+/// the controller limits against the commands it sent, and the firmware's slew limit
+/// (its unit tests) takes the rest. Also: every `Estop` follows a hold command (or comes right after a
 /// `Reset`/nothing). Returns the number of commands checked.
 fn check_envelope(robot: &RobotConfig, received: &[Received]) -> usize {
     let s = &robot.safety;
@@ -244,9 +246,11 @@ fn check_envelope(robot: &RobotConfig, received: &[Received]) -> usize {
             }
             Message::Command { action } => {
                 let p = policy_units(robot, action);
+                let reach = (r.lost_before + 1) as f32;
                 let within = |reference: &[f32]| {
-                    (0..p.len())
-                        .all(|i| (p[i] - reference[i]).abs() <= s.max_delta_per_tick[i] + tol)
+                    (0..p.len()).all(|i| {
+                        (p[i] - reference[i]).abs() <= reach * s.max_delta_per_tick[i] + tol
+                    })
                 };
                 for i in 0..p.len() {
                     assert!(p[i].is_finite(), "non-finite command {p:?}");
@@ -398,6 +402,9 @@ fn e2e_synthetic_bundle_through_the_serial_link() {
     assert_eq!(fw.firmware.commands, steps);
     assert_eq!(fw.firmware.hold_steps, 0);
     assert_eq!(fw.firmware.invalid_commands, 0);
+    // Every command within reach of the one before: the firmware's slew limit, there
+    // for lost commands, never changed what a clean run applies.
+    assert_eq!(fw.firmware.slew_limited, 0);
     assert_eq!(ds.num_frames() as u64, steps);
     assert_eq!(ds.episodes.len(), 3);
     // The random policy gets shaped by the tight envelope.
@@ -866,6 +873,29 @@ fn fault_latency_spikes_below_the_stale_limit() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(fw.faults.stalls > 0);
     assert_eq!(faults_of(&report, "stale_sensor"), 0, "{report}");
+}
+
+/// Setup: real-time pacing; 20% of the controller's commands lost on their way to the
+/// firmware (the link faults above damage the other direction). Fault: the firmware
+/// steps on with the newest command it got, and the next one to arrive can be several
+/// deltas away from it. Expected: the firmware's slew limit takes such commands over
+/// more steps (counted); the controller sees nothing wrong (no fault) and the episodes
+/// complete. Invariants: as everywhere, with a reach of `lost + 1` deltas after lost
+/// commands.
+#[test]
+fn commands_lost_on_the_way_are_slew_limited_by_the_firmware() {
+    let _g = serial();
+    let (report, out, fw) = link_fault_run("seed=7,lose_cmd=0.2");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(fw.faults.lost_commands > 0, "{:?}", fw.faults);
+    assert!(fw.firmware.slew_limited > 0, "{:?}", fw.firmware);
+    assert!(report["faults"].as_array().unwrap().is_empty(), "{report}");
+    eprintln!(
+        "lost {} of {} commands; {} steps slew limited",
+        fw.faults.lost_commands,
+        fw.firmware.commands + fw.faults.lost_commands,
+        fw.firmware.slew_limited
+    );
 }
 
 // ------------------------------------------------------------------------------------

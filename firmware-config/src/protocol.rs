@@ -94,6 +94,12 @@
 //!   still queued: they continue the motion the hold stopped, and taking them would
 //!   restart it with a jump. The controller's safe stop ramps to the hold, so its
 //!   commands come within reach of it.
+//! - The slew limit: a firmware changes the action it applies by at most
+//!   `max_delta_per_tick` per control step (hold steps excepted: the hold is the stop),
+//!   applying a command further away clamped and reaching it over the next steps. The
+//!   controller limits each command against the previous one it sent; commands lost
+//!   on the way (a damaged frame, dropped by the decoder) or late can leave the next
+//!   one several deltas from what the robot applies, which only the firmware sees.
 //!
 //! # Reboots
 //!

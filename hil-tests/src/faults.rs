@@ -16,8 +16,10 @@
 //!   reboot mid-episode ([`FaultInjector::reboot_now`]: the firmware restarts its
 //!   sequence numbers and clock, sends `Hello` again and starts a new episode with a new
 //!   id), a press of the robot's stop button ([`FaultInjector::estop_now`]: the
-//!   firmware stops as on an `Estop` and reports `Fault { Estop }`) and a wrong schema
-//!   hash in its `Hello`.
+//!   firmware stops as on an `Estop` and reports `Fault { Estop }`), a wrong schema
+//!   hash in its `Hello`, and commands lost on their way in
+//!   ([`FaultInjector::lose_command`]: the controller-to-firmware direction, one whole
+//!   command at a time, as a damaged frame the firmware's decoder drops).
 //!
 //! Every random choice comes from one [`sim::rng::Rng`] seeded from the spec, so a seed
 //! and the same sequence of frames reproduce the same damage byte for byte. A whole run
@@ -50,6 +52,7 @@
 //! | `version` | u8 | every frame's header carries this protocol version |
 //! | `schema` | u32 (`0x` hex ok) | the firmware's `Hello` carries this schema hash |
 //! | `nan` | p per sensor frame | one observation value is sent as NaN |
+//! | `lose_cmd` | p per command | a command received during an episode is lost (never reaches the firmware's logic); in lockstep the firmware then waits for the next one |
 //!
 //! Example: `seed=3,after=4,flip=0.001,dup=0.01,stall_after=40:500`.
 
@@ -82,6 +85,8 @@ pub struct FaultSpec {
     pub version: Option<u8>,
     pub schema_hash: Option<u32>,
     pub nan_sensor: f32,
+    /// Probability that a command received during an episode is lost.
+    pub lose_command: f32,
 }
 
 /// When the robot's stop button is pressed (`estop_at`).
@@ -157,6 +162,7 @@ impl FromStr for FaultSpec {
                 "dup" => spec.duplicate = prob(value)?,
                 "reorder" => spec.reorder = prob(value)?,
                 "nan" => spec.nan_sensor = prob(value)?,
+                "lose_cmd" => spec.lose_command = prob(value)?,
                 "stall" => {
                     let (p, d) = pair(value)?;
                     spec.stall = Some((prob(&p)?, d));
@@ -207,7 +213,7 @@ impl FromStr for FaultSpec {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
                          dup, reorder, echo, stall, stall_after, reboot_at, estop_at, watchdog_at, bad_step_at, version, schema, \
-                         nan",
+                         nan, lose_cmd",
                     ));
                 }
             }
@@ -252,6 +258,7 @@ pub struct FaultStats {
     pub bad_steps: u64,
     pub version_rewrites: u64,
     pub nan_sensors: u64,
+    pub lost_commands: u64,
 }
 
 /// Applies a [`FaultSpec`], reproducibly.
@@ -259,6 +266,9 @@ pub struct FaultStats {
 pub struct FaultInjector {
     spec: FaultSpec,
     rng: Rng,
+    /// Draws for the incoming direction, apart from `rng`: which outgoing frames get
+    /// damaged then does not depend on how the controller's commands interleave.
+    incoming: Rng,
     held: Option<Vec<u8>>,
     /// Late copies waiting to go out: frames still to pass, and the bytes.
     echoes: Vec<(u64, Vec<u8>)>,
@@ -268,10 +278,13 @@ pub struct FaultInjector {
 impl FaultInjector {
     /// An injector for `spec`; `default_seed` is used when the spec names none.
     pub fn new(spec: FaultSpec, default_seed: u64) -> Self {
-        let rng = Rng::new(spec.seed.unwrap_or(default_seed) ^ 0x6661_756c_7473); // "faults"
+        let seed = spec.seed.unwrap_or(default_seed);
+        let rng = Rng::new(seed ^ 0x6661_756c_7473); // "faults"
+        let incoming = Rng::new(seed ^ 0x696e_636f_6d69_6e67); // "incoming"
         FaultInjector {
             spec,
             rng,
+            incoming,
             held: None,
             echoes: Vec::new(),
             stats: FaultStats::default(),
@@ -401,6 +414,13 @@ impl FaultInjector {
         obs[i] = f32::NAN;
         self.stats.nan_sensors += 1;
         true
+    }
+
+    /// Whether this command, received during an episode, is lost on its way in.
+    pub fn lose_command(&mut self) -> bool {
+        let lost = self.incoming.chance(self.spec.lose_command);
+        self.stats.lost_commands += u64::from(lost);
+        lost
     }
 
     /// True once, when an episode reaches the configured reboot step.
@@ -556,7 +576,7 @@ mod tests {
             "seed=0x10, after=4,drop=0.5,flip=0.01,truncate=0.1,garbage=0.2,dup=0.3,\
                             reorder=0.4,echo=0.25:3,stall=0.05:200,stall_after=40:500,reboot_at=30,estop_at=7,watchdog_at=8,\
                             bad_step_at=9,version=2,\
-                            schema=0xdeadbeef,nan=1"
+                            schema=0xdeadbeef,nan=1,lose_cmd=0.125"
                 .parse()
                 .unwrap();
         assert_eq!(s.seed, Some(16));
@@ -581,6 +601,7 @@ mod tests {
         assert_eq!(s.version, Some(2));
         assert_eq!(s.schema_hash, Some(0xdead_beef));
         assert_eq!(s.nan_sensor, 1.0);
+        assert_eq!(s.lose_command, 0.125);
         assert!(!s.is_clean());
         assert!("".parse::<FaultSpec>().unwrap().is_clean());
         assert!("seed=5".parse::<FaultSpec>().unwrap().is_clean());

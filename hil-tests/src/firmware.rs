@@ -37,6 +37,13 @@
 //!   current position for `arm-reach`). The next valid command within
 //!   `max_delta_per_tick` of the hold ends it; one further away (sent before the trip)
 //!   is ignored and answered with `Fault { Watchdog }` again.
+//! - **Slew limit.** Each control step's action differs from the previous step's by at
+//!   most `max_delta_per_tick` per dimension (policy units); a newer command further
+//!   away is applied clamped to that reach, and counted (`slew_limited`). The
+//!   controller limits each command against the previous *command*: when commands are
+//!   lost on the way (a damaged frame) or arrive late, the next one can be several
+//!   deltas from what the robot applies, and only the firmware knows that. Hold steps
+//!   are not limited: the hold is the stop.
 //! - **Commands** are in robot units (`firmware_config::config::ActionConfig`) and are
 //!   mapped back to the simulator's units. A command of the wrong length or with a
 //!   non-finite value is answered with `Fault { InvalidCommand }` and replaced by the
@@ -102,6 +109,8 @@ pub struct Received {
     /// or its hold action (zero) after a `Reset`, an `Estop`, a reboot, an invalid
     /// command or a watchdog trip, and outside an episode.
     pub applied: Vec<f32>,
+    /// Commands lost on the way (`lose_cmd`) since the last command received.
+    pub lost_before: u64,
     pub message: Message,
 }
 
@@ -185,6 +194,9 @@ pub struct FirmwareStats {
     /// `max_delta_per_tick` from the hold action (commands sent before the trip, which
     /// continued the motion it stopped).
     pub far_commands_held: u64,
+    /// Steps whose command was further than `max_delta_per_tick` from the previous
+    /// step's action and was applied clamped (commands lost or late on the way).
+    pub slew_limited: u64,
 }
 
 /// How often the firmware sends a heartbeat while no episode runs.
@@ -205,6 +217,9 @@ pub struct SimFirmware {
     obs: Vec<f32>,
     /// The newest valid command, in simulator units.
     action: Vec<f32>,
+    /// The action the last control step applied (simulator units; zero after a hold
+    /// step and at an episode's start): the slew limit's reference.
+    stepped: Vec<f32>,
     has_command: bool,
     zero: Vec<f32>,
     state: FirmwareState,
@@ -226,6 +241,8 @@ pub struct SimFirmware {
     stats: FirmwareStats,
     record: bool,
     received: Vec<Received>,
+    /// Commands lost since the last one received (for [`Received::lost_before`]).
+    lost_since_command: u64,
 }
 
 impl SimFirmware {
@@ -265,6 +282,7 @@ impl SimFirmware {
             hello,
             obs: vec![0.0; spec.obs_dim()],
             action: vec![0.0; spec.action_dim()],
+            stepped: vec![0.0; spec.action_dim()],
             has_command: false,
             zero: vec![0.0; spec.action_dim()],
             state: FirmwareState::AwaitHello,
@@ -284,6 +302,7 @@ impl SimFirmware {
             stats: FirmwareStats::default(),
             record: opts.record,
             received: Vec::new(),
+            lost_since_command: 0,
             robot: opts.robot,
         })
     }
@@ -338,12 +357,26 @@ impl SimFirmware {
 
     /// Handles one received frame.
     pub fn on_frame(&mut self, now: Duration, frame: Frame) {
+        if matches!(frame.message, Message::Command { .. })
+            && self.state == FirmwareState::Running
+            && self.faults.lose_command()
+        {
+            // Injected: damaged on the way, the decoder dropped it.
+            self.lost_since_command += 1;
+            return;
+        }
         if self.record {
+            let is_command = matches!(frame.message, Message::Command { .. });
             self.received.push(Received {
                 at: now,
                 state: self.state,
                 watchdog_hold: self.watchdog_tripped,
                 applied: self.applied().to_vec(),
+                lost_before: if is_command {
+                    std::mem::take(&mut self.lost_since_command)
+                } else {
+                    0
+                },
                 message: frame.message.clone(),
             });
         }
@@ -404,6 +437,8 @@ impl SimFirmware {
         self.state = FirmwareState::Running;
         self.stats.episodes += 1;
         self.has_command = false;
+        // An episode starts from rest: the first command is limited against the hold.
+        self.stepped.copy_from_slice(&self.zero);
         self.watchdog_tripped = false;
         self.last_command_at = now;
         self.next_tick = now + self.period;
@@ -505,11 +540,29 @@ impl SimFirmware {
         }
     }
 
-    /// One control step with the newest command, or the hold action.
+    /// The action the last control step applied (policy units).
+    pub fn last_stepped(&self) -> &[f32] {
+        &self.stepped
+    }
+
+    /// One control step with the newest command (slew limited), or the hold action.
     fn step_env(&mut self, now: Duration) {
         let hold = self.holding();
-        let action = if hold { &self.zero } else { &self.action };
-        let out = self.env.step(action, &mut self.obs);
+        if hold {
+            self.stepped.copy_from_slice(&self.zero);
+        } else {
+            let d = &self.robot.safety.max_delta_per_tick;
+            let mut limited = false;
+            for ((s, a), d) in self.stepped.iter_mut().zip(&self.action).zip(d) {
+                // The controller's gate allows the same round-off tolerance.
+                if (a - *s).abs() > d + 1e-5 {
+                    limited = true;
+                }
+                *s = a.clamp(*s - d, *s + d);
+            }
+            self.stats.slew_limited += u64::from(limited);
+        }
+        let out = self.env.step(&self.stepped, &mut self.obs);
         self.step += 1;
         self.stats.steps += 1;
         if hold {

@@ -174,7 +174,7 @@ fn main() -> Result<()> {
     let report = run(&mut fw, port.as_mut(), args.rate_scale, &stop)?;
     let (f, d) = (&report.firmware, &report.decoder);
     eprintln!(
-        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding), {} commands ({} invalid), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
+        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding), {} commands ({} invalid, {} slew limited), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
         f.handshakes,
         f.handshake_refusals,
         f.episodes,
@@ -182,6 +182,7 @@ fn main() -> Result<()> {
         f.hold_steps,
         f.commands,
         f.invalid_commands,
+        f.slew_limited,
         f.watchdog_trips,
         f.estops,
         f.frame_errors,

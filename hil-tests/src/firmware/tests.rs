@@ -297,6 +297,81 @@ fn a_far_command_does_not_end_the_watchdogs_hold() {
     assert_eq!(fw.stats().far_commands_held, 1);
 }
 
+/// Commands lost on the way (or late) can leave the newest one several deltas from
+/// what the robot applies: each step moves by at most `max_delta_per_tick` from the
+/// step before, and the command is reached over the following steps. A hold step is
+/// not limited (the hold is the stop).
+#[test]
+fn each_step_moves_at_most_max_delta_from_the_last() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example(task.name()).unwrap();
+    robot.safety.max_delta_per_tick = vec![0.3, 0.3];
+    let mut opts = FirmwareOptions::new(task, robot);
+    opts.command_timeout = Some(ms(1000));
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    // push: 20 Hz, ticks every 50 ms.
+    fw.on_frame(ms(10), command(&[0.2, -0.1]));
+    fw.poll(ms(50));
+    assert_eq!(fw.last_stepped(), [0.2, -0.1]);
+    // The commands 0.5 and 0.8 were lost; 0.8 and then -0.6 arrive.
+    fw.on_frame(ms(60), command(&[0.8, -0.6]));
+    fw.poll(ms(100));
+    assert_eq!(fw.last_stepped(), [0.5, -0.4]);
+    assert_eq!(fw.stats().slew_limited, 1);
+    fw.poll(ms(150));
+    assert_eq!(fw.last_stepped(), [0.8, -0.6]);
+    assert_eq!(fw.stats().slew_limited, 1, "within reach: not limited");
+    // Invalid: the firmware holds at once, unlimited.
+    fw.on_frame(ms(160), command(&[f32::NAN, 0.0]));
+    fw.poll(ms(200));
+    assert_eq!(fw.last_stepped(), [0.0, 0.0]);
+    // And the next command starts from the hold.
+    fw.on_frame(ms(210), command(&[0.8, 0.8]));
+    fw.poll(ms(250));
+    assert_eq!(fw.last_stepped(), [0.3, 0.3]);
+    assert_eq!(fw.stats().slew_limited, 2);
+    // A new episode starts from rest.
+    fw.on_frame(ms(260), frame(Message::Reset { seed: 3 }));
+    fw.on_frame(ms(270), command(&[-0.9, 0.1]));
+    fw.poll(ms(310));
+    assert_eq!(fw.last_stepped(), [-0.3, 0.1]);
+    assert_eq!(fw.stats().slew_limited, 3);
+}
+
+/// `lose_cmd`: a lost command never reaches the firmware's logic (not recorded, no
+/// step in lockstep, does not feed the watchdog), and is counted.
+#[test]
+fn lost_commands_never_arrive() {
+    let task = TaskId::Push;
+    let mut opts = FirmwareOptions::new(task, RobotConfig::example(task.name()).unwrap());
+    opts.pacing = Pacing::Lockstep;
+    opts.faults = "lose_cmd=1".parse().unwrap();
+    opts.record = true;
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    out(&mut fw);
+    for t in 1..=3 {
+        fw.on_frame(ms(t), command(&[0.1, 0.1]));
+    }
+    assert!(out(&mut fw).is_empty());
+    let s = fw.stats();
+    assert_eq!((s.steps, s.commands), (0, 0));
+    assert_eq!(fw.faults_mut().stats().lost_commands, 3);
+    assert!(
+        fw.received()
+            .iter()
+            .all(|r| !matches!(r.message, Message::Command { .. }))
+    );
+    fw.poll(ms(300));
+    assert!(
+        fw.watchdog_tripped(),
+        "lost commands do not feed the watchdog"
+    );
+}
+
 #[test]
 fn real_time_watchdog_holds_with_the_zero_action() {
     let task = TaskId::Maze;
