@@ -1051,6 +1051,32 @@ fn fault_firmware_reset_mid_episode() {
     assert_eq!(eps[1]["transitions"], eps[1]["steps"]);
 }
 
+/// Setup: as above, on a link that sends every frame twice (after the handshake).
+/// Fault: the reboot's `Hello` (numbered 0) comes twice in a row. Expected: one reboot,
+/// not two: the copy is counted as an ignored `Hello`, and the run, allowed one fault,
+/// goes on to complete its second episode.
+#[test]
+fn a_duplicated_reboot_hello_is_one_reboot() {
+    let _g = serial();
+    let mut sim = Sim::new(
+        robot(|_| {}),
+        Pacing::Lockstep,
+        "after=4,dup=1,reboot_at=20",
+    );
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = sim.report();
+    assert_eq!(fw.firmware.reboots, 1);
+    assert!(fw.faults.duplicated > 0);
+    assert_eq!(faults_of(&report, "firmware_reset"), 1, "{report}");
+    assert!(report["ignored_hellos"].as_u64().unwrap() >= 1, "{report}");
+    let eps = episodes(&report);
+    assert_eq!(eps[0]["reason"], "fault");
+    assert_eq!(eps[1]["reason"], "completed");
+}
+
 /// Setup: the robot's stop button is pressed at step 20 of the first episode (the
 /// firmware stops as on an `Estop` and reports `Fault { Estop }`), with faults to spare
 /// (`--max-faults 3`). Expected: a safe stop, then the run ends (exit status 3, an

@@ -108,7 +108,8 @@
 //! 0. The controller restarts its sequence tracking on it; without it, the restarted
 //! numbers would read as stale copies of frames already seen. Outside a handshake, the
 //! controller takes only a `Hello` numbered 0 for a reboot: others are late answers to
-//! its own resent `Hello`s.
+//! its own resent `Hello`s. A copy of that `Hello` (same number and timestamp) right
+//! behind it is a duplicate on the link, not a second reboot.
 
 use heapless::Vec;
 

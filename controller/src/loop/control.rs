@@ -858,10 +858,11 @@ impl Control {
                 if let Phase::Handshaking { .. } = self.phase {
                     self.estop_answer_seq = None;
                     self.phase = Phase::Idle;
-                } else if seq.number != 0 {
+                } else if seq.number != 0 || seq.stale {
                     // Not a reboot, whose Hello is its first frame (numbered 0): a late
                     // answer to a Hello of ours already answered (a firmware that
-                    // answered each of the handshake's resent Hellos).
+                    // answered each of the handshake's resent Hellos), or a copy of a
+                    // reboot's Hello (the link thread marks it stale).
                     self.report.ignored_hellos += 1;
                 } else {
                     // An unasked Hello: the firmware rebooted and holds with its own

@@ -174,6 +174,8 @@ fn io_thread(
 ) {
     let mut decoder = FrameDecoder::new();
     let mut seq = SeqTracker::new();
+    // The previous frame's (number, timestamp) when it was a Hello.
+    let mut last_hello: Option<(u16, u32)> = None;
     // Counters of decoders from before a reconnect.
     let mut base = LinkCounters::default();
     let mut drops = 0u64;
@@ -195,10 +197,16 @@ fn io_thread(
                 decoder.feed(&buf[..n], |r| {
                     let ev = match r {
                         Ok(frame) => {
-                            if matches!(frame.message, Message::Hello(_)) {
-                                // A Hello starts the firmware's sequence over.
+                            let hello = matches!(frame.message, Message::Hello(_));
+                            let stamp = (frame.seq, frame.timestamp_us);
+                            // A Hello numbered 0 starts the firmware's sequence over
+                            // (a reboot, or a freshly booted firmware's answer), unless
+                            // it is a copy of the frame just before it (a duplicated
+                            // reboot Hello): that one is stale under the new numbering.
+                            if hello && frame.seq == 0 && last_hello != Some(stamp) {
                                 seq.reset();
                             }
+                            last_hello = hello.then_some(stamp);
                             // Stale (duplicated, reordered) frames are still
                             // published: the control thread drops them by episode and
                             // step, which is what matters for acting and logging.
@@ -249,6 +257,7 @@ fn io_thread(
                 // Whatever was half-received before is garbage now.
                 decoder.clear();
                 seq.reset();
+                last_hello = None;
                 base.reconnects += 1;
                 if tx
                     .send_timeout(LinkEvent::Reconnected(w), Duration::from_secs(1))

@@ -633,8 +633,9 @@ pub struct RunReport {
     pub nan_observations: u64,
     pub nan_actions: u64,
     pub ignored_firmware_faults: u64,
-    /// `Hello` frames outside a handshake that were not a reboot's (numbered other than
-    /// 0): late answers to the handshake's resent `Hello`s.
+    /// `Hello` frames outside a handshake that were not a reboot's: late answers to the
+    /// handshake's resent `Hello`s (numbered other than 0), and copies of a reboot's
+    /// `Hello` right behind it.
     pub ignored_hellos: u64,
     pub link: link::LinkCounters,
     pub log_sent: u64,
