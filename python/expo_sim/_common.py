@@ -42,7 +42,11 @@ def as_float32(values: Any, name: str) -> np.ndarray:
             f"{name} must be a floating-point array (float32, or float64 converted), "
             f"got dtype {array.dtype}"
         )
-    return np.require(array, dtype=np.float32, requirements=["ALIGNED"])
+    # A float64 beyond float32's range becomes inf here, which the Rust side refuses
+    # with a ValueError naming it; NumPy's overflow warning would come first (and be an
+    # error under `-W error`).
+    with np.errstate(over="ignore"):
+        return np.require(array, dtype=np.float32, requirements=["ALIGNED"])
 
 
 def task_spaces(task: str) -> tuple[dict, spaces.Box, spaces.Box]:

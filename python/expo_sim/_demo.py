@@ -38,7 +38,13 @@ class Demonstrator:
         self._core.reset(check_seed(seed, allow_none=False))
 
     def act(self, obs: Any) -> np.ndarray:
-        """The action (float32, in ``[-1, 1]``) for observation ``obs``."""
+        """The action (float32, in ``[-1, 1]``) for observation ``obs``.
+
+        Call it once per environment step: each call advances the demonstrator's own
+        state (its noise stream and scripted distractions), so an extra call (to preview
+        or log an action) changes every later action and breaks the replay of
+        :func:`record_episode`.
+        """
         return self._core.act(as_float32(obs, "obs"))
 
 

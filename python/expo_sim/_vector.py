@@ -35,9 +35,17 @@ class SimVectorEnv(VectorEnv):
     Observations are ``(num_envs, obs_dim)`` float32, actions ``(num_envs, action_dim)``;
     rewards are float64, ``terminated``/``truncated`` bool, all new arrays per call.
     ``step`` returns ``info["success"]`` (bool per environment, with mask
-    ``info["_success"]``, false for environments that autoreset in this step). ``reset(seed=s)`` seeds environment ``i`` with ``s + i``; a
-    list gives one seed (or None) per environment; ``options={"reset_mask": mask}``
-    resets only the selected environments. Each environment's autoresets continue its
+    ``info["_success"]``, false for environments that autoreset in this step). An
+    environment that autoresets ignores its row of ``actions``, which may then hold
+    anything (NaN too), as in ``SyncVectorEnv``. ``reset(seed=s)`` seeds environment
+    ``i`` with ``s + i``; a sequence (list, tuple, range, 1-D integer array) gives one
+    seed (or None) per environment; ``options={"reset_mask": mask}`` resets only the
+    selected environments, after a first reset of all of them.
+
+    ``max_episode_steps`` (what ``gym.make_vec(id, max_episode_steps=H)`` passes on) may
+    only be the task's horizon, where the simulator ends every episode anyway; it then
+    reports ``truncated`` at that step even when the episode also terminated there, as
+    ``gymnasium.wrappers.TimeLimit`` does. Any other limit raises ``ValueError``. Each environment's autoresets continue its
     own seed stream, so runs seeded ``s`` and ``s + 1`` share ``num_envs - 1``
     environments' whole episode sequences: space the seeds of independent runs (a study's
     seeds) by at least ``num_envs``.
@@ -50,6 +58,7 @@ class SimVectorEnv(VectorEnv):
         reward: str = "sparse",
         gravity: bool = False,
         render_mode: str | None = None,
+        max_episode_steps: int | None = None,
     ) -> None:
         check_render_mode(render_mode)
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)):
@@ -65,6 +74,15 @@ class SimVectorEnv(VectorEnv):
         )
         self.task = task
         self.horizon: int = spec["horizon"]
+        if max_episode_steps is not None and max_episode_steps != self.horizon:
+            raise ValueError(
+                f"SimVectorEnv ends every {task} episode at the task's horizon "
+                f"({self.horizon} steps); max_episode_steps={max_episode_steps} is not "
+                f"supported (None or {self.horizon})"
+            )
+        self._time_limit = max_episode_steps is not None
+        # Steps of each environment's running episode (for `max_episode_steps`).
+        self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self.render_mode = None
         self.metadata = {
             "autoreset_mode": AutoresetMode.NEXT_STEP,
@@ -81,10 +99,11 @@ class SimVectorEnv(VectorEnv):
         seeds = self._seeds(seed)
         mask = self._reset_mask(options)
         # `np_random` from the first environment's seed, as checked (a NumPy integer too).
-        super().reset(seed=None if isinstance(seed, (list, tuple)) else seeds[0])
+        super().reset(seed=None if _is_seed_sequence(seed) else seeds[0])
         obs, used = self._core.reset(seeds, None if mask is None else mask.tolist())
         if mask is None:
             mask = np.ones(self.num_envs, dtype=np.bool_)
+        self._elapsed[mask] = 0
         return obs, {"seed": used, "_seed": mask}
 
     def step(
@@ -93,6 +112,9 @@ class SimVectorEnv(VectorEnv):
         obs, rewards, terminated, truncated, success, reset, seeds = self._core.step(
             as_float32(actions, "actions")
         )
+        self._elapsed = np.where(reset, 0, self._elapsed + 1)
+        if self._time_limit:
+            truncated |= self._elapsed >= self.horizon
         # Gymnasium's vector info convention: a key is present when at least one
         # environment reports it, with the mask `_key` saying which.
         info: dict[str, Any] = {}
@@ -109,7 +131,8 @@ class SimVectorEnv(VectorEnv):
     def _seeds(self, seed: Any) -> list[int | None]:
         if seed is None:
             return [None] * self.num_envs
-        if isinstance(seed, (list, tuple)):
+        if _is_seed_sequence(seed):
+            seed = list(seed)
             if len(seed) != self.num_envs:
                 raise ValueError(
                     f"a list of seeds needs one per environment ({self.num_envs}), "
@@ -140,3 +163,10 @@ class SimVectorEnv(VectorEnv):
         if not mask.any():
             raise ValueError("options['reset_mask'] must select at least one environment")
         return mask.copy()
+
+
+def _is_seed_sequence(seed: Any) -> bool:
+    """One seed per environment: a list, tuple, range or 1-D array (not one int)."""
+    if isinstance(seed, np.ndarray):
+        return seed.ndim == 1
+    return isinstance(seed, (list, tuple, range))

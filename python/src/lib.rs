@@ -18,7 +18,7 @@
 //! bindings refuse them instead, so that a policy producing NaN is noticed.
 
 use numpy::ndarray::{Dimension, IntoDimension};
-use numpy::{Element, PyArray, PyArrayMethods};
+use numpy::{Element, PyArray, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -105,6 +105,27 @@ fn read_finite<D: Dimension>(
     shape: &[usize],
     out: &mut [f32],
 ) -> PyResult<()> {
+    read_finite_rows(what, input, shape, out, |_| true)
+}
+
+/// As [`read_finite`], checking finiteness only in the rows (first index) for which
+/// `check(row)` holds: the others are copied as they are, for a caller that ignores
+/// them (a vector environment's autoresetting members).
+fn read_finite_rows<D: Dimension>(
+    what: &str,
+    input: &numpy::PyReadonlyArray<'_, f32, D>,
+    shape: &[usize],
+    out: &mut [f32],
+    check: impl Fn(usize) -> bool,
+) -> PyResult<()> {
+    // A view at an odd byte offset or with odd strides (`np.frombuffer(.., offset=1)`)
+    // may not be read as f32 at all; the Python wrappers copy such arrays, this catches
+    // a direct call of `_core`.
+    if !input.is_aligned() {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be an aligned array (copy it with np.require(.., requirements=\"ALIGNED\"))"
+        )));
+    }
     let view = input.as_array();
     if view.shape() != shape {
         return Err(PyValueError::new_err(format!(
@@ -113,8 +134,9 @@ fn read_finite<D: Dimension>(
             fmt_shape(view.shape())
         )));
     }
+    let per_row = shape.iter().skip(1).product::<usize>().max(1);
     for (i, (dst, &src)) in out.iter_mut().zip(view.iter()).enumerate() {
-        if !src.is_finite() {
+        if !src.is_finite() && (shape.len() < 2 || check(i / per_row)) {
             let index: Vec<usize> = unravel(i, shape);
             return Err(PyValueError::new_err(format!(
                 "{what} must be finite, got {src} at index {}",

@@ -9,7 +9,7 @@
 //! environments itself.)
 
 use crate::env::Phase;
-use crate::{Exclusive, ResetNeeded, env_config, new_array, parse_task, read_finite};
+use crate::{Exclusive, ResetNeeded, env_config, new_array, parse_task, read_finite_rows};
 use numpy::{PyArray1, PyArray2, PyReadonlyArrayDyn};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -97,6 +97,13 @@ impl PyVecEnv {
                 mask.len()
             )));
         }
+        if let Some(i) = (0..n).find(|&i| !mask[i] && self.phases[i] == Phase::New) {
+            // It has no observation to return yet.
+            return Err(ResetNeeded::new_err(format!(
+                "environment {i} was never reset; the first reset must include every \
+                 environment (no reset_mask)"
+            )));
+        }
         for i in (0..n).filter(|&i| mask[i]) {
             self.reset_seeds[i] = match seeds[i] {
                 Some(s) => {
@@ -123,8 +130,9 @@ impl PyVecEnv {
     }
 
     /// Steps every environment once (NEXT_STEP autoreset, see the module docs).
-    /// `actions` has shape `(num_envs, action_dim)`; every row must be finite, including
-    /// the rows of environments that autoreset and ignore theirs.
+    /// `actions` has shape `(num_envs, action_dim)`; every row must be finite except the
+    /// rows of environments that autoreset in this step, which are ignored (as
+    /// `gymnasium.vector.SyncVectorEnv` ignores them).
     fn step<'py>(
         &mut self,
         py: Python<'py>,
@@ -137,7 +145,10 @@ impl PyVecEnv {
             )));
         }
         let (od, ad) = (self.spec.obs_dim(), self.spec.action_dim());
-        read_finite("actions", &actions, &[n, ad], &mut self.actions)?;
+        let phases = &self.phases;
+        read_finite_rows("actions", &actions, &[n, ad], &mut self.actions, |i| {
+            !matches!(phases[i], Phase::Ended { .. })
+        })?;
         let envs = self.envs.get();
         let (obs, ()) = new_array(py, [n, od], |obs: &mut [f32]| {
             for (i, (env, o)) in envs.iter_mut().zip(obs.chunks_exact_mut(od)).enumerate() {

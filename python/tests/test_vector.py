@@ -123,3 +123,77 @@ def test_sizes(n):
     obs, rew, term, trunc, info = venv.step(np.zeros((n, 2), np.float32))
     assert obs.shape == (n, 10) and rew.shape == term.shape == trunc.shape == (n,)
     assert rew.dtype == np.float64 and term.dtype == trunc.dtype == np.bool_
+
+
+def test_rows_of_autoresetting_envs_are_ignored_even_if_nan(task):
+    """As in SyncVectorEnv: an environment that autoresets ignores its action row."""
+    ours, theirs = expo_sim.SimVectorEnv(task, N), reference(task)
+    ours.reset(seed=5)
+    theirs.reset(seed=5)
+    rng = np.random.default_rng(1)
+    done = np.zeros(N, dtype=bool)
+    ignored = 0
+    for _ in range(300):
+        actions = rng.uniform(-1, 1, size=(N, 2)).astype(np.float32)
+        actions[done] = np.nan
+        ignored += int(done.sum())
+        step = ours.step(actions)
+        assert_same_step(step, theirs.step(actions))
+        done = step[2] | step[3]
+    assert ignored > 0
+    # A running environment's NaN is still refused.
+    actions = np.zeros((N, 2), np.float32)
+    actions[~done] = np.nan
+    if (~done).any():
+        with pytest.raises(ValueError, match="actions must be finite"):
+            ours.step(actions)
+
+
+def test_seed_sequences_of_any_kind():
+    venv = expo_sim.SimVectorEnv("maze", 3)
+    want = venv.reset(seed=[4, 9, 2])
+    for seeds in ([4, 9, 2], (4, 9, 2), np.array([4, 9, 2]), np.array([4, 9, 2], np.uint64)):
+        obs, info = venv.reset(seed=seeds)
+        np.testing.assert_array_equal(obs, want[0])
+        np.testing.assert_array_equal(info["seed"], [4, 9, 2])
+    obs, info = venv.reset(seed=range(4, 7))
+    np.testing.assert_array_equal(info["seed"], [4, 5, 6])
+    with pytest.raises(ValueError, match=r"one per environment \(3\), got 2"):
+        venv.reset(seed=np.array([1, 2]))
+    with pytest.raises(TypeError, match="seed must be an int"):
+        venv.reset(seed=np.zeros((3, 1), np.int64))
+
+
+def test_make_vec_with_the_horizon_as_time_limit_matches_sync(task):
+    horizon = expo_sim.SimEnv(task).horizon
+    n = 3
+    ours = gym.make_vec(expo_sim.ENV_IDS[task], num_envs=n, max_episode_steps=horizon)
+    assert isinstance(ours.unwrapped, expo_sim.SimVectorEnv)
+    theirs = gym.make_vec(
+        expo_sim.ENV_IDS[task],
+        num_envs=n,
+        vectorization_mode="sync",
+        max_episode_steps=horizon,
+    )
+    ours.reset(seed=11)
+    theirs.reset(seed=11)
+    rng = np.random.default_rng(2)
+    truncations = 0
+    for _ in range(2 * horizon + 5):
+        actions = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+        step = ours.step(actions)
+        assert_same_step(step, theirs.step(actions))
+        truncations += int(step[3].sum())
+    assert truncations > 0
+    with pytest.raises(ValueError, match="max_episode_steps=7 is not supported"):
+        gym.make_vec(expo_sim.ENV_IDS[task], num_envs=n, max_episode_steps=7)
+
+
+def test_a_partial_reset_before_the_first_full_one_raises():
+    venv = expo_sim.SimVectorEnv("arm-reach", 2)
+    mask = np.array([True, False])
+    with pytest.raises(expo_sim.ResetNeeded, match="environment 1 was never reset"):
+        venv.reset(seed=0, options={"reset_mask": mask})
+    venv.reset(seed=0)
+    obs, info = venv.reset(seed=5, options={"reset_mask": mask})
+    np.testing.assert_array_equal(info["_seed"], mask)
