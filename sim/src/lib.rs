@@ -177,6 +177,21 @@ pub struct EnvConfig {
 }
 
 impl EnvConfig {
+    /// The `robot_type` a dataset of `task` under these options records:
+    /// `sim/arm-reach` for the defaults, with `+gravity` and `+dense` appended for those
+    /// options. The trainer's simulated tasks run with the defaults and refuse data of
+    /// another variant by this name (other dynamics, other rewards).
+    pub fn robot_type(&self, task: TaskId) -> String {
+        let mut name = format!("sim/{task}");
+        if self.gravity {
+            name.push_str("+gravity");
+        }
+        if self.reward == Reward::Dense {
+            name.push_str("+dense");
+        }
+        name
+    }
+
     /// Refuses options `task` would silently ignore (gravity outside `arm-reach`).
     pub fn check_for(&self, task: TaskId) -> Result<(), String> {
         if self.gravity && task != TaskId::ArmReach {

@@ -80,3 +80,25 @@ pub fn bench_vector(task: TaskId, n: usize, steps: u64) -> SimThroughput {
         seconds,
     }
 }
+
+/// The median of `sorted` (ascending, not empty): the mean of the two middle values for
+/// an even count.
+pub fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(super::median(&[3.0]), 3.0);
+        assert_eq!(super::median(&[1.0, 2.0]), 1.5);
+        assert_eq!(super::median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
+        assert_eq!(super::median(&[1.0, 2.0, 9.0]), 2.0);
+    }
+}

@@ -5,10 +5,12 @@ use sim::{EnvConfig, TaskId, Trajectory, make_demonstrator, make_env, record_epi
 use std::path::Path;
 
 /// Dataset metadata for a simulated task.
-pub fn dataset_info(task: TaskId) -> DatasetInfo {
+/// The dataset description of `task`'s demonstrations under `config` (whose options
+/// the `robot_type` records: [`EnvConfig::robot_type`]).
+pub fn dataset_info(task: TaskId, config: EnvConfig) -> DatasetInfo {
     let spec = task.spec();
     DatasetInfo {
-        robot_type: format!("sim/{task}"),
+        robot_type: config.robot_type(task),
         fps: spec.control_hz,
         task: spec.description.to_string(),
         observation_names: spec.obs_names.iter().map(|s| s.to_string()).collect(),
@@ -49,7 +51,7 @@ pub fn generate(
     let mut demo = make_demonstrator(task);
     // Whole or not at all: an interrupted run leaves no short dataset at `out`.
     crate::write_dataset_whole(out, |dir| {
-        let mut writer = DatasetWriter::create(dir, dataset_info(task))?;
+        let mut writer = DatasetWriter::create(dir, dataset_info(task, config))?;
         for s in episode_seeds(seed, episodes) {
             let traj = record_episode(env.as_mut(), demo.as_mut(), s);
             writer.append_episode(&to_episode(traj))?;

@@ -131,11 +131,18 @@ pub fn label_success(
         && ds
             .episodes
             .iter()
-            .any(|e| e.rewards.iter().any(|&r| r != 0.0))
+            .any(|e| e.rewards.iter().any(|&r| r != 0.0) || e.success.iter().any(|&x| x))
     {
         warnings.push(format!(
-            "{}: the source's rewards were not all 0; they are replaced by the success \
-             labels (`--success keep` keeps them)",
+            "{}: the source has rewards or success flags already; they are replaced by \
+             the success labels (`--success keep` keeps them)",
+            input.display()
+        ));
+    }
+    if *successful == Successful::Keep && robot_units.is_none() {
+        warnings.push(format!(
+            "{}: `--success keep` without `--robot-units` changes no label and no action: \
+             the copy differs only in the columns this writer leaves out",
             input.display()
         ));
     }

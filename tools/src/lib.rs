@@ -13,21 +13,40 @@ pub mod teleop;
 use anyhow::{Context, Result, ensure};
 use std::path::{Path, PathBuf};
 
-/// Writes a new dataset at `out` whole or not at all: `write` fills a hidden sibling
-/// directory, which is renamed to `out` once it succeeded. An interrupted or failed run
-/// leaves `out` as it was (absent or empty) rather than a dataset that reads as valid
-/// with fewer episodes, or none, than asked for. `out` must not exist or be empty, as
-/// for [`dataset::DatasetWriter::create`]. A run killed mid-way leaves the sibling
-/// `.NAME.partial-PID` behind (its name says what it is), and so does a finished write
-/// that cannot be moved to `out` (a mount point): the error says so. `write` gets that
-/// directory, created and empty.
+/// Writes a new dataset at `out` whole or not at all. `out` must not exist or be empty,
+/// as for [`dataset::DatasetWriter::create`]; `write` gets an empty directory to fill.
+///
+/// - `out` does not exist: `write` fills a hidden sibling, `.NAME.partial-ID`, which is
+///   renamed to `out` once it succeeded (one step).
+/// - `out` is an empty directory (perhaps a mount point, or in a parent this user cannot
+///   write): `write` fills `out/.partial-ID`, whose entries are then moved up into
+///   `out`, `meta` last. A dataset's `meta/info.json` is its commit point, so a move cut
+///   short leaves no dataset that reads as valid. Building beside a mount point and
+///   renaming would copy nothing across filesystems: the rename fails (EXDEV, EBUSY)
+///   after all the work.
+///
+/// An interrupted or failed `write` leaves `out` as it was rather than a dataset that
+/// reads as valid with fewer episodes, or none, than asked for. A run killed mid-way
+/// leaves its partial directory behind (its name says what it is), and so does a
+/// finished write that cannot be moved into place: the error names it. `ID` is the
+/// process id and the time, so a later run never takes another's leftover for its own.
 pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let empty_dir = match std::fs::read_dir(out) {
-        Ok(mut entries) => {
+        Ok(entries) => {
+            let names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let leftovers = !names.is_empty() && names.iter().all(|n| n.starts_with(".partial-"));
             ensure!(
-                entries.next().is_none(),
-                "{}: directory exists and is not empty",
-                out.display()
+                names.is_empty(),
+                "{}: directory exists and is not empty{}",
+                out.display(),
+                if leftovers {
+                    " (it holds only the partial directory of an interrupted run: remove it)"
+                } else {
+                    ""
+                }
             );
             true
         }
@@ -38,15 +57,26 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
         .file_name()
         .with_context(|| format!("{}: not a directory name", out.display()))?
         .to_string_lossy();
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
-    let partial: PathBuf = parent
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.partial-{}", std::process::id()));
-    if let Some(p) = parent {
-        std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
-    }
-    // A leftover of this very process id (a reused pid) is ours to replace.
-    let _ = std::fs::remove_dir_all(&partial);
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let partial: PathBuf = if empty_dir {
+        out.join(format!(".partial-{id}"))
+    } else {
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(p) = parent {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        parent
+            .unwrap_or(Path::new("."))
+            .join(format!(".{name}.partial-{id}"))
+    };
+    // `create_dir`, not `create_dir_all`: it fails rather than reuse anything there.
     std::fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let value = match write(&partial) {
         Ok(value) => value,
@@ -55,24 +85,54 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
             return Err(e);
         }
     };
-    // rename(2) replaces an empty directory in one step. It fails on a mount point
-    // (EBUSY, EXDEV) or a directory that filled up meanwhile: the finished data stays
-    // in the partial directory, which the error names, not thrown away.
-    std::fs::rename(&partial, out).with_context(|| {
+    let kept = |what: String| {
         format!(
-            "moving the finished data from {} to {}{} (it is complete in {}: move its \
-             contents there yourself)",
+            "{what} (the finished data is complete in {}: move its contents to {} yourself)",
             partial.display(),
-            out.display(),
-            if empty_dir {
-                ", an existing directory"
-            } else {
-                ""
-            },
-            partial.display()
+            out.display()
         )
-    })?;
+    };
+    if empty_dir {
+        move_entries_up(&partial, out).with_context(|| {
+            kept(format!(
+                "moving the finished data from {} into {}",
+                partial.display(),
+                out.display()
+            ))
+        })?;
+        std::fs::remove_dir(&partial)
+            .with_context(|| format!("removing the emptied {}", partial.display()))?;
+    } else {
+        // rename(2) fails if `out` appeared meanwhile: the data stays where it is.
+        std::fs::rename(&partial, out).with_context(|| {
+            kept(format!(
+                "moving the finished data from {} to {}",
+                partial.display(),
+                out.display()
+            ))
+        })?;
+    }
     Ok(value)
+}
+
+/// Moves every entry of `from` into `to` (its parent), `meta` last; refuses to replace
+/// an entry `to` holds.
+fn move_entries_up(from: &Path, to: &Path) -> Result<()> {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(from)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort_by_key(|n| (n == "meta", n.clone()));
+    for n in names {
+        let target = to.join(&n);
+        ensure!(
+            std::fs::symlink_metadata(&target).is_err(),
+            "{} appeared meanwhile",
+            target.display()
+        );
+        std::fs::rename(from.join(&n), &target)
+            .with_context(|| format!("moving {} into {}", n.to_string_lossy(), to.display()))?;
+    }
+    Ok(())
 }
 
 /// [`write_whole`] for a dataset: the summary's paths name `out`, where the files are
@@ -118,8 +178,21 @@ mod tests {
         );
 
         std::fs::create_dir(&out).unwrap();
-        write_whole(&out, |dir| Ok(std::fs::write(dir.join("whole"), "x")?)).unwrap();
+        write_whole(&out, |dir| {
+            // Built inside `out` (a mount point, say), not beside it.
+            assert_eq!(dir.parent(), Some(out.as_path()));
+            std::fs::create_dir(dir.join("meta"))?;
+            std::fs::write(dir.join("meta/info.json"), "{}")?;
+            Ok(std::fs::write(dir.join("whole"), "x")?)
+        })
+        .unwrap();
         assert!(out.join("whole").is_file());
+        assert!(out.join("meta/info.json").is_file());
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            2,
+            "no partial left"
+        );
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 
         let err = write_whole(&out, |_| -> Result<()> { panic!("must not be called") });
@@ -130,31 +203,68 @@ mod tests {
         );
     }
 
-    /// When the finished data cannot be moved into place (here `out` filled up while it
-    /// was written; a mount point in practice), it is kept where it was written and the
-    /// error says where. It used to be deleted with the failed move.
+    /// When the finished data cannot be moved into place (here an entry of the same
+    /// name appeared in `out` while it was written), it is kept where it was written and
+    /// the error says where; `meta` (the commit point) stays there too. It used to be
+    /// deleted with the failed move.
     #[test]
     fn finished_data_that_cannot_be_moved_is_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("d");
         std::fs::create_dir(&out).unwrap();
+        let mut built = PathBuf::new();
         let err = write_whole(&out, |dir| -> Result<()> {
+            built = dir.to_path_buf();
+            std::fs::create_dir(dir.join("meta"))?;
             std::fs::write(dir.join("episodes"), "x")?;
-            std::fs::write(out.join("someone_else"), "y")?;
+            std::fs::write(out.join("episodes"), "someone else's")?;
             Ok(())
         })
         .unwrap_err();
-        let partial = tmp
-            .path()
-            .join(format!(".d.partial-{}", std::process::id()));
         assert!(
-            format!("{err:#}").contains(&format!("it is complete in {}", partial.display())),
+            format!("{err:#}").contains(&format!("is complete in {}", built.display())),
             "{err:#}"
         );
         assert_eq!(
-            std::fs::read_to_string(partial.join("episodes")).unwrap(),
+            std::fs::read_to_string(built.join("episodes")).unwrap(),
             "x"
         );
-        assert!(out.join("someone_else").is_file());
+        assert!(built.join("meta").is_dir());
+        assert!(!out.join("meta").exists());
+        assert_eq!(
+            std::fs::read_to_string(out.join("episodes")).unwrap(),
+            "someone else's"
+        );
+        // A rerun is told what the leftover is.
+        std::fs::remove_file(out.join("episodes")).unwrap();
+        let err = write_whole(&out, |_| Ok(())).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("partial directory of an interrupted run"),
+            "{err}"
+        );
+    }
+
+    /// A leftover partial directory of another run (a container's pid 1 again, say) is
+    /// never removed or reused by a later run.
+    #[test]
+    fn another_runs_partial_directory_survives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("d");
+        let theirs = tmp
+            .path()
+            .join(format!(".d.partial-{}", std::process::id()));
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("data"), "complete").unwrap();
+        write_whole(&out, |dir| {
+            assert_ne!(dir, theirs.as_path());
+            Ok(std::fs::write(dir.join("whole"), "x")?)
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(theirs.join("data")).unwrap(),
+            "complete"
+        );
+        assert!(out.join("whole").is_file());
     }
 }

@@ -491,7 +491,7 @@ fn bench_sim(steps: u64, envs: usize, repeats: usize) {
                 "{:<10} {:>6} {:>16.0} {:>16.0} {:>16.0}",
                 task.name(),
                 n,
-                rates[rates.len() / 2],
+                bench::median(&rates),
                 rates[0],
                 rates[rates.len() - 1]
             );
@@ -514,25 +514,32 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
             );
         }
     }
-    for task in TaskId::ALL {
-        let dir = out.join(task.name());
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the previous demo dataset {}", dir.display()))?;
-        }
-    }
     println!(
         "Generating {episodes} scripted demonstrations per task into {}\n",
         out.display()
     );
     for task in TaskId::ALL {
+        // Each task's new dataset is built and marked beside the old one, which is
+        // replaced only then: a failure (a full disk, Ctrl-C, a closed pipe) leaves
+        // every task with its old dataset or its new one, never neither.
         let dir = out.join(task.name());
-        generate::generate(task, episodes, seed, EnvConfig::default(), &dir)?;
+        let new = out.join(format!(".{}.new-{}", task.name(), std::process::id()));
+        if new.exists() {
+            std::fs::remove_dir_all(&new)
+                .with_context(|| format!("removing the leftover {}", new.display()))?;
+        }
+        generate::generate(task, episodes, seed, EnvConfig::default(), &new)?;
         std::fs::write(
-            dir.join(DEMO_MARKER),
+            new.join(DEMO_MARKER),
             "written by `tools demo`; rerunning it replaces this dataset\n",
         )
-        .with_context(|| format!("marking {} as a demo dataset", dir.display()))?;
+        .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the previous demo dataset {}", dir.display()))?;
+        }
+        std::fs::rename(&new, &dir)
+            .with_context(|| format!("moving {} to {}", new.display(), dir.display()))?;
         validate(&dir)?;
         inspect(&dir)?;
         println!();

@@ -316,6 +316,55 @@ fn label_writes_success_rewards_on_a_copy() {
     );
 }
 
+/// Labels the source had are never replaced silently: success flags without rewards
+/// are labels too (the warning looked at rewards only). `--success keep` alone changes
+/// nothing, and says so.
+#[test]
+fn label_warns_about_replaced_flags_and_a_copy_that_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let o = generate("push", 3, &src);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut ds = dataset::read_dataset(&src).unwrap();
+    for ep in &mut ds.episodes {
+        ep.rewards.iter_mut().for_each(|r| *r = 0.0);
+        let last = ep.success.len() - 1;
+        ep.success[last] = true;
+    }
+    let flags = tmp.path().join("flags");
+    dataset::write_dataset(&flags, &ds.info, &ds.episodes).unwrap();
+    let o = tools(&[
+        "dataset",
+        "label",
+        flags.to_str().unwrap(),
+        "--success",
+        "0",
+        "--out",
+        tmp.path().join("a").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("success flags already; they are replaced"),
+        "{}",
+        text(&o)
+    );
+    let o = tools(&[
+        "dataset",
+        "label",
+        flags.to_str().unwrap(),
+        "--success",
+        "keep",
+        "--out",
+        tmp.path().join("b").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("changes no label and no action"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// `dataset label --robot-units`: actions recorded in the robot's units come back in
 /// policy units; one outside the policy's range is refused with its episode and frame.
 #[test]
@@ -359,7 +408,7 @@ fn label_converts_robot_units_to_policy_units() {
     assert!(o.status.success(), "{}", text(&o));
     // The generated source had rewards: the labels replaced them, and said so.
     assert!(
-        text(&o).contains("rewards were not all 0; they are replaced"),
+        text(&o).contains("rewards or success flags already; they are replaced"),
         "{}",
         text(&o)
     );

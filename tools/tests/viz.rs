@@ -64,6 +64,18 @@ fn dataset_recording_from_the_command_line() {
         said.contains("--task maze draws its scene from 6 observation values, the dataset has 10"),
         "{said}"
     );
+    // An --out that is not an .rrd file (here the dataset's own info.json) is refused
+    // and left as it was.
+    let info = data.join("meta/info.json");
+    let before = std::fs::read(&info).unwrap();
+    let out = Command::new(BIN)
+        .args(["viz", "dataset", data_s, "--out", info.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("must end in .rrd"), "{said}");
+    assert_eq!(std::fs::read(&info).unwrap(), before);
     // A recording that is not there is named as such.
     let missing = tmp.path().join("missing.rrd");
     let out = Command::new(BIN)

@@ -451,6 +451,28 @@ fn offline_data_that_cannot_train_the_run_is_refused_by_name() {
         "{e}"
     );
 
+    // The task's own demonstrations, but generated with gravity and dense rewards:
+    // other dynamics and rewards than the run's arm-reach. Named, not trained on.
+    let variant = tmp.path().join("gravity-demos");
+    let options = EnvConfig {
+        reward: sim::Reward::Dense,
+        gravity: true,
+    };
+    tools::generate::generate(TaskId::ArmReach, 2, 7, options, &variant).unwrap();
+    assert_eq!(
+        dataset::read_dataset(&variant).unwrap().info.robot_type,
+        "sim/arm-reach+gravity+dense"
+    );
+    c.run.dataset = Some(variant.display().to_string());
+    let e = format!(
+        "{:#}",
+        train(&c, &tmp.path().join("g"), &TrainOptions::default(), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("recorded as `sim/arm-reach+gravity+dense`") && e.contains("`gravity+dense`"),
+        "{e}"
+    );
+
     let demos = tmp.path().join("demos");
     let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
     let mut ds = dataset::read_dataset(&demos).unwrap();

@@ -97,6 +97,14 @@ impl Recorder {
         let builder = rerun::RecordingStreamBuilder::new(app);
         let rec = match target {
             Target::File(path) => {
+                // The SDK overwrites whatever is there: a typo (`--out metrics.csv`, a
+                // dataset's parquet file) must not cost the data it names.
+                anyhow::ensure!(
+                    path.extension().is_some_and(|e| e == "rrd"),
+                    "{}: a rerun recording's file name must end in .rrd (nothing else is \
+                     overwritten with one)",
+                    path.display()
+                );
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
