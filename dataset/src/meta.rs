@@ -241,8 +241,12 @@ pub(crate) fn sorted_entries(
         let entry = entry.map_err(|e| DatasetError::io(dir, "listing directory", e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(prefix) && name.ends_with(suffix) {
-            out.push(entry.path());
+        // Without a suffix the entries are directories (`chunk-000`), with one files
+        // (`file-000.parquet`): a stray `chunk-000.bak` file is not a chunk.
+        let path = entry.path();
+        if name.starts_with(prefix) && name.ends_with(suffix) && path.is_dir() == suffix.is_empty()
+        {
+            out.push(path);
         }
     }
     out.sort();
@@ -260,14 +264,25 @@ fn col<'a>(
         .ok_or_else(|| DatasetError::column(path, name, "column missing"))
 }
 
-fn usize_col(batch: &RecordBatch, path: &Path, name: &str) -> Result<Vec<usize>, DatasetError> {
+/// A non-negative integer column of `batch`, whose first row is row `first_row` of the
+/// file (a file is read in batches; errors name the row in the file).
+fn usize_col(
+    batch: &RecordBatch,
+    first_row: usize,
+    path: &Path,
+    name: &str,
+) -> Result<Vec<usize>, DatasetError> {
     let v =
         arrow_io::ints(col(batch, path, name)?).map_err(|p| DatasetError::column(path, name, p))?;
     v.into_iter()
         .enumerate()
         .map(|(row, x)| {
             usize::try_from(x).map_err(|_| {
-                DatasetError::column(path, name, format!("row {row}: negative value {x}"))
+                DatasetError::column(
+                    path,
+                    name,
+                    format!("row {}: negative value {x}", first_row + row),
+                )
             })
         })
         .collect()
@@ -284,7 +299,10 @@ pub(crate) fn read_episodes(
     let mut beyond = 0;
     for path in files {
         let (_, batches) = read_parquet(path)?;
+        let mut file_row = 0;
         for batch in &batches {
+            let first_row = file_row;
+            file_row += batch.num_rows();
             let wanted = committed - out.len();
             if batch.num_rows() > wanted {
                 beyond += batch.num_rows() - wanted;
@@ -293,12 +311,12 @@ pub(crate) fn read_episodes(
                 continue;
             }
             let batch = &batch.slice(0, batch.num_rows().min(wanted));
-            let idx = usize_col(batch, path, ecols::EPISODE_INDEX)?;
-            let length = usize_col(batch, path, ecols::LENGTH)?;
-            let chunk = usize_col(batch, path, ecols::DATA_CHUNK)?;
-            let file = usize_col(batch, path, ecols::DATA_FILE)?;
-            let from = usize_col(batch, path, ecols::FROM)?;
-            let to = usize_col(batch, path, ecols::TO)?;
+            let idx = usize_col(batch, first_row, path, ecols::EPISODE_INDEX)?;
+            let length = usize_col(batch, first_row, path, ecols::LENGTH)?;
+            let chunk = usize_col(batch, first_row, path, ecols::DATA_CHUNK)?;
+            let file = usize_col(batch, first_row, path, ecols::DATA_FILE)?;
+            let from = usize_col(batch, first_row, path, ecols::FROM)?;
+            let to = usize_col(batch, first_row, path, ecols::TO)?;
             for r in 0..batch.num_rows() {
                 if idx[r] != out.len() {
                     return Err(DatasetError::column(
@@ -407,8 +425,10 @@ pub(crate) fn read_tasks(dir: &Path) -> Result<Vec<String>, DatasetError> {
             DatasetError::column(&path, "task", "no string column with the task text")
         })?;
     let mut pairs = Vec::new();
+    let mut first_row = 0;
     for batch in &batches {
-        let idx = usize_col(batch, &path, "task_index")?;
+        let idx = usize_col(batch, first_row, &path, "task_index")?;
+        first_row += batch.num_rows();
         let text = arrow_io::strings(col(batch, &path, &name)?)
             .map_err(|p| DatasetError::column(&path, &name, p))?;
         pairs.extend(idx.into_iter().zip(text));

@@ -17,6 +17,9 @@ pub(crate) struct Loaded {
     pub metas: Vec<EpisodeMeta>,
     /// Distinct task indices of each episode, in order of first appearance.
     pub episode_tasks: Vec<Vec<usize>>,
+    /// Each episode's `timestamp` column as stored (a foreign recorder's clock may
+    /// start late or drift within LeRobot's tolerance): the statistics describe these.
+    pub timestamps: Vec<Vec<f32>>,
     pub data_files: Vec<PathBuf>,
     pub episode_files: Vec<PathBuf>,
     /// Rows of the episodes index beyond `total_episodes`: a writer stopped between
@@ -38,6 +41,23 @@ pub const MAX_VECTOR_DIM: usize = 1 << 16;
 /// Check the features of info.json: required keys, dtypes, scalar shapes.
 /// Returns (obs_dim, act_dim).
 fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usize), DatasetError> {
+    // Data files live inside the dataset: a template that climbs out of it (`..`) or is
+    // absolute would have readers read, and an appending writer create, files elsewhere.
+    let template = Path::new(&json.data_path);
+    if template.is_absolute()
+        || template
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(DatasetError::invalid(
+            path,
+            format!(
+                "`data_path` {:?} must be a relative path inside the dataset (no `..`, \
+                 not absolute)",
+                json.data_path
+            ),
+        ));
+    }
     for k in cols::REQUIRED {
         if !json.features.contains_key(*k) {
             return Err(DatasetError::invalid(
@@ -488,6 +508,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
 
     let mut episodes = Vec::with_capacity(metas.len());
     let mut episode_tasks = Vec::with_capacity(metas.len());
+    let mut timestamps = Vec::with_capacity(metas.len());
     let mut data_files = Vec::with_capacity(groups.len());
     for ((chunk, file), group) in &groups {
         let path = dir.join(meta::format_path(&json.data_path, *chunk, *file));
@@ -495,6 +516,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
         let mut r0 = 0;
         for &(_, m) in group {
             episodes.push(build_episode(&d, r0, m.length, od, ad));
+            timestamps.push(d.timestamp[r0..r0 + m.length].to_vec());
             let mut ids: Vec<usize> = Vec::new();
             for &t in &d.task_index[r0..r0 + m.length] {
                 let t = t as usize; // range-checked in read_data_file
@@ -527,6 +549,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
         tasks,
         metas,
         episode_tasks,
+        timestamps,
         data_files,
         episode_files,
         uncommitted_episodes,
@@ -559,7 +582,14 @@ pub fn validate_dataset(dir: &Path) -> Result<ValidationReport, DatasetError> {
             ));
         }
     }
-    let computed = loaded.dataset.stats();
+    let computed = {
+        let info = &loaded.dataset.info;
+        let mut acc = crate::stats::StatsAcc::new(info.obs_dim(), info.action_dim(), info.fps);
+        for (ep, ts) in loaded.dataset.episodes.iter().zip(&loaded.timestamps) {
+            acc.push_with_timestamps(ep, Some(ts));
+        }
+        acc.finish()
+    };
     let mut stats_checked = 0;
     let stats_describe_committed = loaded.uncommitted_episodes == 0;
     for (k, want) in computed.iter().filter(|_| stats_describe_committed) {

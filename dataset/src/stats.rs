@@ -117,6 +117,12 @@ impl StatsAcc {
 
     /// Fold in one episode; episodes must be pushed in dataset order.
     pub(crate) fn push(&mut self, ep: &Episode) {
+        self.push_with_timestamps(ep, None);
+    }
+
+    /// [`StatsAcc::push`], with the episode's stored `timestamp` column where it was
+    /// read from disk (`None`: the ones this writer stores, `frame_index / fps`).
+    pub(crate) fn push_with_timestamps(&mut self, ep: &Episode, stored: Option<&[f32]>) {
         let n = ep.len();
         let od = self.obs.mean.len();
         let ad = self.action.mean.len();
@@ -129,8 +135,12 @@ impl StatsAcc {
         self.reward.push_rows(|i, _| f64::from(ep.rewards[i]), n);
         // Timestamps are stored as float32, so take stats of the stored value.
         let fps = self.fps;
-        self.timestamp
-            .push_rows(|i, _| f64::from(crate::timestamp(i, fps)), n);
+        match stored {
+            Some(ts) => self.timestamp.push_rows(|i, _| f64::from(ts[i]), n),
+            None => self
+                .timestamp
+                .push_rows(|i, _| f64::from(crate::timestamp(i, fps)), n),
+        }
         self.frame_index.push_rows(|i, _| i as f64, n);
         let e = self.episodes as f64;
         self.episode_index.push_rows(|_, _| e, n);

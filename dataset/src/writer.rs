@@ -267,14 +267,15 @@ impl DatasetWriter {
         let mut stats = StatsAcc::new(info.obs_dim(), info.action_dim(), info.fps);
         let mut episodes = loaded.metas;
         let mut successes = 0;
-        for ((ep, m), task_ids) in loaded
+        for (((ep, m), task_ids), ts) in loaded
             .dataset
             .episodes
             .iter()
             .zip(episodes.iter_mut())
             .zip(&loaded.episode_tasks)
+            .zip(&loaded.timestamps)
         {
-            stats.push(ep);
+            stats.push_with_timestamps(ep, Some(ts));
             m.success = ep.is_success();
             m.ret = f64::from(ep.ret());
             m.tasks = task_ids.iter().map(|&t| loaded.tasks[t].clone()).collect();

@@ -146,6 +146,40 @@ fn absurd_vector_shape_in_info_json() {
     );
 }
 
+/// A `data_path` template that leaves the dataset (`..`, absolute) is refused: a reader
+/// would read, and an appending writer create, files elsewhere.
+#[test]
+fn data_path_outside_the_dataset() {
+    for template in [
+        "../x/file-{file_index:03d}.parquet",
+        "/tmp/x/file-{file_index:03d}.parquet",
+    ] {
+        let (_t, dir) = good();
+        edit_info(&dir, |v| v["data_path"] = serde_json::json!(template));
+        expect_err(
+            &dir,
+            &["info.json", "data_path", "relative path inside the dataset"],
+        );
+        assert!(dataset::DatasetWriter::open_append(&dir).is_err());
+        assert!(!dir.join("../x").exists());
+    }
+}
+
+/// Stray files named like chunk directories (`chunk-000.bak`, `chunk-old.tar`) are not
+/// chunks: the dataset still reads, validates and takes appends.
+#[test]
+fn stray_files_named_like_chunks() {
+    let (_t, dir) = good();
+    fs::write(dir.join("meta/episodes/chunk-000.bak"), "old").unwrap();
+    fs::write(dir.join("data/chunk-old.tar"), "old").unwrap();
+    read_dataset(&dir).unwrap();
+    validate_dataset(&dir).unwrap();
+    let mut w = dataset::DatasetWriter::open_append(&dir).unwrap();
+    w.append_episode(&episodes(3, &[5])[0]).unwrap();
+    w.finish().unwrap();
+    assert_eq!(read_dataset(&dir).unwrap().episodes.len(), 4);
+}
+
 #[test]
 fn inconsistent_dims_in_info_json() {
     let (_t, dir) = good();
@@ -273,6 +307,25 @@ fn timestamps_off_the_datasets_rate() {
         replace_column(&b, "timestamp", Arc::new(Float32Array::from(vals)))
     });
     read_dataset(&dir).unwrap();
+    // The statistics describe the stored timestamps, not `frame_index / fps`: the
+    // stats.json written before the drift no longer matches them...
+    let err = validate_dataset(&dir).unwrap_err().to_string();
+    assert!(err.contains("`timestamp`"), "{err}");
+    // ...and a writer that appends to the dataset rewrites them from the stored column.
+    dataset::DatasetWriter::open_append(&dir)
+        .unwrap()
+        .finish()
+        .unwrap();
+    validate_dataset(&dir).unwrap();
+    let stored: Vec<f64> = episodes(11, &[6, 9, 4])
+        .iter()
+        .flat_map(|e| (0..e.len()).map(|i| f64::from(dataset::timestamp(i, 20) * 1.001)))
+        .collect();
+    let mean = stored.iter().sum::<f64>() / stored.len() as f64;
+    let stats: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("meta/stats.json")).unwrap()).unwrap();
+    let written = stats["timestamp"]["mean"][0].as_f64().unwrap();
+    assert!((written - mean).abs() < 1e-6, "{written} vs {mean}");
 }
 
 /// Rewrite int64 columns of the episodes index.
@@ -314,6 +367,32 @@ fn episodes_index_disagrees_with_data() {
             "row 6",
         ],
     );
+}
+
+/// An error in the episodes index names the row in the file, past the reader's first
+/// batch (1,024 rows) too; it used to count from the start of each batch.
+#[test]
+fn index_errors_name_the_row_in_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ds");
+    write_dataset(&dir, &info(), &episodes(3, &[1; 1100])).unwrap();
+    // The index file is read back in batches of 1,024 rows: row 1050 is the second
+    // batch's row 26.
+    rewrite_parquet(&dir.join(EPISODES), |b| {
+        if b.num_rows() == 1024 {
+            return b;
+        }
+        let mut v = b
+            .column_by_name("length")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        v[26] = -1;
+        replace_column(&b, "length", Arc::new(Int64Array::from(v)))
+    });
+    let msg = read_dataset(&dir).unwrap_err().to_string();
+    assert!(msg.contains("row 1050: negative value -1"), "{msg}");
 }
 
 #[test]

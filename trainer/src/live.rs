@@ -32,12 +32,12 @@
 use anyhow::{Context, Result};
 use controller::robot_loop::log::{LogWriter, Record, read_log};
 use std::collections::HashMap;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uplink::records::{RecordSink, serve_records};
 use uplink::{Key, Session};
 
@@ -194,9 +194,14 @@ impl RecordSink for Receiver {
     }
 }
 
-/// The receiving side: accepts robots one connection at a time until `stop` (or until it
-/// is dropped, e.g. when the training loop returns an error: then the server thread ends
-/// after its current connection, unjoined).
+/// The receiving side: serves authenticated robots one connection at a time until
+/// `stop` (or until it is dropped, e.g. when the training loop returns an error: then
+/// the server thread ends after its current connection, unjoined).
+///
+/// Handshakes run on their own threads (at most [`MAX_HANDSHAKES`] at once, each cut
+/// off after [`HANDSHAKE_DEADLINE`]); only a connection that proved the key joins the
+/// queue of the serving thread. A peer without the key, silent or trickling its hello
+/// a byte at a time, cannot hold the link the robot is waiting for.
 pub struct Listener {
     stop: Arc<AtomicBool>,
     /// Taken by [`Listener::stop`].
@@ -204,6 +209,114 @@ pub struct Listener {
     /// One line per connection that ended in an error (the server keeps serving).
     pub errors: Arc<Mutex<Vec<String>>>,
     pub addr: std::net::SocketAddr,
+}
+
+/// Longest a connection may take for the whole handshake (the hello and the proof of
+/// the key); the socket is shut down then.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; a connection beyond them is closed at once.
+pub const MAX_HANDSHAKES: usize = 8;
+/// Read and write timeout of an authenticated connection.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The listener's thread: accepts connections, runs their handshakes on threads of their
+/// own, cuts off those past [`HANDSHAKE_DEADLINE`], and hands authenticated sessions to
+/// one serving thread, joined before it returns.
+fn accept_loop(
+    listener: TcpListener,
+    key: Key,
+    mut receiver: Receiver,
+    stop: &AtomicBool,
+    errors: &Arc<Mutex<Vec<String>>>,
+) {
+    type Authenticated = (Session<TcpStream>, std::net::SocketAddr);
+    let report = |errors: &Arc<Mutex<Vec<String>>>, peer: std::net::SocketAddr, e: String| {
+        eprintln!("uplink: connection from {peer} refused or broken: {e}");
+        errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+    };
+    let (auth_tx, auth_rx) = mpsc::channel::<Authenticated>();
+    let serve_errors = errors.clone();
+    let serving = std::thread::Builder::new()
+        .name("uplink-serve".into())
+        .spawn(move || {
+            // Ends when the accepting side drops its sender (stop or drop).
+            for (mut session, peer) in auth_rx {
+                if let Err(e) = serve_records(&mut session, &mut receiver) {
+                    report(&serve_errors, peer, e.to_string());
+                }
+            }
+        });
+    let serving = match serving {
+        Ok(h) => h,
+        Err(e) => {
+            errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("cannot start the serving thread: {e}"));
+            return;
+        }
+    };
+    // Handshakes in progress: deadline, a handle on the socket to shut it, the thread.
+    let mut pending: Vec<(Instant, TcpStream, std::thread::JoinHandle<()>)> = vec![];
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        pending.retain(|(deadline, socket, thread)| {
+            if thread.is_finished() {
+                return false;
+            }
+            if now >= *deadline {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            true
+        });
+        let Ok((tcp, peer)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        if pending.len() >= MAX_HANDSHAKES {
+            report(
+                errors,
+                peer,
+                format!("{MAX_HANDSHAKES} handshakes already in progress; closed"),
+            );
+            continue;
+        }
+        let _ = tcp.set_nonblocking(false);
+        let _ = tcp.set_read_timeout(Some(HANDSHAKE_DEADLINE));
+        let _ = tcp.set_write_timeout(Some(HANDSHAKE_DEADLINE));
+        let Ok(socket) = tcp.try_clone() else {
+            report(errors, peer, "cannot clone the socket".into());
+            continue;
+        };
+        let (key, tx, thread_errors) = (key.clone(), auth_tx.clone(), errors.clone());
+        let thread = std::thread::Builder::new()
+            .name("uplink-handshake".into())
+            .spawn(move || {
+                let control = tcp.try_clone();
+                match Session::server(tcp, &key) {
+                    Ok(session) => {
+                        if let Ok(c) = control {
+                            let _ = c.set_read_timeout(Some(SESSION_TIMEOUT));
+                            let _ = c.set_write_timeout(Some(SESSION_TIMEOUT));
+                        }
+                        let _ = tx.send((session, peer));
+                    }
+                    Err(e) => report(&thread_errors, peer, e.to_string()),
+                }
+            });
+        match thread {
+            Ok(t) => pending.push((now + HANDSHAKE_DEADLINE, socket, t)),
+            Err(e) => report(errors, peer, format!("cannot start a handshake: {e}")),
+        }
+    }
+    for (_, socket, _) in &pending {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    drop(auth_tx);
+    for (_, _, thread) in pending {
+        let _ = thread.join();
+    }
+    let _ = serving.join();
 }
 
 impl Listener {
@@ -223,7 +336,7 @@ impl Listener {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(vec![]));
-        let mut receiver = Receiver {
+        let receiver = Receiver {
             dir: dir.to_path_buf(),
             bundles: bundles.to_path_buf(),
             logs: HashMap::new(),
@@ -234,27 +347,7 @@ impl Listener {
         let (st, er) = (stop.clone(), errors.clone());
         let handle = std::thread::Builder::new()
             .name("uplink-server".into())
-            .spawn(move || {
-                while !st.load(Ordering::SeqCst) {
-                    let Ok((tcp, peer)) = listener.accept() else {
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
-                    };
-                    let timeout = Some(Duration::from_secs(30));
-                    let _ = tcp.set_nonblocking(false);
-                    let _ = tcp.set_read_timeout(timeout);
-                    let _ = tcp.set_write_timeout(timeout);
-                    let outcome = Session::server(tcp, &key)
-                        .map_err(|e| e.to_string())
-                        .and_then(|mut s| {
-                            serve_records(&mut s, &mut receiver).map_err(|e| e.to_string())
-                        });
-                    if let Err(e) = outcome {
-                        eprintln!("uplink: connection from {peer} refused or broken: {e}");
-                        er.lock().unwrap_or_else(|e| e.into_inner()).push(e);
-                    }
-                }
-            })?;
+            .spawn(move || accept_loop(listener, key, receiver, &st, &er))?;
         Ok((
             Listener {
                 stop,
@@ -587,6 +680,56 @@ mod tests {
                 Some("episode 4, step 2: a value is not finite".into()),
             ]
         );
+    }
+
+    /// Peers without the key, one silent and one trickling its hello a byte at a time,
+    /// do not hold the link: a robot that connects after them is served meanwhile.
+    /// Before, the one serving thread read their hellos first (30 s allowed per read),
+    /// and the robot waited behind them.
+    #[test]
+    fn peers_without_the_key_do_not_hold_the_link() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let key = Key::from_bytes([7; uplink::KEY_LEN]);
+        let (listener, _rx) = Listener::start(
+            "127.0.0.1:0",
+            key.clone(),
+            &tmp.path().join("uplink"),
+            &tmp.path().join("b"),
+            (3, 2),
+            crate::finetune::RecordedBy::named(vec![]),
+        )
+        .unwrap();
+        let addr = listener.addr;
+        let silent = TcpStream::connect(addr).unwrap();
+        let mut trickle = TcpStream::connect(addr).unwrap();
+        let served = Arc::new(AtomicBool::new(false));
+        let flag = served.clone();
+        // 41 of a hello's 42 bytes, one every 200 ms, until the robot was served.
+        let loris = std::thread::spawn(move || {
+            let mut sent = 0;
+            while sent < 41 && !flag.load(Ordering::SeqCst) {
+                if trickle.write_all(b"E").is_err() {
+                    break;
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let robot = TcpStream::connect(addr).unwrap();
+        let mut session = Session::client(robot, &key).unwrap();
+        let next = uplink::records::open_stream(&mut session, "r").unwrap();
+        served.store(true, Ordering::SeqCst);
+        assert_eq!(next, 0);
+        let sent = loris.join().unwrap();
+        assert!(
+            sent < 41,
+            "the robot was served only after the trickling peer had sent its whole hello"
+        );
+        drop((session, silent));
+        listener.stop();
     }
 
     /// A listener dropped without `stop` (the training loop returned an error) ends its

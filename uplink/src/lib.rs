@@ -170,9 +170,16 @@ impl Key {
             .collect::<Vec<_>>()
             .concat();
         let hex = hex.trim();
-        if hex.len() != 2 * KEY_LEN || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        if let Some((i, c)) = hex.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
             return Err(err(format!(
-                "expected {} hex digits, found {} characters",
+                "expected {} hex digits, found {c:?} at character {}",
+                2 * KEY_LEN,
+                hex[..i].chars().count() + 1
+            )));
+        }
+        if hex.len() != 2 * KEY_LEN {
+            return Err(err(format!(
+                "expected {} hex digits, found {}",
                 2 * KEY_LEN,
                 hex.len()
             )));
@@ -572,9 +579,13 @@ mod tests {
         std::fs::write(&path, "abc").unwrap();
         let e = Key::read(&path).unwrap_err().to_string();
         assert!(
-            e.contains("uplink.key") && e.contains("64 hex digits"),
+            e.contains("uplink.key") && e.contains("64 hex digits, found 3"),
             "{e}"
         );
+        // 64 characters, one of them not hex: named with its place.
+        std::fs::write(&path, format!("{}g{}", "a".repeat(40), "b".repeat(23))).unwrap();
+        let e = Key::read(&path).unwrap_err().to_string();
+        assert!(e.contains("found 'g' at character 41"), "{e}");
     }
 
     /// The uplink key and a bundle signing key are both 64 hex digits: each is refused

@@ -318,7 +318,17 @@ fn serve<S: Read + Write>(
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(bytes);
             }
-            session.send(kind::BUNDLE, &out)?;
+            match session.send(kind::BUNDLE, &out) {
+                // Said to the robot, which would otherwise see only a closed link.
+                Err(LinkError::FrameSize(len)) => {
+                    return Err(RecordError::Sink(format!(
+                        "bundle '{name}' takes {len} bytes, more than one uplink frame \
+                         carries ({} bytes): copy it to the robot another way",
+                        crate::MAX_FRAME
+                    )));
+                }
+                r => r?,
+            };
             continue;
         }
         expect_kind(f.kind, kind::RECORDS)?;
@@ -328,6 +338,9 @@ fn serve<S: Read + Write>(
             .get(8..12)
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
             .ok_or_else(|| RecordError::Protocol("RECORDS without a count".into()))?;
+        // The whole frame is checked before any of its records is stored: a malformed
+        // frame is refused whole, not half taken.
+        let mut records = Vec::with_capacity((count as usize).min(p.len() / 4));
         let mut at = 12;
         for i in 0..count as u64 {
             let len = p
@@ -341,24 +354,27 @@ fn serve<S: Read + Write>(
             let index = first.checked_add(i).ok_or_else(|| {
                 RecordError::Protocol(format!("record {i} after {first} is past the last index"))
             })?;
-            if index < next {
-                continue; // already held: sent before a lost acknowledgement
-            }
-            if index > next {
-                return Err(RecordError::Protocol(format!(
-                    "record {index} would leave a gap after {next}"
-                )));
-            }
-            sink.append(&stream, index, record)
-                .map_err(RecordError::Sink)?;
-            next += 1;
-            appended += 1;
+            records.push((index, record));
         }
         if at != p.len() {
             return Err(RecordError::Protocol(format!(
                 "{} stray bytes after the records",
                 p.len() - at
             )));
+        }
+        if first > next {
+            return Err(RecordError::Protocol(format!(
+                "record {first} would leave a gap after {next}"
+            )));
+        }
+        for (index, record) in records {
+            if index < next {
+                continue; // already held: sent before a lost acknowledgement
+            }
+            sink.append(&stream, index, record)
+                .map_err(RecordError::Sink)?;
+            next += 1;
+            appended += 1;
         }
         let mut ack = next.to_le_bytes().to_vec();
         put_str(
@@ -648,5 +664,43 @@ mod tests {
             "{outcomes:?}"
         );
         assert!(sink.0.lock().unwrap().get("run-d").is_none());
+    }
+
+    /// A frame that is malformed after its first records (stray bytes, a truncated
+    /// third record) is refused whole: none of its records is stored. Its first two
+    /// used to be stored (and trained on) before the refusal.
+    #[test]
+    fn a_malformed_frame_stores_none_of_its_records() {
+        for tail in [&b"xyz"[..], &[9, 0, 0, 0, b'a'][..]] {
+            let sink = MemorySink::default();
+            let (port, srv) = server(sink.clone(), 1);
+            let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut c = Session::client(tcp, &key()).unwrap();
+            c.send(kind::OPEN, b"run-f").unwrap();
+            c.recv().unwrap();
+            let count = if tail.len() == 3 { 2u32 } else { 3 };
+            let mut p = 0u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&count.to_le_bytes());
+            for r in records(2) {
+                p.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                p.extend_from_slice(&r);
+            }
+            p.extend_from_slice(tail);
+            c.send(kind::RECORDS, &p).unwrap();
+            drop(c);
+            let outcomes = srv.join().unwrap();
+            let err = outcomes[0].as_ref().unwrap_err();
+            assert!(err.contains("stray") || err.contains("runs past"), "{err}");
+            assert!(sink.0.lock().unwrap().get("run-f").is_none());
+        }
+    }
+
+    /// A bundle too large for one frame is refused with the reason, which reaches the
+    /// robot; it used to see only a closed connection.
+    #[test]
+    fn a_bundle_larger_than_a_frame_is_refused_by_name() {
+        let files = vec![("denoiser.onnx".to_string(), vec![0u8; crate::MAX_FRAME])];
+        let err = fetch_from(files).unwrap_err().to_string();
+        assert!(err.contains("more than one uplink frame carries"), "{err}");
     }
 }
