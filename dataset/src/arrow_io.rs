@@ -261,7 +261,26 @@ impl ParquetOut {
             .map_err(|e| DatasetError::parquet(&self.path, "write", e))?;
         file.sync_all()
             .map_err(|e| DatasetError::io(&self.path, "syncing parquet file", e))?;
+        // The file's name in its chunk directory, and a new chunk directory's in
+        // `data/`: without them a power cut can lose a file the index refers to.
+        if let Some(chunk) = self.path.parent() {
+            sync_dir(chunk)?;
+            if let Some(data) = chunk.parent() {
+                sync_dir(data)?;
+            }
+        }
         Ok(self.path)
+    }
+}
+
+/// Syncs a directory's entries (new names, renames). Filesystems that cannot sync a
+/// directory (EINVAL) are let pass: there is nothing more to do on them.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
+    match fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.raw_os_error() != Some(22) => {
+            Err(DatasetError::io(dir, "syncing directory", e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -287,8 +306,14 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// Renames the file into place and syncs its directory, so that the rename
+    /// survives a power cut (`info.json`'s is the dataset's commit).
     pub(crate) fn commit(self) -> Result<(), DatasetError> {
-        rename(&self.tmp, &self.path)
+        rename(&self.tmp, &self.path)?;
+        match self.path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
     }
 }
 

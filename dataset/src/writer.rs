@@ -14,6 +14,10 @@ use crate::reader;
 use crate::stats::StatsAcc;
 use crate::{DatasetError, DatasetInfo, DatasetSummary, Episode, cols};
 
+/// Most existing data files the writer steps over to find a free name for its next one
+/// (leftovers no episode refers to); beyond that, creating the file fails by name.
+const MAX_SKIPPED_FILES: usize = 1024;
+
 /// Writes episodes into a LeRobot v3 dataset directory.
 ///
 /// Data files are written as episodes arrive (one row group per episode);
@@ -388,6 +392,21 @@ impl DatasetWriter {
         let mut current = match self.current.take() {
             Some(current) => current,
             None => {
+                // A file of the next name that no episode refers to (a leftover the
+                // scan of `chunk-*/file-*` did not see, under another template) is
+                // never overwritten: the next free name is taken.
+                let mut skipped = 0;
+                while std::fs::symlink_metadata(self.dir.join(meta::format_path(
+                    &self.json.data_path,
+                    self.next_file.0,
+                    self.next_file.1,
+                )))
+                .is_ok()
+                    && skipped < MAX_SKIPPED_FILES
+                {
+                    self.next_file = advance(self.next_file, self.json.chunks_size);
+                    skipped += 1;
+                }
                 let (chunk, file) = self.next_file;
                 let path = self
                     .dir

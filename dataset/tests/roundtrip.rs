@@ -285,6 +285,35 @@ fn empty_dataset_and_create_guards() {
     );
 }
 
+/// A data file of the next name that no episode refers to (a leftover under a template
+/// other than `chunk-*/file-*`) is stepped over, never overwritten; every later append
+/// used to fail on it with "File exists".
+#[test]
+fn a_leftover_data_file_is_stepped_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    write_dataset(&dir, &info(), &[]).unwrap();
+    let info_path = dir.join("meta/info.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&info_path).unwrap()).unwrap();
+    v["data_path"] = serde_json::json!("data/ep-{file_index:03d}.parquet");
+    fs::write(&info_path, v.to_string()).unwrap();
+    fs::create_dir_all(dir.join("data")).unwrap();
+    fs::write(dir.join("data/ep-000.parquet"), "someone else's").unwrap();
+    let eps = episodes(2, &[4, 6]);
+    let mut w = DatasetWriter::open_append(&dir).unwrap();
+    for ep in &eps {
+        w.append_episode(ep).unwrap();
+    }
+    w.finish().unwrap();
+    assert_eq!(
+        fs::read_to_string(dir.join("data/ep-000.parquet")).unwrap(),
+        "someone else's"
+    );
+    assert!(dir.join("data/ep-001.parquet").is_file());
+    assert_eq!(read_dataset(&dir).unwrap().episodes, eps);
+}
+
 #[test]
 fn episode_helpers() {
     let ep = episodes(7, &[5]).remove(0);
