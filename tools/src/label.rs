@@ -103,6 +103,20 @@ pub fn label_success(
     let mut ds = dataset::read_dataset(input)
         .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
     let mut warnings = vec![];
+    // The copy is written with one task, the first: say so where the source has more.
+    let tasks = std::fs::read_to_string(input.join("meta/info.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["total_tasks"].as_u64())
+        .unwrap_or(1);
+    if tasks > 1 {
+        warnings.push(format!(
+            "{}: the source has {tasks} tasks; the copy files every episode under the first \
+             (\"{}\")",
+            input.display(),
+            ds.info.task
+        ));
+    }
     if let Some((path, robot)) = robot_units {
         to_policy_units(&mut ds, input, path, robot, &mut warnings)?;
         if let Some(w) = robot

@@ -363,6 +363,28 @@ fn label_warns_about_replaced_flags_and_a_copy_that_changes_nothing() {
         "{}",
         text(&o)
     );
+    // A source with two tasks: the copy has one, and the label says so.
+    let two = tmp.path().join("two-tasks");
+    let mut w = dataset::DatasetWriter::create(&two, ds.info.clone()).unwrap();
+    w.append_episode(&ds.episodes[0]).unwrap();
+    w.set_task("wave hello");
+    w.append_episode(&ds.episodes[1]).unwrap();
+    w.finish().unwrap();
+    let o = tools(&[
+        "dataset",
+        "label",
+        two.to_str().unwrap(),
+        "--success",
+        "all",
+        "--out",
+        tmp.path().join("c").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("the source has 2 tasks; the copy files every episode under the first"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// `dataset label --robot-units`: actions recorded in the robot's units come back in
