@@ -274,14 +274,23 @@ impl ParquetOut {
 }
 
 /// Syncs a directory's entries (new names, renames). Filesystems that cannot sync a
-/// directory (EINVAL) are let pass: there is nothing more to do on them.
+/// directory (EINVAL, ENOTSUP) are let pass: there is nothing more to do on them. Only
+/// on Unix, where a directory can be opened and synced.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
-    match fs::File::open(dir).and_then(|d| d.sync_all()) {
-        Err(e) if e.raw_os_error() != Some(22) => {
-            Err(DatasetError::io(dir, "syncing directory", e))
+    #[cfg(unix)]
+    {
+        const EINVAL: i32 = 22;
+        const ENOTSUP: i32 = 95;
+        match fs::File::open(dir).and_then(|d| d.sync_all()) {
+            Err(e) if !matches!(e.raw_os_error(), Some(EINVAL | ENOTSUP)) => {
+                return Err(DatasetError::io(dir, "syncing directory", e));
+            }
+            _ => {}
         }
-        _ => Ok(()),
     }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

@@ -105,9 +105,11 @@ pub struct Received {
     pub state: FirmwareState,
     /// The watchdog had tripped: the firmware was applying its own hold action.
     pub watchdog_hold: bool,
-    /// The action the firmware was applying (policy units): the last valid command,
-    /// or its hold action (zero) after a `Reset`, an `Estop`, a reboot, an invalid
-    /// command or a watchdog trip, and outside an episode.
+    /// The action in force (policy units): the last valid command, or its hold action
+    /// (zero) after a `Reset`, an `Estop`, a reboot, an invalid command or a watchdog
+    /// trip, and outside an episode. The slew limit may still be reaching a command
+    /// further than `max_delta_per_tick` from the steps before it
+    /// ([`SimFirmware::last_stepped`] is what the last step applied).
     pub applied: Vec<f32>,
     /// Commands lost on the way (`lose_cmd`) since the last command received.
     pub lost_before: u64,
@@ -439,6 +441,8 @@ impl SimFirmware {
         self.has_command = false;
         // An episode starts from rest: the first command is limited against the hold.
         self.stepped.copy_from_slice(&self.zero);
+        // Reach after lost commands counts within an episode.
+        self.lost_since_command = 0;
         self.watchdog_tripped = false;
         self.last_command_at = now;
         self.next_tick = now + self.period;

@@ -43,9 +43,10 @@ class SimVectorEnv(VectorEnv):
     selected environments, after a first reset of all of them.
 
     ``max_episode_steps`` (what ``gym.make_vec(id, max_episode_steps=H)`` passes on) may
-    only be the task's horizon, where the simulator ends every episode anyway; it then
+    be the task's horizon, where the simulator ends every episode anyway; it then
     reports ``truncated`` at that step even when the episode also terminated there, as
-    ``gymnasium.wrappers.TimeLimit`` does. Any other limit raises ``ValueError``. Each environment's autoresets continue its
+    ``gymnasium.wrappers.TimeLimit`` does. A longer limit is never reached (no effect);
+    a shorter one raises ``ValueError``. Each environment's autoresets continue its
     own seed stream, so runs seeded ``s`` and ``s + 1`` share ``num_envs - 1``
     environments' whole episode sequences: space the seeds of independent runs (a study's
     seeds) by at least ``num_envs``.
@@ -74,13 +75,14 @@ class SimVectorEnv(VectorEnv):
         )
         self.task = task
         self.horizon: int = spec["horizon"]
-        if max_episode_steps is not None and max_episode_steps != self.horizon:
+        if max_episode_steps is not None and max_episode_steps < self.horizon:
             raise ValueError(
                 f"SimVectorEnv ends every {task} episode at the task's horizon "
                 f"({self.horizon} steps); max_episode_steps={max_episode_steps} is not "
-                f"supported (None or {self.horizon})"
+                f"supported (None, or {self.horizon} or more)"
             )
-        self._time_limit = max_episode_steps is not None
+        # A longer limit is never reached: the simulator truncates at the horizon first.
+        self._time_limit = max_episode_steps == self.horizon
         # Steps of each environment's running episode (for `max_episode_steps`).
         self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self.render_mode = None

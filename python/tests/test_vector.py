@@ -141,12 +141,13 @@ def test_rows_of_autoresetting_envs_are_ignored_even_if_nan(task):
         assert_same_step(step, theirs.step(actions))
         done = step[2] | step[3]
     assert ignored > 0
-    # A running environment's NaN is still refused.
+    # A running environment's NaN is still refused (right after a reset, every one runs).
+    fresh = expo_sim.SimVectorEnv(task, N)
+    fresh.reset(seed=5)
     actions = np.zeros((N, 2), np.float32)
-    actions[~done] = np.nan
-    if (~done).any():
-        with pytest.raises(ValueError, match="actions must be finite"):
-            ours.step(actions)
+    actions[N - 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"actions must be finite, got NaN at index \(4, 0\)"):
+        fresh.step(actions)
 
 
 def test_seed_sequences_of_any_kind():

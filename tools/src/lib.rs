@@ -53,10 +53,6 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).with_context(|| format!("{}: cannot open", out.display())),
     };
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a directory name", out.display()))?
-        .to_string_lossy();
     let id = format!(
         "{}-{}",
         std::process::id(),
@@ -68,6 +64,10 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
     let partial: PathBuf = if empty_dir {
         out.join(format!(".partial-{id}"))
     } else {
+        let name = out
+            .file_name()
+            .with_context(|| format!("{}: not a directory name", out.display()))?
+            .to_string_lossy();
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
         if let Some(p) = parent {
             std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
@@ -94,11 +94,13 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
     };
     if empty_dir {
         move_entries_up(&partial, out).with_context(|| {
-            kept(format!(
-                "moving the finished data from {} into {}",
+            format!(
+                "moving the finished data from {} into {} (what was not moved is still in \
+                 {}; `meta`, the dataset's commit point, goes last)",
                 partial.display(),
-                out.display()
-            ))
+                out.display(),
+                partial.display()
+            )
         })?;
         std::fs::remove_dir(&partial)
             .with_context(|| format!("removing the emptied {}", partial.display()))?;
@@ -115,24 +117,38 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
     Ok(value)
 }
 
-/// Moves every entry of `from` into `to` (its parent), `meta` last; refuses to replace
-/// an entry `to` holds.
+/// Moves every entry of `from` into `to` (its parent), `meta` last, after checking
+/// that `to` holds none of their names; `to` is synced before `meta` moves (the data it
+/// commits is in place) and after.
 fn move_entries_up(from: &Path, to: &Path) -> Result<()> {
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(from)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<std::io::Result<_>>()?;
     names.sort_by_key(|n| (n == "meta", n.clone()));
-    for n in names {
-        let target = to.join(&n);
+    for n in &names {
+        let target = to.join(n);
         ensure!(
             std::fs::symlink_metadata(&target).is_err(),
-            "{} appeared meanwhile",
+            "{} appeared meanwhile (nothing was moved)",
             target.display()
         );
-        std::fs::rename(from.join(&n), &target)
+    }
+    let sync = || -> Result<()> {
+        let dir = std::fs::File::open(to)?;
+        match dir.sync_all() {
+            // Filesystems that cannot sync a directory: nothing more to do there.
+            Err(e) if e.raw_os_error() != Some(22) => Err(e.into()),
+            _ => Ok(()),
+        }
+    };
+    for n in names {
+        if n == "meta" {
+            sync().with_context(|| format!("syncing {}", to.display()))?;
+        }
+        std::fs::rename(from.join(&n), to.join(&n))
             .with_context(|| format!("moving {} into {}", n.to_string_lossy(), to.display()))?;
     }
-    Ok(())
+    sync().with_context(|| format!("syncing {}", to.display()))
 }
 
 /// [`write_whole`] for a dataset: the summary's paths name `out`, where the files are
@@ -222,7 +238,8 @@ mod tests {
         })
         .unwrap_err();
         assert!(
-            format!("{err:#}").contains(&format!("is complete in {}", built.display())),
+            format!("{err:#}").contains(&format!("is still in {}", built.display()))
+                && format!("{err:#}").contains("nothing was moved"),
             "{err:#}"
         );
         assert_eq!(

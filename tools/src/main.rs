@@ -534,12 +534,23 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
             "written by `tools demo`; rerunning it replaces this dataset\n",
         )
         .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
+        // Old out of the way by a rename, new in by another, then the old removed: at
+        // every moment one of them is complete under a name that says which.
+        let old = out.join(format!(".{}.old-{}", task.name(), std::process::id()));
+        if old.exists() {
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("removing the leftover {}", old.display()))?;
+        }
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the previous demo dataset {}", dir.display()))?;
+            std::fs::rename(&dir, &old)
+                .with_context(|| format!("moving {} to {}", dir.display(), old.display()))?;
         }
         std::fs::rename(&new, &dir)
             .with_context(|| format!("moving {} to {}", new.display(), dir.display()))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("removing the previous demo dataset {}", old.display()))?;
+        }
         validate(&dir)?;
         inspect(&dir)?;
         println!();

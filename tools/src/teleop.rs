@@ -73,6 +73,10 @@ pub struct DeviceSummary {
     /// Every engaged action sent, in order, with `keep_actions` (for tests that compare
     /// with the record).
     pub engaged_actions: Vec<Vec<f32>>,
+    /// Datagrams from other addresses than the controller's, ignored. A controller
+    /// listening on all its addresses may answer from another one than the device
+    /// was given: the first such datagram is reported on stderr.
+    pub foreign: u64,
 }
 
 /// Runs the device until the controller falls silent for `idle` (after its first
@@ -120,6 +124,15 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
                 break;
             };
             if from != o.controller {
+                if summary.foreign == 0 {
+                    eprintln!(
+                        "tools teleop: ignoring datagrams from {from}, which is not the \
+                         controller's address {} (a controller on several addresses may \
+                         answer from another one: give that one)",
+                        o.controller
+                    );
+                }
+                summary.foreign += 1;
                 continue;
             }
             let obs = match wire::decode(&rx[..n]) {
@@ -192,5 +205,52 @@ impl DeviceThread {
         self.handle
             .join()
             .map_err(|_| anyhow::anyhow!("the device thread panicked"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firmware_config::teleop::TeleopObservation;
+
+    /// Observations from an address other than the controller's are counted (and said
+    /// once on stderr), not silently dropped forever.
+    #[test]
+    fn datagrams_from_another_address_are_counted() {
+        let controller = UdpSocket::bind("127.0.0.1:0").unwrap();
+        controller
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut o = DeviceOptions::new(controller.local_addr().unwrap(), TaskId::Push);
+        o.resend = Duration::from_millis(20);
+        let device = DeviceThread::spawn(o);
+        let mut buf = [0u8; wire::MAX_DATAGRAM];
+        let (_, device_addr) = controller.recv_from(&mut buf).unwrap();
+        // The same host, answering from another socket (another of its addresses).
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let obs = TeleopObservation {
+            episode: 1,
+            step: 0,
+            flags: 0,
+            n: 10,
+            values: [0.0; firmware_config::protocol::MAX_OBS],
+        };
+        let len = wire::encode_observation(&obs, &mut buf);
+        // The device's resends queued so far are read first.
+        controller.set_nonblocking(true).unwrap();
+        let mut rx = [0u8; wire::MAX_DATAGRAM];
+        while controller.recv_from(&mut rx).is_ok() {}
+        controller.set_nonblocking(false).unwrap();
+        for _ in 0..3 {
+            other.send_to(&buf[..len], device_addr).unwrap();
+        }
+        // The device resends only after a read that found nothing: the second resend
+        // from now on comes after it has read all three.
+        for _ in 0..2 {
+            controller.recv_from(&mut rx).unwrap();
+        }
+        let summary = device.finish().unwrap();
+        assert_eq!(summary.observations, 0);
+        assert_eq!(summary.foreign, 3);
     }
 }

@@ -435,6 +435,8 @@ pub struct RecordedBy {
     /// recorded under several names (`sim/push`, `sim-push`, a robot file's).
     robot: Option<String>,
     observation_names: Vec<String>,
+    /// The simulated task of a run on one: its data must be of the default variant.
+    sim_task: Option<sim::TaskId>,
 }
 
 impl RecordedBy {
@@ -443,9 +445,11 @@ impl RecordedBy {
             (Some(r), _) => RecordedBy {
                 robot: Some(r.name.clone()),
                 observation_names: r.observation_names.clone(),
+                sim_task: None,
             },
             (None, Some(task)) => RecordedBy {
                 robot: None,
+                sim_task: Some(task),
                 observation_names: task
                     .spec()
                     .obs_names
@@ -456,6 +460,7 @@ impl RecordedBy {
             (None, None) => RecordedBy {
                 robot: None,
                 observation_names: vec![],
+                sim_task: None,
             },
         }
     }
@@ -467,6 +472,9 @@ impl RecordedBy {
     fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<()> {
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
             bail!("{}: {differ}", path.display());
+        }
+        if let Some(task) = self.sim_task {
+            crate::robot::refuse_sim_variant(&path.display().to_string(), &info.robot_type, task)?;
         }
         if let Some(robot) = &self.robot
             && info.robot_type.trim() != robot
@@ -487,6 +495,7 @@ impl RecordedBy {
         RecordedBy {
             robot: None,
             observation_names,
+            sim_task: None,
         }
     }
 
@@ -594,5 +603,39 @@ impl RunState {
         self.act_rng = agent.act_rng.state();
         self.denoiser_updates = agent.denoiser_updates;
         self.normalizer = agent.normalizer.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `finetune --data` on a simulated task refuses data of another variant of it
+    /// (`--gravity`, `--reward dense`), as `train` does.
+    #[test]
+    fn finetune_data_of_another_sim_variant_is_refused() {
+        let task = sim::TaskId::ArmReach;
+        let expected = RecordedBy {
+            robot: None,
+            observation_names: vec![],
+            sim_task: Some(task),
+        };
+        let info = |robot_type: &str| dataset::DatasetInfo {
+            robot_type: robot_type.into(),
+            fps: 20,
+            task: String::new(),
+            observation_names: vec![],
+            action_names: vec![],
+        };
+        let path = Path::new("demos");
+        expected.check(path, &info("sim/arm-reach")).unwrap();
+        let e = expected
+            .check(path, &info("sim/arm-reach+gravity"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("demos: recorded as `sim/arm-reach+gravity`"),
+            "{e}"
+        );
     }
 }

@@ -196,10 +196,12 @@ impl RecordSink for Receiver {
 
 /// The receiving side: serves authenticated robots one connection at a time until
 /// `stop` (or until it is dropped, e.g. when the training loop returns an error: then
-/// the server thread ends after its current connection, unjoined).
+/// the server threads end the same way, unjoined). At the stop the connection being
+/// served is shut down (the robot keeps its log and retries) and queued ones dropped.
 ///
-/// Handshakes run on their own threads (at most [`MAX_HANDSHAKES`] at once, each cut
-/// off after [`HANDSHAKE_DEADLINE`]); only a connection that proved the key joins the
+/// Handshakes run on their own threads, each cut off after [`HANDSHAKE_DEADLINE`]: at
+/// most [`MAX_HANDSHAKES_PER_PEER`] per IP address, and beyond [`MAX_HANDSHAKES`] in all
+/// a new one shuts the oldest down. Only a connection that proved the key joins the
 /// queue of the serving thread. A peer without the key, silent or trickling its hello
 /// a byte at a time, cannot hold the link the robot is waiting for.
 pub struct Listener {
@@ -214,58 +216,98 @@ pub struct Listener {
 /// Longest a connection may take for the whole handshake (the hello and the proof of
 /// the key); the socket is shut down then.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; a connection beyond them is closed at once.
-pub const MAX_HANDSHAKES: usize = 8;
+/// Handshakes in progress at once; a new connection beyond them shuts the oldest down.
+pub const MAX_HANDSHAKES: usize = 32;
+/// Handshakes in progress at once from one IP address; a connection beyond them is
+/// closed at once. With the oldest-first eviction above, peers without the key on a few
+/// addresses cannot keep the robot's connection from its handshake.
+pub const MAX_HANDSHAKES_PER_PEER: usize = 4;
 /// Read and write timeout of an authenticated connection.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Error lines kept for the end-of-run summary (the oldest go first).
+const MAX_ERRORS_KEPT: usize = 1000;
+
+/// An authenticated connection waiting to be served, with a handle on its socket.
+type Authenticated = (Session<TcpStream>, std::net::SocketAddr, TcpStream);
+
+/// A handshake in progress.
+struct Handshake {
+    peer: std::net::SocketAddr,
+    deadline: Instant,
+    /// A handle on the socket, to shut it down.
+    socket: TcpStream,
+    /// Set once the peer proved the key: the deadline no longer applies.
+    authenticated: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn report(errors: &Mutex<Vec<String>>, peer: std::net::SocketAddr, e: String) {
+    eprintln!("uplink: connection from {peer} refused or broken: {e}");
+    let mut errors = errors.lock().unwrap_or_else(|e| e.into_inner());
+    if errors.len() >= MAX_ERRORS_KEPT {
+        errors.remove(0);
+    }
+    errors.push(e);
+}
 
 /// The listener's thread: accepts connections, runs their handshakes on threads of their
 /// own, cuts off those past [`HANDSHAKE_DEADLINE`], and hands authenticated sessions to
-/// one serving thread, joined before it returns.
+/// one serving thread. At `stop`, the session being served is shut down (the robot
+/// keeps its log and sends the rest to the next run), queued ones are dropped, and the
+/// serving thread is joined before it returns.
 fn accept_loop(
     listener: TcpListener,
     key: Key,
     mut receiver: Receiver,
-    stop: &AtomicBool,
-    errors: &Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    errors: Arc<Mutex<Vec<String>>>,
 ) {
-    type Authenticated = (Session<TcpStream>, std::net::SocketAddr);
-    let report = |errors: &Arc<Mutex<Vec<String>>>, peer: std::net::SocketAddr, e: String| {
-        eprintln!("uplink: connection from {peer} refused or broken: {e}");
-        errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
-    };
     let (auth_tx, auth_rx) = mpsc::channel::<Authenticated>();
-    let serve_errors = errors.clone();
-    let serving = std::thread::Builder::new()
-        .name("uplink-serve".into())
-        .spawn(move || {
-            // Ends when the accepting side drops its sender (stop or drop).
-            for (mut session, peer) in auth_rx {
-                if let Err(e) = serve_records(&mut session, &mut receiver) {
-                    report(&serve_errors, peer, e.to_string());
+    let serving_socket: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
+    let serving = {
+        let (errors, stop, current) = (errors.clone(), stop.clone(), serving_socket.clone());
+        std::thread::Builder::new()
+            .name("uplink-serve".into())
+            .spawn(move || {
+                // Ends when the accepting side drops its sender (stop or drop).
+                for (mut session, peer, socket) in auth_rx {
+                    {
+                        // Under the lock the stopping side takes to shut the served
+                        // socket: either it sees this one, or this sees the stop.
+                        let mut served = current.lock().unwrap_or_else(|e| e.into_inner());
+                        if stop.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        *served = Some(socket);
+                    }
+                    let served = serve_records(&mut session, &mut receiver);
+                    *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    if let Err(e) = served {
+                        report(&errors, peer, e.to_string());
+                    }
                 }
-            }
-        });
+            })
+    };
     let serving = match serving {
         Ok(h) => h,
         Err(e) => {
-            errors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(format!("cannot start the serving thread: {e}"));
+            report(
+                &errors,
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                format!("cannot start the serving thread: {e}"),
+            );
             return;
         }
     };
-    // Handshakes in progress: deadline, a handle on the socket to shut it, the thread.
-    let mut pending: Vec<(Instant, TcpStream, std::thread::JoinHandle<()>)> = vec![];
+    let mut pending: Vec<Handshake> = vec![];
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
-        pending.retain(|(deadline, socket, thread)| {
-            if thread.is_finished() {
+        pending.retain(|h| {
+            if h.thread.is_finished() {
                 return false;
             }
-            if now >= *deadline {
-                let _ = socket.shutdown(std::net::Shutdown::Both);
+            if now >= h.deadline && !h.authenticated.load(Ordering::SeqCst) {
+                let _ = h.socket.shutdown(std::net::Shutdown::Both);
             }
             true
         });
@@ -273,48 +315,76 @@ fn accept_loop(
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
-        if pending.len() >= MAX_HANDSHAKES {
+        let same_peer = pending.iter().filter(|h| h.peer.ip() == peer.ip()).count();
+        if same_peer >= MAX_HANDSHAKES_PER_PEER {
             report(
-                errors,
+                &errors,
                 peer,
-                format!("{MAX_HANDSHAKES} handshakes already in progress; closed"),
+                format!("{same_peer} handshakes from this address already in progress; closed"),
             );
             continue;
+        }
+        if pending.len() >= MAX_HANDSHAKES {
+            // The oldest goes (it ends, and leaves `pending`, shortly).
+            if let Some(oldest) = pending
+                .iter()
+                .filter(|h| !h.authenticated.load(Ordering::SeqCst))
+                .min_by_key(|h| h.deadline)
+            {
+                let _ = oldest.socket.shutdown(std::net::Shutdown::Both);
+            }
         }
         let _ = tcp.set_nonblocking(false);
         let _ = tcp.set_read_timeout(Some(HANDSHAKE_DEADLINE));
         let _ = tcp.set_write_timeout(Some(HANDSHAKE_DEADLINE));
-        let Ok(socket) = tcp.try_clone() else {
-            report(errors, peer, "cannot clone the socket".into());
+        let (Ok(socket), Ok(control)) = (tcp.try_clone(), tcp.try_clone()) else {
+            report(&errors, peer, "cannot clone the socket".into());
             continue;
         };
-        let (key, tx, thread_errors) = (key.clone(), auth_tx.clone(), errors.clone());
-        let thread = std::thread::Builder::new()
-            .name("uplink-handshake".into())
-            .spawn(move || {
-                let control = tcp.try_clone();
-                match Session::server(tcp, &key) {
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (key, tx, errors, done) = (
+                key.clone(),
+                auth_tx.clone(),
+                errors.clone(),
+                authenticated.clone(),
+            );
+            std::thread::Builder::new()
+                .name("uplink-handshake".into())
+                .spawn(move || match Session::server(tcp, &key) {
                     Ok(session) => {
-                        if let Ok(c) = control {
-                            let _ = c.set_read_timeout(Some(SESSION_TIMEOUT));
-                            let _ = c.set_write_timeout(Some(SESSION_TIMEOUT));
-                        }
-                        let _ = tx.send((session, peer));
+                        done.store(true, Ordering::SeqCst);
+                        let _ = control.set_read_timeout(Some(SESSION_TIMEOUT));
+                        let _ = control.set_write_timeout(Some(SESSION_TIMEOUT));
+                        let _ = tx.send((session, peer, control));
                     }
-                    Err(e) => report(&thread_errors, peer, e.to_string()),
-                }
-            });
+                    Err(e) => report(&errors, peer, e.to_string()),
+                })
+        };
         match thread {
-            Ok(t) => pending.push((now + HANDSHAKE_DEADLINE, socket, t)),
-            Err(e) => report(errors, peer, format!("cannot start a handshake: {e}")),
+            Ok(thread) => pending.push(Handshake {
+                peer,
+                deadline: now + HANDSHAKE_DEADLINE,
+                socket,
+                authenticated,
+                thread,
+            }),
+            Err(e) => report(&errors, peer, format!("cannot start a handshake: {e}")),
         }
     }
-    for (_, socket, _) in &pending {
-        let _ = socket.shutdown(std::net::Shutdown::Both);
+    for h in &pending {
+        let _ = h.socket.shutdown(std::net::Shutdown::Both);
+    }
+    if let Some(s) = serving_socket
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        let _ = s.shutdown(std::net::Shutdown::Both);
     }
     drop(auth_tx);
-    for (_, _, thread) in pending {
-        let _ = thread.join();
+    for h in pending {
+        let _ = h.thread.join();
     }
     let _ = serving.join();
 }
@@ -347,7 +417,7 @@ impl Listener {
         let (st, er) = (stop.clone(), errors.clone());
         let handle = std::thread::Builder::new()
             .name("uplink-server".into())
-            .spawn(move || accept_loop(listener, key, receiver, &st, &er))?;
+            .spawn(move || accept_loop(listener, key, receiver, st, er))?;
         Ok((
             Listener {
                 stop,

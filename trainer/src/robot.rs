@@ -74,6 +74,24 @@ impl RobotInfo {
     }
 }
 
+/// Refuses data of `task` recorded under other simulator options
+/// (`tools dataset generate --gravity` / `--reward dense`: `robot_type`
+/// `sim/arm-reach+gravity`): other dynamics or rewards than the trainer's simulated
+/// task, which runs with the defaults. `path` names the data in the message.
+pub fn refuse_sim_variant(path: &str, robot_type: &str, task: sim::TaskId) -> Result<()> {
+    let recorded = robot_type.trim();
+    let ours = sim::EnvConfig::default().robot_type(task);
+    if let Some(options) = recorded.strip_prefix(&format!("{ours}+")) {
+        bail!(
+            "{path}: recorded as `{recorded}`, a variant of task {task} (options \
+             `{options}`); the trainer's {task} runs with the default options (`{ours}`: \
+             sparse reward, no gravity), so its data must too (regenerate without \
+             --gravity / --reward dense)"
+        );
+    }
+    Ok(())
+}
+
 /// Reads a dataset for training: a read error (the reader also refuses NaN and infinite
 /// values, naming the column and frame), other dimensions than `dims` (observation,
 /// action) when given, or an action outside the policy's `[-1, 1]` (a recording in the

@@ -282,19 +282,7 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         );
     }
     if let Some(task) = config.task.sim() {
-        // `tools dataset generate --gravity` / `--reward dense` data of this very task:
-        // other dynamics or other rewards than the simulated task trains online with.
-        let recorded = ds.info.robot_type.trim();
-        let ours = EnvConfig::default().robot_type(task);
-        if recorded != ours && recorded.starts_with(&format!("{ours}+")) {
-            bail!(
-                "{path}: recorded as `{recorded}`, a variant of task {task} (options \
-                 `{}`); the trainer's {task} runs with the default options (`{ours}`: \
-                 sparse reward, no gravity), so its offline data must too (regenerate \
-                 without --gravity / --reward dense)",
-                &recorded[ours.len() + 1..]
-            );
-        }
+        crate::robot::refuse_sim_variant(path, &ds.info.robot_type, task)?;
     }
     if let Some(task) = config.task.sim() {
         // Same sizes are not the same task (push's and arm-reach's are alike): names
