@@ -104,8 +104,8 @@ enum Command {
         out: PathBuf,
         /// Only the log's last run: after a run was killed (`kill -9`, a power cut)
         /// before it saved its episodes, append them to DIR/dataset, which holds the
-        /// runs before it. A run that ended saved its episodes itself: do not use this
-        /// after one.
+        /// runs before it. Nothing is written when the dataset notes the run already
+        /// (it ended and saved its episodes, or they were converted before).
         #[arg(long)]
         last_run: bool,
     },
@@ -985,6 +985,24 @@ fn main() -> Result<std::process::ExitCode> {
                 robot_loop::log::Runs::All
             };
             let r = robot_loop::log::log_to_dataset(&log, &out, runs)?;
+            if r.already_saved {
+                println!(
+                    "{}: the last run's episodes are in {} already (the dataset notes the \
+                     run: it ended and saved them, or they were converted before); nothing \
+                     written",
+                    log.display(),
+                    out.display()
+                );
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            if r.unknown_run {
+                eprintln!(
+                    "warning: {}: the last run has no id (a log of an older version): if it \
+                     ended and saved its episodes, they are now in {} twice",
+                    log.display(),
+                    out.display()
+                );
+            }
             println!(
                 "{}: {} episodes ({} frames) written to {}; {} without an end record, {} without usable transitions, {} torn bytes at the end skipped",
                 log.display(),

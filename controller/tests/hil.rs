@@ -1782,6 +1782,26 @@ fn kill_9_loses_at_most_the_record_being_written() {
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
         transitions
     );
+    // The dataset notes the runs whose episodes it holds: the saved run, and now the
+    // killed one. A second `--last-run` (or one after a run that ended) adds nothing;
+    // the killed run replays the saved one's seeds, so its episodes are equal to those
+    // and only the note tells them apart.
+    let ids: Vec<String> = log
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Run(run) => Some(run.run_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(dataset::noted_runs(&dataset_dir).unwrap(), ids);
+    log_to_dataset(&dataset_dir, &["--last-run"]);
+    assert_eq!(
+        dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
+        transitions
+    );
 }
 
 /// Setup: a panic injected into the control thread at tick 40. Expected: the panic is

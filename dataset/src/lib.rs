@@ -66,7 +66,7 @@ use std::path::PathBuf;
 
 pub use error::DatasetError;
 pub use reader::{read_dataset, validate_dataset};
-pub use writer::{DatasetWriter, write_dataset};
+pub use writer::{DatasetWriter, NOTED_RUNS, noted_runs, write_dataset};
 
 /// The largest action magnitude a dataset for training may hold. Actions are in the
 /// policy's units, `[-1, 1]` per dimension (what `controller run` records); the margin is

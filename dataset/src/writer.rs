@@ -18,6 +18,28 @@ use crate::{DatasetError, DatasetInfo, DatasetSummary, Episode, cols};
 /// (leftovers no episode refers to); beyond that, creating the file fails by name.
 const MAX_SKIPPED_FILES: usize = 1024;
 
+/// The `info.json` key listing the runs whose episodes a dataset holds
+/// ([`DatasetWriter::note_run`]).
+pub const NOTED_RUNS: &str = "expo_runs";
+/// Most run ids `info.json` keeps (the oldest go first).
+pub const MAX_NOTED_RUNS: usize = 1000;
+
+/// The runs [`DatasetWriter::note_run`] noted in the dataset at `dir` (empty for a
+/// dataset that noted none).
+pub fn noted_runs(dir: &Path) -> Result<Vec<String>, DatasetError> {
+    let json = InfoJson::read(dir)?;
+    Ok(json
+        .extra
+        .get(NOTED_RUNS)
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Writes episodes into a LeRobot v3 dataset directory.
 ///
 /// Data files are written as episodes arrive (one row group per episode);
@@ -361,6 +383,28 @@ impl DatasetWriter {
         .into_iter()
         .filter(|k| !self.writes(k))
         .collect()
+    }
+
+    /// Notes that the episodes of the run `id` are in this dataset: `info.json` keeps the
+    /// ids (key [`NOTED_RUNS`], the newest [`MAX_NOTED_RUNS`]), committed with the
+    /// episodes by [`Self::finish`]. A converter of a recorder's log
+    /// (`controller log-to-dataset --last-run`) reads them with [`noted_runs`] to tell
+    /// a run whose episodes are here from one that was killed before it saved them.
+    pub fn note_run(&mut self, id: &str) {
+        let runs = self
+            .json
+            .extra
+            .entry(NOTED_RUNS)
+            .or_insert_with(|| serde_json::Value::Array(vec![]));
+        if !runs.is_array() {
+            *runs = serde_json::Value::Array(vec![]);
+        }
+        let list = runs.as_array_mut().expect("an array");
+        if !list.iter().any(|v| v.as_str() == Some(id)) {
+            list.push(id.into());
+        }
+        let over = list.len().saturating_sub(MAX_NOTED_RUNS);
+        list.drain(..over);
     }
 
     /// Use `task` for the episodes appended from now on (added to

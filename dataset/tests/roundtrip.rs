@@ -314,6 +314,31 @@ fn a_leftover_data_file_is_stepped_over() {
     assert_eq!(read_dataset(&dir).unwrap().episodes, eps);
 }
 
+/// Runs noted by a writer are committed with its episodes, kept by later appends, and
+/// noted once each; a writer that never finishes notes nothing.
+#[test]
+fn noted_runs_are_committed_with_the_episodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let eps = episodes(4, &[3, 5]);
+    let mut w = DatasetWriter::create(&dir, info()).unwrap();
+    w.note_run("run-a");
+    w.note_run("run-a");
+    w.append_episode(&eps[0]).unwrap();
+    w.finish().unwrap();
+    assert_eq!(dataset::noted_runs(&dir).unwrap(), ["run-a"]);
+    let mut w = DatasetWriter::open_append(&dir).unwrap();
+    w.note_run("run-b");
+    w.append_episode(&eps[1]).unwrap();
+    drop(w); // killed before its commit
+    assert_eq!(dataset::noted_runs(&dir).unwrap(), ["run-a"]);
+    let mut w = DatasetWriter::open_append(&dir).unwrap();
+    w.note_run("run-c");
+    w.finish().unwrap();
+    assert_eq!(dataset::noted_runs(&dir).unwrap(), ["run-a", "run-c"]);
+    validate_dataset(&dir).unwrap();
+}
+
 #[test]
 fn episode_helpers() {
     let ep = episodes(7, &[5]).remove(0);

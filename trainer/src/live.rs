@@ -679,6 +679,7 @@ mod tests {
                 action_names: names(&["x", "y"]),
                 bundle: "b".into(),
                 started_unix: 0,
+                run_id: String::new(),
             })
             .encode(&mut bytes);
             bytes

@@ -219,6 +219,12 @@ pub struct RunStart {
     pub action_names: Vec<String>,
     pub bundle: String,
     pub started_unix: u64,
+    /// This run's id (process id and start time): the dataset notes it with the run's
+    /// episodes ([`dataset::DatasetWriter::note_run`]), so `log-to-dataset --last-run`
+    /// can tell a run that saved them from one killed before it did. Empty in logs of
+    /// older versions.
+    #[serde(default)]
+    pub run_id: String,
 }
 
 impl RunStart {
@@ -1074,6 +1080,13 @@ pub struct Rebuilt {
     /// Steps that the episodes' end records (or last steps) count but no transition
     /// holds: lost in damaged stretches, or never logged.
     pub missing_frames: usize,
+    /// [`Runs::Last`]: the run's episodes were in the dataset already (it notes the
+    /// run: the run ended and saved them, or they were converted before), so none was
+    /// written.
+    pub already_saved: bool,
+    /// [`Runs::Last`]: the run has no id (a log of an older version), so whether the
+    /// dataset holds its episodes already is not known.
+    pub unknown_run: bool,
 }
 
 /// Which runs of a log [`log_to_dataset`] converts.
@@ -1083,7 +1096,8 @@ pub enum Runs {
     All,
     /// The last run only, under its own run record: the episodes of a run that was
     /// killed (`kill -9`, a power cut) before it saved them, appended to the dataset
-    /// that holds the runs before it.
+    /// that holds the runs before it. Nothing is written when the dataset notes the run
+    /// already (it ended and saved them, or this was done before).
     Last,
 }
 
@@ -1108,12 +1122,30 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         offset: MAGIC.len() as u64,
         problem: "no run-start record (nothing to describe the dataset with)".into(),
     })?;
-    let mut w = open_dataset(out, &run.dataset_info())?;
     let mut r = Rebuilt {
         torn_bytes: contents.torn_bytes,
         damaged: contents.damaged,
         ..Rebuilt::default()
     };
+    if runs == Runs::Last {
+        r.unknown_run = run.run_id.is_empty();
+        if !r.unknown_run
+            && out.join("meta").join("info.json").is_file()
+            && dataset::noted_runs(out)?.contains(&run.run_id)
+        {
+            r.already_saved = true;
+            return Ok(r);
+        }
+    }
+    let mut w = open_dataset(out, &run.dataset_info())?;
+    // Every run converted is noted, committed with its episodes.
+    for r in records {
+        if let Record::Run(run) = r
+            && !run.run_id.is_empty()
+        {
+            w.note_run(&run.run_id);
+        }
+    }
     for e in &eps {
         r.unfinished += usize::from(e.end.reason == EndReason::Unfinished);
         match to_episode(&e.transitions, Some(&e.end)) {
@@ -1170,6 +1202,7 @@ pub(crate) mod tests {
             action_names: vec!["x".into(), "y".into()],
             bundle: "b".into(),
             started_unix: 0,
+            run_id: "test-run".into(),
         }
     }
 
@@ -1557,7 +1590,11 @@ pub(crate) mod tests {
         // A second run into the same log, killed in its second episode: `Runs::Last`
         // adds its two episodes (3 frames each) and nothing of the first run.
         let mut w = LogWriter::open(&path).unwrap();
-        w.append(&Record::Run(run_start())).unwrap();
+        let second = RunStart {
+            run_id: "test-run-2".into(),
+            ..run_start()
+        };
+        w.append(&Record::Run(second)).unwrap();
         for e in 0..2 {
             w.append(&Record::EpisodeStart {
                 episode: e,
@@ -1574,6 +1611,28 @@ pub(crate) mod tests {
         assert_eq!((r.episodes_written, r.frames, r.unfinished), (2, 6, 2));
         let ds = dataset::read_dataset(&out).unwrap();
         assert_eq!((ds.episodes.len(), ds.num_frames()), (6, 22));
+        // Converted, the run is noted: converting it again writes nothing.
+        let r = log_to_dataset(&path, &out, Runs::Last).unwrap();
+        assert!(r.already_saved && r.episodes_written == 0);
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
+        // A log of an older version (no run id) is converted, and said to be unknown.
+        let old = dir.path().join("old.log");
+        let mut w = LogWriter::open(&old).unwrap();
+        let unnamed = RunStart {
+            run_id: String::new(),
+            ..run_start()
+        };
+        w.append(&Record::Run(unnamed)).unwrap();
+        w.append(&Record::EpisodeStart {
+            episode: 0,
+            seed: 3,
+        })
+        .unwrap();
+        w.append(&Record::Transition(transition(0, 0, false)))
+            .unwrap();
+        drop(w);
+        let r = log_to_dataset(&old, &dir.path().join("old-ds"), Runs::Last).unwrap();
+        assert!(r.unknown_run && !r.already_saved && r.episodes_written == 1);
         // Another robot's log, other observations of the same sizes, or another control
         // rate: refused by name, the dataset untouched.
         let fps = run_start().fps;

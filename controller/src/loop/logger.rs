@@ -84,11 +84,18 @@ impl Logger {
     /// Starts the thread; it writes `run` as the first record.
     pub fn spawn(
         mut log: LogWriter,
-        dataset: Option<(PathBuf, DatasetWriter)>,
+        mut dataset: Option<(PathBuf, DatasetWriter)>,
         run: RunStart,
         capacity: usize,
         ticks: Option<TickInput>,
     ) -> std::io::Result<Logger> {
+        if let Some((_, w)) = dataset.as_mut()
+            && !run.run_id.is_empty()
+        {
+            // Committed with the episodes when the dataset is finished: a run killed
+            // before that is not noted (`log-to-dataset --last-run` then converts it).
+            w.note_run(&run.run_id);
+        }
         let (tx, rx) = bounded(capacity);
         let shared = Arc::new(Mutex::new(LoggerSummary {
             log: Some(log.path().to_path_buf()),

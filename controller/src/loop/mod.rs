@@ -1041,6 +1041,13 @@ pub fn run(
                 started_unix: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                run_id: format!(
+                    "{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                ),
             };
             let ds_dir = dir.join("dataset");
             let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
