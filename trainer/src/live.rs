@@ -803,6 +803,39 @@ mod tests {
         listener.stop();
     }
 
+    /// A peer that never completes its handshake is cut off at [`HANDSHAKE_DEADLINE`]:
+    /// its connection is closed by the trainer (an end of stream where it reads).
+    #[test]
+    fn a_silent_peer_is_cut_off_at_the_handshake_deadline() {
+        use std::io::Read;
+        let tmp = tempfile::tempdir().unwrap();
+        let (listener, _rx) = Listener::start(
+            "127.0.0.1:0",
+            Key::from_bytes([7; uplink::KEY_LEN]),
+            &tmp.path().join("uplink"),
+            &tmp.path().join("b"),
+            (3, 2),
+            crate::finetune::RecordedBy::named(vec![]),
+        )
+        .unwrap();
+        let mut silent = TcpStream::connect(listener.addr).unwrap();
+        // Failure guard only: the cut comes after the deadline, long before this.
+        silent
+            .set_read_timeout(Some(HANDSHAKE_DEADLINE * 3))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = silent.read(&mut byte);
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                        && e.kind() != std::io::ErrorKind::TimedOut),
+            "the trainer did not close a silent connection: {read:?}"
+        );
+        listener.stop();
+    }
+
     /// A listener dropped without `stop` (the training loop returned an error) ends its
     /// server thread, which frees the port.
     #[test]

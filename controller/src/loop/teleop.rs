@@ -321,10 +321,18 @@ fn receive(
         let action = match refuse(&buf[..len], act_dim) {
             Ok(a) => a,
             Err(why) => {
-                if shared.invalid.fetch_add(1, Ordering::Relaxed) == 0 {
+                // The reason first, then the count (Release): whoever sees the count
+                // sees the reason with it.
+                let first = shared
+                    .last_invalid
+                    .lock()
+                    .unwrap()
+                    .replace(why.clone())
+                    .is_none();
+                shared.invalid.fetch_add(1, Ordering::Release);
+                if first {
                     note!("teleop: refused a datagram from {from}: {why}");
                 }
-                *shared.last_invalid.lock().unwrap() = Some(why);
                 continue;
             }
         };
@@ -770,7 +778,7 @@ mod tests {
         fn refused(&self, n: u64) -> Option<String> {
             let shared = &self.thread.as_ref().unwrap().shared;
             let deadline = Instant::now() + Duration::from_secs(5);
-            while shared.invalid.load(Ordering::Relaxed) < n {
+            while shared.invalid.load(Ordering::Acquire) < n {
                 assert!(Instant::now() < deadline, "never refused");
                 std::thread::sleep(Duration::from_millis(1));
             }
