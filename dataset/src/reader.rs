@@ -200,6 +200,9 @@ pub(crate) fn decode_batch(
         }
         let arr = get(k)?;
         let res = match f.dtype.as_str() {
+            // A feature of several axes (HF `Array2D`, `[2, 3]`) may be stored as nested
+            // lists; it is not read, so only its presence is checked.
+            "float32" | "float64" if f.shape.len() > 1 => Ok(()),
             "float32" | "float64" => arrow_io::floats(arr, f.dim()).map(drop),
             "bool" => arrow_io::bools(arr).map(drop),
             "int64" | "int32" if f.dim() == 1 => arrow_io::ints(arr).map(drop),

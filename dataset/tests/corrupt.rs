@@ -165,6 +165,45 @@ fn data_path_outside_the_dataset() {
     }
 }
 
+/// A feature of two axes that the reader does not use, stored as nested lists (as
+/// Hugging Face writes an `Array2D`), does not make a valid dataset unreadable; it used
+/// to be refused as "2 values per row, info.json declares shape [6]".
+#[test]
+fn an_unused_feature_of_two_axes_in_nested_lists() {
+    use arrow_array::builder::{Float32Builder, ListBuilder};
+    let (_t, dir) = good();
+    rewrite_parquet(&dir.join(DATA), |b| {
+        let mut grid = ListBuilder::new(ListBuilder::new(Float32Builder::new()));
+        for _ in 0..b.num_rows() {
+            for _ in 0..2 {
+                for v in [1.0, 2.0, 3.0] {
+                    grid.values().values().append_value(v);
+                }
+                grid.values().append(true);
+            }
+            grid.append(true);
+        }
+        let grid: ArrayRef = Arc::new(grid.finish());
+        let mut fields: Vec<_> = b.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow_schema::Field::new(
+            "observation.grid",
+            grid.data_type().clone(),
+            false,
+        )));
+        let mut columns = b.columns().to_vec();
+        columns.push(grid);
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    });
+    edit_info(
+        &dir,
+        |v| {
+            v["features"]["observation.grid"] =
+                serde_json::json!({"dtype": "float32", "shape": [2, 3], "names": null})
+        },
+    );
+    assert_eq!(read_dataset(&dir).unwrap().episodes.len(), 3);
+}
+
 /// Stray files named like chunk directories (`chunk-000.bak`, `chunk-old.tar`) are not
 /// chunks: the dataset still reads, validates and takes appends.
 #[test]
