@@ -105,7 +105,9 @@ enum Command {
         /// Only the log's last run: after a run was killed (`kill -9`, a power cut)
         /// before it saved its episodes, append them to DIR/dataset, which holds the
         /// runs before it. Nothing is written when the dataset notes the run already
-        /// (it ended and saved its episodes, or they were converted before).
+        /// (it ended and saved its episodes, or they were converted before). Only the
+        /// last run is looked at: a killed run followed by one that ended needs a
+        /// rebuild into a new directory.
         #[arg(long)]
         last_run: bool,
     },

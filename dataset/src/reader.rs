@@ -199,10 +199,12 @@ pub(crate) fn decode_batch(
             continue;
         }
         let arr = get(k)?;
-        let res = match f.dtype.as_str() {
+        if f.shape.len() > 1 {
             // A feature of several axes (HF `Array2D`, `[2, 3]`) may be stored as nested
             // lists; it is not read, so only its presence is checked.
-            "float32" | "float64" if f.shape.len() > 1 => Ok(()),
+            continue;
+        }
+        let res = match f.dtype.as_str() {
             "float32" | "float64" => arrow_io::floats(arr, f.dim()).map(drop),
             "bool" => arrow_io::bools(arr).map(drop),
             "int64" | "int32" if f.dim() == 1 => arrow_io::ints(arr).map(drop),

@@ -25,19 +25,24 @@ pub const NOTED_RUNS: &str = "expo_runs";
 pub const MAX_NOTED_RUNS: usize = 1000;
 
 /// The runs [`DatasetWriter::note_run`] noted in the dataset at `dir` (empty for a
-/// dataset that noted none).
+/// dataset that noted none). A [`NOTED_RUNS`] entry that is not a list of strings is
+/// an error naming `info.json`.
 pub fn noted_runs(dir: &Path) -> Result<Vec<String>, DatasetError> {
-    let json = InfoJson::read(dir)?;
-    Ok(json
-        .extra
-        .get(NOTED_RUNS)
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
+    runs_of(&InfoJson::read(dir)?, &meta::info_path(dir))
+}
+
+fn runs_of(json: &InfoJson, info_path: &Path) -> Result<Vec<String>, DatasetError> {
+    let Some(v) = json.extra.get(NOTED_RUNS) else {
+        return Ok(vec![]);
+    };
+    v.as_array()
+        .and_then(|a| a.iter().map(|v| v.as_str().map(String::from)).collect())
+        .ok_or_else(|| {
+            DatasetError::invalid(
+                info_path,
+                format!("`{NOTED_RUNS}` must be a list of run ids (strings)"),
+            )
         })
-        .unwrap_or_default())
 }
 
 /// Writes episodes into a LeRobot v3 dataset directory.
@@ -278,6 +283,7 @@ impl DatasetWriter {
         let lock = lock_dir(dir)?;
         let loaded = crate::reader::load(dir)?;
         let info_path = meta::info_path(dir);
+        runs_of(&loaded.json, &info_path)?;
         for (key, f) in &loaded.json.features {
             if !cols::ALL.contains(&key.as_str()) {
                 return Err(DatasetError::invalid(
@@ -396,15 +402,21 @@ impl DatasetWriter {
             .extra
             .entry(NOTED_RUNS)
             .or_insert_with(|| serde_json::Value::Array(vec![]));
-        if !runs.is_array() {
-            *runs = serde_json::Value::Array(vec![]);
-        }
-        let list = runs.as_array_mut().expect("an array");
+        // `open_append` refused any other form, and only this writes the key.
+        let Some(list) = runs.as_array_mut() else {
+            return;
+        };
         if !list.iter().any(|v| v.as_str() == Some(id)) {
             list.push(id.into());
         }
         let over = list.len().saturating_sub(MAX_NOTED_RUNS);
         list.drain(..over);
+    }
+
+    /// Whether the dataset notes the run `id` ([`Self::note_run`]; as read when this
+    /// writer opened it, under its lock).
+    pub fn has_run(&self, id: &str) -> bool {
+        runs_of(&self.json, Path::new("")).is_ok_and(|runs| runs.iter().any(|r| r == id))
     }
 
     /// Use `task` for the episodes appended from now on (added to

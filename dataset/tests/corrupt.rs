@@ -204,6 +204,27 @@ fn an_unused_feature_of_two_axes_in_nested_lists() {
     assert_eq!(read_dataset(&dir).unwrap().episodes.len(), 3);
 }
 
+/// A malformed list of noted runs (`expo_runs`) is an error naming info.json, for the
+/// reader of the runs and for a writer that would append (and extend it).
+#[test]
+fn malformed_noted_runs() {
+    for bad in [serde_json::json!("run-a"), serde_json::json!(["run-a", 7])] {
+        let (_t, dir) = good();
+        edit_info(&dir, |v| v["expo_runs"] = bad.clone());
+        let e = dataset::noted_runs(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("info.json") && e.contains("`expo_runs` must be a list"),
+            "{e}"
+        );
+        let e = dataset::DatasetWriter::open_append(&dir)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("`expo_runs` must be a list"), "{e}");
+        read_dataset(&dir).unwrap();
+    }
+}
+
 /// Stray files named like chunk directories (`chunk-000.bak`, `chunk-old.tar`) are not
 /// chunks: the dataset still reads, validates and takes appends.
 #[test]

@@ -238,6 +238,8 @@ struct Handshake {
     socket: TcpStream,
     /// Set once the peer proved the key: the deadline no longer applies.
     authenticated: Arc<AtomicBool>,
+    /// Its socket was shut down (deadline, eviction): it no longer counts.
+    cut: bool,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -302,12 +304,13 @@ fn accept_loop(
     let mut pending: Vec<Handshake> = vec![];
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
-        pending.retain(|h| {
+        pending.retain_mut(|h| {
             if h.thread.is_finished() {
                 return false;
             }
-            if now >= h.deadline && !h.authenticated.load(Ordering::SeqCst) {
+            if !h.cut && now >= h.deadline && !h.authenticated.load(Ordering::SeqCst) {
                 let _ = h.socket.shutdown(std::net::Shutdown::Both);
+                h.cut = true;
             }
             true
         });
@@ -315,7 +318,10 @@ fn accept_loop(
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
-        let same_peer = pending.iter().filter(|h| h.peer.ip() == peer.ip()).count();
+        let same_peer = pending
+            .iter()
+            .filter(|h| !h.cut && h.peer.ip() == peer.ip())
+            .count();
         if same_peer >= MAX_HANDSHAKES_PER_PEER {
             report(
                 &errors,
@@ -324,14 +330,15 @@ fn accept_loop(
             );
             continue;
         }
-        if pending.len() >= MAX_HANDSHAKES {
+        if pending.iter().filter(|h| !h.cut).count() >= MAX_HANDSHAKES {
             // The oldest goes (it ends, and leaves `pending`, shortly).
             if let Some(oldest) = pending
-                .iter()
-                .filter(|h| !h.authenticated.load(Ordering::SeqCst))
+                .iter_mut()
+                .filter(|h| !h.cut && !h.authenticated.load(Ordering::SeqCst))
                 .min_by_key(|h| h.deadline)
             {
                 let _ = oldest.socket.shutdown(std::net::Shutdown::Both);
+                oldest.cut = true;
             }
         }
         let _ = tcp.set_nonblocking(false);
@@ -367,6 +374,7 @@ fn accept_loop(
                 deadline: now + HANDSHAKE_DEADLINE,
                 socket,
                 authenticated,
+                cut: false,
                 thread,
             }),
             Err(e) => report(&errors, peer, format!("cannot start a handshake: {e}")),
@@ -803,8 +811,9 @@ mod tests {
         listener.stop();
     }
 
-    /// A peer that never completes its handshake is cut off at [`HANDSHAKE_DEADLINE`]:
-    /// its connection is closed by the trainer (an end of stream where it reads).
+    /// A peer that never completes its handshake, trickling its hello, is cut off at
+    /// [`HANDSHAKE_DEADLINE`]: its connection is closed by the trainer (an end of
+    /// stream where it reads). Without the deadline it would be read for 92 s.
     #[test]
     fn a_silent_peer_is_cut_off_at_the_handshake_deadline() {
         use std::io::Read;
@@ -819,7 +828,20 @@ mod tests {
         )
         .unwrap();
         let mut silent = TcpStream::connect(listener.addr).unwrap();
-        // Failure guard only: the cut comes after the deadline, long before this.
+        // A byte every 2 s: no single read of the handshake times out, only the
+        // deadline over the whole of it can cut this peer off (at 10 s, with 36 of its
+        // 42 bytes still to come).
+        let mut writer = silent.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for _ in 0..41 {
+                if writer.write_all(b"E").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        // Failure guard only: the cut comes at the deadline, long before this.
         silent
             .set_read_timeout(Some(HANDSHAKE_DEADLINE * 3))
             .unwrap();

@@ -1127,23 +1127,14 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         damaged: contents.damaged,
         ..Rebuilt::default()
     };
-    if runs == Runs::Last {
-        r.unknown_run = run.run_id.is_empty();
-        if !r.unknown_run
-            && out.join("meta").join("info.json").is_file()
-            && dataset::noted_runs(out)?.contains(&run.run_id)
-        {
-            r.already_saved = true;
-            return Ok(r);
-        }
-    }
     let mut w = open_dataset(out, &run.dataset_info())?;
-    // Every run converted is noted, committed with its episodes.
-    for r in records {
-        if let Record::Run(run) = r
-            && !run.run_id.is_empty()
-        {
-            w.note_run(&run.run_id);
+    if runs == Runs::Last {
+        // Checked on what the writer read under its lock: a run that finishes saving
+        // meanwhile cannot slip in between.
+        r.unknown_run = run.run_id.is_empty();
+        if !r.unknown_run && w.has_run(&run.run_id) {
+            r.already_saved = true;
+            return Ok(r); // the writer is dropped unfinished: nothing changes
         }
     }
     for e in &eps {
@@ -1156,6 +1147,16 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
                 r.missing_frames += notes.missing;
             }
             None => r.skipped_empty += 1,
+        }
+    }
+    // Every run converted is noted, committed with its episodes, once all of them are
+    // in their file (a failed close returns before anything is committed).
+    w.close_data_file()?;
+    for rec in records {
+        if let Record::Run(run) = rec
+            && !run.run_id.is_empty()
+        {
+            w.note_run(&run.run_id);
         }
     }
     w.finish()?;

@@ -84,18 +84,12 @@ impl Logger {
     /// Starts the thread; it writes `run` as the first record.
     pub fn spawn(
         mut log: LogWriter,
-        mut dataset: Option<(PathBuf, DatasetWriter)>,
+        dataset: Option<(PathBuf, DatasetWriter)>,
         run: RunStart,
         capacity: usize,
         ticks: Option<TickInput>,
     ) -> std::io::Result<Logger> {
-        if let Some((_, w)) = dataset.as_mut()
-            && !run.run_id.is_empty()
-        {
-            // Committed with the episodes when the dataset is finished: a run killed
-            // before that is not noted (`log-to-dataset --last-run` then converts it).
-            w.note_run(&run.run_id);
-        }
+        let run_id = run.run_id.clone();
         let (tx, rx) = bounded(capacity);
         let shared = Arc::new(Mutex::new(LoggerSummary {
             log: Some(log.path().to_path_buf()),
@@ -108,7 +102,7 @@ impl Logger {
             if let Err(e) = log.append(&Record::Run(run)) {
                 push_error(&s, e.to_string());
             }
-            logger_main(log, dataset.map(|(_, w)| w), rx, ticks, &s);
+            logger_main(log, dataset.map(|(_, w)| w), rx, ticks, &run_id, &s);
             s.lock().unwrap_or_else(|e| e.into_inner()).clone()
         })?;
         Ok(Logger { tx, shared, handle })
@@ -173,8 +167,11 @@ fn logger_main(
     mut dataset: Option<DatasetWriter>,
     rx: Receiver<Record>,
     mut ticks: Option<TickInput>,
+    run_id: &str,
     s: &Mutex<LoggerSummary>,
 ) {
+    // Episodes that could not be saved (an append or the data file's close failed).
+    let mut lost = false;
     let mut current: Option<(u32, Vec<Transition>)> = None;
     // Transitions of an episode whose start record has not arrived yet.
     let mut early: Vec<Transition> = Vec::new();
@@ -217,6 +214,7 @@ fn logger_main(
                         Err(e) => {
                             push_error(s, format!("episode {}: {e}", end.episode));
                             unsave_lost(s, w.total_episodes());
+                            lost = true;
                         }
                     }
                 }
@@ -248,6 +246,13 @@ fn logger_main(
         if let Err(e) = w.close_data_file() {
             push_error(s, format!("closing the dataset's data file: {e}"));
             unsave_lost(s, w.total_episodes());
+            lost = true;
+        }
+        // The run is noted in the dataset, committed with its episodes, only when every
+        // one of them is there: one that is missing stays recoverable from the log by
+        // `log-to-dataset --last-run`, which writes nothing for a noted run.
+        if !lost && !run_id.is_empty() {
+            w.note_run(run_id);
         }
         match w.finish() {
             Ok(sum) => {
