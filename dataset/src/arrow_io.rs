@@ -273,24 +273,9 @@ impl ParquetOut {
     }
 }
 
-/// Syncs a directory's entries (new names, renames). Filesystems that cannot sync a
-/// directory (EINVAL, ENOTSUP) are let pass: there is nothing more to do on them. Only
-/// on Unix, where a directory can be opened and synced.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
-    #[cfg(unix)]
-    {
-        const EINVAL: i32 = 22;
-        const ENOTSUP: i32 = 95;
-        match fs::File::open(dir).and_then(|d| d.sync_all()) {
-            Err(e) if !matches!(e.raw_os_error(), Some(EINVAL | ENOTSUP)) => {
-                return Err(DatasetError::io(dir, "syncing directory", e));
-            }
-            _ => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+/// [`crate::sync_dir`], its error naming `dir`.
+fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
+    crate::sync_dir(dir).map_err(|e| DatasetError::io(dir, "syncing directory", e))
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

@@ -68,6 +68,24 @@ pub use error::DatasetError;
 pub use reader::{read_dataset, validate_dataset};
 pub use writer::{DatasetWriter, NOTED_RUNS, noted_runs, write_dataset};
 
+/// Syncs a directory's entries (new names, renames), so that they survive a power cut.
+/// Filesystems that cannot sync a directory (EINVAL, ENOTSUP) are let pass: there is
+/// nothing more to do on them. Only on Unix, where a directory can be opened and synced.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        const EINVAL: i32 = 22;
+        const ENOTSUP: i32 = 95;
+        match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            Err(e) if !matches!(e.raw_os_error(), Some(EINVAL | ENOTSUP)) => return Err(e),
+            _ => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// The largest action magnitude a dataset for training may hold. Actions are in the
 /// policy's units, `[-1, 1]` per dimension (what `controller run` records); the margin is
 /// float round-off, of a conversion from the robot's units say.

@@ -201,6 +201,19 @@ pub struct FirmwareStats {
     pub slew_limited: u64,
 }
 
+/// Round-off the firmware allows beyond `max_delta_per_tick` (policy units), as the
+/// controller's gate does.
+const REACH_TOLERANCE: f32 = 1e-5;
+
+/// Whether `to` is further than `max_delta` (plus [`REACH_TOLERANCE`]) from `from` in
+/// some dimension: beyond one control step's reach.
+fn beyond_reach(max_delta: &[f32], from: &[f32], to: &[f32]) -> bool {
+    from.iter()
+        .zip(to)
+        .zip(max_delta)
+        .any(|((f, t), d)| (t - f).abs() > d + REACH_TOLERANCE)
+}
+
 /// How often the firmware sends a heartbeat while no episode runs.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(250);
 /// Least time between two `Hello`s sent in answer to version-mismatched frames.
@@ -523,9 +536,7 @@ impl SimFirmware {
         let mut p = [0.0f32; firmware_config::protocol::MAX_ACT];
         let p = &mut p[..action.len()];
         self.robot.action.to_policy_units(action, p);
-        let d = &self.robot.safety.max_delta_per_tick;
-        // The controller's gate allows the same tolerance.
-        p.iter().zip(d).any(|(x, d)| x.abs() > d + 1e-5)
+        beyond_reach(&self.robot.safety.max_delta_per_tick, &self.zero, p)
     }
 
     /// The firmware applies its hold action, not the newest command: outside an
@@ -556,12 +567,8 @@ impl SimFirmware {
             self.stepped.copy_from_slice(&self.zero);
         } else {
             let d = &self.robot.safety.max_delta_per_tick;
-            let mut limited = false;
+            let limited = beyond_reach(d, &self.stepped, &self.action);
             for ((s, a), d) in self.stepped.iter_mut().zip(&self.action).zip(d) {
-                // The controller's gate allows the same round-off tolerance.
-                if (a - *s).abs() > d + 1e-5 {
-                    limited = true;
-                }
                 *s = a.clamp(*s - d, *s + d);
             }
             self.stats.slew_limited += u64::from(limited);

@@ -85,13 +85,6 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
             return Err(e);
         }
     };
-    let kept = |what: String| {
-        format!(
-            "{what} (the finished data is complete in {}: move its contents to {} yourself)",
-            partial.display(),
-            out.display()
-        )
-    };
     if empty_dir {
         move_entries_up(&partial, out).with_context(|| {
             format!(
@@ -107,11 +100,14 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
     } else {
         // rename(2) fails if `out` appeared meanwhile: the data stays where it is.
         std::fs::rename(&partial, out).with_context(|| {
-            kept(format!(
-                "moving the finished data from {} to {}",
+            format!(
+                "moving the finished data from {} to {} (the finished data is complete in \
+                 {}: move its contents to {} yourself)",
+                partial.display(),
+                out.display(),
                 partial.display(),
                 out.display()
-            ))
+            )
         })?;
     }
     Ok(value)
@@ -133,22 +129,15 @@ fn move_entries_up(from: &Path, to: &Path) -> Result<()> {
             target.display()
         );
     }
-    let sync = || -> Result<()> {
-        let dir = std::fs::File::open(to)?;
-        match dir.sync_all() {
-            // Filesystems that cannot sync a directory: nothing more to do there.
-            Err(e) if e.raw_os_error() != Some(22) => Err(e.into()),
-            _ => Ok(()),
-        }
-    };
+    let sync = || dataset::sync_dir(to).with_context(|| format!("syncing {}", to.display()));
     for n in names {
         if n == "meta" {
-            sync().with_context(|| format!("syncing {}", to.display()))?;
+            sync()?;
         }
         std::fs::rename(from.join(&n), to.join(&n))
             .with_context(|| format!("moving {} into {}", n.to_string_lossy(), to.display()))?;
     }
-    sync().with_context(|| format!("syncing {}", to.display()))
+    sync()
 }
 
 /// [`write_whole`] for a dataset: the summary's paths name `out`, where the files are

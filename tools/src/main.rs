@@ -518,16 +518,20 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
         "Generating {episodes} scripted demonstrations per task into {}\n",
         out.display()
     );
+    let remove_leftover = |path: &std::path::Path| -> Result<()> {
+        if path.exists() {
+            std::fs::remove_dir_all(path)
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    };
     for task in TaskId::ALL {
         // Each task's new dataset is built and marked beside the old one, which is
         // replaced only then: a failure (a full disk, Ctrl-C, a closed pipe) leaves
         // every task with its old dataset or its new one, never neither.
         let dir = out.join(task.name());
         let new = out.join(format!(".{}.new-{}", task.name(), std::process::id()));
-        if new.exists() {
-            std::fs::remove_dir_all(&new)
-                .with_context(|| format!("removing the leftover {}", new.display()))?;
-        }
+        remove_leftover(&new)?;
         generate::generate(task, episodes, seed, EnvConfig::default(), &new)?;
         std::fs::write(
             new.join(DEMO_MARKER),
@@ -537,20 +541,14 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
         // Old out of the way by a rename, new in by another, then the old removed: at
         // every moment one of them is complete under a name that says which.
         let old = out.join(format!(".{}.old-{}", task.name(), std::process::id()));
-        if old.exists() {
-            std::fs::remove_dir_all(&old)
-                .with_context(|| format!("removing the leftover {}", old.display()))?;
-        }
+        remove_leftover(&old)?;
         if dir.exists() {
             std::fs::rename(&dir, &old)
                 .with_context(|| format!("moving {} to {}", dir.display(), old.display()))?;
         }
         std::fs::rename(&new, &dir)
             .with_context(|| format!("moving {} to {}", new.display(), dir.display()))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old)
-                .with_context(|| format!("removing the previous demo dataset {}", old.display()))?;
-        }
+        remove_leftover(&old)?;
         validate(&dir)?;
         inspect(&dir)?;
         println!();

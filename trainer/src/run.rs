@@ -283,8 +283,6 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
     }
     if let Some(task) = config.task.sim() {
         crate::robot::refuse_sim_variant(path, &ds.info.robot_type, task)?;
-    }
-    if let Some(task) = config.task.sim() {
         // Same sizes are not the same task (push's and arm-reach's are alike): names
         // the dataset recorded must be the task's. Names made up for a dataset that
         // recorded none (`observation.state.0`, …) say nothing.
