@@ -195,12 +195,40 @@ pub fn parse(name: &str) -> Result<DeviceSpec> {
             kind.trim_end_matches("-cpu")
         );
     }
+    refuse_known_wrong(spec, cfg!(feature = "fusion"))?;
     Ok(spec)
+}
+
+/// Refuses a backend and build measured to give wrong results, rather than train on it:
+/// burn 0.22.0-pre.3's kernel fusion on CUDA. On an H200 (2026-12-04) one update's critic
+/// values came out up to half off the CPU's, and rows gathered from the device replay
+/// shifted by one row; every operation alone agreed, and without fusion both tests pass
+/// (BENCHMARKS.md, "CUDA on an H200").
+fn refuse_known_wrong(spec: DeviceSpec, fusion: bool) -> Result<()> {
+    if matches!(spec, DeviceSpec::Cuda(_)) && fusion {
+        bail!(
+            "device 'cuda' in a build with burn's kernel fusion (the trainer's `fusion` \
+             feature) trains on wrong values (burn 0.22.0-pre.3, measured on an H200): \
+             build with `--features cuda` alone"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuda_with_fusion_is_refused() {
+        let e = refuse_known_wrong(DeviceSpec::Cuda(1), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("build with `--features cuda` alone"), "{e}");
+        refuse_known_wrong(DeviceSpec::Cuda(0), false).unwrap();
+        refuse_known_wrong(DeviceSpec::Vulkan(0), true).unwrap();
+        refuse_known_wrong(DeviceSpec::Cpu, true).unwrap();
+    }
 
     #[test]
     fn names_parse_and_bad_ones_are_explained() {

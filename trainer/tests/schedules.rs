@@ -159,8 +159,8 @@ fn all_params(a: &Agent) -> Vec<f32> {
 /// GPU parity (run by `scripts/gpu-check`): `EXPO_GPU_DEVICE=vulkan` (or `cuda`) with the
 /// trainer built with that feature. From the same initial weights and the same batch,
 /// one environment step's update at the `cpu` preset's sizes (sequential schedule, host
-/// noise, fp32) on the GPU and on the CPU give the same losses and parameters within
-/// 1e-3 relative.
+/// noise) on the GPU and on the CPU give the same losses and parameters within 1e-3
+/// relative (fp32; TF32 on `cuda`, see below).
 #[test]
 #[ignore = "needs a GPU: EXPO_GPU_DEVICE=vulkan|cuda and the matching feature"]
 fn one_update_on_the_gpu_matches_the_cpu() {
@@ -181,8 +181,15 @@ fn one_update_on_the_gpu_matches_the_cpu() {
     let mg = dev.update(&batch).unwrap();
     eprintln!("cpu {mc:?}\ngpu {mg:?}");
     let rel = |a: f32, b: f32| (a - b).abs() / a.abs().max(b.abs()).max(1e-3);
-    // Every difference is printed before anything is asserted: on `cuda` burn's matmuls
-    // run in TF32 (README, "Precision"), and a failure should say by how much.
+    // Every difference is printed before anything is asserted, so a failure says by how
+    // much. On `cuda` burn's matmuls run in TF32 (a 10-bit mantissa; README,
+    // "Precision"). Measured there (an H200, without fusion): the metrics within 1.01e-3,
+    // and 167 of 267,069 parameters (0.06%) beyond 1e-3, the worst a weight at 0 before
+    // the step: Adam's first step moves it by ±lr whatever its gradient's size, so the
+    // sign of a gradient near 0 decides. Hence 2e-3 and 0.1% of the parameters there;
+    // fp32 backends get 1e-3 and none. (With fusion, 61% and 7.2% off: refused.)
+    let tf32 = gpu.starts_with("cuda");
+    let metric_tolerance = if tf32 { 2e-3 } else { 1e-3 };
     let mut failures = vec![];
     for (name, a, b) in [
         ("critic_loss", mc.critic_loss, mg.critic_loss),
@@ -197,7 +204,7 @@ fn one_update_on_the_gpu_matches_the_cpu() {
             "{name}: cpu {a} gpu {b}, relative difference {:e}",
             rel(a, b)
         );
-        if rel(a, b) >= 1e-3 {
+        if rel(a, b) >= metric_tolerance {
             failures.push(format!("{name}: cpu {a} vs gpu {b}"));
         }
     }
@@ -220,8 +227,11 @@ fn one_update_on_the_gpu_matches_the_cpu() {
         pg[worst_at],
         before[worst_at]
     );
-    if over > 0 {
-        failures.push(format!("{over} parameters differ by 1e-3 relative or more"));
+    let allowed = if tf32 { pc.len() / 1000 } else { 0 };
+    if over > allowed {
+        failures.push(format!(
+            "{over} parameters differ by 1e-3 relative or more (at most {allowed} may)"
+        ));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
@@ -571,4 +581,170 @@ fn metrics_summed_on_the_device_are_the_sums_of_each_steps_metrics() {
             "taken twice (graph {graph})"
         );
     }
+}
+
+/// The tensor operations the learner is made of, one by one, on the GPU against the CPU
+/// (run by `scripts/gpu-check`): when an update disagrees (above), this names the
+/// operation. Every result is printed before anything is asserted; a difference of 1e-2
+/// relative to the result's scale fails (TF32 matmuls on `cuda` stay near 1e-3).
+#[test]
+#[ignore = "needs a GPU: EXPO_GPU_DEVICE=vulkan|cuda and the matching feature"]
+fn operations_on_the_gpu_match_the_cpu() {
+    use burn::tensor::{Device, Int, TensorData};
+    let gpu = std::env::var("EXPO_GPU_DEVICE").expect("EXPO_GPU_DEVICE");
+    let gpu = trainer::device::parse(&gpu).unwrap().device();
+    let cpu = trainer::device::parse("cpu").unwrap().device();
+    let random = |seed: u64, n: usize| {
+        let mut rng = Rng::new(seed);
+        (0..n).map(|_| rng.normal()).collect::<Vec<f32>>()
+    };
+    let t2 = |seed: u64, d: [usize; 2], dev: &Device| {
+        Tensor::<2>::from_data(TensorData::new(random(seed, d[0] * d[1]), d), dev)
+    };
+    let t3 = |seed: u64, d: [usize; 3], dev: &Device| {
+        Tensor::<3>::from_data(TensorData::new(random(seed, d[0] * d[1] * d[2]), d), dev)
+    };
+    let ids = |v: &[i64], dev: &Device| {
+        Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), dev)
+    };
+    let v2 = |t: Tensor<2>| {
+        (
+            t.dims().to_vec(),
+            t.into_data().try_to_vec::<f32>().unwrap(),
+        )
+    };
+    let v3 = |t: Tensor<3>| {
+        (
+            t.dims().to_vec(),
+            t.into_data().try_to_vec::<f32>().unwrap(),
+        )
+    };
+    type Case<'a> = (String, Box<dyn Fn(&Device) -> (Vec<usize>, Vec<f32>) + 'a>);
+    let mut cases: Vec<Case> = vec![];
+    let (e, r, h) = (10, 16, 64);
+    for w in [1, 2, 3] {
+        cases.push((
+            format!("upload and read [{r}, {w}]"),
+            Box::new(move |d| v2(t2(1, [r, w], d))),
+        ));
+        cases.push((
+            format!("select rows of [{r}, {w}]"),
+            Box::new(move |d| v2(t2(2, [r, w], d).select(0, ids(&[3, 0, 5, 5, 15, 1], d)))),
+        ));
+        cases.push((
+            format!("slice_assign rows 2..5 of [{r}, {w}]"),
+            Box::new(move |d| {
+                v2(Tensor::<2>::zeros([r, w], d).slice_assign([2..5, 0..w], t2(3, [3, w], d)))
+            }),
+        ));
+    }
+    for n in [1, 2, 64] {
+        cases.push((
+            format!("matmul [{r}, {h}] × [{h}, {n}]"),
+            Box::new(move |d| v2(t2(4, [r, h], d).matmul(t2(5, [h, n], d)))),
+        ));
+        cases.push((
+            format!("matmul [{e}, {r}, {h}] × [{e}, {h}, {n}]"),
+            Box::new(move |d| v3(t3(6, [e, r, h], d).matmul(t3(7, [e, h, n], d)))),
+        ));
+        cases.push((
+            format!("expanded [{r}, {h}] to [{e}, {r}, {h}], matmul [{e}, {h}, {n}]"),
+            Box::new(move |d| {
+                let x = t2(8, [r, h], d).unsqueeze_dim::<3>(0).expand([e, r, h]);
+                v3(x.matmul(t3(9, [e, h, n], d)))
+            }),
+        ));
+        cases.push((
+            format!("matmul [4, {r}, {h}] × members 1,3,4,8 selected of [{e}, {h}, {n}]"),
+            Box::new(move |d| {
+                let w = t3(10, [e, h, n], d).select(0, ids(&[1, 3, 4, 8], d));
+                v3(t3(11, [4, r, h], d).matmul(w))
+            }),
+        ));
+        cases.push((
+            format!("[{e}, {r}, {h}] swapped × [{e}, {r}, {n}]"),
+            Box::new(move |d| {
+                v3(t3(12, [e, r, h], d)
+                    .swap_dims(1, 2)
+                    .matmul(t3(13, [e, r, n], d)))
+            }),
+        ));
+        cases.push((
+            format!("[{e}, {r}, {n}] × [{e}, {h}, {n}] swapped"),
+            Box::new(
+                move |d| v3(t3(14, [e, r, n], d).matmul(t3(15, [e, h, n], d).swap_dims(1, 2))),
+            ),
+        ));
+        cases.push((
+            format!("[{e}, {r}, {n}] + [{e}, 1, {n}], sum over rows"),
+            Box::new(move |d| v3((t3(16, [e, r, n], d) + t3(17, [e, 1, n], d)).sum_dim(1))),
+        ));
+    }
+    // The device replay's pattern: rows written into a zero table, then read back.
+    for w in [1, 3] {
+        cases.push((
+            format!("rows 0..5 of [12, {w}] written, then selected"),
+            Box::new(move |d| {
+                let t =
+                    Tensor::<2>::zeros([12, w], d).slice_assign([0..5, 0..w], t2(19, [5, w], d));
+                v2(t.select(0, ids(&[0, 1, 2, 3, 4], d)))
+            }),
+        ));
+    }
+    // The fused optimizer's parameters: views of one flat buffer at aligned offsets.
+    cases.push((
+        format!("[{e}, {h}, 1] viewed in a flat buffer at 256, matmul"),
+        Box::new(move |d| {
+            let flat = Tensor::<1>::from_data(
+                TensorData::new(random(20, 256 + e * h + 256), [256 + e * h + 256]),
+                d,
+            );
+            let w = flat.slice(256..256 + e * h).reshape([e, h, 1]);
+            v3(t3(21, [e, r, h], d).matmul(w))
+        }),
+    ));
+    // Layer norm over the last axis as the critic computes it, and ReLU's mask.
+    cases.push((
+        format!("layer norm of [{e}, {r}, {h}], masked where ≤ 0"),
+        Box::new(move |d| {
+            let x = t3(22, [e, r, h], d);
+            let mean = x.clone().mean_dim(2);
+            let c = x - mean;
+            let var = (c.clone() * c.clone()).mean_dim(2);
+            let y = c * (var + 1e-5).powf_scalar(-0.5);
+            let off = y.clone().lower_equal_elem(0.0);
+            v3(y.mask_fill(off, 0.0))
+        }),
+    ));
+    cases.push((
+        format!("[{e}, {r}, 1] reshaped to [{e}, {r}]"),
+        Box::new(move |d| v2((t3(18, [e, r, 1], d) * 2.0).reshape([e, r]))),
+    ));
+    let mut failures = vec![];
+    for (name, run) in &cases {
+        let ((dc, c), (dg, g)) = (run(&cpu), run(&gpu));
+        let scale = c.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        let worst = c
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| (a - b).abs())
+            .fold(
+                0.0f32,
+                |m, x| if x.is_nan() { f32::INFINITY } else { m.max(x) },
+            );
+        let ok = dc == dg && c.len() == g.len() && worst / scale < 1e-2;
+        eprintln!(
+            "{} {name}: dims cpu {dc:?} gpu {dg:?}, worst difference {worst:.3e} of scale {scale:.3e}",
+            if ok { "ok  " } else { "BAD " }
+        );
+        if !ok {
+            eprintln!(
+                "    cpu {:?}\n    gpu {:?}",
+                &c[..c.len().min(8)],
+                &g[..g.len().min(8)]
+            );
+            failures.push(name.clone());
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
