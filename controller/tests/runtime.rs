@@ -679,45 +679,29 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
     let variant = |name: &str, f: &dyn Fn(&Path)| variant_of(&good, root.path(), name, f);
     let ensemble = b.manifest.selection.ensemble_size;
     // (what, bundle, the native backend's message, tract's)
-    let cases = [
-        (
-            "more critic members in the manifest than in the graph",
-            variant("ensemble", &|d| {
-                edit_manifest(d, |t| {
-                    t["selection"].as_table_mut().unwrap().insert(
-                        "ensemble_size".into(),
-                        toml::Value::Integer(2 * ensemble as i64),
-                    );
-                })
-            }),
-            format!("expected [{} (selection.ensemble_size), 10, width]", 2 * ensemble),
-            "crashed building or running the graphs".to_string(),
-        ),
-        (
-            "a critic weight of the right size in the wrong shape",
-            variant("reshaped", &|d| {
-                let p = d.join("critic.onnx");
-                let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap())
-                    .unwrap();
-                let g = m.graph.as_mut().unwrap();
-                let w = g
-                    .initializer
-                    .iter_mut()
-                    .find(|t| t.name == "layers.0.obs.weight")
-                    .unwrap();
-                // [E, 10, 64] → [E, 20, 32]: as many values, layers that do not chain.
-                assert_eq!(w.dims[1..], [10, 64]);
-                w.dims[1] = 20;
-                w.dims[2] = 32;
-                let bytes = m.to_bytes();
-                fs::write(&p, &bytes).unwrap();
-                edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
-            }),
-            "`layers.0.obs.weight` is [10, 20, 32], expected [10 (selection.ensemble_size), 10, width]"
-                .to_string(),
-            "critic.onnx".to_string(),
-        ),
-    ];
+    let cases = [(
+        "a critic weight of the right size in the wrong shape",
+        variant("reshaped", &|d| {
+            let p = d.join("critic.onnx");
+            let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+            let g = m.graph.as_mut().unwrap();
+            let w = g
+                .initializer
+                .iter_mut()
+                .find(|t| t.name == "layers.0.obs.weight")
+                .unwrap();
+            // [E, 10, 64] → [E, 20, 32]: as many values, layers that do not chain.
+            assert_eq!(w.dims[1..], [10, 64]);
+            w.dims[1] = 20;
+            w.dims[2] = 32;
+            let bytes = m.to_bytes();
+            fs::write(&p, &bytes).unwrap();
+            edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
+        }),
+        "`layers.0.obs.weight` is [10, 20, 32], expected [10 (selection.ensemble_size), 10, width]"
+            .to_string(),
+        "critic.onnx".to_string(),
+    )];
     for (what, dir, native_text, tract_text) in cases {
         let bundle = load_bundle(&dir, &Trust::AllowUnsigned).expect(what);
         for (backend, text) in [
@@ -817,6 +801,48 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             ("action", "dim", toml::Value::Integer(1 << 40)),
             "action.dim = 1099511627776 exceeds 65536",
         ),
+        // The critic graph's members, on the leading axis of every weight it gathers
+        // by member id: tract ran a manifest of fewer members on the first of them
+        // (the native backend refused it), and crashed inside the graph on more.
+        (
+            "fewer critic members in the manifest than in the graph",
+            (
+                "selection",
+                "ensemble_size",
+                toml::Value::Integer(ensemble as i64 / 2),
+            ),
+            "expected 5 (selection.ensemble_size), found dims [10,",
+        ),
+        (
+            "more critic members in the manifest than in the graph",
+            (
+                "selection",
+                "ensemble_size",
+                toml::Value::Integer(2 * ensemble as i64),
+            ),
+            "expected 20 (selection.ensemble_size), found dims [10,",
+        ),
+        // Edits the controller would load and never use, or use as copies.
+        (
+            "edits without a critic to score them",
+            ("selection", "critic_subset", toml::Value::Integer(0)),
+            "selection.num_edit = 4 but critic_subset = 0",
+        ),
+        (
+            "edits of scale 0",
+            ("selection", "edit_scale", toml::Value::Float(0.0)),
+            "selection.num_edit = 4 but edit_scale = 0",
+        ),
+        (
+            "no observation values",
+            ("observation", "dim", toml::Value::Integer(0)),
+            "observation.dim = 0: a policy needs at least one value",
+        ),
+        (
+            "no action values",
+            ("action", "dim", toml::Value::Integer(0)),
+            "action.dim = 0: a policy needs at least one value",
+        ),
         (
             "2^40 diffusion steps",
             ("diffusion", "trained_steps", toml::Value::Integer(1 << 40)),
@@ -848,6 +874,21 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
     });
     let e = load_bundle(&dir, &Trust::AllowUnsigned).unwrap_err();
     assert!(e.to_string().contains("observation.low[3] = 5"), "{e}");
+    // A std below the trainer's floor: the load-time probe's all-zero observation
+    // passed it, and the first reading 0.03 from the mean gave a NaN action.
+    let dir = variant("tiny std", &|d| {
+        edit_manifest(d, |t| {
+            let o = t["observation"].as_table_mut().unwrap();
+            o["std"].as_array_mut().unwrap()[2] = toml::Value::Float(1e-40);
+        })
+    });
+    let e = load_bundle(&dir, &Trust::AllowUnsigned).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("observation.std[2] = 0.000000")
+            && e.contains("must be finite and at least 0.001 (the trainer's floor)"),
+        "{e}"
+    );
     // Weights whose dims overflow a usize, or are negative, or whose bytes are not
     // whole f32s: refused by name when the bundle loads (the first used to panic on
     // the overflow, the last skipped the size and NaN checks).

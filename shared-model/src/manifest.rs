@@ -63,6 +63,11 @@ pub const MAX_DIM: usize = 1 << 16;
 /// caps above alone allow 1024 × 64 × 65,536 = 2^32 values. The largest preset holds
 /// 8 × 1 × 7.
 pub const MAX_CANDIDATE_VALUES: usize = 1 << 24;
+/// Smallest observation std a bundle may carry: the floor the trainer's normalizer puts
+/// under every feature's std. A smaller one (a subnormal, say) turns ordinary readings
+/// into huge normalized values and the chosen action into NaN, which the load-time probe
+/// (all-zero normalized observation) would not show.
+pub const MIN_OBS_STD: f32 = 1e-3;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 /// The graph files [`write_bundle`] writes (a manifest may name others; it is checked).
@@ -887,7 +892,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     let critic = match (&m.graphs.critic, m.selection.critic_subset) {
         (Some(g), _) => {
             let bytes = read_graph(g)?;
-            check_graph(
+            let model = check_graph(
                 &dir.join(&g.file),
                 &bytes,
                 &[
@@ -897,6 +902,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                 ],
                 &[(names::Q, DATA_TYPE_FLOAT, vec![None, None])],
             )?;
+            check_critic_members(&dir.join(&g.file), &model, m.selection.ensemble_size)?;
             Some(bytes)
         }
         (None, 0) => None,
@@ -929,6 +935,9 @@ pub fn check_policy_sizes(
     for (name, dim) in [("observation.dim", obs_dim), ("action.dim", action_dim)] {
         if dim > MAX_DIM {
             return Err(format!("{name} = {dim} exceeds {MAX_DIM}"));
+        }
+        if dim == 0 {
+            return Err(format!("{name} = 0: a policy needs at least one value"));
         }
     }
     // num_samples and horizon have caps of their own, named by their own checks.
@@ -971,8 +980,18 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             ));
         }
     }
-    if o.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || o.mean.iter().any(|x| !x.is_finite()) {
-        return Err("observation.mean/std must be finite with std > 0".into());
+    if let Some(i) = (0..o.dim).find(|&i| !(o.std[i].is_finite() && o.std[i] >= MIN_OBS_STD)) {
+        return Err(format!(
+            "observation.std[{i}] = {} must be finite and at least {MIN_OBS_STD} (the \
+             trainer's floor)",
+            o.std[i]
+        ));
+    }
+    if let Some(i) = (0..o.dim).find(|&i| !o.mean[i].is_finite()) {
+        return Err(format!(
+            "observation.mean[{i}] = {} must be finite",
+            o.mean[i]
+        ));
     }
     // Bounds may be infinite (an unbounded channel), not NaN or inverted.
     if let Some(i) = (0..o.dim).find(|&i| {
@@ -1096,6 +1115,21 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             s.edit_scale
         ));
     }
+    // As the trainer's config requires: edits that are never scored, or that copy their
+    // base sample, would be loaded and run for nothing.
+    if s.num_edit > 0 && s.critic_subset == 0 {
+        return Err(format!(
+            "selection.num_edit = {} but critic_subset = 0: without a critic the controller \
+             acts with the first base sample and never uses an edit",
+            s.num_edit
+        ));
+    }
+    if s.num_edit > 0 && s.edit_scale == 0.0 {
+        return Err(format!(
+            "selection.num_edit = {} but edit_scale = 0: every edit would copy its base sample",
+            s.num_edit
+        ));
+    }
     // The edit graph's first layer reads [obs, base_action] ahead of a separate head.
     if s.num_edit > 0 && m.networks.edit_widths.is_empty() {
         return Err(format!(
@@ -1114,18 +1148,18 @@ const KNOWN_ALGOS: [&str; 3] = ["expo", "bc", "idql-select"];
 type IoSpec = (&'static str, i32, Vec<Option<usize>>);
 
 /// Decodes a graph and checks its inputs/outputs (names, element types, fixed dims) and
-/// that every float weight is finite.
+/// that every float weight is finite; returns the decoded model.
 fn check_graph(
     path: &Path,
     bytes: &[u8],
     inputs: &[IoSpec],
     outputs: &[IoSpec],
-) -> Result<(), BundleError> {
+) -> Result<ModelProto, BundleError> {
     let model = ModelProto::from_bytes(bytes).map_err(|e| BundleError::Onnx {
         path: path.into(),
         message: e.to_string(),
     })?;
-    let graph = model.graph.ok_or_else(|| BundleError::Onnx {
+    let graph = model.graph.as_ref().ok_or_else(|| BundleError::Onnx {
         path: path.into(),
         message: "model has no graph".into(),
     })?;
@@ -1228,6 +1262,52 @@ fn check_graph(
                 });
             }
         }
+    }
+    Ok(model)
+}
+
+/// Every weight that the critic graph gathers by member (`members`) must hold
+/// `selection.ensemble_size` members on its leading axis. The controller draws its
+/// critic subsets from that many; a graph of more members would silently leave the
+/// others out (tract), and one of fewer would fail inside the graph on a member id.
+fn check_critic_members(
+    path: &Path,
+    model: &ModelProto,
+    ensemble_size: usize,
+) -> Result<(), BundleError> {
+    let graph = model.graph.as_ref().expect("checked by check_graph");
+    let gathered: Vec<&str> = graph
+        .node
+        .iter()
+        .filter(|n| {
+            n.op_type == "Gather" && n.input.get(1).map(String::as_str) == Some(names::MEMBERS)
+        })
+        .filter_map(|n| n.input.first().map(String::as_str))
+        .collect();
+    let mut checked = 0;
+    for t in graph
+        .initializer
+        .iter()
+        .filter(|t| gathered.contains(&t.name.as_str()))
+    {
+        if t.dims.first() != Some(&(ensemble_size as i64)) {
+            return Err(BundleError::Shape {
+                path: path.into(),
+                what: format!("per-member weight `{}`'s member axis", t.name),
+                expected: format!("{ensemble_size} (selection.ensemble_size)"),
+                found: format!("dims {:?}", t.dims),
+            });
+        }
+        checked += 1;
+    }
+    if checked == 0 {
+        return Err(BundleError::Onnx {
+            path: path.into(),
+            message: format!(
+                "no weight is gathered by `{}`: not a critic ensemble graph",
+                names::MEMBERS
+            ),
+        });
     }
     Ok(())
 }

@@ -62,6 +62,11 @@ const RESTITUTION: f32 = 0.1;
 /// Speed caps (m/s): keep contacts well resolved at the physics step.
 const PUSHER_SPEED_CAP: f32 = 1.0;
 const PUCK_SPEED_CAP: f32 = 2.0;
+/// Overlap (m) that counts as touching. `resolve_contact` leaves the discs exactly
+/// `reach` apart, but the distance recomputed from the moved f32 positions can land a
+/// few ulp (about 1e-8 m) inside it; read as a pinned puck, that rounding used to take
+/// away all of the pusher's velocity into a puck free to move.
+const CONTACT_SLOP: f32 = 1e-6;
 const PHYSICS_DT: f32 = 1.0 / (SPEC.control_hz * SPEC.substeps) as f32;
 
 /// Positions and velocities of the two bodies.
@@ -165,7 +170,7 @@ impl PushState {
         let d = [self.puck[0] - self.pusher[0], self.puck[1] - self.pusher[1]];
         let dist = (d[0] * d[0] + d[1] * d[1]).sqrt();
         let reach = PUSHER_RADIUS + PUCK_RADIUS;
-        if dist >= reach || dist < 1e-9 {
+        if dist >= reach - CONTACT_SLOP || dist < 1e-9 {
             return;
         }
         let n = [d[0] / dist, d[1] / dist];
@@ -356,7 +361,10 @@ pub struct PushExpert {
 impl Default for PushExpert {
     fn default() -> Self {
         PushExpert {
-            noise_std: 0.68,
+            // About 60% success (README): 62.1% of 1000 seeds (`demo_stats`). It was 0.68
+            // (60.7%) until the pusher stopped losing its speed in contacts with a free
+            // puck (2026-12-04), which made pushing easier (76.4% at 0.68).
+            noise_std: 0.78,
             rng: Rng::new(0),
             side: 1.0,
             speed: 1.0,
@@ -428,6 +436,31 @@ impl Demonstrator for PushExpert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A push into a free puck through `integrate`: after the impulse the pusher keeps
+    /// moving into it (restitution 0.1), wherever the contact lands. f32 rounding of the
+    /// contact distance used to read as a pinned puck at some offsets, and the pusher
+    /// stopped dead.
+    #[test]
+    fn pushing_a_free_puck_keeps_the_pusher_moving() {
+        let reach = PUSHER_RADIUS + PUCK_RADIUS;
+        for k in 0..200 {
+            let x = k as f32 * 1e-4;
+            let mut s = PushState {
+                pusher: [x, -(reach - 5e-4)],
+                pusher_vel: [0.0, 0.5],
+                puck: [0.0, 0.0],
+                puck_vel: [0.0; 2],
+            };
+            s.integrate([0.0, 0.5], PHYSICS_DT);
+            assert!(s.puck_vel[1] > 0.3, "offset {x}: puck {:?}", s.puck_vel);
+            assert!(
+                s.pusher_vel[1] > 0.3,
+                "offset {x}: the pusher stopped, {:?}",
+                s.pusher_vel
+            );
+        }
+    }
 
     #[test]
     fn collision_conserves_momentum_and_separates() {

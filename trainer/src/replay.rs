@@ -6,6 +6,7 @@
 //! the buffers (`crate::device_replay`, `compute.replay = "device"`). Both copy the same
 //! rows in the same order, so the choice changes no result.
 
+use shared_model::manifest::MIN_OBS_STD;
 use sim::rng::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -631,7 +632,8 @@ pub fn draw_mixed(
     }
 }
 
-/// Per-dimension observation normalization `(x − mean) / std` (std floored at 1e-3).
+/// Per-dimension observation normalization `(x − mean) / std`, std floored at
+/// [`MIN_OBS_STD`] (1e-3), the smallest a bundle may carry.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Normalizer {
     pub mean: Vec<f32>,
@@ -653,7 +655,7 @@ impl Normalizer {
         let std = sq
             .iter()
             .zip(&mean)
-            .map(|(s, m)| ((s / n - m * m).max(0.0).sqrt().max(1e-3)) as f32)
+            .map(|(s, m)| ((s / n - m * m).max(0.0).sqrt().max(f64::from(MIN_OBS_STD))) as f32)
             .collect();
         Normalizer {
             mean: mean.iter().map(|&m| m as f32).collect(),
