@@ -126,7 +126,8 @@ fn collide_walls(p: &mut [f32; 2], v: &mut [f32; 2]) {
     }
 }
 
-/// Distance from `p` to the nearest wall surface (negative inside a wall).
+/// Distance from `p` to the nearest wall surface; inside a wall, minus the depth into
+/// its cell (the distance to that cell's nearest edge).
 pub fn wall_clearance(p: [f32; 2]) -> f32 {
     let mut best = f32::INFINITY;
     for r in 0..ROWS as isize {
@@ -139,7 +140,11 @@ pub fn wall_clearance(p: [f32; 2]) -> f32 {
             let closest = [p[0].clamp(x0, x0 + 1.0), p[1].clamp(y0, y0 + 1.0)];
             let d = ((p[0] - closest[0]).powi(2) + (p[1] - closest[1]).powi(2)).sqrt();
             let inside = p[0] > x0 && p[0] < x0 + 1.0 && p[1] > y0 && p[1] < y0 + 1.0;
-            best = best.min(if inside { -0.0 } else { d });
+            let depth = (p[0] - x0)
+                .min(x0 + 1.0 - p[0])
+                .min(p[1] - y0)
+                .min(y0 + 1.0 - p[1]);
+            best = best.min(if inside { -depth } else { d });
         }
     }
     best
@@ -443,6 +448,18 @@ impl Demonstrator for MazeExpert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Negative inside a wall, as documented: it was −0.0, which is not below 0.
+    #[test]
+    fn clearance_is_negative_inside_a_wall() {
+        let (r, c) = (0..ROWS as isize)
+            .flat_map(|r| (0..COLS as isize).map(move |c| (r, c)))
+            .find(|&(r, c)| is_wall(r, c))
+            .expect("a wall cell");
+        let (x0, y0) = (c as f32, (ROWS as isize - 1 - r) as f32);
+        assert_eq!(wall_clearance([x0 + 0.5, y0 + 0.5]), -0.5);
+        assert!((wall_clearance([x0 + 0.1, y0 + 0.5]) + 0.1).abs() < 1e-6);
+    }
 
     #[test]
     fn four_distinct_routes_reach_the_goal() {

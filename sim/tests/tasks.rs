@@ -307,7 +307,7 @@ fn stepping_after_the_end_is_frozen() {
     }
 }
 
-/// Documented band for every demonstrator: 40-70% success (see the `sim` crate docs).
+/// Every demonstrator's success rate is near the README's figure for it.
 #[test]
 fn demonstrators_succeed_within_documented_band() {
     for task in TaskId::ALL {
@@ -318,9 +318,14 @@ fn demonstrators_succeed_within_documented_band() {
             .filter(|&s| record_episode(env.as_mut(), demo.as_mut(), 10_000 + s).is_success())
             .count();
         let rate = ok as f64 / n as f64;
+        // The README's figures (about 60%, 75% and 60%), ±0.15.
+        let documented = match task {
+            TaskId::Push => 0.75,
+            _ => 0.60,
+        };
         assert!(
-            (0.40..=0.70).contains(&rate),
-            "{task}: demonstrator success {rate}"
+            (rate - documented).abs() <= 0.15,
+            "{task}: demonstrator success {rate}, documented about {documented}"
         );
     }
 }
