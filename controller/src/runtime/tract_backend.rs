@@ -81,7 +81,14 @@ impl TractNetworks {
     }
 }
 
-fn copy_out(v: &TValue, out: &mut [f32], what: &str) -> Result<()> {
+/// Copies a graph output of the shape the graph contract names (`[rows, A]`, `[K, rows]`):
+/// the value count alone would let a transposed output through, read in the wrong order.
+fn copy_out(v: &TValue, shape: &[usize], out: &mut [f32], what: &str) -> Result<()> {
+    anyhow::ensure!(
+        v.shape() == shape,
+        "{what}: graph returned shape {:?}, expected {shape:?}",
+        v.shape()
+    );
     let s = v.try_as_plain_ram()?;
     copy_output(s.as_slice::<f32>()?, out, what)
 }
@@ -94,7 +101,7 @@ impl Networks for TractNetworks {
             Tensor::from_shape(&[rows, self.act_dim], noisy)?.into(),
             Tensor::from_shape(&[1, 1], &[t])?.into(),
         ])?;
-        copy_out(&out[0], eps, "denoiser")
+        copy_out(&out[0], &[rows, self.act_dim], eps, "denoiser")
     }
 
     fn edit(
@@ -110,8 +117,8 @@ impl Networks for TractNetworks {
             Tensor::from_shape(&[1, self.obs_dim], obs)?.into(),
             Tensor::from_shape(&[rows, self.act_dim], base)?.into(),
         ])?;
-        copy_out(&out[0], mean, "edit mean")?;
-        copy_out(&out[1], log_std, "edit log_std")
+        copy_out(&out[0], &[rows, self.act_dim], mean, "edit mean")?;
+        copy_out(&out[1], &[rows, self.act_dim], log_std, "edit log_std")
     }
 
     fn critic(
@@ -128,6 +135,25 @@ impl Networks for TractNetworks {
             Tensor::from_shape(&[rows, self.act_dim], actions)?.into(),
             Tensor::from_shape(&[members.len()], members)?.into(),
         ])?;
-        copy_out(&out[0], q, "critic")
+        copy_out(&out[0], &[members.len(), rows], q, "critic")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transposed output holds as many values as the expected one: refused by shape.
+    #[test]
+    fn outputs_of_the_wrong_shape_are_refused() {
+        let q: TValue = Tensor::from_shape(&[3, 2], &[0.0f32; 6]).unwrap().into();
+        let mut out = [0.0f32; 6];
+        copy_out(&q, &[3, 2], &mut out, "critic").unwrap();
+        let e = copy_out(&q, &[2, 3], &mut out, "critic").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("critic: graph returned shape [3, 2], expected [2, 3]"),
+            "{e}"
+        );
     }
 }
