@@ -679,27 +679,49 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
     let variant = |name: &str, f: &dyn Fn(&Path)| variant_of(&good, root.path(), name, f);
     let ensemble = b.manifest.selection.ensemble_size;
     // (what, bundle, the native backend's message, tract's)
-    let cases = [(
-        "a critic weight of the right size in the wrong shape",
-        variant("reshaped", &|d| {
+    // A critic weight edited in the graph: `edit` changes `layers.0.<part>`'s dims and
+    // keeps as many of its values as they hold.
+    let critic_weight = |name: &'static str, part: &'static str, dims: [i64; 3]| {
+        variant(name, &move |d| {
             let p = d.join("critic.onnx");
             let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
             let g = m.graph.as_mut().unwrap();
             let w = g
                 .initializer
                 .iter_mut()
-                .find(|t| t.name == "layers.0.obs.weight")
+                .find(|t| t.name == format!("layers.0.{part}"))
                 .unwrap();
-            // [E, 10, 64] → [E, 20, 32]: as many values, layers that do not chain.
-            assert_eq!(w.dims[1..], [10, 64]);
-            w.dims[1] = 20;
-            w.dims[2] = 32;
+            let n = dims.iter().product::<i64>() as usize;
+            let values: Vec<u8> = w.floats().unwrap()[..n]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            w.dims = dims.to_vec();
+            w.float_data.clear();
+            w.raw_data = values;
             let bytes = m.to_bytes();
             fs::write(&p, &bytes).unwrap();
             edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
-        }),
-        "`layers.0.obs.weight` is [10, 20, 32], expected [10 (selection.ensemble_size), 10, width]"
-            .to_string(),
+        })
+    };
+    // [E, 10, 64] → [E, 20, 32]: as many values, layers that do not chain; the sizes the
+    // manifest names are checked when the bundle loads.
+    let e = load_bundle(
+        &critic_weight("reshaped", "obs.weight", [10, 20, 32]),
+        &Trust::AllowUnsigned,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("weight `layers.0.obs.weight` (manifest `networks`): expected [10, 10, 64], found dims [10, 20, 32]"),
+        "{e}"
+    );
+    // A bias half as wide as its layer (no manifest size names it): refused when the
+    // policy is built.
+    let cases = [(
+        "a critic bias narrower than its layer",
+        critic_weight("narrow bias", "bias", [10, 1, 32]),
+        "critic.onnx: `layers.0.bias` is 320 wide, expected 640".to_string(),
         "critic.onnx".to_string(),
     )];
     for (what, dir, native_text, tract_text) in cases {
@@ -951,26 +973,57 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             .contains("outputs, in order: expected mean, log_std"),
         "{e}"
     );
-    // A manifest that declares fewer denoiser blocks than the graph has: tract runs the
-    // graph, so the native backend must not quietly run a shorter network.
+    // Network sizes that disagree with the graphs: tract ran them (only the native
+    // backend refused a shorter denoiser), and the FLOP and weight figures computed
+    // from the manifest were wrong. Refused by load_bundle, naming the weight.
     let blocks = b.manifest.networks.denoiser_blocks;
-    assert!(blocks >= 2);
-    let dir = variant("fewer blocks", &|d| {
-        edit_manifest(d, |t| {
-            t["networks"].as_table_mut().unwrap().insert(
-                "denoiser_blocks".into(),
-                toml::Value::Integer(blocks as i64 - 1),
-            );
-        })
-    });
-    let bundle = load_bundle(&dir, &Trust::AllowUnsigned).unwrap();
-    let e = Policy::new(&bundle, &options(Backend::Native, 9))
-        .err()
-        .unwrap();
-    let e = format!("{e:#}");
-    assert!(
-        e.contains(&format!("weight `blocks.{}.", blocks - 1))
-            && e.contains(&format!("networks.denoiser_blocks = {}", blocks - 1)),
-        "{e}"
-    );
+    assert_eq!(blocks, 2);
+    let int = |v: i64| toml::Value::Integer(v);
+    let widths = |w: &[i64]| toml::Value::Array(w.iter().map(|&x| int(x)).collect());
+    for (what, key, value, text) in [
+        (
+            "fewer denoiser blocks",
+            "denoiser_blocks",
+            int(1),
+            "weight `blocks.1.up.weight` (manifest `networks`): expected no such weight, found dims [64, 256]",
+        ),
+        (
+            "more denoiser blocks",
+            "denoiser_blocks",
+            int(3),
+            "weight `blocks.2.up.weight` (manifest `networks`): expected [64, 256], found no such weight",
+        ),
+        (
+            "a wider expansion",
+            "denoiser_expanded",
+            int(512),
+            "weight `blocks.0.up.weight` (manifest `networks`): expected [64, 512], found dims [64, 256]",
+        ),
+        (
+            "a deeper critic",
+            "critic_widths",
+            widths(&[64, 64, 64]),
+            "weight `layers.2.weight` (manifest `networks`): expected [10, 64, 64], found dims [10, 64, 1]",
+        ),
+        (
+            "a narrower edit policy",
+            "edit_widths",
+            widths(&[64, 32]),
+            "weight `head.mean.weight` (manifest `networks`): expected [32, 2], found dims [64, 2]",
+        ),
+    ] {
+        let dir = variant(what, &|d| {
+            edit_manifest(d, |t| {
+                t["networks"]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert(key.into(), value.clone());
+            })
+        });
+        let e = load_bundle(&dir, &Trust::AllowUnsigned)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"))
+            .to_string();
+        assert!(e.contains(text), "{what}: {e}");
+    }
 }

@@ -855,7 +855,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     let m = &manifest;
     let (od, ad) = (m.observation.dim, m.action.chunk_dim());
     let denoiser = read_graph(&m.graphs.denoiser)?;
-    check_graph(
+    let denoiser_model = check_graph(
         &dir.join(&m.graphs.denoiser.file),
         &denoiser,
         &[
@@ -865,10 +865,15 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
         ],
         &[(names::EPS, DATA_TYPE_FLOAT, vec![None, Some(ad)])],
     )?;
+    check_weight_dims(
+        &dir.join(&m.graphs.denoiser.file),
+        &denoiser_model,
+        &denoiser_weight_dims(m),
+    )?;
     let edit = match (&m.graphs.edit, m.selection.num_edit) {
         (Some(g), _) => {
             let bytes = read_graph(g)?;
-            check_graph(
+            let model = check_graph(
                 &dir.join(&g.file),
                 &bytes,
                 &[
@@ -880,6 +885,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                     (names::LOG_STD, DATA_TYPE_FLOAT, vec![None, Some(ad)]),
                 ],
             )?;
+            check_weight_dims(&dir.join(&g.file), &model, &edit_weight_dims(m))?;
             Some(bytes)
         }
         (None, 0) => None,
@@ -903,6 +909,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                 &[(names::Q, DATA_TYPE_FLOAT, vec![None, None])],
             )?;
             check_critic_members(&dir.join(&g.file), &model, m.selection.ensemble_size)?;
+            check_weight_dims(&dir.join(&g.file), &model, &critic_weight_dims(m))?;
             Some(bytes)
         }
         (None, 0) => None,
@@ -1264,6 +1271,109 @@ fn check_graph(
         }
     }
     Ok(model)
+}
+
+/// A weight the manifest's `networks` sizes imply: `Some(dims)` that it must have, or
+/// `None` that it must not exist (a layer past the declared depth).
+type WeightDims = (String, Option<Vec<usize>>);
+
+/// The denoiser weights `networks` implies (as `graphs::denoiser_graph` names them).
+fn denoiser_weight_dims(m: &Manifest) -> Vec<WeightDims> {
+    let n = &m.networks;
+    let (o, a) = (m.observation.dim, m.action.chunk_dim());
+    let (h, x, th) = (n.denoiser_hidden, n.denoiser_expanded, n.time_hidden);
+    let mut v: Vec<WeightDims> = vec![
+        ("fourier".into(), Some(vec![1, n.fourier_features / 2])),
+        ("time_in.weight".into(), Some(vec![n.fourier_features, th])),
+        ("time_out.weight".into(), Some(vec![th, th])),
+        ("input_time.weight".into(), Some(vec![th, h])),
+        ("input_obs.weight".into(), Some(vec![o, h])),
+        ("input_action.weight".into(), Some(vec![a, h])),
+        ("output.weight".into(), Some(vec![h, a])),
+    ];
+    for i in 0..n.denoiser_blocks {
+        v.push((format!("blocks.{i}.up.weight"), Some(vec![h, x])));
+        v.push((format!("blocks.{i}.down.weight"), Some(vec![x, h])));
+    }
+    v.push((format!("blocks.{}.up.weight", n.denoiser_blocks), None));
+    v
+}
+
+/// The edit policy's weights (`graphs::edit_graph`); `edit_widths` is not empty.
+fn edit_weight_dims(m: &Manifest) -> Vec<WeightDims> {
+    let w = &m.networks.edit_widths;
+    let (o, a) = (m.observation.dim, m.action.chunk_dim());
+    let last = *w.last().unwrap_or(&0);
+    let mut v: Vec<WeightDims> = vec![
+        ("layers.0.obs.weight".into(), Some(vec![o, w[0]])),
+        ("layers.0.action.weight".into(), Some(vec![a, w[0]])),
+        ("head.mean.weight".into(), Some(vec![last, a])),
+        ("head.log_std.weight".into(), Some(vec![last, a])),
+    ];
+    for i in 1..w.len() {
+        v.push((format!("layers.{i}.weight"), Some(vec![w[i - 1], w[i]])));
+    }
+    v.push((format!("layers.{}.weight", w.len()), None));
+    v
+}
+
+/// The critic ensemble's weights (`graphs::critic_graph`): hidden widths, then Q.
+fn critic_weight_dims(m: &Manifest) -> Vec<WeightDims> {
+    let e = m.selection.ensemble_size;
+    let (o, a) = (m.observation.dim, m.action.chunk_dim());
+    let w: Vec<usize> = m
+        .networks
+        .critic_widths
+        .iter()
+        .copied()
+        .chain([1])
+        .collect();
+    let mut v: Vec<WeightDims> = vec![
+        ("layers.0.obs.weight".into(), Some(vec![e, o, w[0]])),
+        ("layers.0.action.weight".into(), Some(vec![e, a, w[0]])),
+    ];
+    for i in 1..w.len() {
+        v.push((format!("layers.{i}.weight"), Some(vec![e, w[i - 1], w[i]])));
+    }
+    v.push((format!("layers.{}.weight", w.len()), None));
+    v
+}
+
+/// The graph's weights have the sizes the manifest's `networks` declares, so that the
+/// figures computed from them (FLOPs and weights per action) describe the graphs on
+/// every backend (the native backend also refuses a mismatch when it packs them).
+fn check_weight_dims(
+    path: &Path,
+    model: &ModelProto,
+    expected: &[WeightDims],
+) -> Result<(), BundleError> {
+    let graph = model.graph.as_ref().expect("checked by check_graph");
+    let fmt = |d: &[usize]| {
+        let d: Vec<String> = d.iter().map(usize::to_string).collect();
+        format!("[{}]", d.join(", "))
+    };
+    for (name, dims) in expected {
+        let found = graph.initializer.iter().find(|t| t.name == *name);
+        let shape_err = |found: String| BundleError::Shape {
+            path: path.into(),
+            what: format!("weight `{name}` (manifest `networks`)"),
+            expected: dims.as_deref().map_or("no such weight".into(), fmt),
+            found,
+        };
+        match (found, dims) {
+            (Some(t), Some(d)) => {
+                let same =
+                    t.dims.len() == d.len() && t.dims.iter().zip(d).all(|(&f, &w)| f == w as i64);
+                if !same {
+                    return Err(shape_err(format!("dims {:?}", t.dims)));
+                }
+            }
+            (None, Some(_)) => return Err(shape_err("no such weight".into())),
+            (Some(t), None) => return Err(shape_err(format!("dims {:?}", t.dims))),
+            (None, None) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Every weight that the critic graph gathers by member (`members`) must hold
