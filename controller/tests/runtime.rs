@@ -92,6 +92,38 @@ fn tract_and_native_agree_per_graph_and_per_action() {
             max_diff(&q1, &q2)
         );
 
+        // Wrong sizes are refused by both backends: native used to truncate a long
+        // observation, panic in a kernel on a short one, and leave a long output's tail
+        // stale (and squash its log_std tail).
+        let long_obs: Vec<f32> = obs(1).into_iter().chain([0.5]).collect();
+        for (backend, nets) in [("tract", &mut tract), ("native", &mut native)] {
+            let mut long = vec![0.0; base.len() + 2];
+            let mut l = vec![0.0; base.len()];
+            assert!(
+                nets.edit(&o, base, &mut long, &mut l).is_err(),
+                "{name} {backend}: edit with a long mean"
+            );
+            let mut m = vec![0.0; base.len()];
+            assert!(
+                nets.edit(&long_obs, base, &mut m, &mut l).is_err(),
+                "{name} {backend}: edit with a long observation"
+            );
+            assert!(
+                nets.edit(&o[..o.len() - 1], base, &mut m, &mut l).is_err(),
+                "{name} {backend}: edit with a short observation"
+            );
+            let mut q = vec![0.0; 2 * rows.score + 1];
+            assert!(
+                nets.critic(&o, &acts, &members, &mut q).is_err(),
+                "{name} {backend}: critic with a long q"
+            );
+            let mut e = vec![0.0; x.len() + 2];
+            assert!(
+                nets.denoise(&o, &x, 0.0, &mut e).is_err(),
+                "{name} {backend}: denoise with a long eps"
+            );
+        }
+
         // Whole actions with the same seed: same candidate, same action.
         let mut p1 = Policy::new(&b, &options(Backend::Tract, 5)).unwrap();
         let mut p2 = Policy::new(&b, &options(Backend::Native, 5)).unwrap();

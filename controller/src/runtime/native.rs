@@ -424,10 +424,46 @@ impl NativeNetworks {
     }
 }
 
+impl NativeNetworks {
+    /// The rows of `actions` (`[rows, A]`), after checking one observation and each
+    /// output's length (`per_row` values per action row, `[rows, A]` when 1 and
+    /// `[K, rows]` for the critic): as the tract backend refuses other sizes, rather than
+    /// truncating an input, panicking in a kernel or leaving an output's tail stale.
+    fn check_sizes(
+        &self,
+        what: &str,
+        obs: &[f32],
+        actions: &[f32],
+        outputs: &[usize],
+        per_row: usize,
+    ) -> Result<usize> {
+        let ad = self.act_dim;
+        ensure!(
+            obs.len() == self.obs_dim && actions.len().is_multiple_of(ad),
+            "{what}: {} observation values and {} action values, expected {} and rows of {ad}",
+            obs.len(),
+            actions.len(),
+            self.obs_dim
+        );
+        let rows = actions.len() / ad;
+        let expected = if per_row == 1 {
+            rows * ad
+        } else {
+            per_row * rows
+        };
+        for &n in outputs {
+            ensure!(
+                n == expected,
+                "{what}: an output buffer of {n} values, expected {expected}"
+            );
+        }
+        Ok(rows)
+    }
+}
+
 impl Networks for NativeNetworks {
     fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
-        ensure!(obs.len() == self.obs_dim, "denoiser: observation width");
-        let rows = noisy.len() / self.act_dim;
+        let rows = self.check_sizes("denoiser", obs, noisy, &[eps.len()], 1)?;
         self.reserve(rows);
         let d = &self.denoiser;
         let hidden = d.input_action.d_out;
@@ -478,7 +514,7 @@ impl Networks for NativeNetworks {
         mean: &mut [f32],
         log_std: &mut [f32],
     ) -> Result<()> {
-        let rows = base.len() / self.act_dim;
+        let rows = self.check_sizes("edit", obs, base, &[mean.len(), log_std.len()], 1)?;
         self.reserve(rows);
         let Some(e) = &self.edit else {
             bail!("bundle has no edit policy")
@@ -517,7 +553,7 @@ impl Networks for NativeNetworks {
         members: &[i64],
         q: &mut [f32],
     ) -> Result<()> {
-        let rows = actions.len() / self.act_dim;
+        let rows = self.check_sizes("critic", obs, actions, &[q.len()], members.len())?;
         self.reserve(rows);
         let Some(c) = &self.critic else {
             bail!("bundle has no critic")

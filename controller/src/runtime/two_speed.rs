@@ -232,11 +232,18 @@ impl TwoSpeedPolicy {
 }
 
 impl Drop for TwoSpeedPolicy {
+    /// Stops the worker without waiting for it: a bundle swap drops the old policy on
+    /// the control thread, which must not wait out a chain in progress (up to 51 ms at
+    /// the `paper` preset). The worker ends after that chain, on its own. `stop` is set
+    /// under the observation lock, so a worker between its `stop` check and its wait
+    /// cannot miss the wake-up and sleep out its 50 ms timeout.
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.obs_ready.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        {
+            let _obs = self.shared.obs.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.stop.store(true, Ordering::Release);
+            self.shared.obs_ready.notify_all();
         }
+        // Detached: the handle's drop does not join.
+        self.worker.take();
     }
 }
