@@ -249,6 +249,14 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         "{}: a `bc` run has no critic to fine-tune with rewards; fine-tune an expo or idql-select run",
         source.display()
     );
+    // Refused before the port is bound: every publish would fail after the robot's
+    // transitions were taken.
+    ensure!(
+        !(o.listen.is_some() && config.algo == crate::config::Algo::Rlpd),
+        "{}: an rlpd run exports no bundle, so --listen could publish none to the robot; \
+         fine-tune it from recorded data (--data)",
+        source.display()
+    );
     let (od, ad) = (agent.obs_dim, agent.act_dim);
     let mut summary = FinetuneSummary::default();
     // A robot run has no simulator to evaluate in.

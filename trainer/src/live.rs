@@ -451,6 +451,62 @@ impl Drop for Listener {
     }
 }
 
+/// The update count of the newest bundle under `root` (directories named by it).
+fn newest_bundle(root: &std::path::Path) -> Option<usize> {
+    std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            (name.len() == 7 && name.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| name.parse().ok())?
+        })
+        .max()
+}
+
+/// One streamed transition into the online replay through its stream's chunker, or
+/// counted as unusable or not admitted; returns the updates it is owed (1 when stored).
+fn ingest(
+    step: Step,
+    chunkers: &mut HashMap<String, crate::replay::Chunker>,
+    online: &mut crate::replay::Replay,
+    summary: &mut crate::finetune::FinetuneSummary,
+    config: &crate::config::Config,
+    o: &crate::finetune::FinetuneOptions,
+) -> usize {
+    summary.streamed += 1;
+    let chunker = chunkers.entry(step.stream.clone()).or_insert_with(|| {
+        crate::replay::Chunker::new(step.obs.len(), step.action.len(), config.chunks())
+    });
+    if let Some(why) = step.unusable {
+        if summary.streamed_unusable == 0 {
+            eprintln!(
+                "finetune: not training on a transition of stream {}: {why} \
+                 (kept in OUT/uplink/; further ones are only counted)",
+                step.stream
+            );
+        }
+        summary.streamed_unusable += 1;
+        chunker.cut();
+        return 0;
+    }
+    if !summary.admit(step.intervention, step.teleop, o.keep_interventions) {
+        chunker.cut();
+        return 0;
+    }
+    summary.replay_transitions += chunker.push(
+        online,
+        &step.obs,
+        &step.action,
+        step.reward,
+        &step.next_obs,
+        step.terminal,
+        step.episode_end,
+    );
+    1
+}
+
 /// The `--listen` training loop (called by [`crate::finetune::finetune`] once the run is
 /// loaded): trains one update per received transition until `o.updates`, publishing
 /// bundles on the way, then checkpoints.
@@ -491,15 +547,28 @@ pub(crate) fn train_live(
     let mut batch_rng = Rng::from_state(state.batch_rng);
     let mut rows = Vec::new();
     let mut updates = state.finetune_updates;
+    let started_at = updates;
     let mut owed = 0usize;
     // `finetune.csv` rows as in offline fine-tuning: every `--log-every` updates.
     let log_every = o.log_every.max(1);
     let mut log_clock = std::time::Instant::now();
     progress.phase("finetune (live)", o.updates as u64);
+    // A published bundle is never written over: a robot fetches each name once. After a
+    // resume from an earlier checkpoint, publishing starts again past the newest bundle.
+    let newest_published = newest_bundle(&o.out.join("bundles"));
+    if let Some(n) = newest_published.filter(|&n| n > updates) {
+        eprintln!(
+            "finetune: bundles up to {n:07} were published before this resume (at {updates} \
+             updates); the next is published after update {n}"
+        );
+    }
     let publish = |agent: &crate::agent::Agent,
                    n: usize,
                    summary: &mut crate::finetune::FinetuneSummary|
      -> Result<()> {
+        if newest_published.is_some_and(|newest| n <= newest) {
+            return Ok(());
+        }
         let root = o.out.join("bundles");
         let name = format!("{n:07}");
         let info = crate::export::ExportInfo {
@@ -522,40 +591,7 @@ pub(crate) fn train_live(
             Ok(first) => {
                 last_data = Some(std::time::Instant::now());
                 for step in std::iter::once(first).chain(rx.try_iter()) {
-                    summary.streamed += 1;
-                    let chunker = chunkers.entry(step.stream.clone()).or_insert_with(|| {
-                        crate::replay::Chunker::new(
-                            agent.obs_dim,
-                            step.action.len(),
-                            config.chunks(),
-                        )
-                    });
-                    if let Some(why) = step.unusable {
-                        if summary.streamed_unusable == 0 {
-                            eprintln!(
-                                "finetune: not training on a transition of stream {}: {why} \
-                                 (kept in OUT/uplink/; further ones are only counted)",
-                                step.stream
-                            );
-                        }
-                        summary.streamed_unusable += 1;
-                        chunker.cut();
-                        continue;
-                    }
-                    if !summary.admit(step.intervention, step.teleop, o.keep_interventions) {
-                        chunker.cut();
-                        continue;
-                    }
-                    summary.replay_transitions += chunker.push(
-                        online,
-                        &step.obs,
-                        &step.action,
-                        step.reward,
-                        &step.next_obs,
-                        step.terminal,
-                        step.episode_end,
-                    );
-                    owed += 1;
+                    owed += ingest(step, &mut chunkers, online, summary, &config, o);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -603,13 +639,15 @@ pub(crate) fn train_live(
                 )?;
                 log_clock = std::time::Instant::now();
             }
-            if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
-                publish(agent, updates, summary)?;
-            }
+            // The checkpoint first: a publish that fails (a full disk) must not lose
+            // the updates since the last one.
             if o.checkpoint_every > 0 && updates.is_multiple_of(o.checkpoint_every) {
                 state.capture_agent(agent, &batch_rng);
                 state.finetune_updates = updates;
                 crate::run::write_checkpoint(&o.out, agent, online, state)?;
+            }
+            if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
+                publish(agent, updates, summary)?;
             }
         }
     }
@@ -619,6 +657,12 @@ pub(crate) fn train_live(
         .map(|e| e.clone())
         .unwrap_or_default();
     listener.stop();
+    // Transitions logged and acknowledged after the last update, up to the stop: into
+    // the online replay (not trained on), so that the final checkpoint holds every
+    // streamed transition. The robot will not send them again.
+    for step in rx.try_iter() {
+        ingest(step, &mut chunkers, online, summary, &config, o);
+    }
     if !errors.is_empty() {
         eprintln!(
             "finetune: {} uplink connection(s) ended in an error; the last: {}",
@@ -626,7 +670,9 @@ pub(crate) fn train_live(
             errors[errors.len() - 1]
         );
     }
-    if !updates.is_multiple_of(log_every) && updates > state.finetune_updates {
+    // Against the count this session started from: the checkpoints above move
+    // `state.finetune_updates` along, and the last row went missing after one.
+    if !updates.is_multiple_of(log_every) && updates > started_at {
         crate::run::log_updates_row(
             &o.out.join("finetune.csv"),
             agent,

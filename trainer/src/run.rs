@@ -867,6 +867,11 @@ pub(crate) fn load_run(run: &Path, device: Option<&str>) -> Result<(Agent, RunSt
     Ok((agent, state, online))
 }
 
+/// The online replay of a run directory's newest checkpoint (loaded on the CPU).
+pub fn load_online(run: &Path) -> Result<Replay> {
+    Ok(load_run(run, Some("cpu"))?.2)
+}
+
 /// Loads a trained agent from a run directory (its `config.toml` and `checkpoint/`).
 pub fn load_agent(run: &Path) -> Result<Agent> {
     load_agent_on(run, None)

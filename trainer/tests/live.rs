@@ -469,3 +469,55 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
     );
     assert!(after > before, "before {before}, after {after}");
 }
+
+/// The update cap reached while the robot still streams: every transition the trainer
+/// logged (and so acknowledged) is counted and goes into the final checkpoint's online
+/// replay, also those that arrived after the last update (they were left in the channel,
+/// and the robot does not send an acknowledged transition again).
+#[test]
+fn transitions_logged_after_the_last_update_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    tiny_push_run(&run);
+    let bundle = tmp.path().join("bundle");
+    let info = trainer::export::ExportInfo {
+        dataset: "test".into(),
+        env_steps: 10,
+        executed_steps: None,
+    };
+    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle, &info, None).unwrap();
+    let link_key = Key::from_bytes([7; KEY_LEN]);
+    let out = tmp.path().join("live");
+    let (trainer, addr) = spawn_listening_trainer(&run, &out, 60, &link_key, None, None, true);
+    let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
+    let (firmware, mut cfg, options) = push_robot(20.0, 5);
+    cfg.episodes = Some(2);
+    cfg.out = Some(tmp.path().join("robot"));
+    cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
+        addr: addr.to_string(),
+        key: link_key,
+        drain: Duration::from_secs(2),
+        swap: None,
+    });
+    let brain = Brain::new(&b, &options, false).unwrap();
+    robot_loop::run(cfg, brain, "push", "update cap").unwrap();
+    drop(firmware);
+    let summary = trainer.join().expect("the trainer did not panic");
+    assert_eq!(summary.updates, 60, "{summary:?}");
+    let logged: usize = std::fs::read_dir(out.join("uplink"))
+        .unwrap()
+        .map(|e| {
+            read_log(&e.unwrap().path())
+                .unwrap()
+                .records
+                .iter()
+                .filter(|r| matches!(r, controller::robot_loop::log::Record::Transition(_)))
+                .count()
+        })
+        .sum();
+    assert!(logged >= 60, "{logged} transitions logged");
+    assert_eq!(summary.streamed, logged, "{summary:?}");
+    // Each admitted transition is in the checkpoint's online replay (chunks of 1).
+    let online = trainer::run::load_online(&out).unwrap();
+    assert_eq!(online.len(), 10 + summary.replay_transitions, "{summary:?}");
+}
