@@ -335,6 +335,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             }
         );
         state.finetune_updates = 0;
+        // The source run's own window of `metrics.csv` sums is not this run's.
+        state.metrics_window = None;
         state.config_toml = config.to_toml();
         std::fs::write(o.out.join("config.toml"), config.to_toml())?;
         std::fs::write(
@@ -350,6 +352,9 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         let log = o.out.join("finetune.csv");
         if log.exists() {
             truncate_csv(&log, state.finetune_updates)?;
+        }
+        if let Some(window) = state.metrics_window.clone() {
+            agent.restore_metrics(window);
         }
         if !o.data.is_empty() {
             eprintln!(
@@ -417,6 +422,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         let at_checkpoint = o.checkpoint_every > 0 && done % o.checkpoint_every == 0;
         if at_checkpoint && done < o.updates {
             state.capture_agent(&agent, &batch_rng);
+            state.capture_metrics_window(&mut agent, done, log_every);
             state.finetune_updates = done;
             write_checkpoint(&o.out, &agent, &online, &state)?;
             if o.stop_after.is_some_and(|s| done >= s) {
@@ -427,6 +433,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         }
     }
     state.capture_agent(&agent, &batch_rng);
+    // The last update always ends a row.
+    state.metrics_window = None;
     state.finetune_updates = o.updates.max(start);
     write_checkpoint(&o.out, &agent, &online, &state)?;
     summary.updates = o.updates.max(start);
@@ -611,6 +619,22 @@ impl RunState {
         self.act_rng = agent.act_rng.state();
         self.denoiser_updates = agent.denoiser_updates;
         self.normalizer = agent.normalizer.clone();
+    }
+
+    /// The metrics summed since the last `finetune.csv` row, when `done` updates did not
+    /// just end one, so that a resumed run's next row averages the same updates as an
+    /// uninterrupted run's (as `train` keeps its `metrics.csv` window).
+    pub(crate) fn capture_metrics_window(
+        &mut self,
+        agent: &mut Agent,
+        done: usize,
+        log_every: usize,
+    ) {
+        self.metrics_window = (!done.is_multiple_of(log_every)).then(|| {
+            let window = agent.take_metrics();
+            agent.restore_metrics(window.clone());
+            window
+        });
     }
 }
 

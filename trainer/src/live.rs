@@ -643,6 +643,7 @@ pub(crate) fn train_live(
             // the updates since the last one.
             if o.checkpoint_every > 0 && updates.is_multiple_of(o.checkpoint_every) {
                 state.capture_agent(agent, &batch_rng);
+                state.capture_metrics_window(agent, updates, log_every);
                 state.finetune_updates = updates;
                 crate::run::write_checkpoint(&o.out, agent, online, state)?;
             }
@@ -681,6 +682,8 @@ pub(crate) fn train_live(
         )?;
     }
     state.capture_agent(agent, &batch_rng);
+    // The row for the last update is written above.
+    state.metrics_window = None;
     state.finetune_updates = updates;
     crate::run::write_checkpoint(&o.out, agent, online, state)?;
     if summary

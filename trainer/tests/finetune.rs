@@ -132,6 +132,31 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     assert_eq!(metrics.lines().count(), 1 + 1, "{metrics}");
 }
 
+/// A resumed run's `finetune.csv` rows average the same updates as an uninterrupted
+/// run's also when the checkpoint falls between two rows (the sums since the last row
+/// are kept in the checkpoint, as `train` keeps its `metrics.csv` window).
+#[test]
+fn a_resume_between_log_rows_logs_the_same_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("robot"));
+    tiny_run(&run);
+    tools::generate::generate(TaskId::ArmReach, 3, 7, EnvConfig::default(), &data).unwrap();
+    let straight = tmp.path().join("straight");
+    let mut o = options(&run, &data, &straight);
+    o.log_every = 2;
+    finetune(&o, &mut ()).unwrap();
+    let interrupted = tmp.path().join("interrupted");
+    let mut o = options(&run, &data, &interrupted);
+    o.log_every = 2;
+    o.stop_after = Some(3);
+    assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    o.stop_after = None;
+    o.resume = true;
+    finetune(&o, &mut ()).unwrap();
+    assert_eq!(losses(&straight).len(), 1 + 3);
+    assert_eq!(losses(&interrupted), losses(&straight));
+}
+
 /// Frames the operator marked as interventions stay out of the online buffer unless
 /// `keep_interventions` (their logged action is not what moved the arm). Teleoperated
 /// frames (their action is what the robot was sent) are counted and kept.
