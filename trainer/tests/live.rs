@@ -29,6 +29,22 @@ fn tiny_push_run_with(dir: &Path, action_horizon: usize, online_steps: usize) {
     train(&c, dir, &TrainOptions::default(), &mut ()).unwrap();
 }
 
+/// Exports the run at `run` as a bundle at `bundle` (signed with `signing` if given).
+fn export_run(
+    run: &Path,
+    bundle: &Path,
+    dataset: &str,
+    env_steps: u64,
+    signing: Option<&shared_model::manifest::SigningKey>,
+) {
+    let info = trainer::export::ExportInfo {
+        dataset: dataset.into(),
+        env_steps,
+        executed_steps: None,
+    };
+    trainer::export::export_bundle(&load_agent(run).unwrap(), bundle, &info, signing).unwrap();
+}
+
 /// The push robot behind the simulated firmware (lockstep, clock `scale` times the
 /// robot's), and a quiet loop config for it; the policy options use tract and `seed`.
 fn push_robot(scale: f64, seed: u64) -> (FirmwareThread, RunConfig, PolicyOptions) {
@@ -111,12 +127,7 @@ fn live_fine_tuning_without_offline_data_waits_for_the_first_chunk() {
     let run = tmp.path().join("run");
     tiny_push_run_with(&run, 3, 0);
     let bundle = tmp.path().join("bundle");
-    let info = trainer::export::ExportInfo {
-        dataset: "test".into(),
-        env_steps: 10,
-        executed_steps: None,
-    };
-    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle, &info, None).unwrap();
+    export_run(&run, &bundle, "test", 10, None);
     let link_key = Key::from_bytes([6; KEY_LEN]);
     let out = tmp.path().join("live");
     let (trainer, addr) = spawn_listening_trainer(
@@ -163,13 +174,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
 
     // The robot's first bundle: the run as it is.
     let bundle0 = tmp.path().join("bundle0");
-    let info = trainer::export::ExportInfo {
-        dataset: "test".into(),
-        env_steps: 10,
-        executed_steps: None,
-    };
-    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle0, &info, Some(&signing))
-        .unwrap();
+    export_run(&run, &bundle0, "test", 10, Some(&signing));
 
     // The trainer, listening on a free port.
     let out = tmp.path().join("live");
@@ -370,13 +375,7 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
     let signing = read_signing_key(&key_path).unwrap();
     let trust = Trust::from_public_key_file(&pub_path).unwrap();
     let bundle0 = tmp.path().join("bundle0");
-    let info = trainer::export::ExportInfo {
-        dataset: "scripted demos".into(),
-        env_steps: 0,
-        executed_steps: None,
-    };
-    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle0, &info, Some(&signing))
-        .unwrap();
+    export_run(&run, &bundle0, "scripted demos", 0, Some(&signing));
 
     let link_key = Key::from_bytes([7; KEY_LEN]);
     let out = tmp.path().join("live");
@@ -480,12 +479,7 @@ fn transitions_logged_after_the_last_update_are_kept() {
     let run = tmp.path().join("run");
     tiny_push_run(&run);
     let bundle = tmp.path().join("bundle");
-    let info = trainer::export::ExportInfo {
-        dataset: "test".into(),
-        env_steps: 10,
-        executed_steps: None,
-    };
-    trainer::export::export_bundle(&load_agent(&run).unwrap(), &bundle, &info, None).unwrap();
+    export_run(&run, &bundle, "test", 10, None);
     let link_key = Key::from_bytes([7; KEY_LEN]);
     let out = tmp.path().join("live");
     let (trainer, addr) = spawn_listening_trainer(&run, &out, 60, &link_key, None, None, true);
