@@ -91,6 +91,12 @@ fn tract_and_native_agree_per_graph_and_per_action() {
             "{name} critic: {}",
             max_diff(&q1, &q2)
         );
+        // One member (a critic subset of 1; tract's plan is fixed at the manifest's
+        // subset size, so native alone): `[1, rows]`, the first row of members 3 and 0.
+        native.critic(&o, &acts, &[3, 0], &mut q2).unwrap();
+        let mut one = vec![0.0; rows.score];
+        native.critic(&o, &acts, &[3], &mut one).unwrap();
+        assert_eq!(one[..], q2[..rows.score], "{name} critic, one member");
 
         // Wrong sizes are refused by both backends: native used to truncate a long
         // observation, panic in a kernel on a short one, and leave a long output's tail

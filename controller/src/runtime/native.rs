@@ -426,9 +426,9 @@ impl NativeNetworks {
 
 impl NativeNetworks {
     /// The rows of `actions` (`[rows, A]`), after checking one observation and each
-    /// output's length (`per_row` values per action row, `[rows, A]` when 1 and
-    /// `[K, rows]` for the critic): as the tract backend refuses other sizes, rather than
-    /// truncating an input, panicking in a kernel or leaving an output's tail stale.
+    /// output's length, `per_row` values per action row (`[rows, A]`: A; the critic's
+    /// `[K, rows]`: K): as the tract backend refuses other sizes, rather than truncating
+    /// an input, panicking in a kernel or leaving an output's tail stale.
     fn check_sizes(
         &self,
         what: &str,
@@ -446,15 +446,11 @@ impl NativeNetworks {
             self.obs_dim
         );
         let rows = actions.len() / ad;
-        let expected = if per_row == 1 {
-            rows * ad
-        } else {
-            per_row * rows
-        };
         for &n in outputs {
             ensure!(
-                n == expected,
-                "{what}: an output buffer of {n} values, expected {expected}"
+                n == per_row * rows,
+                "{what}: an output buffer of {n} values, expected {}",
+                per_row * rows
             );
         }
         Ok(rows)
@@ -463,7 +459,7 @@ impl NativeNetworks {
 
 impl Networks for NativeNetworks {
     fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
-        let rows = self.check_sizes("denoiser", obs, noisy, &[eps.len()], 1)?;
+        let rows = self.check_sizes("denoiser", obs, noisy, &[eps.len()], self.act_dim)?;
         self.reserve(rows);
         let d = &self.denoiser;
         let hidden = d.input_action.d_out;
@@ -514,7 +510,13 @@ impl Networks for NativeNetworks {
         mean: &mut [f32],
         log_std: &mut [f32],
     ) -> Result<()> {
-        let rows = self.check_sizes("edit", obs, base, &[mean.len(), log_std.len()], 1)?;
+        let rows = self.check_sizes(
+            "edit",
+            obs,
+            base,
+            &[mean.len(), log_std.len()],
+            self.act_dim,
+        )?;
         self.reserve(rows);
         let Some(e) = &self.edit else {
             bail!("bundle has no edit policy")
