@@ -333,36 +333,22 @@ fn label_warns_about_replaced_flags_and_a_copy_that_changes_nothing() {
     }
     let flags = tmp.path().join("flags");
     dataset::write_dataset(&flags, &ds.info, &ds.episodes).unwrap();
-    let o = tools(&[
-        "dataset",
-        "label",
-        flags.to_str().unwrap(),
-        "--success",
-        "0",
-        "--out",
-        tmp.path().join("a").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("success flags already; they are replaced"),
-        "{}",
-        text(&o)
-    );
-    let o = tools(&[
-        "dataset",
-        "label",
-        flags.to_str().unwrap(),
-        "--success",
-        "keep",
-        "--out",
-        tmp.path().join("b").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("changes no label and no action"),
-        "{}",
-        text(&o)
-    );
+    // `dataset label SRC --success SUCCESS --out OUT` succeeds and prints `says`.
+    let label_says = |src: &Path, success: &str, out: &str, says: &str| {
+        let o = tools(&[
+            "dataset",
+            "label",
+            src.to_str().unwrap(),
+            "--success",
+            success,
+            "--out",
+            tmp.path().join(out).to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(says), "{}", text(&o));
+    };
+    label_says(&flags, "0", "a", "success flags already; they are replaced");
+    label_says(&flags, "keep", "b", "changes no label and no action");
     // A source with two tasks: the copy has one, and the label says so.
     let two = tmp.path().join("two-tasks");
     let mut w = dataset::DatasetWriter::create(&two, ds.info.clone()).unwrap();
@@ -370,20 +356,11 @@ fn label_warns_about_replaced_flags_and_a_copy_that_changes_nothing() {
     w.set_task("wave hello");
     w.append_episode(&ds.episodes[1]).unwrap();
     w.finish().unwrap();
-    let o = tools(&[
-        "dataset",
-        "label",
-        two.to_str().unwrap(),
-        "--success",
+    label_says(
+        &two,
         "all",
-        "--out",
-        tmp.path().join("c").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("the source has 2 tasks; the copy files every episode under the first"),
-        "{}",
-        text(&o)
+        "c",
+        "the source has 2 tasks; the copy files every episode under the first",
     );
 }
 

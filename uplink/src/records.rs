@@ -441,6 +441,12 @@ mod tests {
         (port, h)
     }
 
+    /// A client session with the test key to the server on `port`.
+    fn connect(port: u16) -> Session<TcpStream> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Session::client(tcp, &key()).unwrap()
+    }
+
     fn records(n: usize) -> Vec<Vec<u8>> {
         (0..n)
             .map(|i| format!("transition {i}").into_bytes())
@@ -461,14 +467,12 @@ mod tests {
         drop(c);
 
         // Connection 2: the robot logged 400 more meanwhile; everything from 300 goes.
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         assert_eq!(send_records(&mut c, "run-a", &all[..700]).unwrap(), 700);
         drop(c);
 
         // Connection 3: reconnect with nothing new, then the rest.
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         assert_eq!(send_records(&mut c, "run-a", &all).unwrap(), 1000);
         drop(c);
 
@@ -487,8 +491,7 @@ mod tests {
             s.append("run-b", i as u64, r).unwrap();
         }
         let (port, srv) = server(sink.clone(), 1);
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         c.send(kind::OPEN, b"run-b").unwrap();
         let resume = c.recv().unwrap();
         assert_eq!(u64_at(&resume.payload, 0).unwrap(), 10);
@@ -511,8 +514,7 @@ mod tests {
         let sink = MemorySink::default();
         let (port, srv) = server(sink.clone(), 2);
         // A gap: records starting at 5 when the server holds none.
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         c.send(kind::OPEN, b"run-c").unwrap();
         assert_eq!(c.recv().unwrap().kind, kind::RESUME);
         let mut p = 5u64.to_le_bytes().to_vec();
@@ -522,8 +524,7 @@ mod tests {
         c.send(kind::RECORDS, &p).unwrap();
         drop(c);
         // The next, well-formed client is served normally.
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         assert_eq!(send_records(&mut c, "run-c", &records(3)).unwrap(), 3);
         drop(c);
         let outcomes = srv.join().unwrap();
@@ -564,8 +565,7 @@ mod tests {
             let mut s = Session::server(tcp, &key()).unwrap();
             let _ = serve_records(&mut s, &mut Publishing(files));
         });
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         assert_eq!(open_stream(&mut c, "run-e").unwrap(), 0);
         let ack = send_batch(&mut c, 0, &[]).unwrap();
         assert_eq!(ack.latest.as_deref(), Some("0000500"));
@@ -624,8 +624,7 @@ mod tests {
                 .collect::<Vec<_>>()
         });
         // A record the sink refuses.
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         let err = send_records(&mut c, "run-f", &records(3)).unwrap_err();
         assert!(matches!(err, RecordError::Refused(_)), "{err}");
         assert_eq!(
@@ -634,8 +633,7 @@ mod tests {
         );
         drop(c);
         // A bundle the server does not have.
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         open_stream(&mut c, "run-f").unwrap();
         let err = fetch_bundle(&mut c, "0000999").unwrap_err().to_string();
         assert_eq!(err, "the trainer refused: no bundle '0000999' here");
@@ -648,8 +646,7 @@ mod tests {
     fn truncated_record_lists_are_refused() {
         let sink = MemorySink::default();
         let (port, srv) = server(sink.clone(), 1);
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut c = Session::client(tcp, &key()).unwrap();
+        let mut c = connect(port);
         c.send(kind::OPEN, b"run-d").unwrap();
         c.recv().unwrap();
         let mut p = 0u64.to_le_bytes().to_vec();
@@ -674,8 +671,7 @@ mod tests {
         for tail in [&b"xyz"[..], &[9, 0, 0, 0, b'a'][..]] {
             let sink = MemorySink::default();
             let (port, srv) = server(sink.clone(), 1);
-            let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            let mut c = Session::client(tcp, &key()).unwrap();
+            let mut c = connect(port);
             c.send(kind::OPEN, b"run-f").unwrap();
             c.recv().unwrap();
             let count = if tail.len() == 3 { 2u32 } else { 3 };
