@@ -51,7 +51,7 @@
 use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor, TensorData};
 use shared_model::{
     DiffusionSchedule, ExpoRunner, SelectionParams, TdRunner, on_the_fly_action, on_the_fly_value,
 };
@@ -409,16 +409,21 @@ pub fn run_chain(
     noise: Vec<Tensor<2>>,
 ) -> Tensor<2> {
     let mut noise = noise.into_iter();
-    let obs_proj = den.obs_projection(obs);
+    // The per-step layers' type (`compute.chain_precision`); every cast below is a no-op
+    // in f32. The chain's own arithmetic stays f32.
+    let dtype = den.step_dtype();
+    let obs_proj = den.obs_projection(obs).cast(dtype);
     let mut x = noise.next().expect("the chain's initial sample");
     let plan = sched.sampling_plan(sched.steps());
     // The time conditioning depends on t alone: one batched pass for every step of the
     // chain, `[T, hidden]`, each step's row shared by all rows of x.
-    let time_proj = den.time_projection(times);
+    let time_proj = den.time_projection(times).cast(dtype);
     let hidden = time_proj.dims()[1];
     for (k, step) in plan.iter().enumerate() {
         let tp = time_proj.clone().slice([k..k + 1, 0..hidden]);
-        let eps = den.forward_projected(x.clone(), obs_proj.clone(), tp);
+        let eps = den
+            .forward_projected(x.clone().cast(dtype), obs_proj.clone(), tp)
+            .cast(FloatDType::F32);
         x = x * step.x_coef + eps * step.eps_coef;
         if step.sigma > 0.0 {
             x = x + noise.next().expect("one draw per step with noise");
@@ -1026,6 +1031,8 @@ impl Agent {
                     params,
                     schedule: self.schedule.clone(),
                     times: chain_times(&self.schedule, &self.plain),
+                    // Acting runs as the exported bundles do.
+                    chain_dtype: FloatDType::F32,
                 };
                 let target = (target.clone(), target_flat.1.clone());
                 let subsets = subsets.expect("in the match guard");
@@ -1391,6 +1398,7 @@ impl Agent {
                         params,
                         schedule: self.schedule.clone(),
                         times: chain_times(&self.schedule, &self.plain),
+                        chain_dtype: self.config.compute.chain_precision.dtype(),
                     },
                 };
                 let g = self.critic_graph.insert(CriticGraph::capture(
@@ -1436,7 +1444,11 @@ impl Agent {
 
         // Inference copies of the networks that make next actions; they do not change
         // during the loop (updated after it).
-        let den = selects.then(|| self.denoiser.valid());
+        let den = selects.then(|| {
+            self.denoiser
+                .valid()
+                .with_step_precision(self.config.compute.chain_precision.dtype())
+        });
         let edit = (params.num_edit > 0).then(|| self.edit.as_ref().unwrap().valid());
 
         let clock = std::time::Instant::now();

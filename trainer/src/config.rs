@@ -307,6 +307,47 @@ pub enum ReplayPlacement {
     Device,
 }
 
+/// The precision of the hoisted next-action candidates' denoising passes
+/// (`compute.chain_precision`, issue 14): the TD targets' candidates, most of a `paper`
+/// step on a GPU (BENCHMARKS.md, "Where the GPU time goes"). In `f16` or `bf16` the
+/// residual blocks, the first layer's action block and the output layer run in that type
+/// (their parameters cast once per environment step); the observation and time
+/// projections, each step's update of the chain, the clamp, the edits and the critics'
+/// scores stay f32. Acting and evaluation stay f32, as the exported bundles run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChainPrecision {
+    /// As every other tensor (on `cuda` burn's matmuls take TF32 inputs: README,
+    /// "Precision").
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    /// IEEE half: 10 mantissa bits (TF32's), range to 65,504.
+    #[serde(rename = "f16")]
+    F16,
+    /// bfloat16: 7 mantissa bits, f32's range.
+    #[serde(rename = "bf16")]
+    Bf16,
+}
+
+impl ChainPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainPrecision::F32 => "f32",
+            ChainPrecision::F16 => "f16",
+            ChainPrecision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn dtype(self) -> burn::tensor::FloatDType {
+        use burn::tensor::FloatDType;
+        match self {
+            ChainPrecision::F32 => FloatDType::F32,
+            ChainPrecision::F16 => FloatDType::F16,
+            ChainPrecision::Bf16 => FloatDType::BF16,
+        }
+    }
+}
+
 /// How the optimizers update a network's parameters ([`crate::optim`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerImpl {
@@ -369,6 +410,11 @@ pub struct ComputeConfig {
     /// preset on the CPU"); it leaves the `cpu` preset's 512 chains one block.
     #[serde(default = "default_block_chains")]
     pub block_chains: usize,
+    /// The candidates' denoising passes in f32 (default), f16 or bf16 ([`ChainPrecision`]).
+    /// Not f32 changes the TD targets' values (by rounding), so unlike the keys above it
+    /// changes the numbers a run computes. On `cpu` and `cuda` only.
+    #[serde(default)]
+    pub chain_precision: ChainPrecision,
 }
 
 fn one_thread() -> usize {
@@ -392,6 +438,7 @@ impl Default for ComputeConfig {
             graph: false,
             threads: 1,
             block_chains: DEFAULT_BLOCK_CHAINS,
+            chain_precision: ChainPrecision::F32,
         }
     }
 }
@@ -1249,5 +1296,19 @@ mod tests {
             (0.005, 0.99, 0.001)
         );
         assert_eq!(c.expo.edit_scale, 0.05);
+    }
+
+    #[test]
+    fn chain_precision_is_f32_unless_set() {
+        assert_eq!(Config::paper().compute.chain_precision, ChainPrecision::F32);
+        let c = Config::resolve("cpu", None, &["compute.chain_precision=\"bf16\"".into()]).unwrap();
+        assert_eq!(c.compute.chain_precision, ChainPrecision::Bf16);
+        // A saved config without the key (every run before it existed) ran in f32.
+        let old: ComputeConfig = toml::from_str("candidates = \"hoisted\"").unwrap();
+        assert_eq!(old.chain_precision, ChainPrecision::F32);
+        let e =
+            Config::resolve("cpu", None, &["compute.chain_precision=\"fp8\"".into()]).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("fp8") && msg.contains("bf16"), "{msg}");
     }
 }

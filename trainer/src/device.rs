@@ -10,6 +10,7 @@
 //!
 //! The learner code is the same on every device; only where tensors live changes.
 
+use crate::config::ChainPrecision;
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 
@@ -31,6 +32,17 @@ impl DeviceSpec {
             self,
             DeviceSpec::Vulkan(_) | DeviceSpec::VulkanCpu | DeviceSpec::Cuda(_)
         )
+    }
+
+    /// The device's name, as [`parse`] takes it.
+    pub fn name(self) -> String {
+        match self {
+            DeviceSpec::Cpu => "cpu".into(),
+            DeviceSpec::NdArray => "ndarray".into(),
+            DeviceSpec::Vulkan(i) => format!("vulkan:{i}"),
+            DeviceSpec::VulkanCpu => "vulkan:cpu".into(),
+            DeviceSpec::Cuda(i) => format!("cuda:{i}"),
+        }
     }
 
     /// The burn device (plain: autodiff is added by the agent).
@@ -215,9 +227,43 @@ fn refuse_known_wrong(spec: DeviceSpec, fusion: bool) -> Result<()> {
     Ok(())
 }
 
+/// `compute.chain_precision` other than f32 runs on `cpu` (burn's flex) and `cuda` only:
+/// burn's wgpu runtimes have no bf16, f16 has not been run there, and ndarray is for
+/// comparisons.
+pub fn check_chain_precision(spec: DeviceSpec, precision: ChainPrecision) -> Result<()> {
+    ensure!(
+        precision == ChainPrecision::F32 || matches!(spec, DeviceSpec::Cpu | DeviceSpec::Cuda(_)),
+        "compute.chain_precision = \"{}\" runs on the cpu and cuda devices only, not {}",
+        precision.name(),
+        spec.name()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_precision_chains_run_on_cpu_and_cuda_only() {
+        for p in [ChainPrecision::F16, ChainPrecision::Bf16] {
+            check_chain_precision(DeviceSpec::Cpu, p).unwrap();
+            check_chain_precision(DeviceSpec::Cuda(1), p).unwrap();
+            for spec in [
+                DeviceSpec::Vulkan(0),
+                DeviceSpec::VulkanCpu,
+                DeviceSpec::NdArray,
+            ] {
+                let e = check_chain_precision(spec, p).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("chain_precision = \"{}\"", p.name()))
+                        && e.contains(&spec.name()),
+                    "{e}"
+                );
+            }
+        }
+        check_chain_precision(DeviceSpec::VulkanCpu, ChainPrecision::F32).unwrap();
+    }
 
     #[test]
     fn cuda_with_fusion_is_refused() {

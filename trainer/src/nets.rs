@@ -6,9 +6,9 @@
 //! ([`InitScheme`]): PyTorch's default (every preset's), or the public EXPO code's (flax)
 //! with `net.init = "reference"`.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use sim::rng::Rng;
 use std::f32::consts::TAU;
 
@@ -234,7 +234,7 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
     if device.is_autodiff() {
         burn::tensor::activation::silu(x)
-    } else if native_activations(&device) {
+    } else if native_activations(&device) && x.dtype() == DType::F32 {
         silu_host(x)
     } else {
         silu_composed(x)
@@ -363,6 +363,18 @@ pub struct DenoiserSize {
     pub time_hidden: usize,
 }
 
+/// `module` with every float parameter cast to `dtype` (a copy where it changes).
+pub fn cast_params<M: Module>(module: M, dtype: FloatDType) -> M {
+    struct Cast(FloatDType);
+    impl ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            param.map(|t| t.cast(dtype))
+        }
+    }
+    module.map(&mut Cast(dtype))
+}
+
 /// Residual block: `x + Dense(swish(Dense(LayerNorm(x))))`.
 #[derive(Module, Debug)]
 pub struct ResBlock {
@@ -447,6 +459,28 @@ impl Denoiser {
                 .collect(),
             output: Dense::new(size.hidden, act_dim, true, init, device),
         }
+    }
+
+    /// This denoiser with the layers that run once per chain step, the first layer's
+    /// action block, the residual blocks and the output layer, in `dtype`
+    /// (`compute.chain_precision`). The time and observation projections, computed once
+    /// per chain, stay f32 (the Fourier features of t = 10 would lose their phase in
+    /// bf16). [`crate::agent::run_chain`] casts its inputs to match.
+    pub fn with_step_precision(self, dtype: FloatDType) -> Self {
+        if dtype == FloatDType::F32 {
+            return self;
+        }
+        Denoiser {
+            input_action: cast_params(self.input_action, dtype),
+            blocks: cast_params(self.blocks, dtype),
+            output: cast_params(self.output, dtype),
+            ..self
+        }
+    }
+
+    /// The type of the per-step layers ([`Denoiser::with_step_precision`]).
+    pub fn step_dtype(&self) -> FloatDType {
+        self.input_action.weight.val().dtype().into()
     }
 
     /// Time conditioning for integer steps `t` (`[R, 1]`, as floats): `[R, time_hidden]`,

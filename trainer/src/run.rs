@@ -462,6 +462,7 @@ impl RunState {
 /// `flex`, measured fastest (BENCHMARKS.md).
 pub fn device(config: &Config) -> Result<Device> {
     let spec = crate::device::parse(&config.device)?;
+    crate::device::check_chain_precision(spec, config.compute.chain_precision)?;
     spec.check_present()?;
     let device = spec.device();
     if config.compute.replay == crate::config::ReplayPlacement::Device && !spec.is_gpu() {

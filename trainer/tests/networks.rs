@@ -2,7 +2,7 @@
 //! Polyak updates.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use shared_model::DiffusionSchedule;
 use sim::rng::Rng;
 use trainer::agent::{
@@ -111,6 +111,71 @@ fn sampler_gives_actions_in_bounds_with_the_right_shape() {
     assert!(
         v.iter().any(|x| x.abs() == 1.0),
         "clipping never engaged: {v:?}"
+    );
+}
+
+/// `compute.chain_precision`: the same chains (same draws) with the per-step layers in
+/// f16 and bf16 end near the f32 chains, further in bf16 (7 mantissa bits) than in f16
+/// (10), and not equal to them (the casts happened). The chain stays f32 and in bounds.
+#[test]
+fn chains_in_half_precision_stay_near_the_f32_chains() {
+    let d = dev();
+    let size = DenoiserSize {
+        hidden: 32,
+        blocks: 2,
+        expanded: 128,
+        fourier: 8,
+        time_hidden: 16,
+    };
+    let den = Denoiser::new(5, 3, size, &mut Init::reference(7), &d);
+    let sched = DiffusionSchedule::vp(6, 0.1, 10.0);
+    let obs = tensor2(
+        (0..200).map(|i| (i as f32 * 0.73).sin()).collect(),
+        40,
+        5,
+        &d,
+    );
+    let chain = |den: &Denoiser| {
+        let out = sample_chain(
+            den,
+            &sched,
+            obs.clone(),
+            3,
+            &mut Stream::host(&mut Rng::new(3)),
+        );
+        assert_eq!(out.dtype(), burn::tensor::DType::F32);
+        values(out)
+    };
+    let full = chain(&den);
+    let mut worst = vec![];
+    for dtype in [FloatDType::F16, FloatDType::BF16] {
+        let low = den.clone().with_step_precision(dtype);
+        assert_eq!(low.step_dtype(), dtype);
+        let v = chain(&low);
+        assert!(
+            v.iter().all(|x| (-1.0..=1.0).contains(x)),
+            "{dtype:?}: {v:?}"
+        );
+        let diffs: Vec<f32> = full.iter().zip(&v).map(|(a, b)| (a - b).abs()).collect();
+        let max = diffs.iter().cloned().fold(0.0f32, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        eprintln!("{dtype:?}: mean |difference| {mean:e}, max {max:e}");
+        assert!(
+            max > 0.0,
+            "{dtype:?}: the chains equal the f32 chains to the bit"
+        );
+        worst.push(mean);
+    }
+    // Samples spread over [-1, 1]; a wrong cast or layer would move them by tenths. Seen
+    // on flex: mean 5.0e-4 (max 2.1e-2) in f16, 3.2e-3 (max 5.8e-2) in bf16: a chain's
+    // steps amplify a rounding, a few samples far more than most.
+    assert!(worst[0] < 2e-3, "f16: mean {}", worst[0]);
+    assert!(worst[1] < 1.2e-2, "bf16: mean {}", worst[1]);
+    assert!(worst[0] < worst[1], "{worst:?}");
+    // The f32 setting is this denoiser unchanged.
+    assert_eq!(
+        chain(&den.clone().with_step_precision(FloatDType::F32)),
+        full
     );
 }
 

@@ -4,7 +4,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use sim::rng::Rng;
 use trainer::agent::{Agent, Recorded, StepBatch};
-use trainer::config::{CandidateSchedule, Config, ReplayPlacement};
+use trainer::config::{CandidateSchedule, ChainPrecision, Config, ReplayPlacement};
 use trainer::device_replay::DeviceReplay;
 use trainer::replay::{Batch, Normalizer, Replay, draw_mixed, gather_rows, sample_mixed};
 
@@ -241,10 +241,11 @@ fn one_update_on_the_gpu_matches_the_cpu() {
 /// give exactly the direct path's results, step after step: the actions, every network's
 /// parameters, the metrics and the optimizers' saved states. The rewards and the observation acted on change between
 /// steps, so a replay that read stale inputs would differ.
-fn graph_matches_direct(device: &str, expect_recorded: bool) {
+fn graph_matches_direct(device: &str, expect_recorded: bool, precision: ChainPrecision) {
     let make = |graph: bool| {
         let mut c = config(CandidateSchedule::Hoisted, device);
         c.compute.graph = graph;
+        c.compute.chain_precision = precision;
         // Target critics that move a lot per step: acting only compares their scores, so
         // a stale copy must change some choice to be seen.
         c.optim.tau = 0.5;
@@ -299,7 +300,45 @@ fn graph_matches_direct(device: &str, expect_recorded: bool) {
 fn recorded_graphs_give_the_direct_results() {
     // The CPU backends record no graph: `capture` re-runs the closures, through the same
     // cells, write-back and device-side bias corrections.
-    graph_matches_direct("cpu", false);
+    graph_matches_direct("cpu", false, ChainPrecision::F32);
+}
+
+/// `compute.chain_precision` reaches the recorded critic loop: its bf16 chains give the
+/// direct loop's bf16 results, to the bit (f32 chains there would not).
+#[test]
+fn recorded_graphs_give_the_direct_results_with_bf16_chains() {
+    graph_matches_direct("cpu", false, ChainPrecision::Bf16);
+}
+
+/// `compute.chain_precision`: with the candidates' chains in f16 or bf16, the same
+/// networks and draws give TD targets near the f32 ones (a few percent of their spread
+/// between rows at most) but not equal to them.
+#[test]
+fn td_targets_with_half_precision_chains_stay_near_the_f32_ones() {
+    let targets = |precision| {
+        let mut c = config(CandidateSchedule::Hoisted, "cpu");
+        c.compute.chain_precision = precision;
+        let (mut agent, batch) = agent_and_batch(&c);
+        agent.td_targets(&batch).unwrap()
+    };
+    let full = targets(ChainPrecision::F32);
+    let mean = full.iter().sum::<f32>() / full.len() as f32;
+    let spread = (full.iter().map(|y| (y - mean).powi(2)).sum::<f32>() / full.len() as f32).sqrt();
+    assert!(spread > 1e-3, "rows too alike to compare: spread {spread}");
+    for (precision, allowed) in [(ChainPrecision::F16, 0.001), (ChainPrecision::Bf16, 0.005)] {
+        let low = targets(precision);
+        let diffs: Vec<f32> = full.iter().zip(&low).map(|(a, b)| (a - b).abs()).collect();
+        let mean_diff = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        eprintln!(
+            "{precision:?}: mean |difference| {mean_diff:e}, max {:e}, spread {spread:e}",
+            diffs.iter().cloned().fold(0.0f32, f32::max)
+        );
+        assert!(mean_diff > 0.0, "{precision:?}: the f32 targets to the bit");
+        assert!(
+            mean_diff < allowed * spread,
+            "{precision:?}: mean difference {mean_diff} against a spread of {spread}"
+        );
+    }
 }
 
 /// The same on a GPU device, where the graphs are recorded (scripts/lavapipe-check runs
@@ -308,7 +347,7 @@ fn recorded_graphs_give_the_direct_results() {
 #[ignore = "needs a GPU: EXPO_GPU_DEVICE=vulkan|vulkan:cpu|cuda and the matching feature"]
 fn recorded_graphs_give_the_direct_results_on_the_gpu() {
     let gpu = std::env::var("EXPO_GPU_DEVICE").expect("EXPO_GPU_DEVICE");
-    graph_matches_direct(&gpu, true);
+    graph_matches_direct(&gpu, true, ChainPrecision::F32);
 }
 
 /// `compute.threads` and `compute.block_chains`: the hoisted candidates split by rows

@@ -286,6 +286,8 @@ pub(super) struct PolicyTemplates {
     pub schedule: DiffusionSchedule,
     /// The chain's time steps ([`chain_times`]).
     pub times: Tensor<2>,
+    /// The chains' per-step precision ([`Denoiser::with_step_precision`]).
+    pub chain_dtype: FloatDType,
 }
 
 /// One run's inputs of the candidates: their draws and the parameters of the denoiser
@@ -357,7 +359,9 @@ impl PolicyCells {
     /// The candidates `(base [R, N, A], edited [R, n_edit, A])` for observations `obs`.
     fn candidates(&self, t: &PolicyTemplates, obs: Tensor<2>) -> (Tensor<3>, Option<Tensor<3>>) {
         let (den, den_layout) = &t.denoiser;
-        let den = den_layout.assign(den.clone(), &self.denoiser.borrow().clone());
+        let den = den_layout
+            .assign(den.clone(), &self.denoiser.borrow().clone())
+            .with_step_precision(t.chain_dtype);
         let edit = t
             .edit
             .as_ref()
