@@ -397,6 +397,7 @@ fn main() -> Result<()> {
                 v["graph"] = c.compute.graph.into();
                 v["threads"] = c.compute.threads.into();
                 v["block_chains"] = c.compute.block_chains.into();
+                v["chain_precision"] = c.compute.chain_precision.name().into();
                 v["cpu_matmul_isa"] = trainer::bench::cpu_matmul_isa().into();
                 std::fs::write(path, serde_json::to_string_pretty(&v)?)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -436,7 +437,10 @@ fn main() -> Result<()> {
                 } else {
                     ""
                 },
-                cpu_settings,
+                match c.compute.chain_precision {
+                    trainer::config::ChainPrecision::F32 => String::new(),
+                    p => format!(", {} chains", p.name()),
+                } + &cpu_settings,
                 r.obs_dim,
                 r.act_dim,
                 r.median_seconds,
