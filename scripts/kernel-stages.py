@@ -23,6 +23,10 @@ import sys
 # The marker kernel's name in cubecl's profiling log and in ncu's (the generated kernel).
 MARKERS = ("CumulativeKernel", "cumulative_kernel")
 DURATION = "gpu__time_duration.sum"
+# ncu's time units (with --print-units base, as scripts/gpu-profile asks: "ns"), in ns.
+TIME_UNITS = {"ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6,
+              "s": 1e9, "second": 1e9}
+NEEDED = ("ID", "Kernel Name", "Metric Name", "Metric Unit", "Metric Value")
 
 
 class Launch:
@@ -56,15 +60,21 @@ def ncu_launches(path):
     with open(path, encoding="utf-8", errors="replace") as f:
         rows = csv.reader(line for line in f if line.startswith('"'))
         head = next(rows, None)
-        if head is None or "Kernel Name" not in head or "Metric Value" not in head:
-            sys.exit(f"kernel-stages: {path} is not an ncu CSV (no header row)")
+        if head is None or any(h not in head for h in NEEDED):
+            sys.exit(f"kernel-stages: {path} is not an ncu CSV (no header row with {', '.join(NEEDED)})")
         col = {h: i for i, h in enumerate(head)}
         kernels = collections.OrderedDict()
         for row in rows:
-            if row[0] == head[0]:
+            if row == head:
                 continue  # a repeated header
             k = kernels.setdefault(row[col["ID"]], {"name": row[col["Kernel Name"]]})
-            k[row[col["Metric Name"]]] = row[col["Metric Value"]].replace(",", "")
+            value = row[col["Metric Value"]].replace(",", "")
+            if row[col["Metric Name"]] == DURATION:
+                unit = row[col["Metric Unit"]]
+                if unit not in TIME_UNITS:
+                    sys.exit(f"kernel-stages: {path}: unknown time unit '{unit}' of {DURATION}")
+                value = float(value) * TIME_UNITS[unit]
+            k[row[col["Metric Name"]]] = value
     for k in kernels.values():
         if DURATION not in k:
             sys.exit(f"kernel-stages: {path} has no {DURATION} for {k['name']}")
@@ -98,7 +108,7 @@ def stages_of(launches, names):
 
 def report(stages):
     every = [k for _, ks in stages.values() for k in ks]
-    timed = all(k.ns is not None for k in every)
+    timed = bool(every) and all(k.ns is not None for k in every)
     total_ms = sum(k.ns for k in every) / 1e6 if timed else None
     print(f"per stage of one environment step ({len(every)} kernels without the markers", end="")
     print(f", {total_ms:.2f} ms on the GPU one after another):" if timed else "):")

@@ -23,13 +23,17 @@ def ks():
 HEADER = '"ID","Kernel Name","Block Size","Metric Name","Metric Unit","Metric Value"\n'
 
 
-def ncu_csv(kernels):
+def ncu_csv(kernels, unit="ns", scale=1.0):
     """An ncu CSV as `ncu --csv` writes it: its own messages first, then one row per
-    kernel and metric (durations in ns, thousands separated by commas)."""
+    kernel and metric (durations in `unit`, `scale` of a ns each, thousands separated by
+    commas), the header repeated once in the middle."""
     lines = ["==PROF== Connected to process 1\n", HEADER]
     for i, (name, ns) in enumerate(kernels):
-        lines.append(f'"{i}","{name}","(256, 1, 1)","gpu__time_duration.sum","ns","{ns:,}"\n')
+        value = f"{ns / scale:,}" if scale != 1.0 else f"{ns:,}"
+        lines.append(f'"{i}","{name}","(256, 1, 1)","gpu__time_duration.sum","{unit}","{value}"\n')
         lines.append(f'"{i}","{name}","(256, 1, 1)","launch__grid_size","","{i + 1}"\n')
+        if i == 2:
+            lines.append(HEADER)
     return "".join(lines)
 
 
@@ -114,3 +118,44 @@ def test_a_file_that_is_not_an_ncu_csv_is_named(tmp_path):
     )
     assert run.returncode != 0
     assert "is not an ncu CSV" in run.stderr
+
+
+def test_durations_in_other_units_are_read_as_ns(ks, tmp_path):
+    csv_path = tmp_path / "ncu.csv"
+    csv_path.write_text(ncu_csv(STEPS, unit="usecond", scale=1e3))
+    stages = ks.stages_of(ks.ncu_launches(csv_path), ["act", "critic"] * 2)
+    assert [k.ns for k in stages["act"][1]] == [5000.0, 2000.0]
+
+
+def test_an_unknown_time_unit_is_refused(tmp_path):
+    csv_path = tmp_path / "ncu.csv"
+    csv_path.write_text(ncu_csv(STEPS, unit="cycle"))
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--ncu", str(csv_path), str(csv_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0
+    assert "unknown time unit 'cycle'" in run.stderr
+
+
+def test_cubecl_log_report_counts_launches(tmp_path):
+    log, marks = tmp_path / "profile.log", tmp_path / "marks.txt"
+    rows = []
+    for name, op in [("CumulativeKernel", ""), ("KernelBinop", "MulOp"), ("KernelBinop", "MulOp"),
+                     ("CumulativeKernel", "")] * 2:
+        rows.append(f"| 2.0µs | {name} | {op or 'TensorArgs'} |\n")
+    log.write_text("".join(rows))
+    # The timed step's second stage launches nothing.
+    marks.write_text("act\ncritic\nact\ncritic\n")
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(log), str(marks)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "(2 kernels without the markers):" in out
+    act = next(line for line in out.splitlines() if line.strip().startswith("act"))
+    assert act.split()[1:4] == ["1", "2", "2"]
+    assert "2 KernelBinop:MulOp" in act
+

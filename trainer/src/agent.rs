@@ -1442,20 +1442,20 @@ impl Agent {
         let hoisted = self.config.compute.candidates == CandidateSchedule::Hoisted;
         let threads = self.cpu_threads();
 
+        let clock = std::time::Instant::now();
+        // Hoisted: next-action candidates of every slice in one batched pass.
+        if selects && hoisted {
+            self.mark("candidates");
+        }
         // Inference copies of the networks that make next actions; they do not change
-        // during the loop (updated after it).
+        // during the loop (updated after it). The denoiser's cast to the chains'
+        // precision (kernels where it is not f32) counts as the candidates' time.
         let den = selects.then(|| {
             self.denoiser
                 .valid()
                 .with_step_precision(self.config.compute.chain_precision.dtype())
         });
         let edit = (params.num_edit > 0).then(|| self.edit.as_ref().unwrap().valid());
-
-        let clock = std::time::Instant::now();
-        // Hoisted: next-action candidates of every slice in one batched pass.
-        if selects && hoisted {
-            self.mark("candidates");
-        }
         let precomputed = (selects && hoisted).then(|| {
             let candidates = next_candidates(
                 den.as_ref().unwrap(),

@@ -227,9 +227,10 @@ fn refuse_known_wrong(spec: DeviceSpec, fusion: bool) -> Result<()> {
     Ok(())
 }
 
-/// `compute.chain_precision` other than f32 runs on `cpu` (burn's flex) and `cuda` only:
-/// burn's wgpu runtimes have no bf16, f16 has not been run there, and ndarray is for
-/// comparisons.
+/// `compute.chain_precision` other than f32 trains on `cpu` (burn's flex) and `cuda`
+/// only: burn's wgpu runtimes have no bf16, f16 has not been run there, and ndarray is
+/// for comparisons. Checked by `train`, `finetune` and `bench`; evaluating and exporting
+/// such a run (all f32) works on any device.
 pub fn check_chain_precision(spec: DeviceSpec, precision: ChainPrecision) -> Result<()> {
     ensure!(
         precision == ChainPrecision::F32 || matches!(spec, DeviceSpec::Cpu | DeviceSpec::Cuda(_)),

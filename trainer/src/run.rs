@@ -462,7 +462,6 @@ impl RunState {
 /// `flex`, measured fastest (BENCHMARKS.md).
 pub fn device(config: &Config) -> Result<Device> {
     let spec = crate::device::parse(&config.device)?;
-    crate::device::check_chain_precision(spec, config.compute.chain_precision)?;
     spec.check_present()?;
     let device = spec.device();
     if config.compute.replay == crate::config::ReplayPlacement::Device && !spec.is_gpu() {
@@ -494,6 +493,10 @@ pub fn train(
             config.run.online_steps
         );
     }
+    crate::device::check_chain_precision(
+        crate::device::parse(&config.device)?,
+        config.compute.chain_precision,
+    )?;
     if !opts.resume {
         ensure_no_run_in(out)?;
     }

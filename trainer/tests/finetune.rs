@@ -3,7 +3,7 @@
 use sim::{EnvConfig, TaskId};
 use std::path::Path;
 use trainer::config::Config;
-use trainer::finetune::{FinetuneOptions, finetune};
+use trainer::finetune::{FinetuneOptions, LiveOptions, finetune};
 use trainer::run::{TrainOptions, load_agent, train};
 
 fn tiny_run(dir: &Path) {
@@ -339,4 +339,44 @@ fn finetune_never_overwrites_a_train_run_nor_runs_without_robot_data() {
         "{e}"
     );
     assert!(!out.join("checkpoint").exists());
+}
+
+/// An rlpd run exports no bundle, so `finetune --listen` could never publish one to the
+/// robot it takes transitions from: refused before the port is bound and before
+/// anything is written.
+#[test]
+fn an_rlpd_run_is_refused_with_listen_before_the_port_is_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("rlpd");
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach.into();
+    c.algo = trainer::config::Algo::Rlpd;
+    c.run.online_steps = 20;
+    let opts = TrainOptions {
+        checkpoint_every: 0,
+        log_every: 10,
+        ..Default::default()
+    };
+    train(&c, &run, &opts, &mut ()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = tmp.path().join("out");
+    let mut o = options(&run, &run, &out);
+    o.data = vec![];
+    o.listen = Some(LiveOptions {
+        addr: "127.0.0.1:0".into(),
+        key: uplink::Key::from_bytes([3; uplink::KEY_LEN]),
+        publish_every: 1,
+        signing_key: None,
+        idle_exit: None,
+        bound: Some(tx),
+    });
+    // In a thread: without the check the run would bind the port and wait for a robot.
+    let run_it = std::thread::spawn(move || finetune(&o, &mut ()));
+    match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(addr) => panic!("the port was bound: {addr}"),
+        Err(e) => assert_eq!(e, std::sync::mpsc::RecvTimeoutError::Disconnected),
+    }
+    let e = format!("{:#}", run_it.join().unwrap().unwrap_err());
+    assert!(e.contains("an rlpd run exports no bundle"), "{e}");
+    assert!(!out.join("checkpoint").exists() && !out.join("finetune.csv").exists());
 }
