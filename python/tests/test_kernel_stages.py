@@ -20,6 +20,13 @@ def ks():
     return module
 
 
+def run_script(*args, check=False):
+    """scripts/kernel-stages.py with `args`: its completed process (text output)."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], check=check, capture_output=True, text=True
+    )
+
+
 HEADER = '"ID","Kernel Name","Block Size","Metric Name","Metric Unit","Metric Value"\n'
 
 
@@ -67,12 +74,7 @@ def test_ncu_report_prints_the_stage_times(tmp_path):
     csv_path, marks = tmp_path / "ncu.csv", tmp_path / "marks.txt"
     csv_path.write_text(ncu_csv(STEPS))
     marks.write_text("act\ncritic\nact\ncritic\n")
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--ncu", str(csv_path), str(marks)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = run_script("--ncu", csv_path, marks, check=True).stdout
     assert "3 kernels without the markers, 0.01 ms on the GPU" in out
     act = next(line for line in out.splitlines() if line.strip().startswith("act"))
     # 7 µs of 10: 70%.
@@ -83,11 +85,7 @@ def test_marks_and_markers_must_agree(tmp_path):
     csv_path, marks = tmp_path / "ncu.csv", tmp_path / "marks.txt"
     csv_path.write_text(ncu_csv(STEPS))
     marks.write_text("act\ncritic\nact\n")
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--ncu", str(csv_path), str(marks)],
-        capture_output=True,
-        text=True,
-    )
+    run = run_script("--ncu", csv_path, marks)
     assert run.returncode != 0
     assert "4 marker kernels but 3 marks" in run.stderr
 
@@ -111,11 +109,7 @@ def test_cubecl_log_is_counted_by_name(ks, tmp_path):
 def test_a_file_that_is_not_an_ncu_csv_is_named(tmp_path):
     path = tmp_path / "log.txt"
     path.write_text("==PROF== nothing profiled\n")
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--ncu", str(path), str(path)],
-        capture_output=True,
-        text=True,
-    )
+    run = run_script("--ncu", path, path)
     assert run.returncode != 0
     assert "is not an ncu CSV" in run.stderr
 
@@ -130,11 +124,7 @@ def test_durations_in_other_units_are_read_as_ns(ks, tmp_path):
 def test_an_unknown_time_unit_is_refused(tmp_path):
     csv_path = tmp_path / "ncu.csv"
     csv_path.write_text(ncu_csv(STEPS, unit="cycle"))
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--ncu", str(csv_path), str(csv_path)],
-        capture_output=True,
-        text=True,
-    )
+    run = run_script("--ncu", csv_path, csv_path)
     assert run.returncode != 0
     assert "unknown time unit 'cycle'" in run.stderr
 
@@ -148,12 +138,7 @@ def test_cubecl_log_report_counts_launches(tmp_path):
     log.write_text("".join(rows))
     # The timed step's second stage launches nothing.
     marks.write_text("act\ncritic\nact\ncritic\n")
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), str(log), str(marks)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = run_script(log, marks, check=True).stdout
     assert "(2 kernels without the markers):" in out
     act = next(line for line in out.splitlines() if line.strip().startswith("act"))
     assert act.split()[1:4] == ["1", "2", "2"]
