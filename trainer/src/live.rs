@@ -30,7 +30,7 @@
 //! (`controller::robot_loop::streamer`).
 
 use anyhow::{Context, Result};
-use controller::robot_loop::log::{LogWriter, Record, read_log};
+use controller::robot_loop::log::{LogWriter, Record};
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -110,12 +110,10 @@ impl Receiver {
     fn log(&mut self, stream: &str) -> Result<&mut (LogWriter, u64), String> {
         if !self.logs.contains_key(stream) {
             let path = self.dir.join(file_name(stream));
-            let held = if path.exists() {
-                read_log(&path).map_err(|e| e.to_string())?.records.len() as u64
-            } else {
-                0
-            };
+            // The records already held (a resumed run), counted while the writer checks
+            // the log, a few MiB at a time: a log of days is not read into memory.
             let w = LogWriter::open(&path).map_err(|e| e.to_string())?;
+            let held = w.existing_records;
             self.logs.insert(stream.to_string(), (w, held));
         }
         Ok(self.logs.get_mut(stream).expect("inserted"))

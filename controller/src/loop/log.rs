@@ -671,13 +671,14 @@ impl LogTail {
     }
 }
 
-/// Where a log's whole records end, and the bytes after that (a torn record, or damage
-/// no whole record follows): [`read_log`]'s `valid_bytes` and `torn_bytes`, found by
-/// reading at most `read_max` bytes at a time and keeping no record. Every record is
+/// Where a log's whole records end, the bytes after that (a torn record, or damage no
+/// whole record follows) and how many whole records it holds: [`read_log`]'s
+/// `valid_bytes`, `torn_bytes` and `records.len()`, found by reading at most `read_max`
+/// bytes at a time and keeping no record. Every record is
 /// decoded, so a log [`read_log`] refuses (a record this version cannot read) is
 /// refused here too. Bytes after damage stay buffered until a whole record follows
 /// them: a damaged stretch is held in memory, the rest is not.
-fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64), LogError> {
+fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
     let len = std::fs::metadata(path)
         .map_err(|error| LogError::Io {
             path: path.to_path_buf(),
@@ -686,7 +687,9 @@ fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64), LogError> {
         })?
         .len();
     let mut tail = LogTail::with_read_max(path, read_max);
-    let decode = |at: u64, payload: &[u8]| {
+    let mut records = 0;
+    let mut decode = |at: u64, payload: &[u8]| {
+        records += 1;
         Record::decode(payload)
             .map(drop)
             .map_err(|problem| LogError::Record {
@@ -697,7 +700,7 @@ fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64), LogError> {
     };
     loop {
         let before = tail.offset + tail.buf.len() as u64;
-        tail.poll_each(decode)?;
+        tail.poll_each(&mut decode)?;
         let scanned = tail.offset + tail.buf.len() as u64;
         if scanned >= len || scanned == before {
             break;
@@ -710,9 +713,9 @@ fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64), LogError> {
                 path: path.to_path_buf(),
             });
         }
-        return Ok((0, tail.buf.len() as u64));
+        return Ok((0, tail.buf.len() as u64, 0));
     }
-    Ok((tail.offset, tail.buf.len() as u64))
+    Ok((tail.offset, tail.buf.len() as u64, records))
 }
 
 /// Appends records to a log file.
@@ -723,6 +726,10 @@ pub struct LogWriter {
     payload: Vec<u8>,
     /// Bytes of a torn tail cut off when the file was opened.
     pub repaired_bytes: u64,
+    /// Whole records the log held when it was opened (as [`read_log`] counts them),
+    /// counted without holding them in memory.
+    pub existing_records: u64,
+    /// Records this writer appended.
     pub records: u64,
 }
 
@@ -752,12 +759,12 @@ impl LogWriter {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking the log", e)),
         }
-        let mut repaired = 0;
+        let (mut repaired, mut existing_records) = (0, 0);
         let existing = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
         if existing {
             // Scanned a few MiB at a time: a log of days is not held in memory.
-            let (valid_bytes, torn_bytes) = log_end(path, TAIL_READ_MAX)?;
-            repaired = torn_bytes;
+            let (valid_bytes, torn_bytes, records) = log_end(path, TAIL_READ_MAX)?;
+            (repaired, existing_records) = (torn_bytes, records);
             if torn_bytes > 0 {
                 let f = OpenOptions::new()
                     .write(true)
@@ -787,6 +794,7 @@ impl LogWriter {
             buf: Vec::with_capacity(1024),
             payload: Vec::with_capacity(1024),
             repaired_bytes: repaired,
+            existing_records,
             records: 0,
         })
     }
@@ -1292,7 +1300,8 @@ pub(crate) mod tests {
             // The writer's scan, a few bytes at a time, finds the same end.
             for read_max in [7, 64, TAIL_READ_MAX] {
                 let end = log_end(&path, read_max).unwrap();
-                assert_eq!(end, (c.valid_bytes, c.torn_bytes), "cut at {cut}");
+                let n = c.records.len() as u64;
+                assert_eq!(end, (c.valid_bytes, c.torn_bytes, n), "cut at {cut}");
             }
         }
         // A flipped byte in the last record reads as torn too.
@@ -1304,10 +1313,12 @@ pub(crate) mod tests {
         std::fs::write(&path, &full[..full.len() - 3]).unwrap();
         let mut w = LogWriter::open(&path).unwrap();
         assert!(w.repaired_bytes > 0);
+        assert_eq!(w.existing_records, 6);
         w.append(&Record::EpisodeEnd(end(0, 5))).unwrap();
         drop(w);
         let c = read_log(&path).unwrap();
         assert_eq!((c.records.len(), c.torn_bytes), (7, 0));
+        assert_eq!(LogWriter::open(&path).unwrap().existing_records, 7);
         assert!(matches!(c.records[6], Record::EpisodeEnd(_)));
         // A whole record this version cannot decode (a newer controller's): the log is
         // refused for appending, as the reader refuses it, naming the record's offset.
@@ -1441,7 +1452,7 @@ pub(crate) mod tests {
                 len: hit.len() as u64,
             };
             assert_eq!((c.damaged, c.torn_bytes), (vec![span], 0), "flip at {at}");
-            assert_eq!(log_end(&path, 16).unwrap(), (full.len() as u64, 0));
+            assert_eq!(log_end(&path, 16).unwrap(), (full.len() as u64, 0, 18));
             // The follower (the uplink's source) skips the same bytes.
             let mut tail = LogTail::new(&path);
             let payloads = tail.poll().unwrap();
