@@ -185,7 +185,16 @@ impl Norm {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        normalize_last(x) * self.gamma.val().unsqueeze_dim(0) + self.beta.val().unsqueeze_dim(0)
+        // f16 reaches only 65,504: deviations from the mean beyond 256 would square to inf
+        // and the whole row normalize to 0, silently (measured on burn-flex). Half chains
+        // (`compute.chain_precision = "f16"`) take the statistics in f32: two casts of
+        // `[R, hidden]` per norm. bf16 has f32's range.
+        let normalized = if x.dtype() == DType::F16 {
+            normalize_last(x.cast(FloatDType::F32)).cast(FloatDType::F16)
+        } else {
+            normalize_last(x)
+        };
+        normalized * self.gamma.val().unsqueeze_dim(0) + self.beta.val().unsqueeze_dim(0)
     }
 }
 
