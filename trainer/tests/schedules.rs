@@ -312,7 +312,7 @@ fn recorded_graphs_give_the_direct_results_with_bf16_chains() {
 
 /// `compute.chain_precision`: with the candidates' chains in f16 or bf16, the same
 /// networks and draws give TD targets near the f32 ones (under 0.1% and 0.5% of their
-/// spread between rows; seen: 0.004% and 0.04%) but not equal to them, with the hoisted
+/// spread between rows; seen: 0.003% and 0.04%) but not equal to them, with the hoisted
 /// and with the sequential schedule.
 #[test]
 fn td_targets_with_half_precision_chains_stay_near_the_f32_ones() {
