@@ -148,10 +148,7 @@ pub fn bench_updates(
     let (od, ad) = (offline.obs_dim, offline.act_dim);
     let normalizer = Normalizer::fit(offline.observations(), od);
     let step_ad = ad / c.action_horizon;
-    crate::device::check_chain_precision(
-        crate::device::parse(&c.device)?,
-        c.compute.chain_precision,
-    )?;
+    crate::device::check_trains_on(c)?;
     let mut agent = Agent::new(c.clone(), od, step_ad, normalizer, &crate::run::device(c)?);
     agent.sync_stages = sync_stages;
     let mut online = Replay::new(od, ad, crate::run::ONLINE_CAPACITY);

@@ -241,6 +241,11 @@ pub fn check_chain_precision(spec: DeviceSpec, precision: ChainPrecision) -> Res
     Ok(())
 }
 
+/// [`check_chain_precision`] for a config's device and precision.
+pub fn check_trains_on(config: &crate::config::Config) -> Result<()> {
+    check_chain_precision(parse(&config.device)?, config.compute.chain_precision)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,10 +244,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source, o.device.as_deref())?;
     let config = agent.config.clone();
-    crate::device::check_chain_precision(
-        crate::device::parse(&config.device)?,
-        config.compute.chain_precision,
-    )?;
+    crate::device::check_trains_on(&config)?;
     ensure!(
         config.algo != crate::config::Algo::Bc,
         "{}: a `bc` run has no critic to fine-tune with rewards; fine-tune an expo or idql-select run",

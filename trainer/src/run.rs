@@ -493,10 +493,7 @@ pub fn train(
             config.run.online_steps
         );
     }
-    crate::device::check_chain_precision(
-        crate::device::parse(&config.device)?,
-        config.compute.chain_precision,
-    )?;
+    crate::device::check_trains_on(config)?;
     if !opts.resume {
         ensure_no_run_in(out)?;
     }
