@@ -419,10 +419,11 @@ pub fn run_chain(
     // chain, `[T, hidden]`, each step's row shared by all rows of x.
     let time_proj = den.time_projection(times).cast(dtype);
     let hidden = time_proj.dims()[1];
+    let blocks = den.chain_blocks();
     for (k, step) in plan.iter().enumerate() {
         let tp = time_proj.clone().slice([k..k + 1, 0..hidden]);
         let eps = den
-            .forward_projected(x.clone().cast(dtype), obs_proj.clone(), tp)
+            .forward_projected_with(&blocks, x.clone().cast(dtype), obs_proj.clone(), tp)
             .cast(FloatDType::F32);
         x = x * step.x_coef + eps * step.eps_coef;
         if step.sigma > 0.0 {

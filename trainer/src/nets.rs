@@ -399,6 +399,49 @@ impl ResBlock {
             .forward(silu(self.up.forward(self.norm.forward(x.clone()))));
         x + h
     }
+
+    /// This block with `up`'s weight and bias and `down`'s weight negated, for
+    /// [`ResBlock::forward_negated`] (inference copies; the parameters keep their ids).
+    pub fn negated(&self) -> ResBlock {
+        let neg = |d: &Dense, bias: bool| Dense {
+            weight: d.weight.clone().map(|w| -w),
+            bias: match (&d.bias, bias) {
+                (Some(b), true) => Some(b.clone().map(|b| -b)),
+                (b, _) => b.clone(),
+            },
+        };
+        ResBlock {
+            norm: self.norm.clone(),
+            up: neg(&self.up, true),
+            down: neg(&self.down, false),
+        }
+    }
+
+    /// [`ResBlock::forward`] with [`silu_composed`], computed by this block's
+    /// [`ResBlock::negated`] form in one elementwise pass fewer, to the bit.
+    ///
+    /// With `up` negated its product is `m = −z` directly, and `m / (1 + e^m)` is
+    /// `−silu(z)` without the pass that negates `z` for `e^−z`; the negated `down` turns
+    /// the sign back. Every step is exact in IEEE arithmetic: a sign flip is exact, and
+    /// round-to-nearest (or TF32's and the half types' rounding) is symmetric, so each
+    /// product, sum, exponential and quotient is the original's with its sign flipped,
+    /// or the same. The inputs of the `[R, expanded]` activations are the GPU backends'
+    /// largest elementwise traffic (the candidate chains' 40,960 × 1,024 at the `paper`
+    /// preset, BENCHMARKS.md "Where the GPU time goes").
+    pub fn forward_negated(&self, x: Tensor<2>) -> Tensor<2> {
+        let m = self.up.forward(self.norm.forward(x.clone()));
+        let neg_silu = m.clone() / (m.exp() + 1.0);
+        x + self.down.forward(neg_silu)
+    }
+}
+
+/// How a chain evaluates the denoiser's residual blocks (see [`Denoiser::chain_blocks`]).
+pub enum ChainBlocks {
+    /// [`ResBlock::forward`] with the denoiser's own blocks (the CPU backends, whose SiLU
+    /// is one pass over the host buffer already).
+    Own,
+    /// [`ResBlock::forward_negated`] with these negated copies (the GPU backends).
+    Negated(Vec<ResBlock>),
 }
 
 /// Conditional MLP-ResNet noise predictor `ε̂(x_t, s, t)`.
@@ -514,9 +557,51 @@ impl Denoiser {
         obs_proj: Tensor<2>,
         time_proj: Tensor<2>,
     ) -> Tensor<2> {
+        self.forward_projected_with(&ChainBlocks::Own, noisy, obs_proj, time_proj)
+    }
+
+    /// The residual blocks as a chain that runs outside autodiff evaluates them: negated
+    /// copies ([`ResBlock::forward_negated`], one elementwise pass fewer per block and
+    /// step) where SiLU is composed of tensor operations, the blocks themselves where it
+    /// is one host pass or burn's autodiff node ([`silu`]). Made once per chain: `3 × blocks` small negations
+    /// against `blocks × steps` passes saved over `[R, expanded]`.
+    pub fn chain_blocks(&self) -> ChainBlocks {
+        let weight = self.input_action.weight.val();
+        let device = weight.device();
+        if device.is_autodiff() || native_activations(&device) && weight.dtype() == DType::F32 {
+            ChainBlocks::Own
+        } else {
+            self.negated_blocks()
+        }
+    }
+
+    /// [`ChainBlocks::Negated`] on any backend (tests compare it with the plain blocks).
+    pub fn negated_blocks(&self) -> ChainBlocks {
+        ChainBlocks::Negated(self.blocks.iter().map(ResBlock::negated).collect())
+    }
+
+    /// [`Denoiser::forward_projected`] with the residual blocks evaluated as `blocks`
+    /// says. Not for autodiff: [`ResBlock::forward_negated`]'s composed SiLU has no
+    /// stable backward pass ([`silu`]).
+    pub fn forward_projected_with(
+        &self,
+        blocks: &ChainBlocks,
+        noisy: Tensor<2>,
+        obs_proj: Tensor<2>,
+        time_proj: Tensor<2>,
+    ) -> Tensor<2> {
         let mut x = self.input_action.forward(noisy) + obs_proj + time_proj;
-        for b in &self.blocks {
-            x = b.forward(x);
+        match blocks {
+            ChainBlocks::Own => {
+                for b in &self.blocks {
+                    x = b.forward(x);
+                }
+            }
+            ChainBlocks::Negated(negated) => {
+                for b in negated {
+                    x = b.forward_negated(x);
+                }
+            }
         }
         self.output.forward(silu(x))
     }

@@ -9,8 +9,8 @@ use trainer::agent::{
     Stream, edited_log_prob, polyak, random_subset, sample_chain, target_entropy,
 };
 use trainer::nets::{
-    CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, Init, Norm, cast_params, silu_composed,
-    tensor2,
+    CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, Init, Norm, cast_params, silu,
+    silu_composed, tensor2,
 };
 
 fn dev() -> Device {
@@ -200,6 +200,73 @@ fn a_layer_norm_in_f16_survives_deviations_whose_squares_overflow() {
         assert!((a - b).abs() < 1e-2, "f32 {a} against f16 {b}");
     }
     assert!(full.iter().all(|v| v.abs() > 0.9), "{full:?}");
+}
+
+/// The GPU backends' chains evaluate the residual blocks from negated copies
+/// (`ResBlock::forward_negated`, one elementwise pass fewer per block and step). The
+/// denoiser's output must be the composed SiLU's to the bit, in f32 and the half types,
+/// over pre-activations from −60 to 60 (where `e^±z` nears f32's range).
+#[test]
+fn negated_blocks_give_the_composed_silus_output_to_the_bit() {
+    let d = dev();
+    let size = DenoiserSize {
+        hidden: 16,
+        blocks: 2,
+        expanded: 64,
+        fourier: 8,
+        time_hidden: 16,
+    };
+    // Parameters scaled up so that the expanded layer's inputs spread far into both
+    // tails, and shifted so that the biases (initialised to 0) count.
+    struct Spread;
+    impl ModuleMapper for Spread {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            p.map(|t| t * 6.0 + 0.25)
+        }
+    }
+    let den = Denoiser::new(4, 2, size, &mut Init::reference(5), &d).map(&mut Spread);
+    let rows = 32;
+    let obs = tensor2(
+        (0..rows * 4)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect(),
+        rows,
+        4,
+        &d,
+    );
+    let noisy = tensor2(
+        (0..rows * 2).map(|i| (i as f32 * 0.91).cos()).collect(),
+        rows,
+        2,
+        &d,
+    );
+    let bits = |t: Tensor<2>| -> Vec<u32> {
+        values(t.cast(FloatDType::F32))
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    for dtype in [FloatDType::F32, FloatDType::F16, FloatDType::BF16] {
+        let den = den.clone().with_step_precision(dtype);
+        let op = den.obs_projection(obs.clone()).cast(dtype);
+        let tp = den
+            .time_projection(tensor2(vec![3.0], 1, 1, &d))
+            .cast(dtype);
+        let x = noisy.clone().cast(dtype);
+        // The composed SiLU written out, as the blocks computed it before.
+        let mut h = den.input_action.forward(x.clone()) + op.clone() + tp.clone();
+        let mut widest = 0.0f32;
+        for b in &den.blocks {
+            let z = b.up.forward(b.norm.forward(h.clone()));
+            widest = widest.max(values(z.clone().abs().cast(FloatDType::F32).max()).remove(0));
+            h = h.clone() + b.down.forward(silu_composed(z));
+        }
+        let reference = den.output.forward(silu(h));
+        let negated = den.forward_projected_with(&den.negated_blocks(), x, op, tp);
+        assert_eq!(negated.dtype(), reference.dtype(), "{dtype:?}");
+        assert!(widest > 60.0, "{dtype:?}: |z| reaches only {widest}");
+        assert_eq!(bits(negated), bits(reference), "{dtype:?}");
+    }
 }
 
 #[test]
