@@ -158,3 +158,78 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
     assert_eq!(received.len(), logged.len());
     assert!(received == &logged, "records differ from the log");
 }
+
+/// Counts what it is sent of a log whose first `held` records it has already.
+struct Holder {
+    held: u64,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RecordSink for Holder {
+    fn next_index(&mut self, _stream: &str) -> u64 {
+        self.held + self.received.lock().unwrap().len() as u64
+    }
+    fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
+        assert_eq!(index, self.next_index(stream), "out of order");
+        self.received.lock().unwrap().push(record.to_vec());
+        Ok(())
+    }
+}
+
+/// A run that ends while the streamer is still reading past records the trainer holds
+/// (a log that several runs appended to, read a `TAIL_READ_MAX` at a time): the
+/// records it lacks are sent before the streamer stops. Before, the first poll that
+/// found only held records passed for the log's end.
+#[test]
+fn the_streamer_reads_past_held_records_to_send_the_rest_after_the_run_ended() {
+    use controller::robot_loop::log::{LogWriter, Record, TAIL_READ_MAX};
+    use controller::robot_loop::streamer::Streamer;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("transitions.log");
+    let mut w = LogWriter::open(&log).unwrap();
+    let record = |i: u64| Record::EpisodeStart {
+        episode: i as u32,
+        seed: i,
+    };
+    // Over 2.5 reads of the tail's most per poll.
+    let mut n = 0u64;
+    while !n.is_multiple_of(1000) || std::fs::metadata(&log).unwrap().len() < TAIL_READ_MAX * 5 / 2
+    {
+        w.append(&record(n)).unwrap();
+        n += 1;
+    }
+    w.sync().unwrap();
+    drop(w);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let r = received.clone();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let mut sink = Holder {
+            held: n - 1,
+            received: r,
+        };
+        let mut s = Session::server(tcp, &key()).unwrap();
+        serve_records(&mut s, &mut sink).map(|(_, k)| k)
+    });
+    let (streamer, _ready) = Streamer::spawn(
+        UplinkConfig {
+            addr: addr.to_string(),
+            key: key(),
+            drain: Duration::from_secs(60),
+            swap: None,
+        },
+        &log,
+    )
+    .unwrap();
+    // The run has ended: the streamer only drains.
+    let summary = streamer.finish();
+    let _ = server.join();
+    let mut last = vec![];
+    record(n - 1).encode(&mut last);
+    assert_eq!(*received.lock().unwrap(), vec![last], "{summary:?}");
+    assert_eq!(summary.acknowledged, n, "{summary:?}");
+    assert_eq!(summary.logged, n, "{summary:?}");
+}

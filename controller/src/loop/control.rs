@@ -61,6 +61,10 @@ use super::link::LinkEvent;
 const RING: usize = 16;
 /// Commands remembered for "which command was in force".
 const COMMANDS: usize = 16;
+/// Ticks a safe stop tries to write its Estop before the run ends with the error: a
+/// write fails at once or after the writer's timeout (100 ms), so up to about a second,
+/// while each tick also resends the hold.
+const ESTOP_WRITE_TRIES: u32 = 10;
 
 /// A received frame's place in the firmware's sequence.
 #[derive(Clone, Copy)]
@@ -325,6 +329,8 @@ pub(crate) struct Control {
     /// numbers).
     estop_answer_seq: Option<u16>,
     torque_off: bool,
+    /// Ticks in a row whose Estop could not be written ([`ESTOP_WRITE_TRIES`]).
+    estop_write_failures: u32,
     link_down: bool,
     pub fatal: Option<String>,
     action: [f32; MAX_ACT],
@@ -445,6 +451,7 @@ impl Control {
             estops_unanswered: 0,
             estop_answer_seq: None,
             torque_off: false,
+            estop_write_failures: 0,
             link_down: false,
             fatal: None,
             action: [0.0; MAX_ACT],
@@ -757,7 +764,13 @@ impl Control {
                     truncated,
                     success,
                 });
-                t.ret += reward;
+                // A non-finite reward's transition is not logged (counted as
+                // missing); it does not make the episode's return NaN either.
+                if reward.is_finite() {
+                    t.ret += reward;
+                } else {
+                    self.report.nan_rewards += 1;
+                }
                 t.success |= success;
                 t.newest_reward = t.newest_reward.max(Some(step));
                 if done {
@@ -833,8 +846,16 @@ impl Control {
                     return;
                 }
                 // Outside an episode a fault is old news (e.g. the watchdog of a
-                // firmware that was stalled while we had already stopped).
-                if matches!(self.phase, Phase::Running | Phase::Ending { .. }) {
+                // firmware that was stalled while we had already stopped). So is the
+                // watchdog of an episode the operator labelled: it runs on on the
+                // firmware until our Reset, and nothing is commanded while `Ending`
+                // waits for its last frames (up to 10 periods, longer than a command
+                // timeout of a few), so the firmware holds on its own, as it should.
+                let labelled = self.track.as_ref().is_some_and(|t| t.label.is_some());
+                let after_label = code == FaultCode::Watchdog
+                    && labelled
+                    && matches!(self.phase, Phase::Ending { .. });
+                if !after_label && matches!(self.phase, Phase::Running | Phase::Ending { .. }) {
                     self.fault(
                         now,
                         FaultKind::FirmwareFault,
@@ -866,8 +887,11 @@ impl Control {
                     self.report.ignored_hellos += 1;
                 } else {
                     // An unasked Hello: the firmware rebooted and holds with its own
-                    // hold action; its numbering starts over.
+                    // hold action; its numbering starts over. Its torque is on again
+                    // whatever our last Estop did: the safe stop holds and ends with a
+                    // new Estop (as after a reconnect).
                     self.estop_answer_seq = None;
+                    self.torque_off = false;
                     self.gate.firmware_holds();
                     self.fault(
                         now,
@@ -1353,16 +1377,56 @@ impl Control {
             return;
         }
         if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && !self.link_down {
-            if self.gate.send_control(Message::Estop).is_ok() {
-                self.estops_unanswered += 1;
+            match self.gate.send_control(Message::Estop) {
+                Ok(()) => {
+                    self.estops_unanswered += 1;
+                    self.estop_write_failures = 0;
+                    self.torque_off = true;
+                    if let Some(f) = self.report.faults.last_mut()
+                        && f.torque_off_tick.is_none()
+                    {
+                        f.torque_off_tick = Some(self.tick);
+                    }
+                    self.report.torque_off_ticks.push(self.tick);
+                }
+                Err(e) => {
+                    // Not written, so the torque is still on: hold and try again next
+                    // tick. A link that stays unwritable ends the run with the error;
+                    // the firmware's command watchdog then holds the arm.
+                    self.estop_write_failures += 1;
+                    if self.estop_write_failures < ESTOP_WRITE_TRIES {
+                        self.phase = Phase::SafeStop { left: 0, then };
+                        return;
+                    }
+                    let why = format!(
+                        "the Estop that turns the torque off could not be written in {} \
+                         ticks ({e}): the arm may still be energised, held by the firmware",
+                        self.estop_write_failures
+                    );
+                    self.estop_write_failures = 0;
+                    self.report.faults.push(FaultEvent {
+                        kind: FaultKind::LinkLost,
+                        detail: why.clone(),
+                        tick: self.tick,
+                        at_s: now.saturating_duration_since(self.start).as_secs_f64(),
+                        episode: None,
+                        step: None,
+                        hold_tick: None,
+                        hold_latency_us: None,
+                        torque_off_tick: None,
+                        during_safe_stop: true,
+                    });
+                    if !self.cfg.quiet {
+                        self.say(format!("FAULT at tick {}: LinkLost: {why}", self.tick));
+                    }
+                    if self.fatal.is_none() {
+                        self.fatal = Some(why);
+                    }
+                    self.stopping = Some(Outcome::Error);
+                    self.phase = Phase::Done;
+                    return;
+                }
             }
-            self.torque_off = true;
-            if let Some(f) = self.report.faults.last_mut()
-                && f.torque_off_tick.is_none()
-            {
-                f.torque_off_tick = Some(self.tick);
-            }
-            self.report.torque_off_ticks.push(self.tick);
         }
         self.phase = match then {
             After::Idle => Phase::Idle,
@@ -1765,6 +1829,224 @@ pub fn sleep_until(deadline: Instant, spin: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firmware_config::protocol::{Frame, FrameDecoder};
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// The serial port's write side: what was written, and a switch that makes every
+    /// write fail (an unplugged adapter whose read side has not noticed yet).
+    #[derive(Clone, Default)]
+    struct Wire {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        broken: Arc<AtomicBool>,
+    }
+
+    impl Write for Wire {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("unplugged"));
+            }
+            self.bytes.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Wire {
+        fn estops(&self) -> usize {
+            let mut d = FrameDecoder::default();
+            let bytes = self.bytes.lock().unwrap().clone();
+            bytes
+                .iter()
+                .filter_map(|&b| d.push(b))
+                .filter(|f| {
+                    matches!(
+                        f,
+                        Ok(Frame {
+                            message: Message::Estop,
+                            ..
+                        })
+                    )
+                })
+                .count()
+        }
+    }
+
+    /// A `push` robot's control thread writing to `wire`, its link events from `tx`.
+    fn control(wire: &Wire) -> (Control, crossbeam_channel::Sender<LinkEvent>) {
+        let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+        robot.safety.gravity_safe_torque_off = true;
+        let mut cfg = RunConfig::new(robot.clone(), "/dev/null".into());
+        cfg.quiet = true;
+        let gate = CommandGate::new(&robot, Box::new(wire.clone()));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let report = super::super::RunReport::new(&cfg, "test");
+        let c = Control::new(cfg, Brain::Hold, gate, rx, None, report, Instant::now());
+        (c, tx)
+    }
+
+    fn frame(seq: u16, message: Message) -> LinkEvent {
+        LinkEvent::Frame {
+            rx: Instant::now(),
+            frame: Frame {
+                seq,
+                timestamp_us: 0,
+                message,
+            },
+            stale: false,
+        }
+    }
+
+    /// Ticks until the phase is `Done` (at most `max` ticks); the ticks taken.
+    fn tick_until_done(c: &mut Control, max: u64) -> u64 {
+        for n in 1..=max {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if c.phase == Phase::Done {
+                return n;
+            }
+        }
+        panic!("not done after {max} ticks: {:?}", c.phase);
+    }
+
+    /// A firmware that reboots after our Estop holds with its torque on again: the safe
+    /// stop under way must end with a new Estop, not take the old one for it.
+    #[test]
+    fn a_reboot_after_the_torque_off_gets_its_own_estop() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        // The exit's safe stop after a fault's torque-off (already sent earlier).
+        c.torque_off = true;
+        c.phase = Phase::SafeStop {
+            left: 5,
+            then: After::Exit,
+        };
+        let hello = c.hello;
+        tx.send(frame(0, Message::Hello(hello))).unwrap();
+        tick_until_done(&mut c, 100);
+        assert!(
+            c.report
+                .faults
+                .iter()
+                .any(|f| f.kind == FaultKind::FirmwareReset)
+        );
+        assert_eq!(
+            wire.estops(),
+            1,
+            "the rebooted firmware was never sent an Estop"
+        );
+        assert_eq!(c.report.torque_off_ticks.len(), 1);
+    }
+
+    /// An Estop that could not be written is not a torque-off: the safe stop retries it,
+    /// and records it only once it is written.
+    #[test]
+    fn an_unwritten_estop_is_retried_and_not_recorded_as_sent() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.phase = Phase::SafeStop {
+            left: 1,
+            then: After::Exit,
+        };
+        wire.broken.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            assert!(
+                matches!(c.phase, Phase::SafeStop { left: 0, .. }),
+                "{:?}",
+                c.phase
+            );
+        }
+        assert!(c.report.torque_off_ticks.is_empty());
+        assert_eq!(c.gate.stats.estops, 0);
+        wire.broken.store(false, Ordering::SeqCst);
+        let n = tick_until_done(&mut c, 1);
+        assert_eq!(n, 1);
+        assert_eq!(wire.estops(), 1);
+        assert_eq!(c.report.torque_off_ticks, vec![4]);
+        assert_eq!(c.gate.stats.estops, 1);
+        assert!(c.fatal.is_none() && c.report.faults.is_empty());
+    }
+
+    /// A link that stays unwritable ends the run with an error that says the torque may
+    /// still be on.
+    #[test]
+    fn an_estop_that_cannot_be_written_ends_the_run_with_an_error() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.phase = Phase::SafeStop {
+            left: 1,
+            then: After::Idle,
+        };
+        wire.broken.store(true, Ordering::SeqCst);
+        assert_eq!(tick_until_done(&mut c, 100), ESTOP_WRITE_TRIES as u64);
+        assert!(c.report.torque_off_ticks.is_empty());
+        assert_eq!(c.stopping(), Some(Outcome::Error));
+        let fatal = c.fatal.clone().unwrap();
+        assert!(
+            fatal.contains("could not be written") && fatal.contains("unplugged"),
+            "{fatal}"
+        );
+        assert_eq!(c.report.faults.len(), 1);
+        assert_eq!(c.report.faults[0].kind, FaultKind::LinkLost);
+    }
+
+    /// After the operator's label nothing is commanded while the last frames come in, so
+    /// the firmware's watchdog may trip: the episode stays labelled, not faulted.
+    #[test]
+    fn the_watchdog_after_an_operators_label_is_not_a_fault() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let mut t = Track::new(1, 7, Instant::now());
+        t.label = Some(true);
+        t.final_step = Some(0);
+        c.track = Some(t);
+        c.phase = Phase::Ending {
+            until: Instant::now(),
+        };
+        tx.send(frame(
+            3,
+            Message::Fault {
+                code: FaultCode::Watchdog,
+            },
+        ))
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        assert_eq!(c.report.ignored_firmware_faults, 1);
+        assert_eq!(c.phase, Phase::Idle);
+        assert_eq!(c.report.episodes.len(), 1);
+        assert_eq!(c.report.episodes[0].reason, EndReason::Labelled);
+    }
+
+    /// A non-finite reward (the firmware's bug) is left out of the episode's return.
+    #[test]
+    fn a_nan_reward_is_left_out_of_the_return() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.track = Some(Track::new(1, 7, Instant::now()));
+        for (step, reward) in [(1, 0.5), (2, f32::NAN), (3, 0.25)] {
+            tx.send(frame(
+                step as u16,
+                Message::Reward {
+                    episode: 1,
+                    step,
+                    reward,
+                    done: false,
+                    truncated: false,
+                    success: false,
+                },
+            ))
+            .unwrap();
+        }
+        c.drain(Instant::now());
+        assert_eq!(c.track.as_ref().unwrap().ret, 0.75);
+        assert_eq!(c.report.nan_rewards, 1);
+    }
 
     #[test]
     fn the_step_leap_bound_follows_the_stale_limit_in_ticks() {

@@ -632,6 +632,9 @@ pub struct RunReport {
     pub rate_limited: u64,
     pub nan_observations: u64,
     pub nan_actions: u64,
+    /// `Reward` frames whose reward was not finite: their transitions are not logged
+    /// (counted as missing) and their episodes' returns leave them out.
+    pub nan_rewards: u64,
     pub ignored_firmware_faults: u64,
     /// `Hello` frames outside a handshake that were not a reboot's: late answers to the
     /// handshake's resent `Hello`s (numbered other than 0), and copies of a reboot's
@@ -676,6 +679,7 @@ impl RunReport {
             rate_limited: 0,
             nan_observations: 0,
             nan_actions: 0,
+            nan_rewards: 0,
             ignored_firmware_faults: 0,
             ignored_hellos: 0,
             link: Default::default(),

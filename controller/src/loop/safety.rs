@@ -267,14 +267,14 @@ impl CommandGate {
                     "commands go through CommandGate::send_command",
                 ));
             }
-            Message::Reset { .. } => self.firmware_holds(),
-            Message::Estop => {
-                self.stats.estops += 1;
-                self.firmware_holds();
-            }
+            Message::Reset { .. } | Message::Estop => self.firmware_holds(),
             _ => {}
         }
-        self.write(msg)
+        let estop = matches!(msg, Message::Estop);
+        self.write(msg)?;
+        // Counted once written: an Estop that never left is not one the firmware got.
+        self.stats.estops += estop as u64;
+        Ok(())
     }
 
     fn write(&mut self, msg: Message) -> io::Result<()> {

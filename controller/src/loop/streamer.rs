@@ -204,9 +204,14 @@ fn stream_main(
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let polled = pending.len() < WINDOW;
+        // The last poll returned no record: the tail is at the log's end. (Not "nothing
+        // pending": records the trainer holds already are read and dropped, a
+        // TAIL_READ_MAX at a time, before the ones it lacks.)
+        let mut at_end = false;
         if polled {
             match tail.poll() {
                 Ok(new) => {
+                    at_end = new.is_empty();
                     if stream_id.is_none()
                         && let Some(first) = new.first()
                     {
@@ -234,13 +239,18 @@ fn stream_main(
                         );
                     }
                 }
-                Err(e) => fail(e.to_string()),
+                Err(e) => {
+                    // Nothing more can be read now; when stopping, what is pending is
+                    // what is left to send.
+                    at_end = true;
+                    fail(e.to_string())
+                }
             }
         }
         if stopping {
             let until = *drain_until.get_or_insert_with(|| Instant::now() + cfg.drain);
-            // (Empty after a poll: the log has no more whole records.)
-            if (polled && pending.is_empty()) || Instant::now() >= until {
+            // (Nothing pending and nothing more to read: every whole record is sent.)
+            if (at_end && pending.is_empty()) || Instant::now() >= until {
                 // The logger has closed the log: what is left is not a whole record.
                 let left = tail.unread_bytes();
                 if left > 0 && pending.is_empty() {
