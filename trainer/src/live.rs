@@ -542,6 +542,9 @@ pub(crate) fn train_live(
         let _ = tx.send(listener.addr);
     }
     let env_steps = state.env_step as u64;
+    // Streamed in this run directory's earlier sessions (a resume): the bundles'
+    // provenance counts every robot transition the replay holds, not this session's.
+    let streamed_before = state.live_streamed;
     let mut batch_rng = Rng::from_state(state.batch_rng);
     let mut rows = Vec::new();
     let mut updates = state.finetune_updates;
@@ -570,7 +573,10 @@ pub(crate) fn train_live(
         let root = o.out.join("bundles");
         let name = format!("{n:07}");
         let info = crate::export::ExportInfo {
-            dataset: format!("live fine-tuning, {} robot transitions", summary.streamed),
+            dataset: format!(
+                "live fine-tuning, {} robot transitions",
+                streamed_before + summary.streamed
+            ),
             env_steps,
             executed_steps: None,
         };
@@ -643,6 +649,7 @@ pub(crate) fn train_live(
                 state.capture_agent(agent, &batch_rng);
                 state.capture_metrics_window(agent, updates, log_every);
                 state.finetune_updates = updates;
+                state.live_streamed = streamed_before + summary.streamed;
                 crate::run::write_checkpoint(&o.out, agent, online, state)?;
             }
             if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
@@ -683,6 +690,7 @@ pub(crate) fn train_live(
     // The row for the last update is written above.
     state.metrics_window = None;
     state.finetune_updates = updates;
+    state.live_streamed = streamed_before + summary.streamed;
     crate::run::write_checkpoint(&o.out, agent, online, state)?;
     if summary
         .published

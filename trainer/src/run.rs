@@ -424,6 +424,11 @@ pub(crate) struct RunState {
     /// fall between two rows); `None` in checkpoints written on a row.
     #[serde(default)]
     pub(crate) metrics_window: Option<(crate::agent::UpdateMetrics, usize)>,
+    /// Transitions robots streamed to `finetune --listen` in this run directory, in all
+    /// its sessions up to this checkpoint (0 in checkpoints written before it was
+    /// recorded): a resumed session's bundles count from it.
+    #[serde(default)]
+    pub(crate) live_streamed: usize,
 }
 
 impl RunState {
@@ -454,6 +459,7 @@ impl RunState {
             robot: agent.robot.clone(),
             offline: Some(offline.clone()),
             metrics_window: None,
+            live_streamed: 0,
         }
     }
 }

@@ -88,7 +88,6 @@ fn spawn_listening_trainer(
     std::thread::JoinHandle<trainer::finetune::FinetuneSummary>,
     std::net::SocketAddr,
 ) {
-    let (tx, rx) = std::sync::mpsc::channel();
     let short = updates < 1000;
     let opts = FinetuneOptions {
         from: run.to_path_buf(),
@@ -110,9 +109,21 @@ fn spawn_listening_trainer(
             publish_every: if short { 50 } else { 500 },
             signing_key: signing,
             idle_exit,
-            bound: Some(tx),
+            bound: None,
         }),
     };
+    spawn_finetune(opts)
+}
+
+/// `finetune(opts)` (with `--listen`) in a thread; returns it and the bound address.
+fn spawn_finetune(
+    mut opts: FinetuneOptions,
+) -> (
+    std::thread::JoinHandle<trainer::finetune::FinetuneSummary>,
+    std::net::SocketAddr,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    opts.listen.as_mut().expect("a live session").bound = Some(tx);
     let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
     (trainer, rx.recv_timeout(Duration::from_secs(60)).unwrap())
 }
@@ -489,7 +500,7 @@ fn transitions_logged_after_the_last_update_are_kept() {
     cfg.out = Some(tmp.path().join("robot"));
     cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
         addr: addr.to_string(),
-        key: link_key,
+        key: link_key.clone(),
         drain: Duration::from_secs(2),
         swap: None,
     });
@@ -514,4 +525,63 @@ fn transitions_logged_after_the_last_update_are_kept() {
     // Each admitted transition is in the checkpoint's online replay (chunks of 1).
     let online = trainer::run::load_online(&out).unwrap();
     assert_eq!(online.len(), 10 + summary.replay_transitions, "{summary:?}");
+
+    // A resumed session: its bundles' provenance counts the robot transitions of both
+    // sessions, which its replay holds (it counted this session's alone).
+    let provenance = |name: &str| {
+        shared_model::load_bundle(&out.join("bundles").join(name), &Trust::AllowUnsigned)
+            .unwrap()
+            .manifest
+            .provenance
+            .dataset
+    };
+    assert_eq!(
+        provenance("0000060"),
+        format!("live fine-tuning, {} robot transitions", summary.streamed)
+    );
+    let (trainer, addr) = spawn_finetune(FinetuneOptions {
+        from: run.clone(),
+        data: vec![],
+        out: out.clone(),
+        updates: 120,
+        with_offline: true,
+        checkpoint_every: 50,
+        log_every: 50,
+        eval_episodes: 0,
+        resume: true,
+        stop_after: None,
+        keep_interventions: false,
+        device: None,
+        listen: Some(LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key: link_key.clone(),
+            publish_every: 50,
+            signing_key: None,
+            // Not left waiting should the robot stream fewer than 60 transitions.
+            idle_exit: Some(Duration::from_secs(5)),
+            bound: None,
+        }),
+    });
+    let (firmware, mut cfg, options) = push_robot(20.0, 6);
+    cfg.episodes = Some(2);
+    cfg.out = Some(tmp.path().join("robot2"));
+    cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
+        addr: addr.to_string(),
+        key: link_key,
+        drain: Duration::from_secs(2),
+        swap: None,
+    });
+    let brain = Brain::new(&b, &options, false).unwrap();
+    robot_loop::run(cfg, brain, "push", "update cap").unwrap();
+    drop(firmware);
+    let resumed = trainer.join().expect("the trainer did not panic");
+    assert!(resumed.updates > 60 && resumed.streamed > 0, "{resumed:?}");
+    let last = resumed.published.last().expect("a bundle published");
+    assert_eq!(
+        provenance(&last.file_name().unwrap().to_string_lossy()),
+        format!(
+            "live fine-tuning, {} robot transitions",
+            summary.streamed + resumed.streamed
+        )
+    );
 }
