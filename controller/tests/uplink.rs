@@ -30,13 +30,13 @@ struct Sink {
 }
 
 impl RecordSink for Sink {
-    fn next_index(&mut self, stream: &str) -> u64 {
+    fn next_index(&mut self, stream: &str) -> Result<u64, String> {
         let mut m = self.store.lock().unwrap();
         let v = m.entry(stream.to_string()).or_default();
         if let Some(n) = self.lose.take() {
             v.truncate(v.len().saturating_sub(n));
         }
-        v.len() as u64
+        Ok(v.len() as u64)
     }
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
         if self.cut == Some(0) {
@@ -166,11 +166,11 @@ struct Holder {
 }
 
 impl RecordSink for Holder {
-    fn next_index(&mut self, _stream: &str) -> u64 {
-        self.held + self.received.lock().unwrap().len() as u64
+    fn next_index(&mut self, _stream: &str) -> Result<u64, String> {
+        Ok(self.held + self.received.lock().unwrap().len() as u64)
     }
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
-        assert_eq!(index, self.next_index(stream), "out of order");
+        assert_eq!(Ok(index), self.next_index(stream), "out of order");
         self.received.lock().unwrap().push(record.to_vec());
         Ok(())
     }

@@ -121,8 +121,8 @@ impl Receiver {
 }
 
 impl RecordSink for Receiver {
-    fn next_index(&mut self, stream: &str) -> u64 {
-        self.log(stream).map_or(0, |l| l.1)
+    fn next_index(&mut self, stream: &str) -> Result<u64, String> {
+        Ok(self.log(stream)?.1)
     }
 
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
@@ -145,6 +145,13 @@ impl RecordSink for Receiver {
             }
         }
         let (writer, held) = self.log(stream)?;
+        // Record `index` goes at position `index` of the log or nowhere: appended at
+        // another position it would be a duplicate, or leave a gap.
+        if index != *held {
+            return Err(format!(
+                "record {index} sent, this stream's log holds {held} records"
+            ));
+        }
         writer.append(&rec).map_err(|e| e.to_string())?;
         *held += 1;
         if let Record::Transition(t) = rec {
@@ -750,7 +757,7 @@ mod tests {
         receiver
             .append("same", 0, &start(&["a", "b", "c"]))
             .unwrap();
-        assert_eq!(receiver.next_index("same"), 1);
+        assert_eq!(receiver.next_index("same"), Ok(1));
         let e = receiver
             .append("other", 0, &start(&["a", "c", "b"]))
             .unwrap_err();
@@ -758,7 +765,49 @@ mod tests {
             e.contains("first at [1] (`c` in the robot's stream, `b` in the run)"),
             "{e}"
         );
-        assert_eq!(receiver.next_index("other"), 0);
+        assert_eq!(receiver.next_index("other"), Ok(0));
+    }
+
+    /// A stream whose log cannot be opened now (another process holds it) refuses the
+    /// session rather than announcing 0 records held, which had the robot send the whole
+    /// stream again, appended after what the log held; and a record goes only at its own
+    /// position of the log.
+    #[test]
+    fn a_log_that_cannot_be_opened_refuses_the_session_instead_of_resuming_at_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut receiver, _rx) = receiver(tmp.path(), vec![]);
+        let path = receiver.dir.join(file_name("s"));
+        let record = |i: u32| {
+            let mut bytes = vec![];
+            Record::EpisodeStart {
+                episode: i,
+                seed: i as u64,
+            }
+            .encode(&mut bytes);
+            bytes
+        };
+        {
+            // An earlier session's three records.
+            let mut w = LogWriter::open(&path).unwrap();
+            for i in 0..3 {
+                w.append(&Record::decode(&record(i)).unwrap()).unwrap();
+            }
+        }
+        let holder = LogWriter::open(&path).unwrap();
+        let e = receiver.next_index("s").unwrap_err();
+        assert!(e.contains("in use") || e.contains("lock"), "{e}");
+        drop(holder);
+        let e = receiver.append("s", 0, &record(9)).unwrap_err();
+        assert!(e.contains("record 0 sent") && e.contains("holds 3"), "{e}");
+        assert_eq!(receiver.next_index("s"), Ok(3));
+        receiver.append("s", 3, &record(9)).unwrap();
+        assert_eq!(
+            controller::robot_loop::log::read_log(&path)
+                .unwrap()
+                .records
+                .len(),
+            4
+        );
     }
 
     /// A transition with a value that is not finite or an action outside `[-1, 1]` is
@@ -804,7 +853,7 @@ mod tests {
         for (i, bytes) in sent.iter().enumerate() {
             receiver.append("r", i as u64, bytes).unwrap();
         }
-        assert_eq!(receiver.next_index("r"), 3, "every record is logged");
+        assert_eq!(receiver.next_index("r"), Ok(3), "every record is logged");
         let why: Vec<Option<String>> = rx.try_iter().map(|s| s.unusable).collect();
         assert_eq!(
             why,

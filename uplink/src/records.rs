@@ -75,8 +75,10 @@ pub enum RecordError {
 
 /// Where the server keeps records.
 pub trait RecordSink {
-    /// How many records of `stream` are held (the index of the next one).
-    fn next_index(&mut self, stream: &str) -> u64;
+    /// How many records of `stream` are held (the index of the next one), or why that
+    /// cannot be said now (the session is refused with it: a guess of 0 would have the
+    /// robot send the whole stream again).
+    fn next_index(&mut self, stream: &str) -> Result<u64, String>;
     /// Appends record `index` (always the next one) of `stream`.
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String>;
     /// The name of the newest bundle to offer the robot.
@@ -289,7 +291,7 @@ fn serve<S: Read + Write>(
     expect_kind(open.kind, kind::OPEN)?;
     let stream = String::from_utf8(open.payload)
         .map_err(|_| RecordError::Protocol("stream id is not UTF-8".into()))?;
-    let mut next = sink.next_index(&stream);
+    let mut next = sink.next_index(&stream).map_err(RecordError::Sink)?;
     session.send(kind::RESUME, &next.to_le_bytes())?;
     let mut appended = 0;
     loop {
@@ -399,12 +401,13 @@ mod tests {
     struct MemorySink(Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>);
 
     impl RecordSink for MemorySink {
-        fn next_index(&mut self, stream: &str) -> u64 {
-            self.0
+        fn next_index(&mut self, stream: &str) -> Result<u64, String> {
+            Ok(self
+                .0
                 .lock()
                 .unwrap()
                 .get(stream)
-                .map_or(0, |v| v.len() as u64)
+                .map_or(0, |v| v.len() as u64))
         }
         fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
             let mut m = self.0.lock().unwrap();
@@ -539,8 +542,8 @@ mod tests {
     /// A sink that publishes one bundle.
     struct Publishing(Vec<(String, Vec<u8>)>);
     impl RecordSink for Publishing {
-        fn next_index(&mut self, _: &str) -> u64 {
-            0
+        fn next_index(&mut self, _: &str) -> Result<u64, String> {
+            Ok(0)
         }
         fn append(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), String> {
             Ok(())
@@ -597,8 +600,8 @@ mod tests {
     /// A sink that refuses every record, as the trainer refuses another robot's.
     struct Refusing;
     impl RecordSink for Refusing {
-        fn next_index(&mut self, _: &str) -> u64 {
-            0
+        fn next_index(&mut self, _: &str) -> Result<u64, String> {
+            Ok(0)
         }
         fn append(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), String> {
             Err("observation names differ from the run's".into())
