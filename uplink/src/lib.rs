@@ -79,6 +79,13 @@ pub enum LinkError {
         "the peer hung up after our challenge instead of proving the key: it holds another key (or it stopped)"
     )]
     Abandoned,
+    /// The server hung up on our hello without a challenge. It refuses a wrong magic or
+    /// protocol version that way (it says which in its own log), and says nothing else
+    /// to a peer that has not proved the key.
+    #[error(
+        "the peer closed the link before its challenge: not an EXPO trainer, or one of another uplink protocol version than ours ({VERSION}); its log says which"
+    )]
+    Closed,
     #[error("frame of {0} bytes is outside 41..={MAX_FRAME}")]
     FrameSize(usize),
     #[error("frame {seq}: bad tag (tampered, replayed or from another session)")]
@@ -244,7 +251,12 @@ impl<S: Read + Write> Session<S> {
         stream.write_all(&hello)?;
         stream.flush()?;
         let mut challenge = [0u8; NONCE_LEN + TAG_LEN];
-        stream.read_exact(&mut challenge)?;
+        stream
+            .read_exact(&mut challenge)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => LinkError::Closed,
+                _ => LinkError::Io(e),
+            })?;
         let (sn, server_tag) = challenge.split_at(NONCE_LEN);
         if !verify(&key.0, &[b"server", &cn, sn], server_tag) {
             return Err(LinkError::Auth);
@@ -424,6 +436,24 @@ mod tests {
         // The server never reaches its frame loop: it reports the failed handshake
         // (the client hung up instead of proving the key).
         assert!(matches!(server.join().unwrap(), Err(LinkError::Abandoned)));
+    }
+
+    /// A trainer that hangs up on our hello (what one of another protocol version does)
+    /// is reported as such, not as a bare end of file.
+    #[test]
+    fn a_server_that_hangs_up_on_the_hello_is_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut hello = [0u8; 8 + 2 + NONCE_LEN];
+            s.read_exact(&mut hello).unwrap();
+        });
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let e = Session::client(stream, &key(7)).err().unwrap();
+        server.join().unwrap();
+        assert!(matches!(e, LinkError::Closed), "{e:?}");
+        assert!(e.to_string().contains("protocol version"), "{e}");
     }
 
     #[test]
