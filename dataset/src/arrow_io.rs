@@ -62,8 +62,9 @@ fn flat_floats(arr: &dyn Array) -> Result<Vec<f32>, String> {
 /// Decode a float column with `dim` values per row into a row-major `Vec<f32>`.
 ///
 /// Accepts `FixedSizeList`, `List` and `LargeList` of float32/float64, and a
-/// plain float column when `dim == 1`.
-pub(crate) fn floats(arr: &dyn Array, dim: usize) -> Result<Vec<f32>, String> {
+/// plain float column when `dim == 1`. `first_row`: the array's first row's place in
+/// its file, for errors.
+pub(crate) fn floats(arr: &dyn Array, dim: usize, first_row: usize) -> Result<Vec<f32>, String> {
     no_nulls(arr, "rows")?;
     let rows = arr.len();
     match arr.data_type() {
@@ -85,11 +86,11 @@ pub(crate) fn floats(arr: &dyn Array, dim: usize) -> Result<Vec<f32>, String> {
         }
         DataType::List(_) => {
             let a = arr.as_list_opt::<i32>().ok_or("not a list array")?;
-            list_floats(a.value_offsets(), a.values().as_ref(), dim)
+            list_floats(a.value_offsets(), a.values().as_ref(), dim, first_row)
         }
         DataType::LargeList(_) => {
             let a = arr.as_list_opt::<i64>().ok_or("not a large list array")?;
-            list_floats(a.value_offsets(), a.values().as_ref(), dim)
+            list_floats(a.value_offsets(), a.values().as_ref(), dim, first_row)
         }
         other if dim == 1 => Err(format!("has type {other}, expected float32")),
         other => Err(format!(
@@ -102,6 +103,7 @@ fn list_floats<O: Copy + TryInto<usize>>(
     offsets: &[O],
     values: &dyn Array,
     dim: usize,
+    first_row: usize,
 ) -> Result<Vec<f32>, String> {
     let to_usize = |o: O| o.try_into().map_err(|_| "negative list offset".to_string());
     let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
@@ -113,7 +115,8 @@ fn list_floats<O: Copy + TryInto<usize>>(
             .ok_or("decreasing list offsets")?;
         if len != dim {
             return Err(format!(
-                "row {row} of this file has {len} values, info.json declares shape [{dim}]"
+                "row {} of this file has {len} values, info.json declares shape [{dim}]",
+                first_row + row
             ));
         }
     }

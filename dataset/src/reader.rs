@@ -167,13 +167,15 @@ impl FileData {
     }
 }
 
-/// Decode one record batch, type-checking every declared feature.
+/// Decode one record batch, type-checking every declared feature. `first_row` is the
+/// batch's first row's place in its file (errors name rows of the file).
 pub(crate) fn decode_batch(
     batch: &RecordBatch,
     path: &Path,
     json: &InfoJson,
     od: usize,
     ad: usize,
+    first_row: usize,
 ) -> Result<FileData, DatasetError> {
     let has = |k: &str| json.features.contains_key(k);
     let get = |k: &str| -> Result<&dyn Array, DatasetError> {
@@ -188,7 +190,7 @@ pub(crate) fn decode_batch(
     fn err<'a>(path: &'a Path, k: &'a str) -> impl Fn(String) -> DatasetError + 'a {
         move |p| DatasetError::column(path, k, p)
     }
-    let floats = |k: &str, dim| arrow_io::floats(get(k)?, dim).map_err(err(path, k));
+    let floats = |k: &str, dim| arrow_io::floats(get(k)?, dim, first_row).map_err(err(path, k));
     let bools = |k: &str| arrow_io::bools(get(k)?).map_err(err(path, k));
     let ints = |k: &str| arrow_io::ints(get(k)?).map_err(err(path, k));
     let opt_f = |k: &str, dim| has(k).then(|| floats(k, dim)).transpose();
@@ -205,7 +207,7 @@ pub(crate) fn decode_batch(
             continue;
         }
         let res = match f.dtype.as_str() {
-            "float32" | "float64" => arrow_io::floats(arr, f.dim()).map(drop),
+            "float32" | "float64" => arrow_io::floats(arr, f.dim(), first_row).map(drop),
             "bool" => arrow_io::bools(arr).map(drop),
             "int64" | "int32" if f.dim() == 1 => arrow_io::ints(arr).map(drop),
             "string" => arrow_io::strings(arr).map(drop),
@@ -265,8 +267,10 @@ fn read_data_file(
         teleop: has(cols::TELEOP).then(Vec::new),
         ..FileData::default()
     };
+    let mut first_row = 0;
     for batch in &batches {
-        d.append(decode_batch(batch, path, json, od, ad)?);
+        d.append(decode_batch(batch, path, json, od, ad, first_row)?);
+        first_row += batch.num_rows();
     }
     let rows = d.frame_index.len();
     let expected: usize = group.iter().map(|(_, m)| m.length).sum();

@@ -555,9 +555,15 @@ impl DatasetWriter {
         self.successes = before.successes;
         let mut dropped = String::new();
         if let Some(path) = self.new_files.pop() {
-            let _ = fs::remove_file(&path);
+            // Either way the file is not in the dataset (nothing in `meta/` names it; the
+            // next writer steps over a leftover file), but say which.
+            let fate = match fs::remove_file(&path) {
+                Ok(()) => "is deleted".to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "is gone".to_string(),
+                Err(e) => format!("could not be deleted ({e}) but is not part of it"),
+            };
             dropped = format!(
-                "; {} is deleted{lost}: those episodes are not in the dataset",
+                "; {} {fate}{lost}: those episodes are not in the dataset",
                 path.display()
             );
         }
@@ -645,7 +651,7 @@ impl DatasetWriter {
             return Ok(());
         }
         let (od, ad) = (self.info.obs_dim(), self.info.action_dim());
-        let back = reader::decode_batch(batch, &self.dir, &self.json, od, ad)
+        let back = reader::decode_batch(batch, &self.dir, &self.json, od, ad, 0)
             .map(|d| reader::build_episode(&d, 0, ep.len(), od, ad))?;
         let differs = [
             (

@@ -455,6 +455,55 @@ fn index_errors_name_the_row_in_the_file() {
     assert!(msg.contains("row 1050: negative value -1"), "{msg}");
 }
 
+/// The same for the data file's list columns: read in batches of 1,024 rows, a bad row
+/// of the second batch is named by its row in the file (it was the batch's row).
+#[test]
+fn data_column_errors_name_the_row_in_the_file() {
+    use arrow_array::ListArray;
+    use arrow_array::types::Float32Type;
+    use arrow_schema::{DataType, Field};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ds");
+    write_dataset(&dir, &info(), &episodes(3, &[1100])).unwrap();
+    rewrite_parquet(&dir.join(DATA), |b| {
+        let second = b.num_rows() != 1024;
+        let obs = b
+            .column_by_name("observation.state")
+            .unwrap()
+            .as_fixed_size_list();
+        let vals = obs.values().as_primitive::<Float32Type>().values().to_vec();
+        // As variable-length lists, row 26 of the second batch one value short.
+        let rows = (0..b.num_rows()).map(|r| {
+            let n = if second && r == 26 {
+                OBS_DIM - 1
+            } else {
+                OBS_DIM
+            };
+            Some(vals[r * OBS_DIM..r * OBS_DIM + n].iter().map(|v| Some(*v)))
+        });
+        let col: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(rows));
+        let schema = b.schema();
+        let idx = schema.index_of("observation.state").unwrap();
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[idx] = Field::new(
+            "observation.state",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+            false,
+        );
+        let mut cols = b.columns().to_vec();
+        cols[idx] = col;
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+    });
+    expect_err(
+        &dir,
+        &[
+            "file-000.parquet",
+            "observation.state",
+            &format!("row 1050 of this file has {} values", OBS_DIM - 1),
+        ],
+    );
+}
+
 #[test]
 fn episodes_index_length_mismatch() {
     let (_t, dir) = good();
