@@ -137,6 +137,20 @@ impl ArmState {
     /// One semi-implicit Euler step of the rigid-body dynamics under joint torques `tau`,
     /// with joint friction `friction` (N·m·s/rad). Joint limits are not applied here.
     pub fn integrate(&mut self, tau: [f32; 2], gravity: bool, friction: f32, dt: f32) {
+        self.integrate_capped(tau, gravity, friction, f32::INFINITY, dt);
+    }
+
+    /// [`ArmState::integrate`] with the joint speeds saturating at `qd_limit` (rad/s)
+    /// before they move the joints, so that no step moves a joint by more than
+    /// `qd_limit · dt`.
+    pub fn integrate_capped(
+        &mut self,
+        tau: [f32; 2],
+        gravity: bool,
+        friction: f32,
+        qd_limit: f32,
+        dt: f32,
+    ) {
         let [m11, m12, m22] = self.mass_matrix();
         let h = CORIOLIS * self.q[1].sin();
         let [v1, v2] = self.qd;
@@ -150,8 +164,8 @@ impl ArmState {
         let inv_det = 1.0 / (m11 * m22 - m12 * m12);
         let a1 = (m22 * rhs1 - m12 * rhs2) * inv_det;
         let a2 = (m11 * rhs2 - m12 * rhs1) * inv_det;
-        self.qd[0] += a1 * dt;
-        self.qd[1] += a2 * dt;
+        self.qd[0] = (self.qd[0] + a1 * dt).clamp(-qd_limit, qd_limit);
+        self.qd[1] = (self.qd[1] + a2 * dt).clamp(-qd_limit, qd_limit);
         self.q[0] += self.qd[0] * dt;
         self.q[1] += self.qd[1] * dt;
     }
@@ -268,10 +282,9 @@ impl Env for ArmReach {
                     .clamp(-TORQUE_LIMIT[j], TORQUE_LIMIT[j]);
             }
             self.state
-                .integrate(tau, gravity, JOINT_FRICTION, PHYSICS_DT);
+                .integrate_capped(tau, gravity, JOINT_FRICTION, QD_LIMIT, PHYSICS_DT);
             let limits = [Q1_LIMIT, Q2_LIMIT];
             for j in 0..2 {
-                self.state.qd[j] = self.state.qd[j].clamp(-QD_LIMIT, QD_LIMIT);
                 if self.state.q[j].abs() > limits[j] {
                     self.state.q[j] = self.state.q[j].clamp(-limits[j], limits[j]);
                     if self.state.q[j] * self.state.qd[j] > 0.0 {
@@ -473,6 +486,31 @@ impl Demonstrator for ArmExpert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The speed cap applies before the position update: a joint at the cap, driven
+    /// harder, moves by `QD_LIMIT · dt` in a step, not by the speed it would have had.
+    #[test]
+    fn a_capped_joint_moves_no_faster_than_the_cap() {
+        let start = ArmState {
+            q: [0.1, 0.2],
+            qd: [QD_LIMIT - 0.01, -(QD_LIMIT - 0.01)],
+        };
+        let tau = [TORQUE_LIMIT[0], -TORQUE_LIMIT[1]];
+        let mut capped = start;
+        capped.integrate_capped(tau, true, JOINT_FRICTION, QD_LIMIT, PHYSICS_DT);
+        let mut free = start;
+        free.integrate(tau, true, JOINT_FRICTION, PHYSICS_DT);
+        for j in 0..2 {
+            let moved = (capped.q[j] - start.q[j]).abs();
+            assert!(
+                moved <= QD_LIMIT * PHYSICS_DT * 1.000_001,
+                "joint {j}: {moved}"
+            );
+            assert_eq!(capped.qd[j].abs(), QD_LIMIT, "joint {j}");
+            // Without the cap the same step goes further: the test can tell them apart.
+            assert!((free.q[j] - start.q[j]).abs() > moved * 1.001, "joint {j}");
+        }
+    }
 
     #[test]
     fn inverse_kinematics_reaches_goal_on_both_sides() {
