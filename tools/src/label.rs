@@ -102,6 +102,25 @@ pub fn label_success(
 ) -> Result<Labelled> {
     let mut ds = dataset::read_dataset(input)
         .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
+    // The source is never modified, so the copy cannot go inside it (nor be it).
+    let resolved = |p: &Path| -> Option<std::path::PathBuf> {
+        p.canonicalize().ok().or_else(|| {
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })
+    };
+    if let (Some(src), Some(dst)) = (resolved(input), resolved(output)) {
+        ensure!(
+            !dst.starts_with(&src),
+            "--out {} is inside the source dataset {}, which is never modified: write the \
+             copy elsewhere",
+            output.display(),
+            input.display()
+        );
+    }
     let mut warnings = vec![];
     // The copy is written with one task, the first: say so where the source has more.
     let tasks = std::fs::read_to_string(input.join("meta/info.json"))

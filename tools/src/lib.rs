@@ -13,6 +13,19 @@ pub mod teleop;
 use anyhow::{Context, Result, ensure};
 use std::path::{Path, PathBuf};
 
+/// The process id and the time: a name part no other run, here or in another container
+/// sharing the directory (whose pid may be 1 too), has used.
+pub fn unique_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
+
 /// Writes a new dataset at `out` whole or not at all. `out` must not exist or be empty,
 /// as for [`dataset::DatasetWriter::create`]; `write` gets an empty directory to fill.
 ///
@@ -53,14 +66,7 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).with_context(|| format!("{}: cannot open", out.display())),
     };
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
+    let id = unique_id();
     let partial: PathBuf = if empty_dir {
         out.join(format!(".partial-{id}"))
     } else {

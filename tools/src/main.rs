@@ -530,7 +530,8 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
         // replaced only then: a failure (a full disk, Ctrl-C, a closed pipe) leaves
         // every task with its old dataset or its new one, never neither.
         let dir = out.join(task.name());
-        let new = out.join(format!(".{}.new-{}", task.name(), std::process::id()));
+        let id = tools::unique_id();
+        let new = out.join(format!(".{}.new-{id}", task.name()));
         remove_leftover(&new)?;
         generate::generate(task, episodes, seed, EnvConfig::default(), &new)?;
         std::fs::write(
@@ -538,9 +539,13 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
             "written by `tools demo`; rerunning it replaces this dataset\n",
         )
         .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
+        // Checked before it replaces anything: a new dataset that does not validate
+        // leaves the old one in place.
+        dataset::validate_dataset(&new)
+            .with_context(|| format!("the new dataset {} (the old one is kept)", new.display()))?;
         // Old out of the way by a rename, new in by another, then the old removed: at
         // every moment one of them is complete under a name that says which.
-        let old = out.join(format!(".{}.old-{}", task.name(), std::process::id()));
+        let old = out.join(format!(".{}.old-{id}", task.name()));
         remove_leftover(&old)?;
         if dir.exists() {
             std::fs::rename(&dir, &old)

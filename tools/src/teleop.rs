@@ -107,18 +107,31 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
     let mut last = TeleopAction::new(seq, 0, &vec![0.0; ad]);
     let mut buf = [0u8; wire::MAX_DATAGRAM];
     let mut episode = None;
+    // The step of the last observation answered: a new run's first episode may reuse the
+    // last episode's number (a firmware restarted with the controller), but starts over
+    // at step 0.
+    let mut last_step: Option<u32> = None;
     let mut last_heard: Option<Instant> = None;
     let mut action = vec![0.0; ad];
+    // An observation was answered in the last resend period: no resend is due.
+    let mut answered = false;
     while !stop.load(Ordering::Relaxed) {
-        // The same values again, as a new datagram (its own sequence number).
-        seq = seq.wrapping_add(1);
-        last.seq = seq;
-        let len = wire::encode_action(&last, &mut buf);
-        // The controller may not be up yet: "connection refused" on loopback is normal.
-        let _ = socket.send_to(&buf[..len], o.controller);
-        summary.actions_sent += 1;
-        // Answer every observation that comes before the next resend.
-        loop {
+        if !answered {
+            // The same values again, as a new datagram (its own sequence number).
+            seq = seq.wrapping_add(1);
+            last.seq = seq;
+            let len = wire::encode_action(&last, &mut buf);
+            // The controller may not be up yet: "connection refused" on loopback is
+            // normal.
+            let _ = socket.send_to(&buf[..len], o.controller);
+            summary.actions_sent += 1;
+        }
+        answered = false;
+        // Answer every observation that comes within one resend period. The period
+        // ends on time also while datagrams keep coming (a controller at `--time-scale
+        // 5` sends one every 10 ms), so that `stop` and the idle limit are looked at.
+        let period_end = Instant::now() + o.resend;
+        while Instant::now() < period_end && !stop.load(Ordering::Relaxed) {
             let mut rx = [0u8; wire::MAX_DATAGRAM + 1];
             let Ok((n, from)) = socket.recv_from(&mut rx) else {
                 break;
@@ -149,11 +162,14 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
             last_heard = Some(Instant::now());
             summary.observations += 1;
             summary.in_control += obs.in_control() as u64;
-            if episode != Some(obs.episode) {
+            let restarted = obs.step == 0 && last_step.is_some_and(|s| s > 0);
+            if episode != Some(obs.episode) || restarted {
                 episode = Some(obs.episode);
                 summary.episodes_seen += 1;
                 demonstrator.reset(sim::demonstrator_seed(obs.episode as u64));
             }
+            last_step = Some(obs.step);
+            answered = true;
             demonstrator.act(obs.values(), &mut action);
             let engaged = match o.engage {
                 Engage::Always => true,
@@ -252,5 +268,108 @@ mod tests {
         let summary = device.finish().unwrap();
         assert_eq!(summary.observations, 0);
         assert_eq!(summary.foreign, 3);
+    }
+
+    /// A controller's socket, made the device's controller.
+    fn controller_for(o: &mut DeviceOptions) -> UdpSocket {
+        let controller = UdpSocket::bind("127.0.0.1:0").unwrap();
+        controller
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        o.controller = controller.local_addr().unwrap();
+        controller
+    }
+
+    fn observation(episode: u32, step: u32, values: &[f32]) -> TeleopObservation {
+        let mut obs = TeleopObservation {
+            episode,
+            step,
+            flags: 0,
+            n: values.len() as u8,
+            values: [0.0; firmware_config::protocol::MAX_OBS],
+        };
+        obs.values[..values.len()].copy_from_slice(values);
+        obs
+    }
+
+    /// Observations arriving faster than the resend period (a controller at
+    /// `--time-scale 5`) do not keep the device from seeing `stop`.
+    #[test]
+    fn the_device_stops_while_observations_keep_coming() {
+        let mut o = DeviceOptions::new("127.0.0.1:1".parse().unwrap(), TaskId::Push);
+        let controller = controller_for(&mut o);
+        let device = DeviceThread::spawn(o);
+        let mut buf = [0u8; wire::MAX_DATAGRAM];
+        let (_, device_addr) = controller.recv_from(&mut buf).unwrap();
+        let sending = Arc::new(AtomicBool::new(true));
+        let sender = {
+            let (sending, controller) = (sending.clone(), controller.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; wire::MAX_DATAGRAM];
+                // At most 20 s of observations, one every 5 ms.
+                for step in 0..4000 {
+                    if !sending.load(Ordering::SeqCst) {
+                        return true;
+                    }
+                    let len = wire::encode_observation(&observation(1, step, &[0.0; 10]), &mut buf);
+                    controller.send_to(&buf[..len], device_addr).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                false
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let summary = device.finish().unwrap();
+        sending.store(false, Ordering::SeqCst);
+        assert!(
+            sender.join().unwrap(),
+            "the device stopped only once the observations did"
+        );
+        assert!(summary.observations > 0, "{summary:?}");
+    }
+
+    /// A new run whose first episode has the number the last one had (a firmware that
+    /// restarted with the controller) starts over at step 0: the demonstrator starts
+    /// that episode afresh, as it would in-process from the same seed.
+    #[test]
+    fn a_run_restarting_at_step_0_of_the_same_episode_gets_a_fresh_demonstrator() {
+        let mut o = DeviceOptions::new("127.0.0.1:1".parse().unwrap(), TaskId::Push);
+        let controller = controller_for(&mut o);
+        let device = DeviceThread::spawn(o);
+        let mut buf = [0u8; wire::MAX_DATAGRAM];
+        let (_, device_addr) = controller.recv_from(&mut buf).unwrap();
+        let mut env = sim::make_env(TaskId::Push, sim::EnvConfig::default());
+        let mut first = vec![0.0; 10];
+        env.reset(3, &mut first);
+        // The answer to each observation (resends, which answer older steps or none,
+        // are skipped).
+        let mut ask = |obs: TeleopObservation| -> Vec<f32> {
+            let len = wire::encode_observation(&obs, &mut buf);
+            controller.send_to(&buf[..len], device_addr).unwrap();
+            let mut rx = [0u8; wire::MAX_DATAGRAM];
+            loop {
+                let (n, _) = controller.recv_from(&mut rx).unwrap();
+                if let Ok(Datagram::Action(a)) = wire::decode(&rx[..n])
+                    && a.flags & wire::ANSWERS != 0
+                    && a.answers == obs.step
+                {
+                    return a.values[..a.n as usize].to_vec();
+                }
+            }
+        };
+        let mut fresh = sim::make_demonstrator(TaskId::Push);
+        fresh.reset(sim::demonstrator_seed(0));
+        let mut want = vec![0.0; 2];
+        fresh.act(&first, &mut want);
+        assert_eq!(ask(observation(0, 0, &first)), want);
+        let mut later = first.clone();
+        for step in 1..6 {
+            later[0] += 0.01;
+            ask(observation(0, step, &later));
+        }
+        // The next run: episode 0 again, from its step 0.
+        assert_eq!(ask(observation(0, 0, &first)), want);
+        let summary = device.finish().unwrap();
+        assert_eq!(summary.episodes_seen, 2, "{summary:?}");
     }
 }

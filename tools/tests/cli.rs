@@ -314,6 +314,25 @@ fn label_writes_success_rewards_on_a_copy() {
         "{}",
         text(&o)
     );
+    // A copy inside the source (or onto it) is refused before anything is written.
+    for inside in [unlabelled.join("labelled"), unlabelled.clone()] {
+        let o = tools(&[
+            "dataset",
+            "label",
+            u,
+            "--success",
+            "all",
+            "--out",
+            inside.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains("is inside the source dataset"),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(!unlabelled.join("labelled").exists());
 }
 
 /// Labels the source had are never replaced silently: success flags without rewards
