@@ -534,7 +534,8 @@ impl DatasetWriter {
 
     /// A data file that could not be written or closed (a full disk, an I/O error) is
     /// unreadable: the episodes in it leave the index (and the statistics), the file is
-    /// deleted (it is the last of `new_files`), and the next episode starts a new file.
+    /// deleted where it can be (it is the last of `new_files`; nothing in `meta/` names
+    /// it either way), and the next episode starts a new file.
     /// Returns the error, which names the file and the episodes lost with it.
     fn abandon(&mut self, e: DatasetError, before: Checkpoint) -> DatasetError {
         let lost = before.episodes..self.episodes.len();

@@ -549,8 +549,9 @@ pub(crate) fn train_live(
         let _ = tx.send(listener.addr);
     }
     let env_steps = state.env_step as u64;
-    // Streamed in this run directory's earlier sessions (a resume): the bundles'
-    // provenance counts every robot transition the replay holds, not this session's.
+    // Streamed in earlier sessions (a resume, or the run this one started from): the
+    // bundles' provenance counts every robot transition streamed into this replay's
+    // history, not this session's alone.
     let streamed_before = state.live_streamed;
     let mut batch_rng = Rng::from_state(state.batch_rng);
     let mut rows = Vec::new();

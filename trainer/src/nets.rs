@@ -418,14 +418,17 @@ impl ResBlock {
     }
 
     /// [`ResBlock::forward`] with [`silu_composed`], computed by this block's
-    /// [`ResBlock::negated`] form in one elementwise pass fewer, to the bit.
+    /// [`ResBlock::negated`] form in one elementwise pass fewer: the same values, bit for
+    /// bit but for the sign of an exact zero.
     ///
     /// With `up` negated its product is `m = −z` directly, and `m / (1 + e^m)` is
     /// `−silu(z)` without the pass that negates `z` for `e^−z`; the negated `down` turns
     /// the sign back. Every step is exact in IEEE arithmetic: a sign flip is exact, and
     /// round-to-nearest (or TF32's and the half types' rounding) is symmetric, so each
     /// product, sum, exponential and quotient is the original's with its sign flipped,
-    /// or the same. The inputs of the `[R, expanded]` activations are the GPU backends'
+    /// or the same. The one exception is an exact zero: a sum that cancels is +0 both
+    /// ways, so a zero may come out with the other sign (and a NaN with another sign
+    /// bit); no value differs. The inputs of the `[R, expanded]` activations are the GPU backends'
     /// largest elementwise traffic (the candidate chains' 40,960 × 1,024 at the `paper`
     /// preset, BENCHMARKS.md "Where the GPU time goes").
     pub fn forward_negated(&self, x: Tensor<2>) -> Tensor<2> {

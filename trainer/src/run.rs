@@ -424,9 +424,10 @@ pub(crate) struct RunState {
     /// fall between two rows); `None` in checkpoints written on a row.
     #[serde(default)]
     pub(crate) metrics_window: Option<(crate::agent::UpdateMetrics, usize)>,
-    /// Transitions robots streamed to `finetune --listen` in this run directory, in all
-    /// its sessions up to this checkpoint (0 in checkpoints written before it was
-    /// recorded): a resumed session's bundles count from it.
+    /// Transitions robots streamed to `finetune --listen` sessions of this run up to this
+    /// checkpoint, unusable ones included, and of the run it was fine-tuned from (whose
+    /// replay it continues); 0 in checkpoints written before it was recorded. A resumed
+    /// session's bundles count from it.
     #[serde(default)]
     pub(crate) live_streamed: usize,
 }

@@ -79,11 +79,12 @@ pub enum LinkError {
         "the peer hung up after our challenge instead of proving the key: it holds another key (or it stopped)"
     )]
     Abandoned,
-    /// The server hung up on our hello without a challenge. It refuses a wrong magic or
-    /// protocol version that way (it says which in its own log), and says nothing else
-    /// to a peer that has not proved the key.
+    /// The server hung up on our hello without a challenge. A trainer does so for a
+    /// wrong magic or protocol version, and when it drops a handshake (its deadline,
+    /// too many at once, shutting down); it says nothing to a peer that has not proved
+    /// the key, and its log says which.
     #[error(
-        "the peer closed the link before its challenge: not an EXPO trainer, or one of another uplink protocol version than ours ({VERSION}); its log says which"
+        "the peer closed the link before its challenge: not an EXPO trainer, one of another uplink protocol version than ours ({VERSION}), or one dropping the handshake (shutting down, too many at once); its log says which"
     )]
     Closed,
     #[error("frame of {0} bytes is outside 41..={MAX_FRAME}")]

@@ -61,9 +61,11 @@ use super::link::LinkEvent;
 const RING: usize = 16;
 /// Commands remembered for "which command was in force".
 const COMMANDS: usize = 16;
-/// Ticks a safe stop tries to write its Estop before the run ends with the error: a
-/// write fails at once or after the writer's timeout (100 ms), so up to about a second,
-/// while each tick also resends the hold.
+/// Ticks a safe stop tries to write its Estop before the run ends with the error. A
+/// write fails at once or after the writer's timeout (100 ms), and each tick also
+/// writes the hold, so the tries take up to about 2 s. The run ends rather than
+/// reconnecting: the link's reader has not seen the port go (it would have stopped
+/// the retries), so there is nothing to reopen.
 const ESTOP_WRITE_TRIES: u32 = 10;
 
 /// A received frame's place in the firmware's sequence.
@@ -890,7 +892,10 @@ impl Control {
                     // hold action; its numbering starts over. Its torque is on again
                     // whatever our last Estop did: the safe stop holds and ends with a
                     // new Estop (as after a reconnect).
+                    // Nor will it answer an Estop sent before it rebooted: an answer
+                    // still counted as ours would swallow a stop button's.
                     self.estop_answer_seq = None;
+                    self.estops_unanswered = 0;
                     self.torque_off = false;
                     self.gate.firmware_holds();
                     self.fault(
@@ -1217,6 +1222,8 @@ impl Control {
     }
 
     fn enter_safe_stop(&mut self, then: After) {
+        // Each stop has its own tries at writing its Estop.
+        self.estop_write_failures = 0;
         let hold = self.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
         self.phase = Phase::SafeStop { left: hold, then };
     }
@@ -1917,8 +1924,10 @@ mod tests {
     fn a_reboot_after_the_torque_off_gets_its_own_estop() {
         let wire = Wire::default();
         let (mut c, tx) = control(&wire);
-        // The exit's safe stop after a fault's torque-off (already sent earlier).
+        // The exit's safe stop after a fault's torque-off (already sent earlier, its
+        // answer not yet in).
         c.torque_off = true;
+        c.estops_unanswered = 1;
         c.phase = Phase::SafeStop {
             left: 5,
             then: After::Exit,
@@ -1938,6 +1947,9 @@ mod tests {
             "the rebooted firmware was never sent an Estop"
         );
         assert_eq!(c.report.torque_off_ticks.len(), 1);
+        // Only the new Estop awaits an answer: the rebooted firmware never answers the
+        // old one, and counting it would take a stop button's Fault for that answer.
+        assert_eq!(c.estops_unanswered, 1);
     }
 
     /// An Estop that could not be written is not a torque-off: the safe stop retries it,
