@@ -1065,3 +1065,51 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
         assert!(e.contains(text), "{what}: {e}");
     }
 }
+
+/// The native backend computes layer norms with the exporter's epsilon. A graph whose
+/// `LayerNormalization` nodes say another is refused by it, naming the node, and runs
+/// on tract, which follows the attribute.
+#[test]
+fn the_native_backend_refuses_a_layer_norm_epsilon_it_does_not_compute_with() {
+    let root = tempfile::tempdir().unwrap();
+    let good = root.path().join("good");
+    SyntheticSpec::cpu().write(&good, 1, None).unwrap();
+    let changed = variant_of(&good, root.path(), "eps", &|d| {
+        let p = d.join("denoiser.onnx");
+        let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+        let mut n = 0;
+        for node in m
+            .graph
+            .as_mut()
+            .unwrap()
+            .node
+            .iter_mut()
+            .filter(|n| n.op_type == "LayerNormalization")
+        {
+            for a in node.attribute.iter_mut().filter(|a| a.name == "epsilon") {
+                a.f = 1e-3;
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no layer norm in the denoiser");
+        let bytes = m.to_bytes();
+        fs::write(&p, &bytes).unwrap();
+        edit_manifest(d, |t| set_hash(t, "denoiser", sha256_hex(&bytes)));
+    });
+    for (dir, native_ok) in [(&good, true), (&changed, false)] {
+        let b = load_bundle(dir, &Trust::AllowUnsigned).unwrap();
+        let rows = GraphRows::for_manifest(&b.manifest);
+        load_networks(Backend::Tract, &b, rows).unwrap();
+        match load_networks(Backend::Native, &b, rows) {
+            Ok(_) => assert!(native_ok, "the native backend ran epsilon 1e-3"),
+            Err(e) => {
+                assert!(!native_ok, "{e:#}");
+                let e = format!("{e:#}");
+                assert!(
+                    e.contains("has epsilon 1e-3") && e.contains("--backend tract"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}

@@ -38,6 +38,26 @@ impl Weights {
             "{file}: graph `{}` where `{graph_name}` was expected",
             graph.name
         );
+        // The layer norms' ε is an attribute of their nodes, not an initializer: this
+        // backend computes with LAYER_NORM_EPS, so a graph with another is refused (tract
+        // follows the attribute). ONNX's default, where it is left out, is 1e-5.
+        for node in graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "LayerNormalization")
+        {
+            let eps = node
+                .attribute
+                .iter()
+                .find(|a| a.name == "epsilon")
+                .map_or(1e-5, |a| a.f);
+            ensure!(
+                eps == LAYER_NORM_EPS,
+                "{file}: layer norm `{}` has epsilon {eps:e}; the native backend computes with \
+                 {LAYER_NORM_EPS:e} (use --backend tract)",
+                node.name
+            );
+        }
         let map = graph
             .initializer
             .iter()
