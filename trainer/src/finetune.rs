@@ -336,8 +336,9 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             }
         );
         state.finetune_updates = 0;
-        // The source run's own window of `metrics.csv` sums is not this run's.
+        // The source run's own windows of metric sums are not this run's.
         state.metrics_window = None;
+        state.finetune_metrics_window = None;
         state.config_toml = config.to_toml();
         std::fs::write(o.out.join("config.toml"), config.to_toml())?;
         std::fs::write(
@@ -354,7 +355,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         if log.exists() {
             truncate_csv(&log, state.finetune_updates)?;
         }
-        if let Some(window) = state.metrics_window.clone() {
+        if let Some(window) = state.finetune_metrics_window.clone() {
             agent.restore_metrics(window);
         }
         if !o.data.is_empty() {
@@ -435,7 +436,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     }
     state.capture_agent(&agent, &batch_rng);
     // The last update always ends a row.
-    state.metrics_window = None;
+    state.finetune_metrics_window = None;
     state.finetune_updates = o.updates.max(start);
     write_checkpoint(&o.out, &agent, &online, &state)?;
     summary.updates = o.updates.max(start);
@@ -631,7 +632,7 @@ impl RunState {
         done: usize,
         log_every: usize,
     ) {
-        self.metrics_window = (!done.is_multiple_of(log_every)).then(|| {
+        self.finetune_metrics_window = (!done.is_multiple_of(log_every)).then(|| {
             let window = agent.take_metrics();
             agent.restore_metrics(window.clone());
             window

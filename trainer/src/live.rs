@@ -696,7 +696,7 @@ pub(crate) fn train_live(
     }
     state.capture_agent(agent, &batch_rng);
     // The row for the last update is written above.
-    state.metrics_window = None;
+    state.finetune_metrics_window = None;
     state.finetune_updates = updates;
     state.live_streamed = streamed_before + summary.streamed;
     crate::run::write_checkpoint(&o.out, agent, online, state)?;

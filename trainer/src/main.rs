@@ -218,11 +218,11 @@ enum Command {
         uplink_key: Option<PathBuf>,
         /// With --listen: publish a (signed, with --signing-key) bundle under
         /// OUT/bundles/ every this many updates; OUT/bundles/latest names the newest.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, requires = "listen")]
         publish_every: usize,
         /// With --listen: stop (checkpoint, final bundle) once the robot has sent nothing
         /// for this many seconds (0: wait until --updates).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, requires = "listen")]
         idle_exit_s: u64,
     },
     /// Writes a new shared key for the controller ↔ trainer link (copy it to both hosts).
@@ -727,6 +727,10 @@ fn main() -> Result<()> {
             idle_exit_s,
             device,
         } => {
+            ensure!(
+                signing_key.is_none() || bundle.is_some() || listen.is_some(),
+                "--signing-key signs the bundles of --bundle or --listen; give one of them"
+            );
             // Read the keys first: a bad key path should fail before the work, not after.
             let key = signing_key
                 .as_deref()

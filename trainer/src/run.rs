@@ -212,10 +212,20 @@ fn read_offline_data(config: &Config) -> Result<OfflineData> {
     let mut chunker = Chunker::new(spec.obs_dim(), spec.action_dim(), chunks);
     let mut seeds = Rng::new(config.seed.wrapping_add(0x0ff1));
     let mut ok = 0;
-    for _ in 0..config.run.offline_episodes {
+    for done in 0..config.run.offline_episodes {
         let t = record_episode(env.as_mut(), demo.as_mut(), seeds.next_u64());
         ok += t.is_success() as usize;
         chunker.push_trajectory(&mut replay, &t);
+        // The buffer is a ring: past its capacity the first demonstrations would be
+        // overwritten, silently, while the success rate still counted them.
+        ensure!(
+            replay.pushes() <= replay.capacity() as u64,
+            "run.offline_episodes = {}: the generated demonstrations of {task} pass the \
+             offline buffer's {} transitions after {} episodes; generate fewer",
+            config.run.offline_episodes,
+            replay.capacity(),
+            done + 1
+        );
     }
     ensure!(
         !replay.is_empty(),
@@ -424,6 +434,12 @@ pub(crate) struct RunState {
     /// fall between two rows); `None` in checkpoints written on a row.
     #[serde(default)]
     pub(crate) metrics_window: Option<(crate::agent::UpdateMetrics, usize)>,
+    /// The same for `finetune.csv` (a finetune's checkpoint between two of its rows):
+    /// kept apart, so that `train --resume` on a fine-tuned run does not add a
+    /// finetune's sums to its first `metrics.csv` row. (Checkpoints written before it
+    /// existed held a finetune's window in `metrics_window`.)
+    #[serde(default)]
+    pub(crate) finetune_metrics_window: Option<(crate::agent::UpdateMetrics, usize)>,
     /// Transitions robots streamed to `finetune --listen` sessions of this run up to this
     /// checkpoint, unusable ones included, and of the run it was fine-tuned from (whose
     /// replay it continues); 0 in checkpoints written before it was recorded. A resumed
@@ -460,8 +476,17 @@ impl RunState {
             robot: agent.robot.clone(),
             offline: Some(offline.clone()),
             metrics_window: None,
+            finetune_metrics_window: None,
             live_streamed: 0,
         }
+    }
+
+    /// `finetune`'s counters (updates, streamed transitions) of the run this one resumed:
+    /// the checkpoints of `train --resume` on a fine-tuned run keep them.
+    fn with_finetune_counters(mut self, (updates, streamed): (usize, usize)) -> Self {
+        self.finetune_updates = updates;
+        self.live_streamed = streamed;
+        self
     }
 }
 
@@ -540,6 +565,8 @@ pub fn train(
     let mut env_seeds = Rng::new(config.seed.wrapping_add(0xe4));
     let mut batch_rng = Rng::new(config.seed.wrapping_add(0xba7c));
     let mut start_step = 0;
+    // `finetune`'s (updates, streamed transitions) of a resumed run ([`RunState::with_finetune_counters`]).
+    let mut finetune_counters = (0, 0);
     let mut episode_seed = None;
     let (mut episodes_done, mut successes, mut return_sum) = (0usize, 0usize, 0.0f64);
     let mut batch = Batch::default();
@@ -576,6 +603,19 @@ pub fn train(
         episode_seed = Some(state.episode_seed);
         batch_rng = Rng::from_state(state.batch_rng);
         start_step = state.env_step;
+        // A run is not shortened: its checkpoint, config.toml and eval.csv would say
+        // different lengths (and a study would take it for finished at the shorter one).
+        ensure!(
+            start_step <= config.run.online_steps,
+            "{}: --resume: the run holds {start_step} environment steps, more than \
+             run.online_steps = {}: a run cannot be shortened (give at least {start_step}, or \
+             start a new run)",
+            out.display(),
+            config.run.online_steps
+        );
+        // Kept through this run's checkpoints: a `finetune` continued here, or one
+        // resumed later, goes on from its own count.
+        finetune_counters = (state.finetune_updates, state.live_streamed);
         if start_step >= config.run.online_steps {
             eprintln!(
                 "note: --resume: {} already holds {start_step} environment steps, run.online_steps is {}: nothing left to train (raise run.online_steps to extend it)",
@@ -585,6 +625,7 @@ pub fn train(
         }
         summary.evals = state.evals;
         (episodes_done, successes, return_sum) = state.episode_stats;
+        // (A finetune's own window, of `finetune.csv` rows, is in the other field.)
         if let Some(window) = state.metrics_window {
             agent.restore_metrics(window);
         }
@@ -749,7 +790,8 @@ pub fn train(
                 (offline_rate, &offline_mark),
                 &summary.evals,
                 (episodes_done, successes, return_sum),
-            );
+            )
+            .with_finetune_counters(finetune_counters);
             if done_steps % log_every != 0 {
                 let window = agent.take_metrics();
                 agent.restore_metrics(window.clone());
@@ -776,7 +818,8 @@ pub fn train(
         (offline_rate, &offline_mark),
         &summary.evals,
         (0, 0, 0.0),
-    );
+    )
+    .with_finetune_counters(finetune_counters);
     if start_step < total || !resumed {
         write_checkpoint(out, &agent, &online, &state)?;
     }

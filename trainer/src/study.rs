@@ -104,6 +104,16 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
         );
     }
     let then: crate::config::Config = toml::from_str(&saved)?;
+    // Of the `compute` settings, which the check above lets differ, the chains' precision
+    // changes the numbers a run computes.
+    ensure!(
+        then.compute.chain_precision == config.compute.chain_precision,
+        "{}: a finished run with another configuration (`compute.chain_precision` was {:?}, \
+         the study asks {:?}); give the study another --out",
+        dir.display(),
+        then.compute.chain_precision,
+        config.compute.chain_precision
+    );
     let (was, asked) = (then.run.online_steps, config.run.online_steps);
     ensure!(
         was <= asked,

@@ -130,6 +130,17 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     assert_eq!(s.env_steps, 30);
     let metrics = std::fs::read_to_string(straight.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 1 + 1, "{metrics}");
+    // Its checkpoint keeps the finetune's count, so that a `finetune --resume` here goes
+    // on from update 6 instead of starting over (and cutting finetune.csv to nothing).
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(straight.join("checkpoint/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["finetune_updates"], 6, "{state}");
+    // A run is not shortened by a resume.
+    c.run.online_steps = 25;
+    let e = format!("{:#}", train(&c, &straight, &resume, &mut ()).unwrap_err());
+    assert!(e.contains("a run cannot be shortened"), "{e}");
 }
 
 /// A resumed run's `finetune.csv` rows average the same updates as an uninterrupted

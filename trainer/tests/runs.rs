@@ -494,6 +494,32 @@ fn zero_counts_are_refused_on_the_command_line() {
     }
 }
 
+/// `finetune`'s options that only a live session or a bundle reads are refused without
+/// them, before any work (they were accepted and ignored).
+#[test]
+fn finetune_refuses_options_it_would_ignore() {
+    let base = [
+        "finetune", "--from", "nowhere", "--data", "nowhere", "--out", "nowhere",
+    ];
+    for (extra, says) in [
+        (&["--idle-exit-s", "30"][..], "--listen"),
+        (&["--publish-every", "10"], "--listen"),
+        (
+            &["--signing-key", "k"],
+            "--signing-key signs the bundles of --bundle or --listen",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, e) = trainer_cli(&args);
+        assert_ne!(code, Some(0), "{args:?}: {e}");
+        assert!(e.contains(says), "{args:?}: {e}");
+        assert!(
+            !e.contains("nowhere: "),
+            "{args:?} got as far as the run: {e}"
+        );
+    }
+}
+
 /// A study files its runs by task, algorithm and seed, so it refuses what would put
 /// other runs under those names: `--set` of a key it sets per run (three "seeds" of one
 /// seed), a task listed twice (two runs in one directory), and a rerun into a directory
@@ -531,6 +557,19 @@ fn a_study_never_files_runs_under_the_wrong_names() {
     assert_eq!(code, Some(1), "{e}");
     assert!(
         e.contains("a finished run with another configuration (`optim.batch_size` was 32"),
+        "{e}"
+    );
+    // The chains' precision changes what a run computes, though other `compute`
+    // settings may differ.
+    let (code, e) = trainer(&[
+        "--tasks",
+        "push",
+        "--set",
+        "compute.chain_precision=\"bf16\"",
+    ]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("a finished run with another configuration (`compute.chain_precision`"),
         "{e}"
     );
     let (code, e) = trainer(&["--tasks", "push", "--set", "run.online_steps=120"]);
