@@ -997,6 +997,15 @@ fn main() -> Result<std::process::ExitCode> {
                 );
                 return Ok(std::process::ExitCode::SUCCESS);
             }
+            if r.skipped_saved > 0 {
+                println!(
+                    "{}: {} of the last run's episodes are in {} already (the run saved them \
+                     before it lost or left others); the rest follow",
+                    log.display(),
+                    r.skipped_saved,
+                    out.display()
+                );
+            }
             if r.unknown_run {
                 eprintln!(
                     "warning: {}: the last run has no id (a log of an older version): if it \

@@ -65,7 +65,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use error::DatasetError;
-pub use reader::{read_dataset, validate_dataset};
+pub use reader::{episode_tasks, read_dataset, validate_dataset};
 pub use writer::{DatasetWriter, NOTED_RUNS, noted_runs, write_dataset};
 
 /// Syncs a directory's entries (new names, renames), so that they survive a power cut.

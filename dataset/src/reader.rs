@@ -571,6 +571,17 @@ pub fn read_dataset(dir: &Path) -> Result<Dataset, DatasetError> {
     load(dir).map(|l| l.dataset)
 }
 
+/// The tasks of each episode of the dataset at `dir` (LeRobot's `task_index` per frame,
+/// named by `meta/tasks.parquet`), distinct and in order of first appearance; most
+/// episodes have one. [`Dataset::info`] names only the first task.
+pub fn episode_tasks(dir: &Path) -> Result<Vec<Vec<String>>, DatasetError> {
+    let l = load(dir)?;
+    Ok(l.episode_tasks
+        .iter()
+        .map(|ids| ids.iter().map(|&t| l.tasks[t].clone()).collect())
+        .collect())
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0)
 }

@@ -23,6 +23,10 @@ const MAX_SKIPPED_FILES: usize = 1024;
 pub const NOTED_RUNS: &str = "expo_runs";
 /// Most run ids `info.json` keeps (the oldest go first).
 pub const MAX_NOTED_RUNS: usize = 1000;
+/// The `info.json` key of the runs only some of whose episodes a dataset holds: run id
+/// → the numbers (in the run) of the episodes it holds
+/// ([`DatasetWriter::note_partial_run`]). At most [`MAX_NOTED_RUNS`] runs.
+pub const PARTIAL_RUNS: &str = "expo_partial_runs";
 
 /// The runs [`DatasetWriter::note_run`] noted in the dataset at `dir` (empty for a
 /// dataset that noted none). A [`NOTED_RUNS`] entry that is not a list of strings is
@@ -411,6 +415,64 @@ impl DatasetWriter {
         }
         let over = list.len().saturating_sub(MAX_NOTED_RUNS);
         list.drain(..over);
+        // Whole now: no longer partly.
+        if let Some(partial) = self
+            .json
+            .extra
+            .get_mut(PARTIAL_RUNS)
+            .and_then(|v| v.as_object_mut())
+        {
+            partial.remove(id);
+            if partial.is_empty() {
+                self.json.extra.remove(PARTIAL_RUNS);
+            }
+        }
+    }
+
+    /// Notes that of run `id` the dataset holds only the episodes numbered `saved` in
+    /// the run (committed with them by [`Self::finish`]): the run lost some (a data file
+    /// that failed) or never ended others (its logger stopped inside one). A converter
+    /// of the run's log (`controller log-to-dataset --last-run`) then adds the others,
+    /// not these again ([`Self::partial_run`]). Not noted past [`MAX_NOTED_RUNS`]
+    /// partial runs.
+    pub fn note_partial_run(&mut self, id: &str, saved: &[u32]) {
+        let map = self
+            .json
+            .extra
+            .entry(PARTIAL_RUNS)
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        let Some(map) = map.as_object_mut() else {
+            return;
+        };
+        if !map.contains_key(id) && map.len() >= MAX_NOTED_RUNS {
+            return;
+        }
+        let entry = map
+            .entry(id)
+            .or_insert_with(|| serde_json::Value::Array(vec![]));
+        if let Some(list) = entry.as_array_mut() {
+            for &e in saved {
+                if !list.iter().any(|v| v.as_u64() == Some(e as u64)) {
+                    list.push(e.into());
+                }
+            }
+        }
+    }
+
+    /// The episodes (numbers in the run) of run `id` that [`Self::note_partial_run`]
+    /// noted here; empty where none were (or the entry is not a list of numbers).
+    pub fn partial_run(&self, id: &str) -> Vec<u32> {
+        self.json
+            .extra
+            .get(PARTIAL_RUNS)
+            .and_then(|v| v.get(id))
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether the dataset notes the run `id` ([`Self::note_run`]; as read when this

@@ -1095,6 +1095,9 @@ pub struct Rebuilt {
     /// [`Runs::Last`]: the run has no id (a log of an older version), so whether the
     /// dataset holds its episodes already is not known.
     pub unknown_run: bool,
+    /// [`Runs::Last`]: episodes not written because the dataset holds them already (a
+    /// run that saved only some of its episodes notes which).
+    pub skipped_saved: usize,
 }
 
 /// Which runs of a log [`log_to_dataset`] converts.
@@ -1124,7 +1127,18 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             &contents.records[last..]
         }
     };
-    let (run, eps) = episodes(records);
+    // Run by run, so that each run's episodes are filed under its own task (runs of
+    // other bundles into one `--out` may name other tasks).
+    let mut runs_in: Vec<(Option<RunStart>, Vec<LoggedEpisode>)> = vec![];
+    let mut start = 0;
+    for (i, rec) in records.iter().enumerate() {
+        if matches!(rec, Record::Run(_)) && i > start {
+            runs_in.push(episodes(&records[start..i]));
+            start = i;
+        }
+    }
+    runs_in.push(episodes(&records[start..]));
+    let run = runs_in.iter().find_map(|(r, _)| r.clone());
     let run = run.ok_or_else(|| LogError::Record {
         path: log.to_path_buf(),
         offset: MAGIC.len() as u64,
@@ -1136,6 +1150,8 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         ..Rebuilt::default()
     };
     let mut w = open_dataset(out, &run.dataset_info())?;
+    // Episodes of the run the dataset holds already (a run that saved only some).
+    let mut saved: Vec<u32> = vec![];
     if runs == Runs::Last {
         // Checked on what the writer read under its lock: a run that finishes saving
         // meanwhile cannot slip in between.
@@ -1144,17 +1160,29 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             r.already_saved = true;
             return Ok(r); // the writer is dropped unfinished: nothing changes
         }
+        if !r.unknown_run {
+            saved = w.partial_run(&run.run_id);
+        }
     }
-    for e in &eps {
-        r.unfinished += usize::from(e.end.reason == EndReason::Unfinished);
-        match to_episode(&e.transitions, Some(&e.end)) {
-            Some((ep, notes)) => {
-                w.append_episode(&ep)?;
-                r.episodes_written += 1;
-                r.frames += notes.frames;
-                r.missing_frames += notes.missing;
+    for (this_run, eps) in &runs_in {
+        if let Some(rs) = this_run {
+            w.set_task(&rs.task);
+        }
+        for e in eps {
+            if saved.contains(&e.episode) {
+                r.skipped_saved += 1;
+                continue;
             }
-            None => r.skipped_empty += 1,
+            r.unfinished += usize::from(e.end.reason == EndReason::Unfinished);
+            match to_episode(&e.transitions, Some(&e.end)) {
+                Some((ep, notes)) => {
+                    w.append_episode(&ep)?;
+                    r.episodes_written += 1;
+                    r.frames += notes.frames;
+                    r.missing_frames += notes.missing;
+                }
+                None => r.skipped_empty += 1,
+            }
         }
     }
     // Every run converted is noted, committed with its episodes, once all of them are
@@ -1565,6 +1593,41 @@ pub(crate) mod tests {
         let mut t = transition(0, 0, false);
         t.obs[1] = f32::NAN;
         assert!(to_episode(&[t], None).is_none());
+    }
+
+    /// A rebuild of a log that holds runs of other tasks (bundles of other tasks run into
+    /// one `--out`) files each run's episodes under its own task, as the runs did.
+    #[test]
+    fn a_rebuild_keeps_each_runs_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        for (i, task) in ["push", "reach"].into_iter().enumerate() {
+            w.append(&Record::Run(RunStart {
+                task: task.into(),
+                run_id: format!("run-{i}"),
+                ..run_start()
+            }))
+            .unwrap();
+            w.append(&Record::EpisodeStart {
+                episode: 0,
+                seed: 9,
+            })
+            .unwrap();
+            for s in 0..3 {
+                w.append(&Record::Transition(transition(0, s, s == 2)))
+                    .unwrap();
+            }
+            w.append(&Record::EpisodeEnd(end(0, 3))).unwrap();
+        }
+        drop(w);
+        let out = dir.path().join("ds");
+        let r = log_to_dataset(&path, &out, Runs::All).unwrap();
+        assert_eq!(r.episodes_written, 2);
+        assert_eq!(
+            dataset::episode_tasks(&out).unwrap(),
+            vec![vec!["push".to_string()], vec!["reach".to_string()]]
+        );
     }
 
     #[test]

@@ -229,6 +229,45 @@ fn logger_main(
     if let Err(e) = log.sync() {
         push_error(s, e.to_string());
     }
+    if let Some(mut w) = dataset {
+        // Closed here rather than in finish(), to know which episodes a failed close
+        // took along (finish() still writes the metadata of the others).
+        if let Err(e) = w.close_data_file() {
+            push_error(s, format!("closing the dataset's data file: {e}"));
+            unsave_lost(s, w.total_episodes());
+            lost = true;
+        }
+        // The run is noted in the dataset, committed with its episodes, when every one
+        // of them is there: `log-to-dataset --last-run` writes nothing for a noted run.
+        // Otherwise (one lost, or one the run never ended: the channel closed inside
+        // it) only the episodes saved are noted, and the converter adds the others.
+        let incomplete = lost || current.is_some() || !early.is_empty();
+        if !run_id.is_empty() {
+            if incomplete {
+                let saved: Vec<u32> = s
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .episodes
+                    .iter()
+                    .filter(|e| e.dataset_index.is_some())
+                    .map(|e| e.episode)
+                    .collect();
+                w.note_partial_run(run_id, &saved);
+            } else {
+                w.note_run(run_id);
+            }
+        }
+        match w.finish() {
+            Ok(sum) => {
+                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+                g.dataset_total_episodes = sum.total_episodes;
+                g.dataset_total_frames = sum.total_frames;
+            }
+            Err(e) => push_error(s, format!("finishing the dataset: {e}")),
+        }
+    }
+    // The recording last: its flush waits on the viewer's connection for as long as it
+    // looks alive, and the dataset must not wait for that to be committed.
     if let Some(mut t) = ticks {
         // Frames sent before the channel closed.
         while let Ok(f) = t.rx.try_recv() {
@@ -238,29 +277,6 @@ fn logger_main(
         let flushed = t.sink.finish();
         if let Err(e) = flushed {
             push_error(s, e);
-        }
-    }
-    if let Some(mut w) = dataset {
-        // Closed here rather than in finish(), to know which episodes a failed close
-        // took along (finish() still writes the metadata of the others).
-        if let Err(e) = w.close_data_file() {
-            push_error(s, format!("closing the dataset's data file: {e}"));
-            unsave_lost(s, w.total_episodes());
-            lost = true;
-        }
-        // The run is noted in the dataset, committed with its episodes, only when every
-        // one of them is there: one that is missing stays recoverable from the log by
-        // `log-to-dataset --last-run`, which writes nothing for a noted run.
-        if !lost && !run_id.is_empty() {
-            w.note_run(run_id);
-        }
-        match w.finish() {
-            Ok(sum) => {
-                let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
-                g.dataset_total_episodes = sum.total_episodes;
-                g.dataset_total_frames = sum.total_frames;
-            }
-            Err(e) => push_error(s, format!("finishing the dataset: {e}")),
         }
     }
 }
@@ -310,5 +326,49 @@ mod tests {
         let ds = dataset::read_dataset(&ds_dir).unwrap();
         assert_eq!(ds.episodes.len(), 3);
         assert!(ds.episodes.iter().all(|e| e.len() == 2));
+    }
+
+    /// A logger that stops inside an episode (the control thread never ended it) notes
+    /// only the episodes it saved: `log-to-dataset --last-run` then adds the unfinished
+    /// one from the log, and not the saved one a second time. (The run was noted whole,
+    /// and the unfinished episode could not be recovered.)
+    #[test]
+    fn an_episode_left_open_stays_recoverable_and_saved_ones_are_not_doubled() {
+        use super::super::log::{Runs, log_to_dataset};
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("transitions.log");
+        let log = LogWriter::open(&log_path).unwrap();
+        let run = run_start();
+        assert!(!run.run_id.is_empty());
+        let ds_dir = dir.path().join("dataset");
+        let w = open_dataset(&ds_dir, &run.dataset_info()).unwrap();
+        let logger = Logger::spawn(log, Some((ds_dir.clone(), w)), run, 64, None).unwrap();
+        let send = |r: Record| logger.tx.send(r).unwrap();
+        send(Record::EpisodeStart {
+            episode: 0,
+            seed: 9,
+        });
+        send(Record::Transition(transition(0, 0, false)));
+        send(Record::Transition(transition(0, 1, true)));
+        send(Record::EpisodeEnd(end(0, 2)));
+        send(Record::EpisodeStart {
+            episode: 1,
+            seed: 10,
+        });
+        send(Record::Transition(transition(1, 0, false)));
+        send(Record::Transition(transition(1, 1, false)));
+        let s = logger.finish();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(dataset::read_dataset(&ds_dir).unwrap().episodes.len(), 1);
+        let r = log_to_dataset(&log_path, &ds_dir, Runs::Last).unwrap();
+        assert!(!r.already_saved, "{r:?}");
+        assert_eq!((r.skipped_saved, r.episodes_written), (1, 1), "{r:?}");
+        let ds = dataset::read_dataset(&ds_dir).unwrap();
+        assert_eq!(ds.episodes.len(), 2);
+        assert_eq!(ds.episodes[1].len(), 2);
+        // The run is whole now: converting again writes nothing.
+        let r = log_to_dataset(&log_path, &ds_dir, Runs::Last).unwrap();
+        assert!(r.already_saved, "{r:?}");
+        assert!(dataset::noted_runs(&ds_dir).unwrap().len() == 1);
     }
 }
