@@ -1,9 +1,11 @@
 //! The controller's ticks: what `controller run --rerun` records.
 //!
 //! The control thread copies each tick into a fixed-size frame and hands it to the
-//! logger thread without waiting (a full queue drops the frame and counts it); the
-//! logger thread turns frames into [`TickView`]s for [`TickLogger::log`]. The rerun SDK
-//! batches on its own thread, so not even the logger thread waits for I/O.
+//! controller's recording thread without waiting (a full queue drops the frame and
+//! counts it); that thread turns frames into [`TickView`]s for [`TickLogger::log`]. The
+//! rerun SDK batches on its own thread; a viewer connection that stalls blocks
+//! `log` once rerun's buffers fill, which holds up only the recording thread, not the
+//! logger that writes the transition log and the dataset.
 
 use crate::{log_scalars, log_scene, paths};
 use anyhow::Result;

@@ -15,14 +15,16 @@
 //! overtake its start record (and the previous episode's end): the logger keeps them
 //! aside for the start record.
 //!
-//! With `--rerun`, the same thread also takes the control thread's tick frames from a
-//! second bounded channel and records them (see [`super::viz`]).
+//! With `--rerun`, a thread of its own takes the control thread's tick frames from a
+//! second bounded channel and records them (see [`super::viz`]): a viewer connection
+//! that stalls (rerun's sinks block when their buffers fill) holds up only the
+//! recording, never the log and the dataset.
 
 use super::link::LinkCounters;
 use super::log::{ConvertNotes, EndReason, LogWriter, Record, RunStart, Transition, to_episode};
 use super::realtime;
 use super::viz::{TickFrame, TickSink};
-use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use dataset::DatasetWriter;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -78,6 +80,8 @@ pub struct Logger {
     pub tx: Sender<Record>,
     pub shared: Arc<Mutex<LoggerSummary>>,
     handle: JoinHandle<LoggerSummary>,
+    /// The recording thread (`--rerun`): frames recorded, and its flush's error.
+    recording: Option<JoinHandle<(u64, Result<(), String>)>>,
 }
 
 impl Logger {
@@ -97,29 +101,62 @@ impl Logger {
             repaired_bytes: log.repaired_bytes,
             ..LoggerSummary::default()
         }));
+        let recording = match ticks {
+            None => None,
+            Some(mut t) => Some(realtime::spawn_in_run("recording", move || {
+                // Until the run ends: the control thread drops the frames' sender.
+                while let Ok(f) = t.rx.recv() {
+                    t.record(&f);
+                }
+                (t.recorded, t.sink.finish())
+            })?),
+        };
         let s = shared.clone();
         let handle = realtime::spawn_in_run("logger", move || {
             if let Err(e) = log.append(&Record::Run(run)) {
                 push_error(&s, e.to_string());
             }
-            logger_main(log, dataset.map(|(_, w)| w), rx, ticks, &run_id, &s);
+            logger_main(log, dataset.map(|(_, w)| w), rx, &run_id, &s);
             s.lock().unwrap_or_else(|e| e.into_inner()).clone()
         })?;
-        Ok(Logger { tx, shared, handle })
+        Ok(Logger {
+            tx,
+            shared,
+            handle,
+            recording,
+        })
     }
 
-    /// Closes the channel and waits for the dataset to be finished.
+    /// Closes the channel and waits for the dataset to be finished, then for the
+    /// recording (the run has ended, so its frames' channel is closed too).
     pub fn finish(self) -> LoggerSummary {
-        let Logger { tx, shared, handle } = self;
+        let Logger {
+            tx,
+            shared,
+            handle,
+            recording,
+        } = self;
         drop(tx);
-        match handle.join() {
+        let mut summary = match handle.join() {
             Ok(s) => s,
             Err(_) => {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 s.errors.push("the logger thread panicked".into());
                 s
             }
+        };
+        if let Some(r) = recording {
+            match r.join() {
+                Ok((recorded, flushed)) => {
+                    summary.rerun_ticks = Some(recorded);
+                    if let Err(e) = flushed {
+                        summary.errors.push(e);
+                    }
+                }
+                Err(_) => summary.errors.push("the recording thread panicked".into()),
+            }
         }
+        summary
     }
 }
 
@@ -144,29 +181,10 @@ fn push_error(s: &Mutex<LoggerSummary>, e: String) {
     }
 }
 
-/// The next record, recording tick frames while waiting; `None` once the records'
-/// channel closed (the run ended: the control thread dropped both senders).
-fn next_record(rx: &Receiver<Record>, ticks: &mut Option<TickInput>) -> Option<Record> {
-    let Some(t) = ticks.as_mut() else {
-        return rx.recv().ok();
-    };
-    loop {
-        select! {
-            recv(rx) -> rec => return rec.ok(),
-            recv(t.rx) -> frame => match frame {
-                Ok(f) => t.record(&f),
-                // Closed with the run; records may still be queued.
-                Err(_) => t.rx = crossbeam_channel::never(),
-            },
-        }
-    }
-}
-
 fn logger_main(
     mut log: LogWriter,
     mut dataset: Option<DatasetWriter>,
     rx: Receiver<Record>,
-    mut ticks: Option<TickInput>,
     run_id: &str,
     s: &Mutex<LoggerSummary>,
 ) {
@@ -175,7 +193,8 @@ fn logger_main(
     let mut current: Option<(u32, Vec<Transition>)> = None;
     // Transitions of an episode whose start record has not arrived yet.
     let mut early: Vec<Transition> = Vec::new();
-    while let Some(rec) = next_record(&rx, &mut ticks) {
+    // Until the run ends: the control thread drops the records' sender.
+    while let Ok(rec) = rx.recv() {
         if let Err(e) = log.append(&rec) {
             push_error(s, e.to_string());
         }
@@ -266,19 +285,6 @@ fn logger_main(
             Err(e) => push_error(s, format!("finishing the dataset: {e}")),
         }
     }
-    // The recording last: its flush waits on the viewer's connection for as long as it
-    // looks alive, and the dataset must not wait for that to be committed.
-    if let Some(mut t) = ticks {
-        // Frames sent before the channel closed.
-        while let Ok(f) = t.rx.try_recv() {
-            t.record(&f);
-        }
-        s.lock().unwrap_or_else(|e| e.into_inner()).rerun_ticks = Some(t.recorded);
-        let flushed = t.sink.finish();
-        if let Err(e) = flushed {
-            push_error(s, e);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -326,6 +332,55 @@ mod tests {
         let ds = dataset::read_dataset(&ds_dir).unwrap();
         assert_eq!(ds.episodes.len(), 3);
         assert!(ds.episodes.iter().all(|e| e.len() == 2));
+    }
+
+    /// A recording that blocks (a stalled viewer connection: rerun's sinks block once
+    /// their buffers fill) holds up neither the transition log nor the dataset: they
+    /// ran on one thread, and the records' channel filled behind the blocked frame.
+    #[test]
+    fn a_blocked_recording_holds_up_no_record() {
+        use super::super::link::LinkCounters;
+        use super::super::viz::{TickFrame, TickSink};
+        struct Blocked(Receiver<()>);
+        impl TickSink for Blocked {
+            fn tick(&mut self, _: &TickFrame, _: &LinkCounters) {
+                let _ = self.0.recv();
+            }
+            fn finish(self: Box<Self>) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogWriter::open(&dir.path().join("transitions.log")).unwrap();
+        let run = run_start();
+        let ds_dir = dir.path().join("dataset");
+        let w = open_dataset(&ds_dir, &run.dataset_info()).unwrap();
+        let (release, blocked) = bounded(1);
+        let (frames, rx) = bounded(4);
+        let ticks = TickInput {
+            rx,
+            sink: Box::new(Blocked(blocked)),
+            link: Arc::default(),
+            recorded: 0,
+        };
+        let logger = Logger::spawn(log, Some((ds_dir.clone(), w)), run, 8, Some(ticks)).unwrap();
+        frames.send(TickFrame::default()).unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        let send = |r: Record| logger.tx.send_timeout(r, wait).unwrap();
+        send(Record::EpisodeStart {
+            episode: 0,
+            seed: 9,
+        });
+        for step in 0..50 {
+            send(Record::Transition(transition(0, step, step == 49)));
+        }
+        send(Record::EpisodeEnd(end(0, 50)));
+        release.send(()).unwrap();
+        drop(frames);
+        let s = logger.finish();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(s.frames_saved, 50, "{s:?}");
+        assert_eq!(s.rerun_ticks, Some(1));
     }
 
     /// A logger that stops inside an episode (the control thread never ended it) notes
