@@ -293,16 +293,23 @@ mod tests {
     use super::super::log::tests::{end, run_start, transition};
     use super::*;
 
+    /// A logger of [`run_start`]'s run writing `dir/transitions.log` and `dir/dataset`,
+    /// its records' channel `capacity` long.
+    fn logger_in(dir: &std::path::Path, capacity: usize, ticks: Option<TickInput>) -> Logger {
+        let log = LogWriter::open(&dir.join("transitions.log")).unwrap();
+        let run = run_start();
+        let ds_dir = dir.join("dataset");
+        let w = open_dataset(&ds_dir, &run.dataset_info()).unwrap();
+        Logger::spawn(log, Some((ds_dir, w)), run, capacity, ticks).unwrap()
+    }
+
     /// Under backpressure the control thread's queued end and start records can come
     /// after the next episodes' first transitions: those still reach the dataset.
     #[test]
     fn transitions_ahead_of_their_episodes_start_record_are_saved() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogWriter::open(&dir.path().join("transitions.log")).unwrap();
-        let run = run_start();
         let ds_dir = dir.path().join("dataset");
-        let w = open_dataset(&ds_dir, &run.dataset_info()).unwrap();
-        let logger = Logger::spawn(log, Some((ds_dir.clone(), w)), run, 64, None).unwrap();
+        let logger = logger_in(dir.path(), 64, None);
         let send = |r: Record| logger.tx.send(r).unwrap();
         send(Record::EpisodeStart {
             episode: 0,
@@ -351,10 +358,6 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let log = LogWriter::open(&dir.path().join("transitions.log")).unwrap();
-        let run = run_start();
-        let ds_dir = dir.path().join("dataset");
-        let w = open_dataset(&ds_dir, &run.dataset_info()).unwrap();
         let (release, blocked) = bounded(1);
         let (frames, rx) = bounded(4);
         let ticks = TickInput {
@@ -363,7 +366,7 @@ mod tests {
             link: Arc::default(),
             recorded: 0,
         };
-        let logger = Logger::spawn(log, Some((ds_dir.clone(), w)), run, 8, Some(ticks)).unwrap();
+        let logger = logger_in(dir.path(), 8, Some(ticks));
         frames.send(TickFrame::default()).unwrap();
         let wait = std::time::Duration::from_secs(10);
         let send = |r: Record| logger.tx.send_timeout(r, wait).unwrap();
@@ -392,12 +395,9 @@ mod tests {
         use super::super::log::{Runs, log_to_dataset};
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("transitions.log");
-        let log = LogWriter::open(&log_path).unwrap();
-        let run = run_start();
-        assert!(!run.run_id.is_empty());
         let ds_dir = dir.path().join("dataset");
-        let w = open_dataset(&ds_dir, &run.dataset_info()).unwrap();
-        let logger = Logger::spawn(log, Some((ds_dir.clone(), w)), run, 64, None).unwrap();
+        assert!(!run_start().run_id.is_empty());
+        let logger = logger_in(dir.path(), 64, None);
         let send = |r: Record| logger.tx.send(r).unwrap();
         send(Record::EpisodeStart {
             episode: 0,
