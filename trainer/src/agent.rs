@@ -591,6 +591,9 @@ pub struct Agent {
     pub sync_stages: bool,
     /// Metrics of [`Agent::train_step`]s not yet taken.
     metric_sums: MetricSums,
+    /// Of those, the steps an earlier process made ([`Agent::resume_metrics`]): not
+    /// timed by this one, so left out of the next row's updates per second.
+    untimed_steps: usize,
     /// When set, each stage of [`Agent::update`] appends its name here, in order (tests
     /// check the schedule of candidate generation and updates with it).
     pub trace: Option<Vec<&'static str>>,
@@ -771,6 +774,7 @@ impl Agent {
             times: StageTimes::default(),
             sync_stages: false,
             metric_sums: MetricSums::default(),
+            untimed_steps: 0,
             trace: None,
             kernel_marks,
             critic_graph: None,
@@ -1091,6 +1095,19 @@ impl Agent {
     /// field, and how many steps they are (one read-back).
     pub fn take_metrics(&mut self) -> (UpdateMetrics, usize) {
         self.metric_sums.take()
+    }
+
+    /// [`Agent::restore_metrics`] of a window a checkpoint saved, in a resumed run: its
+    /// steps were made (and timed) by the process that wrote the checkpoint.
+    pub fn resume_metrics(&mut self, window: (UpdateMetrics, usize)) {
+        self.untimed_steps = window.1;
+        self.restore_metrics(window);
+    }
+
+    /// Steps of the metrics window not timed by this process ([`Agent::resume_metrics`]),
+    /// reset: the next window is all this process's.
+    pub fn take_untimed_steps(&mut self) -> usize {
+        std::mem::take(&mut self.untimed_steps)
     }
 
     /// Puts metric sums taken with [`Agent::take_metrics`] back, as if they had not been

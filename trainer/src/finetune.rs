@@ -356,7 +356,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             truncate_csv(&log, state.finetune_updates)?;
         }
         if let Some(window) = state.finetune_metrics_window.clone() {
-            agent.restore_metrics(window);
+            agent.resume_metrics(window);
         }
         if !o.data.is_empty() {
             eprintln!(

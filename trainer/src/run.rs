@@ -627,7 +627,7 @@ pub fn train(
         (episodes_done, successes, return_sum) = state.episode_stats;
         // (A finetune's own window, of `finetune.csv` rows, is in the other field.)
         if let Some(window) = state.metrics_window {
-            agent.restore_metrics(window);
+            agent.resume_metrics(window);
         }
         // What may differ on resume (the run's length, evaluation, device) is now what
         // `config.toml` says, for `eval`, `export` and a study's check of finished runs.
@@ -748,7 +748,7 @@ pub fn train(
                 episodes_done,
                 successes,
                 return_sum,
-                (window.n * config.optim.utd) as f64 / secs,
+                (window.timed * config.optim.utd) as f64 / secs,
             );
             append_metrics(out, &row)?;
             ensure_finite(&row.metrics, &out.join("metrics.csv"), done_steps)?;
@@ -1093,7 +1093,7 @@ pub(crate) fn log_updates_row(
 ) -> Result<f32> {
     let window = MetricsWindow::take(agent);
     let secs = elapsed.as_secs_f64().max(1e-9);
-    let updates_per_s = (window.n * agent.config.optim.utd) as f64 / secs;
+    let updates_per_s = (window.timed * agent.config.optim.utd) as f64 / secs;
     let row = window.row(done, 0, 0, 0.0, updates_per_s);
     let r = &row.metrics;
     append_line(
@@ -1123,13 +1123,17 @@ pub(crate) fn ensure_finite(m: &UpdateMetrics, log: &Path, at: usize) -> Result<
 /// agent once per row ([`Agent::take_metrics`]).
 pub(crate) struct MetricsWindow {
     pub(crate) n: usize,
+    /// Of the `n` steps, those this process made and timed (a resumed run's first
+    /// window holds steps of the process before it).
+    pub(crate) timed: usize,
     sum: UpdateMetrics,
 }
 
 impl MetricsWindow {
     pub(crate) fn take(agent: &mut Agent) -> Self {
         let (sum, n) = agent.take_metrics();
-        MetricsWindow { n, sum }
+        let timed = n.saturating_sub(agent.take_untimed_steps());
+        MetricsWindow { n, timed, sum }
     }
 
     pub(crate) fn row(
