@@ -57,6 +57,16 @@ pub const MAX_SAMPLES: usize = 1024;
 pub const MAX_ENSEMBLE: usize = 256;
 /// Widest observation or action vector (as the `dataset` reader's `MAX_VECTOR_DIM`).
 pub const MAX_DIM: usize = 1 << 16;
+/// Widest network layer (`networks.*` widths; as the trainer's `MAX_WIDTH`).
+pub const MAX_NET_WIDTH: usize = 1 << 16;
+/// Most hidden layers of a network and most denoiser blocks (as the trainer's
+/// `MAX_LAYERS`).
+pub const MAX_NET_LAYERS: usize = 64;
+/// Largest graph file read (the `paper` preset's denoiser is about 7 MB): a sparse file
+/// of gigabytes is refused before it is read, not hashed after.
+pub const MAX_GRAPH_BYTES: u64 = 1 << 30;
+/// Largest `manifest.toml` and `manifest.sig` read.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// Most values of `num_samples × horizon × action.dim`, the sampled chunks of one
 /// decision (64 MiB of f32). The controller's candidate buffer also holds the edited
 /// chunks (`num_edit ≤ num_samples` more), so at most twice that, in a few buffers. The
@@ -385,6 +395,38 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
         path: path.to_path_buf(),
         error,
     }
+}
+
+/// `path`'s bytes, if it is a regular file (symlinks followed) of at most `max` bytes:
+/// a FIFO (whose open would block), a device such as `/dev/zero`, or a file larger than
+/// any bundle's is refused before anything is allocated for it.
+fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, BundleError> {
+    use std::io::Read;
+    let refuse = |why: String| BundleError::Io {
+        path: path.to_path_buf(),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+    };
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(refuse(format!(
+            "{} bytes, more than the {max} a bundle file may have",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
+    // Grown since it was looked at.
+    if bytes.len() as u64 > max {
+        return Err(refuse(format!(
+            "more than the {max} bytes a bundle file may have"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Lowercase hex.
@@ -769,7 +811,7 @@ pub struct VerifiedBundle {
 /// Loads and verifies a bundle directory (see the module doc for the checks).
 pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleError> {
     let mpath = dir.join(MANIFEST_FILE);
-    let text = fs::read(&mpath).map_err(io_err(&mpath))?;
+    let text = read_capped(&mpath, MAX_MANIFEST_BYTES)?;
     let manifest_err = |message: String| BundleError::Manifest {
         path: mpath.clone(),
         message,
@@ -803,35 +845,40 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
         )));
     }
     let manifest: Manifest = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
-    let signed_by = match trust {
-        Trust::AllowUnsigned => None,
-        Trust::Key(key) => {
-            let spath = dir.join(SIGNATURE_FILE);
-            if !spath.exists() {
-                return Err(BundleError::Unsigned { path: spath });
-            }
-            let sig_text = fs::read_to_string(&spath).map_err(io_err(&spath))?;
-            let bad = || BundleError::BadSignature {
-                path: spath.clone(),
-                key: key_fingerprint(key.as_bytes()),
-            };
-            let sig = unhex::<64>(&sig_text).ok_or_else(bad)?;
-            let sig = Signature::from_bytes(&sig);
-            if key.verify_strict(&text, &sig).is_err() {
-                // A secret key read as a public one (an unmarked file under another
-                // name): say so, rather than "signed by another key".
-                let as_secret = SigningKey::from_bytes(key.as_bytes()).verifying_key();
-                if as_secret.verify_strict(&text, &sig).is_ok() {
-                    return Err(BundleError::SecretKeyTrusted {
-                        path: spath.clone(),
-                        key: key_fingerprint(key.as_bytes()),
-                    });
+    let signed_by =
+        match trust {
+            Trust::AllowUnsigned => None,
+            Trust::Key(key) => {
+                let spath = dir.join(SIGNATURE_FILE);
+                if !spath.exists() {
+                    return Err(BundleError::Unsigned { path: spath });
                 }
-                return Err(bad());
+                let sig_text = String::from_utf8(read_capped(&spath, MAX_MANIFEST_BYTES)?)
+                    .map_err(|e| BundleError::Io {
+                        path: spath.clone(),
+                        error: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    })?;
+                let bad = || BundleError::BadSignature {
+                    path: spath.clone(),
+                    key: key_fingerprint(key.as_bytes()),
+                };
+                let sig = unhex::<64>(&sig_text).ok_or_else(bad)?;
+                let sig = Signature::from_bytes(&sig);
+                if key.verify_strict(&text, &sig).is_err() {
+                    // A secret key read as a public one (an unmarked file under another
+                    // name): say so, rather than "signed by another key".
+                    let as_secret = SigningKey::from_bytes(key.as_bytes()).verifying_key();
+                    if as_secret.verify_strict(&text, &sig).is_ok() {
+                        return Err(BundleError::SecretKeyTrusted {
+                            path: spath.clone(),
+                            key: key_fingerprint(key.as_bytes()),
+                        });
+                    }
+                    return Err(bad());
+                }
+                Some(key_fingerprint(key.as_bytes()))
             }
-            Some(key_fingerprint(key.as_bytes()))
-        }
-    };
+        };
     check_manifest(&manifest).map_err(manifest_err)?;
     let read_graph = |g: &GraphFile| -> Result<Vec<u8>, BundleError> {
         if g.file.contains('/') || g.file.contains('\\') || g.file.starts_with('.') {
@@ -841,7 +888,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
             )));
         }
         let path = dir.join(&g.file);
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let bytes = read_capped(&path, MAX_GRAPH_BYTES)?;
         let found = sha256_hex(&bytes);
         if found != g.sha256.to_ascii_lowercase() {
             return Err(BundleError::HashMismatch {
@@ -1137,6 +1184,7 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             s.num_edit
         ));
     }
+    check_network_sizes(&m.networks, m.graphs.edit.is_some())?;
     // The edit graph's first layer reads [obs, base_action] ahead of a separate head.
     if s.num_edit > 0 && m.networks.edit_widths.is_empty() {
         return Err(format!(
@@ -1144,6 +1192,59 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
              needs at least one hidden layer",
             s.num_edit
         ));
+    }
+    Ok(())
+}
+
+/// The network sizes' ranges, as the trainer's config has them: checked before any
+/// list of weight shapes is built from them (a count of 2^40 blocks would abort the
+/// process on that allocation). An edit graph needs a hidden layer whatever `num_edit`.
+fn check_network_sizes(n: &NetworkSpec, edit_graph: bool) -> Result<(), String> {
+    for (key, width) in [
+        ("networks.denoiser_hidden", n.denoiser_hidden),
+        ("networks.denoiser_expanded", n.denoiser_expanded),
+        ("networks.time_hidden", n.time_hidden),
+        ("networks.fourier_features", n.fourier_features),
+    ] {
+        if !(1..=MAX_NET_WIDTH).contains(&width) {
+            return Err(format!("{key} must be in 1..={MAX_NET_WIDTH}, not {width}"));
+        }
+    }
+    if n.fourier_features % 2 != 0 {
+        return Err(format!(
+            "networks.fourier_features must be even (half cosines, half sines), not {}",
+            n.fourier_features
+        ));
+    }
+    if n.denoiser_blocks > MAX_NET_LAYERS {
+        return Err(format!(
+            "networks.denoiser_blocks must be at most {MAX_NET_LAYERS}, not {}",
+            n.denoiser_blocks
+        ));
+    }
+    for (key, widths) in [
+        ("networks.critic_widths", &n.critic_widths),
+        ("networks.edit_widths", &n.edit_widths),
+    ] {
+        if widths.len() > MAX_NET_LAYERS {
+            return Err(format!(
+                "{key} may name at most {MAX_NET_LAYERS} hidden layers, not {}",
+                widths.len()
+            ));
+        }
+        if let Some(i) = widths.iter().position(|w| !(1..=MAX_NET_WIDTH).contains(w)) {
+            return Err(format!(
+                "{key}[{i}] must be in 1..={MAX_NET_WIDTH}, not {}",
+                widths[i]
+            ));
+        }
+    }
+    if edit_graph && n.edit_widths.is_empty() {
+        return Err(
+            "networks.edit_widths is empty but the bundle lists an edit graph, whose first \
+             layer is a hidden one"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -1440,6 +1541,67 @@ mod tests {
 
     fn message(e: BundleError) -> String {
         e.to_string()
+    }
+
+    /// Network sizes are checked before the weight shapes are listed from them: 2^40
+    /// blocks exhausted memory building that list, and an empty `edit_widths` beside an
+    /// edit graph panicked indexing it.
+    #[test]
+    fn network_sizes_a_loader_would_choke_on_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let good = SyntheticSpec::cpu().write(t.path(), 1, None).unwrap();
+        check_manifest(&good).unwrap();
+        let refused = |f: &dyn Fn(&mut Manifest)| {
+            let mut m = good.clone();
+            f(&mut m);
+            check_manifest(&m).unwrap_err()
+        };
+        let e = refused(&|m| m.networks.denoiser_blocks = 1 << 40);
+        assert!(
+            e.contains("networks.denoiser_blocks must be at most 64"),
+            "{e}"
+        );
+        let e = refused(&|m| m.networks.fourier_features = 15);
+        assert!(e.contains("fourier_features must be even"), "{e}");
+        let e = refused(&|m| m.networks.critic_widths[0] = 0);
+        assert!(
+            e.contains("networks.critic_widths[0] must be in 1..=65536"),
+            "{e}"
+        );
+        let e = refused(&|m| {
+            m.selection.num_edit = 0;
+            m.networks.edit_widths.clear();
+        });
+        assert!(
+            e.contains("edit_widths is empty but the bundle lists an edit graph"),
+            "{e}"
+        );
+    }
+
+    /// A graph file that is not a regular file (a symlink to `/dev/zero`), or larger
+    /// than any bundle's (a sparse file), is refused before it is read: reading it
+    /// whole to hash it never ended, or took all the memory.
+    #[cfg(unix)]
+    #[test]
+    fn graph_files_that_are_no_files_or_too_large_are_refused_unread() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let m = SyntheticSpec::cpu().write(dir, 1, None).unwrap();
+        let denoiser = dir.join(&m.graphs.denoiser.file);
+        fs::remove_file(&denoiser).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &denoiser).unwrap();
+        let e = message(load_bundle(dir, &Trust::AllowUnsigned).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
+        fs::remove_file(&denoiser).unwrap();
+        fs::File::create(&denoiser)
+            .unwrap()
+            .set_len(MAX_GRAPH_BYTES + 1)
+            .unwrap();
+        let e = message(load_bundle(dir, &Trust::AllowUnsigned).unwrap_err());
+        assert!(
+            e.contains("more than the 1073741824 a bundle file may have"),
+            "{e}"
+        );
     }
 
     /// Writing over an earlier bundle replaces it: graphs the new manifest does not list
