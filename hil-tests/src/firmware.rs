@@ -489,6 +489,13 @@ impl SimFirmware {
             return;
         }
         self.stats.commands += 1;
+        // The command timeout runs out at its own time, not at the next poll: after a
+        // stall the commands queued during it are read before any poll, and the first
+        // must find the watchdog tripped (else a command sent before the stall is
+        // taken up, with a jump).
+        if !self.watchdog_tripped && now >= self.last_command_at + self.timeout {
+            self.trip_watchdog(now);
+        }
         let valid = action.len() == self.action.len() && action.iter().all(|x| x.is_finite());
         if valid && !self.watchdog_tripped && self.faults.watchdog_now(self.step) {
             // Injected: this command is lost and the command timeout runs out now.

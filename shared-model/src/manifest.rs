@@ -1210,7 +1210,7 @@ fn check_network_sizes(n: &NetworkSpec, edit_graph: bool) -> Result<(), String> 
             return Err(format!("{key} must be in 1..={MAX_NET_WIDTH}, not {width}"));
         }
     }
-    if n.fourier_features % 2 != 0 {
+    if !n.fourier_features.is_multiple_of(2) {
         return Err(format!(
             "networks.fourier_features must be even (half cosines, half sines), not {}",
             n.fourier_features

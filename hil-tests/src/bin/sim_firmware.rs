@@ -174,15 +174,15 @@ fn main() -> Result<()> {
     let report = run(&mut fw, port.as_mut(), args.rate_scale, &stop)?;
     let (f, d) = (&report.firmware, &report.decoder);
     eprintln!(
-        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding), {} commands ({} invalid, {} slew limited), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
+        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding, {} slew limited), {} commands ({} invalid), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
         f.handshakes,
         f.handshake_refusals,
         f.episodes,
         f.steps,
         f.hold_steps,
+        f.slew_limited,
         f.commands,
         f.invalid_commands,
-        f.slew_limited,
         f.watchdog_trips,
         f.estops,
         f.frame_errors,

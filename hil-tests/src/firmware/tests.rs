@@ -297,6 +297,30 @@ fn a_far_command_does_not_end_the_watchdogs_hold() {
     assert_eq!(fw.stats().far_commands_held, 1);
 }
 
+/// After a stall the commands queued during it are read before any poll: the first
+/// must still find the command timeout run out (it reset the watchdog, and a command
+/// sent before the stall was taken up with a jump).
+#[test]
+fn a_command_after_the_timeout_finds_the_watchdog_tripped_without_a_poll() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example(task.name()).unwrap();
+    robot.safety.max_delta_per_tick = vec![0.3, 0.3];
+    let timeout = robot.command_timeout_ms;
+    let mut fw = SimFirmware::new(FirmwareOptions::new(task, robot)).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
+    fw.on_frame(ms(10), command(&[0.8, 0.0]));
+    out(&mut fw);
+    // Past the timeout, with no poll in between.
+    fw.on_frame(ms(10 + timeout as u64 + 1), command(&[0.8, 0.0]));
+    assert_eq!(fw.stats().watchdog_trips, 1);
+    assert_eq!(fw.stats().far_commands_held, 1);
+    assert!(fw.watchdog_tripped());
+    assert!(out(&mut fw).contains(&Message::Fault {
+        code: FaultCode::Watchdog
+    }));
+}
+
 /// Commands lost on the way (or late) can leave the newest one several deltas from
 /// what the robot applies: each step moves by at most `max_delta_per_tick` from the
 /// step before, and the command is reached over the following steps. A hold step is
