@@ -104,7 +104,7 @@ pub fn on_the_fly_value<R: TdRunner>(runner: &mut R, params: &SelectionParams) -
 
 /// Each candidate's score: the minimum of its Q-values over the sampled critics (`q` is
 /// `[members, m]`, row-major, `m` candidates). A NaN from any member makes the score
-/// NaN, which [`argmax_rows`] never picks over a number: the other members do not
+/// NaN, which [`argmax_rows`] never picks over a finite score: the other members do not
 /// outvote it (a plain `f32::min` fold would skip the NaN and score the candidate by
 /// fewer critics, or by none: +∞).
 pub fn pessimistic_scores(q: &[f32], m: usize, scores: &mut [f32]) {
@@ -123,14 +123,16 @@ pub fn pessimistic_scores(q: &[f32], m: usize, scores: &mut [f32]) {
     }
 }
 
-/// Row-wise argmax of `scores` (`[rows, m]`, row-major), first index on ties; NaN never
-/// wins over a number.
+/// Row-wise argmax of `scores` (`[rows, m]`, row-major), first index on ties. NaN counts
+/// as −∞: it never wins over a finite score and ties with −∞, as in the trainer's
+/// selection (which turns NaN into −∞ on the device and takes the first of the best).
 pub fn argmax_rows(scores: &[f32], m: usize, out: &mut [usize]) {
     assert_eq!(scores.len(), out.len() * m, "scores must be [rows, m]");
+    let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
     for (row, o) in scores.chunks_exact(m).zip(out.iter_mut()) {
         let mut best = 0;
         for (j, &s) in row.iter().enumerate() {
-            if s > row[best] || row[best].is_nan() && !s.is_nan() {
+            if key(s) > key(row[best]) {
                 best = j;
             }
         }
@@ -267,5 +269,21 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, [1, 1, 0]);
+        // NaN ties with −∞ (the first of them wins) and loses to anything finite.
+        let mut out = [0; 2];
+        argmax_rows(
+            &[
+                f32::NAN,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                f32::NAN,
+                -1e30,
+            ],
+            5,
+            &mut out[..1],
+        );
+        assert_eq!(out[0], 4);
+        argmax_rows(&[f32::NAN, f32::NEG_INFINITY], 2, &mut out[..1]);
+        assert_eq!(out[0], 0);
     }
 }

@@ -2482,6 +2482,18 @@ mod tests {
         shared_model::select::argmax_rows(&host, m, &mut want);
         assert_eq!(want, [0, 0]);
         assert_eq!(picked, want.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        // A NaN score ties with a −∞ one (one member, 2 candidates): the first wins on
+        // both sides (the controller's argmax preferred the −∞).
+        let q = vec![nan, f32::NEG_INFINITY];
+        let scores = pessimistic_min(tensor2(q.clone(), 1, 2, &device));
+        let (_, idx) = scores.max_dim_with_indices(1);
+        let picked: Vec<i64> = idx.into_data().convert::<i64>().try_to_vec().unwrap();
+        let mut host = vec![0.0; 2];
+        shared_model::select::pessimistic_scores(&q, 2, &mut host);
+        let mut want = vec![0; 1];
+        shared_model::select::argmax_rows(&host, 2, &mut want);
+        assert_eq!(picked, [want[0] as i64]);
+        assert_eq!(want, [0]);
         // Ties: the first of the best.
         let tied = vec![1.0, 3.0, 3.0, 2.0];
         let scores = pessimistic_min(tensor2(tied, 1, 4, &device));
