@@ -1203,22 +1203,28 @@ impl Control {
     /// verified the firmware, at once, without moving the robot.
     fn end_run_after(&mut self, now: Instant, kind: FaultKind, detail: String) {
         if matches!(self.phase, Phase::Handshaking { .. }) && self.track.is_none() {
-            self.report.faults.push(FaultEvent {
-                kind,
-                detail,
-                tick: self.tick,
-                at_s: now.saturating_duration_since(self.start).as_secs_f64(),
-                episode: None,
-                step: None,
-                hold_tick: None,
-                hold_latency_us: None,
-                torque_off_tick: None,
-                during_safe_stop: false,
-            });
+            self.note_fault(now, kind, detail);
             self.phase = Phase::Done;
             return;
         }
         self.fault(now, kind, detail, Some(After::Exit));
+    }
+
+    /// Records a fault outside any episode that takes no safe stop of its own (the run
+    /// ends at once, or is in its safe stop already).
+    fn note_fault(&mut self, now: Instant, kind: FaultKind, detail: String) {
+        self.report.faults.push(FaultEvent {
+            kind,
+            detail,
+            tick: self.tick,
+            at_s: now.saturating_duration_since(self.start).as_secs_f64(),
+            episode: None,
+            step: None,
+            hold_tick: None,
+            hold_latency_us: None,
+            torque_off_tick: None,
+            during_safe_stop: matches!(self.phase, Phase::SafeStop { .. }),
+        });
     }
 
     fn enter_safe_stop(&mut self, then: After) {
@@ -1411,18 +1417,7 @@ impl Control {
                         self.estop_write_failures
                     );
                     self.estop_write_failures = 0;
-                    self.report.faults.push(FaultEvent {
-                        kind: FaultKind::LinkLost,
-                        detail: why.clone(),
-                        tick: self.tick,
-                        at_s: now.saturating_duration_since(self.start).as_secs_f64(),
-                        episode: None,
-                        step: None,
-                        hold_tick: None,
-                        hold_latency_us: None,
-                        torque_off_tick: None,
-                        during_safe_stop: true,
-                    });
+                    self.note_fault(now, FaultKind::LinkLost, why.clone());
                     if !self.cfg.quiet {
                         self.say(format!("FAULT at tick {}: LinkLost: {why}", self.tick));
                     }
