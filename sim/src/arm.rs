@@ -15,7 +15,10 @@
 //!
 //! Observation (10): `q1/π, q2/π, q̇1/10, q̇2/10, ee_x, ee_y, goal_x, goal_y, obstacle_x,
 //! obstacle_y` (rad, rad/s, m). Action (2): joint position target offsets, `q_des = q +
-//! 0.3 rad · a`, tracked by a torque-limited PD controller at the physics rate.
+//! 0.3 rad · a`, tracked by a torque-limited PD controller at the physics rate. The
+//! target is taken from the measured `q` at every substep (as a firmware streaming
+//! relative targets would), so the proportional term stays `KP · 0.3 rad · a` for the
+//! whole control step: a damped torque command, not a position the arm settles at.
 //! Success: end effector within 5 cm of the goal. Touching the obstacle (a link within
 //! its radius plus the 2 cm link half-width) aborts the episode (terminated, reward 0).
 

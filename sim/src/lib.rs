@@ -35,8 +35,11 @@
 //! - `arm-reach` ([`arm`]): two uniform rods (1 kg, 0.5 m each) on revolute joints, full
 //!   rigid-body dynamics `M(q) q̈ + C(q, q̇) q̇ + g(q) = τ − b q̇`, physics step 5 ms
 //!   (10 substeps per 50 ms control step). Action = joint position target offset
-//!   (`q_des = q + 0.3 rad · a`) tracked by a torque-limited PD (10 and 5 N·m at the
-//!   shoulder and elbow); joint speeds are capped at 20 rad/s. Joint limits are hard
+//!   (`q_des = q + 0.3 rad · a`) re-referenced to the measured position at every
+//!   physics substep, so the PD (10 and 5 N·m limits at the shoulder and elbow) applies
+//!   a constant `KP · 0.3 rad · a` plus damping over the control step: in effect a damped
+//!   torque command, with nothing pulling back to a position at `a = 0`. Joint speeds are
+//!   capped at 20 rad/s. Joint limits are hard
 //!   stops (position clamped, velocity into the stop zeroed). The arm moves in the
 //!   horizontal plane by default; `gravity = true` tilts it vertical (joint 1 hanging
 //!   down at `q = 0`).
@@ -266,7 +269,9 @@ pub trait Env: Send {
     /// Starts a new episode drawn from `seed`.
     fn reset(&mut self, seed: u64, obs: &mut [f32]);
     /// Advances one control step. Stepping after the episode ended keeps the state frozen
-    /// and returns `truncated`/`terminated` again with zero reward.
+    /// and returns `truncated`/`terminated` again with zero reward. Call [`Env::reset`]
+    /// first: a new environment's state is a fixed placeholder, not one the episodes'
+    /// distribution draws (the Python environments refuse to step before a reset).
     fn step(&mut self, action: &[f32], obs: &mut [f32]) -> Step;
     /// Writes the current observation.
     fn observe(&self, obs: &mut [f32]);

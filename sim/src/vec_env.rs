@@ -4,10 +4,12 @@ use crate::{Env, EnvConfig, Step, TaskId, TaskSpec, make_env, rng::Rng};
 
 /// `n` environments of one task with Gymnasium-style autoreset.
 ///
-/// `step` takes `n * action_dim` actions and writes `n * obs_dim` observations. When an
-/// environment's episode ends, its `final_obs` row receives the last observation of the
-/// episode and its `obs` row the first observation of the next one (reset with a seed
-/// drawn from the vector's own stream), so a caller can both bootstrap and keep acting.
+/// `step` takes `n * action_dim` actions and writes `n * obs_dim` observations. Every
+/// `final_obs` row is the step's own next observation: where an environment's episode
+/// ended, the last observation of the episode, while its `obs` row holds the first
+/// observation of the next one (reset with a seed drawn from the vector's own stream);
+/// elsewhere the same as `obs`. A caller can both bootstrap from `final_obs` on every row
+/// and keep acting on `obs`.
 pub struct VecEnv {
     envs: Vec<Box<dyn Env>>,
     spec: &'static TaskSpec,
@@ -73,8 +75,8 @@ impl VecEnv {
             let o = &mut obs[i * od..(i + 1) * od];
             let step = env.step(&actions[i * ad..(i + 1) * ad], o);
             steps[i] = step;
+            final_obs[i * od..(i + 1) * od].copy_from_slice(o);
             if step.done() {
-                final_obs[i * od..(i + 1) * od].copy_from_slice(o);
                 env.reset(self.seeds.next_u64(), o);
             }
         }
@@ -114,8 +116,9 @@ mod tests {
                     let o = &mut sobs[i * od..(i + 1) * od];
                     let s = singles[i].step(&act[i * ad..(i + 1) * ad], o);
                     assert_eq!(s, steps[i]);
+                    // Every row: the step's own next observation.
+                    assert_eq!(&fin[i * od..(i + 1) * od], &*o);
                     if s.done() {
-                        assert_eq!(&fin[i * od..(i + 1) * od], &*o);
                         singles[i].reset(seeds.next_u64(), o);
                     }
                 }
