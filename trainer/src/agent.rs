@@ -603,7 +603,7 @@ pub struct Agent {
     /// update on (the recording needs the optimizer's buffers).
     critic_graph: Option<CriticGraph>,
     /// Acting recorded as device graphs (`compute.graph`), one per number of
-    /// observations acted on at once.
+    /// observations acted on at once, at most [`MAX_ACT_GRAPHS`].
     act_graphs: Vec<ActGraph>,
     /// The denoiser's and the edit policy's updates recorded as a device graph.
     update_graph: Option<UpdateGraph>,
@@ -1013,7 +1013,11 @@ impl Agent {
         );
         match flats {
             (Some(ema), Some(target_flat), edit)
-                if self.config.compute.graph && (edit.is_some() || !edits) && subsets.is_some() =>
+                if self.config.compute.graph
+                    && (edit.is_some() || !edits)
+                    && subsets.is_some()
+                    && (self.act_graphs.len() < MAX_ACT_GRAPHS
+                        || self.act_graphs.iter().any(|g| g.rows() == k)) =>
             {
                 let inputs = ActInputs {
                     obs,
@@ -2370,6 +2374,13 @@ impl Selector<'_> {
         }
     }
 }
+
+/// Acting graphs kept at most (one per number of observations acted on at once).
+/// Evaluation acts on the episodes still running, so the number shrinks as episodes end:
+/// each new size would record a graph (three warm-up runs and the recording) and keep it,
+/// with its own copies of the networks' weights and its memory pool, for the rest of the
+/// run. Sizes past the first four act directly, with the same results.
+pub const MAX_ACT_GRAPHS: usize = 4;
 
 /// The candidates' scores from the chosen critics' values `q` `[members, R]`: the
 /// minimum of each column, −∞ where any member's value is NaN, so that such a

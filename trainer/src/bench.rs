@@ -115,12 +115,16 @@ pub fn flops_per_env_step(c: &Config, obs_dim: usize, act_dim: usize) -> f64 {
 pub struct UpdateBench {
     pub preset: String,
     pub algo: String,
-    /// Observation and action dimensions (the task's, or a robot dataset's).
+    /// Observation and action dimensions (the task's, or a robot dataset's), as the
+    /// networks see them: with action chunks `act_dim` is the whole chunk's
+    /// (`action_horizon` × the task's).
     pub obs_dim: usize,
     pub act_dim: usize,
     pub env_steps: usize,
     pub seconds_per_env_step: Vec<f64>,
     pub median_seconds: f64,
+    /// `optim.utd` per median step (also for `bc`, which has no critic: then the
+    /// steps' update slices).
     pub critic_updates_per_second: f64,
     pub gflop_per_env_step: f64,
     pub gflops: f64,

@@ -505,6 +505,11 @@ impl FusedAdam {
             _ => (FlatLayout::of(&module, self.packing), None),
         };
         let Some(grad) = layout.grads(&mut grads) else {
+            // Nothing to step: the parameter buffer stays (recorded graphs and the
+            // target's blend read it).
+            if let Some(flat) = params {
+                self.last = Some((layout, flat));
+            }
             return module;
         };
         let (b1, b2) = (self.beta_1, self.beta_2);

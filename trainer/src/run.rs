@@ -34,6 +34,7 @@ use crate::agent::{Agent, UpdateMetrics};
 use crate::config::{Algo, Config, Task};
 use crate::replay::{Batch, Chunker, Normalizer, Replay, draw_mixed, gather_rows};
 use crate::robot::{RobotInfo, read_training_dataset};
+use shared_model::manifest::MIN_OBS_STD;
 use shared_model::{ChunkClock, ChunkPlay, TemporalEnsemble};
 
 /// Success rate and return of evaluation episodes.
@@ -322,7 +323,7 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         .episodes
         .iter()
         .all(|e| e.rewards.iter().all(|&r| r == 0.0));
-    let warnings: Vec<String> = unlabelled
+    let mut warnings: Vec<String> = unlabelled
         .then(|| {
             format!(
                 "{path}: every reward is 0 (no `next.reward` column, or no success \
@@ -333,9 +334,6 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         })
         .into_iter()
         .collect();
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
     let replay = Replay::from_dataset(&ds, config.chunks());
     ensure!(
         !replay.is_empty(),
@@ -344,12 +342,41 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         ds.num_frames(),
         config.action_horizon
     );
+    warnings.extend(barely_varying_observations(
+        path,
+        &ds.info.observation_names,
+        &replay,
+    ));
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(OfflineData {
         replay,
         success_rate: ds.success_rate(),
         robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
         warnings,
     })
+}
+
+/// A warning per observation value that barely varies in the offline data: its std is
+/// floored at [`MIN_OBS_STD`] for normalisation, so on the robot a change of 0.01 in it
+/// would reach the networks as 10 standard deviations, far outside anything they saw.
+fn barely_varying_observations(path: &str, names: &[String], replay: &Replay) -> Vec<String> {
+    let fit = Normalizer::fit(replay.observations(), replay.obs_dim);
+    fit.std
+        .iter()
+        .enumerate()
+        .filter(|&(_, &s)| s <= MIN_OBS_STD)
+        .map(|(i, _)| {
+            let name = names.get(i).map_or("?", String::as_str);
+            format!(
+                "{path}: observation [{i}] `{name}` barely varies in the demonstrations \
+                 (std under {MIN_OBS_STD}, normalised with that floor): on the robot a change \
+                 of 0.01 in it reaches the networks as 10 standard deviations; leave it out \
+                 of the observation, or record demonstrations in which it varies"
+            )
+        })
+        .collect()
 }
 
 /// Progress reporting hook (the binary draws a progress bar with it).

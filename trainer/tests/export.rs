@@ -13,7 +13,7 @@ use trainer::agent::Agent;
 use trainer::config::Config;
 use trainer::export::{ExportInfo, export_bundle};
 use trainer::nets::tensor2;
-use trainer::replay::Normalizer;
+use trainer::replay::{Batch, Normalizer, Replay, sample_mixed};
 
 const TOL: f32 = 1e-4;
 
@@ -154,9 +154,54 @@ fn check_actions(agent: &mut Agent, bundle: &Path, backend: Backend) {
     eprintln!("{backend:?}: 20 actions, max |diff| {worst:e}");
 }
 
+/// A few updates on scripted demonstrations, with copies that follow fast: the EMA
+/// denoiser and the target critics then differ from the online networks, and the layer
+/// norms' scales and shifts are no longer 1 and 0 (a fresh agent exported with the wrong
+/// copies, or without the norms' parameters, would still match).
+fn train(agent: &mut Agent, updates: usize) {
+    let offline = trainer::run::offline_data(&agent.config).unwrap().replay;
+    let empty = Replay::new(agent.obs_dim, agent.act_dim, 1);
+    let (utd, batch_size) = (agent.config.optim.utd, agent.config.optim.batch_size);
+    let mut batch = Batch::default();
+    let mut rng = Rng::new(11);
+    for _ in 0..updates {
+        sample_mixed(&mut rng, &offline, &empty, 1.0, utd, batch_size, &mut batch);
+        agent.update(&batch).unwrap();
+    }
+    let dev = trainer::run::device(&agent.config).unwrap();
+    let (od, ad, n) = (agent.obs_dim, agent.act_dim, 8);
+    let (x, obs) = (&batch.act[..n * ad], &batch.obs[..n * od]);
+    let denoised = |d: &trainer::nets::Denoiser| {
+        host(d.forward(
+            tensor2(x.to_vec(), n, ad, &dev),
+            tensor2(obs.to_vec(), n, od, &dev),
+            tensor2(vec![1.0; n], n, 1, &dev),
+        ))
+    };
+    let online = denoised(&agent.denoiser().valid());
+    let d = max_diff(&online, &denoised(agent.denoiser_ema()));
+    assert!(d > 100.0 * TOL, "EMA denoiser only {d} from the online one");
+    let input: Vec<f32> = (0..n)
+        .flat_map(|i| [&obs[i * od..(i + 1) * od], &x[i * ad..(i + 1) * ad]].concat())
+        .collect();
+    let q = |c: &trainer::nets::CriticEnsemble| {
+        host(c.forward_members(tensor2(input.clone(), n, od + ad, &dev), None))
+    };
+    let online = q(&agent.critic().unwrap().valid());
+    let d = max_diff(&online, &q(agent.critic_target().unwrap()));
+    assert!(
+        d > 100.0 * TOL,
+        "target critics only {d} from the online ones"
+    );
+}
+
 #[test]
 fn exported_bundle_matches_burn() {
-    let mut agent = agent("cpu", &["task=push"]);
+    let mut agent = agent(
+        "cpu",
+        &["task=push", "diffusion.ema_rate=0.5", "optim.tau=0.5"],
+    );
+    train(&mut agent, 3);
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();

@@ -66,6 +66,27 @@ fn critic_grads(c: &CriticEnsemble, rng: &mut Rng, d: &Device) -> GradientsParam
     GradientsParams::from_grads(loss.backward(), c)
 }
 
+/// A step without gradients changes nothing, and keeps the flat parameter buffer that
+/// recorded graphs and the targets' blend read (it was dropped, which quietly turned
+/// both off).
+#[test]
+fn a_step_without_gradients_keeps_the_parameter_buffer() {
+    let d = dev();
+    let mut net = CriticEnsemble::new(3, 5, &[32, 32], &mut Init::reference(1), &d);
+    let mut fused = FusedAdam::adam(1e-8, Packing::Aligned);
+    let mut rng = Rng::new(2);
+    let g = critic_grads(&net, &mut rng, &d);
+    net = fused.step(1e-3, net, g);
+    assert!(fused.buffers()[0].is_some());
+    let before = params(&net);
+    net = fused.step(1e-3, net, GradientsParams::new());
+    assert_eq!(params(&net), before);
+    assert!(
+        fused.buffers()[0].is_some(),
+        "the parameter buffer was dropped"
+    );
+}
+
 #[test]
 fn fused_adam_takes_the_same_steps_as_burns_adam() {
     for packing in PACKINGS {

@@ -404,6 +404,25 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
         .unwrap()
         .warnings;
     assert!(w.len() == 1 && w[0].contains("every reward is 0"), "{w:?}");
+    // A value that never changes in the demonstrations (a sensor that read 0 throughout)
+    // is named: its normalisation would amplify any change on the robot 1000 times.
+    let mut ds = dataset::read_dataset(&demos).unwrap();
+    let od = ds.info.obs_dim();
+    for ep in &mut ds.episodes {
+        for o in [&mut ep.observations, &mut ep.next_observations] {
+            o.iter_mut().skip(2).step_by(od).for_each(|x| *x = 0.25);
+        }
+    }
+    let constant = tmp.path().join("constant");
+    dataset::write_dataset(&constant, &ds.info, &ds.episodes).unwrap();
+    let w = trainer::run::offline_data(&robot_config(&constant))
+        .unwrap()
+        .warnings;
+    let name = &ds.info.observation_names[2];
+    assert!(
+        w.len() == 1 && w[0].contains(&format!("observation [2] `{name}` barely varies")),
+        "{w:?}"
+    );
 
     // Actions in the robot's units (outside the policy's [-1, 1]) are refused.
     let mut ds = dataset::read_dataset(&demos).unwrap();

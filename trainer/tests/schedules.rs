@@ -239,8 +239,9 @@ fn one_update_on_the_gpu_matches_the_cpu() {
 /// `compute.graph`: the critic loop, the denoiser's and edit policy's updates and acting
 /// recorded once and replayed, their inputs written into the recorded buffers each step,
 /// give exactly the direct path's results, step after step: the actions, every network's
-/// parameters, the metrics and the optimizers' saved states. The rewards and the observation acted on change between
-/// steps, so a replay that read stale inputs would differ.
+/// parameters, the metrics and the optimizers' saved states. The batch's rows and
+/// rewards, and the observations acted on, change between steps, so a replay that read
+/// stale inputs would differ.
 fn graph_matches_direct(device: &str, expect_recorded: bool, precision: ChainPrecision) {
     let make = |graph: bool| {
         let mut c = config(CandidateSchedule::Hoisted, device);
@@ -261,9 +262,18 @@ fn graph_matches_direct(device: &str, expect_recorded: bool, precision: ChainPre
         let md = direct.update(&batch).unwrap();
         let mg = graphed.update(&batch).unwrap();
         assert_eq!(md, mg, "metrics of update {step}");
+        // Every input changes: the rewards, and which transitions each slice holds
+        // (a recorded graph whose observation, action or next-observation cell was not
+        // rewritten would train on the last step's rows).
         for r in &mut batch.rew {
             *r += 0.25;
         }
+        let (od, ad) = (direct.obs_dim, direct.act_dim);
+        batch.obs.rotate_left(od);
+        batch.act.rotate_left(ad);
+        batch.next_obs.rotate_left(od);
+        batch.mask.rotate_left(1);
+        batch.rew.rotate_left(1);
     }
     // The first update and action run directly (the recordings start from the
     // optimizers' buffers, which exist after a step).
@@ -301,6 +311,29 @@ fn recorded_graphs_give_the_direct_results() {
     // The CPU backends record no graph: `capture` re-runs the closures, through the same
     // cells, write-back and device-side bias corrections.
     graph_matches_direct("cpu", false, ChainPrecision::F32);
+}
+
+/// Acting on ever fewer observations (evaluation, as episodes end) records at most
+/// `MAX_ACT_GRAPHS` acting graphs; the other sizes act directly, with the same actions.
+#[test]
+fn acting_graphs_are_kept_for_a_few_sizes_only() {
+    let make = |graph: bool| {
+        let mut c = config(CandidateSchedule::Hoisted, "cpu");
+        c.compute.graph = graph;
+        agent_and_batch(&c)
+    };
+    let (mut direct, batch) = make(false);
+    let (mut graphed, _) = make(true);
+    // The recordings need the optimizers' buffers.
+    direct.update(&batch).unwrap();
+    graphed.update(&batch).unwrap();
+    let od = direct.obs_dim;
+    for k in (1..=8).rev() {
+        let obs = &batch.obs[..k * od];
+        assert_eq!(direct.act(obs), graphed.act(obs), "{k} observations");
+    }
+    let acting = graphed.graphs().iter().filter(|(g, _)| *g == "act").count();
+    assert_eq!(acting, trainer::agent::MAX_ACT_GRAPHS);
 }
 
 /// `compute.chain_precision` reaches the recorded critic loop: its bf16 chains give the
