@@ -2,7 +2,7 @@
 //! global allocator watches 200 full EXPO actions and 200 two-speed ticks. (tract
 //! allocates its tensors on every run; the count is printed for reference, not asserted.)
 
-use controller::runtime::{Backend, Policy, PolicyOptions};
+use controller::runtime::{Backend, Policy, PolicyOptions, TwoSpeedPolicy};
 use shared_model::manifest::{Trust, load_bundle};
 use shared_model::synthetic::SyntheticSpec;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -35,19 +35,28 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn allocations_per_action(policy: &mut Policy, actions: usize) -> f64 {
+/// Allocations per call of `act` (on one observation and action buffer) after a
+/// warm-up, counted on every thread (a two-speed worker's included).
+fn allocations_per_action(
+    mut act: impl FnMut(&[f32], &mut [f32]) -> anyhow::Result<()>,
+    actions: usize,
+) -> f64 {
     let obs: Vec<f32> = (0..10).map(|i| i as f32 * 0.1).collect();
     let mut a = [0.0; 2];
     for _ in 0..5 {
-        policy.act(&obs, &mut a).unwrap(); // warm-up
+        act(&obs, &mut a).unwrap(); // warm-up
     }
     ALLOCATIONS.store(0, Ordering::Relaxed);
     COUNTING.store(true, Ordering::Relaxed);
     for _ in 0..actions {
-        policy.act(&obs, &mut a).unwrap();
+        act(&obs, &mut a).unwrap();
     }
     COUNTING.store(false, Ordering::Relaxed);
     ALLOCATIONS.load(Ordering::Relaxed) as f64 / actions as f64
+}
+
+fn policy_actions(policy: &mut Policy, actions: usize) -> f64 {
+    allocations_per_action(|o, a| policy.act(o, a).map(drop), actions)
 }
 
 // One test function: the counter is global, so parallel tests would disturb it.
@@ -62,7 +71,7 @@ fn native_actions_do_not_allocate() {
         seed: 1,
     };
     let mut native = Policy::new(&b, &options(Backend::Native)).unwrap();
-    assert_eq!(allocations_per_action(&mut native, 200), 0.0);
+    assert_eq!(policy_actions(&mut native, 200), 0.0);
     let mut truncated = Policy::new(
         &b,
         &PolicyOptions {
@@ -71,10 +80,15 @@ fn native_actions_do_not_allocate() {
         },
     )
     .unwrap();
-    assert_eq!(allocations_per_action(&mut truncated, 200), 0.0);
+    assert_eq!(policy_actions(&mut truncated, 200), 0.0);
+    // Two-speed ticks: the tick edits and scores the worker's newest candidates while
+    // the worker samples the next ones; neither allocates.
+    let mut two = TwoSpeedPolicy::new(&b, &options(Backend::Native)).unwrap();
+    let two_speed = allocations_per_action(|o, a| two.act(o, a).map(drop), 200);
+    assert_eq!(two_speed, 0.0);
     let mut tract = Policy::new(&b, &options(Backend::Tract)).unwrap();
     eprintln!(
         "tract: {:.0} allocations per action (not asserted)",
-        allocations_per_action(&mut tract, 50)
+        policy_actions(&mut tract, 50)
     );
 }

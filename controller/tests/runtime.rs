@@ -2,8 +2,9 @@
 //! and every kind of bad bundle is refused with its own error while a loaded policy
 //! keeps working.
 
+use anyhow::Result;
 use controller::runtime::{
-    Backend, GraphRows, Policy, PolicyOptions, TwoSpeedPolicy, load_networks, reload,
+    Backend, GraphRows, Networks, Policy, PolicyOptions, TwoSpeedPolicy, load_networks, reload,
 };
 use shared_model::VerifiedBundle;
 use shared_model::manifest::{
@@ -545,7 +546,7 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         // The loop does not wait for the worker: until it has sampled for this episode,
         // a planning step holds (zeros, no candidate) and the next step plans again.
         let mut held = 0;
-        while brain.act(0, &obs(0), &mut a).unwrap().score.is_nan() {
+        while brain.act(0, &obs(0), &mut a).unwrap().is_none() {
             assert_eq!(a, [0.0; 2]);
             assert_eq!(brain.chunk_index(), 0);
             held += 1;
@@ -557,7 +558,11 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         let mut chunk = Vec::new();
         let mut plans = 0;
         for step in 0..9u64 {
-            let choice = brain.act(step, &obs(step as usize), &mut a).unwrap();
+            // Every step of a chunk names the selection that planned it.
+            let choice = brain
+                .act(step, &obs(step as usize), &mut a)
+                .unwrap()
+                .unwrap();
             let i = (step % k as u64) as usize;
             if i == 0 {
                 // A planning tick: the chunk is the selected candidate.
@@ -598,7 +603,7 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
                     Brain::TwoSpeed { policy, .. } => policy.candidate_age(),
                     _ => unreachable!(),
                 };
-                assert!(c.score.is_nan() || age == 0, "candidates {age} old");
+                assert!(c.is_none() || age == 0, "candidates {age} old");
             }
         }
     }
@@ -786,6 +791,38 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
         let mut a = [0.0; 2];
         current.act(&obs(0), &mut a).unwrap();
     }
+    // Member 7 overflows to inf at the load-time probe: the error names the member and
+    // the bundle (it named neither).
+    let dir = variant("member 7 overflows", &|d| {
+        let p = d.join("critic.onnx");
+        let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+        let g = m.graph.as_mut().unwrap();
+        // The output layer: [E, d, 1] weights.
+        let w = g
+            .initializer
+            .iter_mut()
+            .find(|t| t.name.ends_with(".weight") && t.dims.len() == 3 && t.dims[2] == 1)
+            .unwrap();
+        let width = w.dims[1] as usize;
+        let mut values = w.floats().unwrap();
+        values[7 * width..8 * width].fill(f32::MAX);
+        w.float_data.clear();
+        w.raw_data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes = m.to_bytes();
+        fs::write(&p, &bytes).unwrap();
+        edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
+    });
+    let bundle = load_bundle(&dir, &Trust::AllowUnsigned).unwrap();
+    for backend in [Backend::Native, Backend::Tract] {
+        let e = Policy::new(&bundle, &options(backend, 9)).err().unwrap();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&dir.display().to_string())
+                && e.contains("critic member 7 (")
+                && e.contains("is inf for a neutral input"),
+            "{backend:?}: {e}"
+        );
+    }
     assert!(
         !realtime::panicked(),
         "a caught panic would have stopped the robot"
@@ -949,6 +986,27 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             && e.contains("must be finite and at least 0.001 (the trainer's floor)"),
         "{e}"
     );
+    // At the floor a finite reading far from the mean overflows once normalised: it is
+    // refused by name, not turned into a NaN action.
+    let dir = variant("std at the floor", &|d| {
+        edit_manifest(d, |t| {
+            let o = t["observation"].as_table_mut().unwrap();
+            o["std"].as_array_mut().unwrap()[2] = toml::Value::Float(1e-3);
+        })
+    });
+    let b = load_bundle(&dir, &Trust::AllowUnsigned).unwrap();
+    for backend in [Backend::Tract, Backend::Native] {
+        let mut p = Policy::new(&b, &options(backend, 1)).unwrap();
+        let mut a = [0.0; 2];
+        let mut far = obs(0);
+        far[2] = 1e36;
+        let e = p.act(&far, &mut a).unwrap_err().to_string();
+        assert!(
+            e.contains("observation[2] = ") && e.contains("overflows the bundle's normal"),
+            "{backend:?}: {e}"
+        );
+        p.act(&obs(0), &mut a).unwrap();
+    }
     // Weights whose dims overflow a usize, or are negative, or whose bytes are not
     // whole f32s: refused by name when the bundle loads (the first used to panic on
     // the overflow, the last skipped the size and NaN checks).
@@ -1110,6 +1168,69 @@ fn the_native_backend_refuses_a_layer_norm_epsilon_it_does_not_compute_with() {
                     "{e}"
                 );
             }
+        }
+    }
+}
+
+/// The real networks with a critic that answers `fill` for the first `broken` rows.
+struct BrokenCritic {
+    inner: Box<dyn Networks>,
+    fill: f32,
+    broken: usize,
+}
+
+impl Networks for BrokenCritic {
+    fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
+        self.inner.denoise(obs, noisy, t, eps)
+    }
+    fn edit(&mut self, obs: &[f32], base: &[f32], mean: &mut [f32], ls: &mut [f32]) -> Result<()> {
+        self.inner.edit(obs, base, mean, ls)
+    }
+    fn critic(&mut self, obs: &[f32], act: &[f32], members: &[i64], q: &mut [f32]) -> Result<()> {
+        self.inner.critic(obs, act, members, q)?;
+        let rows = q.len() / members.len();
+        for member in q.chunks_mut(rows) {
+            member[..self.broken.min(rows)].fill(self.fill);
+        }
+        Ok(())
+    }
+}
+
+/// A critic that scores no candidate finite (blown up on this observation) does not
+/// drive the robot with an unscored candidate: the action is refused, and the loop
+/// faults. One that scores some candidates finite picks among those.
+#[test]
+fn a_critic_that_scores_nothing_finite_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    SyntheticSpec::cpu().write(dir.path(), 3, None).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    let rows = GraphRows::for_manifest(&b.manifest);
+    let m = b.manifest.selection.num_samples + b.manifest.selection.num_edit;
+    let policy = |fill: f32, broken: usize| {
+        let inner = load_networks(Backend::Native, &b, rows).unwrap();
+        let nets = Box::new(BrokenCritic {
+            inner,
+            fill,
+            broken,
+        });
+        Policy::with_networks(b.manifest.clone(), nets, &options(Backend::Native, 4)).unwrap()
+    };
+    let mut a = [0.0; 2];
+    for fill in [f32::NAN, f32::NEG_INFINITY, f32::INFINITY] {
+        let e = policy(fill, m)
+            .act(&obs(0), &mut a)
+            .unwrap_err()
+            .to_string();
+        let text = format!("the critic's best score over the {m} candidates is {fill}");
+        assert!(e.contains(&text), "{fill}: {e}");
+        let partly = policy(fill, m - 1).act(&obs(0), &mut a);
+        if fill == f32::INFINITY {
+            // An infinite Q is as broken as a NaN one.
+            assert!(partly.unwrap_err().to_string().contains(&text));
+        } else {
+            let c = partly.unwrap();
+            assert_eq!(c.index, m - 1, "{fill}: the only finite candidate");
+            assert!(c.score.is_finite());
         }
     }
 }

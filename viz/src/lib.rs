@@ -35,7 +35,8 @@
 //!                                        sampled critics, mean over candidates)
 //!  timing/{read,infer,send}_us Scalars  controller: per-stage time of the tick
 //!  timing/{jitter,tick}_us    Scalars   controller: how late the loop woke, and the
-//!                                        tick's whole work (over one period: overrun)
+//!                                        tick's whole work (the two together over one
+//!                                        period: an overrun)
 //!  link/{crc_errors,resyncs,seq_lost,queue_drops,read_errors}
 //!                             Scalars   controller: the serial link's error counters
 //!  safety/{clamped,rate_limited} Scalars controller: the envelope changed the action
@@ -52,6 +53,7 @@ use anyhow::{Context, Result, bail};
 use rerun::{Color, RecordingStream};
 use sim::{Scene, Shape, ShapeKind, TaskId};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub mod cli;
 pub mod dataset_rrd;
@@ -123,13 +125,49 @@ impl Recorder {
         })
     }
 
-    /// Flushes everything to the file or the viewer.
+    /// Flushes everything to the file, or to the viewer within [`VIEWER_FLUSH_TIMEOUT`].
     pub fn finish(self) -> Result<()> {
-        self.rec
-            .flush_blocking()
-            .with_context(|| format!("writing the rerun recording to {:?}", self.target))
+        self.finish_within(VIEWER_FLUSH_TIMEOUT)
+    }
+
+    /// [`Self::finish`], waiting at most `timeout` for a viewer; a file is always
+    /// written whole. The SDK's flush returns once the data is queued for the viewer,
+    /// and closing the stream then waits for the viewer to take it without a limit, so
+    /// the stream is closed on a thread of its own: a viewer that has not taken
+    /// everything within `timeout` is given up on, and that thread is left to end
+    /// with the process.
+    pub fn finish_within(self, timeout: Duration) -> Result<()> {
+        let Recorder { rec, target } = self;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("rerun-close".into())
+            .spawn(move || {
+                let flushed = rec.flush_blocking();
+                drop(rec);
+                let _ = tx.send(flushed);
+            })
+            .context("starting the thread that closes the rerun recording")?;
+        let closed = match target {
+            Target::File(_) => rx.recv().ok(),
+            Target::Connect(_) => rx.recv_timeout(timeout).ok(),
+        };
+        match closed {
+            Some(flushed) => {
+                flushed.with_context(|| format!("writing the rerun recording to {target:?}"))
+            }
+            None => bail!(
+                "the rerun viewer at {target:?} did not take the recording within {:.1} s: \
+                 gave up on it, and what it had not received is not recorded",
+                timeout.as_secs_f64()
+            ),
+        }
     }
 }
+
+/// How long [`Recorder::finish`] waits for a viewer to take what is still queued: a
+/// viewer that stays connected without reading (its machine asleep) must not hold up
+/// the end of a run, its report and its exit, for ever.
+pub const VIEWER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `name` as one entity-path part: characters outside `[A-Za-z0-9_.-]` become `_`.
 pub fn path_part(name: &str) -> String {

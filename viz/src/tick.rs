@@ -12,7 +12,9 @@ use anyhow::Result;
 use rerun::{Color, RecordingStream};
 use sim::{Scene, TaskId};
 
-/// The serial link's error counters at the tick (cumulative over the run).
+/// The serial link's error counters (cumulative over the run), read when the frame is
+/// recorded: up to 256 ticks after the tick, so an error can show at an earlier tick than
+/// the one it happened at.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkView {
     pub crc_errors: u64,
@@ -56,7 +58,8 @@ pub struct TickView<'a> {
     pub phase: &'a str,
     /// How late the loop woke after its deadline.
     pub jitter_us: f64,
-    /// The tick's whole work, from waking to the end (above one period: an overrun).
+    /// The tick's whole work, from waking to the end (an overrun when it and the
+    /// jitter together exceed a period).
     pub work_us: f64,
     pub read_us: f64,
     /// Policy and command write times, when the tick acted.

@@ -120,9 +120,9 @@ struct Track {
     label: Option<bool>,
 }
 
-/// A label (operator key or teleop device) this soon after an episode began is taken
-/// for one meant for the episode before: a key pressed twice, or a device's press that
-/// came just after the firmware ended the episode itself. Labels carry no episode id,
+/// A label (operator key or teleop device), or the operator's reset, this soon after an
+/// episode began is taken for one meant for the episode before: a key pressed twice, or
+/// a device's press that came just after the firmware ended the episode itself. Labels carry no episode id,
 /// so time is the only clue. Wall time, not robot time: people and devices press keys
 /// in wall time, whatever `--time-scale` does to the episodes.
 pub const LABEL_GRACE: Duration = Duration::from_millis(250);
@@ -526,24 +526,35 @@ impl Control {
             let dt = end - last_end;
             self.ep_cadence.elapsed += dt;
             last_end = end;
-            deadline += self.period;
+            deadline = self.next_deadline(deadline, end);
+        }
+    }
+
+    /// The deadline after `deadline` (the one the tick that ended at `end` ran for),
+    /// counting the deadlines the tick's work ran over: each is an overrun, and
+    /// `consecutive_overruns` counts deadlines missed in a row, not ticks (one tick that
+    /// stalls for 20 periods missed 20). A tick that overran skips the deadlines it ran
+    /// over and stays on the grid. Phase alignment moves the grid only after a tick that
+    /// ended in time, and never to before that tick's end: a grid shifted earlier must
+    /// not turn a tick that ended before its deadline into an overrun.
+    fn next_deadline(&mut self, deadline: Instant, end: Instant) -> Instant {
+        let mut next = deadline + self.period;
+        let age = self.acted_age.take();
+        if end > next {
+            let missed = ((end - next).as_nanos() / self.period.as_nanos()) as u32 + 1;
+            next += self.period * missed;
+            self.ep_cadence.overruns += missed as u64;
+            self.consecutive_overruns = self.consecutive_overruns.saturating_add(missed);
+        } else {
+            self.ep_cadence.headroom.record(next - end);
+            self.consecutive_overruns = 0;
             if self.cfg.align_phase
-                && let Some(age) = self.acted_age.take()
+                && let Some(age) = age
             {
-                deadline = self.align(deadline, age);
-            }
-            if end > deadline {
-                // Skip the deadlines the work ran over; stay on the grid.
-                let missed = ((end - deadline).as_nanos() / self.period.as_nanos()) as u32 + 1;
-                deadline += self.period * missed;
-                self.ep_cadence.overruns += missed as u64;
-                self.consecutive_overruns += 1;
-            } else {
-                let headroom = deadline - end;
-                self.ep_cadence.headroom.record(headroom);
-                self.consecutive_overruns = 0;
+                next = self.align(next, age).max(end);
             }
         }
+        next
     }
 
     /// Phase alignment (`--align-phase`): shifts the deadline grid so that ticks fall
@@ -1018,13 +1029,17 @@ impl Control {
                 self.report.operator.ignored += 1;
                 note("no episode is running; command ignored");
             }
-            OperatorCommand::Success | OperatorCommand::Failure
+            OperatorCommand::Success | OperatorCommand::Failure | OperatorCommand::Reset
                 if self.track.as_ref().is_some_and(|t| !t.takes_label_at(now)) =>
             {
                 self.report.operator.ignored += 1;
+                let what = match c {
+                    OperatorCommand::Reset => "reset",
+                    _ => "label",
+                };
                 note(&format!(
-                    "label ignored: this episode began less than {} ms ago (a press meant \
-                     for the one before?); press again to label this one",
+                    "{what} ignored: this episode began less than {} ms ago (a press meant \
+                     for the one before?); press again to {what} this one",
                     LABEL_GRACE.as_millis()
                 ));
             }
@@ -1507,8 +1522,7 @@ impl Control {
             }
             None => self
                 .brain
-                .act(step as u64, &self.obs[..od], &mut self.action[..ad])
-                .map(Some),
+                .act(step as u64, &self.obs[..od], &mut self.action[..ad]),
         };
         // The policy's own action, before shaping, for the rerun recording only.
         let policy_action = self.viz_tx.is_some().then_some(self.action);
@@ -1550,7 +1564,8 @@ impl Control {
                 });
                 if let Some(policy_action) = policy_action {
                     let times = (tf - ti, written - tf);
-                    self.record_act(policy_action, shaped, choice.map(|c| c.index), times);
+                    let selected = choice.map(|c| c.index);
+                    self.record_act(policy_action, shaped, selected, teleop.is_some(), times);
                 }
                 let lat = written.saturating_duration_since(s.rx);
                 let d = self.current_deadline;
@@ -1591,6 +1606,7 @@ impl Control {
         policy_action: [f32; MAX_ACT],
         shaped: super::safety::Shaped,
         selected: Option<usize>,
+        teleop: bool,
         (infer, send): (Duration, Duration),
     ) {
         let (od, ad) = (self.od, self.ad);
@@ -1599,8 +1615,7 @@ impl Control {
             ad: ad as u8,
             clamped: shaped.clamped,
             rate_limited: shaped.rate_limited,
-            // No selection: the teleop device's action.
-            teleop: selected.is_none(),
+            teleop,
             infer_ns: infer.as_nanos() as u64,
             send_ns: send.as_nanos() as u64,
             ..ActFrame::default()
@@ -2079,5 +2094,86 @@ mod tests {
         // A clock read before the start (another thread's `now`) is not after it.
         let before = start.checked_sub(Duration::from_millis(1)).unwrap_or(start);
         assert!(!t.takes_label_at(before));
+    }
+
+    /// One tick that stalls for five periods misses five deadlines in a row: with
+    /// `--max-overruns 3` that is a deadline fault, as the flag says. (Counting the
+    /// ticks that overran took such a stall for one.)
+    #[test]
+    fn a_stall_counts_every_deadline_it_missed() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.cfg.max_consecutive_overruns = 3;
+        c.begin_episode(0, 7, Instant::now());
+        let p = c.period;
+        let d = Instant::now();
+        let next = c.next_deadline(d, d + p * 5 + Duration::from_micros(10));
+        assert_eq!(next, d + p * 6, "the next deadline stays on the grid");
+        assert_eq!(c.ep_cadence.overruns, 5);
+        assert_eq!(c.consecutive_overruns, 5);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        let kinds: Vec<_> = c.report.faults.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, vec![FaultKind::DeadlineMissed]);
+        assert!(c.report.faults[0].detail.starts_with("5 deadlines"));
+    }
+
+    /// A tick that ended in time resets the count, and one overrun is not a fault.
+    #[test]
+    fn a_tick_in_time_ends_a_run_of_missed_deadlines() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        let p = c.period;
+        let d = Instant::now();
+        let next = c.next_deadline(d, d + p + Duration::from_micros(10));
+        assert_eq!((next, c.consecutive_overruns), (d + p * 2, 1));
+        let next = c.next_deadline(next, next + p / 2);
+        assert_eq!((next, c.consecutive_overruns), (d + p * 3, 0));
+        assert_eq!(c.ep_cadence.overruns, 1);
+    }
+
+    /// The snap at an episode's start moves the grid earlier, but never to before the
+    /// end of the tick that took it: a tick that ended before its own deadline is not
+    /// an overrun because the grid moved.
+    #[test]
+    fn phase_alignment_never_makes_an_overrun() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.cfg.align_phase = true;
+        c.snap_phase = true;
+        let p = c.period;
+        // The frame arrived 0.48 periods before the deadline: the snap wants the grid
+        // 0.43 periods earlier (the lead is 0.05 periods at 20 Hz).
+        c.acted_age = Some((p.as_nanos() * 48 / 100) as i128);
+        let d = Instant::now();
+        let end = d + p * 6 / 10;
+        let next = c.next_deadline(d, end);
+        assert_eq!(next, end, "moved as far as the tick's end allows");
+        assert_eq!(c.ep_cadence.overruns, 0);
+        assert_eq!(c.consecutive_overruns, 0);
+        assert!(!c.snap_phase);
+        // Without the end in the way, the snap takes the whole shift.
+        c.snap_phase = true;
+        c.acted_age = Some((p.as_nanos() * 48 / 100) as i128);
+        let next = c.next_deadline(d, d + p / 10);
+        assert_eq!(next, d + p - p * 43 / 100);
+    }
+
+    /// An operator's reset in an episode's first LABEL_GRACE is the episode before's (a
+    /// key pressed twice while a fast firmware already began the next): ignored, as a
+    /// label is; a later one resets.
+    #[test]
+    fn a_reset_just_after_an_episode_began_is_ignored() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        let start = Instant::now();
+        c.begin_episode(0, 7, start);
+        c.on_operator(start + Duration::from_millis(10), OperatorCommand::Reset);
+        assert_eq!(c.report.operator.ignored, 1);
+        assert_eq!(c.report.operator.resets, 0);
+        assert_eq!(c.phase, Phase::Running);
+        c.on_operator(start + LABEL_GRACE, OperatorCommand::Reset);
+        assert_eq!(c.report.operator.resets, 1);
+        assert_eq!(c.phase, Phase::Idle);
     }
 }

@@ -213,13 +213,6 @@ pub enum Brain {
     Hold,
 }
 
-/// The choice reported for a step that holds (zero in policy units, the hold action the
-/// robot file's envelope contains): no candidate, no score.
-const HOLD_CHOICE: Choice = Choice {
-    index: 0,
-    score: f32::NAN,
-};
-
 /// What plans an action (or a chunk of them) for the [`ChunkPlayer`].
 pub trait Planner {
     /// Writes a whole chunk (`chunk_dim` values) planned on `obs`; `None` (nothing
@@ -269,8 +262,8 @@ pub struct ChunkPlayer {
     chunk: Vec<f32>,
     /// The step the chunk was planned on; `None`: plan on the next step.
     planned_at: Option<u64>,
-    /// The selection that made the chunk.
-    choice: Choice,
+    /// The selection that made the chunk; `None` while holding.
+    choice: Option<Choice>,
     /// The index within the chunk of the last action played.
     index: usize,
 }
@@ -290,19 +283,21 @@ impl ChunkPlayer {
             ensemble: TemporalEnsemble::for_play(&play, policy.act_dim()),
             chunk: vec![0.0; policy.chunk_dim()],
             planned_at: None,
-            choice: HOLD_CHOICE,
+            choice: None,
             index: 0,
         })
     }
 
-    /// The action for sensor step `step`, planning a new chunk when it is due.
+    /// The action for sensor step `step`, planning a new chunk when it is due, and the
+    /// selection that planned the chunk it comes from; `None` when the step holds
+    /// because the planner could not plan yet.
     pub fn act<P: Planner + ?Sized>(
         &mut self,
         planner: &mut P,
         step: u64,
         obs: &[f32],
         action: &mut [f32],
-    ) -> anyhow::Result<Choice> {
+    ) -> anyhow::Result<Option<Choice>> {
         let ad = action.len();
         anyhow::ensure!(
             ad * self.play.horizon() == self.chunk.len(),
@@ -326,11 +321,11 @@ impl ChunkPlayer {
                     // Not ready (a two-speed worker still sampling for this episode):
                     // hold, and plan again on the next step.
                     self.index = 0;
-                    self.choice = HOLD_CHOICE;
+                    self.choice = None;
                     action.fill(0.0);
-                    return Ok(HOLD_CHOICE);
+                    return Ok(None);
                 };
-                self.choice = choice;
+                self.choice = Some(choice);
                 self.planned_at = Some(step);
                 if let Some(e) = &mut self.ensemble {
                     e.add(step, &self.chunk);
@@ -412,13 +407,21 @@ impl Brain {
     }
 
     /// The action for sensor step `step` (of the current episode).
-    pub fn act(&mut self, step: u64, obs: &[f32], action: &mut [f32]) -> anyhow::Result<Choice> {
+    /// `None`: the step holds (zero in policy units, the hold action the robot file's
+    /// envelope contains), with no candidate and no score: [`Brain::Hold`], or a
+    /// two-speed worker that has not sampled for this episode yet.
+    pub fn act(
+        &mut self,
+        step: u64,
+        obs: &[f32],
+        action: &mut [f32],
+    ) -> anyhow::Result<Option<Choice>> {
         match self {
             Brain::Full { policy, chunk } => chunk.act(&mut **policy, step, obs, action),
             Brain::TwoSpeed { policy, chunk } => chunk.act(&mut **policy, step, obs, action),
             Brain::Hold => {
                 action.fill(0.0);
-                Ok(HOLD_CHOICE)
+                Ok(None)
             }
         }
     }

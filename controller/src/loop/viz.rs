@@ -5,9 +5,9 @@
 //!  control thread ── end of tick: copy TickFrame ──try_send──► bounded channel
 //!   (fixed size, no allocation; a full channel drops the frame, counted in
 //!    report.viz_drops)                                               │
-//!                                            logger thread (select over records and
-//!                                            frames) ── viz::tick::TickLogger ──► rerun
-//!                                            SDK (batches on its own thread) ──► .rrd / viewer
+//!                                            recording thread (of the logger) ──
+//!                                            viz::tick::TickLogger ──► rerun SDK
+//!                                            (batches on its own thread) ──► .rrd / viewer
 //! ```
 //!
 //! The frame types are always compiled, so the control thread's code is the same with
@@ -125,7 +125,8 @@ pub struct TickFrame {
     /// How late the loop woke after its deadline.
     pub jitter_ns: u64,
     /// From waking to handing over this frame: the tick's whole work (read, checks,
-    /// policy, send, log); above one period it overran.
+    /// policy, send, log). The tick overran when jitter plus work exceeds a period
+    /// (or less, after `--align-phase` moved the grid earlier).
     pub work_ns: u64,
     pub read_ns: u64,
     pub act: Option<ActFrame>,

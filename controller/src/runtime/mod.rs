@@ -148,11 +148,14 @@ pub fn load_networks(
                 "this controller was built without the `ort` feature; rebuild with `--features ort`"
             ),
         };
-        probe(nets.as_mut(), &bundle.manifest, rows)?;
+        probe(nets.as_mut(), &bundle.manifest, rows).with_context(|| {
+            format!("{}: running the graphs once at load", bundle.dir.display())
+        })?;
         Ok(nets)
     };
-    // On the uplink thread during a run, a panic here must not stop the robot: the
-    // running policy keeps acting (`reload`).
+    // On the uplink thread during a run (a bundle the trainer published, swapped in by
+    // the streamer), a panic here must not stop the robot: the running policy keeps
+    // acting.
     match crate::robot_loop::realtime::catching_panics(build) {
         Ok(nets) => nets,
         Err(why) => bail!(
@@ -193,14 +196,13 @@ fn probe(nets: &mut dyn Networks, m: &Manifest, rows: GraphRows) -> Result<()> {
         let mut q = vec![0.0; rows.critic_members * rows.score];
         for member in 0..m.selection.ensemble_size {
             let members = vec![member as i64; rows.critic_members];
-            nets.critic(&obs, &actions, &members, &mut q)
-                .with_context(|| {
-                    format!(
-                        "critic member {member} (selection.ensemble_size is {})",
-                        m.selection.ensemble_size
-                    )
-                })?;
-            finite(&q, "critic")?;
+            let ran = nets.critic(&obs, &actions, &members, &mut q);
+            ran.and_then(|()| finite(&q, "critic")).with_context(|| {
+                format!(
+                    "critic member {member} (selection.ensemble_size is {})",
+                    m.selection.ensemble_size
+                )
+            })?;
         }
     }
     Ok(())
@@ -364,6 +366,16 @@ impl Policy {
         for (((dst, &x), &m), &s) in self.obs.iter_mut().zip(raw).zip(&o.mean).zip(&o.std) {
             *dst = (x - m) / s;
         }
+        // A finite value far enough from the mean (or a tiny std) overflows here, and
+        // the networks would then answer NaN that only the action check names.
+        if let Some(i) = self.obs.iter().position(|z| !z.is_finite()) {
+            bail!(
+                "observation[{i}] = {} overflows the bundle's normalisation (mean {}, std {})",
+                raw[i],
+                o.mean[i],
+                o.std[i]
+            );
+        }
         Ok(())
     }
 
@@ -400,6 +412,16 @@ impl Policy {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
+        // NaN scores lose (as in training), so the best score is not finite only when
+        // no candidate scored finite, or one scored +inf: the critic has blown up on
+        // this observation, and the robot is not driven by what it picked.
+        ensure!(
+            params.critic_subset == 0 || choice.score.is_finite(),
+            "the critic's best score over the {} candidates is {}, not finite (it has \
+             blown up on this observation)",
+            params.num_samples + params.num_edit,
+            choice.score
+        );
         let a = &self.candidates[choice.index * self.act_dim..(choice.index + 1) * self.act_dim];
         let spec = &self.manifest.action;
         // Every action of a chunk has the same bounds.

@@ -13,7 +13,7 @@
 //! optimization. Inputs are passed as borrowed views of the policy's buffers.
 
 use super::{Networks, copy_output};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -89,10 +89,18 @@ fn view(shape: [usize; 2], data: &[f32]) -> Result<TensorRef<'_, f32>> {
     TensorRef::from_array_view((shape, data)).map_err(|e| anyhow!("input tensor: {e}"))
 }
 
-fn copy(out: &ort::value::DynValue, dst: &mut [f32], what: &str) -> Result<()> {
-    let (_, s) = out
+/// Copies a graph output of the shape the graph contract names (`[rows, A]`, `[K, rows]`):
+/// the value count alone would let a transposed output through, read in the wrong order
+/// (as the tract backend checks).
+fn copy(out: &ort::value::DynValue, shape: [usize; 2], dst: &mut [f32], what: &str) -> Result<()> {
+    let (got, s) = out
         .try_extract_tensor::<f32>()
         .map_err(|e| anyhow!("{what}: {e}"))?;
+    let same = got.len() == 2 && got.iter().zip(shape).all(|(&g, e)| g == e as i64);
+    if !same {
+        let got: Vec<i64> = got.iter().copied().collect();
+        bail!("{what}: graph returned shape {got:?}, expected {shape:?}");
+    }
     copy_output(s, dst, what)
 }
 
@@ -108,7 +116,7 @@ impl Networks for OrtNetworks {
                 view([1, 1], &t[..])?,
             ])
             .map_err(|e| anyhow!("denoiser: {e}"))?;
-        copy(&out[0], eps, "denoiser")
+        copy(&out[0], [rows, self.act_dim], eps, "denoiser")
     }
 
     fn edit(
@@ -124,8 +132,8 @@ impl Networks for OrtNetworks {
         let out = s
             .run(ort::inputs![view([1, od], obs)?, view([rows, ad], base)?])
             .map_err(|e| anyhow!("edit: {e}"))?;
-        copy(&out[0], mean, "edit mean")?;
-        copy(&out[1], log_std, "edit log_std")
+        copy(&out[0], [rows, ad], mean, "edit mean")?;
+        copy(&out[1], [rows, ad], log_std, "edit log_std")
     }
 
     fn critic(
@@ -147,6 +155,6 @@ impl Networks for OrtNetworks {
                 m,
             ])
             .map_err(|e| anyhow!("critic: {e}"))?;
-        copy(&out[0], q, "critic")
+        copy(&out[0], [members.len(), rows], q, "critic")
     }
 }
