@@ -58,8 +58,9 @@
 //! - `serial.baud` fast enough that one step's `Sensor` and `Reward` frames take at
 //!   most half of a control period on the line
 //!   ([`crate::protocol::step_wire_bytes`], 10 bits per byte);
-//! - the envelope `[safety.action_min, safety.action_max]` contains 0, the hold action
-//!   the firmware falls back to on its own;
+//! - `command_timeout_ms` and `safety.stale_sensor_ms` at most [`MAX_TIMEOUT_MS`];
+//! - the envelope `[safety.action_min, safety.action_max]` lies within the policy's
+//!   `[-1, 1]` and contains 0, the hold action the firmware falls back to on its own;
 //! - `action.scale` normal (the firmware divides by it) and the envelope's bounds finite
 //!   in robot units.
 //!
@@ -221,6 +222,11 @@ pub const MAX_CONTROL_HZ: u32 = 10_000;
 /// The command watchdog (`command_timeout_ms`) and the stale-sensor limit
 /// (`safety.stale_sensor_ms`) span at least this many control periods.
 pub const MIN_TIMEOUT_PERIODS: f64 = 2.0;
+
+/// The longest command watchdog and stale-sensor limit (ms), a minute: `u32::MAX` ms
+/// (seven weeks) passed and turned the watchdog off. Tests of slow simulated robots
+/// use up to 40 s.
+pub const MAX_TIMEOUT_MS: u32 = 60_000;
 
 /// The built-in example robots, one per simulated task: `(name, TOML text)`. The
 /// files live in `firmware-config/robots/`.
@@ -542,6 +548,17 @@ impl RobotConfig {
                     )
                 },
             )?;
+            // Inside the policy's range: actions outside it (a teleop device's, an
+            // edited candidate's) would be sent and recorded, and the trainer refuses
+            // datasets holding them.
+            for (bound, value) in [
+                ("action_min", s.action_min[i]),
+                ("action_max", s.action_max[i]),
+            ] {
+                check(value.abs() <= 1.0, &format!("safety.{bound}[{i}]"), || {
+                    format!("must be within the policy's range [-1, 1], found {value}")
+                })?;
+            }
             // The firmware falls back to the zero action (a Reset, a watchdog, a safe
             // stop): the envelope must allow it, or the controller's hold and the
             // firmware's would differ.
@@ -599,6 +616,9 @@ impl RobotConfig {
                 "must be at least {MIN_TIMEOUT_PERIODS} control periods ({periods_ms} ms at {} Hz), found {ms}",
                 self.control_hz
             )
+        })?;
+        check(ms <= MAX_TIMEOUT_MS, field, || {
+            format!("must be at most {MAX_TIMEOUT_MS} ms (a longer watchdog is none), found {ms}")
         })
     }
 

@@ -943,7 +943,11 @@ impl Frame {
         let crc = crc32(&raw[..body]);
         raw[body..body + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
         let raw = &raw[..body + CRC_LEN];
-        let n = cobs_encode(raw, out)?;
+        // The delimiter needs a byte after the encoded block, in either error.
+        let n = cobs_encode(raw, out).map_err(|e| EncodeError {
+            needed: e.needed + 1,
+            ..e
+        })?;
         let len = out.len();
         *out.get_mut(n).ok_or(EncodeError { len, needed: n + 1 })? = 0;
         Ok(n + 1)
@@ -1215,34 +1219,53 @@ pub enum SeqEvent {
     Gap { lost: u16 },
     /// A repeat of, or older than, a frame already seen (duplicate or reordered).
     Stale,
+    /// The peer's numbering jumped and this frame is the [`SeqTracker::RESYNC_AFTER`]-th
+    /// in a row counting on from the new numbers: taken as current from now on (a
+    /// restart whose `Hello` was lost on the line, or a long outage). Not stale.
+    Resync,
 }
 
 /// Follows the peer's sequence numbers: counts lost, duplicated and reordered frames.
 ///
 /// A jump forward by less than half the sequence space is a gap (frames lost); any
 /// other jump (including 0) is a stale frame. Restart it with [`SeqTracker::reset`]
-/// when the peer restarts its counter (a new `Hello`).
+/// when the peer restarts its counter (a new `Hello`). Stale frames that count on from
+/// each other are a new numbering, not repeats: the [`Self::RESYNC_AFTER`]-th of them
+/// in a row resynchronises ([`SeqEvent::Resync`]). Without that, a restart whose
+/// `Hello` was damaged left every later frame stale for up to 32,768 frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SeqTracker {
     last: Option<u16>,
+    /// The newest stale frame's number and how many stale frames in a row led up to it,
+    /// each one more than the one before.
+    stale_run: Option<(u16, u8)>,
     pub received: u32,
     pub lost: u32,
     pub stale: u32,
+    pub resyncs: u32,
 }
 
 impl SeqTracker {
+    /// Stale frames in a row, numbered one after another, that make a new numbering.
+    /// Three: a serial link does not reorder, and a duplicated pair of frames is not
+    /// taken for a restart.
+    pub const RESYNC_AFTER: u8 = 3;
+
     pub const fn new() -> Self {
         SeqTracker {
             last: None,
+            stale_run: None,
             received: 0,
             lost: 0,
             stale: 0,
+            resyncs: 0,
         }
     }
 
     /// Forgets the last number (counts stay).
     pub fn reset(&mut self) {
         self.last = None;
+        self.stale_run = None;
     }
 
     pub fn observe(&mut self, seq: u16) -> SeqEvent {
@@ -1254,12 +1277,25 @@ impl SeqTracker {
         let d = seq.wrapping_sub(last);
         if d == 1 {
             self.last = Some(seq);
+            self.stale_run = None;
             SeqEvent::InOrder
         } else if d != 0 && d < 0x8000 {
             self.last = Some(seq);
+            self.stale_run = None;
             self.lost = self.lost.saturating_add(d as u32 - 1);
             SeqEvent::Gap { lost: d - 1 }
         } else {
+            let run = match self.stale_run {
+                Some((prev, n)) if seq == prev.wrapping_add(1) => n + 1,
+                _ => 1,
+            };
+            if run >= Self::RESYNC_AFTER {
+                self.last = Some(seq);
+                self.stale_run = None;
+                self.resyncs = self.resyncs.saturating_add(1);
+                return SeqEvent::Resync;
+            }
+            self.stale_run = Some((seq, run));
             self.stale = self.stale.saturating_add(1);
             SeqEvent::Stale
         }

@@ -351,8 +351,12 @@ fn read_values<const N: usize>(bytes: &[u8], n: u8) -> [f32; N] {
 
 #[cfg(test)]
 mod tests {
+    // The library is `no_std` without the `std` feature; its tests use std either way.
+    extern crate std;
     use super::*;
     use proptest::prelude::*;
+    use std::vec;
+    use std::vec::Vec;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5000))]

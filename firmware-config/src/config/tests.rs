@@ -223,6 +223,30 @@ fn semantic_errors_name_file_line_and_field() {
         ),
         (
             "action_max = [1.0, 1.0]",
+            "action_max = [2.0, 1.0]",
+            "safety.action_max[0]",
+            "must be within the policy's range [-1, 1], found 2",
+        ),
+        (
+            "action_min = [-1.0, -1.0]",
+            "action_min = [-1.0, -1.5]",
+            "safety.action_min[1]",
+            "must be within the policy's range [-1, 1], found -1.5",
+        ),
+        (
+            "command_timeout_ms = 200",
+            "command_timeout_ms = 60001",
+            "command_timeout_ms",
+            "must be at most 60000 ms (a longer watchdog is none), found 60001",
+        ),
+        (
+            "stale_sensor_ms = 150",
+            "stale_sensor_ms = 4294967295",
+            "safety.stale_sensor_ms",
+            "must be at most 60000 ms (a longer watchdog is none), found 4294967295",
+        ),
+        (
+            "action_max = [1.0, 1.0]",
             "action_max = [-0.5, 1.0]",
             "safety.action_max[0]",
             "must be at least 0 (the hold action, which the firmware falls back to, must be inside the envelope), found -0.5",

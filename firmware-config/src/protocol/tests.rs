@@ -1,5 +1,8 @@
+// The library is `no_std` without the `std` feature; its tests use std either way.
+extern crate std;
 use super::*;
 use proptest::prelude::*;
+use std::vec;
 use std::vec::Vec as StdVec;
 
 fn enc(input: &[u8]) -> StdVec<u8> {
@@ -319,6 +322,29 @@ fn seq_tracker() {
     assert_eq!(timestamp_delta_us(5, u32::MAX - 4), 10);
 }
 
+/// A restart whose `Hello` was lost: the new numbering (1, 2, 3, … after 5000) is
+/// stale for its first two frames, then taken up; it used to stay stale for 32,768
+/// frames. Repeats that do not count on from each other never resynchronise.
+#[test]
+fn seq_tracker_resynchronises_on_a_new_numbering() {
+    let mut t = SeqTracker::new();
+    t.observe(4999);
+    assert_eq!(t.observe(5000), SeqEvent::InOrder);
+    assert_eq!(t.observe(1), SeqEvent::Stale);
+    assert_eq!(t.observe(2), SeqEvent::Stale);
+    assert_eq!(t.observe(3), SeqEvent::Resync);
+    for seq in 4..=8 {
+        assert_eq!(t.observe(seq), SeqEvent::InOrder);
+    }
+    assert_eq!((t.stale, t.resyncs, t.lost), (2, 1, 0));
+    // Duplicates, and a duplicated pair, stay stale.
+    for seq in [8, 8, 8, 7, 8, 7, 8] {
+        assert_eq!(t.observe(seq), SeqEvent::Stale);
+    }
+    assert_eq!(t.observe(9), SeqEvent::InOrder);
+    assert_eq!(t.resyncs, 1);
+}
+
 // ----------------------------------------------------------------------------------------
 // Property tests
 
@@ -603,6 +629,16 @@ fn encode_errors_name_the_length_the_message_needs() {
         49
     );
     assert_eq!(sensor.encode_payload(&mut out).unwrap(), 49);
+    // A whole frame's need counts the delimiter after the encoded block (it said one
+    // byte less when the block itself did not fit), and that many bytes are enough.
+    let largest = Frame {
+        seq: 7,
+        timestamp_us: 9,
+        message: Message::sensor(0, 0, &[0.5; MAX_OBS]).unwrap(),
+    };
+    let e = largest.encode(&mut [0u8; 100]).unwrap_err();
+    assert_eq!((e.len, e.needed), (100, MAX_FRAME));
+    assert!(largest.encode(&mut vec![0u8; e.needed]).is_ok());
 }
 
 #[test]
