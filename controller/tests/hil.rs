@@ -809,6 +809,20 @@ fn fault_duplicated_and_reordered_frames() {
     assert!(compared > 0, "{report}");
 }
 
+/// Setup: every frame, the handshake's Hello included, sent again 3 frames later.
+/// Expected: the late copy of the firmware's first Hello (numbered 0) is stale, not a
+/// reboot: no `firmware_reset` fault (it was one, with a safe stop and a handshake).
+#[test]
+fn fault_a_late_copy_of_the_first_hello_is_no_reboot() {
+    let _g = serial();
+    let (report, out, fw) = link_fault_run("seed=8,echo=1:3");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(fw.faults.echoed > 0);
+    assert_eq!(faults_of(&report, "firmware_reset"), 0, "{report}");
+    assert!(report["ignored_hellos"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(episodes(&report).len(), 2);
+}
+
 /// Setup: 10% of frames sent again 2 frames later (a late duplicate: a `Sensor` frame's
 /// copy arrives with the next step's frames). Expected: the copy changes nothing. A
 /// step's observation keeps the receive time of its first copy, so the transition that
@@ -1519,8 +1533,23 @@ fn settings_the_loop_cannot_run_with_are_refused() {
 /// runs the remaining episodes.
 #[test]
 fn disconnect_and_reconnect() {
+    disconnect_and_reconnect_holding(5);
+}
+
+/// The same with a safe stop longer than the reopening (400 ticks at 10×, 2 s; the path
+/// is tried every 100 ms): the port comes back while the stop still holds. Nothing goes
+/// to the new firmware before the handshake: not the rest of the hold (our robot's
+/// offset in its units), not the Estop. They did, and its Estop, never answered, then
+/// took a stop button's fault for its answer.
+#[test]
+fn a_port_back_during_the_safe_stop_gets_the_handshake_first() {
+    disconnect_and_reconnect_holding(400);
+}
+
+fn disconnect_and_reconnect_holding(hold_ticks: u32) {
     let _g = serial();
-    let mut sim = Sim::new(robot(|_| {}), Pacing::RealTime, "");
+    let robot = robot(|r| r.safety.hold_ticks_before_torque_off = hold_ticks);
+    let mut sim = Sim::new(robot, Pacing::RealTime, "");
     let link = sim._dir.path().join("ttyEXPO");
     std::os::unix::fs::symlink(sim.port(), &link).unwrap();
     let child = sim

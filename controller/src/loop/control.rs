@@ -330,10 +330,17 @@ pub(crate) struct Control {
     /// with that number is a duplicated or reordered copy of it (a Hello restarts the
     /// numbers).
     estop_answer_seq: Option<u16>,
+    /// The number of the last `Fault { Watchdog | InvalidCommand }` taken as the
+    /// firmware falling back to its hold: a frame with that number is a copy of it.
+    fallback_seq: Option<u16>,
     torque_off: bool,
     /// Ticks in a row whose Estop could not be written ([`ESTOP_WRITE_TRIES`]).
     estop_write_failures: u32,
     link_down: bool,
+    /// A port reopened while a safe stop was still holding: taken into use only when
+    /// the stop ends and the handshake begins. Its firmware has not confirmed its robot
+    /// id, so neither the rest of the hold ramp nor the Estop goes to it.
+    pending_writer: Option<Box<dyn std::io::Write + Send>>,
     pub fatal: Option<String>,
     action: [f32; MAX_ACT],
     obs: [f32; MAX_OBS],
@@ -452,9 +459,11 @@ impl Control {
             busy_wait: false,
             estops_unanswered: 0,
             estop_answer_seq: None,
+            fallback_seq: None,
             torque_off: false,
             estop_write_failures: 0,
             link_down: false,
+            pending_writer: None,
             fatal: None,
             action: [0.0; MAX_ACT],
             obs: [0.0; MAX_OBS],
@@ -696,11 +705,13 @@ impl Control {
                 }
                 LinkEvent::Reconnected(w) => {
                     let w: Box<dyn std::io::Write + Send> = Box::new(w);
-                    self.gate.set_writer(w);
-                    self.link_down = false;
-                    self.torque_off = false;
-                    if let Phase::Reconnecting { .. } = self.phase {
-                        self.enter_handshake(now);
+                    match self.phase {
+                        Phase::SafeStop { .. } if self.link_down => self.pending_writer = Some(w),
+                        Phase::Reconnecting { .. } => {
+                            self.take_writer(w);
+                            self.enter_handshake(now);
+                        }
+                        _ => self.take_writer(w),
                     }
                 }
             }
@@ -830,15 +841,17 @@ impl Control {
             }
             Message::Fault { code } => {
                 let fell_back = matches!(code, FaultCode::Watchdog | FaultCode::InvalidCommand);
-                if fell_back
-                    && !seq.stale
-                    && matches!(self.phase, Phase::Running | Phase::Ending { .. })
+                // A stale frame is a copy only when its number is the one handled: an
+                // original held back behind a later frame (reordered) is stale too.
+                let copy = seq.stale && self.fallback_seq == Some(seq.number);
+                if fell_back && !copy && matches!(self.phase, Phase::Running | Phase::Ending { .. })
                 {
                     // The firmware fell back to its own hold while we were acting: that
                     // is the reference of the safe stop's first command, which must not
                     // restart the motion the firmware has just stopped. (In a safe stop
                     // our hold commands since then have ended the firmware's hold.)
                     self.gate.firmware_holds();
+                    self.fallback_seq = Some(seq.number);
                 }
                 if code == FaultCode::Estop {
                     if seq.stale && self.estop_answer_seq == Some(seq.number) {
@@ -890,7 +903,11 @@ impl Control {
                     return;
                 }
                 if let Phase::Handshaking { .. } = self.phase {
+                    // A firmware behind a reopened port answers no Estop sent before
+                    // (an answer still counted as ours would swallow a stop button's).
                     self.estop_answer_seq = None;
+                    self.fallback_seq = None;
+                    self.estops_unanswered = 0;
                     self.phase = Phase::Idle;
                 } else if seq.number != 0 || seq.stale {
                     // Not a reboot, whose Hello is its first frame (numbered 0): a late
@@ -906,6 +923,7 @@ impl Control {
                     // Nor will it answer an Estop sent before it rebooted: an answer
                     // still counted as ours would swallow a stop button's.
                     self.estop_answer_seq = None;
+                    self.fallback_seq = None;
                     self.estops_unanswered = 0;
                     self.torque_off = false;
                     self.gate.firmware_holds();
@@ -1249,6 +1267,14 @@ impl Control {
         self.phase = Phase::SafeStop { left: hold, then };
     }
 
+    /// Writes go to a reopened port from now on. The firmware behind it holds with its
+    /// own hold action and its torque on, whatever was sent before.
+    fn take_writer(&mut self, w: Box<dyn std::io::Write + Send>) {
+        self.gate.set_writer(w);
+        self.link_down = false;
+        self.torque_off = false;
+    }
+
     fn enter_handshake(&mut self, now: Instant) {
         self.phase = Phase::Handshaking {
             since: now,
@@ -1453,6 +1479,9 @@ impl Control {
                 self.phase
             }
             After::Reconnect => {
+                if let Some(w) = self.pending_writer.take() {
+                    self.take_writer(w);
+                }
                 if self.link_down {
                     Phase::Reconnecting {
                         until: now + self.cfg.reconnect.unwrap_or_default(),
@@ -2175,5 +2204,37 @@ mod tests {
         c.on_operator(start + LABEL_GRACE, OperatorCommand::Reset);
         assert_eq!(c.report.operator.resets, 1);
         assert_eq!(c.phase, Phase::Idle);
+    }
+
+    /// A watchdog fault held back behind a later frame arrives stale, but it is the
+    /// firmware's first word of its fallback: the safe stop starts from the firmware's
+    /// hold, not from our last command. A copy of it (the same number) later changes
+    /// nothing.
+    #[test]
+    fn a_reordered_watchdog_fault_moves_the_reference_to_the_firmwares_hold() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.begin_episode(0, 7, Instant::now());
+        let push = |c: &mut Control| {
+            for _ in 0..4 {
+                c.gate.send_command(&[0.6, 0.6]).unwrap();
+            }
+            assert!(c.gate.last()[0] > 0.5);
+        };
+        push(&mut c);
+        let now = Instant::now();
+        let watchdog = Message::Fault {
+            code: FaultCode::Watchdog,
+        };
+        let reordered = Seq {
+            number: 40,
+            stale: true,
+        };
+        c.on_message(watchdog.clone(), 0, now, now, reordered);
+        assert_eq!(c.gate.last()[..2], [0.0, 0.0]);
+        c.phase = Phase::Running;
+        push(&mut c);
+        c.on_message(watchdog, 0, now, now, reordered);
+        assert!(c.gate.last()[0] > 0.5, "a copy moved the reference");
     }
 }

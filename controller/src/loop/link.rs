@@ -163,6 +163,13 @@ impl Drop for Link {
     }
 }
 
+/// Frames after a Hello numbered 0 within which another Hello with its number and
+/// firmware timestamp is a copy of it, not a new reboot. Copies come back a few frames
+/// late (a duplicated or echoed frame); a firmware that rebooted again that soon, at
+/// the same microsecond of its clock, is not told apart (its frames then resynchronise
+/// the numbering, `SeqTracker::RESYNC_AFTER`).
+const HELLO_COPY_WINDOW: u32 = 256;
+
 fn io_thread(
     mut port: Box<dyn SerialPort>,
     path: PathBuf,
@@ -174,8 +181,9 @@ fn io_thread(
 ) {
     let mut decoder = FrameDecoder::new();
     let mut seq = SeqTracker::new();
-    // The previous frame's (number, timestamp) when it was a Hello.
-    let mut last_hello: Option<(u16, u32)> = None;
+    // The firmware timestamp of the last Hello numbered 0 that restarted the numbering,
+    // and the frames read since.
+    let mut zero_hello: Option<(u32, u32)> = None;
     // Counters of decoders from before a reconnect.
     let mut base = LinkCounters::default();
     let mut drops = 0u64;
@@ -198,15 +206,24 @@ fn io_thread(
                     let ev = match r {
                         Ok(frame) => {
                             let hello = matches!(frame.message, Message::Hello(_));
-                            let stamp = (frame.seq, frame.timestamp_us);
                             // A Hello numbered 0 starts the firmware's sequence over
                             // (a reboot, or a freshly booted firmware's answer), unless
-                            // it is a copy of the frame just before it (a duplicated
-                            // reboot Hello): that one is stale under the new numbering.
-                            if hello && frame.seq == 0 && last_hello != Some(stamp) {
-                                seq.reset();
+                            // it is a copy of the one that last did, duplicated or sent
+                            // again late on the line: that one is stale under the new
+                            // numbering (it used to be taken for a reboot when other
+                            // frames came between).
+                            if hello && frame.seq == 0 {
+                                let copy = zero_hello.is_some_and(|(stamp, since)| {
+                                    stamp == frame.timestamp_us && since < HELLO_COPY_WINDOW
+                                });
+                                if !copy {
+                                    seq.reset();
+                                    zero_hello = Some((frame.timestamp_us, 0));
+                                }
                             }
-                            last_hello = hello.then_some(stamp);
+                            if let Some((_, since)) = &mut zero_hello {
+                                *since = since.saturating_add(1);
+                            }
                             // Stale (duplicated, reordered) frames are still
                             // published: the control thread drops them by episode and
                             // step, which is what matters for acting and logging.
@@ -257,7 +274,7 @@ fn io_thread(
                 // Whatever was half-received before is garbage now.
                 decoder.clear();
                 seq.reset();
-                last_hello = None;
+                zero_hello = None;
                 base.reconnects += 1;
                 if tx
                     .send_timeout(LinkEvent::Reconnected(w), Duration::from_secs(1))

@@ -1206,8 +1206,15 @@ fn write_report(dir: &Path, report: &RunReport) -> Result<(), RunError> {
     }
     let text = serde_json::to_string_pretty(report).unwrap_or_default();
     let tmp = dir.join("report.json.tmp");
-    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
+    // Synced before the rename and the directory after it: the old report was moved
+    // away, so a power cut must find the new one whole, not an empty file or no file.
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()
+    });
+    written.map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
+    dataset::sync_dir(dir).map_err(io(format!("syncing {}", dir.display())))
 }
 
 /// Joint names when there is one joint per action value, else `a0`, `a1`, …
