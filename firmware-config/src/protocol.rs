@@ -23,6 +23,9 @@
 //! - `version` is [`PROTOCOL_VERSION`]. It and the trailing CRC are the two things every
 //!   future version keeps in place, so a receiver can always check the CRC first and then
 //!   tell "the other side speaks version N" ([`FrameError::Version`]) from line noise.
+//!   A firmware that receives a frame of another version answers it with its own
+//!   `Hello` (the simulated firmware does): that is how a controller of another version
+//!   learns why it gets no answer, instead of a bare handshake timeout.
 //! - `type` is a [`MessageType`].
 //! - `seq` counts frames per direction (each side has its own counter) and wraps at
 //!   2^16; [`SeqTracker`] turns it into lost / duplicated / reordered counts.
@@ -108,8 +111,11 @@
 //! 0. The controller restarts its sequence tracking on it; without it, the restarted
 //! numbers would read as stale copies of frames already seen. Outside a handshake, the
 //! controller takes only a `Hello` numbered 0 for a reboot: others are late answers to
-//! its own resent `Hello`s. A copy of that `Hello` (same number and timestamp) right
-//! behind it is a duplicate on the link, not a second reboot.
+//! its own resent `Hello`s. A copy of that `Hello` (same number and timestamp) within
+//! the next 256 frames is a duplicate on the link, not a second reboot. If the reboot's
+//! `Hello` is lost on the line, the restarted numbers read as stale until three of them
+//! in a row count on from each other ([`SeqTracker::RESYNC_AFTER`]); then they are the
+//! numbering again.
 
 use heapless::Vec;
 

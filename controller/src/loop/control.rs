@@ -696,6 +696,8 @@ impl Control {
                 }
                 LinkEvent::Lost(why) => {
                     self.link_down = true;
+                    // A port reopened meanwhile and kept aside is the one that failed.
+                    self.pending_writer = None;
                     let after = if self.cfg.reconnect.is_some() {
                         After::Reconnect
                     } else {
@@ -968,6 +970,8 @@ impl Control {
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
         self.estops_unanswered = 0;
+        // Deadlines missed before the episode (a stall while idle) are not its own.
+        self.consecutive_overruns = 0;
         self.track = Some(Track::new(episode, seed, now));
         self.snap_phase = true;
         self.phase = Phase::Running;
@@ -2236,5 +2240,53 @@ mod tests {
         push(&mut c);
         c.on_message(watchdog, 0, now, now, reordered);
         assert!(c.gate.last()[0] > 0.5, "a copy moved the reference");
+    }
+
+    /// Deadlines missed before an episode began (a stall while idle) are not the
+    /// episode's: its first tick is no deadline fault.
+    #[test]
+    fn a_stall_before_the_episode_is_not_its_fault() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.cfg.max_consecutive_overruns = 3;
+        let d = Instant::now();
+        c.next_deadline(d, d + c.period * 12);
+        assert!(c.consecutive_overruns >= 3);
+        c.begin_episode(0, 7, Instant::now());
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+    }
+
+    /// A port reopened during a safe stop and lost again before the stop ended is not
+    /// taken up when it ends: the run goes on waiting for the link (it handshook on the
+    /// dead port).
+    #[test]
+    fn a_port_lost_again_during_the_safe_stop_is_not_used() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.link_down = true;
+        c.phase = Phase::SafeStop {
+            left: 3,
+            then: After::Reconnect,
+        };
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        tx.send(LinkEvent::Lost("gone again".into())).unwrap();
+        for _ in 0..20 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if !matches!(c.phase, Phase::SafeStop { .. }) {
+                break;
+            }
+        }
+        assert!(
+            matches!(c.phase, Phase::Reconnecting { .. }),
+            "{:?}",
+            c.phase
+        );
+        assert!(c.link_down);
     }
 }

@@ -15,7 +15,7 @@
 //! handing the control thread a fresh write handle ([`LinkEvent::Reconnected`]).
 
 use super::realtime;
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, bounded};
 use firmware_config::protocol::{
     DecoderStats, Frame, FrameDecoder, FrameError, Message, SeqEvent, SeqTracker,
 };
@@ -60,6 +60,9 @@ pub struct LinkCounters {
     pub seq_lost: u64,
     /// Duplicated or reordered frames according to the sequence numbers.
     pub seq_stale: u64,
+    /// Jumps in the firmware's numbering taken up as a new numbering
+    /// (`SeqEvent::Resync`: a restart whose `Hello` was lost, a long outage).
+    pub seq_resyncs: u64,
     /// Frames dropped because the control thread's queue was full.
     pub queue_drops: u64,
     pub read_errors: u64,
@@ -163,11 +166,15 @@ impl Drop for Link {
     }
 }
 
+/// How long the I/O thread waits for room in a full queue for a firmware's `Fault`
+/// frame (other frames are dropped and counted at once).
+const FAULT_SEND_WAIT: Duration = Duration::from_secs(1);
+
 /// Frames after a Hello numbered 0 within which another Hello with its number and
-/// firmware timestamp is a copy of it, not a new reboot. Copies come back a few frames
-/// late (a duplicated or echoed frame); a firmware that rebooted again that soon, at
-/// the same microsecond of its clock, is not told apart (its frames then resynchronise
-/// the numbering, `SeqTracker::RESYNC_AFTER`).
+/// firmware timestamp is taken for a copy of it, not a new reboot. Copies come back a
+/// few frames late (a duplicated or echoed frame). A firmware that rebooted again that
+/// soon, at the same microsecond of its clock, renumbers its next frames from 1: on
+/// the third of them (`SeqTracker::RESYNC_AFTER`) its Hello is published after all.
 const HELLO_COPY_WINDOW: u32 = 256;
 
 fn io_thread(
@@ -184,17 +191,38 @@ fn io_thread(
     // The firmware timestamp of the last Hello numbered 0 that restarted the numbering,
     // and the frames read since.
     let mut zero_hello: Option<(u32, u32)> = None;
+    // A Hello numbered 0 taken for a copy of that one, kept while the numbering may
+    // still show otherwise: frames that renumber from 1 after it (`SeqEvent::Resync`)
+    // make it a second reboot after all (one that booted at the same microsecond), and
+    // it is published then, ahead of them. The next frame in order makes it a copy.
+    let mut held_hello: Option<Frame> = None;
     // Counters of decoders from before a reconnect.
     let mut base = LinkCounters::default();
     let mut drops = 0u64;
     let mut buf = [0u8; 1024];
-    let publish = |ev: LinkEvent, drops: &mut u64| match tx.try_send(ev) {
-        Ok(()) => true,
-        Err(TrySendError::Full(_)) => {
-            *drops += 1;
-            true
+    let publish = |ev: LinkEvent, drops: &mut u64| {
+        // A firmware's fault (its stop button above all) is waited for like a link loss,
+        // not dropped on a full queue with the sensor frames.
+        let fault = matches!(&ev, LinkEvent::Frame { frame, .. }
+            if matches!(frame.message, Message::Fault { .. }));
+        if fault {
+            return match tx.send_timeout(ev, FAULT_SEND_WAIT) {
+                Ok(()) => true,
+                Err(SendTimeoutError::Timeout(_)) => {
+                    *drops += 1;
+                    true
+                }
+                Err(SendTimeoutError::Disconnected(_)) => false,
+            };
         }
-        Err(TrySendError::Disconnected(_)) => false,
+        match tx.try_send(ev) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                *drops += 1;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
     };
     while !stop.load(Ordering::Relaxed) {
         match port.read(&mut buf) {
@@ -216,9 +244,12 @@ fn io_thread(
                                 let copy = zero_hello.is_some_and(|(stamp, since)| {
                                     stamp == frame.timestamp_us && since < HELLO_COPY_WINDOW
                                 });
-                                if !copy {
+                                if copy {
+                                    held_hello = Some(frame.clone());
+                                } else {
                                     seq.reset();
                                     zero_hello = Some((frame.timestamp_us, 0));
+                                    held_hello = None;
                                 }
                             }
                             if let Some((_, since)) = &mut zero_hello {
@@ -227,7 +258,23 @@ fn io_thread(
                             // Stale (duplicated, reordered) frames are still
                             // published: the control thread drops them by episode and
                             // step, which is what matters for acting and logging.
-                            let stale = seq.observe(frame.seq) == SeqEvent::Stale;
+                            let event = seq.observe(frame.seq);
+                            match event {
+                                SeqEvent::InOrder | SeqEvent::Gap { .. } => held_hello = None,
+                                SeqEvent::Resync => {
+                                    if let Some(h) = held_hello.take() {
+                                        zero_hello = Some((h.timestamp_us, 0));
+                                        let reboot = LinkEvent::Frame {
+                                            rx,
+                                            frame: h,
+                                            stale: false,
+                                        };
+                                        alive &= publish(reboot, &mut drops);
+                                    }
+                                }
+                                SeqEvent::First | SeqEvent::Stale => {}
+                            }
+                            let stale = event == SeqEvent::Stale;
                             LinkEvent::Frame { rx, frame, stale }
                         }
                         Err(error) => LinkEvent::Error { rx, error },
@@ -275,6 +322,7 @@ fn io_thread(
                 decoder.clear();
                 seq.reset();
                 zero_hello = None;
+                held_hello = None;
                 base.reconnects += 1;
                 if tx
                     .send_timeout(LinkEvent::Reconnected(w), Duration::from_secs(1))
@@ -304,5 +352,118 @@ fn snapshot(
     c.read_errors = read_errors;
     c.seq_lost = seq.lost as u64;
     c.seq_stale = seq.stale as u64;
+    c.seq_resyncs = seq.resyncs as u64;
     c.queue_drops = drops;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firmware_config::protocol::{FaultCode, FrameEncoder};
+    use hil_tests::link::{Port, Pty};
+
+    /// With the queue full of sensor frames (a control thread stuck), a stop button still
+    /// gets through: its `Fault` frame waits for room, where a sensor frame is dropped
+    /// and counted. (It was dropped like the sensor frames.)
+    #[test]
+    fn a_fault_frame_waits_for_room_in_a_full_queue() {
+        let pty = Pty::open().unwrap();
+        let port = open_port(pty.path(), 115_200).unwrap();
+        let mut firmware = pty.into_port();
+        let mut link = Link::spawn(port, "test".into(), 115_200, None, 1).unwrap();
+        let mut enc = FrameEncoder::new();
+        let sensor = || Message::sensor(0, 0, &[0.5; 4]).unwrap();
+        let mut bytes = Vec::new();
+        for message in [
+            sensor(),
+            sensor(),
+            Message::Fault {
+                code: FaultCode::Estop,
+            },
+        ] {
+            bytes.extend_from_slice(&enc.to_wire(0, message));
+        }
+        firmware.write_all(&bytes).unwrap();
+        // The first sensor frame fills the queue; the second is dropped; the fault waits.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = Vec::new();
+        while let Ok(ev) = link.events.recv_timeout(Duration::from_millis(500)) {
+            if let LinkEvent::Frame { frame, .. } = ev {
+                got.push(frame.message);
+            }
+        }
+        link.stop();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(matches!(got[0], Message::Sensor { .. }));
+        assert_eq!(
+            got[1],
+            Message::Fault {
+                code: FaultCode::Estop
+            }
+        );
+        assert_eq!(link.counters().queue_drops, 1);
+    }
+
+    /// The frames the link thread publishes for what the firmware sends, with their
+    /// stale marks.
+    fn published(frames: &[Frame]) -> Vec<(Message, u16, bool)> {
+        let pty = Pty::open().unwrap();
+        let port = open_port(pty.path(), 115_200).unwrap();
+        let mut firmware = pty.into_port();
+        let mut link = Link::spawn(port, "test".into(), 115_200, None, 256).unwrap();
+        let mut bytes = Vec::new();
+        for f in frames {
+            bytes.extend_from_slice(&f.to_wire());
+        }
+        firmware.write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        while let Ok(ev) = link.events.recv_timeout(Duration::from_millis(500)) {
+            if let LinkEvent::Frame { frame, stale, .. } = ev {
+                got.push((frame.message, frame.seq, stale));
+            }
+        }
+        link.stop();
+        got
+    }
+
+    /// A late copy of the first Hello is stale; a second reboot at the same firmware
+    /// microsecond (its Hello looks like that copy) is published once its next frames
+    /// renumber from 1, so the control thread still sees the reboot.
+    #[test]
+    fn a_second_reboot_that_looks_like_a_copy_is_published_when_the_numbers_restart() {
+        let hello = Message::Hello(firmware_config::protocol::Hello::new(1, 4, 2, 20));
+        let frame = |seq: u16, message: Message| Frame {
+            seq,
+            timestamp_us: 0,
+            message,
+        };
+        let sensor = || Message::sensor(0, 0, &[0.5; 4]).unwrap();
+        let mut frames = vec![frame(0, hello.clone())];
+        frames.extend((1..=5).map(|n| frame(n, sensor())));
+        // A copy of the first Hello, then the numbering goes on.
+        frames.push(frame(0, hello.clone()));
+        frames.extend((6..=7).map(|n| frame(n, sensor())));
+        // A reboot at the same microsecond: Hello 0 again, then 1, 2, 3.
+        frames.push(frame(0, hello.clone()));
+        frames.extend((1..=3).map(|n| frame(n, sensor())));
+        let got = published(&frames);
+        let hellos: Vec<_> = got
+            .iter()
+            .filter(|(m, _, _)| matches!(m, Message::Hello(_)))
+            .map(|&(_, seq, stale)| (seq, stale))
+            .collect();
+        // The first, the copy (stale), the reboot's (stale when it came) and the
+        // reboot's again, published ahead of frame 2: the Hello, 1 and 2 count on from
+        // each other, and the third of them renumbers.
+        assert_eq!(
+            hellos,
+            [(0, false), (0, true), (0, true), (0, false)],
+            "{got:?}"
+        );
+        let last: Vec<_> = got[got.len() - 3..]
+            .iter()
+            .map(|&(_, n, s)| (n, s))
+            .collect();
+        assert_eq!(last, [(0, false), (2, false), (3, false)], "{got:?}");
+    }
 }

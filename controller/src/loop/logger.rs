@@ -30,6 +30,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// One episode as saved to the dataset.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -80,9 +81,13 @@ pub struct Logger {
     pub tx: Sender<Record>,
     pub shared: Arc<Mutex<LoggerSummary>>,
     handle: JoinHandle<LoggerSummary>,
-    /// The recording thread (`--rerun`): frames recorded, and its flush's error.
-    recording: Option<JoinHandle<(u64, Result<(), String>)>>,
+    /// The recording thread (`--rerun`) and how long the run's end waits for it
+    /// ([`TickSink::finish_wait`]).
+    recording: Option<(JoinHandle<Recorded>, Option<Duration>)>,
 }
+
+/// What the recording thread ends with: frames recorded, and its flush's error.
+type Recorded = (u64, Result<(), String>);
 
 impl Logger {
     /// Starts the thread; it writes `run` as the first record.
@@ -103,13 +108,17 @@ impl Logger {
         }));
         let recording = match ticks {
             None => None,
-            Some(mut t) => Some(realtime::spawn_in_run("recording", move || {
-                // Until the run ends: the control thread drops the frames' sender.
-                while let Ok(f) = t.rx.recv() {
-                    t.record(&f);
-                }
-                (t.recorded, t.sink.finish())
-            })?),
+            Some(mut t) => {
+                let wait = t.sink.finish_wait();
+                let thread = realtime::spawn_in_run("recording", move || {
+                    // Until the run ends: the control thread drops the frames' sender.
+                    while let Ok(f) = t.rx.recv() {
+                        t.record(&f);
+                    }
+                    (t.recorded, t.sink.finish())
+                })?;
+                Some((thread, wait))
+            }
         };
         let s = shared.clone();
         let handle = realtime::spawn_in_run("logger", move || {
@@ -145,15 +154,30 @@ impl Logger {
                 s
             }
         };
-        if let Some(r) = recording {
-            match r.join() {
-                Ok((recorded, flushed)) => {
-                    summary.rerun_ticks = Some(recorded);
-                    if let Err(e) = flushed {
-                        summary.errors.push(e);
+        if let Some((r, wait)) = recording {
+            // A viewer that stopped reading blocks the recording thread inside a tick:
+            // past the sink's bound it is left behind (it ends with the process), so
+            // that the run still writes its report and exits.
+            let start = Instant::now();
+            while wait.is_some_and(|w| start.elapsed() < w) && !r.is_finished() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !r.is_finished() && wait.is_some() {
+                summary.errors.push(format!(
+                    "the rerun recording did not finish within {:.0} s (a viewer that stopped \
+                     taking it?): gave up on it; the frames it had not sent are not recorded",
+                    wait.unwrap_or_default().as_secs_f64()
+                ));
+            } else {
+                match r.join() {
+                    Ok((recorded, flushed)) => {
+                        summary.rerun_ticks = Some(recorded);
+                        if let Err(e) = flushed {
+                            summary.errors.push(e);
+                        }
                     }
+                    Err(_) => summary.errors.push("the recording thread panicked".into()),
                 }
-                Err(_) => summary.errors.push("the recording thread panicked".into()),
             }
         }
         summary
@@ -384,6 +408,64 @@ mod tests {
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(s.frames_saved, 50, "{s:?}");
         assert_eq!(s.rerun_ticks, Some(1));
+    }
+
+    /// A recording that stays blocked to the end (a viewer that stopped reading
+    /// mid-run) does not hold up the run's end past its sink's bound: the summary says
+    /// the recording was given up, and the dataset is whole. (`finish` waited for ever.)
+    #[test]
+    fn a_recording_blocked_to_the_end_is_given_up() {
+        use super::super::link::LinkCounters;
+        use super::super::viz::{TickFrame, TickSink};
+        struct Stuck(Receiver<()>);
+        impl TickSink for Stuck {
+            fn tick(&mut self, _: &TickFrame, _: &LinkCounters) {
+                let _ = self.0.recv();
+            }
+            fn finish(self: Box<Self>) -> Result<(), String> {
+                Ok(())
+            }
+            fn finish_wait(&self) -> Option<Duration> {
+                Some(Duration::from_millis(300))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Never released: the sender lives to the end of the test.
+        let (_release, stuck) = bounded::<()>(1);
+        let (frames, rx) = bounded(4);
+        let ticks = TickInput {
+            rx,
+            sink: Box::new(Stuck(stuck)),
+            link: Arc::default(),
+            recorded: 0,
+        };
+        let logger = logger_in(dir.path(), 8, Some(ticks));
+        frames.send(TickFrame::default()).unwrap();
+        let send = |r: Record| logger.tx.send_timeout(r, Duration::from_secs(10)).unwrap();
+        send(Record::EpisodeStart {
+            episode: 0,
+            seed: 9,
+        });
+        for step in 0..5 {
+            send(Record::Transition(transition(0, step, step == 4)));
+        }
+        send(Record::EpisodeEnd(end(0, 5)));
+        drop(frames);
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(logger.finish());
+        });
+        let s = done
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the logger waited for the blocked recording without a limit");
+        assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+        assert!(
+            s.errors[0].contains("did not finish within"),
+            "{:?}",
+            s.errors
+        );
+        assert_eq!(s.frames_saved, 5, "{s:?}");
+        assert_eq!(s.rerun_ticks, None);
     }
 
     /// A logger that stops inside an episode (the control thread never ended it) notes

@@ -774,13 +774,14 @@ impl fmt::Display for RunReport {
         let l = &self.link;
         writeln!(
             f,
-            "  link: {} frames, {} CRC errors, {} other frame errors, {} resyncs, {} sequence gaps (frames lost), {} stale/duplicate, {} queue drops, {} read errors, {} reconnects",
+            "  link: {} frames, {} CRC errors, {} other frame errors, {} resyncs, {} sequence gaps (frames lost), {} stale/duplicate, {} renumberings, {} queue drops, {} read errors, {} reconnects",
             l.frames,
             l.crc_errors,
             l.frame_errors() - l.crc_errors,
             l.resyncs,
             l.seq_lost,
             l.seq_stale,
+            l.seq_resyncs,
             l.queue_drops,
             l.read_errors,
             l.reconnects

@@ -138,6 +138,12 @@ pub trait TickSink: Send {
     fn tick(&mut self, frame: &TickFrame, link: &LinkCounters);
     /// Flushes; the first error of the recording, if any.
     fn finish(self: Box<Self>) -> Result<(), String>;
+    /// How long the run's end waits for the recording (its last frames and its flush):
+    /// `None`, for ever (a file); for a viewer, which can stop reading mid-run and
+    /// block the recording thread inside a tick, a bound past which it is given up.
+    fn finish_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Opens the recording (feature `viz`).
@@ -155,6 +161,7 @@ pub fn open_sink(
     let rec = viz::Recorder::open("expo_controller", &target)?;
     let logger = viz::tick::TickLogger::new(viz::task_of(task), obs_names, action_names);
     Ok(Box::new(RerunSink {
+        viewer: matches!(target, viz::Target::Connect(_)),
         rec,
         logger,
         error: None,
@@ -176,6 +183,8 @@ pub fn open_sink(
 
 #[cfg(feature = "viz")]
 struct RerunSink {
+    /// Streams to a viewer (`--rerun-connect`), not to a file.
+    viewer: bool,
     rec: viz::Recorder,
     logger: viz::tick::TickLogger,
     error: Option<String>,
@@ -225,6 +234,11 @@ impl TickSink for RerunSink {
         {
             self.error = Some(format!("rerun: {e:#}"));
         }
+    }
+
+    fn finish_wait(&self) -> Option<std::time::Duration> {
+        // The flush's own limit, and as long again for the frames still queued.
+        self.viewer.then_some(2 * viz::VIEWER_FLUSH_TIMEOUT)
     }
 
     fn finish(self: Box<Self>) -> Result<(), String> {
