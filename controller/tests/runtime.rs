@@ -10,6 +10,7 @@ use shared_model::VerifiedBundle;
 use shared_model::manifest::{
     BundleError, MANIFEST_FILE, SIGNATURE_FILE, SigningKey, Trust, load_bundle, sha256_hex,
 };
+use shared_model::onnx::{ModelProto, TensorProto};
 use shared_model::synthetic::SyntheticSpec;
 use std::fs;
 use std::path::Path;
@@ -227,6 +228,28 @@ fn edit_manifest(dir: &Path, f: impl FnOnce(&mut toml::Table)) {
     let mut t: toml::Table = toml::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut t);
     fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+}
+
+/// Rewrites the critic graph's first initializer that `pick` chooses with `edit`, and
+/// the graph's hash in the manifest, so that the bundle still loads.
+fn edit_critic_initializer(
+    dir: &Path,
+    pick: impl Fn(&TensorProto) -> bool,
+    edit: impl FnOnce(&mut TensorProto),
+) {
+    let p = dir.join("critic.onnx");
+    let mut m = ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    edit(g.initializer.iter_mut().find(|t| pick(t)).unwrap());
+    let bytes = m.to_bytes();
+    fs::write(&p, &bytes).unwrap();
+    edit_manifest(dir, |t| set_hash(t, "critic", sha256_hex(&bytes)));
+}
+
+/// `values` as the initializer's data (raw little-endian bytes).
+fn set_floats(w: &mut TensorProto, values: &[f32]) {
+    w.float_data.clear();
+    w.raw_data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
 }
 
 fn set_hash(t: &mut toml::Table, graph: &str, hash: String) {
@@ -726,25 +749,17 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
     // keeps as many of its values as they hold.
     let critic_weight = |name: &'static str, part: &'static str, dims: [i64; 3]| {
         variant(name, &move |d| {
-            let p = d.join("critic.onnx");
-            let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
-            let g = m.graph.as_mut().unwrap();
-            let w = g
-                .initializer
-                .iter_mut()
-                .find(|t| t.name == format!("layers.0.{part}"))
-                .unwrap();
-            let n = dims.iter().product::<i64>() as usize;
-            let values: Vec<u8> = w.floats().unwrap()[..n]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
-            w.dims = dims.to_vec();
-            w.float_data.clear();
-            w.raw_data = values;
-            let bytes = m.to_bytes();
-            fs::write(&p, &bytes).unwrap();
-            edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
+            let name = format!("layers.0.{part}");
+            edit_critic_initializer(
+                d,
+                |t| t.name == name,
+                |w| {
+                    let n = dims.iter().product::<i64>() as usize;
+                    let values = w.floats().unwrap()[..n].to_vec();
+                    w.dims = dims.to_vec();
+                    set_floats(w, &values);
+                },
+            )
         })
     };
     // [E, 10, 64] → [E, 20, 32]: as many values, layers that do not chain; the sizes the
@@ -794,23 +809,15 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
     // Member 7 overflows to inf at the load-time probe: the error names the member and
     // the bundle (it named neither).
     let dir = variant("member 7 overflows", &|d| {
-        let p = d.join("critic.onnx");
-        let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
-        let g = m.graph.as_mut().unwrap();
         // The output layer: [E, d, 1] weights.
-        let w = g
-            .initializer
-            .iter_mut()
-            .find(|t| t.name.ends_with(".weight") && t.dims.len() == 3 && t.dims[2] == 1)
-            .unwrap();
-        let width = w.dims[1] as usize;
-        let mut values = w.floats().unwrap();
-        values[7 * width..8 * width].fill(f32::MAX);
-        w.float_data.clear();
-        w.raw_data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let bytes = m.to_bytes();
-        fs::write(&p, &bytes).unwrap();
-        edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
+        let output =
+            |t: &TensorProto| t.name.ends_with(".weight") && t.dims.len() == 3 && t.dims[2] == 1;
+        edit_critic_initializer(d, output, |w| {
+            let width = w.dims[1] as usize;
+            let mut values = w.floats().unwrap();
+            values[7 * width..8 * width].fill(f32::MAX);
+            set_floats(w, &values);
+        })
     });
     let bundle = load_bundle(&dir, &Trust::AllowUnsigned).unwrap();
     for backend in [Backend::Native, Backend::Tract] {
@@ -1038,15 +1045,7 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             "not a multiple of 4",
         ),
     ] {
-        let dir = variant(what, &|d| {
-            let p = d.join("critic.onnx");
-            let mut m = shared_model::onnx::ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
-            let g = m.graph.as_mut().unwrap();
-            edit(&mut g.initializer[0]);
-            let bytes = m.to_bytes();
-            fs::write(&p, &bytes).unwrap();
-            edit_manifest(d, |t| set_hash(t, "critic", sha256_hex(&bytes)));
-        });
+        let dir = variant(what, &|d| edit_critic_initializer(d, |_| true, edit));
         let e = load_bundle(&dir, &Trust::AllowUnsigned)
             .err()
             .unwrap_or_else(|| panic!("{what}: accepted"));

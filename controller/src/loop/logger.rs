@@ -365,28 +365,33 @@ mod tests {
         assert!(ds.episodes.iter().all(|e| e.len() == 2));
     }
 
+    /// A recording sink whose every tick waits for a release on its channel (a stalled
+    /// viewer connection), and the bound the run's end waits for it.
+    struct Blocked(Receiver<()>, Option<Duration>);
+
+    impl TickSink for Blocked {
+        fn tick(&mut self, _: &TickFrame, _: &super::super::link::LinkCounters) {
+            let _ = self.0.recv();
+        }
+        fn finish(self: Box<Self>) -> Result<(), String> {
+            Ok(())
+        }
+        fn finish_wait(&self) -> Option<Duration> {
+            self.1
+        }
+    }
+
     /// A recording that blocks (a stalled viewer connection: rerun's sinks block once
     /// their buffers fill) holds up neither the transition log nor the dataset: they
     /// ran on one thread, and the records' channel filled behind the blocked frame.
     #[test]
     fn a_blocked_recording_holds_up_no_record() {
-        use super::super::link::LinkCounters;
-        use super::super::viz::{TickFrame, TickSink};
-        struct Blocked(Receiver<()>);
-        impl TickSink for Blocked {
-            fn tick(&mut self, _: &TickFrame, _: &LinkCounters) {
-                let _ = self.0.recv();
-            }
-            fn finish(self: Box<Self>) -> Result<(), String> {
-                Ok(())
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let (release, blocked) = bounded(1);
         let (frames, rx) = bounded(4);
         let ticks = TickInput {
             rx,
-            sink: Box::new(Blocked(blocked)),
+            sink: Box::new(Blocked(blocked, None)),
             link: Arc::default(),
             recorded: 0,
         };
@@ -415,27 +420,13 @@ mod tests {
     /// the recording was given up, and the dataset is whole. (`finish` waited for ever.)
     #[test]
     fn a_recording_blocked_to_the_end_is_given_up() {
-        use super::super::link::LinkCounters;
-        use super::super::viz::{TickFrame, TickSink};
-        struct Stuck(Receiver<()>);
-        impl TickSink for Stuck {
-            fn tick(&mut self, _: &TickFrame, _: &LinkCounters) {
-                let _ = self.0.recv();
-            }
-            fn finish(self: Box<Self>) -> Result<(), String> {
-                Ok(())
-            }
-            fn finish_wait(&self) -> Option<Duration> {
-                Some(Duration::from_millis(300))
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         // Never released: the sender lives to the end of the test.
         let (_release, stuck) = bounded::<()>(1);
         let (frames, rx) = bounded(4);
         let ticks = TickInput {
             rx,
-            sink: Box::new(Stuck(stuck)),
+            sink: Box::new(Blocked(stuck, Some(Duration::from_millis(300)))),
             link: Arc::default(),
             recorded: 0,
         };
