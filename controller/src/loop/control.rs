@@ -905,11 +905,8 @@ impl Control {
                     return;
                 }
                 if let Phase::Handshaking { .. } = self.phase {
-                    // A firmware behind a reopened port answers no Estop sent before
-                    // (an answer still counted as ours would swallow a stop button's).
-                    self.estop_answer_seq = None;
-                    self.fallback_seq = None;
-                    self.estops_unanswered = 0;
+                    // A firmware behind a reopened port answers no Estop sent before.
+                    self.forget_firmware_answers();
                     self.phase = Phase::Idle;
                 } else if seq.number != 0 || seq.stale {
                     // Not a reboot, whose Hello is its first frame (numbered 0): a late
@@ -922,11 +919,8 @@ impl Control {
                     // hold action; its numbering starts over. Its torque is on again
                     // whatever our last Estop did: the safe stop holds and ends with a
                     // new Estop (as after a reconnect).
-                    // Nor will it answer an Estop sent before it rebooted: an answer
-                    // still counted as ours would swallow a stop button's.
-                    self.estop_answer_seq = None;
-                    self.fallback_seq = None;
-                    self.estops_unanswered = 0;
+                    // Nor will it answer an Estop sent before it rebooted.
+                    self.forget_firmware_answers();
                     self.torque_off = false;
                     self.gate.firmware_holds();
                     self.fault(
@@ -1269,6 +1263,15 @@ impl Control {
         self.estop_write_failures = 0;
         let hold = self.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
         self.phase = Phase::SafeStop { left: hold, then };
+    }
+
+    /// A firmware that restarted, or one behind a reopened port, numbers its frames
+    /// afresh and answers no Estop sent before: an answer still counted as ours would
+    /// swallow a stop button's `Fault { Estop }`.
+    fn forget_firmware_answers(&mut self) {
+        self.estop_answer_seq = None;
+        self.fallback_seq = None;
+        self.estops_unanswered = 0;
     }
 
     /// Writes go to a reopened port from now on. The firmware behind it holds with its

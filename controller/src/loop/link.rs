@@ -15,7 +15,7 @@
 //! handing the control thread a fresh write handle ([`LinkEvent::Reconnected`]).
 
 use super::realtime;
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use firmware_config::protocol::{
     DecoderStats, Frame, FrameDecoder, FrameError, Message, SeqEvent, SeqTracker,
 };
@@ -205,23 +205,19 @@ fn io_thread(
         // not dropped on a full queue with the sensor frames.
         let fault = matches!(&ev, LinkEvent::Frame { frame, .. }
             if matches!(frame.message, Message::Fault { .. }));
-        if fault {
-            return match tx.send_timeout(ev, FAULT_SEND_WAIT) {
-                Ok(()) => true,
-                Err(SendTimeoutError::Timeout(_)) => {
-                    *drops += 1;
-                    true
-                }
-                Err(SendTimeoutError::Disconnected(_)) => false,
-            };
-        }
-        match tx.try_send(ev) {
+        // Err(true): the control thread is gone; Err(false): no room, dropped.
+        let sent = if fault {
+            tx.send_timeout(ev, FAULT_SEND_WAIT)
+                .map_err(|e| e.is_disconnected())
+        } else {
+            tx.try_send(ev).map_err(|e| e.is_disconnected())
+        };
+        match sent {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                *drops += 1;
-                true
+            Err(gone) => {
+                *drops += u64::from(!gone);
+                !gone
             }
-            Err(TrySendError::Disconnected(_)) => false,
         }
     };
     while !stop.load(Ordering::Relaxed) {

@@ -381,6 +381,35 @@ mod tests {
         }
     }
 
+    /// A logger in `dir` recording through `sink`, one tick frame queued for the
+    /// recording and one episode of `steps` transitions sent; and the frames' sender,
+    /// whose drop ends the recording.
+    fn recording_one_episode(
+        dir: &std::path::Path,
+        sink: Blocked,
+        steps: u32,
+    ) -> (Logger, Sender<TickFrame>) {
+        let (frames, rx) = bounded(4);
+        let ticks = TickInput {
+            rx,
+            sink: Box::new(sink),
+            link: Arc::default(),
+            recorded: 0,
+        };
+        let logger = logger_in(dir, 8, Some(ticks));
+        frames.send(TickFrame::default()).unwrap();
+        let send = |r: Record| logger.tx.send_timeout(r, Duration::from_secs(10)).unwrap();
+        send(Record::EpisodeStart {
+            episode: 0,
+            seed: 9,
+        });
+        for step in 0..steps {
+            send(Record::Transition(transition(0, step, step + 1 == steps)));
+        }
+        send(Record::EpisodeEnd(end(0, steps)));
+        (logger, frames)
+    }
+
     /// A recording that blocks (a stalled viewer connection: rerun's sinks block once
     /// their buffers fill) holds up neither the transition log nor the dataset: they
     /// ran on one thread, and the records' channel filled behind the blocked frame.
@@ -388,25 +417,7 @@ mod tests {
     fn a_blocked_recording_holds_up_no_record() {
         let dir = tempfile::tempdir().unwrap();
         let (release, blocked) = bounded(1);
-        let (frames, rx) = bounded(4);
-        let ticks = TickInput {
-            rx,
-            sink: Box::new(Blocked(blocked, None)),
-            link: Arc::default(),
-            recorded: 0,
-        };
-        let logger = logger_in(dir.path(), 8, Some(ticks));
-        frames.send(TickFrame::default()).unwrap();
-        let wait = std::time::Duration::from_secs(10);
-        let send = |r: Record| logger.tx.send_timeout(r, wait).unwrap();
-        send(Record::EpisodeStart {
-            episode: 0,
-            seed: 9,
-        });
-        for step in 0..50 {
-            send(Record::Transition(transition(0, step, step == 49)));
-        }
-        send(Record::EpisodeEnd(end(0, 50)));
+        let (logger, frames) = recording_one_episode(dir.path(), Blocked(blocked, None), 50);
         release.send(()).unwrap();
         drop(frames);
         let s = logger.finish();
@@ -423,24 +434,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Never released: the sender lives to the end of the test.
         let (_release, stuck) = bounded::<()>(1);
-        let (frames, rx) = bounded(4);
-        let ticks = TickInput {
-            rx,
-            sink: Box::new(Blocked(stuck, Some(Duration::from_millis(300)))),
-            link: Arc::default(),
-            recorded: 0,
-        };
-        let logger = logger_in(dir.path(), 8, Some(ticks));
-        frames.send(TickFrame::default()).unwrap();
-        let send = |r: Record| logger.tx.send_timeout(r, Duration::from_secs(10)).unwrap();
-        send(Record::EpisodeStart {
-            episode: 0,
-            seed: 9,
-        });
-        for step in 0..5 {
-            send(Record::Transition(transition(0, step, step == 4)));
-        }
-        send(Record::EpisodeEnd(end(0, 5)));
+        let sink = Blocked(stuck, Some(Duration::from_millis(300)));
+        let (logger, frames) = recording_one_episode(dir.path(), sink, 5);
         drop(frames);
         let (tx, done) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
