@@ -32,8 +32,9 @@
 //! slice's scoring subset then evaluation subset, then the denoiser loss's time steps and
 //! noise and the edit loss's noise (with `expo.edit_base = "denoiser"`, a whole chain's
 //! noise for the edited base actions first). RLPD draws each slice's actor noise, then
-//! one subset per slice, then the actor loss's noise. `act_rng` serves acting online
-//! and evaluation alike, so the number of evaluation episodes shapes the later online
+//! one subset per slice, then the actor loss's noise. `act_rng` serves acting online;
+//! an evaluation acts with a generator seeded from its own seed
+//! ([`crate::run::evaluate`]), so how often a run evaluates does not change its online
 //! draws (RLPD's evaluation, by the actor's mode, draws nothing).
 //! Batch indices come from the run's own `batch_rng`. With `compute.normals = "host"`
 //! (the default) every Gaussian draw comes from these too, so a seed fixes a run on a

@@ -74,12 +74,13 @@ enum Command {
         /// Continue from the run's last checkpoint.
         #[arg(long)]
         resume: bool,
-        /// Checkpoint at the first episode end after every N environment steps (a
-        /// checkpoint between two metrics rows keeps the row's sums so far).
-        #[arg(long, default_value_t = 1000)]
+        /// Checkpoint right after pretraining, then at the first episode end after
+        /// every N environment steps (a checkpoint between two metrics rows keeps the
+        /// row's sums so far), and at the end.
+        #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
         checkpoint_every: usize,
         /// Write a metrics row every N environment steps.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         log_every: usize,
         /// Stop after the first checkpoint at or after this step (for testing resume).
         #[arg(long, hide = true)]
@@ -196,7 +197,7 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         checkpoint_every: usize,
         /// Write a finetune.csv row every N updates.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         log_every: usize,
         /// Continue from --out's newest checkpoint.
         #[arg(long)]
@@ -560,7 +561,7 @@ fn main() -> Result<()> {
                 let options = controller::runtime::PolicyOptions {
                     backend: backend.parse()?,
                     executed_steps,
-                    seed,
+                    seed: trainer::run::eval_noise_seed(seed),
                 };
                 let mut policy = controller::runtime::Policy::new(&b, &options)?;
                 let (od, ad) = (policy.obs_dim(), policy.act_dim());

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 use crate::study::Curve;
 
@@ -13,11 +13,13 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
 
+/// Registers the font once per process; every call returns that registration's
+/// outcome (a later call used to return `Ok` after a failed first one, and the plot
+/// then failed with a vaguer error).
 fn register_font() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = (|| {
+    static OUTCOME: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let outcome = OUTCOME.get_or_init(|| {
+        (|| -> Result<()> {
             let path = FONT_PATHS
                 .iter()
                 .find(|p| Path::new(p).is_file())
@@ -26,9 +28,10 @@ fn register_font() -> Result<()> {
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
                 .map_err(|_| anyhow::anyhow!("{path}: not a usable TrueType font"))?;
             Ok(())
-        })();
+        })()
+        .map_err(|e| format!("{e:#}"))
     });
-    result
+    outcome.clone().map_err(anyhow::Error::msg)
 }
 
 /// One PNG with a line (and ±std band) per curve; x = environment steps, y = success.

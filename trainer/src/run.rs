@@ -11,8 +11,9 @@
 //!   random generator states, online replay buffer, counters).
 //!
 //! # Checkpoints
-//! A checkpoint is taken at the first episode boundary after every `checkpoint_every`
-//! environment steps, so the simulator's state is just the position of its seed stream.
+//! A checkpoint is taken right after pretraining (step 0) and then at the first episode
+//! boundary after every `checkpoint_every` environment steps, so the simulator's state
+//! is just the position of its seed stream.
 //! It is written to `checkpoint.tmp/` and then renamed over `checkpoint/` (the previous
 //! one survives as `checkpoint.old/` until the rename is done), so killing the process
 //! at any moment leaves a complete checkpoint. Resuming truncates `metrics.csv` and
@@ -62,9 +63,22 @@ pub fn evaluate_played(
     play: ChunkPlay,
 ) -> Result<EvalResult> {
     let task = agent.config.task.require_sim("evaluation")?;
-    evaluate_with(task, episodes, seed, play, &mut |obs| {
+    // The policy's noise comes from a generator of the evaluation's own, not from the
+    // one online acting draws from: how often and how long a run evaluates (which a
+    // resumed run may change) must not change what it then learns.
+    let online_rng = std::mem::replace(&mut agent.act_rng, Rng::new(eval_noise_seed(seed)));
+    let result = evaluate_with(task, episodes, seed, play, &mut |obs| {
         Ok(agent.act_eval(obs))
-    })
+    });
+    agent.act_rng = online_rng;
+    result
+}
+
+/// The seed of an evaluation's policy noise, set apart from its episode seeds (both
+/// come from the evaluation's `seed`; the same numbers for both would tie each episode's
+/// start to the policy's noise).
+pub fn eval_noise_seed(seed: u64) -> u64 {
+    seed ^ 0x6e01_5e00_e7a1
 }
 
 /// [`evaluate`] with any policy: `act` maps raw observations `[K·O]` to action chunks
@@ -704,6 +718,26 @@ pub fn train(
     let mut episode_seed = episode_seed.unwrap_or_else(|| env_seeds.next_u64());
     if let Some(env) = env.as_mut() {
         env.reset(episode_seed, &mut obs);
+    }
+    // A fresh run's first checkpoint comes right after pretraining (and the step-0
+    // evaluation): otherwise a run killed in its first `checkpoint_every` online steps
+    // would lose its pretraining (50,000 updates at the `paper` preset) and start over.
+    if !resumed && total > 0 && opts.checkpoint_every > 0 {
+        let state = RunState::capture(
+            &agent,
+            config,
+            0,
+            (&env_seeds, episode_seed, &batch_rng),
+            (offline_rate, &offline_mark),
+            &summary.evals,
+            (0, 0, 0.0),
+        )
+        .with_finetune_counters(finetune_counters);
+        write_checkpoint(out, &agent, &online, &state)?;
+        if opts.stop_after == Some(0) {
+            summary.stopped_early = true;
+            return Ok(summary);
+        }
     }
     let mut ep_return = 0.0f64;
     // Action chunks: the policy plans a chunk at each episode's start and every

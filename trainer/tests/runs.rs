@@ -147,6 +147,80 @@ fn resume_after_stop_matches_an_uninterrupted_run() {
     }
 }
 
+/// A run killed after pretraining resumes from the checkpoint taken then (it used to
+/// take none before `checkpoint_every` online steps, so its pretraining was lost), and
+/// goes on as an uninterrupted run does.
+#[test]
+fn a_run_stopped_after_pretraining_resumes_from_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tiny("expo");
+    let full = TrainOptions {
+        log_every: 10,
+        checkpoint_every: 1000,
+        ..Default::default()
+    };
+    train(&c, &tmp.path().join("full"), &full, &mut ()).unwrap();
+    let dir = tmp.path().join("cut");
+    let cut = TrainOptions {
+        stop_after: Some(0),
+        ..full.clone()
+    };
+    let s = train(&c, &dir, &cut, &mut ()).unwrap();
+    assert!(s.stopped_early && s.env_steps == 0, "{s:?}");
+    assert_eq!(trainer::run::checkpoint_env_step(&dir).unwrap(), 0);
+    let pretrained = std::fs::read_to_string(dir.join("pretrain.csv")).unwrap();
+    let resumed = TrainOptions {
+        resume: true,
+        ..full.clone()
+    };
+    let s = train(&c, &dir, &resumed, &mut ()).unwrap();
+    assert_eq!(s.env_steps, 120);
+    // Not pretrained again: its log is as the first invocation left it.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pretrain.csv")).unwrap(),
+        pretrained
+    );
+    for f in ["metrics.csv", "eval.csv"] {
+        assert_eq!(
+            table(&tmp.path().join("full").join(f)),
+            table(&dir.join(f)),
+            "{f} differs after resume"
+        );
+    }
+}
+
+/// How often a run evaluates does not change what it learns: evaluation acts with
+/// noise of its own (it drew from the online acting generator, so a run resumed with
+/// another `run.eval_every`, which `--resume` allows, took other online actions).
+#[test]
+fn evaluating_more_often_changes_no_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        log_every: 10,
+        ..Default::default()
+    };
+    let mut tables = vec![];
+    for every in [0, 20] {
+        let mut c = tiny("expo");
+        c.run.online_steps = 60;
+        c.run.eval_every = every;
+        let dir = tmp.path().join(format!("every-{every}"));
+        let s = train(&c, &dir, &opts, &mut ()).unwrap();
+        let evals: Vec<usize> = s.evals.iter().map(|(step, _)| *step).collect();
+        assert_eq!(
+            evals,
+            if every == 0 {
+                vec![0, 60]
+            } else {
+                vec![0, 20, 40, 60]
+            }
+        );
+        // The last evaluation is the same one in both runs.
+        tables.push((table(&dir.join("metrics.csv")), s.evals.last().cloned()));
+    }
+    assert_eq!(tables[0], tables[1]);
+}
+
 /// Whole runs with the recorded graphs (`compute.graph`; on the CPU `capture` re-runs
 /// the closures) log the same metrics and evaluations as without, to the last digit.
 #[test]
@@ -408,9 +482,10 @@ fn resume_refuses_a_different_config() {
 }
 
 /// A run whose critic diverges (an absurd learning rate) stops at its first logged row
-/// with an error naming the metric, and leaves no checkpoint of the networks; such
-/// networks are not exported either. (Every checkpoint of `train` follows a row; that
-/// the checkpoint itself refuses non-finite networks is `run::tests::
+/// with an error naming the metric, and leaves no checkpoint of the diverged networks
+/// (only the one taken after pretraining, before the first update online); such
+/// networks are not exported either. (That the checkpoint itself refuses non-finite
+/// networks is `run::tests::
 /// a_checkpoint_of_non_finite_networks_is_refused_and_the_last_good_one_stays`.)
 #[test]
 fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
@@ -420,6 +495,7 @@ fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
     let logged = tmp.path().join("logged");
     let opts = TrainOptions {
         log_every: 20,
+        checkpoint_every: 1,
         ..Default::default()
     };
     let e = format!("{:#}", train(&c, &logged, &opts, &mut ()).unwrap_err());
@@ -430,7 +506,8 @@ fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
     let rows = table(&logged.join("metrics.csv"));
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[1].starts_with("20,NaN,"), "{rows:?}");
-    assert!(!logged.join("checkpoint").exists());
+    assert_eq!(trainer::run::checkpoint_env_step(&logged).unwrap(), 0);
+    trainer::run::load_agent(&logged).unwrap();
 
     // A healthy run's networks are all finite (the check does not refuse everything).
     let healthy = tmp.path().join("healthy");
@@ -480,6 +557,44 @@ fn zero_counts_are_refused_on_the_command_line() {
         ),
         (&["study", "--out", "nowhere", "--seeds", "0"], "--seeds"),
         (&["study", "--out", "nowhere", "--jobs", "0"], "--jobs"),
+        // A row every 0 steps was taken for every step, a checkpoint every 0 steps
+        // for none (which also made `--stop-after` do nothing).
+        (
+            &[
+                "train",
+                "--preset",
+                "tiny",
+                "--out",
+                "nowhere",
+                "--log-every",
+                "0",
+            ],
+            "--log-every",
+        ),
+        (
+            &[
+                "train",
+                "--preset",
+                "tiny",
+                "--out",
+                "nowhere",
+                "--checkpoint-every",
+                "0",
+            ],
+            "--checkpoint-every",
+        ),
+        (
+            &[
+                "finetune",
+                "--from",
+                "nowhere",
+                "--out",
+                "n2",
+                "--log-every",
+                "0",
+            ],
+            "--log-every",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
             .args(args)
