@@ -335,6 +335,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
                 String::new()
             }
         );
+        // The source run's replay holds the robot transitions it was streamed: its
+        // stream logs come along, so that a robot still streaming (or run again with the
+        // same `--out`) is told they are held, and sends only what is new.
+        carry_uplink_logs(&o.from, &o.out)?;
         state.finetune_updates = 0;
         // The source run's own windows of metric sums are not this run's.
         state.metrics_window = None;
@@ -530,6 +534,40 @@ impl RecordedBy {
             ours.join(", ")
         ))
     }
+}
+
+/// Copies the stream logs of a live run at `from` (`from/uplink/*.log`) into
+/// `out/uplink/`: a new run from it holds the transitions those logs hold (in the
+/// source's replay), and a receiver tells a robot how many records it holds by its log
+/// (without them, a robot whose log went on was told 0 and sent everything again,
+/// which was trained on twice). Each copy is written under a temporary name and renamed
+/// into place.
+fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
+    let source = from.join("uplink");
+    let entries = match std::fs::read_dir(&source) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", source.display())),
+    };
+    let target = out.join("uplink");
+    for entry in entries {
+        let entry = entry.with_context(|| format!("{}: cannot list", source.display()))?;
+        let path = entry.path();
+        if !entry.file_type()?.is_file() || path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        // `out` holds no run (checked before), so a log there is one this copy left
+        // when a first try failed after it: replaced.
+        let dest = target.join(entry.file_name());
+        std::fs::create_dir_all(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        let tmp = dest.with_extension("log.tmp");
+        std::fs::copy(&path, &tmp)
+            .with_context(|| format!("copying {} to {}", path.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dest)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    }
+    Ok(())
 }
 
 /// Appends the frames of the recorded datasets to `online` (intervention frames only

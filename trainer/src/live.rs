@@ -15,7 +15,9 @@
 //! when the last update ran are still put in the online replay, so the final
 //! checkpoint holds every streamed transition (a later `--from OUT` or `--resume`
 //! trains on them; converting `OUT/uplink/` with `controller log-to-dataset` for
-//! `finetune --data` would add them a second time).
+//! `finetune --data` would add them a second time). A new run `--from OUT` starts with
+//! a copy of `OUT/uplink/`, so a robot that goes on streaming to it sends only what
+//! `OUT` did not hold.
 //!
 //! A checkpoint is written every `--checkpoint-every` updates and at the end, so
 //! `--resume` after a crash continues from the last one. The transitions that arrived

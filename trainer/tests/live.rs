@@ -570,7 +570,7 @@ fn transitions_logged_after_the_last_update_are_kept() {
     cfg.out = Some(tmp.path().join("robot2"));
     cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
         addr: addr.to_string(),
-        key: link_key,
+        key: link_key.clone(),
         drain: Duration::from_secs(2),
         swap: None,
     });
@@ -586,5 +586,68 @@ fn transitions_logged_after_the_last_update_are_kept() {
             "live fine-tuning, {} robot transitions",
             summary.streamed + resumed.streamed
         )
+    );
+
+    // A new run from that one, in another directory, to which the first robot (the same
+    // log, so the same stream) streams again: it is sent only the transitions the
+    // first session did not hold (its replay, which the new run starts from, holds
+    // them). It was told it held none, and got every one a second time.
+    let out2 = tmp.path().join("live2");
+    let (trainer, addr) = spawn_finetune(FinetuneOptions {
+        from: out.clone(),
+        data: vec![],
+        out: out2.clone(),
+        updates: 60,
+        with_offline: true,
+        checkpoint_every: 50,
+        log_every: 50,
+        eval_episodes: 0,
+        resume: false,
+        stop_after: None,
+        keep_interventions: false,
+        device: None,
+        listen: Some(LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key: link_key.clone(),
+            publish_every: 50,
+            signing_key: None,
+            idle_exit: Some(Duration::from_secs(5)),
+            bound: None,
+        }),
+    });
+    let (firmware, mut cfg, options) = push_robot(20.0, 7);
+    cfg.episodes = Some(1);
+    cfg.out = Some(tmp.path().join("robot"));
+    cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
+        addr: addr.to_string(),
+        key: link_key,
+        drain: Duration::from_secs(2),
+        swap: None,
+    });
+    let brain = Brain::new(&b, &options, false).unwrap();
+    robot_loop::run(cfg, brain, "push", "from a live run").unwrap();
+    drop(firmware);
+    let again = trainer.join().expect("the trainer did not panic");
+    assert!(again.streamed > 0, "{again:?}");
+    let robot_log = read_log(&tmp.path().join("robot/transitions.log")).unwrap();
+    let robot_steps: Vec<_> = robot_log
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            controller::robot_loop::log::Record::Transition(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    let first_unheld = summary.streamed;
+    assert!(robot_steps.len() > first_unheld, "{}", robot_steps.len());
+    // The new run's replay goes on from its source's with the robot's first
+    // transition the first session did not hold (chunks of 1: a row per transition).
+    let before = trainer::run::load_online(&out).unwrap().len();
+    let online2 = trainer::run::load_online(&out2).unwrap();
+    assert_eq!(online2.len(), before + again.replay_transitions);
+    assert_eq!(
+        online2.rows(before..before + 1).obs,
+        robot_steps[first_unheld].obs(),
+        "the robot sent its transitions from the start again"
     );
 }
