@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrustArgs {
     /// Public key (`NAME.pub`) the bundle must be signed with.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "allow_unsigned")]
     pub trusted_key: Option<PathBuf>,
     /// Development only: accept unsigned bundles (hashes and shapes are still checked).
     #[arg(long)]

@@ -211,8 +211,9 @@ struct TimingArgs {
     /// Give the control thread this CPU to itself and busy-wait to each deadline
     /// instead of sleeping (needs no privileges; every other thread of the process is
     /// kept off the CPU). Costs one core; removes the late wake-ups of a sleeping
-    /// (v)CPU.
-    #[arg(long, value_name = "CPU")]
+    /// (v)CPU. Not with --realtime: a SCHED_FIFO thread that never sleeps is throttled
+    /// by the kernel (50 ms a second by default), or starves the CPU's kernel threads.
+    #[arg(long, value_name = "CPU", conflicts_with = "realtime")]
     dedicated_cpu: Option<usize>,
     /// Align the tick grid to just after the sensor frames' arrival (firmware that
     /// streams on its own clock; not for lockstep firmware).
@@ -416,6 +417,12 @@ fn loop_config(
 }
 
 fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
+    // A lockstep firmware's frames follow our commands: alignment would only push the
+    // tick grid later, and the loop would run slower than its rate.
+    ensure!(
+        !(a.sim_lockstep && a.timing.align_phase),
+        "--align-phase is for firmware that streams on its own clock, not with --sim-lockstep"
+    );
     let robot = match (&a.robot, &a.sim) {
         (Some(path), _) => firmware_config::RobotConfig::load(path)?,
         (None, Some(task)) => firmware_config::RobotConfig::example(task).with_context(|| {
@@ -746,6 +753,14 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
         if two_speed { " two-speed" } else { "" }
     );
     let report = robot_loop::run(cfg, brain, &b.manifest.task, &dir.display().to_string())?;
+    // A failed run's figures are not a benchmark's: it exited 0 with a table.
+    if report.outcome == robot_loop::Outcome::Error {
+        println!("{report}");
+        bail!(
+            "bench-loop: the run failed: {}",
+            report.error.as_deref().unwrap_or("(no error recorded)")
+        );
+    }
     let fw_report = fw.stop()?;
     let c = &report.cadence;
     println!("{report}");
@@ -927,13 +942,18 @@ fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> 
             let mut deadline = Instant::now() + period;
             for _ in 0..ticks {
                 robot_loop::control::sleep_until(deadline, spin);
-                let l = deadline.elapsed();
+                let woke = Instant::now();
+                let l = woke - deadline;
                 late.record(l);
                 over_200us += u64::from(l > Duration::from_micros(200));
                 over_1ms += u64::from(l > Duration::from_millis(1));
                 // Late past the next deadline: a loop doing no work at all overran.
-                overruns += u64::from(l >= period);
-                deadline += period;
+                // The deadlines a late wake-up passed are skipped, as the control loop
+                // skips them (catching up ran them back to back, each counted late).
+                let (next, missed) =
+                    robot_loop::control::skip_missed(deadline + period, woke, period);
+                overruns += u64::from(missed);
+                deadline = next;
             }
             (steps, ticks, late.summary(), over_200us, over_1ms, overruns)
         })?;

@@ -500,6 +500,38 @@ fn a_report_that_cannot_be_written_is_printed() {
     );
 }
 
+/// Flags that contradict each other are refused before anything runs (each was
+/// accepted, and one of the two silently won or the loop misbehaved: a SCHED_FIFO
+/// thread busy-waiting without end, an alignment that only slows a lockstep loop, a
+/// trusted key beside `--allow-unsigned`).
+#[test]
+fn contradicting_flags_are_refused() {
+    let b = bundle().to_str().unwrap();
+    let base = ["run", "--sim", "push", "--bundle", b, "--episodes", "1"];
+    for (extra, code, says) in [
+        (
+            &["--allow-unsigned", "--realtime", "--dedicated-cpu", "0"][..],
+            2,
+            "'--realtime' cannot be used with '--dedicated-cpu <CPU>'",
+        ),
+        (
+            &["--allow-unsigned", "--trusted-key", "k.pub"],
+            2,
+            "'--allow-unsigned' cannot be used with '--trusted-key <TRUSTED_KEY>'",
+        ),
+        (
+            &["--allow-unsigned", "--sim-lockstep", "--align-phase"],
+            1,
+            "--align-phase is for firmware that streams on its own clock, not with --sim-lockstep",
+        ),
+    ] {
+        let out = Command::new(BIN).args(base).args(extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}
+
 /// Setup: real-time pacing (the firmware steps on its own clock, like a robot) with the
 /// tick grid aligned to the sensor frames (`--align-phase`). Expected: every step of
 /// every episode gets its transition; the firmware never had to hold for lack of a

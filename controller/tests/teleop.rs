@@ -383,6 +383,8 @@ fn with_a_wait_a_closed_loop_device_acts_on_the_frame_it_answers() {
     assert_eq!(t.answer_timeouts, 0, "{t:?}");
     assert_eq!(t.answered, t.commands, "{t:?}");
     assert_eq!(report.episodes_completed, 3, "{report}");
+    // Every episode is compared below (a `zip` over fewer would compare fewer).
+    assert_eq!(ds.episodes.len(), 3);
 
     let spec = TaskId::Push.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());

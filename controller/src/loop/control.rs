@@ -547,11 +547,9 @@ impl Control {
     /// ended in time, and never to before that tick's end: a grid shifted earlier must
     /// not turn a tick that ended before its deadline into an overrun.
     fn next_deadline(&mut self, deadline: Instant, end: Instant) -> Instant {
-        let mut next = deadline + self.period;
         let age = self.acted_age.take();
-        if end > next {
-            let missed = ((end - next).as_nanos() / self.period.as_nanos()) as u32 + 1;
-            next += self.period * missed;
+        let (mut next, missed) = skip_missed(deadline + self.period, end, self.period);
+        if missed > 0 {
             self.ep_cadence.overruns += missed as u64;
             self.consecutive_overruns = self.consecutive_overruns.saturating_add(missed);
         } else {
@@ -1860,6 +1858,18 @@ impl Control {
     }
 }
 
+/// The first deadline on the grid through `next` (spaced `period`) that is still ahead
+/// at `end`, and how many deadlines were passed to get there (0 when `next` is ahead):
+/// a tick that ran past its next deadlines skips them instead of running back to back
+/// to catch up. Used by the control loop and `controller bench-wake`.
+pub fn skip_missed(next: Instant, end: Instant, period: Duration) -> (Instant, u32) {
+    if end <= next {
+        return (next, 0);
+    }
+    let missed = ((end - next).as_nanos() / period.as_nanos()) as u32 + 1;
+    (next + period * missed, missed)
+}
+
 /// Sleeps until `spin` before `deadline`, then spins to it: `sleep` alone wakes late
 /// by the scheduler's latency, spinning the whole period would burn a core.
 ///
@@ -2152,6 +2162,21 @@ mod tests {
         let kinds: Vec<_> = c.report.faults.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, vec![FaultKind::DeadlineMissed]);
         assert!(c.report.faults[0].detail.starts_with("5 deadlines"));
+    }
+
+    /// One late wake-up skips the deadlines it passed, once each (`bench-wake` ran them
+    /// back to back to catch up, and counted a 10-period stall as 10 late wake-ups).
+    #[test]
+    fn a_late_wake_up_skips_the_deadlines_it_passed() {
+        let p = Duration::from_millis(2);
+        let d = Instant::now();
+        assert_eq!(skip_missed(d, d, p), (d, 0), "a wake-up on the deadline");
+        assert_eq!(skip_missed(d, d - p / 2, p), (d, 0));
+        assert_eq!(skip_missed(d, d + p / 2, p), (d + p, 1));
+        // 10 periods late: the 10 deadlines passed are skipped in one step.
+        let (next, missed) = skip_missed(d, d + p * 9 + p / 2, p);
+        assert_eq!((next, missed), (d + p * 10, 10));
+        assert!(next > d + p * 9 + p / 2);
     }
 
     /// A tick that ended in time resets the count, and one overrun is not a fault.
