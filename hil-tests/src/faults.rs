@@ -334,7 +334,8 @@ impl FaultInjector {
             out.push(Emit::Stall(d));
         }
         if self.rng.chance(s.truncate) && bytes.len() > 1 {
-            let keep = self.rng.below(bytes.len() as u32 - 1) as usize;
+            // At least one byte stays: a truncated frame, not a cleanly dropped one.
+            let keep = 1 + self.rng.below(bytes.len() as u32 - 1) as usize;
             bytes.truncate(keep);
             self.stats.truncated += 1;
         }
@@ -678,6 +679,29 @@ mod tests {
         // (unless the cut left nothing at all of the frame).
         assert!(50 - ok.len() as u64 >= stats.truncated);
         assert!(!bad.is_empty());
+    }
+
+    /// A truncated frame keeps at least one byte (a cut at 0 dropped it cleanly, which
+    /// damages no next frame: about 7% of short frames such as a Heartbeat's).
+    #[test]
+    fn a_truncated_frame_is_never_dropped_whole() {
+        let mut e = FrameEncoder::new();
+        let input: Vec<Vec<u8>> = (0..400)
+            .map(|i| e.to_wire(i, Message::Heartbeat).to_vec())
+            .collect();
+        let (out, stats) = run("truncate=1", &input);
+        assert_eq!(stats.truncated, 400);
+        let cut: Vec<usize> = out
+            .iter()
+            .filter_map(|e| match e {
+                Emit::Bytes(b) => Some(b.len()),
+                Emit::Stall(_) => None,
+            })
+            .collect();
+        assert_eq!(cut.len(), 400);
+        for (len, frame) in cut.iter().zip(&input) {
+            assert!((1..frame.len()).contains(len), "{len} of {}", frame.len());
+        }
     }
 
     #[test]

@@ -199,6 +199,9 @@ pub struct FirmwareStats {
     /// Steps whose command was further than `max_delta_per_tick` from the previous
     /// step's action and was applied clamped (commands lost or late on the way).
     pub slew_limited: u64,
+    /// Commands outside the safety envelope (`safety.action_min`/`action_max`),
+    /// applied clamped into it.
+    pub envelope_clamped: u64,
 }
 
 /// Round-off the firmware allows beyond `max_delta_per_tick` (policy units), as the
@@ -519,6 +522,24 @@ impl SimFirmware {
         }
         if valid {
             self.robot.action.to_policy_units(action, &mut self.action);
+            // The firmware keeps the robot inside its safety envelope whatever it is
+            // sent (the controller's gate does too; this is the robot's own line). The
+            // slew limiter then works from the clamped command: unclamped, a command
+            // of 5 walked its reference out to 5, and a reversal to -1 kept driving at
+            // +1 for ticks.
+            let safety = &self.robot.safety;
+            let mut clamped = false;
+            for ((a, lo), hi) in self
+                .action
+                .iter_mut()
+                .zip(&safety.action_min)
+                .zip(&safety.action_max)
+            {
+                let inside = a.clamp(*lo, *hi);
+                clamped |= inside != *a;
+                *a = inside;
+            }
+            self.stats.envelope_clamped += u64::from(clamped);
             self.has_command = true;
             self.last_command_at = now;
             self.watchdog_tripped = false;

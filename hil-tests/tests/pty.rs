@@ -239,7 +239,17 @@ fn spawn_binary(args: &[&str]) -> (Child, String) {
 #[test]
 fn binary_serves_a_pty() {
     let task = TaskId::Maze;
-    let (mut child, path) = spawn_binary(&["--task", "maze", "--lockstep", "--seed", "1"]);
+    // maze.toml's 300 ms watchdog could trip between two commands on a loaded machine
+    // (a hold step would then answer the next command): 30 s.
+    let (mut child, path) = spawn_binary(&[
+        "--task",
+        "maze",
+        "--lockstep",
+        "--seed",
+        "1",
+        "--command-timeout-ms",
+        "30000",
+    ]);
     let mut client = Client::new(Box::new(SerialLink::open(&path, 1_000_000).unwrap()));
     client.handshake(robot(task).hello(), GUARD).unwrap();
     client.send(Message::Reset { seed: 3 }).unwrap();

@@ -364,6 +364,37 @@ fn each_step_moves_at_most_max_delta_from_the_last() {
     assert_eq!(fw.stats().slew_limited, 3);
 }
 
+/// A command outside the safety envelope is applied clamped into it, and the slew
+/// limit works from the clamped value: a reversal is not delayed by a reference that
+/// walked out past the envelope (it did: +0.9 three times, then -0.5, still drove at
+/// +0.6).
+#[test]
+fn commands_outside_the_envelope_are_clamped_before_the_slew_limit() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example(task.name()).unwrap();
+    robot.safety.max_delta_per_tick = vec![0.3, 0.3];
+    robot.safety.action_min = vec![-0.5, -0.5];
+    robot.safety.action_max = vec![0.5, 0.5];
+    let mut opts = FirmwareOptions::new(task, robot);
+    opts.command_timeout = Some(ms(1000));
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    // push: 20 Hz, ticks every 50 ms.
+    for (k, expect) in [[0.3, -0.3], [0.5, -0.5], [0.5, -0.5]].iter().enumerate() {
+        let t = 50 * k as u64;
+        fw.on_frame(ms(t + 10), command(&[0.9, -0.9]));
+        fw.poll(ms(t + 50));
+        assert_eq!(fw.last_stepped(), expect, "tick {k}");
+    }
+    assert_eq!(fw.stats().envelope_clamped, 3);
+    fw.on_frame(ms(160), command(&[-0.5, 0.5]));
+    fw.poll(ms(200));
+    // One step of 0.3 back from the envelope's edge.
+    assert_eq!(fw.last_stepped(), [0.5f32 - 0.3, -0.5f32 + 0.3]);
+    assert_eq!(fw.stats().envelope_clamped, 3, "inside: not clamped");
+}
+
 /// `lose_cmd`: a lost command never reaches the firmware's logic (not recorded, no
 /// step in lockstep, does not feed the watchdog), and is counted.
 #[test]
