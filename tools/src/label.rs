@@ -102,15 +102,20 @@ pub fn label_success(
 ) -> Result<Labelled> {
     let mut ds = dataset::read_dataset(input)
         .with_context(|| format!("{}: cannot read the dataset", input.display()))?;
-    // The source is never modified, so the copy cannot go inside it (nor be it).
+    // The source is never modified, so the copy cannot go inside it (nor be it). A path
+    // is resolved through its nearest folder that exists (`--out SRC/a/b` with neither
+    // `a` nor `b` there is inside SRC too).
     let resolved = |p: &Path| -> Option<std::path::PathBuf> {
-        p.canonicalize().ok().or_else(|| {
-            let parent = match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            Some(parent.canonicalize().ok()?.join(p.file_name()?))
-        })
+        let absolute = std::path::absolute(p).ok()?;
+        let mut existing = absolute.as_path();
+        let mut missing = vec![];
+        while !existing.exists() {
+            missing.push(existing.file_name()?);
+            existing = existing.parent()?;
+        }
+        let mut path = existing.canonicalize().ok()?;
+        path.extend(missing.iter().rev());
+        Some(path)
     };
     if let (Some(src), Some(dst)) = (resolved(input), resolved(output)) {
         ensure!(

@@ -315,7 +315,13 @@ fn label_writes_success_rewards_on_a_copy() {
         text(&o)
     );
     // A copy inside the source (or onto it) is refused before anything is written.
-    for inside in [unlabelled.join("labelled"), unlabelled.clone()] {
+    // Also where folders on the way do not exist yet: the check was skipped, and the
+    // missing folders were made inside the source.
+    for inside in [
+        unlabelled.join("labelled"),
+        unlabelled.clone(),
+        unlabelled.join("copies/v1"),
+    ] {
         let o = tools(&[
             "dataset",
             "label",
@@ -333,6 +339,7 @@ fn label_writes_success_rewards_on_a_copy() {
         );
     }
     assert!(!unlabelled.join("labelled").exists());
+    assert!(!unlabelled.join("copies").exists());
 }
 
 /// Labels the source had are never replaced silently: success flags without rewards

@@ -107,6 +107,14 @@ impl Recorder {
                      overwritten with one)",
                     path.display()
                 );
+                // Nor is a recording: the SDK empties the file as it opens it, and a
+                // robot run's recording cannot be made again.
+                anyhow::ensure!(
+                    !path.exists(),
+                    "{}: exists already, and a recording is never written over (remove it, \
+                     or choose another name)",
+                    path.display()
+                );
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
@@ -184,12 +192,25 @@ pub fn path_part(name: &str) -> String {
     if s.is_empty() { "_".into() } else { s }
 }
 
-/// Entity paths `prefix/<name>` for each name.
-pub fn paths(prefix: &str, names: &[String]) -> Vec<String> {
-    names
-        .iter()
-        .map(|n| format!("{prefix}/{}", path_part(n)))
-        .collect()
+/// Entity paths `prefix/<name>` for each name, one per name: names that become the same
+/// path part (`q(1)` and `q[1]`, `a/b` and `a_b`) get `_2`, `_3`, … after the first, so
+/// that two dimensions never share one series.
+pub fn paths<S: AsRef<str>>(prefix: &str, names: &[S]) -> Vec<String> {
+    let parts: Vec<String> = names.iter().map(|n| path_part(n.as_ref())).collect();
+    let mut taken = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let mut unique = part.clone();
+        let mut k = 2;
+        // Not one a later name has as its own part either.
+        while taken.contains(&unique) || (unique != *part && parts[i + 1..].contains(&unique)) {
+            unique = format!("{part}_{k}");
+            k += 1;
+        }
+        taken.insert(unique.clone());
+        out.push(format!("{prefix}/{unique}"));
+    }
+    out
 }
 
 /// Logs one scalar per path.
@@ -317,6 +338,21 @@ fn need_dir(dir: &Path, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_become_one_part_get_paths_of_their_own() {
+        let names = ["a/b", "a_b", "a_b_2", "q(1)", "q[1]"];
+        assert_eq!(
+            paths("obs", &names),
+            [
+                "obs/a_b",
+                "obs/a_b_3",
+                "obs/a_b_2",
+                "obs/q_1_",
+                "obs/q_1__2"
+            ]
+        );
+    }
 
     #[test]
     fn names_become_path_parts() {

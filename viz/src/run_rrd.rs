@@ -78,10 +78,7 @@ fn parse_csv(path: &Path) -> Result<RunCsv> {
     let stem = path_part(&path.file_stem().unwrap_or_default().to_string_lossy());
     rerun::TimelineName::try_new(cols[0])
         .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0]))?;
-    let entities = cols[1..]
-        .iter()
-        .map(|c| format!("metrics/{stem}/{}", path_part(c)))
-        .collect();
+    let entities = crate::paths(&format!("metrics/{stem}"), &cols[1..]);
     let mut rows = Vec::new();
     for (i, line) in lines.enumerate() {
         if line.trim().is_empty() {

@@ -82,6 +82,12 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     // after `eval.csv` and `metrics.csv` (by step), and used to be filed at their last
     // step as well.
     std::fs::write(run.join("pretrain.csv"), "update,bc_loss\n0,1.0\n50,0.5\n").unwrap();
+    // An existing recording is never written over (the SDK emptied it as it opened).
+    let before = std::fs::read(&rrd).unwrap();
+    let err = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap_err();
+    assert!(format!("{err:#}").contains("never written over"), "{err:#}");
+    assert_eq!(std::fs::read(&rrd).unwrap(), before);
+    std::fs::remove_file(&rrd).unwrap();
     viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
     let chunks = viz::cli::chunk_timelines(&rrd).unwrap();
     for (entity, timeline) in [
@@ -95,6 +101,7 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
         );
     }
     std::fs::remove_file(run.join("pretrain.csv")).unwrap();
+    std::fs::remove_file(&rrd).unwrap();
     viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
 
     // A malformed row names the file and line, and the recording written before is
