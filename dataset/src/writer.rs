@@ -249,6 +249,16 @@ impl DatasetWriter {
             Err(e) => return Err(DatasetError::io(dir, "opening dataset directory", e)),
         }
         let lock = lock_dir(dir)?;
+        // Again under the lock: another writer that saw it empty too may have created
+        // and finished a dataset there between the look above and the lock (this one
+        // would then commit an empty dataset over it).
+        let empty = fs::read_dir(dir)
+            .map_err(|e| DatasetError::io(dir, "opening dataset directory", e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(DatasetError::NotEmpty { path: dir.into() });
+        }
         fs::create_dir_all(meta::episodes_path(dir).parent().unwrap_or(dir))
             .map_err(|e| DatasetError::io(dir, "creating meta directories", e))?;
         let json = fresh_info_json(&info);
@@ -330,7 +340,19 @@ impl DatasetWriter {
             }
         }
         let chunks_size = loaded.json.chunks_size;
-        let next_file = last.map_or((0, 0), |l| advance(l, chunks_size));
+        let next_file = match last {
+            None => (0, 0),
+            // A stray `file-18446744073709551615.parquet` has no next file: an error, not
+            // an overflow panic when the robot's recording opens.
+            Some(l) => advance(l, chunks_size).ok_or_else(|| DatasetError::Invalid {
+                path: dir.join("data"),
+                problem: format!(
+                    "the last data file, chunk {} file {}, leaves no number for a next one (a \
+                     stray file name?)",
+                    l.0, l.1
+                ),
+            })?,
+        };
         let ours = meta::episodes_path(dir);
         let stale_index_files = loaded
             .episode_files
@@ -433,8 +455,11 @@ impl DatasetWriter {
     /// the run (committed with them by [`Self::finish`]): the run lost some (a data file
     /// that failed) or never ended others (its logger stopped inside one). A converter
     /// of the run's log (`controller log-to-dataset --last-run`) then adds the others,
-    /// not these again ([`Self::partial_run`]). Not noted past [`MAX_NOTED_RUNS`]
-    /// partial runs.
+    /// not these again ([`Self::partial_run`]). At most [`MAX_NOTED_RUNS`] partial
+    /// runs are noted: past that, the note of another one goes (the first in the map's
+    /// order, which is not their age) to make room. The new run is the one a converter
+    /// with `--last-run` is about to take; left out, it was not noted at all and its
+    /// saved episodes were added a second time.
     pub fn note_partial_run(&mut self, id: &str, saved: &[u32]) {
         let map = self
             .json
@@ -444,8 +469,11 @@ impl DatasetWriter {
         let Some(map) = map.as_object_mut() else {
             return;
         };
-        if !map.contains_key(id) && map.len() >= MAX_NOTED_RUNS {
-            return;
+        while !map.contains_key(id) && map.len() >= MAX_NOTED_RUNS {
+            let Some(other) = map.keys().next().cloned() else {
+                break;
+            };
+            map.remove(&other);
         }
         let entry = map
             .entry(id)
@@ -522,7 +550,7 @@ impl DatasetWriter {
                 .is_ok()
                     && skipped < MAX_SKIPPED_FILES
                 {
-                    self.next_file = advance(self.next_file, self.json.chunks_size);
+                    self.next_file = self.after(self.next_file)?;
                     skipped += 1;
                 }
                 let (chunk, file) = self.next_file;
@@ -531,7 +559,7 @@ impl DatasetWriter {
                     .join(meta::format_path(&self.json.data_path, chunk, file));
                 let out = ParquetOut::create_new(&path, self.schema.clone(), None)?;
                 self.new_files.push(path);
-                self.next_file = advance(self.next_file, self.json.chunks_size);
+                self.next_file = self.after(self.next_file)?;
                 OpenFile {
                     out,
                     chunk,
@@ -786,11 +814,21 @@ impl DatasetWriter {
     }
 }
 
-fn advance((chunk, file): (usize, usize), chunks_size: usize) -> (usize, usize) {
-    if file + 1 < chunks_size {
-        (chunk, file + 1)
-    } else {
-        (chunk + 1, 0)
+impl DatasetWriter {
+    /// The data file after `at`, or an error naming the dataset past the numbers' range.
+    fn after(&self, at: (usize, usize)) -> Result<(usize, usize), DatasetError> {
+        advance(at, self.json.chunks_size).ok_or_else(|| DatasetError::Invalid {
+            path: self.dir.join("data"),
+            problem: format!("no data file number after chunk {} file {}", at.0, at.1),
+        })
+    }
+}
+
+/// The data file after `(chunk, file)`; `None` past the numbers' range.
+fn advance((chunk, file): (usize, usize), chunks_size: usize) -> Option<(usize, usize)> {
+    match file.checked_add(1) {
+        Some(next) if next < chunks_size => Some((chunk, next)),
+        _ => Some((chunk.checked_add(1)?, 0)),
     }
 }
 

@@ -314,6 +314,38 @@ fn a_leftover_data_file_is_stepped_over() {
     assert_eq!(read_dataset(&dir).unwrap().episodes, eps);
 }
 
+/// A stray data file numbered at the end of the range is an error naming the dataset,
+/// not an overflow panic as the writer opens (the robot's recording would not start).
+#[test]
+fn a_data_file_numbered_at_the_end_of_the_range_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    write_dataset(&dir, &info(), &episodes(1, &[3])).unwrap();
+    let stray = dir.join(format!("data/chunk-{}", usize::MAX));
+    fs::create_dir_all(&stray).unwrap();
+    let info_json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("meta/info.json")).unwrap()).unwrap();
+    let chunks_size = info_json["chunks_size"].as_u64().unwrap();
+    fs::write(
+        stray.join(format!("file-{:03}.parquet", chunks_size - 1)),
+        "stray",
+    )
+    .unwrap();
+    let err = DatasetWriter::open_append(&dir).err().expect("refused");
+    assert!(
+        err.to_string().contains("leaves no number for a next one"),
+        "{err}"
+    );
+    // A file number past the chunk's size just moves on to the next chunk.
+    fs::remove_dir_all(&stray).unwrap();
+    let chunk = dir.join("data/chunk-000");
+    fs::write(chunk.join(format!("file-{}.parquet", usize::MAX)), "stray").unwrap();
+    let mut w = DatasetWriter::open_append(&dir).unwrap();
+    w.append_episode(&episodes(1, &[4])[0]).unwrap();
+    w.finish().unwrap();
+    assert!(dir.join("data/chunk-001/file-000.parquet").is_file());
+}
+
 /// Runs noted by a writer are committed with its episodes, kept by later appends, and
 /// noted once each; a writer that never finishes notes nothing.
 #[test]
@@ -339,6 +371,28 @@ fn noted_runs_are_committed_with_the_episodes() {
     validate_dataset(&dir).unwrap();
 }
 
+/// Past `MAX_NOTED_RUNS` partial runs the newest is still noted (it was left out, and
+/// converting its log with `--last-run` added the episodes it saved a second time).
+#[test]
+fn the_newest_partial_run_is_noted_past_the_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let eps = episodes(1, &[3]);
+    let mut w = DatasetWriter::create(&dir, info()).unwrap();
+    for i in 0..dataset::MAX_NOTED_RUNS {
+        w.note_partial_run(&format!("old-{i:04}"), &[1]);
+    }
+    w.append_episode(&eps[0]).unwrap();
+    w.note_partial_run("newest", &[0, 2]);
+    w.finish().unwrap();
+    let w = DatasetWriter::open_append(&dir).unwrap();
+    assert_eq!(w.partial_run("newest"), [0, 2]);
+    let noted = (0..dataset::MAX_NOTED_RUNS)
+        .filter(|i| !w.partial_run(&format!("old-{i:04}")).is_empty())
+        .count();
+    assert_eq!(noted, dataset::MAX_NOTED_RUNS - 1);
+}
+
 #[test]
 fn episode_helpers() {
     let ep = episodes(7, &[5]).remove(0);
@@ -347,7 +401,11 @@ fn episode_helpers() {
     ep.check(OBS_DIM, ACT_DIM).unwrap();
     assert!(ep.check(OBS_DIM + 1, ACT_DIM).is_err());
     assert!(ep.is_success()); // index 0 → success on last step
-    assert_eq!(ep.ret(), ep.rewards.iter().sum::<f32>());
+    // The return of known rewards (the sum of the episode's own rewards restated
+    // `ret` itself).
+    let mut known = ep.clone();
+    known.rewards = vec![0.5, -1.0, 0.25, 0.0, 2.0];
+    assert_eq!(known.ret(), 1.75);
     let mut both = ep.clone();
     both.truncated[4] = true; // already terminated (seed 0 is even)
     assert!(
