@@ -46,6 +46,10 @@ pub enum ChunkPlayError {
         "the temporal ensembling weight m must be finite, with |m|·(H − 1) ≤ 80 so that the weights e^(−m·i) stay finite (H = {horizon}), not {m}"
     )]
     EnsembleWeight { horizon: usize, m: f32 },
+    #[error(
+        "temporal ensembling blends the chunks that cover a step, and chunks of {horizon} played whole never overlap: replan more often (replan_every below {horizon})"
+    )]
+    EnsembleWithoutOverlap { horizon: usize },
 }
 
 /// How a policy's chunks of `horizon` actions are played: the first `replan_every` of
@@ -88,7 +92,8 @@ impl ChunkPlay {
     }
 
     /// The same play with temporal ensembling of weight `m` (`None`: without). Needs
-    /// chunks (horizon > 1) and a finite `m` with `|m|·(H − 1) ≤ 80`.
+    /// chunks (horizon > 1) that overlap (replanned before they are played whole: it
+    /// blended nothing, and said nothing) and a finite `m` with `|m|·(H − 1) ≤ 80`.
     pub fn with_ensemble(self, m: Option<f32>) -> Result<Self, ChunkPlayError> {
         let horizon = self.horizon;
         match m {
@@ -97,6 +102,9 @@ impl ChunkPlay {
                 return Err(ChunkPlayError::EnsembleWeight { horizon, m });
             }
             Some(_) if self.horizon == 1 => return Err(ChunkPlayError::EnsembleWithoutChunks),
+            Some(_) if self.replan_every == horizon => {
+                return Err(ChunkPlayError::EnsembleWithoutOverlap { horizon });
+            }
             Some(_) => {}
         }
         Ok(ChunkPlay {
@@ -307,6 +315,17 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(ChunkPlay::SINGLE.with_ensemble(None), Ok(ChunkPlay::SINGLE));
+        let e = ChunkPlay::new(4, 0)
+            .unwrap()
+            .with_ensemble(Some(0.0))
+            .unwrap_err();
+        assert!(e.to_string().contains("never overlap"), "{e}");
+        assert!(
+            ChunkPlay::new(4, 3)
+                .unwrap()
+                .with_ensemble(Some(0.0))
+                .is_ok()
+        );
     }
 
     /// Chunk `p` (planned on step p) holds `10·p + k` for its action `k`, in both of its

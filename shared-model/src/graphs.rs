@@ -267,8 +267,17 @@ pub fn edit_graph(w: &GaussianWeights, obs_dim: usize, act_dim: usize) -> ModelP
 }
 
 /// The critic-ensemble graph, scoring with the members listed in `members`.
+///
+/// Panics unless every hidden layer has its layer norm (`norms.len() == layers.len() −
+/// 1`): the ReLU comes after the norm, so a hidden layer without one would have been
+/// written linear, a different network from the trainer's.
 pub fn critic_graph(w: &CriticWeights, obs_dim: usize, act_dim: usize) -> ModelProto {
     use names::*;
+    assert_eq!(
+        w.norms.len() + 1,
+        w.layers.len(),
+        "critic graph: one layer norm per hidden layer"
+    );
     let mut g = GraphBuilder::new("expo_critic");
     let e = w.members();
     let obs = g.input(OBS, DATA_TYPE_FLOAT, &[OBS_BATCH, Dim::Fixed(obs_dim)]);
@@ -340,4 +349,31 @@ pub fn critic_graph(w: &CriticWeights, obs_dim: usize, act_dim: usize) -> ModelP
     let q = g.node("Squeeze", &[&h, &axes], &[]);
     g.output(&q, Q, DATA_TYPE_FLOAT, &[Dim::Symbolic("members"), BATCH]);
     g.finish("EXPO critic ensemble: Q of the listed members for every action row")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dense(members: usize, d_in: usize, d_out: usize) -> EnsembleDenseWeights {
+        EnsembleDenseWeights {
+            members,
+            d_in,
+            d_out,
+            weight: vec![0.1; members * d_in * d_out],
+            bias: vec![0.0; members * d_out],
+        }
+    }
+
+    /// A hidden layer without its layer norm is refused: it was written without its
+    /// ReLU, a linear critic unlike the trainer's.
+    #[test]
+    #[should_panic(expected = "one layer norm per hidden layer")]
+    fn a_critic_without_its_layer_norms_is_refused() {
+        let w = CriticWeights {
+            layers: vec![dense(2, 3, 4), dense(2, 4, 1)],
+            norms: vec![],
+        };
+        critic_graph(&w, 2, 1);
+    }
 }

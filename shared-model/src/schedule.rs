@@ -209,6 +209,23 @@ mod tests {
         for t in 1..5 {
             assert_eq!(s.reverse(t).sigma, s.betas[t].sqrt(), "t = {t}");
         }
+        // At every other step too the mean is the posterior's: √ᾱ_{t−1} β_t / (1 − ᾱ_t)
+        // x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) x_t (at t = 0 alone ᾱ_t = α_t, so a wrong
+        // ᾱ index passed the check above).
+        for t in 1..5 {
+            let (a, b) = s.noising(t);
+            let xt = (a * x0 + b * eps) as f64;
+            let r = s.reverse(t);
+            let mean = (xt - r.eps_coef as f64 * eps as f64) * r.inv_sqrt_alpha as f64;
+            let (beta, alpha) = (s.betas[t] as f64, s.alphas[t] as f64);
+            let (ab, ab_prev) = (s.alpha_bars[t] as f64, s.alpha_bars[t - 1] as f64);
+            let posterior = ab_prev.sqrt() * beta / (1.0 - ab) * x0 as f64
+                + alpha.sqrt() * (1.0 - ab_prev) / (1.0 - ab) * xt;
+            assert!(
+                (mean - posterior).abs() < 1e-5,
+                "t = {t}: {mean} vs {posterior}"
+            );
+        }
     }
 
     #[test]
