@@ -35,7 +35,9 @@
 //! one subset per slice, then the actor loss's noise. `act_rng` serves acting online;
 //! an evaluation acts with a generator seeded from its own seed
 //! ([`crate::run::evaluate`]), so how often a run evaluates does not change its online
-//! draws (RLPD's evaluation, by the actor's mode, draws nothing).
+//! draws (RLPD's evaluation, by the actor's mode, draws nothing). With
+//! `compute.normals = "device"` the Gaussian draws of both come from the backend's one
+//! generator, so there it does.
 //! Batch indices come from the run's own `batch_rng`. With `compute.normals = "host"`
 //! (the default) every Gaussian draw comes from these too, so a seed fixes a run on a
 //! given backend and a CPU and a GPU run draw the same noise. With `"device"` the Gaussian

@@ -541,7 +541,9 @@ impl RecordedBy {
 /// source's replay), and a receiver tells a robot how many records it holds by its log
 /// (without them, a robot whose log went on was told 0 and sent everything again,
 /// which was trained on twice). Each copy is written under a temporary name and renamed
-/// into place.
+/// into place. A log still open for writing (the source run is still receiving) is
+/// refused. As on `--resume`, records a source logged after its last checkpoint (a
+/// crash) are held without being in the replay: the robot does not send them again.
 fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
     let source = from.join("uplink");
     let entries = match std::fs::read_dir(&source) {
@@ -556,13 +558,31 @@ fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
         if !entry.file_type()?.is_file() || path.extension().is_none_or(|e| e != "log") {
             continue;
         }
-        // `out` holds no run (checked before), so a log there is one this copy left
-        // when a first try failed after it: replaced.
+        // Under a shared lock: the receiver of a run still listening holds its log's
+        // exclusive one, and would go on appending to the source after the copy.
+        let mut src = std::fs::File::open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        match src.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{}: the run at {} is still receiving this stream (its log is open for \
+                 writing): end it before starting a run from it",
+                path.display(),
+                from.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("{}: cannot lock", path.display()));
+            }
+        }
+        // A log already in `out` (a fresh run, or a `--resume` that found no checkpoint
+        // there) is one of a try that failed before its first checkpoint: replaced.
         let dest = target.join(entry.file_name());
         std::fs::create_dir_all(&target)
             .with_context(|| format!("creating {}", target.display()))?;
         let tmp = dest.with_extension("log.tmp");
-        std::fs::copy(&path, &tmp)
+        let mut copy =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        std::io::copy(&mut src, &mut copy)
             .with_context(|| format!("copying {} to {}", path.display(), tmp.display()))?;
         std::fs::rename(&tmp, &dest)
             .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;

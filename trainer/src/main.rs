@@ -487,18 +487,25 @@ fn main() -> Result<()> {
             c.run.online_steps = 0;
             // A checkpoint past pretraining belongs to an online run: pretraining has
             // nothing left to do there, and `train --resume` is what continues it.
+            // So does one at step 0 of a run that has online steps to take: `train` takes
+            // one right after pretraining.
             if resume && trainer::run::checkpoint_dir_exists(&out) {
                 let step = trainer::run::checkpoint_env_step(&out)?;
+                let online_steps = std::fs::read_to_string(out.join("config.toml"))
+                    .ok()
+                    .and_then(|t| t.parse::<toml::Table>().ok())
+                    .and_then(|t| t.get("run")?.get("online_steps")?.as_integer())
+                    .unwrap_or(0);
                 let continues = if out.join("finetune.csv").exists() {
                     "it is a finetune run: `finetune --resume` continues it"
                 } else {
                     "`train --resume` does"
                 };
                 anyhow::ensure!(
-                    step == 0,
-                    "{}: its checkpoint is {step} environment steps into online training; \
-                     `pretrain --resume` does not continue it ({continues}; nothing was \
-                     changed)",
+                    step == 0 && online_steps == 0,
+                    "{}: it is an online run (run.online_steps = {online_steps}, its checkpoint \
+                     {step} environment steps in); `pretrain --resume` does not continue it \
+                     ({continues}; nothing was changed)",
                     out.display()
                 );
             }

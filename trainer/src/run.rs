@@ -1361,8 +1361,37 @@ pub(crate) fn write_checkpoint(
     // state.json last: its presence marks the directory complete.
     std::fs::write(tmp.join("state.json"), serde_json::to_string(state)?)?;
     // On disk before the renames (a power cut after them must not find a truncated
-    // checkpoint where the previous one was).
+    // checkpoint where the previous one was). So are the logs whose rows up to here a
+    // resume keeps (it truncates what lies beyond the checkpoint, and restores nothing
+    // that is missing).
     sync_tree(&tmp)?;
+    for log in [
+        "metrics.csv",
+        "eval.csv",
+        "finetune.csv",
+        "pretrain.csv",
+        "config.toml",
+    ] {
+        let path = out.join(log);
+        if path.is_file() {
+            sync_path(&path)?;
+        }
+    }
+    // A live run's stream logs as well: a resumed run tells the robot how many records
+    // it holds by them, and the checkpoint's replay holds every transition they held
+    // when it was taken (each is logged before it is trained on). Lost from the page
+    // cache, the robot would send them again, to be trained on twice.
+    let uplink = out.join("uplink");
+    if uplink.is_dir() {
+        for entry in
+            std::fs::read_dir(&uplink).with_context(|| format!("listing {}", uplink.display()))?
+        {
+            let path = entry?.path();
+            if path.is_file() {
+                sync_path(&path)?;
+            }
+        }
+    }
     if cur.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old)?;

@@ -650,4 +650,45 @@ fn transitions_logged_after_the_last_update_are_kept() {
         robot_steps[first_unheld].obs(),
         "the robot sent its transitions from the start again"
     );
+
+    // A run still receiving (its stream log open for writing) is not started from:
+    // the copy would miss what it goes on receiving.
+    let log = std::fs::read_dir(out2.join("uplink"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let receiving = controller::robot_loop::log::LogWriter::open(&log).unwrap();
+    let err = finetune(
+        &FinetuneOptions {
+            from: out2.clone(),
+            data: vec![],
+            out: tmp.path().join("live3"),
+            updates: 10,
+            with_offline: true,
+            checkpoint_every: 50,
+            log_every: 50,
+            eval_episodes: 0,
+            resume: false,
+            stop_after: None,
+            keep_interventions: false,
+            device: None,
+            listen: Some(LiveOptions {
+                addr: "127.0.0.1:0".into(),
+                key: Key::from_bytes([7; KEY_LEN]),
+                publish_every: 50,
+                signing_key: None,
+                idle_exit: Some(Duration::from_secs(1)),
+                bound: None,
+            }),
+        },
+        &mut (),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is still receiving this stream"),
+        "{err:#}"
+    );
+    drop(receiving);
 }

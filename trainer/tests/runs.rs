@@ -169,6 +169,21 @@ fn a_run_stopped_after_pretraining_resumes_from_there() {
     assert!(s.stopped_early && s.env_steps == 0, "{s:?}");
     assert_eq!(trainer::run::checkpoint_env_step(&dir).unwrap(), 0);
     let pretrained = std::fs::read_to_string(dir.join("pretrain.csv")).unwrap();
+    // `pretrain --resume` does not take it for a pretraining run (it made it one: no
+    // online steps, its logs cut back).
+    let (code, text) = trainer_cli(&[
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--out",
+        dir.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("it is an online run (run.online_steps = 120"),
+        "{text}"
+    );
     let resumed = TrainOptions {
         resume: true,
         ..full.clone()
@@ -421,9 +436,8 @@ fn resume_refuses_a_different_config() {
     let (code, text) = trainer_cli(&["pretrain", "--preset", "tiny", "--out", dir, "--resume"]);
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains(&format!(
-            "its checkpoint is {step} environment steps into online training"
-        )) && text.contains("`train --resume` does"),
+        text.contains(&format!("its checkpoint {step} environment steps in"))
+            && text.contains("`train --resume` does"),
         "{text}"
     );
     assert_eq!(
