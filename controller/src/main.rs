@@ -753,12 +753,21 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
         if two_speed { " two-speed" } else { "" }
     );
     let report = robot_loop::run(cfg, brain, &b.manifest.task, &dir.display().to_string())?;
-    // A failed run's figures are not a benchmark's: it exited 0 with a table.
-    if report.outcome == robot_loop::Outcome::Error {
+    // A failed run's figures are not a benchmark's (it exited 0 with a table), nor are
+    // those of a run stopped by a fault (a lost link, a stop button).
+    if matches!(
+        report.outcome,
+        robot_loop::Outcome::Error | robot_loop::Outcome::StoppedByFault
+    ) {
         println!("{report}");
         bail!(
-            "bench-loop: the run failed: {}",
-            report.error.as_deref().unwrap_or("(no error recorded)")
+            "bench-loop: the run ended {:?}: {}",
+            report.outcome,
+            report
+                .error
+                .as_deref()
+                .or(report.faults.last().map(|f| f.detail.as_str()))
+                .unwrap_or("(no error recorded)")
         );
     }
     let fw_report = fw.stop()?;

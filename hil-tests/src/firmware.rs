@@ -536,7 +536,9 @@ impl SimFirmware {
                 .zip(&safety.action_max)
             {
                 let inside = a.clamp(*lo, *hi);
-                clamped |= inside != *a;
+                // A value the controller clamped to the edge may come back an ulp
+                // beyond it through robot units: clamped, not counted.
+                clamped |= (inside - *a).abs() > REACH_TOLERANCE;
                 *a = inside;
             }
             self.stats.envelope_clamped += u64::from(clamped);

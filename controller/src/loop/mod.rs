@@ -660,6 +660,9 @@ pub struct RunReport {
     pub cadence: CadenceReport,
     pub realtime: Vec<realtime::RealtimeStep>,
     pub ticks: u64,
+    /// Why `OUT/report.json` could not be written (a full disk, say); the report is
+    /// then printed instead, and the run exits as one whose recording lost something.
+    pub report_not_written: Option<String>,
 }
 
 impl RunReport {
@@ -697,6 +700,7 @@ impl RunReport {
             cadence: Default::default(),
             realtime: vec![],
             ticks: 0,
+            report_not_written: None,
         }
     }
 }
@@ -707,10 +711,13 @@ impl RunReport {
     /// disk).
     pub fn recording_lost(&self) -> Option<String> {
         let errors = self.logger.as_ref().map_or(&[][..], |l| &l.errors[..]);
-        if self.log_drops == 0 && errors.is_empty() {
+        if self.log_drops == 0 && errors.is_empty() && self.report_not_written.is_none() {
             return None;
         }
         let mut why = vec![];
+        if let Some(e) = &self.report_not_written {
+            why.push(format!("the report could not be written: {e}"));
+        }
         if self.log_drops > 0 {
             why.push(format!(
                 "{} transitions the logger's queue could not take",
@@ -1175,7 +1182,10 @@ pub fn run(
     }
     if let Err(e) = written {
         // The report is the run's only account of its faults and timing: printed where
-        // it cannot be written, not lost.
+        // it cannot be written, not lost. The run's exit status stays its own (3 for a
+        // stop button, 130 for an interruption), or 4 for one that completed: the
+        // recording lost something. (It used to be 1, hiding the others.)
+        report.report_not_written = Some(e.to_string());
         note!(
             "the run's report, which could not be written to {}:\n{}",
             cfg.out
@@ -1185,7 +1195,6 @@ pub fn run(
                 .display(),
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
-        return Err(e);
     }
     Ok(report)
 }

@@ -174,7 +174,7 @@ fn main() -> Result<()> {
     let report = run(&mut fw, port.as_mut(), args.rate_scale, &stop)?;
     let (f, d) = (&report.firmware, &report.decoder);
     eprintln!(
-        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding, {} slew limited), {} commands ({} invalid), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
+        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding, {} slew limited), {} commands ({} invalid, {} clamped into the envelope), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
         f.handshakes,
         f.handshake_refusals,
         f.episodes,
@@ -183,6 +183,7 @@ fn main() -> Result<()> {
         f.slew_limited,
         f.commands,
         f.invalid_commands,
+        f.envelope_clamped,
         f.watchdog_trips,
         f.estops,
         f.frame_errors,
