@@ -456,8 +456,8 @@ impl DatasetWriter {
     /// that failed) or never ended others (its logger stopped inside one). A converter
     /// of the run's log (`controller log-to-dataset --last-run`) then adds the others,
     /// not these again ([`Self::partial_run`]). At most [`MAX_NOTED_RUNS`] partial
-    /// runs are noted: past that, the note of another one goes (the first in the map's
-    /// order, which is not their age) to make room. The new run is the one a converter
+    /// runs are noted: past that, the oldest note goes to make room (by the start time
+    /// that ends the controller's run ids). The new run is the one a converter
     /// with `--last-run` is about to take; left out, it was not noted at all and its
     /// saved episodes were added a second time.
     pub fn note_partial_run(&mut self, id: &str, saved: &[u32]) {
@@ -470,10 +470,17 @@ impl DatasetWriter {
             return;
         };
         while !map.contains_key(id) && map.len() >= MAX_NOTED_RUNS {
-            let Some(other) = map.keys().next().cloned() else {
+            // The oldest: the controller's run ids end in their start time (ns since
+            // the epoch, after the last '-'); an id without one goes first.
+            let started = |k: &String| {
+                k.rsplit_once('-')
+                    .and_then(|(_, t)| t.parse::<u128>().ok())
+                    .unwrap_or(0)
+            };
+            let Some(oldest) = map.keys().min_by_key(|k| started(k)).cloned() else {
                 break;
             };
-            map.remove(&other);
+            map.remove(&oldest);
         }
         let entry = map
             .entry(id)
@@ -559,7 +566,12 @@ impl DatasetWriter {
                     .join(meta::format_path(&self.json.data_path, chunk, file));
                 let out = ParquetOut::create_new(&path, self.schema.clone(), None)?;
                 self.new_files.push(path);
-                self.next_file = self.after(self.next_file)?;
+                // Past the last number it stays on this file: the next file to open then
+                // finds it taken and fails to step over it, with the error. This one is
+                // good.
+                if let Some(next) = advance(self.next_file, self.json.chunks_size) {
+                    self.next_file = next;
+                }
                 OpenFile {
                     out,
                     chunk,

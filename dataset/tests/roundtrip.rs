@@ -379,18 +379,22 @@ fn the_newest_partial_run_is_noted_past_the_cap() {
     let dir = tmp.path().join("d");
     let eps = episodes(1, &[3]);
     let mut w = DatasetWriter::create(&dir, info()).unwrap();
+    // Run ids as the controller makes them, `{pid}-{start ns}`: pids in no order.
+    let id = |i: usize| format!("{}-{}", 7919 * (i + 1) % 1000, 1_000_000 + i);
     for i in 0..dataset::MAX_NOTED_RUNS {
-        w.note_partial_run(&format!("old-{i:04}"), &[1]);
+        w.note_partial_run(&id(i), &[1]);
     }
     w.append_episode(&eps[0]).unwrap();
-    w.note_partial_run("newest", &[0, 2]);
+    let newest = id(dataset::MAX_NOTED_RUNS);
+    w.note_partial_run(&newest, &[0, 2]);
     w.finish().unwrap();
     let w = DatasetWriter::open_append(&dir).unwrap();
-    assert_eq!(w.partial_run("newest"), [0, 2]);
-    let noted = (0..dataset::MAX_NOTED_RUNS)
-        .filter(|i| !w.partial_run(&format!("old-{i:04}")).is_empty())
-        .count();
-    assert_eq!(noted, dataset::MAX_NOTED_RUNS - 1);
+    assert_eq!(w.partial_run(&newest), [0, 2]);
+    // The oldest note made room; every other one is kept.
+    assert!(w.partial_run(&id(0)).is_empty());
+    for i in 1..dataset::MAX_NOTED_RUNS {
+        assert_eq!(w.partial_run(&id(i)), [1], "{}", id(i));
+    }
 }
 
 #[test]

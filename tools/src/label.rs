@@ -106,7 +106,17 @@ pub fn label_success(
     // is resolved through its nearest folder that exists (`--out SRC/a/b` with neither
     // `a` nor `b` there is inside SRC too).
     let resolved = |p: &Path| -> Option<std::path::PathBuf> {
-        let absolute = std::path::absolute(p).ok()?;
+        // `..` taken lexically first (`SRC/new/../copy` is `SRC/copy`).
+        let mut absolute = std::path::PathBuf::new();
+        for part in std::path::absolute(p).ok()?.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    absolute.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => absolute.push(other),
+            }
+        }
         let mut existing = absolute.as_path();
         let mut missing = vec![];
         while !existing.exists() {

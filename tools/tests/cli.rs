@@ -321,6 +321,7 @@ fn label_writes_success_rewards_on_a_copy() {
         unlabelled.join("labelled"),
         unlabelled.clone(),
         unlabelled.join("copies/v1"),
+        unlabelled.join("new/../copy"),
     ] {
         let o = tools(&[
             "dataset",
@@ -340,6 +341,7 @@ fn label_writes_success_rewards_on_a_copy() {
     }
     assert!(!unlabelled.join("labelled").exists());
     assert!(!unlabelled.join("copies").exists());
+    assert!(!unlabelled.join("new").exists() && !unlabelled.join("copy").exists());
 }
 
 /// Labels the source had are never replaced silently: success flags without rewards

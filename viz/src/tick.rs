@@ -97,9 +97,10 @@ fn selected_color() -> Color {
 
 impl TickLogger {
     /// `task` draws the simulated task's scene from each observation (`None`: a robot
-    /// without one).
+    /// without one), when the observation names are the task's: a real robot named
+    /// `maze-bot` with 6 other observations is not drawn as the simulated maze.
     pub fn new(task: Option<TaskId>, obs_names: &[String], action_names: &[String]) -> Self {
-        let task = task.filter(|t| t.spec().obs_dim() == obs_names.len());
+        let task = task.filter(|t| t.spec().obs_names.iter().eq(obs_names.iter()));
         TickLogger {
             task,
             obs_paths: paths("observation.state", obs_names),
@@ -281,5 +282,23 @@ mod tests {
         let q = [1.0, 5.0, 3.0, 5.0];
         assert!((spread(&q, 2, 2) - 0.5).abs() < 1e-12);
         assert_eq!(spread(&q[..2], 1, 2), 0.0);
+    }
+
+    /// The simulated scene is drawn only for the task's own observations: a robot
+    /// whose name contains a task's, with as many observations of its own, gets none.
+    #[test]
+    fn a_scene_is_drawn_only_for_the_tasks_own_observations() {
+        let spec = TaskId::Maze.spec();
+        let own: Vec<String> = spec.obs_names.iter().map(|n| n.to_string()).collect();
+        let foreign: Vec<String> = (0..own.len()).map(|i| format!("joint{i}")).collect();
+        let acts = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(
+            TickLogger::new(Some(TaskId::Maze), &own, &acts).task,
+            Some(TaskId::Maze)
+        );
+        assert_eq!(
+            TickLogger::new(Some(TaskId::Maze), &foreign, &acts).task,
+            None
+        );
     }
 }

@@ -131,7 +131,7 @@ fn ticks_become_entities_with_one_row_per_tick() {
     let rrd = tmp.path().join("ticks.rrd");
     let r = viz::Recorder::open("expo_ticks_test", &Target::File(rrd.clone())).unwrap();
     let spec = TaskId::ArmReach.spec();
-    let obs_names: Vec<String> = (0..spec.obs_dim()).map(|i| format!("o{i}")).collect();
+    let obs_names: Vec<String> = spec.obs_names.iter().map(|n| n.to_string()).collect();
     let act_names = vec!["shoulder".to_string(), "elbow".to_string()];
     let mut logger = TickLogger::new(Some(TaskId::ArmReach), &obs_names, &act_names);
     let (m, k, acted) = (6, 2, 40);
@@ -176,9 +176,10 @@ fn ticks_become_entities_with_one_row_per_tick() {
     assert_eq!(rows.get("/timing/jitter_us"), Some(&60), "{rows:?}");
     assert_eq!(rows.get("/timing/tick_us"), Some(&60), "{rows:?}");
     assert_eq!(rows.get("/link/crc_errors"), Some(&60), "{rows:?}");
+    let first_obs = format!("/observation.state/{}", viz::path_part(&obs_names[0]));
     for e in [
         "/timing/infer_us",
-        "/observation.state/o0",
+        first_obs.as_str(),
         "/action/shoulder",
         "/policy/raw_action/elbow",
         "/safety/clamped",
