@@ -14,8 +14,8 @@
 //! - **Firmware faults** need the firmware's cooperation, which asks the injector at the
 //!   right moments: NaN in sensor data ([`FaultInjector::corrupt_sensor`]), a simulated
 //!   reboot mid-episode ([`FaultInjector::reboot_now`]: the firmware restarts its
-//!   sequence numbers and clock, sends `Hello` again and starts a new episode with a new
-//!   id), a press of the robot's stop button ([`FaultInjector::estop_now`]: the
+//!   sequence numbers and clock, sends `Hello` again and waits for the controller's
+//!   `Hello`, ignoring everything else until then), a press of the robot's stop button ([`FaultInjector::estop_now`]: the
 //!   firmware stops as on an `Estop` and reports `Fault { Estop }`), a wrong schema
 //!   hash in its `Hello`, and commands lost on their way in
 //!   ([`FaultInjector::lose_command`]: the controller-to-firmware direction, one whole
@@ -484,11 +484,6 @@ impl FaultInjector {
     /// The schema hash the firmware should announce.
     pub fn schema_hash(&self, ours: u32) -> u32 {
         self.spec.schema_hash.unwrap_or(ours)
-    }
-
-    /// A fresh seed for a simulated reboot's new episode.
-    pub fn next_seed(&mut self) -> u64 {
-        self.rng.next_u64()
     }
 }
 

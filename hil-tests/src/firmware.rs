@@ -21,7 +21,8 @@
 //!   the robot's control rate); if the controller's differs it stays in `AwaitHello`
 //!   and ignores everything else. A frame with another protocol version is answered
 //!   with the firmware's `Hello` too (at most every 100 ms), so the controller can say
-//!   which version the firmware speaks.
+//!   which version the firmware speaks. A simulated reboot (the fault injector's
+//!   `reboot_at`) returns to `AwaitHello` after announcing itself with a `Hello`.
 //! - **Episodes.** `Reset { seed }` resets the simulator with `seed`, then sends
 //!   `EpisodeStart` and the step-0 `Sensor`. Every control step sends `Sensor` (the new
 //!   observation) and `Reward` (that step's outcome) with the episode id and step
@@ -679,16 +680,21 @@ impl SimFirmware {
         self.estop(now);
     }
 
-    /// A simulated firmware reset mid-episode: sequence numbers and clock restart, the
-    /// firmware announces itself again and starts a new episode with a new id.
+    /// A simulated firmware reset mid-episode: sequence numbers and clock restart, and
+    /// the firmware announces itself again and, knowing no controller, waits for a
+    /// `Hello` holding still, as a freshly booted one does. (It used to keep the
+    /// handshake and start an episode of its own, so a controller that went on driving
+    /// a rebooted robot without a new handshake would have passed the HIL tests.)
     fn reboot(&mut self, now: Duration) {
         self.stats.reboots += 1;
         self.encoder.reset();
         self.boot_at = now;
+        self.state = FirmwareState::AwaitHello;
+        self.has_command = false;
+        self.watchdog_tripped = false;
+        self.stepped.copy_from_slice(&self.zero);
         let ours = self.hello;
         self.send(now, Message::Hello(ours));
-        let seed = self.faults.next_seed();
-        self.start_episode(now, seed);
     }
 
     /// Runs everything due at `now` (watchdog, control ticks, heartbeats) and returns
@@ -705,8 +711,8 @@ impl SimFirmware {
             }
             let ticking = self.pacing == Pacing::RealTime || self.watchdog_tripped;
             if ticking && now >= self.next_tick {
-                // The next tick is set before the step: a reboot inside the step starts
-                // a new episode whose first tick (one period on) must stand.
+                // The next tick is set before the step, which may end the episode or
+                // reboot the firmware.
                 self.next_tick += self.period;
                 if self.next_tick <= now {
                     // More than a period behind (a stall): skip the missed ticks, as

@@ -560,8 +560,12 @@ fn version_mismatch_is_answered_with_our_hello_rate_limited() {
     assert_eq!(fw.stats().frame_errors, 4);
 }
 
+/// A reboot restarts the sequence numbers and the clock, announces the firmware, and
+/// then nothing happens before a `Hello`, as after a boot: commands and `Reset`s are
+/// ignored, no episode runs. (It used to keep the handshake and start an episode of
+/// its own.)
 #[test]
-fn simulated_reboot_restarts_sequence_clock_and_episode() {
+fn a_simulated_reboot_waits_for_a_new_handshake() {
     let mut fw = firmware_with(TaskId::Push, Pacing::Lockstep, "reboot_at=3");
     connect(&mut fw, ms(0));
     fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
@@ -569,30 +573,33 @@ fn simulated_reboot_restarts_sequence_clock_and_episode() {
         fw.on_frame(ms(10 * i), command(&[0.2, 0.2]));
     }
     let frames = fw.take_outbox();
-    let i = frames
-        .iter()
-        .position(|f| matches!(f.message, Message::Hello(_)))
-        .expect("a Hello after the reboot");
-    let before = &frames[i - 1];
+    let last = frames.last().unwrap();
+    assert!(matches!(last.message, Message::Hello(_)), "{last:?}");
+    assert_eq!((last.seq, last.timestamp_us), (0, 0));
+    let before = &frames[frames.len() - 2];
     assert!(matches!(before.message, Message::Reward { step: 3, .. }));
-    assert_eq!((frames[i].seq, frames[i].timestamp_us), (0, 0));
-    assert!(matches!(
-        frames[i + 1].message,
-        Message::EpisodeStart { episode: 1, .. }
-    ));
-    assert!(matches!(
-        frames[i + 2].message,
-        Message::Sensor {
-            episode: 1,
-            step: 0,
-            ..
-        }
-    ));
-    assert_eq!(frames[i + 2].seq, 2);
     assert_eq!(fw.stats().reboots, 1);
-    // Only once.
-    for i in 4..=8 {
-        fw.on_frame(ms(10 * i), command(&[0.2, 0.2]));
+    assert_eq!(fw.state(), FirmwareState::AwaitHello);
+    // Nothing is taken up before a Hello.
+    let ignored = fw.stats().ignored_messages;
+    fw.on_frame(ms(40), command(&[0.2, 0.2]));
+    fw.on_frame(ms(45), frame(Message::Reset { seed: 2 }));
+    fw.poll(ms(1000));
+    assert!(out(&mut fw).is_empty());
+    assert_eq!(fw.stats().ignored_messages, ignored + 2);
+    assert_eq!(fw.state(), FirmwareState::AwaitHello);
+    // A new handshake, then episodes as before (the next id), and only one reboot.
+    connect(&mut fw, ms(1010));
+    fw.on_frame(ms(1020), frame(Message::Reset { seed: 2 }));
+    assert!(matches!(
+        out(&mut fw)[..],
+        [
+            Message::EpisodeStart { episode: 1, .. },
+            Message::Sensor { .. }
+        ]
+    ));
+    for i in 0..6 {
+        fw.on_frame(ms(1030 + i), command(&[0.2, 0.2]));
     }
     assert_eq!(fw.stats().reboots, 1);
 }
@@ -702,32 +709,4 @@ fn a_press_at_boot_is_reported_but_serves_no_controller_before_a_hello() {
             code: FaultCode::Estop
         }]
     );
-}
-
-#[test]
-fn after_a_reboot_the_first_step_comes_one_period_on() {
-    // Real time at 20 Hz: the reboot at step 2 starts a new episode at 100 ms, whose
-    // step 1 is due at 150 ms (it came at 200 ms).
-    let mut fw = firmware_with(TaskId::Push, Pacing::RealTime, "reboot_at=2");
-    connect(&mut fw, ms(0));
-    fw.on_frame(ms(0), frame(Message::Reset { seed: 1 }));
-    let mut at = 0;
-    for t in (0..=200).step_by(5) {
-        fw.on_frame(ms(t), command(&[0.1, 0.1]));
-        fw.poll(ms(t));
-        for f in fw.take_outbox() {
-            if let Message::Sensor {
-                episode: 1,
-                step: 1,
-                ..
-            } = f.message
-            {
-                at = t;
-            }
-        }
-        if at > 0 {
-            break;
-        }
-    }
-    assert_eq!(at, 150);
 }
