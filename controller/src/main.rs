@@ -678,12 +678,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     if let Some(fw) = sim {
         let r = fw.stop()?;
         controller::say!(
-            "simulated firmware: {} episodes, {} steps ({} holding), {} commands, {} invalid, {} watchdog trips, {} estops",
+            "simulated firmware: {} episodes, {} steps ({} holding), {} commands, {} invalid, {} clamped into the envelope, {} watchdog trips, {} estops",
             r.firmware.episodes,
             r.firmware.steps,
             r.firmware.hold_steps,
             r.firmware.commands,
             r.firmware.invalid_commands,
+            r.firmware.envelope_clamped,
             r.firmware.watchdog_trips,
             r.firmware.estops
         );
