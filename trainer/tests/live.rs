@@ -131,6 +131,41 @@ fn spawn_finetune(
     (trainer, rx.recv_timeout(Duration::from_secs(60)).unwrap())
 }
 
+/// A short `finetune --listen` from `from` into `out` (`resume` to continue it there):
+/// at most `updates` updates, a checkpoint, a row and a bundle every 50, the offline
+/// data mixed in, and an end 5 s after the robot stops sending (not left waiting should
+/// the robot stream fewer transitions than that).
+fn short_live_session(
+    from: &Path,
+    out: &Path,
+    updates: usize,
+    resume: bool,
+    key: &Key,
+) -> FinetuneOptions {
+    FinetuneOptions {
+        from: from.to_path_buf(),
+        data: vec![],
+        out: out.to_path_buf(),
+        updates,
+        with_offline: true,
+        checkpoint_every: 50,
+        log_every: 50,
+        eval_episodes: 0,
+        resume,
+        stop_after: None,
+        keep_interventions: false,
+        device: None,
+        listen: Some(LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key: key.clone(),
+            publish_every: 50,
+            signing_key: None,
+            idle_exit: Some(Duration::from_secs(5)),
+            bound: None,
+        }),
+    }
+}
+
 /// `finetune --listen --no-offline` on a pretrained run (no online data) of chunks of
 /// 3: until the robot's first chunk is complete there is nothing to draw from, and the
 /// owed updates wait for it (they drew from the empty offline buffer and aborted the
@@ -542,29 +577,7 @@ fn transitions_logged_after_the_last_update_are_kept() {
         provenance("0000060"),
         format!("live fine-tuning, {} robot transitions", summary.streamed)
     );
-    let (trainer, addr) = spawn_finetune(FinetuneOptions {
-        from: run.clone(),
-        data: vec![],
-        out: out.clone(),
-        updates: 120,
-        with_offline: true,
-        checkpoint_every: 50,
-        log_every: 50,
-        eval_episodes: 0,
-        resume: true,
-        stop_after: None,
-        keep_interventions: false,
-        device: None,
-        listen: Some(LiveOptions {
-            addr: "127.0.0.1:0".into(),
-            key: link_key.clone(),
-            publish_every: 50,
-            signing_key: None,
-            // Not left waiting should the robot stream fewer than 60 transitions.
-            idle_exit: Some(Duration::from_secs(5)),
-            bound: None,
-        }),
-    });
+    let (trainer, addr) = spawn_finetune(short_live_session(&run, &out, 120, true, &link_key));
     let (firmware, mut cfg, options) = push_robot(20.0, 6);
     cfg.episodes = Some(2);
     cfg.out = Some(tmp.path().join("robot2"));
@@ -593,28 +606,7 @@ fn transitions_logged_after_the_last_update_are_kept() {
     // first session did not hold (its replay, which the new run starts from, holds
     // them). It was told it held none, and got every one a second time.
     let out2 = tmp.path().join("live2");
-    let (trainer, addr) = spawn_finetune(FinetuneOptions {
-        from: out.clone(),
-        data: vec![],
-        out: out2.clone(),
-        updates: 60,
-        with_offline: true,
-        checkpoint_every: 50,
-        log_every: 50,
-        eval_episodes: 0,
-        resume: false,
-        stop_after: None,
-        keep_interventions: false,
-        device: None,
-        listen: Some(LiveOptions {
-            addr: "127.0.0.1:0".into(),
-            key: link_key.clone(),
-            publish_every: 50,
-            signing_key: None,
-            idle_exit: Some(Duration::from_secs(5)),
-            bound: None,
-        }),
-    });
+    let (trainer, addr) = spawn_finetune(short_live_session(&out, &out2, 60, false, &link_key));
     let (firmware, mut cfg, options) = push_robot(20.0, 7);
     cfg.episodes = Some(1);
     cfg.out = Some(tmp.path().join("robot"));
@@ -660,32 +652,9 @@ fn transitions_logged_after_the_last_update_are_kept() {
         .unwrap()
         .path();
     let receiving = controller::robot_loop::log::LogWriter::open(&log).unwrap();
-    let err = finetune(
-        &FinetuneOptions {
-            from: out2.clone(),
-            data: vec![],
-            out: tmp.path().join("live3"),
-            updates: 10,
-            with_offline: true,
-            checkpoint_every: 50,
-            log_every: 50,
-            eval_episodes: 0,
-            resume: false,
-            stop_after: None,
-            keep_interventions: false,
-            device: None,
-            listen: Some(LiveOptions {
-                addr: "127.0.0.1:0".into(),
-                key: Key::from_bytes([7; KEY_LEN]),
-                publish_every: 50,
-                signing_key: None,
-                idle_exit: Some(Duration::from_secs(1)),
-                bound: None,
-            }),
-        },
-        &mut (),
-    )
-    .unwrap_err();
+    let key = Key::from_bytes([7; KEY_LEN]);
+    let live3 = tmp.path().join("live3");
+    let err = finetune(&short_live_session(&out2, &live3, 10, false, &key), &mut ()).unwrap_err();
     assert!(
         format!("{err:#}").contains("is still receiving this stream"),
         "{err:#}"
