@@ -698,8 +698,13 @@ fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
     }
     if let Some(lost) = report.recording_lost() {
         controller::note!(
-            "error: the recording is incomplete ({lost}); report.json's `logger` lists the \
-             episodes saved and the errors"
+            "error: the recording is incomplete ({lost}); the report's `logger` lists the \
+             episodes saved and the errors ({})",
+            if report.report_not_written.is_some() {
+                "printed above"
+            } else {
+                "report.json"
+            }
         );
     }
     std::process::ExitCode::from(report.exit_status())
@@ -759,7 +764,8 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
     if matches!(
         report.outcome,
         robot_loop::Outcome::Error | robot_loop::Outcome::StoppedByFault
-    ) {
+    ) || report.report_not_written.is_some()
+    {
         println!("{report}");
         bail!(
             "bench-loop: the run ended {:?}: {}",
@@ -767,6 +773,7 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
             report
                 .error
                 .as_deref()
+                .or(report.report_not_written.as_deref())
                 .or(report.faults.last().map(|f| f.detail.as_str()))
                 .unwrap_or("(no error recorded)")
         );

@@ -1145,7 +1145,7 @@ fn reboot_run(faults: &str) -> (Value, hil_tests::firmware::RunReport) {
 }
 
 /// Setup: the firmware reboots at step 20 of the first episode (new sequence numbers,
-/// a `Hello`, an episode of its own). Expected: the controller treats the unasked Hello
+/// a `Hello`, then nothing before a new handshake). Expected: the controller treats the unasked Hello
 /// as a fault (safe stop), shakes hands again and runs the next episode.
 #[test]
 fn fault_firmware_reset_mid_episode() {

@@ -112,10 +112,13 @@
 //! numbers would read as stale copies of frames already seen. Outside a handshake, the
 //! controller takes only a `Hello` numbered 0 for a reboot: others are late answers to
 //! its own resent `Hello`s. A copy of that `Hello` (same number and timestamp) within
-//! the next 256 frames is a duplicate on the link, not a second reboot. If the reboot's
-//! `Hello` is lost on the line, the restarted numbers read as stale until three of them
-//! in a row count on from each other ([`SeqTracker::RESYNC_AFTER`]); then they are the
-//! numbering again.
+//! the next 256 frames is a duplicate on the link, not a second reboot. A rebooted
+//! firmware (as the simulated one) waits for a new handshake and sends nothing else, so
+//! a reboot whose `Hello` is lost on the line leaves a silent firmware: the
+//! controller's stale-sensor check stops the episode, and its `Reset`s go unanswered
+//! until the run ends with an error (by reading; not tested). A restarted numbering that does come (other frames) reads as stale until three
+//! numbers in a row count on from each other ([`SeqTracker::RESYNC_AFTER`]); then it is
+//! the numbering again.
 
 use heapless::Vec;
 
@@ -573,7 +576,7 @@ pub enum Message {
     },
     /// Emergency stop: the firmware stops stepping and answers `Fault { Estop }`.
     Estop,
-    /// A new episode began (after a `Reset`, or after a firmware reboot).
+    /// A new episode began (after a `Reset`).
     EpisodeStart {
         episode: u32,
         seed: u64,

@@ -106,25 +106,26 @@ pub fn label_success(
     // is resolved through its nearest folder that exists (`--out SRC/a/b` with neither
     // `a` nor `b` there is inside SRC too).
     let resolved = |p: &Path| -> Option<std::path::PathBuf> {
-        // `..` taken lexically first (`SRC/new/../copy` is `SRC/copy`).
-        let mut absolute = std::path::PathBuf::new();
-        for part in std::path::absolute(p).ok()?.components() {
-            match part {
-                std::path::Component::ParentDir => {
-                    absolute.pop();
-                }
-                std::path::Component::CurDir => {}
-                other => absolute.push(other),
-            }
-        }
+        // The longest part that exists is resolved by the file system (symlinks and
+        // `..` as the kernel takes them); only in the part that does not exist yet is
+        // `..` taken lexically (`SRC/new/../copy` is `SRC/copy`).
+        let absolute = std::path::absolute(p).ok()?;
         let mut existing = absolute.as_path();
         let mut missing = vec![];
         while !existing.exists() {
-            missing.push(existing.file_name()?);
+            missing.push(existing.components().next_back()?);
             existing = existing.parent()?;
         }
         let mut path = existing.canonicalize().ok()?;
-        path.extend(missing.iter().rev());
+        for part in missing.into_iter().rev() {
+            match part {
+                std::path::Component::ParentDir => {
+                    path.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => path.push(other),
+            }
+        }
         Some(path)
     };
     if let (Some(src), Some(dst)) = (resolved(input), resolved(output)) {

@@ -316,8 +316,13 @@ fn label_writes_success_rewards_on_a_copy() {
     );
     // A copy inside the source (or onto it) is refused before anything is written.
     // Also where folders on the way do not exist yet: the check was skipped, and the
-    // missing folders were made inside the source.
+    // missing folders were made inside the source. And through a link into the source
+    // followed by `..` (the kernel's `..`, not the text's).
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(unlabelled.join("meta"), elsewhere.join("link")).unwrap();
     for inside in [
+        elsewhere.join("link/../copy"),
         unlabelled.join("labelled"),
         unlabelled.clone(),
         unlabelled.join("copies/v1"),

@@ -501,11 +501,12 @@ fn main() -> Result<()> {
                 } else {
                     "`train --resume` does"
                 };
+                // And any finetune run: `finetune --resume` continues it.
                 anyhow::ensure!(
-                    step == 0 && online_steps == 0,
-                    "{}: it is an online run (run.online_steps = {online_steps}, its checkpoint \
-                     {step} environment steps in); `pretrain --resume` does not continue it \
-                     ({continues}; nothing was changed)",
+                    step == 0 && online_steps == 0 && !out.join("finetune.csv").exists(),
+                    "{}: it is not a pretraining run (run.online_steps = {online_steps}, its \
+                     checkpoint {step} environment steps in); `pretrain --resume` does not \
+                     continue it ({continues}; nothing was changed)",
                     out.display()
                 );
             }

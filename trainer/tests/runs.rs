@@ -181,7 +181,7 @@ fn a_run_stopped_after_pretraining_resumes_from_there() {
     ]);
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("it is an online run (run.online_steps = 120"),
+        text.contains("it is not a pretraining run (run.online_steps = 120"),
         "{text}"
     );
     let resumed = TrainOptions {
