@@ -31,8 +31,8 @@ pub fn unique_id() -> String {
 ///
 /// - `out` does not exist: `write` fills a hidden sibling, `.NAME.partial-ID`, which is
 ///   renamed to `out` once it succeeded (one step).
-/// - `out` is an empty directory (perhaps a mount point, or in a parent this user cannot
-///   write): `write` fills `out/.partial-ID`, whose entries are then moved up into
+/// - `out` is an empty directory (perhaps a mount point, whose `lost+found` stays, or in
+///   a parent this user cannot write): `write` fills `out/.partial-ID`, whose entries are then moved up into
 ///   `out`, `meta` last. A dataset's `meta/info.json` is its commit point, so a move cut
 ///   short leaves no dataset that reads as valid. Building beside a mount point and
 ///   renaming would copy nothing across filesystems: the rename fails (EXDEV, EBUSY)
@@ -46,9 +46,12 @@ pub fn unique_id() -> String {
 pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let empty_dir = match std::fs::read_dir(out) {
         Ok(entries) => {
+            // A freshly made file system's own `lost+found` (an ext4 mount point) does
+            // not make it a folder with data in it; it stays.
             let names: Vec<String> = entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lost+found")
                 .collect();
             let leftovers = !names.is_empty() && names.iter().all(|n| n.starts_with(".partial-"));
             ensure!(
@@ -255,6 +258,17 @@ mod tests {
                 .contains("partial directory of an interrupted run"),
             "{err}"
         );
+    }
+
+    /// An empty mount point (only its file system's `lost+found`) is written into, and
+    /// keeps its `lost+found` (it was refused as not empty, against the README).
+    #[test]
+    fn a_mount_points_lost_and_found_does_not_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("mnt");
+        std::fs::create_dir_all(out.join("lost+found")).unwrap();
+        write_whole(&out, |dir| Ok(std::fs::write(dir.join("whole"), "x")?)).unwrap();
+        assert!(out.join("whole").is_file() && out.join("lost+found").is_dir());
     }
 
     /// A leftover partial directory of another run (a container's pid 1 again, say) is
