@@ -342,16 +342,7 @@ impl DatasetWriter {
         let chunks_size = loaded.json.chunks_size;
         let next_file = match last {
             None => (0, 0),
-            // A stray `file-18446744073709551615.parquet` has no next file: an error, not
-            // an overflow panic when the robot's recording opens.
-            Some(l) => advance(l, chunks_size).ok_or_else(|| DatasetError::Invalid {
-                path: dir.join("data"),
-                problem: format!(
-                    "the last data file, chunk {} file {}, leaves no number for a next one (a \
-                     stray file name?)",
-                    l.0, l.1
-                ),
-            })?,
+            Some(l) => next_data_file(dir, l, chunks_size)?,
         };
         let ours = meta::episodes_path(dir);
         let stale_index_files = loaded
@@ -557,7 +548,8 @@ impl DatasetWriter {
                 .is_ok()
                     && skipped < MAX_SKIPPED_FILES
                 {
-                    self.next_file = self.after(self.next_file)?;
+                    self.next_file =
+                        next_data_file(&self.dir, self.next_file, self.json.chunks_size)?;
                     skipped += 1;
                 }
                 let (chunk, file) = self.next_file;
@@ -826,14 +818,22 @@ impl DatasetWriter {
     }
 }
 
-impl DatasetWriter {
-    /// The data file after `at`, or an error naming the dataset past the numbers' range.
-    fn after(&self, at: (usize, usize)) -> Result<(usize, usize), DatasetError> {
-        advance(at, self.json.chunks_size).ok_or_else(|| DatasetError::Invalid {
-            path: self.dir.join("data"),
-            problem: format!("no data file number after chunk {} file {}", at.0, at.1),
-        })
-    }
+/// The data file after `at` in dataset `dir`, or an error past the numbers' range: a
+/// stray `chunk-18446744073709551615` has no next file (an error, not an overflow panic
+/// when the robot's recording opens).
+fn next_data_file(
+    dir: &Path,
+    at: (usize, usize),
+    chunks_size: usize,
+) -> Result<(usize, usize), DatasetError> {
+    advance(at, chunks_size).ok_or_else(|| DatasetError::Invalid {
+        path: dir.join("data"),
+        problem: format!(
+            "the last data file, chunk {} file {}, leaves no number for a next one (a stray \
+             file name?)",
+            at.0, at.1
+        ),
+    })
 }
 
 /// The data file after `(chunk, file)`; `None` past the numbers' range.

@@ -496,14 +496,15 @@ fn main() -> Result<()> {
                     .and_then(|t| t.parse::<toml::Table>().ok())
                     .and_then(|t| t.get("run")?.get("online_steps")?.as_integer())
                     .unwrap_or(0);
-                let continues = if out.join("finetune.csv").exists() {
+                // And any finetune run: `finetune --resume` continues it.
+                let finetune_run = out.join("finetune.csv").exists();
+                let continues = if finetune_run {
                     "it is a finetune run: `finetune --resume` continues it"
                 } else {
                     "`train --resume` does"
                 };
-                // And any finetune run: `finetune --resume` continues it.
                 anyhow::ensure!(
-                    step == 0 && online_steps == 0 && !out.join("finetune.csv").exists(),
+                    step == 0 && online_steps == 0 && !finetune_run,
                     "{}: it is not a pretraining run (run.online_steps = {online_steps}, its \
                      checkpoint {step} environment steps in); `pretrain --resume` does not \
                      continue it ({continues}; nothing was changed)",

@@ -722,17 +722,27 @@ pub fn train(
     // A fresh run's first checkpoint comes right after pretraining (and the step-0
     // evaluation): otherwise a run killed in its first `checkpoint_every` online steps
     // would lose its pretraining (50,000 updates at the `paper` preset) and start over.
-    if !resumed && total > 0 && opts.checkpoint_every > 0 {
-        let state = RunState::capture(
-            &agent,
+    // A checkpoint's state at `step`: the run's own parts, and the step's generators,
+    // evaluations and training-episode sums.
+    let capture = |agent: &Agent,
+                   step: usize,
+                   rngs: (&Rng, u64, &Rng),
+                   evals: &[(usize, EvalResult)],
+                   episode_stats: (usize, usize, f64)| {
+        RunState::capture(
+            agent,
             config,
-            0,
-            (&env_seeds, episode_seed, &batch_rng),
+            step,
+            rngs,
             (offline_rate, &offline_mark),
-            &summary.evals,
-            (0, 0, 0.0),
+            evals,
+            episode_stats,
         )
-        .with_finetune_counters(finetune_counters);
+        .with_finetune_counters(finetune_counters)
+    };
+    if !resumed && total > 0 && opts.checkpoint_every > 0 {
+        let rngs = (&env_seeds, episode_seed, &batch_rng);
+        let state = capture(&agent, 0, rngs, &summary.evals, (0, 0, 0.0));
         write_checkpoint(out, &agent, &online, &state)?;
         if opts.stop_after == Some(0) {
             summary.stopped_early = true;
@@ -843,16 +853,9 @@ pub fn train(
             && opts.checkpoint_every > 0
             && done_steps - last_ckpt >= opts.checkpoint_every
         {
-            let mut state = RunState::capture(
-                &agent,
-                config,
-                done_steps,
-                (&env_seeds, episode_seed, &batch_rng),
-                (offline_rate, &offline_mark),
-                &summary.evals,
-                (episodes_done, successes, return_sum),
-            )
-            .with_finetune_counters(finetune_counters);
+            let rngs = (&env_seeds, episode_seed, &batch_rng);
+            let stats = (episodes_done, successes, return_sum);
+            let mut state = capture(&agent, done_steps, rngs, &summary.evals, stats);
             if done_steps % log_every != 0 {
                 let window = agent.take_metrics();
                 agent.restore_metrics(window.clone());
@@ -871,16 +874,14 @@ pub fn train(
     // Final checkpoint: `trainer eval` loads it, and `train --resume` with a larger
     // `run.online_steps` continues from it.
     // (An extended run restarts the episode that was in progress here.)
-    let state = RunState::capture(
+    let rngs = (&env_seeds, episode_seed, &batch_rng);
+    let state = capture(
         &agent,
-        config,
         total.max(start_step),
-        (&env_seeds, episode_seed, &batch_rng),
-        (offline_rate, &offline_mark),
+        rngs,
         &summary.evals,
         (0, 0, 0.0),
-    )
-    .with_finetune_counters(finetune_counters);
+    );
     if start_step < total || !resumed {
         write_checkpoint(out, &agent, &online, &state)?;
     }
@@ -1383,14 +1384,7 @@ pub(crate) fn write_checkpoint(
     // cache, the robot would send them again, to be trained on twice.
     let uplink = out.join("uplink");
     if uplink.is_dir() {
-        for entry in
-            std::fs::read_dir(&uplink).with_context(|| format!("listing {}", uplink.display()))?
-        {
-            let path = entry?.path();
-            if path.is_file() {
-                sync_path(&path)?;
-            }
-        }
+        sync_tree(&uplink)?;
     }
     if cur.exists() {
         if old.exists() {
