@@ -1153,6 +1153,40 @@ fn fault_firmware_reset_mid_episode() {
     reboot_run("reboot_at=20");
 }
 
+/// Setup: the firmware reboots at step 20 of the only episode, and no fault is allowed
+/// (`--max-faults 0`), so the safe stop ends the run. Expected: its closing `Estop`
+/// goes to the rebooted firmware before any new `Hello` and is taken and answered
+/// there (it used to be ignored while the report recorded the torque off); no new
+/// handshake, exit status 3.
+#[test]
+fn a_reboot_that_ends_the_run_still_gets_its_estop() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "reboot_at=20");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "0"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report = sim.report();
+    assert_eq!(report["outcome"], "stopped_by_fault", "{report}");
+    assert_eq!(faults_of(&report, "firmware_reset"), 1, "{report}");
+    assert_eq!(
+        report["torque_off_ticks"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!((fw.firmware.reboots, fw.firmware.handshakes), (1, 1));
+    assert_eq!(
+        (fw.firmware.estops, fw.firmware.estops_before_handshake),
+        (1, 1),
+        "the closing Estop reached the rebooted firmware and was taken"
+    );
+    let estop = received
+        .iter()
+        .find(|r| r.message == Message::Estop)
+        .expect("an Estop was sent");
+    assert_eq!(estop.state, FirmwareState::AwaitHello);
+}
+
 /// Setup: as above, on a link that sends every frame twice (after the handshake).
 /// Fault: the reboot's `Hello` (numbered 0) comes twice in a row. Expected: one reboot,
 /// not two (it used to be two `firmware_reset` faults): the copy is counted as an

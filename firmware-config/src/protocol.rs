@@ -83,6 +83,10 @@
 //!
 //! - `Estop` from the controller: the firmware stops (torque off where the robot file
 //!   allows it), answers `Fault { Estop }` and takes no step until the next `Reset`.
+//!   It does so in any state, before a handshake too (where nothing else but a `Hello`
+//!   is taken up): a controller whose safe stop ends a run after the firmware rebooted
+//!   sends its closing `Estop` before any new `Hello`, and a stop must never be
+//!   ignored.
 //! - A hardware stop (the robot's stop button): the firmware stops the same way and
 //!   sends `Fault { Estop }` at once, in any state, before a handshake too. The stop is
 //!   latched: until the button is released, every `Reset` is answered with
@@ -113,10 +117,11 @@
 //! controller takes only a `Hello` numbered 0 for a reboot: others are late answers to
 //! its own resent `Hello`s. A copy of that `Hello` (same number and timestamp) within
 //! the next 256 frames is a duplicate on the link, not a second reboot. A rebooted
-//! firmware (as the simulated one) waits for a new handshake and sends nothing else, so
-//! a reboot whose `Hello` is lost on the line leaves a silent firmware: the
-//! controller's stale-sensor check stops the episode, and its `Reset`s go unanswered
-//! until the run ends with an error (by reading; not tested). A restarted numbering that does come (other frames) reads as stale until three
+//! firmware (as the simulated one) waits for a new handshake and sends nothing else
+//! (but the answer to an `Estop`), so a reboot whose `Hello` is lost on the line leaves
+//! a silent firmware: the controller's stale-sensor check stops the episode, and its
+//! `Reset`s go unanswered until the run ends with an error (by reading; not tested). A
+//! restarted numbering that does come (other frames) reads as stale until three
 //! numbers in a row count on from each other ([`SeqTracker::RESYNC_AFTER`]); then it is
 //! the numbering again.
 

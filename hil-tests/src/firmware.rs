@@ -11,15 +11,15 @@
 //!
 //! ```text
 //!  AwaitHello ──Hello ok──► Idle ──Reset──► Running ──done──► Ended ──Reset──► Running …
-//!      ▲  (mismatch: answer Hello,   ▲                │  Estop (any state after Hello)
+//!      ▲  (mismatch: answer Hello,   ▲                │  Estop (any state)
 //!      │   stay here)               └──Hello─────────┤        ▼
 //!                                                    └────► Estopped ──Reset──► Running
 //! ```
 //!
-//! - **Handshake.** Nothing happens before a `Hello`. The firmware answers every
+//! - **Handshake.** Nothing but a stop happens before a `Hello`. The firmware answers every
 //!   `Hello` with its own (protocol version, schema hash, the task's dimensions and
 //!   the robot's control rate); if the controller's differs it stays in `AwaitHello`
-//!   and ignores everything else. A frame with another protocol version is answered
+//!   and ignores everything else but an `Estop`. A frame with another protocol version is answered
 //!   with the firmware's `Hello` too (at most every 100 ms), so the controller can say
 //!   which version the firmware speaks. A simulated reboot (the fault injector's
 //!   `reboot_at`) returns to `AwaitHello` after announcing itself with a `Hello`.
@@ -50,7 +50,9 @@
 //!   non-finite value is answered with `Fault { InvalidCommand }` and replaced by the
 //!   hold action (in lockstep it still takes its step, so the controller is not left
 //!   waiting); it does not feed the watchdog.
-//! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`; so
+//! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`, in
+//!   any state: before a handshake it is answered too, and the firmware goes on waiting
+//!   for a `Hello` (nothing else is taken up there); so
 //!   does a press of the robot's stop button (the fault injector's `estop_at`: at a
 //!   step, at boot, as the controller's `Hello` arrives, or during its closing hold),
 //!   except that a press is latched: every later `Reset` is answered with
@@ -187,6 +189,9 @@ pub struct FirmwareStats {
     pub ignored_messages: u64,
     pub watchdog_trips: u32,
     pub estops: u32,
+    /// Of those, `Estop`s taken before a handshake (after a reboot, say): the firmware
+    /// stops and answers, and still waits for a `Hello`.
+    pub estops_before_handshake: u32,
     /// `Reset`s answered with `Fault { Estop }`: the stop button was pressed.
     pub refused_resets: u32,
     pub frame_errors: u64,
@@ -416,6 +421,16 @@ impl SimFirmware {
                     self.state = FirmwareState::AwaitHello;
                 }
             }
+            // A stop is taken in any state, before a handshake too (after a reboot the
+            // controller's closing Estop comes before its new Hello): torque off, and
+            // answered, so the controller knows it arrived.
+            Message::Estop => {
+                self.stats.estops += 1;
+                if !self.handshaken() {
+                    self.stats.estops_before_handshake += 1;
+                }
+                self.estop(now);
+            }
             _ if !self.handshaken() => self.stats.ignored_messages += 1,
             Message::Reset { .. } if self.button_pressed => {
                 // A hardware stop is latched: only releasing the button ends it.
@@ -425,10 +440,6 @@ impl SimFirmware {
             Message::Reset { seed } => self.start_episode(now, seed),
             Message::Command { action } => self.on_command(now, &action),
             Message::Heartbeat => self.send(now, Message::Heartbeat),
-            Message::Estop => {
-                self.stats.estops += 1;
-                self.estop(now);
-            }
             _ => self.stats.ignored_messages += 1,
         }
     }

@@ -588,6 +588,22 @@ fn a_simulated_reboot_waits_for_a_new_handshake() {
     assert!(out(&mut fw).is_empty());
     assert_eq!(fw.stats().ignored_messages, ignored + 2);
     assert_eq!(fw.state(), FirmwareState::AwaitHello);
+    // But a stop is taken, and answered (a controller's safe stop after the reboot
+    // ends with one before any new Hello); the firmware still waits for a Hello.
+    fw.on_frame(ms(50), frame(Message::Estop));
+    assert_eq!(
+        out(&mut fw),
+        [Message::Fault {
+            code: FaultCode::Estop
+        }]
+    );
+    assert_eq!(
+        (fw.stats().estops, fw.stats().estops_before_handshake),
+        (1, 1)
+    );
+    assert_eq!(fw.state(), FirmwareState::AwaitHello);
+    fw.on_frame(ms(55), frame(Message::Reset { seed: 2 }));
+    assert!(out(&mut fw).is_empty());
     // A new handshake, then episodes as before (the next id), and only one reboot.
     connect(&mut fw, ms(1010));
     fw.on_frame(ms(1020), frame(Message::Reset { seed: 2 }));
