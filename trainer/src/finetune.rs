@@ -226,7 +226,11 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         "nothing to do: --updates is 0"
     );
     // The source run stays as it was, resumed or not.
-    if o.out.exists() && o.out.canonicalize()? == o.from.canonicalize()? {
+    // (A resume never reads --from, which may be gone by then; a fresh run with a
+    // missing --from is told so where its checkpoint is looked for.)
+    if let (Ok(out), Ok(from)) = (o.out.canonicalize(), o.from.canonicalize())
+        && out == from
+    {
         bail!("--out must differ from --from (the source run stays as it was)");
     }
     let resumed = o.resume && checkpoint_dir(&o.out).is_some();
@@ -344,11 +348,16 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         state.metrics_window = None;
         state.finetune_metrics_window = None;
         state.config_toml = config.to_toml();
-        std::fs::write(o.out.join("config.toml"), config.to_toml())?;
-        std::fs::write(
-            o.out.join(OPTIONS_FILE),
-            serde_json::to_string_pretty(&StartedWith::of(o))?,
-        )?;
+        for (name, text) in [
+            ("config.toml", config.to_toml()),
+            (
+                OPTIONS_FILE,
+                serde_json::to_string_pretty(&StartedWith::of(o))?,
+            ),
+        ] {
+            let path = o.out.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
         write_header(&o.out.join("finetune.csv"), UPDATES_HEADER)?;
         if eval_episodes > 0 {
             summary.before = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);

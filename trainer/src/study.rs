@@ -150,6 +150,24 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
     Ok(was == asked)
 }
 
+/// The study's child runs still going. Dropped on an error return (a file the study
+/// could not write), it stops them: a `Child` is not killed when dropped, and they
+/// would train on unsupervised, their results never marked.
+struct Running(Vec<(Child, PathBuf)>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (child, dir) in &mut self.0 {
+            child.kill().ok();
+            child.wait().ok();
+            eprintln!(
+                "study: stopped {} (the study ended with an error)",
+                dir.display()
+            );
+        }
+    }
+}
+
 /// Runs every missing run of the study with the `trainer` executable `exe`. Returns the
 /// directories of the runs that failed (each marked `failed`); the others are done, or
 /// were stopped by the time limit.
@@ -187,17 +205,17 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
     }
     let total = queue.len();
     println!("study: {total} runs to do, {} at a time", spec.jobs);
-    let mut running: Vec<(Child, PathBuf)> = vec![];
+    let mut running = Running(vec![]);
     let mut finished = 0;
     let mut failures = vec![];
     queue.reverse();
     let start = std::time::Instant::now();
-    while !queue.is_empty() || !running.is_empty() {
+    while !queue.is_empty() || !running.0.is_empty() {
         if spec
             .time_limit
             .is_some_and(|limit| start.elapsed() >= limit)
         {
-            for (mut child, dir) in running {
+            for (mut child, dir) in running.0.drain(..) {
                 // Killed, not failed: the run's rows so far are kept; `--resume` would
                 // continue it from its last checkpoint.
                 child.kill().ok();
@@ -210,17 +228,18 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
             );
             break;
         }
-        while running.len() < spec.jobs.max(1) {
+        while running.0.len() < spec.jobs.max(1) {
             let Some((task, algo, seed, dir)) = queue.pop() else {
                 break;
             };
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             // Tried again: no longer a failed run unless it fails again.
             let _ = std::fs::remove_file(dir.join(FAILED));
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(dir.join("log.txt"))?;
+                .open(dir.join("log.txt"))
+                .with_context(|| format!("opening {}", dir.join("log.txt").display()))?;
             // Only where there is something to continue: `--resume` on an empty directory
             // prints a note into the log of every fresh run.
             let resume = crate::run::ensure_no_run_in(&dir).is_err();
@@ -244,30 +263,38 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
                 .stdin(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting {}", exe.display()))?;
-            running.push((child, dir));
+            running.0.push((child, dir));
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let mut still = vec![];
-        for (mut child, dir) in running {
-            match child.try_wait()? {
-                Some(status) => {
-                    finished += 1;
-                    if status.success() {
-                        std::fs::write(dir.join("done"), "")?;
-                        println!("[{finished}/{total}] done {}", dir.display());
-                    } else {
-                        println!(
-                            "[{finished}/{total}] FAILED {} (see log.txt)",
-                            dir.display()
-                        );
-                        std::fs::write(dir.join(FAILED), format!("{status}\n"))?;
-                        failures.push(dir);
-                    }
-                }
-                None => still.push((child, dir)),
+        // Finished runs leave `running` one by one, so an error return leaves every
+        // other one there for `Running`'s drop to stop.
+        let mut i = 0;
+        while i < running.0.len() {
+            let (child, dir) = &mut running.0[i];
+            let status = child
+                .try_wait()
+                .with_context(|| format!("waiting for the run in {}", dir.display()))?;
+            let Some(status) = status else {
+                i += 1;
+                continue;
+            };
+            let (_, dir) = running.0.remove(i);
+            finished += 1;
+            if status.success() {
+                let done = dir.join("done");
+                std::fs::write(&done, "").with_context(|| format!("writing {}", done.display()))?;
+                println!("[{finished}/{total}] done {}", dir.display());
+            } else {
+                println!(
+                    "[{finished}/{total}] FAILED {} (see log.txt)",
+                    dir.display()
+                );
+                let failed = dir.join(FAILED);
+                std::fs::write(&failed, format!("{status}\n"))
+                    .with_context(|| format!("writing {}", failed.display()))?;
+                failures.push(dir);
             }
         }
-        running = still;
     }
     Ok(failures)
 }

@@ -168,6 +168,30 @@ fn a_resume_between_log_rows_logs_the_same_rows() {
     assert_eq!(losses(&interrupted), losses(&straight));
 }
 
+/// A resume reads nothing from `--from`, so a source run moved away since does not stop
+/// it (it failed with a bare "No such file or directory"); a fresh run from a missing
+/// source is refused naming it.
+#[test]
+fn a_resume_goes_on_when_the_source_run_has_moved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("robot"));
+    tiny_run(&run);
+    tools::generate::generate(TaskId::ArmReach, 3, 7, EnvConfig::default(), &data).unwrap();
+    let out = tmp.path().join("out");
+    let mut o = options(&run, &data, &out);
+    o.stop_after = Some(3);
+    assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    std::fs::rename(&run, tmp.path().join("run-moved")).unwrap();
+    o.stop_after = None;
+    o.resume = true;
+    let done = finetune(&o, &mut ()).unwrap();
+    assert!(!done.stopped_early);
+    assert_eq!(losses(&out).len(), 1 + 6);
+    let fresh = options(&run, &data, &tmp.path().join("fresh"));
+    let err = format!("{:#}", finetune(&fresh, &mut ()).unwrap_err());
+    assert!(err.contains(&run.display().to_string()), "{err}");
+}
+
 /// Frames the operator marked as interventions stay out of the online buffer unless
 /// `keep_interventions` (their logged action is not what moved the arm). Teleoperated
 /// frames (their action is what the robot was sent) are counted and kept.

@@ -263,3 +263,35 @@ fn a_failed_run_is_marked_until_it_succeeds() {
     assert!(failed.is_empty());
     assert!(!dir.join("failed").exists() && dir.join("done").is_file());
 }
+
+/// A study that cannot write a run's marker ends with an error naming the file, and
+/// stops the runs still going (they trained on, unsupervised, after it returned).
+#[cfg(unix)]
+#[test]
+fn a_study_that_fails_stops_its_other_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // seed-0 makes its `done` a directory, once seed-1 runs (its pid written), and
+    // succeeds; seed-1 never finishes on its own.
+    let exe = stand_in_trainer(
+        tmp.path(),
+        r#"out=""; prev=""
+for a in "$@"; do [ "$prev" = "--out" ] && out="$a"; prev="$a"; done
+case "$out" in
+  *seed-0) while [ ! -s "$out/../seed-1/pid" ]; do sleep 0.05; done; mkdir "$out/done"; exit 0;;
+  *) echo $$ > "$out/pid.tmp"; mv "$out/pid.tmp" "$out/pid"; exec sleep 60;;
+esac"#,
+    );
+    let out = tmp.path().join("study");
+    let start = std::time::Instant::now();
+    let err = trainer::study::run_study(&push_expo_study(&out, &[0, 1], None), &exe).unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    let err = format!("{err:#}");
+    assert!(err.contains("seed-0/done"), "{err}");
+    let pid = std::fs::read_to_string(out.join("push/expo/seed-1/pid")).unwrap();
+    let proc = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+    assert!(
+        !proc.exists(),
+        "seed-1's run (pid {}) is still running",
+        pid.trim()
+    );
+}
