@@ -225,6 +225,7 @@ fn the_streamer_reads_past_held_records_to_send_the_rest_after_the_run_ended() {
             swap: None,
         },
         &log,
+        None,
     )
     .unwrap();
     // The run has ended: the streamer only drains.
@@ -235,4 +236,128 @@ fn the_streamer_reads_past_held_records_to_send_the_rest_after_the_run_ended() {
     assert_eq!(*received.lock().unwrap(), vec![last], "{summary:?}");
     assert_eq!(summary.acknowledged, n, "{summary:?}");
     assert_eq!(summary.logged, n, "{summary:?}");
+}
+
+/// Streams `log` (read no further than `synced`) to a trainer that holds `held` records
+/// of it, until the log's end or `drain`; returns what the trainer received and the
+/// streamer's summary.
+fn stream_to_holder(
+    log: &std::path::Path,
+    synced: Option<controller::robot_loop::log::SyncedLen>,
+    held: u64,
+    drain: Duration,
+) -> (
+    Vec<Vec<u8>>,
+    controller::robot_loop::streamer::UplinkSummary,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let r = received.clone();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let mut sink = Holder { held, received: r };
+        let mut s = Session::server(tcp, &key()).unwrap();
+        let _ = serve_records(&mut s, &mut sink);
+    });
+    let (streamer, _ready) = controller::robot_loop::streamer::Streamer::spawn(
+        UplinkConfig {
+            addr: addr.to_string(),
+            key: key(),
+            drain,
+            swap: None,
+        },
+        log,
+        synced,
+    )
+    .unwrap();
+    let summary = streamer.finish();
+    // The streamer hung up: the server's session ends.
+    let _ = server.join();
+    let received = received.lock().unwrap().clone();
+    (received, summary)
+}
+
+/// The streamer sends only what the logger has synced: a record a trainer acknowledged
+/// and a power cut then took from the robot's log would have the next run's records
+/// taken for ones the trainer holds (they were never sent, with no error).
+#[test]
+fn only_records_on_disk_are_streamed() {
+    use controller::robot_loop::log::{LogWriter, Record};
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("transitions.log");
+    let mut w = LogWriter::open(&log).unwrap();
+    let record = |i: u64| Record::EpisodeStart {
+        episode: i as u32,
+        seed: i,
+    };
+    for i in 0..10 {
+        w.append(&record(i)).unwrap();
+    }
+    w.sync().unwrap();
+    for i in 10..15 {
+        w.append(&record(i)).unwrap();
+    }
+    // The writer is still open, its last 5 records not synced.
+    let (received, summary) =
+        stream_to_holder(&log, Some(w.synced_len()), 0, Duration::from_millis(500));
+    assert_eq!(received.len(), 10, "{summary:?}");
+    assert_eq!(summary.acknowledged, 10, "{summary:?}");
+    // Once synced, the rest goes too.
+    w.sync().unwrap();
+    let (received, summary) =
+        stream_to_holder(&log, Some(w.synced_len()), 10, Duration::from_secs(20));
+    assert_eq!(received.len(), 5, "{summary:?}");
+    assert_eq!(summary.acknowledged, 15, "{summary:?}");
+}
+
+/// A trainer that holds more records of a log than the log has (the robot's log lost
+/// them after they were sent): an error naming both counts (the records written since
+/// were taken for held ones with no word), and nothing is sent.
+#[test]
+fn a_trainer_holding_more_than_the_log_is_an_error() {
+    use controller::robot_loop::log::{LogWriter, Record};
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("transitions.log");
+    let mut w = LogWriter::open(&log).unwrap();
+    for i in 0..12 {
+        w.append(&Record::EpisodeStart {
+            episode: i,
+            seed: u64::from(i),
+        })
+        .unwrap();
+    }
+    w.sync().unwrap();
+    drop(w);
+    let (received, summary) = stream_to_holder(&log, None, 15, Duration::from_secs(20));
+    assert!(received.is_empty());
+    assert!(summary.errors >= 1, "{summary:?}");
+    let e = summary.last_error.unwrap_or_default();
+    assert!(
+        e.contains("holds 15 records") && e.contains("has only 12"),
+        "{e}"
+    );
+}
+
+/// The stream id names the log by its canonical path: `--out dir/.` and `--out dir`
+/// are one log, so a robot run with either sends nothing the trainer holds (it sent
+/// the whole log again under a second id).
+#[test]
+fn one_log_is_one_stream_however_its_path_is_spelled() {
+    use controller::robot_loop::log::{LogWriter, Record};
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("transitions.log");
+    let mut w = LogWriter::open(&log).unwrap();
+    w.append(&Record::EpisodeStart {
+        episode: 0,
+        seed: 0,
+    })
+    .unwrap();
+    w.sync().unwrap();
+    drop(w);
+    let (_, plain) = stream_to_holder(&log, None, 0, Duration::from_secs(20));
+    let other = tmp.path().join(".").join("transitions.log");
+    let (_, dotted) = stream_to_holder(&other, None, 0, Duration::from_secs(20));
+    assert!(plain.stream.is_some());
+    assert_eq!(plain.stream, dotted.stream);
 }

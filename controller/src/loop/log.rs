@@ -65,6 +65,9 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// First bytes of every log file.
 pub const MAGIC: &[u8; 8] = b"EXPOLOG1";
@@ -584,6 +587,8 @@ pub struct LogTail {
     offset: u64,
     /// Damaged stretches skipped so far.
     pub damaged: Vec<DamagedSpan>,
+    /// Read no further than this (the writer's synced length), if set.
+    limit: Option<SyncedLen>,
 }
 
 /// Most bytes one [`LogTail::poll`] reads: a follower hours behind the log (the trainer
@@ -606,7 +611,14 @@ impl LogTail {
             magic_checked: false,
             offset: 0,
             damaged: Vec::new(),
+            limit: None,
         }
+    }
+
+    /// Reads only what the writer has synced (`synced`, [`LogWriter::synced_len`]).
+    pub fn behind(mut self, synced: SyncedLen) -> LogTail {
+        self.limit = Some(synced);
+        self
     }
 
     /// Payloads of the records completed since the last call, from at most `read_max`
@@ -638,8 +650,14 @@ impl LogTail {
                 Err(e) => return Err(io_err("opening the log", e)),
             }
         }
+        // Bytes read so far: those returned or skipped, and those buffered.
+        let read = self.offset + self.buf.len() as u64;
+        let most = match &self.limit {
+            Some(synced) => self.read_max.min(synced.get().saturating_sub(read)),
+            None => self.read_max,
+        };
         let file = self.file.as_mut().expect("opened above");
-        file.take(self.read_max)
+        file.take(most)
             .read_to_end(&mut self.buf)
             .map_err(|e| io_err("reading the log", e))?;
         let mut pos = 0;
@@ -731,7 +749,33 @@ pub struct LogWriter {
     pub existing_records: u64,
     /// Records this writer appended.
     pub records: u64,
+    /// The log's length as of its last sync, shared with readers that must not pass it.
+    synced: SyncedLen,
+    /// Appended since the last sync.
+    unsynced: bool,
+    last_sync: Instant,
 }
+
+/// How many bytes of a log are on disk (as of the writer's last `fdatasync`), shared
+/// by the writer with the uplink streamer. The streamer sends no record past it: a
+/// trainer must never acknowledge a record that a power cut can still take from the
+/// robot's log, or the next run's records would be taken for ones it holds and never
+/// be sent.
+#[derive(Clone, Debug, Default)]
+pub struct SyncedLen(Arc<AtomicU64>);
+
+impl SyncedLen {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    fn set(&self, len: u64) {
+        self.0.store(len, Ordering::Release);
+    }
+}
+
+/// How often the logger syncs the log within an episode (it also syncs at every
+/// episode's end): how far, at most, the uplink stream lags the log.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl LogWriter {
     /// Opens `path` for appending: creates it with the magic, or checks an existing
@@ -762,6 +806,9 @@ impl LogWriter {
         let (mut repaired, mut existing_records) = (0, 0);
         let existing = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
         if existing {
+            // What an earlier process wrote may still be only in the page cache (it was
+            // killed between syncs): on disk now, before any of it is streamed.
+            file.sync_data().map_err(|e| io_err("syncing the log", e))?;
             // Scanned a few MiB at a time: a log of days is not held in memory.
             let (valid_bytes, torn_bytes, records) = log_end(path, TAIL_READ_MAX)?;
             (repaired, existing_records) = (torn_bytes, records);
@@ -788,6 +835,12 @@ impl LogWriter {
                 let _ = File::open(dir).and_then(|d| d.sync_all());
             }
         }
+        let synced = SyncedLen::default();
+        synced.set(
+            file.metadata()
+                .map_err(|e| io_err("reading the log's length", e))?
+                .len(),
+        );
         Ok(LogWriter {
             file,
             path: path.to_path_buf(),
@@ -796,7 +849,16 @@ impl LogWriter {
             repaired_bytes: repaired,
             existing_records,
             records: 0,
+            synced,
+            unsynced: false,
+            last_sync: Instant::now(),
         })
+    }
+
+    /// The log's synced length, for a reader that must stay behind it
+    /// ([`LogTail::behind`]).
+    pub fn synced_len(&self) -> SyncedLen {
+        self.synced.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -820,16 +882,38 @@ impl LogWriter {
                 error,
             })?;
         self.records += 1;
+        self.unsynced = true;
         Ok(())
     }
 
-    /// `fdatasync`: completed episodes survive a power loss too.
+    /// `fdatasync`: completed episodes survive a power loss too. Publishes the synced
+    /// length ([`LogWriter::synced_len`]).
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.file.sync_data().map_err(|error| LogError::Io {
+        let io_err = |what, error| LogError::Io {
             path: self.path.clone(),
-            what: "syncing the log",
+            what,
             error,
-        })
+        };
+        self.last_sync = Instant::now();
+        self.file
+            .sync_data()
+            .map_err(|e| io_err("syncing the log", e))?;
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| io_err("reading the log's length", e))?
+            .len();
+        self.synced.set(len);
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Syncs when records were appended and the last sync is `every` old.
+    pub fn sync_if_due(&mut self, every: Duration) -> Result<(), LogError> {
+        if self.unsynced && self.last_sync.elapsed() >= every {
+            self.sync()?;
+        }
+        Ok(())
     }
 }
 
@@ -1405,6 +1489,38 @@ pub(crate) mod tests {
             pos += 8 + p.len();
         }
         ranges
+    }
+
+    /// The synced length is the log's on opening, moves only with a sync (due once
+    /// records wait and the interval has passed), and a follower behind it reads no
+    /// further.
+    #[test]
+    fn a_follower_behind_the_synced_length_reads_only_synced_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let rec = |e: u32| Record::EpisodeStart {
+            episode: e,
+            seed: 0,
+        };
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&rec(0)).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let mut w = LogWriter::open(&path).unwrap();
+        let synced = w.synced_len();
+        let on_open = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(synced.get(), on_open);
+        let mut tail = LogTail::new(&path).behind(synced.clone());
+        w.sync_if_due(Duration::ZERO).unwrap();
+        assert_eq!(synced.get(), on_open, "nothing appended, nothing to sync");
+        w.append(&rec(1)).unwrap();
+        w.sync_if_due(Duration::from_secs(3600)).unwrap();
+        assert_eq!(synced.get(), on_open, "not due yet");
+        assert_eq!(tail.poll().unwrap().len(), 1);
+        assert!(tail.poll().unwrap().is_empty());
+        w.sync_if_due(Duration::ZERO).unwrap();
+        assert_eq!(synced.get(), std::fs::metadata(&path).unwrap().len());
+        assert_eq!(tail.poll().unwrap().len(), 1);
     }
 
     /// The follower returns a record once it is whole, and counts the bytes of one that

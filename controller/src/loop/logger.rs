@@ -4,6 +4,7 @@
 //!  control thread ──try_send(Record)──► bounded channel ──► logger thread
 //!   (never blocks; a full channel drops      │                 append record (len+crc+payload)
 //!    the transition and counts it)           │                 keep the episode's transitions
+//!                                            │                 fdatasync every second, and
 //!                                            │                 at EpisodeEnd: fdatasync, convert,
 //!                                            ▼                 DatasetWriter::append_episode
 //!                                    run ends: channel closes → DatasetWriter::finish
@@ -21,7 +22,9 @@
 //! recording, never the log and the dataset.
 
 use super::link::LinkCounters;
-use super::log::{ConvertNotes, EndReason, LogWriter, Record, RunStart, Transition, to_episode};
+use super::log::{
+    ConvertNotes, EndReason, LogWriter, Record, RunStart, SYNC_EVERY, Transition, to_episode,
+};
 use super::realtime;
 use super::viz::{TickFrame, TickSink};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -220,6 +223,10 @@ fn logger_main(
     // Until the run ends: the control thread drops the records' sender.
     while let Ok(rec) = rx.recv() {
         if let Err(e) = log.append(&rec) {
+            push_error(s, e.to_string());
+        }
+        // Within a long episode too: the uplink streams only what is on disk.
+        if let Err(e) = log.sync_if_due(SYNC_EVERY) {
             push_error(s, e.to_string());
         }
         match rec {

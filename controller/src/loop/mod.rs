@@ -1038,14 +1038,15 @@ pub fn run(
             what: "starting the console thread".into(),
             error,
         })?;
-    let logger = match &cfg.out {
-        None => None,
+    let (logger, synced) = match &cfg.out {
+        None => (None, None),
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
                 what: format!("creating {}", dir.display()),
                 error,
             })?;
             let log = LogWriter::open(&dir.join("transitions.log"))?;
+            let synced = log.synced_len();
             let run = RunStart {
                 robot: cfg.robot.robot.clone(),
                 task: task.to_string(),
@@ -1072,22 +1073,25 @@ pub fn run(
                     ds_dir.display()
                 );
             }
-            Some(
+            let logger =
                 logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity, tick_input)
                     .map_err(|error| RunError::Io {
                         what: "starting the logger thread".into(),
                         error,
-                    })?,
-            )
+                    })?;
+            (Some(logger), Some(synced))
         }
     };
 
-    let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
-        (Some(u), Some(dir)) => {
-            let (s, rx) = streamer::Streamer::spawn(u.clone(), &dir.join("transitions.log"))
-                .map_err(|error| RunError::Io {
-                    what: "starting the uplink thread".into(),
-                    error,
+    let (streamer, swaps) = match (&cfg.uplink, &cfg.out, synced) {
+        (Some(u), Some(dir), Some(synced)) => {
+            let log = dir.join("transitions.log");
+            let (s, rx) =
+                streamer::Streamer::spawn(u.clone(), &log, Some(synced)).map_err(|error| {
+                    RunError::Io {
+                        what: "starting the uplink thread".into(),
+                        error,
+                    }
                 })?;
             (Some(s), Some(rx))
         }

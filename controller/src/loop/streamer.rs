@@ -8,8 +8,12 @@
 //! absent trainer cannot hold up the loop or the logger: the log on disk is the buffer.
 //! Each connection authenticates ([`uplink::Session`]), asks the trainer how many records
 //! of this log it holds, and sends the rest in order ([`uplink::records`]): across
-//! disconnects every record arrives exactly once. The stream id is the log's path plus
-//! the CRC of its first record (the run header), so two logs never share an id.
+//! disconnects every record arrives exactly once. The stream id is the log's canonical
+//! path plus the CRC of its first record (the run header), so two logs never share an
+//! id. Only records on disk are sent (up to the logger's last `fdatasync`, at most
+//! [`SYNC_EVERY`](super::log::SYNC_EVERY) behind): a record the trainer acknowledged
+//! and a power cut then took from the robot's log would have the next run's records
+//! taken for ones the trainer holds.
 //!
 //! **Bundles down.** Every acknowledgement names the trainer's newest bundle. A new name
 //! is fetched into `OUT/bundles/NAME`, verified like any bundle (signature against the
@@ -32,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::log::LogTail;
+use super::log::{LogTail, SyncedLen};
 use super::realtime;
 use super::{Brain, check_dims};
 use crate::runtime::PolicyOptions;
@@ -117,16 +121,21 @@ pub struct Streamer {
 
 impl Streamer {
     /// Starts the thread; ready policies arrive on the returned channel.
+    /// Streams `log`, no further than `synced` where given (the writer's synced
+    /// length: [`LogWriter::synced_len`](super::log::LogWriter::synced_len)); a
+    /// finished log, no longer written, needs none.
     pub fn spawn(
         cfg: UplinkConfig,
         log: &Path,
+        synced: Option<SyncedLen>,
     ) -> std::io::Result<(Streamer, mpsc::Receiver<Ready>)> {
         let stop = Arc::new(AtomicBool::new(false));
         let summary = Arc::new(Mutex::new(UplinkSummary::default()));
         let (s, st) = (summary.clone(), stop.clone());
         let log = log.to_path_buf();
         let (tx, rx) = mpsc::channel();
-        let handle = realtime::spawn_in_run("uplink", move || stream_main(cfg, log, &st, &s, tx))?;
+        let handle =
+            realtime::spawn_in_run("uplink", move || stream_main(cfg, log, synced, &st, &s, tx))?;
         Ok((
             Streamer {
                 stop,
@@ -152,6 +161,7 @@ impl Streamer {
 fn stream_main(
     cfg: UplinkConfig,
     log: PathBuf,
+    synced: Option<SyncedLen>,
     stop: &AtomicBool,
     summary: &Mutex<UplinkSummary>,
     ready: mpsc::Sender<Ready>,
@@ -170,7 +180,17 @@ fn stream_main(
     let mut seen: Vec<String> = vec![];
     let mut fetch_failures: std::collections::HashMap<String, u32> = Default::default();
     let mut last_poll = Instant::now();
-    let mut tail = LogTail::new(&log);
+    let open_tail = || {
+        let tail = LogTail::new(&log);
+        match &synced {
+            Some(synced) => tail.behind(synced.clone()),
+            None => tail,
+        }
+    };
+    let mut tail = open_tail();
+    // The stream id names the log by its canonical path: `--out r1` and `--out /data/r1`
+    // are one log (two ids would have the trainer take it all again).
+    let log_name = std::fs::canonicalize(&log).unwrap_or_else(|_| log.clone());
     // Records read and not yet acknowledged, at most about WINDOW of them; `base` is
     // the index of `pending[0]`, `read` the index of the next record the tail returns
     // (records below `base` are dropped as they are read: the trainer holds them).
@@ -215,7 +235,7 @@ fn stream_main(
                     if stream_id.is_none()
                         && let Some(first) = new.first()
                     {
-                        let id = format!("{}#{:08x}", log.display(), crc32(first));
+                        let id = format!("{}#{:08x}", log_name.display(), crc32(first));
                         edit(&mut |s| s.stream = Some(id.clone()));
                         stream_id = Some(id);
                     }
@@ -251,6 +271,17 @@ fn stream_main(
             let until = *drain_until.get_or_insert_with(|| Instant::now() + cfg.drain);
             // (Nothing pending and nothing more to read: every whole record is sent.)
             if (at_end && pending.is_empty()) || Instant::now() >= until {
+                if at_end && read < base {
+                    // The trainer acknowledged records this log no longer has (cut
+                    // back, or replaced by another with the same first record): the
+                    // records after them were taken for ones it holds, not sent.
+                    fail(format!(
+                        "the trainer holds {base} records of this log, which has only {read}: \
+                         the log lost records after it sent them, and the records written \
+                         since were taken for ones the trainer holds, not sent (its dataset \
+                         has them; record the next runs into a new --out)"
+                    ));
+                }
                 // The logger has closed the log: what is left is not a whole record.
                 let left = tail.unread_bytes();
                 if left > 0 && pending.is_empty() {
@@ -276,7 +307,7 @@ fn stream_main(
                             "the trainer holds {resume} records of this log but acknowledged {base} before; sending the rest again from the log"
                         ));
                         edit(&mut |s| s.resent += base - resume);
-                        tail = LogTail::new(&log);
+                        tail = open_tail();
                         pending.clear();
                         read = 0;
                     } else {
