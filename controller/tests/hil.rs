@@ -1122,12 +1122,19 @@ fn fault_stall_without_gravity_safe_torque_off_only_holds() {
 /// A run of 2 episodes, one fault allowed, whose firmware reboots at step 20 of the
 /// first under `faults`. Checks what every such run must show: one reboot, taken for
 /// one `firmware_reset` fault (safe stop), a new handshake, the first episode ended by
-/// the fault at step 20, the second completed. Returns the report and the firmware's.
+/// the fault at step 20, the second completed; and, as the rebooted firmware counts
+/// its episodes from 0 again, the run numbers them 0 and 1 in its report and log, so
+/// that a rebuild from the log keeps them apart (it merged the two episode 0s). Returns
+/// the report and the firmware's.
 fn reboot_run(faults: &str) -> (Value, hil_tests::firmware::RunReport) {
     let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, faults);
     let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
     let (fw, received) = sim.stop_fw();
-    check_invariants(&sim, &received, &out);
+    let (records, ds) = check_invariants(&sim, &received, &out);
+    let (_, logged) = controller::robot_loop::log::episodes(&records);
+    let ids: Vec<u32> = logged.iter().map(|e| e.episode).collect();
+    assert_eq!(ids, [0, 1]);
+    assert_eq!(ds.episodes.len(), 2);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let report = sim.report();
     assert_eq!(fw.firmware.reboots, 1);
@@ -1137,6 +1144,12 @@ fn reboot_run(faults: &str) -> (Value, hil_tests::firmware::RunReport) {
         "a new handshake after the reboot"
     );
     let eps = episodes(&report);
+    assert_eq!(
+        (&eps[0]["episode"], &eps[1]["episode"]),
+        (&0.into(), &1.into())
+    );
+    let firmware_ids = (&eps[0]["firmware_episode"], &eps[1]["firmware_episode"]);
+    assert_eq!(firmware_ids, (&0.into(), &0.into()), "{report}");
     assert_eq!(eps[0]["reason"], "fault");
     assert_eq!(eps[0]["steps"], 20);
     assert_eq!(eps[1]["reason"], "completed");

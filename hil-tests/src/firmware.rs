@@ -22,7 +22,8 @@
 //!   and ignores everything else but an `Estop`. A frame with another protocol version is answered
 //!   with the firmware's `Hello` too (at most every 100 ms), so the controller can say
 //!   which version the firmware speaks. A simulated reboot (the fault injector's
-//!   `reboot_at`) returns to `AwaitHello` after announcing itself with a `Hello`.
+//!   `reboot_at`) returns to `AwaitHello` after announcing itself with a `Hello`, and
+//!   counts its episodes from 0 again, as a booted firmware does.
 //! - **Episodes.** `Reset { seed }` resets the simulator with `seed`, then sends
 //!   `EpisodeStart` and the step-0 `Sensor`. Every control step sends `Sensor` (the new
 //!   observation) and `Reward` (that step's outcome) with the episode id and step
@@ -703,6 +704,8 @@ impl SimFirmware {
         self.state = FirmwareState::AwaitHello;
         self.has_command = false;
         self.watchdog_tripped = false;
+        // A booted firmware counts its episodes from 0 again.
+        self.next_episode = 0;
         self.stepped.copy_from_slice(&self.zero);
         let ours = self.hello;
         self.send(now, Message::Hello(ours));

@@ -95,7 +95,13 @@ struct RewardRec {
 
 /// The running episode as the controller sees it.
 struct Track {
+    /// The firmware's episode id: frames are matched to the episode by it.
     id: u32,
+    /// This run's number for the episode (0, 1, 2, … in the order they began): what the
+    /// log, the report and the recording call it. The firmware's id can repeat within a
+    /// run (a rebooted firmware counts from 0 again), and the log's episodes must not
+    /// merge.
+    number: u32,
     seed: u64,
     started: Instant,
     sensors: [Option<SensorRec>; RING],
@@ -134,9 +140,10 @@ impl Track {
         now.saturating_duration_since(self.started) >= LABEL_GRACE
     }
 
-    fn new(id: u32, seed: u64, now: Instant) -> Track {
+    fn new(id: u32, number: u32, seed: u64, now: Instant) -> Track {
         Track {
             id,
+            number,
             seed,
             started: now,
             sensors: [None; RING],
@@ -644,7 +651,7 @@ impl Control {
         self.frame.tick = self.tick;
         self.frame.time_ns = ns_since(self.start, now);
         self.frame.work_ns = now.elapsed().as_nanos() as u64;
-        self.frame.episode = self.track.as_ref().map(|t| t.id);
+        self.frame.episode = self.track.as_ref().map(|t| t.number);
         self.frame.phase = self.phase.name();
         if tx.try_send(self.frame).is_err() {
             self.report.viz_drops += 1;
@@ -964,11 +971,16 @@ impl Control {
         self.estops_unanswered = 0;
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
-        self.track = Some(Track::new(episode, seed, now));
+        // Counted when its Reset went out (a repeated Reset's restart keeps the number).
+        let number = self.episodes_started.saturating_sub(1);
+        self.track = Some(Track::new(episode, number, seed, now));
         self.snap_phase = true;
         self.phase = Phase::Running;
         self.fold_cadence();
-        self.queue_log(Record::EpisodeStart { episode, seed });
+        self.queue_log(Record::EpisodeStart {
+            episode: number,
+            seed,
+        });
     }
 
     // ---------------------------------------------------------------- checks
@@ -1144,7 +1156,7 @@ impl Control {
         let (episode, step) = self
             .track
             .as_ref()
-            .map_or((None, None), |t| (Some(t.id), t.newest));
+            .map_or((None, None), |t| (Some(t.number), t.newest));
         if !self.cfg.quiet {
             self.say(format!("FAULT at tick {}: {kind:?}: {detail}", self.tick));
         }
@@ -1530,7 +1542,7 @@ impl Control {
             return;
         }
         let ad = self.ad;
-        let episode = self.track.as_ref().map_or(0, |t| t.id);
+        let episode = self.track.as_ref().map_or(0, |t| t.number);
         // `--teleop-wait-ms`: the device gets this observation first, and its answer is
         // waited for (boundedly) so that it acts on this frame.
         let waited = match self.teleop.as_mut() {
@@ -1701,7 +1713,7 @@ impl Control {
                     None => (0, [0.0; MAX_ACT], self.intervention, false),
                 };
                 let mut tr = Transition {
-                    episode: t.id,
+                    episode: t.number,
                     step: s,
                     obs_dim: self.od as u8,
                     act_dim: self.ad as u8,
@@ -1819,7 +1831,7 @@ impl Control {
             None => t.fw_end.map_or(t.success, |(s, _)| s || t.success),
         };
         self.queue_log(Record::EpisodeEnd(EpisodeEnd {
-            episode: t.id,
+            episode: t.number,
             seed: t.seed,
             steps,
             success,
@@ -1829,7 +1841,8 @@ impl Control {
         let elapsed = now.saturating_duration_since(t.started);
         let cad = self.ep_cadence.report(self.cfg.target_hz());
         let rep = EpisodeReport {
-            episode: t.id,
+            episode: t.number,
+            firmware_episode: t.id,
             seed: t.seed,
             steps,
             commands: t.steps_acted,
@@ -2068,7 +2081,7 @@ mod tests {
     fn the_watchdog_after_an_operators_label_is_not_a_fault() {
         let wire = Wire::default();
         let (mut c, tx) = control(&wire);
-        let mut t = Track::new(1, 7, Instant::now());
+        let mut t = Track::new(1, 0, 7, Instant::now());
         t.label = Some(true);
         t.final_step = Some(0);
         c.track = Some(t);
@@ -2096,7 +2109,7 @@ mod tests {
     fn a_nan_reward_is_left_out_of_the_return() {
         let wire = Wire::default();
         let (mut c, tx) = control(&wire);
-        c.track = Some(Track::new(1, 7, Instant::now()));
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
         for (step, reward) in [(1, 0.5), (2, f32::NAN), (3, 0.25)] {
             tx.send(frame(
                 step as u16,
@@ -2132,7 +2145,7 @@ mod tests {
     #[test]
     fn a_label_just_after_an_episode_began_is_not_its() {
         let start = Instant::now();
-        let t = Track::new(3, 7, start);
+        let t = Track::new(3, 0, 7, start);
         assert!(!t.takes_label_at(start));
         assert!(!t.takes_label_at(start + LABEL_GRACE - Duration::from_millis(1)));
         assert!(t.takes_label_at(start + LABEL_GRACE));

@@ -556,7 +556,11 @@ pub enum Outcome {
 /// One episode as the control thread saw it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EpisodeReport {
+    /// This run's number for the episode (0, 1, … in order): the log's and the
+    /// recording's.
     pub episode: u32,
+    /// The firmware's id for it (a rebooted firmware counts from 0 again).
+    pub firmware_episode: u32,
     pub seed: u64,
     /// Firmware steps (from its `EpisodeEnd`, else the last step seen).
     pub steps: u32,

@@ -604,13 +604,14 @@ fn a_simulated_reboot_waits_for_a_new_handshake() {
     assert_eq!(fw.state(), FirmwareState::AwaitHello);
     fw.on_frame(ms(55), frame(Message::Reset { seed: 2 }));
     assert!(out(&mut fw).is_empty());
-    // A new handshake, then episodes as before (the next id), and only one reboot.
+    // A new handshake, then episodes as after a boot (counted from 0 again), and only
+    // one reboot.
     connect(&mut fw, ms(1010));
     fw.on_frame(ms(1020), frame(Message::Reset { seed: 2 }));
     assert!(matches!(
         out(&mut fw)[..],
         [
-            Message::EpisodeStart { episode: 1, .. },
+            Message::EpisodeStart { episode: 0, .. },
             Message::Sensor { .. }
         ]
     ));
