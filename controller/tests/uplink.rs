@@ -250,19 +250,15 @@ fn stream_to_holder(
     Vec<Vec<u8>>,
     controller::robot_loop::streamer::UplinkSummary,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let r = received.clone();
-    let server = std::thread::spawn(move || {
-        let (tcp, _) = listener.accept().unwrap();
-        let mut sink = Holder { held, received: r };
-        let mut s = Session::server(tcp, &key()).unwrap();
-        let _ = serve_records(&mut s, &mut sink);
+    let (addr, done, server) = serve_in_background(move || Holder {
+        held,
+        received: r.clone(),
     });
     let (streamer, _ready) = controller::robot_loop::streamer::Streamer::spawn(
         UplinkConfig {
-            addr: addr.to_string(),
+            addr,
             key: key(),
             drain,
             swap: None,
@@ -272,10 +268,35 @@ fn stream_to_holder(
     )
     .unwrap();
     let summary = streamer.finish();
-    // The streamer hung up: the server's session ends.
-    let _ = server.join();
+    done.store(true, Ordering::SeqCst);
+    server.join().unwrap();
     let received = received.lock().unwrap().clone();
     (received, summary)
+}
+
+/// Serves records on a local port, one connection after another, each with a sink from
+/// `sink`, until the returned flag is set; returns the address, the flag and the thread.
+fn serve_in_background<S: RecordSink + 'static>(
+    sink: impl Fn() -> S + Send + 'static,
+) -> (String, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        while !d.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((tcp, _)) => {
+                    tcp.set_nonblocking(false).unwrap();
+                    let mut s = Session::server(tcp, &key()).unwrap();
+                    let _ = serve_records(&mut s, &mut sink());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (addr, done, server)
 }
 
 /// The streamer sends only what the logger has synced: a record a trainer acknowledged
@@ -300,7 +321,7 @@ fn only_records_on_disk_are_streamed() {
     }
     // The writer is still open, its last 5 records not synced.
     let (received, summary) =
-        stream_to_holder(&log, Some(w.synced_len()), 0, Duration::from_millis(500));
+        stream_to_holder(&log, Some(w.synced_len()), 0, Duration::from_secs(20));
     assert_eq!(received.len(), 10, "{summary:?}");
     assert_eq!(summary.acknowledged, 10, "{summary:?}");
     // Once synced, the rest goes too.
@@ -360,4 +381,67 @@ fn one_log_is_one_stream_however_its_path_is_spelled() {
     let (_, dotted) = stream_to_holder(&other, None, 0, Duration::from_secs(20));
     assert!(plain.stream.is_some());
     assert_eq!(plain.stream, dotted.stream);
+}
+
+/// A trainer that holds a log under the name an older controller gave it (its path as
+/// given, `dir/./transitions.log` here, not the canonical one) is asked under that name
+/// too: it goes on from what it holds instead of taking the whole log again.
+#[test]
+fn a_log_held_under_its_older_name_is_not_sent_again() {
+    use controller::robot_loop::log::{LogTail, LogWriter, Record};
+    use controller::robot_loop::streamer::Streamer;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("transitions.log");
+    let mut w = LogWriter::open(&log).unwrap();
+    for i in 0..8 {
+        w.append(&Record::EpisodeStart {
+            episode: i,
+            seed: u64::from(i),
+        })
+        .unwrap();
+    }
+    w.sync().unwrap();
+    drop(w);
+    let records = LogTail::new(&log).poll().unwrap();
+    let spelled = tmp.path().join(".").join("transitions.log");
+    let crc = firmware_config::protocol::crc32(&records[0]);
+    let old_name = format!("{}#{crc:08x}", spelled.display());
+    let store: Store = Arc::default();
+    store
+        .lock()
+        .unwrap()
+        .insert(old_name.clone(), records.clone());
+    let st = store.clone();
+    let (addr, done, server) = serve_in_background(move || Sink {
+        store: st.clone(),
+        cut: None,
+        lose: None,
+    });
+    let (streamer, _ready) = Streamer::spawn(
+        UplinkConfig {
+            addr,
+            key: key(),
+            drain: Duration::from_secs(20),
+            swap: None,
+        },
+        &spelled,
+        None,
+    )
+    .unwrap();
+    let summary = streamer.finish();
+    done.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    assert_eq!(
+        summary.stream.as_deref(),
+        Some(old_name.as_str()),
+        "{summary:?}"
+    );
+    assert_eq!(summary.acknowledged, 8, "{summary:?}");
+    let held = store.lock().unwrap();
+    assert_eq!(held[&old_name], records, "nothing sent twice");
+    assert!(
+        held.iter()
+            .all(|(name, v)| name == &old_name || v.is_empty()),
+        "nothing sent under the canonical name"
+    );
 }

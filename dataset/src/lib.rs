@@ -66,7 +66,9 @@ use std::path::PathBuf;
 
 pub use error::DatasetError;
 pub use reader::{episode_tasks, read_dataset, validate_dataset};
-pub use writer::{DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, noted_runs, write_dataset};
+pub use writer::{
+    DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, committed_episodes, noted_runs, write_dataset,
+};
 
 /// Syncs a directory's entries (new names, renames), so that they survive a power cut.
 /// Filesystems that cannot sync a directory (EINVAL, ENOTSUP) are let pass: there is

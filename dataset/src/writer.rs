@@ -35,6 +35,12 @@ pub fn noted_runs(dir: &Path) -> Result<Vec<String>, DatasetError> {
     runs_of(&InfoJson::read(dir)?, &meta::info_path(dir))
 }
 
+/// Episodes the dataset at `dir` holds as committed (its `meta/info.json`): what a reader
+/// sees, whatever a writer that failed to finish had appended.
+pub fn committed_episodes(dir: &Path) -> Result<usize, DatasetError> {
+    Ok(InfoJson::read(dir)?.total_episodes)
+}
+
 fn runs_of(json: &InfoJson, info_path: &Path) -> Result<Vec<String>, DatasetError> {
     let Some(v) = json.extra.get(NOTED_RUNS) else {
         return Ok(vec![]);
@@ -483,6 +489,11 @@ impl DatasetWriter {
                 }
             }
         }
+    }
+
+    /// The dataset's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The episodes (numbers in the run) of run `id` that [`Self::note_partial_run`]

@@ -26,7 +26,7 @@
 //! | kind | datagram | direction | `seq` | `ref` | values | flags |
 //! |---|---|---|---|---|---|---|
 //! | 1 | [`TeleopAction`] | device → controller | the device's counter, +1 per datagram | with flag 8: the step of the observation it answers; else 0 | the action, policy units `[-1, 1]` | 1 engaged, 2 label success, 4 label failure (not both), 8 answers |
-//! | 2 | [`TeleopObservation`] | controller → device | the firmware's step | the firmware's episode | the observation | 1 the device's action is in control |
+//! | 2 | [`TeleopObservation`] | controller → device | the firmware's step | the episode's number in the run (the controller's log and report) | the observation | 1 the device's action is in control |
 //!
 //! - **Engaged** (flag 1): the device's values move the robot. A device sends
 //!   disengaged datagrams while its deadman is released; the controller then falls back

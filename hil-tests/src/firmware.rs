@@ -11,9 +11,9 @@
 //!
 //! ```text
 //!  AwaitHello ──Hello ok──► Idle ──Reset──► Running ──done──► Ended ──Reset──► Running …
-//!      ▲  (mismatch: answer Hello,   ▲                │  Estop (any state)
-//!      │   stay here)               └──Hello─────────┤        ▼
-//!                                                    └────► Estopped ──Reset──► Running
+//!      ▲  (mismatch: answer Hello,   ▲                │  Estop (any state after Hello)
+//!      │   stay here; Estop: answer  └──Hello─────────┤        ▼
+//!          it, stay here)                             └────► Estopped ──Reset──► Running
 //! ```
 //!
 //! - **Handshake.** Nothing but a stop happens before a `Hello`. The firmware answers every

@@ -97,8 +97,9 @@ struct RewardRec {
 struct Track {
     /// The firmware's episode id: frames are matched to the episode by it.
     id: u32,
-    /// This run's number for the episode (0, 1, 2, … in the order they began): what the
-    /// log, the report and the recording call it. The firmware's id can repeat within a
+    /// This run's number for the episode: that of the `Reset` that began it (0, 1, 2, …
+    /// in order; unique in the run, and a `Reset` that started nothing leaves its number
+    /// unused). What the log, the report and the recording call it. The firmware's id can repeat within a
     /// run (a rebooted firmware counts from 0 again), and the log's episodes must not
     /// merge.
     number: u32,
@@ -927,6 +928,9 @@ impl Control {
                     // Nor will it answer an Estop sent before it rebooted.
                     self.forget_firmware_answers();
                     self.torque_off = false;
+                    // It counts its episodes from 0 again: the id of the episode it cut
+                    // short may well be its next one's.
+                    self.last_finished = None;
                     self.gate.firmware_holds();
                     self.fault(
                         now,

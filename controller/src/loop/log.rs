@@ -27,7 +27,8 @@
 //! record are a torn tail: [`read_log`] reports and skips them, and [`LogWriter::open`]
 //! cuts them off before appending, so a later run's records are not hidden behind
 //! them. The log is `fdatasync`ed at every episode end, which also covers a power loss
-//! for completed episodes.
+//! for completed episodes, and, while the uplink streams it, every second
+//! ([`SYNC_EVERY`]): only synced records are sent.
 //!
 //! Damage in the middle (a bad sector, a flipped bit, an edit) loses only the records
 //! it touches: where a record's length is impossible or its CRC does not match, the
@@ -754,6 +755,9 @@ pub struct LogWriter {
     /// Appended since the last sync.
     unsynced: bool,
     last_sync: Instant,
+    /// Someone follows the synced length ([`LogWriter::synced_len`]): only then does
+    /// [`LogWriter::sync_if_due`] sync (no needless writes to a robot's SD card).
+    followed: bool,
 }
 
 /// How many bytes of a log are on disk (as of the writer's last `fdatasync`), shared
@@ -773,8 +777,8 @@ impl SyncedLen {
     }
 }
 
-/// How often the logger syncs the log within an episode (it also syncs at every
-/// episode's end): how far, at most, the uplink stream lags the log.
+/// How often the logger syncs the log within an episode when the uplink streams it (it
+/// syncs at every episode's end in any case): how far, at most, the stream lags the log.
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl LogWriter {
@@ -852,12 +856,14 @@ impl LogWriter {
             synced,
             unsynced: false,
             last_sync: Instant::now(),
+            followed: false,
         })
     }
 
     /// The log's synced length, for a reader that must stay behind it
-    /// ([`LogTail::behind`]).
-    pub fn synced_len(&self) -> SyncedLen {
+    /// ([`LogTail::behind`]); from now on [`LogWriter::sync_if_due`] syncs.
+    pub fn synced_len(&mut self) -> SyncedLen {
+        self.followed = true;
         self.synced.clone()
     }
 
@@ -908,9 +914,10 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Syncs when records were appended and the last sync is `every` old.
+    /// Syncs when the synced length is followed, records were appended and the last
+    /// sync is `every` old.
     pub fn sync_if_due(&mut self, every: Duration) -> Result<(), LogError> {
-        if self.unsynced && self.last_sync.elapsed() >= every {
+        if self.followed && self.unsynced && self.last_sync.elapsed() >= every {
             self.sync()?;
         }
         Ok(())
@@ -1095,60 +1102,25 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
     let has_meta = dir.join("meta").join("info.json").exists();
     let mut w = if has_meta {
         let w = DatasetWriter::open_append(dir)?;
-        let have = w.info();
-        if have.obs_dim() != info.obs_dim() || have.action_dim() != info.action_dim() {
-            return Err(LogError::Record {
-                path: dir.to_path_buf(),
-                offset: 0,
-                problem: format!(
-                    "existing dataset has observation/action dims {}/{}, this run records {}/{}",
-                    have.obs_dim(),
-                    have.action_dim(),
-                    info.obs_dim(),
-                    info.action_dim()
-                ),
-            });
-        }
-        let differs = |what: String| LogError::Record {
-            path: dir.to_path_buf(),
-            offset: 0,
-            problem: format!("{what}; record into another directory"),
-        };
-        let (theirs, ours) = (have.robot_type.trim(), info.robot_type.trim());
-        if !theirs.is_empty() && theirs != ours {
-            return Err(differs(format!(
-                "existing dataset was recorded by robot `{theirs}`, this run is `{ours}`"
-            )));
-        }
-        // Timestamps come from the dataset's one fps: frames at another rate would be
-        // stamped wrongly.
-        if have.fps != info.fps {
-            return Err(differs(format!(
-                "existing dataset was recorded at {} Hz, this run records at {} Hz",
-                have.fps, info.fps
-            )));
-        }
-        let names = (&have.observation_names, &info.observation_names);
-        if let Some(i) = firmware_config::config::first_name_difference(names.0, names.1) {
-            return Err(differs(format!(
-                "existing dataset's observation [{i}] is `{}`, this run's is `{}`",
-                names.0[i], names.1[i]
-            )));
-        }
+        check_same_recording(dir, w.info(), info, "record into another directory")?;
         // A robot episode's outcome needs every one of them: without, a time-limit end
         // would read back as terminal, or the rewards as 0 (the writer refuses such an
         // episode; refusing here keeps the run from starting into it).
         let lacks = w.lacks_outcome_columns();
         if !lacks.is_empty() {
-            return Err(differs(format!(
-                "existing dataset has no {} column, which robot episodes need to read back \
-                 unchanged",
-                lacks
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            return Err(LogError::Record {
+                path: dir.to_path_buf(),
+                offset: 0,
+                problem: format!(
+                    "existing dataset has no {} column, which robot episodes need to read \
+                     back unchanged; record into another directory",
+                    lacks
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
         }
         w
     } else {
@@ -1156,6 +1128,56 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
     };
     w.set_task(&info.task);
     Ok(w)
+}
+
+/// Refuses to add episodes recorded as `info` says to a dataset recorded as `have` says
+/// (its directory `dir`): other dimensions, another robot, another rate (its timestamps
+/// come from one fps) or other observation names.
+/// `advice` ends the message of a refusal that another directory would avoid.
+fn check_same_recording(
+    dir: &Path,
+    have: &DatasetInfo,
+    info: &DatasetInfo,
+    advice: &str,
+) -> Result<(), LogError> {
+    if have.obs_dim() != info.obs_dim() || have.action_dim() != info.action_dim() {
+        return Err(LogError::Record {
+            path: dir.to_path_buf(),
+            offset: 0,
+            problem: format!(
+                "existing dataset has observation/action dims {}/{}, this run records {}/{}",
+                have.obs_dim(),
+                have.action_dim(),
+                info.obs_dim(),
+                info.action_dim()
+            ),
+        });
+    }
+    let differs = |what: String| LogError::Record {
+        path: dir.to_path_buf(),
+        offset: 0,
+        problem: format!("{what}; {advice}"),
+    };
+    let (theirs, ours) = (have.robot_type.trim(), info.robot_type.trim());
+    if !theirs.is_empty() && theirs != ours {
+        return Err(differs(format!(
+            "existing dataset was recorded by robot `{theirs}`, this run is `{ours}`"
+        )));
+    }
+    if have.fps != info.fps {
+        return Err(differs(format!(
+            "existing dataset was recorded at {} Hz, this run records at {} Hz",
+            have.fps, info.fps
+        )));
+    }
+    let names = (&have.observation_names, &info.observation_names);
+    if let Some(i) = firmware_config::config::first_name_difference(names.0, names.1) {
+        return Err(differs(format!(
+            "existing dataset's observation [{i}] is `{}`, this run's is `{}`",
+            names.0[i], names.1[i]
+        )));
+    }
+    Ok(())
 }
 
 /// Summary of [`log_to_dataset`].
@@ -1247,6 +1269,24 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         if !r.unknown_run {
             saved = w.partial_run(&run.run_id);
         }
+    }
+    // Every run as the dataset was recorded, before anything is appended: a later run
+    // of another robot file (the dataset was deleted in between) is not filed under
+    // the first's names or rate.
+    for rs in runs_in.iter().filter_map(|(rs, _)| rs.as_ref()) {
+        let advice = "one dataset takes runs recorded alike (--last-run converts only the \
+                      last run)";
+        check_same_recording(out, w.info(), &rs.dataset_info(), advice).map_err(|e| match e {
+            LogError::Record { path, problem, .. } => LogError::Record {
+                path,
+                offset: 0,
+                problem: format!(
+                    "the log's run {} (started at unix time {}): {problem}",
+                    rs.run_id, rs.started_unix
+                ),
+            },
+            e => e,
+        })?;
     }
     for (this_run, eps) in &runs_in {
         if let Some(rs) = this_run {
@@ -1744,6 +1784,49 @@ pub(crate) mod tests {
             dataset::episode_tasks(&out).unwrap(),
             vec![vec!["push".to_string()], vec!["reach".to_string()]]
         );
+    }
+
+    /// A rebuild checks every run against the dataset, not only the first: a later run
+    /// with other observation names (or rate) is refused, naming the run. (Its episodes
+    /// were filed under the first run's names.)
+    #[test]
+    fn a_rebuild_refuses_a_later_run_recorded_differently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        for (i, names) in [["a", "b", "c"], ["a", "c", "b"]].into_iter().enumerate() {
+            w.append(&Record::Run(RunStart {
+                observation_names: names.iter().map(|n| n.to_string()).collect(),
+                run_id: format!("run-{i}"),
+                ..run_start()
+            }))
+            .unwrap();
+            w.append(&Record::EpisodeStart {
+                episode: 0,
+                seed: 9,
+            })
+            .unwrap();
+            for s in 0..3 {
+                w.append(&Record::Transition(transition(0, s, s == 2)))
+                    .unwrap();
+            }
+            w.append(&Record::EpisodeEnd(end(0, 3))).unwrap();
+        }
+        drop(w);
+        let out = dir.path().join("ds");
+        let e = log_to_dataset(&path, &out, Runs::All)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run-1") && e.contains("observation [1]"), "{e}");
+        // Refused before anything was written: no data file without its metadata.
+        fn files(dir: &Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |d| {
+                d.map(|e| e.unwrap().path())
+                    .map(|p| if p.is_dir() { files(&p) } else { 1 })
+                    .sum()
+            })
+        }
+        assert_eq!(files(&out.join("data")), 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!  control thread ──try_send(Record)──► bounded channel ──► logger thread
 //!   (never blocks; a full channel drops      │                 append record (len+crc+payload)
 //!    the transition and counts it)           │                 keep the episode's transitions
-//!                                            │                 fdatasync every second, and
+//!                                            │                 fdatasync every second (--uplink)
 //!                                            │                 at EpisodeEnd: fdatasync, convert,
 //!                                            ▼                 DatasetWriter::append_episode
 //!                                    run ends: channel closes → DatasetWriter::finish
@@ -189,15 +189,19 @@ impl Logger {
 
 /// A data file that failed took its episodes out of the dataset: those at index `kept`
 /// and beyond are not saved after all.
-fn unsave_lost(s: &Mutex<LoggerSummary>, kept: usize) {
+/// Returns how many episodes that unsaved.
+fn unsave_lost(s: &Mutex<LoggerSummary>, kept: usize) -> usize {
     let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
     let g = &mut *g;
+    let mut unsaved = 0;
     for e in g.episodes.iter_mut() {
         if e.dataset_index.is_some_and(|i| i >= kept) {
             e.dataset_index = None;
             g.frames_saved -= e.notes.frames;
+            unsaved += 1;
         }
     }
+    unsaved
 }
 
 fn push_error(s: &Mutex<LoggerSummary>, e: String) {
@@ -220,15 +224,31 @@ fn logger_main(
     let mut current: Option<(u32, Vec<Transition>)> = None;
     // Transitions of an episode whose start record has not arrived yet.
     let mut early: Vec<Transition> = Vec::new();
+    // A failing periodic sync is said once (it would fill the errors every second).
+    let mut sync_failed = false;
+    let mut sync_if_due = |log: &mut LogWriter| {
+        // Within a long episode too, and with no record coming: the uplink streams only
+        // what is on disk.
+        if let Err(e) = log.sync_if_due(SYNC_EVERY)
+            && !std::mem::replace(&mut sync_failed, true)
+        {
+            push_error(s, e.to_string());
+        }
+    };
     // Until the run ends: the control thread drops the records' sender.
-    while let Ok(rec) = rx.recv() {
+    loop {
+        let rec = match rx.recv_timeout(SYNC_EVERY) {
+            Ok(rec) => rec,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                sync_if_due(&mut log);
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         if let Err(e) = log.append(&rec) {
             push_error(s, e.to_string());
         }
-        // Within a long episode too: the uplink streams only what is on disk.
-        if let Err(e) = log.sync_if_due(SYNC_EVERY) {
-            push_error(s, e.to_string());
-        }
+        sync_if_due(&mut log);
         match rec {
             Record::EpisodeStart { episode, .. } => {
                 let (mut ts, later): (Vec<_>, Vec<_>) =
@@ -307,13 +327,32 @@ fn logger_main(
                 w.note_run(run_id);
             }
         }
+        let dir = w.dir().to_path_buf();
         match w.finish() {
             Ok(sum) => {
                 let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
                 g.dataset_total_episodes = sum.total_episodes;
                 g.dataset_total_frames = sum.total_frames;
             }
-            Err(e) => push_error(s, format!("finishing the dataset: {e}")),
+            Err(e) => {
+                push_error(s, format!("finishing the dataset: {e}"));
+                // Its metadata not written, the dataset holds what it held before: the
+                // episodes this run appended are not in it (the log has them).
+                // (A failure after the metadata was committed loses none.)
+                let committed = dataset::committed_episodes(&dir).unwrap_or(0);
+                let lost = unsave_lost(s, committed);
+                if lost > 0 {
+                    push_error(
+                        s,
+                        format!(
+                            "{lost} episodes of this run are not in {} (its metadata could not \
+                             be written); `controller log-to-dataset --last-run` adds them from \
+                             the log",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
         }
     }
 }
@@ -459,6 +498,37 @@ mod tests {
         );
         assert_eq!(s.frames_saved, 5, "{s:?}");
         assert_eq!(s.rerun_ticks, None);
+    }
+
+    /// A dataset whose metadata cannot be written at the run's end (a full disk, here
+    /// a directory in the way of `info.json`'s staging file) keeps what it held before:
+    /// the summary no longer counts the run's episodes as saved, and the error says how
+    /// to add them from the log. (It said they were saved.)
+    #[test]
+    fn episodes_a_failed_finish_left_out_are_not_counted_as_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let logger = logger_in(dir.path(), 64, None);
+        let send = |r: Record| logger.tx.send(r).unwrap();
+        send(Record::EpisodeStart {
+            episode: 0,
+            seed: 9,
+        });
+        send(Record::Transition(transition(0, 0, false)));
+        send(Record::Transition(transition(0, 1, true)));
+        send(Record::EpisodeEnd(end(0, 2)));
+        let blocker = dir.path().join("dataset/meta/info.json.tmp");
+        std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+        let s = logger.finish();
+        assert_eq!(s.frames_saved, 0, "{s:?}");
+        assert_eq!(s.episodes[0].dataset_index, None, "{s:?}");
+        let said = s.errors.join("\n");
+        assert!(said.contains("1 episodes of this run are not in"), "{said}");
+        assert!(said.contains("log-to-dataset --last-run"), "{said}");
+        std::fs::remove_dir_all(&blocker).unwrap();
+        assert_eq!(
+            dataset::committed_episodes(&dir.path().join("dataset")).unwrap(),
+            0
+        );
     }
 
     /// A logger that stops inside an episode (the control thread never ended it) notes

@@ -556,8 +556,8 @@ pub enum Outcome {
 /// One episode as the control thread saw it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EpisodeReport {
-    /// This run's number for the episode (0, 1, … in order): the log's and the
-    /// recording's.
+    /// This run's number for the episode (0, 1, … by the `Reset` that began it; unique
+    /// in the run): the log's and the recording's.
     pub episode: u32,
     /// The firmware's id for it (a rebooted firmware counts from 0 again).
     pub firmware_episode: u32,
@@ -1049,8 +1049,9 @@ pub fn run(
                 what: format!("creating {}", dir.display()),
                 error,
             })?;
-            let log = LogWriter::open(&dir.join("transitions.log"))?;
-            let synced = log.synced_len();
+            let mut log = LogWriter::open(&dir.join("transitions.log"))?;
+            // Followed only by the uplink (which then sends only what is on disk).
+            let synced = cfg.uplink.is_some().then(|| log.synced_len());
             let run = RunStart {
                 robot: cfg.robot.robot.clone(),
                 task: task.to_string(),
@@ -1083,7 +1084,7 @@ pub fn run(
                         what: "starting the logger thread".into(),
                         error,
                     })?;
-            (Some(logger), Some(synced))
+            (Some(logger), synced)
         }
     };
 

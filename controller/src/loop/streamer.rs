@@ -200,6 +200,8 @@ fn stream_main(
     // Damaged stretches are named once, also when the log is read again.
     let mut damage_noted_to = 0u64;
     let mut stream_id: Option<String> = None;
+    let mut legacy_id: Option<String> = None;
+    let mut short_log_noted = false;
     let mut session: Option<Session<TcpStream>> = None;
     let mut backoff = Duration::from_millis(100);
     let mut next_try = Instant::now();
@@ -228,16 +230,22 @@ fn stream_main(
         // pending": records the trainer holds already are read and dropped, a
         // TAIL_READ_MAX at a time, before the ones it lacks.)
         let mut at_end = false;
+        // The log's end was read (not a read error, which also ends the reading).
+        let mut reached_end = false;
         if polled {
             match tail.poll() {
                 Ok(new) => {
                     at_end = new.is_empty();
+                    reached_end = at_end;
                     if stream_id.is_none()
                         && let Some(first) = new.first()
                     {
                         let id = format!("{}#{:08x}", log_name.display(), crc32(first));
                         edit(&mut |s| s.stream = Some(id.clone()));
                         stream_id = Some(id);
+                        // How a controller before the canonical name called this log.
+                        let old = format!("{}#{:08x}", log.display(), crc32(first));
+                        legacy_id = Some(old).filter(|old| Some(old) != stream_id.as_ref());
                     }
                     for record in new {
                         if read >= base {
@@ -267,21 +275,23 @@ fn stream_main(
                 }
             }
         }
+        if reached_end && read < base && !short_log_noted {
+            // The trainer acknowledged records this log does not have (only synced
+            // records are sent, so an older controller's log that a power cut cut back,
+            // or another log with the same first record): the records written after
+            // them are taken for ones it holds, and not sent. Said once.
+            short_log_noted = true;
+            fail(format!(
+                "the trainer holds {base} records of this log, which has only {read}: the \
+                 log lost records after it sent them, and the records written since are \
+                 taken for ones the trainer holds, not sent (this run's dataset has them; \
+                 record the next runs into a new --out)"
+            ));
+        }
         if stopping {
             let until = *drain_until.get_or_insert_with(|| Instant::now() + cfg.drain);
             // (Nothing pending and nothing more to read: every whole record is sent.)
             if (at_end && pending.is_empty()) || Instant::now() >= until {
-                if at_end && read < base {
-                    // The trainer acknowledged records this log no longer has (cut
-                    // back, or replaced by another with the same first record): the
-                    // records after them were taken for ones it holds, not sent.
-                    fail(format!(
-                        "the trainer holds {base} records of this log, which has only {read}: \
-                         the log lost records after it sent them, and the records written \
-                         since were taken for ones the trainer holds, not sent (its dataset \
-                         has them; record the next runs into a new --out)"
-                    ));
-                }
                 // The logger has closed the log: what is left is not a whole record.
                 let left = tail.unread_bytes();
                 if left > 0 && pending.is_empty() {
@@ -294,10 +304,32 @@ fn stream_main(
             }
         }
         if session.is_none()
-            && let Some(id) = &stream_id
+            && let Some(id) = stream_id.clone()
             && Instant::now() >= next_try
         {
-            match connect(&cfg, id) {
+            let mut attempt = connect(&cfg, &id);
+            if matches!(attempt, Ok((_, 0)))
+                && let Some(old) = legacy_id.take()
+            {
+                // Nothing held under the canonical name: a trainer that holds this log
+                // under the name an older controller gave it (`--out r1`, relative) goes
+                // on from there, instead of taking the whole log again. Hung up first:
+                // the trainer serves one connection at a time.
+                drop(attempt);
+                let probe = connect(&cfg, &old);
+                attempt = match probe {
+                    Ok((s, held)) if held > 0 => {
+                        edit(&mut |s| s.stream = Some(old.clone()));
+                        stream_id = Some(old);
+                        Ok((s, held))
+                    }
+                    other => {
+                        drop(other);
+                        connect(&cfg, &id)
+                    }
+                };
+            }
+            match attempt {
                 Ok((s, resume)) => {
                     edit(&mut |s| s.connections += 1);
                     if resume < base {
@@ -318,6 +350,7 @@ fn stream_main(
                         pending.drain(..held);
                     }
                     base = resume;
+                    edit(&mut |s| s.acknowledged = resume);
                     session = Some(s);
                     backoff = Duration::from_millis(100);
                 }
