@@ -690,14 +690,27 @@ impl LogTail {
     }
 }
 
-/// Where a log's whole records end, the bytes after that (a torn record, or damage no
-/// whole record follows) and how many whole records it holds: [`read_log`]'s
-/// `valid_bytes`, `torn_bytes` and `records.len()`, found by reading at most `read_max`
-/// bytes at a time and keeping no record. Every record is
-/// decoded, so a log [`read_log`] refuses (a record this version cannot read) is
-/// refused here too. Bytes after damage stay buffered until a whole record follows
-/// them: a damaged stretch is held in memory, the rest is not.
-fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
+/// What [`scan_log`] found: as [`read_log`]'s [`LogContents`], without the records.
+#[derive(Debug)]
+struct LogScan {
+    valid_bytes: u64,
+    torn_bytes: u64,
+    records: u64,
+    damaged: Vec<DamagedSpan>,
+}
+
+/// Reads the log at `path` at most `read_max` bytes at a time, handing each record, with
+/// its offset, to `record`, and keeping none: where its whole records end, the bytes
+/// after that (a torn record, or damage no whole record follows), how many whole records
+/// it holds and its damaged stretches, as [`read_log`] finds them. Every record is
+/// decoded, so a log [`read_log`] refuses (a record this version cannot read) is refused
+/// here too. Bytes after damage stay buffered until a whole record follows them: a
+/// damaged stretch is held in memory, the rest is not.
+fn scan_log(
+    path: &Path,
+    read_max: u64,
+    mut record: impl FnMut(u64, Record) -> Result<(), LogError>,
+) -> Result<LogScan, LogError> {
     let len = std::fs::metadata(path)
         .map_err(|error| LogError::Io {
             path: path.to_path_buf(),
@@ -709,13 +722,12 @@ fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
     let mut records = 0;
     let mut decode = |at: u64, payload: &[u8]| {
         records += 1;
-        Record::decode(payload)
-            .map(drop)
-            .map_err(|problem| LogError::Record {
-                path: path.to_path_buf(),
-                offset: at,
-                problem,
-            })
+        let rec = Record::decode(payload).map_err(|problem| LogError::Record {
+            path: path.to_path_buf(),
+            offset: at,
+            problem,
+        })?;
+        record(at, rec)
     };
     loop {
         let before = tail.offset + tail.buf.len() as u64;
@@ -732,9 +744,25 @@ fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
                 path: path.to_path_buf(),
             });
         }
-        return Ok((0, tail.buf.len() as u64, 0));
+        return Ok(LogScan {
+            valid_bytes: 0,
+            torn_bytes: tail.buf.len() as u64,
+            records: 0,
+            damaged: vec![],
+        });
     }
-    Ok((tail.offset, tail.buf.len() as u64, records))
+    Ok(LogScan {
+        valid_bytes: tail.offset,
+        torn_bytes: tail.buf.len() as u64,
+        records,
+        damaged: std::mem::take(&mut tail.damaged),
+    })
+}
+
+/// [`scan_log`]'s `valid_bytes`, `torn_bytes` and `records`.
+fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
+    let scan = scan_log(path, read_max, |_, _| Ok(()))?;
+    Ok((scan.valid_bytes, scan.torn_bytes, scan.records))
 }
 
 /// Appends records to a log file.
@@ -1004,13 +1032,76 @@ pub struct LoggedEpisode {
 /// gets one with [`EndReason::Unfinished`]. Transitions whose start record is missing
 /// still make an episode; its seed comes from its end record, if that survived.
 pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
-    let mut run = None;
-    let mut out: Vec<LoggedEpisode> = Vec::new();
-    // The current run's episodes in order of first appearance, whether each has its
-    // start and its end record.
-    let mut current: Vec<(LoggedEpisode, bool, bool)> = Vec::new();
-    let finish = |current: &mut Vec<(LoggedEpisode, bool, bool)>, out: &mut Vec<LoggedEpisode>| {
-        for (mut e, _, ended) in current.drain(..) {
+    let mut g = EpisodeGrouper::default();
+    let mut out = Vec::new();
+    for r in records {
+        g.push(r, &mut out);
+    }
+    g.flush(&mut out);
+    (g.first_run, out)
+}
+
+/// [`episodes`], record by record: an episode is handed on once it has ended and every
+/// episode begun before it has been, so that a long log is converted holding only the
+/// episodes in progress. (An episode's transitions never follow its end record: the
+/// control thread drops a transition the channel cannot take, never delays it.)
+#[derive(Default)]
+struct EpisodeGrouper {
+    /// The first `Run` record seen.
+    first_run: Option<RunStart>,
+    /// The current run's episodes not handed on yet, in order of first appearance,
+    /// whether each has its start and its end record.
+    current: Vec<(LoggedEpisode, bool, bool)>,
+}
+
+impl EpisodeGrouper {
+    /// Takes `r`, pushing onto `out` the episodes it completes.
+    fn push(&mut self, r: &Record, out: &mut Vec<LoggedEpisode>) {
+        match r {
+            Record::Run(rs) => {
+                if self.first_run.is_none() {
+                    self.first_run = Some(rs.clone());
+                }
+                self.flush(out);
+            }
+            Record::EpisodeStart { episode, seed } => {
+                if self
+                    .current
+                    .iter()
+                    .any(|(e, started, _)| e.episode == *episode && *started)
+                {
+                    self.flush(out);
+                }
+                let i = self.entry(*episode);
+                let (e, started, _) = &mut self.current[i];
+                e.seed = *seed;
+                *started = true;
+            }
+            Record::Transition(t) => {
+                let i = self.entry(t.episode);
+                self.current[i].0.transitions.push(*t);
+            }
+            Record::EpisodeEnd(end) => {
+                let i = self.entry(end.episode);
+                let (e, _, ended) = &mut self.current[i];
+                e.seed = end.seed;
+                e.end = end.clone();
+                *ended = true;
+                // Handed on in order: those ended at the front.
+                let done = self
+                    .current
+                    .iter()
+                    .take_while(|(_, _, ended)| *ended)
+                    .count();
+                out.extend(self.current.drain(..done).map(|(e, _, _)| e));
+            }
+        }
+    }
+
+    /// Hands on every episode of the current run: those without an end record get one
+    /// saying so ([`EndReason::Unfinished`]).
+    fn flush(&mut self, out: &mut Vec<LoggedEpisode>) {
+        for (mut e, _, ended) in self.current.drain(..) {
             if !ended {
                 let steps = e
                     .transitions
@@ -1030,68 +1121,36 @@ pub fn episodes(records: &[Record]) -> (Option<RunStart>, Vec<LoggedEpisode>) {
             }
             out.push(e);
         }
-    };
-    // The entry of `episode` in the current run, created on first sight.
-    let entry = |current: &mut Vec<(LoggedEpisode, bool, bool)>, episode: u32| -> usize {
-        match current.iter().position(|(e, _, _)| e.episode == episode) {
-            Some(i) => i,
-            None => {
-                current.push((
-                    LoggedEpisode {
-                        episode,
-                        seed: 0,
-                        transitions: vec![],
-                        end: EpisodeEnd {
-                            episode,
-                            seed: 0,
-                            steps: 0,
-                            success: false,
-                            reason: EndReason::Unfinished,
-                            detail: String::new(),
-                        },
-                    },
-                    false,
-                    false,
-                ));
-                current.len() - 1
-            }
-        }
-    };
-    for r in records {
-        match r {
-            Record::Run(rs) => {
-                if run.is_none() {
-                    run = Some(rs.clone());
-                }
-                finish(&mut current, &mut out);
-            }
-            Record::EpisodeStart { episode, seed } => {
-                if current
-                    .iter()
-                    .any(|(e, started, _)| e.episode == *episode && *started)
-                {
-                    finish(&mut current, &mut out);
-                }
-                let i = entry(&mut current, *episode);
-                let (e, started, _) = &mut current[i];
-                e.seed = *seed;
-                *started = true;
-            }
-            Record::Transition(t) => {
-                let i = entry(&mut current, t.episode);
-                current[i].0.transitions.push(*t);
-            }
-            Record::EpisodeEnd(end) => {
-                let i = entry(&mut current, end.episode);
-                let (e, _, ended) = &mut current[i];
-                e.seed = end.seed;
-                e.end = end.clone();
-                *ended = true;
-            }
-        }
     }
-    finish(&mut current, &mut out);
-    (run, out)
+
+    /// The entry of `episode` in the current run, created on first sight.
+    fn entry(&mut self, episode: u32) -> usize {
+        if let Some(i) = self
+            .current
+            .iter()
+            .position(|(e, _, _)| e.episode == episode)
+        {
+            return i;
+        }
+        self.current.push((
+            LoggedEpisode {
+                episode,
+                seed: 0,
+                transitions: vec![],
+                end: EpisodeEnd {
+                    episode,
+                    seed: 0,
+                    steps: 0,
+                    success: false,
+                    reason: EndReason::Unfinished,
+                    detail: String::new(),
+                },
+            },
+            false,
+            false,
+        ));
+        self.current.len() - 1
+    }
 }
 
 /// Opens the dataset at `dir` for appending, or creates it; refuses one whose
@@ -1221,59 +1280,35 @@ pub enum Runs {
 /// Converts the episodes of a log's `runs` into the dataset at `out` (created or
 /// appended).
 pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, LogError> {
-    let contents = read_log(log)?;
-    let records = match runs {
-        Runs::All => &contents.records[..],
-        Runs::Last => {
-            let last = contents
-                .records
-                .iter()
-                .rposition(|r| matches!(r, Record::Run(_)))
-                .unwrap_or(0);
-            &contents.records[last..]
+    // Read twice, a few MiB at a time, holding only run headers and the episodes in
+    // progress: a log of days does not fit a robot computer's memory (this is the
+    // recovery path after a crash). First the runs: where the converted ones begin
+    // (record index), and their headers, checked before anything is written.
+    let mut headers: Vec<(u64, RunStart)> = vec![];
+    let mut index = 0u64;
+    scan_log(log, TAIL_READ_MAX, |_, rec| {
+        if let Record::Run(rs) = rec {
+            headers.push((index, rs));
         }
+        index += 1;
+        Ok(())
+    })?;
+    let first = match runs {
+        Runs::All => 0,
+        Runs::Last => headers.last().map_or(0, |(i, _)| *i),
     };
-    // Run by run, so that each run's episodes are filed under its own task (runs of
-    // other bundles into one `--out` may name other tasks).
-    let mut runs_in: Vec<(Option<RunStart>, Vec<LoggedEpisode>)> = vec![];
-    let mut start = 0;
-    for (i, rec) in records.iter().enumerate() {
-        if matches!(rec, Record::Run(_)) && i > start {
-            runs_in.push(episodes(&records[start..i]));
-            start = i;
-        }
-    }
-    runs_in.push(episodes(&records[start..]));
-    let run = runs_in.iter().find_map(|(r, _)| r.clone());
+    headers.retain(|(i, _)| *i >= first);
+    let run = headers.first().map(|(_, rs)| rs.clone());
     let run = run.ok_or_else(|| LogError::Record {
         path: log.to_path_buf(),
         offset: MAGIC.len() as u64,
         problem: "no run-start record (nothing to describe the dataset with)".into(),
     })?;
-    let mut r = Rebuilt {
-        torn_bytes: contents.torn_bytes,
-        damaged: contents.damaged,
-        ..Rebuilt::default()
-    };
     let mut w = open_dataset(out, &run.dataset_info())?;
-    // Episodes of the run the dataset holds already (a run that saved only some).
-    let mut saved: Vec<u32> = vec![];
-    if runs == Runs::Last {
-        // Checked on what the writer read under its lock: a run that finishes saving
-        // meanwhile cannot slip in between.
-        r.unknown_run = run.run_id.is_empty();
-        if !r.unknown_run && w.has_run(&run.run_id) {
-            r.already_saved = true;
-            return Ok(r); // the writer is dropped unfinished: nothing changes
-        }
-        if !r.unknown_run {
-            saved = w.partial_run(&run.run_id);
-        }
-    }
     // Every run as the dataset was recorded, before anything is appended: a later run
     // of another robot file (the dataset was deleted in between) is not filed under
     // the first's names or rate.
-    for rs in runs_in.iter().filter_map(|(rs, _)| rs.as_ref()) {
+    for (_, rs) in &headers {
         let advice = "one dataset takes runs recorded alike (--last-run converts only the \
                       last run)";
         check_same_recording(out, w.info(), &rs.dataset_info(), advice).map_err(|e| match e {
@@ -1288,11 +1323,27 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             e => e,
         })?;
     }
-    for (this_run, eps) in &runs_in {
-        if let Some(rs) = this_run {
-            w.set_task(&rs.task);
+    let mut r = Rebuilt::default();
+    // Episodes of the run the dataset holds already (a run that saved only some).
+    let mut saved: Vec<u32> = vec![];
+    if runs == Runs::Last {
+        // Checked on what the writer read under its lock: a run that finishes saving
+        // meanwhile cannot slip in between.
+        r.unknown_run = run.run_id.is_empty();
+        if !r.unknown_run && w.has_run(&run.run_id) {
+            r.already_saved = true;
+            return Ok(r); // the writer is dropped unfinished: nothing changes
         }
-        for e in eps {
+        if !r.unknown_run {
+            saved = w.partial_run(&run.run_id);
+        }
+    }
+    // Then the episodes, each appended once it has ended, under its own run's task
+    // (runs of other bundles into one `--out` may name other tasks).
+    let mut grouper = EpisodeGrouper::default();
+    let mut ready: Vec<LoggedEpisode> = vec![];
+    let append = |w: &mut DatasetWriter, ready: &mut Vec<LoggedEpisode>, r: &mut Rebuilt| {
+        for e in ready.drain(..) {
             if saved.contains(&e.episode) {
                 r.skipped_saved += 1;
                 continue;
@@ -1308,15 +1359,31 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
                 None => r.skipped_empty += 1,
             }
         }
-    }
+        Ok::<(), LogError>(())
+    };
+    let mut index = 0u64;
+    let scan = scan_log(log, TAIL_READ_MAX, |_, rec| {
+        index += 1;
+        if index <= first {
+            return Ok(());
+        }
+        grouper.push(&rec, &mut ready);
+        // A run's header ends the run before it: its episodes go under that run's task.
+        append(&mut w, &mut ready, &mut r)?;
+        if let Record::Run(rs) = &rec {
+            w.set_task(&rs.task);
+        }
+        Ok(())
+    })?;
+    grouper.flush(&mut ready);
+    append(&mut w, &mut ready, &mut r)?;
+    (r.torn_bytes, r.damaged) = (scan.torn_bytes, scan.damaged);
     // Every run converted is noted, committed with its episodes, once all of them are
     // in their file (a failed close returns before anything is committed).
     w.close_data_file()?;
-    for rec in records {
-        if let Record::Run(run) = rec
-            && !run.run_id.is_empty()
-        {
-            w.note_run(&run.run_id);
+    for (_, rs) in &headers {
+        if !rs.run_id.is_empty() {
+            w.note_run(&rs.run_id);
         }
     }
     w.finish()?;
@@ -1827,6 +1894,48 @@ pub(crate) mod tests {
             })
         }
         assert_eq!(files(&out.join("data")), 0);
+    }
+
+    /// Episodes are handed on as they end (in order), so that a conversion holds only
+    /// those in progress, not the log: here at most the one running and the next one,
+    /// whose first transitions overtook the end record of the one before. The result
+    /// is [`episodes`]'s of the whole log.
+    #[test]
+    fn the_grouper_hands_each_episode_on_at_its_end() {
+        let mut records = vec![Record::Run(run_start())];
+        let start = |e: u32| Record::EpisodeStart {
+            episode: e,
+            seed: u64::from(e),
+        };
+        records.push(start(0));
+        for e in 0..3u32 {
+            records.push(Record::Transition(transition(e, 0, false)));
+            if e > 0 {
+                // The boundary records, queued, come after this episode's first
+                // transition: the previous episode's end, then this one's start.
+                records.push(Record::EpisodeEnd(end(e - 1, 3)));
+                records.push(start(e));
+            }
+            for s in 1..3 {
+                records.push(Record::Transition(transition(e, s, s == 2)));
+            }
+        }
+        records.push(Record::EpisodeEnd(end(2, 3)));
+        let mut g = EpisodeGrouper::default();
+        let mut out = vec![];
+        let mut most_held = 0;
+        for r in &records {
+            g.push(r, &mut out);
+            most_held = most_held.max(g.current.len());
+            if let Record::EpisodeEnd(end) = r {
+                assert_eq!(out.last().map(|e| e.episode), Some(end.episode));
+            }
+        }
+        g.flush(&mut out);
+        assert_eq!(most_held, 2);
+        assert_eq!(out.len(), 3);
+        assert_eq!(episodes(&records).1, out);
+        assert!(out.iter().all(|e| e.transitions.len() == 3));
     }
 
     #[test]
