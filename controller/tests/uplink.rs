@@ -299,6 +299,23 @@ fn serve_in_background<S: RecordSink + 'static>(
     (addr, done, server)
 }
 
+/// `dir/transitions.log` holding `n` records (episode starts numbered 0..n), synced and
+/// closed; returns its path.
+fn synced_log(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
+    use controller::robot_loop::log::{LogWriter, Record};
+    let log = dir.join("transitions.log");
+    let mut w = LogWriter::open(&log).unwrap();
+    for i in 0..n {
+        w.append(&Record::EpisodeStart {
+            episode: i,
+            seed: u64::from(i),
+        })
+        .unwrap();
+    }
+    w.sync().unwrap();
+    log
+}
+
 /// The streamer sends only what the logger has synced: a record a trainer acknowledged
 /// and a power cut then took from the robot's log would have the next run's records
 /// taken for ones the trainer holds (they were never sent, with no error).
@@ -337,19 +354,8 @@ fn only_records_on_disk_are_streamed() {
 /// were taken for held ones with no word), and nothing is sent.
 #[test]
 fn a_trainer_holding_more_than_the_log_is_an_error() {
-    use controller::robot_loop::log::{LogWriter, Record};
     let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("transitions.log");
-    let mut w = LogWriter::open(&log).unwrap();
-    for i in 0..12 {
-        w.append(&Record::EpisodeStart {
-            episode: i,
-            seed: u64::from(i),
-        })
-        .unwrap();
-    }
-    w.sync().unwrap();
-    drop(w);
+    let log = synced_log(tmp.path(), 12);
     let (received, summary) = stream_to_holder(&log, None, 15, Duration::from_secs(20));
     assert!(received.is_empty());
     assert!(summary.errors >= 1, "{summary:?}");
@@ -365,17 +371,8 @@ fn a_trainer_holding_more_than_the_log_is_an_error() {
 /// the whole log again under a second id).
 #[test]
 fn one_log_is_one_stream_however_its_path_is_spelled() {
-    use controller::robot_loop::log::{LogWriter, Record};
     let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("transitions.log");
-    let mut w = LogWriter::open(&log).unwrap();
-    w.append(&Record::EpisodeStart {
-        episode: 0,
-        seed: 0,
-    })
-    .unwrap();
-    w.sync().unwrap();
-    drop(w);
+    let log = synced_log(tmp.path(), 1);
     let (_, plain) = stream_to_holder(&log, None, 0, Duration::from_secs(20));
     let other = tmp.path().join(".").join("transitions.log");
     let (_, dotted) = stream_to_holder(&other, None, 0, Duration::from_secs(20));
@@ -388,20 +385,10 @@ fn one_log_is_one_stream_however_its_path_is_spelled() {
 /// too: it goes on from what it holds instead of taking the whole log again.
 #[test]
 fn a_log_held_under_its_older_name_is_not_sent_again() {
-    use controller::robot_loop::log::{LogTail, LogWriter, Record};
+    use controller::robot_loop::log::LogTail;
     use controller::robot_loop::streamer::Streamer;
     let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("transitions.log");
-    let mut w = LogWriter::open(&log).unwrap();
-    for i in 0..8 {
-        w.append(&Record::EpisodeStart {
-            episode: i,
-            seed: u64::from(i),
-        })
-        .unwrap();
-    }
-    w.sync().unwrap();
-    drop(w);
+    let log = synced_log(tmp.path(), 8);
     let records = LogTail::new(&log).poll().unwrap();
     let spelled = tmp.path().join(".").join("transitions.log");
     let crc = firmware_config::protocol::crc32(&records[0]);

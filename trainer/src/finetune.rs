@@ -126,8 +126,9 @@ pub struct FinetuneSummary {
 
 impl FinetuneSummary {
     /// Counts one robot frame and says whether it goes into training: frames the
-    /// operator marked as interventions only with `keep_interventions`; teleoperated
-    /// frames always.
+    /// operator marked as interventions only with `keep_interventions` (teleoperated
+    /// or not); other teleoperated frames always (their action is what the robot was
+    /// sent).
     pub(crate) fn admit(
         &mut self,
         intervention: bool,

@@ -1087,13 +1087,15 @@ impl EpisodeGrouper {
                 e.seed = end.seed;
                 e.end = end.clone();
                 *ended = true;
-                // Handed on in order: those ended at the front.
-                let done = self
-                    .current
+                // Handed on in order, with the episodes begun before it: boundary
+                // records keep their order, so one of those still without its end
+                // record lost it (damage), and nothing more comes for it.
+                let later_ended = self.current[i + 1..]
                     .iter()
                     .take_while(|(_, _, ended)| *ended)
                     .count();
-                out.extend(self.current.drain(..done).map(|(e, _, _)| e));
+                let handed: Vec<_> = self.current.drain(..i + 1 + later_ended).collect();
+                Self::hand_on(handed, out);
             }
         }
     }
@@ -1101,7 +1103,14 @@ impl EpisodeGrouper {
     /// Hands on every episode of the current run: those without an end record get one
     /// saying so ([`EndReason::Unfinished`]).
     fn flush(&mut self, out: &mut Vec<LoggedEpisode>) {
-        for (mut e, _, ended) in self.current.drain(..) {
+        let all = std::mem::take(&mut self.current);
+        Self::hand_on(all, out);
+    }
+
+    /// Pushes `entries` onto `out` in order, each without an end record given one
+    /// saying so.
+    fn hand_on(entries: Vec<(LoggedEpisode, bool, bool)>, out: &mut Vec<LoggedEpisode>) {
+        for (mut e, _, ended) in entries {
             if !ended {
                 let steps = e
                     .transitions
@@ -1283,21 +1292,19 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // Read twice, a few MiB at a time, holding only run headers and the episodes in
     // progress: a log of days does not fit a robot computer's memory (this is the
     // recovery path after a crash). First the runs: where the converted ones begin
-    // (record index), and their headers, checked before anything is written.
+    // (byte offset), and their headers, checked before anything is written.
     let mut headers: Vec<(u64, RunStart)> = vec![];
-    let mut index = 0u64;
-    scan_log(log, TAIL_READ_MAX, |_, rec| {
+    let scan = scan_log(log, TAIL_READ_MAX, |at, rec| {
         if let Record::Run(rs) = rec {
-            headers.push((index, rs));
+            headers.push((at, rs));
         }
-        index += 1;
         Ok(())
     })?;
     let first = match runs {
         Runs::All => 0,
-        Runs::Last => headers.last().map_or(0, |(i, _)| *i),
+        Runs::Last => headers.last().map_or(0, |(at, _)| *at),
     };
-    headers.retain(|(i, _)| *i >= first);
+    headers.retain(|(at, _)| *at >= first);
     let run = headers.first().map(|(_, rs)| rs.clone());
     let run = run.ok_or_else(|| LogError::Record {
         path: log.to_path_buf(),
@@ -1323,7 +1330,11 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             e => e,
         })?;
     }
-    let mut r = Rebuilt::default();
+    let mut r = Rebuilt {
+        torn_bytes: scan.torn_bytes,
+        damaged: scan.damaged,
+        ..Rebuilt::default()
+    };
     // Episodes of the run the dataset holds already (a run that saved only some).
     let mut saved: Vec<u32> = vec![];
     if runs == Runs::Last {
@@ -1361,11 +1372,25 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         }
         Ok::<(), LogError>(())
     };
-    let mut index = 0u64;
-    let scan = scan_log(log, TAIL_READ_MAX, |_, rec| {
-        index += 1;
-        if index <= first {
+    // The log as the first reading found it: a run a controller appends meanwhile
+    // (its header was not checked) is left out, and a log rewritten in between is
+    // refused.
+    let end = scan.valid_bytes;
+    let mut next_header = headers.iter().map(|(at, _)| *at);
+    let mut expected = next_header.next();
+    scan_log(log, TAIL_READ_MAX, |at, rec| {
+        if at < first || at >= end {
             return Ok(());
+        }
+        if let Record::Run(_) = &rec {
+            if Some(at) != expected {
+                return Err(LogError::Record {
+                    path: log.to_path_buf(),
+                    offset: at,
+                    problem: "the log changed while it was converted (read again)".into(),
+                });
+            }
+            expected = next_header.next();
         }
         grouper.push(&rec, &mut ready);
         // A run's header ends the run before it: its episodes go under that run's task.
@@ -1377,7 +1402,6 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     })?;
     grouper.flush(&mut ready);
     append(&mut w, &mut ready, &mut r)?;
-    (r.torn_bytes, r.damaged) = (scan.torn_bytes, scan.damaged);
     // Every run converted is noted, committed with its episodes, once all of them are
     // in their file (a failed close returns before anything is committed).
     w.close_data_file()?;
@@ -1933,9 +1957,48 @@ pub(crate) mod tests {
         }
         g.flush(&mut out);
         assert_eq!(most_held, 2);
+        for (e, got) in out.iter().enumerate() {
+            assert_eq!((got.episode, got.seed), (e as u32, 9));
+            assert_eq!(got.end, end(e as u32, 3));
+            let steps: Vec<u32> = got.transitions.iter().map(|t| t.step).collect();
+            assert_eq!(steps, [0, 1, 2]);
+        }
         assert_eq!(out.len(), 3);
         assert_eq!(episodes(&records).1, out);
-        assert!(out.iter().all(|e| e.transitions.len() == 3));
+    }
+
+    /// An episode whose end record was lost (damage) is handed on, unfinished, when the
+    /// next one ends (boundary records keep their order): it does not hold every later
+    /// episode in memory until the run ends.
+    #[test]
+    fn an_episode_that_lost_its_end_record_does_not_hold_the_next_ones() {
+        let mut records = vec![Record::Run(run_start())];
+        for e in 0..4u32 {
+            records.push(Record::EpisodeStart {
+                episode: e,
+                seed: 9,
+            });
+            for s in 0..3 {
+                records.push(Record::Transition(transition(e, s, s == 2)));
+            }
+            if e != 1 {
+                records.push(Record::EpisodeEnd(end(e, 3)));
+            }
+        }
+        let mut g = EpisodeGrouper::default();
+        let mut out = vec![];
+        let mut most_held = 0;
+        for r in &records {
+            g.push(r, &mut out);
+            most_held = most_held.max(g.current.len());
+        }
+        assert_eq!(most_held, 2);
+        assert!(g.current.is_empty());
+        let got: Vec<(u32, EndReason)> = out.iter().map(|e| (e.episode, e.end.reason)).collect();
+        let done = EndReason::Completed;
+        let want = [(0, done), (1, EndReason::Unfinished), (2, done), (3, done)];
+        assert_eq!(got, want);
+        assert_eq!(out[1].transitions.len(), 3);
     }
 
     #[test]
