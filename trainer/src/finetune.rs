@@ -122,6 +122,8 @@ pub struct FinetuneSummary {
     pub before: Option<EvalResult>,
     pub after: Option<EvalResult>,
     pub stopped_early: bool,
+    /// Said on stderr too: e.g. a `--data` dataset whose every reward is 0.
+    pub warnings: Vec<String>,
 }
 
 impl FinetuneSummary {
@@ -619,6 +621,23 @@ fn append_robot_data(
     for path in data {
         let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
         expected.check(path, &ds.info)?;
+        if ds
+            .episodes
+            .iter()
+            .all(|e| e.rewards.iter().all(|&r| r == 0.0))
+        {
+            // As for offline data: robot frames that all say 0 pull every Q-value
+            // toward 0, and the run learns nothing from them about success.
+            let w = format!(
+                "{}: every reward is 0 (no `next.reward` column, or no success \
+                 labelled): fine-tuning on it teaches the critics nothing about success; \
+                 `tools dataset label DIR --success LIST --out DIR2` writes a copy with \
+                 success rewards",
+                path.display()
+            );
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
+        }
         for ep in &ds.episodes {
             chunker.cut();
             for i in 0..ep.len() {

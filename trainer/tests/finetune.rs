@@ -192,6 +192,37 @@ fn a_resume_goes_on_when_the_source_run_has_moved() {
     assert!(err.contains(&run.display().to_string()), "{err}");
 }
 
+/// Robot data whose every reward is 0 (a LeRobot recording without `next.reward`, or
+/// nothing labelled) is trained on with a warning naming it, as offline data is (it
+/// was taken without a word).
+#[test]
+fn robot_data_without_rewards_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("robot"));
+    tiny_run(&run);
+    tools::generate::generate(TaskId::ArmReach, 3, 7, EnvConfig::default(), &data).unwrap();
+    let mut ds = dataset::read_dataset(&data).unwrap();
+    for e in &mut ds.episodes {
+        e.rewards.iter_mut().for_each(|r| *r = 0.0);
+    }
+    let unrewarded = tmp.path().join("unrewarded");
+    dataset::write_dataset(&unrewarded, &ds.info, &ds.episodes).unwrap();
+    // One reward is enough to be labelled.
+    *ds.episodes[0].rewards.last_mut().unwrap() = 1.0;
+    let rewarded = tmp.path().join("rewarded");
+    dataset::write_dataset(&rewarded, &ds.info, &ds.episodes).unwrap();
+    let s = finetune(&options(&run, &rewarded, &tmp.path().join("a")), &mut ()).unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let s = finetune(&options(&run, &unrewarded, &tmp.path().join("b")), &mut ()).unwrap();
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0].contains(&unrewarded.display().to_string())
+            && s.warnings[0].contains("every reward is 0"),
+        "{:?}",
+        s.warnings
+    );
+}
+
 /// Frames the operator marked as interventions stay out of the online buffer unless
 /// `keep_interventions` (their logged action is not what moved the arm). Teleoperated
 /// frames (their action is what the robot was sent) are counted and kept.
