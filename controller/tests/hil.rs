@@ -1200,6 +1200,31 @@ fn a_reboot_that_ends_the_run_still_gets_its_estop() {
     assert_eq!(estop.state, FirmwareState::AwaitHello);
 }
 
+/// Setup: the firmware reboots at step 20 of the first of 2 episodes and its `Hello`
+/// is lost on the line, so nothing says it restarted: it waits, silent, for a
+/// handshake. Expected: the stale-sensor fault ends the episode (safe stop, its Estop
+/// answered by the rebooted firmware); the next episode's `Reset`, unanswered, is
+/// followed by a new handshake, and that episode runs. (The run ended with an error
+/// after three unanswered Resets.)
+#[test]
+fn a_reboot_whose_hello_is_lost_is_found_by_a_new_handshake() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "reboot_silent_at=20");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "stale_sensor"), 1, "{report}");
+    assert_eq!((fw.firmware.reboots, fw.firmware.handshakes), (1, 2));
+    assert_eq!(report["start_handshakes"], 1, "{report}");
+    let eps = episodes(&report);
+    assert_eq!(eps.len(), 2, "{report}");
+    assert_eq!(eps[0]["reason"], "fault");
+    assert_eq!(eps[1]["reason"], "completed");
+    assert_eq!(eps[1]["transitions"], eps[1]["steps"]);
+}
+
 /// Setup: as above, on a link that sends every frame twice (after the handshake).
 /// Fault: the reboot's `Hello` (numbered 0) comes twice in a row. Expected: one reboot,
 /// not two (it used to be two `firmware_reset` faults): the copy is counted as an

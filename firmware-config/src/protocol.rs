@@ -119,9 +119,9 @@
 //! the next 256 frames is a duplicate on the link, not a second reboot. A rebooted
 //! firmware (as the simulated one) waits for a new handshake and sends nothing else
 //! (but the answer to an `Estop`), so a reboot whose `Hello` is lost on the line leaves
-//! a silent firmware: the controller's stale-sensor check stops the episode, and its
-//! `Reset`s go unanswered until the run ends with an error (by reading; not tested). A
-//! restarted numbering that does come (other frames) reads as stale until three
+//! a silent firmware: the controller's stale-sensor check stops the episode, and when
+//! its next `Reset` goes unanswered it shakes hands again (once per episode) and resends
+//! it (tested with the fault injector's `reboot_silent_at`). A restarted numbering that does come (other frames) reads as stale until three
 //! numbers in a row count on from each other ([`SeqTracker::RESYNC_AFTER`]); then it is
 //! the numbering again.
 

@@ -46,6 +46,7 @@
 //! | `stall` | `p:ms` | with probability p per frame, output stops for ms before it |
 //! | `stall_after` | `n:ms` | once, output stops for ms before frame n (counting from 1) |
 //! | `reboot_at` | step | once, the firmware reboots when an episode reaches this step |
+//! | `reboot_silent_at` | step | as `reboot_at`, and the reboot's `Hello` is lost on the line (the firmware then waits for a handshake, silent) |
 //! | `estop_at` | step, `boot`, `hello` or `end` | once, the stop button is pressed (and stays pressed) when an episode reaches this step; `boot`: as the firmware starts, before any controller connects; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
@@ -79,6 +80,8 @@ pub struct FaultSpec {
     pub stall: Option<(f32, Duration)>,
     pub stall_after: Option<(u64, Duration)>,
     pub reboot_at_step: Option<u32>,
+    /// With `reboot_silent_at`: the reboot's `Hello` is lost on the line.
+    pub reboot_hello_lost: bool,
     pub estop_at: Option<PressAt>,
     pub watchdog_at_step: Option<u32>,
     pub bad_step_at: Option<u32>,
@@ -184,6 +187,10 @@ impl FromStr for FaultSpec {
                 "reboot_at" => {
                     spec.reboot_at_step = Some(step_after_reset(int(value)?)?);
                 }
+                "reboot_silent_at" => {
+                    spec.reboot_at_step = Some(step_after_reset(int(value)?)?);
+                    spec.reboot_hello_lost = true;
+                }
                 "estop_at" => {
                     spec.estop_at = Some(match value {
                         "boot" => PressAt::Boot,
@@ -212,7 +219,7 @@ impl FromStr for FaultSpec {
                 _ => {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
-                         dup, reorder, echo, stall, stall_after, reboot_at, estop_at, watchdog_at, bad_step_at, version, schema, \
+                         dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, bad_step_at, version, schema, \
                          nan, lose_cmd",
                     ));
                 }
@@ -424,6 +431,11 @@ impl FaultInjector {
         lost
     }
 
+    /// Whether the reboot's `Hello` is lost on the line (`reboot_silent_at`).
+    pub fn reboot_hello_lost(&self) -> bool {
+        self.spec.reboot_hello_lost
+    }
+
     /// True once, when an episode reaches the configured reboot step.
     pub fn reboot_now(&mut self, step: u32) -> bool {
         once(
@@ -581,6 +593,12 @@ mod tests {
         assert_eq!(s.echo, Some((0.25, 3)));
         assert_eq!(s.stall_after, Some((40, Duration::from_millis(500))));
         assert_eq!(s.reboot_at_step, Some(30));
+        assert!(!s.reboot_hello_lost);
+        let silent: FaultSpec = "reboot_silent_at=12".parse().unwrap();
+        assert_eq!(
+            (silent.reboot_at_step, silent.reboot_hello_lost),
+            (Some(12), true)
+        );
         assert_eq!(s.estop_at, Some(PressAt::Step(7)));
         let at = |v: &str| {
             format!("estop_at={v}")

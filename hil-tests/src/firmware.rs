@@ -708,7 +708,13 @@ impl SimFirmware {
         self.next_episode = 0;
         self.stepped.copy_from_slice(&self.zero);
         let ours = self.hello;
-        self.send(now, Message::Hello(ours));
+        if self.faults.reboot_hello_lost() {
+            // Numbered and lost on the line: nothing says the firmware restarted.
+            let stamp = now.saturating_sub(self.boot_at).as_micros() as u32;
+            let _ = self.encoder.frame(stamp, Message::Hello(ours));
+        } else {
+            self.send(now, Message::Hello(ours));
+        }
     }
 
     /// Runs everything due at `now` (watchdog, control ticks, heartbeats) and returns

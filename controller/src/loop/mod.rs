@@ -57,6 +57,7 @@
 //! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
 //! | a frame's step number far past the furthest step heard of (4 × the stale limit in ticks + 16) | message | safe stop, episode ends (`implausible_step`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
+//! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | new handshake, the `Reset` again (once per episode; then up to 3 `Reset`s, and the run ends with an error) |
 //! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail), reconnect if enabled |
 //! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
 //!
@@ -647,6 +648,9 @@ pub struct RunReport {
     /// handshake's resent `Hello`s (numbered other than 0), and copies of a reboot's
     /// `Hello` right behind it.
     pub ignored_hellos: u64,
+    /// Handshakes made because an episode's `Reset` went unanswered (a firmware that
+    /// rebooted with its `Hello` lost on the line waits for one).
+    pub start_handshakes: u64,
     pub link: link::LinkCounters,
     pub log_sent: u64,
     /// Transitions the logger's channel could not take.
@@ -692,6 +696,7 @@ impl RunReport {
             nan_rewards: 0,
             ignored_firmware_faults: 0,
             ignored_hellos: 0,
+            start_handshakes: 0,
             link: Default::default(),
             log_sent: 0,
             log_drops: 0,
