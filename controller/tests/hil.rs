@@ -1203,9 +1203,9 @@ fn a_reboot_that_ends_the_run_still_gets_its_estop() {
 /// Setup: the firmware reboots at step 20 of the first of 2 episodes and its `Hello`
 /// is lost on the line, so nothing says it restarted: it waits, silent, for a
 /// handshake. Expected: the stale-sensor fault ends the episode (safe stop, its Estop
-/// answered by the rebooted firmware); the next episode's `Reset`, unanswered, is
-/// followed by a new handshake, and that episode runs. (The run ended with an error
-/// after three unanswered Resets.)
+/// answered by the rebooted firmware); the next episode's `Reset`, unanswered, is sent
+/// again after a `Hello`, and that episode runs. (The run ended with an error after
+/// three unanswered Resets.)
 #[test]
 fn a_reboot_whose_hello_is_lost_is_found_by_a_new_handshake() {
     let _g = serial();
@@ -1223,6 +1223,39 @@ fn a_reboot_whose_hello_is_lost_is_found_by_a_new_handshake() {
     assert_eq!(eps[0]["reason"], "fault");
     assert_eq!(eps[1]["reason"], "completed");
     assert_eq!(eps[1]["transitions"], eps[1]["steps"]);
+}
+
+/// Setup: the firmware's output stops for 10 s in the middle of the first episode (its
+/// input still arrives). Expected: the stale-sensor fault ends the episode; the next
+/// episode's `Reset` goes unanswered, then again after a `Hello`, then a third time, and
+/// the run ends with the `no_episode_start` error through a safe stop that writes its
+/// `Estop` (exit status 1).
+#[test]
+fn a_firmware_that_never_answers_a_reset_ends_the_run_through_a_safe_stop() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "stall_after=40:10000");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (_, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "stale_sensor"), 1, "{report}");
+    assert_eq!(faults_of(&report, "no_episode_start"), 1, "{report}");
+    assert_eq!(report["start_handshakes"], 1, "{report}");
+    // (The stalled firmware reads nothing more either: what the controller wrote is
+    // in its report.) The error's safe stop ended with its Estop written.
+    let fault = report["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "no_episode_start")
+        .unwrap();
+    assert!(fault["torque_off_tick"].is_u64(), "{fault}");
+    assert_eq!(
+        report["torque_off_ticks"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
 }
 
 /// Setup: as above, on a link that sends every frame twice (after the handshake).

@@ -120,10 +120,11 @@
 //! firmware (as the simulated one) waits for a new handshake and sends nothing else
 //! (but the answer to an `Estop`), so a reboot whose `Hello` is lost on the line leaves
 //! a silent firmware: the controller's stale-sensor check stops the episode, and when
-//! its next `Reset` goes unanswered it shakes hands again (once per episode) and resends
-//! it (tested with the fault injector's `reboot_silent_at`). A restarted numbering that does come (other frames) reads as stale until three
-//! numbers in a row count on from each other ([`SeqTracker::RESYNC_AFTER`]); then it is
-//! the numbering again.
+//! its next `Reset` goes unanswered it sends a `Hello` before resending it (tested with
+//! the fault injector's `reboot_silent_at`). A `Hello` ends any running episode (the
+//! firmware holds, shaken hands). A restarted numbering that does come (other frames)
+//! reads as stale until three numbers in a row count on from each other
+//! ([`SeqTracker::RESYNC_AFTER`]); then it is the numbering again.
 
 use heapless::Vec;
 

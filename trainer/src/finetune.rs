@@ -621,11 +621,12 @@ fn append_robot_data(
     for path in data {
         let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
         expected.check(path, &ds.info)?;
-        if ds
-            .episodes
-            .iter()
-            .all(|e| e.rewards.iter().all(|&r| r == 0.0))
-        {
+        let unrewarded = ds.num_frames() > 0
+            && ds
+                .episodes
+                .iter()
+                .all(|e| e.rewards.iter().all(|&r| r == 0.0));
+        if unrewarded {
             // As for offline data: robot frames that all say 0 pull every Q-value
             // toward 0, and the run learns nothing from them about success.
             let w = format!(

@@ -330,8 +330,6 @@ pub(crate) struct Control {
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
     /// thread is alone on its CPU).
     pub busy_wait: bool,
-    /// A handshake was tried for the episode being started, its `Reset` unanswered.
-    start_handshake_tried: bool,
     /// Our Estops still waiting for their `Fault { Estop }` answer. Zeroed when an
     /// episode begins: the firmware answers in order, so by then every answer to an
     /// earlier Estop has been sent (one lost on the link never comes).
@@ -467,7 +465,6 @@ impl Control {
             swaps: None,
             hold_pending: Vec::new(),
             busy_wait: false,
-            start_handshake_tried: false,
             estops_unanswered: 0,
             estop_answer_seq: None,
             fallback_seq: None,
@@ -975,7 +972,6 @@ impl Control {
     }
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
-        self.start_handshake_tried = false;
         self.estops_unanswered = 0;
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
@@ -1362,18 +1358,6 @@ impl Control {
                 // Generous: every repeated Reset restarts the episode on the firmware.
                 let wait = (self.period * 40).max(Duration::from_secs(2));
                 if now.saturating_duration_since(since) > wait {
-                    if !self.start_handshake_tried {
-                        // A firmware that rebooted and whose `Hello` was lost on the line
-                        // waits, silent, for a handshake, and takes no Reset: shake hands
-                        // again, once per episode, then Reset again (the same number and
-                        // seed: this Reset started nothing). A firmware that was only
-                        // slow leaves its episode for that one.
-                        self.start_handshake_tried = true;
-                        self.report.start_handshakes += 1;
-                        self.episodes_started -= 1;
-                        self.enter_handshake(now);
-                        return;
-                    }
                     if attempts >= 3 {
                         self.fatal_error(
                             now,
@@ -1383,6 +1367,18 @@ impl Control {
                             ),
                         );
                     } else {
+                        if attempts == 1 {
+                            // A firmware that rebooted and whose `Hello` was lost on the
+                            // line waits, silent, for a handshake and takes no `Reset`: a
+                            // `Hello` goes first (answered, it counts as a late answer,
+                            // `ignored_hellos`). Still in this phase, so a stop or a fault
+                            // now takes the safe stop. A firmware that was only slow
+                            // leaves its episode for the one this `Reset` starts; a
+                            // rebooted one counts its episodes from 0 again.
+                            let _ = self.gate.send_control(Message::Hello(self.hello));
+                            self.report.start_handshakes += 1;
+                            self.last_finished = None;
+                        }
                         let _ = self.gate.send_control(Message::Reset { seed });
                         self.phase = Phase::Starting {
                             since: now,

@@ -57,7 +57,7 @@
 //! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
 //! | a frame's step number far past the furthest step heard of (4 × the stale limit in ticks + 16) | message | safe stop, episode ends (`implausible_step`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
-//! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | new handshake, the `Reset` again (once per episode; then up to 3 `Reset`s, and the run ends with an error) |
+//! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | a `Hello`, then the `Reset` again; a third unanswered `Reset` ends the run with an error (`no_episode_start`, through a safe stop) |
 //! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail), reconnect if enabled |
 //! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
 //!
@@ -648,7 +648,7 @@ pub struct RunReport {
     /// handshake's resent `Hello`s (numbered other than 0), and copies of a reboot's
     /// `Hello` right behind it.
     pub ignored_hellos: u64,
-    /// Handshakes made because an episode's `Reset` went unanswered (a firmware that
+    /// `Hello`s sent before resending an episode's unanswered `Reset` (a firmware that
     /// rebooted with its `Hello` lost on the line waits for one).
     pub start_handshakes: u64,
     pub link: link::LinkCounters,
