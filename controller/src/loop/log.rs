@@ -1842,18 +1842,13 @@ pub(crate) mod tests {
         assert!(to_episode(&[t], None).is_none());
     }
 
-    /// A rebuild of a log that holds runs of other tasks (bundles of other tasks run into
-    /// one `--out`) files each run's episodes under its own task, as the runs did.
-    #[test]
-    fn a_rebuild_keeps_each_runs_task() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.log");
-        let mut w = LogWriter::open(&path).unwrap();
-        for (i, task) in ["push", "reach"].into_iter().enumerate() {
+    /// A log at `path` of `runs` (each given the id `run-I`), each of one 3-step episode.
+    fn log_of_runs(path: &Path, runs: &[RunStart]) {
+        let mut w = LogWriter::open(path).unwrap();
+        for (i, run) in runs.iter().enumerate() {
             w.append(&Record::Run(RunStart {
-                task: task.into(),
                 run_id: format!("run-{i}"),
-                ..run_start()
+                ..run.clone()
             }))
             .unwrap();
             w.append(&Record::EpisodeStart {
@@ -1867,7 +1862,19 @@ pub(crate) mod tests {
             }
             w.append(&Record::EpisodeEnd(end(0, 3))).unwrap();
         }
-        drop(w);
+    }
+
+    /// A rebuild of a log that holds runs of other tasks (bundles of other tasks run into
+    /// one `--out`) files each run's episodes under its own task, as the runs did.
+    #[test]
+    fn a_rebuild_keeps_each_runs_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let runs = ["push", "reach"].map(|task| RunStart {
+            task: task.into(),
+            ..run_start()
+        });
+        log_of_runs(&path, &runs);
         let out = dir.path().join("ds");
         let r = log_to_dataset(&path, &out, Runs::All).unwrap();
         assert_eq!(r.episodes_written, 2);
@@ -1884,26 +1891,11 @@ pub(crate) mod tests {
     fn a_rebuild_refuses_a_later_run_recorded_differently() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.log");
-        let mut w = LogWriter::open(&path).unwrap();
-        for (i, names) in [["a", "b", "c"], ["a", "c", "b"]].into_iter().enumerate() {
-            w.append(&Record::Run(RunStart {
-                observation_names: names.iter().map(|n| n.to_string()).collect(),
-                run_id: format!("run-{i}"),
-                ..run_start()
-            }))
-            .unwrap();
-            w.append(&Record::EpisodeStart {
-                episode: 0,
-                seed: 9,
-            })
-            .unwrap();
-            for s in 0..3 {
-                w.append(&Record::Transition(transition(0, s, s == 2)))
-                    .unwrap();
-            }
-            w.append(&Record::EpisodeEnd(end(0, 3))).unwrap();
-        }
-        drop(w);
+        let runs = [["a", "b", "c"], ["a", "c", "b"]].map(|names| RunStart {
+            observation_names: names.iter().map(|n| n.to_string()).collect(),
+            ..run_start()
+        });
+        log_of_runs(&path, &runs);
         let out = dir.path().join("ds");
         let e = log_to_dataset(&path, &out, Runs::All)
             .unwrap_err()

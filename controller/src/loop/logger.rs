@@ -500,14 +500,8 @@ mod tests {
         assert_eq!(s.rerun_ticks, None);
     }
 
-    /// A dataset whose metadata cannot be written at the run's end (a full disk, here
-    /// a directory in the way of `info.json`'s staging file) keeps what it held before:
-    /// the summary no longer counts the run's episodes as saved, and the error says how
-    /// to add them from the log. (It said they were saved.)
-    #[test]
-    fn episodes_a_failed_finish_left_out_are_not_counted_as_saved() {
-        let dir = tempfile::tempdir().unwrap();
-        let logger = logger_in(dir.path(), 64, None);
+    /// Episode 0 (seed 9): two transitions, the second terminal, and its end.
+    fn send_one_episode(logger: &Logger) {
         let send = |r: Record| logger.tx.send(r).unwrap();
         send(Record::EpisodeStart {
             episode: 0,
@@ -516,6 +510,17 @@ mod tests {
         send(Record::Transition(transition(0, 0, false)));
         send(Record::Transition(transition(0, 1, true)));
         send(Record::EpisodeEnd(end(0, 2)));
+    }
+
+    /// A dataset whose metadata cannot be written at the run's end (a full disk, here
+    /// a directory in the way of `info.json`'s staging file) keeps what it held before:
+    /// the summary no longer counts the run's episodes as saved, and the error says how
+    /// to add them from the log. (It said they were saved.)
+    #[test]
+    fn episodes_a_failed_finish_left_out_are_not_counted_as_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let logger = logger_in(dir.path(), 64, None);
+        send_one_episode(&logger);
         let blocker = dir.path().join("dataset/meta/info.json.tmp");
         std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
         let s = logger.finish();
@@ -543,14 +548,8 @@ mod tests {
         let ds_dir = dir.path().join("dataset");
         assert!(!run_start().run_id.is_empty());
         let logger = logger_in(dir.path(), 64, None);
+        send_one_episode(&logger);
         let send = |r: Record| logger.tx.send(r).unwrap();
-        send(Record::EpisodeStart {
-            episode: 0,
-            seed: 9,
-        });
-        send(Record::Transition(transition(0, 0, false)));
-        send(Record::Transition(transition(0, 1, true)));
-        send(Record::EpisodeEnd(end(0, 2)));
         send(Record::EpisodeStart {
             episode: 1,
             seed: 10,
