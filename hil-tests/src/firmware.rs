@@ -16,12 +16,12 @@
 //!          it, stay here)                             └────► Estopped ──Reset──► Running
 //! ```
 //!
-//! - **Handshake.** Nothing but a stop happens before a `Hello`. The firmware answers every
-//!   `Hello` with its own (protocol version, schema hash, the task's dimensions and
-//!   the robot's control rate); if the controller's differs it stays in `AwaitHello`
-//!   and ignores everything else but an `Estop`. A frame with another protocol version is answered
-//!   with the firmware's `Hello` too (at most every 100 ms), so the controller can say
-//!   which version the firmware speaks. A simulated reboot (the fault injector's
+//! - **Handshake.** Nothing but a stop happens before a `Hello`. The firmware answers
+//!   every `Hello` with its own (protocol version, schema hash, the task's dimensions
+//!   and the robot's control rate); if the controller's differs it stays in
+//!   `AwaitHello` and ignores everything else but an `Estop`. A frame with another
+//!   protocol version is answered with the firmware's `Hello` too (at most every
+//!   100 ms), so the controller can say which version the firmware speaks. A simulated reboot (the fault injector's
 //!   `reboot_at`) returns to `AwaitHello` after announcing itself with a `Hello`, and
 //!   counts its episodes from 0 again, as a booted firmware does.
 //! - **Episodes.** `Reset { seed }` resets the simulator with `seed`, then sends

@@ -621,21 +621,10 @@ fn append_robot_data(
     for path in data {
         let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
         expected.check(path, &ds.info)?;
-        let unrewarded = ds.num_frames() > 0
-            && ds
-                .episodes
-                .iter()
-                .all(|e| e.rewards.iter().all(|&r| r == 0.0));
-        if unrewarded {
-            // As for offline data: robot frames that all say 0 pull every Q-value
-            // toward 0, and the run learns nothing from them about success.
-            let w = format!(
-                "{}: every reward is 0 (no `next.reward` column, or no success \
-                 labelled): fine-tuning on it teaches the critics nothing about success; \
-                 `tools dataset label DIR --success LIST --out DIR2` writes a copy with \
-                 success rewards",
-                path.display()
-            );
+        let consequence = "fine-tuning on it teaches the critics nothing about success";
+        if let Some(w) =
+            crate::run::no_reward_warning(&path.display().to_string(), &ds, consequence)
+        {
             eprintln!("warning: {w}");
             summary.warnings.push(w);
         }

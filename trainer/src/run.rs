@@ -332,22 +332,14 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         }
     }
     ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
-    // LeRobot's own recordings have no `next.reward` column (read as 0).
-    let unlabelled = ds
-        .episodes
-        .iter()
-        .all(|e| e.rewards.iter().all(|&r| r == 0.0));
-    let mut warnings: Vec<String> = unlabelled
-        .then(|| {
-            format!(
-                "{path}: every reward is 0 (no `next.reward` column, or no success \
-                 labelled): the critics learn nothing from these demonstrations, so \
-                 Q-selection starts uninformed; `tools dataset label DIR --success LIST \
-                 --out DIR2` writes a copy with success rewards"
-            )
-        })
-        .into_iter()
-        .collect();
+    let mut warnings: Vec<String> = no_reward_warning(
+        path,
+        &ds,
+        "the critics learn nothing from these demonstrations, so Q-selection starts \
+         uninformed",
+    )
+    .into_iter()
+    .collect();
     let replay = Replay::from_dataset(&ds, config.chunks());
     ensure!(
         !replay.is_empty(),
@@ -369,6 +361,28 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         success_rate: ds.success_rate(),
         robot: (config.task == Task::Robot).then(|| RobotInfo::of(&ds)),
         warnings,
+    })
+}
+
+/// The warning for a dataset (at `path`) whose every reward is 0, saying what training
+/// on it does (`consequence`); none for one with a reward, or without frames. LeRobot's
+/// own recordings have no `next.reward` column (read as 0).
+pub(crate) fn no_reward_warning(
+    path: &str,
+    ds: &dataset::Dataset,
+    consequence: &str,
+) -> Option<String> {
+    let unlabelled = ds.num_frames() > 0
+        && ds
+            .episodes
+            .iter()
+            .all(|e| e.rewards.iter().all(|&r| r == 0.0));
+    unlabelled.then(|| {
+        format!(
+            "{path}: every reward is 0 (no `next.reward` column, or no success labelled): \
+             {consequence}; `tools dataset label DIR --success LIST --out DIR2` writes a \
+             copy with success rewards"
+        )
     })
 }
 

@@ -155,16 +155,25 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
 /// would train on unsupervised, their results never marked.
 struct Running(Vec<(Child, PathBuf)>);
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        for (child, dir) in &mut self.0 {
+impl Running {
+    /// Kills and reaps every run still going, `say`ing which.
+    fn stop_all(&mut self, say: impl Fn(&Path)) {
+        for (mut child, dir) in self.0.drain(..) {
             child.kill().ok();
             child.wait().ok();
+            say(&dir);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_all(|dir| {
             eprintln!(
                 "study: stopped {} (the study ended with an error)",
                 dir.display()
-            );
-        }
+            )
+        });
     }
 }
 
@@ -215,13 +224,9 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
             .time_limit
             .is_some_and(|limit| start.elapsed() >= limit)
         {
-            for (mut child, dir) in running.0.drain(..) {
-                // Killed, not failed: the run's rows so far are kept; `--resume` would
-                // continue it from its last checkpoint.
-                child.kill().ok();
-                child.wait().ok();
-                println!("stopped at the time limit: {}", dir.display());
-            }
+            // Killed, not failed: the run's rows so far are kept; `--resume` would
+            // continue it from its last checkpoint.
+            running.stop_all(|dir| println!("stopped at the time limit: {}", dir.display()));
             println!(
                 "study: time limit reached; {finished} of {total} runs finished, {} not started",
                 queue.len()

@@ -99,9 +99,9 @@ struct Track {
     id: u32,
     /// This run's number for the episode: that of the `Reset` that began it (0, 1, 2, …
     /// in order; unique in the run, and a `Reset` that started nothing leaves its number
-    /// unused). What the log, the report and the recording call it. The firmware's id can repeat within a
-    /// run (a rebooted firmware counts from 0 again), and the log's episodes must not
-    /// merge.
+    /// unused). What the log, the report and the recording call it: the firmware's id
+    /// can repeat within a run (a rebooted firmware counts from 0 again), and the log's
+    /// episodes must not merge.
     number: u32,
     seed: u64,
     started: Instant,

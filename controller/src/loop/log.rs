@@ -529,45 +529,16 @@ fn walk(
 /// docs); neither is an error. A whole record that does not decode is one (say, a
 /// newer controller's flag bits).
 pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
-    let io_err = |what, error| LogError::Io {
-        path: path.to_path_buf(),
-        what,
-        error,
-    };
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(|e| io_err("reading the log", e))?;
-    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-        if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
-            // Killed while writing the magic itself: an empty log.
-            return Ok(LogContents {
-                records: vec![],
-                valid_bytes: 0,
-                torn_bytes: data.len() as u64,
-                damaged: vec![],
-            });
-        }
-        return Err(LogError::Magic {
-            path: path.to_path_buf(),
-        });
-    }
     let mut records = Vec::new();
-    let mut damaged = Vec::new();
-    let pos = walk(&data, MAGIC.len(), 0, &mut damaged, |offset, payload| {
-        let rec = Record::decode(payload).map_err(|problem| LogError::Record {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            problem,
-        })?;
+    let scan = scan_log(path, TAIL_READ_MAX, |_, rec| {
         records.push(rec);
         Ok(())
     })?;
     Ok(LogContents {
         records,
-        valid_bytes: pos as u64,
-        torn_bytes: (data.len() - pos) as u64,
-        damaged,
+        valid_bytes: scan.valid_bytes,
+        torn_bytes: scan.torn_bytes,
+        damaged: scan.damaged,
     })
 }
 
@@ -1090,11 +1061,7 @@ impl EpisodeGrouper {
                 // Handed on in order, with the episodes begun before it: boundary
                 // records keep their order, so one of those still without its end
                 // record lost it (damage), and nothing more comes for it.
-                let later_ended = self.current[i + 1..]
-                    .iter()
-                    .take_while(|(_, _, ended)| *ended)
-                    .count();
-                let handed: Vec<_> = self.current.drain(..i + 1 + later_ended).collect();
+                let handed: Vec<_> = self.current.drain(..=i).collect();
                 Self::hand_on(handed, out);
             }
         }

@@ -188,8 +188,7 @@ impl Logger {
 }
 
 /// A data file that failed took its episodes out of the dataset: those at index `kept`
-/// and beyond are not saved after all.
-/// Returns how many episodes that unsaved.
+/// and beyond are not saved after all. Returns how many they are.
 fn unsave_lost(s: &Mutex<LoggerSummary>, kept: usize) -> usize {
     let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
     let g = &mut *g;

@@ -1093,16 +1093,15 @@ pub fn run(
         }
     };
 
-    let (streamer, swaps) = match (&cfg.uplink, &cfg.out, synced) {
-        (Some(u), Some(dir), Some(synced)) => {
+    let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
+        (Some(u), Some(dir)) => {
             let log = dir.join("transitions.log");
-            let (s, rx) =
-                streamer::Streamer::spawn(u.clone(), &log, Some(synced)).map_err(|error| {
-                    RunError::Io {
-                        what: "starting the uplink thread".into(),
-                        error,
-                    }
-                })?;
+            let (s, rx) = streamer::Streamer::spawn(u.clone(), &log, synced).map_err(|error| {
+                RunError::Io {
+                    what: "starting the uplink thread".into(),
+                    error,
+                }
+            })?;
             (Some(s), Some(rx))
         }
         _ => (None, None),

@@ -240,12 +240,13 @@ fn stream_main(
                     if stream_id.is_none()
                         && let Some(first) = new.first()
                     {
-                        let id = format!("{}#{:08x}", log_name.display(), crc32(first));
+                        let crc = crc32(first);
+                        let id = format!("{}#{crc:08x}", log_name.display());
+                        // How a controller before the canonical name called this log.
+                        let old = format!("{}#{crc:08x}", log.display());
+                        legacy_id = Some(old).filter(|old| *old != id);
                         edit(&mut |s| s.stream = Some(id.clone()));
                         stream_id = Some(id);
-                        // How a controller before the canonical name called this log.
-                        let old = format!("{}#{:08x}", log.display(), crc32(first));
-                        legacy_id = Some(old).filter(|old| Some(old) != stream_id.as_ref());
                     }
                     for record in new {
                         if read >= base {
@@ -307,30 +308,12 @@ fn stream_main(
             && let Some(id) = stream_id.clone()
             && Instant::now() >= next_try
         {
-            let mut attempt = connect(&cfg, &id);
-            if matches!(attempt, Ok((_, 0)))
-                && let Some(old) = legacy_id.take()
-            {
-                // Nothing held under the canonical name: a trainer that holds this log
-                // under the name an older controller gave it (`--out r1`, relative) goes
-                // on from there, instead of taking the whole log again. Hung up first:
-                // the trainer serves one connection at a time.
-                drop(attempt);
-                let probe = connect(&cfg, &old);
-                attempt = match probe {
-                    Ok((s, held)) if held > 0 => {
-                        edit(&mut |s| s.stream = Some(old.clone()));
-                        stream_id = Some(old);
-                        Ok((s, held))
+            match connect_stream(&cfg, &id, &mut legacy_id) {
+                Ok((s, resume, held_as)) => {
+                    if held_as != id {
+                        edit(&mut |s| s.stream = Some(held_as.clone()));
+                        stream_id = Some(held_as);
                     }
-                    other => {
-                        drop(other);
-                        connect(&cfg, &id)
-                    }
-                };
-            }
-            match attempt {
-                Ok((s, resume)) => {
                     edit(&mut |s| s.connections += 1);
                     if resume < base {
                         // The trainer lost records it had acknowledged (its uplink
@@ -487,6 +470,31 @@ fn prepare(
 
 /// Connects, authenticates and opens `stream`; returns the session and the trainer's
 /// resume point.
+/// [`connect`] for stream `id`. The first time the trainer holds nothing under it,
+/// `legacy` (the name an older controller gave the log: its path as given, `--out r1`)
+/// is taken and asked under too; the stream goes on under it if the trainer holds
+/// records there, instead of having it take the whole log again. Returns the session,
+/// the trainer's count and the name used.
+fn connect_stream(
+    cfg: &UplinkConfig,
+    id: &str,
+    legacy: &mut Option<String>,
+) -> Result<(Session<TcpStream>, u64, String), String> {
+    let (session, held) = connect(cfg, id)?;
+    let Some(old) = legacy.take_if(|_| held == 0) else {
+        return Ok((session, held, id.to_string()));
+    };
+    // Hung up first: the trainer serves one connection at a time.
+    drop(session);
+    if let Ok((session, held)) = connect(cfg, &old)
+        && held > 0
+    {
+        return Ok((session, held, old));
+    }
+    let (session, held) = connect(cfg, id)?;
+    Ok((session, held, id.to_string()))
+}
+
 fn connect(cfg: &UplinkConfig, stream: &str) -> Result<(Session<TcpStream>, u64), String> {
     let addr = cfg
         .addr
