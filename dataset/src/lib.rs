@@ -46,7 +46,9 @@
 //! never both terminated and truncated ([`Episode::check`] rejects that on write).
 //! Datasets recorded by LeRobot lack some `next.*` columns; the reader then derives:
 //! - no `next.observation.state`: the following frame's observation; on the last
-//!   frame, the frame's own observation (i.e. no real successor is known);
+//!   frame, the frame's own observation (i.e. no real successor is known:
+//!   [`Dataset::frames_with_successor`] tells training to leave that frame out unless
+//!   it is terminal);
 //! - no `next.done`: never done;
 //! - no `next.truncated`: false, except the last frame, which is truncated when it is not done;
 //! - no `next.reward`: 0; no `next.success`: false.
@@ -94,9 +96,24 @@ pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
 pub const POLICY_ACTION_LIMIT: f32 = 1.0 + 1e-4;
 
 /// The first of `actions` (flat, any number of frames) whose magnitude exceeds
-/// [`POLICY_ACTION_LIMIT`]: actions in the robot's units, not the policy's.
+/// [`POLICY_ACTION_LIMIT`] (actions in the robot's units, not the policy's) or that is
+/// NaN (no range holds it).
 pub fn outside_policy_range(actions: &[f32]) -> Option<usize> {
-    actions.iter().position(|a| a.abs() > POLICY_ACTION_LIMIT)
+    actions
+        .iter()
+        .position(|a| a.is_nan() || a.abs() > POLICY_ACTION_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn outside_policy_range_catches_nan_and_infinity() {
+        use super::outside_policy_range as outside;
+        assert_eq!(outside(&[0.0, -1.0, 1.0, 1.00005]), None);
+        assert_eq!(outside(&[0.5, 1.01]), Some(1));
+        assert_eq!(outside(&[0.5, f32::NAN, 2.0]), Some(1));
+        assert_eq!(outside(&[f32::NEG_INFINITY]), Some(0));
+    }
 }
 
 /// Column / feature names used in data files and `info.json`.
@@ -218,7 +235,8 @@ impl Episode {
     }
 
     /// Check lengths against the dims, that the episode is non-empty, all floats
-    /// are finite, and no step is both terminated and truncated.
+    /// are finite, that its last step and no other is terminated or truncated, and
+    /// not both.
     pub fn check(&self, obs_dim: usize, act_dim: usize) -> Result<(), DatasetError> {
         let n = self.len();
         let bad = |field, problem: String| Err(DatasetError::Episode { field, problem });
@@ -272,6 +290,31 @@ impl Episode {
                 format!("step {t} is both terminated and truncated; set only `terminated`"),
             );
         }
+        // Exactly the last step ends the episode: an end inside it would be read back
+        // as a terminal state mid-episode (no bootstrapping there) and the steps after
+        // it as the same episode; an episode ending neither way would have `next.done`
+        // false on its last frame, where LeRobot marks every episode's end.
+        if let Some(t) = (0..n - 1).find(|&t| self.terminated[t] || self.truncated[t]) {
+            let field = if self.terminated[t] {
+                "terminated"
+            } else {
+                "truncated"
+            };
+            return bad(
+                field,
+                format!("step {t} of {n} ends the episode before its last step; split it there"),
+            );
+        }
+        if !self.terminated[n - 1] && !self.truncated[n - 1] {
+            return bad(
+                "truncated",
+                format!(
+                    "the last step ({}) ends the episode neither terminated nor truncated; set \
+                     `truncated` when it was cut (time limit, operator)",
+                    n - 1
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -323,11 +366,28 @@ pub struct FeatureStats {
 pub struct Dataset {
     pub info: DatasetInfo,
     pub episodes: Vec<Episode>,
+    /// The files hold `next.observation.state`. Without it (a LeRobot recording) each
+    /// episode's last frame has its own observation as successor, which was never
+    /// observed: [`Dataset::frames_with_successor`] leaves that frame out.
+    pub next_observations_recorded: bool,
 }
 
 impl Dataset {
     pub fn num_frames(&self) -> usize {
         self.episodes.iter().map(Episode::len).sum()
+    }
+
+    /// How many of `ep`'s first frames have a real successor to bootstrap from: all of
+    /// them when the dataset records `next.observation.state` or the last frame is
+    /// terminal (nothing is bootstrapped past it), else all but the last (its successor
+    /// was derived as its own observation). Training uses only these.
+    pub fn frames_with_successor(&self, ep: &Episode) -> usize {
+        let n = ep.len();
+        if self.next_observations_recorded || ep.terminated.last().copied().unwrap_or(false) {
+            n
+        } else {
+            n.saturating_sub(1)
+        }
     }
 
     /// Statistics of `observation.state`, `next.observation.state`, `action`,

@@ -552,9 +552,14 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
         observation_names: names(cols::OBS),
         action_names: names(cols::ACTION),
     };
+    let next_observations_recorded = json.features.contains_key(cols::NEXT_OBS);
     Ok(Loaded {
         json,
-        dataset: Dataset { info, episodes },
+        dataset: Dataset {
+            info,
+            episodes,
+            next_observations_recorded,
+        },
         tasks,
         metas,
         episode_tasks,

@@ -97,6 +97,12 @@ fn we_read_lerobot_style_files() {
     assert_eq!(ds.info.observation_names[3], "joint3.pos");
     assert_eq!(ds.info.action_names, ["motor0", "motor1"]); // {"motors": [...]} form
     assert_eq!(ds.episodes.len(), 2);
+    // Without next.observation.state, training leaves out a last frame that is not
+    // terminal; these end terminated (next.done), so every frame counts.
+    assert!(!ds.next_observations_recorded);
+    for ep in &ds.episodes {
+        assert_eq!(ds.frames_with_successor(ep), ep.len());
+    }
     let mut i = 0; // global frame index
     for (e, (ep, n)) in ds.episodes.iter().zip([5, 7]).enumerate() {
         assert_eq!(ep.len(), n, "episode {e}");

@@ -31,6 +31,7 @@ fn round_trip_is_bit_identical() {
 
     let ds = read_dataset(&dir).unwrap();
     assert_eq!(ds.info, info());
+    assert!(ds.next_observations_recorded);
     assert_eq!(ds.episodes.len(), eps.len());
     for (a, b) in eps.iter().zip(&ds.episodes) {
         assert_same(a, b);
@@ -271,6 +272,45 @@ fn empty_dataset_and_create_guards() {
     bad.actions.push(f32::NAN);
     let msg = w.append_episode(&bad).unwrap_err().to_string();
     assert!(msg.contains("non-finite"), "{msg}");
+
+    // Only the last step ends an episode, one way: an end inside it would read back as
+    // a terminal state mid-episode, no end as an episode LeRobot never marked done.
+    let ended = |term: [bool; 4], trunc: [bool; 4]| {
+        let mut e = episodes(6, &[4]).remove(0);
+        e.terminated = term.to_vec();
+        e.truncated = trunc.to_vec();
+        e
+    };
+    let (no, last) = ([false; 4], [false, false, false, true]);
+    for (e, field, says) in [
+        (
+            ended([false, true, false, true], no),
+            "terminated",
+            "step 1 of 4 ends",
+        ),
+        (
+            ended(no, [true, false, false, true]),
+            "truncated",
+            "step 0 of 4 ends",
+        ),
+        (
+            ended(no, no),
+            "truncated",
+            "neither terminated nor truncated",
+        ),
+        (
+            ended(last, last),
+            "truncated",
+            "both terminated and truncated",
+        ),
+    ] {
+        let msg = w.append_episode(&e).unwrap_err().to_string();
+        assert!(msg.contains(field) && msg.contains(says), "{msg}");
+    }
+    w.append_episode(&ended(last, no)).unwrap();
+    w.append_episode(&ended(no, last)).unwrap();
+    w.finish().unwrap();
+    assert_eq!(read_dataset(&dir).unwrap().episodes.len(), 2);
 
     // Vectors wider than the reader reads are refused when the dataset is created.
     let mut wide = info();

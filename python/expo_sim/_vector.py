@@ -75,6 +75,9 @@ class SimVectorEnv(VectorEnv):
         )
         self.task = task
         self.horizon: int = spec["horizon"]
+        if max_episode_steps == -1:
+            # Gymnasium's `make` reads -1 as "no TimeLimit" (its sync vector mode too).
+            max_episode_steps = None
         if max_episode_steps is not None and max_episode_steps < self.horizon:
             raise ValueError(
                 f"SimVectorEnv ends every {task} episode at the task's horizon "
@@ -100,9 +103,10 @@ class SimVectorEnv(VectorEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         seeds = self._seeds(seed)
         mask = self._reset_mask(options)
-        # `np_random` from the first environment's seed, as checked (a NumPy integer too).
-        super().reset(seed=None if _is_seed_sequence(seed) else seeds[0])
         obs, used = self._core.reset(seeds, None if mask is None else mask.tolist())
+        # `np_random` from the first environment's seed, as checked (a NumPy integer
+        # too); after the core's reset, so a refused one (ResetNeeded) changes nothing.
+        super().reset(seed=None if _is_seed_sequence(seed) else seeds[0])
         if mask is None:
             mask = np.ones(self.num_envs, dtype=np.bool_)
         self._elapsed[mask] = 0

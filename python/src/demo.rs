@@ -79,7 +79,8 @@ pub fn record_episode<'py>(
     let spec = task.spec();
     let mut env = make_env(task, env_config(task, reward, gravity)?);
     let mut demo = make_demonstrator(task);
-    let traj = sim::record_episode(env.as_mut(), demo.as_mut(), seed);
+    // Without the GIL, so other Python threads run meanwhile.
+    let traj = py.detach(|| sim::record_episode(env.as_mut(), demo.as_mut(), seed));
     let rows = traj.len();
     let matrix = |data: Vec<f32>, cols: usize| {
         Array2::from_shape_vec((rows, cols), data)

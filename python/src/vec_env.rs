@@ -6,7 +6,8 @@
 //! environment ignores its action, resets (seed: the next value of its own seed stream)
 //! and returns the first observation of the new episode with reward 0 and both flags
 //! false. (`sim::VecEnv` resets in the same step instead, so this loops over the
-//! environments itself.)
+//! environments itself.) `step` simulates without the GIL, so vectors in other Python
+//! threads step meanwhile.
 
 use crate::env::Phase;
 use crate::{Exclusive, ResetNeeded, env_config, new_array, parse_task, read_finite_rows};
@@ -151,23 +152,28 @@ impl PyVecEnv {
         })?;
         let envs = self.envs.get();
         let (obs, ()) = new_array(py, [n, od], |obs: &mut [f32]| {
-            for (i, (env, o)) in envs.iter_mut().zip(obs.chunks_exact_mut(od)).enumerate() {
-                self.reset[i] = matches!(self.phases[i], Phase::Ended { .. });
-                if self.reset[i] {
-                    self.reset_seeds[i] = self.seeds[i].next_u64();
-                    env.reset(self.reset_seeds[i], o);
-                    self.steps[i] = Step::default();
-                    self.phases[i] = Phase::Running;
-                } else {
-                    let step = env.step(&self.actions[i * ad..(i + 1) * ad], o);
-                    self.steps[i] = step;
-                    if step.done() {
-                        self.phases[i] = Phase::Ended {
-                            terminated: step.terminated,
-                        };
+            // Without the GIL: other Python threads (another vector's `step`) run
+            // meanwhile. The new array has not reached Python yet, and this object is
+            // borrowed mutably for the call (a second thread's call on it raises).
+            py.detach(|| {
+                for (i, (env, o)) in envs.iter_mut().zip(obs.chunks_exact_mut(od)).enumerate() {
+                    self.reset[i] = matches!(self.phases[i], Phase::Ended { .. });
+                    if self.reset[i] {
+                        self.reset_seeds[i] = self.seeds[i].next_u64();
+                        env.reset(self.reset_seeds[i], o);
+                        self.steps[i] = Step::default();
+                        self.phases[i] = Phase::Running;
+                    } else {
+                        let step = env.step(&self.actions[i * ad..(i + 1) * ad], o);
+                        self.steps[i] = step;
+                        if step.done() {
+                            self.phases[i] = Phase::Ended {
+                                terminated: step.terminated,
+                            };
+                        }
                     }
                 }
-            }
+            })
         });
         let steps = &self.steps;
         let reset = &self.reset;

@@ -190,11 +190,65 @@ def test_make_vec_with_the_horizon_as_time_limit_matches_sync(task):
         gym.make_vec(expo_sim.ENV_IDS[task], num_envs=n, max_episode_steps=7)
 
 
+def test_make_vec_takes_minus_one_as_no_time_limit_as_sync_does(task):
+    n = 2
+    ours = gym.make_vec(expo_sim.ENV_IDS[task], num_envs=n, max_episode_steps=-1)
+    assert isinstance(ours.unwrapped, expo_sim.SimVectorEnv)
+    plain = gym.make_vec(expo_sim.ENV_IDS[task], num_envs=n)
+    theirs = gym.make_vec(
+        expo_sim.ENV_IDS[task], num_envs=n, vectorization_mode="sync", max_episode_steps=-1
+    )
+    ours.reset(seed=3)
+    plain.reset(seed=3)
+    theirs.reset(seed=3)
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        actions = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+        step = ours.step(actions)
+        assert_same_step(step, plain.step(actions))
+        assert_same_step(step, theirs.step(actions))
+
+
 def test_a_partial_reset_before_the_first_full_one_raises():
     venv = expo_sim.SimVectorEnv("arm-reach", 2)
     mask = np.array([True, False])
+    before = venv.np_random.bit_generator.state
     with pytest.raises(expo_sim.ResetNeeded, match="environment 1 was never reset"):
         venv.reset(seed=0, options={"reset_mask": mask})
+    # The refused reset left the generator as it was (it was reseeded from 0).
+    assert venv.np_random.bit_generator.state == before
     venv.reset(seed=0)
     obs, info = venv.reset(seed=5, options={"reset_mask": mask})
     np.testing.assert_array_equal(info["_seed"], mask)
+
+
+def test_vectors_stepped_in_threads_give_what_they_give_alone(task):
+    """`step` releases the GIL while it simulates: vectors stepped in two threads at
+    once give exactly what each gives stepped alone."""
+    import threading
+
+    steps = 120
+    rng = np.random.default_rng(7)
+    table = rng.uniform(-1, 1, size=(steps, 8, 2)).astype(np.float32)
+
+    def run(seed, out):
+        venv = expo_sim.SimVectorEnv(task, 8)
+        obs, _ = venv.reset(seed=seed)
+        out.append(obs)
+        for a in table:
+            obs, rew, term, trunc, _ = venv.step(a)
+            out.extend([obs, rew, term, trunc])
+
+    alone = {seed: [] for seed in (1, 2)}
+    for seed, out in alone.items():
+        run(seed, out)
+    together = {seed: [] for seed in (1, 2)}
+    threads = [threading.Thread(target=run, args=(s, out)) for s, out in together.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for seed in alone:
+        assert len(together[seed]) == len(alone[seed])
+        for a, b in zip(alone[seed], together[seed]):
+            np.testing.assert_array_equal(a, b)

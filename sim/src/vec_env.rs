@@ -14,6 +14,9 @@ pub struct VecEnv {
     envs: Vec<Box<dyn Env>>,
     spec: &'static TaskSpec,
     seeds: Rng,
+    /// `reset` was called: before it every environment holds its constructor's
+    /// placeholder state, not an episode of the task's distribution.
+    was_reset: bool,
 }
 
 impl VecEnv {
@@ -23,6 +26,7 @@ impl VecEnv {
             envs: (0..n).map(|_| make_env(task, config)).collect(),
             spec: task.spec(),
             seeds: Rng::new(0),
+            was_reset: false,
         }
     }
 
@@ -52,6 +56,7 @@ impl VecEnv {
         let od = self.spec.obs_dim();
         assert_eq!(obs.len(), self.envs.len() * od, "obs buffer length");
         self.seeds = Rng::new(seed);
+        self.was_reset = true;
         for (env, o) in self.envs.iter_mut().zip(obs.chunks_exact_mut(od)) {
             let s = self.seeds.next_u64();
             env.reset(s, o);
@@ -59,6 +64,10 @@ impl VecEnv {
     }
 
     /// Steps every environment once; resets those whose episode ended.
+    ///
+    /// # Panics
+    /// Before the first [`VecEnv::reset`] (the environments hold placeholder states),
+    /// and on buffers of the wrong length.
     pub fn step(
         &mut self,
         actions: &[f32],
@@ -71,6 +80,10 @@ impl VecEnv {
         assert_eq!(obs.len(), n * od, "obs length");
         assert_eq!(final_obs.len(), n * od, "final_obs length");
         assert_eq!(steps.len(), n, "steps length");
+        assert!(
+            self.was_reset,
+            "VecEnv::step before the first VecEnv::reset"
+        );
         for (i, env) in self.envs.iter_mut().enumerate() {
             let o = &mut obs[i * od..(i + 1) * od];
             let step = env.step(&actions[i * ad..(i + 1) * ad], o);
@@ -86,6 +99,22 @@ impl VecEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "VecEnv::step before the first VecEnv::reset")]
+    fn stepping_before_the_first_reset_panics() {
+        let spec = TaskId::Push.spec();
+        let mut venv = VecEnv::new(TaskId::Push, 2, EnvConfig::default());
+        let mut obs = vec![0.0; 2 * spec.obs_dim()];
+        let mut fin = obs.clone();
+        let mut steps = vec![Step::default(); 2];
+        venv.step(
+            &vec![0.0; 2 * spec.action_dim()],
+            &mut obs,
+            &mut fin,
+            &mut steps,
+        );
+    }
 
     #[test]
     fn vector_matches_single_envs() {

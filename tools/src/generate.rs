@@ -47,6 +47,9 @@ pub fn generate(
     config: EnvConfig,
     out: &Path,
 ) -> anyhow::Result<DatasetSummary> {
+    // The dataset's name says the variant: one the task does not have (gravity outside
+    // arm-reach) would label plain dynamics as it.
+    config.check_for(task).map_err(anyhow::Error::msg)?;
     let mut env = make_env(task, config);
     let mut demo = make_demonstrator(task);
     // Whole or not at all: an interrupted run leaves no short dataset at `out`.

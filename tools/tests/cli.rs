@@ -80,6 +80,19 @@ fn generation_is_reproducible_and_round_trips_exactly() {
         let t = sim::record_episode(env.as_mut(), demo.as_mut(), seed);
         assert_eq!(*ep, tools::generate::to_episode(t));
     }
+    // A variant the task does not have is refused, and nothing is written: the
+    // dataset's name would say `sim/push+gravity` over plain push dynamics.
+    let gravity = sim::EnvConfig {
+        gravity: true,
+        ..cfg
+    };
+    let c = tmp.path().join("c");
+    let e = tools::generate::generate(sim::TaskId::Push, 2, 5, gravity, &c).unwrap_err();
+    assert!(
+        e.to_string().contains("gravity applies to arm-reach only"),
+        "{e}"
+    );
+    assert!(!c.exists());
 }
 
 fn corrupt(dir: &Path) {

@@ -104,8 +104,13 @@ pub struct FinetuneSummary {
     /// --teleop`). They are trained on like the policy's: the recorded action is what
     /// the robot was sent.
     pub robot_teleop: usize,
-    /// Robot frames admitted to training (all but the interventions left out).
+    /// Robot frames admitted to training (all but the interventions left out and the
+    /// frames without a successor).
     pub robot_transitions_used: usize,
+    /// Last frames of episodes of a dataset without `next.observation.state` (a LeRobot
+    /// recording) that are not terminal: no successor is known to bootstrap from, so
+    /// they are left out ([`dataset::Dataset::frames_with_successor`]).
+    pub robot_without_successor: usize,
     /// Training transitions the admitted frames made in the online buffer. One per frame
     /// one step at a time. With action chunks (`action_horizon` H) each frame starts at
     /// most one chunk: the last H − 1 frames before a truncation, a left-out frame or a
@@ -127,6 +132,11 @@ pub struct FinetuneSummary {
 }
 
 impl FinetuneSummary {
+    /// Robot frames marked as interventions that training left out.
+    pub fn robot_interventions_left_out(&self) -> usize {
+        self.robot_transitions - self.robot_without_successor - self.robot_transitions_used
+    }
+
     /// Counts one robot frame and says whether it goes into training: frames the
     /// operator marked as interventions only with `keep_interventions` (teleoperated
     /// or not); other teleoperated frames always (their action is what the robot was
@@ -329,9 +339,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         ensure!(
             summary.replay_transitions > 0 || o.listen.is_some(),
             "--data gives no training transition: {} robot frames in {episodes} episodes, \
-             {} left out as interventions{}",
+             {} left out as interventions, {} without a successor{}",
             summary.robot_transitions,
-            summary.robot_transitions - summary.robot_transitions_used,
+            summary.robot_interventions_left_out(),
+            summary.robot_without_successor,
             if config.action_horizon > 1 {
                 format!(
                     ", and with action_horizon {} an episode needs that many frames in a row \
@@ -630,7 +641,10 @@ fn append_robot_data(
         }
         for ep in &ds.episodes {
             chunker.cut();
-            for i in 0..ep.len() {
+            let n = ds.frames_with_successor(ep);
+            summary.robot_transitions += ep.len() - n;
+            summary.robot_without_successor += ep.len() - n;
+            for i in 0..n {
                 summary.robot_transitions += 1;
                 if !summary.admit(ep.intervention[i], ep.teleop[i], keep_interventions) {
                     chunker.cut();
@@ -643,7 +657,7 @@ fn append_robot_data(
                     ep.rewards[i],
                     &ep.next_observations[i * od..(i + 1) * od],
                     ep.terminated[i],
-                    i + 1 == ep.len(),
+                    i + 1 == n,
                 );
             }
             successes += ep.success.iter().any(|&s| s) as usize;
@@ -671,8 +685,12 @@ pub fn describe(s: &FinetuneSummary) -> String {
             s.published.len()
         )
     } else {
+        let no_successor = match s.robot_without_successor {
+            0 => String::new(),
+            n => format!(", {n} last frames without a successor left out"),
+        };
         format!(
-            "{} robot transitions ({} episodes, {:.1}% successful, {} marked interventions, {} teleoperated; {} training transitions)",
+            "{} robot transitions ({} episodes, {:.1}% successful, {} marked interventions, {} teleoperated{no_successor}; {} training transitions)",
             s.robot_transitions,
             s.robot_episodes,
             100.0 * s.robot_success_rate,

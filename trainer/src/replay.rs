@@ -202,7 +202,8 @@ impl Replay {
     }
 
     /// Every chunk of every episode of a dataset ([`Chunker`]; with horizon 1, every
-    /// step).
+    /// step), up to the last frame with a real successor
+    /// ([`dataset::Dataset::frames_with_successor`]).
     pub fn from_dataset(ds: &dataset::Dataset, chunks: ChunkSpec) -> Self {
         let od = ds.info.obs_dim();
         let mut r = Replay::new(
@@ -211,14 +212,16 @@ impl Replay {
             ds.num_frames().max(1),
         );
         let mut chunker = Chunker::new(od, ds.info.action_dim(), chunks);
+        let (ad, od) = (ds.info.action_dim(), od);
         for ep in &ds.episodes {
+            let n = ds.frames_with_successor(ep);
             chunker.push_episode(
                 &mut r,
-                &ep.observations,
-                &ep.actions,
-                &ep.rewards,
-                &ep.next_observations,
-                &ep.terminated,
+                &ep.observations[..n * od],
+                &ep.actions[..n * ad],
+                &ep.rewards[..n],
+                &ep.next_observations[..n * od],
+                &ep.terminated[..n],
             );
         }
         r
@@ -700,6 +703,50 @@ mod tests {
         let empty = Replay::new(1, 1, 10);
         sample_mixed(&mut rng, &off, &empty, 0.5, 2, 8, &mut b);
         assert!(b.obs.iter().all(|&x| x == 0.0) && b.rows == 16);
+    }
+
+    /// A dataset without `next.observation.state` (LeRobot's) gives each episode's last
+    /// frame its own observation as successor; training bootstrapped from it as if the
+    /// robot had stayed put. Only frames with a real successor go into the replay, and
+    /// a terminal last frame stays (nothing is bootstrapped past it).
+    #[test]
+    fn frames_without_a_successor_stay_out_of_the_replay() {
+        let episode = |len: usize, terminal: bool| dataset::Episode {
+            observations: (0..len).map(|i| i as f32).collect(),
+            next_observations: (0..len).map(|i| (i + 1).min(len - 1) as f32).collect(),
+            actions: vec![0.0; len],
+            rewards: vec![0.0; len],
+            terminated: (0..len).map(|i| terminal && i + 1 == len).collect(),
+            truncated: (0..len).map(|i| !terminal && i + 1 == len).collect(),
+            success: vec![false; len],
+            intervention: vec![false; len],
+            teleop: vec![false; len],
+        };
+        let info = dataset::DatasetInfo {
+            robot_type: "test".into(),
+            fps: 10,
+            task: String::new(),
+            observation_names: vec!["x".into()],
+            action_names: vec!["a".into()],
+        };
+        let mut ds = dataset::Dataset {
+            info,
+            episodes: vec![episode(4, false), episode(3, true), episode(1, false)],
+            next_observations_recorded: false,
+        };
+        let r = Replay::from_dataset(&ds, ChunkSpec::SINGLE);
+        // 3 of the truncated 4, all 3 of the terminal episode, none of the single frame.
+        assert_eq!(r.len(), 6);
+        let rows = r.rows(0..r.len());
+        for ((o, n), m) in rows.obs.iter().zip(rows.next_obs).zip(rows.mask) {
+            assert!(
+                o != n || *m == 0.0,
+                "bootstraps from its own observation: {o}"
+            );
+        }
+        // Recorded successors are all used.
+        ds.next_observations_recorded = true;
+        assert_eq!(Replay::from_dataset(&ds, ChunkSpec::SINGLE).len(), 8);
     }
 
     #[test]

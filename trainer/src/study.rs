@@ -305,6 +305,11 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Mean and standard deviation over seeds of the success rate at each evaluation step.
+/// The deviation divides by the number of seeds (numpy's default), not by one less:
+/// [`STD_NOTE`] says so under every table that prints it.
+/// The line under a table of `mean ± std` figures.
+pub const STD_NOTE: &str = "± is the standard deviation over seeds, divided by the number of seeds (numpy's default, not n − 1).";
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Curve {
     pub steps: Vec<usize>,
@@ -544,7 +549,7 @@ pub fn summarize(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let text = format!("{md}\n{verdicts}");
+    let text = format!("{md}\n{STD_NOTE}\n\n{verdicts}");
     std::fs::write(out.join("summary.md"), &text)?;
     Ok(text)
 }
@@ -625,5 +630,6 @@ pub fn compare_curves(
         }
         md += "\n";
     }
+    md += &format!("\n{STD_NOTE}\n");
     Ok(md)
 }

@@ -44,6 +44,8 @@ fn summary_and_plot_from_finished_runs() {
     );
     // BC plateaued at its final 0.5 from step 1000: EXPO, there at 1000 too, took as
     // many steps (the ratio used to divide by the run's 2,000 steps: 0.50x).
+    // The deviation's divisor is said (2 seeds: 0.10 divides by 2, 0.14 by 1).
+    assert!(text.contains(trainer::study::STD_NOTE), "{text}");
     assert!(
         text.contains(
             "ends at 0.50 after 2000 steps, first reached at step 1000; EXPO reaches that at \
@@ -154,8 +156,12 @@ fn curves_of_two_studies_side_by_side() {
     let limited = [("gpu".to_string(), c)];
     assert!(compare(&limited, TaskId::Push, Algo::Expo, false, &png).is_err());
     let md = compare(&limited, TaskId::Push, Algo::Expo, true, &png).unwrap();
-    let rows: Vec<&str> = md.lines().skip(2).collect();
+    let rows: Vec<&str> = md.lines().skip(2).take_while(|l| !l.is_empty()).collect();
     assert_eq!(rows, ["| 0 | 0.20 ± 0.10 |", "| 1000 | 0.30 ± 0.10 |"]);
+    assert!(
+        md.ends_with(&format!("\n{}\n", trainer::study::STD_NOTE)),
+        "{md}"
+    );
 }
 
 /// An executable shell script `dir/stand-in-trainer` running `body`, in place of
