@@ -462,10 +462,11 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                     dir.display()
                 );
             }
-            if let Some(w) = robot
-                .observation
-                .names_differ(&bundle.manifest.observation.names, "the bundle")
-            {
+            let names = &bundle.manifest.observation.names;
+            if let Some(e) = robot.observation.names_reordered(names, "the bundle") {
+                bail!("{} does not fit {robot_label}: {e}", dir.display());
+            }
+            if let Some(w) = robot.observation.names_differ(names, "the bundle") {
                 controller::note!("warning: {}: {w}", dir.display());
             }
             Some(bundle)

@@ -1443,6 +1443,35 @@ fn after_a_watchdog_trip_the_safe_stop_starts_from_the_firmwares_hold() {
 /// newer frame could follow it, and the episode would end as a misleading stale
 /// sensor, reporting 2^32 - 1 steps); the next episode runs, and the log and the
 /// dataset agree.
+/// A `Sensor` frame one observation value short (a firmware bug) faults its episode at
+/// once, naming the sizes; it was dropped unheard and the episode faulted a stale-sensor
+/// limit later, as `stale_sensor`, naming nothing. The next episode runs.
+#[test]
+fn a_sensor_frame_of_the_wrong_size_faults_by_name() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "short_obs_at=20");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fw.faults.short_observations, 1);
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "sensor_size"), 1, "{report}");
+    assert_eq!(faults_of(&report, "stale_sensor"), 0, "{report}");
+    let od = sim.robot.observation.dim;
+    let detail = report["faults"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "step 20 carries {} observation values; the robot file's observation.dim is {od}",
+            od - 1
+        )),
+        "{detail}"
+    );
+    let eps = episodes(&report);
+    assert_eq!(eps[0]["reason"], "fault");
+    assert_eq!(eps[1]["reason"], "completed");
+}
+
 #[test]
 fn a_wild_step_number_from_the_firmware_ends_only_its_episode() {
     let _g = serial();

@@ -62,7 +62,10 @@
 //! - the envelope `[safety.action_min, safety.action_max]` lies within the policy's
 //!   `[-1, 1]` and contains 0, the hold action the firmware falls back to on its own;
 //! - `action.scale` normal (the firmware divides by it) and the envelope's bounds finite
-//!   in robot units.
+//!   in robot units;
+//! - a safe stop that ends within [`MAX_SAFE_STOP_MS`]: `safety.hold_ticks_before_torque_off`
+//!   at least 1 and that many ticks at most that long, and `safety.max_delta_per_tick`
+//!   large enough to ramp from the envelope's widest bound to the hold action within it.
 //!
 //! # Errors
 //!
@@ -163,6 +166,22 @@ impl ObservationConfig {
             names[first], self.names[first]
         ))
     }
+
+    /// `names` (of `whose`) holding one of this robot's names at another position: the
+    /// same channels in another order, which a difference in spelling cannot explain.
+    /// An error message, naming the channel and both positions; `None` otherwise
+    /// (different spellings are [`ObservationConfig::names_differ`]'s warning).
+    pub fn names_reordered(&self, names: &[String], whose: &str) -> Option<String> {
+        names.iter().enumerate().find_map(|(theirs, name)| {
+            let ours = self.names.iter().position(|n| n == name)?;
+            (ours != theirs).then(|| {
+                format!(
+                    "observation `{name}` is at [{theirs}] in {whose} and at [{ours}] in the \
+                     robot file: the policy would act on its inputs in another order"
+                )
+            })
+        })
+    }
 }
 
 /// Where two lists of channel names (a robot file's, a bundle's, a dataset's, a run's)
@@ -227,6 +246,11 @@ pub const MIN_TIMEOUT_PERIODS: f64 = 2.0;
 /// (seven weeks) passed and turned the watchdog off. Tests of slow simulated robots
 /// use up to 40 s.
 pub const MAX_TIMEOUT_MS: u32 = 60_000;
+
+/// The longest a safe stop's hold may take (ms): `safety.hold_ticks_before_torque_off`
+/// ticks, and the ramp across the envelope at `safety.max_delta_per_tick`, each at most
+/// this, as long as the longest watchdog.
+pub const MAX_SAFE_STOP_MS: u32 = MAX_TIMEOUT_MS;
 
 /// The built-in example robots, one per simulated task: `(name, TOML text)`. The
 /// files live in `firmware-config/robots/`.
@@ -527,6 +551,7 @@ impl RobotConfig {
         }
 
         let s = &self.safety;
+        let period_ms = 1000.0 / self.control_hz as f64;
         dims("safety.action_min", s.action_min.len(), d, "action.dim")?;
         dims("safety.action_max", s.action_max.len(), d, "action.dim")?;
         dims(
@@ -582,10 +607,22 @@ impl RobotConfig {
                     )
                 })?;
             }
-            positive(
-                &format!("safety.max_delta_per_tick[{i}]"),
-                s.max_delta_per_tick[i],
-            )?;
+            let field = format!("safety.max_delta_per_tick[{i}]");
+            positive(&field, s.max_delta_per_tick[i])?;
+            // The safe stop ramps from wherever the action is to the hold action at this
+            // rate before anything else (idle, exit, torque off): the whole envelope
+            // must be crossed within the longest stop.
+            let widest = s.action_min[i].abs().max(s.action_max[i].abs());
+            let ramp_ticks = f64::from(widest) / f64::from(s.max_delta_per_tick[i]);
+            let ramp_ms = ramp_ticks * period_ms;
+            check(ramp_ms <= MAX_SAFE_STOP_MS as f64, &field, || {
+                format!(
+                    "{} ramps from the envelope's bound {widest} to the hold action in \
+                     {ramp_ticks:.0} ticks ({ramp_ms:.0} ms at {} Hz); a safe stop may take at \
+                     most {MAX_SAFE_STOP_MS} ms",
+                    s.max_delta_per_tick[i], self.control_hz
+                )
+            })?;
             // The envelope's corners in robot units are finite, and so is the way back.
             for bound in [s.action_min[i], s.action_max[i]] {
                 let robot = act.offset[i] + act.scale[i] * bound;
@@ -600,6 +637,22 @@ impl RobotConfig {
         // The newest frame can be almost a period old at a tick before the next one is
         // due: a limit of one period would fault on a healthy link.
         self.spans_periods("safety.stale_sensor_ms", s.stale_sensor_ms)?;
+        // Every safe stop (a fault, the operator's Ctrl-C, the exit) holds this long
+        // before it goes idle or ends the run: a typo of millions held it for a day.
+        let hold_ms = s.hold_ticks_before_torque_off as f64 * period_ms;
+        check(
+            s.hold_ticks_before_torque_off >= 1 && hold_ms <= MAX_SAFE_STOP_MS as f64,
+            "safety.hold_ticks_before_torque_off",
+            || {
+                format!(
+                    "must be at least 1 tick and at most {MAX_SAFE_STOP_MS} ms of ticks ({} at \
+                     {} Hz), found {}",
+                    (MAX_SAFE_STOP_MS as f64 / period_ms).floor(),
+                    self.control_hz,
+                    s.hold_ticks_before_torque_off
+                )
+            },
+        )?;
         self.check_baud(&self.serial.device, self.serial.baud)
             .map_err(|message| Invalid {
                 field: "serial.baud".into(),

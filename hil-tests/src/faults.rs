@@ -50,6 +50,7 @@
 //! | `estop_at` | step, `boot`, `hello` or `end` | once, the stop button is pressed (and stays pressed) when an episode reaches this step; `boot`: as the firmware starts, before any controller connects; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
+//! | `short_obs_at` | step | once, this step's `Sensor` frame carries one observation value fewer than the robot's (a firmware bug) |
 //! | `version` | u8 | every frame's header carries this protocol version |
 //! | `schema` | u32 (`0x` hex ok) | the firmware's `Hello` carries this schema hash |
 //! | `nan` | p per sensor frame | one observation value is sent as NaN |
@@ -85,6 +86,7 @@ pub struct FaultSpec {
     pub estop_at: Option<PressAt>,
     pub watchdog_at_step: Option<u32>,
     pub bad_step_at: Option<u32>,
+    pub short_obs_at: Option<u32>,
     pub version: Option<u8>,
     pub schema_hash: Option<u32>,
     pub nan_sensor: f32,
@@ -208,6 +210,10 @@ impl FromStr for FaultSpec {
                     spec.bad_step_at =
                         Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
                 }
+                "short_obs_at" => {
+                    spec.short_obs_at =
+                        Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
+                }
                 "version" => {
                     spec.version =
                         Some(u8::try_from(int(value)?).map_err(|_| err("version is a u8"))?)
@@ -219,7 +225,7 @@ impl FromStr for FaultSpec {
                 _ => {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
-                         dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, bad_step_at, version, schema, \
+                         dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, bad_step_at, short_obs_at, version, schema, \
                          nan, lose_cmd",
                     ));
                 }
@@ -263,6 +269,7 @@ pub struct FaultStats {
     pub estop_presses: u64,
     pub watchdog_trips: u64,
     pub bad_steps: u64,
+    pub short_observations: u64,
     pub version_rewrites: u64,
     pub nan_sensors: u64,
     pub lost_commands: u64,
@@ -490,6 +497,19 @@ impl FaultInjector {
             u32::MAX
         } else {
             step
+        }
+    }
+
+    /// How many observation values step `step`'s `Sensor` frame carries: one fewer
+    /// than `dim` once, at the configured `short_obs_at`.
+    pub fn sensor_len(&mut self, step: u32, dim: usize) -> usize {
+        if once(
+            self.spec.short_obs_at == Some(step),
+            &mut self.stats.short_observations,
+        ) {
+            dim.saturating_sub(1)
+        } else {
+            dim
         }
     }
 

@@ -490,7 +490,8 @@ impl SimFirmware {
         self.faults.corrupt_sensor(&mut obs);
         // obs_dim <= MAX_OBS is checked when the robot config loads.
         let step = self.faults.sensor_step(self.step);
-        if let Some(m) = Message::sensor(self.episode, step, &obs) {
+        let len = self.faults.sensor_len(self.step, obs.len());
+        if let Some(m) = Message::sensor(self.episode, step, &obs[..len]) {
             self.send(now, m);
         }
     }

@@ -73,6 +73,14 @@ pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// caps above alone allow 1024 × 64 × 65,536 = 2^32 values. The largest preset holds
 /// 8 × 1 × 7.
 pub const MAX_CANDIDATE_VALUES: usize = 1 << 24;
+/// Most activation values one layer holds over a decision's candidates: rows
+/// (`num_samples + num_edit`) × the widest layer, and for the critic, members × rows ×
+/// its widest layer (tract runs the members at once). The native backend keeps three
+/// buffers of the first (64 MiB each at this cap), two-speed mode two sets. The caps on
+/// counts and widths alone allow 2048 × 65,536 = 2^27 (and 2^35 for the critic): a
+/// small, hostile bundle could abort the process on that allocation, which no panic
+/// guard catches. The `paper` preset holds 16 × 1024 and 10 × 16 × 256.
+pub const MAX_ACTIVATION_VALUES: usize = 1 << 24;
 /// Smallest observation std a bundle may carry: the floor the trainer's normalizer puts
 /// under every feature's std. A smaller one (a subnormal, say) turns ordinary readings
 /// into huge normalized values and the chosen action into NaN, which the load-time probe
@@ -1010,6 +1018,33 @@ pub fn check_policy_sizes(
     Ok(())
 }
 
+/// The caps on activation buffers ([`MAX_ACTIVATION_VALUES`]): `rows` candidates per
+/// decision through layers at most `widest` wide, and `critics` members at most
+/// `critic_widest` wide. The trainer checks them before it trains, as
+/// [`check_policy_sizes`].
+pub fn check_activation_sizes(
+    rows: usize,
+    widest: usize,
+    critics: usize,
+    critic_widest: usize,
+) -> Result<(), String> {
+    let values = rows.saturating_mul(widest);
+    if values > MAX_ACTIVATION_VALUES {
+        return Err(format!(
+            "num_samples + num_edit = {rows} candidates through a layer {widest} wide hold \
+             {values} values per decision; at most {MAX_ACTIVATION_VALUES}"
+        ));
+    }
+    let values = critics.saturating_mul(rows).saturating_mul(critic_widest);
+    if values > MAX_ACTIVATION_VALUES {
+        return Err(format!(
+            "{critics} critics × {rows} candidates through a layer {critic_widest} wide hold \
+             {values} values per decision; at most {MAX_ACTIVATION_VALUES}"
+        ));
+    }
+    Ok(())
+}
+
 /// Internal consistency of the manifest's numbers.
 fn check_manifest(m: &Manifest) -> Result<(), String> {
     let o = &m.observation;
@@ -1185,6 +1220,25 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         ));
     }
     check_network_sizes(&m.networks, m.graphs.edit.is_some())?;
+    let n = &m.networks;
+    let critic_widest = n.critic_widths.iter().copied().max().unwrap_or(0);
+    let widest = [
+        n.denoiser_hidden,
+        n.denoiser_expanded,
+        n.time_hidden,
+        n.fourier_features,
+        critic_widest,
+    ]
+    .into_iter()
+    .chain(n.edit_widths.iter().copied())
+    .max()
+    .unwrap_or(0);
+    let critics = if m.graphs.critic.is_some() {
+        s.ensemble_size
+    } else {
+        0
+    };
+    check_activation_sizes(s.num_samples + s.num_edit, widest, critics, critic_widest)?;
     // The edit graph's first layer reads [obs, base_action] ahead of a separate head.
     if s.num_edit > 0 && m.networks.edit_widths.is_empty() {
         return Err(format!(
@@ -1576,6 +1630,23 @@ mod tests {
             e.contains("edit_widths is empty but the bundle lists an edit graph"),
             "{e}"
         );
+        // Each size within its cap, together 1.5 GiB of activations in the native
+        // backend's buffers: refused by the product.
+        let e = refused(&|m| {
+            m.selection.num_samples = 1024;
+            m.selection.num_edit = 1024;
+            m.networks.denoiser_expanded = 65536;
+        });
+        assert!(
+            e.contains("2048 candidates through a layer 65536 wide hold 134217728 values"),
+            "{e}"
+        );
+        let e = refused(&|m| {
+            m.selection.ensemble_size = 256;
+            m.selection.num_samples = 1024;
+            m.networks.critic_widths = vec![256];
+        });
+        assert!(e.contains("256 critics ×"), "{e}");
     }
 
     /// A graph file that is not a regular file (a symlink to `/dev/zero`), or larger

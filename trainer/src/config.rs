@@ -818,6 +818,26 @@ impl Config {
             "net.denoiser_blocks must be at most {MAX_LAYERS}, not {}",
             n.denoiser_blocks
         );
+        // What a bundle of this run holds per decision, as the export writes it: a
+        // policy without a critic acts with one chain sample and no edits.
+        let critic_widest = n.critic_widths.iter().copied().max().unwrap_or(0);
+        let widest = [
+            n.denoiser_hidden,
+            n.denoiser_expanded,
+            n.time_hidden,
+            n.fourier_features,
+            critic_widest,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        let (rows, critics) = match self.algo {
+            Algo::Expo => (self.expo.num_samples + self.expo.num_edit, n.num_critics),
+            Algo::IdqlSelect => (self.expo.num_samples, n.num_critics),
+            _ => (1, 0),
+        };
+        shared_model::manifest::check_activation_sizes(rows, widest, critics, critic_widest)
+            .map_err(|e| anyhow::anyhow!("a bundle of this run would be refused: {e}"))?;
         // The edit policy reuses the critic's widths, and the bundle's edit graph splits
         // its first layer by input ahead of a separate head.
         ensure!(
@@ -1130,6 +1150,24 @@ mod tests {
             let err = Config::resolve("cpu", None, &[key.into()]).unwrap_err();
             assert!(format!("{err:#}").contains(text), "{key}: {err:#}");
         }
+        // Each size within its cap, together more activations than a bundle may hold;
+        // BC's bundle acts with one sample, so the same sizes pass there.
+        let huge = [
+            "expo.num_samples=1024",
+            "expo.num_edit=1024",
+            "net.denoiser_expanded=65536",
+        ];
+        let mut sets: Vec<String> = huge.iter().map(|s| s.to_string()).collect();
+        let err = Config::resolve("cpu", None, &sets).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(
+                "a bundle of this run would be refused: num_samples + num_edit = 2048 \
+                 candidates through a layer 65536 wide"
+            ),
+            "{err:#}"
+        );
+        sets.push("algo=\"bc\"".into());
+        Config::resolve("cpu", None, &sets).unwrap();
         let err = Config::resolve("cpu", None, &["expo.num_samples=\"x\"".into()]).unwrap_err();
         assert!(
             format!("{err:#}").contains("the overrides do not match the config schema"),

@@ -45,7 +45,7 @@ use super::log::{EndReason, EpisodeEnd, Record, Transition};
 use super::operator::OperatorCommand;
 use super::realtime;
 use super::safety::{CommandGate, Envelope};
-use super::stats::Cadence;
+use super::stats::{Cadence, CadenceReport};
 use super::viz::{ActFrame, TickFrame};
 use super::{Brain, EpisodeReport, FaultEvent, FaultKind, Outcome, RunConfig};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -126,6 +126,43 @@ struct Track {
     /// The operator's label (`Some(true)`: success), which ended the episode.
     label: Option<bool>,
 }
+
+/// An episode a fault ended, waiting for the frames that complete its last transitions.
+/// The fault usually comes from a `Sensor` frame (a joint limit, a NaN action) whose
+/// step's `Reward` frame is right behind it on the line; ending the episode at once lost
+/// the transition into the faulted state, the most telling one. The safe stop goes on
+/// meanwhile; the episode ends (log, report, recording) once its transitions up to the
+/// newest step heard of at the fault are in, after [`CLOSING_PERIODS`], or when the safe
+/// stop ends, whichever comes first, with the figures it had at the fault.
+struct Closing {
+    track: Track,
+    detail: String,
+    /// The fault's time: the episode's length ends there.
+    ended: Instant,
+    until: Instant,
+    /// The episode's cadence, taken at the fault (the safe stop's ticks are not its).
+    cadence: CadenceReport,
+}
+
+/// The track frames of firmware episode `episode` go to: the running episode's, or that
+/// of the one a fault ended, still waiting for its last frames.
+fn track_of<'a>(
+    track: &'a mut Option<Track>,
+    closing: &'a mut Option<Closing>,
+    episode: u32,
+) -> Option<&'a mut Track> {
+    match track {
+        Some(t) if t.id == episode => Some(t),
+        _ => closing
+            .as_mut()
+            .map(|c| &mut c.track)
+            .filter(|t| t.id == episode),
+    }
+}
+
+/// How long (in control periods) a faulted episode waits for its last frames, as long
+/// as an ending one waits for its trailing frames.
+const CLOSING_PERIODS: u32 = 10;
 
 /// A label (operator key or teleop device), or the operator's reset, this soon after an
 /// episode began is taken for one meant for the episode before: a key pressed twice, or
@@ -311,6 +348,9 @@ pub(crate) struct Control {
     pub phase: Phase,
     episodes_started: u32,
     track: Option<Track>,
+    /// The episode a fault ended, kept while the safe stop runs for the frames of its
+    /// last steps still on the line ([`Closing`]).
+    closing: Option<Closing>,
     /// Episode ids already finished (a late frame of one must not start a new track).
     last_finished: Option<u32>,
     commands: CommandRing,
@@ -453,6 +493,7 @@ impl Control {
             phase: Phase::Idle,
             episodes_started: 0,
             track: None,
+            closing: None,
             last_finished: None,
             commands: CommandRing::new(start),
             tick: 0,
@@ -509,6 +550,11 @@ impl Control {
     /// Hands the episode records still queued to the logger, waiting if need be (the
     /// loop has ended; blocking is fine now).
     pub(crate) fn flush_log_blocking(&mut self) {
+        // A faulted episode still waiting for frames (the loop ended another way).
+        if let Some(c) = self.closing.as_mut() {
+            c.until = Instant::now();
+        }
+        self.close_faulted(Instant::now());
         if let Some(tx) = &self.log_tx {
             while let Some(rec) = self.pending_log.pop_front() {
                 if tx.send(rec).is_err() {
@@ -639,6 +685,7 @@ impl Control {
         }
         // log
         let t2 = Instant::now();
+        self.close_faulted(t2);
         self.emit_transitions();
         self.flush_log();
         let t3 = Instant::now();
@@ -740,11 +787,26 @@ impl Control {
                 if self.refuse_leap(now, "Sensor", episode, step) {
                     return;
                 }
-                let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
+                if obs.len() != self.od {
+                    // Dropped unheard, it faulted later as a stale sensor, naming nothing.
+                    if self.track.as_ref().is_some_and(|t| t.id == episode)
+                        && matches!(self.phase, Phase::Running | Phase::Ending { .. })
+                    {
+                        let detail = format!(
+                            "the Sensor frame of step {step} carries {} observation values; \
+                             the robot file's observation.dim is {} (a firmware bug)",
+                            obs.len(),
+                            self.od
+                        );
+                        self.fault(now, FaultKind::SensorSize, detail, None);
+                    }
+                    return;
+                }
+                let Some(t) = track_of(&mut self.track, &mut self.closing, episode) else {
                     return;
                 };
                 let slot = step as usize % RING;
-                if obs.len() != self.od || t.sensors[slot].is_some_and(|r| r.step >= step) {
+                if t.sensors[slot].is_some_and(|r| r.step >= step) {
                     // Kept: the first copy of a step (a duplicate arrives later, and its
                     // receive time would misplace the step), and a newer step over a
                     // late frame from RING or more steps back.
@@ -774,7 +836,7 @@ impl Control {
                 if self.refuse_leap(now, "Reward", episode, step) {
                     return;
                 }
-                let Some(t) = self.track.as_mut().filter(|t| t.id == episode) else {
+                let Some(t) = track_of(&mut self.track, &mut self.closing, episode) else {
                     return;
                 };
                 if t.final_step.is_some_and(|f| step > f) {
@@ -1197,7 +1259,21 @@ impl Control {
         }
         self.fault_count += 1;
         if self.track.is_some() {
-            self.finish_episode(now, EndReason::Fault, format!("{kind:?}: {detail}"));
+            self.emit_transitions();
+            let cadence = self.take_cadence();
+            if let Some(mut track) = self.track.take() {
+                // Its transitions end at the newest step heard of: the robot's frames
+                // after it are the safe stop's.
+                track.final_step = track.final_step.or(Some(track.newest.unwrap_or(0)));
+                self.last_finished = Some(track.id);
+                self.closing = Some(Closing {
+                    track,
+                    detail: format!("{kind:?}: {detail}"),
+                    ended: now,
+                    until: now + self.period * CLOSING_PERIODS,
+                    cadence,
+                });
+            }
         }
         self.hold_pending.push(self.report.faults.len() - 1);
         let mut then = after.unwrap_or(After::Idle);
@@ -1832,6 +1908,64 @@ impl Control {
     /// Closes the running episode: log record, report line, cadence report.
     fn finish_episode(&mut self, now: Instant, reason: EndReason, detail: String) {
         self.emit_transitions();
+        if self.track.is_none() {
+            return;
+        }
+        let cadence = self.take_cadence();
+        self.close_track(now, reason, detail, cadence);
+    }
+
+    /// The running episode's cadence, folded into the run's: the ticks after it are
+    /// another episode's or between episodes.
+    fn take_cadence(&mut self) -> CadenceReport {
+        let cadence = self.ep_cadence.report(self.cfg.target_hz());
+        self.fold_cadence();
+        cadence
+    }
+
+    /// Ends the faulted episode waiting in `closing` once its last transitions are in,
+    /// its wait is over, or the safe stop has ended (a new episode, a handshake or the
+    /// run's end must not find it still open). Its frames reach it meanwhile.
+    fn close_faulted(&mut self, now: Instant) {
+        let Some(Closing {
+            track,
+            detail,
+            ended,
+            until,
+            cadence,
+        }) = self.closing.take()
+        else {
+            return;
+        };
+        let running = self.track.replace(track);
+        self.emit_transitions();
+        let complete = self
+            .track
+            .as_ref()
+            .is_some_and(|t| t.final_step.is_some_and(|f| t.next_emit >= f));
+        let stopping = matches!(self.phase, Phase::SafeStop { .. });
+        if complete || !stopping || now >= until {
+            self.close_track(ended, EndReason::Fault, detail, cadence);
+            self.track = running;
+        } else if let Some(track) = std::mem::replace(&mut self.track, running) {
+            self.closing = Some(Closing {
+                track,
+                detail,
+                ended,
+                until,
+                cadence,
+            });
+        }
+    }
+
+    /// The episode's end in the log, the report and the console.
+    fn close_track(
+        &mut self,
+        now: Instant,
+        reason: EndReason,
+        detail: String,
+        cadence: CadenceReport,
+    ) {
         let Some(mut t) = self.track.take() else {
             return;
         };
@@ -1855,7 +1989,6 @@ impl Control {
             detail: detail.clone(),
         }));
         let elapsed = now.saturating_duration_since(t.started);
-        let cad = self.ep_cadence.report(self.cfg.target_hz());
         let rep = EpisodeReport {
             episode: t.number,
             firmware_episode: t.id,
@@ -1870,13 +2003,12 @@ impl Control {
             transitions: t.emitted,
             missing: t.missing,
             seconds: elapsed.as_secs_f64(),
-            cadence: cad,
+            cadence,
         };
         if !self.cfg.quiet {
             self.say(rep.to_string());
         }
         self.report.episodes.push(rep);
-        self.fold_cadence();
     }
 
     /// Adds the current episode's (or the between-episodes) cadence to the run's and
@@ -2118,6 +2250,100 @@ mod tests {
         assert_eq!(c.phase, Phase::Idle);
         assert_eq!(c.report.episodes.len(), 1);
         assert_eq!(c.report.episodes[0].reason, EndReason::Labelled);
+    }
+
+    /// A fault found on step 1's `Sensor` frame, with step 1's `Reward` frame still on
+    /// the line: the episode waits for it through the safe stop, and its transition into
+    /// the faulted state is logged before its end (it was lost: the episode ended at the
+    /// fault and the late frame found no episode). Frames of steps after the fault are
+    /// the safe stop's, not the episode's.
+    #[test]
+    fn a_faulted_episode_keeps_the_last_frames_on_the_line() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let (log_tx, log_rx) = crossbeam_channel::unbounded();
+        c.log_tx = Some(log_tx);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        let reward = |step| Message::Reward {
+            episode: 1,
+            step,
+            reward: 0.5,
+            done: false,
+            truncated: false,
+            success: false,
+        };
+        for (seq, m) in [
+            Message::sensor(1, 0, &obs).unwrap(),
+            Message::sensor(1, 1, &obs).unwrap(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            tx.send(frame(seq as u16, m)).unwrap();
+        }
+        c.drain(Instant::now());
+        c.fault(
+            Instant::now(),
+            FaultKind::JointLimit,
+            "q1 past its limit".into(),
+            None,
+        );
+        assert!(c.report.episodes.is_empty(), "ended before its last frames");
+        tx.send(frame(2, reward(1))).unwrap();
+        tx.send(frame(3, Message::sensor(1, 2, &obs).unwrap()))
+            .unwrap();
+        tx.send(frame(4, reward(2))).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        let records: Vec<Record> = log_rx.try_iter().collect();
+        let steps: Vec<u32> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Transition(t) => Some(t.step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, [0]);
+        assert!(
+            matches!(records.last(), Some(Record::EpisodeEnd(e)) if e.reason == EndReason::Fault),
+            "{records:?}"
+        );
+        let ep = &c.report.episodes[0];
+        assert_eq!((ep.transitions, ep.steps, ep.ret), (1, 1, 0.5));
+        assert!(
+            ep.detail.starts_with("JointLimit: q1 past"),
+            "{}",
+            ep.detail
+        );
+    }
+
+    /// A faulted episode whose last frames never come ends when its wait is over, and at
+    /// the latest when the safe stop ends: never left open into the next episode.
+    #[test]
+    fn a_faulted_episode_without_its_last_frames_still_ends() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        tx.send(frame(0, Message::sensor(1, 0, &obs).unwrap()))
+            .unwrap();
+        tx.send(frame(1, Message::sensor(1, 1, &obs).unwrap()))
+            .unwrap();
+        c.drain(Instant::now());
+        c.fault(Instant::now(), FaultKind::JointLimit, "q1".into(), None);
+        let mut ticks = 0;
+        while c.report.episodes.is_empty() {
+            assert!(matches!(c.phase, Phase::SafeStop { .. }), "{:?}", c.phase);
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            ticks += 1;
+            assert!(ticks < 1000);
+        }
+        assert_eq!(c.report.episodes[0].transitions, 0);
+        assert!(c.closing.is_none());
     }
 
     /// A non-finite reward (the firmware's bug) is left out of the episode's return.

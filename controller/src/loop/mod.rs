@@ -510,6 +510,9 @@ pub enum FaultKind {
     /// A `Sensor` or `Reward` frame whose step number leaps further ahead than any
     /// frames lost on the link can explain: the firmware's bug.
     ImplausibleStep,
+    /// A `Sensor` frame whose observation has another size than the robot file's
+    /// `observation.dim`: the firmware's bug (the frame cannot be acted on).
+    SensorSize,
     LinkLost,
     Handshake,
     NoEpisodeStart,
@@ -1437,6 +1440,21 @@ mod tests {
             w.contains("first at [1]") && w.contains("`qd1` in the bundle, `q2` in the robot file"),
             "{w}"
         );
+        // The same channels in another order cannot be a spelling: refused by name.
+        let e = robot
+            .names_reordered(&names(&["q1", "qd1", "q2"]), "the bundle")
+            .unwrap();
+        assert_eq!(
+            e,
+            "observation `qd1` is at [1] in the bundle and at [2] in the robot file: the policy \
+             would act on its inputs in another order"
+        );
+        // Other spellings, and the same order, are not.
+        assert_eq!(
+            robot.names_reordered(&names(&["j1.pos", "j2.pos", "j1.vel"]), "the bundle"),
+            None
+        );
+        assert_eq!(robot.names_reordered(&robot.names, "the bundle"), None);
     }
 
     /// A run that completed but whose recording lost data exits with 4, not 0: a

@@ -421,8 +421,9 @@ fn settle(
     BundleOffer { name, error }
 }
 
-/// Writes a fetched bundle to `dir/name` (through a temporary directory), verifies it
-/// and builds its policy.
+/// Writes a fetched bundle to a temporary directory, verifies it and builds its policy
+/// there, and only then puts it at `dir/name`: a copy fetched again (after a restart)
+/// that fails verification leaves the one verified before as it was.
 fn prepare(
     dir: &Path,
     name: &str,
@@ -441,9 +442,21 @@ fn prepare(
     for (file, bytes) in files {
         std::fs::write(tmp.join(file), bytes).map_err(io)?;
     }
-    let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&tmp, &target).map_err(io)?;
-    let bundle = shared_model::load_bundle(&target, &swap.trust).map_err(|e| e.to_string())?;
+    let brain = verify(&tmp, &target, name, swap);
+    if brain.is_ok() {
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::rename(&tmp, &target).map_err(io)?;
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    brain
+}
+
+/// [`prepare`]'s checks of the bundle written to `tmp`, which will be `target`.
+fn verify(tmp: &Path, target: &Path, name: &str, swap: &SwapConfig) -> Result<Brain, String> {
+    let mut bundle = shared_model::load_bundle(tmp, &swap.trust).map_err(|e| e.to_string())?;
+    // Messages name where it will be.
+    bundle.dir = target.to_path_buf();
     check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
     let (new, old) = (&bundle.manifest, &swap.replaces);
     if new.task != old.task {
@@ -553,9 +566,32 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("the running bundle on `maze`"), "{e}");
-        let mut renamed = same;
+        let mut renamed = same.clone();
         renamed.observation.names[0] = "elbow".into();
         let e = prepare(&dir, "b3", &files, &swap(renamed)).err().unwrap();
         assert!(e.contains("observation names"), "{e}");
+        // A copy fetched again that fails verification (a damaged graph) leaves the one
+        // verified before in place, whole; it was removed before the check.
+        let kept = std::fs::read(dir.join("b1/manifest.toml")).unwrap();
+        let damaged: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, b)| {
+                let mut b = b.clone();
+                if n.ends_with(".onnx") {
+                    b.truncate(b.len() / 2);
+                }
+                (n.clone(), b)
+            })
+            .collect();
+        assert!(prepare(&dir, "b1", &damaged, &swap(same)).is_err());
+        assert_eq!(std::fs::read(dir.join("b1/manifest.toml")).unwrap(), kept);
+        shared_model::load_bundle(&dir.join("b1"), &Trust::AllowUnsigned).unwrap();
+        // A refused bundle is never put in place, nor left staged.
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b1"]);
     }
 }

@@ -287,6 +287,26 @@ fn semantic_errors_name_file_line_and_field() {
             "robot",
             "must not be empty",
         ),
+        // Every safe stop holds this long: a typo held the arm for a day.
+        (
+            "hold_ticks_before_torque_off = 20",
+            "hold_ticks_before_torque_off = 2000000",
+            "safety.hold_ticks_before_torque_off",
+            "must be at least 1 tick and at most 60000 ms of ticks (1200 at 20 Hz), found 2000000",
+        ),
+        (
+            "hold_ticks_before_torque_off = 20",
+            "hold_ticks_before_torque_off = 0",
+            "safety.hold_ticks_before_torque_off",
+            "must be at least 1 tick and at most 60000 ms of ticks (1200 at 20 Hz), found 0",
+        ),
+        // A rate limit so small that the safe stop's ramp never ends.
+        (
+            "max_delta_per_tick = [2.0, 2.0]",
+            "max_delta_per_tick = [2.0, 1e-4]",
+            "safety.max_delta_per_tick[1]",
+            "0.0001 ramps from the envelope's bound 1 to the hold action in 10000 ticks (500000 ms at 20 Hz); a safe stop may take at most 60000 ms",
+        ),
     ];
     for (from, to, field, message) in cases {
         let text = edit(from, to);
