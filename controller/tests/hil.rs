@@ -1436,13 +1436,6 @@ fn after_a_watchdog_trip_the_safe_stop_starts_from_the_firmwares_hold() {
     assert_eq!(eps[1]["reason"], "completed");
 }
 
-/// Setup: at step 20 of the first episode the firmware's `Sensor` frame carries the step
-/// number `u32::MAX` (a firmware bug). Expected: no hang and no panic (a transition
-/// pairing that gave up on steps one at a time would count to 2^32, then overflow);
-/// the frame is refused as an `implausible_step` fault that names the step (kept, no
-/// newer frame could follow it, and the episode would end as a misleading stale
-/// sensor, reporting 2^32 - 1 steps); the next episode runs, and the log and the
-/// dataset agree.
 /// A `Sensor` frame one observation value short (a firmware bug) faults its episode at
 /// once, naming the sizes; it was dropped unheard and the episode faulted a stale-sensor
 /// limit later, as `stale_sensor`, naming nothing. The next episode runs.
@@ -1472,6 +1465,13 @@ fn a_sensor_frame_of_the_wrong_size_faults_by_name() {
     assert_eq!(eps[1]["reason"], "completed");
 }
 
+/// Setup: at step 20 of the first episode the firmware's `Sensor` frame carries the step
+/// number `u32::MAX` (a firmware bug). Expected: no hang and no panic (a transition
+/// pairing that gave up on steps one at a time would count to 2^32, then overflow);
+/// the frame is refused as an `implausible_step` fault that names the step (kept, no
+/// newer frame could follow it, and the episode would end as a misleading stale
+/// sensor, reporting 2^32 - 1 steps); the next episode runs, and the log and the
+/// dataset agree.
 #[test]
 fn a_wild_step_number_from_the_firmware_ends_only_its_episode() {
     let _g = serial();

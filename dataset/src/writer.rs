@@ -218,6 +218,22 @@ fn parse_num(path: &Path, prefix: &str, suffix: &str) -> Option<usize> {
 impl DatasetWriter {
     /// Start a new dataset in `dir` (created if needed; must be empty).
     pub fn create(dir: &Path, info: DatasetInfo) -> Result<Self, DatasetError> {
+        Self::create_as(dir, info, true)
+    }
+
+    /// As [`Self::create`]; without `next_observations`, the dataset has no
+    /// `next.observation.state` column, as the LeRobot recording it is a copy of
+    /// ([`Dataset::next_observations_recorded`]): writing the successors the reader
+    /// derived would present them as recorded, and training would bootstrap from a last
+    /// frame's own observation. Each episode's next observations must then be those the
+    /// reader derives (the next frame's, the last frame's own), or it is refused.
+    ///
+    /// [`Dataset::next_observations_recorded`]: crate::Dataset::next_observations_recorded
+    pub fn create_as(
+        dir: &Path,
+        info: DatasetInfo,
+        next_observations: bool,
+    ) -> Result<Self, DatasetError> {
         if info.fps == 0 || info.obs_dim() == 0 || info.action_dim() == 0 {
             return Err(DatasetError::invalid(
                 dir,
@@ -267,7 +283,10 @@ impl DatasetWriter {
         }
         fs::create_dir_all(meta::episodes_path(dir).parent().unwrap_or(dir))
             .map_err(|e| DatasetError::io(dir, "creating meta directories", e))?;
-        let json = fresh_info_json(&info);
+        let mut json = fresh_info_json(&info);
+        if !next_observations {
+            json.features.remove(cols::NEXT_OBS);
+        }
         let w = Self {
             dir: dir.into(),
             schema: data_schema(&json.features, info.obs_dim(), info.action_dim()),
@@ -861,7 +880,18 @@ pub fn write_dataset(
     info: &DatasetInfo,
     episodes: &[Episode],
 ) -> Result<DatasetSummary, DatasetError> {
-    let mut w = DatasetWriter::create(dir, info.clone())?;
+    write_dataset_as(dir, info, episodes, true)
+}
+
+/// [`write_dataset`] with or without the `next.observation.state` column
+/// ([`DatasetWriter::create_as`]).
+pub fn write_dataset_as(
+    dir: &Path,
+    info: &DatasetInfo,
+    episodes: &[Episode],
+    next_observations: bool,
+) -> Result<DatasetSummary, DatasetError> {
+    let mut w = DatasetWriter::create_as(dir, info.clone(), next_observations)?;
     for ep in episodes {
         w.append_episode(ep)?;
     }

@@ -203,8 +203,15 @@ pub fn label_success(
         };
         ep.set_outcome(success);
     }
+    // A copy of a recording without next observations has none either: the successors
+    // the reader derived for it were never observed.
     let summary = crate::write_dataset_whole(output, |dir| {
-        Ok(dataset::write_dataset(dir, &ds.info, &ds.episodes)?)
+        Ok(dataset::write_dataset_as(
+            dir,
+            &ds.info,
+            &ds.episodes,
+            ds.next_observations_recorded,
+        )?)
     })
     .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))?;
     Ok(Labelled { summary, warnings })

@@ -50,8 +50,9 @@ enum Command {
         #[arg(long)]
         engage_from_step: Option<u32>,
         /// Seconds of silence from the controller after which the device stops (at most
-        /// a day).
-        #[arg(long, default_value_t = 5.0)]
+        /// a day). Longer than the controller's silent phases between episodes (a
+        /// `Reset` resent up to three times, 2 s apart; a reconnect), which it outlasts.
+        #[arg(long, default_value_t = 30.0)]
         idle_s: f64,
     },
     /// Validate a robot file and print what the controller and the firmware must agree on:

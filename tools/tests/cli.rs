@@ -252,6 +252,52 @@ fn robot_prints_the_hello_and_names_what_is_wrong() {
     assert!(text(&o).contains("observation"), "{}", text(&o));
 }
 
+/// A copy of a recording without `next.observation.state` (LeRobot's) has none either:
+/// it had the successors the reader derives written as if recorded, so training
+/// bootstrapped a failed episode's last frame from its own observation.
+#[test]
+fn a_label_copy_does_not_invent_next_observations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let o = generate("push", 3, &src);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut raw = dataset::read_dataset(&src).unwrap();
+    let od = raw.info.obs_dim();
+    for ep in &mut raw.episodes {
+        ep.set_outcome(false);
+        // What the reader derives without the column: the next frame's, the last its own.
+        ep.next_observations = ep.observations[od..].to_vec();
+        let last = ep.observations.len() - od;
+        ep.next_observations
+            .extend_from_slice(&ep.observations[last..]);
+    }
+    let lerobot = tmp.path().join("lerobot");
+    dataset::write_dataset_as(&lerobot, &raw.info, &raw.episodes, false).unwrap();
+    assert!(
+        !dataset::read_dataset(&lerobot)
+            .unwrap()
+            .next_observations_recorded
+    );
+    let out = tmp.path().join("labelled");
+    let o = tools(&[
+        "dataset",
+        "label",
+        lerobot.to_str().unwrap(),
+        "--success",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = dataset::read_dataset(&out).unwrap();
+    assert!(!got.next_observations_recorded);
+    for (i, ep) in got.episodes.iter().enumerate() {
+        // The success is terminal: every frame trains; a failure's last frame does not.
+        let want = if i == 1 { ep.len() } else { ep.len() - 1 };
+        assert_eq!(got.frames_with_successor(ep), want, "episode {i}");
+    }
+}
+
 /// `dataset label`: a copy with sparse success rewards on the episodes named; the
 /// source stays as it was; an episode that does not exist is named.
 #[test]

@@ -134,7 +134,8 @@ pub struct FinetuneSummary {
 impl FinetuneSummary {
     /// Robot frames marked as interventions that training left out.
     pub fn robot_interventions_left_out(&self) -> usize {
-        self.robot_transitions - self.robot_without_successor - self.robot_transitions_used
+        (self.robot_transitions - self.robot_without_successor)
+            .saturating_sub(self.robot_transitions_used)
     }
 
     /// Counts one robot frame and says whether it goes into training: frames the

@@ -344,9 +344,15 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
     ensure!(
         !replay.is_empty(),
         "{path}: no training transition in {} frames: with action_horizon {} an episode \
-         needs that many frames in a row (or a terminal step) to make one",
+         needs that many frames in a row (or a terminal step) to make one{}",
         ds.num_frames(),
-        config.action_horizon
+        config.action_horizon,
+        if ds.next_observations_recorded {
+            ""
+        } else {
+            ", and without next.observation.state an episode's last frame makes none unless \
+             it is terminal"
+        }
     );
     warnings.extend(barely_varying_observations(
         path,

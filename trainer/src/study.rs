@@ -304,12 +304,12 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
     Ok(failures)
 }
 
-/// Mean and standard deviation over seeds of the success rate at each evaluation step.
-/// The deviation divides by the number of seeds (numpy's default), not by one less:
-/// [`STD_NOTE`] says so under every table that prints it.
 /// The line under a table of `mean ± std` figures.
 pub const STD_NOTE: &str = "± is the standard deviation over seeds, divided by the number of seeds (numpy's default, not n − 1).";
 
+/// Mean and standard deviation over seeds of the success rate at each evaluation step.
+/// The deviation divides by the number of seeds (numpy's default), not by one less:
+/// [`STD_NOTE`] says so under every table that prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Curve {
     pub steps: Vec<usize>,

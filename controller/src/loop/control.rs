@@ -551,10 +551,7 @@ impl Control {
     /// loop has ended; blocking is fine now).
     pub(crate) fn flush_log_blocking(&mut self) {
         // A faulted episode still waiting for frames (the loop ended another way).
-        if let Some(c) = self.closing.as_mut() {
-            c.until = Instant::now();
-        }
-        self.close_faulted(Instant::now());
+        self.end_closing(Instant::now());
         if let Some(tx) = &self.log_tx {
             while let Some(rec) = self.pending_log.pop_front() {
                 if tx.send(rec).is_err() {
@@ -789,7 +786,12 @@ impl Control {
                 }
                 if obs.len() != self.od {
                     // Dropped unheard, it faulted later as a stale sensor, naming nothing.
-                    if self.track.as_ref().is_some_and(|t| t.id == episode)
+                    // Not past an episode's end (an operator's label: the robot runs on
+                    // while its last frames come in, as the watchdog's fault is not one).
+                    if self
+                        .track
+                        .as_ref()
+                        .is_some_and(|t| t.id == episode && t.final_step.is_none())
                         && matches!(self.phase, Phase::Running | Phase::Ending { .. })
                     {
                         let detail = format!(
@@ -805,6 +807,11 @@ impl Control {
                 let Some(t) = track_of(&mut self.track, &mut self.closing, episode) else {
                     return;
                 };
+                if t.final_step.is_some_and(|f| step > f) {
+                    // Past the episode's end (a label, a fault): the robot's frames since
+                    // are not the episode's, and would give up its last transitions.
+                    return;
+                }
                 let slot = step as usize % RING;
                 if t.sensors[slot].is_some_and(|r| r.step >= step) {
                     // Kept: the first copy of a step (a duplicate arrives later, and its
@@ -899,6 +906,8 @@ impl Control {
                 success,
                 steps,
             } => {
+                // Not a faulted episode's (`closing`): its firmware episode runs on
+                // through the safe stop, so the firmware's count is not the episode's.
                 if let Some(t) = self.track.as_mut().filter(|t| t.id == episode) {
                     t.fw_end = Some((success, steps));
                     t.success |= success;
@@ -990,9 +999,6 @@ impl Control {
                     // Nor will it answer an Estop sent before it rebooted.
                     self.forget_firmware_answers();
                     self.torque_off = false;
-                    // It counts its episodes from 0 again: the id of the episode it cut
-                    // short may well be its next one's.
-                    self.last_finished = None;
                     self.gate.firmware_holds();
                     self.fault(
                         now,
@@ -1000,6 +1006,11 @@ impl Control {
                         "the firmware restarted (unexpected Hello)".into(),
                         Some(After::Handshake),
                     );
+                    // No frame of the episode it cut short comes any more, and it counts
+                    // its episodes from 0 again: the id of that one may well be its next
+                    // one's (after the fault, which marks the episode it ended finished).
+                    self.end_closing(now);
+                    self.last_finished = None;
                 }
             }
             Message::Heartbeat => {}
@@ -1649,7 +1660,10 @@ impl Control {
         let ti = Instant::now();
         // The teleop device's action replaces the policy's while it is engaged and
         // fresh; the policy does not run then.
-        let teleop = self.teleop.as_ref().and_then(|t| t.action(now, step));
+        let teleop = self
+            .teleop
+            .as_ref()
+            .and_then(|t| t.action(now, episode, step));
         let r = match teleop {
             Some(a) => {
                 self.action[..ad].copy_from_slice(&a[..ad]);
@@ -1956,6 +1970,14 @@ impl Control {
                 cadence,
             });
         }
+    }
+
+    /// Ends the faulted episode in `closing` now, with the frames it has.
+    fn end_closing(&mut self, now: Instant) {
+        if let Some(c) = self.closing.as_mut() {
+            c.until = now;
+        }
+        self.close_faulted(now);
     }
 
     /// The episode's end in the log, the report and the console.
@@ -2317,6 +2339,33 @@ mod tests {
             "{}",
             ep.detail
         );
+    }
+
+    /// A firmware that reboots while a faulted episode waits for its last frames sends
+    /// none of them any more, and numbers its next episode as it did that one: the
+    /// episode ends at once, and its id is not taken for a finished one (its frames
+    /// would then not start the rebooted firmware's first episode).
+    #[test]
+    fn a_reboot_ends_a_faulted_episode_waiting_for_frames() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.track = Some(Track::new(0, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        tx.send(frame(1, Message::sensor(0, 0, &obs).unwrap()))
+            .unwrap();
+        tx.send(frame(2, Message::sensor(0, 1, &obs).unwrap()))
+            .unwrap();
+        c.drain(Instant::now());
+        c.fault(Instant::now(), FaultKind::JointLimit, "q1".into(), None);
+        assert!(c.closing.is_some());
+        tx.send(frame(0, Message::Hello(c.hello))).unwrap();
+        c.drain(Instant::now());
+        assert!(c.closing.is_none());
+        assert_eq!(c.last_finished, None);
+        let reasons: Vec<_> = c.report.faults.iter().map(|f| f.kind).collect();
+        assert_eq!(reasons, [FaultKind::JointLimit, FaultKind::FirmwareReset]);
+        assert_eq!(c.report.episodes.len(), 1);
     }
 
     /// A faulted episode whose last frames never come ends when its wait is over, and at

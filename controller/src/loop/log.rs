@@ -967,6 +967,10 @@ pub fn to_episode(
         ep.intervention.push(t.intervention);
         ep.teleop.push(t.teleop);
     }
+    // Only the last step ends an episode (`Episode::check`): a `truncated` flag without
+    // `done` on an earlier step (a firmware's, which the protocol lets through) is no end.
+    let n = ep.len();
+    ep.truncated[..n - 1].iter_mut().for_each(|x| *x = false);
     if !last.done {
         // The episode did not end in its own last step: bootstrapping from the last
         // frame's next observation is valid, which is what `truncated` says.
@@ -1803,6 +1807,14 @@ pub(crate) mod tests {
         let (ep, notes) = to_episode(&ts, None).unwrap();
         assert!(notes.cut);
         assert_eq!(ep.truncated, vec![false, false, true]);
+        // A firmware's `truncated` without `done` on an earlier step is no end: the
+        // dataset refuses an episode that ends before its last step.
+        let mut ts: Vec<Transition> = (0..4).map(|s| transition(0, s, s == 3)).collect();
+        ts[1].truncated = true;
+        let (ep, _) = to_episode(&ts, None).unwrap();
+        assert_eq!(ep.truncated, vec![false; 4]);
+        assert_eq!(ep.terminated, vec![false, false, false, true]);
+        ep.check(3, 2).unwrap();
         // A NaN transition is dropped.
         let mut t = transition(0, 0, false);
         t.obs[1] = f32::NAN;

@@ -56,10 +56,15 @@
 //! | firmware `Fault` (watchdog, invalid command, …) | message | safe stop, from the firmware's own hold |
 //! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
 //! | a frame's step number far past the furthest step heard of (4 × the stale limit in ticks + 16) | message | safe stop, episode ends (`implausible_step`) |
+//! | a `Sensor` frame whose observation is not `observation.dim` values | message | safe stop, episode ends (`sensor_size`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
 //! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | a `Hello`, then the `Reset` again; a third unanswered `Reset` ends the run with an error (`no_episode_start`, through a safe stop) |
 //! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail), reconnect if enabled |
 //! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
+//!
+//! An episode a fault ends takes the frames of its steps up to the newest heard of at
+//! the fault while the safe stop runs (at most 10 periods, never past the stop), so the
+//! `Reward` behind the faulted `Sensor` frame completes its last transition.
 //!
 //! After a safe stop the run continues with the next episode while the number of
 //! faults is at most `max_faults`; beyond it, the run ends (outcome

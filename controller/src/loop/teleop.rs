@@ -203,7 +203,31 @@ pub(crate) struct TeleopPort {
     /// observations); the teleop thread's are added at the end.
     counts: TeleopSummary,
     buf: [u8; wire::MAX_DATAGRAM],
+    /// Waits in a row that no answer ended ([`TeleopPort::waits`]).
+    unanswered: u32,
+    /// The observations sent to the device, by step, the newest [`OBSERVED`]: an answer
+    /// is in force only for one of them (see [`TeleopPort::action`]).
+    observed: [Option<Observed>; OBSERVED],
 }
+
+/// Waits in a row that a device whose newest datagram answers no observation may let
+/// pass before the controller stops waiting for it: a closed-loop device answers the
+/// first observation it gets (its datagrams before that answer nothing), a person's
+/// device never does, and each wait costs up to `--teleop-wait-ms` of the tick.
+const UNANSWERED_WAITS: u32 = 3;
+
+/// One observation sent to the device.
+#[derive(Clone, Copy, Debug)]
+struct Observed {
+    episode: u32,
+    step: u32,
+    at: Instant,
+}
+
+/// Observations remembered for answers: 256 steps, longer than the default timeout
+/// (200 ms) at rates up to 1 kHz; an answer to one further back is refused as if it
+/// had timed out.
+const OBSERVED: usize = 256;
 
 /// Starts the teleop thread for a robot taking `act_dim` action values.
 pub(crate) fn spawn(
@@ -237,6 +261,8 @@ pub(crate) fn spawn(
         in_control: false,
         counts: TeleopSummary::default(),
         buf: [0; wire::MAX_DATAGRAM],
+        observed: [None; OBSERVED],
+        unanswered: 0,
     };
     let thread = TeleopThread {
         stop,
@@ -567,12 +593,15 @@ impl TeleopPort {
 
     /// The controller sends observations before acting and waits for answers
     /// (`--teleop-wait-ms`) while the device's newest datagram is younger than the
-    /// timeout at `now`: a device that went away costs no wait.
+    /// timeout at `now`, and it answers observations (flag 8) or has not yet let
+    /// [`UNANSWERED_WAITS`] waits in a row pass: a device that went away, or one that
+    /// never answers (a person's), costs no wait after that.
     pub(crate) fn waits(&self, now: Instant) -> bool {
         !self.wait.is_zero()
-            && self
-                .newest
-                .is_some_and(|r| now.saturating_duration_since(r.at) <= self.timeout)
+            && self.newest.is_some_and(|r| {
+                now.saturating_duration_since(r.at) <= self.timeout
+                    && (r.action.answer_to().is_some() || self.unanswered < UNANSWERED_WAITS)
+            })
     }
 
     /// Spins up to the wait for the device's answer to the observation of `step`, sent
@@ -586,10 +615,12 @@ impl TeleopPort {
                 .is_some_and(|r| r.action.answer_to() == Some(step) && r.at >= sent)
             {
                 self.counts.answered += 1;
+                self.unanswered = 0;
                 return true;
             }
             if Instant::now() >= deadline {
                 self.counts.answer_timeouts += 1;
+                self.unanswered = self.unanswered.saturating_add(1);
                 return false;
             }
             // The teleop thread may need this core (2-core robot computers).
@@ -606,14 +637,26 @@ impl TeleopPort {
         }
     }
 
-    /// The device's action for the frame of `step`, if it is engaged, younger than the
-    /// timeout at `now`, has been released since the last safe stop, and does not answer
-    /// a later step's observation (then it answers an earlier episode's).
-    pub(crate) fn action(&self, now: Instant, step: u32) -> Option<[f32; MAX_ACT]> {
+    /// The device's action for the frame of `step` of `episode`, if it is engaged,
+    /// younger than the timeout at `now`, and has been released since the last safe
+    /// stop. One that answers an observation (flag 8) must answer one of this episode,
+    /// up to `step`, that was sent before the answer arrived and no longer ago than the
+    /// timeout: a device that keeps resending its last answer while no observation
+    /// reaches it drives the arm open loop, and an answer to a later step (or one sent
+    /// before this episode's observation of its step) answers an earlier episode.
+    pub(crate) fn action(&self, now: Instant, episode: u32, step: u32) -> Option<[f32; MAX_ACT]> {
         let r = self.newest.as_ref()?;
         let fresh = now.saturating_duration_since(r.at) <= self.timeout;
-        let this_episode = r.action.answer_to().is_none_or(|s| s <= step);
-        (r.action.engaged() && fresh && this_episode && !self.release_required)
+        let answers_this = r.action.answer_to().is_none_or(|s| {
+            s <= step
+                && self.observed[s as usize % OBSERVED].is_some_and(|o| {
+                    o.episode == episode
+                        && o.step == s
+                        && r.at >= o.at
+                        && now.saturating_duration_since(o.at) <= self.timeout
+                })
+        });
+        (r.action.engaged() && fresh && answers_this && !self.release_required)
             .then_some(r.action.values)
     }
 
@@ -640,6 +683,11 @@ impl TeleopPort {
         let Some(to) = self.newest.map(|r| r.from) else {
             return;
         };
+        self.observed[step as usize % OBSERVED] = Some(Observed {
+            episode,
+            step,
+            at: Instant::now(),
+        });
         let n = obs.len().min(MAX_OBS);
         let mut values = [0.0; MAX_OBS];
         values[..n].copy_from_slice(&obs[..n]);
@@ -795,24 +843,54 @@ mod tests {
     /// drive the next episode's first frames.
     #[test]
     fn an_answer_to_a_later_step_is_not_in_force() {
-        let mut rig = Rig::new(Duration::from_secs(2));
-        let mut buf = [0u8; wire::MAX_DATAGRAM];
-        rig.seq += 1;
-        let answer = TeleopAction::new(rig.seq, wire::ENGAGED, &[0.25, -0.5]).answering(40);
-        let n = wire::encode_action(&answer, &mut buf);
-        rig.send_raw(&rig.device, &buf[..n]);
-        rig.wait_for(rig.seq);
+        let timeout = Duration::from_secs(2);
+        let mut rig = Rig::new(timeout);
+        // The device is known (its address), and gets episode 3's observation of step
+        // 40 before it answers it.
+        rig.send(0, &[0.0, 0.0]);
+        rig.port.send_observation(3, 40, &[0.0; 4]);
+        let answer = |rig: &mut Rig, step: u32| {
+            let mut buf = [0u8; wire::MAX_DATAGRAM];
+            rig.seq += 1;
+            let a = TeleopAction::new(rig.seq, wire::ENGAGED, &[0.25, -0.5]).answering(step);
+            let n = wire::encode_action(&a, &mut buf);
+            rig.send_raw(&rig.device, &buf[..n]);
+            rig.wait_for(rig.seq);
+        };
+        answer(&mut rig, 40);
         let now = Instant::now();
-        assert_eq!(rig.port.action(now, 40).unwrap()[..2], [0.25, -0.5]);
+        assert_eq!(rig.port.action(now, 3, 40).unwrap()[..2], [0.25, -0.5]);
         assert!(
-            rig.port.action(now, 41).is_some(),
+            rig.port.action(now, 3, 41).is_some(),
             "the answer to the previous frame"
         );
-        assert_eq!(rig.port.action(now, 0), None, "a new episode's first frame");
-        assert_eq!(rig.port.action(now, 39), None);
+        assert_eq!(rig.port.action(now, 3, 39), None);
+        assert_eq!(
+            rig.port.action(now, 4, 0),
+            None,
+            "a new episode's first frame"
+        );
+        // The next episode's step 40: an answer to step 40 that arrived before its
+        // observation was sent answers the last episode's.
+        rig.port.send_observation(4, 40, &[0.0; 4]);
+        assert_eq!(rig.port.action(Instant::now(), 4, 40), None);
+        answer(&mut rig, 40);
+        assert!(rig.port.action(Instant::now(), 4, 40).is_some());
+        // An answer repeated while no observation reaches the device: in force only
+        // until its observation is older than the timeout (it drove the arm open loop).
+        let sent = rig.port.observed[40].unwrap().at;
+        assert!(rig.port.action(sent + timeout, 4, 45).is_some());
+        assert_eq!(
+            rig.port
+                .action(sent + timeout + Duration::from_millis(1), 4, 45),
+            None
+        );
+        // An answer to an observation never sent is not in force.
+        answer(&mut rig, 41);
+        assert_eq!(rig.port.action(Instant::now(), 4, 41), None);
         // A device that does not answer (a person's) is in force at any step.
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
-        assert!(rig.port.action(Instant::now(), 0).is_some());
+        assert!(rig.port.action(Instant::now(), 4, 0).is_some());
     }
 
     /// A device that restarts on the same address after a silence longer than the
@@ -839,14 +917,14 @@ mod tests {
         while shared.out_of_order.load(Ordering::Relaxed) < 2 {
             assert!(Instant::now() < deadline, "the late copy was not dropped");
             assert_eq!(
-                rig.port.action(Instant::now(), 0),
+                rig.port.action(Instant::now(), 0, 0),
                 None,
                 "a late copy undid a release"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(
-            rig.port.action(Instant::now(), 0),
+            rig.port.action(Instant::now(), 0, 0),
             None,
             "a late copy undid a release"
         );
@@ -855,7 +933,10 @@ mod tests {
         rig.seq = 0;
         rig.send(0, &[0.3, 0.3]);
         rig.send(wire::ENGAGED, &[0.4, 0.4]);
-        assert_eq!(rig.port.action(Instant::now(), 0).unwrap()[..2], [0.4, 0.4]);
+        assert_eq!(
+            rig.port.action(Instant::now(), 0, 0).unwrap()[..2],
+            [0.4, 0.4]
+        );
         let s = rig.finish();
         assert_eq!(s.out_of_order, 2, "{s:?}");
         assert_eq!(s.device_changes, 0, "{s:?}");
@@ -870,7 +951,24 @@ mod tests {
         cfg.wait = Duration::from_millis(5);
         let mut rig = Rig::started(cfg);
         assert!(!rig.port.waits(Instant::now()), "no device yet");
-        rig.send(0, &[0.1, 0.1]);
+        // One that does not answer observations (a person's) costs a few waits, then
+        // none: it spent the whole wait every tick.
+        rig.send(wire::ENGAGED, &[0.1, 0.1]);
+        for step in 0..UNANSWERED_WAITS {
+            assert!(rig.port.waits(Instant::now()), "wait {step}");
+            assert!(!rig.port.await_answer(step, Instant::now()));
+        }
+        assert!(
+            !rig.port.waits(Instant::now()),
+            "a device that never answers"
+        );
+        // A device that answers is waited for again.
+        let mut buf = [0u8; wire::MAX_DATAGRAM];
+        rig.seq += 1;
+        let a = TeleopAction::new(rig.seq, wire::ENGAGED, &[0.1, 0.1]).answering(0);
+        let n = wire::encode_action(&a, &mut buf);
+        rig.send_raw(&rig.device, &buf[..n]);
+        rig.wait_for(rig.seq);
         assert!(rig.port.waits(Instant::now()));
         assert!(
             !rig.port.waits(Instant::now() + timeout * 2),
@@ -882,23 +980,28 @@ mod tests {
     fn engaged_fresh_actions_move_the_robot_and_nothing_else_does() {
         let timeout = Duration::from_millis(300);
         let mut rig = Rig::new(timeout);
-        assert_eq!(rig.port.action(Instant::now(), 0), None, "nothing sent yet");
+        assert_eq!(
+            rig.port.action(Instant::now(), 0, 0),
+            None,
+            "nothing sent yet"
+        );
         rig.send(0, &[0.5, -0.5]);
-        assert_eq!(rig.port.action(Instant::now(), 0), None, "disengaged");
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None, "disengaged");
         rig.send(wire::ENGAGED, &[0.25, -0.75]);
         let at = rig.port.newest.unwrap().at;
         let a = rig
             .port
-            .action(at + timeout, 0)
+            .action(at + timeout, 0, 0)
             .expect("fresh until the timeout");
         assert_eq!(a[..2], [0.25, -0.75]);
         assert_eq!(
-            rig.port.action(at + timeout + Duration::from_millis(1), 0),
+            rig.port
+                .action(at + timeout + Duration::from_millis(1), 0, 0),
             None
         );
         // The deadman released: control goes back at once.
         rig.send(0, &[0.25, -0.75]);
-        assert_eq!(rig.port.action(Instant::now(), 0), None);
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None);
 
         // Refused: another dimension, a NaN, an observation, noise. Not in force.
         let mut buf = [0u8; wire::MAX_DATAGRAM];
@@ -919,14 +1022,14 @@ mod tests {
         let n = wire::encode_action(&TeleopAction::new(1, wire::ENGAGED, &[1.0, 1.0]), &mut buf);
         rig.send_raw(&intruder, &buf[..n]);
         rig.send(0, &[0.0, 0.0]);
-        assert_eq!(rig.port.action(Instant::now(), 0), None);
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None);
         // A late duplicate of an engaged datagram does not undo the release.
         rig.send_raw(
             &rig.device,
             &Rig::datagram(2, wire::ENGAGED, &[0.25, -0.75]),
         );
         rig.send(0, &[0.0, 0.0]);
-        assert_eq!(rig.port.action(Instant::now(), 0), None);
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None);
 
         rig.port.commanded(true);
         rig.port.commanded(true);
@@ -985,9 +1088,9 @@ mod tests {
         rig.device = device;
         rig.seq = 1;
         rig.wait_for(1);
-        assert_eq!(rig.port.action(Instant::now(), 0), None, "400 ms old");
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None, "400 ms old");
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
-        assert!(rig.port.action(Instant::now(), 0).is_some(), "just sent");
+        assert!(rig.port.action(Instant::now(), 0, 0).is_some(), "just sent");
     }
 
     /// After a safe stop the device's action waits for a release; another sender becomes
@@ -997,15 +1100,19 @@ mod tests {
         let timeout = Duration::from_millis(100);
         let mut rig = Rig::new(timeout);
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
-        assert!(rig.port.action(Instant::now(), 0).is_some());
+        assert!(rig.port.action(Instant::now(), 0, 0).is_some());
         rig.port.require_release();
-        assert_eq!(rig.port.action(Instant::now(), 0), None, "release first");
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None, "release first");
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
-        assert_eq!(rig.port.action(Instant::now(), 0), None, "still held down");
+        assert_eq!(
+            rig.port.action(Instant::now(), 0, 0),
+            None,
+            "still held down"
+        );
         rig.send(0, &[0.5, 0.5]);
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(
-            rig.port.action(Instant::now(), 0).is_some(),
+            rig.port.action(Instant::now(), 0, 0).is_some(),
             "released and pressed"
         );
 
@@ -1015,7 +1122,7 @@ mod tests {
         rig.seq = 0;
         rig.send(wire::ENGAGED, &[-0.5, 0.5]);
         assert_eq!(
-            rig.port.action(Instant::now(), 0).unwrap()[..2],
+            rig.port.action(Instant::now(), 0, 0).unwrap()[..2],
             [-0.5, 0.5]
         );
         let s = rig.finish();
