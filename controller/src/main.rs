@@ -591,15 +591,24 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             key: uplink::Key::read(path)?,
             drain: Duration::from_secs(a.uplink_drain_s),
             // New bundles from the trainer are held to the same trust as --bundle.
-            swap: (!a.no_swap).then(|| robot_loop::streamer::SwapConfig {
-                trust: trust.clone(),
-                options: options.clone(),
-                two_speed: a.two_speed,
-                play,
-                robot: cfg.robot.clone(),
-                replaces: first_manifest
-                    .clone()
-                    .expect("--uplink needs --bundle (checked)"),
+            swap: (!a.no_swap).then(|| {
+                if matches!(trust, Trust::AllowUnsigned) {
+                    controller::note!(
+                        "warning: --allow-unsigned with --uplink: bundles fetched from the \
+                         trainer are swapped in unsigned too, so whoever holds the uplink key \
+                         can run any graphs on this robot (sign them, or --no-swap)"
+                    );
+                }
+                robot_loop::streamer::SwapConfig {
+                    trust: trust.clone(),
+                    options: options.clone(),
+                    two_speed: a.two_speed,
+                    play,
+                    robot: cfg.robot.clone(),
+                    replaces: first_manifest
+                        .clone()
+                        .expect("--uplink needs --bundle (checked)"),
+                }
             }),
         });
     }

@@ -167,6 +167,17 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
                 episode = Some(obs.episode);
                 summary.episodes_seen += 1;
                 demonstrator.reset(sim::demonstrator_seed(obs.episode as u64));
+                // The deadman let go between episodes, as a person lets go after a safe
+                // stop: the controller takes no device's action after one until a
+                // release, and an always-engaged device never released (every later
+                // episode recorded the hold action).
+                seq = seq.wrapping_add(1);
+                let release = TeleopAction::new(seq, 0, &action);
+                let len = wire::encode_action(&release, &mut buf);
+                socket
+                    .send_to(&buf[..len], o.controller)
+                    .context("sending an action to the controller")?;
+                summary.actions_sent += 1;
             }
             last_step = Some(obs.step);
             answered = true;

@@ -158,14 +158,17 @@ impl Key {
     }
 
     /// Reads a key written by [`Key::write`] (or a bare line of hex, as written before
-    /// the header). Refuses a bundle signing or verification key by its header.
+    /// the header). Refuses a bundle signing or verification key by its header, and a
+    /// bare one by its `.pub` name (`trainer keygen`'s public key, which is no secret:
+    /// a link keyed with it is open to anyone who has the file).
     pub fn read(path: &Path) -> Result<Key, LinkError> {
         let err = |message: String| LinkError::Key {
             path: path.to_path_buf(),
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        if text.contains("# EXPO bundle") {
+        let public_name = path.extension().is_some_and(|e| e == "pub");
+        if text.contains("# EXPO bundle") || (public_name && !text.contains(KEY_FILE_HEADER)) {
             return Err(err(
                 "this is a bundle signing or verification key (`trainer keygen`), not an \
                  uplink key: pass the file written by `trainer uplink-keygen`"
@@ -628,7 +631,13 @@ mod tests {
         Key::generate().unwrap().write(&uplink).unwrap();
         let (secret, public) =
             shared_model::manifest::generate_key_pair(&dir.path().join("expo")).unwrap();
-        for bundle_key in [&secret, &public] {
+        // Also a public key written before the header (a bare line of hex), by its
+        // name: it was taken for the link's shared secret.
+        let bare_public = dir.path().join("old.pub");
+        let text = std::fs::read_to_string(&public).unwrap();
+        let hex: String = text.lines().filter(|l| !l.starts_with('#')).collect();
+        std::fs::write(&bare_public, hex + "\n").unwrap();
+        for bundle_key in [&secret, &public, &bare_public] {
             let e = Key::read(bundle_key).unwrap_err().to_string();
             assert!(
                 e.contains("bundle signing") && e.contains("uplink-keygen"),

@@ -178,6 +178,9 @@ fn stream_main(
     let bundles_dir = log.parent().unwrap_or(Path::new(".")).join("bundles");
     // Names already fetched (used or refused): never fetched twice.
     let mut seen: Vec<String> = vec![];
+    // When the newest bundle taken from the trainer was exported (its signed time): an
+    // older one offered after it is refused.
+    let mut newest_export: Option<u64> = None;
     let mut fetch_failures: std::collections::HashMap<String, u32> = Default::default();
     let mut last_poll = Instant::now();
     let open_tail = || {
@@ -321,7 +324,9 @@ fn stream_main(
                         fail(format!(
                             "the trainer holds {resume} records of this log but acknowledged {base} before; sending the rest again from the log"
                         ));
-                        edit(&mut |s| s.resent += base - resume);
+                        // Saturating: a trainer that answers with wild counts (u64::MAX,
+                        // then 0, again and again) overflowed this and panicked the run.
+                        edit(&mut |s| s.resent = s.resent.saturating_add(base - resume));
                         tail = open_tail();
                         pending.clear();
                         read = 0;
@@ -372,7 +377,14 @@ fn stream_main(
                 && !seen.contains(&name)
             {
                 let outcome = match records::fetch_bundle(s, &name) {
-                    Ok(files) => Some(prepare(&bundles_dir, &name, &files, swap)),
+                    Ok(files) => Some(
+                        prepare(&bundles_dir, &name, &files, swap, newest_export).map(
+                            |(brain, exported)| {
+                                newest_export = newest_export.max(Some(exported));
+                                brain
+                            },
+                        ),
+                    ),
                     Err(e) => {
                         broken = true;
                         let tries = fetch_failures.entry(name.clone()).or_insert(0);
@@ -429,7 +441,8 @@ fn prepare(
     name: &str,
     files: &[(String, Vec<u8>)],
     swap: &SwapConfig,
-) -> Result<Brain, String> {
+    not_before: Option<u64>,
+) -> Result<(Brain, u64), String> {
     // Not hidden either: `.NAME.tmp` is the staging directory.
     if !records::plain_name(name) || name.starts_with('.') {
         return Err(format!("bundle name '{name}' is not a plain name"));
@@ -442,7 +455,7 @@ fn prepare(
     for (file, bytes) in files {
         std::fs::write(tmp.join(file), bytes).map_err(io)?;
     }
-    let brain = verify(&tmp, &target, name, swap);
+    let brain = verify(&tmp, &target, name, swap, not_before);
     if brain.is_ok() {
         let _ = std::fs::remove_dir_all(&target);
         std::fs::rename(&tmp, &target).map_err(io)?;
@@ -452,13 +465,31 @@ fn prepare(
     brain
 }
 
-/// [`prepare`]'s checks of the bundle written to `tmp`, which will be `target`.
-fn verify(tmp: &Path, target: &Path, name: &str, swap: &SwapConfig) -> Result<Brain, String> {
+/// [`prepare`]'s checks of the bundle written to `tmp`, which will be `target`; with its
+/// signed export time. One exported before `not_before` (the newest bundle taken in
+/// this run) is refused: the names a trainer offers are not signed, so whoever holds
+/// the uplink key could offer any bundle ever signed, in any order.
+fn verify(
+    tmp: &Path,
+    target: &Path,
+    name: &str,
+    swap: &SwapConfig,
+    not_before: Option<u64>,
+) -> Result<(Brain, u64), String> {
     let mut bundle = shared_model::load_bundle(tmp, &swap.trust).map_err(|e| e.to_string())?;
     // Messages name where it will be.
     bundle.dir = target.to_path_buf();
     check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
     let (new, old) = (&bundle.manifest, &swap.replaces);
+    let exported = new.provenance.created_unix;
+    if let Some(newest) = not_before
+        && exported < newest
+    {
+        return Err(format!(
+            "it was exported at {exported} (Unix time), before the newest bundle taken in \
+             this run ({newest}): an older bundle is not taken back"
+        ));
+    }
     if new.task != old.task {
         return Err(format!(
             "it was trained on task `{}`, the running bundle on `{}`",
@@ -478,7 +509,9 @@ fn verify(tmp: &Path, target: &Path, name: &str, swap: &SwapConfig) -> Result<Br
         seed: swap.options.seed ^ u64::from(firmware_config::protocol::crc32(name.as_bytes())),
         ..swap.options.clone()
     };
-    Brain::with_play(&bundle, &options, swap.two_speed, swap.play).map_err(|e| format!("{e:#}"))
+    let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)
+        .map_err(|e| format!("{e:#}"))?;
+    Ok((brain, exported))
 }
 
 /// Connects, authenticates and opens `stream`; returns the session and the trainer's
@@ -559,16 +592,18 @@ mod tests {
         };
         let dir = tmp.path().join("bundles");
         let same = bundle.manifest.clone();
-        assert!(prepare(&dir, "b1", &files, &swap(same.clone())).is_ok());
+        assert!(prepare(&dir, "b1", &files, &swap(same.clone()), None).is_ok());
         let mut other_task = same.clone();
         other_task.task = "maze".into();
-        let e = prepare(&dir, "b2", &files, &swap(other_task))
+        let e = prepare(&dir, "b2", &files, &swap(other_task), None)
             .err()
             .unwrap();
         assert!(e.contains("the running bundle on `maze`"), "{e}");
         let mut renamed = same.clone();
         renamed.observation.names[0] = "elbow".into();
-        let e = prepare(&dir, "b3", &files, &swap(renamed)).err().unwrap();
+        let e = prepare(&dir, "b3", &files, &swap(renamed), None)
+            .err()
+            .unwrap();
         assert!(e.contains("observation names"), "{e}");
         // A copy fetched again that fails verification (a damaged graph) leaves the one
         // verified before in place, whole; it was removed before the check.
@@ -583,9 +618,20 @@ mod tests {
                 (n.clone(), b)
             })
             .collect();
-        assert!(prepare(&dir, "b1", &damaged, &swap(same)).is_err());
+        assert!(prepare(&dir, "b1", &damaged, &swap(same.clone()), None).is_err());
         assert_eq!(std::fs::read(dir.join("b1/manifest.toml")).unwrap(), kept);
         shared_model::load_bundle(&dir.join("b1"), &Trust::AllowUnsigned).unwrap();
+        // One exported before the newest bundle taken in the run is refused (offered
+        // names are not signed: an older signed bundle could be replayed); at the same
+        // time or later it is taken.
+        let exported = same.provenance.created_unix;
+        let e = prepare(&dir, "b4", &files, &swap(same.clone()), Some(exported + 1))
+            .err()
+            .unwrap();
+        assert!(e.contains("an older bundle is not taken back"), "{e}");
+        let (_, at) = prepare(&dir, "b5", &files, &swap(same), Some(exported)).unwrap();
+        assert_eq!(at, exported);
+        std::fs::remove_dir_all(dir.join("b5")).unwrap();
         // A refused bundle is never put in place, nor left staged.
         let mut left: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

@@ -170,6 +170,10 @@ struct Shared {
     latest: Mutex<Option<Received>>,
     /// Labels asked for since the control thread last looked (`wire::LABEL_*` bits).
     labels: AtomicU8,
+    /// A disengaged datagram was taken since the control thread last asked for a
+    /// release: kept, as labels are, since a press right after it replaces it in
+    /// `latest` before the control thread looks (a deadman re-gripped within a period).
+    released: AtomicBool,
     datagrams: AtomicU64,
     invalid: AtomicU64,
     foreign: AtomicU64,
@@ -411,6 +415,9 @@ fn receive(
         if on != 0 {
             shared.labels.fetch_or(on, Ordering::Relaxed);
         }
+        if !action.engaged() {
+            shared.released.store(true, Ordering::Release);
+        }
         *shared.latest.lock().unwrap() = Some(Received { action, at, from });
     }
 }
@@ -586,7 +593,10 @@ impl TeleopPort {
         {
             self.newest = Some(r);
         }
-        if self.release_required && self.newest.is_some_and(|r| !r.action.engaged()) {
+        if self.release_required
+            && (self.newest.is_some_and(|r| !r.action.engaged())
+                || self.shared.released.swap(false, Ordering::AcqRel))
+        {
             self.release_required = false;
         }
     }
@@ -663,6 +673,8 @@ impl TeleopPort {
     /// A safe stop began: the device must release its deadman before it moves the
     /// robot again.
     pub(crate) fn require_release(&mut self) {
+        // Only a release after this counts.
+        self.shared.released.store(false, Ordering::Release);
         if !self.release_required {
             self.release_required = true;
             self.counts.releases_required += 1;
@@ -1116,6 +1128,29 @@ mod tests {
             "released and pressed"
         );
 
+        // A release and a new press that both came before the control thread looked
+        // (a deadman re-gripped within a period): the release counts. Only the press
+        // was seen, and the device stayed locked out until another release.
+        rig.port.require_release();
+        for flags in [0, wire::ENGAGED] {
+            rig.seq += 1;
+            let d = Rig::datagram(rig.seq, flags, &[0.5, 0.5]);
+            rig.send_raw(&rig.device, &d);
+        }
+        // The press is in the slot: the control thread can no longer see the release
+        // there.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let shared = rig.thread.as_ref().unwrap().shared.clone();
+        while shared.latest.lock().unwrap().map(|r| r.action.seq) != Some(rig.seq) {
+            assert!(Instant::now() < deadline, "datagrams never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rig.port.poll();
+        assert!(
+            rig.port.action(Instant::now(), 0, 0).is_some(),
+            "released and pressed again before the control thread looked"
+        );
+
         // The device program restarts on a new port: taken once the old one is silent.
         std::thread::sleep(timeout * 2);
         rig.device = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1128,7 +1163,7 @@ mod tests {
         let s = rig.finish();
         assert_eq!(
             (s.device_changes, s.releases_required, s.foreign),
-            (1, 1, 0)
+            (1, 2, 0)
         );
     }
 }
