@@ -1019,15 +1019,17 @@ pub fn check_policy_sizes(
 }
 
 /// The caps on activation buffers ([`MAX_ACTIVATION_VALUES`]): `rows` candidates per
-/// decision through layers at most `widest` wide, and `critics` members at most
-/// `critic_widest` wide. The trainer checks them before it trains, as
+/// decision through layers of `widths` and of `critic_widths` (the latter in each of
+/// `critics` members). The trainer checks them before it trains, as
 /// [`check_policy_sizes`].
 pub fn check_activation_sizes(
     rows: usize,
-    widest: usize,
+    widths: impl IntoIterator<Item = usize>,
     critics: usize,
-    critic_widest: usize,
+    critic_widths: &[usize],
 ) -> Result<(), String> {
+    let critic_widest = critic_widths.iter().copied().max().unwrap_or(0);
+    let widest = widths.into_iter().max().unwrap_or(0).max(critic_widest);
     let values = rows.saturating_mul(widest);
     if values > MAX_ACTIVATION_VALUES {
         return Err(format!(
@@ -1221,24 +1223,24 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
     }
     check_network_sizes(&m.networks, m.graphs.edit.is_some())?;
     let n = &m.networks;
-    let critic_widest = n.critic_widths.iter().copied().max().unwrap_or(0);
-    let widest = [
-        n.denoiser_hidden,
-        n.denoiser_expanded,
-        n.time_hidden,
-        n.fourier_features,
-        critic_widest,
-    ]
-    .into_iter()
-    .chain(n.edit_widths.iter().copied())
-    .max()
-    .unwrap_or(0);
     let critics = if m.graphs.critic.is_some() {
         s.ensemble_size
     } else {
         0
     };
-    check_activation_sizes(s.num_samples + s.num_edit, widest, critics, critic_widest)?;
+    check_activation_sizes(
+        s.num_samples + s.num_edit,
+        [
+            n.denoiser_hidden,
+            n.denoiser_expanded,
+            n.time_hidden,
+            n.fourier_features,
+        ]
+        .into_iter()
+        .chain(n.edit_widths.iter().copied()),
+        critics,
+        &n.critic_widths,
+    )?;
     // The edit graph's first layer reads [obs, base_action] ahead of a separate head.
     if s.num_edit > 0 && m.networks.edit_widths.is_empty() {
         return Err(format!(

@@ -820,24 +820,24 @@ impl Config {
         );
         // What a bundle of this run holds per decision, as the export writes it: a
         // policy without a critic acts with one chain sample and no edits.
-        let critic_widest = n.critic_widths.iter().copied().max().unwrap_or(0);
-        let widest = [
-            n.denoiser_hidden,
-            n.denoiser_expanded,
-            n.time_hidden,
-            n.fourier_features,
-            critic_widest,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+        // (The edit policy has the critic's widths.)
         let (rows, critics) = match self.algo {
             Algo::Expo => (self.expo.num_samples + self.expo.num_edit, n.num_critics),
             Algo::IdqlSelect => (self.expo.num_samples, n.num_critics),
             _ => (1, 0),
         };
-        shared_model::manifest::check_activation_sizes(rows, widest, critics, critic_widest)
-            .map_err(|e| anyhow::anyhow!("a bundle of this run would be refused: {e}"))?;
+        shared_model::manifest::check_activation_sizes(
+            rows,
+            [
+                n.denoiser_hidden,
+                n.denoiser_expanded,
+                n.time_hidden,
+                n.fourier_features,
+            ],
+            critics,
+            &n.critic_widths,
+        )
+        .map_err(|e| anyhow::anyhow!("a bundle of this run would be refused: {e}"))?;
         // The edit policy reuses the critic's widths, and the bundle's edit graph splits
         // its first layer by input ahead of a separate head.
         ensure!(

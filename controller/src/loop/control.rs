@@ -791,7 +791,7 @@ impl Control {
                     if self
                         .track
                         .as_ref()
-                        .is_some_and(|t| t.id == episode && t.final_step.is_none())
+                        .is_some_and(|t| t.id == episode && t.final_step.is_none_or(|f| step <= f))
                         && matches!(self.phase, Phase::Running | Phase::Ending { .. })
                     {
                         let detail = format!(
@@ -808,8 +808,11 @@ impl Control {
                     return;
                 };
                 if t.final_step.is_some_and(|f| step > f) {
-                    // Past the episode's end (a label, a fault): the robot's frames since
-                    // are not the episode's, and would give up its last transitions.
+                    // Past the episode's end (a label, a fault): not the episode's, and
+                    // kept out of its ring (a step RING later took an unsent step's
+                    // place). It still moves the horizon, past which a step whose frame
+                    // was lost is given up: the transitions after it are then sent.
+                    t.newest = t.newest.max(Some(step));
                     return;
                 }
                 let slot = step as usize % RING;
@@ -2274,36 +2277,20 @@ mod tests {
         assert_eq!(c.report.episodes[0].reason, EndReason::Labelled);
     }
 
-    /// A fault found on step 1's `Sensor` frame, with step 1's `Reward` frame still on
-    /// the line: the episode waits for it through the safe stop, and its transition into
-    /// the faulted state is logged before its end (it was lost: the episode ended at the
-    /// fault and the late frame found no episode). Frames of steps after the fault are
-    /// the safe stop's, not the episode's.
-    #[test]
-    fn a_faulted_episode_keeps_the_last_frames_on_the_line() {
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        let (log_tx, log_rx) = crossbeam_channel::unbounded();
-        c.log_tx = Some(log_tx);
-        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+    /// A control loop running firmware episode `id`, which has heard its `Sensor` frames
+    /// of steps 0 and 1 (frames numbered from 1; 0 is left for a reboot's `Hello`), then
+    /// faulted on a joint limit.
+    fn faulted_after_two_frames(
+        id: u32,
+        wire: &Wire,
+    ) -> (Control, crossbeam_channel::Sender<LinkEvent>, Vec<f32>) {
+        let (mut c, tx) = control(wire);
+        c.track = Some(Track::new(id, 0, 7, Instant::now()));
         c.phase = Phase::Running;
         let obs = vec![0.25; c.od];
-        let reward = |step| Message::Reward {
-            episode: 1,
-            step,
-            reward: 0.5,
-            done: false,
-            truncated: false,
-            success: false,
-        };
-        for (seq, m) in [
-            Message::sensor(1, 0, &obs).unwrap(),
-            Message::sensor(1, 1, &obs).unwrap(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            tx.send(frame(seq as u16, m)).unwrap();
+        for step in 0..2 {
+            let m = Message::sensor(id, step, &obs).unwrap();
+            tx.send(frame(step as u16 + 1, m)).unwrap();
         }
         c.drain(Instant::now());
         c.fault(
@@ -2312,11 +2299,35 @@ mod tests {
             "q1 past its limit".into(),
             None,
         );
+        (c, tx, obs)
+    }
+
+    /// A fault found on step 1's `Sensor` frame, with step 1's `Reward` frame still on
+    /// the line: the episode waits for it through the safe stop, and its transition into
+    /// the faulted state is logged before its end (it was lost: the episode ended at the
+    /// fault and the late frame found no episode). Frames of steps after the fault are
+    /// the safe stop's, not the episode's.
+    #[test]
+    fn a_faulted_episode_keeps_the_last_frames_on_the_line() {
+        let wire = Wire::default();
+        let (mut c, tx, obs) = faulted_after_two_frames(1, &wire);
+        // The transitions logged are those after the fault (none before: step 0's
+        // needs step 1's reward).
+        let (log_tx, log_rx) = crossbeam_channel::unbounded();
+        c.log_tx = Some(log_tx);
+        let reward = |step| Message::Reward {
+            episode: 1,
+            step,
+            reward: 0.5,
+            done: false,
+            truncated: false,
+            success: false,
+        };
         assert!(c.report.episodes.is_empty(), "ended before its last frames");
-        tx.send(frame(2, reward(1))).unwrap();
-        tx.send(frame(3, Message::sensor(1, 2, &obs).unwrap()))
+        tx.send(frame(3, reward(1))).unwrap();
+        tx.send(frame(4, Message::sensor(1, 2, &obs).unwrap()))
             .unwrap();
-        tx.send(frame(4, reward(2))).unwrap();
+        tx.send(frame(5, reward(2))).unwrap();
         c.tick += 1;
         c.one_tick(Instant::now());
         let records: Vec<Record> = log_rx.try_iter().collect();
@@ -2341,6 +2352,56 @@ mod tests {
         );
     }
 
+    /// An episode labelled at step 6 whose step 3 `Reward` was lost: the robot's frames
+    /// after the label are not the episode's, but they still move the horizon past
+    /// which step 2's transition is given up, so the transitions after it are sent (kept
+    /// out of the horizon, they held every later transition back).
+    #[test]
+    fn frames_past_a_labelled_end_still_move_the_horizon() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let (log_tx, log_rx) = crossbeam_channel::unbounded();
+        c.log_tx = Some(log_tx);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        let reward = |step| Message::Reward {
+            episode: 1,
+            step,
+            reward: 0.0,
+            done: false,
+            truncated: false,
+            success: false,
+        };
+        let mut seq = 0u16;
+        let mut send = |m: Message| {
+            seq += 1;
+            tx.send(frame(seq, m)).unwrap();
+        };
+        for step in 0..=6 {
+            send(Message::sensor(1, step, &obs).unwrap());
+            if step > 0 && step != 3 {
+                send(reward(step));
+            }
+        }
+        c.drain(Instant::now());
+        c.operator_end(Instant::now(), true);
+        for step in 7..=20 {
+            send(Message::sensor(1, step, &obs).unwrap());
+        }
+        c.drain(Instant::now());
+        c.emit_transitions();
+        let steps: Vec<u32> = log_rx
+            .try_iter()
+            .filter_map(|r| match r {
+                Record::Transition(t) => Some(t.step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, [0, 1, 3, 4, 5]);
+        assert_eq!(c.track.as_ref().unwrap().missing, 1);
+    }
+
     /// A firmware that reboots while a faulted episode waits for its last frames sends
     /// none of them any more, and numbers its next episode as it did that one: the
     /// episode ends at once, and its id is not taken for a finished one (its frames
@@ -2348,16 +2409,7 @@ mod tests {
     #[test]
     fn a_reboot_ends_a_faulted_episode_waiting_for_frames() {
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.track = Some(Track::new(0, 0, 7, Instant::now()));
-        c.phase = Phase::Running;
-        let obs = vec![0.25; c.od];
-        tx.send(frame(1, Message::sensor(0, 0, &obs).unwrap()))
-            .unwrap();
-        tx.send(frame(2, Message::sensor(0, 1, &obs).unwrap()))
-            .unwrap();
-        c.drain(Instant::now());
-        c.fault(Instant::now(), FaultKind::JointLimit, "q1".into(), None);
+        let (mut c, tx, _) = faulted_after_two_frames(0, &wire);
         assert!(c.closing.is_some());
         tx.send(frame(0, Message::Hello(c.hello))).unwrap();
         c.drain(Instant::now());
@@ -2373,16 +2425,7 @@ mod tests {
     #[test]
     fn a_faulted_episode_without_its_last_frames_still_ends() {
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.track = Some(Track::new(1, 0, 7, Instant::now()));
-        c.phase = Phase::Running;
-        let obs = vec![0.25; c.od];
-        tx.send(frame(0, Message::sensor(1, 0, &obs).unwrap()))
-            .unwrap();
-        tx.send(frame(1, Message::sensor(1, 1, &obs).unwrap()))
-            .unwrap();
-        c.drain(Instant::now());
-        c.fault(Instant::now(), FaultKind::JointLimit, "q1".into(), None);
+        let (mut c, _tx, _) = faulted_after_two_frames(1, &wire);
         let mut ticks = 0;
         while c.report.episodes.is_empty() {
             assert!(matches!(c.phase, Phase::SafeStop { .. }), "{:?}", c.phase);

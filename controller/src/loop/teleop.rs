@@ -415,10 +415,12 @@ fn receive(
         if on != 0 {
             shared.labels.fetch_or(on, Ordering::Relaxed);
         }
+        *shared.latest.lock().unwrap() = Some(Received { action, at, from });
+        // After the datagram is in the slot: a control thread that sees the flag then
+        // finds this release, or a newer datagram, there (never the press before it).
         if !action.engaged() {
             shared.released.store(true, Ordering::Release);
         }
-        *shared.latest.lock().unwrap() = Some(Received { action, at, from });
     }
 }
 
@@ -588,15 +590,24 @@ impl TeleopPort {
     /// Takes the newest datagram from the teleop thread. Never waits: if the thread
     /// holds the slot this instant, the newest datagram is taken at the next look.
     fn refresh(&mut self) {
-        if let Ok(latest) = self.shared.latest.try_lock()
-            && let Some(r) = *latest
-        {
-            self.newest = Some(r);
+        // The flag first: the slot read after it holds the release or a newer datagram.
+        let released = self.shared.released.swap(false, Ordering::AcqRel);
+        match self.shared.latest.try_lock() {
+            Ok(latest) => {
+                if let Some(r) = *latest {
+                    self.newest = Some(r);
+                }
+            }
+            Err(_) => {
+                // Not looked at: the release waits for the next look, with the datagram
+                // that comes with it (the older press must not be used on it).
+                if released {
+                    self.shared.released.store(true, Ordering::Release);
+                }
+                return;
+            }
         }
-        if self.release_required
-            && (self.newest.is_some_and(|r| !r.action.engaged())
-                || self.shared.released.swap(false, Ordering::AcqRel))
-        {
+        if self.release_required && (released || self.newest.is_some_and(|r| !r.action.engaged())) {
             self.release_required = false;
         }
     }
@@ -650,21 +661,26 @@ impl TeleopPort {
     /// The device's action for the frame of `step` of `episode`, if it is engaged,
     /// younger than the timeout at `now`, and has been released since the last safe
     /// stop. One that answers an observation (flag 8) must answer one of this episode,
-    /// up to `step`, that was sent before the answer arrived and no longer ago than the
-    /// timeout: a device that keeps resending its last answer while no observation
-    /// reaches it drives the arm open loop, and an answer to a later step (or one sent
-    /// before this episode's observation of its step) answers an earlier episode.
+    /// up to `step`, sent before the answer arrived ([`OBSERVED`] steps back at most),
+    /// and the device must not have left the observation after it unanswered for
+    /// longer than the timeout: a device that keeps resending its last answer while no
+    /// observation reaches it drives the arm open loop, and an answer to a later step
+    /// (or one sent before this episode's observation of its step) answers an earlier
+    /// episode. At any rate: the next observation goes out after acting when the
+    /// controller does not wait, so a slow robot's answer is a period old when used.
     pub(crate) fn action(&self, now: Instant, episode: u32, step: u32) -> Option<[f32; MAX_ACT]> {
         let r = self.newest.as_ref()?;
         let fresh = now.saturating_duration_since(r.at) <= self.timeout;
         let answers_this = r.action.answer_to().is_none_or(|s| {
-            s <= step
-                && self.observed[s as usize % OBSERVED].is_some_and(|o| {
-                    o.episode == episode
-                        && o.step == s
-                        && r.at >= o.at
-                        && now.saturating_duration_since(o.at) <= self.timeout
-                })
+            let sent = |k: u32| {
+                self.observed[k as usize % OBSERVED].filter(|o| o.episode == episode && o.step == k)
+            };
+            let answered = s <= step && sent(s).is_some_and(|o| r.at >= o.at);
+            // The first observation sent after the answered one, if any.
+            let after = (s.saturating_add(1)..=step)
+                .take(OBSERVED - 1)
+                .find_map(sent);
+            answered && after.is_none_or(|o| now.saturating_duration_since(o.at) <= self.timeout)
         });
         (r.action.engaged() && fresh && answers_this && !self.release_required)
             .then_some(r.action.values)
@@ -889,17 +905,25 @@ mod tests {
         answer(&mut rig, 40);
         assert!(rig.port.action(Instant::now(), 4, 40).is_some());
         // An answer repeated while no observation reaches the device: in force only
-        // until its observation is older than the timeout (it drove the arm open loop).
-        let sent = rig.port.observed[40].unwrap().at;
-        assert!(rig.port.action(sent + timeout, 4, 45).is_some());
-        assert_eq!(
-            rig.port
-                .action(sent + timeout + Duration::from_millis(1), 4, 45),
-            None
+        // until the observation after it has gone unanswered for the timeout (it drove
+        // the arm open loop). Without a later observation (a slow robot's next frame,
+        // sent after acting), it stays in force while the datagram is fresh.
+        let at = rig.port.newest.unwrap().at;
+        assert!(
+            rig.port.action(at + timeout, 4, 41).is_some(),
+            "no later one yet"
         );
+        rig.port.send_observation(4, 41, &[0.0; 4]);
+        let next = rig.port.observed[41].unwrap().at;
+        // The device resends its answer to step 40 (fresh datagrams) and never 41.
+        answer(&mut rig, 40);
+        let resent = rig.port.newest.unwrap().at;
+        assert!(resent > next);
+        assert!(rig.port.action(next + timeout, 4, 45).is_some());
+        assert_eq!(rig.port.action(resent + timeout, 4, 45), None);
         // An answer to an observation never sent is not in force.
-        answer(&mut rig, 41);
-        assert_eq!(rig.port.action(Instant::now(), 4, 41), None);
+        answer(&mut rig, 42);
+        assert_eq!(rig.port.action(Instant::now(), 4, 42), None);
         // A device that does not answer (a person's) is in force at any step.
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(rig.port.action(Instant::now(), 4, 0).is_some());
