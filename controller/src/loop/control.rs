@@ -1801,6 +1801,19 @@ impl Control {
     /// Sends every transition whose pieces are all here; gives up on those whose
     /// pieces cannot come any more.
     fn emit_transitions(&mut self) {
+        self.emit(false);
+    }
+
+    /// [`Self::emit_transitions`] as the episode ends: a piece still missing will not
+    /// come, so every step up to the episode's end whose pieces are not all here is
+    /// given up (counted missing), and the whole transitions after it are sent. A piece
+    /// lost in the last RING/2 steps held them all back: nothing after the end moved the
+    /// horizon past it.
+    fn emit_to_end(&mut self) {
+        self.emit(true);
+    }
+
+    fn emit(&mut self, to_end: bool) {
         let Some(t) = self.track.as_mut() else { return };
         loop {
             let s = t.next_emit;
@@ -1871,11 +1884,18 @@ impl Control {
                 continue;
             }
             // Pieces of step s that are still missing once frames well past it have
-            // arrived were lost on the link.
-            let Some(gone_to) = t.horizon().and_then(|h| h.checked_sub(RING as u32 / 2)) else {
-                break;
+            // arrived were lost on the link; at the end, all are.
+            let keep_from = if to_end {
+                match t.final_step.or(t.horizon()) {
+                    Some(end) => end,
+                    None => break,
+                }
+            } else {
+                let Some(gone_to) = t.horizon().and_then(|h| h.checked_sub(RING as u32 / 2)) else {
+                    break;
+                };
+                gone_to + 1
             };
-            let keep_from = gone_to + 1;
             if s >= keep_from {
                 break;
             }
@@ -1991,6 +2011,7 @@ impl Control {
         detail: String,
         cadence: CadenceReport,
     ) {
+        self.emit_to_end();
         let Some(mut t) = self.track.take() else {
             return;
         };
@@ -2400,6 +2421,50 @@ mod tests {
             .collect();
         assert_eq!(steps, [0, 1, 3, 4, 5]);
         assert_eq!(c.track.as_ref().unwrap().missing, 1);
+    }
+
+    /// An episode the firmware ends at step 6 whose step 3 `Reward` was lost, with no
+    /// frame after its end: at its end the lost step is given up and the transitions
+    /// after it are sent (they waited for a horizon that nothing moved any more).
+    #[test]
+    fn an_episode_end_gives_up_lost_steps_and_sends_the_rest() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let (log_tx, log_rx) = crossbeam_channel::unbounded();
+        c.log_tx = Some(log_tx);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        let mut seq = 0u16;
+        for step in 0..=6 {
+            seq += 1;
+            tx.send(frame(seq, Message::sensor(1, step, &obs).unwrap()))
+                .unwrap();
+            if step > 0 && step != 3 {
+                seq += 1;
+                let reward = Message::Reward {
+                    episode: 1,
+                    step,
+                    reward: 0.0,
+                    done: step == 6,
+                    truncated: false,
+                    success: false,
+                };
+                tx.send(frame(seq, reward)).unwrap();
+            }
+        }
+        c.drain(Instant::now());
+        c.finish_episode(Instant::now(), EndReason::Completed, "test".into());
+        let steps: Vec<u32> = log_rx
+            .try_iter()
+            .filter_map(|r| match r {
+                Record::Transition(t) => Some(t.step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, [0, 1, 3, 4, 5]);
+        let ep = &c.report.episodes[0];
+        assert_eq!((ep.transitions, ep.missing, ep.steps), (5, 1, 6));
     }
 
     /// A firmware that reboots while a faulted episode waits for its last frames sends

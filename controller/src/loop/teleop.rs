@@ -675,12 +675,16 @@ impl TeleopPort {
             let sent = |k: u32| {
                 self.observed[k as usize % OBSERVED].filter(|o| o.episode == episode && o.step == k)
             };
-            let answered = s <= step && sent(s).is_some_and(|o| r.at >= o.at);
-            // The first observation sent after the answered one, if any.
-            let after = (s.saturating_add(1)..=step)
-                .take(OBSERVED - 1)
-                .find_map(sent);
-            answered && after.is_none_or(|o| now.saturating_duration_since(o.at) <= self.timeout)
+            // Within the ring (so the search below is short and exact), sent, and before
+            // the answer arrived.
+            let answered =
+                s <= step && step - s < OBSERVED as u32 && sent(s).is_some_and(|o| r.at >= o.at);
+            // Then the first observation sent after the answered one, if any, must not be
+            // overdue.
+            answered
+                && (s.saturating_add(1)..=step)
+                    .find_map(sent)
+                    .is_none_or(|o| now.saturating_duration_since(o.at) <= self.timeout)
         });
         (r.action.engaged() && fresh && answers_this && !self.release_required)
             .then_some(r.action.values)
