@@ -117,7 +117,15 @@ pub struct Streamer {
     stop: Arc<AtomicBool>,
     summary: Arc<Mutex<UplinkSummary>>,
     handle: JoinHandle<()>,
+    /// A handle on the connection in use (or being set up), cut by [`Streamer::finish`]
+    /// when the thread outlasts its drain: reads time out one at a time, so a trainer
+    /// that trickles bytes held the run's end for minutes.
+    link: Arc<Mutex<Option<TcpStream>>>,
+    drain: Duration,
 }
+
+/// How long past its drain time [`Streamer::finish`] waits before it cuts the link.
+const CUT_AFTER_DRAIN: Duration = Duration::from_secs(5);
 
 impl Streamer {
     /// Starts the thread; ready policies arrive on the returned channel.
@@ -131,25 +139,40 @@ impl Streamer {
     ) -> std::io::Result<(Streamer, mpsc::Receiver<Ready>)> {
         let stop = Arc::new(AtomicBool::new(false));
         let summary = Arc::new(Mutex::new(UplinkSummary::default()));
-        let (s, st) = (summary.clone(), stop.clone());
+        let link = Arc::new(Mutex::new(None));
+        let (s, st, l) = (summary.clone(), stop.clone(), link.clone());
         let log = log.to_path_buf();
         let (tx, rx) = mpsc::channel();
-        let handle =
-            realtime::spawn_in_run("uplink", move || stream_main(cfg, log, synced, &st, &s, tx))?;
+        let drain = cfg.drain;
+        let handle = realtime::spawn_in_run("uplink", move || {
+            stream_main(cfg, log, synced, &st, &s, tx, &l)
+        })?;
         Ok((
             Streamer {
                 stop,
                 summary,
                 handle,
+                link,
+                drain,
             },
             rx,
         ))
     }
 
     /// Asks the thread to send what is left (for up to the configured drain time) and
-    /// waits for it.
+    /// waits for it, cutting its connection [`CUT_AFTER_DRAIN`] past the drain time.
     pub fn finish(self) -> UplinkSummary {
         self.stop.store(true, Ordering::SeqCst);
+        let cut_at = Instant::now() + self.drain + CUT_AFTER_DRAIN;
+        while !self.handle.is_finished() && Instant::now() < cut_at {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !self.handle.is_finished()
+            && let Some(tcp) = self.link.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            // Its blocked read or write fails now, and it ends.
+            let _ = tcp.shutdown(std::net::Shutdown::Both);
+        }
         let _ = self.handle.join();
         self.summary
             .lock()
@@ -165,6 +188,7 @@ fn stream_main(
     stop: &AtomicBool,
     summary: &Mutex<UplinkSummary>,
     ready: mpsc::Sender<Ready>,
+    link: &Mutex<Option<TcpStream>>,
 ) {
     // Fetching and building a bundle must not take CPU time the control thread needs
     // (the demo's one watchdog stop came while a bundle was built; the cause is not
@@ -311,7 +335,7 @@ fn stream_main(
             && let Some(id) = stream_id.clone()
             && Instant::now() >= next_try
         {
-            match connect_stream(&cfg, &id, &mut legacy_id) {
+            match connect_stream(&cfg, &id, &mut legacy_id, link) {
                 Ok((s, resume, held_as)) => {
                     if held_as != id {
                         edit(&mut |s| s.stream = Some(held_as.clone()));
@@ -525,23 +549,28 @@ fn connect_stream(
     cfg: &UplinkConfig,
     id: &str,
     legacy: &mut Option<String>,
+    link: &Mutex<Option<TcpStream>>,
 ) -> Result<(Session<TcpStream>, u64, String), String> {
-    let (session, held) = connect(cfg, id)?;
+    let (session, held) = connect(cfg, id, link)?;
     let Some(old) = legacy.take_if(|_| held == 0) else {
         return Ok((session, held, id.to_string()));
     };
     // Hung up first: the trainer serves one connection at a time.
     drop(session);
-    if let Ok((session, held)) = connect(cfg, &old)
+    if let Ok((session, held)) = connect(cfg, &old, link)
         && held > 0
     {
         return Ok((session, held, old));
     }
-    let (session, held) = connect(cfg, id)?;
+    let (session, held) = connect(cfg, id, link)?;
     Ok((session, held, id.to_string()))
 }
 
-fn connect(cfg: &UplinkConfig, stream: &str) -> Result<(Session<TcpStream>, u64), String> {
+fn connect(
+    cfg: &UplinkConfig,
+    stream: &str,
+    link: &Mutex<Option<TcpStream>>,
+) -> Result<(Session<TcpStream>, u64), String> {
     let addr = cfg
         .addr
         .to_socket_addrs()
@@ -556,6 +585,8 @@ fn connect(cfg: &UplinkConfig, stream: &str) -> Result<(Session<TcpStream>, u64)
         .and_then(|_| tcp.set_write_timeout(timeout))
         .and_then(|_| tcp.set_nodelay(true))
         .map_err(|e| e.to_string())?;
+    // For `Streamer::finish` to cut, from the handshake on.
+    *link.lock().unwrap_or_else(|e| e.into_inner()) = tcp.try_clone().ok();
     let mut s = Session::client(tcp, &cfg.key).map_err(|e| format!("{addr}: {e}"))?;
     let resume = records::open_stream(&mut s, stream).map_err(|e| format!("{addr}: {e}"))?;
     Ok((s, resume))
