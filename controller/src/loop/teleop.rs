@@ -473,7 +473,11 @@ fn recv_stamped(
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let (now, wall) = (Instant::now(), SystemTime::now());
+    // The wall clock first: a preemption between the two reads then makes the arrival
+    // look later, never earlier than it was (an answer must not look as if it came
+    // before the observation it answers was sent).
+    let wall = SystemTime::now();
+    let now = Instant::now();
     let from = socket_addr(&name).ok_or_else(|| std::io::Error::other("unknown address family"))?;
     let mut at = now;
     // SAFETY: the CMSG_* helpers walk the control buffer the kernel filled, within
