@@ -2373,63 +2373,18 @@ mod tests {
         );
     }
 
-    /// An episode labelled at step 6 whose step 3 `Reward` was lost: the robot's frames
-    /// after the label are not the episode's, but they still move the horizon past
-    /// which step 2's transition is given up, so the transitions after it are sent (kept
-    /// out of the horizon, they held every later transition back).
-    #[test]
-    fn frames_past_a_labelled_end_still_move_the_horizon() {
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        let (log_tx, log_rx) = crossbeam_channel::unbounded();
-        c.log_tx = Some(log_tx);
-        c.track = Some(Track::new(1, 0, 7, Instant::now()));
-        c.phase = Phase::Running;
-        let obs = vec![0.25; c.od];
-        let reward = |step| Message::Reward {
-            episode: 1,
-            step,
-            reward: 0.0,
-            done: false,
-            truncated: false,
-            success: false,
-        };
-        let mut seq = 0u16;
-        let mut send = |m: Message| {
-            seq += 1;
-            tx.send(frame(seq, m)).unwrap();
-        };
-        for step in 0..=6 {
-            send(Message::sensor(1, step, &obs).unwrap());
-            if step > 0 && step != 3 {
-                send(reward(step));
-            }
-        }
-        c.drain(Instant::now());
-        c.operator_end(Instant::now(), true);
-        for step in 7..=20 {
-            send(Message::sensor(1, step, &obs).unwrap());
-        }
-        c.drain(Instant::now());
-        c.emit_transitions();
-        let steps: Vec<u32> = log_rx
-            .try_iter()
-            .filter_map(|r| match r {
-                Record::Transition(t) => Some(t.step),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(steps, [0, 1, 3, 4, 5]);
-        assert_eq!(c.track.as_ref().unwrap().missing, 1);
-    }
-
-    /// An episode the firmware ends at step 6 whose step 3 `Reward` was lost, with no
-    /// frame after its end: at its end the lost step is given up and the transitions
-    /// after it are sent (they waited for a horizon that nothing moved any more).
-    #[test]
-    fn an_episode_end_gives_up_lost_steps_and_sends_the_rest() {
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
+    /// A control loop logging to the returned receiver, in firmware episode 1, which
+    /// has heard steps 0 to 6 with step 3's `Reward` lost (step 6's says `done` with
+    /// `done_at_6`); frames numbered up to 13 were sent.
+    fn seven_steps_with_a_lost_reward(
+        wire: &Wire,
+        done_at_6: bool,
+    ) -> (
+        Control,
+        crossbeam_channel::Sender<LinkEvent>,
+        crossbeam_channel::Receiver<Record>,
+    ) {
+        let (mut c, tx) = control(wire);
         let (log_tx, log_rx) = crossbeam_channel::unbounded();
         c.log_tx = Some(log_tx);
         c.track = Some(Track::new(1, 0, 7, Instant::now()));
@@ -2446,7 +2401,7 @@ mod tests {
                     episode: 1,
                     step,
                     reward: 0.0,
-                    done: step == 6,
+                    done: done_at_6 && step == 6,
                     truncated: false,
                     success: false,
                 };
@@ -2454,15 +2409,48 @@ mod tests {
             }
         }
         c.drain(Instant::now());
-        c.finish_episode(Instant::now(), EndReason::Completed, "test".into());
-        let steps: Vec<u32> = log_rx
-            .try_iter()
+        (c, tx, log_rx)
+    }
+
+    /// The steps of the transitions logged to `rx`.
+    fn logged_steps(rx: &crossbeam_channel::Receiver<Record>) -> Vec<u32> {
+        rx.try_iter()
             .filter_map(|r| match r {
                 Record::Transition(t) => Some(t.step),
                 _ => None,
             })
-            .collect();
-        assert_eq!(steps, [0, 1, 3, 4, 5]);
+            .collect()
+    }
+
+    /// An episode labelled at step 6 whose step 3 `Reward` was lost: the robot's frames
+    /// after the label are not the episode's, but they still move the horizon past
+    /// which step 2's transition is given up, so the transitions after it are sent (kept
+    /// out of the horizon, they held every later transition back).
+    #[test]
+    fn frames_past_a_labelled_end_still_move_the_horizon() {
+        let wire = Wire::default();
+        let (mut c, tx, log_rx) = seven_steps_with_a_lost_reward(&wire, false);
+        c.operator_end(Instant::now(), true);
+        let obs = vec![0.25; c.od];
+        for step in 7..=20u32 {
+            let m = Message::sensor(1, step, &obs).unwrap();
+            tx.send(frame(100 + step as u16, m)).unwrap();
+        }
+        c.drain(Instant::now());
+        c.emit_transitions();
+        assert_eq!(logged_steps(&log_rx), [0, 1, 3, 4, 5]);
+        assert_eq!(c.track.as_ref().unwrap().missing, 1);
+    }
+
+    /// An episode the firmware ends at step 6 whose step 3 `Reward` was lost, with no
+    /// frame after its end: at its end the lost step is given up and the transitions
+    /// after it are sent (they waited for a horizon that nothing moved any more).
+    #[test]
+    fn an_episode_end_gives_up_lost_steps_and_sends_the_rest() {
+        let wire = Wire::default();
+        let (mut c, _tx, log_rx) = seven_steps_with_a_lost_reward(&wire, true);
+        c.finish_episode(Instant::now(), EndReason::Completed, "test".into());
+        assert_eq!(logged_steps(&log_rx), [0, 1, 3, 4, 5]);
         let ep = &c.report.episodes[0];
         assert_eq!((ep.transitions, ep.missing, ep.steps), (5, 1, 6));
     }
