@@ -1273,7 +1273,7 @@ impl Control {
         }
         self.fault_count += 1;
         if self.track.is_some() {
-            self.emit_transitions();
+            // Its transitions are sent from `closing` (this tick's `close_faulted`).
             let cadence = self.take_cadence();
             if let Some(mut track) = self.track.take() {
                 // Its transitions end at the newest step heard of: the robot's frames
@@ -1487,7 +1487,6 @@ impl Control {
                         && (t.fw_end.is_some() || t.label.is_some())
                 });
                 if complete || now >= until {
-                    self.emit_transitions();
                     let (reason, detail) = match label {
                         None => (EndReason::Completed, "ended by the firmware"),
                         Some(true) => (EndReason::Labelled, "labelled a success by the operator"),
@@ -1944,7 +1943,6 @@ impl Control {
 
     /// Closes the running episode: log record, report line, cadence report.
     fn finish_episode(&mut self, now: Instant, reason: EndReason, detail: String) {
-        self.emit_transitions();
         if self.track.is_none() {
             return;
         }
@@ -1964,34 +1962,23 @@ impl Control {
     /// its wait is over, or the safe stop has ended (a new episode, a handshake or the
     /// run's end must not find it still open). Its frames reach it meanwhile.
     fn close_faulted(&mut self, now: Instant) {
-        let Some(Closing {
-            track,
-            detail,
-            ended,
-            until,
-            cadence,
-        }) = self.closing.take()
-        else {
+        let Some(mut c) = self.closing.take() else {
             return;
         };
-        let running = self.track.replace(track);
+        // `emit_transitions` and `close_track` work on `self.track`.
+        let running = self.track.replace(c.track);
         self.emit_transitions();
         let complete = self
             .track
             .as_ref()
             .is_some_and(|t| t.final_step.is_some_and(|f| t.next_emit >= f));
         let stopping = matches!(self.phase, Phase::SafeStop { .. });
-        if complete || !stopping || now >= until {
-            self.close_track(ended, EndReason::Fault, detail, cadence);
+        if complete || !stopping || now >= c.until {
+            self.close_track(c.ended, EndReason::Fault, c.detail, c.cadence);
             self.track = running;
         } else if let Some(track) = std::mem::replace(&mut self.track, running) {
-            self.closing = Some(Closing {
-                track,
-                detail,
-                ended,
-                until,
-                cadence,
-            });
+            c.track = track;
+            self.closing = Some(c);
         }
     }
 

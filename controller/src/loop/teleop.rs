@@ -849,6 +849,17 @@ mod tests {
             from.send_to(bytes, self.addr).unwrap();
         }
 
+        /// Sends an engaged action answering the observation of `step`, and polls until
+        /// the control side has it.
+        fn answer(&mut self, step: u32, values: &[f32]) {
+            let mut buf = [0u8; wire::MAX_DATAGRAM];
+            self.seq += 1;
+            let a = TeleopAction::new(self.seq, wire::ENGAGED, values).answering(step);
+            let n = wire::encode_action(&a, &mut buf);
+            self.send_raw(&self.device, &buf[..n]);
+            self.wait_for(self.seq);
+        }
+
         /// Sends an action and polls until the control side has it; returns the label
         /// it asked for, if any.
         fn send(&mut self, flags: u8, values: &[f32]) -> Option<bool> {
@@ -885,15 +896,7 @@ mod tests {
         // 40 before it answers it.
         rig.send(0, &[0.0, 0.0]);
         rig.port.send_observation(3, 40, &[0.0; 4]);
-        let answer = |rig: &mut Rig, step: u32| {
-            let mut buf = [0u8; wire::MAX_DATAGRAM];
-            rig.seq += 1;
-            let a = TeleopAction::new(rig.seq, wire::ENGAGED, &[0.25, -0.5]).answering(step);
-            let n = wire::encode_action(&a, &mut buf);
-            rig.send_raw(&rig.device, &buf[..n]);
-            rig.wait_for(rig.seq);
-        };
-        answer(&mut rig, 40);
+        rig.answer(40, &[0.25, -0.5]);
         let now = Instant::now();
         assert_eq!(rig.port.action(now, 3, 40).unwrap()[..2], [0.25, -0.5]);
         assert!(
@@ -910,7 +913,7 @@ mod tests {
         // observation was sent answers the last episode's.
         rig.port.send_observation(4, 40, &[0.0; 4]);
         assert_eq!(rig.port.action(Instant::now(), 4, 40), None);
-        answer(&mut rig, 40);
+        rig.answer(40, &[0.25, -0.5]);
         assert!(rig.port.action(Instant::now(), 4, 40).is_some());
         // An answer repeated while no observation reaches the device: in force only
         // until the observation after it has gone unanswered for the timeout (it drove
@@ -924,13 +927,13 @@ mod tests {
         rig.port.send_observation(4, 41, &[0.0; 4]);
         let next = rig.port.observed[41].unwrap().at;
         // The device resends its answer to step 40 (fresh datagrams) and never 41.
-        answer(&mut rig, 40);
+        rig.answer(40, &[0.25, -0.5]);
         let resent = rig.port.newest.unwrap().at;
         assert!(resent > next);
         assert!(rig.port.action(next + timeout, 4, 45).is_some());
         assert_eq!(rig.port.action(resent + timeout, 4, 45), None);
         // An answer to an observation never sent is not in force.
-        answer(&mut rig, 42);
+        rig.answer(42, &[0.25, -0.5]);
         assert_eq!(rig.port.action(Instant::now(), 4, 42), None);
         // A device that does not answer (a person's) is in force at any step.
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
@@ -1007,12 +1010,7 @@ mod tests {
             "a device that never answers"
         );
         // A device that answers is waited for again.
-        let mut buf = [0u8; wire::MAX_DATAGRAM];
-        rig.seq += 1;
-        let a = TeleopAction::new(rig.seq, wire::ENGAGED, &[0.1, 0.1]).answering(0);
-        let n = wire::encode_action(&a, &mut buf);
-        rig.send_raw(&rig.device, &buf[..n]);
-        rig.wait_for(rig.seq);
+        rig.answer(0, &[0.1, 0.1]);
         assert!(rig.port.waits(Instant::now()));
         assert!(
             !rig.port.waits(Instant::now() + timeout * 2),
