@@ -250,8 +250,9 @@ struct RunArgs {
     /// built-in robot file (firmware-config/robots/TASK.toml).
     #[arg(long, required_unless_present = "sim")]
     robot: Option<PathBuf>,
-    /// Serial device (for the simulated firmware: the pty path it prints).
-    #[arg(long, required_unless_present = "sim")]
+    /// Serial device (for the simulated firmware: the pty path it prints) [default: the
+    /// robot file's serial.device].
+    #[arg(long)]
     port: Option<PathBuf>,
     /// Instead of --port: run the simulated firmware of this task (arm-reach, push, maze)
     /// in this process on a fresh pty, with the robot file and --time-scale as its clock.
@@ -555,12 +556,12 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     let port = match (&sim, &a.port) {
         (Some(fw), _) => fw.path().to_path_buf(),
         (None, Some(p)) => p.clone(),
-        (None, None) => bail!("pass --port DEVICE or --sim TASK"),
+        (None, None) => PathBuf::from(&robot.serial.device),
     };
     let mut cfg = loop_config(robot, port.clone(), &a.timing);
     // A real port's line (a pty ignores the rate); 0 is refused below, with the loop's
     // other settings.
-    if let (Some(baud), Some(port)) = (a.baud.filter(|&b| b > 0), &a.port) {
+    if let (Some(baud), None) = (a.baud.filter(|&b| b > 0), &sim) {
         cfg.robot
             .check_baud(&port.to_string_lossy(), baud)
             .map_err(|e| anyhow::anyhow!("--baud: {e}"))?;
@@ -979,7 +980,7 @@ fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> 
                 // skips them (catching up ran them back to back, each counted late).
                 let (next, missed) =
                     robot_loop::control::skip_missed(deadline + period, woke, period);
-                overruns += u64::from(missed);
+                overruns += missed;
                 deadline = next;
             }
             (steps, ticks, late.summary(), over_200us, over_1ms, overruns)

@@ -1686,6 +1686,13 @@ fn settings_the_loop_cannot_run_with_are_refused() {
     )
     .unwrap();
     let push = push.to_str().unwrap();
+    // A robot file naming a UART: without --port, the run takes its serial.device (it
+    // asked for --port).
+    let mut usb = RobotConfig::example("push").unwrap();
+    usb.serial.device = "/dev/ttyUSB0".into();
+    let usb_file = dir.path().join("push-usb.toml");
+    std::fs::write(&usb_file, toml::to_string(&usb).unwrap()).unwrap();
+    let usb_file = usb_file.to_str().unwrap();
     for (extra, says) in [
         (
             &["--sim", "push", "--time-scale", "1e9"][..],
@@ -1707,6 +1714,10 @@ fn settings_the_loop_cannot_run_with_are_refused() {
         (
             // The robot file's own line check, for the override of a UART's rate too.
             &["--port", "/dev/ttyUSB0", "--robot", push, "--baud", "9600"],
+            "--baud: 9600 baud is too slow for 20 Hz",
+        ),
+        (
+            &["--robot", usb_file, "--baud", "9600"],
             "--baud: 9600 baud is too slow for 20 Hz",
         ),
         (

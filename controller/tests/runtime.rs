@@ -871,7 +871,17 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
                     toml::Value::Float(1.0),
                 ]),
             ),
-            "action.low[0] = -1 and action.high[0] = inf must be finite",
+            "action.low[0] = -1 and action.high[0] = inf must be within [-1, 1]",
+        ),
+        (
+            // Taken for raw bounds, it loaded: the policy never commands past about 1.
+            "an action bound past the policy's range",
+            (
+                "action",
+                "high",
+                toml::Value::Array(vec![toml::Value::Float(2.0), toml::Value::Float(1.0)]),
+            ),
+            "action.low[0] = -1 and action.high[0] = 2 must be within [-1, 1] (policy units",
         ),
         (
             "a format version written as a string",
@@ -1192,6 +1202,65 @@ impl Networks for BrokenCritic {
             member[..self.broken.min(rows)].fill(self.fill);
         }
         Ok(())
+    }
+}
+
+/// The real networks with a denoiser that answers NaN for the first `broken` rows.
+struct BrokenDenoiser {
+    inner: Box<dyn Networks>,
+    broken: usize,
+    act_dim: usize,
+}
+
+impl Networks for BrokenDenoiser {
+    fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
+        self.inner.denoise(obs, noisy, t, eps)?;
+        let n = (self.broken * self.act_dim).min(eps.len());
+        eps[..n].fill(f32::NAN);
+        Ok(())
+    }
+    fn edit(&mut self, obs: &[f32], base: &[f32], mean: &mut [f32], ls: &mut [f32]) -> Result<()> {
+        self.inner.edit(obs, base, mean, ls)
+    }
+    fn critic(&mut self, obs: &[f32], act: &[f32], members: &[i64], q: &mut [f32]) -> Result<()> {
+        self.inner.critic(obs, act, members, q)
+    }
+}
+
+/// The native critic's ReLU turns a NaN candidate's activations into zeros, so its Q
+/// looks finite: a NaN candidate must still lose to a finite one, and with none finite
+/// the action is refused (it was returned as NaN, for the loop's action check to fault).
+#[test]
+fn a_candidate_that_is_not_finite_is_never_picked() {
+    let dir = tempfile::tempdir().unwrap();
+    SyntheticSpec::cpu().write(dir.path(), 3, None).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    let rows = GraphRows::for_manifest(&b.manifest);
+    let n = b.manifest.selection.num_samples;
+    let policy = |broken: usize| {
+        let inner = load_networks(Backend::Native, &b, rows).unwrap();
+        let nets = Box::new(BrokenDenoiser {
+            inner,
+            broken,
+            act_dim: 2,
+        });
+        Policy::with_networks(b.manifest.clone(), nets, &options(Backend::Native, 4)).unwrap()
+    };
+    let mut a = [0.0; 2];
+    let e = policy(n).act(&obs(0), &mut a).unwrap_err().to_string();
+    assert!(e.contains("no candidate is finite"), "{e}");
+    for seed_obs in 0..4 {
+        let mut p = policy(n - 1);
+        let c = p.act(&obs(seed_obs), &mut a).unwrap();
+        // Rows 0..n-1 and their edited copies n..n+n_edit-1 are NaN; only base row n-1
+        // (and its edited copy, when n_edit reaches it) is finite.
+        assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
+        let last_base = n - 1;
+        assert!(
+            c.index == last_base || c.index == n + last_base,
+            "picked {} of the NaN candidates",
+            c.index
+        );
     }
 }
 

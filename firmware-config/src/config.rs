@@ -44,10 +44,12 @@
 //! `[safety.action_min, safety.action_max]`, limits the change per control tick to
 //! `safety.max_delta_per_tick`, and sends `action.offset + action.scale * a` (robot
 //! units) in a `Command`. The firmware applies it, and holds position when no valid
-//! command has arrived for `command_timeout_ms`. The controller holds (sends the hold
-//! action) when the newest sensor frame is older than `safety.stale_sensor_ms`; after
-//! `hold_ticks_before_torque_off` ticks of holding it may switch the torque off, but
-//! only if `gravity_safe_torque_off` says nothing falls when it does.
+//! command has arrived for `command_timeout_ms`. A sensor frame older than
+//! `safety.stale_sensor_ms` is a `stale_sensor` fault: the controller's safe stop holds
+//! (sends the hold action), the episode ends, and the run stops unless
+//! `controller run --max-faults` allows more faults. After
+//! `hold_ticks_before_torque_off` ticks of holding the safe stop may switch the torque
+//! off, but only if `gravity_safe_torque_off` says nothing falls when it does.
 //!
 //! # What validation asks beyond well-formed values
 //!
@@ -106,7 +108,8 @@ pub struct RobotConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
-    /// Device path, e.g. `/dev/ttyACM0` (the simulated firmware prints its pty's path).
+    /// Device path, e.g. `/dev/ttyACM0`: what `controller run` opens when not given
+    /// `--port` (the simulated firmware prints its pty's path, to pass as `--port`).
     pub device: String,
     pub baud: u32,
 }
@@ -224,7 +227,8 @@ pub struct SafetyConfig {
     pub action_max: Vec<f32>,
     /// Largest change of each action component from one tick to the next.
     pub max_delta_per_tick: Vec<f32>,
-    /// A sensor frame older than this makes the controller hold.
+    /// A sensor frame older than this is a `stale_sensor` fault: safe stop, the episode
+    /// ends, and the run stops unless `controller run --max-faults` allows more.
     pub stale_sensor_ms: u32,
     /// Whether switching the torque off is safe (nothing falls or drifts under gravity).
     pub gravity_safe_torque_off: bool,

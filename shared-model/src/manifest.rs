@@ -1110,13 +1110,17 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             a.dim
         ));
     }
-    // Finite: the controller clamps every action to them, and an infinite bound would
-    // clamp nothing (the trainer always writes finite ones).
-    if let Some(i) = (0..a.dim)
-        .find(|&i| !(a.low[i].is_finite() && a.high[i].is_finite() && a.low[i] < a.high[i]))
-    {
+    // Within [-1, 1]: the controller clamps every action to them, in policy units (the
+    // firmware maps those to the joints; the trainer writes ±1). An infinite bound would
+    // clamp nothing, and one past 1 reads as a raw range the policy never reaches.
+    if let Some(i) = (0..a.dim).find(|&i| {
+        !((-1.0..=1.0).contains(&a.low[i])
+            && (-1.0..=1.0).contains(&a.high[i])
+            && a.low[i] < a.high[i])
+    }) {
         return Err(format!(
-            "action.low[{i}] = {} and action.high[{i}] = {} must be finite, low below high",
+            "action.low[{i}] = {} and action.high[{i}] = {} must be within [-1, 1] (policy \
+             units; the firmware maps them to the joints), low below high",
             a.low[i], a.high[i]
         ));
     }

@@ -123,6 +123,23 @@ pub fn pessimistic_scores(q: &[f32], m: usize, scores: &mut [f32]) {
     }
 }
 
+/// Scores NaN every candidate (`candidates` is `[m, act_dim]`) with a non-finite value,
+/// so that [`argmax_rows`] never picks it over a finite one: a critic does not reliably
+/// pass NaN through (a ReLU written `max(x, 0)` turns it into 0), and a NaN candidate
+/// would otherwise be scored by the critic's weights alone.
+pub fn void_non_finite(candidates: &[f32], act_dim: usize, scores: &mut [f32]) {
+    assert_eq!(
+        candidates.len(),
+        scores.len() * act_dim,
+        "candidates must be [m, act_dim] and scores [m]"
+    );
+    for (row, s) in candidates.chunks_exact(act_dim.max(1)).zip(scores) {
+        if row.iter().any(|v| !v.is_finite()) {
+            *s = f32::NAN;
+        }
+    }
+}
+
 /// Row-wise argmax of `scores` (`[rows, m]`, row-major), first index on ties. NaN counts
 /// as −∞: it never wins over a finite score and ties with −∞, as in the trainer's
 /// selection (which turns NaN into −∞ on the device and takes the first of the best).
@@ -258,6 +275,19 @@ mod tests {
         let v = on_the_fly_value(&mut toy, &p);
         assert!((v - 3.0).abs() < 1e-6, "10 × the picked 0.30, got {v}");
         assert_eq!(toy.calls, ["sample", "edit", "score", "evaluate"]);
+    }
+
+    #[test]
+    fn a_non_finite_candidate_scores_nan() {
+        let candidates = [0.1, 0.2, f32::NAN, 0.0, 0.3, f32::INFINITY, -0.5, 0.5];
+        let mut scores = [1.0, 9.0, 2.0, 3.0];
+        void_non_finite(&candidates, 2, &mut scores);
+        assert_eq!(scores[0], 1.0);
+        assert!(scores[1].is_nan() && scores[2].is_nan());
+        assert_eq!(scores[3], 3.0);
+        let mut best = [0];
+        argmax_rows(&scores, 4, &mut best);
+        assert_eq!(best, [3]);
     }
 
     #[test]

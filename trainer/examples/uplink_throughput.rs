@@ -49,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         stop_after: None,
         keep_interventions: false,
         device: None,
+        exports_bundle: false,
         listen: Some(LiveOptions {
             addr: "127.0.0.1:0".into(),
             key: key.clone(),

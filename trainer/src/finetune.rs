@@ -66,6 +66,9 @@ pub struct FinetuneOptions {
     /// Train on this device instead of the run's (`cpu`, `cuda:1`, …; `None`: the
     /// run's).
     pub device: Option<String>,
+    /// A bundle is exported from the run when it ends (`--bundle`): a run that cannot
+    /// export one is refused before the work.
+    pub exports_bundle: bool,
 }
 
 /// `--listen` settings.
@@ -164,9 +167,27 @@ struct StartedWith {
     with_offline: bool,
     keep_interventions: bool,
     listen: bool,
+    /// `--updates` (a file written before it was kept lacks it).
+    #[serde(default)]
+    updates: Option<usize>,
 }
 
 const OPTIONS_FILE: &str = "finetune-options.json";
+
+/// `--updates` when not given.
+pub const DEFAULT_UPDATES: usize = 2000;
+
+/// The updates a `finetune` run into `out` runs when `--updates` is not given: with
+/// `--resume`, the count the run began with ([`DEFAULT_UPDATES`] for a run that did not
+/// keep it, or that is not there yet), else [`DEFAULT_UPDATES`]. A resume without
+/// `--updates` thus finishes the run as it was started, not at 2,000.
+pub fn updates_for(out: &Path, resume: bool) -> usize {
+    let began = || -> Option<usize> {
+        let text = std::fs::read_to_string(out.join(OPTIONS_FILE)).ok()?;
+        serde_json::from_str::<StartedWith>(&text).ok()?.updates
+    };
+    resume.then(began).flatten().unwrap_or(DEFAULT_UPDATES)
+}
 
 impl StartedWith {
     fn of(o: &FinetuneOptions) -> Self {
@@ -175,6 +196,7 @@ impl StartedWith {
             with_offline: o.with_offline,
             keep_interventions: o.keep_interventions,
             listen: o.listen.is_some(),
+            updates: Some(o.updates),
         }
     }
 
@@ -221,6 +243,13 @@ impl StartedWith {
                 o.out.display()
             );
         }
+        if let Some(began) = then.updates.filter(|&u| u != o.updates) {
+            eprintln!(
+                "note: {} began with --updates {began}; --resume runs it to {}",
+                o.out.display(),
+                o.updates
+            );
+        }
         if then.from != now.from {
             eprintln!(
                 "note: --resume continues {} from its checkpoint; --from {} is not read (the run began from {})",
@@ -261,6 +290,18 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     }
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source, o.device.as_deref())?;
+    // Else the run would be written as finished short of its checkpoint (and a bundle
+    // exported from it), with nothing said.
+    ensure!(
+        o.updates >= state.finetune_updates,
+        "{}: its checkpoint is at {} updates, and --updates {} ends the run before it: \
+         give at least {} (or leave --updates out: a resume runs the count the run began \
+         with)",
+        o.out.display(),
+        state.finetune_updates,
+        o.updates,
+        state.finetune_updates
+    );
     let config = agent.config.clone();
     crate::device::check_trains_on(&config)?;
     ensure!(
@@ -274,6 +315,13 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         !(o.listen.is_some() && config.algo == crate::config::Algo::Rlpd),
         "{}: an rlpd run exports no bundle, so --listen could publish none to the robot; \
          fine-tune it from recorded data (--data)",
+        source.display()
+    );
+    // Refused before the work, which `--bundle` would fail after.
+    ensure!(
+        !(o.exports_bundle && config.algo == crate::config::Algo::Rlpd),
+        "{}: an rlpd run exports no bundle (the controller runs a diffusion policy); \
+         fine-tune it without --bundle",
         source.display()
     );
     let (od, ad) = (agent.obs_dim, agent.act_dim);

@@ -463,7 +463,13 @@ fn newest_bundle(root: &std::path::Path) -> Option<usize> {
     std::fs::read_dir(root)
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
+        // Published once its manifest is there (written last): a publish that was
+        // killed left temporaries only, and is published again.
+        .filter(|e| {
+            e.path()
+                .join(shared_model::manifest::MANIFEST_FILE)
+                .is_file()
+        })
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             (name.len() == 7 && name.bytes().all(|b| b.is_ascii_digit()))
@@ -716,6 +722,25 @@ pub(crate) fn train_live(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bundle directory whose publish was killed before its manifest counts as not
+    /// published: a resume at its update count publishes it again (it was skipped, and
+    /// the robot never got that update).
+    #[test]
+    fn a_bundle_without_its_manifest_is_not_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        assert_eq!(newest_bundle(root), None);
+        for (name, file) in [
+            ("0001000", "manifest.toml"),
+            ("0002000", ".denoiser.onnx.tmp"),
+            ("latest.d", "manifest.toml"),
+        ] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join(file), "").unwrap();
+        }
+        assert_eq!(newest_bundle(root), Some(1000));
+    }
 
     /// A receiver of observation 3 / action 2 streams for a run whose observations are
     /// `names` (none: not compared), logging under `dir/uplink`; and its channel.

@@ -176,9 +176,10 @@ enum Command {
         /// The new run directory.
         #[arg(long)]
         out: PathBuf,
-        /// Updates (each: UTD critic steps, base policy, edit policy and temperature).
-        #[arg(long, default_value_t = 2000)]
-        updates: usize,
+        /// Updates (each: UTD critic steps, base policy, edit policy and temperature)
+        /// [default: 2000; with --resume, the count the run began with].
+        #[arg(long)]
+        updates: Option<usize>,
         /// Train on the robot data alone, without the run's offline data.
         #[arg(long)]
         no_offline: bool,
@@ -776,8 +777,8 @@ fn main() -> Result<()> {
             let opts = trainer::finetune::FinetuneOptions {
                 from,
                 data,
+                updates: updates.unwrap_or_else(|| trainer::finetune::updates_for(&out, resume)),
                 out: out.clone(),
-                updates,
                 with_offline: !no_offline,
                 checkpoint_every,
                 log_every,
@@ -787,6 +788,7 @@ fn main() -> Result<()> {
                 listen,
                 keep_interventions,
                 device,
+                exports_bundle: bundle.is_some(),
             };
             let mut bar = Bar(None);
             let existed = out.exists();
@@ -805,7 +807,9 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             if let Some(dir) = bundle {
-                let agent = trainer::run::load_agent(&out)?;
+                // On the device it trained on (a resumed run's config.toml may name
+                // another).
+                let agent = trainer::run::load_agent_on(&out, opts.device.as_deref())?;
                 let info = trainer::export::ExportInfo {
                     dataset: format!("finetuned on robot data ({})", out.display()),
                     env_steps: trainer::run::checkpoint_env_step(&out)? as u64,

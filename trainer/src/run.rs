@@ -1373,14 +1373,19 @@ pub(crate) fn write_checkpoint(
             out.display()
         );
     }
+    let at = |what: &str, path: &Path| format!("{what} {}", path.display());
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).with_context(|| at("removing", &tmp))?;
     }
-    std::fs::create_dir_all(&tmp)?;
-    agent.save(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| at("creating", &tmp))?;
+    agent
+        .save(&tmp)
+        .with_context(|| at("writing the networks into", &tmp))?;
     save_replay(online, &tmp.join("online.bin"))?;
     // state.json last: its presence marks the directory complete.
-    std::fs::write(tmp.join("state.json"), serde_json::to_string(state)?)?;
+    let state_path = tmp.join("state.json");
+    std::fs::write(&state_path, serde_json::to_string(state)?)
+        .with_context(|| at("writing", &state_path))?;
     // On disk before the renames (a power cut after them must not find a truncated
     // checkpoint where the previous one was). So are the logs whose rows up to here a
     // resume keeps (it truncates what lies beyond the checkpoint, and restores nothing
@@ -1408,14 +1413,14 @@ pub(crate) fn write_checkpoint(
     }
     if cur.exists() {
         if old.exists() {
-            std::fs::remove_dir_all(&old)?;
+            std::fs::remove_dir_all(&old).with_context(|| at("removing", &old))?;
         }
-        std::fs::rename(&cur, &old)?;
+        std::fs::rename(&cur, &old).with_context(|| at("renaming to .old", &cur))?;
     }
-    std::fs::rename(&tmp, &cur)?;
+    std::fs::rename(&tmp, &cur).with_context(|| at("renaming into place", &tmp))?;
     sync_path(out)?;
     if old.exists() {
-        std::fs::remove_dir_all(&old)?;
+        std::fs::remove_dir_all(&old).with_context(|| at("removing", &old))?;
     }
     Ok(())
 }
@@ -1613,6 +1618,19 @@ mod tests {
         assert_eq!(std::fs::read(&state_file).unwrap(), good);
         let (agent, _, _) = load_run(tmp.path(), None).unwrap();
         assert_eq!(agent.first_non_finite(), None);
+        // A step that fails names its path (a full disk said only "No space left on
+        // device"): here a file where the staging directory goes.
+        let tmp_path = tmp.path().join("checkpoint.tmp");
+        std::fs::write(&tmp_path, "").unwrap();
+        let e = format!(
+            "{:#}",
+            write_checkpoint(tmp.path(), &agent, &online, &state).unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("removing {}", tmp_path.display())),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&state_file).unwrap(), good);
     }
 
     /// One episode, a policy that counts its calls: it is asked once per

@@ -37,6 +37,7 @@ fn options(from: &Path, data: &Path, out: &Path) -> FinetuneOptions {
         stop_after: None,
         keep_interventions: false,
         device: None,
+        exports_bundle: false,
         listen: None,
     }
 }
@@ -184,6 +185,22 @@ fn a_resume_goes_on_when_the_source_run_has_moved() {
     std::fs::rename(&run, tmp.path().join("run-moved")).unwrap();
     o.stop_after = None;
     o.resume = true;
+    // Resumed with --updates below its checkpoint, it was written as finished at 3
+    // updates (and exported from) without a word.
+    o.updates = 2;
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains("its checkpoint is at 3 updates, and --updates 2 ends the run before it"),
+        "{e}"
+    );
+    assert_eq!(losses(&out).len(), 1 + 3);
+    // Without --updates, a resume runs the count the run began with.
+    assert_eq!(trainer::finetune::updates_for(&out, true), 6);
+    assert_eq!(
+        trainer::finetune::updates_for(&out, false),
+        trainer::finetune::DEFAULT_UPDATES
+    );
+    o.updates = trainer::finetune::updates_for(&out, true);
     let done = finetune(&o, &mut ()).unwrap();
     assert!(!done.stopped_early);
     assert_eq!(losses(&out).len(), 1 + 6);
@@ -445,4 +462,17 @@ fn an_rlpd_run_is_refused_with_listen_before_the_port_is_bound() {
     let e = format!("{:#}", run_it.join().unwrap().unwrap_err());
     assert!(e.contains("an rlpd run exports no bundle"), "{e}");
     assert!(!out.join("checkpoint").exists() && !out.join("finetune.csv").exists());
+    // Nor is `--bundle` taken for one: the export after the work would fail.
+    let data = tmp.path().join("robot");
+    tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &data).unwrap();
+    let mut o = options(&run, &data, &out);
+    o.exports_bundle = true;
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains("an rlpd run exports no bundle") && e.contains("without --bundle"),
+        "{e}"
+    );
+    assert!(!out.join("checkpoint").exists() && !out.join("finetune.csv").exists());
+    o.exports_bundle = false;
+    assert_eq!(finetune(&o, &mut ()).unwrap().updates, 6);
 }

@@ -106,6 +106,7 @@ fn spawn_listening_trainer(
         stop_after: None,
         keep_interventions: false,
         device: None,
+        exports_bundle: false,
         listen: Some(LiveOptions {
             addr: "127.0.0.1:0".into(),
             key: key.clone(),
@@ -155,6 +156,7 @@ fn short_live_session(
         stop_after: None,
         keep_interventions: false,
         device: None,
+        exports_bundle: false,
         listen: Some(LiveOptions {
             addr: "127.0.0.1:0".into(),
             key: key.clone(),

@@ -32,6 +32,7 @@ fn finetune_options(from: &Path, data: &Path, out: &Path, updates: usize) -> Fin
         stop_after: None,
         keep_interventions: false,
         device: None,
+        exports_bundle: false,
         listen: None,
     }
 }

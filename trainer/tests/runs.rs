@@ -843,6 +843,7 @@ fn a_gpu_run_is_evaluated_exported_and_finetuned_on_the_cpu() {
         listen: None,
         keep_interventions: false,
         device: Some("cpu".into()),
+        exports_bundle: false,
     };
     assert_eq!(trainer::finetune::finetune(&o, &mut ()).unwrap().updates, 2);
 }

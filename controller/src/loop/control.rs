@@ -343,6 +343,9 @@ pub(crate) struct Control {
     events: Receiver<LinkEvent>,
     log_tx: Option<Sender<Record>>,
     pending_log: VecDeque<Record>,
+    /// The loop has ended: transitions wait for room in the logger's queue instead of
+    /// being dropped ([`Control::flush_log_blocking`]).
+    log_blocking: bool,
     hello: Hello,
     pub start: Instant,
     pub phase: Phase,
@@ -488,6 +491,7 @@ impl Control {
             events,
             log_tx,
             pending_log: VecDeque::with_capacity(16),
+            log_blocking: false,
             hello,
             start,
             phase: Phase::Idle,
@@ -550,6 +554,7 @@ impl Control {
     /// Hands the episode records still queued to the logger, waiting if need be (the
     /// loop has ended; blocking is fine now).
     pub(crate) fn flush_log_blocking(&mut self) {
+        self.log_blocking = true;
         // A faulted episode still waiting for frames (the loop ended another way).
         self.end_closing(Instant::now());
         if let Some(tx) = &self.log_tx {
@@ -601,8 +606,10 @@ impl Control {
         let age = self.acted_age.take();
         let (mut next, missed) = skip_missed(deadline + self.period, end, self.period);
         if missed > 0 {
-            self.ep_cadence.overruns += missed as u64;
-            self.consecutive_overruns = self.consecutive_overruns.saturating_add(missed);
+            self.ep_cadence.overruns += missed;
+            self.consecutive_overruns = self
+                .consecutive_overruns
+                .saturating_add(u32::try_from(missed).unwrap_or(u32::MAX));
         } else {
             self.ep_cadence.headroom.record(next - end);
             self.consecutive_overruns = 0;
@@ -1873,11 +1880,16 @@ impl Control {
                 }
                 t.emitted += 1;
                 if let Some(tx) = &self.log_tx {
-                    match tx.try_send(Record::Transition(tr)) {
-                        Ok(()) => self.report.log_sent += 1,
-                        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                            self.report.log_drops += 1
-                        }
+                    let rec = Record::Transition(tr);
+                    let sent = if self.log_blocking {
+                        tx.send(rec).is_ok()
+                    } else {
+                        tx.try_send(rec).is_ok()
+                    };
+                    if sent {
+                        self.report.log_sent += 1;
+                    } else {
+                        self.report.log_drops += 1;
                     }
                 }
                 continue;
@@ -2056,12 +2068,16 @@ impl Control {
 /// at `end`, and how many deadlines were passed to get there (0 when `next` is ahead):
 /// a tick that ran past its next deadlines skips them instead of running back to back
 /// to catch up. Used by the control loop and `controller bench-wake`.
-pub fn skip_missed(next: Instant, end: Instant, period: Duration) -> (Instant, u32) {
+pub fn skip_missed(next: Instant, end: Instant, period: Duration) -> (Instant, u64) {
     if end <= next {
         return (next, 0);
     }
-    let missed = ((end - next).as_nanos() / period.as_nanos()) as u32 + 1;
-    (next + period * missed, missed)
+    // In u128 nanoseconds: a stall of five days at the shortest period passes u32::MAX
+    // deadlines.
+    let period_ns = period.as_nanos().max(1);
+    let missed = (end - next).as_nanos() / period_ns + 1;
+    let ahead = Duration::from_nanos(u64::try_from(missed * period_ns).unwrap_or(u64::MAX));
+    (next + ahead, u64::try_from(missed).unwrap_or(u64::MAX))
 }
 
 /// Sleeps until `spin` before `deadline`, then spins to it: `sleep` alone wakes late
@@ -2360,6 +2376,48 @@ mod tests {
         );
     }
 
+    /// After the loop has ended, a faulted episode's last transitions wait for room in
+    /// the logger's queue (they were dropped when it was full, and counted as lost).
+    #[test]
+    fn the_last_transitions_of_a_faulted_episode_wait_for_the_logger_at_the_end() {
+        let wire = Wire::default();
+        let (mut c, tx, _) = faulted_after_two_frames(1, &wire);
+        let (log_tx, log_rx) = crossbeam_channel::bounded(1);
+        log_tx
+            .send(Record::EpisodeStart {
+                episode: 0,
+                seed: 0,
+            })
+            .unwrap();
+        c.log_tx = Some(log_tx);
+        let reward = Message::Reward {
+            episode: 1,
+            step: 1,
+            reward: 0.5,
+            done: false,
+            truncated: false,
+            success: false,
+        };
+        tx.send(frame(3, reward)).unwrap();
+        c.drain(Instant::now());
+        // A logger that is slow to take the next record.
+        let logger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            log_rx.iter().collect::<Vec<Record>>()
+        });
+        c.flush_log_blocking();
+        c.log_tx = None;
+        let records = logger.join().unwrap();
+        assert_eq!(c.report.log_drops, 0);
+        assert!(
+            records
+                .iter()
+                .any(|r| matches!(r, Record::Transition(t) if t.step == 0)),
+            "{records:?}"
+        );
+        assert!(matches!(records.last(), Some(Record::EpisodeEnd(_))));
+    }
+
     /// A control loop logging to the returned receiver, in firmware episode 1, which
     /// has heard steps 0 to 6 with step 3's `Reward` lost (step 6's says `done` with
     /// `done_at_6`); frames numbered up to 13 were sent.
@@ -2564,6 +2622,13 @@ mod tests {
         let (next, missed) = skip_missed(d, d + p * 9 + p / 2, p);
         assert_eq!((next, missed), (d + p * 10, 10));
         assert!(next > d + p * 9 + p / 2);
+        // A stall of five days at the shortest period: more than u32::MAX deadlines
+        // passed (the count overflowed, and the grid stayed behind).
+        let p = Duration::from_micros(100);
+        let end = d + p * u32::MAX + p / 2;
+        let (next, missed) = skip_missed(d, end, p);
+        assert_eq!(missed, u64::from(u32::MAX) + 1);
+        assert!(next > end && next - end <= p);
     }
 
     /// A tick that ended in time resets the count, and one overrun is not a fault.

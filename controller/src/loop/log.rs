@@ -75,6 +75,9 @@ pub const MAGIC: &[u8; 8] = b"EXPOLOG1";
 /// Largest payload a reader accepts (a transition is at most ~400 bytes; the run
 /// header is JSON): a larger length is a torn or foreign record.
 const MAX_RECORD: u32 = 1 << 20;
+/// Bytes of an episode end's detail kept in the log: a policy error's chain of causes
+/// is a few hundred bytes; this keeps any end record far below [`MAX_RECORD`].
+const MAX_DETAIL: usize = 16 * 1024;
 
 const KIND_RUN: u8 = 1;
 const KIND_EPISODE_START: u8 = 2;
@@ -309,7 +312,11 @@ impl Record {
                 out.extend_from_slice(&e.steps.to_le_bytes());
                 out.push(e.success as u8);
                 out.push(e.reason.code());
-                out.extend_from_slice(e.detail.as_bytes());
+                let mut cut = e.detail.len().min(MAX_DETAIL);
+                while !e.detail.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.extend_from_slice(&e.detail.as_bytes()[..cut]);
             }
         }
     }
@@ -757,6 +764,13 @@ pub struct LogWriter {
     /// Someone follows the synced length ([`LogWriter::synced_len`]): only then does
     /// [`LogWriter::sync_if_due`] sync (no needless writes to a robot's SD card).
     followed: bool,
+    /// The synced length when a sync first failed. The kernel reports a write-back
+    /// error to one `fdatasync` only and drops the pages, so a later sync that succeeds
+    /// does not put them on disk: the synced length stays here for good.
+    sync_failed_at: Option<u64>,
+    /// Test hook: the next sync fails as a failing disk's would.
+    #[cfg(test)]
+    fail_next_sync: bool,
 }
 
 /// How many bytes of a log are on disk (as of the writer's last `fdatasync`), shared
@@ -856,6 +870,9 @@ impl LogWriter {
             unsynced: false,
             last_sync: Instant::now(),
             followed: false,
+            sync_failed_at: None,
+            #[cfg(test)]
+            fail_next_sync: false,
         })
     }
 
@@ -873,6 +890,18 @@ impl LogWriter {
     /// Appends one record with a single `write` (length, CRC, payload).
     pub fn append(&mut self, rec: &Record) -> Result<(), LogError> {
         rec.encode(&mut self.payload);
+        // A reader takes a larger one for damage (and the next open cuts it off as a
+        // torn tail): refused here, with the records before it kept.
+        if self.payload.len() > MAX_RECORD as usize {
+            return Err(LogError::Io {
+                path: self.path.clone(),
+                what: "appending a record",
+                error: io::Error::other(format!(
+                    "the record is {} bytes, past the log's limit of {MAX_RECORD}",
+                    self.payload.len()
+                )),
+            });
+        }
         self.buf.clear();
         self.buf
             .extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
@@ -892,7 +921,8 @@ impl LogWriter {
     }
 
     /// `fdatasync`: completed episodes survive a power loss too. Publishes the synced
-    /// length ([`LogWriter::synced_len`]).
+    /// length ([`LogWriter::synced_len`]). Once a sync has failed, every later one
+    /// fails too and the synced length no longer moves (see `sync_failed_at`).
     pub fn sync(&mut self) -> Result<(), LogError> {
         let io_err = |what, error| LogError::Io {
             path: self.path.clone(),
@@ -900,9 +930,27 @@ impl LogWriter {
             error,
         };
         self.last_sync = Instant::now();
-        self.file
-            .sync_data()
-            .map_err(|e| io_err("syncing the log", e))?;
+        #[cfg(test)]
+        let synced = if std::mem::take(&mut self.fail_next_sync) {
+            Err(io::Error::other("injected write-back error"))
+        } else {
+            self.file.sync_data()
+        };
+        #[cfg(not(test))]
+        let synced = self.file.sync_data();
+        if let Err(e) = synced {
+            self.sync_failed_at.get_or_insert(self.synced.get());
+            return Err(io_err("syncing the log", e));
+        }
+        if let Some(at) = self.sync_failed_at {
+            return Err(io_err(
+                "syncing the log",
+                io::Error::other(format!(
+                    "an earlier sync failed, so the records past byte {at} may not be on \
+                     disk (the uplink sends none of them; the log keeps them)"
+                )),
+            ));
+        }
         let len = self
             .file
             .metadata()
@@ -1064,8 +1112,15 @@ impl EpisodeGrouper {
                 *ended = true;
                 // Handed on in order, with the episodes begun before it: boundary
                 // records keep their order, so one of those still without its end
-                // record lost it (damage), and nothing more comes for it.
-                let handed: Vec<_> = self.current.drain(..=i).collect();
+                // record lost it (damage), and nothing more comes for it. Not a later
+                // episode only seen by its transitions so far: the control thread
+                // sends transitions ahead of queued boundary records, so an episode
+                // without transitions can end after its successor's first one.
+                let (handed, kept): (Vec<_>, Vec<_>) = self
+                    .current
+                    .drain(..=i)
+                    .partition(|(e, started, _)| *started || e.episode <= end.episode);
+                self.current.splice(0..0, kept);
                 Self::hand_on(handed, out);
             }
         }
@@ -1625,6 +1680,62 @@ pub(crate) mod tests {
         assert_eq!(tail.poll().unwrap().len(), 1);
     }
 
+    /// An episode end's detail is cut to fit: a record past the readers' limit was read
+    /// as damage, and cut off as a torn tail when the log was opened again.
+    #[test]
+    fn a_long_detail_is_cut_and_the_record_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut long = end(0, 3);
+        long.detail = "é".repeat(600_000);
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::EpisodeEnd(long)).unwrap();
+        w.append(&Record::EpisodeStart {
+            episode: 1,
+            seed: 0,
+        })
+        .unwrap();
+        drop(w);
+        let read = read_log(&path).unwrap();
+        assert_eq!(read.records.len(), 2);
+        let Record::EpisodeEnd(e) = &read.records[0] else {
+            panic!("{:?}", read.records[0]);
+        };
+        assert_eq!(e.detail, "é".repeat(MAX_DETAIL / 2));
+    }
+
+    /// After a failed sync the kernel has dropped the pages it could not write; a later
+    /// sync that succeeds must not publish them as on disk.
+    #[test]
+    fn a_failed_sync_keeps_the_synced_length_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let rec = |e: u32| Record::EpisodeStart {
+            episode: e,
+            seed: 0,
+        };
+        let mut w = LogWriter::open(&path).unwrap();
+        let synced = w.synced_len();
+        w.append(&rec(0)).unwrap();
+        w.sync().unwrap();
+        let before = synced.get();
+        w.append(&rec(1)).unwrap();
+        w.fail_next_sync = true;
+        let first = w.sync().unwrap_err().to_string();
+        assert!(first.contains("injected"), "{first}");
+        w.append(&rec(2)).unwrap();
+        let later = w.sync().unwrap_err().to_string();
+        assert!(
+            later.contains(&format!("past byte {before}")) && later.contains("t.log"),
+            "{later}"
+        );
+        assert!(w.sync_if_due(Duration::ZERO).is_err());
+        assert_eq!(synced.get(), before);
+        // The records themselves are kept.
+        drop(w);
+        assert_eq!(LogWriter::open(&path).unwrap().existing_records, 3);
+    }
+
     /// The follower returns a record once it is whole, and counts the bytes of one that
     /// is not (yet): the streamer names them when the finished log ends in them.
     #[test]
@@ -1786,6 +1897,37 @@ pub(crate) mod tests {
             (0, 70, 1, Unfinished),
         ];
         assert_eq!(got, want);
+    }
+
+    /// Episode 1 logs no transition (a fault at its first step) while the logger lags:
+    /// episode 2's first transition is written before episode 1's boundary records.
+    #[test]
+    fn an_empty_episode_ending_after_its_successors_first_step_splits_nothing() {
+        let start = |episode, seed| Record::EpisodeStart { episode, seed };
+        let t = |episode, step, done| Record::Transition(transition(episode, step, done));
+        let records = vec![
+            Record::Run(run_start()),
+            start(0, 7),
+            t(0, 0, false),
+            t(0, 1, true),
+            Record::EpisodeEnd(end(0, 2)),
+            t(2, 0, false),
+            start(1, 8),
+            Record::EpisodeEnd(end(1, 0)),
+            start(2, 9),
+            t(2, 1, true),
+            Record::EpisodeEnd(end(2, 2)),
+        ];
+        let (_, eps) = episodes(&records);
+        let got: Vec<(u32, usize, EndReason)> = eps
+            .iter()
+            .map(|e| (e.episode, e.transitions.len(), e.end.reason))
+            .collect();
+        use EndReason::Completed;
+        assert_eq!(
+            got,
+            [(0, 2, Completed), (1, 0, Completed), (2, 2, Completed)]
+        );
     }
 
     #[test]

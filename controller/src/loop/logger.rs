@@ -23,7 +23,8 @@
 
 use super::link::LinkCounters;
 use super::log::{
-    ConvertNotes, EndReason, LogWriter, Record, RunStart, SYNC_EVERY, Transition, to_episode,
+    ConvertNotes, EndReason, LogError, LogWriter, Record, RunStart, SYNC_EVERY, Transition,
+    to_episode,
 };
 use super::realtime;
 use super::viz::{TickFrame, TickSink};
@@ -223,12 +224,11 @@ fn logger_main(
     let mut current: Option<(u32, Vec<Transition>)> = None;
     // Transitions of an episode whose start record has not arrived yet.
     let mut early: Vec<Transition> = Vec::new();
-    // A failing periodic sync is said once (it would fill the errors every second).
+    // A failed sync is said once: every later one fails too ([`LogWriter::sync`]), and
+    // the periodic one would fill the errors every second.
     let mut sync_failed = false;
-    let mut sync_if_due = |log: &mut LogWriter| {
-        // Within a long episode too, and with no record coming: the uplink streams only
-        // what is on disk.
-        if let Err(e) = log.sync_if_due(SYNC_EVERY)
+    let mut note_sync = |synced: Result<(), LogError>| {
+        if let Err(e) = synced
             && !std::mem::replace(&mut sync_failed, true)
         {
             push_error(s, e.to_string());
@@ -239,7 +239,9 @@ fn logger_main(
         let rec = match rx.recv_timeout(SYNC_EVERY) {
             Ok(rec) => rec,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                sync_if_due(&mut log);
+                // Within a long episode too, and with no record coming: the uplink
+                // streams only what is on disk.
+                note_sync(log.sync_if_due(SYNC_EVERY));
                 continue;
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -247,7 +249,7 @@ fn logger_main(
         if let Err(e) = log.append(&rec) {
             push_error(s, e.to_string());
         }
-        sync_if_due(&mut log);
+        note_sync(log.sync_if_due(SYNC_EVERY));
         match rec {
             Record::EpisodeStart { episode, .. } => {
                 let (mut ts, later): (Vec<_>, Vec<_>) =
@@ -261,9 +263,7 @@ fn logger_main(
                 _ => early.push(t),
             },
             Record::EpisodeEnd(end) => {
-                if let Err(e) = log.sync() {
-                    push_error(s, e.to_string());
-                }
+                note_sync(log.sync());
                 let ts = match current.take() {
                     Some((ep, ts)) if ep == end.episode => ts,
                     _ => Vec::new(),
@@ -295,9 +295,7 @@ fn logger_main(
         }
         s.lock().unwrap_or_else(|e| e.into_inner()).records = log.records;
     }
-    if let Err(e) = log.sync() {
-        push_error(s, e.to_string());
-    }
+    note_sync(log.sync());
     if let Some(mut w) = dataset {
         // Closed here rather than in finish(), to know which episodes a failed close
         // took along (finish() still writes the metadata of the others).

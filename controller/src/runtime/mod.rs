@@ -42,6 +42,7 @@ use shared_model::manifest::Manifest;
 use shared_model::schedule::SamplingStep;
 use shared_model::select::{
     ExpoRunner, SelectionParams, argmax_rows, on_the_fly_action, pessimistic_scores, sample_subset,
+    void_non_finite,
 };
 use shared_model::{DiffusionSchedule, VerifiedBundle};
 use sim::rng::Rng;
@@ -412,6 +413,18 @@ impl Policy {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
+        let a = &self.candidates[choice.index * self.act_dim..(choice.index + 1) * self.act_dim];
+        // A non-finite candidate scores NaN and loses, so this one is picked only when
+        // every candidate is (or without a critic): the networks overflowed on this
+        // observation, and no clamp makes that a command.
+        if let Some(i) = a.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "candidate action {} has {} at [{i}], and no candidate is finite: the \
+                 denoiser or the edit policy overflowed on this observation",
+                choice.index,
+                a[i]
+            );
+        }
         // NaN scores lose (as in training), so the best score is not finite only when
         // no candidate scored finite, or one scored +inf: the critic has blown up on
         // this observation, and the robot is not driven by what it picked.
@@ -422,7 +435,6 @@ impl Policy {
             params.num_samples + params.num_edit,
             choice.score
         );
-        let a = &self.candidates[choice.index * self.act_dim..(choice.index + 1) * self.act_dim];
         let spec = &self.manifest.action;
         // Every action of a chunk has the same bounds.
         let bounds = spec.low.iter().zip(&spec.high).cycle();
@@ -581,6 +593,7 @@ impl ExpoRunner for Selection<'_> {
             p.error = Some(e.context("critic"));
         } else {
             pessimistic_scores(&p.q[..subset * m], m, &mut p.scores[..m]);
+            void_non_finite(&p.candidates[..m * ad], ad, &mut p.scores[..m]);
         }
         p.times.score += start.elapsed().as_secs_f64();
     }
