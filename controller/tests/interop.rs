@@ -4,6 +4,7 @@
 
 use controller::runtime::{Backend, GraphRows, load_networks};
 use serde_json::json;
+use shared_model::graphs::LogStdHead;
 use shared_model::manifest::{Trust, load_bundle};
 use shared_model::synthetic::SyntheticSpec;
 use std::process::Command;
@@ -14,9 +15,18 @@ fn tensor(shape: &[usize], data: &[f32]) -> serde_json::Value {
 
 #[test]
 fn onnx_checker_and_onnxruntime_agree_with_the_runtime() {
+    for log_std in [LogStdHead::Tanh, LogStdHead::Clip] {
+        check_against_onnxruntime(SyntheticSpec {
+            log_std,
+            ..SyntheticSpec::cpu()
+        });
+    }
+}
+
+fn check_against_onnxruntime(spec: SyntheticSpec) {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
-    SyntheticSpec::cpu().write(&bundle, 21, None).unwrap();
+    spec.write(&bundle, 21, None).unwrap();
     let b = load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
     let rows = GraphRows::for_manifest(&b.manifest);
     let mut nets = load_networks(Backend::Tract, &b, rows).unwrap();

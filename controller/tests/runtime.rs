@@ -47,6 +47,13 @@ fn tract_and_native_agree_per_graph_and_per_action() {
     for (name, spec) in [
         ("cpu", SyntheticSpec::cpu()),
         ("paper", SyntheticSpec::paper()),
+        (
+            "cpu, clipped log-std",
+            SyntheticSpec {
+                log_std: shared_model::graphs::LogStdHead::Clip,
+                ..SyntheticSpec::cpu()
+            },
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         spec.write(dir.path(), 11, Some(&key(1))).unwrap();
@@ -343,6 +350,29 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
             Trust::AllowUnsigned,
             |e| matches!(e, BundleError::Shape { .. }),
             "shape mismatch: input `obs`: expected f32[?, 9], found f32[?, 10]",
+        ),
+        (
+            // tract ran it at the runtime's own row count without a word.
+            "a graph that fixes its batch size",
+            variant("fixed-batch", &|d| {
+                let p = d.join("denoiser.onnx");
+                let mut m = ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+                let g = m.graph.as_mut().unwrap();
+                let input = g
+                    .input
+                    .iter_mut()
+                    .find(|v| v.name == "noisy_action")
+                    .unwrap();
+                let shape = input.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap();
+                shape.shape.as_mut().unwrap().dim[0].value =
+                    Some(shared_model::onnx::DimensionValue::Fixed(8));
+                let bytes = m.to_bytes();
+                fs::write(&p, &bytes).unwrap();
+                edit_manifest(d, |t| set_hash(t, "denoiser", sha256_hex(&bytes)));
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Shape { .. }),
+            "input `noisy_action`: expected f32[?, 2], found f32[8, 2]",
         ),
         (
             "NaN weights",

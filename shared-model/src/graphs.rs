@@ -17,7 +17,8 @@
 //!            x = x + down(silu(up(LayerNorm(x))))        (per residual block)
 //!            eps = silu(x)·W_out + b_out
 //! edit:      obs [b_o, O], base_action [B, A] → mean [B, A], log_std [B, A]
-//!            (ReLU MLP on [obs, action]; log_std squashed into [LOG_STD_MIN, LOG_STD_MAX])
+//!            (ReLU MLP on [obs, action]; log_std squashed into [LOG_STD_MIN, LOG_STD_MAX]
+//!            by a tanh, or clipped to [LOG_STD_CLIP_MIN, LOG_STD_MAX]: [`LogStdHead`])
 //! critic:    obs [b_o, O], action [B, A], members [K] (int64 member ids) → q [K, B]
 //!            (per member: (Dense → LayerNorm → ReLU) × L → Dense(1), weights gathered
 //!            by `members`, so scoring with a sampled subset costs K/E of all members)
@@ -28,9 +29,26 @@ use std::f32::consts::TAU;
 
 /// LayerNorm epsilon shared by trainer and export.
 pub const LAYER_NORM_EPS: f32 = 1e-6;
-/// Range the edit policy's log standard deviation is squashed into.
+/// Range the edit policy's log standard deviation is squashed into
+/// ([`LogStdHead::Tanh`]); the top of the range is also [`LogStdHead::Clip`]'s.
 pub const LOG_STD_MIN: f32 = -5.0;
 pub const LOG_STD_MAX: f32 = 2.0;
+/// Bottom of [`LogStdHead::Clip`]'s range.
+pub const LOG_STD_CLIP_MIN: f32 = -20.0;
+
+/// How a Gaussian policy's raw output becomes its log standard deviation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogStdHead {
+    /// `MIN + ½ (MAX − MIN)(tanh(raw) + 1)`, into [−5, 2]: a zero output is std 0.22,
+    /// and the gradient never vanishes. This trainer's from the start.
+    #[default]
+    #[serde(rename = "tanh")]
+    Tanh,
+    /// `clip(raw, −20, 2)`, as the reference code's lineage (jaxrl's tanh-normal
+    /// policies): a zero output is std 1, and the gradient is zero outside the range.
+    #[serde(rename = "clip")]
+    Clip,
+}
 
 /// Graph input and output names.
 pub mod names {
@@ -116,6 +134,7 @@ pub struct DenoiserWeights {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GaussianWeights {
     pub layers: Vec<DenseWeights>,
+    pub log_std: LogStdHead,
 }
 
 /// One layer of the critic ensemble: `weight [E, d_in, d_out]`, `bias [E, d_out]`.
@@ -244,18 +263,28 @@ pub fn edit_graph(w: &GaussianWeights, obs_dim: usize, act_dim: usize) -> ModelP
     let head = &w.layers[last];
     let mean = dense(&mut g, &h, &head.cols(0, act_dim), "head.mean");
     let raw = dense(&mut g, &h, &head.cols(act_dim, 2 * act_dim), "head.log_std");
-    // log_std = MIN + ½ (MAX − MIN)(tanh(raw) + 1)
-    let th = g.node("Tanh", &[&raw], &[]);
-    let one = g.floats("one", &[], &[1.0]);
-    let half_range = g.floats(
-        "half_log_std_range",
-        &[],
-        &[0.5 * (LOG_STD_MAX - LOG_STD_MIN)],
-    );
-    let min = g.floats("log_std_min", &[], &[LOG_STD_MIN]);
-    let s = g.node("Add", &[&th, &one], &[]);
-    let s = g.node("Mul", &[&s, &half_range], &[]);
-    let log_std = g.node("Add", &[&s, &min], &[]);
+    let log_std = match w.log_std {
+        LogStdHead::Tanh => {
+            // log_std = MIN + ½ (MAX − MIN)(tanh(raw) + 1)
+            let th = g.node("Tanh", &[&raw], &[]);
+            let one = g.floats("one", &[], &[1.0]);
+            let half_range = g.floats(
+                "half_log_std_range",
+                &[],
+                &[0.5 * (LOG_STD_MAX - LOG_STD_MIN)],
+            );
+            let min = g.floats("log_std_min", &[], &[LOG_STD_MIN]);
+            let s = g.node("Add", &[&th, &one], &[]);
+            let s = g.node("Mul", &[&s, &half_range], &[]);
+            g.node("Add", &[&s, &min], &[])
+        }
+        LogStdHead::Clip => {
+            // Clip takes its bounds as inputs since opset 11.
+            let min = g.floats("log_std_clip_min", &[], &[LOG_STD_CLIP_MIN]);
+            let max = g.floats("log_std_max", &[], &[LOG_STD_MAX]);
+            g.node("Clip", &[&raw, &min, &max], &[])
+        }
+    };
     g.output(&mean, MEAN, DATA_TYPE_FLOAT, &[BATCH, Dim::Fixed(act_dim)]);
     g.output(
         &log_std,

@@ -1361,10 +1361,10 @@ fn check_graph(
                 path: path.into(),
                 message: format!("{kind} `{name}` has no tensor type"),
             })?;
-            // `None` in the expectation accepts any dimension (a batch axis).
-            let ok = fty == *ty
-                && fdims.len() == dims.len()
-                && dims.iter().zip(&fdims).all(|(w, f)| w.is_none() || w == f);
+            // `None` in the expectation is a batch axis, which the graph must leave
+            // symbolic: the runtime feeds its own row counts, and tract ran a graph
+            // declared for 8 rows at 4 without a word.
+            let ok = fty == *ty && fdims.len() == dims.len() && dims == &fdims;
             if !ok {
                 return Err(BundleError::Shape {
                     path: path.into(),

@@ -7,7 +7,7 @@
 //! files written by other tools still decode for inspection.
 //!
 //! Operators used (default domain, opset 17): `MatMul`, `Add`, `Mul`, `Sigmoid`, `Tanh`,
-//! `Relu`, `Sin`, `Cos`, `Concat`, `Gather`, `LayerNormalization`, `Squeeze`.
+//! `Relu`, `Sin`, `Cos`, `Concat`, `Gather`, `LayerNormalization`, `Squeeze`, `Clip`.
 
 use prost::Message;
 

@@ -4,7 +4,7 @@
 
 use crate::graphs::{
     CriticWeights, DenoiserWeights, DenseWeights, EnsembleDenseWeights, GaussianWeights,
-    NormWeights, ResBlockWeights, critic_graph, denoiser_graph, edit_graph,
+    LogStdHead, NormWeights, ResBlockWeights, critic_graph, denoiser_graph, edit_graph,
 };
 use crate::manifest::{
     ActionSpec, BundleError, BundleGraphs, DiffusionSpec, FORMAT_VERSION, GraphFile, GraphFiles,
@@ -56,6 +56,8 @@ pub struct SyntheticSpec {
     pub num_critics: usize,
     pub selection: SelectionSpec,
     pub steps: usize,
+    /// The edit policy's log-std head.
+    pub log_std: LogStdHead,
 }
 
 impl SyntheticSpec {
@@ -83,6 +85,7 @@ impl SyntheticSpec {
                 edit_scale: 0.05,
             },
             steps: 10,
+            log_std: LogStdHead::Tanh,
         }
     }
 
@@ -110,6 +113,7 @@ impl SyntheticSpec {
                 edit_scale: 0.05,
             },
             steps: 5,
+            log_std: LogStdHead::Tanh,
         }
     }
 
@@ -162,6 +166,7 @@ impl SyntheticSpec {
         };
         let edit = (self.selection.num_edit > 0).then(|| GaussianWeights {
             layers: mlp(&mut g, od + ad, &n.edit_widths, 2 * ad),
+            log_std: self.log_std,
         });
         let critic = (self.selection.critic_subset > 0).then(|| {
             let e = self.num_critics;

@@ -731,12 +731,21 @@ impl Agent {
                 obs_dim + act_dim,
                 &net.critic_widths,
                 act_dim,
+                config.expo.log_std,
                 &mut init,
                 &device,
             )
         });
-        let actor = (config.algo == Algo::Rlpd)
-            .then(|| GaussianPolicy::new(obs_dim, &net.critic_widths, act_dim, &mut init, &device));
+        let actor = (config.algo == Algo::Rlpd).then(|| {
+            GaussianPolicy::new(
+                obs_dim,
+                &net.critic_widths,
+                act_dim,
+                config.expo.log_std,
+                &mut init,
+                &device,
+            )
+        });
         let temperature = matches!(config.algo, Algo::Expo | Algo::Rlpd)
             .then(|| Temperature::new(config.expo.init_temperature, &device));
         let schedule = DiffusionSchedule::vp(

@@ -197,6 +197,12 @@ pub struct ExpoConfig {
     /// existed) means `denoiser`, so such a run resumes exactly as it ran.
     #[serde(default = "EditBase::before_the_key")]
     pub edit_base: EditBase,
+    /// How the edit policy's (and `rlpd`'s actor's) raw output becomes its log-std:
+    /// `"tanh"` squashes it into [−5, 2] (this trainer's from the start, and a config
+    /// without the key), `"clip"` clips it to [−20, 2] as the reference code's lineage
+    /// does. BENCHMARKS.md, "The edit policy's log-std head", compares them.
+    #[serde(default)]
+    pub log_std: crate::nets::LogStdHead,
 }
 
 /// The base actions of the edit policy's loss `α log π − mean_e Q_e(s, base + β·a)`.
@@ -547,6 +553,7 @@ impl Config {
                 target_entropy_per_dim: -0.5,
                 adjust_target_entropy: false,
                 edit_base: EditBase::Buffer,
+                log_std: Default::default(),
             },
             optim: OptimConfig {
                 batch_size: 256,
@@ -1025,7 +1032,7 @@ mod tests {
         assert_eq!(c.expo.edit_base, EditBase::Buffer);
         assert!(!c.expo.adjust_target_entropy);
         assert_eq!(c.net.init, InitScheme::Torch);
-        let newer = ["edit_base", "adjust_target_entropy", "init "];
+        let newer = ["edit_base", "adjust_target_entropy", "init ", "log_std"];
         let old = c
             .to_toml()
             .lines()
@@ -1040,6 +1047,7 @@ mod tests {
         assert_eq!(back.expo.edit_base, EditBase::Denoiser);
         assert!(!back.expo.adjust_target_entropy);
         assert_eq!(back.net.init, InitScheme::Torch);
+        assert_eq!(back.expo.log_std, crate::nets::LogStdHead::Tanh);
         // The same through `--config` (a new run from an old run's config.toml), whatever
         // `--preset` says: before, the missing keys took the preset's newer values.
         let dir = tempfile::tempdir().unwrap();
@@ -1070,6 +1078,8 @@ mod tests {
         );
         let c = Config::resolve("cpu", None, &["expo.edit_base=\"denoiser\"".into()]).unwrap();
         assert_eq!(c.expo.edit_base, EditBase::Denoiser);
+        let c = Config::resolve("cpu", None, &["expo.log_std=\"clip\"".into()]).unwrap();
+        assert_eq!(c.expo.log_std, crate::nets::LogStdHead::Clip);
         let c = Config::resolve("cpu", None, &["net.init=\"reference\"".into()]).unwrap();
         assert_eq!(c.net.init, InitScheme::Reference);
         let err = Config::resolve("cpu", None, &["net.init=\"xavier\"".into()]).unwrap_err();

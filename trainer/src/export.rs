@@ -69,6 +69,7 @@ pub fn denoiser_weights(d: &Denoiser) -> DenoiserWeights {
 pub fn gaussian_weights(p: &GaussianPolicy) -> GaussianWeights {
     GaussianWeights {
         layers: p.mlp.layers.iter().map(dense).collect(),
+        log_std: p.log_std_head(),
     }
 }
 

@@ -291,9 +291,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source, o.device.as_deref())?;
     // Else the run would be written as finished short of its checkpoint (and a bundle
-    // exported from it), with nothing said.
+    // exported from it), with nothing said. (A fresh run counts from 0, whatever its
+    // source's count.)
     ensure!(
-        o.updates >= state.finetune_updates,
+        !resumed || o.updates >= state.finetune_updates,
         "{}: its checkpoint is at {} updates, and --updates {} ends the run before it: \
          give at least {} (or leave --updates out: a resume runs the count the run began \
          with)",

@@ -666,14 +666,17 @@ impl Mlp {
     }
 }
 
-/// Range the policies' log standard deviation is squashed into.
-pub use shared_model::graphs::{LOG_STD_MAX, LOG_STD_MIN};
+/// Range the policies' log standard deviation is squashed (or clipped) into.
+pub use shared_model::graphs::{LOG_STD_CLIP_MIN, LOG_STD_MAX, LOG_STD_MIN, LogStdHead};
 
 /// Tanh-Gaussian head over an MLP: `(mean, log_std)` of the pre-tanh Gaussian.
 #[derive(Module, Debug)]
 pub struct GaussianPolicy {
     pub mlp: Mlp,
     pub act_dim: usize,
+    /// The log-std head is [`LogStdHead::Clip`] (else [`LogStdHead::Tanh`]); from the
+    /// config, not saved with the weights.
+    pub clip_log_std: bool,
 }
 
 impl GaussianPolicy {
@@ -681,6 +684,7 @@ impl GaussianPolicy {
         d_in: usize,
         widths: &[usize],
         act_dim: usize,
+        head: LogStdHead,
         init: &mut Init,
         device: &Device,
     ) -> Self {
@@ -688,6 +692,15 @@ impl GaussianPolicy {
             // Mean and log-std: two heads in the reference.
             mlp: Mlp::new(d_in, widths, 2 * act_dim, 2, false, init, device),
             act_dim,
+            clip_log_std: head == LogStdHead::Clip,
+        }
+    }
+
+    pub fn log_std_head(&self) -> LogStdHead {
+        if self.clip_log_std {
+            LogStdHead::Clip
+        } else {
+            LogStdHead::Tanh
         }
     }
 
@@ -698,7 +711,12 @@ impl GaussianPolicy {
         let a = self.act_dim;
         let mean = out.clone().slice([0..rows, 0..a]);
         let raw = out.slice([0..rows, a..2 * a]);
-        let log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (raw.tanh() + 1.0);
+        let log_std = match self.log_std_head() {
+            LogStdHead::Tanh => {
+                LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (raw.tanh() + 1.0)
+            }
+            LogStdHead::Clip => raw.clamp(LOG_STD_CLIP_MIN, LOG_STD_MAX),
+        };
         (mean, log_std)
     }
 
@@ -1181,7 +1199,7 @@ mod tests {
             glorot(&values(&l.weight), fan_in, fan_out, "critic layer");
             assert!(values(&l.bias).iter().all(|&b| b == 0.0));
         }
-        let policy = GaussianPolicy::new(26, &[256, 256], 6, &mut init, &d);
+        let policy = GaussianPolicy::new(26, &[256, 256], 6, LogStdHead::Tanh, &mut init, &d);
         let head = policy.mlp.layers.last().expect("an output layer");
         // [256, 12]: the mean's columns and the log-std's, each a [256, 6] head.
         glorot(&values(&head.weight), 256, 6, "policy heads");
@@ -1199,7 +1217,7 @@ mod tests {
     fn torch_scheme_is_the_draws_before_the_key() {
         let d = Device::flex();
         let mut init = Init::new(9, InitScheme::Torch);
-        let policy = GaussianPolicy::new(7, &[16], 3, &mut init, &d);
+        let policy = GaussianPolicy::new(7, &[16], 3, LogStdHead::Tanh, &mut init, &d);
         let critic = CriticEnsemble::new(4, 7, &[8], &mut init, &d);
         let mut rng = Rng::new(9);
         let mut draw = |n: usize, fan_in: usize| uniform(&mut rng, n, 1.0 / (fan_in as f32).sqrt());

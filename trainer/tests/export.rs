@@ -197,17 +197,24 @@ fn train(agent: &mut Agent, updates: usize) {
 
 #[test]
 fn exported_bundle_matches_burn() {
-    let mut agent = agent(
-        "cpu",
-        &["task=push", "diffusion.ema_rate=0.5", "optim.tau=0.5"],
-    );
-    train(&mut agent, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("bundle");
-    export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
-    for backend in [Backend::Tract, Backend::Native] {
-        check_graphs(&agent, &bundle, backend);
-        check_actions(&mut agent, &bundle, backend);
+    for head in ["tanh", "clip"] {
+        let mut agent = agent(
+            "cpu",
+            &[
+                "task=push",
+                "diffusion.ema_rate=0.5",
+                "optim.tau=0.5",
+                &format!("expo.log_std=\"{head}\""),
+            ],
+        );
+        train(&mut agent, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle");
+        export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
+        for backend in [Backend::Tract, Backend::Native] {
+            check_graphs(&agent, &bundle, backend);
+            check_actions(&mut agent, &bundle, backend);
+        }
     }
 }
 

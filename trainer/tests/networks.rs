@@ -9,8 +9,8 @@ use trainer::agent::{
     Stream, edited_log_prob, polyak, random_subset, sample_chain, target_entropy,
 };
 use trainer::nets::{
-    CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, Init, Norm, cast_params, silu,
-    silu_composed, tensor2,
+    CriticEnsemble, Denoiser, DenoiserSize, GaussianPolicy, Init, LogStdHead, Norm, cast_params,
+    silu, silu_composed, tensor2,
 };
 
 fn dev() -> Device {
@@ -44,7 +44,20 @@ fn edited_density(y: f64, base: f64, beta: f64, m: f64, s: f64) -> f64 {
 #[test]
 fn tanh_gaussian_log_prob_with_edit_scale_matches_the_density() {
     let d = dev();
-    let policy = GaussianPolicy::new(3, &[16], 1, &mut Init::reference(3), &d);
+    for head in [LogStdHead::Tanh, LogStdHead::Clip] {
+        tanh_gaussian_log_prob_matches(GaussianPolicy::new(
+            3,
+            &[16],
+            1,
+            head,
+            &mut Init::reference(3),
+            &d,
+        ));
+    }
+}
+
+fn tanh_gaussian_log_prob_matches(policy: GaussianPolicy) {
+    let d = dev();
     let x = tensor2(vec![0.2, -0.4, 0.9, 1.0, 0.5, -0.1], 2, 3, &d);
     let (mean, log_std) = policy.forward(x.clone());
     let (m, ls) = (values(mean), values(log_std));

@@ -10,7 +10,9 @@ use super::Networks;
 use super::kernels::{Packed, dense, exp, layer_norm, silu, silu_into};
 use anyhow::{Context, Result, bail, ensure};
 use shared_model::VerifiedBundle;
-use shared_model::graphs::{LAYER_NORM_EPS, LOG_STD_MAX, LOG_STD_MIN};
+use shared_model::graphs::{
+    LAYER_NORM_EPS, LOG_STD_CLIP_MIN, LOG_STD_MAX, LOG_STD_MIN, LogStdHead,
+};
 use shared_model::onnx::ModelProto;
 use std::collections::HashMap;
 use std::f32::consts::TAU;
@@ -71,6 +73,11 @@ impl Weights {
             map,
             used: Default::default(),
         })
+    }
+
+    /// Whether the graph has weight `name` (without reading it).
+    fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
     }
 
     fn get(&self, name: &str) -> Result<(&[usize], &[f32])> {
@@ -195,6 +202,8 @@ struct Edit {
     hidden: Vec<Dense>,
     mean: Dense,
     log_std: Dense,
+    /// Told by the graph's constants: the tanh head's range, or the clip's bounds.
+    log_std_head: LogStdHead,
 }
 
 /// One critic layer: a packed weight per member (the first layer's split by input),
@@ -313,10 +322,23 @@ impl NativeNetworks {
                         .collect::<Result<_>>()?,
                     mean: w.dense("head.mean", true)?,
                     log_std: w.dense("head.log_std", true)?,
+                    log_std_head: if w.has("log_std_clip_min") {
+                        LogStdHead::Clip
+                    } else {
+                        LogStdHead::Tanh
+                    },
                 };
-                w.constant("one", 1.0)?;
-                w.constant("half_log_std_range", 0.5 * (LOG_STD_MAX - LOG_STD_MIN))?;
-                w.constant("log_std_min", LOG_STD_MIN)?;
+                match e.log_std_head {
+                    LogStdHead::Tanh => {
+                        w.constant("one", 1.0)?;
+                        w.constant("half_log_std_range", 0.5 * (LOG_STD_MAX - LOG_STD_MIN))?;
+                        w.constant("log_std_min", LOG_STD_MIN)?;
+                    }
+                    LogStdHead::Clip => {
+                        w.constant("log_std_clip_min", LOG_STD_CLIP_MIN)?;
+                        w.constant("log_std_max", LOG_STD_MAX)?;
+                    }
+                }
                 w.all_read(&format!("networks.edit_widths has {n} entries"))?;
                 let f = f.file.as_str();
                 width(f, "layers.0.obs's input", e.from_obs.d_in, od)?;
@@ -559,11 +581,20 @@ impl Networks for NativeNetworks {
         }
         e.mean.apply(cur, rows, false, mean);
         e.log_std.apply(cur, rows, false, log_std);
-        let half_range = 0.5 * (LOG_STD_MAX - LOG_STD_MIN);
-        for v in log_std.iter_mut() {
-            // tanh(x) = 1 − 2 / (e^{2x} + 1), with the vectorizable exp.
-            let th = 1.0 - 2.0 / (exp(2.0 * *v) + 1.0);
-            *v = (th + 1.0) * half_range + LOG_STD_MIN;
+        match e.log_std_head {
+            LogStdHead::Tanh => {
+                let half_range = 0.5 * (LOG_STD_MAX - LOG_STD_MIN);
+                for v in log_std.iter_mut() {
+                    // tanh(x) = 1 − 2 / (e^{2x} + 1), with the vectorizable exp.
+                    let th = 1.0 - 2.0 / (exp(2.0 * *v) + 1.0);
+                    *v = (th + 1.0) * half_range + LOG_STD_MIN;
+                }
+            }
+            LogStdHead::Clip => {
+                for v in log_std.iter_mut() {
+                    *v = v.clamp(LOG_STD_CLIP_MIN, LOG_STD_MAX);
+                }
+            }
         }
         Ok(())
     }
