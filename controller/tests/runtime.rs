@@ -47,13 +47,11 @@ fn tract_and_native_agree_per_graph_and_per_action() {
     for (name, spec) in [
         ("cpu", SyntheticSpec::cpu()),
         ("paper", SyntheticSpec::paper()),
-        (
-            "cpu, clipped log-std",
-            SyntheticSpec {
-                log_std: shared_model::graphs::LogStdHead::Clip,
-                ..SyntheticSpec::cpu()
-            },
-        ),
+        ("cpu, clipped log-std", {
+            let mut spec = SyntheticSpec::cpu();
+            spec.networks.edit_log_std = shared_model::graphs::LogStdHead::Clip;
+            spec
+        }),
     ] {
         let dir = tempfile::tempdir().unwrap();
         spec.write(dir.path(), 11, Some(&key(1))).unwrap();
@@ -1292,6 +1290,23 @@ fn a_candidate_that_is_not_finite_is_never_picked() {
             c.index
         );
     }
+    // Candidate 0 NaN, the others finite, and a critic that scores nothing finite: the
+    // critic is named, not the denoiser.
+    let m = n + b.manifest.selection.num_edit;
+    let inner = Box::new(BrokenDenoiser {
+        inner: load_networks(Backend::Native, &b, rows).unwrap(),
+        broken: 1,
+        act_dim: 2,
+    });
+    let nets = Box::new(BrokenCritic {
+        inner,
+        fill: f32::NAN,
+        broken: m,
+    });
+    let mut p =
+        Policy::with_networks(b.manifest.clone(), nets, &options(Backend::Native, 4)).unwrap();
+    let e = p.act(&obs(0), &mut a).unwrap_err().to_string();
+    assert!(e.contains("the critic's best score"), "{e}");
 }
 
 /// A critic that scores no candidate finite (blown up on this observation) does not

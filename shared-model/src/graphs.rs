@@ -50,6 +50,12 @@ pub enum LogStdHead {
     Clip,
 }
 
+impl LogStdHead {
+    pub fn is_tanh(&self) -> bool {
+        *self == LogStdHead::Tanh
+    }
+}
+
 /// Graph input and output names.
 pub mod names {
     pub const OBS: &str = "obs";

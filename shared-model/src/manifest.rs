@@ -22,7 +22,7 @@
 //! reverse) is refused by that line, or, for files written before it existed, by the
 //! file's extension; a secret key is never printed.
 
-use crate::graphs::names;
+use crate::graphs::{LogStdHead, names};
 use crate::onnx::{DATA_TYPE_FLOAT, DATA_TYPE_INT64, ModelProto};
 use crate::select::SelectionParams;
 use ed25519_dalek::{Signature, Signer};
@@ -34,11 +34,12 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// The newest bundle format this code reads. Format 2 adds `action.horizon` (action
-/// chunks), format 3 `action.replan_every` (how the training run played them); a
+/// chunks), format 3 `action.replan_every` (how the training run played them), format 4
+/// `networks.edit_log_std` (a clipped log-std head, `Clip` in the edit graph); a
 /// bundle is written in the oldest format that holds what it uses
 /// ([`Manifest::required_format`]), so older controllers keep loading every bundle
 /// they can run, and refuse a newer one by its version ([`BundleError::NewerFormat`]).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The longest action chunk a bundle may declare (as the trainer's
 /// `MAX_ACTION_HORIZON`).
@@ -232,7 +233,9 @@ struct MatrixSizes {
 impl Manifest {
     /// The oldest format that holds this manifest: 2 with action chunks, else 1.
     pub fn required_format(&self) -> u32 {
-        if self.action.replan_every != 0 {
+        if self.networks.edit_log_std != LogStdHead::Tanh {
+            4
+        } else if self.action.replan_every != 0 {
             3
         } else if self.action.horizon > 1 {
             2
@@ -302,6 +305,9 @@ pub struct NetworkSpec {
     pub time_hidden: usize,
     pub edit_widths: Vec<usize>,
     pub critic_widths: Vec<usize>,
+    /// The edit policy's log-std head (format 4; absent = `tanh`, every bundle before).
+    #[serde(default, skip_serializing_if = "LogStdHead::is_tanh")]
+    pub edit_log_std: LogStdHead,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1134,6 +1140,12 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         return Err(format!(
             "action.horizon = {} needs format_version 2 (found {})",
             a.horizon, m.format_version
+        ));
+    }
+    if !m.networks.edit_log_std.is_tanh() && m.format_version < 4 {
+        return Err(format!(
+            "networks.edit_log_std = {:?} needs format_version 4 (found {})",
+            m.networks.edit_log_std, m.format_version
         ));
     }
     if a.replan_every != 0 {

@@ -56,8 +56,6 @@ pub struct SyntheticSpec {
     pub num_critics: usize,
     pub selection: SelectionSpec,
     pub steps: usize,
-    /// The edit policy's log-std head.
-    pub log_std: LogStdHead,
 }
 
 impl SyntheticSpec {
@@ -75,6 +73,7 @@ impl SyntheticSpec {
                 time_hidden: 256,
                 edit_widths: vec![256, 256, 256],
                 critic_widths: vec![256, 256, 256],
+                edit_log_std: LogStdHead::Tanh,
             },
             num_critics: 10,
             selection: SelectionSpec {
@@ -85,7 +84,6 @@ impl SyntheticSpec {
                 edit_scale: 0.05,
             },
             steps: 10,
-            log_std: LogStdHead::Tanh,
         }
     }
 
@@ -103,6 +101,7 @@ impl SyntheticSpec {
                 time_hidden: 64,
                 edit_widths: vec![64, 64],
                 critic_widths: vec![64, 64],
+                edit_log_std: LogStdHead::Tanh,
             },
             num_critics: 10,
             selection: SelectionSpec {
@@ -113,7 +112,6 @@ impl SyntheticSpec {
                 edit_scale: 0.05,
             },
             steps: 5,
-            log_std: LogStdHead::Tanh,
         }
     }
 
@@ -166,7 +164,7 @@ impl SyntheticSpec {
         };
         let edit = (self.selection.num_edit > 0).then(|| GaussianWeights {
             layers: mlp(&mut g, od + ad, &n.edit_widths, 2 * ad),
-            log_std: self.log_std,
+            log_std: n.edit_log_std,
         });
         let critic = (self.selection.critic_subset > 0).then(|| {
             let e = self.num_critics;

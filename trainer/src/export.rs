@@ -233,6 +233,12 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             } else {
                 vec![]
             },
+            // Tanh for an algorithm without an edit policy: nothing to clip.
+            edit_log_std: if c.algo == Algo::Expo {
+                c.expo.log_std
+            } else {
+                Default::default()
+            },
         },
         graphs: GraphFiles {
             denoiser: placeholder,

@@ -167,7 +167,8 @@ struct StartedWith {
     with_offline: bool,
     keep_interventions: bool,
     listen: bool,
-    /// `--updates` (a file written before it was kept lacks it).
+    /// `--updates`, as the run began or as a resume last gave it (a file written before
+    /// it was kept lacks it).
     #[serde(default)]
     updates: Option<usize>,
 }
@@ -178,9 +179,10 @@ const OPTIONS_FILE: &str = "finetune-options.json";
 pub const DEFAULT_UPDATES: usize = 2000;
 
 /// The updates a `finetune` run into `out` runs when `--updates` is not given: with
-/// `--resume`, the count the run began with ([`DEFAULT_UPDATES`] for a run that did not
-/// keep it, or that is not there yet), else [`DEFAULT_UPDATES`]. A resume without
-/// `--updates` thus finishes the run as it was started, not at 2,000.
+/// `--resume`, the count the run was last given, as it began or by a resume
+/// ([`DEFAULT_UPDATES`] for a run that did not keep it, or that is not there yet), else
+/// [`DEFAULT_UPDATES`]. A resume without `--updates` thus finishes the run as it was
+/// asked to run, not at 2,000.
 pub fn updates_for(out: &Path, resume: bool) -> usize {
     let began = || -> Option<usize> {
         let text = std::fs::read_to_string(out.join(OPTIONS_FILE)).ok()?;
@@ -198,6 +200,26 @@ impl StartedWith {
             listen: o.listen.is_some(),
             updates: Some(o.updates),
         }
+    }
+
+    /// Keeps a resume's `--updates` as the run's count, so that the next resume without
+    /// `--updates` runs to it ([`updates_for`]); a run from before this file was written
+    /// has none to update.
+    fn note_updates(o: &FinetuneOptions) -> Result<()> {
+        let path = o.out.join(OPTIONS_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let mut then: StartedWith = serde_json::from_str(&text)
+            .with_context(|| format!("{}: unreadable", path.display()))?;
+        if then.updates == Some(o.updates) {
+            return Ok(());
+        }
+        then.updates = Some(o.updates);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&then)?)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Refuses a resume whose options differ from the run's (runs from before this
@@ -245,7 +267,7 @@ impl StartedWith {
         }
         if let Some(began) = then.updates.filter(|&u| u != o.updates) {
             eprintln!(
-                "note: {} began with --updates {began}; --resume runs it to {}",
+                "note: {} was last given --updates {began}; --resume runs it to {}",
                 o.out.display(),
                 o.updates
             );
@@ -296,8 +318,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     ensure!(
         !resumed || o.updates >= state.finetune_updates,
         "{}: its checkpoint is at {} updates, and --updates {} ends the run before it: \
-         give at least {} (or leave --updates out: a resume runs the count the run began \
-         with)",
+         give at least {}",
         o.out.display(),
         state.finetune_updates,
         o.updates,
@@ -435,6 +456,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         if let Some(window) = state.finetune_metrics_window.clone() {
             agent.resume_metrics(window);
         }
+        StartedWith::note_updates(o)?;
         if !o.data.is_empty() {
             eprintln!(
                 "note: --resume continues with the replay saved in {}; --data is not read again",

@@ -458,18 +458,21 @@ impl Drop for Listener {
     }
 }
 
-/// The update count of the newest bundle under `root` (directories named by it).
-fn newest_bundle(root: &std::path::Path) -> Option<usize> {
+/// The update count of the newest bundle under `root` (directories named by it), of
+/// those whose publish completed: the manifest is the last file a bundle's write puts
+/// in place, or its signature when `signed`. A publish that was killed left
+/// temporaries (or an unsigned manifest) only, and is published again.
+fn newest_bundle(root: &std::path::Path, signed: bool) -> Option<usize> {
+    use shared_model::manifest::{MANIFEST_FILE, SIGNATURE_FILE};
+    let last = if signed {
+        SIGNATURE_FILE
+    } else {
+        MANIFEST_FILE
+    };
     std::fs::read_dir(root)
         .ok()?
         .filter_map(|e| e.ok())
-        // Published once its manifest is there (written last): a publish that was
-        // killed left temporaries only, and is published again.
-        .filter(|e| {
-            e.path()
-                .join(shared_model::manifest::MANIFEST_FILE)
-                .is_file()
-        })
+        .filter(|e| e.path().join(last).is_file())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             (name.len() == 7 && name.bytes().all(|b| b.is_ascii_digit()))
@@ -572,7 +575,7 @@ pub(crate) fn train_live(
     progress.phase("finetune (live)", o.updates as u64);
     // A published bundle is never written over: a robot fetches each name once. After a
     // resume from an earlier checkpoint, publishing starts again past the newest bundle.
-    let newest_published = newest_bundle(&o.out.join("bundles"));
+    let newest_published = newest_bundle(&o.out.join("bundles"), live.signing_key.is_some());
     if let Some(n) = newest_published.filter(|&n| n > updates) {
         eprintln!(
             "finetune: bundles up to {n:07} were published before this resume (at {updates} \
@@ -730,16 +733,20 @@ mod tests {
     fn a_bundle_without_its_manifest_is_not_published() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        assert_eq!(newest_bundle(root), None);
+        assert_eq!(newest_bundle(root, false), None);
         for (name, file) in [
+            ("0001000", "manifest.sig"),
             ("0001000", "manifest.toml"),
-            ("0002000", ".denoiser.onnx.tmp"),
+            ("0002000", "manifest.toml"),
+            ("0003000", ".denoiser.onnx.tmp"),
             ("latest.d", "manifest.toml"),
         ] {
             std::fs::create_dir_all(root.join(name)).unwrap();
             std::fs::write(root.join(name).join(file), "").unwrap();
         }
-        assert_eq!(newest_bundle(root), Some(1000));
+        assert_eq!(newest_bundle(root, false), Some(2000));
+        // Signed, the signature is put in place last: 0002000 lacks it.
+        assert_eq!(newest_bundle(root, true), Some(1000));
     }
 
     /// A receiver of observation 3 / action 2 streams for a run whose observations are

@@ -177,7 +177,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Updates (each: UTD critic steps, base policy, edit policy and temperature)
-        /// [default: 2000; with --resume, the count the run began with].
+        /// [default: 2000; with --resume, the count the run was last given].
         #[arg(long)]
         updates: Option<usize>,
         /// Train on the robot data alone, without the run's offline data.

@@ -210,10 +210,33 @@ fn exported_bundle_matches_burn() {
         train(&mut agent, 3);
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path().join("bundle");
-        export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
+        let m = export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
         for backend in [Backend::Tract, Backend::Native] {
             check_graphs(&agent, &bundle, backend);
             check_actions(&mut agent, &bundle, backend);
+        }
+        // A clipped head is format 4: a controller that knows only the tanh head
+        // refuses the bundle by its version instead of running another function.
+        let manifest = bundle.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        if head == "clip" {
+            assert_eq!(m.format_version, 4);
+            assert!(text.contains("edit_log_std = \"clip\""), "{text}");
+            std::fs::write(
+                &manifest,
+                text.replace("format_version = 4", "format_version = 3"),
+            )
+            .unwrap();
+            let e = shared_model::load_bundle(&bundle, &shared_model::Trust::AllowUnsigned)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("edit_log_std = Clip needs format_version 4"),
+                "{e}"
+            );
+        } else {
+            assert_eq!(m.format_version, 1);
+            assert!(!text.contains("edit_log_std"), "{text}");
         }
     }
 }

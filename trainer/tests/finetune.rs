@@ -194,16 +194,22 @@ fn a_resume_goes_on_when_the_source_run_has_moved() {
         "{e}"
     );
     assert_eq!(losses(&out).len(), 1 + 3);
-    // Without --updates, a resume runs the count the run began with.
+    // Without --updates, a resume runs the count the run was last given: 6 as it began,
+    // then 9 once a resume asked for 9 (and was killed again at 6).
     assert_eq!(trainer::finetune::updates_for(&out, true), 6);
     assert_eq!(
         trainer::finetune::updates_for(&out, false),
         trainer::finetune::DEFAULT_UPDATES
     );
+    o.updates = 9;
+    o.stop_after = Some(6);
+    assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    assert_eq!(trainer::finetune::updates_for(&out, true), 9);
     o.updates = trainer::finetune::updates_for(&out, true);
+    o.stop_after = None;
     let done = finetune(&o, &mut ()).unwrap();
     assert!(!done.stopped_early);
-    assert_eq!(losses(&out).len(), 1 + 6);
+    assert_eq!(losses(&out).len(), 1 + 9);
     let fresh = options(&run, &data, &tmp.path().join("fresh"));
     let err = format!("{:#}", finetune(&fresh, &mut ()).unwrap_err());
     assert!(err.contains(&run.display().to_string()), "{err}");

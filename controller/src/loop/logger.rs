@@ -224,14 +224,16 @@ fn logger_main(
     let mut current: Option<(u32, Vec<Transition>)> = None;
     // Transitions of an episode whose start record has not arrived yet.
     let mut early: Vec<Transition> = Vec::new();
-    // A failed sync is said once: every later one fails too ([`LogWriter::sync`]), and
-    // the periodic one would fill the errors every second.
-    let mut sync_failed = false;
+    // A failing sync is said once per message: after one, every later one fails too
+    // ([`LogWriter::sync`]), and the periodic one would fill the errors every second.
+    let mut last_sync_error: Option<String> = None;
     let mut note_sync = |synced: Result<(), LogError>| {
-        if let Err(e) = synced
-            && !std::mem::replace(&mut sync_failed, true)
-        {
-            push_error(s, e.to_string());
+        if let Err(e) = synced {
+            let e = e.to_string();
+            if last_sync_error.as_ref() != Some(&e) {
+                push_error(s, e.clone());
+                last_sync_error = Some(e);
+            }
         }
     };
     // Until the run ends: the control thread drops the records' sender.

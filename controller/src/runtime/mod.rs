@@ -413,11 +413,23 @@ impl Policy {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        let a = &self.candidates[choice.index * self.act_dim..(choice.index + 1) * self.act_dim];
-        // A non-finite candidate scores NaN and loses, so this one is picked only when
-        // every candidate is (or without a critic): the networks overflowed on this
-        // observation, and no clamp makes that a command.
-        if let Some(i) = a.iter().position(|v| !v.is_finite()) {
+        let ad = self.act_dim;
+        let a = &self.candidates[choice.index * ad..(choice.index + 1) * ad];
+        // A non-finite candidate scores NaN and loses. When none is finite (or the one
+        // sampled without a critic is not), the networks overflowed on this
+        // observation, and no clamp makes that a command; else the critic's check below
+        // names what went wrong.
+        let sampled = if params.critic_subset == 0 {
+            1
+        } else {
+            params.num_samples + params.num_edit
+        };
+        let none_finite = !self.candidates[..sampled * ad]
+            .chunks_exact(ad)
+            .any(|row| row.iter().all(|v| v.is_finite()));
+        if let Some(i) = a.iter().position(|v| !v.is_finite())
+            && none_finite
+        {
             bail!(
                 "candidate action {} has {} at [{i}], and no candidate is finite: the \
                  denoiser or the edit policy overflowed on this observation",

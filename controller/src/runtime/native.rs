@@ -75,11 +75,6 @@ impl Weights {
         })
     }
 
-    /// Whether the graph has weight `name` (without reading it).
-    fn has(&self, name: &str) -> bool {
-        self.map.contains_key(name)
-    }
-
     fn get(&self, name: &str) -> Result<(&[usize], &[f32])> {
         let (d, v) = self
             .map
@@ -202,7 +197,7 @@ struct Edit {
     hidden: Vec<Dense>,
     mean: Dense,
     log_std: Dense,
-    /// Told by the graph's constants: the tanh head's range, or the clip's bounds.
+    /// The manifest's `networks.edit_log_std`, checked against the graph's constants.
     log_std_head: LogStdHead,
 }
 
@@ -322,11 +317,8 @@ impl NativeNetworks {
                         .collect::<Result<_>>()?,
                     mean: w.dense("head.mean", true)?,
                     log_std: w.dense("head.log_std", true)?,
-                    log_std_head: if w.has("log_std_clip_min") {
-                        LogStdHead::Clip
-                    } else {
-                        LogStdHead::Tanh
-                    },
+                    // The manifest says which; the graph's constants must agree.
+                    log_std_head: m.networks.edit_log_std,
                 };
                 match e.log_std_head {
                     LogStdHead::Tanh => {
