@@ -1209,16 +1209,28 @@ fn the_native_backend_refuses_a_layer_norm_epsilon_it_does_not_compute_with() {
     }
 }
 
-/// The real networks with a critic that answers `fill` for the first `broken` rows.
-struct BrokenCritic {
-    inner: Box<dyn Networks>,
-    fill: f32,
-    broken: usize,
+/// The real networks of a `cpu`-sized synthetic bundle (native backend), broken on
+/// purpose: the denoiser answers NaN for its first `nan_rows` rows, and the critic
+/// answers `critic_fill` for its first `critic_rows` candidates.
+#[derive(Clone, Copy)]
+struct Broken {
+    nan_rows: usize,
+    critic_fill: f32,
+    critic_rows: usize,
 }
 
-impl Networks for BrokenCritic {
+struct BrokenNets {
+    inner: Box<dyn Networks>,
+    how: Broken,
+}
+
+impl Networks for BrokenNets {
     fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
-        self.inner.denoise(obs, noisy, t, eps)
+        self.inner.denoise(obs, noisy, t, eps)?;
+        // Two action values per row (asserted in `Broken::policy`).
+        let n = (self.how.nan_rows * 2).min(eps.len());
+        eps[..n].fill(f32::NAN);
+        Ok(())
     }
     fn edit(&mut self, obs: &[f32], base: &[f32], mean: &mut [f32], ls: &mut [f32]) -> Result<()> {
         self.inner.edit(obs, base, mean, ls)
@@ -1227,31 +1239,33 @@ impl Networks for BrokenCritic {
         self.inner.critic(obs, act, members, q)?;
         let rows = q.len() / members.len();
         for member in q.chunks_mut(rows) {
-            member[..self.broken.min(rows)].fill(self.fill);
+            member[..self.how.critic_rows.min(rows)].fill(self.how.critic_fill);
         }
         Ok(())
     }
 }
 
-/// The real networks with a denoiser that answers NaN for the first `broken` rows.
-struct BrokenDenoiser {
-    inner: Box<dyn Networks>,
-    broken: usize,
-    act_dim: usize,
-}
+impl Broken {
+    const NOTHING: Broken = Broken {
+        nan_rows: 0,
+        critic_fill: 0.0,
+        critic_rows: 0,
+    };
 
-impl Networks for BrokenDenoiser {
-    fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
-        self.inner.denoise(obs, noisy, t, eps)?;
-        let n = (self.broken * self.act_dim).min(eps.len());
-        eps[..n].fill(f32::NAN);
-        Ok(())
-    }
-    fn edit(&mut self, obs: &[f32], base: &[f32], mean: &mut [f32], ls: &mut [f32]) -> Result<()> {
-        self.inner.edit(obs, base, mean, ls)
-    }
-    fn critic(&mut self, obs: &[f32], act: &[f32], members: &[i64], q: &mut [f32]) -> Result<()> {
-        self.inner.critic(obs, act, members, q)
+    /// A policy acting with these networks, and the bundle's (N, N + n_edit).
+    fn policy(self) -> (Policy, usize, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        SyntheticSpec::cpu().write(dir.path(), 3, None).unwrap();
+        let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+        assert_eq!(b.manifest.action.dim, 2);
+        let rows = GraphRows::for_manifest(&b.manifest);
+        let inner = load_networks(Backend::Native, &b, rows).unwrap();
+        let nets = Box::new(BrokenNets { inner, how: self });
+        let s = &b.manifest.selection;
+        let (n, m) = (s.num_samples, s.num_samples + s.num_edit);
+        let p =
+            Policy::with_networks(b.manifest.clone(), nets, &options(Backend::Native, 4)).unwrap();
+        (p, n, m)
     }
 }
 
@@ -1260,26 +1274,25 @@ impl Networks for BrokenDenoiser {
 /// the action is refused (it was returned as NaN, for the loop's action check to fault).
 #[test]
 fn a_candidate_that_is_not_finite_is_never_picked() {
-    let dir = tempfile::tempdir().unwrap();
-    SyntheticSpec::cpu().write(dir.path(), 3, None).unwrap();
-    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
-    let rows = GraphRows::for_manifest(&b.manifest);
-    let n = b.manifest.selection.num_samples;
-    let policy = |broken: usize| {
-        let inner = load_networks(Backend::Native, &b, rows).unwrap();
-        let nets = Box::new(BrokenDenoiser {
-            inner,
-            broken,
-            act_dim: 2,
-        });
-        Policy::with_networks(b.manifest.clone(), nets, &options(Backend::Native, 4)).unwrap()
+    let (_, n, m) = Broken::NOTHING.policy();
+    let nan_rows = |nan_rows| Broken {
+        nan_rows,
+        ..Broken::NOTHING
     };
     let mut a = [0.0; 2];
-    let e = policy(n).act(&obs(0), &mut a).unwrap_err().to_string();
+    let e = nan_rows(n)
+        .policy()
+        .0
+        .act(&obs(0), &mut a)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no candidate is finite"), "{e}");
     for seed_obs in 0..4 {
-        let mut p = policy(n - 1);
-        let c = p.act(&obs(seed_obs), &mut a).unwrap();
+        let c = nan_rows(n - 1)
+            .policy()
+            .0
+            .act(&obs(seed_obs), &mut a)
+            .unwrap();
         // Rows 0..n-1 and their edited copies n..n+n_edit-1 are NaN; only base row n-1
         // (and its edited copy, when n_edit reaches it) is finite.
         assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
@@ -1292,20 +1305,17 @@ fn a_candidate_that_is_not_finite_is_never_picked() {
     }
     // Candidate 0 NaN, the others finite, and a critic that scores nothing finite: the
     // critic is named, not the denoiser.
-    let m = n + b.manifest.selection.num_edit;
-    let inner = Box::new(BrokenDenoiser {
-        inner: load_networks(Backend::Native, &b, rows).unwrap(),
-        broken: 1,
-        act_dim: 2,
-    });
-    let nets = Box::new(BrokenCritic {
-        inner,
-        fill: f32::NAN,
-        broken: m,
-    });
-    let mut p =
-        Policy::with_networks(b.manifest.clone(), nets, &options(Backend::Native, 4)).unwrap();
-    let e = p.act(&obs(0), &mut a).unwrap_err().to_string();
+    let both = Broken {
+        nan_rows: 1,
+        critic_fill: f32::NAN,
+        critic_rows: m,
+    };
+    let e = both
+        .policy()
+        .0
+        .act(&obs(0), &mut a)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("the critic's best score"), "{e}");
 }
 
@@ -1314,19 +1324,14 @@ fn a_candidate_that_is_not_finite_is_never_picked() {
 /// faults. One that scores some candidates finite picks among those.
 #[test]
 fn a_critic_that_scores_nothing_finite_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    SyntheticSpec::cpu().write(dir.path(), 3, None).unwrap();
-    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
-    let rows = GraphRows::for_manifest(&b.manifest);
-    let m = b.manifest.selection.num_samples + b.manifest.selection.num_edit;
-    let policy = |fill: f32, broken: usize| {
-        let inner = load_networks(Backend::Native, &b, rows).unwrap();
-        let nets = Box::new(BrokenCritic {
-            inner,
-            fill,
-            broken,
-        });
-        Policy::with_networks(b.manifest.clone(), nets, &options(Backend::Native, 4)).unwrap()
+    let (_, _, m) = Broken::NOTHING.policy();
+    let policy = |critic_fill: f32, critic_rows: usize| {
+        let how = Broken {
+            critic_fill,
+            critic_rows,
+            ..Broken::NOTHING
+        };
+        how.policy().0
     };
     let mut a = [0.0; 2];
     for fill in [f32::NAN, f32::NEG_INFINITY, f32::INFINITY] {
