@@ -1257,7 +1257,8 @@ impl Broken {
         let dir = tempfile::tempdir().unwrap();
         SyntheticSpec::cpu().write(dir.path(), 3, None).unwrap();
         let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
-        assert_eq!(b.manifest.action.dim, 2);
+        // The NaN rows are two values wide: one action of two values per row.
+        assert_eq!((b.manifest.action.dim, b.manifest.action.horizon), (2, 1));
         let rows = GraphRows::for_manifest(&b.manifest);
         let inner = load_networks(Backend::Native, &b, rows).unwrap();
         let nets = Box::new(BrokenNets { inner, how: self });

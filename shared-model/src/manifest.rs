@@ -231,7 +231,8 @@ struct MatrixSizes {
 }
 
 impl Manifest {
-    /// The oldest format that holds this manifest: 2 with action chunks, else 1.
+    /// The oldest format that holds this manifest: 4 with a clipped log-std head, 3 with
+    /// `action.replan_every`, 2 with action chunks, else 1.
     pub fn required_format(&self) -> u32 {
         if self.networks.edit_log_std != LogStdHead::Tanh {
             4
@@ -1144,8 +1145,8 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
     }
     if !m.networks.edit_log_std.is_tanh() && m.format_version < 4 {
         return Err(format!(
-            "networks.edit_log_std = {:?} needs format_version 4 (found {})",
-            m.networks.edit_log_std, m.format_version
+            "networks.edit_log_std = \"clip\" needs format_version 4 (found {})",
+            m.format_version
         ));
     }
     if a.replan_every != 0 {

@@ -216,8 +216,15 @@ impl StartedWith {
             return Ok(());
         }
         then.updates = Some(o.updates);
+        // On disk before the rename: a power cut must not leave an empty file, which the
+        // next resume would refuse as unreadable.
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(&then)?)
+        let text = serde_json::to_string_pretty(&then)?;
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, text.as_bytes())?;
+                f.sync_all()
+            })
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("writing {}", path.display()))
     }

@@ -231,7 +231,7 @@ fn exported_bundle_matches_burn() {
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains("edit_log_std = Clip needs format_version 4"),
+                e.contains("edit_log_std = \"clip\" needs format_version 4"),
                 "{e}"
             );
         } else {

@@ -225,14 +225,15 @@ fn logger_main(
     // Transitions of an episode whose start record has not arrived yet.
     let mut early: Vec<Transition> = Vec::new();
     // A failing sync is said once per message: after one, every later one fails too
-    // ([`LogWriter::sync`]), and the periodic one would fill the errors every second.
-    let mut last_sync_error: Option<String> = None;
+    // ([`LogWriter::sync`]), and the periodic one would fill the errors every second
+    // (a disk failing now and then alternates two messages).
+    let mut sync_errors_said: Vec<String> = vec![];
     let mut note_sync = |synced: Result<(), LogError>| {
         if let Err(e) = synced {
             let e = e.to_string();
-            if last_sync_error.as_ref() != Some(&e) {
+            if !sync_errors_said.contains(&e) {
                 push_error(s, e.clone());
-                last_sync_error = Some(e);
+                sync_errors_said.push(e);
             }
         }
     };
