@@ -695,12 +695,13 @@ fn main() -> Result<()> {
                      differ)",
                     run.display()
                 );
-                let agent = trainer::run::load_agent_on(&run, config.device.as_deref())?;
+                let (agent, env_steps) =
+                    trainer::run::load_agent_at(&run, config.device.as_deref())?;
                 let info = trainer::export::ExportInfo {
                     dataset: agent.config.run.dataset.clone().unwrap_or_else(|| {
                         format!("scripted demonstrations ({})", agent.config.task)
                     }),
-                    env_steps: trainer::run::checkpoint_env_step(&run)? as u64,
+                    env_steps: env_steps as u64,
                     executed_steps,
                 };
                 (agent, info)
@@ -809,10 +810,10 @@ fn main() -> Result<()> {
             if let Some(dir) = bundle {
                 // On the device it trained on (a resumed run's config.toml may name
                 // another).
-                let agent = trainer::run::load_agent_on(&out, opts.device.as_deref())?;
+                let (agent, env_steps) = trainer::run::load_agent_at(&out, opts.device.as_deref())?;
                 let info = trainer::export::ExportInfo {
                     dataset: format!("finetuned on robot data ({})", out.display()),
-                    env_steps: trainer::run::checkpoint_env_step(&out)? as u64,
+                    env_steps: env_steps as u64,
                     executed_steps: None,
                 };
                 trainer::export::export_bundle(&agent, &dir, &info, key.as_ref())?;

@@ -1017,9 +1017,64 @@ pub fn load_agent_on(run: &Path, device: Option<&str>) -> Result<Agent> {
     Ok(load_checkpoint(run, device)?.0)
 }
 
+/// [`load_agent_on`] with the checkpoint's environment steps, read with the agent (a
+/// separate [`checkpoint_env_step`] could read the next checkpoint of a run still
+/// training).
+pub fn load_agent_at(run: &Path, device: Option<&str>) -> Result<(Agent, usize)> {
+    let (agent, state, _) = load_checkpoint(run, device)?;
+    Ok((agent, state.env_step))
+}
+
+/// Reads of a checkpoint that its run replaces meanwhile, before one is taken whole.
+const CHECKPOINT_READS: u32 = 8;
+
 /// The agent's networks and optimizers, the checkpoint state and the checkpoint's
 /// directory; on `device` when given, else on the run's.
+///
+/// `eval --run` and `export --run` may read a run that is still training, whose next
+/// checkpoint then replaces this one file by file through two renames: the networks
+/// could come from two checkpoints, or one go missing between the renames. So the
+/// checkpoint's `state.json` (its generator states and counters differ from one
+/// checkpoint to the next) is read before and after, and the read is done again, up to
+/// [`CHECKPOINT_READS`] times, until they are the same. A failure with the same
+/// `state.json` on both sides is the checkpoint's own, and is returned at once.
 fn load_checkpoint(run: &Path, on: Option<&str>) -> Result<(Agent, RunState, PathBuf)> {
+    // Where the newest checkpoint is (`checkpoint`, or `checkpoint.old` between the
+    // renames) and its state.
+    let state_of = |dir: Option<PathBuf>| -> Option<(PathBuf, Vec<u8>)> {
+        let dir = dir?;
+        let state = std::fs::read(dir.join("state.json")).ok()?;
+        Some((dir, state))
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = state_of(checkpoint_dir(run));
+        let read = load_checkpoint_once(run, on);
+        let after = match &read {
+            Ok((_, _, dir)) => state_of(Some(dir.clone())),
+            Err(_) => state_of(checkpoint_dir(run)),
+        };
+        if before == after {
+            return read;
+        }
+        if attempt >= CHECKPOINT_READS {
+            let changed = format!(
+                "{}: its checkpoint changed while it was read, {attempt} times (is the run \
+                 still writing one?)",
+                run.display()
+            );
+            return Err(match read {
+                Ok(_) => anyhow::anyhow!(changed),
+                Err(e) => e.context(changed),
+            });
+        }
+        // The run is writing its next checkpoint: after a pause, read that one.
+        std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+    }
+}
+
+fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState, PathBuf)> {
     let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
     let cfg_path = run.join("config.toml");
     let mut config: Config = toml::from_str(
@@ -1527,12 +1582,22 @@ impl Agent {
     /// Restores what [`Agent::save`] wrote (the agent must be built from the same config).
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         fn load<M: Module>(m: M, path: PathBuf) -> Result<M> {
-            use burn::store::RecordError;
-            m.try_load_file(&path).map_err(|e| match e {
-                RecordError::Io(why) => anyhow::anyhow!(
+            use burn::store::{ModuleRecord, RecordError};
+            let damaged = |why: &dyn std::fmt::Display| {
+                anyhow::anyhow!(
                     "{}: cannot read this checkpoint file ({why}): missing or damaged",
                     path.display()
-                ),
+                )
+            };
+            // Read whole, here: burn's own file loading reads the tensors from the file
+            // when they are first used, and a run writing its next checkpoint replaces
+            // the file meanwhile (`eval --run` during training panicked reading a file
+            // that was gone).
+            let bytes = std::fs::read(&path).map_err(|e| damaged(&e))?;
+            let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                .map_err(|e| damaged(&format!("{e:?}")))?;
+            m.try_load_record(record).map_err(|e| match e {
+                RecordError::Io(why) => damaged(&why),
                 // burn lists every tensor that does not fit; the first says enough.
                 RecordError::Validation(why) => {
                     let first: String = why.chars().take(240).collect();
@@ -1631,6 +1696,71 @@ mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read(&state_file).unwrap(), good);
+    }
+
+    /// A checkpoint read while the run writes the next one (`eval --run` during
+    /// training) is one checkpoint, whole: the networks of one (here its temperature)
+    /// with the state of the same (its step). A writer alternates two checkpoints, a
+    /// pause between writes, as a run does (minutes apart there).
+    #[test]
+    fn a_checkpoint_read_while_the_next_is_written_is_one_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        let mut c = Config::preset("tiny").unwrap();
+        c.run.online_steps = 10;
+        train(&c, &src, &TrainOptions::default(), &mut ()).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(src.join("config.toml"), out.join("config.toml")).unwrap();
+        let alpha = |agent: &Agent| {
+            let t = agent.temperature.as_ref().unwrap().alpha();
+            t.into_data().try_to_vec::<f32>().unwrap()[0]
+        };
+        // Agents are not `Send`: the writer loads its own two.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let writer = {
+            let stop = stop.clone();
+            let (src, out) = (src.clone(), out.clone());
+            std::thread::spawn(move || {
+                let (a, state_a, online) = load_run(&src, None).unwrap();
+                let (mut b, mut state_b, _) = load_run(&src, None).unwrap();
+                let device = device(&b.config).unwrap();
+                b.temperature = Some(crate::nets::Temperature::new(7.0, &device));
+                state_b.env_step = 999;
+                write_checkpoint(&out, &a, &online, &state_a).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut writes = 1;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (agent, state) = if writes % 2 == 1 {
+                        (&b, &state_b)
+                    } else {
+                        (&a, &state_a)
+                    };
+                    write_checkpoint(&out, agent, &online, state).unwrap();
+                    writes += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                writes
+            })
+        };
+        ready.recv().unwrap();
+        let mut seen = [0; 2];
+        for _ in 0..300 {
+            let (agent, state, _) = load_checkpoint(&out, None).unwrap();
+            let is_b = state.env_step == 999;
+            assert_eq!(
+                (alpha(&agent) - 7.0).abs() < 1e-4,
+                is_b,
+                "the temperature of one checkpoint with the step of the other"
+            );
+            seen[is_b as usize] += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(writer.join().unwrap() > 2, "the writer wrote");
+        assert!(
+            seen[0] > 0 && seen[1] > 0,
+            "both checkpoints read: {seen:?}"
+        );
     }
 
     /// One episode, a policy that counts its calls: it is asked once per
