@@ -993,11 +993,10 @@ pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
 /// Everything a run directory's newest checkpoint holds: the agent with its generator
 /// states and counters, the checkpoint state and the online replay.
 pub(crate) fn load_run(run: &Path, device: Option<&str>) -> Result<(Agent, RunState, Replay)> {
-    let (mut agent, state, dir) = load_checkpoint(run, device)?;
+    let (mut agent, state, _, online) = load_checkpoint(run, device, true)?;
     agent.train_rng = Rng::from_state(state.train_rng);
     agent.act_rng = Rng::from_state(state.act_rng);
-    let online = load_replay(&dir.join("online.bin"), agent.obs_dim, agent.act_dim)?;
-    Ok((agent, state, online))
+    Ok((agent, state, online.expect("asked for")))
 }
 
 /// The online replay of a run directory's newest checkpoint (loaded on the CPU).
@@ -1014,22 +1013,27 @@ pub fn load_agent(run: &Path) -> Result<Agent> {
 /// `config.toml` names: a run trained on a GPU, evaluated or exported on a machine
 /// without one.
 pub fn load_agent_on(run: &Path, device: Option<&str>) -> Result<Agent> {
-    Ok(load_checkpoint(run, device)?.0)
+    Ok(load_checkpoint(run, device, false)?.0)
 }
 
 /// [`load_agent_on`] with the checkpoint's environment steps, read with the agent (a
 /// separate [`checkpoint_env_step`] could read the next checkpoint of a run still
 /// training).
 pub fn load_agent_at(run: &Path, device: Option<&str>) -> Result<(Agent, usize)> {
-    let (agent, state, _) = load_checkpoint(run, device)?;
+    let (agent, state, _, _) = load_checkpoint(run, device, false)?;
     Ok((agent, state.env_step))
 }
+
+/// What [`load_checkpoint`] reads: the agent, the checkpoint's state and directory, and
+/// its online replay when asked for.
+type LoadedCheckpoint = (Agent, RunState, PathBuf, Option<Replay>);
 
 /// Reads of a checkpoint that its run replaces meanwhile, before one is taken whole.
 const CHECKPOINT_READS: u32 = 8;
 
-/// The agent's networks and optimizers, the checkpoint state and the checkpoint's
-/// directory; on `device` when given, else on the run's.
+/// The agent's networks and optimizers, the checkpoint state, the checkpoint's
+/// directory and, with `replay`, its online replay; on `device` when given, else on the
+/// run's.
 ///
 /// `eval --run` and `export --run` may read a run that is still training, whose next
 /// checkpoint then replaces this one file by file through two renames: the networks
@@ -1038,7 +1042,7 @@ const CHECKPOINT_READS: u32 = 8;
 /// checkpoint to the next) is read before and after, and the read is done again, up to
 /// [`CHECKPOINT_READS`] times, until they are the same. A failure with the same
 /// `state.json` on both sides is the checkpoint's own, and is returned at once.
-fn load_checkpoint(run: &Path, on: Option<&str>) -> Result<(Agent, RunState, PathBuf)> {
+fn load_checkpoint(run: &Path, on: Option<&str>, replay: bool) -> Result<LoadedCheckpoint> {
     // Where the newest checkpoint is (`checkpoint`, or `checkpoint.old` between the
     // renames) and its state.
     let state_of = |dir: Option<PathBuf>| -> Option<(PathBuf, Vec<u8>)> {
@@ -1050,9 +1054,14 @@ fn load_checkpoint(run: &Path, on: Option<&str>) -> Result<(Agent, RunState, Pat
     loop {
         attempt += 1;
         let before = state_of(checkpoint_dir(run));
-        let read = load_checkpoint_once(run, on);
+        let read = load_checkpoint_once(run, on).and_then(|(agent, state, dir)| {
+            let online = replay
+                .then(|| load_replay(&dir.join("online.bin"), agent.obs_dim, agent.act_dim))
+                .transpose()?;
+            Ok((agent, state, dir, online))
+        });
         let after = match &read {
-            Ok((_, _, dir)) => state_of(Some(dir.clone())),
+            Ok((_, _, dir, _)) => state_of(Some(dir.clone())),
             Err(_) => state_of(checkpoint_dir(run)),
         };
         if before == after {
@@ -1595,7 +1604,10 @@ impl Agent {
             // that was gone).
             let bytes = std::fs::read(&path).map_err(|e| damaged(&e))?;
             let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                .map_err(|e| damaged(&format!("{e:?}")))?;
+                .map_err(|e| match e {
+                    RecordError::Io(why) => damaged(&why),
+                    other => damaged(&format!("{other:?}")),
+                })?;
             m.try_load_record(record).map_err(|e| match e {
                 RecordError::Io(why) => damaged(&why),
                 // burn lists every tensor that does not fit; the first says enough.
@@ -1722,20 +1734,22 @@ mod tests {
             let stop = stop.clone();
             let (src, out) = (src.clone(), out.clone());
             std::thread::spawn(move || {
-                let (a, state_a, online) = load_run(&src, None).unwrap();
+                let (a, mut state_a, online) = load_run(&src, None).unwrap();
                 let (mut b, mut state_b, _) = load_run(&src, None).unwrap();
                 let device = device(&b.config).unwrap();
                 b.temperature = Some(crate::nets::Temperature::new(7.0, &device));
                 state_b.env_step = 999;
                 write_checkpoint(&out, &a, &online, &state_a).unwrap();
                 ready_tx.send(()).unwrap();
-                let mut writes = 1;
+                let mut writes: u64 = 1;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let (agent, state) = if writes % 2 == 1 {
-                        (&b, &state_b)
+                        (&b, &mut state_b)
                     } else {
-                        (&a, &state_a)
+                        (&a, &mut state_a)
                     };
+                    // Every checkpoint's state differs from the others', as a run's do.
+                    state.episode_seed = writes;
                     write_checkpoint(&out, agent, &online, state).unwrap();
                     writes += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -1743,10 +1757,18 @@ mod tests {
                 writes
             })
         };
+        // The writer stops also when an assertion below fails (it would write on).
+        struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _stop_writer = StopOnDrop(stop.clone());
         ready.recv().unwrap();
         let mut seen = [0; 2];
         for _ in 0..300 {
-            let (agent, state, _) = load_checkpoint(&out, None).unwrap();
+            let (agent, state, _, _) = load_checkpoint(&out, None, false).unwrap();
             let is_b = state.env_step == 999;
             assert_eq!(
                 (alpha(&agent) - 7.0).abs() < 1e-4,
