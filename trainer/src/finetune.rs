@@ -216,17 +216,8 @@ impl StartedWith {
             return Ok(());
         }
         then.updates = Some(o.updates);
-        // On disk before the rename: a power cut must not leave an empty file, which the
-        // next resume would refuse as unreadable.
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&then)?;
-        std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, text.as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .with_context(|| format!("writing {}", path.display()))
+        // Never empty after a power cut: the next resume would refuse it as unreadable.
+        crate::run::replace_file(&path, serde_json::to_string_pretty(&then)?.as_bytes())
     }
 
     /// Refuses a resume whose options differ from the run's (runs from before this

@@ -692,9 +692,7 @@ pub fn train(
         }
         // What may differ on resume (the run's length, evaluation, device) is now what
         // `config.toml` says, for `eval`, `export` and a study's check of finished runs.
-        let tmp = out.join("config.toml.tmp");
-        std::fs::write(&tmp, config.to_toml())?;
-        std::fs::rename(&tmp, out.join("config.toml"))?;
+        replace_file(&out.join("config.toml"), config.to_toml().as_bytes())?;
         // A finetune run continued online has no rows of `train`'s yet.
         for (file, header) in [("metrics.csv", METRICS_HEADER), ("eval.csv", EVAL_HEADER)] {
             let path = out.join(file);
@@ -1369,9 +1367,21 @@ pub(crate) fn truncate_csv(path: &Path, step: usize) -> Result<()> {
             out.push('\n');
         }
     }
-    // Written then renamed: a kill in between leaves the old file, not an empty one.
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+    replace_file(path, out.as_bytes())
+}
+
+/// Puts `bytes` at `path` through `PATH.tmp`, synced, then renamed: a kill or a power
+/// cut leaves the old file or the new one, never an empty or partial one.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, bytes)?;
+            f.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 

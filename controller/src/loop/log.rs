@@ -1484,6 +1484,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// The start record of `episode` (seed 0).
+    fn started(episode: u32) -> Record {
+        Record::EpisodeStart { episode, seed: 0 }
+    }
+
     pub(crate) fn end(episode: u32, steps: u32) -> EpisodeEnd {
         EpisodeEnd {
             episode,
@@ -1655,12 +1660,8 @@ pub(crate) mod tests {
     fn a_follower_behind_the_synced_length_reads_only_synced_records() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.log");
-        let rec = |e: u32| Record::EpisodeStart {
-            episode: e,
-            seed: 0,
-        };
         let mut w = LogWriter::open(&path).unwrap();
-        w.append(&rec(0)).unwrap();
+        w.append(&started(0)).unwrap();
         w.sync().unwrap();
         drop(w);
         let mut w = LogWriter::open(&path).unwrap();
@@ -1670,7 +1671,7 @@ pub(crate) mod tests {
         let mut tail = LogTail::new(&path).behind(synced.clone());
         w.sync_if_due(Duration::ZERO).unwrap();
         assert_eq!(synced.get(), on_open, "nothing appended, nothing to sync");
-        w.append(&rec(1)).unwrap();
+        w.append(&started(1)).unwrap();
         w.sync_if_due(Duration::from_secs(3600)).unwrap();
         assert_eq!(synced.get(), on_open, "not due yet");
         assert_eq!(tail.poll().unwrap().len(), 1);
@@ -1710,20 +1711,16 @@ pub(crate) mod tests {
     fn a_failed_sync_keeps_the_synced_length_for_good() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.log");
-        let rec = |e: u32| Record::EpisodeStart {
-            episode: e,
-            seed: 0,
-        };
         let mut w = LogWriter::open(&path).unwrap();
         let synced = w.synced_len();
-        w.append(&rec(0)).unwrap();
+        w.append(&started(0)).unwrap();
         w.sync().unwrap();
         let before = synced.get();
-        w.append(&rec(1)).unwrap();
+        w.append(&started(1)).unwrap();
         w.fail_next_sync = true;
         let first = w.sync().unwrap_err().to_string();
         assert!(first.contains("injected"), "{first}");
-        w.append(&rec(2)).unwrap();
+        w.append(&started(2)).unwrap();
         let later = w.sync().unwrap_err().to_string();
         assert!(
             later.contains(&format!("past byte {before}")) && later.contains("t.log"),

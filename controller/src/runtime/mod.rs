@@ -419,16 +419,19 @@ impl Policy {
         // sampled without a critic is not), the networks overflowed on this
         // observation, and no clamp makes that a command; else the critic's check below
         // names what went wrong.
+        // (Looked for only when the picked one is not finite: not on every tick.)
         let sampled = if params.critic_subset == 0 {
             1
         } else {
             params.num_samples + params.num_edit
         };
-        let none_finite = !self.candidates[..sampled * ad]
-            .chunks_exact(ad)
-            .any(|row| row.iter().all(|v| v.is_finite()));
+        let none_finite = || {
+            !self.candidates[..sampled * ad]
+                .chunks_exact(ad)
+                .any(|row| row.iter().all(|v| v.is_finite()))
+        };
         if let Some(i) = a.iter().position(|v| !v.is_finite())
-            && none_finite
+            && none_finite()
         {
             bail!(
                 "candidate action {} has {} at [{i}], and no candidate is finite: the \
