@@ -373,6 +373,24 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
             "input `noisy_action`: expected f32[?, 2], found f32[8, 2]",
         ),
         (
+            // tract ran the graph's tanh head, the native backend refused the graph for
+            // its missing clip constants: one bundle, two behaviours.
+            "a manifest naming a log-std head the edit graph does not have",
+            variant("log-std-head", &|d| {
+                edit_manifest(d, |t| {
+                    t.insert("format_version".into(), toml::Value::Integer(4));
+                    t["networks"]
+                        .as_table_mut()
+                        .unwrap()
+                        .insert("edit_log_std".into(), toml::Value::String("clip".into()));
+                })
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Shape { .. }),
+            "the edit policy's log-std head (manifest `networks.edit_log_std`): expected clip, \
+             found tanh (`log_std` made by `Add`)",
+        ),
+        (
             "NaN weights",
             variant("nan", &|d| {
                 // Overwrite the first float of the first initializer with NaN, rehash.

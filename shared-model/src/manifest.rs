@@ -948,6 +948,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                 ],
             )?;
             check_weight_dims(&dir.join(&g.file), &model, &edit_weight_dims(m))?;
+            check_log_std_head(&dir.join(&g.file), &model, m.networks.edit_log_std)?;
             Some(bytes)
         }
         (None, 0) => None,
@@ -1548,6 +1549,44 @@ fn check_weight_dims(
         }
     }
     Ok(())
+}
+
+/// The edit graph's `log_std` comes from the head the manifest's `networks.edit_log_std`
+/// names: a `Clip` node for [`LogStdHead::Clip`], the squash after a `Tanh` for
+/// [`LogStdHead::Tanh`]. tract and ort run the graph as written while the native backend
+/// computes the manifest's head, so a bundle that disagrees would act differently per
+/// backend (a tanh-head manifest over a clipped graph: a std of 1 instead of 0.22 at a
+/// zero output under tract).
+fn check_log_std_head(
+    path: &Path,
+    model: &ModelProto,
+    head: LogStdHead,
+) -> Result<(), BundleError> {
+    let graph = model.graph.as_ref().expect("checked by check_graph");
+    let producer = graph
+        .node
+        .iter()
+        .find(|n| n.output.iter().any(|o| o == names::LOG_STD))
+        .map(|n| n.op_type.as_str());
+    let has_tanh = graph.node.iter().any(|n| n.op_type == "Tanh");
+    let found = match producer {
+        Some("Clip") => Some(LogStdHead::Clip),
+        Some(_) if has_tanh => Some(LogStdHead::Tanh),
+        _ => None,
+    };
+    if found == Some(head) {
+        return Ok(());
+    }
+    let name = |h: LogStdHead| if h.is_tanh() { "tanh" } else { "clip" };
+    Err(BundleError::Shape {
+        path: path.into(),
+        what: "the edit policy's log-std head (manifest `networks.edit_log_std`)".into(),
+        expected: name(head).into(),
+        found: match (found, producer) {
+            (Some(h), Some(op)) => format!("{} (`{}` made by `{op}`)", name(h), names::LOG_STD),
+            (_, op) => format!("`{}` made by `{}`", names::LOG_STD, op.unwrap_or("no node")),
+        },
+    })
 }
 
 /// Every weight that the critic graph gathers by member (`members`) must hold

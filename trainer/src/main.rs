@@ -250,8 +250,13 @@ enum Command {
     /// Evaluate a run's latest checkpoint (burn) or a model bundle (through the
     /// controller's runtime): success rate and return over K episodes.
     Eval {
-        /// A run directory written by `train` or `pretrain`.
-        #[arg(long, conflicts_with = "bundle", required_unless_present = "bundle")]
+        /// A run directory written by `train` or `pretrain` (a checkpoint has no
+        /// signature: the trust options are refused with it).
+        #[arg(
+            long,
+            conflicts_with_all = ["bundle", "trusted_key", "allow_unsigned"],
+            required_unless_present = "bundle"
+        )]
         run: Option<PathBuf>,
         /// A model bundle written by `export`.
         #[arg(long)]

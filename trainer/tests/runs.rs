@@ -733,8 +733,9 @@ fn a_study_never_files_runs_under_the_wrong_names() {
 
 /// Mistakes a study or an export would otherwise carry out: a study's bad preset or
 /// override is refused before any run starts (it failed in every child run's log), a
-/// summary of a directory without runs is refused, and `export --run` refuses the
-/// options that only describe `--random`'s networks.
+/// summary of a directory without runs is refused, `export --run` refuses the options
+/// that only describe `--random`'s networks, and `eval --run` the bundle-only ones
+/// (runtime options, `--trusted-key`, `--allow-unsigned`).
 #[test]
 fn study_and_export_refuse_what_they_would_ignore_or_fail_late() {
     let tmp = tempfile::tempdir().unwrap();
@@ -780,6 +781,16 @@ fn study_and_export_refuse_what_they_would_ignore_or_fail_late() {
         e.contains("'--run <RUN>' cannot be used with '--backend <BACKEND>'"),
         "{e}"
     );
+    // Nor does a bundle's trust: a checkpoint carries no signature to check, and a
+    // `--trusted-key` that checked nothing would read as a verified evaluation.
+    for trust in [
+        &["--trusted-key", "keys/expo.pub"][..],
+        &["--allow-unsigned"],
+    ] {
+        let (code, e) = trainer(&[&["eval", "--run", s][..], trust].concat());
+        assert_eq!(code, Some(2), "{trust:?}: {e}");
+        assert!(e.contains("'--run <RUN>' cannot be used with"), "{e}");
+    }
 }
 
 /// A run whose config.toml names a device this machine lacks (trained on a GPU) is
