@@ -211,6 +211,16 @@ impl ActionConfig {
         }
     }
 
+    /// The most dimension `i`'s policy value can change on its way through robot units
+    /// and back (f32 rounding of `offset + scale · a` for |a| ≤ 1, then of the
+    /// inverse), in policy units. A firmware that compares commands in policy units
+    /// allows this much beyond its limits: `offset = 1000, scale = 1` rounds to 6e-5 of
+    /// a policy unit, more than a fixed 1e-5 allowance.
+    pub fn round_trip_error(&self, i: usize) -> f32 {
+        let top = self.offset[i].abs() + self.scale[i].abs();
+        2.0 * (top.next_up() - top) / self.scale[i].abs()
+    }
+
     /// The inverse of [`ActionConfig::to_robot_units`] (`scale` is never zero).
     pub fn to_policy_units(&self, robot: &[f32], out: &mut [f32]) {
         for (i, (o, &u)) in out.iter_mut().zip(robot).enumerate() {
@@ -663,6 +673,15 @@ impl RobotConfig {
                 message,
             })?;
         Ok(())
+    }
+
+    /// Whether `ms` would do as this robot's `command_timeout_ms` (the bounds the robot
+    /// file's value is held to): for an override such as the simulated firmware's
+    /// `--command-timeout-ms`.
+    pub fn check_command_timeout(&self, ms: u64) -> Result<(), String> {
+        let ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        self.spans_periods("command_timeout_ms", ms)
+            .map_err(|e| e.message)
     }
 
     /// `field` (milliseconds) spans at least [`MIN_TIMEOUT_PERIODS`] control periods.

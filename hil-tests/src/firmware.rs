@@ -211,17 +211,18 @@ pub struct FirmwareStats {
     pub envelope_clamped: u64,
 }
 
-/// Round-off the firmware allows beyond `max_delta_per_tick` (policy units), as the
-/// controller's gate does.
+/// Round-off the firmware allows beyond `max_delta_per_tick` and the envelope (policy
+/// units), as the controller's gate does, plus each dimension's round trip through
+/// robot units ([`firmware_config::config::ActionConfig::round_trip_error`]).
 const REACH_TOLERANCE: f32 = 1e-5;
 
-/// Whether `to` is further than `max_delta` (plus [`REACH_TOLERANCE`]) from `from` in
-/// some dimension: beyond one control step's reach.
-fn beyond_reach(max_delta: &[f32], from: &[f32], to: &[f32]) -> bool {
+/// Whether `to` is further than `max_delta` (plus `tolerance`) from `from` in some
+/// dimension: beyond one control step's reach.
+fn beyond_reach(max_delta: &[f32], tolerance: &[f32], from: &[f32], to: &[f32]) -> bool {
     from.iter()
         .zip(to)
-        .zip(max_delta)
-        .any(|((f, t), d)| (t - f).abs() > d + REACH_TOLERANCE)
+        .zip(max_delta.iter().zip(tolerance))
+        .any(|((f, t), (d, tol))| (t - f).abs() > d + tol)
 }
 
 /// How often the firmware sends a heartbeat while no episode runs.
@@ -247,6 +248,9 @@ pub struct SimFirmware {
     stepped: Vec<f32>,
     has_command: bool,
     zero: Vec<f32>,
+    /// Per action dimension: how far beyond a limit a command may land through round-off
+    /// ([`REACH_TOLERANCE`] and the robot units' round trip).
+    tolerance: Vec<f32>,
     state: FirmwareState,
     next_episode: u32,
     episode: u32,
@@ -310,6 +314,9 @@ impl SimFirmware {
             stepped: vec![0.0; spec.action_dim()],
             has_command: false,
             zero: vec![0.0; spec.action_dim()],
+            tolerance: (0..spec.action_dim())
+                .map(|i| REACH_TOLERANCE + r.action.round_trip_error(i))
+                .collect(),
             state: FirmwareState::AwaitHello,
             next_episode: 0,
             episode: 0,
@@ -543,16 +550,17 @@ impl SimFirmware {
             // +1 for ticks.
             let safety = &self.robot.safety;
             let mut clamped = false;
-            for ((a, lo), hi) in self
+            for (((a, lo), hi), tol) in self
                 .action
                 .iter_mut()
                 .zip(&safety.action_min)
                 .zip(&safety.action_max)
+                .zip(&self.tolerance)
             {
                 let inside = a.clamp(*lo, *hi);
                 // A value the controller clamped to the edge may come back an ulp
                 // beyond it through robot units: clamped, not counted.
-                clamped |= (inside - *a).abs() > REACH_TOLERANCE;
+                clamped |= (inside - *a).abs() > *tol;
                 *a = inside;
             }
             self.stats.envelope_clamped += u64::from(clamped);
@@ -580,7 +588,8 @@ impl SimFirmware {
         let mut p = [0.0f32; firmware_config::protocol::MAX_ACT];
         let p = &mut p[..action.len()];
         self.robot.action.to_policy_units(action, p);
-        beyond_reach(&self.robot.safety.max_delta_per_tick, &self.zero, p)
+        let d = &self.robot.safety.max_delta_per_tick;
+        beyond_reach(d, &self.tolerance, &self.zero, p)
     }
 
     /// The firmware applies its hold action, not the newest command: outside an
@@ -611,7 +620,7 @@ impl SimFirmware {
             self.stepped.copy_from_slice(&self.zero);
         } else {
             let d = &self.robot.safety.max_delta_per_tick;
-            let limited = beyond_reach(d, &self.stepped, &self.action);
+            let limited = beyond_reach(d, &self.tolerance, &self.stepped, &self.action);
             for ((s, a), d) in self.stepped.iter_mut().zip(&self.action).zip(d) {
                 *s = a.clamp(*s - d, *s + d);
             }

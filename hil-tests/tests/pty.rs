@@ -215,6 +215,29 @@ fn schema_mismatch_refuses_the_handshake() {
     assert_eq!(report.firmware.handshakes, 0);
 }
 
+/// `--command-timeout-ms` is held to the robot file's bounds (it only had to be above
+/// zero: 1 ms tripped the watchdog between every two commands, an hour was none).
+#[test]
+fn the_binary_refuses_a_watchdog_the_robot_file_would_refuse() {
+    for (ms, says) in [
+        ("1", "must be at least 2 control periods"),
+        ("3600000", "must be at most 60000 ms"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
+            .args(["--task", "maze", "--pty", "--max-seconds", "1"])
+            .args(["--command-timeout-ms", ms])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{ms}: {err}");
+        assert!(
+            err.contains("--command-timeout-ms") && err.contains(says),
+            "{ms}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{ms}: no pty is opened");
+    }
+}
+
 /// Runs the `sim-firmware` binary; returns it and the pty path from its first line.
 fn spawn_binary(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))

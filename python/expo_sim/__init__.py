@@ -38,6 +38,21 @@ Wrong shapes, NaN/inf values and unknown task ids raise ``ValueError`` (the mess
 lists the valid ids); non-floating dtypes raise ``TypeError``; stepping before
 ``reset`` or after the episode terminated or truncated raises :class:`ResetNeeded` (a
 ``RuntimeError``).
+
+Copying
+-------
+An environment holds its simulator in Rust and cannot be pickled or deep-copied
+(``TypeError``). ``gymnasium.make_vec(id, vectorization_mode="async")`` still works: it
+pickles the factory, not an environment. To branch a rollout, replay it: the episode's
+seed (``info["seed"]``) and the same actions reproduce it bit for bit.
+
+Observation bounds
+------------------
+``observation_space`` holds the tasks' nominal bounds, which no episode leaves; some
+features use a small part of them (over 300 episodes of held full-scale actions the
+arm's scaled joint speeds stayed within ±0.57 of ±2, the puck's velocity within ±0.55
+of ±2). Normalize observations by data statistics (as the trainer does), not by the
+bounds.
 """
 
 from expo_sim._core import ResetNeeded, task_ids, task_spec

@@ -63,7 +63,8 @@ impl Rng {
         (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
     }
 
-    /// Uniform in [lo, hi).
+    /// Uniform in [lo, hi]: `hi` itself when `(hi − lo) · u` rounds up in f32 (about one
+    /// draw in 2^24 for some ranges; every caller takes a closed range).
     pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * self.uniform()
     }

@@ -598,8 +598,11 @@ pub fn gather_rows(offline: &Replay, online: &Replay, rows: &[u32], out: &mut Ba
 }
 
 /// Draws the rows of `slices · n` transitions into `rows` (replacing its contents): in
-/// each slice of `n`, `round(offline_fraction · n)` from `offline`, the rest from
-/// `online` (RLPD's symmetric sampling). Until `online` has data, all come from
+/// each slice of `n`, `offline_fraction · n` from `offline`, the rest from `online`
+/// (RLPD's symmetric sampling). A fractional count is rounded at random, up with the
+/// probability of its fraction, so that every batch size mixes in the asked proportion
+/// on average (rounding half up took a batch of 1 from `offline` only, and one of 3 at
+/// 2:1); a whole count draws no extra number. Until `online` has data, all come from
 /// `offline`; with no offline data, all from `online`. Slices are drawn in turn so that
 /// each UTD slice is itself mixed 50/50. Rows of `offline` are numbered from 0, those of
 /// `online` from `offline.capacity()`: one table of both buffers' slots.
@@ -623,7 +626,11 @@ pub fn draw_mixed(
         } else if offline.is_empty() {
             0
         } else {
-            (offline_fraction * n as f32).round() as usize
+            let want = offline_fraction * n as f32;
+            let whole = want.floor();
+            let fraction = want - whole;
+            let up = fraction > 0.0 && rng.uniform() < fraction;
+            (whole as usize + usize::from(up)).min(n)
         };
         // Shuffling within a slice is unnecessary: losses are means over the slice.
         if k > 0 {
@@ -703,6 +710,43 @@ mod tests {
         let empty = Replay::new(1, 1, 10);
         sample_mixed(&mut rng, &off, &empty, 0.5, 2, 8, &mut b);
         assert!(b.obs.iter().all(|&x| x == 0.0) && b.rows == 16);
+    }
+
+    /// An odd batch mixes half and half on average: the odd row comes from either buffer
+    /// (a batch of 1 came from the offline data only, rounding 0.5 up, and never trained
+    /// on the robot's own transitions).
+    #[test]
+    fn odd_batches_mix_in_proportion_on_average() {
+        let mut off = Replay::new(1, 1, 100);
+        let mut on = Replay::new(1, 1, 100);
+        for _ in 0..10 {
+            off.push(&[0.0], &[0.0], 0.0, &[0.0], false);
+            on.push(&[1.0], &[0.0], 0.0, &[1.0], false);
+        }
+        let mut rng = Rng::new(0);
+        let mut b = Batch::default();
+        for (n, fraction) in [(1, 0.5), (3, 0.5), (5, 0.25)] {
+            let draws = 4000;
+            let mut online_rows = 0;
+            for _ in 0..draws {
+                sample_mixed(&mut rng, &off, &on, fraction, 1, n, &mut b);
+                assert_eq!(b.rows, n);
+                let online = b.obs.iter().filter(|&&x| x == 1.0).count();
+                // Each slice takes the whole count or one more, never anything else.
+                let offline = n - online;
+                let want = fraction * n as f32;
+                assert!(
+                    offline == want.floor() as usize || offline == want.ceil() as usize,
+                    "n {n}: {offline} offline rows"
+                );
+                online_rows += online;
+            }
+            let share = online_rows as f32 / (draws * n) as f32;
+            assert!(
+                (share - (1.0 - fraction)).abs() < 0.03,
+                "n {n}, offline fraction {fraction}: online share {share}"
+            );
+        }
     }
 
     /// A dataset without `next.observation.state` (LeRobot's) gives each episode's last

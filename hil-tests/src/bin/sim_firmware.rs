@@ -44,7 +44,8 @@ struct Args {
     /// Run the firmware's clock this many times faster than the wall clock.
     #[arg(long, default_value_t = 1.0)]
     rate_scale: f64,
-    /// Override the robot file's command_timeout_ms.
+    /// Override the robot file's command_timeout_ms (within the same bounds: at least
+    /// two control periods, at most 60 s).
     #[arg(long)]
     command_timeout_ms: Option<u64>,
     /// Fault injection spec, e.g. `seed=3,after=4,flip=0.001,stall_after=40:500`.
@@ -77,9 +78,6 @@ fn main() -> Result<()> {
             "--rate-scale must be between 0.001 and 10000, found {}",
             args.rate_scale
         );
-    }
-    if let Some(ms) = args.command_timeout_ms {
-        ensure!(ms > 0, "--command-timeout-ms must be above zero");
     }
     if let Some(b) = args.baud {
         ensure!(b > 0, "--baud must be above zero");
@@ -114,6 +112,13 @@ fn main() -> Result<()> {
         }
         None => built_in,
     };
+    // The override is held to the robot file's bounds: 1 ms tripped the watchdog
+    // between every two commands, and an hour was no watchdog at all.
+    if let Some(ms) = args.command_timeout_ms {
+        robot
+            .check_command_timeout(ms)
+            .map_err(|m| anyhow::anyhow!("--command-timeout-ms {m}"))?;
+    }
     if args.pty == args.device.is_some() {
         bail!("give exactly one of --pty and --device PATH");
     }

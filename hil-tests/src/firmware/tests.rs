@@ -297,6 +297,43 @@ fn a_far_command_does_not_end_the_watchdogs_hold() {
     assert_eq!(fw.stats().far_commands_held, 1);
 }
 
+/// With robot units far from zero (`offset = 1000, scale = 1`) a command exactly
+/// `max_delta_per_tick` from the hold comes back up to 6e-5 beyond it through f32: it
+/// still ends the watchdog's hold, and the envelope and slew limit count nothing for
+/// commands at their edges. (A fixed 1e-5 allowance answered it with the fault again.)
+#[test]
+fn commands_at_the_limits_pass_through_robot_units_far_from_zero() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example(task.name()).unwrap();
+    robot.safety.max_delta_per_tick = vec![0.15, 0.15];
+    robot.action.offset = vec![1000.0, 1000.0];
+    robot.action.scale = vec![1.0, 1.0];
+    let to_robot = |p: &[f32]| {
+        let mut u = vec![0.0; p.len()];
+        robot.action.to_robot_units(p, &mut u);
+        u
+    };
+    let mut opts = FirmwareOptions::new(task, robot.clone());
+    opts.pacing = Pacing::Lockstep;
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    fw.on_frame(ms(10), command(&to_robot(&[0.15, -0.15])));
+    fw.on_frame(ms(20), command(&to_robot(&[0.3, -0.3])));
+    out(&mut fw);
+    fw.poll(ms(20 + 200));
+    assert!(fw.watchdog_tripped());
+    out(&mut fw);
+    // 0.15 from the hold (1000.15 is 2.4e-5 further in f32) in both dimensions, as the controller's gate sends it.
+    fw.on_frame(ms(221), command(&to_robot(&[0.15, -0.15])));
+    assert!(!fw.watchdog_tripped(), "{:?}", out(&mut fw));
+    let s = fw.stats();
+    assert_eq!(
+        (s.far_commands_held, s.slew_limited, s.envelope_clamped),
+        (0, 0, 0)
+    );
+}
+
 /// After a stall the commands queued during it are read before any poll: the first
 /// must still find the command timeout run out (it reset the watchdog, and a command
 /// sent before the stall was taken up with a jump).
