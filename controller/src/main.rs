@@ -686,6 +686,14 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         report.episodes_completed,
         report.success_rate,
     );
+    if let Some(a) = &report.two_speed {
+        controller::say!(
+            "two-speed: {} plans; their base candidates were {:.2} observations old on average, {} at most",
+            a.plans,
+            a.mean_age,
+            a.max_age
+        );
+    }
     if let Some(fw) = sim {
         let r = fw.stop()?;
         controller::say!(

@@ -661,6 +661,20 @@ fn e2e_two_speed_policy() {
         assert_eq!(e["reason"], "completed", "{says}");
         assert_eq!(e["transitions"], e["steps"]);
         assert_eq!(fw.firmware.steps, e["steps"].as_u64().unwrap());
+        // How old the candidates were when plans used them: at least one plan, at most
+        // one per step.
+        let plans = report["two_speed"]["plans"].as_u64().unwrap();
+        assert!(
+            (1..=e["steps"].as_u64().unwrap()).contains(&plans),
+            "{says}: {}",
+            report["two_speed"]
+        );
+        let (mean, max) = (
+            report["two_speed"]["mean_age"].as_f64().unwrap(),
+            report["two_speed"]["max_age"].as_u64().unwrap(),
+        );
+        assert!(mean <= max as f64, "{says}: {}", report["two_speed"]);
+        assert!(out.stdout.contains("two-speed: "), "{}", out.stdout);
     }
     // More actions than a chunk holds is refused before the loop starts.
     let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");

@@ -653,6 +653,11 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
             assert_eq!(published(&brain), first + step + 1);
         }
         assert_eq!(plans, 9usize.div_ceil(k));
+        // Every plan's candidate age is counted (the first, after the holds, too): the
+        // run report's `two_speed`.
+        let ages = brain.candidate_ages().unwrap();
+        assert_eq!(ages.plans, plans as u64 + 1, "replan_every {replan_every}");
+        assert!(ages.mean_age <= ages.max_age as f64, "{ages:?}");
         // A replan (new episode, intervention) plans on the next step, mid-chunk.
         if k == 3 {
             brain.act(9, &obs(9), &mut a).unwrap();

@@ -1403,6 +1403,14 @@ impl Control {
 
     // ---------------------------------------------------------------- phases
 
+    /// Adds the running policy's candidate ages (two-speed mode) to the report's, before
+    /// a swap drops the policy and at the end of the run.
+    pub(super) fn fold_candidate_ages(&mut self) {
+        if let Some(a) = self.brain.candidate_ages() {
+            self.report.two_speed.get_or_insert_default().merge(&a);
+        }
+    }
+
     fn step_phase(&mut self, now: Instant) {
         match self.phase {
             Phase::Idle => {
@@ -1420,6 +1428,7 @@ impl Control {
                 if let Some(rx) = &self.swaps
                     && let Some((name, brain)) = rx.try_iter().last()
                 {
+                    self.fold_candidate_ages();
                     self.brain = brain;
                     self.report.bundle_swaps.push(super::BundleSwap {
                         bundle: name,

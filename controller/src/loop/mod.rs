@@ -85,7 +85,7 @@ pub mod streamer;
 pub mod teleop;
 pub mod viz;
 
-use crate::runtime::{Choice, Policy, PolicyOptions, TwoSpeedPolicy};
+use crate::runtime::{CandidateAges, Choice, Policy, PolicyOptions, TwoSpeedPolicy};
 use crossbeam_channel::RecvTimeoutError;
 use firmware_config::RobotConfig;
 use firmware_config::protocol::{FaultCode, FrameError, HandshakeError, Message, PROTOCOL_VERSION};
@@ -461,6 +461,14 @@ impl Brain {
         }
     }
 
+    /// Two-speed mode: how old the candidates its plans used were; `None` otherwise.
+    pub fn candidate_ages(&self) -> Option<CandidateAges> {
+        match self {
+            Brain::TwoSpeed { policy, .. } => Some(policy.candidate_ages()),
+            Brain::Full { .. } | Brain::Hold => None,
+        }
+    }
+
     /// The policy that made the last action (its candidates and Q values); `None` for
     /// [`Brain::Hold`].
     pub fn policy(&self) -> Option<&Policy> {
@@ -667,6 +675,9 @@ pub struct RunReport {
     pub uplink: Option<streamer::UplinkSummary>,
     /// Policies swapped in from the trainer's bundles, at episode boundaries.
     pub bundle_swaps: Vec<BundleSwap>,
+    /// `--two-speed`: how many observations old the worker's base candidates were when
+    /// a plan used them (over every policy the run swapped in); `null` otherwise.
+    pub two_speed: Option<CandidateAges>,
     /// What the operator did (`--operator`).
     pub operator: operator::OperatorSummary,
     /// What the teleop device did (`--teleop`).
@@ -711,6 +722,7 @@ impl RunReport {
             logger: None,
             uplink: None,
             bundle_swaps: vec![],
+            two_speed: None,
             operator: Default::default(),
             teleop: None,
             viz_drops: 0,
@@ -1408,6 +1420,7 @@ fn control_thread(
         }
     }
     c.flush_log_blocking();
+    c.fold_candidate_ages();
     let mut report = std::mem::replace(&mut c.report, RunReport::new(&c.cfg, ""));
     report.gate = c.gate.stats;
     report.ticks = c.tick;

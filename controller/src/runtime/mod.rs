@@ -35,7 +35,7 @@ pub use native::NativeNetworks;
 #[cfg(feature = "ort")]
 pub use ort_backend::OrtNetworks;
 pub use tract_backend::TractNetworks;
-pub use two_speed::TwoSpeedPolicy;
+pub use two_speed::{CandidateAges, TwoSpeedPolicy};
 
 use anyhow::{Context, Result, bail, ensure};
 use shared_model::manifest::Manifest;

@@ -10,7 +10,7 @@
 //! The candidates a tick edits were sampled for an observation up to one chain-time old;
 //! the edit and the critic see the newest observation, which is what keeps the action
 //! reactive. [`TwoSpeedPolicy::candidate_age`] reports how many observations old they
-//! are. Candidates are only used for the episode they were sampled in: after
+//! are, and [`CandidateAges`] sums that up over a run (`report.json`'s `two_speed`). Candidates are only used for the episode they were sampled in: after
 //! [`TwoSpeedPolicy::restart`] (a new episode) the previous episode's are not edited.
 //! [`TwoSpeedPolicy::act`] waits for a usable set; [`TwoSpeedPolicy::try_act`], what the
 //! control loop uses, does not wait: until the worker has sampled for the new episode
@@ -28,6 +28,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// How old the base candidates were when the policy planned with them, in observations
+/// published after the one they were sampled for (0: sampled for this very tick's). The
+/// price of two-speed mode's latency, in `report.json` (`two_speed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CandidateAges {
+    /// Ticks that planned with worker candidates.
+    pub plans: u64,
+    pub mean_age: f64,
+    pub max_age: u64,
+    #[serde(skip)]
+    age_sum: u64,
+}
+
+impl CandidateAges {
+    fn record(&mut self, age: u64) {
+        self.plans += 1;
+        self.age_sum = self.age_sum.saturating_add(age);
+        self.max_age = self.max_age.max(age);
+        self.mean_age = self.age_sum as f64 / self.plans as f64;
+    }
+
+    /// Adds `other`'s plans (a swapped-out policy's to the run's).
+    pub fn merge(&mut self, other: &CandidateAges) {
+        self.plans += other.plans;
+        self.age_sum = self.age_sum.saturating_add(other.age_sum);
+        self.max_age = self.max_age.max(other.max_age);
+        self.mean_age = if self.plans == 0 {
+            0.0
+        } else {
+            self.age_sum as f64 / self.plans as f64
+        };
+    }
+}
 
 struct Shared {
     /// Newest raw observation and its sequence number.
@@ -50,6 +84,7 @@ pub struct TwoSpeedPolicy {
     candidate_obs_seq: u64,
     /// The first observation whose candidates the next tick may use (see `restart`).
     fresh_from: u64,
+    ages: CandidateAges,
 }
 
 impl TwoSpeedPolicy {
@@ -141,6 +176,7 @@ impl TwoSpeedPolicy {
             obs_seq: 0,
             candidate_obs_seq: 0,
             fresh_from: 1,
+            ages: CandidateAges::default(),
         })
     }
 
@@ -152,6 +188,11 @@ impl TwoSpeedPolicy {
     /// Observations published since the candidates used by the last tick were sampled.
     pub fn candidate_age(&self) -> u64 {
         self.obs_seq - self.candidate_obs_seq
+    }
+
+    /// The ages of the candidates every plan so far used.
+    pub fn candidate_ages(&self) -> CandidateAges {
+        self.ages
     }
 
     /// A new episode: the next tick waits for candidates sampled for an observation
@@ -224,6 +265,7 @@ impl TwoSpeedPolicy {
         self.tick.candidates[..n].copy_from_slice(&c.0);
         self.candidate_obs_seq = c.1;
         drop(c);
+        self.ages.record(self.candidate_age());
         if let Some(e) = self.shared.error.lock().unwrap().clone() {
             bail!("candidate worker failed: {e}");
         }
