@@ -215,6 +215,48 @@ fn truncated_chain_and_two_speed_mode_act() {
     }
 }
 
+/// `reload` checks what the uplink's swaps check (one function for both): a bundle of
+/// another task or with other observation names is refused, and the new policy draws
+/// from its own random stream (it took the caller's seed as it was and replayed the
+/// first policy's noise; the uplink's swaps did not).
+#[test]
+fn a_reloaded_policy_draws_its_own_noise_and_must_fine_tune_the_running_one() {
+    let root = tempfile::tempdir().unwrap();
+    let first = root.path().join("first");
+    SyntheticSpec::cpu().write(&first, 1, None).unwrap();
+    let b = load_bundle(&first, &Trust::AllowUnsigned).unwrap();
+    let opts = options(Backend::Native, 9);
+    let mut current = Policy::new(&b, &opts).unwrap();
+    let mut reference = Policy::new(&b, &opts).unwrap();
+    let second = variant_of(&first, root.path(), "second", &|_| {});
+    reload(&mut current, &second, &Trust::AllowUnsigned, &opts).unwrap();
+    let mut a = [0.0; 2];
+    current.act(&obs(0), &mut a).unwrap();
+    reference.act(&obs(0), &mut a).unwrap();
+    assert_ne!(
+        current.candidates(),
+        reference.candidates(),
+        "the reloaded policy replayed the first one's noise"
+    );
+    let other_task = |t: &mut toml::Table| {
+        t.insert("task".into(), toml::Value::String("maze".into()));
+    };
+    let other_names = |t: &mut toml::Table| {
+        let o = t["observation"].as_table_mut().unwrap();
+        o["names"].as_array_mut().unwrap()[0] = toml::Value::String("renamed".into());
+    };
+    let edits: [(&str, &dyn Fn(&mut toml::Table)); 2] =
+        [("other-task", &other_task), ("other-names", &other_names)];
+    for (name, edit) in edits {
+        let dir = variant_of(&first, root.path(), name, &|d| {
+            edit_manifest(d, |t| edit(t))
+        });
+        let e = reload(&mut current, &dir, &Trust::AllowUnsigned, &opts).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("the running bundle"), "{name}: {text}");
+    }
+}
+
 /// A copy of the bundle `good` as `root/name`, changed by `f`.
 fn variant_of(good: &Path, root: &Path, name: &str, f: &dyn Fn(&Path)) -> std::path::PathBuf {
     let d = root.join(name);

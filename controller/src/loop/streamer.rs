@@ -514,25 +514,10 @@ fn verify(
              this run ({newest}): an older bundle is not taken back"
         ));
     }
-    if new.task != old.task {
-        return Err(format!(
-            "it was trained on task `{}`, the running bundle on `{}`",
-            new.task, old.task
-        ));
+    if let Some(why) = crate::runtime::replacement_refused(new, old) {
+        return Err(why);
     }
-    if new.observation.names != old.observation.names {
-        return Err(format!(
-            "its observation names ({}) are not the running bundle's ({})",
-            new.observation.names.join(", "),
-            old.observation.names.join(", ")
-        ));
-    }
-    // Its own random stream: with the run's seed as it is, every swapped-in policy
-    // would replay the noise of the run's first decisions.
-    let options = PolicyOptions {
-        seed: swap.options.seed ^ u64::from(firmware_config::protocol::crc32(name.as_bytes())),
-        ..swap.options.clone()
-    };
+    let options = crate::runtime::swapped_in_options(&swap.options, name);
     let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)
         .map_err(|e| format!("{e:#}"))?;
     Ok((brain, exported))

@@ -510,9 +510,42 @@ impl Policy {
     }
 }
 
+/// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
+/// that policy, so it must be for the same task with the same observation names (their
+/// sizes are checked against the robot or the running policy). One check for the
+/// uplink's swaps and [`reload`].
+pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
+    if new.task != old.task {
+        return Some(format!(
+            "it was trained on task `{}`, the running bundle on `{}`",
+            new.task, old.task
+        ));
+    }
+    if new.observation.names != old.observation.names {
+        return Some(format!(
+            "its observation names ({}) are not the running bundle's ({})",
+            new.observation.names.join(", "),
+            old.observation.names.join(", ")
+        ));
+    }
+    None
+}
+
+/// The options of a policy swapped in under `name`: its own random stream (with the
+/// run's seed as it is, every swapped-in policy would replay the noise of the run's
+/// first decisions).
+pub fn swapped_in_options(options: &PolicyOptions, name: &str) -> PolicyOptions {
+    PolicyOptions {
+        seed: options.seed ^ u64::from(firmware_config::protocol::crc32(name.as_bytes())),
+        ..options.clone()
+    }
+}
+
 /// Replaces `current` with the bundle in `dir`, but only once that bundle has loaded,
-/// verified and built completely, and acts on the same observation and action sizes;
-/// on any error `current` is untouched and keeps acting.
+/// verified and built completely, acts on the same observation and action sizes, and
+/// may replace it ([`replacement_refused`]); on any error `current` is untouched and
+/// keeps acting. The new policy draws from its own stream ([`swapped_in_options`],
+/// named by the directory's name).
 pub fn reload(
     current: &mut Policy,
     dir: &std::path::Path,
@@ -522,6 +555,9 @@ pub fn reload(
     let bundle = shared_model::load_bundle(dir, trust)
         .with_context(|| format!("refusing bundle {}", dir.display()))?;
     let m = &bundle.manifest;
+    if let Some(why) = replacement_refused(m, &current.manifest) {
+        bail!("refusing bundle {}: {why}", dir.display());
+    }
     ensure!(
         m.observation.dim == current.obs_dim()
             && m.action.horizon == current.horizon()
@@ -535,7 +571,8 @@ pub fn reload(
         current.horizon(),
         current.act_dim()
     );
-    let next = Policy::new(&bundle, options)
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let next = Policy::new(&bundle, &swapped_in_options(options, &name))
         .with_context(|| format!("refusing bundle {}", dir.display()))?;
     *current = next;
     Ok(())
