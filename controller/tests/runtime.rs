@@ -245,8 +245,8 @@ fn a_reloaded_policy_draws_its_own_noise_and_must_fine_tune_the_running_one() {
         let o = t["observation"].as_table_mut().unwrap();
         o["names"].as_array_mut().unwrap()[0] = toml::Value::String("renamed".into());
     };
-    let edits: [(&str, &dyn Fn(&mut toml::Table)); 2] =
-        [("other-task", &other_task), ("other-names", &other_names)];
+    type Edit<'a> = &'a dyn Fn(&mut toml::Table);
+    let edits: [(&str, Edit); 2] = [("other-task", &other_task), ("other-names", &other_names)];
     for (name, edit) in edits {
         let dir = variant_of(&first, root.path(), name, &|d| {
             edit_manifest(d, |t| edit(t))
