@@ -69,8 +69,8 @@ use std::path::PathBuf;
 pub use error::DatasetError;
 pub use reader::{episode_tasks, read_dataset, validate_dataset};
 pub use writer::{
-    DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, committed_episodes, noted_runs, write_dataset,
-    write_dataset_as,
+    DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, UNREFERENCED_DIR, committed_episodes, noted_runs,
+    write_dataset, write_dataset_as,
 };
 
 /// Syncs a directory's entries (new names, renames), so that they survive a power cut.
@@ -442,7 +442,9 @@ pub struct ValidationReport {
     pub stats_checked: usize,
     pub successful_episodes: usize,
     /// Parquet files under `data/` that no episode references (e.g. left by a
-    /// writer that crashed before `finish`); harmless but worth reporting.
+    /// writer that crashed before `finish`). Our reader leaves them out; LeRobot's reads
+    /// every file there and fails on them (or reads their frames as the dataset's) until
+    /// `DatasetWriter::open_append` (`tools dataset tidy`) sets them aside.
     pub unreferenced_data_files: Vec<PathBuf>,
     /// Rows of the episodes index beyond info.json's `total_episodes` (a writer stopped
     /// between renaming its index and renaming info.json, its commit point, or

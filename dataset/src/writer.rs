@@ -18,6 +18,14 @@ use crate::{DatasetError, DatasetInfo, DatasetSummary, Episode, cols};
 /// (leftovers no episode refers to); beyond that, creating the file fails by name.
 const MAX_SKIPPED_FILES: usize = 1024;
 
+/// Where [`DatasetWriter::open_append`] moves the data files no episode references
+/// (`unreferenced/chunk-NNN/file-NNN.parquet`, beside `data/`): LeRobot's loader reads
+/// every `data/*/*.parquet`, not only the files the episodes index names, so such a file
+/// made it fail (an unfinished file) or read frames that are not in the dataset (a
+/// complete file of a run that did not commit). Moved, never deleted: a complete one
+/// holds a run's frames.
+pub const UNREFERENCED_DIR: &str = "unreferenced";
+
 /// The `info.json` key listing the runs whose episodes a dataset holds
 /// ([`DatasetWriter::note_run`]).
 pub const NOTED_RUNS: &str = "expo_runs";
@@ -55,19 +63,66 @@ fn runs_of(json: &InfoJson, info_path: &Path) -> Result<Vec<String>, DatasetErro
         })
 }
 
+/// Moves every `data/*/*.parquet` not in `referenced` to [`UNREFERENCED_DIR`], under its
+/// chunk folder's name (`NAME.N.parquet` when the name is taken there); returns the moves
+/// (from, to). The caller holds the dataset's lock.
+fn set_aside_unreferenced(
+    dir: &Path,
+    referenced: &[PathBuf],
+) -> Result<Vec<(PathBuf, PathBuf)>, DatasetError> {
+    let referenced: std::collections::HashSet<&PathBuf> = referenced.iter().collect();
+    let mut moved = Vec::new();
+    for chunk in meta::sorted_entries(&dir.join("data"), "", "")? {
+        if !chunk.is_dir() {
+            continue;
+        }
+        for file in meta::sorted_entries(&chunk, "", ".parquet")? {
+            if referenced.contains(&file) {
+                continue;
+            }
+            let (Some(chunk_name), Some(stem)) = (chunk.file_name(), file.file_stem()) else {
+                continue;
+            };
+            let folder = dir.join(UNREFERENCED_DIR).join(chunk_name);
+            fs::create_dir_all(&folder).map_err(|e| {
+                DatasetError::io(&folder, "creating a folder for set-aside files", e)
+            })?;
+            let stem = stem.to_string_lossy();
+            let mut to = folder.join(format!("{stem}.parquet"));
+            let mut n = 1;
+            while fs::symlink_metadata(&to).is_ok() {
+                to = folder.join(format!("{stem}.{n}.parquet"));
+                n += 1;
+            }
+            fs::rename(&file, &to).map_err(|e| {
+                DatasetError::io(&file, "setting aside a data file no episode references", e)
+            })?;
+            for d in [&folder, &chunk] {
+                crate::sync_dir(d).map_err(|e| DatasetError::io(d, "syncing", e))?;
+            }
+            moved.push((file, to));
+        }
+    }
+    Ok(moved)
+}
+
 /// Writes episodes into a LeRobot v3 dataset directory.
 ///
 /// Data files are written as episodes arrive (one row group per episode);
 /// `meta/` is (re)written atomically by [`DatasetWriter::finish`] (and once by
 /// [`DatasetWriter::create`], so a new directory is a valid empty dataset).
 /// Dropping the writer without `finish` leaves the new data files unreferenced:
-/// the dataset stays readable with its previous contents. A data file that cannot be
+/// the dataset stays readable with its previous contents (by our reader; LeRobot's reads
+/// every file under `data/`, so the next [`DatasetWriter::open_append`] sets such files
+/// aside, into [`UNREFERENCED_DIR`]). A data file that cannot be
 /// written or closed (a full disk) is deleted with the episodes in it, which the error
 /// names; later episodes go to a new file, and `finish` still writes the metadata of
 /// the rest. `finish` stages every metadata file before it renames any, info.json last,
 /// so a failure there leaves the previous metadata.
 pub struct DatasetWriter {
     dir: PathBuf,
+    /// Data files `open_append` moved out of `data/` (from, to).
+    set_aside: Vec<(PathBuf, PathBuf)>,
     info: DatasetInfo,
     json: InfoJson,
     tasks: Vec<String>,
@@ -304,6 +359,7 @@ impl DatasetWriter {
             frames_added: 0,
             successes: 0,
             stale_index_files: Vec::new(),
+            set_aside: Vec::new(),
             _lock: lock,
         };
         w.write_meta()?;
@@ -369,6 +425,10 @@ impl DatasetWriter {
             None => (0, 0),
             Some(l) => next_data_file(dir, l, chunks_size)?,
         };
+        // After the numbering above, which still steps over them: a new file never
+        // takes a set-aside file's name.
+        let set_aside = set_aside_unreferenced(dir, &loaded.data_files)?;
+        let uncommitted = loaded.uncommitted_episodes;
         let ours = meta::episodes_path(dir);
         let stale_index_files = loaded
             .episode_files
@@ -379,7 +439,7 @@ impl DatasetWriter {
         if tasks.is_empty() {
             tasks.push(info.task.clone());
         }
-        Ok(Self {
+        let mut w = Self {
             dir: dir.into(),
             schema: data_schema(&loaded.json.features, info.obs_dim(), info.action_dim()),
             stats,
@@ -396,8 +456,27 @@ impl DatasetWriter {
             frames_added: 0,
             successes,
             stale_index_files,
+            set_aside,
             _lock: lock,
-        })
+        };
+        // Index rows of episodes that were never committed (whose data files were just
+        // set aside) and superseded index files: LeRobot reads those too. The metadata
+        // is rewritten now, as `finish` would, not at the end of a run that may not end.
+        if !w.set_aside.is_empty() || uncommitted > 0 || !w.stale_index_files.is_empty() {
+            w.write_meta()?;
+            for stale in std::mem::take(&mut w.stale_index_files) {
+                fs::remove_file(&stale).map_err(|e| {
+                    DatasetError::io(&stale, "removing superseded episodes index", e)
+                })?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// The data files [`Self::open_append`] set aside (from, to): no episode referenced
+    /// them ([`UNREFERENCED_DIR`]).
+    pub fn set_aside(&self) -> &[(PathBuf, PathBuf)] {
+        &self.set_aside
     }
 
     /// Episodes in the dataset so far, the ones from before an append included: the

@@ -144,8 +144,17 @@ fn unfinished_writer_leaves_dataset_readable() {
         report.unreferenced_data_files,
         vec![dir.join("data/chunk-000/file-001.parquet")]
     );
-    // The next append skips past the orphan instead of overwriting it.
+    // LeRobot reads every data file: it cannot open the unfinished one.
+    assert!(lerobot_frames(dir).is_err());
+    // The next append sets the orphan aside (LeRobot reads every file under data/) and
+    // skips past its name instead of overwriting it.
     let mut w = DatasetWriter::open_append(dir).unwrap();
+    let aside = dir.join("unreferenced/chunk-000/file-001.parquet");
+    assert_eq!(
+        w.set_aside(),
+        [(dir.join("data/chunk-000/file-001.parquet"), aside.clone())]
+    );
+    assert!(aside.is_file(), "moved, not deleted");
     w.append_episode(&eps[2]).unwrap();
     let s = w.finish().unwrap();
     assert_eq!(
@@ -155,6 +164,34 @@ fn unfinished_writer_leaves_dataset_readable() {
     let ds = read_dataset(dir).unwrap();
     assert_eq!(ds.episodes.len(), 2);
     assert_same(&ds.episodes[1], &eps[2]);
+    assert!(
+        validate_dataset(dir)
+            .unwrap()
+            .unreferenced_data_files
+            .is_empty()
+    );
+    assert_eq!(lerobot_frames(dir), Ok(ds.num_frames()));
+}
+
+/// The frames LeRobot's v3 loader sees: it reads every `data/*/*.parquet` in sorted
+/// order (not only the files the episodes index names) and indexes them by position, so
+/// every file must open and together they must hold exactly the dataset's frames.
+fn lerobot_frames(dir: &std::path::Path) -> Result<usize, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut files: Vec<_> = fs::read_dir(dir.join("data"))
+        .unwrap()
+        .flat_map(|chunk| fs::read_dir(chunk.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    let mut rows = 0;
+    for f in files {
+        let reader = SerializedFileReader::new(fs::File::open(&f).unwrap())
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        rows += reader.metadata().file_metadata().num_rows() as usize;
+    }
+    Ok(rows)
 }
 
 /// A failure while `finish` writes the metadata (here: info.json's temporary file cannot
@@ -214,8 +251,19 @@ fn a_writer_stopped_before_its_commit_leaves_the_previous_dataset() {
     );
     assert_eq!(report.stats_checked, 0, "the stats describe 3 episodes");
     assert_eq!(report.unreferenced_data_files.len(), 1);
-    // The next session commits over it.
+    // LeRobot would read the uncommitted episode's frames as the dataset's.
+    assert_eq!(lerobot_frames(dir), Ok(5 + 6 + 7));
+    // The next session sets its data file aside and drops its index row at once (not
+    // only at its own commit), then commits over it.
     let mut w = DatasetWriter::open_append(dir).unwrap();
+    assert_eq!(w.set_aside().len(), 1);
+    let report = validate_dataset(dir).unwrap();
+    assert_eq!(
+        (report.episodes, report.uncommitted_episodes),
+        (2, 0),
+        "{report:?}"
+    );
+    assert_eq!(lerobot_frames(dir), Ok(5 + 6));
     w.append_episode(&eps[0]).unwrap();
     w.finish().unwrap();
     let report = validate_dataset(dir).unwrap();
@@ -226,6 +274,7 @@ fn a_writer_stopped_before_its_commit_leaves_the_previous_dataset() {
     );
     assert!(report.stats_checked >= 2);
     assert_same(&read_dataset(dir).unwrap().episodes[2], &eps[0]);
+    assert_eq!(lerobot_frames(dir), Ok(5 + 6 + 5));
 }
 
 #[test]

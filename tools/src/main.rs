@@ -170,6 +170,14 @@ enum DatasetCommand {
         /// The dataset directory.
         dir: PathBuf,
     },
+    /// Make a dataset that a stopped writer left behind loadable by LeRobot: data files
+    /// no episode references are moved into DIR/unreferenced/ (LeRobot reads every file
+    /// under data/), and index rows that were never committed are dropped. Nothing is
+    /// deleted; every append (`controller run`, `log-to-dataset`) does the same first.
+    Tidy {
+        /// The dataset directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -354,6 +362,7 @@ fn main() -> Result<()> {
             }
             DatasetCommand::Inspect { dir } => inspect(&dir)?,
             DatasetCommand::Validate { dir } => validate(&dir)?,
+            DatasetCommand::Tidy { dir } => tidy(&dir)?,
         },
         Command::Bench {
             command:
@@ -457,7 +466,13 @@ fn validate(dir: &std::path::Path) -> Result<()> {
         r.successful_episodes
     );
     for f in &r.unreferenced_data_files {
-        println!("warning: {} is not referenced by any episode", f.display());
+        println!(
+            "warning: {} is not referenced by any episode: LeRobot reads every file under \
+             data/ and cannot load this dataset as it is (`tools dataset tidy {}` sets it \
+             aside)",
+            f.display(),
+            dir.display()
+        );
     }
     if r.uncommitted_episodes > 0 {
         println!(
@@ -468,6 +483,21 @@ fn validate(dir: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn tidy(dir: &std::path::Path) -> Result<()> {
+    anyhow::ensure!(
+        dir.join("meta/info.json").is_file(),
+        "{}: not a dataset (no meta/info.json)",
+        dir.display()
+    );
+    let w = dataset::DatasetWriter::open_append(dir)?;
+    let moved = w.set_aside().to_vec();
+    w.finish()?;
+    for (from, to) in &moved {
+        println!("set aside {} -> {}", from.display(), to.display());
+    }
+    validate(dir)
 }
 
 fn bench_sim(steps: u64, envs: usize, repeats: usize) {
