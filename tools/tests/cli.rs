@@ -643,3 +643,40 @@ fn bench_and_teleop_arguments_out_of_range_are_refused() {
         text(&o)
     );
 }
+
+/// `tools dataset tidy`: a data file no episode references (an unfinished file a killed
+/// writer left) is named by `validate` as what stops LeRobot loading the dataset, and
+/// moved into `unreferenced/` by `tidy`, which leaves the dataset as it was.
+#[test]
+fn tidy_sets_aside_what_lerobot_would_trip_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("push");
+    let d = dir.to_str().unwrap();
+    assert!(generate("push", 5, &dir).status.success());
+    let leftover = dir.join("data/chunk-000/file-007.parquet");
+    std::fs::write(&leftover, b"PAR1 and no footer").unwrap();
+    let o = tools(&["dataset", "validate", d]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("file-007.parquet is not referenced by any episode: LeRobot"),
+        "{}",
+        text(&o)
+    );
+    let o = tools(&["dataset", "tidy", d]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("set aside") && out.contains("valid LeRobot v3 dataset: 5 episodes"),
+        "{out}"
+    );
+    assert!(!out.contains("not referenced"), "{out}");
+    assert!(!leftover.exists());
+    assert_eq!(
+        std::fs::read(dir.join("unreferenced/chunk-000/file-007.parquet")).unwrap(),
+        b"PAR1 and no footer"
+    );
+    // Not a dataset: refused by name.
+    let o = tools(&["dataset", "tidy", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not a dataset"), "{}", text(&o));
+}
