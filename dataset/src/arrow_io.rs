@@ -19,16 +19,24 @@ use parquet::file::properties::WriterProperties;
 
 use crate::DatasetError;
 
-/// Arrow type of a vector column as written: `FixedSizeList<Float32>[dim]`.
+/// Arrow type of a vector column as written: `FixedSizeList<Float32>[dim]`, or plain
+/// `Float32` for one value per row (LeRobot loads a feature of shape `[1]` as a plain
+/// value, and cannot cast a list column to one).
 pub(crate) fn f32_vec_type(dim: usize) -> DataType {
+    if dim == 1 {
+        return DataType::Float32;
+    }
     DataType::FixedSizeList(
         Arc::new(Field::new_list_field(DataType::Float32, false)),
         dim as i32,
     )
 }
 
-/// Build a `FixedSizeList<Float32>[dim]` column from row-major `values`.
+/// Build the column [`f32_vec_type`] describes from row-major `values`.
 pub(crate) fn f32_vec_array(values: &[f32], dim: usize) -> Result<ArrayRef, String> {
+    if dim == 1 {
+        return Ok(Arc::new(Float32Array::from(values.to_vec())));
+    }
     let size = i32::try_from(dim).map_err(|_| format!("dimension {dim} too large"))?;
     let field = Arc::new(Field::new_list_field(DataType::Float32, false));
     let child: ArrayRef = Arc::new(Float32Array::from(values.to_vec()));

@@ -65,6 +65,27 @@ fn pyarrow_accepts_our_layout() {
     check(dir, 5, 33);
 }
 
+/// A robot with one actuator: the action column of shape [1] is a plain float column,
+/// as LeRobot loads it (a one-value list column cannot be cast to its `Value`), and
+/// reads back exactly.
+#[test]
+fn one_value_vectors_are_plain_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut info = info();
+    info.action_names.truncate(1);
+    let mut eps = episodes(5, &[4, 7]);
+    for ep in &mut eps {
+        ep.actions = ep.actions.chunks(3).map(|a| a[0]).collect();
+    }
+    write_dataset(dir, &info, &eps).unwrap();
+    check(dir, 2, 11);
+    let back = dataset::read_dataset(dir).unwrap();
+    for (a, b) in eps.iter().zip(&back.episodes) {
+        assert_eq!(a.actions, b.actions);
+    }
+}
+
 #[test]
 fn the_checker_rejects_wrong_counts() {
     let tmp = tempfile::tempdir().unwrap();

@@ -126,6 +126,12 @@ def check(root, want_episodes, want_frames):
             expect(key in table.column_names, f"{path}: feature {key!r} has no column")
             typ = table.schema.field(key).type
             n = math.prod(feat["shape"])
+            # LeRobot loads a feature of shape [1] as a plain value (datasets.Value), and
+            # a list column cannot be cast to one.
+            if list(feat["shape"]) == [1]:
+                expect(not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ)
+                            or pa.types.is_large_list(typ)),
+                       f"{path}: column {key!r} of shape [1] is a list ({typ}); LeRobot reads a plain value")
             if pa.types.is_fixed_size_list(typ):
                 expect(typ.list_size == n, f"{path}: column {key!r} has list size {typ.list_size}, shape says {n}")
             elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
@@ -144,6 +150,12 @@ def check(root, want_episodes, want_frames):
             expect([cols["frame_index"][r] for r in rows] == list(range(ep["length"])),
                    f"{path}: episode {e}: frame_index is not 0..{ep['length']}")
     expect(total_rows == want_frames, f"{root}/data: {total_rows} rows, expected {want_frames}")
+    # LeRobot's loader reads every data/*/*.parquet, not only the files the index names:
+    # each must open, and together they must hold exactly the dataset's frames.
+    every = sorted(glob.glob(os.path.join(root, "data", "*", "*.parquet")))
+    every_rows = sum(read_table(p).num_rows for p in every)
+    expect(every_rows == want_frames,
+           f"{root}/data: its {len(every)} files hold {every_rows} rows, expected {want_frames}")
 
     # Tasks.
     tasks_path = os.path.join(root, "meta", "tasks.parquet")
