@@ -174,6 +174,14 @@ impl RecordSink for Receiver {
         Ok(())
     }
 
+    /// fdatasync of the stream's log, before its records are acknowledged (they were
+    /// acknowledged from the page cache, and a power cut of the trainer's host lost
+    /// records the robot counted as held).
+    fn make_durable(&mut self, stream: &str) -> Result<(), String> {
+        let (writer, _) = self.log(stream)?;
+        writer.sync().map_err(|e| e.to_string())
+    }
+
     fn latest_bundle(&mut self) -> Option<String> {
         let name = std::fs::read_to_string(self.bundles.join("latest")).ok()?;
         Some(name.trim().to_string()).filter(|n| !n.is_empty())

@@ -81,6 +81,12 @@ pub trait RecordSink {
     fn next_index(&mut self, stream: &str) -> Result<u64, String>;
     /// Appends record `index` (always the next one) of `stream`.
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String>;
+    /// Makes the records `append` took for `stream` durable (on disk, past a power cut):
+    /// called before they are acknowledged, since the robot counts an acknowledged
+    /// record as held for good.
+    fn make_durable(&mut self, _stream: &str) -> Result<(), String> {
+        Ok(())
+    }
     /// The name of the newest bundle to offer the robot.
     fn latest_bundle(&mut self) -> Option<String> {
         None
@@ -369,6 +375,7 @@ fn serve<S: Read + Write>(
                 "record {first} would leave a gap after {next}"
             )));
         }
+        let before = appended;
         for (index, record) in records {
             if index < next {
                 continue; // already held: sent before a lost acknowledgement
@@ -377,6 +384,9 @@ fn serve<S: Read + Write>(
                 .map_err(RecordError::Sink)?;
             next += 1;
             appended += 1;
+        }
+        if appended > before {
+            sink.make_durable(&stream).map_err(RecordError::Sink)?;
         }
         let mut ack = next.to_le_bytes().to_vec();
         put_str(
@@ -482,6 +492,52 @@ mod tests {
         let outcomes = srv.join().unwrap();
         assert_eq!(outcomes, vec![Ok(300), Ok(400), Ok(300)]);
         assert_eq!(sink.0.lock().unwrap()["run-a"], all);
+    }
+
+    /// Every record is made durable before the acknowledgement that covers it: the robot
+    /// counts an acknowledged record as held for good. (The trainer acknowledged records
+    /// from the page cache; a power cut lost them.)
+    #[test]
+    fn records_are_made_durable_before_they_are_acknowledged() {
+        /// Records held, and how many of them were made durable.
+        #[derive(Default, Clone)]
+        struct Durable(Arc<Mutex<(Vec<Vec<u8>>, usize)>>);
+        impl RecordSink for Durable {
+            fn next_index(&mut self, _: &str) -> Result<u64, String> {
+                Ok(self.0.lock().unwrap().0.len() as u64)
+            }
+            fn append(&mut self, _: &str, _: u64, record: &[u8]) -> Result<(), String> {
+                self.0.lock().unwrap().0.push(record.to_vec());
+                Ok(())
+            }
+            fn make_durable(&mut self, _: &str) -> Result<(), String> {
+                let mut held = self.0.lock().unwrap();
+                held.1 = held.0.len();
+                Ok(())
+            }
+        }
+        let sink = Durable::default();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut served = sink.clone();
+        let srv = thread::spawn(move || {
+            (0..3)
+                .map(|_| {
+                    let (stream, _) = listener.accept().unwrap();
+                    let mut s = Session::server(stream, &key()).unwrap();
+                    serve_records(&mut s, &mut served).map(|(_, n)| n).unwrap()
+                })
+                .sum::<u64>()
+        });
+        let all = records(50);
+        for end in [7, 20, 50] {
+            let mut c = connect(port);
+            let acked = send_records(&mut c, "run-d", &all[..end]).unwrap();
+            assert_eq!(acked, end as u64);
+            let durable = sink.0.lock().unwrap().1;
+            assert_eq!(durable, end, "acknowledged {acked}, durable {durable}");
+        }
+        assert_eq!(srv.join().unwrap(), 50);
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! had acknowledged gets them again, read from the log.
 
 use std::collections::VecDeque;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -551,19 +551,35 @@ fn connect_stream(
     Ok((session, held, id.to_string()))
 }
 
+/// Connects to the first of `addrs` that answers, in order, as `TcpStream::connect`
+/// does: a name that resolves to IPv6 first (`localhost` as `::1`) still reaches a
+/// trainer listening on IPv4 only (`--listen 0.0.0.0:PORT`); only the first was tried.
+fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<(TcpStream, SocketAddr), String> {
+    let mut failed = Vec::new();
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, timeout) {
+            Ok(tcp) => return Ok((tcp, *addr)),
+            Err(e) => failed.push(format!("connecting to {addr}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        return Err("it resolves to nothing".into());
+    }
+    Err(failed.join("; "))
+}
+
 fn connect(
     cfg: &UplinkConfig,
     stream: &str,
     link: &Mutex<Option<TcpStream>>,
 ) -> Result<(Session<TcpStream>, u64), String> {
-    let addr = cfg
+    let addrs: Vec<SocketAddr> = cfg
         .addr
         .to_socket_addrs()
         .map_err(|e| format!("uplink address {}: {e}", cfg.addr))?
-        .next()
-        .ok_or_else(|| format!("uplink address {} resolves to nothing", cfg.addr))?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        .collect();
+    let (tcp, addr) = connect_any(&addrs, Duration::from_secs(1))
+        .map_err(|e| format!("uplink address {}: {e}", cfg.addr))?;
     // A trainer that stops answering must not hang the streamer forever.
     let timeout = Some(Duration::from_secs(10));
     tcp.set_read_timeout(timeout)
@@ -581,6 +597,27 @@ fn connect(
 mod tests {
     use super::*;
     use shared_model::synthetic::SyntheticSpec;
+
+    /// The uplink's address may resolve to several (`localhost`: `::1`, then
+    /// `127.0.0.1`): one that refuses does not stop the next from being tried (only the
+    /// first was, and a trainer listening on IPv4 only was never reached).
+    #[test]
+    fn every_resolved_address_is_tried_in_turn() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = open.local_addr().unwrap();
+        let (_, reached) = connect_any(&[closed, addr], Duration::from_secs(1)).unwrap();
+        assert_eq!(reached, addr);
+        let e = connect_any(&[closed], Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains(&format!("connecting to {closed}")), "{e}");
+        assert_eq!(
+            connect_any(&[], Duration::from_secs(1)).unwrap_err(),
+            "it resolves to nothing"
+        );
+    }
 
     /// A bundle from the trainer for another task, or with other observation names,
     /// than the running one is refused before it is built, saying which.
