@@ -343,8 +343,10 @@ struct RunArgs {
     /// Deadlines missed in a row that count as a fault (0: never).
     #[arg(long, default_value_t = 10)]
     max_overruns: u32,
-    /// After the serial link fails, keep trying to reopen the device this long (ms).
-    #[arg(long)]
+    /// After the serial link fails, keep trying to reopen the device this long (ms); the
+    /// run goes on once it is back (the link loss is a fault, without ending the run by
+    /// --max-faults).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     reconnect_ms: Option<u64>,
     /// How long to wait for the firmware's Hello (ms).
     #[arg(long, default_value_t = 3000)]

@@ -1141,7 +1141,12 @@ fn fault_stall_without_gravity_safe_torque_off_only_holds() {
 /// that a rebuild from the log keeps them apart (it merged the two episode 0s). Returns
 /// the report and the firmware's.
 fn reboot_run(faults: &str) -> (Value, hil_tests::firmware::RunReport) {
-    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, faults);
+    reboot_run_on(robot(|_| {}), faults)
+}
+
+/// [`reboot_run`] with this robot file.
+fn reboot_run_on(robot: RobotConfig, faults: &str) -> (Value, hil_tests::firmware::RunReport) {
+    let mut sim = Sim::new(robot, Pacing::Lockstep, faults);
     let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
     let (fw, received) = sim.stop_fw();
     let (records, ds) = check_invariants(&sim, &received, &out);
@@ -1280,6 +1285,21 @@ fn a_firmware_that_never_answers_a_reset_ends_the_run_through_a_safe_stop() {
 fn a_duplicated_reboot_hello_is_one_reboot() {
     let _g = serial();
     let (report, fw) = reboot_run("after=4,dup=1,reboot_at=20");
+    assert!(fw.faults.duplicated > 0);
+    assert!(report["ignored_hellos"].as_u64().unwrap() >= 1, "{report}");
+}
+
+/// As above, with a safe stop longer than the link waits for frames after a `Hello` it
+/// took for a copy (`HELD_HELLO_WAIT`, 1 s of wall time; here 400 hold ticks at 20 Hz x10,
+/// 2 s). The rebooted firmware is silent until the new handshake, so the link publishes
+/// the copy as a reboot in the middle of the safe stop: it is still one reboot (the
+/// control thread takes the same `Hello` before that handshake for the copy it is),
+/// not a second `firmware_reset` that ended the run.
+#[test]
+fn a_duplicated_reboot_hello_is_one_reboot_through_a_long_safe_stop() {
+    let _g = serial();
+    let robot = robot(|r| r.safety.hold_ticks_before_torque_off = 400);
+    let (report, fw) = reboot_run_on(robot, "after=4,dup=1,reboot_at=20");
     assert!(fw.faults.duplicated > 0);
     assert!(report["ignored_hellos"].as_u64().unwrap() >= 1, "{report}");
 }
@@ -1769,9 +1789,12 @@ fn settings_the_loop_cannot_run_with_are_refused() {
 /// fault, safe stop (writes fail, the firmware's watchdog is on its own), the
 /// controller reopens the path, which now leads to a new firmware, shakes hands and
 /// runs the remaining episodes.
+/// At the default `--max-faults 0`: the link loss is a fault, and `--reconnect-ms` still
+/// lets the run go on (the fault budget ended it, and the port was reopened for
+/// nothing).
 #[test]
 fn disconnect_and_reconnect() {
-    disconnect_and_reconnect_holding(5);
+    disconnect_and_reconnect_holding(5, &[]);
 }
 
 /// The same with a safe stop longer than the reopening (400 ticks at 10×, 2 s; the path
@@ -1781,29 +1804,18 @@ fn disconnect_and_reconnect() {
 /// took a stop button's fault for its answer.
 #[test]
 fn a_port_back_during_the_safe_stop_gets_the_handshake_first() {
-    disconnect_and_reconnect_holding(400);
+    disconnect_and_reconnect_holding(400, &["--max-faults", "1"]);
 }
 
-fn disconnect_and_reconnect_holding(hold_ticks: u32) {
+fn disconnect_and_reconnect_holding(hold_ticks: u32, extra: &[&str]) {
     let _g = serial();
     let robot = robot(|r| r.safety.hold_ticks_before_torque_off = hold_ticks);
     let mut sim = Sim::new(robot, Pacing::RealTime, "");
     let link = sim._dir.path().join("ttyEXPO");
     std::os::unix::fs::symlink(sim.port(), &link).unwrap();
-    let child = sim
-        .command(
-            &link,
-            &[
-                "--episodes",
-                "4",
-                "--max-faults",
-                "1",
-                "--reconnect-ms",
-                "20000",
-            ],
-        )
-        .spawn()
-        .unwrap();
+    let mut args = vec!["--episodes", "4", "--reconnect-ms", "20000"];
+    args.extend_from_slice(extra);
+    let child = sim.command(&link, &args).spawn().unwrap();
     // Let the first episode get going, then pull the plug.
     wait_for_records(&sim.out.join("transitions.log"), 20);
     let (_, first) = sim.stop_fw();

@@ -433,6 +433,28 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
              found tanh (`log_std` made by `Add`)",
         ),
         (
+            // A `Tanh` somewhere in the graph is not a tanh head: the head's own nodes are
+            // followed back from `log_std` (here its last `Add` made a `Sub`).
+            "an edit graph whose log-std head is neither head",
+            variant("log-std-sub", &|d| {
+                let p = d.join("edit.onnx");
+                let mut m = ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+                let g = m.graph.as_mut().unwrap();
+                let last = g
+                    .node
+                    .iter_mut()
+                    .find(|n| n.output.iter().any(|o| o == "log_std"))
+                    .unwrap();
+                last.op_type = "Sub".into();
+                let bytes = m.to_bytes();
+                fs::write(&p, &bytes).unwrap();
+                edit_manifest(d, |t| set_hash(t, "edit", sha256_hex(&bytes)));
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Shape { .. }),
+            "expected tanh, found `log_std` made by `Sub`",
+        ),
+        (
             "NaN weights",
             variant("nan", &|d| {
                 // Overwrite the first float of the first initializer with NaN, rehash.

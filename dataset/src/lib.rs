@@ -8,10 +8,13 @@
 //! (temp file + rename), `info.json` last: its totals are the commit point. A writer
 //! stopped between those renames leaves an index and a task list longer than the totals
 //! say, and readers take only their first rows, so the dataset reads as before the
-//! session. Parquet files are written with snappy compression, one row group per
-//! episode (up to about a million frames); vector features are
-//! `FixedSizeList<float32>` (the reader also accepts `List`/`LargeList` and
-//! float64, as written by pyarrow / HF `datasets`).
+//! session. The next [`DatasetWriter::open_append`] drops those rows and moves the data
+//! files no episode references (a writer stopped before its commit) into
+//! `unreferenced/`: LeRobot's loader reads every `data/*/*.parquet`. Parquet files are
+//! written with snappy compression, one row group per episode (up to about a million
+//! frames); vector features are `FixedSizeList<float32>`, one-value ones plain
+//! `float32` as LeRobot loads a shape of `[1]` (the reader also accepts
+//! `List`/`LargeList` and float64, as written by pyarrow / HF `datasets`).
 //!
 //! ```text
 //! DIR/
@@ -24,8 +27,9 @@
 //! │                            data/chunk_index, data/file_index,
 //! │                            dataset_from_index, dataset_to_index (global frames, [from, to)),
 //! │                            meta/episodes/{chunk,file}_index, success, return (ours)
-//! └── data/chunk-000/file-000.parquet, file-001.parquet, ...   (1000 files per chunk)
-//!                              one row per frame (step), columns below
+//! ├── data/chunk-000/file-000.parquet, file-001.parquet, ...   (1000 files per chunk)
+//! │                            one row per frame (step), columns below
+//! └── unreferenced/chunk-000/… data files no episode referenced, set aside (ours)
 //! ```
 //!
 //! Data columns (one row = one environment step `t`):

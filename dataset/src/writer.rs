@@ -97,7 +97,9 @@ fn set_aside_unreferenced(
             fs::rename(&file, &to).map_err(|e| {
                 DatasetError::io(&file, "setting aside a data file no episode references", e)
             })?;
-            for d in [&folder, &chunk] {
+            // The new name, and the folders created for it, survive a power cut.
+            let aside = dir.join(UNREFERENCED_DIR);
+            for d in [&folder, &aside, dir, &chunk] {
                 crate::sync_dir(d).map_err(|e| DatasetError::io(d, "syncing", e))?;
             }
             moved.push((file, to));
@@ -425,8 +427,9 @@ impl DatasetWriter {
             None => (0, 0),
             Some(l) => next_data_file(dir, l, chunks_size)?,
         };
-        // After the numbering above, which still steps over them: a new file never
-        // takes a set-aside file's name.
+        // After the numbering above, which still steps over them: this writer's new
+        // files do not take a set-aside file's name (a later writer may; the set-aside
+        // copy then gets a `.N` suffix, and nothing is overwritten).
         let set_aside = set_aside_unreferenced(dir, &loaded.data_files)?;
         let uncommitted = loaded.uncommitted_episodes;
         let ours = meta::episodes_path(dir);

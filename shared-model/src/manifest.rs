@@ -1568,11 +1568,14 @@ fn check_log_std_head(
         .iter()
         .find(|n| n.output.iter().any(|o| o == names::LOG_STD))
         .map(|n| n.op_type.as_str());
-    let has_tanh = graph.node.iter().any(|n| n.op_type == "Tanh");
-    let found = match producer {
-        Some("Clip") => Some(LogStdHead::Clip),
-        Some(_) if has_tanh => Some(LogStdHead::Tanh),
-        _ => None,
+    // The head's nodes, from `log_std` back (`graphs::edit_graph`): `Clip(raw)`, or
+    // `Add(Mul(Add(Tanh(raw), 1), ½ range), min)`.
+    let found = if produced_by(graph, names::LOG_STD, &["Clip"]) {
+        Some(LogStdHead::Clip)
+    } else if produced_by(graph, names::LOG_STD, &["Add", "Mul", "Add", "Tanh"]) {
+        Some(LogStdHead::Tanh)
+    } else {
+        None
     };
     if found == Some(head) {
         return Ok(());
@@ -1587,6 +1590,22 @@ fn check_log_std_head(
             (_, op) => format!("`{}` made by `{}`", names::LOG_STD, op.unwrap_or("no node")),
         },
     })
+}
+
+/// Whether `value` is made by a node of op `ops[0]`, one of whose inputs is made by a
+/// node of op `ops[1]`, and so on.
+fn produced_by(graph: &crate::onnx::GraphProto, value: &str, ops: &[&str]) -> bool {
+    let Some((op, rest)) = ops.split_first() else {
+        return true;
+    };
+    graph
+        .node
+        .iter()
+        .find(|n| n.output.iter().any(|o| o == value))
+        .is_some_and(|n| {
+            n.op_type == *op
+                && (rest.is_empty() || n.input.iter().any(|i| produced_by(graph, i, rest)))
+        })
 }
 
 /// Every weight that the critic graph gathers by member (`members`) must hold

@@ -491,9 +491,11 @@ fn tidy(dir: &std::path::Path) -> Result<()> {
         "{}: not a dataset (no meta/info.json)",
         dir.display()
     );
+    // Opening tidies (and rewrites the metadata only when something needed it); a
+    // `finish` would rewrite it in our format even when nothing did.
     let w = dataset::DatasetWriter::open_append(dir)?;
     let moved = w.set_aside().to_vec();
-    w.finish()?;
+    drop(w);
     for (from, to) in &moved {
         println!("set aside {} -> {}", from.display(), to.display());
     }

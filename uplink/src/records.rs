@@ -298,6 +298,9 @@ fn serve<S: Read + Write>(
     let stream = String::from_utf8(open.payload)
         .map_err(|_| RecordError::Protocol("stream id is not UTF-8".into()))?;
     let mut next = sink.next_index(&stream).map_err(RecordError::Sink)?;
+    // The resume point acknowledges every record below it: records a failed sync left
+    // unsaved (held, so not sent again) are made durable first.
+    sink.make_durable(&stream).map_err(RecordError::Sink)?;
     session.send(kind::RESUME, &next.to_le_bytes())?;
     let mut appended = 0;
     loop {
@@ -375,7 +378,6 @@ fn serve<S: Read + Write>(
                 "record {first} would leave a gap after {next}"
             )));
         }
-        let before = appended;
         for (index, record) in records {
             if index < next {
                 continue; // already held: sent before a lost acknowledgement
@@ -385,9 +387,9 @@ fn serve<S: Read + Write>(
             next += 1;
             appended += 1;
         }
-        if appended > before {
-            sink.make_durable(&stream).map_err(RecordError::Sink)?;
-        }
+        // Before every acknowledgement, new records or not (a sink that cannot make
+        // them durable acknowledges nothing; a sync with nothing new is cheap).
+        sink.make_durable(&stream).map_err(RecordError::Sink)?;
         let mut ack = next.to_le_bytes().to_vec();
         put_str(
             &mut ack,
@@ -496,12 +498,17 @@ mod tests {
 
     /// Every record is made durable before the acknowledgement that covers it: the robot
     /// counts an acknowledged record as held for good. (The trainer acknowledged records
-    /// from the page cache; a power cut lost them.)
+    /// from the page cache; a power cut lost them.) A sync that fails acknowledges
+    /// nothing, and records it left unsaved are made durable before the resume point
+    /// that acknowledges them (none was: only new records were, before acknowledgements).
     #[test]
     fn records_are_made_durable_before_they_are_acknowledged() {
-        /// Records held, and how many of them were made durable.
+        /// Records held, how many of them were made durable, and how many more
+        /// `make_durable` calls pass before one fails.
+        #[derive(Default)]
+        struct Held(Vec<Vec<u8>>, usize, Option<u32>);
         #[derive(Default, Clone)]
-        struct Durable(Arc<Mutex<(Vec<Vec<u8>>, usize)>>);
+        struct Durable(Arc<Mutex<Held>>);
         impl RecordSink for Durable {
             fn next_index(&mut self, _: &str) -> Result<u64, String> {
                 Ok(self.0.lock().unwrap().0.len() as u64)
@@ -512,6 +519,14 @@ mod tests {
             }
             fn make_durable(&mut self, _: &str) -> Result<(), String> {
                 let mut held = self.0.lock().unwrap();
+                match held.2 {
+                    Some(0) => {
+                        held.2 = None;
+                        return Err("injected write-back error".into());
+                    }
+                    Some(n) => held.2 = Some(n - 1),
+                    None => {}
+                }
                 held.1 = held.0.len();
                 Ok(())
             }
@@ -521,13 +536,13 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let mut served = sink.clone();
         let srv = thread::spawn(move || {
-            (0..3)
+            (0..4)
                 .map(|_| {
                     let (stream, _) = listener.accept().unwrap();
                     let mut s = Session::server(stream, &key()).unwrap();
-                    serve_records(&mut s, &mut served).map(|(_, n)| n).unwrap()
+                    serve_records(&mut s, &mut served).map(|(_, n)| n).ok()
                 })
-                .sum::<u64>()
+                .collect::<Vec<_>>()
         });
         let all = records(50);
         for end in [7, 20, 50] {
@@ -537,7 +552,35 @@ mod tests {
             let durable = sink.0.lock().unwrap().1;
             assert_eq!(durable, end, "acknowledged {acked}, durable {durable}");
         }
-        assert_eq!(srv.join().unwrap(), 50);
+        // The sync after the next records fails (the one before the resume point
+        // passes): nothing more is acknowledged, though the records are held.
+        sink.0.lock().unwrap().2 = Some(1);
+        let more = records(60);
+        let mut c = connect(port);
+        assert!(send_records(&mut c, "run-d", &more).is_err());
+        drop(c);
+        assert_eq!(sink.0.lock().unwrap().0.len(), 60);
+        assert_eq!(sink.0.lock().unwrap().1, 50);
+        let outcomes = srv.join().unwrap();
+        assert_eq!(outcomes, [Some(7), Some(13), Some(30), None]);
+        // The robot reconnects: the resume point acknowledges the held records, so they
+        // are made durable before it is sent (it acknowledged them unsaved).
+        let (port, srv) = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut served = sink.clone();
+            let srv = thread::spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let mut s = Session::server(stream, &key()).unwrap();
+                serve_records(&mut s, &mut served).map(|(_, n)| n).unwrap()
+            });
+            (port, srv)
+        };
+        let mut c = connect(port);
+        assert_eq!(send_records(&mut c, "run-d", &more).unwrap(), 60);
+        drop(c);
+        assert_eq!(srv.join().unwrap(), 0, "nothing new was appended");
+        assert_eq!(sink.0.lock().unwrap().1, 60);
     }
 
     #[test]

@@ -377,6 +377,12 @@ pub(crate) struct Control {
     /// episode begins: the firmware answers in order, so by then every answer to an
     /// earlier Estop has been sent (one lost on the link never comes).
     estops_unanswered: u32,
+    /// The firmware timestamp of the reboot `Hello` last handled, until a handshake
+    /// completes after it: a rebooted firmware is silent until then, so the link
+    /// publishes a copy of that `Hello` (duplicated on the line) as a reboot once it has
+    /// waited a second for frames (`link::HELD_HELLO_WAIT`), in the middle of the safe
+    /// stop the reboot started. The same `Hello` before that handshake is that copy.
+    reboot_unshaken: Option<u32>,
     /// The firmware's sequence number of the last answer to our Estop: a stale frame
     /// with that number is a duplicated or reordered copy of it (a Hello restarts the
     /// numbers).
@@ -511,6 +517,7 @@ impl Control {
             hold_pending: Vec::new(),
             busy_wait: false,
             estops_unanswered: 0,
+            reboot_unshaken: None,
             estop_answer_seq: None,
             fallback_seq: None,
             torque_off: false,
@@ -994,12 +1001,14 @@ impl Control {
                 if let Phase::Handshaking { .. } = self.phase {
                     // A firmware behind a reopened port answers no Estop sent before.
                     self.forget_firmware_answers();
+                    self.reboot_unshaken = None;
                     self.phase = Phase::Idle;
-                } else if seq.number != 0 || seq.stale {
+                } else if seq.number != 0 || seq.stale || self.reboot_unshaken == Some(fw_us) {
                     // Not a reboot, whose Hello is its first frame (numbered 0): a late
                     // answer to a Hello of ours already answered (a firmware that
                     // answered each of the handshake's resent Hellos), or a copy of a
-                    // reboot's Hello (the link thread marks it stale).
+                    // reboot's Hello (the link thread marks it stale, or publishes it
+                    // after a silence, before the handshake that follows a reboot).
                     self.report.ignored_hellos += 1;
                 } else {
                     // An unasked Hello: the firmware rebooted and holds with its own
@@ -1008,6 +1017,7 @@ impl Control {
                     // new Estop (as after a reconnect).
                     // Nor will it answer an Estop sent before it rebooted.
                     self.forget_firmware_answers();
+                    self.reboot_unshaken = Some(fw_us);
                     self.torque_off = false;
                     self.gate.firmware_holds();
                     self.fault(
@@ -1221,10 +1231,31 @@ impl Control {
             Phase::Handshaking { .. } if self.track.is_none() => self.phase = Phase::Done,
             _ => {
                 if self.track.is_some() {
-                    self.finish_episode(now, EndReason::Interrupted, why);
+                    // An episode already ending (the firmware ended it, or the operator
+                    // labelled it) ends as it would have at its deadline: it was
+                    // reported `interrupted` and left out of the success rate while its
+                    // log held the labelled end.
+                    let (reason, detail) = match self.phase {
+                        Phase::Ending { .. } => {
+                            let (reason, detail) = self.ending_reason();
+                            (reason, format!("{detail} ({why})"))
+                        }
+                        _ => (EndReason::Interrupted, why),
+                    };
+                    self.finish_episode(now, reason, detail);
                 }
                 self.enter_safe_stop(After::Exit);
             }
+        }
+    }
+
+    /// How an episode in [`Phase::Ending`] ends: completed by the firmware, or labelled
+    /// by the operator.
+    fn ending_reason(&self) -> (EndReason, &'static str) {
+        match self.track.as_ref().and_then(|t| t.label) {
+            None => (EndReason::Completed, "ended by the firmware"),
+            Some(true) => (EndReason::Labelled, "labelled a success by the operator"),
+            Some(false) => (EndReason::Labelled, "labelled a failure by the operator"),
         }
     }
 
@@ -1300,7 +1331,13 @@ impl Control {
         let mut then = after.unwrap_or(After::Idle);
         if self.stopping.is_some() {
             then = After::Exit;
-        } else if self.fault_count > self.cfg.max_faults && then != After::Exit {
+        } else if self.fault_count > self.cfg.max_faults
+            && !matches!(then, After::Exit | After::Reconnect)
+        {
+            // (A link loss the run was told to reopen after, `--reconnect-ms`, is not
+            // ended by the fault budget: reopening is what the flag asks for. It ended
+            // the run at the default `--max-faults 0`, the port reopened for nothing.
+            // The fault still counts against later ones.)
             self.stopping = Some(Outcome::StoppedByFault);
             then = After::Exit;
         }
@@ -1496,18 +1533,13 @@ impl Control {
             }
             Phase::Running => self.act(now),
             Phase::Ending { until } => {
-                let label = self.track.as_ref().and_then(|t| t.label);
                 let complete = self.track.as_ref().is_some_and(|t| {
                     // A labelled episode goes on on the firmware until our Reset.
                     t.final_step.is_some_and(|f| t.next_emit >= f)
                         && (t.fw_end.is_some() || t.label.is_some())
                 });
                 if complete || now >= until {
-                    let (reason, detail) = match label {
-                        None => (EndReason::Completed, "ended by the firmware"),
-                        Some(true) => (EndReason::Labelled, "labelled a success by the operator"),
-                        Some(false) => (EndReason::Labelled, "labelled a failure by the operator"),
-                    };
+                    let (reason, detail) = self.ending_reason();
                     self.finish_episode(now, reason, detail.into());
                     self.phase = Phase::Idle;
                 }
@@ -2308,6 +2340,45 @@ mod tests {
         assert_eq!(c.phase, Phase::Idle);
         assert_eq!(c.report.episodes.len(), 1);
         assert_eq!(c.report.episodes[0].reason, EndReason::Labelled);
+    }
+
+    /// Ctrl-C (or `q`, SIGTERM) while a labelled episode waits for its last frames: it
+    /// ends labelled, as it would have at its deadline (it was reported `interrupted`
+    /// and left out of the success rate while its log held the labelled end), and the
+    /// run stops with a safe stop.
+    #[test]
+    fn an_interrupt_while_an_episode_ends_keeps_its_label() {
+        for label in [Some(true), None] {
+            let wire = Wire::default();
+            let (mut c, _tx) = control(&wire);
+            let mut t = Track::new(1, 0, 7, Instant::now());
+            t.label = label;
+            t.final_step = Some(3);
+            c.track = Some(t);
+            c.phase = Phase::Ending {
+                until: Instant::now() + Duration::from_secs(10),
+            };
+            c.interrupt(Instant::now(), "interrupted (Ctrl-C)".into());
+            let want = if label.is_some() {
+                EndReason::Labelled
+            } else {
+                EndReason::Completed
+            };
+            assert_eq!(c.report.episodes[0].reason, want, "{label:?}");
+            assert!(
+                c.report.episodes[0].detail.contains("Ctrl-C"),
+                "{:?}",
+                c.report.episodes[0]
+            );
+            assert!(matches!(
+                c.phase,
+                Phase::SafeStop {
+                    then: After::Exit,
+                    ..
+                }
+            ));
+            assert_eq!(c.stopping(), Some(Outcome::Interrupted));
+        }
     }
 
     /// A control loop running firmware episode `id`, which has heard its `Sensor` frames

@@ -211,10 +211,11 @@ fn io_thread(
     let mut drops = 0u64;
     let mut buf = [0u8; 1024];
     let publish = |ev: LinkEvent, drops: &mut u64| {
-        // A firmware's fault (its stop button above all) is waited for like a link loss,
-        // not dropped on a full queue with the sensor frames.
+        // A firmware's fault (its stop button above all) and its Hello (a reboot: its
+        // torque is on again) are waited for like a link loss, not dropped on a full
+        // queue with the sensor frames.
         let fault = matches!(&ev, LinkEvent::Frame { frame, .. }
-            if matches!(frame.message, Message::Fault { .. }));
+            if matches!(frame.message, Message::Fault { .. } | Message::Hello(_)));
         // Err(true): the control thread is gone; Err(false): no room, dropped.
         let sent = if fault {
             tx.send_timeout(ev, FAULT_SEND_WAIT)

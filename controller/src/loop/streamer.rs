@@ -603,10 +603,9 @@ mod tests {
     /// first was, and a trainer listening on IPv4 only was never reached).
     #[test]
     fn every_resolved_address_is_tried_in_turn() {
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        // Port 1 (tcpmux) listens nowhere we run: refused at once. (A port just freed
+        // could be taken again by another test on a busy machine.)
+        let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = open.local_addr().unwrap();
         let (_, reached) = connect_any(&[closed, addr], Duration::from_secs(1)).unwrap();

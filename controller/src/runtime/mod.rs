@@ -545,7 +545,7 @@ pub fn swapped_in_options(options: &PolicyOptions, name: &str) -> PolicyOptions 
 /// verified and built completely, acts on the same observation and action sizes, and
 /// may replace it ([`replacement_refused`]); on any error `current` is untouched and
 /// keeps acting. The new policy draws from its own stream ([`swapped_in_options`],
-/// named by the directory's name).
+/// named by its denoiser graph's hash).
 pub fn reload(
     current: &mut Policy,
     dir: &std::path::Path,
@@ -571,8 +571,10 @@ pub fn reload(
         current.horizon(),
         current.act_dim()
     );
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let next = Policy::new(&bundle, &swapped_in_options(options, &name))
+    // Named by what it holds, not by its path (`latest`, `..`): another bundle's
+    // policy draws another stream.
+    let name = &m.graphs.denoiser.sha256;
+    let next = Policy::new(&bundle, &swapped_in_options(options, name))
         .with_context(|| format!("refusing bundle {}", dir.display()))?;
     *current = next;
     Ok(())

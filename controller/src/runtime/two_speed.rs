@@ -265,10 +265,10 @@ impl TwoSpeedPolicy {
         self.tick.candidates[..n].copy_from_slice(&c.0);
         self.candidate_obs_seq = c.1;
         drop(c);
-        self.ages.record(self.candidate_age());
         if let Some(e) = self.shared.error.lock().unwrap().clone() {
             bail!("candidate worker failed: {e}");
         }
+        self.ages.record(self.candidate_age());
         Ok(true)
     }
 }
