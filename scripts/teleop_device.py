@@ -26,6 +26,7 @@ As a script it jogs the robot with a constant action while it runs, to check the
 """
 
 import argparse
+import math
 import socket
 import struct
 import sys
@@ -149,11 +150,30 @@ def main():
     p.add_argument("--rate", type=float, default=50.0, help="datagrams per second")
     p.add_argument("--until-observations", type=int, help="stop after this many observations")
     a = p.parse_args()
-    host, port = a.controller.rsplit(":", 1)
-    values = [float(v) for v in a.action.split(",")]
+    # Mistakes end with a usage message and status 2, not a traceback.
+    host, sep, port = a.controller.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        p.error("--controller %r: expected HOST:PORT (an IPv4 host), as controller run --teleop prints" % a.controller)
+    try:
+        values = [float(v) for v in a.action.split(",")]
+    except ValueError:
+        p.error("--action %r: expected comma-separated numbers, e.g. 0.1,-0.2" % a.action)
+    if not all(math.isfinite(v) for v in values):
+        p.error("--action %r: every value must be finite" % a.action)
+    if not (math.isfinite(a.rate) and a.rate > 0):
+        p.error("--rate must be above 0 datagrams per second, not %s" % a.rate)
+    if not (math.isfinite(a.seconds) and a.seconds >= 0):
+        p.error("--seconds must be 0 or more, not %s" % a.seconds)
     if a.robot:
-        values = RobotUnits.from_robot_file(a.robot).to_policy(values)
-    link = TeleopLink((socket.gethostbyname(host), int(port)))
+        try:
+            values = RobotUnits.from_robot_file(a.robot).to_policy(values)
+        except (OSError, KeyError, ValueError, ImportError) as e:
+            p.error("--robot %s: %s" % (a.robot, e))
+    try:
+        address = socket.gethostbyname(host)
+    except OSError as e:
+        p.error("--controller %r: %s" % (a.controller, e))
+    link = TeleopLink((address, int(port)))
     last = None
     end = time.monotonic() + a.seconds
     while time.monotonic() < end:

@@ -7,7 +7,7 @@
 //! in this process: it trains one update per transition as they arrive, on the same
 //! cores. A client then sends TRANSITIONS synthetic push transitions as fast as the
 //! link accepts them (batches of `uplink::records::BATCH`, each acknowledged after the
-//! trainer has logged it) and reports transitions per second. The trainer's updates
+//! trainer has logged it and synced the log to disk) and reports transitions per second. The trainer's updates
 //! lag behind (one per transition, on the same 2 cores); the example exits once the
 //! last batch is acknowledged.
 
