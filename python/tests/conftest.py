@@ -30,11 +30,14 @@ def f32(bits) -> np.ndarray:
 def rust_episodes(task: str, seed: int, episodes: int, policy: str) -> list[dict]:
     """Episodes written by the Rust example `sim/examples/write_trajectory.rs` (built and
     run with cargo from the repository root), with floats decoded exactly."""
-    out = subprocess.run(
-        ["cargo", "run", "--release", "--quiet", "-p", "sim", "--example",
-         "write_trajectory", "--", task, str(seed), str(episodes), policy],
-        cwd=REPO, check=True, capture_output=True, text=True,
-    ).stdout
+    cmd = ["cargo", "run", "--release", "--quiet", "-p", "sim", "--example",
+           "write_trajectory", "--", task, str(seed), str(episodes), policy]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        # cargo's own message, not only its exit status.
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed with status {proc.returncode}:\n{proc.stderr}")
+    out = proc.stdout
     data = json.loads(out)
     assert data["task"] == task
     return [

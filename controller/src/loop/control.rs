@@ -383,6 +383,9 @@ pub(crate) struct Control {
     /// waited a second for frames (`link::HELD_HELLO_WAIT`), in the middle of the safe
     /// stop the reboot started. The same `Hello` before that handshake is that copy.
     reboot_unshaken: Option<u32>,
+    /// The tick the safe stop under way began: its torque-off belongs to the faults held
+    /// from then on, not to one of an earlier stop that could send no Estop.
+    stop_began: u64,
     /// The firmware's sequence number of the last answer to our Estop: a stale frame
     /// with that number is a duplicated or reordered copy of it (a Hello restarts the
     /// numbers).
@@ -518,6 +521,7 @@ impl Control {
             busy_wait: false,
             estops_unanswered: 0,
             reboot_unshaken: None,
+            stop_began: 0,
             estop_answer_seq: None,
             fallback_seq: None,
             torque_off: false,
@@ -1407,6 +1411,9 @@ impl Control {
     }
 
     fn enter_safe_stop(&mut self, then: After) {
+        if !matches!(self.phase, Phase::SafeStop { .. }) {
+            self.stop_began = self.tick;
+        }
         // Each stop has its own tries at writing its Estop.
         self.estop_write_failures = 0;
         let hold = self.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
@@ -1606,9 +1613,12 @@ impl Control {
                     self.estops_unanswered += 1;
                     self.estop_write_failures = 0;
                     self.torque_off = true;
-                    if let Some(f) = self.report.faults.last_mut()
-                        && f.torque_off_tick.is_none()
-                    {
+                    // The faults this stop held for (a link loss whose own stop could
+                    // send no Estop got the Estop of a later stop, minutes on).
+                    let began = self.stop_began;
+                    for f in self.report.faults.iter_mut().filter(|f| {
+                        f.torque_off_tick.is_none() && f.hold_tick.is_some_and(|t| t >= began)
+                    }) {
                         f.torque_off_tick = Some(self.tick);
                     }
                     self.report.torque_off_ticks.push(self.tick);
@@ -2257,6 +2267,63 @@ mod tests {
         // Only the new Estop awaits an answer: the rebooted firmware never answers the
         // old one, and counting it would take a stop button's Fault for that answer.
         assert_eq!(c.estops_unanswered, 1);
+    }
+
+    /// A torque-off belongs to the faults of the safe stop that sent it: a link loss whose
+    /// stop could send no Estop (the link was down) is not credited with the Estop of a
+    /// later stop (it was: `faults.last()` without one took it).
+    #[test]
+    fn a_torque_off_is_credited_only_to_its_own_stops_faults() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.cfg.max_faults = 5;
+        c.link_down = true;
+        c.fault(
+            Instant::now(),
+            FaultKind::LinkLost,
+            "gone".into(),
+            Some(After::Idle),
+        );
+        for _ in 0..100 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if !matches!(c.phase, Phase::SafeStop { .. }) {
+                break;
+            }
+        }
+        assert_eq!(c.phase, Phase::Idle);
+        assert!(c.report.faults[0].hold_tick.is_some());
+        assert_eq!(c.report.faults[0].torque_off_tick, None);
+        assert!(c.report.torque_off_ticks.is_empty());
+        // The port is back; much later the run ends with a stop of its own.
+        c.link_down = false;
+        c.torque_off = false;
+        c.tick += 100;
+        c.stopping = Some(Outcome::Completed);
+        c.enter_safe_stop(After::Exit);
+        tick_until_done(&mut c, 100);
+        assert_eq!(c.report.torque_off_ticks.len(), 1);
+        assert_eq!(
+            c.report.faults[0].torque_off_tick, None,
+            "{:?}",
+            c.report.faults
+        );
+        // A fault's own stop is credited.
+        c.phase = Phase::Idle;
+        c.stopping = None;
+        c.torque_off = false;
+        c.fault(
+            Instant::now(),
+            FaultKind::JointLimit,
+            "q1".into(),
+            Some(After::Exit),
+        );
+        tick_until_done(&mut c, 100);
+        assert_eq!(c.report.torque_off_ticks.len(), 2);
+        assert_eq!(
+            c.report.faults[1].torque_off_tick,
+            c.report.torque_off_ticks.last().copied()
+        );
     }
 
     /// An Estop that could not be written is not a torque-off: the safe stop retries it,
