@@ -90,7 +90,7 @@ fn check_rows(report: &Value, rows: &BTreeMap<String, usize>) {
     assert_eq!(rows.get("/timing/tick_us"), Some(&recorded), "{rows:?}");
     assert_eq!(rows.get("/link/crc_errors"), Some(&recorded), "{rows:?}");
     // Policy steps: every command the report counts, unless its tick's frame was dropped.
-    let steps = rows.get("/policy/candidates").copied().unwrap_or(0);
+    let steps = rows.get("/policy/q/selected").copied().unwrap_or(0);
     assert!(
         steps <= acted && steps + drops >= acted,
         "{steps} vs {acted}: {rows:?}"
@@ -99,7 +99,6 @@ fn check_rows(report: &Value, rows: &BTreeMap<String, usize>) {
         "/observation.state/pusher_x",
         "/action/pusher_x",
         "/policy/raw_action/pusher_y",
-        "/policy/selected",
         "/policy/q/selected",
         "/policy/q/best_base",
         "/policy/q/best_edit",
@@ -112,6 +111,17 @@ fn check_rows(report: &Value, rows: &BTreeMap<String, usize>) {
         "/scene/goal/discs",
     ] {
         assert_eq!(rows.get(e), Some(&steps), "{e}: {rows:?}");
+    }
+    // The choice, and a clear once the policy stops driving: at each episode's end
+    // (unless that tick's frame was dropped).
+    let episodes = report["episodes"].as_array().unwrap().len();
+    for e in ["/policy/candidates", "/policy/selected"] {
+        let n = rows.get(e).copied().unwrap_or(0);
+        let lowest = if drops == 0 { steps + episodes } else { steps };
+        assert!(
+            (lowest..=steps + episodes).contains(&n),
+            "{e}: {n} rows for {steps} steps of {episodes} episodes: {rows:?}"
+        );
     }
     assert!(
         rows.get("/safety/state").is_some_and(|&n| n >= 4),
@@ -149,4 +159,48 @@ fn a_run_streams_every_tick_to_a_live_rerun_server() {
         std::thread::sleep(Duration::from_millis(500));
     };
     check_rows(&report, &rows);
+}
+
+/// A run that fails before its control thread starts (no such port) leaves no recording
+/// behind: the same command given again fails for the same reason, not for the empty
+/// file ("exists already, and a recording is never written over"). A file that was
+/// there before is left alone.
+#[test]
+fn a_run_that_never_started_leaves_no_recording() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    shared_model::synthetic::SyntheticSpec::cpu()
+        .write(&bundle, 3, None)
+        .unwrap();
+    let rrd = tmp.path().join("run.rrd");
+    let attempt = || {
+        Command::new(BIN)
+            .arg("run")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--allow-unsigned")
+            .arg("--robot")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../firmware-config/robots/push.toml"
+            ))
+            .args(["--port", "/dev/no-such-port"])
+            .arg("--out")
+            .arg(tmp.path().join("run"))
+            .arg("--rerun")
+            .arg(&rrd)
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = attempt();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("/dev/no-such-port"), "{err}");
+        assert!(!rrd.exists(), "the empty recording was left behind");
+    }
+    std::fs::write(&rrd, b"someone's recording").unwrap();
+    let err = String::from_utf8_lossy(&attempt().stderr).into_owned();
+    assert!(err.contains("exists already"), "{err}");
+    assert_eq!(std::fs::read(&rrd).unwrap(), b"someone's recording");
 }

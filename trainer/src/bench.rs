@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::agent::StepBatch;
 use crate::agent::{Agent, StageTimes};
-use crate::config::{Algo, Config};
+use crate::config::{Algo, Config, EditBase};
 use crate::replay::{Normalizer, Replay, draw_mixed};
 
 /// The widest vector instructions this CPU gives the CPU backends' matrix products:
@@ -42,9 +42,12 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// Floating-point operations (2 per multiply-add) of one environment step of `config`:
-/// acting, next-action candidates, UTD critic updates (backward counted as twice the
-/// forward), the denoiser update and the edit-policy update. Elementwise work is left
-/// out; it is small next to the matrix products.
+/// acting, next-action candidates and their scoring (the candidates by one subset, the
+/// picked one by a second), UTD critic updates (backward counted as twice the forward),
+/// the denoiser update and the edit-policy update (a chain per row only with
+/// `expo.edit_base = "denoiser"`; `"buffer"` edits the replay's actions). Elementwise
+/// work is left out; it is small next to the matrix products. (Until 2026-12-05 the
+/// edit update always counted a chain, and the second subset was left out.)
 pub fn flops_per_env_step(c: &Config, obs_dim: usize, act_dim: usize) -> f64 {
     let (o, a) = (obs_dim as f64, act_dim as f64);
     let n = &c.net;
@@ -96,11 +99,15 @@ pub fn flops_per_env_step(c: &Config, obs_dim: usize, act_dim: usize) -> f64 {
         Algo::Expo | Algo::IdqlSelect => {
             let act = ns * chain_row + ne * edit + m * subset * critic;
             let candidates = utd * b * (ns * chain_row + ne * edit);
-            let scoring = utd * b * m * subset * critic;
+            let scoring = utd * b * (m + 1.0) * subset * critic;
             let updates = utd * b * 3.0 * members * critic;
             let den = 3.0 * b * denoiser_row;
+            let edit_base = match c.expo.edit_base {
+                EditBase::Denoiser => b * chain_row,
+                EditBase::Buffer => 0.0,
+            };
             let edit_update = if c.algo == Algo::Expo {
-                b * chain_row + 3.0 * b * (edit + members * critic)
+                edit_base + 3.0 * b * (edit + members * critic)
             } else {
                 0.0
             };
@@ -236,5 +243,18 @@ mod tests {
         let c = Config::paper();
         let f = flops_per_env_step(&c, 20, 4);
         assert!((1.2e12..1.7e12).contains(&f), "{f:e}");
+    }
+
+    /// The edit update samples its base actions with a chain only with
+    /// `edit_base = "denoiser"`; the presets' `"buffer"` runs none (a chain per row was
+    /// counted either way: the `cpu` step 9% too many).
+    #[test]
+    fn the_edit_updates_chain_is_counted_only_when_it_runs() {
+        let mut c = Config::cpu();
+        assert_eq!(c.expo.edit_base, EditBase::Buffer);
+        let buffer = flops_per_env_step(&c, 20, 4);
+        c.expo.edit_base = EditBase::Denoiser;
+        let denoiser = flops_per_env_step(&c, 20, 4);
+        assert!(denoiser > buffer * 1.05, "{buffer:e} vs {denoiser:e}");
     }
 }

@@ -478,6 +478,10 @@ pub const MAX_LAYERS: usize = 64;
 pub const MAX_BATCH: usize = 1 << 20;
 /// Largest `optim.utd`.
 pub const MAX_UTD: usize = 10_000;
+/// Most replay rows one environment step draws, `optim.utd · optim.batch_size` (each
+/// within its cap, together up to 10^10 rows, an allocation abort): 2^22, 800 times the
+/// `paper` preset's 20 · 256.
+pub const MAX_ROWS_PER_STEP: usize = 1 << 22;
 
 fn one_step() -> usize {
     1
@@ -767,6 +771,14 @@ impl Config {
                 "{key} must be in 1..={max}, not {value}"
             );
         }
+        let rows = self.optim.utd * self.optim.batch_size;
+        anyhow::ensure!(
+            rows <= MAX_ROWS_PER_STEP,
+            "optim.utd x optim.batch_size must be at most {MAX_ROWS_PER_STEP} replay rows per \
+             step, not {} x {} = {rows}",
+            self.optim.utd,
+            self.optim.batch_size
+        );
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.optim.offline_fraction),
             "optim.offline_fraction must be in [0, 1], not {}",
@@ -1001,7 +1013,15 @@ fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()>
             if !table.contains_key(*part) && !OPTIONAL_KEYS.contains(&path) {
                 bail!("unknown key '{path}'");
             }
-            table.insert(part.to_string(), new);
+            // A whole section given inline (`compute={threads=2}`) is merged key by key,
+            // as a `--config` file is: replacing it took every key it left out from the
+            // serde defaults, not the preset (another optimizer, another edit loss).
+            match (table.get_mut(*part), new) {
+                (Some(old @ toml::Value::Table(_)), new @ toml::Value::Table(_)) => merge(old, new),
+                (_, new) => {
+                    table.insert(part.to_string(), new);
+                }
+            }
             return Ok(());
         }
         cur = table
@@ -1135,6 +1155,18 @@ mod tests {
         assert_eq!(c.expo.num_samples, 6);
         assert_eq!(c.task, Task::Sim(TaskId::Maze));
         assert_eq!(c.algo, Algo::Rlpd);
+        // A section given inline keeps the preset's other keys (it took the serde
+        // defaults written for configs older than those keys: another optimizer, another
+        // edit loss).
+        let preset = Config::resolve("cpu", None, &[]).unwrap();
+        let c = Config::resolve("cpu", None, &["compute={threads=2}".into()]).unwrap();
+        assert_eq!(c.compute.threads, 2);
+        assert_eq!(c.compute.optimizer, preset.compute.optimizer);
+        let c = Config::resolve("cpu", None, &["expo={num_samples=4, num_edit=4}".into()]).unwrap();
+        assert_eq!((c.expo.num_samples, c.expo.num_edit), (4, 4));
+        assert_eq!(c.expo.edit_base, preset.expo.edit_base);
+        let err = Config::resolve("cpu", None, &["expo={nope=1}".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("nope"), "{err:#}");
         // An optional key that the preset leaves out.
         let c = Config::resolve("cpu", None, &["run.dataset=demos/push".into()]).unwrap();
         assert_eq!(c.run.dataset.as_deref(), Some("demos/push"));
@@ -1160,6 +1192,13 @@ mod tests {
             let err = Config::resolve("cpu", None, &[key.into()]).unwrap_err();
             assert!(format!("{err:#}").contains(text), "{key}: {err:#}");
         }
+        // Each within its cap, together 10^10 replay rows a step (an allocation abort).
+        let keys = ["optim.utd=10000".into(), "optim.batch_size=1048576".into()];
+        let err = Config::resolve("cpu", None, &keys).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("optim.utd x optim.batch_size must be at most 4194304"),
+            "{err:#}"
+        );
         // Each size within its cap, together more activations than a bundle may hold;
         // BC's bundle acts with one sample, so the same sizes pass there.
         let huge = [

@@ -186,7 +186,6 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
     // reason, instead of in each child run's log; and a finished run of other settings
     // in the directory is refused before anything starts.
     let mut queue = vec![];
-    let mut extended = vec![];
     for &task in &spec.tasks {
         for &algo in &spec.algos {
             for &seed in &spec.seeds {
@@ -201,16 +200,12 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
                         continue;
                     }
                     // Extended: `train --resume` continues it to the new length. Its
-                    // done mark goes only once every run has been checked, so a refusal
-                    // of a later one leaves all of them as they were.
-                    extended.push(dir.join("done"));
+                    // done mark goes when it starts (below): a refusal of a later run, or
+                    // a time limit that comes before it starts, leaves it finished.
                 }
                 queue.push((task, algo, seed, dir));
             }
         }
-    }
-    for done in extended {
-        std::fs::remove_file(&done).with_context(|| format!("removing {}", done.display()))?;
     }
     let total = queue.len();
     println!("study: {total} runs to do, {} at a time", spec.jobs);
@@ -240,6 +235,16 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             // Tried again: no longer a failed run unless it fails again.
             let _ = std::fs::remove_file(dir.join(FAILED));
+            // A finished run that is extended is no longer finished once it starts (all
+            // its done marks went before any started: a time limit then left the runs it
+            // never started out of the summary).
+            let done = dir.join("done");
+            match std::fs::remove_file(&done) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", done.display()));
+                }
+                _ => {}
+            }
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -219,6 +219,46 @@ fn a_time_limit_stops_the_runs_still_going() {
     assert!(!out.join("push/expo/seed-2").exists());
 }
 
+/// A study that extends finished runs (a larger `run.online_steps`) and reaches its time
+/// limit leaves the runs it never started finished: their done marks went before any
+/// run started, and the summary left them out.
+#[cfg(unix)]
+#[test]
+fn a_time_limit_leaves_the_runs_it_never_extended_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = stand_in_trainer(tmp.path(), "exec sleep 60");
+    let out = tmp.path().join("study");
+    let mut steps = 0;
+    for seed in [0, 1, 2] {
+        let c = trainer::config::Config::resolve(
+            "tiny",
+            None,
+            &[
+                "task=\"push\"".into(),
+                "algo=\"expo\"".into(),
+                format!("seed={seed}"),
+            ],
+        )
+        .unwrap();
+        steps = c.run.online_steps;
+        fake_run(&out, "expo", seed, &[0.1, 0.2]);
+        let dir = out.join(format!("push/expo/seed-{seed}"));
+        std::fs::write(dir.join("config.toml"), toml::to_string(&c).unwrap()).unwrap();
+    }
+    let mut spec = push_expo_study(
+        &out,
+        &[0, 1, 2],
+        Some(std::time::Duration::from_millis(500)),
+    );
+    spec.overrides = vec![format!("run.online_steps={}", steps * 2)];
+    trainer::study::run_study(&spec, &exe).unwrap();
+    // Two started (2 at a time) and were stopped; the third never started.
+    for seed in [0, 1] {
+        assert!(!out.join(format!("push/expo/seed-{seed}/done")).exists());
+    }
+    assert!(out.join("push/expo/seed-2/done").is_file());
+}
+
 /// A run directory is continued with `--resume` only where it holds a run (an
 /// interrupted study), and its log is appended to; a fresh run starts without it.
 #[cfg(unix)]

@@ -44,7 +44,8 @@ pub fn rerun_cli(args: &[&str]) -> Result<String> {
 }
 
 /// `rerun rrd verify` on `rrd` (after checking the CLI's version), then the number of
-/// rows per entity path that `rerun rrd print` lists.
+/// rows per entity path that `rerun rrd print` lists. A file without a footer (which
+/// `verify` requires) is checked as `rerun rrd merge` re-encodes it.
 pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
     ensure!(rrd.is_file(), "{}: no such recording", rrd.display());
     let version = rerun_cli(&["--version"])?;
@@ -53,7 +54,28 @@ pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
         "the rerun CLI is not version {RERUN_VERSION}: {version}"
     );
     let path = rrd.to_str().context("the path is not UTF-8")?;
-    let verify = rerun_cli(&["rrd", "verify", path])?;
+    let verify = rerun_cli(&["rrd", "verify", path]);
+    let no_footer = match &verify {
+        Ok(text) => !text.contains("verified without error") && text.contains("Missing RRD footer"),
+        Err(e) => format!("{e:#}").contains("Missing RRD footer"),
+    };
+    let verify = match verify {
+        // A file written without its footer (a robot run's: `Recorder::open_unbounded`)
+        // is re-encoded with `rrd merge`, which writes one, and the copy is verified.
+        _ if no_footer => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let copy = std::env::temp_dir()
+                .join(format!("expo-verify-{}-{nanos}.rrd", std::process::id()));
+            let dst = copy.to_str().context("the temporary path is not UTF-8")?;
+            let merged =
+                rerun_cli(&["rrd", "merge", path, "-o", dst]).and_then(|_| verified_rows(&copy));
+            let _ = std::fs::remove_file(&copy);
+            return merged.with_context(|| format!("{}: re-encoded with a footer", rrd.display()));
+        }
+        r => r?,
+    };
     ensure!(
         verify.contains("verified without error"),
         "rerun rrd verify: {verify}"

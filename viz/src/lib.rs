@@ -28,6 +28,7 @@
 //!                                        y), labelled with their scores
 //!  policy/selected            Points2D  the chosen candidate (green); both are cleared
 //!                                        on a tick that acted without them (teleop)
+//!                                        or did not act (an episode's end, a safe stop)
 //!  policy/q/{selected,best_base,best_edit,spread}
 //!                             Scalars   score of the chosen candidate (min over the sampled
 //!                                        critics), best base and edited scores, and the
@@ -84,6 +85,40 @@ impl Target {
             format!("rerun+http://{addr}/proxy")
         }
     }
+
+    /// The `HOST:PORT` of a viewer's URL (`rerun+http://HOST:PORT/proxy`).
+    fn host_port(url: &str) -> &str {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest)
+    }
+}
+
+/// How long [`Recorder::open`] waits for a viewer to take a connection.
+const VIEWER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a viewer listens at `url`: the SDK's client only retries in the background,
+/// so a viewer that was not started went unnoticed for a whole run (the frames queued up
+/// to the SDK's buffer, then were dropped, and the run's end blamed a viewer that
+/// stopped reading).
+fn probe_viewer(addr: &str, url: &str) -> Result<()> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let host_port = Target::host_port(url);
+    let addrs: Vec<_> = host_port
+        .to_socket_addrs()
+        .with_context(|| format!("rerun viewer address {addr} ({host_port})"))?
+        .collect();
+    let mut failed = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, VIEWER_CONNECT_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(e) => failed = Some(e),
+        }
+    }
+    bail!(
+        "no rerun viewer listens at {addr} ({}): start one (`rerun`, version {RERUN_VERSION}), \
+         or record to a file instead",
+        failed.map_or("it resolves to nothing".into(), |e| e.to_string())
+    )
 }
 
 /// An open recording. Logging calls queue data for the SDK's own batching thread and
@@ -96,7 +131,21 @@ pub struct Recorder {
 impl Recorder {
     /// Opens a recording named `app` (the viewer groups recordings by it).
     pub fn open(app: &'static str, target: &Target) -> Result<Recorder> {
-        let builder = rerun::RecordingStreamBuilder::new(app);
+        Self::open_with(app, target, true)
+    }
+
+    /// [`Self::open`] for a recording that may go on for hours (a robot run's): a file
+    /// is written without the footer's chunk manifest, which the SDK keeps in memory
+    /// until the recording ends (about 3 KB per chunk: gigabytes an hour at 500 Hz). The
+    /// file is a valid recording without it; `rerun rrd optimize` adds one.
+    pub fn open_unbounded(app: &'static str, target: &Target) -> Result<Recorder> {
+        Self::open_with(app, target, false)
+    }
+
+    fn open_with(app: &'static str, target: &Target, footer: bool) -> Result<Recorder> {
+        // Asked for by name: a `RERUN=off` exported for Python scripts does not make it a
+        // silent no-op (the SDK reads that variable unless told).
+        let builder = rerun::RecordingStreamBuilder::new(app).enabled(true);
         let rec = match target {
             Target::File(path) => {
                 // The SDK overwrites whatever is there: a typo (`--out metrics.csv`, a
@@ -119,13 +168,25 @@ impl Recorder {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
-                builder
-                    .save(path)
-                    .with_context(|| format!("creating the rerun file {}", path.display()))?
+                let creating = || format!("creating the rerun file {}", path.display());
+                if footer {
+                    builder.save(path).with_context(creating)?
+                } else {
+                    let options = rerun::sink::FileSinkOptions {
+                        write_footer: false,
+                    };
+                    let sink = rerun::sink::FileSink::with_options(path, options)
+                        .with_context(creating)?;
+                    builder.set_sinks((sink,)).with_context(creating)?
+                }
             }
-            Target::Connect(addr) => builder
-                .connect_grpc_opts(Target::url(addr))
-                .with_context(|| format!("connecting to a rerun viewer at {addr}"))?,
+            Target::Connect(addr) => {
+                let url = Target::url(addr);
+                probe_viewer(addr, &url)?;
+                builder
+                    .connect_grpc_opts(url)
+                    .with_context(|| format!("connecting to a rerun viewer at {addr}"))?
+            }
         };
         Ok(Recorder {
             rec,
@@ -367,6 +428,25 @@ mod tests {
         assert_eq!(task_of("arm-reach"), Some(TaskId::ArmReach));
         assert_eq!(task_of("sim-maze-robot"), Some(TaskId::Maze));
         assert_eq!(task_of("franka"), None);
+    }
+
+    /// A viewer that is not there is named at once, not after a run that streamed into
+    /// the void.
+    #[test]
+    fn a_viewer_that_does_not_listen_is_refused_at_open() {
+        // Port 1 (tcpmux) listens nowhere we run: refused at once.
+        let closed = "127.0.0.1:1";
+        let Err(e) = Recorder::open("test", &Target::Connect(closed.to_string())) else {
+            panic!("opened a recording to nothing at {closed}");
+        };
+        assert!(
+            format!("{e:#}").contains(&format!("no rerun viewer listens at {closed}")),
+            "{e:#}"
+        );
+        assert_eq!(
+            Target::host_port("rerun+http://10.0.0.2:9876/proxy"),
+            "10.0.0.2:9876"
+        );
     }
 
     #[test]

@@ -145,8 +145,32 @@ impl TickLogger {
         ] {
             rec.log(name, &rerun::Scalars::single(v as f64))?;
         }
-        if let Some(a) = &t.act {
-            self.log_act(rec, a)?;
+        match &t.act {
+            Some(a) => self.log_act(rec, a)?,
+            // Outside a running episode nothing drives the robot from the policy (an
+            // episode's end, a safe stop, a reset): its last choice goes from the view
+            // (it stayed drawn as the selected action through a safe stop). A running
+            // tick that did not act (no fresh frame) keeps it: the command stands.
+            None if t.phase != "running" => self.clear_choice(rec, true, true)?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Clears the candidates and the selected point where shown.
+    fn clear_choice(
+        &mut self,
+        rec: &RecordingStream,
+        selected: bool,
+        candidates: bool,
+    ) -> Result<()> {
+        if selected && self.shows_selected {
+            rec.log("policy/selected", &rerun::Clear::flat())?;
+            self.shows_selected = false;
+        }
+        if candidates && self.shows_candidates {
+            rec.log("policy/candidates", &rerun::Clear::flat())?;
+            self.shows_candidates = false;
         }
         Ok(())
     }
@@ -174,15 +198,8 @@ impl TickLogger {
         // choice was cut clears the last ones, so that the view never shows a choice
         // that is not driving the robot.
         let selected = a.selected.filter(|&s| s < m);
-        if self.shows_selected && selected.is_none() {
-            rec.log("policy/selected", &rerun::Clear::flat())?;
-            self.shows_selected = false;
-        }
+        self.clear_choice(rec, selected.is_none(), m == 0)?;
         if m == 0 {
-            if self.shows_candidates {
-                rec.log("policy/candidates", &rerun::Clear::flat())?;
-                self.shows_candidates = false;
-            }
             return Ok(());
         }
         let k = a.q.len().checked_div(m).unwrap_or(0);

@@ -125,6 +125,61 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     assert_eq!(std::fs::read(&rrd).unwrap(), good);
 }
 
+/// The policy's last choice goes from the view once the policy stops driving (a safe
+/// stop's ticks, which act with no policy step): it stayed drawn as the selected action.
+/// A running tick that did not act (no fresh frame: the last command stands) keeps it.
+#[test]
+fn the_choice_is_cleared_when_the_policy_stops_driving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rrd = tmp.path().join("ticks.rrd");
+    let r = viz::Recorder::open("expo_ticks_test", &Target::File(rrd.clone())).unwrap();
+    let act_names = vec!["shoulder".to_string(), "elbow".to_string()];
+    let obs_names: Vec<String> = (0..3).map(|i| format!("o{i}")).collect();
+    let mut logger = TickLogger::new(None, &obs_names, &act_names);
+    let candidates = [0.1, 0.2, -0.3, 0.4];
+    let q = [0.5, 0.7];
+    let obs = [0.0; 3];
+    // Policy steps at ticks 0-4 and 7-8, two running ticks without one between, then a
+    // safe stop from tick 9.
+    for tick in 0..12u64 {
+        let act = (tick < 5 || (7..9).contains(&tick)).then_some(ActView {
+            obs: &obs,
+            policy_action: &[0.1, 0.2],
+            action: &[0.1, 0.2],
+            clamped: false,
+            rate_limited: false,
+            teleop: false,
+            candidates: &candidates,
+            num_base: 2,
+            q: &q,
+            selected: Some(1),
+        });
+        let t = TickView {
+            tick,
+            time_s: tick as f64 * 0.01,
+            episode: None,
+            phase: if tick < 9 { "running" } else { "safe_stop" },
+            jitter_us: 1.0,
+            work_us: 300.0,
+            read_us: 3.0,
+            infer_us: None,
+            send_us: None,
+            act,
+            link: LinkView::default(),
+        };
+        logger.log(&r.rec, &t).unwrap();
+    }
+    r.finish().unwrap();
+    let rows = verified_rows(&rrd);
+    for e in ["/policy/candidates", "/policy/selected"] {
+        assert_eq!(
+            rows.get(e),
+            Some(&8),
+            "{e}: 7 choices and one clear: {rows:?}"
+        );
+    }
+}
+
 #[test]
 fn ticks_become_entities_with_one_row_per_tick() {
     let tmp = tempfile::tempdir().unwrap();

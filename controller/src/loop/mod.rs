@@ -555,6 +555,18 @@ pub struct FaultEvent {
     pub during_safe_stop: bool,
 }
 
+/// The rerun file of a run that has not started its control thread: removed when the
+/// run fails before it does (dropped with `Some`).
+struct UnstartedRecording(Option<PathBuf>);
+
+impl Drop for UnstartedRecording {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// How the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -1015,7 +1027,10 @@ pub fn run(
     // Before any thread starts: they inherit this thread's affinity.
     let reserve = cfg.dedicated_cpu.map(realtime::reserve_cpu);
     // The recording first: a missing feature or an unwritable file fails before the
-    // robot is touched.
+    // robot is touched. A file it made is removed again if the run fails before its
+    // control thread starts (an unplugged board, no Hello), so that the same command can
+    // be given again: a recording is never written over, and the empty one refused it.
+    let mut unstarted = UnstartedRecording(None);
     let ticks = match &cfg.rerun {
         None => None,
         Some(target) => {
@@ -1031,6 +1046,9 @@ pub fn run(
                 &action_names(&cfg.robot),
             )
             .map_err(RunError::Rerun)?;
+            if let viz::RerunTarget::File(path) = target {
+                unstarted.0 = Some(path.clone());
+            }
             Some(sink)
         }
     };
@@ -1164,6 +1182,8 @@ pub fn run(
             what: "starting the control thread".into(),
             error,
         })?;
+    // Started: the recording is the run's, whatever happens now.
+    unstarted.0 = None;
     let (mut report, port) = match handle.join() {
         Ok(r) => r,
         Err(_) => {

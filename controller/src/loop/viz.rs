@@ -158,7 +158,8 @@ pub fn open_sink(
         RerunTarget::File(p) => viz::Target::File(p.clone()),
         RerunTarget::Connect(a) => viz::Target::Connect(a.clone()),
     };
-    let rec = viz::Recorder::open("expo_controller", &target)?;
+    // A robot run may go on for hours: no footer held in memory for the whole of it.
+    let rec = viz::Recorder::open_unbounded("expo_controller", &target)?;
     let logger = viz::tick::TickLogger::new(viz::task_of(task), obs_names, action_names);
     Ok(Box::new(RerunSink {
         viewer: matches!(target, viz::Target::Connect(_)),
