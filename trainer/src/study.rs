@@ -195,13 +195,12 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
                     .join(task.name())
                     .join(algo_name(algo))
                     .join(format!("seed-{seed}"));
-                if dir.join("done").is_file() {
-                    if finished_run_matches(&dir, &config)? {
-                        continue;
-                    }
-                    // Extended: `train --resume` continues it to the new length. Its
-                    // done mark goes when it starts (below): a refusal of a later run, or
-                    // a time limit that comes before it starts, leaves it finished.
+                // A finished run is skipped, or extended: `train --resume` continues it
+                // to the new length. Its done mark goes when it starts (below): a
+                // refusal of a later run, or a time limit that comes before it starts,
+                // leaves it finished.
+                if dir.join("done").is_file() && finished_run_matches(&dir, &config)? {
+                    continue;
                 }
                 queue.push((task, algo, seed, dir));
             }
