@@ -116,9 +116,10 @@
 //! numbers would read as stale copies of frames already seen. Outside a handshake, the
 //! controller takes only a `Hello` numbered 0 for a reboot: others are late answers to
 //! its own resent `Hello`s. A copy of that `Hello` (same number and timestamp) within
-//! the next 256 frames is a duplicate on the link, not a second reboot, if a frame in
-//! order follows it within a second (a live firmware's sensor frames or heartbeats);
-//! otherwise, or when frames numbered from 1 follow it, it was a reboot. A rebooted
+//! the next 256 frames is taken for a duplicate on the link while the torque is on, and
+//! for a second reboot once the controller's `Estop` has gone out since (a rebooted
+//! firmware holds with its torque on again), or when frames numbered from 1 follow it.
+//! A rebooted
 //! firmware (as the simulated one) waits for a new handshake and sends nothing else
 //! (but the answer to an `Estop`), so a reboot whose `Hello` is lost on the line leaves
 //! a silent firmware: the controller's stale-sensor check stops the episode, and when

@@ -239,13 +239,19 @@ fn viz_command(command: VizCommand) -> Result<()> {
             println!("-> {t:?}");
         }
         VizCommand::Verify { file } => {
-            let rows = viz::cli::verified_rows(&file)?;
+            let v = viz::cli::verify(&file)?;
             println!(
                 "{}: verified by rerun {}",
                 file.display(),
                 viz::RERUN_VERSION
             );
-            for (entity, n) in rows {
+            if !v.footer {
+                println!(
+                    "note: no footer: a recording written as it went (a controller run's), \
+                     or a file cut short; `rerun rrd optimize` writes a copy with one"
+                );
+            }
+            for (entity, n) in v.rows {
                 println!("{n:>8}  {entity}");
             }
         }

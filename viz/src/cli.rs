@@ -43,10 +43,20 @@ pub fn rerun_cli(args: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+/// What [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Rows per entity path, as `rerun rrd print` lists them.
+    pub rows: BTreeMap<String, usize>,
+    /// Whether the file ends with its footer: the controller writes its recordings
+    /// without one (`Recorder::open_unbounded`); a truncated file has none either.
+    pub footer: bool,
+}
+
 /// `rerun rrd verify` on `rrd` (after checking the CLI's version), then the number of
-/// rows per entity path that `rerun rrd print` lists. A file without a footer (which
-/// `verify` requires) is checked as `rerun rrd merge` re-encodes it.
-pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
+/// rows per entity path that `rerun rrd print` lists. A file without a footer is
+/// verified without the footer check (`--check-footers false`), and says so.
+pub fn verify(rrd: &Path) -> Result<Verified> {
     ensure!(rrd.is_file(), "{}: no such recording", rrd.display());
     let version = rerun_cli(&["--version"])?;
     ensure!(
@@ -54,31 +64,19 @@ pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
         "the rerun CLI is not version {RERUN_VERSION}: {version}"
     );
     let path = rrd.to_str().context("the path is not UTF-8")?;
-    let verify = rerun_cli(&["rrd", "verify", path]);
-    let no_footer = match &verify {
+    let checked = rerun_cli(&["rrd", "verify", path]);
+    let no_footer = match &checked {
         Ok(text) => !text.contains("verified without error") && text.contains("Missing RRD footer"),
         Err(e) => format!("{e:#}").contains("Missing RRD footer"),
     };
-    let verify = match verify {
-        // A file written without its footer (a robot run's: `Recorder::open_unbounded`)
-        // is re-encoded with `rrd merge`, which writes one, and the copy is verified.
-        _ if no_footer => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let copy = std::env::temp_dir()
-                .join(format!("expo-verify-{}-{nanos}.rrd", std::process::id()));
-            let dst = copy.to_str().context("the temporary path is not UTF-8")?;
-            let merged =
-                rerun_cli(&["rrd", "merge", path, "-o", dst]).and_then(|_| verified_rows(&copy));
-            let _ = std::fs::remove_file(&copy);
-            return merged.with_context(|| format!("{}: re-encoded with a footer", rrd.display()));
-        }
-        r => r?,
+    let checked = if no_footer {
+        rerun_cli(&["rrd", "verify", "--check-footers", "false", path])?
+    } else {
+        checked?
     };
     ensure!(
-        verify.contains("verified without error"),
-        "rerun rrd verify: {verify}"
+        checked.contains("verified without error"),
+        "rerun rrd verify: {checked}"
     );
     let mut rows = BTreeMap::new();
     for line in rerun_cli(&["rrd", "print", path])?.lines() {
@@ -86,7 +84,15 @@ pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
             *rows.entry(entity).or_default() += n;
         }
     }
-    Ok(rows)
+    Ok(Verified {
+        rows,
+        footer: !no_footer,
+    })
+}
+
+/// [`verify`]'s rows per entity path.
+pub fn verified_rows(rrd: &Path) -> Result<BTreeMap<String, usize>> {
+    verify(rrd).map(|v| v.rows)
 }
 
 /// The entity and number of rows of a chunk's line of `rerun rrd print`,

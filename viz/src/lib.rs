@@ -86,12 +86,23 @@ impl Target {
         }
     }
 
-    /// The `HOST:PORT` of a viewer's URL (`rerun+http://HOST:PORT/proxy`).
-    fn host_port(url: &str) -> &str {
+    /// The `HOST:PORT` of a viewer's URL (`rerun+http://HOST:PORT/proxy`), with the
+    /// viewer's default port where the URL names none (as the SDK takes it).
+    fn host_port(url: &str) -> String {
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        rest.split('/').next().unwrap_or(rest)
+        let host = rest.split('/').next().unwrap_or(rest);
+        // `[::1]` is a host without a port; `[::1]:9876` and `h:9876` have one.
+        let has_port = host.contains(':') && !host.ends_with(']');
+        if has_port {
+            host.to_string()
+        } else {
+            format!("{host}:{VIEWER_DEFAULT_PORT}")
+        }
     }
 }
+
+/// The port a rerun viewer listens on when its URL names none.
+const VIEWER_DEFAULT_PORT: u16 = 9876;
 
 /// How long [`Recorder::open`] waits for a viewer to take a connection.
 const VIEWER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,6 +115,7 @@ fn probe_viewer(addr: &str, url: &str) -> Result<()> {
     use std::net::{TcpStream, ToSocketAddrs};
     let host_port = Target::host_port(url);
     let addrs: Vec<_> = host_port
+        .as_str()
         .to_socket_addrs()
         .with_context(|| format!("rerun viewer address {addr} ({host_port})"))?
         .collect();
@@ -443,10 +455,14 @@ mod tests {
             format!("{e:#}").contains(&format!("no rerun viewer listens at {closed}")),
             "{e:#}"
         );
-        assert_eq!(
-            Target::host_port("rerun+http://10.0.0.2:9876/proxy"),
-            "10.0.0.2:9876"
-        );
+        for (url, host_port) in [
+            ("rerun+http://10.0.0.2:9877/proxy", "10.0.0.2:9877"),
+            ("rerun+https://viewer.example/proxy", "viewer.example:9876"),
+            ("rerun+http://[::1]/proxy", "[::1]:9876"),
+            ("rerun+http://[::1]:9000/proxy", "[::1]:9000"),
+        ] {
+            assert_eq!(Target::host_port(url), host_port);
+        }
     }
 
     #[test]

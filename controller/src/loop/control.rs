@@ -378,10 +378,8 @@ pub(crate) struct Control {
     /// earlier Estop has been sent (one lost on the link never comes).
     estops_unanswered: u32,
     /// The firmware timestamp of the reboot `Hello` last handled, until a handshake
-    /// completes after it: a rebooted firmware is silent until then, so the link
-    /// publishes a copy of that `Hello` (duplicated on the line) as a reboot once it has
-    /// waited a second for frames (`link::HELD_HELLO_WAIT`), in the middle of the safe
-    /// stop the reboot started. The same `Hello` before that handshake is that copy.
+    /// completes after it: the same `Hello` again (the link publishes a copy of it
+    /// unmarked when frames renumber) is taken for that copy while the torque is on.
     reboot_unshaken: Option<u32>,
     /// The tick the safe stop under way began: its torque-off belongs to the faults held
     /// from then on, not to one of an earlier stop that could send no Estop.
@@ -1007,12 +1005,18 @@ impl Control {
                     self.forget_firmware_answers();
                     self.reboot_unshaken = None;
                     self.phase = Phase::Idle;
-                } else if seq.number != 0 || seq.stale || self.reboot_unshaken == Some(fw_us) {
+                } else if seq.number != 0
+                    || ((seq.stale || self.reboot_unshaken == Some(fw_us)) && !self.torque_off)
+                {
                     // Not a reboot, whose Hello is its first frame (numbered 0): a late
                     // answer to a Hello of ours already answered (a firmware that
-                    // answered each of the handshake's resent Hellos), or a copy of a
-                    // reboot's Hello (the link thread marks it stale, or publishes it
-                    // after a silence, before the handshake that follows a reboot).
+                    // answered each of the handshake's resent Hellos), or a copy of the
+                    // Hello that last restarted the numbering (the link thread marks it
+                    // stale), while the torque is on: a stop under way ends with an
+                    // Estop anyway. Once our Estop has gone out, such a Hello is taken
+                    // for another reboot, whose firmware holds with its torque on
+                    // again (a controller paused after a torque-off stop never heard of
+                    // it; a copy then costs a fault and an Estop, not the arm).
                     self.report.ignored_hellos += 1;
                 } else {
                     // An unasked Hello: the firmware rebooted and holds with its own
@@ -2267,6 +2271,55 @@ mod tests {
         // Only the new Estop awaits an answer: the rebooted firmware never answers the
         // old one, and counting it would take a stop button's Fault for that answer.
         assert_eq!(c.estops_unanswered, 1);
+    }
+
+    /// A `Hello` like the one that last restarted the firmware's numbering (the link marks
+    /// it stale, as a possible copy): ignored while the torque is on (the safe stop under
+    /// way ends with an Estop anyway), taken for another reboot once our Estop has gone
+    /// out (the rebooted firmware holds with its torque on: it was ignored for good, and
+    /// a controller paused after a torque-off stop never sent it an Estop).
+    #[test]
+    fn a_hello_like_the_last_one_is_a_reboot_once_the_torque_is_off() {
+        let stale_hello = |c: &Control| LinkEvent::Frame {
+            rx: Instant::now(),
+            frame: Frame {
+                seq: 0,
+                timestamp_us: 0,
+                message: Message::Hello(c.hello),
+            },
+            stale: true,
+        };
+        // Torque on, a stop under way: a copy.
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.phase = Phase::SafeStop {
+            left: 5,
+            then: After::Exit,
+        };
+        tx.send(stale_hello(&c)).unwrap();
+        tick_until_done(&mut c, 100);
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        assert_eq!(c.report.ignored_hellos, 1);
+        assert_eq!(wire.estops(), 1, "the stop's own Estop");
+        // Torque off, the run paused between episodes: another reboot, another Estop.
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.max_faults = 5;
+        c.torque_off = true;
+        c.paused = true;
+        c.phase = Phase::Idle;
+        tx.send(stale_hello(&c)).unwrap();
+        for _ in 0..100 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if wire.estops() > 0 {
+                break;
+            }
+        }
+        assert_eq!(c.report.ignored_hellos, 0);
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        assert_eq!(c.report.faults[0].kind, FaultKind::FirmwareReset);
+        assert_eq!(wire.estops(), 1, "the rebooted firmware gets an Estop");
     }
 
     /// A torque-off belongs to the faults of the safe stop that sent it: a link loss whose

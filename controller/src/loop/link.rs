@@ -172,20 +172,12 @@ const FAULT_SEND_WAIT: Duration = Duration::from_secs(1);
 
 /// Frames after a Hello numbered 0 within which another Hello with its number and
 /// firmware timestamp is taken for a copy of it, not a new reboot. Copies come back a
-/// few frames late (a duplicated or echoed frame). A firmware that rebooted again that
-/// soon, at the same microsecond of its clock, renumbers its next frames from 1: on
-/// the third of them (`SeqTracker::RESYNC_AFTER`) its Hello is published after all, or
-/// after [`HELD_HELLO_WAIT`] without a frame in order (it waits for a handshake).
+/// few frames late (a duplicated or echoed frame). It is published marked stale, and the
+/// control thread decides: it takes it for a second reboot once its `Estop` has gone out
+/// since the first (a rebooted firmware waits, silent, for a handshake). A firmware that
+/// rebooted again and renumbers its next frames from 1 has its Hello published again,
+/// unmarked, on the third of them (`SeqTracker::RESYNC_AFTER`).
 const HELLO_COPY_WINDOW: u32 = 256;
-
-/// How long a Hello taken for a copy (above) waits for a frame that shows what it was.
-/// A copy is followed by the live firmware's next frames: its sensor frames while an
-/// episode runs, its heartbeats (the simulated firmware's every 250 ms) while it idles.
-/// A firmware that rebooted again sends nothing until a new handshake, so after this
-/// much silence in its numbering the Hello is published as the reboot it is (a second
-/// reboot within the window, stamped at the same boot microsecond as the first, was held
-/// for good and the controller went on believing the torque off).
-const HELD_HELLO_WAIT: Duration = Duration::from_secs(1);
 
 fn io_thread(
     mut port: Box<dyn SerialPort>,
@@ -205,7 +197,7 @@ fn io_thread(
     // still show otherwise: frames that renumber from 1 after it (`SeqEvent::Resync`)
     // make it a second reboot after all (one that booted at the same microsecond), and
     // it is published then, ahead of them. The next frame in order makes it a copy.
-    let mut held_hello: Option<(Frame, Instant)> = None;
+    let mut held_hello: Option<Frame> = None;
     // Counters of decoders from before a reconnect.
     let mut base = LinkCounters::default();
     let mut drops = 0u64;
@@ -232,24 +224,6 @@ fn io_thread(
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        if held_hello
-            .as_ref()
-            .is_some_and(|(_, rx)| rx.elapsed() >= HELD_HELLO_WAIT)
-        {
-            // Nothing in order followed it: a firmware that rebooted and waits for a
-            // handshake. Its frames from here on number from 1.
-            let (frame, rx) = held_hello.take().expect("checked");
-            seq.reset();
-            zero_hello = Some((frame.timestamp_us, 0));
-            let reboot = LinkEvent::Frame {
-                rx,
-                frame,
-                stale: false,
-            };
-            if !publish(reboot, &mut drops) {
-                break;
-            }
-        }
         match port.read(&mut buf) {
             Ok(0) => {}
             Ok(n) => {
@@ -270,7 +244,7 @@ fn io_thread(
                                     stamp == frame.timestamp_us && since < HELLO_COPY_WINDOW
                                 });
                                 if copy {
-                                    held_hello = Some((frame.clone(), rx));
+                                    held_hello = Some(frame.clone());
                                 } else {
                                     seq.reset();
                                     zero_hello = Some((frame.timestamp_us, 0));
@@ -287,7 +261,7 @@ fn io_thread(
                             match event {
                                 SeqEvent::InOrder | SeqEvent::Gap { .. } => held_hello = None,
                                 SeqEvent::Resync => {
-                                    if let Some((h, _)) = held_hello.take() {
+                                    if let Some(h) = held_hello.take() {
                                         zero_hello = Some((h.timestamp_us, 0));
                                         let reboot = LinkEvent::Frame {
                                             rx,
@@ -490,62 +464,5 @@ mod tests {
             .map(|&(_, n, s)| (n, s))
             .collect();
         assert_eq!(last, [(0, false), (2, false), (3, false)], "{got:?}");
-    }
-
-    /// A second reboot that looks like a copy of the first Hello (same boot microsecond,
-    /// within the copy window) from a firmware that then waits, silent, for a handshake:
-    /// its Hello is published once nothing in order has followed it for
-    /// `HELD_HELLO_WAIT`, and the firmware's next frame, numbered 1, counts on from it.
-    /// (It was held for good: a controller paused after a torque-off stop never heard of
-    /// the reboot, and the Hello surfaced later as a spurious fault.)
-    #[test]
-    fn a_second_reboot_followed_by_silence_is_published_after_the_wait() {
-        let pty = Pty::open().unwrap();
-        let port = open_port(pty.path(), 115_200).unwrap();
-        let mut firmware = pty.into_port();
-        let mut link = Link::spawn(port, "test".into(), 115_200, None, 256).unwrap();
-        let hello = Message::Hello(firmware_config::protocol::Hello::new(1, 4, 2, 20));
-        let frame = |seq: u16, message: Message| Frame {
-            seq,
-            timestamp_us: 0,
-            message,
-        };
-        let mut frames = vec![frame(0, hello.clone())];
-        frames.extend((1..=5).map(|n| frame(n, Message::sensor(0, 0, &[0.5; 4]).unwrap())));
-        frames.push(frame(0, hello.clone()));
-        let bytes: Vec<u8> = frames.iter().flat_map(Frame::to_wire).collect();
-        let sent = Instant::now();
-        firmware.write_all(&bytes).unwrap();
-        let mut hellos = Vec::new();
-        let mut late = None;
-        while let Ok(ev) = link.events.recv_timeout(Duration::from_secs(3)) {
-            if let LinkEvent::Frame { frame, stale, .. } = ev
-                && matches!(frame.message, Message::Hello(_))
-            {
-                hellos.push((frame.seq, stale));
-                if hellos.len() == 3 {
-                    late = Some(sent.elapsed());
-                    break;
-                }
-            }
-        }
-        // The first, the second when it came (stale: it looked like a copy), and the
-        // second again once the wait showed it a reboot.
-        assert_eq!(hellos, [(0, false), (0, true), (0, false)]);
-        assert!(late.unwrap() >= HELD_HELLO_WAIT, "{late:?}");
-        // The rebooted firmware's answer to an `Estop`, numbered 1, is in order.
-        let estop = Message::Fault {
-            code: FaultCode::Estop,
-        };
-        firmware
-            .write_all(&frame(1, estop.clone()).to_wire())
-            .unwrap();
-        let Ok(LinkEvent::Frame { frame, stale, .. }) =
-            link.events.recv_timeout(Duration::from_secs(3))
-        else {
-            panic!("the Estop answer was not published as a frame");
-        };
-        assert_eq!((frame.message, frame.seq, stale), (estop, 1, false));
-        link.stop();
     }
 }
