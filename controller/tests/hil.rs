@@ -1289,12 +1289,11 @@ fn a_duplicated_reboot_hello_is_one_reboot() {
     assert!(report["ignored_hellos"].as_u64().unwrap() >= 1, "{report}");
 }
 
-/// As above, with a safe stop longer than the link waits for frames after a `Hello` it
-/// took for a copy (`HELD_HELLO_WAIT`, 1 s of wall time; here 400 hold ticks at 20 Hz x10,
-/// 2 s). The rebooted firmware is silent until the new handshake, so the link publishes
-/// the copy as a reboot in the middle of the safe stop: it is still one reboot (the
-/// control thread takes the same `Hello` before that handshake for the copy it is),
-/// not a second `firmware_reset` that ended the run.
+/// As above, with a long safe stop (400 hold ticks at 20 Hz x10, 2 s of wall time), in
+/// which the rebooted firmware is silent until the new handshake: the copy, which
+/// arrives while the stop holds the torque on, is still one reboot, not a second
+/// `firmware_reset` that ended the run (a first version of the reboot rule published a
+/// held copy after 1 s of silence, in the middle of such a stop).
 #[test]
 fn a_duplicated_reboot_hello_is_one_reboot_through_a_long_safe_stop() {
     let _g = serial();
