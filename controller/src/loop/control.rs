@@ -1451,6 +1451,14 @@ impl Control {
 
     // ---------------------------------------------------------------- phases
 
+    /// What follows the safe stop of a write that failed: with `--reconnect-ms`, waiting
+    /// for the port to come back, as after the reader's loss (the write usually fails a
+    /// tick before the reader notices; its fault ended the run by the fault budget, and
+    /// the reopened port went unused), bounded by the reconnect time.
+    fn after_write_failure(&self) -> Option<After> {
+        self.cfg.reconnect.map(|_| After::Reconnect)
+    }
+
     /// Adds the running policy's candidate ages (two-speed mode) to the report's, before
     /// a swap drops the policy and at the end of the run.
     pub(super) fn fold_candidate_ages(&mut self) {
@@ -1490,11 +1498,12 @@ impl Control {
                 self.commands.clear();
                 self.torque_off = false;
                 if self.gate.send_control(Message::Reset { seed }).is_err() {
+                    let after = self.after_write_failure();
                     self.fault(
                         now,
                         FaultKind::LinkLost,
                         "writing Reset failed".into(),
-                        None,
+                        after,
                     );
                     return;
                 }
@@ -1806,11 +1815,12 @@ impl Control {
                 }
             }
             Err(e) => {
+                let after = self.after_write_failure();
                 self.fault(
                     now,
                     FaultKind::LinkLost,
                     format!("writing a command: {e}"),
-                    None,
+                    after,
                 );
             }
         }
@@ -2320,6 +2330,34 @@ mod tests {
         assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
         assert_eq!(c.report.faults[0].kind, FaultKind::FirmwareReset);
         assert_eq!(wire.estops(), 1, "the rebooted firmware gets an Estop");
+    }
+
+    /// With `--reconnect-ms`, a write that fails (usually a tick before the reader sees the
+    /// loss) leads to the wait for the port, not to the end of the run by the fault budget
+    /// (CI caught `disconnect_and_reconnect` ending on the write's fault).
+    #[test]
+    fn a_failed_write_with_reconnect_waits_for_the_port() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.phase = Phase::Idle;
+        wire.broken.store(true, Ordering::SeqCst);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        assert_eq!(c.report.faults[0].kind, FaultKind::LinkLost);
+        assert!(
+            matches!(
+                c.phase,
+                Phase::SafeStop {
+                    then: After::Reconnect,
+                    ..
+                }
+            ),
+            "{:?}",
+            c.phase
+        );
+        assert_eq!(c.stopping(), None);
     }
 
     /// A torque-off belongs to the faults of the safe stop that sent it: a link loss whose
