@@ -467,13 +467,19 @@ impl DatasetWriter {
         // is rewritten now, as `finish` would, not at the end of a run that may not end.
         if !w.set_aside.is_empty() || uncommitted > 0 || !w.stale_index_files.is_empty() {
             w.write_meta()?;
-            for stale in std::mem::take(&mut w.stale_index_files) {
-                fs::remove_file(&stale).map_err(|e| {
-                    DatasetError::io(&stale, "removing superseded episodes index", e)
-                })?;
-            }
+            w.remove_superseded_index_files()?;
         }
         Ok(w)
+    }
+
+    /// Removes the episodes index files our index (just written) supersedes: the reader
+    /// refuses rows listed twice, and LeRobot reads every index file.
+    fn remove_superseded_index_files(&mut self) -> Result<(), DatasetError> {
+        for stale in std::mem::take(&mut self.stale_index_files) {
+            fs::remove_file(&stale)
+                .map_err(|e| DatasetError::io(&stale, "removing superseded episodes index", e))?;
+        }
+        Ok(())
     }
 
     /// The data files [`Self::open_append`] set aside (from, to): no episode referenced
@@ -793,10 +799,7 @@ impl DatasetWriter {
         }
         // Our index holds every row now, so the superseded ones go even after a failed
         // close (the reader refuses rows listed twice).
-        for stale in &self.stale_index_files {
-            fs::remove_file(stale)
-                .map_err(|e| DatasetError::io(stale, "removing superseded episodes index", e))?;
-        }
+        self.remove_superseded_index_files()?;
         closed?;
         Ok(DatasetSummary {
             dir: self.dir,

@@ -10,7 +10,8 @@
 //! The candidates a tick edits were sampled for an observation up to one chain-time old;
 //! the edit and the critic see the newest observation, which is what keeps the action
 //! reactive. [`TwoSpeedPolicy::candidate_age`] reports how many observations old they
-//! are, and [`CandidateAges`] sums that up over a run (`report.json`'s `two_speed`). Candidates are only used for the episode they were sampled in: after
+//! are, and [`CandidateAges`] sums that up over a run (`report.json`'s `two_speed`).
+//! Candidates are only used for the episode they were sampled in: after
 //! [`TwoSpeedPolicy::restart`] (a new episode) the previous episode's are not edited.
 //! [`TwoSpeedPolicy::act`] waits for a usable set; [`TwoSpeedPolicy::try_act`], what the
 //! control loop uses, does not wait: until the worker has sampled for the new episode
@@ -44,10 +45,12 @@ pub struct CandidateAges {
 
 impl CandidateAges {
     fn record(&mut self, age: u64) {
-        self.plans += 1;
-        self.age_sum = self.age_sum.saturating_add(age);
-        self.max_age = self.max_age.max(age);
-        self.mean_age = self.age_sum as f64 / self.plans as f64;
+        self.merge(&CandidateAges {
+            plans: 1,
+            mean_age: age as f64,
+            max_age: age,
+            age_sum: age,
+        });
     }
 
     /// Adds `other`'s plans (a swapped-out policy's to the run's).
