@@ -1201,7 +1201,8 @@ fn main() -> Result<std::process::ExitCode> {
             let mut rows: Vec<Row> = vec![];
             for &(name, backend) in &backends {
                 for (mode, steps) in [
-                    ("full", m.diffusion.executed_steps),
+                    // The whole trained chain (a bundle may execute fewer by default).
+                    ("full", m.diffusion.trained_steps),
                     ("truncated", truncated_steps),
                 ] {
                     let options = PolicyOptions {

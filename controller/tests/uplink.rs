@@ -471,3 +471,63 @@ fn a_log_held_under_its_older_name_is_not_sent_again() {
         "nothing sent under the canonical name"
     );
 }
+
+/// A robot streaming without bundle swaps (`--no-swap`) whose log has nothing new keeps
+/// its session: the trainer drops a session silent for its session timeout (30 s;
+/// three polls here) with an error, and the idle streamer sent nothing, so it met the
+/// closed session at its next send and reconnected, twice a minute.
+#[test]
+fn an_idle_session_without_swaps_is_kept_alive() {
+    use controller::robot_loop::streamer::{POLL_EVERY, Streamer};
+    let tmp = tempfile::tempdir().unwrap();
+    let log = synced_log(tmp.path(), 2);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let done = Arc::new(AtomicBool::new(false));
+    // How each session ended, as the server saw it.
+    let ended: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (d, e) = (done.clone(), ended.clone());
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        while !d.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((tcp, _)) => {
+                    tcp.set_nonblocking(false).unwrap();
+                    // The trainer's session timeout, scaled down.
+                    tcp.set_read_timeout(Some(POLL_EVERY * 3)).unwrap();
+                    let mut s = Session::server(tcp, &key()).unwrap();
+                    let mut sink = Holder {
+                        held: 0,
+                        received: received.clone(),
+                    };
+                    let end = serve_records(&mut s, &mut sink);
+                    e.lock().unwrap().push(format!("{end:?}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    let (streamer, _ready) = Streamer::spawn(
+        UplinkConfig {
+            addr,
+            key: key(),
+            drain: Duration::from_secs(1),
+            swap: None,
+        },
+        &log,
+        None,
+    )
+    .unwrap();
+    // Idle for over two session timeouts after the log is sent.
+    std::thread::sleep(POLL_EVERY * 8);
+    let summary = streamer.finish();
+    done.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    assert_eq!(summary.acknowledged, 2, "{summary:?}");
+    assert_eq!(summary.connections, 1, "{summary:?}");
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    // One session, ended when the streamer hung up, not at the server's timeout.
+    let ended = ended.lock().unwrap();
+    assert!(ended.len() == 1 && ended[0].starts_with("Ok"), "{ended:?}");
+}

@@ -451,7 +451,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.trim();
-    if s.len() != 2 * N || !s.is_ascii() {
+    // Hex digits only: `from_str_radix` also takes a sign ("+a" read as 0x0a), so a
+    // garbled signature or key file passed for a valid one.
+    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; N];
@@ -1099,10 +1101,17 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
         )
     }) {
-        return Err(format!(
-            "observation.low[{i}] = {} must not be above observation.high[{i}] = {}",
-            o.low[i], o.high[i]
-        ));
+        return Err(if o.low[i].is_nan() || o.high[i].is_nan() {
+            format!(
+                "observation.low[{i}] = {}, observation.high[{i}] = {}: a bound is not a number",
+                o.low[i], o.high[i]
+            )
+        } else {
+            format!(
+                "observation.low[{i}] = {} must not be above observation.high[{i}] = {}",
+                o.low[i], o.high[i]
+            )
+        });
     }
     if !KNOWN_ALGOS.contains(&m.algo.as_str()) {
         return Err(format!(
@@ -1112,11 +1121,14 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         ));
     }
     let a = &m.action;
-    if a.low.len() != a.dim || a.high.len() != a.dim {
-        return Err(format!(
-            "action.low/high must have action.dim = {} entries",
-            a.dim
-        ));
+    for (name, bounds) in [("low", &a.low), ("high", &a.high)] {
+        if bounds.len() != a.dim {
+            return Err(format!(
+                "action.{name} has {} entries; action.dim is {}",
+                bounds.len(),
+                a.dim
+            ));
+        }
     }
     // Within [-1, 1]: the controller clamps every action to them, in policy units (the
     // firmware maps those to the joints; the trainer writes ±1). An infinite bound would
@@ -1183,6 +1195,9 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             "diffusion.trained_steps = {} exceeds {MAX_DIFFUSION_STEPS}",
             d.trained_steps
         ));
+    }
+    if d.trained_steps == 0 {
+        return Err("diffusion.trained_steps = 0: a chain has at least 1 step".into());
     }
     if d.executed_steps == 0 || d.executed_steps > d.trained_steps {
         return Err(format!(
@@ -1672,6 +1687,49 @@ mod tests {
 
     fn message(e: BundleError) -> String {
         e.to_string()
+    }
+
+    /// A manifest's error names the field at fault and what it holds: a NaN bound was
+    /// said to be "above" the other, a short `action.high` was blamed on both lists, and
+    /// a chain of 0 trained steps on `executed_steps`.
+    #[test]
+    fn manifest_errors_name_the_field_at_fault() {
+        let t = tempfile::tempdir().unwrap();
+        let good = SyntheticSpec::cpu().write(t.path(), 1, None).unwrap();
+        let refused = |f: &dyn Fn(&mut Manifest)| {
+            let mut m = good.clone();
+            f(&mut m);
+            check_manifest(&m).unwrap_err()
+        };
+        let e = refused(&|m| m.observation.low[1] = f32::NAN);
+        assert!(
+            e.contains("observation.low[1] = NaN") && e.contains("not a number"),
+            "{e}"
+        );
+        let e = refused(&|m| m.action.high.push(1.0));
+        let dim = good.action.dim;
+        assert!(
+            e.contains(&format!(
+                "action.high has {} entries; action.dim is {dim}",
+                dim + 1
+            )),
+            "{e}"
+        );
+        let e = refused(&|m| {
+            m.diffusion.trained_steps = 0;
+            m.diffusion.executed_steps = 1;
+        });
+        assert!(e.contains("diffusion.trained_steps = 0"), "{e}");
+    }
+
+    /// Signature and key files are hex digits only: a sign passed `from_str_radix`, so
+    /// "+a" read as 0x0a and a garbled file for a valid one.
+    #[test]
+    fn hex_takes_digits_only() {
+        assert_eq!(unhex::<1>("0a"), Some([10]));
+        assert_eq!(unhex::<1>("+a"), None);
+        assert_eq!(unhex::<2>("-1ff"), None);
+        assert_eq!(unhex::<1>("é"), None);
     }
 
     /// Network sizes are checked before the weight shapes are listed from them: 2^40

@@ -124,6 +124,10 @@ pub struct FinetuneSummary {
     pub published: Vec<PathBuf>,
     /// Transitions received over the uplink.
     pub streamed: usize,
+    /// Of those, the ones taken from `OUT/uplink/` at the start of a `--listen`
+    /// session that the replay it continues lacked: logged after its last checkpoint
+    /// (a crash), or waiting there for the rest of an action chunk.
+    pub recovered: usize,
     /// Of those, the ones not trained on for a value that is not finite or an action
     /// outside `[-1, 1]` (they stay in `OUT/uplink/`).
     pub streamed_unusable: usize,
@@ -425,8 +429,17 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         // The source run's replay holds the robot transitions it was streamed: its
         // stream logs come along, so that a robot still streaming (or run again with the
         // same `--out`) is told they are held, and sends only what is new.
+        // Where the source's replay is in them; a source that never recorded it (an
+        // older checkpoint, or a run that never listened) holds its logs whole. A log in
+        // `out` the source does not have (a try that failed before its first
+        // checkpoint) is in no replay: the session takes it from its start.
+        if state.live_logs.is_none() {
+            state.live_logs = Some(crate::live::held_whole(&o.from.join("uplink"))?);
+        }
         carry_uplink_logs(&o.from, &o.out)?;
         state.finetune_updates = 0;
+        // Updates the source run owed its robot transitions are not this run's.
+        state.live_owed = 0;
         // The source run's own windows of metric sums are not this run's.
         state.metrics_window = None;
         state.finetune_metrics_window = None;
@@ -438,8 +451,9 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
                 serde_json::to_string_pretty(&StartedWith::of(o))?,
             ),
         ] {
-            let path = o.out.join(name);
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            // Synced: a power cut must not leave the first checkpoint beside an empty
+            // options file, which every `--resume` would refuse.
+            crate::run::replace_file(&o.out.join(name), text.as_bytes())?;
         }
         write_header(&o.out.join("finetune.csv"), UPDATES_HEADER)?;
         if eval_episodes > 0 {
@@ -635,8 +649,9 @@ impl RecordedBy {
 /// (without them, a robot whose log went on was told 0 and sent everything again,
 /// which was trained on twice). Each copy is written under a temporary name and renamed
 /// into place. A log still open for writing (the source run is still receiving) is
-/// refused. As on `--resume`, records a source logged after its last checkpoint (a
-/// crash) are held without being in the replay: the robot does not send them again.
+/// refused. Records a source logged after its last checkpoint (a crash) are taken from
+/// the copies by the session that listens (`crate::live`), as on `--resume`; so are
+/// those of a log left in `out` by a try that failed before its first checkpoint.
 fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
     let source = from.join("uplink");
     let entries = match std::fs::read_dir(&source) {

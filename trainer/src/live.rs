@@ -20,12 +20,14 @@
 //! `OUT` did not hold.
 //!
 //! A checkpoint is written every `--checkpoint-every` updates and at the end, so
-//! `--resume` after a crash continues from the last one. The transitions that arrived
-//! between that checkpoint and the crash are in `OUT/uplink/` but not in the resumed
-//! replay (the robot is not asked to send them again), and neither are a stream's last
-//! steps of an unfinished action chunk (H > 1) at the checkpoint. The log holds
-//! everything since the run began, so converting it for `finetune --data` brings those
-//! back together with transitions the checkpoint already has.
+//! `--resume` after a crash continues from the last one. Each checkpoint records how
+//! far its replay holds each stream log ([`LogPosition`]) and the updates still owed:
+//! a session that continues the replay (`--resume`, or a new run `--from` it) first
+//! takes from the logs what the replay lacks (transitions logged after the checkpoint,
+//! or still queued for the training loop when it was taken, and a stream's steps
+//! waiting for the rest of an action chunk), since the robot does not send them again.
+//! A checkpoint written before the positions were recorded counts each log as held
+//! whole, as the runs that wrote it did.
 //!
 //! Every acknowledgement to the robot names `OUT/bundles/latest`; the robot fetches a
 //! new one over the same link, verifies it and swaps it in between episodes
@@ -33,7 +35,7 @@
 
 use anyhow::{Context, Result};
 use controller::robot_loop::log::{LogWriter, Record};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +55,12 @@ pub struct Step {
     pub terminal: bool,
     /// The episode's last step (terminal or truncated).
     pub episode_end: bool,
-    /// The stream (robot) it came from: action chunks are built per stream.
+    /// The stream (robot) it came from, as messages name it.
     pub stream: String,
+    /// Its stream's log under `OUT/uplink/` (a file name; action chunks are built per
+    /// log), and its record's index there.
+    pub log: String,
+    pub index: u64,
     /// The operator marked it an intervention (`controller run --operator`).
     pub intervention: bool,
     /// Its action came from the teleop device (`controller run --teleop`).
@@ -64,6 +70,128 @@ pub struct Step {
     /// any other, counted in [`crate::finetune::FinetuneSummary::streamed_unusable`], and
     /// cuts its stream's pending action chunk.
     pub unusable: Option<String>,
+}
+
+impl Step {
+    fn of(
+        t: &controller::robot_loop::log::Transition,
+        stream: &str,
+        log: String,
+        index: u64,
+    ) -> Step {
+        Step {
+            unusable: unusable(t),
+            obs: t.obs().to_vec(),
+            action: t.action().to_vec(),
+            reward: t.reward,
+            next_obs: t.next_obs().to_vec(),
+            terminal: t.done && !t.truncated,
+            episode_end: t.done,
+            stream: stream.to_string(),
+            log,
+            index,
+            intervention: t.intervention,
+            teleop: t.teleop,
+        }
+    }
+}
+
+/// How far the training loop is in one stream log of `OUT/uplink/` (record indices),
+/// saved in each checkpoint ([`crate::run::RunState::live_logs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LogPosition {
+    /// The first record the replay may lack: the oldest step still waiting in its
+    /// stream's chunker for the rest of its chunk, else the one after the last
+    /// transition taken. A run that continues the replay takes the records from here.
+    pub(crate) in_replay: u64,
+    /// The record after the last transition taken (counted, its update owed or done).
+    pub(crate) taken: u64,
+}
+
+/// The stream logs (`*.log`) in `dir`, by name; none if `dir` does not exist.
+fn stream_logs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut logs: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("{}: cannot list", dir.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
+    };
+    logs.retain(|p| p.is_file() && p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    Ok(logs)
+}
+
+/// Each whole record of the log at `path`, with its index, to `f`, read a few MiB at a
+/// time (a log of days is not held in memory); returns how many.
+fn each_record(path: &Path, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<u64> {
+    let mut tail = controller::robot_loop::log::LogTail::new(path);
+    let mut index = 0u64;
+    loop {
+        let records = tail
+            .poll()
+            .with_context(|| format!("{}: reading", path.display()))?;
+        if records.is_empty() {
+            return Ok(index);
+        }
+        for bytes in records {
+            f(index, &bytes)?;
+            index += 1;
+        }
+    }
+}
+
+fn log_name(path: &Path) -> String {
+    path.file_name()
+        .expect("a file")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The transitions of the stream logs in `dir` that a replay at `positions` lacks (of a
+/// log that `positions` does not name, all), in order, to `take`; returns how many.
+fn recover_logged(
+    dir: &Path,
+    positions: &BTreeMap<String, LogPosition>,
+    mut take: impl FnMut(Step) -> Result<()>,
+) -> Result<usize> {
+    let mut recovered = 0;
+    for path in stream_logs(dir)? {
+        let log = log_name(&path);
+        let from = positions.get(&log).map_or(0, |p| p.in_replay);
+        let stream = format!("uplink/{log}");
+        each_record(&path, |index, bytes| {
+            if index < from {
+                return Ok(());
+            }
+            let record = Record::decode(bytes)
+                .map_err(|e| anyhow::anyhow!("{}: record {index}: {e}", path.display()))?;
+            if let Record::Transition(t) = record {
+                take(Step::of(&t, &stream, log.clone(), index))?;
+                recovered += 1;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(recovered)
+}
+
+/// The positions of a checkpoint written before they were recorded: every log in `dir`
+/// taken whole (as such a run took them: the robot does not send them again).
+pub(crate) fn held_whole(dir: &Path) -> Result<BTreeMap<String, LogPosition>> {
+    let mut held = BTreeMap::new();
+    for path in stream_logs(dir)? {
+        let n = each_record(&path, |_, _| Ok(()))?;
+        held.insert(
+            log_name(&path),
+            LogPosition {
+                in_replay: n,
+                taken: n,
+            },
+        );
+    }
+    Ok(held)
 }
 
 /// Why a streamed transition cannot be trained on, checked as a dataset's frames are
@@ -158,18 +286,7 @@ impl RecordSink for Receiver {
         *held += 1;
         if let Record::Transition(t) = rec {
             // The trainer may have stopped taking them; the log keeps them either way.
-            let _ = self.tx.send(Step {
-                unusable: unusable(&t),
-                obs: t.obs().to_vec(),
-                action: t.action().to_vec(),
-                reward: t.reward,
-                next_obs: t.next_obs().to_vec(),
-                terminal: t.done && !t.truncated,
-                episode_end: t.done,
-                stream: stream.to_string(),
-                intervention: t.intervention,
-                teleop: t.teleop,
-            });
+            let _ = self.tx.send(Step::of(&t, stream, file_name(stream), index));
         }
         Ok(())
     }
@@ -483,27 +600,107 @@ fn newest_bundle(root: &std::path::Path, signed: bool) -> Option<usize> {
         .filter(|e| e.path().join(last).is_file())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            (name.len() == 7 && name.bytes().all(|b| b.is_ascii_digit()))
+            // Seven digits or more (`{n:07}`: past 9,999,999 updates, eight).
+            (name.len() >= 7 && name.bytes().all(|b| b.is_ascii_digit()))
                 .then(|| name.parse().ok())?
         })
         .max()
 }
 
-/// One streamed transition into the online replay through its stream's chunker, or
-/// counted as unusable or not admitted; returns the updates it is owed (1 when stored).
-fn ingest(
-    step: Step,
-    chunkers: &mut HashMap<String, crate::replay::Chunker>,
+/// Streamed transitions into the online replay, one chunker per stream log (chunks are
+/// consecutive steps of one robot), and where the training loop is in each log.
+struct Intake {
+    chunkers: HashMap<String, crate::replay::Chunker>,
+    positions: BTreeMap<String, LogPosition>,
+    /// Record indices of the steps waiting in each log's chunker, oldest first.
+    waiting: HashMap<String, VecDeque<u64>>,
+    chunks: crate::replay::ChunkSpec,
+    keep_interventions: bool,
+}
+
+impl Intake {
+    /// Going on from `positions` (a checkpoint's).
+    fn new(
+        positions: BTreeMap<String, LogPosition>,
+        chunks: crate::replay::ChunkSpec,
+        keep_interventions: bool,
+    ) -> Intake {
+        Intake {
+            chunkers: HashMap::new(),
+            positions,
+            waiting: HashMap::new(),
+            chunks,
+            keep_interventions,
+        }
+    }
+
+    /// One streamed transition into `online` through its stream's chunker, or counted
+    /// as unusable or not admitted; returns the updates it is owed (1 when stored).
+    fn take(
+        &mut self,
+        step: Step,
+        online: &mut crate::replay::Replay,
+        summary: &mut crate::finetune::FinetuneSummary,
+    ) -> usize {
+        summary.streamed += 1;
+        let chunks = self.chunks;
+        let chunker = self.chunkers.entry(step.log.clone()).or_insert_with(|| {
+            crate::replay::Chunker::new(step.obs.len(), step.action.len(), chunks)
+        });
+        let owed = take_step(&step, chunker, online, summary, self.keep_interventions);
+        let still_waiting = chunker.pending();
+        let waiting = self.waiting.entry(step.log.clone()).or_default();
+        waiting.push_back(step.index);
+        while waiting.len() > still_waiting {
+            waiting.pop_front();
+        }
+        let p = self.positions.entry(step.log).or_default();
+        p.taken = p.taken.max(step.index + 1);
+        p.in_replay = waiting.front().copied().unwrap_or(step.index + 1);
+        owed
+    }
+
+    /// Takes from the stream logs in `dir` what the replay lacks at the positions this
+    /// intake started from ([`recover_logged`]); returns how many transitions, and the
+    /// updates owed to those the positions had not taken.
+    fn recover(
+        &mut self,
+        dir: &Path,
+        online: &mut crate::replay::Replay,
+        summary: &mut crate::finetune::FinetuneSummary,
+    ) -> Result<(usize, usize)> {
+        let start = self.positions.clone();
+        let mut owed = 0;
+        let recovered = recover_logged(dir, &start, |step| {
+            let new = step.index >= start.get(&step.log).map_or(0, |p| p.taken);
+            let due = self.take(step, online, summary);
+            if new {
+                owed += due;
+            }
+            Ok(())
+        })?;
+        Ok((recovered, owed))
+    }
+
+    /// Into a checkpoint's state, with the transitions streamed so far (of which the
+    /// steps still waiting for the rest of a chunk are taken again from the logs by a
+    /// run that continues it, and counted then) and the updates owed.
+    fn capture(&self, state: &mut crate::run::RunState, streamed: usize, owed: usize) {
+        let waiting: usize = self.waiting.values().map(VecDeque::len).sum();
+        state.live_streamed = streamed - waiting;
+        state.live_logs = Some(self.positions.clone());
+        state.live_owed = owed;
+    }
+}
+
+fn take_step(
+    step: &Step,
+    chunker: &mut crate::replay::Chunker,
     online: &mut crate::replay::Replay,
     summary: &mut crate::finetune::FinetuneSummary,
-    config: &crate::config::Config,
-    o: &crate::finetune::FinetuneOptions,
+    keep_interventions: bool,
 ) -> usize {
-    summary.streamed += 1;
-    let chunker = chunkers.entry(step.stream.clone()).or_insert_with(|| {
-        crate::replay::Chunker::new(step.obs.len(), step.action.len(), config.chunks())
-    });
-    if let Some(why) = step.unusable {
+    if let Some(why) = &step.unusable {
         if summary.streamed_unusable == 0 {
             eprintln!(
                 "finetune: not training on a transition of stream {}: {why} \
@@ -515,7 +712,7 @@ fn ingest(
         chunker.cut();
         return 0;
     }
-    if !summary.admit(step.intervention, step.teleop, o.keep_interventions) {
+    if !summary.admit(step.intervention, step.teleop, keep_interventions) {
         chunker.cut();
         return 0;
     }
@@ -550,16 +747,36 @@ pub(crate) fn train_live(
     use sim::rng::Rng;
 
     let config = agent.config.clone();
+    let uplink_dir = o.out.join("uplink");
+    // Where the replay is in each stream log. A checkpoint is taken between updates, so
+    // transitions logged (and acknowledged) after it, or still queued for the training
+    // loop, or waiting for the rest of an action chunk, are in the log but not in its
+    // replay, and the robot does not send them again: they are taken from the log here,
+    // before the robot connects. Those the checkpoint had not taken are owed updates.
+    let start = match state.live_logs.clone() {
+        Some(positions) => positions,
+        None => held_whole(&uplink_dir)?,
+    };
+    let mut intake = Intake::new(start, config.chunks(), o.keep_interventions);
+    let (recovered, mut owed) = intake.recover(&uplink_dir, online, summary)?;
+    owed += state.live_owed;
+    summary.recovered = recovered;
+    if recovered > 0 {
+        eprintln!(
+            "finetune: {recovered} streamed transitions in {} that the replay lacked (logged \
+             after its checkpoint, or waiting for the rest of an action chunk) are taken from \
+             there; {owed} updates owed",
+            uplink_dir.display()
+        );
+    }
     let (listener, rx) = Listener::start(
         &live.addr,
         live.key.clone(),
-        &o.out.join("uplink"),
+        &uplink_dir,
         &o.out.join("bundles"),
         (agent.obs_dim, agent.act_dim / config.action_horizon),
         crate::finetune::RecordedBy::of(agent),
     )?;
-    // One chunker per robot stream: chunks are consecutive steps of one robot.
-    let mut chunkers: HashMap<String, crate::replay::Chunker> = HashMap::new();
     eprintln!(
         "finetune: listening on {} for `controller run --uplink`",
         listener.addr
@@ -576,7 +793,6 @@ pub(crate) fn train_live(
     let mut rows = Vec::new();
     let mut updates = state.finetune_updates;
     let started_at = updates;
-    let mut owed = 0usize;
     // `finetune.csv` rows as in offline fine-tuning: every `--log-every` updates.
     let log_every = o.log_every.max(1);
     let mut log_clock = std::time::Instant::now();
@@ -608,23 +824,30 @@ pub(crate) fn train_live(
             executed_steps: None,
         };
         crate::export::export_bundle(agent, &root.join(&name), &info, live.signing_key.as_ref())?;
-        // `latest` names the newest complete bundle; written then renamed.
-        let tmp = root.join("latest.tmp");
-        std::fs::write(&tmp, format!("{name}\n"))?;
-        std::fs::rename(&tmp, root.join("latest"))?;
+        // `latest` names the newest complete bundle; written, synced, then renamed.
+        crate::run::replace_file(&root.join("latest"), format!("{name}\n").as_bytes())?;
         summary.published.push(root.join(name));
         Ok(())
     };
     // The idle clock starts with the first transition: a robot may take a while to connect.
     let mut last_data: Option<std::time::Instant> = None;
     while updates < o.updates {
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        // Nothing to draw from yet (no offline data, and no chunk of H actions complete):
+        // the owed updates wait for the first transition in the replay.
+        let nothing_yet = offline.is_empty() && online.is_empty();
+        match rx.recv_timeout(if owed > 0 && !nothing_yet {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        }) {
             Ok(first) => {
                 last_data = Some(std::time::Instant::now());
                 for step in std::iter::once(first).chain(rx.try_iter()) {
-                    owed += ingest(step, &mut chunkers, online, summary, &config, o);
+                    owed += intake.take(step, online, summary);
                 }
             }
+            // Updates owed (recovered transitions): they go on.
+            Err(mpsc::RecvTimeoutError::Timeout) if owed > 0 && !nothing_yet => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if live
                     .idle_exit
@@ -640,10 +863,15 @@ pub(crate) fn train_live(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        // Nothing to draw from yet (no offline data, and no chunk of H actions complete):
-        // the owed updates wait for the first transition in the replay.
         let nothing_yet = offline.is_empty() && online.is_empty();
         while owed > 0 && updates < o.updates && !nothing_yet {
+            // Transitions that arrived meanwhile go into the replay before the update
+            // (and before a checkpoint below): a long run of owed updates (a robot back
+            // after an hour away sends its backlog at once) left them queued.
+            for step in rx.try_iter() {
+                last_data = Some(std::time::Instant::now());
+                owed += intake.take(step, online, summary);
+            }
             draw_mixed(
                 &mut batch_rng,
                 offline,
@@ -676,7 +904,7 @@ pub(crate) fn train_live(
                 state.capture_agent(agent, &batch_rng);
                 state.capture_metrics_window(agent, updates, log_every);
                 state.finetune_updates = updates;
-                state.live_streamed = streamed_before + summary.streamed;
+                intake.capture(state, streamed_before + summary.streamed, owed);
                 crate::run::write_checkpoint(&o.out, agent, online, state)?;
             }
             if live.publish_every > 0 && updates.is_multiple_of(live.publish_every) {
@@ -694,7 +922,7 @@ pub(crate) fn train_live(
     // the online replay (not trained on), so that the final checkpoint holds every
     // streamed transition. The robot will not send them again.
     for step in rx.try_iter() {
-        ingest(step, &mut chunkers, online, summary, &config, o);
+        owed += intake.take(step, online, summary);
     }
     if !errors.is_empty() {
         eprintln!(
@@ -717,7 +945,7 @@ pub(crate) fn train_live(
     // The row for the last update is written above.
     state.finetune_metrics_window = None;
     state.finetune_updates = updates;
-    state.live_streamed = streamed_before + summary.streamed;
+    intake.capture(state, streamed_before + summary.streamed, owed);
     crate::run::write_checkpoint(&o.out, agent, online, state)?;
     if summary
         .published
@@ -748,11 +976,17 @@ mod tests {
             ("0002000", "manifest.toml"),
             ("0003000", ".denoiser.onnx.tmp"),
             ("latest.d", "manifest.toml"),
+            ("000500", "manifest.toml"),
         ] {
             std::fs::create_dir_all(root.join(name)).unwrap();
             std::fs::write(root.join(name).join(file), "").unwrap();
         }
         assert_eq!(newest_bundle(root, false), Some(2000));
+        // Past 9,999,999 updates a name has eight digits.
+        std::fs::create_dir_all(root.join("10000000")).unwrap();
+        std::fs::write(root.join("10000000/manifest.toml"), "").unwrap();
+        assert_eq!(newest_bundle(root, false), Some(10_000_000));
+        std::fs::remove_dir_all(root.join("10000000")).unwrap();
         // Signed, the signature is put in place last: 0002000 lacks it.
         assert_eq!(newest_bundle(root, true), Some(1000));
     }
@@ -905,6 +1139,118 @@ mod tests {
                 Some("episode 4, step 1: action[1] = 1.5 is outside the policy's [-1, 1]".into()),
                 Some("episode 4, step 2: a value is not finite".into()),
             ]
+        );
+    }
+
+    /// Record bytes of step `step` of episode 1 (observation 3, action 2): its
+    /// observation is `step`, its next one `step + 1`, so consecutive steps chain.
+    fn chained_step(step: u32, done: bool) -> Vec<u8> {
+        use controller::robot_loop::log::Transition;
+        use firmware_config::protocol::{MAX_ACT, MAX_OBS};
+        let t = Transition {
+            episode: 1,
+            step,
+            obs_dim: 3,
+            act_dim: 2,
+            obs: [step as f32; MAX_OBS],
+            action: [0.1 * step as f32; MAX_ACT],
+            reward: step as f32,
+            done,
+            truncated: false,
+            success: done,
+            intervention: false,
+            teleop: false,
+            next_obs: [(step + 1) as f32; MAX_OBS],
+            obs_fw_us: 0,
+            next_obs_fw_us: 0,
+            obs_rx_ns: 0,
+            action_sent_ns: 0,
+            next_obs_rx_ns: 0,
+        };
+        let mut bytes = vec![];
+        Record::Transition(t).encode(&mut bytes);
+        bytes
+    }
+
+    /// A checkpoint's replay lacks the transitions logged after it and a stream's steps
+    /// waiting for the rest of an action chunk; the session that continues it takes them
+    /// from the log (the robot does not send them again), owing updates only to those
+    /// the checkpoint had not taken: its replay ends as an uninterrupted session's. They
+    /// were lost.
+    #[test]
+    fn a_continued_replay_takes_what_it_lacks_from_the_logs() {
+        use crate::finetune::FinetuneSummary;
+        use crate::replay::{ChunkSpec, Replay};
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut whole_log, rx) = receiver(tmp.path(), vec![]);
+        for step in 0..8u32 {
+            whole_log
+                .append("r", u64::from(step), &chained_step(step, step == 7))
+                .unwrap();
+        }
+        drop(whole_log);
+        let dir = tmp.path().join("uplink");
+        let chunks = ChunkSpec {
+            horizon: 3,
+            discount: 0.9,
+        };
+        let mut summary = FinetuneSummary::default();
+        // Uninterrupted: every step, in order.
+        let mut whole = Replay::new(3, 6, 64);
+        let mut intake = Intake::new(BTreeMap::new(), chunks, false);
+        for step in rx.try_iter() {
+            intake.take(step, &mut whole, &mut summary);
+        }
+        assert_eq!(whole.len(), 8);
+        // A checkpoint after five steps: three chunks in its replay, steps 3 and 4
+        // waiting for the rest of theirs.
+        let (mut partial, mut intake) = (
+            Replay::new(3, 6, 64),
+            Intake::new(BTreeMap::new(), chunks, false),
+        );
+        let (mut first_five, rx) = receiver(&tmp.path().join("again"), vec![]);
+        for step in 0..5u32 {
+            first_five
+                .append("r", u64::from(step), &chained_step(step, false))
+                .unwrap();
+        }
+        for step in rx.try_iter() {
+            intake.take(step, &mut partial, &mut summary);
+        }
+        assert_eq!(partial.len(), 3);
+        let at = intake.positions.clone();
+        assert_eq!(
+            at.get(&file_name("r")),
+            Some(&LogPosition {
+                in_replay: 3,
+                taken: 5
+            })
+        );
+        // The session that continues it, on the whole log.
+        let mut intake = Intake::new(at, chunks, false);
+        let (recovered, owed) = intake.recover(&dir, &mut partial, &mut summary).unwrap();
+        assert_eq!(
+            (recovered, owed),
+            (5, 3),
+            "steps 3 to 7; updates for 5 to 7"
+        );
+        assert_eq!(partial.len(), whole.len());
+        let (a, b) = (whole.rows(0..8), partial.rows(0..8));
+        assert_eq!((a.obs, a.act, a.rew), (b.obs, b.act, b.rew));
+        assert_eq!((a.next_obs, a.mask), (b.next_obs, b.mask));
+        // A log the positions do not name is taken whole; one of an older checkpoint
+        // (no positions) counts as held whole.
+        let mut intake = Intake::new(BTreeMap::new(), chunks, false);
+        let mut fresh = Replay::new(3, 6, 64);
+        assert_eq!(
+            intake.recover(&dir, &mut fresh, &mut summary).unwrap(),
+            (8, 8)
+        );
+        let held = held_whole(&dir).unwrap();
+        let mut intake = Intake::new(held, chunks, false);
+        assert_eq!(
+            intake.recover(&dir, &mut fresh, &mut summary).unwrap(),
+            (0, 0)
         );
     }
 

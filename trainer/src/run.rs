@@ -507,6 +507,16 @@ pub(crate) struct RunState {
     /// session's bundles count from it.
     #[serde(default)]
     pub(crate) live_streamed: usize,
+    /// For each stream log in `OUT/uplink/` (by file name), how far the checkpoint's
+    /// replay holds its records: a `--listen` session that continues this replay
+    /// (`--resume`, or a new run `--from` here, which copies the logs) takes the rest
+    /// from the log. `None` in checkpoints written before it was recorded (each log then
+    /// counts as held whole, as such a run took it) and in runs that never listened.
+    #[serde(default)]
+    pub(crate) live_logs: Option<std::collections::BTreeMap<String, crate::live::LogPosition>>,
+    /// Updates owed to robot transitions already in the replay (one per transition).
+    #[serde(default)]
+    pub(crate) live_owed: usize,
 }
 
 impl RunState {
@@ -539,16 +549,30 @@ impl RunState {
             metrics_window: None,
             finetune_metrics_window: None,
             live_streamed: 0,
+            live_logs: None,
+            live_owed: 0,
         }
     }
 
-    /// `finetune`'s counters (updates, streamed transitions) of the run this one resumed:
-    /// the checkpoints of `train --resume` on a fine-tuned run keep them.
-    fn with_finetune_counters(mut self, (updates, streamed): (usize, usize)) -> Self {
-        self.finetune_updates = updates;
-        self.live_streamed = streamed;
+    /// `finetune`'s counters of the run this one resumed: the checkpoints of `train
+    /// --resume` on a fine-tuned run keep them.
+    fn with_finetune_counters(mut self, of: &FinetuneCounters) -> Self {
+        self.finetune_updates = of.updates;
+        self.live_streamed = of.streamed;
+        self.live_logs = of.logs.clone();
+        self.live_owed = of.owed;
         self
     }
+}
+
+/// What [`RunState`] holds of `finetune` (updates, streamed transitions, where its
+/// replay is in the stream logs, updates owed).
+#[derive(Clone, Default)]
+struct FinetuneCounters {
+    updates: usize,
+    streamed: usize,
+    logs: Option<std::collections::BTreeMap<String, crate::live::LogPosition>>,
+    owed: usize,
 }
 
 /// The configured device (`device` in the config, [`crate::device`]); on CPU burn's
@@ -626,8 +650,8 @@ pub fn train(
     let mut env_seeds = Rng::new(config.seed.wrapping_add(0xe4));
     let mut batch_rng = Rng::new(config.seed.wrapping_add(0xba7c));
     let mut start_step = 0;
-    // `finetune`'s (updates, streamed transitions) of a resumed run ([`RunState::with_finetune_counters`]).
-    let mut finetune_counters = (0, 0);
+    // `finetune`'s counters of a resumed run ([`RunState::with_finetune_counters`]).
+    let mut finetune_counters = FinetuneCounters::default();
     let mut episode_seed = None;
     let (mut episodes_done, mut successes, mut return_sum) = (0usize, 0usize, 0.0f64);
     let mut batch = Batch::default();
@@ -676,7 +700,12 @@ pub fn train(
         );
         // Kept through this run's checkpoints: a `finetune` continued here, or one
         // resumed later, goes on from its own count.
-        finetune_counters = (state.finetune_updates, state.live_streamed);
+        finetune_counters = FinetuneCounters {
+            updates: state.finetune_updates,
+            streamed: state.live_streamed,
+            logs: state.live_logs.clone(),
+            owed: state.live_owed,
+        };
         if start_step >= config.run.online_steps {
             eprintln!(
                 "note: --resume: {} already holds {start_step} environment steps, run.online_steps is {}: nothing left to train (raise run.online_steps to extend it)",
@@ -756,7 +785,7 @@ pub fn train(
             evals,
             episode_stats,
         )
-        .with_finetune_counters(finetune_counters)
+        .with_finetune_counters(&finetune_counters)
     };
     if !resumed && total > 0 && opts.checkpoint_every > 0 {
         let rngs = (&env_seeds, episode_seed, &batch_rng);

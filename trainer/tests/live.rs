@@ -579,6 +579,32 @@ fn transitions_logged_after_the_last_update_are_kept() {
         provenance("0000060"),
         format!("live fine-tuning, {} robot transitions", summary.streamed)
     );
+    // A stream log the checkpoint does not hold (a crash after it was logged, before a
+    // checkpoint; here another robot's): the resumed session takes it from the log
+    // first, since the robot does not send it again.
+    let logged_whole: Vec<controller::robot_loop::log::Record> = {
+        let log = std::fs::read_dir(out.join("uplink"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        read_log(&log).unwrap().records
+    };
+    let other: Vec<_> = logged_whole
+        .iter()
+        .filter(|r| matches!(r, controller::robot_loop::log::Record::Transition(_)))
+        .take(4)
+        .cloned()
+        .collect();
+    let mut w =
+        controller::robot_loop::log::LogWriter::open(&out.join("uplink/other.log")).unwrap();
+    for r in &other {
+        w.append(r).unwrap();
+    }
+    w.sync().unwrap();
+    drop(w);
+    let rows_before = trainer::run::load_online(&out).unwrap().len();
     let (trainer, addr) = spawn_finetune(short_live_session(&run, &out, 120, true, &link_key));
     let (firmware, mut cfg, options) = push_robot(20.0, 6);
     cfg.episodes = Some(2);
@@ -594,6 +620,18 @@ fn transitions_logged_after_the_last_update_are_kept() {
     drop(firmware);
     let resumed = trainer.join().expect("the trainer did not panic");
     assert!(resumed.updates > 60 && resumed.streamed > 0, "{resumed:?}");
+    assert_eq!(resumed.recovered, 4, "{resumed:?}");
+    // Taken before the robot's: the replay's next rows are those of the other log.
+    let online = trainer::run::load_online(&out).unwrap();
+    for (i, r) in other.iter().enumerate() {
+        let controller::robot_loop::log::Record::Transition(t) = r else {
+            unreachable!()
+        };
+        assert_eq!(
+            online.rows(rows_before + i..rows_before + i + 1).obs,
+            t.obs()
+        );
+    }
     let last = resumed.published.last().expect("a bundle published");
     assert_eq!(
         provenance(&last.file_name().unwrap().to_string_lossy()),
@@ -614,7 +652,7 @@ fn transitions_logged_after_the_last_update_are_kept() {
     cfg.out = Some(tmp.path().join("robot"));
     cfg.uplink = Some(controller::robot_loop::streamer::UplinkConfig {
         addr: addr.to_string(),
-        key: link_key,
+        key: link_key.clone(),
         drain: Duration::from_secs(2),
         swap: None,
     });
@@ -653,6 +691,37 @@ fn transitions_logged_after_the_last_update_are_kept() {
         .unwrap()
         .unwrap()
         .path();
+    // A resumed session owes updates to transitions it takes from the logs, and makes
+    // them without waiting for a robot (it waited for one before any update).
+    let mut w =
+        controller::robot_loop::log::LogWriter::open(&out2.join("uplink/third.log")).unwrap();
+    for r in &other[..3] {
+        w.append(r).unwrap();
+    }
+    w.sync().unwrap();
+    drop(w);
+    let (trainer, _) = spawn_finetune(short_live_session(
+        &out,
+        &out2,
+        again.updates + 3,
+        true,
+        &link_key,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !trainer.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        trainer.is_finished(),
+        "the resumed session waited for a robot"
+    );
+    let owed = trainer.join().expect("the trainer did not panic");
+    assert_eq!(
+        (owed.recovered, owed.updates),
+        (3, again.updates + 3),
+        "{owed:?}"
+    );
+
     let receiving = controller::robot_loop::log::LogWriter::open(&log).unwrap();
     let key = Key::from_bytes([7; KEY_LEN]);
     let live3 = tmp.path().join("live3");

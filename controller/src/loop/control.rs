@@ -112,7 +112,9 @@ struct Track {
     newest_reward: Option<u32>,
     acted: Option<u32>,
     next_emit: u32,
+    /// Transitions handed to the logger, and those its full queue had no room for.
     emitted: u32,
+    dropped: u32,
     missing: u32,
     /// Step number of the terminal reward (= the episode's step count).
     final_step: Option<u32>,
@@ -136,6 +138,9 @@ struct Track {
 /// stop ends, whichever comes first, with the figures it had at the fault.
 struct Closing {
     track: Track,
+    /// `Fault`; or how an episode already ending when the fault came ends
+    /// ([`Control::ending_reason`]).
+    reason: EndReason,
     detail: String,
     /// The fault's time: the episode's length ends there.
     ended: Instant,
@@ -192,6 +197,7 @@ impl Track {
             acted: None,
             next_emit: 0,
             emitted: 0,
+            dropped: 0,
             missing: 0,
             final_step: None,
             fw_end: None,
@@ -329,6 +335,38 @@ impl Phase {
     }
 }
 
+/// The episode last finished: its id, and the furthest step heard of it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Finished {
+    id: u32,
+    furthest: u32,
+    /// A `Hello` went out with a repeated `Reset` (a firmware that rebooted, its own
+    /// `Hello` lost, waits for a handshake): a rebooted firmware numbers its episodes
+    /// from 0 again, so its next one may carry this id, from its first steps.
+    numbering_may_restart: bool,
+}
+
+impl Finished {
+    fn of(t: &Track) -> Finished {
+        Finished {
+            id: t.id,
+            furthest: t.horizon().unwrap_or(0),
+            numbering_may_restart: false,
+        }
+    }
+
+    /// A frame of this episode, which the firmware runs on until our `Reset` takes: not
+    /// a new episode's. After a `Hello`, a frame of this id at a step before the
+    /// furthest heard of is the first of a rebooted firmware's episode (the old one's
+    /// late frames only go on from there). Before, every frame of this id was taken
+    /// for the new episode once the `Hello` went out: a firmware still running the old
+    /// one (a lost or slow `Reset`) had its late frame start a bogus episode, ended at
+    /// once by `implausible_step`.
+    fn late_frame(&self, episode: u32, step: u32) -> bool {
+        episode == self.id && !(self.numbering_may_restart && step < self.furthest)
+    }
+}
+
 /// Everything the control thread owns.
 pub(crate) struct Control {
     pub cfg: RunConfig,
@@ -354,8 +392,8 @@ pub(crate) struct Control {
     /// The episode a fault ended, kept while the safe stop runs for the frames of its
     /// last steps still on the line ([`Closing`]).
     closing: Option<Closing>,
-    /// Episode ids already finished (a late frame of one must not start a new track).
-    last_finished: Option<u32>,
+    /// The episode last finished (a late frame of it must not start a new track).
+    last_finished: Option<Finished>,
     commands: CommandRing,
     pub tick: u64,
     consecutive_overruns: u32,
@@ -790,7 +828,9 @@ impl Control {
         match msg {
             Message::Sensor { episode, step, obs } => {
                 if let Phase::Starting { seed, .. } = self.phase
-                    && Some(episode) != self.last_finished
+                    && self
+                        .last_finished
+                        .is_none_or(|f| !f.late_frame(episode, step))
                     && self.track.is_none()
                 {
                     // EpisodeStart lost on the link: a frame of a new episode after our
@@ -1319,16 +1359,27 @@ impl Control {
         }
         self.fault_count += 1;
         if self.track.is_some() {
+            // An episode already ending (the firmware ended it, or the operator labelled
+            // it) ends as it would have, as at an interrupt: it was filed as `fault` and
+            // left out of the success rate while its log held the labelled end.
+            let (reason, detail) = match self.phase {
+                Phase::Ending { .. } => {
+                    let (reason, how) = self.ending_reason();
+                    (reason, format!("{how} ({kind:?} while it ended: {detail})"))
+                }
+                _ => (EndReason::Fault, format!("{kind:?}: {detail}")),
+            };
             // Its transitions are sent from `closing` (this tick's `close_faulted`).
             let cadence = self.take_cadence();
             if let Some(mut track) = self.track.take() {
                 // Its transitions end at the newest step heard of: the robot's frames
                 // after it are the safe stop's.
                 track.final_step = track.final_step.or(Some(track.newest.unwrap_or(0)));
-                self.last_finished = Some(track.id);
+                self.last_finished = Some(Finished::of(&track));
                 self.closing = Some(Closing {
                     track,
-                    detail: format!("{kind:?}: {detail}"),
+                    reason,
+                    detail,
                     ended: now,
                     until: now + self.period * CLOSING_PERIODS,
                     cadence,
@@ -1540,7 +1591,9 @@ impl Control {
                             // rebooted one counts its episodes from 0 again.
                             let _ = self.gate.send_control(Message::Hello(self.hello));
                             self.report.start_handshakes += 1;
-                            self.last_finished = None;
+                            if let Some(f) = self.last_finished.as_mut() {
+                                f.numbering_may_restart = true;
+                            }
                         }
                         let _ = self.gate.send_control(Message::Reset { seed });
                         self.phase = Phase::Starting {
@@ -1925,17 +1978,22 @@ impl Control {
                     action_sent_ns: sent_at,
                     next_obs_rx_ns: ns_since(self.start, b.rx),
                 };
+                let mut bonus = 0.0;
                 if let Some(label) = t.label
                     && t.final_step == Some(s1)
                 {
-                    // The operator's label on the episode's last step.
+                    // The operator's label on the episode's last step. A failure ends it
+                    // as a truncation (bootstrapping from it stays valid), unless the
+                    // firmware's own end of that step was terminal: a label that came
+                    // just before its `Reward` frame turned a terminal step into a
+                    // truncated one.
+                    let terminated = r.done && !r.truncated;
                     tr.done = true;
-                    tr.truncated = !label;
+                    tr.truncated = !label && !terminated;
                     tr.success = label;
                     if label {
-                        tr.reward += self.cfg.success_reward;
-                        // The episode's return (console, report.json) is the dataset's.
-                        t.ret += self.cfg.success_reward;
+                        bonus = self.cfg.success_reward;
+                        tr.reward += bonus;
                     }
                 }
                 t.next_emit = s1;
@@ -1943,7 +2001,9 @@ impl Control {
                     t.missing = t.missing.saturating_add(1);
                     continue;
                 }
-                t.emitted += 1;
+                // The episode's return (console, report.json) is the dataset's: a step
+                // not kept (its reward not finite) adds no bonus either.
+                t.ret += bonus;
                 if let Some(tx) = &self.log_tx {
                     let rec = Record::Transition(tr);
                     let sent = if self.log_blocking {
@@ -1953,9 +2013,13 @@ impl Control {
                     };
                     if sent {
                         self.report.log_sent += 1;
+                        t.emitted += 1;
                     } else {
                         self.report.log_drops += 1;
+                        t.dropped += 1;
                     }
+                } else {
+                    t.emitted += 1;
                 }
                 continue;
             }
@@ -2051,7 +2115,7 @@ impl Control {
             .is_some_and(|t| t.final_step.is_some_and(|f| t.next_emit >= f));
         let stopping = matches!(self.phase, Phase::SafeStop { .. });
         if complete || !stopping || now >= c.until {
-            self.close_track(c.ended, EndReason::Fault, c.detail, c.cadence);
+            self.close_track(c.ended, c.reason, c.detail, c.cadence);
             self.track = running;
         } else if let Some(track) = std::mem::replace(&mut self.track, running) {
             c.track = track;
@@ -2085,7 +2149,7 @@ impl Control {
         if reason == EndReason::Completed && steps > covered {
             t.missing = t.missing.saturating_add(steps - covered);
         }
-        self.last_finished = Some(t.id);
+        self.last_finished = Some(Finished::of(&t));
         let success = match t.label {
             Some(label) => label,
             None => t.fw_end.map_or(t.success, |(s, _)| s || t.success),
@@ -2111,6 +2175,7 @@ impl Control {
             reason,
             detail,
             transitions: t.emitted,
+            dropped: t.dropped,
             missing: t.missing,
             seconds: elapsed.as_secs_f64(),
             cadence,
@@ -2539,6 +2604,41 @@ mod tests {
         }
     }
 
+    /// A fault while an episode ends (the stop button after the operator's label, a
+    /// link loss after the firmware's end) ends it as it would have ended, as an
+    /// interrupt does: it was filed as `fault` and left out of the success rate while
+    /// its log held the labelled end. The fault itself is in the run's faults.
+    #[test]
+    fn a_fault_while_an_episode_ends_keeps_its_label() {
+        for label in [Some(true), None] {
+            let wire = Wire::default();
+            let (mut c, _tx) = control(&wire);
+            let mut t = Track::new(1, 0, 7, Instant::now());
+            t.label = label;
+            t.final_step = Some(3);
+            c.track = Some(t);
+            c.phase = Phase::Ending {
+                until: Instant::now() + Duration::from_secs(10),
+            };
+            c.fault(
+                Instant::now(),
+                FaultKind::EmergencyStop,
+                "the stop button".into(),
+                Some(After::Exit),
+            );
+            c.end_closing(Instant::now());
+            let want = if label.is_some() {
+                EndReason::Labelled
+            } else {
+                EndReason::Completed
+            };
+            let ep = &c.report.episodes[0];
+            assert_eq!(ep.reason, want, "{label:?}");
+            assert!(ep.detail.contains("the stop button"), "{ep:?}");
+            assert_eq!(c.report.faults[0].kind, FaultKind::EmergencyStop);
+        }
+    }
+
     /// A control loop running firmware episode `id`, which has heard its `Sensor` frames
     /// of steps 0 and 1 (frames numbered from 1; 0 is left for a reboot's `Hello`), then
     /// faulted on a joint limit.
@@ -2705,6 +2805,102 @@ mod tests {
             .collect()
     }
 
+    /// A control loop logging into a queue of `room` records, in firmware episode 1,
+    /// which has heard the `Sensor` frames of steps 0 to 2 and step 1's `Reward` (0.5),
+    /// then the operator's `label`, then step 2's `Reward` (`last`: its reward, and
+    /// whether it ends the episode as terminal); its transitions emitted and the episode
+    /// ended. Returns it and the records logged.
+    fn labelled_at_step_2(
+        wire: &Wire,
+        room: usize,
+        label: bool,
+        last: (f32, bool),
+    ) -> (Control, Vec<Record>) {
+        let (mut c, tx) = control(wire);
+        let (log_tx, log_rx) = crossbeam_channel::bounded(room);
+        c.log_tx = Some(log_tx);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        let reward = |step, reward, done| Message::Reward {
+            episode: 1,
+            step,
+            reward,
+            done,
+            truncated: false,
+            success: false,
+        };
+        for step in 0..=2 {
+            tx.send(frame(
+                step as u16 + 1,
+                Message::sensor(1, step, &obs).unwrap(),
+            ))
+            .unwrap();
+        }
+        tx.send(frame(4, reward(1, 0.5, false))).unwrap();
+        c.drain(Instant::now());
+        c.operator_end(Instant::now(), label);
+        tx.send(frame(5, reward(2, last.0, last.1))).unwrap();
+        c.drain(Instant::now());
+        c.emit_transitions();
+        c.finish_episode(Instant::now(), EndReason::Labelled, "test".into());
+        (c, log_rx.try_iter().collect())
+    }
+
+    /// The labelled last step of the three-step episode above, if logged.
+    fn last_transition(records: &[Record]) -> Option<Transition> {
+        records.iter().find_map(|r| match r {
+            Record::Transition(t) if t.step == 1 => Some(*t),
+            _ => None,
+        })
+    }
+
+    /// A failure label on a step whose `Reward` frame, come just after the label, says
+    /// the firmware ended it as terminal keeps it terminal (it was made a truncation,
+    /// and training bootstrapped from a terminal state); on a step the firmware did not
+    /// end, a failure is a truncation.
+    #[test]
+    fn a_failure_label_keeps_a_terminal_step_terminal() {
+        let wire = Wire::default();
+        let (_, records) = labelled_at_step_2(&wire, 64, false, (0.0, true));
+        let t = last_transition(&records).expect("logged");
+        assert_eq!((t.done, t.truncated, t.success), (true, false, false));
+        let (_, records) = labelled_at_step_2(&wire, 64, false, (0.0, false));
+        let t = last_transition(&records).expect("logged");
+        assert_eq!((t.done, t.truncated, t.success), (true, true, false));
+    }
+
+    /// A success label on a step whose reward is not finite: the step is not logged, and
+    /// the episode's return does not get the success reward the dataset lacks.
+    #[test]
+    fn a_label_on_a_step_not_logged_adds_no_success_reward() {
+        let wire = Wire::default();
+        let (c, records) = labelled_at_step_2(&wire, 64, true, (f32::NAN, false));
+        assert!(last_transition(&records).is_none());
+        let ep = &c.report.episodes[0];
+        assert_eq!((ep.ret, ep.transitions, ep.missing), (0.5, 1, 1), "{ep:?}");
+        let (c, _) = labelled_at_step_2(&wire, 64, true, (0.25, false));
+        assert_eq!(c.report.episodes[0].ret, 0.75 + c.cfg.success_reward);
+    }
+
+    /// Transitions the logger's full queue had no room for are not counted as the
+    /// episode's logged transitions (the report said 2 where the log held 1).
+    #[test]
+    fn transitions_the_logger_had_no_room_for_are_counted_apart() {
+        let wire = Wire::default();
+        let (c, records) = labelled_at_step_2(&wire, 1, true, (0.0, false));
+        let logged = records
+            .iter()
+            .filter(|r| matches!(r, Record::Transition(_)))
+            .count();
+        let ep = &c.report.episodes[0];
+        assert_eq!(
+            (ep.transitions, ep.dropped),
+            (logged as u32, 2 - logged as u32)
+        );
+        assert_eq!(c.report.log_drops, u64::from(ep.dropped));
+    }
+
     /// An episode labelled at step 6 whose step 3 `Reward` was lost: the robot's frames
     /// after the label are not the episode's, but they still move the horizon past
     /// which step 2's transition is given up, so the transitions after it are sent (kept
@@ -2736,6 +2932,38 @@ mod tests {
         assert_eq!(logged_steps(&log_rx), [0, 1, 3, 4, 5]);
         let ep = &c.report.episodes[0];
         assert_eq!((ep.transitions, ep.missing, ep.steps), (5, 1, 6));
+    }
+
+    /// A `Reset` resent with a `Hello` (the first went unanswered) while the firmware
+    /// still runs the episode just finished: its late frames start no episode (one
+    /// started a bogus episode, ended at once by `implausible_step`: with the default
+    /// `--max-faults 0`, the run); a rebooted firmware's first episode of the same
+    /// number, from its first steps, does.
+    #[test]
+    fn a_resent_reset_takes_no_late_frame_of_the_last_episode_for_a_new_one() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let now = Instant::now();
+        let mut last = Track::new(5, 0, 7, now);
+        last.newest = Some(600);
+        c.last_finished = Some(Finished::of(&last));
+        c.phase = Phase::Starting {
+            since: now - Duration::from_secs(3),
+            attempts: 1,
+            seed: 7,
+        };
+        c.step_phase(now);
+        assert!(matches!(c.phase, Phase::Starting { attempts: 2, .. }));
+        let obs = vec![0.25; c.od];
+        tx.send(frame(1, Message::sensor(5, 601, &obs).unwrap()))
+            .unwrap();
+        c.drain(now);
+        assert!(c.track.is_none());
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        tx.send(frame(2, Message::sensor(5, 0, &obs).unwrap()))
+            .unwrap();
+        c.drain(now);
+        assert_eq!(c.track.as_ref().map(|t| t.id), Some(5));
     }
 
     /// A firmware that reboots while a faulted episode waits for its last frames sends

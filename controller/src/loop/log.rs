@@ -115,6 +115,9 @@ pub enum LogError {
     /// The dataset's own message names its file.
     #[error(transparent)]
     Dataset(#[from] dataset::DatasetError),
+    /// A dataset (its directory) that cannot take this run's episodes.
+    #[error("{}: {problem}", dir.display())]
+    DatasetMismatch { dir: PathBuf, problem: String },
 }
 
 /// One control step as the controller saw it. Fixed-size, so sending it to the
@@ -1202,9 +1205,8 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
         // episode; refusing here keeps the run from starting into it).
         let lacks = w.lacks_outcome_columns();
         if !lacks.is_empty() {
-            return Err(LogError::Record {
-                path: dir.to_path_buf(),
-                offset: 0,
+            return Err(LogError::DatasetMismatch {
+                dir: dir.to_path_buf(),
                 problem: format!(
                     "existing dataset has no {} column, which robot episodes need to read \
                      back unchanged; record into another directory",
@@ -1235,9 +1237,8 @@ fn check_same_recording(
     advice: &str,
 ) -> Result<(), LogError> {
     if have.obs_dim() != info.obs_dim() || have.action_dim() != info.action_dim() {
-        return Err(LogError::Record {
-            path: dir.to_path_buf(),
-            offset: 0,
+        return Err(LogError::DatasetMismatch {
+            dir: dir.to_path_buf(),
             problem: format!(
                 "existing dataset has observation/action dims {}/{}, this run records {}/{}",
                 have.obs_dim(),
@@ -1247,9 +1248,8 @@ fn check_same_recording(
             ),
         });
     }
-    let differs = |what: String| LogError::Record {
-        path: dir.to_path_buf(),
-        offset: 0,
+    let differs = |what: String| LogError::DatasetMismatch {
+        dir: dir.to_path_buf(),
         problem: format!("{what}; {advice}"),
     };
     let (theirs, ours) = (have.robot_type.trim(), info.robot_type.trim());
@@ -1341,16 +1341,19 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // Every run as the dataset was recorded, before anything is appended: a later run
     // of another robot file (the dataset was deleted in between) is not filed under
     // the first's names or rate.
-    for (_, rs) in &headers {
+    for (at, rs) in &headers {
         let advice = "one dataset takes runs recorded alike (--last-run converts only the \
                       last run)";
         check_same_recording(out, w.info(), &rs.dataset_info(), advice).map_err(|e| match e {
-            LogError::Record { path, problem, .. } => LogError::Record {
-                path,
-                offset: 0,
+            // The run's header in the log, and the dataset it does not fit.
+            LogError::DatasetMismatch { dir, problem } => LogError::Record {
+                path: log.to_path_buf(),
+                offset: *at,
                 problem: format!(
-                    "the log's run {} (started at unix time {}): {problem}",
-                    rs.run_id, rs.started_unix
+                    "run {} (started at unix time {}) into the dataset {}: {problem}",
+                    rs.run_id,
+                    rs.started_unix,
+                    dir.display()
                 ),
             },
             e => e,
@@ -2019,6 +2022,25 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("run-1") && e.contains("observation [1]"), "{e}");
+        // The log and its run's header are named, with the dataset: not the dataset as
+        // a log with a record "at byte 0".
+        let mut headers = vec![];
+        scan_log(&path, TAIL_READ_MAX, |at, rec| {
+            if matches!(rec, Record::Run(_)) {
+                headers.push(at);
+            }
+            Ok(())
+        })
+        .unwrap();
+        let header = headers[1];
+        assert!(
+            e.starts_with(&format!("{}: record at byte {header}: ", path.display())),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("into the dataset {}", out.display())),
+            "{e}"
+        );
         // Refused before anything was written: no data file without its metadata.
         fn files(dir: &Path) -> usize {
             std::fs::read_dir(dir).map_or(0, |d| {

@@ -602,8 +602,11 @@ pub struct EpisodeReport {
     pub ret: f32,
     pub reason: EndReason,
     pub detail: String,
-    /// Transitions handed to the logger.
+    /// Transitions handed to the logger (in the log and the dataset).
     pub transitions: u32,
+    /// Transitions built that the logger's queue had no room for (in neither; the
+    /// run's `log_drops` counts them all).
+    pub dropped: u32,
     /// Steps whose transition could not be built (frames lost on the link).
     pub missing: u32,
     pub seconds: f64,
@@ -641,6 +644,13 @@ impl fmt::Display for EpisodeReport {
             self.transitions,
             self.missing
         )?;
+        if self.dropped > 0 {
+            writeln!(
+                f,
+                "  {} transitions dropped: the logger's queue was full (disk too slow)",
+                self.dropped
+            )?;
+        }
         write!(f, "{}", self.cadence)
     }
 }

@@ -80,6 +80,9 @@ pub struct SwapConfig {
 /// 8 MB at 500 bytes a record, plus one [`super::log::TAIL_READ_MAX`] read): while the
 /// trainer is unreachable the rest waits in the log, which is the buffer.
 const WINDOW: usize = 64 * BATCH;
+/// How often an idle session sends an empty batch: a poll for new bundles, and a
+/// keepalive well inside the trainer's 30 s session timeout.
+pub const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Failed downloads of one bundle before it counts as refused (a dropped connection
 /// mid-download is retried on the next one).
 const FETCH_TRIES: u32 = 3;
@@ -376,8 +379,11 @@ fn stream_main(
         if let Some(s) = session.as_mut() {
             let mut latest = None;
             let mut broken = false;
-            // An empty batch once a second is a poll for new bundles.
-            let poll = cfg.swap.is_some() && last_poll.elapsed() >= Duration::from_secs(1);
+            // An empty batch once a second is a poll for new bundles, and keeps an idle
+            // session alive also without swaps: the trainer drops a session silent for
+            // 30 s, so an idle `--no-swap` robot reconnected twice a minute (with an error
+            // logged each time).
+            let poll = last_poll.elapsed() >= POLL_EVERY;
             while !pending.is_empty() || (poll && latest.is_none()) {
                 let n = pending.len().min(BATCH);
                 let batch: Vec<Vec<u8>> = pending.range(..n).cloned().collect();
