@@ -1738,11 +1738,11 @@ fn settings_the_loop_cannot_run_with_are_refused() {
         ),
         (
             &["--sim", "push", "--handshake-timeout-ms", "0"],
-            "the handshake timeout must be above zero",
+            "the handshake timeout (--handshake-timeout-ms) must be above zero",
         ),
         (
             &["--sim", "push", "--baud", "0"],
-            "the baud rate must be above zero",
+            "the baud rate (--baud) must be above zero",
         ),
         (
             // The robot file's own line check, for the override of a UART's rate too.
@@ -2490,4 +2490,64 @@ fn out_of_range_counts_and_rates_are_refused() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(!stdout.contains("sgemm"), "{args:?}: {stdout}");
     }
+}
+
+/// A `--out` whose dataset was recorded otherwise (here: other observation names), or
+/// that another run writes into, is refused before the robot's port is opened: the
+/// firmware hears nothing. It was
+/// refused after the handshake, when a board that resets as its port opens had been
+/// reset, and the firmware had ended the episode it ran at our `Hello`.
+#[test]
+fn a_dataset_recorded_otherwise_is_refused_before_the_port_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let robot = RobotConfig::example("push").unwrap();
+    let mut names = robot.observation.names.clone();
+    names.reverse();
+    let info = dataset::DatasetInfo {
+        robot_type: robot.robot.clone(),
+        fps: robot.control_hz,
+        task: "push".into(),
+        observation_names: names,
+        action_names: (0..robot.action.dim).map(|i| format!("a{i}")).collect(),
+    };
+    dataset::DatasetWriter::create(&tmp.path().join("dataset"), info)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    fw.record = true;
+    let firmware = FirmwareThread::spawn(fw, 1.0).unwrap();
+    let mut cfg =
+        controller::robot_loop::RunConfig::new(robot.clone(), firmware.path().to_path_buf());
+    cfg.quiet = true;
+    cfg.out = Some(tmp.path().to_path_buf());
+    let e = controller::robot_loop::run(cfg, controller::robot_loop::Brain::Hold, "push", "t")
+        .expect_err("refused");
+    assert!(e.to_string().contains("observation"), "{e}");
+    let (_, received) = firmware.stop_recorded().unwrap();
+    assert!(
+        received.is_empty(),
+        "the firmware heard {} frames",
+        received.len()
+    );
+    // So is a `--out` another run writes into.
+    let busy = tempfile::tempdir().unwrap();
+    let _other_run =
+        controller::robot_loop::log::LogWriter::open(&busy.path().join("transitions.log")).unwrap();
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.record = true;
+    let firmware = FirmwareThread::spawn(fw, 1.0).unwrap();
+    let mut cfg = controller::robot_loop::RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.quiet = true;
+    cfg.out = Some(busy.path().to_path_buf());
+    let e = controller::robot_loop::run(cfg, controller::robot_loop::Brain::Hold, "push", "t")
+        .expect_err("refused");
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    let (_, received) = firmware.stop_recorded().unwrap();
+    assert!(
+        received.is_empty(),
+        "the firmware heard {} frames",
+        received.len()
+    );
 }

@@ -134,6 +134,23 @@ fn default_data_path() -> String {
 }
 
 impl InfoJson {
+    /// Robot, rate and the names of the observation and action values, with `task`.
+    pub(crate) fn dataset_info(&self, task: String) -> crate::DatasetInfo {
+        let names = |k: &str| {
+            self.features
+                .get(k)
+                .map(|f| f.dim_names(k))
+                .unwrap_or_default()
+        };
+        crate::DatasetInfo {
+            robot_type: self.robot_type.clone().unwrap_or_default(),
+            fps: self.fps,
+            task,
+            observation_names: names(crate::cols::OBS),
+            action_names: names(crate::cols::ACTION),
+        }
+    }
+
     pub(crate) fn read(dir: &Path) -> Result<Self, DatasetError> {
         let path = info_path(dir);
         let text = fs::read_to_string(&path).map_err(|e| match e.kind() {

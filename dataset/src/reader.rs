@@ -7,7 +7,7 @@ use arrow_array::{Array, RecordBatch};
 
 use crate::arrow_io::{self, read_parquet};
 use crate::meta::{self, EpisodeMeta, Feature, InfoJson};
-use crate::{Dataset, DatasetError, DatasetInfo, Episode, ValidationReport, cols};
+use crate::{Dataset, DatasetError, Episode, ValidationReport, cols};
 
 /// Everything [`load`] learned about a dataset on disk.
 pub(crate) struct Loaded {
@@ -539,19 +539,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
         data_files.push(path);
     }
 
-    let names = |k: &str| {
-        json.features
-            .get(k)
-            .map(|f| f.dim_names(k))
-            .unwrap_or_default()
-    };
-    let info = DatasetInfo {
-        robot_type: json.robot_type.clone().unwrap_or_default(),
-        fps: json.fps,
-        task: tasks.first().cloned().unwrap_or_default(),
-        observation_names: names(cols::OBS),
-        action_names: names(cols::ACTION),
-    };
+    let info = json.dataset_info(tasks.first().cloned().unwrap_or_default());
     let next_observations_recorded = json.features.contains_key(cols::NEXT_OBS);
     Ok(Loaded {
         json,

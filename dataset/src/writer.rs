@@ -162,6 +162,42 @@ fn lock_dir(dir: &Path) -> Result<fs::File, DatasetError> {
     }
 }
 
+/// The `next.*` outcome columns a dataset's `info.json` does not list.
+fn outcome_columns_lacking(json: &meta::InfoJson) -> Vec<&'static str> {
+    [
+        cols::NEXT_OBS,
+        cols::REWARD,
+        cols::DONE,
+        cols::TRUNCATED,
+        cols::SUCCESS,
+    ]
+    .into_iter()
+    .filter(|k| !json.features.contains_key(*k))
+    .collect()
+}
+
+/// How the dataset at `dir` was recorded, from its `info.json` alone (nothing else read,
+/// nothing written, no lock taken): for a recorder to refuse it before it starts, where
+/// [`DatasetWriter::open_append`] comes later. `None` without an `info.json`.
+pub struct Recorded {
+    /// Robot, rate and names; the task is left empty (it is in another file).
+    pub info: DatasetInfo,
+    /// As [`DatasetWriter::lacks_outcome_columns`].
+    pub lacks_outcome_columns: Vec<&'static str>,
+}
+
+/// See [`Recorded`].
+pub fn recorded_as(dir: &Path) -> Result<Option<Recorded>, DatasetError> {
+    if !meta::info_path(dir).exists() {
+        return Ok(None);
+    }
+    let json = meta::InfoJson::read(dir)?;
+    Ok(Some(Recorded {
+        info: json.dataset_info(String::new()),
+        lacks_outcome_columns: outcome_columns_lacking(&json),
+    }))
+}
+
 /// The data file being written.
 struct OpenFile {
     out: ParquetOut,
@@ -509,16 +545,7 @@ impl DatasetWriter {
     /// dataset not written by us): an episode they cannot represent exactly is refused
     /// by [`Self::append_episode`].
     pub fn lacks_outcome_columns(&self) -> Vec<&'static str> {
-        [
-            cols::NEXT_OBS,
-            cols::REWARD,
-            cols::DONE,
-            cols::TRUNCATED,
-            cols::SUCCESS,
-        ]
-        .into_iter()
-        .filter(|k| !self.writes(k))
-        .collect()
+        outcome_columns_lacking(&self.json)
     }
 
     /// Notes that the episodes of the run `id` are in this dataset: `info.json` keeps the

@@ -800,6 +800,9 @@ impl Control {
                 }
                 LinkEvent::Lost(why) => {
                     self.link_down = true;
+                    // Closed, so a USB device can come back under its name (the link
+                    // thread closed its own handle too).
+                    self.gate.drop_writer();
                     // A port reopened meanwhile and kept aside is the one that failed.
                     self.pending_writer = None;
                     let after = if self.cfg.reconnect.is_some() {
@@ -1548,12 +1551,12 @@ impl Control {
                 self.brain.new_episode();
                 self.commands.clear();
                 self.torque_off = false;
-                if self.gate.send_control(Message::Reset { seed }).is_err() {
+                if let Err(e) = self.gate.send_control(Message::Reset { seed }) {
                     let after = self.after_write_failure();
                     self.fault(
                         now,
                         FaultKind::LinkLost,
-                        "writing Reset failed".into(),
+                        format!("writing Reset: {e}"),
                         after,
                     );
                     return;
@@ -2411,6 +2414,8 @@ mod tests {
         c.one_tick(Instant::now());
         assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
         assert_eq!(c.report.faults[0].kind, FaultKind::LinkLost);
+        // The write's own error is named (it was "writing Reset failed").
+        assert_eq!(c.report.faults[0].detail, "writing Reset: unplugged");
         assert!(
             matches!(
                 c.phase,
@@ -2932,6 +2937,36 @@ mod tests {
         assert_eq!(logged_steps(&log_rx), [0, 1, 3, 4, 5]);
         let ep = &c.report.episodes[0];
         assert_eq!((ep.transitions, ep.missing, ep.steps), (5, 1, 6));
+    }
+
+    /// A lost link's writer is closed at the loss (a USB serial device re-enumerates
+    /// under its old name only once every descriptor of the old one is closed); the
+    /// reopened port's writer replaces it.
+    #[test]
+    fn a_lost_links_writer_is_closed() {
+        struct Watched(Arc<AtomicBool>);
+        impl Write for Watched {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Drop for Watched {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        let closed = Arc::new(AtomicBool::new(false));
+        c.gate.set_writer(Box::new(Watched(closed.clone())));
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        c.drain(Instant::now());
+        assert!(closed.load(Ordering::SeqCst));
+        assert!(c.gate.send_control(Message::Estop).is_err());
     }
 
     /// A `Reset` resent with a `Hello` (the first went unanswered) while the firmware

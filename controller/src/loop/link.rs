@@ -302,6 +302,12 @@ fn io_thread(
                     break;
                 }
                 let Some(limit) = reconnect else { break };
+                // Closed before the reopening: a USB serial device that re-enumerates
+                // gets its old name back only once every descriptor of the old one is
+                // closed (held, the replugged board came back as `/dev/ttyACM1`, and
+                // every reopen of `/dev/ttyACM0` failed until the run gave up). The
+                // control thread drops its writer at the loss too.
+                drop(port);
                 let deadline = Instant::now() + limit;
                 let mut reopened = None;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -401,6 +407,43 @@ mod tests {
             }
         );
         assert_eq!(link.counters().queue_drops, 1);
+    }
+
+    /// Descriptors of this process open on `path`, also once its node is gone (a pty
+    /// whose master closed: the link reads " (deleted)").
+    fn descriptors_on(path: &Path) -> usize {
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let deleted = format!("{} (deleted)", path.display());
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| *target == path || target.as_os_str() == deleted.as_str())
+            .count()
+    }
+
+    /// A lost link's port is closed before the thread tries to reopen it: a USB serial
+    /// device re-enumerates under its old name only once every descriptor of the old
+    /// one is closed. The thread held it until a reopen succeeded, so a replugged board
+    /// came back under another name, and the reopen never did.
+    #[test]
+    fn a_lost_port_is_closed_before_it_is_reopened() {
+        let pty = Pty::open().unwrap();
+        let path = pty.path().to_path_buf();
+        let port = open_port(&path, 115_200).unwrap();
+        let firmware = pty.into_port();
+        let reconnect = Some(Duration::from_secs(5));
+        let mut link = Link::spawn(port, path.clone(), 115_200, reconnect, 16).unwrap();
+        // Ours and the firmware side's own handle on its slave end.
+        assert_eq!(descriptors_on(&path), 2);
+        drop(firmware);
+        let lost = link.events.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(lost, LinkEvent::Lost(_)), "not the loss");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while descriptors_on(&path) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(descriptors_on(&path), 0, "the lost port is still open");
+        link.stop();
     }
 
     /// The frames the link thread publishes for what the firmware sends, with their

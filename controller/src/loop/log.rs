@@ -797,6 +797,34 @@ impl SyncedLen {
 /// syncs at every episode's end in any case): how far, at most, the stream lags the log.
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// Refuses a log another process writes ([`LogError::InUse`], as [`LogWriter::open`]
+/// would), without creating or changing it: a run checks before it opens the robot's
+/// port, and takes the lock itself later.
+pub fn check_log_free(path: &Path) -> Result<(), LogError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(LogError::Io {
+                path: path.to_path_buf(),
+                what: "opening the log",
+                error,
+            });
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(LogError::Io {
+            path: path.to_path_buf(),
+            what: "locking the log",
+            error,
+        }),
+    }
+}
+
 impl LogWriter {
     /// Opens `path` for appending: creates it with the magic, or checks an existing
     /// log and cuts off a torn final record.
@@ -1203,27 +1231,44 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
         // A robot episode's outcome needs every one of them: without, a time-limit end
         // would read back as terminal, or the rewards as 0 (the writer refuses such an
         // episode; refusing here keeps the run from starting into it).
-        let lacks = w.lacks_outcome_columns();
-        if !lacks.is_empty() {
-            return Err(LogError::DatasetMismatch {
-                dir: dir.to_path_buf(),
-                problem: format!(
-                    "existing dataset has no {} column, which robot episodes need to read \
-                     back unchanged; record into another directory",
-                    lacks
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
+        check_outcome_columns(dir, &w.lacks_outcome_columns())?;
         w
     } else {
         DatasetWriter::create(dir, info.clone())?
     };
     w.set_task(&info.task);
     Ok(w)
+}
+
+/// The checks of [`open_dataset`] on an existing dataset, from its `info.json` alone
+/// (nothing written, no lock taken): a run makes them before it opens the robot's port
+/// (a board may reset when it is opened, and the firmware ends the episode it runs at
+/// our `Hello`); `open_dataset` makes them again under the dataset's lock.
+pub fn check_dataset_before_run(dir: &Path, info: &DatasetInfo) -> Result<(), LogError> {
+    let Some(recorded) = dataset::recorded_as(dir)? else {
+        return Ok(());
+    };
+    check_same_recording(dir, &recorded.info, info, "record into another directory")?;
+    check_outcome_columns(dir, &recorded.lacks_outcome_columns)
+}
+
+/// Refuses a dataset without one of the `next.*` outcome columns (`lacks`).
+fn check_outcome_columns(dir: &Path, lacks: &[&str]) -> Result<(), LogError> {
+    if lacks.is_empty() {
+        return Ok(());
+    }
+    Err(LogError::DatasetMismatch {
+        dir: dir.to_path_buf(),
+        problem: format!(
+            "existing dataset has no {} column, which robot episodes need to read back \
+             unchanged; record into another directory",
+            lacks
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
 }
 
 /// Refuses to add episodes recorded as `info` says to a dataset recorded as `have` says

@@ -1024,11 +1024,13 @@ pub fn run(
         )));
     }
     if cfg.baud == 0 {
-        return Err(RunError::Config("the baud rate must be above zero".into()));
+        return Err(RunError::Config(
+            "the baud rate (--baud) must be above zero".into(),
+        ));
     }
     if cfg.handshake_timeout.is_zero() {
         return Err(RunError::Config(
-            "the handshake timeout must be above zero".into(),
+            "the handshake timeout (--handshake-timeout-ms) must be above zero".into(),
         ));
     }
     // Until `run` returns, this thread and those it starts work for this run (panics).
@@ -1062,6 +1064,33 @@ pub fn run(
             Some(sink)
         }
     };
+    // The output before the robot: a `--out` another run writes into, or whose dataset
+    // was recorded otherwise (another robot, rate or observation names), is refused
+    // before the port is opened (a board may reset when it is, and its firmware ends the
+    // episode it runs at our `Hello`). Nothing is written yet (a run refused at the
+    // handshake leaves `--out` as it was); both are checked again when opened.
+    let run = RunStart {
+        robot: cfg.robot.robot.clone(),
+        task: task.to_string(),
+        fps: cfg.robot.control_hz,
+        observation_names: cfg.robot.observation.names.clone(),
+        action_names: action_names(&cfg.robot),
+        bundle: bundle_label.to_string(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        run_id: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
+    };
+    if let Some(dir) = &cfg.out {
+        log::check_log_free(&dir.join("transitions.log"))?;
+        log::check_dataset_before_run(&dir.join("dataset"), &run.dataset_info())?;
+    }
     let port = link::open_port(&cfg.port, cfg.baud).map_err(RunError::Port)?;
     let writer = link::writer_of(port.as_ref()).map_err(RunError::Port)?;
     let mut link = link::Link::spawn(
@@ -1096,7 +1125,6 @@ pub fn run(
             error,
         })?;
     let (logger, synced) = match &cfg.out {
-        None => (None, None),
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
                 what: format!("creating {}", dir.display()),
@@ -1105,24 +1133,6 @@ pub fn run(
             let mut log = LogWriter::open(&dir.join("transitions.log"))?;
             // Followed only by the uplink (which then sends only what is on disk).
             let synced = cfg.uplink.is_some().then(|| log.synced_len());
-            let run = RunStart {
-                robot: cfg.robot.robot.clone(),
-                task: task.to_string(),
-                fps: cfg.robot.control_hz,
-                observation_names: cfg.robot.observation.names.clone(),
-                action_names: action_names(&cfg.robot),
-                bundle: bundle_label.to_string(),
-                started_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                run_id: format!(
-                    "{}-{}",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos())
-                ),
-            };
             let ds_dir = dir.join("dataset");
             let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
             if cfg.teleop.is_some() && !ds.writes(dataset::cols::TELEOP) {
@@ -1139,6 +1149,7 @@ pub fn run(
                     })?;
             (Some(logger), synced)
         }
+        None => (None, None),
     };
 
     let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
@@ -1409,8 +1420,10 @@ fn control_thread(
         let cpu = dedicated_cpu.or(cpu);
         steps.extend(realtime::apply_realtime(prio, cpu));
     }
+    // Through the console thread, as every line of this thread: a stderr nobody reads
+    // must not hold it before its first tick.
     for s in &steps {
-        note!("{s}");
+        c.say(s.to_string());
     }
     if !steps.is_empty() {
         c.report.realtime = steps;

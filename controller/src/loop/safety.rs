@@ -157,6 +157,22 @@ pub struct GateStats {
     pub write_errors: u64,
 }
 
+/// The writer of a lost link ([`CommandGate::drop_writer`]): every write fails.
+struct LinkDown;
+
+impl Write for LinkDown {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the serial link is lost (its port closed, waiting to reopen it)",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The write side of the link. Every outgoing frame goes through here, and the only
 /// way to send a `Command` is [`CommandGate::send_command`].
 pub struct CommandGate {
@@ -200,6 +216,13 @@ impl CommandGate {
     /// The action the firmware applies now, in policy units.
     pub fn last(&self) -> &[f32] {
         &self.last[..self.dim]
+    }
+
+    /// Closes the writer of a lost link: its device is gone (writes to it fail anyway),
+    /// and a USB serial device re-enumerates under its old name only once every
+    /// descriptor of the old one is closed. Writes fail until [`Self::set_writer`].
+    pub fn drop_writer(&mut self) {
+        self.writer = Box::new(LinkDown);
     }
 
     /// Replaces the writer (after the link was reopened); the reference goes back to
