@@ -44,6 +44,7 @@ ANSWERS = 8
 IN_CONTROL = 1
 HEADER = struct.Struct("<4sBBBBII")  # magic, version, kind, n, flags, seq, episode
 MAX_DATAGRAM = HEADER.size + 4 * 32 + 4
+MAX_ACT = 16  # action values in a datagram at most (firmware_config::protocol::MAX_ACT)
 
 
 def encode_action(seq, values, engaged=False, success=False, failure=False, answers=None):
@@ -160,6 +161,11 @@ def main():
         p.error("--action %r: expected comma-separated numbers, e.g. 0.1,-0.2" % a.action)
     if not all(math.isfinite(v) for v in values):
         p.error("--action %r: every value must be finite" % a.action)
+    # The controller refuses a datagram of more (every one: the device ran on unheard).
+    if len(values) > MAX_ACT:
+        p.error("--action: %d values, at most %d (the protocol's action size)" % (len(values), MAX_ACT))
+    if a.until_observations is not None and a.until_observations < 1:
+        p.error("--until-observations must be 1 or more, not %d" % a.until_observations)
     if not (math.isfinite(a.rate) and a.rate > 0):
         p.error("--rate must be above 0 datagrams per second, not %s" % a.rate)
     if not (math.isfinite(a.seconds) and a.seconds >= 0):

@@ -172,8 +172,9 @@ enum DatasetCommand {
     },
     /// Make a dataset that a stopped writer left behind loadable by LeRobot: data files
     /// no episode references are moved into DIR/unreferenced/ (LeRobot reads every file
-    /// under data/), and index rows that were never committed are dropped. Nothing is
-    /// deleted; every append (`controller run`, `log-to-dataset`) does the same first.
+    /// under data/), and index rows that were never committed are dropped. No data file
+    /// is deleted (the metadata is written again in this writer's form where that was
+    /// needed); every append (`controller run`, `log-to-dataset`) does the same first.
     Tidy {
         /// The dataset directory.
         dir: PathBuf,

@@ -650,8 +650,10 @@ impl RecordedBy {
 /// which was trained on twice). Each copy is written under a temporary name and renamed
 /// into place. A log still open for writing (the source run is still receiving) is
 /// refused. Records a source logged after its last checkpoint (a crash) are taken from
-/// the copies by the session that listens (`crate::live`), as on `--resume`; so are
-/// those of a log left in `out` by a try that failed before its first checkpoint.
+/// the copies by the session that listens (`crate::live`), as on `--resume`, where the
+/// source's checkpoint records how far its replay holds each log (one written before
+/// that counts its logs as held whole); so are those of a log left in `out` by a try
+/// that failed before its first checkpoint.
 fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
     let source = from.join("uplink");
     let entries = match std::fs::read_dir(&source) {

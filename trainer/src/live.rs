@@ -13,11 +13,12 @@
 //!
 //! Every transition received is kept in `OUT/uplink/` and acknowledged. Those queued
 //! when the last update ran are still put in the online replay, so the final
-//! checkpoint holds every streamed transition (a later `--from OUT` or `--resume`
-//! trains on them; converting `OUT/uplink/` with `controller log-to-dataset` for
-//! `finetune --data` would add them a second time). A new run `--from OUT` starts with
-//! a copy of `OUT/uplink/`, so a robot that goes on streaming to it sends only what
-//! `OUT` did not hold.
+//! checkpoint holds every streamed transition but a stream's steps waiting for the rest
+//! of an action chunk (taken from the log by a run that continues it, below). A later
+//! `--from OUT` or `--resume` trains on them (converting `OUT/uplink/` with `controller
+//! log-to-dataset` for `finetune --data` would add them a second time). A new run
+//! `--from OUT` starts with a copy of `OUT/uplink/`, so a robot that goes on streaming to
+//! it sends only what `OUT` did not hold.
 //!
 //! A checkpoint is written every `--checkpoint-every` updates and at the end, so
 //! `--resume` after a crash continues from the last one. Each checkpoint records how
@@ -34,7 +35,7 @@
 //! (`controller::robot_loop::streamer`).
 
 use anyhow::{Context, Result};
-use controller::robot_loop::log::{LogWriter, Record};
+use controller::robot_loop::log::{LogError, LogWriter, Record, scan_records};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -123,25 +124,6 @@ fn stream_logs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(logs)
 }
 
-/// Each whole record of the log at `path`, with its index, to `f`, read a few MiB at a
-/// time (a log of days is not held in memory); returns how many.
-fn each_record(path: &Path, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<u64> {
-    let mut tail = controller::robot_loop::log::LogTail::new(path);
-    let mut index = 0u64;
-    loop {
-        let records = tail
-            .poll()
-            .with_context(|| format!("{}: reading", path.display()))?;
-        if records.is_empty() {
-            return Ok(index);
-        }
-        for bytes in records {
-            f(index, &bytes)?;
-            index += 1;
-        }
-    }
-}
-
 fn log_name(path: &Path) -> String {
     path.file_name()
         .expect("a file")
@@ -150,25 +132,37 @@ fn log_name(path: &Path) -> String {
 }
 
 /// The transitions of the stream logs in `dir` that a replay at `positions` lacks (of a
-/// log that `positions` does not name, all), in order, to `take`; returns how many.
+/// log that `positions` does not name, all), in order, to `take`; returns how many. A
+/// log is checked as the receiver checks a stream (`check`: the run's dimensions and
+/// observation names): one of another run (a try `--from` another source left it) is
+/// refused, naming it, not trained on.
 fn recover_logged(
     dir: &Path,
     positions: &BTreeMap<String, LogPosition>,
-    mut take: impl FnMut(Step) -> Result<()>,
+    check: &Check,
+    mut take: impl FnMut(Step),
 ) -> Result<usize> {
     let mut recovered = 0;
     for path in stream_logs(dir)? {
         let log = log_name(&path);
         let from = positions.get(&log).map_or(0, |p| p.in_replay);
         let stream = format!("uplink/{log}");
-        each_record(&path, |index, bytes| {
-            if index < from {
-                return Ok(());
+        scan_records(&path, |index, offset, record| {
+            if let Some(problem) = check.refusal(&record) {
+                return Err(LogError::Record {
+                    path: path.clone(),
+                    offset,
+                    problem: format!(
+                        "{problem}: this run cannot take this log's transitions; move it out \
+                         of {} to go on without it",
+                        dir.display()
+                    ),
+                });
             }
-            let record = Record::decode(bytes)
-                .map_err(|e| anyhow::anyhow!("{}: record {index}: {e}", path.display()))?;
-            if let Record::Transition(t) = record {
-                take(Step::of(&t, &stream, log.clone(), index))?;
+            if index >= from
+                && let Record::Transition(t) = record
+            {
+                take(Step::of(&t, &stream, log.clone(), index));
                 recovered += 1;
             }
             Ok(())
@@ -182,7 +176,7 @@ fn recover_logged(
 pub(crate) fn held_whole(dir: &Path) -> Result<BTreeMap<String, LogPosition>> {
     let mut held = BTreeMap::new();
     for path in stream_logs(dir)? {
-        let n = each_record(&path, |_, _| Ok(()))?;
+        let n = scan_records(&path, |_, _, _| Ok(()))?;
         held.insert(
             log_name(&path),
             LogPosition {
@@ -215,10 +209,37 @@ struct Receiver {
     bundles: PathBuf,
     logs: HashMap<String, (LogWriter, u64)>,
     tx: mpsc::Sender<Step>,
-    dims: (usize, usize),
-    /// What the run was trained on: a robot stream whose run-start record names other
-    /// observations is refused (another robot or task of the same sizes).
-    recorded_by: crate::finetune::RecordedBy,
+    check: Check,
+}
+
+/// What a stream must fit: the run's dimensions (observation, one step's action), and
+/// what it was trained on (a stream whose run-start record names other observations is
+/// another robot or task of the same sizes).
+pub struct Check {
+    pub dims: (usize, usize),
+    pub recorded_by: crate::finetune::RecordedBy,
+}
+
+impl Check {
+    /// Why `rec` cannot be part of a stream for this run, or `None`.
+    fn refusal(&self, rec: &Record) -> Option<String> {
+        match rec {
+            Record::Run(run) => self
+                .recorded_by
+                .names_differ(&run.observation_names, "the robot's stream"),
+            Record::Transition(t) => {
+                let (od, ad) = self.dims;
+                (t.obs().len() != od || t.action().len() != ad).then(|| {
+                    format!(
+                        "transition of observation {} / action {}, the run takes {od} / {ad}",
+                        t.obs().len(),
+                        t.action().len()
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A file name for a stream id (a path and a CRC; not itself a safe name).
@@ -257,22 +278,8 @@ impl RecordSink for Receiver {
 
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
         let rec = Record::decode(record).map_err(|e| format!("record {index}: {e}"))?;
-        if let Record::Run(run) = &rec
-            && let Some(differ) = self
-                .recorded_by
-                .names_differ(&run.observation_names, "the robot's stream")
-        {
-            return Err(format!("record {index}: {differ}"));
-        }
-        if let Record::Transition(t) = &rec {
-            let (od, ad) = self.dims;
-            if t.obs().len() != od || t.action().len() != ad {
-                return Err(format!(
-                    "record {index}: transition of observation {} / action {}, the run takes {od} / {ad}",
-                    t.obs().len(),
-                    t.action().len()
-                ));
-            }
+        if let Some(why) = self.check.refusal(&rec) {
+            return Err(format!("record {index}: {why}"));
         }
         let (writer, held) = self.log(stream)?;
         // Record `index` goes at position `index` of the log or nowhere: appended at
@@ -536,8 +543,7 @@ impl Listener {
         key: Key,
         dir: &Path,
         bundles: &Path,
-        dims: (usize, usize),
-        recorded_by: crate::finetune::RecordedBy,
+        check: Check,
     ) -> Result<(Listener, mpsc::Receiver<Step>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
@@ -551,8 +557,7 @@ impl Listener {
             bundles: bundles.to_path_buf(),
             logs: HashMap::new(),
             tx,
-            dims,
-            recorded_by,
+            check,
         };
         let (st, er) = (stop.clone(), errors.clone());
         let handle = std::thread::Builder::new()
@@ -666,18 +671,18 @@ impl Intake {
     fn recover(
         &mut self,
         dir: &Path,
+        check: &Check,
         online: &mut crate::replay::Replay,
         summary: &mut crate::finetune::FinetuneSummary,
     ) -> Result<(usize, usize)> {
         let start = self.positions.clone();
         let mut owed = 0;
-        let recovered = recover_logged(dir, &start, |step| {
+        let recovered = recover_logged(dir, &start, check, |step| {
             let new = step.index >= start.get(&step.log).map_or(0, |p| p.taken);
             let due = self.take(step, online, summary);
             if new {
                 owed += due;
             }
-            Ok(())
         })?;
         Ok((recovered, owed))
     }
@@ -758,7 +763,11 @@ pub(crate) fn train_live(
         None => held_whole(&uplink_dir)?,
     };
     let mut intake = Intake::new(start, config.chunks(), o.keep_interventions);
-    let (recovered, mut owed) = intake.recover(&uplink_dir, online, summary)?;
+    let check = Check {
+        dims: (agent.obs_dim, agent.act_dim / config.action_horizon),
+        recorded_by: crate::finetune::RecordedBy::of(agent),
+    };
+    let (recovered, mut owed) = intake.recover(&uplink_dir, &check, online, summary)?;
     owed += state.live_owed;
     summary.recovered = recovered;
     if recovered > 0 {
@@ -774,8 +783,7 @@ pub(crate) fn train_live(
         live.key.clone(),
         &uplink_dir,
         &o.out.join("bundles"),
-        (agent.obs_dim, agent.act_dim / config.action_horizon),
-        crate::finetune::RecordedBy::of(agent),
+        check,
     )?;
     eprintln!(
         "finetune: listening on {} for `controller run --uplink`",
@@ -1000,8 +1008,10 @@ mod tests {
             bundles: dir.join("b"),
             logs: HashMap::new(),
             tx,
-            dims: (3, 2),
-            recorded_by: crate::finetune::RecordedBy::named(names),
+            check: Check {
+                dims: (3, 2),
+                recorded_by: crate::finetune::RecordedBy::named(names),
+            },
         };
         std::fs::create_dir_all(&r.dir).unwrap();
         (r, rx)
@@ -1190,6 +1200,10 @@ mod tests {
         }
         drop(whole_log);
         let dir = tmp.path().join("uplink");
+        let check = Check {
+            dims: (3, 2),
+            recorded_by: crate::finetune::RecordedBy::named(vec![]),
+        };
         let chunks = ChunkSpec {
             horizon: 3,
             discount: 0.9,
@@ -1228,7 +1242,9 @@ mod tests {
         );
         // The session that continues it, on the whole log.
         let mut intake = Intake::new(at, chunks, false);
-        let (recovered, owed) = intake.recover(&dir, &mut partial, &mut summary).unwrap();
+        let (recovered, owed) = intake
+            .recover(&dir, &check, &mut partial, &mut summary)
+            .unwrap();
         assert_eq!(
             (recovered, owed),
             (5, 3),
@@ -1243,15 +1259,82 @@ mod tests {
         let mut intake = Intake::new(BTreeMap::new(), chunks, false);
         let mut fresh = Replay::new(3, 6, 64);
         assert_eq!(
-            intake.recover(&dir, &mut fresh, &mut summary).unwrap(),
+            intake
+                .recover(&dir, &check, &mut fresh, &mut summary)
+                .unwrap(),
             (8, 8)
         );
         let held = held_whole(&dir).unwrap();
         let mut intake = Intake::new(held, chunks, false);
         assert_eq!(
-            intake.recover(&dir, &mut fresh, &mut summary).unwrap(),
+            intake
+                .recover(&dir, &check, &mut fresh, &mut summary)
+                .unwrap(),
             (0, 0)
         );
+    }
+
+    /// A log in `OUT/uplink/` of another run (other dimensions: a try `--from` another
+    /// source left it) is refused, naming it, not taken into the replay (its rows would
+    /// be misaligned); the receiver refuses such a stream the same way.
+    #[test]
+    fn a_log_of_another_run_is_not_taken_from() {
+        use crate::finetune::FinetuneSummary;
+        use crate::replay::{ChunkSpec, Replay};
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut ours, _rx) = receiver(tmp.path(), vec![]);
+        ours.append("r", 0, &chained_step(0, false)).unwrap();
+        drop(ours);
+        // The same steps, for a run of observation 4.
+        let dir = tmp.path().join("uplink");
+        let check = |od| Check {
+            dims: (od, 2),
+            recorded_by: crate::finetune::RecordedBy::named(vec![]),
+        };
+        let mut intake = Intake::new(BTreeMap::new(), ChunkSpec::SINGLE, false);
+        let mut replay = Replay::new(4, 2, 8);
+        let e = intake
+            .recover(
+                &dir,
+                &check(4),
+                &mut replay,
+                &mut FinetuneSummary::default(),
+            )
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&file_name("r"))
+                && e.contains("observation 3 / action 2, the run takes 4 / 2"),
+            "{e}"
+        );
+        assert!(e.contains("move it out of"), "{e}");
+        assert_eq!(replay.len(), 0);
+    }
+
+    /// Records past a damaged stretch longer than a read (4 MiB of zeros, as a crash can
+    /// leave) are counted and taken as the receiver counts them (the first reading
+    /// stopped at the first read that found no whole record).
+    #[test]
+    fn records_past_a_long_damaged_stretch_are_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |name: &str, steps: std::ops::Range<u32>| {
+            let (mut r, _rx) = receiver(&tmp.path().join(name), vec![]);
+            for (i, step) in steps.enumerate() {
+                r.append("r", i as u64, &chained_step(step, false)).unwrap();
+            }
+            std::fs::read(tmp.path().join(name).join("uplink").join(file_name("r"))).unwrap()
+        };
+        let (before, after) = (write("a", 0..3), write("b", 3..6));
+        let mut bytes = before;
+        bytes.extend(std::iter::repeat_n(0u8, 9 << 20));
+        bytes.extend_from_slice(&after[controller::robot_loop::log::MAGIC.len()..]);
+        let dir = tmp.path().join("damaged");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(file_name("r"));
+        std::fs::write(&log, bytes).unwrap();
+        let held = held_whole(&dir).unwrap();
+        assert_eq!(LogWriter::open(&log).unwrap().existing_records, 6);
+        assert_eq!(held[&file_name("r")].taken, 6);
     }
 
     /// Peers without the key, one silent and one trickling its hello a byte at a time,
@@ -1268,8 +1351,10 @@ mod tests {
             key.clone(),
             &tmp.path().join("uplink"),
             &tmp.path().join("b"),
-            (3, 2),
-            crate::finetune::RecordedBy::named(vec![]),
+            Check {
+                dims: (3, 2),
+                recorded_by: crate::finetune::RecordedBy::named(vec![]),
+            },
         )
         .unwrap();
         let addr = listener.addr;
@@ -1316,8 +1401,10 @@ mod tests {
             Key::from_bytes([7; uplink::KEY_LEN]),
             &tmp.path().join("uplink"),
             &tmp.path().join("b"),
-            (3, 2),
-            crate::finetune::RecordedBy::named(vec![]),
+            Check {
+                dims: (3, 2),
+                recorded_by: crate::finetune::RecordedBy::named(vec![]),
+            },
         )
         .unwrap();
         let mut silent = TcpStream::connect(listener.addr).unwrap();
@@ -1363,8 +1450,10 @@ mod tests {
             key,
             &dir,
             &tmp.path().join("b"),
-            (3, 2),
-            crate::finetune::RecordedBy::named(vec![]),
+            Check {
+                dims: (3, 2),
+                recorded_by: crate::finetune::RecordedBy::named(vec![]),
+            },
         )
         .unwrap();
         let addr = listener.addr;

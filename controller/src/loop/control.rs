@@ -800,9 +800,13 @@ impl Control {
                 }
                 LinkEvent::Lost(why) => {
                     self.link_down = true;
-                    // Closed, so a USB device can come back under its name (the link
-                    // thread closed its own handle too).
-                    self.gate.drop_writer();
+                    // Closed when the port is to be reopened, so that a USB device can
+                    // come back under its name (the link thread closed its own handle
+                    // too). Kept otherwise: a link whose read side failed may still take
+                    // the safe stop's holds.
+                    if self.cfg.reconnect.is_some() {
+                        self.gate.drop_writer();
+                    }
                     // A port reopened meanwhile and kept aside is the one that failed.
                     self.pending_writer = None;
                     let after = if self.cfg.reconnect.is_some() {

@@ -740,6 +740,23 @@ fn scan_log(
     })
 }
 
+/// Each whole record of the log at `path`, decoded, with its index and byte offset, to
+/// `f`, read a few MiB at a time (a log of days is not held in memory); returns how many.
+/// Records are counted as [`LogWriter::open`]'s `existing_records` counts them: damaged
+/// stretches skipped (also one longer than a read), a torn tail left out.
+pub fn scan_records(
+    path: &Path,
+    mut f: impl FnMut(u64, u64, Record) -> Result<(), LogError>,
+) -> Result<u64, LogError> {
+    let mut index = 0;
+    let scan = scan_log(path, TAIL_READ_MAX, |at, rec| {
+        let r = f(index, at, rec);
+        index += 1;
+        r
+    })?;
+    Ok(scan.records)
+}
+
 /// [`scan_log`]'s `valid_bytes`, `torn_bytes` and `records`.
 fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
     let scan = scan_log(path, read_max, |_, _| Ok(()))?;

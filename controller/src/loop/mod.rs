@@ -602,7 +602,8 @@ pub struct EpisodeReport {
     pub ret: f32,
     pub reason: EndReason,
     pub detail: String,
-    /// Transitions handed to the logger (in the log and the dataset).
+    /// Transitions handed to the logger (with `--out`: in the log and the dataset), or
+    /// built (without).
     pub transitions: u32,
     /// Transitions built that the logger's queue had no room for (in neither; the
     /// run's `log_drops` counts them all).

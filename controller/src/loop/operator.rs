@@ -18,7 +18,8 @@
 //! last transition is the one whose next observation is the newest frame when the key
 //! arrived. A success makes it terminal (`done`, `success`) and adds
 //! `RunConfig::success_reward` to its reward; a failure makes it truncated (the state
-//! is not terminal, so bootstrapping from it stays valid). The episode-end record
+//! is not terminal, so bootstrapping from it stays valid), unless the firmware ended
+//! that step as terminal (it stays terminal). The episode-end record
 //! says [`EndReason::Labelled`](super::log::EndReason::Labelled) and the label, and the
 //! run's success rate counts labelled episodes with completed ones.
 //!
