@@ -531,3 +531,69 @@ fn an_idle_session_without_swaps_is_kept_alive() {
     let ended = ended.lock().unwrap();
     assert!(ended.len() == 1 && ended[0].starts_with("Ok"), "{ended:?}");
 }
+
+/// `report.json` is written as the uplink's drain begins (marked `draining`) and again
+/// when it ends, replacing it (not kept as an earlier run's): a process killed in the
+/// drain (a service manager's SIGKILL after its stop timeout) lost the run's report.
+#[test]
+fn the_report_is_written_before_the_uplinks_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No trainer listens: the drain runs its whole time.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut robot = RobotConfig::example("push").unwrap();
+    robot.safety.stale_sensor_ms = 3000;
+    robot.command_timeout_ms = 20_000;
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    cfg.max_consecutive_overruns = 0;
+    cfg.episodes = Some(1);
+    cfg.time_scale = 10.0;
+    cfg.out = Some(out.clone());
+    cfg.quiet = true;
+    cfg.uplink = Some(UplinkConfig {
+        addr,
+        key: key(),
+        drain: Duration::from_secs(3),
+        swap: None,
+    });
+    // Reads report.json whenever it changes, until the run has returned.
+    let ended = Arc::new(AtomicBool::new(false));
+    let (e, path) = (ended.clone(), out.join("report.json"));
+    let watcher = std::thread::spawn(move || {
+        let mut seen: Vec<serde_json::Value> = vec![];
+        loop {
+            // Once more after the run returned: its last write.
+            let last = e.load(Ordering::SeqCst);
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && seen.last() != Some(&v)
+            {
+                seen.push(v);
+            }
+            if last {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let report = robot_loop::run(cfg, Brain::Hold, "push", "drain").unwrap();
+    ended.store(true, Ordering::SeqCst);
+    drop(firmware);
+    let seen = watcher.join().unwrap();
+    assert_eq!(report.episodes.len(), 1);
+    let draining: Vec<bool> = seen
+        .iter()
+        .map(|v| v["uplink"]["draining"].as_bool().unwrap())
+        .collect();
+    assert_eq!(draining, [true, false], "{seen:?}");
+    assert_eq!(seen[0]["episodes"].as_array().unwrap().len(), 1);
+    assert!(
+        !out.join("reports").exists(),
+        "the drain's report was kept as another run's"
+    );
+}

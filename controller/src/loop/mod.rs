@@ -1225,10 +1225,6 @@ pub fn run(
     if let Some(l) = logger {
         report.logger = Some(l.finish());
     }
-    // After the logger: every record is in the log for the streamer's last send.
-    if let Some(s) = streamer {
-        report.uplink = Some(s.finish());
-    }
     let done: Vec<&EpisodeReport> = report
         .episodes
         .iter()
@@ -1241,8 +1237,28 @@ pub fn run(
     } else {
         report.successes as f64 / done.len() as f64
     };
+    // After the logger: every record is in the log for the streamer's last send. The
+    // report is written once before its drain too (up to `--uplink-drain-s` + 5 s), its
+    // `uplink.draining` true: a service manager's SIGKILL in the drain lost the report.
+    let mut written_before_drain = false;
+    if let Some(s) = streamer {
+        if let Some(dir) = &cfg.out {
+            report.uplink = Some(s.summary_so_far());
+            // (An error here is the final write's too, and reported with it.)
+            let _ = write_report(dir, &report, Earlier::Keep, &mut written_before_drain);
+        }
+        report.uplink = Some(s.finish());
+    }
     let written = match &cfg.out {
-        Some(dir) => write_report(dir, &report),
+        // The same run's report written before the drain is replaced, not kept.
+        Some(dir) => {
+            let earlier = if written_before_drain {
+                Earlier::Replace
+            } else {
+                Earlier::Keep
+            };
+            write_report(dir, &report, earlier, &mut false)
+        }
         None => Ok(()),
     };
     // The control thread's lines, once the recording and the report are saved: a stderr
@@ -1274,13 +1290,28 @@ pub fn run(
     Ok(report)
 }
 
+/// What [`write_report`] does with a `report.json` already in `--out`.
+#[derive(Clone, Copy, PartialEq)]
+enum Earlier {
+    /// An earlier run's: kept as `reports/report-N.json`.
+    Keep,
+    /// This run's, written before the uplink's drain: replaced.
+    Replace,
+}
+
 /// Writes `OUT/report.json` (this run's); an earlier run's report there is kept as
 /// `OUT/reports/report-N.json` (N the first free number), as its transitions are kept
-/// in the log and its episodes in the dataset.
-fn write_report(dir: &Path, report: &RunReport) -> Result<(), RunError> {
+/// in the log and its episodes in the dataset. `in_place` is set once the new report
+/// has replaced the file (also when the directory's sync after that fails).
+fn write_report(
+    dir: &Path,
+    report: &RunReport,
+    earlier: Earlier,
+    in_place: &mut bool,
+) -> Result<(), RunError> {
     let io = |what: String| move |error| RunError::Io { what, error };
     let path = dir.join("report.json");
-    if path.exists() {
+    if earlier == Earlier::Keep && path.exists() {
         let old = dir.join("reports");
         std::fs::create_dir_all(&old).map_err(io(format!("creating {}", old.display())))?;
         let kept = (0..)
@@ -1299,6 +1330,7 @@ fn write_report(dir: &Path, report: &RunReport) -> Result<(), RunError> {
     });
     written.map_err(io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
+    *in_place = true;
     dataset::sync_dir(dir).map_err(io(format!("syncing {}", dir.display())))
 }
 

@@ -113,6 +113,9 @@ pub struct UplinkSummary {
     pub last_error: Option<String>,
     /// Bundles the trainer offered, in order.
     pub bundles: Vec<BundleOffer>,
+    /// True in the `report.json` written as the run's uplink began its drain (the
+    /// counts then); the report is written again when the drain ends.
+    pub draining: bool,
 }
 
 /// The running streamer thread.
@@ -160,6 +163,18 @@ impl Streamer {
             },
             rx,
         ))
+    }
+
+    /// What the thread has done so far, marked [`UplinkSummary::draining`].
+    pub fn summary_so_far(&self) -> UplinkSummary {
+        UplinkSummary {
+            draining: true,
+            ..self
+                .summary
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }
     }
 
     /// Asks the thread to send what is left (for up to the configured drain time) and
