@@ -52,7 +52,6 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use firmware_config::protocol::{FaultCode, FrameError, Hello, MAX_ACT, MAX_OBS, Message};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::link::LinkEvent;
@@ -447,7 +446,7 @@ pub(crate) struct Control {
     joint_checks: Vec<firmware_config::config::JointCheck>,
     pub panic_at_tick: Option<u64>,
     /// Raised when a thread of this run panics ([`realtime::RunScope`]).
-    run_panicked: Arc<AtomicBool>,
+    run_panicked: Arc<realtime::RunPanic>,
     /// Testing only: ticks `from..from + count` each sleep one extra control period.
     pub slow_ticks: Option<(u64, u64)>,
     current_deadline: Instant,
@@ -1162,11 +1161,15 @@ impl Control {
             };
             self.interrupt(now, why);
         }
-        if self.run_panicked.load(Ordering::Relaxed) && self.fatal.is_none() {
+        if self.run_panicked.raised() && self.fatal.is_none() {
+            let what = self
+                .run_panicked
+                .first()
+                .unwrap_or_else(|| "a thread".into());
             self.fatal_error(
                 now,
                 FaultKind::Panic,
-                "a thread of the controller panicked".into(),
+                format!("a thread of the controller panicked: {what}"),
             );
         }
         if let Some(limit) = self.cfg.duration
@@ -2242,6 +2245,7 @@ mod tests {
     use firmware_config::protocol::{Frame, FrameDecoder};
     use std::io::Write;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// The serial port's write side: what was written, and a switch that makes every
     /// write fail (an unplugged adapter whose read side has not noticed yet).

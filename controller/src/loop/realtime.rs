@@ -17,7 +17,7 @@
 use serde::Serialize;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -28,7 +28,7 @@ thread_local! {
     /// ([`catching_panics`]): those do not stop the robot.
     static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The panic flag of the run this thread works for (`None`: no run).
-    static RUN_PANICKED: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+    static RUN_PANICKED: RefCell<Option<Arc<RunPanic>>> = const { RefCell::new(None) };
     /// `Some` on a thread whose panic messages are kept here instead of printed
     /// ([`defer_panic_messages`]).
     static DEFERRED_PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
@@ -53,16 +53,48 @@ pub fn take_deferred_panics() -> Vec<String> {
     })
 }
 
+/// A run's panic flag, with the first panic's thread and message (for the run's fault
+/// and `report.json`: "a thread of the controller panicked" named neither, and the
+/// default hook's message went to stderr only).
+#[derive(Debug, Default)]
+pub struct RunPanic {
+    raised: AtomicBool,
+    first: Mutex<Option<String>>,
+}
+
+impl RunPanic {
+    /// True once a thread of the run panicked (one atomic load: checked every tick).
+    pub fn raised(&self) -> bool {
+        self.raised.load(Ordering::Relaxed)
+    }
+
+    /// The first panic: "thread 'NAME' panicked at FILE:LINE:COL: MESSAGE".
+    pub fn first(&self) -> Option<String> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// From the panic hook: the message is kept (if none was) before the flag is raised,
+    /// so that whoever sees the flag finds it. `try_lock`: a hook never waits.
+    fn raise(&self, what: impl FnOnce() -> String) {
+        if let Ok(mut first) = self.first.try_lock()
+            && first.is_none()
+        {
+            *first = Some(what());
+        }
+        self.raised.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The calling thread works for a new run until this is dropped: its panics, and those
 /// of the threads it starts with [`spawn_in_run`], raise this run's panic flag only.
 pub struct RunScope {
-    previous: Option<Arc<AtomicBool>>,
+    previous: Option<Arc<RunPanic>>,
 }
 
 impl RunScope {
     pub fn enter() -> RunScope {
         install_panic_hook();
-        let flag = Arc::new(AtomicBool::new(false));
+        let flag = Arc::new(RunPanic::default());
         let previous = RUN_PANICKED.with(|f| f.replace(Some(flag)));
         RunScope { previous }
     }
@@ -164,7 +196,11 @@ pub fn install_panic_hook() {
                 if let Ok(f) = f.try_borrow()
                     && let Some(flag) = f.as_ref()
                 {
-                    flag.store(true, Ordering::SeqCst);
+                    flag.raise(|| {
+                        let thread = std::thread::current();
+                        let name = thread.name().unwrap_or("unnamed");
+                        format!("thread '{name}' {info}").replace('\n', ": ")
+                    });
                 }
             });
             let deferred = DEFERRED_PANICS
@@ -193,17 +229,13 @@ pub fn catching_panics<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 
 /// The panic flag of the calling thread's run (`None` outside runs). The control thread
 /// keeps it, so that its per-tick check is one atomic load.
-pub fn run_panic_flag() -> Option<Arc<AtomicBool>> {
+pub fn run_panic_flag() -> Option<Arc<RunPanic>> {
     RUN_PANICKED.with(|f| f.borrow().clone())
 }
 
 /// True once a thread of the calling thread's run panicked (false outside runs).
 pub fn panicked() -> bool {
-    RUN_PANICKED.with(|f| {
-        f.borrow()
-            .as_ref()
-            .is_some_and(|p| p.load(Ordering::Relaxed))
-    })
+    RUN_PANICKED.with(|f| f.borrow().as_ref().is_some_and(|p| p.raised()))
 }
 
 /// One step of the real-time setup and how it went.
@@ -449,6 +481,13 @@ mod tests {
                 .join()
                 .unwrap();
                 let seen = panicked();
+                // The first panic is named, with its thread.
+                let first = run_panic_flag().unwrap().first().unwrap_or_default();
+                assert!(
+                    first.starts_with("thread 'inner' panicked at ")
+                        && first.ends_with(": injected test panic"),
+                    "{first}"
+                );
                 drop(run);
                 assert!(!panicked(), "outside the run");
                 let _again = RunScope::enter();

@@ -122,7 +122,8 @@ pub struct UplinkSummary {
 pub struct Streamer {
     stop: Arc<AtomicBool>,
     summary: Arc<Mutex<UplinkSummary>>,
-    handle: JoinHandle<()>,
+    /// Taken by [`Streamer::finish`].
+    handle: Option<JoinHandle<()>>,
     /// A handle on the connection in use (or being set up), cut by [`Streamer::finish`]
     /// when the thread outlasts its drain: reads time out one at a time, so a trainer
     /// that trickles bytes held the run's end for minutes.
@@ -157,7 +158,7 @@ impl Streamer {
             Streamer {
                 stop,
                 summary,
-                handle,
+                handle: Some(handle),
                 link,
                 drain,
             },
@@ -179,23 +180,32 @@ impl Streamer {
 
     /// Asks the thread to send what is left (for up to the configured drain time) and
     /// waits for it, cutting its connection [`CUT_AFTER_DRAIN`] past the drain time.
-    pub fn finish(self) -> UplinkSummary {
+    pub fn finish(mut self) -> UplinkSummary {
         self.stop.store(true, Ordering::SeqCst);
+        let handle = self.handle.take().expect("finished once");
         let cut_at = Instant::now() + self.drain + CUT_AFTER_DRAIN;
-        while !self.handle.is_finished() && Instant::now() < cut_at {
+        while !handle.is_finished() && Instant::now() < cut_at {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !self.handle.is_finished()
+        if !handle.is_finished()
             && let Some(tcp) = self.link.lock().unwrap_or_else(|e| e.into_inner()).take()
         {
             // Its blocked read or write fails now, and it ends.
             let _ = tcp.shutdown(std::net::Shutdown::Both);
         }
-        let _ = self.handle.join();
+        let _ = handle.join();
         self.summary
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// Dropped without [`Streamer::finish`] (a run that fails after starting it): the thread
+/// is asked to stop as at `finish` (it drains, then ends), unjoined. It ran on.
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -618,6 +628,29 @@ fn connect(
 mod tests {
     use super::*;
     use shared_model::synthetic::SyntheticSpec;
+
+    /// A streamer dropped without `finish` (a run that failed after starting it) stops
+    /// after its drain: it ran on, retrying a trainer that never answered.
+    #[test]
+    fn a_dropped_streamer_stops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = UplinkConfig {
+            addr: "127.0.0.1:1".into(),
+            key: uplink::Key::from_bytes([1; uplink::KEY_LEN]),
+            drain: Duration::from_millis(200),
+            swap: None,
+        };
+        let (streamer, _ready) =
+            Streamer::spawn(cfg, &tmp.path().join("transitions.log"), None).unwrap();
+        // The thread holds the other reference to the summary until it ends.
+        let summary = streamer.summary.clone();
+        drop(streamer);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&summary) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(Arc::strong_count(&summary), 1, "the thread runs on");
+    }
 
     /// The uplink's address may resolve to several (`localhost`: `::1`, then
     /// `127.0.0.1`): one that refuses does not stop the next from being tried (only the
