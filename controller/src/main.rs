@@ -562,11 +562,19 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     };
     let mut cfg = loop_config(robot, port.clone(), &a.timing);
     // A real port's line (a pty ignores the rate); 0 is refused below, with the loop's
-    // other settings.
-    if let (Some(baud), None) = (a.baud.filter(|&b| b > 0), &sim) {
+    // other settings. The robot file's rate too, on a `--port` other than its device (it
+    // was checked against that one only: a USB CDC device's, which ignores the rate).
+    let baud = a.baud.unwrap_or(cfg.baud);
+    if sim.is_none() && baud > 0 {
         cfg.robot
             .check_baud(&port.to_string_lossy(), baud)
-            .map_err(|e| anyhow::anyhow!("--baud: {e}"))?;
+            .map_err(|e| match a.baud {
+                Some(_) => anyhow::anyhow!("--baud: {e}"),
+                None => anyhow::anyhow!(
+                    "the robot file's serial.baud on --port {}: {e} (or give --baud)",
+                    port.display()
+                ),
+            })?;
     }
     cfg.baud = a.baud.unwrap_or(cfg.baud);
     cfg.episodes = Some(a.episodes);

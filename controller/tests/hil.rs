@@ -1726,6 +1726,13 @@ fn settings_the_loop_cannot_run_with_are_refused() {
     let usb_file = dir.path().join("push-usb.toml");
     std::fs::write(&usb_file, toml::to_string(&usb).unwrap()).unwrap();
     let usb_file = usb_file.to_str().unwrap();
+    // A USB CDC-ACM board's file at 9600 baud (the rate means nothing there).
+    let mut acm = RobotConfig::example("push").unwrap();
+    acm.serial.device = "/dev/ttyACM0".into();
+    acm.serial.baud = 9600;
+    let acm_file = dir.path().join("push-acm.toml");
+    std::fs::write(&acm_file, toml::to_string(&acm).unwrap()).unwrap();
+    let acm_file = acm_file.to_str().unwrap();
     for (extra, says) in [
         (
             &["--sim", "push", "--time-scale", "1e9"][..],
@@ -1752,6 +1759,11 @@ fn settings_the_loop_cannot_run_with_are_refused() {
         (
             &["--robot", usb_file, "--baud", "9600"],
             "--baud: 9600 baud is too slow for 20 Hz",
+        ),
+        (
+            // Its own rate on a UART named by --port: checked too (it ran at 9600).
+            &["--robot", acm_file, "--port", "/dev/ttyUSB0"],
+            "the robot file's serial.baud on --port /dev/ttyUSB0: 9600 baud is too slow for 20 Hz",
         ),
         (
             &["--sim", "arm-reach"],

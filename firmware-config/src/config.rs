@@ -679,7 +679,11 @@ impl RobotConfig {
     /// file's value is held to): for an override such as the simulated firmware's
     /// `--command-timeout-ms`.
     pub fn check_command_timeout(&self, ms: u64) -> Result<(), String> {
-        let ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        let Ok(ms) = u32::try_from(ms) else {
+            return Err(format!(
+                "must be at most {MAX_TIMEOUT_MS} ms (a longer watchdog is none), found {ms}"
+            ));
+        };
         self.spans_periods("command_timeout_ms", ms)
             .map_err(|e| e.message)
     }
@@ -702,11 +706,23 @@ impl RobotConfig {
     /// one step must leave room on the line for a late one to catch up, so they may take
     /// at most half of each control period (10 bits per byte on a UART). Checked for the
     /// robot file's `serial.baud` and for the controller's `--baud`. Not for USB CDC-ACM
-    /// devices (`/dev/ttyACM*`, macOS `/dev/cu.usbmodem*`), which ignore the baud rate
-    /// and run at USB speed.
+    /// devices (`/dev/ttyACM*`, macOS `/dev/cu.usbmodem*` and `/dev/tty.usbmodem*`),
+    /// which ignore the baud rate and run at USB speed, nor for pseudo-terminals
+    /// (`/dev/pts/N`). A symlink to a device that
+    /// exists (`/dev/serial/by-id/usb-…-if00`, the stable name of a USB device) is judged
+    /// by the device it names; one that does not exist (here) by its own name.
     pub fn check_baud(&self, device: &str, baud: u32) -> Result<(), String> {
-        let name = device.rsplit('/').next().unwrap_or(device);
-        if name.starts_with("ttyACM") || name.starts_with("cu.usbmodem") {
+        let resolved = std::fs::canonicalize(device)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let path = resolved.as_deref().unwrap_or(device);
+        let name = path.rsplit('/').next().unwrap_or(path);
+        // (A pseudo-terminal, the simulated firmware's, ignores it too.)
+        if ["ttyACM", "cu.usbmodem", "tty.usbmodem"]
+            .iter()
+            .any(|usb| name.starts_with(usb))
+            || path.starts_with("/dev/pts/")
+        {
             return Ok(());
         }
         let period_ms = 1000.0 / self.control_hz as f64;

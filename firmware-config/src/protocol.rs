@@ -776,6 +776,10 @@ impl Message {
             MessageType::Estop => Message::Estop,
             MessageType::Fault => {
                 let (c, d) = (r.u8(), r.u8());
+                // Short before its values are judged: a short read gives zeros.
+                if r.short {
+                    return Err(bad("payload too short"));
+                }
                 let code = FaultCode::from_bytes(c, d).ok_or(bad("unknown fault code"))?;
                 Message::Fault { code }
             }
@@ -787,6 +791,9 @@ impl Message {
                 let episode = r.u32();
                 let success = r.u8();
                 let steps = r.u32();
+                if r.short {
+                    return Err(bad("payload too short"));
+                }
                 if success > 1 {
                     return Err(bad("success is neither 0 nor 1"));
                 }
@@ -801,7 +808,11 @@ impl Message {
                 let episode = r.u32();
                 let step = r.u32();
                 let reward = r.f32();
-                let Some(flags) = StepFlags::from_byte(r.u8()) else {
+                let flags = r.u8();
+                if r.short {
+                    return Err(bad("payload too short"));
+                }
+                let Some(flags) = StepFlags::from_byte(flags) else {
                     return Err(bad("unknown flag bits"));
                 };
                 Message::Reward {

@@ -184,7 +184,12 @@ impl FromStr for FaultSpec {
                 }
                 "stall_after" => {
                     let (n, d) = pair(value)?;
-                    spec.stall_after = Some((int(&n)?, d));
+                    // Frames are counted from 1: a stall after frame 0 would never come.
+                    let n = int(&n)?;
+                    if n == 0 {
+                        return Err(err("frames are counted from 1"));
+                    }
+                    spec.stall_after = Some((n, d));
                 }
                 "reboot_at" => {
                     spec.reboot_at_step = Some(step_after_reset(int(value)?)?);
@@ -648,6 +653,8 @@ mod tests {
             "echo=0.1:0",
             "echo=2:1",
             "reboot_at=0",
+            // Frames are counted from 1: it never stalled.
+            "stall_after=0:500",
             "estop_at=0",
             "version=300",
             "after=x",

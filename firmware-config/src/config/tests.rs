@@ -444,6 +444,22 @@ fn parse_errors_name_file_line_and_field() {
             "robot.toml:{line}: serial.baud: 9600 baud is too slow for 20 Hz: the firmware's frames for one step (94 bytes for 10 observation values) take 97.9 ms of the 50 ms period, and at most half of it is allowed; use at least 37600 baud or a lower control_hz"
         )
     );
+    // A symlink to a USB CDC-ACM device (`/dev/serial/by-id/usb-…-if00`, its stable
+    // name) is judged by the device it names, and so is macOS's `tty.usbmodem` path; a
+    // symlink to a UART is not exempt.
+    let robot = RobotConfig::from_toml_str(&acm, "robot.toml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (device, exempt) in [("ttyACM3", true), ("ttyUSB3", false)] {
+        std::fs::write(dir.path().join(device), "").unwrap();
+        let link = dir.path().join(format!("usb-board-{device}-if00"));
+        std::os::unix::fs::symlink(dir.path().join(device), &link).unwrap();
+        let checked = robot.check_baud(&link.to_string_lossy(), 9600);
+        assert_eq!(checked.is_ok(), exempt, "{device}: {checked:?}");
+    }
+    assert!(robot.check_baud("/dev/tty.usbmodem1101", 9600).is_ok());
+    // A timeout past u32 is named as given (it read 4294967295).
+    let e = robot.check_command_timeout(5_000_000_000).unwrap_err();
+    assert!(e.contains("found 5000000000"), "{e}");
     // Missing top-level field in a file that starts with a key (no comment first): the
     // error is the root table's, not the first key's.
     let start = PUSH.find("robot = ").unwrap();

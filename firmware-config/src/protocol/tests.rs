@@ -264,6 +264,26 @@ fn strict_payload_checks() {
     let mut reward = vec![0u8; 13];
     reward[12] = 8;
     assert!(payload_err(10, &reward)); // unknown flag bit
+    // Short payloads are named short, not judged by the zeros a short read gives (an
+    // empty fault read as code 0, "unknown fault code").
+    for (ty, payload) in [(5u8, &[][..]), (8, &[0, 0, 0, 0][..]), (10, &[0u8; 12][..])] {
+        let got = decode_one(&raw_frame(
+            PROTOCOL_VERSION,
+            ty,
+            payload.len() as u16,
+            payload,
+        ));
+        assert!(
+            matches!(
+                got,
+                Err(Payload {
+                    reason: "payload too short",
+                    ..
+                })
+            ),
+            "type {ty}: {got:?}"
+        );
+    }
     // Too short to hold a header and CRC.
     let mut short = enc(&[1, 4, 0]);
     short.push(0);
