@@ -2526,40 +2526,28 @@ fn a_dataset_recorded_otherwise_is_refused_before_the_port_is_opened() {
         .unwrap()
         .finish()
         .unwrap();
-    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
-    fw.pacing = Pacing::Lockstep;
-    fw.record = true;
-    let firmware = FirmwareThread::spawn(fw, 1.0).unwrap();
-    let mut cfg =
-        controller::robot_loop::RunConfig::new(robot.clone(), firmware.path().to_path_buf());
-    cfg.quiet = true;
-    cfg.out = Some(tmp.path().to_path_buf());
-    let e = controller::robot_loop::run(cfg, controller::robot_loop::Brain::Hold, "push", "t")
-        .expect_err("refused");
-    assert!(e.to_string().contains("observation"), "{e}");
-    let (_, received) = firmware.stop_recorded().unwrap();
-    assert!(
-        received.is_empty(),
-        "the firmware heard {} frames",
-        received.len()
-    );
+    // A run into `out`: its error, and the frames the firmware heard.
+    let refused = |out: &Path| {
+        let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+        fw.record = true;
+        let firmware = FirmwareThread::spawn(fw, 1.0).unwrap();
+        let mut cfg =
+            controller::robot_loop::RunConfig::new(robot.clone(), firmware.path().to_path_buf());
+        cfg.quiet = true;
+        cfg.out = Some(out.to_path_buf());
+        let e = controller::robot_loop::run(cfg, controller::robot_loop::Brain::Hold, "push", "t")
+            .expect_err("refused");
+        let (_, received) = firmware.stop_recorded().unwrap();
+        (e.to_string(), received.len())
+    };
+    let (e, heard) = refused(tmp.path());
+    assert!(e.contains("observation"), "{e}");
+    assert_eq!(heard, 0, "the firmware heard frames");
     // So is a `--out` another run writes into.
     let busy = tempfile::tempdir().unwrap();
     let _other_run =
         controller::robot_loop::log::LogWriter::open(&busy.path().join("transitions.log")).unwrap();
-    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
-    fw.record = true;
-    let firmware = FirmwareThread::spawn(fw, 1.0).unwrap();
-    let mut cfg = controller::robot_loop::RunConfig::new(robot, firmware.path().to_path_buf());
-    cfg.quiet = true;
-    cfg.out = Some(busy.path().to_path_buf());
-    let e = controller::robot_loop::run(cfg, controller::robot_loop::Brain::Hold, "push", "t")
-        .expect_err("refused");
-    assert!(e.to_string().contains("in use by another process"), "{e}");
-    let (_, received) = firmware.stop_recorded().unwrap();
-    assert!(
-        received.is_empty(),
-        "the firmware heard {} frames",
-        received.len()
-    );
+    let (e, heard) = refused(busy.path());
+    assert!(e.contains("in use by another process"), "{e}");
+    assert_eq!(heard, 0, "the firmware heard frames");
 }

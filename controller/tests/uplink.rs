@@ -55,6 +55,29 @@ fn key() -> Key {
     Key::from_bytes([9; KEY_LEN])
 }
 
+/// The push robot behind the simulated firmware (lockstep, a 10x clock) and a quiet run
+/// of `episodes` into `out` on it.
+fn push_run(out: &std::path::Path, episodes: u32) -> (FirmwareThread, RunConfig) {
+    let mut robot = RobotConfig::example("push").unwrap();
+    // At the 10x clock the firmware's checks get a tenth of their real time: a slow step
+    // of a loaded 2-core machine must not stop this test of the link (the HIL tests
+    // cover the stale-sensor monitor and the command watchdog).
+    robot.safety.stale_sensor_ms = 3000;
+    robot.command_timeout_ms = 20_000;
+    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
+    fw.pacing = Pacing::Lockstep;
+    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
+    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
+    // Not a cadence test: a pause on a loaded machine at this time scale can miss 10
+    // deadlines in a row (controller/tests/hil.rs checks that fault).
+    cfg.max_consecutive_overruns = 0;
+    cfg.episodes = Some(episodes);
+    cfg.time_scale = 10.0;
+    cfg.out = Some(out.to_path_buf());
+    cfg.quiet = true;
+    (firmware, cfg)
+}
+
 #[test]
 fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect() {
     let tmp = tempfile::tempdir().unwrap();
@@ -97,30 +120,14 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
         outcomes
     });
 
-    let mut robot = RobotConfig::example("push").unwrap();
-    // At the 10x clock the firmware's checks get a tenth of their real time: a slow step
-    // of a loaded 2-core machine must not stop this test of the link (the HIL tests
-    // cover the stale-sensor monitor and the command watchdog).
-    robot.safety.stale_sensor_ms = 3000;
-    robot.command_timeout_ms = 20_000;
     let options = PolicyOptions {
         backend: Backend::Tract,
         executed_steps: None,
         seed: 5,
     };
     let brain = Brain::new(&bundle, &options, false).unwrap();
-    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
-    fw.pacing = Pacing::Lockstep;
-    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
     let out = tmp.path().join("run");
-    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
-    // Not a cadence test: a pause on a loaded machine at this time scale can miss 10
-    // deadlines in a row (controller/tests/hil.rs checks that fault).
-    cfg.max_consecutive_overruns = 0;
-    cfg.episodes = Some(4);
-    cfg.time_scale = 10.0;
-    cfg.out = Some(out.clone());
-    cfg.quiet = true;
+    let (firmware, mut cfg) = push_run(&out, 4);
     cfg.uplink = Some(UplinkConfig {
         addr: addr.to_string(),
         key: key(),
@@ -542,19 +549,8 @@ fn the_report_is_written_before_the_uplinks_drain() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let mut robot = RobotConfig::example("push").unwrap();
-    robot.safety.stale_sensor_ms = 3000;
-    robot.command_timeout_ms = 20_000;
-    let mut fw = FirmwareOptions::new(TaskId::Push, robot.clone());
-    fw.pacing = Pacing::Lockstep;
-    let firmware = FirmwareThread::spawn(fw, 10.0).unwrap();
     let out = tmp.path().join("run");
-    let mut cfg = RunConfig::new(robot, firmware.path().to_path_buf());
-    cfg.max_consecutive_overruns = 0;
-    cfg.episodes = Some(1);
-    cfg.time_scale = 10.0;
-    cfg.out = Some(out.clone());
-    cfg.quiet = true;
+    let (firmware, mut cfg) = push_run(&out, 1);
     cfg.uplink = Some(UplinkConfig {
         addr,
         key: key(),

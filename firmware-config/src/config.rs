@@ -708,7 +708,7 @@ impl RobotConfig {
     /// robot file's `serial.baud` and for the controller's `--baud`. Not for USB CDC-ACM
     /// devices (`/dev/ttyACM*`, macOS `/dev/cu.usbmodem*` and `/dev/tty.usbmodem*`),
     /// which ignore the baud rate and run at USB speed, nor for pseudo-terminals
-    /// (`/dev/pts/N`). A symlink to a device that
+    /// (`/dev/pts/N`, macOS `/dev/ttysNNN`). A symlink to a device that
     /// exists (`/dev/serial/by-id/usb-…-if00`, the stable name of a USB device) is judged
     /// by the device it names; one that does not exist (here) by its own name.
     pub fn check_baud(&self, device: &str, baud: u32) -> Result<(), String> {
@@ -717,11 +717,16 @@ impl RobotConfig {
             .map(|p| p.to_string_lossy().into_owned());
         let path = resolved.as_deref().unwrap_or(device);
         let name = path.rsplit('/').next().unwrap_or(path);
-        // (A pseudo-terminal, the simulated firmware's, ignores it too.)
+        // (A pseudo-terminal, the simulated firmware's, ignores it too: Linux's
+        // `/dev/pts/N`, macOS's `/dev/ttysNNN`.)
+        let macos_pty = name
+            .strip_prefix("ttys")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         if ["ttyACM", "cu.usbmodem", "tty.usbmodem"]
             .iter()
             .any(|usb| name.starts_with(usb))
             || path.starts_with("/dev/pts/")
+            || macos_pty
         {
             return Ok(());
         }

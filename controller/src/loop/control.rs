@@ -1162,14 +1162,14 @@ impl Control {
             self.interrupt(now, why);
         }
         if self.run_panicked.raised() && self.fatal.is_none() {
-            let what = self
-                .run_panicked
-                .first()
-                .unwrap_or_else(|| "a thread".into());
+            let what = match self.run_panicked.first() {
+                Some(first) => format!(": {first}"),
+                None => String::new(),
+            };
             self.fatal_error(
                 now,
                 FaultKind::Panic,
-                format!("a thread of the controller panicked: {what}"),
+                format!("a thread of the controller panicked{what}"),
             );
         }
         if let Some(limit) = self.cfg.duration
@@ -2578,6 +2578,29 @@ mod tests {
         assert_eq!(c.report.episodes[0].reason, EndReason::Labelled);
     }
 
+    /// A control loop whose episode ends: labelled by the operator (`label`), or by the
+    /// firmware (`None`), its last frames awaited; the sender of its link events; and
+    /// the reason it should end with.
+    fn ending(
+        wire: &Wire,
+        label: Option<bool>,
+    ) -> (Control, crossbeam_channel::Sender<LinkEvent>, EndReason) {
+        let (mut c, tx) = control(wire);
+        let mut t = Track::new(1, 0, 7, Instant::now());
+        t.label = label;
+        t.final_step = Some(3);
+        c.track = Some(t);
+        c.phase = Phase::Ending {
+            until: Instant::now() + Duration::from_secs(10),
+        };
+        let want = if label.is_some() {
+            EndReason::Labelled
+        } else {
+            EndReason::Completed
+        };
+        (c, tx, want)
+    }
+
     /// Ctrl-C (or `q`, SIGTERM) while a labelled episode waits for its last frames: it
     /// ends labelled, as it would have at its deadline (it was reported `interrupted`
     /// and left out of the success rate while its log held the labelled end), and the
@@ -2586,20 +2609,8 @@ mod tests {
     fn an_interrupt_while_an_episode_ends_keeps_its_label() {
         for label in [Some(true), None] {
             let wire = Wire::default();
-            let (mut c, _tx) = control(&wire);
-            let mut t = Track::new(1, 0, 7, Instant::now());
-            t.label = label;
-            t.final_step = Some(3);
-            c.track = Some(t);
-            c.phase = Phase::Ending {
-                until: Instant::now() + Duration::from_secs(10),
-            };
+            let (mut c, _tx, want) = ending(&wire, label);
             c.interrupt(Instant::now(), "interrupted (Ctrl-C)".into());
-            let want = if label.is_some() {
-                EndReason::Labelled
-            } else {
-                EndReason::Completed
-            };
             assert_eq!(c.report.episodes[0].reason, want, "{label:?}");
             assert!(
                 c.report.episodes[0].detail.contains("Ctrl-C"),
@@ -2625,14 +2636,7 @@ mod tests {
     fn a_fault_while_an_episode_ends_keeps_its_label() {
         for label in [Some(true), None] {
             let wire = Wire::default();
-            let (mut c, _tx) = control(&wire);
-            let mut t = Track::new(1, 0, 7, Instant::now());
-            t.label = label;
-            t.final_step = Some(3);
-            c.track = Some(t);
-            c.phase = Phase::Ending {
-                until: Instant::now() + Duration::from_secs(10),
-            };
+            let (mut c, _tx, want) = ending(&wire, label);
             c.fault(
                 Instant::now(),
                 FaultKind::EmergencyStop,
@@ -2640,11 +2644,6 @@ mod tests {
                 Some(After::Exit),
             );
             c.end_closing(Instant::now());
-            let want = if label.is_some() {
-                EndReason::Labelled
-            } else {
-                EndReason::Completed
-            };
             let ep = &c.report.episodes[0];
             assert_eq!(ep.reason, want, "{label:?}");
             assert!(ep.detail.contains("the stop button"), "{ep:?}");

@@ -202,7 +202,9 @@ impl Streamer {
 }
 
 /// Dropped without [`Streamer::finish`] (a run that fails after starting it): the thread
-/// is asked to stop as at `finish` (it drains, then ends), unjoined. It ran on.
+/// is asked to stop as at `finish` (it drains, then ends), unjoined; it ran on. (Only
+/// `finish` cuts the connection past the drain: a trainer that trickles bytes can hold
+/// a dropped streamer's thread longer.)
 impl Drop for Streamer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);

@@ -457,6 +457,8 @@ fn parse_errors_name_file_line_and_field() {
         assert_eq!(checked.is_ok(), exempt, "{device}: {checked:?}");
     }
     assert!(robot.check_baud("/dev/tty.usbmodem1101", 9600).is_ok());
+    assert!(robot.check_baud("/dev/ttys004", 9600).is_ok());
+    assert!(robot.check_baud("/dev/ttyS4", 9600).is_err());
     // A timeout past u32 is named as given (it read 4294967295).
     let e = robot.check_command_timeout(5_000_000_000).unwrap_err();
     assert!(e.contains("found 5000000000"), "{e}");
