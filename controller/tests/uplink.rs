@@ -4,7 +4,7 @@
 //! reach the server exactly once, in order.
 
 use controller::robot_loop::streamer::UplinkConfig;
-use controller::robot_loop::{self, Brain, RunConfig, log::read_log};
+use controller::robot_loop::{self, Brain, RunConfig, log::LogWriter, log::read_log};
 use controller::runtime::{Backend, PolicyOptions};
 use firmware_config::RobotConfig;
 use hil_tests::firmware::{FirmwareOptions, FirmwareThread, Pacing};
@@ -542,6 +542,7 @@ fn an_idle_session_without_swaps_is_kept_alive() {
 /// `report.json` is written as the uplink's drain begins (marked `draining`) and again
 /// when it ends, replacing it (not kept as an earlier run's): a process killed in the
 /// drain (a service manager's SIGKILL after its stop timeout) lost the run's report.
+/// The log stays locked meanwhile, so no other run starts into the same `--out`.
 #[test]
 fn the_report_is_written_before_the_uplinks_drain() {
     let tmp = tempfile::tempdir().unwrap();
@@ -562,6 +563,8 @@ fn the_report_is_written_before_the_uplinks_drain() {
     let (e, path) = (ended.clone(), out.join("report.json"));
     let watcher = std::thread::spawn(move || {
         let mut seen: Vec<serde_json::Value> = vec![];
+        // Whether another run could open the log while the report said `draining`.
+        let mut opened_in_drain = None;
         loop {
             // Once more after the run returned: its last write.
             let last = e.load(Ordering::SeqCst);
@@ -569,10 +572,14 @@ fn the_report_is_written_before_the_uplinks_drain() {
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
                 && seen.last() != Some(&v)
             {
+                if v["uplink"]["draining"] == true && opened_in_drain.is_none() {
+                    let log = path.with_file_name("transitions.log");
+                    opened_in_drain = Some(LogWriter::open(&log).is_ok());
+                }
                 seen.push(v);
             }
             if last {
-                return seen;
+                return (seen, opened_in_drain);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -580,7 +587,10 @@ fn the_report_is_written_before_the_uplinks_drain() {
     let report = robot_loop::run(cfg, Brain::Hold, "push", "drain").unwrap();
     ended.store(true, Ordering::SeqCst);
     drop(firmware);
-    let seen = watcher.join().unwrap();
+    let (seen, opened_in_drain) = watcher.join().unwrap();
+    // The log stays locked through the drain (another run into this `--out` had its
+    // report replaced by this one's at the drain's end).
+    assert_eq!(opened_in_drain, Some(false));
     assert_eq!(report.episodes.len(), 1);
     let draining: Vec<bool> = seen
         .iter()

@@ -818,9 +818,16 @@ pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// would), without creating or changing it: a run checks before it opens the robot's
 /// port, and takes the lock itself later.
 pub fn check_log_free(path: &Path) -> Result<(), LogError> {
+    lock_log(path).map(drop)
+}
+
+/// The log at `path` locked as its writer locks it (another run into the same `--out`
+/// is refused with [`LogError::InUse`]), without writing to it; `None` if it does not
+/// exist. A run holds it through the uplink's drain, after its writer has closed.
+pub fn lock_log(path: &Path) -> Result<Option<File>, LogError> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
             return Err(LogError::Io {
                 path: path.to_path_buf(),
@@ -830,7 +837,7 @@ pub fn check_log_free(path: &Path) -> Result<(), LogError> {
         }
     };
     match file.try_lock() {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse {
             path: path.to_path_buf(),
         }),

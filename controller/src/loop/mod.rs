@@ -1225,6 +1225,13 @@ pub fn run(
     if let Some(l) = logger {
         report.logger = Some(l.finish());
     }
+    // The log stays locked through the uplink's drain and the report's last write,
+    // which follow its writer's close: another run into this `--out` could start then,
+    // and have its `report.json` replaced by this one's.
+    let _log_held = match (&cfg.out, &streamer) {
+        (Some(dir), Some(_)) => log::lock_log(&dir.join("transitions.log")).ok().flatten(),
+        _ => None,
+    };
     let done: Vec<&EpisodeReport> = report
         .episodes
         .iter()
