@@ -55,6 +55,16 @@ fn key() -> Key {
     Key::from_bytes([9; KEY_LEN])
 }
 
+/// Streaming to `addr` (no bundle swaps), draining for up to `drain` at the end.
+fn uplink(addr: impl Into<String>, drain: Duration) -> UplinkConfig {
+    UplinkConfig {
+        addr: addr.into(),
+        key: key(),
+        drain,
+        swap: None,
+    }
+}
+
 /// The push robot behind the simulated firmware (lockstep, a 10x clock) and a quiet run
 /// of `episodes` into `out` on it.
 fn push_run(out: &std::path::Path, episodes: u32) -> (FirmwareThread, RunConfig) {
@@ -128,12 +138,7 @@ fn every_logged_transition_reaches_the_trainer_once_across_a_forced_disconnect()
     let brain = Brain::new(&bundle, &options, false).unwrap();
     let out = tmp.path().join("run");
     let (firmware, mut cfg) = push_run(&out, 4);
-    cfg.uplink = Some(UplinkConfig {
-        addr: addr.to_string(),
-        key: key(),
-        drain: Duration::from_secs(20),
-        swap: None,
-    });
+    cfg.uplink = Some(uplink(addr.to_string(), Duration::from_secs(20)));
     let report = robot_loop::run(cfg, brain, "push", "synthetic").unwrap();
     drop(firmware);
     done.store(true, Ordering::SeqCst);
@@ -225,12 +230,7 @@ fn the_streamer_reads_past_held_records_to_send_the_rest_after_the_run_ended() {
         serve_records(&mut s, &mut sink).map(|(_, k)| k)
     });
     let (streamer, _ready) = Streamer::spawn(
-        UplinkConfig {
-            addr: addr.to_string(),
-            key: key(),
-            drain: Duration::from_secs(60),
-            swap: None,
-        },
+        uplink(addr.to_string(), Duration::from_secs(60)),
         &log,
         None,
     )
@@ -263,17 +263,9 @@ fn stream_to_holder(
         held,
         received: r.clone(),
     });
-    let (streamer, _ready) = controller::robot_loop::streamer::Streamer::spawn(
-        UplinkConfig {
-            addr,
-            key: key(),
-            drain,
-            swap: None,
-        },
-        log,
-        synced,
-    )
-    .unwrap();
+    let (streamer, _ready) =
+        controller::robot_loop::streamer::Streamer::spawn(uplink(addr, drain), log, synced)
+            .unwrap();
     let summary = streamer.finish();
     done.store(true, Ordering::SeqCst);
     server.join().unwrap();
@@ -380,12 +372,7 @@ fn a_trainer_that_trickles_bytes_does_not_hold_the_runs_end() {
     });
     let start = std::time::Instant::now();
     let (streamer, _ready) = controller::robot_loop::streamer::Streamer::spawn(
-        UplinkConfig {
-            addr,
-            key: key(),
-            drain: Duration::from_secs(1),
-            swap: None,
-        },
+        uplink(addr, Duration::from_secs(1)),
         &log,
         None,
     )
@@ -450,17 +437,8 @@ fn a_log_held_under_its_older_name_is_not_sent_again() {
         cut: None,
         lose: None,
     });
-    let (streamer, _ready) = Streamer::spawn(
-        UplinkConfig {
-            addr,
-            key: key(),
-            drain: Duration::from_secs(20),
-            swap: None,
-        },
-        &spelled,
-        None,
-    )
-    .unwrap();
+    let (streamer, _ready) =
+        Streamer::spawn(uplink(addr, Duration::from_secs(20)), &spelled, None).unwrap();
     let summary = streamer.finish();
     done.store(true, Ordering::SeqCst);
     server.join().unwrap();
@@ -515,17 +493,8 @@ fn an_idle_session_without_swaps_is_kept_alive() {
             }
         }
     });
-    let (streamer, _ready) = Streamer::spawn(
-        UplinkConfig {
-            addr,
-            key: key(),
-            drain: Duration::from_secs(1),
-            swap: None,
-        },
-        &log,
-        None,
-    )
-    .unwrap();
+    let (streamer, _ready) =
+        Streamer::spawn(uplink(addr, Duration::from_secs(1)), &log, None).unwrap();
     // Idle for over two session timeouts after the log is sent.
     std::thread::sleep(POLL_EVERY * 8);
     let summary = streamer.finish();
@@ -552,12 +521,7 @@ fn the_report_is_written_before_the_uplinks_drain() {
     drop(closed);
     let out = tmp.path().join("run");
     let (firmware, mut cfg) = push_run(&out, 1);
-    cfg.uplink = Some(UplinkConfig {
-        addr,
-        key: key(),
-        drain: Duration::from_secs(3),
-        swap: None,
-    });
+    cfg.uplink = Some(uplink(addr, Duration::from_secs(3)));
     // Reads report.json whenever it changes, until the run has returned.
     let ended = Arc::new(AtomicBool::new(false));
     let (e, path) = (ended.clone(), out.join("report.json"));

@@ -655,19 +655,8 @@ impl RecordedBy {
 /// that counts its logs as held whole); so are those of a log left in `out` by a try
 /// that failed before its first checkpoint.
 fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
-    let source = from.join("uplink");
-    let entries = match std::fs::read_dir(&source) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", source.display())),
-    };
     let target = out.join("uplink");
-    for entry in entries {
-        let entry = entry.with_context(|| format!("{}: cannot list", source.display()))?;
-        let path = entry.path();
-        if !entry.file_type()?.is_file() || path.extension().is_none_or(|e| e != "log") {
-            continue;
-        }
+    for path in crate::live::stream_logs(&from.join("uplink"))? {
         // Under a shared lock: the receiver of a run still listening holds its log's
         // exclusive one, and would go on appending to the source after the copy.
         let mut src = std::fs::File::open(&path)
@@ -686,7 +675,7 @@ fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
         }
         // A log already in `out` (a fresh run, or a `--resume` that found no checkpoint
         // there) is one of a try that failed before its first checkpoint: replaced.
-        let dest = target.join(entry.file_name());
+        let dest = target.join(path.file_name().expect("a file"));
         std::fs::create_dir_all(&target)
             .with_context(|| format!("creating {}", target.display()))?;
         let tmp = dest.with_extension("log.tmp");

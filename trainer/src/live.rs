@@ -110,7 +110,7 @@ pub(crate) struct LogPosition {
 }
 
 /// The stream logs (`*.log`) in `dir`, by name; none if `dir` does not exist.
-fn stream_logs(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn stream_logs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut logs: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .map(|e| e.map(|e| e.path()))
@@ -615,12 +615,17 @@ fn newest_bundle(root: &std::path::Path, signed: bool) -> Option<usize> {
 /// Streamed transitions into the online replay, one chunker per stream log (chunks are
 /// consecutive steps of one robot), and where the training loop is in each log.
 struct Intake {
-    chunkers: HashMap<String, crate::replay::Chunker>,
+    logs: HashMap<String, LogIntake>,
     positions: BTreeMap<String, LogPosition>,
-    /// Record indices of the steps waiting in each log's chunker, oldest first.
-    waiting: HashMap<String, VecDeque<u64>>,
     chunks: crate::replay::ChunkSpec,
     keep_interventions: bool,
+}
+
+/// One stream log's chunker, and the record indices of the steps waiting in it, oldest
+/// first.
+struct LogIntake {
+    chunker: crate::replay::Chunker,
+    waiting: VecDeque<u64>,
 }
 
 impl Intake {
@@ -631,9 +636,8 @@ impl Intake {
         keep_interventions: bool,
     ) -> Intake {
         Intake {
-            chunkers: HashMap::new(),
+            logs: HashMap::new(),
             positions,
-            waiting: HashMap::new(),
             chunks,
             keep_interventions,
         }
@@ -649,19 +653,27 @@ impl Intake {
     ) -> usize {
         summary.streamed += 1;
         let chunks = self.chunks;
-        let chunker = self.chunkers.entry(step.log.clone()).or_insert_with(|| {
-            crate::replay::Chunker::new(step.obs.len(), step.action.len(), chunks)
-        });
-        let owed = take_step(&step, chunker, online, summary, self.keep_interventions);
-        let still_waiting = chunker.pending();
-        let waiting = self.waiting.entry(step.log.clone()).or_default();
-        waiting.push_back(step.index);
-        while waiting.len() > still_waiting {
-            waiting.pop_front();
+        let log = self
+            .logs
+            .entry(step.log.clone())
+            .or_insert_with(|| LogIntake {
+                chunker: crate::replay::Chunker::new(step.obs.len(), step.action.len(), chunks),
+                waiting: VecDeque::new(),
+            });
+        let owed = take_step(
+            &step,
+            &mut log.chunker,
+            online,
+            summary,
+            self.keep_interventions,
+        );
+        log.waiting.push_back(step.index);
+        while log.waiting.len() > log.chunker.pending() {
+            log.waiting.pop_front();
         }
         let p = self.positions.entry(step.log).or_default();
         p.taken = p.taken.max(step.index + 1);
-        p.in_replay = waiting.front().copied().unwrap_or(step.index + 1);
+        p.in_replay = log.waiting.front().copied().unwrap_or(step.index + 1);
         owed
     }
 
@@ -691,7 +703,7 @@ impl Intake {
     /// steps still waiting for the rest of a chunk are taken again from the logs by a
     /// run that continues it, and counted then) and the updates owed.
     fn capture(&self, state: &mut crate::run::RunState, streamed: usize, owed: usize) {
-        let waiting: usize = self.waiting.values().map(VecDeque::len).sum();
+        let waiting: usize = self.logs.values().map(|l| l.waiting.len()).sum();
         state.live_streamed = streamed - waiting;
         state.live_logs = Some(self.positions.clone());
         state.live_owed = owed;

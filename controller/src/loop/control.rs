@@ -1289,21 +1289,26 @@ impl Control {
             Phase::Handshaking { .. } if self.track.is_none() => self.phase = Phase::Done,
             _ => {
                 if self.track.is_some() {
-                    // An episode already ending (the firmware ended it, or the operator
-                    // labelled it) ends as it would have at its deadline: it was
-                    // reported `interrupted` and left out of the success rate while its
-                    // log held the labelled end.
-                    let (reason, detail) = match self.phase {
-                        Phase::Ending { .. } => {
-                            let (reason, detail) = self.ending_reason();
-                            (reason, format!("{detail} ({why})"))
-                        }
-                        _ => (EndReason::Interrupted, why),
-                    };
+                    let (reason, detail) = self.cut_short(EndReason::Interrupted, why);
                     self.finish_episode(now, reason, detail);
                 }
                 self.enter_safe_stop(After::Exit);
             }
+        }
+    }
+
+    /// How the episode ends when `cause` cuts it short: as `otherwise`, unless it was
+    /// already ending (the firmware ended it, or the operator labelled it), which ends
+    /// as it would have at its deadline, `cause` in its detail. (Such an episode was
+    /// filed as interrupted or faulted, left out of the success rate while its log held
+    /// the labelled end.)
+    fn cut_short(&self, otherwise: EndReason, cause: String) -> (EndReason, String) {
+        match self.phase {
+            Phase::Ending { .. } => {
+                let (reason, how) = self.ending_reason();
+                (reason, format!("{how} ({cause})"))
+            }
+            _ => (otherwise, cause),
         }
     }
 
@@ -1369,16 +1374,7 @@ impl Control {
         }
         self.fault_count += 1;
         if self.track.is_some() {
-            // An episode already ending (the firmware ended it, or the operator labelled
-            // it) ends as it would have, as at an interrupt: it was filed as `fault` and
-            // left out of the success rate while its log held the labelled end.
-            let (reason, detail) = match self.phase {
-                Phase::Ending { .. } => {
-                    let (reason, how) = self.ending_reason();
-                    (reason, format!("{how} ({kind:?} while it ended: {detail})"))
-                }
-                _ => (EndReason::Fault, format!("{kind:?}: {detail}")),
-            };
+            let (reason, detail) = self.cut_short(EndReason::Fault, format!("{kind:?}: {detail}"));
             // Its transitions are sent from `closing` (this tick's `close_faulted`).
             let cadence = self.take_cadence();
             if let Some(mut track) = self.track.take() {
@@ -2014,22 +2010,27 @@ impl Control {
                 // The episode's return (console, report.json) is the dataset's: a step
                 // not kept (its reward not finite) adds no bonus either.
                 t.ret += bonus;
-                if let Some(tx) = &self.log_tx {
-                    let rec = Record::Transition(tr);
-                    let sent = if self.log_blocking {
-                        tx.send(rec).is_ok()
-                    } else {
-                        tx.try_send(rec).is_ok()
-                    };
-                    if sent {
-                        self.report.log_sent += 1;
-                        t.emitted += 1;
-                    } else {
-                        self.report.log_drops += 1;
-                        t.dropped += 1;
+                let kept = match &self.log_tx {
+                    Some(tx) => {
+                        let rec = Record::Transition(tr);
+                        let sent = if self.log_blocking {
+                            tx.send(rec).is_ok()
+                        } else {
+                            tx.try_send(rec).is_ok()
+                        };
+                        if sent {
+                            self.report.log_sent += 1;
+                        } else {
+                            self.report.log_drops += 1;
+                        }
+                        sent
                     }
-                } else {
+                    None => true,
+                };
+                if kept {
                     t.emitted += 1;
+                } else {
+                    t.dropped += 1;
                 }
                 continue;
             }

@@ -836,8 +836,15 @@ pub fn lock_log(path: &Path) -> Result<Option<File>, LogError> {
             });
         }
     };
+    lock_exclusive(&file, path)?;
+    Ok(Some(file))
+}
+
+/// One writer at a time (an advisory lock, held as long as `file` is open): another
+/// holder of the log at `path` is [`LogError::InUse`].
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), LogError> {
     match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
+        Ok(()) => Ok(()),
         Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse {
             path: path.to_path_buf(),
         }),
@@ -866,15 +873,7 @@ impl LogWriter {
         // One writer at a time (an advisory lock, held as long as `file` is open): a
         // second run into the same --out would interleave its records with ours, and
         // its repair below could cut off the record we are writing.
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(LogError::InUse {
-                    path: path.to_path_buf(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking the log", e)),
-        }
+        lock_exclusive(&file, path)?;
         let (mut repaired, mut existing_records) = (0, 0);
         let existing = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
         if existing {
