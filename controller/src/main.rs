@@ -17,6 +17,26 @@ use shared_model::synthetic::SyntheticSpec;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// `--seed`, or its default: 0 for the simulated firmware; on a robot a seed of its
+/// own for each session (the clock's nanoseconds and the process id), as a session
+/// that replayed the last one's noise would stream the same exploration draws to the
+/// trainer again.
+fn run_seed(given: Option<u64>, simulated: bool) -> u64 {
+    match given {
+        Some(seed) => seed,
+        None if simulated => 0,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            // 64 bits of the nanoseconds, the process id in the high bits; below 2^53
+            // so that it survives a JSON reader's doubles (report.json's seeds).
+            let mixed = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32);
+            mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11
+        }
+    }
+}
+
 /// Mixed into `--seed` for the policy's random stream ("policy"): the same seed also
 /// seeds the episodes' resets.
 const POLICY_STREAM: u64 = 0x706f_6c69_6379;
@@ -301,9 +321,12 @@ struct RunArgs {
     /// Episodes to run.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     episodes: u32,
-    /// Episode i is reset with seed + i; the policy's sampler uses seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Episode i is reset with seed + i; the policy's sampler uses seed. Default: 0
+    /// with --sim (repeatable runs); on a robot, drawn from the clock at start and
+    /// printed, so that each session explores with other noise (give the printed seed
+    /// to repeat a session's draws).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Two-speed EXPO: a worker refreshes base candidates, each tick edits and selects.
     #[arg(long, requires = "bundle")]
     two_speed: bool,
@@ -420,6 +443,10 @@ fn loop_config(
 }
 
 fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
+    let seed = run_seed(a.seed, a.sim.is_some());
+    if a.seed.is_none() && a.sim.is_none() {
+        eprintln!("seed {seed} (drawn at start: --seed {seed} repeats this session's draws)");
+    }
     // A lockstep firmware's frames follow our commands: alignment would only push the
     // tick grid later, and the loop would run slower than its rate.
     ensure!(
@@ -524,7 +551,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         executed_steps: a.executed_steps,
         // A stream of its own: `--seed` also seeds the episodes' resets (with --sim,
         // the first reset's draws would otherwise be the policy's first noise).
-        seed: a.seed ^ POLICY_STREAM,
+        seed: seed ^ POLICY_STREAM,
     };
     reserve_dedicated_cpu(&a.timing);
     let play = robot_loop::PlayOptions {
@@ -547,7 +574,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             } else {
                 Pacing::RealTime
             };
-            o.seed = a.seed;
+            o.seed = seed;
             o.faults = a
                 .sim_faults
                 .parse()
@@ -578,12 +605,28 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     }
     cfg.baud = a.baud.unwrap_or(cfg.baud);
     cfg.episodes = Some(a.episodes);
-    cfg.seed = a.seed;
+    cfg.seed = seed;
     cfg.time_scale = a.time_scale;
     cfg.out = Some(a.out.clone());
     cfg.max_faults = a.max_faults;
     cfg.operator = a.operator;
     cfg.teleop = teleop;
+    cfg.settings = Some(robot_loop::RunSettings {
+        command: std::env::args().collect(),
+        robot_file: toml::to_string(&cfg.robot).context("writing the robot file's settings")?,
+        seed,
+        port: port.display().to_string(),
+        baud: cfg.baud,
+        policy: bundle.as_ref().map(|b| robot_loop::PolicySettings {
+            backend: a.backend.clone(),
+            executed_steps: a
+                .executed_steps
+                .unwrap_or(b.manifest.diffusion.executed_steps),
+            two_speed: a.two_speed,
+            replan_every: a.replan_every.unwrap_or(b.manifest.action.replan_every),
+            temporal_ensemble: a.temporal_ensemble,
+        }),
+    });
     cfg.rerun = match (&a.rerun, &a.rerun_connect) {
         (Some(f), _) => Some(robot_loop::viz::RerunTarget::File(f.clone())),
         (None, Some(addr)) => Some(robot_loop::viz::RerunTarget::Connect(addr.clone())),

@@ -675,6 +675,29 @@ fn e2e_two_speed_policy() {
         );
         assert!(mean <= max as f64, "{says}: {}", report["two_speed"]);
         assert!(out.stdout.contains("two-speed: "), "{}", out.stdout);
+        // What the run was started with, as resolved: the bundle's chunk play where no
+        // --replan-every was given (the synthetic bundles play whole chunks).
+        let settings = &report["settings"];
+        let policy = &settings["policy"];
+        assert_eq!(policy["two_speed"], true);
+        assert_eq!(policy["backend"], "native");
+        assert_eq!(
+            policy["replan_every"].as_u64().unwrap(),
+            extra.get(1).map_or(0, |n| n.parse().unwrap())
+        );
+        assert_eq!(settings["seed"], 100);
+        assert!(policy["executed_steps"].as_u64().unwrap() >= 1);
+        let robot_file: RobotConfig =
+            toml::from_str(settings["robot_file"].as_str().unwrap()).unwrap();
+        assert_eq!(robot_file, robot(|_| {}));
+        assert!(
+            settings["command"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "--two-speed"),
+            "{settings}"
+        );
     }
     // More actions than a chunk holds is refused before the loop starts.
     let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
@@ -1703,6 +1726,52 @@ fn bundle_that_does_not_fit_the_robot_is_refused() {
             && out.stderr.contains("observation.dim 6"),
         "{out:?}"
     );
+}
+
+/// On a robot, a run without `--seed` draws one of its own and prints it: sessions that
+/// all used seed 0 streamed the same exploration noise to the trainer. A given seed is
+/// kept (and not printed).
+#[test]
+fn a_robot_session_draws_its_own_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let push = dir.path().join("push.toml");
+    std::fs::write(
+        &push,
+        toml::to_string(&RobotConfig::example("push").unwrap()).unwrap(),
+    )
+    .unwrap();
+    let seed_of = |extra: &[&str]| {
+        let out = finish(
+            Command::new(BIN)
+                .args([
+                    "run",
+                    "--allow-unsigned",
+                    "--port",
+                    "/dev/null-none",
+                    "--robot",
+                ])
+                .arg(&push)
+                .arg("--bundle")
+                .arg(bundle())
+                .arg("--out")
+                .arg(dir.path().join("run"))
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let line = out.stderr.lines().find(|l| l.starts_with("seed "));
+        line.map(|l| {
+            let seed: u64 = l.split(' ').nth(1).unwrap().parse().unwrap();
+            assert!(l.contains(&format!("--seed {seed} repeats")), "{l}");
+            seed
+        })
+    };
+    let (first, second) = (seed_of(&[]).unwrap(), seed_of(&[]).unwrap());
+    assert_ne!(first, second);
+    assert_eq!(seed_of(&["--seed", "5"]), None);
 }
 
 /// Settings the loop cannot run with are refused before the first command, by name: a

@@ -54,8 +54,15 @@
 //!   [`Dataset::frames_with_successor`] tells training to leave that frame out unless
 //!   it is terminal);
 //! - no `next.done`: never done;
-//! - no `next.truncated`: false, except the last frame, which is truncated when it is not done;
+//! - no `next.truncated`: false, except the last frame, which is truncated unless it is
+//!   both done and a success (`next.success`): LeRobot marks every episode's last frame
+//!   done however it ended, so only a success says a terminal state was reached there
+//!   (an episode cut by a time limit must not be taken as terminal);
 //! - no `next.reward`: 0; no `next.success`: false.
+//!
+//! Only an episode's last frame may be done or truncated, a truncated frame must be
+//! done, and where both columns exist the last frame must be done (the rules the writer
+//! applies, [`Episode::check`]); the reader refuses other flags, naming the row.
 //!
 //! The reader never panics on malformed input: every problem is a
 //! [`DatasetError`] naming the file, the column and what was expected.

@@ -336,6 +336,23 @@ fn read_data_file(
             r += 1;
         }
     }
+    // The end flags, once the rows are known to be the index's episodes.
+    let mut r = 0;
+    for &(e, m) in group {
+        for k in 0..m.length {
+            if let Some((col, problem)) = end_flags_problem(&d, r, k + 1 == m.length) {
+                return Err(DatasetError::column(
+                    path,
+                    col,
+                    format!(
+                        "row {r}: {problem} (episode {e}, frame_index {k} of {})",
+                        m.length
+                    ),
+                ));
+            }
+            r += 1;
+        }
+    }
     // No NaN / inf anywhere in the float data.
     let float_cols = [
         (cols::OBS, Some(&d.obs), od),
@@ -364,6 +381,44 @@ fn read_data_file(
     Ok(d)
 }
 
+/// What is wrong with row `r`'s `next.done` / `next.truncated` (the column and the
+/// problem), with `last` telling whether it is its episode's last frame. The rules of
+/// [`Episode::check`], which the writer applies: only the last frame ends an episode,
+/// a truncated frame is done, and where both columns exist the last frame is done.
+/// Without them a terminal state mid-episode would be read (no bootstrapping there) and
+/// the frames after it taken as the same episode.
+fn end_flags_problem(d: &FileData, r: usize, last: bool) -> Option<(&'static str, String)> {
+    let done = d.done.as_ref().map(|v| v[r]);
+    let truncated = d.truncated.as_ref().map(|v| v[r]);
+    if !last {
+        if done == Some(true) {
+            return Some((cols::DONE, "true before the episode's last frame".into()));
+        }
+        if truncated == Some(true) {
+            return Some((
+                cols::TRUNCATED,
+                "true before the episode's last frame".into(),
+            ));
+        }
+        return None;
+    }
+    match (done, truncated) {
+        (Some(false), Some(true)) => Some((
+            cols::TRUNCATED,
+            "true where next.done is false (a truncated frame ends its episode)".into(),
+        )),
+        (Some(false), Some(false)) => Some((
+            cols::DONE,
+            "false on the episode's last frame, which next.truncated does not mark either".into(),
+        )),
+        (None, Some(false)) => Some((
+            cols::TRUNCATED,
+            "false on the episode's last frame, and there is no next.done column".into(),
+        )),
+        _ => None,
+    }
+}
+
 /// Cut the frames `[r0, r0 + n)` of `d` into an [`Episode`], applying the
 /// documented defaults for missing `next.*` columns.
 pub(crate) fn build_episode(d: &FileData, r0: usize, n: usize, od: usize, ad: usize) -> Episode {
@@ -384,7 +439,15 @@ pub(crate) fn build_episode(d: &FileData, r0: usize, n: usize, od: usize, ad: us
     };
     let truncated: Vec<bool> = match &d.truncated {
         Some(v) => v[rows.clone()].to_vec(),
-        None => (0..n).map(|k| k + 1 == n && !done[k]).collect(),
+        // LeRobot marks every episode's last frame `next.done`, however it ended, so
+        // without `next.truncated` only a success there says a terminal state was
+        // reached; any other end is taken as cut (no bootstrapping from a time limit).
+        None => {
+            let success_at_end = d.success.as_ref().is_some_and(|v| v[r0 + n - 1]);
+            (0..n)
+                .map(|k| k + 1 == n && !(done[k] && success_at_end))
+                .collect()
+        }
     };
     Episode {
         observations: obs,

@@ -575,3 +575,60 @@ fn every_truncation_is_an_error_not_a_panic() {
     }
     read_dataset(&dir).unwrap();
 }
+
+/// Rewrites the bool column `name` of the data file so that `row` reads `value`.
+fn set_flag(dir: &Path, name: &str, row: usize, value: bool) {
+    use arrow_array::BooleanArray;
+    rewrite_parquet(&dir.join(DATA), |b| {
+        let mut v: Vec<bool> = b
+            .column_by_name(name)
+            .unwrap()
+            .as_boolean()
+            .iter()
+            .map(|x| x.unwrap())
+            .collect();
+        v[row] = value;
+        replace_column(&b, name, Arc::new(BooleanArray::from(v)))
+    });
+}
+
+#[test]
+fn an_end_flag_inside_an_episode_is_refused() {
+    // Episodes of 6, 9 and 4 frames: row 2 is inside episode 0, row 5 its last frame.
+    for (column, row, value, hint) in [
+        (
+            "next.done",
+            2,
+            true,
+            "row 2: true before the episode's last frame",
+        ),
+        (
+            "next.truncated",
+            8,
+            true,
+            "row 8: true before the episode's last frame",
+        ),
+        (
+            "next.done",
+            5,
+            false,
+            "row 5: false on the episode's last frame",
+        ),
+    ] {
+        let (_tmp, dir) = good();
+        set_flag(&dir, column, row, value);
+        expect_err(&dir, &["file-000.parquet", column, hint]);
+    }
+    // Truncated but not done.
+    let (_tmp, dir) = good();
+    set_flag(&dir, "next.truncated", 5, true);
+    set_flag(&dir, "next.done", 5, false);
+    expect_err(
+        &dir,
+        &[
+            "next.truncated",
+            "true where next.done is false",
+            "frame_index 5 of 6",
+        ],
+    );
+}

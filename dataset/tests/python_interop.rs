@@ -119,10 +119,11 @@ fn we_read_lerobot_style_files() {
     assert_eq!(ds.info.action_names, ["motor0", "motor1"]); // {"motors": [...]} form
     assert_eq!(ds.episodes.len(), 2);
     // Without next.observation.state, training leaves out a last frame that is not
-    // terminal; these end terminated (next.done), so every frame counts.
+    // terminal. LeRobot's next.done marks every episode's end, so without
+    // next.truncated or a success these ends read as cut: each last frame is left out.
     assert!(!ds.next_observations_recorded);
     for ep in &ds.episodes {
-        assert_eq!(ds.frames_with_successor(ep), ep.len());
+        assert_eq!(ds.frames_with_successor(ep), ep.len() - 1);
     }
     let mut i = 0; // global frame index
     for (e, (ep, n)) in ds.episodes.iter().zip([5, 7]).enumerate() {
@@ -138,9 +139,9 @@ fn we_read_lerobot_style_files() {
                 assert_eq!(ep.actions[k * 2 + j], -val(i, j));
             }
             assert_eq!(ep.rewards[k], k as f32 / 2.0);
-            // next.done on the last frame and no next.truncated → terminated.
-            assert_eq!(ep.terminated[k], k + 1 == n);
-            assert!(!ep.truncated[k]);
+            // next.done on the last frame, no next.truncated, no success → cut.
+            assert!(!ep.terminated[k]);
+            assert_eq!(ep.truncated[k], k + 1 == n);
             assert!(!ep.success[k]);
             // Columns LeRobot does not write read as false.
             assert!(!ep.intervention[k] && !ep.teleop[k]);
@@ -163,8 +164,8 @@ fn we_read_lerobot_style_files() {
         next_observations: Vec::new(),
         actions: (0..n * 2).map(|_| rng.f32()).collect(),
         rewards: vec![1.0; n],
-        terminated: vec![false, false, false, true],
-        truncated: vec![false; n],
+        terminated: vec![false; n],
+        truncated: vec![false, false, false, true],
         success: vec![false; n],
         intervention: vec![false; n],
         teleop: vec![false; n],
@@ -173,11 +174,12 @@ fn we_read_lerobot_style_files() {
     ep.next_observations
         .extend_from_slice(&ep.observations[12..]);
     // An episode these columns cannot represent is refused, and nothing of it is
-    // written: without next.truncated, a time-limit end would read back as terminal.
-    let mut cut = ep.clone();
-    cut.terminated[n - 1] = false;
-    cut.truncated[n - 1] = true;
-    let e = w.append_episode(&cut).unwrap_err().to_string();
+    // written: without next.truncated or next.success, a terminal end would read back
+    // as cut.
+    let mut terminal = ep.clone();
+    terminal.truncated[n - 1] = false;
+    terminal.terminated[n - 1] = true;
+    let e = w.append_episode(&terminal).unwrap_err().to_string();
     assert!(
         e.contains("no `next.observation.state`, `next.truncated`, `next.success` column")
             && e.contains("terminated flags, truncated flags would read back changed"),
@@ -189,6 +191,24 @@ fn we_read_lerobot_style_files() {
     let ds = read_dataset(&dir).unwrap();
     assert_eq!(ds.episodes[2], ep);
     validate_dataset(&dir).unwrap();
+}
+
+/// LeRobot's pusht carries `next.success` beside `next.done`: an episode whose last
+/// frame is a success ended in a terminal state, any other end was cut.
+#[test]
+fn a_lerobot_success_marks_a_terminal_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lerobot");
+    run_script(&["write", dir.to_str().unwrap(), "--success"]);
+    let ds = read_dataset(&dir).unwrap();
+    let (won, cut) = (&ds.episodes[0], &ds.episodes[1]);
+    assert_eq!(won.terminated, [false, false, false, false, true]);
+    assert!(won.truncated.iter().all(|t| !t));
+    assert!(won.success[4]);
+    assert!(cut.terminated.iter().all(|t| !t));
+    assert_eq!(cut.truncated.last(), Some(&true));
+    assert_eq!(ds.frames_with_successor(won), 5);
+    assert_eq!(ds.frames_with_successor(cut), 6);
 }
 
 /// This crate's directory as cargo sets it at run time: `env!` keeps the checkout the

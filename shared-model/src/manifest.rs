@@ -331,7 +331,8 @@ pub struct GraphFiles {
 pub struct Provenance {
     /// `git rev-parse HEAD` of the trainer's source tree (`unknown` outside git).
     pub git_revision: String,
-    /// sha256 of the resolved training config (JSON).
+    /// sha256 of the resolved training config (JSON), its `device` left out (the same
+    /// checkpoint exported on any device has one hash).
     pub config_hash: String,
     /// Where the offline data came from.
     pub dataset: String,

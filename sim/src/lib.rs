@@ -45,8 +45,10 @@
 //!   down at `q = 0`).
 //! - `push` ([`push`]): a 3 cm disc pusher (1 kg, velocity-tracking force controller,
 //!   20 N limit) and a 5 cm puck (0.2 kg, Coulomb friction μ = 0.4 with the table) on a
-//!   1 m x 1 m table with walls; contacts are resolved with impulses (restitution 0.1)
-//!   plus positional correction; physics step 5 ms (10 substeps per control step).
+//!   1 m x 1 m table with walls; the pusher-puck contact is resolved with an impulse
+//!   (restitution 0.1) plus positional correction, the walls stop a body dead (position
+//!   clamped, velocity into the wall zeroed: no bounce); physics step 5 ms (10 substeps
+//!   per control step).
 //! - `maze` ([`maze`]): a 0.15 m-radius point-mass robot whose velocity tracks the
 //!   commanded velocity with a 4 m/s² acceleration limit; walls are axis-aligned 1 m
 //!   cells and collisions remove the velocity component into the wall (the robot slides);
@@ -56,10 +58,11 @@
 //!
 //! [`Env::reset`] takes a seed; the state after it and every subsequent step depend only
 //! on that seed and the actions. The random generator is our own ([`rng::Rng`]), so its
-//! integer stream is the same on every platform and across dependency updates. Resets
-//! and the Gaussian noise go through `sin`, `cos` and `ln` of the platform's maths
-//! library, so trajectories are bit for bit the same on machines with the same library
-//! (and the same build), not necessarily across operating systems.
+//! integer stream is the same on every platform and across dependency updates. Resets,
+//! the Gaussian noise, the arm's dynamics (`sin`, `cos`) and the demonstrators (`atan2`,
+//! `acos`) go through the platform's maths library, so trajectories are bit for bit the
+//! same on machines with the same library (and the same build), not necessarily across
+//! operating systems.
 
 // Index loops over the x/y (or joint 1/2) components read like the equations they code.
 #![allow(clippy::needless_range_loop)]
@@ -291,7 +294,15 @@ pub trait Demonstrator: Send {
 }
 
 /// Creates an environment for `task`.
+///
+/// # Panics
+/// When `config` holds an option the task would ignore ([`EnvConfig::check_for`]):
+/// its data would be labelled with a variant ([`EnvConfig::robot_type`]) it does not
+/// simulate. Callers taking options from users check them first.
 pub fn make_env(task: TaskId, config: EnvConfig) -> Box<dyn Env> {
+    if let Err(e) = config.check_for(task) {
+        panic!("make_env: {e}");
+    }
     match task {
         TaskId::ArmReach => Box::new(arm::ArmReach::new(config)),
         TaskId::Push => Box::new(push::Push::new(config)),

@@ -478,3 +478,25 @@ fn scenes_from_observations_match_the_state() {
         }
     }
 }
+
+/// An option the task would ignore is refused where the environment is made, not only
+/// by the callers that check it: push with gravity would be labelled
+/// `sim/push+gravity` over plain push dynamics.
+#[test]
+fn an_option_the_task_ignores_is_refused() {
+    let gravity = EnvConfig {
+        gravity: true,
+        ..Default::default()
+    };
+    for task in [TaskId::Push, TaskId::Maze] {
+        let made = std::panic::catch_unwind(|| make_env(task, gravity));
+        let message = made.err().expect("push/maze with gravity was made");
+        let message = message.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("gravity applies to arm-reach only"),
+            "{message}"
+        );
+        assert!(std::panic::catch_unwind(|| sim::VecEnv::new(task, 2, gravity)).is_err());
+    }
+    make_env(TaskId::ArmReach, gravity);
+}

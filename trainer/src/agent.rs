@@ -820,6 +820,12 @@ impl Agent {
         &self.denoiser
     }
 
+    /// The device of the networks that only act (the EMA denoiser, the target critics,
+    /// the edit policy's `valid()` copy), without autodiff.
+    pub fn plain_device(&self) -> &Device {
+        &self.plain
+    }
+
     /// The EMA copy of the denoiser (acting, export).
     pub fn denoiser_ema(&self) -> &Denoiser {
         &self.denoiser_ema

@@ -290,7 +290,9 @@ pub enum NormalSource {
     Host,
     /// The backend's generator on the device, seeded from `seed` at start: no host
     /// generation or upload of the chain noise (the GPU choice). Its state is not
-    /// checkpointed, so a resumed run continues with fresh device noise.
+    /// checkpointed: a resumed or fine-tuned run seeds it again from `seed` and the
+    /// updates made so far (`run::device_normals_seed`), so it does not draw its
+    /// start's noise again.
     #[serde(rename = "device")]
     Device,
 }
@@ -694,10 +696,7 @@ impl Config {
                 "override '{o}': the preset is chosen with --preset (an override would only \
                  change its name, not the sizes it sets)"
             );
-            let parsed: toml::Value = toml::from_str(&format!("v = {raw}"))
-                .map(|t: toml::Table| t["v"].clone())
-                .unwrap_or_else(|_| toml::Value::String(raw.to_string()));
-            set_path(&mut value, key.trim(), parsed).with_context(|| format!("override '{o}'"))?;
+            set_path(&mut value, key.trim(), raw).with_context(|| format!("override '{o}'"))?;
         }
         let config: Config = value.try_into().with_context(|| match file {
             Some(path) => format!(
@@ -706,7 +705,12 @@ impl Config {
             ),
             None => "the overrides do not match the config schema".to_string(),
         })?;
-        config.validate()?;
+        match file {
+            Some(path) => config
+                .validate()
+                .with_context(|| format!("{} (with the overrides)", path.display()))?,
+            None => config.validate()?,
+        }
         Ok(config)
     }
 
@@ -1002,7 +1006,14 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 /// that an override may add them. Every other override must name a key the preset has.
 const OPTIONAL_KEYS: &[&str] = &["run.dataset"];
 
-fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()> {
+/// Sets `path` to `raw` read as a TOML value, or as a string where it does not read as
+/// one or where the key holds a string: a bare `run.dataset=2024-06-01` (a TOML date) or
+/// `run.dataset=12345` is a path, as `run.dataset=demos/arm` is.
+fn set_path(value: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
+    let new = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(t) => t["v"].clone(),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
     let mut cur = value;
     let parts: Vec<&str> = path.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
@@ -1016,6 +1027,13 @@ fn set_path(value: &mut toml::Value, path: &str, new: toml::Value) -> Result<()>
             // A whole section given inline (`compute={threads=2}`) is merged key by key,
             // as a `--config` file is: replacing it took every key it left out from the
             // serde defaults, not the preset (another optimizer, another edit loss).
+            let holds_text = OPTIONAL_KEYS.contains(&path)
+                || matches!(table.get(*part), Some(toml::Value::String(_)));
+            let new = match new {
+                toml::Value::String(_) | toml::Value::Table(_) | toml::Value::Array(_) => new,
+                _ if holds_text => toml::Value::String(raw.to_string()),
+                _ => new,
+            };
             match (table.get_mut(*part), new) {
                 (Some(old @ toml::Value::Table(_)), new @ toml::Value::Table(_)) => merge(old, new),
                 (_, new) => {
@@ -1077,6 +1095,17 @@ mod tests {
             let c = Config::resolve(preset, Some(&path), &[]).unwrap();
             assert_eq!(c, back, "--preset {preset}");
         }
+        // A value the checks refuse names the file it came from.
+        std::fs::write(&path, "[expo]\nnum_samples = 0\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::resolve("cpu", Some(&path), &[]).unwrap_err()
+        );
+        assert!(
+            err.starts_with(&format!("{} (with the overrides): ", path.display()))
+                && err.contains("num_samples"),
+            "{err}"
+        );
         // A partial file is still merged over the preset.
         std::fs::write(&path, "[optim]\nutd = 3\n").unwrap();
         let c = Config::resolve("cpu", Some(&path), &[]).unwrap();
@@ -1170,6 +1199,11 @@ mod tests {
         // An optional key that the preset leaves out.
         let c = Config::resolve("cpu", None, &["run.dataset=demos/push".into()]).unwrap();
         assert_eq!(c.run.dataset.as_deref(), Some("demos/push"));
+        // A path that reads as another TOML value (a date, a number) is still a path.
+        for path in ["2024-06-01", "12345", "inf", "true"] {
+            let c = Config::resolve("cpu", None, &[format!("run.dataset={path}")]).unwrap();
+            assert_eq!(c.run.dataset.as_deref(), Some(path));
+        }
         let err = Config::resolve("cpu", None, &["expo.nope=1".into()]).unwrap_err();
         assert!(
             format!("{err:#}").contains("unknown key 'expo.nope'"),

@@ -3,6 +3,12 @@
 //! The bundle holds the networks the agent acts with (`Agent::act`): the EMA denoiser,
 //! the edit policy and the target critics. The graph topology is defined once in
 //! `shared_model::graphs`; this module only reads the parameters out of burn.
+//!
+//! Every export is checked before anything is written ([`check_parity`]): the graphs,
+//! run by the controller's tract and native runtimes on random inputs, must give what
+//! the burn networks give, to 1e-4 (absolute plus relative) on the CPU and 2e-3 plus
+//! 0.1% on a GPU (TF32 matmuls). onnxruntime (`--features ort`, a library the user
+//! provides) is compared with tract by `controller/tests/interop.rs`, not at export.
 
 use anyhow::{Context, Result, bail};
 use burn::module::Param;
@@ -18,8 +24,12 @@ use shared_model::manifest::{
 use std::path::Path;
 
 use crate::agent::Agent;
-use crate::config::Algo;
-use crate::nets::{CriticEnsemble, Denoiser, Dense, GaussianPolicy, Norm};
+use crate::config::{Algo, Config};
+use crate::nets::{CriticEnsemble, Denoiser, Dense, GaussianPolicy, Norm, tensor2};
+use burn::module::AutodiffModule;
+use controller::runtime::{Backend, GraphRows, load_networks};
+use shared_model::manifest::VerifiedBundle;
+use sim::rng::Rng;
 
 fn host<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
     p.val()
@@ -157,7 +167,7 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     // The networks act on chunks of `action_horizon` actions.
     let step_ad = agent.act_dim / c.action_horizon;
     let uses_critic = c.algo.selects_with_critic();
-    let config_json = serde_json::to_string(c)?;
+    let config_json = serde_json::to_string(&hashed_config(c))?;
     let d = &c.diffusion;
     let executed = info.executed_steps.unwrap_or(d.steps);
     let placeholder = GraphFile {
@@ -285,7 +295,155 @@ pub fn export_bundle(
             agent.config.diffusion.steps
         );
     }
-    manifest::write_bundle(out, &mut m, &bundle_graphs(agent), key)
+    let graphs = bundle_graphs(agent);
+    // The bundle as the controller would load it, before anything is written.
+    let bytes = |g: &shared_model::onnx::ModelProto, name: &str| {
+        let b = g.to_bytes();
+        let file = GraphFile {
+            file: name.into(),
+            sha256: manifest::sha256_hex(&b),
+        };
+        (b, file)
+    };
+    let (denoiser, denoiser_file) = bytes(&graphs.denoiser, manifest::DENOISER_FILE);
+    let edit = graphs.edit.as_ref().map(|g| bytes(g, manifest::EDIT_FILE));
+    let critic = graphs
+        .critic
+        .as_ref()
+        .map(|g| bytes(g, manifest::CRITIC_FILE));
+    let mut in_memory_manifest = m.clone();
+    in_memory_manifest.graphs = GraphFiles {
+        denoiser: denoiser_file,
+        edit: edit.as_ref().map(|(_, f)| f.clone()),
+        critic: critic.as_ref().map(|(_, f)| f.clone()),
+    };
+    let in_memory = VerifiedBundle {
+        dir: out.to_path_buf(),
+        manifest: in_memory_manifest,
+        denoiser,
+        edit: edit.map(|(b, _)| b),
+        critic: critic.map(|(b, _)| b),
+        signed_by: None,
+    };
+    for backend in [Backend::Tract, Backend::Native] {
+        check_parity(agent, &in_memory, backend)
+            .with_context(|| format!("not exporting {}", out.display()))?;
+    }
+    manifest::write_bundle(out, &mut m, &graphs, key)
         .with_context(|| format!("writing bundle {}", out.display()))?;
     Ok(m)
+}
+
+/// Runs `bundle`'s graphs with `backend` and the agent's burn networks on the same
+/// random inputs: the denoiser at its first, a middle and its last step, the edit
+/// policy's mean and log-std, the critic members of a subset. Returns the largest
+/// difference as a share of the tolerance (at most 1), or an error naming the graph.
+pub fn check_parity(agent: &Agent, bundle: &VerifiedBundle, backend: Backend) -> Result<f32> {
+    let m = &bundle.manifest;
+    let rows = GraphRows::for_manifest(m);
+    let mut nets = load_networks(backend, bundle, rows)?;
+    let (od, ad) = (agent.obs_dim, agent.act_dim);
+    let dev = agent.plain_device();
+    let gpu = crate::device::parse(&agent.config.device).is_ok_and(|d| d.is_gpu());
+    let (abs, rel) = if gpu { (2e-3, 1e-3) } else { (1e-4, 1e-4) };
+    let mut worst = 0.0f32;
+    let mut compare = |graph: String, want: &[f32], got: &[f32]| -> Result<()> {
+        for (i, (w, g)) in want.iter().zip(got).enumerate() {
+            let share = (w - g).abs() / (abs + rel * w.abs());
+            // NaN fails too.
+            if share.is_nan() || share > 1.0 {
+                bail!(
+                    "{backend:?} runs the exported {graph} differently from burn: output {i}                      is {g}, burn's {w} (tolerance {abs} + {rel} × |burn's|)"
+                );
+            }
+            worst = worst.max(share);
+        }
+        Ok(())
+    };
+    let host = |t: Tensor<2>| -> Result<Vec<f32>> {
+        t.into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading burn's output: {e:?}"))
+    };
+    let mut rng = Rng::new(0x9a41);
+    let obs: Vec<f32> = (0..od).map(|_| rng.normal()).collect();
+    let repeat = |n: usize| -> Vec<f32> { obs.iter().copied().cycle().take(od * n).collect() };
+    let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0)).collect() };
+
+    let x = uniform(rows.denoise * ad);
+    let steps = agent.config.diffusion.steps;
+    for t in [0, steps / 2, steps - 1] {
+        let want = host(agent.denoiser_ema().forward(
+            tensor2(x.clone(), rows.denoise, ad, dev),
+            tensor2(repeat(rows.denoise), rows.denoise, od, dev),
+            tensor2(vec![t as f32; rows.denoise], rows.denoise, 1, dev),
+        ))?;
+        let mut got = vec![0.0; rows.denoise * ad];
+        nets.denoise(&obs, &x, t as f32, &mut got)?;
+        compare(format!("denoiser at step {t}"), &want, &got)?;
+    }
+    if let (Some(edit), true) = (agent.edit(), bundle.edit.is_some() && rows.edit > 0) {
+        let base = uniform(rows.edit * ad);
+        let input: Vec<f32> = base
+            .chunks(ad)
+            .flat_map(|a| obs.iter().chain(a).copied().collect::<Vec<_>>())
+            .collect();
+        let (mean, log_std) = edit
+            .valid()
+            .forward(tensor2(input, rows.edit, od + ad, dev));
+        let (mut gm, mut gl) = (vec![0.0; rows.edit * ad], vec![0.0; rows.edit * ad]);
+        nets.edit(&obs, &base, &mut gm, &mut gl)?;
+        compare("edit policy's mean".into(), &host(mean)?, &gm)?;
+        compare("edit policy's log-std".into(), &host(log_std)?, &gl)?;
+    }
+    if let (Some(critic), true) = (
+        agent.critic_target(),
+        bundle.critic.is_some() && rows.critic_members > 0,
+    ) {
+        let acts = uniform(rows.score * ad);
+        let input: Vec<f32> = acts
+            .chunks(ad)
+            .flat_map(|a| obs.iter().chain(a).copied().collect::<Vec<_>>())
+            .collect();
+        // The last members: a subset other than the first rows of the ensemble.
+        let n = m.selection.ensemble_size;
+        let subset: Vec<usize> = (0..rows.critic_members).map(|i| n - 1 - i).collect();
+        let want =
+            host(critic.forward_members(tensor2(input, rows.score, od + ad, dev), Some(&subset)))?;
+        let members: Vec<i64> = subset.iter().map(|&i| i as i64).collect();
+        let mut got = vec![0.0; members.len() * rows.score];
+        nets.critic(&obs, &acts, &members, &mut got)?;
+        compare(format!("critic (members {subset:?})"), &want, &got)?;
+    }
+    Ok(worst)
+}
+
+/// The config a bundle's `config_hash` is taken of: the run's, without `device`, which
+/// `export --device` or a resume on another machine sets and which the networks do not
+/// depend on (the same checkpoint exported anywhere has one hash).
+fn hashed_config(c: &Config) -> Config {
+    Config {
+        device: String::new(),
+        ..c.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a checkpoint is exported (`export --device`) does not change the hash;
+    /// what was trained does.
+    #[test]
+    fn the_config_hash_leaves_the_device_out() {
+        let c = Config::preset("tiny").unwrap();
+        let on_gpu = Config {
+            device: "cuda".into(),
+            ..c.clone()
+        };
+        assert_eq!(hashed_config(&c), hashed_config(&on_gpu));
+        let mut other = c.clone();
+        other.seed += 1;
+        assert_ne!(hashed_config(&c), hashed_config(&other));
+    }
 }

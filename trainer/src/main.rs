@@ -271,8 +271,8 @@ enum Command {
         #[arg(long, conflicts_with = "run")]
         executed_steps: Option<usize>,
         /// With action chunks: actions played from each chunk before planning the next
-        /// (1..=H, or 0 for whole chunks; default: the run's `replan_every`, whole chunks
-        /// for a bundle).
+        /// (1..=H, or 0 for whole chunks; default: the run's `replan_every`, or the
+        /// bundle manifest's `action.replan_every`).
         #[arg(long)]
         replan_every: Option<usize>,
         /// With action chunks: temporal ensembling (ACT). Each step's action is the

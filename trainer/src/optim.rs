@@ -541,7 +541,12 @@ impl FusedAdam {
             }
         };
         let params = params.unwrap_or_else(|| layout.params(&module));
-        // AdamW: p·(1 − lr·λ) − lr·Δ; Adam: p − lr·Δ.
+        // AdamW: p·(1 − lr·λ) − lr·Δ; Adam: p − lr·Δ. As burn's, so that the fused and
+        // per-parameter optimizers agree: in f32, 1 − lr·λ is 1 − 2⁻²⁴ at lr = 3e-4
+        // (λ = 1e-4; about twice the decay asked for) and rounds to exactly 1 below
+        // lr ≈ 2.98e-4, where the cosine decay soon takes it (no decay from there).
+        // optax adds λ·p to the update instead, which never rounds away; the decay is
+        // 3e-8 of a weight per update either way.
         let params = match scalars.and_then(|s| s.lr.as_ref()) {
             Some((lr, keep)) => {
                 let params = if self.weight_decay == 0.0 {

@@ -35,8 +35,27 @@ fn register_font() -> Result<()> {
 }
 
 /// One PNG with a line (and ±std band) per curve; x = environment steps, y = success.
+/// Drawn beside `path` and renamed over it, so an earlier plot is replaced only by a
+/// whole one.
 pub fn learning_curves(path: &Path, title: &str, curves: &[(&str, &Curve)]) -> Result<()> {
     register_font()?;
+    // plotters picks the image format by the extension: the partial file ends in .png.
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial.png");
+    let partial = std::path::PathBuf::from(partial);
+    let drawn = draw(&partial, title, curves);
+    match drawn.and_then(|()| {
+        std::fs::rename(&partial, path).with_context(|| format!("replacing {}", path.display()))
+    }) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e.context(format!("{}: plotting failed", path.display())))
+        }
+    }
+}
+
+fn draw(path: &Path, title: &str, curves: &[(&str, &Curve)]) -> Result<()> {
     let x_max = curves
         .iter()
         .filter_map(|(_, c)| c.steps.last())
@@ -45,7 +64,7 @@ pub fn learning_curves(path: &Path, title: &str, curves: &[(&str, &Curve)]) -> R
         .unwrap_or(1)
         .max(1);
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    let err = |e: String| anyhow::anyhow!("{}: plotting failed: {e}", path.display());
+    let err = |e: String| anyhow::anyhow!("{e}");
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))

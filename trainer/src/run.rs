@@ -588,10 +588,24 @@ pub fn device(config: &Config) -> Result<Device> {
              at the cpu preset; \"host\" gives the same results without it"
         );
     }
-    if config.compute.normals == crate::config::NormalSource::Device {
-        device.seed(config.seed ^ 0xde71ce);
-    }
+    seed_device_normals(config, &device, 0);
     Ok(device)
+}
+
+/// The seed of the backend's generator with `compute.normals = "device"`, for a run
+/// that has made `updates` denoiser updates: `seed` at the start, and another one for
+/// each point a run is continued from, so that a resumed or fine-tuned run does not
+/// draw its start's noise again (the generator's state is not checkpointed).
+pub fn device_normals_seed(config: &Config, updates: u64) -> u64 {
+    config.seed ^ 0xde71ce ^ updates.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Seeds the backend's generator when `compute.normals = "device"`
+/// ([`device_normals_seed`]).
+fn seed_device_normals(config: &Config, device: &Device, updates: u64) {
+    if config.compute.normals == crate::config::NormalSource::Device {
+        device.seed(device_normals_seed(config, updates));
+    }
 }
 
 /// Pretrain → online training → evaluation, writing outputs under `out`.
@@ -635,12 +649,13 @@ pub fn train(
     let offline_mark = offline.mark();
     let mut online = Replay::new(od, ad, ONLINE_CAPACITY);
     let normalizer = Normalizer::fit(offline.observations(), od);
+    let backend = device(config)?;
     let mut agent = Agent::new(
         config.clone(),
         od,
         ad / config.action_horizon,
         normalizer,
-        &device(config)?,
+        &backend,
     );
     agent.robot = robot;
     let mut summary = TrainSummary {
@@ -683,6 +698,7 @@ pub fn train(
         agent.train_rng = Rng::from_state(state.train_rng);
         agent.act_rng = Rng::from_state(state.act_rng);
         agent.denoiser_updates = state.denoiser_updates;
+        seed_device_normals(config, &backend, state.denoiser_updates as u64);
         online = load_replay(&dir.join("online.bin"), od, ad)?;
         env_seeds = Rng::from_state(state.env_seeds);
         episode_seed = Some(state.episode_seed);
@@ -1164,6 +1180,7 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
         n.std.len()
     );
     let device = device(&config)?;
+    seed_device_normals(&config, &device, state.denoiser_updates as u64);
     let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
     agent.robot = state.robot.clone();
     // The bundle's provenance reports it, and the denoiser's learning-rate decay uses it.
@@ -1684,6 +1701,18 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run continued from a checkpoint seeds the device generator afresh: another
+    /// seed at each update count, the run's own seed at its start (so a fresh run's
+    /// noise is as before).
+    #[test]
+    fn a_continued_run_seeds_the_device_generator_anew() {
+        let c = Config::preset("cpu").unwrap();
+        assert_eq!(device_normals_seed(&c, 0), c.seed ^ 0xde71ce);
+        let seeds: std::collections::BTreeSet<u64> =
+            (0..1000).map(|u| device_normals_seed(&c, u)).collect();
+        assert_eq!(seeds.len(), 1000);
+    }
 
     /// Chunks longer than every generated demonstration that did not end on a terminal
     /// step make no transition: refused by name, where the first batch used to panic on

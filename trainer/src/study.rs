@@ -446,11 +446,13 @@ pub fn steps_to_reach(curve: &Curve, level: f64) -> Option<usize> {
         .map(|(s, _)| *s)
 }
 
-/// Writes `summary.md` (and returns it) plus one PNG of learning curves per task.
-/// Writes `summary.md` and the plots of the finished runs under `out`. With
-/// `require_runs` (`--summarize-only`), a directory without any is an error; after a
-/// study stopped by its time limit it is not (`trainer curves --include-unfinished`
-/// plots those runs).
+/// Writes `summary.md` (and returns it) and one PNG of learning curves per task, of the
+/// finished runs under `out`. With `require_runs` (`--summarize-only`), a directory
+/// without any is an error; after a study stopped by its time limit it is not (`trainer
+/// curves --include-unfinished` plots those runs), and the files an earlier summary
+/// wrote stay: a task without finished runs keeps its plot, and `summary.md` is kept
+/// when no run is finished. A plot that cannot be drawn (no font, say) is named on
+/// stderr and in the summary; the table is written all the same.
 pub fn summarize(
     out: &Path,
     tasks: &[TaskId],
@@ -467,6 +469,7 @@ pub fn summarize(
         "| task | algorithm | seeds | start | final | best | steps to best baseline's final |\n|---|---|---|---|---|---|---|\n",
     );
     let mut verdicts = String::new();
+    let mut plot_failures = String::new();
     let mut any_runs = false;
     for &task in tasks {
         let mut curves = vec![];
@@ -529,14 +532,20 @@ pub fn summarize(
                 }
             );
         }
-        crate::plot::learning_curves(
+        if curves.is_empty() {
+            continue;
+        }
+        if let Err(e) = crate::plot::learning_curves(
             &out.join(format!("{task}.png")),
             &format!("{task}: success rate (mean ± std over seeds)"),
             &curves
                 .iter()
                 .map(|(a, c)| (algo_name(*a), c))
                 .collect::<Vec<_>>(),
-        )?;
+        ) {
+            eprintln!("warning: {e:#}");
+            plot_failures += &format!("- {task}.png was not drawn: {e:#}\n");
+        }
     }
     ensure!(
         any_runs || !require_runs,
@@ -553,8 +562,10 @@ pub fn summarize(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let text = format!("{md}\n{STD_NOTE}\n\n{verdicts}");
-    std::fs::write(out.join("summary.md"), &text)?;
+    let text = format!("{md}\n{STD_NOTE}\n\n{verdicts}{plot_failures}");
+    if any_runs {
+        crate::run::replace_file(&out.join("summary.md"), text.as_bytes())?;
+    }
     Ok(text)
 }
 

@@ -73,6 +73,40 @@ fn summary_and_plot_from_finished_runs() {
     );
 }
 
+/// A plot that cannot be drawn loses neither the table nor `summary.md`, and leaves
+/// no partial file; a summary with no finished run (an extended study stopped by its
+/// time limit) keeps the earlier plot and `summary.md`.
+#[test]
+fn a_summary_keeps_what_it_cannot_replace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    fake_run(out, "expo", 0, &[0.2, 0.6, 0.9]);
+    std::fs::create_dir(out.join("push.png")).unwrap();
+    let text = summarize(out, &[TaskId::Push], &[Algo::Expo], None, true).unwrap();
+    assert!(text.contains("| push | expo | 1 |"), "{text}");
+    assert!(text.contains("push.png was not drawn"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("summary.md")).unwrap(),
+        text
+    );
+    assert!(!out.join("push.png.partial.png").exists());
+
+    std::fs::remove_dir(out.join("push.png")).unwrap();
+    let text = summarize(out, &[TaskId::Push], &[Algo::Expo], None, true).unwrap();
+    let png = std::fs::read(out.join("push.png")).unwrap();
+    // Every run unfinished again (their `done` marks removed as they are extended).
+    std::fs::remove_file(out.join("push/expo/seed-0/done")).unwrap();
+    summarize(out, &[TaskId::Push], &[Algo::Expo], None, false).unwrap();
+    assert!(
+        std::fs::read(out.join("push.png")).unwrap() == png,
+        "the plot was replaced"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("summary.md")).unwrap(),
+        text
+    );
+}
+
 /// A baseline already at its final level at its first evaluation (pretraining alone)
 /// gives no ratio: EXPO's steps over zero steps meant nothing (it printed "1000.00x").
 #[test]

@@ -47,42 +47,41 @@ pub fn dataset_to_rrd(dir: &Path, task: Option<TaskId>, target: &Target) -> Resu
     let (od, ad) = (info.obs_dim(), info.action_dim());
     let obs_paths = paths("observation.state", &info.observation_names);
     let act_paths = paths("action", &info.action_names);
-    let r = Recorder::open("expo_dataset", target)?;
-    let rec = &r.rec;
-    let mut scene = Scene::default();
-    let mut out = DatasetRrd {
-        scene: task.is_some(),
-        ..DatasetRrd::default()
-    };
-    let mut index = 0i64;
-    for (e, ep) in ds.episodes.iter().enumerate() {
-        rec.set_time_sequence("episode", e as i64);
-        for i in 0..ep.len() {
-            rec.set_time_sequence("index", index);
-            index += 1;
-            rec.set_time_sequence("frame_index", i as i64);
-            rec.set_duration_secs("time", dataset::timestamp(i, info.fps) as f64);
-            let obs = &ep.observations[i * od..(i + 1) * od];
-            log_scalars(rec, &obs_paths, obs)?;
-            log_scalars(rec, &act_paths, &ep.actions[i * ad..(i + 1) * ad])?;
-            rec.log("next.reward", &rerun::Scalars::single(ep.rewards[i] as f64))?;
-            rec.log(
-                "next.success",
-                &rerun::Scalars::single(ep.success[i] as u8 as f64),
-            )?;
-            rec.log(
-                "intervention",
-                &rerun::Scalars::single(ep.intervention[i] as u8 as f64),
-            )?;
-            rec.log("teleop", &rerun::Scalars::single(ep.teleop[i] as u8 as f64))?;
-            if let Some(t) = task {
-                sim::scene_from_observation(t, obs, &mut scene);
-                log_scene(rec, &scene)?;
+    Recorder::open("expo_dataset", target)?.record(|rec| {
+        let mut scene = Scene::default();
+        let mut out = DatasetRrd {
+            scene: task.is_some(),
+            ..DatasetRrd::default()
+        };
+        let mut index = 0i64;
+        for (e, ep) in ds.episodes.iter().enumerate() {
+            rec.set_time_sequence("episode", e as i64);
+            for i in 0..ep.len() {
+                rec.set_time_sequence("index", index);
+                index += 1;
+                rec.set_time_sequence("frame_index", i as i64);
+                rec.set_duration_secs("time", dataset::timestamp(i, info.fps) as f64);
+                let obs = &ep.observations[i * od..(i + 1) * od];
+                log_scalars(rec, &obs_paths, obs)?;
+                log_scalars(rec, &act_paths, &ep.actions[i * ad..(i + 1) * ad])?;
+                rec.log("next.reward", &rerun::Scalars::single(ep.rewards[i] as f64))?;
+                rec.log(
+                    "next.success",
+                    &rerun::Scalars::single(ep.success[i] as u8 as f64),
+                )?;
+                rec.log(
+                    "intervention",
+                    &rerun::Scalars::single(ep.intervention[i] as u8 as f64),
+                )?;
+                rec.log("teleop", &rerun::Scalars::single(ep.teleop[i] as u8 as f64))?;
+                if let Some(t) = task {
+                    sim::scene_from_observation(t, obs, &mut scene);
+                    log_scene(rec, &scene)?;
+                }
             }
+            out.episodes += 1;
+            out.frames += ep.len();
         }
-        out.episodes += 1;
-        out.frames += ep.len();
-    }
-    r.finish()?;
-    Ok(out)
+        Ok(out)
+    })
 }

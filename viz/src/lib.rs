@@ -206,6 +206,25 @@ impl Recorder {
         })
     }
 
+    /// Runs `log` on the recording and [`Self::finish`]es it. When either fails, a file
+    /// recording is removed rather than left partial (this recorder made it:
+    /// [`Self::open`] never writes over a file), so the same command can be run again;
+    /// a viewer is given up on within [`VIEWER_FLUSH_TIMEOUT`] as `finish` does (the
+    /// SDK's own close waits for it without a limit).
+    pub fn record<T>(self, log: impl FnOnce(&RecordingStream) -> Result<T>) -> Result<T> {
+        let target = self.target.clone();
+        let logged = log(&self.rec);
+        let finished = self.finish();
+        // The logging's error first: a finish that fails after it is its consequence.
+        let outcome = logged.and_then(|v| finished.map(|()| v));
+        if outcome.is_err()
+            && let Target::File(path) = &target
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        outcome
+    }
+
     /// Flushes everything to the file, or to the viewer within [`VIEWER_FLUSH_TIMEOUT`].
     pub fn finish(self) -> Result<()> {
         self.finish_within(VIEWER_FLUSH_TIMEOUT)
@@ -463,6 +482,33 @@ mod tests {
         ] {
             assert_eq!(Target::host_port(url), host_port);
         }
+    }
+
+    /// A recording whose logging fails is removed, not left partial in the way of the
+    /// same command run again; a whole one stays.
+    #[test]
+    fn a_failed_recording_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("out.rrd");
+        let target = Target::File(path.clone());
+        let e = Recorder::open("test", &target)
+            .unwrap()
+            .record(|rec| -> Result<()> {
+                rec.log("x", &rerun::Scalars::single(1.0))?;
+                bail!("the source went bad")
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "the source went bad");
+        assert!(!path.exists());
+        let n = Recorder::open("test", &target)
+            .unwrap()
+            .record(|rec| {
+                rec.log("x", &rerun::Scalars::single(1.0))?;
+                Ok(7)
+            })
+            .unwrap();
+        assert_eq!(n, 7);
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
     }
 
     #[test]

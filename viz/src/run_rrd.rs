@@ -34,26 +34,27 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
         .iter()
         .map(|p| parse_csv(p))
         .collect::<Result<Vec<_>>>()?;
-    let r = Recorder::open("expo_run", target)?;
-    let mut out = RunRrd::default();
-    for csv in parsed {
-        // A time set stays on the stream until changed: without this, a file's rows would
-        // also be filed at the previous file's last value of its own timeline.
-        r.rec.reset_time();
-        let timeline = rerun::TimelineName::try_new(csv.timeline.as_str())
-            .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", csv.stem, csv.timeline))?;
-        for (x, values) in &csv.rows {
-            r.rec.set_time_sequence(timeline, *x);
-            for (e, v) in csv.entities.iter().zip(values) {
-                if let Some(v) = v {
-                    r.rec.log(e.as_str(), &rerun::Scalars::single(*v))?;
+    Recorder::open("expo_run", target)?.record(|rec| {
+        let mut out = RunRrd::default();
+        for csv in parsed {
+            // A time set stays on the stream until changed: without this, a file's rows
+            // would also be filed at the previous file's last value of its own timeline.
+            rec.reset_time();
+            let timeline = rerun::TimelineName::try_new(csv.timeline.as_str()).map_err(|e| {
+                anyhow::anyhow!("{}: first column {:?}: {e}", csv.stem, csv.timeline)
+            })?;
+            for (x, values) in &csv.rows {
+                rec.set_time_sequence(timeline, *x);
+                for (e, v) in csv.entities.iter().zip(values) {
+                    if let Some(v) = v {
+                        rec.log(e.as_str(), &rerun::Scalars::single(*v))?;
+                    }
                 }
             }
+            out.files.push((csv.stem, csv.rows.len()));
         }
-        out.files.push((csv.stem, csv.rows.len()));
-    }
-    r.finish()?;
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// One CSV file of a run, checked.

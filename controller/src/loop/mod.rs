@@ -160,6 +160,40 @@ pub struct RunConfig {
     pub success_reward: f32,
     /// Take actions from a teleop device (`--teleop`; see [`teleop`]).
     pub teleop: Option<teleop::TeleopConfig>,
+    /// What the run was started with, kept in `report.json` (`controller run` sets it).
+    pub settings: Option<RunSettings>,
+}
+
+/// What a run was started with and what its defaults resolved to, kept in
+/// `report.json` (`settings`), so that the data a run recorded can be told apart later
+/// (a shortened chain, two-speed mode, another envelope in the robot file).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSettings {
+    /// The command line, as given.
+    pub command: Vec<String>,
+    /// The robot file as the run read it (TOML): the rates, limits and envelope it
+    /// enforced, whatever the file holds later.
+    pub robot_file: String,
+    /// `--seed`, or the seed the run drew.
+    pub seed: u64,
+    pub port: String,
+    pub baud: u32,
+    /// The policy's settings; `null` without a bundle.
+    pub policy: Option<PolicySettings>,
+}
+
+/// [`RunSettings::policy`].
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicySettings {
+    /// tract, native or ort.
+    pub backend: String,
+    /// Denoising steps run per action (`--executed-steps`, or the bundle's).
+    pub executed_steps: usize,
+    pub two_speed: bool,
+    /// Actions played from each chunk before the next is planned (`--replan-every`, or
+    /// the bundle's; 0 = whole chunks).
+    pub replan_every: usize,
+    pub temporal_ensemble: Option<f32>,
 }
 
 impl RunConfig {
@@ -190,6 +224,7 @@ impl RunConfig {
             operator: false,
             success_reward: 1.0,
             teleop: None,
+            settings: None,
         }
     }
 
@@ -659,6 +694,8 @@ impl fmt::Display for EpisodeReport {
 /// Everything a run reports (also written to `OUT/report.json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
+    /// What the run was started with (`controller run`); `null` from a library caller.
+    pub settings: Option<RunSettings>,
     pub outcome: Outcome,
     pub error: Option<String>,
     pub robot: String,
@@ -718,6 +755,7 @@ pub struct RunReport {
 impl RunReport {
     fn new(cfg: &RunConfig, bundle: &str) -> RunReport {
         RunReport {
+            settings: cfg.settings.clone(),
             outcome: Outcome::Completed,
             error: None,
             robot: cfg.robot.robot.clone(),

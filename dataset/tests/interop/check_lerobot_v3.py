@@ -8,13 +8,15 @@ pyarrow (and so LeRobot / HF datasets) sees it. Needs only pyarrow + stdlib.
       matching the data rows, tasks.parquet readable, stats.json keys.
       Exits 1 with a message on the first mismatch; prints a one-line summary.
 
-  write DIR
+  write DIR [--success]
       Write a small dataset the way LeRobot does (List<float32> vectors, no
-      next.observation.state / next.truncated / next.success, tasks as a pandas
+      next.observation.state / next.truncated, tasks as a pandas
       index): 2 episodes of 5 and 7 frames, obs_dim 4, act_dim 2, with
       observation.state[i][j] = i + j/10 and action[i][j] = -(i + j/10)
       (i = global frame index), next.reward = frame_index / 2,
-      next.done true on the last frame of each episode.
+      next.done true on the last frame of each episode (as LeRobot's converters
+      mark it, however the episode ended). With --success, a next.success column
+      too (as LeRobot's pusht has), true on the last frame of episode 0 only.
 """
 
 import glob
@@ -201,11 +203,13 @@ def f32(x):
     return pa.scalar(x, pa.float32()).as_py()
 
 
-def write(root):
+def write(root, success=False):
     fps, obs_dim, act_dim, lengths = 10, 4, 2, [5, 7]
     task = "pick up the cube"
     rows = {k: [] for k in ["observation.state", "action", "timestamp", "frame_index", "episode_index",
                             "index", "task_index", "next.reward", "next.done"]}
+    if success:
+        rows["next.success"] = []
     i = 0
     for e, n in enumerate(lengths):
         for k in range(n):
@@ -218,11 +222,13 @@ def write(root):
             rows["task_index"].append(0)
             rows["next.reward"].append(f32(k / 2))
             rows["next.done"].append(k == n - 1)
+            if success:
+                rows["next.success"].append(e == 0 and k == n - 1)
             i += 1
     vec = pa.list_(pa.float32())
     types = {"observation.state": vec, "action": vec, "timestamp": pa.float32(), "frame_index": pa.int64(),
              "episode_index": pa.int64(), "index": pa.int64(), "task_index": pa.int64(),
-             "next.reward": pa.float32(), "next.done": pa.bool_()}
+             "next.reward": pa.float32(), "next.done": pa.bool_(), "next.success": pa.bool_()}
     data = pa.table({k: pa.array(v, type=types[k]) for k, v in rows.items()})
     os.makedirs(os.path.join(root, "data", "chunk-000"), exist_ok=True)
     pq.write_table(data, os.path.join(root, "data", "chunk-000", "file-000.parquet"), compression="snappy")
@@ -287,6 +293,8 @@ def write(root):
             "next.done": feat("bool", [1]),
         },
     }
+    if success:
+        info["features"]["next.success"] = feat("bool", [1])
     with open(os.path.join(root, "meta", "info.json"), "w") as f:
         json.dump(info, f, indent=4)
     with open(os.path.join(root, "meta", "stats.json"), "w") as f:
@@ -303,6 +311,8 @@ def main(argv):
         check(argv[2], want_episodes, want_frames)
     elif len(argv) == 3 and argv[1] == "write":
         write(argv[2])
+    elif len(argv) == 4 and argv[1] == "write" and argv[3] == "--success":
+        write(argv[2], success=True)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
