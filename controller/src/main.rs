@@ -612,7 +612,10 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.operator = a.operator;
     cfg.teleop = teleop;
     cfg.settings = Some(robot_loop::RunSettings {
-        command: std::env::args().collect(),
+        // (`args` panics on an argument that is not UTF-8, which a path may be.)
+        command: std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         robot_file: toml::to_string(&cfg.robot).context("writing the robot file's settings")?,
         seed,
         port: port.display().to_string(),

@@ -1772,6 +1772,40 @@ fn a_robot_session_draws_its_own_seed() {
     let (first, second) = (seed_of(&[]).unwrap(), seed_of(&[]).unwrap());
     assert_ne!(first, second);
     assert_eq!(seed_of(&["--seed", "5"]), None);
+
+    // A run on the (simulated) robot's port: the printed seed is the one the run used,
+    // its first episode's reset and the report's settings.
+    let _g = serial();
+    let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let out = finish(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--allow-unsigned",
+                "--backend",
+                "native",
+                "--episodes",
+                "1",
+            ])
+            .args(["--time-scale", "10", "--max-overruns", "0", "--bundle"])
+            .arg(bundle())
+            .arg("--robot")
+            .arg(&sim.robot_file)
+            .arg("--port")
+            .arg(sim.port())
+            .arg("--out")
+            .arg(&sim.out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line = out.stderr.lines().find(|l| l.starts_with("seed ")).unwrap();
+    let seed: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let report = sim.report();
+    assert_eq!(report["settings"]["seed"], seed);
+    assert_eq!(episodes(&report)[0]["seed"], seed);
 }
 
 /// Settings the loop cannot run with are refused before the first command, by name: a

@@ -41,7 +41,8 @@
 //! Batch indices come from the run's own `batch_rng`. With `compute.normals = "host"`
 //! (the default) every Gaussian draw comes from these too, so a seed fixes a run on a
 //! given backend and a CPU and a GPU run draw the same noise. With `"device"` the Gaussian
-//! draws come from the backend's generator (seeded from `seed` at start) and only the
+//! draws come from the backend's generator (seeded from `seed`, and the update count
+//! where a run continues from a checkpoint) and only the
 //! integer draws (time steps, subsets) stay ours: no noise is generated on the host or
 //! uploaded, which matters on a GPU.
 //!

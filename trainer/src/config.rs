@@ -1010,6 +1010,7 @@ const OPTIONAL_KEYS: &[&str] = &["run.dataset"];
 /// one or where the key holds a string: a bare `run.dataset=2024-06-01` (a TOML date) or
 /// `run.dataset=12345` is a path, as `run.dataset=demos/arm` is.
 fn set_path(value: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
+    let raw = raw.trim();
     let new = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(t) => t["v"].clone(),
         Err(_) => toml::Value::String(raw.to_string()),

@@ -326,19 +326,44 @@ pub fn export_bundle(
         signed_by: None,
     };
     for backend in [Backend::Tract, Backend::Native] {
-        check_parity(agent, &in_memory, backend)
-            .with_context(|| format!("not exporting {}", out.display()))?;
+        if let Err(e) = check_parity(agent, &in_memory, backend, PARITY_SEED) {
+            return Err(anyhow::Error::new(ParityMismatch(format!("{e:#}"))))
+                .with_context(|| format!("not exporting {}", out.display()));
+        }
     }
     manifest::write_bundle(out, &mut m, &graphs, key)
         .with_context(|| format!("writing bundle {}", out.display()))?;
     Ok(m)
 }
 
+/// The inputs' seed of the check every export runs.
+const PARITY_SEED: u64 = 0x9a41;
+
+/// An export refused by [`check_parity`]: its graphs, or the runtime that ran them, do not
+/// compute what the burn networks compute. Live fine-tuning publishes nothing then and
+/// goes on (the robot keeps its bundle); other exports stop with it.
+#[derive(Debug)]
+pub struct ParityMismatch(pub String);
+
+impl std::fmt::Display for ParityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ParityMismatch {}
+
 /// Runs `bundle`'s graphs with `backend` and the agent's burn networks on the same
-/// random inputs: the denoiser at its first, a middle and its last step, the edit
-/// policy's mean and log-std, the critic members of a subset. Returns the largest
-/// difference as a share of the tolerance (at most 1), or an error naming the graph.
-pub fn check_parity(agent: &Agent, bundle: &VerifiedBundle, backend: Backend) -> Result<f32> {
+/// random inputs (drawn from `seed`): the denoiser at its first, a middle and its last
+/// step, the edit policy's mean and log-std, the critic members of a subset. Returns
+/// the largest difference as a share of the tolerance (at most 1), or an error naming
+/// the graph.
+pub fn check_parity(
+    agent: &Agent,
+    bundle: &VerifiedBundle,
+    backend: Backend,
+    seed: u64,
+) -> Result<f32> {
     let m = &bundle.manifest;
     let rows = GraphRows::for_manifest(m);
     let mut nets = load_networks(backend, bundle, rows)?;
@@ -353,7 +378,7 @@ pub fn check_parity(agent: &Agent, bundle: &VerifiedBundle, backend: Backend) ->
             // NaN fails too.
             if share.is_nan() || share > 1.0 {
                 bail!(
-                    "{backend:?} runs the exported {graph} differently from burn: output {i}                      is {g}, burn's {w} (tolerance {abs} + {rel} × |burn's|)"
+                    "{backend:?} runs the exported {graph} differently from burn: output {i} is {g}, burn's {w} (tolerance {abs} + {rel} × |burn's|)"
                 );
             }
             worst = worst.max(share);
@@ -365,7 +390,7 @@ pub fn check_parity(agent: &Agent, bundle: &VerifiedBundle, backend: Backend) ->
             .try_to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("reading burn's output: {e:?}"))
     };
-    let mut rng = Rng::new(0x9a41);
+    let mut rng = Rng::new(seed);
     let obs: Vec<f32> = (0..od).map(|_| rng.normal()).collect();
     let repeat = |n: usize| -> Vec<f32> { obs.iter().copied().cycle().take(od * n).collect() };
     let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0)).collect() };
@@ -445,5 +470,16 @@ mod tests {
         let mut other = c.clone();
         other.seed += 1;
         assert_ne!(hashed_config(&c), hashed_config(&other));
+    }
+
+    /// Live fine-tuning tells a refused check from other export errors through the
+    /// context `export_bundle` adds.
+    #[test]
+    fn a_parity_mismatch_is_found_under_its_context() {
+        let e = Err::<(), _>(anyhow::Error::new(ParityMismatch("differs".into())))
+            .with_context(|| "not exporting b")
+            .unwrap_err();
+        assert!(e.downcast_ref::<ParityMismatch>().is_some());
+        assert_eq!(format!("{e:#}"), "not exporting b: differs");
     }
 }

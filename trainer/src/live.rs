@@ -843,7 +843,20 @@ pub(crate) fn train_live(
             env_steps,
             executed_steps: None,
         };
-        crate::export::export_bundle(agent, &root.join(&name), &info, live.signing_key.as_ref())?;
+        let exported = crate::export::export_bundle(
+            agent,
+            &root.join(&name),
+            &info,
+            live.signing_key.as_ref(),
+        );
+        if let Err(e) = &exported
+            && e.downcast_ref::<crate::export::ParityMismatch>().is_some()
+        {
+            // The robot keeps the bundle it has; training goes on.
+            eprintln!("warning: finetune: bundle {name} not published: {e:#}");
+            return Ok(());
+        }
+        exported?;
         // `latest` names the newest complete bundle; written, synced, then renamed.
         crate::run::replace_file(&root.join("latest"), format!("{name}\n").as_bytes())?;
         summary.published.push(root.join(name));

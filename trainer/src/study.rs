@@ -533,6 +533,10 @@ pub fn summarize(
             );
         }
         if curves.is_empty() {
+            if out.join(format!("{task}.png")).exists() {
+                verdicts +=
+                    &format!("- {task}: no finished runs; {task}.png is an earlier summary's.\n");
+            }
             continue;
         }
         if let Err(e) = crate::plot::learning_curves(

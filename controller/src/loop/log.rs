@@ -1251,9 +1251,9 @@ pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, Log
     let mut w = if has_meta {
         let w = DatasetWriter::open_append(dir)?;
         check_same_recording(dir, w.info(), info, "record into another directory")?;
-        // A robot episode's outcome needs every one of them: without, a time-limit end
-        // would read back as terminal, or the rewards as 0 (the writer refuses such an
-        // episode; refusing here keeps the run from starting into it).
+        // A robot episode's outcome needs every one of them: without, a terminal end
+        // that is not a success would read back as cut, or the rewards as 0 (the writer
+        // refuses such an episode; refusing here keeps the run from starting into it).
         check_outcome_columns(dir, &w.lacks_outcome_columns())?;
         w
     } else {
@@ -2319,8 +2319,9 @@ pub(crate) mod tests {
             assert!(e.contains(named) && e.contains("another directory"), "{e}");
             assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
         }
-        // A dataset without `next.truncated` (not written by us): a time-limit end would
-        // read back as terminal there, so it is refused before anything is written.
+        // A dataset without `next.truncated` (not written by us): a terminal end that is
+        // not a success would read back as cut there, so it is refused before anything
+        // is written.
         let foreign = dir.path().join("foreign");
         DatasetWriter::create(&foreign, run_start().dataset_info())
             .unwrap()

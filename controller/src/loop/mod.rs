@@ -178,7 +178,8 @@ pub struct RunSettings {
     pub seed: u64,
     pub port: String,
     pub baud: u32,
-    /// The policy's settings; `null` without a bundle.
+    /// The policy's settings, of the bundle the run started with (bundles swapped in
+    /// from the trainer are listed in `bundle_swaps`); `null` without a bundle.
     pub policy: Option<PolicySettings>,
 }
 
