@@ -359,6 +359,12 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         &ds.info.observation_names,
         &replay,
     ));
+    warnings.extend(chunks_cut_by_gaps(
+        path,
+        &ds,
+        config.action_horizon,
+        replay.len(),
+    ));
     for w in &warnings {
         eprintln!("warning: {w}");
     }
@@ -388,6 +394,46 @@ pub(crate) fn no_reward_warning(
             "{path}: every reward is 0 (no `next.reward` column, or no success labelled): \
              {consequence}; `tools dataset label DIR --success LIST --out DIR2` writes a \
              copy with success rewards"
+        )
+    })
+}
+
+/// A warning when chunks of `horizon` actions are cut inside episodes: a chunk needs
+/// each frame's `next.observation.state` to be the following frame's
+/// `observation.state`, to the bit (else the frames are taken for a gap). A recording
+/// that reads the sensor twice, or converted the two columns differently, cuts every
+/// chunk, and training would see only the shortened chunks of terminal steps.
+fn chunks_cut_by_gaps(
+    path: &str,
+    ds: &dataset::Dataset,
+    horizon: usize,
+    transitions: usize,
+) -> Option<String> {
+    if horizon < 2 || !ds.next_observations_recorded {
+        return None;
+    }
+    let od = ds.info.obs_dim();
+    let gaps: usize = ds
+        .episodes
+        .iter()
+        .map(|ep| {
+            let n = ep.len();
+            (1..n)
+                .filter(|&t| {
+                    let next = &ep.next_observations[(t - 1) * od..t * od];
+                    let obs = &ep.observations[t * od..(t + 1) * od];
+                    next.iter()
+                        .zip(obs)
+                        .any(|(a, b)| a.to_bits() != b.to_bits())
+                })
+                .count()
+        })
+        .sum();
+    (gaps > 0).then(|| {
+        format!(
+            "{path}: at {gaps} of {} frames, the frame before's next.observation.state is not              this frame's observation.state (to the bit), so chunks of {horizon} actions are              cut there: {transitions} training transitions from {} frames",
+            ds.num_frames(),
+            ds.num_frames()
         )
     })
 }
@@ -1701,6 +1747,51 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recording whose next observations are not the following frames' (a second
+    /// sensor read) cuts every chunk: said, with the count, where it trained silently on
+    /// what was left.
+    #[test]
+    fn chunks_cut_by_gaps_are_warned_of() {
+        let (od, n) = (2, 4);
+        let observations: Vec<f32> = (0..n * od).map(|i| i as f32).collect();
+        let mut next_observations = observations[od..].to_vec();
+        next_observations.extend_from_slice(&observations[(n - 1) * od..]);
+        let episode = dataset::Episode {
+            observations,
+            next_observations,
+            actions: vec![0.0; n],
+            rewards: vec![0.0; n],
+            terminated: vec![false, false, false, true],
+            truncated: vec![false; n],
+            success: vec![false; n],
+            intervention: vec![false; n],
+            teleop: vec![false; n],
+        };
+        let info = dataset::DatasetInfo {
+            robot_type: "r".into(),
+            fps: 10,
+            task: "t".into(),
+            observation_names: vec!["a".into(), "b".into()],
+            action_names: vec!["x".into()],
+        };
+        let mut ds = dataset::Dataset {
+            info,
+            episodes: vec![episode],
+            next_observations_recorded: true,
+        };
+        assert_eq!(chunks_cut_by_gaps("d", &ds, 2, 4), None);
+        assert_eq!(chunks_cut_by_gaps("d", &ds, 1, 4), None);
+        // The sensor read again: 1e-6 off.
+        for v in ds.episodes[0].next_observations.iter_mut() {
+            *v += 1e-6;
+        }
+        let w = chunks_cut_by_gaps("d", &ds, 2, 1).unwrap();
+        assert!(
+            w.contains("at 3 of 4 frames") && w.contains("1 training transitions from 4"),
+            "{w}"
+        );
+    }
 
     /// A run continued from a checkpoint seeds the device generator afresh: another
     /// seed at each update count, the run's own seed at its start (so a fresh run's
