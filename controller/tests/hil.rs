@@ -1695,31 +1695,41 @@ fn a_robot_file_of_another_robot_is_refused_at_the_handshake() {
     assert!(!sim.out.join("transitions.log").exists());
 }
 
-/// A bundle whose dimensions do not fit the robot is refused before the port is opened.
-#[test]
-fn bundle_that_does_not_fit_the_robot_is_refused() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let maze = dir.path().join("maze.toml");
-    std::fs::write(
-        &maze,
-        toml::to_string(&RobotConfig::example("maze").unwrap()).unwrap(),
-    )
-    .unwrap();
-    let out = finish(
+/// The built-in robot file of `task`, written into `dir`.
+fn example_robot_file(dir: &Path, task: &str) -> PathBuf {
+    let path = dir.join(format!("{task}.toml"));
+    let robot = RobotConfig::example(task).unwrap();
+    std::fs::write(&path, toml::to_string(&robot).unwrap()).unwrap();
+    path
+}
+
+/// `controller run` of the synthetic bundle on `robot_file` with a port that does not
+/// exist, plus `extra`: what it says before it would open the port.
+fn run_before_the_port(robot_file: &Path, out: &Path, extra: &[&str]) -> Outcome {
+    finish(
         Command::new(BIN)
             .args(["run", "--allow-unsigned", "--port", "/dev/null-none"])
             .arg("--bundle")
             .arg(bundle())
             .arg("--robot")
-            .arg(&maze)
+            .arg(robot_file)
             .arg("--out")
-            .arg(dir.path().join("run"))
+            .arg(out)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+/// A bundle whose dimensions do not fit the robot is refused before the port is opened.
+#[test]
+fn bundle_that_does_not_fit_the_robot_is_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let maze = example_robot_file(dir.path(), "maze");
+    let out = run_before_the_port(&maze, &dir.path().join("run"), &[]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         out.stderr.contains("observation 10 / action 2")
@@ -1734,33 +1744,9 @@ fn bundle_that_does_not_fit_the_robot_is_refused() {
 #[test]
 fn a_robot_session_draws_its_own_seed() {
     let dir = tempfile::tempdir().unwrap();
-    let push = dir.path().join("push.toml");
-    std::fs::write(
-        &push,
-        toml::to_string(&RobotConfig::example("push").unwrap()).unwrap(),
-    )
-    .unwrap();
+    let push = example_robot_file(dir.path(), "push");
     let seed_of = |extra: &[&str]| {
-        let out = finish(
-            Command::new(BIN)
-                .args([
-                    "run",
-                    "--allow-unsigned",
-                    "--port",
-                    "/dev/null-none",
-                    "--robot",
-                ])
-                .arg(&push)
-                .arg("--bundle")
-                .arg(bundle())
-                .arg("--out")
-                .arg(dir.path().join("run"))
-                .args(extra)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
+        let out = run_before_the_port(&push, &dir.path().join("run"), extra);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let line = out.stderr.lines().find(|l| l.starts_with("seed "));
         line.map(|l| {
@@ -1815,12 +1801,7 @@ fn a_robot_session_draws_its_own_seed() {
 fn settings_the_loop_cannot_run_with_are_refused() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let push = dir.path().join("push.toml");
-    std::fs::write(
-        &push,
-        toml::to_string(&RobotConfig::example("push").unwrap()).unwrap(),
-    )
-    .unwrap();
+    let push = example_robot_file(dir.path(), "push");
     let push = push.to_str().unwrap();
     // A robot file naming a UART: without --port, the run takes its serial.device (it
     // asked for --port).
