@@ -204,3 +204,49 @@ fn a_run_that_never_started_leaves_no_recording() {
     assert!(err.contains("exists already"), "{err}");
     assert_eq!(std::fs::read(&rrd).unwrap(), b"someone's recording");
 }
+
+/// A run that fails before its control thread starts, streaming to a viewer that is
+/// connected but never answers (the kernel completes the connection into the listen
+/// backlog), reports its error within the viewer's limit: the SDK's own close of the
+/// stream waited for that viewer for ever.
+#[test]
+fn a_failed_run_does_not_wait_for_a_silent_viewer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    shared_model::synthetic::SyntheticSpec::cpu()
+        .write(&bundle, 3, None)
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--allow-unsigned")
+        .arg("--robot")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../firmware-config/robots/push.toml"
+        ))
+        .args(["--port", "/dev/no-such-port", "--rerun-connect", &addr])
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Well above the viewer's 10 s limit, far below for ever.
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(90) {
+            child.kill().unwrap();
+            panic!("the failed run waited for the silent viewer");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/dev/no-such-port"), "{err}");
+    drop(listener);
+}

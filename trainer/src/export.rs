@@ -7,8 +7,9 @@
 //! Every export is checked before anything is written ([`check_parity`]): the graphs,
 //! run by the controller's tract and native runtimes on random inputs, must give what
 //! the burn networks give, to 1e-4 (absolute plus relative) on the CPU and 2e-3 plus
-//! 0.1% on a GPU (TF32 matmuls). onnxruntime (`--features ort`, a library the user
-//! provides) is compared with tract by `controller/tests/interop.rs`, not at export.
+//! 0.1% on a GPU (TF32 matmuls). onnxruntime is not run here: the controller's `ort`
+//! backend needs a library the user provides; `controller/tests/interop.rs` runs
+//! Python's onnxruntime on a synthetic bundle against tract.
 
 use anyhow::{Context, Result, bail};
 use burn::module::Param;

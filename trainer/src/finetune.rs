@@ -715,6 +715,7 @@ fn append_robot_data(
             eprintln!("warning: {w}");
             summary.warnings.push(w);
         }
+        let taken_before = summary.replay_transitions;
         for ep in &ds.episodes {
             chunker.cut();
             let n = ds.frames_with_successor(ep);
@@ -737,6 +738,15 @@ fn append_robot_data(
                 );
             }
             successes += ep.success.iter().any(|&s| s) as usize;
+        }
+        if let Some(w) = crate::run::chunks_cut_by_gaps(
+            &path.display().to_string(),
+            &ds,
+            chunker.spec().horizon,
+            summary.replay_transitions - taken_before,
+        ) {
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
         }
         episodes += ds.episodes.len();
     }

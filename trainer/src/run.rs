@@ -403,7 +403,7 @@ pub(crate) fn no_reward_warning(
 /// `observation.state`, to the bit (else the frames are taken for a gap). A recording
 /// that reads the sensor twice, or converted the two columns differently, cuts every
 /// chunk, and training would see only the shortened chunks of terminal steps.
-fn chunks_cut_by_gaps(
+pub(crate) fn chunks_cut_by_gaps(
     path: &str,
     ds: &dataset::Dataset,
     horizon: usize,
@@ -431,7 +431,7 @@ fn chunks_cut_by_gaps(
         .sum();
     (gaps > 0).then(|| {
         format!(
-            "{path}: at {gaps} of {} frames, the frame before's next.observation.state is not              this frame's observation.state (to the bit), so chunks of {horizon} actions are              cut there: {transitions} training transitions from {} frames",
+            "{path}: at {gaps} of {} frames, the frame before's next.observation.state is not this frame's observation.state (to the bit), so chunks of {horizon} actions are cut there: {transitions} training transitions from {} frames",
             ds.num_frames(),
             ds.num_frames()
         )

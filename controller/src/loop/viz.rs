@@ -163,7 +163,7 @@ pub fn open_sink(
     let logger = viz::tick::TickLogger::new(viz::task_of(task), obs_names, action_names);
     Ok(Box::new(RerunSink {
         viewer: matches!(target, viz::Target::Connect(_)),
-        rec,
+        rec: Some(rec),
         logger,
         error: None,
     }))
@@ -186,7 +186,9 @@ pub fn open_sink(
 struct RerunSink {
     /// Streams to a viewer (`--rerun-connect`), not to a file.
     viewer: bool,
-    rec: viz::Recorder,
+    /// Taken by `finish`; one left at drop (a run that failed before it recorded) is
+    /// closed within the viewer's limit as well.
+    rec: Option<viz::Recorder>,
     logger: viz::tick::TickLogger,
     error: Option<String>,
 }
@@ -230,7 +232,8 @@ impl TickSink for RerunSink {
             act,
             link,
         };
-        if let Err(e) = self.logger.log(&self.rec.rec, &view)
+        let Some(rec) = &self.rec else { return };
+        if let Err(e) = self.logger.log(&rec.rec, &view)
             && self.error.is_none()
         {
             self.error = Some(format!("rerun: {e:#}"));
@@ -242,12 +245,26 @@ impl TickSink for RerunSink {
         self.viewer.then_some(2 * viz::VIEWER_FLUSH_TIMEOUT)
     }
 
-    fn finish(self: Box<Self>) -> Result<(), String> {
-        let RerunSink { rec, error, .. } = *self;
-        let flushed = rec.finish().map_err(|e| format!("{e:#}"));
-        match error {
+    fn finish(mut self: Box<Self>) -> Result<(), String> {
+        let flushed = match self.rec.take() {
+            Some(rec) => rec.finish().map_err(|e| format!("{e:#}")),
+            None => Ok(()),
+        };
+        match self.error.take() {
             Some(e) => Err(e),
             None => flushed,
+        }
+    }
+}
+
+/// The SDK's own close of a viewer stream waits for the viewer without a limit: a run
+/// that fails before its control thread starts (no port, no `Hello`), with a viewer
+/// connected that does not read, hung there instead of reporting its error.
+#[cfg(feature = "viz")]
+impl Drop for RerunSink {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            let _ = rec.finish();
         }
     }
 }
