@@ -254,16 +254,26 @@ impl Replay {
     }
 }
 
-const REPLAY_MAGIC: &[u8; 8] = b"EXPORPL1";
+/// Snapshots with the dimensions in the header (written since 2026-12-05).
+const REPLAY_MAGIC: &[u8; 8] = b"EXPORPL2";
+/// Snapshots before: `[capacity, len, next]` only, still read.
+const REPLAY_MAGIC_V1: &[u8; 8] = b"EXPORPL1";
 
 impl Replay {
-    /// Binary snapshot: magic, `[capacity, len, next]` as u64, then the arrays as
-    /// little-endian f32 (observations, actions, rewards, next observations, masks).
+    /// Binary snapshot: magic, `[capacity, len, next, obs_dim, act_dim]` as u64, then the
+    /// arrays as little-endian f32 (observations, actions, rewards, next observations,
+    /// masks).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out =
-            Vec::with_capacity(32 + 4 * (self.obs.len() * 2 + self.act.len() + 2 * self.len));
+            Vec::with_capacity(48 + 4 * (self.obs.len() * 2 + self.act.len() + 2 * self.len));
         out.extend_from_slice(REPLAY_MAGIC);
-        for v in [self.capacity, self.len, self.next] {
+        for v in [
+            self.capacity,
+            self.len,
+            self.next,
+            self.obs_dim,
+            self.act_dim,
+        ] {
             out.extend_from_slice(&(v as u64).to_le_bytes());
         }
         for arr in [&self.obs, &self.act, &self.rew, &self.next_obs, &self.mask] {
@@ -278,13 +288,31 @@ impl Replay {
     /// values training must not see (non-finite, a mask other than 0 or 1), naming the
     /// first by its slot in the ring.
     pub fn from_bytes(bytes: &[u8], obs_dim: usize, act_dim: usize) -> Result<Self, String> {
-        if bytes.len() < 32 || &bytes[..8] != REPLAY_MAGIC {
-            return Err("not a replay snapshot (bad magic)".into());
+        let words = match bytes.get(..8) {
+            Some(m) if m == REPLAY_MAGIC => 5,
+            Some(m) if m == REPLAY_MAGIC_V1 => 3,
+            _ => return Err("not a replay snapshot (bad magic)".into()),
+        };
+        let header = 8 + 8 * words;
+        if bytes.len() < header {
+            return Err(format!(
+                "expected a header of {header} bytes, found {}",
+                bytes.len()
+            ));
         }
         let word = |i: usize| {
             u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().unwrap()) as usize
         };
         let (capacity, len, next) = (word(0), word(1), word(2));
+        // Rows of another width can have the same size in all: (3, 2) read as (2, 4).
+        if words == 5 && (word(3), word(4)) != (obs_dim, act_dim) {
+            return Err(format!(
+                "a snapshot of observations of {} and actions of {} values, expected {obs_dim} \
+                 and {act_dim}",
+                word(3),
+                word(4)
+            ));
+        }
         // Rows are drawn as u32 numbers across both buffers (`draw_mixed`); no buffer the
         // trainer writes is larger than a tenth of that.
         // An unfilled ring writes at its end (the device mirror relies on it).
@@ -301,7 +329,7 @@ impl Replay {
         let expected = (2 * obs_dim + act_dim + 2)
             .checked_mul(len)
             .and_then(|floats| floats.checked_mul(4))
-            .and_then(|b| b.checked_add(32));
+            .and_then(|b| b.checked_add(header));
         if expected != Some(bytes.len()) {
             return Err(format!(
                 "expected {} bytes for {len} transitions, found {}",
@@ -309,7 +337,7 @@ impl Replay {
                 bytes.len()
             ));
         }
-        let mut vals = bytes[32..]
+        let mut vals = bytes[header..]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()));
         let mut take = |n: usize| -> Vec<f32> { vals.by_ref().take(n).collect() };
@@ -842,7 +870,7 @@ mod tests {
             "{e}"
         );
         let floats = |b: &mut Vec<u8>, i: usize, x: f32| {
-            b[32 + 4 * i..36 + 4 * i].copy_from_slice(&x.to_le_bytes());
+            b[48 + 4 * i..52 + 4 * i].copy_from_slice(&x.to_le_bytes());
         };
         let mut nan = bytes.clone();
         // Observations of 4 rows of 2, then 4 actions: the action of row 3.
@@ -853,6 +881,18 @@ mod tests {
         floats(&mut mask, 8 + 4 + 4 + 8 + 1, 0.5);
         let e = Replay::from_bytes(&mask, 2, 1).unwrap_err();
         assert_eq!(e, "slot 1: mask is 0.5 (0 or 1 expected)");
+        // Rows of 2 + 1 + 2 + 2 values as rows of 1 + 3 + 1 + 2: the same size in all,
+        // refused by the dimensions in the header.
+        let e = Replay::from_bytes(&bytes, 1, 3).unwrap_err();
+        assert_eq!(
+            e,
+            "a snapshot of observations of 2 and actions of 1 values, expected 1 and 3"
+        );
+        // A snapshot written before the dimensions were kept is still read.
+        let mut v1 = b"EXPORPL1".to_vec();
+        v1.extend_from_slice(&bytes[8..32]);
+        v1.extend_from_slice(&bytes[48..]);
+        assert_eq!(Replay::from_bytes(&v1, 2, 1).unwrap().to_bytes(), bytes);
     }
 
     #[test]
