@@ -161,6 +161,31 @@ fn a_run_streams_every_tick_to_a_live_rerun_server() {
     check_rows(&report, &rows);
 }
 
+/// `controller run` of a synthetic bundle (written into `dir`) on the push robot file,
+/// at a port that does not exist, recording as `rerun_args` say: it fails before its
+/// control thread starts.
+fn run_without_its_port(dir: &Path, rerun_args: &[OsString]) -> Command {
+    let bundle = dir.join("bundle");
+    shared_model::synthetic::SyntheticSpec::cpu()
+        .write(&bundle, 3, None)
+        .unwrap();
+    let mut c = Command::new(BIN);
+    c.arg("run")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--allow-unsigned")
+        .arg("--robot")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../firmware-config/robots/push.toml"
+        ))
+        .args(["--port", "/dev/no-such-port"])
+        .arg("--out")
+        .arg(dir.join("run"))
+        .args(rerun_args);
+    c
+}
+
 /// A run that fails before its control thread starts (no such port) leaves no recording
 /// behind: the same command given again fails for the same reason, not for the empty
 /// file ("exists already, and a recording is never written over"). A file that was
@@ -168,27 +193,9 @@ fn a_run_streams_every_tick_to_a_live_rerun_server() {
 #[test]
 fn a_run_that_never_started_leaves_no_recording() {
     let tmp = tempfile::tempdir().unwrap();
-    let bundle = tmp.path().join("bundle");
-    shared_model::synthetic::SyntheticSpec::cpu()
-        .write(&bundle, 3, None)
-        .unwrap();
     let rrd = tmp.path().join("run.rrd");
     let attempt = || {
-        Command::new(BIN)
-            .arg("run")
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg("--allow-unsigned")
-            .arg("--robot")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../firmware-config/robots/push.toml"
-            ))
-            .args(["--port", "/dev/no-such-port"])
-            .arg("--out")
-            .arg(tmp.path().join("run"))
-            .arg("--rerun")
-            .arg(&rrd)
+        run_without_its_port(tmp.path(), &["--rerun".into(), rrd.clone().into()])
             .output()
             .unwrap()
     };
@@ -212,25 +219,9 @@ fn a_run_that_never_started_leaves_no_recording() {
 #[test]
 fn a_failed_run_does_not_wait_for_a_silent_viewer() {
     let tmp = tempfile::tempdir().unwrap();
-    let bundle = tmp.path().join("bundle");
-    shared_model::synthetic::SyntheticSpec::cpu()
-        .write(&bundle, 3, None)
-        .unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg("--bundle")
-        .arg(&bundle)
-        .arg("--allow-unsigned")
-        .arg("--robot")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../firmware-config/robots/push.toml"
-        ))
-        .args(["--port", "/dev/no-such-port", "--rerun-connect", &addr])
-        .arg("--out")
-        .arg(tmp.path().join("run"))
+    let mut child = run_without_its_port(tmp.path(), &["--rerun-connect".into(), addr.into()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
