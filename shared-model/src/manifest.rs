@@ -648,6 +648,42 @@ pub struct BundleGraphs {
     pub critic: Option<ModelProto>,
 }
 
+/// A graph's bytes and the manifest entry naming them as the file `name`.
+fn encoded(name: &str, g: &ModelProto) -> (Vec<u8>, GraphFile) {
+    let bytes = g.to_bytes();
+    let file = GraphFile {
+        file: name.into(),
+        sha256: sha256_hex(&bytes),
+    };
+    (bytes, file)
+}
+
+impl BundleGraphs {
+    /// The bundle these graphs make with `manifest`, as [`load_bundle`] would return it
+    /// once [`write_bundle`] wrote it into `dir` (unsigned): for running it before
+    /// anything is written.
+    pub fn in_memory(&self, dir: &Path, manifest: &Manifest) -> VerifiedBundle {
+        let (denoiser, denoiser_file) = encoded(DENOISER_FILE, &self.denoiser);
+        let edit = self.edit.as_ref().map(|g| encoded(EDIT_FILE, g));
+        let critic = self.critic.as_ref().map(|g| encoded(CRITIC_FILE, g));
+        let mut manifest = manifest.clone();
+        manifest.format_version = manifest.required_format();
+        manifest.graphs = GraphFiles {
+            denoiser: denoiser_file,
+            edit: edit.as_ref().map(|(_, f)| f.clone()),
+            critic: critic.as_ref().map(|(_, f)| f.clone()),
+        };
+        VerifiedBundle {
+            dir: dir.to_path_buf(),
+            manifest,
+            denoiser,
+            edit: edit.map(|(b, _)| b),
+            critic: critic.map(|(b, _)| b),
+            signed_by: None,
+        }
+    }
+}
+
 /// Writes a bundle into `dir` (created if needed). Every file is first written in full
 /// to a temporary beside it; only then are they renamed into place, graphs first and
 /// manifest last, so a reader never sees a manifest pointing at half-written graphs, and
@@ -730,12 +766,9 @@ fn stage_bundle(
         f.sync_all().map_err(io_err(&tmp))
     };
     let mut put = |name: &str, g: &ModelProto| -> Result<GraphFile, BundleError> {
-        let bytes = g.to_bytes();
+        let (bytes, file) = encoded(name, g);
         write(name, &bytes)?;
-        Ok(GraphFile {
-            file: name.into(),
-            sha256: sha256_hex(&bytes),
-        })
+        Ok(file)
     };
     manifest.format_version = manifest.required_format();
     let denoiser = put(DENOISER_FILE, &graphs.denoiser)?;

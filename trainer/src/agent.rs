@@ -759,8 +759,7 @@ impl Agent {
         let kind = config.compute.optimizer;
         // Packing of the fused optimizer's buffers: by the configured device (a test may
         // pass another device; only the speed depends on it).
-        let packing =
-            Packing::for_device(crate::device::parse(&config.device).is_ok_and(|d| d.is_gpu()));
+        let packing = Packing::for_device(crate::device::configured_gpu(&config));
         let opt_denoiser = NetOptimizer::new(kind, 1e-4, packing);
         Agent {
             obs_dim,

@@ -167,6 +167,12 @@ pub fn cuda_devices() -> Result<usize> {
     Ok(n as usize)
 }
 
+/// Whether `config.device` names a GPU this binary can use (a device it cannot parse
+/// counts as none: the run refuses it elsewhere).
+pub fn configured_gpu(config: &crate::config::Config) -> bool {
+    parse(&config.device).is_ok_and(|d| d.is_gpu())
+}
+
 /// Parses `cpu`, `ndarray`, `vulkan[:N]` or `cuda[:N]`, refusing a GPU backend this
 /// binary was built without.
 pub fn parse(name: &str) -> Result<DeviceSpec> {

@@ -298,34 +298,7 @@ pub fn export_bundle(
     }
     let graphs = bundle_graphs(agent);
     // The bundle as the controller would load it, before anything is written.
-    let bytes = |g: &shared_model::onnx::ModelProto, name: &str| {
-        let b = g.to_bytes();
-        let file = GraphFile {
-            file: name.into(),
-            sha256: manifest::sha256_hex(&b),
-        };
-        (b, file)
-    };
-    let (denoiser, denoiser_file) = bytes(&graphs.denoiser, manifest::DENOISER_FILE);
-    let edit = graphs.edit.as_ref().map(|g| bytes(g, manifest::EDIT_FILE));
-    let critic = graphs
-        .critic
-        .as_ref()
-        .map(|g| bytes(g, manifest::CRITIC_FILE));
-    let mut in_memory_manifest = m.clone();
-    in_memory_manifest.graphs = GraphFiles {
-        denoiser: denoiser_file,
-        edit: edit.as_ref().map(|(_, f)| f.clone()),
-        critic: critic.as_ref().map(|(_, f)| f.clone()),
-    };
-    let in_memory = VerifiedBundle {
-        dir: out.to_path_buf(),
-        manifest: in_memory_manifest,
-        denoiser,
-        edit: edit.map(|(b, _)| b),
-        critic: critic.map(|(b, _)| b),
-        signed_by: None,
-    };
+    let in_memory = graphs.in_memory(out, &m);
     for backend in [Backend::Tract, Backend::Native] {
         if let Err(e) = check_parity(agent, &in_memory, backend, PARITY_SEED) {
             return Err(anyhow::Error::new(ParityMismatch(format!("{e:#}"))))
@@ -370,7 +343,7 @@ pub fn check_parity(
     let mut nets = load_networks(backend, bundle, rows)?;
     let (od, ad) = (agent.obs_dim, agent.act_dim);
     let dev = agent.plain_device();
-    let gpu = crate::device::parse(&agent.config.device).is_ok_and(|d| d.is_gpu());
+    let gpu = crate::device::configured_gpu(&agent.config);
     let (abs, rel) = if gpu { (2e-3, 1e-3) } else { (1e-4, 1e-4) };
     let mut worst = 0.0f32;
     let mut compare = |graph: String, want: &[f32], got: &[f32]| -> Result<()> {
