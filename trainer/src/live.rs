@@ -56,6 +56,9 @@ pub struct Step {
     pub terminal: bool,
     /// The episode's last step (terminal or truncated).
     pub episode_end: bool,
+    /// The robot run's number for its episode: an episode that ended without a `done`
+    /// step (a fault, an operator's reset, lost frames) ends where the next one begins.
+    pub episode: u32,
     /// The stream (robot) it came from, as messages name it.
     pub stream: String,
     /// Its stream's log under `OUT/uplink/` (a file name; action chunks are built per
@@ -88,6 +91,7 @@ impl Step {
             next_obs: t.next_obs().to_vec(),
             terminal: t.done && !t.truncated,
             episode_end: t.done,
+            episode: t.episode,
             stream: stream.to_string(),
             log,
             index,
@@ -621,11 +625,12 @@ struct Intake {
     keep_interventions: bool,
 }
 
-/// One stream log's chunker, and the record indices of the steps waiting in it, oldest
-/// first.
+/// One stream log's chunker, the record indices of the steps waiting in it, oldest
+/// first, and the episode of the last step it took.
 struct LogIntake {
     chunker: crate::replay::Chunker,
     waiting: VecDeque<u64>,
+    episode: Option<u32>,
 }
 
 impl Intake {
@@ -659,7 +664,16 @@ impl Intake {
             .or_insert_with(|| LogIntake {
                 chunker: crate::replay::Chunker::new(step.obs.len(), step.action.len(), chunks),
                 waiting: VecDeque::new(),
+                episode: None,
             });
+        // A chunk never spans two episodes: one that ended without a `done` step (its
+        // end is in the log's `EpisodeEnd` record, which is not forwarded) is cut where
+        // the next begins, as `finetune --data` cuts it at the dataset's episode
+        // boundary. (Only the observations' bits told them apart: a robot at rest
+        // starts the next episode where the last one stopped.)
+        if log.episode.replace(step.episode) != Some(step.episode) {
+            log.chunker.cut();
+        }
         let owed = take_step(
             &step,
             &mut log.chunker,
@@ -1180,14 +1194,20 @@ mod tests {
     /// Record bytes of step `step` of episode 1 (observation 3, action 2): its
     /// observation is `step`, its next one `step + 1`, so consecutive steps chain.
     fn chained_step(step: u32, done: bool) -> Vec<u8> {
+        episode_step(1, step, step as f32, done)
+    }
+
+    /// Record bytes of step `step` of episode `episode`, from observation `at` to
+    /// `at + 1`.
+    fn episode_step(episode: u32, step: u32, at: f32, done: bool) -> Vec<u8> {
         use controller::robot_loop::log::Transition;
         use firmware_config::protocol::{MAX_ACT, MAX_OBS};
         let t = Transition {
-            episode: 1,
+            episode,
             step,
             obs_dim: 3,
             act_dim: 2,
-            obs: [step as f32; MAX_OBS],
+            obs: [at; MAX_OBS],
             action: [0.1 * step as f32; MAX_ACT],
             reward: step as f32,
             done,
@@ -1195,7 +1215,7 @@ mod tests {
             success: done,
             intervention: false,
             teleop: false,
-            next_obs: [(step + 1) as f32; MAX_OBS],
+            next_obs: [at + 1.0; MAX_OBS],
             obs_fw_us: 0,
             next_obs_fw_us: 0,
             obs_rx_ns: 0,
@@ -1297,6 +1317,50 @@ mod tests {
                 .unwrap(),
             (0, 0)
         );
+    }
+
+    /// An episode that ended without a `done` step (a fault, an operator's reset) ends
+    /// where the next begins, even when the next starts from the observation the last
+    /// one stopped at (a robot at rest): no action chunk spans the two, as none does
+    /// when `finetune --data` reads the same log as a dataset. Only the observations'
+    /// bits were compared, so one chunk took its second action and its reward from the
+    /// next episode.
+    #[test]
+    fn a_chunk_never_spans_an_episode_that_ended_without_done() {
+        use crate::finetune::FinetuneSummary;
+        use crate::replay::{ChunkSpec, Replay};
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut receiver, rx) = receiver(tmp.path(), vec![]);
+        // Episode 1: two steps, 0 -> 1 -> 2, cut short (no `done`); episode 2 starts
+        // at 2 and ends in its second step.
+        let sent = [
+            episode_step(1, 0, 0.0, false),
+            episode_step(1, 1, 1.0, false),
+            episode_step(2, 0, 2.0, false),
+            episode_step(2, 1, 3.0, true),
+        ];
+        for (i, bytes) in sent.iter().enumerate() {
+            receiver.append("r", i as u64, bytes).unwrap();
+        }
+        let chunks = ChunkSpec {
+            horizon: 2,
+            discount: 0.9,
+        };
+        let mut summary = FinetuneSummary::default();
+        let mut online = Replay::new(3, 4, 64);
+        let mut intake = Intake::new(BTreeMap::new(), chunks, false);
+        for step in rx.try_iter() {
+            intake.take(step, &mut online, &mut summary);
+        }
+        // Episode 1's first step (its whole chunk), then episode 2's two (the last one
+        // terminal, a chunk of one); episode 1's last step has no chunk of its own.
+        let rows = online.rows(0..online.len());
+        assert_eq!(
+            rows.obs.chunks(3).map(|o| o[0]).collect::<Vec<_>>(),
+            [0.0, 2.0, 3.0]
+        );
+        // The first chunk's actions are episode 1's steps 0 and 1.
+        assert_eq!(&rows.act[..4], &[0.0, 0.0, 0.1, 0.1]);
     }
 
     /// A log in `OUT/uplink/` of another run (other dimensions: a try `--from` another
