@@ -1366,7 +1366,13 @@ impl Control {
                 (_, Some(a)) => a,
                 (t, None) => t,
             };
-            if then == After::Exit && self.stopping.is_none() {
+            // A fault that ends the run by itself (a lost link) makes a run that was
+            // ending complete one stopped by it: its closing hold and torque-off may
+            // not have reached the robot (as for a stop button, `emergency_stop`).
+            let ends_run = after == Some(After::Exit);
+            if (then == After::Exit && self.stopping.is_none())
+                || (ends_run && self.stopping == Some(Outcome::Completed))
+            {
                 self.stopping = Some(Outcome::StoppedByFault);
             }
             self.phase = Phase::SafeStop { left, then };
@@ -1627,7 +1633,8 @@ impl Control {
             Phase::Handshaking { since, last_hello } => {
                 if now.saturating_duration_since(since) > self.cfg.handshake_timeout {
                     self.fatal = Some(format!(
-                        "no Hello from the firmware within {:?}",
+                        "no Hello from the firmware on {} within {:?}",
+                        self.cfg.port.display(),
                         self.cfg.handshake_timeout
                     ));
                     self.stopping = Some(Outcome::Error);
@@ -1642,7 +1649,12 @@ impl Control {
             }
             Phase::Reconnecting { until } => {
                 if now >= until {
-                    self.fatal = Some("the serial link did not come back".into());
+                    self.fatal = Some(format!(
+                        "the serial link did not come back: {} could not be reopened \
+                         within --reconnect-ms {}",
+                        self.cfg.port.display(),
+                        self.cfg.reconnect.unwrap_or_default().as_millis()
+                    ));
                     self.stopping = Some(Outcome::Error);
                     self.phase = Phase::Done;
                 }
@@ -1679,7 +1691,11 @@ impl Control {
             self.phase = Phase::SafeStop { left, then };
             return;
         }
-        if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && !self.link_down {
+        // A lost link's writer is kept without `--reconnect-ms` (its read side may be
+        // what failed): the torque-off is tried there as the holds were. With it, the
+        // writer is closed, and a port back meanwhile waits for its handshake.
+        let writable = !self.link_down || self.cfg.reconnect.is_none();
+        if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && writable {
             match self.gate.send_control(Message::Estop) {
                 Ok(()) => {
                     self.estops_unanswered += 1;
@@ -1694,6 +1710,12 @@ impl Control {
                         f.torque_off_tick = Some(self.tick);
                     }
                     self.report.torque_off_ticks.push(self.tick);
+                }
+                Err(_) if self.link_down => {
+                    // The link is lost already and its fault ends the run or waits for
+                    // it: no retries. The fault's missing torque-off tick records that
+                    // none went out; the firmware's command watchdog holds the arm.
+                    self.estop_write_failures = 0;
                 }
                 Err(e) => {
                     // Not written, so the torque is still on: hold and try again next
@@ -2447,7 +2469,10 @@ mod tests {
         let wire = Wire::default();
         let (mut c, _tx) = control(&wire);
         c.cfg.max_faults = 5;
+        // Lost with `--reconnect-ms`: the writer is closed, so no Estop can go out.
+        c.cfg.reconnect = Some(Duration::from_secs(5));
         c.link_down = true;
+        c.gate.drop_writer();
         c.fault(
             Instant::now(),
             FaultKind::LinkLost,
@@ -2467,6 +2492,7 @@ mod tests {
         assert!(c.report.torque_off_ticks.is_empty());
         // The port is back; much later the run ends with a stop of its own.
         c.link_down = false;
+        c.gate.set_writer(Box::new(wire.clone()));
         c.torque_off = false;
         c.tick += 100;
         c.stopping = Some(Outcome::Completed);
@@ -2975,6 +3001,51 @@ mod tests {
         c.drain(Instant::now());
         assert!(closed.load(Ordering::SeqCst));
         assert!(c.gate.send_control(Message::Estop).is_err());
+    }
+
+    /// Without `--reconnect-ms`, a link whose read side failed keeps its writer for the
+    /// safe stop's holds, and its torque-off goes out there too (it was skipped on any
+    /// lost link: the arm stayed energised where the robot file allows torque off);
+    /// one whose writes fail too ends as before, without retries of the Estop.
+    #[test]
+    fn a_lost_link_without_reconnect_still_gets_its_torque_off() {
+        for writable in [true, false] {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.phase = Phase::Idle;
+            wire.broken.store(!writable, Ordering::SeqCst);
+            tx.send(LinkEvent::Lost("read failed".into())).unwrap();
+            tick_until_done(&mut c, 200);
+            assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+            assert_eq!(wire.estops(), writable as usize);
+            assert_eq!(c.report.torque_off_ticks.len(), writable as usize);
+            assert_eq!(
+                c.report.faults[0].torque_off_tick.is_some(),
+                writable,
+                "{:?}",
+                c.report.faults
+            );
+            assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        }
+    }
+
+    /// A link lost during the closing hold of a run whose episodes all ran ends it as
+    /// stopped by the fault (exit status 3), as a stop button pressed there does: the
+    /// hold and its torque-off may not have reached the robot. It stayed `completed`,
+    /// exit status 0.
+    #[test]
+    fn a_link_lost_during_the_closing_hold_is_not_a_completed_run() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.stopping = Some(Outcome::Completed);
+        c.enter_safe_stop(After::Exit);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        wire.broken.store(true, Ordering::SeqCst);
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        tick_until_done(&mut c, 200);
+        assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+        assert!(c.report.faults[0].during_safe_stop);
     }
 
     /// A `Reset` resent with a `Hello` (the first went unanswered) while the firmware

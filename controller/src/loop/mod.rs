@@ -59,7 +59,7 @@
 //! | a `Sensor` frame whose observation is not `observation.dim` values | message | safe stop, episode ends (`sensor_size`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
 //! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | a `Hello`, then the `Reset` again; a third unanswered `Reset` ends the run with an error (`no_episode_start`, through a safe stop) |
-//! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail), reconnect if enabled |
+//! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail, the `Estop` is tried once), then with `--reconnect-ms` a wait for the port (no `Estop`: its writer is closed); without it, a read side's loss ends the run and a failed write counts against `--max-faults` like any fault |
 //! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
 //!
 //! An episode a fault ends takes the frames of its steps up to the newest heard of at
@@ -610,7 +610,8 @@ pub enum Outcome {
     /// Every episode ran (faults, if any, stayed within `max_faults`).
     Completed,
     /// A fault beyond `max_faults`, or one that ends the run (an emergency stop the
-    /// controller did not send, a lost link without `--reconnect`).
+    /// controller did not send, the read side of a link lost without
+    /// `--reconnect-ms`), also during the closing hold of a run whose episodes all ran.
     StoppedByFault,
     /// Ctrl-C, SIGTERM, or the run's duration.
     Interrupted,

@@ -290,11 +290,20 @@ impl CommandGate {
                     "commands go through CommandGate::send_command",
                 ));
             }
-            Message::Reset { .. } | Message::Estop => self.firmware_holds(),
             _ => {}
         }
         let estop = matches!(msg, Message::Estop);
+        let to_hold = matches!(msg, Message::Reset { .. } | Message::Estop);
         self.write(msg)?;
+        // Only once written does the firmware fall back to its hold: a `Reset` or an
+        // `Estop` that failed to leave (a cut frame is discarded by the firmware's
+        // decoder, the next write starting with a delimiter) leaves it applying the last
+        // command, and the next hold must step from that, not from zero. (A `Command`
+        // moves the reference before its write: the two candidates are within one
+        // delta of each other, where the hold and the last command may be far apart.)
+        if to_hold {
+            self.firmware_holds();
+        }
         // Counted once written: an Estop that never left is not one the firmware got.
         self.stats.estops += estop as u64;
         Ok(())
@@ -482,5 +491,26 @@ mod tests {
         assert_eq!(g.stats.violations_prevented, 1);
         g.send_control(Message::Estop).unwrap();
         assert_eq!((g.last(), g.stats.estops), (&[0.0, 0.0][..], 1));
+    }
+
+    /// A `Reset` that was not written leaves the firmware applying the last command: the
+    /// safe stop's first hold steps from there, within the delta limit. The reference
+    /// went to zero before the write, so the first hold sent zero (a jump of 0.4 and
+    /// 0.6 in one tick, twice the limit) and the gate did not see it.
+    #[test]
+    fn a_reset_that_was_not_written_keeps_the_reference() {
+        let out = Cutting::default();
+        let mut g = CommandGate::new(&robot(), Box::new(out.clone()));
+        g.send_command(&[0.2, 0.3]).unwrap();
+        g.send_command(&[0.4, 0.6]).unwrap();
+        *out.1.lock().unwrap() = Some(0);
+        assert!(g.send_control(Message::Reset { seed: 1 }).is_err());
+        assert_eq!(g.last(), &[0.4, 0.6]);
+        let hold = g.send_hold().unwrap();
+        assert_eq!(&hold[..2], &[0.2, 0.3]);
+        assert_eq!(g.stats.violations_prevented, 0);
+        *out.1.lock().unwrap() = Some(3);
+        assert!(g.send_control(Message::Estop).is_err());
+        assert_eq!((g.last(), g.stats.estops), (&[0.2, 0.3][..], 0));
     }
 }
