@@ -429,9 +429,13 @@ fn stream_main(
                     }
                 }
             }
+            // Not while the run's end drains the log (asked since this turn began,
+            // too): no episode is left to take a bundle, whose download and build
+            // (a worker thread in two-speed mode) would hold the run's end.
             if let (Some(swap), Some(Some(name))) = (&cfg.swap, latest)
                 && !broken
                 && !seen.contains(&name)
+                && !stop.load(Ordering::SeqCst)
             {
                 let outcome = match records::fetch_bundle(s, &name) {
                     Ok(files) => Some(
@@ -652,6 +656,90 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(Arc::strong_count(&summary), 1, "the thread runs on");
+    }
+
+    /// A bundle the trainer offers while the run's end drains the log is not fetched:
+    /// no episode is left to take it. It was downloaded, verified and built into a
+    /// policy while the run's end waited, and reported as taking over "at the next
+    /// episode".
+    #[test]
+    fn a_bundle_offered_during_the_drain_is_not_fetched() {
+        use uplink::records::{BundleFiles, RecordSink, serve_records};
+        struct Offering {
+            fetched: Arc<AtomicBool>,
+            release: mpsc::Receiver<()>,
+            held: u64,
+        }
+        impl RecordSink for Offering {
+            fn next_index(&mut self, _: &str) -> Result<u64, String> {
+                // The streamer connects; the run's end is asked for meanwhile.
+                let _ = self.release.recv();
+                Ok(self.held)
+            }
+            fn append(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), String> {
+                self.held += 1;
+                Ok(())
+            }
+            fn latest_bundle(&mut self) -> Option<String> {
+                Some("0000001".into())
+            }
+            fn bundle(&mut self, name: &str) -> Result<BundleFiles, String> {
+                self.fetched.store(true, Ordering::SeqCst);
+                Err(format!("no bundle '{name}' here"))
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("transitions.log");
+        let mut w = super::super::log::LogWriter::open(&log).unwrap();
+        w.append(&super::super::log::Record::EpisodeStart {
+            episode: 0,
+            seed: 1,
+        })
+        .unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let src = tmp.path().join("bundle");
+        SyntheticSpec::cpu().write(&src, 3, None).unwrap();
+        let bundle = shared_model::load_bundle(&src, &Trust::AllowUnsigned).unwrap();
+        let key = uplink::Key::from_bytes([1; uplink::KEY_LEN]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = UplinkConfig {
+            addr: listener.local_addr().unwrap().to_string(),
+            key: key.clone(),
+            drain: Duration::from_secs(2),
+            swap: Some(SwapConfig {
+                trust: Trust::AllowUnsigned,
+                options: PolicyOptions::default(),
+                two_speed: false,
+                play: Default::default(),
+                robot: RobotConfig::example("push").unwrap(),
+                replaces: bundle.manifest.clone(),
+            }),
+        };
+        let fetched = Arc::new(AtomicBool::new(false));
+        let (release, waiting) = mpsc::channel();
+        let f = fetched.clone();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let mut sink = Offering {
+                fetched: f,
+                release: waiting,
+                held: 0,
+            };
+            let mut s = uplink::Session::server(tcp, &key).unwrap();
+            serve_records(&mut s, &mut sink).map(|(_, n)| n)
+        });
+        let (streamer, _ready) = Streamer::spawn(cfg, &log, None).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = release.send(());
+        });
+        let summary = streamer.finish();
+        let served = server.join().unwrap();
+        assert!(!fetched.load(Ordering::SeqCst), "fetched in the drain");
+        assert!(summary.bundles.is_empty(), "{:?}", summary.bundles);
+        assert_eq!(served.map_err(|e| e.to_string()), Ok(1));
+        assert_eq!((summary.acknowledged, summary.connections), (1, 1));
     }
 
     /// The uplink's address may resolve to several (`localhost`: `::1`, then
