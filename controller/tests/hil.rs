@@ -304,9 +304,16 @@ fn check_invariants(
         !out.stderr.contains("panicked at") || out.stderr.contains("injected panic"),
         "{out:?}"
     );
-    check_envelope(&sim.robot, received);
+    let checked = check_envelope(&sim.robot, received);
     let report = sim.report();
     assert_eq!(report["gate"]["violations_prevented"], 0, "{out:?}");
+    // A recording that went missing checks nothing: commands went out, so the
+    // firmware's recording must hold some.
+    let sent = report["gate"]["commands"].as_u64().unwrap();
+    assert!(
+        checked > 0 || sent == 0,
+        "{sent} commands sent, none in the firmware's recording: the envelope went unchecked"
+    );
     for f in report["faults"].as_array().unwrap() {
         if f["kind"] == "handshake" {
             continue;
@@ -430,6 +437,7 @@ fn e2e_synthetic_bundle_through_the_serial_link() {
             _ => {}
         }
     }
+    assert_eq!(ds.episodes.len(), per_episode.len());
     for (ep, cmds) in ds.episodes.iter().zip(&per_episode) {
         assert_eq!(ep.len(), cmds.len());
         for (got, sent) in ep.actions.chunks(2).zip(cmds) {
@@ -730,7 +738,7 @@ fn e2e_two_speed_policy() {
 /// --allow-unsigned --episodes 20` (the same seeds are not guaranteed to be the same
 /// episodes: evaluation seeds its episodes its own way).
 #[test]
-#[ignore]
+#[ignore = "needs a trained bundle: EXPO_E2E_BUNDLE"]
 fn e2e_trained_bundle_reaches_the_goal() {
     let _g = serial();
     let dir = std::env::var("EXPO_E2E_BUNDLE")
@@ -843,7 +851,9 @@ fn fault_dropped_bytes() {
 }
 
 /// Setup: one bit in 1000 flipped. Expected: CRC errors, resyncs, no wrong frame
-/// accepted (no fault from garbage values), episodes complete.
+/// accepted (no fault from garbage values), both episodes run to their end. (A third
+/// or more of the sensor frames are damaged: a run of lost ones may still be a stale
+/// sensor fault, which `--max-faults` allows.)
 #[test]
 fn fault_flipped_bits() {
     let _g = serial();
@@ -855,6 +865,19 @@ fn fault_flipped_bits() {
         l["crc_errors"].as_u64().unwrap() + l["cobs_errors"].as_u64().unwrap() > 0,
         "{report}"
     );
+    assert_only_load_faults(&report);
+}
+
+/// No fault but those a lost run of frames or a loaded machine causes (`stale_sensor`,
+/// `deadline_missed`): no damaged frame was taken for a value, and two episodes ran.
+fn assert_only_load_faults(report: &Value) {
+    for f in report["faults"].as_array().unwrap() {
+        assert!(
+            f["kind"] == "stale_sensor" || f["kind"] == "deadline_missed",
+            "{f}"
+        );
+    }
+    assert_eq!(episodes(report).len(), 2, "{report}");
 }
 
 /// Setup: 5% of frames cut short (the delimiter goes too, so the next frame breaks as
@@ -876,7 +899,8 @@ fn fault_truncated_frames() {
     );
 }
 
-/// Setup: random garbage before 10% of frames. Expected: resyncs; episodes go on.
+/// Setup: random garbage before 10% of frames. Expected: resyncs; no garbage taken
+/// for a frame; episodes go on.
 #[test]
 fn fault_garbage_between_frames() {
     let _g = serial();
@@ -884,6 +908,7 @@ fn fault_garbage_between_frames() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(fw.faults.garbage > 0);
     assert!(report["link"]["resyncs"].as_u64().unwrap() > 0);
+    assert_only_load_faults(&report);
 }
 
 /// Setup: 10% of frames duplicated, 10% held back behind the next one; dense rewards
@@ -995,7 +1020,8 @@ fn fault_late_duplicates_keep_the_first_receive_time() {
 }
 
 /// Setup: latency spikes — 2% of frames delayed by 5 ms, well under the stale limit.
-/// Expected: no fault, the episodes complete.
+/// Expected: no stale sensor fault (a loaded machine may still miss deadlines), both
+/// episodes run.
 #[test]
 fn fault_latency_spikes_below_the_stale_limit() {
     let _g = serial();
@@ -1003,6 +1029,7 @@ fn fault_latency_spikes_below_the_stale_limit() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(fw.faults.stalls > 0);
     assert_eq!(faults_of(&report, "stale_sensor"), 0, "{report}");
+    assert_only_load_faults(&report);
 }
 
 /// Setup: real-time pacing; 20% of the controller's commands lost on their way to the
@@ -1921,11 +1948,10 @@ fn disconnect_and_reconnect_holding(hold_ticks: u32, extra: &[&str]) {
     sim.fw = Some(fw2);
     let out = finish(child);
     let (fw2, second) = sim.stop_fw();
+    // Each firmware's recording judges commands against what that firmware applied.
     let mut all = first.clone();
     all.extend(second.iter().cloned());
-    check_envelope(&sim.robot, &first);
-    check_envelope(&sim.robot, &second);
-    check_invariants(&sim, &[], &out);
+    check_invariants(&sim, &all, &out);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let report = sim.report();
     assert!(faults_of(&report, "link_lost") >= 1, "{report}");

@@ -142,13 +142,19 @@ fn arm_friction_dissipates_energy() {
         q: [0.3, 0.2],
         qd: [2.0, -1.0],
     };
-    let mut last = s.energy(true);
+    let first = s.energy(true);
+    let mut last = first;
     for _ in 0..2000 {
         s.integrate([0.0; 2], true, 0.5, 1e-3);
         let e = s.energy(true);
         assert!(e <= last + 1e-4, "energy rose from {last} to {e}");
         last = e;
     }
+    // And it does fall: 1.58 to 0.46 in these 2 s (without friction it stays).
+    assert!(
+        last < 0.5 * first,
+        "energy only fell from {first} to {last}"
+    );
 }
 
 #[test]

@@ -70,6 +70,7 @@ fn generation_is_reproducible_and_round_trips_exactly() {
     let db = dataset::read_dataset(&b).unwrap();
     assert_eq!(da, db);
     // What was read back is exactly what the simulator recorded.
+    assert_eq!(da.episodes.len(), 12);
     let mut env = sim::make_env(sim::TaskId::Maze, cfg);
     let mut demo = sim::make_demonstrator(sim::TaskId::Maze);
     for (ep, seed) in da
@@ -505,6 +506,8 @@ fn label_converts_robot_units_to_policy_units() {
     );
     assert!(!text(&o).contains("observation names"), "{}", text(&o));
     let got = dataset::read_dataset(&out).unwrap();
+    assert!(!policy.episodes.is_empty());
+    assert_eq!(got.episodes.len(), policy.episodes.len());
     let mut worst = 0.0f32;
     for (g, p) in got.episodes.iter().zip(&policy.episodes) {
         for (x, y) in g.actions.iter().zip(&p.actions) {
@@ -529,6 +532,7 @@ fn label_converts_robot_units_to_policy_units() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!text(&o).contains("warning"), "{}", text(&o));
     let kept = dataset::read_dataset(&kept).unwrap();
+    assert_eq!(kept.episodes.len(), policy.episodes.len());
     for (k, p) in kept.episodes.iter().zip(&policy.episodes) {
         assert_eq!(
             (&k.rewards, &k.success, &k.terminated, &k.truncated),

@@ -322,8 +322,9 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     let copy = read_log(&copies[0]).unwrap().records;
     assert!(!copy.is_empty() && copy.len() <= robot_log.len());
     assert_eq!(copy[..], robot_log[..copy.len()]);
-    // The robot took the trainer's bundles, verified, and only between episodes: the
-    // first episode ran bundle 0 and every swap starts an episode.
+    // The robot took the trainer's bundles, verified: the first episode ran bundle 0,
+    // and each swap began a later one (that a swap waits for the episode's end is
+    // `control::tests::a_new_policy_takes_over_only_between_episodes`).
     let offered = &up.bundles;
     assert!(!offered.is_empty(), "{up:?}");
     assert!(offered.iter().all(|b| b.error.is_none()), "{offered:?}");
@@ -331,8 +332,6 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
     for s in &report.bundle_swaps {
         assert!((1..8).contains(&s.first_episode), "{s:?}");
         assert!(offered.iter().any(|b| b.name == s.bundle), "{s:?}");
-        let started = &report.episodes[s.first_episode as usize];
-        assert!(started.episode == s.first_episode, "{started:?}");
     }
     // The result is a run directory like any other.
     load_agent(&out).unwrap();
@@ -495,12 +494,10 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
         .filter(|r| matches!(r, controller::robot_loop::log::Record::Transition(_)))
         .count();
     assert_eq!(summary.streamed, logged_transitions);
-    // Swaps only start episodes, with bundles the trainer published and signed.
+    // Swaps begin later episodes, with bundles the trainer published and signed.
     assert!(!report.bundle_swaps.is_empty());
     for s in &report.bundle_swaps {
         assert!((1..episodes).contains(&s.first_episode), "{s:?}");
-        let started = &report.episodes[s.first_episode as usize];
-        assert_eq!(started.episode, s.first_episode, "{started:?}");
         assert!(
             up.bundles
                 .iter()

@@ -75,7 +75,15 @@ fn rlpd_evaluates_by_the_actors_mode() {
     let (sampled, again) = (agent.act(&obs), agent.act(&obs));
     assert_ne!(sampled, again, "exploration samples");
     assert_ne!(sampled, mode);
-    assert!(mode.iter().all(|a| a.abs() < 1.0));
+    // The mode is tanh of the actor's mean on the (here unnormalised) observations.
+    let x = trainer::nets::tensor2(obs.clone(), 3, od, agent.plain_device());
+    let actor = burn::module::AutodiffModule::valid(agent.actor().unwrap());
+    let (mean, _) = actor.forward(x);
+    let expected = mean.tanh().into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(mode.len(), expected.len());
+    for (m, e) in mode.iter().zip(&expected) {
+        assert!((m - e).abs() <= 1e-6, "{mode:?} against {expected:?}");
+    }
 }
 
 /// Every algorithm with the fused optimizers (the default), EXPO with burn's
@@ -343,12 +351,14 @@ fn a_bundle_exported_from_a_run_names_its_updates() {
         toml::from_str(&std::fs::read_to_string(bundle.join("manifest.toml")).unwrap()).unwrap();
     let provenance = &manifest["provenance"];
     assert_eq!(provenance["updates"].as_integer(), Some(updates as i64));
-    let revision = provenance["git_revision"].as_str().unwrap();
+    // The revision the trainer was built from (its build script's `git rev-parse
+    // HEAD`, "unknown" without git), whatever the directory the export runs in.
+    let built = env!("EXPO_TRAINER_GIT_REVISION");
     assert!(
-        revision == "unknown"
-            || revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()),
-        "{revision}"
+        built == "unknown" || built.len() == 40 && built.chars().all(|c| c.is_ascii_hexdigit()),
+        "{built}"
     );
+    assert_eq!(provenance["git_revision"].as_str(), Some(built));
 }
 
 #[test]

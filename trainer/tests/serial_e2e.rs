@@ -223,6 +223,7 @@ fn a_robot_known_only_from_its_recordings_runs_through_the_link_as_in_process() 
     .unwrap();
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     let back = dataset::read_dataset(&labelled).unwrap();
+    assert_eq!(back.episodes.len(), policy_units.episodes.len());
     for (b, p) in back.episodes.iter().zip(&policy_units.episodes) {
         assert_eq!(b.actions, p.actions);
         assert_eq!(b.is_success(), p.is_success());

@@ -228,26 +228,61 @@ fn push_expo_study(
     }
 }
 
+/// A stand-in run's body that writes its pid to `OUT/pid` and then sleeps for an hour
+/// (it never finishes on its own in a test).
+#[cfg(unix)]
+const PID_THEN_SLEEP: &str =
+    r#"echo $$ > "$out/pid.tmp"; mv "$out/pid.tmp" "$out/pid"; exec sleep 3600"#;
+
+/// The shell lines that set `out` to the stand-in's `--out`.
+#[cfg(unix)]
+const FIND_OUT: &str = r#"out=""; prev=""
+for a in "$@"; do [ "$prev" = "--out" ] && out="$a"; prev="$a"; done"#;
+
+/// `study` on another thread: its result, or a failure after 5 minutes (a study that
+/// does not stop its hour-long stand-in runs would otherwise hold the test suite).
+#[cfg(unix)]
+fn study_or_hang(
+    spec: trainer::study::StudySpec,
+    exe: std::path::PathBuf,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(trainer::study::run_study(&spec, &exe));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the study still waits for its runs")
+}
+
+/// The run in `dir` (its pid in `dir/pid`) has ended and been reaped.
+#[cfg(unix)]
+fn assert_gone(dir: &std::path::Path) {
+    let pid = std::fs::read_to_string(dir.join("pid")).unwrap();
+    let proc = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+    assert!(
+        !proc.exists(),
+        "{}'s run (pid {}) is still running",
+        dir.display(),
+        pid.trim()
+    );
+}
+
 /// `--time-limit-s`: runs still going at the limit are stopped (not left running, not
 /// marked done, not counted as failures).
 #[cfg(unix)]
 #[test]
 fn a_time_limit_stops_the_runs_still_going() {
     let tmp = tempfile::tempdir().unwrap();
-    // A stand-in for `trainer train` that never finishes on its own.
-    let exe = stand_in_trainer(tmp.path(), "exec sleep 60");
+    // A stand-in for `trainer train` that never finishes on its own (its pid written
+    // at once, well inside the limit).
+    let exe = stand_in_trainer(tmp.path(), &format!("{FIND_OUT}\n{PID_THEN_SLEEP}"));
     let out = tmp.path().join("study");
-    let spec = push_expo_study(
-        &out,
-        &[0, 1, 2],
-        Some(std::time::Duration::from_millis(500)),
-    );
-    let start = std::time::Instant::now();
-    trainer::study::run_study(&spec, &exe).unwrap();
-    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    let spec = push_expo_study(&out, &[0, 1, 2], Some(std::time::Duration::from_secs(2)));
+    study_or_hang(spec, exe).unwrap();
     for seed in [0, 1] {
         let dir = out.join(format!("push/expo/seed-{seed}"));
         assert!(dir.join("log.txt").is_file() && !dir.join("done").exists());
+        assert_gone(&dir);
     }
     // Not started: the limit came first.
     assert!(!out.join("push/expo/seed-2").exists());
@@ -354,24 +389,17 @@ fn a_study_that_fails_stops_its_other_runs() {
     // succeeds; seed-1 never finishes on its own.
     let exe = stand_in_trainer(
         tmp.path(),
-        r#"out=""; prev=""
-for a in "$@"; do [ "$prev" = "--out" ] && out="$a"; prev="$a"; done
+        &format!(
+            r#"{FIND_OUT}
 case "$out" in
   *seed-0) while [ ! -s "$out/../seed-1/pid" ]; do sleep 0.05; done; mkdir "$out/done"; exit 0;;
-  *) echo $$ > "$out/pid.tmp"; mv "$out/pid.tmp" "$out/pid"; exec sleep 60;;
-esac"#,
+  *) {PID_THEN_SLEEP};;
+esac"#
+        ),
     );
     let out = tmp.path().join("study");
-    let start = std::time::Instant::now();
-    let err = trainer::study::run_study(&push_expo_study(&out, &[0, 1], None), &exe).unwrap_err();
-    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    let err = study_or_hang(push_expo_study(&out, &[0, 1], None), exe).unwrap_err();
     let err = format!("{err:#}");
     assert!(err.contains("seed-0/done"), "{err}");
-    let pid = std::fs::read_to_string(out.join("push/expo/seed-1/pid")).unwrap();
-    let proc = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
-    assert!(
-        !proc.exists(),
-        "seed-1's run (pid {}) is still running",
-        pid.trim()
-    );
+    assert_gone(&out.join("push/expo/seed-1"));
 }

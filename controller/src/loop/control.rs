@@ -3048,6 +3048,48 @@ mod tests {
         assert!(c.report.faults[0].during_safe_stop);
     }
 
+    /// A bundle that arrives while an episode runs takes over only at the next
+    /// episode's `Reset`: a policy never changes within an episode.
+    #[test]
+    fn a_new_policy_takes_over_only_between_episodes() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        let (ready, swaps) = std::sync::mpsc::channel();
+        c.swaps = Some(swaps);
+        c.cfg.episodes = Some(2);
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
+        c.begin_episode(0, 7, Instant::now());
+        ready.send(("0000001".into(), Brain::Hold)).unwrap();
+        for _ in 0..5 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+        }
+        assert_eq!(c.phase, Phase::Running);
+        assert!(
+            c.report.bundle_swaps.is_empty(),
+            "{:?}",
+            c.report.bundle_swaps
+        );
+        // The episode ends; the next one starts with the new policy.
+        c.track = None;
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        let tick = c.tick;
+        c.one_tick(Instant::now());
+        assert_eq!(
+            c.report.bundle_swaps,
+            [super::super::BundleSwap {
+                bundle: "0000001".into(),
+                first_episode: 1,
+                tick,
+            }]
+        );
+        assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
+    }
+
     /// A `Reset` resent with a `Hello` (the first went unanswered) while the firmware
     /// still runs the episode just finished: its late frames start no episode (one
     /// started a bogus episode, ended at once by `implausible_step`: with the default

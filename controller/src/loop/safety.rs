@@ -284,13 +284,10 @@ impl CommandGate {
     /// Sends any message except a `Command` (those only go through
     /// [`CommandGate::send_command`]).
     pub fn send_control(&mut self, msg: Message) -> io::Result<()> {
-        match msg {
-            Message::Command { .. } => {
-                return Err(io::Error::other(
-                    "commands go through CommandGate::send_command",
-                ));
-            }
-            _ => {}
+        if let Message::Command { .. } = msg {
+            return Err(io::Error::other(
+                "commands go through CommandGate::send_command",
+            ));
         }
         let estop = matches!(msg, Message::Estop);
         let to_hold = matches!(msg, Message::Reset { .. } | Message::Estop);
