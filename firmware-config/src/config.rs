@@ -57,9 +57,10 @@
 //! - `command_timeout_ms` and `safety.stale_sensor_ms` at least [`MIN_TIMEOUT_PERIODS`]
 //!   control periods: commands and sensor frames come once per period, give or take
 //!   jitter, so a limit of one period would trip on a healthy link;
-//! - `serial.baud` fast enough that one step's `Sensor` and `Reward` frames take at
-//!   most half of a control period on the line
-//!   ([`crate::protocol::step_wire_bytes`], 10 bits per byte);
+//! - `serial.baud` fast enough that one step's `Sensor` and `Reward` frames, and the
+//!   controller's `Command` the other way, each take at most half of a control period
+//!   on the line ([`crate::protocol::step_wire_bytes`],
+//!   [`crate::protocol::command_wire_bytes`], 10 bits per byte);
 //! - `command_timeout_ms` and `safety.stale_sensor_ms` at most [`MAX_TIMEOUT_MS`];
 //! - the envelope `[safety.action_min, safety.action_max]` lies within the policy's
 //!   `[-1, 1]` and contains 0, the hold action the firmware falls back to on its own;
@@ -77,7 +78,7 @@
 //! carry a byte span, and the validator looks the offending field up in a span-keeping
 //! parse of the same text.
 
-use crate::protocol::{Hello, MAX_ACT, MAX_OBS, step_wire_bytes};
+use crate::protocol::{Hello, MAX_ACT, MAX_OBS, command_wire_bytes, step_wire_bytes};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::ops::Range;
@@ -702,9 +703,11 @@ impl RobotConfig {
         })
     }
 
-    /// Whether a line at `baud` carries this robot's frames: the firmware's frames for
-    /// one step must leave room on the line for a late one to catch up, so they may take
-    /// at most half of each control period (10 bits per byte on a UART). Checked for the
+    /// Whether a line at `baud` carries this robot's frames: the frames of one step must
+    /// leave room on the line for a late one to catch up, so they may take at most half
+    /// of each control period (10 bits per byte on a UART), in each direction (the line
+    /// is full duplex): the firmware's `Sensor` and `Reward`, and the controller's
+    /// `Command`. Checked for the
     /// robot file's `serial.baud` and for the controller's `--baud`. Not for USB CDC-ACM
     /// devices (`/dev/ttyACM*`, macOS `/dev/cu.usbmodem*` and `/dev/tty.usbmodem*`),
     /// which ignore the baud rate and run at USB speed, nor for pseudo-terminals
@@ -732,14 +735,33 @@ impl RobotConfig {
         }
         let period_ms = 1000.0 / self.control_hz as f64;
         let step_bytes = step_wire_bytes(self.observation.dim);
-        let line_ms = (step_bytes * 10) as f64 * 1000.0 / baud as f64;
+        let command_bytes = command_wire_bytes(self.action.dim);
+        // The busier direction decides.
+        let (bytes, what) = if command_bytes > step_bytes {
+            let n = self.action.dim;
+            (
+                command_bytes,
+                format!(
+                    "the controller's command for one step ({command_bytes} bytes for {n} action values)"
+                ),
+            )
+        } else {
+            let n = self.observation.dim;
+            (
+                step_bytes,
+                format!(
+                    "the firmware's frames for one step ({step_bytes} bytes for {n} observation values)"
+                ),
+            )
+        };
+        let line_ms = (bytes * 10) as f64 * 1000.0 / baud as f64;
         if line_ms <= 0.5 * period_ms {
             return Ok(());
         }
-        let min_baud = (step_bytes * 10) as f64 * 2.0 * self.control_hz as f64;
+        let min_baud = (bytes * 10) as f64 * 2.0 * self.control_hz as f64;
         Err(format!(
-            "{baud} baud is too slow for {} Hz: the firmware's frames for one step ({step_bytes} bytes for {} observation values) take {line_ms:.1} ms of the {period_ms} ms period, and at most half of it is allowed; use at least {min_baud} baud or a lower control_hz",
-            self.control_hz, self.observation.dim
+            "{baud} baud is too slow for {} Hz: {what} take {line_ms:.1} ms of the {period_ms} ms period, and at most half of it is allowed; use at least {min_baud} baud or a lower control_hz",
+            self.control_hz
         ))
     }
 }

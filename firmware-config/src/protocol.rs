@@ -126,8 +126,11 @@
 //! its next `Reset` goes unanswered it sends a `Hello` before resending it (tested with
 //! the fault injector's `reboot_silent_at`). A `Hello` ends any running episode (the
 //! firmware holds, shaken hands). A restarted numbering that does come (other frames)
-//! reads as stale until three numbers in a row count on from each other
-//! ([`SeqTracker::RESYNC_AFTER`]); then it is the numbering again.
+//! and jumps back from the last number by less than half the 16-bit space reads as
+//! stale until three numbers in a row count on from each other
+//! ([`SeqTracker::RESYNC_AFTER`]); then it is the numbering again. One that jumps back
+//! further reads as a forward gap, and its frames are taken at once (the link's
+//! `seq_lost` count then grows by the size of the jump, up to 32,767).
 
 use heapless::Vec;
 
@@ -161,10 +164,19 @@ pub const MAX_FRAME: usize = MAX_ENCODED_FRAME + 1;
 /// encoding plus the delimiter (65 + 29 = 94 bytes for 10 values). The line must carry
 /// this every control period (`config::RobotConfig` checks the baud rate against it).
 pub const fn step_wire_bytes(obs_dim: usize) -> usize {
-    const fn frame(payload: usize) -> usize {
-        cobs_max_len(HEADER_LEN + payload + CRC_LEN) + 1
-    }
-    frame(SENSOR_FIXED + 4 * obs_dim) + frame(REWARD_PAYLOAD)
+    wire_frame_bytes(SENSOR_FIXED + 4 * obs_dim) + wire_frame_bytes(REWARD_PAYLOAD)
+}
+
+/// The most bytes the controller's `Command` of `act_dim` values takes on the wire
+/// (81 at 16 values): the other direction's frames for one step.
+pub const fn command_wire_bytes(act_dim: usize) -> usize {
+    wire_frame_bytes(1 + 4 * act_dim)
+}
+
+/// The most bytes a frame of `payload` payload bytes takes on the wire, delimiter
+/// included.
+const fn wire_frame_bytes(payload: usize) -> usize {
+    cobs_max_len(HEADER_LEN + payload + CRC_LEN) + 1
 }
 
 // Every other payload fits in MAX_PAYLOAD (Command: 1 + 4 × 16 = 65; Reward 13;
@@ -724,9 +736,10 @@ impl Message {
 
     /// Parses a payload of type `ty`. Strict: see the module docs.
     pub fn decode_payload(ty: MessageType, payload: &[u8]) -> Result<Message, FrameError> {
-        let bad = |reason| FrameError::Payload {
+        let bad = |reason, found| FrameError::Payload {
             msg_type: ty,
             reason,
+            found,
         };
         let mut r = Reader {
             data: payload,
@@ -746,10 +759,18 @@ impl Message {
                 let step = r.u32();
                 let n = r.u8() as usize;
                 if n > MAX_OBS {
-                    return Err(bad("more than MAX_OBS values"));
+                    return Err(bad(
+                        "too many values",
+                        Found::Count {
+                            count: n,
+                            max: MAX_OBS,
+                        },
+                    ));
                 }
                 if r.data.len() != 4 * n {
-                    return Err(bad("length disagrees with the value count"));
+                    let bytes = r.data.len();
+                    let found = Found::ValueBytes { count: n, bytes };
+                    return Err(bad("length disagrees with the value count", found));
                 }
                 let mut obs = Vec::new();
                 for _ in 0..n {
@@ -761,10 +782,18 @@ impl Message {
             MessageType::Command => {
                 let n = r.u8() as usize;
                 if n > MAX_ACT {
-                    return Err(bad("more than MAX_ACT values"));
+                    return Err(bad(
+                        "too many values",
+                        Found::Count {
+                            count: n,
+                            max: MAX_ACT,
+                        },
+                    ));
                 }
                 if r.data.len() != 4 * n {
-                    return Err(bad("length disagrees with the value count"));
+                    let bytes = r.data.len();
+                    let found = Found::ValueBytes { count: n, bytes };
+                    return Err(bad("length disagrees with the value count", found));
                 }
                 let mut action = Vec::new();
                 for _ in 0..n {
@@ -778,9 +807,10 @@ impl Message {
                 let (c, d) = (r.u8(), r.u8());
                 // Short before its values are judged: a short read gives zeros.
                 if r.short {
-                    return Err(bad("payload too short"));
+                    return Err(bad("payload too short", Found::Bytes(payload.len())));
                 }
-                let code = FaultCode::from_bytes(c, d).ok_or(bad("unknown fault code"))?;
+                let code = FaultCode::from_bytes(c, d)
+                    .ok_or(bad("unknown fault code", Found::CodeDetail(c, d)))?;
                 Message::Fault { code }
             }
             MessageType::EpisodeStart => Message::EpisodeStart {
@@ -792,10 +822,10 @@ impl Message {
                 let success = r.u8();
                 let steps = r.u32();
                 if r.short {
-                    return Err(bad("payload too short"));
+                    return Err(bad("payload too short", Found::Bytes(payload.len())));
                 }
                 if success > 1 {
-                    return Err(bad("success is neither 0 nor 1"));
+                    return Err(bad("success is neither 0 nor 1", Found::Byte(success)));
                 }
                 Message::EpisodeEnd {
                     episode,
@@ -810,10 +840,10 @@ impl Message {
                 let reward = r.f32();
                 let flags = r.u8();
                 if r.short {
-                    return Err(bad("payload too short"));
+                    return Err(bad("payload too short", Found::Bytes(payload.len())));
                 }
                 let Some(flags) = StepFlags::from_byte(flags) else {
-                    return Err(bad("unknown flag bits"));
+                    return Err(bad("unknown flag bits", Found::Byte(flags)));
                 };
                 Message::Reward {
                     episode,
@@ -826,10 +856,10 @@ impl Message {
             }
         };
         if r.short {
-            return Err(bad("payload too short"));
+            return Err(bad("payload too short", Found::Bytes(payload.len())));
         }
         if !r.data.is_empty() {
-            return Err(bad("payload too long"));
+            return Err(bad("payload too long", Found::Bytes(payload.len())));
         }
         Ok(msg)
     }
@@ -930,11 +960,47 @@ pub enum FrameError {
     Length { declared: u16, actual: usize },
     #[error("unknown message type {0:#04x}")]
     UnknownType(u8),
-    #[error("malformed {msg_type:?} payload: {reason}")]
+    #[error("malformed {msg_type:?} payload: {reason}{found}")]
     Payload {
         msg_type: MessageType,
         reason: &'static str,
+        /// What the payload held, for the message.
+        found: Found,
     },
+}
+
+/// What a malformed payload held ([`FrameError::Payload`]): the numbers that say what
+/// the sender got wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The payload's length in bytes.
+    Bytes(usize),
+    /// The value count it announced, above the most a message holds.
+    Count { count: usize, max: usize },
+    /// The bytes of values after a count of `count` (4 each).
+    ValueBytes { count: usize, bytes: usize },
+    /// The fault code and detail bytes.
+    CodeDetail(u8, u8),
+    /// The byte at fault.
+    Byte(u8),
+}
+
+impl core::fmt::Display for Found {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Found::Bytes(n) => write!(f, " ({n} bytes)"),
+            Found::Count { count, max } => write!(f, " ({count}, at most {max})"),
+            Found::ValueBytes { count, bytes } => {
+                write!(
+                    f,
+                    " ({count} values need {} bytes, found {bytes})",
+                    4 * count
+                )
+            }
+            Found::CodeDetail(c, d) => write!(f, " (code {c}, detail {d})"),
+            Found::Byte(b) => write!(f, " (found {b:#04x})"),
+        }
+    }
 }
 
 /// A decoded frame: the message and its header fields.

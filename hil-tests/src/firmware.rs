@@ -13,13 +13,20 @@
 //!  AwaitHello ──Hello ok──► Idle ──Reset──► Running ──done──► Ended ──Reset──► Running …
 //!      ▲  (mismatch: answer Hello,   ▲                │  Estop (any state after Hello)
 //!      │   stay here; Estop: answer  └──Hello─────────┤        ▼
-//!          it, stay here)                             └────► Estopped ──Reset──► Running
+//!      │   it, stay here)                             └────► Estopped ──Reset──► Running
+//!      │                                                     (a stop button pressed:
+//!      └── a refused Hello in any state; a reboot             Reset keeps it Estopped)
 //! ```
+//!
+//! A matching `Hello` from `Ended` or `Estopped` also goes to `Idle`; a refused one
+//! (another schema, version or dimensions) from any state goes to `AwaitHello`, ending
+//! a running episode without an `EpisodeEnd` (the controller refuses such a firmware
+//! anyway).
 //!
 //! - **Handshake.** Nothing but a stop happens before a `Hello`. The firmware answers
 //!   every `Hello` with its own (protocol version, schema hash, the task's dimensions
-//!   and the robot's control rate); if the controller's differs it stays in
-//!   `AwaitHello` and ignores everything else but an `Estop`. A frame with another
+//!   and the robot's control rate); if the controller's differs it goes to (or stays
+//!   in) `AwaitHello` and ignores everything else but an `Estop`. A frame with another
 //!   protocol version is answered with the firmware's `Hello` too (at most every
 //!   100 ms), so the controller can say which version the firmware speaks. A simulated reboot (the fault injector's
 //!   `reboot_at`) returns to `AwaitHello` after announcing itself with a `Hello`, and

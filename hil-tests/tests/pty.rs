@@ -238,6 +238,36 @@ fn the_binary_refuses_a_watchdog_the_robot_file_would_refuse() {
     }
 }
 
+/// A `--max-seconds` too large for a `Duration` is refused by name (its timer thread
+/// panicked, and the firmware ran on without its limit).
+#[test]
+fn the_binary_refuses_a_time_limit_it_cannot_keep() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
+        .args(["--task", "maze", "--pty", "--max-seconds", "1e20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (A guard, not a timing: a firmware that took the value serves its pty until
+    // killed.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("sim-firmware took --max-seconds 1e20 and ran on");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--max-seconds") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no pty is opened");
+}
+
 /// Runs the `sim-firmware` binary; returns it and the pty path from its first line.
 fn spawn_binary(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))

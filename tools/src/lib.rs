@@ -107,7 +107,8 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
         std::fs::remove_dir(&partial)
             .with_context(|| format!("removing the emptied {}", partial.display()))?;
     } else {
-        // rename(2) fails if `out` appeared meanwhile: the data stays where it is.
+        // rename(2) fails if `out` appeared meanwhile as a file or a directory with
+        // something in it (an empty directory it replaces): the data stays where it is.
         std::fs::rename(&partial, out).with_context(|| {
             format!(
                 "moving the finished data from {} to {} (the finished data is complete in \

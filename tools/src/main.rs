@@ -558,42 +558,55 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
         "Generating {episodes} scripted demonstrations per task into {}\n",
         out.display()
     );
-    let remove_leftover = |path: &std::path::Path| -> Result<()> {
-        if path.exists() {
-            std::fs::remove_dir_all(path)
-                .with_context(|| format!("removing {}", path.display()))?;
-        }
-        Ok(())
-    };
     for task in TaskId::ALL {
         // Each task's new dataset is built and marked beside the old one, which is
         // replaced only then: a failure (a full disk, Ctrl-C, a closed pipe) leaves
-        // every task with its old dataset or its new one, never neither.
+        // every task with its old dataset or its new one, never neither. The new one of
+        // a failure is removed (it stayed, hidden, a whole dataset's size); only an
+        // interruption leaves it.
         let dir = out.join(task.name());
         let id = tools::unique_id();
         let new = out.join(format!(".{}.new-{id}", task.name()));
-        remove_leftover(&new)?;
-        generate::generate(task, episodes, seed, EnvConfig::default(), &new)?;
-        std::fs::write(
-            new.join(DEMO_MARKER),
-            "written by `tools demo`; rerunning it replaces this dataset\n",
-        )
-        .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
-        // Checked before it replaces anything: a new dataset that does not validate
-        // leaves the old one in place.
-        dataset::validate_dataset(&new)
-            .with_context(|| format!("the new dataset {} (the old one is kept)", new.display()))?;
+        let built = (|| -> Result<()> {
+            generate::generate(task, episodes, seed, EnvConfig::default(), &new)?;
+            std::fs::write(
+                new.join(DEMO_MARKER),
+                "written by `tools demo`; rerunning it replaces this dataset\n",
+            )
+            .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
+            // Checked before it replaces anything: a new dataset that does not validate
+            // leaves the old one in place.
+            dataset::validate_dataset(&new).with_context(|| {
+                format!("the new dataset {} (the old one is kept)", new.display())
+            })?;
+            Ok(())
+        })();
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e);
+        }
         // Old out of the way by a rename, new in by another, then the old removed: at
         // every moment one of them is complete under a name that says which.
         let old = out.join(format!(".{}.old-{id}", task.name()));
-        remove_leftover(&old)?;
-        if dir.exists() {
-            std::fs::rename(&dir, &old)
-                .with_context(|| format!("moving {} to {}", dir.display(), old.display()))?;
+        if dir.exists()
+            && let Err(e) = std::fs::rename(&dir, &old)
+        {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e)
+                .with_context(|| format!("moving {} to {}", dir.display(), old.display()));
         }
-        std::fs::rename(&new, &dir)
-            .with_context(|| format!("moving {} to {}", new.display(), dir.display()))?;
-        remove_leftover(&old)?;
+        if let Err(e) = std::fs::rename(&new, &dir) {
+            // The old one back under its name (where it is), the new one gone.
+            if old.exists() {
+                let _ = std::fs::rename(&old, &dir);
+            }
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e)
+                .with_context(|| format!("moving {} to {}", new.display(), dir.display()));
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
         validate(&dir)?;
         inspect(&dir)?;
         println!();

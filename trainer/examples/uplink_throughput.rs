@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             signing_key: None,
             idle_exit: Some(Duration::from_secs(1)),
             bound: Some(tx),
+            stop: None,
         }),
     };
     let trainer = std::thread::spawn(move || finetune(&opts, &mut ()));

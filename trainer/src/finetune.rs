@@ -82,6 +82,10 @@ pub struct LiveOptions {
     pub idle_exit: Option<std::time::Duration>,
     /// Told the bound address once listening (tests bind port 0).
     pub bound: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
+    /// Once set, the session ends as at `--updates` (final checkpoint and bundle):
+    /// `trainer finetune --listen` passes [`crate::live::SIGNALLED`], which SIGINT and
+    /// SIGTERM set ([`crate::live::stop_on_signals`]).
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for LiveOptions {

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  controller --uplink ──TCP (uplink: authenticated, exactly once)──► receiver thread
-//!      receiver: OUT/uplink/<stream>.log (a copy of the robot's log; its length is the
+//!      receiver: OUT/uplink/<stream>.log (the robot's log, record for record, each
+//!                decoded, checked and written again: the same bytes but for a run
+//!                header's fields this trainer does not know; its length is the
 //!                resume point a reconnecting robot is told) ──channel──► training loop
 //!  training loop: each robot transition → online replay + one update (UTD critic steps,
 //!                 base, edit/temperature), so updates track robot steps; every
@@ -45,6 +47,36 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uplink::records::{RecordSink, serve_records};
 use uplink::{Key, Session};
+
+/// Set by SIGINT or SIGTERM once [`stop_on_signals`] is installed: the live session
+/// ends as at `--updates`, with its final checkpoint and bundle.
+pub static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    // Only async-signal-safe work: an atomic store and signal().
+    SIGNALLED.store(true, Ordering::SeqCst);
+    if sig == libc::SIGINT {
+        // A second Ctrl-C kills at once (a final checkpoint that hangs on a full disk).
+        // SAFETY: restoring the default disposition is async-signal-safe.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
+/// Routes SIGINT and SIGTERM to [`SIGNALLED`]: Ctrl-C ends a live session with its final
+/// checkpoint and bundle (it was killed, losing the updates since the last checkpoint
+/// and the last bundle). A second Ctrl-C kills.
+pub fn stop_on_signals() -> std::io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic and calls signal().
+        let prev = unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+        if prev == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// A transition as the training loop takes it.
 pub struct Step {
@@ -277,6 +309,12 @@ impl Receiver {
 
 impl RecordSink for Receiver {
     fn next_index(&mut self, stream: &str) -> Result<u64, String> {
+        // A stream this trainer holds nothing of gets its log with its first record: a
+        // robot asking under its log's older name (`connect_stream`'s legacy probe) left
+        // an empty log here, carried into every later run from this one.
+        if !self.logs.contains_key(stream) && !self.dir.join(file_name(stream)).exists() {
+            return Ok(0);
+        }
         Ok(self.log(stream)?.1)
     }
 
@@ -306,8 +344,11 @@ impl RecordSink for Receiver {
     /// acknowledged from the page cache, and a power cut of the trainer's host lost
     /// records the robot counted as held).
     fn make_durable(&mut self, stream: &str) -> Result<(), String> {
-        let (writer, _) = self.log(stream)?;
-        writer.sync().map_err(|e| e.to_string())
+        match self.logs.get_mut(stream) {
+            Some((writer, _)) => writer.sync().map_err(|e| e.to_string()),
+            // Nothing held (see `next_index`): nothing to make durable.
+            None => Ok(()),
+        }
     }
 
     fn latest_bundle(&mut self) -> Option<String> {
@@ -878,7 +919,15 @@ pub(crate) fn train_live(
     };
     // The idle clock starts with the first transition: a robot may take a while to connect.
     let mut last_data: Option<std::time::Instant> = None;
+    let stopped = || live.stop.is_some_and(|s| s.load(Ordering::SeqCst));
     while updates < o.updates {
+        if stopped() {
+            eprintln!(
+                "finetune: stopping at a signal, after {updates} updates (the final \
+                 checkpoint and bundle first; Ctrl-C again kills)"
+            );
+            break;
+        }
         // Nothing to draw from yet (no offline data, and no chunk of H actions complete):
         // the owed updates wait for the first transition in the replay.
         let nothing_yet = offline.is_empty() && online.is_empty();
@@ -911,7 +960,7 @@ pub(crate) fn train_live(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         let nothing_yet = offline.is_empty() && online.is_empty();
-        while owed > 0 && updates < o.updates && !nothing_yet {
+        while owed > 0 && updates < o.updates && !nothing_yet && !stopped() {
             // Transitions that arrived meanwhile go into the replay before the update
             // (and before a checkpoint below): a long run of owed updates (a robot back
             // after an hour away sends its backlog at once) left them queued.
@@ -1317,6 +1366,30 @@ mod tests {
                 .unwrap(),
             (0, 0)
         );
+    }
+
+    /// A stream the trainer holds nothing of (a robot asking under its log's older name)
+    /// gets no log until its first record: an empty one was left, and carried into every
+    /// run `--from` this one.
+    #[test]
+    fn asking_after_a_stream_leaves_no_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut first, _rx) = receiver(tmp.path(), vec![]);
+        let logs = || {
+            std::fs::read_dir(tmp.path().join("uplink"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(first.next_index("old name"), Ok(0));
+        assert_eq!(first.make_durable("old name"), Ok(()));
+        assert_eq!(logs(), 0);
+        first.append("r", 0, &chained_step(0, false)).unwrap();
+        first.make_durable("r").unwrap();
+        assert_eq!((first.next_index("r"), logs()), (Ok(1), 1));
+        // A log held from before (a resumed run) is counted without a record sent.
+        drop(first);
+        let (mut again, _rx) = receiver(tmp.path(), vec![]);
+        assert_eq!(again.next_index("r"), Ok(1));
     }
 
     /// An episode that ended without a `done` step (a fault, an operator's reset) ends

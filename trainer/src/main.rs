@@ -768,6 +768,9 @@ fn main() -> Result<()> {
                      and a controller that trusts a key (--trusted-key) refuses them"
                 );
             }
+            if listen.is_some() {
+                trainer::live::stop_on_signals().context("installing the Ctrl-C handler")?;
+            }
             let listen = match listen {
                 None => None,
                 Some(addr) => Some(trainer::finetune::LiveOptions {
@@ -778,6 +781,7 @@ fn main() -> Result<()> {
                     idle_exit: (idle_exit_s > 0)
                         .then(|| std::time::Duration::from_secs(idle_exit_s)),
                     bound: None,
+                    stop: Some(&trainer::live::SIGNALLED),
                 }),
             };
             let opts = trainer::finetune::FinetuneOptions {

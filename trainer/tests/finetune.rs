@@ -458,6 +458,7 @@ fn an_rlpd_run_is_refused_with_listen_before_the_port_is_bound() {
         signing_key: None,
         idle_exit: None,
         bound: Some(tx),
+        stop: None,
     });
     // In a thread: without the check the run would bind the port and wait for a robot.
     let run_it = std::thread::spawn(move || finetune(&o, &mut ()));

@@ -114,6 +114,7 @@ fn spawn_listening_trainer(
             signing_key: signing,
             idle_exit,
             bound: None,
+            stop: None,
         }),
     };
     spawn_finetune(opts)
@@ -164,6 +165,7 @@ fn short_live_session(
             signing_key: None,
             idle_exit: Some(Duration::from_secs(5)),
             bound: None,
+            stop: None,
         }),
     }
 }

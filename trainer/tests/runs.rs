@@ -361,6 +361,75 @@ fn a_bundle_exported_from_a_run_names_its_updates() {
     assert_eq!(provenance["git_revision"].as_str(), Some(built));
 }
 
+/// Ctrl-C (SIGINT) ends a live session as `--updates` would: its final checkpoint and
+/// bundle are written and it exits 0. It was killed, losing the updates since the last
+/// checkpoint and the last bundle.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_ends_a_live_session_with_its_checkpoint_and_bundle() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = tiny("expo");
+    c.run.online_steps = 20;
+    let run = tmp.path().join("run");
+    train(&c, &run, &TrainOptions::default(), &mut ()).unwrap();
+    let key = tmp.path().join("uplink.key");
+    let (code, text) = trainer_cli(&["uplink-keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    let out = tmp.path().join("live");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["finetune", "--from", run.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--uplink-key",
+            key.to_str().unwrap(),
+        ])
+        .args(["--updates", "1000000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stderr, line by line, to a thread that reports the listening line.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // (A guard, not a timing.)
+    if rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .is_err()
+    {
+        child.kill().unwrap();
+        panic!("no listening line: {}", reader.join().unwrap());
+    }
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    let said = reader.join().unwrap();
+    assert!(status.success(), "{status:?}: {said}");
+    assert!(said.contains("stopping at a signal"), "{said}");
+    assert!(out.join("checkpoint/state.json").is_file(), "{said}");
+    let latest = std::fs::read_to_string(out.join("bundles/latest")).unwrap();
+    assert!(
+        out.join("bundles")
+            .join(latest.trim())
+            .join("manifest.toml")
+            .is_file(),
+        "{said}"
+    );
+}
+
 #[test]
 fn resume_refuses_a_different_config() {
     let tmp = tempfile::tempdir().unwrap();

@@ -67,6 +67,11 @@ pub enum Direction {
 pub enum LinkError {
     #[error("link I/O: {0}")]
     Io(io::Error),
+    /// A read that waited out the stream's read timeout (which its owner sets: 10 s on
+    /// the robot, 30 s on the trainer): said as such, not as the OS's "resource
+    /// temporarily unavailable".
+    #[error("the peer sent nothing within this link's read timeout ({0})")]
+    Silent(io::Error),
     #[error("peer is not an EXPO uplink (bad magic)")]
     Magic,
     #[error("protocol version mismatch: ours {ours}, peer's {theirs}")]
@@ -101,7 +106,10 @@ pub enum LinkError {
 // the message already includes it, and an error chain would print it twice.
 impl From<io::Error> for LinkError {
     fn from(e: io::Error) -> Self {
-        Self::Io(e)
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Self::Silent(e),
+            _ => Self::Io(e),
+        }
     }
 }
 
@@ -259,7 +267,7 @@ impl<S: Read + Write> Session<S> {
             .read_exact(&mut challenge)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::UnexpectedEof => LinkError::Closed,
-                _ => LinkError::Io(e),
+                _ => e.into(),
             })?;
         let (sn, server_tag) = challenge.split_at(NONCE_LEN);
         if !verify(&key.0, &[b"server", &cn, sn], server_tag) {
@@ -294,7 +302,7 @@ impl<S: Read + Write> Session<S> {
         let mut proof = [0u8; TAG_LEN];
         stream.read_exact(&mut proof).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => LinkError::Abandoned,
-            _ => LinkError::Io(e),
+            _ => e.into(),
         })?;
         if !verify(&key.0, &[b"client", &sn, cn], &proof) {
             return Err(LinkError::Auth);
@@ -440,6 +448,35 @@ mod tests {
         // The server never reaches its frame loop: it reports the failed handshake
         // (the client hung up instead of proving the key).
         assert!(matches!(server.join().unwrap(), Err(LinkError::Abandoned)));
+    }
+
+    /// A peer that says nothing within the read timeout is named silent (the error was
+    /// the OS's "Resource temporarily unavailable (os error 11)").
+    #[test]
+    fn a_silent_peer_is_named_silent() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut s = Session::server(stream, &key(7)).unwrap();
+            // Holds the link open, saying nothing, until the client is done.
+            let _ = s.recv();
+        });
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let same_socket = stream.try_clone().unwrap();
+        let mut c = Session::client(stream, &key(7)).unwrap();
+        same_socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        let e = c.recv().unwrap_err();
+        assert!(matches!(e, LinkError::Silent(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("the peer sent nothing within"),
+            "{e}"
+        );
+        // Both handles on the socket closed: the server's wait ends.
+        drop((c, same_socket));
+        server.join().unwrap();
     }
 
     /// A trainer that hangs up on our hello (what one of another protocol version does)

@@ -6,9 +6,9 @@
 //!    ── OPEN   stream id (UTF-8) ─────────────────►  looks up how many records it holds
 //!    ◄── RESUME next u64 ──────────────────────────
 //!    ── RECORDS first u64 │ count u32 │ (len u32 │ bytes)… ─►  keeps index ≥ next, in order
-//!    ◄── ACK next u64 │ latest bundle name (UTF-8, may be empty) ──
-//!    ── FETCH name ───────────────────────────────►  (when the name is new to the client)
-//!    ◄── BUNDLE name │ files: (name, bytes)… ─────
+//!    ◄── ACK next u64 │ latest bundle name (str, may be empty) ──
+//!    ── FETCH name (UTF-8) ───────────────────────►  (when the name is new to the client)
+//!    ◄── BUNDLE name (str) │ count u16 │ (file name (str) │ len u32 │ bytes)… ──
 //!    …                                                (a new connection starts at OPEN)
 //!    ◄── ERROR reason (UTF-8) ──────────────────────  instead of an answer, then hangs up
 //! ```
@@ -19,8 +19,9 @@
 //! an end of file.
 //!
 //! An empty `RECORDS` batch is a poll: the client learns of new bundles while the robot
-//! logs nothing. Strings and file names are u16-length-prefixed, file contents
-//! u32-length-prefixed.
+//! logs nothing. A `str` is a u16 length, then that many bytes of UTF-8; the `OPEN`
+//! stream id, the `FETCH` name and the `ERROR` reason are the whole payload instead.
+//! Integers are little-endian.
 //!
 //! Records are numbered by their position in the stream (0, 1, 2, …). The client keeps
 //! them (the log on disk) and, on every connection, resends from the server's `next`:

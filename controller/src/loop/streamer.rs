@@ -423,7 +423,11 @@ fn stream_main(
                         last_poll = Instant::now();
                     }
                     Err(e) => {
-                        fail(e.to_string());
+                        fail(format!(
+                            "trainer {}: sending records {base}.. and waiting for their \
+                             acknowledgement: {e}",
+                            cfg.addr
+                        ));
                         broken = true;
                         break;
                     }
@@ -560,8 +564,6 @@ fn verify(
     Ok((brain, exported))
 }
 
-/// Connects, authenticates and opens `stream`; returns the session and the trainer's
-/// resume point.
 /// [`connect`] for stream `id`. The first time the trainer holds nothing under it,
 /// `legacy` (the name an older controller gave the log: its path as given, `--out r1`)
 /// is taken and asked under too; the stream goes on under it if the trainer holds
@@ -605,6 +607,8 @@ fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<(TcpStream, So
     Err(failed.join("; "))
 }
 
+/// Connects, authenticates and opens `stream`; returns the session and the trainer's
+/// resume point.
 fn connect(
     cfg: &UplinkConfig,
     stream: &str,

@@ -459,6 +459,18 @@ fn parse_errors_name_file_line_and_field() {
     assert!(robot.check_baud("/dev/tty.usbmodem1101", 9600).is_ok());
     assert!(robot.check_baud("/dev/ttys004", 9600).is_ok());
     assert!(robot.check_baud("/dev/ttyS4", 9600).is_err());
+    // The other direction too: one observation value and 16 action values at 20 Hz,
+    // whose 58 bytes of firmware frames a step fit 23,200 baud, but not the 81 of the
+    // controller's command (it passed).
+    let mut wide = robot.clone();
+    (wide.observation.dim, wide.action.dim, wide.control_hz) = (1, 16, 20);
+    let e = wide.check_baud("/dev/ttyUSB0", 24_000).unwrap_err();
+    assert!(
+        e.contains("the controller's command for one step (81 bytes for 16 action values)")
+            && e.contains("use at least 32400 baud"),
+        "{e}"
+    );
+    assert!(wide.check_baud("/dev/ttyUSB0", 32_400).is_ok());
     // A timeout past u32 is named as given (it read 4294967295).
     let e = robot.check_command_timeout(5_000_000_000).unwrap_err();
     assert!(e.contains("found 5000000000"), "{e}");

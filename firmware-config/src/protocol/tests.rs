@@ -252,6 +252,31 @@ fn strict_payload_checks() {
         )
     };
     assert!(payload_err(4, &[0])); // heartbeat with a payload
+    // The message says what was found (it said "more than MAX_ACT values" alone).
+    let said = |ty: u8, payload: &[u8]| {
+        let frame = raw_frame(PROTOCOL_VERSION, ty, payload.len() as u16, payload);
+        decode_one(&frame).unwrap_err().to_string()
+    };
+    assert_eq!(
+        said(3, &[17]),
+        "malformed Command payload: too many values (17, at most 16)"
+    );
+    assert_eq!(
+        said(3, &[2, 0, 0, 0, 0]),
+        "malformed Command payload: length disagrees with the value count (2 values need 8 bytes, found 4)"
+    );
+    assert_eq!(
+        said(5, &[9, 0]),
+        "malformed Fault payload: unknown fault code (code 9, detail 0)"
+    );
+    assert_eq!(
+        said(8, &[0, 0, 0, 0, 2, 0, 0, 0, 0]),
+        "malformed EpisodeEnd payload: success is neither 0 nor 1 (found 0x02)"
+    );
+    assert_eq!(
+        said(4, &[0]),
+        "malformed Heartbeat payload: payload too long (1 bytes)"
+    );
     assert!(payload_err(1, &[1, 0, 0, 0])); // short hello
     assert!(payload_err(3, &[17])); // 17 action values
     assert!(payload_err(3, &[2, 0, 0, 0, 0])); // 2 values announced, 1 sent

@@ -11,6 +11,9 @@ use sim::{EnvConfig, Reward, TaskId};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The longest `--max-seconds`: a year.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -83,9 +86,11 @@ fn main() -> Result<()> {
         ensure!(b > 0, "--baud must be above zero");
     }
     if let Some(s) = args.max_seconds {
+        // Bounded (a year): past about 1.8e19 s a `Duration` overflows, and the timer
+        // thread panicked, leaving the firmware running without its limit.
         ensure!(
-            s.is_finite() && s >= 0.0,
-            "--max-seconds must be a number of seconds, found {s}"
+            s.is_finite() && (0.0..=MAX_SECONDS).contains(&s),
+            "--max-seconds must be a number of seconds from 0 to {MAX_SECONDS}, found {s}"
         );
     }
     let built_in = RobotConfig::example(args.task.name())
@@ -172,7 +177,7 @@ fn main() -> Result<()> {
     if let Some(secs) = args.max_seconds {
         let flag = stop.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs_f64(secs.max(0.0)));
+            std::thread::sleep(Duration::from_secs_f64(secs.clamp(0.0, MAX_SECONDS)));
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
