@@ -126,11 +126,11 @@
 //! its next `Reset` goes unanswered it sends a `Hello` before resending it (tested with
 //! the fault injector's `reboot_silent_at`). A `Hello` ends any running episode (the
 //! firmware holds, shaken hands). A restarted numbering that does come (other frames)
-//! and jumps back from the last number by less than half the 16-bit space reads as
+//! and jumps back from the last number by at most half the 16-bit space reads as
 //! stale until three numbers in a row count on from each other
 //! ([`SeqTracker::RESYNC_AFTER`]); then it is the numbering again. One that jumps back
 //! further reads as a forward gap, and its frames are taken at once (the link's
-//! `seq_lost` count then grows by the size of the jump, up to 32,767).
+//! `seq_lost` count then grows by the numbers skipped, up to 32,766).
 
 use heapless::Vec;
 

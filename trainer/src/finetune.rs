@@ -82,9 +82,10 @@ pub struct LiveOptions {
     pub idle_exit: Option<std::time::Duration>,
     /// Told the bound address once listening (tests bind port 0).
     pub bound: Option<std::sync::mpsc::Sender<std::net::SocketAddr>>,
-    /// Once set, the session ends as at `--updates` (final checkpoint and bundle):
-    /// `trainer finetune --listen` passes [`crate::live::SIGNALLED`], which SIGINT and
-    /// SIGTERM set ([`crate::live::stop_on_signals`]).
+    /// Once set, the session ends as at `--updates` (final checkpoint and bundle; no
+    /// evaluation after): `trainer finetune --listen` passes
+    /// [`crate::live::SIGNALLED`], and the session then routes SIGINT and SIGTERM to it
+    /// as it starts listening ([`crate::live::stop_on_signals`]).
     pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
@@ -497,7 +498,12 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             &mut summary,
             progress,
         )?;
-        if eval_episodes > 0 {
+        // (Not after a stop by a signal: the person asked for the end, not for minutes
+        // of evaluation.)
+        let signalled = live
+            .stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+        if eval_episodes > 0 && !signalled {
             summary.after = Some(evaluate(&mut agent, eval_episodes, config.seed ^ 0xf1e7)?);
         }
         return Ok(summary);

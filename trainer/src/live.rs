@@ -66,13 +66,22 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 
 /// Routes SIGINT and SIGTERM to [`SIGNALLED`]: Ctrl-C ends a live session with its final
 /// checkpoint and bundle (it was killed, losing the updates since the last checkpoint
-/// and the last bundle). A second Ctrl-C kills.
+/// and the last bundle). A second Ctrl-C kills. A signal ignored when the trainer
+/// started (SIGINT for a background job of a script) stays ignored. Installed by
+/// [`train_live`] as it starts listening: before, in the loading and the evaluation,
+/// the signals kill as they always did.
 pub fn stop_on_signals() -> std::io::Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic and calls signal().
         let prev = unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
         if prev == libc::SIG_ERR {
             return Err(std::io::Error::last_os_error());
+        }
+        if prev == libc::SIG_IGN {
+            // SAFETY: restoring the disposition found at start.
+            unsafe {
+                libc::signal(sig, libc::SIG_IGN);
+            }
         }
     }
     Ok(())
@@ -88,9 +97,10 @@ pub struct Step {
     pub terminal: bool,
     /// The episode's last step (terminal or truncated).
     pub episode_end: bool,
-    /// The robot run's number for its episode: an episode that ended without a `done`
-    /// step (a fault, an operator's reset, lost frames) ends where the next one begins.
+    /// The robot run's number for its episode, and the step in it: an action chunk
+    /// takes only steps that follow each other in one episode.
     pub episode: u32,
+    pub step: u32,
     /// The stream (robot) it came from, as messages name it.
     pub stream: String,
     /// Its stream's log under `OUT/uplink/` (a file name; action chunks are built per
@@ -124,6 +134,7 @@ impl Step {
             terminal: t.done && !t.truncated,
             episode_end: t.done,
             episode: t.episode,
+            step: t.step,
             stream: stream.to_string(),
             log,
             index,
@@ -667,11 +678,11 @@ struct Intake {
 }
 
 /// One stream log's chunker, the record indices of the steps waiting in it, oldest
-/// first, and the episode of the last step it took.
+/// first, and the episode and step of the last step it took.
 struct LogIntake {
     chunker: crate::replay::Chunker,
     waiting: VecDeque<u64>,
-    episode: Option<u32>,
+    last: Option<(u32, u32)>,
 }
 
 impl Intake {
@@ -705,16 +716,24 @@ impl Intake {
             .or_insert_with(|| LogIntake {
                 chunker: crate::replay::Chunker::new(step.obs.len(), step.action.len(), chunks),
                 waiting: VecDeque::new(),
-                episode: None,
+                last: None,
             });
-        // A chunk never spans two episodes: one that ended without a `done` step (its
-        // end is in the log's `EpisodeEnd` record, which is not forwarded) is cut where
-        // the next begins, as `finetune --data` cuts it at the dataset's episode
-        // boundary. (Only the observations' bits told them apart: a robot at rest
-        // starts the next episode where the last one stopped.)
-        if log.episode.replace(step.episode) != Some(step.episode) {
+        // A chunk takes only consecutive steps of one episode: it is cut where a step
+        // does not follow the last one taken. So an episode that ended without a `done`
+        // step (its end is in the log's `EpisodeEnd` record, which is not forwarded) ends
+        // where the next one begins, also the next run's (appended to the same log, its
+        // episodes numbered from 0 again), as `finetune --data` cuts at the dataset's
+        // episode boundaries; and a step lost on the link cuts too. (Only the
+        // observations' bits told episodes apart: a robot at rest starts the next one
+        // where the last one stopped.)
+        let follows = step
+            .step
+            .checked_sub(1)
+            .is_some_and(|before| log.last == Some((step.episode, before)));
+        if !follows {
             log.chunker.cut();
         }
+        log.last = Some((step.episode, step.step));
         let owed = take_step(
             &step,
             &mut log.chunker,
@@ -844,6 +863,10 @@ pub(crate) fn train_live(
              there; {owed} updates owed",
             uplink_dir.display()
         );
+    }
+    // Ctrl-C ends the session from here on, through the final checkpoint and bundle.
+    if live.stop.is_some_and(|s| std::ptr::eq(s, &SIGNALLED)) {
+        stop_on_signals().context("installing the handler of Ctrl-C and SIGTERM")?;
     }
     let (listener, rx) = Listener::start(
         &live.addr,
@@ -1397,43 +1420,46 @@ mod tests {
     /// one stopped at (a robot at rest): no action chunk spans the two, as none does
     /// when `finetune --data` reads the same log as a dataset. Only the observations'
     /// bits were compared, so one chunk took its second action and its reward from the
-    /// next episode.
+    /// next episode. The same where the next is a later run's (a log appended to, its
+    /// episodes numbered from 0 again), and where a step was lost on the link.
     #[test]
     fn a_chunk_never_spans_an_episode_that_ended_without_done() {
         use crate::finetune::FinetuneSummary;
         use crate::replay::{ChunkSpec, Replay};
-        let tmp = tempfile::tempdir().unwrap();
-        let (mut receiver, rx) = receiver(tmp.path(), vec![]);
-        // Episode 1: two steps, 0 -> 1 -> 2, cut short (no `done`); episode 2 starts
-        // at 2 and ends in its second step.
-        let sent = [
-            episode_step(1, 0, 0.0, false),
-            episode_step(1, 1, 1.0, false),
-            episode_step(2, 0, 2.0, false),
-            episode_step(2, 1, 3.0, true),
-        ];
-        for (i, bytes) in sent.iter().enumerate() {
-            receiver.append("r", i as u64, bytes).unwrap();
+        // (episode, step) of four records whose observations chain 0 -> 1 -> 2 -> 3 -> 4,
+        // the last one `done`; the third begins anew.
+        for (case, ids) in [
+            ("the next episode", [(1, 0), (1, 1), (2, 0), (2, 1)]),
+            ("the next run's episode 0", [(0, 0), (0, 1), (0, 0), (0, 1)]),
+            ("a step lost", [(0, 0), (0, 1), (0, 3), (0, 4)]),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut receiver, rx) = receiver(tmp.path(), vec![]);
+            for (i, (episode, step)) in ids.into_iter().enumerate() {
+                let bytes = episode_step(episode, step, i as f32, i == 3);
+                receiver.append("r", i as u64, &bytes).unwrap();
+            }
+            let chunks = ChunkSpec {
+                horizon: 2,
+                discount: 0.9,
+            };
+            let mut summary = FinetuneSummary::default();
+            let mut online = Replay::new(3, 4, 64);
+            let mut intake = Intake::new(BTreeMap::new(), chunks, false);
+            for step in rx.try_iter() {
+                intake.take(step, &mut online, &mut summary);
+            }
+            // The first record's chunk (with the second's action), then the last two's
+            // (the last one terminal, a chunk of one); the second record has no chunk
+            // of its own.
+            let rows = online.rows(0..online.len());
+            assert_eq!(
+                rows.obs.chunks(3).map(|o| o[0]).collect::<Vec<_>>(),
+                [0.0, 2.0, 3.0],
+                "{case}"
+            );
+            assert_eq!(&rows.act[..4], &[0.0, 0.0, 0.1, 0.1], "{case}");
         }
-        let chunks = ChunkSpec {
-            horizon: 2,
-            discount: 0.9,
-        };
-        let mut summary = FinetuneSummary::default();
-        let mut online = Replay::new(3, 4, 64);
-        let mut intake = Intake::new(BTreeMap::new(), chunks, false);
-        for step in rx.try_iter() {
-            intake.take(step, &mut online, &mut summary);
-        }
-        // Episode 1's first step (its whole chunk), then episode 2's two (the last one
-        // terminal, a chunk of one); episode 1's last step has no chunk of its own.
-        let rows = online.rows(0..online.len());
-        assert_eq!(
-            rows.obs.chunks(3).map(|o| o[0]).collect::<Vec<_>>(),
-            [0.0, 2.0, 3.0]
-        );
-        // The first chunk's actions are episode 1's steps 0 and 1.
-        assert_eq!(&rows.act[..4], &[0.0, 0.0, 0.1, 0.1]);
     }
 
     /// A log in `OUT/uplink/` of another run (other dimensions: a try `--from` another

@@ -768,9 +768,6 @@ fn main() -> Result<()> {
                      and a controller that trusts a key (--trusted-key) refuses them"
                 );
             }
-            if listen.is_some() {
-                trainer::live::stop_on_signals().context("installing the Ctrl-C handler")?;
-            }
             let listen = match listen {
                 None => None,
                 Some(addr) => Some(trainer::finetune::LiveOptions {

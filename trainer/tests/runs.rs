@@ -361,12 +361,13 @@ fn a_bundle_exported_from_a_run_names_its_updates() {
     assert_eq!(provenance["git_revision"].as_str(), Some(built));
 }
 
-/// Ctrl-C (SIGINT) ends a live session as `--updates` would: its final checkpoint and
-/// bundle are written and it exits 0. It was killed, losing the updates since the last
-/// checkpoint and the last bundle.
+/// SIGTERM (or Ctrl-C's SIGINT, the same handler; a test process may have inherited
+/// SIGINT ignored, which the trainer keeps) ends a live session as `--updates` would:
+/// its final checkpoint and bundle are written and it exits 0. It was killed, losing the
+/// updates since the last checkpoint and the last bundle.
 #[cfg(unix)]
 #[test]
-fn ctrl_c_ends_a_live_session_with_its_checkpoint_and_bundle() {
+fn a_signal_ends_a_live_session_with_its_checkpoint_and_bundle() {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let mut c = tiny("expo");
@@ -386,7 +387,7 @@ fn ctrl_c_ends_a_live_session_with_its_checkpoint_and_bundle() {
             "--uplink-key",
             key.to_str().unwrap(),
         ])
-        .args(["--updates", "1000000"])
+        .args(["--updates", "1000000", "--eval-episodes", "0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -414,8 +415,22 @@ fn ctrl_c_ends_a_live_session_with_its_checkpoint_and_bundle() {
         panic!("no listening line: {}", reader.join().unwrap());
     }
     // SAFETY: a signal to our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let status = child.wait().unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // (A guard, not a timing: a trainer that ignored the signal would listen forever.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!(
+                "the trainer went on after SIGTERM: {}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let said = reader.join().unwrap();
     assert!(status.success(), "{status:?}: {said}");
     assert!(said.contains("stopping at a signal"), "{said}");

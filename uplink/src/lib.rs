@@ -67,11 +67,13 @@ pub enum Direction {
 pub enum LinkError {
     #[error("link I/O: {0}")]
     Io(io::Error),
-    /// A read that waited out the stream's read timeout (which its owner sets: 10 s on
-    /// the robot, 30 s on the trainer): said as such, not as the OS's "resource
-    /// temporarily unavailable".
+    /// A read that waited out the stream's read timeout (which its owner sets): said
+    /// as such, not as the OS's "resource temporarily unavailable".
     #[error("the peer sent nothing within this link's read timeout ({0})")]
     Silent(io::Error),
+    /// A write that waited out the stream's write timeout: the peer takes nothing.
+    #[error("the peer took nothing within this link's write timeout ({0})")]
+    Stalled(io::Error),
     #[error("peer is not an EXPO uplink (bad magic)")]
     Magic,
     #[error("protocol version mismatch: ours {ours}, peer's {theirs}")]
@@ -106,10 +108,33 @@ pub enum LinkError {
 // the message already includes it, and an error chain would print it twice.
 impl From<io::Error> for LinkError {
     fn from(e: io::Error) -> Self {
-        match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Self::Silent(e),
-            _ => Self::Io(e),
-        }
+        Self::Io(e)
+    }
+}
+
+/// Whether an I/O error is a socket timeout's (`EAGAIN` on Linux, `TimedOut` elsewhere).
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A failed read: [`LinkError::Silent`] where it timed out.
+fn read_error(e: io::Error) -> LinkError {
+    if timed_out(&e) {
+        LinkError::Silent(e)
+    } else {
+        LinkError::Io(e)
+    }
+}
+
+/// A failed write: [`LinkError::Stalled`] where it timed out.
+fn write_error(e: io::Error) -> LinkError {
+    if timed_out(&e) {
+        LinkError::Stalled(e)
+    } else {
+        LinkError::Io(e)
     }
 }
 
@@ -260,28 +285,30 @@ impl<S: Read + Write> Session<S> {
         hello.extend_from_slice(MAGIC);
         hello.extend_from_slice(&VERSION.to_le_bytes());
         hello.extend_from_slice(&cn);
-        stream.write_all(&hello)?;
-        stream.flush()?;
+        stream.write_all(&hello).map_err(write_error)?;
+        stream.flush().map_err(write_error)?;
         let mut challenge = [0u8; NONCE_LEN + TAG_LEN];
         stream
             .read_exact(&mut challenge)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::UnexpectedEof => LinkError::Closed,
-                _ => e.into(),
+                _ => read_error(e),
             })?;
         let (sn, server_tag) = challenge.split_at(NONCE_LEN);
         if !verify(&key.0, &[b"server", &cn, sn], server_tag) {
             return Err(LinkError::Auth);
         }
-        stream.write_all(&mac(&key.0, &[b"client", sn, &cn]))?;
-        stream.flush()?;
+        stream
+            .write_all(&mac(&key.0, &[b"client", sn, &cn]))
+            .map_err(write_error)?;
+        stream.flush().map_err(write_error)?;
         Ok(Session::new(stream, key, &cn, sn, Direction::Up))
     }
 
     /// The trainer's side of the handshake.
     pub fn server(mut stream: S, key: &Key) -> Result<Session<S>, LinkError> {
         let mut hello = [0u8; 8 + 2 + NONCE_LEN];
-        stream.read_exact(&mut hello)?;
+        stream.read_exact(&mut hello).map_err(read_error)?;
         if &hello[..8] != MAGIC {
             return Err(LinkError::Magic);
         }
@@ -297,12 +324,12 @@ impl<S: Read + Write> Session<S> {
         let mut challenge = Vec::with_capacity(NONCE_LEN + TAG_LEN);
         challenge.extend_from_slice(&sn);
         challenge.extend_from_slice(&mac(&key.0, &[b"server", cn, &sn]));
-        stream.write_all(&challenge)?;
-        stream.flush()?;
+        stream.write_all(&challenge).map_err(write_error)?;
+        stream.flush().map_err(write_error)?;
         let mut proof = [0u8; TAG_LEN];
         stream.read_exact(&mut proof).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => LinkError::Abandoned,
-            _ => e.into(),
+            _ => read_error(e),
         })?;
         if !verify(&key.0, &[b"client", &sn, cn], &proof) {
             return Err(LinkError::Auth);
@@ -335,8 +362,8 @@ impl<S: Read + Write> Session<S> {
         frame.extend_from_slice(&seq.to_le_bytes());
         frame.extend_from_slice(payload);
         frame.extend_from_slice(&tag);
-        self.stream.write_all(&frame)?;
-        self.stream.flush()?;
+        self.stream.write_all(&frame).map_err(write_error)?;
+        self.stream.flush().map_err(write_error)?;
         self.send_seq += 1;
         Ok(seq)
     }
@@ -345,13 +372,13 @@ impl<S: Read + Write> Session<S> {
     /// error the session is unusable: drop it and reconnect.
     pub fn recv(&mut self) -> Result<Frame, LinkError> {
         let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len)?;
+        self.stream.read_exact(&mut len).map_err(read_error)?;
         let len = u32::from_le_bytes(len) as usize;
         if !(HEADER_LEN + TAG_LEN..=MAX_FRAME).contains(&len) {
             return Err(LinkError::FrameSize(len));
         }
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body)?;
+        self.stream.read_exact(&mut body).map_err(read_error)?;
         let kind = body[0];
         let seq = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
         let (payload, tag) = body[HEADER_LEN..].split_at(len - HEADER_LEN - TAG_LEN);

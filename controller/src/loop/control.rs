@@ -1366,10 +1366,11 @@ impl Control {
                 (_, Some(a)) => a,
                 (t, None) => t,
             };
-            // A fault that ends the run by itself (a lost link) makes a run that was
-            // ending complete one stopped by it: its closing hold and torque-off may
-            // not have reached the robot (as for a stop button, `emergency_stop`).
-            let ends_run = after == Some(After::Exit);
+            // A fault that ends the run by itself, or a lost link (with `--reconnect-ms`
+            // too: its writer is closed), makes a run that was ending complete one
+            // stopped by it: its closing hold and torque-off may not have reached the
+            // robot (as for a stop button, `emergency_stop`).
+            let ends_run = after == Some(After::Exit) || kind == FaultKind::LinkLost;
             if (then == After::Exit && self.stopping.is_none())
                 || (ends_run && self.stopping == Some(Outcome::Completed))
             {
@@ -3035,17 +3036,20 @@ mod tests {
     /// exit status 0.
     #[test]
     fn a_link_lost_during_the_closing_hold_is_not_a_completed_run() {
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.stopping = Some(Outcome::Completed);
-        c.enter_safe_stop(After::Exit);
-        c.tick += 1;
-        c.one_tick(Instant::now());
-        wire.broken.store(true, Ordering::SeqCst);
-        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
-        tick_until_done(&mut c, 200);
-        assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
-        assert!(c.report.faults[0].during_safe_stop);
+        for reconnect in [None, Some(Duration::from_secs(5))] {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.cfg.reconnect = reconnect;
+            c.stopping = Some(Outcome::Completed);
+            c.enter_safe_stop(After::Exit);
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            wire.broken.store(true, Ordering::SeqCst);
+            tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+            tick_until_done(&mut c, 200);
+            assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{reconnect:?}");
+            assert!(c.report.faults[0].during_safe_stop);
+        }
     }
 
     /// A bundle that arrives while an episode runs takes over only at the next
@@ -3054,18 +3058,21 @@ mod tests {
     fn a_new_policy_takes_over_only_between_episodes() {
         let wire = Wire::default();
         let (mut c, _tx) = control(&wire);
+        // One instant for every tick: a descheduled test thread must not find the
+        // sensor stale.
+        let now = Instant::now();
         let (ready, swaps) = std::sync::mpsc::channel();
         c.swaps = Some(swaps);
         c.cfg.episodes = Some(2);
         c.phase = Phase::Idle;
         c.tick += 1;
-        c.one_tick(Instant::now());
+        c.one_tick(now);
         assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
-        c.begin_episode(0, 7, Instant::now());
+        c.begin_episode(0, 7, now);
         ready.send(("0000001".into(), Brain::Hold)).unwrap();
         for _ in 0..5 {
             c.tick += 1;
-            c.one_tick(Instant::now());
+            c.one_tick(now);
         }
         assert_eq!(c.phase, Phase::Running);
         assert!(
@@ -3078,7 +3085,7 @@ mod tests {
         c.phase = Phase::Idle;
         c.tick += 1;
         let tick = c.tick;
-        c.one_tick(Instant::now());
+        c.one_tick(now);
         assert_eq!(
             c.report.bundle_swaps,
             [super::super::BundleSwap {

@@ -255,7 +255,7 @@ fn strict_payload_checks() {
     // The message says what was found (it said "more than MAX_ACT values" alone).
     let said = |ty: u8, payload: &[u8]| {
         let frame = raw_frame(PROTOCOL_VERSION, ty, payload.len() as u16, payload);
-        decode_one(&frame).unwrap_err().to_string()
+        std::string::ToString::to_string(&decode_one(&frame).unwrap_err())
     };
     assert_eq!(
         said(3, &[17]),
