@@ -360,6 +360,19 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
             "signature does not verify",
         ),
         (
+            // The signature is checked before anything in the manifest is believed (it
+            // said "newer format: update the controller").
+            "format version edited after signing",
+            variant("tampered-version", &|d| {
+                edit_manifest(d, |t| {
+                    t.insert("format_version".into(), toml::Value::Integer(7));
+                })
+            }),
+            trust(1),
+            |e| matches!(e, BundleError::BadSignature { .. }),
+            "signature does not verify",
+        ),
+        (
             "signed by another key",
             good.clone(),
             trust(2),

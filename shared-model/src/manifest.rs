@@ -13,8 +13,9 @@
 //!
 //! The signature covers the manifest, and the manifest pins every graph by hash, so one
 //! signature authenticates the whole bundle. [`load_bundle`] checks, in this order:
-//! format version, manifest syntax, signature, hashes, graph structure and shapes
-//! against the manifest, finite weights; each failure is its own [`BundleError`].
+//! the signature (over the manifest's bytes as read, where a key is trusted), format
+//! version, manifest syntax, hashes, graph structure and shapes against the manifest,
+//! finite weights; each failure is its own [`BundleError`].
 //!
 //! Keys are 32-byte ed25519 seeds and public keys stored as one line of hex
 //! (`NAME.key`, mode 0600, and `NAME.pub`) under a comment line that says which it is;
@@ -498,9 +499,18 @@ enum KeyFileKind {
 /// shared secret is also 64 hex digits, and must not sign bundles.
 const UPLINK_KEY_MARK: &str = "# EXPO uplink key";
 
+/// The largest key file read: a comment line and 64 hex digits take under 100 bytes.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
 /// The key file's hex (its comment lines left out) and what the file says it holds.
 fn read_key_file(path: &Path) -> Result<(String, KeyFileKind), BundleError> {
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    // Capped, and a regular file only: a FIFO named as a key blocked the read forever,
+    // `/dev/zero` filled memory.
+    let bytes = read_capped(path, MAX_KEY_FILE_BYTES)?;
+    let text = String::from_utf8(bytes).map_err(|_| BundleError::Key {
+        path: path.into(),
+        message: "not text: a key file holds a comment line and 64 hex digits".into(),
+    })?;
     if text.contains(UPLINK_KEY_MARK) {
         return Err(BundleError::Key {
             path: path.into(),
@@ -621,7 +631,12 @@ pub fn generate_key_pair(prefix: &Path) -> Result<(PathBuf, PathBuf), BundleErro
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     use std::io::Write;
     let mut f = opts.open(&key_path).map_err(io_err(&key_path))?;
-    writeln!(f, "{SECRET_KEY_HEADER}\n{}", hex(&seed)).map_err(io_err(&key_path))?;
+    if let Err(e) = writeln!(f, "{SECRET_KEY_HEADER}\n{}", hex(&seed)) {
+        // Half a key (a full disk) must not stay: the next keygen refused to overwrite it.
+        drop(f);
+        let _ = fs::remove_file(&key_path);
+        return Err(io_err(&key_path)(e));
+    }
     let public = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -863,39 +878,9 @@ pub struct VerifiedBundle {
 pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleError> {
     let mpath = dir.join(MANIFEST_FILE);
     let text = read_capped(&mpath, MAX_MANIFEST_BYTES)?;
-    let manifest_err = |message: String| BundleError::Manifest {
-        path: mpath.clone(),
-        message,
-    };
-    let text_str = std::str::from_utf8(&text).map_err(|e| manifest_err(e.to_string()))?;
-    // Version first, from a loose parse: a newer format may have fields we do not know.
-    let loose: toml::Table = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
-    let version = match loose.get("format_version") {
-        None => {
-            return Err(manifest_err(
-                "missing integer field `format_version`".into(),
-            ));
-        }
-        Some(v) => v.as_integer().ok_or_else(|| {
-            manifest_err(format!(
-                "`format_version` must be an integer, found {} {v}",
-                v.type_str()
-            ))
-        })?,
-    };
-    if version > FORMAT_VERSION as i64 {
-        return Err(BundleError::NewerFormat {
-            path: mpath,
-            found: version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    if version < 1 {
-        return Err(manifest_err(format!(
-            "format_version {version} is not a bundle format"
-        )));
-    }
-    let manifest: Manifest = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
+    // The signature first, over the bytes as read: nothing of a tampered manifest is
+    // believed, not even its version (one edited to a newer format said "update the
+    // controller" instead of "bad signature").
     let signed_by =
         match trust {
             Trust::AllowUnsigned => None,
@@ -930,6 +915,39 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                 Some(key_fingerprint(key.as_bytes()))
             }
         };
+    let manifest_err = |message: String| BundleError::Manifest {
+        path: mpath.clone(),
+        message,
+    };
+    let text_str = std::str::from_utf8(&text).map_err(|e| manifest_err(e.to_string()))?;
+    // Version first, from a loose parse: a newer format may have fields we do not know.
+    let loose: toml::Table = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
+    let version = match loose.get("format_version") {
+        None => {
+            return Err(manifest_err(
+                "missing integer field `format_version`".into(),
+            ));
+        }
+        Some(v) => v.as_integer().ok_or_else(|| {
+            manifest_err(format!(
+                "`format_version` must be an integer, found {} {v}",
+                v.type_str()
+            ))
+        })?,
+    };
+    if version > FORMAT_VERSION as i64 {
+        return Err(BundleError::NewerFormat {
+            path: mpath,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version < 1 {
+        return Err(manifest_err(format!(
+            "format_version {version} is not a bundle format"
+        )));
+    }
+    let manifest: Manifest = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
     check_manifest(&manifest).map_err(manifest_err)?;
     let read_graph = |g: &GraphFile| -> Result<Vec<u8>, BundleError> {
         if g.file.contains('/') || g.file.contains('\\') || g.file.starts_with('.') {
@@ -1721,6 +1739,31 @@ mod tests {
 
     fn message(e: BundleError) -> String {
         e.to_string()
+    }
+
+    /// A key path that names no regular file (a FIFO) is refused at once; reading it
+    /// blocked forever.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_path_that_is_no_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("expo.pub");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Trust::from_public_key_file(&path).err().map(message));
+        });
+        // (A guard, not a timing: the old read never returned.)
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("reading a FIFO as a key blocked")
+            .expect("a FIFO taken for a key");
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     /// A manifest's error names the field at fault and what it holds: a NaN bound was
