@@ -63,6 +63,31 @@ fn runs_of(json: &InfoJson, info_path: &Path) -> Result<Vec<String>, DatasetErro
         })
 }
 
+/// Checks [`PARTIAL_RUNS`] where present: a map of run ids to lists of episode numbers.
+/// One of another shape was ignored without a word: no partial run was noted or read,
+/// and `log-to-dataset --last-run` added a run's saved episodes a second time.
+fn check_partial_runs(json: &InfoJson, info_path: &Path) -> Result<(), DatasetError> {
+    let Some(v) = json.extra.get(PARTIAL_RUNS) else {
+        return Ok(());
+    };
+    let well_formed = v.as_object().is_some_and(|runs| {
+        runs.values().all(|episodes| {
+            episodes.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|e| e.as_u64().is_some_and(|n| u32::try_from(n).is_ok()))
+            })
+        })
+    });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(DatasetError::invalid(
+            info_path,
+            format!("`{PARTIAL_RUNS}` must map run ids to lists of episode numbers, found {v}"),
+        ))
+    }
+}
+
 /// Moves every `data/*/*.parquet` not in `referenced` to [`UNREFERENCED_DIR`], under its
 /// chunk folder's name (`NAME.N.parquet` when the name is taken there); returns the moves
 /// (from, to). The caller holds the dataset's lock.
@@ -417,6 +442,7 @@ impl DatasetWriter {
         let loaded = crate::reader::load(dir)?;
         let info_path = meta::info_path(dir);
         runs_of(&loaded.json, &info_path)?;
+        check_partial_runs(&loaded.json, &info_path)?;
         for (key, f) in &loaded.json.features {
             if !cols::ALL.contains(&key.as_str()) {
                 return Err(DatasetError::invalid(

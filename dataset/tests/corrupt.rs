@@ -225,6 +225,36 @@ fn malformed_noted_runs() {
     }
 }
 
+/// A malformed map of partly saved runs (`expo_partial_runs`) refuses an append, naming
+/// info.json (it was ignored: no partial run was noted or read, and `log-to-dataset
+/// --last-run` added a run's saved episodes a second time); a well-formed one opens.
+#[test]
+fn malformed_partial_runs() {
+    for bad in [
+        serde_json::json!(5),
+        serde_json::json!({"run-a": 3}),
+        serde_json::json!({"run-a": [1, -2]}),
+    ] {
+        let (_t, dir) = good();
+        edit_info(&dir, |v| v["expo_partial_runs"] = bad.clone());
+        let e = dataset::DatasetWriter::open_append(&dir)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("info.json") && e.contains("`expo_partial_runs` must map run ids"),
+            "{bad}: {e}"
+        );
+        read_dataset(&dir).unwrap();
+    }
+    let (_t, dir) = good();
+    edit_info(&dir, |v| {
+        v["expo_partial_runs"] = serde_json::json!({"run-a": [0, 2]})
+    });
+    let w = dataset::DatasetWriter::open_append(&dir).unwrap();
+    assert_eq!(w.partial_run("run-a"), [0, 2]);
+}
+
 /// Stray files named like chunk directories (`chunk-000.bak`, `chunk-old.tar`) are not
 /// chunks: the dataset still reads, validates and takes appends.
 #[test]
