@@ -55,13 +55,8 @@ pub static SIGNALLED: AtomicBool = AtomicBool::new(false);
 extern "C" fn on_stop_signal(sig: libc::c_int) {
     // Only async-signal-safe work: an atomic store and signal().
     SIGNALLED.store(true, Ordering::SeqCst);
-    if sig == libc::SIGINT {
-        // A second Ctrl-C kills at once (a final checkpoint that hangs on a full disk).
-        // SAFETY: restoring the default disposition is async-signal-safe.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-        }
-    }
+    // (A final checkpoint that hangs on a full disk is left by a second Ctrl-C.)
+    controller::robot_loop::realtime::kill_at_a_second_sigint(sig);
 }
 
 /// Routes SIGINT and SIGTERM to [`SIGNALLED`]: Ctrl-C ends a live session with its final
@@ -71,20 +66,8 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// [`train_live`] as it starts listening: before, in the loading and the evaluation,
 /// the signals kill as they always did.
 pub fn stop_on_signals() -> std::io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic and calls signal().
-        let prev = unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
-        if prev == libc::SIG_ERR {
-            return Err(std::io::Error::last_os_error());
-        }
-        if prev == libc::SIG_IGN {
-            // SAFETY: restoring the disposition found at start.
-            unsafe {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-        }
-    }
-    Ok(())
+    let signals = [libc::SIGINT, libc::SIGTERM];
+    controller::robot_loop::realtime::route_signals(&signals, &signals, on_stop_signal)
 }
 
 /// A transition as the training loop takes it.
@@ -305,9 +288,14 @@ fn file_name(stream: &str) -> String {
 }
 
 impl Receiver {
+    /// Where `stream`'s log is kept.
+    fn log_path(&self, stream: &str) -> PathBuf {
+        self.dir.join(file_name(stream))
+    }
+
     fn log(&mut self, stream: &str) -> Result<&mut (LogWriter, u64), String> {
         if !self.logs.contains_key(stream) {
-            let path = self.dir.join(file_name(stream));
+            let path = self.log_path(stream);
             // The records already held (a resumed run), counted while the writer checks
             // the log, a few MiB at a time: a log of days is not read into memory.
             let w = LogWriter::open(&path).map_err(|e| e.to_string())?;
@@ -323,7 +311,7 @@ impl RecordSink for Receiver {
         // A stream this trainer holds nothing of gets its log with its first record: a
         // robot asking under its log's older name (`connect_stream`'s legacy probe) left
         // an empty log here, carried into every later run from this one.
-        if !self.logs.contains_key(stream) && !self.dir.join(file_name(stream)).exists() {
+        if !self.logs.contains_key(stream) && !self.log_path(stream).exists() {
             return Ok(0);
         }
         Ok(self.log(stream)?.1)

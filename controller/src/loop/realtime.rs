@@ -124,9 +124,14 @@ extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe work: two atomic stores and signal().
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
     STOP.store(true, Ordering::SeqCst);
-    // A second Ctrl-C is the person's way out of a stop that hangs: it kills. SIGTERM
-    // and SIGHUP come from programs (a service manager, a closing terminal that sends
-    // SIGHUP more than once) and must not cut the safe stop short: they stay caught.
+    kill_at_a_second_sigint(sig);
+}
+
+/// For a stop signal's handler: after a first SIGINT the next one kills (Ctrl-C twice is
+/// the person's way out of a stop that hangs). SIGTERM and SIGHUP come from programs (a
+/// service manager, a closing terminal that sends SIGHUP more than once) and must not
+/// cut the stop short: they stay caught. Async-signal-safe (signal() only).
+pub fn kill_at_a_second_sigint(sig: libc::c_int) {
     if sig == libc::SIGINT {
         // SAFETY: restoring the default disposition is async-signal-safe.
         unsafe {
@@ -135,19 +140,21 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Routes SIGINT, SIGTERM and SIGHUP (the terminal or the SSH session went away) to the
-/// stop flag: each one ends the run with a safe stop and a finished dataset. Repeated
-/// SIGTERM or SIGHUP only ask for the stop again; a second SIGINT (Ctrl-C twice) kills
-/// the controller at once, the firmware's watchdog then stopping the robot. A SIGHUP
-/// that was ignored when the controller started (`nohup`) stays ignored.
-pub fn install_signal_handlers() -> std::io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only touches atomics and calls signal().
-        let prev = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+/// Installs `handler` for `signals`; one of `keep_ignored` that was ignored when the
+/// process started (`nohup`, a script's background job) stays ignored. The handler must
+/// do async-signal-safe work only (atomic stores, signal()).
+pub fn route_signals(
+    signals: &[libc::c_int],
+    keep_ignored: &[libc::c_int],
+    handler: extern "C" fn(libc::c_int),
+) -> std::io::Result<()> {
+    for &sig in signals {
+        // SAFETY: the caller's handler is async-signal-safe.
+        let prev = unsafe { libc::signal(sig, handler as *const () as libc::sighandler_t) };
         if prev == libc::SIG_ERR {
             return Err(std::io::Error::last_os_error());
         }
-        if sig == libc::SIGHUP && prev == libc::SIG_IGN {
+        if prev == libc::SIG_IGN && keep_ignored.contains(&sig) {
             // SAFETY: restoring the disposition found at start.
             unsafe {
                 libc::signal(sig, libc::SIG_IGN);
@@ -155,6 +162,19 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Routes SIGINT, SIGTERM and SIGHUP (the terminal or the SSH session went away) to the
+/// stop flag: each one ends the run with a safe stop and a finished dataset. Repeated
+/// SIGTERM or SIGHUP only ask for the stop again; a second SIGINT (Ctrl-C twice) kills
+/// the controller at once, the firmware's watchdog then stopping the robot. A SIGHUP
+/// that was ignored when the controller started (`nohup`) stays ignored.
+pub fn install_signal_handlers() -> std::io::Result<()> {
+    route_signals(
+        &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP],
+        &[libc::SIGHUP],
+        on_signal,
+    )
 }
 
 /// The message of a caught panic's payload (`panic!` with a literal or a format).

@@ -295,11 +295,11 @@ impl CommandGate {
         // Only once written does the firmware fall back to its hold: a `Reset` or an
         // `Estop` that failed to leave (a cut frame is discarded by the firmware's
         // decoder, the next write starting with a delimiter) leaves it applying the last
-        // command, and the next hold must step from that, not from zero. (A frame cut
+        // command, and the next hold must step from that, not from zero. A frame cut
         // just before its own delimiter is completed by that next one, late: the rarer
-        // case, and the firmware's own slew limit bounds it.) (A `Command`
-        // moves the reference before its write: the two candidates are within one
-        // delta of each other, where the hold and the last command may be far apart.)
+        // case, which the firmware's own slew limit bounds. (A `Command` moves the
+        // reference before its write: old and new are within one delta of each other,
+        // where the hold and the last command may be far apart.)
         if to_hold {
             self.firmware_holds();
         }
