@@ -949,10 +949,16 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     }
     let manifest: Manifest = toml::from_str(text_str).map_err(|e| manifest_err(e.to_string()))?;
     check_manifest(&manifest).map_err(manifest_err)?;
-    let read_graph = |g: &GraphFile| -> Result<Vec<u8>, BundleError> {
-        if g.file.contains('/') || g.file.contains('\\') || g.file.starts_with('.') {
+    // `field` names the manifest entry, so an empty or outside name is refused by it
+    // (an empty one read the bundle directory itself: "not a regular file").
+    let read_graph = |g: &GraphFile, field: &str| -> Result<Vec<u8>, BundleError> {
+        if g.file.is_empty()
+            || g.file.contains('/')
+            || g.file.contains('\\')
+            || g.file.starts_with('.')
+        {
             return Err(manifest_err(format!(
-                "graph file `{}` must be a plain file name inside the bundle",
+                "{field} = `{}` must be a plain file name inside the bundle",
                 g.file
             )));
         }
@@ -970,7 +976,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     };
     let m = &manifest;
     let (od, ad) = (m.observation.dim, m.action.chunk_dim());
-    let denoiser = read_graph(&m.graphs.denoiser)?;
+    let denoiser = read_graph(&m.graphs.denoiser, "graphs.denoiser.file")?;
     let denoiser_model = check_graph(
         &dir.join(&m.graphs.denoiser.file),
         &denoiser,
@@ -988,7 +994,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     )?;
     let edit = match (&m.graphs.edit, m.selection.num_edit) {
         (Some(g), _) => {
-            let bytes = read_graph(g)?;
+            let bytes = read_graph(g, "graphs.edit.file")?;
             let model = check_graph(
                 &dir.join(&g.file),
                 &bytes,
@@ -1014,7 +1020,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     };
     let critic = match (&m.graphs.critic, m.selection.critic_subset) {
         (Some(g), _) => {
-            let bytes = read_graph(g)?;
+            let bytes = read_graph(g, "graphs.critic.file")?;
             let model = check_graph(
                 &dir.join(&g.file),
                 &bytes,
@@ -1396,6 +1402,20 @@ const KNOWN_ALGOS: [&str; 3] = ["expo", "bc", "idql-select"];
 
 type IoSpec = (&'static str, i32, Vec<Option<usize>>);
 
+/// An ONNX element type as our messages write it (`TensorProto.DataType`); types we
+/// never use by their number, so a float64 output is not reported as the f32 expected.
+fn element_type_name(t: i32) -> String {
+    match t {
+        DATA_TYPE_FLOAT => "f32".into(),
+        DATA_TYPE_INT64 => "i64".into(),
+        6 => "i32".into(),
+        10 => "f16".into(),
+        11 => "f64".into(),
+        16 => "bf16".into(),
+        other => format!("elem_type {other}"),
+    }
+}
+
 /// Decodes a graph and checks its inputs/outputs (names, element types, fixed dims) and
 /// that every float weight is finite; returns the decoded model.
 fn check_graph(
@@ -1417,11 +1437,7 @@ fn check_graph(
             .iter()
             .map(|x| x.map_or("?".into(), |n| n.to_string()))
             .collect();
-        format!(
-            "{}[{}]",
-            if t == DATA_TYPE_INT64 { "i64" } else { "f32" },
-            dims.join(", ")
-        )
+        format!("{}[{}]", element_type_name(t), dims.join(", "))
     };
     for (kind, declared, wanted) in [
         ("input", &graph.input, inputs),
@@ -1883,6 +1899,62 @@ mod tests {
         let e = message(load_bundle(dir, &Trust::AllowUnsigned).unwrap_err());
         assert!(
             e.contains("more than the 1073741824 a bundle file may have"),
+            "{e}"
+        );
+    }
+
+    /// A graph file name that is empty or reaches outside the bundle is refused by its
+    /// field: an empty name read the bundle directory itself and said only "not a
+    /// regular file", naming no field.
+    #[test]
+    fn graph_file_names_outside_the_bundle_are_refused_by_field() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        SyntheticSpec::cpu().write(dir, 1, None).unwrap();
+        let text = fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        for (graph, name) in [
+            (DENOISER_FILE, ""),
+            (DENOISER_FILE, "../denoiser.onnx"),
+            (CRITIC_FILE, "sub/critic.onnx"),
+            (EDIT_FILE, ".edit.onnx"),
+        ] {
+            let from = format!("file = \"{graph}\"");
+            assert!(text.contains(&from), "{text}");
+            let changed = text.replace(&from, &format!("file = \"{name}\""));
+            fs::write(dir.join(MANIFEST_FILE), changed).unwrap();
+            let e = message(load_bundle(dir, &Trust::AllowUnsigned).unwrap_err());
+            let field = format!("graphs.{}.file", graph.trim_end_matches(".onnx"));
+            assert!(
+                e.contains(&format!("{field} = `{name}` must be a plain file name")),
+                "{e}"
+            );
+        }
+    }
+
+    /// A graph output of another element type is reported by its type: every type but
+    /// i64 was written `f32`, so a float64 `eps` read "expected f32[?, 2], found f32[?, 2]".
+    #[test]
+    fn a_graph_output_of_another_element_type_is_named_by_its_type() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        SyntheticSpec::cpu().write(dir, 1, None).unwrap();
+        let path = dir.join(DENOISER_FILE);
+        let old = fs::read(&path).unwrap();
+        let mut model = ModelProto::from_bytes(&old).unwrap();
+        let outputs = &mut model.graph.as_mut().unwrap().output;
+        let eps = outputs
+            .iter_mut()
+            .find(|v| v.name == crate::graphs::names::EPS);
+        let tensor = eps.unwrap().r#type.as_mut().unwrap();
+        tensor.tensor_type.as_mut().unwrap().elem_type = 11; // DOUBLE
+        let new = model.to_bytes();
+        fs::write(&path, &new).unwrap();
+        let text = fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        let text = text.replace(&sha256_hex(&old), &sha256_hex(&new));
+        fs::write(dir.join(MANIFEST_FILE), text).unwrap();
+        let e = message(load_bundle(dir, &Trust::AllowUnsigned).unwrap_err());
+        assert!(
+            e.contains("expected f32[") && e.contains("found f64["),
             "{e}"
         );
     }

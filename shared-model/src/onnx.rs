@@ -11,7 +11,7 @@
 
 use prost::Message;
 
-/// ONNX IR version 8 (ONNX 1.10+): understood by onnxruntime ≥ 1.10 and tract.
+/// ONNX IR version 8 (ONNX 1.10+); with opset 17 below, onnxruntime ≥ 1.12 and tract.
 pub const IR_VERSION: i64 = 8;
 /// Opset 17 is the first with `LayerNormalization`.
 pub const OPSET_VERSION: i64 = 17;

@@ -1034,8 +1034,7 @@ impl Agent {
                 if self.config.compute.graph
                     && (edit.is_some() || !edits)
                     && subsets.is_some()
-                    && (self.act_graphs.len() < MAX_ACT_GRAPHS
-                        || self.act_graphs.iter().any(|g| g.rows() == k)) =>
+                    && admits_act_graph(self.act_graphs.iter().map(|g| g.rows()), k) =>
             {
                 let inputs = ActInputs {
                     obs,
@@ -1873,11 +1872,12 @@ impl Agent {
         self.mark("temperature");
         let temp = self.temperature.take().unwrap();
         let gap = (logp.clone() + self.target_entropy()).mean().detach();
-        let loss = (temp.alpha() * gap * -1.0).sum();
-        let grads = GradientsParams::from_grads(loss.backward(), &temp);
-        let temp = self
-            .opt_temperature
-            .step(self.config.optim.temperature_lr, temp, grads);
+        let temp = temperature_step(
+            &mut self.opt_temperature,
+            self.config.optim.temperature_lr,
+            temp,
+            gap,
+        );
         pending.push(Metric::Entropy, logp.mean() * -1.0);
         pending.push(Metric::Temperature, temp.alpha().detach());
         self.temperature = Some(temp);
@@ -2337,6 +2337,19 @@ pub fn edited_log_prob(logp: Tensor<2>, act_dim: usize, beta: f32) -> Tensor<2> 
     logp - act_dim as f32 * beta.ln()
 }
 
+/// One step of `min_α −α · gap` on `ln α` (`gap` = mean log π + target entropy,
+/// detached), then `ln α` held at most [`MAX_LOG_TEMPERATURE`].
+fn temperature_step(
+    opt: &mut NetOptimizer,
+    lr: f64,
+    temp: Temperature,
+    gap: Tensor<1>,
+) -> Temperature {
+    let loss = (temp.alpha() * gap * -1.0).sum();
+    let grads = GradientsParams::from_grads(loss.backward(), &temp);
+    opt.step(lr, temp, grads).bounded()
+}
+
 /// The SAC temperature's target entropy: `per_dim · A`, plus `A·ln β` when the policy's
 /// samples are scaled by `β` and the target is to be adjusted for it
 /// (`expo.adjust_target_entropy`; see [`edited_log_prob`]).
@@ -2399,6 +2412,16 @@ impl Selector<'_> {
 /// with its own copies of the networks' weights and its memory pool, for the rest of the
 /// run. Sizes past the first four act directly, with the same results.
 pub const MAX_ACT_GRAPHS: usize = 4;
+
+/// Whether acting on `k` observations runs as a recorded graph, given the sizes
+/// `held` already recorded: one held, or a free slot. The last slot is kept for one
+/// observation, online acting's size: an evaluation before the first online step
+/// (`run.pretrain_critic` builds the buffers graphs need) took all four with its
+/// shrinking sizes, and online acting then ran directly for the whole run.
+fn admits_act_graph(mut held: impl ExactSizeIterator<Item = usize>, k: usize) -> bool {
+    let free = MAX_ACT_GRAPHS.saturating_sub(held.len());
+    held.any(|rows| rows == k) || free > 1 || (free == 1 && k == 1)
+}
 
 /// The candidates' scores from the chosen critics' values `q` `[members, R]`: the
 /// minimum of each column, −∞ where any member's value is NaN, so that such a
@@ -2486,6 +2509,44 @@ impl TdRunner for Selector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The last acting-graph slot is online acting's (one observation); the others go
+    /// to the first sizes asked for.
+    #[test]
+    fn the_last_acting_graph_is_kept_for_one_observation() {
+        let admits = |held: &[usize], k| admits_act_graph(held.iter().copied(), k);
+        assert!(admits(&[], 50) && admits(&[50, 49], 48));
+        assert!(!admits(&[50, 49, 48], 47));
+        assert!(admits(&[50, 49, 48], 1) && admits(&[50, 49, 48], 49));
+        assert!(!admits(&[50, 49, 48, 1], 47) && admits(&[50, 49, 48, 1], 1));
+    }
+
+    /// A temperature pushed up without end stops at its bound and comes down once the
+    /// gap changes sign. Unbounded, `α · gap` squared overflowed near `ln α` = 43, Adam's
+    /// second moment turned infinite and `ln α` never moved again.
+    #[test]
+    fn a_rising_temperature_stays_able_to_fall() {
+        let device = Device::flex().autodiff();
+        let mut opt = NetOptimizer::new(OptimizerImpl::PerParameter, 0.0, Packing::Concatenated);
+        let log_alpha = |t: &Temperature| t.log_alpha.val().into_scalar::<f32>();
+        let gap = |g: f32| Tensor::<1>::from_data(TensorData::new(vec![g], [1]), &device);
+        // Adam moves `ln α` by about the learning rate per step: 1 reaches the
+        // overflow from 25 in under 20 steps.
+        let mut temp = Temperature::new(25f32.exp(), &device);
+        for _ in 0..40 {
+            temp = temperature_step(&mut opt, 1.0, temp, gap(2.0));
+        }
+        let top = log_alpha(&temp);
+        assert!(
+            top.is_finite() && top <= crate::nets::MAX_LOG_TEMPERATURE,
+            "{top}"
+        );
+        for _ in 0..100 {
+            temp = temperature_step(&mut opt, 1.0, temp, gap(-2.0));
+        }
+        let after = log_alpha(&temp);
+        assert!(after < top - 1.0, "ln α {top} → {after}: frozen");
+    }
 
     /// The trainer's scores and pick agree with the controller's on NaN values and ties:
     /// a candidate any chosen critic values NaN never wins; ties go to the first; a row

@@ -299,12 +299,9 @@ pub fn export_bundle(
     let graphs = bundle_graphs(agent);
     // The bundle as the controller would load it, before anything is written.
     let in_memory = graphs.in_memory(out, &m);
-    for backend in [Backend::Tract, Backend::Native] {
-        if let Err(e) = check_parity(agent, &in_memory, backend, PARITY_SEED) {
-            return Err(anyhow::Error::new(ParityMismatch(format!("{e:#}"))))
-                .with_context(|| format!("not exporting {}", out.display()));
-        }
-    }
+    parity_checked(out, |backend| {
+        check_parity(agent, &in_memory, backend, PARITY_SEED)
+    })?;
     manifest::write_bundle(out, &mut m, &graphs, key)
         .with_context(|| format!("writing bundle {}", out.display()))?;
     Ok(m)
@@ -312,6 +309,19 @@ pub fn export_bundle(
 
 /// The inputs' seed of the check every export runs.
 const PARITY_SEED: u64 = 0x9a41;
+
+/// Runs `check` on each of the controller's CPU runtimes; a failure comes back as a
+/// [`ParityMismatch`] under "not exporting OUT", the form live fine-tuning looks for to
+/// skip a publication instead of ending the session.
+fn parity_checked(out: &Path, mut check: impl FnMut(Backend) -> Result<f32>) -> Result<()> {
+    for backend in [Backend::Tract, Backend::Native] {
+        if let Err(e) = check(backend) {
+            return Err(anyhow::Error::new(ParityMismatch(format!("{e:#}"))))
+                .with_context(|| format!("not exporting {}", out.display()));
+        }
+    }
+    Ok(())
+}
 
 /// An export refused by [`check_parity`]: its graphs, or the runtime that ran them, do not
 /// compute what the burn networks compute. Live fine-tuning publishes nothing then and
@@ -447,13 +457,31 @@ mod tests {
     }
 
     /// Live fine-tuning tells a refused check from other export errors through the
-    /// context `export_bundle` adds.
+    /// error `export_bundle`'s check returns: a mismatch on either runtime comes back as
+    /// a `ParityMismatch` under "not exporting OUT" (the test built that error itself,
+    /// so a check that returned a plain error passed it).
     #[test]
     fn a_parity_mismatch_is_found_under_its_context() {
-        let e = Err::<(), _>(anyhow::Error::new(ParityMismatch("differs".into())))
-            .with_context(|| "not exporting b")
+        for failing in [Backend::Tract, Backend::Native] {
+            let mut seen = Vec::new();
+            let e = parity_checked(Path::new("b"), |backend| {
+                seen.push(backend);
+                if backend == failing {
+                    anyhow::bail!("differs")
+                }
+                Ok(0.0)
+            })
             .unwrap_err();
-        assert!(e.downcast_ref::<ParityMismatch>().is_some());
-        assert_eq!(format!("{e:#}"), "not exporting b: differs");
+            assert!(e.downcast_ref::<ParityMismatch>().is_some(), "{e:#}");
+            assert_eq!(format!("{e:#}"), "not exporting b: differs");
+            assert_eq!(seen.last(), Some(&failing));
+        }
+        let mut seen = Vec::new();
+        parity_checked(Path::new("b"), |backend| {
+            seen.push(backend);
+            Ok(0.0)
+        })
+        .unwrap();
+        assert_eq!(seen, [Backend::Tract, Backend::Native]);
     }
 }

@@ -297,6 +297,13 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         o.updates > 0 || o.eval_episodes > 0,
         "nothing to do: --updates is 0"
     );
+    // Before anything is written: the evaluation takes its environments up front.
+    ensure!(
+        o.eval_episodes <= crate::config::MAX_EVAL_EPISODES,
+        "--eval-episodes {} is more than the {} an evaluation may run",
+        o.eval_episodes,
+        crate::config::MAX_EVAL_EPISODES
+    );
     // The source run stays as it was, resumed or not.
     // (A resume never reads --from, which may be gone by then; a fresh run with a
     // missing --from is told so where its checkpoint is looked for.)

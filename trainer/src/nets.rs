@@ -1067,7 +1067,25 @@ impl Temperature {
     pub fn alpha(&self) -> Tensor<1> {
         self.log_alpha.val().exp()
     }
+
+    /// `ln α` held at most [`MAX_LOG_TEMPERATURE`], a new leaf as the optimizer's.
+    pub fn bounded(self) -> Self {
+        Temperature {
+            log_alpha: self.log_alpha.map(|t| {
+                Tensor::from_inner(t.inner().clamp_max(MAX_LOG_TEMPERATURE)).require_grad()
+            }),
+        }
+    }
 }
+
+/// The largest `ln α` the temperature takes (α ≈ 1.1e13). A temperature whose target
+/// entropy cannot be reached (the edit policy's without `adjust_target_entropy`) rises
+/// by about the learning rate each update; near `ln α` = 43 its gradient `α · gap`
+/// squared overflows f32, Adam's second moment turns infinite and every later step is
+/// zero: the temperature froze for good, even once the gap changed sign. At 30 the
+/// gradient stays below 1e19 for any gap under 1e6, while no run we measured came near
+/// (`ln α` ≈ 5.8 after 10^4 `cpu` updates).
+pub const MAX_LOG_TEMPERATURE: f32 = 30.0;
 
 #[cfg(test)]
 mod tests {

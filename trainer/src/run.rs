@@ -607,18 +607,21 @@ impl RunState {
         self.live_streamed = of.streamed;
         self.live_logs = of.logs.clone();
         self.live_owed = of.owed;
+        self.finetune_metrics_window = of.window.clone();
         self
     }
 }
 
 /// What [`RunState`] holds of `finetune` (updates, streamed transitions, where its
-/// replay is in the stream logs, updates owed).
+/// replay is in the stream logs, updates owed, the sums since its last `finetune.csv`
+/// row).
 #[derive(Clone, Default)]
 struct FinetuneCounters {
     updates: usize,
     streamed: usize,
     logs: Option<std::collections::BTreeMap<String, crate::live::LogPosition>>,
     owed: usize,
+    window: Option<(crate::agent::UpdateMetrics, usize)>,
 }
 
 /// The configured device (`device` in the config, [`crate::device`]); on CPU burn's
@@ -726,7 +729,8 @@ pub fn train(
                 .with_context(|| format!("{}: reading checkpoint", dir.display()))?,
         )
         .with_context(|| format!("{}: bad checkpoint state", dir.join("state.json").display()))?;
-        if let Some((key, then, now)) = difference_except_length(&state.config_toml, config, false)?
+        if let Some((key, then, now)) = difference_except_length(&state.config_toml, config, false)
+            .with_context(|| format!("{}", dir.join("state.json").display()))?
         {
             bail!(
                 "{}: checkpoint was written with a different configuration: `{key}` was {then}, is {now} now; resume with the same config (only run.online_steps, run.eval_every, run.eval_episodes and device may change)",
@@ -767,6 +771,7 @@ pub fn train(
             streamed: state.live_streamed,
             logs: state.live_logs.clone(),
             owed: state.live_owed,
+            window: state.finetune_metrics_window.clone(),
         };
         if start_step >= config.run.online_steps {
             eprintln!(
@@ -794,7 +799,9 @@ pub fn train(
             }
         }
     } else {
-        std::fs::write(out.join("config.toml"), config.to_toml())?;
+        let path = out.join("config.toml");
+        std::fs::write(&path, config.to_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
         write_header(&out.join("metrics.csv"), METRICS_HEADER)?;
         write_header(&out.join("eval.csv"), EVAL_HEADER)?;
         let log = (out.join("pretrain.csv"), opts.log_every.max(1));
@@ -1011,7 +1018,7 @@ pub(crate) fn difference_except_length(
     config: &Config,
     any_compute: bool,
 ) -> Result<Option<(String, String, String)>> {
-    let mut old: Config = toml::from_str(saved).context("checkpoint config")?;
+    let mut old: Config = toml::from_str(saved).context("its saved configuration")?;
     old.run.online_steps = config.run.online_steps;
     old.run.eval_every = config.run.eval_every;
     old.run.eval_episodes = config.run.eval_episodes;
@@ -1195,7 +1202,9 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
     .with_context(|| format!("{}: bad checkpoint state", state_path.display()))?;
     // The networks are built from config.toml: an edited one would evaluate or
     // continue the checkpoint as something it is not (another task of the same sizes).
-    if let Some((key, then, now)) = difference_except_length(&state.config_toml, &config, true)? {
+    if let Some((key, then, now)) = difference_except_length(&state.config_toml, &config, true)
+        .with_context(|| format!("{}", state_path.display()))?
+    {
         bail!(
             "{}: `{key}` is {now}, but the checkpoint was written with {then}",
             cfg_path.display()

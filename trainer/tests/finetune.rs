@@ -167,6 +167,35 @@ fn a_resume_between_log_rows_logs_the_same_rows() {
     finetune(&o, &mut ()).unwrap();
     assert_eq!(losses(&straight).len(), 1 + 3);
     assert_eq!(losses(&interrupted), losses(&straight));
+
+    // `train --resume` on a run stopped between two finetune rows keeps the finetune's
+    // window in its checkpoints (it was dropped, and the next `finetune.csv` row then
+    // averaged only the updates after it).
+    let between = tmp.path().join("between");
+    let mut o = options(&run, &data, &between);
+    o.log_every = 2;
+    o.stop_after = Some(3);
+    assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    let window = |dir: &Path| {
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("checkpoint/state.json")).unwrap(),
+        )
+        .unwrap();
+        state["finetune_metrics_window"].clone()
+    };
+    let before = window(&between);
+    assert_eq!(before[1], 1, "{before}");
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach.into();
+    c.run.online_steps = 30;
+    let resume = TrainOptions {
+        resume: true,
+        checkpoint_every: 0,
+        log_every: 10,
+        ..Default::default()
+    };
+    train(&c, &between, &resume, &mut ()).unwrap();
+    assert_eq!(window(&between), before);
 }
 
 /// A resume reads nothing from `--from`, so a source run moved away since does not stop
@@ -428,6 +457,19 @@ fn finetune_never_overwrites_a_train_run_nor_runs_without_robot_data() {
         "{e}"
     );
     assert!(!out.join("checkpoint").exists());
+
+    // A count of evaluation episodes no memory holds is refused before anything is
+    // written: the process aborted on an allocation after writing `finetune.csv`, and
+    // a rerun was then refused ("holds the logs of a run that wrote no checkpoint").
+    let huge = tmp.path().join("huge");
+    let mut o = options(&run, &data, &huge);
+    o.eval_episodes = 100_000_000_000;
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains("--eval-episodes 100000000000 is more than the 1000000"),
+        "{e}"
+    );
+    assert!(!huge.exists());
 }
 
 /// An rlpd run exports no bundle, so `finetune --listen` could never publish one to the

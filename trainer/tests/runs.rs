@@ -595,6 +595,49 @@ fn resume_refuses_a_different_config() {
 /// networks are not exported either. (That the checkpoint itself refuses non-finite
 /// networks is `run::tests::
 /// a_checkpoint_of_non_finite_networks_is_refused_and_the_last_good_one_stays`.)
+/// Errors on a run's own files name the file: a `config.toml` that could not be
+/// written said only "Is a directory (os error 21)", and a checkpoint whose saved
+/// configuration this trainer cannot read "checkpoint config: …", naming no file.
+#[test]
+fn a_run_names_the_file_it_cannot_write_or_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tiny("expo");
+    let blocked = tmp.path().join("blocked");
+    std::fs::create_dir_all(blocked.join("config.toml")).unwrap();
+    let e = format!(
+        "{:#}",
+        train(&c, &blocked, &TrainOptions::default(), &mut ()).unwrap_err()
+    );
+    let path = blocked.join("config.toml");
+    assert!(e.contains(&format!("writing {}", path.display())), "{e}");
+
+    let run = tmp.path().join("run");
+    let opts = TrainOptions {
+        log_every: 10,
+        checkpoint_every: 30,
+        stop_after: Some(30),
+        ..Default::default()
+    };
+    train(&c, &run, &opts, &mut ()).unwrap();
+    // A checkpoint from a newer trainer, with a setting this one does not know.
+    let state = run.join("checkpoint/state.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let saved = json["config_toml"].as_str().unwrap().to_string();
+    json["config_toml"] = format!("newer_setting = 1\n{saved}").into();
+    std::fs::write(&state, json.to_string()).unwrap();
+    let resume = TrainOptions {
+        resume: true,
+        ..opts
+    };
+    let e = format!("{:#}", train(&c, &run, &resume, &mut ()).unwrap_err());
+    assert!(
+        e.contains(&format!("{}: its saved configuration", state.display()))
+            && e.contains("newer_setting"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
     let tmp = tempfile::tempdir().unwrap();
