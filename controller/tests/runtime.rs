@@ -675,6 +675,10 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         Brain::TwoSpeed { policy, .. } => policy.published(),
         _ => unreachable!("a two-speed brain"),
     };
+    let age = |brain: &Brain| match brain {
+        Brain::TwoSpeed { policy, .. } => policy.candidate_age(),
+        _ => unreachable!("a two-speed brain"),
+    };
     let play = |replan_every: usize, ensemble: Option<f32>| PlayOptions {
         replan_every: Some(replan_every),
         ensemble,
@@ -699,6 +703,8 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
             assert!(held < 100_000, "the worker never delivered");
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
+        // The age of each plan's candidates, as the report's summary must count them.
+        let mut plan_ages = vec![age(&brain)];
         brain.replan();
         let first = published(&brain);
         let mut chunk = Vec::new();
@@ -715,6 +721,7 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
                 assert!(choice.index < rows);
                 chunk = selected(&brain, choice.index);
                 plans += 1;
+                plan_ages.push(age(&brain));
             }
             assert_eq!(
                 brain.chunk_index(),
@@ -734,7 +741,9 @@ fn two_speed_mode_plans_chunks_from_the_workers_candidates() {
         // run report's `two_speed`.
         let ages = brain.candidate_ages().unwrap();
         assert_eq!(ages.plans, plans as u64 + 1, "replan_every {replan_every}");
-        assert!(ages.mean_age <= ages.max_age as f64, "{ages:?}");
+        assert_eq!(ages.max_age, *plan_ages.iter().max().unwrap(), "{ages:?}");
+        let mean = plan_ages.iter().sum::<u64>() as f64 / plan_ages.len() as f64;
+        assert_eq!(ages.mean_age, mean, "{ages:?} {plan_ages:?}");
         // A replan (new episode, intervention) plans on the next step, mid-chunk.
         if k == 3 {
             brain.act(9, &obs(9), &mut a).unwrap();

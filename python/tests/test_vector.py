@@ -106,13 +106,18 @@ def test_gymnasium_vector_wrappers_accept_it():
     venv = gym.wrappers.vector.RecordEpisodeStatistics(expo_sim.SimVectorEnv("arm-reach", 8))
     venv = gym.wrappers.vector.NormalizeObservation(venv)
     venv.reset(seed=0)
-    finished = 0
+    finished = reported = 0
     for _ in range(70):  # arm-reach's horizon is 60: every environment ends once
         _, _, term, trunc, info = venv.step(venv.action_space.sample())
         finished += int(np.sum(term | trunc))
         if "episode" in info:
-            assert (info["episode"]["l"][info["_episode"]] <= 60).all()
+            # Every ended episode is reported, with its length.
+            ended = info["_episode"]
+            assert (ended == (term | trunc)).all()
+            assert (info["episode"]["l"][ended] <= 60).all()
+            reported += int(np.sum(ended))
     assert finished >= 8
+    assert reported == finished
 
 
 @pytest.mark.parametrize("n", [1, 64])

@@ -324,13 +324,16 @@ fn demonstrators_succeed_within_documented_band() {
             .filter(|&s| record_episode(env.as_mut(), demo.as_mut(), 10_000 + s).is_success())
             .count();
         let rate = ok as f64 / n as f64;
-        // The README's figures (about 60%, 75% and 60%), ±0.15.
+        eprintln!("{task}: {rate}");
+        // The README's figures, ±0.05 (a standard error over 600 episodes is about
+        // 0.02; the old ±0.15 around 60% let an arm demonstrator at 46% pass).
         let documented = match task {
+            TaskId::ArmReach => 0.57,
             TaskId::Push => 0.75,
-            _ => 0.60,
+            TaskId::Maze => 0.58,
         };
         assert!(
-            (rate - documented).abs() <= 0.15,
+            (rate - documented).abs() <= 0.05,
             "{task}: demonstrator success {rate}, documented about {documented}"
         );
     }

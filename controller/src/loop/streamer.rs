@@ -558,10 +558,19 @@ fn verify(
     if let Some(why) = crate::runtime::replacement_refused(new, old) {
         return Err(why);
     }
-    let options = crate::runtime::swapped_in_options(&swap.options, name);
+    let options = swap_options(&swap.options, name, new);
     let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)
         .map_err(|e| format!("{e:#}"))?;
     Ok((brain, exported))
+}
+
+/// The options of the bundle offered as `name`: its own random stream, named by the
+/// offered name and the denoiser's hash together. By the name alone, a trainer started
+/// again into another `--out` (which numbers its bundles from the start again) offered
+/// a new bundle under an old name, and the robot replayed that swap's noise.
+fn swap_options(options: &PolicyOptions, name: &str, manifest: &Manifest) -> PolicyOptions {
+    let stream = format!("{name} {}", manifest.graphs.denoiser.sha256);
+    crate::runtime::swapped_in_options(options, &stream)
 }
 
 /// [`connect`] for stream `id`. The first time the trainer holds nothing under it,
@@ -768,6 +777,26 @@ mod tests {
 
     /// A bundle from the trainer for another task, or with other observation names,
     /// than the running one is refused before it is built, saying which.
+    /// A swapped-in bundle's noise stream differs by name and by content: one offered
+    /// under an earlier bundle's name drew that bundle's noise again.
+    #[test]
+    fn a_bundle_offered_under_an_old_name_draws_its_own_noise() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = SyntheticSpec::cpu()
+            .write(&tmp.path().join("a"), 3, None)
+            .unwrap();
+        let b = SyntheticSpec::cpu()
+            .write(&tmp.path().join("b"), 4, None)
+            .unwrap();
+        assert_ne!(a.graphs.denoiser.sha256, b.graphs.denoiser.sha256);
+        let run = PolicyOptions::default();
+        let seed = |name: &str, m: &Manifest| swap_options(&run, name, m).seed;
+        assert_ne!(seed("0000100", &a), seed("0000100", &b));
+        assert_ne!(seed("0000100", &a), seed("0000200", &a));
+        assert_ne!(seed("0000100", &a), run.seed);
+        assert_eq!(seed("0000100", &a), seed("0000100", &a.clone()));
+    }
+
     #[test]
     fn a_new_bundle_must_be_for_the_running_bundles_task_and_observations() {
         let tmp = tempfile::tempdir().unwrap();

@@ -26,7 +26,9 @@ fn load(bytes: &[u8], file: &str, inputs: &[(DatumType, Vec<usize>)]) -> Result<
         .model_for_read(&mut &bytes[..])
         .with_context(|| format!("{file}: tract cannot read the graph"))?;
     for (i, (dt, shape)) in inputs.iter().enumerate() {
-        model.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.clone()))?;
+        model
+            .set_input_fact(i, InferenceFact::dt_shape(*dt, shape.clone()))
+            .with_context(|| format!("{file}: tract cannot take input {i} as {dt:?} {shape:?}"))?;
     }
     let plan = model
         .into_optimized()
@@ -34,7 +36,7 @@ fn load(bytes: &[u8], file: &str, inputs: &[(DatumType, Vec<usize>)]) -> Result<
         .with_context(|| {
             format!("{file}: tract cannot optimize the graph for shapes {inputs:?}")
         })?;
-    TypedSimpleState::new(&plan)
+    TypedSimpleState::new(&plan).with_context(|| format!("{file}: tract cannot prepare a run"))
 }
 
 impl TractNetworks {

@@ -159,6 +159,10 @@ impl TwoSpeedPolicy {
                         Err(anyhow::anyhow!("the candidate worker panicked: {msg}"))
                     });
                     if let Err(e) = result {
+                        // Under the candidates lock, as the tick checks the error and
+                        // waits: else the notice could fall between them and the tick
+                        // sleep out its 100 ms wait.
+                        let _c = s.candidates.lock().unwrap();
                         *s.error.lock().unwrap() = Some(format!("{e:#}"));
                         s.candidates_ready.notify_all();
                         break;
