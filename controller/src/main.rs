@@ -382,6 +382,10 @@ struct RunArgs {
     /// Testing only: panic in the control thread at this tick (the safe stop must follow).
     #[arg(long, hide = true)]
     inject_panic_at_tick: Option<u64>,
+    /// Testing only: after the injected panic, panic again at every hand-over of
+    /// transitions to the log (the same bug in the recovery and the run's end).
+    #[arg(long, hide = true, requires = "inject_panic_at_tick")]
+    inject_panic_repeats: bool,
     /// Testing only: `FROM:COUNT`, ticks FROM to FROM+COUNT-1 each take one control period
     /// longer (they miss their deadlines; `--max-overruns` in a row is a fault).
     #[arg(long, hide = true, value_parser = parse_tick_range)]
@@ -674,6 +678,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.handshake_timeout = Duration::from_millis(a.handshake_timeout_ms);
     cfg.quiet = a.quiet;
     cfg.panic_at_tick = a.inject_panic_at_tick;
+    cfg.panic_repeats = a.inject_panic_repeats;
     cfg.slow_ticks = a.inject_slow_ticks;
     robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
     // What the run's records and dataset name: the bundle, else the teleop device.

@@ -2226,6 +2226,38 @@ fn panic_in_the_control_thread_triggers_the_safe_stop() {
     assert_eq!(episodes(&report)[0]["reason"], "fault");
 }
 
+/// Setup: the injected panic, then a panic at every hand-over of transitions to the log:
+/// in the recovery, and in handing the log its last records at the run's end.
+/// Expected: the safe stop still runs, and the report keeps its faults and names the
+/// panic (the end's panic killed the control thread, and the report written then was
+/// blank: "the control thread died", no fault, no cadence, no gate counts).
+#[test]
+fn a_panic_repeated_at_the_runs_end_keeps_the_report() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let out = sim.run(&[
+        "--episodes",
+        "5",
+        "--inject-panic-at-tick",
+        "40",
+        "--inject-panic-repeats",
+    ]);
+    let (fw, _received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(fw.firmware.estops, 1, "{out:?}");
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "panic"), 1, "{report}");
+    assert_eq!(report["outcome"], "error");
+    // (The faulted episode's end is the code that panics: it is not in `episodes`.)
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("injected panic at tick 40"), "{report}");
+    assert!(
+        out.stderr
+            .contains("injected panic handing the last records to the log"),
+        "{out:?}"
+    );
+}
+
 /// `controller run --sim TASK` runs the simulated firmware inside the controller process
 /// (the one-command demo): the episodes complete and the dataset validates.
 #[test]

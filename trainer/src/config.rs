@@ -298,9 +298,9 @@ pub enum NormalSource {
     Host,
     /// The backend's generator on the device, seeded from `seed` at start: no host
     /// generation or upload of the chain noise (the GPU choice). Its state is not
-    /// checkpointed: a resumed or fine-tuned run seeds it again from `seed` and the
-    /// updates made so far (`run::device_normals_seed`), so it does not draw its
-    /// start's noise again.
+    /// checkpointed: a resumed or fine-tuned run seeds it again from `seed` and where
+    /// the run stands (`run::device_normals_seed`), so it does not draw its start's
+    /// noise again.
     #[serde(rename = "device")]
     Device,
 }
@@ -741,6 +741,17 @@ impl Config {
                 self.compute.candidates == CandidateSchedule::Hoisted
                     && self.compute.optimizer == OptimizerImpl::Fused,
                 "compute.graph needs compute.candidates = \"hoisted\" and compute.optimizer = \"fused\""
+            );
+            // Each recorded critic slice takes its scoring and evaluation subsets' member
+            // ids from one aligned slot (`LoopInputs::subset_ids`).
+            anyhow::ensure!(
+                2 * self.expo.critic_subset <= crate::optim::ALIGN,
+                "expo.critic_subset = {} with compute.graph: a recorded critic slice holds \
+                 at most {} member ids, two subsets' worth (at most {} each); set \
+                 compute.graph = false for larger subsets",
+                self.expo.critic_subset,
+                crate::optim::ALIGN,
+                crate::optim::ALIGN / 2
             );
         }
         let e = &self.expo;
@@ -1349,6 +1360,25 @@ mod tests {
                 .unwrap_or_else(|| panic!("{set} was accepted"));
             assert!(format!("{err:#}").contains(named), "{set}: {err:#}");
         }
+        // A subset larger than a recorded critic slice holds is refused with graphs (the
+        // second update panicked on "258 member ids per slice"), taken without.
+        let big = |graph: &str| {
+            Config::resolve(
+                "cpu",
+                None,
+                &[
+                    "net.num_critics=130".into(),
+                    "expo.critic_subset=129".into(),
+                    format!("compute.graph={graph}"),
+                ],
+            )
+        };
+        let err = big("true").expect_err("a subset beyond the graph's slot");
+        assert!(
+            format!("{err:#}").contains("expo.critic_subset = 129 with compute.graph"),
+            "{err:#}"
+        );
+        big("false").expect("a large subset without graphs");
         // The edges of the ranges, and settings that look odd but mean something: a
         // linear critic, no residual blocks, frozen networks (learning rate 0), no
         // discount, one whole copy per step for the EMA and the targets.

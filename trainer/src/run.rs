@@ -600,6 +600,24 @@ impl RunState {
         }
     }
 
+    /// Where the run stands, as one number for [`device_normals_seed`]: never 0 (a fresh
+    /// run's), and another at every checkpoint of a run. Its denoiser updates alone were
+    /// 0 at every checkpoint of an `rlpd` run (which has no denoiser), so each resume
+    /// drew the start's device noise again; the step, the finetune's updates and the
+    /// batch generator (which every update and every algorithm advances) tell them apart.
+    pub(crate) fn continuation(&self) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let counts = [
+            self.env_step as u64,
+            self.denoiser_updates as u64,
+            self.finetune_updates as u64,
+        ];
+        for x in counts.into_iter().chain(self.batch_rng) {
+            h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+        }
+        h.max(1)
+    }
+
     /// `finetune`'s counters of the run this one resumed: the checkpoints of `train
     /// --resume` on a fine-tuned run keep them.
     fn with_finetune_counters(mut self, of: &FinetuneCounters) -> Self {
@@ -642,18 +660,19 @@ pub fn device(config: &Config) -> Result<Device> {
 }
 
 /// The seed of the backend's generator with `compute.normals = "device"`, for a run
-/// that has made `updates` denoiser updates: `seed` at the start, and another one for
-/// each point a run is continued from, so that a resumed or fine-tuned run does not
-/// draw its start's noise again (the generator's state is not checkpointed).
-pub fn device_normals_seed(config: &Config, updates: u64) -> u64 {
-    config.seed ^ 0xde71ce ^ updates.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+/// continued from `continuation` ([`RunState::continuation`]; 0 at the start): `seed`
+/// at the start, and another one for each point a run is continued from, so that a
+/// resumed or fine-tuned run does not draw its start's noise again (the generator's
+/// state is not checkpointed).
+pub fn device_normals_seed(config: &Config, continuation: u64) -> u64 {
+    config.seed ^ 0xde71ce ^ continuation.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Seeds the backend's generator when `compute.normals = "device"`
 /// ([`device_normals_seed`]).
-fn seed_device_normals(config: &Config, device: &Device, updates: u64) {
+fn seed_device_normals(config: &Config, device: &Device, continuation: u64) {
     if config.compute.normals == crate::config::NormalSource::Device {
-        device.seed(device_normals_seed(config, updates));
+        device.seed(device_normals_seed(config, continuation));
     }
 }
 
@@ -744,11 +763,11 @@ pub fn train(
             "or start a new run",
         )?;
         agent.load(&dir)?;
+        seed_device_normals(config, &backend, state.continuation());
         agent.normalizer = state.normalizer;
         agent.train_rng = Rng::from_state(state.train_rng);
         agent.act_rng = Rng::from_state(state.act_rng);
         agent.denoiser_updates = state.denoiser_updates;
-        seed_device_normals(config, &backend, state.denoiser_updates as u64);
         online = load_replay(&dir.join("online.bin"), od, ad)?;
         env_seeds = Rng::from_state(state.env_seeds);
         episode_seed = Some(state.episode_seed);
@@ -1235,7 +1254,7 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
         n.std.len()
     );
     let device = device(&config)?;
-    seed_device_normals(&config, &device, state.denoiser_updates as u64);
+    seed_device_normals(&config, &device, state.continuation());
     let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
     agent.robot = state.robot.clone();
     // The bundle's provenance reports it, and the denoiser's learning-rate decay uses it.
@@ -1803,8 +1822,8 @@ mod tests {
     }
 
     /// A run continued from a checkpoint seeds the device generator afresh: another
-    /// seed at each update count, the run's own seed at its start (so a fresh run's
-    /// noise is as before).
+    /// seed at each point, the run's own seed at its start (so a fresh run's noise is as
+    /// before).
     #[test]
     fn a_continued_run_seeds_the_device_generator_anew() {
         let c = Config::preset("cpu").unwrap();
@@ -1812,6 +1831,34 @@ mod tests {
         let seeds: std::collections::BTreeSet<u64> =
             (0..1000).map(|u| device_normals_seed(&c, u)).collect();
         assert_eq!(seeds.len(), 1000);
+        // Every checkpoint of an rlpd run, which makes no denoiser update, is a point of
+        // its own: each was continued with the start's seed.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::tiny();
+        c.algo = Algo::Rlpd;
+        c.compute.normals = crate::config::NormalSource::Device;
+        let mut points = vec![0];
+        let mut steps = vec![];
+        for (step, resume) in [(30, false), (60, true)] {
+            let opts = TrainOptions {
+                resume,
+                log_every: 10,
+                checkpoint_every: 30,
+                stop_after: Some(step),
+            };
+            train(&c, tmp.path(), &opts, &mut ()).unwrap();
+            let state: RunState = serde_json::from_str(
+                &std::fs::read_to_string(tmp.path().join("checkpoint/state.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(state.denoiser_updates, 0);
+            steps.push(state.env_step);
+            points.push(state.continuation());
+        }
+        assert!(steps[0] < steps[1], "{steps:?}");
+        let seeds: std::collections::BTreeSet<u64> =
+            points.iter().map(|&p| device_normals_seed(&c, p)).collect();
+        assert_eq!(seeds.len(), 3, "{points:?}");
     }
 
     /// Chunks longer than every generated demonstration that did not end on a terminal

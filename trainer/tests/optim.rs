@@ -235,8 +235,9 @@ fn polyak_on_the_flat_buffer_equals_polyak_per_parameter() {
 #[test]
 fn a_network_changed_from_outside_is_stepped_from_its_new_values() {
     let d = dev();
-    let net = CriticEnsemble::new(2, 5, &[16], &mut Init::reference(1), &d);
-    let (mut a, mut b) = (net.clone(), net);
+    // Built twice, not cloned (see the note at the top).
+    let build = || CriticEnsemble::new(2, 5, &[16], &mut Init::reference(1), &d);
+    let (mut a, mut b) = (build(), build());
     let mut burn_adam = AdamConfig::new().with_epsilon(1e-8).init();
     let mut fused = FusedAdam::adam(1e-8, Packing::Concatenated);
     let (mut ra, mut rb) = (Rng::new(2), Rng::new(2));
@@ -282,11 +283,15 @@ fn fused_state_saves_loads_across_packings_and_names_bad_files() {
         a = first.step(1e-2, a, g);
     }
     first.save(&path).unwrap();
+    // Both continue identically from the saved moments and step count. `b` is a
+    // network of its own holding `a`'s values, not a clone (see the note at the top).
+    let b = CriticEnsemble::new(2, 5, &[16], &mut Init::reference(9), &d);
+    let values = FlatLayout::of(&a, Packing::Concatenated).params(&a);
+    let mut b = FlatLayout::of(&b, Packing::Concatenated).assign(b, &values);
+    assert_eq!(params(&b), params(&a));
     let mut second = FusedAdam::adam(1e-8, Packing::Concatenated);
-    let layout = second.layout_of(&a);
+    let layout = second.layout_of(&b);
     second.load(&path, Some(layout), &Device::flex()).unwrap();
-    // Both continue identically from the saved moments and step count.
-    let mut b = a.clone();
     let mut rb = rng.clone();
     for _ in 0..2 {
         let g = critic_grads(&a, &mut rng, &d);

@@ -404,7 +404,7 @@ pub(crate) struct Control {
     stopping: Option<Outcome>,
     /// Policies from new bundles (the uplink streamer verifies and builds them); taken
     /// only between episodes.
-    pub swaps: Option<std::sync::mpsc::Receiver<super::streamer::Ready>>,
+    pub swaps: Option<super::streamer::SwapSlot>,
     /// The fault event waiting for its first hold command.
     hold_pending: Vec<usize>,
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
@@ -445,6 +445,9 @@ pub(crate) struct Control {
     /// acted on.
     joint_checks: Vec<firmware_config::config::JointCheck>,
     pub panic_at_tick: Option<u64>,
+    /// Testing only: once the injected panic has fired, every hand-over of transitions
+    /// to the log panics too (`--inject-panic-repeats`).
+    panic_repeats: bool,
     /// Raised when a thread of this run panics ([`realtime::RunScope`]).
     run_panicked: Arc<realtime::RunPanic>,
     /// Testing only: ticks `from..from + count` each sleep one extra control period.
@@ -569,6 +572,7 @@ impl Control {
             od,
             ad,
             panic_at_tick: cfg.panic_at_tick,
+            panic_repeats: false,
             // Built by `run` inside its scope; a bare flag that no panic raises otherwise.
             run_panicked: realtime::run_panic_flag().unwrap_or_default(),
             slow_ticks: cfg.slow_ticks,
@@ -600,6 +604,9 @@ impl Control {
     /// Hands the episode records still queued to the logger, waiting if need be (the
     /// loop has ended; blocking is fine now).
     pub(crate) fn flush_log_blocking(&mut self) {
+        if self.panic_repeats {
+            panic!("injected panic handing the last records to the log (--inject-panic-repeats)");
+        }
         self.log_blocking = true;
         // A faulted episode still waiting for frames (the loop ended another way).
         self.end_closing(Instant::now());
@@ -706,6 +713,7 @@ impl Control {
             && self.tick >= t
         {
             self.panic_at_tick = None;
+            self.panic_repeats = self.cfg.panic_repeats;
             panic!(
                 "injected panic at tick {} (--inject-panic-at-tick)",
                 self.tick
@@ -1545,8 +1553,8 @@ impl Control {
                     return;
                 }
                 // Between episodes: the only place the policy may change.
-                if let Some(rx) = &self.swaps
-                    && let Some((name, brain)) = rx.try_iter().last()
+                if let Some(slot) = &self.swaps
+                    && let Some((name, brain)) = slot.take()
                 {
                     self.fold_candidate_ages();
                     self.brain = brain;
@@ -1967,6 +1975,9 @@ impl Control {
     }
 
     fn emit(&mut self, to_end: bool) {
+        if self.panic_repeats {
+            panic!("injected panic handing transitions to the log (--inject-panic-repeats)");
+        }
         let Some(t) = self.track.as_mut() else { return };
         loop {
             let s = t.next_emit;
@@ -3061,15 +3072,15 @@ mod tests {
         // One instant for every tick: a descheduled test thread must not find the
         // sensor stale.
         let now = Instant::now();
-        let (ready, swaps) = std::sync::mpsc::channel();
-        c.swaps = Some(swaps);
+        let ready = super::super::streamer::SwapSlot::default();
+        c.swaps = Some(ready.clone());
         c.cfg.episodes = Some(2);
         c.phase = Phase::Idle;
         c.tick += 1;
         c.one_tick(now);
         assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
         c.begin_episode(0, 7, now);
-        ready.send(("0000001".into(), Brain::Hold)).unwrap();
+        assert!(ready.offer(("0000001".into(), Brain::Hold)).is_none());
         for _ in 0..5 {
             c.tick += 1;
             c.one_tick(now);

@@ -142,6 +142,8 @@ pub struct RunConfig {
     pub quiet: bool,
     /// Testing only: panic in the control thread at this tick.
     pub panic_at_tick: Option<u64>,
+    /// Testing only: after that panic, panic at every hand-over of transitions to the log.
+    pub panic_repeats: bool,
     /// Testing only: ticks `from..from + count` each take one control period longer
     /// than their work (every one of them misses its deadline).
     pub slow_ticks: Option<(u64, u64)>,
@@ -218,6 +220,7 @@ impl RunConfig {
             queue_capacity: 4096,
             quiet: false,
             panic_at_tick: None,
+            panic_repeats: false,
             slow_ticks: None,
             align_phase: false,
             uplink: None,
@@ -1542,7 +1545,19 @@ fn control_thread(
             c.say(m);
         }
     }
-    c.flush_log_blocking();
+    // The log's last records run the loop's code once more (a faulted episode's end):
+    // the same bug there must not lose the report (the thread died, and `run` wrote a
+    // blank one, without its faults, episodes or the panic's message).
+    let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.flush_log_blocking()));
+    if let Err(p) = flushed {
+        for m in realtime::take_deferred_panics() {
+            c.say(m);
+        }
+        let msg = realtime::panic_message(p.as_ref());
+        c.fatal.get_or_insert_with(|| {
+            format!("the control thread panicked handing its last records to the log: {msg}")
+        });
+    }
     c.fold_candidate_ages();
     let mut report = std::mem::replace(&mut c.report, RunReport::new(&c.cfg, ""));
     report.gate = c.gate.stats;

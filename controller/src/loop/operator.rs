@@ -37,6 +37,9 @@ use std::io::{BufRead, Read};
 /// The longest line read as a command: every command is a word; a longer line (pasted
 /// text) is reported and skipped, so that input cannot grow memory.
 const MAX_LINE: usize = 1024;
+/// Commands read ahead of the control thread at most: far more than a person types
+/// between two ticks, few enough that one tick's drain stays short.
+const MAX_QUEUED: usize = 64;
 
 /// What the operator did in a run (`report.json`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -95,9 +98,10 @@ impl OperatorCommand {
 pub fn spawn_reader<R: BufRead + Send + 'static>(
     input: R,
 ) -> std::io::Result<Receiver<OperatorCommand>> {
-    // Unbounded: a person types a few commands a minute, and the control thread drains
-    // the channel every tick.
-    let (tx, rx): (Sender<OperatorCommand>, _) = crossbeam_channel::unbounded();
+    // Bounded: the reader waits while the control thread is behind. A person types a
+    // few commands a minute, but a pipe or a pasted block can feed thousands a second,
+    // and an unbounded queue grew without limit (each tick drains it whole).
+    let (tx, rx): (Sender<OperatorCommand>, _) = crossbeam_channel::bounded(MAX_QUEUED);
     realtime::spawn_in_run("operator", move || {
         let mut input = input;
         let mut buf = Vec::new();
@@ -197,6 +201,36 @@ mod tests {
     #[test]
     fn the_reader_forwards_commands_in_order_and_skips_unknown_lines() {
         assert_eq!(commands_in(b"i\n\nbogus\ns\nq\n".to_vec()), I_S_Q);
+    }
+
+    /// Commands fed faster than the control thread takes them wait in the input: the
+    /// queue holds at most `MAX_QUEUED` (it grew without limit from a pipe).
+    #[test]
+    fn a_flood_of_commands_is_held_back_by_the_queue() {
+        /// "p\n" without end.
+        struct Flood;
+        impl Read for Flood {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = if i % 2 == 0 { b'p' } else { b'\n' };
+                }
+                Ok(buf.len() - buf.len() % 2)
+            }
+        }
+        let rx = spawn_reader(std::io::BufReader::new(Flood)).unwrap();
+        // (A guard, not a timing: the reader fills the queue at once.)
+        let start = std::time::Instant::now();
+        while rx.len() < MAX_QUEUED {
+            assert!(start.elapsed().as_secs() < 60, "the queue never filled");
+            std::thread::yield_now();
+        }
+        // The reader goes on reading only as commands are taken.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(rx.len(), MAX_QUEUED);
+        for _ in 0..3 * MAX_QUEUED {
+            assert_eq!(rx.recv().unwrap(), OperatorCommand::Pause);
+        }
+        assert!(rx.len() <= MAX_QUEUED);
     }
 
     #[test]

@@ -187,7 +187,9 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// True once a stop was requested (signal or [`request_stop`]).
 pub fn stop_requested() -> bool {
-    STOP.load(Ordering::Relaxed)
+    // Acquire: pairs with the handler's stores, so a stop seen here comes with its
+    // signal's number (`stop_signal`), also on weakly ordered CPUs (ARM).
+    STOP.load(Ordering::Acquire)
 }
 
 /// The signal that requested the stop (0 if none).

@@ -44,7 +44,6 @@ use firmware_config::RobotConfig;
 use firmware_config::protocol::crc32;
 use shared_model::Manifest;
 use shared_model::manifest::Trust;
-use std::sync::mpsc;
 use uplink::records::{self, BATCH};
 use uplink::{Key, Session};
 
@@ -98,6 +97,34 @@ pub struct BundleOffer {
 /// A verified policy ready to swap in, with its bundle's name.
 pub type Ready = (String, Brain);
 
+/// The newest verified policy not yet swapped in: one slot, a newer one replacing one
+/// not taken yet. A queue held every bundle exported while the robot was paused or in a
+/// long episode, each a whole policy (two-speed: two, and a worker thread), and the
+/// control thread then dropped all but the last.
+#[derive(Clone, Default)]
+pub struct SwapSlot(Arc<Mutex<Option<Ready>>>);
+
+impl SwapSlot {
+    /// Puts `ready` in the slot; returns the policy it replaces, for the caller to drop
+    /// (off the control thread).
+    pub fn offer(&self, ready: Ready) -> Option<Ready> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(ready)
+    }
+
+    /// The policy in the slot, if any. Never waits: with the slot being filled right
+    /// now, nothing (it is taken at the next episode boundary).
+    pub fn take(&self) -> Option<Ready> {
+        match self.0.try_lock() {
+            Ok(mut slot) => slot.take(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
 /// What the streamer did (in `report.json`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct UplinkSummary {
@@ -143,16 +170,17 @@ impl Streamer {
         cfg: UplinkConfig,
         log: &Path,
         synced: Option<SyncedLen>,
-    ) -> std::io::Result<(Streamer, mpsc::Receiver<Ready>)> {
+    ) -> std::io::Result<(Streamer, SwapSlot)> {
         let stop = Arc::new(AtomicBool::new(false));
         let summary = Arc::new(Mutex::new(UplinkSummary::default()));
         let link = Arc::new(Mutex::new(None));
         let (s, st, l) = (summary.clone(), stop.clone(), link.clone());
         let log = log.to_path_buf();
-        let (tx, rx) = mpsc::channel();
+        let slot = SwapSlot::default();
+        let ready = slot.clone();
         let drain = cfg.drain;
         let handle = realtime::spawn_in_run("uplink", move || {
-            stream_main(cfg, log, synced, &st, &s, tx, &l)
+            stream_main(cfg, log, synced, &st, &s, ready, &l)
         })?;
         Ok((
             Streamer {
@@ -162,7 +190,7 @@ impl Streamer {
                 link,
                 drain,
             },
-            rx,
+            slot,
         ))
     }
 
@@ -217,7 +245,7 @@ fn stream_main(
     synced: Option<SyncedLen>,
     stop: &AtomicBool,
     summary: &Mutex<UplinkSummary>,
-    ready: mpsc::Sender<Ready>,
+    ready: SwapSlot,
     link: &Mutex<Option<TcpStream>>,
 ) {
     // Fetching and building a bundle must not take CPU time the control thread needs
@@ -479,15 +507,13 @@ fn stream_main(
 }
 
 /// Hands a verified bundle's policy to the control thread, or says why it was refused.
-fn settle(
-    name: String,
-    outcome: Result<Brain, String>,
-    ready: &mpsc::Sender<Ready>,
-) -> BundleOffer {
+fn settle(name: String, outcome: Result<Brain, String>, ready: &SwapSlot) -> BundleOffer {
     let error = match outcome {
         Ok(brain) => {
             note!("uplink: bundle {name} verified; it takes over at the next episode");
-            let _ = ready.send((name.clone(), brain));
+            if let Some((older, _)) = ready.offer((name.clone(), brain)) {
+                note!("uplink: bundle {older} was not taken yet; {name} replaces it");
+            }
             None
         }
         Err(e) => {
@@ -680,7 +706,7 @@ mod tests {
         use uplink::records::{BundleFiles, RecordSink, serve_records};
         struct Offering {
             fetched: Arc<AtomicBool>,
-            release: mpsc::Receiver<()>,
+            release: std::sync::mpsc::Receiver<()>,
             held: u64,
         }
         impl RecordSink for Offering {
@@ -730,7 +756,7 @@ mod tests {
             }),
         };
         let fetched = Arc::new(AtomicBool::new(false));
-        let (release, waiting) = mpsc::channel();
+        let (release, waiting) = std::sync::mpsc::channel();
         let f = fetched.clone();
         let server = std::thread::spawn(move || {
             let (tcp, _) = listener.accept().unwrap();
@@ -777,6 +803,26 @@ mod tests {
 
     /// A bundle from the trainer for another task, or with other observation names,
     /// than the running one is refused before it is built, saying which.
+    /// Bundles verified before the control thread takes one replace each other: only
+    /// the newest waits, the replaced ones go back to the uplink thread to drop.
+    #[test]
+    fn only_the_newest_verified_bundle_waits_for_the_next_episode() {
+        let slot = SwapSlot::default();
+        let control = slot.clone();
+        assert!(control.take().is_none());
+        assert!(slot.offer(("0000100".into(), Brain::Hold)).is_none());
+        let (older, _) = slot.offer(("0000200".into(), Brain::Hold)).unwrap();
+        assert_eq!(older, "0000100");
+        let (older, _) = slot.offer(("0000300".into(), Brain::Hold)).unwrap();
+        assert_eq!(older, "0000200");
+        assert_eq!(control.take().unwrap().0, "0000300");
+        assert!(control.take().is_none());
+        // Never waits: while the slot is being filled, nothing yet.
+        let held = slot.0.lock().unwrap();
+        assert!(control.take().is_none());
+        drop(held);
+    }
+
     /// A swapped-in bundle's noise stream differs by name and by content: one offered
     /// under an earlier bundle's name drew that bundle's noise again.
     #[test]
