@@ -41,8 +41,8 @@
 //! Batch indices come from the run's own `batch_rng`. With `compute.normals = "host"`
 //! (the default) every Gaussian draw comes from these too, so a seed fixes a run on a
 //! given backend and a CPU and a GPU run draw the same noise. With `"device"` the Gaussian
-//! draws come from the backend's generator (seeded from `seed`, and the update count
-//! where a run continues from a checkpoint) and only the
+//! draws come from the backend's generator (seeded from `seed`, and where the run stands
+//! when it continues from a checkpoint: `run::RunState::continuation`) and only the
 //! integer draws (time steps, subsets) stay ours: no noise is generated on the host or
 //! uploaded, which matters on a GPU.
 //!
@@ -2410,7 +2410,8 @@ impl Selector<'_> {
 /// Evaluation acts on the episodes still running, so the number shrinks as episodes end:
 /// each new size would record a graph (three warm-up runs and the recording) and keep it,
 /// with its own copies of the networks' weights and its memory pool, for the rest of the
-/// run. Sizes past the first four act directly, with the same results.
+/// run. Sizes past those act directly, with the same results ([`admits_act_graph`]
+/// keeps the last slot for online acting's one observation).
 pub const MAX_ACT_GRAPHS: usize = 4;
 
 /// Whether acting on `k` observations runs as a recorded graph, given the sizes
@@ -2418,9 +2419,15 @@ pub const MAX_ACT_GRAPHS: usize = 4;
 /// observation, online acting's size: an evaluation before the first online step
 /// (`run.pretrain_critic` builds the buffers graphs need) took all four with its
 /// shrinking sizes, and online acting then ran directly for the whole run.
-fn admits_act_graph(mut held: impl ExactSizeIterator<Item = usize>, k: usize) -> bool {
+fn admits_act_graph(held: impl ExactSizeIterator<Item = usize>, k: usize) -> bool {
     let free = MAX_ACT_GRAPHS.saturating_sub(held.len());
-    held.any(|rows| rows == k) || free > 1 || (free == 1 && k == 1)
+    let (mut has_k, mut has_one) = (false, false);
+    for rows in held {
+        has_k |= rows == k;
+        has_one |= rows == 1;
+    }
+    // Once one observation has its graph, the kept slot is free for any size.
+    has_k || free > 1 || (free == 1 && (k == 1 || has_one))
 }
 
 /// The candidates' scores from the chosen critics' values `q` `[members, R]`: the
@@ -2519,6 +2526,8 @@ mod tests {
         assert!(!admits(&[50, 49, 48], 47));
         assert!(admits(&[50, 49, 48], 1) && admits(&[50, 49, 48], 49));
         assert!(!admits(&[50, 49, 48, 1], 47) && admits(&[50, 49, 48, 1], 1));
+        // One observation recorded early: the last slot goes to the next size.
+        assert!(admits(&[1, 50, 49], 48) && !admits(&[1, 50, 49, 48], 47));
     }
 
     /// A temperature pushed up without end stops at its bound and comes down once the
@@ -2541,6 +2550,10 @@ mod tests {
             top.is_finite() && top <= crate::nets::MAX_LOG_TEMPERATURE,
             "{top}"
         );
+        // The optimizer's state outlives the bound: its momentum still pushes up once,
+        // where a fresh state would step down at once.
+        temp = temperature_step(&mut opt, 1.0, temp, gap(-2.0));
+        assert_eq!(log_alpha(&temp), crate::nets::MAX_LOG_TEMPERATURE);
         for _ in 0..100 {
             temp = temperature_step(&mut opt, 1.0, temp, gap(-2.0));
         }

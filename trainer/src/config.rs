@@ -926,6 +926,14 @@ impl Config {
                 "{key} must be positive, not {value}"
             );
         }
+        let max_temperature = crate::nets::MAX_LOG_TEMPERATURE.exp();
+        ensure!(
+            e.init_temperature <= max_temperature,
+            "expo.init_temperature must be at most e^{} = {max_temperature:e} (the \
+             temperature's cap), not {}",
+            crate::nets::MAX_LOG_TEMPERATURE,
+            e.init_temperature
+        );
         ensure!(
             e.target_entropy_per_dim.is_finite(),
             "expo.target_entropy_per_dim must be finite, not {}",
@@ -1301,6 +1309,10 @@ mod tests {
             ("expo.edit_scale=-1", "expo.edit_scale"),
             ("expo.edit_scale=nan", "expo.edit_scale"),
             ("expo.init_temperature=0", "expo.init_temperature"),
+            (
+                "expo.init_temperature=1e20",
+                "expo.init_temperature must be at most e^30",
+            ),
             (
                 "expo.target_entropy_per_dim=-inf",
                 "expo.target_entropy_per_dim",

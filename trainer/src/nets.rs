@@ -1083,8 +1083,9 @@ impl Temperature {
 /// by about the learning rate each update; near `ln α` = 43 its gradient `α · gap`
 /// squared overflows f32, Adam's second moment turns infinite and every later step is
 /// zero: the temperature froze for good, even once the gap changed sign. At 30 the
-/// gradient stays below 1e19 for any gap under 1e6, while no run we measured came near
-/// (`ln α` ≈ 5.8 after 10^4 `cpu` updates).
+/// gradient stays below the 1.84e19 whose square overflows for any gap under 1.7e6,
+/// while no run we measured came near (`ln α` ≈ 5.8 after 10^4 `cpu` updates). The
+/// start, `expo.init_temperature`, is held to the same bound.
 pub const MAX_LOG_TEMPERATURE: f32 = 30.0;
 
 #[cfg(test)]

@@ -501,6 +501,8 @@ pub struct UpdateMetricsRow {
     pub metrics: UpdateMetrics,
     pub train_success_rate: f32,
     pub train_return: f32,
+    /// Critic updates per second over the window: acting, environment steps and
+    /// updates (its evaluations and checkpoints left out since 2026-12-06).
     pub updates_per_s: f32,
 }
 
@@ -972,6 +974,7 @@ pub fn train(
         if config.run.eval_every > 0 && done_steps % config.run.eval_every == 0
             || done_steps == total
         {
+            let paused = Instant::now();
             let e = evaluate(
                 &mut agent,
                 config.run.eval_episodes,
@@ -979,6 +982,8 @@ pub fn train(
             )?;
             append_eval(out, done_steps, &e)?;
             summary.evals.push((done_steps, e));
+            // The row's `updates_per_s` times training, not evaluations.
+            clock += paused.elapsed();
         }
         // Checkpoint at an episode boundary once enough steps have passed, after
         // logging and evaluation so that a resumed run continues from a clean slate.
@@ -996,7 +1001,9 @@ pub fn train(
                 agent.restore_metrics(window.clone());
                 state.metrics_window = Some(window);
             }
+            let paused = Instant::now();
             write_checkpoint(out, &agent, &online, &state)?;
+            clock += paused.elapsed();
             last_ckpt = done_steps;
             if opts.stop_after.is_some_and(|s| done_steps >= s) {
                 summary.env_steps = done_steps;

@@ -589,12 +589,6 @@ fn resume_refuses_a_different_config() {
     }
 }
 
-/// A run whose critic diverges (an absurd learning rate) stops at its first logged row
-/// with an error naming the metric, and leaves no checkpoint of the diverged networks
-/// (only the one taken after pretraining, before the first update online); such
-/// networks are not exported either. (That the checkpoint itself refuses non-finite
-/// networks is `run::tests::
-/// a_checkpoint_of_non_finite_networks_is_refused_and_the_last_good_one_stays`.)
 /// Errors on a run's own files name the file: a `config.toml` that could not be
 /// written said only "Is a directory (os error 21)", and a checkpoint whose saved
 /// configuration this trainer cannot read "checkpoint config: …", naming no file.
@@ -638,6 +632,12 @@ fn a_run_names_the_file_it_cannot_write_or_read() {
     );
 }
 
+/// A run whose critic diverges (an absurd learning rate) stops at its first logged row
+/// with an error naming the metric, and leaves no checkpoint of the diverged networks
+/// (only the one taken after pretraining, before the first update online); such
+/// networks are not exported either. (That the checkpoint itself refuses non-finite
+/// networks is `run::tests::
+/// a_checkpoint_of_non_finite_networks_is_refused_and_the_last_good_one_stays`.)
 #[test]
 fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1677,13 +1677,13 @@ impl Control {
         before[..self.ad].copy_from_slice(&self.gate.last()[..self.ad]);
         if !self.torque_off {
             let _ = self.gate.send_hold();
+            // To the end of the write: the tick's own `now` is taken before it (a fault
+            // found in this tick's checks read 0 µs).
+            let written = Instant::now().saturating_duration_since(self.start);
             for i in std::mem::take(&mut self.hold_pending) {
                 let f = &mut self.report.faults[i];
                 f.hold_tick = Some(self.tick);
-                f.hold_latency_us = Some(
-                    (now.saturating_duration_since(self.start).as_secs_f64() - f.at_s).max(0.0)
-                        * 1e6,
-                );
+                f.hold_latency_us = Some((written.as_secs_f64() - f.at_s).max(0.0) * 1e6);
             }
         }
         let left = left.saturating_sub(1);
@@ -2471,6 +2471,28 @@ mod tests {
             c.phase
         );
         assert_eq!(c.stopping(), None);
+    }
+
+    /// A fault's hold latency runs to the end of the hold command's write: a fault found
+    /// in a tick's checks and held in that tick read 0 µs (both ends were the tick's own
+    /// timestamp, taken before the write).
+    #[test]
+    fn the_hold_latency_includes_writing_the_hold() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.cfg.max_faults = 5;
+        let now = Instant::now();
+        c.tick += 1;
+        c.fault(
+            now,
+            FaultKind::StaleSensor,
+            "stale".into(),
+            Some(After::Idle),
+        );
+        c.step_phase(now);
+        let f = &c.report.faults[0];
+        assert_eq!(f.hold_tick, Some(c.tick), "{f:?}");
+        assert!(f.hold_latency_us.unwrap() > 0.0, "{f:?}");
     }
 
     /// A torque-off belongs to the faults of the safe stop that sent it: a link loss whose

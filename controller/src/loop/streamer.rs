@@ -591,11 +591,19 @@ fn verify(
 }
 
 /// The options of the bundle offered as `name`: its own random stream, named by the
-/// offered name and the denoiser's hash together. By the name alone, a trainer started
+/// offered name and its graphs' hashes together. By the name alone, a trainer started
 /// again into another `--out` (which numbers its bundles from the start again) offered
 /// a new bundle under an old name, and the robot replayed that swap's noise.
 fn swap_options(options: &PolicyOptions, name: &str, manifest: &Manifest) -> PolicyOptions {
-    let stream = format!("{name} {}", manifest.graphs.denoiser.sha256);
+    let g = &manifest.graphs;
+    let mut stream = name.to_string();
+    for graph in [Some(&g.denoiser), g.edit.as_ref(), g.critic.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        stream.push(' ');
+        stream.push_str(&graph.sha256);
+    }
     crate::runtime::swapped_in_options(options, &stream)
 }
 
@@ -801,8 +809,6 @@ mod tests {
         );
     }
 
-    /// A bundle from the trainer for another task, or with other observation names,
-    /// than the running one is refused before it is built, saying which.
     /// Bundles verified before the control thread takes one replace each other: only
     /// the newest waits, the replaced ones go back to the uplink thread to drop.
     #[test]
@@ -841,8 +847,14 @@ mod tests {
         assert_ne!(seed("0000100", &a), seed("0000200", &a));
         assert_ne!(seed("0000100", &a), run.seed);
         assert_eq!(seed("0000100", &a), seed("0000100", &a.clone()));
+        // Another critic beside the same denoiser is another bundle too.
+        let mut other_critic = a.clone();
+        other_critic.graphs.critic = b.graphs.critic.clone();
+        assert_ne!(seed("0000100", &a), seed("0000100", &other_critic));
     }
 
+    /// A bundle from the trainer for another task, or with other observation names,
+    /// than the running one is refused before it is built, saying which.
     #[test]
     fn a_new_bundle_must_be_for_the_running_bundles_task_and_observations() {
         let tmp = tempfile::tempdir().unwrap();
