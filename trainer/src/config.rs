@@ -727,6 +727,14 @@ impl Config {
             self.task != Task::Robot || self.run.dataset.is_some(),
             ROBOT_NEEDS_A_DATASET
         );
+        // An empty path (`--set run.dataset=$UNSET`) read the current directory.
+        anyhow::ensure!(
+            self.run
+                .dataset
+                .as_deref()
+                .is_none_or(|d| !d.trim().is_empty()),
+            "run.dataset is empty: name a LeRobot v3 dataset directory, or leave the key out"
+        );
         anyhow::ensure!(
             (1..=256).contains(&self.compute.threads),
             "compute.threads must be between 1 and 256, not {}",
@@ -1309,6 +1317,7 @@ mod tests {
             ("expo.edit_scale=-1", "expo.edit_scale"),
             ("expo.edit_scale=nan", "expo.edit_scale"),
             ("expo.init_temperature=0", "expo.init_temperature"),
+            ("run.dataset=", "run.dataset is empty"),
             (
                 "expo.init_temperature=1e20",
                 "expo.init_temperature must be at most e^30",

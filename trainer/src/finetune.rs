@@ -29,8 +29,8 @@ use crate::agent::Agent;
 use crate::agent::StepBatch;
 use crate::replay::{Chunker, Replay, draw_mixed};
 use crate::run::{
-    EvalResult, Progress, RunState, UPDATES_HEADER, checkpoint_dir, ensure_no_run_in, evaluate,
-    load_run, log_updates_row, offline_data, truncate_csv, write_checkpoint, write_header,
+    EvalResult, Progress, RunState, UPDATES_HEADER, ensure_no_run_in, evaluate, load_run,
+    log_updates_row, offline_data, truncate_csv, write_checkpoint, write_header,
 };
 
 /// One `finetune` invocation.
@@ -312,7 +312,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     {
         bail!("--out must differ from --from (the source run stays as it was)");
     }
-    let resumed = o.resume && checkpoint_dir(&o.out).is_some();
+    let resumed = o.resume && crate::run::checkpoint_to_resume(&o.out)?.is_some();
     if resumed {
         // Only a finetune run is continued: a train or pretrain run's checkpoint would
         // otherwise be trained on and overwritten.

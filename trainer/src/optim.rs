@@ -650,6 +650,28 @@ impl FusedAdam {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         let (m1, m2) = floats.split_at(n);
+        // A damaged file of the right size: its moments made every parameter NaN at the
+        // first step, and the divergence check then blamed the learning rates.
+        ensure!(
+            time <= i32::MAX as usize,
+            "{}: step count {time} is beyond any run's (damaged?)",
+            path.display()
+        );
+        let bad = |v: &[f32], ok: fn(f32) -> bool| v.iter().position(|&x| !ok(x));
+        if let Some(i) = bad(m1, f32::is_finite) {
+            bail!(
+                "{}: first moment {i} is {} (not finite: damaged?)",
+                path.display(),
+                m1[i]
+            );
+        }
+        if let Some(i) = bad(m2, |x| x.is_finite() && x >= 0.0) {
+            bail!(
+                "{}: second moment {i} is {} (not finite and non-negative: damaged?)",
+                path.display(),
+                m2[i]
+            );
+        }
         let padded = layout.len();
         let tensor =
             |v: &[f32]| Tensor::<1>::from_data(TensorData::new(layout.pad(v), [padded]), device);

@@ -699,7 +699,11 @@ pub fn train(
         ensure_no_run_in(out)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let ckpt_dir = checkpoint_dir(out);
+    let ckpt_dir = if opts.resume {
+        checkpoint_to_resume(out)?
+    } else {
+        checkpoint_dir(out)
+    };
     let resumed = opts.resume && ckpt_dir.is_some();
     if opts.resume && !resumed {
         eprintln!(
@@ -764,7 +768,12 @@ pub fn train(
             &offline_mark,
             "or start a new run",
         )?;
+        // As every other load of a checkpoint (`load_checkpoint_once`): an empty
+        // normalizer panicked at the first action, non-finite weights trained on until
+        // the divergence check blamed the learning rates.
+        check_normalizer(&state, od, &dir.join("state.json"))?;
         agent.load(&dir)?;
+        check_loaded_networks(&agent, &dir)?;
         seed_device_normals(config, &backend, state.continuation());
         agent.normalizer = state.normalizer;
         agent.train_rng = Rng::from_state(state.train_rng);
@@ -1248,6 +1257,20 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
             (task.spec().obs_dim(), task.spec().action_dim())
         }
     };
+    check_normalizer(&state, od, &state_path)?;
+    let device = device(&config)?;
+    seed_device_normals(&config, &device, state.continuation());
+    let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
+    agent.robot = state.robot.clone();
+    // The bundle's provenance reports it, and the denoiser's learning-rate decay uses it.
+    agent.denoiser_updates = state.denoiser_updates;
+    agent.load(&dir)?;
+    check_loaded_networks(&agent, &dir)?;
+    Ok((agent, state, dir))
+}
+
+/// A checkpoint's observation normalizer fits `od` observations and can divide.
+fn check_normalizer(state: &RunState, od: usize, state_path: &Path) -> Result<()> {
     let n = &state.normalizer;
     ensure!(
         n.mean.len() == od
@@ -1260,21 +1283,19 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
         n.mean.len(),
         n.std.len()
     );
-    let device = device(&config)?;
-    seed_device_normals(&config, &device, state.continuation());
-    let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
-    agent.robot = state.robot.clone();
-    // The bundle's provenance reports it, and the denoiser's learning-rate decay uses it.
-    agent.denoiser_updates = state.denoiser_updates;
-    agent.load(&dir)?;
-    // Nothing can act or train from these; the export would refuse them too.
+    Ok(())
+}
+
+/// Networks loaded from checkpoint `dir` are finite: nothing can act or train from
+/// others, and the export would refuse them too.
+fn check_loaded_networks(agent: &Agent, dir: &Path) -> Result<()> {
     if let Some(what) = agent.first_non_finite() {
         bail!(
             "{}: the checkpoint holds {what} (training diverged, or the files are damaged)",
             dir.display()
         );
     }
-    Ok((agent, state, dir))
+    Ok(())
 }
 
 /// Slots of a run's online replay buffer (the oldest transitions are overwritten after
@@ -1556,6 +1577,30 @@ pub(crate) fn checkpoint_dir(out: &Path) -> Option<PathBuf> {
     [out.join("checkpoint"), out.join("checkpoint.old")]
         .into_iter()
         .find(|d| d.join("state.json").is_file())
+}
+
+/// The checkpoint a `--resume` continues: [`checkpoint_dir`], `None` where the run
+/// never wrote one, and an error where `checkpoint/` (or `checkpoint.old/`) is there
+/// but holds no readable `state.json`. Such a run was taken for one without a
+/// checkpoint: the resume started over, cut its logs and replaced the damaged
+/// checkpoint, networks and replay included.
+pub(crate) fn checkpoint_to_resume(out: &Path) -> Result<Option<PathBuf>> {
+    if let Some(dir) = checkpoint_dir(out) {
+        return Ok(Some(dir));
+    }
+    for dir in [out.join("checkpoint"), out.join("checkpoint.old")] {
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            bail!(
+                "{}: holds no complete checkpoint ({} is missing or not a file), so \
+                 --resume has nothing to continue from; nothing was changed (restore it, or \
+                 move {} aside to start the run over)",
+                dir.display(),
+                dir.join("state.json").display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) fn write_checkpoint(

@@ -316,6 +316,16 @@ fn fused_state_saves_loads_across_packings_and_names_bad_files() {
     assert!(load(None).contains("network this run does not have"));
     let layout = FlatLayout::of(&a, Packing::Concatenated);
     let bytes = std::fs::read(&path).unwrap();
+    // Of the right size, garbage inside: a NaN moment (all ones) is named; it loaded,
+    // and the first step made every parameter NaN.
+    let mut garbage = bytes.clone();
+    garbage[24..].fill(0xff);
+    std::fs::write(&path, &garbage).unwrap();
+    let err = load(Some(layout.clone()));
+    assert!(
+        err.contains("opt.adam: first moment 0 is NaN (not finite"),
+        "{err}"
+    );
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
     let err = load(Some(layout.clone()));
     assert!(

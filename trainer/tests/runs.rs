@@ -690,6 +690,62 @@ fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
         e.contains("the checkpoint holds temperature: a parameter of shape [1] is NaN"),
         "{e}"
     );
+    // Nor continued by `train --resume` (it trained on, and the divergence check then
+    // blamed the learning rates).
+    c.run.online_steps = 40;
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let e = format!("{:#}", train(&c, &healthy, &resume, &mut ()).unwrap_err());
+    assert!(
+        e.contains("the checkpoint holds temperature: a parameter of shape [1] is NaN"),
+        "{e}"
+    );
+}
+
+/// `--resume` refuses a damaged checkpoint by name and changes nothing: a `checkpoint/`
+/// without its `state.json` was taken for a run without a checkpoint, and the resume
+/// started over (its logs cut, the old checkpoint replaced, networks and replay
+/// included). An empty normalizer is refused as every other load of a checkpoint
+/// refuses it (`train --resume` panicked at the first action).
+#[test]
+fn resume_refuses_a_damaged_checkpoint_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tiny("expo");
+    let run = tmp.path().join("run");
+    let opts = TrainOptions {
+        log_every: 10,
+        checkpoint_every: 30,
+        stop_after: Some(30),
+        ..Default::default()
+    };
+    train(&c, &run, &opts, &mut ()).unwrap();
+    let resume = TrainOptions {
+        resume: true,
+        ..opts
+    };
+    let state = run.join("checkpoint/state.json");
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    let e = format!("{:#}", train(&c, &run, &resume, &mut ()).unwrap_err());
+    assert!(e.contains("holds no complete checkpoint"), "{e}");
+    assert!(run.join("checkpoint/online.bin").exists());
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.csv")).unwrap(),
+        metrics
+    );
+
+    let mut json: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    json["normalizer"]["mean"] = serde_json::json!([]);
+    json["normalizer"]["std"] = serde_json::json!([]);
+    std::fs::write(&state, json.to_string()).unwrap();
+    let e = format!("{:#}", train(&c, &run, &resume, &mut ()).unwrap_err());
+    assert!(
+        e.contains("state.json: the observation normalizer must hold"),
+        "{e}"
+    );
 }
 
 /// Counts that must not be 0 are refused by the command line (a 0-step bench printed NaN

@@ -146,6 +146,9 @@ pub struct Key([u8; KEY_LEN]);
 /// bundle signing key, which is also 64 hex digits (and whose files start `# EXPO
 /// bundle`: `shared_model::manifest` refuses this header in its place, and this crate
 /// refuses that one here).
+/// The largest key file read: the header, 64 hex digits and room for comments.
+const MAX_KEY_FILE: u64 = 4096;
+
 pub const KEY_FILE_HEADER: &str =
     "# EXPO uplink key (shared secret of a robot and its trainer): keep it private";
 
@@ -199,7 +202,22 @@ impl Key {
             path: path.to_path_buf(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        // A regular file of a key's size at most: a FIFO blocked the read for good, and
+        // `/dev/zero` filled the memory.
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(err("not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| std::io::Read::read_to_end(&mut f.take(MAX_KEY_FILE + 1), &mut bytes))
+            .map_err(|e| err(e.to_string()))?;
+        if bytes.len() as u64 > MAX_KEY_FILE {
+            return Err(err(format!(
+                "more than the {MAX_KEY_FILE} bytes a key file may have"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
         let public_name = path.extension().is_some_and(|e| e == "pub");
         if text.contains("# EXPO bundle") || (public_name && !text.contains(KEY_FILE_HEADER)) {
             return Err(err(
@@ -684,6 +702,30 @@ mod tests {
         std::fs::write(&path, format!("{}g{}", "a".repeat(40), "b".repeat(23))).unwrap();
         let e = Key::read(&path).unwrap_err().to_string();
         assert!(e.contains("found 'g' at character 41"), "{e}");
+        // Read capped, regular files only: a FIFO blocked the read for good, a huge
+        // file (`/dev/zero`) was read whole.
+        std::fs::write(&path, "#\n".repeat(3000)).unwrap();
+        let e = Key::read(&path).unwrap_err().to_string();
+        assert!(e.contains("more than the 4096 bytes"), "{e}");
+        #[cfg(unix)]
+        {
+            let fifo = dir.path().join("fifo.key");
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(Key::read(&fifo).err().map(|e| e.to_string()));
+            });
+            // (A guard, not a timing: the old read never returned.)
+            let e = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("reading a FIFO as a key blocked")
+                .expect("a FIFO taken for a key");
+            assert!(e.contains("not a regular file"), "{e}");
+        }
     }
 
     /// The uplink key and a bundle signing key are both 64 hex digits: each is refused
