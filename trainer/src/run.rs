@@ -1112,7 +1112,8 @@ pub fn checkpoint_dir_exists(run: &Path) -> bool {
 
 /// Environment steps of a run's latest checkpoint.
 pub fn checkpoint_env_step(run: &Path) -> Result<usize> {
-    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
+    let dir =
+        checkpoint_to_resume(run)?.with_context(|| format!("{}: no checkpoint", run.display()))?;
     let path = dir.join("state.json");
     let state: RunState = std::fs::read_to_string(&path)
         .map_err(anyhow::Error::from)
@@ -1215,7 +1216,8 @@ fn load_checkpoint(run: &Path, on: Option<&str>, replay: bool) -> Result<LoadedC
 }
 
 fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState, PathBuf)> {
-    let dir = checkpoint_dir(run).with_context(|| format!("{}: no checkpoint", run.display()))?;
+    let dir =
+        checkpoint_to_resume(run)?.with_context(|| format!("{}: no checkpoint", run.display()))?;
     let cfg_path = run.join("config.toml");
     let mut config: Config = toml::from_str(
         &std::fs::read_to_string(&cfg_path)
@@ -1536,6 +1538,9 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Refuses to start a new run where one already is: its checkpoint, metrics and
 /// evaluations would be overwritten. `--resume` continues it instead.
 pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
+    // A damaged checkpoint is named as such (the advice below, `--resume`, would be
+    // refused).
+    checkpoint_to_resume(out)?;
     let held: Vec<&str> = [
         "checkpoint/state.json",
         "checkpoint.old/state.json",

@@ -42,6 +42,21 @@ fn options(from: &Path, data: &Path, out: &Path) -> FinetuneOptions {
     }
 }
 
+/// The config and options of `train --resume` continuing a fine-tuned `tiny_run` online
+/// to 30 steps.
+fn continued_online() -> (Config, TrainOptions) {
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach.into();
+    c.run.online_steps = 30;
+    let resume = TrainOptions {
+        resume: true,
+        checkpoint_every: 0,
+        log_every: 10,
+        ..Default::default()
+    };
+    (c, resume)
+}
+
 /// `finetune.csv` without the timing column.
 fn losses(out: &Path) -> Vec<String> {
     std::fs::read_to_string(out.join("finetune.csv"))
@@ -118,15 +133,7 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     };
     trainer::export::export_bundle(&agent, &tmp.path().join("bundle"), &info, None).unwrap();
     // And `train --resume` continues it online (it has no metrics.csv or eval.csv yet).
-    let mut c = Config::tiny();
-    c.task = TaskId::ArmReach.into();
-    c.run.online_steps = 30;
-    let resume = TrainOptions {
-        resume: true,
-        checkpoint_every: 0,
-        log_every: 10,
-        ..Default::default()
-    };
+    let (mut c, resume) = continued_online();
     let s = train(&c, &straight, &resume, &mut ()).unwrap();
     assert_eq!(s.env_steps, 30);
     let metrics = std::fs::read_to_string(straight.join("metrics.csv")).unwrap();
@@ -185,15 +192,7 @@ fn a_resume_between_log_rows_logs_the_same_rows() {
     };
     let before = window(&between);
     assert_eq!(before[1], 1, "{before}");
-    let mut c = Config::tiny();
-    c.task = TaskId::ArmReach.into();
-    c.run.online_steps = 30;
-    let resume = TrainOptions {
-        resume: true,
-        checkpoint_every: 0,
-        log_every: 10,
-        ..Default::default()
-    };
+    let (c, resume) = continued_online();
     train(&c, &between, &resume, &mut ()).unwrap();
     assert_eq!(window(&between), before);
 }

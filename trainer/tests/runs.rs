@@ -445,29 +445,34 @@ fn a_signal_ends_a_live_session_with_its_checkpoint_and_bundle() {
     );
 }
 
-#[test]
-fn resume_refuses_a_different_config() {
-    let tmp = tempfile::tempdir().unwrap();
-    let c = tiny("expo");
+/// Trains `c` into `run` until its first checkpoint past 30 steps, and returns the
+/// options that resume it.
+fn stopped_at_its_first_checkpoint(c: &Config, run: &Path) -> TrainOptions {
     let opts = TrainOptions {
         log_every: 10,
         checkpoint_every: 30,
         stop_after: Some(30),
         ..Default::default()
     };
-    train(&c, tmp.path(), &opts, &mut ()).unwrap();
+    train(c, run, &opts, &mut ()).unwrap();
+    TrainOptions {
+        resume: true,
+        ..opts
+    }
+}
+
+#[test]
+fn resume_refuses_a_different_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tiny("expo");
+    let resume = stopped_at_its_first_checkpoint(&c, tmp.path());
+    let opts = TrainOptions {
+        resume: false,
+        ..resume.clone()
+    };
     let mut other = c.clone();
     other.optim.critic_lr = 1e-3;
-    let err = train(
-        &other,
-        tmp.path(),
-        &TrainOptions {
-            resume: true,
-            ..opts
-        },
-        &mut (),
-    )
-    .unwrap_err();
+    let err = train(&other, tmp.path(), &resume, &mut ()).unwrap_err();
     // The setting is named, with both values.
     assert!(
         format!("{err:#}")
@@ -606,13 +611,7 @@ fn a_run_names_the_file_it_cannot_write_or_read() {
     assert!(e.contains(&format!("writing {}", path.display())), "{e}");
 
     let run = tmp.path().join("run");
-    let opts = TrainOptions {
-        log_every: 10,
-        checkpoint_every: 30,
-        stop_after: Some(30),
-        ..Default::default()
-    };
-    train(&c, &run, &opts, &mut ()).unwrap();
+    let resume = stopped_at_its_first_checkpoint(&c, &run);
     // A checkpoint from a newer trainer, with a setting this one does not know.
     let state = run.join("checkpoint/state.json");
     let mut json: serde_json::Value =
@@ -620,10 +619,6 @@ fn a_run_names_the_file_it_cannot_write_or_read() {
     let saved = json["config_toml"].as_str().unwrap().to_string();
     json["config_toml"] = format!("newer_setting = 1\n{saved}").into();
     std::fs::write(&state, json.to_string()).unwrap();
-    let resume = TrainOptions {
-        resume: true,
-        ..opts
-    };
     let e = format!("{:#}", train(&c, &run, &resume, &mut ()).unwrap_err());
     assert!(
         e.contains(&format!("{}: its saved configuration", state.display()))
@@ -714,22 +709,19 @@ fn resume_refuses_a_damaged_checkpoint_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let c = tiny("expo");
     let run = tmp.path().join("run");
-    let opts = TrainOptions {
-        log_every: 10,
-        checkpoint_every: 30,
-        stop_after: Some(30),
-        ..Default::default()
-    };
-    train(&c, &run, &opts, &mut ()).unwrap();
-    let resume = TrainOptions {
-        resume: true,
-        ..opts
-    };
+    let resume = stopped_at_its_first_checkpoint(&c, &run);
     let state = run.join("checkpoint/state.json");
     let saved = std::fs::read_to_string(&state).unwrap();
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     std::fs::remove_file(&state).unwrap();
     let e = format!("{:#}", train(&c, &run, &resume, &mut ()).unwrap_err());
+    assert!(e.contains("holds no complete checkpoint"), "{e}");
+    // A new run there, and the commands that read a checkpoint, say the same (they
+    // advised `--resume`, and said "no checkpoint").
+    let fresh = TrainOptions::default();
+    let e = format!("{:#}", train(&c, &run, &fresh, &mut ()).unwrap_err());
+    assert!(e.contains("holds no complete checkpoint"), "{e}");
+    let e = format!("{:#}", trainer::run::load_agent(&run).err().unwrap());
     assert!(e.contains("holds no complete checkpoint"), "{e}");
     assert!(run.join("checkpoint/online.bin").exists());
     assert_eq!(

@@ -146,11 +146,11 @@ pub struct Key([u8; KEY_LEN]);
 /// bundle signing key, which is also 64 hex digits (and whose files start `# EXPO
 /// bundle`: `shared_model::manifest` refuses this header in its place, and this crate
 /// refuses that one here).
-/// The largest key file read: the header, 64 hex digits and room for comments.
-const MAX_KEY_FILE: u64 = 4096;
-
 pub const KEY_FILE_HEADER: &str =
     "# EXPO uplink key (shared secret of a robot and its trainer): keep it private";
+
+/// The largest key file read: the header, 64 hex digits and room for comments.
+const MAX_KEY_FILE: u64 = 4096;
 
 /// Never prints the secret.
 impl std::fmt::Debug for Key {
