@@ -699,11 +699,8 @@ pub fn train(
         ensure_no_run_in(out)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let ckpt_dir = if opts.resume {
-        checkpoint_to_resume(out)?
-    } else {
-        checkpoint_dir(out)
-    };
+    // (Without --resume, `ensure_no_run_in` has refused any checkpoint, damaged or not.)
+    let ckpt_dir = checkpoint_to_resume(out)?;
     let resumed = opts.resume && ckpt_dir.is_some();
     if opts.resume && !resumed {
         eprintln!(

@@ -1516,10 +1516,7 @@ fn control_thread(
     realtime::defer_panic_messages();
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
     if let Err(p) = first {
-        for m in realtime::take_deferred_panics() {
-            c.say(m);
-        }
-        let msg = realtime::panic_message(p.as_ref());
+        let msg = said_panic(&c, p);
         c.fatal = Some(format!("the control thread panicked: {msg}"));
         let now = Instant::now();
         c.phase = if c.phase == control::Phase::Done {
@@ -1550,10 +1547,7 @@ fn control_thread(
     // blank one, without its faults, episodes or the panic's message).
     let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.flush_log_blocking()));
     if let Err(p) = flushed {
-        for m in realtime::take_deferred_panics() {
-            c.say(m);
-        }
-        let msg = realtime::panic_message(p.as_ref());
+        let msg = said_panic(&c, p);
         c.fatal.get_or_insert_with(|| {
             format!("the control thread panicked handing its last records to the log: {msg}")
         });
@@ -1571,6 +1565,15 @@ fn control_thread(
         c.stopping().unwrap_or(Outcome::Completed)
     };
     (report, c.teleop.take())
+}
+
+/// A caught panic of the control thread: its deferred messages go to the console
+/// thread; returns its own message.
+fn said_panic(c: &control::Control, p: Box<dyn std::any::Any + Send>) -> String {
+    for m in realtime::take_deferred_panics() {
+        c.say(m);
+    }
+    realtime::panic_message(p.as_ref())
 }
 
 #[cfg(test)]
