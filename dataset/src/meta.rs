@@ -243,6 +243,17 @@ pub(crate) fn list_episode_files(dir: &Path) -> Result<Vec<PathBuf>, DatasetErro
 
 /// Entries of `dir` whose names start with `prefix` and end with `suffix`, sorted.
 /// A missing directory yields an empty list.
+/// Every `data/*/*.parquet` under `dir`, sorted: what LeRobot's loader reads (any folder
+/// under `data/`, not only `chunk-NNN`), so what validation reports as unreferenced and
+/// what an append sets aside.
+pub(crate) fn data_files_on_disk(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let mut files = Vec::new();
+    for folder in sorted_entries(&dir.join("data"), "", "")? {
+        files.extend(sorted_entries(&folder, "", ".parquet")?);
+    }
+    Ok(files)
+}
+
 pub(crate) fn sorted_entries(
     dir: &Path,
     prefix: &str,

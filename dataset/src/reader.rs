@@ -40,7 +40,7 @@ pub const MAX_VECTOR_DIM: usize = 1 << 16;
 
 /// Check the features of info.json: required keys, dtypes, scalar shapes.
 /// Returns (obs_dim, act_dim).
-fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usize), DatasetError> {
+pub(crate) fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usize), DatasetError> {
     // Data files live inside the dataset: a template that climbs out of it (`..`) or is
     // absolute would have readers read, and an appending writer create, files elsewhere.
     let template = Path::new(&json.data_path);
@@ -708,14 +708,10 @@ pub fn validate_dataset(dir: &Path) -> Result<ValidationReport, DatasetError> {
     }
 
     let referenced: HashSet<&PathBuf> = loaded.data_files.iter().collect();
-    let mut unreferenced = BTreeSet::new();
-    for chunk in meta::sorted_entries(&dir.join("data"), "chunk-", "")? {
-        for file in meta::sorted_entries(&chunk, "", ".parquet")? {
-            if !referenced.contains(&file) {
-                unreferenced.insert(file);
-            }
-        }
-    }
+    let unreferenced: BTreeSet<PathBuf> = meta::data_files_on_disk(dir)?
+        .into_iter()
+        .filter(|file| !referenced.contains(file))
+        .collect();
     let ds = &loaded.dataset;
     Ok(ValidationReport {
         episodes: ds.episodes.len(),

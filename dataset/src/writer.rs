@@ -97,40 +97,55 @@ fn set_aside_unreferenced(
 ) -> Result<Vec<(PathBuf, PathBuf)>, DatasetError> {
     let referenced: std::collections::HashSet<&PathBuf> = referenced.iter().collect();
     let mut moved = Vec::new();
-    for chunk in meta::sorted_entries(&dir.join("data"), "", "")? {
-        if !chunk.is_dir() {
+    for file in meta::data_files_on_disk(dir)? {
+        if referenced.contains(&file) {
             continue;
         }
-        for file in meta::sorted_entries(&chunk, "", ".parquet")? {
-            if referenced.contains(&file) {
-                continue;
-            }
-            let (Some(chunk_name), Some(stem)) = (chunk.file_name(), file.file_stem()) else {
-                continue;
-            };
-            let folder = dir.join(UNREFERENCED_DIR).join(chunk_name);
-            fs::create_dir_all(&folder).map_err(|e| {
-                DatasetError::io(&folder, "creating a folder for set-aside files", e)
-            })?;
-            let stem = stem.to_string_lossy();
-            let mut to = folder.join(format!("{stem}.parquet"));
-            let mut n = 1;
-            while fs::symlink_metadata(&to).is_ok() {
-                to = folder.join(format!("{stem}.{n}.parquet"));
-                n += 1;
-            }
-            fs::rename(&file, &to).map_err(|e| {
-                DatasetError::io(&file, "setting aside a data file no episode references", e)
-            })?;
-            // The new name, and the folders created for it, survive a power cut.
-            let aside = dir.join(UNREFERENCED_DIR);
-            for d in [&folder, &aside, dir, &chunk] {
-                crate::sync_dir(d).map_err(|e| DatasetError::io(d, "syncing", e))?;
-            }
-            moved.push((file, to));
+        let chunk = file.parent().expect("under data/").to_path_buf();
+        let (Some(chunk_name), Some(stem)) = (chunk.file_name(), file.file_stem()) else {
+            continue;
+        };
+        let folder = dir.join(UNREFERENCED_DIR).join(chunk_name);
+        fs::create_dir_all(&folder)
+            .map_err(|e| DatasetError::io(&folder, "creating a folder for set-aside files", e))?;
+        let stem = stem.to_string_lossy();
+        let mut to = folder.join(format!("{stem}.parquet"));
+        let mut n = 1;
+        while fs::symlink_metadata(&to).is_ok() {
+            to = folder.join(format!("{stem}.{n}.parquet"));
+            n += 1;
         }
+        fs::rename(&file, &to).map_err(|e| {
+            DatasetError::io(&file, "setting aside a data file no episode references", e)
+        })?;
+        // The new name, and the folders created for it, survive a power cut.
+        let aside = dir.join(UNREFERENCED_DIR);
+        for d in [&folder, &aside, dir, &chunk] {
+            crate::sync_dir(d).map_err(|e| DatasetError::io(d, "syncing", e))?;
+        }
+        moved.push((file, to));
     }
     Ok(moved)
+}
+
+/// Creates `dir` and its missing ancestors, syncing the parent of each one created:
+/// `finish` syncs what is inside the dataset, and without the new directory's own entry
+/// a power cut could lose the whole new dataset on a filesystem that does not order
+/// metadata.
+fn create_dir_durably(dir: &Path) -> Result<(), DatasetError> {
+    let created: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    fs::create_dir_all(dir).map_err(|e| DatasetError::io(dir, "creating directory", e))?;
+    for d in created {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        crate::sync_dir(parent).map_err(|e| DatasetError::io(parent, "syncing", e))?;
+    }
+    Ok(())
 }
 
 /// Writes episodes into a LeRobot v3 dataset directory.
@@ -217,6 +232,9 @@ pub fn recorded_as(dir: &Path) -> Result<Option<Recorded>, DatasetError> {
         return Ok(None);
     }
     let json = meta::InfoJson::read(dir)?;
+    // As a reader checks them: the names below are built from the shapes (a damaged
+    // `[4000000000]` aborted the recorder on an allocation before any named error).
+    crate::reader::check_features(&json, &meta::info_path(dir))?;
     Ok(Some(Recorded {
         info: json.dataset_info(String::new()),
         lacks_outcome_columns: outcome_columns_lacking(&json),
@@ -383,8 +401,7 @@ impl DatasetWriter {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(dir)
-                    .map_err(|e| DatasetError::io(dir, "creating directory", e))?;
+                create_dir_durably(dir)?;
             }
             Err(e) => return Err(DatasetError::io(dir, "opening dataset directory", e)),
         }

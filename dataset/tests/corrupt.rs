@@ -144,6 +144,10 @@ fn absurd_vector_shape_in_info_json() {
         &dir,
         &["info.json", "observation.state", "[4000000000]", "65536"],
     );
+    // The recorder's check before a run (`recorded_as`, info.json alone) names it too:
+    // it built a name for each of the four billion values and aborted.
+    let e = dataset::recorded_as(&dir).err().unwrap().to_string();
+    assert!(e.contains("info.json") && e.contains("65536"), "{e}");
 }
 
 /// A `data_path` template that leaves the dataset (`..`, absolute) is refused: a reader

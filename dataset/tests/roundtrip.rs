@@ -144,6 +144,17 @@ fn unfinished_writer_leaves_dataset_readable() {
         report.unreferenced_data_files,
         vec![dir.join("data/chunk-000/file-001.parquet")]
     );
+    // Any folder under data/ is read by LeRobot (and set aside by an append), not only
+    // `chunk-NNN`: a copy in `data/backup/` is reported too (validation missed it).
+    let backup = dir.join("data/backup/file-000.parquet");
+    std::fs::create_dir_all(backup.parent().unwrap()).unwrap();
+    std::fs::copy(dir.join("data/chunk-000/file-000.parquet"), &backup).unwrap();
+    assert_eq!(
+        validate_dataset(dir).unwrap().unreferenced_data_files,
+        vec![backup.clone(), dir.join("data/chunk-000/file-001.parquet")]
+    );
+    std::fs::remove_file(&backup).unwrap();
+    std::fs::remove_dir(backup.parent().unwrap()).unwrap();
     // LeRobot reads every data file: it cannot open the unfinished one.
     assert!(lerobot_frames(dir).is_err());
     // The next append sets the orphan aside (LeRobot reads every file under data/) and

@@ -648,6 +648,26 @@ impl RobotConfig {
                     )
                 })?;
             }
+            // Each action must reach the robot as a command of its own: an offset that
+            // dwarfs the scale (1e8 against 1) rounds every action in [-1, 1] to one f32
+            // command, and the firmware's allowance for that rounding (the round trip's
+            // error, added to its limits) grows past the envelope's steps, or to NaN
+            // where |offset| + |scale| overflows.
+            let error = act.round_trip_error(i);
+            let allowed = s.max_delta_per_tick[i] / 10.0;
+            check(
+                error.is_finite() && error <= allowed,
+                &format!("action.offset[{i}]"),
+                || {
+                    format!(
+                        "{:e} against action.scale[{i}] = {:e} leaves commands a rounding of \
+                         {error:e} policy units, more than a tenth of \
+                         safety.max_delta_per_tick[{i}] ({allowed:e}): every action would \
+                         round to a few commands",
+                        act.offset[i], act.scale[i]
+                    )
+                },
+            )?;
         }
         // The newest frame can be almost a period old at a tick before the next one is
         // due: a limit of one period would fault on a healthy link.

@@ -447,7 +447,9 @@ pub enum FaultCode {
     /// "Stops").
     Estop,
     /// No valid command for longer than the configured command timeout; the firmware
-    /// holds position until commands resume.
+    /// holds until a valid command within `max_delta_per_tick` of the hold action
+    /// arrives (a farther one, e.g. a stale queued command, gets this fault again; see
+    /// the module's "Stops").
     Watchdog,
     Overcurrent,
     /// A command with the wrong number of values or a non-finite value; the firmware

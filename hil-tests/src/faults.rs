@@ -55,6 +55,7 @@
 //! | `schema` | u32 (`0x` hex ok) | the firmware's `Hello` carries this schema hash |
 //! | `nan` | p per sensor frame | one observation value is sent as NaN |
 //! | `lose_cmd` | p per command | a command received during an episode is lost (never reaches the firmware's logic); in lockstep the firmware then waits for the next one |
+//! | `lose_estop` | count | the first this many `Estop` frames received are lost (never reach the firmware's logic: a stop damaged on the line) |
 //!
 //! Example: `seed=3,after=4,flip=0.001,dup=0.01,stall_after=40:500`.
 
@@ -92,6 +93,8 @@ pub struct FaultSpec {
     pub nan_sensor: f32,
     /// Probability that a command received during an episode is lost.
     pub lose_command: f32,
+    /// How many of the first `Estop` frames received are lost.
+    pub lose_estops: u32,
 }
 
 /// When the robot's stop button is pressed (`estop_at`).
@@ -168,6 +171,10 @@ impl FromStr for FaultSpec {
                 "reorder" => spec.reorder = prob(value)?,
                 "nan" => spec.nan_sensor = prob(value)?,
                 "lose_cmd" => spec.lose_command = prob(value)?,
+                "lose_estop" => {
+                    spec.lose_estops =
+                        u32::try_from(int(value)?).map_err(|_| err("count too large"))?
+                }
                 "stall" => {
                     let (p, d) = pair(value)?;
                     spec.stall = Some((prob(&p)?, d));
@@ -231,7 +238,7 @@ impl FromStr for FaultSpec {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
                          dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, bad_step_at, short_obs_at, version, schema, \
-                         nan, lose_cmd",
+                         nan, lose_cmd, lose_estop",
                     ));
                 }
             }
@@ -278,6 +285,7 @@ pub struct FaultStats {
     pub version_rewrites: u64,
     pub nan_sensors: u64,
     pub lost_commands: u64,
+    pub lost_estops: u64,
 }
 
 /// Applies a [`FaultSpec`], reproducibly.
@@ -440,6 +448,15 @@ impl FaultInjector {
     pub fn lose_command(&mut self) -> bool {
         let lost = self.incoming.chance(self.spec.lose_command);
         self.stats.lost_commands += u64::from(lost);
+        lost
+    }
+
+    /// Whether the `Estop` received now is lost on the way (`lose_estop`: the first
+    /// that many are).
+    pub fn lose_estop(&mut self) -> bool {
+        let lost = self.spec.lose_estops > 0;
+        self.spec.lose_estops = self.spec.lose_estops.saturating_sub(1);
+        self.stats.lost_estops += u64::from(lost);
         lost
     }
 
@@ -609,10 +626,11 @@ mod tests {
             "seed=0x10, after=4,drop=0.5,flip=0.01,truncate=0.1,garbage=0.2,dup=0.3,\
                             reorder=0.4,echo=0.25:3,stall=0.05:200,stall_after=40:500,reboot_at=30,estop_at=7,watchdog_at=8,\
                             bad_step_at=9,version=2,\
-                            schema=0xdeadbeef,nan=1,lose_cmd=0.125"
+                            schema=0xdeadbeef,nan=1,lose_cmd=0.125,lose_estop=2"
                 .parse()
                 .unwrap();
         assert_eq!(s.seed, Some(16));
+        assert_eq!(s.lose_estops, 2);
         assert_eq!(s.after_frames, 4);
         assert_eq!(s.stall, Some((0.05, Duration::from_millis(200))));
         assert_eq!(s.echo, Some((0.25, 3)));

@@ -404,6 +404,10 @@ impl SimFirmware {
             self.lost_since_command += 1;
             return;
         }
+        if matches!(frame.message, Message::Estop) && self.faults.lose_estop() {
+            // Injected: a stop damaged on the line, dropped by the decoder.
+            return;
+        }
         if self.record {
             let is_command = matches!(frame.message, Message::Command { .. });
             self.received.push(Received {

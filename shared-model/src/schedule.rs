@@ -237,6 +237,31 @@ mod tests {
             (0..10).rev().collect::<Vec<_>>()
         );
         assert_eq!(full[9].sigma, 0.0);
+        // The full chain's steps are the samplers' own (trainer and controller run the
+        // plan, not `reverse`): with the true ε each gives the posterior mean of x_{t−1}
+        // (x_0 at t = 0), and its noise is √β_t before the last step. A wrong sign or
+        // coefficient here passed every test, both sides agreeing on the wrong chain.
+        let (x0, eps) = (0.3f64, -0.7f64);
+        for p in &full {
+            let t = p.t;
+            let (a, b) = s.noising(t);
+            let xt = a as f64 * x0 + b as f64 * eps;
+            let mean = p.x_coef as f64 * xt + p.eps_coef as f64 * eps;
+            let expected = if t == 0 {
+                x0
+            } else {
+                let (beta, alpha) = (s.betas[t] as f64, s.alphas[t] as f64);
+                let (ab, ab_prev) = (s.alpha_bars[t] as f64, s.alpha_bars[t - 1] as f64);
+                ab_prev.sqrt() * beta / (1.0 - ab) * x0
+                    + alpha.sqrt() * (1.0 - ab_prev) / (1.0 - ab) * xt
+            };
+            assert!(
+                (mean - expected).abs() < 1e-5,
+                "t = {t}: {mean} vs {expected}"
+            );
+            let sigma = if t == 0 { 0.0 } else { s.betas[t].sqrt() };
+            assert_eq!(p.sigma, sigma, "t = {t}");
+        }
         let short = s.sampling_plan(3);
         assert_eq!(short.iter().map(|p| p.t).collect::<Vec<_>>(), [9, 5, 0]);
         // DDIM with the true noise recovers the clean action exactly from any start.

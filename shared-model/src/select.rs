@@ -84,6 +84,12 @@ fn on_the_fly_candidates<R: ExpoRunner>(
         params.num_edit,
         params.num_samples
     );
+    // Scored by no critic, every candidate is +∞ and the first always wins: the edits
+    // would run and be thrown away, silently.
+    assert!(
+        params.critic_subset > 0,
+        "on-the-fly policy needs at least one critic to score with (critic_subset 0)"
+    );
     let base = runner.sample_base(params.num_samples);
     let candidates = if params.num_edit > 0 {
         let edited = runner.edit(&base, params.num_edit);
@@ -111,6 +117,10 @@ pub fn pessimistic_scores(q: &[f32], m: usize, scores: &mut [f32]) {
     assert!(
         scores.len() == m && q.len().is_multiple_of(m.max(1)),
         "q must be [members, m] and scores [m]"
+    );
+    assert!(
+        m == 0 || !q.is_empty(),
+        "no critic member's Q-values: every score would be +∞"
     );
     scores.fill(f32::INFINITY);
     for row in q.chunks_exact(m.max(1)) {
@@ -197,6 +207,8 @@ mod tests {
         // All NaN: every score NaN, and argmax stays at the first.
         pessimistic_scores(&[f32::NAN; 6], 3, &mut scores);
         assert!(scores.iter().all(|s| s.is_nan()));
+        argmax_rows(&scores, 3, &mut best);
+        assert_eq!(best, [0]);
         // The minimum, not the mean.
         pessimistic_scores(&[1.0, 5.0, -2.0, 4.0], 2, &mut scores[..2]);
         assert_eq!(scores[..2], [-2.0, 4.0]);
@@ -260,6 +272,26 @@ mod tests {
         let (a, _) = on_the_fly_action(&mut toy, &SelectionParams { num_edit: 0, ..p });
         assert_eq!(a, 0.25);
         assert_eq!(toy.calls, ["sample", "score"]);
+    }
+
+    /// No critic to score with is refused, not a silent "first candidate wins" (every
+    /// score +∞); so is scoring without any member's values.
+    #[test]
+    #[should_panic(expected = "at least one critic to score with")]
+    fn selection_without_a_critic_is_refused() {
+        let mut toy = Toy { calls: vec![] };
+        let p = SelectionParams {
+            num_samples: 4,
+            num_edit: 4,
+            critic_subset: 0,
+        };
+        on_the_fly_action(&mut toy, &p);
+    }
+
+    #[test]
+    #[should_panic(expected = "no critic member's Q-values")]
+    fn scores_without_members_are_refused() {
+        pessimistic_scores(&[], 3, &mut [0.0; 3]);
     }
 
     /// The TD target's value is the evaluation subset's value of the picked action, drawn

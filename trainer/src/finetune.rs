@@ -304,6 +304,13 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         o.eval_episodes,
         crate::config::MAX_EVAL_EPISODES
     );
+    if let Some(i) = o.data.iter().position(|p| p.as_os_str().is_empty()) {
+        // As `run.dataset = ""`: an unset shell variable read the current directory.
+        bail!(
+            "--data {} is empty: name a dataset directory the robot recorded",
+            i + 1
+        );
+    }
     // The source run stays as it was, resumed or not.
     // (A resume never reads --from, which may be gone by then; a fresh run with a
     // missing --from is told so where its checkpoint is looked for.)

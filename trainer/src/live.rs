@@ -663,7 +663,18 @@ struct Intake {
     positions: BTreeMap<String, LogPosition>,
     chunks: crate::replay::ChunkSpec,
     keep_interventions: bool,
+    /// Episodes begun in the steps taken (over every log), whether any of those steps
+    /// had a reward other than 0, and whether [`NO_REWARD_EPISODES`] was warned of.
+    episodes_begun: usize,
+    rewarded: bool,
+    warned_no_reward: bool,
 }
+
+/// Complete streamed episodes without any reward after which a session warns once
+/// (the offline paths warn of a dataset whose every reward is 0). Sparse rewards give
+/// a failed episode none, so a few are expected early in fine-tuning; twenty in a row
+/// are more often a robot whose successes are never labelled.
+pub(crate) const NO_REWARD_EPISODES: usize = 20;
 
 /// One stream log's chunker, the record indices of the steps waiting in it, oldest
 /// first, and the episode and step of the last step it took.
@@ -685,6 +696,34 @@ impl Intake {
             positions,
             chunks,
             keep_interventions,
+            episodes_begun: 0,
+            rewarded: false,
+            warned_no_reward: false,
+        }
+    }
+
+    /// Counts the episode a step may begin and its reward; warns once (stderr and
+    /// `summary.warnings`) when [`NO_REWARD_EPISODES`] episodes ended without any.
+    fn watch_rewards(
+        &mut self,
+        reward: f32,
+        begins: bool,
+        summary: &mut crate::finetune::FinetuneSummary,
+    ) {
+        self.episodes_begun += begins as usize;
+        self.rewarded |= reward.is_finite() && reward != 0.0;
+        // The episode this step begins is the one after NO_REWARD_EPISODES ended.
+        if !self.rewarded && !self.warned_no_reward && self.episodes_begun > NO_REWARD_EPISODES {
+            self.warned_no_reward = true;
+            let w = format!(
+                "none of the first {NO_REWARD_EPISODES} streamed episodes had a reward \
+                 (every reward 0: failures only, or successes never labelled); the critics \
+                 learn nothing about success until one arrives. Successes are labelled by the \
+                 firmware's `Reward` frames or the operator's `s` key (`controller run \
+                 --operator`)"
+            );
+            eprintln!("warning: finetune: {w}");
+            summary.warnings.push(w);
         }
     }
 
@@ -721,6 +760,10 @@ impl Intake {
         if !follows {
             log.chunker.cut();
         }
+        // A new episode: another number, or its steps counted again from the start.
+        let begins = !log
+            .last
+            .is_some_and(|(episode, last)| episode == step.episode && step.step > last);
         log.last = Some((step.episode, step.step));
         let owed = take_step(
             &step,
@@ -733,9 +776,11 @@ impl Intake {
         while log.waiting.len() > log.chunker.pending() {
             log.waiting.pop_front();
         }
+        let reward = step.reward;
         let p = self.positions.entry(step.log).or_default();
         p.taken = p.taken.max(step.index + 1);
         p.in_replay = log.waiting.front().copied().unwrap_or(step.index + 1);
+        self.watch_rewards(reward, begins, summary);
         owed
     }
 
@@ -1448,6 +1493,59 @@ mod tests {
             );
             assert_eq!(&rows.act[..4], &[0.0, 0.0, 0.1, 0.1], "{case}");
         }
+    }
+
+    /// A session whose first twenty episodes streamed no reward says so once (stderr and
+    /// the summary's warnings): nothing told a user that a robot whose successes were
+    /// never labelled fine-tuned critics on zeros. One reward anywhere silences it.
+    #[test]
+    fn twenty_episodes_without_a_reward_are_warned_of_once() {
+        use crate::finetune::FinetuneSummary;
+        use crate::replay::{ChunkSpec, Replay};
+        let step = |episode: u32, step: u32, reward: f32, index: u64| Step {
+            obs: vec![0.0; 3],
+            action: vec![0.0; 2],
+            reward,
+            next_obs: vec![0.0; 3],
+            terminal: false,
+            episode_end: step == 2,
+            episode,
+            step,
+            stream: "r".into(),
+            log: "r.log".into(),
+            index,
+            intervention: false,
+            teleop: false,
+            unusable: None,
+        };
+        let chunks = ChunkSpec {
+            horizon: 1,
+            discount: 0.9,
+        };
+        let run = |rewarded_episode: Option<u32>, episodes: u32| {
+            let mut summary = FinetuneSummary::default();
+            let mut online = Replay::new(3, 2, 1024);
+            let mut intake = Intake::new(BTreeMap::new(), chunks, false);
+            let mut index = 0;
+            for e in 0..episodes {
+                for t in 0..3 {
+                    let r = if Some(e) == rewarded_episode && t == 2 {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    intake.take(step(e, t, r, index), &mut online, &mut summary);
+                    index += 1;
+                }
+            }
+            summary.warnings
+        };
+        // Twenty complete episodes are not yet enough; the twenty-first's first step is.
+        assert!(run(None, NO_REWARD_EPISODES as u32).is_empty());
+        let w = run(None, 40);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("none of the first 20 streamed episodes had a reward"));
+        assert!(run(Some(7), 40).is_empty());
     }
 
     /// A log in `OUT/uplink/` of another run (other dimensions: a try `--from` another

@@ -769,6 +769,7 @@ pub fn train(
         // normalizer panicked at the first action, non-finite weights trained on until
         // the divergence check blamed the learning rates.
         check_normalizer(&state, od, &dir.join("state.json"))?;
+        check_generators(&state, &dir.join("state.json"))?;
         agent.load(&dir)?;
         check_loaded_networks(&agent, &dir)?;
         seed_device_normals(config, &backend, state.continuation());
@@ -1257,6 +1258,7 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
         }
     };
     check_normalizer(&state, od, &state_path)?;
+    check_generators(&state, &state_path)?;
     let device = device(&config)?;
     seed_device_normals(&config, &device, state.continuation());
     let mut agent = Agent::new(config, od, ad, state.normalizer.clone(), &device);
@@ -1269,6 +1271,25 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
 }
 
 /// A checkpoint's observation normalizer fits `od` observations and can divide.
+/// The generator states in `state.json` are xoshiro256++ states, and an all-zero one
+/// draws 0 forever (every uniform draw 0, every normal the same 8.6): refused by name.
+fn check_generators(state: &RunState, state_path: &Path) -> Result<()> {
+    for (name, s) in [
+        ("env_seeds", state.env_seeds),
+        ("batch_rng", state.batch_rng),
+        ("train_rng", state.train_rng),
+        ("act_rng", state.act_rng),
+    ] {
+        ensure!(
+            s != [0; 4],
+            "{}: generator state `{name}` is all zeros (damaged?): it would draw the same \
+             value forever",
+            state_path.display()
+        );
+    }
+    Ok(())
+}
+
 fn check_normalizer(state: &RunState, od: usize, state_path: &Path) -> Result<()> {
     let n = &state.normalizer;
     ensure!(
@@ -1697,15 +1718,26 @@ fn save_replay(r: &Replay, path: &Path) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A checkpoint's online replay. Every run's has [`ONLINE_CAPACITY`] slots, so a larger
+/// capacity is a damaged header: with `compute.replay = "device"` the device mirror
+/// takes the capacity's rows up front (up to 2^31 of them), whatever the file holds.
 fn load_replay(path: &Path, od: usize, ad: usize) -> Result<Replay> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Replay::from_bytes(&bytes, od, ad)
-        .map_err(|e| anyhow::anyhow!("{}: corrupt replay buffer: {e}", path.display()))
+    let replay = Replay::from_bytes(&bytes, od, ad)
+        .map_err(|e| anyhow::anyhow!("{}: corrupt replay buffer: {e}", path.display()))?;
+    ensure!(
+        replay.capacity() <= ONLINE_CAPACITY,
+        "{}: corrupt replay buffer: capacity {} is more than a run's {ONLINE_CAPACITY}",
+        path.display(),
+        replay.capacity()
+    );
+    Ok(replay)
 }
 
 impl Agent {
-    /// The first parameter of any network that is NaN or infinite, described (network,
-    /// shape, element, value); `None` when all are finite. Reads every parameter back.
+    /// The first parameter of any network that is NaN or infinite or not `f32`, described
+    /// (network, shape, element, value or element type); `None` when all are finite
+    /// `f32`. Reads every parameter back.
     pub fn first_non_finite(&self) -> Option<String> {
         use burn::module::{ModuleVisitor, Param};
         use burn::tensor::Tensor;
@@ -1717,7 +1749,16 @@ impl Agent {
                 }
                 let t = param.val();
                 let dims = t.dims();
-                let values = t.into_data().try_to_vec::<f32>().expect("f32 parameters");
+                let data = t.into_data();
+                // burn's loader checks shapes, not element types: a damaged file's
+                // tensor of the right shape loaded as f64, and panicked later.
+                let Ok(values) = data.try_to_vec::<f32>() else {
+                    self.0 = Some(format!(
+                        "a parameter of shape {dims:?} holds {:?} values (f32 expected)",
+                        data.dtype
+                    ));
+                    return;
+                };
                 if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                     self.0 = Some(format!(
                         "a parameter of shape {dims:?} is {v} at element {i}"
@@ -1829,6 +1870,27 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An online replay whose header says more slots than any run has is refused by
+    /// name: it loaded, and a device replay then took that many rows up front.
+    #[test]
+    fn an_online_replay_larger_than_a_runs_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("online.bin");
+        let mut r = Replay::new(2, 1, 8);
+        r.push(&[0.0, 1.0], &[0.5], 0.0, &[1.0, 2.0], false);
+        let mut bytes = r.to_bytes();
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(load_replay(&path, 2, 1).unwrap().len(), 1);
+        // Consistent otherwise (one row, the ring not yet full).
+        bytes[8..16].copy_from_slice(&(2 * ONLINE_CAPACITY as u64).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let e = format!("{:#}", load_replay(&path, 2, 1).unwrap_err());
+        assert!(
+            e.contains("online.bin: corrupt replay buffer: capacity 4194304 is more than"),
+            "{e}"
+        );
+    }
 
     /// A recording whose next observations are not the following frames' (a second
     /// sensor read) cuts every chunk: said, with the count, where it trained silently on
@@ -1977,6 +2039,53 @@ mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read(&state_file).unwrap(), good);
+    }
+
+    /// A checkpoint whose generator state is all zeros (a damaged `state.json`) is
+    /// refused by file and generator: it loaded, and every draw of that generator was
+    /// the same value (every batch the same rows, for `batch_rng`).
+    #[test]
+    fn an_all_zero_generator_state_is_refused_on_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::preset("tiny").unwrap();
+        c.run.online_steps = 10;
+        train(&c, tmp.path(), &TrainOptions::default(), &mut ()).unwrap();
+        let path = tmp.path().join("checkpoint/state.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        state["batch_rng"] = serde_json::json!([0, 0, 0, 0]);
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+        let e = format!("{:#}", load_run(tmp.path(), None).err().unwrap());
+        assert!(
+            e.contains("state.json: generator state `batch_rng` is all zeros"),
+            "{e}"
+        );
+    }
+
+    /// A network file whose tensor has the right shape and another element type (here
+    /// f64) is refused on load by network and type; it loaded and panicked at the first
+    /// read of its parameters ("f32 parameters").
+    #[test]
+    fn a_network_file_of_another_element_type_is_refused_on_load() {
+        use burn::module::{Module, Param};
+        use burn::tensor::{DType, Tensor, TensorData};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::preset("tiny").unwrap();
+        c.run.online_steps = 10;
+        train(&c, tmp.path(), &TrainOptions::default(), &mut ()).unwrap();
+        let device = device(&c).unwrap();
+        let log_alpha =
+            Tensor::<1>::from_data(TensorData::new(vec![-2.0f32], [1]), &device).cast(DType::F64);
+        let wide = crate::nets::Temperature {
+            log_alpha: Param::from_tensor(log_alpha),
+        };
+        wide.save_file(tmp.path().join("checkpoint/temperature.bpk"))
+            .unwrap();
+        let e = format!("{:#}", load_run(tmp.path(), None).err().unwrap());
+        assert!(
+            e.contains("temperature: a parameter of shape [1] holds F64 values (f32 expected)"),
+            "{e}"
+        );
     }
 
     /// A checkpoint read while the run writes the next one (`eval --run` during

@@ -1,7 +1,7 @@
 //! `trainer finetune`: continuing a run on recorded robot data.
 
 use sim::{EnvConfig, TaskId};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use trainer::config::Config;
 use trainer::finetune::{FinetuneOptions, LiveOptions, finetune};
 use trainer::run::{TrainOptions, load_agent, train};
@@ -469,6 +469,15 @@ fn finetune_never_overwrites_a_train_run_nor_runs_without_robot_data() {
         "{e}"
     );
     assert!(!huge.exists());
+
+    // An empty `--data` (an unset shell variable) is refused as `run.dataset = ""` is,
+    // before anything is written: it read the current directory as a dataset.
+    let empty = tmp.path().join("empty");
+    let mut o = options(&run, &data, &empty);
+    o.data.push(PathBuf::new());
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(e.contains("--data 2 is empty"), "{e}");
+    assert!(!empty.exists());
 }
 
 /// An rlpd run exports no bundle, so `finetune --listen` could never publish one to the

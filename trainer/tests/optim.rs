@@ -336,3 +336,36 @@ fn fused_state_saves_loads_across_packings_and_names_bad_files() {
     assert!(load(Some(layout)).contains("not a fused optimizer state"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// burn's per-parameter state (the temperature's in every run; every network's with
+/// `compute.optimizer = "per-parameter"`) is checked on load as the fused one is: a
+/// state saved after a step on NaN gradients (a diverged run) is refused by its file
+/// and moment. It loaded, and the next step made every parameter NaN.
+#[test]
+fn per_parameter_state_with_non_finite_moments_is_refused_on_load() {
+    use trainer::per_parameter;
+    let d = dev();
+    let dir = std::env::temp_dir().join(format!("per-parameter-adam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("opt.bpk");
+    let net = CriticEnsemble::new(2, 5, &[16], &mut Init::reference(3), &d);
+    let mut opt = per_parameter::adam(0.0, 1e-8);
+    let mut rng = Rng::new(4);
+    let g = critic_grads(&net, &mut rng, &d);
+    let net = opt.step(1e-3, net, g);
+    opt.save(&path).unwrap();
+    let load = || per_parameter::load(per_parameter::adam(0.0, 1e-8), &path, &Device::flex());
+    load().expect("a sound state loads");
+
+    let x = random(&mut rng, 16, 5, &d);
+    let loss = (net.forward(x) * f32::NAN).mean();
+    let g = GradientsParams::from_grads(loss.backward(), &net);
+    let _ = opt.step(1e-3, net, g);
+    opt.save(&path).unwrap();
+    let err = format!("{:#}", load().err().unwrap());
+    assert!(
+        err.contains("opt.bpk") && err.contains("moment_1[0] is NaN (not finite)"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

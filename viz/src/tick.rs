@@ -204,9 +204,11 @@ impl TickLogger {
         }
         let k = a.q.len().checked_div(m).unwrap_or(0);
         // Score of a candidate: the minimum over the sampled critics (what selection
-        // maximizes).
+        // maximizes). None without critics (a `bc` bundle's one sample).
         let mut scores = vec![0.0; m];
-        shared_model::select::pessimistic_scores(&a.q[..k * m], m, &mut scores);
+        if k > 0 {
+            shared_model::select::pessimistic_scores(&a.q[..k * m], m, &mut scores);
+        }
         let score = |j: usize| scores[j];
         let point = |j: usize| {
             let c = &a.candidates[j * ad..(j + 1) * ad];

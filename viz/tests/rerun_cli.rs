@@ -180,6 +180,51 @@ fn the_choice_is_cleared_when_the_policy_stops_driving() {
     }
 }
 
+/// A policy without critics (a `bc` bundle: one sample, no Q-values) is drawn, its
+/// candidate selected, without scores.
+#[test]
+fn a_choice_without_q_values_is_drawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rrd = tmp.path().join("ticks.rrd");
+    let r = viz::Recorder::open("expo_ticks_test", &Target::File(rrd.clone())).unwrap();
+    let act_names = vec!["shoulder".to_string(), "elbow".to_string()];
+    let obs_names: Vec<String> = (0..3).map(|i| format!("o{i}")).collect();
+    let mut logger = TickLogger::new(None, &obs_names, &act_names);
+    let obs = [0.0; 3];
+    for tick in 0..3u64 {
+        let t = TickView {
+            tick,
+            time_s: tick as f64 * 0.01,
+            episode: None,
+            phase: "running",
+            jitter_us: 1.0,
+            work_us: 300.0,
+            read_us: 3.0,
+            infer_us: None,
+            send_us: None,
+            act: Some(ActView {
+                obs: &obs,
+                policy_action: &[0.1, 0.2],
+                action: &[0.1, 0.2],
+                clamped: false,
+                rate_limited: false,
+                teleop: false,
+                candidates: &[0.1, 0.2],
+                num_base: 1,
+                q: &[],
+                selected: Some(0),
+            }),
+            link: LinkView::default(),
+        };
+        logger.log(&r.rec, &t).unwrap();
+    }
+    r.finish().unwrap();
+    let rows = verified_rows(&rrd);
+    for e in ["/policy/candidates", "/policy/selected"] {
+        assert_eq!(rows.get(e), Some(&3), "{e}: {rows:?}");
+    }
+}
+
 #[test]
 fn ticks_become_entities_with_one_row_per_tick() {
     let tmp = tempfile::tempdir().unwrap();

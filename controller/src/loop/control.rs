@@ -66,6 +66,11 @@ const COMMANDS: usize = 16;
 /// reconnecting: the link's reader has not seen the port go (it would have stopped
 /// the retries), so there is nothing to reopen.
 const ESTOP_WRITE_TRIES: u32 = 10;
+/// Times the run's closing `Estop` is sent again when the firmware does not answer it
+/// (`Fault { Estop }`) within [`Control::estop_answer_wait`]: a stop damaged on the line
+/// never reaches the firmware, which would hold with its torque on. Unanswered after
+/// that, the run ends with an error that says so.
+const ESTOP_RESENDS: u32 = 2;
 
 /// A received frame's place in the firmware's sequence.
 #[derive(Clone, Copy)]
@@ -315,6 +320,14 @@ pub(crate) enum Phase {
     Reconnecting {
         until: Instant,
     },
+    /// The run's closing `Estop` went out: waiting until `until` for its answer (the
+    /// answers to our Estops counted up to `answers` came before it), then sending it
+    /// again, `resends` times so far ([`ESTOP_RESENDS`]).
+    ConfirmingStop {
+        until: Instant,
+        resends: u32,
+        answers: u64,
+    },
     Done,
 }
 
@@ -329,6 +342,7 @@ impl Phase {
             Phase::SafeStop { .. } => "safe_stop",
             Phase::Handshaking { .. } => "handshaking",
             Phase::Reconnecting { .. } => "reconnecting",
+            Phase::ConfirmingStop { .. } => "confirming_stop",
             Phase::Done => "done",
         }
     }
@@ -414,6 +428,8 @@ pub(crate) struct Control {
     /// episode begins: the firmware answers in order, so by then every answer to an
     /// earlier Estop has been sent (one lost on the link never comes).
     estops_unanswered: u32,
+    /// Answers to our Estops taken so far (the closing one's is waited for).
+    estop_answers: u64,
     /// The firmware timestamp of the reboot `Hello` last handled, until a handshake
     /// completes after it: the same `Hello` again (the link publishes a copy of it
     /// unmarked when frames renumber) is taken for that copy while the torque is on.
@@ -558,6 +574,7 @@ impl Control {
             hold_pending: Vec::new(),
             busy_wait: false,
             estops_unanswered: 0,
+            estop_answers: 0,
             reboot_unshaken: None,
             stop_began: 0,
             estop_answer_seq: None,
@@ -1013,6 +1030,7 @@ impl Control {
                     if self.estops_unanswered > 0 {
                         // Our own Estop's answer.
                         self.estops_unanswered -= 1;
+                        self.estop_answers += 1;
                         self.estop_answer_seq = Some(seq.number);
                         return;
                     }
@@ -1290,7 +1308,8 @@ impl Control {
                     then: After::Exit,
                 }
             }
-            Phase::Done => {}
+            // The run's last stop is done; its Estop's answer is awaited.
+            Phase::Done | Phase::ConfirmingStop { .. } => {}
             // Re-handshaking after a reconnect, with no episode: the port's firmware has
             // not confirmed its robot id, so nothing is sent to it (it holds on its own,
             // by its watchdog); the run ends at once, as `end_run_after` does.
@@ -1340,6 +1359,14 @@ impl Control {
         after: Option<After>,
     ) {
         if self.phase == Phase::Done {
+            return;
+        }
+        if matches!(self.phase, Phase::ConfirmingStop { .. }) {
+            // The torque is off and the run ending: recorded, nothing more to stop.
+            if !self.cfg.quiet {
+                self.say(format!("FAULT at tick {}: {kind:?}: {detail}", self.tick));
+            }
+            self.note_fault(now, kind, detail);
             return;
         }
         let (episode, step) = self
@@ -1482,7 +1509,11 @@ impl Control {
             hold_tick: None,
             hold_latency_us: None,
             torque_off_tick: None,
-            during_safe_stop: matches!(self.phase, Phase::SafeStop { .. }),
+            // (The run's last stop, its torque off, awaiting the Estop's answer.)
+            during_safe_stop: matches!(
+                self.phase,
+                Phase::SafeStop { .. } | Phase::ConfirmingStop { .. }
+            ),
         });
     }
 
@@ -1668,8 +1699,61 @@ impl Control {
                     self.phase = Phase::Done;
                 }
             }
+            Phase::ConfirmingStop {
+                until,
+                resends,
+                answers,
+            } => self.confirm_stop(now, until, resends, answers),
             Phase::Done => {}
         }
+    }
+
+    /// How long the closing `Estop`'s answer is waited for before it is sent again: a
+    /// firmware answers within its next step, and the link adds milliseconds.
+    fn estop_answer_wait(&self) -> Duration {
+        (self.period * 4).max(Duration::from_millis(100))
+    }
+
+    /// [`Phase::ConfirmingStop`]: done once the firmware answered the closing `Estop`;
+    /// else it goes out again after each wait, and after [`ESTOP_RESENDS`] unanswered
+    /// the run ends with an error (the arm may be energised, held by the firmware).
+    fn confirm_stop(&mut self, now: Instant, until: Instant, resends: u32, answers: u64) {
+        if self.estop_answers > answers {
+            self.phase = Phase::Done;
+            return;
+        }
+        if self.link_down {
+            // The loss's own fault has said that the link is gone.
+            self.phase = Phase::Done;
+            return;
+        }
+        if now < until {
+            return;
+        }
+        if resends < ESTOP_RESENDS {
+            if self.gate.send_control(Message::Estop).is_ok() {
+                self.estops_unanswered += 1;
+                self.report.estop_resends += 1;
+            }
+            self.phase = Phase::ConfirmingStop {
+                until: now + self.estop_answer_wait(),
+                resends: resends + 1,
+                answers,
+            };
+            return;
+        }
+        let why = format!(
+            "the firmware did not answer the closing Estop (sent {} times, {} ms apart): \
+             the arm may still be energised, held by the firmware's watchdog",
+            resends + 1,
+            self.estop_answer_wait().as_millis()
+        );
+        self.report.unanswered_estop = true;
+        // An error whatever else ended the run (the report's outcome follows it).
+        if self.fatal.is_none() {
+            self.fatal = Some(why);
+        }
+        self.phase = Phase::Done;
     }
 
     fn safe_stop_tick(&mut self, now: Instant, left: u32, then: After) {
@@ -1704,9 +1788,11 @@ impl Control {
         // what failed): the torque-off is tried there as the holds were. With it, the
         // writer is closed, and a port back meanwhile waits for its handshake.
         let writable = !self.link_down || self.cfg.reconnect.is_none();
+        let mut estop_sent = false;
         if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && writable {
             match self.gate.send_control(Message::Estop) {
                 Ok(()) => {
+                    estop_sent = !self.link_down;
                     self.estops_unanswered += 1;
                     self.estop_write_failures = 0;
                     self.torque_off = true;
@@ -1756,6 +1842,12 @@ impl Control {
         }
         self.phase = match then {
             After::Idle => Phase::Idle,
+            // Its answer awaited: a stop lost on the line left the torque on.
+            After::Exit if estop_sent => Phase::ConfirmingStop {
+                until: now + self.estop_answer_wait(),
+                resends: 0,
+                answers: self.estop_answers,
+            },
             After::Exit => Phase::Done,
             After::Handshake => {
                 self.enter_handshake(now);

@@ -97,10 +97,23 @@ pub fn open_port(path: &Path, baud: u32) -> io::Result<Box<dyn SerialPort>> {
     let port = serialport::new(&name, baud)
         .timeout(Duration::from_millis(5))
         .open()
-        .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
+        .map_err(|e| open_error(&name, e))?;
     port.clear(serialport::ClearBuffer::Input)
         .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
     Ok(port)
+}
+
+/// Why `name` did not open, with the usual remedy where it is a permission: a user
+/// outside the serial devices' group got the bare "Permission denied".
+fn open_error(name: &str, e: serialport::Error) -> io::Error {
+    let hint = match e.kind() {
+        serialport::ErrorKind::Io(io::ErrorKind::PermissionDenied) => {
+            " (add your user to the group that owns the device, `dialout` on Debian and \
+             Ubuntu, `uucp` on Arch, then log in again)"
+        }
+        _ => "",
+    };
+    io::Error::other(format!("{name}: {e}{hint}"))
 }
 
 /// A write handle for the control thread (its own timeout: a device that stops
@@ -366,6 +379,24 @@ mod tests {
     use super::*;
     use firmware_config::protocol::{FaultCode, FrameEncoder};
     use hil_tests::link::{Port, Pty};
+
+    /// A port the user may not open names the usual remedy (the group); other errors
+    /// are left as they are.
+    #[test]
+    fn a_port_without_permission_names_the_group() {
+        let denied = serialport::Error::new(
+            serialport::ErrorKind::Io(io::ErrorKind::PermissionDenied),
+            "Permission denied",
+        );
+        let e = open_error("/dev/ttyACM0", denied).to_string();
+        assert!(
+            e.starts_with("/dev/ttyACM0: Permission denied") && e.contains("`dialout`"),
+            "{e}"
+        );
+        let missing = serialport::Error::new(serialport::ErrorKind::NoDevice, "No such device");
+        let e = open_error("/dev/ttyACM0", missing).to_string();
+        assert_eq!(e, "/dev/ttyACM0: No such device");
+    }
 
     /// With the queue full of sensor frames (a control thread stuck), a stop button still
     /// gets through: its `Fault` frame waits for room, where a sensor frame is dropped

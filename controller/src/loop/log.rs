@@ -1405,14 +1405,16 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         offset: MAGIC.len() as u64,
         problem: "no run-start record (nothing to describe the dataset with)".into(),
     })?;
-    let mut w = open_dataset(out, &run.dataset_info())?;
-    // Every run as the dataset was recorded, before anything is appended: a later run
-    // of another robot file (the dataset was deleted in between) is not filed under
-    // the first's names or rate.
+    // Every run as the dataset was recorded, before the dataset is opened (an append
+    // tidies it: files no episode references set aside, `meta/` rewritten): a later
+    // run of another robot file (the dataset was deleted in between) is not filed
+    // under the first's names or rate.
+    check_dataset_before_run(out, &run.dataset_info())?;
+    let have = dataset::recorded_as(out)?.map_or_else(|| run.dataset_info(), |r| r.info);
     for (at, rs) in &headers {
         let advice = "one dataset takes runs recorded alike (--last-run converts only the \
                       last run)";
-        check_same_recording(out, w.info(), &rs.dataset_info(), advice).map_err(|e| match e {
+        check_same_recording(out, &have, &rs.dataset_info(), advice).map_err(|e| match e {
             // The run's header in the log, and the dataset it does not fit.
             LogError::DatasetMismatch { dir, problem } => LogError::Record {
                 path: log.to_path_buf(),
@@ -1427,6 +1429,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             e => e,
         })?;
     }
+    let mut w = open_dataset(out, &run.dataset_info())?;
     let mut r = Rebuilt {
         torn_bytes: scan.torn_bytes,
         damaged: scan.damaged,
@@ -2336,6 +2339,12 @@ pub(crate) mod tests {
             .remove(dataset::cols::TRUNCATED)
             .unwrap();
         std::fs::write(&info, json.to_string()).unwrap();
+        // A leftover data file no episode references: opening for an append would set
+        // it aside and rewrite `meta/`, which a refused conversion must not do.
+        let stray = foreign.join("data/chunk-000/file-009.parquet");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"not ours").unwrap();
+        let info_before = std::fs::read(&info).unwrap();
         let e = log_to_dataset(&path, &foreign, Runs::All)
             .unwrap_err()
             .to_string();
@@ -2343,6 +2352,10 @@ pub(crate) mod tests {
             e.contains("has no `next.truncated` column") && e.contains("another directory"),
             "{e}"
         );
+        assert_eq!(std::fs::read(&stray).unwrap(), b"not ours");
+        assert_eq!(std::fs::read(&info).unwrap(), info_before);
+        assert!(!foreign.join("unreferenced").exists());
+        std::fs::remove_file(&stray).unwrap();
         assert_eq!(dataset::read_dataset(&foreign).unwrap().num_frames(), 0);
     }
 }

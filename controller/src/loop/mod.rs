@@ -732,6 +732,10 @@ pub struct RunReport {
     /// `Hello`s sent before resending an episode's unanswered `Reset` (a firmware that
     /// rebooted with its `Hello` lost on the line waits for one).
     pub start_handshakes: u64,
+    /// The run's closing `Estop` sent again for want of the firmware's answer.
+    pub estop_resends: u32,
+    /// The closing `Estop` was never answered (the run ended with an error saying so).
+    pub unanswered_estop: bool,
     pub link: link::LinkCounters,
     pub log_sent: u64,
     /// Transitions the logger's channel could not take.
@@ -782,6 +786,8 @@ impl RunReport {
             ignored_firmware_faults: 0,
             ignored_hellos: 0,
             start_handshakes: 0,
+            estop_resends: 0,
+            unanswered_estop: false,
             link: Default::default(),
             log_sent: 0,
             log_drops: 0,

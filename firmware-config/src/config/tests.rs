@@ -258,6 +258,14 @@ fn semantic_errors_name_file_line_and_field() {
             "with action.offset[1] = 1e38 it maps safety bound 1e0 to inf in robot units",
         ),
         (
+            "offset = [0.0, 0.0]",
+            "offset = [1e8, 0.0]",
+            "action.offset[0]",
+            "1e8 against action.scale[0] = 1e0 leaves commands a rounding of 1.6e1 policy \
+             units, more than a tenth of safety.max_delta_per_tick[0] (2e-1): every action \
+             would round to a few commands",
+        ),
+        (
             "scale = [1.0, 1.0]",
             "scale = [1e-40, 1.0]",
             "action.scale[0]",
@@ -315,6 +323,22 @@ fn semantic_errors_name_file_line_and_field() {
         let expected = format!("robot.toml:{line}: {field}: {message}");
         assert_eq!(load_err(&text), expected, "editing {from:?} -> {to:?}");
     }
+    // |offset| + |scale| past f32's range (the envelope's corners still finite): the
+    // rounding allowance was NaN, and every firmware comparison with it false.
+    let text = edit(
+        "scale = [1.0, 1.0]\noffset = [0.0, 0.0]\n\n[safety]\naction_min = [-1.0, -1.0]\n\
+         action_max = [1.0, 1.0]",
+        "scale = [3e38, 1.0]\noffset = [3e38, 0.0]\n\n[safety]\naction_min = [-0.1, -1.0]\n\
+         action_max = [0.1, 1.0]",
+    );
+    let e = load_err(&text);
+    assert!(
+        e.contains(
+            "action.offset[0]: 3e38 against action.scale[0] = 3e38 leaves commands a \
+             rounding of NaN policy units"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -136,6 +136,66 @@ fn golden_bytes() {
         &payload[..n],
         &[2, 0x5a, 0xd3, 0xa9, 0x75, 4, 3, 2, 1, 10, 2, 20, 0]
     );
+    // Every other payload (computed with Python's `struct.pack`, little endian): a
+    // layout changed in both the encoder and the decoder passes every round trip, and
+    // only these say that `SCHEMA` must change with it.
+    let payloads: [(Message, &[u8]); 8] = [
+        (
+            Message::sensor(0x0102_0304, 5, &[1.0, -2.0]).unwrap(),
+            &[
+                0x04, 0x03, 0x02, 0x01, 0x05, 0, 0, 0, 0x02, 0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0,
+            ],
+        ),
+        (
+            Message::Fault {
+                code: FaultCode::Watchdog,
+            },
+            &[2, 0],
+        ),
+        (
+            Message::Fault {
+                code: FaultCode::Other(7),
+            },
+            &[255, 7],
+        ),
+        (Message::Estop, &[]),
+        (
+            Message::EpisodeStart {
+                episode: 3,
+                seed: 0x0102_0304_0506_0708,
+            },
+            &[3, 0, 0, 0, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01],
+        ),
+        (
+            Message::EpisodeEnd {
+                episode: 3,
+                success: true,
+                steps: 200,
+            },
+            &[3, 0, 0, 0, 1, 0xc8, 0, 0, 0],
+        ),
+        (
+            Message::Reset {
+                seed: 0x0a0b_0c0d_0e0f_1011,
+            },
+            &[0x11, 0x10, 0x0f, 0x0e, 0x0d, 0x0c, 0x0b, 0x0a],
+        ),
+        (
+            Message::Reward {
+                episode: 3,
+                step: 4,
+                reward: 0.5,
+                done: true,
+                truncated: false,
+                success: true,
+            },
+            &[3, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0x3f, 0x05],
+        ),
+    ];
+    for (message, expected) in payloads {
+        let n = message.encode_payload(&mut payload).unwrap();
+        assert_eq!(&payload[..n], expected, "{message:?}");
+    }
 }
 
 #[test]
@@ -533,6 +593,12 @@ proptest! {
         prop_assert_eq!(back.to_wire(), wire);
         prop_assert_eq!((back.seq, back.timestamp_us), (frame.seq, frame.timestamp_us));
         prop_assert_eq!(back.message.msg_type(), frame.message.msg_type());
+        // The message itself, not only its bytes again: an encoder that wrote `obs[0]`
+        // n times re-encoded to the same bytes. (Debug, so that NaNs compare.)
+        prop_assert_eq!(
+            std::format!("{:?}", back.message),
+            std::format!("{:?}", frame.message)
+        );
     }
 
     #[test]

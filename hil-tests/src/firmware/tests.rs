@@ -464,6 +464,30 @@ fn lost_commands_never_arrive() {
     );
 }
 
+/// `lose_estop=1`: the first `Estop` never reaches the firmware's logic (no answer, no
+/// stop counted); the next one is taken and answered.
+#[test]
+fn a_lost_estop_is_not_answered() {
+    let task = TaskId::Push;
+    let mut opts = FirmwareOptions::new(task, RobotConfig::example(task.name()).unwrap());
+    opts.pacing = Pacing::Lockstep;
+    opts.faults = "lose_estop=1".parse().unwrap();
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(1), frame(Message::Estop));
+    assert!(out(&mut fw).is_empty());
+    assert_eq!(fw.stats().estops, 0);
+    fw.on_frame(ms(2), frame(Message::Estop));
+    assert_eq!(
+        out(&mut fw),
+        [Message::Fault {
+            code: FaultCode::Estop
+        }]
+    );
+    assert_eq!(fw.stats().estops, 1);
+    assert_eq!(fw.faults_mut().stats().lost_estops, 1);
+}
+
 #[test]
 fn real_time_watchdog_holds_with_the_zero_action() {
     let task = TaskId::Maze;
