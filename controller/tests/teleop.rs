@@ -37,6 +37,8 @@ struct Setup {
     time_scale: f64,
     /// `--teleop-wait-ms`.
     wait: Duration,
+    /// The run's `--seed`, and the device's.
+    seed: u64,
 }
 
 impl Setup {
@@ -46,6 +48,7 @@ impl Setup {
             engage,
             time_scale: 10.0,
             wait: Duration::ZERO,
+            seed: 0,
         }
     }
 }
@@ -67,6 +70,7 @@ fn teleop_run(dir: &Path, brain: Brain, setup: Setup) -> (RunReport, DeviceSumma
     let mut o = DeviceOptions::new(addr, TaskId::Push);
     o.engage = setup.engage;
     o.idle = Duration::from_secs(600);
+    o.seed = setup.seed;
     let device = DeviceThread::spawn(o);
     // The run starts once the device has announced itself (its first datagram stays
     // queued for the run), so the device is known from the first frame on.
@@ -83,6 +87,7 @@ fn teleop_run(dir: &Path, brain: Brain, setup: Setup) -> (RunReport, DeviceSumma
     // deadlines in a row (controller/tests/hil.rs checks that fault).
     cfg.max_consecutive_overruns = 0;
     cfg.episodes = Some(setup.episodes);
+    cfg.seed = setup.seed;
     cfg.time_scale = setup.time_scale;
     cfg.out = Some(dir.to_path_buf());
     cfg.quiet = true;
@@ -376,6 +381,9 @@ fn with_a_wait_a_closed_loop_device_acts_on_the_frame_it_answers() {
     let setup = Setup {
         time_scale: 1.0,
         wait: Duration::from_millis(40),
+        // Not 0: episode numbers and seeds differ, and the device seeds its
+        // demonstrator from the seed, as in-process (it took the number).
+        seed: 5,
         ..Setup::new(3, Engage::Always)
     };
     let (report, _, ds) = teleop_run(tmp.path(), Brain::Hold, setup);
@@ -393,7 +401,7 @@ fn with_a_wait_a_closed_loop_device_acts_on_the_frame_it_answers() {
     let (mut obs, mut next, mut action) = (vec![0.0; od], vec![0.0; od], vec![0.0; ad]);
     for (e, (ep, rep)) in ds.episodes.iter().zip(&report.episodes).enumerate() {
         env.reset(rep.seed, &mut obs);
-        demonstrator.reset(sim::demonstrator_seed(rep.episode as u64));
+        demonstrator.reset(sim::demonstrator_seed(rep.seed));
         let mut k = 0;
         let success = loop {
             demonstrator.act(&obs, &mut action);

@@ -279,14 +279,9 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
         KIND_OBSERVATION => Some(("observation", MAX_OBS, OBSERVATION_FLAGS)),
         _ => None,
     };
-    let expected = HEADER_LEN + 4 * n as usize + CRC_LEN;
-    if n as usize <= MAX_OBS && expected != len {
-        return Err(TeleopError::Length {
-            n,
-            expected,
-            actual: len,
-        });
-    }
+    // The CRC (it ends the datagram whatever its layout) and the version before the
+    // length: a device speaking another version, with another header, is told so
+    // rather than reported as a datagram of the wrong length.
     let body = len - CRC_LEN;
     let received = le_u32(bytes, body);
     let computed = crc32(&bytes[..body]);
@@ -295,6 +290,14 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
     }
     if bytes[4] != VERSION {
         return Err(TeleopError::Version { received: bytes[4] });
+    }
+    let expected = HEADER_LEN + 4 * n as usize + CRC_LEN;
+    if n as usize <= MAX_OBS && expected != len {
+        return Err(TeleopError::Length {
+            n,
+            expected,
+            actual: len,
+        });
     }
     let Some((what, max, known)) = shape else {
         return Err(TeleopError::Kind(kind));
@@ -461,14 +464,10 @@ mod tests {
         let mut b = good.to_vec();
         b[0] = b'X';
         assert_eq!(decode(&b), Err(TeleopError::Magic));
-        // A datagram cut short or padded: the count and the length disagree.
+        // A datagram cut short: its last four bytes are no CRC of the rest.
         assert!(matches!(
             decode(&good[..n - 1]),
-            Err(TeleopError::Length {
-                n: 2,
-                expected: 28,
-                actual: 27
-            })
+            Err(TeleopError::Crc { .. })
         ));
         // One flipped bit anywhere after the magic fails the CRC (or the length check).
         for byte in 4..n {
@@ -494,6 +493,27 @@ mod tests {
             resealed(&|b| b[4] = 2),
             Err(TeleopError::Version { received: 2 })
         );
+        // Another version with a longer header is that version, not a wrong length
+        // (the length was checked first).
+        assert_eq!(
+            resealed(&|b| {
+                b[4] = 2;
+                b.splice(16..16, [0u8; 4]);
+            }),
+            Err(TeleopError::Version { received: 2 })
+        );
+        // Cut short or padded, resealed (a buggy device): the count and the length
+        // disagree.
+        assert!(matches!(
+            resealed(&|b| {
+                b.remove(16);
+            }),
+            Err(TeleopError::Length {
+                n: 2,
+                expected: 28,
+                actual: 27
+            })
+        ));
         assert_eq!(resealed(&|b| b[5] = 9), Err(TeleopError::Kind(9)));
         assert_eq!(
             resealed(&|b| b[7] = LABEL_SUCCESS | LABEL_FAILURE),

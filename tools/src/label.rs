@@ -177,14 +177,17 @@ pub fn label_success(
         );
     }
     if *successful != Successful::Keep
-        && ds
-            .episodes
-            .iter()
-            .any(|e| e.rewards.iter().any(|&r| r != 0.0) || e.success.iter().any(|&x| x))
+        && ds.episodes.iter().any(|e| {
+            e.rewards.iter().any(|&r| r != 0.0)
+                || e.success.iter().any(|&x| x)
+                || e.terminated.iter().any(|&x| x)
+        })
     {
+        // A terminal end is a label too (a crash that is no success): labelled a
+        // failure, it would end truncated and be bootstrapped from.
         warnings.push(format!(
-            "{}: the source has rewards or success flags already; they are replaced by \
-             the success labels (`--success keep` keeps them)",
+            "{}: the source has rewards, success or terminal flags already; they are \
+             replaced by the success labels (`--success keep` keeps them)",
             input.display()
         ));
     }

@@ -54,6 +54,10 @@ enum Command {
         /// `Reset` resent up to three times, 2 s apart; a reconnect), which it outlasts.
         #[arg(long, default_value_t = 30.0)]
         idle_s: f64,
+        /// The controller run's `--seed` (0 with `--sim` by default): the
+        /// demonstrator plays each episode as in-process from the same episode seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Validate a robot file and print what the controller and the firmware must agree on:
     /// the `Hello` handshake's fields (robot id, sizes, rate) and the text the robot id is
@@ -385,6 +389,7 @@ fn main() -> Result<()> {
             task,
             engage_from_step,
             idle_s,
+            seed,
         } => {
             let task: TaskId = task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
             anyhow::ensure!(
@@ -394,6 +399,7 @@ fn main() -> Result<()> {
             let mut o = tools::teleop::DeviceOptions::new(controller, task);
             o.idle = std::time::Duration::from_secs_f64(idle_s);
             o.keep_actions = false;
+            o.seed = seed;
             if let Some(k) = engage_from_step {
                 o.engage = tools::teleop::Engage::FromStep(k);
             }

@@ -45,6 +45,10 @@ pub struct DeviceOptions {
     /// Keep every engaged action in the summary (tests compare them with the record;
     /// the CLI only counts them, so that a session of hours does not grow).
     pub keep_actions: bool,
+    /// The controller run's `--seed`: its episode `e` is reset with `seed + e`, and the
+    /// demonstrator is seeded from that episode seed, as in-process
+    /// (`sim::record_episode`).
+    pub seed: u64,
 }
 
 impl DeviceOptions {
@@ -56,6 +60,7 @@ impl DeviceOptions {
             idle: Duration::from_secs(5),
             resend: Duration::from_millis(20),
             keep_actions: true,
+            seed: 0,
         }
     }
 }
@@ -166,7 +171,10 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
             if episode != Some(obs.episode) || restarted {
                 episode = Some(obs.episode);
                 summary.episodes_seen += 1;
-                demonstrator.reset(sim::demonstrator_seed(obs.episode as u64));
+                // Seeded from the episode's seed, not its number: the two differ
+                // unless the controller's `--seed` is 0.
+                let episode_seed = o.seed.wrapping_add(u64::from(obs.episode));
+                demonstrator.reset(sim::demonstrator_seed(episode_seed));
                 // The deadman let go between episodes, as a person lets go after a safe
                 // stop: the controller takes no device's action after one until a
                 // release, and an always-engaged device never released (every later

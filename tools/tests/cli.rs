@@ -440,8 +440,30 @@ fn label_warns_about_replaced_flags_and_a_copy_that_changes_nothing() {
         assert!(o.status.success(), "{}", text(&o));
         assert!(text(&o).contains(says), "{}", text(&o));
     };
-    label_says(&flags, "0", "a", "success flags already; they are replaced");
+    label_says(
+        &flags,
+        "0",
+        "a",
+        "success or terminal flags already; they are replaced",
+    );
     label_says(&flags, "keep", "b", "changes no label and no action");
+    // A terminal end without a reward or a success flag (an arm-reach crash) is a
+    // label as well: a failure label makes it truncated, and it was replaced silently.
+    let mut crashed = ds.clone();
+    for ep in &mut crashed.episodes {
+        ep.success.iter_mut().for_each(|s| *s = false);
+    }
+    let last = crashed.episodes[0].len() - 1;
+    crashed.episodes[0].terminated[last] = true;
+    crashed.episodes[0].truncated[last] = false;
+    let terminal = tmp.path().join("terminal");
+    dataset::write_dataset(&terminal, &crashed.info, &crashed.episodes).unwrap();
+    label_says(
+        &terminal,
+        "none",
+        "crashed-labelled",
+        "terminal flags already; they are replaced",
+    );
     // A source with two tasks: the copy has one, and the label says so.
     let two = tmp.path().join("two-tasks");
     let mut w = dataset::DatasetWriter::create(&two, ds.info.clone()).unwrap();
@@ -500,7 +522,7 @@ fn label_converts_robot_units_to_policy_units() {
     assert!(o.status.success(), "{}", text(&o));
     // The generated source had rewards: the labels replaced them, and said so.
     assert!(
-        text(&o).contains("rewards or success flags already; they are replaced"),
+        text(&o).contains("rewards, success or terminal flags already; they are replaced"),
         "{}",
         text(&o)
     );

@@ -238,6 +238,11 @@ struct Receiver {
     /// Where published bundles are (`latest` names the newest).
     bundles: PathBuf,
     logs: HashMap<String, (LogWriter, u64)>,
+    /// Each stream's transitions appended to its log and not yet synced: they go to the
+    /// training loop once the log is ([`RecordSink::make_durable`]). Sent at once, a
+    /// checkpoint could count them taken, a power cut then take them from the log, and
+    /// the robot (never acknowledged) send them again: trained on twice.
+    unsynced: HashMap<String, Vec<Step>>,
     tx: mpsc::Sender<Step>,
     check: Check,
 }
@@ -333,8 +338,11 @@ impl RecordSink for Receiver {
         writer.append(&rec).map_err(|e| e.to_string())?;
         *held += 1;
         if let Record::Transition(t) = rec {
-            // The trainer may have stopped taking them; the log keeps them either way.
-            let _ = self.tx.send(Step::of(&t, stream, file_name(stream), index));
+            let step = Step::of(&t, stream, file_name(stream), index);
+            self.unsynced
+                .entry(stream.to_string())
+                .or_default()
+                .push(step);
         }
         Ok(())
     }
@@ -344,10 +352,16 @@ impl RecordSink for Receiver {
     /// records the robot counted as held).
     fn make_durable(&mut self, stream: &str) -> Result<(), String> {
         match self.logs.get_mut(stream) {
-            Some((writer, _)) => writer.sync().map_err(|e| e.to_string()),
+            Some((writer, _)) => writer.sync().map_err(|e| e.to_string())?,
             // Nothing held (see `next_index`): nothing to make durable.
-            None => Ok(()),
+            None => return Ok(()),
         }
+        // A failed sync keeps them for the next one (the records stay unacknowledged).
+        for step in self.unsynced.remove(stream).unwrap_or_default() {
+            // The trainer may have stopped taking them; the log keeps them either way.
+            let _ = self.tx.send(step);
+        }
+        Ok(())
     }
 
     fn latest_bundle(&mut self) -> Option<String> {
@@ -600,6 +614,7 @@ impl Listener {
             dir: dir.to_path_buf(),
             bundles: bundles.to_path_buf(),
             logs: HashMap::new(),
+            unsynced: HashMap::new(),
             tx,
             check,
         };
@@ -1151,6 +1166,7 @@ mod tests {
             dir: dir.join("uplink"),
             bundles: dir.join("b"),
             logs: HashMap::new(),
+            unsynced: HashMap::new(),
             tx,
             check: Check {
                 dims: (3, 2),
@@ -1285,6 +1301,7 @@ mod tests {
             receiver.append("r", i as u64, bytes).unwrap();
         }
         assert_eq!(receiver.next_index("r"), Ok(3), "every record is logged");
+        receiver.make_durable("r").unwrap();
         let why: Vec<Option<String>> = rx.try_iter().map(|s| s.unusable).collect();
         assert_eq!(
             why,
@@ -1348,6 +1365,7 @@ mod tests {
                 .append("r", u64::from(step), &chained_step(step, step == 7))
                 .unwrap();
         }
+        whole_log.make_durable("r").unwrap();
         drop(whole_log);
         let dir = tmp.path().join("uplink");
         let check = Check {
@@ -1378,6 +1396,7 @@ mod tests {
                 .append("r", u64::from(step), &chained_step(step, false))
                 .unwrap();
         }
+        first_five.make_durable("r").unwrap();
         for step in rx.try_iter() {
             intake.take(step, &mut partial, &mut summary);
         }
@@ -1472,6 +1491,7 @@ mod tests {
                 let bytes = episode_step(episode, step, i as f32, i == 3);
                 receiver.append("r", i as u64, &bytes).unwrap();
             }
+            receiver.make_durable("r").unwrap();
             let chunks = ChunkSpec {
                 horizon: 2,
                 discount: 0.9,
@@ -1493,6 +1513,28 @@ mod tests {
             );
             assert_eq!(&rows.act[..4], &[0.0, 0.0, 0.1, 0.1], "{case}");
         }
+    }
+
+    /// Streamed transitions reach the training loop only once their log is synced: sent
+    /// at append, a checkpoint could count them taken, a power cut of the trainer then
+    /// take them from the log, and the robot (never acknowledged) send them again, to be
+    /// trained on twice.
+    #[test]
+    fn transitions_reach_training_once_their_log_is_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut r, rx) = receiver(tmp.path(), vec![]);
+        r.append("r", 0, &chained_step(0, false)).unwrap();
+        r.append("r", 1, &chained_step(1, false)).unwrap();
+        assert!(rx.try_recv().is_err(), "sent before the log was synced");
+        r.make_durable("r").unwrap();
+        let indices: Vec<u64> = rx.try_iter().map(|s| s.index).collect();
+        assert_eq!(indices, [0, 1]);
+        // Another stream's sync sends only its own.
+        r.append("r", 2, &chained_step(2, false)).unwrap();
+        r.append("s", 0, &chained_step(0, false)).unwrap();
+        r.make_durable("s").unwrap();
+        let sent: Vec<(String, u64)> = rx.try_iter().map(|s| (s.stream, s.index)).collect();
+        assert_eq!(sent, [("s".to_string(), 0)]);
     }
 
     /// A session whose first twenty episodes streamed no reward says so once (stderr and

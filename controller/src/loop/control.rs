@@ -2440,12 +2440,14 @@ mod tests {
         }
     }
 
-    /// Ticks until the phase is `Done` (at most `max` ticks); the ticks taken.
+    /// Ticks until the phase is `Done`, or the run's last stop is done and awaits its
+    /// Estop's answer (nothing answers here; the HIL tests answer and lose it), at most
+    /// `max` ticks; the ticks taken.
     fn tick_until_done(c: &mut Control, max: u64) -> u64 {
         for n in 1..=max {
             c.tick += 1;
             c.one_tick(Instant::now());
-            if c.phase == Phase::Done {
+            if matches!(c.phase, Phase::Done | Phase::ConfirmingStop { .. }) {
                 return n;
             }
         }
@@ -2677,6 +2679,69 @@ mod tests {
         assert_eq!(c.report.torque_off_ticks, vec![4]);
         assert_eq!(c.gate.stats.estops, 1);
         assert!(c.fatal.is_none() && c.report.faults.is_empty());
+    }
+
+    /// The run's closing Estop waits for its answer: answered, the run is done; not
+    /// answered, it goes out again after each wait, and after the last the run ends with
+    /// an error that says the arm may be energised (it exited with the torque counted
+    /// off on the write alone).
+    #[test]
+    fn the_closing_estop_is_sent_again_until_answered() {
+        for answered in [true, false] {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.phase = Phase::SafeStop {
+                left: 1,
+                then: After::Exit,
+            };
+            tick_until_done(&mut c, 10);
+            assert!(
+                matches!(c.phase, Phase::ConfirmingStop { .. }),
+                "{:?}",
+                c.phase
+            );
+            assert_eq!(wire.estops(), 1);
+            // The tick reads the clock itself: each wait is ended by moving its deadline.
+            let waited = |c: &mut Control| {
+                if let Phase::ConfirmingStop { until, .. } = &mut c.phase {
+                    *until = Instant::now();
+                }
+            };
+            let now = Instant::now();
+            if answered {
+                let answer = Message::Fault {
+                    code: FaultCode::Estop,
+                };
+                tx.send(frame(1, answer)).unwrap();
+                c.tick += 1;
+                c.one_tick(now);
+                assert_eq!(c.phase, Phase::Done);
+                assert!(c.fatal.is_none() && !c.report.unanswered_estop);
+                assert_eq!(wire.estops(), 1);
+                continue;
+            }
+            // Within the wait, nothing goes out again.
+            c.tick += 1;
+            c.one_tick(now);
+            assert_eq!(wire.estops(), 1);
+            for sent in 2..=1 + ESTOP_RESENDS as usize {
+                waited(&mut c);
+                c.tick += 1;
+                c.one_tick(now);
+                assert_eq!(wire.estops(), sent);
+            }
+            waited(&mut c);
+            c.tick += 1;
+            c.one_tick(now);
+            assert_eq!(c.phase, Phase::Done);
+            assert!(c.report.unanswered_estop);
+            assert_eq!(c.report.estop_resends, ESTOP_RESENDS);
+            let fatal = c.fatal.clone().unwrap();
+            assert!(
+                fatal.contains("did not answer the closing Estop"),
+                "{fatal}"
+            );
+        }
     }
 
     /// A link that stays unwritable ends the run with an error that says the torque may

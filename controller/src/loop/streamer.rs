@@ -558,8 +558,9 @@ fn prepare(
 
 /// [`prepare`]'s checks of the bundle written to `tmp`, which will be `target`; with its
 /// signed export time. One exported before `not_before` (the newest bundle taken in
-/// this run) is refused: the names a trainer offers are not signed, so whoever holds
-/// the uplink key could offer any bundle ever signed, in any order.
+/// this run) or before the bundle the run started with is refused: the names a trainer
+/// offers are not signed, so whoever holds the uplink key could offer any bundle ever
+/// signed, in any order (until the first swap, any older one was taken).
 fn verify(
     tmp: &Path,
     target: &Path,
@@ -573,12 +574,11 @@ fn verify(
     check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
     let (new, old) = (&bundle.manifest, &swap.replaces);
     let exported = new.provenance.created_unix;
-    if let Some(newest) = not_before
-        && exported < newest
-    {
+    let newest = not_before.unwrap_or(0).max(old.provenance.created_unix);
+    if exported < newest {
         return Err(format!(
-            "it was exported at {exported} (Unix time), before the newest bundle taken in \
-             this run ({newest}): an older bundle is not taken back"
+            "it was exported at {exported} (Unix time), before the running bundle or the \
+             newest taken in this run ({newest}): an older bundle is not taken back"
         ));
     }
     if let Some(why) = crate::runtime::replacement_refused(new, old) {
@@ -913,6 +913,14 @@ mod tests {
         // time or later it is taken.
         let exported = same.provenance.created_unix;
         let e = prepare(&dir, "b4", &files, &swap(same.clone()), Some(exported + 1))
+            .err()
+            .unwrap();
+        assert!(e.contains("an older bundle is not taken back"), "{e}");
+        // So is one exported before the bundle the run started with, before any swap
+        // (it was taken: the floor began at the first swap).
+        let mut newer = same.clone();
+        newer.provenance.created_unix = exported + 100;
+        let e = prepare(&dir, "b6", &files, &swap(newer), None)
             .err()
             .unwrap();
         assert!(e.contains("an older bundle is not taken back"), "{e}");
