@@ -813,8 +813,9 @@ fn a_closing_estop_lost_on_the_line_is_sent_again() {
     check_invariants(&sim, &received, &out);
     let report = sim.report();
     assert_eq!(fw.faults.lost_estops, 1, "{:?}", fw.faults);
-    assert_eq!(fw.firmware.estops, 1, "{:?}", fw.firmware);
-    assert_eq!(report["estop_resends"], 1, "{report}");
+    // (One resend, unless a loaded machine delayed the answer past the wait: then more.)
+    assert!(fw.firmware.estops >= 1, "{:?}", fw.firmware);
+    assert!(report["estop_resends"].as_u64().unwrap() >= 1, "{report}");
     assert_eq!(report["unanswered_estop"], false, "{report}");
 
     let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "lose_estop=10");
@@ -1075,8 +1076,8 @@ fn fault_latency_spikes_below_the_stale_limit() {
 /// firmware (the link faults above damage the other direction). Fault: the firmware
 /// steps on with the newest command it got, and the next one to arrive can be several
 /// deltas away from it. Expected: the firmware's slew limit takes such commands over
-/// more steps (counted); the controller sees nothing wrong (no fault) and the episodes
-/// complete. Invariants: as everywhere, with a reach of `lost + 1` deltas after lost
+/// more steps (counted); the controller sees nothing wrong (no fault but a loaded
+/// machine's) and the episodes complete. Invariants: as everywhere, with a reach of `lost + 1` deltas after lost
 /// commands.
 #[test]
 fn commands_lost_on_the_way_are_slew_limited_by_the_firmware() {
@@ -1085,7 +1086,9 @@ fn commands_lost_on_the_way_are_slew_limited_by_the_firmware() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(fw.faults.lost_commands > 0, "{:?}", fw.faults);
     assert!(fw.firmware.slew_limited > 0, "{:?}", fw.firmware);
-    assert!(report["faults"].as_array().unwrap().is_empty(), "{report}");
+    // No fault of the lost commands' making (a loaded machine's own are allowed, as in
+    // the link-fault tests: this one paces in real time too).
+    assert_only_load_faults(&report);
     eprintln!(
         "lost {} of {} commands; {} steps slew limited",
         fw.faults.lost_commands,

@@ -241,8 +241,6 @@ pub(crate) fn list_episode_files(dir: &Path) -> Result<Vec<PathBuf>, DatasetErro
     Ok(out)
 }
 
-/// Entries of `dir` whose names start with `prefix` and end with `suffix`, sorted.
-/// A missing directory yields an empty list.
 /// Every `data/*/*.parquet` under `dir`, sorted: what LeRobot's loader reads (any folder
 /// under `data/`, not only `chunk-NNN`), so what validation reports as unreferenced and
 /// what an append sets aside.
@@ -254,6 +252,8 @@ pub(crate) fn data_files_on_disk(dir: &Path) -> Result<Vec<PathBuf>, DatasetErro
     Ok(files)
 }
 
+/// Entries of `dir` whose names start with `prefix` and end with `suffix`, sorted.
+/// A missing directory yields an empty list.
 pub(crate) fn sorted_entries(
     dir: &Path,
     prefix: &str,

@@ -241,7 +241,9 @@ struct Receiver {
     /// Each stream's transitions appended to its log and not yet synced: they go to the
     /// training loop once the log is ([`RecordSink::make_durable`]). Sent at once, a
     /// checkpoint could count them taken, a power cut then take them from the log, and
-    /// the robot (never acknowledged) send them again: trained on twice.
+    /// the robot (never acknowledged) send them again: trained on twice. Those of a
+    /// batch that failed part-way (unacknowledged) go with the stream's next sync, or
+    /// the next session takes them from the log (`recover_logged`).
     unsynced: HashMap<String, Vec<Step>>,
     tx: mpsc::Sender<Step>,
     check: Check,
@@ -731,7 +733,7 @@ impl Intake {
         if !self.rewarded && !self.warned_no_reward && self.episodes_begun > NO_REWARD_EPISODES {
             self.warned_no_reward = true;
             let w = format!(
-                "none of the first {NO_REWARD_EPISODES} streamed episodes had a reward \
+                "none of the first {NO_REWARD_EPISODES} episodes streamed in this session had a reward \
                  (every reward 0: failures only, or successes never labelled); the critics \
                  learn nothing about success until one arrives. Successes are labelled by the \
                  firmware's `Reward` frames or the operator's `s` key (`controller run \
@@ -1586,7 +1588,9 @@ mod tests {
         assert!(run(None, NO_REWARD_EPISODES as u32).is_empty());
         let w = run(None, 40);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("none of the first 20 streamed episodes had a reward"));
+        assert!(
+            w[0].contains("none of the first 20 episodes streamed in this session had a reward")
+        );
         assert!(run(Some(7), 40).is_empty());
     }
 

@@ -1270,7 +1270,6 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
     Ok((agent, state, dir))
 }
 
-/// A checkpoint's observation normalizer fits `od` observations and can divide.
 /// The generator states in `state.json` are xoshiro256++ states, and an all-zero one
 /// draws 0 forever (every uniform draw 0, every normal the same 8.6): refused by name.
 fn check_generators(state: &RunState, state_path: &Path) -> Result<()> {
@@ -1290,6 +1289,7 @@ fn check_generators(state: &RunState, state_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint's observation normalizer fits `od` observations and can divide.
 fn check_normalizer(state: &RunState, od: usize, state_path: &Path) -> Result<()> {
     let n = &state.normalizer;
     ensure!(

@@ -1362,11 +1362,20 @@ impl Control {
             return;
         }
         if matches!(self.phase, Phase::ConfirmingStop { .. }) {
-            // The torque is off and the run ending: recorded, nothing more to stop.
+            // The torque is off and the run ending: recorded, nothing more to stop...
             if !self.cfg.quiet {
                 self.say(format!("FAULT at tick {}: {kind:?}: {detail}", self.tick));
             }
             self.note_fault(now, kind, detail);
+            if !self.torque_off {
+                // ...unless the firmware rebooted: its torque is on again, and it
+                // answers no Estop sent before. The run's last stop starts over (hold,
+                // then a new Estop, whose answer is awaited).
+                if matches!(self.stopping, None | Some(Outcome::Completed)) {
+                    self.stopping = Some(Outcome::StoppedByFault);
+                }
+                self.enter_safe_stop(After::Exit);
+            }
             return;
         }
         let (episode, step) = self
@@ -1709,9 +1718,12 @@ impl Control {
     }
 
     /// How long the closing `Estop`'s answer is waited for before it is sent again: a
-    /// firmware answers within its next step, and the link adds milliseconds.
+    /// firmware answers within its next step, and a link slower than the stale-sensor
+    /// limit is faulty anyway (that limit, at least 4 periods and 100 ms).
     fn estop_answer_wait(&self) -> Duration {
-        (self.period * 4).max(Duration::from_millis(100))
+        self.stale
+            .max(self.period * 4)
+            .max(Duration::from_millis(100))
     }
 
     /// [`Phase::ConfirmingStop`]: done once the firmware answered the closing `Estop`;
@@ -1842,12 +1854,19 @@ impl Control {
         }
         self.phase = match then {
             After::Idle => Phase::Idle,
-            // Its answer awaited: a stop lost on the line left the torque on.
-            After::Exit if estop_sent => Phase::ConfirmingStop {
-                until: now + self.estop_answer_wait(),
-                resends: 0,
-                answers: self.estop_answers,
-            },
+            // Its answer awaited: a stop lost on the line left the torque on. So is that of
+            // an earlier stop's Estop still unanswered (a stop that went idle, then the
+            // run's end).
+            After::Exit
+                if estop_sent
+                    || (self.torque_off && self.estops_unanswered > 0 && !self.link_down) =>
+            {
+                Phase::ConfirmingStop {
+                    until: now + self.estop_answer_wait(),
+                    resends: 0,
+                    answers: self.estop_answers,
+                }
+            }
             After::Exit => Phase::Done,
             After::Handshake => {
                 self.enter_handshake(now);
@@ -2488,6 +2507,79 @@ mod tests {
         assert_eq!(c.estops_unanswered, 1);
     }
 
+    /// A firmware that reboots while the run's closing Estop awaits its answer holds with
+    /// its torque on again and answers no Estop sent before: the run's last stop starts
+    /// over (hold, then a new Estop). The reboot was only noted, and the run could end
+    /// with the torque on.
+    #[test]
+    fn a_reboot_while_the_closing_estop_awaits_its_answer_gets_a_new_stop() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.torque_off = true;
+        c.estops_unanswered = 1;
+        c.phase = Phase::ConfirmingStop {
+            until: Instant::now() + Duration::from_secs(3600),
+            resends: 0,
+            answers: 0,
+        };
+        let hello = c.hello;
+        tx.send(frame(0, Message::Hello(hello))).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            matches!(
+                c.phase,
+                Phase::SafeStop {
+                    then: After::Exit,
+                    ..
+                }
+            ),
+            "{:?}",
+            c.phase
+        );
+        assert!(
+            c.report
+                .faults
+                .iter()
+                .any(|f| f.kind == FaultKind::FirmwareReset)
+        );
+        tick_until_done(&mut c, 100);
+        assert_eq!(
+            wire.estops(),
+            1,
+            "the rebooted firmware was never sent an Estop"
+        );
+        assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+    }
+
+    /// The run's end after a stop whose Estop is still unanswered (one that went idle,
+    /// then the end) awaits that answer too, and sends the Estop again without it: the
+    /// end went straight to `Done`.
+    #[test]
+    fn an_earlier_unanswered_estop_is_confirmed_at_the_runs_end() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.torque_off = true;
+        c.estops_unanswered = 1;
+        c.phase = Phase::SafeStop {
+            left: 1,
+            then: After::Exit,
+        };
+        tick_until_done(&mut c, 10);
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "{:?}",
+            c.phase
+        );
+        assert_eq!(wire.estops(), 0);
+        if let Phase::ConfirmingStop { until, .. } = &mut c.phase {
+            *until = Instant::now();
+        }
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(wire.estops(), 1);
+    }
+
     /// A `Hello` like the one that last restarted the firmware's numbering (the link marks
     /// it stale, as a possible copy): ignored while the torque is on (the safe stop under
     /// way ends with an Estop anyway), taken for another reboot once our Estop has gone
@@ -2721,6 +2813,9 @@ mod tests {
                 continue;
             }
             // Within the wait, nothing goes out again.
+            if let Phase::ConfirmingStop { until, .. } = &mut c.phase {
+                *until = Instant::now() + Duration::from_secs(3600);
+            }
             c.tick += 1;
             c.one_tick(now);
             assert_eq!(wire.estops(), 1);
