@@ -535,6 +535,12 @@ fn contradicting_flags_are_refused() {
             1,
             "--align-phase is for firmware that streams on its own clock, not with --sim-lockstep",
         ),
+        (
+            // A spin as long as the period: the SCHED_FIFO thread would never sleep.
+            &["--allow-unsigned", "--realtime", "--spin-us", "60000"],
+            1,
+            "--spin-us 60000 spins through the whole control period (50ms) under --realtime",
+        ),
     ] {
         let out = Command::new(BIN).args(base).args(extra).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1938,6 +1944,13 @@ fn settings_the_loop_cannot_run_with_are_refused() {
         );
         assert_eq!(out.status.code(), Some(1), "{extra:?}: {out:?}");
         assert!(out.stderr.contains(says), "{extra:?}: {}", out.stderr);
+        // Refused before anything started: the simulated firmware's deadlines overflowed
+        // on the tiny time scale, its thread panicked before the loop refused it.
+        assert!(
+            !out.stderr.contains("panicked"),
+            "{extra:?}: {}",
+            out.stderr
+        );
         assert!(
             !dir.path().join("run/transitions.log").exists(),
             "{extra:?}: logged"
@@ -2582,7 +2595,7 @@ fn out_of_range_counts_and_rates_are_refused() {
     let keep = tempfile::tempdir().unwrap();
     std::fs::write(keep.path().join("manifest.json"), "a bundle").unwrap();
     let keep = keep.path().to_str().unwrap().to_string();
-    let cases: [(&[&str], i32, &str); 13] = [
+    let cases: [(&[&str], i32, &str); 15] = [
         (
             &[
                 "bench",
@@ -2634,7 +2647,27 @@ fn out_of_range_counts_and_rates_are_refused() {
                 "1e9",
             ],
             1,
-            "--rate must be in [1/60, 65535] Hz",
+            "--rate must be in [1/60, 10000] Hz",
+        ),
+        (
+            // Above a robot file's fastest rate: refused by this flag, before the bundle
+            // is written (the loop refused it, naming a time scale).
+            &[
+                "bench-loop",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--rate",
+                "20000",
+            ],
+            1,
+            "--rate must be in [1/60, 10000] Hz",
+        ),
+        (
+            // Each action's stage times are kept: 2^32 of them asked for 137 GB.
+            &["bench", "--synthetic", "cpu", "--actions", "4294967295"],
+            2,
+            "--actions",
         ),
         (
             &[
@@ -2649,7 +2682,7 @@ fn out_of_range_counts_and_rates_are_refused() {
             "--seconds in (0, 86400]",
         ),
         (
-            &["bench-wake", "--rate", "70000", "--seconds", "1"],
+            &["bench-wake", "--rate", "20000", "--seconds", "1"],
             1,
             "--rate must be in",
         ),

@@ -302,14 +302,36 @@ pub enum ConfigError {
     },
 }
 
+/// The largest robot file read (the examples are about 2 KiB).
+pub const MAX_ROBOT_FILE_BYTES: u64 = 1 << 20;
+
 impl RobotConfig {
-    /// Reads, parses and validates a robot file.
+    /// Reads, parses and validates a robot file: a regular file of at most
+    /// [`MAX_ROBOT_FILE_BYTES`]. A device named by mistake (`--robot /dev/ttyACM0`, the
+    /// port and the file swapped) blocked the read for good, a FIFO without a writer
+    /// too, and `/dev/zero` filled the memory.
     pub fn load(path: impl AsRef<Path>) -> Result<RobotConfig, ConfigError> {
+        use std::io::Read;
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        let read_error = |error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if !meta.is_file() {
+            return Err(read_error(std::io::Error::other(
+                "not a regular file (a device, a FIFO or a directory?)",
+            )));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_ROBOT_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(read_error)?;
+        if text.len() as u64 > MAX_ROBOT_FILE_BYTES {
+            return Err(read_error(std::io::Error::other(format!(
+                "more than the {MAX_ROBOT_FILE_BYTES} bytes a robot file may have"
+            ))));
+        }
         Self::from_toml_str(&text, &path.display().to_string())
     }
 

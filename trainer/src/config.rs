@@ -727,6 +727,13 @@ impl Config {
             self.task != Task::Robot || self.run.dataset.is_some(),
             ROBOT_NEEDS_A_DATASET
         );
+        // A robot has no simulator to act in, and an rlpd run exports no bundle (its
+        // actor is not the EXPO policy the controller runs): the run could never act.
+        anyhow::ensure!(
+            !(self.task == Task::Robot && self.algo == Algo::Rlpd),
+            "algo = \"rlpd\" with task = \"robot\": an rlpd run exports no bundle, and a \
+             robot run has no simulator to act in, so it could never act; use expo, idql or bc"
+        );
         // An empty path (`--set run.dataset=$UNSET`) read the current directory.
         anyhow::ensure!(
             self.run
@@ -888,6 +895,32 @@ impl Config {
             &n.critic_widths,
         )
         .map_err(|e| anyhow::anyhow!("a bundle of this run would be refused: {e}"))?;
+        // The weights alone, as f32 in a graph file: the controller reads at most
+        // `MAX_GRAPH_BYTES` of one (wider networks were trained, exported, and refused
+        // by every load; the widest aborted on their first allocation). The residual
+        // blocks' and the hidden layers' matrices, the rest being far smaller.
+        let max_floats = shared_model::manifest::MAX_GRAPH_BYTES / 4;
+        let denoiser = (n.denoiser_blocks as u64)
+            .saturating_mul(2)
+            .saturating_mul(n.denoiser_hidden as u64)
+            .saturating_mul(n.denoiser_expanded as u64);
+        let critic_layers: u64 = n
+            .critic_widths
+            .windows(2)
+            .map(|w| (w[0] as u64).saturating_mul(w[1] as u64))
+            .fold(0u64, u64::saturating_add);
+        let critic = critic_layers.saturating_mul(n.num_critics.max(1) as u64);
+        for (what, floats) in [
+            ("the denoiser's residual blocks", denoiser),
+            ("the critic ensemble's hidden layers", critic),
+        ] {
+            ensure!(
+                floats <= max_floats,
+                "{what} would hold {floats} weights, more than the {max_floats} (1 GiB of \
+                 f32) a bundle's graph file may have: narrower net.* widths, or fewer blocks \
+                 or critics"
+            );
+        }
         // The edit policy reuses the critic's widths, and the bundle's edit graph splits
         // its first layer by input ahead of a separate head.
         ensure!(
@@ -1446,6 +1479,36 @@ mod tests {
             ],
         )
         .unwrap();
+        // Networks whose weights no bundle could hold: the widest aborted on an
+        // allocation, a merely too wide one trained and exported, and every load of
+        // its bundle refused the graph file.
+        for sets in [
+            &["net.denoiser_hidden=65536", "net.denoiser_expanded=65536"][..],
+            &["net.denoiser_expanded=65536", "net.denoiser_blocks=9"],
+        ] {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let e = Config::resolve("paper", None, &sets).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("the denoiser's residual blocks would hold"),
+                "{sets:?}: {e:#}"
+            );
+        }
+        // rlpd on a robot: no bundle to export, no simulator to act in (it pretrained
+        // 5,000 updates at `cpu`, then every export was refused).
+        let e = Config::resolve(
+            "cpu",
+            None,
+            &[
+                "task=robot".into(),
+                "run.dataset=demos".into(),
+                "algo=rlpd".into(),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("algo = \"rlpd\" with task = \"robot\""),
+            "{e:#}"
+        );
     }
 
     #[test]

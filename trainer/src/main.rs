@@ -491,6 +491,13 @@ fn main() -> Result<()> {
         } => {
             let mut c = config.resolve()?;
             c.run.online_steps = 0;
+            // rlpd has no base policy: without `run.pretrain_critic` it pretrains nothing
+            // (as `train` does, for the same offline budget), and this printed "pretrained".
+            anyhow::ensure!(
+                c.algo != trainer::config::Algo::Rlpd || c.run.pretrain_critic,
+                "rlpd has no base policy to pretrain: `trainer pretrain` with algo = \"rlpd\" \
+                 takes --set run.pretrain_critic=true (its critics and actor, offline)"
+            );
             // A checkpoint past pretraining belongs to an online run: pretraining has
             // nothing left to do there, and `train --resume` is what continues it.
             // So does one at step 0 of a run that has online steps to take: `train` takes

@@ -532,6 +532,26 @@ fn resume_refuses_a_different_config() {
     assert!(step > 0);
     let state = std::fs::read(tmp.path().join("checkpoint/state.json")).unwrap();
     let dir = tmp.path().to_str().unwrap();
+    // rlpd without `run.pretrain_critic` pretrains nothing (no base policy): refused,
+    // where it printed "pretrained" after zero updates.
+    let empty = tmp.path().join("rlpd-pretrain");
+    let (code, text) = trainer_cli(&[
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--set",
+        "algo=rlpd",
+        "--set",
+        "run.pretrain_critic=false",
+        "--out",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("rlpd has no base policy to pretrain"),
+        "{text}"
+    );
+    assert!(!empty.exists(), "{text}");
     let (code, text) = trainer_cli(&["pretrain", "--preset", "tiny", "--out", dir, "--resume"]);
     assert_eq!(code, Some(1), "{text}");
     assert!(

@@ -1021,6 +1021,37 @@ pub const MIN_PERIOD: Duration =
 /// watchdog scale with it).
 pub const MAX_PERIOD: Duration = Duration::from_secs(60);
 
+/// The control period of `robot` at `time_scale`, within [`MIN_PERIOD`] and
+/// [`MAX_PERIOD`]; checked before anything starts (a simulated firmware's own deadlines
+/// overflowed on a scale the loop then refused).
+pub fn scaled_period(robot: &RobotConfig, time_scale: f64) -> Result<Duration, RunError> {
+    // A faster clock than this leaves no time to act (and a zero period, none to wait).
+    if !(time_scale.is_finite() && time_scale > 0.0) {
+        return Err(RunError::Config(format!(
+            "the time scale must be a positive number, not {time_scale}"
+        )));
+    }
+    let period = Duration::try_from_secs_f64(robot.control_period().as_secs_f64() / time_scale)
+        .map_err(|_| {
+            RunError::Config(format!(
+                "time scale {time_scale} gives no usable control period"
+            ))
+        })?;
+    if period < MIN_PERIOD {
+        return Err(RunError::Config(format!(
+            "time scale {time_scale} gives a control period of {period:?} for {} Hz; the loop needs at least {MIN_PERIOD:?}",
+            robot.control_hz
+        )));
+    }
+    if period > MAX_PERIOD {
+        return Err(RunError::Config(format!(
+            "time scale {time_scale} gives a control period of {period:?} for {} Hz; at most {MAX_PERIOD:?}",
+            robot.control_hz
+        )));
+    }
+    Ok(period)
+}
+
 /// Checks that the bundle fits the robot.
 pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
     let m = &bundle.manifest;
@@ -1046,31 +1077,14 @@ pub fn run(
     task: &str,
     bundle_label: &str,
 ) -> Result<RunReport, RunError> {
-    // A faster clock than this leaves no time to act (and a zero period, none to wait).
-    if !(cfg.time_scale.is_finite() && cfg.time_scale > 0.0) {
+    let period = scaled_period(&cfg.robot, cfg.time_scale)?;
+    // A spin of a whole period never sleeps: under SCHED_FIFO the control thread would
+    // take its CPU for good (throttled by the kernel, holds included).
+    if cfg.realtime.is_some() && cfg.spin >= period {
         return Err(RunError::Config(format!(
-            "the time scale must be a positive number, not {}",
-            cfg.time_scale
-        )));
-    }
-    let period =
-        Duration::try_from_secs_f64(cfg.robot.control_period().as_secs_f64() / cfg.time_scale)
-            .map_err(|_| {
-                RunError::Config(format!(
-                    "time scale {} gives no usable control period",
-                    cfg.time_scale
-                ))
-            })?;
-    if period < MIN_PERIOD {
-        return Err(RunError::Config(format!(
-            "time scale {} gives a control period of {period:?} for {} Hz; the loop needs at least {MIN_PERIOD:?}",
-            cfg.time_scale, cfg.robot.control_hz
-        )));
-    }
-    if period > MAX_PERIOD {
-        return Err(RunError::Config(format!(
-            "time scale {} gives a control period of {period:?} for {} Hz; at most {MAX_PERIOD:?}",
-            cfg.time_scale, cfg.robot.control_hz
+            "--spin-us {} spins through the whole control period ({period:?}) under \
+             --realtime: the control thread would never sleep",
+            cfg.spin.as_micros()
         )));
     }
     if cfg.baud == 0 {

@@ -534,6 +534,26 @@ fn parse_errors_name_file_line_and_field() {
     // chain (anyhow's `Caused by:`) printed it twice.
     assert!(err.to_string().contains("No such file"), "{err}");
     assert!(std::error::Error::source(&err).is_none());
+    // Not a regular file (a device named for the robot file, the port and the file
+    // swapped; a directory): refused before it is read (a tty blocked for good).
+    for path in ["/dev/null", "/tmp"] {
+        let e = RobotConfig::load(path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{path}: cannot read: not a regular file")),
+            "{e}"
+        );
+    }
+    // Larger than any robot file.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    let mut text = PUSH.to_string();
+    text.push_str(&"#".repeat(MAX_ROBOT_FILE_BYTES as usize));
+    std::fs::write(&big, text).unwrap();
+    let e = RobotConfig::load(&big).unwrap_err().to_string();
+    assert!(
+        e.contains("more than the 1048576 bytes a robot file may have"),
+        "{e}"
+    );
 }
 
 #[test]
