@@ -2459,6 +2459,15 @@ mod tests {
         }
     }
 
+    /// Moves the end of the wait for the closing Estop's answer to `at` (a tick reads
+    /// the clock itself).
+    fn estop_wait_ends(c: &mut Control, at: Instant) {
+        let Phase::ConfirmingStop { until, .. } = &mut c.phase else {
+            panic!("not awaiting an Estop's answer: {:?}", c.phase);
+        };
+        *until = at;
+    }
+
     /// Ticks until the phase is `Done`, or the run's last stop is done and awaits its
     /// Estop's answer (nothing answers here; the HIL tests answer and lose it), at most
     /// `max` ticks; the ticks taken.
@@ -2572,9 +2581,7 @@ mod tests {
             c.phase
         );
         assert_eq!(wire.estops(), 0);
-        if let Phase::ConfirmingStop { until, .. } = &mut c.phase {
-            *until = Instant::now();
-        }
+        estop_wait_ends(&mut c, Instant::now());
         c.tick += 1;
         c.one_tick(Instant::now());
         assert_eq!(wire.estops(), 1);
@@ -2793,12 +2800,6 @@ mod tests {
                 c.phase
             );
             assert_eq!(wire.estops(), 1);
-            // The tick reads the clock itself: each wait is ended by moving its deadline.
-            let waited = |c: &mut Control| {
-                if let Phase::ConfirmingStop { until, .. } = &mut c.phase {
-                    *until = Instant::now();
-                }
-            };
             let now = Instant::now();
             if answered {
                 let answer = Message::Fault {
@@ -2813,19 +2814,17 @@ mod tests {
                 continue;
             }
             // Within the wait, nothing goes out again.
-            if let Phase::ConfirmingStop { until, .. } = &mut c.phase {
-                *until = Instant::now() + Duration::from_secs(3600);
-            }
+            estop_wait_ends(&mut c, Instant::now() + Duration::from_secs(3600));
             c.tick += 1;
             c.one_tick(now);
             assert_eq!(wire.estops(), 1);
             for sent in 2..=1 + ESTOP_RESENDS as usize {
-                waited(&mut c);
+                estop_wait_ends(&mut c, Instant::now());
                 c.tick += 1;
                 c.one_tick(now);
                 assert_eq!(wire.estops(), sent);
             }
-            waited(&mut c);
+            estop_wait_ends(&mut c, Instant::now());
             c.tick += 1;
             c.one_tick(now);
             assert_eq!(c.phase, Phase::Done);
