@@ -518,7 +518,22 @@ fn a_report_that_cannot_be_written_is_printed() {
 #[test]
 fn contradicting_flags_are_refused() {
     let b = bundle().to_str().unwrap();
-    let base = ["run", "--sim", "push", "--bundle", b, "--episodes", "1"];
+    // An --out of its own: a case that ran (the old code, a mutation) recorded into
+    // the crate's `out/controller`, inside the repository.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    let base = [
+        "run",
+        "--sim",
+        "push",
+        "--bundle",
+        b,
+        "--episodes",
+        "1",
+        "--out",
+        out,
+    ];
     for (extra, code, says) in [
         (
             &["--allow-unsigned", "--realtime", "--dedicated-cpu", "0"][..],
