@@ -1540,6 +1540,23 @@ mod tests {
             (0.005, 0.99, 0.001)
         );
         assert_eq!(c.expo.edit_scale, 0.05);
+        // The rest of DESIGN.md section 2: time features (128 Fourier, a 256-wide MLP),
+        // 3 x 256 critics (the edit policy's widths too), the VP schedule, 3e-4 for
+        // every optimizer, entropy target -action_dim/2, 50/50 offline and online rows.
+        assert_eq!((c.net.fourier_features, c.net.time_hidden), (128, 256));
+        assert_eq!(c.net.critic_widths, [256, 256, 256]);
+        assert_eq!((c.diffusion.beta_min, c.diffusion.beta_max), (0.1, 10.0));
+        assert_eq!(
+            (
+                c.optim.actor_lr,
+                c.optim.critic_lr,
+                c.optim.edit_lr,
+                c.optim.temperature_lr
+            ),
+            (3e-4, 3e-4, 3e-4, 3e-4)
+        );
+        assert_eq!(c.expo.target_entropy_per_dim, -0.5);
+        assert_eq!(c.optim.offline_fraction, 0.5);
     }
 
     #[test]
