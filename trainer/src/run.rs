@@ -2008,9 +2008,7 @@ mod tests {
     #[test]
     fn a_checkpoint_of_non_finite_networks_is_refused_and_the_last_good_one_stays() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = Config::preset("tiny").unwrap();
-        c.run.online_steps = 10;
-        train(&c, tmp.path(), &TrainOptions::default(), &mut ()).unwrap();
+        trained_tiny(tmp.path());
         let state_file = tmp.path().join("checkpoint/state.json");
         let good = std::fs::read(&state_file).unwrap();
         let (mut agent, state, online) = load_run(tmp.path(), None).unwrap();
@@ -2041,15 +2039,21 @@ mod tests {
         assert_eq!(std::fs::read(&state_file).unwrap(), good);
     }
 
+    /// A `tiny` run of 10 online steps trained into `dir`; its config.
+    fn trained_tiny(dir: &Path) -> Config {
+        let mut c = Config::preset("tiny").unwrap();
+        c.run.online_steps = 10;
+        train(&c, dir, &TrainOptions::default(), &mut ()).unwrap();
+        c
+    }
+
     /// A checkpoint whose generator state is all zeros (a damaged `state.json`) is
     /// refused by file and generator: it loaded, and every draw of that generator was
     /// the same value (every batch the same rows, for `batch_rng`).
     #[test]
     fn an_all_zero_generator_state_is_refused_on_load() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = Config::preset("tiny").unwrap();
-        c.run.online_steps = 10;
-        train(&c, tmp.path(), &TrainOptions::default(), &mut ()).unwrap();
+        trained_tiny(tmp.path());
         let path = tmp.path().join("checkpoint/state.json");
         let mut state: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -2070,9 +2074,7 @@ mod tests {
         use burn::module::{Module, Param};
         use burn::tensor::{DType, Tensor, TensorData};
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = Config::preset("tiny").unwrap();
-        c.run.online_steps = 10;
-        train(&c, tmp.path(), &TrainOptions::default(), &mut ()).unwrap();
+        let c = trained_tiny(tmp.path());
         let device = device(&c).unwrap();
         let log_alpha =
             Tensor::<1>::from_data(TensorData::new(vec![-2.0f32], [1]), &device).cast(DType::F64);

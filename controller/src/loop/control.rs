@@ -2459,6 +2459,20 @@ mod tests {
         }
     }
 
+    /// The run's last stop (one tick of hold), up to the wait for its Estop's answer.
+    fn stop_at_the_runs_end(c: &mut Control) {
+        c.phase = Phase::SafeStop {
+            left: 1,
+            then: After::Exit,
+        };
+        tick_until_done(c, 10);
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "{:?}",
+            c.phase
+        );
+    }
+
     /// Moves the end of the wait for the closing Estop's answer to `at` (a tick reads
     /// the clock itself).
     fn estop_wait_ends(c: &mut Control, at: Instant) {
@@ -2570,16 +2584,7 @@ mod tests {
         let (mut c, _tx) = control(&wire);
         c.torque_off = true;
         c.estops_unanswered = 1;
-        c.phase = Phase::SafeStop {
-            left: 1,
-            then: After::Exit,
-        };
-        tick_until_done(&mut c, 10);
-        assert!(
-            matches!(c.phase, Phase::ConfirmingStop { .. }),
-            "{:?}",
-            c.phase
-        );
+        stop_at_the_runs_end(&mut c);
         assert_eq!(wire.estops(), 0);
         estop_wait_ends(&mut c, Instant::now());
         c.tick += 1;
@@ -2789,16 +2794,7 @@ mod tests {
         for answered in [true, false] {
             let wire = Wire::default();
             let (mut c, tx) = control(&wire);
-            c.phase = Phase::SafeStop {
-                left: 1,
-                then: After::Exit,
-            };
-            tick_until_done(&mut c, 10);
-            assert!(
-                matches!(c.phase, Phase::ConfirmingStop { .. }),
-                "{:?}",
-                c.phase
-            );
+            stop_at_the_runs_end(&mut c);
             assert_eq!(wire.estops(), 1);
             let now = Instant::now();
             if answered {
