@@ -90,7 +90,8 @@ enum Command {
     /// rate with the safety envelope, transitions logged crash-safely and saved as a
     /// dataset, cadence report per episode and at exit. Exit status: 0 all episodes ran,
     /// 4 all ran but the recording lost data (a full disk), 3 stopped by a fault, 130
-    /// interrupted (Ctrl-C, SIGTERM, SIGHUP), 1 refused or failed.
+    /// interrupted (Ctrl-C, SIGTERM, SIGHUP), 1 refused or failed, 2 a command line that
+    /// does not parse (an unknown flag, a bad value, two flags that exclude each other).
     Run(Box<RunArgs>),
     /// The control loop against the simulated firmware on an in-process pty at `--rate`
     /// Hz for `--seconds`: effective rate, wake-up jitter, overruns, sensor-to-command
@@ -793,7 +794,7 @@ fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
     std::process::ExitCode::from(report.exit_status())
 }
 
-fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
+fn cmd_bench_loop(a: BenchLoopArgs) -> Result<std::process::ExitCode> {
     let BenchLoopArgs {
         rate,
         seconds,
@@ -865,6 +866,17 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
     let fw_report = fw.stop()?;
     let c = &report.cadence;
     println!("{report}");
+    // A run cut short by Ctrl-C (or SIGTERM) ends like one that ran its `--seconds`
+    // (both `Interrupted`): it printed the table and exited 0, a benchmark's row of a
+    // few seconds' figures.
+    if robot_loop::realtime::stop_requested() {
+        eprintln!(
+            "bench-loop: interrupted (signal {}) before its {seconds} s: no table of a \
+             partial run",
+            robot_loop::realtime::stop_signal()
+        );
+        return Ok(std::process::ExitCode::from(130));
+    }
     println!(
         "firmware: {} steps, {} hold steps, {} commands, {} watchdog trips, {} overruns",
         fw_report.firmware.steps,
@@ -897,7 +909,7 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<()> {
         c.infer.max_us,
         report.faults.len()
     );
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// p50, p99 and max of `v` (seconds) in microseconds.
@@ -1081,7 +1093,7 @@ fn cmd_bench_wake(rate: f64, seconds: f64, spin_us: u64, cpu: Option<usize>) -> 
 fn main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Run(a) => return cmd_run(*a),
-        Command::BenchLoop(a) => cmd_bench_loop(*a)?,
+        Command::BenchLoop(a) => return cmd_bench_loop(*a),
         Command::BenchWake {
             rate,
             seconds,

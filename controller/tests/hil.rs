@@ -562,6 +562,19 @@ fn contradicting_flags_are_refused() {
         assert_eq!(out.status.code(), Some(code), "{extra:?}: {stderr}");
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
+    // The exit statuses above are the ones `run`'s help lists (it said 1 for every
+    // refusal, where the parser's own exit 2).
+    let help = Command::new(BIN).args(["help", "run"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for status in [
+        "1 refused or failed",
+        "2 a command line that does not parse",
+    ] {
+        assert!(help.contains(status), "{help}");
+    }
 }
 
 /// Setup: real-time pacing (the firmware steps on its own clock, like a robot) with the
@@ -2597,6 +2610,54 @@ fn bench_commands_time_chunked_bundles_in_both_modes() {
             "| cpu chunks of 3 native |"
         };
         assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+}
+
+/// Setup: a minute's `bench-loop`. Fault: Ctrl-C a second into it. Expected: exit
+/// status 130 and no table: it ended as a run of its `--seconds` does, exit 0 with a
+/// table row of a second's figures.
+#[test]
+fn an_interrupted_bench_loop_prints_no_table() {
+    use std::io::BufRead;
+    let _g = serial();
+    let mut child = Command::new(BIN)
+        .args(["bench-loop", "--synthetic", "cpu", "--horizon", "3"])
+        .args(["--rate", "100", "--seconds", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line comes after the signal handlers are in place.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("bench-loop: "), "{line}");
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{rest}");
+    assert!(!stdout.contains("| model |"), "{stdout}");
+    assert!(rest.contains("interrupted (signal 2)"), "{rest}");
+}
+
+/// The controller's command lines in `scripts/demo` (the README's first command, which
+/// no test runs) parse: each exits 0 with `--help` after it, where a flag the code no
+/// longer has, or a value its parser refuses, exits 2 before the help.
+#[test]
+fn the_demo_scripts_command_lines_parse() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo");
+    let script = std::fs::read_to_string(demo).unwrap();
+    let lines = hil_tests::script::commands(&script, "controller", &[("task", "push")]);
+    // The robot's runs (held out, rounds) and the live run.
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for args in &lines {
+        let out = Command::new(BIN).args(args).arg("--help").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
 

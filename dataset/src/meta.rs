@@ -153,13 +153,12 @@ impl InfoJson {
 
     pub(crate) fn read(dir: &Path) -> Result<Self, DatasetError> {
         let path = info_path(dir);
-        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => DatasetError::Missing {
-                path: path.clone(),
-                what: "info.json (is this a LeRobot v3 dataset directory?)".into(),
-            },
-            _ => DatasetError::io(&path, "reading info.json", e),
-        })?;
+        let text = read_metadata(
+            &path,
+            MAX_INFO_BYTES,
+            "info.json (is this a LeRobot v3 dataset directory?)",
+            "reading info.json",
+        )?;
         let json_err = |error| DatasetError::Json {
             path: path.clone(),
             what: "LeRobot v3 info.json".into(),
@@ -534,16 +533,51 @@ pub(crate) fn stats_json(
     Value::Object(map)
 }
 
+/// The largest `info.json` read. One feature's entry is a few hundred bytes plus its
+/// dimension names: 16 MiB is tens of thousands of features, far past any robot's, and
+/// keeps a damaged or wrong file (a log renamed, `/dev/zero` linked) from taking the
+/// reader's memory whole before it is parsed.
+pub(crate) const MAX_INFO_BYTES: u64 = 16 << 20;
+
+/// The largest `stats.json` read: five numbers per dimension of every feature, about
+/// 100 bytes each as JSON; 64 MiB is some 600,000 dimensions.
+pub(crate) const MAX_STATS_BYTES: u64 = 64 << 20;
+
+/// The text of the metadata file `path`, refused past `max` bytes; `missing` names it
+/// when it is not there.
+fn read_metadata(
+    path: &Path,
+    max: u64,
+    missing: &str,
+    action: &'static str,
+) -> Result<String, DatasetError> {
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_string(&mut text))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DatasetError::Missing {
+                path: path.to_path_buf(),
+                what: missing.into(),
+            },
+            _ => DatasetError::io(path, action, e),
+        })?;
+    if text.len() as u64 > max {
+        return Err(DatasetError::invalid(
+            path,
+            format!(
+                "larger than the {} MiB a dataset's metadata file may be",
+                max >> 20
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// Parse `meta/stats.json` back into per-feature stats (missing fields are errors).
 pub(crate) fn read_stats(dir: &Path) -> Result<BTreeMap<String, FeatureStats>, DatasetError> {
     let path = stats_path(dir);
-    let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => DatasetError::Missing {
-            path: path.clone(),
-            what: "stats.json".into(),
-        },
-        _ => DatasetError::io(&path, "reading stats.json", e),
-    })?;
+    let text = read_metadata(&path, MAX_STATS_BYTES, "stats.json", "reading stats.json")?;
     #[derive(Deserialize)]
     struct Raw {
         min: Vec<f64>,

@@ -317,6 +317,31 @@ fn fresh_info_json(info: &DatasetInfo) -> InfoJson {
     }
 }
 
+/// `info.json`'s `splits` (name -> `"START:END"`, episode ranges) once episodes
+/// `before..after` are appended to a dataset whose splits were `splits`. A dataset
+/// without splits, or whose `train` ends at `before`, gets the new episodes in `train`
+/// (ours is always `train: 0:N`); the other splits are kept as they are: an append or a
+/// `tidy` set a foreign dataset's `val`/`test` to nothing. New episodes after a split
+/// that is not `train` belong to none (a range cannot hold them beside it).
+fn splits_after_append(
+    splits: &BTreeMap<String, String>,
+    before: usize,
+    after: usize,
+) -> BTreeMap<String, String> {
+    let mut out = splits.clone();
+    if splits.is_empty() {
+        out.insert("train".into(), format!("0:{after}"));
+        return out;
+    }
+    if let Some(train) = out.get_mut("train")
+        && let Some((start, end)) = train.split_once(':')
+        && end.trim().parse::<usize>() == Ok(before)
+    {
+        *train = format!("{}:{after}", start.trim());
+    }
+    out
+}
+
 /// Arrow schema of the data files: the known columns that `features` declares, in
 /// [`cols::ALL`] order.
 fn data_schema(features: &BTreeMap<String, Feature>, od: usize, ad: usize) -> SchemaRef {
@@ -900,7 +925,11 @@ impl DatasetWriter {
         json.total_episodes = self.episodes.len();
         json.total_frames = self.frames;
         json.total_tasks = self.tasks.len();
-        json.splits = BTreeMap::from([("train".into(), format!("0:{}", self.episodes.len()))]);
+        json.splits = splits_after_append(
+            &self.json.splits,
+            self.episodes.len() - self.episodes_added,
+            self.episodes.len(),
+        );
         let path = meta::info_path(&self.dir);
         let value = serde_json::to_value(&json).map_err(|error| DatasetError::Json {
             path: path.clone(),

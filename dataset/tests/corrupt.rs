@@ -96,6 +96,30 @@ fn info_json_bad_json() {
     expect_err(&dir, &["info.json", "invalid JSON"]);
 }
 
+/// A metadata file far past any dataset's (a log renamed, a damaged disk's) is refused
+/// by its size, not read whole into memory first; sparse here, so the test writes
+/// nothing. Both were read without a limit.
+#[test]
+fn oversized_metadata_files() {
+    let (_t, dir) = good();
+    let grow = |name: &str, len: u64| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("meta").join(name))
+            .unwrap();
+        f.set_len(len).unwrap();
+    };
+    grow("stats.json", (64 << 20) + 1);
+    let e = validate_dataset(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("stats.json") && e.contains("larger than the 64 MiB"),
+        "{e}"
+    );
+    read_dataset(&dir).expect("stats.json is read by the validator only");
+    grow("info.json", (16 << 20) + 1);
+    expect_err(&dir, &["info.json", "larger than the 16 MiB"]);
+}
+
 fn edit_info(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("meta/info.json");
     let mut v: serde_json::Value =

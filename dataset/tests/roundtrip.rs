@@ -126,6 +126,48 @@ fn append_keeps_old_files_and_order() {
     );
 }
 
+/// A foreign dataset's splits survive an append: each metadata rewrite set them to
+/// `train: 0:N`, dropping its `val`/`test`. Episodes appended right after `train` join
+/// it; after another split, none.
+#[test]
+fn append_keeps_other_splits() {
+    let splits = |dir: &std::path::Path| -> serde_json::Value {
+        let text = fs::read_to_string(dir.join("meta/info.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["splits"].clone()
+    };
+    let set_splits = |dir: &std::path::Path, v: serde_json::Value| {
+        let path = dir.join("meta/info.json");
+        let mut info: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        info["splits"] = v;
+        fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
+    };
+    let append = |dir: &std::path::Path, eps: &[dataset::Episode]| {
+        let mut w = DatasetWriter::open_append(dir).unwrap();
+        for ep in eps {
+            w.append_episode(ep).unwrap();
+        }
+        w.finish().unwrap();
+    };
+    let eps = episodes(3, &[5, 6, 7, 8, 9]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_dataset(dir, &info(), &eps[..3]).unwrap();
+    set_splits(dir, serde_json::json!({"val": "0:1", "train": "1:3"}));
+    append(dir, &eps[3..4]);
+    assert_eq!(
+        splits(dir),
+        serde_json::json!({"val": "0:1", "train": "1:4"})
+    );
+    set_splits(dir, serde_json::json!({"train": "0:3", "test": "3:4"}));
+    append(dir, &eps[4..]);
+    assert_eq!(
+        splits(dir),
+        serde_json::json!({"train": "0:3", "test": "3:4"})
+    );
+    assert_eq!(read_dataset(dir).unwrap().episodes.len(), 5);
+}
+
 #[test]
 fn unfinished_writer_leaves_dataset_readable() {
     let tmp = tempfile::tempdir().unwrap();

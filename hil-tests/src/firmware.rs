@@ -789,6 +789,10 @@ pub struct RunReport {
     pub firmware: FirmwareStats,
     pub faults: FaultStats,
     pub decoder: DecoderStats,
+    /// Bytes the port dropped because the controller did not read them within its
+    /// stall limit (a controller stopped or killed; on a live link, frames lost that no
+    /// injected fault explains).
+    pub link_dropped_bytes: u64,
 }
 
 /// Drives `fw` over `port` with the wall clock until `stop` is set.
@@ -835,6 +839,7 @@ pub fn run(
         firmware: fw.stats(),
         faults: fw.faults_mut().stats(),
         decoder: decoder.stats(),
+        link_dropped_bytes: port.dropped_bytes(),
     })
 }
 

@@ -10,6 +10,8 @@
 //!   version or schema, NaN sensors, reboots mid-episode).
 //! - [`link`]: the byte transports (a raw-mode pty pair, or a serial device).
 //! - [`client`]: a minimal controller-side client for tests.
+//! - [`script`]: the command lines a shell script (`scripts/demo`) gives our binaries,
+//!   for tests that check them against the binaries' parsers.
 //!
 //! # Running the simulated firmware
 //!
@@ -31,3 +33,4 @@ pub mod client;
 pub mod faults;
 pub mod firmware;
 pub mod link;
+pub mod script;

@@ -12,7 +12,7 @@ use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use nix::sys::time::TimeSpec;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,10 @@ pub trait Port: Send {
     /// Writes all of `data`. A firmware's UART does not block forever when nobody
     /// reads: implementations may drop bytes after a bounded wait (and count them).
     fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Bytes [`Self::write_all`] dropped so far because nobody read them in time.
+    fn dropped_bytes(&self) -> u64 {
+        0
+    }
 }
 
 fn set_raw(fd: RawFd) -> io::Result<()> {
@@ -36,12 +40,6 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
-    Ok(())
-}
-
-fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
     Ok(())
 }
 
@@ -72,18 +70,29 @@ pub struct Pty {
 
 impl Pty {
     pub fn open() -> io::Result<Pty> {
-        let r = nix::pty::openpty(None, None).map_err(io::Error::from)?;
-        // SAFETY: openpty returned two fresh descriptors that nothing else owns.
-        let (master, slave) = unsafe { (File::from_raw_fd(r.master), File::from_raw_fd(r.slave)) };
-        // openpty does not set close-on-exec: without it every child process (e.g. a
-        // controller spawned by a test) would inherit both ends and keep the pty alive
-        // after the firmware closed it, so the child could never see the link go away.
-        set_cloexec(master.as_raw_fd())?;
-        set_cloexec(slave.as_raw_fd())?;
+        use nix::fcntl::OFlag;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Both ends close-on-exec from their creation: a child process (a controller
+        // spawned by a test) that inherited them would keep the pty alive after the
+        // firmware closed it, so the child could never see the link go away. openpty
+        // sets no such flag, and setting it afterwards left a window in which a test on
+        // another thread spawning its controller handed it both ends.
+        let pt = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .map_err(io::Error::from)?;
+        nix::pty::grantpt(&pt).map_err(io::Error::from)?;
+        nix::pty::unlockpt(&pt).map_err(io::Error::from)?;
+        let path = PathBuf::from(nix::pty::ptsname_r(&pt).map_err(io::Error::from)?);
+        // SAFETY: posix_openpt returned a fresh descriptor that nothing else owns.
+        let master = unsafe { File::from_raw_fd(pt.into_raw_fd()) };
+        // std opens with O_CLOEXEC; O_NOCTTY keeps the pty from becoming our terminal.
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&path)?;
         set_raw(master.as_raw_fd())?;
         set_raw(slave.as_raw_fd())?;
         set_nonblocking(master.as_raw_fd())?;
-        let path = nix::unistd::ttyname(slave.as_raw_fd()).map_err(io::Error::from)?;
         Ok(Pty {
             master,
             slave,
@@ -156,6 +165,10 @@ impl Port for PtyPort {
         }
         Ok(())
     }
+
+    fn dropped_bytes(&self) -> u64 {
+        self.dropped_bytes
+    }
 }
 
 /// A serial device (or a pty slave) opened with the `serialport` crate.
@@ -197,5 +210,50 @@ impl Port for SerialLink {
             .map_err(io::Error::other)?;
         Write::write_all(&mut self.port, data)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends of a pty are close-on-exec (set at creation: see [`Pty::open`]), and the
+    /// path names the slave the pair was made with: bytes written to it reach the master.
+    #[test]
+    fn a_pty_is_close_on_exec_and_linked_to_its_path() {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        let pty = Pty::open().unwrap();
+        for fd in [pty.master.as_raw_fd(), pty.slave.as_raw_fd()] {
+            let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+            assert!(flags.contains(FdFlag::FD_CLOEXEC), "fd {fd}: {flags:?}");
+        }
+        let mut client = std::fs::OpenOptions::new()
+            .write(true)
+            .open(pty.path())
+            .unwrap();
+        client.write_all(b"hello").unwrap();
+        let mut port = pty.into_port();
+        let mut buf = [0u8; 16];
+        let mut got = Vec::new();
+        let start = Instant::now();
+        while got.len() < 5 && start.elapsed() < Duration::from_secs(5) {
+            let n = port
+                .read_timeout(&mut buf, Duration::from_millis(100))
+                .unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"hello");
+    }
+
+    /// What nobody read within the stall limit is dropped and counted, so the run's
+    /// report can say so (the count was kept and never read).
+    #[test]
+    fn bytes_nobody_reads_are_dropped_and_counted() {
+        let mut port = Pty::open().unwrap().into_port();
+        let start = Instant::now();
+        port.write_all(&[0x55; 1 << 20]).unwrap();
+        assert!(start.elapsed() >= WRITE_STALL_LIMIT);
+        let dropped = Port::dropped_bytes(&port);
+        assert!(dropped > 0 && dropped < 1 << 20, "{dropped}");
     }
 }

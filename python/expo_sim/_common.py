@@ -13,14 +13,15 @@ from expo_sim import _core
 SEED_LIMIT = 2**64
 
 
-def check_seed(seed: Any, *, allow_none: bool = True) -> int | None:
-    """Returns ``seed`` as an int in ``[0, 2**64)`` (or None where allowed), else raises."""
+def check_seed(seed: Any, *, allow_none: bool = True, name: str = "seed") -> int | None:
+    """Returns ``seed`` as an int in ``[0, 2**64)`` (or None where allowed), else raises
+    naming it as ``name`` (``seed[3]`` for one environment's of a list)."""
     if seed is None and allow_none:
         return None
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int in [0, 2**64), got {type(seed).__name__}")
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(seed).__name__}")
     if not 0 <= int(seed) < SEED_LIMIT:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        raise ValueError(f"{name} must be in [0, 2**64), got {seed}")
     return int(seed)
 
 

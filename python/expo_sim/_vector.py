@@ -144,7 +144,7 @@ class SimVectorEnv(VectorEnv):
                     f"a list of seeds needs one per environment ({self.num_envs}), "
                     f"got {len(seed)}"
                 )
-            return [check_seed(s) for s in seed]
+            return [check_seed(s, name=f"seed[{i}]") for i, s in enumerate(seed)]
         first = check_seed(seed, allow_none=False)
         if first + self.num_envs > SEED_LIMIT:
             raise ValueError(
@@ -160,8 +160,14 @@ class SimVectorEnv(VectorEnv):
         if unknown:
             raise ValueError(f"unknown reset options {unknown}; only 'reset_mask' exists")
         mask = options["reset_mask"]
-        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
-            raise TypeError("options['reset_mask'] must be a numpy bool array")
+        if not isinstance(mask, np.ndarray):
+            raise TypeError(
+                f"options['reset_mask'] must be a numpy bool array, got {type(mask).__name__}"
+            )
+        if mask.dtype != np.bool_:
+            raise TypeError(
+                f"options['reset_mask'] must be a numpy bool array, got dtype {mask.dtype}"
+            )
         if mask.shape != (self.num_envs,):
             raise ValueError(
                 f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}"

@@ -148,7 +148,9 @@ def test_bad_reset_options():
         expo_sim.SimEnv("maze").reset(options={"goal": 1})
     venv = expo_sim.SimVectorEnv("maze", 3)
     bad = [
-        ({"reset_mask": [True, False, True]}, TypeError, "numpy bool array"),
+        # What arrived is named (a list, an int array).
+        ({"reset_mask": [True, False, True]}, TypeError, "numpy bool array, got list"),
+        ({"reset_mask": np.ones(3, np.int64)}, TypeError, "got dtype int64"),
         ({"reset_mask": np.ones(2, bool)}, ValueError, r"shape \(3,\), got \(2,\)"),
         ({"reset_mask": np.zeros(3, bool)}, ValueError, "at least one"),
         ({"other": 1}, ValueError, r"unknown reset options \['other'\]"),
@@ -158,6 +160,11 @@ def test_bad_reset_options():
             venv.reset(options=options)
     with pytest.raises(ValueError, match=r"one per environment \(3\), got 2"):
         venv.reset(seed=[1, 2])
+    # The environment whose seed is wrong is named.
+    with pytest.raises(TypeError, match=r"seed\[1\] must be an int .*got float"):
+        venv.reset(seed=[1, 1.5, 2])
+    with pytest.raises(ValueError, match=r"seed\[2\] must be in \[0, 2\*\*64\), got -1"):
+        venv.reset(seed=[1, 2, -1])
 
 
 def test_vector_bad_input():

@@ -157,6 +157,40 @@ fn arm_friction_dissipates_energy() {
     );
 }
 
+/// The gravity torque is the gradient of the potential energy (central differences in
+/// f64 of `energy`, written from the rods' heights): the test below holds by
+/// construction (the compensation and the dynamics subtract the same function, so its
+/// acceleration is zero whatever that function is), and this one checks the function.
+#[test]
+fn gravity_torque_is_the_gradient_of_the_potential() {
+    let potential = |q: [f64; 2]| {
+        let s = ArmState {
+            q: [q[0] as f32, q[1] as f32],
+            qd: [0.0; 2],
+        };
+        s.energy(true) as f64
+    };
+    for q in [[0.3, -0.7], [1.2, 0.4], [-2.0, 1.5], [2.8, -2.6]] {
+        let s = ArmState {
+            q: [q[0] as f32, q[1] as f32],
+            qd: [0.0; 2],
+        };
+        let tau = s.gravity_torque();
+        let h = 1e-3;
+        for j in 0..2 {
+            let (mut up, mut down) = (q, q);
+            up[j] += h;
+            down[j] -= h;
+            let grad = (potential(up) - potential(down)) / (2.0 * h);
+            assert!(
+                (tau[j] as f64 - grad).abs() < 2e-2,
+                "q {q:?}, joint {j}: torque {} against dV/dq {grad}",
+                tau[j]
+            );
+        }
+    }
+}
+
 #[test]
 fn arm_holds_still_under_gravity_with_zero_action() {
     // The firmware-side gravity compensation holds the arm where it is.
@@ -311,6 +345,51 @@ fn stepping_after_the_end_is_frozen() {
         assert!(again.done() && again.reward == 0.0 && !again.success);
         assert_eq!(obs, frozen, "{task}");
     }
+}
+
+/// A step after an episode that ended terminated (a success, the arm's collision)
+/// repeats its flags: terminated, not truncated. arm-reach works them out again from
+/// its state there (push and maze keep the end's), and only truncated ends were
+/// stepped after (the zero actions above reach no goal); a `truncated` there would let
+/// a learner stepping on bootstrap past a terminal state.
+#[test]
+fn stepping_after_a_terminal_end_stays_terminal() {
+    let again = |env: &mut dyn Env, what: &str| {
+        let spec = env.spec();
+        let mut obs = vec![0.0; spec.obs_dim()];
+        let s = env.step(&vec![1.0; spec.action_dim()], &mut obs);
+        assert!(
+            s.terminated && !s.truncated && s.reward == 0.0 && !s.success,
+            "{what}: {s:?}"
+        );
+    };
+    for task in TaskId::ALL {
+        let mut env = make_env(task, EnvConfig::default());
+        let mut demo = make_demonstrator(task);
+        let seed = (0..100)
+            .find(|&s| record_episode(env.as_mut(), demo.as_mut(), s).is_success())
+            .unwrap_or_else(|| panic!("{task}: no success in 100 demonstrations"));
+        let t = record_episode(env.as_mut(), demo.as_mut(), seed);
+        assert!(t.is_success() && *t.terminated.last().unwrap());
+        again(env.as_mut(), &format!("{task} after a success"));
+    }
+    // The arm's collision: pointing straight at the goal hits the obstacle.
+    let mut env = ArmReach::new(EnvConfig::default());
+    let mut obs = [0.0; 10];
+    env.reset(5, &mut obs);
+    let goal = env.goal();
+    let straight = goal[0].atan2(-goal[1]);
+    for _ in 0..60 {
+        let q = env.state().q;
+        if env
+            .step(&[(straight - q[0]) / 0.3, -q[1] / 0.3], &mut obs)
+            .done()
+        {
+            break;
+        }
+    }
+    assert!(env.collided());
+    again(&mut env, "arm-reach after a collision");
 }
 
 /// Every demonstrator's success rate is near the README's figure for it.

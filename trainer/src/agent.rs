@@ -535,6 +535,29 @@ impl NetOptimizer {
         }
     }
 
+    /// Loads what [`NetOptimizer::save`] wrote for `network` into a throwaway
+    /// optimizer: the loader's refusal, if any.
+    fn check_saved<M: Module>(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        network: Option<&M>,
+        device: &Device,
+    ) -> Result<()> {
+        match self {
+            NetOptimizer::PerParameter(_) => {
+                let path = dir.join(format!("{stem}.bpk"));
+                let probe = crate::per_parameter::adam(0.0, 0.0);
+                crate::per_parameter::load(probe, &path, device).map(drop)
+            }
+            NetOptimizer::Fused(o) => {
+                let layout = network.map(|m| o.layout_of(m));
+                o.clone()
+                    .load(&dir.join(format!("{stem}.adam")), layout, device)
+            }
+        }
+    }
+
     /// Restores what [`NetOptimizer::save`] wrote for `network` (`None`: the run has no
     /// such network and the state is empty).
     fn load<M: Module>(
@@ -1306,6 +1329,32 @@ impl Agent {
         self.opt_critic.save(dir, "opt_critic")?;
         self.opt_policy.save(dir, "opt_policy")?;
         self.opt_temperature.save(dir, "opt_temperature")
+    }
+
+    /// The critics' optimizer with every second moment infinite (see
+    /// [`FusedAdam::overflow_second_moments`]).
+    #[cfg(test)]
+    pub(crate) fn overflow_critic_moments(&mut self) {
+        match &mut self.opt_critic {
+            NetOptimizer::Fused(o) => o.overflow_second_moments(),
+            NetOptimizer::PerParameter(_) => panic!("the fused optimizer's state only"),
+        }
+    }
+
+    /// Reads back what [`Self::save_optimizers`] wrote into `dir` with the loaders'
+    /// checks (finite moments, step counts), into throwaway optimizers: a state they
+    /// would refuse is found before it replaces a loadable one.
+    pub(crate) fn check_saved_optimizers(&self, dir: &std::path::Path) -> Result<()> {
+        let device = self.plain.clone();
+        self.opt_denoiser
+            .check_saved(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
+        self.opt_critic
+            .check_saved(dir, "opt_critic", self.critic.as_ref(), &device)?;
+        let policy = self.edit.as_ref().or(self.actor.as_ref());
+        self.opt_policy
+            .check_saved(dir, "opt_policy", policy, &device)?;
+        self.opt_temperature
+            .check_saved(dir, "opt_temperature", self.temperature.as_ref(), &device)
     }
 
     pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {

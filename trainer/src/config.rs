@@ -666,6 +666,19 @@ impl Config {
     /// Starts from `base` (a preset name), applies the TOML file (if any) and then the
     /// `key.path=value` overrides, and validates the result.
     pub fn resolve(base: &str, file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        Self::resolve_noting(base, file, overrides).map(|(c, _)| c)
+    }
+
+    /// [`Self::resolve`], and the keys a whole config `file` lacks as `key = value`: the
+    /// values they take, from before the key existed (say `expo.edit_base =
+    /// "denoiser"`). A run's old `config.toml` given to a new run trains as it did, not
+    /// as the preset now would, which is worth saying (it was silent).
+    pub fn resolve_noting(
+        base: &str,
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<(Self, Vec<String>)> {
+        let mut taken_as_before = Vec::new();
         let mut value = toml::Value::try_from(Self::preset(base)?)?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
@@ -676,7 +689,10 @@ impl Config {
                 // A whole config (a run's saved `config.toml`): keys it lacks take their
                 // defaults from before they existed, so that it trains as it did, not the
                 // preset's newer values.
-                Ok(whole) => value = toml::Value::try_from(whole)?,
+                Ok(whole) => {
+                    value = toml::Value::try_from(whole)?;
+                    absent_keys(&value, &file_value, "", &mut taken_as_before);
+                }
                 Err(not_whole) => {
                     // A partial file is merged over --preset: a `preset` key naming
                     // another would only rename the run, not give it that preset's sizes.
@@ -719,7 +735,7 @@ impl Config {
                 .with_context(|| format!("{} (with the overrides)", path.display()))?,
             None => config.validate()?,
         }
-        Ok(config)
+        Ok((config, taken_as_before))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -1054,6 +1070,22 @@ impl Config {
     }
 }
 
+/// The keys of `full` (a table) that `given` lacks, as `path = value`, into `out`.
+fn absent_keys(full: &toml::Value, given: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    let Some(table) = full.as_table() else { return };
+    for (key, v) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match given.get(key) {
+            None => out.push(format!("{path} = {v}")),
+            Some(g) => absent_keys(v, g, &path, out),
+        }
+    }
+}
+
 fn merge(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
         (toml::Value::Table(b), toml::Value::Table(o)) => {
@@ -1161,9 +1193,29 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, &old).unwrap();
         for preset in ["cpu", "paper"] {
-            let c = Config::resolve(preset, Some(&path), &[]).unwrap();
+            let (c, noted) = Config::resolve_noting(preset, Some(&path), &[]).unwrap();
             assert_eq!(c, back, "--preset {preset}");
+            // ... and says which keys took those values (it was silent).
+            assert_eq!(
+                noted,
+                [
+                    "expo.adjust_target_entropy = false",
+                    "expo.edit_base = \"denoiser\"",
+                    "expo.log_std = \"tanh\"",
+                    "net.init = \"torch\"",
+                ],
+                "--preset {preset}"
+            );
         }
+        // A whole config with every key: nothing to say.
+        std::fs::write(&path, back.to_toml()).unwrap();
+        assert!(
+            Config::resolve_noting("cpu", Some(&path), &[])
+                .unwrap()
+                .1
+                .is_empty()
+        );
+        std::fs::write(&path, &old).unwrap();
         // A value the checks refuse names the file it came from.
         std::fs::write(&path, "[expo]\nnum_samples = 0\n").unwrap();
         let err = format!(

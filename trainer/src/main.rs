@@ -44,7 +44,17 @@ impl ConfigArgs {
             overrides.push(format!("device=\"{d}\""));
         }
         let base = self.preset.as_deref().unwrap_or("cpu");
-        let c = Config::resolve(base, self.config.as_deref(), &overrides)?;
+        let (c, taken_as_before) =
+            Config::resolve_noting(base, self.config.as_deref(), &overrides)?;
+        if let (Some(file), false) = (&self.config, taken_as_before.is_empty()) {
+            eprintln!(
+                "note: {} is a whole config written before these keys existed; they take \
+                 the values runs had before them, not the preset's: {} (add them to the \
+                 file, or --set them, for newer behaviour)",
+                file.display(),
+                taken_as_before.join(", ")
+            );
+        }
         // Only a whole config can differ here (a partial one naming another preset is
         // refused): it is taken as it is, sizes and all.
         if let (Some(asked), Some(file)) = (&self.preset, &self.config)
@@ -868,20 +878,7 @@ fn main() -> Result<()> {
             let algo: trainer::config::Algo = algo.parse()?;
             let studies = studies
                 .iter()
-                .map(|s| {
-                    let (label, rest) = s
-                        .split_once('=')
-                        .with_context(|| format!("--study {s}: expected LABEL=DIR[@ALGO]"))?;
-                    let (dir, algo) = match rest.rsplit_once('@') {
-                        Some((dir, a)) => (
-                            dir,
-                            a.parse()
-                                .with_context(|| format!("--study {s}: the algorithm after @"))?,
-                        ),
-                        None => (rest, algo),
-                    };
-                    Ok((label.to_string(), PathBuf::from(dir), algo))
-                })
+                .map(|s| trainer::study::parse_curve_spec(s, algo))
                 .collect::<Result<Vec<_>>>()?;
             let task: sim::TaskId = task.parse()?;
             print!(

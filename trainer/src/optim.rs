@@ -443,6 +443,14 @@ impl FusedAdam {
         }
     }
 
+    /// Makes every second moment infinite, as a gradient past 1.8e19 does to one
+    /// (its square overflows); for the checkpoint's tests.
+    #[cfg(test)]
+    pub(crate) fn overflow_second_moments(&mut self) {
+        let s = self.state.as_mut().expect("a state to damage");
+        s.moment_2 = s.moment_2.clone().add_scalar(f32::INFINITY);
+    }
+
     /// The layout of the last step's buffers.
     pub fn layout(&self) -> Option<&FlatLayout> {
         self.last.as_ref().map(|(l, _)| l)

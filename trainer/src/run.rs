@@ -1650,11 +1650,25 @@ pub(crate) fn write_checkpoint(
     agent
         .save(&tmp)
         .with_context(|| at("writing the networks into", &tmp))?;
+    // What the loaders refuse must not replace the last good checkpoint either: finite
+    // weights beside an optimizer moment that overflowed (a gradient past 1.8e19 squares
+    // to inf, and that element's updates become 0, so the weights stay finite), or a
+    // metric sum that JSON writes as `null` and no resume reads back.
+    agent.check_saved_optimizers(&tmp).context(
+        "not writing a checkpoint: its optimizer state would not load (training diverged?)",
+    )?;
     save_replay(online, &tmp.join("online.bin"))?;
     // state.json last: its presence marks the directory complete.
     let state_path = tmp.join("state.json");
-    std::fs::write(&state_path, serde_json::to_string(state)?)
-        .with_context(|| at("writing", &state_path))?;
+    let state_text = serde_json::to_string(state)?;
+    serde_json::from_str::<RunState>(&state_text).with_context(|| {
+        format!(
+            "not writing a checkpoint: its run state would not load (a metric that is not \
+             finite: training diverged?); the checkpoint already in {}, if any, stays",
+            out.display()
+        )
+    })?;
+    std::fs::write(&state_path, state_text).with_context(|| at("writing", &state_path))?;
     // On disk before the renames (a power cut after them must not find a truncated
     // checkpoint where the previous one was). So are the logs whose rows up to here a
     // resume keeps (it truncates what lies beyond the checkpoint, and restores nothing
@@ -2037,6 +2051,47 @@ mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read(&state_file).unwrap(), good);
+    }
+
+    /// Nor one that the loaders would refuse while the weights are finite: a critic
+    /// moment that overflowed, a metric sum that is not finite (JSON writes `null`,
+    /// which no resume reads). Both replaced the last good checkpoint with one that
+    /// `--resume`, `eval`, `export` and `finetune` refuse.
+    #[test]
+    fn a_checkpoint_that_would_not_load_is_refused_and_the_last_good_one_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        trained_tiny(tmp.path());
+        let state_file = tmp.path().join("checkpoint/state.json");
+        let good = std::fs::read(&state_file).unwrap();
+        let (mut agent, mut state, online) = load_run(tmp.path(), None).unwrap();
+        let window = crate::agent::UpdateMetrics {
+            critic_loss: f32::INFINITY,
+            ..Default::default()
+        };
+        state.metrics_window = Some((window, 3));
+        let e = format!(
+            "{:#}",
+            write_checkpoint(tmp.path(), &agent, &online, &state).unwrap_err()
+        );
+        assert!(
+            e.contains("not writing a checkpoint: its run state would not load"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&state_file).unwrap(), good);
+        state.metrics_window = None;
+        agent.overflow_critic_moments();
+        assert_eq!(agent.first_non_finite(), None);
+        let e = format!(
+            "{:#}",
+            write_checkpoint(tmp.path(), &agent, &online, &state).unwrap_err()
+        );
+        assert!(
+            e.contains("not writing a checkpoint: its optimizer state would not load")
+                && e.contains("opt_critic.adam: second moment 0 is inf"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&state_file).unwrap(), good);
+        load_run(tmp.path(), None).unwrap();
     }
 
     /// A `tiny` run of 10 online steps trained into `dir`; its config.

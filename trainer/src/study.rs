@@ -591,6 +591,27 @@ pub fn compare(
     compare_curves(&curves, task, unfinished, png)
 }
 
+/// One `trainer curves --study LABEL=DIR[@ALGO]`: its label, directory and algorithm
+/// (`algo` where none is named). A directory whose own name holds an `@` (`runs@gpu`)
+/// is taken whole: it was split at its `@` and its end read as an algorithm.
+pub fn parse_curve_spec(spec: &str, algo: Algo) -> Result<(String, PathBuf, Algo)> {
+    let (label, rest) = spec
+        .split_once('=')
+        .with_context(|| format!("--study {spec}: expected LABEL=DIR[@ALGO]"))?;
+    ensure!(!rest.is_empty(), "--study {spec}: no directory after '='");
+    let (dir, algo) = match rest.rsplit_once('@') {
+        Some(_) if Path::new(rest).is_dir() => (rest, algo),
+        Some((dir, a)) => (
+            dir,
+            a.parse().with_context(|| {
+                format!("--study {spec}: no directory {rest}, and after its '@'")
+            })?,
+        ),
+        None => (rest, algo),
+    };
+    Ok((label.to_string(), PathBuf::from(dir), algo))
+}
+
 /// [`compare`] with each curve's own algorithm: `(label, study directory, algorithm)`,
 /// so that a baseline's curve can stand beside EXPO's variants.
 pub fn compare_curves(

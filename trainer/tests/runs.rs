@@ -16,6 +16,26 @@ fn table(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The trainer's command lines in `scripts/demo` (the README's first command, which no
+/// test runs) parse: each exits 0 with `--help` after it, where a flag the code no
+/// longer has, or a value its parser refuses, exits 2 before the help.
+#[test]
+fn the_demo_scripts_command_lines_parse() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo");
+    let script = std::fs::read_to_string(demo).unwrap();
+    let lines = hil_tests::script::commands(&script, "trainer", &[("task", "push")]);
+    let subcommands: Vec<&str> = lines.iter().map(|l| l[0].as_str()).collect();
+    for wanted in ["keygen", "pretrain", "export", "uplink-keygen", "finetune"] {
+        assert!(subcommands.contains(&wanted), "{wanted}: {lines:?}");
+    }
+    for args in &lines {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (code, text) = trainer_cli(&args);
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+    }
+}
+
 /// The `trainer` binary with `args`: its exit status and its stdout and stderr together.
 fn trainer_cli(args: &[&str]) -> (Option<i32>, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))

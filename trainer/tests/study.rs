@@ -125,6 +125,36 @@ fn a_baseline_there_from_the_start_gives_no_ratio() {
     );
 }
 
+/// `--study LABEL=DIR[@ALGO]`: a directory with an `@` in its own name is one
+/// directory, not a directory and an algorithm (it was refused as an unknown algorithm).
+#[test]
+fn a_curve_spec_keeps_a_directory_with_an_at_sign_whole() {
+    use trainer::study::parse_curve_spec;
+    let tmp = tempfile::tempdir().unwrap();
+    let at = tmp.path().join("runs@gpu");
+    std::fs::create_dir(&at).unwrap();
+    let spec = format!("gpu={}", at.display());
+    assert_eq!(
+        parse_curve_spec(&spec, Algo::Expo).unwrap(),
+        ("gpu".to_string(), at.clone(), Algo::Expo)
+    );
+    assert_eq!(
+        parse_curve_spec("base=out/s@rlpd", Algo::Expo).unwrap(),
+        ("base".to_string(), "out/s".into(), Algo::Rlpd)
+    );
+    assert_eq!(
+        parse_curve_spec("cpu=out/s", Algo::Bc).unwrap(),
+        ("cpu".to_string(), "out/s".into(), Algo::Bc)
+    );
+    let e = parse_curve_spec("x=out/missing@gpu", Algo::Expo).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("no directory out/missing@gpu") && e.contains("unknown algo 'gpu'"),
+        "{e}"
+    );
+    assert!(parse_curve_spec("out/s", Algo::Expo).is_err());
+}
+
 #[test]
 fn curves_of_two_studies_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();

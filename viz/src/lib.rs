@@ -138,10 +138,24 @@ fn probe_viewer(addr: &str, url: &str) -> Result<()> {
 pub struct Recorder {
     pub rec: RecordingStream,
     target: Target,
+    /// Where a file recording is written until [`Self::finish`] renames it to the
+    /// target's name (`None`: written under that name as it goes).
+    staging: Option<PathBuf>,
+}
+
+/// The file a recording of `path` is written to until it is whole: beside it, named by
+/// the writing process, so that an interrupted conversion leaves no truncated file under
+/// the requested name (refused as existing by the next run) and two runs never share one.
+fn staging_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", std::process::id()));
+    path.with_file_name(name)
 }
 
 impl Recorder {
-    /// Opens a recording named `app` (the viewer groups recordings by it).
+    /// Opens a recording named `app` (the viewer groups recordings by it). A file is
+    /// written beside its name ([`staging_path`]) and appears under it only once
+    /// [`Self::finish`] has written it whole.
     pub fn open(app: &'static str, target: &Target) -> Result<Recorder> {
         Self::open_with(app, target, true)
     }
@@ -149,7 +163,9 @@ impl Recorder {
     /// [`Self::open`] for a recording that may go on for hours (a robot run's): a file
     /// is written without the footer's chunk manifest, which the SDK keeps in memory
     /// until the recording ends (about 3 KB per chunk: gigabytes an hour at 500 Hz). The
-    /// file is a valid recording without it; `rerun rrd optimize` adds one.
+    /// file is a valid recording without it; `rerun rrd optimize` adds one. It is
+    /// written under its own name as it goes, so that a run cut short (a crash, power
+    /// lost on the robot) keeps what it recorded where the user looks for it.
     pub fn open_unbounded(app: &'static str, target: &Target) -> Result<Recorder> {
         Self::open_with(app, target, false)
     }
@@ -158,6 +174,7 @@ impl Recorder {
         // Asked for by name: a `RERUN=off` exported for Python scripts does not make it a
         // silent no-op (the SDK reads that variable unless told).
         let builder = rerun::RecordingStreamBuilder::new(app).enabled(true);
+        let mut staging = None;
         let rec = match target {
             Target::File(path) => {
                 // The SDK overwrites whatever is there: a typo (`--out metrics.csv`, a
@@ -180,10 +197,14 @@ impl Recorder {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
-                let creating = || format!("creating the rerun file {}", path.display());
                 if footer {
-                    builder.save(path).with_context(creating)?
+                    let staged = staging_path(path);
+                    let creating = || format!("creating the rerun file {}", staged.display());
+                    let rec = builder.save(&staged).with_context(creating)?;
+                    staging = Some(staged);
+                    rec
                 } else {
+                    let creating = || format!("creating the rerun file {}", path.display());
                     let options = rerun::sink::FileSinkOptions {
                         write_footer: false,
                     };
@@ -203,6 +224,7 @@ impl Recorder {
         Ok(Recorder {
             rec,
             target: target.clone(),
+            staging,
         })
     }
 
@@ -210,19 +232,24 @@ impl Recorder {
     /// recording is removed rather than left partial (this recorder made it:
     /// [`Self::open`] never writes over a file), so the same command can be run again;
     /// a viewer is given up on within [`VIEWER_FLUSH_TIMEOUT`] as `finish` does (the
-    /// SDK's own close waits for it without a limit).
+    /// SDK's own close waits for it without a limit). A process killed meanwhile leaves
+    /// only the staged file ([`staging_path`]), never one under the requested name.
     pub fn record<T>(self, log: impl FnOnce(&RecordingStream) -> Result<T>) -> Result<T> {
-        let target = self.target.clone();
         let logged = log(&self.rec);
-        let finished = self.finish();
-        // The logging's error first: a finish that fails after it is its consequence.
-        let outcome = logged.and_then(|v| finished.map(|()| v));
-        if outcome.is_err()
-            && let Target::File(path) = &target
-        {
-            let _ = std::fs::remove_file(path);
+        if logged.is_err() {
+            // Closed without being put in place; whatever file it wrote goes.
+            let written = match (&self.staging, &self.target) {
+                (Some(staged), _) | (None, Target::File(staged)) => Some(staged.clone()),
+                (None, Target::Connect(_)) => None,
+            };
+            let _ = self.finish_within_as(VIEWER_FLUSH_TIMEOUT, false);
+            if let Some(file) = written {
+                let _ = std::fs::remove_file(file);
+            }
+        } else {
+            self.finish()?;
         }
-        outcome
+        logged
     }
 
     /// Flushes everything to the file, or to the viewer within [`VIEWER_FLUSH_TIMEOUT`].
@@ -237,7 +264,17 @@ impl Recorder {
     /// everything within `timeout` is given up on, and that thread is left to end
     /// with the process.
     pub fn finish_within(self, timeout: Duration) -> Result<()> {
-        let Recorder { rec, target } = self;
+        self.finish_within_as(timeout, true)
+    }
+
+    /// [`Self::finish_within`]; a staged file is renamed to the target's name when
+    /// `publish` and everything was written, and removed otherwise.
+    fn finish_within_as(self, timeout: Duration, publish: bool) -> Result<()> {
+        let Recorder {
+            rec,
+            target,
+            staging,
+        } = self;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("rerun-close".into())
@@ -253,7 +290,21 @@ impl Recorder {
         };
         match closed {
             Some(flushed) => {
-                flushed.with_context(|| format!("writing the rerun recording to {target:?}"))
+                let written =
+                    flushed.with_context(|| format!("writing the rerun recording to {target:?}"));
+                match (staging, &target) {
+                    (Some(staged), Target::File(path)) => {
+                        let published = written.and_then(|()| {
+                            anyhow::ensure!(publish, "the recording was abandoned");
+                            publish_staged(&staged, path)
+                        });
+                        if published.is_err() {
+                            let _ = std::fs::remove_file(&staged);
+                        }
+                        published
+                    }
+                    _ => written,
+                }
             }
             None => bail!(
                 "the rerun viewer at {target:?} did not take the recording within {:.1} s: \
@@ -262,6 +313,32 @@ impl Recorder {
             ),
         }
     }
+}
+
+/// Moves a whole recording from `staged` to `path`, synced first so that the name never
+/// holds less than the whole file; never over a file that appeared there meanwhile.
+fn publish_staged(staged: &Path, path: &Path) -> Result<()> {
+    std::fs::File::open(staged)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing the rerun recording {}", staged.display()))?;
+    // A hard link fails where the name is taken, which a check and a rename would race;
+    // a filesystem without hard links gets the check and the rename.
+    match std::fs::hard_link(staged, path) {
+        Ok(()) => std::fs::remove_file(staged)
+            .with_context(|| format!("removing the staged recording {}", staged.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || path.exists() => bail!(
+            "{}: appeared while the recording was written, and a recording is never \
+             written over",
+            path.display()
+        ),
+        Err(_) => std::fs::rename(staged, path)
+            .with_context(|| format!("naming the rerun recording {}", path.display()))?,
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The new name durable too (best effort: not every filesystem syncs directories).
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 /// How long [`Recorder::finish`] waits for a viewer to take what is still queued: a
@@ -500,6 +577,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.to_string(), "the source went bad");
         assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
         let n = Recorder::open("test", &target)
             .unwrap()
             .record(|rec| {
@@ -509,6 +587,34 @@ mod tests {
             .unwrap();
         assert_eq!(n, 7);
         assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    }
+
+    /// A conversion's file appears under its name only once written whole: one killed
+    /// halfway left a truncated `.rrd` there, which the next run refused as existing.
+    #[test]
+    fn a_recording_appears_under_its_name_only_when_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("out.rrd");
+        let r = Recorder::open("test", &Target::File(path.clone())).unwrap();
+        r.rec.log("x", &rerun::Scalars::single(1.0)).unwrap();
+        r.rec.flush_blocking().unwrap();
+        assert!(
+            !path.exists(),
+            "a recording not yet whole is under its name"
+        );
+        assert!(staging_path(&path).exists());
+        r.finish().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out.rrd"]);
+        // A run's recording is written under its name as it goes (kept if cut short).
+        let run = tmp.path().join("run.rrd");
+        let r = Recorder::open_unbounded("test", &Target::File(run.clone())).unwrap();
+        assert!(run.exists());
+        r.finish().unwrap();
     }
 
     #[test]

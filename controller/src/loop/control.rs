@@ -288,7 +288,10 @@ impl CommandRing {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What follows a safe stop, from the least to the most strict: each does what the ones
+/// before it would (a reconnection handshakes, an exit ends everything), so that of two
+/// faults the later can only make it stricter (`Ord`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum After {
     Idle,
     Handshake,
@@ -1404,11 +1407,11 @@ impl Control {
                 self.hold_pending.push(self.report.faults.len() - 1);
             }
             // Already stopping: keep holding; a later fault can only make the
-            // continuation stricter.
-            let then = match (then, after) {
-                (After::Exit, _) | (_, Some(After::Exit)) => After::Exit,
-                (_, Some(a)) => a,
-                (t, None) => t,
+            // continuation stricter (a reboot's handshake during a reconnect's stop
+            // took its place, and the port back meanwhile was never used).
+            let then = match after {
+                Some(a) => then.max(a),
+                None => then,
             };
             // A fault that ends the run by itself, or a lost link (with `--reconnect-ms`
             // too: its writer is closed), makes a run that was ending complete one
@@ -1798,8 +1801,11 @@ impl Control {
         }
         // A lost link's writer is kept without `--reconnect-ms` (its read side may be
         // what failed): the torque-off is tried there as the holds were. With it, the
-        // writer is closed, and a port back meanwhile waits for its handshake.
-        let writable = !self.link_down || self.cfg.reconnect.is_none();
+        // writer is closed, and a port back meanwhile waits for its handshake. One whose
+        // I/O thread ended without reporting a loss (a panic) is kept either way: it
+        // was judged by `--reconnect-ms` alone, and its stop sent no Estop on a port
+        // that took the holds.
+        let writable = self.gate.writer_open();
         let mut estop_sent = false;
         if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && writable {
             match self.gate.send_control(Message::Estop) {
@@ -3645,6 +3651,101 @@ mod tests {
         c.tick += 1;
         c.one_tick(Instant::now());
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+    }
+
+    /// A board that reset when its port was reopened (many do) announces itself with a
+    /// `Hello` while the reconnect's safe stop still holds: the stop ends in a handshake
+    /// on the port back. The reboot's fault turned the stop's continuation from
+    /// reconnecting into handshaking, which sent its `Hello`s to the closed port, left
+    /// the port back unused, and ended the run on the handshake's timeout.
+    #[test]
+    fn a_reboot_during_a_reconnects_safe_stop_handshakes_on_the_port_back() {
+        use hil_tests::link::Port;
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.phase = Phase::Idle;
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        c.drain(Instant::now());
+        assert!(
+            matches!(
+                c.phase,
+                Phase::SafeStop {
+                    then: After::Reconnect,
+                    ..
+                }
+            ),
+            "{:?}",
+            c.phase
+        );
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        tx.send(frame(0, Message::Hello(c.hello))).unwrap();
+        for _ in 0..50 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if !matches!(c.phase, Phase::SafeStop { .. }) {
+                break;
+            }
+        }
+        assert!(
+            c.report
+                .faults
+                .iter()
+                .any(|f| f.kind == FaultKind::FirmwareReset),
+            "{:?}",
+            c.report.faults
+        );
+        assert!(
+            matches!(c.phase, Phase::Handshaking { .. }),
+            "{:?}",
+            c.phase
+        );
+        assert!(!c.link_down && c.pending_writer.is_none());
+        let mut firmware = pty.into_port();
+        let (mut buf, mut d) = ([0u8; 256], FrameDecoder::default());
+        let mut hellos = 0;
+        let start = Instant::now();
+        while hellos == 0 && start.elapsed() < Duration::from_secs(5) {
+            let n = firmware
+                .read_timeout(&mut buf, Duration::from_millis(50))
+                .unwrap();
+            hellos += buf[..n]
+                .iter()
+                .filter_map(|&b| d.push(b))
+                .filter(|f| {
+                    matches!(
+                        f,
+                        Ok(Frame {
+                            message: Message::Hello(_),
+                            ..
+                        })
+                    )
+                })
+                .count();
+        }
+        assert_eq!(hellos, 1, "no Hello on the port back");
+    }
+
+    /// An I/O thread that ended without reporting a loss (it panicked) leaves the
+    /// port's writer as it was: the safe stop's torque-off goes out on it, as its holds
+    /// did, with `--reconnect-ms` too. It was skipped there (a reconnecting run's lost
+    /// link has its writer closed; this one's was not), leaving the arm energised.
+    #[test]
+    fn an_ended_io_thread_still_gets_its_torque_off() {
+        for reconnect in [None, Some(Duration::from_secs(5))] {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.cfg.reconnect = reconnect;
+            c.phase = Phase::Idle;
+            drop(tx);
+            tick_until_done(&mut c, 200);
+            assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+            assert_eq!(wire.estops(), 1, "{reconnect:?}");
+            assert_eq!(c.report.torque_off_ticks.len(), 1, "{reconnect:?}");
+            assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        }
     }
 
     /// A port reopened during a safe stop and lost again before the stop ended is not

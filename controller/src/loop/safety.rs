@@ -183,6 +183,8 @@ pub struct CommandGate {
     dim: usize,
     encoder: FrameEncoder,
     writer: Box<dyn Write + Send>,
+    /// Whether `writer` is a port's (false once [`Self::drop_writer`] closed it).
+    writer_open: bool,
     /// The next write starts with a frame delimiter: after a failed write (which may
     /// have left part of a frame on the line) and on a new port, so that the next frame
     /// does not merge with what came before it into one bad block.
@@ -201,6 +203,7 @@ impl CommandGate {
             last: [0.0; MAX_ACT],
             encoder: FrameEncoder::new(),
             writer,
+            writer_open: true,
             resync: false,
             clock: std::time::Instant::now(),
             stats: GateStats::default(),
@@ -223,12 +226,20 @@ impl CommandGate {
     /// descriptor of the old one is closed. Writes fail until [`Self::set_writer`].
     pub fn drop_writer(&mut self) {
         self.writer = Box::new(LinkDown);
+        self.writer_open = false;
+    }
+
+    /// Whether writes go to a port: false between [`Self::drop_writer`] and
+    /// [`Self::set_writer`].
+    pub fn writer_open(&self) -> bool {
+        self.writer_open
     }
 
     /// Replaces the writer (after the link was reopened); the reference goes back to
     /// the firmware's hold, since a reconnected firmware has no command from us.
     pub fn set_writer(&mut self, writer: Box<dyn Write + Send>) {
         self.writer = writer;
+        self.writer_open = true;
         self.resync = true;
         self.firmware_holds();
     }

@@ -184,7 +184,7 @@ fn main() -> Result<()> {
     let report = run(&mut fw, port.as_mut(), args.rate_scale, &stop)?;
     let (f, d) = (&report.firmware, &report.decoder);
     eprintln!(
-        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding, {} slew limited), {} commands ({} invalid, {} clamped into the envelope), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns",
+        "sim-firmware: stopped after {} handshakes ({} refused), {} episodes, {} steps ({} holding, {} slew limited), {} commands ({} invalid, {} clamped into the envelope), {} watchdog trips, {} e-stops, {} frame errors ({} CRC), {} overruns, {} bytes dropped unread",
         f.handshakes,
         f.handshake_refusals,
         f.episodes,
@@ -198,7 +198,8 @@ fn main() -> Result<()> {
         f.estops,
         f.frame_errors,
         d.crc_errors,
-        f.overruns
+        f.overruns,
+        report.link_dropped_bytes
     );
     if !args.faults.is_clean() {
         eprintln!("sim-firmware: injected faults: {:?}", report.faults);
