@@ -91,11 +91,13 @@ enum Command {
     /// dataset, cadence report per episode and at exit. Exit status: 0 all episodes ran,
     /// 4 all ran but the recording lost data (a full disk), 3 stopped by a fault, 130
     /// interrupted (Ctrl-C, SIGTERM, SIGHUP), 1 refused or failed, 2 a command line that
-    /// does not parse (an unknown flag, a bad value, two flags that exclude each other).
+    /// does not parse (an unknown flag, a bad value, two flags the parser declares
+    /// exclusive; combinations refused after parsing exit 1).
     Run(Box<RunArgs>),
     /// The control loop against the simulated firmware on an in-process pty at `--rate`
     /// Hz for `--seconds`: effective rate, wake-up jitter, overruns, sensor-to-command
-    /// latency.
+    /// latency. Exit status: 0 the table printed, 130 interrupted (no table of a partial
+    /// run), 1 refused or failed (also a run that ended on a fault).
     BenchLoop(Box<BenchLoopArgs>),
     /// How late this computer wakes a bare loop at `--rate` Hz: the same sleep-then-spin
     /// to absolute deadlines as the control loop, with no work in the ticks. The floor

@@ -678,7 +678,7 @@ impl Config {
         file: Option<&Path>,
         overrides: &[String],
     ) -> Result<(Self, Vec<String>)> {
-        let mut taken_as_before = Vec::new();
+        let mut absent = Vec::new();
         let mut value = toml::Value::try_from(Self::preset(base)?)?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
@@ -691,7 +691,7 @@ impl Config {
                 // preset's newer values.
                 Ok(whole) => {
                     value = toml::Value::try_from(whole)?;
-                    absent_keys(&value, &file_value, "", &mut taken_as_before);
+                    absent_keys(&value, Some(&file_value), "", &mut absent);
                 }
                 Err(not_whole) => {
                     // A partial file is merged over --preset: a `preset` key naming
@@ -735,6 +735,38 @@ impl Config {
                 .with_context(|| format!("{} (with the overrides)", path.display()))?,
             None => config.validate()?,
         }
+        // Those an override sets (`--device`, `--set key=…`, or `--set section={…}`
+        // naming the key: a section is merged key by key) take its value.
+        let overridden = |path: &str| {
+            overrides.iter().any(|o| {
+                let Some((key, raw)) = o.split_once('=') else {
+                    return false;
+                };
+                let key = key.trim();
+                if path == key {
+                    return true;
+                }
+                let Some(rest) = path.strip_prefix(&format!("{key}.")) else {
+                    return false;
+                };
+                let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) else {
+                    return false;
+                };
+                let mut cur = &t["v"];
+                rest.split('.').all(|part| match cur.get(part) {
+                    Some(v) => {
+                        cur = v;
+                        true
+                    }
+                    None => false,
+                })
+            })
+        };
+        let taken_as_before = absent
+            .into_iter()
+            .filter(|(path, _)| !overridden(path))
+            .map(|(path, v)| format!("{path} = {v}"))
+            .collect();
         Ok((config, taken_as_before))
     }
 
@@ -1070,8 +1102,14 @@ impl Config {
     }
 }
 
-/// The keys of `full` (a table) that `given` lacks, as `path = value`, into `out`.
-fn absent_keys(full: &toml::Value, given: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+/// The keys of `full` (a table) that `given` lacks, as `(path, value)`, into `out`: each
+/// leaf, also inside a table `given` lacks whole.
+fn absent_keys(
+    full: &toml::Value,
+    given: Option<&toml::Value>,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) {
     let Some(table) = full.as_table() else { return };
     for (key, v) in table {
         let path = if prefix.is_empty() {
@@ -1079,9 +1117,10 @@ fn absent_keys(full: &toml::Value, given: &toml::Value, prefix: &str, out: &mut 
         } else {
             format!("{prefix}.{key}")
         };
-        match given.get(key) {
-            None => out.push(format!("{path} = {v}")),
-            Some(g) => absent_keys(v, g, &path, out),
+        let inner = given.and_then(|g| g.get(key));
+        match (inner, v.is_table()) {
+            (None, false) => out.push((path, v.to_string())),
+            (inner, _) => absent_keys(v, inner, &path, out),
         }
     }
 }
@@ -1207,6 +1246,17 @@ mod tests {
                 "--preset {preset}"
             );
         }
+        // Nor of the keys the command line sets (`--device` comes as `device=…`).
+        let set = [
+            "expo.edit_base=\"buffer\"".to_string(),
+            "expo={log_std=\"clip\"}".to_string(),
+            "net={}".to_string(),
+        ];
+        let (_, noted) = Config::resolve_noting("cpu", Some(&path), &set).unwrap();
+        assert_eq!(
+            noted,
+            ["expo.adjust_target_entropy = false", "net.init = \"torch\""]
+        );
         // A whole config with every key: nothing to say.
         std::fs::write(&path, back.to_toml()).unwrap();
         assert!(

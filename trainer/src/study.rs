@@ -600,7 +600,14 @@ pub fn parse_curve_spec(spec: &str, algo: Algo) -> Result<(String, PathBuf, Algo
         .with_context(|| format!("--study {spec}: expected LABEL=DIR[@ALGO]"))?;
     ensure!(!rest.is_empty(), "--study {spec}: no directory after '='");
     let (dir, algo) = match rest.rsplit_once('@') {
-        Some(_) if Path::new(rest).is_dir() => (rest, algo),
+        Some((dir, a)) if Path::new(rest).is_dir() => {
+            ensure!(
+                a.parse::<Algo>().is_err() || !Path::new(dir).is_dir(),
+                "--study {spec}: both the directory {rest} and the directory {dir} with the \
+                 algorithm {a}: write {label}={rest}@ALGO for the first"
+            );
+            (rest, algo)
+        }
         Some((dir, a)) => (
             dir,
             a.parse().with_context(|| {

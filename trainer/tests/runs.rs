@@ -24,10 +24,21 @@ fn the_demo_scripts_command_lines_parse() {
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo");
     let script = std::fs::read_to_string(demo).unwrap();
     let lines = hil_tests::script::commands(&script, "trainer", &[("task", "push")]);
+    // Every line, so that one written another way (behind `VAR=x`, say, which the
+    // reader skips) is noticed.
     let subcommands: Vec<&str> = lines.iter().map(|l| l[0].as_str()).collect();
-    for wanted in ["keygen", "pretrain", "export", "uplink-keygen", "finetune"] {
-        assert!(subcommands.contains(&wanted), "{wanted}: {lines:?}");
-    }
+    assert_eq!(
+        subcommands,
+        [
+            "keygen",
+            "pretrain",
+            "export",
+            "uplink-keygen",
+            "finetune",
+            "finetune"
+        ],
+        "{lines:?}"
+    );
     for args in &lines {
         let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.push("--help");

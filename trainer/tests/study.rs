@@ -153,6 +153,17 @@ fn a_curve_spec_keeps_a_directory_with_an_at_sign_whole() {
         "{e}"
     );
     assert!(parse_curve_spec("out/s", Algo::Expo).is_err());
+    // Both readings possible: refused, with the way to say the first.
+    let s = tmp.path().join("s");
+    std::fs::create_dir_all(tmp.path().join("s@rlpd")).unwrap();
+    std::fs::create_dir(&s).unwrap();
+    let spec = format!("x={}@rlpd", s.display());
+    let e = parse_curve_spec(&spec, Algo::Expo).unwrap_err().to_string();
+    assert!(e.contains("@rlpd@ALGO for the first"), "{e}");
+    assert_eq!(
+        parse_curve_spec(&format!("{spec}@bc"), Algo::Expo).unwrap(),
+        ("x".to_string(), tmp.path().join("s@rlpd"), Algo::Bc)
+    );
 }
 
 #[test]

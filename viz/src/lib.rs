@@ -247,7 +247,17 @@ impl Recorder {
                 let _ = std::fs::remove_file(file);
             }
         } else {
-            self.finish()?;
+            let unstaged = match (&self.staging, &self.target) {
+                (None, Target::File(path)) => Some(path.clone()),
+                _ => None,
+            };
+            if let Err(e) = self.finish() {
+                // (A staged file is removed by `finish` itself.)
+                if let Some(path) = unstaged {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
         }
         logged
     }
@@ -294,14 +304,16 @@ impl Recorder {
                     flushed.with_context(|| format!("writing the rerun recording to {target:?}"));
                 match (staging, &target) {
                     (Some(staged), Target::File(path)) => {
-                        let published = written.and_then(|()| {
-                            anyhow::ensure!(publish, "the recording was abandoned");
-                            publish_staged(&staged, path)
-                        });
-                        if published.is_err() {
+                        if written.is_err() || !publish {
                             let _ = std::fs::remove_file(&staged);
+                            return written.and_then(|()| {
+                                Err(anyhow::anyhow!("the recording was abandoned"))
+                            });
                         }
-                        published
+                        // A whole recording that could not take its name is kept.
+                        publish_staged(&staged, path).with_context(|| {
+                            format!("the whole recording is kept as {}", staged.display())
+                        })
                     }
                     _ => written,
                 }
@@ -324,8 +336,10 @@ fn publish_staged(staged: &Path, path: &Path) -> Result<()> {
     // A hard link fails where the name is taken, which a check and a rename would race;
     // a filesystem without hard links gets the check and the rename.
     match std::fs::hard_link(staged, path) {
-        Ok(()) => std::fs::remove_file(staged)
-            .with_context(|| format!("removing the staged recording {}", staged.display()))?,
+        // Whole under its name now; the staged name is only a second link to it.
+        Ok(()) => {
+            let _ = std::fs::remove_file(staged);
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || path.exists() => bail!(
             "{}: appeared while the recording was written, and a recording is never \
              written over",

@@ -1596,11 +1596,15 @@ impl Control {
                     return;
                 }
                 // Between episodes: the only place the policy may change.
+                let mut old_ages = None;
                 if let Some(slot) = &self.swaps
-                    && let Some((name, brain)) = slot.take()
+                    && let Some(name) = slot.swap_into(&mut self.brain, |old| {
+                        old_ages = old.candidate_ages();
+                    })
                 {
-                    self.fold_candidate_ages();
-                    self.brain = brain;
+                    if let Some(a) = old_ages {
+                        self.report.two_speed.get_or_insert_default().merge(&a);
+                    }
                     self.report.bundle_swaps.push(super::BundleSwap {
                         bundle: name,
                         first_episode: self.episodes_started,
@@ -3381,6 +3385,9 @@ mod tests {
             }]
         );
         assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
+        // The policy it replaced went back to the slot, for the uplink's thread to free
+        // (it was dropped on the control thread, in the boundary tick).
+        assert!(ready.release_retired());
     }
 
     /// A `Reset` resent with a `Hello` (the first went unanswered) while the firmware

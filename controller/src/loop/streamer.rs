@@ -101,27 +101,56 @@ pub type Ready = (String, Brain);
 /// not taken yet. A queue held every bundle exported while the robot was paused or in a
 /// long episode, each a whole policy (two-speed: two, and a worker thread), and the
 /// control thread then dropped all but the last.
+///
+/// The policy a swap replaces goes back the same way, to be dropped by the uplink's
+/// thread ([`SwapSlot::release_retired`]): freeing a whole policy (its weights, a
+/// two-speed worker's) on the control thread cost the boundary tick its latency.
 #[derive(Clone, Default)]
-pub struct SwapSlot(Arc<Mutex<Option<Ready>>>);
+pub struct SwapSlot(Arc<Mutex<Slot>>);
+
+#[derive(Default)]
+struct Slot {
+    ready: Option<Ready>,
+    /// The policy the last swap replaced, until the uplink's thread drops it.
+    retired: Option<Brain>,
+}
 
 impl SwapSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Puts `ready` in the slot; returns the policy it replaces, for the caller to drop
     /// (off the control thread).
     pub fn offer(&self, ready: Ready) -> Option<Ready> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(ready)
+        self.lock().ready.replace(ready)
     }
 
-    /// The policy in the slot, if any. Never waits: with the slot being filled right
-    /// now, nothing (it is taken at the next episode boundary).
-    pub fn take(&self) -> Option<Ready> {
-        match self.0.try_lock() {
-            Ok(mut slot) => slot.take(),
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+    /// Drops (here, on the caller's thread) the policy the last swap replaced, if the
+    /// control thread has handed one back; whether it had.
+    pub fn release_retired(&self) -> bool {
+        let retired = self.lock().retired.take();
+        retired.is_some()
+    }
+
+    /// Swaps the policy in the slot, if any, into `running`; the one it replaces stays
+    /// in the slot for [`Self::release_retired`]. Never waits: with the slot being filled
+    /// right now, nothing (it is taken at the next episode boundary). `before` sees the
+    /// running policy just before it is replaced. The new policy's name, when one was
+    /// swapped in.
+    pub fn swap_into(&self, running: &mut Brain, before: impl FnOnce(&Brain)) -> Option<String> {
+        let mut slot = match self.0.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let (name, brain) = slot.ready.take()?;
+        before(running);
+        // One handed back before is dropped here: the uplink's thread releases it within
+        // its loop's 20 ms, and a swap needs a bundle offered since, so in practice the
+        // place is free.
+        slot.retired = Some(std::mem::replace(running, brain));
+        Some(name)
     }
 }
 
@@ -502,6 +531,8 @@ fn stream_main(
                 next_try = Instant::now() + backoff;
             }
         }
+        // The policy a swap replaced is freed here, not on the control thread.
+        ready.release_retired();
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -815,18 +846,24 @@ mod tests {
     fn only_the_newest_verified_bundle_waits_for_the_next_episode() {
         let slot = SwapSlot::default();
         let control = slot.clone();
-        assert!(control.take().is_none());
+        let mut running = Brain::Hold;
+        assert!(control.swap_into(&mut running, |_| {}).is_none());
         assert!(slot.offer(("0000100".into(), Brain::Hold)).is_none());
         let (older, _) = slot.offer(("0000200".into(), Brain::Hold)).unwrap();
         assert_eq!(older, "0000100");
         let (older, _) = slot.offer(("0000300".into(), Brain::Hold)).unwrap();
         assert_eq!(older, "0000200");
-        assert_eq!(control.take().unwrap().0, "0000300");
-        assert!(control.take().is_none());
+        assert_eq!(control.swap_into(&mut running, |_| {}).unwrap(), "0000300");
+        assert!(control.swap_into(&mut running, |_| {}).is_none());
+        // The replaced policy waits for the uplink's thread.
+        assert!(slot.release_retired());
+        assert!(!slot.release_retired());
         // Never waits: while the slot is being filled, nothing yet.
+        slot.offer(("0000400".into(), Brain::Hold));
         let held = slot.0.lock().unwrap();
-        assert!(control.take().is_none());
+        assert!(control.swap_into(&mut running, |_| {}).is_none());
         drop(held);
+        assert_eq!(control.swap_into(&mut running, |_| {}).unwrap(), "0000400");
     }
 
     /// A swapped-in bundle's noise stream differs by name and by content: one offered
