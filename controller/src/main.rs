@@ -451,6 +451,10 @@ fn loop_config(
 }
 
 fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
+    // First: a SIGTERM while the bundle loads and its graphs are probed (seconds on a
+    // robot's computer) killed the process by the signal; it now ends the run with
+    // exit status 130 before the port is opened, as one during the handshake does.
+    robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
     let seed = run_seed(a.seed, a.sim.is_some());
     if a.seed.is_none() && a.sim.is_none() {
         eprintln!("seed {seed} (drawn at start: --seed {seed} repeats this session's draws)");
@@ -686,7 +690,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     cfg.panic_at_tick = a.inject_panic_at_tick;
     cfg.panic_repeats = a.inject_panic_repeats;
     cfg.slow_ticks = a.inject_slow_ticks;
-    robot_loop::realtime::install_signal_handlers().context("installing signal handlers")?;
+    if robot_loop::realtime::stop_requested() {
+        controller::note!(
+            "interrupted (signal {}) before the run started: nothing was sent",
+            robot_loop::realtime::stop_signal()
+        );
+        return Ok(std::process::ExitCode::from(130));
+    }
     // What the run's records and dataset name: the bundle, else the teleop device.
     let label = match &a.bundle {
         Some(dir) => dir.display().to_string(),

@@ -570,8 +570,11 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         }
     }
     state.capture_agent(&agent, &batch_rng);
-    // The last update always ends a row.
-    state.finetune_metrics_window = None;
+    // The last update always ends a row; a resume that made none keeps the window it
+    // restored (the next resume's row then averages every update since the last row).
+    if o.updates > start {
+        state.finetune_metrics_window = None;
+    }
     state.finetune_updates = o.updates.max(start);
     write_checkpoint(&o.out, &agent, &online, &state)?;
     summary.updates = o.updates.max(start);

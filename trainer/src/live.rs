@@ -1111,8 +1111,11 @@ pub(crate) fn train_live(
         )?;
     }
     state.capture_agent(agent, &batch_rng);
-    // The row for the last update is written above.
-    state.finetune_metrics_window = None;
+    // The row for the last update is written above; a session that made no update
+    // keeps the window its resume restored, for the next one.
+    if updates > started_at {
+        state.finetune_metrics_window = None;
+    }
     state.finetune_updates = updates;
     intake.capture(state, streamed_before + summary.streamed, owed);
     crate::run::write_checkpoint(&o.out, agent, online, state)?;

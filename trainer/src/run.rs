@@ -86,6 +86,8 @@ pub fn eval_noise_seed(seed: u64) -> u64 {
 /// are executed open loop, one per step, and the policy is asked again after
 /// `play.replan_every()` steps; with `play.ensemble()`, each step takes the blend of
 /// every recent chunk's action for it ([`TemporalEnsemble`]).
+/// At most [`EVAL_BATCH`] episodes run at once, one batch after another (their seeds
+/// drawn in order from `seed` all the same).
 pub fn evaluate_with(
     task: TaskId,
     episodes: usize,
@@ -93,6 +95,40 @@ pub fn evaluate_with(
     play: ChunkPlay,
     act: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
 ) -> Result<EvalResult> {
+    let mut seeds = Rng::new(seed);
+    let (mut successes, mut return_sum, mut length_sum) = (0usize, 0.0f64, 0usize);
+    let mut left = episodes;
+    while left > 0 {
+        let n = left.min(EVAL_BATCH);
+        let (s, r, l) = evaluate_batch(task, n, &mut seeds, play, act)?;
+        (successes, return_sum, length_sum) = (successes + s, return_sum + r, length_sum + l);
+        left -= n;
+    }
+    let n = episodes.max(1) as f64;
+    Ok(EvalResult {
+        episodes,
+        success_rate: successes as f64 / n,
+        mean_return: return_sum / n,
+        mean_length: length_sum as f64 / n,
+    })
+}
+
+/// The most evaluation episodes stepped in one batch: the policy acts for all of them at
+/// once (at the `paper` preset, `run.eval_episodes` near its cap of 10^6 in one batch
+/// took all the memory, after pretraining and before the first checkpoint). The
+/// evaluations the presets and the README use (at most a few hundred) are one batch,
+/// as before.
+pub const EVAL_BATCH: usize = 1024;
+
+/// `episodes` episodes in lockstep, seeded from `seeds` in order: their successes, and
+/// the sums of their returns and lengths.
+fn evaluate_batch(
+    task: TaskId,
+    episodes: usize,
+    seeds: &mut Rng,
+    play: ChunkPlay,
+    act: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
+) -> Result<(usize, f64, usize)> {
     let horizon = play.horizon();
     let spec = task.spec();
     let (od, ad) = (spec.obs_dim(), spec.action_dim());
@@ -101,7 +137,6 @@ pub fn evaluate_with(
         .map(|_| make_env(task, EnvConfig::default()))
         .collect();
     let mut obs = vec![0.0; episodes * od];
-    let mut seeds = Rng::new(seed);
     for (e, o) in envs.iter_mut().zip(obs.chunks_exact_mut(od)) {
         e.reset(seeds.next_u64(), o);
     }
@@ -171,13 +206,11 @@ pub fn evaluate_with(
         active = still;
         step += 1;
     }
-    let n = episodes.max(1) as f64;
-    Ok(EvalResult {
-        episodes,
-        success_rate: successes as f64 / n,
-        mean_return: returns.iter().sum::<f64>() / n,
-        mean_length: lengths.iter().sum::<usize>() as f64 / n,
-    })
+    Ok((
+        successes,
+        returns.iter().sum::<f64>(),
+        lengths.iter().sum::<usize>(),
+    ))
 }
 
 /// A run's offline data.
@@ -2253,6 +2286,27 @@ mod tests {
             format!("{e:#}").contains("replan_every must be 0 (play whole chunks) or in 1..=4"),
             "{e:#}"
         );
+    }
+
+    /// More episodes than one batch holds run in batches: the policy never acts for more
+    /// than [`EVAL_BATCH`] at once (all of them at once took all the memory near the cap
+    /// of 10^6 at the `paper` preset), and every episode is counted.
+    #[test]
+    fn a_large_evaluation_runs_in_batches() {
+        let task = TaskId::ArmReach;
+        let (od, ad) = (task.spec().obs_dim(), task.spec().action_dim());
+        let mut largest = 0;
+        let mut act = |obs: &[f32]| -> Result<Vec<f32>> {
+            largest = largest.max(obs.len() / od);
+            Ok(vec![0.0; obs.len() / od * ad])
+        };
+        let n = 2 * EVAL_BATCH + 5;
+        let all = evaluate_with(task, n, 3, ChunkPlay::SINGLE, &mut act).unwrap();
+        assert_eq!(largest, EVAL_BATCH);
+        assert_eq!(all.episodes, n);
+        // Every episode stepped to its end (standing still reaches no goal and hits
+        // nothing: each runs its whole horizon).
+        assert_eq!(all.mean_length, task.spec().horizon as f64, "{all:?}");
     }
 
     /// Temporal ensembling with m = 0, chunks of 2 planned every step: each step plays

@@ -195,6 +195,24 @@ fn a_resume_between_log_rows_logs_the_same_rows() {
     let (c, resume) = continued_online();
     train(&c, &between, &resume, &mut ()).unwrap();
     assert_eq!(window(&between), before);
+
+    // A finetune resumed at the count it stopped at makes no update: the window stays
+    // for the next resume (it was dropped, and the next row averaged fewer updates).
+    let idle = tmp.path().join("idle");
+    let mut o = options(&run, &data, &idle);
+    o.log_every = 2;
+    o.stop_after = Some(3);
+    assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    let before = window(&idle);
+    let updates = o.updates;
+    o.stop_after = None;
+    o.resume = true;
+    o.updates = 3;
+    finetune(&o, &mut ()).unwrap();
+    assert_eq!(window(&idle), before);
+    o.updates = updates;
+    finetune(&o, &mut ()).unwrap();
+    assert_eq!(losses(&idle), losses(&straight));
 }
 
 /// A resume reads nothing from `--from`, so a source run moved away since does not stop
