@@ -227,8 +227,8 @@ impl EditBase {
     }
 }
 
-/// The most episodes one evaluation runs: each holds a simulated environment at once
-/// (memory taken up front), and a million is more than any curve needs.
+/// The most episodes one evaluation runs: a million is more than any curve needs (they
+/// run [`crate::run::EVAL_BATCH`] at a time, so the memory is a batch's).
 pub const MAX_EVAL_EPISODES: usize = 1_000_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -297,7 +297,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         o.updates > 0 || o.eval_episodes > 0,
         "nothing to do: --updates is 0"
     );
-    // Before anything is written: the evaluation takes its environments up front.
+    // Before anything is written: the evaluation's size is checked.
     ensure!(
         o.eval_episodes <= crate::config::MAX_EVAL_EPISODES,
         "--eval-episodes {} is more than the {} an evaluation may run",

@@ -365,7 +365,7 @@ impl Progress for Bar {
 }
 
 /// A count that must not be 0 (timed steps, evaluation episodes), nor past a million
-/// (memory for the results is taken up front).
+/// (work asked for by mistake: no curve needs more).
 fn at_least_one(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),

@@ -2294,19 +2294,33 @@ mod tests {
     #[test]
     fn a_large_evaluation_runs_in_batches() {
         let task = TaskId::ArmReach;
-        let (od, ad) = (task.spec().obs_dim(), task.spec().action_dim());
+        let spec = task.spec();
+        let (od, ad) = (spec.obs_dim(), spec.action_dim());
+        // Each call's first observation; standing still reaches no goal and hits
+        // nothing, so every episode runs its whole horizon and each batch starts on
+        // call `k · horizon`.
+        let mut firsts: Vec<Vec<f32>> = vec![];
         let mut largest = 0;
         let mut act = |obs: &[f32]| -> Result<Vec<f32>> {
             largest = largest.max(obs.len() / od);
+            firsts.push(obs[..od].to_vec());
             Ok(vec![0.0; obs.len() / od * ad])
         };
         let n = 2 * EVAL_BATCH + 5;
         let all = evaluate_with(task, n, 3, ChunkPlay::SINGLE, &mut act).unwrap();
         assert_eq!(largest, EVAL_BATCH);
         assert_eq!(all.episodes, n);
-        // Every episode stepped to its end (standing still reaches no goal and hits
-        // nothing: each runs its whole horizon).
-        assert_eq!(all.mean_length, task.spec().horizon as f64, "{all:?}");
+        assert_eq!(all.mean_length, spec.horizon as f64, "{all:?}");
+        // The batches' first episodes take the 1st, 1,025th and 2,049th seeds of the
+        // evaluation's stream: the seeds go on from batch to batch.
+        let mut seeds = Rng::new(3);
+        let seeds: Vec<u64> = (0..n).map(|_| seeds.next_u64()).collect();
+        for batch in 0..3 {
+            let mut env = make_env(task, EnvConfig::default());
+            let mut obs = vec![0.0; od];
+            env.reset(seeds[batch * EVAL_BATCH], &mut obs);
+            assert_eq!(firsts[batch * spec.horizon as usize], obs, "batch {batch}");
+        }
     }
 
     /// Temporal ensembling with m = 0, chunks of 2 planned every step: each step plays
