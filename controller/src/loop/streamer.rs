@@ -615,27 +615,10 @@ fn verify(
     if let Some(why) = crate::runtime::replacement_refused(new, old) {
         return Err(why);
     }
-    let options = swap_options(&swap.options, name, new);
+    let options = crate::runtime::swapped_in_options(&swap.options, name, new);
     let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)
         .map_err(|e| format!("{e:#}"))?;
     Ok((brain, exported))
-}
-
-/// The options of the bundle offered as `name`: its own random stream, named by the
-/// offered name and its graphs' hashes together. By the name alone, a trainer started
-/// again into another `--out` (which numbers its bundles from the start again) offered
-/// a new bundle under an old name, and the robot replayed that swap's noise.
-fn swap_options(options: &PolicyOptions, name: &str, manifest: &Manifest) -> PolicyOptions {
-    let g = &manifest.graphs;
-    let mut stream = name.to_string();
-    for graph in [Some(&g.denoiser), g.edit.as_ref(), g.critic.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        stream.push(' ');
-        stream.push_str(&graph.sha256);
-    }
-    crate::runtime::swapped_in_options(options, &stream)
 }
 
 /// [`connect`] for stream `id`. The first time the trainer holds nothing under it,
@@ -879,7 +862,8 @@ mod tests {
             .unwrap();
         assert_ne!(a.graphs.denoiser.sha256, b.graphs.denoiser.sha256);
         let run = PolicyOptions::default();
-        let seed = |name: &str, m: &Manifest| swap_options(&run, name, m).seed;
+        let seed =
+            |name: &str, m: &Manifest| crate::runtime::swapped_in_options(&run, name, m).seed;
         assert_ne!(seed("0000100", &a), seed("0000100", &b));
         assert_ne!(seed("0000100", &a), seed("0000200", &a));
         assert_ne!(seed("0000100", &a), run.seed);

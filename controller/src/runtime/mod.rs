@@ -531,12 +531,29 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
     None
 }
 
-/// The options of a policy swapped in under `name`: its own random stream (with the
-/// run's seed as it is, every swapped-in policy would replay the noise of the run's
-/// first decisions).
-pub fn swapped_in_options(options: &PolicyOptions, name: &str) -> PolicyOptions {
+/// The options of the bundle of `manifest` swapped in under `name`: its own random
+/// stream (with the run's seed as it is, every swapped-in policy would replay the noise
+/// of the run's first decisions), named by `name` and its graphs' hashes together. By
+/// a name alone, a trainer started again into another `--out` (which numbers its
+/// bundles from the start again) offered a new bundle under an old name, and the robot
+/// replayed that swap's noise; by the denoiser's hash alone, a bundle with only a new
+/// critic or edit policy replayed the last one's.
+pub fn swapped_in_options(
+    options: &PolicyOptions,
+    name: &str,
+    manifest: &shared_model::manifest::Manifest,
+) -> PolicyOptions {
+    let g = &manifest.graphs;
+    let mut stream = name.to_string();
+    for graph in [Some(&g.denoiser), g.edit.as_ref(), g.critic.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        stream.push(' ');
+        stream.push_str(&graph.sha256);
+    }
     PolicyOptions {
-        seed: options.seed ^ u64::from(firmware_config::protocol::crc32(name.as_bytes())),
+        seed: options.seed ^ u64::from(firmware_config::protocol::crc32(stream.as_bytes())),
         ..options.clone()
     }
 }
@@ -545,7 +562,7 @@ pub fn swapped_in_options(options: &PolicyOptions, name: &str) -> PolicyOptions 
 /// verified and built completely, acts on the same observation and action sizes, and
 /// may replace it ([`replacement_refused`]); on any error `current` is untouched and
 /// keeps acting. The new policy draws from its own stream ([`swapped_in_options`],
-/// named by its denoiser graph's hash).
+/// named by its graphs' hashes).
 pub fn reload(
     current: &mut Policy,
     dir: &std::path::Path,
@@ -573,8 +590,7 @@ pub fn reload(
     );
     // Named by what it holds, not by its path (`latest`, `..`): another bundle's
     // policy draws another stream.
-    let name = &m.graphs.denoiser.sha256;
-    let next = Policy::new(&bundle, &swapped_in_options(options, name))
+    let next = Policy::new(&bundle, &swapped_in_options(options, "", m))
         .with_context(|| format!("refusing bundle {}", dir.display()))?;
     *current = next;
     Ok(())
