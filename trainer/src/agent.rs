@@ -535,50 +535,28 @@ impl NetOptimizer {
         }
     }
 
-    /// Loads what [`NetOptimizer::save`] wrote for `network` into a throwaway
-    /// optimizer: the loader's refusal, if any.
-    fn check_saved<M: Module>(
+    /// This optimizer with the state [`NetOptimizer::save`] wrote for `network` (`None`:
+    /// the run has no such network and the state is empty), as the loader's checks
+    /// accept it; `self` is left as it is.
+    fn loaded<M: Module>(
         &self,
         dir: &std::path::Path,
         stem: &str,
         network: Option<&M>,
         device: &Device,
-    ) -> Result<()> {
-        match self {
-            NetOptimizer::PerParameter(_) => {
-                let path = dir.join(format!("{stem}.bpk"));
-                let probe = crate::per_parameter::adam(0.0, 0.0);
-                crate::per_parameter::load(probe, &path, device).map(drop)
-            }
-            NetOptimizer::Fused(o) => {
-                let layout = network.map(|m| o.layout_of(m));
-                o.clone()
-                    .load(&dir.join(format!("{stem}.adam")), layout, device)
-            }
-        }
-    }
-
-    /// Restores what [`NetOptimizer::save`] wrote for `network` (`None`: the run has no
-    /// such network and the state is empty).
-    fn load<M: Module>(
-        &mut self,
-        dir: &std::path::Path,
-        stem: &str,
-        network: Option<&M>,
-        device: &Device,
-    ) -> Result<()> {
-        match self {
+    ) -> Result<NetOptimizer> {
+        Ok(match self {
             NetOptimizer::PerParameter(o) => {
                 let path = dir.join(format!("{stem}.bpk"));
-                let fresh = std::mem::replace(o, crate::per_parameter::adam(0.0, 0.0));
-                *o = crate::per_parameter::load(fresh, &path, device)?;
-                Ok(())
+                NetOptimizer::PerParameter(crate::per_parameter::load(o.clone(), &path, device)?)
             }
             NetOptimizer::Fused(o) => {
                 let layout = network.map(|m| o.layout_of(m));
-                o.load(&dir.join(format!("{stem}.adam")), layout, device)
+                let mut o = o.clone();
+                o.load(&dir.join(format!("{stem}.adam")), layout, device)?;
+                NetOptimizer::Fused(o)
             }
-        }
+        })
     }
 }
 
@@ -1341,36 +1319,45 @@ impl Agent {
         }
     }
 
-    /// Reads back what [`Self::save_optimizers`] wrote into `dir` with the loaders'
-    /// checks (finite moments, step counts), into throwaway optimizers: a state they
-    /// would refuse is found before it replaces a loadable one.
-    pub(crate) fn check_saved_optimizers(&self, dir: &std::path::Path) -> Result<()> {
+    /// The four optimizers with the states [`Self::save_optimizers`] wrote into `dir`,
+    /// built beside the running ones with the loaders' checks (finite moments, step
+    /// counts).
+    fn loaded_optimizers(&self, dir: &std::path::Path) -> Result<[NetOptimizer; 4]> {
         let device = self.plain.clone();
-        self.opt_denoiser
-            .check_saved(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
-        self.opt_critic
-            .check_saved(dir, "opt_critic", self.critic.as_ref(), &device)?;
         let policy = self.edit.as_ref().or(self.actor.as_ref());
-        self.opt_policy
-            .check_saved(dir, "opt_policy", policy, &device)?;
-        self.opt_temperature
-            .check_saved(dir, "opt_temperature", self.temperature.as_ref(), &device)
+        Ok([
+            self.opt_denoiser
+                .loaded(dir, "opt_denoiser", Some(&self.denoiser), &device)?,
+            self.opt_critic
+                .loaded(dir, "opt_critic", self.critic.as_ref(), &device)?,
+            self.opt_policy.loaded(dir, "opt_policy", policy, &device)?,
+            self.opt_temperature.loaded(
+                dir,
+                "opt_temperature",
+                self.temperature.as_ref(),
+                &device,
+            )?,
+        ])
+    }
+
+    /// Reads back what [`Self::save_optimizers`] wrote into `dir` into throwaway
+    /// optimizers: a state the loaders would refuse is found before it replaces a
+    /// loadable one.
+    pub(crate) fn check_saved_optimizers(&self, dir: &std::path::Path) -> Result<()> {
+        self.loaded_optimizers(dir).map(drop)
     }
 
     pub(crate) fn load_optimizers(&mut self, dir: &std::path::Path) -> Result<()> {
+        let [denoiser, critic, policy, temperature] = self.loaded_optimizers(dir)?;
         // The recordings hold the networks' state as it was; record again from the loaded.
         self.critic_graph = None;
         self.act_graphs.clear();
         self.update_graph = None;
-        let device = self.plain.clone();
-        self.opt_denoiser
-            .load(dir, "opt_denoiser", Some(&self.denoiser), &device)?;
-        self.opt_critic
-            .load(dir, "opt_critic", self.critic.as_ref(), &device)?;
-        let policy = self.edit.as_ref().or(self.actor.as_ref());
-        self.opt_policy.load(dir, "opt_policy", policy, &device)?;
-        self.opt_temperature
-            .load(dir, "opt_temperature", self.temperature.as_ref(), &device)
+        self.opt_denoiser = denoiser;
+        self.opt_critic = critic;
+        self.opt_policy = policy;
+        self.opt_temperature = temperature;
+        Ok(())
     }
 
     /// The UTD critic steps of one environment step; inputs `[utd·b, ·]`.

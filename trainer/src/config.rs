@@ -749,17 +749,10 @@ impl Config {
                 let Some(rest) = path.strip_prefix(&format!("{key}.")) else {
                     return false;
                 };
-                let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) else {
-                    return false;
-                };
-                let mut cur = &t["v"];
-                rest.split('.').all(|part| match cur.get(part) {
-                    Some(v) => {
-                        cur = v;
-                        true
-                    }
-                    None => false,
-                })
+                let value = override_value(raw);
+                rest.split('.')
+                    .try_fold(&value, |cur, part| cur.get(part))
+                    .is_some()
             })
         };
         let taken_as_before = absent
@@ -1148,12 +1141,19 @@ const OPTIONAL_KEYS: &[&str] = &["run.dataset"];
 /// Sets `path` to `raw` read as a TOML value, or as a string where it does not read as
 /// one or where the key holds a string: a bare `run.dataset=2024-06-01` (a TOML date) or
 /// `run.dataset=12345` is a path, as `run.dataset=demos/arm` is.
-fn set_path(value: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
+/// An override's value as TOML (`3`, `"x"`, `{threads=2}`), else as the text it is
+/// (`--set device=cuda`).
+fn override_value(raw: &str) -> toml::Value {
     let raw = raw.trim();
-    let new = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(t) => t["v"].clone(),
         Err(_) => toml::Value::String(raw.to_string()),
-    };
+    }
+}
+
+fn set_path(value: &mut toml::Value, path: &str, raw: &str) -> Result<()> {
+    let raw = raw.trim();
+    let new = override_value(raw);
     let mut cur = value;
     let parts: Vec<&str> = path.split('.').collect();
     for (i, part) in parts.iter().enumerate() {

@@ -236,30 +236,25 @@ impl Recorder {
     /// only the staged file ([`staging_path`]), never one under the requested name.
     pub fn record<T>(self, log: impl FnOnce(&RecordingStream) -> Result<T>) -> Result<T> {
         let logged = log(&self.rec);
-        if logged.is_err() {
-            // Closed without being put in place; whatever file it wrote goes.
-            let written = match (&self.staging, &self.target) {
-                (Some(staged), _) | (None, Target::File(staged)) => Some(staged.clone()),
-                (None, Target::Connect(_)) => None,
-            };
-            let _ = self.finish_within_as(VIEWER_FLUSH_TIMEOUT, false);
-            if let Some(file) = written {
-                let _ = std::fs::remove_file(file);
+        // A staged file is removed by the finish itself when it is not put in place;
+        // one written under its name as it went is removed here.
+        let unstaged = match (&self.staging, &self.target) {
+            (None, Target::File(path)) => Some(path.clone()),
+            _ => None,
+        };
+        let outcome = match logged {
+            Err(e) => {
+                let _ = self.finish_within_as(VIEWER_FLUSH_TIMEOUT, false);
+                Err(e)
             }
-        } else {
-            let unstaged = match (&self.staging, &self.target) {
-                (None, Target::File(path)) => Some(path.clone()),
-                _ => None,
-            };
-            if let Err(e) = self.finish() {
-                // (A staged file is removed by `finish` itself.)
-                if let Some(path) = unstaged {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Err(e);
-            }
+            Ok(v) => self.finish().map(|()| v),
+        };
+        if outcome.is_err()
+            && let Some(path) = unstaged
+        {
+            let _ = std::fs::remove_file(path);
         }
-        logged
+        outcome
     }
 
     /// Flushes everything to the file, or to the viewer within [`VIEWER_FLUSH_TIMEOUT`].

@@ -1577,7 +1577,13 @@ impl Control {
     /// Adds the running policy's candidate ages (two-speed mode) to the report's, before
     /// a swap drops the policy and at the end of the run.
     pub(super) fn fold_candidate_ages(&mut self) {
-        if let Some(a) = self.brain.candidate_ages() {
+        let ages = self.brain.candidate_ages();
+        self.fold_ages(ages);
+    }
+
+    /// A two-speed policy's candidate ages (`None`: not one) into the run's report.
+    fn fold_ages(&mut self, ages: Option<super::CandidateAges>) {
+        if let Some(a) = ages {
             self.report.two_speed.get_or_insert_default().merge(&a);
         }
     }
@@ -1602,9 +1608,7 @@ impl Control {
                         old_ages = old.candidate_ages();
                     })
                 {
-                    if let Some(a) = old_ages {
-                        self.report.two_speed.get_or_insert_default().merge(&a);
-                    }
+                    self.fold_ages(old_ages);
                     self.report.bundle_swaps.push(super::BundleSwap {
                         bundle: name,
                         first_episode: self.episodes_started,
