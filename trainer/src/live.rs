@@ -401,7 +401,7 @@ impl RecordSink for Receiver {
 /// Handshakes run on their own threads, each cut off after [`HANDSHAKE_DEADLINE`]: at
 /// most [`MAX_HANDSHAKES_PER_PEER`] per IP address, and beyond [`MAX_HANDSHAKES`] in all
 /// a new one shuts the oldest down. Only a connection that proved the key joins the
-/// queue of the serving thread. A peer without the key, silent or trickling its hello
+/// queue of the serving thread, at most [`MAX_WAITING_SESSIONS`] of them. A peer without the key, silent or trickling its hello
 /// a byte at a time, cannot hold the link the robot is waiting for.
 pub struct Listener {
     stop: Arc<AtomicBool>,
@@ -423,6 +423,13 @@ pub const MAX_HANDSHAKES: usize = 32;
 pub const MAX_HANDSHAKES_PER_PEER: usize = 4;
 /// Read and write timeout of an authenticated connection.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Authenticated connections that may wait while another is served; one beyond them is
+/// refused with an `ERROR` naming why. A robot that reconnects waits behind its old,
+/// broken connection until that one times out ([`SESSION_TIMEOUT`]), and retries every
+/// few seconds meanwhile; a second robot on the same trainer would queue a connection
+/// at each retry, without a bound each one two sockets held until the trainer ran out
+/// of file descriptors (about 600 an hour) and its checkpoints failed.
+pub const MAX_WAITING_SESSIONS: usize = 4;
 /// Error lines kept for the end-of-run summary (the oldest go first).
 const MAX_ERRORS_KEPT: usize = 1000;
 
@@ -463,7 +470,7 @@ fn accept_loop(
     stop: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
 ) {
-    let (auth_tx, auth_rx) = mpsc::channel::<Authenticated>();
+    let (auth_tx, auth_rx) = mpsc::sync_channel::<Authenticated>(MAX_WAITING_SESSIONS);
     let serving_socket: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
     let serving = {
         let (errors, stop, current) = (errors.clone(), stop.clone(), serving_socket.clone());
@@ -562,7 +569,20 @@ fn accept_loop(
                         done.store(true, Ordering::SeqCst);
                         let _ = control.set_read_timeout(Some(SESSION_TIMEOUT));
                         let _ = control.set_write_timeout(Some(SESSION_TIMEOUT));
-                        let _ = tx.send((session, peer, control));
+                        match tx.try_send((session, peer, control)) {
+                            Ok(()) | Err(mpsc::TrySendError::Disconnected(_)) => {}
+                            Err(mpsc::TrySendError::Full((mut session, peer, _))) => {
+                                let why = format!(
+                                    "{MAX_WAITING_SESSIONS} authenticated connections already \
+                                     wait while another is served: this trainer serves one \
+                                     robot at a time (a robot that reconnects is served once \
+                                     its old connection ends, within {} s)",
+                                    SESSION_TIMEOUT.as_secs()
+                                );
+                                let _ = uplink::records::refuse(&mut session, &why);
+                                report(&errors, peer, why);
+                            }
+                        }
                     }
                     Err(e) => report(&errors, peer, e.to_string()),
                 })
@@ -1709,6 +1729,60 @@ mod tests {
             "the robot was served only after the trickling peer had sent its whole hello"
         );
         drop((session, silent));
+        listener.stop();
+    }
+
+    /// While one robot is served, at most [`MAX_WAITING_SESSIONS`] authenticated
+    /// connections wait; one more is refused with the reason. Before, every one waited:
+    /// a second robot's retries queued a connection each (two sockets held per retry)
+    /// until the trainer ran out of file descriptors, and it was told nothing.
+    #[test]
+    fn connections_beyond_the_waiting_ones_are_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = Key::from_bytes([7; uplink::KEY_LEN]);
+        let (listener, _rx) = Listener::start(
+            "127.0.0.1:0",
+            key.clone(),
+            &tmp.path().join("uplink"),
+            &tmp.path().join("b"),
+            Check {
+                dims: (3, 2),
+                recorded_by: crate::finetune::RecordedBy::named(vec![]),
+            },
+        )
+        .unwrap();
+        let addr = listener.addr;
+        // The served robot: it holds the serving thread (30 s of silence allowed).
+        let mut served = Session::client(TcpStream::connect(addr).unwrap(), &key).unwrap();
+        assert_eq!(uplink::records::open_stream(&mut served, "a").unwrap(), 0);
+        // One after another: at most MAX_HANDSHAKES_PER_PEER run at once from one address.
+        let others: Vec<_> = (0..=MAX_WAITING_SESSIONS)
+            .map(|i| {
+                let tcp = TcpStream::connect(addr).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut s = Session::client(tcp, &key).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                std::thread::spawn(move || {
+                    uplink::records::open_stream(&mut s, &format!("b{i}"))
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let answers: Vec<_> = others.into_iter().map(|t| t.join().unwrap()).collect();
+        let refused: Vec<_> = answers
+            .iter()
+            .filter(|a| {
+                a.as_ref()
+                    .is_err_and(|e| e.contains("the trainer refused") && e.contains("already wait"))
+            })
+            .collect();
+        assert_eq!(refused.len(), 1, "{answers:?}");
+        assert_eq!(
+            answers.iter().filter(|a| a.is_ok()).count(),
+            0,
+            "served while another was: {answers:?}"
+        );
+        drop(served);
         listener.stop();
     }
 

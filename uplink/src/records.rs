@@ -290,6 +290,17 @@ pub fn serve_records<S: Read + Write>(
     served
 }
 
+/// Refuses a connection instead of serving it: reads the client's first request, then
+/// answers it with an `ERROR` frame naming `why` (the client's report then names the
+/// trainer's reason). The request is read first so that the client's bytes are not
+/// unread at the close, where the kernel would reset the connection, and the client
+/// could lose the answer to the reset.
+pub fn refuse<S: Read + Write>(session: &mut Session<S>, why: &str) -> Result<(), RecordError> {
+    session.recv()?;
+    session.send(kind::ERROR, why.as_bytes())?;
+    Ok(())
+}
+
 fn serve<S: Read + Write>(
     session: &mut Session<S>,
     sink: &mut dyn RecordSink,

@@ -621,11 +621,14 @@ fn verify(
     Ok((brain, exported))
 }
 
-/// [`connect`] for stream `id`. The first time the trainer holds nothing under it,
-/// `legacy` (the name an older controller gave the log: its path as given, `--out r1`)
-/// is taken and asked under too; the stream goes on under it if the trainer holds
-/// records there, instead of having it take the whole log again. Returns the session,
-/// the trainer's count and the name used.
+/// [`connect`] for stream `id`. While the trainer holds nothing under it, `legacy` (the
+/// name an older controller gave the log: its path as given, `--out r1`) is asked under
+/// too; the stream goes on under it if the trainer holds records there, instead of
+/// having it take the whole log again. `legacy` is dropped only once the trainer has
+/// answered under it: a connection that failed on the way (a lost link, a trainer that
+/// could not read that log yet) is an error, and the next try asks again (taken before
+/// the answer, one such failure sent the whole log again under the new name). Returns
+/// the session, the trainer's count and the name used.
 fn connect_stream(
     cfg: &UplinkConfig,
     id: &str,
@@ -633,16 +636,18 @@ fn connect_stream(
     link: &Mutex<Option<TcpStream>>,
 ) -> Result<(Session<TcpStream>, u64, String), String> {
     let (session, held) = connect(cfg, id, link)?;
-    let Some(old) = legacy.take_if(|_| held == 0) else {
+    let Some(old) = legacy.clone().filter(|_| held == 0) else {
         return Ok((session, held, id.to_string()));
     };
     // Hung up first: the trainer serves one connection at a time.
     drop(session);
-    if let Ok((session, held)) = connect(cfg, &old, link)
-        && held > 0
-    {
+    let (session, held) = connect(cfg, &old, link)
+        .map_err(|e| format!("asking under the log's older name {old}: {e}"))?;
+    *legacy = None;
+    if held > 0 {
         return Ok((session, held, old));
     }
+    drop(session);
     let (session, held) = connect(cfg, id, link)?;
     Ok((session, held, id.to_string()))
 }
@@ -801,6 +806,64 @@ mod tests {
         assert!(summary.bundles.is_empty(), "{:?}", summary.bundles);
         assert_eq!(served.map_err(|e| e.to_string()), Ok(1));
         assert_eq!((summary.acknowledged, summary.connections), (1, 1));
+    }
+
+    /// The log's older name is given up only once the trainer answered under it: a
+    /// first ask that failed (here the trainer could not read that log yet) left the
+    /// stream under its new name, and the trainer took the whole log again there.
+    #[test]
+    fn a_failed_ask_under_the_older_name_is_asked_again() {
+        use uplink::records::{RecordSink, serve_records};
+        struct Held {
+            asked_old: u32,
+        }
+        impl RecordSink for Held {
+            fn next_index(&mut self, stream: &str) -> Result<u64, String> {
+                if stream != "old" {
+                    return Ok(0);
+                }
+                self.asked_old += 1;
+                if self.asked_old == 1 {
+                    Err("cannot open that log now".into())
+                } else {
+                    Ok(5)
+                }
+            }
+            fn append(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let key = uplink::Key::from_bytes([1; uplink::KEY_LEN]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = UplinkConfig {
+            addr: listener.local_addr().unwrap().to_string(),
+            key: key.clone(),
+            drain: Duration::from_secs(1),
+            swap: None,
+        };
+        // Serves connections one after another, as the trainer does.
+        std::thread::spawn(move || {
+            let mut sink = Held { asked_old: 0 };
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                if let Ok(mut s) = uplink::Session::server(tcp, &key) {
+                    let _ = serve_records(&mut s, &mut sink);
+                }
+            }
+        });
+        let link = Mutex::new(None);
+        let mut legacy = Some("old".to_string());
+        let first = connect_stream(&cfg, "new", &mut legacy, &link).map(|(_, n, name)| (n, name));
+        assert!(
+            first.as_ref().is_err_and(
+                |e| e.contains("older name old") && e.contains("cannot open that log now")
+            ),
+            "{first:?}"
+        );
+        assert_eq!(legacy.as_deref(), Some("old"), "given up on a failed ask");
+        let (_, held, name) = connect_stream(&cfg, "new", &mut legacy, &link).unwrap();
+        assert_eq!((held, name.as_str()), (5, "old"));
+        assert_eq!(legacy, None);
     }
 
     /// The uplink's address may resolve to several (`localhost`: `::1`, then
