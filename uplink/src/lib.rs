@@ -94,6 +94,14 @@ pub enum LinkError {
         "the peer closed the link before its challenge: not an EXPO trainer, one of another uplink protocol version than ours ({VERSION}), or one dropping the handshake (shutting down, too many at once); its log says which"
     )]
     Closed,
+    /// An end of stream where a frame would begin: the peer hung up (a trainer
+    /// stopping, a robot's run ending, a port scan after its connect).
+    #[error("the peer closed the link")]
+    Hangup,
+    /// An end of stream inside a frame: the connection was cut (or the peer died) while
+    /// the frame was on its way, so what it carried never arrived.
+    #[error("the link was cut inside a frame: {got} of its {len} bytes arrived")]
+    Cut { got: usize, len: usize },
     #[error("frame of {0} bytes is outside 41..={MAX_FRAME}")]
     FrameSize(usize),
     #[error("frame {seq}: bad tag (tampered, replayed or from another session)")]
@@ -277,6 +285,21 @@ fn nonce() -> Result<[u8; NONCE_LEN], LinkError> {
     Ok(n)
 }
 
+/// Reads into `buf` until it is full or the stream ends; returns the bytes read. Unlike
+/// `read_exact`, says how far an end of stream came: at a frame's start or inside it.
+fn read_up_to<S: Read>(stream: &mut S, buf: &mut [u8]) -> Result<usize, LinkError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(e)),
+        }
+    }
+    Ok(got)
+}
+
 /// One received frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -326,7 +349,16 @@ impl<S: Read + Write> Session<S> {
     /// The trainer's side of the handshake.
     pub fn server(mut stream: S, key: &Key) -> Result<Session<S>, LinkError> {
         let mut hello = [0u8; 8 + 2 + NONCE_LEN];
-        stream.read_exact(&mut hello).map_err(read_error)?;
+        match read_up_to(&mut stream, &mut hello)? {
+            0 => return Err(LinkError::Hangup),
+            n if n < hello.len() => {
+                return Err(LinkError::Cut {
+                    got: n,
+                    len: hello.len(),
+                });
+            }
+            _ => {}
+        }
         if &hello[..8] != MAGIC {
             return Err(LinkError::Magic);
         }
@@ -390,13 +422,23 @@ impl<S: Read + Write> Session<S> {
     /// error the session is unusable: drop it and reconnect.
     pub fn recv(&mut self) -> Result<Frame, LinkError> {
         let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).map_err(read_error)?;
+        match read_up_to(&mut self.stream, &mut len)? {
+            0 => return Err(LinkError::Hangup),
+            4 => {}
+            got => return Err(LinkError::Cut { got, len: 4 }),
+        }
         let len = u32::from_le_bytes(len) as usize;
         if !(HEADER_LEN + TAG_LEN..=MAX_FRAME).contains(&len) {
             return Err(LinkError::FrameSize(len));
         }
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).map_err(read_error)?;
+        let got = read_up_to(&mut self.stream, &mut body)?;
+        if got < len {
+            return Err(LinkError::Cut {
+                got: 4 + got,
+                len: 4 + len,
+            });
+        }
         let kind = body[0];
         let seq = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
         let (payload, tag) = body[HEADER_LEN..].split_at(len - HEADER_LEN - TAG_LEN);
@@ -456,9 +498,7 @@ mod tests {
                         s.send(f.kind + 1, &f.payload)?;
                         n += 1;
                     }
-                    Err(LinkError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Ok(n);
-                    }
+                    Err(LinkError::Hangup) => return Ok(n),
                     Err(e) => return Err(e),
                 }
             }
@@ -586,8 +626,9 @@ mod tests {
     }
     impl Read for Pipe {
         fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            // An empty pipe is an end of stream, as a closed socket's.
             if self.buf.is_empty() {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+                return Ok(0);
             }
             let n = out.len().min(self.buf.len());
             for (o, b) in out.iter_mut().zip(self.buf.drain(..n)) {
@@ -611,6 +652,31 @@ mod tests {
         let mut bytes: Vec<u8> = from.stream.buf.drain(..).collect();
         edit(&mut bytes);
         to.stream.buf.extend(bytes);
+    }
+
+    /// An end of stream between frames is a hang-up, one inside a frame a cut, each
+    /// named (both were "link I/O: failed to fill whole buffer").
+    #[test]
+    fn an_end_of_stream_says_where_it_came() {
+        let (mut up, mut down) = sessions();
+        let e = down.recv().unwrap_err();
+        assert!(matches!(e, LinkError::Hangup), "{e:?}");
+        assert_eq!(e.to_string(), "the peer closed the link");
+        up.send(3, b"transitions").unwrap();
+        deliver(&mut up, &mut down, |b| b.truncate(2));
+        let e = down.recv().unwrap_err();
+        assert!(matches!(e, LinkError::Cut { got: 2, len: 4 }), "{e:?}");
+        let (mut up, mut down) = sessions();
+        up.send(3, b"transitions").unwrap();
+        deliver(&mut up, &mut down, |b| b.truncate(20));
+        let e = down.recv().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the link was cut inside a frame: 20 of its {} bytes arrived",
+                4 + HEADER_LEN + 11 + TAG_LEN
+            )
+        );
     }
 
     #[test]

@@ -318,9 +318,9 @@ fn serve<S: Read + Write>(
     loop {
         let f = match session.recv() {
             Ok(f) => f,
-            Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Ok((stream, appended));
-            }
+            // A hang-up between frames ends the exchange; one inside a frame (the link
+            // cut mid-batch) is an error, named.
+            Err(LinkError::Hangup) => return Ok((stream, appended)),
             Err(e) => return Err(e.into()),
         };
         if f.kind == kind::FETCH {
@@ -506,6 +506,33 @@ mod tests {
         let outcomes = srv.join().unwrap();
         assert_eq!(outcomes, vec![Ok(300), Ok(400), Ok(300)]);
         assert_eq!(sink.0.lock().unwrap()["run-a"], all);
+    }
+
+    /// A connection cut inside a frame is an error on the trainer's side, named as
+    /// such; a hang-up between frames ends the exchange. (Any end of stream ended it as
+    /// an orderly hang-up: a batch cut mid-way was never reported.)
+    #[test]
+    fn a_link_cut_inside_a_frame_is_named_and_a_hangup_is_not_an_error() {
+        use std::io::Write;
+        let sink = MemorySink::default();
+        let (port, srv) = server(sink.clone(), 2);
+        let mut c = connect(port);
+        assert_eq!(open_stream(&mut c, "run-a").unwrap(), 0);
+        // The start of a frame of 100 bytes: its length and 3 more bytes.
+        (&*c.stream()).write_all(&[100, 0, 0, 0, 3, 0, 0]).unwrap();
+        c.stream().shutdown(Shutdown::Write).unwrap();
+        drop(c);
+        let mut c = connect(port);
+        assert_eq!(send_records(&mut c, "run-a", &records(3)).unwrap(), 3);
+        drop(c);
+        let outcomes = srv.join().unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                Err("the link was cut inside a frame: 7 of its 104 bytes arrived".into()),
+                Ok(3)
+            ]
+        );
     }
 
     /// Every record is made durable before the acknowledgement that covers it: the robot
