@@ -128,6 +128,48 @@ fn set_aside_unreferenced(
     Ok(moved)
 }
 
+/// What [`tidy`] did.
+#[derive(Debug, Default)]
+pub struct Tidied {
+    /// Data files no episode referenced, moved into [`UNREFERENCED_DIR`] (from, to).
+    pub set_aside: Vec<(PathBuf, PathBuf)>,
+    /// Features this writer does not produce (cameras, other sensors), by which the
+    /// metadata was left as it was: index rows that were never committed, or superseded
+    /// index files, stay (our reader leaves them out; `validate` names them).
+    pub foreign_features: Vec<String>,
+}
+
+/// Sets aside the data files no episode of the dataset at `dir` references, what stops
+/// LeRobot loading a dataset a writer stopped before its commit. A dataset this writer
+/// can extend is tidied as [`DatasetWriter::open_append`] does (index rows that were
+/// never committed dropped, the metadata written again where that changed anything);
+/// any other dataset the reader takes (with cameras, say: a LeRobot recorder's) only has
+/// its unreferenced data files moved, and its metadata is left untouched. (Tidying went
+/// through `open_append` only, which refuses a dataset with features it does not
+/// write: the one command `validate` recommends failed with "cannot append".)
+pub fn tidy(dir: &Path) -> Result<Tidied, DatasetError> {
+    let json = InfoJson::read(dir)?;
+    let foreign_features: Vec<String> = json
+        .features
+        .keys()
+        .filter(|k| !cols::ALL.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if foreign_features.is_empty() {
+        let w = DatasetWriter::open_append(dir)?;
+        return Ok(Tidied {
+            set_aside: w.set_aside().to_vec(),
+            foreign_features,
+        });
+    }
+    let _lock = lock_dir(dir)?;
+    let loaded = crate::reader::load(dir)?;
+    Ok(Tidied {
+        set_aside: set_aside_unreferenced(dir, &loaded.data_files)?,
+        foreign_features,
+    })
+}
+
 /// Creates `dir` and its missing ancestors, syncing the parent of each one created:
 /// `finish` syncs what is inside the dataset, and without the new directory's own entry
 /// a power cut could lose the whole new dataset on a filesystem that does not order

@@ -198,6 +198,9 @@ pub fn label_success(
             input.display()
         ));
     }
+    if *successful != Successful::Keep {
+        ds.info.robot_type = without_dense_rewards(&ds.info.robot_type);
+    }
     for (i, ep) in ds.episodes.iter_mut().enumerate() {
         let success = match successful {
             Successful::Keep => continue,
@@ -280,9 +283,63 @@ fn to_policy_units(
     Ok(())
 }
 
+/// `robot_type` of a simulated task's data once its rewards are replaced by success
+/// labels: a `+dense` variant (`sim/push+dense`) says rewards the copy no longer has;
+/// the trainer refused such a copy as dense-reward data. Other options (`+gravity`,
+/// other dynamics) stay, and a robot's own name is kept as it is.
+fn without_dense_rewards(robot_type: &str) -> String {
+    if !robot_type.starts_with("sim/") {
+        return robot_type.to_string();
+    }
+    robot_type
+        .split('+')
+        .filter(|part| *part != "dense")
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_drop_a_dense_reward_variant_only() {
+        assert_eq!(without_dense_rewards("sim/push+dense"), "sim/push");
+        assert_eq!(
+            without_dense_rewards("sim/arm-reach+gravity+dense"),
+            "sim/arm-reach+gravity"
+        );
+        assert_eq!(without_dense_rewards("sim/maze"), "sim/maze");
+        assert_eq!(without_dense_rewards("so100+dense"), "so100+dense");
+    }
+
+    /// A labelled copy of dense-reward simulator data holds sparse success labels, and
+    /// says so: it kept `sim/push+dense`, which the trainer refused ("regenerate
+    /// without --reward dense").
+    #[test]
+    fn a_labelled_copy_of_dense_data_is_not_called_dense() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out, kept) = (
+            tmp.path().join("src"),
+            tmp.path().join("out"),
+            tmp.path().join("kept"),
+        );
+        let config = sim::EnvConfig {
+            reward: sim::Reward::Dense,
+            ..Default::default()
+        };
+        crate::generate::generate(sim::TaskId::Push, 2, 0, config, &src).unwrap();
+        let source = dataset::read_dataset(&src).unwrap();
+        assert_eq!(source.info.robot_type, "sim/push+dense");
+        label_success(&src, &out, &Successful::All, None).unwrap();
+        let copy = dataset::read_dataset(&out).unwrap();
+        assert_eq!(copy.info.robot_type, "sim/push");
+        label_success(&src, &kept, &Successful::Keep, None).unwrap();
+        assert_eq!(
+            dataset::read_dataset(&kept).unwrap().info.robot_type,
+            "sim/push+dense"
+        );
+    }
 
     #[test]
     fn episode_lists_parse_and_bad_ones_are_named() {

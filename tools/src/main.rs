@@ -504,13 +504,16 @@ fn tidy(dir: &std::path::Path) -> Result<()> {
         "{}: not a dataset (no meta/info.json)",
         dir.display()
     );
-    // Opening tidies (and rewrites the metadata only when something needed it); a
-    // `finish` would rewrite it in our format even when nothing did.
-    let w = dataset::DatasetWriter::open_append(dir)?;
-    let moved = w.set_aside().to_vec();
-    drop(w);
-    for (from, to) in &moved {
+    let tidied = dataset::tidy(dir)?;
+    for (from, to) in &tidied.set_aside {
         println!("set aside {} -> {}", from.display(), to.display());
+    }
+    if !tidied.foreign_features.is_empty() {
+        println!(
+            "note: features this writer does not produce ({}): the metadata was left as \
+             it was, and only unreferenced data files were moved",
+            tidied.foreign_features.join(", ")
+        );
     }
     validate(dir)
 }

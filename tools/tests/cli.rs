@@ -701,6 +701,31 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
         std::fs::read(dir.join("unreferenced/chunk-000/file-007.parquet")).unwrap(),
         b"PAR1 and no footer"
     );
+    // A dataset with a feature this writer does not produce (a LeRobot recorder's
+    // camera): its unreferenced file is set aside too, its metadata left as it was.
+    // (`tidy` refused it: "cannot append to this dataset".)
+    let info_path = dir.join("meta/info.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    info["features"]["observation.images.top"] =
+        serde_json::json!({"dtype": "video", "shape": [3, 8, 8], "names": ["c", "h", "w"]});
+    let info_text = serde_json::to_string_pretty(&info).unwrap();
+    std::fs::write(&info_path, &info_text).unwrap();
+    std::fs::write(&leftover, b"PAR1 again").unwrap();
+    let o = tools(&["dataset", "tidy", d]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("observation.images.top")
+            && out.contains("valid LeRobot v3 dataset: 5 episodes"),
+        "{out}"
+    );
+    assert!(!leftover.exists());
+    assert_eq!(
+        std::fs::read(dir.join("unreferenced/chunk-000/file-007.1.parquet")).unwrap(),
+        b"PAR1 again"
+    );
+    assert_eq!(std::fs::read_to_string(&info_path).unwrap(), info_text);
     // Not a dataset: refused by name.
     let o = tools(&["dataset", "tidy", tmp.path().to_str().unwrap()]);
     assert!(!o.status.success());
