@@ -45,8 +45,11 @@ enum Command {
         /// The simulated task whose demonstrator plays the operator.
         #[arg(long)]
         task: String,
-        /// Engage from this step of each episode on (a takeover from the policy);
-        /// default: always engaged (demonstrations).
+        /// Engage from the answer to this step's observation of each episode on (a
+        /// takeover from the policy): the controller drives with it from this step
+        /// with its --teleop-wait-ms, from the next one without (it acts on step K
+        /// before the answer to step K's observation arrives). Default: always
+        /// engaged (demonstrations).
         #[arg(long)]
         engage_from_step: Option<u32>,
         /// Seconds of silence from the controller after which the device stops (at most

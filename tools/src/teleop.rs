@@ -26,8 +26,10 @@ use std::time::{Duration, Instant};
 pub enum Engage {
     /// Always: demonstrations.
     Always,
-    /// From step `from` of each episode on (a takeover from the policy that acted
-    /// before).
+    /// From the answer to step `from`'s observation of each episode on (a takeover
+    /// from the policy that acted before). The controller drives with that answer from
+    /// step `from` when it waits for it (`--teleop-wait-ms`), from step `from + 1`
+    /// otherwise: it sends step `from`'s command before the answer arrives.
     FromStep(u32),
 }
 

@@ -78,27 +78,52 @@ pub enum Target {
 }
 
 impl Target {
+    /// The URL the SDK gets for `addr`: a bare `HOST` or `HOST:PORT` becomes
+    /// `rerun+http://HOST:PORT/proxy`, with the viewer's port (9876) written out where
+    /// `addr` names none (the SDK would take port 80 for a host that is not this
+    /// machine's).
     fn url(addr: &str) -> String {
         if addr.contains("://") {
             addr.to_string()
-        } else {
+        } else if has_port(addr) {
             format!("rerun+http://{addr}/proxy")
+        } else {
+            format!("rerun+http://{addr}:{VIEWER_DEFAULT_PORT}/proxy")
         }
     }
 
-    /// The `HOST:PORT` of a viewer's URL (`rerun+http://HOST:PORT/proxy`), with the
-    /// viewer's default port where the URL names none (as the SDK takes it).
+    /// The `HOST:PORT` the SDK connects to for a viewer's URL
+    /// (`rerun+http://HOST:PORT/proxy`). Where the URL names no port, the SDK (re_uri
+    /// 0.36) takes the viewer's 9876 for this machine (`localhost`, a loopback or
+    /// unspecified address), and otherwise the scheme's: 443 for `rerun://` and
+    /// `rerun+https://`, 80 for `rerun+http://`. (The probe took 9876 for every host, so
+    /// it could pass at a port the recording never went to.)
     fn host_port(url: &str) -> String {
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let (scheme, rest) = url.split_once("://").unwrap_or(("rerun+http", url));
         let host = rest.split('/').next().unwrap_or(rest);
-        // `[::1]` is a host without a port; `[::1]:9876` and `h:9876` have one.
-        let has_port = host.contains(':') && !host.ends_with(']');
-        if has_port {
-            host.to_string()
-        } else {
-            format!("{host}:{VIEWER_DEFAULT_PORT}")
+        if has_port(host) {
+            return host.to_string();
         }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let this_machine = bare == "localhost"
+            || bare
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        let port = if this_machine {
+            VIEWER_DEFAULT_PORT
+        } else if scheme == "rerun+http" {
+            80
+        } else {
+            443
+        };
+        format!("{host}:{port}")
     }
+}
+
+/// Whether `host` (`HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT`) names a port.
+fn has_port(host: &str) -> bool {
+    // `[::1]` is a host without a port; `[::1]:9876` and `h:9876` have one.
+    host.contains(':') && !host.ends_with(']')
 }
 
 /// The port a rerun viewer listens on when its URL names none.
@@ -560,13 +585,28 @@ mod tests {
             format!("{e:#}").contains(&format!("no rerun viewer listens at {closed}")),
             "{e:#}"
         );
+        // The port probed is the one the SDK streams to (it probed 9876 for every host
+        // without a port, where the SDK takes the scheme's for another machine).
         for (url, host_port) in [
             ("rerun+http://10.0.0.2:9877/proxy", "10.0.0.2:9877"),
-            ("rerun+https://viewer.example/proxy", "viewer.example:9876"),
+            ("rerun+https://viewer.example/proxy", "viewer.example:443"),
+            ("rerun://viewer.example/proxy", "viewer.example:443"),
+            ("rerun+http://10.0.0.2/proxy", "10.0.0.2:80"),
+            ("rerun+http://localhost/proxy", "localhost:9876"),
+            ("rerun+http://127.0.0.1/proxy", "127.0.0.1:9876"),
             ("rerun+http://[::1]/proxy", "[::1]:9876"),
             ("rerun+http://[::1]:9000/proxy", "[::1]:9000"),
         ] {
-            assert_eq!(Target::host_port(url), host_port);
+            assert_eq!(Target::host_port(url), host_port, "{url}");
+        }
+        // A bare address gets the viewer's port written out, so that the SDK goes
+        // where the probe went.
+        for (addr, host_port) in [
+            ("10.0.0.2", "10.0.0.2:9876"),
+            ("viewer.example:9000", "viewer.example:9000"),
+            ("[::1]", "[::1]:9876"),
+        ] {
+            assert_eq!(Target::host_port(&Target::url(addr)), host_port, "{addr}");
         }
     }
 
