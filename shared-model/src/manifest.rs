@@ -1052,8 +1052,8 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
     })
 }
 
-/// The size caps on vectors and on the candidate buffer ([`MAX_DIM`],
-/// [`MAX_CANDIDATE_VALUES`]; `num_samples` and `horizon` are capped by their own
+/// The size caps on vectors, on the candidate buffer and on the chunks temporal
+/// ensembling keeps ([`MAX_DIM`], [`MAX_CANDIDATE_VALUES`]; `num_samples` and `horizon` are capped by their own
 /// checks). The trainer checks them before it trains, so that it never
 /// exports a bundle every controller refuses.
 pub fn check_policy_sizes(
@@ -1081,6 +1081,15 @@ pub fn check_policy_sizes(
         return Err(format!(
             "num_samples × horizon × action.dim = {num_samples} × {horizon} × {action_dim} \
              = {values} values per decision exceeds {MAX_CANDIDATE_VALUES}"
+        ));
+    }
+    // The controller's temporal ensembling keeps the last `horizon` chunks: H × H × A
+    // values, which the cap above left unbounded (64 × 64 × 65,536 is 2^28, a GiB).
+    let kept = horizon.saturating_mul(horizon).saturating_mul(action_dim);
+    if kept > MAX_CANDIDATE_VALUES {
+        return Err(format!(
+            "horizon × horizon × action.dim = {horizon} × {horizon} × {action_dim} = {kept} \
+             values (the chunks temporal ensembling keeps) exceeds {MAX_CANDIDATE_VALUES}"
         ));
     }
     Ok(())
@@ -1751,6 +1760,14 @@ mod tests {
         assert!(e.contains("1024 × 64 × 257 = 16842752 values"), "{e}");
         let e = check_policy_sizes(MAX_DIM + 1, 1, 1, 1).unwrap_err();
         assert!(e.contains("observation.dim = 65537 exceeds 65536"), "{e}");
+        // The chunks temporal ensembling keeps are capped too: one sample of 64 steps
+        // of 65,536 values passed, and a controller blending them allocated a GiB.
+        check_policy_sizes(17, 4096, MAX_HORIZON, 1).unwrap();
+        let e = check_policy_sizes(17, MAX_DIM, MAX_HORIZON, 1).unwrap_err();
+        assert!(
+            e.contains("64 × 64 × 65536 = 268435456 values (the chunks temporal"),
+            "{e}"
+        );
     }
 
     fn message(e: BundleError) -> String {

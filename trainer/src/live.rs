@@ -669,21 +669,27 @@ impl Drop for Listener {
     }
 }
 
-/// The update count of the newest bundle under `root` (directories named by it), of
-/// those whose publish completed: the manifest is the last file a bundle's write puts
-/// in place, or its signature when `signed`. A publish that was killed left
-/// temporaries (or an unsigned manifest) only, and is published again.
-fn newest_bundle(root: &std::path::Path, signed: bool) -> Option<usize> {
+/// Whether the bundle directory `dir` holds a bundle whose write completed: its
+/// signature in place, or its manifest without a signature still waiting beside it
+/// (`.manifest.sig.tmp`: a signed write renames the manifest, then the signature). Whether
+/// this session signs does not matter: a resume that adds or drops `--signing-key` took
+/// the other kind's complete bundles for unpublished and wrote over them.
+fn bundle_complete(dir: &std::path::Path) -> bool {
     use shared_model::manifest::{MANIFEST_FILE, SIGNATURE_FILE};
-    let last = if signed {
-        SIGNATURE_FILE
-    } else {
-        MANIFEST_FILE
-    };
+    dir.join(SIGNATURE_FILE).is_file()
+        || (dir.join(MANIFEST_FILE).is_file()
+            && !dir.join(format!(".{SIGNATURE_FILE}.tmp")).exists())
+}
+
+/// The update count of the newest bundle under `root` (directories named by it), of
+/// those whose publish completed ([`bundle_complete`]). A publish that was killed left
+/// temporaries (or a manifest whose signature is still a temporary) only, and is
+/// published again.
+fn newest_bundle(root: &std::path::Path) -> Option<usize> {
     std::fs::read_dir(root)
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(last).is_file())
+        .filter(|e| bundle_complete(&e.path()))
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             // Seven digits or more (`{n:07}`: past 9,999,999 updates, eight).
@@ -691,6 +697,23 @@ fn newest_bundle(root: &std::path::Path, signed: bool) -> Option<usize> {
                 .then(|| name.parse().ok())?
         })
         .max()
+}
+
+/// Clears the bundle directory `dir` for a publish, where a killed one left part of a
+/// bundle (graphs renamed into place, no manifest): the export refuses a directory of
+/// other files without a manifest, so every resume ended there until it was removed by
+/// hand. Never touches a complete bundle (a robot may have fetched it).
+fn clear_unfinished_bundle(dir: &std::path::Path) -> Result<()> {
+    if dir.exists() && !bundle_complete(dir) {
+        eprintln!(
+            "finetune: {} holds a bundle whose publish did not complete; it is removed and \
+             published again",
+            dir.display()
+        );
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the unfinished bundle {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Streamed transitions into the online replay, one chunker per stream log (chunks are
@@ -967,7 +990,7 @@ pub(crate) fn train_live(
     progress.phase("finetune (live)", o.updates as u64);
     // A published bundle is never written over: a robot fetches each name once. After a
     // resume from an earlier checkpoint, publishing starts again past the newest bundle.
-    let newest_published = newest_bundle(&o.out.join("bundles"), live.signing_key.is_some());
+    let newest_published = newest_bundle(&o.out.join("bundles"));
     if let Some(n) = newest_published.filter(|&n| n > updates) {
         eprintln!(
             "finetune: bundles up to {n:07} were published before this resume (at {updates} \
@@ -983,6 +1006,7 @@ pub(crate) fn train_live(
         }
         let root = o.out.join("bundles");
         let name = format!("{n:07}");
+        clear_unfinished_bundle(&root.join(&name))?;
         let info = crate::export::ExportInfo {
             dataset: format!(
                 "live fine-tuning, {} robot transitions",
@@ -1154,33 +1178,48 @@ pub(crate) fn train_live(
 mod tests {
     use super::*;
 
-    /// A bundle directory whose publish was killed before its manifest counts as not
-    /// published: a resume at its update count publishes it again (it was skipped, and
-    /// the robot never got that update).
+    /// A bundle directory whose publish was killed before its manifest (or signature)
+    /// counts as not published: a resume at its update count publishes it again (it was
+    /// skipped, and the robot never got that update), into a directory cleared first.
     #[test]
     fn a_bundle_without_its_manifest_is_not_published() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        assert_eq!(newest_bundle(root, false), None);
+        assert_eq!(newest_bundle(root), None);
         for (name, file) in [
             ("0001000", "manifest.sig"),
             ("0001000", "manifest.toml"),
             ("0002000", "manifest.toml"),
             ("0003000", ".denoiser.onnx.tmp"),
+            ("0004000", "denoiser.onnx"),
             ("latest.d", "manifest.toml"),
             ("000500", "manifest.toml"),
         ] {
             std::fs::create_dir_all(root.join(name)).unwrap();
             std::fs::write(root.join(name).join(file), "").unwrap();
         }
-        assert_eq!(newest_bundle(root, false), Some(2000));
+        // An unsigned bundle is complete whether or not this session signs (a resume
+        // that added `--signing-key` took it for unpublished and wrote over it).
+        assert_eq!(newest_bundle(root), Some(2000));
         // Past 9,999,999 updates a name has eight digits.
         std::fs::create_dir_all(root.join("10000000")).unwrap();
         std::fs::write(root.join("10000000/manifest.toml"), "").unwrap();
-        assert_eq!(newest_bundle(root, false), Some(10_000_000));
+        assert_eq!(newest_bundle(root), Some(10_000_000));
         std::fs::remove_dir_all(root.join("10000000")).unwrap();
-        // Signed, the signature is put in place last: 0002000 lacks it.
-        assert_eq!(newest_bundle(root, true), Some(1000));
+        // A signed write killed between its manifest and its signature: not complete.
+        std::fs::write(root.join("0002000/.manifest.sig.tmp"), "").unwrap();
+        assert_eq!(newest_bundle(root), Some(1000));
+        // The graph a killed publish renamed into place is cleared for the next one
+        // (the export refused the directory, and every resume failed there); a
+        // complete bundle is never touched.
+        assert!(shared_model::manifest::check_bundle_target(&root.join("0004000")).is_err());
+        for name in ["0002000", "0004000"] {
+            clear_unfinished_bundle(&root.join(name)).unwrap();
+            assert!(!root.join(name).exists(), "{name}");
+        }
+        clear_unfinished_bundle(&root.join("0001000")).unwrap();
+        assert!(root.join("0001000/manifest.sig").is_file());
+        clear_unfinished_bundle(&root.join("0005000")).unwrap();
     }
 
     /// A receiver of observation 3 / action 2 streams for a run whose observations are
