@@ -1034,8 +1034,12 @@ pub(crate) fn train_live(
         summary.published.push(root.join(name));
         Ok(())
     };
-    // The idle clock starts with the first transition: a robot may take a while to connect.
-    let mut last_data: Option<std::time::Instant> = None;
+    // The idle clock starts with the first transition: a robot may take a while to
+    // connect. Transitions taken back from the logs count as arrived now: a resumed
+    // session whose robot has nothing left to send ends at `--idle-exit-s` after its
+    // owed updates (it waited for a first streamed one for ever).
+    let mut last_data: Option<std::time::Instant> =
+        (recovered > 0 || owed > 0).then(std::time::Instant::now);
     let stopped = || live.stop.is_some_and(|s| s.load(Ordering::SeqCst));
     while updates < o.updates {
         if stopped() {
