@@ -139,6 +139,9 @@ pub struct FinetuneSummary {
     pub before: Option<EvalResult>,
     pub after: Option<EvalResult>,
     pub stopped_early: bool,
+    /// The update count a `--resume` went on from. The robot data was read by the run's
+    /// first session (a resume takes the saved replay), so the counts above are 0 then.
+    pub resumed_at: Option<usize>,
     /// Said on stderr too: e.g. a `--data` dataset whose every reward is 0.
     pub warnings: Vec<String>,
 }
@@ -488,6 +491,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             agent.resume_metrics(window);
         }
         StartedWith::note_updates(o)?;
+        summary.resumed_at = Some(state.finetune_updates);
         if !o.data.is_empty() {
             eprintln!(
                 "note: --resume continues with the replay saved in {}; --data is not read again",
@@ -796,6 +800,13 @@ pub fn describe(s: &FinetuneSummary) -> String {
             "{} transitions streamed by the robot{unusable}, {} bundles published",
             s.streamed,
             s.published.len()
+        )
+    } else if let Some(at) = s.resumed_at {
+        // The dataset was not read again: its counts are the first session's (said
+        // then), not 0.
+        format!(
+            "the replay saved at update {at} (resumed; the robot data was read and \
+             counted by the run's first session)"
         )
     } else {
         let no_successor = match s.robot_without_successor {

@@ -118,7 +118,21 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
         "{e}"
     );
     o.with_offline = true;
-    assert_eq!(finetune(&o, &mut ()).unwrap().updates, 6);
+    let resumed = finetune(&o, &mut ()).unwrap();
+    assert_eq!(resumed.updates, 6);
+    // Its summary does not claim no robot data: the dataset was read by the first
+    // session (it said "6 updates on 0 robot transitions (0 episodes, …)").
+    let said = trainer::finetune::describe(&resumed);
+    assert!(
+        said.contains("6 updates on the replay saved at update 3 (resumed")
+            && !said.contains("0 robot transitions"),
+        "{said}"
+    );
+    assert!(
+        trainer::finetune::describe(&s).contains(" robot transitions ("),
+        "{}",
+        trainer::finetune::describe(&s)
+    );
     assert_eq!(losses(&interrupted), losses(&straight));
     assert_eq!(critic_weights(&interrupted), critic_weights(&straight));
 
