@@ -12,6 +12,7 @@ exactly what ``gymnasium.vector.SyncVectorEnv`` over :class:`~expo_sim.SimEnv` d
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,11 @@ class SimVectorEnv(VectorEnv):
     own seed stream, so runs seeded ``s`` and ``s + 1`` share ``num_envs - 1``
     environments' whole episode sequences: space the seeds of independent runs (a study's
     seeds) by at least ``num_envs``.
+
+    ``step`` releases the GIL while it simulates, so vectors in separate threads run at
+    once; one vector serves one thread at a time, and a ``step`` or ``reset`` called
+    while another thread is inside one on the same vector raises ``RuntimeError``
+    saying so (give each thread its own vector).
     """
 
     def __init__(
@@ -89,6 +95,9 @@ class SimVectorEnv(VectorEnv):
         # Steps of each environment's running episode (for `max_episode_steps`).
         self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self.render_mode = None
+        # Held through each `step` and `reset`: the core's own borrow check refused a
+        # second thread with a bare "Already borrowed".
+        self._in_use = threading.Lock()
         self.metadata = {
             "autoreset_mode": AutoresetMode.NEXT_STEP,
             "render_modes": [],
@@ -103,22 +112,23 @@ class SimVectorEnv(VectorEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         seeds = self._seeds(seed)
         mask = self._reset_mask(options)
-        obs, used = self._core.reset(seeds, None if mask is None else mask.tolist())
-        # `np_random` from the first environment's seed, as checked (a NumPy integer
-        # too); after the core's reset, so a refused one (ResetNeeded) changes nothing.
-        super().reset(seed=None if _is_seed_sequence(seed) else seeds[0])
-        if mask is None:
-            mask = np.ones(self.num_envs, dtype=np.bool_)
-        self._elapsed[mask] = 0
+        with self._exclusive("reset"):
+            obs, used = self._core.reset(seeds, None if mask is None else mask.tolist())
+            # `np_random` from the first environment's seed, as checked (a NumPy integer
+            # too); after the core's reset, so a refused one (ResetNeeded) changes nothing.
+            super().reset(seed=None if _is_seed_sequence(seed) else seeds[0])
+            if mask is None:
+                mask = np.ones(self.num_envs, dtype=np.bool_)
+            self._elapsed[mask] = 0
         return obs, {"seed": used, "_seed": mask}
 
     def step(
         self, actions: Any
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        obs, rewards, terminated, truncated, success, reset, seeds = self._core.step(
-            as_float32(actions, "actions")
-        )
-        self._elapsed = np.where(reset, 0, self._elapsed + 1)
+        actions = as_float32(actions, "actions")
+        with self._exclusive("step"):
+            obs, rewards, terminated, truncated, success, reset, seeds = self._core.step(actions)
+            self._elapsed = np.where(reset, 0, self._elapsed + 1)
         if self._time_limit:
             truncated |= self._elapsed >= self.horizon
         # Gymnasium's vector info convention: a key is present when at least one
@@ -129,6 +139,16 @@ class SimVectorEnv(VectorEnv):
         if reset.any():
             info["seed"], info["_seed"] = seeds, reset
         return obs, rewards, terminated, truncated, info
+
+    def _exclusive(self, what: str) -> Any:
+        """The vector for one call of ``what``, or ``RuntimeError`` naming the rule when
+        another thread is inside a call on it."""
+        if not self._in_use.acquire(blocking=False):
+            raise RuntimeError(
+                f"SimVectorEnv.{what}: another thread is inside a step or reset of this "
+                "vector; one vector serves one thread at a time (give each thread its own)"
+            )
+        return _Release(self._in_use)
 
     def render(self) -> None:
         """No render modes: returns None."""
@@ -182,3 +202,16 @@ def _is_seed_sequence(seed: Any) -> bool:
     if isinstance(seed, np.ndarray):
         return seed.ndim == 1
     return isinstance(seed, (list, tuple, range))
+
+
+class _Release:
+    """Releases an acquired lock at the end of a ``with`` block."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

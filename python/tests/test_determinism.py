@@ -4,6 +4,7 @@ The reference is written by the Rust example `sim/examples/write_trajectory.rs`;
 later episodes follow the seed stream that `reset()` without a seed documents.
 """
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -105,3 +106,46 @@ def test_python_demonstrator_loop_reproduces_record_episode(task):
             assert (terminated, truncated) == (ep["terminated"][t], ep["truncated"][t])
         endings.add("success" if ep["success"][-1] else "truncated" if truncated else "abort")
     assert "success" in endings
+
+
+# The options other than the defaults reach the simulator through each entry point
+# (a binding that dropped them would give default data labelled with them).
+OPTIONS = [("maze", {"reward": "dense"}), ("arm-reach", {"reward": "dense", "gravity": True})]
+
+
+@pytest.mark.parametrize("task,options", OPTIONS)
+def test_options_reach_record_episode_as_they_reach_the_env(task, options):
+    env, demo = expo_sim.SimEnv(task, **options), expo_sim.Demonstrator(task)
+    plain = expo_sim.record_episode(task, 3)
+    ep = expo_sim.record_episode(task, 3, **options)
+    assert not np.array_equal(ep["rewards"], plain["rewards"])
+    obs, info = env.reset(seed=3)
+    demo.reset(info["seed"])
+    for t in range(len(ep["rewards"])):
+        np.testing.assert_array_equal(obs.view(np.uint32), ep["observations"][t].view(np.uint32))
+        obs, reward, terminated, truncated, info = env.step(demo.act(obs))
+        assert np.float32(reward).view(np.uint32) == ep["rewards"][t].view(np.uint32)
+        assert (terminated, truncated) == (ep["terminated"][t], ep["truncated"][t])
+
+
+@pytest.mark.parametrize("task,options", OPTIONS)
+def test_options_reach_the_vector_as_they_reach_sync_vector_env(task, options):
+    n = 5
+    ours = expo_sim.SimVectorEnv(task, n, **options)
+    theirs = gym.make_vec(expo_sim.ENV_IDS[task], num_envs=n, vectorization_mode="sync", **options)
+    plain = expo_sim.SimVectorEnv(task, n)
+    for v in (ours, theirs, plain):
+        v.reset(seed=9)
+    rng = np.random.default_rng(1)
+    differs = False
+    for _ in range(300):
+        actions = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+        obs, rew, term, trunc, _ = ours.step(actions)
+        r_obs, r_rew, r_term, r_trunc, _ = theirs.step(actions)
+        p_obs, p_rew, _, _, _ = plain.step(actions)
+        np.testing.assert_array_equal(obs.view(np.uint32), r_obs.view(np.uint32))
+        np.testing.assert_array_equal(rew.view(np.uint64), r_rew.view(np.uint64))
+        np.testing.assert_array_equal(term, r_term)
+        np.testing.assert_array_equal(trunc, r_trunc)
+        differs |= not (np.array_equal(rew, p_rew) and np.array_equal(obs, p_obs))
+    assert differs, "the options changed nothing"

@@ -257,3 +257,84 @@ def test_vectors_stepped_in_threads_give_what_they_give_alone(task):
         assert len(together[seed]) == len(alone[seed])
         for a, b in zip(alone[seed], together[seed]):
             np.testing.assert_array_equal(a, b)
+
+
+def _big_vector():
+    """A vector whose step takes tens of milliseconds (50,000 arm-reach environments)."""
+    n = 50_000
+    venv = expo_sim.SimVectorEnv("arm-reach", n)
+    venv.reset(seed=0)
+    actions = np.zeros((n,) + venv.single_action_space.shape, dtype=np.float32)
+    return venv, actions
+
+
+def test_step_lets_other_python_threads_run():
+    """`step` releases the GIL while it simulates: a Python thread counting meanwhile
+    gets on at a good part of its rate alone. (The test above cannot tell: independent
+    vectors give the same results whether or not the GIL is released.) Held, the
+    counter would get about one switch interval per call."""
+    import sys
+    import threading
+    import time
+
+    venv, actions = _big_vector()
+    count = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            count[0] += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        time.sleep(0.05)
+        start, t0 = count[0], time.perf_counter()
+        time.sleep(0.2)
+        alone = (count[0] - start) / (time.perf_counter() - t0)
+        start, t0 = count[0], time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            venv.step(actions)
+        during = (count[0] - start) / (time.perf_counter() - t0)
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(old)
+    assert during > 0.2 * alone, f"counted {during:.0f}/s during steps, {alone:.0f}/s alone"
+
+
+def test_a_vector_called_from_two_threads_at_once_says_so():
+    """One vector serves one thread at a time: a call from another thread while one is
+    inside `step` raises an error naming the rule (it was PyO3's bare "Already
+    borrowed")."""
+    import threading
+
+    venv, actions = _big_vector()
+    refused = []
+    go, tried = threading.Event(), threading.Event()
+
+    def other():
+        # One call per round, made once the main thread is on its way into a step
+        # (which releases the GIL while it simulates, for tens of milliseconds).
+        for _ in range(20):
+            go.wait()
+            go.clear()
+            try:
+                venv.reset(seed=1)
+            except RuntimeError as e:
+                refused.append(str(e))
+            tried.set()
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    for _ in range(20):
+        tried.clear()
+        go.set()
+        venv.step(actions)
+        assert tried.wait(10)
+        if refused:
+            break
+    assert refused, "the other thread's calls never came during a step"
+    assert "another thread is inside a step or reset of this vector" in refused[0], refused
