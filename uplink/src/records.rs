@@ -519,7 +519,7 @@ mod tests {
         let mut c = connect(port);
         assert_eq!(open_stream(&mut c, "run-a").unwrap(), 0);
         // The start of a frame of 100 bytes: its length and 3 more bytes.
-        (&*c.stream()).write_all(&[100, 0, 0, 0, 3, 0, 0]).unwrap();
+        c.stream().write_all(&[100, 0, 0, 0, 3, 0, 0]).unwrap();
         c.stream().shutdown(Shutdown::Write).unwrap();
         drop(c);
         let mut c = connect(port);
