@@ -293,6 +293,17 @@ fn edit_critic_initializer(
     edit_manifest(dir, |t| set_hash(t, "critic", sha256_hex(&bytes)));
 }
 
+/// Rewrites graph `graph`'s (`denoiser`, `edit`, `critic`) initializers with `edit`,
+/// and the graph's hash in the manifest, so that only the graph's check can refuse it.
+fn edit_initializers(dir: &Path, graph: &str, edit: impl FnOnce(&mut Vec<TensorProto>)) {
+    let p = dir.join(format!("{graph}.onnx"));
+    let mut m = ModelProto::from_bytes(&fs::read(&p).unwrap()).unwrap();
+    edit(&mut m.graph.as_mut().unwrap().initializer);
+    let bytes = m.to_bytes();
+    fs::write(&p, &bytes).unwrap();
+    edit_manifest(dir, |t| set_hash(t, graph, sha256_hex(&bytes)));
+}
+
 /// `values` as the initializer's data (raw little-endian bytes).
 fn set_floats(w: &mut TensorProto, values: &[f32]) {
     w.float_data.clear();
@@ -483,6 +494,60 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
             Trust::AllowUnsigned,
             |e| matches!(e, BundleError::NonFinite { .. }),
             "weight `fourier` has a non-finite value at element 0",
+        ),
+        // Every weight and constant is checked against the manifest, not only the
+        // weight matrices: tract ran each of these (a broadcast scalar bias, a wrong
+        // constant, an extra tensor) where the native backend refused it.
+        (
+            "a bias of another size than its layer's",
+            variant("bias-dims", &|d| {
+                edit_initializers(d, "denoiser", |ws| {
+                    let b = ws.iter_mut().find(|t| t.name == "output.bias").unwrap();
+                    b.dims = vec![1];
+                    set_floats(b, &[0.3]);
+                })
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Shape { .. }),
+            "weight `output.bias` (manifest `networks`): expected [2], found dims [1]",
+        ),
+        (
+            "a constant of another value",
+            variant("two-pi", &|d| {
+                edit_initializers(d, "denoiser", |ws| {
+                    set_floats(ws.iter_mut().find(|t| t.name == "two_pi").unwrap(), &[1.0])
+                })
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Onnx { .. }),
+            "constant `two_pi` is not 6.2831855 throughout",
+        ),
+        (
+            "a critic squeezing another axis",
+            variant("squeeze", &|d| {
+                edit_initializers(d, "critic", |ws| {
+                    ws.iter_mut()
+                        .find(|t| t.name == "squeeze_axes")
+                        .unwrap()
+                        .int64_data = vec![1];
+                })
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Onnx { .. }),
+            "constant `squeeze_axes` is not 2 throughout",
+        ),
+        (
+            "a tensor the network does not have",
+            variant("extra", &|d| {
+                edit_initializers(d, "edit", |ws| {
+                    let mut extra = ws[0].clone();
+                    extra.name = "extra".into();
+                    ws.push(extra);
+                })
+            }),
+            Trust::AllowUnsigned,
+            |e| matches!(e, BundleError::Onnx { .. }),
+            "weight `extra` is not part of the network the manifest describes",
         ),
         (
             "newer format version",
@@ -911,16 +976,26 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
         e.contains("weight `layers.0.obs.weight` (manifest `networks`): expected [10, 10, 64], found dims [10, 20, 32]"),
         "{e}"
     );
-    // A bias half as wide as its layer (no manifest size names it): refused when the
-    // policy is built.
+    // A bias half as wide as its layer: refused when the bundle loads (biases are
+    // checked against the manifest's sizes too), and by each backend when the policy is
+    // built (given the graph past the load's checks, as a bundle built by hand).
+    let narrow = critic_weight("narrow bias", "bias", [10, 1, 32]);
+    let e = load_bundle(&narrow, &Trust::AllowUnsigned)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("weight `layers.0.bias` (manifest `networks`): expected [10, 1, 64], found dims [10, 1, 32]"),
+        "{e}"
+    );
     let cases = [(
         "a critic bias narrower than its layer",
-        critic_weight("narrow bias", "bias", [10, 1, 32]),
+        narrow,
         "critic.onnx: `layers.0.bias` is 320 wide, expected 640".to_string(),
         "critic.onnx".to_string(),
     )];
     for (what, dir, native_text, tract_text) in cases {
-        let bundle = load_bundle(&dir, &Trust::AllowUnsigned).expect(what);
+        let mut bundle = b.clone();
+        bundle.critic = Some(fs::read(dir.join("critic.onnx")).unwrap());
         for (backend, text) in [
             (Backend::Native, &native_text),
             (Backend::Tract, &tract_text),

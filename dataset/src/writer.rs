@@ -134,8 +134,8 @@ pub struct Tidied {
     /// Data files no episode referenced, moved into [`UNREFERENCED_DIR`] (from, to).
     pub set_aside: Vec<(PathBuf, PathBuf)>,
     /// Features this writer does not produce (cameras, other sensors), by which the
-    /// metadata was left as it was: index rows that were never committed, or superseded
-    /// index files, stay (our reader leaves them out; `validate` names them).
+    /// metadata was left as it was (a dataset of them whose index lists rows that were
+    /// never committed is refused: nothing is moved).
     pub foreign_features: Vec<String>,
 }
 
@@ -164,6 +164,20 @@ pub fn tidy(dir: &Path) -> Result<Tidied, DatasetError> {
     }
     let _lock = lock_dir(dir)?;
     let loaded = crate::reader::load(dir)?;
+    if loaded.uncommitted_episodes > 0 {
+        // Their data files are not the committed episodes': set aside with the rows
+        // kept, LeRobot would read rows whose files are gone.
+        return Err(DatasetError::invalid(
+            meta::info_path(dir),
+            format!(
+                "the episodes index lists {} rows meta/info.json does not commit, and with \
+                 features this writer does not produce ({}) its metadata is not rewritten to \
+                 drop them: nothing was moved",
+                loaded.uncommitted_episodes,
+                foreign_features.join(", ")
+            ),
+        ));
+    }
     Ok(Tidied {
         set_aside: set_aside_unreferenced(dir, &loaded.data_files)?,
         foreign_features,

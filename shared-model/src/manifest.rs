@@ -991,6 +991,7 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
         &dir.join(&m.graphs.denoiser.file),
         &denoiser_model,
         &denoiser_weight_dims(m),
+        &denoiser_constants(),
     )?;
     let edit = match (&m.graphs.edit, m.selection.num_edit) {
         (Some(g), _) => {
@@ -1007,8 +1008,15 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                     (names::LOG_STD, DATA_TYPE_FLOAT, vec![None, Some(ad)]),
                 ],
             )?;
-            check_weight_dims(&dir.join(&g.file), &model, &edit_weight_dims(m))?;
+            // The head first: a graph of the other head lacks this one's constants too,
+            // and the head's own error says which it has.
             check_log_std_head(&dir.join(&g.file), &model, m.networks.edit_log_std)?;
+            check_weight_dims(
+                &dir.join(&g.file),
+                &model,
+                &edit_weight_dims(m),
+                &edit_constants(m),
+            )?;
             Some(bytes)
         }
         (None, 0) => None,
@@ -1032,7 +1040,12 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                 &[(names::Q, DATA_TYPE_FLOAT, vec![None, None])],
             )?;
             check_critic_members(&dir.join(&g.file), &model, m.selection.ensemble_size)?;
-            check_weight_dims(&dir.join(&g.file), &model, &critic_weight_dims(m))?;
+            check_weight_dims(
+                &dir.join(&g.file),
+                &model,
+                &critic_weight_dims(m),
+                &critic_constants(m),
+            )?;
             Some(bytes)
         }
         (None, 0) => None,
@@ -1551,19 +1564,36 @@ fn denoiser_weight_dims(m: &Manifest) -> Vec<WeightDims> {
     let (h, x, th) = (n.denoiser_hidden, n.denoiser_expanded, n.time_hidden);
     let mut v: Vec<WeightDims> = vec![
         ("fourier".into(), Some(vec![1, n.fourier_features / 2])),
+        ("two_pi".into(), Some(vec![])),
         ("time_in.weight".into(), Some(vec![n.fourier_features, th])),
+        ("time_in.bias".into(), Some(vec![th])),
         ("time_out.weight".into(), Some(vec![th, th])),
+        ("time_out.bias".into(), Some(vec![th])),
         ("input_time.weight".into(), Some(vec![th, h])),
+        ("input_time.bias".into(), None),
         ("input_obs.weight".into(), Some(vec![o, h])),
+        ("input_obs.bias".into(), None),
         ("input_action.weight".into(), Some(vec![a, h])),
+        ("input_action.bias".into(), Some(vec![h])),
         ("output.weight".into(), Some(vec![h, a])),
+        ("output.bias".into(), Some(vec![a])),
     ];
     for i in 0..n.denoiser_blocks {
+        // The matrices first: a wrong size is named by its matrix.
         v.push((format!("blocks.{i}.up.weight"), Some(vec![h, x])));
         v.push((format!("blocks.{i}.down.weight"), Some(vec![x, h])));
+        v.push((format!("blocks.{i}.norm.gamma"), Some(vec![h])));
+        v.push((format!("blocks.{i}.norm.beta"), Some(vec![h])));
+        v.push((format!("blocks.{i}.up.bias"), Some(vec![x])));
+        v.push((format!("blocks.{i}.down.bias"), Some(vec![h])));
     }
     v.push((format!("blocks.{}.up.weight", n.denoiser_blocks), None));
     v
+}
+
+/// The denoiser graph's constants and their values.
+fn denoiser_constants() -> Vec<(String, f32)> {
+    vec![("two_pi".into(), std::f32::consts::TAU)]
 }
 
 /// The edit policy's weights (`graphs::edit_graph`); `edit_widths` is not empty.
@@ -1573,15 +1603,45 @@ fn edit_weight_dims(m: &Manifest) -> Vec<WeightDims> {
     let last = *w.last().unwrap_or(&0);
     let mut v: Vec<WeightDims> = vec![
         ("layers.0.obs.weight".into(), Some(vec![o, w[0]])),
+        ("layers.0.obs.bias".into(), None),
         ("layers.0.action.weight".into(), Some(vec![a, w[0]])),
+        ("layers.0.action.bias".into(), Some(vec![w[0]])),
         ("head.mean.weight".into(), Some(vec![last, a])),
+        ("head.mean.bias".into(), Some(vec![a])),
         ("head.log_std.weight".into(), Some(vec![last, a])),
+        ("head.log_std.bias".into(), Some(vec![a])),
     ];
     for i in 1..w.len() {
         v.push((format!("layers.{i}.weight"), Some(vec![w[i - 1], w[i]])));
+        v.push((format!("layers.{i}.bias"), Some(vec![w[i]])));
     }
     v.push((format!("layers.{}.weight", w.len()), None));
+    v.extend(
+        edit_constants(m)
+            .into_iter()
+            .map(|(c, _)| (c, Some(vec![]))),
+    );
     v
+}
+
+/// The edit graph's constants (the log-std head's, by `networks.edit_log_std`) and their
+/// values.
+fn edit_constants(m: &Manifest) -> Vec<(String, f32)> {
+    use crate::graphs::{LOG_STD_CLIP_MIN, LOG_STD_MAX, LOG_STD_MIN};
+    match m.networks.edit_log_std {
+        LogStdHead::Tanh => vec![
+            ("one".into(), 1.0),
+            (
+                "half_log_std_range".into(),
+                0.5 * (LOG_STD_MAX - LOG_STD_MIN),
+            ),
+            ("log_std_min".into(), LOG_STD_MIN),
+        ],
+        LogStdHead::Clip => vec![
+            ("log_std_clip_min".into(), LOG_STD_CLIP_MIN),
+            ("log_std_max".into(), LOG_STD_MAX),
+        ],
+    }
 }
 
 /// The critic ensemble's weights (`graphs::critic_graph`): hidden widths, then Q.
@@ -1598,21 +1658,48 @@ fn critic_weight_dims(m: &Manifest) -> Vec<WeightDims> {
     let mut v: Vec<WeightDims> = vec![
         ("layers.0.obs.weight".into(), Some(vec![e, o, w[0]])),
         ("layers.0.action.weight".into(), Some(vec![e, a, w[0]])),
+        ("squeeze_axes".into(), Some(vec![1])),
     ];
     for i in 1..w.len() {
         v.push((format!("layers.{i}.weight"), Some(vec![e, w[i - 1], w[i]])));
+    }
+    for (i, &width) in w.iter().enumerate() {
+        v.push((format!("layers.{i}.bias"), Some(vec![e, 1, width])));
+    }
+    // A layer norm after every hidden layer (not after Q).
+    for (i, &width) in w[..w.len() - 1].iter().enumerate() {
+        v.push((format!("norms.{i}.gamma"), Some(vec![e, 1, width])));
+        v.push((format!("norms.{i}.beta"), Some(vec![e, 1, width])));
+        v.push((format!("norms.{i}.unit"), Some(vec![width])));
+        v.push((format!("norms.{i}.zero"), Some(vec![width])));
     }
     v.push((format!("layers.{}.weight", w.len()), None));
     v
 }
 
+/// The critic graph's constants and their values: each layer norm's unit scale and zero
+/// shift (the per-member ones are applied after it), and the axis `Squeeze` removes.
+fn critic_constants(m: &Manifest) -> Vec<(String, f32)> {
+    let mut v: Vec<(String, f32)> = vec![("squeeze_axes".into(), 2.0)];
+    for i in 0..m.networks.critic_widths.len() {
+        v.push((format!("norms.{i}.unit"), 1.0));
+        v.push((format!("norms.{i}.zero"), 0.0));
+    }
+    v
+}
+
 /// The graph's weights have the sizes the manifest's `networks` declares, so that the
 /// figures computed from them (FLOPs and weights per action) describe the graphs on
-/// every backend (the native backend also refuses a mismatch when it packs them).
+/// every backend (the native backend also refuses a mismatch when it packs them); the
+/// graph holds no other tensor, and its `constants` hold their values. Biases, norm
+/// parameters and constants were not checked: tract ran a scalar bias broadcast over a
+/// layer, or a `two_pi` of 1, which the native backend refused (one bundle, two
+/// behaviours).
 fn check_weight_dims(
     path: &Path,
     model: &ModelProto,
     expected: &[WeightDims],
+    constants: &[(String, f32)],
 ) -> Result<(), BundleError> {
     let graph = model.graph.as_ref().expect("checked by check_graph");
     let fmt = |d: &[usize]| {
@@ -1638,6 +1725,44 @@ fn check_weight_dims(
             (None, Some(_)) => return Err(shape_err("no such weight".into())),
             (Some(t), None) => return Err(shape_err(format!("dims {:?}", t.dims))),
             (None, None) => {}
+        }
+    }
+    // Nothing else: tract and ort run every node as written, where the native backend
+    // computes the network the manifest describes and refuses what it does not read.
+    if let Some(t) = graph.initializer.iter().find(|t| {
+        !expected
+            .iter()
+            .any(|(name, dims)| dims.is_some() && *name == t.name)
+    }) {
+        return Err(BundleError::Onnx {
+            path: path.into(),
+            message: format!(
+                "weight `{}` is not part of the network the manifest describes",
+                t.name
+            ),
+        });
+    }
+    for (name, value) in constants {
+        let t = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == *name)
+            .expect("a constant is in the expected weights, checked above");
+        let values: Option<Vec<f32>> = if t.data_type == DATA_TYPE_INT64 {
+            (t.raw_data.is_empty() && Some(t.int64_data.len()) == t.num_elements())
+                .then(|| t.int64_data.iter().map(|&x| x as f32).collect())
+        } else {
+            t.floats()
+        };
+        let same = values.as_ref().is_some_and(|v| {
+            v.iter()
+                .all(|x| (x - value).abs() <= 1e-6 * value.abs().max(1.0))
+        });
+        if !same {
+            return Err(BundleError::Onnx {
+                path: path.into(),
+                message: format!("constant `{name}` is not {value} throughout"),
+            });
         }
     }
     Ok(())

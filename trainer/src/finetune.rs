@@ -802,11 +802,11 @@ pub fn describe(s: &FinetuneSummary) -> String {
             s.published.len()
         )
     } else if let Some(at) = s.resumed_at {
-        // The dataset was not read again: its counts are the first session's (said
-        // then), not 0.
+        // The dataset (or the stream) was not read again: its counts are the earlier
+        // sessions' (said then), not 0.
         format!(
-            "the replay saved at update {at} (resumed; the robot data was read and \
-             counted by the run's first session)"
+            "the replay saved at update {at} (resumed; the robot data in it was counted \
+             by the sessions before)"
         )
     } else {
         let no_successor = match s.robot_without_successor {

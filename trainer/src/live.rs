@@ -576,7 +576,8 @@ fn accept_loop(
                                     "{MAX_WAITING_SESSIONS} authenticated connections already \
                                      wait while another is served: this trainer serves one \
                                      robot at a time (a robot that reconnects is served once \
-                                     its old connection ends, within {} s)",
+                                     the connections before it end; a silent one ends after \
+                                     {} s)",
                                     SESSION_TIMEOUT.as_secs()
                                 );
                                 let _ = uplink::records::refuse(&mut session, &why);
@@ -1035,11 +1036,12 @@ pub(crate) fn train_live(
         Ok(())
     };
     // The idle clock starts with the first transition: a robot may take a while to
-    // connect. Transitions taken back from the logs count as arrived now: a resumed
-    // session whose robot has nothing left to send ends at `--idle-exit-s` after its
-    // owed updates (it waited for a first streamed one for ever).
-    let mut last_data: Option<std::time::Instant> =
-        (recovered > 0 || owed > 0).then(std::time::Instant::now);
+    // connect. A resumed session that took transitions back from the logs (or owes
+    // updates) starts it once it has nothing left to do: one whose robot has nothing
+    // left to send ends `--idle-exit-s` after its owed updates (it waited for a first
+    // streamed transition for ever).
+    let mut last_data: Option<std::time::Instant> = None;
+    let took_back = recovered > 0 || owed > 0;
     let stopped = || live.stop.is_some_and(|s| s.load(Ordering::SeqCst));
     while updates < o.updates {
         if stopped() {
@@ -1066,6 +1068,9 @@ pub(crate) fn train_live(
             // Updates owed (recovered transitions): they go on.
             Err(mpsc::RecvTimeoutError::Timeout) if owed > 0 && !nothing_yet => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if took_back && last_data.is_none() {
+                    last_data = Some(std::time::Instant::now());
+                }
                 if live
                     .idle_exit
                     .is_some_and(|d| last_data.is_some_and(|t| t.elapsed() >= d))

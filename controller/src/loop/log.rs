@@ -1142,10 +1142,19 @@ impl EpisodeGrouper {
                 self.flush(out);
             }
             Record::EpisodeStart { episode, seed } => {
-                if self
-                    .current
-                    .iter()
-                    .any(|(e, started, _)| e.episode == *episode && *started)
+                // Started again: a later run whose `Run` record was lost, or a repeated
+                // Reset that restarted the episode before it acted (the same number; the
+                // first copy has no transition and no end). The latter is one episode,
+                // its start taken from the newer record (it made an empty "unfinished"
+                // episode before it, which `log-to-dataset` counted).
+                let restart = |(e, started, ended): &(LoggedEpisode, bool, bool)| {
+                    e.episode == *episode && *started && !*ended && e.transitions.is_empty()
+                };
+                if !self.current.iter().any(restart)
+                    && self
+                        .current
+                        .iter()
+                        .any(|(e, started, _)| e.episode == *episode && *started)
                 {
                     self.flush(out);
                 }
@@ -1968,6 +1977,29 @@ pub(crate) mod tests {
             (0, 70, 1, Unfinished),
         ];
         assert_eq!(got, want);
+    }
+
+    /// A repeated Reset restarts an episode before it acted: two start records with
+    /// one number, then its transitions. One episode, with the newer start's seed (the
+    /// first start made an empty unfinished episode of its own).
+    #[test]
+    fn a_repeated_reset_makes_one_episode() {
+        let start = |episode, seed| Record::EpisodeStart { episode, seed };
+        let t = |episode, step, done| Record::Transition(transition(episode, step, done));
+        let records = vec![
+            Record::Run(run_start()),
+            start(0, 7),
+            start(0, 9),
+            t(0, 0, false),
+            t(0, 1, true),
+            Record::EpisodeEnd(end(0, 2)),
+        ];
+        let (_, eps) = episodes(&records);
+        let got: Vec<(u32, u64, usize, EndReason)> = eps
+            .iter()
+            .map(|e| (e.episode, e.seed, e.transitions.len(), e.end.reason))
+            .collect();
+        assert_eq!(got, [(0, 9, 2, EndReason::Completed)]);
     }
 
     /// Episode 1 logs no transition (a fault at its first step) while the logger lags:

@@ -314,7 +314,7 @@ fn stream_main(
     // Damaged stretches are named once, also when the log is read again.
     let mut damage_noted_to = 0u64;
     let mut stream_id: Option<String> = None;
-    let mut legacy_id: Option<String> = None;
+    let mut legacy_id: Option<Legacy> = None;
     let mut short_log_noted = false;
     let mut session: Option<Session<TcpStream>> = None;
     let mut backoff = Duration::from_millis(100);
@@ -358,7 +358,9 @@ fn stream_main(
                         let id = format!("{}#{crc:08x}", log_name.display());
                         // How a controller before the canonical name called this log.
                         let old = format!("{}#{crc:08x}", log.display());
-                        legacy_id = Some(old).filter(|old| *old != id);
+                        legacy_id = Some(old)
+                            .filter(|old| *old != id)
+                            .map(|name| Legacy { name, failed: 0 });
                         edit(&mut |s| s.stream = Some(id.clone()));
                         stream_id = Some(id);
                     }
@@ -621,33 +623,63 @@ fn verify(
     Ok((brain, exported))
 }
 
-/// [`connect`] for stream `id`. While the trainer holds nothing under it, `legacy` (the
-/// name an older controller gave the log: its path as given, `--out r1`) is asked under
-/// too; the stream goes on under it if the trainer holds records there, instead of
-/// having it take the whole log again. `legacy` is dropped only once the trainer has
-/// answered under it: a connection that failed on the way (a lost link, a trainer that
-/// could not read that log yet) is an error, and the next try asks again (taken before
-/// the answer, one such failure sent the whole log again under the new name). Returns
-/// the session, the trainer's count and the name used.
+/// The name an older controller gave a log (its path as given, `--out r1`), still to
+/// be asked under, and the asks under it that got no answer.
+struct Legacy {
+    name: String,
+    failed: u32,
+}
+
+/// Asks under a log's older name that may get no answer before the stream goes on under
+/// its new one: a failure on the way is most likely the link's (the next try asks
+/// again), but a trainer that cannot read the older log at all would otherwise keep the
+/// robot from streaming for good.
+const LEGACY_ASKS: u32 = 3;
+
+/// [`connect`] for stream `id`. While the trainer holds nothing under it, `legacy` is
+/// asked under too; the stream goes on under it if the trainer holds records there,
+/// instead of having it take the whole log again. `legacy` is dropped once the trainer
+/// has answered under it, or after [`LEGACY_ASKS`] asks without an answer (said): a
+/// connection that failed on the way is an error, and the next try asks again (given up
+/// at the first failure, one lost link sent the whole log again under the new name).
+/// Returns the session, the trainer's count and the name used.
 fn connect_stream(
     cfg: &UplinkConfig,
     id: &str,
-    legacy: &mut Option<String>,
+    legacy: &mut Option<Legacy>,
     link: &Mutex<Option<TcpStream>>,
 ) -> Result<(Session<TcpStream>, u64, String), String> {
     let (session, held) = connect(cfg, id, link)?;
-    let Some(old) = legacy.clone().filter(|_| held == 0) else {
+    let Some(old) = legacy.as_mut().filter(|_| held == 0) else {
         return Ok((session, held, id.to_string()));
     };
     // Hung up first: the trainer serves one connection at a time.
     drop(session);
-    let (session, held) = connect(cfg, &old, link)
-        .map_err(|e| format!("asking under the log's older name {old}: {e}"))?;
-    *legacy = None;
-    if held > 0 {
-        return Ok((session, held, old));
+    match connect(cfg, &old.name, link) {
+        Ok((session, held)) => {
+            let name = std::mem::take(&mut old.name);
+            *legacy = None;
+            if held > 0 {
+                return Ok((session, held, name));
+            }
+        }
+        Err(e) => {
+            old.failed += 1;
+            if old.failed < LEGACY_ASKS {
+                return Err(format!(
+                    "asking under the log's older name {}: {e}",
+                    old.name
+                ));
+            }
+            note!(
+                "uplink: asked under the log's older name {} {LEGACY_ASKS} times without an \
+                 answer (the last: {e}); the stream goes on under {id}, and a trainer that \
+                 holds it under the older name takes the log again",
+                old.name
+            );
+            *legacy = None;
+        }
     }
-    drop(session);
     let (session, held) = connect(cfg, id, link)?;
     Ok((session, held, id.to_string()))
 }
@@ -814,8 +846,10 @@ mod tests {
     #[test]
     fn a_failed_ask_under_the_older_name_is_asked_again() {
         use uplink::records::{RecordSink, serve_records};
+        /// Refuses the first `failing` asks under the older name, then holds 5 there.
         struct Held {
             asked_old: u32,
+            failing: u32,
         }
         impl RecordSink for Held {
             fn next_index(&mut self, stream: &str) -> Result<u64, String> {
@@ -823,7 +857,7 @@ mod tests {
                     return Ok(0);
                 }
                 self.asked_old += 1;
-                if self.asked_old == 1 {
+                if self.asked_old <= self.failing {
                     Err("cannot open that log now".into())
                 } else {
                     Ok(5)
@@ -834,25 +868,39 @@ mod tests {
             }
         }
         let key = uplink::Key::from_bytes([1; uplink::KEY_LEN]);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let cfg = UplinkConfig {
-            addr: listener.local_addr().unwrap().to_string(),
-            key: key.clone(),
-            drain: Duration::from_secs(1),
-            swap: None,
-        };
-        // Serves connections one after another, as the trainer does.
-        std::thread::spawn(move || {
-            let mut sink = Held { asked_old: 0 };
-            for tcp in listener.incoming() {
-                let Ok(tcp) = tcp else { return };
-                if let Ok(mut s) = uplink::Session::server(tcp, &key) {
-                    let _ = serve_records(&mut s, &mut sink);
+        // A trainer serving connections one after another, as the trainer does.
+        let trainer = |failing: u32| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let cfg = UplinkConfig {
+                addr: listener.local_addr().unwrap().to_string(),
+                key: key.clone(),
+                drain: Duration::from_secs(1),
+                swap: None,
+            };
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let mut sink = Held {
+                    asked_old: 0,
+                    failing,
+                };
+                for tcp in listener.incoming() {
+                    let Ok(tcp) = tcp else { return };
+                    if let Ok(mut s) = uplink::Session::server(tcp, &key) {
+                        let _ = serve_records(&mut s, &mut sink);
+                    }
                 }
-            }
-        });
+            });
+            cfg
+        };
         let link = Mutex::new(None);
-        let mut legacy = Some("old".to_string());
+        let old = || {
+            Some(Legacy {
+                name: "old".into(),
+                failed: 0,
+            })
+        };
+        let cfg = trainer(1);
+        let mut legacy = old();
         let first = connect_stream(&cfg, "new", &mut legacy, &link).map(|(_, n, name)| (n, name));
         assert!(
             first.as_ref().is_err_and(
@@ -860,10 +908,20 @@ mod tests {
             ),
             "{first:?}"
         );
-        assert_eq!(legacy.as_deref(), Some("old"), "given up on a failed ask");
+        assert!(legacy.is_some(), "given up on a failed ask");
         let (_, held, name) = connect_stream(&cfg, "new", &mut legacy, &link).unwrap();
         assert_eq!((held, name.as_str()), (5, "old"));
-        assert_eq!(legacy, None);
+        assert!(legacy.is_none());
+        // A trainer that never answers under the older name: the stream goes on under
+        // the new one after LEGACY_ASKS asks, not never.
+        let cfg = trainer(u32::MAX);
+        let mut legacy = old();
+        for _ in 1..LEGACY_ASKS {
+            assert!(connect_stream(&cfg, "new", &mut legacy, &link).is_err());
+        }
+        let (_, held, name) = connect_stream(&cfg, "new", &mut legacy, &link).unwrap();
+        assert_eq!((held, name.as_str()), (0, "new"));
+        assert!(legacy.is_none());
     }
 
     /// The uplink's address may resolve to several (`localhost`: `::1`, then
