@@ -128,9 +128,9 @@ class SimVectorEnv(VectorEnv):
         actions = as_float32(actions, "actions")
         with self._exclusive("step"):
             obs, rewards, terminated, truncated, success, reset, seeds = self._core.step(actions)
-            elapsed = self._elapsed = np.where(reset, 0, self._elapsed + 1)
-        if self._time_limit:
-            truncated |= elapsed >= self.horizon
+            self._elapsed = np.where(reset, 0, self._elapsed + 1)
+            if self._time_limit:
+                truncated |= self._elapsed >= self.horizon
         # Gymnasium's vector info convention: a key is present when at least one
         # environment reports it, with the mask `_key` saying which.
         info: dict[str, Any] = {}

@@ -1729,18 +1729,46 @@ fn check_weight_dims(
     }
     // Nothing else: tract and ort run every node as written, where the native backend
     // computes the network the manifest describes and refuses what it does not read.
-    if let Some(t) = graph.initializer.iter().find(|t| {
-        !expected
+    // Each tensor once (a second of one name, checked by none of the above, could be the
+    // one a runtime takes), f32 but for the critic's axes, and no `Constant` node (the
+    // writer makes none: a tensor there would escape these checks).
+    let onnx_err = |message: String| BundleError::Onnx {
+        path: path.into(),
+        message,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for t in &graph.initializer {
+        if !expected
             .iter()
             .any(|(name, dims)| dims.is_some() && *name == t.name)
-    }) {
-        return Err(BundleError::Onnx {
-            path: path.into(),
-            message: format!(
+        {
+            return Err(onnx_err(format!(
                 "weight `{}` is not part of the network the manifest describes",
                 t.name
-            ),
-        });
+            )));
+        }
+        if !seen.insert(t.name.as_str()) {
+            return Err(onnx_err(format!("weight `{}` is given twice", t.name)));
+        }
+        let want = if t.name == "squeeze_axes" {
+            DATA_TYPE_INT64
+        } else {
+            DATA_TYPE_FLOAT
+        };
+        if t.data_type != want {
+            return Err(onnx_err(format!(
+                "weight `{}` has element type {}, expected {}",
+                t.name,
+                element_type_name(t.data_type),
+                element_type_name(want)
+            )));
+        }
+    }
+    if let Some(n) = graph.node.iter().find(|n| n.op_type == "Constant") {
+        return Err(onnx_err(format!(
+            "node `{}` is a Constant, which this exporter never writes",
+            n.name
+        )));
     }
     for (name, value) in constants {
         let t = graph
@@ -1749,8 +1777,17 @@ fn check_weight_dims(
             .find(|t| t.name == *name)
             .expect("a constant is in the expected weights, checked above");
         let values: Option<Vec<f32>> = if t.data_type == DATA_TYPE_INT64 {
-            (t.raw_data.is_empty() && Some(t.int64_data.len()) == t.num_elements())
-                .then(|| t.int64_data.iter().map(|&x| x as f32).collect())
+            // From `int64_data` (ours) or `raw_data` (what other tools re-serialise to).
+            let ints: Vec<i64> = if t.raw_data.is_empty() {
+                t.int64_data.clone()
+            } else {
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect()
+            };
+            (Some(ints.len()) == t.num_elements() && t.raw_data.len() % 8 == 0)
+                .then(|| ints.iter().map(|&x| x as f32).collect())
         } else {
             t.floats()
         };

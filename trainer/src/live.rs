@@ -1728,6 +1728,22 @@ mod tests {
         assert_eq!(held[&file_name("r")].taken, 6);
     }
 
+    /// A listener on a free port of this machine, logging under `dir/uplink`, for
+    /// streams of observation 3 / action 2; and its channel.
+    fn test_listener(dir: &Path, key: Key) -> (Listener, mpsc::Receiver<Step>) {
+        Listener::start(
+            "127.0.0.1:0",
+            key,
+            &dir.join("uplink"),
+            &dir.join("b"),
+            Check {
+                dims: (3, 2),
+                recorded_by: crate::finetune::RecordedBy::named(vec![]),
+            },
+        )
+        .unwrap()
+    }
+
     /// Peers without the key, one silent and one trickling its hello a byte at a time,
     /// do not hold the link: a robot that connects after them is served meanwhile.
     /// Before, the one serving thread read their hellos first (30 s allowed per read),
@@ -1737,17 +1753,7 @@ mod tests {
         use std::io::Write;
         let tmp = tempfile::tempdir().unwrap();
         let key = Key::from_bytes([7; uplink::KEY_LEN]);
-        let (listener, _rx) = Listener::start(
-            "127.0.0.1:0",
-            key.clone(),
-            &tmp.path().join("uplink"),
-            &tmp.path().join("b"),
-            Check {
-                dims: (3, 2),
-                recorded_by: crate::finetune::RecordedBy::named(vec![]),
-            },
-        )
-        .unwrap();
+        let (listener, _rx) = test_listener(tmp.path(), key.clone());
         let addr = listener.addr;
         let silent = TcpStream::connect(addr).unwrap();
         let mut trickle = TcpStream::connect(addr).unwrap();
@@ -1788,17 +1794,7 @@ mod tests {
     fn connections_beyond_the_waiting_ones_are_refused_by_name() {
         let tmp = tempfile::tempdir().unwrap();
         let key = Key::from_bytes([7; uplink::KEY_LEN]);
-        let (listener, _rx) = Listener::start(
-            "127.0.0.1:0",
-            key.clone(),
-            &tmp.path().join("uplink"),
-            &tmp.path().join("b"),
-            Check {
-                dims: (3, 2),
-                recorded_by: crate::finetune::RecordedBy::named(vec![]),
-            },
-        )
-        .unwrap();
+        let (listener, _rx) = test_listener(tmp.path(), key.clone());
         let addr = listener.addr;
         // The served robot: it holds the serving thread (30 s of silence allowed).
         let mut served = Session::client(TcpStream::connect(addr).unwrap(), &key).unwrap();
@@ -1841,17 +1837,7 @@ mod tests {
     fn a_silent_peer_is_cut_off_at_the_handshake_deadline() {
         use std::io::Read;
         let tmp = tempfile::tempdir().unwrap();
-        let (listener, _rx) = Listener::start(
-            "127.0.0.1:0",
-            Key::from_bytes([7; uplink::KEY_LEN]),
-            &tmp.path().join("uplink"),
-            &tmp.path().join("b"),
-            Check {
-                dims: (3, 2),
-                recorded_by: crate::finetune::RecordedBy::named(vec![]),
-            },
-        )
-        .unwrap();
+        let (listener, _rx) = test_listener(tmp.path(), Key::from_bytes([7; uplink::KEY_LEN]));
         let mut silent = TcpStream::connect(listener.addr).unwrap();
         // A byte every 2 s: no single read of the handshake times out, only the
         // deadline over the whole of it can cut this peer off (at 10 s, with 36 of its
@@ -1888,19 +1874,7 @@ mod tests {
     #[test]
     fn a_dropped_listener_stops_serving() {
         let tmp = tempfile::tempdir().unwrap();
-        let key = Key::from_bytes([7; uplink::KEY_LEN]);
-        let dir = tmp.path().join("uplink");
-        let (listener, _rx) = Listener::start(
-            "127.0.0.1:0",
-            key,
-            &dir,
-            &tmp.path().join("b"),
-            Check {
-                dims: (3, 2),
-                recorded_by: crate::finetune::RecordedBy::named(vec![]),
-            },
-        )
-        .unwrap();
+        let (listener, _rx) = test_listener(tmp.path(), Key::from_bytes([7; uplink::KEY_LEN]));
         let addr = listener.addr;
         assert!(TcpListener::bind(addr).is_err(), "the port is in use");
         drop(listener);
