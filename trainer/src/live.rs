@@ -63,8 +63,8 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// checkpoint and bundle (it was killed, losing the updates since the last checkpoint
 /// and the last bundle). A second Ctrl-C kills. A signal ignored when the trainer
 /// started (SIGINT for a background job of a script) stays ignored. Installed by
-/// [`train_live`] as it starts listening: before, in the loading and the evaluation,
-/// the signals kill as they always did.
+/// [`train_live`] as it starts listening and taken back as it returns: before and after,
+/// in the loading and the evaluations, the signals kill as they always did.
 pub fn stop_on_signals() -> std::io::Result<()> {
     let signals = [libc::SIGINT, libc::SIGTERM];
     controller::robot_loop::realtime::route_signals(&signals, &signals, on_stop_signal)
@@ -958,10 +958,18 @@ pub(crate) fn train_live(
             uplink_dir.display()
         );
     }
-    // Ctrl-C ends the session from here on, through the final checkpoint and bundle.
-    if live.stop.is_some_and(|s| std::ptr::eq(s, &SIGNALLED)) {
+    // Ctrl-C ends the session from here on, through the final checkpoint and bundle;
+    // after it (its evaluation, a `--bundle` export), the signals do what they did
+    // before (they stayed caught, and a SIGTERM was taken and ignored).
+    let _restored_at_end = if live.stop.is_some_and(|s| std::ptr::eq(s, &SIGNALLED)) {
+        let saved =
+            controller::robot_loop::realtime::SavedSignals::save(&[libc::SIGINT, libc::SIGTERM])
+                .context("reading the dispositions of Ctrl-C and SIGTERM")?;
         stop_on_signals().context("installing the handler of Ctrl-C and SIGTERM")?;
-    }
+        Some(saved)
+    } else {
+        None
+    };
     let (listener, rx) = Listener::start(
         &live.addr,
         live.key.clone(),

@@ -164,6 +164,37 @@ pub fn route_signals(
     Ok(())
 }
 
+/// The dispositions `signals` had when it was made, put back when it is dropped: for a
+/// caller that routes signals for a while only (a live fine-tuning session, after which
+/// a SIGTERM kills the process again, as before it).
+pub struct SavedSignals(Vec<(libc::c_int, libc::sigaction)>);
+
+impl SavedSignals {
+    pub fn save(signals: &[libc::c_int]) -> std::io::Result<SavedSignals> {
+        let mut saved = Vec::with_capacity(signals.len());
+        for &sig in signals {
+            // SAFETY: a query (no new action) into a zeroed struct sigaction.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            saved.push((sig, old));
+        }
+        Ok(SavedSignals(saved))
+    }
+}
+
+impl Drop for SavedSignals {
+    fn drop(&mut self) {
+        for (sig, old) in &self.0 {
+            // SAFETY: an action sigaction() returned for this signal.
+            unsafe {
+                libc::sigaction(*sig, old, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
 /// Routes SIGINT, SIGTERM and SIGHUP (the terminal or the SSH session went away) to the
 /// stop flag: each one ends the run with a safe stop and a finished dataset. Repeated
 /// SIGTERM or SIGHUP only ask for the stop again; a second SIGINT (Ctrl-C twice) kills
@@ -471,6 +502,29 @@ pub fn dedicate_cpu(cpu: usize, reserved: RealtimeStep) -> (Vec<RealtimeStep>, b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dispositions saved are put back when the guard goes: a handler routed for a
+    /// while (a live session's) does not outlive it.
+    #[test]
+    fn saved_signals_are_put_back() {
+        extern "C" fn ignore(_: libc::c_int) {}
+        let handler_of = |sig| {
+            let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+            assert_eq!(
+                unsafe { libc::sigaction(sig, std::ptr::null(), &mut now) },
+                0
+            );
+            now.sa_sigaction
+        };
+        // SIGUSR2: no other test handles it.
+        let sig = libc::SIGUSR2;
+        assert_eq!(handler_of(sig), libc::SIG_DFL);
+        let saved = SavedSignals::save(&[sig]).unwrap();
+        route_signals(&[sig], &[], ignore).unwrap();
+        assert_ne!(handler_of(sig), libc::SIG_DFL);
+        drop(saved);
+        assert_eq!(handler_of(sig), libc::SIG_DFL);
+    }
 
     /// A panic on a run's thread raises that run's flag, on the thread that entered the
     /// run and on the threads it started; not another run's, and not for a panic on a
