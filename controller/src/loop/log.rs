@@ -639,9 +639,7 @@ impl LogTail {
             None => self.read_max,
         };
         let file = self.file.as_mut().expect("opened above");
-        file.take(most)
-            .read_to_end(&mut self.buf)
-            .map_err(|e| io_err("reading the log", e))?;
+        read_onto(file, &mut self.buf, read, most).map_err(|e| io_err("reading the log", e))?;
         let mut pos = 0;
         if !self.magic_checked {
             if self.buf.len() < MAGIC.len() {
@@ -669,6 +667,74 @@ impl LogTail {
     pub fn unread_bytes(&self) -> usize {
         self.buf.len()
     }
+}
+
+/// What a read the disk refuses (`EIO`: a bad sector) costs: the rest of the block of
+/// this size it began in, taken as unreadable (4 KiB, the sector of today's SD cards
+/// and SSDs; a disk of 512-byte sectors loses a little more than it must).
+const UNREADABLE_BLOCK: u64 = 4096;
+
+/// Reads up to `most` bytes of `file`, whose position is the file offset `at`, onto
+/// `buf`. A read the disk refuses is not the end of the log: the rest of its block
+/// ([`UNREADABLE_BLOCK`]) goes in as zeros, which no record's checksum matches, so the
+/// readers skip it as damage and name it, and reading goes on after it. (It ended every
+/// reader there: no record after a bad sector was recovered, `log-to-dataset` and a
+/// new run into the directory failed, and the streamer retried it for ever.)
+fn read_onto(file: &mut File, buf: &mut Vec<u8>, mut at: u64, most: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    // No further than the file's end now: the buffer is grown by what is there to read
+    // (a follower polls a log that grows by a few records at a time).
+    let len = file.metadata()?.len();
+    let mut left = most.min(len.saturating_sub(at));
+    while left > 0 {
+        #[allow(unused_mut)]
+        let mut n = left.min(1 << 20);
+        #[cfg(test)]
+        if let Some(refused) = tests::REFUSED_READS.with(|r| r.borrow().clone()) {
+            // As a disk: a read that reaches the bad block stops short of it, and one
+            // that begins in it fails.
+            if refused.contains(&at) {
+                n = 0;
+            } else if at < refused.start {
+                n = n.min(refused.start - at);
+            }
+        }
+        let old = buf.len();
+        buf.resize(old + n as usize, 0);
+        let got = if n == 0 {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            file.read(&mut buf[old..])
+        };
+        match got {
+            Ok(0) => {
+                buf.truncate(old);
+                break;
+            }
+            Ok(k) => {
+                buf.truncate(old + k);
+                at += k as u64;
+                left -= k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(old),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                let skip = (UNREADABLE_BLOCK - at % UNREADABLE_BLOCK).min(left);
+                buf.truncate(old);
+                if skip == 0 {
+                    return Err(e);
+                }
+                buf.resize(old + skip as usize, 0);
+                file.seek(SeekFrom::Current(skip as i64))?;
+                at += skip;
+                left -= skip;
+            }
+            Err(e) => {
+                buf.truncate(old);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`scan_log`] found: as [`read_log`]'s [`LogContents`], without the records.
@@ -1526,6 +1592,65 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// File offsets whose reads fail as a bad sector's do (`EIO`), in this thread.
+        pub(super) static REFUSED_READS: std::cell::RefCell<Option<std::ops::Range<u64>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// A sector the disk refuses to read loses the records it holds, not the log: the
+    /// readers take its block as damage and go on after it (every reader failed there,
+    /// "reading the log: Input/output error", no record after it recovered).
+    #[test]
+    fn an_unreadable_sector_loses_only_the_records_in_its_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        let mut records = vec![Record::Run(run_start())];
+        for s in 0..200 {
+            records.push(Record::Transition(transition(0, s, false)));
+        }
+        for r in &records {
+            w.append(r).unwrap();
+        }
+        w.sync().unwrap();
+        drop(w);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 3 * UNREADABLE_BLOCK, "{len} bytes");
+        // Each record's byte range, from a clean read.
+        let mut starts = vec![];
+        scan_records(&path, |_, at, _| {
+            starts.push(at);
+            Ok(())
+        })
+        .unwrap();
+        starts.push(len);
+        let bad = UNREADABLE_BLOCK..2 * UNREADABLE_BLOCK;
+        REFUSED_READS.with(|r| *r.borrow_mut() = Some(bad.clone()));
+        let read = read_log(&path);
+        let tail = LogTail::new(&path).poll().map(|p| p.len());
+        REFUSED_READS.with(|r| *r.borrow_mut() = None);
+        let c = read.unwrap();
+        // Every record wholly outside the block, and only those.
+        let outside: Vec<&Record> = records
+            .iter()
+            .zip(starts.windows(2))
+            .filter(|(_, r)| r[1] <= bad.start || r[0] >= bad.end)
+            .map(|(rec, _)| rec)
+            .collect();
+        assert!(outside.len() < records.len() && outside.len() > records.len() / 2);
+        assert_eq!(c.records.iter().collect::<Vec<_>>(), outside);
+        assert_eq!(c.damaged.len(), 1, "{:?}", c.damaged);
+        let d = &c.damaged[0];
+        assert!(
+            d.offset <= bad.start && d.offset + d.len >= bad.end,
+            "{d:?}"
+        );
+        assert_eq!(c.torn_bytes, 0);
+        // The follower (the uplink's source) reads the same records.
+        assert_eq!(tail.unwrap(), outside.len());
+    }
 
     pub(crate) fn transition(episode: u32, step: u32, done: bool) -> Transition {
         let mut t = Transition {
