@@ -540,7 +540,7 @@ fn walk(
 /// newer controller's flag bits).
 pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
     let mut records = Vec::new();
-    let scan = scan_log(path, TAIL_READ_MAX, |_, rec| {
+    let scan = scan_log(path, TAIL_READ_MAX, true, |_, rec| {
         records.push(rec);
         Ok(())
     })?;
@@ -571,6 +571,13 @@ pub struct LogTail {
     pub damaged: Vec<DamagedSpan>,
     /// Read no further than this (the writer's synced length), if set.
     limit: Option<SyncedLen>,
+    /// A block the disk refuses to read is taken as damage ([`read_onto`]) rather than
+    /// an error: only for the readers that recover what a log holds ([`read_log`],
+    /// [`log_to_dataset`]). Those that count records to stay in step with a trainer
+    /// (the streamer, the trainer's copy, [`LogWriter::open`], which would also cut the
+    /// log back to before an unreadable last block) keep the error: a read error need
+    /// not recur, and a count that skipped it once would send records twice or never.
+    skip_unreadable: bool,
 }
 
 /// Most bytes one [`LogTail::poll`] reads: a follower hours behind the log (the trainer
@@ -594,6 +601,7 @@ impl LogTail {
             offset: 0,
             damaged: Vec::new(),
             limit: None,
+            skip_unreadable: false,
         }
     }
 
@@ -639,7 +647,8 @@ impl LogTail {
             None => self.read_max,
         };
         let file = self.file.as_mut().expect("opened above");
-        read_onto(file, &mut self.buf, read, most).map_err(|e| io_err("reading the log", e))?;
+        read_onto(file, &mut self.buf, read, most, self.skip_unreadable)
+            .map_err(|e| io_err("reading the log", e))?;
         let mut pos = 0;
         if !self.magic_checked {
             if self.buf.len() < MAGIC.len() {
@@ -680,7 +689,13 @@ const UNREADABLE_BLOCK: u64 = 4096;
 /// readers skip it as damage and name it, and reading goes on after it. (It ended every
 /// reader there: no record after a bad sector was recovered, `log-to-dataset` and a
 /// new run into the directory failed, and the streamer retried it for ever.)
-fn read_onto(file: &mut File, buf: &mut Vec<u8>, mut at: u64, most: u64) -> io::Result<()> {
+fn read_onto(
+    file: &mut File,
+    buf: &mut Vec<u8>,
+    mut at: u64,
+    most: u64,
+    skip_unreadable: bool,
+) -> io::Result<()> {
     use std::io::{Seek, SeekFrom};
     // No further than the file's end now: the buffer is grown by what is there to read
     // (a follower polls a log that grows by a few records at a time).
@@ -717,14 +732,12 @@ fn read_onto(file: &mut File, buf: &mut Vec<u8>, mut at: u64, most: u64) -> io::
                 left -= k as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(old),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+            Err(e) if skip_unreadable && e.raw_os_error() == Some(libc::EIO) => {
                 let skip = (UNREADABLE_BLOCK - at % UNREADABLE_BLOCK).min(left);
                 buf.truncate(old);
-                if skip == 0 {
-                    return Err(e);
-                }
-                buf.resize(old + skip as usize, 0);
+                // Past it first: a failed seek leaves the buffer as the file position.
                 file.seek(SeekFrom::Current(skip as i64))?;
+                buf.resize(old + skip as usize, 0);
                 at += skip;
                 left -= skip;
             }
@@ -756,6 +769,7 @@ struct LogScan {
 fn scan_log(
     path: &Path,
     read_max: u64,
+    skip_unreadable: bool,
     mut record: impl FnMut(u64, Record) -> Result<(), LogError>,
 ) -> Result<LogScan, LogError> {
     let len = std::fs::metadata(path)
@@ -766,6 +780,7 @@ fn scan_log(
         })?
         .len();
     let mut tail = LogTail::with_read_max(path, read_max);
+    tail.skip_unreadable = skip_unreadable;
     let mut records = 0;
     let mut decode = |at: u64, payload: &[u8]| {
         records += 1;
@@ -815,7 +830,7 @@ pub fn scan_records(
     mut f: impl FnMut(u64, u64, Record) -> Result<(), LogError>,
 ) -> Result<u64, LogError> {
     let mut index = 0;
-    let scan = scan_log(path, TAIL_READ_MAX, |at, rec| {
+    let scan = scan_log(path, TAIL_READ_MAX, false, |at, rec| {
         let r = f(index, at, rec);
         index += 1;
         r
@@ -825,7 +840,7 @@ pub fn scan_records(
 
 /// [`scan_log`]'s `valid_bytes`, `torn_bytes` and `records`.
 fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
-    let scan = scan_log(path, read_max, |_, _| Ok(()))?;
+    let scan = scan_log(path, read_max, false, |_, _| Ok(()))?;
     Ok((scan.valid_bytes, scan.torn_bytes, scan.records))
 }
 
@@ -1463,7 +1478,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // recovery path after a crash). First the runs: where the converted ones begin
     // (byte offset), and their headers, checked before anything is written.
     let mut headers: Vec<(u64, RunStart)> = vec![];
-    let scan = scan_log(log, TAIL_READ_MAX, |at, rec| {
+    let scan = scan_log(log, TAIL_READ_MAX, true, |at, rec| {
         if let Record::Run(rs) = rec {
             headers.push((at, rs));
         }
@@ -1553,7 +1568,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     let end = scan.valid_bytes;
     let mut next_header = headers.iter().map(|(at, _)| *at);
     let mut expected = next_header.next();
-    scan_log(log, TAIL_READ_MAX, |at, rec| {
+    scan_log(log, TAIL_READ_MAX, true, |at, rec| {
         if at < first || at >= end {
             return Ok(());
         }
@@ -1630,6 +1645,8 @@ pub(crate) mod tests {
         REFUSED_READS.with(|r| *r.borrow_mut() = Some(bad.clone()));
         let read = read_log(&path);
         let tail = LogTail::new(&path).poll().map(|p| p.len());
+        let counted = scan_records(&path, |_, _, _| Ok(()));
+        let opened = LogWriter::open(&path).map(|_| ());
         REFUSED_READS.with(|r| *r.borrow_mut() = None);
         let c = read.unwrap();
         // Every record wholly outside the block, and only those.
@@ -1648,8 +1665,36 @@ pub(crate) mod tests {
             "{d:?}"
         );
         assert_eq!(c.torn_bytes, 0);
-        // The follower (the uplink's source) reads the same records.
-        assert_eq!(tail.unwrap(), outside.len());
+        // The readers that count records to stay in step with a trainer (the streamer,
+        // the trainer's copy) and the writer (which cuts a torn end) keep the error: a
+        // read error need not recur, and a count that skipped it once would send
+        // records twice or never; the writer would cut good records off an unreadable
+        // last block.
+        for (who, e) in [
+            ("the follower", tail.map(|_| ())),
+            ("a count", counted.map(|_| ())),
+            ("the writer", opened),
+        ] {
+            let e = e.expect_err(who).to_string();
+            assert!(e.contains("Input/output error"), "{who}: {e}");
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            len,
+            "the log was cut"
+        );
+        // Nor does a refused last block (no whole record after it: a torn end to the
+        // recovery readers) make the writer cut the good records it holds.
+        let last = (len - 1) / UNREADABLE_BLOCK * UNREADABLE_BLOCK..len;
+        REFUSED_READS.with(|r| *r.borrow_mut() = Some(last));
+        let opened = LogWriter::open(&path).map(|_| ());
+        REFUSED_READS.with(|r| *r.borrow_mut() = None);
+        assert!(opened.is_err());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            len,
+            "cut at its end"
+        );
     }
 
     pub(crate) fn transition(episode: u32, step: u32, done: bool) -> Transition {
@@ -2253,7 +2298,7 @@ pub(crate) mod tests {
         // The log and its run's header are named, with the dataset: not the dataset as
         // a log with a record "at byte 0".
         let mut headers = vec![];
-        scan_log(&path, TAIL_READ_MAX, |at, rec| {
+        scan_log(&path, TAIL_READ_MAX, false, |at, rec| {
             if matches!(rec, Record::Run(_)) {
                 headers.push(at);
             }
