@@ -1644,6 +1644,7 @@ pub(crate) mod tests {
         let bad = UNREADABLE_BLOCK..2 * UNREADABLE_BLOCK;
         REFUSED_READS.with(|r| *r.borrow_mut() = Some(bad.clone()));
         let read = read_log(&path);
+        let rebuilt = log_to_dataset(&path, &dir.path().join("rebuilt"), Runs::All);
         let tail = LogTail::new(&path).poll().map(|p| p.len());
         let counted = scan_records(&path, |_, _, _| Ok(()));
         let opened = LogWriter::open(&path).map(|_| ());
@@ -1665,6 +1666,10 @@ pub(crate) mod tests {
             "{d:?}"
         );
         assert_eq!(c.torn_bytes, 0);
+        // The recovery command rebuilds the episode from the same records.
+        let r = rebuilt.unwrap();
+        assert_eq!((r.episodes_written, r.damaged.len()), (1, 1), "{r:?}");
+        assert_eq!(r.frames, outside.len() - 1, "{r:?}");
         // The readers that count records to stay in step with a trainer (the streamer,
         // the trainer's copy) and the writer (which cuts a torn end) keep the error: a
         // read error need not recur, and a count that skipped it once would send
