@@ -12,7 +12,9 @@ exactly what ``gymnasium.vector.SyncVectorEnv`` over :class:`~expo_sim.SimEnv` d
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -140,7 +142,8 @@ class SimVectorEnv(VectorEnv):
             info["seed"], info["_seed"] = seeds, reset
         return obs, rewards, terminated, truncated, info
 
-    def _exclusive(self, what: str) -> Any:
+    @contextlib.contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
         """The vector for one call of ``what``, or ``RuntimeError`` naming the rule when
         another thread is inside a call on it."""
         if not self._in_use.acquire(blocking=False):
@@ -148,7 +151,10 @@ class SimVectorEnv(VectorEnv):
                 f"SimVectorEnv.{what}: another thread is inside a step or reset of this "
                 "vector; one vector serves one thread at a time (give each thread its own)"
             )
-        return _Release(self._in_use)
+        try:
+            yield
+        finally:
+            self._in_use.release()
 
     def render(self) -> None:
         """No render modes: returns None."""
@@ -203,15 +209,3 @@ def _is_seed_sequence(seed: Any) -> bool:
         return seed.ndim == 1
     return isinstance(seed, (list, tuple, range))
 
-
-class _Release:
-    """Releases an acquired lock at the end of a ``with`` block."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()

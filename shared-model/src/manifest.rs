@@ -821,6 +821,14 @@ fn stage_bundle(
 /// does not depend on libc).
 const EINVAL: i32 = 22;
 
+/// Whether the bundle directory `dir` holds a bundle whose [`write_bundle`] completed:
+/// its signature in place, or its manifest without a signature still waiting beside it
+/// (the renames put the manifest, then the signature, in place).
+pub fn bundle_complete(dir: &Path) -> bool {
+    dir.join(SIGNATURE_FILE).is_file()
+        || (dir.join(MANIFEST_FILE).is_file() && !dir.join(temporary_name(SIGNATURE_FILE)).exists())
+}
+
 /// Where [`write_bundle`] writes the file `name` before renaming it into place.
 fn temporary_name(name: &str) -> String {
     format!(".{name}.tmp")
@@ -1776,30 +1784,15 @@ fn check_weight_dims(
             .iter()
             .find(|t| t.name == *name)
             .expect("a constant is in the expected weights, checked above");
-        let values: Option<Vec<f32>> = if t.data_type == DATA_TYPE_INT64 {
-            // From `int64_data` (ours) or `raw_data` (what other tools re-serialise to).
-            let ints: Vec<i64> = if t.raw_data.is_empty() {
-                t.int64_data.clone()
-            } else {
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                    .collect()
-            };
-            (Some(ints.len()) == t.num_elements() && t.raw_data.len() % 8 == 0)
-                .then(|| ints.iter().map(|&x| x as f32).collect())
-        } else {
-            t.floats()
+        let values: Option<Vec<f32>> = match t.int64s() {
+            Some(ints) => (Some(ints.len()) == t.num_elements())
+                .then(|| ints.iter().map(|&x| x as f32).collect()),
+            None => t.floats(),
         };
-        let same = values.as_ref().is_some_and(|v| {
-            v.iter()
-                .all(|x| (x - value).abs() <= 1e-6 * value.abs().max(1.0))
-        });
-        if !same {
-            return Err(BundleError::Onnx {
-                path: path.into(),
-                message: format!("constant `{name}` is not {value} throughout"),
-            });
+        if !values.is_some_and(|v| crate::onnx::holds_constant(&v, *value)) {
+            return Err(onnx_err(format!(
+                "constant `{name}` is not {value} throughout"
+            )));
         }
     }
     Ok(())

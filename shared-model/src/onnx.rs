@@ -199,6 +199,26 @@ impl TensorProto {
         Some(self.float_data.clone())
     }
 
+    /// The int64 elements, from `raw_data` or `int64_data` (what other tools re-serialise
+    /// to, and ours); `None` for another type or a `raw_data` of a partial element.
+    pub fn int64s(&self) -> Option<Vec<i64>> {
+        if self.data_type != DATA_TYPE_INT64 {
+            return None;
+        }
+        if self.raw_data.is_empty() {
+            return Some(self.int64_data.clone());
+        }
+        if !self.raw_data.len().is_multiple_of(8) {
+            return None;
+        }
+        Some(
+            self.raw_data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        )
+    }
+
     /// The element count its dims declare; `None` for a negative dim or a count past
     /// `usize` (a corrupt or hostile header, which must be an error, not a panic).
     pub fn num_elements(&self) -> Option<usize> {
@@ -376,6 +396,15 @@ impl GraphBuilder {
 pub enum Attr {
     Int(i64),
     Float(f32),
+}
+
+/// Whether every one of `values` is the graph constant `value` (to 1e-6 of it, or of 1
+/// below 1): the bundle check and the native backend, which builds the constants in,
+/// take a constant alike.
+pub fn holds_constant(values: &[f32], value: f32) -> bool {
+    values
+        .iter()
+        .all(|x| (x - value).abs() <= 1e-6 * value.abs().max(1.0))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@
 
 use anyhow::{Context, Result};
 use controller::robot_loop::log::{LogError, LogWriter, Record, scan_records};
+use shared_model::manifest::bundle_complete;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -401,8 +402,9 @@ impl RecordSink for Receiver {
 /// Handshakes run on their own threads, each cut off after [`HANDSHAKE_DEADLINE`]: at
 /// most [`MAX_HANDSHAKES_PER_PEER`] per IP address, and beyond [`MAX_HANDSHAKES`] in all
 /// a new one shuts the oldest down. Only a connection that proved the key joins the
-/// queue of the serving thread, at most [`MAX_WAITING_SESSIONS`] of them. A peer without the key, silent or trickling its hello
-/// a byte at a time, cannot hold the link the robot is waiting for.
+/// queue of the serving thread, at most [`MAX_WAITING_SESSIONS`] of them. A peer without
+/// the key, silent or trickling its hello a byte at a time, cannot hold the link the
+/// robot is waiting for.
 pub struct Listener {
     stop: Arc<AtomicBool>,
     /// Taken by [`Listener::stop`].
@@ -670,22 +672,12 @@ impl Drop for Listener {
     }
 }
 
-/// Whether the bundle directory `dir` holds a bundle whose write completed: its
-/// signature in place, or its manifest without a signature still waiting beside it
-/// (`.manifest.sig.tmp`: a signed write renames the manifest, then the signature). Whether
-/// this session signs does not matter: a resume that adds or drops `--signing-key` took
-/// the other kind's complete bundles for unpublished and wrote over them.
-fn bundle_complete(dir: &std::path::Path) -> bool {
-    use shared_model::manifest::{MANIFEST_FILE, SIGNATURE_FILE};
-    dir.join(SIGNATURE_FILE).is_file()
-        || (dir.join(MANIFEST_FILE).is_file()
-            && !dir.join(format!(".{SIGNATURE_FILE}.tmp")).exists())
-}
-
 /// The update count of the newest bundle under `root` (directories named by it), of
-/// those whose publish completed ([`bundle_complete`]). A publish that was killed left
-/// temporaries (or a manifest whose signature is still a temporary) only, and is
-/// published again.
+/// those whose publish completed ([`bundle_complete`], by the bundle's own files:
+/// whether this session signs does not matter, where a resume that added or dropped
+/// `--signing-key` took the other kind's complete bundles for unpublished and wrote
+/// over them). A publish that was killed left temporaries (or a manifest whose
+/// signature is still a temporary) only, and is published again.
 fn newest_bundle(root: &std::path::Path) -> Option<usize> {
     std::fs::read_dir(root)
         .ok()?

@@ -285,19 +285,26 @@ fn nonce() -> Result<[u8; NONCE_LEN], LinkError> {
     Ok(n)
 }
 
-/// Reads into `buf` until it is full or the stream ends; returns the bytes read. Unlike
-/// `read_exact`, says how far an end of stream came: at a frame's start or inside it.
-fn read_up_to<S: Read>(stream: &mut S, buf: &mut [u8]) -> Result<usize, LinkError> {
+/// Fills `buf`, the part of a frame (or hello) after its first `before` bytes. Unlike
+/// `read_exact`, an end of stream says where it came: at the frame's start a hang-up
+/// ([`LinkError::Hangup`]), inside it a cut ([`LinkError::Cut`], the bytes that arrived).
+fn read_whole<S: Read>(stream: &mut S, buf: &mut [u8], before: usize) -> Result<(), LinkError> {
     let mut got = 0;
     while got < buf.len() {
         match stream.read(&mut buf[got..]) {
-            Ok(0) => break,
+            Ok(0) if before + got == 0 => return Err(LinkError::Hangup),
+            Ok(0) => {
+                return Err(LinkError::Cut {
+                    got: before + got,
+                    len: before + buf.len(),
+                });
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(read_error(e)),
         }
     }
-    Ok(got)
+    Ok(())
 }
 
 /// One received frame.
@@ -349,16 +356,7 @@ impl<S: Read + Write> Session<S> {
     /// The trainer's side of the handshake.
     pub fn server(mut stream: S, key: &Key) -> Result<Session<S>, LinkError> {
         let mut hello = [0u8; 8 + 2 + NONCE_LEN];
-        match read_up_to(&mut stream, &mut hello)? {
-            0 => return Err(LinkError::Hangup),
-            n if n < hello.len() => {
-                return Err(LinkError::Cut {
-                    got: n,
-                    len: hello.len(),
-                });
-            }
-            _ => {}
-        }
+        read_whole(&mut stream, &mut hello, 0)?;
         if &hello[..8] != MAGIC {
             return Err(LinkError::Magic);
         }
@@ -422,23 +420,13 @@ impl<S: Read + Write> Session<S> {
     /// error the session is unusable: drop it and reconnect.
     pub fn recv(&mut self) -> Result<Frame, LinkError> {
         let mut len = [0u8; 4];
-        match read_up_to(&mut self.stream, &mut len)? {
-            0 => return Err(LinkError::Hangup),
-            4 => {}
-            got => return Err(LinkError::Cut { got, len: 4 }),
-        }
+        read_whole(&mut self.stream, &mut len, 0)?;
         let len = u32::from_le_bytes(len) as usize;
         if !(HEADER_LEN + TAG_LEN..=MAX_FRAME).contains(&len) {
             return Err(LinkError::FrameSize(len));
         }
         let mut body = vec![0u8; len];
-        let got = read_up_to(&mut self.stream, &mut body)?;
-        if got < len {
-            return Err(LinkError::Cut {
-                got: 4 + got,
-                len: 4 + len,
-            });
-        }
+        read_whole(&mut self.stream, &mut body, 4)?;
         let kind = body[0];
         let seq = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
         let (payload, tag) = body[HEADER_LEN..].split_at(len - HEADER_LEN - TAG_LEN);

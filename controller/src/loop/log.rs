@@ -1228,15 +1228,12 @@ impl EpisodeGrouper {
                 // first copy has no transition and no end). The latter is one episode,
                 // its start taken from the newer record (it made an empty "unfinished"
                 // episode before it, which `log-to-dataset` counted).
-                let restart = |(e, started, ended): &(LoggedEpisode, bool, bool)| {
-                    e.episode == *episode && *started && !*ended && e.transitions.is_empty()
-                };
-                if !self.current.iter().any(restart)
-                    && self
-                        .current
-                        .iter()
-                        .any(|(e, started, _)| e.episode == *episode && *started)
-                {
+                // (One entry per episode number: `entry` finds it.)
+                let again = self
+                    .current
+                    .iter()
+                    .find(|(e, started, _)| e.episode == *episode && *started);
+                if again.is_some_and(|(e, _, ended)| *ended || !e.transitions.is_empty()) {
                     self.flush(out);
                 }
                 let i = self.entry(*episode);

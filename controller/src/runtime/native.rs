@@ -89,8 +89,7 @@ impl Weights {
     fn constant(&self, name: &str, value: f32) -> Result<()> {
         let (_, v) = self.get(name)?;
         ensure!(
-            v.iter()
-                .all(|x| (x - value).abs() <= 1e-6 * value.abs().max(1.0)),
+            shared_model::onnx::holds_constant(v, value),
             "{}: constant `{name}` is not {value} throughout",
             self.file
         );
