@@ -1669,6 +1669,10 @@ fn the_torque_goes_off_only_once_the_ramp_has_reached_the_hold() {
         robot(|r| {
             r.safety.max_delta_per_tick = vec![0.05, 0.05];
             r.safety.hold_ticks_before_torque_off = 1;
+            // Policy units on the wire: a reference a rounding error away from the hold
+            // would read as the hold after the conversion back.
+            r.action.scale = vec![1.0, 1.0];
+            r.action.offset = vec![0.0, 0.0];
         }),
         Pacing::Lockstep,
         "",
@@ -1689,6 +1693,26 @@ fn the_torque_goes_off_only_once_the_ramp_has_reached_the_hold() {
     assert!(
         commands > policy + 1,
         "{commands} commands, {policy} by the policy"
+    );
+    // The hold reached, the firmware has it for a period before the torque goes off:
+    // the two commands before the Estop are the hold (the tick that reached it sent the
+    // Estop right behind its command, so the ramp's last step was never applied).
+    let estop = received
+        .iter()
+        .position(|r| matches!(r.message, Message::Estop))
+        .unwrap();
+    let before: Vec<Vec<f32>> = received[..estop]
+        .iter()
+        .filter_map(|r| match &r.message {
+            Message::Command { action } => Some(policy_units(&sim.robot, action)),
+            _ => None,
+        })
+        .rev()
+        .take(2)
+        .collect();
+    assert!(
+        before.len() == 2 && before.iter().all(|a| a.iter().all(|x| *x == 0.0)),
+        "the commands before the Estop: {before:?}"
     );
 }
 

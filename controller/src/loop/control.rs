@@ -325,10 +325,11 @@ pub(crate) enum Phase {
     },
     /// The run's closing `Estop` went out: waiting until `until` for its answer (the
     /// answers to our Estops counted up to `answers` came before it), then sending it
-    /// again, `resends` times so far ([`ESTOP_RESENDS`]).
+    /// again, `resends` times so far ([`ESTOP_RESENDS`]), `written` of them written.
     ConfirmingStop {
         until: Instant,
         resends: u32,
+        written: u32,
         answers: u64,
     },
     Done,
@@ -427,10 +428,15 @@ pub(crate) struct Control {
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
     /// thread is alone on its CPU).
     pub busy_wait: bool,
-    /// Our Estops still waiting for their `Fault { Estop }` answer. Zeroed when an
-    /// episode begins: the firmware answers in order, so by then every answer to an
-    /// earlier Estop has been sent (one lost on the link never comes).
+    /// Our Estops still waiting for their `Fault { Estop }` answer. Moved to
+    /// `late_estop_answers` when an episode begins: the firmware answers in order, so by
+    /// then every answer to an earlier Estop has been sent (one lost on the link never
+    /// comes).
     estops_unanswered: u32,
+    /// Answers to Estops sent before the running episode began that have not arrived:
+    /// one the link held back behind the `EpisodeStart` (reordered) comes stale, and is
+    /// ours, not a stop button's.
+    late_estop_answers: u32,
     /// Answers to our Estops taken so far (the closing one's is waited for).
     estop_answers: u64,
     /// The firmware timestamp of the reboot `Hello` last handled, until a handshake
@@ -577,6 +583,7 @@ impl Control {
             hold_pending: Vec::new(),
             busy_wait: false,
             estops_unanswered: 0,
+            late_estop_answers: 0,
             estop_answers: 0,
             reboot_unshaken: None,
             stop_began: 0,
@@ -1001,7 +1008,13 @@ impl Control {
             } => {
                 // Not a faulted episode's (`closing`): its firmware episode runs on
                 // through the safe stop, so the firmware's count is not the episode's.
-                if let Some(t) = self.track.as_mut().filter(|t| t.id == episode) {
+                // Nor a labelled one's: the label ended it at its own step, and the
+                // firmware's end after it is past the episode's end.
+                if let Some(t) = self
+                    .track
+                    .as_mut()
+                    .filter(|t| t.id == episode && t.label.is_none())
+                {
                     t.fw_end = Some((success, steps));
                     t.success |= success;
                     if self.phase == Phase::Running {
@@ -1033,6 +1046,14 @@ impl Control {
                     if self.estops_unanswered > 0 {
                         // Our own Estop's answer.
                         self.estops_unanswered -= 1;
+                        self.estop_answers += 1;
+                        self.estop_answer_seq = Some(seq.number);
+                        return;
+                    }
+                    if seq.stale && self.late_estop_answers > 0 {
+                        // Our Estop's answer, sent before the frame that began this
+                        // episode and held back behind it on the link.
+                        self.late_estop_answers -= 1;
                         self.estop_answers += 1;
                         self.estop_answer_seq = Some(seq.number);
                         return;
@@ -1148,7 +1169,7 @@ impl Control {
     }
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
-        self.estops_unanswered = 0;
+        self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
         // Counted when its Reset went out (a repeated Reset's restart keeps the number).
@@ -1446,7 +1467,11 @@ impl Control {
                 });
             }
         }
-        self.hold_pending.push(self.report.faults.len() - 1);
+        // None once the torque is off: nothing is held then (a pending entry left here
+        // was stamped by a later stop's first hold, and ran the stop's ticks twice).
+        if !self.torque_off {
+            self.hold_pending.push(self.report.faults.len() - 1);
+        }
         let mut then = after.unwrap_or(After::Idle);
         if self.stopping.is_some() {
             then = After::Exit;
@@ -1546,6 +1571,7 @@ impl Control {
         self.estop_answer_seq = None;
         self.fallback_seq = None;
         self.estops_unanswered = 0;
+        self.late_estop_answers = 0;
     }
 
     /// Writes go to a reopened port from now on. The firmware behind it holds with its
@@ -1722,8 +1748,9 @@ impl Control {
             Phase::ConfirmingStop {
                 until,
                 resends,
+                written,
                 answers,
-            } => self.confirm_stop(now, until, resends, answers),
+            } => self.confirm_stop(now, until, (resends, written), answers),
             Phase::Done => {}
         }
     }
@@ -1740,7 +1767,13 @@ impl Control {
     /// [`Phase::ConfirmingStop`]: done once the firmware answered the closing `Estop`;
     /// else it goes out again after each wait, and after [`ESTOP_RESENDS`] unanswered
     /// the run ends with an error (the arm may be energised, held by the firmware).
-    fn confirm_stop(&mut self, now: Instant, until: Instant, resends: u32, answers: u64) {
+    fn confirm_stop(
+        &mut self,
+        now: Instant,
+        until: Instant,
+        (resends, mut written): (u32, u32),
+        answers: u64,
+    ) {
         if self.estop_answers > answers {
             self.phase = Phase::Done;
             return;
@@ -1757,19 +1790,27 @@ impl Control {
             if self.gate.send_control(Message::Estop).is_ok() {
                 self.estops_unanswered += 1;
                 self.report.estop_resends += 1;
+                written += 1;
             }
             self.phase = Phase::ConfirmingStop {
                 until: now + self.estop_answer_wait(),
                 resends: resends + 1,
+                written,
                 answers,
             };
             return;
         }
+        // (A resend whose write failed went nowhere: it is not counted as sent.)
         let why = format!(
-            "the firmware did not answer the closing Estop (sent {} times, {} ms apart): \
+            "the firmware did not answer the closing Estop (sent {} times, {} ms apart{}): \
              the arm may still be energised, held by the firmware's watchdog",
-            resends + 1,
-            self.estop_answer_wait().as_millis()
+            written + 1,
+            self.estop_answer_wait().as_millis(),
+            if written < resends {
+                format!("; {} resends could not be written", resends - written)
+            } else {
+                String::new()
+            }
         );
         self.report.unanswered_estop = true;
         // An error whatever else ended the run (the report's outcome follows it).
@@ -1794,15 +1835,15 @@ impl Control {
             }
         }
         let left = left.saturating_sub(1);
-        // The hold ticks count down, and the torque goes off only at the hold action: a
-        // robot file whose `hold_ticks_before_torque_off` is shorter than the ramp at
-        // `max_delta_per_tick` gets the ticks the ramp needs. Every hold step moves the
-        // reference by the full delta, written or not, so that is a bounded number,
-        // unless a delta below the f32 resolution makes no progress at all.
+        // The hold ticks count down, and the torque goes off only once the firmware has
+        // had the hold action for a period: a robot file whose
+        // `hold_ticks_before_torque_off` is shorter than the ramp at `max_delta_per_tick`
+        // gets the ticks the ramp needs, and one more after the tick that reached the
+        // hold (an Estop right behind that command would cut the ramp's last step). Every
+        // hold step moves the reference by the full delta, written or not, so that is a
+        // bounded number, unless a delta below the f32 resolution makes no progress.
         let last = self.gate.last();
-        let ramping = !self.torque_off
-            && !self.gate.envelope().at_hold(last)
-            && last[..self.ad] != before[..self.ad];
+        let ramping = !self.torque_off && last[..self.ad] != before[..self.ad];
         if left > 0 || ramping {
             self.phase = Phase::SafeStop { left, then };
             return;
@@ -1878,6 +1919,7 @@ impl Control {
                 Phase::ConfirmingStop {
                     until: now + self.estop_answer_wait(),
                     resends: 0,
+                    written: 0,
                     answers: self.estop_answers,
                 }
             }
@@ -2544,6 +2586,92 @@ mod tests {
         assert_eq!(c.estops_unanswered, 1);
     }
 
+    /// The answer to the Estop of a stop between episodes, held back on the link behind
+    /// the `EpisodeStart` of the next episode (it comes marked stale), is ours: it was
+    /// taken for a stop button's, and the run ended (exit 3) on link noise.
+    #[test]
+    fn an_estop_answer_reordered_behind_the_next_episode_start_is_ours() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.torque_off = true;
+        c.estops_unanswered = 1;
+        c.episodes_started = 1;
+        c.phase = Phase::Starting {
+            since: Instant::now(),
+            attempts: 1,
+            seed: 7,
+        };
+        tx.send(frame(
+            101,
+            Message::EpisodeStart {
+                episode: 1,
+                seed: 7,
+            },
+        ))
+        .unwrap();
+        tx.send(LinkEvent::Frame {
+            rx: Instant::now(),
+            frame: Frame {
+                seq: 100,
+                timestamp_us: 0,
+                message: Message::Fault {
+                    code: FaultCode::Estop,
+                },
+            },
+            stale: true,
+        })
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        assert_eq!(c.stopping(), None);
+        assert_eq!(c.phase, Phase::Running);
+        // Only one answer was owed: a second stale one is a stop button's after all.
+        tx.send(LinkEvent::Frame {
+            rx: Instant::now(),
+            frame: Frame {
+                seq: 99,
+                timestamp_us: 0,
+                message: Message::Fault {
+                    code: FaultCode::Estop,
+                },
+            },
+            stale: true,
+        })
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            c.report
+                .faults
+                .iter()
+                .any(|f| f.kind == FaultKind::EmergencyStop),
+            "{:?}",
+            c.report.faults
+        );
+    }
+
+    /// A fault that begins a safe stop with the torque already off (a link lost while
+    /// paused after a torque-off) waits for no hold: its pending entry ran the stop's
+    /// ticks twice and was stamped by a later stop's first hold, minutes on.
+    #[test]
+    fn a_fault_with_the_torque_off_waits_for_no_hold() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_millis(500));
+        c.torque_off = true;
+        c.phase = Phase::Idle;
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.hold_pending.is_empty(), "{:?}", c.hold_pending);
+        let hold = c.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
+        match c.phase {
+            Phase::SafeStop { left, .. } => assert_eq!(left, hold - 1),
+            ref other => panic!("{other:?}"),
+        }
+    }
+
     /// A firmware that reboots while the run's closing Estop awaits its answer holds with
     /// its torque on again and answers no Estop sent before: the run's last stop starts
     /// over (hold, then a new Estop). The reboot was only noted, and the run could end
@@ -2557,6 +2685,7 @@ mod tests {
         c.phase = Phase::ConfirmingStop {
             until: Instant::now() + Duration::from_secs(3600),
             resends: 0,
+            written: 0,
             answers: 0,
         };
         let hello = c.hello;
@@ -2846,6 +2975,30 @@ mod tests {
                 "{fatal}"
             );
         }
+    }
+
+    /// The unanswered closing Estop's error counts the Estops written, not the tries: the
+    /// resends whose write failed were counted as sent (the report said otherwise).
+    #[test]
+    fn the_unanswered_estops_error_counts_what_was_written() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        stop_at_the_runs_end(&mut c);
+        assert_eq!(wire.estops(), 1);
+        wire.broken.store(true, Ordering::SeqCst);
+        for _ in 0..=ESTOP_RESENDS {
+            estop_wait_ends(&mut c, Instant::now());
+            c.tick += 1;
+            c.one_tick(Instant::now());
+        }
+        assert_eq!(c.phase, Phase::Done);
+        assert_eq!(c.report.estop_resends, 0);
+        let fatal = c.fatal.clone().unwrap();
+        assert!(fatal.contains("(sent 1 times, "), "{fatal}");
+        assert!(
+            fatal.contains(&format!("; {ESTOP_RESENDS} resends could not be written)")),
+            "{fatal}"
+        );
     }
 
     /// A link that stays unwritable ends the run with an error that says the torque may
@@ -3179,6 +3332,55 @@ mod tests {
         c.emit_transitions();
         c.finish_episode(Instant::now(), EndReason::Labelled, "test".into());
         (c, log_rx.try_iter().collect())
+    }
+
+    /// The firmware's own end of an episode the operator labelled a step earlier is past
+    /// the label's end: the episode keeps the label's step count (it took the
+    /// firmware's, and reported a step more than it logged, that one "missing").
+    #[test]
+    fn a_labelled_episode_keeps_its_own_step_count() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        let reward = |step, done| Message::Reward {
+            episode: 1,
+            step,
+            reward: 0.5,
+            done,
+            truncated: false,
+            success: false,
+        };
+        for step in 0..=2 {
+            tx.send(frame(
+                step as u16 + 1,
+                Message::sensor(1, step, &obs).unwrap(),
+            ))
+            .unwrap();
+        }
+        tx.send(frame(4, reward(1, false))).unwrap();
+        c.drain(Instant::now());
+        c.operator_end(Instant::now(), true);
+        tx.send(frame(5, reward(2, false))).unwrap();
+        tx.send(frame(6, Message::sensor(1, 3, &obs).unwrap()))
+            .unwrap();
+        tx.send(frame(7, reward(3, true))).unwrap();
+        tx.send(frame(
+            8,
+            Message::EpisodeEnd {
+                episode: 1,
+                success: false,
+                steps: 3,
+            },
+        ))
+        .unwrap();
+        c.drain(Instant::now());
+        c.emit_transitions();
+        c.finish_episode(Instant::now(), EndReason::Labelled, "test".into());
+        let ep = &c.report.episodes[0];
+        assert_eq!((ep.steps, ep.transitions, ep.missing), (2, 2, 0), "{ep:?}");
+        assert!(ep.success);
     }
 
     /// The labelled last step of the three-step episode above, if logged.
