@@ -322,7 +322,8 @@ struct RunArgs {
     /// Baud rate (default: the robot file's serial.baud).
     #[arg(long)]
     baud: Option<u32>,
-    /// Episodes to run.
+    /// Episodes to run: episodes the firmware began (a Reset that started nothing, e.g.
+    /// a reboot while starting, is not one; its number is skipped).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     episodes: u32,
     /// Episode i is reset with seed + i; the policy's sampler uses seed. Default: 0

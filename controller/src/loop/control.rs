@@ -133,7 +133,8 @@ struct Track {
     label: Option<bool>,
 }
 
-/// An episode a fault ended, waiting for the frames that complete its last transitions.
+/// An episode a fault (or an interrupt: Ctrl-C, `q`, `--duration`) ended, waiting for
+/// the frames that complete its last transitions.
 /// The fault usually comes from a `Sensor` frame (a joint limit, a NaN action) whose
 /// step's `Reward` frame is right behind it on the line; ending the episode at once lost
 /// the transition into the faulted state, the most telling one. The safe stop goes on
@@ -142,8 +143,8 @@ struct Track {
 /// stop ends, whichever comes first, with the figures it had at the fault.
 struct Closing {
     track: Track,
-    /// `Fault`; or how an episode already ending when the fault came ends
-    /// ([`Control::ending_reason`]).
+    /// `Fault` or `Interrupted`; or how an episode already ending when the fault came
+    /// ends ([`Control::ending_reason`]).
     reason: EndReason,
     detail: String,
     /// The fault's time: the episode's length ends there.
@@ -404,7 +405,12 @@ pub(crate) struct Control {
     hello: Hello,
     pub start: Instant,
     pub phase: Phase,
+    /// `Reset`s sent for a new episode: they number the episodes and draw their seeds.
     episodes_started: u32,
+    /// Episodes the firmware began (its `EpisodeStart`, or a frame of the new episode):
+    /// what `--episodes` counts. A `Reset` that started nothing (a reboot or a lost link
+    /// while starting, a failed write) used one of them up.
+    episodes_begun: u32,
     track: Option<Track>,
     /// The episode a fault ended, kept while the safe stop runs for the frames of its
     /// last steps still on the line ([`Closing`]).
@@ -568,6 +574,7 @@ impl Control {
             start,
             phase: Phase::Idle,
             episodes_started: 0,
+            episodes_begun: 0,
             track: None,
             closing: None,
             last_finished: None,
@@ -1169,6 +1176,10 @@ impl Control {
     }
 
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
+        // (Not a repeated Reset's restart of the running episode.)
+        if matches!(self.phase, Phase::Starting { .. }) {
+            self.episodes_begun += 1;
+        }
         self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
@@ -1339,12 +1350,35 @@ impl Control {
             // by its watchdog); the run ends at once, as `end_run_after` does.
             Phase::Handshaking { .. } if self.track.is_none() => self.phase = Phase::Done,
             _ => {
-                if self.track.is_some() {
-                    let (reason, detail) = self.cut_short(EndReason::Interrupted, why);
-                    self.finish_episode(now, reason, detail);
-                }
+                self.close_later(now, EndReason::Interrupted, why);
                 self.enter_safe_stop(After::Exit);
             }
+        }
+    }
+
+    /// Ends the running episode, cut short by `cause`, while the safe stop runs: it
+    /// waits in `closing` for the frames of its last steps still on the line (a
+    /// labelled end's last `Reward`, with its success) and is closed by
+    /// `close_faulted` (this tick's, at the latest after [`CLOSING_PERIODS`]).
+    fn close_later(&mut self, now: Instant, cause: EndReason, why: String) {
+        if self.track.is_none() {
+            return;
+        }
+        let (reason, detail) = self.cut_short(cause, why);
+        let cadence = self.take_cadence();
+        if let Some(mut track) = self.track.take() {
+            // Its transitions end at the newest step heard of: the robot's frames
+            // after it are the safe stop's.
+            track.final_step = track.final_step.or(Some(track.newest.unwrap_or(0)));
+            self.last_finished = Some(Finished::of(&track));
+            self.closing = Some(Closing {
+                track,
+                reason,
+                detail,
+                ended: now,
+                until: now + self.period * CLOSING_PERIODS,
+                cadence,
+            });
         }
     }
 
@@ -1448,25 +1482,7 @@ impl Control {
             return;
         }
         self.fault_count += 1;
-        if self.track.is_some() {
-            let (reason, detail) = self.cut_short(EndReason::Fault, format!("{kind:?}: {detail}"));
-            // Its transitions are sent from `closing` (this tick's `close_faulted`).
-            let cadence = self.take_cadence();
-            if let Some(mut track) = self.track.take() {
-                // Its transitions end at the newest step heard of: the robot's frames
-                // after it are the safe stop's.
-                track.final_step = track.final_step.or(Some(track.newest.unwrap_or(0)));
-                self.last_finished = Some(Finished::of(&track));
-                self.closing = Some(Closing {
-                    track,
-                    reason,
-                    detail,
-                    ended: now,
-                    until: now + self.period * CLOSING_PERIODS,
-                    cadence,
-                });
-            }
-        }
+        self.close_later(now, EndReason::Fault, format!("{kind:?}: {detail}"));
         // None once the torque is off: nothing is held then (a pending entry left here
         // was stamped by a later stop's first hold, and ran the stop's ticks twice).
         if !self.torque_off {
@@ -1617,7 +1633,7 @@ impl Control {
     fn step_phase(&mut self, now: Instant) {
         match self.phase {
             Phase::Idle => {
-                let wanted = self.cfg.episodes.is_none_or(|n| self.episodes_started < n);
+                let wanted = self.cfg.episodes.is_none_or(|n| self.episodes_begun < n);
                 if self.stopping.is_some() || !wanted {
                     self.stopping.get_or_insert(Outcome::Completed);
                     self.enter_safe_stop(After::Exit);
@@ -3086,6 +3102,7 @@ mod tests {
             let wire = Wire::default();
             let (mut c, _tx, want) = ending(&wire, label);
             c.interrupt(Instant::now(), "interrupted (Ctrl-C)".into());
+            c.end_closing(Instant::now());
             assert_eq!(c.report.episodes[0].reason, want, "{label:?}");
             assert!(
                 c.report.episodes[0].detail.contains("Ctrl-C"),
@@ -3381,6 +3398,96 @@ mod tests {
         let ep = &c.report.episodes[0];
         assert_eq!((ep.steps, ep.transitions, ep.missing), (2, 2, 0), "{ep:?}");
         assert!(ep.success);
+    }
+
+    /// `--episodes N` counts episodes the firmware began, not `Reset`s: one that started
+    /// nothing (the firmware rebooted while starting it) ended the run `completed` with
+    /// N - 1 episodes.
+    #[test]
+    fn a_reset_that_started_nothing_does_not_count_as_an_episode() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.episodes = Some(1);
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        let Phase::Starting { seed, .. } = c.phase else {
+            panic!("{:?}", c.phase)
+        };
+        // Nothing began: back to idle (as after a reboot's handshake).
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        let Phase::Starting { seed: again, .. } = c.phase else {
+            panic!("no second Reset: {:?}", c.phase)
+        };
+        assert_ne!(seed, again, "a new episode, numbered on");
+        tx.send(frame(
+            1,
+            Message::EpisodeStart {
+                episode: 2,
+                seed: again,
+            },
+        ))
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Running);
+        c.finish_episode(Instant::now(), EndReason::Completed, "test".into());
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            matches!(c.phase, Phase::SafeStop { .. }),
+            "one episode run: {:?}",
+            c.phase
+        );
+    }
+
+    /// Ctrl-C while a labelled episode waits for its last step's `Reward` frame: the
+    /// frame still comes during the safe stop, and the labelled terminal transition (with
+    /// the success reward) is logged. The interrupt closed the episode at once, and that
+    /// transition was given up as missing.
+    #[test]
+    fn an_interrupt_keeps_the_labelled_steps_late_reward() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let (log_tx, log_rx) = crossbeam_channel::bounded(64);
+        c.log_tx = Some(log_tx);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
+        let reward = |step| Message::Reward {
+            episode: 1,
+            step,
+            reward: 0.5,
+            done: false,
+            truncated: false,
+            success: false,
+        };
+        for step in 0..=2 {
+            tx.send(frame(
+                step as u16 + 1,
+                Message::sensor(1, step, &obs).unwrap(),
+            ))
+            .unwrap();
+        }
+        tx.send(frame(4, reward(1))).unwrap();
+        c.drain(Instant::now());
+        c.operator_end(Instant::now(), true);
+        c.interrupt(Instant::now(), "interrupted (Ctrl-C)".into());
+        tx.send(frame(5, reward(2))).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        c.end_closing(Instant::now());
+        let records: Vec<Record> = log_rx.try_iter().collect();
+        let t = last_transition(&records).expect("the labelled step logged");
+        assert_eq!((t.done, t.success), (true, true));
+        let ep = &c.report.episodes[0];
+        assert_eq!(
+            (ep.reason, ep.transitions, ep.missing),
+            (EndReason::Labelled, 2, 0)
+        );
     }
 
     /// The labelled last step of the three-step episode above, if logged.
