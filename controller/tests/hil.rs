@@ -1767,6 +1767,55 @@ fn protocol_version_mismatch_refuses_to_run() {
     );
 }
 
+/// Setup: `--out` holds a transitions.log this controller cannot read (a record of a
+/// kind it does not know), found only once the log is opened, after the handshake.
+/// Expected: the run fails naming the log, and the firmware it shook hands with gets an
+/// `Estop` (it was left holding with its torque on).
+#[test]
+fn a_log_refused_after_the_handshake_turns_the_torque_off() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    std::fs::create_dir_all(&sim.out).unwrap();
+    let payload = [0xEEu8];
+    let mut log = b"EXPOLOG1".to_vec();
+    log.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    log.extend_from_slice(&firmware_config::protocol::crc32(&payload).to_le_bytes());
+    log.extend_from_slice(&payload);
+    std::fs::write(sim.out.join("transitions.log"), &log).unwrap();
+    let out = sim.run(&["--episodes", "1"]);
+    let (fw, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("transitions.log"), "{out:?}");
+    assert!(
+        received
+            .iter()
+            .any(|r| matches!(r.message, Message::Hello(_))),
+        "refused after the handshake"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| !matches!(r.message, Message::Reset { .. } | Message::Command { .. })),
+        "nothing ran"
+    );
+    assert_eq!(fw.firmware.estops, 1, "{received:?}");
+}
+
+/// Setup: `--out` holds a transitions.log that is not a log at all. Expected: refused
+/// before the port is opened (nothing reaches the firmware).
+#[test]
+fn a_file_that_is_not_a_log_is_refused_before_the_port_opens() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    std::fs::create_dir_all(&sim.out).unwrap();
+    std::fs::write(sim.out.join("transitions.log"), b"NOTALOG!").unwrap();
+    let out = sim.run(&["--episodes", "1"]);
+    let (_, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("not a transition log"), "{out:?}");
+    assert!(received.is_empty(), "{received:?}");
+}
+
 /// Setup: the firmware announces another schema hash. Expected: refused, with both hashes.
 #[test]
 fn schema_mismatch_refuses_to_run() {

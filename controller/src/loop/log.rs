@@ -898,8 +898,28 @@ pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Refuses a log another process writes ([`LogError::InUse`], as [`LogWriter::open`]
 /// would), without creating or changing it: a run checks before it opens the robot's
 /// port, and takes the lock itself later.
+/// Also refuses a file that is not a transition log (its first bytes are not the magic),
+/// which [`LogWriter::open`] would refuse only once the run's port is open.
 pub fn check_log_free(path: &Path) -> Result<(), LogError> {
-    lock_log(path).map(drop)
+    let Some(mut file) = lock_log(path)? else {
+        return Ok(());
+    };
+    let mut head = Vec::with_capacity(MAGIC.len());
+    (&mut file)
+        .take(MAGIC.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(|error| LogError::Io {
+            path: path.to_path_buf(),
+            what: "reading the log",
+            error,
+        })?;
+    // Shorter than the magic: a log killed while writing it (empty), or not a log.
+    if !MAGIC.starts_with(&head) {
+        return Err(LogError::Magic {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// The log at `path` locked as its writer locks it (another run into the same `--out`

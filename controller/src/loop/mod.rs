@@ -1128,8 +1128,9 @@ pub fn run(
             Some(sink)
         }
     };
-    // The output before the robot: a `--out` another run writes into, or whose dataset
-    // was recorded otherwise (another robot, rate or observation names), is refused
+    // The output before the robot: a `--out` another run writes into, whose
+    // transitions.log is not a log, or whose dataset was recorded otherwise (another
+    // robot, rate or observation names), is refused
     // before the port is opened (a board may reset when it is, and its firmware ends the
     // episode it runs at our `Hello`). Nothing is written yet (a run refused at the
     // handshake leaves `--out` as it was); both are checked again when opened.
@@ -1167,6 +1168,23 @@ pub fn run(
     .map_err(RunError::Port)?;
     let mut gate = safety::CommandGate::new(&cfg.robot, Box::new(writer));
     handshake(&cfg, &mut gate, &link.events)?;
+    // Shaken hands, the firmware holds with its torque on: a setup step that fails from
+    // here to the control thread's start (an `--out` that cannot be written, a log of
+    // another format, a thread that does not start) turns the torque off as the run's
+    // end would, before its error returns.
+    macro_rules! or_torque_off {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(e) => {
+                    if cfg.robot.safety.gravity_safe_torque_off {
+                        let _ = gate.send_control(Message::Estop);
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
+    }
 
     let mut report = RunReport::new(&cfg, bundle_label);
     let (tick_tx, tick_input) = match ticks {
@@ -1183,34 +1201,36 @@ pub fn run(
         }
     };
     // First of the run's threads: if it cannot start, none of the others is left running.
-    let (console, console_tx) =
-        console::Console::spawn(std::io::stderr()).map_err(|error| RunError::Io {
+    let (console, console_tx) = or_torque_off!(console::Console::spawn(std::io::stderr()).map_err(
+        |error| RunError::Io {
             what: "starting the console thread".into(),
             error,
-        })?;
+        }
+    ));
     let (logger, synced) = match &cfg.out {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
+            or_torque_off!(std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
                 what: format!("creating {}", dir.display()),
                 error,
-            })?;
-            let mut log = LogWriter::open(&dir.join("transitions.log"))?;
+            }));
+            let mut log = or_torque_off!(LogWriter::open(&dir.join("transitions.log")));
             // Followed only by the uplink (which then sends only what is on disk).
             let synced = cfg.uplink.is_some().then(|| log.synced_len());
             let ds_dir = dir.join("dataset");
-            let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
+            let ds = or_torque_off!(log::open_dataset(&ds_dir, &run.dataset_info()));
             if cfg.teleop.is_some() && !ds.writes(dataset::cols::TELEOP) {
                 note!(
                     "warning: {}: this dataset has no `teleop` column (it predates it), so the episodes appended to it lose the teleop mark; transitions.log keeps it. Record into a new --out to keep the mark in the dataset.",
                     ds_dir.display()
                 );
             }
-            let logger =
+            let logger = or_torque_off!(
                 logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity, tick_input)
                     .map_err(|error| RunError::Io {
                         what: "starting the logger thread".into(),
                         error,
-                    })?;
+                    })
+            );
             (Some(logger), synced)
         }
         None => (None, None),
@@ -1219,17 +1239,44 @@ pub fn run(
     let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
         (Some(u), Some(dir)) => {
             let log = dir.join("transitions.log");
-            let (s, rx) = streamer::Streamer::spawn(u.clone(), &log, synced).map_err(|error| {
-                RunError::Io {
-                    what: "starting the uplink thread".into(),
-                    error,
-                }
-            })?;
+            let (s, rx) = or_torque_off!(
+                streamer::Streamer::spawn(u.clone(), &log, synced).map_err(|error| {
+                    RunError::Io {
+                        what: "starting the uplink thread".into(),
+                        error,
+                    }
+                })
+            );
             (Some(s), Some(rx))
         }
         _ => (None, None),
     };
 
+    let (teleop_thread, teleop_port) = match &cfg.teleop {
+        None => (None, None),
+        Some(t) => {
+            let (thread, port) =
+                or_torque_off!(teleop::spawn(t, cfg.robot.action.dim).map_err(|error| {
+                    RunError::Io {
+                        what: "starting the teleop thread".into(),
+                        error,
+                    }
+                }));
+            (Some(thread), Some(port))
+        }
+    };
+    let operator = if cfg.operator {
+        note!("{}", operator::HELP);
+        let stdin = std::io::BufReader::new(std::io::stdin());
+        Some(or_torque_off!(operator::spawn_reader(stdin).map_err(
+            |error| RunError::Io {
+                what: "starting the operator thread".into(),
+                error,
+            }
+        )))
+    } else {
+        None
+    };
     let realtime_opts = RealtimeOpts {
         fifo: cfg.realtime,
         dedicated: cfg.dedicated_cpu.zip(reserve),
@@ -1241,26 +1288,8 @@ pub fn run(
         control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
     control.swaps = swaps;
     control.viz_tx = tick_tx;
-    let teleop_thread = match &cfg.teleop {
-        None => None,
-        Some(t) => {
-            let (thread, port) =
-                teleop::spawn(t, cfg.robot.action.dim).map_err(|error| RunError::Io {
-                    what: "starting the teleop thread".into(),
-                    error,
-                })?;
-            control.teleop = Some(port);
-            Some(thread)
-        }
-    };
-    if cfg.operator {
-        note!("{}", operator::HELP);
-        let stdin = std::io::BufReader::new(std::io::stdin());
-        control.operator = Some(operator::spawn_reader(stdin).map_err(|error| RunError::Io {
-            what: "starting the operator thread".into(),
-            error,
-        })?);
-    }
+    control.teleop = teleop_port;
+    control.operator = operator;
     control.console = Some(console_tx);
     let handle = realtime::spawn_in_run("control", move || control_thread(control, realtime_opts))
         .map_err(|error| RunError::Io {
