@@ -78,9 +78,10 @@ enum Command {
         /// for the percentiles, and 2^32 of them asked for 137 GB up front).
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
         actions: u32,
-        /// Executed steps of the truncated-chain run.
-        #[arg(long, default_value_t = 3)]
-        truncated_steps: usize,
+        /// Executed steps of the truncated-chain run (default: 3, or the bundle's
+        /// trained chain if shorter).
+        #[arg(long)]
+        truncated_steps: Option<usize>,
         /// Keep the synthetic bundle here (e.g. for the Python onnxruntime loop): a new or
         /// empty directory, never a bundle already there (with --synthetic only).
         #[arg(long, requires = "synthetic")]
@@ -730,15 +731,8 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         (None, None) => cfg.robot.robot.clone(),
     };
     let report = match robot_loop::run(cfg, brain, &task, &label) {
-        Err(e @ robot_loop::RunError::EmergencyStop) => {
-            controller::note!("error: {e}");
-            return Ok(std::process::ExitCode::from(3));
-        }
-        Err(e @ robot_loop::RunError::InterruptedBeforeStart) => {
-            controller::note!("{e}");
-            return Ok(std::process::ExitCode::from(130));
-        }
-        r => r?,
+        Err(e) => return stopped_status(e),
+        Ok(r) => r,
     };
     controller::say!("{report}");
     // The same bundle in the trainer's simulator, with the same trust (a robot of its
@@ -747,15 +741,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         .as_ref()
         .is_some_and(|b| b.manifest.task.parse::<sim::TaskId>().is_ok());
     let compare = match &a.bundle {
-        Some(dir) if simulated => format!(
-            " (compare: trainer eval --bundle {} {} --episodes {})",
-            dir.display(),
-            match &a.trust.trusted_key {
-                Some(k) => format!("--trusted-key {}", k.display()),
-                None => "--allow-unsigned".into(),
-            },
-            a.episodes
-        ),
+        Some(dir) if simulated => compare_command(dir, &a, report.bundle_swaps.len()),
         _ => String::new(),
     };
     controller::say!(
@@ -773,7 +759,18 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         );
     }
     if let Some(fw) = sim {
-        let r = fw.stop()?;
+        // A firmware that cannot be stopped (its thread panicked) is said, and fails a
+        // run that succeeded; the run's own status (3, 4, 130) is kept.
+        let r = match fw.stop() {
+            Ok(r) => r,
+            Err(e) => {
+                controller::note!("error: stopping the simulated firmware: {e}");
+                let _ = exit_code(&report);
+                return Ok(std::process::ExitCode::from(status_with_a_failed_firmware(
+                    report.exit_status(),
+                )));
+            }
+        };
         controller::say!(
             "simulated firmware: {} episodes, {} steps ({} holding), {} commands, {} invalid, {} clamped into the envelope, {} watchdog trips, {} estops",
             r.firmware.episodes,
@@ -787,6 +784,73 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         );
     }
     Ok(exit_code(&report))
+}
+
+/// The trainer's evaluation of the bundle this run played, as it played it (the
+/// denoising steps and chunk play given here), for the success rate's line; what it
+/// cannot reproduce is said beside it.
+fn compare_command(dir: &Path, a: &RunArgs, swaps: usize) -> String {
+    let mut c = format!(
+        "trainer eval --bundle {} {} --episodes {}",
+        dir.display(),
+        match &a.trust.trusted_key {
+            Some(k) => format!("--trusted-key {}", k.display()),
+            None => "--allow-unsigned".into(),
+        },
+        a.episodes
+    );
+    if let Some(n) = a.executed_steps {
+        c += &format!(" --executed-steps {n}");
+    }
+    if let Some(n) = a.replan_every {
+        c += &format!(" --replan-every {n}");
+    }
+    if let Some(m) = a.temporal_ensemble {
+        c += &format!(" --temporal-ensemble {m}");
+    }
+    let mut unlike = vec![];
+    if a.two_speed {
+        unlike.push("it plans in step, not two-speed".to_string());
+    }
+    if swaps > 0 {
+        unlike.push(format!(
+            "this run also played {swaps} bundle(s) swapped in from the trainer"
+        ));
+    }
+    if unlike.is_empty() {
+        format!(" (compare: {c})")
+    } else {
+        format!(" (compare: {c}; {})", unlike.join("; "))
+    }
+}
+
+/// The exit status of a run that ended with `e` before it had a report: 3 for a stop
+/// button (the run ends so that no `Reset` releases it), 130 for an interrupt before the
+/// run began; else the error, exit status 1.
+fn stopped_status(e: robot_loop::RunError) -> Result<std::process::ExitCode> {
+    let Some(code) = stopped_code(&e) else {
+        return Err(e.into());
+    };
+    if code == 3 {
+        controller::note!("error: {e}");
+    } else {
+        controller::note!("{e}");
+    }
+    Ok(std::process::ExitCode::from(code))
+}
+
+fn stopped_code(e: &robot_loop::RunError) -> Option<u8> {
+    match e {
+        robot_loop::RunError::EmergencyStop => Some(3),
+        robot_loop::RunError::InterruptedBeforeStart => Some(130),
+        _ => None,
+    }
+}
+
+/// A `--sim` run whose simulated firmware failed to stop: the run's own failure status
+/// is kept, a success becomes 1.
+fn status_with_a_failed_firmware(run: u8) -> u8 {
+    if run == 0 { 1 } else { run }
 }
 
 fn exit_code(report: &robot_loop::RunReport) -> std::process::ExitCode {
@@ -856,7 +920,10 @@ fn cmd_bench_loop(a: BenchLoopArgs) -> Result<std::process::ExitCode> {
         backend,
         if two_speed { " two-speed" } else { "" }
     );
-    let report = robot_loop::run(cfg, brain, &b.manifest.task, &dir.display().to_string())?;
+    let report = match robot_loop::run(cfg, brain, &b.manifest.task, &dir.display().to_string()) {
+        Err(e) => return stopped_status(e),
+        Ok(r) => r,
+    };
     // A failed run's figures are not a benchmark's (it exited 0 with a table), nor are
     // those of a run stopped by a fault (a lost link, a stop button).
     if matches!(
@@ -1258,6 +1325,7 @@ fn main() -> Result<std::process::ExitCode> {
                 !backends.iter().any(|&(_, b)| b == Backend::Ort),
                 "--backends ort: this controller was built without the `ort` feature; rebuild with `--features ort`"
             );
+            let truncated_steps = truncated_steps.unwrap_or(3.min(m.diffusion.trained_steps));
             ensure!(
                 (1..=m.diffusion.trained_steps).contains(&truncated_steps),
                 "--truncated-steps {truncated_steps} must be in 1..={} (the bundle's trained chain length)",
@@ -1385,4 +1453,69 @@ fn main() -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut args = vec![
+            "controller",
+            "run",
+            "--robot",
+            "robot.toml",
+            "--bundle",
+            "out/bundle",
+            "--trusted-key",
+            "keys/expo.pub",
+            "--episodes",
+            "20",
+        ];
+        args.extend_from_slice(extra);
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The printed comparison evaluates the policy as this run played it: it left out
+    /// the denoising steps and the chunk play given to the run.
+    #[test]
+    fn the_comparison_plays_the_bundle_as_the_run_did() {
+        let a = run_args(&[
+            "--executed-steps",
+            "2",
+            "--replan-every",
+            "1",
+            "--temporal-ensemble",
+            "0.01",
+        ]);
+        let c = compare_command(Path::new("out/bundle"), &a, 0);
+        assert_eq!(
+            c,
+            " (compare: trainer eval --bundle out/bundle --trusted-key keys/expo.pub \
+             --episodes 20 --executed-steps 2 --replan-every 1 --temporal-ensemble 0.01)"
+        );
+        let a = run_args(&["--two-speed"]);
+        let c = compare_command(Path::new("out/bundle"), &a, 2);
+        assert!(c.contains("not two-speed"), "{c}");
+        assert!(c.contains("2 bundle(s) swapped in"), "{c}");
+        assert!(!c.contains("--executed-steps"), "{c}");
+    }
+
+    /// A stop button and an interrupt before the run began have their own statuses in
+    /// `run` and `bench-loop` alike (`bench-loop` exited 1 on Ctrl-C in the handshake);
+    /// a firmware that failed to stop keeps a failed run's status.
+    #[test]
+    fn runs_stopped_before_their_report_have_their_own_statuses() {
+        assert_eq!(stopped_code(&robot_loop::RunError::EmergencyStop), Some(3));
+        assert_eq!(
+            stopped_code(&robot_loop::RunError::InterruptedBeforeStart),
+            Some(130)
+        );
+        assert_eq!(status_with_a_failed_firmware(0), 1);
+        assert_eq!(status_with_a_failed_firmware(3), 3);
+        assert_eq!(status_with_a_failed_firmware(130), 130);
+    }
 }

@@ -2734,6 +2734,37 @@ fn the_demo_scripts_command_lines_parse() {
     }
 }
 
+/// A bundle trained with a chain shorter than 3 steps benches without
+/// `--truncated-steps` (it was refused: "--truncated-steps 3 must be in 1..=2", a flag
+/// never given): its truncated row runs the whole chain.
+#[test]
+fn a_short_chain_benches_without_truncated_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    shared_model::synthetic::SyntheticSpec {
+        steps: 2,
+        ..shared_model::synthetic::SyntheticSpec::cpu()
+    }
+    .write(dir.path(), 5, None)
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--allow-unsigned",
+            "--backends",
+            "native",
+            "--actions",
+            "2",
+        ])
+        .arg("--bundle")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("truncated"), "{stdout}");
+}
+
 /// Counts, rates, step counts and backends that make no sense are refused by name
 /// before anything runs (an `--actions 0` bench panicked on an overflow, a 1 GHz
 /// bench-loop printed figures, a misspelt backend was refused after the calibration).

@@ -1034,6 +1034,16 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("observation names"), "{e}");
+        // Chunks of another length (the horizon): the run's chunk play would change.
+        let mut chunked = same.clone();
+        chunked.action.horizon = 4;
+        let e = prepare(&dir, "b7", &files, &swap(chunked), None)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("plans chunks of 1 actions, the running bundle chunks of 4"),
+            "{e}"
+        );
         // A copy fetched again that fails verification (a damaged graph) leaves the one
         // verified before in place, whole; it was removed before the check.
         let kept = std::fs::read(dir.join("b1/manifest.toml")).unwrap();

@@ -512,8 +512,9 @@ impl Policy {
 
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
 /// that policy, so it must be for the same task with the same observation names (their
-/// sizes are checked against the robot or the running policy). One check for the
-/// uplink's swaps and [`reload`].
+/// sizes are checked against the robot or the running policy), and plan chunks of the
+/// same length (the run's chunk play and the chunking of the transitions it streams
+/// would change mid-run). One check for the uplink's swaps and [`reload`].
 pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
     if new.task != old.task {
         return Some(format!(
@@ -526,6 +527,12 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
             "its observation names ({}) are not the running bundle's ({})",
             new.observation.names.join(", "),
             old.observation.names.join(", ")
+        ));
+    }
+    if new.action.horizon != old.action.horizon {
+        return Some(format!(
+            "it plans chunks of {} actions, the running bundle chunks of {}",
+            new.action.horizon, old.action.horizon
         ));
     }
     None
