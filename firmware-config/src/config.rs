@@ -19,6 +19,8 @@
 //! position_observation = "pusher_x"  # optional: the controller stops the run when the
 //!                                    # observation leaves [position_min, position_max]
 //! velocity_observation = "pusher_vx" # optional: likewise beyond ±velocity_max
+//! # position_observation_scale = 0.318  # optional: the observation is the position
+//! #                                     # times this (arm-reach sends q/π); default 1
 //!
 //! [observation]
 //! dim = 10
@@ -134,6 +136,15 @@ pub struct JointConfig {
     /// As `position_observation`, for the velocity against `velocity_max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub velocity_observation: Option<String>,
+    /// What the position observation holds per unit of position, for a firmware that
+    /// sends it scaled (arm-reach's `q1` is the angle / π: 1/π). The limits stay in SI
+    /// units; the check compares the observation with them times this. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_observation_scale: Option<f32>,
+    /// As `position_observation_scale`, for the velocity observation (arm-reach's `qd1`
+    /// is the speed / 10: 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub velocity_observation_scale: Option<f32>,
 }
 
 /// One limit the controller checks on every sensor frame ([`RobotConfig::joint_checks`]).
@@ -434,16 +445,18 @@ impl RobotConfig {
     pub fn joint_checks(&self) -> Vec<JointCheck> {
         let mut checks = vec![];
         for j in &self.joints {
-            for (what, named, min, max) in [
+            for (what, named, scale, min, max) in [
                 (
                     "position",
                     &j.position_observation,
+                    j.position_observation_scale,
                     j.position_min,
                     j.position_max,
                 ),
                 (
                     "velocity",
                     &j.velocity_observation,
+                    j.velocity_observation_scale,
                     -j.velocity_max,
                     j.velocity_max,
                 ),
@@ -452,11 +465,16 @@ impl RobotConfig {
                 let Some(index) = self.observation.names.iter().position(|m| m == n) else {
                     continue;
                 };
+                let scaled = match scale {
+                    Some(k) => format!(" = {what} × {k}"),
+                    None => String::new(),
+                };
+                let k = scale.unwrap_or(1.0);
                 checks.push(JointCheck {
                     index,
-                    min,
-                    max,
-                    what: format!("joint `{}` {what} (observation `{n}`)", j.name),
+                    min: min * k,
+                    max: max * k,
+                    what: format!("joint `{}` {what} (observation `{n}`{scaled})", j.name),
                 });
             }
         }
@@ -524,6 +542,24 @@ impl RobotConfig {
             })?;
             positive(&at("velocity_max"), j.velocity_max)?;
             positive(&at("torque_max"), j.torque_max)?;
+            for (key, scale) in [
+                ("position_observation_scale", j.position_observation_scale),
+                ("velocity_observation_scale", j.velocity_observation_scale),
+            ] {
+                if let Some(k) = scale {
+                    check(k.is_normal() && k > 0.0, &at(key), || {
+                        format!("must be a positive number, found {k}")
+                    })?;
+                    // The limits times the scale must stay finite (the check compares
+                    // observations with them).
+                    let (lo, hi, v) = (j.position_min * k, j.position_max * k, j.velocity_max * k);
+                    check(
+                        lo.is_finite() && hi.is_finite() && v.is_finite(),
+                        &at(key),
+                        || format!("{k:e} takes the joint's limits beyond f32"),
+                    )?;
+                }
+            }
         }
 
         let obs = &self.observation;

@@ -14,7 +14,7 @@
 //! positive; joint 2 relative to link 1. Link directions are `(sin θ, −cos θ)`.
 //!
 //! Observation (10): `q1/π, q2/π, q̇1/10, q̇2/10, ee_x, ee_y, goal_x, goal_y, obstacle_x,
-//! obstacle_y` (rad, rad/s, m). Action (2): joint position target offsets, `q_des = q +
+//! obstacle_y` (angles in rad and speeds in rad/s before the scaling; positions in m). Action (2): joint position target offsets, `q_des = q +
 //! 0.3 rad · a`, tracked by a torque-limited PD controller at the physics rate. The
 //! target is taken from the measured `q` at every substep (as a firmware streaming
 //! relative targets would), so the proportional term stays `KP · 0.3 rad · a` for the

@@ -42,9 +42,11 @@
 //!   capped at 20 rad/s. Joint limits are hard
 //!   stops (position clamped, velocity into the stop zeroed). The arm moves in the
 //!   horizontal plane by default; `gravity = true` tilts it vertical (joint 1 hanging
-//!   down at `q = 0`).
-//! - `push` ([`push`]): a 3 cm disc pusher (1 kg, velocity-tracking force controller,
-//!   20 N limit) and a 5 cm puck (0.2 kg, Coulomb friction μ = 0.4 with the table) on a
+//!   down at `q = 0`). The torque limits then bound the gravity compensation too: with
+//!   the shoulder near horizontal (9.8 of its 10 N·m hold the arm up) an upward action
+//!   moves it far less than a downward one.
+//! - `push` ([`push`]): a disc pusher of 3 cm radius (1 kg, velocity-tracking force
+//!   controller, 20 N limit) and a puck of 5 cm radius (0.2 kg, Coulomb friction μ = 0.4 with the table) on a
 //!   1 m x 1 m table with walls; the pusher-puck contact is resolved with an impulse
 //!   (restitution 0.1) plus positional correction, the walls stop a body dead (position
 //!   clamped, velocity into the wall zeroed: no bounce); physics step 5 ms (10 substeps

@@ -346,8 +346,8 @@ pub fn scene_from_observation(obs: &[f32], scene: &mut Scene) {
 ///
 /// Per episode it picks the side to go around (50/50) and a speed (60-100%). Phases:
 /// (0) go to a point beside the puck on its side, (1) go behind the puck (opposite the
-/// target), (2) push along the puck→target line with a lateral correction; it falls back
-/// to phase 1 when it loses the puck. Gaussian action noise makes it clip the puck on the
+/// target), (2) push along the puck→target line with a lateral correction; when it loses
+/// the puck it falls back to phase 1, or to phase 0 when it has got ahead of the puck. Gaussian action noise makes it clip the puck on the
 /// way around or push it off-line; some episodes time out.
 #[derive(Clone, Debug)]
 pub struct PushExpert {

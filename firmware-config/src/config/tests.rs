@@ -367,18 +367,20 @@ fn joint_limit_observations_are_checked_and_listed() {
     let arm = RobotConfig::example("arm-reach").unwrap();
     let checks = arm.joint_checks();
     assert_eq!(checks.len(), 4);
+    // In the observation's units: the simulated arm sends the angle / π and the speed
+    // / 10 (the limits were compared in radians with them, and never fired).
     assert_eq!(
         checks[0],
         JointCheck {
             index: 0,
-            min: -3.4,
-            max: 3.4,
-            what: "joint `shoulder` position (observation `q1`)".into(),
+            min: -3.4 * 0.31830987,
+            max: 3.4 * 0.31830987,
+            what: "joint `shoulder` position (observation `q1` = position × 0.31830987)".into(),
         }
     );
     assert_eq!(
         (checks[3].index, checks[3].min, checks[3].max),
-        (3, -20.0, 20.0)
+        (3, -2.0, 2.0)
     );
     assert!(
         RobotConfig::example("push")
@@ -408,6 +410,24 @@ fn joint_limit_observations_are_checked_and_listed() {
         "{}",
         load_err(&text)
     );
+    for (scale, says) in [
+        ("-0.5", "must be a positive number, found -0.5"),
+        ("nan", "must be a positive number, found NaN"),
+        ("1e10", "1e10 takes the joint's limits beyond f32"),
+    ] {
+        let text = edit(
+            "torque_max = 20.0",
+            &format!(
+                "torque_max = 20.0\nposition_observation = \"pusher_x\"\nposition_observation_scale = {scale}"
+            ),
+        )
+        .replacen("position_max = 0.47", "position_max = 1e30", 1);
+        let err = load_err(&text);
+        assert!(
+            err.contains(&format!("joints[0].position_observation_scale: {says}")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

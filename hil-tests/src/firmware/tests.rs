@@ -788,3 +788,46 @@ fn a_press_at_boot_is_reported_but_serves_no_controller_before_a_hello() {
         }]
     );
 }
+
+/// arm-reach's joint limits, checked by the controller on its observations, fire at the
+/// simulated arm's own stops: its firmware sends the angle / π, and the robot file's
+/// limits were compared with it in radians (the elbow's stop at 2.6 rad read 0.83
+/// against a limit of 2.6), so no joint limit could ever fire.
+#[test]
+fn arm_reachs_joint_limits_meet_the_simulated_stops() {
+    let robot = RobotConfig::example("arm-reach").unwrap();
+    let checks = robot.joint_checks();
+    let elbow = checks
+        .iter()
+        .find(|c| c.what.contains("`elbow` position"))
+        .expect("the elbow's position check");
+    let mut env = sim::make_env(sim::TaskId::ArmReach, sim::EnvConfig::default());
+    let mut obs = vec![0.0; robot.observation.dim];
+    env.reset(0, &mut obs);
+    // Full elbow-up until the episode's end: the elbow sits at its stop.
+    for _ in 0..sim::arm::SPEC.horizon {
+        if env.step(&[0.0, 1.0], &mut obs).done() {
+            break;
+        }
+    }
+    let at_stop = obs[elbow.index];
+    assert!(
+        (at_stop - elbow.max).abs() <= 0.01 * elbow.max,
+        "the elbow's stop reads {at_stop}, its limit {} ({})",
+        elbow.max,
+        elbow.what
+    );
+    // Each check's bounds are the observation's units: within the task's stated range.
+    let (lo, hi) = (sim::arm::SPEC.obs_low, sim::arm::SPEC.obs_high);
+    for c in &checks {
+        assert!(
+            c.min >= lo[c.index] - 0.1 && c.max <= hi[c.index] + 0.1,
+            "{}: [{}, {}] against the observation's range [{}, {}]",
+            c.what,
+            c.min,
+            c.max,
+            lo[c.index],
+            hi[c.index]
+        );
+    }
+}
