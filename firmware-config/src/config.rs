@@ -59,8 +59,9 @@
 //! - `command_timeout_ms` and `safety.stale_sensor_ms` at least [`MIN_TIMEOUT_PERIODS`]
 //!   control periods: commands and sensor frames come once per period, give or take
 //!   jitter, so a limit of one period would trip on a healthy link;
-//! - `serial.baud` fast enough that one step's `Sensor` and `Reward` frames, and the
+//! - `serial.baud` fast enough that every step's `Sensor` and `Reward` frames, and the
 //!   controller's `Command` the other way, each take at most half of a control period
+//!   (the other half carries the frames of rarer steps: an `EpisodeEnd`, a `Fault`)
 //!   on the line ([`crate::protocol::step_wire_bytes`],
 //!   [`crate::protocol::command_wire_bytes`], 10 bits per byte);
 //! - `command_timeout_ms` and `safety.stale_sensor_ms` at most [`MAX_TIMEOUT_MS`];

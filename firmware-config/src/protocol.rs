@@ -159,10 +159,13 @@ pub const MAX_ENCODED_FRAME: usize = cobs_max_len(MAX_RAW_FRAME);
 /// Largest frame on the wire, delimiter included: 153 bytes.
 pub const MAX_FRAME: usize = MAX_ENCODED_FRAME + 1;
 
-/// The most bytes the firmware sends for one control step of a robot with `obs_dim`
+/// The most bytes the firmware sends in every control step of a robot with `obs_dim`
 /// observation values: a `Sensor` frame and a `Reward` frame, each at its largest COBS
 /// encoding plus the delimiter (65 + 29 = 94 bytes for 10 values). The line must carry
-/// this every control period (`config::RobotConfig` checks the baud rate against it).
+/// this every control period (`config::RobotConfig` checks the baud rate against it, at
+/// half the period). The frames of rarer steps come on top, in the half left over: an
+/// `EpisodeEnd` on an episode's last step (25 bytes), a `Fault` (18), the `EpisodeStart`
+/// after a `Reset` (28).
 pub const fn step_wire_bytes(obs_dim: usize) -> usize {
     wire_frame_bytes(SENSOR_FIXED + 4 * obs_dim) + wire_frame_bytes(REWARD_PAYLOAD)
 }
@@ -615,7 +618,8 @@ pub enum Message {
         seed: u64,
     },
     /// The outcome of the control step that produced the `Sensor` frame with the same
-    /// `episode` and `step`.
+    /// `episode` and `step`. `truncated` (the horizon ended it) comes with `done`; a frame
+    /// with `truncated` alone is refused.
     Reward {
         episode: u32,
         step: u32,
@@ -847,6 +851,11 @@ impl Message {
                 let Some(flags) = StepFlags::from_byte(flags) else {
                     return Err(bad("unknown flag bits", Found::Byte(flags)));
                 };
+                // A truncation ends the episode (`done`): a frame that says one without
+                // the other is damage the CRC missed, not a step of another kind.
+                if flags.truncated && !flags.done {
+                    return Err(bad("truncated without done", Found::Byte(flags.to_byte())));
+                }
                 Message::Reward {
                     episode,
                     step,

@@ -43,8 +43,8 @@
 //! | `dup` | p per frame | the frame is sent twice |
 //! | `reorder` | p per frame | the frame is held back and sent after the next one |
 //! | `echo` | `p:n` | with probability p per frame, a copy goes out again after the next n frames (a late duplicate) |
-//! | `stall` | `p:ms` | with probability p per frame, output stops for ms before it |
-//! | `stall_after` | `n:ms` | once, output stops for ms before frame n (counting from 1) |
+//! | `stall` | `p:ms` | with probability p per frame, output stops for ms of wall time before it (the firmware's clock runs on, `--rate-scale` times as fast) |
+//! | `stall_after` | `n:ms` | once, output stops for ms of wall time before frame n (counting from 1) |
 //! | `reboot_at` | step | once, the firmware reboots when an episode reaches this step |
 //! | `reboot_silent_at` | step | as `reboot_at`, and the reboot's `Hello` is lost on the line (the firmware then waits for a handshake, silent) |
 //! | `estop_at` | step, `boot`, `hello` or `end` | once, the stop button is pressed (and stays pressed) when an episode reaches this step; `boot`: as the firmware starts, before any controller connects; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
@@ -399,7 +399,8 @@ impl FaultInjector {
         // Copies of earlier frames whose turn has come go out after this one.
         let mut due = Vec::new();
         self.echoes.retain_mut(|(left, copy)| {
-            *left -= 1;
+            // (A distance of 0, which only a spec built in code can hold, is 1.)
+            *left = left.saturating_sub(1);
             if *left == 0 {
                 due.push(std::mem::take(copy));
             }
@@ -588,6 +589,32 @@ mod tests {
                 .to_vec()
             })
             .collect()
+    }
+
+    /// A late copy at distance 0 (a spec built in code; the parser refuses it) goes out
+    /// after the next frame: its countdown underflowed (a panic in a debug build; in a
+    /// release build the copy waited for `flush`).
+    #[test]
+    fn an_echo_at_distance_zero_goes_out_after_the_next_frame() {
+        let spec = FaultSpec {
+            echo: Some((1.0, 0)),
+            ..Default::default()
+        };
+        let mut inj = FaultInjector::new(spec, 0);
+        let input = frames(2);
+        let mut out = Vec::new();
+        inj.process_frame(&input[0], &mut out);
+        inj.process_frame(&input[1], &mut out);
+        let sent: Vec<u8> = out
+            .iter()
+            .flat_map(|e| match e {
+                Emit::Bytes(b) => b.clone(),
+                Emit::Stall(_) => vec![],
+            })
+            .collect();
+        // Frame 0, frame 1, then frame 0's copy.
+        assert!(sent.ends_with(&input[0]), "{} bytes", sent.len());
+        assert_eq!(sent.len(), 2 * input[0].len() + input[1].len());
     }
 
     fn run(spec: &str, input: &[Vec<u8>]) -> (Vec<Emit>, FaultStats) {

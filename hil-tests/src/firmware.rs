@@ -799,7 +799,8 @@ pub struct RunReport {
 ///
 /// `rate_scale` speeds the firmware's clock up (2.0: control periods, the watchdog
 /// timeout and heartbeats all take half the wall time). Outgoing frames pass through
-/// the firmware's fault injector; a stall blocks the whole firmware, like a hung one.
+/// the firmware's fault injector; a stall blocks the whole firmware, like a hung one,
+/// for its wall time (the firmware's clock runs on at `rate_scale`).
 pub fn run(
     fw: &mut SimFirmware,
     port: &mut dyn Port,

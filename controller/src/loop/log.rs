@@ -1171,7 +1171,8 @@ pub fn to_episode(
         ep.teleop.push(t.teleop);
     }
     // Only the last step ends an episode (`Episode::check`): a `truncated` flag without
-    // `done` on an earlier step (a firmware's, which the protocol lets through) is no end.
+    // `done` on an earlier step (in a log of an older controller, whose protocol let it
+    // through; refused on the wire now) is no end.
     let n = ep.len();
     ep.truncated[..n - 1].iter_mut().for_each(|x| *x = false);
     if !last.done {

@@ -349,6 +349,19 @@ fn strict_payload_checks() {
     let mut reward = vec![0u8; 13];
     reward[12] = 8;
     assert!(payload_err(10, &reward)); // unknown flag bit
+    // Truncated without done (a corrupted byte the CRC missed): refused by name, as
+    // the controller's log had to clear it after the fact.
+    for flags in [0x02, 0x06] {
+        reward[12] = flags;
+        assert_eq!(
+            said(10, &reward),
+            std::format!("malformed Reward payload: truncated without done (found 0x{flags:02x})")
+        );
+    }
+    for flags in [0x00, 0x01, 0x03, 0x05, 0x07] {
+        reward[12] = flags;
+        assert!(!payload_err(10, &reward), "{flags:#x}");
+    }
     // Short payloads are named short, not judged by the zeros a short read gives (an
     // empty fault read as code 0, "unknown fault code").
     for (ty, payload) in [(5u8, &[][..]), (8, &[0, 0, 0, 0][..]), (10, &[0u8; 12][..])] {
@@ -527,7 +540,8 @@ fn any_message() -> impl Strategy<Value = Message> {
                     step,
                     reward,
                     done,
-                    truncated,
+                    // A truncation comes with `done` (one without is refused).
+                    truncated: truncated && done,
                     success,
                 }
             }),
@@ -777,5 +791,37 @@ fn a_step_of_frames_fits_the_wire_bytes_bound() {
         }
     }
     assert_eq!(step_wire_bytes(10), 94);
+    // The rarer frames, as `step_wire_bytes` names them: EpisodeEnd, Fault, EpisodeStart.
+    let wire = |m: Message| {
+        let mut buf = [0u8; MAX_FRAME];
+        Frame {
+            seq: 0,
+            timestamp_us: 0,
+            message: m,
+        }
+        .encode(&mut buf)
+        .unwrap()
+    };
+    let end = Message::EpisodeEnd {
+        episode: u32::MAX,
+        success: true,
+        steps: u32::MAX,
+    };
+    let fault = Message::Fault {
+        code: FaultCode::Watchdog,
+    };
+    let start = Message::EpisodeStart {
+        episode: u32::MAX,
+        seed: u64::MAX,
+    };
+    assert!(wire(end) <= 25 && wire(fault) <= 18 && wire(start) <= 28);
+    assert_eq!(
+        (
+            wire_frame_bytes(9),
+            wire_frame_bytes(2),
+            wire_frame_bytes(12)
+        ),
+        (25, 18, 28)
+    );
     assert_eq!(step_wire_bytes(MAX_OBS), MAX_FRAME + 29);
 }
