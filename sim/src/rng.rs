@@ -36,7 +36,16 @@ impl Rng {
     }
 
     /// Restores a generator saved with [`Rng::state`].
+    ///
+    /// # Panics
+    ///
+    /// On the all-zero state, which no generator has (xoshiro never leaves it: every
+    /// draw would be the same). Loaders of saved states refuse it first, by name.
     pub fn from_state(s: [u64; 4]) -> Self {
+        assert!(
+            s != [0; 4],
+            "the all-zero generator state (no generator has it: a damaged save)"
+        );
         Rng { s }
     }
 
@@ -98,6 +107,14 @@ impl Rng {
 
 #[cfg(test)]
 mod tests {
+    /// A restored all-zero state would draw the same value for ever (`uniform` 0,
+    /// `normal` 8.65): refused where a caller did not check it.
+    #[test]
+    #[should_panic(expected = "the all-zero generator state")]
+    fn the_all_zero_state_is_refused() {
+        let _ = Rng::from_state([0; 4]);
+    }
+
     use super::*;
 
     #[test]
