@@ -1,4 +1,5 @@
-//! Run configuration: one TOML file per run plus dotted overrides, two presets.
+//! Run configuration: one TOML file per run plus dotted overrides, three presets
+//! (`paper`, `cpu`, and `tiny` for tests and smoke runs).
 //!
 //! `paper` is DESIGN.md section 2 verbatim (a GPU budget). `cpu` is the scaled preset for
 //! 2 CPU cores: same algorithm, smaller sizes (see [`Config::cpu`] for every difference).
@@ -773,7 +774,7 @@ impl Config {
         anyhow::ensure!(
             !(self.task == Task::Robot && self.algo == Algo::Rlpd),
             "algo = \"rlpd\" with task = \"robot\": an rlpd run exports no bundle, and a \
-             robot run has no simulator to act in, so it could never act; use expo, idql or bc"
+             robot run has no simulator to act in, so it could never act; use expo, idql-select or bc"
         );
         // An empty path (`--set run.dataset=$UNSET`) read the current directory.
         anyhow::ensure!(
@@ -1611,6 +1612,18 @@ mod tests {
             format!("{e:#}").contains("algo = \"rlpd\" with task = \"robot\""),
             "{e:#}"
         );
+        // The advice names algorithms that exist (`idql` is refused: `idql-select`).
+        let advice = format!("{e:#}");
+        let names = advice.rsplit("use ").next().unwrap();
+        for name in names
+            .split([',', ' '])
+            .filter(|n| !n.is_empty() && *n != "or")
+        {
+            assert!(
+                Config::resolve("cpu", None, &[format!("algo={name}")]).is_ok(),
+                "{name}: {advice}"
+            );
+        }
     }
 
     #[test]

@@ -323,6 +323,13 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         bail!("--out must differ from --from (the source run stays as it was)");
     }
     let resumed = o.resume && crate::run::checkpoint_to_resume(&o.out)?.is_some();
+    // A resumed run's directory is taken before its checkpoint is read; a new one's once
+    // it is created, below.
+    let mut _writing = if resumed {
+        Some(crate::run::lock_run_dir(&o.out)?)
+    } else {
+        None
+    };
     if resumed {
         // Only a finetune run is continued: a train or pretrain run's checkpoint would
         // otherwise be trained on and overwritten.
@@ -412,6 +419,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     };
     if !resumed {
         std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+        _writing = Some(crate::run::lock_run_dir(&o.out)?);
         if !o.resume {
             ensure_no_run_in(&o.out)?;
         }

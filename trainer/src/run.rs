@@ -6,7 +6,8 @@
 //! - `metrics.csv`: one row per logging interval of online training (losses, Q values,
 //!   entropy, temperature, training-episode success and return, updates per second).
 //! - `eval.csv`: success rate, mean return and length of the evaluation episodes, at
-//!   the start of online training and every `run.eval_every` environment steps.
+//!   the start of online training, every `run.eval_every` environment steps and at the
+//!   run's last step.
 //! - `checkpoint/`: everything needed to continue the run (networks, optimizer states,
 //!   random generator states, online replay buffer, counters).
 //!
@@ -506,7 +507,7 @@ pub struct TrainOptions {
     /// Continue from `out/checkpoint` if it exists.
     pub resume: bool,
     /// Take a checkpoint at the first episode end after every this many env steps
-    /// (0: never).
+    /// (0: only the final one, which every run takes).
     pub checkpoint_every: usize,
     /// Stop the process right after the first checkpoint at or beyond this env step
     /// (tests use it to simulate a kill).
@@ -534,9 +535,21 @@ pub struct UpdateMetricsRow {
     pub metrics: UpdateMetrics,
     pub train_success_rate: f32,
     pub train_return: f32,
-    /// Critic updates per second over the window: acting, environment steps and
-    /// updates (its evaluations and checkpoints left out since 2026-12-06).
+    /// Critic updates per second over the window (a `bc` run's denoiser updates: it
+    /// has no critic): acting, environment steps and updates (its evaluations and
+    /// checkpoints left out since 2026-12-06).
     pub updates_per_s: f32,
+}
+
+/// The updates of one training step that `updates_per_s` counts: the critic's `utd`,
+/// or a `bc` run's one denoiser update (it was counted as `utd`, twice its rate at the
+/// `cpu` preset).
+fn counted_updates_per_step(config: &Config) -> usize {
+    if config.algo == Algo::Bc {
+        1
+    } else {
+        config.optim.utd
+    }
 }
 
 const METRICS_HEADER: &str = "step,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,train_success_rate,train_return,updates_per_s";
@@ -732,6 +745,7 @@ pub fn train(
         ensure_no_run_in(out)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let _writing = lock_run_dir(out)?;
     // (Without --resume, `ensure_no_run_in` has refused any checkpoint, damaged or not.)
     let ckpt_dir = checkpoint_to_resume(out)?;
     let resumed = opts.resume && ckpt_dir.is_some();
@@ -788,8 +802,9 @@ pub fn train(
             .with_context(|| format!("{}", dir.join("state.json").display()))?
         {
             bail!(
-                "{}: checkpoint was written with a different configuration: `{key}` was {then}, is {now} now; resume with the same config (only run.online_steps, run.eval_every, run.eval_episodes and device may change)",
-                dir.display()
+                "{}: checkpoint was written with a different configuration: `{key}` was {then}, is {now} now; resume with the same config (only run.online_steps, run.eval_every, run.eval_episodes and device may change): `--config {}` resumes with the settings it was written with (a run written by an older trainer has the defaults of its day)",
+                dir.display(),
+                out.join("config.toml").display()
             );
         }
         check_offline_mark(
@@ -817,6 +832,19 @@ pub fn train(
         start_step = state.env_step;
         // A run is not shortened: its checkpoint, config.toml and eval.csv would say
         // different lengths (and a study would take it for finished at the shorter one).
+        // Nor below the length it was written for: a resume that forgot the
+        // `--set run.online_steps` of a longer run ended it at the preset's length.
+        if let Ok(saved) = toml::from_str::<Config>(&state.config_toml) {
+            let n = saved.run.online_steps;
+            ensure!(
+                config.run.online_steps >= n,
+                "{}: --resume: the run was written for run.online_steps = {n}, and {} \
+                 would shorten it: give at least {n} (`--set run.online_steps={n}`), or \
+                 start a new run",
+                out.display(),
+                config.run.online_steps
+            );
+        }
         ensure!(
             start_step <= config.run.online_steps,
             "{}: --resume: the run holds {start_step} environment steps, more than \
@@ -848,8 +876,12 @@ pub fn train(
             agent.resume_metrics(window);
         }
         // What may differ on resume (the run's length, evaluation, device) is now what
-        // `config.toml` says, for `eval`, `export` and a study's check of finished runs.
-        replace_file(&out.join("config.toml"), config.to_toml().as_bytes())?;
+        // `config.toml` says, for `eval`, `export` and a study's check of finished runs;
+        // not for a run with nothing left to train, whose evaluations stay those of its
+        // settings (its `eval.csv` rows were not made with new ones).
+        if start_step < config.run.online_steps {
+            replace_file(&out.join("config.toml"), config.to_toml().as_bytes())?;
+        }
         // A finetune run continued online has no rows of `train`'s yet.
         for (file, header) in [("metrics.csv", METRICS_HEADER), ("eval.csv", EVAL_HEADER)] {
             let path = out.join(file);
@@ -996,7 +1028,7 @@ pub fn train(
                 episodes_done,
                 successes,
                 return_sum,
-                (window.timed * config.optim.utd) as f64 / secs,
+                (window.timed * counted_updates_per_step(config)) as f64 / secs,
             );
             append_metrics(out, &row)?;
             ensure_finite(&row.metrics, &out.join("metrics.csv"), done_steps)?;
@@ -1588,6 +1620,33 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Refuses to start a new run where one already is: its checkpoint, metrics and
 /// evaluations would be overwritten. `--resume` continues it instead.
+/// The run directory `out` taken for this process's writes (an advisory lock on
+/// `out/.trainer.lock`, held while the returned file is open): a second `train`,
+/// `pretrain` or `finetune` into it, e.g. a study started again while the first still
+/// runs, is refused by name. Two writers removed each other's checkpoint staging, and
+/// could leave `checkpoint/` without a complete checkpoint.
+pub(crate) fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
+    let path = out.join(".trainer.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another trainer process (it holds {}): wait for it to end, \
+             or write into another directory",
+            out.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
     // A damaged checkpoint is named as such (the advice below, `--resume`, would be
     // refused).
@@ -2176,6 +2235,83 @@ mod tests {
             e.contains("temperature: a parameter of shape [1] holds F64 values (f32 expected)"),
             "{e}"
         );
+    }
+
+    /// A second trainer process writing into a run directory in use (a study started
+    /// again while the first runs) is refused by name: two writers removed each
+    /// other's checkpoint staging.
+    #[test]
+    fn a_run_directory_in_use_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let mut c = Config::preset("tiny").unwrap();
+        c.run.online_steps = 10;
+        std::fs::create_dir_all(&out).unwrap();
+        let held = lock_run_dir(&out).unwrap();
+        let e = train(&c, &out, &TrainOptions::default(), &mut ())
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{e:#}").contains("is in use by another trainer process"),
+            "{e:#}"
+        );
+        assert!(!out.join("metrics.csv").exists());
+        drop(held);
+        train(&c, &out, &TrainOptions::default(), &mut ()).unwrap();
+    }
+
+    /// A resume never shortens a run below the length it was written for (a resume
+    /// that forgot the longer run's `--set run.online_steps` ended it at the preset's
+    /// length, and rewrote its config.toml to say so); and a resume with nothing left
+    /// to train leaves config.toml as its evaluations were made.
+    #[test]
+    fn a_resume_keeps_the_runs_length_and_a_finished_runs_settings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("run");
+        let mut c = Config::preset("tiny").unwrap();
+        c.run.online_steps = 120;
+        let stopped = TrainOptions {
+            log_every: 10,
+            checkpoint_every: 30,
+            stop_after: Some(30),
+            ..TrainOptions::default()
+        };
+        train(&c, &out, &stopped, &mut ()).unwrap();
+        let resume = TrainOptions {
+            resume: true,
+            log_every: 10,
+            ..TrainOptions::default()
+        };
+        let mut shorter = c.clone();
+        shorter.run.online_steps = 60;
+        let e = format!("{:#}", train(&shorter, &out, &resume, &mut ()).unwrap_err());
+        assert!(
+            e.contains("written for run.online_steps = 120, and 60 would shorten it"),
+            "{e}"
+        );
+        let s = train(&c, &out, &resume, &mut ()).unwrap();
+        assert_eq!(s.env_steps, 120);
+        // Finished: a resume with other evaluation settings trains nothing and evaluates
+        // nothing, so config.toml keeps the settings eval.csv was made with.
+        let before = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        let mut more_episodes = c.clone();
+        more_episodes.run.eval_episodes = c.run.eval_episodes + 4;
+        train(&more_episodes, &out, &resume, &mut ()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("config.toml")).unwrap(),
+            before
+        );
+    }
+
+    /// `updates_per_s` counts a `bc` run's one denoiser update per step, not the critic
+    /// updates it does not make.
+    #[test]
+    fn a_bc_runs_update_rate_counts_its_denoiser_updates() {
+        let mut c = Config::preset("cpu").unwrap();
+        assert!(c.optim.utd > 1);
+        assert_eq!(counted_updates_per_step(&c), c.optim.utd);
+        c.algo = Algo::Bc;
+        assert_eq!(counted_updates_per_step(&c), 1);
     }
 
     /// A checkpoint read while the run writes the next one (`eval --run` during
