@@ -58,7 +58,19 @@ fn flat_floats(arr: &dyn Array) -> Result<Vec<f32>, String> {
     if let Some(a) = arr.as_primitive_opt::<Float32Type>() {
         Ok(a.values().to_vec())
     } else if let Some(a) = arr.as_primitive_opt::<Float64Type>() {
-        Ok(a.values().iter().map(|&v| v as f32).collect())
+        // A finite float64 beyond f32's range would read as inf, and be refused as a
+        // non-finite value the file does not hold.
+        a.values()
+            .iter()
+            .map(|&v| {
+                let x = v as f32;
+                if v.is_finite() && !x.is_finite() {
+                    Err(format!("holds {v:e}, beyond float32's range"))
+                } else {
+                    Ok(x)
+                }
+            })
+            .collect()
     } else {
         Err(format!(
             "has element type {}, expected float32",
@@ -366,4 +378,23 @@ pub(crate) fn stage_json(path: &Path, value: &serde_json::Value) -> Result<Stage
         tmp,
         path: path.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Float64Array;
+
+    /// A finite float64 value beyond f32's range is named as that; it read as inf and
+    /// was refused as a non-finite value the file does not hold.
+    #[test]
+    fn a_float64_beyond_float32s_range_is_named() {
+        let a = Float64Array::from(vec![0.5, 1e39]);
+        let e = floats(&a, 1, 0).unwrap_err();
+        assert!(e.contains("holds 1e39, beyond float32's range"), "{e}");
+        let ok = Float64Array::from(vec![0.5, f64::NAN, -2.0]);
+        let got = floats(&ok, 1, 0).unwrap();
+        assert_eq!((got[0], got[2]), (0.5, -2.0));
+        assert!(got[1].is_nan());
+    }
 }

@@ -403,8 +403,11 @@ impl Dataset {
     }
 
     /// Statistics of `observation.state`, `next.observation.state`, `action`,
-    /// `next.reward`, `timestamp`, `frame_index`, `episode_index` and `index`
-    /// (the same numbers the writer puts in `meta/stats.json`).
+    /// `next.reward`, `timestamp`, `frame_index`, `episode_index` and `index`: the
+    /// numbers the writer puts in `meta/stats.json` for a dataset it wrote. For one
+    /// written otherwise they can differ: timestamps are taken as `frame_index / fps`
+    /// (the writer's own), and `next.observation.state` is given from the successors
+    /// derived on reading where the files hold no such column.
     pub fn stats(&self) -> BTreeMap<String, FeatureStats> {
         let mut acc =
             stats::StatsAcc::new(self.info.obs_dim(), self.info.action_dim(), self.info.fps);

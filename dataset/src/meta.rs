@@ -54,6 +54,10 @@ pub(crate) struct Feature {
     /// LeRobot allows a list, `{"axes": [...]}`-style maps, or null.
     #[serde(default)]
     pub names: Value,
+    /// The entry's other keys (a LeRobot conversion's per-feature `fps`, an `info`),
+    /// written back as they were.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 impl Feature {
@@ -62,6 +66,7 @@ impl Feature {
             dtype: dtype.into(),
             shape: vec![shape],
             names: names.map_or(Value::Null, |n| Value::from(n.to_vec())),
+            extra: Default::default(),
         }
     }
 
@@ -93,7 +98,8 @@ impl Feature {
     }
 }
 
-/// `meta/info.json`. Unknown keys are kept in `extra` and written back.
+/// `meta/info.json`. Unknown keys are kept in `extra` and written back (those of each
+/// feature's entry too, [`Feature::extra`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct InfoJson {
     pub codebase_version: String,

@@ -80,6 +80,29 @@ fn info_json_has_v3_fields() {
     assert_eq!(v["features"].as_object().unwrap().len(), 14);
 }
 
+/// Keys of a feature's entry in info.json that we do not write (a LeRobot conversion's
+/// per-feature `fps`) are kept by an append: the entry was rewritten with `dtype`,
+/// `shape` and `names` only.
+#[test]
+fn append_keeps_a_features_other_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let eps = episodes(4, &[5, 6]);
+    write_dataset(dir, &info(), &eps[..1]).unwrap();
+    let path = dir.join("meta/info.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    json["features"]["action"]["fps"] = 30.into();
+    json["features"]["action"]["info"] = serde_json::json!({"unit": "rad"});
+    fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let mut w = DatasetWriter::open_append(dir).unwrap();
+    w.append_episode(&eps[1]).unwrap();
+    w.finish().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(json["features"]["action"]["fps"], 30, "{json}");
+    assert_eq!(json["features"]["action"]["info"]["unit"], "rad", "{json}");
+    assert_eq!(read_dataset(dir).unwrap().episodes.len(), 2);
+}
+
 #[test]
 fn append_keeps_old_files_and_order() {
     let tmp = tempfile::tempdir().unwrap();
