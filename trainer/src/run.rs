@@ -2248,9 +2248,7 @@ mod tests {
         c.run.online_steps = 10;
         std::fs::create_dir_all(&out).unwrap();
         let held = lock_run_dir(&out).unwrap();
-        let e = train(&c, &out, &TrainOptions::default(), &mut ())
-            .err()
-            .expect("refused");
+        let e = train(&c, &out, &TrainOptions::default(), &mut ()).expect_err("refused");
         assert!(
             format!("{e:#}").contains("is in use by another trainer process"),
             "{e:#}"
