@@ -730,7 +730,10 @@ fn chunk_bundles_act_in_chunks_and_the_player_plays_them_by_step() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("3 x 2"), "{e}");
+    assert!(
+        e.contains("it plans chunks of 1 actions, the running bundle chunks of 3"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1175,7 +1175,22 @@ impl Control {
         true
     }
 
+    /// Begins the episode the firmware started; one begun while the operator's pause
+    /// holds (a `p` typed while it was starting) ends at once, before its first command,
+    /// as `r` ends one (the firmware's episode ends with our next `Reset`).
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
+        self.start_episode(episode, seed, now);
+        if self.paused {
+            self.finish_episode(
+                now,
+                EndReason::Interrupted,
+                "paused by the operator before its first step".into(),
+            );
+            self.phase = Phase::Idle;
+        }
+    }
+
+    fn start_episode(&mut self, episode: u32, seed: u64, now: Instant) {
         // (Not a repeated Reset's restart of the running episode.)
         if matches!(self.phase, Phase::Starting { .. }) {
             self.episodes_begun += 1;
@@ -1198,7 +1213,12 @@ impl Control {
     // ---------------------------------------------------------------- checks
 
     fn checks(&mut self, now: Instant) {
-        while let Some(c) = self.operator.as_ref().and_then(|rx| rx.try_recv().ok()) {
+        // At most a queue's worth a tick: the reader refills the queue while it drains
+        // (`yes i |` on stdin kept one tick taking commands).
+        for _ in 0..super::operator::MAX_QUEUED {
+            let Some(c) = self.operator.as_ref().and_then(|rx| rx.try_recv().ok()) else {
+                break;
+            };
             self.on_operator(now, c);
         }
         if let Some(success) = self.teleop.as_mut().and_then(|t| t.poll()) {
@@ -1308,7 +1328,12 @@ impl Control {
             }
             OperatorCommand::Pause => {
                 self.paused = true;
-                note("paused: no new episode starts until `c`");
+                note(if matches!(self.phase, Phase::Starting { .. }) {
+                    "paused: the episode starting now ends before its first command; no new \
+                     episode starts until `c`"
+                } else {
+                    "paused: no new episode starts until `c`"
+                });
             }
             OperatorCommand::Continue => {
                 self.paused = false;
@@ -2488,20 +2513,20 @@ mod tests {
 
     impl Wire {
         fn estops(&self) -> usize {
+            self.count(|m| matches!(m, Message::Estop))
+        }
+
+        fn commands(&self) -> usize {
+            self.count(|m| matches!(m, Message::Command { .. }))
+        }
+
+        fn count(&self, of: impl Fn(&Message) -> bool) -> usize {
             let mut d = FrameDecoder::default();
             let bytes = self.bytes.lock().unwrap().clone();
             bytes
                 .iter()
                 .filter_map(|&b| d.push(b))
-                .filter(|f| {
-                    matches!(
-                        f,
-                        Ok(Frame {
-                            message: Message::Estop,
-                            ..
-                        })
-                    )
-                })
+                .filter(|f| f.as_ref().is_ok_and(|f| of(&f.message)))
                 .count()
         }
     }
@@ -3487,6 +3512,65 @@ mod tests {
         assert_eq!(
             (ep.reason, ep.transitions, ep.missing),
             (EndReason::Labelled, 2, 0)
+        );
+    }
+
+    /// `p` typed while an episode is starting holds it back as the console says: the
+    /// episode the firmware then starts ends before its first command. It began, and the
+    /// policy drove the robot after "paused" was printed.
+    #[test]
+    fn a_pause_while_an_episode_starts_holds_it_back() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.episodes = None;
+        c.episodes_started = 1;
+        c.phase = Phase::Starting {
+            since: Instant::now(),
+            attempts: 1,
+            seed: 7,
+        };
+        c.on_operator(Instant::now(), OperatorCommand::Pause);
+        tx.send(frame(
+            1,
+            Message::EpisodeStart {
+                episode: 1,
+                seed: 7,
+            },
+        ))
+        .unwrap();
+        let obs = vec![0.25; c.od];
+        tx.send(frame(2, Message::sensor(1, 0, &obs).unwrap()))
+            .unwrap();
+        for _ in 0..3 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+        }
+        assert_eq!(wire.commands(), 0);
+        assert_eq!(c.phase, Phase::Idle);
+        let ep = &c.report.episodes[0];
+        assert_eq!(ep.reason, EndReason::Interrupted, "{ep:?}");
+        // Continued: the next episode starts.
+        c.on_operator(Instant::now(), OperatorCommand::Continue);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
+    }
+
+    /// One tick takes at most a queue's worth of operator commands: the reader refills
+    /// the queue while the tick drains it, and the drain went on as long as it kept up.
+    #[test]
+    fn one_tick_takes_at_most_a_queue_of_operator_commands() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for _ in 0..1000 {
+            tx.send(OperatorCommand::ToggleIntervention).unwrap();
+        }
+        c.operator = Some(rx);
+        c.checks(Instant::now());
+        assert_eq!(
+            c.report.operator.intervention_toggles,
+            super::super::operator::MAX_QUEUED as u32
         );
     }
 

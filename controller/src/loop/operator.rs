@@ -39,7 +39,7 @@ use std::io::{BufRead, Read};
 const MAX_LINE: usize = 1024;
 /// Commands read ahead of the control thread at most: far more than a person types
 /// between two ticks, few enough that one tick's drain stays short.
-const MAX_QUEUED: usize = 64;
+pub(crate) const MAX_QUEUED: usize = 64;
 
 /// What the operator did in a run (`report.json`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
