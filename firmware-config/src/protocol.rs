@@ -58,10 +58,12 @@
 //! | 0x07 | `EpisodeStart` | fw → ctl | episode u32, seed u64 |
 //! | 0x08 | `EpisodeEnd` | fw → ctl | episode u32, success u8, steps u32 |
 //! | 0x09 | `Reset` | ctl → fw | seed u64 |
-//! | 0x0a | `Reward` | fw → ctl | episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success) |
+//! | 0x0a | `Reward` | fw → ctl | episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success; truncated only with done) |
 //!
 //! Decoding is strict: a payload whose length does not match its type, a count above the
-//! maximum, a bool that is neither 0 nor 1 or an unknown flag bit is rejected, so that a
+//! maximum, a bool that is neither 0 nor 1, an unknown flag bit or a `Reward` truncated
+//! without done (done means the episode ended, either way: terminated or truncated, not
+//! Gymnasium's `terminated` alone) is rejected, so that a
 //! corrupted frame that happens to pass the CRC still cannot turn into a plausible
 //! message of another shape. Float values are passed through as they are (NaN
 //! included): judging them is the receiver's job (the firmware rejects non-finite
@@ -221,7 +223,9 @@ pub const fn schema_hash() -> u32 {
 // CRC-32
 
 /// The end-of-step flags byte of `Reward` frames (the controller's log stores the same
-/// byte): bit 0 done, bit 1 truncated, bit 2 success; the other bits must be zero.
+/// byte): bit 0 done (the episode ended, terminated or truncated), bit 1 truncated (by
+/// the horizon: set only with done, which `Reward` decoding checks), bit 2 success; the
+/// other bits must be zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepFlags {
     pub done: bool,

@@ -834,6 +834,20 @@ pub fn run(
         });
         send_outbox(fw, port, &mut emits)?;
     }
+    // What the controller wrote before the stop is still taken (its last Estop, written
+    // just before it exited, could be left unread when the stop came first). Bounded:
+    // a peer still writing does not hold the stop.
+    for _ in 0..64 {
+        let n = port.read_timeout(&mut buf, Duration::ZERO)?;
+        if n == 0 {
+            break;
+        }
+        let now = clock();
+        decoder.feed(&buf[..n], |r| match r {
+            Ok(frame) => fw.on_frame(now, frame),
+            Err(e) => fw.on_frame_error(now, &e),
+        });
+    }
     fw.faults_mut().flush(&mut emits);
     write_emits(port, &mut emits)?;
     Ok(RunReport {

@@ -239,7 +239,7 @@ fn robot_prints_the_hello_and_names_what_is_wrong() {
     assert!(
         out.contains(
             "joint limit checked by the controller: joint `elbow` velocity (observation \
-             `qd2`) in [-20, 20]"
+             `qd2` = velocity × 0.1) in [-2, 2]"
         ),
         "{out}"
     );

@@ -741,11 +741,13 @@ pub fn train(
         );
     }
     crate::device::check_trains_on(config)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Taken before what it holds is looked at: a writer finishing in between left a
+    // run the look had not seen.
+    let _writing = lock_run_dir(out)?;
     if !opts.resume {
         ensure_no_run_in(out)?;
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let _writing = lock_run_dir(out)?;
     // (Without --resume, `ensure_no_run_in` has refused any checkpoint, damaged or not.)
     let ckpt_dir = checkpoint_to_resume(out)?;
     let resumed = opts.resume && ckpt_dir.is_some();

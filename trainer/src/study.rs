@@ -150,6 +150,37 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
     Ok(was == asked)
 }
 
+/// An unfinished run in `dir` (one with a configuration and something to continue)
+/// is resumed with `train --resume`, which takes the settings it ran with only (its
+/// length at least as long): others are refused here, before anything starts. They
+/// failed in each child, after the other runs had run.
+fn unfinished_run_resumes(dir: &Path, config: &crate::config::Config) -> Result<()> {
+    let path = dir.join("config.toml");
+    if !path.is_file() || crate::run::ensure_no_run_in(dir).is_ok() {
+        return Ok(());
+    }
+    let saved = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if let Some((key, then, now)) = crate::run::difference_except_length(&saved, config, false)
+        .with_context(|| format!("{}", path.display()))?
+    {
+        bail!(
+            "{}: an unfinished run, resumed with the settings it ran with (`{key}` was \
+             {then}, the study asks {now}); give the study the same settings or another --out",
+            dir.display()
+        );
+    }
+    let then: crate::config::Config = toml::from_str(&saved)?;
+    let (was, asked) = (then.run.online_steps, config.run.online_steps);
+    ensure!(
+        was <= asked,
+        "{}: an unfinished run of {was} online steps, the study asks {asked} (a resume \
+         never shortens a run); give the study at least {was} or another --out",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// The study's child runs still going. Dropped on an error return (a file the study
 /// could not write), it stops them: a `Child` is not killed when dropped, and they
 /// would train on unsupervised, their results never marked.
@@ -182,6 +213,12 @@ impl Drop for Running {
 /// were stopped by the time limit.
 pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
     spec.check()?;
+    // One study at a time in a directory: a second one (the first still running, say
+    // after an ssh drop) started each unfinished run again beside the first's child,
+    // and marked it failed when that child found the run in use.
+    std::fs::create_dir_all(&spec.out)
+        .with_context(|| format!("creating {}", spec.out.display()))?;
+    let _study = crate::run::lock_run_dir(&spec.out)?;
     // Every run's configuration first: a bad preset or override fails here, with its
     // reason, instead of in each child run's log; and a finished run of other settings
     // in the directory is refused before anything starts.
@@ -199,8 +236,12 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
                 // to the new length. Its done mark goes when it starts (below): a
                 // refusal of a later run, or a time limit that comes before it starts,
                 // leaves it finished.
-                if dir.join("done").is_file() && finished_run_matches(&dir, &config)? {
-                    continue;
+                if dir.join("done").is_file() {
+                    if finished_run_matches(&dir, &config)? {
+                        continue;
+                    }
+                } else {
+                    unfinished_run_resumes(&dir, &config)?;
                 }
                 queue.push((task, algo, seed, dir));
             }

@@ -434,6 +434,8 @@ pub(crate) struct Control {
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
     /// thread is alone on its CPU).
     pub busy_wait: bool,
+    /// The control thread took this loop over (see the `Drop` below).
+    pub(crate) ran: bool,
     /// Our Estops still waiting for their `Fault { Estop }` answer. Moved to
     /// `late_estop_answers` when an episode begins: the firmware answers in order, so by
     /// then every answer to an earlier Estop has been sent (one lost on the link never
@@ -441,8 +443,11 @@ pub(crate) struct Control {
     estops_unanswered: u32,
     /// Answers to Estops sent before the running episode began that have not arrived:
     /// one the link held back behind the `EpisodeStart` (reordered) comes stale, and is
-    /// ours, not a stop button's.
+    /// ours, not a stop button's, until `late_estop_until` (an answer's wait after the
+    /// episode began: one lost on the link never comes, and a stop button's frame
+    /// reordered later in the episode must not be taken for it).
     late_estop_answers: u32,
+    late_estop_until: Instant,
     /// Answers to our Estops taken so far (the closing one's is waited for).
     estop_answers: u64,
     /// The firmware timestamp of the reboot `Hello` last handled, until a handshake
@@ -588,9 +593,11 @@ impl Control {
             stopping: None,
             swaps: None,
             hold_pending: Vec::new(),
+            ran: false,
             busy_wait: false,
             estops_unanswered: 0,
             late_estop_answers: 0,
+            late_estop_until: start,
             estop_answers: 0,
             reboot_unshaken: None,
             stop_began: 0,
@@ -1057,7 +1064,7 @@ impl Control {
                         self.estop_answer_seq = Some(seq.number);
                         return;
                     }
-                    if seq.stale && self.late_estop_answers > 0 {
+                    if seq.stale && self.late_estop_answers > 0 && now <= self.late_estop_until {
                         // Our Estop's answer, sent before the frame that began this
                         // episode and held back behind it on the link.
                         self.late_estop_answers -= 1;
@@ -1196,6 +1203,7 @@ impl Control {
             self.episodes_begun += 1;
         }
         self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
+        self.late_estop_until = now + self.estop_answer_wait();
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
         // Counted when its Reset went out (a repeated Reset's restart keeps the number).
@@ -2482,6 +2490,17 @@ pub fn sleep_until(deadline: Instant, spin: Duration) {
     }
 }
 
+/// A control loop dropped before its thread took it over (the thread did not start,
+/// after the handshake): the firmware holds with its torque on, so it gets the Estop
+/// the run's end would have sent (its gate holds the port's writer).
+impl Drop for Control {
+    fn drop(&mut self) {
+        if !self.ran && self.cfg.robot.safety.gravity_safe_torque_off && self.gate.writer_open() {
+            let _ = self.gate.send_control(Message::Estop);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2668,28 +2687,39 @@ mod tests {
         assert_eq!(c.stopping(), None);
         assert_eq!(c.phase, Phase::Running);
         // Only one answer was owed: a second stale one is a stop button's after all.
-        tx.send(LinkEvent::Frame {
+        let stale_estop = |seq| LinkEvent::Frame {
             rx: Instant::now(),
             frame: Frame {
-                seq: 99,
+                seq,
                 timestamp_us: 0,
                 message: Message::Fault {
                     code: FaultCode::Estop,
                 },
             },
             stale: true,
-        })
-        .unwrap();
+        };
+        tx.send(stale_estop(99)).unwrap();
         c.tick += 1;
         c.one_tick(Instant::now());
-        assert!(
+        let stop_button = |c: &Control| {
             c.report
                 .faults
                 .iter()
-                .any(|f| f.kind == FaultKind::EmergencyStop),
-            "{:?}",
-            c.report.faults
-        );
+                .any(|f| f.kind == FaultKind::EmergencyStop)
+        };
+        assert!(stop_button(&c), "{:?}", c.report.faults);
+        // So is one an answer's wait after the episode began (the answer owed was lost
+        // on the link; a stop button's frame reordered later is not taken for it).
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        c.late_estop_answers = 1;
+        c.late_estop_until = Instant::now() - Duration::from_millis(1);
+        tx.send(stale_estop(50)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(stop_button(&c), "{:?}", c.report.faults);
     }
 
     /// A fault that begins a safe stop with the torque already off (a link lost while
@@ -3572,6 +3602,21 @@ mod tests {
             c.report.operator.intervention_toggles,
             super::super::operator::MAX_QUEUED as u32
         );
+    }
+
+    /// A control loop that its thread never took over (the thread did not start after
+    /// the handshake) turns the torque off as it goes: the firmware was left holding.
+    #[test]
+    fn a_loop_no_thread_ran_turns_the_torque_off() {
+        let wire = Wire::default();
+        let (c, _tx) = control(&wire);
+        drop(c);
+        assert_eq!(wire.estops(), 1);
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        c.ran = true;
+        drop(c);
+        assert_eq!(wire.estops(), 0);
     }
 
     /// The labelled last step of the three-step episode above, if logged.

@@ -1540,6 +1540,7 @@ fn control_thread(
     mut c: control::Control,
     rt: RealtimeOpts,
 ) -> (RunReport, Option<teleop::TeleopPort>) {
+    c.ran = true;
     realtime::tight_timer_slack();
     let mut steps = vec![];
     let dedicated_cpu = rt.dedicated.as_ref().map(|d| d.0);

@@ -817,6 +817,15 @@ fn arm_reachs_joint_limits_meet_the_simulated_stops() {
         elbow.max,
         elbow.what
     );
+    // And within it: the stop itself is no fault (the limit, 2.6 × f32(1/π), and the
+    // simulator's 2.6 / π round to the same f32; another scale literal could put the
+    // stop a bit past the limit, and every touch of it would end the run).
+    assert!(
+        (elbow.min..=elbow.max).contains(&at_stop),
+        "the elbow's stop {at_stop} is outside its limits [{}, {}]",
+        elbow.min,
+        elbow.max
+    );
     // Each check's bounds are the observation's units: within the task's stated range.
     let (lo, hi) = (sim::arm::SPEC.obs_low, sim::arm::SPEC.obs_high);
     for c in &checks {
