@@ -470,9 +470,12 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         state.finetune_updates = 0;
         // Updates the source run owed its robot transitions are not this run's.
         state.live_owed = 0;
-        // The source run's own windows of metric sums are not this run's.
+        // The source run's own windows of metric sums are not this run's, nor its
+        // training episodes since its last row (a `train --resume` here folded them into
+        // its first row's success rate and return).
         state.metrics_window = None;
         state.finetune_metrics_window = None;
+        state.episode_stats = (0, 0, 0.0);
         state.config_toml = config.to_toml();
         for (name, text) in [
             ("config.toml", config.to_toml()),

@@ -526,9 +526,13 @@ pub fn summarize(
             .filter_map(|(a, c)| c.mean.last().map(|m| (*a, *m)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         for (algo, c) in &curves {
-            let reach = best_baseline
-                .and_then(|(_, level)| steps_to_reach(c, level))
-                .map_or("never".to_string(), |s| s.to_string());
+            // `-` without a baseline to reach ("never" read as a failure to reach it).
+            let reach = match best_baseline {
+                None => "-".to_string(),
+                Some((_, level)) => {
+                    steps_to_reach(c, level).map_or("never".to_string(), |s| s.to_string())
+                }
+            };
             md += &format!(
                 "| {task} | {} | {} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2} | {} |\n",
                 algo_name(*algo),

@@ -125,6 +125,22 @@ fn a_baseline_there_from_the_start_gives_no_ratio() {
     );
 }
 
+/// A study of EXPO alone has no baseline to reach: its column says `-`, not "never"
+/// (read as EXPO failing to reach it).
+#[test]
+fn a_study_without_a_baseline_reaches_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    fake_run(out, "expo", 0, &[0.2, 0.6, 0.9]);
+    let text = summarize(out, &[TaskId::Push], &[Algo::Expo], None, true).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| push | expo |"))
+        .expect("the EXPO row");
+    assert!(row.ends_with("| - |"), "{row}");
+    assert!(!text.contains("never"), "{text}");
+}
+
 /// `--study LABEL=DIR[@ALGO]`: a directory with an `@` in its own name is one
 /// directory, not a directory and an algorithm (it was refused as an unknown algorithm).
 #[test]
