@@ -26,7 +26,7 @@
 //! | kind | datagram | direction | `seq` | `ref` | values | flags |
 //! |---|---|---|---|---|---|---|
 //! | 1 | [`TeleopAction`] | device → controller | the device's counter, +1 per datagram | with flag 8: the step of the observation it answers; else 0 | the action, policy units `[-1, 1]` | 1 engaged, 2 label success, 4 label failure (not both), 8 answers |
-//! | 2 | [`TeleopObservation`] | controller → device | the firmware's step | the episode's number in the run (the controller's log and report) | the observation | 1 the device's action is in control |
+//! | 2 | [`TeleopObservation`] | controller → device | the firmware's step | the episode's number in the run (the controller's log and report) | the observation | 1 the device's action was the last command sent (see [`IN_CONTROL`]) |
 //!
 //! - **Engaged** (flag 1): the device's values move the robot. A device sends
 //!   disengaged datagrams while its deadman is released; the controller then falls back
@@ -90,7 +90,12 @@ pub const LABEL_FAILURE: u8 = 4;
 /// [`TeleopAction::answers`].
 pub const ANSWERS: u8 = 8;
 const ACTION_FLAGS: u8 = ENGAGED | LABEL_SUCCESS | LABEL_FAILURE | ANSWERS;
-/// [`TeleopObservation::flags`]: the command sent for this frame was the device's.
+/// [`TeleopObservation::flags`]: the last command the controller sent before this
+/// observation went out was the device's. Without a wait for answers that is this
+/// frame's command (sent before its observation); with `--teleop-wait-ms` the
+/// observation goes out first, to be answered, so the flag is the previous frame's
+/// (a takeover shows one frame late, and the first frame of an episode may carry the
+/// last one's).
 pub const IN_CONTROL: u8 = 1;
 const OBSERVATION_FLAGS: u8 = IN_CONTROL;
 

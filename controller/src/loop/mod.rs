@@ -1255,13 +1255,14 @@ pub fn run(
     let (teleop_thread, teleop_port) = match &cfg.teleop {
         None => (None, None),
         Some(t) => {
-            let (thread, port) =
-                or_torque_off!(teleop::spawn(t, cfg.robot.action.dim).map_err(|error| {
+            let (thread, port) = or_torque_off!(
+                teleop::spawn(t, cfg.robot.action.dim, console_tx.clone()).map_err(|error| {
                     RunError::Io {
                         what: "starting the teleop thread".into(),
                         error,
                     }
-                }));
+                })
+            );
             (Some(thread), Some(port))
         }
     };

@@ -65,6 +65,7 @@
 //! senders are counted as `foreign`. The socket's address is the only access control,
 //! so bind it to loopback or to a private link to the device.
 
+use super::console::ConsoleTx;
 use super::realtime;
 use firmware_config::protocol::{MAX_ACT, MAX_OBS};
 use firmware_config::teleop::{self as wire, Datagram, TeleopAction, TeleopObservation};
@@ -233,10 +234,13 @@ struct Observed {
 /// had timed out.
 const OBSERVED: usize = 256;
 
-/// Starts the teleop thread for a robot taking `act_dim` action values.
+/// Starts the teleop thread for a robot taking `act_dim` action values. Its lines go
+/// through the run's console thread: the run's end joins it before the recording is
+/// finished, and a write to a stderr nobody reads (a paused terminal) held it there.
 pub(crate) fn spawn(
     cfg: &TeleopConfig,
     act_dim: usize,
+    console: ConsoleTx,
 ) -> std::io::Result<(TeleopThread, TeleopPort)> {
     let socket = cfg.socket.clone();
     // Non-blocking, so that the control thread's sends never wait; the teleop thread
@@ -252,7 +256,7 @@ pub(crate) fn spawn(
         let (socket, stop, shared) = (socket.clone(), stop.clone(), shared.clone());
         let timeout = cfg.timeout;
         realtime::spawn_in_run("teleop", move || {
-            receive(&socket, act_dim, timeout, &stop, &shared)
+            receive(&socket, act_dim, timeout, &stop, &shared, &console)
         })?
     };
     let port = TeleopPort {
@@ -325,7 +329,9 @@ fn receive(
     timeout: Duration,
     stop: &AtomicBool,
     shared: &Shared,
+    console: &ConsoleTx,
 ) {
+    let note = |line: String| console.line(line);
     // A datagram longer than the largest valid one is cut to this and then refused.
     let mut buf = [0u8; wire::MAX_DATAGRAM + 1];
     let mut device: Option<(SocketAddr, Instant)> = None;
@@ -361,7 +367,7 @@ fn receive(
                     .is_none();
                 shared.invalid.fetch_add(1, Ordering::Release);
                 if first {
-                    note!("teleop: refused a datagram from {from}: {why}");
+                    note(format!("teleop: refused a datagram from {from}: {why}"));
                 }
                 continue;
             }
@@ -377,19 +383,19 @@ fn receive(
         let far_behind =
             last_seq.is_some_and(|last| last.wrapping_sub(action.seq) > REORDER_WINDOW);
         if silent_here && far_behind && order(last_seq, action.seq) == Order::Old {
-            note!(
+            note(format!(
                 "teleop: the device restarted its count after a silence (datagram {})",
                 action.seq
-            );
+            ));
             last_seq = None;
             last_flags = 0;
         }
         if device.is_none_or(|(d, _)| d != from) {
             if let Some((d, _)) = device {
-                note!("teleop: device now at {from} ({d} fell silent)");
+                note(format!("teleop: device now at {from} ({d} fell silent)"));
                 shared.device_changes.fetch_add(1, Ordering::Relaxed);
             } else {
-                note!("teleop: device at {from}");
+                note(format!("teleop: device at {from}"));
             }
             *shared.device.lock().unwrap() = Some(from);
             last_seq = None;
@@ -815,7 +821,8 @@ mod tests {
 
         fn started(cfg: TeleopConfig) -> Rig {
             let addr = cfg.socket.local_addr().unwrap();
-            let (thread, port) = spawn(&cfg, 2).unwrap();
+            let (_, console) = super::super::console::Console::spawn(std::io::sink()).unwrap();
+            let (thread, port) = spawn(&cfg, 2, console).unwrap();
             let device = UdpSocket::bind("127.0.0.1:0").unwrap();
             Rig {
                 thread: Some(thread),
@@ -883,6 +890,42 @@ mod tests {
         fn finish(mut self) -> TeleopSummary {
             self.thread.take().unwrap().finish(Some(&self.port))
         }
+    }
+
+    /// The teleop thread says what it has to say through the run's console thread: it
+    /// wrote to stderr itself, so a stderr held by a paused terminal held it (before it
+    /// took the datagram), and the run's end, which joins it before the recording is
+    /// finished, with it.
+    #[test]
+    fn the_teleop_thread_never_writes_to_stderr_itself() {
+        use std::sync::mpsc;
+        // Another thread holds stderr (as a write blocked on a paused terminal does)
+        // until this test is done, or fails.
+        let (release, released) = mpsc::channel::<()>();
+        let (held_tx, held) = mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _stderr = std::io::stderr().lock();
+            held_tx.send(()).unwrap();
+            let _ = released.recv_timeout(Duration::from_secs(60));
+        });
+        held.recv().unwrap();
+        struct Release(mpsc::Sender<()>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let mut rig = Rig::new(Duration::from_secs(2));
+        // Dropped before `rig` (whose thread a failed test joins) on any exit.
+        let release = Release(release);
+        // A new device (said), then a refused datagram (said): each was a stderr write
+        // before the datagram was taken.
+        rig.send(wire::ENGAGED, &[0.1, 0.2]);
+        rig.send_raw(&rig.device, b"junk");
+        rig.refused(1);
+        rig.finish();
+        drop(release);
+        holder.join().unwrap();
     }
 
     /// A closed-loop device's answer is in force from the step it answers on, and not
