@@ -740,6 +740,18 @@ pub fn write_bundle(
         for (_, left) in &staged[renamed..] {
             let _ = fs::remove_file(left);
         }
+        // The manifest in place without the signature that was to follow it would read
+        // as a complete unsigned bundle (`bundle_complete`), published as such: taken
+        // out, the directory reads as a write that did not complete.
+        let manifest_in_place = staged[..renamed]
+            .iter()
+            .any(|(path, _)| path.ends_with(MANIFEST_FILE));
+        let signature_left = staged[renamed..]
+            .iter()
+            .any(|(path, _)| path.ends_with(SIGNATURE_FILE));
+        if manifest_in_place && signature_left {
+            let _ = fs::remove_file(dir.join(MANIFEST_FILE));
+        }
         return Err(e);
     }
     // Replacing an EXPO bundle with a BC one: the old edit and critic graphs would stay
@@ -838,17 +850,21 @@ fn temporary_name(name: &str) -> String {
 /// holds an earlier bundle (which is then replaced). Commands that export at the end of
 /// long work call it first, so a wrong `--bundle` is refused before the work.
 pub fn check_bundle_target(dir: &Path) -> Result<(), BundleError> {
-    // The temporaries of a first write that was killed do not make it another directory
-    // (the next write replaces them).
-    let ours: Vec<String> = [
+    // What a first write that was killed leaves (its temporaries, and the graphs it
+    // renamed into place before its manifest) does not make it another directory: the
+    // next write replaces them. (Those graphs made every later export refuse it.)
+    let names = [
         DENOISER_FILE,
         EDIT_FILE,
         CRITIC_FILE,
         MANIFEST_FILE,
         SIGNATURE_FILE,
-    ]
-    .map(temporary_name)
-    .into();
+    ];
+    let ours: Vec<String> = names
+        .iter()
+        .map(|n| temporary_name(n))
+        .chain(names.iter().map(|n| n.to_string()))
+        .collect();
     let holds_other_files = match fs::read_dir(dir) {
         Ok(entries) => {
             let mut others = entries.filter_map(|e| e.ok()).filter(|e| {
@@ -2180,6 +2196,14 @@ mod tests {
         SyntheticSpec::cpu().write(&killed, 1, None).unwrap();
         load_bundle(&killed, &Trust::AllowUnsigned).unwrap();
         assert!(!killed.join(".denoiser.onnx.tmp").exists());
+        // And one it was killed in after renaming graphs into place, before its manifest
+        // (refused as another directory by every later export).
+        let renamed = tmp.path().join("renamed");
+        fs::create_dir(&renamed).unwrap();
+        fs::write(renamed.join(DENOISER_FILE), "a graph").unwrap();
+        fs::write(renamed.join(".manifest.toml.tmp"), "half").unwrap();
+        SyntheticSpec::cpu().write(&renamed, 1, None).unwrap();
+        load_bundle(&renamed, &Trust::AllowUnsigned).unwrap();
         // A temporary of another name is not ours.
         let other = tmp.path().join("other");
         fs::create_dir(&other).unwrap();

@@ -1221,7 +1221,8 @@ mod tests {
         // The graph a killed publish renamed into place is cleared for the next one
         // (the export refused the directory, and every resume failed there); a
         // complete bundle is never touched.
-        assert!(shared_model::manifest::check_bundle_target(&root.join("0004000")).is_err());
+        // (An export may write there too: what a killed write leaves is its own.)
+        shared_model::manifest::check_bundle_target(&root.join("0004000")).unwrap();
         for name in ["0002000", "0004000"] {
             clear_unfinished_bundle(&root.join(name)).unwrap();
             assert!(!root.join(name).exists(), "{name}");
