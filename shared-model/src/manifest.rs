@@ -846,9 +846,11 @@ fn temporary_name(name: &str) -> String {
     format!(".{name}.tmp")
 }
 
-/// Whether [`write_bundle`] may write into `dir`: it does not exist yet, is empty, or
-/// holds an earlier bundle (which is then replaced). Commands that export at the end of
-/// long work call it first, so a wrong `--bundle` is refused before the work.
+/// Whether [`write_bundle`] may write into `dir`: it does not exist yet, is empty, holds
+/// an earlier bundle (which is then replaced), or holds only what a killed write leaves
+/// (temporaries, and files under the bundle's own names, which are replaced: a folder of
+/// a user's own `denoiser.onnx` would be too). Commands that export at the end of long
+/// work call it first, so a wrong `--bundle` is refused before the work.
 pub fn check_bundle_target(dir: &Path) -> Result<(), BundleError> {
     // What a first write that was killed leaves (its temporaries, and the graphs it
     // renamed into place before its manifest) does not make it another directory: the

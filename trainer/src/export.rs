@@ -120,6 +120,22 @@ pub struct ExportInfo {
     pub executed_steps: Option<usize>,
 }
 
+/// What a bundle exported from the run in `run` (of `config`) says it learned from
+/// (`provenance.dataset`): a fine-tuned run's robot data, whichever command exports it
+/// (`export --run` named the source run's demonstrations, `finetune --bundle` the robot
+/// data), else the run's offline data.
+pub fn dataset_provenance(run: &Path, config: &Config) -> String {
+    if run.join("finetune.csv").exists() {
+        format!("finetuned on robot data ({})", run.display())
+    } else {
+        config
+            .run
+            .dataset
+            .clone()
+            .unwrap_or_else(|| format!("scripted demonstrations ({})", config.task))
+    }
+}
+
 /// The bundle's graphs for `agent` (those its algorithm acts with).
 pub fn bundle_graphs(agent: &Agent) -> BundleGraphs {
     let (od, ad) = (agent.obs_dim, agent.act_dim);
@@ -439,6 +455,21 @@ fn hashed_config(c: &Config) -> Config {
 
 #[cfg(test)]
 mod tests {
+    /// A fine-tuned run's bundle names its robot data, whichever command exports it:
+    /// `export --run` named the source run's demonstrations.
+    #[test]
+    fn a_fine_tuned_runs_bundle_names_its_robot_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Config::preset("tiny").unwrap();
+        assert!(
+            dataset_provenance(tmp.path(), &c).starts_with("scripted demonstrations"),
+            "{}",
+            dataset_provenance(tmp.path(), &c)
+        );
+        std::fs::write(tmp.path().join("finetune.csv"), "update\n").unwrap();
+        assert!(dataset_provenance(tmp.path(), &c).starts_with("finetuned on robot data ("));
+    }
+
     use super::*;
 
     /// Where a checkpoint is exported (`export --device`) does not change the hash;

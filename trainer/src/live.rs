@@ -693,9 +693,10 @@ fn newest_bundle(root: &std::path::Path) -> Option<usize> {
 }
 
 /// Clears the bundle directory `dir` for a publish, where a killed one left part of a
-/// bundle (graphs renamed into place, no manifest): the export refuses a directory of
-/// other files without a manifest, so every resume ended there until it was removed by
-/// hand. Never touches a complete bundle (a robot may have fetched it).
+/// bundle (graphs renamed into place, no manifest, or a manifest whose signature never
+/// followed): such a bundle was taken for published, or refused by the export, and
+/// every resume ended there until it was removed by hand. Never touches a complete
+/// bundle (a robot may have fetched it).
 fn clear_unfinished_bundle(dir: &std::path::Path) -> Result<()> {
     if dir.exists() && !bundle_complete(dir) {
         eprintln!(

@@ -720,9 +720,7 @@ fn main() -> Result<()> {
                 let (agent, env_steps) =
                     trainer::run::load_agent_at(&run, config.device.as_deref())?;
                 let info = trainer::export::ExportInfo {
-                    dataset: agent.config.run.dataset.clone().unwrap_or_else(|| {
-                        format!("scripted demonstrations ({})", agent.config.task)
-                    }),
+                    dataset: trainer::export::dataset_provenance(&run, &agent.config),
                     env_steps: env_steps as u64,
                     executed_steps,
                 };
@@ -835,7 +833,7 @@ fn main() -> Result<()> {
                 // another).
                 let (agent, env_steps) = trainer::run::load_agent_at(&out, opts.device.as_deref())?;
                 let info = trainer::export::ExportInfo {
-                    dataset: format!("finetuned on robot data ({})", out.display()),
+                    dataset: trainer::export::dataset_provenance(&out, &agent.config),
                     env_steps: env_steps as u64,
                     executed_steps: None,
                 };

@@ -150,17 +150,26 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
     Ok(was == asked)
 }
 
-/// An unfinished run in `dir` (one with a configuration and something to continue)
-/// is resumed with `train --resume`, which takes the settings it ran with only (its
-/// length at least as long): others are refused here, before anything starts. They
-/// failed in each child, after the other runs had run.
+/// An unfinished run in `dir` with a checkpoint is resumed with `train --resume`, which
+/// takes the settings its checkpoint was written with only (its length at least as
+/// long): others are refused here, before anything starts. They failed in each child,
+/// after the other runs had run. (One without a checkpoint starts over, with any
+/// settings; a checkpoint this cannot read is left to the child to name.)
 fn unfinished_run_resumes(dir: &Path, config: &crate::config::Config) -> Result<()> {
-    let path = dir.join("config.toml");
-    if !path.is_file() || crate::run::ensure_no_run_in(dir).is_ok() {
+    let Some(checkpoint) = crate::run::checkpoint_to_resume(dir)? else {
         return Ok(());
-    }
-    let saved = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    };
+    let path = checkpoint.join("state.json");
+    let state: serde_json::Value = match std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(v) => v,
+        None => return Ok(()),
+    };
+    let Some(saved) = state["config_toml"].as_str().map(str::to_string) else {
+        return Ok(());
+    };
     if let Some((key, then, now)) = crate::run::difference_except_length(&saved, config, false)
         .with_context(|| format!("{}", path.display()))?
     {
@@ -213,12 +222,6 @@ impl Drop for Running {
 /// were stopped by the time limit.
 pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
     spec.check()?;
-    // One study at a time in a directory: a second one (the first still running, say
-    // after an ssh drop) started each unfinished run again beside the first's child,
-    // and marked it failed when that child found the run in use.
-    std::fs::create_dir_all(&spec.out)
-        .with_context(|| format!("creating {}", spec.out.display()))?;
-    let _study = crate::run::lock_run_dir(&spec.out)?;
     // Every run's configuration first: a bad preset or override fails here, with its
     // reason, instead of in each child run's log; and a finished run of other settings
     // in the directory is refused before anything starts.
@@ -247,6 +250,13 @@ pub fn run_study(spec: &StudySpec, exe: &Path) -> Result<Vec<PathBuf>> {
             }
         }
     }
+    // One study at a time in a directory (taken once every configuration resolved: a
+    // refused study creates nothing): a second one, the first still running (say after
+    // an ssh drop), started each unfinished run again beside the first's child, and
+    // marked it failed when that child found the run in use.
+    std::fs::create_dir_all(&spec.out)
+        .with_context(|| format!("creating {}", spec.out.display()))?;
+    let _study = crate::run::lock_run_dir(&spec.out)?;
     let total = queue.len();
     println!("study: {total} runs to do, {} at a time", spec.jobs);
     let mut running = Running(vec![]);

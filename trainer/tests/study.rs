@@ -423,10 +423,11 @@ fn only_runs_already_started_are_resumed_and_their_logs_kept() {
     );
 }
 
-/// An unfinished run is resumed with the settings it ran with only: a study rerun with
-/// another compute setting (which a finished run accepts) is refused before anything
-/// starts, naming the setting; each such run failed in its child. A second study into a
-/// directory in use is refused by name.
+/// An unfinished run is resumed with the settings its checkpoint was written with
+/// only: a study rerun with another compute setting (which a finished run accepts) is
+/// refused before anything starts, naming the setting; each such run failed in its
+/// child. One without a checkpoint starts over with any settings. A study directory in
+/// use by another process is refused by name.
 #[cfg(unix)]
 #[test]
 fn an_unfinished_run_of_other_settings_is_refused_before_anything_starts() {
@@ -446,7 +447,8 @@ fn an_unfinished_run_of_other_settings_is_refused_before_anything_starts() {
     )
     .unwrap();
     std::fs::write(run.join("config.toml"), config.to_toml()).unwrap();
-    std::fs::write(run.join("checkpoint/state.json"), "{}").unwrap();
+    let state = serde_json::json!({ "config_toml": config.to_toml() });
+    std::fs::write(run.join("checkpoint/state.json"), state.to_string()).unwrap();
     std::fs::write(run.join("metrics.csv"), "step\n").unwrap();
     let mut spec = push_expo_study(&out, &[0], None);
     spec.overrides = vec!["compute.threads=2".into()];
@@ -457,37 +459,18 @@ fn an_unfinished_run_of_other_settings_is_refused_before_anything_starts() {
     );
     assert!(!tmp.path().join("started").exists());
     assert!(!run.join("failed").exists());
-    // The same settings resume it.
-    spec.overrides.clear();
+    // Without its checkpoint (a run that crashed before its first) it starts over.
+    std::fs::remove_dir_all(run.join("checkpoint")).unwrap();
     assert!(trainer::study::run_study(&spec, &exe).unwrap().is_empty());
     assert!(tmp.path().join("started").exists());
-    // A study still running holds its directory: a second one is refused.
-    let sleeping = tmp.path().join("sleeping");
-    std::fs::create_dir_all(&sleeping).unwrap();
-    let exe = stand_in_trainer(&sleeping, &format!("{FIND_OUT}\n{PID_THEN_SLEEP}"));
-    let other = tmp.path().join("other");
-    let first = std::thread::spawn({
-        let (other, exe) = (other.clone(), exe.clone());
-        move || {
-            let spec = push_expo_study(&other, &[0], Some(std::time::Duration::from_secs(10)));
-            trainer::study::run_study(&spec, &exe)
-        }
-    });
-    let pid = other.join("push/expo/seed-0/pid");
-    let waited = std::time::Instant::now();
-    while !pid.exists() && waited.elapsed() < std::time::Duration::from_secs(60) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let e = format!(
-        "{:#}",
-        trainer::study::run_study(
-            &push_expo_study(&other, &[0], Some(std::time::Duration::from_secs(2))),
-            &exe
-        )
-        .unwrap_err()
-    );
+    // A study directory another process holds is refused, and nothing starts.
+    std::fs::remove_file(tmp.path().join("started")).unwrap();
+    let lock = std::fs::File::create(out.join(".trainer.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let again = push_expo_study(&out, &[1], None);
+    let e = format!("{:#}", trainer::study::run_study(&again, &exe).unwrap_err());
     assert!(e.contains("is in use by another trainer process"), "{e}");
-    first.join().unwrap().unwrap();
+    assert!(!tmp.path().join("started").exists());
 }
 
 /// A run whose process fails is marked `failed` (and the study reports it); the marker

@@ -1064,7 +1064,9 @@ impl Control {
                         self.estop_answer_seq = Some(seq.number);
                         return;
                     }
-                    if seq.stale && self.late_estop_answers > 0 && now <= self.late_estop_until {
+                    // (By the frame's arrival: a control thread descheduled past the
+                    // window would take its own answer for a stop button's.)
+                    if seq.stale && self.late_estop_answers > 0 && rx <= self.late_estop_until {
                         // Our Estop's answer, sent before the frame that began this
                         // episode and held back behind it on the link.
                         self.late_estop_answers -= 1;
@@ -1186,8 +1188,11 @@ impl Control {
     /// holds (a `p` typed while it was starting) ends at once, before its first command,
     /// as `r` ends one (the firmware's episode ends with our next `Reset`).
     fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
+        // (A repeated Reset's restart of the running episode is not a new one: it goes
+        // on, as a pause lets the running episode go on.)
+        let starting = matches!(self.phase, Phase::Starting { .. });
         self.start_episode(episode, seed, now);
-        if self.paused {
+        if starting && self.paused {
             self.finish_episode(
                 now,
                 EndReason::Interrupted,
@@ -1202,8 +1207,11 @@ impl Control {
         if matches!(self.phase, Phase::Starting { .. }) {
             self.episodes_begun += 1;
         }
-        self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
-        self.late_estop_until = now + self.estop_answer_wait();
+        // (A repeated Reset's restart, with none unanswered since, keeps those owed.)
+        if self.estops_unanswered > 0 {
+            self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
+            self.late_estop_until = now + self.estop_answer_wait();
+        }
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
         // Counted when its Reset went out (a repeated Reset's restart keeps the number).

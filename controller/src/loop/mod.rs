@@ -1366,7 +1366,7 @@ pub fn run(
     let dropped_lines = console.finish();
     if dropped_lines > 0 {
         note!(
-            "{dropped_lines} console lines of the control thread were dropped (its queue \
+            "{dropped_lines} console lines of the control and teleop threads were dropped (their queue \
              was full: stderr was not read fast enough); report.json has the faults and \
              episodes"
         );

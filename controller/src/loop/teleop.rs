@@ -899,6 +899,22 @@ mod tests {
     #[test]
     fn the_teleop_thread_never_writes_to_stderr_itself() {
         use std::sync::mpsc;
+        // Alone, in a child process of this test binary: holding this process's stderr
+        // would hold every other test's lines meanwhile.
+        const CHILD: &str = "EXPO_TELEOP_STDERR_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let (_, module) = module_path!().split_once("::").unwrap();
+            let name = format!("{module}::the_teleop_thread_never_writes_to_stderr_itself");
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name.as_str(), "--exact", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{said}");
+            assert!(said.contains("1 passed"), "{said}");
+            return;
+        }
         // Another thread holds stderr (as a write blocked on a paused terminal does)
         // until this test is done, or fails.
         let (release, released) = mpsc::channel::<()>();
