@@ -154,7 +154,8 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
 /// takes the settings its checkpoint was written with only (its length at least as
 /// long): others are refused here, before anything starts. They failed in each child,
 /// after the other runs had run. (One without a checkpoint starts over, with any
-/// settings; a checkpoint this cannot read is left to the child to name.)
+/// settings; a checkpoint directory without a `state.json` is refused by name, as
+/// `train --resume` refuses it; a `state.json` this cannot parse is left to the child.)
 fn unfinished_run_resumes(dir: &Path, config: &crate::config::Config) -> Result<()> {
     let Some(checkpoint) = crate::run::checkpoint_to_resume(dir)? else {
         return Ok(());

@@ -446,7 +446,11 @@ fn an_unfinished_run_of_other_settings_is_refused_before_anything_starts() {
         ],
     )
     .unwrap();
-    std::fs::write(run.join("config.toml"), config.to_toml()).unwrap();
+    // The checkpoint's settings decide (`train --resume` compares with them), whatever
+    // config.toml says: here it already says the study's.
+    let mut asked = config.clone();
+    asked.compute.threads = 2;
+    std::fs::write(run.join("config.toml"), asked.to_toml()).unwrap();
     let state = serde_json::json!({ "config_toml": config.to_toml() });
     std::fs::write(run.join("checkpoint/state.json"), state.to_string()).unwrap();
     std::fs::write(run.join("metrics.csv"), "step\n").unwrap();
@@ -463,7 +467,8 @@ fn an_unfinished_run_of_other_settings_is_refused_before_anything_starts() {
     std::fs::remove_dir_all(run.join("checkpoint")).unwrap();
     assert!(trainer::study::run_study(&spec, &exe).unwrap().is_empty());
     assert!(tmp.path().join("started").exists());
-    // A study directory another process holds is refused, and nothing starts.
+    // A study directory held by another writer (a lock on another open file, as a
+    // second process would take it) is refused, and nothing starts.
     std::fs::remove_file(tmp.path().join("started")).unwrap();
     let lock = std::fs::File::create(out.join(".trainer.lock")).unwrap();
     lock.try_lock().unwrap();

@@ -890,7 +890,7 @@ impl Control {
                 {
                     // EpisodeStart lost on the link: a frame of a new episode after our
                     // Reset starts it as well (steps before it count as missing).
-                    self.begin_episode(episode, seed, now);
+                    self.begin_episode(episode, seed, now, rx);
                 }
                 if self.refuse_leap(now, "Sensor", episode, step) {
                     return;
@@ -1002,7 +1002,7 @@ impl Control {
                     && seed == ours
                     && self.track.is_none()
                 {
-                    self.begin_episode(episode, seed, now);
+                    self.begin_episode(episode, seed, now, rx);
                 } else if self.phase == Phase::Running
                     && let Some(t) = &self.track
                     && t.seed == seed
@@ -1012,7 +1012,7 @@ impl Control {
                     // A repeated Reset (the firmware was slow to answer the first) started
                     // the episode again: the firmware runs the newest one.
                     self.track = None;
-                    self.begin_episode(episode, seed, now);
+                    self.begin_episode(episode, seed, now, rx);
                 }
             }
             Message::EpisodeEnd {
@@ -1187,11 +1187,11 @@ impl Control {
     /// Begins the episode the firmware started; one begun while the operator's pause
     /// holds (a `p` typed while it was starting) ends at once, before its first command,
     /// as `r` ends one (the firmware's episode ends with our next `Reset`).
-    fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant) {
+    fn begin_episode(&mut self, episode: u32, seed: u64, now: Instant, began: Instant) {
         // (A repeated Reset's restart of the running episode is not a new one: it goes
         // on, as a pause lets the running episode go on.)
         let starting = matches!(self.phase, Phase::Starting { .. });
-        self.start_episode(episode, seed, now);
+        self.start_episode(episode, seed, now, began);
         if starting && self.paused {
             self.finish_episode(
                 now,
@@ -1202,7 +1202,9 @@ impl Control {
         }
     }
 
-    fn start_episode(&mut self, episode: u32, seed: u64, now: Instant) {
+    /// `began`: when the frame that began it arrived (the late-Estop window runs from
+    /// there, as the answers are judged by their arrival).
+    fn start_episode(&mut self, episode: u32, seed: u64, now: Instant, began: Instant) {
         // (Not a repeated Reset's restart of the running episode.)
         if matches!(self.phase, Phase::Starting { .. }) {
             self.episodes_begun += 1;
@@ -1210,7 +1212,7 @@ impl Control {
         // (A repeated Reset's restart, with none unanswered since, keeps those owed.)
         if self.estops_unanswered > 0 {
             self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
-            self.late_estop_until = now + self.estop_answer_wait();
+            self.late_estop_until = began + self.estop_answer_wait();
         }
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
@@ -2728,6 +2730,42 @@ mod tests {
         c.tick += 1;
         c.one_tick(Instant::now());
         assert!(stop_button(&c), "{:?}", c.report.faults);
+        // Judged by arrival: an answer that came within the window is ours even when a
+        // descheduled control thread handles it after the window (it was judged by the
+        // tick's time, and taken for a stop button's).
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.estops_unanswered = 1;
+        c.episodes_started = 1;
+        c.phase = Phase::Starting {
+            since: Instant::now(),
+            attempts: 1,
+            seed: 7,
+        };
+        let t0 = Instant::now();
+        tx.send(frame(
+            101,
+            Message::EpisodeStart {
+                episode: 1,
+                seed: 7,
+            },
+        ))
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(t0);
+        let LinkEvent::Frame { frame: f, .. } = stale_estop(100) else {
+            unreachable!()
+        };
+        tx.send(LinkEvent::Frame {
+            rx: t0 + Duration::from_millis(1),
+            frame: f,
+            stale: true,
+        })
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(t0 + Duration::from_secs(10));
+        assert!(!stop_button(&c), "{:?}", c.report.faults);
+        assert_eq!(c.late_estop_answers, 0);
     }
 
     /// A fault that begins a safe stop with the torque already off (a link lost while
@@ -3383,20 +3421,40 @@ mod tests {
         label: bool,
         last: (f32, bool),
     ) -> (Control, Vec<Record>) {
-        let (mut c, tx) = control(wire);
         let (log_tx, log_rx) = crossbeam_channel::bounded(room);
-        c.log_tx = Some(log_tx);
-        c.track = Some(Track::new(1, 0, 7, Instant::now()));
-        c.phase = Phase::Running;
-        let obs = vec![0.25; c.od];
-        let reward = |step, reward, done| Message::Reward {
+        let (mut c, tx) = labelled_after_step_1(wire, Some(log_tx), label);
+        tx.send(frame(5, step_reward(2, last.0, last.1))).unwrap();
+        c.drain(Instant::now());
+        c.emit_transitions();
+        c.finish_episode(Instant::now(), EndReason::Labelled, "test".into());
+        (c, log_rx.try_iter().collect())
+    }
+
+    /// Step `step`'s `Reward` frame in firmware episode 1.
+    fn step_reward(step: u32, reward: f32, done: bool) -> Message {
+        Message::Reward {
             episode: 1,
             step,
             reward,
             done,
             truncated: false,
             success: false,
-        };
+        }
+    }
+
+    /// A control loop logging into `log_tx`, in firmware episode 1, which has heard the
+    /// `Sensor` frames of steps 0 to 2 and step 1's `Reward` (0.5), then the operator's
+    /// `label` (its last step: 2); and the sender of its link events.
+    fn labelled_after_step_1(
+        wire: &Wire,
+        log_tx: Option<crossbeam_channel::Sender<Record>>,
+        label: bool,
+    ) -> (Control, crossbeam_channel::Sender<LinkEvent>) {
+        let (mut c, tx) = control(wire);
+        c.log_tx = log_tx;
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let obs = vec![0.25; c.od];
         for step in 0..=2 {
             tx.send(frame(
                 step as u16 + 1,
@@ -3404,14 +3462,10 @@ mod tests {
             ))
             .unwrap();
         }
-        tx.send(frame(4, reward(1, 0.5, false))).unwrap();
+        tx.send(frame(4, step_reward(1, 0.5, false))).unwrap();
         c.drain(Instant::now());
         c.operator_end(Instant::now(), label);
-        tx.send(frame(5, reward(2, last.0, last.1))).unwrap();
-        c.drain(Instant::now());
-        c.emit_transitions();
-        c.finish_episode(Instant::now(), EndReason::Labelled, "test".into());
-        (c, log_rx.try_iter().collect())
+        (c, tx)
     }
 
     /// The firmware's own end of an episode the operator labelled a step earlier is past
@@ -3420,28 +3474,9 @@ mod tests {
     #[test]
     fn a_labelled_episode_keeps_its_own_step_count() {
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.track = Some(Track::new(1, 0, 7, Instant::now()));
-        c.phase = Phase::Running;
+        let (mut c, tx) = labelled_after_step_1(&wire, None, true);
         let obs = vec![0.25; c.od];
-        let reward = |step, done| Message::Reward {
-            episode: 1,
-            step,
-            reward: 0.5,
-            done,
-            truncated: false,
-            success: false,
-        };
-        for step in 0..=2 {
-            tx.send(frame(
-                step as u16 + 1,
-                Message::sensor(1, step, &obs).unwrap(),
-            ))
-            .unwrap();
-        }
-        tx.send(frame(4, reward(1, false))).unwrap();
-        c.drain(Instant::now());
-        c.operator_end(Instant::now(), true);
+        let reward = |step, done| step_reward(step, 0.5, done);
         tx.send(frame(5, reward(2, false))).unwrap();
         tx.send(frame(6, Message::sensor(1, 3, &obs).unwrap()))
             .unwrap();
@@ -3514,32 +3549,10 @@ mod tests {
     #[test]
     fn an_interrupt_keeps_the_labelled_steps_late_reward() {
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
         let (log_tx, log_rx) = crossbeam_channel::bounded(64);
-        c.log_tx = Some(log_tx);
-        c.track = Some(Track::new(1, 0, 7, Instant::now()));
-        c.phase = Phase::Running;
-        let obs = vec![0.25; c.od];
-        let reward = |step| Message::Reward {
-            episode: 1,
-            step,
-            reward: 0.5,
-            done: false,
-            truncated: false,
-            success: false,
-        };
-        for step in 0..=2 {
-            tx.send(frame(
-                step as u16 + 1,
-                Message::sensor(1, step, &obs).unwrap(),
-            ))
-            .unwrap();
-        }
-        tx.send(frame(4, reward(1))).unwrap();
-        c.drain(Instant::now());
-        c.operator_end(Instant::now(), true);
+        let (mut c, tx) = labelled_after_step_1(&wire, Some(log_tx), true);
         c.interrupt(Instant::now(), "interrupted (Ctrl-C)".into());
-        tx.send(frame(5, reward(2))).unwrap();
+        tx.send(frame(5, step_reward(2, 0.5, false))).unwrap();
         c.tick += 1;
         c.one_tick(Instant::now());
         c.end_closing(Instant::now());
@@ -3808,7 +3821,7 @@ mod tests {
         c.tick += 1;
         c.one_tick(now);
         assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
-        c.begin_episode(0, 7, now);
+        c.begin_episode(0, 7, now, now);
         assert!(ready.offer(("0000001".into(), Brain::Hold)).is_none());
         for _ in 0..5 {
             c.tick += 1;
@@ -3967,7 +3980,7 @@ mod tests {
         let wire = Wire::default();
         let (mut c, _tx) = control(&wire);
         c.cfg.max_consecutive_overruns = 3;
-        c.begin_episode(0, 7, Instant::now());
+        c.begin_episode(0, 7, Instant::now(), Instant::now());
         let p = c.period;
         let d = Instant::now();
         let next = c.next_deadline(d, d + p * 5 + Duration::from_micros(10));
@@ -4052,7 +4065,7 @@ mod tests {
         let wire = Wire::default();
         let (mut c, _tx) = control(&wire);
         let start = Instant::now();
-        c.begin_episode(0, 7, start);
+        c.begin_episode(0, 7, start, start);
         c.on_operator(start + Duration::from_millis(10), OperatorCommand::Reset);
         assert_eq!(c.report.operator.ignored, 1);
         assert_eq!(c.report.operator.resets, 0);
@@ -4070,7 +4083,7 @@ mod tests {
     fn a_reordered_watchdog_fault_moves_the_reference_to_the_firmwares_hold() {
         let wire = Wire::default();
         let (mut c, _tx) = control(&wire);
-        c.begin_episode(0, 7, Instant::now());
+        c.begin_episode(0, 7, Instant::now(), Instant::now());
         let push = |c: &mut Control| {
             for _ in 0..4 {
                 c.gate.send_command(&[0.6, 0.6]).unwrap();
@@ -4104,7 +4117,7 @@ mod tests {
         let d = Instant::now();
         c.next_deadline(d, d + c.period * 12);
         assert!(c.consecutive_overruns >= 3);
-        c.begin_episode(0, 7, Instant::now());
+        c.begin_episode(0, 7, Instant::now(), Instant::now());
         c.tick += 1;
         c.one_tick(Instant::now());
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
