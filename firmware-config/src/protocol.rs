@@ -598,8 +598,9 @@ pub enum Message {
     Command {
         action: Vec<f32, MAX_ACT>,
     },
-    /// Link keep-alive. The firmware answers each one with its own and sends one
-    /// periodically while no episode runs.
+    /// Link keep-alive. Once shaken hands, the firmware answers each one with its own
+    /// and sends one periodically while no episode runs (before a handshake it answers
+    /// only `Hello` and `Estop`; see "Reboots" above).
     Heartbeat,
     Fault {
         code: FaultCode,

@@ -35,7 +35,7 @@
 //! | key | value | effect |
 //! |---|---|---|
 //! | `seed` | u64 | generator seed (default: the firmware's `--seed`) |
-//! | `after` | frames | link faults start after this many clean frames (lets the handshake through) |
+//! | `after` | frames | link faults start after this many clean frames (lets the handshake through); `version` and `stall_after` act from the first frame |
 //! | `drop` | p per byte | the byte is not sent |
 //! | `flip` | p per byte | one random bit of the byte is flipped |
 //! | `truncate` | p per frame | the frame is cut at a random point, delimiter included |

@@ -8,8 +8,10 @@
 //! other messages (rewards, episode starts and ends, faults) come in the same order
 //! the firmware sent them, which is what building transitions needs.
 //!
-//! The I/O thread never blocks on the channel: when it is full (the control thread is
-//! stuck) the frame is dropped and counted. If the device fails (unplugged, the
+//! The I/O thread does not block on the channel for data: when it is full (the control
+//! thread is stuck) a `Sensor` or `Reward` frame is dropped and counted. A `Fault` or
+//! `Hello` frame, a loss and a reconnection wait up to a second each for room (they
+//! must not be lost with the data). If the device fails (unplugged, the
 //! firmware's pty closed), the thread reports [`LinkEvent::Lost`] and, when
 //! reconnection is enabled, reopens the same path every 100 ms until the deadline,
 //! handing the control thread a fresh write handle ([`LinkEvent::Reconnected`]).

@@ -1087,6 +1087,15 @@ pub fn run(
             cfg.spin.as_micros()
         )));
     }
+    // A dedicated CPU spins through the whole period (`busy_wait`): under SCHED_FIFO
+    // the same. The command line refuses the pair; a caller of this function may not.
+    if cfg.realtime.is_some() && cfg.dedicated_cpu.is_some() {
+        return Err(RunError::Config(
+            "--dedicated-cpu spins through the whole control period, so it cannot run \
+             under --realtime: the control thread would never sleep"
+                .into(),
+        ));
+    }
     if cfg.baud == 0 {
         return Err(RunError::Config(
             "the baud rate (--baud) must be above zero".into(),
@@ -1634,6 +1643,22 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The library refuses SCHED_FIFO with a dedicated CPU's spin, as the command line
+    /// does: a caller of `run` got a real-time thread that never slept.
+    #[test]
+    fn a_realtime_run_on_a_dedicated_cpu_is_refused() {
+        let robot = firmware_config::RobotConfig::example("push").unwrap();
+        let mut cfg = RunConfig::new(robot, "/nonexistent".into());
+        cfg.realtime = Some((80, None));
+        cfg.dedicated_cpu = Some(0);
+        cfg.quiet = true;
+        let e = run(cfg, Brain::Hold, "push", "test").unwrap_err();
+        assert!(
+            matches!(&e, RunError::Config(m) if m.contains("cannot run under --realtime")),
+            "{e}"
+        );
     }
 
     #[test]
