@@ -2391,6 +2391,13 @@ fn panic_in_the_control_thread_triggers_the_safe_stop() {
     let report = sim.report();
     assert_eq!(faults_of(&report, "panic"), 1, "{report}");
     assert_eq!(report["outcome"], "error");
+    // The report names where it panicked (only the console's line did).
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("the control thread panicked at controller/src/loop/control.rs:")
+            && error.contains(": injected panic at tick 40"),
+        "{error}"
+    );
     assert_eq!(fw.firmware.estops, 1);
     let last_estop = received
         .iter()

@@ -485,7 +485,7 @@ pub(crate) struct Control {
     /// to the log panics too (`--inject-panic-repeats`).
     panic_repeats: bool,
     /// Raised when a thread of this run panics ([`realtime::RunScope`]).
-    run_panicked: Arc<realtime::RunPanic>,
+    pub(crate) run_panicked: Arc<realtime::RunPanic>,
     /// Testing only: ticks `from..from + count` each sleep one extra control period.
     pub slow_ticks: Option<(u64, u64)>,
     current_deadline: Instant,

@@ -1577,7 +1577,17 @@ fn control_thread(
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run_loop()));
     if let Err(p) = first {
         let msg = said_panic(&c, p);
-        c.fatal = Some(format!("the control thread panicked: {msg}"));
+        // With its place when the run's first panic is this one: the line that names it
+        // goes only through the console queue, which a stderr nobody reads fills.
+        let place = c
+            .run_panicked
+            .first()
+            .filter(|first| first.contains(&msg))
+            .and_then(|first| panic_place(&first).map(str::to_string));
+        c.fatal = Some(match place {
+            Some(at) => format!("the control thread panicked at {at}: {msg}"),
+            None => format!("the control thread panicked: {msg}"),
+        });
         let now = Instant::now();
         c.phase = if c.phase == control::Phase::Done {
             control::Phase::Idle
@@ -1629,6 +1639,13 @@ fn control_thread(
 
 /// A caught panic of the control thread: its deferred messages go to the console
 /// thread; returns its own message.
+/// `FILE:LINE:COL` of a panic as the run's panic hook keeps it ("thread 'NAME'
+/// panicked at FILE:LINE:COL: MESSAGE").
+fn panic_place(said: &str) -> Option<&str> {
+    let rest = said.split_once("panicked at ")?.1;
+    Some(rest.split_once(": ").map_or(rest, |(place, _)| place))
+}
+
 fn said_panic(c: &control::Control, p: Box<dyn std::any::Any + Send>) -> String {
     for m in realtime::take_deferred_panics() {
         c.say(m);
