@@ -827,11 +827,7 @@ pub fn run(
             .div_f64(rate_scale)
             .min(Duration::from_millis(50));
         let n = port.read_timeout(&mut buf, wait)?;
-        let now = clock();
-        decoder.feed(&buf[..n], |r| match r {
-            Ok(frame) => fw.on_frame(now, frame),
-            Err(e) => fw.on_frame_error(now, &e),
-        });
+        take_bytes(fw, &mut decoder, &buf[..n], clock());
         send_outbox(fw, port, &mut emits)?;
     }
     // What the controller wrote before the stop is still taken (its last Estop, written
@@ -842,11 +838,7 @@ pub fn run(
         if n == 0 {
             break;
         }
-        let now = clock();
-        decoder.feed(&buf[..n], |r| match r {
-            Ok(frame) => fw.on_frame(now, frame),
-            Err(e) => fw.on_frame_error(now, &e),
-        });
+        take_bytes(fw, &mut decoder, &buf[..n], clock());
     }
     fw.faults_mut().flush(&mut emits);
     write_emits(port, &mut emits)?;
@@ -856,6 +848,14 @@ pub fn run(
         decoder: decoder.stats(),
         link_dropped_bytes: port.dropped_bytes(),
     })
+}
+
+/// The controller's `bytes`, read at `now`, decoded and handed to the firmware.
+fn take_bytes(fw: &mut SimFirmware, decoder: &mut FrameDecoder, bytes: &[u8], now: Duration) {
+    decoder.feed(bytes, |r| match r {
+        Ok(frame) => fw.on_frame(now, frame),
+        Err(e) => fw.on_frame_error(now, &e),
+    });
 }
 
 fn send_outbox(fw: &mut SimFirmware, port: &mut dyn Port, emits: &mut Vec<Emit>) -> io::Result<()> {

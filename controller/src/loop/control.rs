@@ -397,7 +397,7 @@ pub(crate) struct Control {
     pub gate: CommandGate,
     envelope: Envelope,
     events: Receiver<LinkEvent>,
-    log_tx: Option<Sender<Record>>,
+    pub(crate) log_tx: Option<Sender<Record>>,
     pending_log: VecDeque<Record>,
     /// The loop has ended: transitions wait for room in the logger's queue instead of
     /// being dropped ([`Control::flush_log_blocking`]).
@@ -1057,19 +1057,19 @@ impl Control {
                         // A duplicated or reordered copy of our Estop's answer.
                         return;
                     }
-                    if self.estops_unanswered > 0 {
-                        // Our own Estop's answer.
-                        self.estops_unanswered -= 1;
-                        self.estop_answers += 1;
-                        self.estop_answer_seq = Some(seq.number);
-                        return;
-                    }
-                    // (By the frame's arrival: a control thread descheduled past the
-                    // window would take its own answer for a stop button's.)
-                    if seq.stale && self.late_estop_answers > 0 && rx <= self.late_estop_until {
-                        // Our Estop's answer, sent before the frame that began this
-                        // episode and held back behind it on the link.
-                        self.late_estop_answers -= 1;
+                    // Our own Estop's answer; or one sent before the frame that began this
+                    // episode and held back behind it on the link (judged by the frame's
+                    // arrival: a control thread descheduled past the window would take
+                    // its own answer for a stop button's).
+                    let owed = if self.estops_unanswered > 0 {
+                        Some(&mut self.estops_unanswered)
+                    } else if seq.stale && rx <= self.late_estop_until {
+                        Some(&mut self.late_estop_answers).filter(|n| **n > 0)
+                    } else {
+                        None
+                    };
+                    if let Some(n) = owed {
+                        *n -= 1;
                         self.estop_answers += 1;
                         self.estop_answer_seq = Some(seq.number);
                         return;
@@ -1191,6 +1191,9 @@ impl Control {
         // (A repeated Reset's restart of the running episode is not a new one: it goes
         // on, as a pause lets the running episode go on.)
         let starting = matches!(self.phase, Phase::Starting { .. });
+        if starting {
+            self.episodes_begun += 1;
+        }
         self.start_episode(episode, seed, now, began);
         if starting && self.paused {
             self.finish_episode(
@@ -1205,10 +1208,6 @@ impl Control {
     /// `began`: when the frame that began it arrived (the late-Estop window runs from
     /// there, as the answers are judged by their arrival).
     fn start_episode(&mut self, episode: u32, seed: u64, now: Instant, began: Instant) {
-        // (Not a repeated Reset's restart of the running episode.)
-        if matches!(self.phase, Phase::Starting { .. }) {
-            self.episodes_begun += 1;
-        }
         // (A repeated Reset's restart, with none unanswered since, keeps those owed.)
         if self.estops_unanswered > 0 {
             self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
@@ -2585,6 +2584,35 @@ mod tests {
         }
     }
 
+    /// A `Fault { Estop }` frame numbered `seq` that arrived at `rx`, marked stale (held
+    /// back behind a later frame).
+    fn stale_estop(seq: u16, rx: Instant) -> LinkEvent {
+        LinkEvent::Frame {
+            rx,
+            frame: Frame {
+                seq,
+                timestamp_us: 0,
+                message: Message::Fault {
+                    code: FaultCode::Estop,
+                },
+            },
+            stale: true,
+        }
+    }
+
+    /// A control loop whose `Reset` of its first episode (seed 7) went out: it waits for
+    /// the firmware's start.
+    fn starting(wire: &Wire) -> (Control, crossbeam_channel::Sender<LinkEvent>) {
+        let (mut c, tx) = control(wire);
+        c.episodes_started = 1;
+        c.phase = Phase::Starting {
+            since: Instant::now(),
+            attempts: 1,
+            seed: 7,
+        };
+        (c, tx)
+    }
+
     /// The run's last stop (one tick of hold), up to the wait for its Estop's answer.
     fn stop_at_the_runs_end(c: &mut Control) {
         c.phase = Phase::SafeStop {
@@ -2661,62 +2689,36 @@ mod tests {
     /// taken for a stop button's, and the run ended (exit 3) on link noise.
     #[test]
     fn an_estop_answer_reordered_behind_the_next_episode_start_is_ours() {
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.torque_off = true;
-        c.estops_unanswered = 1;
-        c.episodes_started = 1;
-        c.phase = Phase::Starting {
-            since: Instant::now(),
-            attempts: 1,
-            seed: 7,
-        };
-        tx.send(frame(
-            101,
-            Message::EpisodeStart {
-                episode: 1,
-                seed: 7,
-            },
-        ))
-        .unwrap();
-        tx.send(LinkEvent::Frame {
-            rx: Instant::now(),
-            frame: Frame {
-                seq: 100,
-                timestamp_us: 0,
-                message: Message::Fault {
-                    code: FaultCode::Estop,
-                },
-            },
-            stale: true,
-        })
-        .unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
-        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
-        assert_eq!(c.stopping(), None);
-        assert_eq!(c.phase, Phase::Running);
-        // Only one answer was owed: a second stale one is a stop button's after all.
-        let stale_estop = |seq| LinkEvent::Frame {
-            rx: Instant::now(),
-            frame: Frame {
-                seq,
-                timestamp_us: 0,
-                message: Message::Fault {
-                    code: FaultCode::Estop,
-                },
-            },
-            stale: true,
-        };
-        tx.send(stale_estop(99)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
         let stop_button = |c: &Control| {
             c.report
                 .faults
                 .iter()
                 .any(|f| f.kind == FaultKind::EmergencyStop)
         };
+        let episode_start = || {
+            frame(
+                101,
+                Message::EpisodeStart {
+                    episode: 1,
+                    seed: 7,
+                },
+            )
+        };
+        let wire = Wire::default();
+        let (mut c, tx) = starting(&wire);
+        c.torque_off = true;
+        c.estops_unanswered = 1;
+        tx.send(episode_start()).unwrap();
+        tx.send(stale_estop(100, Instant::now())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        assert_eq!(c.stopping(), None);
+        assert_eq!(c.phase, Phase::Running);
+        // Only one answer was owed: a second stale one is a stop button's after all.
+        tx.send(stale_estop(99, Instant::now())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
         assert!(stop_button(&c), "{:?}", c.report.faults);
         // So is one an answer's wait after the episode began (the answer owed was lost
         // on the link; a stop button's frame reordered later is not taken for it).
@@ -2726,7 +2728,7 @@ mod tests {
         c.phase = Phase::Running;
         c.late_estop_answers = 1;
         c.late_estop_until = Instant::now() - Duration::from_millis(1);
-        tx.send(stale_estop(50)).unwrap();
+        tx.send(stale_estop(50, Instant::now())).unwrap();
         c.tick += 1;
         c.one_tick(Instant::now());
         assert!(stop_button(&c), "{:?}", c.report.faults);
@@ -2734,59 +2736,18 @@ mod tests {
         // descheduled control thread handles it after the window (it was judged by the
         // tick's time, and taken for a stop button's).
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
+        let (mut c, tx) = starting(&wire);
         c.estops_unanswered = 1;
-        c.episodes_started = 1;
-        c.phase = Phase::Starting {
-            since: Instant::now(),
-            attempts: 1,
-            seed: 7,
-        };
         let t0 = Instant::now();
-        tx.send(frame(
-            101,
-            Message::EpisodeStart {
-                episode: 1,
-                seed: 7,
-            },
-        ))
-        .unwrap();
+        tx.send(episode_start()).unwrap();
         c.tick += 1;
         c.one_tick(t0);
-        let LinkEvent::Frame { frame: f, .. } = stale_estop(100) else {
-            unreachable!()
-        };
-        tx.send(LinkEvent::Frame {
-            rx: t0 + Duration::from_millis(1),
-            frame: f,
-            stale: true,
-        })
-        .unwrap();
+        tx.send(stale_estop(100, t0 + Duration::from_millis(1)))
+            .unwrap();
         c.tick += 1;
         c.one_tick(t0 + Duration::from_secs(10));
         assert!(!stop_button(&c), "{:?}", c.report.faults);
         assert_eq!(c.late_estop_answers, 0);
-    }
-
-    /// A fault that begins a safe stop with the torque already off (a link lost while
-    /// paused after a torque-off) waits for no hold: its pending entry ran the stop's
-    /// ticks twice and was stamped by a later stop's first hold, minutes on.
-    #[test]
-    fn a_fault_with_the_torque_off_waits_for_no_hold() {
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.cfg.reconnect = Some(Duration::from_millis(500));
-        c.torque_off = true;
-        c.phase = Phase::Idle;
-        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
-        assert!(c.hold_pending.is_empty(), "{:?}", c.hold_pending);
-        let hold = c.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
-        match c.phase {
-            Phase::SafeStop { left, .. } => assert_eq!(left, hold - 1),
-            ref other => panic!("{other:?}"),
-        }
     }
 
     /// A firmware that reboots while the run's closing Estop awaits its answer holds with
@@ -3572,14 +3533,8 @@ mod tests {
     #[test]
     fn a_pause_while_an_episode_starts_holds_it_back() {
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
+        let (mut c, tx) = starting(&wire);
         c.cfg.episodes = None;
-        c.episodes_started = 1;
-        c.phase = Phase::Starting {
-            since: Instant::now(),
-            attempts: 1,
-            seed: 7,
-        };
         c.on_operator(Instant::now(), OperatorCommand::Pause);
         tx.send(frame(
             1,

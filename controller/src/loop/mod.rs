@@ -1177,25 +1177,22 @@ pub fn run(
     .map_err(RunError::Port)?;
     let mut gate = safety::CommandGate::new(&cfg.robot, Box::new(writer));
     handshake(&cfg, &mut gate, &link.events)?;
-    // Shaken hands, the firmware holds with its torque on: a setup step that fails from
-    // here to the control thread's start (an `--out` that cannot be written, a log of
-    // another format, a thread that does not start) turns the torque off as the run's
-    // end would, before its error returns.
-    macro_rules! or_torque_off {
-        ($result:expr) => {
-            match $result {
-                Ok(value) => value,
-                Err(e) => {
-                    if cfg.robot.safety.gravity_safe_torque_off {
-                        let _ = gate.send_control(Message::Estop);
-                    }
-                    return Err(e.into());
-                }
-            }
-        };
-    }
-
+    // Shaken hands, the firmware holds with its torque on: the gate is the control
+    // loop's from here, and the loop turns the torque off as it is dropped unless its
+    // thread took it over, so a setup step that fails from here to the control thread's
+    // start (an `--out` that cannot be written, a log of another format, a thread that
+    // does not start) leaves no arm energised.
     let mut report = RunReport::new(&cfg, bundle_label);
+    report.realtime = vec![];
+    let mut control = control::Control::new(
+        cfg.clone(),
+        brain,
+        gate,
+        link.events.clone(),
+        None,
+        report,
+        start,
+    );
     let (tick_tx, tick_input) = match ticks {
         None => (None, None),
         Some(sink) => {
@@ -1210,36 +1207,34 @@ pub fn run(
         }
     };
     // First of the run's threads: if it cannot start, none of the others is left running.
-    let (console, console_tx) = or_torque_off!(console::Console::spawn(std::io::stderr()).map_err(
-        |error| RunError::Io {
+    let (console, console_tx) =
+        console::Console::spawn(std::io::stderr()).map_err(|error| RunError::Io {
             what: "starting the console thread".into(),
             error,
-        }
-    ));
+        })?;
     let (logger, synced) = match &cfg.out {
         Some(dir) => {
-            or_torque_off!(std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
+            std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
                 what: format!("creating {}", dir.display()),
                 error,
-            }));
-            let mut log = or_torque_off!(LogWriter::open(&dir.join("transitions.log")));
+            })?;
+            let mut log = LogWriter::open(&dir.join("transitions.log"))?;
             // Followed only by the uplink (which then sends only what is on disk).
             let synced = cfg.uplink.is_some().then(|| log.synced_len());
             let ds_dir = dir.join("dataset");
-            let ds = or_torque_off!(log::open_dataset(&ds_dir, &run.dataset_info()));
+            let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
             if cfg.teleop.is_some() && !ds.writes(dataset::cols::TELEOP) {
                 note!(
                     "warning: {}: this dataset has no `teleop` column (it predates it), so the episodes appended to it lose the teleop mark; transitions.log keeps it. Record into a new --out to keep the mark in the dataset.",
                     ds_dir.display()
                 );
             }
-            let logger = or_torque_off!(
+            let logger =
                 logger::Logger::spawn(log, Some((ds_dir, ds)), run, cfg.queue_capacity, tick_input)
                     .map_err(|error| RunError::Io {
                         what: "starting the logger thread".into(),
                         error,
-                    })
-            );
+                    })?;
             (Some(logger), synced)
         }
         None => (None, None),
@@ -1248,14 +1243,12 @@ pub fn run(
     let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
         (Some(u), Some(dir)) => {
             let log = dir.join("transitions.log");
-            let (s, rx) = or_torque_off!(
-                streamer::Streamer::spawn(u.clone(), &log, synced).map_err(|error| {
-                    RunError::Io {
-                        what: "starting the uplink thread".into(),
-                        error,
-                    }
-                })
-            );
+            let (s, rx) = streamer::Streamer::spawn(u.clone(), &log, synced).map_err(|error| {
+                RunError::Io {
+                    what: "starting the uplink thread".into(),
+                    error,
+                }
+            })?;
             (Some(s), Some(rx))
         }
         _ => (None, None),
@@ -1264,26 +1257,21 @@ pub fn run(
     let (teleop_thread, teleop_port) = match &cfg.teleop {
         None => (None, None),
         Some(t) => {
-            let (thread, port) = or_torque_off!(
-                teleop::spawn(t, cfg.robot.action.dim, console_tx.clone()).map_err(|error| {
-                    RunError::Io {
-                        what: "starting the teleop thread".into(),
-                        error,
-                    }
-                })
-            );
+            let (thread, port) = teleop::spawn(t, cfg.robot.action.dim, console_tx.clone())
+                .map_err(|error| RunError::Io {
+                    what: "starting the teleop thread".into(),
+                    error,
+                })?;
             (Some(thread), Some(port))
         }
     };
     let operator = if cfg.operator {
         note!("{}", operator::HELP);
         let stdin = std::io::BufReader::new(std::io::stdin());
-        Some(or_torque_off!(operator::spawn_reader(stdin).map_err(
-            |error| RunError::Io {
-                what: "starting the operator thread".into(),
-                error,
-            }
-        )))
+        Some(operator::spawn_reader(stdin).map_err(|error| RunError::Io {
+            what: "starting the operator thread".into(),
+            error,
+        })?)
     } else {
         None
     };
@@ -1291,11 +1279,7 @@ pub fn run(
         fifo: cfg.realtime,
         dedicated: cfg.dedicated_cpu.zip(reserve),
     };
-    let events = link.events.clone();
-    let log_tx = logger.as_ref().map(|l| l.tx.clone());
-    report.realtime = vec![];
-    let mut control =
-        control::Control::new(cfg.clone(), brain, gate, events, log_tx, report, start);
+    control.log_tx = logger.as_ref().map(|l| l.tx.clone());
     control.swaps = swaps;
     control.viz_tx = tick_tx;
     control.teleop = teleop_port;
