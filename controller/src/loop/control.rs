@@ -2750,6 +2750,27 @@ mod tests {
         assert_eq!(c.late_estop_answers, 0);
     }
 
+    /// A fault that begins a safe stop with the torque already off (a link lost while
+    /// paused after a torque-off) waits for no hold: its pending entry ran the stop's
+    /// ticks twice and was stamped by a later stop's first hold, minutes on.
+    #[test]
+    fn a_fault_with_the_torque_off_waits_for_no_hold() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_millis(500));
+        c.torque_off = true;
+        c.phase = Phase::Idle;
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.hold_pending.is_empty(), "{:?}", c.hold_pending);
+        let hold = c.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
+        match c.phase {
+            Phase::SafeStop { left, .. } => assert_eq!(left, hold - 1),
+            ref other => panic!("{other:?}"),
+        }
+    }
+
     /// A firmware that reboots while the run's closing Estop awaits its answer holds with
     /// its torque on again and answers no Estop sent before: the run's last stop starts
     /// over (hold, then a new Estop). The reboot was only noted, and the run could end
