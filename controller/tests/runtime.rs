@@ -1253,6 +1253,21 @@ fn bundles_that_do_not_run_as_their_manifest_says_are_refused_at_load() {
             e.contains("observation[2] = ") && e.contains("overflows the bundle's normal"),
             "{backend:?}: {e}"
         );
+        // A reading merely huge (1e22 σ) does not overflow, but past ~1e18 the layer
+        // norms answer the same for every observation and the chain clips to a
+        // full-scale command: refused by name too (it acted at ±1 before).
+        far[2] = 1e19;
+        let e = match p.act(&far, &mut a) {
+            Ok(_) => panic!("{backend:?}: acted {a:?} on a reading 1e22 σ out"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("observation[2] = ") && e.contains("standard deviations"),
+            "{backend:?}: {e}"
+        );
+        // At the bound itself it still acts.
+        far[2] = b.manifest.observation.mean[2] + 9e5 * 1e-3;
+        p.act(&far, &mut a).unwrap();
         p.act(&obs(0), &mut a).unwrap();
     }
     // Weights whose dims overflow a usize, or are negative, or whose bytes are not

@@ -81,7 +81,8 @@ pub use error::DatasetError;
 pub use reader::{episode_tasks, read_dataset, validate_dataset};
 pub use writer::{
     DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, Recorded, Tidied, UNREFERENCED_DIR,
-    committed_episodes, noted_runs, recorded_as, tidy, write_dataset, write_dataset_as,
+    committed_episodes, dataset_splits, noted_runs, recorded_as, tidy, write_dataset,
+    write_dataset_as,
 };
 
 /// Syncs a directory's entries (new names, renames), so that they survive a power cut.

@@ -297,6 +297,12 @@ pub fn recorded_as(dir: &Path) -> Result<Option<Recorded>, DatasetError> {
     }))
 }
 
+/// The episode splits `info.json` at `dir` declares (`"train"` -> `"0:40"`, ...; empty
+/// when it declares none).
+pub fn dataset_splits(dir: &Path) -> Result<BTreeMap<String, String>, DatasetError> {
+    Ok(meta::InfoJson::read(dir)?.splits)
+}
+
 /// The data file being written.
 struct OpenFile {
     out: ParquetOut,
@@ -786,6 +792,13 @@ impl DatasetWriter {
                 self.tasks.len() - 1
             }
         };
+    }
+
+    /// The splits the dataset declares when finished: a copy of another dataset's
+    /// episodes, in their order, keeps that dataset's (its `val` episodes stay held
+    /// out). Episodes appended after them go to `train` if it ends where they start.
+    pub fn set_splits(&mut self, splits: BTreeMap<String, String>) {
+        self.json.splits = splits;
     }
 
     /// Append one episode (checked with [`Episode::check`] first).

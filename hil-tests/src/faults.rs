@@ -10,7 +10,8 @@
 //!   and sent after the next), late duplicates (a copy sent again some frames later),
 //!   stalls (the firmware's output stops for a while), and a
 //!   wrong protocol version in every header (with a valid CRC, so the receiver sees a
-//!   version mismatch rather than noise).
+//!   version mismatch rather than noise; the firmware then speaks that version whole,
+//!   its `Hello` included, and reads none of the controller's frames).
 //! - **Firmware faults** need the firmware's cooperation, which asks the injector at the
 //!   right moments: NaN in sensor data ([`FaultInjector::corrupt_sensor`]), a simulated
 //!   reboot mid-episode ([`FaultInjector::reboot_now`]: the firmware restarts its
@@ -51,7 +52,7 @@
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
 //! | `short_obs_at` | step | once, this step's `Sensor` frame carries one observation value fewer than the robot's (a firmware bug) |
-//! | `version` | u8 | every frame's header carries this protocol version |
+//! | `version` | u8 | the firmware speaks this protocol version: every frame's header and its `Hello` say it, and it reads none of the controller's frames of another (each answered as a version mismatch) |
 //! | `schema` | u32 (`0x` hex ok) | the firmware's `Hello` carries this schema hash |
 //! | `nan` | p per sensor frame | one observation value is sent as NaN |
 //! | `lose_cmd` | p per command | a command received during an episode is lost (never reaches the firmware's logic); in lockstep the firmware then waits for the next one |
@@ -123,6 +124,7 @@ impl FromStr for FaultSpec {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut spec = FaultSpec::default();
+        let mut given = Vec::new();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let err = |reason: &str| FaultSpecError {
                 item: item.to_string(),
@@ -131,6 +133,21 @@ impl FromStr for FaultSpec {
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| err("expected key=value"))?;
+            // A second value would silently replace the first (and `reboot_at` after
+            // `reboot_silent_at` kept the silence): one of each, one reboot.
+            let slot = if key == "reboot_silent_at" {
+                "reboot_at"
+            } else {
+                key
+            };
+            if given.contains(&slot) {
+                return Err(err(if slot == "reboot_at" {
+                    "one reboot per spec: reboot_at and reboot_silent_at exclude each other"
+                } else {
+                    "given twice: a spec holds each key once"
+                }));
+            }
+            given.push(slot);
             let prob = |v: &str| -> Result<f32, FaultSpecError> {
                 let p: f32 = v.parse().map_err(|_| err("expected a probability"))?;
                 if (0.0..=1.0).contains(&p) {
@@ -536,6 +553,12 @@ impl FaultInjector {
         }
     }
 
+    /// The protocol version the firmware speaks (`version=N`): its frames' and its
+    /// `Hello`'s.
+    pub fn protocol_version(&self, ours: u8) -> u8 {
+        self.spec.version.unwrap_or(ours)
+    }
+
     /// The schema hash the firmware should announce.
     pub fn schema_hash(&self, ours: u32) -> u32 {
         self.spec.schema_hash.unwrap_or(ours)
@@ -665,6 +688,17 @@ mod tests {
         assert_eq!(s.reboot_at_step, Some(30));
         assert!(!s.reboot_hello_lost);
         let silent: FaultSpec = "reboot_silent_at=12".parse().unwrap();
+        // A repeated key would silently replace the first value (a silent reboot at 5
+        // then a plain one at 9 made one silent reboot at 9): refused by name.
+        for (spec, why) in [
+            ("reboot_silent_at=5,reboot_at=9", "one reboot per spec"),
+            ("reboot_at=5,reboot_silent_at=9", "one reboot per spec"),
+            ("drop=0.1,flip=0.1,drop=0.2", "given twice"),
+            ("estop_at=boot,estop_at=7", "given twice"),
+        ] {
+            let e = spec.parse::<FaultSpec>().unwrap_err();
+            assert!(e.to_string().contains(why), "{spec}: {e}");
+        }
         assert_eq!(
             (silent.reboot_at_step, silent.reboot_hello_lost),
             (Some(12), true)

@@ -75,6 +75,7 @@ use crate::link::Port;
 use firmware_config::RobotConfig;
 use firmware_config::protocol::{
     DecoderStats, FaultCode, Frame, FrameDecoder, FrameEncoder, FrameError, Hello, Message,
+    PROTOCOL_VERSION,
 };
 use sim::{Env, EnvConfig, TaskId};
 use std::io;
@@ -310,6 +311,7 @@ impl SimFirmware {
         let faults = FaultInjector::new(opts.faults.clone(), opts.seed);
         let mut hello = r.hello();
         hello.schema_hash = faults.schema_hash(hello.schema_hash);
+        hello.protocol_version = faults.protocol_version(hello.protocol_version);
         Ok(SimFirmware {
             period: r.control_period(),
             timeout: opts.command_timeout.unwrap_or(r.command_timeout()),
@@ -408,6 +410,8 @@ impl SimFirmware {
             // Injected: a stop damaged on the line, dropped by the decoder.
             return;
         }
+        // Recorded as received even when this firmware cannot read it (below), so that
+        // tests see what the controller sent.
         if self.record {
             let is_command = matches!(frame.message, Message::Command { .. });
             self.received.push(Received {
@@ -422,6 +426,16 @@ impl SimFirmware {
                 },
                 message: frame.message.clone(),
             });
+        }
+        // A firmware of another version (`version=N`) reads none of our frames: each
+        // is a version mismatch to it, answered as a real board answers one.
+        // (Our decoder reads only frames of this crate's version.)
+        if self.hello.protocol_version != PROTOCOL_VERSION {
+            let err = FrameError::Version {
+                received: PROTOCOL_VERSION,
+            };
+            self.on_frame_error(now, &err);
+            return;
         }
         match frame.message {
             Message::Hello(peer) => {
@@ -875,12 +889,17 @@ fn write_emits(port: &mut dyn Port, emits: &mut Vec<Emit>) -> io::Result<()> {
     Ok(())
 }
 
-/// A simulated firmware running on its own thread behind a fresh pty.
+/// A simulated firmware running on its own thread behind a fresh pty. Dropped without
+/// [`FirmwareThread::stop`] (a failed test, an error path), it stops too, so that its
+/// thread does not serve the pty until the process exits.
 pub struct FirmwareThread {
     path: std::path::PathBuf,
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Result<(RunReport, Vec<Received>), FirmwareError>>,
+    /// `None` once joined.
+    handle: Option<FirmwareHandle>,
 }
+
+type FirmwareHandle = JoinHandle<Result<(RunReport, Vec<Received>), FirmwareError>>;
 
 impl FirmwareThread {
     /// Opens a pty, starts the firmware on its master side and returns; connect to
@@ -898,7 +917,11 @@ impl FirmwareThread {
                 let report = run(&mut fw, &mut port, rate_scale, &flag)?;
                 Ok((report, std::mem::take(&mut fw.received)))
             })?;
-        Ok(FirmwareThread { path, stop, handle })
+        Ok(FirmwareThread {
+            path,
+            stop,
+            handle: Some(handle),
+        })
     }
 
     /// The pty slave path the controller opens.
@@ -914,9 +937,19 @@ impl FirmwareThread {
     /// Stops the firmware; returns what it counted and the frames it received (empty
     /// unless [`FirmwareOptions::record`] was set). The pty closes with it, which is
     /// what a controller sees as the device going away.
-    pub fn stop_recorded(self) -> Result<(RunReport, Vec<Received>), FirmwareError> {
+    pub fn stop_recorded(mut self) -> Result<(RunReport, Vec<Received>), FirmwareError> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().map_err(|_| FirmwareError::Panicked)?
+        let handle = self.handle.take().expect("joined only here and in drop");
+        handle.join().map_err(|_| FirmwareError::Panicked)?
+    }
+}
+
+impl Drop for FirmwareThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }
 

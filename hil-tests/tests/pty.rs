@@ -268,17 +268,30 @@ fn the_binary_refuses_a_time_limit_it_cannot_keep() {
     assert!(out.stdout.is_empty(), "no pty is opened");
 }
 
+/// A `sim-firmware` child killed when dropped: a failed assertion would otherwise
+/// leave it serving its pty (and holding the test's stderr) for its `--max-seconds`.
+struct Firmware(Child);
+
+impl Drop for Firmware {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs the `sim-firmware` binary; returns it and the pty path from its first line.
-fn spawn_binary(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
-        .args(args)
-        .args(["--pty", "--max-seconds", "120"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+fn spawn_binary(args: &[&str]) -> (Firmware, String) {
+    let mut child = Firmware(
+        Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
+            .args(args)
+            .args(["--pty", "--max-seconds", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let path = line
@@ -294,7 +307,7 @@ fn binary_serves_a_pty() {
     let task = TaskId::Maze;
     // maze.toml's 300 ms watchdog could trip between two commands on a loaded machine
     // (a hold step would then answer the next command): 30 s.
-    let (mut child, path) = spawn_binary(&[
+    let (_child, path) = spawn_binary(&[
         "--task",
         "maze",
         "--lockstep",
@@ -325,13 +338,11 @@ fn binary_serves_a_pty() {
             }
         })
         .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
 fn binary_with_wrong_version_is_recognized() {
-    let (mut child, path) = spawn_binary(&["--task", "push", "--faults", "version=3"]);
+    let (_child, path) = spawn_binary(&["--task", "push", "--faults", "version=3"]);
     let mut client = Client::new(Box::new(SerialLink::open(&path, 1_000_000).unwrap()));
     client
         .send(Message::Hello(robot(TaskId::Push).hello()))
@@ -340,14 +351,14 @@ fn binary_with_wrong_version_is_recognized() {
     let event = client.next_event(GUARD).unwrap().expect("an answer");
     assert_eq!(event.err(), Some(FrameError::Version { received: 3 }));
     assert_eq!(client.errors[0], FrameError::Version { received: 3 });
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
 fn binary_rejects_a_robot_that_does_not_fit() {
     let out = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
-        .args(["--task", "push", "--pty", "--robot"])
+        // Bounded: a binary that took the file would serve its pty for good, and the
+        // test would hang instead of failing.
+        .args(["--task", "push", "--pty", "--max-seconds", "5", "--robot"])
         .arg(crate_dir().join("../firmware-config/robots/maze.toml"))
         .output()
         .unwrap();
@@ -401,7 +412,9 @@ fn crate_dir() -> std::path::PathBuf {
 fn binary_rejects_the_robot_file_of_another_task_of_the_same_sizes() {
     // arm-reach and push both have 10 observations and 2 joints.
     let out = Command::new(env!("CARGO_BIN_EXE_sim-firmware"))
-        .args(["--task", "push", "--pty", "--robot"])
+        // Bounded: a binary that took the file would serve its pty for good, and the
+        // test would hang instead of failing.
+        .args(["--task", "push", "--pty", "--max-seconds", "5", "--robot"])
         .arg(crate_dir().join("../firmware-config/robots/arm-reach.toml"))
         .output()
         .unwrap();

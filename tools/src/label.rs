@@ -209,15 +209,19 @@ pub fn label_success(
         };
         ep.set_outcome(success);
     }
+    // The copy holds the same episodes in the same order: the source's splits hold for
+    // it (the writer alone declared every episode `train`, held-out ones included).
+    let splits = dataset::dataset_splits(input)?;
     // A copy of a recording without next observations has none either: the successors
     // the reader derived for it were never observed.
     let summary = crate::write_dataset_whole(output, |dir| {
-        Ok(dataset::write_dataset_as(
-            dir,
-            &ds.info,
-            &ds.episodes,
-            ds.next_observations_recorded,
-        )?)
+        let mut w =
+            dataset::DatasetWriter::create_as(dir, ds.info.clone(), ds.next_observations_recorded)?;
+        w.set_splits(splits);
+        for ep in &ds.episodes {
+            w.append_episode(ep)?;
+        }
+        Ok(w.finish()?)
     })
     .with_context(|| format!("{}: cannot write the labelled dataset", output.display()))?;
     Ok(Labelled { summary, warnings })
@@ -338,6 +342,37 @@ mod tests {
         assert_eq!(
             dataset::read_dataset(&kept).unwrap().info.robot_type,
             "sim/push+dense"
+        );
+    }
+
+    /// A labelled copy keeps its source's splits: the writer declared every episode
+    /// `train`, so a LeRobot dataset's held-out `val` episodes became training data.
+    #[test]
+    fn a_labelled_copy_keeps_the_sources_splits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        let config = sim::EnvConfig::default();
+        crate::generate::generate(sim::TaskId::Push, 4, 0, config, &src).unwrap();
+        let info = src.join("meta/info.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
+        json["splits"] = serde_json::json!({"train": "0:3", "val": "3:4"});
+        std::fs::write(&info, serde_json::to_string(&json).unwrap()).unwrap();
+        label_success(&src, &out, &Successful::All, None).unwrap();
+        let splits = dataset::dataset_splits(&out).unwrap();
+        assert_eq!(
+            splits.into_iter().collect::<Vec<_>>(),
+            [("train".into(), "0:3".into()), ("val".into(), "3:4".into())]
+        );
+        // Without splits, the copy's are the writer's own.
+        json["splits"] = serde_json::json!({});
+        std::fs::write(&info, serde_json::to_string(&json).unwrap()).unwrap();
+        let plain = tmp.path().join("plain");
+        label_success(&src, &plain, &Successful::All, None).unwrap();
+        let splits = dataset::dataset_splits(&plain).unwrap();
+        assert_eq!(
+            splits.into_iter().collect::<Vec<_>>(),
+            [("train".into(), "0:4".into())]
         );
     }
 

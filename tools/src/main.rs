@@ -244,6 +244,13 @@ fn viz_command(command: VizCommand) -> Result<()> {
             for (file, rows) in &w.files {
                 println!("{}: {file}.csv, {rows} rows", dir.display());
             }
+            for file in &w.torn {
+                eprintln!(
+                    "{}: {file}.csv's last line has no end of line (a row cut short as it \
+                     was written): left out",
+                    dir.display()
+                );
+            }
             println!("-> {t:?}");
         }
         VizCommand::Verify { file } => {

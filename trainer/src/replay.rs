@@ -203,7 +203,10 @@ impl Replay {
 
     /// Every chunk of every episode of a dataset ([`Chunker`]; with horizon 1, every
     /// step), up to the last frame with a real successor
-    /// ([`dataset::Dataset::frames_with_successor`]).
+    /// ([`dataset::Dataset::frames_with_successor`]), without the frames marked as
+    /// interventions: a person moved the arm there, and the action recorded (the
+    /// policy's command) is not what moved it (as `finetune` leaves them out of robot
+    /// data). No chunk spans such a frame.
     pub fn from_dataset(ds: &dataset::Dataset, chunks: ChunkSpec) -> Self {
         let od = ds.info.obs_dim();
         let mut r = Replay::new(
@@ -215,16 +218,35 @@ impl Replay {
         let (ad, od) = (ds.info.action_dim(), od);
         for ep in &ds.episodes {
             let n = ds.frames_with_successor(ep);
-            chunker.push_episode(
-                &mut r,
-                &ep.observations[..n * od],
-                &ep.actions[..n * ad],
-                &ep.rewards[..n],
-                &ep.next_observations[..n * od],
-                &ep.terminated[..n],
-            );
+            chunker.cut();
+            for i in 0..n {
+                if ep.intervention[i] {
+                    chunker.cut();
+                    continue;
+                }
+                chunker.push(
+                    &mut r,
+                    &ep.observations[i * od..(i + 1) * od],
+                    &ep.actions[i * ad..(i + 1) * ad],
+                    ep.rewards[i],
+                    &ep.next_observations[i * od..(i + 1) * od],
+                    ep.terminated[i],
+                    i + 1 == n,
+                );
+            }
         }
         r
+    }
+
+    /// The frames of `ds` that [`Self::from_dataset`] leaves out as interventions.
+    pub fn interventions_left_out(ds: &dataset::Dataset) -> usize {
+        ds.episodes
+            .iter()
+            .map(|ep| {
+                let n = ds.frames_with_successor(ep);
+                ep.intervention[..n].iter().filter(|&&x| x).count()
+            })
+            .sum()
     }
 
     /// Appends the numbers of `n` uniformly drawn rows, plus `base`, to `rows`.
@@ -819,6 +841,22 @@ mod tests {
         // Recorded successors are all used.
         ds.next_observations_recorded = true;
         assert_eq!(Replay::from_dataset(&ds, ChunkSpec::SINGLE).len(), 8);
+        // A frame marked as an intervention is not (its action did not move the arm),
+        // and no chunk spans it: of episode 0's 4 frames, chunks of 2 start at 0 only
+        // (1 would span the mark at 2, 3 has no frame after it).
+        ds.episodes[0].intervention[2] = true;
+        assert_eq!(Replay::interventions_left_out(&ds), 1);
+        let r = Replay::from_dataset(&ds, ChunkSpec::SINGLE);
+        assert_eq!(r.len(), 7);
+        assert_eq!(r.rows(0..3).obs, [0.0, 1.0, 3.0]);
+        let chunks = ChunkSpec {
+            horizon: 2,
+            ..ChunkSpec::SINGLE
+        };
+        let r = Replay::from_dataset(&ds, chunks);
+        // Episode 0's one chunk (from 0), then episode 1's (from 0 on).
+        let starts = r.rows(0..r.len()).obs;
+        assert_eq!(&starts[..2], [0.0, 0.0], "{starts:?}");
     }
 
     #[test]

@@ -375,6 +375,14 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
     .into_iter()
     .collect();
     let replay = Replay::from_dataset(&ds, config.chunks());
+    let interventions = Replay::interventions_left_out(&ds);
+    if interventions > 0 {
+        warnings.push(format!(
+            "{path}: {interventions} frames marked as interventions are left out (a person \
+             moved the arm there; the action recorded did not), as `finetune` leaves them \
+             out of robot data"
+        ));
+    }
     ensure!(
         !replay.is_empty(),
         "{path}: no training transition in {} frames: with action_horizon {} an episode \
@@ -410,8 +418,9 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
     })
 }
 
-/// The warning for a dataset (at `path`) whose every reward is 0, saying what training
-/// on it does (`consequence`); none for one with a reward, or without frames. LeRobot's
+/// The warning for a dataset (at `path`) whose every reward is 0, or whose rewards sit
+/// on frames training leaves out, saying what training on it does (`consequence`); none
+/// for one whose rewards are all trained on, or without frames. LeRobot's
 /// own recordings have no `next.reward` column (read as 0).
 pub(crate) fn no_reward_warning(
     path: &str,
@@ -423,11 +432,35 @@ pub(crate) fn no_reward_warning(
             .episodes
             .iter()
             .all(|e| e.rewards.iter().all(|&r| r == 0.0));
-    unlabelled.then(|| {
-        format!(
+    if unlabelled {
+        return Some(format!(
             "{path}: every reward is 0 (no `next.reward` column, or no success labelled): \
              {consequence}; `tools dataset label DIR --success LIST --out DIR2` writes a \
              copy with success rewards"
+        ));
+    }
+    // Rewards on frames training leaves out (a last frame with no recorded successor
+    // that does not end its episode terminal): a sparse success reward sits exactly
+    // there, and a dataset with rewards read as labelled when none was trained on.
+    let (mut left_out, mut trained) = (0, 0);
+    for e in &ds.episodes {
+        let n = ds.frames_with_successor(e);
+        trained += e.rewards[..n].iter().filter(|&&r| r != 0.0).count();
+        left_out += e.rewards[n..].iter().filter(|&&r| r != 0.0).count();
+    }
+    (left_out > 0).then(|| {
+        format!(
+            "{path}: {left_out} of the {} frames with a reward are episodes' last frames with \
+             no recorded successor (no `next.observation.state`) that do not end their \
+             episode terminal, so training leaves them out{}; `tools dataset label DIR \
+             --success LIST --out DIR2` writes a copy whose successful episodes end \
+             terminal (kept)",
+            left_out + trained,
+            if trained == 0 {
+                format!(": {consequence}")
+            } else {
+                String::new()
+            }
         )
     })
 }

@@ -405,6 +405,40 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
         .unwrap()
         .warnings;
     assert!(w.len() == 1 && w[0].contains("every reward is 0"), "{w:?}");
+    // Rewards only on last frames that have no recorded successor and end truncated (a
+    // LeRobot conversion with `next.reward` and `next.done` only): training leaves
+    // those frames out, so it saw no reward, and nothing said so (the dataset has
+    // rewards).
+    let mut ds = dataset::read_dataset(&demos).unwrap();
+    for ep in &mut ds.episodes {
+        let n = ep.len();
+        ep.rewards.iter_mut().for_each(|r| *r = 0.0);
+        ep.rewards[n - 1] = 1.0;
+        ep.terminated.iter_mut().for_each(|t| *t = false);
+        ep.success.iter_mut().for_each(|s| *s = false);
+        ep.truncated.iter_mut().for_each(|t| *t = false);
+        ep.truncated[n - 1] = true;
+        // As a reader derives them without the column: the next frame's, and the last
+        // frame's own.
+        let od = ds.info.obs_dim();
+        ep.next_observations[..(n - 1) * od].copy_from_slice(&ep.observations[od..]);
+        let last = ep.observations[(n - 1) * od..].to_vec();
+        ep.next_observations[(n - 1) * od..].copy_from_slice(&last);
+    }
+    let rewards_cut = tmp.path().join("rewards-cut");
+    dataset::write_dataset_as(&rewards_cut, &ds.info, &ds.episodes, false).unwrap();
+    let w = trainer::run::offline_data(&robot_config(&rewards_cut))
+        .unwrap()
+        .warnings;
+    let episodes = ds.episodes.len();
+    assert!(
+        w.len() == 1
+            && w[0].contains(&format!(
+                "{episodes} of the {episodes} frames with a reward"
+            ))
+            && w[0].contains("training leaves them out: "),
+        "{w:?}"
+    );
     // A value that never changes in the demonstrations (a sensor that read 0 throughout)
     // is named: its normalisation would amplify any change on the robot 1000 times.
     let mut ds = dataset::read_dataset(&demos).unwrap();

@@ -54,6 +54,7 @@ use anyhow::{Context, Result, bail};
 use rerun::{Color, RecordingStream};
 use sim::{Scene, Shape, ShapeKind, TaskId};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub mod cli;
@@ -168,18 +169,43 @@ pub struct Recorder {
     staging: Option<PathBuf>,
 }
 
-/// The file a recording of `path` is written to until it is whole: beside it, named by
-/// the writing process, so that an interrupted conversion leaves no truncated file under
-/// the requested name (refused as existing by the next run) and two runs never share one.
-fn staging_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{}", std::process::id()));
-    path.with_file_name(name)
+/// Claims the file a recording of `path` is written to until it is whole: beside it, so
+/// that an interrupted conversion leaves no truncated file under the requested name
+/// (refused as existing by the next run), as `NAME.partial-PID-NANOS-N`, created here
+/// (`create_new`) so that no two recorders share one. The process id alone was shared by
+/// two containers on one volume (both pid 1) and by two recorders in one process: each
+/// emptied the other's file, and the first to finish published the other's writes.
+fn claim_staging_path(path: &Path) -> Result<PathBuf> {
+    static CLAIMED: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for _ in 0..64 {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        let n = CLAIMED.fetch_add(1, Ordering::Relaxed);
+        name.push(format!(".partial-{}-{nanos}-{n}", std::process::id()));
+        let staged = path.with_file_name(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staged)
+        {
+            Ok(_) => return Ok(staged),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", staged.display()));
+            }
+        }
+    }
+    bail!(
+        "{}: 64 staging names beside it are taken (stale `.partial-*` files?)",
+        path.display()
+    )
 }
 
 impl Recorder {
     /// Opens a recording named `app` (the viewer groups recordings by it). A file is
-    /// written beside its name ([`staging_path`]) and appears under it only once
+    /// written beside its name ([`claim_staging_path`]) and appears under it only once
     /// [`Self::finish`] has written it whole.
     pub fn open(app: &'static str, target: &Target) -> Result<Recorder> {
         Self::open_with(app, target, true)
@@ -223,9 +249,15 @@ impl Recorder {
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
                 if footer {
-                    let staged = staging_path(path);
+                    let staged = claim_staging_path(path)?;
                     let creating = || format!("creating the rerun file {}", staged.display());
-                    let rec = builder.save(&staged).with_context(creating)?;
+                    let rec = match builder.save(&staged) {
+                        Ok(rec) => rec,
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&staged);
+                            return Err(e).with_context(creating);
+                        }
+                    };
                     staging = Some(staged);
                     rec
                 } else {
@@ -258,7 +290,7 @@ impl Recorder {
     /// [`Self::open`] never writes over a file), so the same command can be run again;
     /// a viewer is given up on within [`VIEWER_FLUSH_TIMEOUT`] as `finish` does (the
     /// SDK's own close waits for it without a limit). A process killed meanwhile leaves
-    /// only the staged file ([`staging_path`]), never one under the requested name.
+    /// only the staged file ([`claim_staging_path`]), never one under the requested name.
     pub fn record<T>(self, log: impl FnOnce(&RecordingStream) -> Result<T>) -> Result<T> {
         let logged = log(&self.rec);
         // A staged file is removed by the finish itself when it is not put in place;
@@ -651,7 +683,8 @@ mod tests {
             !path.exists(),
             "a recording not yet whole is under its name"
         );
-        assert!(staging_path(&path).exists());
+        let staged = r.staging.clone().unwrap();
+        assert!(staged.exists());
         r.finish().unwrap();
         assert!(std::fs::metadata(&path).unwrap().len() > 0);
         let names: Vec<_> = std::fs::read_dir(tmp.path())
@@ -659,6 +692,21 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["out.rrd"]);
+        // Two recorders of one name (two containers whose pids are both 1, or one
+        // process) write to files of their own: they shared `NAME.partial-PID`, and
+        // each emptied the other's.
+        let a = Recorder::open("test", &Target::File(path.with_file_name("two.rrd"))).unwrap();
+        let b = Recorder::open("test", &Target::File(path.with_file_name("two.rrd"))).unwrap();
+        assert_ne!(a.staging, b.staging);
+        assert!(a.staging.as_ref().unwrap().exists() && b.staging.as_ref().unwrap().exists());
+        a.finish().unwrap();
+        let b_staged = b.staging.clone().unwrap();
+        let e = b.finish().unwrap_err();
+        assert!(format!("{e:#}").contains("appeared while"), "{e:#}");
+        assert!(
+            b_staged.exists(),
+            "the second recording is kept whole beside it"
+        );
         // A run's recording is written under its name as it goes (kept if cut short).
         let run = tmp.path().join("run.rrd");
         let r = Recorder::open_unbounded("test", &Target::File(run.clone())).unwrap();

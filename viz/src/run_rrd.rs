@@ -1,26 +1,36 @@
 //! `tools viz run DIR`: a training run's metrics as a recording.
 
 use crate::{Recorder, Target, need_dir, path_part, read_text};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::path::Path;
 
 /// What [`run_to_rrd`] wrote: per CSV file, its name and rows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunRrd {
     pub files: Vec<(String, usize)>,
+    /// Files whose last line had no end of line, and was left out: a row the trainer
+    /// was appending when it was killed (or the disk filled).
+    pub torn: Vec<String>,
 }
 
 /// Logs every numeric column of every CSV file in the run directory `dir`
 /// (`metrics.csv`, `eval.csv`, `finetune.csv`, …) as `metrics/<file>/<column>`, on the
 /// timeline named by the file's first column (`step`, `update`). Empty cells and
 /// non-numbers are skipped; a file whose header is missing or whose rows have another
-/// number of cells than its header is an error naming the file and line.
+/// number of cells than its header is an error naming the file and line. A last line
+/// without an end of line is a row cut short (the trainer appends a row and its end
+/// of line; a kill or a full disk can come between): left out and named in
+/// [`RunRrd::torn`], so that a crashed run, the one most wanted, can still be looked at.
 pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
     need_dir(dir, "a training run directory")?;
-    let mut csvs: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
-        .collect();
+    let listing = || format!("listing {}", dir.display());
+    let mut csvs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(listing)? {
+        let path = entry.with_context(listing)?.path();
+        if path.extension().is_some_and(|x| x == "csv") {
+            csvs.push(path);
+        }
+    }
     csvs.sort();
     if csvs.is_empty() {
         bail!(
@@ -51,6 +61,9 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
                     }
                 }
             }
+            if csv.torn {
+                out.torn.push(csv.stem.clone());
+            }
             out.files.push((csv.stem, csv.rows.len()));
         }
         Ok(out)
@@ -67,6 +80,8 @@ struct RunCsv {
     /// The timeline's value and the other columns' finite numbers (`None`: empty, not a
     /// number, or not finite).
     rows: Vec<(i64, Vec<Option<f64>>)>,
+    /// Its last line had no end of line and was left out.
+    torn: bool,
 }
 
 fn parse_csv(path: &Path) -> Result<RunCsv> {
@@ -80,8 +95,10 @@ fn parse_csv(path: &Path) -> Result<RunCsv> {
     rerun::TimelineName::try_new(cols[0])
         .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0]))?;
     let entities = crate::paths(&format!("metrics/{stem}"), &cols[1..]);
+    let mut body: Vec<&str> = lines.collect();
+    let torn = !text.ends_with('\n') && body.pop().is_some();
     let mut rows = Vec::new();
-    for (i, line) in lines.enumerate() {
+    for (i, line) in body.into_iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
@@ -117,5 +134,6 @@ fn parse_csv(path: &Path) -> Result<RunCsv> {
         timeline: cols[0].to_string(),
         entities,
         rows,
+        torn,
     })
 }

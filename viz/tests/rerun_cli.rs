@@ -68,6 +68,7 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     let rrd = tmp.path().join("run.rrd");
     let w = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
     assert_eq!(w.files, [("eval".into(), 2), ("metrics".into(), 3)]);
+    assert!(w.torn.is_empty());
     let rows = verified_rows(&rrd);
     assert_eq!(
         rows.get("/metrics/metrics/critic_loss"),
@@ -115,6 +116,15 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
         "{msg}"
     );
     assert_eq!(std::fs::read(&rrd).unwrap(), good);
+    // A last row cut short as the trainer appended it (killed, disk full): left out
+    // and named, the rows before it recorded (the whole run was refused).
+    std::fs::write(run.join("eval.csv"), "step,success_rate\n0,0.4\n100,0.").unwrap();
+    std::fs::remove_file(&rrd).unwrap();
+    let w = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
+    assert_eq!(w.files, [("eval".into(), 1), ("metrics".into(), 3)]);
+    assert_eq!(w.torn, ["eval"]);
+    std::fs::remove_file(&rrd).unwrap();
+    std::fs::write(&rrd, &good).unwrap();
     // A step that is not a whole number is refused, not logged at step 0.
     std::fs::write(run.join("eval.csv"), "step,success_rate\n0,0.4\nNaN,0.5\n").unwrap();
     let err = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap_err();

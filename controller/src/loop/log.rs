@@ -1550,6 +1550,23 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         // meanwhile cannot slip in between.
         r.unknown_run = run.run_id.is_empty();
         if !r.unknown_run && w.has_run(&run.run_id) {
+            // Damage after the last header read may be a later run's header: that run
+            // (the one killed, the one to recover) would go unseen behind a saved one.
+            if let Some(d) = r.damaged.iter().find(|d| d.offset > first) {
+                return Err(LogError::Record {
+                    path: log.to_path_buf(),
+                    offset: d.offset,
+                    problem: format!(
+                        "{} damaged bytes after the last run header read (run {}, saved in \
+                         {} already): a later run's header may be lost there, and --last-run \
+                         cannot tell its episodes from that run's; convert every run into a \
+                         new directory instead (log-to-dataset without --last-run)",
+                        d.len,
+                        run.run_id,
+                        out.display()
+                    ),
+                });
+            }
             r.already_saved = true;
             return Ok(r); // the writer is dropped unfinished: nothing changes
         }
@@ -2488,6 +2505,37 @@ pub(crate) mod tests {
         // Converted, the run is noted: converting it again writes nothing.
         let r = log_to_dataset(&path, &out, Runs::Last).unwrap();
         assert!(r.already_saved && r.episodes_written == 0);
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
+        // A third run, killed, whose header a damaged sector lost: the last header read
+        // is the saved run's, and `Runs::Last` said "saved already", nothing written,
+        // the run to recover unseen. Refused by name now, the dataset as it was.
+        let third_at = std::fs::metadata(&path).unwrap().len();
+        let mut w = LogWriter::open(&path).unwrap();
+        let third = RunStart {
+            run_id: "test-run-3".into(),
+            ..run_start()
+        };
+        w.append(&Record::Run(third)).unwrap();
+        w.append(&Record::EpisodeStart {
+            episode: 0,
+            seed: 12,
+        })
+        .unwrap();
+        for s in 0..2 {
+            w.append(&Record::Transition(transition(0, s, false)))
+                .unwrap();
+        }
+        drop(w);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[third_at as usize + 8] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = log_to_dataset(&path, &out, Runs::Last)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("damaged bytes after the last run header read (run test-run-2"),
+            "{e}"
+        );
         assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
         // A log of an older version (no run id) is converted, and said to be unknown.
         let old = dir.path().join("old.log");

@@ -10,7 +10,9 @@
 //! of this log it holds, and sends the rest in order ([`uplink::records`]): across
 //! disconnects every record arrives exactly once. The stream id is the log's canonical
 //! path plus the CRC of its first record (the run header), so two logs never share an
-//! id. Only records on disk are sent (up to the logger's last `fdatasync`, at most
+//! id. A log whose first record is damaged is not streamed at all: the next whole record
+//! would name it anew, and the trainer would take every record again under that name.
+//! Only records on disk are sent (up to the logger's last `fdatasync`, at most
 //! [`SYNC_EVERY`](super::log::SYNC_EVERY) behind): a record the trainer acknowledged
 //! and a power cut then took from the robot's log would have the next run's records
 //! taken for ones the trainer holds.
@@ -36,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::log::{LogTail, SyncedLen};
+use super::log::{LogTail, MAGIC, SyncedLen};
 use super::realtime;
 use super::{Brain, check_dims};
 use crate::runtime::PolicyOptions;
@@ -316,6 +318,8 @@ fn stream_main(
     let mut stream_id: Option<String> = None;
     let mut legacy_id: Option<Legacy> = None;
     let mut short_log_noted = false;
+    // The first record (at byte MAGIC.len()) was skipped as damaged.
+    let mut first_damaged = false;
     let mut session: Option<Session<TcpStream>> = None;
     let mut backoff = Duration::from_millis(100);
     let mut next_try = Instant::now();
@@ -351,6 +355,28 @@ fn stream_main(
                 Ok(new) => {
                     at_end = new.is_empty();
                     reached_end = at_end;
+                    first_damaged |= read == 0
+                        && tail
+                            .damaged
+                            .first()
+                            .is_some_and(|d| d.offset == MAGIC.len() as u64);
+                    if stream_id.is_none() && first_damaged {
+                        let e = format!(
+                            "{}: its first record (the run header, at byte {}) is damaged, and \
+                             the log's stream id is taken from it: under another id the \
+                             trainer would take every record again, so nothing of this log \
+                             is streamed (its runs' datasets have their episodes; record into \
+                             a new --out to stream again)",
+                            log.display(),
+                            MAGIC.len()
+                        );
+                        note!("uplink: {e}");
+                        edit(&mut |s| {
+                            s.errors += 1;
+                            s.last_error = Some(e.clone());
+                        });
+                        return;
+                    }
                     if stream_id.is_none()
                         && let Some(first) = new.first()
                     {
@@ -754,6 +780,46 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(Arc::strong_count(&summary), 1, "the thread runs on");
+    }
+
+    /// A log whose first record (the run header) is damaged is not streamed: the stream
+    /// id came from the next whole record, a new name to the trainer, which took every
+    /// record of the log again (trained on twice).
+    #[test]
+    fn a_log_whose_first_record_is_damaged_is_not_streamed() {
+        use super::super::log::{LogWriter, Record};
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("transitions.log");
+        let mut w = LogWriter::open(&log).unwrap();
+        for episode in 0..3 {
+            w.append(&Record::EpisodeStart { episode, seed: 1 })
+                .unwrap();
+        }
+        w.sync().unwrap();
+        drop(w);
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[MAGIC.len() + 8] ^= 0xff;
+        std::fs::write(&log, &bytes).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let cfg = UplinkConfig {
+            addr: listener.local_addr().unwrap().to_string(),
+            key: uplink::Key::from_bytes([1; uplink::KEY_LEN]),
+            drain: Duration::from_millis(300),
+            swap: None,
+        };
+        let (streamer, _ready) = Streamer::spawn(cfg, &log, None).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let summary = streamer.finish();
+        assert!(
+            matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the streamer connected to stream the log under another name"
+        );
+        let e = summary.last_error.unwrap_or_default();
+        assert!(
+            e.contains("its first record (the run header, at byte 8) is damaged"),
+            "{e}"
+        );
     }
 
     /// A bundle the trainer offers while the run's end drains the log is not fetched:

@@ -246,6 +246,11 @@ pub struct Choice {
     pub score: f32,
 }
 
+/// The furthest a normalised observation may lie from the bundle's mean, in standard
+/// deviations: far past anything trained on (training data lies within tens), and far
+/// below the ~1e18 where the networks' layer norms stop telling observations apart.
+pub const MAX_NORMALIZED_OBSERVATION: f32 = 1e6;
+
 /// EXPO acting from a bundle, with preallocated buffers.
 pub struct Policy {
     pub manifest: Manifest,
@@ -373,6 +378,24 @@ impl Policy {
             bail!(
                 "observation[{i}] = {} overflows the bundle's normalisation (mean {}, std {})",
                 raw[i],
+                o.mean[i],
+                o.std[i]
+            );
+        }
+        // One merely huge does not: past about 1e18 a layer norm's f32 variance
+        // overflows, its scale becomes 0 and every row the same, and the chain clips
+        // to a full-scale command that passes every finiteness check.
+        if let Some(i) = self
+            .obs
+            .iter()
+            .position(|z| z.abs() > MAX_NORMALIZED_OBSERVATION)
+        {
+            bail!(
+                "observation[{i}] = {} is {:e} standard deviations from the bundle's mean {} \
+                 (std {}; at most {MAX_NORMALIZED_OBSERVATION:e} are acted on): a sensor \
+                 fault, or another robot's data",
+                raw[i],
+                self.obs[i],
                 o.mean[i],
                 o.std[i]
             );

@@ -18,6 +18,13 @@
 //! (one chain time), the loop holds (the robot has just been reset), and its rate and the
 //! firmware's command watchdog are unaffected by the chain's length.
 //!
+//! Candidates too old are not acted on: a worker starved of CPU (a swap being prepared,
+//! a loaded 2-core robot computer) or stopped would otherwise have every tick edit the
+//! same plan, made for a state long gone (the edit moves an action by at most β). A
+//! tick whose newest candidates were sampled for an observation published more than
+//! [`MAX_CANDIDATE_AGE`] ago, or that has waited that long for an episode's first set,
+//! is an error: the control loop faults and stops safely.
+//!
 //! With action chunks the candidates are whole chunks (`[N, H·A]`): the tick that plans
 //! a chunk edits and selects among them, and the ticks that play it only publish their
 //! observation ([`TwoSpeedPolicy::observe`]), so the worker's candidates stay current.
@@ -29,6 +36,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// The oldest candidates a tick acts on, by the wall time since their observation was
+/// published (and the longest an episode's first tick waits for its set). Chains take
+/// 0.1-51 ms on the robot computers measured (BENCHMARKS.md: `paper` on one core is the
+/// slowest), so 500 ms is ten of the slowest chains: only a stalled or stopped worker
+/// reaches it. [`TwoSpeedPolicy::with_max_candidate_age`] changes it.
+pub const MAX_CANDIDATE_AGE: Duration = Duration::from_millis(500);
 
 /// How old the base candidates were when the policy planned with them, in observations
 /// published after the one they were sampled for (0: sampled for this very tick's). The
@@ -67,12 +81,12 @@ impl CandidateAges {
 }
 
 struct Shared {
-    /// Newest raw observation and its sequence number.
-    obs: Mutex<(Vec<f32>, u64)>,
+    /// Newest raw observation, its sequence number and when it was published.
+    obs: Mutex<(Vec<f32>, u64, Instant)>,
     obs_ready: Condvar,
-    /// Newest candidates `[N, A]` (`A` a whole chunk) and the observation sequence
-    /// they were sampled for (0 before the first set).
-    candidates: Mutex<(Vec<f32>, u64)>,
+    /// Newest candidates `[N, A]` (`A` a whole chunk), the observation sequence they
+    /// were sampled for (0 before the first set) and when that one was published.
+    candidates: Mutex<(Vec<f32>, u64, Instant)>,
     candidates_ready: Condvar,
     stop: AtomicBool,
     /// First worker error, reported by the next tick.
@@ -87,6 +101,9 @@ pub struct TwoSpeedPolicy {
     candidate_obs_seq: u64,
     /// The first observation whose candidates the next tick may use (see `restart`).
     fresh_from: u64,
+    /// When observation `fresh_from` was published (`None`: not yet).
+    fresh_published: Option<Instant>,
+    max_age: Duration,
     ages: CandidateAges,
 }
 
@@ -118,9 +135,9 @@ impl TwoSpeedPolicy {
             m.action.chunk_dim(),
         );
         let shared = Arc::new(Shared {
-            obs: Mutex::new((vec![0.0; od], 0)),
+            obs: Mutex::new((vec![0.0; od], 0, Instant::now())),
             obs_ready: Condvar::new(),
-            candidates: Mutex::new((vec![0.0; n * ad], 0)),
+            candidates: Mutex::new((vec![0.0; n * ad], 0, Instant::now())),
             candidates_ready: Condvar::new(),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -133,6 +150,7 @@ impl TwoSpeedPolicy {
                 let mut out = vec![0.0; n * ad];
                 let mut seen = 0u64;
                 while !s.stop.load(Ordering::Acquire) {
+                    let seen_at;
                     {
                         let mut guard = s.obs.lock().unwrap();
                         while guard.1 == seen && !s.stop.load(Ordering::Acquire) {
@@ -147,6 +165,7 @@ impl TwoSpeedPolicy {
                         }
                         local_obs.copy_from_slice(&guard.0);
                         seen = guard.1;
+                        seen_at = guard.2;
                     }
                     // Started before the run, this thread is not one of its threads
                     // (`realtime::RunScope`): its panic comes to the tick as an error.
@@ -171,6 +190,7 @@ impl TwoSpeedPolicy {
                     let mut c = s.candidates.lock().unwrap();
                     std::mem::swap(&mut c.0, &mut out);
                     c.1 = seen;
+                    c.2 = seen_at;
                     drop(c);
                     s.candidates_ready.notify_all();
                 }
@@ -183,8 +203,17 @@ impl TwoSpeedPolicy {
             obs_seq: 0,
             candidate_obs_seq: 0,
             fresh_from: 1,
+            fresh_published: None,
+            max_age: MAX_CANDIDATE_AGE,
             ages: CandidateAges::default(),
         })
+    }
+
+    /// This policy with another limit on its candidates' age than
+    /// [`MAX_CANDIDATE_AGE`].
+    pub fn with_max_candidate_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     /// The tick-side policy (its candidates and Q values are the last action's).
@@ -207,6 +236,7 @@ impl TwoSpeedPolicy {
     /// before it are for another situation).
     pub fn restart(&mut self) {
         self.fresh_from = self.obs_seq + 1;
+        self.fresh_published = None;
     }
 
     /// Observations published to the worker so far.
@@ -222,10 +252,15 @@ impl TwoSpeedPolicy {
         // reaches the worker.
         self.tick.load_observation(raw_obs)?;
         self.obs_seq += 1;
+        let now = Instant::now();
+        if self.obs_seq == self.fresh_from {
+            self.fresh_published = Some(now);
+        }
         {
             let mut o = self.shared.obs.lock().unwrap();
             o.0.copy_from_slice(raw_obs);
             o.1 = self.obs_seq;
+            o.2 = now;
         }
         self.shared.obs_ready.notify_one();
         Ok(())
@@ -235,23 +270,30 @@ impl TwoSpeedPolicy {
     /// for a usable candidate set if there is none yet.
     pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
         self.observe(raw_obs)?;
-        self.take_candidates(true)?;
-        self.tick.act_loaded(action, Instant::now())
+        let age = self.take_candidates(true)?;
+        let choice = self.tick.act_loaded(action, Instant::now())?;
+        self.ages.record(age.expect("waited for candidates"));
+        Ok(choice)
     }
 
     /// [`Self::act`] without waiting: `None` (and nothing written) while the worker has
     /// no candidates for this episode yet.
     pub fn try_act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Option<Choice>> {
         self.observe(raw_obs)?;
-        if !self.take_candidates(false)? {
+        let Some(age) = self.take_candidates(false)? else {
             return Ok(None);
-        }
-        self.tick.act_loaded(action, Instant::now()).map(Some)
+        };
+        let choice = self.tick.act_loaded(action, Instant::now())?;
+        // Counted once the plan succeeded: a failed one made no command.
+        self.ages.record(age);
+        Ok(Some(choice))
     }
 
     /// Copies the newest candidates for the tick if they are usable (sampled for an
-    /// observation from `fresh_from` on), waiting for them when `wait`; false if not.
-    fn take_candidates(&mut self, wait: bool) -> Result<bool> {
+    /// observation from `fresh_from` on, at most `max_age` ago), waiting for them when
+    /// `wait`; their age in observations, `None` if there are none yet. Candidates too
+    /// old, or none for `max_age` after the episode's first observation, are an error.
+    fn take_candidates(&mut self, wait: bool) -> Result<Option<u64>> {
         let mut c = self.shared.candidates.lock().unwrap();
         // (Before the first set, c.1 is 0 and fresh_from at least 1.)
         while c.1 < self.fresh_from {
@@ -259,7 +301,17 @@ impl TwoSpeedPolicy {
                 bail!("candidate worker failed: {e}");
             }
             if !wait {
-                return Ok(false);
+                if let Some(waited) = self.fresh_published.map(|t| t.elapsed())
+                    && waited > self.max_age
+                {
+                    bail!(
+                        "the candidate worker has sampled nothing for this episode in {} ms \
+                         (limit {} ms): it is stalled or starved of CPU",
+                        waited.as_millis(),
+                        self.max_age.as_millis()
+                    );
+                }
+                return Ok(None);
             }
             c = self
                 .shared
@@ -268,6 +320,17 @@ impl TwoSpeedPolicy {
                 .unwrap()
                 .0;
         }
+        let age = c.2.elapsed();
+        if age > self.max_age {
+            let behind = self.obs_seq - c.1;
+            drop(c);
+            bail!(
+                "the candidate worker fell behind: its newest base candidates were sampled \
+                 for an observation {} ms ({behind} observations) old (limit {} ms)",
+                age.as_millis(),
+                self.max_age.as_millis()
+            );
+        }
         let n = c.0.len();
         self.tick.candidates[..n].copy_from_slice(&c.0);
         self.candidate_obs_seq = c.1;
@@ -275,8 +338,7 @@ impl TwoSpeedPolicy {
         if let Some(e) = self.shared.error.lock().unwrap().clone() {
             bail!("candidate worker failed: {e}");
         }
-        self.ages.record(self.candidate_age());
-        Ok(true)
+        Ok(Some(self.candidate_age()))
     }
 }
 
@@ -294,5 +356,90 @@ impl Drop for TwoSpeedPolicy {
         }
         // Detached: the handle's drop does not join.
         self.worker.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Backend;
+    use shared_model::manifest::{SigningKey, Trust, load_bundle};
+    use shared_model::synthetic::SyntheticSpec;
+
+    fn two_speed(dir: &std::path::Path) -> TwoSpeedPolicy {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        SyntheticSpec::cpu().write(dir, 5, Some(&key)).unwrap();
+        let b = load_bundle(dir, &Trust::Key(key.verifying_key())).unwrap();
+        let options = PolicyOptions {
+            backend: Backend::Native,
+            executed_steps: None,
+            seed: 1,
+        };
+        TwoSpeedPolicy::new(&b, &options).unwrap()
+    }
+
+    fn obs(i: usize) -> Vec<f32> {
+        (0..10).map(|j| ((i * 7 + j) as f32 * 0.37).sin()).collect()
+    }
+
+    /// Stops the worker as a stall would: it samples nothing more.
+    fn stall(two: &TwoSpeedPolicy) {
+        let _obs = two.shared.obs.lock().unwrap();
+        two.shared.stop.store(true, Ordering::Release);
+        two.shared.obs_ready.notify_all();
+    }
+
+    /// A stalled worker's last candidates are not acted on once older than the limit:
+    /// every tick would edit a plan made for a state long gone.
+    #[test]
+    fn candidates_older_than_the_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut a = [0.0; 2];
+        two.act(&obs(0), &mut a).unwrap();
+        stall(&two);
+        // Within the limit, the last set still serves.
+        assert!(two.try_act(&obs(1), &mut a).unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        let e = two.try_act(&obs(2), &mut a).unwrap_err().to_string();
+        assert!(
+            e.contains("fell behind") && e.contains("limit 40 ms"),
+            "{e}"
+        );
+        assert_eq!(
+            two.candidate_ages().plans,
+            2,
+            "the refused tick planned nothing"
+        );
+    }
+
+    /// A worker that samples nothing for a new episode holds its first ticks only as
+    /// long as the limit, then faults (it held the robot for good before).
+    #[test]
+    fn an_episode_without_candidates_faults_after_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut a = [0.0; 2];
+        two.act(&obs(0), &mut a).unwrap();
+        stall(&two);
+        two.restart();
+        assert!(two.try_act(&obs(1), &mut a).unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(60));
+        let e = two.try_act(&obs(2), &mut a).unwrap_err().to_string();
+        assert!(e.contains("sampled nothing for this episode"), "{e}");
+    }
+
+    /// A plan that failed made no command and is not counted in `report.json`.
+    #[test]
+    fn a_failed_plan_is_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = two_speed(dir.path());
+        let mut a = [0.0; 2];
+        two.act(&obs(0), &mut a).unwrap();
+        assert_eq!(two.candidate_ages().plans, 1);
+        // A buffer of the wrong size fails after the candidates were taken.
+        assert!(two.act(&obs(1), &mut [0.0; 3]).is_err());
+        assert!(two.try_act(&obs(2), &mut [0.0; 3]).is_err());
+        assert_eq!(two.candidate_ages().plans, 1);
     }
 }

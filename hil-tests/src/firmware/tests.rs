@@ -621,6 +621,30 @@ fn version_mismatch_is_answered_with_our_hello_rate_limited() {
     assert_eq!(fw.stats().frame_errors, 4);
 }
 
+/// `version=1` simulates a firmware of protocol version 1 whole: its `Hello` says 1, and
+/// it reads none of our version-2 frames (each is a version mismatch, answered with its
+/// `Hello` at most once per period), so no handshake and no episode follow. (It rewrote
+/// only its outgoing headers, and then shook hands and ran episodes, which a real
+/// version-1 board never does.)
+#[test]
+fn a_firmware_of_another_version_reads_none_of_our_frames() {
+    let mut fw = firmware_with(TaskId::Push, Pacing::Lockstep, "version=1");
+    let theirs = fw.hello();
+    assert_eq!(theirs.protocol_version, 1);
+    let mut ours = theirs;
+    ours.protocol_version = PROTOCOL_VERSION;
+    fw.on_frame(ms(0), frame(Message::Hello(ours)));
+    assert_eq!(out(&mut fw), [Message::Hello(theirs)]);
+    fw.on_frame(ms(10), frame(Message::Reset { seed: 1 }));
+    fw.on_frame(ms(20), frame(Message::Estop));
+    assert!(out(&mut fw).is_empty(), "rate-limited answers");
+    fw.on_frame(ms(2000), command(&[0.1, 0.1]));
+    assert_eq!(out(&mut fw), [Message::Hello(theirs)]);
+    let s = fw.stats();
+    assert_eq!((s.handshakes, s.episodes, s.frame_errors), (0, 0, 4));
+    assert_eq!(fw.state(), FirmwareState::AwaitHello);
+}
+
 /// A reboot restarts the sequence numbers and the clock, announces the firmware, and
 /// then nothing happens before a `Hello`, as after a boot: commands and `Reset`s are
 /// ignored, no episode runs. (It used to keep the handshake and start an episode of
@@ -839,4 +863,21 @@ fn arm_reachs_joint_limits_meet_the_simulated_stops() {
             hi[c.index]
         );
     }
+}
+
+/// A firmware thread dropped without `stop` (a failed test, an error path) ends with
+/// its owner: it went on serving its pty until the process exited.
+#[test]
+fn a_dropped_firmware_thread_stops() {
+    let task = TaskId::Push;
+    let opts = FirmwareOptions::new(task, RobotConfig::example(task.name()).unwrap());
+    let fw = FirmwareThread::spawn(opts, 1.0).unwrap();
+    let stop = Arc::clone(&fw.stop);
+    drop(fw);
+    // The thread's own handle on the flag went with it.
+    assert_eq!(
+        Arc::strong_count(&stop),
+        1,
+        "the firmware thread still runs"
+    );
 }
