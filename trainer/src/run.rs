@@ -385,8 +385,9 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
     }
     ensure!(
         !replay.is_empty(),
-        "{path}: no training transition in {} frames: with action_horizon {} an episode \
-         needs that many frames in a row (or a terminal step) to make one{}",
+        "{path}: no training transition in {} frames ({interventions} of them marked as \
+         interventions, left out): with action_horizon {} an episode needs that many frames \
+         in a row (or a terminal step) to make one{}",
         ds.num_frames(),
         config.action_horizon,
         if ds.next_observations_recorded {
@@ -440,22 +441,33 @@ pub(crate) fn no_reward_warning(
         ));
     }
     // Rewards on frames training leaves out (a last frame with no recorded successor
-    // that does not end its episode terminal): a sparse success reward sits exactly
-    // there, and a dataset with rewards read as labelled when none was trained on.
+    // that does not end its episode terminal, a frame marked as an intervention): a
+    // sparse success reward sits exactly there, and a dataset with rewards read as
+    // labelled when none was trained on. Said when they are a tenth of the reward or
+    // more (a dense reward loses only each episode's last frame's share).
     let (mut left_out, mut trained) = (0, 0);
+    let (mut left_sum, mut trained_sum) = (0.0f64, 0.0f64);
     for e in &ds.episodes {
         let n = ds.frames_with_successor(e);
-        trained += e.rewards[..n].iter().filter(|&&r| r != 0.0).count();
-        left_out += e.rewards[n..].iter().filter(|&&r| r != 0.0).count();
+        for (i, &r) in e.rewards.iter().enumerate().filter(|(_, r)| **r != 0.0) {
+            if i < n && !e.intervention[i] {
+                trained += 1;
+                trained_sum += f64::from(r.abs());
+            } else {
+                left_out += 1;
+                left_sum += f64::from(r.abs());
+            }
+        }
     }
-    (left_out > 0).then(|| {
+    (left_out > 0 && left_sum >= 0.1 * (left_sum + trained_sum)).then(|| {
         format!(
-            "{path}: {left_out} of the {} frames with a reward are episodes' last frames with \
-             no recorded successor (no `next.observation.state`) that do not end their \
-             episode terminal, so training leaves them out{}; `tools dataset label DIR \
-             --success LIST --out DIR2` writes a copy whose successful episodes end \
-             terminal (kept)",
+            "{path}: {left_out} of the {} frames with a reward ({:.0}% of the reward) are \
+             left out of training: episodes' last frames with no recorded successor (no \
+             `next.observation.state`) that do not end their episode terminal, or frames \
+             marked as interventions{}; `tools dataset label DIR --success LIST --out DIR2` \
+             writes a copy whose successful episodes end terminal (kept)",
             left_out + trained,
+            100.0 * left_sum / (left_sum + trained_sum),
             if trained == 0 {
                 format!(": {consequence}")
             } else {

@@ -434,9 +434,35 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
     assert!(
         w.len() == 1
             && w[0].contains(&format!(
-                "{episodes} of the {episodes} frames with a reward"
+                "{episodes} of the {episodes} frames with a reward (100% of the reward)"
             ))
-            && w[0].contains("training leaves them out: "),
+            && w[0].contains("marked as interventions: the critics learn nothing"),
+        "{w:?}"
+    );
+    // Frames marked as interventions are left out (their action did not move the arm)
+    // and counted; a reward on one (the person finished the task) is left out with it.
+    let mut ds = dataset::read_dataset(&demos).unwrap();
+    let mut marked = 0;
+    for ep in &mut ds.episodes {
+        for (i, r) in ep.rewards.iter().enumerate() {
+            if *r != 0.0 {
+                ep.intervention[i] = true;
+                marked += 1;
+            }
+        }
+    }
+    assert!(marked > 0);
+    let taken_over = tmp.path().join("taken-over");
+    dataset::write_dataset(&taken_over, &ds.info, &ds.episodes).unwrap();
+    let w = trainer::run::offline_data(&robot_config(&taken_over))
+        .unwrap()
+        .warnings;
+    assert!(
+        w.len() == 2
+            && w[0].contains(&format!("{marked} of the {marked} frames with a reward"))
+            && w[1].contains(&format!(
+                "{marked} frames marked as interventions are left out"
+            )),
         "{w:?}"
     );
     // A value that never changes in the demonstrations (a sensor that read 0 throughout)

@@ -1558,9 +1558,10 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
                     offset: d.offset,
                     problem: format!(
                         "{} damaged bytes after the last run header read (run {}, saved in \
-                         {} already): a later run's header may be lost there, and --last-run \
-                         cannot tell its episodes from that run's; convert every run into a \
-                         new directory instead (log-to-dataset without --last-run)",
+                         {} already): they may be that run's own records, or a later run's \
+                         lost header, whose episodes --last-run cannot tell from the saved \
+                         run's; convert every run into a new directory instead \
+                         (log-to-dataset without --last-run)",
                         d.len,
                         run.run_id,
                         out.display()

@@ -365,8 +365,9 @@ fn stream_main(
                             "{}: its first record (the run header, at byte {}) is damaged, and \
                              the log's stream id is taken from it: under another id the \
                              trainer would take every record again, so nothing of this log \
-                             is streamed (its runs' datasets have their episodes; record into \
-                             a new --out to stream again)",
+                             is streamed and this run takes no bundle swaps (its runs' \
+                             datasets have their episodes; record into a new --out to stream \
+                             again)",
                             log.display(),
                             MAGIC.len()
                         );

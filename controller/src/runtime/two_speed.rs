@@ -21,9 +21,11 @@
 //! Candidates too old are not acted on: a worker starved of CPU (a swap being prepared,
 //! a loaded 2-core robot computer) or stopped would otherwise have every tick edit the
 //! same plan, made for a state long gone (the edit moves an action by at most β). A
-//! tick whose newest candidates were sampled for an observation published more than
-//! [`MAX_CANDIDATE_AGE`] ago, or that has waited that long for an episode's first set,
-//! is an error: the control loop faults and stops safely.
+//! tick whose worker has sampled for no observation published in the last
+//! [`MAX_CANDIDATE_AGE`] (an episode's first set included) is an error, waiting or not:
+//! the control loop faults and stops safely. Timed from the first observation not
+//! sampled for, not from the candidates' own, so that a slow control rate (a period
+//! longer than the limit) does not fault a worker that keeps up.
 //!
 //! With action chunks the candidates are whole chunks (`[N, H·A]`): the tick that plans
 //! a chunk edits and selects among them, and the ticks that play it only publish their
@@ -37,12 +39,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The oldest candidates a tick acts on, by the wall time since their observation was
-/// published (and the longest an episode's first tick waits for its set). Chains take
-/// 0.1-51 ms on the robot computers measured (BENCHMARKS.md: `paper` on one core is the
-/// slowest), so 500 ms is ten of the slowest chains: only a stalled or stopped worker
-/// reaches it. [`TwoSpeedPolicy::with_max_candidate_age`] changes it.
+/// The longest the candidate worker may be behind ([`TwoSpeedPolicy`]'s `behind`: the
+/// time since the first observation it has not sampled for was published) before a
+/// tick refuses its candidates. A healthy worker is at most about two chain times
+/// behind at any control rate; chains took 0.1-51 ms on the machines measured
+/// (BENCHMARKS.md, `paper` on one core the slowest), so 500 ms is about ten of the
+/// slowest: a stalled or stopped worker, or one starved of CPU for that long.
+/// [`TwoSpeedPolicy::with_max_candidate_age`] changes it (a slower robot computer).
 pub const MAX_CANDIDATE_AGE: Duration = Duration::from_millis(500);
+
+/// Observations whose publication times are kept: 0.8 s of them at the highest control
+/// rate a robot file may set (10 kHz), more than [`MAX_CANDIDATE_AGE`].
+const PUBLISHED_RING: usize = 8192;
 
 /// How old the base candidates were when the policy planned with them, in observations
 /// published after the one they were sampled for (0: sampled for this very tick's). The
@@ -81,12 +89,12 @@ impl CandidateAges {
 }
 
 struct Shared {
-    /// Newest raw observation, its sequence number and when it was published.
-    obs: Mutex<(Vec<f32>, u64, Instant)>,
+    /// Newest raw observation and its sequence number.
+    obs: Mutex<(Vec<f32>, u64)>,
     obs_ready: Condvar,
-    /// Newest candidates `[N, A]` (`A` a whole chunk), the observation sequence they
-    /// were sampled for (0 before the first set) and when that one was published.
-    candidates: Mutex<(Vec<f32>, u64, Instant)>,
+    /// Newest candidates `[N, A]` (`A` a whole chunk) and the observation sequence
+    /// they were sampled for (0 before the first set).
+    candidates: Mutex<(Vec<f32>, u64)>,
     candidates_ready: Condvar,
     stop: AtomicBool,
     /// First worker error, reported by the next tick.
@@ -101,8 +109,9 @@ pub struct TwoSpeedPolicy {
     candidate_obs_seq: u64,
     /// The first observation whose candidates the next tick may use (see `restart`).
     fresh_from: u64,
-    /// When observation `fresh_from` was published (`None`: not yet).
-    fresh_published: Option<Instant>,
+    /// When each of the last [`PUBLISHED_RING`] observations was published, at
+    /// `seq % PUBLISHED_RING`.
+    published: Box<[Instant]>,
     max_age: Duration,
     ages: CandidateAges,
 }
@@ -135,9 +144,9 @@ impl TwoSpeedPolicy {
             m.action.chunk_dim(),
         );
         let shared = Arc::new(Shared {
-            obs: Mutex::new((vec![0.0; od], 0, Instant::now())),
+            obs: Mutex::new((vec![0.0; od], 0)),
             obs_ready: Condvar::new(),
-            candidates: Mutex::new((vec![0.0; n * ad], 0, Instant::now())),
+            candidates: Mutex::new((vec![0.0; n * ad], 0)),
             candidates_ready: Condvar::new(),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -150,7 +159,6 @@ impl TwoSpeedPolicy {
                 let mut out = vec![0.0; n * ad];
                 let mut seen = 0u64;
                 while !s.stop.load(Ordering::Acquire) {
-                    let seen_at;
                     {
                         let mut guard = s.obs.lock().unwrap();
                         while guard.1 == seen && !s.stop.load(Ordering::Acquire) {
@@ -165,7 +173,6 @@ impl TwoSpeedPolicy {
                         }
                         local_obs.copy_from_slice(&guard.0);
                         seen = guard.1;
-                        seen_at = guard.2;
                     }
                     // Started before the run, this thread is not one of its threads
                     // (`realtime::RunScope`): its panic comes to the tick as an error.
@@ -190,7 +197,6 @@ impl TwoSpeedPolicy {
                     let mut c = s.candidates.lock().unwrap();
                     std::mem::swap(&mut c.0, &mut out);
                     c.1 = seen;
-                    c.2 = seen_at;
                     drop(c);
                     s.candidates_ready.notify_all();
                 }
@@ -203,7 +209,7 @@ impl TwoSpeedPolicy {
             obs_seq: 0,
             candidate_obs_seq: 0,
             fresh_from: 1,
-            fresh_published: None,
+            published: vec![Instant::now(); PUBLISHED_RING].into_boxed_slice(),
             max_age: MAX_CANDIDATE_AGE,
             ages: CandidateAges::default(),
         })
@@ -236,7 +242,6 @@ impl TwoSpeedPolicy {
     /// before it are for another situation).
     pub fn restart(&mut self) {
         self.fresh_from = self.obs_seq + 1;
-        self.fresh_published = None;
     }
 
     /// Observations published to the worker so far.
@@ -252,15 +257,11 @@ impl TwoSpeedPolicy {
         // reaches the worker.
         self.tick.load_observation(raw_obs)?;
         self.obs_seq += 1;
-        let now = Instant::now();
-        if self.obs_seq == self.fresh_from {
-            self.fresh_published = Some(now);
-        }
+        self.published[(self.obs_seq % PUBLISHED_RING as u64) as usize] = Instant::now();
         {
             let mut o = self.shared.obs.lock().unwrap();
             o.0.copy_from_slice(raw_obs);
             o.1 = self.obs_seq;
-            o.2 = now;
         }
         self.shared.obs_ready.notify_one();
         Ok(())
@@ -289,28 +290,59 @@ impl TwoSpeedPolicy {
         Ok(Some(choice))
     }
 
+    /// How long the worker has been behind when its newest set is for observation
+    /// `sampled`: since the first observation it has not sampled for (from this
+    /// episode's first on) was published; zero when there is none. A healthy worker is
+    /// at most about two chain times behind, whatever the control rate.
+    fn behind(&self, sampled: u64, now: Instant) -> Duration {
+        let first = sampled.max(self.fresh_from - 1) + 1;
+        if first > self.obs_seq {
+            return Duration::ZERO;
+        }
+        // Older than the ring holds: its oldest entry, a lower bound (PUBLISHED_RING
+        // periods, 0.8 s even at 10 kHz).
+        let first = first.max((self.obs_seq + 1).saturating_sub(PUBLISHED_RING as u64));
+        now.saturating_duration_since(self.published[(first % PUBLISHED_RING as u64) as usize])
+    }
+
     /// Copies the newest candidates for the tick if they are usable (sampled for an
-    /// observation from `fresh_from` on, at most `max_age` ago), waiting for them when
-    /// `wait`; their age in observations, `None` if there are none yet. Candidates too
-    /// old, or none for `max_age` after the episode's first observation, are an error.
+    /// observation from `fresh_from` on), waiting for them when `wait`; their age in
+    /// observations, `None` if there are none yet. A worker behind by more than
+    /// `max_age` ([`Self::behind`]) is an error, waiting or not.
     fn take_candidates(&mut self, wait: bool) -> Result<Option<u64>> {
         let mut c = self.shared.candidates.lock().unwrap();
-        // (Before the first set, c.1 is 0 and fresh_from at least 1.)
-        while c.1 < self.fresh_from {
+        loop {
+            // First: a worker that failed is named as such, not as one behind.
             if let Some(e) = self.shared.error.lock().unwrap().clone() {
                 bail!("candidate worker failed: {e}");
             }
-            if !wait {
-                if let Some(waited) = self.fresh_published.map(|t| t.elapsed())
-                    && waited > self.max_age
-                {
+            // (Before the first set, c.1 is 0 and fresh_from at least 1.)
+            let usable = c.1 >= self.fresh_from;
+            let behind = self.behind(c.1, Instant::now());
+            if behind > self.max_age {
+                let sampled = c.1;
+                drop(c);
+                if usable {
                     bail!(
-                        "the candidate worker has sampled nothing for this episode in {} ms \
-                         (limit {} ms): it is stalled or starved of CPU",
-                        waited.as_millis(),
+                        "the candidate worker fell behind: its newest base candidates are for \
+                         an observation {} observations old, and it has sampled for none \
+                         since in {} ms (limit {} ms): it is stalled or starved of CPU",
+                        self.obs_seq - sampled,
+                        behind.as_millis(),
                         self.max_age.as_millis()
                     );
                 }
+                bail!(
+                    "the candidate worker has sampled nothing for this episode in {} ms \
+                     (limit {} ms): it is stalled or starved of CPU",
+                    behind.as_millis(),
+                    self.max_age.as_millis()
+                );
+            }
+            if usable {
+                break;
+            }
+            if !wait {
                 return Ok(None);
             }
             c = self
@@ -319,17 +351,6 @@ impl TwoSpeedPolicy {
                 .wait_timeout(c, Duration::from_millis(100))
                 .unwrap()
                 .0;
-        }
-        let age = c.2.elapsed();
-        if age > self.max_age {
-            let behind = self.obs_seq - c.1;
-            drop(c);
-            bail!(
-                "the candidate worker fell behind: its newest base candidates were sampled \
-                 for an observation {} ms ({behind} observations) old (limit {} ms)",
-                age.as_millis(),
-                self.max_age.as_millis()
-            );
         }
         let n = c.0.len();
         self.tick.candidates[..n].copy_from_slice(&c.0);
@@ -426,6 +447,36 @@ mod tests {
         assert!(two.try_act(&obs(1), &mut a).unwrap().is_none());
         std::thread::sleep(Duration::from_millis(60));
         let e = two.try_act(&obs(2), &mut a).unwrap_err().to_string();
+        assert!(e.contains("sampled nothing for this episode"), "{e}");
+    }
+
+    /// A worker that keeps up is never behind, however slow the control rate: a period
+    /// longer than the limit faulted every plan when the age was timed from the
+    /// candidates' own observation (one period old at every plan).
+    #[test]
+    fn a_worker_that_keeps_up_at_a_slow_rate_is_not_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut a = [0.0; 2];
+        two.act(&obs(0), &mut a).unwrap();
+        for i in 1..4 {
+            // One period of 80 ms: the worker samples the last observation meanwhile.
+            std::thread::sleep(Duration::from_millis(80));
+            two.try_act(&obs(i), &mut a).unwrap().expect("candidates");
+        }
+    }
+
+    /// The blocking `act` gives up on a stalled worker after the limit (it waited for
+    /// ever for an episode's first set).
+    #[test]
+    fn act_gives_up_on_a_stalled_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut a = [0.0; 2];
+        two.act(&obs(0), &mut a).unwrap();
+        stall(&two);
+        two.restart();
+        let e = two.act(&obs(1), &mut a).unwrap_err().to_string();
         assert!(e.contains("sampled nothing for this episode"), "{e}");
     }
 
