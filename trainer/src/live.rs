@@ -60,16 +60,19 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
     controller::robot_loop::realtime::kill_at_a_second_sigint(sig);
 }
 
-/// Routes SIGINT and SIGTERM to [`SIGNALLED`]: Ctrl-C ends a live session with its final
-/// checkpoint and bundle (it was killed, losing the updates since the last checkpoint
-/// and the last bundle). A second Ctrl-C kills. A signal ignored when the trainer
-/// started (SIGINT for a background job of a script) stays ignored. Installed by
+/// Routes SIGINT, SIGTERM and SIGHUP (a closed terminal or SSH session) to
+/// [`SIGNALLED`]: each ends a live session with its final checkpoint and bundle (it was
+/// killed, losing the updates since the last checkpoint and the last bundle). A second
+/// Ctrl-C kills. A signal ignored when the trainer started (SIGINT for a background job
+/// of a script, SIGHUP under `nohup`) stays ignored. Installed by
 /// [`train_live`] as it starts listening and taken back as it returns: before and after,
 /// in the loading and the evaluations, the signals kill as they always did.
 pub fn stop_on_signals() -> std::io::Result<()> {
-    let signals = [libc::SIGINT, libc::SIGTERM];
-    controller::robot_loop::realtime::route_signals(&signals, &signals, on_stop_signal)
+    controller::robot_loop::realtime::route_signals(&STOP_SIGNALS, &STOP_SIGNALS, on_stop_signal)
 }
+
+/// The signals that end a live session in order ([`stop_on_signals`]).
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// A transition as the training loop takes it.
 pub struct Step {
@@ -955,10 +958,9 @@ pub(crate) fn train_live(
     // after it (its evaluation, a `--bundle` export), the signals do what they did
     // before (they stayed caught, and a SIGTERM was taken and ignored).
     let _restored_at_end = if live.stop.is_some_and(|s| std::ptr::eq(s, &SIGNALLED)) {
-        let saved =
-            controller::robot_loop::realtime::SavedSignals::save(&[libc::SIGINT, libc::SIGTERM])
-                .context("reading the dispositions of Ctrl-C and SIGTERM")?;
-        stop_on_signals().context("installing the handler of Ctrl-C and SIGTERM")?;
+        let saved = controller::robot_loop::realtime::SavedSignals::save(&STOP_SIGNALS)
+            .context("reading the dispositions of Ctrl-C, SIGTERM and SIGHUP")?;
+        stop_on_signals().context("installing the handler of Ctrl-C, SIGTERM and SIGHUP")?;
         Some(saved)
     } else {
         None

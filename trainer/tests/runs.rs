@@ -392,8 +392,8 @@ fn a_bundle_exported_from_a_run_names_its_updates() {
     assert_eq!(provenance["git_revision"].as_str(), Some(built));
 }
 
-/// SIGTERM (or Ctrl-C's SIGINT, the same handler; a test process may have inherited
-/// SIGINT ignored, which the trainer keeps) ends a live session as `--updates` would:
+/// SIGTERM or SIGHUP (or Ctrl-C's SIGINT, the same handler; a test process may have
+/// inherited SIGINT ignored, which the trainer keeps) ends a live session as `--updates` would:
 /// its final checkpoint and bundle are written and it exits 0. It was killed, losing the
 /// updates since the last checkpoint and the last bundle.
 #[cfg(unix)]
@@ -408,72 +408,75 @@ fn a_signal_ends_a_live_session_with_its_checkpoint_and_bundle() {
     let key = tmp.path().join("uplink.key");
     let (code, text) = trainer_cli(&["uplink-keygen", "--out", key.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
-    let out = tmp.path().join("live");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["finetune", "--from", run.to_str().unwrap(), "--out"])
-        .arg(&out)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--uplink-key",
-            key.to_str().unwrap(),
-        ])
-        .args(["--updates", "1000000", "--eval-episodes", "0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Its stderr, line by line, to a thread that reports the listening line.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if line.contains("listening on") {
-                let _ = tx.send(());
+    // SIGHUP too: a closed terminal or SSH session (it killed the session).
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
+        let out = tmp.path().join(format!("live-{name}"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["finetune", "--from", run.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--uplink-key",
+                key.to_str().unwrap(),
+            ])
+            .args(["--updates", "1000000", "--eval-episodes", "0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its stderr, line by line, to a thread that reports the listening line.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
             }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    // (A guard, not a timing.)
-    if rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .is_err()
-    {
-        child.kill().unwrap();
-        panic!("no listening line: {}", reader.join().unwrap());
-    }
-    // SAFETY: a signal to our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    // (A guard, not a timing: a trainer that ignored the signal would listen forever.)
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
+            all
+        });
+        // (A guard, not a timing.)
+        if rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .is_err()
+        {
             child.kill().unwrap();
-            panic!(
-                "the trainer went on after SIGTERM: {}",
-                reader.join().unwrap()
-            );
+            panic!("no listening line: {}", reader.join().unwrap());
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let said = reader.join().unwrap();
-    assert!(status.success(), "{status:?}: {said}");
-    assert!(said.contains("stopping at a signal"), "{said}");
-    assert!(out.join("checkpoint/state.json").is_file(), "{said}");
-    let latest = std::fs::read_to_string(out.join("bundles/latest")).unwrap();
-    assert!(
-        out.join("bundles")
-            .join(latest.trim())
-            .join("manifest.toml")
-            .is_file(),
-        "{said}"
-    );
+        // SAFETY: a signal to our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        // (A guard, not a timing: a trainer that ignored the signal would listen forever.)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!(
+                    "the trainer went on after {name}: {}",
+                    reader.join().unwrap()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let said = reader.join().unwrap();
+        assert!(status.success(), "{status:?}: {said}");
+        assert!(said.contains("stopping at a signal"), "{said}");
+        assert!(out.join("checkpoint/state.json").is_file(), "{said}");
+        let latest = std::fs::read_to_string(out.join("bundles/latest")).unwrap();
+        assert!(
+            out.join("bundles")
+                .join(latest.trim())
+                .join("manifest.toml")
+                .is_file(),
+            "{said}"
+        );
+    }
 }
 
 /// Trains `c` into `run` until its first checkpoint past 30 steps, and returns the

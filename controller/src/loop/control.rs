@@ -1387,10 +1387,30 @@ impl Control {
             }
             // The run's last stop is done; its Estop's answer is awaited.
             Phase::Done | Phase::ConfirmingStop { .. } => {}
-            // Re-handshaking after a reconnect, with no episode: the port's firmware has
-            // not confirmed its robot id, so nothing is sent to it (it holds on its own,
-            // by its watchdog); the run ends at once, as `end_run_after` does.
-            Phase::Handshaking { .. } if self.track.is_none() => self.phase = Phase::Done,
+            // Re-handshaking after a reconnect, with no episode: the firmware behind the
+            // port that came back holds with its torque on (`take_writer`), and nothing
+            // needs stopping but that. An `Estop`, which a firmware takes before a
+            // handshake too, turns it off, and its answer is awaited as at any run's end
+            // (the run ended at once, leaving the arm energised).
+            Phase::Handshaking { .. } if self.track.is_none() => {
+                let estop = !self.torque_off
+                    && self.cfg.robot.safety.gravity_safe_torque_off
+                    && self.gate.writer_open()
+                    && self.gate.send_control(Message::Estop).is_ok();
+                self.phase = if estop {
+                    self.estops_unanswered += 1;
+                    self.torque_off = true;
+                    self.report.torque_off_ticks.push(self.tick);
+                    Phase::ConfirmingStop {
+                        until: now + self.estop_answer_wait(),
+                        resends: 0,
+                        written: 0,
+                        answers: self.estop_answers,
+                    }
+                } else {
+                    Phase::Done
+                };
+            }
             _ => {
                 self.close_later(now, EndReason::Interrupted, why);
                 self.enter_safe_stop(After::Exit);
@@ -4172,6 +4192,60 @@ mod tests {
                 .count();
         }
         assert_eq!(hellos, 1, "no Hello on the port back");
+    }
+
+    /// A stop signal while re-handshaking on a port that came back turns the torque
+    /// off: the firmware there holds with its torque on, and the run ended at once,
+    /// sending nothing but the `Hello`.
+    #[test]
+    fn an_interrupt_while_re_handshaking_sends_the_estop() {
+        use hil_tests::link::Port;
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.phase = Phase::Idle;
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        c.drain(Instant::now());
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        for _ in 0..50 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if matches!(c.phase, Phase::Handshaking { .. }) {
+                break;
+            }
+        }
+        assert!(
+            matches!(c.phase, Phase::Handshaking { .. }),
+            "{:?}",
+            c.phase
+        );
+        c.interrupt(Instant::now(), "signal 15".into());
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "{:?}",
+            c.phase
+        );
+        let mut firmware = pty.into_port();
+        let (mut buf, mut d) = ([0u8; 256], FrameDecoder::default());
+        let mut got = vec![];
+        let start = Instant::now();
+        while !got.contains(&Message::Estop) && start.elapsed() < Duration::from_secs(5) {
+            let n = firmware
+                .read_timeout(&mut buf, Duration::from_millis(50))
+                .unwrap();
+            got.extend(
+                buf[..n]
+                    .iter()
+                    .filter_map(|&b| d.push(b))
+                    .filter_map(|f| f.ok().map(|f| f.message)),
+            );
+        }
+        assert!(
+            matches!(got[..], [Message::Hello(_), Message::Estop]),
+            "{got:?}"
+        );
     }
 
     /// An I/O thread that ended without reporting a loss (it panicked) leaves the
