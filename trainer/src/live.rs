@@ -54,8 +54,22 @@ use uplink::{Key, Session};
 pub static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(sig: libc::c_int) {
-    // Only async-signal-safe work: an atomic store and signal().
+    // Only async-signal-safe work: an atomic store, signal(), open(), dup2(), close().
     SIGNALLED.store(true, Ordering::SeqCst);
+    if sig == libc::SIGHUP {
+        // The terminal is gone: writes to it fail (EIO; EPIPE through a `tee` that went
+        // with it), and a failed `eprintln!` panics, before the final checkpoint. The
+        // rest of the session's lines go nowhere instead.
+        // SAFETY: async-signal-safe calls on a constant, NUL-terminated path.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            if null >= 0 {
+                libc::dup2(null, 1);
+                libc::dup2(null, 2);
+                libc::close(null);
+            }
+        }
+    }
     // (A final checkpoint that hangs on a full disk is left by a second Ctrl-C.)
     controller::robot_loop::realtime::kill_at_a_second_sigint(sig);
 }

@@ -454,6 +454,9 @@ pub(crate) struct Control {
     /// completes after it: the same `Hello` again (the link publishes a copy of it
     /// unmarked when frames renumber) is taken for that copy while the torque is on.
     reboot_unshaken: Option<u32>,
+    /// A stop signal ended a handshake whose `Hello` may yet be answered: that answer,
+    /// while the closing `Estop`'s is awaited, is no reboot.
+    hello_owed: bool,
     /// The tick the safe stop under way began: its torque-off belongs to the faults held
     /// from then on, not to one of an earlier stop that could send no Estop.
     stop_began: u64,
@@ -600,6 +603,7 @@ impl Control {
             late_estop_until: start,
             estop_answers: 0,
             reboot_unshaken: None,
+            hello_owed: false,
             stop_began: 0,
             estop_answer_seq: None,
             fallback_seq: None,
@@ -1112,6 +1116,14 @@ impl Control {
                     );
                     return;
                 }
+                if self.hello_owed && matches!(self.phase, Phase::ConfirmingStop { .. }) {
+                    // The answer to the handshake's Hello, before that to the Estop
+                    // sent as a stop signal ended it (a board that booted as its port
+                    // opened numbers it 0, and was taken for rebooting again).
+                    self.hello_owed = false;
+                    self.report.ignored_hellos += 1;
+                    return;
+                }
                 if let Phase::Handshaking { .. } = self.phase {
                     // A firmware behind a reopened port answers no Estop sent before.
                     self.forget_firmware_answers();
@@ -1375,6 +1387,22 @@ impl Control {
         };
     }
 
+    /// Records the torque-off this tick sent, in the run's list and for the faults held
+    /// since the stop under way began (a link loss whose own stop could send no Estop
+    /// gets the Estop of a later stop, minutes on).
+    fn record_torque_off(&mut self) {
+        let began = self.stop_began;
+        for f in self
+            .report
+            .faults
+            .iter_mut()
+            .filter(|f| f.torque_off_tick.is_none() && f.hold_tick.is_some_and(|t| t >= began))
+        {
+            f.torque_off_tick = Some(self.tick);
+        }
+        self.report.torque_off_ticks.push(self.tick);
+    }
+
     /// Ends the run: safe stop, then exit.
     fn interrupt(&mut self, now: Instant, why: String) {
         self.stopping = Some(Outcome::Interrupted);
@@ -1400,7 +1428,9 @@ impl Control {
                 self.phase = if estop {
                     self.estops_unanswered += 1;
                     self.torque_off = true;
-                    self.report.torque_off_ticks.push(self.tick);
+                    self.record_torque_off();
+                    // The firmware answers in order: our Hello's answer may come first.
+                    self.hello_owed = true;
                     Phase::ConfirmingStop {
                         until: now + self.estop_answer_wait(),
                         resends: 0,
@@ -1941,15 +1971,7 @@ impl Control {
                     self.estops_unanswered += 1;
                     self.estop_write_failures = 0;
                     self.torque_off = true;
-                    // The faults this stop held for (a link loss whose own stop could
-                    // send no Estop got the Estop of a later stop, minutes on).
-                    let began = self.stop_began;
-                    for f in self.report.faults.iter_mut().filter(|f| {
-                        f.torque_off_tick.is_none() && f.hold_tick.is_some_and(|t| t >= began)
-                    }) {
-                        f.torque_off_tick = Some(self.tick);
-                    }
-                    self.report.torque_off_ticks.push(self.tick);
+                    self.record_torque_off();
                 }
                 Err(_) if self.link_down => {
                     // The link is lost already and its fault ends the run or waits for
@@ -4245,6 +4267,43 @@ mod tests {
         assert!(
             matches!(got[..], [Message::Hello(_), Message::Estop]),
             "{got:?}"
+        );
+        // The link loss's fault got this torque-off.
+        let lost = c
+            .report
+            .faults
+            .iter()
+            .find(|f| f.kind == FaultKind::LinkLost);
+        assert_eq!(
+            lost.and_then(|f| f.torque_off_tick),
+            Some(c.tick),
+            "{lost:?}"
+        );
+        // A board that booted as the port opened answers the Hello (numbered 0), then
+        // the Estop: neither is a reboot or a stop button, and the run ends interrupted.
+        // (The Hello was taken for a reboot: a fault, a new stop, and the Estop's
+        // answer then for a stop button's, exit 3.)
+        tx.send(frame(0, Message::Hello(c.hello))).unwrap();
+        tx.send(frame(
+            1,
+            Message::Fault {
+                code: firmware_config::protocol::FaultCode::Estop,
+            },
+        ))
+        .unwrap();
+        for _ in 0..50 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if matches!(c.phase, Phase::Done) {
+                break;
+            }
+        }
+        assert!(matches!(c.phase, Phase::Done), "{:?}", c.phase);
+        assert_eq!(c.stopping, Some(Outcome::Interrupted));
+        assert!(c.fatal.is_none(), "{:?}", c.fatal);
+        assert_eq!(
+            c.report.faults.iter().map(|f| f.kind).collect::<Vec<_>>(),
+            [FaultKind::LinkLost]
         );
     }
 

@@ -216,7 +216,9 @@ impl TwoSpeedPolicy {
     }
 
     /// This policy with another limit on its candidates' age than
-    /// [`MAX_CANDIDATE_AGE`].
+    /// [`MAX_CANDIDATE_AGE`]. A worker is timed over the last 8,192 observations at most
+    /// (0.8 s at 10 kHz): a limit longer than that span at the control rate is never
+    /// reached.
     pub fn with_max_candidate_age(mut self, max_age: Duration) -> Self {
         self.max_age = max_age;
         self
