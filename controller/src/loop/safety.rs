@@ -152,6 +152,9 @@ pub struct GateStats {
     /// Commands that failed the final check and were replaced by the nearest safe
     /// action. Stays 0 unless something upstream is broken.
     pub violations_prevented: u64,
+    /// Commands a safe stop sent ([`CommandGate::send_hold`]: its ramp toward the hold
+    /// and the hold). A policy's or teleop device's action equal to the hold is not
+    /// one (a device resting at zero read as time spent stopping).
     pub hold_commands: u64,
     pub estops: u64,
     pub write_errors: u64,
@@ -274,9 +277,6 @@ impl CommandGate {
         let msg = Message::command(&robot_units[..d])
             .ok_or_else(|| io::Error::other("action larger than MAX_ACT"))?;
         self.stats.commands += 1;
-        if self.envelope.at_hold(&sent[..d]) {
-            self.stats.hold_commands += 1;
-        }
         // The firmware applies it from now on, whether or not the write succeeds
         // completely, so the reference moves before the write.
         self.last = sent;
@@ -289,6 +289,7 @@ impl CommandGate {
         let mut step = [0.0f32; MAX_ACT];
         let d = self.dim;
         self.envelope.hold_step(&self.last[..d], &mut step[..d]);
+        self.stats.hold_commands += 1;
         self.send_command(&step[..d])
     }
 
@@ -453,6 +454,14 @@ mod tests {
         g.send_command(&[f32::NAN, -5.0]).unwrap();
         assert_eq!(g.stats.violations_prevented, 2);
         assert_eq!(g.stats.commands, 3);
+        // Hold commands are the safe stop's, ramp steps included; an action that is
+        // the hold (a teleop device at rest) is not one.
+        assert_eq!(g.stats.hold_commands, 0);
+        g.send_command(&[0.0, 0.0]).unwrap();
+        assert_eq!(g.stats.hold_commands, 0);
+        g.send_command(&[0.2, 0.3]).unwrap();
+        g.send_hold().unwrap();
+        assert_eq!(g.stats.hold_commands, 1);
         let sent: Vec<Vec<f32>> = frames(&sink)
             .into_iter()
             .map(|f| match f.message {
