@@ -769,15 +769,7 @@ fn append_robot_data(
                     chunker.cut();
                     continue;
                 }
-                summary.replay_transitions += chunker.push(
-                    online,
-                    &ep.observations[i * od..(i + 1) * od],
-                    &ep.actions[i * ad..(i + 1) * ad],
-                    ep.rewards[i],
-                    &ep.next_observations[i * od..(i + 1) * od],
-                    ep.terminated[i],
-                    i + 1 == n,
-                );
+                summary.replay_transitions += chunker.push_frame(online, ep, i, n);
             }
             successes += ep.success.iter().any(|&s| s) as usize;
         }

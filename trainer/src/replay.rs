@@ -215,7 +215,6 @@ impl Replay {
             ds.num_frames().max(1),
         );
         let mut chunker = Chunker::new(od, ds.info.action_dim(), chunks);
-        let (ad, od) = (ds.info.action_dim(), od);
         for ep in &ds.episodes {
             let n = ds.frames_with_successor(ep);
             chunker.cut();
@@ -224,15 +223,7 @@ impl Replay {
                     chunker.cut();
                     continue;
                 }
-                chunker.push(
-                    &mut r,
-                    &ep.observations[i * od..(i + 1) * od],
-                    &ep.actions[i * ad..(i + 1) * ad],
-                    ep.rewards[i],
-                    &ep.next_observations[i * od..(i + 1) * od],
-                    ep.terminated[i],
-                    i + 1 == n,
-                );
+                chunker.push_frame(&mut r, ep, i, n);
             }
         }
         r
@@ -476,6 +467,27 @@ impl Chunker {
 
     pub fn spec(&self) -> ChunkSpec {
         self.spec
+    }
+
+    /// Frame `i` of a dataset episode whose first `n` frames are trained on
+    /// ([`dataset::Dataset::frames_with_successor`]); as [`Self::push`].
+    pub fn push_frame(
+        &mut self,
+        out: &mut Replay,
+        ep: &dataset::Episode,
+        i: usize,
+        n: usize,
+    ) -> usize {
+        let (od, ad) = (self.od, self.ad);
+        self.push(
+            out,
+            &ep.observations[i * od..(i + 1) * od],
+            &ep.actions[i * ad..(i + 1) * ad],
+            ep.rewards[i],
+            &ep.next_observations[i * od..(i + 1) * od],
+            ep.terminated[i],
+            i + 1 == n,
+        )
     }
 
     /// Steps waiting for the rest of their chunk.

@@ -4141,6 +4141,17 @@ mod tests {
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
     }
 
+    /// A control thread with `--reconnect-ms 5000` whose link was lost between
+    /// episodes (its safe stop under way).
+    fn lost_with_reconnect(wire: &Wire) -> (Control, crossbeam_channel::Sender<LinkEvent>) {
+        let (mut c, tx) = control(wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.phase = Phase::Idle;
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        c.drain(Instant::now());
+        (c, tx)
+    }
+
     /// A board that reset when its port was reopened (many do) announces itself with a
     /// `Hello` while the reconnect's safe stop still holds: the stop ends in a handshake
     /// on the port back. The reboot's fault turned the stop's continuation from
@@ -4150,11 +4161,7 @@ mod tests {
     fn a_reboot_during_a_reconnects_safe_stop_handshakes_on_the_port_back() {
         use hil_tests::link::Port;
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.cfg.reconnect = Some(Duration::from_secs(5));
-        c.phase = Phase::Idle;
-        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
-        c.drain(Instant::now());
+        let (mut c, tx) = lost_with_reconnect(&wire);
         assert!(
             matches!(
                 c.phase,
@@ -4223,11 +4230,7 @@ mod tests {
     fn an_interrupt_while_re_handshaking_sends_the_estop() {
         use hil_tests::link::Port;
         let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.cfg.reconnect = Some(Duration::from_secs(5));
-        c.phase = Phase::Idle;
-        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
-        c.drain(Instant::now());
+        let (mut c, tx) = lost_with_reconnect(&wire);
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
         tx.send(LinkEvent::Reconnected(port)).unwrap();

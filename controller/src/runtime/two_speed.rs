@@ -21,11 +21,12 @@
 //! Candidates too old are not acted on: a worker starved of CPU (a swap being prepared,
 //! a loaded 2-core robot computer) or stopped would otherwise have every tick edit the
 //! same plan, made for a state long gone (the edit moves an action by at most β). A
-//! tick whose worker has sampled for no observation published in the last
-//! [`MAX_CANDIDATE_AGE`] (an episode's first set included) is an error, waiting or not:
-//! the control loop faults and stops safely. Timed from the first observation not
-//! sampled for, not from the candidates' own, so that a slow control rate (a period
-//! longer than the limit) does not fault a worker that keeps up.
+//! planning tick is an error, waiting or not, when the oldest observation its worker
+//! has not sampled for was published more than [`MAX_CANDIDATE_AGE`] ago (an episode's
+//! first set included): the control loop faults and stops safely. Timed from that
+//! observation, not from the candidates' own, so that a slow control rate (a period
+//! longer than the limit) does not fault a worker that keeps up. (Ticks that only
+//! publish, playing a chunk or driven by a teleop device, do not check.)
 //!
 //! With action chunks the candidates are whole chunks (`[N, H·A]`): the tick that plans
 //! a chunk edits and selects among them, and the ticks that play it only publish their
@@ -405,6 +406,13 @@ mod tests {
         (0..10).map(|j| ((i * 7 + j) as f32 * 0.37).sin()).collect()
     }
 
+    /// A policy with `max_age` that has acted once (the worker sampled for it).
+    fn acted_once(dir: &std::path::Path, max_age: Duration) -> TwoSpeedPolicy {
+        let mut two = two_speed(dir).with_max_candidate_age(max_age);
+        two.act(&obs(0), &mut [0.0; 2]).unwrap();
+        two
+    }
+
     /// Stops the worker as a stall would: it samples nothing more.
     fn stall(two: &TwoSpeedPolicy) {
         let _obs = two.shared.obs.lock().unwrap();
@@ -417,9 +425,8 @@ mod tests {
     #[test]
     fn candidates_older_than_the_limit_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut two = acted_once(dir.path(), Duration::from_millis(40));
         let mut a = [0.0; 2];
-        two.act(&obs(0), &mut a).unwrap();
         stall(&two);
         // Within the limit, the last set still serves.
         assert!(two.try_act(&obs(1), &mut a).unwrap().is_some());
@@ -441,9 +448,8 @@ mod tests {
     #[test]
     fn an_episode_without_candidates_faults_after_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut two = acted_once(dir.path(), Duration::from_millis(40));
         let mut a = [0.0; 2];
-        two.act(&obs(0), &mut a).unwrap();
         stall(&two);
         two.restart();
         assert!(two.try_act(&obs(1), &mut a).unwrap().is_none());
@@ -458,9 +464,8 @@ mod tests {
     #[test]
     fn a_worker_that_keeps_up_at_a_slow_rate_is_not_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut two = acted_once(dir.path(), Duration::from_millis(40));
         let mut a = [0.0; 2];
-        two.act(&obs(0), &mut a).unwrap();
         for i in 1..4 {
             // One period of 80 ms: the worker samples the last observation meanwhile.
             std::thread::sleep(Duration::from_millis(80));
@@ -473,9 +478,8 @@ mod tests {
     #[test]
     fn act_gives_up_on_a_stalled_worker() {
         let dir = tempfile::tempdir().unwrap();
-        let mut two = two_speed(dir.path()).with_max_candidate_age(Duration::from_millis(40));
+        let mut two = acted_once(dir.path(), Duration::from_millis(40));
         let mut a = [0.0; 2];
-        two.act(&obs(0), &mut a).unwrap();
         stall(&two);
         two.restart();
         let e = two.act(&obs(1), &mut a).unwrap_err().to_string();
