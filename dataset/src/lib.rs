@@ -85,6 +85,21 @@ pub use writer::{
     write_dataset_as,
 };
 
+/// The process id, the time and a count of the calls in this process: a name part no
+/// other writer, here, in this process or in another container sharing the directory
+/// (whose pid may be 1 too), has used (staging names of datasets and recordings).
+pub fn unique_id() -> String {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// Syncs a directory's entries (new names, renames), so that they survive a power cut.
 /// Filesystems that cannot sync a directory (EINVAL, ENOTSUP) are let pass: there is
 /// nothing more to do on them. Only on Unix, where a directory can be opened and synced.

@@ -13,18 +13,7 @@ pub mod teleop;
 use anyhow::{Context, Result, ensure};
 use std::path::{Path, PathBuf};
 
-/// The process id and the time: a name part no other run, here or in another container
-/// sharing the directory (whose pid may be 1 too), has used.
-pub fn unique_id() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    )
-}
+pub use dataset::unique_id;
 
 /// Writes a new dataset at `out` whole or not at all. `out` must not exist or be empty,
 /// as for [`dataset::DatasetWriter::create`]; `write` gets an empty directory to fill.

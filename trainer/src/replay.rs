@@ -219,7 +219,7 @@ impl Replay {
             let n = ds.frames_with_successor(ep);
             chunker.cut();
             for i in 0..n {
-                if ep.intervention[i] {
+                if !Self::trains_on(ep, n, i) {
                     chunker.cut();
                     continue;
                 }
@@ -227,6 +227,12 @@ impl Replay {
             }
         }
         r
+    }
+
+    /// Whether [`Self::from_dataset`] trains on frame `i` of `ep`, whose first `n`
+    /// frames have a successor: one of those, not marked as an intervention.
+    pub fn trains_on(ep: &dataset::Episode, n: usize, i: usize) -> bool {
+        i < n && !ep.intervention[i]
     }
 
     /// The frames of `ds` that [`Self::from_dataset`] leaves out as interventions.

@@ -450,7 +450,7 @@ pub(crate) fn no_reward_warning(
     for e in &ds.episodes {
         let n = ds.frames_with_successor(e);
         for (i, &r) in e.rewards.iter().enumerate().filter(|(_, r)| **r != 0.0) {
-            if i < n && !e.intervention[i] {
+            if Replay::trains_on(e, n, i) {
                 trained += 1;
                 trained_sum += f64::from(r.abs());
             } else {

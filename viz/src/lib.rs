@@ -54,7 +54,6 @@ use anyhow::{Context, Result, bail};
 use rerun::{Color, RecordingStream};
 use sim::{Scene, Shape, ShapeKind, TaskId};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub mod cli;
@@ -171,19 +170,15 @@ pub struct Recorder {
 
 /// Claims the file a recording of `path` is written to until it is whole: beside it, so
 /// that an interrupted conversion leaves no truncated file under the requested name
-/// (refused as existing by the next run), as `NAME.partial-PID-NANOS-N`, created here
-/// (`create_new`) so that no two recorders share one. The process id alone was shared by
-/// two containers on one volume (both pid 1) and by two recorders in one process: each
-/// emptied the other's file, and the first to finish published the other's writes.
+/// (refused as existing by the next run), as `NAME.partial-ID` ([`dataset::unique_id`]),
+/// created here (`create_new`) so that no two recorders share one. The process id alone
+/// was shared by two containers on one volume (both pid 1) and by two recorders in one
+/// process: each emptied the other's file, and the first to finish published the
+/// other's writes.
 fn claim_staging_path(path: &Path) -> Result<PathBuf> {
-    static CLAIMED: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
     for _ in 0..64 {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
-        let n = CLAIMED.fetch_add(1, Ordering::Relaxed);
-        name.push(format!(".partial-{}-{nanos}-{n}", std::process::id()));
+        name.push(format!(".partial-{}", dataset::unique_id()));
         let staged = path.with_file_name(name);
         match std::fs::OpenOptions::new()
             .write(true)

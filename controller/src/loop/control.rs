@@ -1387,10 +1387,13 @@ impl Control {
         };
     }
 
-    /// Records the torque-off this tick sent, in the run's list and for the faults held
-    /// since the stop under way began (a link loss whose own stop could send no Estop
-    /// gets the Estop of a later stop, minutes on).
+    /// Records the torque-off `Estop` this tick wrote: its answer is owed, and the
+    /// torque-off goes in the run's list and to the faults held since the stop under
+    /// way began (a link loss whose own stop could send no Estop gets the Estop of a
+    /// later stop, minutes on).
     fn record_torque_off(&mut self) {
+        self.estops_unanswered += 1;
+        self.torque_off = true;
         let began = self.stop_began;
         for f in self
             .report
@@ -1401,6 +1404,16 @@ impl Control {
             f.torque_off_tick = Some(self.tick);
         }
         self.report.torque_off_ticks.push(self.tick);
+    }
+
+    /// Waiting from `now` for the answer to the run's closing `Estop`, just written.
+    fn confirming_stop(&self, now: Instant) -> Phase {
+        Phase::ConfirmingStop {
+            until: now + self.estop_answer_wait(),
+            resends: 0,
+            written: 0,
+            answers: self.estop_answers,
+        }
     }
 
     /// Ends the run: safe stop, then exit.
@@ -1426,17 +1439,10 @@ impl Control {
                     && self.gate.writer_open()
                     && self.gate.send_control(Message::Estop).is_ok();
                 self.phase = if estop {
-                    self.estops_unanswered += 1;
-                    self.torque_off = true;
                     self.record_torque_off();
                     // The firmware answers in order: our Hello's answer may come first.
                     self.hello_owed = true;
-                    Phase::ConfirmingStop {
-                        until: now + self.estop_answer_wait(),
-                        resends: 0,
-                        written: 0,
-                        answers: self.estop_answers,
-                    }
+                    self.confirming_stop(now)
                 } else {
                     Phase::Done
                 };
@@ -1968,9 +1974,7 @@ impl Control {
             match self.gate.send_control(Message::Estop) {
                 Ok(()) => {
                     estop_sent = !self.link_down;
-                    self.estops_unanswered += 1;
                     self.estop_write_failures = 0;
-                    self.torque_off = true;
                     self.record_torque_off();
                 }
                 Err(_) if self.link_down => {
@@ -2016,12 +2020,7 @@ impl Control {
                 if estop_sent
                     || (self.torque_off && self.estops_unanswered > 0 && !self.link_down) =>
             {
-                Phase::ConfirmingStop {
-                    until: now + self.estop_answer_wait(),
-                    resends: 0,
-                    written: 0,
-                    answers: self.estop_answers,
-                }
+                self.confirming_stop(now)
             }
             After::Exit => Phase::Done,
             After::Handshake => {

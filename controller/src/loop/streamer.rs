@@ -318,8 +318,6 @@ fn stream_main(
     let mut stream_id: Option<String> = None;
     let mut legacy_id: Option<Legacy> = None;
     let mut short_log_noted = false;
-    // The first record (at byte MAGIC.len()) was skipped as damaged.
-    let mut first_damaged = false;
     let mut session: Option<Session<TcpStream>> = None;
     let mut backoff = Duration::from_millis(100);
     let mut next_try = Instant::now();
@@ -355,7 +353,9 @@ fn stream_main(
                 Ok(new) => {
                     at_end = new.is_empty();
                     reached_end = at_end;
-                    first_damaged |= read == 0
+                    // The first record (at byte MAGIC.len()) skipped as damaged: seen in
+                    // the poll that skips it, before its stretch is noted and drained.
+                    let first_damaged = read == 0
                         && tail
                             .damaged
                             .first()

@@ -274,10 +274,8 @@ impl TwoSpeedPolicy {
     /// for a usable candidate set if there is none yet.
     pub fn act(&mut self, raw_obs: &[f32], action: &mut [f32]) -> Result<Choice> {
         self.observe(raw_obs)?;
-        let age = self.take_candidates(true)?;
-        let choice = self.tick.act_loaded(action, Instant::now())?;
-        self.ages.record(age.expect("waited for candidates"));
-        Ok(choice)
+        let age = self.take_candidates(true)?.expect("waited for candidates");
+        self.plan(age, action)
     }
 
     /// [`Self::act`] without waiting: `None` (and nothing written) while the worker has
@@ -287,10 +285,15 @@ impl TwoSpeedPolicy {
         let Some(age) = self.take_candidates(false)? else {
             return Ok(None);
         };
+        self.plan(age, action).map(Some)
+    }
+
+    /// Edits and selects among the candidates taken, `age` observations old; counted
+    /// once the plan succeeded (a failed one made no command).
+    fn plan(&mut self, age: u64, action: &mut [f32]) -> Result<Choice> {
         let choice = self.tick.act_loaded(action, Instant::now())?;
-        // Counted once the plan succeeded: a failed one made no command.
         self.ages.record(age);
-        Ok(Some(choice))
+        Ok(choice)
     }
 
     /// How long the worker has been behind when its newest set is for observation
@@ -413,6 +416,14 @@ mod tests {
         two
     }
 
+    /// A policy whose worker stalled after its first set, at a new episode's start.
+    fn stalled_at_an_episode_start(dir: &std::path::Path) -> TwoSpeedPolicy {
+        let mut two = acted_once(dir, Duration::from_millis(40));
+        stall(&two);
+        two.restart();
+        two
+    }
+
     /// Stops the worker as a stall would: it samples nothing more.
     fn stall(two: &TwoSpeedPolicy) {
         let _obs = two.shared.obs.lock().unwrap();
@@ -448,10 +459,8 @@ mod tests {
     #[test]
     fn an_episode_without_candidates_faults_after_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut two = acted_once(dir.path(), Duration::from_millis(40));
+        let mut two = stalled_at_an_episode_start(dir.path());
         let mut a = [0.0; 2];
-        stall(&two);
-        two.restart();
         assert!(two.try_act(&obs(1), &mut a).unwrap().is_none());
         std::thread::sleep(Duration::from_millis(60));
         let e = two.try_act(&obs(2), &mut a).unwrap_err().to_string();
@@ -478,11 +487,8 @@ mod tests {
     #[test]
     fn act_gives_up_on_a_stalled_worker() {
         let dir = tempfile::tempdir().unwrap();
-        let mut two = acted_once(dir.path(), Duration::from_millis(40));
-        let mut a = [0.0; 2];
-        stall(&two);
-        two.restart();
-        let e = two.act(&obs(1), &mut a).unwrap_err().to_string();
+        let mut two = stalled_at_an_episode_start(dir.path());
+        let e = two.act(&obs(1), &mut [0.0; 2]).unwrap_err().to_string();
         assert!(e.contains("sampled nothing for this episode"), "{e}");
     }
 
