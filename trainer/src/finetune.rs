@@ -751,9 +751,12 @@ fn append_robot_data(
         let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
         expected.check(path, &ds.info)?;
         let consequence = "fine-tuning on it teaches the critics nothing about success";
-        if let Some(w) =
-            crate::run::no_reward_warning(&path.display().to_string(), &ds, consequence)
-        {
+        if let Some(w) = crate::run::no_reward_warning(
+            &path.display().to_string(),
+            &ds,
+            consequence,
+            keep_interventions,
+        ) {
             eprintln!("warning: {w}");
             summary.warnings.push(w);
         }

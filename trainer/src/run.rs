@@ -371,6 +371,7 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         &ds,
         "the critics learn nothing from these demonstrations, so Q-selection starts \
          uninformed",
+        false,
     )
     .into_iter()
     .collect();
@@ -422,11 +423,13 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
 /// The warning for a dataset (at `path`) whose every reward is 0, or whose rewards sit
 /// on frames training leaves out, saying what training on it does (`consequence`); none
 /// for one whose rewards are all trained on, or without frames. LeRobot's
-/// own recordings have no `next.reward` column (read as 0).
+/// own recordings have no `next.reward` column (read as 0). `keep_interventions`: frames
+/// marked as interventions are trained on (`finetune --keep-interventions`).
 pub(crate) fn no_reward_warning(
     path: &str,
     ds: &dataset::Dataset,
     consequence: &str,
+    keep_interventions: bool,
 ) -> Option<String> {
     let unlabelled = ds.num_frames() > 0
         && ds
@@ -450,7 +453,7 @@ pub(crate) fn no_reward_warning(
     for e in &ds.episodes {
         let n = ds.frames_with_successor(e);
         for (i, &r) in e.rewards.iter().enumerate().filter(|(_, r)| **r != 0.0) {
-            if Replay::trains_on(e, n, i) {
+            if Replay::trains_on(e, n, i) || (keep_interventions && i < n) {
                 trained += 1;
                 trained_sum += f64::from(r.abs());
             } else {
@@ -2023,6 +2026,38 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reward on a frame marked as an intervention is left out of training, and said
+    /// so, unless interventions are kept (`finetune --keep-interventions`), which the
+    /// warning took for left out too.
+    #[test]
+    fn a_reward_on_an_intervention_is_left_out_unless_interventions_are_kept() {
+        let ep = dataset::Episode {
+            observations: vec![0.0, 1.0, 2.0],
+            next_observations: vec![1.0, 2.0, 3.0],
+            actions: vec![0.0; 3],
+            rewards: vec![0.0, 0.0, 1.0],
+            terminated: vec![false, false, true],
+            truncated: vec![false; 3],
+            success: vec![false, false, true],
+            intervention: vec![false, false, true],
+            teleop: vec![false; 3],
+        };
+        let ds = dataset::Dataset {
+            info: dataset::DatasetInfo {
+                robot_type: "test".into(),
+                fps: 10,
+                task: String::new(),
+                observation_names: vec!["x".into()],
+                action_names: vec!["a".into()],
+            },
+            episodes: vec![ep],
+            next_observations_recorded: true,
+        };
+        let w = no_reward_warning("d", &ds, "nothing learnt", false).unwrap();
+        assert!(w.contains("1 of the 1 frames with a reward"), "{w}");
+        assert_eq!(no_reward_warning("d", &ds, "nothing learnt", true), None);
+    }
 
     /// An online replay whose header says more slots than any run has is refused by
     /// name: it loaded, and a device replay then took that many rows up front.
