@@ -842,7 +842,7 @@ fn stopped_status(e: robot_loop::RunError) -> Result<std::process::ExitCode> {
 fn stopped_code(e: &robot_loop::RunError) -> Option<u8> {
     match e {
         robot_loop::RunError::EmergencyStop => Some(3),
-        robot_loop::RunError::InterruptedBeforeStart => Some(130),
+        robot_loop::RunError::InterruptedBeforeStart(_) => Some(130),
         _ => None,
     }
 }
@@ -1511,7 +1511,7 @@ mod tests {
     fn runs_stopped_before_their_report_have_their_own_statuses() {
         assert_eq!(stopped_code(&robot_loop::RunError::EmergencyStop), Some(3));
         assert_eq!(
-            stopped_code(&robot_loop::RunError::InterruptedBeforeStart),
+            stopped_code(&robot_loop::RunError::InterruptedBeforeStart(String::new())),
             Some(130)
         );
         assert_eq!(status_with_a_failed_firmware(0), 1);

@@ -101,7 +101,12 @@ impl Sim {
     }
 
     /// As [`Sim::new`], with the simulated task's reward.
-    fn with_reward(robot: RobotConfig, pacing: Pacing, faults: &str, reward: Reward) -> Sim {
+    fn with_reward(mut robot: RobotConfig, pacing: Pacing, faults: &str, reward: Reward) -> Sim {
+        // The simulated firmware has a variant's robot file say so (its datasets are
+        // named after it).
+        if reward == Reward::Dense {
+            robot.robot.push_str("+dense");
+        }
         let dir = tempfile::tempdir().unwrap();
         let robot_file = dir.path().join("robot.toml");
         std::fs::write(&robot_file, toml::to_string(&robot).unwrap()).unwrap();
@@ -2234,8 +2239,132 @@ fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
     let out = finish(child);
     assert_eq!(out.status.code(), Some(130), "{out:?}");
     assert!(
+        out.stderr.contains(
+            "interrupted while waiting for the firmware's Hello; an Estop went out after the \
+             Hello, unanswered (3 of 3 written"
+        ),
+        "{}",
         out.stderr
-            .contains("interrupted while waiting for the firmware's Hello"),
+    );
+    // After its Hellos, the Estop and its two resends (a firmware that took a Hello
+    // holds with its torque on).
+    let mut rest = vec![];
+    while let Ok(n) = port.read_timeout(&mut buf, Duration::from_millis(100))
+        && n > 0
+    {
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let mut d = firmware_config::protocol::FrameDecoder::default();
+    let sent: Vec<Message> = rest
+        .iter()
+        .filter_map(|&b| d.push(b))
+        .map(|f| f.unwrap().message)
+        .collect();
+    assert_eq!(
+        sent.iter().filter(|m| **m == Message::Estop).count(),
+        3,
+        "{sent:?}"
+    );
+    assert!(matches!(sent.last(), Some(Message::Estop)), "{sent:?}");
+}
+
+/// Setup: a firmware that takes the controller's `Hello` (it holds, torque on) and then
+/// stalls 4 s before its answer; SIGINT meanwhile. Expected: the controller sends an
+/// `Estop` before it ends (exit status 130), which the firmware takes once it runs again:
+/// it ends stopped. The run used to end with nothing but `Hello` sent, leaving the arm
+/// energised.
+#[test]
+fn a_stop_signal_before_the_firmwares_answer_turns_the_torque_off() {
+    use std::io::BufRead;
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "stall_after=1:4000");
+    let mut child = sim.spawn(&["--episodes", "1", "--handshake-timeout-ms", "60000"]);
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("controller run: ") {
+        line.clear();
+        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "no start line");
+    }
+    // Past the port's opening and the first Hello, well within the stall.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(130), "{rest}");
+    assert!(
+        rest.contains("interrupted while waiting for the firmware's Hello; an Estop went out"),
+        "{rest}"
+    );
+    let (fw, received) = sim.stop_fw();
+    let messages: Vec<&Message> = received.iter().map(|r| &r.message).collect();
+    let hello = messages.iter().position(|m| matches!(m, Message::Hello(_)));
+    let estop = messages.iter().position(|m| **m == Message::Estop);
+    assert!(
+        hello.is_some_and(|h| estop.is_some_and(|e| h < e)),
+        "{messages:?}"
+    );
+    assert!(
+        !messages
+            .iter()
+            .any(|m| matches!(m, Message::Command { .. } | Message::Reset { .. })),
+        "{messages:?}"
+    );
+    assert!(fw.firmware.estops >= 1, "{:?}", fw.firmware);
+    assert_eq!(fw.firmware.estops_before_handshake, 0, "{:?}", fw.firmware);
+    // It took the Hello, so the first Estop came to a firmware holding, torque on.
+    assert_eq!(received[estop.unwrap()].state, FirmwareState::Idle);
+}
+
+/// Setup: a run streaming to a trainer address where nothing listens, with a 60 s drain;
+/// SIGTERM once its drain has begun (the run itself ended well). Expected: the drain is
+/// cut short at once (the process ends long before the drain time), and `report.json`
+/// says so (`uplink.drain_cut`); the signal used to go unheard for the whole drain.
+#[test]
+fn a_stop_signal_during_the_uplinks_drain_cuts_it_short() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let key = sim._dir.path().join("uplink.key");
+    uplink::Key::from_bytes([9; uplink::KEY_LEN])
+        .write(&key)
+        .unwrap();
+    // An address nobody listens on.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let child = sim.spawn(&[
+        "--episodes",
+        "1",
+        "--uplink",
+        &addr,
+        "--uplink-key",
+        key.to_str().unwrap(),
+        "--no-swap",
+        "--uplink-drain-s",
+        "600",
+    ]);
+    let report = sim.out.join("report.json");
+    let deadline = Instant::now() + GUARD;
+    while !std::fs::read_to_string(&report).is_ok_and(|t| t.contains("\"draining\": true")) {
+        assert!(Instant::now() < deadline, "the drain never began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // (A drain left to run would outlast the guard: `finish` kills it, failing below.)
+    let out = finish(child);
+    let (_fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let uplink = &sim.report()["uplink"];
+    assert_eq!(uplink["drain_cut"], true, "{uplink}");
+    assert_eq!(uplink["draining"], false, "{uplink}");
+    assert!(
+        out.stderr
+            .contains("uplink: the drain was cut short by signal 15"),
         "{}",
         out.stderr
     );

@@ -543,11 +543,28 @@ impl RobotConfig {
             })?;
             positive(&at("velocity_max"), j.velocity_max)?;
             positive(&at("torque_max"), j.torque_max)?;
-            for (key, scale) in [
-                ("position_observation_scale", j.position_observation_scale),
-                ("velocity_observation_scale", j.velocity_observation_scale),
+            for (key, scale, observed, observation) in [
+                (
+                    "position_observation_scale",
+                    j.position_observation_scale,
+                    j.position_observation.is_some(),
+                    "position_observation",
+                ),
+                (
+                    "velocity_observation_scale",
+                    j.velocity_observation_scale,
+                    j.velocity_observation.is_some(),
+                    "velocity_observation",
+                ),
             ] {
                 if let Some(k) = scale {
+                    // A scale without its observation checks nothing: the observation
+                    // was forgotten, and the joint would go unchecked.
+                    check(observed, &at(key), || {
+                        format!(
+                            "is given, but {observation} is not: name the observation it scales"
+                        )
+                    })?;
                     check(k.is_normal() && k > 0.0, &at(key), || {
                         format!("must be a positive number, found {k}")
                     })?;

@@ -208,7 +208,7 @@ header: version u8, type u8, seq u16, timestamp_us u32, payload_len u16
 0x07 episode_start: episode u32, seed u64
 0x08 episode_end: episode u32, success u8 (0 or 1), steps u32
 0x09 reset: seed u64
-0x0a reward: episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success)
+0x0a reward: episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success), truncated only with done
 ";
 
 /// CRC-32 of [`SCHEMA`], exchanged in the [`Hello`] handshake.

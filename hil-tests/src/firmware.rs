@@ -41,9 +41,10 @@
 //!   a command arrives, so tests and training can run faster than real time.
 //! - **Watchdog.** With no valid command for the command timeout (the robot file's
 //!   `command_timeout_ms`), the firmware sends `Fault { Watchdog }` once and holds:
-//!   it keeps stepping at the control rate with the zero action, which in all three
-//!   tasks holds position (velocity command 0 for `push` and `maze`; joint target =
-//!   current position for `arm-reach`). The next valid command within
+//!   it keeps stepping at the control rate with the zero action: a velocity command of
+//!   0 for `push` and `maze`, and a zero joint-target offset for `arm-reach`, whose PD
+//!   then only brakes the joints (its target follows the measured pose, so an arm in
+//!   motion coasts to a stop; nothing pulls it back to where it was). The next valid command within
 //!   `max_delta_per_tick` of the hold ends it; one further away (sent before the trip)
 //!   is ignored and answered with `Fault { Watchdog }` again.
 //! - **Slew limit.** Each control step's action differs from the previous step's by at
@@ -282,6 +283,36 @@ pub struct SimFirmware {
     lost_since_command: u64,
 }
 
+/// A task simulated with other options than the default (`--gravity`, `--reward
+/// dense`) needs a robot file that says so. Its `robot` name must end in the options
+/// (`sim-arm-reach+gravity`): the datasets a controller records are named after the
+/// robot file (the options are not on the wire), and the trainer refuses a variant's
+/// data for its default task by that name alone. With gravity, the arm falls when its
+/// torque goes off, so the file must not say `gravity_safe_torque_off = true` (the
+/// simulated arm would hold where a real one drops).
+fn check_variant_robot(opts: &FirmwareOptions) -> Result<(), String> {
+    let robot = &opts.robot;
+    if opts.env.gravity && robot.safety.gravity_safe_torque_off {
+        return Err(format!(
+            "robot '{}' says gravity_safe_torque_off = true, but with gravity the arm falls \
+             when its torque goes off: set it to false in the robot file",
+            robot.robot
+        ));
+    }
+    let recorded = opts.env.robot_type(opts.task);
+    let options = &recorded[format!("sim/{}", opts.task).len()..];
+    if !options.is_empty() && !robot.robot.ends_with(options) {
+        return Err(format!(
+            "robot '{}': {} simulated with `{options}` needs a robot file whose robot name \
+             ends in `{options}` (e.g. `sim-{}{options}`): the datasets recorded through the \
+             controller are named after it, and the trainer tells a variant's data from the \
+             default task's by that name",
+            robot.robot, opts.task, opts.task
+        ));
+    }
+    Ok(())
+}
+
 impl SimFirmware {
     /// Checks that the robot file fits the task and builds the firmware.
     pub fn new(opts: FirmwareOptions) -> Result<SimFirmware, FirmwareError> {
@@ -308,6 +339,7 @@ impl SimFirmware {
             }
         }
         opts.env.check_for(opts.task).map_err(FirmwareError::Env)?;
+        check_variant_robot(&opts).map_err(FirmwareError::Env)?;
         let faults = FaultInjector::new(opts.faults.clone(), opts.seed);
         let mut hello = r.hello();
         hello.schema_hash = faults.schema_hash(hello.schema_hash);

@@ -724,9 +724,16 @@ fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
         let mut copy =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         std::io::copy(&mut src, &mut copy)
+            .and_then(|_| copy.sync_all())
             .with_context(|| format!("copying {} to {}", path.display(), tmp.display()))?;
         std::fs::rename(&tmp, &dest)
             .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    }
+    // Synced, copies and names: this run's checkpoints count what the copies hold, and
+    // a power cut that emptied one would have the robot send it all again, trained on
+    // twice.
+    if target.is_dir() {
+        crate::run::sync_path(&target)?;
     }
     Ok(())
 }
@@ -896,5 +903,19 @@ mod tests {
             e.contains("demos: recorded as `sim/arm-reach+gravity`"),
             "{e}"
         );
+        // Recorded through the controller against `sim-firmware --gravity --reward
+        // dense`: named after its robot file, which the simulated firmware has end in
+        // the options. It passed, and was trained on as the default arm-reach.
+        let e = expected
+            .check(path, &info("sim-arm-reach+gravity+dense"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("recorded as `sim-arm-reach+gravity+dense`")
+                && e.contains("(options `gravity+dense`)"),
+            "{e}"
+        );
+        expected.check(path, &info("sim-arm-reach")).unwrap();
+        expected.check(path, &info("lab-arm")).unwrap();
     }
 }

@@ -195,6 +195,10 @@ fn recover_logged(
         let log = log_name(&path);
         let from = positions.get(&log).map_or(0, |p| p.in_replay);
         let stream = format!("uplink/{log}");
+        // A killed trainer's last appends may be in the page cache only: synced before
+        // they are trained on and counted in a checkpoint (a power cut would take them
+        // back, and the robot, never acknowledged, would send them again).
+        crate::run::sync_path(&path)?;
         scan_records(&path, |index, offset, record| {
             if let Some(problem) = check.refusal(&record) {
                 return Err(LogError::Record {
@@ -426,8 +430,8 @@ pub struct Listener {
     stop: Arc<AtomicBool>,
     /// Taken by [`Listener::stop`].
     handle: Option<std::thread::JoinHandle<()>>,
-    /// One line per connection that ended in an error (the server keeps serving).
-    pub errors: Arc<Mutex<Vec<String>>>,
+    /// Connections that ended in an error (the server keeps serving).
+    pub errors: Arc<Mutex<ErrorTally>>,
     pub addr: std::net::SocketAddr,
 }
 
@@ -449,8 +453,13 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// at each retry, without a bound each one two sockets held until the trainer ran out
 /// of file descriptors (about 600 an hour) and its checkpoints failed.
 pub const MAX_WAITING_SESSIONS: usize = 4;
-/// Error lines kept for the end-of-run summary (the oldest go first).
-const MAX_ERRORS_KEPT: usize = 1000;
+/// The connections that ended in an error, for the end-of-run summary: how many, and
+/// the last one's words (each is printed as it happens).
+#[derive(Clone, Debug, Default)]
+pub struct ErrorTally {
+    pub count: u64,
+    pub last: Option<String>,
+}
 
 /// An authenticated connection waiting to be served, with a handle on its socket.
 type Authenticated = (Session<TcpStream>, std::net::SocketAddr, TcpStream);
@@ -468,13 +477,11 @@ struct Handshake {
     thread: std::thread::JoinHandle<()>,
 }
 
-fn report(errors: &Mutex<Vec<String>>, peer: std::net::SocketAddr, e: String) {
+fn report(errors: &Mutex<ErrorTally>, peer: std::net::SocketAddr, e: String) {
     eprintln!("uplink: connection from {peer} refused or broken: {e}");
     let mut errors = errors.lock().unwrap_or_else(|e| e.into_inner());
-    if errors.len() >= MAX_ERRORS_KEPT {
-        errors.remove(0);
-    }
-    errors.push(e);
+    errors.count += 1;
+    errors.last = Some(e);
 }
 
 /// The listener's thread: accepts connections, runs their handshakes on threads of their
@@ -487,7 +494,7 @@ fn accept_loop(
     key: Key,
     mut receiver: Receiver,
     stop: Arc<AtomicBool>,
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<ErrorTally>>,
 ) {
     let (auth_tx, auth_rx) = mpsc::sync_channel::<Authenticated>(MAX_WAITING_SESSIONS);
     let serving_socket: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
@@ -651,7 +658,7 @@ impl Listener {
         listener.set_nonblocking(true)?;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(Mutex::new(vec![]));
+        let errors = Arc::new(Mutex::new(ErrorTally::default()));
         let receiver = Receiver {
             dir: dir.to_path_buf(),
             bundles: bundles.to_path_buf(),
@@ -1163,11 +1170,10 @@ pub(crate) fn train_live(
     for step in rx.try_iter() {
         owed += intake.take(step, online, summary);
     }
-    if !errors.is_empty() {
+    if let Some(last) = &errors.last {
         eprintln!(
-            "finetune: {} uplink connection(s) ended in an error; the last: {}",
-            errors.len(),
-            errors[errors.len() - 1]
+            "finetune: {} uplink connection(s) ended in an error; the last: {last}",
+            errors.count
         );
     }
     // Against the count this session started from: the checkpoints above move
@@ -1247,6 +1253,20 @@ mod tests {
         clear_unfinished_bundle(&root.join("0001000")).unwrap();
         assert!(root.join("0001000/manifest.sig").is_file());
         clear_unfinished_bundle(&root.join("0005000")).unwrap();
+    }
+
+    /// Every connection that ended in an error is counted, however many: the summary
+    /// said "1000" once more than 1,000 had (it counted the lines it kept).
+    #[test]
+    fn every_failed_connection_is_counted() {
+        let errors = Mutex::new(ErrorTally::default());
+        let peer: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for i in 0..1500 {
+            report(&errors, peer, format!("error {i}"));
+        }
+        let errors = errors.into_inner().unwrap();
+        assert_eq!(errors.count, 1500);
+        assert_eq!(errors.last.as_deref(), Some("error 1499"));
     }
 
     /// A receiver of observation 3 / action 2 streams for a run whose observations are

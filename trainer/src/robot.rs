@@ -81,7 +81,18 @@ impl RobotInfo {
 pub fn refuse_sim_variant(path: &str, robot_type: &str, task: sim::TaskId) -> Result<()> {
     let recorded = robot_type.trim();
     let ours = sim::EnvConfig::default().robot_type(task);
-    if let Some(options) = recorded.strip_prefix(&format!("{ours}+")) {
+    // Recorded through `controller run` against `sim-firmware --gravity` / `--reward
+    // dense`: named after its robot file, whose name ends in the options (the
+    // simulated firmware insists on it).
+    let mut base = recorded;
+    while let Some(b) = base
+        .strip_suffix("+gravity")
+        .or_else(|| base.strip_suffix("+dense"))
+    {
+        base = b;
+    }
+    let named_options = (base.len() < recorded.len()).then(|| &recorded[base.len() + 1..]);
+    if let Some(options) = recorded.strip_prefix(&format!("{ours}+")).or(named_options) {
         bail!(
             "{path}: recorded as `{recorded}`, a variant of task {task} (options \
              `{options}`); the trainer's {task} runs with the default options (`{ours}`: \

@@ -1863,7 +1863,8 @@ fn sync_tree(dir: &Path) -> Result<()> {
     sync_path(dir)
 }
 
-fn sync_path(path: &Path) -> Result<()> {
+/// Flushes a file's (or a directory's entries') written data to the disk.
+pub(crate) fn sync_path(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", path.display()))

@@ -70,7 +70,13 @@ const ESTOP_WRITE_TRIES: u32 = 10;
 /// (`Fault { Estop }`) within [`Control::estop_answer_wait`]: a stop damaged on the line
 /// never reaches the firmware, which would hold with its torque on. Unanswered after
 /// that, the run ends with an error that says so.
-const ESTOP_RESENDS: u32 = 2;
+pub(super) const ESTOP_RESENDS: u32 = 2;
+
+/// [`Control::estop_answer_wait`] for a control period and stale-sensor limit (both
+/// divided by `--time-scale`).
+pub(super) fn estop_answer_wait(period: Duration, stale: Duration) -> Duration {
+    stale.max(period * 4).max(Duration::from_millis(100))
+}
 
 /// A received frame's place in the firmware's sequence.
 #[derive(Clone, Copy)]
@@ -472,8 +478,9 @@ pub(crate) struct Control {
     estop_write_failures: u32,
     link_down: bool,
     /// A port reopened while a safe stop was still holding: taken into use only when
-    /// the stop ends and the handshake begins. Its firmware has not confirmed its robot
-    /// id, so neither the rest of the hold ramp nor the Estop goes to it.
+    /// the stop ends, for the handshake, or for the Estop if the run ends there. Its
+    /// firmware has not confirmed its robot id, so the rest of the hold ramp does not
+    /// go to it.
     pending_writer: Option<Box<dyn std::io::Write + Send>>,
     pub fatal: Option<String>,
     action: [f32; MAX_ACT],
@@ -1416,6 +1423,26 @@ impl Control {
         }
     }
 
+    /// The run's end while re-handshaking with no episode (after a reconnect or a
+    /// reboot), whatever ends it: the firmware behind the port holds with its torque on
+    /// (`take_writer`; a rebooted one took our `Hello`), and nothing needs stopping but
+    /// that. An `Estop`, which a firmware takes before a handshake too, turns it off, and
+    /// its answer is awaited as at any run's end (the run ended at once, leaving the arm
+    /// energised).
+    fn stop_unverified(&mut self, now: Instant) -> Phase {
+        let estop = !self.torque_off
+            && self.cfg.robot.safety.gravity_safe_torque_off
+            && self.gate.writer_open()
+            && self.gate.send_control(Message::Estop).is_ok();
+        if !estop {
+            return Phase::Done;
+        }
+        self.record_torque_off();
+        // The firmware answers in order: our Hello's answer may come first.
+        self.hello_owed = true;
+        self.confirming_stop(now)
+    }
+
     /// Ends the run: safe stop, then exit.
     fn interrupt(&mut self, now: Instant, why: String) {
         self.stopping = Some(Outcome::Interrupted);
@@ -1428,24 +1455,8 @@ impl Control {
             }
             // The run's last stop is done; its Estop's answer is awaited.
             Phase::Done | Phase::ConfirmingStop { .. } => {}
-            // Re-handshaking after a reconnect, with no episode: the firmware behind the
-            // port that came back holds with its torque on (`take_writer`), and nothing
-            // needs stopping but that. An `Estop`, which a firmware takes before a
-            // handshake too, turns it off, and its answer is awaited as at any run's end
-            // (the run ended at once, leaving the arm energised).
             Phase::Handshaking { .. } if self.track.is_none() => {
-                let estop = !self.torque_off
-                    && self.cfg.robot.safety.gravity_safe_torque_off
-                    && self.gate.writer_open()
-                    && self.gate.send_control(Message::Estop).is_ok();
-                self.phase = if estop {
-                    self.record_torque_off();
-                    // The firmware answers in order: our Hello's answer may come first.
-                    self.hello_owed = true;
-                    self.confirming_stop(now)
-                } else {
-                    Phase::Done
-                };
+                self.phase = self.stop_unverified(now);
             }
             _ => {
                 self.close_later(now, EndReason::Interrupted, why);
@@ -1637,11 +1648,16 @@ impl Control {
     }
 
     /// A fault that ends the run: through a safe stop, or, before the handshake has
-    /// verified the firmware, at once, without moving the robot.
+    /// verified the firmware, at once, without moving the robot (its torque turned off,
+    /// unless its own stop button stopped it).
     fn end_run_after(&mut self, now: Instant, kind: FaultKind, detail: String) {
         if matches!(self.phase, Phase::Handshaking { .. }) && self.track.is_none() {
             self.note_fault(now, kind, detail);
-            self.phase = Phase::Done;
+            self.phase = if kind == FaultKind::EmergencyStop {
+                Phase::Done
+            } else {
+                self.stop_unverified(now)
+            };
             return;
         }
         self.fault(now, kind, detail, Some(After::Exit));
@@ -1838,7 +1854,8 @@ impl Control {
                         self.cfg.handshake_timeout
                     ));
                     self.stopping = Some(Outcome::Error);
-                    self.phase = Phase::Done;
+                    // A firmware whose answers are lost may have taken a Hello.
+                    self.phase = self.stop_unverified(now);
                 } else if now.saturating_duration_since(last_hello) > Duration::from_millis(250) {
                     let _ = self.gate.send_control(Message::Hello(self.hello));
                     self.phase = Phase::Handshaking {
@@ -1873,9 +1890,7 @@ impl Control {
     /// firmware answers within its next step, and a link slower than the stale-sensor
     /// limit is faulty anyway (that limit, at least 4 periods and 100 ms).
     fn estop_answer_wait(&self) -> Duration {
-        self.stale
-            .max(self.period * 4)
-            .max(Duration::from_millis(100))
+        estop_answer_wait(self.period, self.stale)
     }
 
     /// [`Phase::ConfirmingStop`]: done once the firmware answered the closing `Estop`;
@@ -1964,10 +1979,20 @@ impl Control {
         }
         // A lost link's writer is kept without `--reconnect-ms` (its read side may be
         // what failed): the torque-off is tried there as the holds were. With it, the
-        // writer is closed, and a port back meanwhile waits for its handshake. One whose
+        // writer is closed, and a port back meanwhile waits for its handshake; if the run
+        // ends here instead, that port takes the Estop (its firmware holds with its
+        // torque on, and takes an Estop before a handshake too). One whose
         // I/O thread ended without reporting a loss (a panic) is kept either way: it
         // was judged by `--reconnect-ms` alone, and its stop sent no Estop on a port
         // that took the holds.
+        if then == After::Exit
+            && !self.gate.writer_open()
+            && let Some(w) = self.pending_writer.take()
+        {
+            self.take_writer(w);
+            // It answers none of the Estops sent before it came back.
+            self.forget_firmware_answers();
+        }
         let writable = self.gate.writer_open();
         let mut estop_sent = false;
         if !self.torque_off && self.cfg.robot.safety.gravity_safe_torque_off && writable {
@@ -4307,6 +4332,120 @@ mod tests {
             c.report.faults.iter().map(|f| f.kind).collect::<Vec<_>>(),
             [FaultKind::LinkLost]
         );
+    }
+
+    /// The frames a simulated firmware behind `pty` received, read until `enough` says
+    /// so or 5 s passed.
+    fn received_on(pty: hil_tests::link::Pty, enough: impl Fn(&[Message]) -> bool) -> Vec<Message> {
+        use hil_tests::link::Port;
+        let mut firmware = pty.into_port();
+        let (mut buf, mut d) = ([0u8; 256], FrameDecoder::default());
+        let mut got = vec![];
+        let start = Instant::now();
+        while !enough(&got) && start.elapsed() < Duration::from_secs(5) {
+            let n = firmware
+                .read_timeout(&mut buf, Duration::from_millis(50))
+                .unwrap();
+            got.extend(
+                buf[..n]
+                    .iter()
+                    .filter_map(|&b| d.push(b))
+                    .filter_map(|f| f.ok().map(|f| f.message)),
+            );
+        }
+        got
+    }
+
+    /// A stop signal while the reconnect's safe stop still holds, its port back kept
+    /// aside: the run ends there, and that port takes the Estop (its firmware holds with
+    /// its torque on). The kept port was dropped unused, and nothing turned its torque
+    /// off.
+    #[test]
+    fn a_run_ending_in_a_reconnects_safe_stop_sends_the_estop_to_the_port_back() {
+        let wire = Wire::default();
+        let (mut c, tx) = lost_with_reconnect(&wire);
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.pending_writer.is_some(), "{:?}", c.phase);
+        c.interrupt(Instant::now(), "signal 2".into());
+        for _ in 0..200 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if !matches!(c.phase, Phase::SafeStop { .. }) {
+                break;
+            }
+        }
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "{:?}",
+            c.phase
+        );
+        // Only the Estop: neither the hold ramp nor a Hello goes to an unverified port.
+        let got = received_on(pty, |g| g.contains(&Message::Estop));
+        assert_eq!(got, [Message::Estop]);
+        tx.send(frame(
+            0,
+            Message::Fault {
+                code: firmware_config::protocol::FaultCode::Estop,
+            },
+        ))
+        .unwrap();
+        tick_until_done(&mut c, 10);
+        assert!(matches!(c.phase, Phase::Done), "{:?}", c.phase);
+        assert_eq!(c.stopping, Some(Outcome::Interrupted));
+        assert!(c.fatal.is_none(), "{:?}", c.fatal);
+    }
+
+    /// A re-handshake after a reconnect that ends the run otherwise than by a stop
+    /// signal (its timeout, a refused Hello) turns the torque off too: the firmware
+    /// behind the port back holds with its torque on. Those ends went straight to done.
+    #[test]
+    fn a_re_handshake_that_ends_the_run_sends_the_estop() {
+        for end in ["timeout", "refused"] {
+            let wire = Wire::default();
+            let (mut c, tx) = lost_with_reconnect(&wire);
+            let refused = firmware_config::protocol::Hello {
+                robot_id: c.hello.robot_id ^ 1,
+                ..c.hello
+            };
+            let pty = hil_tests::link::Pty::open().unwrap();
+            let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+            tx.send(LinkEvent::Reconnected(port)).unwrap();
+            for _ in 0..200 {
+                c.tick += 1;
+                c.one_tick(Instant::now());
+                if matches!(c.phase, Phase::Handshaking { .. }) {
+                    break;
+                }
+            }
+            assert!(matches!(c.phase, Phase::Handshaking { .. }), "{end}");
+            if end == "timeout" {
+                let long_ago = Instant::now() - c.cfg.handshake_timeout - Duration::from_secs(1);
+                c.phase = Phase::Handshaking {
+                    since: long_ago,
+                    last_hello: Instant::now(),
+                };
+            } else {
+                tx.send(frame(0, Message::Hello(refused))).unwrap();
+            }
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            assert!(
+                matches!(c.phase, Phase::ConfirmingStop { .. }),
+                "{end}: {:?}",
+                c.phase
+            );
+            assert_eq!(c.stopping, Some(Outcome::Error), "{end}");
+            assert!(c.fatal.is_some(), "{end}");
+            let got = received_on(pty, |g| g.contains(&Message::Estop));
+            assert!(
+                matches!(got[..], [Message::Hello(_), Message::Estop]),
+                "{end}: {got:?}"
+            );
+        }
     }
 
     /// An I/O thread that ended without reporting a loss (it panicked) leaves the

@@ -997,10 +997,10 @@ pub enum RunError {
         "the firmware reported an emergency stop before the run began (a stop button?); nothing but Hello was sent. Release the stop, then start the run again"
     )]
     EmergencyStop,
-    /// Ctrl-C, SIGTERM or SIGHUP while waiting for the firmware's `Hello`: nothing but
-    /// `Hello` was sent; exit status 130, as for an interrupted run.
-    #[error("interrupted while waiting for the firmware's Hello; nothing but Hello was sent")]
-    InterruptedBeforeStart,
+    /// Ctrl-C, SIGTERM or SIGHUP while waiting for the firmware's `Hello`; the words say
+    /// what was sent ([`stop_before_start`]). Exit status 130, as for an interrupted run.
+    #[error("interrupted while waiting for the firmware's Hello; {0}")]
+    InterruptedBeforeStart(String),
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -1340,7 +1340,20 @@ pub fn run(
             // (An error here is the final write's too, and reported with it.)
             let _ = write_report(dir, &report, Earlier::Keep, &mut written_before_drain);
         }
-        report.uplink = Some(s.finish());
+        // A stop signal during the drain (the one that stopped the run came before it)
+        // cuts it short: the unsent records stay in the log for the next run.
+        let signals = realtime::signal_count();
+        let summary = s.finish_unless(|| realtime::signal_count() != signals);
+        if summary.drain_cut {
+            note!(
+                "uplink: the drain was cut short by signal {}; {} of {} records acknowledged, \
+                 the rest stay in the log and go with the next run into this --out",
+                realtime::stop_signal(),
+                summary.acknowledged,
+                summary.logged
+            );
+        }
+        report.uplink = Some(summary);
     }
     let written = match &cfg.out {
         // The same run's report written before the drain is replaced, not kept.
@@ -1445,6 +1458,9 @@ fn handshake(
 ) -> Result<(), RunError> {
     let ours = cfg.robot.hello();
     let deadline = Instant::now() + cfg.handshake_timeout;
+    if realtime::stop_requested() {
+        return Err(RunError::InterruptedBeforeStart("nothing was sent".into()));
+    }
     loop {
         gate.send_control(Message::Hello(ours))
             .map_err(RunError::Port)?;
@@ -1452,18 +1468,29 @@ fn handshake(
         loop {
             let now = Instant::now();
             if now >= deadline {
+                // A firmware whose answers are lost may have taken a Hello (and holds
+                // with its torque on): one Estop, unconfirmed, as it answers nothing.
+                let estop = cfg.robot.safety.gravity_safe_torque_off
+                    && gate.send_control(Message::Estop).is_ok();
                 return Err(RunError::Handshake(format!(
-                    "no Hello from the firmware on {} within {:?} (is the firmware running, on this port, at {} baud?)",
+                    "no Hello from the firmware on {} within {:?} (is the firmware running, on this port, at {} baud?){}",
                     cfg.port.display(),
                     cfg.handshake_timeout,
-                    cfg.baud
+                    cfg.baud,
+                    if estop {
+                        "; an Estop went out after the Hellos, in case the firmware took one and only its answers are lost"
+                    } else {
+                        ""
+                    }
                 )));
             }
             if now >= resend {
                 break;
             }
             if realtime::stop_requested() {
-                return Err(RunError::InterruptedBeforeStart);
+                return Err(RunError::InterruptedBeforeStart(stop_before_start(
+                    cfg, gate, events,
+                )));
             }
             // Short waits, so that Ctrl-C is heard within a tenth of a second.
             let wait = (resend.min(deadline) - now).min(Duration::from_millis(100));
@@ -1502,6 +1529,76 @@ fn handshake(
             }
         }
     }
+}
+
+/// A stop signal while the first `Hello`'s answer is awaited: a firmware that took the
+/// `Hello` holds with its torque on (a `Hello` takes it out of an earlier stop too), so
+/// an `Estop` goes out and its answer (`Fault { Estop }`) is awaited as at a run's end,
+/// the same wait, sent again up to [`control::ESTOP_RESENDS`] times. A firmware that
+/// answers nothing may have heard nothing (off, or on another port), so the run still
+/// ends as interrupted; the words returned say what happened.
+fn stop_before_start(
+    cfg: &RunConfig,
+    gate: &mut safety::CommandGate,
+    events: &crossbeam_channel::Receiver<link::LinkEvent>,
+) -> String {
+    if !cfg.robot.safety.gravity_safe_torque_off {
+        return "nothing but Hello was sent (this robot file keeps the torque on at a stop: \
+                gravity_safe_torque_off = false)"
+            .into();
+    }
+    let wait = control::estop_answer_wait(
+        cfg.robot.control_period().div_f64(cfg.time_scale),
+        cfg.robot.stale_sensor().div_f64(cfg.time_scale),
+    );
+    let mut written = 0;
+    for _ in 0..=control::ESTOP_RESENDS {
+        if gate.send_control(Message::Estop).is_ok() {
+            written += 1;
+        }
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match events.recv_timeout(left) {
+                // (The port's input was cleared when it opened: any Estop answered is
+                // ours, or the stop button's, and the torque is off either way.)
+                Ok(link::LinkEvent::Frame { frame, .. })
+                    if matches!(
+                        frame.message,
+                        Message::Fault {
+                            code: FaultCode::Estop
+                        }
+                    ) =>
+                {
+                    return "an Estop went out after the Hello, and the firmware answered it"
+                        .into();
+                }
+                Ok(link::LinkEvent::Lost(why)) => {
+                    return format!(
+                        "an Estop went out after the Hello ({written} written), then the port \
+                         was lost ({why})"
+                    );
+                }
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return format!(
+                        "an Estop went out after the Hello ({written} written), then the serial \
+                         I/O thread stopped"
+                    );
+                }
+            }
+        }
+    }
+    format!(
+        "an Estop went out after the Hello, unanswered ({written} of {} written, {} ms \
+         apart): the firmware may be off or on another port, or, if it took the Hello, \
+         holding with its torque on",
+        control::ESTOP_RESENDS + 1,
+        wait.as_millis()
+    )
 }
 
 /// A refused handshake in words, with what only this side knows: the firmware's `Hello`

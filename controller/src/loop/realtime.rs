@@ -16,11 +16,14 @@
 
 use serde::Serialize;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Stop signals received so far: a signal after the run's stop is told apart from the
+/// one that stopped it ([`signal_count`]).
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
 static PANIC_HOOK: Once = Once::new();
 
 thread_local! {
@@ -121,9 +124,10 @@ pub fn spawn_in_run<T: Send + 'static>(
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    // Only async-signal-safe work: two atomic stores and signal().
+    // Only async-signal-safe work: lock-free atomics and signal().
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
     STOP.store(true, Ordering::SeqCst);
+    SIGNALS.fetch_add(1, Ordering::SeqCst);
     kill_at_a_second_sigint(sig);
 }
 
@@ -226,6 +230,11 @@ pub fn stop_requested() -> bool {
 /// The signal that requested the stop (0 if none).
 pub fn stop_signal() -> i32 {
     STOP_SIGNAL.load(Ordering::Relaxed)
+}
+
+/// How many stop signals this process has received.
+pub fn signal_count() -> u32 {
+    SIGNALS.load(Ordering::SeqCst)
 }
 
 pub fn request_stop() {

@@ -174,11 +174,17 @@ pub struct UplinkSummary {
     /// True in the `report.json` written as the run's uplink began its drain (the
     /// counts then); the report is written again when the drain ends.
     pub draining: bool,
+    /// A stop signal during the drain cut it short ([`Streamer::finish_unless`]): the
+    /// records not acknowledged stay in the log, and the next run into this `--out`
+    /// sends them.
+    pub drain_cut: bool,
 }
 
 /// The running streamer thread.
 pub struct Streamer {
     stop: Arc<AtomicBool>,
+    /// Set by [`Streamer::finish_unless`]: the thread ends at once, drained or not.
+    abort: Arc<AtomicBool>,
     summary: Arc<Mutex<UplinkSummary>>,
     /// Taken by [`Streamer::finish`].
     handle: Option<JoinHandle<()>>,
@@ -203,19 +209,21 @@ impl Streamer {
         synced: Option<SyncedLen>,
     ) -> std::io::Result<(Streamer, SwapSlot)> {
         let stop = Arc::new(AtomicBool::new(false));
+        let abort = Arc::new(AtomicBool::new(false));
         let summary = Arc::new(Mutex::new(UplinkSummary::default()));
         let link = Arc::new(Mutex::new(None));
-        let (s, st, l) = (summary.clone(), stop.clone(), link.clone());
+        let (s, st, ab, l) = (summary.clone(), stop.clone(), abort.clone(), link.clone());
         let log = log.to_path_buf();
         let slot = SwapSlot::default();
         let ready = slot.clone();
         let drain = cfg.drain;
         let handle = realtime::spawn_in_run("uplink", move || {
-            stream_main(cfg, log, synced, &st, &s, ready, &l)
+            stream_main(cfg, log, synced, (&st, &ab), &s, ready, &l)
         })?;
         Ok((
             Streamer {
                 stop,
+                abort,
                 summary,
                 handle: Some(handle),
                 link,
@@ -239,11 +247,25 @@ impl Streamer {
 
     /// Asks the thread to send what is left (for up to the configured drain time) and
     /// waits for it, cutting its connection [`CUT_AFTER_DRAIN`] past the drain time.
-    pub fn finish(mut self) -> UplinkSummary {
+    pub fn finish(self) -> UplinkSummary {
+        self.finish_unless(|| false)
+    }
+
+    /// As [`Streamer::finish`], but once `give_up` says so (a stop signal during the
+    /// drain: a person or a service manager wants the process gone) the thread is told
+    /// to end and its connection is cut at once. Nothing is lost: what the trainer has
+    /// not acknowledged stays in the log for the next run into this `--out`.
+    pub fn finish_unless(mut self, give_up: impl Fn() -> bool) -> UplinkSummary {
         self.stop.store(true, Ordering::SeqCst);
         let handle = self.handle.take().expect("finished once");
         let cut_at = Instant::now() + self.drain + CUT_AFTER_DRAIN;
+        let mut cut = false;
         while !handle.is_finished() && Instant::now() < cut_at {
+            if give_up() {
+                self.abort.store(true, Ordering::SeqCst);
+                cut = true;
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         if !handle.is_finished()
@@ -253,10 +275,13 @@ impl Streamer {
             let _ = tcp.shutdown(std::net::Shutdown::Both);
         }
         let _ = handle.join();
-        self.summary
+        let mut summary = self
+            .summary
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        summary.drain_cut = cut;
+        summary
     }
 }
 
@@ -274,7 +299,7 @@ fn stream_main(
     cfg: UplinkConfig,
     log: PathBuf,
     synced: Option<SyncedLen>,
-    stop: &AtomicBool,
+    (stop, abort): (&AtomicBool, &AtomicBool),
     summary: &Mutex<UplinkSummary>,
     ready: SwapSlot,
     link: &Mutex<Option<TcpStream>>,
@@ -340,6 +365,9 @@ fn stream_main(
         })
     };
     loop {
+        if abort.load(Ordering::SeqCst) {
+            return;
+        }
         let stopping = stop.load(Ordering::SeqCst);
         let polled = pending.len() < WINDOW;
         // The last poll returned no record: the tail is at the log's end. (Not "nothing

@@ -428,6 +428,24 @@ fn joint_limit_observations_are_checked_and_listed() {
             "{err}"
         );
     }
+    // A scale whose observation is not named (forgotten) would leave the joint
+    // unchecked while its author believes it checked: refused.
+    for (key, observation) in [
+        ("position_observation_scale", "position_observation"),
+        ("velocity_observation_scale", "velocity_observation"),
+    ] {
+        let text = edit(
+            "torque_max = 20.0",
+            &format!("torque_max = 20.0\n{key} = 0.5"),
+        );
+        let err = load_err(&text);
+        assert!(
+            err.contains(&format!(
+                "joints[0].{key}: is given, but {observation} is not"
+            )),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -760,10 +760,48 @@ fn gravity_on_a_planar_task_is_refused() {
         err,
         "gravity applies to arm-reach only; push moves in the horizontal plane"
     );
-    let mut opts =
-        FirmwareOptions::new(TaskId::ArmReach, RobotConfig::example("arm-reach").unwrap());
+    let mut robot = RobotConfig::example("arm-reach").unwrap();
+    robot.robot = "sim-arm-reach+gravity".into();
+    robot.safety.gravity_safe_torque_off = false;
+    let mut opts = FirmwareOptions::new(TaskId::ArmReach, robot);
     opts.env.gravity = true;
     assert!(SimFirmware::new(opts).is_ok());
+}
+
+/// A variant (`--gravity`, `--reward dense`) needs a robot file that says so: its
+/// robot name ends in the options (the controller's datasets are named after it, and
+/// the trainer refuses a variant's data for the default task by that name), and with
+/// gravity it does not call the torque-off safe. The built-in files were taken, and
+/// their data trained on as the default task.
+#[test]
+fn a_variant_needs_a_robot_file_that_says_so() {
+    let variant = |task: TaskId, name: &str, torque_off_safe: bool| {
+        let mut robot = RobotConfig::example(task.name()).unwrap();
+        robot.robot = name.into();
+        robot.safety.gravity_safe_torque_off = torque_off_safe;
+        let mut opts = FirmwareOptions::new(task, robot);
+        opts.env.gravity = task == TaskId::ArmReach;
+        opts.env.reward = sim::Reward::Dense;
+        SimFirmware::new(opts).err().map(|e| e.to_string())
+    };
+    let e = variant(TaskId::ArmReach, "sim-arm-reach+gravity+dense", true).unwrap();
+    assert!(
+        e.contains("gravity_safe_torque_off = true, but with gravity the arm falls"),
+        "{e}"
+    );
+    let e = variant(TaskId::ArmReach, "sim-arm-reach", false).unwrap();
+    assert!(
+        e.contains("robot 'sim-arm-reach': arm-reach simulated with `+gravity+dense` needs")
+            && e.contains("(e.g. `sim-arm-reach+gravity+dense`)"),
+        "{e}"
+    );
+    assert_eq!(
+        variant(TaskId::ArmReach, "sim-arm-reach+gravity+dense", false),
+        None
+    );
+    let e = variant(TaskId::Push, "sim-push", true).unwrap();
+    assert!(e.contains("`+dense`"), "{e}");
+    assert_eq!(variant(TaskId::Push, "lab-push+dense", true), None);
 }
 
 #[test]
