@@ -2911,7 +2911,7 @@ fn out_of_range_counts_and_rates_are_refused() {
     let keep = tempfile::tempdir().unwrap();
     std::fs::write(keep.path().join("manifest.json"), "a bundle").unwrap();
     let keep = keep.path().to_str().unwrap().to_string();
-    let cases: [(&[&str], i32, &str); 15] = [
+    let cases: [(&[&str], i32, &str); 16] = [
         (
             &[
                 "bench",
@@ -3030,6 +3030,21 @@ fn out_of_range_counts_and_rates_are_refused() {
             ],
             2,
             "--uplink-drain-s",
+        ),
+        // Named by its flag and its bundle: it said "executed denoising steps 99".
+        (
+            &[
+                "run",
+                "--sim",
+                "push",
+                "--bundle",
+                bundle,
+                "--allow-unsigned",
+                "--executed-steps",
+                "99999",
+            ],
+            1,
+            "--executed-steps 99999 must be in 1..=",
         ),
         // Options that did nothing without the one they depend on.
         (&["run", "--sim", "push", "--no-swap"], 2, "--uplink"),

@@ -256,6 +256,19 @@ fn read_data_file(
             ));
         }
     }
+    // One of our columns in the data that info.json does not declare would be ignored,
+    // its episodes read with the defaults (every reward 0, every end not a success
+    // truncated): the meta and the data disagree.
+    for k in cols::ALL {
+        if !json.features.contains_key(*k) && schema.column_with_name(k).is_some() {
+            return Err(DatasetError::column(
+                path,
+                *k,
+                "column in the data but not declared in meta/info.json features (its \
+                 values would be ignored): declare it there, or remove the column",
+            ));
+        }
+    }
     let has = |k: &str| json.features.contains_key(k);
     let mut d = FileData {
         next_obs: has(cols::NEXT_OBS).then(Vec::new),

@@ -638,8 +638,9 @@ impl DatasetWriter {
         Ok(w)
     }
 
-    /// Removes the episodes index files our index (just written) supersedes: the reader
-    /// refuses rows listed twice, and LeRobot reads every index file.
+    /// Removes the episodes index files our index (just written) supersedes: our reader
+    /// counts their rows past info.json's totals as uncommitted episodes (`validate`
+    /// reports them), and LeRobot reads every index file.
     fn remove_superseded_index_files(&mut self) -> Result<(), DatasetError> {
         for stale in std::mem::take(&mut self.stale_index_files) {
             fs::remove_file(&stale)
@@ -962,7 +963,7 @@ impl DatasetWriter {
             });
         }
         // Our index holds every row now, so the superseded ones go even after a failed
-        // close (the reader refuses rows listed twice).
+        // close (their rows would read as uncommitted episodes).
         self.remove_superseded_index_files()?;
         closed?;
         Ok(DatasetSummary {

@@ -314,6 +314,27 @@ fn wrong_total_frames() {
     expect_err(&dir, &["info.json", "total_frames is 18", "19"]);
 }
 
+/// A column of ours in the data that info.json does not declare (a hand edit, or a
+/// tool that rewrote the features) is refused: it was ignored, and the episodes read
+/// with every reward 0 and every end that is not a success truncated.
+#[test]
+fn a_column_the_features_do_not_declare() {
+    for column in ["next.reward", "next.done"] {
+        let (_t, dir) = good();
+        edit_info(&dir, |v| {
+            v["features"].as_object_mut().unwrap().remove(column);
+        });
+        expect_err(
+            &dir,
+            &[
+                "file-000.parquet",
+                &format!("`{column}`"),
+                "not declared in meta/info.json features",
+            ],
+        );
+    }
+}
+
 #[test]
 fn missing_column() {
     let (_t, dir) = good();

@@ -67,8 +67,14 @@ pub const MAX_NET_LAYERS: usize = 64;
 /// Largest graph file read (the `paper` preset's denoiser is about 7 MB): a sparse file
 /// of gigabytes is refused before it is read, not hashed after.
 pub const MAX_GRAPH_BYTES: u64 = 1 << 30;
-/// Largest `manifest.toml` and `manifest.sig` read.
-pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Largest `manifest.toml` and `manifest.sig` read. A manifest holds a line per value of
+/// its observation's names, bounds and statistics (a name like `observation.state.65535`
+/// and four floats: about 110 bytes per observation value) and of its action bounds
+/// (about 40 per action value): at [`MAX_DIM`] both, about 10 MiB. (1 MiB refused every
+/// bundle of a robot with more than about 9,000 observation values, which trained.) The
+/// export refuses a manifest above it, names too long, rather than write a bundle no
+/// controller loads.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 /// Most values of `num_samples × horizon × action.dim`, the sampled chunks of one
 /// decision (64 MiB of f32). The controller's candidate buffer also holds the edited
 /// chunks (`num_edit ≤ num_samples` more), so at most twice that, in a few buffers. The
@@ -641,15 +647,26 @@ pub fn generate_key_pair(prefix: &Path) -> Result<(PathBuf, PathBuf), BundleErro
         .write(true)
         .create_new(true)
         .open(&pub_path)
-        .and_then(|mut f| {
+        .map(|mut f| {
             writeln!(
                 f,
                 "{PUBLIC_KEY_HEADER}\n{}",
                 hex(key.verifying_key().as_bytes())
             )
         });
-    if let Err(e) = public {
-        // A secret key without its public half is of no use: no half pair is left.
+    let failed = match public {
+        Ok(Ok(())) => None,
+        // Created, and half written (a full disk): ours, and removed too.
+        Ok(Err(e)) => {
+            let _ = fs::remove_file(&pub_path);
+            Some(e)
+        }
+        // Not created (someone else's file appeared meanwhile): left as it is.
+        Err(e) => Some(e),
+    };
+    if let Some(e) = failed {
+        // A secret key without its public half is of no use: no half pair is left (the
+        // next keygen refused to overwrite a half-written public key).
         let _ = fs::remove_file(&key_path);
         return Err(io_err(&pub_path)(e));
     }
@@ -818,6 +835,23 @@ fn stage_bundle(
         path: dir.join(MANIFEST_FILE),
         message: e.to_string(),
     })?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(BundleError::Manifest {
+            path: dir.join(MANIFEST_FILE),
+            message: format!(
+                "{} bytes, more than the {MAX_MANIFEST_BYTES} a controller reads ({} \
+                 observation values, whose names take {} bytes): shorten the names",
+                text.len(),
+                manifest.observation.dim,
+                manifest
+                    .observation
+                    .names
+                    .iter()
+                    .map(String::len)
+                    .sum::<usize>()
+            ),
+        });
+    }
     write(MANIFEST_FILE, text.as_bytes())?;
     if let Some(key) = key {
         let sig = key.sign(text.as_bytes());
@@ -1923,6 +1957,32 @@ fn check_critic_members(
 mod tests {
     use super::*;
     use crate::synthetic::SyntheticSpec;
+
+    /// A manifest at the widest observation and action, with a dataset's default names
+    /// and statistics that need every digit, fits what a controller reads: the cap
+    /// (1 MiB) refused any bundle of more than about 9,000 observation values, after
+    /// training had taken them.
+    #[test]
+    fn a_manifest_at_the_widest_vectors_fits_the_cap() {
+        let t = tempfile::tempdir().unwrap();
+        let mut m = SyntheticSpec::cpu().write(t.path(), 1, None).unwrap();
+        let digits = |i: usize| -1.234_567_9e-5 * (1.0 + i as f32 / MAX_DIM as f32);
+        m.observation = ObservationSpec {
+            dim: MAX_DIM,
+            names: (0..MAX_DIM)
+                .map(|i| format!("observation.state.{i}"))
+                .collect(),
+            low: (0..MAX_DIM).map(digits).collect(),
+            high: (0..MAX_DIM).map(|i| -digits(i)).collect(),
+            mean: (0..MAX_DIM).map(digits).collect(),
+            std: (0..MAX_DIM).map(|i| -digits(i)).collect(),
+        };
+        m.action.dim = MAX_DIM;
+        m.action.low = (0..MAX_DIM).map(digits).collect();
+        m.action.high = (0..MAX_DIM).map(|i| -digits(i)).collect();
+        let len = toml::to_string_pretty(&m).unwrap().len() as u64;
+        assert!(len <= MAX_MANIFEST_BYTES, "{len}");
+    }
 
     /// The candidate buffer's cap holds at its edge: 1024 samples of 64 steps of 256
     /// values are 2^24 values, one more value per step is refused, by its sizes.

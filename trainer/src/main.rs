@@ -4,7 +4,7 @@ use anyhow::{Context, Result, ensure};
 use clap::{Parser, Subcommand};
 use controller::cli::TrustArgs;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use trainer::config::Config;
 use trainer::run::{Progress, TrainOptions, train};
 
@@ -388,6 +388,21 @@ fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// A run directory this command created and then refused to train into (a dataset of
+/// another shape, say): removed if it holds nothing but the lock file the command took,
+/// so that no directory is left behind. Anything more is the run's, and stays.
+fn remove_refused_run_dir(out: &Path) {
+    let only_the_lock = std::fs::read_dir(out).is_ok_and(|entries| {
+        entries
+            .map(|e| e.map(|e| e.file_name()))
+            .all(|name| name.is_ok_and(|n| n == ".trainer.lock"))
+    });
+    if only_the_lock {
+        let _ = std::fs::remove_file(out.join(".trainer.lock"));
+        let _ = std::fs::remove_dir(out);
     }
 }
 
@@ -816,9 +831,7 @@ fn main() -> Result<()> {
             let existed = out.exists();
             let s = trainer::finetune::finetune(&opts, &mut bar);
             if s.is_err() && !existed {
-                // Refused before writing anything: leave no empty directory behind
-                // (`remove_dir` removes only an empty one).
-                let _ = std::fs::remove_dir(&out);
+                remove_refused_run_dir(&out);
             }
             let s = s?;
             if let Some(b) = bar.0.take() {
@@ -959,8 +972,12 @@ fn main() -> Result<()> {
                 log_every,
             };
             let mut bar = Bar(None);
-            let summary = train(&c, &out, &opts, &mut bar)
-                .with_context(|| format!("training into {}", out.display()))?;
+            let existed = out.exists();
+            let summary = train(&c, &out, &opts, &mut bar);
+            if summary.is_err() && !existed {
+                remove_refused_run_dir(&out);
+            }
+            let summary = summary.with_context(|| format!("training into {}", out.display()))?;
             if let Some(b) = bar.0.take() {
                 b.finish_and_clear();
             }

@@ -1479,7 +1479,10 @@ pub fn pretrain(
                 rows: &rows,
             })?;
         } else {
-            gather_rows(offline, &empty, &rows, batch);
+            // The base update takes the last slice's rows only: all are drawn as before
+            // (a run's random stream stays as it was), only those copied.
+            let last = rows.len() - c.optim.batch_size;
+            gather_rows(offline, &empty, &rows[last..], batch);
             base_loss += agent.update_base(batch) as f64;
             base_n += 1;
         }

@@ -304,6 +304,21 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
         e.contains(&other.display().to_string()) && e.contains("take 7 and 3"),
         "{e}"
     );
+    // Refused through the command line, it leaves no directory behind: it left one
+    // holding its lock file (the refusal came after the run directory was taken).
+    let refused = tmp.path().join("ft3");
+    let e = trainer_cli(&[
+        "finetune",
+        "--from",
+        run.to_str().unwrap(),
+        "--data",
+        other.to_str().unwrap(),
+        "--out",
+        refused.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("take 7 and 3"), "{e}");
+    assert!(!refused.exists());
 }
 
 /// What needs a simulator names the missing one; a robot run needs its dataset.

@@ -294,10 +294,13 @@ impl Policy {
         options: &PolicyOptions,
     ) -> Result<Self> {
         let d = &manifest.diffusion;
-        let executed = options.executed_steps.unwrap_or(d.executed_steps);
+        let (executed, from) = match options.executed_steps {
+            Some(n) => (n, "--executed-steps"),
+            None => (d.executed_steps, "diffusion.executed_steps"),
+        };
         ensure!(
             (1..=d.trained_steps).contains(&executed),
-            "executed denoising steps {executed} must be in 1..={} (trained chain length)",
+            "{from} {executed} must be in 1..={} (the bundle's trained chain length)",
             d.trained_steps
         );
         let schedule = DiffusionSchedule::vp(d.trained_steps, d.beta_min, d.beta_max);
