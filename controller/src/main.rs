@@ -575,14 +575,8 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         ensemble: a.temporal_ensemble,
     };
     let brain = match &bundle {
-        Some(b) => {
-            robot_loop::Brain::with_play(b, &options, a.two_speed, play).with_context(|| {
-                format!(
-                    "bundle {}",
-                    a.bundle.as_deref().unwrap_or(Path::new("?")).display()
-                )
-            })?
-        }
+        Some(b) => robot_loop::Brain::with_play(b, &options, a.two_speed, play)
+            .with_context(|| format!("bundle {}", b.dir.display()))?,
         None => robot_loop::Brain::Hold,
     };
     // The simulated firmware, when asked for: it lives as long as this function.

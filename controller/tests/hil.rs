@@ -2207,8 +2207,9 @@ fn ctrl_c_stops_safely_and_saves_the_dataset() {
 
 /// Setup: firmware that never answers (a wrong port, a board still booting) and a long
 /// handshake timeout; Ctrl-C once the controller has sent its first Hello. Expected: the
-/// run ends at once with exit status 130 and says so; it used to wait out the whole
-/// timeout and exit 1.
+/// run ends with exit status 130 and says so, without waiting out the timeout (it did,
+/// and exited 1), after an Estop sent three times, unanswered (a firmware that took a
+/// Hello holds with its torque on; it sent nothing but Hello).
 #[test]
 fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
     use hil_tests::link::Port;
@@ -2268,8 +2269,57 @@ fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
     assert!(matches!(sent.last(), Some(Message::Estop)), "{sent:?}");
 }
 
+/// Setup: firmware that never answers and a short handshake timeout. Expected: the run
+/// ends with the timeout's error (exit status 1), after one Estop behind its Hellos (a
+/// firmware whose answers are lost may have taken one, and holds with its torque on); it
+/// sent nothing but Hellos.
+#[test]
+fn a_first_handshake_that_times_out_sends_an_estop() {
+    use hil_tests::link::Port;
+    let _g = serial();
+    let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let silent = hil_tests::link::Pty::open().unwrap();
+    let path = silent.path().to_path_buf();
+    let mut port = silent.into_port();
+    let child = sim
+        .command(&path, &["--episodes", "1", "--handshake-timeout-ms", "600"])
+        .spawn()
+        .unwrap();
+    // Read while it runs: a pty's buffer is small, and what is unread at its close may
+    // be lost.
+    let mut sent = vec![];
+    let mut buf = [0u8; 256];
+    let mut d = firmware_config::protocol::FrameDecoder::default();
+    let deadline = Instant::now() + GUARD;
+    while !sent.contains(&Message::Estop) && Instant::now() < deadline {
+        let n = port
+            .read_timeout(&mut buf, Duration::from_millis(100))
+            .unwrap();
+        sent.extend(
+            buf[..n]
+                .iter()
+                .filter_map(|&b| d.push(b))
+                .map(|f| f.unwrap().message),
+        );
+    }
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("no Hello from the firmware on")
+            && out.stderr.contains("; an Estop went out after the Hellos"),
+        "{}",
+        out.stderr
+    );
+    let (last, hellos) = sent.split_last().expect("frames");
+    assert_eq!(*last, Message::Estop, "{sent:?}");
+    assert!(
+        !hellos.is_empty() && hellos.iter().all(|m| matches!(m, Message::Hello(_))),
+        "{sent:?}"
+    );
+}
+
 /// Setup: a firmware that takes the controller's `Hello` (it holds, torque on) and then
-/// stalls 4 s before its answer; SIGINT meanwhile. Expected: the controller sends an
+/// stalls 6 s before its answer; SIGINT meanwhile. Expected: the controller sends an
 /// `Estop` before it ends (exit status 130), which the firmware takes once it runs again:
 /// it ends stopped. The run used to end with nothing but `Hello` sent, leaving the arm
 /// energised.
@@ -2277,7 +2327,7 @@ fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
 fn a_stop_signal_before_the_firmwares_answer_turns_the_torque_off() {
     use std::io::BufRead;
     let _g = serial();
-    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "stall_after=1:4000");
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "stall_after=1:6000");
     let mut child = sim.spawn(&["--episodes", "1", "--handshake-timeout-ms", "60000"]);
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
@@ -2285,8 +2335,9 @@ fn a_stop_signal_before_the_firmwares_answer_turns_the_torque_off() {
         line.clear();
         assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "no start line");
     }
-    // Past the port's opening and the first Hello, well within the stall.
-    std::thread::sleep(Duration::from_millis(500));
+    // Past the port's opening and the first Hello (the bundle is loaded before the
+    // line), well within the stall.
+    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let mut rest = String::new();
@@ -2317,7 +2368,7 @@ fn a_stop_signal_before_the_firmwares_answer_turns_the_torque_off() {
     assert_eq!(received[estop.unwrap()].state, FirmwareState::Idle);
 }
 
-/// Setup: a run streaming to a trainer address where nothing listens, with a 60 s drain;
+/// Setup: a run streaming to a trainer address where nothing listens, with a 600 s drain;
 /// SIGTERM once its drain has begun (the run itself ended well). Expected: the drain is
 /// cut short at once (the process ends long before the drain time), and `report.json`
 /// says so (`uplink.drain_cut`); the signal used to go unheard for the whole drain.

@@ -391,6 +391,9 @@ fn with_a_wait_a_closed_loop_device_acts_on_the_frame_it_answers() {
     assert_eq!(t.answer_timeouts, 0, "{t:?}");
     assert_eq!(t.answered, t.commands, "{t:?}");
     assert_eq!(report.episodes_completed, 3, "{report}");
+    // It drives every episode from its first step: one takeover each (it counted one
+    // in all, as the device was in control from the episode before).
+    assert_eq!(t.takeovers, 3, "{t:?}");
     // Every episode is compared below (a `zip` over fewer would compare fewer).
     assert_eq!(ds.episodes.len(), 3);
 

@@ -299,15 +299,27 @@ fn check_variant_robot(opts: &FirmwareOptions) -> Result<(), String> {
             robot.robot
         ));
     }
-    let recorded = opts.env.robot_type(opts.task);
-    let options = &recorded[format!("sim/{}", opts.task).len()..];
-    if !options.is_empty() && !robot.robot.ends_with(options) {
+    let options = opts.env.options();
+    let named = sim::split_variant(&robot.robot).1;
+    if named != options {
+        let (base, _) = sim::split_variant(&robot.robot);
+        let wanted = if options.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}+{options}")
+        };
         return Err(format!(
-            "robot '{}': {} simulated with `{options}` needs a robot file whose robot name \
-             ends in `{options}` (e.g. `sim-{}{options}`): the datasets recorded through the \
+            "robot '{}': {} simulated with {} needs a robot file whose robot name ends in \
+             the options as they are (`{wanted}`): the datasets recorded through the \
              controller are named after it, and the trainer tells a variant's data from the \
              default task's by that name",
-            robot.robot, opts.task, opts.task
+            robot.robot,
+            opts.task,
+            if options.is_empty() {
+                "the default options".to_string()
+            } else {
+                format!("`+{options}`")
+            }
         ));
     }
     Ok(())

@@ -200,6 +200,13 @@ impl EnvConfig {
         name
     }
 
+    /// The options [`EnvConfig::robot_type`] appends, without the leading `+`
+    /// (`gravity+dense`; empty for the defaults): what [`split_variant`] finds.
+    pub fn options(&self) -> String {
+        let name = self.robot_type(TaskId::Push);
+        split_variant(&name).1.to_string()
+    }
+
     /// Refuses options `task` would silently ignore (gravity outside `arm-reach`).
     pub fn check_for(&self, task: TaskId) -> Result<(), String> {
         if self.gravity && task != TaskId::ArmReach {
@@ -209,6 +216,24 @@ impl EnvConfig {
         }
         Ok(())
     }
+}
+
+/// Splits the simulator options off a dataset's `robot_type` or a robot file's name:
+/// `sim/arm-reach+gravity+dense` gives `("sim/arm-reach", "gravity+dense")`, a name
+/// without them `(name, "")`. Simulated variants are named so, by
+/// [`EnvConfig::robot_type`] and by the robot files `sim-firmware` takes for them (a
+/// controller's dataset is named after its robot file), and the trainer tells their
+/// data from its default tasks' by it.
+pub fn split_variant(name: &str) -> (&str, &str) {
+    let mut base = name;
+    while let Some(b) = base
+        .strip_suffix("+gravity")
+        .or_else(|| base.strip_suffix("+dense"))
+    {
+        base = b;
+    }
+    let options = name.get(base.len() + 1..).unwrap_or("");
+    (base, options)
 }
 
 /// What one control step returned.

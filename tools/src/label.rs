@@ -288,16 +288,18 @@ fn to_policy_units(
 }
 
 /// `robot_type` of a simulated task's data once its rewards are replaced by success
-/// labels: a `+dense` variant (`sim/push+dense`) says rewards the copy no longer has;
+/// labels: a `+dense` variant (`sim/push+dense`, or `sim-push+dense` recorded through
+/// the controller from a robot file named for it) says rewards the copy no longer has;
 /// the trainer refused such a copy as dense-reward data. Other options (`+gravity`,
-/// other dynamics) stay, and a robot's own name is kept as it is.
+/// other dynamics) stay, and a name without options is kept as it is.
 fn without_dense_rewards(robot_type: &str) -> String {
-    if !robot_type.starts_with("sim/") {
-        return robot_type.to_string();
-    }
-    robot_type
-        .split('+')
-        .filter(|part| *part != "dense")
+    let (base, options) = sim::split_variant(robot_type);
+    std::iter::once(base)
+        .chain(
+            options
+                .split('+')
+                .filter(|o| !o.is_empty() && *o != "dense"),
+        )
         .collect::<Vec<_>>()
         .join("+")
 }
@@ -314,7 +316,11 @@ mod tests {
             "sim/arm-reach+gravity"
         );
         assert_eq!(without_dense_rewards("sim/maze"), "sim/maze");
-        assert_eq!(without_dense_rewards("so100+dense"), "so100+dense");
+        // Recorded through the controller, named after a variant's robot file: the
+        // trainer refuses `+dense` there too, so the copy drops it (it kept it).
+        assert_eq!(without_dense_rewards("sim-push+dense"), "sim-push");
+        assert_eq!(without_dense_rewards("so100"), "so100");
+        assert_eq!(without_dense_rewards("a+b"), "a+b");
     }
 
     /// A labelled copy of dense-reward simulator data holds sparse success labels, and

@@ -393,15 +393,20 @@ fn keep_freed_memory() {
 
 /// A run directory this command created and then refused to train into (a dataset of
 /// another shape, say): removed if it holds nothing but the lock file the command took,
-/// so that no directory is left behind. Anything more is the run's, and stays.
+/// so that no directory is left behind. Anything more is the run's, and stays; and only
+/// under the lock: another trainer that took the directory meanwhile keeps it.
 fn remove_refused_run_dir(out: &Path) {
+    let Ok(_lock) = trainer::run::lock_run_dir(out) else {
+        return;
+    };
+    let lock_file = trainer::run::RUN_LOCK_FILE;
     let only_the_lock = std::fs::read_dir(out).is_ok_and(|entries| {
         entries
             .map(|e| e.map(|e| e.file_name()))
-            .all(|name| name.is_ok_and(|n| n == ".trainer.lock"))
+            .all(|name| name.is_ok_and(|n| n == lock_file))
     });
     if only_the_lock {
-        let _ = std::fs::remove_file(out.join(".trainer.lock"));
+        let _ = std::fs::remove_file(out.join(lock_file));
         let _ = std::fs::remove_dir(out);
     }
 }

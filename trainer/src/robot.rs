@@ -84,14 +84,7 @@ pub fn refuse_sim_variant(path: &str, robot_type: &str, task: sim::TaskId) -> Re
     // Recorded through `controller run` against `sim-firmware --gravity` / `--reward
     // dense`: named after its robot file, whose name ends in the options (the
     // simulated firmware insists on it).
-    let mut base = recorded;
-    while let Some(b) = base
-        .strip_suffix("+gravity")
-        .or_else(|| base.strip_suffix("+dense"))
-    {
-        base = b;
-    }
-    let named_options = (base.len() < recorded.len()).then(|| &recorded[base.len() + 1..]);
+    let named_options = Some(sim::split_variant(recorded).1).filter(|o| !o.is_empty());
     if let Some(options) = recorded.strip_prefix(&format!("{ours}+")).or(named_options) {
         bail!(
             "{path}: recorded as `{recorded}`, a variant of task {task} (options \

@@ -1671,6 +1671,9 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
+/// The file in a run directory whose advisory lock [`lock_run_dir`] takes.
+pub const RUN_LOCK_FILE: &str = ".trainer.lock";
+
 /// Refuses to start a new run where one already is: its checkpoint, metrics and
 /// evaluations would be overwritten. `--resume` continues it instead.
 /// The run directory `out` taken for this process's writes (an advisory lock on
@@ -1678,8 +1681,8 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `pretrain` or `finetune` into it, e.g. a study started again while the first still
 /// runs, is refused by name. Two writers removed each other's checkpoint staging, and
 /// could leave `checkpoint/` without a complete checkpoint.
-pub(crate) fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
-    let path = out.join(".trainer.lock");
+pub fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
+    let path = out.join(RUN_LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

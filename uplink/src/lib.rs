@@ -198,7 +198,15 @@ impl Key {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-        writeln!(f, "{KEY_FILE_HEADER}\n{hex}").map_err(|e| err(e.to_string()))
+        let written = writeln!(f, "{KEY_FILE_HEADER}\n{hex}").and_then(|()| f.sync_all());
+        if let Err(e) = written {
+            // Half a key (a full disk) must not stay: the next keygen refused to
+            // overwrite it, and a read took it for damage.
+            drop(f);
+            let _ = std::fs::remove_file(path);
+            return Err(err(e.to_string()));
+        }
+        Ok(())
     }
 
     /// Reads a key written by [`Key::write`] (or a bare line of hex, as written before

@@ -301,12 +301,25 @@ pub fn refuse<S: Read + Write>(session: &mut Session<S>, why: &str) -> Result<()
     Ok(())
 }
 
+/// Longest stream id a server takes: a log's path (Linux's `PATH_MAX`, 4096) and its
+/// `#` and CRC, with room to spare.
+pub const MAX_STREAM_ID_BYTES: usize = 8192;
+
 fn serve<S: Read + Write>(
     session: &mut Session<S>,
     sink: &mut dyn RecordSink,
 ) -> Result<(String, u64), RecordError> {
     let open = session.recv()?;
     expect_kind(open.kind, kind::OPEN)?;
+    // A path's worth (the robot names a stream by its log's canonical path and a CRC):
+    // the sink copies the id for every record it holds, so one of the frame's 64 MiB
+    // from a peer with the key would take the trainer's memory.
+    if open.payload.len() > MAX_STREAM_ID_BYTES {
+        return Err(RecordError::Protocol(format!(
+            "stream id of {} bytes, more than {MAX_STREAM_ID_BYTES}",
+            open.payload.len()
+        )));
+    }
     let stream = String::from_utf8(open.payload)
         .map_err(|_| RecordError::Protocol("stream id is not UTF-8".into()))?;
     let mut next = sink.next_index(&stream).map_err(RecordError::Sink)?;
@@ -675,6 +688,30 @@ mod tests {
         );
         assert_eq!(outcomes[1], Ok(3));
         assert_eq!(sink.0.lock().unwrap()["run-c"], records(3));
+    }
+
+    /// A stream id longer than a path is refused before the sink sees it: the sink
+    /// copies it for every record, so a peer with the key could take the trainer's
+    /// memory with a 60 MiB one.
+    #[test]
+    fn an_overlong_stream_id_is_refused() {
+        let sink = MemorySink::default();
+        let (port, srv) = server(sink.clone(), 1);
+        let mut c = connect(port);
+        c.send(kind::OPEN, &vec![b'a'; MAX_STREAM_ID_BYTES + 1])
+            .unwrap();
+        // Answered with the reason, not a RESUME.
+        let answer = c.recv().unwrap();
+        assert_eq!(answer.kind, kind::ERROR);
+        let outcomes = srv.join().unwrap();
+        assert!(
+            outcomes[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("stream id of 8193 bytes, more than 8192"),
+            "{outcomes:?}"
+        );
+        assert!(sink.0.lock().unwrap().is_empty());
     }
 
     /// A sink that publishes one bundle.

@@ -1234,6 +1234,11 @@ impl Control {
         }
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
+        // The device drives this episode only once it takes control in it (a device
+        // that drives from its first step takes over once an episode, with a wait too).
+        if let Some(t) = self.teleop.as_mut() {
+            t.episode_began();
+        }
         // Counted when its Reset went out (a repeated Reset's restart keeps the number).
         let number = self.episodes_started.saturating_sub(1);
         self.track = Some(Track::new(episode, number, seed, now));
@@ -1648,12 +1653,14 @@ impl Control {
     }
 
     /// A fault that ends the run: through a safe stop, or, before the handshake has
-    /// verified the firmware, at once, without moving the robot (its torque turned off,
-    /// unless its own stop button stopped it).
+    /// verified the firmware, at once, without moving the robot: its torque turned off
+    /// ([`Control::stop_unverified`]), unless its own stop button stopped it or it is
+    /// not our robot's (a refused `Hello` or protocol version: as at the first
+    /// handshake, nothing is sent to a robot whose file we do not have).
     fn end_run_after(&mut self, now: Instant, kind: FaultKind, detail: String) {
         if matches!(self.phase, Phase::Handshaking { .. }) && self.track.is_none() {
             self.note_fault(now, kind, detail);
-            self.phase = if kind == FaultKind::EmergencyStop {
+            self.phase = if matches!(kind, FaultKind::EmergencyStop | FaultKind::Handshake) {
                 Phase::Done
             } else {
                 self.stop_unverified(now)
@@ -1990,8 +1997,11 @@ impl Control {
             && let Some(w) = self.pending_writer.take()
         {
             self.take_writer(w);
-            // It answers none of the Estops sent before it came back.
+            // It answers none of the Estops sent before it came back; a board that reset
+            // as its port opened announces itself with a Hello (numbered 0) before it
+            // answers this one, which is no reboot.
             self.forget_firmware_answers();
+            self.hello_owed = true;
         }
         let writable = self.gate.writer_open();
         let mut estop_sent = false;
@@ -4183,7 +4193,6 @@ mod tests {
     /// the port back unused, and ended the run on the handshake's timeout.
     #[test]
     fn a_reboot_during_a_reconnects_safe_stop_handshakes_on_the_port_back() {
-        use hil_tests::link::Port;
         let wire = Wire::default();
         let (mut c, tx) = lost_with_reconnect(&wire);
         assert!(
@@ -4222,29 +4231,13 @@ mod tests {
             c.phase
         );
         assert!(!c.link_down && c.pending_writer.is_none());
-        let mut firmware = pty.into_port();
-        let (mut buf, mut d) = ([0u8; 256], FrameDecoder::default());
-        let mut hellos = 0;
-        let start = Instant::now();
-        while hellos == 0 && start.elapsed() < Duration::from_secs(5) {
-            let n = firmware
-                .read_timeout(&mut buf, Duration::from_millis(50))
-                .unwrap();
-            hellos += buf[..n]
-                .iter()
-                .filter_map(|&b| d.push(b))
-                .filter(|f| {
-                    matches!(
-                        f,
-                        Ok(Frame {
-                            message: Message::Hello(_),
-                            ..
-                        })
-                    )
-                })
-                .count();
-        }
-        assert_eq!(hellos, 1, "no Hello on the port back");
+        let is_hello = |m: &Message| matches!(m, Message::Hello(_));
+        let got = received_on(pty, |g| g.iter().any(is_hello));
+        assert_eq!(
+            got.iter().filter(|m| is_hello(m)).count(),
+            1,
+            "no Hello on the port back: {got:?}"
+        );
     }
 
     /// A stop signal while re-handshaking on a port that came back turns the torque
@@ -4252,7 +4245,6 @@ mod tests {
     /// sending nothing but the `Hello`.
     #[test]
     fn an_interrupt_while_re_handshaking_sends_the_estop() {
-        use hil_tests::link::Port;
         let wire = Wire::default();
         let (mut c, tx) = lost_with_reconnect(&wire);
         let pty = hil_tests::link::Pty::open().unwrap();
@@ -4276,21 +4268,7 @@ mod tests {
             "{:?}",
             c.phase
         );
-        let mut firmware = pty.into_port();
-        let (mut buf, mut d) = ([0u8; 256], FrameDecoder::default());
-        let mut got = vec![];
-        let start = Instant::now();
-        while !got.contains(&Message::Estop) && start.elapsed() < Duration::from_secs(5) {
-            let n = firmware
-                .read_timeout(&mut buf, Duration::from_millis(50))
-                .unwrap();
-            got.extend(
-                buf[..n]
-                    .iter()
-                    .filter_map(|&b| d.push(b))
-                    .filter_map(|f| f.ok().map(|f| f.message)),
-            );
-        }
+        let got = received_on(pty, |g| g.contains(&Message::Estop));
         assert!(
             matches!(got[..], [Message::Hello(_), Message::Estop]),
             "{got:?}"
@@ -4386,8 +4364,12 @@ mod tests {
         // Only the Estop: neither the hold ramp nor a Hello goes to an unverified port.
         let got = received_on(pty, |g| g.contains(&Message::Estop));
         assert_eq!(got, [Message::Estop]);
+        // A board that reset as its port opened announces itself (Hello numbered 0),
+        // then answers: no reboot, no stop button, the run ends interrupted. (The Hello
+        // was taken for a reboot, and the answer then for a stop button's: exit 3.)
+        tx.send(frame(0, Message::Hello(c.hello))).unwrap();
         tx.send(frame(
-            0,
+            1,
             Message::Fault {
                 code: firmware_config::protocol::FaultCode::Estop,
             },
@@ -4397,14 +4379,21 @@ mod tests {
         assert!(matches!(c.phase, Phase::Done), "{:?}", c.phase);
         assert_eq!(c.stopping, Some(Outcome::Interrupted));
         assert!(c.fatal.is_none(), "{:?}", c.fatal);
+        assert_eq!(c.report.ignored_hellos, 1);
+        assert_eq!(
+            c.report.faults.iter().map(|f| f.kind).collect::<Vec<_>>(),
+            [FaultKind::LinkLost]
+        );
     }
 
     /// A re-handshake after a reconnect that ends the run otherwise than by a stop
-    /// signal (its timeout, a refused Hello) turns the torque off too: the firmware
-    /// behind the port back holds with its torque on. Those ends went straight to done.
+    /// signal (its timeout, a panic on another of the run's threads) turns the torque
+    /// off too: the firmware behind the port back holds with its torque on. Those ends
+    /// went straight to done. A refused Hello sends nothing, as at the first handshake:
+    /// the firmware there is not our robot's.
     #[test]
     fn a_re_handshake_that_ends_the_run_sends_the_estop() {
-        for end in ["timeout", "refused"] {
+        for end in ["timeout", "panic", "refused"] {
             let wire = Wire::default();
             let (mut c, tx) = lost_with_reconnect(&wire);
             let refused = firmware_config::protocol::Hello {
@@ -4422,24 +4411,34 @@ mod tests {
                 }
             }
             assert!(matches!(c.phase, Phase::Handshaking { .. }), "{end}");
-            if end == "timeout" {
-                let long_ago = Instant::now() - c.cfg.handshake_timeout - Duration::from_secs(1);
-                c.phase = Phase::Handshaking {
-                    since: long_ago,
-                    last_hello: Instant::now(),
-                };
-            } else {
-                tx.send(frame(0, Message::Hello(refused))).unwrap();
+            match end {
+                "timeout" => {
+                    let long_ago =
+                        Instant::now() - c.cfg.handshake_timeout - Duration::from_secs(1);
+                    c.phase = Phase::Handshaking {
+                        since: long_ago,
+                        last_hello: Instant::now(),
+                    };
+                }
+                "panic" => c.run_panicked.raise(|| "a test thread panicked".into()),
+                _ => tx.send(frame(0, Message::Hello(refused))).unwrap(),
             }
             c.tick += 1;
             c.one_tick(Instant::now());
+            assert_eq!(c.stopping, Some(Outcome::Error), "{end}");
+            assert!(c.fatal.is_some(), "{end}");
+            if end == "refused" {
+                assert!(matches!(c.phase, Phase::Done), "{end}: {:?}", c.phase);
+                // (Written in the tick, before this read: an Estop would be here too.)
+                let got = received_on(pty, |g| !g.is_empty());
+                assert!(matches!(got[..], [Message::Hello(_)]), "{end}: {got:?}");
+                continue;
+            }
             assert!(
                 matches!(c.phase, Phase::ConfirmingStop { .. }),
                 "{end}: {:?}",
                 c.phase
             );
-            assert_eq!(c.stopping, Some(Outcome::Error), "{end}");
-            assert!(c.fatal.is_some(), "{end}");
             let got = received_on(pty, |g| g.contains(&Message::Estop));
             assert!(
                 matches!(got[..], [Message::Hello(_), Message::Estop]),

@@ -1335,14 +1335,15 @@ pub fn run(
     // `uplink.draining` true: a service manager's SIGKILL in the drain lost the report.
     let mut written_before_drain = false;
     if let Some(s) = streamer {
+        // A stop signal from here on (the one that stopped the run came before) cuts the
+        // drain short: the unsent records stay in the log for the next run. Counted
+        // before the report says `draining`, which is what a supervisor may wait for.
+        let signals = realtime::signal_count();
         if let Some(dir) = &cfg.out {
             report.uplink = Some(s.summary_so_far());
             // (An error here is the final write's too, and reported with it.)
             let _ = write_report(dir, &report, Earlier::Keep, &mut written_before_drain);
         }
-        // A stop signal during the drain (the one that stopped the run came before it)
-        // cuts it short: the unsent records stay in the log for the next run.
-        let signals = realtime::signal_count();
         let summary = s.finish_unless(|| realtime::signal_count() != signals);
         if summary.drain_cut {
             note!(
@@ -1534,7 +1535,8 @@ fn handshake(
 /// A stop signal while the first `Hello`'s answer is awaited: a firmware that took the
 /// `Hello` holds with its torque on (a `Hello` takes it out of an earlier stop too), so
 /// an `Estop` goes out and its answer (`Fault { Estop }`) is awaited as at a run's end,
-/// the same wait, sent again up to [`control::ESTOP_RESENDS`] times. A firmware that
+/// the same wait, sent again up to [`control::ESTOP_RESENDS`] times (the control loop's
+/// `confirm_stop` does that once the loop exists; this is before it). A firmware that
 /// answers nothing may have heard nothing (off, or on another port), so the run still
 /// ends as interrupted; the words returned say what happened.
 fn stop_before_start(
@@ -1592,11 +1594,17 @@ fn stop_before_start(
             }
         }
     }
+    let tries = control::ESTOP_RESENDS + 1;
+    if written == 0 {
+        return format!(
+            "the Estop after the Hello could not be written ({tries} tries): if the \
+             firmware took the Hello, it holds with its torque on"
+        );
+    }
     format!(
-        "an Estop went out after the Hello, unanswered ({written} of {} written, {} ms \
+        "an Estop went out after the Hello, unanswered ({written} of {tries} written, {} ms \
          apart): the firmware may be off or on another port, or, if it took the Hello, \
          holding with its torque on",
-        control::ESTOP_RESENDS + 1,
         wait.as_millis()
     )
 }

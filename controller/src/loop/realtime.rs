@@ -78,7 +78,7 @@ impl RunPanic {
 
     /// From the panic hook: the message is kept (if none was) before the flag is raised,
     /// so that whoever sees the flag finds it. `try_lock`: a hook never waits.
-    fn raise(&self, what: impl FnOnce() -> String) {
+    pub(super) fn raise(&self, what: impl FnOnce() -> String) {
         if let Ok(mut first) = self.first.try_lock()
             && first.is_none()
         {

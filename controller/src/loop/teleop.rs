@@ -401,10 +401,13 @@ fn receive(
             last_seq = None;
             last_flags = 0;
         }
-        device = Some((from, at));
         match order(last_seq, action.seq) {
             Order::Old => {
                 shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                // Not counted as heard: a device that restarted its count without a
+                // silence (a quick reboot) sends nothing but dropped datagrams, and is
+                // followed once they have lasted the timeout, not once its count passes
+                // the old one (up to 1,024 datagrams).
                 continue;
             }
             Order::Gap => {
@@ -412,6 +415,7 @@ fn receive(
             }
             Order::Next | Order::Restart => {}
         }
+        device = Some((from, at));
         last_seq = Some(action.seq);
         shared.datagrams.fetch_add(1, Ordering::Relaxed);
         // Labels act where their flag turns on; the control thread may see only the
@@ -709,6 +713,12 @@ impl TeleopPort {
             self.release_required = true;
             self.counts.releases_required += 1;
         }
+        self.in_control = false;
+    }
+
+    /// An episode began: whoever drove the last one, the device takes control in this
+    /// one anew (`takeovers` counts it; the episodes between were the hold's).
+    pub(crate) fn episode_began(&mut self) {
         self.in_control = false;
     }
 
@@ -1045,6 +1055,36 @@ mod tests {
         );
         let s = rig.finish();
         assert_eq!(s.out_of_order, 2, "{s:?}");
+        assert_eq!(s.device_changes, 0, "{s:?}");
+    }
+
+    /// A device that restarts its count at once (a quick reboot on the same address,
+    /// no silence) is followed after a timeout's worth of its dropped datagrams: they
+    /// counted as heard, so it never fell silent, and nothing moved until its count
+    /// passed the old one.
+    #[test]
+    fn a_device_restarted_without_a_silence_is_followed_after_the_timeout() {
+        let timeout = Duration::from_millis(300);
+        let mut rig = Rig::new(timeout);
+        for _ in 0..100 {
+            rig.send(wire::ENGAGED, &[0.1, 0.1]);
+        }
+        let mut followed = false;
+        for seq in 1..=60 {
+            rig.send_raw(&rig.device, &Rig::datagram(seq, wire::ENGAGED, &[0.4, 0.4]));
+            std::thread::sleep(Duration::from_millis(20));
+            rig.port.poll();
+            if rig
+                .port
+                .action(Instant::now(), 0, 0)
+                .is_some_and(|a| a[..2] == [0.4, 0.4])
+            {
+                followed = true;
+                break;
+            }
+        }
+        assert!(followed, "the restarted device was never followed");
+        let s = rig.finish();
         assert_eq!(s.device_changes, 0, "{s:?}");
     }
 

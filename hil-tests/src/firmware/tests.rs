@@ -792,7 +792,7 @@ fn a_variant_needs_a_robot_file_that_says_so() {
     let e = variant(TaskId::ArmReach, "sim-arm-reach", false).unwrap();
     assert!(
         e.contains("robot 'sim-arm-reach': arm-reach simulated with `+gravity+dense` needs")
-            && e.contains("(e.g. `sim-arm-reach+gravity+dense`)"),
+            && e.contains("(`sim-arm-reach+gravity+dense`)"),
         "{e}"
     );
     assert_eq!(
@@ -802,6 +802,18 @@ fn a_variant_needs_a_robot_file_that_says_so() {
     let e = variant(TaskId::Push, "sim-push", true).unwrap();
     assert!(e.contains("`+dense`"), "{e}");
     assert_eq!(variant(TaskId::Push, "lab-push+dense", true), None);
+    // And a name that says options the simulator does not run with: its data would be
+    // refused as a variant's.
+    let mut robot = RobotConfig::example("push").unwrap();
+    robot.robot = "sim-push+dense".into();
+    let e = SimFirmware::new(FirmwareOptions::new(TaskId::Push, robot))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("push simulated with the default options needs") && e.contains("(`sim-push`)"),
+        "{e}"
+    );
 }
 
 #[test]
