@@ -884,6 +884,50 @@ impl Config {
     /// the backend, no offline episodes panicked on the first batch, a negative edit
     /// scale or a zero temperature ran until the divergence check stopped the run, and a
     /// discount above 1 or a Polyak rate of 0 trained without a word.
+    /// The weights of each of a bundle's graphs, as f32 in a graph file: the controller
+    /// reads at most `MAX_GRAPH_BYTES` of one (wider networks were trained, exported,
+    /// and refused by every load; the widest aborted on their first allocation). `od`
+    /// and `ad`: the observation and action-chunk widths, 0 until the data is known (the
+    /// config alone checks the layers they do not size); the layers that take them
+    /// count once they are (a wide robot observation made the critic's first layer
+    /// too large, unseen).
+    pub fn check_graph_weights(&self, od: usize, ad: usize) -> Result<()> {
+        let n = &self.net;
+        let mul = |a: usize, b: usize| (a as u64).saturating_mul(b as u64);
+        // An MLP from `d_in` through `widths` to `d_out`.
+        let mlp = |d_in: usize, widths: &[usize], d_out: usize| {
+            std::iter::once(d_in)
+                .chain(widths.iter().copied())
+                .zip(widths.iter().copied().chain(std::iter::once(d_out)))
+                .map(|(a, b)| mul(a, b))
+                .fold(0u64, u64::saturating_add)
+        };
+        let (h, x, th) = (n.denoiser_hidden, n.denoiser_expanded, n.time_hidden);
+        let denoiser = mul(n.denoiser_blocks, 2)
+            .saturating_mul(mul(h, x))
+            .saturating_add(mul(od + ad + th, h))
+            .saturating_add(mul(h, ad));
+        let critic = mlp(od + ad, &n.critic_widths, 1).saturating_mul(n.num_critics.max(1) as u64);
+        let edit = match self.algo {
+            Algo::Expo => mlp(od + ad, &n.critic_widths, 2 * ad),
+            _ => 0,
+        };
+        let max_floats = shared_model::manifest::MAX_GRAPH_BYTES / 4;
+        for (what, floats) in [
+            ("the denoiser", denoiser),
+            ("the critic ensemble", critic),
+            ("the edit policy", edit),
+        ] {
+            ensure!(
+                floats <= max_floats,
+                "{what} would hold {floats} weights (observation {od}, action chunk {ad}), \
+                 more than the {max_floats} (1 GiB of f32) a bundle's graph file may have: \
+                 narrower net.* widths, or fewer blocks or critics"
+            );
+        }
+        Ok(())
+    }
+
     fn validate_values(&self) -> Result<()> {
         let n = &self.net;
         for (key, width) in [
@@ -937,32 +981,7 @@ impl Config {
             &n.critic_widths,
         )
         .map_err(|e| anyhow::anyhow!("a bundle of this run would be refused: {e}"))?;
-        // The weights alone, as f32 in a graph file: the controller reads at most
-        // `MAX_GRAPH_BYTES` of one (wider networks were trained, exported, and refused
-        // by every load; the widest aborted on their first allocation). The residual
-        // blocks' and the hidden layers' matrices, the rest being far smaller.
-        let max_floats = shared_model::manifest::MAX_GRAPH_BYTES / 4;
-        let denoiser = (n.denoiser_blocks as u64)
-            .saturating_mul(2)
-            .saturating_mul(n.denoiser_hidden as u64)
-            .saturating_mul(n.denoiser_expanded as u64);
-        let critic_layers: u64 = n
-            .critic_widths
-            .windows(2)
-            .map(|w| (w[0] as u64).saturating_mul(w[1] as u64))
-            .fold(0u64, u64::saturating_add);
-        let critic = critic_layers.saturating_mul(n.num_critics.max(1) as u64);
-        for (what, floats) in [
-            ("the denoiser's residual blocks", denoiser),
-            ("the critic ensemble's hidden layers", critic),
-        ] {
-            ensure!(
-                floats <= max_floats,
-                "{what} would hold {floats} weights, more than the {max_floats} (1 GiB of \
-                 f32) a bundle's graph file may have: narrower net.* widths, or fewer blocks \
-                 or critics"
-            );
-        }
+        self.check_graph_weights(0, 0)?;
         // The edit policy reuses the critic's widths, and the bundle's edit graph splits
         // its first layer by input ahead of a separate head.
         ensure!(
@@ -1592,10 +1611,28 @@ mod tests {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
             let e = Config::resolve("paper", None, &sets).unwrap_err();
             assert!(
-                format!("{e:#}").contains("the denoiser's residual blocks would hold"),
+                format!("{e:#}").contains("the denoiser would hold"),
                 "{sets:?}: {e:#}"
             );
         }
+        // Layers the data's widths size count once they are known: a wide robot
+        // observation made the critic's first layer too large, unseen, and the run
+        // trained for hours before every load refused its bundle.
+        let wide = Config::resolve(
+            "cpu",
+            None,
+            &[
+                "net.num_critics=10".into(),
+                "net.critic_widths=[4096]".into(),
+            ],
+        )
+        .unwrap();
+        wide.check_graph_weights(20, 7).unwrap();
+        let e = wide.check_graph_weights(8192, 7).unwrap_err().to_string();
+        assert!(
+            e.contains("the critic ensemble would hold 335872000 weights (observation 8192"),
+            "{e}"
+        );
         // rlpd on a robot: no bundle to export, no simulator to act in (it pretrained
         // 5,000 updates at `cpu`, then every export was refused).
         let e = Config::resolve(

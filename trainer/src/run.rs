@@ -244,6 +244,9 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
         num_samples,
     )
     .map_err(|e| anyhow::anyhow!("the offline data's sizes with this config: {e}"))?;
+    config
+        .check_graph_weights(od, ad)
+        .context("the offline data's sizes with this config")?;
     Ok(data)
 }
 
