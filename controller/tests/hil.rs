@@ -2205,6 +2205,24 @@ fn ctrl_c_stops_safely_and_saves_the_dataset() {
     assert_eq!(fw.firmware.invalid_commands, 0);
 }
 
+/// `controller run` of one episode against a port nobody answers on (a wrong port, a
+/// board still booting), with `--handshake-timeout-ms timeout_ms`; and that port, to
+/// read what the controller sent. (The `Sim` holds the run's robot file and `--out`.)
+fn run_against_a_silent_port(timeout_ms: &str) -> (Sim, Child, hil_tests::link::PtyPort) {
+    let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let silent = hil_tests::link::Pty::open().unwrap();
+    let path = silent.path().to_path_buf();
+    let port = silent.into_port();
+    let child = sim
+        .command(
+            &path,
+            &["--episodes", "1", "--handshake-timeout-ms", timeout_ms],
+        )
+        .spawn()
+        .unwrap();
+    (sim, child, port)
+}
+
 /// Setup: firmware that never answers (a wrong port, a board still booting) and a long
 /// handshake timeout; Ctrl-C once the controller has sent its first Hello. Expected: the
 /// run ends with exit status 130 and says so, without waiting out the timeout (it did,
@@ -2214,17 +2232,7 @@ fn ctrl_c_stops_safely_and_saves_the_dataset() {
 fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
     use hil_tests::link::Port;
     let _g = serial();
-    let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
-    let silent = hil_tests::link::Pty::open().unwrap();
-    let path = silent.path().to_path_buf();
-    let mut port = silent.into_port();
-    let child = sim
-        .command(
-            &path,
-            &["--episodes", "1", "--handshake-timeout-ms", "600000"],
-        )
-        .spawn()
-        .unwrap();
+    let (_sim, child, mut port) = run_against_a_silent_port("600000");
     // The first Hello: the controller is in the handshake, its signal handlers set.
     let mut buf = [0u8; 64];
     let deadline = Instant::now() + GUARD;
@@ -2277,14 +2285,7 @@ fn ctrl_c_while_waiting_for_the_firmware_ends_the_run() {
 fn a_first_handshake_that_times_out_sends_an_estop() {
     use hil_tests::link::Port;
     let _g = serial();
-    let sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
-    let silent = hil_tests::link::Pty::open().unwrap();
-    let path = silent.path().to_path_buf();
-    let mut port = silent.into_port();
-    let child = sim
-        .command(&path, &["--episodes", "1", "--handshake-timeout-ms", "600"])
-        .spawn()
-        .unwrap();
+    let (_sim, child, mut port) = run_against_a_silent_port("600");
     // Read while it runs: a pty's buffer is small, and what is unread at its close may
     // be lost.
     let mut sent = vec![];

@@ -300,9 +300,8 @@ fn check_variant_robot(opts: &FirmwareOptions) -> Result<(), String> {
         ));
     }
     let options = opts.env.options();
-    let named = sim::split_variant(&robot.robot).1;
+    let (base, named) = sim::split_variant(&robot.robot);
     if named != options {
-        let (base, _) = sim::split_variant(&robot.robot);
         let wanted = if options.is_empty() {
             base.to_string()
         } else {

@@ -879,11 +879,6 @@ impl Config {
         Ok(())
     }
 
-    /// The ranges of the sizes and rates that the checks above leave open. Each of these
-    /// values outside its range used to reach the learner: zero widths panicked inside
-    /// the backend, no offline episodes panicked on the first batch, a negative edit
-    /// scale or a zero temperature ran until the divergence check stopped the run, and a
-    /// discount above 1 or a Polyak rate of 0 trained without a word.
     /// The weights of each of a bundle's graphs, as f32 in a graph file: the controller
     /// reads at most `MAX_GRAPH_BYTES` of one (wider networks were trained, exported,
     /// and refused by every load; the widest aborted on their first allocation). `od`
@@ -902,17 +897,28 @@ impl Config {
                 .map(|(a, b)| mul(a, b))
                 .fold(0u64, u64::saturating_add)
         };
+        // As the bundle's graphs hold them (shared-model's `*_weight_dims`); biases and
+        // norms, a row each, are left out.
         let (h, x, th) = (n.denoiser_hidden, n.denoiser_expanded, n.time_hidden);
         let denoiser = mul(n.denoiser_blocks, 2)
             .saturating_mul(mul(h, x))
+            .saturating_add(mul(n.fourier_features + th, th))
             .saturating_add(mul(od + ad + th, h))
             .saturating_add(mul(h, ad));
-        let critic = mlp(od + ad, &n.critic_widths, 1).saturating_mul(n.num_critics.max(1) as u64);
+        let critic = match self.algo.selects_with_critic() {
+            true => mlp(od + ad, &n.critic_widths, 1).saturating_mul(n.num_critics as u64),
+            false => 0,
+        };
         let edit = match self.algo {
             Algo::Expo => mlp(od + ad, &n.critic_widths, 2 * ad),
             _ => 0,
         };
         let max_floats = shared_model::manifest::MAX_GRAPH_BYTES / 4;
+        let sizes = if od == 0 {
+            String::new()
+        } else {
+            format!(" (observation {od}, action chunk {ad})")
+        };
         for (what, floats) in [
             ("the denoiser", denoiser),
             ("the critic ensemble", critic),
@@ -920,14 +926,19 @@ impl Config {
         ] {
             ensure!(
                 floats <= max_floats,
-                "{what} would hold {floats} weights (observation {od}, action chunk {ad}), \
-                 more than the {max_floats} (1 GiB of f32) a bundle's graph file may have: \
-                 narrower net.* widths, or fewer blocks or critics"
+                "{what} would hold {floats} weights{sizes}, more than the {max_floats} (1 GiB \
+                 of f32) a bundle's graph file may have: narrower net.* widths, or fewer \
+                 blocks or critics"
             );
         }
         Ok(())
     }
 
+    /// The ranges of the sizes and rates that the checks above leave open. Each of these
+    /// values outside its range used to reach the learner: zero widths panicked inside
+    /// the backend, no offline episodes panicked on the first batch, a negative edit
+    /// scale or a zero temperature ran until the divergence check stopped the run, and a
+    /// discount above 1 or a Polyak rate of 0 trained without a word.
     fn validate_values(&self) -> Result<()> {
         let n = &self.net;
         for (key, width) in [
@@ -1632,6 +1643,12 @@ mod tests {
         assert!(
             e.contains("the critic ensemble would hold 335872000 weights (observation 8192"),
             "{e}"
+        );
+        // The time embedding's layers count too (they alone can pass 1 GiB).
+        let e = Config::resolve("paper", None, &["net.time_hidden=20000".into()]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("the denoiser would hold"),
+            "{e:#}"
         );
         // rlpd on a robot: no bundle to export, no simulator to act in (it pretrained
         // 5,000 updates at `cpu`, then every export was refused).

@@ -470,7 +470,7 @@ fn an_unfinished_run_of_other_settings_is_refused_before_anything_starts() {
     // A study directory held by another writer (a lock on another open file, as a
     // second process would take it) is refused, and nothing starts.
     std::fs::remove_file(tmp.path().join("started")).unwrap();
-    let lock = std::fs::File::create(out.join(".trainer.lock")).unwrap();
+    let lock = std::fs::File::create(out.join(trainer::run::RUN_LOCK_FILE)).unwrap();
     lock.try_lock().unwrap();
     let again = push_expo_study(&out, &[1], None);
     let e = format!("{:#}", trainer::study::run_study(&again, &exe).unwrap_err());

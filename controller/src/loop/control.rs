@@ -1998,8 +1998,9 @@ impl Control {
         {
             self.take_writer(w);
             // It answers none of the Estops sent before it came back; a board that reset
-            // as its port opened announces itself with a Hello (numbered 0) before it
-            // answers this one, which is no reboot.
+            // as its port opened announces itself with a Hello before it answers this
+            // one, which is no reboot. (One Hello is excused, whatever its number: a
+            // reboot's then is taken alike, and the resent Estop reaches it.)
             self.forget_firmware_answers();
             self.hello_owed = true;
         }

@@ -28,7 +28,9 @@
 //! - A datagram older in the device's sequence than one already taken is dropped
 //!   (counted `out_of_order`), so a late duplicate cannot undo a release. A jump back
 //!   by more than [`RESTART_JUMP`], or by more than [`REORDER_WINDOW`] after the device
-//!   was silent for longer than the timeout, is a restarted device and is taken. A
+//!   was silent for longer than the timeout (datagrams it sent that were dropped so do
+//!   not count: a device that restarted its count at once is followed after the
+//!   timeout), is a restarted device and is taken. A
 //!   datagram at most [`REORDER_WINDOW`] behind is dropped even after a silence: it may
 //!   be a late copy of one sent before the device's release.
 //! - After a safe stop (any fault), the device must release its deadman once (a
@@ -140,7 +142,8 @@ pub struct TeleopSummary {
     pub seq_gaps: u64,
     /// Commands sent with the device's values.
     pub commands: u64,
-    /// Times control passed to the device (from the policy or the hold action).
+    /// Times control passed to the device (from the policy or the hold action), and
+    /// episodes it drove from their first step.
     pub takeovers: u64,
     /// Episodes the device ended with a label.
     pub labels: u64,
@@ -204,6 +207,8 @@ pub(crate) struct TeleopPort {
     release_required: bool,
     /// The last command sent was the device's.
     in_control: bool,
+    /// No command was sent since an episode began ([`TeleopPort::episode_began`]).
+    episode_untaken: bool,
     /// The control thread's counters (commands, takeovers, labels, answers,
     /// observations); the teleop thread's are added at the end.
     counts: TeleopSummary,
@@ -267,6 +272,7 @@ pub(crate) fn spawn(
         newest: None,
         release_required: false,
         in_control: false,
+        episode_untaken: false,
         counts: TeleopSummary::default(),
         buf: [0; wire::MAX_DATAGRAM],
         observed: [None; OBSERVED],
@@ -716,17 +722,19 @@ impl TeleopPort {
         self.in_control = false;
     }
 
-    /// An episode began: whoever drove the last one, the device takes control in this
-    /// one anew (`takeovers` counts it; the episodes between were the hold's).
+    /// An episode began: a device that drives its first step takes control in it anew
+    /// (`takeovers` counts it, though it sent the last episode's last command).
+    /// `in_control`, which the observations tell the device, stays as it was.
     pub(crate) fn episode_began(&mut self) {
-        self.in_control = false;
+        self.episode_untaken = true;
     }
 
     /// Counts one command: the device's (`teleop`) or the policy's / the hold action.
     pub(crate) fn commanded(&mut self, teleop: bool) {
-        self.counts.takeovers += (teleop && !self.in_control) as u64;
+        self.counts.takeovers += (teleop && (!self.in_control || self.episode_untaken)) as u64;
         self.counts.commands += teleop as u64;
         self.in_control = teleop;
+        self.episode_untaken = false;
     }
 
     /// Sends the observation just acted on to the device (once it is known). Never
