@@ -1239,6 +1239,15 @@ impl Control {
         if let Some(t) = self.teleop.as_mut() {
             t.episode_began();
         }
+        // The mark stays on until `i` again: said, as every step of this episode is
+        // marked (and left out of training) meanwhile.
+        if self.intervention {
+            self.say(
+                "operator: the intervention mark is still on: this episode's steps are \
+                 marked too until `i`"
+                    .into(),
+            );
+        }
         // Counted when its Reset went out (a repeated Reset's restart keeps the number).
         let number = self.episodes_started.saturating_sub(1);
         self.track = Some(Track::new(episode, number, seed, now));

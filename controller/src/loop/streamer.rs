@@ -555,8 +555,16 @@ fn stream_main(
                 && !seen.contains(&name)
                 && !stop.load(Ordering::SeqCst)
             {
-                let outcome = match records::fetch_bundle(s, &name) {
-                    Ok(files) => Some(
+                // A name that could not be a bundle's directory is refused before the
+                // fetch: the download (up to a frame's 64 MiB, written to disk) came
+                // first.
+                let fetched = match bundle_name_problem(&name) {
+                    Some(problem) => Ok(Err(problem)),
+                    None => records::fetch_bundle(s, &name).map(Ok),
+                };
+                let outcome = match fetched {
+                    Ok(Err(problem)) => Some(Err(problem)),
+                    Ok(Ok(files)) => Some(
                         prepare(&bundles_dir, &name, &files, swap, newest_export).map(
                             |(brain, exported)| {
                                 newest_export = newest_export.max(Some(exported));
@@ -612,6 +620,22 @@ fn settle(name: String, outcome: Result<Brain, String>, ready: &SwapSlot) -> Bun
     BundleOffer { name, error }
 }
 
+/// Longest bundle name taken: a directory name (Linux's `NAME_MAX`), less the staging
+/// directory's `.` and `.tmp`.
+const MAX_BUNDLE_NAME: usize = 250;
+
+/// Why a bundle the trainer offers under `name` cannot be taken, if it cannot: not a
+/// plain name, or hidden (`.NAME.tmp` is the staging directory), or too long for one.
+/// Shown as the trainer sent it, cut short and escaped.
+fn bundle_name_problem(name: &str) -> Option<String> {
+    let plain = records::plain_name(name) && !name.starts_with('.');
+    (!plain || name.len() > MAX_BUNDLE_NAME).then(|| {
+        let shown: String = name.chars().take(80).collect();
+        let cut = if shown.len() < name.len() { "…" } else { "" };
+        format!("bundle name {shown:?}{cut} is not a plain name of at most {MAX_BUNDLE_NAME} bytes")
+    })
+}
+
 /// Writes a fetched bundle to a temporary directory, verifies it and builds its policy
 /// there, and only then puts it at `dir/name`: a copy fetched again (after a restart)
 /// that fails verification leaves the one verified before as it was.
@@ -622,9 +646,8 @@ fn prepare(
     swap: &SwapConfig,
     not_before: Option<u64>,
 ) -> Result<(Brain, u64), String> {
-    // Not hidden either: `.NAME.tmp` is the staging directory.
-    if !records::plain_name(name) || name.starts_with('.') {
-        return Err(format!("bundle name '{name}' is not a plain name"));
+    if let Some(problem) = bundle_name_problem(name) {
+        return Err(problem);
     }
     let target = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -933,6 +956,96 @@ mod tests {
         assert!(summary.bundles.is_empty(), "{:?}", summary.bundles);
         assert_eq!(served.map_err(|e| e.to_string()), Ok(1));
         assert_eq!((summary.acknowledged, summary.connections), (1, 1));
+    }
+
+    /// A bundle name that could not be a directory's (a path, a hidden or an overlong
+    /// one) is refused before anything is fetched: the download came first (up to
+    /// 64 MiB written to disk), and the name was judged after it.
+    #[test]
+    fn a_bundle_offered_under_an_unusable_name_is_not_fetched() {
+        use uplink::records::{BundleFiles, RecordSink, serve_records};
+        struct Offering {
+            fetched: Arc<AtomicBool>,
+            name: String,
+            held: u64,
+        }
+        impl RecordSink for Offering {
+            fn next_index(&mut self, _: &str) -> Result<u64, String> {
+                Ok(self.held)
+            }
+            fn append(&mut self, _: &str, _: u64, _: &[u8]) -> Result<(), String> {
+                self.held += 1;
+                Ok(())
+            }
+            fn latest_bundle(&mut self) -> Option<String> {
+                Some(self.name.clone())
+            }
+            fn bundle(&mut self, _: &str) -> Result<BundleFiles, String> {
+                self.fetched.store(true, Ordering::SeqCst);
+                Err("fetched".into())
+            }
+        }
+        let long = "7".repeat(MAX_BUNDLE_NAME + 1);
+        for name in ["../0000500", ".0000500", long.as_str()] {
+            let tmp = tempfile::tempdir().unwrap();
+            let log = tmp.path().join("transitions.log");
+            let mut w = super::super::log::LogWriter::open(&log).unwrap();
+            w.append(&super::super::log::Record::EpisodeStart {
+                episode: 0,
+                seed: 1,
+            })
+            .unwrap();
+            w.sync().unwrap();
+            drop(w);
+            let src = tmp.path().join("bundle");
+            SyntheticSpec::cpu().write(&src, 3, None).unwrap();
+            let bundle = shared_model::load_bundle(&src, &Trust::AllowUnsigned).unwrap();
+            let key = uplink::Key::from_bytes([1; uplink::KEY_LEN]);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let cfg = UplinkConfig {
+                addr: listener.local_addr().unwrap().to_string(),
+                key: key.clone(),
+                drain: Duration::from_secs(2),
+                swap: Some(SwapConfig {
+                    trust: Trust::AllowUnsigned,
+                    options: PolicyOptions::default(),
+                    two_speed: false,
+                    play: Default::default(),
+                    robot: RobotConfig::example("push").unwrap(),
+                    replaces: bundle.manifest.clone(),
+                }),
+            };
+            let fetched = Arc::new(AtomicBool::new(false));
+            let f = fetched.clone();
+            let offered = name.to_string();
+            let server = std::thread::spawn(move || {
+                let (tcp, _) = listener.accept().unwrap();
+                let mut sink = Offering {
+                    fetched: f,
+                    name: offered,
+                    held: 0,
+                };
+                let mut s = uplink::Session::server(tcp, &key).unwrap();
+                serve_records(&mut s, &mut sink).map(|(_, n)| n)
+            });
+            let (streamer, _ready) = Streamer::spawn(cfg, &log, None).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while streamer.summary_so_far().bundles.is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name}: never offered"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let summary = streamer.finish();
+            let _ = server.join();
+            assert!(!fetched.load(Ordering::SeqCst), "{name}: fetched");
+            let error = summary.bundles[0].error.clone().unwrap_or_default();
+            assert!(
+                error.contains("is not a plain name of at most 250 bytes"),
+                "{error}"
+            );
+        }
     }
 
     /// The log's older name is given up only once the trainer answered under it: a
