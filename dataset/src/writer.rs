@@ -188,6 +188,21 @@ pub fn tidy(dir: &Path) -> Result<Tidied, DatasetError> {
 /// `finish` syncs what is inside the dataset, and without the new directory's own entry
 /// a power cut could lose the whole new dataset on a filesystem that does not order
 /// metadata.
+/// Whether anything but directories (empty ones, or of empty ones) is under `dir`: a
+/// `create` killed between making its `meta/` directories and its first commit left
+/// just those, which every later `create` refused as not empty (and `open_append` as
+/// lacking `info.json`), until someone removed them by hand.
+fn holds_files(dir: &Path) -> std::io::Result<bool> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        // (Not followed: a link is something, whatever it points at.)
+        if !entry.file_type()?.is_dir() || holds_files(&entry.path())? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn create_dir_durably(dir: &Path) -> Result<(), DatasetError> {
     let created: Vec<&Path> = dir
         .ancestors()
@@ -481,12 +496,9 @@ impl DatasetWriter {
                 ),
             ));
         }
-        match fs::read_dir(dir) {
-            Ok(mut rd) => {
-                if rd.next().is_some() {
-                    return Err(DatasetError::NotEmpty { path: dir.into() });
-                }
-            }
+        match holds_files(dir) {
+            Ok(false) => {}
+            Ok(true) => return Err(DatasetError::NotEmpty { path: dir.into() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 create_dir_durably(dir)?;
             }
@@ -496,11 +508,9 @@ impl DatasetWriter {
         // Again under the lock: another writer that saw it empty too may have created
         // and finished a dataset there between the look above and the lock (this one
         // would then commit an empty dataset over it).
-        let empty = fs::read_dir(dir)
-            .map_err(|e| DatasetError::io(dir, "opening dataset directory", e))?
-            .next()
-            .is_none();
-        if !empty {
+        let files =
+            holds_files(dir).map_err(|e| DatasetError::io(dir, "opening dataset directory", e))?;
+        if files {
             return Err(DatasetError::NotEmpty { path: dir.into() });
         }
         fs::create_dir_all(meta::episodes_path(dir).parent().unwrap_or(dir))

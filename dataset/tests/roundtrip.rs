@@ -384,6 +384,21 @@ fn empty_dataset_and_create_guards() {
     let err = DatasetWriter::create(&dir, info()).err().unwrap();
     assert!(matches!(err, DatasetError::NotEmpty { .. }), "{err}");
     assert!(err.to_string().contains("not empty"), "{err}");
+    // What a `create` killed before its first commit leaves (its empty `meta/`
+    // directories) is taken for empty: every later `create` refused it as not empty,
+    // and `open_append` as lacking info.json. A file anywhere under it is not.
+    let killed = tmp.path().join("killed");
+    std::fs::create_dir_all(killed.join("meta/episodes/chunk-000")).unwrap();
+    DatasetWriter::create(&killed, info())
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(validate_dataset(&killed).unwrap().episodes, 0);
+    let stray = tmp.path().join("stray");
+    std::fs::create_dir_all(stray.join("meta/episodes")).unwrap();
+    std::fs::write(stray.join("meta/episodes/notes.txt"), "mine").unwrap();
+    let err = DatasetWriter::create(&stray, info()).err().unwrap();
+    assert!(matches!(err, DatasetError::NotEmpty { .. }), "{err}");
 
     // Invalid episodes are rejected before anything is written.
     let mut w = DatasetWriter::open_append(&dir).unwrap();
