@@ -905,9 +905,10 @@ impl Config {
             .saturating_add(mul(n.fourier_features + th, th))
             .saturating_add(mul(od + ad + th, h))
             .saturating_add(mul(h, ad));
-        let critic = match self.algo.selects_with_critic() {
-            true => mlp(od + ad, &n.critic_widths, 1).saturating_mul(n.num_critics as u64),
-            false => 0,
+        let critic = if self.algo.selects_with_critic() {
+            mlp(od + ad, &n.critic_widths, 1).saturating_mul(n.num_critics as u64)
+        } else {
+            0
         };
         let edit = match self.algo {
             Algo::Expo => mlp(od + ad, &n.critic_widths, 2 * ad),

@@ -558,29 +558,28 @@ fn stream_main(
                 // A name that could not be a bundle's directory is refused before the
                 // fetch: the download (up to a frame's 64 MiB, written to disk) came
                 // first.
-                let fetched = match bundle_name_problem(&name) {
-                    Some(problem) => Ok(Err(problem)),
-                    None => records::fetch_bundle(s, &name).map(Ok),
-                };
-                let outcome = match fetched {
-                    Ok(Err(problem)) => Some(Err(problem)),
-                    Ok(Ok(files)) => Some(
-                        prepare(&bundles_dir, &name, &files, swap, newest_export).map(
-                            |(brain, exported)| {
-                                newest_export = newest_export.max(Some(exported));
-                                brain
-                            },
+                let outcome = if let Some(problem) = bundle_name_problem(&name) {
+                    Some(Err(problem))
+                } else {
+                    match records::fetch_bundle(s, &name) {
+                        Ok(files) => Some(
+                            prepare(&bundles_dir, &name, &files, swap, newest_export).map(
+                                |(brain, exported)| {
+                                    newest_export = newest_export.max(Some(exported));
+                                    brain
+                                },
+                            ),
                         ),
-                    ),
-                    Err(e) => {
-                        broken = true;
-                        let tries = fetch_failures.entry(name.clone()).or_insert(0);
-                        *tries += 1;
-                        if *tries < FETCH_TRIES {
-                            fail(format!("fetching bundle {name}: {e}; trying again"));
-                            None
-                        } else {
-                            Some(Err(format!("fetching: {e} ({FETCH_TRIES} tries)")))
+                        Err(e) => {
+                            broken = true;
+                            let tries = fetch_failures.entry(name.clone()).or_insert(0);
+                            *tries += 1;
+                            if *tries < FETCH_TRIES {
+                                fail(format!("fetching bundle {name}: {e}; trying again"));
+                                None
+                            } else {
+                                Some(Err(format!("fetching: {e} ({FETCH_TRIES} tries)")))
+                            }
                         }
                     }
                 };
@@ -905,33 +904,8 @@ mod tests {
             }
         }
         let tmp = tempfile::tempdir().unwrap();
-        let log = tmp.path().join("transitions.log");
-        let mut w = super::super::log::LogWriter::open(&log).unwrap();
-        w.append(&super::super::log::Record::EpisodeStart {
-            episode: 0,
-            seed: 1,
-        })
-        .unwrap();
-        w.sync().unwrap();
-        drop(w);
-        let src = tmp.path().join("bundle");
-        SyntheticSpec::cpu().write(&src, 3, None).unwrap();
-        let bundle = shared_model::load_bundle(&src, &Trust::AllowUnsigned).unwrap();
-        let key = uplink::Key::from_bytes([1; uplink::KEY_LEN]);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let cfg = UplinkConfig {
-            addr: listener.local_addr().unwrap().to_string(),
-            key: key.clone(),
-            drain: Duration::from_secs(2),
-            swap: Some(SwapConfig {
-                trust: Trust::AllowUnsigned,
-                options: PolicyOptions::default(),
-                two_speed: false,
-                play: Default::default(),
-                robot: RobotConfig::example("push").unwrap(),
-                replaces: bundle.manifest.clone(),
-            }),
-        };
+        let (log, cfg, listener) = swapping_setup(tmp.path());
+        let key = cfg.key.clone();
         let fetched = Arc::new(AtomicBool::new(false));
         let (release, waiting) = std::sync::mpsc::channel();
         let f = fetched.clone();
@@ -956,6 +930,39 @@ mod tests {
         assert!(summary.bundles.is_empty(), "{:?}", summary.bundles);
         assert_eq!(served.map_err(|e| e.to_string()), Ok(1));
         assert_eq!((summary.acknowledged, summary.connections), (1, 1));
+    }
+
+    /// In `dir`: a synced log of one record, and a streamer's configuration that takes
+    /// bundle swaps for a synthetic `cpu` bundle on the push robot, to the trainer
+    /// listening on the returned socket.
+    fn swapping_setup(dir: &Path) -> (PathBuf, UplinkConfig, std::net::TcpListener) {
+        let log = dir.join("transitions.log");
+        let mut w = super::super::log::LogWriter::open(&log).unwrap();
+        w.append(&super::super::log::Record::EpisodeStart {
+            episode: 0,
+            seed: 1,
+        })
+        .unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let src = dir.join("bundle");
+        SyntheticSpec::cpu().write(&src, 3, None).unwrap();
+        let bundle = shared_model::load_bundle(&src, &Trust::AllowUnsigned).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = UplinkConfig {
+            addr: listener.local_addr().unwrap().to_string(),
+            key: uplink::Key::from_bytes([1; uplink::KEY_LEN]),
+            drain: Duration::from_secs(2),
+            swap: Some(SwapConfig {
+                trust: Trust::AllowUnsigned,
+                options: PolicyOptions::default(),
+                two_speed: false,
+                play: Default::default(),
+                robot: RobotConfig::example("push").unwrap(),
+                replaces: bundle.manifest,
+            }),
+        };
+        (log, cfg, listener)
     }
 
     /// A bundle name that could not be a directory's (a path, a hidden or an overlong
@@ -988,33 +995,8 @@ mod tests {
         let long = "7".repeat(MAX_BUNDLE_NAME + 1);
         for name in ["../0000500", ".0000500", long.as_str()] {
             let tmp = tempfile::tempdir().unwrap();
-            let log = tmp.path().join("transitions.log");
-            let mut w = super::super::log::LogWriter::open(&log).unwrap();
-            w.append(&super::super::log::Record::EpisodeStart {
-                episode: 0,
-                seed: 1,
-            })
-            .unwrap();
-            w.sync().unwrap();
-            drop(w);
-            let src = tmp.path().join("bundle");
-            SyntheticSpec::cpu().write(&src, 3, None).unwrap();
-            let bundle = shared_model::load_bundle(&src, &Trust::AllowUnsigned).unwrap();
-            let key = uplink::Key::from_bytes([1; uplink::KEY_LEN]);
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let cfg = UplinkConfig {
-                addr: listener.local_addr().unwrap().to_string(),
-                key: key.clone(),
-                drain: Duration::from_secs(2),
-                swap: Some(SwapConfig {
-                    trust: Trust::AllowUnsigned,
-                    options: PolicyOptions::default(),
-                    two_speed: false,
-                    play: Default::default(),
-                    robot: RobotConfig::example("push").unwrap(),
-                    replaces: bundle.manifest.clone(),
-                }),
-            };
+            let (log, cfg, listener) = swapping_setup(tmp.path());
+            let key = cfg.key.clone();
             let fetched = Arc::new(AtomicBool::new(false));
             let f = fetched.clone();
             let offered = name.to_string();
