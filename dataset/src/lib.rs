@@ -78,7 +78,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use error::DatasetError;
-pub use reader::{episode_tasks, read_dataset, validate_dataset};
+pub use reader::{episode_tasks, held_out_episodes, read_dataset, validate_dataset};
 pub use writer::{
     DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, Recorded, Tidied, UNREFERENCED_DIR,
     committed_episodes, dataset_splits, noted_runs, recorded_as, tidy, write_dataset,

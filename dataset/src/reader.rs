@@ -1,6 +1,7 @@
 //! Reading and deep validation. Every check names the file and what was expected.
 
 use std::collections::{BTreeSet, HashSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, RecordBatch};
@@ -532,6 +533,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
             ),
         ));
     }
+    split_ranges(&json, &info_path)?;
     let mut next_from = 0;
     for (e, m) in metas.iter().enumerate() {
         let problem = if m.length == 0 {
@@ -632,6 +634,63 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, DatasetError> {
         episode_files,
         uncommitted_episodes,
     })
+}
+
+/// The episode ranges `info.json`'s `splits` declare (LeRobot's `"train": "0:40"`, an
+/// end-exclusive `START:END` of episode indices), checked: each parses, START <= END <=
+/// `total_episodes`, and no episode is in two splits (held out and trained on). Every
+/// reader refuses a dataset that fails this, naming the split.
+fn split_ranges(
+    json: &InfoJson,
+    info_path: &Path,
+) -> Result<Vec<(String, Range<usize>)>, DatasetError> {
+    let mut ranges: Vec<(String, Range<usize>)> = Vec::with_capacity(json.splits.len());
+    for (name, value) in &json.splits {
+        let bad = |why: String| {
+            DatasetError::invalid(info_path, format!("splits.{name} = {value:?}: {why}"))
+        };
+        let (start, end) = value
+            .split_once(':')
+            .ok_or_else(|| bad("expected START:END (episode indices, END exclusive)".into()))?;
+        let parse = |part: &str| {
+            part.trim().parse::<usize>().map_err(|_| {
+                bad(format!(
+                    "{part:?} is not an episode index (expected START:END, END exclusive)"
+                ))
+            })
+        };
+        let range = parse(start)?..parse(end)?;
+        if range.start > range.end {
+            return Err(bad("starts after it ends".into()));
+        }
+        if range.end > json.total_episodes {
+            return Err(bad(format!(
+                "ends past the dataset's {} episodes",
+                json.total_episodes
+            )));
+        }
+        if let Some((other, _)) = ranges
+            .iter()
+            .find(|(_, r)| r.start < range.end && range.start < r.end)
+        {
+            return Err(bad(format!(
+                "overlaps split `{other}` (an episode in two splits)"
+            )));
+        }
+        ranges.push((name.clone(), range));
+    }
+    Ok(ranges)
+}
+
+/// The episodes the dataset at `dir` holds out of training: those of every split its
+/// `info.json` declares other than `train` (`val`, `test`, ...), by split name, checked as
+/// [`read_dataset`] checks them. Episodes in `train` or in no split (appended after a
+/// foreign dataset's `val`) are for training.
+pub fn held_out_episodes(dir: &Path) -> Result<Vec<(String, Range<usize>)>, DatasetError> {
+    let json = InfoJson::read(dir)?;
+    let mut ranges = split_ranges(&json, &meta::info_path(dir))?;
+    ranges.retain(|(name, r)| name != "train" && !r.is_empty());
+    Ok(ranges)
 }
 
 /// Read a whole dataset, checking meta against data (see [`validate_dataset`]

@@ -191,6 +191,55 @@ fn append_keeps_other_splits() {
     assert_eq!(read_dataset(dir).unwrap().episodes.len(), 5);
 }
 
+/// `info.json`'s `splits` are checked by every reader (they were taken as they came:
+/// ranges past the end, overlapping or unparsable passed), and `held_out_episodes`
+/// names the episodes of the splits other than `train`.
+#[test]
+fn splits_are_checked_and_name_the_held_out_episodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_dataset(dir, &info(), &episodes(3, &[5, 6, 7])).unwrap();
+    let path = dir.join("meta/info.json");
+    let original = fs::read_to_string(&path).unwrap();
+    let set_splits = |v: serde_json::Value| {
+        let mut info: serde_json::Value = serde_json::from_str(&original).unwrap();
+        info["splits"] = v;
+        fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
+    };
+    assert!(dataset::held_out_episodes(dir).unwrap().is_empty());
+    set_splits(serde_json::json!({"train": "0:1", "val": "1:2", "test": " 2 : 3 "}));
+    assert_eq!(read_dataset(dir).unwrap().episodes.len(), 3);
+    assert_eq!(
+        dataset::held_out_episodes(dir).unwrap(),
+        vec![("test".to_string(), 2..3), ("val".to_string(), 1..2)]
+    );
+    for (splits, want) in [
+        (
+            serde_json::json!({"train": "0:9"}),
+            "splits.train = \"0:9\": ends past the dataset's 3 episodes",
+        ),
+        (
+            serde_json::json!({"train": "0:2", "val": "1:3"}),
+            "overlaps split `train`",
+        ),
+        (serde_json::json!({"val": "2:1"}), "starts after it ends"),
+        (serde_json::json!({"val": "1-2"}), "expected START:END"),
+        (
+            serde_json::json!({"val": "a:2"}),
+            "\"a\" is not an episode index",
+        ),
+    ] {
+        set_splits(splits.clone());
+        for err in [
+            read_dataset(dir).unwrap_err().to_string(),
+            dataset::held_out_episodes(dir).unwrap_err().to_string(),
+        ] {
+            assert!(err.contains(want), "{splits}: {err}");
+            assert!(err.contains("info.json"), "{err}");
+        }
+    }
+}
+
 #[test]
 fn unfinished_writer_leaves_dataset_readable() {
     let tmp = tempfile::tempdir().unwrap();

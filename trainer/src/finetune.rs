@@ -606,6 +606,12 @@ pub struct RecordedBy {
     /// recorded under several names (`sim/push`, `sim-push`, a robot file's).
     robot: Option<String>,
     observation_names: Vec<String>,
+    /// The run's action channels, where its data named them: other names only warn (a
+    /// recorder's `shoulder.pos` and a robot file's joint `shoulder` name one channel).
+    action_names: Vec<String>,
+    /// The rate the run's data was recorded at, Hz: one step is `1/fps` s for the
+    /// discount, the action chunks and the critics' values.
+    fps: Option<u32>,
     /// The simulated task of a run on one: its data must be of the default variant.
     sim_task: Option<sim::TaskId>,
 }
@@ -616,48 +622,89 @@ impl RecordedBy {
             (Some(r), _) => RecordedBy {
                 robot: Some(r.name.clone()),
                 observation_names: r.observation_names.clone(),
+                action_names: r.action_names.clone(),
+                fps: Some(r.fps),
                 sim_task: None,
             },
-            (None, Some(task)) => RecordedBy {
-                robot: None,
-                sim_task: Some(task),
-                observation_names: task
-                    .spec()
-                    .obs_names
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-            },
+            (None, Some(task)) => Self::of_sim_task(task),
             (None, None) => RecordedBy {
                 robot: None,
                 observation_names: vec![],
+                action_names: vec![],
+                fps: None,
                 sim_task: None,
             },
         }
     }
 
+    fn of_sim_task(task: sim::TaskId) -> Self {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+        RecordedBy {
+            robot: None,
+            sim_task: Some(task),
+            observation_names: names(task.spec().obs_names),
+            action_names: names(task.spec().action_names),
+            fps: Some(task.spec().control_hz),
+        }
+    }
+
     /// Observation names that differ (where both sides name them) are an error: the
     /// same sizes with other channels would train the networks on the wrong inputs. A
-    /// robot of another name with the same channels is only a warning (a robot file
-    /// renamed, demonstrations from another recorder).
-    fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<()> {
+    /// robot of another name with the same channels, or other action names, is only a
+    /// warning (a robot file renamed, demonstrations from another recorder), returned.
+    /// Another recording rate is an error.
+    fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<Vec<String>> {
+        let mut warnings = vec![];
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
             bail!("{}: {differ}", path.display());
+        }
+        if let Some(fps) = self.fps {
+            ensure!(
+                info.fps == fps,
+                "{}: recorded at {} Hz, the run's data at {fps} Hz: a step of it is another \
+                 length of time (the discount, the action chunks and the critics' values are \
+                 per step); fine-tune on data recorded at the run's rate",
+                path.display(),
+                info.fps
+            );
         }
         if let Some(task) = self.sim_task {
             crate::robot::refuse_sim_variant(&path.display().to_string(), &info.robot_type, task)?;
         }
+        let named = |names: &[String]| {
+            !names
+                .iter()
+                .enumerate()
+                .all(|(i, n)| *n == format!("{}.{i}", dataset::cols::ACTION))
+        };
+        if named(&self.action_names)
+            && named(&info.action_names)
+            && let Some(i) = firmware_config::config::first_name_difference(
+                &self.action_names,
+                &info.action_names,
+            )
+        {
+            warnings.push(format!(
+                "{}: action names differ from the run's, first at [{i}] (`{}` in the dataset, \
+                 `{}` in the run): are its actuators in the run's order? (the run's: {}); \
+                 fine-tuning on it",
+                path.display(),
+                info.action_names[i],
+                self.action_names[i],
+                self.action_names.join(", ")
+            ));
+        }
         if let Some(robot) = &self.robot
             && info.robot_type.trim() != robot
         {
-            eprintln!(
-                "warning: {} was recorded by robot `{}`, the run was trained on `{robot}` (its \
+            warnings.push(format!(
+                "{} was recorded by robot `{}`, the run was trained on `{robot}` (its \
                  observation names agree); fine-tuning on it",
                 path.display(),
                 info.robot_type.trim()
-            );
+            ));
         }
-        Ok(())
+        Ok(warnings)
     }
 
     /// Only observation names (tests).
@@ -666,6 +713,8 @@ impl RecordedBy {
         RecordedBy {
             robot: None,
             observation_names,
+            action_names: vec![],
+            fps: None,
             sim_task: None,
         }
     }
@@ -756,7 +805,10 @@ fn append_robot_data(
     let (mut episodes, mut successes) = (0, 0);
     for path in data {
         let ds = crate::robot::read_training_dataset(path, Some((od, ad)))?;
-        expected.check(path, &ds.info)?;
+        for w in expected.check(path, &ds.info)? {
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
+        }
         let consequence = "fine-tuning on it teaches the critics nothing about success";
         if let Some(w) = crate::run::no_reward_warning(
             &path.display().to_string(),
@@ -884,6 +936,8 @@ mod tests {
         let expected = RecordedBy {
             robot: None,
             observation_names: vec![],
+            action_names: vec![],
+            fps: None,
             sim_task: Some(task),
         };
         let info = |robot_type: &str| dataset::DatasetInfo {
@@ -917,5 +971,78 @@ mod tests {
         );
         expected.check(path, &info("sim-arm-reach")).unwrap();
         expected.check(path, &info("lab-arm")).unwrap();
+    }
+
+    /// Data recorded at another rate than the run's is refused (it was trained on, each
+    /// step taken as the run's length of time); other action names warn (only the
+    /// observation names were compared), made-up ones (`action.0`) say nothing.
+    #[test]
+    fn finetune_data_of_another_rate_is_refused_and_other_action_names_warn() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let expected = RecordedBy {
+            robot: Some("lab-arm".into()),
+            observation_names: names(&["q0", "q1"]),
+            action_names: names(&["shoulder", "elbow"]),
+            fps: Some(20),
+            sim_task: None,
+        };
+        let info = |fps: u32, actions: &[&str]| dataset::DatasetInfo {
+            robot_type: "lab-arm".into(),
+            fps,
+            task: String::new(),
+            observation_names: names(&["q0", "q1"]),
+            action_names: names(actions),
+        };
+        let path = Path::new("robot-data");
+        assert!(
+            expected
+                .check(path, &info(20, &["shoulder", "elbow"]))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            expected
+                .check(path, &info(20, &["action.0", "action.1"]))
+                .unwrap()
+                .is_empty()
+        );
+        let e = expected
+            .check(path, &info(50, &["shoulder", "elbow"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("robot-data: recorded at 50 Hz, the run's data at 20 Hz"),
+            "{e}"
+        );
+        let w = expected
+            .check(path, &info(20, &["elbow", "shoulder"]))
+            .unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains(
+                "action names differ from the run's, first at [0] (`elbow` in the \
+                 dataset, `shoulder` in the run)"
+            ),
+            "{w:?}"
+        );
+        // The simulated task's rate is its data's (maze steps at 10 Hz).
+        let maze = RecordedBy::of_sim_task(sim::TaskId::Maze);
+        let e = maze
+            .check(
+                path,
+                &dataset::DatasetInfo {
+                    robot_type: "sim/maze".into(),
+                    fps: 20,
+                    task: String::new(),
+                    observation_names: vec![],
+                    action_names: vec![],
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("recorded at 20 Hz, the run's data at 10 Hz"),
+            "{e}"
+        );
     }
 }

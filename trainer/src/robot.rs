@@ -99,12 +99,14 @@ pub fn refuse_sim_variant(path: &str, robot_type: &str, task: sim::TaskId) -> Re
 /// Reads a dataset for training: a read error (the reader also refuses NaN and infinite
 /// values, naming the column and frame), other dimensions than `dims` (observation,
 /// action) when given, or an action outside the policy's `[-1, 1]` (a recording in the
-/// robot's units) is an error naming the directory, and the episode and frame.
+/// robot's units) is an error naming the directory, and the episode and frame. The
+/// episodes of its held-out splits ([`dataset::held_out_episodes`]: `val`, `test`) are
+/// left out, said on stderr.
 pub fn read_training_dataset(
     path: &Path,
     dims: Option<(usize, usize)>,
 ) -> Result<dataset::Dataset> {
-    let ds = dataset::read_dataset(path)
+    let mut ds = dataset::read_dataset(path)
         .with_context(|| format!("{}: cannot read the dataset", path.display()))?;
     if let Some((od, ad)) = dims {
         ensure!(
@@ -115,8 +117,36 @@ pub fn read_training_dataset(
             ds.info.action_dim()
         );
     }
+    // The episodes of `val`, `test` or any split but `train` are held out: trained on,
+    // any evaluation on them would be on training data.
+    let held_out = dataset::held_out_episodes(path)
+        .with_context(|| format!("{}: cannot read the dataset", path.display()))?;
+    let trained: Vec<usize> = (0..ds.episodes.len())
+        .filter(|e| !held_out.iter().any(|(_, r)| r.contains(e)))
+        .collect();
+    if trained.len() < ds.episodes.len() {
+        let splits: Vec<String> = held_out
+            .iter()
+            .map(|(name, r)| format!("{name} {}:{}", r.start, r.end))
+            .collect();
+        ensure!(
+            !trained.is_empty(),
+            "{}: every episode is in a held-out split ({}): nothing to train on (only `train` \
+             and episodes in no split are trained on)",
+            path.display(),
+            splits.join(", ")
+        );
+        eprintln!(
+            "{}: {} of {} episodes left out of training, held out by the dataset's splits ({})",
+            path.display(),
+            ds.episodes.len() - trained.len(),
+            ds.episodes.len(),
+            splits.join(", ")
+        );
+    }
     let ad = ds.info.action_dim();
-    for (e, ep) in ds.episodes.iter().enumerate() {
+    for &e in &trained {
+        let ep = &ds.episodes[e];
         if let Some(k) = dataset::outside_policy_range(&ep.actions) {
             bail!(
                 "{}: episode {e}, frame {}: action[{}] = {} is outside the policy's [-1, 1]; \
@@ -130,5 +160,10 @@ pub fn read_training_dataset(
             );
         }
     }
+    let mut episodes = std::mem::take(&mut ds.episodes);
+    ds.episodes = trained
+        .iter()
+        .map(|&e| std::mem::take(&mut episodes[e]))
+        .collect();
     Ok(ds)
 }

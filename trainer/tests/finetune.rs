@@ -565,3 +565,40 @@ fn an_rlpd_run_is_refused_with_listen_before_the_port_is_bound() {
     o.exports_bundle = false;
     assert_eq!(finetune(&o, &mut ()).unwrap().updates, 6);
 }
+
+/// A dataset's held-out splits (`val`, `test`) are left out of fine-tuning: every episode
+/// was trained on, any evaluation on them then on training data.
+#[test]
+fn finetune_leaves_out_the_datasets_held_out_splits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = (tmp.path().join("run"), tmp.path().join("robot"));
+    tiny_run(&run);
+    tools::generate::generate(TaskId::ArmReach, 3, 7, EnvConfig::default(), &data).unwrap();
+    let lengths: Vec<usize> = dataset::read_dataset(&data)
+        .unwrap()
+        .episodes
+        .iter()
+        .map(|e| e.len())
+        .collect();
+    let info = data.join("meta/info.json");
+    let original = std::fs::read_to_string(&info).unwrap();
+    let set_splits = |v: serde_json::Value| {
+        let mut j: serde_json::Value = serde_json::from_str(&original).unwrap();
+        j["splits"] = v;
+        std::fs::write(&info, j.to_string()).unwrap();
+    };
+    set_splits(serde_json::json!({"train": "0:1", "val": "1:2"}));
+    let s = finetune(&options(&run, &data, &tmp.path().join("a")), &mut ()).unwrap();
+    // Episode 2 is in no split (appended after `val`): trained on.
+    assert_eq!(s.robot_episodes, 2);
+    assert_eq!(s.robot_transitions, lengths[0] + lengths[2]);
+    set_splits(serde_json::json!({"test": "0:3"}));
+    let e = format!(
+        "{:#}",
+        finetune(&options(&run, &data, &tmp.path().join("b")), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("every episode is in a held-out split (test 0:3)"),
+        "{e}"
+    );
+}
