@@ -56,10 +56,13 @@
 //!   are not limited: the hold is the stop.
 //! - **Commands** are in robot units (`firmware_config::config::ActionConfig`) and are
 //!   mapped back to the simulator's units. A command of the wrong length or with a
-//!   non-finite value is answered with `Fault { InvalidCommand }` and replaced by the
-//!   hold action (in lockstep it still takes its step, so the controller is not left
-//!   waiting); it does not feed the watchdog.
-//! - **Estop** answers `Fault { Estop }` and stops stepping until the next `Reset`, in
+//!   non-finite value, or one whose payload does not parse (its CRC holds: more than
+//!   `MAX_ACT` values, a length that disagrees with its count), is answered with
+//!   `Fault { InvalidCommand }` and replaced by the hold action (in lockstep it still
+//!   takes its step, so the controller is not left waiting); it does not feed the
+//!   watchdog.
+//! - **Estop** (one with a payload too) answers `Fault { Estop }` and stops stepping
+//!   until the next `Reset`, in
 //!   any state: before a handshake it is answered too, and the firmware goes on waiting
 //!   for a `Hello` (nothing else is taken up there); so
 //!   does a press of the robot's stop button (the fault injector's `estop_at`: at a
@@ -74,9 +77,10 @@
 use crate::faults::{Emit, FaultInjector, FaultSpec, FaultStats};
 use crate::link::Port;
 use firmware_config::RobotConfig;
+use firmware_config::config::first_name_difference;
 use firmware_config::protocol::{
     DecoderStats, FaultCode, Frame, FrameDecoder, FrameEncoder, FrameError, Hello, Message,
-    PROTOCOL_VERSION,
+    MessageType, PROTOCOL_VERSION,
 };
 use sim::{Env, EnvConfig, TaskId};
 use std::io;
@@ -349,6 +353,17 @@ impl SimFirmware {
                 });
             }
         }
+        // The names too, as `sim-firmware --robot` checks them: arm-reach's file has
+        // push's sizes, and `controller run --sim push --robot arm-reach.toml` drove push
+        // under arm-reach's id and names, its joint checks applied to push's channels.
+        let names: Vec<String> = spec.obs_names.iter().map(|n| n.to_string()).collect();
+        if let Some(i) = first_name_difference(&r.observation.names, &names) {
+            return Err(FirmwareError::Env(format!(
+                "robot '{}': observation [{i}] is `{}`, task {}'s is `{}`: the robot file \
+                 describes another robot than the task simulates",
+                r.robot, r.observation.names[i], opts.task, names[i]
+            )));
+        }
         opts.env.check_for(opts.task).map_err(FirmwareError::Env)?;
         check_variant_robot(&opts).map_err(FirmwareError::Env)?;
         let faults = FaultInjector::new(opts.faults.clone(), opts.seed);
@@ -500,13 +515,7 @@ impl SimFirmware {
             // A stop is taken in any state, before a handshake too (after a reboot the
             // controller's closing Estop comes before its new Hello): torque off, and
             // answered, so the controller knows it arrived.
-            Message::Estop => {
-                self.stats.estops += 1;
-                if !self.handshaken() {
-                    self.stats.estops_before_handshake += 1;
-                }
-                self.estop(now);
-            }
+            Message::Estop => self.on_estop(now),
             _ if !self.handshaken() => self.stats.ignored_messages += 1,
             Message::Reset { .. } if self.button_pressed => {
                 // A hardware stop is latched: only releasing the button ends it.
@@ -520,9 +529,25 @@ impl SimFirmware {
         }
     }
 
-    /// Counts a bad frame; answers a version mismatch with our `Hello`.
+    /// Counts a bad frame; answers a version mismatch with our `Hello`. A frame whose
+    /// CRC holds (so its type is the sender's) but whose payload does not parse is taken
+    /// as what it meant, failing safe: a `Command` (more than `MAX_ACT` values, a length
+    /// that disagrees with its count) as an invalid one, answered with `InvalidCommand`
+    /// and the hold (it was only counted: the last command stayed in force until the
+    /// watchdog, and in lockstep no step came); an `Estop` with a payload as an `Estop`.
     pub fn on_frame_error(&mut self, now: Duration, err: &FrameError) {
         self.stats.frame_errors += 1;
+        match err {
+            FrameError::Payload {
+                msg_type: MessageType::Command,
+                ..
+            } => self.on_command(now, &[]),
+            FrameError::Payload {
+                msg_type: MessageType::Estop,
+                ..
+            } => self.on_estop(now),
+            _ => {}
+        }
         if let FrameError::Version { .. } = err {
             let due = self
                 .last_version_hello
@@ -533,6 +558,14 @@ impl SimFirmware {
                 self.send(now, Message::Hello(ours));
             }
         }
+    }
+
+    fn on_estop(&mut self, now: Duration) {
+        self.stats.estops += 1;
+        if !self.handshaken() {
+            self.stats.estops_before_handshake += 1;
+        }
+        self.estop(now);
     }
 
     fn start_episode(&mut self, now: Duration, seed: u64) {

@@ -603,6 +603,18 @@ fn counted_updates_per_step(config: &Config) -> usize {
     }
 }
 
+/// The share of each online step's rows drawn from the offline data:
+/// `optim.offline_fraction`, but all of them for `bc`, which imitates the
+/// demonstrations. Its online steps drew half their rows from its own rollouts (mostly
+/// failures where the reward is sparse) and imitated those too.
+fn online_offline_fraction(config: &Config) -> f32 {
+    if config.algo == Algo::Bc {
+        1.0
+    } else {
+        config.optim.offline_fraction
+    }
+}
+
 const METRICS_HEADER: &str = "step,critic_loss,q_mean,target_q_mean,denoiser_loss,policy_q,entropy,temperature,train_success_rate,train_return,updates_per_s";
 const EVAL_HEADER: &str = "step,success_rate,mean_return,mean_length,episodes";
 /// `finetune.csv` and `pretrain.csv`: learner metrics by update (means since the row
@@ -1060,7 +1072,7 @@ pub fn train(
             &mut batch_rng,
             &offline,
             &online,
-            config.optim.offline_fraction,
+            online_offline_fraction(config),
             config.optim.utd,
             config.optim.batch_size,
             &mut rows,
@@ -2035,6 +2047,32 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    /// `bc`'s online steps train on the demonstrations only (they drew half their rows
+    /// from its own rollouts); the other algorithms mix as `optim.offline_fraction` says.
+    #[test]
+    fn bc_draws_its_online_rows_from_the_offline_data_only() {
+        let (mut offline, mut online) = (Replay::new(1, 1, 64), Replay::new(1, 1, 64));
+        for i in 0..32 {
+            offline.push(&[i as f32], &[0.5], 0.0, &[0.0], false);
+            online.push(&[i as f32], &[-0.5], 0.0, &[0.0], false);
+        }
+        let mut c = Config::tiny();
+        let mut rng = Rng::new(3);
+        let mut rows = Vec::new();
+        for (algo, only_offline) in [(Algo::Bc, true), (Algo::Expo, false)] {
+            c.algo = algo;
+            let fraction = online_offline_fraction(&c);
+            draw_mixed(&mut rng, &offline, &online, fraction, 2, 64, &mut rows);
+            assert_eq!(rows.len(), 128);
+            let offline_rows = rows.iter().filter(|&&r| (r as usize) < 64).count();
+            assert_eq!(
+                offline_rows == rows.len(),
+                only_offline,
+                "{algo:?}: {offline_rows}"
+            );
+        }
+    }
+
     use super::*;
 
     /// A reward on a frame marked as an intervention is left out of training, and said

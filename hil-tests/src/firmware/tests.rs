@@ -621,6 +621,54 @@ fn version_mismatch_is_answered_with_our_hello_rate_limited() {
     assert_eq!(fw.stats().frame_errors, 4);
 }
 
+/// A `Command` whose CRC holds but whose payload does not parse (17 values; the decoder
+/// refuses it as `FrameError::Payload`) is an invalid command: answered with
+/// `InvalidCommand` and the hold, and in lockstep it takes its step. It was only counted:
+/// the last command stayed in force and no step came. An `Estop` with a payload stops.
+#[test]
+fn a_command_whose_payload_does_not_parse_is_an_invalid_command() {
+    use firmware_config::protocol::{Found, MessageType};
+    let task = TaskId::Push;
+    let mut fw = firmware(task, Pacing::Lockstep);
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    out(&mut fw);
+    let mut env = sim::make_env(task, EnvConfig::default());
+    let mut obs = vec![0.0; 10];
+    env.reset(2, &mut obs);
+    fw.on_frame(ms(10), command(&[1.0, 1.0]));
+    env.step(&[1.0, 1.0], &mut obs);
+    assert_eq!(out(&mut fw)[0], Message::sensor(0, 1, &obs).unwrap());
+    let malformed = |msg_type| FrameError::Payload {
+        msg_type,
+        reason: "too many values",
+        found: Found::Count { count: 17, max: 16 },
+    };
+    fw.on_frame_error(ms(20), &malformed(MessageType::Command));
+    env.step(&[0.0, 0.0], &mut obs);
+    assert_eq!(
+        out(&mut fw)[..2],
+        [
+            Message::Fault {
+                code: FaultCode::InvalidCommand
+            },
+            Message::sensor(0, 2, &obs).unwrap()
+        ],
+        "a hold step"
+    );
+    let s = fw.stats();
+    assert_eq!((s.invalid_commands, s.frame_errors), (1, 1));
+    fw.on_frame_error(ms(30), &malformed(MessageType::Estop));
+    assert_eq!(
+        out(&mut fw),
+        [Message::Fault {
+            code: FaultCode::Estop
+        }]
+    );
+    assert_eq!(fw.stats().estops, 1);
+    assert_eq!(fw.state(), FirmwareState::Estopped);
+}
+
 /// `version=1` simulates a firmware of protocol version 1 whole: its `Hello` says 1, and
 /// it reads none of our version-2 frames (each is a version mismatch, answered with its
 /// `Hello` at most once per period), so no handshake and no episode follow. (It rewrote
@@ -747,6 +795,25 @@ fn robot_file_must_fit_the_task() {
         err,
         "robot 'sim-maze' does not fit task push: observation.dim is 6 in the robot file, 10 in the task"
     );
+}
+
+/// A robot file of the task's sizes but another robot's channels is refused by the
+/// library too (`controller run --sim`, `bench-loop`), not only by the binary:
+/// arm-reach's file drove push under arm-reach's id and names.
+#[test]
+fn robot_file_of_another_task_of_the_same_sizes_is_refused() {
+    let opts = FirmwareOptions::new(TaskId::Push, RobotConfig::example("arm-reach").unwrap());
+    let err = SimFirmware::new(opts).err().unwrap().to_string();
+    assert!(
+        err.starts_with(
+            "robot 'sim-arm-reach': observation [0] is `q1`, task push's is `pusher_x`"
+        ) && err.contains("describes another robot than the task simulates"),
+        "{err}"
+    );
+    for task in [TaskId::Push, TaskId::Maze, TaskId::ArmReach] {
+        let robot = RobotConfig::example(task.name()).unwrap();
+        SimFirmware::new(FirmwareOptions::new(task, robot)).unwrap();
+    }
 }
 
 /// `sim_firmware --task push --gravity` is refused, as the Python bindings and `tools`
