@@ -43,6 +43,25 @@ pub fn noted_runs(dir: &Path) -> Result<Vec<String>, DatasetError> {
     runs_of(&InfoJson::read(dir)?, &meta::info_path(dir))
 }
 
+/// The runs [`DatasetWriter::note_partial_run`] noted in the dataset at `dir`, only
+/// some of whose episodes it holds: run id -> those episodes' numbers in the run (empty
+/// for a dataset that noted none). One of another shape is an error naming `info.json`.
+pub fn partial_runs(dir: &Path) -> Result<Vec<(String, Vec<u32>)>, DatasetError> {
+    let json = InfoJson::read(dir)?;
+    check_partial_runs(&json, &meta::info_path(dir))?;
+    let Some(runs) = json.extra.get(PARTIAL_RUNS).and_then(|v| v.as_object()) else {
+        return Ok(vec![]);
+    };
+    Ok(runs
+        .iter()
+        .map(|(id, episodes)| {
+            let numbers = episodes.as_array().into_iter().flatten();
+            let numbers = numbers.filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()));
+            (id.clone(), numbers.collect())
+        })
+        .collect())
+}
+
 /// Episodes the dataset at `dir` holds as committed (its `meta/info.json`): what a reader
 /// sees, whatever a writer that failed to finish had appended.
 pub fn committed_episodes(dir: &Path) -> Result<usize, DatasetError> {

@@ -100,6 +100,55 @@ fn the_checker_rejects_wrong_counts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("total_frames"));
 }
 
+/// The checker compares values, not only the layout: a dtype that does not match the
+/// column, statistics that are not the data's, and timestamps off `frame_index / fps`
+/// each fail it (it passed all three: a writer bug mirrored in our reader would have
+/// gone unseen).
+#[test]
+fn the_checker_reads_the_values() {
+    require_pyarrow();
+    for (what, tamper, want) in [
+        (
+            "dtype",
+            (
+                "info.json",
+                "/features/observation.state/dtype",
+                serde_json::json!("bool"),
+            ),
+            "column 'observation.state' holds float, its dtype says bool",
+        ),
+        (
+            "stats",
+            ("stats.json", "/action/mean/0", serde_json::json!(7.5)),
+            "action.mean[0] is 7.5, the data read gives",
+        ),
+        (
+            "fps",
+            ("info.json", "/fps", serde_json::json!(7)),
+            "row 1: timestamp 0.05000000074505806 is not frame_index / fps = 1/7",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_dataset(dir, &info(), &episodes(23, &[4, 6])).unwrap();
+        check(dir, 2, 10);
+        let (file, pointer, value) = tamper;
+        let path = dir.join("meta").join(file);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        *json.pointer_mut(pointer).unwrap() = value;
+        std::fs::write(&path, json.to_string()).unwrap();
+        let out = Command::new("python3")
+            .arg(script())
+            .args(["check", dir.to_str().unwrap(), "2", "10"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: passed");
+        assert!(err.contains(want), "{what}: {err}");
+    }
+}
+
 /// Expected value of the Python writer's `observation.state[i][j] = i + j/10`.
 fn val(i: usize, j: usize) -> f32 {
     (i as f64 + j as f64 / 10.0) as f32

@@ -37,7 +37,9 @@ Errors
 Wrong shapes, NaN/inf values and unknown task ids raise ``ValueError`` (the message
 lists the valid ids); non-floating dtypes raise ``TypeError``; stepping before
 ``reset`` or after the episode terminated or truncated raises :class:`ResetNeeded` (a
-``RuntimeError``).
+``RuntimeError``; an environment from ``gym.make`` raises Gymnasium's own
+``gymnasium.error.ResetNeeded`` before its first ``reset``, from its order-enforcing
+wrapper).
 
 Copying
 -------

@@ -108,6 +108,13 @@ pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Res
                 out.display()
             )
         })?;
+        // The rename itself made durable, as the empty directory's moves are: after a
+        // power cut a write reported done could be back under its partial name.
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        dataset::sync_dir(parent).with_context(|| format!("syncing {}", parent.display()))?;
     }
     Ok(value)
 }

@@ -87,8 +87,9 @@ enum Command {
 #[derive(Subcommand)]
 enum VizCommand {
     /// Every frame of a dataset on the timelines index (every episode one after another),
-    /// episode, frame_index and time (episodes drawn over each other), with the simulated
-    /// task's scene (arm links, puck, maze walls, goal) when it is one of ours.
+    /// episode, frame_index and time (every episode's frame k at one point: a plot over
+    /// these mixes the episodes; use index to see them apart), with the simulated task's
+    /// scene (arm links, puck, maze walls, goal) when it is one of ours.
     Dataset {
         /// The dataset directory.
         dir: PathBuf,
@@ -248,6 +249,20 @@ fn viz_command(command: VizCommand) -> Result<()> {
                 eprintln!(
                     "{}: {file}.csv's last line has no end of line (a row cut short as it \
                      was written): left out",
+                    dir.display()
+                );
+            }
+            for file in &w.empty {
+                eprintln!(
+                    "{}: {file}.csv is empty (its header was being written when the run \
+                     stopped?): left out",
+                    dir.display()
+                );
+            }
+            for (file, count, first) in &w.not_numbers {
+                eprintln!(
+                    "{}: {file}.csv: {count} cells are not finite numbers (NaN, inf or \
+                     text), left out of the plots; the first at {first}",
                     dir.display()
                 );
             }
@@ -588,10 +603,14 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
         let new = out.join(format!(".{}.new-{id}", task.name()));
         let built = (|| -> Result<()> {
             generate::generate(task, episodes, seed, EnvConfig::default(), &new)?;
+            // Synced with its directory: a marker lost to a power cut had the next
+            // `tools demo` refuse to replace its own dataset.
             std::fs::write(
                 new.join(DEMO_MARKER),
                 "written by `tools demo`; rerunning it replaces this dataset\n",
             )
+            .and_then(|()| std::fs::File::open(new.join(DEMO_MARKER))?.sync_all())
+            .and_then(|()| dataset::sync_dir(&new))
             .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
             // Checked before it replaces anything: a new dataset that does not validate
             // leaves the old one in place.
@@ -623,6 +642,8 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
             return Err(e)
                 .with_context(|| format!("moving {} to {}", new.display(), dir.display()));
         }
+        // The swap made durable before the old one goes.
+        dataset::sync_dir(out).with_context(|| format!("syncing {}", out.display()))?;
         if old.exists() {
             std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }

@@ -187,6 +187,138 @@ struct StartedWith {
 
 const OPTIONS_FILE: &str = "finetune-options.json";
 
+/// The controller runs whose recordings a finetune run's replay holds ([`DataRuns`]).
+const DATA_RUNS_FILE: &str = "data-runs.json";
+
+/// The controller runs whose recordings a finetune run trained on, by run id (a dataset
+/// the controller recorded notes the runs it holds in its `info.json`): the whole run
+/// (`episodes: None`), or the episodes a dataset holds of a run it holds in part (one
+/// `log-to-dataset --last-run` wrote from a killed run). A run's [`DATA_RUNS_FILE`]
+/// holds its `--data`'s and its `--from` run's, so that data already trained on (the
+/// same dataset twice, an earlier round's, one a controller `--out` reused across
+/// sessions appended to) is refused, not trained on twice. Data without run ids (generated
+/// or LeRobot datasets) is not tracked.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DataRuns {
+    runs: std::collections::BTreeMap<String, HeldRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct HeldRun {
+    /// The dataset it was read from.
+    dataset: PathBuf,
+    episodes: Option<std::collections::BTreeSet<u32>>,
+}
+
+impl HeldRun {
+    fn overlaps(&self, other: &HeldRun) -> bool {
+        match (&self.episodes, &other.episodes) {
+            (Some(a), Some(b)) => !a.is_disjoint(b),
+            _ => true,
+        }
+    }
+}
+
+impl DataRuns {
+    /// The runs of the finetune run at `dir`; none for a run without the file (a train
+    /// or pretrain run, or one from before it was kept).
+    fn of_run(dir: &Path) -> Result<Self> {
+        let path = dir.join(DATA_RUNS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{}: unreadable", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// The runs the dataset at `path` notes.
+    fn of_dataset(path: &Path) -> Result<Self> {
+        let read = || format!("{}: cannot read the dataset's runs", path.display());
+        let mut runs = std::collections::BTreeMap::new();
+        for id in dataset::noted_runs(path).with_context(read)? {
+            let held = HeldRun {
+                dataset: path.into(),
+                episodes: None,
+            };
+            runs.insert(id, held);
+        }
+        for (id, episodes) in dataset::partial_runs(path).with_context(read)? {
+            let held = HeldRun {
+                dataset: path.into(),
+                episodes: Some(episodes.into_iter().collect()),
+            };
+            runs.entry(id).or_insert(held);
+        }
+        Ok(DataRuns { runs })
+    }
+
+    /// The first run `other` holds that `self` holds too (in part: an episode of it), as
+    /// (id, where `self` has it from).
+    fn first_shared(&self, other: &DataRuns) -> Option<(&str, &Path)> {
+        other.runs.iter().find_map(|(id, theirs)| {
+            let (id, ours) = self.runs.get_key_value(id)?;
+            ours.overlaps(theirs)
+                .then_some((id.as_str(), ours.dataset.as_path()))
+        })
+    }
+
+    fn add(&mut self, other: DataRuns) {
+        for (id, theirs) in other.runs {
+            match self.runs.get_mut(&id) {
+                None => {
+                    self.runs.insert(id, theirs);
+                }
+                Some(ours) => match (&mut ours.episodes, theirs.episodes) {
+                    (Some(a), Some(b)) => a.extend(b),
+                    (episodes, _) => *episodes = None,
+                },
+            }
+        }
+    }
+
+    /// The runs of `o.from` and of every `o.data` dataset, each dataset's checked against
+    /// those before it, the source's and (mixed in) the offline data's: a run held twice
+    /// is an error naming the dataset, the run and where it is held already.
+    fn gather(o: &FinetuneOptions, config: &crate::config::Config) -> Result<Self> {
+        let mut held = Self::of_run(&o.from)?;
+        let offline = match (&config.run.dataset, o.with_offline) {
+            (Some(d), true) => Self::of_dataset(Path::new(d))?,
+            _ => Self::default(),
+        };
+        let mut seen: Vec<PathBuf> = Vec::new();
+        for path in &o.data {
+            // The same directory twice, named two ways: canonical paths compared.
+            let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            ensure!(
+                !seen.contains(&canonical),
+                "{}: given twice as --data: its transitions would be trained on twice",
+                path.display()
+            );
+            seen.push(canonical);
+            let runs = Self::of_dataset(path)?;
+            for (whose, other) in [
+                (format!("the run at {}", o.from.display()), &held),
+                ("the run's offline data (run.dataset)".to_string(), &offline),
+            ] {
+                if let Some((id, from)) = other.first_shared(&runs) {
+                    bail!(
+                        "{}: holds controller run {id}, whose recordings {whose} holds \
+                         already (from {}): it would be trained on twice. A dataset that \
+                         grew across sessions (one controller --out reused) holds the earlier \
+                         ones too: record each session into a new --out, and fine-tune on \
+                         the new ones only",
+                        path.display(),
+                        from.display()
+                    );
+                }
+            }
+            held.add(runs);
+        }
+        Ok(held)
+    }
+}
+
 /// `--updates` when not given.
 pub const DEFAULT_UPDATES: usize = 2000;
 
@@ -427,6 +559,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             !o.data.is_empty() || o.listen.is_some(),
             "no --data: give at least one recorded dataset (or --listen)"
         );
+        let data_runs = DataRuns::gather(o, &config)?;
         let expected = RecordedBy::of(&agent);
         let (episodes, successes) = append_robot_data(
             &mut online,
@@ -483,6 +616,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
                 OPTIONS_FILE,
                 serde_json::to_string_pretty(&StartedWith::of(o))?,
             ),
+            (DATA_RUNS_FILE, serde_json::to_string_pretty(&data_runs)?),
         ] {
             // Synced: a power cut must not leave the first checkpoint beside an empty
             // options file, which every `--resume` would refuse.

@@ -1,7 +1,7 @@
 //! Export parity: the bundle's graphs, run by the controller's runtime (tract, native),
 //! compute what the burn networks compute, and the whole selected action matches
-//! `Agent::act` for the same seed. Also writes a fixture for the Python onnxruntime and
-//! `onnx.checker` check (controller/tests/interop).
+//! `Agent::act` for the same seed. (onnxruntime and `onnx.checker` are run on synthetic
+//! bundles built by the same graph builders, in controller/tests/interop.rs, not on these.)
 
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;

@@ -602,3 +602,70 @@ fn finetune_leaves_out_the_datasets_held_out_splits() {
         "{e}"
     );
 }
+
+/// Recordings already trained on are refused by the controller run ids their datasets
+/// note: the same dataset twice, one the `--from` run holds, and episodes of a run held
+/// in part that another dataset holds too. They were trained on twice without a word.
+#[test]
+fn finetune_refuses_recordings_it_holds_already() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    tiny_run(&run);
+    let dataset_of = |name: &str, seed: u64, runs: serde_json::Value| {
+        let dir = tmp.path().join(name);
+        tools::generate::generate(TaskId::ArmReach, 2, seed, EnvConfig::default(), &dir).unwrap();
+        let info = dir.join("meta/info.json");
+        let mut j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
+        for (k, v) in runs.as_object().unwrap() {
+            j[k] = v.clone();
+        }
+        std::fs::write(&info, j.to_string()).unwrap();
+        dir
+    };
+    let d1 = dataset_of("d1", 1, serde_json::json!({"expo_runs": ["r1"]}));
+    let d2 = dataset_of("d2", 2, serde_json::json!({"expo_runs": ["r2"]}));
+    let part_a = dataset_of(
+        "pa",
+        3,
+        serde_json::json!({"expo_partial_runs": {"r3": [0, 1]}}),
+    );
+    let part_b = dataset_of(
+        "pb",
+        4,
+        serde_json::json!({"expo_partial_runs": {"r3": [2]}}),
+    );
+    let part_c = dataset_of(
+        "pc",
+        5,
+        serde_json::json!({"expo_partial_runs": {"r3": [1]}}),
+    );
+    let err = |o: &FinetuneOptions| format!("{:#}", finetune(o, &mut ()).unwrap_err());
+
+    let mut o = options(&run, &d1, &tmp.path().join("twice"));
+    o.data.push(tmp.path().join("d1/../d1"));
+    let e = err(&o);
+    assert!(e.contains("given twice as --data"), "{e}");
+
+    let round1 = tmp.path().join("round1");
+    let mut o = options(&run, &d1, &round1);
+    o.data.extend([part_a.clone(), part_b.clone()]);
+    finetune(&o, &mut ()).unwrap();
+    // Round 2 from it: d1 again is refused, naming the run and where it is held.
+    let e = err(&options(&round1, &d1, &tmp.path().join("round2")));
+    assert!(
+        e.contains(&format!(
+            "d1: holds controller run r1, whose recordings the run at {} holds already (from {})",
+            round1.display(),
+            d1.display()
+        )),
+        "{e}"
+    );
+    let e = err(&options(&round1, &part_c, &tmp.path().join("round2")));
+    assert!(e.contains("pc: holds controller run r3"), "{e}");
+    // New recordings are taken, and noted in their turn.
+    let round2 = tmp.path().join("round2");
+    finetune(&options(&round1, &d2, &round2), &mut ()).unwrap();
+    let e = err(&options(&round2, &d1, &tmp.path().join("round3")));
+    assert!(e.contains("d1: holds controller run r1"), "{e}");
+}

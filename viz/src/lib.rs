@@ -16,7 +16,7 @@
 //!  next.reward, next.success  Scalars   datasets: the step's reward and success (0/1)
 //!  intervention               Scalars   datasets: the operator's mark (0/1)
 //!  teleop                     Scalars   the action came from the teleop device (0/1)
-//!  scene/{walls,goal,object,obstacle,robot}
+//!  scene/{walls,goal,object,obstacle,robot}/{discs,links,boxes}
 //!                             2-D shapes of the simulated task, from the observation
 //!                                        (y negated: rerun's 2-D views draw y downwards,
 //!                                        the tasks' y points up)
@@ -46,9 +46,10 @@
 //! ```
 //!
 //! Timelines: `tick` (controller ticks), `time` (seconds since the run or episode
-//! started), `episode` (episode index; ticks between episodes have none), `index` and `frame_index` (datasets: the global
-//! frame index, which orders every episode one after another, and the frame within its
-//! episode), and a run CSV's first column (`step` or `update`).
+//! started), `episode` (episode index; ticks between episodes have none), `index` and
+//! `frame_index` (datasets: the global frame index, which orders every episode one after
+//! another, and the frame within its episode; datasets have no `tick`), and a run CSV's
+//! first column (`step` or `update`).
 
 use anyhow::{Context, Result, bail};
 use rerun::{Color, RecordingStream};

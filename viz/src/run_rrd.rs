@@ -11,12 +11,21 @@ pub struct RunRrd {
     /// Files whose last line had no end of line, and was left out: a row the trainer
     /// was appending when it was killed (or the disk filled).
     pub torn: Vec<String>,
+    /// Files with nothing in them, left out: a header the trainer was writing when it
+    /// was killed (or the disk filled). Another file of the run is still drawn.
+    pub empty: Vec<String>,
+    /// Per file, the cells that held something other than a finite number (`NaN`, `inf`,
+    /// text), left out of the plots, and where the first one was: a diverged run's
+    /// last row, the one that explains its end, would otherwise just end the curve.
+    pub not_numbers: Vec<(String, usize, String)>,
 }
 
 /// Logs every numeric column of every CSV file in the run directory `dir`
 /// (`metrics.csv`, `eval.csv`, `finetune.csv`, …) as `metrics/<file>/<column>`, on the
-/// timeline named by the file's first column (`step`, `update`). Empty cells and
-/// non-numbers are skipped; a file whose header is missing or whose rows have another
+/// timeline named by the file's first column (`step`, `update`). Empty cells are
+/// skipped, and so are cells that are not finite numbers, counted in
+/// [`RunRrd::not_numbers`]; an empty file is left out ([`RunRrd::empty`]) unless
+/// every file is; a file whose rows have another
 /// number of cells than its header is an error naming the file and line. A last line
 /// without an end of line is a row cut short (the trainer appends a row and its end
 /// of line; a kill or a full disk can come between): left out and named in
@@ -40,12 +49,22 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
     }
     // Every file is read and checked before the recording is opened: a bad line leaves
     // an earlier recording at `--out` as it was.
-    let parsed = csvs
-        .iter()
-        .map(|p| parse_csv(p))
-        .collect::<Result<Vec<_>>>()?;
+    let mut out = RunRrd::default();
+    let mut parsed = Vec::new();
+    for p in &csvs {
+        match parse_csv(p)? {
+            Some(csv) => parsed.push(csv),
+            None => out.empty.push(stem_of(p)),
+        }
+    }
+    if parsed.is_empty() {
+        bail!(
+            "{}: every CSV file is empty ({}.csv)",
+            dir.display(),
+            out.empty.join(".csv, ")
+        );
+    }
     Recorder::open("expo_run", target)?.record(|rec| {
-        let mut out = RunRrd::default();
         for csv in parsed {
             // A time set stays on the stream until changed: without this, a file's rows
             // would also be filed at the previous file's last value of its own timeline.
@@ -64,10 +83,17 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
             if csv.torn {
                 out.torn.push(csv.stem.clone());
             }
+            if let Some((count, first)) = csv.not_numbers {
+                out.not_numbers.push((csv.stem.clone(), count, first));
+            }
             out.files.push((csv.stem, csv.rows.len()));
         }
         Ok(out)
     })
+}
+
+fn stem_of(path: &Path) -> String {
+    path_part(&path.file_stem().unwrap_or_default().to_string_lossy())
 }
 
 /// One CSV file of a run, checked.
@@ -82,22 +108,26 @@ struct RunCsv {
     rows: Vec<(i64, Vec<Option<f64>>)>,
     /// Its last line had no end of line and was left out.
     torn: bool,
+    /// How many non-empty cells were not finite numbers, and the first one's place.
+    not_numbers: Option<(usize, String)>,
 }
 
-fn parse_csv(path: &Path) -> Result<RunCsv> {
+/// The file checked, or `None` when it holds nothing (not even a header).
+fn parse_csv(path: &Path) -> Result<Option<RunCsv>> {
     let text = read_text(path)?;
     let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        bail!("{}: empty file (no header)", path.display());
+    let Some(header) = lines.next().filter(|h| !h.trim().is_empty()) else {
+        return Ok(None);
     };
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-    let stem = path_part(&path.file_stem().unwrap_or_default().to_string_lossy());
+    let stem = stem_of(path);
     rerun::TimelineName::try_new(cols[0])
         .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0]))?;
     let entities = crate::paths(&format!("metrics/{stem}"), &cols[1..]);
     let mut body: Vec<&str> = lines.collect();
     let torn = !text.ends_with('\n') && body.pop().is_some();
     let mut rows = Vec::new();
+    let mut not_numbers: Option<(usize, String)> = None;
     for (i, line) in body.into_iter().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -125,15 +155,25 @@ fn parse_csv(path: &Path) -> Result<RunCsv> {
         };
         let values = cells[1..]
             .iter()
-            .map(|c| c.parse::<f64>().ok().filter(|v| v.is_finite()))
+            .zip(&cols[1..])
+            .map(|(c, col)| {
+                let v = c.parse::<f64>().ok().filter(|v| v.is_finite());
+                if v.is_none() && !c.is_empty() {
+                    let (count, _) = not_numbers
+                        .get_or_insert_with(|| (0, format!("line {}, {col} {c:?}", i + 2)));
+                    *count += 1;
+                }
+                v
+            })
             .collect();
         rows.push((x, values));
     }
-    Ok(RunCsv {
+    Ok(Some(RunCsv {
         stem,
         timeline: cols[0].to_string(),
         entities,
         rows,
         torn,
-    })
+        not_numbers,
+    }))
 }

@@ -135,6 +135,44 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     assert_eq!(std::fs::read(&rrd).unwrap(), good);
 }
 
+/// An empty CSV file (a header the trainer was writing as it was killed) is left out and
+/// named, not a refusal of the whole run; cells that are not finite numbers (a diverged
+/// run's `NaN` row, a typo) are counted and the first one placed (they were dropped
+/// without a word).
+#[test]
+fn a_runs_empty_file_and_non_numbers_are_left_out_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("metrics.csv"),
+        "step,critic_loss,q_mean\n100,0.5,1.0\n200,0.5x,\n300,NaN,inf\n",
+    )
+    .unwrap();
+    std::fs::write(run.join("eval.csv"), "").unwrap();
+    let rrd = tmp.path().join("run.rrd");
+    let w = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
+    assert_eq!(w.files, [("metrics".into(), 3)]);
+    assert_eq!(w.empty, ["eval"]);
+    assert_eq!(
+        w.not_numbers,
+        [("metrics".into(), 3, "line 3, critic_loss \"0.5x\"".into())]
+    );
+    let rows = verified_rows(&rrd);
+    assert_eq!(
+        rows.get("/metrics/metrics/critic_loss"),
+        Some(&1),
+        "{rows:?}"
+    );
+    // Nothing but empty files: refused.
+    std::fs::remove_file(run.join("metrics.csv")).unwrap();
+    let err = viz::run_to_rrd(&run, &Target::File(tmp.path().join("b.rrd"))).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("every CSV file is empty (eval.csv)"),
+        "{err:#}"
+    );
+}
+
 /// The policy's last choice goes from the view once the policy stops driving (a safe
 /// stop's ticks, which act with no policy step): it stayed drawn as the selected action.
 /// A running tick that did not act (no fresh frame: the last command stands) keeps it.

@@ -4,8 +4,10 @@ pyarrow (and so LeRobot / HF datasets) sees it. Needs only pyarrow + stdlib.
 
   check DIR EXPECTED_EPISODES EXPECTED_FRAMES
       Open DIR with pyarrow and assert the v3 layout: info.json fields, every
-      feature present as a data column, per-episode ranges in meta/episodes
-      matching the data rows, tasks.parquet readable, stats.json keys.
+      feature present as a data column of its declared dtype, per-episode ranges
+      in meta/episodes matching the data rows, timestamps at frame_index / fps
+      (LeRobot's 1e-4 s tolerance), tasks.parquet readable, stats.json entries
+      whose min/max/mean/std/count are those of the values pyarrow reads.
       Exits 1 with a message on the first mismatch; prints a one-line summary.
 
   write DIR [--success]
@@ -54,6 +56,17 @@ EPISODE_COLUMNS = [
     "dataset_to_index",
 ]
 STATS_KEYS = ["min", "max", "mean", "std", "count"]
+# A feature's `dtype` -> the Arrow type of its values (of the list's items for a vector).
+ARROW_TYPES = {
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+}
+# LeRobot's `check_timestamps_sync` tolerance.
+TIMESTAMP_TOLERANCE_S = 1e-4
 
 
 def fail(msg):
@@ -118,6 +131,9 @@ def check(root, want_episodes, want_frames):
                f"{ep_files[0]}: episode {e}: range does not match length {ep['length']}")
         by_file.setdefault((ep["data/chunk_index"], ep["data/file_index"]), []).append(ep)
     total_rows = 0
+    # The numeric features, whose statistics are recomputed from the values read.
+    stats_wanted = [k for k, f in features.items() if f["dtype"] in ("float32", "float64", "int64", "int32", "bool")]
+    stats_values = {}
     for (chunk, file), eps in sorted(by_file.items()):
         path = os.path.join(root, info["data_path"].format(chunk_index=chunk, file_index=file))
         table = read_table(path)
@@ -134,6 +150,12 @@ def check(root, want_episodes, want_frames):
                 expect(not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ)
                             or pa.types.is_large_list(typ)),
                        f"{path}: column {key!r} of shape [1] is a list ({typ}); LeRobot reads a plain value")
+            is_list = pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)
+            value_type = typ.value_type if is_list else typ
+            want_type = ARROW_TYPES.get(feat["dtype"])
+            expect(want_type is not None, f"{info_path}: feature {key!r} has unknown dtype {feat['dtype']!r}")
+            expect(value_type == want_type,
+                   f"{path}: column {key!r} holds {value_type}, its dtype says {feat['dtype']}")
             if pa.types.is_fixed_size_list(typ):
                 expect(typ.list_size == n, f"{path}: column {key!r} has list size {typ.list_size}, shape says {n}")
             elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
@@ -141,7 +163,12 @@ def check(root, want_episodes, want_frames):
                 expect(lens <= {n}, f"{path}: column {key!r} has list lengths {lens}, shape says {n}")
             else:
                 expect(n == 1, f"{path}: column {key!r} is scalar {typ}, shape says {feat['shape']}")
-        cols = table.select(["episode_index", "frame_index", "index"]).to_pydict()
+        cols = table.select(["episode_index", "frame_index", "index", "timestamp"]).to_pydict()
+        for r, (f, t) in enumerate(zip(cols["frame_index"], cols["timestamp"])):
+            expect(abs(t - f / info["fps"]) <= TIMESTAMP_TOLERANCE_S,
+                   f"{path}: row {r}: timestamp {t} is not frame_index / fps = {f}/{info['fps']}")
+        for key in stats_wanted:
+            stats_values.setdefault(key, []).extend(rows_of(table.column(key)))
         for ep in eps:
             e = ep["episode_index"]
             rows = [r for r, x in enumerate(cols["episode_index"]) if x == e]
@@ -185,9 +212,21 @@ def check(root, want_episodes, want_frames):
             for s in ("min", "max", "mean", "std"):
                 expect(len(entry[s]) == n, f"{stats_path}: {key}.{s} has {len(entry[s])} values, shape says {n}")
             expect(entry["count"] == [want_frames], f"{stats_path}: {key}.count {entry['count']} != [{want_frames}]")
+            if key in stats_values:
+                computed = stats_of(stats_values[key])
+                for s in ("min", "max", "mean", "std"):
+                    for j, (got, want) in enumerate(zip(entry[s], computed[s])):
+                        expect(abs(got - want) <= 1e-4 * max(1.0, abs(got), abs(want)),
+                               f"{stats_path}: {key}.{s}[{j}] is {got}, the data read gives {want}")
 
     print(f"ok: {root}: {want_episodes} episodes, {want_frames} frames, {len(by_file)} data files, "
           f"{tasks.num_rows} tasks, {len(features)} features")
+
+
+def rows_of(column):
+    """The rows of a column as vectors of floats (a scalar column's as one-value ones)."""
+    values = column.to_pylist()
+    return [[float(x) for x in v] if isinstance(v, list) else [float(v)] for v in values]
 
 
 def stats_of(rows):
