@@ -292,7 +292,7 @@ struct RunArgs {
     sim_faults: String,
     /// Stream the transition log to a trainer (`trainer finetune --listen`) at this
     /// address, e.g. `10.0.0.2:7878`; needs --uplink-key.
-    #[arg(long, requires = "uplink_key")]
+    #[arg(long, requires = "uplink_key", value_parser = uplink_address)]
     uplink: Option<String>,
     /// The shared key of the link (`trainer uplink-keygen`; the same file on both hosts).
     #[arg(long, requires = "uplink")]
@@ -1456,8 +1456,47 @@ fn main() -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// `--uplink`: `HOST:PORT` (an IPv6 address in brackets, a port from 1 to 65535),
+/// checked as the flag is read. It was resolved only by the streamer, after the
+/// handshake: `10.0.0.2` without a port ran every episode retrying an address that
+/// could never connect, then drained for 30 s. (Names are resolved when connecting: a
+/// trainer's host may come up later.)
+fn uplink_address(raw: &str) -> Result<String, String> {
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err("no port: give HOST:PORT, e.g. 10.0.0.2:7878".into());
+    };
+    if host.is_empty() {
+        return Err("no host: give HOST:PORT, e.g. 10.0.0.2:7878".into());
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err("an IPv6 address goes in brackets: [ADDRESS]:PORT".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(raw.to_string()),
+        _ => Err(format!("port {port:?} is not a number from 1 to 65535")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uplink_addresses_are_checked_as_the_flag_is_read() {
+        for good in ["10.0.0.2:7878", "trainer.local:7878", "[::1]:7878"] {
+            assert_eq!(super::uplink_address(good).as_deref(), Ok(good));
+        }
+        for (bad, why) in [
+            ("10.0.0.2", "no port"),
+            (":7878", "no host"),
+            ("::1", "in brackets"),
+            ("host:0", "port \"0\" is not a number from 1 to 65535"),
+            ("host:99999", "port \"99999\""),
+            ("host:", "port \"\""),
+        ] {
+            let e = super::uplink_address(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     fn run_args(extra: &[&str]) -> RunArgs {

@@ -1919,6 +1919,62 @@ fn bundle_that_does_not_fit_the_robot_is_refused() {
     );
 }
 
+/// A bundle trained at another rate than the robot file's `control_hz` (format 5's
+/// `action.control_hz`) is refused before the port is opened: it ran, each of its
+/// actions meant for another length of time. At the robot's rate it goes on to the port.
+#[test]
+fn bundle_trained_at_another_rate_is_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let push = example_robot_file(dir.path(), "push");
+    let with_rate = |hz: u32| {
+        let b = dir.path().join(format!("bundle-{hz}"));
+        shared_model::synthetic::SyntheticSpec::cpu()
+            .write(&b, 3, None)
+            .unwrap();
+        let manifest = b.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(
+            text.contains("[action]\n") && text.contains("format_version = 1\n"),
+            "{text}"
+        );
+        let text = text
+            .replace("format_version = 1\n", "format_version = 5\n")
+            .replace("[action]\n", &format!("[action]\ncontrol_hz = {hz}\n"));
+        std::fs::write(&manifest, text).unwrap();
+        b
+    };
+    let run = |bundle: &Path, out: &str| {
+        finish(
+            Command::new(BIN)
+                .args(["run", "--allow-unsigned", "--port", "/dev/null-none"])
+                .arg("--bundle")
+                .arg(bundle)
+                .arg("--robot")
+                .arg(&push)
+                .arg("--out")
+                .arg(dir.path().join(out))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let out = run(&with_rate(10), "ten");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "the bundle was trained on steps at 10 Hz, the robot 'sim-push' runs at control_hz = 20"
+        ),
+        "{out:?}"
+    );
+    let out = run(&with_rate(20), "twenty");
+    assert!(
+        !out.stderr.contains("Hz, the robot") && out.stderr.contains("/dev/null-none"),
+        "{out:?}"
+    );
+}
+
 /// On a robot, a run without `--seed` draws one of its own and prints it: sessions that
 /// all used seed 0 streamed the same exploration noise to the trainer. A given seed is
 /// kept (and not printed).

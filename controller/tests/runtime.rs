@@ -944,6 +944,25 @@ fn a_chunk_manifest_must_say_format_2_and_a_sane_horizon() {
             .to_string();
         assert!(e.contains(want), "{k}, {version}: {e}");
     }
+    // The rate it was trained at (format 5), above zero.
+    let with_rate = |hz: u32, version: u32| {
+        text.replace("format_version = 2", &format!("format_version = {version}"))
+            .replace("horizon = 4", &format!("horizon = 4\ncontrol_hz = {hz}"))
+    };
+    fs::write(&path, with_rate(50, 5)).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    assert_eq!(b.manifest.action.control_hz, Some(50));
+    for (hz, version, want) in [
+        (50, 4, "action.control_hz = 50 needs format_version 5"),
+        (0, 5, "action.control_hz = 0: a rate must be above zero"),
+    ] {
+        fs::write(&path, with_rate(hz, version)).unwrap();
+        let e = load_bundle(dir.path(), &Trust::AllowUnsigned)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{hz}, {version}: {e}");
+    }
 }
 
 /// Bundles whose hashes and declared inputs check out but whose networks would not run

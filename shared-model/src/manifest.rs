@@ -36,11 +36,13 @@ use thiserror::Error;
 
 /// The newest bundle format this code reads. Format 2 adds `action.horizon` (action
 /// chunks), format 3 `action.replan_every` (how the training run played them), format 4
-/// `networks.edit_log_std` (a clipped log-std head, `Clip` in the edit graph); a
+/// `networks.edit_log_std` (a clipped log-std head, `Clip` in the edit graph), format 5
+/// `action.control_hz` (the rate it was trained at, which the trainer writes in every
+/// bundle since 2026-12-06: older controllers refuse those by their version); a
 /// bundle is written in the oldest format that holds what it uses
 /// ([`Manifest::required_format`]), so older controllers keep loading every bundle
 /// they can run, and refuse a newer one by its version ([`BundleError::NewerFormat`]).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The longest action chunk a bundle may declare (as the trainer's
 /// `MAX_ACTION_HORIZON`).
@@ -149,6 +151,12 @@ pub struct ActionSpec {
     /// = 0, whole chunks). The controller plays chunks this way unless told otherwise.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replan_every: usize,
+    /// The rate, Hz, of the steps the bundle was trained on (its data's `fps`, the
+    /// simulated task's control rate; format 5; absent in older bundles): a step of the
+    /// policy is `1/control_hz` s for its chunks and its critics' discount, and the
+    /// controller refuses a robot file of another `control_hz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_hz: Option<u32>,
 }
 
 fn one() -> usize {
@@ -238,10 +246,12 @@ struct MatrixSizes {
 }
 
 impl Manifest {
-    /// The oldest format that holds this manifest: 4 with a clipped log-std head, 3 with
-    /// `action.replan_every`, 2 with action chunks, else 1.
+    /// The oldest format that holds this manifest: 5 with `action.control_hz`, 4 with a
+    /// clipped log-std head, 3 with `action.replan_every`, 2 with action chunks, else 1.
     pub fn required_format(&self) -> u32 {
-        if self.networks.edit_log_std != LogStdHead::Tanh {
+        if self.action.control_hz.is_some() {
+            5
+        } else if self.networks.edit_log_std != LogStdHead::Tanh {
             4
         } else if self.action.replan_every != 0 {
             3
@@ -1295,6 +1305,17 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             "action.horizon = {} needs format_version 2 (found {})",
             a.horizon, m.format_version
         ));
+    }
+    if let Some(hz) = a.control_hz {
+        if hz == 0 {
+            return Err("action.control_hz = 0: a rate must be above zero".into());
+        }
+        if m.format_version < 5 {
+            return Err(format!(
+                "action.control_hz = {hz} needs format_version 5 (found {})",
+                m.format_version
+            ));
+        }
     }
     if !m.networks.edit_log_std.is_tanh() && m.format_version < 4 {
         return Err(format!(

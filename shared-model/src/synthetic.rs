@@ -215,6 +215,7 @@ impl SyntheticSpec {
                 high: vec![1.0; self.act_dim],
                 horizon: self.horizon,
                 replan_every: 0,
+                control_hz: None,
             },
             diffusion: DiffusionSpec {
                 schedule: "vp".into(),

@@ -637,13 +637,19 @@ impl KernelMarks {
 
     fn from_env(device: &Device) -> Option<Self> {
         let path = std::env::var_os(Self::ENV)?;
-        let file = std::fs::File::create(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: cannot create {}: {e}",
-                Self::ENV,
-                path.to_string_lossy()
-            )
-        });
+        // Said, not a panic (every command builds an agent, and exited 101 on an
+        // unwritable path): the run goes on without marks.
+        let file = match std::fs::File::create(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: cannot create {:?}: {e}; no kernel marks are written",
+                    Self::ENV,
+                    path.to_string_lossy()
+                );
+                return None;
+            }
+        };
         Some(KernelMarks {
             one: Tensor::ones([1], device),
             names: file,

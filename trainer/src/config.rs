@@ -859,6 +859,21 @@ impl Config {
             self.optim.utd,
             self.optim.batch_size
         );
+        // The TD target runs the denoiser's chain on num_samples candidates of every
+        // row, its noise drawn up front: capped as the rows are (each within its cap,
+        // N = 1024 at 2^22 rows asked for 32 GiB buffers and aborted).
+        if self.algo.selects_with_critic() {
+            let candidates = rows.saturating_mul(e.num_samples);
+            anyhow::ensure!(
+                candidates <= MAX_ROWS_PER_STEP,
+                "optim.utd x optim.batch_size x expo.num_samples must be at most \
+                 {MAX_ROWS_PER_STEP} candidate rows per step (the TD target's chains), not \
+                 {} x {} x {} = {candidates}",
+                self.optim.utd,
+                self.optim.batch_size,
+                e.num_samples
+            );
+        }
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.optim.offline_fraction),
             "optim.offline_fraction must be in [0, 1], not {}",
@@ -905,13 +920,17 @@ impl Config {
             .saturating_add(mul(n.fourier_features + th, th))
             .saturating_add(mul(od + ad + th, h))
             .saturating_add(mul(h, ad));
-        let critic = if self.algo.selects_with_critic() {
+        // Every algorithm but bc trains critics (rlpd's are in no bundle, but were not
+        // capped at all: an ensemble of terabytes aborted on its allocation).
+        let critic = if self.algo != Algo::Bc {
             mlp(od + ad, &n.critic_widths, 1).saturating_mul(n.num_critics as u64)
         } else {
             0
         };
         let edit = match self.algo {
             Algo::Expo => mlp(od + ad, &n.critic_widths, 2 * ad),
+            // rlpd's actor: the observation alone in, the edit policy's widths.
+            Algo::Rlpd => mlp(od, &n.critic_widths, 2 * ad),
             _ => 0,
         };
         let max_floats = shared_model::manifest::MAX_GRAPH_BYTES / 4;
@@ -923,7 +942,7 @@ impl Config {
         for (what, floats) in [
             ("the denoiser", denoiser),
             ("the critic ensemble", critic),
-            ("the edit policy", edit),
+            ("the edit policy (rlpd: the actor)", edit),
         ] {
             ensure!(
                 floats <= max_floats,
@@ -1434,6 +1453,31 @@ mod tests {
         let err = Config::resolve("cpu", None, &keys).unwrap_err();
         assert!(
             format!("{err:#}").contains("optim.utd x optim.batch_size must be at most 4194304"),
+            "{err:#}"
+        );
+        // Rows within the cap, each with 1024 candidates in the TD target's chains.
+        let keys = [
+            "optim.utd=64".into(),
+            "optim.batch_size=65536".into(),
+            "expo.num_samples=1024".into(),
+        ];
+        let err = Config::resolve("cpu", None, &keys).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(
+                "optim.utd x optim.batch_size x expo.num_samples must be at most 4194304 \
+                 candidate rows per step (the TD target's chains), not 64 x 65536 x 1024"
+            ),
+            "{err:#}"
+        );
+        // rlpd's critics and actor are capped too (they were not: no bundle holds them).
+        let keys = [
+            "algo=\"rlpd\"".into(),
+            "net.num_critics=256".into(),
+            "net.critic_widths=[65536, 65536]".into(),
+        ];
+        let err = Config::resolve("cpu", None, &keys).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("the critic ensemble would hold"),
             "{err:#}"
         );
         // Each size within its cap, together more activations than a bundle may hold;

@@ -220,6 +220,13 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             } else {
                 0
             },
+            // The rate of the steps it was trained on: the controller refuses a robot
+            // file of another (a chunk and the discount are per step).
+            control_hz: Some(match (c.task.sim(), &agent.robot) {
+                (Some(t), _) => t.spec().control_hz,
+                (None, Some(r)) => r.fps,
+                (None, None) => bail!("a robot run without its robot's description"),
+            }),
         },
         diffusion: DiffusionSpec {
             schedule: "vp".into(),

@@ -278,14 +278,16 @@ impl DataRuns {
     }
 
     /// The runs of `o.from` and of every `o.data` dataset, each dataset's checked against
-    /// those before it, the source's and (mixed in) the offline data's: a run held twice
-    /// is an error naming the dataset, the run and where it is held already.
+    /// the source's, the offline data's (mixed in) and those before it: a run held twice
+    /// is an error naming the dataset, the run and where it is held already. Datasets
+    /// are named by their canonical paths.
     fn gather(o: &FinetuneOptions, config: &crate::config::Config) -> Result<Self> {
-        let mut held = Self::of_run(&o.from)?;
+        let source = Self::of_run(&o.from)?;
         let offline = match (&config.run.dataset, o.with_offline) {
             (Some(d), true) => Self::of_dataset(Path::new(d))?,
             _ => Self::default(),
         };
+        let mut given = Self::default();
         let mut seen: Vec<PathBuf> = Vec::new();
         for path in &o.data {
             // The same directory twice, named two ways: canonical paths compared.
@@ -295,11 +297,15 @@ impl DataRuns {
                 "{}: given twice as --data: its transitions would be trained on twice",
                 path.display()
             );
-            seen.push(canonical);
-            let runs = Self::of_dataset(path)?;
+            seen.push(canonical.clone());
+            let mut runs = Self::of_dataset(path)?;
+            for held in runs.runs.values_mut() {
+                held.dataset = canonical.clone();
+            }
             for (whose, other) in [
-                (format!("the run at {}", o.from.display()), &held),
+                (format!("the run at {}", o.from.display()), &source),
                 ("the run's offline data (run.dataset)".to_string(), &offline),
+                ("another --data".to_string(), &given),
             ] {
                 if let Some((id, from)) = other.first_shared(&runs) {
                     bail!(
@@ -313,8 +319,10 @@ impl DataRuns {
                     );
                 }
             }
-            held.add(runs);
+            given.add(runs);
         }
+        let mut held = source;
+        held.add(given);
         Ok(held)
     }
 }
@@ -740,9 +748,6 @@ pub struct RecordedBy {
     /// recorded under several names (`sim/push`, `sim-push`, a robot file's).
     robot: Option<String>,
     observation_names: Vec<String>,
-    /// The run's action channels, where its data named them: other names only warn (a
-    /// recorder's `shoulder.pos` and a robot file's joint `shoulder` name one channel).
-    action_names: Vec<String>,
     /// The rate the run's data was recorded at, Hz: one step is `1/fps` s for the
     /// discount, the action chunks and the critics' values.
     fps: Option<u32>,
@@ -756,7 +761,6 @@ impl RecordedBy {
             (Some(r), _) => RecordedBy {
                 robot: Some(r.name.clone()),
                 observation_names: r.observation_names.clone(),
-                action_names: r.action_names.clone(),
                 fps: Some(r.fps),
                 sim_task: None,
             },
@@ -764,7 +768,6 @@ impl RecordedBy {
             (None, None) => RecordedBy {
                 robot: None,
                 observation_names: vec![],
-                action_names: vec![],
                 fps: None,
                 sim_task: None,
             },
@@ -777,56 +780,30 @@ impl RecordedBy {
             robot: None,
             sim_task: Some(task),
             observation_names: names(task.spec().obs_names),
-            action_names: names(task.spec().action_names),
             fps: Some(task.spec().control_hz),
         }
     }
 
     /// Observation names that differ (where both sides name them) are an error: the
     /// same sizes with other channels would train the networks on the wrong inputs. A
-    /// robot of another name with the same channels, or other action names, is only a
-    /// warning (a robot file renamed, demonstrations from another recorder), returned.
-    /// Another recording rate is an error.
+    /// robot of another name with the same channels is only a warning (a robot file
+    /// renamed, demonstrations from another recorder), returned. Another recording rate
+    /// is an error. Action names are not compared: the controller names actions after
+    /// the robot file's joints, other recorders otherwise (`shoulder` and
+    /// `shoulder.pos`, or a simulated task's `vx_command`), for the same channels.
     fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<Vec<String>> {
         let mut warnings = vec![];
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
             bail!("{}: {differ}", path.display());
         }
-        if let Some(fps) = self.fps {
-            ensure!(
-                info.fps == fps,
-                "{}: recorded at {} Hz, the run's data at {fps} Hz: a step of it is another \
-                 length of time (the discount, the action chunks and the critics' values are \
-                 per step); fine-tune on data recorded at the run's rate",
-                path.display(),
-                info.fps
+        if let Some(differ) = self.rate_differs(info.fps) {
+            bail!(
+                "{}: {differ}; fine-tune on data recorded at the run's rate",
+                path.display()
             );
         }
         if let Some(task) = self.sim_task {
             crate::robot::refuse_sim_variant(&path.display().to_string(), &info.robot_type, task)?;
-        }
-        let named = |names: &[String]| {
-            !names
-                .iter()
-                .enumerate()
-                .all(|(i, n)| *n == format!("{}.{i}", dataset::cols::ACTION))
-        };
-        if named(&self.action_names)
-            && named(&info.action_names)
-            && let Some(i) = firmware_config::config::first_name_difference(
-                &self.action_names,
-                &info.action_names,
-            )
-        {
-            warnings.push(format!(
-                "{}: action names differ from the run's, first at [{i}] (`{}` in the dataset, \
-                 `{}` in the run): are its actuators in the run's order? (the run's: {}); \
-                 fine-tuning on it",
-                path.display(),
-                info.action_names[i],
-                self.action_names[i],
-                self.action_names.join(", ")
-            ));
         }
         if let Some(robot) = &self.robot
             && info.robot_type.trim() != robot
@@ -844,13 +821,31 @@ impl RecordedBy {
     /// Only observation names (tests).
     #[cfg(test)]
     pub(crate) fn named(observation_names: Vec<String>) -> Self {
+        Self::named_at(observation_names, None)
+    }
+
+    /// Observation names and the data's rate (tests).
+    #[cfg(test)]
+    pub(crate) fn named_at(observation_names: Vec<String>, fps: Option<u32>) -> Self {
         RecordedBy {
             robot: None,
             observation_names,
-            action_names: vec![],
-            fps: None,
+            fps,
             sim_task: None,
         }
+    }
+
+    /// A recording rate other than the run's data's, as an error message; `None` when
+    /// they agree or the run's is not known.
+    pub fn rate_differs(&self, fps: u32) -> Option<String> {
+        let ours = self.fps?;
+        (fps != ours).then(|| {
+            format!(
+                "recorded at {fps} Hz, the run's data at {ours} Hz: a step of it is another \
+                 length of time (the discount, the action chunks and the critics' values are \
+                 per step)"
+            )
+        })
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation
@@ -1070,7 +1065,6 @@ mod tests {
         let expected = RecordedBy {
             robot: None,
             observation_names: vec![],
-            action_names: vec![],
             fps: None,
             sim_task: Some(task),
         };
@@ -1107,57 +1101,30 @@ mod tests {
         expected.check(path, &info("lab-arm")).unwrap();
     }
 
-    /// Data recorded at another rate than the run's is refused (it was trained on, each
-    /// step taken as the run's length of time); other action names warn (only the
-    /// observation names were compared), made-up ones (`action.0`) say nothing.
+    /// Data recorded at another rate than the run's is refused: it was trained on, each
+    /// step taken as the run's length of time.
     #[test]
-    fn finetune_data_of_another_rate_is_refused_and_other_action_names_warn() {
+    fn finetune_data_of_another_rate_is_refused() {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let expected = RecordedBy {
             robot: Some("lab-arm".into()),
             observation_names: names(&["q0", "q1"]),
-            action_names: names(&["shoulder", "elbow"]),
             fps: Some(20),
             sim_task: None,
         };
-        let info = |fps: u32, actions: &[&str]| dataset::DatasetInfo {
+        let info = |fps: u32| dataset::DatasetInfo {
             robot_type: "lab-arm".into(),
             fps,
             task: String::new(),
             observation_names: names(&["q0", "q1"]),
-            action_names: names(actions),
+            action_names: names(&["shoulder", "elbow"]),
         };
         let path = Path::new("robot-data");
-        assert!(
-            expected
-                .check(path, &info(20, &["shoulder", "elbow"]))
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            expected
-                .check(path, &info(20, &["action.0", "action.1"]))
-                .unwrap()
-                .is_empty()
-        );
-        let e = expected
-            .check(path, &info(50, &["shoulder", "elbow"]))
-            .unwrap_err()
-            .to_string();
+        assert!(expected.check(path, &info(20)).unwrap().is_empty());
+        let e = expected.check(path, &info(50)).unwrap_err().to_string();
         assert!(
             e.contains("robot-data: recorded at 50 Hz, the run's data at 20 Hz"),
             "{e}"
-        );
-        let w = expected
-            .check(path, &info(20, &["elbow", "shoulder"]))
-            .unwrap();
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(
-            w[0].contains(
-                "action names differ from the run's, first at [0] (`elbow` in the \
-                 dataset, `shoulder` in the run)"
-            ),
-            "{w:?}"
         );
         // The simulated task's rate is its data's (maze steps at 10 Hz).
         let maze = RecordedBy::of_sim_task(sim::TaskId::Maze);

@@ -285,7 +285,11 @@ impl Check {
         match rec {
             Record::Run(run) => self
                 .recorded_by
-                .names_differ(&run.observation_names, "the robot's stream"),
+                .names_differ(&run.observation_names, "the robot's stream")
+                .or_else(|| {
+                    let differ = self.recorded_by.rate_differs(run.fps)?;
+                    Some(format!("the robot's stream was {differ}"))
+                }),
             Record::Transition(t) => {
                 let (od, ad) = self.dims;
                 (t.obs().len() != od || t.action().len() != ad).then(|| {
@@ -1324,6 +1328,37 @@ mod tests {
             "{e}"
         );
         assert_eq!(receiver.next_index("other"), Ok(0));
+    }
+
+    /// A robot stream recorded at another rate than the run's data is refused at its
+    /// run-start record, as `finetune --data` refuses such a dataset (it was trained on,
+    /// each step taken as the run's length of time).
+    #[test]
+    fn a_stream_at_another_rate_is_refused() {
+        use controller::robot_loop::log::RunStart;
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let check = Check {
+            dims: (3, 2),
+            recorded_by: crate::finetune::RecordedBy::named_at(names(&["a", "b", "c"]), Some(20)),
+        };
+        let start = |fps: u32| {
+            Record::Run(RunStart {
+                robot: "r".into(),
+                task: "push".into(),
+                fps,
+                observation_names: names(&["a", "b", "c"]),
+                action_names: names(&["x", "y"]),
+                bundle: "b".into(),
+                started_unix: 0,
+                run_id: String::new(),
+            })
+        };
+        assert_eq!(check.refusal(&start(20)), None);
+        let e = check.refusal(&start(50)).unwrap();
+        assert!(
+            e.starts_with("the robot's stream was recorded at 50 Hz, the run's data at 20 Hz"),
+            "{e}"
+        );
     }
 
     /// A stream whose log cannot be opened now (another process holds it) refuses the

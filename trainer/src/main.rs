@@ -163,7 +163,7 @@ enum Command {
         #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         steps: usize,
         /// Environment steps run before timing (first-call costs).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = at_most_a_million)]
         warmup: usize,
         /// Wait for the device at every stage boundary, so that the per-stage times are
         /// device times (GPU); slightly slows the total.
@@ -366,6 +366,15 @@ impl Progress for Bar {
 
 /// A count that must not be 0 (timed steps, evaluation episodes), nor past a million
 /// (work asked for by mistake: no curve needs more).
+/// 0 to 10^6 (`bench --warmup`: a count near `usize::MAX` overflowed `warmup + steps`).
+fn at_most_a_million(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n) if n > 1_000_000 => Err(format!("must be at most 1000000, found {n}")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn at_least_one(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),

@@ -175,16 +175,22 @@ fn exported_bundle_matches_burn() {
                 "{e}"
             );
         }
-        // A clipped head is format 4: a controller that knows only the tanh head
+        // Every export says the rate it was trained at (push: 20 Hz), format 5. Without
+        // it, a clipped head is format 4: a controller that knows only the tanh head
         // refuses the bundle by its version instead of running another function.
         let manifest = bundle.join("manifest.toml");
         let text = std::fs::read_to_string(&manifest).unwrap();
+        assert_eq!((m.format_version, m.action.control_hz), (5, Some(20)));
+        assert!(text.contains("control_hz = 20\n"), "{text}");
+        let mut without_rate = m.clone();
+        without_rate.action.control_hz = None;
         if head == "clip" {
-            assert_eq!(m.format_version, 4);
+            assert_eq!(without_rate.required_format(), 4);
             assert!(text.contains("edit_log_std = \"clip\""), "{text}");
             std::fs::write(
                 &manifest,
-                text.replace("format_version = 4", "format_version = 3"),
+                text.replace("format_version = 5", "format_version = 3")
+                    .replace("control_hz = 20\n", ""),
             )
             .unwrap();
             let e = shared_model::load_bundle(&bundle, &shared_model::Trust::AllowUnsigned)
@@ -195,7 +201,7 @@ fn exported_bundle_matches_burn() {
                 "{e}"
             );
         } else {
-            assert_eq!(m.format_version, 1);
+            assert_eq!(without_rate.required_format(), 1);
             assert!(!text.contains("edit_log_std"), "{text}");
         }
     }
@@ -211,8 +217,15 @@ fn exported_chunk_bundle_matches_burn() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     let m = export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
+    // Without the rate every export carries (format 5), each of these is the oldest
+    // format that holds what it uses.
+    let format_without_rate = |m: &shared_model::Manifest| {
+        let mut m = m.clone();
+        m.action.control_hz = None;
+        m.required_format()
+    };
     assert_eq!(
-        (m.format_version, m.action.dim, m.action.horizon),
+        (format_without_rate(&m), m.action.dim, m.action.horizon),
         (2, 2, 3)
     );
     let text = std::fs::read_to_string(bundle.join("manifest.toml")).unwrap();
@@ -225,15 +238,16 @@ fn exported_chunk_bundle_matches_burn() {
     // `trainer eval --bundle` play the bundle that way unless told otherwise.
     agent.config.replan_every = 2;
     let m = export_bundle(&agent, &dir.path().join("k2"), &ExportInfo::default(), None).unwrap();
-    assert_eq!((m.format_version, m.action.replan_every), (3, 2));
+    assert_eq!((format_without_rate(&m), m.action.replan_every), (3, 2));
     // Replanning every H actions is whole chunks: no field, format 2 as before.
     agent.config.replan_every = 3;
     let m = export_bundle(&agent, &dir.path().join("k3"), &ExportInfo::default(), None).unwrap();
-    assert_eq!((m.format_version, m.action.replan_every), (2, 0));
+    assert_eq!((format_without_rate(&m), m.action.replan_every), (2, 0));
     agent.config.replan_every = 0;
-    // A one-step bundle stays format 1, without the field.
+    // A one-step bundle stays format 1 (5 with the rate), without the field.
     let m = export_bundle(&one, &dir.path().join("one"), &ExportInfo::default(), None).unwrap();
-    assert_eq!((m.format_version, m.action.horizon), (1, 1));
+    assert_eq!((format_without_rate(&m), m.action.horizon), (1, 1));
+    assert_eq!(m.format_version, 5);
     let text = std::fs::read_to_string(dir.path().join("one/manifest.toml")).unwrap();
     assert!(!text.contains("horizon"), "{text}");
 }

@@ -657,8 +657,16 @@ fn finetune_refuses_recordings_it_holds_already() {
         e.contains(&format!(
             "d1: holds controller run r1, whose recordings the run at {} holds already (from {})",
             round1.display(),
-            d1.display()
+            d1.canonicalize().unwrap().display()
         )),
+        "{e}"
+    );
+    // Within one command: the dataset before it is named.
+    let mut o = options(&run, &part_a, &tmp.path().join("both"));
+    o.data.push(part_c.clone());
+    let e = err(&o);
+    assert!(
+        e.contains("pc: holds controller run r3, whose recordings another --data holds"),
         "{e}"
     );
     let e = err(&options(&round1, &part_c, &tmp.path().join("round2")));

@@ -16,6 +16,72 @@ fn table(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `scripts/demo` checks its counts by name before it builds anything: `ROUNDS=0` ran
+/// no round and reported bundle0 as the fine-tuned bundle, `PORT=0` had the trainer
+/// listen on a port the controller never knew, and a mistyped count failed in `seq` or
+/// in a command line after minutes of work, naming another flag.
+#[test]
+fn the_demo_refuses_bad_counts_before_building() {
+    use std::os::unix::fs::PermissionsExt;
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo");
+    let fake = tempfile::tempdir().unwrap();
+    let called = fake.path().join("cargo-called");
+    let cargo = fake.path().join("cargo");
+    std::fs::write(
+        &cargo,
+        format!("#!/bin/sh\ntouch '{}'\nexit 9\n", called.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    for (settings, want) in [
+        (
+            &[("MODE", "rounds"), ("ROUNDS", "0")][..],
+            "ROUNDS must be from 1",
+        ),
+        (
+            &[("MODE", "rounds"), ("UPDATES", "1.5")],
+            "UPDATES must be a whole number, not '1.5'",
+        ),
+        (&[("PORT", "0")], "PORT must be from 1 to 65535, not 0"),
+        (
+            &[("EVAL_EPISODES", "1e3")],
+            "EVAL_EPISODES must be a whole number, not '1e3'",
+        ),
+        (
+            &[("MAX_FAULTS", "-1")],
+            "MAX_FAULTS must be a whole number, not '-1'",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(demo).env("PATH", &path);
+        for name in [
+            "MODE",
+            "TASK",
+            "LIVE_EPISODES",
+            "PUBLISH",
+            "PORT",
+            "ROUNDS",
+            "EPISODES",
+            "UPDATES",
+            "EVAL_EPISODES",
+            "MAX_FAULTS",
+            "OUT",
+        ] {
+            cmd.env_remove(name);
+        }
+        let out = cmd.envs(settings.iter().copied()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{settings:?}: {stderr}");
+        assert!(stderr.contains(want), "{settings:?}: {stderr}");
+        assert!(!called.exists(), "{settings:?}: built before the check");
+    }
+}
+
 /// The trainer's command lines in `scripts/demo` (the README's first command, which no
 /// test runs) parse: each exits 0 with `--help` after it, where a flag the code no
 /// longer has, or a value its parser refuses, exits 2 before the help.
@@ -872,6 +938,36 @@ fn zero_counts_are_refused_on_the_command_line() {
             "{args:?}: {stderr}"
         );
     }
+    // And a warm-up count that overflowed `warmup + steps` (a panic, exit 101).
+    let huge = usize::MAX.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["bench", "--preset", "tiny", "--warmup", &huge])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("invalid value '{huge}' for '--warmup")),
+        "{stderr}"
+    );
+}
+
+/// `EXPO_KERNEL_MARKS` (the GPU profile's stage marks) naming a file that cannot be
+/// created is said, and the command goes on without marks: it panicked in every command
+/// (each builds an agent), exit 101.
+#[test]
+fn kernel_marks_at_an_unwritable_path_are_a_warning() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["bench", "--preset", "tiny", "--steps", "1", "--warmup", "0"])
+        .env("EXPO_KERNEL_MARKS", "/nonexistent-dir/marks.txt")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: EXPO_KERNEL_MARKS: cannot create \"/nonexistent-dir/marks.txt\""),
+        "{stderr}"
+    );
 }
 
 /// `finetune`'s options that only a live session or a bundle reads are refused without

@@ -14,17 +14,16 @@ pub struct RunRrd {
     /// Files with nothing in them, left out: a header the trainer was writing when it
     /// was killed (or the disk filled). Another file of the run is still drawn.
     pub empty: Vec<String>,
-    /// Per file, the cells that held something other than a finite number (`NaN`, `inf`,
-    /// text), left out of the plots, and where the first one was: a diverged run's
-    /// last row, the one that explains its end, would otherwise just end the curve.
+    /// Per file, the cells that held text or an infinity, left out of the plots, and
+    /// where the first one was (they were dropped without a word). `NaN`, which the
+    /// trainer writes for a window in which no episode ended, is left out unnamed.
     pub not_numbers: Vec<(String, usize, String)>,
 }
 
 /// Logs every numeric column of every CSV file in the run directory `dir`
 /// (`metrics.csv`, `eval.csv`, `finetune.csv`, …) as `metrics/<file>/<column>`, on the
-/// timeline named by the file's first column (`step`, `update`). Empty cells are
-/// skipped, and so are cells that are not finite numbers, counted in
-/// [`RunRrd::not_numbers`]; an empty file is left out ([`RunRrd::empty`]) unless
+/// timeline named by the file's first column (`step`, `update`). Empty and `NaN` cells
+/// are skipped, and so are text and infinities, counted in [`RunRrd::not_numbers`]; an empty file is left out ([`RunRrd::empty`]) unless
 /// every file is; a file whose rows have another
 /// number of cells than its header is an error naming the file and line. A last line
 /// without an end of line is a row cut short (the trainer appends a row and its end
@@ -157,8 +156,11 @@ fn parse_csv(path: &Path) -> Result<Option<RunCsv>> {
             .iter()
             .zip(&cols[1..])
             .map(|(c, col)| {
-                let v = c.parse::<f64>().ok().filter(|v| v.is_finite());
-                if v.is_none() && !c.is_empty() {
+                let parsed = c.parse::<f64>().ok();
+                let v = parsed.filter(|v| v.is_finite());
+                // NaN is the trainer's "none" (a window in which no episode ended): only
+                // text and infinities are counted.
+                if v.is_none() && !c.is_empty() && !parsed.is_some_and(f64::is_nan) {
                     let (count, _) = not_numbers
                         .get_or_insert_with(|| (0, format!("line {}, {col} {c:?}", i + 2)));
                     *count += 1;

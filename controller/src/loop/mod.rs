@@ -983,6 +983,14 @@ pub enum RunError {
         robot_obs: usize,
         robot_act: usize,
     },
+    #[error(
+        "the bundle was trained on steps at {bundle_hz} Hz, the robot '{robot}' runs at control_hz = {robot_hz}: each of its actions (a chunk, the critics' discount) is meant for 1/{bundle_hz} s; train on data recorded at the robot's rate"
+    )]
+    Rate {
+        robot: String,
+        bundle_hz: u32,
+        robot_hz: u32,
+    },
     #[error("policy: {0:#}")]
     Policy(anyhow::Error),
     #[error("serial link: {0}")]
@@ -1052,7 +1060,8 @@ pub fn scaled_period(robot: &RobotConfig, time_scale: f64) -> Result<Duration, R
     Ok(period)
 }
 
-/// Checks that the bundle fits the robot.
+/// Checks that the bundle fits the robot: its sizes, and the rate it was trained at
+/// where it says (format 5).
 pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
     let m = &bundle.manifest;
     if m.observation.dim != robot.observation.dim || m.action.dim != robot.action.dim {
@@ -1062,6 +1071,15 @@ pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), Ru
             bundle_act: m.action.dim,
             robot_obs: robot.observation.dim,
             robot_act: robot.action.dim,
+        });
+    }
+    if let Some(hz) = m.action.control_hz
+        && hz != robot.control_hz
+    {
+        return Err(RunError::Rate {
+            robot: robot.robot.clone(),
+            bundle_hz: hz,
+            robot_hz: robot.control_hz,
         });
     }
     Ok(())
