@@ -495,6 +495,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             let bundle = load_bundle(dir, &trust)
                 .with_context(|| format!("loading bundle {}", dir.display()))?;
             robot_loop::check_dims(&robot, &bundle)
+                .and_then(|()| robot_loop::check_rate(&robot, &bundle))
                 .with_context(|| format!("{} does not fit {robot_label}", dir.display()))?;
             let trained_on = &bundle.manifest.task;
             if let Some(task) = &a.sim
@@ -1462,6 +1463,16 @@ fn main() -> Result<std::process::ExitCode> {
 /// could never connect, then drained for 30 s. (Names are resolved when connecting: a
 /// trainer's host may come up later.)
 fn uplink_address(raw: &str) -> Result<String, String> {
+    // An IPv6 address is parsed whole (a zone as a number: `[fe80::1%2]:7878`); a
+    // name in brackets never resolves.
+    if raw.starts_with('[') {
+        return raw
+            .parse::<std::net::SocketAddr>()
+            .map(|_| raw.to_string())
+            .map_err(|_| {
+                "expected [IPV6-ADDRESS]:PORT (a zone as a number, [fe80::1%2]:7878)".into()
+            });
+    }
     let Some((host, port)) = raw.rsplit_once(':') else {
         return Err("no port: give HOST:PORT, e.g. 10.0.0.2:7878".into());
     };
@@ -1481,7 +1492,12 @@ fn uplink_address(raw: &str) -> Result<String, String> {
 mod tests {
     #[test]
     fn uplink_addresses_are_checked_as_the_flag_is_read() {
-        for good in ["10.0.0.2:7878", "trainer.local:7878", "[::1]:7878"] {
+        for good in [
+            "10.0.0.2:7878",
+            "trainer.local:7878",
+            "[::1]:7878",
+            "[fe80::1%2]:7878",
+        ] {
             assert_eq!(super::uplink_address(good).as_deref(), Ok(good));
         }
         for (bad, why) in [
@@ -1491,6 +1507,9 @@ mod tests {
             ("host:0", "port \"0\" is not a number from 1 to 65535"),
             ("host:99999", "port \"99999\""),
             ("host:", "port \"\""),
+            ("[::1]", "expected [IPV6-ADDRESS]:PORT"),
+            ("[fe80::1%eth0]:7878", "a zone as a number"),
+            ("[10.0.0.2]:7878", "expected [IPV6-ADDRESS]:PORT"),
         ] {
             let e = super::uplink_address(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

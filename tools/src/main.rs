@@ -261,8 +261,8 @@ fn viz_command(command: VizCommand) -> Result<()> {
             }
             for (file, count, first) in &w.not_numbers {
                 eprintln!(
-                    "{}: {file}.csv: {count} cells are text or infinite, left out of the \
-                     plots; the first at {first}",
+                    "{}: {file}.csv: {count} cells are not finite numbers (NaN, inf or \
+                     text), left out of the plots; the first at {first}",
                     dir.display()
                 );
             }

@@ -493,6 +493,9 @@ pub const MAX_UTD: usize = 10_000;
 /// within its cap, together up to 10^10 rows, an allocation abort): 2^22, 800 times the
 /// `paper` preset's 20 · 256.
 pub const MAX_ROWS_PER_STEP: usize = 1 << 22;
+/// Most values the TD target's chain noise may hold ([`Config::check_candidate_noise`]):
+/// 4 GiB of f32, about 100 times the `paper` preset's on a 30-value action.
+pub const MAX_CANDIDATE_NOISE: u64 = 1 << 30;
 
 fn one_step() -> usize {
     1
@@ -947,10 +950,42 @@ impl Config {
             ensure!(
                 floats <= max_floats,
                 "{what} would hold {floats} weights{sizes}, more than the {max_floats} (1 GiB \
-                 of f32) a bundle's graph file may have: narrower net.* widths, or fewer \
-                 blocks or critics"
+                 of f32) a bundle's graph file may have (rlpd's networks, in no bundle, are \
+                 held to it too): narrower net.* widths, or fewer blocks or critics"
             );
         }
+        Ok(())
+    }
+
+    /// The TD target's chains draw their noise up front: every row's `num_samples`
+    /// candidates, `ad` (the action chunk's width) values each, once per chain step and
+    /// once to start. [`Self::validate`] caps the candidate rows alone; a long chain
+    /// multiplied them into an allocation abort (`diffusion.steps = 1000` at 2^21 rows:
+    /// 33 GiB). At most [`MAX_CANDIDATE_NOISE`] values.
+    pub fn check_candidate_noise(&self, ad: usize) -> Result<()> {
+        if !self.algo.selects_with_critic() {
+            return Ok(());
+        }
+        let values = [
+            self.optim.utd,
+            self.optim.batch_size,
+            self.expo.num_samples,
+            self.diffusion.steps + 1,
+            ad,
+        ]
+        .iter()
+        .fold(1u64, |p, &k| p.saturating_mul(k as u64));
+        ensure!(
+            values <= MAX_CANDIDATE_NOISE,
+            "the TD target's chain noise would hold {values} values (optim.utd {} x \
+             optim.batch_size {} x expo.num_samples {} x (diffusion.steps {} + 1) x the \
+             action chunk's {ad}), more than {MAX_CANDIDATE_NOISE} (4 GiB of f32): fewer \
+             rows, samples or steps",
+            self.optim.utd,
+            self.optim.batch_size,
+            self.expo.num_samples,
+            self.diffusion.steps
+        );
         Ok(())
     }
 
@@ -1467,6 +1502,20 @@ mod tests {
                 "optim.utd x optim.batch_size x expo.num_samples must be at most 4194304 \
                  candidate rows per step (the TD target's chains), not 64 x 65536 x 1024"
             ),
+            "{err:#}"
+        );
+        // A long chain multiplies the candidates' noise: checked once the action's
+        // width is known.
+        let keys = [
+            "diffusion.steps=1000".into(),
+            "optim.batch_size=32768".into(),
+            "expo.num_samples=8".into(),
+        ];
+        let c = Config::resolve("cpu", None, &keys).unwrap();
+        c.check_candidate_noise(2).unwrap();
+        let err = c.check_candidate_noise(3).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("the TD target's chain noise would hold 1574436864 values"),
             "{err:#}"
         );
         // rlpd's critics and actor are capped too (they were not: no bundle holds them).

@@ -364,8 +364,6 @@ impl Progress for Bar {
     }
 }
 
-/// A count that must not be 0 (timed steps, evaluation episodes), nor past a million
-/// (work asked for by mistake: no curve needs more).
 /// 0 to 10^6 (`bench --warmup`: a count near `usize::MAX` overflowed `warmup + steps`).
 fn at_most_a_million(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
@@ -375,6 +373,8 @@ fn at_most_a_million(raw: &str) -> Result<usize, String> {
     }
 }
 
+/// A count that must not be 0 (timed steps, evaluation episodes), nor past a million
+/// (work asked for by mistake: no curve needs more).
 fn at_least_one(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),

@@ -246,6 +246,7 @@ pub fn offline_data(config: &Config) -> Result<OfflineData> {
     .map_err(|e| anyhow::anyhow!("the offline data's sizes with this config: {e}"))?;
     config
         .check_graph_weights(od, ad)
+        .and_then(|()| config.check_candidate_noise(ad))
         .context("the offline data's sizes with this config")?;
     Ok(data)
 }
@@ -367,6 +368,17 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
                 ours[i]
             );
         }
+        // Its bundle says the task's rate (`action.control_hz`), so the data must be
+        // at it: 30 fps data was trained on as 20 Hz steps, and the controller's rate
+        // check then passed a robot of the wrong rate.
+        ensure!(
+            ds.info.fps == task.spec().control_hz,
+            "{path}: recorded at {} Hz, task {task} steps at {} Hz: a step of it is another \
+             length of time (the discount, the action chunks and the bundle's rate are per \
+             step); record at the task's rate",
+            ds.info.fps,
+            task.spec().control_hz
+        );
     }
     ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
     let mut warnings: Vec<String> = no_reward_warning(

@@ -546,6 +546,25 @@ fn offline_data_that_cannot_train_the_run_is_refused_by_name() {
         "{e}"
     );
 
+    // The task's own data, but recorded at another rate (30 fps): its steps are not the
+    // task's 20 Hz ones, and the bundle would say 20 Hz (it was trained on).
+    let at_20 = tmp.path().join("demos-20hz");
+    tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &at_20).unwrap();
+    let mut ds = dataset::read_dataset(&at_20).unwrap();
+    assert_eq!(ds.info.fps, 20);
+    ds.info.fps = 30;
+    let fast = tmp.path().join("fast-demos");
+    dataset::write_dataset(&fast, &ds.info, &ds.episodes).unwrap();
+    c.run.dataset = Some(fast.display().to_string());
+    let e = format!(
+        "{:#}",
+        train(&c, &tmp.path().join("f"), &TrainOptions::default(), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains("fast-demos: recorded at 30 Hz, task arm-reach steps at 20 Hz"),
+        "{e}"
+    );
+
     // The task's own demonstrations, but generated with gravity and dense rewards:
     // other dynamics and rewards than the run's arm-reach. Named, not trained on.
     let variant = tmp.path().join("gravity-demos");

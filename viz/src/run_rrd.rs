@@ -14,16 +14,19 @@ pub struct RunRrd {
     /// Files with nothing in them, left out: a header the trainer was writing when it
     /// was killed (or the disk filled). Another file of the run is still drawn.
     pub empty: Vec<String>,
-    /// Per file, the cells that held text or an infinity, left out of the plots, and
-    /// where the first one was (they were dropped without a word). `NaN`, which the
-    /// trainer writes for a window in which no episode ended, is left out unnamed.
+    /// Per file, the cells that held text, an infinity or a `NaN`, left out of the plots,
+    /// and where the first one was (they were dropped without a word: a diverged run's
+    /// last row, the one that explains its end, just ended the curve). `NaN` in
+    /// `train_success_rate` and `train_return`, the trainer's "no episode ended in this
+    /// window", is left out unnamed.
     pub not_numbers: Vec<(String, usize, String)>,
 }
 
 /// Logs every numeric column of every CSV file in the run directory `dir`
 /// (`metrics.csv`, `eval.csv`, `finetune.csv`, …) as `metrics/<file>/<column>`, on the
-/// timeline named by the file's first column (`step`, `update`). Empty and `NaN` cells
-/// are skipped, and so are text and infinities, counted in [`RunRrd::not_numbers`]; an empty file is left out ([`RunRrd::empty`]) unless
+/// timeline named by the file's first column (`step`, `update`). Empty cells are
+/// skipped, and so are text, infinities and `NaN`s, counted in [`RunRrd::not_numbers`]
+/// (but for the trainer's per-episode columns' `NaN`); an empty file is left out ([`RunRrd::empty`]) unless
 /// every file is; a file whose rows have another
 /// number of cells than its header is an error naming the file and line. A last line
 /// without an end of line is a row cut short (the trainer appends a row and its end
@@ -90,6 +93,10 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
         Ok(out)
     })
 }
+
+/// The trainer's columns where `NaN` says "no episode ended in this window"
+/// (`metrics.csv`), not a diverged value.
+const NAN_MEANS_NONE: [&str; 2] = ["train_success_rate", "train_return"];
 
 fn stem_of(path: &Path) -> String {
     path_part(&path.file_stem().unwrap_or_default().to_string_lossy())
@@ -158,9 +165,10 @@ fn parse_csv(path: &Path) -> Result<Option<RunCsv>> {
             .map(|(c, col)| {
                 let parsed = c.parse::<f64>().ok();
                 let v = parsed.filter(|v| v.is_finite());
-                // NaN is the trainer's "none" (a window in which no episode ended): only
-                // text and infinities are counted.
-                if v.is_none() && !c.is_empty() && !parsed.is_some_and(f64::is_nan) {
+                // NaN is the trainer's "none" in its per-episode columns (a window in which
+                // no episode ended); elsewhere it is a diverged run's row, counted.
+                let none = NAN_MEANS_NONE.contains(col) && parsed.is_some_and(f64::is_nan);
+                if v.is_none() && !c.is_empty() && !none {
                     let (count, _) = not_numbers
                         .get_or_insert_with(|| (0, format!("line {}, {col} {c:?}", i + 2)));
                     *count += 1;

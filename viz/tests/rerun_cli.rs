@@ -136,9 +136,10 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
 }
 
 /// An empty CSV file (a header the trainer was writing as it was killed) is left out and
-/// named, not a refusal of the whole run; cells of text or infinities (a typo, an
-/// overflow) are counted and the first one placed (they were dropped without a word);
-/// `NaN`, the trainer's "no episode ended in this window", is not counted.
+/// named, not a refusal of the whole run; cells of text, infinities and `NaN`s (a typo, a
+/// diverged run's row) are counted and the first one placed (they were dropped without a
+/// word); `NaN` in `train_return`, the trainer's "no episode ended in this window", is
+/// not counted.
 #[test]
 fn a_runs_empty_file_and_non_numbers_are_left_out_and_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -146,7 +147,7 @@ fn a_runs_empty_file_and_non_numbers_are_left_out_and_named() {
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(
         run.join("metrics.csv"),
-        "step,critic_loss,q_mean\n100,0.5,1.0\n200,0.5x,NaN\n300,NaN,inf\n",
+        "step,critic_loss,train_return\n100,0.5,1.0\n200,0.5x,NaN\n300,NaN,inf\n",
     )
     .unwrap();
     std::fs::write(run.join("eval.csv"), "").unwrap();
@@ -156,7 +157,7 @@ fn a_runs_empty_file_and_non_numbers_are_left_out_and_named() {
     assert_eq!(w.empty, ["eval"]);
     assert_eq!(
         w.not_numbers,
-        [("metrics".into(), 2, "line 3, critic_loss \"0.5x\"".into())]
+        [("metrics".into(), 3, "line 3, critic_loss \"0.5x\"".into())]
     );
     let rows = verified_rows(&rrd);
     assert_eq!(

@@ -1060,8 +1060,7 @@ pub fn scaled_period(robot: &RobotConfig, time_scale: f64) -> Result<Duration, R
     Ok(period)
 }
 
-/// Checks that the bundle fits the robot: its sizes, and the rate it was trained at
-/// where it says (format 5).
+/// Checks that the bundle fits the robot's sizes.
 pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
     let m = &bundle.manifest;
     if m.observation.dim != robot.observation.dim || m.action.dim != robot.action.dim {
@@ -1073,16 +1072,22 @@ pub fn check_dims(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), Ru
             robot_act: robot.action.dim,
         });
     }
-    if let Some(hz) = m.action.control_hz
-        && hz != robot.control_hz
-    {
-        return Err(RunError::Rate {
+    Ok(())
+}
+
+/// Checks that the bundle was trained at the robot's rate where it says (format 5's
+/// `action.control_hz`): each of its actions, a chunk's play and its critics' discount
+/// are meant for `1/control_hz` s. (`bench-loop`, which runs at its own `--rate`, checks
+/// the sizes only.)
+pub fn check_rate(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), RunError> {
+    match bundle.manifest.action.control_hz {
+        Some(hz) if hz != robot.control_hz => Err(RunError::Rate {
             robot: robot.robot.clone(),
             bundle_hz: hz,
             robot_hz: robot.control_hz,
-        });
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs the loop: handshake, episodes, safe stop; writes `OUT/report.json`.

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use super::log::{LogTail, MAGIC, SyncedLen};
 use super::realtime;
-use super::{Brain, check_dims};
+use super::{Brain, check_dims, check_rate};
 use crate::runtime::PolicyOptions;
 use firmware_config::RobotConfig;
 use firmware_config::protocol::crc32;
@@ -681,7 +681,9 @@ fn verify(
     let mut bundle = shared_model::load_bundle(tmp, &swap.trust).map_err(|e| e.to_string())?;
     // Messages name where it will be.
     bundle.dir = target.to_path_buf();
-    check_dims(&swap.robot, &bundle).map_err(|e| e.to_string())?;
+    check_dims(&swap.robot, &bundle)
+        .and_then(|()| check_rate(&swap.robot, &bundle))
+        .map_err(|e| e.to_string())?;
     let (new, old) = (&bundle.manifest, &swap.replaces);
     let exported = new.provenance.created_unix;
     let newest = not_before.unwrap_or(0).max(old.provenance.created_unix);
@@ -1232,6 +1234,30 @@ mod tests {
             .unwrap();
         assert!(
             e.contains("plans chunks of 1 actions, the running bundle chunks of 4"),
+            "{e}"
+        );
+        // Trained at another rate than the robot's (format 5's `action.control_hz`):
+        // refused, as at the start of a run.
+        let at_10_hz: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, b)| {
+                let mut b = b.clone();
+                if n == "manifest.toml" {
+                    let text = String::from_utf8(b).unwrap();
+                    assert!(text.contains("format_version = 1\n"), "{text}");
+                    b = text
+                        .replace("format_version = 1\n", "format_version = 5\n")
+                        .replace("[action]\n", "[action]\ncontrol_hz = 10\n")
+                        .into_bytes();
+                }
+                (n.clone(), b)
+            })
+            .collect();
+        let e = prepare(&dir, "b8", &at_10_hz, &swap(same.clone()), None)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("trained on steps at 10 Hz, the robot 'sim-push' runs at control_hz = 20"),
             "{e}"
         );
         // A copy fetched again that fails verification (a damaged graph) leaves the one
