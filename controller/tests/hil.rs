@@ -1887,11 +1887,21 @@ fn example_robot_file(dir: &Path, task: &str) -> PathBuf {
 /// `controller run` of the synthetic bundle on `robot_file` with a port that does not
 /// exist, plus `extra`: what it says before it would open the port.
 fn run_before_the_port(robot_file: &Path, out: &Path, extra: &[&str]) -> Outcome {
+    run_bundle_before_the_port(bundle(), robot_file, out, extra)
+}
+
+/// [`run_before_the_port`] of the bundle at `bundle`.
+fn run_bundle_before_the_port(
+    bundle: &Path,
+    robot_file: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Outcome {
     finish(
         Command::new(BIN)
             .args(["run", "--allow-unsigned", "--port", "/dev/null-none"])
             .arg("--bundle")
-            .arg(bundle())
+            .arg(bundle)
             .arg("--robot")
             .arg(robot_file)
             .arg("--out")
@@ -1945,20 +1955,7 @@ fn bundle_trained_at_another_rate_is_refused() {
         b
     };
     let run = |bundle: &Path, out: &str| {
-        finish(
-            Command::new(BIN)
-                .args(["run", "--allow-unsigned", "--port", "/dev/null-none"])
-                .arg("--bundle")
-                .arg(bundle)
-                .arg("--robot")
-                .arg(&push)
-                .arg("--out")
-                .arg(dir.path().join(out))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
+        run_bundle_before_the_port(bundle, &push, &dir.path().join(out), &[])
     };
     let out = run(&with_rate(10), "ten");
     assert_eq!(out.status.code(), Some(1), "{out:?}");

@@ -149,6 +149,15 @@ fn append_keeps_old_files_and_order() {
     );
 }
 
+/// Sets the `splits` of the dataset at `dir`'s `info.json` to `v`.
+fn set_splits(dir: &std::path::Path, v: serde_json::Value) {
+    let path = dir.join("meta/info.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    info["splits"] = v;
+    fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
+}
+
 /// A foreign dataset's splits survive an append: each metadata rewrite set them to
 /// `train: 0:N`, dropping its `val`/`test`. Episodes appended right after `train` join
 /// it; after another split, none.
@@ -157,13 +166,6 @@ fn append_keeps_other_splits() {
     let splits = |dir: &std::path::Path| -> serde_json::Value {
         let text = fs::read_to_string(dir.join("meta/info.json")).unwrap();
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["splits"].clone()
-    };
-    let set_splits = |dir: &std::path::Path, v: serde_json::Value| {
-        let path = dir.join("meta/info.json");
-        let mut info: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-        info["splits"] = v;
-        fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
     };
     let append = |dir: &std::path::Path, eps: &[dataset::Episode]| {
         let mut w = DatasetWriter::open_append(dir).unwrap();
@@ -199,13 +201,7 @@ fn splits_are_checked_and_name_the_held_out_episodes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_dataset(dir, &info(), &episodes(3, &[5, 6, 7])).unwrap();
-    let path = dir.join("meta/info.json");
-    let original = fs::read_to_string(&path).unwrap();
-    let set_splits = |v: serde_json::Value| {
-        let mut info: serde_json::Value = serde_json::from_str(&original).unwrap();
-        info["splits"] = v;
-        fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
-    };
+    let set_splits = |v: serde_json::Value| set_splits(dir, v);
     assert!(dataset::held_out_episodes(dir).unwrap().is_empty());
     set_splits(serde_json::json!({"train": "0:1", "val": "1:2", "test": " 2 : 3 "}));
     assert_eq!(read_dataset(dir).unwrap().episodes.len(), 3);

@@ -566,6 +566,15 @@ fn an_rlpd_run_is_refused_with_listen_before_the_port_is_bound() {
     assert_eq!(finetune(&o, &mut ()).unwrap().updates, 6);
 }
 
+/// Rewrites the `meta/info.json` of the dataset at `dir` through `edit`.
+fn edit_info(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let info = dir.join("meta/info.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
+    edit(&mut j);
+    std::fs::write(&info, j.to_string()).unwrap();
+}
+
 /// A dataset's held-out splits (`val`, `test`) are left out of fine-tuning: every episode
 /// was trained on, any evaluation on them then on training data.
 #[test]
@@ -580,13 +589,7 @@ fn finetune_leaves_out_the_datasets_held_out_splits() {
         .iter()
         .map(|e| e.len())
         .collect();
-    let info = data.join("meta/info.json");
-    let original = std::fs::read_to_string(&info).unwrap();
-    let set_splits = |v: serde_json::Value| {
-        let mut j: serde_json::Value = serde_json::from_str(&original).unwrap();
-        j["splits"] = v;
-        std::fs::write(&info, j.to_string()).unwrap();
-    };
+    let set_splits = |v: serde_json::Value| edit_info(&data, |j| j["splits"] = v);
     set_splits(serde_json::json!({"train": "0:1", "val": "1:2"}));
     let s = finetune(&options(&run, &data, &tmp.path().join("a")), &mut ()).unwrap();
     // Episode 2 is in no split (appended after `val`): trained on.
@@ -614,13 +617,11 @@ fn finetune_refuses_recordings_it_holds_already() {
     let dataset_of = |name: &str, seed: u64, runs: serde_json::Value| {
         let dir = tmp.path().join(name);
         tools::generate::generate(TaskId::ArmReach, 2, seed, EnvConfig::default(), &dir).unwrap();
-        let info = dir.join("meta/info.json");
-        let mut j: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
-        for (k, v) in runs.as_object().unwrap() {
-            j[k] = v.clone();
-        }
-        std::fs::write(&info, j.to_string()).unwrap();
+        edit_info(&dir, |j| {
+            for (k, v) in runs.as_object().unwrap() {
+                j[k] = v.clone();
+            }
+        });
         dir
     };
     let d1 = dataset_of("d1", 1, serde_json::json!({"expo_runs": ["r1"]}));
