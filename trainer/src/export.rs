@@ -362,7 +362,8 @@ impl std::error::Error for ParityMismatch {}
 
 /// Runs `bundle`'s graphs with `backend` and the agent's burn networks on the same
 /// random inputs (drawn from `seed`): the denoiser at its first, a middle and its last
-/// step, the edit policy's mean and log-std, the critic members of a subset. Returns
+/// step on N(0, 1) actions (as the chain starts), the edit policy's mean and log-std,
+/// the critic members of a subset, on actions in [-1, 1]. Returns
 /// the largest difference as a share of the tolerance (at most 1), or an error naming
 /// the graph.
 pub fn check_parity(
@@ -399,10 +400,13 @@ pub fn check_parity(
     };
     let mut rng = Rng::new(seed);
     let obs: Vec<f32> = (0..od).map(|_| rng.normal()).collect();
+    // The chain starts from N(0, 1) noise, outside [-1, 1] a third of the time (the steps
+    // after see clipped actions): a graph that differed only out there passed when the
+    // denoiser was fed uniform [-1, 1] values.
+    let x: Vec<f32> = (0..rows.denoise * ad).map(|_| rng.normal()).collect();
     let repeat = |n: usize| -> Vec<f32> { obs.iter().copied().cycle().take(od * n).collect() };
     let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0)).collect() };
 
-    let x = uniform(rows.denoise * ad);
     let steps = agent.config.diffusion.steps;
     for t in [0, steps / 2, steps - 1] {
         let want = host(agent.denoiser_ema().forward(

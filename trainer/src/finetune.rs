@@ -343,6 +343,25 @@ pub fn updates_for(out: &Path, resume: bool) -> usize {
     resume.then(began).flatten().unwrap_or(DEFAULT_UPDATES)
 }
 
+/// A warning when `from` is a fine-tune run that stopped short of the updates it was
+/// given (killed, or stopped early): a run from it starts from its last checkpoint, at
+/// `at` updates, which was taken without a word. (A live run ends when its robot goes
+/// quiet, short of its count by design: not warned.)
+fn unfinished_source(from: &Path, at: usize) -> Option<String> {
+    let text = std::fs::read_to_string(from.join(OPTIONS_FILE)).ok()?;
+    let began: StartedWith = serde_json::from_str(&text).ok()?;
+    let asked = began.updates?;
+    (!began.listen && at < asked).then(|| {
+        format!(
+            "{} is a fine-tune run whose last checkpoint is at update {at} of the {asked} it \
+             was given (killed, or stopped early?): the new run starts from that checkpoint \
+             (`finetune --resume --out {}` would finish it first)",
+            from.display(),
+            from.display()
+        )
+    })
+}
+
 impl StartedWith {
     fn of(o: &FinetuneOptions) -> Self {
         StartedWith {
@@ -519,6 +538,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     );
     let (od, ad) = (agent.obs_dim, agent.act_dim);
     let mut summary = FinetuneSummary::default();
+    if !resumed && let Some(w) = unfinished_source(&o.from, state.finetune_updates) {
+        eprintln!("warning: {w}");
+        summary.warnings.push(w);
+    }
     // A robot run has no simulator to evaluate in.
     let eval_episodes = if config.task.sim().is_some() {
         o.eval_episodes

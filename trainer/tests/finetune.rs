@@ -103,6 +103,33 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     let mut o = options(&run, &data, &interrupted);
     o.stop_after = Some(3);
     assert!(finetune(&o, &mut ()).unwrap().stopped_early);
+    // A new run from the unfinished one says it starts from its checkpoint (it was taken
+    // without a word); one from the finished run does not.
+    let from_unfinished = finetune(
+        &options(&interrupted, &data, &tmp.path().join("from-unfinished")),
+        &mut (),
+    )
+    .unwrap();
+    assert!(
+        from_unfinished.warnings.iter().any(|w| w.contains(
+            "is a fine-tune run whose last checkpoint is at update 3 of the 6 it was given"
+        )),
+        "{:?}",
+        from_unfinished.warnings
+    );
+    let from_finished = finetune(
+        &options(&straight, &data, &tmp.path().join("from-finished")),
+        &mut (),
+    )
+    .unwrap();
+    assert!(
+        !from_finished
+            .warnings
+            .iter()
+            .any(|w| w.contains("is a fine-tune run whose last checkpoint")),
+        "{:?}",
+        from_finished.warnings
+    );
     // A kill later than the checkpoint leaves rows past it; the resumed run logs them again.
     let log = interrupted.join("finetune.csv");
     let mut text = std::fs::read_to_string(&log).unwrap();

@@ -43,6 +43,55 @@ pub fn rerun_cli(args: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+/// Runs the rerun CLI with `args`, handing each line of its stdout to `each` as it comes:
+/// `rrd print` writes a line per chunk, hundreds of MB for an hour of a controller's
+/// recording, which [`rerun_cli`] held whole (twice). Its stderr is kept (the last 64 KiB)
+/// for the error when it fails.
+pub fn rerun_cli_lines(args: &[&str], mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    use std::io::{BufRead, Read};
+    const STDERR_KEPT: usize = 64 << 10;
+    let python = python();
+    let mut child = Command::new(&python)
+        .args(["-m", "rerun_cli"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {python} -m rerun_cli"))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    // Read beside stdout: a child blocked on a full stderr pipe would never end stdout.
+    let errors = std::thread::spawn(move || {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            let over = kept.len().saturating_sub(STDERR_KEPT);
+            kept.drain(..over);
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    });
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut handed = Ok(());
+    for line in stdout.lines() {
+        let line = line.context("reading the rerun CLI's output")?;
+        handed = each(&line);
+        if handed.is_err() {
+            break;
+        }
+    }
+    if handed.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().context("waiting for the rerun CLI")?;
+    let errors = errors.join().unwrap_or_default();
+    handed?;
+    ensure!(status.success(), "rerun {args:?} failed:\n{errors}");
+    Ok(())
+}
+
 /// What [`verify`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
@@ -79,11 +128,12 @@ pub fn verify(rrd: &Path) -> Result<Verified> {
         "rerun rrd verify: {checked}"
     );
     let mut rows = BTreeMap::new();
-    for line in rerun_cli(&["rrd", "print", path])?.lines() {
+    rerun_cli_lines(&["rrd", "print", path], |line| {
         if let Some((entity, n)) = chunk_line(line)? {
             *rows.entry(entity).or_default() += n;
         }
-    }
+        Ok(())
+    })?;
     Ok(Verified {
         rows,
         footer: !no_footer,

@@ -34,6 +34,24 @@ fn isa() -> Isa {
     Isa::Baseline
 }
 
+/// Every kernel variant this CPU can run, the one [`isa`] picks first (tests run each:
+/// a robot computer without AVX-512 runs one this machine's pick would leave untested).
+#[cfg(test)]
+fn runnable_isas() -> Vec<Isa> {
+    let mut all = vec![Isa::Baseline];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            all.push(Isa::Avx2Fma);
+        }
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            all.push(Isa::Avx512);
+        }
+    }
+    all.reverse();
+    all
+}
+
 /// Which kernel this CPU runs (for benchmark reports).
 pub fn kernel_name() -> &'static str {
     match isa() {
@@ -82,11 +100,24 @@ pub fn dense(
     accumulate: bool,
     y: &mut [f32],
 ) {
+    dense_on(isa(), x, rows, w, bias, accumulate, y)
+}
+
+/// [`dense`] by the variant for `isa`, which the CPU must support.
+fn dense_on(
+    isa: Isa,
+    x: &[f32],
+    rows: usize,
+    w: &Packed,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    y: &mut [f32],
+) {
     assert!(x.len() >= rows * w.k && y.len() >= rows * w.n);
     if let Some(b) = bias {
         assert_eq!(b.len(), w.n);
     }
-    match isa() {
+    match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports the features the function is compiled for, and the
         // lengths were checked above.
@@ -319,7 +350,12 @@ unsafe fn silu_avx2(src: &[f32], dst: &mut [f32]) {
 /// `silu` of `src` into `dst`, vectorized for the CPU (the baseline x86-64 build has no
 /// vector rounding instruction, so `exp` would stay scalar there).
 pub fn silu_into(src: &[f32], dst: &mut [f32]) {
-    match isa() {
+    silu_on(isa(), src, dst)
+}
+
+/// [`silu_into`] by the variant for `isa`, which the CPU must support.
+fn silu_on(isa: Isa, src: &[f32], dst: &mut [f32]) {
+    match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has the features.
         Isa::Avx512 => unsafe { silu_avx512(src, dst) },
@@ -384,17 +420,46 @@ mod tests {
             let x: Vec<f32> = (0..rows * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            let mut y = vec![0.5; rows * n];
-            dense(&x, rows, &Packed::new(&w, k, n), Some(&b), true, &mut y);
-            for r in 0..rows {
-                for j in 0..n {
-                    let want =
-                        0.5 + b[j] + (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum::<f32>();
-                    assert!(
-                        (y[r * n + j] - want).abs() < 1e-5,
-                        "{rows}x{k}x{n} at {r},{j}"
-                    );
+            // Every variant this CPU runs: the robot's may pick another than ours.
+            for isa in runnable_isas() {
+                let mut y = vec![0.5; rows * n];
+                dense_on(
+                    isa,
+                    &x,
+                    rows,
+                    &Packed::new(&w, k, n),
+                    Some(&b),
+                    true,
+                    &mut y,
+                );
+                for r in 0..rows {
+                    for j in 0..n {
+                        let want =
+                            0.5 + b[j] + (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum::<f32>();
+                        assert!(
+                            (y[r * n + j] - want).abs() < 1e-5,
+                            "{isa:?}: {rows}x{k}x{n} at {r},{j}"
+                        );
+                    }
                 }
+            }
+        }
+        assert_eq!(runnable_isas()[0], isa());
+    }
+
+    /// SiLU by every variant this CPU runs, against `x · sigmoid(x)` in f64.
+    #[test]
+    fn silu_matches_its_definition_in_every_variant() {
+        let src: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.07).collect();
+        for isa in runnable_isas() {
+            let mut dst = vec![0.0; src.len()];
+            silu_on(isa, &src, &mut dst);
+            for (&x, &y) in src.iter().zip(&dst) {
+                let want = x as f64 / (1.0 + (-x as f64).exp());
+                assert!(
+                    (y as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{isa:?}: silu({x}) = {y}, want {want}"
+                );
             }
         }
     }
