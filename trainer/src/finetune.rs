@@ -352,11 +352,23 @@ fn unfinished_source(from: &Path, at: usize) -> Option<String> {
     let began: StartedWith = serde_json::from_str(&text).ok()?;
     let asked = began.updates?;
     (!began.listen && at < asked).then(|| {
+        // The resume that would finish it, with the options it began with (a resume
+        // with others is refused).
+        let mut resume = format!(
+            "finetune --resume --from {} --out {}",
+            began.from.display(),
+            from.display()
+        );
+        if !began.with_offline {
+            resume.push_str(" --no-offline");
+        }
+        if began.keep_interventions {
+            resume.push_str(" --keep-interventions");
+        }
         format!(
             "{} is a fine-tune run whose last checkpoint is at update {at} of the {asked} it \
              was given (killed, or stopped early?): the new run starts from that checkpoint \
-             (`finetune --resume --out {}` would finish it first)",
-            from.display(),
+             (`{resume}` would finish it first)",
             from.display()
         )
     })

@@ -113,7 +113,11 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
     assert!(
         from_unfinished.warnings.iter().any(|w| w.contains(
             "is a fine-tune run whose last checkpoint is at update 3 of the 6 it was given"
-        )),
+        ) && w.contains(&format!(
+            "`finetune --resume --from {} --out {}` would finish it first",
+            run.canonicalize().unwrap().display(),
+            interrupted.display()
+        ))),
         "{:?}",
         from_unfinished.warnings
     );

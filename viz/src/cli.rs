@@ -73,23 +73,39 @@ pub fn rerun_cli_lines(args: &[&str], mut each: impl FnMut(&str) -> Result<()>) 
         }
         String::from_utf8_lossy(&kept).into_owned()
     });
-    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
     let mut handed = Ok(());
-    for line in stdout.lines() {
-        let line = line.context("reading the rerun CLI's output")?;
-        handed = each(&line);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match stdout.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                handed = each(text.trim_end_matches(['\n', '\r']));
+            }
+            Err(e) => handed = Err(e).context("reading the rerun CLI's output"),
+        }
         if handed.is_err() {
             break;
         }
     }
-    if handed.is_err() {
+    // Whatever ended the reading, the child is waited for and its stderr kept: a failed
+    // CLI's own words come before a line it left half written.
+    drop(stdout);
+    let killed = handed.is_err();
+    if killed {
         let _ = child.kill();
     }
     let status = child.wait().context("waiting for the rerun CLI")?;
     let errors = errors.join().unwrap_or_default();
-    handed?;
-    ensure!(status.success(), "rerun {args:?} failed:\n{errors}");
-    Ok(())
+    // It exited with an error of its own (not our kill): its words first.
+    let failed = !status.success() && (status.code().is_some() || !killed);
+    if failed {
+        handed.with_context(|| format!("rerun {args:?} failed:\n{errors}"))?;
+        bail!("rerun {args:?} failed:\n{errors}");
+    }
+    handed
 }
 
 /// What [`verify`] found.

@@ -135,6 +135,20 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
     assert_eq!(std::fs::read(&rrd).unwrap(), good);
 }
 
+/// The CLI read line by line (`verify`'s `rrd print`): a line the reader refuses ends
+/// the run with the reader's error, the CLI waited for. (The `rerun_cli` wheel's wrapper
+/// exits 0 even on its own errors, a missing file or an unknown flag, so `verify` judges
+/// by the text and checks the path itself.)
+#[test]
+fn the_cli_read_line_by_line_stops_at_a_refused_line() {
+    let err = viz::cli::rerun_cli_lines(&["--version"], |line| anyhow::bail!("refused {line:?}"))
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("refused \"rerun-cli"),
+        "{err:#}"
+    );
+}
+
 /// An empty CSV file (a header the trainer was writing as it was killed) is left out and
 /// named, not a refusal of the whole run; cells of text, infinities and `NaN`s (a typo, a
 /// diverged run's row) are counted and the first one placed (they were dropped without a
