@@ -1479,7 +1479,7 @@ fn uplink_address(raw: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("no host: give HOST:PORT, e.g. 10.0.0.2:7878".into());
     }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+    if host.contains(':') {
         return Err("an IPv6 address goes in brackets: [ADDRESS]:PORT".into());
     }
     match port.parse::<u16>() {
@@ -1490,6 +1490,8 @@ fn uplink_address(raw: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn uplink_addresses_are_checked_as_the_flag_is_read() {
         for good in [
@@ -1515,8 +1517,6 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
         }
     }
-
-    use super::*;
 
     fn run_args(extra: &[&str]) -> RunArgs {
         let mut args = vec![

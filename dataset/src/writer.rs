@@ -203,10 +203,6 @@ pub fn tidy(dir: &Path) -> Result<Tidied, DatasetError> {
     })
 }
 
-/// Creates `dir` and its missing ancestors, syncing the parent of each one created:
-/// `finish` syncs what is inside the dataset, and without the new directory's own entry
-/// a power cut could lose the whole new dataset on a filesystem that does not order
-/// metadata.
 /// Whether anything but directories (empty ones, or of empty ones) is under `dir`: a
 /// `create` killed between making its `meta/` directories and its first commit left
 /// just those, which every later `create` refused as not empty (and `open_append` as
@@ -222,6 +218,10 @@ fn holds_files(dir: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// Creates `dir` and its missing ancestors, syncing the parent of each one created:
+/// `finish` syncs what is inside the dataset, and without the new directory's own entry
+/// a power cut could lose the whole new dataset on a filesystem that does not order
+/// metadata.
 fn create_dir_durably(dir: &Path) -> Result<(), DatasetError> {
     let created: Vec<&Path> = dir
         .ancestors()

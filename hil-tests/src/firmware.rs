@@ -328,6 +328,23 @@ fn check_variant_robot(opts: &FirmwareOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// Where `robot`'s observation names first differ from those `task` simulates, and the
+/// task's name there: a file of another robot (the firmware announces the file's id,
+/// which would let a controller configured for that robot drive this task).
+pub fn other_robots_observation(
+    robot: &RobotConfig,
+    task: TaskId,
+) -> Option<(usize, &'static str)> {
+    let ours: Vec<String> = task
+        .spec()
+        .obs_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let i = first_name_difference(&robot.observation.names, &ours)?;
+    Some((i, task.spec().obs_names[i]))
+}
+
 impl SimFirmware {
     /// Checks that the robot file fits the task and builds the firmware.
     pub fn new(opts: FirmwareOptions) -> Result<SimFirmware, FirmwareError> {
@@ -356,12 +373,11 @@ impl SimFirmware {
         // The names too, as `sim-firmware --robot` checks them: arm-reach's file has
         // push's sizes, and `controller run --sim push --robot arm-reach.toml` drove push
         // under arm-reach's id and names, its joint checks applied to push's channels.
-        let names: Vec<String> = spec.obs_names.iter().map(|n| n.to_string()).collect();
-        if let Some(i) = first_name_difference(&r.observation.names, &names) {
+        if let Some((i, ours)) = other_robots_observation(r, opts.task) {
             return Err(FirmwareError::Env(format!(
-                "robot '{}': observation [{i}] is `{}`, task {}'s is `{}`: the robot file \
+                "robot '{}': observation [{i}] is `{}`, task {}'s is `{ours}`: the robot file \
                  describes another robot than the task simulates",
-                r.robot, r.observation.names[i], opts.task, names[i]
+                r.robot, r.observation.names[i], opts.task
             )));
         }
         opts.env.check_for(opts.task).map_err(FirmwareError::Env)?;

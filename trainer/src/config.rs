@@ -960,8 +960,8 @@ impl Config {
     /// The TD target's chains draw their noise up front: every row's `num_samples`
     /// candidates, `ad` (the action chunk's width) values each, once per chain step and
     /// once to start. [`Self::validate`] caps the candidate rows alone; a long chain
-    /// multiplied them into an allocation abort (`diffusion.steps = 1000` at 2^21 rows:
-    /// 33 GiB). At most [`MAX_CANDIDATE_NOISE`] values.
+    /// multiplied them into an allocation abort (`diffusion.steps = 1000` at the 2^22
+    /// candidate rows: 33 GiB). At most [`MAX_CANDIDATE_NOISE`] values.
     pub fn check_candidate_noise(&self, ad: usize) -> Result<()> {
         if !self.algo.selects_with_critic() {
             return Ok(());

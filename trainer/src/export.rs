@@ -160,9 +160,9 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     if c.algo == Algo::Rlpd {
         bail!("RLPD runs have no diffusion policy; bundles hold EXPO, idql-select or BC policies");
     }
-    // Names and bounds of the observation: the simulated task's, or the robot's as its
-    // dataset showed it.
-    let (task, names, low, high) = match (c.task.sim(), &agent.robot) {
+    // Names and bounds of the observation, and the rate of the steps it was trained on:
+    // the simulated task's, or the robot's as its dataset showed them.
+    let (task, names, low, high, control_hz) = match (c.task.sim(), &agent.robot) {
         (Some(t), _) => {
             let spec = t.spec();
             (
@@ -170,6 +170,7 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
                 spec.obs_names.iter().map(|s| s.to_string()).collect(),
                 spec.obs_low.to_vec(),
                 spec.obs_high.to_vec(),
+                spec.control_hz,
             )
         }
         (None, Some(r)) => (
@@ -177,6 +178,7 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             r.observation_names.clone(),
             r.obs_low.clone(),
             r.obs_high.clone(),
+            r.fps,
         ),
         (None, None) => bail!("a robot run without its robot's description (checkpoint state)"),
     };
@@ -220,13 +222,9 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             } else {
                 0
             },
-            // The rate of the steps it was trained on: the controller refuses a robot
-            // file of another (a chunk and the discount are per step).
-            control_hz: Some(match (c.task.sim(), &agent.robot) {
-                (Some(t), _) => t.spec().control_hz,
-                (None, Some(r)) => r.fps,
-                (None, None) => bail!("a robot run without its robot's description"),
-            }),
+            // The controller refuses a robot file of another rate (a chunk and the
+            // discount are per step).
+            control_hz: Some(control_hz),
         },
         diffusion: DiffusionSpec {
             schedule: "vp".into(),

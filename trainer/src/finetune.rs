@@ -873,14 +873,7 @@ impl RecordedBy {
     /// A recording rate other than the run's data's, as an error message; `None` when
     /// they agree or the run's is not known.
     pub fn rate_differs(&self, fps: u32) -> Option<String> {
-        let ours = self.fps?;
-        (fps != ours).then(|| {
-            format!(
-                "recorded at {fps} Hz, the run's data at {ours} Hz: a step of it is another \
-                 length of time (the discount, the action chunks and the critics' values are \
-                 per step)"
-            )
-        })
+        crate::robot::other_rate(fps, self.fps?, "the run's data")
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation

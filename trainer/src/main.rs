@@ -376,11 +376,9 @@ fn at_most_a_million(raw: &str) -> Result<usize, String> {
 /// A count that must not be 0 (timed steps, evaluation episodes), nor past a million
 /// (work asked for by mistake: no curve needs more).
 fn at_least_one(raw: &str) -> Result<usize, String> {
-    match raw.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) if n > 1_000_000 => Err(format!("must be at most 1000000, found {n}")),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+    match at_most_a_million(raw)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
     }
 }
 

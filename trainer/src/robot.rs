@@ -96,6 +96,18 @@ pub fn refuse_sim_variant(path: &str, robot_type: &str, task: sim::TaskId) -> Re
     Ok(())
 }
 
+/// Data recorded at `fps` Hz for a run whose steps are `ours` Hz (`ours_is` names what
+/// sets them: "the run's data", "task push steps"), as an error message; `None` when they
+/// agree. Its steps are another length of time.
+pub fn other_rate(fps: u32, ours: u32, ours_is: &str) -> Option<String> {
+    (fps != ours).then(|| {
+        format!(
+            "recorded at {fps} Hz, {ours_is} at {ours} Hz: a step of it is another length of \
+             time (the discount, the action chunks and the critics' values are per step)"
+        )
+    })
+}
+
 /// Reads a dataset for training: a read error (the reader also refuses NaN and infinite
 /// values, naming the column and frame), other dimensions than `dims` (observation,
 /// action) when given, or an action outside the policy's `[-1, 1]` (a recording in the

@@ -371,14 +371,10 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         // Its bundle says the task's rate (`action.control_hz`), so the data must be
         // at it: 30 fps data was trained on as 20 Hz steps, and the controller's rate
         // check then passed a robot of the wrong rate.
-        ensure!(
-            ds.info.fps == task.spec().control_hz,
-            "{path}: recorded at {} Hz, task {task} steps at {} Hz: a step of it is another \
-             length of time (the discount, the action chunks and the bundle's rate are per \
-             step); record at the task's rate",
-            ds.info.fps,
-            task.spec().control_hz
-        );
+        let steps = format!("task {task} steps");
+        if let Some(d) = crate::robot::other_rate(ds.info.fps, task.spec().control_hz, &steps) {
+            bail!("{path}: {d}; record at the task's rate");
+        }
     }
     ensure!(ds.num_frames() > 0, "{path}: the dataset holds no frames");
     let mut warnings: Vec<String> = no_reward_warning(
@@ -2059,6 +2055,8 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// `bc`'s online steps train on the demonstrations only (they drew half their rows
     /// from its own rollouts); the other algorithms mix as `optim.offline_fraction` says.
     #[test]
@@ -2084,8 +2082,6 @@ mod tests {
             );
         }
     }
-
-    use super::*;
 
     /// A reward on a frame marked as an intervention is left out of training, and said
     /// so, unless interventions are kept (`finetune --keep-interventions`), which the

@@ -26,9 +26,9 @@ pub struct RunRrd {
 /// (`metrics.csv`, `eval.csv`, `finetune.csv`, …) as `metrics/<file>/<column>`, on the
 /// timeline named by the file's first column (`step`, `update`). Empty cells are
 /// skipped, and so are text, infinities and `NaN`s, counted in [`RunRrd::not_numbers`]
-/// (but for the trainer's per-episode columns' `NaN`); an empty file is left out ([`RunRrd::empty`]) unless
-/// every file is; a file whose rows have another
-/// number of cells than its header is an error naming the file and line. A last line
+/// (but for the trainer's per-episode columns' `NaN`); an empty file is left out
+/// ([`RunRrd::empty`]) unless every file is; a file whose rows have another number of
+/// cells than its header is an error naming the file and line. A last line
 /// without an end of line is a row cut short (the trainer appends a row and its end
 /// of line; a kill or a full disk can come between): left out and named in
 /// [`RunRrd::torn`], so that a crashed run, the one most wanted, can still be looked at.

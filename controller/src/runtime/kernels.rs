@@ -21,35 +21,31 @@ enum Isa {
     Baseline,
 }
 
-fn isa() -> Isa {
+/// Every kernel variant this CPU can run, the fastest first.
+fn runnable_isas() -> impl Iterator<Item = Isa> {
     #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            return Isa::Avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2Fma;
-        }
-    }
-    Isa::Baseline
+    let (avx512, avx2) = {
+        let fma = is_x86_feature_detected!("fma");
+        (
+            fma && is_x86_feature_detected!("avx512f"),
+            fma && is_x86_feature_detected!("avx2"),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (avx512, avx2) = (false, false);
+    [
+        (Isa::Avx512, avx512),
+        (Isa::Avx2Fma, avx2),
+        (Isa::Baseline, true),
+    ]
+    .into_iter()
+    .filter_map(|(isa, runs)| runs.then_some(isa))
 }
 
-/// Every kernel variant this CPU can run, the one [`isa`] picks first (tests run each:
-/// a robot computer without AVX-512 runs one this machine's pick would leave untested).
-#[cfg(test)]
-fn runnable_isas() -> Vec<Isa> {
-    let mut all = vec![Isa::Baseline];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            all.push(Isa::Avx2Fma);
-        }
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            all.push(Isa::Avx512);
-        }
-    }
-    all.reverse();
-    all
+/// The variant this CPU runs (tests run every one: a robot computer without AVX-512 runs
+/// one this machine's pick would leave untested).
+fn isa() -> Isa {
+    runnable_isas().next().unwrap_or(Isa::Baseline)
 }
 
 /// Which kernel this CPU runs (for benchmark reports).
@@ -444,7 +440,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(runnable_isas()[0], isa());
+        assert_eq!(runnable_isas().next(), Some(isa()));
     }
 
     /// SiLU by every variant this CPU runs, against `x · sigmoid(x)` in f64.

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use firmware_config::RobotConfig;
 use hil_tests::faults::FaultSpec;
-use hil_tests::firmware::{FirmwareOptions, Pacing, SimFirmware, run};
+use hil_tests::firmware::{FirmwareOptions, Pacing, SimFirmware, other_robots_observation, run};
 use hil_tests::link::{Port, Pty, SerialLink};
 use sim::{EnvConfig, Reward, TaskId};
 use std::io::Write;
@@ -98,19 +98,16 @@ fn main() -> Result<()> {
     let robot = match &args.robot {
         Some(path) => {
             let robot = RobotConfig::load(path)?;
-            // The firmware announces the robot file's id: a file of another robot would
-            // let a controller configured for that robot drive this task. (Other sizes
-            // are refused below, by the firmware, with the sizes named.)
-            let names = (&robot.observation.names, &built_in.observation.names);
-            if let Some(i) = firmware_config::config::first_name_difference(names.0, names.1)
-                .filter(|_| names.0.len() == names.1.len())
+            // Named by the file here (the firmware refuses it too, by the robot's name).
+            // Other sizes are refused below, by the firmware, with the sizes named.
+            if let Some((i, ours)) = other_robots_observation(&robot, args.task)
+                .filter(|_| robot.observation.names.len() == built_in.observation.names.len())
             {
                 bail!(
-                    "{}: observation [{i}] is `{}`, task {}'s is `{}`: this file describes another robot than the task simulates",
+                    "{}: observation [{i}] is `{}`, task {}'s is `{ours}`: this file describes another robot than the task simulates",
                     path.display(),
-                    names.0[i],
+                    robot.observation.names[i],
                     args.task,
-                    names.1[i],
                 );
             }
             robot
