@@ -310,7 +310,7 @@ struct RunArgs {
     #[arg(long, conflicts_with = "rerun_connect")]
     rerun: Option<PathBuf>,
     /// Stream the same recording to a running rerun viewer at HOST:PORT (e.g.
-    /// 127.0.0.1:9876) or a rerun+http:// URL.
+    /// 127.0.0.1:9876) or a rerun+http:// URL, instead of `--rerun`'s file.
     #[arg(long)]
     rerun_connect: Option<String>,
     /// Operator episode control from stdin, one key per line: s success, f failure,

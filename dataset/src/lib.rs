@@ -45,6 +45,8 @@
 //! | `next.success`           | `bool [1]`      | success flag after the step |
 //! | `timestamp`              | `f32 [1]`       | `frame_index / fps`, seconds |
 //! | `frame_index`, `episode_index`, `index`, `task_index` | `i64 [1]` | position in episode, episode, global frame, task |
+//! | `intervention`           | `bool [1]`      | the operator intervened in this frame (robot logs; optional, **ours**) |
+//! | `teleop`                 | `bool [1]`      | the action came from a teleop device (robot logs; optional, **ours**) |
 //!
 //! Semantics on read: `terminated = next.done && !next.truncated`, so a frame is
 //! never both terminated and truncated ([`Episode::check`] rejects that on write).

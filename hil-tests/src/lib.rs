@@ -24,7 +24,7 @@
 //! `--device PATH` instead of `--pty`, `--lockstep` (step when a command arrives),
 //! `--rate-scale X` (run the clock X times faster), `--command-timeout-ms N`,
 //! `--faults SPEC` (see [`faults`]), `--reward dense`, `--gravity`,
-//! `--max-seconds N`. `--reward dense` and `--gravity` need a `--robot` file whose
+//! `--max-seconds N`, `--baud N`. `--reward dense` and `--gravity` need a `--robot` file whose
 //! robot name ends in the options (`sim-arm-reach+gravity`; the controller's datasets
 //! are named after it, and the trainer refuses a variant's data by that name), and
 //! `--gravity` one with `gravity_safe_torque_off = false`.

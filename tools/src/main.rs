@@ -1,4 +1,5 @@
-//! `tools`: dataset generation/inspection/validation and benchmarks.
+//! `tools`: datasets (generate, inspect, validate, label, tidy), benchmarks, the
+//! dataset demo, the teleop device, robot files and rerun recordings (`viz`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -69,8 +70,8 @@ enum Command {
         /// The robot file (TOML; see firmware-config/robots/).
         file: PathBuf,
     },
-    /// The largest working slice of the stack today: generate demonstrations for every
-    /// task, validate the datasets and print their statistics.
+    /// The dataset side alone: generate demonstrations for every task, validate the
+    /// datasets and print their statistics.
     Demo {
         /// Output directory (one dataset per task below it).
         #[arg(long, default_value = "out/demo")]
@@ -106,8 +107,9 @@ enum VizCommand {
         #[command(flatten)]
         to: VizTarget,
     },
-    /// Check a recording with the rerun CLI (`python3 -m rerun_cli`, rerun-sdk 0.36.3)
-    /// and list its entities with their row counts.
+    /// Check a recording with the rerun CLI (`python3 -m rerun_cli`, rerun-sdk 0.36.3;
+    /// the environment's `RERUN_PYTHON` names another Python) and list its entities
+    /// with their row counts.
     Verify {
         /// The .rrd recording.
         file: PathBuf,

@@ -4,7 +4,7 @@
 //! Gaussian actor, temperature), fused Adam/AdamW on flat buffers ([`optim`]), the learners ([`agent`]: `expo`, `bc`, `idql-select`,
 //! `rlpd` in one code path), replay buffers with 50/50 offline/online sampling
 //! ([`replay`]; mirrored on the training device with `compute.replay = "device"`,
-//! [`device_replay`]), the run configuration with its `paper` and `cpu` presets ([`config`]),
+//! [`device_replay`]), the run configuration with its `paper`, `cpu` and `tiny` presets ([`config`]),
 //! runs on robots known only from their datasets ([`robot`]), and the `trainer` binary.
 //!
 //! The EXPO action selection itself lives in `shared_model::select` and is shared with

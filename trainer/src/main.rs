@@ -11,7 +11,7 @@ use trainer::run::{Progress, TrainOptions, train};
 #[derive(Parser)]
 #[command(
     name = "trainer",
-    about = "Train EXPO (and baselines) on the simulated robot tasks"
+    about = "Train EXPO (and baselines) on the simulated tasks or a robot's recorded data"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -260,7 +260,7 @@ enum Command {
     /// Evaluate a run's latest checkpoint (burn) or a model bundle (through the
     /// controller's runtime): success rate and return over K episodes.
     Eval {
-        /// A run directory written by `train` or `pretrain` (a checkpoint has no
+        /// A run directory written by `train`, `pretrain` or `finetune` (a checkpoint has no
         /// signature: the trust options are refused with it).
         #[arg(
             long,
