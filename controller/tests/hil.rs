@@ -1778,32 +1778,44 @@ fn protocol_version_mismatch_refuses_to_run() {
 /// `Estop` (it was left holding with its torque on).
 #[test]
 fn a_log_refused_after_the_handshake_turns_the_torque_off() {
-    let _g = serial();
-    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
-    std::fs::create_dir_all(&sim.out).unwrap();
-    let payload = [0xEEu8];
-    let mut log = b"EXPOLOG1".to_vec();
-    log.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    log.extend_from_slice(&firmware_config::protocol::crc32(&payload).to_le_bytes());
-    log.extend_from_slice(&payload);
-    std::fs::write(sim.out.join("transitions.log"), &log).unwrap();
-    let out = sim.run(&["--episodes", "1"]);
-    let (fw, received) = sim.stop_fw();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(out.stderr.contains("transitions.log"), "{out:?}");
-    assert!(
-        received
-            .iter()
-            .any(|r| matches!(r.message, Message::Hello(_))),
-        "refused after the handshake"
-    );
-    assert!(
-        received
-            .iter()
-            .all(|r| !matches!(r.message, Message::Reset { .. } | Message::Command { .. })),
-        "nothing ran"
-    );
-    assert_eq!(fw.firmware.estops, 1, "{received:?}");
+    // Then the same with the first Estop lost on the line: it is sent again until
+    // answered (one Estop went out, unconfirmed, and the error did not say so).
+    for faults in ["", "lose_estop=1"] {
+        let _g = serial();
+        let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, faults);
+        std::fs::create_dir_all(&sim.out).unwrap();
+        let payload = [0xEEu8];
+        let mut log = b"EXPOLOG1".to_vec();
+        log.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        log.extend_from_slice(&firmware_config::protocol::crc32(&payload).to_le_bytes());
+        log.extend_from_slice(&payload);
+        std::fs::write(sim.out.join("transitions.log"), &log).unwrap();
+        let out = sim.run(&["--episodes", "1"]);
+        let (fw, received) = sim.stop_fw();
+        assert_eq!(out.status.code(), Some(1), "{faults}: {out:?}");
+        assert!(out.stderr.contains("transitions.log"), "{faults}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("an Estop went out after the Hello, and the firmware answered it"),
+            "{faults}: {out:?}"
+        );
+        assert!(
+            received
+                .iter()
+                .any(|r| matches!(r.message, Message::Hello(_))),
+            "refused after the handshake"
+        );
+        assert!(
+            received
+                .iter()
+                .all(|r| !matches!(r.message, Message::Reset { .. } | Message::Command { .. })),
+            "nothing ran"
+        );
+        // The Estops the firmware took (a lost one never reaches it, nor `received`).
+        assert_eq!(fw.firmware.estops, 1, "{faults}: {received:?}");
+        let lost = if faults.is_empty() { 0 } else { 1 };
+        assert_eq!(fw.faults.lost_estops, lost, "{faults}: {:?}", fw.faults);
+    }
 }
 
 /// Setup: `--out` holds a transitions.log that is not a log at all. Expected: refused

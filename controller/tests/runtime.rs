@@ -255,6 +255,29 @@ fn a_reloaded_policy_draws_its_own_noise_and_must_fine_tune_the_running_one() {
         let text = format!("{e:#}");
         assert!(text.contains("the running bundle"), "{name}: {text}");
     }
+    // Bundles that say their rate (format 5): another rate is refused too (`reload`
+    // took a 10 Hz bundle in place of a 20 Hz one).
+    let at = |hz: i64| {
+        move |t: &mut toml::Table| {
+            t.insert("format_version".into(), toml::Value::Integer(5));
+            let a = t["action"].as_table_mut().unwrap();
+            a.insert("control_hz".into(), toml::Value::Integer(hz));
+        }
+    };
+    let at_20 = variant_of(&first, root.path(), "at-20", &|d| edit_manifest(d, at(20)));
+    let b20 = load_bundle(&at_20, &Trust::AllowUnsigned).unwrap();
+    let mut current = Policy::new(&b20, &opts).unwrap();
+    let also_20 = variant_of(&first, root.path(), "also-20", &|d| {
+        edit_manifest(d, at(20))
+    });
+    reload(&mut current, &also_20, &Trust::AllowUnsigned, &opts).unwrap();
+    let at_10 = variant_of(&first, root.path(), "at-10", &|d| edit_manifest(d, at(10)));
+    let e = reload(&mut current, &at_10, &Trust::AllowUnsigned, &opts).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("trained on steps at 10 Hz, the running bundle at 20 Hz"),
+        "{text}"
+    );
 }
 
 /// A copy of the bundle `good` as `root/name`, changed by `f`.
@@ -382,6 +405,17 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
             trust(1),
             |e| matches!(e, BundleError::BadSignature { .. }),
             "signature does not verify",
+        ),
+        (
+            // Named as no signature, not as tampering ("modified or signed by another
+            // key" sent the operator after the wrong cause).
+            "signature file cut short",
+            variant("short-signature", &|d| {
+                fs::write(d.join(SIGNATURE_FILE), "abc\n").unwrap()
+            }),
+            trust(1),
+            |e| matches!(e, BundleError::Key { .. }),
+            "not a signature: expected 128 hex digits, found 3 characters",
         ),
         (
             "signed by another key",

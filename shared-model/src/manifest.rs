@@ -591,7 +591,7 @@ impl Trust {
 }
 
 /// Reads a signing key file (`NAME.key`). Refuses a public key file: a bundle signed
-/// with it would verify with no key.
+/// with it would verify with no key; and a file others may read ([`owner_only`]).
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, BundleError> {
     let (text, kind) = read_key_file(path)?;
     if kind == KeyFileKind::Public || kind == KeyFileKind::Unmarked && has_extension(path, "pub") {
@@ -602,11 +602,40 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, BundleError> {
                 .into(),
         });
     }
+    owner_only(path).map_err(|message| BundleError::Key {
+        path: path.into(),
+        message,
+    })?;
     let seed = unhex::<32>(&text).ok_or_else(|| BundleError::Key {
         path: path.into(),
         message: "expected a signing key as 64 hex digits".into(),
     })?;
     Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A secret key file (a bundle signing key, the uplink's shared key) must be its
+/// owner's alone, as ssh asks of its keys: one that group or others may read or change
+/// is refused (a copy made by hand is often mode 0644, and then anyone on that machine
+/// can sign bundles the robot runs, or feed the trainer transitions). Unix only:
+/// elsewhere the file system's access lists decide. The error says how to fix it.
+pub fn owner_only(path: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "a secret key that others may read or change (mode {:03o}): make it its \
+                 owner's alone with `chmod 600 {}`",
+                mode & 0o777,
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `PREFIX.key` (secret, mode 0600) and `PREFIX.pub` from the OS random source;
@@ -968,7 +997,17 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                     path: spath.clone(),
                     key: key_fingerprint(key.as_bytes()),
                 };
-                let sig = unhex::<64>(&sig_text).ok_or_else(bad)?;
+                // A file that is no signature at all (empty, cut short, edited by hand)
+                // is named as such: "modified or signed by another key" sent the
+                // operator after the wrong cause.
+                let sig = unhex::<64>(&sig_text).ok_or_else(|| BundleError::Key {
+                    path: spath.clone(),
+                    message: format!(
+                        "not a signature: expected 128 hex digits, found {} characters \
+                         (sign the bundle again with the trainer's --signing-key)",
+                        sig_text.trim().chars().count()
+                    ),
+                })?;
                 let sig = Signature::from_bytes(&sig);
                 if key.verify_strict(&text, &sig).is_err() {
                     // A secret key read as a public one (an unmarked file under another
@@ -2369,6 +2408,19 @@ mod tests {
         let old_key = tmp.path().join("old.key");
         let old_pub = tmp.path().join("old.pub");
         fs::write(&old_key, format!("{secret}\n")).unwrap();
+        #[cfg(unix)]
+        {
+            // As written by hand: others may read it, and it is refused until chmod 600.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&old_key, fs::Permissions::from_mode(0o644)).unwrap();
+            let e = message(read_signing_key(&old_key).err().unwrap());
+            assert!(
+                e.contains("old.key") && e.contains("mode 644") && e.contains("chmod 600"),
+                "{e}"
+            );
+            assert!(!e.contains(&secret), "{e}");
+            fs::set_permissions(&old_key, fs::Permissions::from_mode(0o600)).unwrap();
+        }
         fs::write(
             &old_pub,
             format!("{}\n", hex(key.verifying_key().as_bytes())),

@@ -496,6 +496,12 @@ pub const MAX_ROWS_PER_STEP: usize = 1 << 22;
 /// Most values the TD target's chain noise may hold ([`Config::check_candidate_noise`]):
 /// 4 GiB of f32, about 100 times the `paper` preset's on a 30-value action.
 pub const MAX_CANDIDATE_NOISE: u64 = 1 << 30;
+/// Largest `|expo.target_entropy_per_dim|`: 144 times the most an action value in
+/// [-1, 1] can have (ln 2), and small enough that the total target (times at most
+/// 16 action values times [`MAX_ACTION_HORIZON`], 1,024 values: 1.0e5) keeps the
+/// temperature's gradient at its cap (`ln α` = 30) below the 1.7e6 gap whose square
+/// overflows f32 ([`crate::nets::MAX_LOG_TEMPERATURE`]).
+pub const MAX_TARGET_ENTROPY_PER_DIM: f32 = 100.0;
 
 fn one_step() -> usize {
     1
@@ -1102,9 +1108,14 @@ impl Config {
             crate::nets::MAX_LOG_TEMPERATURE,
             e.init_temperature
         );
+        // An action value in [-1, 1] has at most ln 2 nats of entropy, so a target far
+        // beyond that only drives the temperature to its cap; and times a large action
+        // dimension (a chunk's) it overflowed to -inf, whose NaN temperature step the cap
+        // then turned into e^30 without a word.
         ensure!(
-            e.target_entropy_per_dim.is_finite(),
-            "expo.target_entropy_per_dim must be finite, not {}",
+            e.target_entropy_per_dim.abs() <= MAX_TARGET_ENTROPY_PER_DIM,
+            "expo.target_entropy_per_dim must be within ±{MAX_TARGET_ENTROPY_PER_DIM} (an \
+             action value in [-1, 1] has at most ln 2 = 0.69 nats), not {}",
             e.target_entropy_per_dim
         );
         let o = &self.optim;
@@ -1585,6 +1596,10 @@ mod tests {
             (
                 "expo.target_entropy_per_dim=-inf",
                 "expo.target_entropy_per_dim",
+            ),
+            (
+                "expo.target_entropy_per_dim=-1e37",
+                "expo.target_entropy_per_dim must be within ±100",
             ),
             ("optim.discount=1.5", "optim.discount"),
             ("optim.discount=-0.1", "optim.discount"),

@@ -244,8 +244,8 @@ pub(crate) fn held_whole(dir: &Path) -> Result<BTreeMap<String, LogPosition>> {
 /// (`crate::robot::read_training_dataset`).
 fn unusable(t: &controller::robot_loop::log::Transition) -> Option<String> {
     let where_ = format!("episode {}, step {}", t.episode, t.step);
-    if !t.is_finite() {
-        return Some(format!("{where_}: a value is not finite"));
+    if let Some((name, v)) = t.first_non_finite() {
+        return Some(format!("{where_}: {name} is {v}, not a finite value"));
     }
     let i = dataset::outside_policy_range(t.action())?;
     Some(format!(
@@ -1454,7 +1454,7 @@ mod tests {
             [
                 None,
                 Some("episode 4, step 1: action[1] = 1.5 is outside the policy's [-1, 1]".into()),
-                Some("episode 4, step 2: a value is not finite".into()),
+                Some("episode 4, step 2: reward is NaN, not a finite value".into()),
             ]
         );
     }

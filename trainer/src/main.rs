@@ -635,6 +635,15 @@ fn main() -> Result<()> {
                     spec.obs_dim(),
                     spec.action_dim()
                 );
+                // As `controller run --sim` refuses it: its steps are another length of
+                // time (a bundle from before format 5 does not say its rate).
+                if let Some(hz) = b.manifest.action.control_hz {
+                    let task_steps = format!("task {task} steps");
+                    if let Some(why) = trainer::robot::other_rate(hz, spec.control_hz, &task_steps)
+                    {
+                        anyhow::bail!("{}: the bundle was trained on data {why}", dir.display());
+                    }
+                }
                 let cw = policy.chunk_dim();
                 // Unless told otherwise, as the run that trained the bundle played.
                 let default_replan = b.manifest.action.replan_every;

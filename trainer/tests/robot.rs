@@ -213,6 +213,31 @@ fn a_robot_run_learns_what_the_same_data_teaches_under_a_task_name() {
         e.contains("the bundle is for 'lab-pusher', which is not a simulated task"),
         "{e}"
     );
+    // A task's bundle that says another rate is refused, as `controller run --sim`
+    // refuses it (`eval --bundle` played it at the task's rate).
+    let slow = tmp.path().join("task-b-10hz");
+    std::fs::create_dir_all(&slow).unwrap();
+    for f in std::fs::read_dir(&task_bundle).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, slow.join(f.file_name().unwrap())).unwrap();
+    }
+    let manifest = std::fs::read_to_string(slow.join("manifest.toml")).unwrap();
+    assert_eq!(manifest.matches("control_hz = 20").count(), 1, "{manifest}");
+    let manifest = manifest.replace("control_hz = 20", "control_hz = 10");
+    std::fs::write(slow.join("manifest.toml"), manifest).unwrap();
+    let e = trainer_cli(&[
+        "eval",
+        "--bundle",
+        slow.to_str().unwrap(),
+        "--allow-unsigned",
+        "--episodes",
+        "2",
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains("the bundle was trained on data recorded at 10 Hz, task push steps at 20 Hz"),
+        "{e}"
+    );
     assert_eq!(m.observation.names, ds.info.observation_names);
     assert_eq!((m.observation.dim, m.action.dim), (10, 2));
     // The observation bounds are the data's range.

@@ -212,7 +212,8 @@ impl Key {
     /// Reads a key written by [`Key::write`] (or a bare line of hex, as written before
     /// the header). Refuses a bundle signing or verification key by its header, and a
     /// bare one by its `.pub` name (`trainer keygen`'s public key, which is no secret:
-    /// a link keyed with it is open to anyone who has the file).
+    /// a link keyed with it is open to anyone who has the file); and a file others may
+    /// read (`shared_model::manifest::owner_only`).
     pub fn read(path: &Path) -> Result<Key, LinkError> {
         let err = |message: String| LinkError::Key {
             path: path.to_path_buf(),
@@ -262,6 +263,7 @@ impl Key {
                 hex.len()
             )));
         }
+        shared_model::manifest::owner_only(path).map_err(err)?;
         let mut k = [0u8; KEY_LEN];
         for (i, b) in k.iter_mut().enumerate() {
             *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
@@ -753,6 +755,18 @@ mod tests {
         let bare = dir.path().join("bare.key");
         let hex: String = k.0.iter().map(|b| format!("{b:02x}")).collect();
         std::fs::write(&bare, hex + "\n").unwrap();
+        #[cfg(unix)]
+        {
+            // Written by hand, others may read it: refused until chmod 600.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = Key::read(&bare).unwrap_err().to_string();
+            assert!(
+                e.contains("bare.key") && e.contains("others may read") && e.contains("chmod 600"),
+                "{e}"
+            );
+            std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert_eq!(Key::read(&bare).unwrap().0, k.0);
         std::fs::write(&path, "abc").unwrap();
         let e = Key::read(&path).unwrap_err().to_string();

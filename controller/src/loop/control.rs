@@ -402,7 +402,7 @@ pub(crate) struct Control {
     pub brain: Brain,
     pub gate: CommandGate,
     envelope: Envelope,
-    events: Receiver<LinkEvent>,
+    pub(crate) events: Receiver<LinkEvent>,
     pub(crate) log_tx: Option<Sender<Record>>,
     pending_log: VecDeque<Record>,
     /// The loop has ended: transitions wait for room in the logger's queue instead of
@@ -440,7 +440,8 @@ pub(crate) struct Control {
     /// Spin through the whole period instead of sleeping (`--dedicated-cpu`, once the
     /// thread is alone on its CPU).
     pub busy_wait: bool,
-    /// The control thread took this loop over (see the `Drop` below).
+    /// The control thread took this loop over, or a setup step's failure stopped the
+    /// robot already (see the `Drop` below).
     pub(crate) ran: bool,
     /// Our Estops still waiting for their `Fault { Estop }` answer. Moved to
     /// `late_estop_answers` when an episode begins: the firmware answers in order, so by
@@ -1548,6 +1549,20 @@ impl Control {
                 self.say(format!("FAULT at tick {}: {kind:?}: {detail}", self.tick));
             }
             self.note_fault(now, kind, detail);
+            // A link lost before the closing Estop's answer came: that Estop may never
+            // have left the computer (writes do not wait for the line), so a run that
+            // was ending complete ends stopped by the loss (exit 3), as one lost during
+            // the closing hold does; the firmware's command watchdog holds the arm.
+            let answered = matches!(
+                self.phase,
+                Phase::ConfirmingStop { answers, .. } if self.estop_answers > answers
+            );
+            if kind == FaultKind::LinkLost
+                && !answered
+                && matches!(self.stopping, None | Some(Outcome::Completed))
+            {
+                self.stopping = Some(Outcome::StoppedByFault);
+            }
             if !self.torque_off {
                 // ...unless the firmware rebooted: its torque is on again, and it
                 // answers no Estop sent before. The run's last stop starts over (hold,
@@ -2157,7 +2172,15 @@ impl Control {
         let choice = match r {
             Ok(c) => c,
             Err(e) => {
-                self.fault(now, FaultKind::PolicyError, format!("{e:#}"), None);
+                // A failure the policy keeps (a two-speed worker that stopped) ends the
+                // run: each episode the fault budget allowed would reset the robot only
+                // to fault again.
+                if self.brain.cannot_act_again() {
+                    let why = format!("{e:#} (the policy cannot act again: the run ends)");
+                    self.fault(now, FaultKind::PolicyError, why, Some(After::Exit));
+                } else {
+                    self.fault(now, FaultKind::PolicyError, format!("{e:#}"), None);
+                }
                 return;
             }
         };
@@ -2647,6 +2670,11 @@ mod tests {
 
     /// A `push` robot's control thread writing to `wire`, its link events from `tx`.
     fn control(wire: &Wire) -> (Control, crossbeam_channel::Sender<LinkEvent>) {
+        control_with(wire, Brain::Hold)
+    }
+
+    /// [`control`] acting with `brain`.
+    fn control_with(wire: &Wire, brain: Brain) -> (Control, crossbeam_channel::Sender<LinkEvent>) {
         let mut robot = firmware_config::RobotConfig::example("push").unwrap();
         robot.safety.gravity_safe_torque_off = true;
         let mut cfg = RunConfig::new(robot.clone(), "/dev/null".into());
@@ -2654,7 +2682,7 @@ mod tests {
         let gate = CommandGate::new(&robot, Box::new(wire.clone()));
         let (tx, rx) = crossbeam_channel::unbounded();
         let report = super::super::RunReport::new(&cfg, "test");
-        let c = Control::new(cfg, Brain::Hold, gate, rx, None, report, Instant::now());
+        let c = Control::new(cfg, brain, gate, rx, None, report, Instant::now());
         (c, tx)
     }
 
@@ -3865,6 +3893,88 @@ mod tests {
             assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{reconnect:?}");
             assert!(c.report.faults[0].during_safe_stop);
         }
+    }
+
+    /// A link lost while the closing Estop's answer is awaited: that Estop may not have
+    /// left the computer, so the run that was ending complete is not reported completed
+    /// (it was: exit 0 with the arm possibly energised). An answer that came first keeps
+    /// it completed.
+    #[test]
+    fn a_link_lost_before_the_closing_estops_answer_is_not_a_completed_run() {
+        for answered_first in [false, true] {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.stopping = Some(Outcome::Completed);
+            stop_at_the_runs_end(&mut c);
+            if answered_first {
+                let answer = Message::Fault {
+                    code: FaultCode::Estop,
+                };
+                tx.send(frame(1, answer)).unwrap();
+            }
+            tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            tick_until_done(&mut c, 10);
+            assert_eq!(c.phase, Phase::Done, "{answered_first}");
+            let expected = if answered_first {
+                Outcome::Completed
+            } else {
+                Outcome::StoppedByFault
+            };
+            assert_eq!(c.stopping(), Some(expected), "{answered_first}");
+            assert_eq!(c.report.faults.len(), 1, "{answered_first}");
+            assert_eq!(c.report.faults[0].kind, FaultKind::LinkLost);
+        }
+    }
+
+    /// A two-speed worker that stopped at an error ends the run at the fault: every
+    /// later plan fails with it, and each episode `--max-faults` allowed reset the robot
+    /// only to fault again (six `Reset`s for `--max-faults 5`).
+    #[test]
+    fn a_stopped_two_speed_worker_ends_the_run() {
+        use shared_model::manifest::{SigningKey, Trust, load_bundle};
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        shared_model::synthetic::SyntheticSpec::cpu()
+            .write(dir.path(), 5, Some(&key))
+            .unwrap();
+        let b = load_bundle(dir.path(), &Trust::Key(key.verifying_key())).unwrap();
+        let options = crate::runtime::PolicyOptions {
+            backend: crate::runtime::Backend::Native,
+            executed_steps: None,
+            seed: 1,
+        };
+        let brain = Brain::new(&b, &options, true).unwrap();
+        let Brain::TwoSpeed { policy, .. } = &brain else {
+            panic!("not two-speed")
+        };
+        policy.fail_worker("out of memory");
+        let wire = Wire::default();
+        let (mut c, tx) = control_with(&wire, brain);
+        c.cfg.max_faults = 5;
+        c.cfg.episodes = Some(10);
+        let now = Instant::now();
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        c.one_tick(now);
+        assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
+        c.begin_episode(0, 7, now, now);
+        let obs = vec![0.25; c.od];
+        tx.send(frame(1, Message::sensor(0, 0, &obs).unwrap()))
+            .unwrap();
+        c.tick += 1;
+        c.one_tick(now);
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        assert_eq!(c.report.faults[0].kind, FaultKind::PolicyError);
+        let detail = &c.report.faults[0].detail;
+        assert!(
+            detail.contains("out of memory") && detail.contains("cannot act again"),
+            "{detail}"
+        );
+        assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+        tick_until_done(&mut c, 200);
+        assert_eq!(wire.count(|m| matches!(m, Message::Reset { .. })), 1);
     }
 
     /// A bundle that arrives while an episode runs takes over only at the next

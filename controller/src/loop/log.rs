@@ -160,12 +160,23 @@ impl Transition {
     }
     /// Every float is finite (a dataset accepts nothing else).
     pub fn is_finite(&self) -> bool {
-        self.obs()
-            .iter()
-            .chain(self.next_obs())
-            .chain(self.action())
-            .chain(std::iter::once(&self.reward))
-            .all(|x| x.is_finite())
+        self.first_non_finite().is_none()
+    }
+
+    /// The first value that is not finite, named (`obs[2]`, `next_obs[0]`, `action[1]`,
+    /// `reward`), and the value.
+    pub fn first_non_finite(&self) -> Option<(String, f32)> {
+        let fields = [
+            ("obs", self.obs()),
+            ("next_obs", self.next_obs()),
+            ("action", self.action()),
+        ];
+        for (name, values) in fields {
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                return Some((format!("{name}[{i}]"), values[i]));
+            }
+        }
+        (!self.reward.is_finite()).then(|| ("reward".to_string(), self.reward))
     }
 }
 
@@ -1735,6 +1746,39 @@ pub(crate) mod tests {
             std::fs::metadata(&path).unwrap().len(),
             len,
             "cut at its end"
+        );
+    }
+
+    /// The first value that is not finite is named with its place (the trainer said
+    /// only "a value is not finite"); a value past the dimensions is not looked at.
+    #[test]
+    fn the_first_non_finite_value_is_named() {
+        let t = transition(0, 1, false);
+        assert_eq!(t.first_non_finite(), None);
+        assert!(t.is_finite());
+        let named = |f: &dyn Fn(&mut Transition)| {
+            let mut t = transition(0, 1, false);
+            f(&mut t);
+            assert_eq!(t.is_finite(), t.first_non_finite().is_none());
+            t.first_non_finite().map(|(name, v)| format!("{name} {v}"))
+        };
+        assert_eq!(named(&|t| t.obs[2] = f32::NAN), Some("obs[2] NaN".into()));
+        assert_eq!(
+            named(&|t| t.next_obs[0] = f32::INFINITY),
+            Some("next_obs[0] inf".into())
+        );
+        assert_eq!(
+            named(&|t| t.action[1] = f32::NEG_INFINITY),
+            Some("action[1] -inf".into())
+        );
+        assert_eq!(named(&|t| t.reward = f32::NAN), Some("reward NaN".into()));
+        assert_eq!(named(&|t| t.obs[3] = f32::NAN), None);
+        assert_eq!(
+            named(&|t| {
+                t.action[0] = f32::NAN;
+                t.obs[1] = f32::NAN;
+            }),
+            Some("obs[1] NaN".into())
         );
     }
 

@@ -500,6 +500,15 @@ impl Brain {
         }
     }
 
+    /// The policy can act no more in this run: its two-speed worker stopped at an
+    /// error, which every later plan returns (a new episode would only fault again).
+    pub fn cannot_act_again(&self) -> bool {
+        match self {
+            Brain::TwoSpeed { policy, .. } => policy.worker_failed(),
+            Brain::Full { .. } | Brain::Hold => false,
+        }
+    }
+
     /// Two-speed mode: how old the candidates its plans used were; `None` otherwise.
     pub fn candidate_ages(&self) -> Option<CandidateAges> {
         match self {
@@ -1017,6 +1026,10 @@ pub enum RunError {
     Rerun(anyhow::Error),
     #[error("{what}: {error}")]
     Io { what: String, error: std::io::Error },
+    /// A setup step that failed after the handshake, and what the stop that followed
+    /// sent ([`stop_after_setup`]).
+    #[error("{error}; {stop}")]
+    AfterHandshake { error: Box<RunError>, stop: String },
 }
 
 /// Shortest control period the loop runs (10 kHz, the highest rate a robot file may
@@ -1201,10 +1214,11 @@ pub fn run(
     let mut gate = safety::CommandGate::new(&cfg.robot, Box::new(writer));
     handshake(&cfg, &mut gate, &link.events)?;
     // Shaken hands, the firmware holds with its torque on: the gate is the control
-    // loop's from here, and the loop turns the torque off as it is dropped unless its
-    // thread took it over, so a setup step that fails from here to the control thread's
-    // start (an `--out` that cannot be written, a log of another format, a thread that
-    // does not start) leaves no arm energised.
+    // loop's from here. A setup step that fails from here to the control thread's start
+    // (an `--out` that cannot be written, a log of another format, a thread that does
+    // not start) stops the robot as a stop signal before the run does
+    // (`stop_after_setup`), and the loop sends an Estop as it is dropped unless its
+    // thread took it over or that stop went out, so no arm is left energised.
     let mut report = RunReport::new(&cfg, bundle_label);
     report.realtime = vec![];
     let mut control = control::Control::new(
@@ -1230,22 +1244,27 @@ pub fn run(
         }
     };
     // First of the run's threads: if it cannot start, none of the others is left running.
-    let (console, console_tx) =
-        console::Console::spawn(std::io::stderr()).map_err(|error| RunError::Io {
+    let (console, console_tx) = console::Console::spawn(std::io::stderr())
+        .map_err(|error| RunError::Io {
             what: "starting the console thread".into(),
             error,
-        })?;
+        })
+        .map_err(|e| stop_after_setup(&mut control, e))?;
     let (logger, synced) = match &cfg.out {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|error| RunError::Io {
-                what: format!("creating {}", dir.display()),
-                error,
-            })?;
-            let mut log = LogWriter::open(&dir.join("transitions.log"))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|error| RunError::Io {
+                    what: format!("creating {}", dir.display()),
+                    error,
+                })
+                .map_err(|e| stop_after_setup(&mut control, e))?;
+            let mut log = LogWriter::open(&dir.join("transitions.log"))
+                .map_err(|e| stop_after_setup(&mut control, e))?;
             // Followed only by the uplink (which then sends only what is on disk).
             let synced = cfg.uplink.is_some().then(|| log.synced_len());
             let ds_dir = dir.join("dataset");
-            let ds = log::open_dataset(&ds_dir, &run.dataset_info())?;
+            let ds = log::open_dataset(&ds_dir, &run.dataset_info())
+                .map_err(|e| stop_after_setup(&mut control, e))?;
             if cfg.teleop.is_some() && !ds.writes(dataset::cols::TELEOP) {
                 note!(
                     "warning: {}: this dataset has no `teleop` column (it predates it), so the episodes appended to it lose the teleop mark; transitions.log keeps it. Record into a new --out to keep the mark in the dataset.",
@@ -1257,7 +1276,8 @@ pub fn run(
                     .map_err(|error| RunError::Io {
                         what: "starting the logger thread".into(),
                         error,
-                    })?;
+                    })
+                    .map_err(|e| stop_after_setup(&mut control, e))?;
             (Some(logger), synced)
         }
         None => (None, None),
@@ -1266,12 +1286,12 @@ pub fn run(
     let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
         (Some(u), Some(dir)) => {
             let log = dir.join("transitions.log");
-            let (s, rx) = streamer::Streamer::spawn(u.clone(), &log, synced).map_err(|error| {
-                RunError::Io {
+            let (s, rx) = streamer::Streamer::spawn(u.clone(), &log, synced)
+                .map_err(|error| RunError::Io {
                     what: "starting the uplink thread".into(),
                     error,
-                }
-            })?;
+                })
+                .map_err(|e| stop_after_setup(&mut control, e))?;
             (Some(s), Some(rx))
         }
         _ => (None, None),
@@ -1284,17 +1304,22 @@ pub fn run(
                 .map_err(|error| RunError::Io {
                     what: "starting the teleop thread".into(),
                     error,
-                })?;
+                })
+                .map_err(|e| stop_after_setup(&mut control, e))?;
             (Some(thread), Some(port))
         }
     };
     let operator = if cfg.operator {
         note!("{}", operator::HELP);
         let stdin = std::io::BufReader::new(std::io::stdin());
-        Some(operator::spawn_reader(stdin).map_err(|error| RunError::Io {
-            what: "starting the operator thread".into(),
-            error,
-        })?)
+        Some(
+            operator::spawn_reader(stdin)
+                .map_err(|error| RunError::Io {
+                    what: "starting the operator thread".into(),
+                    error,
+                })
+                .map_err(|e| stop_after_setup(&mut control, e))?,
+        )
     } else {
         None
     };
@@ -1494,18 +1519,12 @@ fn handshake(
             if now >= deadline {
                 // A firmware whose answers are lost may have taken a Hello (and holds
                 // with its torque on): one Estop, unconfirmed, as it answers nothing.
-                let estop = cfg.robot.safety.gravity_safe_torque_off
-                    && gate.send_control(Message::Estop).is_ok();
                 return Err(RunError::Handshake(format!(
                     "no Hello from the firmware on {} within {:?} (is the firmware running, on this port, at {} baud?){}",
                     cfg.port.display(),
                     cfg.handshake_timeout,
                     cfg.baud,
-                    if estop {
-                        "; an Estop went out after the Hellos, in case the firmware took one and only its answers are lost"
-                    } else {
-                        ""
-                    }
+                    estop_after_hellos(cfg, gate, "only its answers are lost")
                 )));
             }
             if now >= resend {
@@ -1540,18 +1559,51 @@ fn handshake(
                         "the firmware speaks protocol version {received}, this controller speaks {PROTOCOL_VERSION}"
                     )));
                 }
+                // The read side is gone, the write side may not be: a firmware that took
+                // a Hello holds with its torque on, as above.
                 Ok(link::LinkEvent::Lost(why)) => {
-                    return Err(RunError::Port(std::io::Error::other(why)));
+                    let estop = estop_after_hellos(cfg, gate, "its answers cannot be read");
+                    return Err(RunError::Port(std::io::Error::other(format!(
+                        "{why}{estop}"
+                    ))));
                 }
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(RunError::Port(std::io::Error::other(
-                        "the serial I/O thread stopped",
-                    )));
+                    let estop = estop_after_hellos(cfg, gate, "its answers cannot be read");
+                    return Err(RunError::Port(std::io::Error::other(format!(
+                        "the serial I/O thread stopped{estop}"
+                    ))));
                 }
             }
         }
+    }
+}
+
+/// A setup step failed after the handshake, before the control thread took the loop
+/// over: the firmware holds with its torque on, so the `Estop` goes out and its answer
+/// is awaited, resent without one, as for a stop signal before the run
+/// ([`stop_before_start`]; the loop's drop sent one `Estop`, unconfirmed, and the error
+/// did not say so). The error then says what went out.
+fn stop_after_setup(control: &mut control::Control, error: impl Into<RunError>) -> RunError {
+    let stop = stop_before_start(&control.cfg, &mut control.gate, &control.events);
+    // Stopped: its drop sends nothing more.
+    control.ran = true;
+    RunError::AfterHandshake {
+        error: Box::new(error.into()),
+        stop,
+    }
+}
+
+/// The first handshake ending without the firmware's `Hello` after ours went out: a
+/// firmware that took one holds with its torque on, so where the torque may go off
+/// (`gravity_safe_torque_off`) one `Estop` goes out, unconfirmed (no answer can be
+/// read). The words to add to the error: what went out, and why.
+fn estop_after_hellos(cfg: &RunConfig, gate: &mut safety::CommandGate, why: &str) -> String {
+    if cfg.robot.safety.gravity_safe_torque_off && gate.send_control(Message::Estop).is_ok() {
+        format!("; an Estop went out after the Hellos, in case the firmware took one and {why}")
+    } else {
+        String::new()
     }
 }
 
@@ -1772,6 +1824,72 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A writer whose bytes the test reads back.
+    #[derive(Clone, Default)]
+    struct Sent(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sent {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sent {
+        fn messages(&self) -> Vec<Message> {
+            let mut d = firmware_config::protocol::FrameDecoder::default();
+            let bytes = self.0.lock().unwrap().clone();
+            bytes
+                .iter()
+                .filter_map(|&b| d.push(b))
+                .map(|f| f.unwrap().message)
+                .collect()
+        }
+    }
+
+    /// The first handshake ended by the link's read side (lost, or its thread gone) after
+    /// a Hello went out: a firmware that took it holds with its torque on, so the Estop
+    /// goes out as on the handshake's timeout (none did: exit 1, the arm energised).
+    /// Without `gravity_safe_torque_off`, none.
+    #[test]
+    fn a_handshake_ended_by_the_links_loss_sends_the_estop() {
+        for (lost, torque_off) in [(true, true), (false, true), (true, false)] {
+            let mut robot = firmware_config::RobotConfig::example("push").unwrap();
+            robot.safety.gravity_safe_torque_off = torque_off;
+            let mut cfg = RunConfig::new(robot.clone(), "/dev/null".into());
+            cfg.quiet = true;
+            let sent = Sent::default();
+            let mut gate = safety::CommandGate::new(&robot, Box::new(sent.clone()));
+            let (tx, rx) = crossbeam_channel::unbounded();
+            if lost {
+                tx.send(link::LinkEvent::Lost("read failed".into()))
+                    .unwrap();
+            } else {
+                drop(tx);
+            }
+            let e = handshake(&cfg, &mut gate, &rx).unwrap_err();
+            let what = format!("lost {lost}, torque off {torque_off}");
+            assert!(matches!(e, RunError::Port(_)), "{what}: {e}");
+            let m = sent.messages();
+            assert!(matches!(m[0], Message::Hello(_)), "{what}: {m:?}");
+            let expected = if torque_off { 1 } else { 0 };
+            assert_eq!(m.len(), 1 + expected, "{what}: {m:?}");
+            assert_eq!(
+                m.iter().filter(|m| matches!(m, Message::Estop)).count(),
+                expected,
+                "{what}: {m:?}"
+            );
+            assert_eq!(
+                e.to_string().contains("an Estop went out after the Hellos"),
+                torque_off,
+                "{what}: {e}"
+            );
+        }
     }
 
     /// The library refuses SCHED_FIFO with a dedicated CPU's spin, as the command line

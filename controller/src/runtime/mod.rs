@@ -538,9 +538,10 @@ impl Policy {
 
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
 /// that policy, so it must be for the same task with the same observation names (their
-/// sizes are checked against the robot or the running policy), and plan chunks of the
+/// sizes are checked against the robot or the running policy), plan chunks of the
 /// same length (the run's chunk play and the chunking of the transitions it streams
-/// would change mid-run). One check for the uplink's swaps and [`reload`].
+/// would change mid-run), and act at the same rate where both say theirs. One check for
+/// the uplink's swaps and [`reload`].
 pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
     if new.task != old.task {
         return Some(format!(
@@ -559,6 +560,15 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
         return Some(format!(
             "it plans chunks of {} actions, the running bundle chunks of {}",
             new.action.horizon, old.action.horizon
+        ));
+    }
+    // (A bundle from before format 5 does not say its rate: the robot's check at the
+    // swap is all there is.)
+    if let (Some(new_hz), Some(old_hz)) = (new.action.control_hz, old.action.control_hz)
+        && new_hz != old_hz
+    {
+        return Some(format!(
+            "it was trained on steps at {new_hz} Hz, the running bundle at {old_hz} Hz"
         ));
     }
     None

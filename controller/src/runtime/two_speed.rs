@@ -247,6 +247,19 @@ impl TwoSpeedPolicy {
         self.fresh_from = self.obs_seq + 1;
     }
 
+    /// The worker stopped at an error (it stops at its first): every later plan fails
+    /// with it, in this episode and any other.
+    pub fn worker_failed(&self) -> bool {
+        self.shared.error.lock().unwrap().is_some()
+    }
+
+    /// A worker error as the worker records it, for the tests of what follows one.
+    #[cfg(test)]
+    pub(crate) fn fail_worker(&self, why: &str) {
+        let _c = self.shared.candidates.lock().unwrap();
+        *self.shared.error.lock().unwrap() = Some(why.into());
+    }
+
     /// Observations published to the worker so far.
     pub fn published(&self) -> u64 {
         self.obs_seq
