@@ -120,6 +120,26 @@ pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and its missing ancestors, syncing the parent of each one created:
+/// what is written inside gets synced, and without the new directory's own entry a
+/// power cut could lose the whole of it (a new dataset, a training run with its
+/// checkpoints, a robot run's log) on a filesystem that does not order metadata.
+pub fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
+    let created: Vec<&std::path::Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    for d in created {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// The largest action magnitude a dataset for training may hold. Actions are in the
 /// policy's units, `[-1, 1]` per dimension (what `controller run` records); the margin is
 /// float round-off, of a conversion from the robot's units say.

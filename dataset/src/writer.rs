@@ -218,26 +218,6 @@ fn holds_files(dir: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 
-/// Creates `dir` and its missing ancestors, syncing the parent of each one created:
-/// `finish` syncs what is inside the dataset, and without the new directory's own entry
-/// a power cut could lose the whole new dataset on a filesystem that does not order
-/// metadata.
-fn create_dir_durably(dir: &Path) -> Result<(), DatasetError> {
-    let created: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-        .collect();
-    fs::create_dir_all(dir).map_err(|e| DatasetError::io(dir, "creating directory", e))?;
-    for d in created {
-        let parent = match d.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        crate::sync_dir(parent).map_err(|e| DatasetError::io(parent, "syncing", e))?;
-    }
-    Ok(())
-}
-
 /// Writes episodes into a LeRobot v3 dataset directory.
 ///
 /// Data files are written as episodes arrive (one row group per episode);
@@ -519,7 +499,8 @@ impl DatasetWriter {
             Ok(false) => {}
             Ok(true) => return Err(DatasetError::NotEmpty { path: dir.into() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                create_dir_durably(dir)?;
+                crate::create_dir_durably(dir)
+                    .map_err(|e| DatasetError::io(dir, "creating directory", e))?;
             }
             Err(e) => return Err(DatasetError::io(dir, "opening dataset directory", e)),
         }

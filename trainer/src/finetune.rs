@@ -514,6 +514,24 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     }
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source, o.device.as_deref())?;
+    // Loading takes any `compute` settings (a new run from this one may differ); a
+    // resume continues the run exactly, so only those that compute the same bits may
+    // have changed in its config.toml (an edited candidate schedule went on as another
+    // run without a word).
+    if resumed
+        && let Some((key, then, now)) = crate::run::difference_except_length(
+            &state.config_toml,
+            &agent.config,
+            crate::run::ComputeMay::KeepResults,
+        )?
+    {
+        bail!(
+            "{}: `{key}` is {now}, but the run was checkpointed with {then}: --resume \
+             continues the run as it ran (of `compute`, only threads, block_chains, replay \
+             and graph may change)",
+            o.out.join("config.toml").display()
+        );
+    }
     // Else the run would be written as finished short of its checkpoint (and a bundle
     // exported from it), with nothing said. (A fresh run counts from 0, whatever its
     // source's count.)
@@ -593,7 +611,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         Replay::new(od, ad, 1)
     };
     if !resumed {
-        std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+        dataset::create_dir_durably(&o.out)
+            .with_context(|| format!("creating {}", o.out.display()))?;
         _writing = Some(crate::run::lock_run_dir(&o.out)?);
         if !o.resume {
             ensure_no_run_in(&o.out)?;

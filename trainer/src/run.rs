@@ -812,7 +812,7 @@ pub fn train(
         );
     }
     crate::device::check_trains_on(config)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    dataset::create_dir_durably(out).with_context(|| format!("creating {}", out.display()))?;
     // Taken before what it holds is looked at: a writer finishing in between left a
     // run the look had not seen.
     let _writing = lock_run_dir(out)?;
@@ -871,11 +871,12 @@ pub fn train(
                 .with_context(|| format!("{}: reading checkpoint", dir.display()))?,
         )
         .with_context(|| format!("{}: bad checkpoint state", dir.join("state.json").display()))?;
-        if let Some((key, then, now)) = difference_except_length(&state.config_toml, config, false)
-            .with_context(|| format!("{}", dir.join("state.json").display()))?
+        if let Some((key, then, now)) =
+            difference_except_length(&state.config_toml, config, ComputeMay::KeepResults)
+                .with_context(|| format!("{}", dir.join("state.json").display()))?
         {
             bail!(
-                "{}: checkpoint was written with a different configuration: `{key}` was {then}, is {now} now; resume with the same config (only run.online_steps, run.eval_every, run.eval_episodes and device may change): `--config {}` resumes with the settings it was written with (a run written by an older trainer has the defaults of its day)",
+                "{}: checkpoint was written with a different configuration: `{key}` was {then}, is {now} now; resume with the same config (only run.online_steps, run.eval_every, run.eval_episodes, device and compute.threads, block_chains, replay and graph may change): `--config {}` resumes with the settings it was written with (a run written by an older trainer has the defaults of its day)",
                 dir.display(),
                 out.join("config.toml").display()
             );
@@ -1178,24 +1179,44 @@ pub fn train(
     Ok(summary)
 }
 
+/// Which of the `compute` settings a run loaded again may have changed
+/// ([`difference_except_length`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ComputeMay {
+    /// Any: loading networks to evaluate, export or fine-tune from does not depend on
+    /// them.
+    Differ,
+    /// Those that compute the same bits (`threads`, `block_chains`, `replay`, `graph`):
+    /// a resumed run continues exactly, and a finished one is the one asked for. The
+    /// others change the numbers a run computes: the candidate schedule and the noise
+    /// source its random streams, the chains' precision its TD targets, the optimizer
+    /// its state's format.
+    KeepResults,
+}
+
 /// The first setting (dotted key, saved value, current value) in which `config`
 /// differs from the checkpoint's, besides those a resumed run may change: its length,
-/// its evaluations and its device (trained on a GPU, resumed on a CPU). With
-/// `any_compute`, the `compute` section (threads, schedules, kernels) may differ too:
-/// loading networks to evaluate or export does not depend on it, and resuming does
-/// (the random streams of the candidate schedules).
+/// its evaluations, its device (trained on a GPU, resumed on a CPU) and the `compute`
+/// settings `compute` allows.
 pub(crate) fn difference_except_length(
     saved: &str,
     config: &Config,
-    any_compute: bool,
+    compute: ComputeMay,
 ) -> Result<Option<(String, String, String)>> {
     let mut old: Config = toml::from_str(saved).context("its saved configuration")?;
     old.run.online_steps = config.run.online_steps;
     old.run.eval_every = config.run.eval_every;
     old.run.eval_episodes = config.run.eval_episodes;
     old.device = config.device.clone();
-    if any_compute {
-        old.compute = config.compute.clone();
+    match compute {
+        ComputeMay::Differ => old.compute = config.compute.clone(),
+        ComputeMay::KeepResults => {
+            let (o, c) = (&mut old.compute, &config.compute);
+            o.threads = c.threads;
+            o.block_chains = c.block_chains;
+            o.replay = c.replay;
+            o.graph = c.graph;
+        }
     }
     if old == *config {
         return Ok(None);
@@ -1375,8 +1396,9 @@ fn load_checkpoint_once(run: &Path, on: Option<&str>) -> Result<(Agent, RunState
     .with_context(|| format!("{}: bad checkpoint state", state_path.display()))?;
     // The networks are built from config.toml: an edited one would evaluate or
     // continue the checkpoint as something it is not (another task of the same sizes).
-    if let Some((key, then, now)) = difference_except_length(&state.config_toml, &config, true)
-        .with_context(|| format!("{}", state_path.display()))?
+    if let Some((key, then, now)) =
+        difference_except_length(&state.config_toml, &config, ComputeMay::Differ)
+            .with_context(|| format!("{}", state_path.display()))?
     {
         bail!(
             "{}: `{key}` is {now}, but the checkpoint was written with {then}",

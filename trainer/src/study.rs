@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::config::Algo;
+use crate::run::ComputeMay;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -94,8 +95,10 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
     let path = dir.join("config.toml");
     let saved = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    if let Some((key, then, now)) = crate::run::difference_except_length(&saved, config, true)
-        .with_context(|| format!("{}", path.display()))?
+    // (Of the `compute` settings, those that change the numbers a run computes count.)
+    if let Some((key, then, now)) =
+        crate::run::difference_except_length(&saved, config, ComputeMay::KeepResults)
+            .with_context(|| format!("{}", path.display()))?
     {
         bail!(
             "{}: a finished run with another configuration (`{key}` was {then}, the study \
@@ -104,16 +107,6 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
         );
     }
     let then: crate::config::Config = toml::from_str(&saved)?;
-    // Of the `compute` settings, which the check above lets differ, the chains' precision
-    // changes the numbers a run computes.
-    ensure!(
-        then.compute.chain_precision == config.compute.chain_precision,
-        "{}: a finished run with another configuration (`compute.chain_precision` was {:?}, \
-         the study asks {:?}); give the study another --out",
-        dir.display(),
-        then.compute.chain_precision,
-        config.compute.chain_precision
-    );
     let (was, asked) = (then.run.online_steps, config.run.online_steps);
     ensure!(
         was <= asked,
@@ -121,20 +114,6 @@ fn finished_run_matches(dir: &Path, config: &crate::config::Config) -> Result<bo
          another --out",
         dir.display()
     );
-    if was < asked {
-        // Extended with `train --resume`, which also needs the same `compute` settings:
-        // refused here, before its `done` mark goes, rather than failed in its child.
-        if let Some((key, then, now)) = crate::run::difference_except_length(&saved, config, false)
-            .with_context(|| format!("{}", path.display()))?
-        {
-            bail!(
-                "{}: extending this finished run to {asked} online steps resumes it, which \
-                 needs the settings it ran with (`{key}` was {then}, the study asks {now}); \
-                 give the study the same settings or another --out",
-                dir.display()
-            );
-        }
-    }
     let (e, ask) = (&then.run, &config.run);
     if (e.eval_every, e.eval_episodes) != (ask.eval_every, ask.eval_episodes) {
         eprintln!(
@@ -171,8 +150,9 @@ fn unfinished_run_resumes(dir: &Path, config: &crate::config::Config) -> Result<
     let Some(saved) = state["config_toml"].as_str().map(str::to_string) else {
         return Ok(());
     };
-    if let Some((key, then, now)) = crate::run::difference_except_length(&saved, config, false)
-        .with_context(|| format!("{}", path.display()))?
+    if let Some((key, then, now)) =
+        crate::run::difference_except_length(&saved, config, ComputeMay::KeepResults)
+            .with_context(|| format!("{}", path.display()))?
     {
         bail!(
             "{}: an unfinished run, resumed with the settings it ran with (`{key}` was \

@@ -149,6 +149,28 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
         "{e}"
     );
     o.with_offline = true;
+    // Resumed with an edited config.toml whose candidate schedule changes what the run
+    // computes: refused by name (it went on as another run); back as it was, resumed.
+    let config_path = interrupted.join("config.toml");
+    let config_text = std::fs::read_to_string(&config_path).unwrap();
+    assert_eq!(
+        config_text.matches("candidates = \"hoisted\"").count(),
+        1,
+        "{config_text}"
+    );
+    std::fs::write(
+        &config_path,
+        config_text.replace("candidates = \"hoisted\"", "candidates = \"sequential\""),
+    )
+    .unwrap();
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains(
+            "`compute.candidates` is \"sequential\", but the run was checkpointed with \"hoisted\""
+        ),
+        "{e}"
+    );
+    std::fs::write(&config_path, &config_text).unwrap();
     let resumed = finetune(&o, &mut ()).unwrap();
     assert_eq!(resumed.updates, 6);
     // Its summary does not claim no robot data: the dataset was read by the first

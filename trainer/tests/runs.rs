@@ -1053,20 +1053,20 @@ fn a_study_never_files_runs_under_the_wrong_names() {
     assert!(e.contains("study: 1 runs to do"), "{e}");
     let eval = std::fs::read_to_string(study.join("push/bc/seed-0/eval.csv")).unwrap();
     assert!(eval.lines().last().unwrap().starts_with("120,"), "{eval}");
-    // Extending resumes the run, which needs its compute settings: refused before its
-    // `done` mark goes (the child failed, and the run was marked failed).
+    // Extending resumes the run, which needs the compute settings that change its
+    // numbers: refused before its `done` mark goes (the child failed, and the run was
+    // marked failed).
     let (code, e) = trainer(&[
         "--tasks",
         "push",
         "--set",
         "run.online_steps=140",
         "--set",
-        "compute.threads=2",
+        "compute.candidates=\"sequential\"",
     ]);
     assert_eq!(code, Some(1), "{e}");
     assert!(
-        e.contains("extending this finished run to 140 online steps resumes it")
-            && e.contains("`compute.threads` was 1, the study asks 2"),
+        e.contains("a finished run with another configuration (`compute.candidates` was"),
         "{e}"
     );
     assert!(study.join("push/bc/seed-0/done").is_file());
@@ -1076,6 +1076,20 @@ fn a_study_never_files_runs_under_the_wrong_names() {
         e.contains("a finished run of 120 online steps, the study asks 100"),
         "{e}"
     );
+    // Those that compute the same bits may differ: the run is extended (it was refused
+    // as needing `compute.threads` 1).
+    let (code, e) = trainer(&[
+        "--tasks",
+        "push",
+        "--set",
+        "run.online_steps=140",
+        "--set",
+        "compute.threads=2",
+    ]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(e.contains("study: 1 runs to do"), "{e}");
+    let eval = std::fs::read_to_string(study.join("push/bc/seed-0/eval.csv")).unwrap();
+    assert!(eval.lines().last().unwrap().starts_with("140,"), "{eval}");
 }
 
 /// Mistakes a study or an export would otherwise carry out: a study's bad preset or

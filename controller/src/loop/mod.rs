@@ -1252,7 +1252,7 @@ pub fn run(
         .map_err(|e| stop_after_setup(&mut control, e))?;
     let (logger, synced) = match &cfg.out {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
+            dataset::create_dir_durably(dir)
                 .map_err(|error| RunError::Io {
                     what: format!("creating {}", dir.display()),
                     error,
