@@ -45,6 +45,7 @@ IN_CONTROL = 1
 HEADER = struct.Struct("<4sBBBBII")  # magic, version, kind, n, flags, seq, episode
 MAX_DATAGRAM = HEADER.size + 4 * 32 + 4
 MAX_ACT = 16  # action values in a datagram at most (firmware_config::protocol::MAX_ACT)
+F32_MAX = 3.4028234663852886e38  # the largest finite f32: a datagram's values are f32
 
 
 def encode_action(seq, values, engaged=False, success=False, failure=False, answers=None):
@@ -113,6 +114,7 @@ class TeleopLink:
         self.seq = 0
         self.received = 0  # observations decoded so far
         self.refused = 0  # datagrams that were not observations (counted, skipped)
+        self.send_errors = 0  # datagrams the network refused (counted, not resent)
 
     def send(self, values, engaged=False, success=False, failure=False, answers=None):
         """Sends one action. Labels act where their flag turns on, so keeping `success`
@@ -122,8 +124,11 @@ class TeleopLink:
         data = encode_action(self.seq, values, engaged, success, failure, answers)
         try:
             self.sock.sendto(data, self.controller)
-        except ConnectionRefusedError:
-            pass  # the controller is not listening yet
+        except OSError:
+            # The controller not listening yet, or the network gone for a moment (a Wi-Fi
+            # drop: ENETUNREACH ended the loop, and its release never went out). UDP may
+            # lose any datagram anyway; the controller's timeout covers the gap.
+            self.send_errors += 1
 
     def receive(self):
         """The newest observation that arrived since the last call, or None."""
@@ -159,8 +164,8 @@ def main():
         values = [float(v) for v in a.action.split(",")]
     except ValueError:
         p.error("--action %r: expected comma-separated numbers, e.g. 0.1,-0.2" % a.action)
-    if not all(math.isfinite(v) for v in values):
-        p.error("--action %r: every value must be finite" % a.action)
+    if not all(math.isfinite(v) and abs(v) <= F32_MAX for v in values):
+        p.error("--action %r: every value must be finite (as an f32)" % a.action)
     # The controller refuses a datagram of more (every one: the device ran on unheard).
     if len(values) > MAX_ACT:
         p.error("--action: %d values, at most %d (the protocol's action size)" % (len(values), MAX_ACT))
@@ -173,8 +178,10 @@ def main():
     if a.robot:
         try:
             values = RobotUnits.from_robot_file(a.robot).to_policy(values)
-        except (OSError, KeyError, ValueError, ImportError) as e:
+        except (OSError, KeyError, ValueError, ImportError, ZeroDivisionError) as e:
             p.error("--robot %s: %s" % (a.robot, e))
+        if not all(math.isfinite(v) and abs(v) <= F32_MAX for v in values):
+            p.error("--action %r in the units of --robot %s: a value is beyond an f32's range in policy units" % (a.action, a.robot))
     try:
         address = socket.gethostbyname(host)
     except OSError as e:
@@ -182,15 +189,25 @@ def main():
     link = TeleopLink((address, int(port)))
     last = None
     end = time.monotonic() + a.seconds
-    while time.monotonic() < end:
-        if a.until_observations is not None and link.received >= a.until_observations:
-            break
-        link.send(values, engaged=True)
-        time.sleep(1.0 / a.rate)
-        last = link.receive() or last
-    for _ in range(3):  # let go of the deadman (UDP may lose one datagram)
-        link.send(values, engaged=False)
-    print("teleop_device: %d observations, last %s" % (link.received, last))
+    try:
+        while time.monotonic() < end:
+            if a.until_observations is not None and link.received >= a.until_observations:
+                break
+            link.send(values, engaged=True)
+            time.sleep(1.0 / a.rate)
+            last = link.receive() or last
+    except KeyboardInterrupt:
+        print("teleop_device: interrupted; releasing the deadman", file=sys.stderr)
+    finally:
+        # Let go of the deadman whatever ended the loop (Ctrl-C, an error): else the arm
+        # follows the last engaged action until the controller's timeout. Three, as UDP
+        # may lose one.
+        for _ in range(3):
+            link.send(values, engaged=False)
+    print(
+        "teleop_device: %d observations, last %s (%d datagrams the network refused)"
+        % (link.received, last, link.send_errors)
+    )
     return 0
 
 

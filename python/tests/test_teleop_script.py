@@ -34,6 +34,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
         # 0 or less sent no engaged datagram and passed for a wiring check.
         (["--action", "0,0", "--until-observations", "0"], "--until-observations must be 1"),
         (["--action", "0,nan"], "every value must be finite"),
+        # Beyond an f32's range: struct.pack raised OverflowError (a traceback, and the
+        # loop's release never went out).
+        (["--action", "0,1e39"], "every value must be finite (as an f32)"),
     ],
 )
 def test_a_mistake_is_a_usage_error(args: list[str], says: str) -> None:

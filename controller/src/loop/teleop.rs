@@ -305,6 +305,19 @@ fn refuse(bytes: &[u8], act_dim: usize) -> Result<TeleopAction, String> {
     Ok(a)
 }
 
+/// A refused action datagram that releases the deadman, as a release: its values
+/// (wrong in number, or not finite) are never used, so they are zeros here.
+fn release_despite_values(bytes: &[u8], act_dim: usize) -> Option<TeleopAction> {
+    match wire::decode(bytes) {
+        Ok(Datagram::Action(a)) if !a.engaged() => Some(TeleopAction {
+            n: act_dim as u8,
+            values: [0.0; MAX_ACT],
+            ..a
+        }),
+        _ => None,
+    }
+}
+
 /// Where `seq` stands against the last sequence number taken.
 #[derive(Debug, PartialEq)]
 enum Order {
@@ -343,6 +356,8 @@ fn receive(
     let mut device: Option<(SocketAddr, Instant)> = None;
     let mut last_seq: Option<u32> = None;
     let mut last_flags = 0u8;
+    // A device that took over from a silent one has not released its deadman yet.
+    let mut unreleased = false;
     while !stop.load(Ordering::Relaxed) {
         if !wait_readable(socket, POLL) {
             continue;
@@ -360,7 +375,7 @@ fn receive(
             shared.foreign.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let action = match refuse(&buf[..len], act_dim) {
+        let mut action = match refuse(&buf[..len], act_dim) {
             Ok(a) => a,
             Err(why) => {
                 // The reason first, then the count (Release): whoever sees the count
@@ -375,7 +390,14 @@ fn receive(
                 if first {
                     note(format!("teleop: refused a datagram from {from}: {why}"));
                 }
-                continue;
+                // A released deadman is a release whatever values come with it (an
+                // encoder reading NaN as the operator lets go): it was dropped, and the
+                // last engaged action drove the arm until the timeout. Its values are
+                // never used (zeros, in case).
+                match release_despite_values(&buf[..len], act_dim) {
+                    Some(release) => release,
+                    None => continue,
+                }
             }
         };
         // A device silent for longer than the timeout starts a new count if it likes: a
@@ -398,8 +420,15 @@ fn receive(
         }
         if device.is_none_or(|(d, _)| d != from) {
             if let Some((d, _)) = device {
-                note(format!("teleop: device now at {from} ({d} fell silent)"));
+                note(format!(
+                    "teleop: device now at {from} ({d} fell silent); it drives once it has \
+                     released its deadman"
+                ));
                 shared.device_changes.fetch_add(1, Ordering::Relaxed);
+                // Another sender (a restarted device program, or anything else on the
+                // network that sends while the device is silent) does not move the arm
+                // with its first datagram: it drove mid-episode at once.
+                unreleased = true;
             } else {
                 note(format!("teleop: device at {from}"));
             }
@@ -431,10 +460,16 @@ fn receive(
         if on != 0 {
             shared.labels.fetch_or(on, Ordering::Relaxed);
         }
+        if !action.engaged() {
+            unreleased = false;
+        } else if unreleased {
+            // Taken as not engaged (and no release) until the new device's first release.
+            action.flags &= !wire::ENGAGED;
+        }
         *shared.latest.lock().unwrap() = Some(Received { action, at, from });
         // After the datagram is in the slot: a control thread that sees the flag then
         // finds this release, or a newer datagram, there (never the press before it).
-        if !action.engaged() {
+        if !action.engaged() && !unreleased {
             shared.released.store(true, Ordering::Release);
         }
     }
@@ -1242,6 +1277,46 @@ mod tests {
         assert!(rig.port.action(Instant::now(), 0, 0).is_some(), "just sent");
     }
 
+    /// A released deadman whose values are refused (an encoder reading NaN as the
+    /// operator lets go, or the wrong number of them) still releases: it was dropped, and
+    /// the last engaged action drove the arm until the timeout. It also counts as the
+    /// release a safe stop asks for.
+    #[test]
+    fn a_release_with_bad_values_still_releases() {
+        let mut rig = Rig::new(Duration::from_secs(60));
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert!(rig.port.action(Instant::now(), 0, 0).is_some());
+        rig.seq += 1;
+        let d = Rig::datagram(rig.seq, 0, &[f32::NAN, 0.0]);
+        rig.send_raw(&rig.device, &d);
+        assert_eq!(rig.refused(1), Some("action[0] is NaN".into()));
+        rig.wait_for(rig.seq);
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None, "released");
+        rig.port.require_release();
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None, "release first");
+        rig.seq += 1;
+        let d = Rig::datagram(rig.seq, 0, &[0.5, 0.5, 0.5]);
+        rig.send_raw(&rig.device, &d);
+        rig.refused(2);
+        rig.wait_for(rig.seq);
+        rig.send(wire::ENGAGED, &[0.25, 0.5]);
+        assert_eq!(
+            rig.port.action(Instant::now(), 0, 0).unwrap()[..2],
+            [0.25, 0.5],
+            "released (with three values) and pressed"
+        );
+        // An engaged datagram with bad values is still refused whole.
+        rig.seq += 1;
+        let d = Rig::datagram(rig.seq, wire::ENGAGED, &[f32::INFINITY, 0.0]);
+        rig.send_raw(&rig.device, &d);
+        rig.refused(3);
+        assert_eq!(
+            rig.port.action(Instant::now(), 0, 0).unwrap()[..2],
+            [0.25, 0.5]
+        );
+    }
+
     /// After a safe stop the device's action waits for a release; another sender becomes
     /// the device once the first has been silent for longer than the timeout.
     #[test]
@@ -1288,10 +1363,19 @@ mod tests {
             "released and pressed again before the control thread looked"
         );
 
-        // The device program restarts on a new port: taken once the old one is silent.
+        // The device program restarts on a new port: taken once the old one is silent,
+        // and it drives once it has released its deadman (its first datagram drove the
+        // arm mid-episode, from any sender on the network).
         std::thread::sleep(timeout * 2);
         rig.device = UdpSocket::bind("127.0.0.1:0").unwrap();
         rig.seq = 0;
+        rig.send(wire::ENGAGED, &[-0.5, 0.5]);
+        assert_eq!(
+            rig.port.action(Instant::now(), 0, 0),
+            None,
+            "a new device, not released yet"
+        );
+        rig.send(0, &[-0.5, 0.5]);
         rig.send(wire::ENGAGED, &[-0.5, 0.5]);
         assert_eq!(
             rig.port.action(Instant::now(), 0, 0).unwrap()[..2],
