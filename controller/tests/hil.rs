@@ -662,6 +662,9 @@ fn e2e_dedicated_cpu_and_its_failure_report() {
                     || got[0].2.contains("no CPU left"),
                 "{got:?}"
             );
+            // The loop falls back to sleeping: no busy-wait on a CPU it shares.
+            assert!(!got[1].1, "{got:?}");
+            assert!(got[1].2.contains("sleeping as usual"), "{got:?}");
         }
         assert!(out.stderr.contains("realtime: reserve CPU"), "{out:?}");
     }
@@ -1761,6 +1764,7 @@ fn protocol_version_mismatch_refuses_to_run() {
             .contains("the firmware speaks protocol version 1, this controller speaks 2"),
         "{out:?}"
     );
+    assert!(!received.is_empty());
     assert!(
         received
             .iter()
@@ -1841,7 +1845,14 @@ fn schema_mismatch_refuses_to_run() {
     let out = sim.run(&["--episodes", "1"]);
     let (_, received) = sim.stop_fw();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(out.stderr.contains("schema hash mismatch"), "{out:?}");
+    // Both hashes named.
+    let said = format!(
+        "schema hash mismatch: ours {:#010x}, the peer's 0x00001234",
+        firmware_config::protocol::SCHEMA_HASH
+    );
+    assert!(out.stderr.contains(&said), "{out:?}");
+    // Nothing but Hello, and a Hello (an empty list passed the first alone).
+    assert!(!received.is_empty());
     assert!(
         received
             .iter()

@@ -680,6 +680,27 @@ mod tests {
                 .parse()
                 .unwrap();
         assert_eq!(s.seed, Some(16));
+        // Each probability in its own field (the tests that use them give equal ones,
+        // so a parser that swapped two passed them).
+        assert_eq!(
+            (
+                s.drop_byte,
+                s.flip_bit,
+                s.truncate,
+                s.garbage,
+                s.duplicate,
+                s.reorder
+            ),
+            (0.5, 0.01, 0.1, 0.2, 0.3, 0.4)
+        );
+        assert_eq!(
+            (s.estop_at, s.watchdog_at_step, s.bad_step_at),
+            (Some(PressAt::Step(7)), Some(8), Some(9))
+        );
+        assert_eq!(
+            (s.version, s.schema_hash, s.nan_sensor, s.lose_command),
+            (Some(2), Some(0xdead_beef), 1.0, 0.125)
+        );
         assert_eq!(s.lose_estops, 2);
         assert_eq!(s.after_frames, 4);
         assert_eq!(s.stall, Some((0.05, Duration::from_millis(200))));

@@ -137,6 +137,9 @@ fn demo_refuses_to_overwrite_foreign_directories() {
         text(&o)
     );
     assert!(tmp.path().join("maze/notes.txt").exists());
+    // Refused before any task's dataset was written (maze is the last).
+    assert!(!tmp.path().join("arm-reach").exists());
+    assert!(!tmp.path().join("push").exists());
 }
 
 /// `tools demo` replaces the datasets it wrote itself, and refuses (before removing
@@ -156,6 +159,10 @@ fn demo_replaces_only_its_own_datasets() {
     let p = push.to_str().unwrap();
     let o = generate("push", 3, &push);
     assert!(o.status.success(), "{}", text(&o));
+    // A file the demo would remove with its arm-reach dataset (rewritten with the same
+    // seed, the dataset alone could not tell a rewrite from no rewrite).
+    let sentinel = tmp.path().join("arm-reach/sentinel");
+    std::fs::write(&sentinel, "kept").unwrap();
     let o = demo();
     assert!(!o.status.success());
     assert!(
@@ -169,8 +176,10 @@ fn demo_replaces_only_its_own_datasets() {
         "the user's dataset is kept: {}",
         text(&o)
     );
-    // Checked before anything is removed: the demo's arm-reach dataset is still there.
+    // Checked before anything is removed: the demo's arm-reach dataset is still there,
+    // untouched.
     assert!(tmp.path().join("arm-reach/meta/info.json").is_file());
+    assert!(sentinel.is_file());
 }
 
 #[test]

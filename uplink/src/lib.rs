@@ -715,6 +715,20 @@ mod tests {
                 got: 0
             })
         ));
+        // Reordered: frame 1 delivered before frame 0 (or frame 0 dropped), refused as
+        // out of sequence; a check that took any newer number let a dropped frame pass.
+        let (mut up, mut down) = sessions();
+        up.send(3, b"a").unwrap();
+        up.stream.buf.clear();
+        up.send(3, b"b").unwrap();
+        deliver(&mut up, &mut down, |_| {});
+        assert!(matches!(
+            down.recv(),
+            Err(LinkError::Sequence {
+                expected: 0,
+                got: 1
+            })
+        ));
         // Reflection: the controller's own frame sent back to it.
         let (mut up, _) = sessions();
         up.send(3, b"a").unwrap();

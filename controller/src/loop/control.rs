@@ -2365,7 +2365,9 @@ impl Control {
                     tr.done = true;
                     tr.truncated = !label && !terminated;
                     tr.success = label;
-                    if label {
+                    // A success the firmware itself gave the step has its reward already
+                    // (the label added a second: 2.0 on a sparse task).
+                    if label && !(terminated && r.success) {
                         bonus = self.cfg.success_reward;
                         tr.reward += bonus;
                     }
@@ -3517,9 +3519,19 @@ mod tests {
         label: bool,
         last: (f32, bool),
     ) -> (Control, Vec<Record>) {
+        labelled_at_step_2_ending(wire, room, label, step_reward(2, last.0, last.1))
+    }
+
+    /// [`labelled_at_step_2`], step 2's `Reward` frame `last`.
+    fn labelled_at_step_2_ending(
+        wire: &Wire,
+        room: usize,
+        label: bool,
+        last: Message,
+    ) -> (Control, Vec<Record>) {
         let (log_tx, log_rx) = crossbeam_channel::bounded(room);
         let (mut c, tx) = labelled_after_step_1(wire, Some(log_tx), label);
-        tx.send(frame(5, step_reward(2, last.0, last.1))).unwrap();
+        tx.send(frame(5, last)).unwrap();
         c.drain(Instant::now());
         c.emit_transitions();
         c.finish_episode(Instant::now(), EndReason::Labelled, "test".into());
@@ -3751,6 +3763,33 @@ mod tests {
         let (_, records) = labelled_at_step_2(&wire, 64, false, (0.0, false));
         let t = last_transition(&records).expect("logged");
         assert_eq!((t.done, t.truncated, t.success), (true, true, false));
+    }
+
+    /// A success label on a step the firmware itself ended as a success (the label came
+    /// just before its `Reward` frame) adds no second success reward: the step's reward
+    /// was 2.0 on a sparse task, and the return with it.
+    #[test]
+    fn a_success_label_on_a_firmware_success_adds_no_second_reward() {
+        let wire = Wire::default();
+        let success = Message::Reward {
+            episode: 1,
+            step: 2,
+            reward: 1.0,
+            done: true,
+            truncated: false,
+            success: true,
+        };
+        let (c, records) = labelled_at_step_2_ending(&wire, 64, true, success);
+        let t = last_transition(&records).expect("logged");
+        assert_eq!(
+            (t.reward, t.done, t.truncated, t.success),
+            (1.0, true, false, true)
+        );
+        assert_eq!(c.report.episodes[0].ret, 0.5 + 1.0);
+        // On a step the firmware did not end, the label's reward is added.
+        let (c, records) = labelled_at_step_2(&wire, 64, true, (0.25, false));
+        let t = last_transition(&records).expect("logged");
+        assert_eq!(t.reward, 0.25 + c.cfg.success_reward);
     }
 
     /// A success label on a step whose reward is not finite: the step is not logged, and

@@ -478,11 +478,14 @@ mod tests {
             assert!(e.violation(&p, &last).is_none(), "{p:?} after {last:?}");
             last = p.to_vec();
         }
-        // A raw Command cannot bypass the gate.
+        // A raw Command cannot bypass the gate: refused, and nothing written or counted.
+        let commands = g.stats.commands;
         assert!(
             g.send_control(Message::command(&[9.0, 9.0]).unwrap())
                 .is_err()
         );
+        assert_eq!(frames(&sink).len(), sent.len());
+        assert_eq!(g.stats.commands, commands);
     }
 
     /// A value outside the envelope by less than the rounding tolerance is not counted

@@ -416,26 +416,36 @@ mod tests {
             let x: Vec<f32> = (0..rows * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            // Every variant this CPU runs: the robot's may pick another than ours.
+            // Every variant this CPU runs (the robot's may pick another than ours), and
+            // every way the native runtime calls it: overwriting or adding to `y`, with
+            // a bias or without (the input layers have none).
             for isa in runnable_isas() {
-                let mut y = vec![0.5; rows * n];
-                dense_on(
-                    isa,
-                    &x,
-                    rows,
-                    &Packed::new(&w, k, n),
-                    Some(&b),
-                    true,
-                    &mut y,
-                );
-                for r in 0..rows {
-                    for j in 0..n {
-                        let want =
-                            0.5 + b[j] + (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum::<f32>();
-                        assert!(
-                            (y[r * n + j] - want).abs() < 1e-5,
-                            "{isa:?}: {rows}x{k}x{n} at {r},{j}"
+                for accumulate in [false, true] {
+                    for bias in [None, Some(&b[..])] {
+                        let mut y = vec![0.5; rows * n];
+                        dense_on(
+                            isa,
+                            &x,
+                            rows,
+                            &Packed::new(&w, k, n),
+                            bias,
+                            accumulate,
+                            &mut y,
                         );
+                        for r in 0..rows {
+                            for j in 0..n {
+                                let start = if accumulate { 0.5 } else { 0.0 };
+                                let want = start
+                                    + bias.map_or(0.0, |b| b[j])
+                                    + (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum::<f32>();
+                                assert!(
+                                    (y[r * n + j] - want).abs() < 1e-5,
+                                    "{isa:?}, accumulate {accumulate}, bias {}: {rows}x{k}x{n} \
+                                     at {r},{j}",
+                                    bias.is_some()
+                                );
+                            }
+                        }
                     }
                 }
             }
