@@ -51,6 +51,13 @@ impl RecordSink for Sink {
     }
 }
 
+/// A console that writes nowhere, for the streamer's lines.
+fn quiet() -> controller::robot_loop::console::ConsoleTx {
+    controller::robot_loop::console::Console::spawn(std::io::sink())
+        .unwrap()
+        .1
+}
+
 fn key() -> Key {
     Key::from_bytes([9; KEY_LEN])
 }
@@ -233,6 +240,7 @@ fn the_streamer_reads_past_held_records_to_send_the_rest_after_the_run_ended() {
         uplink(addr.to_string(), Duration::from_secs(60)),
         &log,
         None,
+        quiet(),
     )
     .unwrap();
     // The run has ended: the streamer only drains.
@@ -263,9 +271,13 @@ fn stream_to_holder(
         held,
         received: r.clone(),
     });
-    let (streamer, _ready) =
-        controller::robot_loop::streamer::Streamer::spawn(uplink(addr, drain), log, synced)
-            .unwrap();
+    let (streamer, _ready) = controller::robot_loop::streamer::Streamer::spawn(
+        uplink(addr, drain),
+        log,
+        synced,
+        quiet(),
+    )
+    .unwrap();
     let summary = streamer.finish();
     done.store(true, Ordering::SeqCst);
     server.join().unwrap();
@@ -373,6 +385,7 @@ fn a_trainer_that_trickles_bytes_does_not_hold_the_runs_end() {
         uplink(addr, Duration::from_secs(1)),
         &log,
         None,
+        quiet(),
     )
     .unwrap();
     let summary = streamer.finish();
@@ -438,8 +451,13 @@ fn a_log_held_under_its_older_name_is_not_sent_again() {
         cut: None,
         lose: None,
     });
-    let (streamer, _ready) =
-        Streamer::spawn(uplink(addr, Duration::from_secs(20)), &spelled, None).unwrap();
+    let (streamer, _ready) = Streamer::spawn(
+        uplink(addr, Duration::from_secs(20)),
+        &spelled,
+        None,
+        quiet(),
+    )
+    .unwrap();
     let summary = streamer.finish();
     done.store(true, Ordering::SeqCst);
     server.join().unwrap();
@@ -495,7 +513,7 @@ fn an_idle_session_without_swaps_is_kept_alive() {
         }
     });
     let (streamer, _ready) =
-        Streamer::spawn(uplink(addr, Duration::from_secs(1)), &log, None).unwrap();
+        Streamer::spawn(uplink(addr, Duration::from_secs(1)), &log, None, quiet()).unwrap();
     // Idle for over two session timeouts after the log is sent.
     std::thread::sleep(POLL_EVERY * 8);
     let summary = streamer.finish();

@@ -58,7 +58,26 @@
 //! | 0x07 | `EpisodeStart` | fw → ctl | episode u32, seed u64 |
 //! | 0x08 | `EpisodeEnd` | fw → ctl | episode u32, success u8, steps u32 |
 //! | 0x09 | `Reset` | ctl → fw | seed u64 |
-//! | 0x0a | `Reward` | fw → ctl | episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success; truncated only with done) |
+//! | 0x0a | `Reward` | fw → ctl | episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success; truncated only with done); **required every step** |
+//!
+//! # Episodes, as a firmware runs them
+//!
+//! - `Reset { seed }` starts a new episode in any state after the handshake, a running
+//!   episode included (the controller ends episodes itself: an operator's label, a
+//!   fault, a firmware that never says `done`): the firmware sends `EpisodeStart` with a
+//!   **new episode id** (a counter; a reused id lets the last episode's late frames be
+//!   taken for the new one's), then a `Sensor` per control step from step 0.
+//! - Every step `s ≥ 1` also gets a `Reward` for the step that led to it (step `s − 1`'s
+//!   action): the controller pairs `Sensor(s − 1)`, `Sensor(s)` and `Reward(s)` into one
+//!   transition, so a firmware that sends no `Reward` frames records nothing (each
+//!   episode line says "0 transitions, N missing").
+//! - The hold action is **0 in policy units**: `action.offset` in robot units, what
+//!   the firmware applies before the first command, after its watchdog trips and at
+//!   the end of a safe stop. On a robot commanded in absolute positions that is a pose
+//!   (the arm moves there), not a stop: choose `action.offset` so that it is safe, or
+//!   command velocities or position deltas, whose 0 is a stop. `safety.max_delta_per_tick`
+//!   is in policy units too: in robot units the slew limit is `|scale| ×
+//!   max_delta_per_tick` per joint. (`tools robot FILE` prints both.)
 //!
 //! Decoding is strict: a payload whose length does not match its type, a count above the
 //! maximum, a bool that is neither 0 nor 1, an unknown flag bit or a `Reward` truncated

@@ -520,6 +520,17 @@ const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
 /// The key file's hex (its comment lines left out) and what the file says it holds.
 fn read_key_file(path: &Path) -> Result<(String, KeyFileKind), BundleError> {
+    // A missing key is most often one not made or not copied yet: where it comes from.
+    if let Err(e) = fs::metadata(path)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Err(BundleError::Key {
+            path: path.into(),
+            message: "no such key file: `trainer keygen --out NAME` writes NAME.key (signs, \
+                      stays with the trainer) and NAME.pub (copy it to the robot)"
+                .into(),
+        });
+    }
     // Capped, and a regular file only: a FIFO named as a key blocked the read forever,
     // `/dev/zero` filled memory.
     let bytes = read_capped(path, MAX_KEY_FILE_BYTES)?;
@@ -2398,6 +2409,13 @@ mod tests {
         assert!(!e.contains(&secret), "{e}");
         let e = message(read_signing_key(&pub_path).err().unwrap());
         assert!(e.contains("this is a public key"), "{e}");
+        // A key not made or not copied yet: where it comes from.
+        let missing = tmp.path().join("robot.pub");
+        let e = message(Trust::from_public_key_file(&missing).err().unwrap());
+        assert!(
+            e.contains("robot.pub") && e.contains("no such key file: `trainer keygen"),
+            "{e}"
+        );
         // The comment line decides whatever the file is called.
         let renamed = tmp.path().join("robot-trust.txt");
         fs::copy(&key_path, &renamed).unwrap();

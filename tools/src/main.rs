@@ -342,6 +342,22 @@ fn main() -> Result<()> {
                     c.what, c.min, c.max
                 );
             }
+            // What a firmware applies, in its own units: the hold is policy 0 (the
+            // offset, a pose on a robot commanded in positions), and the envelope and
+            // slew limit are policy units times the scale.
+            let (a, safety) = (&robot.action, &robot.safety);
+            for i in 0..a.dim {
+                let ends = [safety.action_min[i], safety.action_max[i]]
+                    .map(|p| a.offset[i] + a.scale[i] * p);
+                println!(
+                    "action[{i}] in robot units: hold (policy 0) {}, envelope [{}, {}], at \
+                     most {} per control step",
+                    a.offset[i],
+                    ends[0].min(ends[1]),
+                    ends[0].max(ends[1]),
+                    a.scale[i].abs() * safety.max_delta_per_tick[i]
+                );
+            }
         }
         Command::Dataset { command } => match command {
             DatasetCommand::Generate {

@@ -241,6 +241,15 @@ fn robot_prints_the_hello_and_names_what_is_wrong() {
         out.contains("joint limits: none checked by the controller"),
         "{out}"
     );
+    // What the firmware applies, in its units (push: scale 1, offset 0, envelope ±1,
+    // max_delta_per_tick 2).
+    assert!(
+        out.contains(
+            "action[1] in robot units: hold (policy 0) 0, envelope [-1, 1], at most 2 per \
+             control step"
+        ),
+        "{out}"
+    );
     // The arm names its joints' observations: the limits the controller checks.
     let arm = robots.join("arm-reach.toml");
     let o = tools(&["robot", arm.to_str().unwrap()]);

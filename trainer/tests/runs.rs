@@ -56,6 +56,18 @@ fn the_demo_refuses_bad_counts_before_building() {
             &[("MAX_FAULTS", "-1")],
             "MAX_FAULTS must be a whole number, not '-1'",
         ),
+        // The robot's episodes must not reach the held-out seeds (99000 on): 99 rounds
+        // fine-tuned on the first held-out episode, and 1001 episodes a round on the
+        // next round's.
+        (
+            &[("MODE", "rounds"), ("ROUNDS", "99"), ("EPISODES", "1")],
+            "would reach seed 99000, and the held-out episodes are seeds 99000 on",
+        ),
+        (
+            &[("MODE", "rounds"), ("EPISODES", "1001")],
+            "EPISODES must be from 1 to 1000",
+        ),
+        (&[("LIVE_EPISODES", "98001")], "would reach seed 99000"),
     ] {
         let mut cmd = std::process::Command::new("bash");
         cmd.arg(demo).env("PATH", &path);

@@ -424,9 +424,10 @@ fn only_runs_already_started_are_resumed_and_their_logs_kept() {
 }
 
 /// An unfinished run is resumed with the settings its checkpoint was written with
-/// only: a study rerun with another compute setting (which a finished run accepts) is
-/// refused before anything starts, naming the setting; each such run failed in its
-/// child. One without a checkpoint starts over with any settings. A study directory in
+/// only: a study rerun with a compute setting that changes what a run computes (the
+/// candidate schedule) is refused before anything starts, naming the setting; each
+/// such run failed in its child. (One that computes the same bits, `threads`, may
+/// differ, as for `train --resume`.) One without a checkpoint starts over with any settings. A study directory in
 /// use by another process is refused by name.
 #[cfg(unix)]
 #[test]
@@ -449,16 +450,16 @@ fn an_unfinished_run_of_other_settings_is_refused_before_anything_starts() {
     // The checkpoint's settings decide (`train --resume` compares with them), whatever
     // config.toml says: here it already says the study's.
     let mut asked = config.clone();
-    asked.compute.threads = 2;
+    asked.compute.candidates = trainer::config::CandidateSchedule::Sequential;
     std::fs::write(run.join("config.toml"), asked.to_toml()).unwrap();
     let state = serde_json::json!({ "config_toml": config.to_toml() });
     std::fs::write(run.join("checkpoint/state.json"), state.to_string()).unwrap();
     std::fs::write(run.join("metrics.csv"), "step\n").unwrap();
     let mut spec = push_expo_study(&out, &[0], None);
-    spec.overrides = vec!["compute.threads=2".into()];
+    spec.overrides = vec!["compute.candidates=\"sequential\"".into()];
     let e = format!("{:#}", trainer::study::run_study(&spec, &exe).unwrap_err());
     assert!(
-        e.contains("`compute.threads` was 1, the study asks 2"),
+        e.contains("`compute.candidates` was \"hoisted\", the study asks \"sequential\""),
         "{e}"
     );
     assert!(!tmp.path().join("started").exists());

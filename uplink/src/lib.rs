@@ -221,7 +221,15 @@ impl Key {
         };
         // A regular file of a key's size at most: a FIFO blocked the read for good, and
         // `/dev/zero` filled the memory.
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            err(if e.kind() == std::io::ErrorKind::NotFound {
+                "no such key file: `trainer uplink-keygen --out FILE` writes one, and the \
+                 robot and its trainer each need a copy of the same file"
+                    .into()
+            } else {
+                e.to_string()
+            })
+        })?;
         if !meta.is_file() {
             return Err(err("not a regular file".into()));
         }
@@ -750,6 +758,12 @@ mod tests {
     fn keys_round_trip_and_bad_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/uplink.key");
+        // Not made or not copied yet: where it comes from.
+        let e = Key::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("uplink.key") && e.contains("`trainer uplink-keygen --out FILE`"),
+            "{e}"
+        );
         let k = Key::generate().unwrap();
         k.write(&path).unwrap();
         assert_eq!(Key::read(&path).unwrap().0, k.0);

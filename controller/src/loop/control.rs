@@ -2231,11 +2231,22 @@ impl Control {
                     t.steps_acted += 1;
                     t.steps_teleop += teleop.is_some() as u32;
                 }
+                let mut lapsed = false;
                 if let Some(port) = self.teleop.as_mut() {
-                    port.commanded(teleop.is_some());
+                    lapsed = port.commanded(teleop.is_some());
                     if !waited {
                         port.send_observation(episode, step, &self.obs[..od]);
                     }
+                }
+                if lapsed {
+                    let who = match self.brain {
+                        Brain::Hold => "the hold action holds the robot",
+                        _ => "the policy drives again",
+                    };
+                    self.say(format!(
+                        "teleop: the device went silent while engaged (no datagram within \
+                         --teleop-timeout-ms) at episode {episode} step {step}: {who}"
+                    ));
                 }
             }
             Err(e) => {

@@ -935,7 +935,7 @@ pub fn check_log_free(path: &Path) -> Result<(), LogError> {
 
 /// The log at `path` locked as its writer locks it (another run into the same `--out`
 /// is refused with [`LogError::InUse`]), without writing to it; `None` if it does not
-/// exist. A run holds it through the uplink's drain, after its writer has closed.
+/// exist. (A run keeps its writer's lock to its end: [`LogWriter::lock_holder`].)
 pub fn lock_log(path: &Path) -> Result<Option<File>, LogError> {
     let file = match File::open(path) {
         Ok(file) => file,
@@ -1039,6 +1039,19 @@ impl LogWriter {
             sync_failed_at: None,
             #[cfg(test)]
             fail_next_sync: false,
+        })
+    }
+
+    /// A second handle on the log's open file, which keeps the writer's lock (one lock
+    /// per open file, shared by its handles) once the writer is closed: a run holds it
+    /// from its writer's start to its end, so no other run into the same `--out` starts
+    /// between the logger's close and the report's last write. Locked again after the
+    /// close, that gap let one in, and the run then went on without the lock.
+    pub fn lock_holder(&self) -> Result<File, LogError> {
+        self.file.try_clone().map_err(|error| LogError::Io {
+            path: self.path.clone(),
+            what: "holding the log's lock",
+            error,
         })
     }
 
@@ -1747,6 +1760,20 @@ pub(crate) mod tests {
             len,
             "cut at its end"
         );
+    }
+
+    /// The lock holder keeps the log locked once its writer is closed, until it is
+    /// dropped too.
+    #[test]
+    fn the_lock_holder_keeps_the_log_locked_after_its_writer_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("transitions.log");
+        let w = LogWriter::open(&path).unwrap();
+        let holder = w.lock_holder().unwrap();
+        drop(w);
+        assert!(matches!(check_log_free(&path), Err(LogError::InUse { .. })));
+        drop(holder);
+        check_log_free(&path).unwrap();
     }
 
     /// The first value that is not finite is named with its place (the trainer said

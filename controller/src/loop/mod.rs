@@ -1250,6 +1250,8 @@ pub fn run(
             error,
         })
         .map_err(|e| stop_after_setup(&mut control, e))?;
+    // The log's lock, held to the run's end (see below).
+    let mut _log_held = None;
     let (logger, synced) = match &cfg.out {
         Some(dir) => {
             dataset::create_dir_durably(dir)
@@ -1260,6 +1262,10 @@ pub fn run(
                 .map_err(|e| stop_after_setup(&mut control, e))?;
             let mut log = LogWriter::open(&dir.join("transitions.log"))
                 .map_err(|e| stop_after_setup(&mut control, e))?;
+            _log_held = Some(
+                log.lock_holder()
+                    .map_err(|e| stop_after_setup(&mut control, e))?,
+            );
             // Followed only by the uplink (which then sends only what is on disk).
             let synced = cfg.uplink.is_some().then(|| log.synced_len());
             let ds_dir = dir.join("dataset");
@@ -1286,7 +1292,7 @@ pub fn run(
     let (streamer, swaps) = match (&cfg.uplink, &cfg.out) {
         (Some(u), Some(dir)) => {
             let log = dir.join("transitions.log");
-            let (s, rx) = streamer::Streamer::spawn(u.clone(), &log, synced)
+            let (s, rx) = streamer::Streamer::spawn(u.clone(), &log, synced, console_tx.clone())
                 .map_err(|error| RunError::Io {
                     what: "starting the uplink thread".into(),
                     error,
@@ -1359,13 +1365,10 @@ pub fn run(
     if let Some(l) = logger {
         report.logger = Some(l.finish());
     }
-    // The log stays locked through the uplink's drain and the report's last write,
-    // which follow its writer's close: another run into this `--out` could start then,
-    // and have its `report.json` replaced by this one's.
-    let _log_held = match (&cfg.out, &streamer) {
-        (Some(dir), Some(_)) => log::lock_log(&dir.join("transitions.log")).ok().flatten(),
-        _ => None,
-    };
+    // The log stays locked (`_log_held`, from the writer's start) through the uplink's
+    // drain and the report's last write, which follow its writer's close: another run
+    // into this `--out` could start then, and have its `report.json` replaced by this
+    // one's.
     let done: Vec<&EpisodeReport> = report
         .episodes
         .iter()
@@ -1382,6 +1385,7 @@ pub fn run(
     // report is written once before its drain too (up to `--uplink-drain-s` + 5 s), its
     // `uplink.draining` true: a service manager's SIGKILL in the drain lost the report.
     let mut written_before_drain = false;
+    let mut drain_cut = None;
     if let Some(s) = streamer {
         // A stop signal from here on (the one that stopped the run came before) cuts the
         // drain short: the unsent records stay in the log for the next run. Counted
@@ -1394,13 +1398,14 @@ pub fn run(
         }
         let summary = s.finish_unless(|| realtime::signal_count() != signals);
         if summary.drain_cut {
-            note!(
+            // Said once the report is written (a stderr nobody reads held it up).
+            drain_cut = Some(format!(
                 "uplink: the drain was cut short by signal {}; {} of {} records acknowledged, \
                  the rest stay in the log and go with the next run into this --out",
                 realtime::stop_signal(),
                 summary.acknowledged,
                 summary.logged
-            );
+            ));
         }
         report.uplink = Some(summary);
     }
@@ -1416,6 +1421,9 @@ pub fn run(
         }
         None => Ok(()),
     };
+    if let Some(line) = drain_cut {
+        note!("{line}");
+    }
     // The control thread's lines, once the recording and the report are saved: a stderr
     // nobody reads holds up only this wait, not them.
     let dropped_lines = console.finish();
@@ -1510,6 +1518,10 @@ fn handshake(
     if realtime::stop_requested() {
         return Err(RunError::InterruptedBeforeStart("nothing was sent".into()));
     }
+    // Blocks from the port that did not decode, and the first one's error: a firmware
+    // being written answers, but in frames that fail (a CRC over other bytes, COBS, a
+    // Hello of another length), and the timeout said only "no Hello".
+    let mut undecoded: (u64, Option<FrameError>) = (0, None);
     loop {
         gate.send_control(Message::Hello(ours))
             .map_err(RunError::Port)?;
@@ -1519,8 +1531,16 @@ fn handshake(
             if now >= deadline {
                 // A firmware whose answers are lost may have taken a Hello (and holds
                 // with its torque on): one Estop, unconfirmed, as it answers nothing.
+                let heard = match &undecoded {
+                    (n, Some(first)) => format!(
+                        "; {n} blocks from the port did not decode as frames (the first: \
+                         {first}): a firmware answering in another framing or layout, or \
+                         at another baud"
+                    ),
+                    (_, None) => String::new(),
+                };
                 return Err(RunError::Handshake(format!(
-                    "no Hello from the firmware on {} within {:?} (is the firmware running, on this port, at {} baud?){}",
+                    "no Hello from the firmware on {} within {:?} (is the firmware running, on this port, at {} baud?){heard}{}",
                     cfg.port.display(),
                     cfg.handshake_timeout,
                     cfg.baud,
@@ -1558,6 +1578,10 @@ fn handshake(
                     return Err(RunError::Handshake(format!(
                         "the firmware speaks protocol version {received}, this controller speaks {PROTOCOL_VERSION}"
                     )));
+                }
+                Ok(link::LinkEvent::Error { error, .. }) => {
+                    undecoded.0 += 1;
+                    undecoded.1.get_or_insert(error);
                 }
                 // The read side is gone, the write side may not be: a firmware that took
                 // a Hello holds with its torque on, as above.
@@ -1890,6 +1914,43 @@ mod tests {
                 "{what}: {e}"
             );
         }
+    }
+
+    /// A handshake that times out while the port delivered only blocks that did not
+    /// decode says so, with the first one's error (it said only "no Hello", the cause
+    /// a firmware author needs left out).
+    #[test]
+    fn a_handshake_timeout_names_what_did_not_decode() {
+        let robot = firmware_config::RobotConfig::example("push").unwrap();
+        let mut cfg = RunConfig::new(robot.clone(), "/dev/null".into());
+        cfg.quiet = true;
+        cfg.handshake_timeout = Duration::from_millis(50);
+        let sent = Sent::default();
+        let mut gate = safety::CommandGate::new(&robot, Box::new(sent));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for received in [0x1234_5678, 0x9abc_def0] {
+            let error = FrameError::Crc {
+                received,
+                computed: 1,
+            };
+            let rx_at = Instant::now();
+            tx.send(link::LinkEvent::Error { rx: rx_at, error })
+                .unwrap();
+        }
+        let e = handshake(&cfg, &mut gate, &rx).unwrap_err().to_string();
+        assert!(
+            e.contains("no Hello from the firmware")
+                && e.contains(
+                    "2 blocks from the port did not decode as frames (the first: CRC \
+                     mismatch: the frame carries 0x12345678"
+                ),
+            "{e}"
+        );
+        // Nothing undecoded: not said.
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let mut gate = safety::CommandGate::new(&robot, Box::new(Sent::default()));
+        let e = handshake(&cfg, &mut gate, &rx).unwrap_err().to_string();
+        assert!(!e.contains("did not decode"), "{e}");
     }
 
     /// The library refuses SCHED_FIFO with a dedicated CPU's spin, as the command line

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::console::ConsoleTx;
 use super::log::{LogTail, MAGIC, SyncedLen};
 use super::realtime;
 use super::{Brain, check_dims, check_rate};
@@ -207,6 +208,7 @@ impl Streamer {
         cfg: UplinkConfig,
         log: &Path,
         synced: Option<SyncedLen>,
+        console: ConsoleTx,
     ) -> std::io::Result<(Streamer, SwapSlot)> {
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));
@@ -218,7 +220,7 @@ impl Streamer {
         let ready = slot.clone();
         let drain = cfg.drain;
         let handle = realtime::spawn_in_run("uplink", move || {
-            stream_main(cfg, log, synced, (&st, &ab), &s, ready, &l)
+            stream_main(cfg, log, synced, (&st, &ab), (&s, &l), ready, console)
         })?;
         Ok((
             Streamer {
@@ -295,15 +297,21 @@ impl Drop for Streamer {
     }
 }
 
+/// The uplink thread. `summary` and `link` are shared with the [`Streamer`]'s
+/// `finish`, which reads the one and cuts the other.
 fn stream_main(
     cfg: UplinkConfig,
     log: PathBuf,
     synced: Option<SyncedLen>,
     (stop, abort): (&AtomicBool, &AtomicBool),
-    summary: &Mutex<UplinkSummary>,
+    (summary, link): (&Mutex<UplinkSummary>, &Mutex<Option<TcpStream>>),
     ready: SwapSlot,
-    link: &Mutex<Option<TcpStream>>,
+    console: ConsoleTx,
 ) {
+    // Its lines go through the run's console thread, never to stderr from here: a
+    // stderr nobody reads (a paused terminal) held this thread in a write, and the run's
+    // end, which joins it after the drain, with it (the report never written).
+    let say = |line: String| console.line(line);
     // Fetching and building a bundle must not take CPU time the control thread needs
     // (the demo's one watchdog stop came while a bundle was built; the cause is not
     // confirmed). Failing to lower it leaves the thread at the default, as before.
@@ -356,7 +364,9 @@ fn stream_main(
     let mut last_printed: Option<String> = None;
     let mut fail = |e: String| {
         if last_printed.as_ref() != Some(&e) {
-            note!("uplink: {e} (retrying; the robot keeps running and logging)");
+            say(format!(
+                "uplink: {e} (retrying; the robot keeps running and logging)"
+            ));
             last_printed = Some(e.clone());
         }
         edit(&mut |s| {
@@ -399,7 +409,7 @@ fn stream_main(
                             log.display(),
                             MAGIC.len()
                         );
-                        note!("uplink: {e}");
+                        say(format!("uplink: {e}"));
                         edit(&mut |s| {
                             s.errors += 1;
                             s.last_error = Some(e.clone());
@@ -431,12 +441,12 @@ fn stream_main(
                             continue;
                         }
                         damage_noted_to = d.offset + d.len;
-                        note!(
+                        say(format!(
                             "uplink: {}: {} damaged bytes at byte {} skipped; the records after them are sent",
                             log.display(),
                             d.len,
                             d.offset
-                        );
+                        ));
                     }
                 }
                 Err(e) => {
@@ -467,10 +477,10 @@ fn stream_main(
                 // The logger has closed the log: what is left is not a whole record.
                 let left = tail.unread_bytes();
                 if left > 0 && pending.is_empty() {
-                    note!(
+                    say(format!(
                         "uplink: {}: its last {left} bytes are not a whole record (torn or damaged); they are not sent",
                         log.display()
-                    );
+                    ));
                 }
                 return;
             }
@@ -479,7 +489,7 @@ fn stream_main(
             && let Some(id) = stream_id.clone()
             && Instant::now() >= next_try
         {
-            match connect_stream(&cfg, &id, &mut legacy_id, link) {
+            match connect_stream(&cfg, &id, &mut legacy_id, link, &say) {
                 Ok((s, resume, held_as)) => {
                     if held_as != id {
                         edit(&mut |s| s.stream = Some(held_as.clone()));
@@ -586,7 +596,7 @@ fn stream_main(
                 // A download cut short is tried again on the next connection.
                 if let Some(outcome) = outcome {
                     seen.push(name.clone());
-                    let offer = settle(name, outcome, &ready);
+                    let offer = settle(name, outcome, &ready, &say);
                     edit(&mut |s| s.bundles.push(offer.clone()));
                 }
             }
@@ -602,17 +612,28 @@ fn stream_main(
 }
 
 /// Hands a verified bundle's policy to the control thread, or says why it was refused.
-fn settle(name: String, outcome: Result<Brain, String>, ready: &SwapSlot) -> BundleOffer {
+fn settle(
+    name: String,
+    outcome: Result<Brain, String>,
+    ready: &SwapSlot,
+    say: &dyn Fn(String),
+) -> BundleOffer {
     let error = match outcome {
         Ok(brain) => {
-            note!("uplink: bundle {name} verified; it takes over at the next episode");
+            say(format!(
+                "uplink: bundle {name} verified; it takes over at the next episode"
+            ));
             if let Some((older, _)) = ready.offer((name.clone(), brain)) {
-                note!("uplink: bundle {older} was not taken yet; {name} replaces it");
+                say(format!(
+                    "uplink: bundle {older} was not taken yet; {name} replaces it"
+                ));
             }
             None
         }
         Err(e) => {
-            note!("uplink: bundle {name} refused: {e}; the robot keeps the policy it runs");
+            say(format!(
+                "uplink: bundle {name} refused: {e}; the robot keeps the policy it runs"
+            ));
             Some(e)
         }
     };
@@ -727,6 +748,7 @@ fn connect_stream(
     id: &str,
     legacy: &mut Option<Legacy>,
     link: &Mutex<Option<TcpStream>>,
+    say: &dyn Fn(String),
 ) -> Result<(Session<TcpStream>, u64, String), String> {
     let (session, held) = connect(cfg, id, link)?;
     let Some(old) = legacy.as_mut().filter(|_| held == 0) else {
@@ -750,12 +772,12 @@ fn connect_stream(
                     old.name
                 ));
             }
-            note!(
+            say(format!(
                 "uplink: asked under the log's older name {} {LEGACY_ASKS} times without an \
                  answer (the last: {e}); the stream goes on under {id}, and a trainer that \
                  holds it under the older name takes the log again",
                 old.name
-            );
+            ));
             *legacy = None;
         }
     }
@@ -810,6 +832,13 @@ fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A console that writes nowhere, for the streamer's lines.
+    fn quiet() -> ConsoleTx {
+        super::super::console::Console::spawn(std::io::sink())
+            .unwrap()
+            .1
+    }
     use shared_model::synthetic::SyntheticSpec;
 
     /// A streamer dropped without `finish` (a run that failed after starting it) stops
@@ -824,7 +853,7 @@ mod tests {
             swap: None,
         };
         let (streamer, _ready) =
-            Streamer::spawn(cfg, &tmp.path().join("transitions.log"), None).unwrap();
+            Streamer::spawn(cfg, &tmp.path().join("transitions.log"), None, quiet()).unwrap();
         // The thread holds the other reference to the summary until it ends.
         let summary = streamer.summary.clone();
         drop(streamer);
@@ -861,7 +890,22 @@ mod tests {
             drain: Duration::from_millis(300),
             swap: None,
         };
-        let (streamer, _ready) = Streamer::spawn(cfg, &log, None).unwrap();
+        // Its lines go to the run's console thread, not to stderr from the uplink's
+        // thread (which a stderr nobody reads held, and the run's end with it).
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let (console, console_tx) = super::super::console::Console::spawn(lines.clone()).unwrap();
+        let (streamer, _ready) = Streamer::spawn(cfg, &log, None, console_tx).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let summary = streamer.finish();
         assert!(
@@ -872,6 +916,12 @@ mod tests {
         assert!(
             e.contains("its first record (the run header, at byte 8) is damaged"),
             "{e}"
+        );
+        assert_eq!(console.finish(), 0);
+        let said = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            said.starts_with("uplink: ") && said.contains("is damaged"),
+            "{said}"
         );
     }
 
@@ -921,7 +971,7 @@ mod tests {
             let mut s = uplink::Session::server(tcp, &key).unwrap();
             serve_records(&mut s, &mut sink).map(|(_, n)| n)
         });
-        let (streamer, _ready) = Streamer::spawn(cfg, &log, None).unwrap();
+        let (streamer, _ready) = Streamer::spawn(cfg, &log, None, quiet()).unwrap();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             let _ = release.send(());
@@ -1012,7 +1062,7 @@ mod tests {
                 let mut s = uplink::Session::server(tcp, &key).unwrap();
                 serve_records(&mut s, &mut sink).map(|(_, n)| n)
             });
-            let (streamer, _ready) = Streamer::spawn(cfg, &log, None).unwrap();
+            let (streamer, _ready) = Streamer::spawn(cfg, &log, None, quiet()).unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while streamer.summary_so_far().bundles.is_empty() {
                 assert!(
@@ -1093,7 +1143,8 @@ mod tests {
         };
         let cfg = trainer(1);
         let mut legacy = old();
-        let first = connect_stream(&cfg, "new", &mut legacy, &link).map(|(_, n, name)| (n, name));
+        let first =
+            connect_stream(&cfg, "new", &mut legacy, &link, &|_| {}).map(|(_, n, name)| (n, name));
         assert!(
             first.as_ref().is_err_and(
                 |e| e.contains("older name old") && e.contains("cannot open that log now")
@@ -1101,7 +1152,7 @@ mod tests {
             "{first:?}"
         );
         assert!(legacy.is_some(), "given up on a failed ask");
-        let (_, held, name) = connect_stream(&cfg, "new", &mut legacy, &link).unwrap();
+        let (_, held, name) = connect_stream(&cfg, "new", &mut legacy, &link, &|_| {}).unwrap();
         assert_eq!((held, name.as_str()), (5, "old"));
         assert!(legacy.is_none());
         // A trainer that never answers under the older name: the stream goes on under
@@ -1109,9 +1160,9 @@ mod tests {
         let cfg = trainer(u32::MAX);
         let mut legacy = old();
         for _ in 1..LEGACY_ASKS {
-            assert!(connect_stream(&cfg, "new", &mut legacy, &link).is_err());
+            assert!(connect_stream(&cfg, "new", &mut legacy, &link, &|_| {}).is_err());
         }
-        let (_, held, name) = connect_stream(&cfg, "new", &mut legacy, &link).unwrap();
+        let (_, held, name) = connect_stream(&cfg, "new", &mut legacy, &link, &|_| {}).unwrap();
         assert_eq!((held, name.as_str()), (0, "new"));
         assert!(legacy.is_none());
     }

@@ -151,6 +151,9 @@ pub struct TeleopSummary {
     pub labels_ignored: u64,
     /// Safe stops after which the device had to release its deadman first.
     pub releases_required: u64,
+    /// Times control left the device while it still held its deadman: its action
+    /// lapsed (silent past the timeout).
+    pub lapses: u64,
     /// With a wait: observations whose answer arrived in time, and those whose did not.
     pub answered: u64,
     pub answer_timeouts: u64,
@@ -765,11 +768,17 @@ impl TeleopPort {
     }
 
     /// Counts one command: the device's (`teleop`) or the policy's / the hold action.
-    pub(crate) fn commanded(&mut self, teleop: bool) {
+    /// True when control left a device that did not let go: its action lapsed (no fresh
+    /// datagram within the timeout, a Wi-Fi drop, a crash), which the operator is told
+    /// (nothing said so, and the policy took the arm back mid-correction unannounced).
+    pub(crate) fn commanded(&mut self, teleop: bool) -> bool {
+        let lapsed = self.in_control && !teleop && self.newest.is_some_and(|r| r.action.engaged());
+        self.counts.lapses += lapsed as u64;
         self.counts.takeovers += (teleop && (!self.in_control || self.episode_untaken)) as u64;
         self.counts.commands += teleop as u64;
         self.in_control = teleop;
         self.episode_untaken = false;
+        lapsed
     }
 
     /// Sends the observation just acted on to the device (once it is known). Never
@@ -1217,9 +1226,11 @@ mod tests {
 
         rig.port.commanded(true);
         rig.port.commanded(true);
-        rig.port.commanded(false);
+        // Released (its newest datagram): no lapse.
+        assert!(!rig.port.commanded(false));
         rig.port.commanded(true);
         let s = rig.finish();
+        assert_eq!(s.lapses, 0);
         assert_eq!((s.invalid, s.commands, s.takeovers), (3, 3, 2), "{s:?}");
         // The intruder's datagram came before the device's 4th, which was waited for.
         assert_eq!(s.foreign, 1, "{s:?}");
@@ -1275,6 +1286,23 @@ mod tests {
         assert_eq!(rig.port.action(Instant::now(), 0, 0), None, "400 ms old");
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(rig.port.action(Instant::now(), 0, 0).is_some(), "just sent");
+    }
+
+    /// A device in control that falls silent while engaged: its action lapses, and the
+    /// command that follows says so (the operator was never told).
+    #[test]
+    fn a_device_silent_while_engaged_lapses_and_is_told() {
+        let timeout = Duration::from_millis(50);
+        let mut rig = Rig::new(timeout);
+        rig.send(wire::ENGAGED, &[0.5, 0.5]);
+        assert!(rig.port.action(Instant::now(), 0, 0).is_some());
+        assert!(!rig.port.commanded(true));
+        // (Waiting out the timeout, not timing anything.)
+        std::thread::sleep(timeout * 3);
+        assert_eq!(rig.port.action(Instant::now(), 0, 0), None);
+        assert!(rig.port.commanded(false), "a lapse");
+        assert!(!rig.port.commanded(false), "said once");
+        assert_eq!(rig.finish().lapses, 1);
     }
 
     /// A released deadman whose values are refused (an encoder reading NaN as the
