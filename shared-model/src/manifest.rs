@@ -646,6 +646,8 @@ pub fn owner_only(path: &Path) -> Result<(), String> {
             ));
         }
     }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
@@ -1013,11 +1015,18 @@ pub fn load_bundle(dir: &Path, trust: &Trust) -> Result<VerifiedBundle, BundleEr
                 // operator after the wrong cause.
                 let sig = unhex::<64>(&sig_text).ok_or_else(|| BundleError::Key {
                     path: spath.clone(),
-                    message: format!(
-                        "not a signature: expected 128 hex digits, found {} characters \
-                         (sign the bundle again with the trainer's --signing-key)",
-                        sig_text.trim().chars().count()
-                    ),
+                    message: {
+                        let found = sig_text.trim().chars().count();
+                        let what = if found == 128 {
+                            "128 characters, not all of them hex digits".to_string()
+                        } else {
+                            format!("{found} characters")
+                        };
+                        format!(
+                            "not a signature: expected 128 hex digits, found {what} (sign \
+                             the bundle again with the trainer's --signing-key)"
+                        )
+                    },
                 })?;
                 let sig = Signature::from_bytes(&sig);
                 if key.verify_strict(&text, &sig).is_err() {

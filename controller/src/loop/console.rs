@@ -1,5 +1,5 @@
-//! The control thread's console lines (faults, episode reports, operator replies),
-//! written by a thread of their own.
+//! The run's console lines (the control thread's faults, episode reports and operator
+//! replies; the teleop and uplink threads' lines), written by a thread of their own.
 //!
 //! ```text
 //!  control thread ── try_send(String) ──► bounded channel ──► console thread ──► stderr

@@ -2233,7 +2233,7 @@ impl Control {
                 }
                 let mut lapsed = false;
                 if let Some(port) = self.teleop.as_mut() {
-                    lapsed = port.commanded(teleop.is_some());
+                    lapsed = port.commanded(teleop.is_some(), now);
                     if !waited {
                         port.send_observation(episode, step, &self.obs[..od]);
                     }
@@ -2378,7 +2378,7 @@ impl Control {
                     tr.success = label;
                     // A success the firmware itself gave the step has its reward already
                     // (the label added a second: 2.0 on a sparse task).
-                    if label && !(terminated && r.success) {
+                    if label && !r.success {
                         bonus = self.cfg.success_reward;
                         tr.reward += bonus;
                     }

@@ -500,8 +500,10 @@ impl Brain {
         }
     }
 
-    /// The policy can act no more in this run: its two-speed worker stopped at an
-    /// error, which every later plan returns (a new episode would only fault again).
+    /// The policy can act no more: its two-speed worker stopped at an error, which every
+    /// later plan returns (a new episode would only fault again). The run ends then, with
+    /// `--uplink` too: a swapped-in bundle could replace it, but not before the robot was
+    /// reset for an episode the old one cannot act in.
     pub fn cannot_act_again(&self) -> bool {
         match self {
             Brain::TwoSpeed { policy, .. } => policy.worker_failed(),
@@ -1215,10 +1217,11 @@ pub fn run(
     handshake(&cfg, &mut gate, &link.events)?;
     // Shaken hands, the firmware holds with its torque on: the gate is the control
     // loop's from here. A setup step that fails from here to the control thread's start
-    // (an `--out` that cannot be written, a log of another format, a thread that does
-    // not start) stops the robot as a stop signal before the run does
-    // (`stop_after_setup`), and the loop sends an Estop as it is dropped unless its
-    // thread took it over or that stop went out, so no arm is left energised.
+    // (an `--out` that cannot be written, a log of another format, a helper thread that
+    // does not start) stops the robot as a stop signal before the run does
+    // (`stop_after_setup`); the loop sends one Estop, unconfirmed, as it is dropped
+    // unless its thread took it over or that stop went out (a control thread that
+    // cannot start drops it so), so no arm is left energised.
     let mut report = RunReport::new(&cfg, bundle_label);
     report.realtime = vec![];
     let mut control = control::Control::new(
@@ -1429,7 +1432,7 @@ pub fn run(
     let dropped_lines = console.finish();
     if dropped_lines > 0 {
         note!(
-            "{dropped_lines} console lines of the control and teleop threads were dropped (their queue \
+            "{dropped_lines} console lines of the control, teleop and uplink threads were dropped (their queue \
              was full: stderr was not read fast enough); report.json has the faults and \
              episodes"
         );
@@ -1552,7 +1555,7 @@ fn handshake(
             }
             if realtime::stop_requested() {
                 return Err(RunError::InterruptedBeforeStart(stop_before_start(
-                    cfg, gate, events,
+                    cfg, gate, events, false,
                 )));
             }
             // Short waits, so that Ctrl-C is heard within a tenth of a second.
@@ -1610,7 +1613,7 @@ fn handshake(
 /// ([`stop_before_start`]; the loop's drop sent one `Estop`, unconfirmed, and the error
 /// did not say so). The error then says what went out.
 fn stop_after_setup(control: &mut control::Control, error: impl Into<RunError>) -> RunError {
-    let stop = stop_before_start(&control.cfg, &mut control.gate, &control.events);
+    let stop = stop_before_start(&control.cfg, &mut control.gate, &control.events, true);
     // Stopped: its drop sends nothing more.
     control.ran = true;
     RunError::AfterHandshake {
@@ -1642,6 +1645,7 @@ fn stop_before_start(
     cfg: &RunConfig,
     gate: &mut safety::CommandGate,
     events: &crossbeam_channel::Receiver<link::LinkEvent>,
+    shaken: bool,
 ) -> String {
     if !cfg.robot.safety.gravity_safe_torque_off {
         return "nothing but Hello was sent (this robot file keeps the torque on at a stop: \
@@ -1694,16 +1698,25 @@ fn stop_before_start(
         }
     }
     let tries = control::ESTOP_RESENDS + 1;
+    // After a handshake the firmware is known to be there, and to hold with its torque
+    // on: only its answers can be lost.
     if written == 0 {
-        return format!(
-            "the Estop after the Hello could not be written ({tries} tries): if the \
-             firmware took the Hello, it holds with its torque on"
-        );
+        let holds = if shaken {
+            "the firmware, shaken hands, holds with its torque on"
+        } else {
+            "if the firmware took the Hello, it holds with its torque on"
+        };
+        return format!("the Estop after the Hello could not be written ({tries} tries): {holds}");
     }
+    let unanswered = if shaken {
+        "the firmware may still hold with its torque on, or only its answers were lost"
+    } else {
+        "the firmware may be off or on another port, or, if it took the Hello, holding \
+         with its torque on"
+    };
     format!(
         "an Estop went out after the Hello, unanswered ({written} of {tries} written, {} ms \
-         apart): the firmware may be off or on another port, or, if it took the Hello, \
-         holding with its torque on",
+         apart): {unanswered}",
         wait.as_millis()
     )
 }

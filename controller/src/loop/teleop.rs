@@ -309,12 +309,15 @@ fn refuse(bytes: &[u8], act_dim: usize) -> Result<TeleopAction, String> {
 }
 
 /// A refused action datagram that releases the deadman, as a release: its values
-/// (wrong in number, or not finite) are never used, so they are zeros here.
+/// (wrong in number, or not finite) are never used, so they are zeros here, and its
+/// labels are not taken (nor an answer's step: a release answers nothing).
 fn release_despite_values(bytes: &[u8], act_dim: usize) -> Option<TeleopAction> {
     match wire::decode(bytes) {
         Ok(Datagram::Action(a)) if !a.engaged() => Some(TeleopAction {
             n: act_dim as u8,
             values: [0.0; MAX_ACT],
+            flags: 0,
+            answers: 0,
             ..a
         }),
         _ => None,
@@ -390,14 +393,22 @@ fn receive(
                     .replace(why.clone())
                     .is_none();
                 shared.invalid.fetch_add(1, Ordering::Release);
-                if first {
-                    note(format!("teleop: refused a datagram from {from}: {why}"));
-                }
                 // A released deadman is a release whatever values come with it (an
                 // encoder reading NaN as the operator lets go): it was dropped, and the
                 // last engaged action drove the arm until the timeout. Its values are
                 // never used (zeros, in case).
-                match release_despite_values(&buf[..len], act_dim) {
+                let release = release_despite_values(&buf[..len], act_dim);
+                if first {
+                    let taken = if release.is_some() {
+                        " (taken as the deadman's release, its values unused)"
+                    } else {
+                        ""
+                    };
+                    note(format!(
+                        "teleop: refused a datagram from {from}: {why}{taken}"
+                    ));
+                }
+                match release {
                     Some(release) => release,
                     None => continue,
                 }
@@ -415,11 +426,14 @@ fn receive(
             last_seq.is_some_and(|last| last.wrapping_sub(action.seq) > REORDER_WINDOW);
         if silent_here && far_behind && order(last_seq, action.seq) == Order::Old {
             note(format!(
-                "teleop: the device restarted its count after a silence (datagram {})",
+                "teleop: the device restarted its count after a silence (datagram {}); it \
+                 drives once it has released its deadman",
                 action.seq
             ));
             last_seq = None;
             last_flags = 0;
+            // A restarted device program, as one on a new port: a release first.
+            unreleased = true;
         }
         if device.is_none_or(|(d, _)| d != from) {
             if let Some((d, _)) = device {
@@ -460,7 +474,8 @@ fn receive(
         // newest datagram, so the edges are found here and kept until it looks.
         let on = action.flags & !last_flags & (wire::LABEL_SUCCESS | wire::LABEL_FAILURE);
         last_flags = action.flags;
-        if on != 0 {
+        // (Not from a device that has not released its deadman since it took over.)
+        if on != 0 && !(unreleased && action.engaged()) {
             shared.labels.fetch_or(on, Ordering::Relaxed);
         }
         if !action.engaged() {
@@ -767,12 +782,18 @@ impl TeleopPort {
         self.episode_untaken = true;
     }
 
-    /// Counts one command: the device's (`teleop`) or the policy's / the hold action.
-    /// True when control left a device that did not let go: its action lapsed (no fresh
-    /// datagram within the timeout, a Wi-Fi drop, a crash), which the operator is told
-    /// (nothing said so, and the policy took the arm back mid-correction unannounced).
-    pub(crate) fn commanded(&mut self, teleop: bool) -> bool {
-        let lapsed = self.in_control && !teleop && self.newest.is_some_and(|r| r.action.engaged());
+    /// Counts one command at `now`: the device's (`teleop`) or the policy's / the hold
+    /// action. True when control left a device that did not let go because it fell
+    /// silent: its newest datagram, still engaged, is older than the timeout (a Wi-Fi
+    /// drop, a crash), which the operator is told (nothing said so, and the policy took
+    /// the arm back mid-correction unannounced). An answer to another step, refused
+    /// while fresh, is not a lapse.
+    pub(crate) fn commanded(&mut self, teleop: bool, now: Instant) -> bool {
+        let lapsed = self.in_control
+            && !teleop
+            && self.newest.is_some_and(|r| {
+                r.action.engaged() && now.saturating_duration_since(r.at) > self.timeout
+            });
         self.counts.lapses += lapsed as u64;
         self.counts.takeovers += (teleop && (!self.in_control || self.episode_untaken)) as u64;
         self.counts.commands += teleop as u64;
@@ -1113,7 +1134,9 @@ mod tests {
     /// A device that restarts its count at once (a quick reboot on the same address,
     /// no silence) is followed after a timeout's worth of its dropped datagrams: they
     /// counted as heard, so it never fell silent, and nothing moved until its count
-    /// passed the old one.
+    /// passed the old one. Followed, it drives once it has released its deadman, as a
+    /// device that restarted on a new port does (its datagrams here alternate releases
+    /// and presses).
     #[test]
     fn a_device_restarted_without_a_silence_is_followed_after_the_timeout() {
         let timeout = Duration::from_millis(300);
@@ -1123,7 +1146,8 @@ mod tests {
         }
         let mut followed = false;
         for seq in 1..=60 {
-            rig.send_raw(&rig.device, &Rig::datagram(seq, wire::ENGAGED, &[0.4, 0.4]));
+            let flags = if seq % 2 == 0 { wire::ENGAGED } else { 0 };
+            rig.send_raw(&rig.device, &Rig::datagram(seq, flags, &[0.4, 0.4]));
             std::thread::sleep(Duration::from_millis(20));
             rig.port.poll();
             if rig
@@ -1224,11 +1248,11 @@ mod tests {
         rig.send(0, &[0.0, 0.0]);
         assert_eq!(rig.port.action(Instant::now(), 0, 0), None);
 
-        rig.port.commanded(true);
-        rig.port.commanded(true);
+        rig.port.commanded(true, Instant::now());
+        rig.port.commanded(true, Instant::now());
         // Released (its newest datagram): no lapse.
-        assert!(!rig.port.commanded(false));
-        rig.port.commanded(true);
+        assert!(!rig.port.commanded(false, Instant::now()));
+        rig.port.commanded(true, Instant::now());
         let s = rig.finish();
         assert_eq!(s.lapses, 0);
         assert_eq!((s.invalid, s.commands, s.takeovers), (3, 3, 2), "{s:?}");
@@ -1296,12 +1320,15 @@ mod tests {
         let mut rig = Rig::new(timeout);
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(rig.port.action(Instant::now(), 0, 0).is_some());
-        assert!(!rig.port.commanded(true));
+        assert!(!rig.port.commanded(true, Instant::now()));
+        // Fresh but not used for a step (an answer to another step, say): no lapse.
+        assert!(!rig.port.commanded(false, Instant::now()));
+        assert!(!rig.port.commanded(true, Instant::now()));
         // (Waiting out the timeout, not timing anything.)
         std::thread::sleep(timeout * 3);
         assert_eq!(rig.port.action(Instant::now(), 0, 0), None);
-        assert!(rig.port.commanded(false), "a lapse");
-        assert!(!rig.port.commanded(false), "said once");
+        assert!(rig.port.commanded(false, Instant::now()), "a lapse");
+        assert!(!rig.port.commanded(false, Instant::now()), "said once");
         assert_eq!(rig.finish().lapses, 1);
     }
 
@@ -1315,10 +1342,11 @@ mod tests {
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
         assert!(rig.port.action(Instant::now(), 0, 0).is_some());
         rig.seq += 1;
-        let d = Rig::datagram(rig.seq, 0, &[f32::NAN, 0.0]);
+        // (With a label, which a refused datagram does not give.)
+        let d = Rig::datagram(rig.seq, LABEL_SUCCESS, &[f32::NAN, 0.0]);
         rig.send_raw(&rig.device, &d);
         assert_eq!(rig.refused(1), Some("action[0] is NaN".into()));
-        rig.wait_for(rig.seq);
+        assert_eq!(rig.wait_for(rig.seq), None, "no label");
         assert_eq!(rig.port.action(Instant::now(), 0, 0), None, "released");
         rig.port.require_release();
         rig.send(wire::ENGAGED, &[0.5, 0.5]);
@@ -1402,6 +1430,11 @@ mod tests {
             rig.port.action(Instant::now(), 0, 0),
             None,
             "a new device, not released yet"
+        );
+        assert_eq!(
+            rig.send(wire::ENGAGED | LABEL_SUCCESS, &[-0.5, 0.5]),
+            None,
+            "nor does it label"
         );
         rig.send(0, &[-0.5, 0.5]);
         rig.send(wire::ENGAGED, &[-0.5, 0.5]);
