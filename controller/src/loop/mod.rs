@@ -1854,6 +1854,22 @@ fn said_panic(c: &control::Control, p: Box<dyn std::any::Any + Send>) -> String 
     realtime::panic_message(p.as_ref())
 }
 
+/// A writer whose bytes a test reads back (a port's write side, a console's stderr).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct TestBytes(pub(crate) std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for TestBytes {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1863,21 +1879,10 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    /// A writer whose bytes the test reads back.
-    #[derive(Clone, Default)]
-    struct Sent(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    /// The port's write side, read back.
+    type Sent = TestBytes;
 
-    impl std::io::Write for Sent {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Sent {
+    impl TestBytes {
         fn messages(&self) -> Vec<Message> {
             let mut d = firmware_config::protocol::FrameDecoder::default();
             let bytes = self.0.lock().unwrap().clone();

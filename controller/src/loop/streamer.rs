@@ -892,18 +892,7 @@ mod tests {
         };
         // Its lines go to the run's console thread, not to stderr from the uplink's
         // thread (which a stderr nobody reads held, and the run's end with it).
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
+        let lines = super::super::TestBytes::default();
         let (console, console_tx) = super::super::console::Console::spawn(lines.clone()).unwrap();
         let (streamer, _ready) = Streamer::spawn(cfg, &log, None, console_tx).unwrap();
         std::thread::sleep(Duration::from_millis(300));
