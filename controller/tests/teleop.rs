@@ -359,9 +359,11 @@ fn without_a_bundle_the_cli_needs_teleop_and_refuses_what_needs_a_policy() {
         e.contains("--teleop-timeout-ms must be between 1 and 1000"),
         "{e}"
     );
-    // An address that cannot be bound is refused with the address named.
-    let e = run(&["--teleop", "256.0.0.1:7979"]);
-    assert!(e.contains("--teleop: listening on 256.0.0.1:7979"), "{e}");
+    // An address that cannot be bound is refused with the address named (one of
+    // TEST-NET-1, no address of this machine: `256.0.0.1` is not an address at all, and
+    // its bind asked DNS for it).
+    let e = run(&["--teleop", "192.0.2.1:7979"]);
+    assert!(e.contains("--teleop: listening on 192.0.2.1:7979"), "{e}");
 }
 
 /// `--teleop-wait-ms`: the controller sends each observation first and waits for the

@@ -83,8 +83,8 @@ pub use error::DatasetError;
 pub use reader::{episode_tasks, held_out_episodes, read_dataset, validate_dataset};
 pub use writer::{
     DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, Recorded, Tidied, UNREFERENCED_DIR,
-    committed_episodes, dataset_splits, noted_runs, partial_runs, recorded_as, tidy, write_dataset,
-    write_dataset_as,
+    committed_episodes, dataset_splits, foreign_features, noted_runs, partial_runs, recorded_as,
+    tidy, write_dataset, write_dataset_as,
 };
 
 /// The process id, the time and a count of the calls in this process: a name part no

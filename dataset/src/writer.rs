@@ -62,6 +62,16 @@ pub fn partial_runs(dir: &Path) -> Result<Vec<(String, Vec<u32>)>, DatasetError>
         .collect())
 }
 
+/// The features of the dataset at `dir` that this writer does not write (cameras,
+/// other state: not one of [`cols::ALL`]), by name.
+pub fn foreign_features(dir: &Path) -> Result<Vec<String>, DatasetError> {
+    Ok(InfoJson::read(dir)?
+        .features
+        .into_keys()
+        .filter(|k| !cols::ALL.contains(&k.as_str()))
+        .collect())
+}
+
 /// Episodes the dataset at `dir` holds as committed (its `meta/info.json`): what a reader
 /// sees, whatever a writer that failed to finish had appended.
 pub fn committed_episodes(dir: &Path) -> Result<usize, DatasetError> {
@@ -167,13 +177,7 @@ pub struct Tidied {
 /// through `open_append` only, which refuses a dataset with features it does not
 /// write: the one command `validate` recommends failed with "cannot append".)
 pub fn tidy(dir: &Path) -> Result<Tidied, DatasetError> {
-    let json = InfoJson::read(dir)?;
-    let foreign_features: Vec<String> = json
-        .features
-        .keys()
-        .filter(|k| !cols::ALL.contains(&k.as_str()))
-        .cloned()
-        .collect();
+    let foreign_features = foreign_features(dir)?;
     if foreign_features.is_empty() {
         let w = DatasetWriter::open_append(dir)?;
         return Ok(Tidied {

@@ -30,7 +30,7 @@ def f32(bits) -> np.ndarray:
 def rust_episodes(task: str, seed: int, episodes: int, policy: str) -> list[dict]:
     """Episodes written by the Rust example `sim/examples/write_trajectory.rs` (built and
     run with cargo from the repository root), with floats decoded exactly."""
-    cmd = ["cargo", "run", "--release", "--quiet", "-p", "sim", "--example",
+    cmd = ["cargo", "run", "--locked", "--release", "--quiet", "-p", "sim", "--example",
            "write_trajectory", "--", task, str(seed), str(episodes), policy]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:

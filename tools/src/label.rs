@@ -210,14 +210,39 @@ pub fn label_success(
         ep.set_outcome(success);
     }
     // The copy holds the same episodes in the same order: the source's splits hold for
-    // it (the writer alone declared every episode `train`, held-out ones included).
+    // it (the writer alone declared every episode `train`, held-out ones included), and
+    // so do the controller runs it notes (dropped, `finetune` took a relabelled copy of
+    // a recording it had trained on for new data).
     let splits = dataset::dataset_splits(input)?;
+    let runs = dataset::noted_runs(input)?;
+    let partial = dataset::partial_runs(input)?;
+    // Columns the writer leaves out (cameras, other state) are said, not dropped
+    // silently: a source removed after labelling took them with it.
+    let left_out = dataset::foreign_features(input)?;
+    if !left_out.is_empty() {
+        warnings.push(format!(
+            "{}: the copy leaves out {} (this writer keeps state, action, reward and \
+             episode columns only); keep the source for them",
+            input.display(),
+            left_out
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     // A copy of a recording without next observations has none either: the successors
     // the reader derived for it were never observed.
     let summary = crate::write_dataset_whole(output, |dir| {
         let mut w =
             dataset::DatasetWriter::create_as(dir, ds.info.clone(), ds.next_observations_recorded)?;
         w.set_splits(splits);
+        for id in &runs {
+            w.note_run(id);
+        }
+        for (id, episodes) in &partial {
+            w.note_partial_run(id, episodes);
+        }
         for ep in &ds.episodes {
             w.append_episode(ep)?;
         }
@@ -379,6 +404,39 @@ mod tests {
         assert_eq!(
             splits.into_iter().collect::<Vec<_>>(),
             [("train".into(), "0:4".into())]
+        );
+    }
+
+    /// A labelled copy notes its source's controller runs (whole and partial): without
+    /// them `finetune` took a relabelled recording for new data and trained on it twice.
+    /// Columns the copy leaves out are named in a warning.
+    #[test]
+    fn a_labelled_copy_keeps_the_sources_runs_and_names_what_it_leaves_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+        let config = sim::EnvConfig::default();
+        crate::generate::generate(sim::TaskId::Push, 3, 0, config, &src).unwrap();
+        let info = src.join("meta/info.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&info).unwrap()).unwrap();
+        json["expo_runs"] = serde_json::json!(["run-a"]);
+        json["expo_partial_runs"] = serde_json::json!({"run-b": [0, 2]});
+        json["features"]["observation.images.top"] =
+            serde_json::json!({"dtype": "video", "shape": [3, 4, 4], "names": ["c", "h", "w"]});
+        std::fs::write(&info, serde_json::to_string(&json).unwrap()).unwrap();
+        let labelled = label_success(&src, &out, &Successful::All, None).unwrap();
+        assert_eq!(dataset::noted_runs(&out).unwrap(), ["run-a"]);
+        assert_eq!(
+            dataset::partial_runs(&out).unwrap(),
+            [("run-b".to_string(), vec![0, 2])]
+        );
+        assert!(
+            labelled
+                .warnings
+                .iter()
+                .any(|w| w.contains("leaves out `observation.images.top`")),
+            "{:?}",
+            labelled.warnings
         );
     }
 
