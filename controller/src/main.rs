@@ -514,6 +514,16 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             if let Some(w) = robot.observation.names_differ(names, "the bundle") {
                 controller::note!("warning: {}: {w}", dir.display());
             }
+            if bundle.manifest.action.control_hz.is_none() {
+                controller::note!(
+                    "warning: {}: the bundle does not say the rate it was trained at (format \
+                     {}, before 5): it runs at the robot file's {} Hz unchecked; export it \
+                     again to have it checked",
+                    dir.display(),
+                    bundle.manifest.format_version,
+                    robot.control_hz
+                );
+            }
             Some(bundle)
         }
     };
@@ -555,6 +565,15 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             let mut cfg = robot_loop::teleop::TeleopConfig::bind(addr, timeout)
                 .with_context(|| format!("--teleop: listening on {addr}"))?;
             cfg.wait = Duration::from_secs_f64(wait_ms / 1e3);
+            // The socket's address is the link's only access control.
+            if cfg.socket.local_addr()?.ip().is_unspecified() {
+                controller::note!(
+                    "warning: --teleop {addr} listens on every network this computer is on: \
+                     any host that reaches it can drive the robot while the device is silent \
+                     (the address is the only access control); bind loopback or a private \
+                     link's address"
+                );
+            }
             controller::note!(
                 "teleop: listening on {} (datagrams: firmware_config::teleop; the device's actions move the robot while engaged, {} ms at most after its last one)",
                 cfg.socket.local_addr()?,

@@ -1995,6 +1995,36 @@ fn bundle_trained_at_another_rate_is_refused() {
     );
 }
 
+/// Warned before the port opens: a bundle that does not say its rate (format 4 or
+/// older, as the synthetic one), which runs unchecked at the robot file's; and a teleop
+/// socket on every network, where any host can drive the robot (none was warned).
+#[test]
+fn an_unchecked_rate_and_a_teleop_socket_on_every_network_are_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let push = example_robot_file(dir.path(), "push");
+    let out = run_before_the_port(&push, &dir.path().join("run"), &["--teleop", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the bundle does not say the rate it was trained at (format ")
+            && out
+                .stderr
+                .contains(", before 5): it runs at the robot file's 20 Hz unchecked"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("--teleop 0.0.0.0:0 listens on every network"),
+        "{out:?}"
+    );
+    let out = run_before_the_port(
+        &push,
+        &dir.path().join("run2"),
+        &["--teleop", "127.0.0.1:0"],
+    );
+    assert!(!out.stderr.contains("listens on every network"), "{out:?}");
+}
+
 /// On a robot, a run without `--seed` draws one of its own and prints it: sessions that
 /// all used seed 0 streamed the same exploration noise to the trainer. A given seed is
 /// kept (and not printed).

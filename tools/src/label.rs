@@ -271,6 +271,19 @@ fn to_policy_units(
         robot.observation.dim,
         robot.action.dim
     );
+    // Recorded at another rate than the robot runs: caught only at `controller run`, after
+    // pretraining and export (LeRobot's recorder defaults to 30 fps).
+    if ds.info.fps != robot.control_hz {
+        warnings.push(format!(
+            "{}: recorded at {} fps, and {} runs at control_hz = {}: a policy trained on it is \
+             refused at the robot's rate (a step is another length of time); record at the \
+             robot's rate",
+            input.display(),
+            ds.info.fps,
+            path.display(),
+            robot.control_hz
+        ));
+    }
     let mut policy = vec![0.0; ad];
     let units = &robot.action;
     let identity = units.scale.iter().all(|&s| s == 1.0) && units.offset.iter().all(|&o| o == 0.0);

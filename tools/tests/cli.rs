@@ -524,6 +524,29 @@ fn label_converts_robot_units_to_policy_units() {
     }
     let raw_dir = tmp.path().join("raw");
     dataset::write_dataset(&raw_dir, &raw.info, &raw.episodes).unwrap();
+    // Recorded at another rate than the robot file's (LeRobot's 30 fps, push's 20 Hz):
+    // warned at the label, not first at `controller run` after pretraining.
+    let fast_dir = tmp.path().join("raw-30fps");
+    let mut fast = raw.info.clone();
+    fast.fps = 30;
+    dataset::write_dataset(&fast_dir, &fast, &raw.episodes).unwrap();
+    let o = tools(&[
+        "dataset",
+        "label",
+        fast_dir.to_str().unwrap(),
+        "--success",
+        "all",
+        "--robot-units",
+        robot_file.to_str().unwrap(),
+        "--out",
+        tmp.path().join("fast-labelled").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("recorded at 30 fps") && text(&o).contains("runs at control_hz = 20"),
+        "{}",
+        text(&o)
+    );
 
     let out = tmp.path().join("policy-units");
     let o = tools(&[
@@ -545,6 +568,7 @@ fn label_converts_robot_units_to_policy_units() {
         text(&o)
     );
     assert!(!text(&o).contains("observation names"), "{}", text(&o));
+    assert!(!text(&o).contains("recorded at"), "{}", text(&o));
     let got = dataset::read_dataset(&out).unwrap();
     assert!(!policy.episodes.is_empty());
     assert_eq!(got.episodes.len(), policy.episodes.len());
