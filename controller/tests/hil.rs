@@ -1888,6 +1888,12 @@ fn a_robot_file_of_another_robot_is_refused_at_the_handshake() {
     );
     assert!(out.stderr.contains(&ids), "{out:?}");
     assert!(out.stderr.contains("'sim-arm-reach'"), "{out:?}");
+    // Where to look: the command that prints a file's robot id.
+    assert!(
+        out.stderr
+            .contains("`tools robot FILE` prints the robot id"),
+        "{out:?}"
+    );
     // The firmware checks the controller's Hello the same way.
     assert!(report.firmware.handshake_refusals >= 1);
     assert_eq!(report.firmware.episodes, 0);

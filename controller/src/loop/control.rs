@@ -2126,8 +2126,18 @@ impl Control {
             .iter()
             .find(|c| !(c.min..=c.max).contains(&self.obs[c.index]))
         {
+            // Past a limit at an episode's first frame, before any action: most often
+            // the robot file's units, not the robot.
+            let hint = if step == 0 {
+                "; at an episode's first frame this is most often a units mismatch: the \
+                 limits are SI (rad, rad/s, m) times the joint's \
+                 position_observation_scale or velocity_observation_scale, which must give \
+                 the units the firmware sends (`tools robot FILE` prints them)"
+            } else {
+                ""
+            };
             let detail = format!(
-                "{} is {} at step {step}, outside [{}, {}]",
+                "{} is {} at step {step}, outside [{}, {}]{hint}",
                 c.what, self.obs[c.index], c.min, c.max
             );
             self.fault(now, FaultKind::JointLimit, detail, None);
@@ -3976,6 +3986,39 @@ mod tests {
             assert_eq!(c.report.faults.len(), 1, "{answered_first}");
             assert_eq!(c.report.faults[0].kind, FaultKind::LinkLost);
         }
+    }
+
+    /// A joint past its limit at an episode's first frame says what that most often is
+    /// (a units mismatch in the robot file), naming `tools robot`.
+    #[test]
+    fn a_joint_limit_at_the_first_frame_hints_at_units() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.joint_checks = vec![firmware_config::config::JointCheck {
+            index: 0,
+            min: -0.1,
+            max: 0.1,
+            what: "joint `shoulder` position (observation `q1`)".into(),
+        }];
+        let now = Instant::now();
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        c.one_tick(now);
+        c.begin_episode(0, 7, now, now);
+        let obs = vec![0.25; c.od];
+        tx.send(frame(1, Message::sensor(0, 0, &obs).unwrap()))
+            .unwrap();
+        c.tick += 1;
+        c.one_tick(now);
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        assert_eq!(c.report.faults[0].kind, FaultKind::JointLimit);
+        let detail = &c.report.faults[0].detail;
+        assert!(
+            detail.starts_with("joint `shoulder` position (observation `q1`) is 0.25 at step 0")
+                && detail.contains("most often a units mismatch")
+                && detail.contains("`tools robot FILE`"),
+            "{detail}"
+        );
     }
 
     /// A two-speed worker that stopped at an error ends the run at the fault: every

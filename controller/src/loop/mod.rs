@@ -1727,8 +1727,9 @@ pub(crate) fn handshake_refusal(robot: &RobotConfig, e: &HandshakeError) -> Stri
     match e {
         HandshakeError::Robot { .. } => format!(
             "{e}. This robot file describes robot '{}' ({} observation and {} joint names); \
-             configure the firmware from the same file (sim-firmware prints the robot id it \
-             announces), or pass the robot file the firmware was configured from",
+             configure the firmware from the same file (`tools robot FILE` prints the robot \
+             id a file gives, and sim-firmware the one it announces), or pass the robot \
+             file the firmware was configured from",
             robot.robot,
             robot.observation.names.len(),
             robot.joints.len()
