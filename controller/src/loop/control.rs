@@ -3988,6 +3988,21 @@ mod tests {
         }
     }
 
+    /// Episode 0 begins (its `Reset` sent) and its first `Sensor` frame, every value
+    /// 0.25, comes; one tick acts on it.
+    fn act_on_the_first_frame(
+        c: &mut Control,
+        tx: &crossbeam_channel::Sender<LinkEvent>,
+        now: Instant,
+    ) {
+        c.begin_episode(0, 7, now, now);
+        let obs = vec![0.25; c.od];
+        tx.send(frame(1, Message::sensor(0, 0, &obs).unwrap()))
+            .unwrap();
+        c.tick += 1;
+        c.one_tick(now);
+    }
+
     /// A joint past its limit at an episode's first frame says what that most often is
     /// (a units mismatch in the robot file), naming `tools robot`.
     #[test]
@@ -4004,12 +4019,7 @@ mod tests {
         c.phase = Phase::Idle;
         c.tick += 1;
         c.one_tick(now);
-        c.begin_episode(0, 7, now, now);
-        let obs = vec![0.25; c.od];
-        tx.send(frame(1, Message::sensor(0, 0, &obs).unwrap()))
-            .unwrap();
-        c.tick += 1;
-        c.one_tick(now);
+        act_on_the_first_frame(&mut c, &tx, now);
         assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
         assert_eq!(c.report.faults[0].kind, FaultKind::JointLimit);
         let detail = &c.report.faults[0].detail;
@@ -4052,12 +4062,7 @@ mod tests {
         c.tick += 1;
         c.one_tick(now);
         assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
-        c.begin_episode(0, 7, now, now);
-        let obs = vec![0.25; c.od];
-        tx.send(frame(1, Message::sensor(0, 0, &obs).unwrap()))
-            .unwrap();
-        c.tick += 1;
-        c.one_tick(now);
+        act_on_the_first_frame(&mut c, &tx, now);
         assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
         assert_eq!(c.report.faults[0].kind, FaultKind::PolicyError);
         let detail = &c.report.faults[0].detail;
