@@ -123,16 +123,16 @@ enum Command {
         #[arg(long)]
         log: PathBuf,
         /// The dataset directory (created, or appended to: a log holds every run into
-        /// its --out, so the episodes those runs saved in DIR/dataset would be there
-        /// twice; rebuild into a new directory, or use --last-run).
+        /// its --out, and the runs the dataset notes, those that saved their episodes
+        /// into DIR/dataset or were converted before, are left out).
         #[arg(long)]
         out: PathBuf,
         /// Only the log's last run: after a run was killed (`kill -9`, a power cut)
         /// before it saved its episodes, append them to DIR/dataset, which holds the
         /// runs before it. Nothing is written when the dataset notes the run already
         /// (it ended and saved its episodes, or they were converted before). Only the
-        /// last run is looked at: a killed run followed by one that ended needs a
-        /// rebuild into a new directory.
+        /// last run is looked at (without --last-run, every run the dataset does not
+        /// note is appended).
         #[arg(long)]
         last_run: bool,
     },
@@ -513,6 +513,31 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             }
             if let Some(w) = robot.observation.names_differ(names, "the bundle") {
                 controller::note!("warning: {}: {w}", dir.display());
+            }
+            // The actions likewise, where both name them (format 6; robot files name them
+            // optionally): a command in another order drives other joints.
+            let actions = &bundle.manifest.action.names;
+            if let Some(e) = robot.action.names_reordered(actions, "the bundle") {
+                bail!("{} does not fit {robot_label}: {e}", dir.display());
+            }
+            if let Some(w) = robot.action.names_differ(actions, "the bundle") {
+                controller::note!("warning: {}: {w}", dir.display());
+            }
+            match (actions.is_empty(), robot.action.names.is_empty()) {
+                (true, false) => controller::note!(
+                    "note: {}: the bundle does not name its actions (format {}, or data \
+                     without action names): their order against the robot file's [action] \
+                     names is unchecked",
+                    dir.display(),
+                    bundle.manifest.format_version
+                ),
+                (false, true) => controller::note!(
+                    "note: {}: the robot file does not name its actions ([action] names); \
+                     the bundle's are {}: name them there to have their order checked",
+                    dir.display(),
+                    actions.join(", ")
+                ),
+                _ => {}
             }
             if bundle.manifest.action.control_hz.is_none() {
                 controller::note!(
@@ -1209,10 +1234,9 @@ fn main() -> Result<std::process::ExitCode> {
                 );
             } else if out.join("meta").join("info.json").is_file() {
                 eprintln!(
-                    "warning: {} already holds a dataset: the log's episodes are appended to \
-                     it. A log holds every run into its --out, so episodes those runs saved \
-                     there already are now there twice; convert into a new directory to \
-                     rebuild (or pass --last-run after a killed run)",
+                    "note: {} already holds a dataset: the log's runs it does not note are \
+                     appended (the runs it notes saved their episodes there, or were \
+                     converted before, and are left out)",
                     out.display()
                 );
             }
@@ -1232,7 +1256,7 @@ fn main() -> Result<std::process::ExitCode> {
                 );
                 return Ok(std::process::ExitCode::SUCCESS);
             }
-            if r.skipped_saved > 0 {
+            if r.skipped_saved > 0 && last_run {
                 println!(
                     "{}: {} of the last run's episodes are in {} already (the run saved them \
                      before it lost or left others); the rest follow",
@@ -1240,11 +1264,21 @@ fn main() -> Result<std::process::ExitCode> {
                     r.skipped_saved,
                     out.display()
                 );
+            } else if r.skipped_saved > 0 {
+                println!(
+                    "{}: {} episodes are in {} already, left out: those of the {} runs it \
+                     notes (they ended and saved them, or were converted before), and those \
+                     that runs which saved only some noted",
+                    log.display(),
+                    r.skipped_saved,
+                    out.display(),
+                    r.runs_saved
+                );
             }
             if r.unknown_run {
                 eprintln!(
-                    "warning: {}: the last run has no id (a log of an older version): if it \
-                     ended and saved its episodes, they are now in {} twice",
+                    "warning: {}: a run has no id (a log of an older version): if it ended and \
+                     saved its episodes into {}, they are there twice now",
                     log.display(),
                     out.display()
                 );

@@ -2001,6 +2001,62 @@ fn bundle_trained_at_another_rate_is_refused() {
     );
 }
 
+/// A bundle naming the robot file's actions in another order is refused before the
+/// port opens (its commands would drive other joints: nothing compared them); the same
+/// order runs, and a bundle naming none is said to be unchecked.
+#[test]
+fn a_bundle_naming_the_actions_in_another_order_is_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let push = example_robot_file(dir.path(), "push");
+    let named = |label: &str, names: Option<&str>| {
+        let b = dir.path().join(format!("bundle-{label}"));
+        shared_model::synthetic::SyntheticSpec::cpu()
+            .write(&b, 3, None)
+            .unwrap();
+        if let Some(names) = names {
+            let manifest = b.join("manifest.toml");
+            let text = std::fs::read_to_string(&manifest).unwrap();
+            let text = text
+                .replace("format_version = 1\n", "format_version = 6\n")
+                .replace("[action]\n", &format!("[action]\nnames = {names}\n"));
+            std::fs::write(&manifest, text).unwrap();
+        }
+        b
+    };
+    let run = |bundle: &Path, out: &str| {
+        run_bundle_before_the_port(bundle, &push, &dir.path().join(out), &[])
+    };
+    let out = run(
+        &named("yx", Some(r#"["vy_command", "vx_command"]"#)),
+        "swapped",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "action `vy_command` is at [0] in the bundle and at [1] in the robot file: the \
+             policy's commands would drive other joints than it learned"
+        ),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("/dev/null-none"), "{out:?}");
+    let out = run(
+        &named("xy", Some(r#"["vx_command", "vy_command"]"#)),
+        "same",
+    );
+    assert!(
+        !out.stderr.contains("action `") && out.stderr.contains("/dev/null-none"),
+        "{out:?}"
+    );
+    let out = run(&named("none", None), "none");
+    assert!(
+        out.stderr.contains(
+            "the bundle does not name its actions (format 1, or data without action names)"
+        ) && out.stderr.contains("/dev/null-none"),
+        "{out:?}"
+    );
+}
+
 /// Warned before the port opens: a bundle that does not say its rate (format 4 or
 /// older, as the synthetic one), which runs unchecked at the robot file's; and a teleop
 /// socket on every network, where any host can drive the robot (none was warned).
@@ -2663,6 +2719,12 @@ fn kill_9_loses_at_most_the_record_being_written() {
     assert_ne!(ids[0], ids[1]);
     assert_eq!(dataset::noted_runs(&dataset_dir).unwrap(), ids);
     log_to_dataset(&dataset_dir, &["--last-run"]);
+    assert_eq!(
+        dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
+        transitions
+    );
+    // Every run, into the dataset that notes both: nothing again (both went in twice).
+    log_to_dataset(&dataset_dir, &[]);
     assert_eq!(
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
         transitions

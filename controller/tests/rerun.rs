@@ -97,8 +97,8 @@ fn check_rows(report: &Value, rows: &BTreeMap<String, usize>) {
     );
     for e in [
         "/observation.state/pusher_x",
-        "/action/pusher_x",
-        "/policy/raw_action/pusher_y",
+        "/action/vx_command",
+        "/policy/raw_action/vy_command",
         "/policy/q/selected",
         "/policy/q/best_base",
         "/policy/q/best_edit",

@@ -278,6 +278,31 @@ fn a_reloaded_policy_draws_its_own_noise_and_must_fine_tune_the_running_one() {
         text.contains("trained on steps at 10 Hz, the running bundle at 20 Hz"),
         "{text}"
     );
+    // Bundles that name their actions (format 6): other names are refused; a bundle
+    // that names none may follow one that does.
+    let acting = |names: &'static [&'static str]| {
+        move |t: &mut toml::Table| {
+            t.insert("format_version".into(), toml::Value::Integer(6));
+            let a = t["action"].as_table_mut().unwrap();
+            let names = names.iter().map(|n| toml::Value::String(n.to_string()));
+            a.insert("names".into(), toml::Value::Array(names.collect()));
+        }
+    };
+    let xy = variant_of(&first, root.path(), "xy", &|d| {
+        edit_manifest(d, acting(&["x", "y"]))
+    });
+    let mut current =
+        Policy::new(&load_bundle(&xy, &Trust::AllowUnsigned).unwrap(), &opts).unwrap();
+    let yx = variant_of(&first, root.path(), "yx", &|d| {
+        edit_manifest(d, acting(&["y", "x"]))
+    });
+    let e = reload(&mut current, &yx, &Trust::AllowUnsigned, &opts).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("its action names (y, x) are not the running bundle's (x, y)"),
+        "{text}"
+    );
+    reload(&mut current, &first, &Trust::AllowUnsigned, &opts).unwrap();
 }
 
 /// A copy of the bundle `good` as `root/name`, changed by `f`.
@@ -996,6 +1021,34 @@ fn a_chunk_manifest_must_say_format_2_and_a_sane_horizon() {
             .unwrap()
             .to_string();
         assert!(e.contains(want), "{hz}, {version}: {e}");
+    }
+    // The action names (format 6): one per action of a step, none empty.
+    let with_names = |names: &str, version: u32| {
+        text.replace("format_version = 2", &format!("format_version = {version}"))
+            .replace("horizon = 4", &format!("horizon = 4\nnames = {names}"))
+    };
+    fs::write(&path, with_names(r#"["vx", "vy"]"#, 6)).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    assert_eq!(b.manifest.action.names, ["vx", "vy"]);
+    for (names, version, want) in [
+        (
+            r#"["vx", "vy"]"#,
+            5,
+            "action.names needs format_version 6 (found 5)",
+        ),
+        (
+            r#"["vx", "vy", "vz"]"#,
+            6,
+            "action.names has 3 entries, action.dim is 2",
+        ),
+        (r#"["vx", ""]"#, 6, "action.names[1] is empty"),
+    ] {
+        fs::write(&path, with_names(names, version)).unwrap();
+        let e = load_bundle(dir.path(), &Trust::AllowUnsigned)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{names}, {version}: {e}");
     }
 }
 

@@ -166,6 +166,16 @@ mod tests {
     }
 }
 
+/// Whether `names` are the ones a reader makes up for a feature `key` whose
+/// `info.json` names none (`{key}.{i}`, as [`read_dataset`] fills them in): they say
+/// nothing of what the values are.
+pub fn made_up_names(key: &str, names: &[String]) -> bool {
+    names
+        .iter()
+        .enumerate()
+        .all(|(i, n)| *n == format!("{key}.{i}"))
+}
+
 /// Column / feature names used in data files and `info.json`.
 pub mod cols {
     pub const OBS: &str = "observation.state";

@@ -762,8 +762,12 @@ impl DatasetWriter {
             .entry(id)
             .or_insert_with(|| serde_json::Value::Array(vec![]));
         if let Some(list) = entry.as_array_mut() {
+            // A set, not a search of the list per episode: a run of days saves millions
+            // of episodes, and the search made its end take minutes to hours.
+            let mut have: std::collections::HashSet<u64> =
+                list.iter().filter_map(|v| v.as_u64()).collect();
             for &e in saved {
-                if !list.iter().any(|v| v.as_u64() == Some(e as u64)) {
+                if have.insert(e as u64) {
                     list.push(e.into());
                 }
             }

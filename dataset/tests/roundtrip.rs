@@ -596,6 +596,23 @@ fn noted_runs_are_committed_with_the_episodes() {
     validate_dataset(&dir).unwrap();
 }
 
+/// A run of days saves millions of episodes, all noted at its end when it lost one:
+/// each once, in order, as before (each was searched for in the list noted so far, so
+/// the run's end took minutes to hours; a million here took minutes, untimed).
+#[test]
+fn a_long_runs_saved_episodes_are_each_noted_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = dataset::DatasetWriter::create(&tmp.path().join("ds"), info()).unwrap();
+    let saved: Vec<u32> = (0..1_000_000).collect();
+    w.note_partial_run("long", &saved[..10]);
+    w.note_partial_run("long", &saved);
+    w.note_partial_run("long", &[5, 2_000_000]);
+    let noted = w.partial_run("long");
+    assert_eq!(noted.len(), 1_000_001);
+    assert!(noted[..1_000_000].iter().copied().eq(0..1_000_000));
+    assert_eq!(noted[1_000_000], 2_000_000);
+}
+
 /// Past `MAX_NOTED_RUNS` partial runs the newest is still noted (it was left out, and
 /// converting its log with `--last-run` added the episodes it saved a second time).
 #[test]

@@ -30,6 +30,8 @@
 //! dim = 2
 //! scale = [1.0, 1.0]
 //! offset = [0.0, 0.0]
+//! names = ["vx_command", "vy_command"] # optional: as the training data names them; a
+//!                                      # bundle naming them in another order is refused
 //!
 //! [safety]                        # the controller's envelope, in policy units
 //! action_min = [-1.0, -1.0]
@@ -174,13 +176,7 @@ impl ObservationConfig {
     /// recording's `joint.pos`), so callers warn rather than refuse; but the values must
     /// come in the same order. Sizes are checked elsewhere.
     pub fn names_differ(&self, names: &[String], whose: &str) -> Option<String> {
-        let first = first_name_difference(&self.names, names)?;
-        Some(format!(
-            "observation names differ from the robot file's, first at [{first}] (`{}` in \
-             {whose}, `{}` in the robot file): the robot's Sensor frame must carry the values \
-             the policy learns from, in the same order",
-            names[first], self.names[first]
-        ))
+        names_differ(&self.names, names, whose, Channels::Observation)
     }
 
     /// `names` (of `whose`) holding one of this robot's names at another position: the
@@ -188,16 +184,77 @@ impl ObservationConfig {
     /// An error message, naming the channel and both positions; `None` otherwise
     /// (different spellings are [`ObservationConfig::names_differ`]'s warning).
     pub fn names_reordered(&self, names: &[String], whose: &str) -> Option<String> {
-        names.iter().enumerate().find_map(|(theirs, name)| {
-            let ours = self.names.iter().position(|n| n == name)?;
-            (ours != theirs).then(|| {
-                format!(
-                    "observation `{name}` is at [{theirs}] in {whose} and at [{ours}] in the \
-                     robot file: the policy would act on its inputs in another order"
-                )
-            })
-        })
+        names_reordered(&self.names, names, whose, Channels::Observation)
     }
+}
+
+/// Which channels a list of names names, for the messages of [`names_differ`] and
+/// [`names_reordered`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Channels {
+    Observation,
+    Action,
+}
+
+impl Channels {
+    fn noun(self) -> &'static str {
+        match self {
+            Channels::Observation => "observation",
+            Channels::Action => "action",
+        }
+    }
+
+    /// What goes wrong when the orders differ.
+    fn harm(self) -> &'static str {
+        match self {
+            Channels::Observation => "the policy would act on its inputs in another order",
+            Channels::Action => "the policy's commands would drive other joints than it learned",
+        }
+    }
+
+    /// What must hold, for the warning on other spellings.
+    fn rule(self) -> &'static str {
+        match self {
+            Channels::Observation => {
+                "the robot's Sensor frame must carry the values the policy learns from, in the \
+                 same order"
+            }
+            Channels::Action => {
+                "the firmware must take the Command's values in the order the policy learned \
+                 them"
+            }
+        }
+    }
+}
+
+/// `theirs` (names of `whose`) against the robot file's `ours`: the first difference,
+/// as a warning (see [`ObservationConfig::names_differ`]). An empty list (names not
+/// recorded) agrees with anything.
+fn names_differ(ours: &[String], theirs: &[String], whose: &str, c: Channels) -> Option<String> {
+    let first = first_name_difference(ours, theirs)?;
+    Some(format!(
+        "{} names differ from the robot file's, first at [{first}] (`{}` in {whose}, `{}` in \
+         the robot file): {}",
+        c.noun(),
+        theirs[first],
+        ours[first],
+        c.rule()
+    ))
+}
+
+/// One of the robot file's names `ours` at another position in `theirs` (of `whose`),
+/// as an error (see [`ObservationConfig::names_reordered`]).
+fn names_reordered(ours: &[String], theirs: &[String], whose: &str, c: Channels) -> Option<String> {
+    theirs.iter().enumerate().find_map(|(at, name)| {
+        let here = ours.iter().position(|n| n == name)?;
+        (here != at).then(|| {
+            format!(
+                "{} `{name}` is at [{at}] in {whose} and at [{here}] in the robot file: {}",
+                c.noun(),
+                c.harm()
+            )
+        })
+    })
 }
 
 /// Where two lists of channel names (a robot file's, a bundle's, a dataset's, a run's)
@@ -214,9 +271,29 @@ pub struct ActionConfig {
     pub dim: usize,
     pub scale: Vec<f32>,
     pub offset: Vec<f32>,
+    /// What each value of a `Command` drives, in order (optional; the names the
+    /// training data gives its actions, e.g. a LeRobot recording's `shoulder.pos`). With
+    /// them, `controller run` refuses a bundle that names the same actions in another
+    /// order (its commands would drive other joints) and warns on other spellings.
+    /// Not part of the robot id ([`RobotConfig::identity`]): naming the actions changes
+    /// no firmware.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 impl ActionConfig {
+    /// `names` (the action names of `whose`) against this robot's: the first
+    /// difference as a warning, `None` when they agree or either names none.
+    pub fn names_differ(&self, names: &[String], whose: &str) -> Option<String> {
+        names_differ(&self.names, names, whose, Channels::Action)
+    }
+
+    /// `names` (of `whose`) holding one of this robot's action names at another
+    /// position: an error message; `None` otherwise.
+    pub fn names_reordered(&self, names: &[String], whose: &str) -> Option<String> {
+        names_reordered(&self.names, names, whose, Channels::Action)
+    }
+
     /// `out[i] = offset[i] + scale[i] * policy[i]`.
     pub fn to_robot_units(&self, policy: &[f32], out: &mut [f32]) {
         for (i, (o, &a)) in out.iter_mut().zip(policy).enumerate() {
@@ -397,6 +474,13 @@ impl RobotConfig {
             field_error(field, offset, message)
         })?;
         Ok(config)
+    }
+
+    /// The checks [`RobotConfig::load`] makes after parsing, for a config built or
+    /// changed in code (a test's, a simulated firmware's): "FIELD: what is wrong".
+    pub fn check(&self) -> Result<(), String> {
+        self.validate()
+            .map_err(|Invalid { field, message }| format!("{field}: {message}"))
     }
 
     /// A built-in example robot (see [`EXAMPLES`]); `None` for an unknown name.
@@ -593,14 +677,7 @@ impl RobotConfig {
             obs.dim,
             "observation.dim",
         )?;
-        let mut names = HashSet::new();
-        for (i, n) in obs.names.iter().enumerate() {
-            let field = format!("observation.names[{i}]");
-            nonempty(&field, n)?;
-            check(names.insert(n.as_str()), &field, || {
-                format!("duplicate observation name '{n}'")
-            })?;
-        }
+        let names = distinct_names("observation", &obs.names)?;
         // The observation values that joints name for their limits: they must exist, and
         // each carries one joint's position or velocity.
         let mut claimed: HashSet<&str> = HashSet::new();
@@ -627,6 +704,10 @@ impl RobotConfig {
         })?;
         dims("action.scale", act.scale.len(), d, "action.dim")?;
         dims("action.offset", act.offset.len(), d, "action.dim")?;
+        if !act.names.is_empty() {
+            dims("action.names", act.names.len(), d, "action.dim")?;
+            distinct_names("action", &act.names)?;
+        }
         for (i, &s) in act.scale.iter().enumerate() {
             let field = format!("action.scale[{i}]");
             finite(&field, s)?;
@@ -892,6 +973,19 @@ fn finite(field: &str, x: f32) -> Result<(), Invalid> {
 fn positive(field: &str, x: f32) -> Result<(), Invalid> {
     finite(field, x)?;
     check(x > 0.0, field, || format!("must be positive, found {x}"))
+}
+
+/// `SECTION.names`: none empty, none twice; the set of them.
+fn distinct_names<'a>(section: &str, names: &'a [String]) -> Result<HashSet<&'a str>, Invalid> {
+    let mut seen = HashSet::new();
+    for (i, n) in names.iter().enumerate() {
+        let field = format!("{section}.names[{i}]");
+        nonempty(&field, n)?;
+        check(seen.insert(n.as_str()), &field, || {
+            format!("duplicate {section} name '{n}'")
+        })?;
+    }
+    Ok(seen)
 }
 
 fn dims(field: &str, found: usize, expected: usize, from: &str) -> Result<(), Invalid> {

@@ -350,6 +350,10 @@ impl SimFirmware {
     pub fn new(opts: FirmwareOptions) -> Result<SimFirmware, FirmwareError> {
         let spec = opts.task.spec();
         let r = &opts.robot;
+        // As a robot file is checked when read: one built in code with a short
+        // envelope left a dimension unclamped, and a firmware author reads this one.
+        r.check()
+            .map_err(|e| FirmwareError::Env(format!("robot '{}': {e}", r.robot)))?;
         let checks = [
             (
                 "observation.dim",

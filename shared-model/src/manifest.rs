@@ -38,11 +38,12 @@ use thiserror::Error;
 /// chunks), format 3 `action.replan_every` (how the training run played them), format 4
 /// `networks.edit_log_std` (a clipped log-std head, `Clip` in the edit graph), format 5
 /// `action.control_hz` (the rate it was trained at, which the trainer writes in every
-/// bundle since 2026-12-06: older controllers refuse those by their version); a
-/// bundle is written in the oldest format that holds what it uses
+/// bundle since 2026-12-06: older controllers refuse those by their version), format 6
+/// `action.names` (the data's action names, in order, written since 2026-12-07 when the
+/// data names its actions); a bundle is written in the oldest format that holds what it uses
 /// ([`Manifest::required_format`]), so older controllers keep loading every bundle
 /// they can run, and refuse a newer one by its version ([`BundleError::NewerFormat`]).
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// The longest action chunk a bundle may declare (as the trainer's
 /// `MAX_ACTION_HORIZON`).
@@ -157,6 +158,12 @@ pub struct ActionSpec {
     /// controller refuses a robot file of another `control_hz`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_hz: Option<u32>,
+    /// The action values' names, in order, as the training data named them (format 6;
+    /// empty when the data did not name them, `action.{i}`, or in older bundles): the
+    /// controller refuses a robot file that names the same actions in another order, as
+    /// for observations. A chunk repeats them `horizon` times, so one action's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 fn one() -> usize {
@@ -246,10 +253,13 @@ struct MatrixSizes {
 }
 
 impl Manifest {
-    /// The oldest format that holds this manifest: 5 with `action.control_hz`, 4 with a
+    /// The oldest format that holds this manifest: 6 with `action.names`, 5 with
+    /// `action.control_hz`, 4 with a
     /// clipped log-std head, 3 with `action.replan_every`, 2 with action chunks, else 1.
     pub fn required_format(&self) -> u32 {
-        if self.action.control_hz.is_some() {
+        if !self.action.names.is_empty() {
+            6
+        } else if self.action.control_hz.is_some() {
             5
         } else if self.networks.edit_log_std != LogStdHead::Tanh {
             4
@@ -892,13 +902,13 @@ fn stage_bundle(
             path: dir.join(MANIFEST_FILE),
             message: format!(
                 "{} bytes, more than the {MAX_MANIFEST_BYTES} a controller reads ({} \
-                 observation values, whose names take {} bytes): shorten the names",
+                 observation and {} action values, whose names take {} bytes): shorten the \
+                 names",
                 text.len(),
                 manifest.observation.dim,
-                manifest
-                    .observation
-                    .names
-                    .iter()
+                manifest.action.dim,
+                (manifest.observation.names.iter())
+                    .chain(&manifest.action.names)
                     .map(String::len)
                     .sum::<usize>()
             ),
@@ -1364,6 +1374,24 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             "action.horizon = {} needs format_version 2 (found {})",
             a.horizon, m.format_version
         ));
+    }
+    if !a.names.is_empty() {
+        if a.names.len() != a.dim {
+            return Err(format!(
+                "action.names has {} entries, action.dim is {} (or none: not recorded)",
+                a.names.len(),
+                a.dim
+            ));
+        }
+        if let Some(i) = a.names.iter().position(|n| n.is_empty()) {
+            return Err(format!("action.names[{i}] is empty"));
+        }
+        if m.format_version < 6 {
+            return Err(format!(
+                "action.names needs format_version 6 (found {})",
+                m.format_version
+            ));
+        }
     }
     if let Some(hz) = a.control_hz {
         if hz == 0 {

@@ -216,6 +216,7 @@ impl SyntheticSpec {
                 horizon: self.horizon,
                 replan_every: 0,
                 control_hz: None,
+                names: vec![],
             },
             diffusion: DiffusionSpec {
                 schedule: "vp".into(),

@@ -349,9 +349,10 @@ fn main() -> Result<()> {
             for i in 0..a.dim {
                 let ends = [safety.action_min[i], safety.action_max[i]]
                     .map(|p| a.offset[i] + a.scale[i] * p);
+                let named = a.names.get(i).map_or(String::new(), |n| format!(" `{n}`"));
                 println!(
-                    "action[{i}] in robot units: hold (policy 0) {}, envelope [{}, {}], at \
-                     most {} per control step",
+                    "action[{i}]{named} in robot units: hold (policy 0) {}, envelope [{}, {}], \
+                     at most {} per control step",
                     a.offset[i],
                     ends[0].min(ends[1]),
                     ends[0].max(ends[1]),

@@ -245,8 +245,8 @@ fn robot_prints_the_hello_and_names_what_is_wrong() {
     // max_delta_per_tick 2).
     assert!(
         out.contains(
-            "action[1] in robot units: hold (policy 0) 0, envelope [-1, 1], at most 2 per \
-             control step"
+            "action[1] `vy_command` in robot units: hold (policy 0) 0, envelope [-1, 1], at \
+             most 2 per control step"
         ),
         "{out}"
     );
@@ -603,6 +603,33 @@ fn label_converts_robot_units_to_policy_units() {
             (&p.rewards, &p.success, &p.terminated, &p.truncated)
         );
     }
+
+    // Actions named in another order than the robot file names them: each would be
+    // converted with the other joint's scale and offset. Refused, nothing written.
+    let swapped_dir = tmp.path().join("raw-swapped");
+    let mut swapped = raw.info.clone();
+    swapped.action_names.reverse();
+    dataset::write_dataset(&swapped_dir, &swapped, &raw.episodes).unwrap();
+    let swapped_out = tmp.path().join("swapped-labelled");
+    let o = tools(&[
+        "dataset",
+        "label",
+        swapped_dir.to_str().unwrap(),
+        "--success",
+        "keep",
+        "--robot-units",
+        robot_file.to_str().unwrap(),
+        "--out",
+        swapped_out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("action `vy_command` is at [0] in the dataset and at [1] in the robot file"),
+        "{}",
+        text(&o)
+    );
+    assert!(!swapped_out.exists());
 
     // A dataset in policy units already (the generated one), converted with a robot
     // whose units are twice as wide: every action shrinks to half and stays in range, so

@@ -118,6 +118,11 @@ pub struct ExportInfo {
     pub env_steps: u64,
     /// Default executed denoising steps (≤ trained; `None` = all).
     pub executed_steps: Option<usize>,
+    /// The bundle's export time (`provenance.created_unix`) is at least this: a live
+    /// session's bundles are stamped in order whatever the trainer's clock does (a
+    /// robot refuses a bundle stamped before the newest it took, and the clock stepped
+    /// back an hour refused an hour of them). 0: the clock's time.
+    pub not_before_unix: u64,
 }
 
 /// What a bundle exported from the run in `run` (of `config`) says it learned from
@@ -154,15 +159,24 @@ pub fn bundle_graphs(agent: &Agent) -> BundleGraphs {
     }
 }
 
+/// Action names that say nothing of the actions: a dataset reader's `action.{i}`, or
+/// the `a{i}` of a controller's recording before 2026-12-07 (when its robot file had
+/// not one joint per action).
+fn unnamed_actions(names: &[String]) -> bool {
+    dataset::made_up_names(dataset::cols::ACTION, names)
+        || names.iter().enumerate().all(|(i, n)| *n == format!("a{i}"))
+}
+
 /// The manifest describing `agent` (graph hashes are filled in by `write_bundle`).
 pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     let c = &agent.config;
     if c.algo == Algo::Rlpd {
         bail!("RLPD runs have no diffusion policy; bundles hold EXPO, idql-select or BC policies");
     }
-    // Names and bounds of the observation, and the rate of the steps it was trained on:
-    // the simulated task's, or the robot's as its dataset showed them.
-    let (task, names, low, high, control_hz) = match (c.task.sim(), &agent.robot) {
+    // Names and bounds of the observation, the actions' names, and the rate of the steps
+    // it was trained on: the simulated task's, or the robot's as its dataset showed them
+    // (action names the data did not give are left out: the controller checks none).
+    let (task, names, low, high, control_hz, action_names) = match (c.task.sim(), &agent.robot) {
         (Some(t), _) => {
             let spec = t.spec();
             (
@@ -171,6 +185,7 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
                 spec.obs_low.to_vec(),
                 spec.obs_high.to_vec(),
                 spec.control_hz,
+                spec.action_names.iter().map(|s| s.to_string()).collect(),
             )
         }
         (None, Some(r)) => (
@@ -179,6 +194,11 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             r.obs_low.clone(),
             r.obs_high.clone(),
             r.fps,
+            if unnamed_actions(&r.action_names) {
+                vec![]
+            } else {
+                r.action_names.clone()
+            },
         ),
         (None, None) => bail!("a robot run without its robot's description (checkpoint state)"),
     };
@@ -225,6 +245,8 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             // The controller refuses a robot file of another rate (a chunk and the
             // discount are per step).
             control_hz: Some(control_hz),
+            // And a robot file naming these actions in another order.
+            names: action_names,
         },
         diffusion: DiffusionSpec {
             schedule: "vp".into(),
@@ -287,7 +309,8 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
-                .unwrap_or(0),
+                .unwrap_or(0)
+                .max(info.not_before_unix),
             trainer_version: env!("CARGO_PKG_VERSION").into(),
         },
     };

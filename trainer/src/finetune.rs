@@ -71,6 +71,37 @@ pub struct FinetuneOptions {
     pub exports_bundle: bool,
 }
 
+/// Said when the base policy's learning rate reaches 0 within the next `updates`
+/// updates: its cosine schedule (`optim.actor_lr_decay_steps`) counts the run's
+/// denoiser updates over its whole life, pretraining included, and stays at 0 after
+/// (an open-ended `--listen` session went on publishing bundles whose base policy no
+/// longer changed, with nothing said; only the critics and the edit policy learned).
+fn base_policy_stops_learning(agent: &Agent, updates: usize) -> Option<String> {
+    // (rlpd's actor is no diffusion policy and has no such schedule.)
+    if agent.config.algo == crate::config::Algo::Rlpd {
+        return None;
+    }
+    let decay = agent.config.optim.actor_lr_decay_steps;
+    let done = agent.denoiser_updates;
+    if done.saturating_add(updates) <= decay {
+        return None;
+    }
+    Some(if done >= decay {
+        format!(
+            "the base policy's learning rate is 0: its cosine schedule ended at \
+             optim.actor_lr_decay_steps = {decay} denoiser updates, and the run has made \
+             {done}; only the critics and the edit policy learn here"
+        )
+    } else {
+        format!(
+            "the base policy's learning rate reaches 0 after {} of these {updates} updates \
+             (optim.actor_lr_decay_steps = {decay} denoiser updates over the run's life, {done} \
+             made): only the critics and the edit policy learn after that",
+            decay - done
+        )
+    })
+}
+
 /// `--listen` settings.
 pub struct LiveOptions {
     pub addr: String,
@@ -572,6 +603,13 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         eprintln!("warning: {w}");
         summary.warnings.push(w);
     }
+    let left = o
+        .updates
+        .saturating_sub(state.finetune_updates * usize::from(resumed));
+    if let Some(w) = base_policy_stops_learning(&agent, left) {
+        eprintln!("warning: {w}");
+        summary.warnings.push(w);
+    }
     // A robot run has no simulator to evaluate in.
     let eval_episodes = if config.task.sim().is_some() {
         o.eval_episodes
@@ -842,9 +880,10 @@ impl RecordedBy {
     /// same sizes with other channels would train the networks on the wrong inputs. A
     /// robot of another name with the same channels is only a warning (a robot file
     /// renamed, demonstrations from another recorder), returned. Another recording rate
-    /// is an error. Action names are not compared: the controller names actions after
-    /// the robot file's joints, other recorders otherwise (`shoulder` and
-    /// `shoulder.pos`, or a simulated task's `vx_command`), for the same channels.
+    /// is an error. Action names are not compared: the controller names actions by its
+    /// robot file's `[action] names`, else `action.{i}` (before 2026-12-07 after the
+    /// robot file's joints), other recorders otherwise (`shoulder` and `shoulder.pos`,
+    /// or a simulated task's `vx_command`), for the same channels.
     fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<Vec<String>> {
         let mut warnings = vec![];
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {

@@ -720,6 +720,14 @@ fn newest_bundle(root: &std::path::Path) -> Option<usize> {
         .max()
 }
 
+/// The export time the manifest of the published bundle in `dir` says; `None` when it
+/// does not read (the clock's time is all there is then).
+fn published_stamp(dir: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(shared_model::manifest::MANIFEST_FILE)).ok()?;
+    let m: shared_model::manifest::Manifest = toml::from_str(&text).ok()?;
+    Some(m.provenance.created_unix)
+}
+
 /// Clears the bundle directory `dir` for a publish, where a killed one left part of a
 /// bundle (graphs renamed into place, no manifest, or a manifest whose signature never
 /// followed): such a bundle was taken for published, or refused by the export, and
@@ -1026,6 +1034,13 @@ pub(crate) fn train_live(
              updates); the next is published after update {n}"
         );
     }
+    // Each bundle is stamped no earlier than the one before it (the robot takes none
+    // stamped before the newest it took): from the newest published before a resume.
+    let last_stamp = std::cell::Cell::new(
+        newest_published
+            .and_then(|n| published_stamp(&o.out.join("bundles").join(format!("{n:07}"))))
+            .unwrap_or(0),
+    );
     let publish = |agent: &crate::agent::Agent,
                    n: usize,
                    summary: &mut crate::finetune::FinetuneSummary|
@@ -1043,6 +1058,7 @@ pub(crate) fn train_live(
             ),
             env_steps,
             executed_steps: None,
+            not_before_unix: last_stamp.get(),
         };
         let exported = crate::export::export_bundle(
             agent,
@@ -1057,7 +1073,7 @@ pub(crate) fn train_live(
             eprintln!("warning: finetune: bundle {name} not published: {e:#}");
             return Ok(());
         }
-        exported?;
+        last_stamp.set(exported?.provenance.created_unix);
         // `latest` names the newest complete bundle; written, synced, then renamed.
         crate::run::replace_file(&root.join("latest"), format!("{name}\n").as_bytes())?;
         summary.published.push(root.join(name));

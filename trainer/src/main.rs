@@ -1,6 +1,6 @@
 //! `trainer`: EXPO and baselines on the simulated tasks.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use controller::cli::TrustArgs;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,7 +32,7 @@ struct ConfigArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Device: `cpu` (default), `ndarray`, `vulkan[:N]`, `cuda[:N]` (all but `cpu` need the
-    /// matching cargo feature). Same as `--set device=...`.
+    /// matching cargo feature). Same as `--set device=...` (refused together).
     #[arg(long)]
     device: Option<String>,
 }
@@ -41,6 +41,11 @@ impl ConfigArgs {
     fn resolve(&self) -> Result<Config> {
         let mut overrides = self.overrides.clone();
         if let Some(d) = &self.device {
+            // Which one won was not said (the flag did).
+            let named = |o: &&String| o.split_once('=').is_some_and(|(k, _)| k.trim() == "device");
+            if let Some(set) = self.overrides.iter().find(named) {
+                bail!("--device {d} and --set {set} both name the device: give one");
+            }
             overrides.push(format!("device=\"{d}\""));
         }
         let base = self.preset.as_deref().unwrap_or("cpu");
@@ -641,7 +646,7 @@ fn main() -> Result<()> {
                     let task_steps = format!("task {task} steps");
                     if let Some(why) = trainer::robot::other_rate(hz, spec.control_hz, &task_steps)
                     {
-                        anyhow::bail!("{}: the bundle was trained on data {why}", dir.display());
+                        bail!("{}: the bundle was trained on data {why}", dir.display());
                     }
                 }
                 let cw = policy.chunk_dim();
@@ -740,6 +745,7 @@ fn main() -> Result<()> {
                     dataset: "none (untrained networks)".into(),
                     env_steps: 0,
                     executed_steps,
+                    not_before_unix: 0,
                 };
                 (agent, info)
             } else {
@@ -759,6 +765,7 @@ fn main() -> Result<()> {
                     dataset: trainer::export::dataset_provenance(&run, &agent.config),
                     env_steps: env_steps as u64,
                     executed_steps,
+                    not_before_unix: 0,
                 };
                 (agent, info)
             };
@@ -870,6 +877,7 @@ fn main() -> Result<()> {
                     dataset: trainer::export::dataset_provenance(&out, &agent.config),
                     env_steps: env_steps as u64,
                     executed_steps: None,
+                    not_before_unix: 0,
                 };
                 trainer::export::export_bundle(&agent, &dir, &info, key.as_ref())?;
                 println!(

@@ -350,10 +350,7 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         // the dataset recorded must be the task's. Names made up for a dataset that
         // recorded none (`observation.state.0`, …) say nothing.
         let names = &ds.info.observation_names;
-        let made_up = names
-            .iter()
-            .enumerate()
-            .all(|(i, n)| *n == format!("{}.{i}", dataset::cols::OBS));
+        let made_up = dataset::made_up_names(dataset::cols::OBS, names);
         let ours: Vec<String> = task
             .spec()
             .obs_names

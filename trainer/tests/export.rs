@@ -138,6 +138,30 @@ fn train(agent: &mut Agent, updates: usize) {
     );
 }
 
+/// A simulated task's bundle names its actions (format 6), and is stamped no earlier
+/// than `not_before_unix` (a live session's bundles stay in order when the trainer's
+/// clock steps back).
+#[test]
+fn a_bundle_names_its_actions_and_is_stamped_in_order() {
+    let agent = agent("tiny", &["task=push"]);
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let m = export_bundle(&agent, &dir.path().join("a"), &ExportInfo::default(), None).unwrap();
+    assert_eq!(m.action.names, ["vx_command", "vy_command"]);
+    assert_eq!(m.format_version, 6);
+    assert!(m.provenance.created_unix >= now);
+    let later = now + 3600;
+    let info = ExportInfo {
+        not_before_unix: later,
+        ..ExportInfo::default()
+    };
+    let m = export_bundle(&agent, &dir.path().join("b"), &info, None).unwrap();
+    assert_eq!(m.provenance.created_unix, later);
+}
+
 #[test]
 fn exported_bundle_matches_burn() {
     for head in ["tanh", "clip"] {
@@ -176,24 +200,26 @@ fn exported_bundle_matches_burn() {
                 "{e}"
             );
         }
-        // Every export says the rate it was trained at (push: 20 Hz), format 5. Without
-        // it, a clipped head is format 4: a controller that knows only the tanh head
-        // refuses the bundle by its version instead of running another function.
+        // Every export says the rate it was trained at (push: 20 Hz), format 5, and a
+        // simulated task's its action names, format 6. Without them, a clipped head is
+        // format 4: a controller that knows only the tanh head refuses the bundle by its
+        // version instead of running another function.
         let manifest = bundle.join("manifest.toml");
         let text = std::fs::read_to_string(&manifest).unwrap();
-        assert_eq!((m.format_version, m.action.control_hz), (5, Some(20)));
+        assert_eq!((m.format_version, m.action.control_hz), (6, Some(20)));
         assert!(text.contains("control_hz = 20\n"), "{text}");
         let mut without_rate = m.clone();
         without_rate.action.control_hz = None;
+        without_rate.action.names.clear();
         if head == "clip" {
             assert_eq!(without_rate.required_format(), 4);
             assert!(text.contains("edit_log_std = \"clip\""), "{text}");
-            std::fs::write(
-                &manifest,
-                text.replace("format_version = 5", "format_version = 3")
-                    .replace("control_hz = 20\n", ""),
-            )
-            .unwrap();
+            let mut t: toml::Table = toml::from_str(&text).unwrap();
+            t.insert("format_version".into(), toml::Value::Integer(3));
+            let action = t["action"].as_table_mut().unwrap();
+            action.remove("control_hz").unwrap();
+            action.remove("names").unwrap();
+            std::fs::write(&manifest, toml::to_string(&t).unwrap()).unwrap();
             let e = shared_model::load_bundle(&bundle, &shared_model::Trust::AllowUnsigned)
                 .unwrap_err()
                 .to_string();
@@ -218,11 +244,12 @@ fn exported_chunk_bundle_matches_burn() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     let m = export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
-    // Without the rate every export carries (format 5), each of these is the oldest
-    // format that holds what it uses.
+    // Without the rate every export carries (format 5) and a simulated task's action
+    // names (format 6), each of these is the oldest format that holds what it uses.
     let format_without_rate = |m: &shared_model::Manifest| {
         let mut m = m.clone();
         m.action.control_hz = None;
+        m.action.names.clear();
         m.required_format()
     };
     assert_eq!(
@@ -245,10 +272,10 @@ fn exported_chunk_bundle_matches_burn() {
     let m = export_bundle(&agent, &dir.path().join("k3"), &ExportInfo::default(), None).unwrap();
     assert_eq!((format_without_rate(&m), m.action.replan_every), (2, 0));
     agent.config.replan_every = 0;
-    // A one-step bundle stays format 1 (5 with the rate), without the field.
+    // A one-step bundle stays format 1 (6 with the rate and names), without the field.
     let m = export_bundle(&one, &dir.path().join("one"), &ExportInfo::default(), None).unwrap();
     assert_eq!((format_without_rate(&m), m.action.horizon), (1, 1));
-    assert_eq!(m.format_version, 5);
+    assert_eq!(m.format_version, 6);
     let text = std::fs::read_to_string(dir.path().join("one/manifest.toml")).unwrap();
     assert!(!text.contains("horizon"), "{text}");
 }

@@ -42,6 +42,44 @@ fn options(from: &Path, data: &Path, out: &Path) -> FinetuneOptions {
     }
 }
 
+/// A fine-tuning on a run whose base policy's cosine schedule has ended says so: its
+/// learning rate is 0 there, and only the critics and the edit policy learn (an
+/// open-ended live session went on publishing an unchanging base policy, unsaid). One
+/// within its schedule says nothing.
+#[test]
+fn a_finetune_past_the_base_policys_schedule_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("robot");
+    tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &data).unwrap();
+    let (ended, within) = (tmp.path().join("ended"), tmp.path().join("within"));
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach.into();
+    c.run.online_steps = 20;
+    c.optim.actor_lr_decay_steps = 1;
+    let opts = TrainOptions {
+        checkpoint_every: 0,
+        log_every: 10,
+        ..Default::default()
+    };
+    train(&c, &ended, &opts, &mut ()).unwrap();
+    tiny_run(&within);
+    let said = |from: &Path, out: &str| {
+        let s = finetune(&options(from, &data, &tmp.path().join(out)), &mut ()).unwrap();
+        s.warnings
+            .into_iter()
+            .find(|w| w.contains("the base policy's learning rate"))
+    };
+    let w = said(&ended, "ft-ended").expect("said");
+    assert!(
+        w.contains(
+            "the base policy's learning rate is 0: its cosine schedule ended at \
+             optim.actor_lr_decay_steps = 1 denoiser updates"
+        ),
+        "{w}"
+    );
+    assert_eq!(said(&within, "ft-within"), None);
+}
+
 /// The config and options of `train --resume` continuing a fine-tuned `tiny_run` online
 /// to 30 steps.
 fn continued_online() -> (Config, TrainOptions) {
@@ -197,6 +235,7 @@ fn finetune_continues_a_run_on_robot_data_and_resumes_exactly() {
         dataset: "test".into(),
         env_steps: 20,
         executed_steps: None,
+        not_before_unix: 0,
     };
     trainer::export::export_bundle(&agent, &tmp.path().join("bundle"), &info, None).unwrap();
     // And `train --resume` continues it online (it has no metrics.csv or eval.csv yet).

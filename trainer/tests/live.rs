@@ -41,6 +41,7 @@ fn export_run(
         dataset: dataset.into(),
         env_steps,
         executed_steps: None,
+        not_before_unix: 0,
     };
     trainer::export::export_bundle(&load_agent(run).unwrap(), bundle, &info, signing).unwrap();
 }

@@ -276,6 +276,19 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
     export_bundle(&agent, &bundle, &ExportInfo::default(), None).unwrap();
     let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
     assert_eq!(b.manifest.task, "lab-arm");
+    // The data's action names, in order, for the controller to check against the
+    // robot file's (format 6); names a reader made up are no names.
+    assert_eq!(b.manifest.action.names, info.action_names);
+    assert_eq!(b.manifest.format_version, 6);
+    let made_up: Vec<String> = (0..3).map(|i| format!("action.{i}")).collect();
+    let named = std::mem::replace(&mut agent.robot.as_mut().unwrap().action_names, made_up);
+    let plain = tmp.path().join("unnamed");
+    export_bundle(&agent, &plain, &ExportInfo::default(), None).unwrap();
+    agent.robot.as_mut().unwrap().action_names = named;
+    let m = shared_model::load_bundle(&plain, &Trust::AllowUnsigned)
+        .unwrap()
+        .manifest;
+    assert!(m.action.names.is_empty() && m.format_version == 5, "{m:?}");
     let mut policy = controller::runtime::Policy::new(
         &b,
         &controller::runtime::PolicyOptions {

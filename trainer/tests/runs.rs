@@ -453,6 +453,7 @@ fn a_bundle_exported_from_a_run_names_its_updates() {
         dataset: "test".into(),
         env_steps: 25,
         executed_steps: None,
+        not_before_unix: 0,
     };
     let bundle = tmp.path().join("bundle");
     trainer::export::export_bundle(&agent, &bundle, &info, None).unwrap();
@@ -813,6 +814,7 @@ fn a_diverging_run_stops_and_never_checkpoints_non_finite_networks() {
         dataset: "test".into(),
         env_steps: 20,
         executed_steps: None,
+        not_before_unix: 0,
     };
     let bundle = tmp.path().join("bundle");
     let e = trainer::export::export_bundle(&agent, &bundle, &info, None).unwrap_err();
@@ -962,6 +964,26 @@ fn zero_counts_are_refused_on_the_command_line() {
         stderr.contains(&format!("invalid value '{huge}' for '--warmup")),
         "{stderr}"
     );
+}
+
+/// `--device` and `--set device=` together: the flag won without a word.
+#[test]
+fn the_device_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["train", "--preset", "tiny", "--device", "cpu", "--set"])
+        .args(["device=\"ndarray\"", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--device cpu and --set device=\"ndarray\" both name the device"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
 }
 
 /// `EXPO_KERNEL_MARKS` (the GPU profile's stage marks) naming a file that cannot be

@@ -37,6 +37,7 @@ fn quick_bundle(c: &Config, dir: &Path) {
         dataset: "scripted demonstrations".into(),
         env_steps: 0,
         executed_steps: None,
+        not_before_unix: 0,
     };
     export_bundle(&load_agent(&run).unwrap(), &dir.join("bundle"), &info, None).unwrap();
 }

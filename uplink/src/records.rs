@@ -173,12 +173,7 @@ pub fn fetch_bundle<S: Read + Write>(
         let len = c.u32("file length")?;
         files.push((file, c.take(len, "file contents")?.to_vec()));
     }
-    if c.1 != f.payload.len() {
-        return Err(RecordError::Protocol(format!(
-            "{} stray bytes after the bundle's files",
-            f.payload.len() - c.1
-        )));
-    }
+    no_stray_bytes(&f.payload, c.1, "the bundle's files")?;
     Ok(files)
 }
 
@@ -217,7 +212,19 @@ pub fn open_stream<S: Read + Write>(
     session.send(kind::OPEN, stream.as_bytes())?;
     let f = session.recv()?;
     expect_answer(&f, kind::RESUME)?;
+    no_stray_bytes(&f.payload, 8, "the resume point")?;
     u64_at(&f.payload, 0)
+}
+
+/// A payload that goes on after its last field (`end`, after `what`) is not one this
+/// side understands: refused as the other answers are.
+fn no_stray_bytes(payload: &[u8], end: usize, what: &str) -> Result<(), RecordError> {
+    match payload.len().checked_sub(end) {
+        Some(0) | None => Ok(()), // (a short payload is named by the field it lacks)
+        Some(n) => Err(RecordError::Protocol(format!(
+            "{n} stray bytes after {what}"
+        ))),
+    }
 }
 
 /// Client side: sends `batch` as records `first..first + batch.len()` (empty: a poll)
@@ -246,6 +253,7 @@ pub fn send_batch<S: Read + Write>(
     }
     let mut c = Cursor(&ack.payload, 8);
     let latest = c.str("latest bundle name")?;
+    no_stray_bytes(&ack.payload, c.1, "the acknowledgement")?;
     Ok(Ack {
         next: acked,
         latest: (!latest.is_empty()).then_some(latest),
@@ -491,6 +499,47 @@ mod tests {
         (0..n)
             .map(|i| format!("transition {i}").into_bytes())
             .collect()
+    }
+
+    /// A resume point or an acknowledgement with bytes after its fields is refused, as
+    /// the other frames are (both were taken, the rest ignored).
+    #[test]
+    fn answers_with_stray_bytes_are_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let trainer = std::thread::spawn(move || {
+            let answer = |resume: &[u8], ack: Option<&[u8]>| {
+                let (tcp, _) = listener.accept().unwrap();
+                let mut s = Session::server(tcp, &key()).unwrap();
+                assert_eq!(s.recv().unwrap().kind, kind::OPEN);
+                s.send(kind::RESUME, resume).unwrap();
+                if let Some(ack) = ack {
+                    assert_eq!(s.recv().unwrap().kind, kind::RECORDS);
+                    s.send(kind::ACK, ack).unwrap();
+                }
+                let _ = s.recv(); // until the client hangs up
+            };
+            answer(&[0; 9], None);
+            // Acknowledges record 1, names no bundle (u16 0), then one more byte.
+            let mut ack = 1u64.to_le_bytes().to_vec();
+            ack.extend_from_slice(&[0, 0, 7]);
+            answer(&[0; 8], Some(&ack));
+        });
+        let e = open_stream(&mut connect(port), "run-a").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            RecordError::Protocol("1 stray bytes after the resume point".into()).to_string()
+        );
+        let mut c = connect(port);
+        assert_eq!(open_stream(&mut c, "run-a").unwrap(), 0);
+        let e = send_batch(&mut c, 0, &records(1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("1 stray bytes after the acknowledgement"),
+            "{e}"
+        );
+        drop(c);
+        trainer.join().unwrap();
     }
 
     #[test]

@@ -488,6 +488,8 @@ enum Slot {
 }
 
 fn slot(buf: &[u8], pos: usize) -> Slot {
+    #[cfg(test)]
+    tests::SLOTS_LOOKED_AT.with(|n| n.set(n.get() + 1));
     let Some(head) = buf.get(pos..pos + 8) else {
         return Slot::Partial;
     };
@@ -505,23 +507,42 @@ fn slot(buf: &[u8], pos: usize) -> Slot {
     }
 }
 
-/// The first offset at or after `from` where a whole record starts: where a reader
-/// carries on after damaged bytes.
-fn next_whole(buf: &[u8], from: usize) -> Option<usize> {
-    (from..buf.len()).find(|&p| matches!(slot(buf, p), Slot::Whole { .. }))
+/// The first offset at or after `from` where a whole record starts (`Ok`): where a
+/// reader carries on after damaged bytes. Else (`Err`) the first offset whose record
+/// runs past `buf`'s end: every offset before it is no record start whatever bytes
+/// follow `buf` (its length or checksum is wrong with all its bytes read), so a later
+/// look, with more bytes, need begin only there.
+fn next_whole(buf: &[u8], from: usize) -> Result<usize, usize> {
+    let mut first_partial = None;
+    for p in from..buf.len() {
+        match slot(buf, p) {
+            Slot::Whole { .. } => return Ok(p),
+            Slot::Partial => {
+                first_partial.get_or_insert(p);
+            }
+            Slot::Bad => {}
+        }
+    }
+    Err(first_partial.unwrap_or(buf.len()))
 }
 
 /// Walks the whole records of `buf` from `pos`, giving each one's offset and payload to
 /// `record`, and skips damaged stretches (listed in `damaged`, at file offset `base` +
 /// their position). Returns where it stopped: the end of `buf`, or a record that runs
-/// past it with no whole record after it (torn, or still being written).
+/// past it with no whole record after it (torn, or still being written, or damage).
+/// There, `resume` is set to where a walk that starts at the same offset next time,
+/// with more bytes read, looks for a whole record again ([`next_whole`]'s `Err`): a
+/// damaged stretch longer than one read was looked at from its start again on every
+/// read, a time that grew with its length squared (minutes for tens of MiB).
 fn walk(
     buf: &[u8],
     mut pos: usize,
     base: u64,
     damaged: &mut Vec<DamagedSpan>,
+    resume: &mut usize,
     mut record: impl FnMut(usize, &[u8]) -> Result<(), LogError>,
 ) -> Result<usize, LogError> {
+    let (start, known_bad_until) = (pos, std::mem::take(resume));
     while pos < buf.len() {
         match slot(buf, pos) {
             Slot::Whole { len } => {
@@ -530,16 +551,23 @@ fn walk(
             }
             // A record that runs past the end is torn (or still being written) only if
             // no whole record follows it: its length may be the damaged part.
-            Slot::Partial | Slot::Bad => match next_whole(buf, pos + 1) {
-                Some(next) => {
-                    damaged.push(DamagedSpan {
-                        offset: base + pos as u64,
-                        len: (next - pos) as u64,
-                    });
-                    pos = next;
+            Slot::Partial | Slot::Bad => {
+                // (Offsets found no record start on the last walk from here stay so.)
+                let from = if pos == start { known_bad_until } else { 0 };
+                match next_whole(buf, (pos + 1).max(from)) {
+                    Ok(next) => {
+                        damaged.push(DamagedSpan {
+                            offset: base + pos as u64,
+                            len: (next - pos) as u64,
+                        });
+                        pos = next;
+                    }
+                    Err(undetermined) => {
+                        *resume = undetermined;
+                        break;
+                    }
                 }
-                None => break,
-            },
+            }
         }
     }
     Ok(pos)
@@ -580,6 +608,9 @@ pub struct LogTail {
     offset: u64,
     /// Damaged stretches skipped so far.
     pub damaged: Vec<DamagedSpan>,
+    /// Where in `buf` to look for the next whole record after `buf[0]`, which is not
+    /// one yet ([`walk`]'s `resume`).
+    resume: usize,
     /// Read no further than this (the writer's synced length), if set.
     limit: Option<SyncedLen>,
     /// A block the disk refuses to read is taken as damage ([`read_onto`]) rather than
@@ -611,6 +642,7 @@ impl LogTail {
             magic_checked: false,
             offset: 0,
             damaged: Vec::new(),
+            resume: 0,
             limit: None,
             skip_unreadable: false,
         }
@@ -674,11 +706,18 @@ impl LogTail {
             pos = MAGIC.len();
         }
         let base = self.offset;
-        let pos = walk(&self.buf, pos, base, &mut self.damaged, |at, payload| {
-            record(base + at as u64, payload)
-        })?;
+        let resume = &mut self.resume;
+        let pos = walk(
+            &self.buf,
+            pos,
+            base,
+            &mut self.damaged,
+            resume,
+            |at, payload| record(base + at as u64, payload),
+        )?;
         self.buf.drain(..pos);
         self.offset += pos as u64;
+        self.resume = self.resume.saturating_sub(pos);
         Ok(())
     }
 
@@ -1492,18 +1531,51 @@ pub struct Rebuilt {
     /// run: the run ended and saved them, or they were converted before), so none was
     /// written.
     pub already_saved: bool,
-    /// [`Runs::Last`]: the run has no id (a log of an older version), so whether the
-    /// dataset holds its episodes already is not known.
+    /// A converted run has no id (a log of an older version), so whether the dataset
+    /// holds its episodes already is not known (with [`Runs::All`], said only when
+    /// appending).
     pub unknown_run: bool,
-    /// [`Runs::Last`]: episodes not written because the dataset holds them already (a
-    /// run that saved only some of its episodes notes which).
+    /// Episodes not written because the dataset holds them already: a run that saved
+    /// only some of its episodes notes which; with [`Runs::All`], every episode of a run
+    /// the dataset notes whole.
     pub skipped_saved: usize,
+    /// [`Runs::All`]: runs left out whole because the dataset notes them (they ended
+    /// and saved their episodes, or were converted before).
+    pub runs_saved: usize,
+}
+
+/// The episodes of one run that a dataset holds already.
+enum Saved {
+    Whole,
+    /// By episode number (empty: none); a set, as a run may hold millions.
+    Episodes(std::collections::HashSet<u32>),
+}
+
+impl Saved {
+    fn of(w: &DatasetWriter, run_id: &str) -> Saved {
+        if run_id.is_empty() {
+            Saved::Episodes(Default::default()) // a log of an older version: not known
+        } else if w.has_run(run_id) {
+            Saved::Whole
+        } else {
+            Saved::Episodes(w.partial_run(run_id).into_iter().collect())
+        }
+    }
+
+    fn holds(&self, episode: u32) -> bool {
+        match self {
+            Saved::Whole => true,
+            Saved::Episodes(e) => e.contains(&episode),
+        }
+    }
 }
 
 /// Which runs of a log [`log_to_dataset`] converts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runs {
-    /// Every run (a rebuild, into a new directory).
+    /// Every run: a rebuild into a new directory, or an append of the runs a dataset
+    /// does not hold (the runs it notes, or the episodes a run noted it saved, are left
+    /// out: `controller run` saves into `OUT/dataset` and notes the run).
     All,
     /// The last run only, under its own run record: the episodes of a run that was
     /// killed (`kill -9`, a power cut) before it saved them, appended to the dataset
@@ -1561,19 +1633,27 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             e => e,
         })?;
     }
+    let appending = out.join("meta").join("info.json").exists();
     let mut w = open_dataset(out, &run.dataset_info())?;
     let mut r = Rebuilt {
         torn_bytes: scan.torn_bytes,
         damaged: scan.damaged,
         ..Rebuilt::default()
     };
-    // Episodes of the run the dataset holds already (a run that saved only some).
-    let mut saved: Vec<u32> = vec![];
-    if runs == Runs::Last {
-        // Checked on what the writer read under its lock: a run that finishes saving
-        // meanwhile cannot slip in between.
-        r.unknown_run = run.run_id.is_empty();
-        if !r.unknown_run && w.has_run(&run.run_id) {
+    // What the dataset holds of each run, read by the writer under its lock: a run
+    // that finishes saving meanwhile cannot slip in between.
+    let saved: Vec<Saved> = headers
+        .iter()
+        .map(|(_, rs)| Saved::of(&w, &rs.run_id))
+        .collect();
+    // (Into a new dataset, only `--last-run` says so: it is for appending.)
+    r.unknown_run =
+        (appending || runs == Runs::Last) && headers.iter().any(|(_, rs)| rs.run_id.is_empty());
+    // Where the dataset may hold a run that a damaged header hides: its records would be
+    // taken for the run before it (left out as that run's, or appended twice).
+    let convert_anew = "convert every run into a new directory instead";
+    match runs {
+        Runs::Last if matches!(saved.first(), Some(Saved::Whole)) => {
             // Damage after the last header read may be a later run's header: that run
             // (the one killed, the one to recover) would go unseen behind a saved one.
             if let Some(d) = r.damaged.iter().find(|d| d.offset > first) {
@@ -1584,8 +1664,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
                         "{} damaged bytes after the last run header read (run {}, saved in \
                          {} already): they may be that run's own records, or a later run's \
                          lost header, whose episodes --last-run cannot tell from the saved \
-                         run's; convert every run into a new directory instead \
-                         (log-to-dataset without --last-run)",
+                         run's; {convert_anew} (log-to-dataset without --last-run)",
                         d.len,
                         run.run_id,
                         out.display()
@@ -1595,17 +1674,50 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             r.already_saved = true;
             return Ok(r); // the writer is dropped unfinished: nothing changes
         }
-        if !r.unknown_run {
-            saved = w.partial_run(&run.run_id);
+        Runs::All if appending => {
+            let noted = dataset::noted_runs(out)?.len();
+            if noted + dataset::partial_runs(out)?.len() > 0 {
+                if noted >= dataset::MAX_NOTED_RUNS {
+                    return Err(LogError::DatasetMismatch {
+                        dir: out.to_path_buf(),
+                        problem: format!(
+                            "it notes only its newest {} runs, so older runs of the log would \
+                             be appended again; {convert_anew} (or --last-run after a killed \
+                             run)",
+                            dataset::MAX_NOTED_RUNS
+                        ),
+                    });
+                }
+                if let Some(d) = r.damaged.first() {
+                    return Err(LogError::Record {
+                        path: log.to_path_buf(),
+                        offset: d.offset,
+                        problem: format!(
+                            "{} damaged bytes, which may hide a run's header: that run's \
+                             episodes would be taken for the run before it, left out as saved \
+                             in {} or appended again; {convert_anew} (or --last-run after a \
+                             killed run)",
+                            d.len,
+                            out.display()
+                        ),
+                    });
+                }
+            }
         }
+        _ => {}
     }
+    r.runs_saved = saved.iter().filter(|s| matches!(s, Saved::Whole)).count();
     // Then the episodes, each appended once it has ended, under its own run's task
-    // (runs of other bundles into one `--out` may name other tasks).
+    // (runs of other bundles into one `--out` may name other tasks), unless the
+    // dataset holds them.
     let mut grouper = EpisodeGrouper::default();
     let mut ready: Vec<LoggedEpisode> = vec![];
-    let append = |w: &mut DatasetWriter, ready: &mut Vec<LoggedEpisode>, r: &mut Rebuilt| {
+    let append = |w: &mut DatasetWriter,
+                  ready: &mut Vec<LoggedEpisode>,
+                  held: Option<&Saved>,
+                  r: &mut Rebuilt| {
         for e in ready.drain(..) {
-            if saved.contains(&e.episode) {
+            if held.is_some_and(|h| h.holds(e.episode)) {
                 r.skipped_saved += 1;
                 continue;
             }
@@ -1628,6 +1740,8 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     let end = scan.valid_bytes;
     let mut next_header = headers.iter().map(|(at, _)| *at);
     let mut expected = next_header.next();
+    // The run whose records are being read: an index into `headers` and `saved`.
+    let mut current: Option<usize> = None;
     scan_log(log, TAIL_READ_MAX, true, |at, rec| {
         if at < first || at >= end {
             return Ok(());
@@ -1644,14 +1758,15 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         }
         grouper.push(&rec, &mut ready);
         // A run's header ends the run before it: its episodes go under that run's task.
-        append(&mut w, &mut ready, &mut r)?;
+        append(&mut w, &mut ready, current.map(|i| &saved[i]), &mut r)?;
         if let Record::Run(rs) = &rec {
             w.set_task(&rs.task);
+            current = Some(current.map_or(0, |i| i + 1));
         }
         Ok(())
     })?;
     grouper.flush(&mut ready);
-    append(&mut w, &mut ready, &mut r)?;
+    append(&mut w, &mut ready, current.map(|i| &saved[i]), &mut r)?;
     // Every run converted is noted, committed with its episodes, once all of them are
     // in their file (a failed close returns before anything is committed).
     w.close_data_file()?;
@@ -1672,6 +1787,53 @@ pub(crate) mod tests {
         /// File offsets whose reads fail as a bad sector's do (`EIO`), in this thread.
         pub(super) static REFUSED_READS: std::cell::RefCell<Option<std::ops::Range<u64>>> =
             const { std::cell::RefCell::new(None) };
+        /// Offsets [`slot`] looked at for a record, in this thread.
+        pub(super) static SLOTS_LOOKED_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A damaged stretch longer than one read is looked at once: each read looked at it
+    /// from its start again, a time that grew with its length squared (a MiB of damage
+    /// read 4 KiB at a time: about 134 million looks; tens of MiB at the readers' 4 MiB:
+    /// minutes, with a record's checksum at one offset in 4096 of random bytes).
+    #[test]
+    fn a_long_damaged_stretch_is_looked_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::Run(run_start())).unwrap();
+        w.sync().unwrap();
+        let second_at = std::fs::metadata(&path).unwrap().len();
+        w.append(&Record::EpisodeStart {
+            episode: 0,
+            seed: 1,
+        })
+        .unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let bytes = std::fs::read(&path).unwrap();
+        const DAMAGE: usize = 1 << 20;
+        let at = second_at as usize;
+        let mut damaged = bytes[..at].to_vec();
+        damaged.resize(at + DAMAGE, 0);
+        damaged.extend_from_slice(&bytes[at..]);
+        std::fs::write(&path, &damaged).unwrap();
+        SLOTS_LOOKED_AT.with(|n| n.set(0));
+        let mut records = 0;
+        let scan = scan_log(&path, 4096, true, |_, _| {
+            records += 1;
+            Ok(())
+        })
+        .unwrap();
+        let looked = SLOTS_LOOKED_AT.with(|n| n.get());
+        assert_eq!(records, 2);
+        assert_eq!(
+            scan.damaged,
+            [DamagedSpan {
+                offset: at as u64,
+                len: DAMAGE as u64
+            }]
+        );
+        assert!(looked < 2 * DAMAGE as u64, "{looked} offsets looked at");
     }
 
     /// A sector the disk refuses to read loses the records it holds, not the log: the
@@ -2518,6 +2680,80 @@ pub(crate) mod tests {
         assert_eq!(out[1].transitions.len(), 3);
     }
 
+    /// Without `--last-run`, into the dataset `controller run` saves into: the runs it
+    /// notes (saved whole, or some of their episodes) are left out, the rest appended.
+    /// A killed run followed by one that ended went in with the ended run a second time.
+    #[test]
+    fn every_run_the_dataset_does_not_hold_is_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        // Run "a": two whole episodes of 4 steps; "b": one of 3 steps, then one killed
+        // after 2; "c": one of 5 steps.
+        for (id, lens, killed) in [
+            ("a", [4, 4], false),
+            ("b", [3, 2], true),
+            ("c", [5, 0], false),
+        ] {
+            let rs = RunStart {
+                run_id: id.into(),
+                ..run_start()
+            };
+            w.append(&Record::Run(rs)).unwrap();
+            for (e, &n) in lens.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let e = e as u32;
+                w.append(&Record::EpisodeStart {
+                    episode: e,
+                    seed: 1,
+                })
+                .unwrap();
+                let ends = !(killed && e == 1);
+                for s in 0..n {
+                    w.append(&Record::Transition(transition(e, s, ends && s + 1 == n)))
+                        .unwrap();
+                }
+                if ends {
+                    w.append(&Record::EpisodeEnd(end(e, n))).unwrap();
+                }
+            }
+        }
+        drop(w);
+        // The dataset as the runs left it: "a" and "c" saved theirs, "b" its first.
+        let out = dir.path().join("ds");
+        let mut ds = open_dataset(&out, &run_start().dataset_info()).unwrap();
+        ds.note_run("a");
+        ds.note_run("c");
+        ds.note_partial_run("b", &[0]);
+        ds.finish().unwrap();
+        let r = log_to_dataset(&path, &out, Runs::All).unwrap();
+        assert_eq!((r.episodes_written, r.frames), (1, 2), "{r:?}");
+        assert_eq!((r.runs_saved, r.skipped_saved, r.unfinished), (2, 4, 1));
+        let ds = dataset::read_dataset(&out).unwrap();
+        assert_eq!((ds.episodes.len(), ds.num_frames()), (1, 2));
+        // Every run is noted now: again, nothing.
+        let r = log_to_dataset(&path, &out, Runs::All).unwrap();
+        assert_eq!(
+            (r.episodes_written, r.runs_saved, r.skipped_saved),
+            (0, 3, 5)
+        );
+        // Into a new directory, every episode.
+        let r = log_to_dataset(&path, &dir.path().join("new"), Runs::All).unwrap();
+        assert_eq!((r.episodes_written, r.frames, r.runs_saved), (5, 18, 0));
+        // A dataset whose list of runs is full may have let older runs go: refused, as
+        // those would be appended again.
+        let full = dir.path().join("full");
+        let mut ds = open_dataset(&full, &run_start().dataset_info()).unwrap();
+        for i in 0..dataset::MAX_NOTED_RUNS {
+            ds.note_run(&format!("run-{i}"));
+        }
+        ds.finish().unwrap();
+        let e = log_to_dataset(&path, &full, Runs::All)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it notes only its newest 1000 runs"), "{e}");
+        assert_eq!(dataset::read_dataset(&full).unwrap().episodes.len(), 0);
+    }
+
     #[test]
     fn log_to_dataset_rebuilds_killed_runs() {
         let dir = tempfile::tempdir().unwrap();
@@ -2546,10 +2782,14 @@ pub(crate) mod tests {
         let ds = dataset::read_dataset(&out).unwrap();
         assert_eq!(ds.num_frames(), 8);
         assert_eq!(ds.episodes[1].truncated.last(), Some(&true));
-        // The same log again: appended (same robot, same observations).
+        // The same log again: the dataset notes its run, so nothing is appended (its
+        // episodes went in a second time).
         let r = log_to_dataset(&path, &out, Runs::All).unwrap();
-        assert_eq!(r.episodes_written, 2);
-        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 16);
+        assert_eq!(
+            (r.episodes_written, r.runs_saved, r.skipped_saved),
+            (0, 1, 2)
+        );
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 8);
         // A second run into the same log, killed in its second episode: `Runs::Last`
         // adds its two episodes (3 frames each) and nothing of the first run.
         let mut w = LogWriter::open(&path).unwrap();
@@ -2573,11 +2813,11 @@ pub(crate) mod tests {
         let r = log_to_dataset(&path, &out, Runs::Last).unwrap();
         assert_eq!((r.episodes_written, r.frames, r.unfinished), (2, 6, 2));
         let ds = dataset::read_dataset(&out).unwrap();
-        assert_eq!((ds.episodes.len(), ds.num_frames()), (6, 22));
+        assert_eq!((ds.episodes.len(), ds.num_frames()), (4, 14));
         // Converted, the run is noted: converting it again writes nothing.
         let r = log_to_dataset(&path, &out, Runs::Last).unwrap();
         assert!(r.already_saved && r.episodes_written == 0);
-        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 14);
         // A third run, killed, whose header a damaged sector lost: the last header read
         // is the saved run's, and `Runs::Last` said "saved already", nothing written,
         // the run to recover unseen. Refused by name now, the dataset as it was.
@@ -2608,7 +2848,16 @@ pub(crate) mod tests {
             e.contains("damaged bytes after the last run header read (run test-run-2"),
             "{e}"
         );
-        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 14);
+        // Every run: as damage may hide a header, refused too.
+        let e = log_to_dataset(&path, &out, Runs::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("damaged bytes, which may hide a run's header"),
+            "{e}"
+        );
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 14);
         // A log of an older version (no run id) is converted, and said to be unknown.
         let old = dir.path().join("old.log");
         let mut w = LogWriter::open(&old).unwrap();
@@ -2665,7 +2914,7 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(named) && e.contains("another directory"), "{e}");
-            assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 22);
+            assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 14);
         }
         // A dataset without `next.truncated` (not written by us): a terminal end that is
         // not a success would read back as cut there, so it is refused before anything

@@ -1186,7 +1186,7 @@ pub fn run(
         task: task.to_string(),
         fps: cfg.robot.control_hz,
         observation_names: cfg.robot.observation.names.clone(),
-        action_names: action_names(&cfg.robot),
+        action_names: recorded_action_names(&cfg.robot),
         bundle: bundle_label.to_string(),
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1500,9 +1500,26 @@ fn write_report(
     dataset::sync_dir(dir).map_err(io(format!("syncing {}", dir.display())))
 }
 
-/// Joint names when there is one joint per action value, else `a0`, `a1`, …
+/// The names the recording gives the action values: the robot file's `[action] names`,
+/// else `action.0`, `action.1`, … (a dataset's spelling for "not named": a bundle
+/// trained on them names no actions; joint names, guessed here once, were taken for the
+/// actions' order by the bundle's check against a robot file's names).
+fn recorded_action_names(robot: &RobotConfig) -> Vec<String> {
+    if robot.action.names.is_empty() {
+        (0..robot.action.dim)
+            .map(|i| format!("{}.{i}", dataset::cols::ACTION))
+            .collect()
+    } else {
+        robot.action.names.clone()
+    }
+}
+
+/// For a viewer: the action names, else joint names when there is one joint per action
+/// value, else `a0`, `a1`, …
 fn action_names(robot: &RobotConfig) -> Vec<String> {
-    if robot.joints.len() == robot.action.dim {
+    if !robot.action.names.is_empty() {
+        robot.action.names.clone()
+    } else if robot.joints.len() == robot.action.dim {
         robot.joints.iter().map(|j| j.name.clone()).collect()
     } else {
         (0..robot.action.dim).map(|i| format!("a{i}")).collect()
@@ -2019,6 +2036,30 @@ mod tests {
         assert_eq!(robot.names_reordered(&robot.names, "the bundle"), None);
     }
 
+    /// Actions likewise, where the robot file names them; a robot file or a bundle
+    /// that names none agrees with anything.
+    #[test]
+    fn action_names_in_another_order_are_refused() {
+        let mut robot = RobotConfig::example("arm-reach").unwrap().action;
+        let swapped = names(&["dq2_target", "dq1_target"]);
+        assert_eq!(
+            robot.names_reordered(&swapped, "the bundle").unwrap(),
+            "action `dq2_target` is at [0] in the bundle and at [1] in the robot file: the \
+             policy's commands would drive other joints than it learned"
+        );
+        let w = robot
+            .names_differ(&names(&["shoulder.pos", "elbow.pos"]), "the bundle")
+            .unwrap();
+        assert!(
+            w.starts_with("action names differ from the robot file's, first at [0]"),
+            "{w}"
+        );
+        assert_eq!(robot.names_reordered(&[], "the bundle"), None);
+        assert_eq!(robot.names_differ(&[], "the bundle"), None);
+        robot.names.clear();
+        assert_eq!(robot.names_reordered(&swapped, "the bundle"), None);
+    }
+
     /// A run that completed but whose recording lost data exits with 4, not 0: a
     /// script that records demonstrations must not take it for a full recording.
     #[test]
@@ -2056,6 +2097,15 @@ mod tests {
                 None,
                 "{task}"
             );
+            // And their actions, in the task's order, as a simulated task's bundle
+            // names them.
+            let actions: Vec<String> = task
+                .spec()
+                .action_names
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            assert_eq!(robot.action.names, actions, "{task}");
         }
     }
 }

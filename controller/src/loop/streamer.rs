@@ -706,6 +706,15 @@ fn verify(
         .and_then(|()| check_rate(&swap.robot, &bundle))
         .map_err(|e| e.to_string())?;
     let (new, old) = (&bundle.manifest, &swap.replaces);
+    // As `controller run` checks the bundle it starts with: a running bundle that named
+    // no actions was checked against nothing.
+    if let Some(e) = swap
+        .robot
+        .action
+        .names_reordered(&new.action.names, "the bundle")
+    {
+        return Err(e);
+    }
     let exported = new.provenance.created_unix;
     let newest = not_before.unwrap_or(0).max(old.provenance.created_unix);
     if exported < newest {
@@ -1298,6 +1307,34 @@ mod tests {
             .unwrap();
         assert!(
             e.contains("trained on steps at 10 Hz, the robot 'sim-push' runs at control_hz = 20"),
+            "{e}"
+        );
+        // Naming the robot file's actions in another order (format 6): refused as at
+        // the start of a run, though the running bundle named none (nothing compared
+        // them).
+        let swapped_actions: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, b)| {
+                let mut b = b.clone();
+                if n == "manifest.toml" {
+                    let text = String::from_utf8(b).unwrap();
+                    b = text
+                        .replace("format_version = 1\n", "format_version = 6\n")
+                        .replace(
+                            "[action]\n",
+                            "[action]\nnames = [\"vy_command\", \"vx_command\"]\n",
+                        )
+                        .into_bytes();
+                }
+                (n.clone(), b)
+            })
+            .collect();
+        assert!(same.action.names.is_empty());
+        let e = prepare(&dir, "b9", &swapped_actions, &swap(same.clone()), None)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("action `vy_command` is at [0] in the bundle and at [1] in the robot file"),
             "{e}"
         );
         // A copy fetched again that fails verification (a damaged graph) leaves the one

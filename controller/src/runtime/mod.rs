@@ -538,7 +538,8 @@ impl Policy {
 
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
 /// that policy, so it must be for the same task with the same observation names (their
-/// sizes are checked against the robot or the running policy), plan chunks of the
+/// sizes are checked against the robot or the running policy) and action names where
+/// both name them, plan chunks of the
 /// same length (the run's chunk play and the chunking of the transitions it streams
 /// would change mid-run), and act at the same rate where both say theirs. One check for
 /// the uplink's swaps and [`reload`].
@@ -554,6 +555,18 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
             "its observation names ({}) are not the running bundle's ({})",
             new.observation.names.join(", "),
             old.observation.names.join(", ")
+        ));
+    }
+    // (A bundle from before format 6, or of data that named no actions, names none:
+    // the running bundle's names were checked against the robot file.)
+    if !new.action.names.is_empty()
+        && !old.action.names.is_empty()
+        && new.action.names != old.action.names
+    {
+        return Some(format!(
+            "its action names ({}) are not the running bundle's ({})",
+            new.action.names.join(", "),
+            old.action.names.join(", ")
         ));
     }
     if new.action.horizon != old.action.horizon {

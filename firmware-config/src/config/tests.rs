@@ -118,6 +118,7 @@ fn action_units_roundtrip() {
         dim: 2,
         scale: vec![2.0, -0.5],
         offset: vec![1.0, 0.25],
+        names: vec![],
     };
     let mut robot = [0.0; 2];
     a.to_robot_units(&[0.5, 1.0], &mut robot);
@@ -288,6 +289,18 @@ fn semantic_errors_name_file_line_and_field() {
             "\"target_x\", \"target_x\"]",
             "observation.names[9]",
             "duplicate observation name 'target_x'",
+        ),
+        (
+            "names = [\"vx_command\", \"vy_command\"]",
+            "names = [\"vx_command\", \"vx_command\"]",
+            "action.names[1]",
+            "duplicate action name 'vx_command'",
+        ),
+        (
+            "names = [\"vx_command\", \"vy_command\"]",
+            "names = [\"vx_command\"]",
+            "action.names",
+            "expected 2 values (action.dim), found 1",
         ),
         (
             "robot = \"sim-push\"",

@@ -51,6 +51,20 @@ fn sensor_obs(m: &Message) -> Vec<f32> {
     }
 }
 
+/// A robot config built in code gets the checks a robot file gets: a short envelope
+/// left its last dimension unclamped.
+#[test]
+fn a_robot_config_that_would_not_load_is_refused() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example(task.name()).unwrap();
+    robot.safety.action_min.pop();
+    let e = SimFirmware::new(FirmwareOptions::new(task, robot))
+        .err()
+        .expect("a short envelope is refused")
+        .to_string();
+    assert!(e.contains("safety.action_min"), "{e}");
+}
+
 #[test]
 fn nothing_happens_before_a_matching_hello() {
     let mut fw = firmware(TaskId::Push, Pacing::Lockstep);
