@@ -516,28 +516,10 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             }
             // The actions likewise, where both name them (format 6; robot files name them
             // optionally): a command in another order drives other joints.
-            let actions = &bundle.manifest.action.names;
-            if let Some(e) = robot.action.names_reordered(actions, "the bundle") {
-                bail!("{} does not fit {robot_label}: {e}", dir.display());
-            }
-            if let Some(w) = robot.action.names_differ(actions, "the bundle") {
-                controller::note!("warning: {}: {w}", dir.display());
-            }
-            match (actions.is_empty(), robot.action.names.is_empty()) {
-                (true, false) => controller::note!(
-                    "note: {}: the bundle does not name its actions (format {}, or data \
-                     without action names): their order against the robot file's [action] \
-                     names is unchecked",
-                    dir.display(),
-                    bundle.manifest.format_version
-                ),
-                (false, true) => controller::note!(
-                    "note: {}: the robot file does not name its actions ([action] names); \
-                     the bundle's are {}: name them there to have their order checked",
-                    dir.display(),
-                    actions.join(", ")
-                ),
-                _ => {}
+            match robot_loop::check_action_names(&robot, &bundle.manifest) {
+                Err(e) => bail!("{} does not fit {robot_label}: {e}", dir.display()),
+                Ok(Some((kind, say))) => controller::note!("{kind}: {}: {say}", dir.display()),
+                Ok(None) => {}
             }
             if bundle.manifest.action.control_hz.is_none() {
                 controller::note!(

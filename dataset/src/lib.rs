@@ -176,6 +176,14 @@ pub fn made_up_names(key: &str, names: &[String]) -> bool {
         .all(|(i, n)| *n == format!("{key}.{i}"))
 }
 
+/// Action names that say nothing of the actions: a reader's `action.{i}`
+/// ([`made_up_names`]), or the `a{i}` of a controller's recording before 2026-12-07
+/// (when its robot file had not one joint per action).
+pub fn unnamed_actions(names: &[String]) -> bool {
+    made_up_names(cols::ACTION, names)
+        || names.iter().enumerate().all(|(i, n)| *n == format!("a{i}"))
+}
+
 /// Column / feature names used in data files and `info.json`.
 pub mod cols {
     pub const OBS: &str = "observation.state";

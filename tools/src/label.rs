@@ -155,19 +155,17 @@ pub fn label_success(
     if let Some((path, robot)) = robot_units {
         // Each action is converted with its own dimension's scale and offset: the
         // dataset's actions in another order than the robot file names them would take
-        // another joint's.
-        if let Some(e) = robot
-            .action
-            .names_reordered(&ds.info.action_names, "the dataset")
-        {
-            bail!("{}: {e} ({})", input.display(), path.display());
-        }
-        if let Some(w) = robot
-            .action
-            .names_differ(&ds.info.action_names, "the dataset")
-            .filter(|_| !dataset::made_up_names(dataset::cols::ACTION, &ds.info.action_names))
-        {
-            warnings.push(format!("{}: {w} ({})", input.display(), path.display()));
+        // another joint's. (Another count is the conversion's refusal.)
+        let names = &ds.info.action_names;
+        if names.len() == robot.action.dim {
+            if let Some(e) = robot.action.names_reordered(names, "the dataset") {
+                bail!("{}: {e} ({})", input.display(), path.display());
+            }
+            if let Some(w) = (robot.action.names_differ(names, "the dataset"))
+                .filter(|_| !dataset::unnamed_actions(names))
+            {
+                warnings.push(format!("{}: {w} ({})", input.display(), path.display()));
+            }
         }
         to_policy_units(&mut ds, input, path, robot, &mut warnings)?;
         if let Some(w) = robot

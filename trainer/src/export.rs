@@ -159,14 +159,6 @@ pub fn bundle_graphs(agent: &Agent) -> BundleGraphs {
     }
 }
 
-/// Action names that say nothing of the actions: a dataset reader's `action.{i}`, or
-/// the `a{i}` of a controller's recording before 2026-12-07 (when its robot file had
-/// not one joint per action).
-fn unnamed_actions(names: &[String]) -> bool {
-    dataset::made_up_names(dataset::cols::ACTION, names)
-        || names.iter().enumerate().all(|(i, n)| *n == format!("a{i}"))
-}
-
 /// The manifest describing `agent` (graph hashes are filled in by `write_bundle`).
 pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     let c = &agent.config;
@@ -194,7 +186,7 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             r.obs_low.clone(),
             r.obs_high.clone(),
             r.fps,
-            if unnamed_actions(&r.action_names) {
+            if dataset::unnamed_actions(&r.action_names) {
                 vec![]
             } else {
                 r.action_names.clone()

@@ -86,17 +86,23 @@ fn base_policy_stops_learning(agent: &Agent, updates: usize) -> Option<String> {
     if done.saturating_add(updates) <= decay {
         return None;
     }
+    // (idql-select has no edit policy.)
+    let learners = if agent.config.algo == crate::config::Algo::Expo {
+        "the critics and the edit policy"
+    } else {
+        "the critics"
+    };
     Some(if done >= decay {
         format!(
             "the base policy's learning rate is 0: its cosine schedule ended at \
              optim.actor_lr_decay_steps = {decay} denoiser updates, and the run has made \
-             {done}; only the critics and the edit policy learn here"
+             {done}; only {learners} learn here"
         )
     } else {
         format!(
             "the base policy's learning rate reaches 0 after {} of these {updates} updates \
              (optim.actor_lr_decay_steps = {decay} denoiser updates over the run's life, {done} \
-             made): only the critics and the edit policy learn after that",
+             made): only {learners} learn after that",
             decay - done
         )
     })

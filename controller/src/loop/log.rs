@@ -1584,6 +1584,65 @@ pub enum Runs {
     Last,
 }
 
+/// What a conversion says where the dataset cannot tell which of a log's runs it holds.
+const CONVERT_ANEW: &str = "convert every run into a new directory instead";
+
+/// Refuses to append every run of a log into the dataset at `out` where the runs it
+/// notes do not tell which ones it holds: damage in the log may hide a run's header
+/// (its records would be taken for the run before it: left out as that run's, or
+/// appended twice), and a full list of noted runs ([`dataset::MAX_NOTED_RUNS`], the
+/// oldest let go) does not cover a run of the log started before its oldest. A dataset
+/// that notes no run is appended to as before.
+fn check_every_run_fits(
+    log: &Path,
+    out: &Path,
+    headers: &[(u64, RunStart)],
+    damaged: &[DamagedSpan],
+) -> Result<(), LogError> {
+    let noted = dataset::noted_runs(out)?;
+    if noted.is_empty() && dataset::partial_runs(out)?.is_empty() {
+        return Ok(());
+    }
+    if let Some(d) = damaged.first() {
+        return Err(LogError::Record {
+            path: log.to_path_buf(),
+            offset: d.offset,
+            problem: format!(
+                "{} damaged bytes, which may hide a run's header: that run's episodes would \
+                 be taken for the run before it, left out as saved in {} or appended again; \
+                 {CONVERT_ANEW} (or --last-run after a killed run)",
+                d.len,
+                out.display()
+            ),
+        });
+    }
+    if noted.len() >= dataset::MAX_NOTED_RUNS {
+        // Run ids end in their start time (ns), as the writer orders them.
+        let started = |id: &str| {
+            id.rsplit_once('-')
+                .and_then(|(_, t)| t.parse::<u128>().ok())
+                .unwrap_or(0)
+        };
+        let oldest = noted.iter().map(|id| started(id)).min().unwrap_or(0);
+        if let Some((_, rs)) = headers
+            .iter()
+            .find(|(_, rs)| !noted.contains(&rs.run_id) && started(&rs.run_id) <= oldest)
+        {
+            return Err(LogError::DatasetMismatch {
+                dir: out.to_path_buf(),
+                problem: format!(
+                    "it notes only its newest {} runs, and run {} of the log started before \
+                     the oldest of them: it may be one of those let go, whose episodes would \
+                     be appended again; {CONVERT_ANEW} (or --last-run after a killed run)",
+                    dataset::MAX_NOTED_RUNS,
+                    rs.run_id
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Converts the episodes of a log's `runs` into the dataset at `out` (created or
 /// appended).
 pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, LogError> {
@@ -1634,6 +1693,10 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         })?;
     }
     let appending = out.join("meta").join("info.json").exists();
+    if runs == Runs::All && appending {
+        // Before the dataset is opened, which tidies it.
+        check_every_run_fits(log, out, &headers, &scan.damaged)?;
+    }
     let mut w = open_dataset(out, &run.dataset_info())?;
     let mut r = Rebuilt {
         torn_bytes: scan.torn_bytes,
@@ -1649,62 +1712,26 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // (Into a new dataset, only `--last-run` says so: it is for appending.)
     r.unknown_run =
         (appending || runs == Runs::Last) && headers.iter().any(|(_, rs)| rs.run_id.is_empty());
-    // Where the dataset may hold a run that a damaged header hides: its records would be
-    // taken for the run before it (left out as that run's, or appended twice).
-    let convert_anew = "convert every run into a new directory instead";
-    match runs {
-        Runs::Last if matches!(saved.first(), Some(Saved::Whole)) => {
-            // Damage after the last header read may be a later run's header: that run
-            // (the one killed, the one to recover) would go unseen behind a saved one.
-            if let Some(d) = r.damaged.iter().find(|d| d.offset > first) {
-                return Err(LogError::Record {
-                    path: log.to_path_buf(),
-                    offset: d.offset,
-                    problem: format!(
-                        "{} damaged bytes after the last run header read (run {}, saved in \
-                         {} already): they may be that run's own records, or a later run's \
-                         lost header, whose episodes --last-run cannot tell from the saved \
-                         run's; {convert_anew} (log-to-dataset without --last-run)",
-                        d.len,
-                        run.run_id,
-                        out.display()
-                    ),
-                });
-            }
-            r.already_saved = true;
-            return Ok(r); // the writer is dropped unfinished: nothing changes
+    if runs == Runs::Last && matches!(saved.first(), Some(Saved::Whole)) {
+        // Damage after the last header read may be a later run's header: that run
+        // (the one killed, the one to recover) would go unseen behind a saved one.
+        if let Some(d) = r.damaged.iter().find(|d| d.offset > first) {
+            return Err(LogError::Record {
+                path: log.to_path_buf(),
+                offset: d.offset,
+                problem: format!(
+                    "{} damaged bytes after the last run header read (run {}, saved in \
+                     {} already): they may be that run's own records, or a later run's \
+                     lost header, whose episodes --last-run cannot tell from the saved \
+                     run's; {CONVERT_ANEW} (log-to-dataset without --last-run)",
+                    d.len,
+                    run.run_id,
+                    out.display()
+                ),
+            });
         }
-        Runs::All if appending => {
-            let noted = dataset::noted_runs(out)?.len();
-            if noted + dataset::partial_runs(out)?.len() > 0 {
-                if noted >= dataset::MAX_NOTED_RUNS {
-                    return Err(LogError::DatasetMismatch {
-                        dir: out.to_path_buf(),
-                        problem: format!(
-                            "it notes only its newest {} runs, so older runs of the log would \
-                             be appended again; {convert_anew} (or --last-run after a killed \
-                             run)",
-                            dataset::MAX_NOTED_RUNS
-                        ),
-                    });
-                }
-                if let Some(d) = r.damaged.first() {
-                    return Err(LogError::Record {
-                        path: log.to_path_buf(),
-                        offset: d.offset,
-                        problem: format!(
-                            "{} damaged bytes, which may hide a run's header: that run's \
-                             episodes would be taken for the run before it, left out as saved \
-                             in {} or appended again; {convert_anew} (or --last-run after a \
-                             killed run)",
-                            d.len,
-                            out.display()
-                        ),
-                    });
-                }
-            }
-        }
-        _ => {}
+        r.already_saved = true;
+        return Ok(r); // the writer is dropped unfinished: nothing changes
     }
     r.runs_saved = saved.iter().filter(|s| matches!(s, Saved::Whole)).count();
     // Then the episodes, each appended once it has ended, under its own run's task
@@ -2750,7 +2777,10 @@ pub(crate) mod tests {
         let e = log_to_dataset(&path, &full, Runs::All)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("it notes only its newest 1000 runs"), "{e}");
+        assert!(
+            e.contains("it notes only its newest 1000 runs, and run a of the log started"),
+            "{e}"
+        );
         assert_eq!(dataset::read_dataset(&full).unwrap().episodes.len(), 0);
     }
 

@@ -92,7 +92,7 @@ use firmware_config::protocol::{FaultCode, FrameError, HandshakeError, Message, 
 use log::{EndReason, LogWriter, RunStart};
 use serde::Serialize;
 use shared_model::VerifiedBundle;
-use shared_model::manifest::ActionSpec;
+use shared_model::manifest::{ActionSpec, Manifest};
 use shared_model::{ChunkPlay, TemporalEnsemble};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -1105,6 +1105,51 @@ pub fn check_rate(robot: &RobotConfig, bundle: &VerifiedBundle) -> Result<(), Ru
     }
 }
 
+/// The bundle's action names (format 6) against the robot file's `[action] names`, for
+/// `controller run` and every bundle swap: `Err` when the bundle names one of them at
+/// another position (its commands would drive other joints); else what to say, if
+/// anything, as a note or a warning: other spellings (a warning), names on one side
+/// only, or the robot file's joint names, which recordings before 2026-12-07 gave the
+/// actions (a guess: their order is not checked against `[action] names`).
+pub fn check_action_names(
+    robot: &RobotConfig,
+    m: &Manifest,
+) -> Result<Option<(&'static str, String)>, String> {
+    let (ours, theirs) = (&robot.action.names, &m.action.names);
+    let joints: Vec<&str> = robot.joints.iter().map(|j| j.name.as_str()).collect();
+    if !ours.is_empty() && !theirs.is_empty() && theirs.iter().map(String::as_str).eq(joints) {
+        return Ok((ours != theirs).then(|| {
+            let why = "the bundle names its actions after the robot file's joints, as \
+                       recordings before 2026-12-07 did (a guess): their order against the \
+                       robot file's [action] names is unchecked";
+            ("note", why.to_string())
+        }));
+    }
+    if let Some(e) = robot.action.names_reordered(theirs, "the bundle") {
+        return Err(e);
+    }
+    Ok(match (theirs.is_empty(), ours.is_empty()) {
+        (true, false) => Some((
+            "note",
+            format!(
+                "the bundle does not name its actions (format {}, or data without action \
+                 names): their order against the robot file's [action] names is unchecked",
+                m.format_version
+            ),
+        )),
+        (false, true) => Some((
+            "note",
+            format!(
+                "the robot file does not name its actions; the bundle's are {}: list them \
+                 as [action] names, in the order the firmware takes a Command's values, to \
+                 have the bundle's order checked",
+                theirs.join(", ")
+            ),
+        )),
+        _ => (robot.action.names_differ(theirs, "the bundle")).map(|w| ("warning", w)),
+    })
+}
+
 /// Runs the loop: handshake, episodes, safe stop; writes `OUT/report.json`.
 ///
 /// Returns `Err` only when the run could not start (dimensions, port, handshake,
@@ -2058,6 +2103,44 @@ mod tests {
         assert_eq!(robot.names_differ(&[], "the bundle"), None);
         robot.names.clear();
         assert_eq!(robot.names_reordered(&swapped, "the bundle"), None);
+    }
+
+    /// What `controller run` and a swap make of a bundle's action names: the robot
+    /// file's in another order refused; other spellings a warning; names on one side
+    /// a note; the robot's joint names, as recordings before 2026-12-07 guessed them, a
+    /// note even where `[action] names` order those joints otherwise (a correct bundle
+    /// was refused).
+    #[test]
+    fn a_bundles_action_names_are_checked_against_the_robot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = shared_model::synthetic::SyntheticSpec::cpu();
+        let mut m = spec.write(dir.path(), 1, None).unwrap();
+        let mut push = RobotConfig::example("push").unwrap();
+        let said = |robot: &RobotConfig, m: &Manifest| check_action_names(robot, m);
+        m.action.names = names(&["vx_command", "vy_command"]);
+        assert_eq!(said(&push, &m), Ok(None));
+        m.action.names = names(&["vy_command", "vx_command"]);
+        assert!(
+            said(&push, &m)
+                .unwrap_err()
+                .contains("action `vy_command` is at [0]")
+        );
+        m.action.names = names(&["vx", "vy"]);
+        assert!(matches!(said(&push, &m), Ok(Some(("warning", _)))));
+        m.action.names.clear();
+        assert!(
+            matches!(said(&push, &m), Ok(Some(("note", w))) if w.contains("does not name its actions"))
+        );
+        // A robot whose Command takes the joints in the other order than it lists them.
+        push.action.names = names(&["pusher_y", "pusher_x"]);
+        m.action.names = names(&["pusher_x", "pusher_y"]);
+        assert!(
+            matches!(said(&push, &m), Ok(Some(("note", w))) if w.contains("after the robot file's joints"))
+        );
+        push.action.names.clear();
+        assert!(
+            matches!(said(&push, &m), Ok(Some(("note", w))) if w.contains("list them as [action] names"))
+        );
     }
 
     /// A run that completed but whose recording lost data exits with 4, not 0: a

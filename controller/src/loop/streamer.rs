@@ -708,13 +708,7 @@ fn verify(
     let (new, old) = (&bundle.manifest, &swap.replaces);
     // As `controller run` checks the bundle it starts with: a running bundle that named
     // no actions was checked against nothing.
-    if let Some(e) = swap
-        .robot
-        .action
-        .names_reordered(&new.action.names, "the bundle")
-    {
-        return Err(e);
-    }
+    super::check_action_names(&swap.robot, new)?;
     let exported = new.provenance.created_unix;
     let newest = not_before.unwrap_or(0).max(old.provenance.created_unix);
     if exported < newest {

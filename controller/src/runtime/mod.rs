@@ -538,9 +538,8 @@ impl Policy {
 
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
 /// that policy, so it must be for the same task with the same observation names (their
-/// sizes are checked against the robot or the running policy) and action names where
-/// both name them, plan chunks of the
-/// same length (the run's chunk play and the chunking of the transitions it streams
+/// sizes are checked against the robot or the running policy) and its action names in
+/// the same order where both name them, plan chunks of the same length (the run's chunk play and the chunking of the transitions it streams
 /// would change mid-run), and act at the same rate where both say theirs. One check for
 /// the uplink's swaps and [`reload`].
 pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
@@ -557,16 +556,19 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
             old.observation.names.join(", ")
         ));
     }
-    // (A bundle from before format 6, or of data that named no actions, names none:
-    // the running bundle's names were checked against the robot file.)
-    if !new.action.names.is_empty()
-        && !old.action.names.is_empty()
-        && new.action.names != old.action.names
+    // The same actions in another order (names a bundle has no names for, or spells
+    // otherwise, as a bundle trained on older recordings named after the robot's
+    // joints, are the robot file's check, at every swap).
+    let (theirs, ours) = (&new.action.names, &old.action.names);
+    if theirs
+        .iter()
+        .enumerate()
+        .any(|(i, n)| ours.iter().position(|m| m == n).is_some_and(|j| j != i))
     {
         return Some(format!(
-            "its action names ({}) are not the running bundle's ({})",
-            new.action.names.join(", "),
-            old.action.names.join(", ")
+            "its action names ({}) name the running bundle's ({}) in another order",
+            theirs.join(", "),
+            ours.join(", ")
         ));
     }
     if new.action.horizon != old.action.horizon {
