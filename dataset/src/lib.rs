@@ -84,7 +84,7 @@ pub use reader::{episode_tasks, held_out_episodes, read_dataset, validate_datase
 pub use writer::{
     DatasetWriter, MAX_NOTED_RUNS, NOTED_RUNS, Recorded, Tidied, UNREFERENCED_DIR,
     committed_episodes, dataset_splits, foreign_features, noted_runs, partial_runs, recorded_as,
-    tidy, write_dataset, write_dataset_as,
+    run_started, tidy, write_dataset, write_dataset_as,
 };
 
 /// The process id, the time and a count of the calls in this process: a name part no

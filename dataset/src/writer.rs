@@ -62,6 +62,14 @@ pub fn partial_runs(dir: &Path) -> Result<Vec<(String, Vec<u32>)>, DatasetError>
         .collect())
 }
 
+/// When a controller run began, from its id, which ends in its start time (ns since the
+/// epoch, after the last '-'); 0 for an id without one. Runs are ordered by it.
+pub fn run_started(id: &str) -> u128 {
+    id.rsplit_once('-')
+        .and_then(|(_, t)| t.parse::<u128>().ok())
+        .unwrap_or(0)
+}
+
 /// The features of the dataset at `dir` that this writer does not write (cameras,
 /// other state: not one of [`cols::ALL`]), by name.
 pub fn foreign_features(dir: &Path) -> Result<Vec<String>, DatasetError> {
@@ -746,14 +754,8 @@ impl DatasetWriter {
             return;
         };
         while !map.contains_key(id) && map.len() >= MAX_NOTED_RUNS {
-            // The oldest: the controller's run ids end in their start time (ns since
-            // the epoch, after the last '-'); an id without one goes first.
-            let started = |k: &String| {
-                k.rsplit_once('-')
-                    .and_then(|(_, t)| t.parse::<u128>().ok())
-                    .unwrap_or(0)
-            };
-            let Some(oldest) = map.keys().min_by_key(|k| started(k)).cloned() else {
+            // The oldest goes (an id without a start time first).
+            let Some(oldest) = map.keys().min_by_key(|k| run_started(k)).cloned() else {
                 break;
             };
             map.remove(&oldest);

@@ -176,7 +176,7 @@ impl ObservationConfig {
     /// recording's `joint.pos`), so callers warn rather than refuse; but the values must
     /// come in the same order. Sizes are checked elsewhere.
     pub fn names_differ(&self, names: &[String], whose: &str) -> Option<String> {
-        names_differ(&self.names, names, whose, Channels::Observation)
+        names_differ(&self.names, names, whose, &OBSERVATIONS)
     }
 
     /// `names` (of `whose`) holding one of this robot's names at another position: the
@@ -184,76 +184,65 @@ impl ObservationConfig {
     /// An error message, naming the channel and both positions; `None` otherwise
     /// (different spellings are [`ObservationConfig::names_differ`]'s warning).
     pub fn names_reordered(&self, names: &[String], whose: &str) -> Option<String> {
-        names_reordered(&self.names, names, whose, Channels::Observation)
+        names_reordered(&self.names, names, whose, &OBSERVATIONS)
     }
 }
 
 /// Which channels a list of names names, for the messages of [`names_differ`] and
-/// [`names_reordered`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Channels {
-    Observation,
-    Action,
+/// [`names_reordered`]: the noun, what a difference in order does, and what must hold.
+struct Channels {
+    noun: &'static str,
+    harm: &'static str,
+    rule: &'static str,
 }
 
-impl Channels {
-    fn noun(self) -> &'static str {
-        match self {
-            Channels::Observation => "observation",
-            Channels::Action => "action",
-        }
-    }
+const OBSERVATIONS: Channels = Channels {
+    noun: "observation",
+    harm: "the policy would act on its inputs in another order",
+    rule: "the robot's Sensor frame must carry the values the policy learns from, in the same \
+           order",
+};
 
-    /// What goes wrong when the orders differ.
-    fn harm(self) -> &'static str {
-        match self {
-            Channels::Observation => "the policy would act on its inputs in another order",
-            Channels::Action => "the policy's commands would drive other joints than it learned",
-        }
-    }
-
-    /// What must hold, for the warning on other spellings.
-    fn rule(self) -> &'static str {
-        match self {
-            Channels::Observation => {
-                "the robot's Sensor frame must carry the values the policy learns from, in the \
-                 same order"
-            }
-            Channels::Action => {
-                "the firmware must take the Command's values in the order the policy learned \
-                 them"
-            }
-        }
-    }
-}
+const ACTIONS: Channels = Channels {
+    noun: "action",
+    harm: "the policy's commands would drive other joints than it learned",
+    rule: "the firmware must take the Command's values in the order the policy learned them",
+};
 
 /// `theirs` (names of `whose`) against the robot file's `ours`: the first difference,
 /// as a warning (see [`ObservationConfig::names_differ`]). An empty list (names not
 /// recorded) agrees with anything.
-fn names_differ(ours: &[String], theirs: &[String], whose: &str, c: Channels) -> Option<String> {
+fn names_differ(ours: &[String], theirs: &[String], whose: &str, c: &Channels) -> Option<String> {
     let first = first_name_difference(ours, theirs)?;
     Some(format!(
         "{} names differ from the robot file's, first at [{first}] (`{}` in {whose}, `{}` in \
          the robot file): {}",
-        c.noun(),
-        theirs[first],
-        ours[first],
-        c.rule()
+        c.noun, theirs[first], ours[first], c.rule
     ))
 }
 
 /// One of the robot file's names `ours` at another position in `theirs` (of `whose`),
 /// as an error (see [`ObservationConfig::names_reordered`]).
-fn names_reordered(ours: &[String], theirs: &[String], whose: &str, c: Channels) -> Option<String> {
-    theirs.iter().enumerate().find_map(|(at, name)| {
-        let here = ours.iter().position(|n| n == name)?;
-        (here != at).then(|| {
-            format!(
-                "{} `{name}` is at [{at}] in {whose} and at [{here}] in the robot file: {}",
-                c.noun(),
-                c.harm()
-            )
-        })
+fn names_reordered(
+    ours: &[String],
+    theirs: &[String],
+    whose: &str,
+    c: &Channels,
+) -> Option<String> {
+    let (at, here) = first_reordered_name(ours, theirs)?;
+    Some(format!(
+        "{} `{}` is at [{at}] in {whose} and at [{here}] in the robot file: {}",
+        c.noun, theirs[at], c.harm
+    ))
+}
+
+/// The first name of `b` that `a` holds at another position, as (its index in `b`, its
+/// index in `a`): the same channels in another order, which no difference in spelling
+/// explains. `None` otherwise (an empty list names nothing).
+pub fn first_reordered_name(a: &[String], b: &[String]) -> Option<(usize, usize)> {
+    b.iter().enumerate().find_map(|(at, name)| {
+        let here = a.iter().position(|n| n == name)?;
+        (here != at).then_some((at, here))
     })
 }
 
@@ -285,13 +274,13 @@ impl ActionConfig {
     /// `names` (the action names of `whose`) against this robot's: the first
     /// difference as a warning, `None` when they agree or either names none.
     pub fn names_differ(&self, names: &[String], whose: &str) -> Option<String> {
-        names_differ(&self.names, names, whose, Channels::Action)
+        names_differ(&self.names, names, whose, &ACTIONS)
     }
 
     /// `names` (of `whose`) holding one of this robot's action names at another
     /// position: an error message; `None` otherwise.
     pub fn names_reordered(&self, names: &[String], whose: &str) -> Option<String> {
-        names_reordered(&self.names, names, whose, Channels::Action)
+        names_reordered(&self.names, names, whose, &ACTIONS)
     }
 
     /// `out[i] = offset[i] + scale[i] * policy[i]`.

@@ -335,12 +335,7 @@ pub fn other_robots_observation(
     robot: &RobotConfig,
     task: TaskId,
 ) -> Option<(usize, &'static str)> {
-    let ours: Vec<String> = task
-        .spec()
-        .obs_names
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
+    let ours = task.spec().owned_obs_names();
     let i = first_name_difference(&robot.observation.names, &ours)?;
     Some((i, task.spec().obs_names[i]))
 }

@@ -112,6 +112,14 @@ impl TaskSpec {
     pub fn control_dt(&self) -> f32 {
         1.0 / self.control_hz as f32
     }
+    /// The observation names as the owned strings datasets, bundles and robot files hold.
+    pub fn owned_obs_names(&self) -> Vec<String> {
+        self.obs_names.iter().map(|s| s.to_string()).collect()
+    }
+    /// The action names likewise.
+    pub fn owned_action_names(&self) -> Vec<String> {
+        self.action_names.iter().map(|s| s.to_string()).collect()
+    }
 }
 
 /// The built-in tasks.

@@ -13,8 +13,8 @@ pub fn dataset_info(task: TaskId, config: EnvConfig) -> DatasetInfo {
         robot_type: config.robot_type(task),
         fps: spec.control_hz,
         task: spec.description.to_string(),
-        observation_names: spec.obs_names.iter().map(|s| s.to_string()).collect(),
-        action_names: spec.action_names.iter().map(|s| s.to_string()).collect(),
+        observation_names: spec.owned_obs_names(),
+        action_names: spec.owned_action_names(),
     }
 }
 

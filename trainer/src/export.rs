@@ -173,11 +173,11 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             let spec = t.spec();
             (
                 t.to_string(),
-                spec.obs_names.iter().map(|s| s.to_string()).collect(),
+                spec.owned_obs_names(),
                 spec.obs_low.to_vec(),
                 spec.obs_high.to_vec(),
                 spec.control_hz,
-                spec.action_names.iter().map(|s| s.to_string()).collect(),
+                spec.owned_action_names(),
             )
         }
         (None, Some(r)) => (

@@ -609,9 +609,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         eprintln!("warning: {w}");
         summary.warnings.push(w);
     }
-    let left = o
-        .updates
-        .saturating_sub(state.finetune_updates * usize::from(resumed));
+    let done = if resumed { state.finetune_updates } else { 0 };
+    let left = o.updates.saturating_sub(done);
     if let Some(w) = base_policy_stops_learning(&agent, left) {
         eprintln!("warning: {w}");
         summary.warnings.push(w);

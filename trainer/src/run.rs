@@ -351,12 +351,7 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         // recorded none (`observation.state.0`, …) say nothing.
         let names = &ds.info.observation_names;
         let made_up = dataset::made_up_names(dataset::cols::OBS, names);
-        let ours: Vec<String> = task
-            .spec()
-            .obs_names
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let ours = task.spec().owned_obs_names();
         if !made_up && let Some(i) = firmware_config::config::first_name_difference(&ours, names) {
             bail!(
                 "{path}: observation names differ from task {task}'s, first at [{i}] (`{}` in \

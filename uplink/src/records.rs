@@ -400,12 +400,7 @@ fn serve<S: Read + Write>(
             })?;
             records.push((index, record));
         }
-        if at != p.len() {
-            return Err(RecordError::Protocol(format!(
-                "{} stray bytes after the records",
-                p.len() - at
-            )));
-        }
+        no_stray_bytes(p, at, "the records")?;
         if first > next {
             return Err(RecordError::Protocol(format!(
                 "record {first} would leave a gap after {next}"

@@ -706,13 +706,12 @@ impl LogTail {
             pos = MAGIC.len();
         }
         let base = self.offset;
-        let resume = &mut self.resume;
         let pos = walk(
             &self.buf,
             pos,
             base,
             &mut self.damaged,
-            resume,
+            &mut self.resume,
             |at, payload| record(base + at as u64, payload),
         )?;
         self.buf.drain(..pos);
@@ -1617,12 +1616,8 @@ fn check_every_run_fits(
         });
     }
     if noted.len() >= dataset::MAX_NOTED_RUNS {
-        // Run ids end in their start time (ns), as the writer orders them.
-        let started = |id: &str| {
-            id.rsplit_once('-')
-                .and_then(|(_, t)| t.parse::<u128>().ok())
-                .unwrap_or(0)
-        };
+        // Run ids end in their start time.
+        let started = dataset::run_started;
         let oldest = noted.iter().map(|id| started(id)).min().unwrap_or(0);
         if let Some((_, rs)) = headers
             .iter()

@@ -2169,12 +2169,7 @@ mod tests {
     fn the_built_in_robots_name_their_tasks_observations() {
         for task in sim::TaskId::ALL {
             let robot = RobotConfig::example(task.name()).unwrap();
-            let spec: Vec<String> = task
-                .spec()
-                .obs_names
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let spec = task.spec().owned_obs_names();
             assert_eq!(
                 robot.observation.names_differ(&spec, "the bundle"),
                 None,
@@ -2182,13 +2177,11 @@ mod tests {
             );
             // And their actions, in the task's order, as a simulated task's bundle
             // names them.
-            let actions: Vec<String> = task
-                .spec()
-                .action_names
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            assert_eq!(robot.action.names, actions, "{task}");
+            assert_eq!(
+                robot.action.names,
+                task.spec().owned_action_names(),
+                "{task}"
+            );
         }
     }
 }

@@ -539,9 +539,9 @@ impl Policy {
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
 /// that policy, so it must be for the same task with the same observation names (their
 /// sizes are checked against the robot or the running policy) and its action names in
-/// the same order where both name them, plan chunks of the same length (the run's chunk play and the chunking of the transitions it streams
-/// would change mid-run), and act at the same rate where both say theirs. One check for
-/// the uplink's swaps and [`reload`].
+/// the same order where both name them, plan chunks of the same length (the run's chunk
+/// play and the chunking of the transitions it streams would change mid-run), and act at
+/// the same rate where both say theirs. One check for the uplink's swaps and [`reload`].
 pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
     if new.task != old.task {
         return Some(format!(
@@ -560,11 +560,7 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
     // otherwise, as a bundle trained on older recordings named after the robot's
     // joints, are the robot file's check, at every swap).
     let (theirs, ours) = (&new.action.names, &old.action.names);
-    if theirs
-        .iter()
-        .enumerate()
-        .any(|(i, n)| ours.iter().position(|m| m == n).is_some_and(|j| j != i))
-    {
+    if firmware_config::config::first_reordered_name(ours, theirs).is_some() {
         return Some(format!(
             "its action names ({}) name the running bundle's ({}) in another order",
             theirs.join(", "),
