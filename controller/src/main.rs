@@ -521,6 +521,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 Ok(Some((kind, say))) => controller::note!("{kind}: {}: {say}", dir.display()),
                 Ok(None) => {}
             }
+            // And what those actions meant on the robot (format 7): a robot file whose
+            // mapping changed since the data was recorded commands the robot otherwise.
+            match robot_loop::check_action_mapping(&robot, &bundle.manifest) {
+                Err(e) => bail!("{} does not fit {robot_label}: {e}", dir.display()),
+                Ok(Some(say)) => controller::note!("note: {}: {say}", dir.display()),
+                Ok(None) => {}
+            }
             if bundle.manifest.action.control_hz.is_none() {
                 controller::note!(
                     "warning: {}: the bundle does not say the rate it was trained at (format \

@@ -347,9 +347,23 @@ fn check_invariants(
         .filter(|r| matches!(r, Record::Transition(_)))
         .count();
     assert_eq!(report["log_sent"].as_u64().unwrap() as usize, transitions);
+    // The run-start record gives the robot file's action mapping, and the dataset keeps
+    // it: what the recorded actions (policy units) meant on the robot.
+    let run = (log.records.iter())
+        .find_map(|r| match r {
+            Record::Run(run) => Some(run),
+            _ => None,
+        })
+        .unwrap();
+    let mapping = dataset::ActionMapping {
+        scale: sim.robot.action.scale.clone(),
+        offset: sim.robot.action.offset.clone(),
+    };
+    assert_eq!(run.action_mapping().as_ref(), Some(&mapping));
     let ds_dir = sim.out.join("dataset");
     dataset::validate_dataset(&ds_dir).unwrap();
     let ds = dataset::read_dataset(&ds_dir).unwrap();
+    assert_eq!(ds.info.action_mapping.as_ref(), Some(&mapping));
     assert_eq!(
         ds.num_frames(),
         transitions,
@@ -2057,6 +2071,50 @@ fn a_bundle_naming_the_actions_in_another_order_is_refused() {
     );
 }
 
+/// A bundle whose data was recorded with another action mapping than the robot file's
+/// (`action.scale`/`offset` changed since) is refused before the port opens, naming the
+/// action and both mappings; the same mapping runs on.
+#[test]
+fn a_bundle_recorded_with_another_action_mapping_is_refused() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let push = example_robot_file(dir.path(), "push");
+    let mapped = |label: &str, scale: &str| {
+        let b = dir.path().join(format!("bundle-{label}"));
+        shared_model::synthetic::SyntheticSpec::cpu()
+            .write(&b, 3, None)
+            .unwrap();
+        let manifest = b.join("manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let text = text
+            .replace("format_version = 1\n", "format_version = 7\n")
+            .replace(
+                "[action]\n",
+                &format!("[action]\nrobot_scale = {scale}\nrobot_offset = [0.0, 0.0]\n"),
+            );
+        std::fs::write(&manifest, text).unwrap();
+        b
+    };
+    let run = |bundle: &Path, out: &str| {
+        run_bundle_before_the_port(bundle, &push, &dir.path().join(out), &[])
+    };
+    let out = run(&mapped("wide", "[1.0, 1.5]"), "wide");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "action [1] `vy_command` was recorded as 0 + 1.5 × a in robot units in the \
+             bundle's data, and the robot file maps it to 0 + 1 × a"
+        ),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("/dev/null-none"), "{out:?}");
+    let out = run(&mapped("same", "[1.0, 1.0]"), "same");
+    assert!(
+        !out.stderr.contains("action [") && out.stderr.contains("/dev/null-none"),
+        "{out:?}"
+    );
+}
+
 /// Warned before the port opens: a bundle that does not say its rate (format 4 or
 /// older, as the synthetic one), which runs unchecked at the robot file's; and a teleop
 /// socket on every network, where any host can drive the robot (none was warned).
@@ -3315,6 +3373,7 @@ fn a_dataset_recorded_otherwise_is_refused_before_the_port_is_opened() {
         task: "push".into(),
         observation_names: names,
         action_names: (0..robot.action.dim).map(|i| format!("a{i}")).collect(),
+        action_mapping: None,
     };
     dataset::DatasetWriter::create(&tmp.path().join("dataset"), info)
         .unwrap()

@@ -15,6 +15,9 @@ use shared_model::synthetic::SyntheticSpec;
 use std::fs;
 use std::path::Path;
 
+/// A bundle format newer than this code reads.
+const NEWER: i64 = shared_model::manifest::FORMAT_VERSION as i64 + 1;
+
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
@@ -309,6 +312,42 @@ fn a_reloaded_policy_draws_its_own_noise_and_must_fine_tune_the_running_one() {
     });
     reload(&mut current, &vxy, &Trust::AllowUnsigned, &opts).unwrap();
     reload(&mut current, &first, &Trust::AllowUnsigned, &opts).unwrap();
+    // Bundles that record the action mapping their data was recorded with (format 7):
+    // another one is refused (`reload` has no robot file to check it against); a bundle
+    // that records none may follow one that does.
+    let mapped = |offset: f32| {
+        move |t: &mut toml::Table| {
+            t.insert("format_version".into(), toml::Value::Integer(7));
+            let a = t["action"].as_table_mut().unwrap();
+            let floats =
+                |v: [f32; 2]| toml::Value::Array(v.map(|x| toml::Value::Float(x.into())).to_vec());
+            a.insert("robot_scale".into(), floats([0.5, 0.5]));
+            a.insert("robot_offset".into(), floats([0.0, offset]));
+        }
+    };
+    let at_0 = variant_of(&first, root.path(), "offset-0", &|d| {
+        edit_manifest(d, mapped(0.0))
+    });
+    let mut current =
+        Policy::new(&load_bundle(&at_0, &Trust::AllowUnsigned).unwrap(), &opts).unwrap();
+    let same = variant_of(&first, root.path(), "offset-0-again", &|d| {
+        edit_manifest(d, mapped(0.0))
+    });
+    reload(&mut current, &same, &Trust::AllowUnsigned, &opts).unwrap();
+    let moved = variant_of(&first, root.path(), "offset-1", &|d| {
+        edit_manifest(d, mapped(1.0))
+    });
+    let e = reload(&mut current, &moved, &Trust::AllowUnsigned, &opts).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains(
+            "its data was recorded with another action mapping (action.robot_offset [0.0, \
+             1.0], action.robot_scale [0.5, 0.5]) than the running bundle's ([0.0, 0.0], \
+             [0.5, 0.5])"
+        ),
+        "{text}"
+    );
+    reload(&mut current, &first, &Trust::AllowUnsigned, &opts).unwrap();
 }
 
 /// A copy of the bundle `good` as `root/name`, changed by `f`.
@@ -430,7 +469,7 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
             "format version edited after signing",
             variant("tampered-version", &|d| {
                 edit_manifest(d, |t| {
-                    t.insert("format_version".into(), toml::Value::Integer(7));
+                    t.insert("format_version".into(), toml::Value::Integer(NEWER));
                 })
             }),
             trust(1),
@@ -629,16 +668,17 @@ fn bad_bundles_get_their_own_errors_and_the_loaded_policy_keeps_running() {
             "weight `extra` is not part of the network the manifest describes",
         ),
         (
+            // (One past the newest this code reads: 7 was, until it came to be read.)
             "newer format version",
             variant("newer", &|d| {
                 edit_manifest(d, |t| {
-                    t.insert("format_version".into(), toml::Value::Integer(7));
+                    t.insert("format_version".into(), toml::Value::Integer(NEWER));
                     t.insert("something_new".into(), toml::Value::Boolean(true));
                 })
             }),
             Trust::AllowUnsigned,
-            |e| matches!(e, BundleError::NewerFormat { found: 7, .. }),
-            "format version 7 is newer",
+            |e| matches!(e, BundleError::NewerFormat { found, .. } if *found == NEWER),
+            "is newer",
         ),
     ];
     for (what, dir, trust, check, text) in cases {
@@ -1055,6 +1095,58 @@ fn a_chunk_manifest_must_say_format_2_and_a_sane_horizon() {
             .unwrap()
             .to_string();
         assert!(e.contains(want), "{names}, {version}: {e}");
+    }
+    // The action mapping the data was recorded with (format 7): both lists, one value
+    // per action of a step, finite, no scale of 0.
+    let with_mapping = |scale: &str, offset: &str, version: u32| {
+        text.replace("format_version = 2", &format!("format_version = {version}"))
+            .replace(
+                "horizon = 4",
+                &format!("horizon = 4\nrobot_scale = {scale}\nrobot_offset = {offset}"),
+            )
+    };
+    fs::write(&path, with_mapping("[0.5, 2.0]", "[0.0, -1.0]", 7)).unwrap();
+    let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+    assert_eq!(
+        (
+            b.manifest.action.robot_scale,
+            b.manifest.action.robot_offset
+        ),
+        (vec![0.5, 2.0], vec![0.0, -1.0])
+    );
+    for (scale, offset, version, want) in [
+        (
+            "[0.5, 2.0]",
+            "[0.0, -1.0]",
+            6,
+            "action.robot_scale and action.robot_offset need format_version 7 (found 6)",
+        ),
+        (
+            "[0.5, 2.0]",
+            "[]",
+            7,
+            "action.robot_offset has 0 entries, action.dim is 2",
+        ),
+        (
+            "[0.5]",
+            "[0.0, -1.0]",
+            7,
+            "action.robot_scale has 1 entries, action.dim is 2",
+        ),
+        (
+            "[0.5, nan]",
+            "[0.0, -1.0]",
+            7,
+            "action.robot_scale[1] = NaN is not finite",
+        ),
+        ("[0.0, 2.0]", "[0.0, -1.0]", 7, "action.robot_scale[0] is 0"),
+    ] {
+        fs::write(&path, with_mapping(scale, offset, version)).unwrap();
+        let e = load_bundle(dir.path(), &Trust::AllowUnsigned)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{scale}, {offset}, {version}: {e}");
     }
 }
 

@@ -164,6 +164,33 @@ mod tests {
         assert_eq!(outside(&[0.5, f32::NAN, 2.0]), Some(1));
         assert_eq!(outside(&[f32::NEG_INFINITY]), Some(0));
     }
+
+    /// Mappings differ at the first action mapped otherwise, or mapped on one side only
+    /// (a hand-made log's lists can be short); a zero's sign is no difference.
+    #[test]
+    fn action_mappings_differ_where_an_action_maps_otherwise() {
+        let m = |scale: &[f32], offset: &[f32]| super::ActionMapping {
+            scale: scale.to_vec(),
+            offset: offset.to_vec(),
+        };
+        let two = m(&[1.0, 2.0], &[0.0, 0.5]);
+        assert_eq!(two.first_difference(&two), None);
+        assert_eq!(two.first_difference(&m(&[1.0, 2.0], &[-0.0, 0.5])), None);
+        assert_eq!(two.first_difference(&m(&[1.0, 2.5], &[0.0, 0.5])), Some(1));
+        assert_eq!(two.first_difference(&m(&[1.0, 2.0], &[0.1, 0.5])), Some(0));
+        assert_eq!(two.first_difference(&m(&[1.0], &[0.0])), Some(1));
+        assert_eq!(m(&[1.0], &[0.0]).describe(1), "nothing");
+        assert_eq!(two.describe(1), "0.5 + 2 × a");
+        assert_eq!(two.invalid(2), None);
+        assert_eq!(
+            two.invalid(3).as_deref(),
+            Some("holds 2 scales and 2 offsets for 3 actions")
+        );
+        assert_eq!(
+            m(&[1.0, f32::INFINITY], &[0.0, 0.0]).invalid(2).as_deref(),
+            Some("holds a number that is not finite at [1]")
+        );
+    }
 }
 
 /// Whether `names` are the ones a reader makes up for a feature `key` whose
@@ -258,6 +285,68 @@ pub struct DatasetInfo {
     pub observation_names: Vec<String>,
     /// Names of the `action` dimensions.
     pub action_names: Vec<String>,
+    /// How the actions, in policy units, were mapped to the robot's commands when they
+    /// were recorded (`info.json` key [`ACTION_MAPPING`]); `None` where nothing recorded
+    /// it (data from before 2026-12-07, other recorders, simulated tasks).
+    pub action_mapping: Option<ActionMapping>,
+}
+
+/// The `info.json` key of [`DatasetInfo::action_mapping`].
+pub const ACTION_MAPPING: &str = "expo_action_mapping";
+
+/// The robot file's `action.scale` and `action.offset` a recording was made with:
+/// `robot = offset + scale × action` for each action dimension. The actions stored are
+/// in policy units either way; this says what they meant on the robot, so that a robot
+/// file whose mapping changed since is caught before a policy trained on them drives it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionMapping {
+    pub scale: Vec<f32>,
+    pub offset: Vec<f32>,
+}
+
+impl ActionMapping {
+    /// `Some` when both lists are given (a log of an older controller has neither).
+    pub fn recorded(scale: &[f32], offset: &[f32]) -> Option<ActionMapping> {
+        (!scale.is_empty() && !offset.is_empty()).then(|| ActionMapping {
+            scale: scale.to_vec(),
+            offset: offset.to_vec(),
+        })
+    }
+
+    /// Why this cannot be the mapping of `dim` actions, if it cannot: other lengths, a
+    /// number that is not finite, a scale of 0 (no robot file passes its checks so).
+    pub fn invalid(&self, dim: usize) -> Option<String> {
+        if self.scale.len() != dim || self.offset.len() != dim {
+            return Some(format!(
+                "holds {} scales and {} offsets for {dim} actions",
+                self.scale.len(),
+                self.offset.len()
+            ));
+        }
+        let bad = |v: &[f32]| v.iter().position(|x| !x.is_finite());
+        if let Some(i) = bad(&self.scale).or(bad(&self.offset)) {
+            return Some(format!("holds a number that is not finite at [{i}]"));
+        }
+        let zero = self.scale.iter().position(|&s| s == 0.0)?;
+        Some(format!("scale [{zero}] is 0"))
+    }
+
+    /// Where `other` maps an action otherwise (or maps one this does not): its index;
+    /// `None` when they agree.
+    pub fn first_difference(&self, other: &ActionMapping) -> Option<usize> {
+        let n = |m: &ActionMapping| m.scale.len().max(m.offset.len());
+        let at = |m: &ActionMapping, i: usize| Some((*m.scale.get(i)?, *m.offset.get(i)?));
+        (0..n(self).max(n(other))).find(|&i| at(self, i) != at(other, i))
+    }
+
+    /// Action `i`'s mapping as a formula, for messages (`nothing` past its end).
+    pub fn describe(&self, i: usize) -> String {
+        match (self.offset.get(i), self.scale.get(i)) {
+            (Some(o), Some(s)) => format!("{o} + {s} × a"),
+            _ => "nothing".into(),
+        }
+    }
 }
 
 impl DatasetInfo {

@@ -154,6 +154,28 @@ impl InfoJson {
             task,
             observation_names: names(crate::cols::OBS),
             action_names: names(crate::cols::ACTION),
+            // Checked with the features ([`crate::reader::check_features`]).
+            action_mapping: self.action_mapping().ok().flatten(),
+        }
+    }
+
+    /// The [`crate::ACTION_MAPPING`] entry, if any; an error naming what is wrong with
+    /// one that is not a mapping of the `action` feature's values.
+    pub(crate) fn action_mapping(&self) -> Result<Option<crate::ActionMapping>, String> {
+        let Some(v) = self.extra.get(crate::ACTION_MAPPING) else {
+            return Ok(None);
+        };
+        let key = crate::ACTION_MAPPING;
+        let m: crate::ActionMapping = serde_json::from_value(v.clone()).map_err(|e| {
+            format!("`{key}` must hold `scale` and `offset`, a list of numbers each ({e})")
+        })?;
+        let dim = self
+            .features
+            .get(crate::cols::ACTION)
+            .map_or(0, Feature::dim);
+        match m.invalid(dim) {
+            Some(why) => Err(format!("`{key}` {why}")),
+            None => Ok(Some(m)),
         }
     }
 
@@ -621,4 +643,43 @@ pub(crate) fn read_stats(dir: &Path) -> Result<BTreeMap<String, FeatureStats>, D
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `info.json`'s action mapping is read as written by hand (not only as this
+    /// crate's writer writes it), and one of another length is an error naming the key.
+    #[test]
+    fn the_action_mapping_is_read_from_info_json() {
+        let info = |mapping: Value| -> InfoJson {
+            serde_json::from_value(serde_json::json!({
+                "codebase_version": CODEBASE_VERSION,
+                "total_episodes": 0,
+                "total_frames": 0,
+                "total_tasks": 0,
+                "fps": 20,
+                "features": {
+                    "action": {"dtype": "float32", "shape": [2], "names": ["x", "y"]}
+                },
+                "expo_action_mapping": mapping,
+            }))
+            .unwrap()
+        };
+        let read = info(serde_json::json!({"scale": [0.5, 4.0], "offset": [0.0, -2.0]}));
+        assert_eq!(
+            read.dataset_info(String::new()).action_mapping,
+            Some(crate::ActionMapping {
+                scale: vec![0.5, 4.0],
+                offset: vec![0.0, -2.0],
+            })
+        );
+        let short = info(serde_json::json!({"scale": [0.5], "offset": [0.0]}));
+        assert_eq!(
+            short.action_mapping(),
+            Err("`expo_action_mapping` holds 1 scales and 1 offsets for 2 actions".into())
+        );
+        assert_eq!(short.dataset_info(String::new()).action_mapping, None);
+    }
 }

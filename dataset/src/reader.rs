@@ -120,6 +120,8 @@ pub(crate) fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usi
             ),
         ));
     }
+    json.action_mapping()
+        .map_err(|why| DatasetError::invalid(path, why))?;
     Ok((od, dim(cols::ACTION)))
 }
 

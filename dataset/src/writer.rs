@@ -401,7 +401,17 @@ fn fresh_info_json(info: &DatasetInfo) -> InfoJson {
         data_path: meta::DATA_PATH.into(),
         video_path: None,
         features,
-        extra: serde_json::Map::new(),
+        extra: info
+            .action_mapping
+            .iter()
+            // Through the text: `to_value` widens each f32 to the f64 it is
+            // (0.10000000149011612); the text holds the shortest form (0.1), which reads
+            // back as the same f32.
+            .filter_map(|m| {
+                let value = serde_json::from_slice(&serde_json::to_vec(m).ok()?).ok()?;
+                Some((crate::ACTION_MAPPING.to_string(), value))
+            })
+            .collect(),
     }
 }
 
@@ -505,6 +515,14 @@ impl DatasetWriter {
                     info.action_dim(),
                     reader::MAX_VECTOR_DIM
                 ),
+            ));
+        }
+        // As every reader checks it (a recording's header is not checked before).
+        if let Some(why) = (info.action_mapping.as_ref()).and_then(|m| m.invalid(info.action_dim()))
+        {
+            return Err(DatasetError::invalid(
+                dir,
+                format!("cannot create dataset: the action mapping {why}"),
             ));
         }
         match holds_files(dir) {

@@ -596,6 +596,86 @@ fn noted_runs_are_committed_with_the_episodes() {
     validate_dataset(&dir).unwrap();
 }
 
+/// The robot file's action mapping a recording was made with is kept in `info.json`
+/// (through appends and by `recorded_as`), and a damaged entry is refused by every
+/// reader, naming the key; a dataset without one reads as recording none.
+#[test]
+fn the_action_mapping_is_kept_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let eps = episodes(4, &[3, 5]);
+    let mapping = dataset::ActionMapping {
+        scale: (0..ACT_DIM).map(|i| 0.5 + i as f32).collect(),
+        offset: (0..ACT_DIM).map(|i| -0.1 * i as f32).collect(),
+    };
+    let mapped = dataset::DatasetInfo {
+        action_mapping: Some(mapping.clone()),
+        ..info()
+    };
+    write_dataset(&dir, &mapped, &eps[..1]).unwrap();
+    let mut w = DatasetWriter::open_append(&dir).unwrap();
+    w.append_episode(&eps[1]).unwrap();
+    w.finish().unwrap();
+    assert_eq!(
+        read_dataset(&dir).unwrap().info.action_mapping,
+        Some(mapping.clone())
+    );
+    let recorded = dataset::recorded_as(&dir).unwrap().unwrap();
+    assert_eq!(recorded.info.action_mapping, Some(mapping));
+    validate_dataset(&dir).unwrap();
+
+    // One that every reader would refuse is not written.
+    let bad = dataset::DatasetInfo {
+        action_mapping: Some(dataset::ActionMapping {
+            scale: vec![1.0],
+            offset: vec![0.0],
+        }),
+        ..info()
+    };
+    let e = DatasetWriter::create(&tmp.path().join("bad"), bad)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "cannot create dataset: the action mapping holds 1 scales and 1 offsets for \
+             {ACT_DIM} actions"
+        )),
+        "{e}"
+    );
+
+    let plain = tmp.path().join("plain");
+    write_dataset(&plain, &info(), &eps[..1]).unwrap();
+    assert_eq!(read_dataset(&plain).unwrap().info.action_mapping, None);
+
+    let path = dir.join("meta/info.json");
+    let good = fs::read_to_string(&path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+    for (entry, want) in [
+        (
+            serde_json::json!({"scale": [1.0], "offset": [0.0]}),
+            format!("`expo_action_mapping` holds 1 scales and 1 offsets for {ACT_DIM} actions"),
+        ),
+        (
+            serde_json::json!({"scale": vec![0.0; ACT_DIM], "offset": vec![0.0; ACT_DIM]}),
+            "`expo_action_mapping` scale [0] is 0".to_string(),
+        ),
+        (
+            serde_json::json!({"scale": "wide"}),
+            "`expo_action_mapping` must hold `scale` and `offset`".to_string(),
+        ),
+    ] {
+        json["expo_action_mapping"] = entry;
+        fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+        for e in [
+            read_dataset(&dir).unwrap_err().to_string(),
+            dataset::recorded_as(&dir).err().unwrap().to_string(),
+        ] {
+            assert!(e.contains(&want) && e.contains("info.json"), "{e}");
+        }
+    }
+}
+
 /// A run of days saves millions of episodes, all noted at its end when it lost one:
 /// each once, in order, as before (each was searched for in the list noted so far, so
 /// the run's end took minutes to hours; a million here took minutes, untimed).

@@ -283,6 +283,31 @@ impl ActionConfig {
         names_reordered(&self.names, names, whose, &ACTIONS)
     }
 
+    /// The action mapping (`scale`, `offset`) the data of `whose` was recorded with,
+    /// against this robot file's: the first action they map otherwise, as an error
+    /// message; `None` when they agree or `whose` records none (empty lists: data from
+    /// before 2026-12-07, another recorder, a simulated task). Sizes are checked
+    /// elsewhere. Compared exactly: an f32 goes through JSON and TOML unchanged, so any
+    /// difference is an edit of the robot file.
+    pub fn mapping_differs(&self, scale: &[f32], offset: &[f32], whose: &str) -> Option<String> {
+        let recorded = scale.iter().zip(offset);
+        let i = recorded
+            .zip(self.scale.iter().zip(&self.offset))
+            .position(|((s, o), (ours_s, ours_o))| s != ours_s || o != ours_o)?;
+        let name = match self.names.get(i) {
+            Some(n) => format!(" `{n}`"),
+            None => String::new(),
+        };
+        Some(format!(
+            "action [{i}]{name} was recorded as {} + {} × a in robot units in {whose}, and \
+             the robot file maps it to {} + {} × a (action.offset, action.scale): the \
+             policy's commands would move the robot otherwise than in the data it learned \
+             from (put the recorded mapping back in the robot file, or train on data \
+             recorded with this one)",
+            offset[i], scale[i], self.offset[i], self.scale[i]
+        ))
+    }
+
     /// `out[i] = offset[i] + scale[i] * policy[i]`.
     pub fn to_robot_units(&self, policy: &[f32], out: &mut [f32]) {
         for (i, (o, &a)) in out.iter_mut().zip(policy).enumerate() {

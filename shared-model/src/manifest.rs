@@ -40,10 +40,12 @@ use thiserror::Error;
 /// `action.control_hz` (the rate it was trained at, which the trainer writes in every
 /// bundle since 2026-12-06: older controllers refuse those by their version), format 6
 /// `action.names` (the data's action names, in order, written since 2026-12-07 when the
-/// data names its actions); a bundle is written in the oldest format that holds what it uses
+/// data names its actions), format 7 `action.robot_scale` and `action.robot_offset` (the
+/// robot file's action mapping the data was recorded with, where the data records it,
+/// since 2026-12-07); a bundle is written in the oldest format that holds what it uses
 /// ([`Manifest::required_format`]), so older controllers keep loading every bundle
 /// they can run, and refuse a newer one by its version ([`BundleError::NewerFormat`]).
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The longest action chunk a bundle may declare (as the trainer's
 /// `MAX_ACTION_HORIZON`).
@@ -164,6 +166,15 @@ pub struct ActionSpec {
     /// for observations. A chunk repeats them `horizon` times, so one action's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
+    /// The robot file's `action.scale` and `action.offset` the training data was
+    /// recorded with, per action (format 7; empty when the data did not record them: a
+    /// simulated task, data from before 2026-12-07, another recorder): `low`/`high` and
+    /// the networks' values are in policy units, and these say what those meant on the
+    /// robot, so the controller refuses a robot file that maps them otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub robot_scale: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub robot_offset: Vec<f32>,
 }
 
 fn one() -> usize {
@@ -253,11 +264,14 @@ struct MatrixSizes {
 }
 
 impl Manifest {
-    /// The oldest format that holds this manifest: 6 with `action.names`, 5 with
+    /// The oldest format that holds this manifest: 7 with the action mapping, 6 with
+    /// `action.names`, 5 with
     /// `action.control_hz`, 4 with a
     /// clipped log-std head, 3 with `action.replan_every`, 2 with action chunks, else 1.
     pub fn required_format(&self) -> u32 {
-        if !self.action.names.is_empty() {
+        if !self.action.robot_scale.is_empty() || !self.action.robot_offset.is_empty() {
+            7
+        } else if !self.action.names.is_empty() {
             6
         } else if self.action.control_hz.is_some() {
             5
@@ -1389,6 +1403,35 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         if m.format_version < 6 {
             return Err(format!(
                 "action.names needs format_version 6 (found {})",
+                m.format_version
+            ));
+        }
+    }
+    if !a.robot_scale.is_empty() || !a.robot_offset.is_empty() {
+        for (what, v) in [
+            ("robot_scale", &a.robot_scale),
+            ("robot_offset", &a.robot_offset),
+        ] {
+            if v.len() != a.dim {
+                return Err(format!(
+                    "action.{what} has {} entries, action.dim is {} (action.robot_scale and \
+                     action.robot_offset come together, or neither: not recorded)",
+                    v.len(),
+                    a.dim
+                ));
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(format!("action.{what}[{i}] = {} is not finite", v[i]));
+            }
+        }
+        if let Some(i) = a.robot_scale.iter().position(|&x| x == 0.0) {
+            return Err(format!(
+                "action.robot_scale[{i}] is 0 (no robot file maps an action so)"
+            ));
+        }
+        if m.format_version < 7 {
+            return Err(format!(
+                "action.robot_scale and action.robot_offset need format_version 7 (found {})",
                 m.format_version
             ));
         }

@@ -217,6 +217,8 @@ impl SyntheticSpec {
                 replan_every: 0,
                 control_hz: None,
                 names: vec![],
+                robot_scale: vec![],
+                robot_offset: vec![],
             },
             diffusion: DiffusionSpec {
                 schedule: "vp".into(),

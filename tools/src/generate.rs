@@ -15,6 +15,7 @@ pub fn dataset_info(task: TaskId, config: EnvConfig) -> DatasetInfo {
         task: spec.description.to_string(),
         observation_names: spec.owned_obs_names(),
         action_names: spec.owned_action_names(),
+        action_mapping: None,
     }
 }
 

@@ -276,6 +276,19 @@ fn to_policy_units(
     robot: &RobotConfig,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
+    // A recording of `controller run` (or a copy this made) says how its actions,
+    // already in policy units, were mapped to the robot.
+    if let Some(m) = &ds.info.action_mapping {
+        bail!(
+            "{}: the dataset records the action mapping it was recorded with ({}: offset \
+             {:?}, scale {:?}), so its actions are in policy units already: --robot-units \
+             would convert them twice (leave it out)",
+            input.display(),
+            dataset::ACTION_MAPPING,
+            m.offset,
+            m.scale
+        );
+    }
     let (od, ad) = (ds.info.obs_dim(), ds.info.action_dim());
     ensure!(
         od == robot.observation.dim && ad == robot.action.dim,
@@ -336,6 +349,8 @@ fn to_policy_units(
             }
         }
     }
+    // What the copy's actions mean on the robot: carried into the bundles trained on it.
+    ds.info.action_mapping = dataset::ActionMapping::recorded(&units.scale, &units.offset);
     Ok(())
 }
 

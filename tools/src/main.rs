@@ -486,6 +486,17 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
         );
     }
     println!("success     {:.1}%", 100.0 * ds.success_rate());
+    // What the actions (policy units) meant on the robot, where the recording says.
+    match &ds.info.action_mapping {
+        Some(m) => {
+            let each: Vec<String> = (0..m.scale.len()).map(|i| m.describe(i)).collect();
+            println!(
+                "action map  robot = {} (a in policy units)",
+                each.join(", ")
+            );
+        }
+        None => println!("action map  not recorded"),
+    }
     let stats = ds.stats();
     for (feature, names) in [
         (dataset::cols::OBS, &ds.info.observation_names),

@@ -48,6 +48,8 @@ fn generate_inspect_validate_every_task() {
             out.contains("episodes    30") && out.contains("observation.state"),
             "{out}"
         );
+        // Generated data is in policy units with no robot behind it.
+        assert!(out.contains("action map  not recorded"), "{out}");
         let o = tools(&["dataset", "validate", d]);
         assert!(o.status.success(), "{}", text(&o));
         assert!(
@@ -579,6 +581,52 @@ fn label_converts_robot_units_to_policy_units() {
         }
     }
     assert!(worst < 1e-6, "converted actions differ by {worst}");
+    // The copy records the mapping it was converted through (bundles trained on it
+    // carry it to the robot), and so is not converted a second time.
+    let mapping = dataset::ActionMapping {
+        scale: scale.to_vec(),
+        offset: offset.to_vec(),
+    };
+    assert_eq!(got.info.action_mapping.as_ref(), Some(&mapping));
+    let o = tools(&["dataset", "inspect", out.to_str().unwrap()]);
+    assert!(
+        text(&o).contains("action map  robot = 0.1 + 0.5 × a, -0.3 + 2 × a"),
+        "{}",
+        text(&o)
+    );
+    let o = tools(&[
+        "dataset",
+        "label",
+        out.to_str().unwrap(),
+        "--success",
+        "keep",
+        "--robot-units",
+        robot_file.to_str().unwrap(),
+        "--out",
+        tmp.path().join("again").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("records the action mapping it was recorded with")
+            && text(&o).contains("would convert them twice"),
+        "{}",
+        text(&o)
+    );
+    assert!(!tmp.path().join("again").exists());
+    // A label without --robot-units keeps it (the actions are unchanged).
+    let relabelled = tmp.path().join("relabelled");
+    let o = tools(&[
+        "dataset",
+        "label",
+        out.to_str().unwrap(),
+        "--success",
+        "all",
+        "--out",
+        relabelled.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let relabelled = dataset::read_dataset(&relabelled).unwrap();
+    assert_eq!(relabelled.info.action_mapping, Some(mapping));
 
     // `keep`: units converted, the source's labels untouched.
     let kept = tmp.path().join("kept");

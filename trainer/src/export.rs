@@ -168,32 +168,37 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
     // Names and bounds of the observation, the actions' names, and the rate of the steps
     // it was trained on: the simulated task's, or the robot's as its dataset showed them
     // (action names the data did not give are left out: the controller checks none).
-    let (task, names, low, high, control_hz, action_names) = match (c.task.sim(), &agent.robot) {
-        (Some(t), _) => {
-            let spec = t.spec();
-            (
-                t.to_string(),
-                spec.owned_obs_names(),
-                spec.obs_low.to_vec(),
-                spec.obs_high.to_vec(),
-                spec.control_hz,
-                spec.owned_action_names(),
-            )
-        }
-        (None, Some(r)) => (
-            r.name.clone(),
-            r.observation_names.clone(),
-            r.obs_low.clone(),
-            r.obs_high.clone(),
-            r.fps,
-            if dataset::unnamed_actions(&r.action_names) {
-                vec![]
-            } else {
-                r.action_names.clone()
-            },
-        ),
-        (None, None) => bail!("a robot run without its robot's description (checkpoint state)"),
-    };
+    // And the robot file's action mapping the data was recorded with, where the data
+    // records it (a simulated task's commands pass through its own robot file both ways).
+    let (task, names, low, high, control_hz, action_names, mapping) =
+        match (c.task.sim(), &agent.robot) {
+            (Some(t), _) => {
+                let spec = t.spec();
+                (
+                    t.to_string(),
+                    spec.owned_obs_names(),
+                    spec.obs_low.to_vec(),
+                    spec.obs_high.to_vec(),
+                    spec.control_hz,
+                    spec.owned_action_names(),
+                    None,
+                )
+            }
+            (None, Some(r)) => (
+                r.name.clone(),
+                r.observation_names.clone(),
+                r.obs_low.clone(),
+                r.obs_high.clone(),
+                r.fps,
+                if dataset::unnamed_actions(&r.action_names) {
+                    vec![]
+                } else {
+                    r.action_names.clone()
+                },
+                r.action_mapping.clone(),
+            ),
+            (None, None) => bail!("a robot run without its robot's description (checkpoint state)"),
+        };
     let selection = agent.selection();
     // The networks act on chunks of `action_horizon` actions.
     let step_ad = agent.act_dim / c.action_horizon;
@@ -239,6 +244,12 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             control_hz: Some(control_hz),
             // And a robot file naming these actions in another order.
             names: action_names,
+            // And one mapping them to other commands.
+            robot_scale: mapping
+                .as_ref()
+                .map(|m| m.scale.clone())
+                .unwrap_or_default(),
+            robot_offset: mapping.map(|m| m.offset).unwrap_or_default(),
         },
         diffusion: DiffusionSpec {
             schedule: "vp".into(),

@@ -665,11 +665,11 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             "no --data: give at least one recorded dataset (or --listen)"
         );
         let data_runs = DataRuns::gather(o, &config)?;
-        let expected = RecordedBy::of(&agent);
+        let mut expected = RecordedBy::of(&agent);
         let (episodes, successes) = append_robot_data(
             &mut online,
             &o.data,
-            &expected,
+            &mut expected,
             Chunker::new(od, ad / config.action_horizon, config.chunks()),
             o.keep_interventions,
             &mut summary,
@@ -850,6 +850,10 @@ pub struct RecordedBy {
     fps: Option<u32>,
     /// The simulated task of a run on one: its data must be of the default variant.
     sim_task: Option<sim::TaskId>,
+    /// The robot file's action mapping the run's data was recorded with, where it
+    /// recorded one, and whose it is (the run's data's, else the first `--data`
+    /// dataset's that records one: [`RecordedBy::check`] takes it).
+    action_mapping: Option<(dataset::ActionMapping, String)>,
 }
 
 impl RecordedBy {
@@ -860,6 +864,10 @@ impl RecordedBy {
                 observation_names: r.observation_names.clone(),
                 fps: Some(r.fps),
                 sim_task: None,
+                action_mapping: r
+                    .action_mapping
+                    .clone()
+                    .map(|m| (m, "the run's data".to_string())),
             },
             (None, Some(task)) => Self::of_sim_task(task),
             (None, None) => RecordedBy {
@@ -867,6 +875,7 @@ impl RecordedBy {
                 observation_names: vec![],
                 fps: None,
                 sim_task: None,
+                action_mapping: None,
             },
         }
     }
@@ -878,6 +887,7 @@ impl RecordedBy {
             sim_task: Some(task),
             observation_names: names(task.spec().obs_names),
             fps: Some(task.spec().control_hz),
+            action_mapping: None,
         }
     }
 
@@ -889,7 +899,11 @@ impl RecordedBy {
     /// robot file's `[action] names`, else `action.{i}` (before 2026-12-07 after the
     /// robot file's joints), other recorders otherwise (`shoulder` and `shoulder.pos`,
     /// or a simulated task's `vx_command`), for the same channels.
-    fn check(&self, path: &Path, info: &dataset::DatasetInfo) -> Result<Vec<String>> {
+    ///
+    /// Action mappings are compared where both record one (data recorded with another
+    /// is an error); a run whose data recorded none compares each dataset with the
+    /// first one that records one.
+    fn check(&mut self, path: &Path, info: &dataset::DatasetInfo) -> Result<Vec<String>> {
         let mut warnings = vec![];
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
             bail!("{}: {differ}", path.display());
@@ -902,6 +916,17 @@ impl RecordedBy {
         }
         if let Some(task) = self.sim_task {
             crate::robot::refuse_sim_variant(&path.display().to_string(), &info.robot_type, task)?;
+        }
+        if let Some(differ) = self.mapping_differs(info.action_mapping.as_ref(), "the dataset") {
+            bail!(
+                "{}: {differ}; fine-tune on data recorded with one mapping",
+                path.display()
+            );
+        }
+        if self.action_mapping.is_none()
+            && let Some(m) = &info.action_mapping
+        {
+            self.action_mapping = Some((m.clone(), path.display().to_string()));
         }
         if let Some(robot) = &self.robot
             && info.robot_type.trim() != robot
@@ -930,6 +955,16 @@ impl RecordedBy {
             observation_names,
             fps,
             sim_task: None,
+            action_mapping: None,
+        }
+    }
+
+    /// With the run's data's action mapping (tests).
+    #[cfg(test)]
+    pub(crate) fn mapped(self, action_mapping: dataset::ActionMapping) -> Self {
+        RecordedBy {
+            action_mapping: Some((action_mapping, "the run's data".into())),
+            ..self
         }
     }
 
@@ -937,6 +972,25 @@ impl RecordedBy {
     /// they agree or the run's is not known.
     pub fn rate_differs(&self, fps: u32) -> Option<String> {
         crate::robot::other_rate(fps, self.fps?, "the run's data")
+    }
+
+    /// The action mapping `theirs` (of `whose`) against the run's data's, where both
+    /// record one: the first action they map otherwise, as an error message. The
+    /// actions are in policy units either way, but they meant other commands.
+    pub fn mapping_differs(
+        &self,
+        theirs: Option<&dataset::ActionMapping>,
+        whose: &str,
+    ) -> Option<String> {
+        let ((ours, ours_are), theirs) = (self.action_mapping.as_ref()?, theirs?);
+        let i = ours.first_difference(theirs)?;
+        Some(format!(
+            "action [{i}] was recorded as {} in robot units in {whose}, as {} in {ours_are} \
+             (the robot file's action.offset and action.scale): the same policy output \
+             commanded the robot otherwise",
+            theirs.describe(i),
+            ours.describe(i)
+        ))
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation
@@ -1016,7 +1070,7 @@ fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
 fn append_robot_data(
     online: &mut Replay,
     data: &[PathBuf],
-    expected: &RecordedBy,
+    expected: &mut RecordedBy,
     mut chunker: Chunker,
     keep_interventions: bool,
     summary: &mut FinetuneSummary,
@@ -1153,11 +1207,12 @@ mod tests {
     #[test]
     fn finetune_data_of_another_sim_variant_is_refused() {
         let task = sim::TaskId::ArmReach;
-        let expected = RecordedBy {
+        let mut expected = RecordedBy {
             robot: None,
             observation_names: vec![],
             fps: None,
             sim_task: Some(task),
+            action_mapping: None,
         };
         let info = |robot_type: &str| dataset::DatasetInfo {
             robot_type: robot_type.into(),
@@ -1165,6 +1220,7 @@ mod tests {
             task: String::new(),
             observation_names: vec![],
             action_names: vec![],
+            action_mapping: None,
         };
         let path = Path::new("demos");
         expected.check(path, &info("sim/arm-reach")).unwrap();
@@ -1197,11 +1253,12 @@ mod tests {
     #[test]
     fn finetune_data_of_another_rate_is_refused() {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let expected = RecordedBy {
+        let mut expected = RecordedBy {
             robot: Some("lab-arm".into()),
             observation_names: names(&["q0", "q1"]),
             fps: Some(20),
             sim_task: None,
+            action_mapping: None,
         };
         let info = |fps: u32| dataset::DatasetInfo {
             robot_type: "lab-arm".into(),
@@ -1209,6 +1266,7 @@ mod tests {
             task: String::new(),
             observation_names: names(&["q0", "q1"]),
             action_names: names(&["shoulder", "elbow"]),
+            action_mapping: None,
         };
         let path = Path::new("robot-data");
         assert!(expected.check(path, &info(20)).unwrap().is_empty());
@@ -1218,7 +1276,7 @@ mod tests {
             "{e}"
         );
         // The simulated task's rate is its data's (maze steps at 10 Hz).
-        let maze = RecordedBy::of_sim_task(sim::TaskId::Maze);
+        let mut maze = RecordedBy::of_sim_task(sim::TaskId::Maze);
         let e = maze
             .check(
                 path,
@@ -1228,12 +1286,62 @@ mod tests {
                     task: String::new(),
                     observation_names: vec![],
                     action_names: vec![],
+                    action_mapping: None,
                 },
             )
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("recorded at 20 Hz, the run's data at 10 Hz"),
+            "{e}"
+        );
+    }
+
+    /// Data recorded with another action mapping than the run's data (a robot file's
+    /// `action.scale`/`offset` changed in between) is refused, naming the action; data
+    /// that records none (an older controller, another recorder) is taken.
+    #[test]
+    fn finetune_data_of_another_action_mapping_is_refused() {
+        let mapping = |scale: f32| dataset::ActionMapping {
+            scale: vec![scale, 1.0],
+            offset: vec![0.0, 0.0],
+        };
+        let mut expected = RecordedBy::named_at(vec![], Some(20)).mapped(mapping(0.5));
+        let info = |action_mapping| dataset::DatasetInfo {
+            robot_type: "lab-arm".into(),
+            fps: 20,
+            task: String::new(),
+            observation_names: vec![],
+            action_names: vec![],
+            action_mapping,
+        };
+        let path = Path::new("robot-data");
+        expected.check(path, &info(Some(mapping(0.5)))).unwrap();
+        expected.check(path, &info(None)).unwrap();
+        let e = expected
+            .check(path, &info(Some(mapping(0.25))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "robot-data: action [0] was recorded as 0 + 0.25 × a in robot units in the \
+                 dataset, as 0 + 0.5 × a in the run's data"
+            ),
+            "{e}"
+        );
+        // A run whose data recorded none compares the datasets with each other: two
+        // mappings are not trained on together.
+        let mut unmapped = RecordedBy::named_at(vec![], Some(20));
+        unmapped.check(Path::new("old"), &info(None)).unwrap();
+        unmapped
+            .check(Path::new("first"), &info(Some(mapping(0.5))))
+            .unwrap();
+        let e = unmapped
+            .check(Path::new("second"), &info(Some(mapping(0.25))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("0 + 0.25 × a in robot units in the dataset, as 0 + 0.5 × a in first"),
             "{e}"
         );
     }

@@ -289,6 +289,10 @@ impl Check {
                 .or_else(|| {
                     let differ = self.recorded_by.rate_differs(run.fps)?;
                     Some(format!("the robot's stream was {differ}"))
+                })
+                .or_else(|| {
+                    let mapping = run.action_mapping();
+                    (self.recorded_by).mapping_differs(mapping.as_ref(), "the robot's stream")
                 }),
             Record::Transition(t) => {
                 let (od, ad) = self.dims;
@@ -1328,6 +1332,8 @@ mod tests {
                 bundle: "b".into(),
                 started_unix: 0,
                 run_id: String::new(),
+                action_scale: vec![],
+                action_offset: vec![],
             })
             .encode(&mut bytes);
             bytes
@@ -1367,12 +1373,43 @@ mod tests {
                 bundle: "b".into(),
                 started_unix: 0,
                 run_id: String::new(),
+                action_scale: vec![],
+                action_offset: vec![],
             })
         };
         assert_eq!(check.refusal(&start(20)), None);
         let e = check.refusal(&start(50)).unwrap();
         assert!(
             e.starts_with("the robot's stream was recorded at 50 Hz, the run's data at 20 Hz"),
+            "{e}"
+        );
+
+        // A run whose data recorded the robot file's action mapping refuses a stream
+        // recorded with another one; a stream of an older controller (none) passes.
+        let mapping = |offset: f32| dataset::ActionMapping {
+            scale: vec![0.5, 0.5],
+            offset: vec![0.0, offset],
+        };
+        let check = Check {
+            recorded_by: check.recorded_by.mapped(mapping(0.2)),
+            ..check
+        };
+        let mapped = |offset: f32| match start(20) {
+            Record::Run(run) => Record::Run(RunStart {
+                action_scale: mapping(offset).scale,
+                action_offset: mapping(offset).offset,
+                ..run
+            }),
+            _ => unreachable!(),
+        };
+        assert_eq!(check.refusal(&start(20)), None);
+        assert_eq!(check.refusal(&mapped(0.2)), None);
+        let e = check.refusal(&mapped(0.3)).unwrap();
+        assert!(
+            e.starts_with(
+                "action [1] was recorded as 0.3 + 0.5 × a in robot units in the robot's \
+                 stream, as 0.2 + 0.5 × a in the run's data"
+            ),
             "{e}"
         );
     }

@@ -840,6 +840,7 @@ mod tests {
             task: String::new(),
             observation_names: vec!["x".into()],
             action_names: vec!["a".into()],
+            action_mapping: None,
         };
         let mut ds = dataset::Dataset {
             info,

@@ -35,6 +35,11 @@ pub struct RobotInfo {
     /// observation bounds (the data is all the trainer knows of the robot's ranges).
     pub obs_low: Vec<f32>,
     pub obs_high: Vec<f32>,
+    /// The robot file's action mapping the data was recorded with, where the dataset
+    /// records it (the bundle carries it: the controller refuses a robot file that maps
+    /// the actions otherwise). `None` in checkpoints from before 2026-12-07.
+    #[serde(default)]
+    pub action_mapping: Option<dataset::ActionMapping>,
 }
 
 impl RobotInfo {
@@ -62,6 +67,7 @@ impl RobotInfo {
             action_names: ds.info.action_names.clone(),
             obs_low: low,
             obs_high: high,
+            action_mapping: ds.info.action_mapping.clone(),
         }
     }
 
@@ -160,11 +166,19 @@ pub fn read_training_dataset(
     for &e in &trained {
         let ep = &ds.episodes[e];
         if let Some(k) = dataset::outside_policy_range(&ep.actions) {
+            // (`label --robot-units` refuses a dataset that records its action mapping:
+            // its actions were in policy units when recorded.)
+            let advice = if ds.info.action_mapping.is_some() {
+                "this one records the action mapping it was recorded with, so they were: \
+                 its actions were changed since"
+            } else {
+                "convert a recording in the robot's units with `tools dataset label \
+                 --robot-units ROBOT.toml`"
+            };
             bail!(
                 "{}: episode {e}, frame {}: action[{}] = {} is outside the policy's [-1, 1]; \
                  a dataset's actions must be in policy units, as `controller run` records \
-                 them: convert a recording in the robot's units with `tools dataset label \
-                 --robot-units ROBOT.toml`",
+                 them: {advice}",
                 path.display(),
                 k / ad,
                 k % ad,

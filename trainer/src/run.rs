@@ -2120,6 +2120,7 @@ mod tests {
                 task: String::new(),
                 observation_names: vec!["x".into()],
                 action_names: vec!["a".into()],
+                action_mapping: None,
             },
             episodes: vec![ep],
             next_observations_recorded: true,
@@ -2176,6 +2177,7 @@ mod tests {
             task: "t".into(),
             observation_names: vec!["a".into(), "b".into()],
             action_names: vec!["x".into()],
+            action_mapping: None,
         };
         let mut ds = dataset::Dataset {
             info,

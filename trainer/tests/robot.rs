@@ -78,6 +78,11 @@ fn own_robot_dataset(dir: &Path, name: &str, episodes: usize, seed: u64) -> Data
         task: "reach the marker".into(),
         observation_names: (0..7).map(|i| format!("q{i}")).collect(),
         action_names: vec!["dx".into(), "dy".into(), "dz".into()],
+        // As `controller run` records it: the robot file's action.scale and offset.
+        action_mapping: Some(dataset::ActionMapping {
+            scale: vec![0.05, 0.05, 0.02],
+            offset: vec![0.0, 0.0, 0.3],
+        }),
     };
     let mut rng = Rng::new(seed);
     let mut eps = vec![];
@@ -279,16 +284,33 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
     // The data's action names, in order, for the controller to check against the
     // robot file's (format 6); names a reader made up are no names.
     assert_eq!(b.manifest.action.names, info.action_names);
-    assert_eq!(b.manifest.format_version, 6);
+    // And the robot file's action mapping the data was recorded with (format 7), for
+    // the controller to refuse a robot file that maps the actions otherwise.
+    let mapping = info.action_mapping.clone().unwrap();
+    assert_eq!(robot.action_mapping.as_ref(), Some(&mapping));
+    assert_eq!(
+        (
+            &b.manifest.action.robot_scale,
+            &b.manifest.action.robot_offset
+        ),
+        (&mapping.scale, &mapping.offset)
+    );
+    assert_eq!(b.manifest.format_version, 7);
+    // Data that named no actions and recorded no mapping: format 5, as before.
     let made_up: Vec<String> = (0..3).map(|i| format!("action.{i}")).collect();
     let named = std::mem::replace(&mut agent.robot.as_mut().unwrap().action_names, made_up);
+    let mapped = agent.robot.as_mut().unwrap().action_mapping.take();
     let plain = tmp.path().join("unnamed");
     export_bundle(&agent, &plain, &ExportInfo::default(), None).unwrap();
     agent.robot.as_mut().unwrap().action_names = named;
+    agent.robot.as_mut().unwrap().action_mapping = mapped;
     let m = shared_model::load_bundle(&plain, &Trust::AllowUnsigned)
         .unwrap()
         .manifest;
-    assert!(m.action.names.is_empty() && m.format_version == 5, "{m:?}");
+    assert!(
+        m.action.names.is_empty() && m.action.robot_scale.is_empty() && m.format_version == 5,
+        "{m:?}"
+    );
     let mut policy = controller::runtime::Policy::new(
         &b,
         &controller::runtime::PolicyOptions {
@@ -332,6 +354,22 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
         None,
     )
     .unwrap();
+
+    // The robot's data recorded after its robot file's action mapping changed: the
+    // same shape and names, refused by the action it maps otherwise.
+    let remapped = tmp.path().join("remapped");
+    let mut data = dataset::read_dataset(&recorded).unwrap();
+    data.info.action_mapping.as_mut().unwrap().scale[2] = 0.04;
+    dataset::write_dataset(&remapped, &data.info, &data.episodes).unwrap();
+    let o = finetune_options(&run, &remapped, &tmp.path().join("ft-remapped"), 1);
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains(
+            "action [2] was recorded as 0.3 + 0.04 × a in robot units in the dataset, \
+                    as 0.3 + 0.02 × a in the run's data"
+        ),
+        "{e}"
+    );
 
     // A dataset of another shape is refused with its path.
     let other = tmp.path().join("other");
@@ -547,7 +585,17 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
     assert!(
         e.contains(&raw_units.display().to_string())
             && e.contains("episode 3, frame 2: action[1] = 42")
-            && e.contains("--robot-units"),
+            && e.contains("records the action mapping it was recorded with"),
+        "{e}"
+    );
+    // Without a recorded mapping (LeRobot's recorder), they may be the robot's units:
+    // `label --robot-units` converts those (it refuses a dataset that records one).
+    ds.info.action_mapping = None;
+    let unmapped = tmp.path().join("raw-units-unmapped");
+    dataset::write_dataset(&unmapped, &ds.info, &ds.episodes).unwrap();
+    let e = train_error(&robot_config(&unmapped), &tmp.path().join("raw-run-2"));
+    assert!(
+        e.contains("episode 3, frame 2: action[1] = 42") && e.contains("--robot-units"),
         "{e}"
     );
 

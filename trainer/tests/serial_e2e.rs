@@ -240,10 +240,25 @@ fn a_robot_known_only_from_its_recordings_runs_through_the_link_as_in_process() 
     let bundle = tmp.path().join("bundle");
     let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
     assert_eq!(b.manifest.task, "lab-pusher");
+    // The mapping the copy was converted through went into the bundle (format 7).
+    let mapping = dataset::ActionMapping {
+        scale: robot.action.scale.clone(),
+        offset: robot.action.offset.clone(),
+    };
+    assert_eq!(back.info.action_mapping.as_ref(), Some(&mapping));
+    assert_eq!(
+        (
+            &b.manifest.action.robot_scale,
+            &b.manifest.action.robot_offset
+        ),
+        (&mapping.scale, &mapping.offset)
+    );
     let report = same_outcomes(&bundle, &tmp.path().join("controller"), robot);
-    // What the controller recorded is in policy units again: the trainer takes it.
+    // What the controller recorded is in policy units again: the trainer takes it. Its
+    // run-start record gave the robot file's mapping, which the dataset keeps.
     let logged = tmp.path().join("controller/dataset");
     let ds = trainer::robot::read_training_dataset(&logged, Some((10, 2))).unwrap();
     assert_eq!(ds.info.robot_type, "lab-pusher");
     assert_eq!(ds.episodes.len(), report.episodes_completed);
+    assert_eq!(ds.info.action_mapping, Some(mapping));
 }

@@ -246,6 +246,13 @@ pub struct RunStart {
     /// older versions.
     #[serde(default)]
     pub run_id: String,
+    /// The robot file's `action.scale` and `action.offset` (the actions above are in
+    /// policy units; this is what they meant on the robot). Empty in logs of versions
+    /// before 2026-12-07.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub action_scale: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub action_offset: Vec<f32>,
 }
 
 impl RunStart {
@@ -256,7 +263,13 @@ impl RunStart {
             task: self.task.clone(),
             observation_names: self.observation_names.clone(),
             action_names: self.action_names.clone(),
+            action_mapping: self.action_mapping(),
         }
+    }
+
+    /// The action mapping the run recorded, if it did.
+    pub fn action_mapping(&self) -> Option<dataset::ActionMapping> {
+        dataset::ActionMapping::recorded(&self.action_scale, &self.action_offset)
     }
 }
 
@@ -1509,6 +1522,18 @@ fn check_same_recording(
             names.0[i], names.1[i]
         )));
     }
+    // The robot file's action mapping, where both record it (a dataset recorded before
+    // 2026-12-07 does not, and keeps recording none: its earlier episodes' is unknown).
+    if let (Some(theirs), Some(ours)) = (&have.action_mapping, &info.action_mapping)
+        && let Some(i) = theirs.first_difference(ours)
+    {
+        return Err(differs(format!(
+            "existing dataset's action [{i}] was recorded as {} in robot units, this run's \
+             as {} (the robot file's action.offset and action.scale)",
+            theirs.describe(i),
+            ours.describe(i)
+        )));
+    }
     Ok(())
 }
 
@@ -1668,7 +1693,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // run of another robot file (the dataset was deleted in between) is not filed
     // under the first's names or rate.
     check_dataset_before_run(out, &run.dataset_info())?;
-    let have = dataset::recorded_as(out)?.map_or_else(|| run.dataset_info(), |r| r.info);
+    let mut have = dataset::recorded_as(out)?.map_or_else(|| run.dataset_info(), |r| r.info);
     for (at, rs) in &headers {
         let advice = "one dataset takes runs recorded alike (--last-run converts only the \
                       last run)";
@@ -1686,6 +1711,11 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             },
             e => e,
         })?;
+        // Runs after one of an older controller (no mapping) are compared with the
+        // first mapping recorded: two others would pass against none.
+        if have.action_mapping.is_none() {
+            have.action_mapping = rs.action_mapping();
+        }
     }
     let appending = out.join("meta").join("info.json").exists();
     if runs == Runs::All && appending {
@@ -2030,6 +2060,8 @@ pub(crate) mod tests {
             bundle: "b".into(),
             started_unix: 0,
             run_id: "test-run".into(),
+            action_scale: vec![],
+            action_offset: vec![],
         }
     }
 
@@ -2619,6 +2651,57 @@ pub(crate) mod tests {
             })
         }
         assert_eq!(files(&out.join("data")), 0);
+    }
+
+    /// The robot file's action mapping travels from the run's header into the
+    /// dataset's `info.json`, and a later run recorded with another one is refused by
+    /// name; a run of an older controller (none recorded) is appended, and the dataset
+    /// keeps the mapping of its first run.
+    #[test]
+    fn a_rebuild_records_the_action_mapping_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapped = |scale: [f32; 2], offset: [f32; 2]| RunStart {
+            action_scale: scale.to_vec(),
+            action_offset: offset.to_vec(),
+            ..run_start()
+        };
+        let first = mapped([0.1, 2.0], [0.0, -1.5]);
+        let older = run_start();
+        let path = dir.path().join("same.log");
+        log_of_runs(&path, &[first.clone(), older, first.clone()]);
+        let out = dir.path().join("same");
+        assert_eq!(
+            log_to_dataset(&path, &out, Runs::All)
+                .unwrap()
+                .episodes_written,
+            3
+        );
+        let text = std::fs::read_to_string(out.join("meta/info.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["expo_action_mapping"],
+            serde_json::json!({"scale": [0.1, 2.0], "offset": [0.0, -1.5]})
+        );
+        // In their shortest form, not as the f64s the f32s are (0.10000000149011612).
+        assert!(!text.contains("0.1000000"), "{text}");
+        let recorded = dataset::recorded_as(&out).unwrap().unwrap().info;
+        assert_eq!(recorded.action_mapping, first.action_mapping());
+
+        // Also after a run of an older controller: the later two are compared.
+        let path = dir.path().join("other.log");
+        let other = mapped([0.1, 2.0], [0.0, -1.25]);
+        log_of_runs(&path, &[run_start(), first, other]);
+        let e = log_to_dataset(&path, &dir.path().join("other"), Runs::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "existing dataset's action [1] was recorded as -1.5 + 2 × a in robot units, \
+                 this run's as -1.25 + 2 × a"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("run-2"), "{e}");
     }
 
     /// Episodes are handed on as they end (in order), so that a conversion holds only

@@ -1150,6 +1150,34 @@ pub fn check_action_names(
     })
 }
 
+/// The robot file's action mapping (`action.scale`, `action.offset`) against the one
+/// the bundle's data was recorded with (format 7), for `controller run` and every
+/// bundle swap: `Err` where they differ (the same policy output would command the robot
+/// otherwise than in the data it learned from); a note for a robot's bundle that records
+/// none. A simulated task's bundle records none: its commands pass through the task's
+/// robot file both ways.
+pub fn check_action_mapping(robot: &RobotConfig, m: &Manifest) -> Result<Option<String>, String> {
+    let a = &m.action;
+    if a.robot_scale.is_empty() {
+        if m.task.parse::<sim::TaskId>().is_ok() {
+            return Ok(None);
+        }
+        return Ok(Some(format!(
+            "the bundle does not record the action mapping its data was recorded with \
+             (format {}, or data recorded before 2026-12-07 or by another recorder): a robot \
+             file whose action.scale or action.offset changed since is not caught",
+            m.format_version
+        )));
+    }
+    match robot
+        .action
+        .mapping_differs(&a.robot_scale, &a.robot_offset, "the bundle's data")
+    {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
 /// Runs the loop: handshake, episodes, safe stop; writes `OUT/report.json`.
 ///
 /// Returns `Err` only when the run could not start (dimensions, port, handshake,
@@ -1232,6 +1260,8 @@ pub fn run(
         fps: cfg.robot.control_hz,
         observation_names: cfg.robot.observation.names.clone(),
         action_names: recorded_action_names(&cfg.robot),
+        action_scale: cfg.robot.action.scale.clone(),
+        action_offset: cfg.robot.action.offset.clone(),
         bundle: bundle_label.to_string(),
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -2141,6 +2171,36 @@ mod tests {
         assert!(
             matches!(said(&push, &m), Ok(Some(("note", w))) if w.contains("list them as [action] names"))
         );
+    }
+
+    /// A bundle whose data recorded the robot file's action mapping runs only on a robot
+    /// file that maps the actions the same way; one that records none is a note for a
+    /// robot's bundle, nothing for a simulated task's.
+    #[test]
+    fn a_bundles_action_mapping_is_checked_against_the_robot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = shared_model::synthetic::SyntheticSpec::cpu();
+        let mut m = spec.write(dir.path(), 1, None).unwrap();
+        let push = RobotConfig::example("push").unwrap();
+        m.task = "lab-pusher".into();
+        m.action.robot_scale = push.action.scale.clone();
+        m.action.robot_offset = push.action.offset.clone();
+        assert_eq!(check_action_mapping(&push, &m), Ok(None));
+        m.action.robot_scale[1] *= 2.0;
+        let e = check_action_mapping(&push, &m).unwrap_err();
+        assert!(
+            e.starts_with("action [1] `vy_command` was recorded as 0 + 2 × a in robot units in the bundle's data"),
+            "{e}"
+        );
+        m.action.robot_scale.clear();
+        m.action.robot_offset.clear();
+        let note = check_action_mapping(&push, &m).unwrap().unwrap();
+        assert!(
+            note.contains("does not record the action mapping"),
+            "{note}"
+        );
+        m.task = "push".into();
+        assert_eq!(check_action_mapping(&push, &m), Ok(None));
     }
 
     /// A run that completed but whose recording lost data exits with 4, not 0: a

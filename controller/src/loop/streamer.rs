@@ -709,6 +709,8 @@ fn verify(
     // As `controller run` checks the bundle it starts with: a running bundle that named
     // no actions was checked against nothing.
     super::check_action_names(&swap.robot, new)?;
+    // And its action mapping (the note for a bundle without one is `controller run`'s).
+    super::check_action_mapping(&swap.robot, new)?;
     let exported = new.provenance.created_unix;
     let newest = not_before.unwrap_or(0).max(old.provenance.created_unix);
     if exported < newest {
@@ -1329,6 +1331,32 @@ mod tests {
             .unwrap();
         assert!(
             e.contains("action `vy_command` is at [0] in the bundle and at [1] in the robot file"),
+            "{e}"
+        );
+        // Recorded with another action mapping than the robot file's (format 7): refused
+        // as at the start of a run, though the running bundle recorded none.
+        let remapped: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, b)| {
+                let mut b = b.clone();
+                if n == "manifest.toml" {
+                    let text = String::from_utf8(b).unwrap();
+                    b = text
+                        .replace("format_version = 1\n", "format_version = 7\n")
+                        .replace(
+                            "[action]\n",
+                            "[action]\nrobot_scale = [2.0, 1.0]\nrobot_offset = [0.0, 0.0]\n",
+                        )
+                        .into_bytes();
+                }
+                (n.clone(), b)
+            })
+            .collect();
+        let e = prepare(&dir, "b10", &remapped, &swap(same.clone()), None)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("action [0] `vx_command` was recorded as 0 + 2 × a in robot units"),
             "{e}"
         );
         // A copy fetched again that fails verification (a damaged graph) leaves the one

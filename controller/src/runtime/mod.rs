@@ -539,7 +539,8 @@ impl Policy {
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
 /// that policy, so it must be for the same task with the same observation names (their
 /// sizes are checked against the robot or the running policy) and its action names in
-/// the same order where both name them, plan chunks of the same length (the run's chunk
+/// the same order where both name them, the same action mapping where both record one,
+/// plan chunks of the same length (the run's chunk
 /// play and the chunking of the transitions it streams would change mid-run), and act at
 /// the same rate where both say theirs. One check for the uplink's swaps and [`reload`].
 pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
@@ -565,6 +566,19 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
             "its action names ({}) name the running bundle's ({}) in another order",
             theirs.join(", "),
             ours.join(", ")
+        ));
+    }
+    // The same actions mapped to other commands, where both record their mapping
+    // (format 7): for `reload`, which has no robot file to check against.
+    let (n, o) = (&new.action, &old.action);
+    if !n.robot_scale.is_empty()
+        && !o.robot_scale.is_empty()
+        && (n.robot_scale != o.robot_scale || n.robot_offset != o.robot_offset)
+    {
+        return Some(format!(
+            "its data was recorded with another action mapping (action.robot_offset {:?}, \
+             action.robot_scale {:?}) than the running bundle's ({:?}, {:?})",
+            n.robot_offset, n.robot_scale, o.robot_offset, o.robot_scale
         ));
     }
     if new.action.horizon != old.action.horizon {

@@ -43,6 +43,7 @@ pub fn info() -> DatasetInfo {
         task: "reach the red target".into(),
         observation_names: (0..OBS_DIM).map(|i| format!("q{i}")).collect(),
         action_names: (0..ACT_DIM).map(|i| format!("dq{i}")).collect(),
+        action_mapping: None,
     }
 }
 

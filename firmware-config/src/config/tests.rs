@@ -129,6 +129,40 @@ fn action_units_roundtrip() {
 }
 
 #[test]
+fn a_recorded_action_mapping_is_compared_exactly() {
+    let a = ActionConfig {
+        dim: 2,
+        scale: vec![2.0, -0.5],
+        offset: vec![1.0, 0.25],
+        names: vec!["wrist".into(), "grip".into()],
+    };
+    let (scale, offset) = (a.scale.clone(), a.offset.clone());
+    assert_eq!(a.mapping_differs(&scale, &offset, "the data"), None);
+    // Data recorded without one agrees with any robot file.
+    assert_eq!(a.mapping_differs(&[], &[], "the data"), None);
+    // Another offset on the second action, by the smallest step an f32 has.
+    let moved = [offset[0], offset[1].next_up()];
+    let e = a.mapping_differs(&scale, &moved, "the data").unwrap();
+    assert!(
+        e.starts_with("action [1] `grip` was recorded as 0.25000003 + -0.5 × a"),
+        "{e}"
+    );
+    assert!(
+        e.contains("in the data, and the robot file maps it to 0.25 + -0.5 × a"),
+        "{e}"
+    );
+    // Another scale on the first, unnamed.
+    let unnamed = ActionConfig {
+        names: vec![],
+        ..a.clone()
+    };
+    let e = unnamed
+        .mapping_differs(&[1.0, -0.5], &offset, "the bundle's data")
+        .unwrap();
+    assert!(e.starts_with("action [0] was recorded as 1 + 1 × a"), "{e}");
+}
+
+#[test]
 fn semantic_errors_name_file_line_and_field() {
     let cases: &[(&str, &str, &str, &str)] = &[
         // (replace, with, field, message)
