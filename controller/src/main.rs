@@ -524,6 +524,13 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             // And what those actions meant on the robot (format 7): a robot file whose
             // mapping changed since the data was recorded commands the robot otherwise.
             match robot_loop::check_action_mapping(&robot, &bundle.manifest) {
+                // The simulated firmware maps commands back through the same robot file:
+                // there the mapping cancels out.
+                Err(e) if a.sim.is_some() => controller::note!(
+                    "warning: {}: {e} (no difference under --sim: the simulated firmware \
+                     maps the commands back with the same robot file)",
+                    dir.display()
+                ),
                 Err(e) => bail!("{} does not fit {robot_label}: {e}", dir.display()),
                 Ok(Some(say)) => controller::note!("note: {}: {say}", dir.display()),
                 Ok(None) => {}

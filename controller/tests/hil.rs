@@ -2113,6 +2113,30 @@ fn a_bundle_recorded_with_another_action_mapping_is_refused() {
         !out.stderr.contains("action [") && out.stderr.contains("/dev/null-none"),
         "{out:?}"
     );
+    // The simulated firmware maps commands back with the same robot file: under --sim
+    // the mapping cancels out, so the bundle runs, warned.
+    let out = finish(
+        Command::new(BIN)
+            .args(["run", "--allow-unsigned", "--episodes", "1", "--bundle"])
+            .arg(mapped("sim", "[1.0, 1.5]"))
+            .args(["--sim", "push", "--robot"])
+            .arg(&push)
+            .arg("--out")
+            .arg(dir.path().join("sim"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("warning: ")
+            && out
+                .stderr
+                .contains("action [1] `vy_command` was recorded as 0 + 1.5 × a")
+            && out.stderr.contains("no difference under --sim"),
+        "{out:?}"
+    );
 }
 
 /// Warned before the port opens: a bundle that does not say its rate (format 4 or

@@ -341,13 +341,22 @@ fn a_reloaded_policy_draws_its_own_noise_and_must_fine_tune_the_running_one() {
     let text = format!("{e:#}");
     assert!(
         text.contains(
-            "its data was recorded with another action mapping (action.robot_offset [0.0, \
-             1.0], action.robot_scale [0.5, 0.5]) than the running bundle's ([0.0, 0.0], \
-             [0.5, 0.5])"
+            "its data was recorded with another action mapping: action [1] as 1 + 0.5 × a in \
+             robot units, the running bundle's as 0 + 0.5 × a"
         ),
         "{text}"
     );
-    reload(&mut current, &first, &Trust::AllowUnsigned, &opts).unwrap();
+    // Nor by one that records none, which nothing could check; the other way is
+    // allowed (a bundle from older data followed by one that records its mapping).
+    let e = reload(&mut current, &first, &Trust::AllowUnsigned, &opts).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("the running bundle records the action mapping its data was recorded with, this one records none"),
+        "{text}"
+    );
+    let mut current =
+        Policy::new(&load_bundle(&first, &Trust::AllowUnsigned).unwrap(), &opts).unwrap();
+    reload(&mut current, &same, &Trust::AllowUnsigned, &opts).unwrap();
 }
 
 /// A copy of the bundle `good` as `root/name`, changed by `f`.

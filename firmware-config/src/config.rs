@@ -302,8 +302,8 @@ impl ActionConfig {
             "action [{i}]{name} was recorded as {} + {} × a in robot units in {whose}, and \
              the robot file maps it to {} + {} × a (action.offset, action.scale): the \
              policy's commands would move the robot otherwise than in the data it learned \
-             from (put the recorded mapping back in the robot file, or train on data \
-             recorded with this one)",
+             from (put the recorded mapping back in the robot file, `scale = {scale:?}` and \
+             `offset = {offset:?}`, or train on data recorded with this one)",
             offset[i], scale[i], self.offset[i], self.scale[i]
         ))
     }

@@ -674,6 +674,14 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             o.keep_interventions,
             &mut summary,
         )?;
+        // A run whose own data recorded no action mapping takes the one its robot data
+        // recorded (checkpoints keep it): its bundles carry it to the robot, and a
+        // `--listen` stream recorded with another is refused.
+        if let (Some(robot), Some(m)) = (agent.robot.as_mut(), expected.action_mapping())
+            && robot.action_mapping.is_none()
+        {
+            robot.action_mapping = Some(m.clone());
+        }
         summary.robot_episodes = episodes;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;
         // Else the run would "fine-tune" on the source run's own replay alone.
@@ -923,11 +931,7 @@ impl RecordedBy {
                 path.display()
             );
         }
-        if self.action_mapping.is_none()
-            && let Some(m) = &info.action_mapping
-        {
-            self.action_mapping = Some((m.clone(), path.display().to_string()));
-        }
+        self.adopt_mapping(info.action_mapping.as_ref(), &path.display().to_string());
         if let Some(robot) = &self.robot
             && info.robot_type.trim() != robot
         {
@@ -976,7 +980,8 @@ impl RecordedBy {
 
     /// The action mapping `theirs` (of `whose`) against the run's data's, where both
     /// record one: the first action they map otherwise, as an error message. The
-    /// actions are in policy units either way, but they meant other commands.
+    /// actions are in policy units either way, but they meant other commands. (A
+    /// simulated task's run has none, nor takes one: [`RecordedBy::adopt_mapping`].)
     pub fn mapping_differs(
         &self,
         theirs: Option<&dataset::ActionMapping>,
@@ -991,6 +996,26 @@ impl RecordedBy {
             theirs.describe(i),
             ours.describe(i)
         ))
+    }
+
+    /// Takes `theirs` (of `whose`, checked with [`RecordedBy::mapping_differs`]) as the
+    /// mapping later data is compared with, where the run's data recorded none: two
+    /// datasets (or streams) recorded with different mappings are not trained on
+    /// together. Not for a simulated task: its firmware maps the commands back with the
+    /// same robot file, so the mapping cancels out.
+    pub fn adopt_mapping(&mut self, theirs: Option<&dataset::ActionMapping>, whose: &str) {
+        if self.action_mapping.is_none()
+            && self.sim_task.is_none()
+            && let Some(m) = theirs
+        {
+            self.action_mapping = Some((m.clone(), whose.to_string()));
+        }
+    }
+
+    /// The action mapping the run's data was recorded with, or the first other data
+    /// recorded one ([`RecordedBy::adopt_mapping`]).
+    pub fn action_mapping(&self) -> Option<&dataset::ActionMapping> {
+        self.action_mapping.as_ref().map(|(m, _)| m)
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation
@@ -1179,6 +1204,8 @@ impl RunState {
         self.act_rng = agent.act_rng.state();
         self.denoiser_updates = agent.denoiser_updates;
         self.normalizer = agent.normalizer.clone();
+        // (The action mapping a fine-tune took from its robot data.)
+        self.robot = agent.robot.clone();
     }
 
     /// The metrics summed since the last `finetune.csv` row, when `done` updates did not
@@ -1344,5 +1371,16 @@ mod tests {
             e.contains("0 + 0.25 × a in robot units in the dataset, as 0 + 0.5 × a in first"),
             "{e}"
         );
+        // A simulated task's data is compared with nothing: the simulated firmware maps
+        // commands back with the same robot file.
+        let mut sim = RecordedBy::of_sim_task(sim::TaskId::Push);
+        let info = |action_mapping| dataset::DatasetInfo {
+            fps: 20,
+            ..info(action_mapping)
+        };
+        sim.check(Path::new("a"), &info(Some(mapping(0.5))))
+            .unwrap();
+        sim.check(Path::new("b"), &info(Some(mapping(0.25))))
+            .unwrap();
     }
 }

@@ -187,7 +187,7 @@ fn log_name(path: &Path) -> String {
 fn recover_logged(
     dir: &Path,
     positions: &BTreeMap<String, LogPosition>,
-    check: &Check,
+    check: &mut Check,
     mut take: impl FnMut(Step),
 ) -> Result<usize> {
     let mut recovered = 0;
@@ -280,8 +280,21 @@ pub struct Check {
 }
 
 impl Check {
-    /// Why `rec` cannot be part of a stream for this run, or `None`.
-    fn refusal(&self, rec: &Record) -> Option<String> {
+    /// Why `rec` cannot be part of a stream for this run, or `None`; a run-start record
+    /// that passes gives the action mapping later streams are compared with, where the
+    /// run's data recorded none ([`crate::finetune::RecordedBy::adopt_mapping`]).
+    fn refusal(&mut self, rec: &Record) -> Option<String> {
+        let refused = self.refusal_of(rec);
+        if refused.is_none()
+            && let Record::Run(run) = rec
+        {
+            let whose = format!("the robot's stream of run {}", run.run_id);
+            (self.recorded_by).adopt_mapping(run.action_mapping().as_ref(), &whose);
+        }
+        refused
+    }
+
+    fn refusal_of(&self, rec: &Record) -> Option<String> {
         match rec {
             Record::Run(run) => self
                 .recorded_by
@@ -884,7 +897,7 @@ impl Intake {
     fn recover(
         &mut self,
         dir: &Path,
-        check: &Check,
+        check: &mut Check,
         online: &mut crate::replay::Replay,
         summary: &mut crate::finetune::FinetuneSummary,
     ) -> Result<(usize, usize)> {
@@ -976,11 +989,11 @@ pub(crate) fn train_live(
         None => held_whole(&uplink_dir)?,
     };
     let mut intake = Intake::new(start, config.chunks(), o.keep_interventions);
-    let check = Check {
+    let mut check = Check {
         dims: (agent.obs_dim, agent.act_dim / config.action_horizon),
         recorded_by: crate::finetune::RecordedBy::of(agent),
     };
-    let (recovered, mut owed) = intake.recover(&uplink_dir, &check, online, summary)?;
+    let (recovered, mut owed) = intake.recover(&uplink_dir, &mut check, online, summary)?;
     owed += state.live_owed;
     summary.recovered = recovered;
     if recovered > 0 {
@@ -1359,7 +1372,7 @@ mod tests {
     fn a_stream_at_another_rate_is_refused() {
         use controller::robot_loop::log::RunStart;
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let check = Check {
+        let mut check = Check {
             dims: (3, 2),
             recorded_by: crate::finetune::RecordedBy::named_at(names(&["a", "b", "c"]), Some(20)),
         };
@@ -1390,7 +1403,7 @@ mod tests {
             scale: vec![0.5, 0.5],
             offset: vec![0.0, offset],
         };
-        let check = Check {
+        let mut check = Check {
             recorded_by: check.recorded_by.mapped(mapping(0.2)),
             ..check
         };
@@ -1398,6 +1411,7 @@ mod tests {
             Record::Run(run) => Record::Run(RunStart {
                 action_scale: mapping(offset).scale,
                 action_offset: mapping(offset).offset,
+                run_id: format!("run-{offset}"),
                 ..run
             }),
             _ => unreachable!(),
@@ -1410,6 +1424,20 @@ mod tests {
                 "action [1] was recorded as 0.3 + 0.5 × a in robot units in the robot's \
                  stream, as 0.2 + 0.5 × a in the run's data"
             ),
+            "{e}"
+        );
+
+        // A run whose data recorded none compares streams with the first that records
+        // one: two robots mapping the actions otherwise do not train one policy.
+        let mut unmapped = Check {
+            dims: (3, 2),
+            recorded_by: crate::finetune::RecordedBy::named_at(names(&["a", "b", "c"]), Some(20)),
+        };
+        assert_eq!(unmapped.refusal(&start(20)), None);
+        assert_eq!(unmapped.refusal(&mapped(0.3)), None);
+        let e = unmapped.refusal(&mapped(0.2)).unwrap();
+        assert!(
+            e.contains("0.2 + 0.5 × a in robot units in the robot's stream, as 0.3 + 0.5 × a in the robot's stream of run run-0.3"),
             "{e}"
         );
     }
@@ -1567,7 +1595,7 @@ mod tests {
         whole_log.make_durable("r").unwrap();
         drop(whole_log);
         let dir = tmp.path().join("uplink");
-        let check = Check {
+        let mut check = Check {
             dims: (3, 2),
             recorded_by: crate::finetune::RecordedBy::named(vec![]),
         };
@@ -1611,7 +1639,7 @@ mod tests {
         // The session that continues it, on the whole log.
         let mut intake = Intake::new(at, chunks, false);
         let (recovered, owed) = intake
-            .recover(&dir, &check, &mut partial, &mut summary)
+            .recover(&dir, &mut check, &mut partial, &mut summary)
             .unwrap();
         assert_eq!(
             (recovered, owed),
@@ -1628,7 +1656,7 @@ mod tests {
         let mut fresh = Replay::new(3, 6, 64);
         assert_eq!(
             intake
-                .recover(&dir, &check, &mut fresh, &mut summary)
+                .recover(&dir, &mut check, &mut fresh, &mut summary)
                 .unwrap(),
             (8, 8)
         );
@@ -1636,7 +1664,7 @@ mod tests {
         let mut intake = Intake::new(held, chunks, false);
         assert_eq!(
             intake
-                .recover(&dir, &check, &mut fresh, &mut summary)
+                .recover(&dir, &mut check, &mut fresh, &mut summary)
                 .unwrap(),
             (0, 0)
         );
@@ -1813,7 +1841,7 @@ mod tests {
         let e = intake
             .recover(
                 &dir,
-                &check(4),
+                &mut check(4),
                 &mut replay,
                 &mut FinetuneSummary::default(),
             )

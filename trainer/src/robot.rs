@@ -169,8 +169,11 @@ pub fn read_training_dataset(
             // (`label --robot-units` refuses a dataset that records its action mapping:
             // its actions were in policy units when recorded.)
             let advice = if ds.info.action_mapping.is_some() {
-                "this one records the action mapping it was recorded with, so they were: \
-                 its actions were changed since"
+                "this dataset records its action mapping (`expo_action_mapping`, written by \
+                 `controller run` or `label --robot-units`), so its actions were in policy \
+                 units: it was changed by another tool since; record it again, or, if its \
+                 actions are in robot units, remove that key and convert it with `tools \
+                 dataset label --robot-units ROBOT.toml`"
             } else {
                 "convert a recording in the robot's units with `tools dataset label \
                  --robot-units ROBOT.toml`"

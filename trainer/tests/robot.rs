@@ -585,7 +585,7 @@ fn what_needs_a_simulator_says_so_for_a_robot_run() {
     assert!(
         e.contains(&raw_units.display().to_string())
             && e.contains("episode 3, frame 2: action[1] = 42")
-            && e.contains("records the action mapping it was recorded with"),
+            && e.contains("this dataset records its action mapping (`expo_action_mapping`"),
         "{e}"
     );
     // Without a recorded mapping (LeRobot's recorder), they may be the robot's units:
@@ -692,6 +692,42 @@ fn offline_data_that_cannot_train_the_run_is_refused_by_name() {
         e.contains("never-terminal") && e.contains("no training transition"),
         "{e}"
     );
+}
+
+/// A run pretrained on data that recorded no action mapping (a recording from before
+/// 2026-12-07, LeRobot's) takes the one its fine-tuning data recorded: its checkpoint
+/// keeps it and its bundles carry it to the robot.
+#[test]
+fn a_finetune_takes_the_action_mapping_its_robot_data_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demos = tmp.path().join("demos");
+    let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
+    let mut unmapped = dataset::read_dataset(&demos).unwrap();
+    unmapped.info.action_mapping = None;
+    std::fs::remove_dir_all(&demos).unwrap();
+    dataset::write_dataset(&demos, &unmapped.info, &unmapped.episodes).unwrap();
+    let run = tmp.path().join("run");
+    pretrain(&robot_config(&demos), &run);
+    assert_eq!(
+        load_agent(&run).unwrap().robot.unwrap().action_mapping,
+        None
+    );
+    let data = tmp.path().join("robot-data");
+    own_robot_dataset(&data, "lab-arm", 2, 9);
+    let out = tmp.path().join("ft");
+    finetune(&finetune_options(&run, &data, &out, 2), &mut ()).unwrap();
+    let tuned = load_agent(&out).unwrap();
+    let mapping = info.action_mapping.unwrap();
+    assert_eq!(
+        tuned.robot.as_ref().unwrap().action_mapping.as_ref(),
+        Some(&mapping)
+    );
+    let bundle = tmp.path().join("bundle");
+    export_bundle(&tuned, &bundle, &ExportInfo::default(), None).unwrap();
+    let m = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned)
+        .unwrap()
+        .manifest;
+    assert_eq!(m.action.robot_scale, mapping.scale);
 }
 
 /// The run's offline data (`run.dataset`) is read again by `finetune` and `train

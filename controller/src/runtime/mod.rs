@@ -568,18 +568,33 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
             ours.join(", ")
         ));
     }
-    // The same actions mapped to other commands, where both record their mapping
-    // (format 7): for `reload`, which has no robot file to check against.
-    let (n, o) = (&new.action, &old.action);
-    if !n.robot_scale.is_empty()
-        && !o.robot_scale.is_empty()
-        && (n.robot_scale != o.robot_scale || n.robot_offset != o.robot_offset)
-    {
-        return Some(format!(
-            "its data was recorded with another action mapping (action.robot_offset {:?}, \
-             action.robot_scale {:?}) than the running bundle's ({:?}, {:?})",
-            n.robot_offset, n.robot_scale, o.robot_offset, o.robot_scale
-        ));
+    // The same actions mapped to other commands (format 7): for `reload`, which has no
+    // robot file to check against. A running bundle that records its mapping is not
+    // replaced by one that records none (which nothing could check).
+    let mapping = |a: &shared_model::manifest::ActionSpec| {
+        dataset::ActionMapping::recorded(&a.robot_scale, &a.robot_offset)
+    };
+    match (mapping(&new.action), mapping(&old.action)) {
+        (None, Some(_)) => {
+            return Some(
+                "the running bundle records the action mapping its data was recorded with, \
+                 this one records none (nothing could check it against the robot file): \
+                 export it from a run whose data records it"
+                    .into(),
+            );
+        }
+        (Some(n), Some(o)) => {
+            if let Some(i) = o.first_difference(&n) {
+                return Some(format!(
+                    "its data was recorded with another action mapping: action [{i}] as {} in \
+                     robot units, the running bundle's as {} (action.robot_offset, \
+                     action.robot_scale)",
+                    n.describe(i),
+                    o.describe(i)
+                ));
+            }
+        }
+        _ => {}
     }
     if new.action.horizon != old.action.horizon {
         return Some(format!(
