@@ -1258,6 +1258,27 @@ mod tests {
         };
         let dir = tmp.path().join("bundles");
         let same = bundle.manifest.clone();
+        // The bundle's files with its manifest at `format` and `lines` added to its
+        // `[action]` table.
+        let with_manifest = |format: u32, lines: &str| -> Vec<(String, Vec<u8>)> {
+            (files.iter())
+                .map(|(n, b)| {
+                    let mut b = b.clone();
+                    if n == "manifest.toml" {
+                        let text = String::from_utf8(b).unwrap();
+                        assert!(text.contains("format_version = 1\n"), "{text}");
+                        b = text
+                            .replace(
+                                "format_version = 1\n",
+                                &format!("format_version = {format}\n"),
+                            )
+                            .replace("[action]\n", &format!("[action]\n{lines}"))
+                            .into_bytes();
+                    }
+                    (n.clone(), b)
+                })
+                .collect()
+        };
         assert!(prepare(&dir, "b1", &files, &swap(same.clone()), None).is_ok());
         let mut other_task = same.clone();
         other_task.task = "maze".into();
@@ -1283,21 +1304,7 @@ mod tests {
         );
         // Trained at another rate than the robot's (format 5's `action.control_hz`):
         // refused, as at the start of a run.
-        let at_10_hz: Vec<(String, Vec<u8>)> = files
-            .iter()
-            .map(|(n, b)| {
-                let mut b = b.clone();
-                if n == "manifest.toml" {
-                    let text = String::from_utf8(b).unwrap();
-                    assert!(text.contains("format_version = 1\n"), "{text}");
-                    b = text
-                        .replace("format_version = 1\n", "format_version = 5\n")
-                        .replace("[action]\n", "[action]\ncontrol_hz = 10\n")
-                        .into_bytes();
-                }
-                (n.clone(), b)
-            })
-            .collect();
+        let at_10_hz = with_manifest(5, "control_hz = 10\n");
         let e = prepare(&dir, "b8", &at_10_hz, &swap(same.clone()), None)
             .err()
             .unwrap();
@@ -1308,23 +1315,7 @@ mod tests {
         // Naming the robot file's actions in another order (format 6): refused as at
         // the start of a run, though the running bundle named none (nothing compared
         // them).
-        let swapped_actions: Vec<(String, Vec<u8>)> = files
-            .iter()
-            .map(|(n, b)| {
-                let mut b = b.clone();
-                if n == "manifest.toml" {
-                    let text = String::from_utf8(b).unwrap();
-                    b = text
-                        .replace("format_version = 1\n", "format_version = 6\n")
-                        .replace(
-                            "[action]\n",
-                            "[action]\nnames = [\"vy_command\", \"vx_command\"]\n",
-                        )
-                        .into_bytes();
-                }
-                (n.clone(), b)
-            })
-            .collect();
+        let swapped_actions = with_manifest(6, "names = [\"vy_command\", \"vx_command\"]\n");
         assert!(same.action.names.is_empty());
         let e = prepare(&dir, "b9", &swapped_actions, &swap(same.clone()), None)
             .err()
@@ -1335,23 +1326,7 @@ mod tests {
         );
         // Recorded with another action mapping than the robot file's (format 7): refused
         // as at the start of a run, though the running bundle recorded none.
-        let remapped: Vec<(String, Vec<u8>)> = files
-            .iter()
-            .map(|(n, b)| {
-                let mut b = b.clone();
-                if n == "manifest.toml" {
-                    let text = String::from_utf8(b).unwrap();
-                    b = text
-                        .replace("format_version = 1\n", "format_version = 7\n")
-                        .replace(
-                            "[action]\n",
-                            "[action]\nrobot_scale = [2.0, 1.0]\nrobot_offset = [0.0, 0.0]\n",
-                        )
-                        .into_bytes();
-                }
-                (n.clone(), b)
-            })
-            .collect();
+        let remapped = with_manifest(7, "robot_scale = [2.0, 1.0]\nrobot_offset = [0.0, 0.0]\n");
         let e = prepare(&dir, "b10", &remapped, &swap(same.clone()), None)
             .err()
             .unwrap();
