@@ -1972,6 +1972,27 @@ fn bundle_that_does_not_fit_the_robot_is_refused() {
     );
 }
 
+/// The synthetic bundle at `dir`, its manifest (format 1 as written) at `format` with
+/// `lines` added to its `[action]` table.
+fn synthetic_bundle_with(dir: &Path, format: u32, lines: &str) {
+    shared_model::synthetic::SyntheticSpec::cpu()
+        .write(dir, 3, None)
+        .unwrap();
+    let manifest = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(
+        text.contains("[action]\n") && text.contains("format_version = 1\n"),
+        "{text}"
+    );
+    let text = text
+        .replace(
+            "format_version = 1\n",
+            &format!("format_version = {format}\n"),
+        )
+        .replace("[action]\n", &format!("[action]\n{lines}"));
+    std::fs::write(&manifest, text).unwrap();
+}
+
 /// A bundle trained at another rate than the robot file's `control_hz` (format 5's
 /// `action.control_hz`) is refused before the port is opened: it ran, each of its
 /// actions meant for another length of time. At the robot's rate it goes on to the port.
@@ -1982,19 +2003,7 @@ fn bundle_trained_at_another_rate_is_refused() {
     let push = example_robot_file(dir.path(), "push");
     let with_rate = |hz: u32| {
         let b = dir.path().join(format!("bundle-{hz}"));
-        shared_model::synthetic::SyntheticSpec::cpu()
-            .write(&b, 3, None)
-            .unwrap();
-        let manifest = b.join("manifest.toml");
-        let text = std::fs::read_to_string(&manifest).unwrap();
-        assert!(
-            text.contains("[action]\n") && text.contains("format_version = 1\n"),
-            "{text}"
-        );
-        let text = text
-            .replace("format_version = 1\n", "format_version = 5\n")
-            .replace("[action]\n", &format!("[action]\ncontrol_hz = {hz}\n"));
-        std::fs::write(&manifest, text).unwrap();
+        synthetic_bundle_with(&b, 5, &format!("control_hz = {hz}\n"));
         b
     };
     let run = |bundle: &Path, out: &str| {
@@ -2025,16 +2034,13 @@ fn a_bundle_naming_the_actions_in_another_order_is_refused() {
     let push = example_robot_file(dir.path(), "push");
     let named = |label: &str, names: Option<&str>| {
         let b = dir.path().join(format!("bundle-{label}"));
-        shared_model::synthetic::SyntheticSpec::cpu()
-            .write(&b, 3, None)
-            .unwrap();
-        if let Some(names) = names {
-            let manifest = b.join("manifest.toml");
-            let text = std::fs::read_to_string(&manifest).unwrap();
-            let text = text
-                .replace("format_version = 1\n", "format_version = 6\n")
-                .replace("[action]\n", &format!("[action]\nnames = {names}\n"));
-            std::fs::write(&manifest, text).unwrap();
+        match names {
+            Some(names) => synthetic_bundle_with(&b, 6, &format!("names = {names}\n")),
+            None => {
+                shared_model::synthetic::SyntheticSpec::cpu()
+                    .write(&b, 3, None)
+                    .unwrap();
+            }
         }
         b
     };
@@ -2081,18 +2087,8 @@ fn a_bundle_recorded_with_another_action_mapping_is_refused() {
     let push = example_robot_file(dir.path(), "push");
     let mapped = |label: &str, scale: &str| {
         let b = dir.path().join(format!("bundle-{label}"));
-        shared_model::synthetic::SyntheticSpec::cpu()
-            .write(&b, 3, None)
-            .unwrap();
-        let manifest = b.join("manifest.toml");
-        let text = std::fs::read_to_string(&manifest).unwrap();
-        let text = text
-            .replace("format_version = 1\n", "format_version = 7\n")
-            .replace(
-                "[action]\n",
-                &format!("[action]\nrobot_scale = {scale}\nrobot_offset = [0.0, 0.0]\n"),
-            );
-        std::fs::write(&manifest, text).unwrap();
+        let lines = format!("robot_scale = {scale}\nrobot_offset = [0.0, 0.0]\n");
+        synthetic_bundle_with(&b, 7, &lines);
         b
     };
     let run = |bundle: &Path, out: &str| {

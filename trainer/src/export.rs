@@ -199,6 +199,7 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             ),
             (None, None) => bail!("a robot run without its robot's description (checkpoint state)"),
         };
+    let (robot_scale, robot_offset) = mapping.map(|m| (m.scale, m.offset)).unwrap_or_default();
     let selection = agent.selection();
     // The networks act on chunks of `action_horizon` actions.
     let step_ad = agent.act_dim / c.action_horizon;
@@ -245,11 +246,8 @@ pub fn manifest_for(agent: &Agent, info: &ExportInfo) -> Result<Manifest> {
             // And a robot file naming these actions in another order.
             names: action_names,
             // And one mapping them to other commands.
-            robot_scale: mapping
-                .as_ref()
-                .map(|m| m.scale.clone())
-                .unwrap_or_default(),
-            robot_offset: mapping.map(|m| m.offset).unwrap_or_default(),
+            robot_scale,
+            robot_offset,
         },
         diffusion: DiffusionSpec {
             schedule: "vp".into(),
