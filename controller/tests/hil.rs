@@ -1775,7 +1775,7 @@ fn protocol_version_mismatch_refuses_to_run() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         out.stderr
-            .contains("the firmware speaks protocol version 1, this controller speaks 2"),
+            .contains("the firmware speaks protocol version 1, this controller speaks 3"),
         "{out:?}"
     );
     assert!(!received.is_empty());
@@ -1911,6 +1911,43 @@ fn a_robot_file_of_another_robot_is_refused_at_the_handshake() {
     // The firmware checks the controller's Hello the same way.
     assert!(report.firmware.handshake_refusals >= 1);
     assert_eq!(report.firmware.episodes, 0);
+    assert!(
+        received
+            .iter()
+            .all(|r| matches!(r.message, Message::Hello(_)))
+    );
+    assert!(!sim.out.join("transitions.log").exists());
+}
+
+/// Setup: the firmware was configured from the test robot's file; the controller is
+/// given that file with action [0]'s offset moved by 0.5 (edited after the firmware was
+/// configured). Expected: refused at the handshake, naming both settings hashes and this
+/// file's offsets; nothing but `Hello` sent, nothing logged. (Protocol 2 had no settings
+/// hash: the run went ahead, every command decoded by the firmware half a unit away
+/// from the position the controller meant, its hold at another pose.)
+#[test]
+fn a_robot_file_edited_after_the_firmware_was_configured_is_refused_at_the_handshake() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let mut edited = sim.robot.clone();
+    edited.action.offset[0] += 0.5;
+    assert_eq!(edited.identity(), sim.robot.identity());
+    std::fs::write(&sim.robot_file, toml::to_string(&edited).unwrap()).unwrap();
+    let out = sim.run(&["--episodes", "1"]);
+    let (report, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let hashes = format!(
+        "our settings hash {:#010x}, the peer's {:#010x}",
+        edited.settings_hash(),
+        sim.robot.settings_hash()
+    );
+    assert!(out.stderr.contains(&hashes), "{out:?}");
+    // This file's values, to compare with `tools robot` on the firmware's file.
+    assert!(out.stderr.contains("action.offset 0.75 -0.5; "), "{out:?}");
+    // The firmware checks the controller's Hello the same way.
+    assert!(report.firmware.handshake_refusals >= 1);
+    assert_eq!(report.firmware.episodes, 0);
+    assert!(!received.is_empty());
     assert!(
         received
             .iter()

@@ -522,7 +522,8 @@ impl RobotConfig {
     /// written as `length:name`, so that no choice of names makes two different lists
     /// read the same. Limits, scales, rates and the serial settings are not part of it:
     /// they are settings of the robot (the rate and sizes have their own `Hello`
-    /// fields), while the names say what the values on the wire mean.
+    /// fields, the settings both sides act on [`RobotConfig::settings_text`]), while the
+    /// names say what the values on the wire mean.
     pub fn identity_text(&self) -> String {
         let mut text = String::new();
         let mut line = |key: &str, name: &str| {
@@ -580,6 +581,61 @@ impl RobotConfig {
         checks
     }
 
+    /// The text whose CRC-32 is [`RobotConfig::settings_hash`]: the settings both the
+    /// controller and the firmware act on, one line each, in the file's own keys:
+    /// `action.scale` and `action.offset` (the controller encodes its commands with
+    /// them, the firmware decodes them and holds at the offset), the envelope
+    /// `safety.action_min`/`action_max` and `safety.max_delta_per_tick` (both sides
+    /// clamp and slew-limit), `safety.gravity_safe_torque_off` (the controller's safe
+    /// stop asks for the torque off, the firmware's `Estop` switches it off) and each
+    /// joint's `position_min`, `position_max` and `velocity_max` (the controller checks
+    /// the named observations against them, a firmware its joints). Left out, as each
+    /// side's own business: `command_timeout_ms` and each joint's `torque_max` (the
+    /// firmware's alone; the simulated firmware's `--command-timeout-ms` overrides the
+    /// first), `safety.stale_sensor_ms`, `safety.hold_ticks_before_torque_off`, the
+    /// observation scales and the action names (the controller's alone), and `[serial]`
+    /// (each machine names its own port). Numbers are written in the shortest form that
+    /// reads back as the same f32 (`0.47`, `2`; 0 and −0 alike), so the same values in
+    /// two files written differently (`2.0`, `2`) give the same text.
+    pub fn settings_text(&self) -> String {
+        fn values(xs: &[f32]) -> String {
+            xs.iter()
+                .map(|x| format!(" {}", x + 0.0))
+                .collect::<String>()
+        }
+        let (a, s) = (&self.action, &self.safety);
+        let mut text = format!(
+            "action.scale{}\naction.offset{}\nsafety.action_min{}\nsafety.action_max{}\n\
+             safety.max_delta_per_tick{}\nsafety.gravity_safe_torque_off {}\n",
+            values(&a.scale),
+            values(&a.offset),
+            values(&s.action_min),
+            values(&s.action_max),
+            values(&s.max_delta_per_tick),
+            s.gravity_safe_torque_off
+        );
+        for j in &self.joints {
+            text.push_str(&format!(
+                "joint {}:{} position_min{} position_max{} velocity_max{}\n",
+                j.name.len(),
+                j.name,
+                values(&[j.position_min]),
+                values(&[j.position_max]),
+                values(&[j.velocity_max])
+            ));
+        }
+        text
+    }
+
+    /// The settings hash this robot file announces in the handshake
+    /// (`Hello::settings_hash`): CRC-32 of [`RobotConfig::settings_text`]. A controller
+    /// whose robot file was edited (an offset, an envelope) after the firmware was
+    /// configured from it is refused at the handshake: its commands would mean other
+    /// positions to the firmware, and the two sides would hold at other poses.
+    pub fn settings_hash(&self) -> u32 {
+        crate::protocol::crc32(self.settings_text().as_bytes())
+    }
+
     /// The robot id this robot file announces in the handshake (`Hello::robot_id`):
     /// CRC-32 of [`RobotConfig::identity_text`]. The controller and the firmware
     /// configured from the same robot file agree on it; a robot file of another robot
@@ -593,6 +649,7 @@ impl RobotConfig {
     pub fn hello(&self) -> Hello {
         Hello::new(
             self.identity(),
+            self.settings_hash(),
             self.observation.dim as u8,
             self.action.dim as u8,
             self.control_hz as u16,

@@ -49,7 +49,7 @@
 //!
 //! | type | message | direction | payload |
 //! |---|---|---|---|
-//! | 0x01 | [`Hello`] | both | version u8, schema hash u32, robot id u32, obs dim u8, act dim u8, control Hz u16 |
+//! | 0x01 | [`Hello`] | both | version u8, schema hash u32, robot id u32, settings hash u32, obs dim u8, act dim u8, control Hz u16 |
 //! | 0x02 | `Sensor` | fw → ctl | episode u32, step u32, n u8, n × f32 |
 //! | 0x03 | `Command` | ctl → fw | n u8, n × f32 (robot units, see `config::ActionConfig`) |
 //! | 0x04 | `Heartbeat` | both | — |
@@ -91,14 +91,20 @@
 //! # Handshake
 //!
 //! The controller sends [`Hello`] with its [`PROTOCOL_VERSION`], [`SCHEMA_HASH`], the
-//! robot config's identity, dimensions and rate; the firmware answers with its own
+//! robot config's identity, settings hash, dimensions and rate; the firmware answers with its own
 //! `Hello`. [`Hello::check_peer`] refuses to run on any difference. [`SCHEMA_HASH`] is
 //! the CRC-32 of [`SCHEMA`], a canonical text description of every layout above, so a
 //! layout change that forgets to bump the version still fails the handshake. The robot
 //! id (`config::RobotConfig::identity`, the CRC-32 of the robot's name and its channel
 //! names in order) tells two robots apart that happen to have the same sizes and rate:
 //! a policy for one arm must not drive another robot whose sensor frame means something
-//! else. A `no_std` firmware gets its value from the robot file at build time.
+//! else. The settings hash (`config::RobotConfig::settings_hash`, the CRC-32 of the
+//! settings both sides act on: the action mapping, the safety envelope and slew limit,
+//! whether the torque may go off, the joint limits) tells apart two versions of one
+//! robot's file: a controller whose file was edited after the firmware was configured
+//! would send commands the firmware decodes into other positions, and the two would
+//! hold at other poses. A `no_std` firmware gets both values from the robot file at
+//! build time (`tools robot FILE` prints them).
 //!
 //! # Stops
 //!
@@ -157,8 +163,8 @@ use heapless::Vec;
 
 /// Version of this protocol; both sides must speak the same one.
 ///
-/// History: 1, the first; 2 added the robot id to `Hello`.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// History: 1, the first; 2 added the robot id to `Hello`; 3 the settings hash.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Most observation values one [`Message::Sensor`] carries.
 pub const MAX_OBS: usize = 32;
 /// Most action values one [`Message::Command`] carries.
@@ -218,7 +224,7 @@ const _: () = assert!(MAX_ACT <= u8::MAX as usize);
 pub const SCHEMA: &str = "\
 frame: cobs(header payload crc32) 0x00; crc32 ieee reflected 0xedb88320 over header and payload; little endian; f32 ieee754
 header: version u8, type u8, seq u16, timestamp_us u32, payload_len u16
-0x01 hello: protocol_version u8, schema_hash u32, robot_id u32, obs_dim u8, act_dim u8, control_hz u16
+0x01 hello: protocol_version u8, schema_hash u32, robot_id u32, settings_hash u32, obs_dim u8, act_dim u8, control_hz u16
 0x02 sensor: episode u32, step u32, n u8, obs f32[n], n <= 32
 0x03 command: n u8, action f32[n], n <= 16
 0x04 heartbeat: empty
@@ -516,6 +522,10 @@ pub struct Hello {
     /// The robot's identity (`config::RobotConfig::identity`): CRC-32 of its name and
     /// its observation and joint names, in order.
     pub robot_id: u32,
+    /// The robot file's settings both sides act on
+    /// (`config::RobotConfig::settings_hash`): CRC-32 of its action mapping, safety
+    /// envelope, slew limit, torque-off permission and joint limits.
+    pub settings_hash: u32,
     pub obs_dim: u8,
     pub act_dim: u8,
     pub control_hz: u16,
@@ -536,6 +546,13 @@ pub enum HandshakeError {
          joint names differ)"
     )]
     Robot { ours: u32, theirs: u32 },
+    #[error(
+        "robot settings mismatch: our settings hash {ours:#010x}, the peer's {theirs:#010x} \
+         (the two sides were configured from different versions of the robot file: an \
+         action scale or offset, the safety envelope, max_delta_per_tick, \
+         gravity_safe_torque_off or a joint limit differs)"
+    )]
+    Settings { ours: u32, theirs: u32 },
     #[error("observation dimension mismatch: ours {ours}, the peer's {theirs}")]
     ObsDim { ours: u8, theirs: u8 },
     #[error("action dimension mismatch: ours {ours}, the peer's {theirs}")]
@@ -545,12 +562,19 @@ pub enum HandshakeError {
 }
 
 impl Hello {
-    /// Our `Hello` for a robot with this identity, dimensions and rate.
-    pub const fn new(robot_id: u32, obs_dim: u8, act_dim: u8, control_hz: u16) -> Hello {
+    /// Our `Hello` for a robot with this identity, settings, dimensions and rate.
+    pub const fn new(
+        robot_id: u32,
+        settings_hash: u32,
+        obs_dim: u8,
+        act_dim: u8,
+        control_hz: u16,
+    ) -> Hello {
         Hello {
             protocol_version: PROTOCOL_VERSION,
             schema_hash: SCHEMA_HASH,
             robot_id,
+            settings_hash,
             obs_dim,
             act_dim,
             control_hz,
@@ -559,8 +583,9 @@ impl Hello {
 
     /// Checks the peer's `Hello` against ours: every field must agree. Version and
     /// schema are checked first because a peer that disagrees on them may also have
-    /// meant something else by the other fields; the robot id last, because a
-    /// difference in sizes or rate says more than a differing hash.
+    /// meant something else by the other fields; the robot id and then the settings
+    /// last, because a difference in sizes or rate says more than a differing hash, and
+    /// another robot more than another version of the same robot's file.
     pub fn check_peer(&self, peer: &Hello) -> Result<(), HandshakeError> {
         if peer.protocol_version != self.protocol_version {
             return Err(HandshakeError::Version {
@@ -596,6 +621,12 @@ impl Hello {
             return Err(HandshakeError::Robot {
                 ours: self.robot_id,
                 theirs: peer.robot_id,
+            });
+        }
+        if peer.settings_hash != self.settings_hash {
+            return Err(HandshakeError::Settings {
+                ours: self.settings_hash,
+                theirs: peer.settings_hash,
             });
         }
         Ok(())
@@ -704,6 +735,7 @@ impl Message {
                 w.u8(h.protocol_version)?;
                 w.u32(h.schema_hash)?;
                 w.u32(h.robot_id)?;
+                w.u32(h.settings_hash)?;
                 w.u8(h.obs_dim)?;
                 w.u8(h.act_dim)?;
                 w.u16(h.control_hz)?;
@@ -780,6 +812,7 @@ impl Message {
                 protocol_version: r.u8(),
                 schema_hash: r.u32(),
                 robot_id: r.u32(),
+                settings_hash: r.u32(),
                 obs_dim: r.u8(),
                 act_dim: r.u8(),
                 control_hz: r.u16(),

@@ -318,17 +318,23 @@ fn main() -> Result<()> {
                 robot.robot
             );
             println!(
-                "Hello: protocol {}, schema hash {:#010x}, robot id {:#010x}, {} observations, \
-                 {} actions, {} Hz",
+                "Hello: protocol {}, schema hash {:#010x}, robot id {:#010x}, settings hash \
+                 {:#010x}, {} observations, {} actions, {} Hz",
                 hello.protocol_version,
                 hello.schema_hash,
                 hello.robot_id,
+                hello.settings_hash,
                 hello.obs_dim,
                 hello.act_dim,
                 hello.control_hz
             );
             println!("robot id = CRC-32 of these lines:");
             print!("{}", robot.identity_text());
+            println!(
+                "settings hash = CRC-32 of these lines (the settings the controller and the \
+                 firmware both act on):"
+            );
+            print!("{}", robot.settings_text());
             let checks = robot.joint_checks();
             if checks.is_empty() {
                 println!(

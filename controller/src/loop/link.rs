@@ -506,7 +506,7 @@ mod tests {
     /// renumber from 1, so the control thread still sees the reboot.
     #[test]
     fn a_second_reboot_that_looks_like_a_copy_is_published_when_the_numbers_restart() {
-        let hello = Message::Hello(firmware_config::protocol::Hello::new(1, 4, 2, 20));
+        let hello = Message::Hello(firmware_config::protocol::Hello::new(1, 2, 4, 2, 20));
         let frame = |seq: u16, message: Message| Frame {
             seq,
             timestamp_us: 0,

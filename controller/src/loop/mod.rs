@@ -1826,6 +1826,14 @@ pub(crate) fn handshake_refusal(robot: &RobotConfig, e: &HandshakeError) -> Stri
             robot.observation.names.len(),
             robot.joints.len()
         ),
+        // The firmware cannot say which value it was configured with: ours are printed
+        // to compare with `tools robot` on the firmware's file.
+        HandshakeError::Settings { .. } => format!(
+            "{e}. This robot file's settings (`tools robot FILE` prints a file's, and \
+             sim-firmware the hash it announces): {}; configure the firmware from this file \
+             again, or pass the robot file it was configured from",
+            robot.settings_text().trim_end().replace('\n', "; ")
+        ),
         _ => e.to_string(),
     }
 }

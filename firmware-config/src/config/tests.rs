@@ -105,6 +105,72 @@ fn robot_ids_tell_robots_apart_and_ignore_settings() {
     );
 }
 
+/// The settings hash is the CRC-32 of the settings both sides act on; the expected
+/// value was computed independently (Python's `zlib.crc32` over the text below).
+#[test]
+fn the_settings_hash_covers_what_both_sides_act_on() {
+    let push = RobotConfig::example("push").unwrap();
+    assert_eq!(
+        push.settings_text(),
+        "action.scale 1 1\naction.offset 0 0\nsafety.action_min -1 -1\n\
+         safety.action_max 1 1\nsafety.max_delta_per_tick 2 2\n\
+         safety.gravity_safe_torque_off true\n\
+         joint 8:pusher_x position_min -0.47 position_max 0.47 velocity_max 0.5\n\
+         joint 8:pusher_y position_min -0.47 position_max 0.47 velocity_max 0.5\n"
+    );
+    assert_eq!(push.settings_hash(), 0xca27_18a2);
+    assert_eq!(push.hello().settings_hash, push.settings_hash());
+    let changed = |f: &dyn Fn(&mut RobotConfig)| {
+        let mut c = push.clone();
+        f(&mut c);
+        c.settings_hash()
+    };
+    // Each setting both sides act on changes it (and not the robot id).
+    let edits: [&dyn Fn(&mut RobotConfig); 9] = [
+        &|c| c.action.scale[1] = 0.5,
+        &|c| c.action.offset[0] = 0.25,
+        &|c| c.safety.action_min[1] = -0.9,
+        &|c| c.safety.action_max[0] = 0.9,
+        &|c| c.safety.max_delta_per_tick[1] = 1.5,
+        &|c| c.safety.gravity_safe_torque_off = false,
+        &|c| c.joints[1].position_min = -0.4,
+        &|c| c.joints[0].position_max = 0.4,
+        &|c| c.joints[1].velocity_max = 0.6,
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        assert_ne!(changed(edit), push.settings_hash(), "edit {i}");
+        let mut c = push.clone();
+        edit(&mut c);
+        assert_eq!(c.identity(), push.identity(), "edit {i}");
+    }
+    // Each side's own settings and the names do not (the names are the robot id's).
+    assert_eq!(
+        changed(&|c| {
+            c.command_timeout_ms += 100;
+            c.joints[0].torque_max += 1.0;
+            c.joints[0].position_observation = Some("pusher_x".into());
+            c.joints[0].position_observation_scale = Some(2.0);
+            c.safety.stale_sensor_ms += 1;
+            c.safety.hold_ticks_before_torque_off += 1;
+            c.serial.baud = 115_200;
+            c.serial.device = "/dev/ttyUSB1".into();
+            c.action.names = vec!["a".into(), "b".into()];
+            c.observation.names[0] = "x".into();
+        }),
+        push.settings_hash()
+    );
+    // The same values written otherwise hash alike: `2.0` and `2`, `-0.0` and `0`.
+    let text = PUSH
+        .replace(
+            "max_delta_per_tick = [2.0, 2.0]",
+            "max_delta_per_tick = [2, 2.00]",
+        )
+        .replace("offset = [0.0, 0.0]", "offset = [-0.0, 0.0]");
+    assert!(text.contains("[2, 2.00]") && text.contains("[-0.0, 0.0]"));
+    let rewritten = RobotConfig::from_toml_str(&text, "push.toml").unwrap();
+    assert_eq!(rewritten.settings_hash(), push.settings_hash());
+}
+
 #[test]
 fn serialized_config_loads_back() {
     let c = RobotConfig::example("maze").unwrap();

@@ -102,7 +102,7 @@ fn sizes_are_what_the_docs_say() {
 /// Python's `zlib.crc32`.
 #[test]
 fn golden_bytes() {
-    assert_eq!(SCHEMA_HASH, 0x21c4_4711);
+    assert_eq!(SCHEMA_HASH, 0xf619_2a00);
     assert_eq!(schema_hash(), SCHEMA_HASH);
     let f = Frame {
         seq: 7,
@@ -111,12 +111,12 @@ fn golden_bytes() {
     };
     let wire = f.to_wire();
     let expected: StdVec<u8> = [
-        0x04, 0x02, 0x03, 0x07, 0x03, 0xe8, 0x03, 0x01, 0x02, 0x09, 0x02, 0x02, 0x01, 0x03, 0x80,
-        0x3f, 0x01, 0x01, 0x06, 0xbf, 0x22, 0xb1, 0x5d, 0xe8, 0x00,
+        0x04, 0x03, 0x03, 0x07, 0x03, 0xe8, 0x03, 0x01, 0x02, 0x09, 0x02, 0x02, 0x01, 0x03, 0x80,
+        0x3f, 0x01, 0x01, 0x06, 0xbf, 0x7a, 0x31, 0xbf, 0x3f, 0x00,
     ]
     .to_vec();
     assert_eq!(wire.as_slice(), expected.as_slice());
-    // Heartbeat: header only, CRC 0xcd5ca0ed.
+    // Heartbeat: header only, CRC 0x229ecbd3.
     let hb = Frame {
         seq: 0x0102,
         timestamp_us: 0x0304_0506,
@@ -126,15 +126,17 @@ fn golden_bytes() {
     let n = cobs_decode(&hb.to_wire()[..hb.to_wire().len() - 1], &mut raw).unwrap();
     assert_eq!(
         &raw[..n],
-        &[2, 4, 2, 1, 6, 5, 4, 3, 0, 0, 0xed, 0xa0, 0x5c, 0xcd]
+        &[3, 4, 2, 1, 6, 5, 4, 3, 0, 0, 0xd3, 0xcb, 0x9e, 0x22]
     );
-    // Hello: version, schema hash, robot id, obs dim, act dim, control Hz.
-    let hello = Message::Hello(Hello::new(0x0102_0304, 10, 2, 20));
+    // Hello: version, schema hash, robot id, settings hash, obs dim, act dim, control Hz.
+    let hello = Message::Hello(Hello::new(0x0102_0304, 0x0506_0708, 10, 2, 20));
     let mut payload = [0u8; MAX_PAYLOAD];
     let n = hello.encode_payload(&mut payload).unwrap();
     assert_eq!(
         &payload[..n],
-        &[2, 0x11, 0x47, 0xc4, 0x21, 4, 3, 2, 1, 10, 2, 20, 0]
+        &[
+            3, 0x00, 0x2a, 0x19, 0xf6, 4, 3, 2, 1, 8, 7, 6, 5, 10, 2, 20, 0
+        ]
     );
     // Every other payload (computed with Python's `struct.pack`, little endian): a
     // layout changed in both the encoder and the decoder passes every round trip, and
@@ -210,13 +212,13 @@ fn schema_describes_every_message() {
 
 #[test]
 fn handshake_checks_every_field() {
-    let ours = Hello::new(0xabcd_0123, 10, 2, 20);
+    let ours = Hello::new(0xabcd_0123, 0x1234_5678, 10, 2, 20);
     assert_eq!(ours.check_peer(&ours), Ok(()));
     let mut p = ours;
-    p.protocol_version = 1;
+    p.protocol_version = 2;
     assert!(matches!(
         ours.check_peer(&p),
-        Err(HandshakeError::Version { ours: 2, theirs: 1 })
+        Err(HandshakeError::Version { ours: 3, theirs: 2 })
     ));
     let mut p = ours;
     p.schema_hash ^= 1;
@@ -251,7 +253,22 @@ fn handshake_checks_every_field() {
             theirs: 0x2bcd_0123
         })
     );
-    // Sizes and rate are named before the robot id: they say more.
+    let mut s = ours;
+    s.settings_hash ^= 1;
+    assert_eq!(
+        ours.check_peer(&s),
+        Err(HandshakeError::Settings {
+            ours: 0x1234_5678,
+            theirs: 0x1234_5679
+        })
+    );
+    // Another robot is named before other settings, and sizes and rate before the
+    // robot id: each says more than the next.
+    p.settings_hash ^= 1;
+    assert!(matches!(
+        ours.check_peer(&p),
+        Err(HandshakeError::Robot { .. })
+    ));
     p.obs_dim = 6;
     assert!(matches!(
         ours.check_peer(&p),
@@ -489,16 +506,26 @@ fn any_message() -> impl Strategy<Value = Message> {
             any::<u8>(),
             any::<u32>(),
             any::<u32>(),
+            any::<u32>(),
             any::<u8>(),
             any::<u8>(),
             any::<u16>()
         )
             .prop_map(
-                |(protocol_version, schema_hash, robot_id, obs_dim, act_dim, control_hz)| {
+                |(
+                    protocol_version,
+                    schema_hash,
+                    robot_id,
+                    settings_hash,
+                    obs_dim,
+                    act_dim,
+                    control_hz,
+                )| {
                     Message::Hello(Hello {
                         protocol_version,
                         schema_hash,
                         robot_id,
+                        settings_hash,
                         obs_dim,
                         act_dim,
                         control_hz,
@@ -743,10 +770,10 @@ fn a_noise_burst_too_short_for_a_crc_counts_as_a_crc_error() {
 
 #[test]
 fn encode_errors_name_the_length_the_message_needs() {
-    let hello = Message::Hello(Hello::new(1, 10, 2, 20));
+    let hello = Message::Hello(Hello::new(1, 2, 10, 2, 20));
     let mut small = [0u8; 5];
     let e = hello.encode_payload(&mut small).unwrap_err();
-    assert_eq!((e.len, e.needed), (5, 13));
+    assert_eq!((e.len, e.needed), (5, 17));
     let sensor = Message::sensor(0, 0, &[0.5; 10]).unwrap();
     let mut out = [0u8; MAX_PAYLOAD];
     assert_eq!(

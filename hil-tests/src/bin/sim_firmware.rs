@@ -157,10 +157,12 @@ fn main() -> Result<()> {
         }
     };
     eprintln!(
-        "sim-firmware: task {}, robot '{}' (robot id {:#010x}), {} Hz, {}, rate scale {}, faults '{}'",
+        "sim-firmware: task {}, robot '{}' (robot id {:#010x}, settings hash {:#010x}), {} Hz, {}, \
+         rate scale {}, faults '{}'",
         args.task,
         robot_name,
         fw.hello().robot_id,
+        fw.hello().settings_hash,
         fw.hello().control_hz,
         if args.lockstep {
             "lockstep"
