@@ -339,6 +339,13 @@ pub(crate) enum Phase {
         written: u32,
         answers: u64,
     },
+    /// The run's torque-off `Estop` did not reach the firmware, or its answer did not
+    /// come, because the link was lost at the run's end, and `--reconnect-ms` is given:
+    /// waiting until `until` for the port to come back, to send it there (the firmware
+    /// behind it holds with its torque on, and takes an `Estop` before a handshake too).
+    ReconnectingToStop {
+        until: Instant,
+    },
     Done,
 }
 
@@ -354,6 +361,7 @@ impl Phase {
             Phase::Handshaking { .. } => "handshaking",
             Phase::Reconnecting { .. } => "reconnecting",
             Phase::ConfirmingStop { .. } => "confirming_stop",
+            Phase::ReconnectingToStop { .. } => "reconnecting_to_stop",
             Phase::Done => "done",
         }
     }
@@ -478,6 +486,8 @@ pub(crate) struct Control {
     /// Ticks in a row whose Estop could not be written ([`ESTOP_WRITE_TRIES`]).
     estop_write_failures: u32,
     link_down: bool,
+    /// The I/O thread has ended (its channel is closed): no port comes back any more.
+    io_ended: bool,
     /// A port reopened while a safe stop was still holding: taken into use only when
     /// the stop ends, for the handshake, or for the Estop if the run ends there. Its
     /// firmware has not confirmed its robot id, so the rest of the hold ramp does not
@@ -618,6 +628,7 @@ impl Control {
             torque_off: false,
             estop_write_failures: 0,
             link_down: false,
+            io_ended: false,
             pending_writer: None,
             fatal: None,
             action: [0.0; MAX_ACT],
@@ -825,6 +836,7 @@ impl Control {
                 Ok(ev) => ev,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
+                    self.io_ended = true;
                     // The I/O thread ended without its loss getting through (the queue
                     // stayed full for its whole wait): the link is gone all the same.
                     if !self.link_down {
@@ -883,6 +895,12 @@ impl Control {
                         Phase::Reconnecting { .. } => {
                             self.take_writer(w);
                             self.enter_handshake(now);
+                        }
+                        Phase::ReconnectingToStop { .. } => {
+                            self.take_writer(w);
+                            // It answers none of the Estops sent before it came back.
+                            self.forget_firmware_answers();
+                            self.phase = self.stop_unverified(now);
                         }
                         _ => self.take_writer(w),
                     }
@@ -1439,9 +1457,10 @@ impl Control {
     }
 
     /// The run's end while re-handshaking with no episode (after a reconnect or a
-    /// reboot), whatever ends it: the firmware behind the port holds with its torque on
-    /// (`take_writer`; a rebooted one took our `Hello`), and nothing needs stopping but
-    /// that. An `Estop`, which a firmware takes before a handshake too, turns it off, and
+    /// reboot), whatever ends it, or on a port back after the run's end
+    /// ([`Phase::ReconnectingToStop`]): the firmware behind the port holds with its
+    /// torque on (`take_writer`; a rebooted one took our `Hello`), and nothing needs
+    /// stopping but that. An `Estop`, which a firmware takes before a handshake too, turns it off, and
     /// its answer is awaited as at any run's end (the run ended at once, leaving the arm
     /// energised).
     fn stop_unverified(&mut self, now: Instant) -> Phase {
@@ -1458,6 +1477,20 @@ impl Control {
         self.confirming_stop(now)
     }
 
+    /// The run's end with the link lost and its torque-off owed (no `Estop` went out,
+    /// or its answer never came): with `--reconnect-ms` on a robot whose torque may go
+    /// off, waiting for the port to come back to send one there; else done, the arm
+    /// held by the firmware's command watchdog with its torque on. (The run ended at
+    /// once, and a port back within `--reconnect-ms` got nothing.)
+    fn stop_after_reconnect(&self, now: Instant) -> Phase {
+        match self.cfg.reconnect {
+            Some(limit) if self.cfg.robot.safety.gravity_safe_torque_off && !self.io_ended => {
+                Phase::ReconnectingToStop { until: now + limit }
+            }
+            _ => Phase::Done,
+        }
+    }
+
     /// Ends the run: safe stop, then exit.
     fn interrupt(&mut self, now: Instant, why: String) {
         self.stopping = Some(Outcome::Interrupted);
@@ -1468,8 +1501,8 @@ impl Control {
                     then: After::Exit,
                 }
             }
-            // The run's last stop is done; its Estop's answer is awaited.
-            Phase::Done | Phase::ConfirmingStop { .. } => {}
+            // The run's last stop is done; its Estop's answer (or port) is awaited.
+            Phase::Done | Phase::ConfirmingStop { .. } | Phase::ReconnectingToStop { .. } => {}
             Phase::Handshaking { .. } if self.track.is_none() => {
                 self.phase = self.stop_unverified(now);
             }
@@ -1541,6 +1574,14 @@ impl Control {
         after: Option<After>,
     ) {
         if self.phase == Phase::Done {
+            return;
+        }
+        if matches!(self.phase, Phase::ReconnectingToStop { .. }) {
+            // No port to hold on: recorded, and the wait for the port back goes on.
+            if !self.cfg.quiet {
+                self.say(format!("FAULT at tick {}: {kind:?}: {detail}", self.tick));
+            }
+            self.note_fault(now, kind, detail);
             return;
         }
         if matches!(self.phase, Phase::ConfirmingStop { .. }) {
@@ -1710,7 +1751,9 @@ impl Control {
             // (The run's last stop, its torque off, awaiting the Estop's answer.)
             during_safe_stop: matches!(
                 self.phase,
-                Phase::SafeStop { .. } | Phase::ConfirmingStop { .. }
+                Phase::SafeStop { .. }
+                    | Phase::ConfirmingStop { .. }
+                    | Phase::ReconnectingToStop { .. }
             ),
         });
     }
@@ -1913,6 +1956,20 @@ impl Control {
                 written,
                 answers,
             } => self.confirm_stop(now, until, (resends, written), answers),
+            Phase::ReconnectingToStop { until } => {
+                // The I/O thread ends when its own reopening gives up.
+                if now >= until || self.io_ended {
+                    if !self.cfg.quiet {
+                        self.say(format!(
+                            "the serial link did not come back within --reconnect-ms {}: no \
+                             Estop reached the firmware after the loss, the arm may still be \
+                             energised, held by the firmware's watchdog",
+                            self.cfg.reconnect.unwrap_or_default().as_millis()
+                        ));
+                    }
+                    self.phase = Phase::Done;
+                }
+            }
             Phase::Done => {}
         }
     }
@@ -1939,8 +1996,9 @@ impl Control {
             return;
         }
         if self.link_down {
-            // The loss's own fault has said that the link is gone.
-            self.phase = Phase::Done;
+            // The loss's own fault has said that the link is gone; a port back may
+            // take the Estop.
+            self.phase = self.stop_after_reconnect(now);
             return;
         }
         if now < until {
@@ -2081,6 +2139,10 @@ impl Control {
                     || (self.torque_off && self.estops_unanswered > 0 && !self.link_down) =>
             {
                 self.confirming_stop(now)
+            }
+            // The link is lost and no Estop reached the firmware: a port back may take it.
+            After::Exit if self.link_down && (!self.torque_off || self.estops_unanswered > 0) => {
+                self.stop_after_reconnect(now)
             }
             After::Exit => Phase::Done,
             After::Handshake => {
@@ -3936,7 +3998,8 @@ mod tests {
     /// A link lost during the closing hold of a run whose episodes all ran ends it as
     /// stopped by the fault (exit status 3), as a stop button pressed there does: the
     /// hold and its torque-off may not have reached the robot. It stayed `completed`,
-    /// exit status 0.
+    /// exit status 0. With `--reconnect-ms` the run waits for the port to come back
+    /// first (below), and ends so at the limit with none back.
     #[test]
     fn a_link_lost_during_the_closing_hold_is_not_a_completed_run() {
         for reconnect in [None, Some(Duration::from_secs(5))] {
@@ -3949,10 +4012,113 @@ mod tests {
             c.one_tick(Instant::now());
             wire.broken.store(true, Ordering::SeqCst);
             tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+            if reconnect.is_some() {
+                lose_the_port_for_good(&mut c);
+            }
             tick_until_done(&mut c, 200);
+            assert_eq!(c.phase, Phase::Done, "{reconnect:?}");
             assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{reconnect:?}");
             assert!(c.report.faults[0].during_safe_stop);
         }
+    }
+
+    /// Ticks until the run waits for its port to take the closing Estop (at most 200
+    /// ticks), then lets that wait run out.
+    fn lose_the_port_for_good(c: &mut Control) {
+        reach_the_wait_for_the_port(c);
+        let Phase::ReconnectingToStop { until } = &mut c.phase else {
+            unreachable!()
+        };
+        *until = Instant::now();
+    }
+
+    /// Ticks until the run waits for its port to come back to send its Estop there, at
+    /// most 200 ticks.
+    fn reach_the_wait_for_the_port(c: &mut Control) {
+        for _ in 0..200 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if matches!(c.phase, Phase::ReconnectingToStop { .. } | Phase::Done) {
+                break;
+            }
+        }
+        assert!(
+            matches!(c.phase, Phase::ReconnectingToStop { .. }),
+            "{:?}",
+            c.phase
+        );
+    }
+
+    /// With `--reconnect-ms`, a link lost while the closing Estop's answer is awaited,
+    /// or during the closing hold, leaves the arm energised behind a port that may come
+    /// back: the run waits for it (up to the reconnect time), sends the Estop there
+    /// before anything else (a firmware takes one before a handshake too) and awaits
+    /// its answer. The run ended at once, and the firmware behind a port back held with
+    /// its torque on. It still ends stopped by the loss (exit status 3).
+    #[test]
+    fn a_port_back_after_the_runs_end_takes_the_closing_estop() {
+        for lost in ["awaiting the answer", "during the closing hold"] {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.cfg.reconnect = Some(Duration::from_secs(5));
+            c.stopping = Some(Outcome::Completed);
+            if lost == "awaiting the answer" {
+                stop_at_the_runs_end(&mut c);
+            } else {
+                c.enter_safe_stop(After::Exit);
+                c.tick += 1;
+                c.one_tick(Instant::now());
+            }
+            let torque_offs = c.report.torque_off_ticks.len();
+            wire.broken.store(true, Ordering::SeqCst);
+            tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+            reach_the_wait_for_the_port(&mut c);
+            let pty = hil_tests::link::Pty::open().unwrap();
+            let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+            tx.send(LinkEvent::Reconnected(port)).unwrap();
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            assert!(
+                matches!(c.phase, Phase::ConfirmingStop { .. }),
+                "{lost}: {:?}",
+                c.phase
+            );
+            let estop_tick = c.tick;
+            let got = received_on(pty, |g| !g.is_empty());
+            assert_eq!(got, [Message::Estop], "{lost}");
+            let answer = Message::Fault {
+                code: FaultCode::Estop,
+            };
+            tx.send(frame(1, answer)).unwrap();
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            assert_eq!(c.phase, Phase::Done, "{lost}");
+            assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{lost}");
+            assert_eq!(
+                c.report.torque_off_ticks[torque_offs..],
+                [estop_tick],
+                "{lost}"
+            );
+        }
+    }
+
+    /// A robot whose torque must stay on (`gravity_safe_torque_off = false`) gets no
+    /// Estop at the run's end: a link lost there ends the run without waiting for the
+    /// port, with `--reconnect-ms` too.
+    #[test]
+    fn a_robot_that_keeps_its_torque_waits_for_no_port_at_the_runs_end() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.cfg.robot.safety.gravity_safe_torque_off = false;
+        c.stopping = Some(Outcome::Completed);
+        c.enter_safe_stop(After::Exit);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        tick_until_done(&mut c, 200);
+        assert_eq!(c.phase, Phase::Done);
+        assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
     }
 
     /// A link lost while the closing Estop's answer is awaited: that Estop may not have
