@@ -4093,6 +4093,8 @@ mod tests {
             c.tick += 1;
             c.one_tick(Instant::now());
             assert_eq!(c.phase, Phase::Done, "{lost}");
+            // The port back owed the answer to its own Estop only.
+            assert_eq!(c.estops_unanswered, 0, "{lost}");
             assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{lost}");
             assert_eq!(
                 c.report.torque_off_ticks[torque_offs..],
