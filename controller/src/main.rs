@@ -374,7 +374,8 @@ struct RunArgs {
     max_overruns: u32,
     /// After the serial link fails, keep trying to reopen the device this long (ms); the
     /// run goes on once it is back (the link loss is a fault, without ending the run by
-    /// --max-faults).
+    /// --max-faults). A link lost at the run's end is waited for as long, to send the
+    /// closing Estop on the port back.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     reconnect_ms: Option<u64>,
     /// How long to wait for the firmware's Hello (ms).
