@@ -19,13 +19,13 @@
 //! ```
 //!
 //! A matching `Hello` from `Ended` or `Estopped` also goes to `Idle`; a refused one
-//! (another schema, version or dimensions) from any state goes to `AwaitHello`, ending
+//! (another schema, version, dimensions, robot id or settings hash) from any state goes to `AwaitHello`, ending
 //! a running episode without an `EpisodeEnd` (the controller refuses such a firmware
 //! anyway).
 //!
 //! - **Handshake.** Nothing but a stop happens before a `Hello`. The firmware answers
-//!   every `Hello` with its own (protocol version, schema hash, the task's dimensions
-//!   and the robot's control rate); if the controller's differs it goes to (or stays
+//!   every `Hello` with its own (protocol version, schema hash, the robot file's robot
+//!   id and settings hash, the task's dimensions and the robot's control rate); if the controller's differs it goes to (or stays
 //!   in) `AwaitHello` and ignores everything else but an `Estop`. A frame with another
 //!   protocol version is answered with the firmware's `Hello` too (at most every
 //!   100 ms), so the controller can say which version the firmware speaks. A simulated reboot (the fault injector's

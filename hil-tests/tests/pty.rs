@@ -342,15 +342,17 @@ fn binary_serves_a_pty() {
 
 #[test]
 fn binary_with_wrong_version_is_recognized() {
-    let (_child, path) = spawn_binary(&["--task", "push", "--faults", "version=3"]);
+    let (_child, path) = spawn_binary(&["--task", "push", "--faults", "version=4"]);
     let mut client = Client::new(Box::new(SerialLink::open(&path, 1_000_000).unwrap()));
     client
         .send(Message::Hello(robot(TaskId::Push).hello()))
         .unwrap();
-    // Its Hello comes back in a version-3 frame: a version mismatch, not noise.
+    // Its Hello comes back in a version-4 frame (one above ours): a version mismatch,
+    // not noise.
+    assert_eq!(firmware_config::protocol::PROTOCOL_VERSION, 3);
     let event = client.next_event(GUARD).unwrap().expect("an answer");
-    assert_eq!(event.err(), Some(FrameError::Version { received: 3 }));
-    assert_eq!(client.errors[0], FrameError::Version { received: 3 });
+    assert_eq!(event.err(), Some(FrameError::Version { received: 4 }));
+    assert_eq!(client.errors[0], FrameError::Version { received: 4 });
 }
 
 #[test]

@@ -64,8 +64,9 @@ enum Command {
         seed: u64,
     },
     /// Validate a robot file and print what the controller and the firmware must agree on:
-    /// the `Hello` handshake's fields (robot id, sizes, rate) and the text the robot id is
-    /// the CRC-32 of. A firmware of your own announces this robot id.
+    /// the `Hello` handshake's fields (robot id, settings hash, sizes, rate) and the texts
+    /// the robot id and the settings hash are the CRC-32 of. A firmware of your own
+    /// announces these.
     Robot {
         /// The robot file (TOML; see firmware-config/robots/).
         file: PathBuf,

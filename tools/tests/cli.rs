@@ -230,9 +230,18 @@ fn robot_prints_the_hello_and_names_what_is_wrong() {
     let o = tools(&["robot", push.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    // 0xbb868dbb: firmware-config's pinned id for push (computed with Python's zlib).
+    // 0xbb868dbb, 0xca2718a2: firmware-config's pinned id and settings hash for push
+    // (computed with Python's zlib).
     assert!(
-        out.contains("robot id 0xbb868dbb, 10 observations, 2 actions, 20 Hz"),
+        out.contains(
+            "robot id 0xbb868dbb, settings hash 0xca2718a2, 10 observations, 2 actions, 20 Hz"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "both act on):\naction.scale 1 1\naction.offset 0 0\nsafety.action_min -1 -1\n"
+        ),
         "{out}"
     );
     assert!(

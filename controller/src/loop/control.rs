@@ -488,6 +488,10 @@ pub(crate) struct Control {
     link_down: bool,
     /// The I/O thread has ended (its channel is closed): no port comes back any more.
     io_ended: bool,
+    /// Until when the run's end waits for a lost port to take its `Estop`
+    /// ([`Phase::ReconnectingToStop`]), set when it first does: a port back that is
+    /// lost again does not extend it.
+    stop_port_deadline: Option<Instant>,
     /// A port reopened while a safe stop was still holding: taken into use only when
     /// the stop ends, for the handshake, or for the Estop if the run ends there. Its
     /// firmware has not confirmed its robot id, so the rest of the hold ramp does not
@@ -629,6 +633,7 @@ impl Control {
             estop_write_failures: 0,
             link_down: false,
             io_ended: false,
+            stop_port_deadline: None,
             pending_writer: None,
             fatal: None,
             action: [0.0; MAX_ACT],
@@ -896,11 +901,26 @@ impl Control {
                             self.take_writer(w);
                             self.enter_handshake(now);
                         }
-                        Phase::ReconnectingToStop { .. } => {
+                        // A port back at the run's end takes its Estop; so does one back
+                        // in the same drain as its loss (before the tick that would begin
+                        // the wait: the I/O thread reopens after 100 ms, a period at 10 Hz).
+                        Phase::ReconnectingToStop { .. } | Phase::ConfirmingStop { .. }
+                            if self.link_down =>
+                        {
                             self.take_writer(w);
                             // It answers none of the Estops sent before it came back.
                             self.forget_firmware_answers();
                             self.phase = self.stop_unverified(now);
+                            if self.phase == Phase::Done {
+                                if !self.cfg.quiet {
+                                    self.say(
+                                        "the closing Estop could not be written on the port \
+                                         that came back: waiting for it again"
+                                            .into(),
+                                    );
+                                }
+                                self.phase = self.stop_after_reconnect(now);
+                            }
                         }
                         _ => self.take_writer(w),
                     }
@@ -1482,12 +1502,23 @@ impl Control {
     /// off, waiting for the port to come back to send one there; else done, the arm
     /// held by the firmware's command watchdog with its torque on. (The run ended at
     /// once, and a port back within `--reconnect-ms` got nothing.)
-    fn stop_after_reconnect(&self, now: Instant) -> Phase {
-        match self.cfg.reconnect {
-            Some(limit) if self.cfg.robot.safety.gravity_safe_torque_off && !self.io_ended => {
-                Phase::ReconnectingToStop { until: now + limit }
-            }
-            _ => Phase::Done,
+    fn stop_after_reconnect(&mut self, now: Instant) -> Phase {
+        let Some(limit) = self.cfg.reconnect else {
+            return Phase::Done;
+        };
+        if !self.cfg.robot.safety.gravity_safe_torque_off || self.io_ended {
+            return Phase::Done;
+        }
+        if self.stop_port_deadline.is_none() && !self.cfg.quiet {
+            self.say(format!(
+                "the serial link was lost at the run's end: waiting up to --reconnect-ms {} \
+                 for the port to come back, to send the closing Estop there (a second \
+                 Ctrl-C quits)",
+                limit.as_millis()
+            ));
+        }
+        Phase::ReconnectingToStop {
+            until: *self.stop_port_deadline.get_or_insert(now + limit),
         }
     }
 
@@ -1961,12 +1992,13 @@ impl Control {
                 if now >= until || self.io_ended {
                     if !self.cfg.quiet {
                         self.say(format!(
-                            "the serial link did not come back within --reconnect-ms {}: no \
-                             Estop reached the firmware after the loss, the arm may still be \
-                             energised, held by the firmware's watchdog",
+                            "the serial link did not come back within --reconnect-ms {}: the \
+                             closing Estop was not confirmed after the loss, the arm may \
+                             still be energised, held by the firmware's watchdog",
                             self.cfg.reconnect.unwrap_or_default().as_millis()
                         ));
                     }
+                    self.report.port_not_back_for_estop = true;
                     self.phase = Phase::Done;
                 }
             }
@@ -4019,6 +4051,7 @@ mod tests {
             assert_eq!(c.phase, Phase::Done, "{reconnect:?}");
             assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{reconnect:?}");
             assert!(c.report.faults[0].during_safe_stop);
+            assert_eq!(c.report.port_not_back_for_estop, reconnect.is_some());
         }
     }
 
@@ -4055,24 +4088,57 @@ mod tests {
     /// before anything else (a firmware takes one before a handshake too) and awaits
     /// its answer. The run ended at once, and the firmware behind a port back held with
     /// its torque on. It still ends stopped by the loss (exit status 3).
+    ///
+    /// Also a stop signal while the port is being reopened mid-run (its safe stop ends
+    /// the run with the link down), and a port back in the same drain as its loss
+    /// (before the tick that would begin the wait; it took the writer and got only a
+    /// resend, if any was left).
     #[test]
     fn a_port_back_after_the_runs_end_takes_the_closing_estop() {
-        for lost in ["awaiting the answer", "during the closing hold"] {
+        for lost in [
+            "awaiting the answer",
+            "during the closing hold",
+            "a stop signal while reconnecting",
+            "lost and back in one drain",
+        ] {
             let wire = Wire::default();
-            let (mut c, tx) = control(&wire);
-            c.cfg.reconnect = Some(Duration::from_secs(5));
-            c.stopping = Some(Outcome::Completed);
-            if lost == "awaiting the answer" {
-                stop_at_the_runs_end(&mut c);
+            let (mut c, tx) = if lost == "a stop signal while reconnecting" {
+                lost_with_reconnect(&wire)
             } else {
-                c.enter_safe_stop(After::Exit);
-                c.tick += 1;
-                c.one_tick(Instant::now());
+                control(&wire)
+            };
+            c.cfg.reconnect = Some(Duration::from_secs(5));
+            match lost {
+                "awaiting the answer" | "lost and back in one drain" => {
+                    c.stopping = Some(Outcome::Completed);
+                    stop_at_the_runs_end(&mut c);
+                }
+                "during the closing hold" => {
+                    c.stopping = Some(Outcome::Completed);
+                    c.enter_safe_stop(After::Exit);
+                    c.tick += 1;
+                    c.one_tick(Instant::now());
+                }
+                _ => {
+                    for _ in 0..200 {
+                        c.tick += 1;
+                        c.one_tick(Instant::now());
+                        if matches!(c.phase, Phase::Reconnecting { .. }) {
+                            break;
+                        }
+                    }
+                    assert!(matches!(c.phase, Phase::Reconnecting { .. }), "{lost}");
+                    c.interrupt(Instant::now(), "signal 15".into());
+                }
             }
             let torque_offs = c.report.torque_off_ticks.len();
-            wire.broken.store(true, Ordering::SeqCst);
-            tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
-            reach_the_wait_for_the_port(&mut c);
+            if lost != "a stop signal while reconnecting" {
+                wire.broken.store(true, Ordering::SeqCst);
+                tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+            }
+            if lost != "lost and back in one drain" {
+                reach_the_wait_for_the_port(&mut c);
+            }
             let pty = hil_tests::link::Pty::open().unwrap();
             let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
             tx.send(LinkEvent::Reconnected(port)).unwrap();
@@ -4095,13 +4161,54 @@ mod tests {
             assert_eq!(c.phase, Phase::Done, "{lost}");
             // The port back owed the answer to its own Estop only.
             assert_eq!(c.estops_unanswered, 0, "{lost}");
-            assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{lost}");
+            let expected = if lost == "a stop signal while reconnecting" {
+                Outcome::Interrupted
+            } else {
+                Outcome::StoppedByFault
+            };
+            assert_eq!(c.stopping(), Some(expected), "{lost}");
+            assert!(!c.report.port_not_back_for_estop, "{lost}");
             assert_eq!(
                 c.report.torque_off_ticks[torque_offs..],
                 [estop_tick],
                 "{lost}"
             );
         }
+    }
+
+    /// The wait for a port back ends when the I/O thread ends (its own reopening gave
+    /// up), and a port back that is lost again does not extend it.
+    #[test]
+    fn the_wait_for_the_port_ends_with_the_io_thread_and_is_not_extended() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        stop_at_the_runs_end(&mut c);
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        reach_the_wait_for_the_port(&mut c);
+        let Phase::ReconnectingToStop { until: first } = c.phase else {
+            unreachable!()
+        };
+        // Back, its Estop written, and lost again before the answer.
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "{:?}",
+            c.phase
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        tx.send(LinkEvent::Lost("unplugged again".into())).unwrap();
+        reach_the_wait_for_the_port(&mut c);
+        assert_eq!(c.phase, Phase::ReconnectingToStop { until: first });
+        drop(tx);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Done);
+        assert!(c.report.port_not_back_for_estop);
     }
 
     /// A robot whose torque must stay on (`gravity_safe_torque_off = false`) gets no

@@ -37,7 +37,7 @@
 //! # A run
 //!
 //! `Hello` → the firmware's `Hello` must pass `Hello::check_peer` (protocol version,
-//! schema hash, dimensions, rate), else the run is refused before anything moves.
+//! schema hash, dimensions, rate, robot id, settings hash), else the run is refused before anything moves.
 //! Then, per episode: `Reset { seed }` → `EpisodeStart` → act on every new `Sensor`
 //! until the firmware's terminal `Reward` / `EpisodeEnd` → episode record → next.
 //! At the end (all episodes done, Ctrl-C, SIGTERM, SIGHUP, a fault beyond
@@ -59,7 +59,7 @@
 //! | a `Sensor` frame whose observation is not `observation.dim` values | message | safe stop, episode ends (`sensor_size`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
 //! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | a `Hello`, then the `Reset` again; a third unanswered `Reset` ends the run with an error (`no_episode_start`, through a safe stop) |
-//! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail, the `Estop` is tried once), then with `--reconnect-ms` a wait for the port (no `Estop`: its writer is closed); without it, a read side's loss ends the run and a failed write counts against `--max-faults` like any fault |
+//! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail, the `Estop` is tried once), then with `--reconnect-ms` a wait for the port (no `Estop`: its writer is closed; at the run's end, the port back takes the `Estop`); without it, a read side's loss ends the run and a failed write counts against `--max-faults` like any fault |
 //! | handshake mismatch, panic | message / hook | safe stop, run ends with an error |
 //!
 //! An episode a fault ends takes the frames of its steps up to the newest heard of at
@@ -747,6 +747,10 @@ pub struct RunReport {
     pub estop_resends: u32,
     /// The closing `Estop` was never answered (the run ended with an error saying so).
     pub unanswered_estop: bool,
+    /// With `--reconnect-ms`: the link was lost at the run's end and the port did not
+    /// come back within that time to take the closing `Estop` (the arm may be
+    /// energised, held by the firmware's watchdog).
+    pub port_not_back_for_estop: bool,
     pub link: link::LinkCounters,
     pub log_sent: u64,
     /// Transitions the logger's channel could not take.
@@ -799,6 +803,7 @@ impl RunReport {
             start_handshakes: 0,
             estop_resends: 0,
             unanswered_estop: false,
+            port_not_back_for_estop: false,
             link: Default::default(),
             log_sent: 0,
             log_drops: 0,

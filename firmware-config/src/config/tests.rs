@@ -150,6 +150,8 @@ fn the_settings_hash_covers_what_both_sides_act_on() {
             c.joints[0].torque_max += 1.0;
             c.joints[0].position_observation = Some("pusher_x".into());
             c.joints[0].position_observation_scale = Some(2.0);
+            c.joints[1].velocity_observation = Some("pusher_vy".into());
+            c.joints[1].velocity_observation_scale = Some(0.5);
             c.safety.stale_sensor_ms += 1;
             c.safety.hold_ticks_before_torque_off += 1;
             c.serial.baud = 115_200;
@@ -169,6 +171,18 @@ fn the_settings_hash_covers_what_both_sides_act_on() {
     assert!(text.contains("[2, 2.00]") && text.contains("[-0.0, 0.0]"));
     let rewritten = RobotConfig::from_toml_str(&text, "push.toml").unwrap();
     assert_eq!(rewritten.settings_hash(), push.settings_hash());
+    // Shortest round-trip digits, never an exponent (a firmware's build reproduces the
+    // text from these lines).
+    let mut small = push.clone();
+    small.action.scale = vec![0.1, 1e-7];
+    small.action.offset = vec![3e8, -2.5];
+    assert!(
+        small
+            .settings_text()
+            .starts_with("action.scale 0.1 0.0000001\naction.offset 300000000 -2.5\n"),
+        "{}",
+        small.settings_text()
+    );
 }
 
 #[test]

@@ -684,7 +684,7 @@ fn a_command_whose_payload_does_not_parse_is_an_invalid_command() {
 }
 
 /// `version=1` simulates a firmware of protocol version 1 whole: its `Hello` says 1, and
-/// it reads none of our version-2 frames (each is a version mismatch, answered with its
+/// it reads none of our frames (each is a version mismatch, answered with its
 /// `Hello` at most once per period), so no handshake and no episode follow. (It rewrote
 /// only its outgoing headers, and then shook hands and ran episodes, which a real
 /// version-1 board never does.)
