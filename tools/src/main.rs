@@ -176,7 +176,8 @@ enum DatasetCommand {
         /// The dataset directory.
         dir: PathBuf,
     },
-    /// Check the dataset deeply (metadata vs data, indices, statistics).
+    /// Check the dataset deeply (metadata vs data, indices, statistics). Fails (exit 1)
+    /// on what LeRobot's loader fails on too: a data file no episode references.
     Validate {
         /// The dataset directory.
         dir: PathBuf,
@@ -529,6 +530,49 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
 
 fn validate(dir: &std::path::Path) -> Result<()> {
     let r = dataset::validate_dataset(dir)?;
+    if r.uncommitted_episodes > 0 {
+        println!(
+            "warning: the episodes index lists {} more rows than meta/info.json commits (a \
+             writer stopped before its commit, or superseded index files left behind); they \
+             are not part of the dataset, and the statistics were not checked",
+            r.uncommitted_episodes
+        );
+    }
+    // Our readers leave such files out; LeRobot reads every file under data/ and fails.
+    // Exit 0 with a warning read as "valid" to scripts that check the status.
+    if !r.unreferenced_data_files.is_empty() {
+        let files = r
+            .unreferenced_data_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        anyhow::bail!(
+            "{}: not loadable by LeRobot as it is: {files} {} referenced by no episode (a \
+             writer stopped before its commit), and LeRobot reads every file under data/. \
+             This repository's readers leave {} out ({} episodes, {} frames otherwise valid); \
+             `tools dataset tidy {}` sets {} aside",
+            dir.display(),
+            if r.unreferenced_data_files.len() == 1 {
+                "is"
+            } else {
+                "are"
+            },
+            if r.unreferenced_data_files.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+            r.episodes,
+            r.frames,
+            dir.display(),
+            if r.unreferenced_data_files.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        );
+    }
     println!(
         "{}: valid LeRobot v3 dataset: {} episodes, {} frames, {} data files, {} features, \
          {} stats checked, {} successful episodes",
@@ -540,23 +584,6 @@ fn validate(dir: &std::path::Path) -> Result<()> {
         r.stats_checked,
         r.successful_episodes
     );
-    for f in &r.unreferenced_data_files {
-        println!(
-            "warning: {} is not referenced by any episode: LeRobot reads every file under \
-             data/ and cannot load this dataset as it is (`tools dataset tidy {}` sets it \
-             aside)",
-            f.display(),
-            dir.display()
-        );
-    }
-    if r.uncommitted_episodes > 0 {
-        println!(
-            "warning: the episodes index lists {} more rows than meta/info.json commits (a \
-             writer stopped before its commit, or superseded index files left behind); they \
-             are not part of the dataset, and the statistics were not checked",
-            r.uncommitted_episodes
-        );
-    }
     Ok(())
 }
 

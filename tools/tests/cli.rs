@@ -797,8 +797,9 @@ fn bench_and_teleop_arguments_out_of_range_are_refused() {
 }
 
 /// `tools dataset tidy`: a data file no episode references (an unfinished file a killed
-/// writer left) is named by `validate` as what stops LeRobot loading the dataset, and
-/// moved into `unreferenced/` by `tidy`, which leaves the dataset as it was.
+/// writer left) is named by `validate` as what stops LeRobot loading the dataset (exit
+/// 1: it exited 0 with a warning, "valid" to a script), and moved into `unreferenced/`
+/// by `tidy`, which leaves the dataset as it was.
 #[test]
 fn tidy_sets_aside_what_lerobot_would_trip_on() {
     let tmp = tempfile::tempdir().unwrap();
@@ -808,9 +809,17 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
     let leftover = dir.join("data/chunk-000/file-007.parquet");
     std::fs::write(&leftover, b"PAR1 and no footer").unwrap();
     let o = tools(&["dataset", "validate", d]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("file-007.parquet is not referenced by any episode: LeRobot"),
+        text(&o).contains("not loadable by LeRobot as it is: ")
+            && text(&o).contains("file-007.parquet is referenced by no episode")
+            && text(&o).contains("leave it out (5 episodes, ")
+            && text(&o).contains("frames otherwise valid); `tools dataset tidy "),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !text(&o).contains("valid LeRobot v3 dataset"),
         "{}",
         text(&o)
     );
