@@ -55,11 +55,16 @@ struct Cli {
 enum Command {
     /// Verify a bundle (signature, hashes, shapes, weights), build its networks on the
     /// given backend and run each once (every critic member), and print its manifest
-    /// summary.
+    /// summary. With --robot, also what `controller run` checks before it opens the port
+    /// (sizes, rate, observation and action names, the action mapping), and the robot id
+    /// and settings hash the firmware must announce.
     Check {
         /// The bundle directory (`trainer export`).
         #[arg(long)]
         bundle: PathBuf,
+        /// The robot file to check the bundle against, as `controller run --robot` would.
+        #[arg(long)]
+        robot: Option<PathBuf>,
         #[command(flatten)]
         trust: TrustArgs,
         /// Backend(s) to build and run the networks on: tract, native, ort.
@@ -495,57 +500,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         Some(dir) => {
             let bundle = load_bundle(dir, &trust)
                 .with_context(|| format!("loading bundle {}", dir.display()))?;
-            robot_loop::check_dims(&robot, &bundle)
-                .and_then(|()| robot_loop::check_rate(&robot, &bundle))
-                .with_context(|| format!("{} does not fit {robot_label}", dir.display()))?;
-            let trained_on = &bundle.manifest.task;
-            if let Some(task) = &a.sim
-                && trained_on != task
-                && trained_on.parse::<sim::TaskId>().is_ok()
-            {
-                bail!(
-                    "{}: the bundle was trained on the simulated task {trained_on}, --sim runs {task}",
-                    dir.display()
-                );
-            }
-            let names = &bundle.manifest.observation.names;
-            if let Some(e) = robot.observation.names_reordered(names, "the bundle") {
-                bail!("{} does not fit {robot_label}: {e}", dir.display());
-            }
-            if let Some(w) = robot.observation.names_differ(names, "the bundle") {
-                controller::note!("warning: {}: {w}", dir.display());
-            }
-            // The actions likewise, where both name them (format 6; robot files name them
-            // optionally): a command in another order drives other joints.
-            match robot_loop::check_action_names(&robot, &bundle.manifest) {
-                Err(e) => bail!("{} does not fit {robot_label}: {e}", dir.display()),
-                Ok(Some((kind, say))) => controller::note!("{kind}: {}: {say}", dir.display()),
-                Ok(None) => {}
-            }
-            // And what those actions meant on the robot (format 7): a robot file whose
-            // mapping changed since the data was recorded commands the robot otherwise.
-            match robot_loop::check_action_mapping(&robot, &bundle.manifest) {
-                // The simulated firmware maps commands back through the same robot file:
-                // there the mapping cancels out.
-                Err(e) if a.sim.is_some() => controller::note!(
-                    "warning: {}: {e} (no difference under --sim: the simulated firmware \
-                     maps the commands back with the same robot file)",
-                    dir.display()
-                ),
-                Err(e) => bail!("{} does not fit {robot_label}: {e}", dir.display()),
-                Ok(Some(say)) => controller::note!("note: {}: {say}", dir.display()),
-                Ok(None) => {}
-            }
-            if bundle.manifest.action.control_hz.is_none() {
-                controller::note!(
-                    "warning: {}: the bundle does not say the rate it was trained at (format \
-                     {}, before 5): it runs at the robot file's {} Hz unchecked; export it \
-                     again to have it checked",
-                    dir.display(),
-                    bundle.manifest.format_version,
-                    robot.control_hz
-                );
-            }
+            check_bundle_fits(dir, &bundle, &robot, &robot_label, a.sim.as_deref())?;
             Some(bundle)
         }
     };
@@ -1143,6 +1098,72 @@ fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
 const MAX_RATE_HZ: f64 = firmware_config::config::MAX_CONTROL_HZ as f64;
 
 /// The benches' `--rate` (in (0, [`MAX_RATE_HZ`]]) and `--seconds` (finite, positive).
+/// What a bundle must fit on the robot file before anything runs (`controller run`, and
+/// `controller check --robot`): its sizes and rate, the simulated task it was trained on
+/// (`sim`: `--sim TASK`), its observation and action names (another order refused, other
+/// spellings printed) and its action mapping (format 7). `robot_label` names the robot
+/// file in the messages.
+fn check_bundle_fits(
+    dir: &Path,
+    bundle: &VerifiedBundle,
+    robot: &firmware_config::RobotConfig,
+    robot_label: &str,
+    sim: Option<&str>,
+) -> Result<()> {
+    robot_loop::check_dims(robot, bundle)
+        .and_then(|()| robot_loop::check_rate(robot, bundle))
+        .with_context(|| format!("{} does not fit {robot_label}", dir.display()))?;
+    let trained_on = &bundle.manifest.task;
+    if let Some(task) = sim
+        && trained_on != task
+        && trained_on.parse::<sim::TaskId>().is_ok()
+    {
+        bail!(
+            "{}: the bundle was trained on the simulated task {trained_on}, --sim runs {task}",
+            dir.display()
+        );
+    }
+    let names = &bundle.manifest.observation.names;
+    if let Some(e) = robot.observation.names_reordered(names, "the bundle") {
+        bail!("{} does not fit {robot_label}: {e}", dir.display());
+    }
+    if let Some(w) = robot.observation.names_differ(names, "the bundle") {
+        controller::note!("warning: {}: {w}", dir.display());
+    }
+    // The actions likewise, where both name them (format 6; robot files name them
+    // optionally): a command in another order drives other joints.
+    match robot_loop::check_action_names(robot, &bundle.manifest) {
+        Err(e) => bail!("{} does not fit {robot_label}: {e}", dir.display()),
+        Ok(Some((kind, say))) => controller::note!("{kind}: {}: {say}", dir.display()),
+        Ok(None) => {}
+    }
+    // And what those actions meant on the robot (format 7): a robot file whose
+    // mapping changed since the data was recorded commands the robot otherwise.
+    match robot_loop::check_action_mapping(robot, &bundle.manifest) {
+        // The simulated firmware maps commands back through the same robot file:
+        // there the mapping cancels out.
+        Err(e) if sim.is_some() => controller::note!(
+            "warning: {}: {e} (no difference under --sim: the simulated firmware \
+             maps the commands back with the same robot file)",
+            dir.display()
+        ),
+        Err(e) => bail!("{} does not fit {robot_label}: {e}", dir.display()),
+        Ok(Some(say)) => controller::note!("note: {}: {say}", dir.display()),
+        Ok(None) => {}
+    }
+    if bundle.manifest.action.control_hz.is_none() {
+        controller::note!(
+            "warning: {}: the bundle does not say the rate it was trained at (format \
+             {}, before 5): it runs at the robot file's {} Hz unchecked; export it \
+             again to have it checked",
+            dir.display(),
+            bundle.manifest.format_version,
+            robot.control_hz
+        );
+    }
+    Ok(())
+}
+
 fn check_rate(rate: f64, seconds: f64) -> Result<()> {
     // A tick at least once a minute, and at most a day of it.
     ensure!(
@@ -1304,6 +1325,7 @@ fn main() -> Result<std::process::ExitCode> {
         }
         Command::Check {
             bundle,
+            robot,
             trust,
             backends,
         } => {
@@ -1345,6 +1367,29 @@ fn main() -> Result<std::process::ExitCode> {
                 m.provenance.env_steps,
                 m.provenance.dataset
             );
+            let a = &m.action;
+            let names = if a.names.is_empty() {
+                "none (before format 6)".to_string()
+            } else {
+                a.names.join(", ")
+            };
+            let mapping = if a.robot_scale.is_empty() {
+                "none recorded (a simulated task's, or data from before format 7)".to_string()
+            } else {
+                format!("scale {:?}, offset {:?}", a.robot_scale, a.robot_offset)
+            };
+            println!("actions named: {names}; recorded robot mapping: {mapping}");
+            if let Some(path) = robot {
+                let robot = firmware_config::RobotConfig::load(&path)?;
+                let label = path.display().to_string();
+                check_bundle_fits(&bundle, &b, &robot, &label, None)?;
+                let hello = robot.hello();
+                println!(
+                    "fits {label} (robot '{}'): the firmware must announce robot id {:#010x} \
+                     and settings hash {:#010x} (`tools robot {label}` prints what they hash)",
+                    robot.robot, hello.robot_id, hello.settings_hash
+                );
+            }
         }
         Command::Bench {
             source,

@@ -2172,6 +2172,84 @@ fn a_bundle_recorded_with_another_action_mapping_is_refused() {
     );
 }
 
+/// `controller check --robot FILE` runs the checks `controller run` makes before the
+/// port (here the action mapping and the action order), without a port, and says what
+/// the firmware must announce; without `--robot` it prints the bundle's action names
+/// and recorded mapping.
+#[test]
+fn controller_check_takes_the_robot_file_run_would() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let push = example_robot_file(dir.path(), "push");
+    let bundle = |label: &str, lines: &str| {
+        let b = dir.path().join(format!("bundle-{label}"));
+        synthetic_bundle_with(&b, 7, lines);
+        b
+    };
+    let check = |bundle: &Path, robot: Option<&Path>| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "check",
+            "--allow-unsigned",
+            "--backends",
+            "native",
+            "--bundle",
+        ])
+        .arg(bundle);
+        if let Some(r) = robot {
+            c.arg("--robot").arg(r);
+        }
+        finish(
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let wide = bundle(
+        "wide",
+        "names = [\"vx_command\", \"vy_command\"]\nrobot_scale = [1.0, 1.5]\n\
+         robot_offset = [0.0, 0.0]\n",
+    );
+    let out = check(&wide, None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "actions named: vx_command, vy_command; recorded robot mapping: scale [1.0, 1.5], \
+             offset [0.0, 0.0]"
+        ),
+        "{out:?}"
+    );
+    let out = check(&wide, Some(&push));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "action [1] `vy_command` was recorded as 0 + 1.5 × a in robot units in the \
+             bundle's data, and the robot file maps it to 0 + 1 × a"
+        ),
+        "{out:?}"
+    );
+    let swapped = bundle("yx", "names = [\"vy_command\", \"vx_command\"]\n");
+    let out = check(&swapped, Some(&push));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("action `vy_command` is at [0] in the bundle and at [1] in the robot file"),
+        "{out:?}"
+    );
+    let fits = bundle("fits", "names = [\"vx_command\", \"vy_command\"]\n");
+    let out = check(&fits, Some(&push));
+    assert!(out.status.success(), "{out:?}");
+    let robot = RobotConfig::example("push").unwrap();
+    let said = format!(
+        "(robot 'sim-push'): the firmware must announce robot id {:#010x} and settings hash \
+         {:#010x}",
+        robot.identity(),
+        robot.settings_hash()
+    );
+    assert!(out.stdout.contains(&said), "{out:?}");
+}
+
 /// Warned before the port opens: a bundle that does not say its rate (format 4 or
 /// older, as the synthetic one), which runs unchecked at the robot file's; and a teleop
 /// socket on every network, where any host can drive the robot (none was warned).

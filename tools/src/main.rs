@@ -548,8 +548,8 @@ fn validate(dir: &std::path::Path) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         anyhow::bail!(
-            "{}: not loadable by LeRobot as it is: {files} {} referenced by no episode (a \
-             writer stopped before its commit), and LeRobot reads every file under data/. \
+            "{}: not loadable by LeRobot as it is: {files} {} referenced by no episode (left \
+             by a writer stopped before its commit, or one still recording), and LeRobot reads every file under data/. \
              This repository's readers leave {} out ({} episodes, {} frames otherwise valid); \
              `tools dataset tidy {}` sets {} aside",
             dir.display(),

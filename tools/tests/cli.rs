@@ -830,7 +830,7 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
         out.contains("set aside") && out.contains("valid LeRobot v3 dataset: 5 episodes"),
         "{out}"
     );
-    assert!(!out.contains("not referenced"), "{out}");
+    assert!(!out.contains("referenced by no episode"), "{out}");
     assert!(!leftover.exists());
     assert_eq!(
         std::fs::read(dir.join("unreferenced/chunk-000/file-007.parquet")).unwrap(),

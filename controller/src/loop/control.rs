@@ -903,24 +903,15 @@ impl Control {
                         }
                         // A port back at the run's end takes its Estop; so does one back
                         // in the same drain as its loss (before the tick that would begin
-                        // the wait: the I/O thread reopens after 100 ms, a period at 10 Hz).
-                        Phase::ReconnectingToStop { .. } | Phase::ConfirmingStop { .. }
-                            if self.link_down =>
+                        // the wait: the I/O thread reopens after 100 ms, a period at 10 Hz),
+                        // unless the Estop's answer came before the loss.
+                        Phase::ReconnectingToStop { .. } if self.link_down => {
+                            self.estop_on_the_port_back(now, w)
+                        }
+                        Phase::ConfirmingStop { answers, .. }
+                            if self.link_down && self.estop_answers <= answers =>
                         {
-                            self.take_writer(w);
-                            // It answers none of the Estops sent before it came back.
-                            self.forget_firmware_answers();
-                            self.phase = self.stop_unverified(now);
-                            if self.phase == Phase::Done {
-                                if !self.cfg.quiet {
-                                    self.say(
-                                        "the closing Estop could not be written on the port \
-                                         that came back: waiting for it again"
-                                            .into(),
-                                    );
-                                }
-                                self.phase = self.stop_after_reconnect(now);
-                            }
+                            self.estop_on_the_port_back(now, w)
                         }
                         _ => self.take_writer(w),
                     }
@@ -1502,16 +1493,18 @@ impl Control {
     /// off, waiting for the port to come back to send one there; else done, the arm
     /// held by the firmware's command watchdog with its torque on. (The run ended at
     /// once, and a port back within `--reconnect-ms` got nothing.)
+    /// (An I/O thread that has ended is waited for one tick: the wait's end says so and
+    /// sets `no_estop_after_loss`.)
     fn stop_after_reconnect(&mut self, now: Instant) -> Phase {
         let Some(limit) = self.cfg.reconnect else {
             return Phase::Done;
         };
-        if !self.cfg.robot.safety.gravity_safe_torque_off || self.io_ended {
+        if !self.cfg.robot.safety.gravity_safe_torque_off {
             return Phase::Done;
         }
-        if self.stop_port_deadline.is_none() && !self.cfg.quiet {
+        if self.stop_port_deadline.is_none() && !self.io_ended && !self.cfg.quiet {
             self.say(format!(
-                "the serial link was lost at the run's end: waiting up to --reconnect-ms {} \
+                "the serial link is down at the run's end: waiting up to --reconnect-ms {} \
                  for the port to come back, to send the closing Estop there (a second \
                  Ctrl-C quits)",
                 limit.as_millis()
@@ -1520,6 +1513,33 @@ impl Control {
         Phase::ReconnectingToStop {
             until: *self.stop_port_deadline.get_or_insert(now + limit),
         }
+    }
+
+    /// A port back at the run's end ([`Phase::ReconnectingToStop`]): the closing `Estop`
+    /// goes out on it first, and its answer is awaited; one that cannot be written is
+    /// tried again each tick of the wait.
+    fn estop_on_the_port_back(&mut self, now: Instant, w: Box<dyn std::io::Write + Send>) {
+        self.take_writer(w);
+        // It answers none of the Estops sent before it came back.
+        self.forget_firmware_answers();
+        if !self.estop_or_wait(now) && !self.cfg.quiet {
+            self.say(
+                "the closing Estop could not be written on the port that came back: trying \
+                 again each tick of the wait"
+                    .into(),
+            );
+        }
+    }
+
+    /// The closing `Estop` on a port back: written, its answer awaited (true); else the
+    /// wait goes on, to try again.
+    fn estop_or_wait(&mut self, now: Instant) -> bool {
+        self.phase = self.stop_unverified(now);
+        if self.phase != Phase::Done {
+            return true;
+        }
+        self.phase = self.stop_after_reconnect(now);
+        false
     }
 
     /// Ends the run: safe stop, then exit.
@@ -1988,18 +2008,27 @@ impl Control {
                 answers,
             } => self.confirm_stop(now, until, (resends, written), answers),
             Phase::ReconnectingToStop { until } => {
+                // A port back whose Estop could not be written.
+                let back = !self.link_down && self.gate.writer_open();
                 // The I/O thread ends when its own reopening gives up.
-                if now >= until || self.io_ended {
+                if now >= until || (self.io_ended && !back) {
                     if !self.cfg.quiet {
+                        let what = if back {
+                            "the closing Estop could not be written on the port that came back"
+                        } else {
+                            "the serial link did not come back"
+                        };
                         self.say(format!(
-                            "the serial link did not come back within --reconnect-ms {}: the \
-                             closing Estop was not confirmed after the loss, the arm may \
-                             still be energised, held by the firmware's watchdog",
+                            "{what} within --reconnect-ms {}: the closing Estop was not \
+                             confirmed after the loss, the arm may still be energised, held \
+                             by the firmware's watchdog",
                             self.cfg.reconnect.unwrap_or_default().as_millis()
                         ));
                     }
-                    self.report.port_not_back_for_estop = true;
+                    self.report.no_estop_after_loss = true;
                     self.phase = Phase::Done;
+                } else if back {
+                    self.estop_or_wait(now);
                 }
             }
             Phase::Done => {}
@@ -4051,7 +4080,7 @@ mod tests {
             assert_eq!(c.phase, Phase::Done, "{reconnect:?}");
             assert_eq!(c.stopping(), Some(Outcome::StoppedByFault), "{reconnect:?}");
             assert!(c.report.faults[0].during_safe_stop);
-            assert_eq!(c.report.port_not_back_for_estop, reconnect.is_some());
+            assert_eq!(c.report.no_estop_after_loss, reconnect.is_some());
         }
     }
 
@@ -4167,7 +4196,7 @@ mod tests {
                 Outcome::StoppedByFault
             };
             assert_eq!(c.stopping(), Some(expected), "{lost}");
-            assert!(!c.report.port_not_back_for_estop, "{lost}");
+            assert!(!c.report.no_estop_after_loss, "{lost}");
             assert_eq!(
                 c.report.torque_off_ticks[torque_offs..],
                 [estop_tick],
@@ -4208,7 +4237,69 @@ mod tests {
         c.tick += 1;
         c.one_tick(Instant::now());
         assert_eq!(c.phase, Phase::Done);
-        assert!(c.report.port_not_back_for_estop);
+        assert!(c.report.no_estop_after_loss);
+    }
+
+    /// The closing Estop answered, then the link lost and back, all in one drain: the
+    /// run is done, completed, and the port back is sent nothing (the answer says the
+    /// torque went off; an Estop there would owe an answer the run need not wait for).
+    #[test]
+    fn an_answer_before_the_loss_leaves_the_port_back_alone() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.stopping = Some(Outcome::Completed);
+        stop_at_the_runs_end(&mut c);
+        let answer = Message::Fault {
+            code: FaultCode::Estop,
+        };
+        tx.send(frame(1, answer)).unwrap();
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Done);
+        assert_eq!(c.stopping(), Some(Outcome::Completed));
+        let got = received_on(pty, |g| !g.is_empty());
+        assert!(!got.contains(&Message::Estop), "{got:?}");
+    }
+
+    /// A port back whose `Estop` cannot be written (its device failing again before a
+    /// loss is reported) is tried again each tick of the wait, within the first
+    /// deadline: it was given up at once, the run waiting out the deadline with a port
+    /// that would have taken it.
+    #[test]
+    fn an_estop_that_cannot_be_written_on_the_port_back_is_tried_again() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        stop_at_the_runs_end(&mut c);
+        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+        reach_the_wait_for_the_port(&mut c);
+        let Phase::ReconnectingToStop { until: first } = c.phase else {
+            unreachable!()
+        };
+        let back = Wire::default();
+        back.broken.store(true, Ordering::SeqCst);
+        c.estop_on_the_port_back(Instant::now(), Box::new(back.clone()));
+        for _ in 0..3 {
+            assert_eq!(c.phase, Phase::ReconnectingToStop { until: first });
+            c.tick += 1;
+            c.one_tick(Instant::now());
+        }
+        assert_eq!(back.estops(), 0);
+        back.broken.store(false, Ordering::SeqCst);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "{:?}",
+            c.phase
+        );
+        assert_eq!(back.estops(), 1);
+        assert_eq!(c.report.torque_off_ticks.last(), Some(&c.tick));
     }
 
     /// A robot whose torque must stay on (`gravity_safe_torque_off = false`) gets no
@@ -4957,6 +5048,13 @@ mod tests {
             assert_eq!(wire.estops(), 1, "{reconnect:?}");
             assert_eq!(c.report.torque_off_ticks.len(), 1, "{reconnect:?}");
             assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+            // With --reconnect-ms its answer is not confirmed, and the report says so
+            // (the wait ended at once, without a word).
+            assert_eq!(
+                c.report.no_estop_after_loss,
+                reconnect.is_some(),
+                "{reconnect:?}"
+            );
         }
     }
 

@@ -747,10 +747,10 @@ pub struct RunReport {
     pub estop_resends: u32,
     /// The closing `Estop` was never answered (the run ended with an error saying so).
     pub unanswered_estop: bool,
-    /// With `--reconnect-ms`: the link was lost at the run's end and the port did not
-    /// come back within that time to take the closing `Estop` (the arm may be
-    /// energised, held by the firmware's watchdog).
-    pub port_not_back_for_estop: bool,
+    /// With `--reconnect-ms`: the link was lost at the run's end and no closing `Estop`
+    /// was confirmed on a port back within that time (none came back, or its `Estop`
+    /// could not be written): the arm may be energised, held by the firmware's watchdog.
+    pub no_estop_after_loss: bool,
     pub link: link::LinkCounters,
     pub log_sent: u64,
     /// Transitions the logger's channel could not take.
@@ -803,7 +803,7 @@ impl RunReport {
             start_handshakes: 0,
             estop_resends: 0,
             unanswered_estop: false,
-            port_not_back_for_estop: false,
+            no_estop_after_loss: false,
             link: Default::default(),
             log_sent: 0,
             log_drops: 0,
