@@ -1891,10 +1891,7 @@ fn a_robot_file_of_another_robot_is_refused_at_the_handshake() {
         (od, ad, hz),
         (push.observation.dim, push.action.dim, push.control_hz)
     );
-    std::fs::write(&sim.robot_file, toml::to_string(&arm).unwrap()).unwrap();
-    let out = sim.run(&["--episodes", "1"]);
-    let (report, received) = sim.stop_fw();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = refused_at_the_handshake(&mut sim, &arm);
     let ids = format!(
         "our robot id {:#010x}, the peer's {:#010x}",
         arm.identity(),
@@ -1908,15 +1905,27 @@ fn a_robot_file_of_another_robot_is_refused_at_the_handshake() {
             .contains("`tools robot FILE` prints the robot id"),
         "{out:?}"
     );
-    // The firmware checks the controller's Hello the same way.
+}
+
+/// `controller run` of one episode with `robot` as its robot file, against `sim`'s
+/// firmware: refused at the handshake (exit 1) by both sides (the firmware checks the
+/// controller's `Hello` the same way), nothing but `Hello` sent, nothing logged. Its
+/// output, for what the refusal says.
+fn refused_at_the_handshake(sim: &mut Sim, robot: &RobotConfig) -> Outcome {
+    std::fs::write(&sim.robot_file, toml::to_string(robot).unwrap()).unwrap();
+    let out = sim.run(&["--episodes", "1"]);
+    let (report, received) = sim.stop_fw();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(report.firmware.handshake_refusals >= 1);
     assert_eq!(report.firmware.episodes, 0);
+    assert!(!received.is_empty());
     assert!(
         received
             .iter()
             .all(|r| matches!(r.message, Message::Hello(_)))
     );
     assert!(!sim.out.join("transitions.log").exists());
+    out
 }
 
 /// Setup: the firmware was configured from the test robot's file; the controller is
@@ -1932,10 +1941,7 @@ fn a_robot_file_edited_after_the_firmware_was_configured_is_refused_at_the_hands
     let mut edited = sim.robot.clone();
     edited.action.offset[0] += 0.5;
     assert_eq!(edited.identity(), sim.robot.identity());
-    std::fs::write(&sim.robot_file, toml::to_string(&edited).unwrap()).unwrap();
-    let out = sim.run(&["--episodes", "1"]);
-    let (report, received) = sim.stop_fw();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = refused_at_the_handshake(&mut sim, &edited);
     let hashes = format!(
         "our settings hash {:#010x}, the peer's {:#010x}",
         edited.settings_hash(),
@@ -1944,16 +1950,6 @@ fn a_robot_file_edited_after_the_firmware_was_configured_is_refused_at_the_hands
     assert!(out.stderr.contains(&hashes), "{out:?}");
     // This file's values, to compare with `tools robot` on the firmware's file.
     assert!(out.stderr.contains("action.offset 0.75 -0.5; "), "{out:?}");
-    // The firmware checks the controller's Hello the same way.
-    assert!(report.firmware.handshake_refusals >= 1);
-    assert_eq!(report.firmware.episodes, 0);
-    assert!(!received.is_empty());
-    assert!(
-        received
-            .iter()
-            .all(|r| matches!(r.message, Message::Hello(_)))
-    );
-    assert!(!sim.out.join("transitions.log").exists());
 }
 
 /// The built-in robot file of `task`, written into `dir`.

@@ -549,9 +549,9 @@ fn validate(dir: &std::path::Path) -> Result<()> {
             .join(", ");
         anyhow::bail!(
             "{}: not loadable by LeRobot as it is: {files} {} referenced by no episode (left \
-             by a writer stopped before its commit, or one still recording), and LeRobot reads every file under data/. \
-             This repository's readers leave {} out ({} episodes, {} frames otherwise valid); \
-             `tools dataset tidy {}` sets {} aside",
+             by a writer stopped before its commit, or one still recording), and LeRobot \
+             reads every file under data/. This repository's readers leave {} out ({} \
+             episodes, {} frames otherwise valid); `tools dataset tidy {}` sets {} aside",
             dir.display(),
             if r.unreferenced_data_files.len() == 1 {
                 "is"

@@ -1471,9 +1471,9 @@ impl Control {
     /// reboot), whatever ends it, or on a port back after the run's end
     /// ([`Phase::ReconnectingToStop`]): the firmware behind the port holds with its
     /// torque on (`take_writer`; a rebooted one took our `Hello`), and nothing needs
-    /// stopping but that. An `Estop`, which a firmware takes before a handshake too, turns it off, and
-    /// its answer is awaited as at any run's end (the run ended at once, leaving the arm
-    /// energised).
+    /// stopping but that. An `Estop`, which a firmware takes before a handshake too,
+    /// turns it off, and its answer is awaited as at any run's end (the run ended at
+    /// once, leaving the arm energised).
     fn stop_unverified(&mut self, now: Instant) -> Phase {
         let estop = !self.torque_off
             && self.cfg.robot.safety.gravity_safe_torque_off
