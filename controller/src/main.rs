@@ -1097,7 +1097,6 @@ fn run_policy(policy: &mut Policy, actions: usize) -> Result<[Vec<f64>; 4]> {
 /// time scale instead of `--rate`.
 const MAX_RATE_HZ: f64 = firmware_config::config::MAX_CONTROL_HZ as f64;
 
-/// The benches' `--rate` (in (0, [`MAX_RATE_HZ`]]) and `--seconds` (finite, positive).
 /// What a bundle must fit on the robot file before anything runs (`controller run`, and
 /// `controller check --robot`): its sizes and rate, the simulated task it was trained on
 /// (`sim`: `--sim TASK`), its observation and action names (another order refused, other
@@ -1164,6 +1163,7 @@ fn check_bundle_fits(
     Ok(())
 }
 
+/// The benches' `--rate` (in (0, [`MAX_RATE_HZ`]]) and `--seconds` (finite, positive).
 fn check_rate(rate: f64, seconds: f64) -> Result<()> {
     // A tick at least once a minute, and at most a day of it.
     ensure!(
