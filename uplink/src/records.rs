@@ -218,6 +218,39 @@ pub fn open_stream<S: Read + Write>(
 
 /// A payload that goes on after its last field (`end`, after `what`) is not one this
 /// side understands: refused as the other answers are.
+/// The `count` records of a `RECORDS` payload `p` (after its 12-byte head: first u64,
+/// count u32), each as its index (`first` on), its bytes and the offset after it; the
+/// first malformed one as an error, and nothing after it.
+fn records_of(
+    p: &[u8],
+    first: u64,
+    count: u32,
+) -> impl Iterator<Item = Result<(u64, &[u8], usize), RecordError>> {
+    let mut at = 12;
+    let mut failed = false;
+    (0..count as u64).map_while(move |i| {
+        if failed {
+            return None;
+        }
+        let record = (|| {
+            let len = p
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                .ok_or_else(|| RecordError::Protocol(format!("record {i} has no length")))?;
+            let record = p
+                .get(at + 4..at + 4 + len)
+                .ok_or_else(|| RecordError::Protocol(format!("record {i} runs past the frame")))?;
+            at += 4 + len;
+            let index = first.checked_add(i).ok_or_else(|| {
+                RecordError::Protocol(format!("record {i} after {first} is past the last index"))
+            })?;
+            Ok((index, record, at))
+        })();
+        failed = record.is_err();
+        Some(record)
+    })
+}
+
 fn no_stray_bytes(payload: &[u8], end: usize, what: &str) -> Result<(), RecordError> {
     match payload.len().checked_sub(end) {
         Some(0) | None => Ok(()), // (a short payload is named by the field it lacks)
@@ -383,30 +416,18 @@ fn serve<S: Read + Write>(
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
             .ok_or_else(|| RecordError::Protocol("RECORDS without a count".into()))?;
         // The whole frame is checked before any of its records is stored: a malformed
-        // frame is refused whole, not half taken.
-        let mut records = Vec::with_capacity((count as usize).min(p.len() / 4));
-        let mut at = 12;
-        for i in 0..count as u64 {
-            let len = p
-                .get(at..at + 4)
-                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-                .ok_or_else(|| RecordError::Protocol(format!("record {i} has no length")))?;
-            let record = p
-                .get(at + 4..at + 4 + len)
-                .ok_or_else(|| RecordError::Protocol(format!("record {i} runs past the frame")))?;
-            at += 4 + len;
-            let index = first.checked_add(i).ok_or_else(|| {
-                RecordError::Protocol(format!("record {i} after {first} is past the last index"))
-            })?;
-            records.push((index, record));
-        }
-        no_stray_bytes(p, at, "the records")?;
+        // frame is refused whole, not half taken. Walked twice (checked, then stored)
+        // rather than listed: a 64 MiB frame of 16 M empty records reserved about
+        // 400 MB for the list before its end was found malformed.
+        let end = records_of(p, first, count).try_fold(12, |_, r| r.map(|(_, _, end)| end))?;
+        no_stray_bytes(p, end, "the records")?;
         if first > next {
             return Err(RecordError::Protocol(format!(
                 "record {first} would leave a gap after {next}"
             )));
         }
-        for (index, record) in records {
+        for r in records_of(p, first, count) {
+            let (index, record, _) = r?;
             if index < next {
                 continue; // already held: sent before a lost acknowledgement
             }
