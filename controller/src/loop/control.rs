@@ -49,7 +49,9 @@ use super::stats::{Cadence, CadenceReport};
 use super::viz::{ActFrame, TickFrame};
 use super::{Brain, EpisodeReport, FaultEvent, FaultKind, Outcome, RunConfig};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use firmware_config::protocol::{FaultCode, FrameError, Hello, MAX_ACT, MAX_OBS, Message};
+use firmware_config::protocol::{
+    FaultCode, FrameError, HandshakeError, Hello, MAX_ACT, MAX_OBS, Message,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1146,6 +1148,23 @@ impl Control {
             Message::Hello(h) => {
                 if let Err(e) = self.hello.check_peer(&h) {
                     let why = super::handshake_refusal(&self.cfg.robot, &e);
+                    if matches!(e, HandshakeError::Settings { .. })
+                        && matches!(self.phase, Phase::Handshaking { .. })
+                        && self.track.is_none()
+                    {
+                        // Our robot (its robot id is ours) configured from another
+                        // version of the file, found by a re-handshake: it holds with its
+                        // torque on, and its own file says whether an Estop turns it off.
+                        // (Another robot's firmware is sent nothing.)
+                        let detail = format!("handshake refused: {why}");
+                        if self.fatal.is_none() {
+                            self.fatal = Some(detail.clone());
+                        }
+                        self.stopping = Some(Outcome::Error);
+                        self.note_fault(now, FaultKind::Handshake, detail);
+                        self.phase = self.stop_unverified(now);
+                        return;
+                    }
                     self.fatal_error(
                         now,
                         FaultKind::Handshake,
@@ -4974,14 +4993,20 @@ mod tests {
     /// signal (its timeout, a panic on another of the run's threads) turns the torque
     /// off too: the firmware behind the port back holds with its torque on. Those ends
     /// went straight to done. A refused Hello sends nothing, as at the first handshake:
-    /// the firmware there is not our robot's.
+    /// the firmware there is not our robot's. One refused for its settings alone is our
+    /// robot, configured from another version of the file: it gets the Estop (it got
+    /// nothing, holding with its torque on).
     #[test]
     fn a_re_handshake_that_ends_the_run_sends_the_estop() {
-        for end in ["timeout", "panic", "refused"] {
+        for end in ["timeout", "panic", "refused", "other settings"] {
             let wire = Wire::default();
             let (mut c, tx) = lost_with_reconnect(&wire);
             let refused = firmware_config::protocol::Hello {
                 robot_id: c.hello.robot_id ^ 1,
+                ..c.hello
+            };
+            let other_settings = firmware_config::protocol::Hello {
+                settings_hash: c.hello.settings_hash ^ 1,
                 ..c.hello
             };
             let pty = hil_tests::link::Pty::open().unwrap();
@@ -5005,12 +5030,21 @@ mod tests {
                     };
                 }
                 "panic" => c.run_panicked.raise(|| "a test thread panicked".into()),
-                _ => tx.send(frame(0, Message::Hello(refused))).unwrap(),
+                "refused" => tx.send(frame(0, Message::Hello(refused))).unwrap(),
+                _ => tx.send(frame(0, Message::Hello(other_settings))).unwrap(),
             }
             c.tick += 1;
             c.one_tick(Instant::now());
             assert_eq!(c.stopping, Some(Outcome::Error), "{end}");
             assert!(c.fatal.is_some(), "{end}");
+            if end == "other settings" {
+                let fatal = c.fatal.as_deref().unwrap();
+                assert!(fatal.contains("robot settings mismatch"), "{fatal}");
+                assert_eq!(
+                    c.report.faults.last().map(|f| f.kind),
+                    Some(FaultKind::Handshake)
+                );
+            }
             if end == "refused" {
                 assert!(matches!(c.phase, Phase::Done), "{end}: {:?}", c.phase);
                 // (Written in the tick, before this read: an Estop would be here too.)
