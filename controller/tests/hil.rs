@@ -2005,6 +2005,13 @@ fn bundle_that_does_not_fit_the_robot_is_refused() {
     );
 }
 
+/// [`synthetic_bundle_with`] into `dir/bundle-{label}`; its path.
+fn labelled_bundle(dir: &Path, label: &str, format: u32, lines: &str) -> PathBuf {
+    let b = dir.join(format!("bundle-{label}"));
+    synthetic_bundle_with(&b, format, lines);
+    b
+}
+
 /// The synthetic bundle at `dir`, its manifest (format 1 as written) at `format` with
 /// `lines` added to its `[action]` table.
 fn synthetic_bundle_with(dir: &Path, format: u32, lines: &str) {
@@ -2119,10 +2126,8 @@ fn a_bundle_recorded_with_another_action_mapping_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let push = example_robot_file(dir.path(), "push");
     let mapped = |label: &str, scale: &str| {
-        let b = dir.path().join(format!("bundle-{label}"));
         let lines = format!("robot_scale = {scale}\nrobot_offset = [0.0, 0.0]\n");
-        synthetic_bundle_with(&b, 7, &lines);
-        b
+        labelled_bundle(dir.path(), label, 7, &lines)
     };
     let run = |bundle: &Path, out: &str| {
         run_bundle_before_the_port(bundle, &push, &dir.path().join(out), &[])
@@ -2177,11 +2182,7 @@ fn controller_check_takes_the_robot_file_run_would() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let push = example_robot_file(dir.path(), "push");
-    let bundle = |label: &str, lines: &str| {
-        let b = dir.path().join(format!("bundle-{label}"));
-        synthetic_bundle_with(&b, 7, lines);
-        b
-    };
+    let bundle = |label: &str, lines: &str| labelled_bundle(dir.path(), label, 7, lines);
     let check = |bundle: &Path, robot: Option<&Path>| {
         let mut c = Command::new(BIN);
         c.args([

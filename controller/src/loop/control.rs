@@ -907,11 +907,8 @@ impl Control {
                         // in the same drain as its loss (before the tick that would begin
                         // the wait: the I/O thread reopens after 100 ms, a period at 10 Hz),
                         // unless the Estop's answer came before the loss.
-                        Phase::ReconnectingToStop { .. } if self.link_down => {
-                            self.estop_on_the_port_back(now, w)
-                        }
-                        Phase::ConfirmingStop { answers, .. }
-                            if self.link_down && self.estop_answers <= answers =>
+                        Phase::ReconnectingToStop { .. } | Phase::ConfirmingStop { .. }
+                            if self.link_down && !self.closing_estop_answered() =>
                         {
                             self.estop_on_the_port_back(now, w)
                         }
@@ -1476,6 +1473,14 @@ impl Control {
         self.report.torque_off_ticks.push(self.tick);
     }
 
+    /// The run's closing `Estop` has been answered ([`Phase::ConfirmingStop`]).
+    fn closing_estop_answered(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::ConfirmingStop { answers, .. } if self.estop_answers > answers
+        )
+    }
+
     /// Waiting from `now` for the answer to the run's closing `Estop`, just written.
     fn confirming_stop(&self, now: Instant) -> Phase {
         Phase::ConfirmingStop {
@@ -1664,12 +1669,8 @@ impl Control {
             // have left the computer (writes do not wait for the line), so a run that
             // was ending complete ends stopped by the loss (exit 3), as one lost during
             // the closing hold does; the firmware's command watchdog holds the arm.
-            let answered = matches!(
-                self.phase,
-                Phase::ConfirmingStop { answers, .. } if self.estop_answers > answers
-            );
             if kind == FaultKind::LinkLost
-                && !answered
+                && !self.closing_estop_answered()
                 && matches!(self.stopping, None | Some(Outcome::Completed))
             {
                 self.stopping = Some(Outcome::StoppedByFault);
@@ -2918,6 +2919,18 @@ mod tests {
     /// Ticks until the phase is `Done`, or the run's last stop is done and awaits its
     /// Estop's answer (nothing answers here; the HIL tests answer and lose it), at most
     /// `max` ticks; the ticks taken.
+    /// Ticks until `reached` holds for the phase, at most `max` ticks; whether it did.
+    fn tick_until(c: &mut Control, max: usize, reached: impl Fn(&Phase) -> bool) -> bool {
+        for _ in 0..max {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if reached(&c.phase) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn tick_until_done(c: &mut Control, max: u64) -> u64 {
         for n in 1..=max {
             c.tick += 1;
@@ -4116,13 +4129,9 @@ mod tests {
     /// Ticks until the run waits for its port to come back to send its Estop there, at
     /// most 200 ticks.
     fn reach_the_wait_for_the_port(c: &mut Control) {
-        for _ in 0..200 {
-            c.tick += 1;
-            c.one_tick(Instant::now());
-            if matches!(c.phase, Phase::ReconnectingToStop { .. } | Phase::Done) {
-                break;
-            }
-        }
+        tick_until(c, 200, |p| {
+            matches!(p, Phase::ReconnectingToStop { .. } | Phase::Done)
+        });
         assert!(
             matches!(c.phase, Phase::ReconnectingToStop { .. }),
             "{:?}",
@@ -4168,13 +4177,7 @@ mod tests {
                     c.one_tick(Instant::now());
                 }
                 _ => {
-                    for _ in 0..200 {
-                        c.tick += 1;
-                        c.one_tick(Instant::now());
-                        if matches!(c.phase, Phase::Reconnecting { .. }) {
-                            break;
-                        }
-                    }
+                    tick_until(&mut c, 200, |p| matches!(p, Phase::Reconnecting { .. }));
                     assert!(matches!(c.phase, Phase::Reconnecting { .. }), "{lost}");
                     c.interrupt(Instant::now(), "signal 15".into());
                 }
@@ -4853,13 +4856,7 @@ mod tests {
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
         tx.send(LinkEvent::Reconnected(port)).unwrap();
-        for _ in 0..50 {
-            c.tick += 1;
-            c.one_tick(Instant::now());
-            if matches!(c.phase, Phase::Handshaking { .. }) {
-                break;
-            }
-        }
+        tick_until(&mut c, 50, |p| matches!(p, Phase::Handshaking { .. }));
         assert!(
             matches!(c.phase, Phase::Handshaking { .. }),
             "{:?}",
@@ -4899,13 +4896,7 @@ mod tests {
             },
         ))
         .unwrap();
-        for _ in 0..50 {
-            c.tick += 1;
-            c.one_tick(Instant::now());
-            if matches!(c.phase, Phase::Done) {
-                break;
-            }
-        }
+        tick_until(&mut c, 50, |p| matches!(p, Phase::Done));
         assert!(matches!(c.phase, Phase::Done), "{:?}", c.phase);
         assert_eq!(c.stopping, Some(Outcome::Interrupted));
         assert!(c.fatal.is_none(), "{:?}", c.fatal);
@@ -5012,13 +5003,7 @@ mod tests {
             let pty = hil_tests::link::Pty::open().unwrap();
             let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
             tx.send(LinkEvent::Reconnected(port)).unwrap();
-            for _ in 0..200 {
-                c.tick += 1;
-                c.one_tick(Instant::now());
-                if matches!(c.phase, Phase::Handshaking { .. }) {
-                    break;
-                }
-            }
+            tick_until(&mut c, 200, |p| matches!(p, Phase::Handshaking { .. }));
             assert!(matches!(c.phase, Phase::Handshaking { .. }), "{end}");
             match end {
                 "timeout" => {
