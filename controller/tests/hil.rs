@@ -25,7 +25,9 @@
 use controller::robot_loop::log::{EndReason, Record, read_log};
 use firmware_config::RobotConfig;
 use firmware_config::protocol::Message;
-use hil_tests::firmware::{FirmwareOptions, FirmwareState, FirmwareThread, Pacing, Received};
+use hil_tests::firmware::{
+    FirmwareOptions, FirmwareState, FirmwareThread, Pacing, Received, Stepped,
+};
 use serde_json::Value;
 use sim::{Reward, TaskId};
 use std::path::{Path, PathBuf};
@@ -79,6 +81,8 @@ fn robot(tweak: impl FnOnce(&mut RobotConfig)) -> RobotConfig {
 
 struct Sim {
     fw: Option<FirmwareThread>,
+    /// What the firmware's steps applied, once [`Sim::stop_fw`] has stopped it.
+    stepped: Vec<Stepped>,
     robot: RobotConfig,
     robot_file: PathBuf,
     out: PathBuf,
@@ -112,6 +116,7 @@ impl Sim {
         std::fs::write(&robot_file, toml::to_string(&robot).unwrap()).unwrap();
         Sim {
             fw: Some(start_fw(&robot, pacing, faults, reward)),
+            stepped: Vec::new(),
             out: dir.path().join("run"),
             robot,
             robot_file,
@@ -172,7 +177,9 @@ impl Sim {
     }
 
     fn stop_fw(&mut self) -> (hil_tests::firmware::RunReport, Vec<Received>) {
-        self.fw.take().unwrap().stop_recorded().unwrap()
+        let (report, recorded) = self.fw.take().unwrap().stop_recorded().unwrap();
+        self.stepped = recorded.stepped;
+        (report, recorded.received)
     }
 
     fn report(&self) -> Value {
@@ -1133,18 +1140,59 @@ fn fault_latency_spikes_below_the_stale_limit() {
 /// steps on with the newest command it got, and the next one to arrive can be several
 /// deltas away from it. Expected: the firmware's slew limit takes such commands over
 /// more steps (counted); the controller sees nothing wrong (no fault but a loaded
-/// machine's) and the episodes complete. Invariants: as everywhere, with a reach of `lost + 1` deltas after lost
-/// commands.
+/// machine's) and the episodes complete; every transition logged holds the action its
+/// step applied (the `Reward` frame's), not the command that was lost, and the report
+/// counts those steps (`applied_otherwise`). Invariants: as everywhere, with a reach of
+/// `lost + 1` deltas after lost commands.
 #[test]
 fn commands_lost_on_the_way_are_slew_limited_by_the_firmware() {
     let _g = serial();
-    let (report, out, fw) = link_fault_run("seed=7,lose_cmd=0.2");
+    let mut sim = Sim::new(robot(|_| {}), Pacing::RealTime, "seed=7,lose_cmd=0.2");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "4"]);
+    let (fw, received) = sim.stop_fw();
+    let (records, _) = check_invariants(&sim, &received, &out);
+    let report = sim.report();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(fw.faults.lost_commands > 0, "{:?}", fw.faults);
     assert!(fw.firmware.slew_limited > 0, "{:?}", fw.firmware);
     // No fault of the lost commands' making (a loaded machine's own are allowed, as in
     // the link-fault tests: this one paces in real time too).
     assert_only_load_faults(&report);
+    // The firmware's episode ids are the run's numbers here (no reboot, every Reset
+    // started one). Its step `s + 1` is the transition of step `s`.
+    let ad = sim.robot.action.dim;
+    let mut checked = 0;
+    for t in records.iter().filter_map(|r| match r {
+        Record::Transition(t) => Some(t),
+        _ => None,
+    }) {
+        let step = sim
+            .stepped
+            .iter()
+            .find(|s| s.episode == t.episode && s.step == t.step + 1)
+            .unwrap_or_else(|| panic!("no firmware step for {t:?}"));
+        for i in 0..ad {
+            // Through the test robot's scale of 2 and 0.5 and back.
+            assert!(
+                (t.action[i] - step.applied[i]).abs() <= 1e-5,
+                "step {} of episode {}: logged {:?}, applied {:?}",
+                t.step,
+                t.episode,
+                &t.action[..ad],
+                step.applied
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "{checked} transitions");
+    let otherwise: u64 = episodes(&report)
+        .iter()
+        .map(|e| e["applied_otherwise"].as_u64().unwrap())
+        .sum();
+    assert!(
+        otherwise > 0 && otherwise <= checked,
+        "{otherwise} of {checked}: {report}"
+    );
     eprintln!(
         "lost {} of {} commands; {} steps slew limited",
         fw.faults.lost_commands,
@@ -1646,6 +1694,44 @@ fn a_sensor_frame_of_the_wrong_size_faults_by_name() {
     assert_eq!(eps[1]["reason"], "completed");
 }
 
+/// A `Reward` frame one applied action value short (a firmware bug) faults its episode
+/// at once, naming the sizes: the step's action is unknown, so its transition cannot be
+/// recorded. The next episode runs.
+#[test]
+fn a_reward_frame_of_the_wrong_size_faults_by_name() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "short_applied_at=20");
+    let out = sim.run(&["--episodes", "2", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    let (records, _) = check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fw.faults.short_applied, 1);
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "reward_size"), 1, "{report}");
+    let ad = sim.robot.action.dim;
+    let detail = report["faults"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "the Reward frame of step 20 carries {} applied action values; the robot file's action.dim is {ad}",
+            ad - 1
+        )),
+        "{detail}"
+    );
+    let eps = episodes(&report);
+    assert_eq!(eps[0]["reason"], "fault");
+    assert_eq!(eps[1]["reason"], "completed");
+    // Step 19's transition (into step 20) is not logged; those before it are.
+    let first: Vec<u32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Transition(t) if t.episode == 0 => Some(t.step),
+            _ => None,
+        })
+        .collect();
+    assert!(!first.contains(&19), "{first:?}");
+    assert_eq!(first.iter().filter(|s| **s < 19).count(), 19, "{first:?}");
+}
+
 /// Setup: at step 20 of the first episode the firmware's `Sensor` frame carries the step
 /// number `u32::MAX` (a firmware bug). Expected: no hang and no panic (a transition
 /// pairing that gave up on steps one at a time would count to 2^32, then overflow);
@@ -1775,7 +1861,7 @@ fn protocol_version_mismatch_refuses_to_run() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         out.stderr
-            .contains("the firmware speaks protocol version 1, this controller speaks 3"),
+            .contains("the firmware speaks protocol version 1, this controller speaks 4"),
         "{out:?}"
     );
     assert!(!received.is_empty());
@@ -3522,8 +3608,8 @@ fn a_dataset_recorded_otherwise_is_refused_before_the_port_is_opened() {
         cfg.out = Some(out.to_path_buf());
         let e = controller::robot_loop::run(cfg, controller::robot_loop::Brain::Hold, "push", "t")
             .expect_err("refused");
-        let (_, received) = firmware.stop_recorded().unwrap();
-        (e.to_string(), received.len())
+        let (_, recorded) = firmware.stop_recorded().unwrap();
+        (e.to_string(), recorded.received.len())
     };
     let (e, heard) = refused(tmp.path());
     assert!(e.contains("observation"), "{e}");

@@ -61,11 +61,11 @@
 //! - `command_timeout_ms` and `safety.stale_sensor_ms` at least [`MIN_TIMEOUT_PERIODS`]
 //!   control periods: commands and sensor frames come once per period, give or take
 //!   jitter, so a limit of one period would trip on a healthy link;
-//! - `serial.baud` fast enough that every step's `Sensor` and `Reward` frames, and the
-//!   controller's `Command` the other way, each take at most half of a control period
-//!   (the other half carries the frames of rarer steps: an `EpisodeEnd`, a `Fault`)
-//!   on the line ([`crate::protocol::step_wire_bytes`],
-//!   [`crate::protocol::command_wire_bytes`], 10 bits per byte);
+//! - `serial.baud` fast enough that every step's `Sensor` and `Reward` frames take at
+//!   most half of a control period (the other half carries the frames of rarer steps:
+//!   an `EpisodeEnd`, a `Fault`) on the line ([`crate::protocol::step_wire_bytes`], 10
+//!   bits per byte). The controller's `Command` the other way is always shorter: the
+//!   `Reward` carries the same action values as the applied action, and more;
 //! - `command_timeout_ms` and `safety.stale_sensor_ms` at most [`MAX_TIMEOUT_MS`];
 //! - the envelope `[safety.action_min, safety.action_max]` lies within the policy's
 //!   `[-1, 1]` and contains 0, the hold action the firmware falls back to on its own;
@@ -83,7 +83,7 @@
 //! carry a byte span, and the validator looks the offending field up in a span-keeping
 //! parse of the same text.
 
-use crate::protocol::{Hello, MAX_ACT, MAX_OBS, command_wire_bytes, step_wire_bytes};
+use crate::protocol::{Hello, MAX_ACT, MAX_OBS, step_wire_bytes};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::ops::Range;
@@ -982,26 +982,13 @@ impl RobotConfig {
             return Ok(());
         }
         let period_ms = 1000.0 / self.control_hz as f64;
-        let step_bytes = step_wire_bytes(self.observation.dim);
-        let command_bytes = command_wire_bytes(self.action.dim);
-        // The busier direction decides.
-        let (bytes, what) = if command_bytes > step_bytes {
-            let n = self.action.dim;
-            (
-                command_bytes,
-                format!(
-                    "the controller's command for one step ({command_bytes} bytes for {n} action values)"
-                ),
-            )
-        } else {
-            let n = self.observation.dim;
-            (
-                step_bytes,
-                format!(
-                    "the firmware's frames for one step ({step_bytes} bytes for {n} observation values)"
-                ),
-            )
-        };
+        // The firmware's direction is the busier: its `Reward` alone carries the
+        // command's values and more.
+        let (od, ad) = (self.observation.dim, self.action.dim);
+        let bytes = step_wire_bytes(od, ad);
+        let what = format!(
+            "the firmware's frames for one step ({bytes} bytes for {od} observation and {ad} action values)"
+        );
         let line_ms = (bytes * 10) as f64 * 1000.0 / baud as f64;
         if line_ms <= 0.5 * period_ms {
             return Ok(());

@@ -58,7 +58,7 @@
 //! | 0x07 | `EpisodeStart` | fw → ctl | episode u32, seed u64 |
 //! | 0x08 | `EpisodeEnd` | fw → ctl | episode u32, success u8, steps u32 |
 //! | 0x09 | `Reset` | ctl → fw | seed u64 |
-//! | 0x0a | `Reward` | fw → ctl | episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success; truncated only with done); **required every step** |
+//! | 0x0a | `Reward` | fw → ctl | episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success; truncated only with done), n u8, n × f32 applied action (robot units); **required every step** |
 //!
 //! # Episodes, as a firmware runs them
 //!
@@ -71,6 +71,12 @@
 //!   action): the controller pairs `Sensor(s − 1)`, `Sensor(s)` and `Reward(s)` into one
 //!   transition, so a firmware that sends no `Reward` frames records nothing (each
 //!   episode line says "0 transitions, N missing").
+//! - The `Reward` names the action that step applied, in robot units: the command after
+//!   the firmware's envelope and slew limit, or its hold action on a hold step. The
+//!   transition records it, not the command the controller sent: a command late or lost
+//!   on the line, one the slew limit reached over several steps and the watchdog's
+//!   hold all make the robot do otherwise than it was told, and a critic that learns
+//!   from the told action learns the wrong outcome for it.
 //! - The hold action is **0 in policy units**: `action.offset` in robot units, what
 //!   the firmware applies before the first command, after its watchdog trips and at
 //!   the end of a safe stop. On a robot commanded in absolute positions that is a pose
@@ -163,8 +169,9 @@ use heapless::Vec;
 
 /// Version of this protocol; both sides must speak the same one.
 ///
-/// History: 1, the first; 2 added the robot id to `Hello`; 3 the settings hash.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// History: 1, the first; 2 added the robot id to `Hello`; 3 the settings hash; 4 the
+/// applied action in `Reward`.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Most observation values one [`Message::Sensor`] carries.
 pub const MAX_OBS: usize = 32;
 /// Most action values one [`Message::Command`] carries.
@@ -175,8 +182,9 @@ pub const HEADER_LEN: usize = 10;
 pub const CRC_LEN: usize = 4;
 /// Fixed part of a sensor payload: episode u32, step u32, count u8.
 const SENSOR_FIXED: usize = 4 + 4 + 1;
-/// A reward payload: episode u32, step u32, reward f32, flags u8.
-const REWARD_PAYLOAD: usize = 4 + 4 + 4 + 1;
+/// Fixed part of a reward payload: episode u32, step u32, reward f32, flags u8, count u8
+/// (the applied action's values follow).
+const REWARD_FIXED: usize = 4 + 4 + 4 + 1 + 1;
 /// Largest payload (a full sensor frame): 9 + 4 × 32 = 137 bytes.
 pub const MAX_PAYLOAD: usize = SENSOR_FIXED + 4 * MAX_OBS;
 /// Largest frame before COBS: 10 + 137 + 4 = 151 bytes.
@@ -187,20 +195,15 @@ pub const MAX_ENCODED_FRAME: usize = cobs_max_len(MAX_RAW_FRAME);
 pub const MAX_FRAME: usize = MAX_ENCODED_FRAME + 1;
 
 /// The most bytes the firmware sends in every control step of a robot with `obs_dim`
-/// observation values: a `Sensor` frame and a `Reward` frame, each at its largest COBS
-/// encoding plus the delimiter (65 + 29 = 94 bytes for 10 values). The line must carry
+/// observation and `act_dim` action values: a `Sensor` frame and a `Reward` frame, each
+/// at its largest COBS encoding plus the delimiter (65 + 46 = 111 bytes for 10 and 4
+/// values). The line must carry
 /// this every control period (`config::RobotConfig` checks the baud rate against it, at
 /// half the period). The frames of rarer steps come on top, in the half left over: an
 /// `EpisodeEnd` on an episode's last step (25 bytes), a `Fault` (18), the `EpisodeStart`
 /// after a `Reset` (28).
-pub const fn step_wire_bytes(obs_dim: usize) -> usize {
-    wire_frame_bytes(SENSOR_FIXED + 4 * obs_dim) + wire_frame_bytes(REWARD_PAYLOAD)
-}
-
-/// The most bytes the controller's `Command` of `act_dim` values takes on the wire
-/// (81 at 16 values): the other direction's frames for one step.
-pub const fn command_wire_bytes(act_dim: usize) -> usize {
-    wire_frame_bytes(1 + 4 * act_dim)
+pub const fn step_wire_bytes(obs_dim: usize, act_dim: usize) -> usize {
+    wire_frame_bytes(SENSOR_FIXED + 4 * obs_dim) + wire_frame_bytes(REWARD_FIXED + 4 * act_dim)
 }
 
 /// The most bytes a frame of `payload` payload bytes takes on the wire, delimiter
@@ -209,10 +212,11 @@ const fn wire_frame_bytes(payload: usize) -> usize {
     cobs_max_len(HEADER_LEN + payload + CRC_LEN) + 1
 }
 
-// Every other payload fits in MAX_PAYLOAD (Command: 1 + 4 × 16 = 65; Reward 13;
-// EpisodeStart 12); the wire length field is a u16.
+// Every other payload fits in MAX_PAYLOAD (Command: 1 + 4 × 16 = 65; Reward 14 + 4 × 16
+// = 78; EpisodeStart 12); the wire length field is a u16.
 const MAX_COMMAND_PAYLOAD: usize = 1 + 4 * MAX_ACT;
 const _: () = assert!(MAX_COMMAND_PAYLOAD <= MAX_PAYLOAD);
+const _: () = assert!(REWARD_FIXED + 4 * MAX_ACT <= MAX_PAYLOAD);
 const _: () = assert!(MAX_PAYLOAD <= u16::MAX as usize);
 // The value counts travel as u8.
 const _: () = assert!(MAX_OBS <= u8::MAX as usize);
@@ -233,7 +237,7 @@ header: version u8, type u8, seq u16, timestamp_us u32, payload_len u16
 0x07 episode_start: episode u32, seed u64
 0x08 episode_end: episode u32, success u8 (0 or 1), steps u32
 0x09 reset: seed u64
-0x0a reward: episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success), truncated only with done
+0x0a reward: episode u32, step u32, reward f32, flags u8 (1 done, 2 truncated, 4 success), truncated only with done, n u8, applied f32[n], n <= 16
 ";
 
 /// CRC-32 of [`SCHEMA`], exchanged in the [`Hello`] handshake.
@@ -682,6 +686,9 @@ pub enum Message {
         done: bool,
         truncated: bool,
         success: bool,
+        /// The action the step applied, in robot units: the command after the
+        /// firmware's envelope and slew limit, or its hold action.
+        applied: Vec<f32, MAX_ACT>,
     },
 }
 
@@ -781,6 +788,7 @@ impl Message {
                 done,
                 truncated,
                 success,
+                applied,
             } => {
                 w.u32(*episode)?;
                 w.u32(*step)?;
@@ -791,6 +799,10 @@ impl Message {
                     success: *success,
                 }
                 .to_byte())?;
+                w.u8(applied.len() as u8)?;
+                for &x in applied {
+                    w.f32(x)?;
+                }
             }
         }
         Ok(w.pos)
@@ -902,6 +914,7 @@ impl Message {
                 let step = r.u32();
                 let reward = r.f32();
                 let flags = r.u8();
+                let n = r.u8() as usize;
                 if r.short {
                     return Err(bad("payload too short", Found::Bytes(payload.len())));
                 }
@@ -913,6 +926,25 @@ impl Message {
                 if flags.truncated && !flags.done {
                     return Err(bad("truncated without done", Found::Byte(flags.to_byte())));
                 }
+                if n > MAX_ACT {
+                    return Err(bad(
+                        "too many values",
+                        Found::Count {
+                            count: n,
+                            max: MAX_ACT,
+                        },
+                    ));
+                }
+                if r.data.len() != 4 * n {
+                    let bytes = r.data.len();
+                    let found = Found::ValueBytes { count: n, bytes };
+                    return Err(bad("length disagrees with the value count", found));
+                }
+                let mut applied = Vec::new();
+                for _ in 0..n {
+                    // Cannot fail: n <= MAX_ACT.
+                    let _ = applied.push(r.f32());
+                }
                 Message::Reward {
                     episode,
                     step,
@@ -920,6 +952,7 @@ impl Message {
                     done: flags.done,
                     truncated: flags.truncated,
                     success: flags.success,
+                    applied,
                 }
             }
         };

@@ -52,6 +52,7 @@
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
 //! | `short_obs_at` | step | once, this step's `Sensor` frame carries one observation value fewer than the robot's (a firmware bug) |
+//! | `short_applied_at` | step | once, this step's `Reward` frame carries one applied action value fewer than the robot's (a firmware bug) |
 //! | `version` | u8 | the firmware speaks this protocol version: every frame's header and its `Hello` say it, and it reads none of the controller's frames of another (each answered as a version mismatch) |
 //! | `schema` | u32 (`0x` hex ok) | the firmware's `Hello` carries this schema hash |
 //! | `nan` | p per sensor frame | one observation value is sent as NaN |
@@ -89,6 +90,7 @@ pub struct FaultSpec {
     pub watchdog_at_step: Option<u32>,
     pub bad_step_at: Option<u32>,
     pub short_obs_at: Option<u32>,
+    pub short_applied_at: Option<u32>,
     pub version: Option<u8>,
     pub schema_hash: Option<u32>,
     pub nan_sensor: f32,
@@ -243,6 +245,10 @@ impl FromStr for FaultSpec {
                     spec.short_obs_at =
                         Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
                 }
+                "short_applied_at" => {
+                    spec.short_applied_at =
+                        Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
+                }
                 "version" => {
                     spec.version =
                         Some(u8::try_from(int(value)?).map_err(|_| err("version is a u8"))?)
@@ -254,7 +260,7 @@ impl FromStr for FaultSpec {
                 _ => {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
-                         dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, bad_step_at, short_obs_at, version, schema, \
+                         dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, bad_step_at, short_obs_at, short_applied_at, version, schema, \
                          nan, lose_cmd, lose_estop",
                     ));
                 }
@@ -299,6 +305,7 @@ pub struct FaultStats {
     pub watchdog_trips: u64,
     pub bad_steps: u64,
     pub short_observations: u64,
+    pub short_applied: u64,
     pub version_rewrites: u64,
     pub nan_sensors: u64,
     pub lost_commands: u64,
@@ -546,6 +553,19 @@ impl FaultInjector {
         if once(
             self.spec.short_obs_at == Some(step),
             &mut self.stats.short_observations,
+        ) {
+            dim.saturating_sub(1)
+        } else {
+            dim
+        }
+    }
+
+    /// How many applied action values step `step`'s `Reward` frame carries: one fewer
+    /// than `dim` once, at the configured `short_applied_at`.
+    pub fn applied_len(&mut self, step: u32, dim: usize) -> usize {
+        if once(
+            self.spec.short_applied_at == Some(step),
+            &mut self.stats.short_applied,
         ) {
             dim.saturating_sub(1)
         } else {

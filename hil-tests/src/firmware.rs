@@ -33,8 +33,9 @@
 //!   counts its episodes from 0 again, as a booted firmware does.
 //! - **Episodes.** `Reset { seed }` resets the simulator with `seed`, then sends
 //!   `EpisodeStart` and the step-0 `Sensor`. Every control step sends `Sensor` (the new
-//!   observation) and `Reward` (that step's outcome) with the episode id and step
-//!   number; the step that terminates or truncates (horizon) the episode is followed by
+//!   observation) and `Reward` (that step's outcome and the action it applied, in robot
+//!   units: after the envelope and the slew limit, or the hold) with the episode id and
+//!   step number; the step that terminates or truncates (horizon) the episode is followed by
 //!   `EpisodeEnd`, and the firmware waits for the next `Reset`.
 //! - **Pacing.** [`Pacing::RealTime`]: one step per control period (`1 / control_hz`),
 //!   with the newest command (zero-order hold). [`Pacing::Lockstep`]: a step as soon as
@@ -52,7 +53,8 @@
 //!   away is applied clamped to that reach, and counted (`slew_limited`). The
 //!   controller limits each command against the previous *command*: when commands are
 //!   lost on the way (a damaged frame) or arrive late, the next one can be several
-//!   deltas from what the robot applies, and only the firmware knows that. Hold steps
+//!   deltas from what the robot applies, and only the firmware knows that (it says so
+//!   in the step's `Reward`, which names the applied action). Hold steps
 //!   are not limited: the hold is the stop.
 //! - **Commands** are in robot units (`firmware_config::config::ActionConfig`) and are
 //!   mapped back to the simulator's units. A command of the wrong length or with a
@@ -110,9 +112,21 @@ pub struct FirmwareOptions {
     /// Seeds the fault injector (unless its spec has a seed) and simulated reboots.
     pub seed: u64,
     pub faults: FaultSpec,
-    /// Record every frame received ([`SimFirmware::received`]): lets tests check what a
-    /// controller really sent (e.g. that no command left its safety envelope).
+    /// Record every frame received ([`SimFirmware::received`]) and every step's applied
+    /// action ([`SimFirmware::stepped`]): lets tests check what a controller really sent
+    /// (e.g. that no command left its safety envelope) and what it logged.
     pub record: bool,
+}
+
+/// What one control step applied (recorded with [`FirmwareOptions::record`]): the
+/// firmware's side of the action a transition records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stepped {
+    /// The firmware's episode id and the step's number (its `Reward`'s).
+    pub episode: u32,
+    pub step: u32,
+    /// Policy units.
+    pub applied: Vec<f32>,
 }
 
 /// A frame the firmware received, with its clock and state at that moment.
@@ -283,6 +297,7 @@ pub struct SimFirmware {
     stats: FirmwareStats,
     record: bool,
     received: Vec<Received>,
+    stepped_record: Vec<Stepped>,
     /// Commands lost since the last one received (for [`Received::lost_before`]).
     lost_since_command: u64,
 }
@@ -416,6 +431,7 @@ impl SimFirmware {
             stats: FirmwareStats::default(),
             record: opts.record,
             received: Vec::new(),
+            stepped_record: Vec::new(),
             lost_since_command: 0,
             robot: opts.robot,
         })
@@ -467,6 +483,11 @@ impl SimFirmware {
     /// Every frame received so far (only with [`FirmwareOptions::record`]).
     pub fn received(&self) -> &[Received] {
         &self.received
+    }
+
+    /// Every step's applied action so far (only with [`FirmwareOptions::record`]).
+    pub fn stepped(&self) -> &[Stepped] {
+        &self.stepped_record
     }
 
     /// Handles one received frame.
@@ -744,11 +765,23 @@ impl SimFirmware {
         }
         let out = self.env.step(&self.stepped, &mut self.obs);
         self.step += 1;
+        if self.record {
+            self.stepped_record.push(Stepped {
+                episode: self.episode,
+                step: self.step,
+                applied: self.stepped.clone(),
+            });
+        }
         self.stats.steps += 1;
         if hold {
             self.stats.hold_steps += 1;
         }
         self.send_sensor(now);
+        // The action this step applied, in robot units, as the transition records it.
+        let mut applied = [0.0f32; firmware_config::protocol::MAX_ACT];
+        let applied = &mut applied[..self.stepped.len()];
+        self.robot.action.to_robot_units(&self.stepped, applied);
+        let applied = &applied[..self.faults.applied_len(self.step, applied.len())];
         self.send(
             now,
             Message::Reward {
@@ -758,6 +791,8 @@ impl SimFirmware {
                 done: out.done(),
                 truncated: out.truncated,
                 success: out.success,
+                // Cannot fail: the robot file's action.dim is at most MAX_ACT.
+                applied: heapless::Vec::from_slice(applied).unwrap_or_default(),
             },
         );
         if out.done() {
@@ -990,7 +1025,13 @@ pub struct FirmwareThread {
     handle: Option<FirmwareHandle>,
 }
 
-type FirmwareHandle = JoinHandle<Result<(RunReport, Vec<Received>), FirmwareError>>;
+/// What a firmware thread recorded ([`FirmwareOptions::record`]).
+pub struct Recorded {
+    pub received: Vec<Received>,
+    pub stepped: Vec<Stepped>,
+}
+
+type FirmwareHandle = JoinHandle<Result<(RunReport, Recorded), FirmwareError>>;
 
 impl FirmwareThread {
     /// Opens a pty, starts the firmware on its master side and returns; connect to
@@ -1006,7 +1047,11 @@ impl FirmwareThread {
             .name("sim-firmware".into())
             .spawn(move || {
                 let report = run(&mut fw, &mut port, rate_scale, &flag)?;
-                Ok((report, std::mem::take(&mut fw.received)))
+                let recorded = Recorded {
+                    received: std::mem::take(&mut fw.received),
+                    stepped: std::mem::take(&mut fw.stepped_record),
+                };
+                Ok((report, recorded))
             })?;
         Ok(FirmwareThread {
             path,
@@ -1025,10 +1070,10 @@ impl FirmwareThread {
         Ok(self.stop_recorded()?.0)
     }
 
-    /// Stops the firmware; returns what it counted and the frames it received (empty
-    /// unless [`FirmwareOptions::record`] was set). The pty closes with it, which is
-    /// what a controller sees as the device going away.
-    pub fn stop_recorded(mut self) -> Result<(RunReport, Vec<Received>), FirmwareError> {
+    /// Stops the firmware; returns what it counted, the frames it received and the
+    /// actions its steps applied (empty unless [`FirmwareOptions::record`] was set). The
+    /// pty closes with it, which is what a controller sees as the device going away.
+    pub fn stop_recorded(mut self) -> Result<(RunReport, Recorded), FirmwareError> {
         self.stop.store(true, Ordering::Relaxed);
         let handle = self.handle.take().expect("joined only here and in drop");
         handle.join().map_err(|_| FirmwareError::Panicked)?

@@ -83,6 +83,7 @@ fn one_episode_over_a_pty_matches_the_simulator() {
             reward,
             done,
             success,
+            applied,
             ..
         } = f.message
         else {
@@ -92,6 +93,8 @@ fn one_episode_over_a_pty_matches_the_simulator() {
             (episode, rstep, done, success),
             (0, step, r.done(), r.success)
         );
+        // push maps identically, and the demonstrator stays within its slew limit.
+        assert_eq!(applied.as_slice(), action.as_slice(), "step {step}");
         assert_eq!(reward, r.reward);
         rewards += reward;
         if r.done() {
@@ -342,17 +345,17 @@ fn binary_serves_a_pty() {
 
 #[test]
 fn binary_with_wrong_version_is_recognized() {
-    let (_child, path) = spawn_binary(&["--task", "push", "--faults", "version=4"]);
+    let (_child, path) = spawn_binary(&["--task", "push", "--faults", "version=5"]);
     let mut client = Client::new(Box::new(SerialLink::open(&path, 1_000_000).unwrap()));
     client
         .send(Message::Hello(robot(TaskId::Push).hello()))
         .unwrap();
-    // Its Hello comes back in a version-4 frame (one above ours): a version mismatch,
+    // Its Hello comes back in a version-5 frame (one above ours): a version mismatch,
     // not noise.
-    assert_eq!(firmware_config::protocol::PROTOCOL_VERSION, 3);
+    assert_eq!(firmware_config::protocol::PROTOCOL_VERSION, 4);
     let event = client.next_event(GUARD).unwrap().expect("an answer");
-    assert_eq!(event.err(), Some(FrameError::Version { received: 4 }));
-    assert_eq!(client.errors[0], FrameError::Version { received: 4 });
+    assert_eq!(event.err(), Some(FrameError::Version { received: 5 }));
+    assert_eq!(client.errors[0], FrameError::Version { received: 5 });
 }
 
 #[test]

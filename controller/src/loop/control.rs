@@ -25,11 +25,15 @@
 //! The controller acts once per new sensor frame; the firmware applies the newest
 //! command it has at each of its own control steps (or, in lockstep, steps when a
 //! command arrives). The transition of step `t` pairs `Sensor t`, `Sensor t+1` and
-//! `Reward t+1` with the newest command whose write had started when `Sensor t+1`
-//! arrived — the command in force when the firmware took the step (a command still on
-//! the wire at the firmware's tick is the one exception, and only happens when the
-//! loop is late). With no command yet in the episode it is the firmware's hold action
-//! (zero). With a lockstep firmware (one step per command) this is exact.
+//! `Reward t+1`, and its action is the one `Reward t+1` says the step applied (mapped
+//! back to policy units): the command after the firmware's envelope and slew limit, or
+//! its hold. The command in force when `Sensor t+1` arrived (the newest whose write had
+//! started; with no command yet in the episode, the hold) gives the transition its
+//! send time and its intervention and teleop marks. The two differ where the robot did
+//! otherwise than it was told: a command lost or late on the line, the slew limit
+//! reaching a command further away, the watchdog's hold. Such transitions are counted
+//! (`applied_otherwise` in each episode's report); a critic that learned from the
+//! command would credit it with what another action did.
 //!
 //! # Phase
 //!
@@ -103,6 +107,8 @@ struct RewardRec {
     done: bool,
     truncated: bool,
     success: bool,
+    /// The action the step applied, as the firmware says (policy units).
+    applied: [f32; MAX_ACT],
 }
 
 /// The running episode as the controller sees it.
@@ -128,6 +134,9 @@ struct Track {
     emitted: u32,
     dropped: u32,
     missing: u32,
+    /// Transitions whose applied action was not the command in force (see the module's
+    /// "Which action a transition gets").
+    applied_otherwise: u32,
     /// Step number of the terminal reward (= the episode's step count).
     final_step: Option<u32>,
     /// `EpisodeEnd` from the firmware: (success, steps).
@@ -212,6 +221,7 @@ impl Track {
             emitted: 0,
             dropped: 0,
             missing: 0,
+            applied_otherwise: 0,
             final_step: None,
             fw_end: None,
             ret: 0.0,
@@ -993,8 +1003,29 @@ impl Control {
                 done,
                 truncated,
                 success,
+                applied,
             } => {
                 if self.refuse_leap(now, "Reward", episode, step) {
+                    return;
+                }
+                if applied.len() != self.ad {
+                    // As a Sensor frame of another size: the step cannot be recorded
+                    // (its action is unknown), and the firmware is not the one the
+                    // robot file describes.
+                    if self
+                        .track
+                        .as_ref()
+                        .is_some_and(|t| t.id == episode && t.final_step.is_none_or(|f| step <= f))
+                        && matches!(self.phase, Phase::Running | Phase::Ending { .. })
+                    {
+                        let detail = format!(
+                            "the Reward frame of step {step} carries {} applied action values; \
+                             the robot file's action.dim is {} (a firmware bug)",
+                            applied.len(),
+                            self.ad
+                        );
+                        self.fault(now, FaultKind::RewardSize, detail, None);
+                    }
                     return;
                 }
                 let Some(t) = track_of(&mut self.track, &mut self.closing, episode) else {
@@ -1012,13 +1043,17 @@ impl Control {
                     // reward is in the return already, or its step was given up on.
                     return;
                 }
-                t.rewards[slot] = Some(RewardRec {
+                let mut rec = RewardRec {
                     step,
                     reward,
                     done,
                     truncated,
                     success,
-                });
+                    applied: [0.0; MAX_ACT],
+                };
+                let action = &self.cfg.robot.action;
+                action.to_policy_units(&applied, &mut rec.applied[..self.ad]);
+                t.rewards[slot] = Some(rec);
                 // A non-finite reward's transition is not logged (counted as
                 // missing); it does not make the episode's return NaN either.
                 if reward.is_finite() {
@@ -2486,16 +2521,24 @@ impl Control {
             let Some(s1) = s.checked_add(1) else { break };
             let parts = (t.sensor(s), t.sensor(s1), t.reward(s1));
             if let (Some(a), Some(b), Some(r)) = parts {
-                let (sent_at, action, intervention, teleop) = match self.commands.in_force_at(b.rx)
-                {
-                    Some(c) => (
-                        ns_since(self.start, c.at),
-                        c.action,
-                        c.intervention,
-                        c.teleop,
-                    ),
-                    None => (0, [0.0; MAX_ACT], self.intervention, false),
-                };
+                let (sent_at, in_force, intervention, teleop) =
+                    match self.commands.in_force_at(b.rx) {
+                        Some(c) => (
+                            ns_since(self.start, c.at),
+                            c.action,
+                            c.intervention,
+                            c.teleop,
+                        ),
+                        None => (0, [0.0; MAX_ACT], self.intervention, false),
+                    };
+                // The firmware's word on what the step applied is the transition's
+                // action; the command in force only times it and marks it.
+                let action = r.applied;
+                let mapping = &self.cfg.robot.action;
+                let applied_otherwise = (0..self.ad).any(|i| {
+                    // Through robot units and back twice: controller → firmware → us.
+                    (action[i] - in_force[i]).abs() > 2.0 * mapping.round_trip_error(i)
+                });
                 let mut tr = Transition {
                     episode: t.number,
                     step: s,
@@ -2541,6 +2584,7 @@ impl Control {
                     t.missing = t.missing.saturating_add(1);
                     continue;
                 }
+                t.applied_otherwise += u32::from(applied_otherwise);
                 // The episode's return (console, report.json) is the dataset's: a step
                 // not kept (its reward not finite) adds no bonus either.
                 t.ret += bonus;
@@ -2722,6 +2766,7 @@ impl Control {
             transitions: t.emitted,
             dropped: t.dropped,
             missing: t.missing,
+            applied_otherwise: t.applied_otherwise,
             seconds: elapsed.as_secs_f64(),
             cadence,
         };
@@ -2850,6 +2895,11 @@ mod tests {
         let report = super::super::RunReport::new(&cfg, "test");
         let c = Control::new(cfg, brain, gate, rx, None, report, Instant::now());
         (c, tx)
+    }
+
+    /// The applied action of a `push` step that held (policy and robot units 0).
+    fn push_hold() -> heapless::Vec<f32, MAX_ACT> {
+        heapless::Vec::from_slice(&[0.0, 0.0]).unwrap()
     }
 
     fn frame(seq: u16, message: Message) -> LinkEvent {
@@ -3563,6 +3613,7 @@ mod tests {
             done: false,
             truncated: false,
             success: false,
+            applied: push_hold(),
         };
         assert!(c.report.episodes.is_empty(), "ended before its last frames");
         tx.send(frame(3, reward(1))).unwrap();
@@ -3614,6 +3665,7 @@ mod tests {
             done: false,
             truncated: false,
             success: false,
+            applied: push_hold(),
         };
         tx.send(frame(3, reward)).unwrap();
         c.drain(Instant::now());
@@ -3666,6 +3718,7 @@ mod tests {
                     done: done_at_6 && step == 6,
                     truncated: false,
                     success: false,
+                    applied: push_hold(),
                 };
                 tx.send(frame(seq, reward)).unwrap();
             }
@@ -3723,6 +3776,7 @@ mod tests {
             done,
             truncated: false,
             success: false,
+            applied: push_hold(),
         }
     }
 
@@ -3954,6 +4008,7 @@ mod tests {
             done: true,
             truncated: false,
             success: true,
+            applied: push_hold(),
         };
         let (c, records) = labelled_at_step_2_ending(&wire, 64, true, success);
         let t = last_transition(&records).expect("logged");
@@ -4595,6 +4650,7 @@ mod tests {
                     done: false,
                     truncated: false,
                     success: false,
+                    applied: push_hold(),
                 },
             ))
             .unwrap();

@@ -130,7 +130,8 @@ pub struct Transition {
     pub obs_dim: u8,
     pub act_dim: u8,
     pub obs: [f32; MAX_OBS],
-    /// The action in force during the step, in policy units, as sent.
+    /// The action the step applied, in policy units, as the firmware's `Reward` frame
+    /// says (protocol 4; logs written before it hold the command in force, as sent).
     pub action: [f32; MAX_ACT],
     pub reward: f32,
     pub done: bool,
@@ -144,6 +145,7 @@ pub struct Transition {
     pub obs_fw_us: u32,
     pub next_obs_fw_us: u32,
     pub obs_rx_ns: u64,
+    /// When the command in force during the step was sent (0: none yet, the hold).
     pub action_sent_ns: u64,
     pub next_obs_rx_ns: u64,
 }

@@ -57,6 +57,7 @@
 //! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
 //! | a frame's step number far past the furthest step heard of (4 × the stale limit in ticks + 16) | message | safe stop, episode ends (`implausible_step`) |
 //! | a `Sensor` frame whose observation is not `observation.dim` values | message | safe stop, episode ends (`sensor_size`) |
+//! | a `Reward` frame whose applied action is not `action.dim` values | message | safe stop, episode ends (`reward_size`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
 //! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | a `Hello`, then the `Reset` again; a third unanswered `Reset` ends the run with an error (`no_episode_start`, through a safe stop) |
 //! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail, the `Estop` is tried once), then with `--reconnect-ms` a wait for the port (no `Estop`: its writer is closed; at the run's end, the port back takes the `Estop`); without it, a read side's loss ends the run and a failed write counts against `--max-faults` like any fault |
@@ -576,6 +577,9 @@ pub enum FaultKind {
     /// A `Sensor` frame whose observation has another size than the robot file's
     /// `observation.dim`: the firmware's bug (the frame cannot be acted on).
     SensorSize,
+    /// A `Reward` frame whose applied action has another size than the robot file's
+    /// `action.dim`: the firmware's bug (the step cannot be recorded).
+    RewardSize,
     LinkLost,
     Handshake,
     NoEpisodeStart,
@@ -661,6 +665,11 @@ pub struct EpisodeReport {
     pub dropped: u32,
     /// Steps whose transition could not be built (frames lost on the link).
     pub missing: u32,
+    /// Transitions whose action the firmware applied otherwise than the command in
+    /// force when it stepped: its slew limit reaching a command further away, its
+    /// envelope, its hold (a watchdog trip, before the first command), a command late
+    /// or lost on the line. The transition holds the applied action.
+    pub applied_otherwise: u32,
     pub seconds: f64,
     pub cadence: CadenceReport,
 }
@@ -701,6 +710,15 @@ impl fmt::Display for EpisodeReport {
                 f,
                 "  {} transitions dropped: the logger's queue was full (disk too slow)",
                 self.dropped
+            )?;
+        }
+        if self.applied_otherwise > 0 {
+            writeln!(
+                f,
+                "  {} steps applied otherwise than commanded (the firmware's slew limit, \
+                 envelope or hold, or a late command): their transitions hold what the \
+                 robot applied",
+                self.applied_otherwise
             )?;
         }
         write!(f, "{}", self.cadence)

@@ -630,7 +630,7 @@ fn parse_errors_name_file_line_and_field() {
     assert_eq!(
         load_err(&text),
         format!(
-            "robot.toml:{line}: serial.baud: 9600 baud is too slow for 20 Hz: the firmware's frames for one step (94 bytes for 10 observation values) take 97.9 ms of the 50 ms period, and at most half of it is allowed; use at least 37600 baud or a lower control_hz"
+            "robot.toml:{line}: serial.baud: 9600 baud is too slow for 20 Hz: the firmware's frames for one step (103 bytes for 10 observation and 2 action values) take 107.3 ms of the 50 ms period, and at most half of it is allowed; use at least 41200 baud or a lower control_hz"
         )
     );
     // A symlink to a USB CDC-ACM device (`/dev/serial/by-id/usb-…-if00`, its stable
@@ -648,18 +648,19 @@ fn parse_errors_name_file_line_and_field() {
     assert!(robot.check_baud("/dev/tty.usbmodem1101", 9600).is_ok());
     assert!(robot.check_baud("/dev/ttys004", 9600).is_ok());
     assert!(robot.check_baud("/dev/ttyS4", 9600).is_err());
-    // The other direction too: one observation value and 16 action values at 20 Hz,
-    // whose 58 bytes of firmware frames a step fit 23,200 baud, but not the 81 of the
-    // controller's command (it passed).
+    // The action's values count too: one observation value and 16 action values at 20
+    // Hz, whose `Reward` frames carry the 16 applied values (the controller's command
+    // of them, 81 bytes, is the shorter direction).
     let mut wide = robot.clone();
     (wide.observation.dim, wide.action.dim, wide.control_hz) = (1, 16, 20);
     let e = wide.check_baud("/dev/ttyUSB0", 24_000).unwrap_err();
     assert!(
-        e.contains("the controller's command for one step (81 bytes for 16 action values)")
-            && e.contains("use at least 32400 baud"),
+        e.contains(
+            "the firmware's frames for one step (123 bytes for 1 observation and 16 action values)"
+        ) && e.contains("use at least 49200 baud"),
         "{e}"
     );
-    assert!(wide.check_baud("/dev/ttyUSB0", 32_400).is_ok());
+    assert!(wide.check_baud("/dev/ttyUSB0", 49_200).is_ok());
     // A timeout past u32 is named as given (it read 4294967295).
     let e = robot.check_command_timeout(5_000_000_000).unwrap_err();
     assert!(e.contains("found 5000000000"), "{e}");

@@ -102,7 +102,7 @@ fn sizes_are_what_the_docs_say() {
 /// Python's `zlib.crc32`.
 #[test]
 fn golden_bytes() {
-    assert_eq!(SCHEMA_HASH, 0xf619_2a00);
+    assert_eq!(SCHEMA_HASH, 0x0b17_20e0);
     assert_eq!(schema_hash(), SCHEMA_HASH);
     let f = Frame {
         seq: 7,
@@ -111,12 +111,12 @@ fn golden_bytes() {
     };
     let wire = f.to_wire();
     let expected: StdVec<u8> = [
-        0x04, 0x03, 0x03, 0x07, 0x03, 0xe8, 0x03, 0x01, 0x02, 0x09, 0x02, 0x02, 0x01, 0x03, 0x80,
-        0x3f, 0x01, 0x01, 0x06, 0xbf, 0x7a, 0x31, 0xbf, 0x3f, 0x00,
+        0x04, 0x04, 0x03, 0x07, 0x03, 0xe8, 0x03, 0x01, 0x02, 0x09, 0x02, 0x02, 0x01, 0x03, 0x80,
+        0x3f, 0x01, 0x01, 0x06, 0xbf, 0x31, 0xba, 0x81, 0x75, 0x00,
     ]
     .to_vec();
     assert_eq!(wire.as_slice(), expected.as_slice());
-    // Heartbeat: header only, CRC 0x229ecbd3.
+    // Heartbeat: header only, CRC 0xc042d0aa.
     let hb = Frame {
         seq: 0x0102,
         timestamp_us: 0x0304_0506,
@@ -126,7 +126,7 @@ fn golden_bytes() {
     let n = cobs_decode(&hb.to_wire()[..hb.to_wire().len() - 1], &mut raw).unwrap();
     assert_eq!(
         &raw[..n],
-        &[3, 4, 2, 1, 6, 5, 4, 3, 0, 0, 0xd3, 0xcb, 0x9e, 0x22]
+        &[4, 4, 2, 1, 6, 5, 4, 3, 0, 0, 0xaa, 0xd0, 0x42, 0xc0]
     );
     // Hello: version, schema hash, robot id, settings hash, obs dim, act dim, control Hz.
     let hello = Message::Hello(Hello::new(0x0102_0304, 0x0506_0708, 10, 2, 20));
@@ -135,7 +135,7 @@ fn golden_bytes() {
     assert_eq!(
         &payload[..n],
         &[
-            3, 0x00, 0x2a, 0x19, 0xf6, 4, 3, 2, 1, 8, 7, 6, 5, 10, 2, 20, 0
+            4, 0xe0, 0x20, 0x17, 0x0b, 4, 3, 2, 1, 8, 7, 6, 5, 10, 2, 20, 0
         ]
     );
     // Every other payload (computed with Python's `struct.pack`, little endian): a
@@ -190,8 +190,12 @@ fn golden_bytes() {
                 done: true,
                 truncated: false,
                 success: true,
+                applied: Vec::from_slice(&[0.25, -1.0]).unwrap(),
             },
-            &[3, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0x3f, 0x05],
+            &[
+                3, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0x3f, 0x05, 0x02, 0, 0, 0x80, 0x3e, 0, 0, 0x80,
+                0xbf,
+            ],
         ),
     ];
     for (message, expected) in payloads {
@@ -218,7 +222,7 @@ fn handshake_checks_every_field() {
     p.protocol_version = 2;
     assert!(matches!(
         ours.check_peer(&p),
-        Err(HandshakeError::Version { ours: 3, theirs: 2 })
+        Err(HandshakeError::Version { ours: 4, theirs: 2 })
     ));
     let mut p = ours;
     p.schema_hash ^= 1;
@@ -363,7 +367,7 @@ fn strict_payload_checks() {
     assert!(payload_err(5, &[9, 0])); // unknown fault code
     assert!(payload_err(5, &[2, 1])); // detail on a known code
     assert!(payload_err(8, &[0, 0, 0, 0, 2, 0, 0, 0, 0])); // success = 2
-    let mut reward = vec![0u8; 13];
+    let mut reward = vec![0u8; 14];
     reward[12] = 8;
     assert!(payload_err(10, &reward)); // unknown flag bit
     // Truncated without done (a corrupted byte the CRC missed): refused by name, as
@@ -379,9 +383,24 @@ fn strict_payload_checks() {
         reward[12] = flags;
         assert!(!payload_err(10, &reward), "{flags:#x}");
     }
+    // The applied action's count, as a command's: at most MAX_ACT values, each sent.
+    reward[13] = 17;
+    reward.extend_from_slice(&[0; 4 * 17]);
+    assert_eq!(
+        said(10, &reward),
+        "malformed Reward payload: too many values (17, at most 16)"
+    );
+    reward.truncate(14 + 4);
+    reward[13] = 2;
+    assert_eq!(
+        said(10, &reward),
+        "malformed Reward payload: length disagrees with the value count (2 values need 8 bytes, found 4)"
+    );
+    reward[13] = 1;
+    assert!(!payload_err(10, &reward));
     // Short payloads are named short, not judged by the zeros a short read gives (an
     // empty fault read as code 0, "unknown fault code").
-    for (ty, payload) in [(5u8, &[][..]), (8, &[0, 0, 0, 0][..]), (10, &[0u8; 12][..])] {
+    for (ty, payload) in [(5u8, &[][..]), (8, &[0, 0, 0, 0][..]), (10, &[0u8; 13][..])] {
         let got = decode_one(&raw_frame(
             PROTOCOL_VERSION,
             ty,
@@ -559,19 +578,23 @@ fn any_message() -> impl Strategy<Value = Message> {
             any_f32(),
             any::<bool>(),
             any::<bool>(),
-            any::<bool>()
+            any::<bool>(),
+            proptest::collection::vec(any_f32(), 0..=MAX_ACT)
         )
-            .prop_map(|(episode, step, reward, done, truncated, success)| {
-                Message::Reward {
-                    episode,
-                    step,
-                    reward,
-                    done,
-                    // A truncation comes with `done` (one without is refused).
-                    truncated: truncated && done,
-                    success,
+            .prop_map(
+                |(episode, step, reward, done, truncated, success, applied)| {
+                    Message::Reward {
+                        episode,
+                        step,
+                        reward,
+                        done,
+                        // A truncation comes with `done` (one without is refused).
+                        truncated: truncated && done,
+                        success,
+                        applied: Vec::from_slice(&applied).unwrap(),
+                    }
                 }
-            }),
+            ),
     ]
 }
 
@@ -797,7 +820,7 @@ fn encode_errors_name_the_length_the_message_needs() {
 fn a_step_of_frames_fits_the_wire_bytes_bound() {
     // step_wire_bytes is the largest encoding; real frames of any content fit it.
     let mut e = FrameEncoder::new();
-    for dim in [1, 10, MAX_OBS] {
+    for (dim, act) in [(1, 1), (10, 4), (MAX_OBS, MAX_ACT)] {
         for fill in [0.0f32, 1.0, f32::from_bits(0x0101_0101)] {
             let obs = vec![fill; dim];
             let sensor = e.to_wire(1, Message::sensor(7, 9, &obs).unwrap()).len();
@@ -811,13 +834,17 @@ fn a_step_of_frames_fits_the_wire_bytes_bound() {
                         done: true,
                         truncated: false,
                         success: true,
+                        applied: Vec::from_slice(&vec![fill; act]).unwrap(),
                     },
                 )
                 .len();
-            assert!(sensor + reward <= step_wire_bytes(dim), "{dim} {fill}");
+            assert!(
+                sensor + reward <= step_wire_bytes(dim, act),
+                "{dim} {act} {fill}"
+            );
         }
     }
-    assert_eq!(step_wire_bytes(10), 94);
+    assert_eq!(step_wire_bytes(10, 4), 111);
     // The rarer frames, as `step_wire_bytes` names them: EpisodeEnd, Fault, EpisodeStart.
     let wire = |m: Message| {
         let mut buf = [0u8; MAX_FRAME];
@@ -850,5 +877,6 @@ fn a_step_of_frames_fits_the_wire_bytes_bound() {
         ),
         (25, 18, 28)
     );
-    assert_eq!(step_wire_bytes(MAX_OBS), MAX_FRAME + 29);
+    // A full Reward: 14 + 64 payload bytes, 92 raw, 93 in COBS, and the delimiter.
+    assert_eq!(step_wire_bytes(MAX_OBS, MAX_ACT), MAX_FRAME + 94);
 }

@@ -132,6 +132,8 @@ fn lockstep_episode_matches_the_simulator() {
                 done: r.done(),
                 truncated: r.truncated,
                 success: r.success,
+                // push maps identically: robot units are the simulator's.
+                applied: heapless::Vec::from_slice(&action).unwrap(),
             }
         );
         if r.done() {
@@ -413,6 +415,44 @@ fn each_step_moves_at_most_max_delta_from_the_last() {
     fw.poll(ms(310));
     assert_eq!(fw.last_stepped(), [-0.3, 0.1]);
     assert_eq!(fw.stats().slew_limited, 3);
+}
+
+/// Each step's `Reward` names the action that step applied, in robot units: the slew
+/// limit's reach toward a command further away, and the hold (`action.offset`) after an
+/// invalid command, not the commands as sent.
+#[test]
+fn each_reward_names_the_action_its_step_applied() {
+    let task = TaskId::Push;
+    let mut robot = RobotConfig::example(task.name()).unwrap();
+    robot.safety.max_delta_per_tick = vec![0.25, 0.25];
+    robot.action.scale = vec![2.0, -4.0];
+    robot.action.offset = vec![0.5, 1.0];
+    let mut opts = FirmwareOptions::new(task, robot);
+    opts.command_timeout = Some(ms(1000));
+    let mut fw = SimFirmware::new(opts).unwrap();
+    connect(&mut fw, ms(0));
+    fw.on_frame(ms(0), frame(Message::Reset { seed: 2 }));
+    out(&mut fw);
+    let applied_at = |fw: &mut SimFirmware, t: u64| {
+        fw.poll(ms(t));
+        let rewards: Vec<_> = out(fw)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Reward { applied, .. } => Some(applied.to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rewards.len(), 1, "one step by {t} ms");
+        rewards[0].clone()
+    };
+    // Policy (0.5, -0.5) is robot (1.5, 3.0); the slew limit applies (0.25, -0.25),
+    // robot (1.0, 2.0), then the command itself.
+    fw.on_frame(ms(10), command(&[1.5, 3.0]));
+    assert_eq!(applied_at(&mut fw, 50), [1.0, 2.0]);
+    assert_eq!(applied_at(&mut fw, 100), [1.5, 3.0]);
+    // An invalid command: the hold, policy 0, robot units the offset.
+    fw.on_frame(ms(110), command(&[f32::NAN, 0.0]));
+    assert_eq!(applied_at(&mut fw, 150), [0.5, 1.0]);
 }
 
 /// A command outside the safety envelope is applied clamped into it, and the slew
