@@ -432,6 +432,9 @@ fn e2e_synthetic_bundle_through_the_serial_link() {
         assert_eq!(e["missing"], 0);
         assert_eq!(e["transitions"], e["steps"]);
         assert_eq!(e["commands"], e["steps"]);
+        // In lockstep every step applies the command that made it (the gate keeps it
+        // within the firmware's slew limit).
+        assert_eq!(e["applied_otherwise"], 0, "{e}");
         steps += e["steps"].as_u64().unwrap();
     }
     // The firmware's count, the controller's and the dataset's agree.
@@ -1158,31 +1161,53 @@ fn commands_lost_on_the_way_are_slew_limited_by_the_firmware() {
     // No fault of the lost commands' making (a loaded machine's own are allowed, as in
     // the link-fault tests: this one paces in real time too).
     assert_only_load_faults(&report);
-    // The firmware's episode ids are the run's numbers here (no reboot, every Reset
-    // started one). Its step `s + 1` is the transition of step `s`.
+    // Each logged episode's firmware id (the report's), then its step `s + 1` is the
+    // transition of step `s`.
+    let firmware_episode: std::collections::HashMap<u64, u64> = episodes(&report)
+        .iter()
+        .map(|e| {
+            (
+                e["episode"].as_u64().unwrap(),
+                e["firmware_episode"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     let ad = sim.robot.action.dim;
-    let mut checked = 0;
+    // Policy values of every command the firmware got: a step that applied none of them
+    // (the slew limit on its way) applied otherwise than the controller's command.
+    let got: Vec<Vec<f32>> = received
+        .iter()
+        .filter_map(|r| match &r.message {
+            Message::Command { action } => Some(policy_units(&sim.robot, action)),
+            _ => None,
+        })
+        .collect();
+    let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(x, y)| (x - y).abs() <= 1e-5);
+    let (mut checked, mut no_command_applied) = (0, 0);
     for t in records.iter().filter_map(|r| match r {
         Record::Transition(t) => Some(t),
         _ => None,
     }) {
+        let id = firmware_episode[&u64::from(t.episode)];
         let step = sim
             .stepped
             .iter()
-            .find(|s| s.episode == t.episode && s.step == t.step + 1)
+            .find(|s| u64::from(s.episode) == id && s.step == t.step + 1)
             .unwrap_or_else(|| panic!("no firmware step for {t:?}"));
-        for i in 0..ad {
-            // Through the test robot's scale of 2 and 0.5 and back.
-            assert!(
-                (t.action[i] - step.applied[i]).abs() <= 1e-5,
-                "step {} of episode {}: logged {:?}, applied {:?}",
-                t.step,
-                t.episode,
-                &t.action[..ad],
-                step.applied
-            );
-        }
+        // Through the test robot's scale of 2 and 0.5 and back.
+        assert!(
+            same(&t.action[..ad], &step.applied),
+            "step {} of episode {}: logged {:?}, applied {:?}",
+            t.step,
+            t.episode,
+            &t.action[..ad],
+            step.applied
+        );
         checked += 1;
+        let hold = step.applied.iter().all(|x| *x == 0.0);
+        if !hold && !got.iter().any(|c| same(c, &step.applied)) {
+            no_command_applied += 1;
+        }
     }
     assert!(checked > 20, "{checked} transitions");
     let otherwise: u64 = episodes(&report)
@@ -1190,8 +1215,9 @@ fn commands_lost_on_the_way_are_slew_limited_by_the_firmware() {
         .map(|e| e["applied_otherwise"].as_u64().unwrap())
         .sum();
     assert!(
-        otherwise > 0 && otherwise <= checked,
-        "{otherwise} of {checked}: {report}"
+        no_command_applied > 0 && otherwise >= no_command_applied && otherwise <= checked,
+        "{otherwise} counted, {no_command_applied} steps applied no command, {checked} \
+         transitions: {report}"
     );
     eprintln!(
         "lost {} of {} commands; {} steps slew limited",
@@ -1707,7 +1733,7 @@ fn a_reward_frame_of_the_wrong_size_faults_by_name() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(fw.faults.short_applied, 1);
     let report = sim.report();
-    assert_eq!(faults_of(&report, "reward_size"), 1, "{report}");
+    assert_eq!(faults_of(&report, "applied_action"), 1, "{report}");
     let ad = sim.robot.action.dim;
     let detail = report["faults"][0]["detail"].as_str().unwrap();
     assert!(

@@ -65,7 +65,7 @@
 //!   most half of a control period (the other half carries the frames of rarer steps:
 //!   an `EpisodeEnd`, a `Fault`) on the line ([`crate::protocol::step_wire_bytes`], 10
 //!   bits per byte). The controller's `Command` the other way is always shorter: the
-//!   `Reward` carries the same action values as the applied action, and more;
+//!   `Reward` carries as many action values as the `Command`, and more;
 //! - `command_timeout_ms` and `safety.stale_sensor_ms` at most [`MAX_TIMEOUT_MS`];
 //! - the envelope `[safety.action_min, safety.action_max]` lies within the policy's
 //!   `[-1, 1]` and contains 0, the hold action the firmware falls back to on its own;
@@ -84,6 +84,13 @@
 //! parse of the same text.
 
 use crate::protocol::{Hello, MAX_ACT, MAX_OBS, step_wire_bytes};
+
+/// Round-off allowed where two sides compute one action in policy units their own way
+/// (the controller's gate from its last command, a firmware's slew limit from the step
+/// it applied): both checks allow it beyond a limit, and the controller takes an
+/// applied action within it (and the robot units' round trips,
+/// [`ActionConfig::same_action_tolerance`]) for its command.
+pub const ACTION_ROUND_OFF: f32 = 1e-5;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::ops::Range;
@@ -323,6 +330,13 @@ impl ActionConfig {
     pub fn round_trip_error(&self, i: usize) -> f32 {
         let top = self.offset[i].abs() + self.scale[i].abs();
         2.0 * (top.next_up() - top) / self.scale[i].abs()
+    }
+
+    /// How far apart two policy values of action `i` may be and still be one action:
+    /// [`ACTION_ROUND_OFF`] and two round trips through robot units (a command to the
+    /// firmware, the action it applied back).
+    pub fn same_action_tolerance(&self, i: usize) -> f32 {
+        ACTION_ROUND_OFF + 2.0 * self.round_trip_error(i)
     }
 
     /// The inverse of [`ActionConfig::to_robot_units`] (`scale` is never zero).

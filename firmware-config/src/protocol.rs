@@ -39,7 +39,7 @@
 //!
 //! The largest payload is a [`Message::Sensor`] with [`MAX_OBS`] = 32 values:
 //! episode (4) + step (4) + count (1) + 32 × 4 = 137 bytes = [`MAX_PAYLOAD`]. A command
-//! is at most 1 + [`MAX_ACT`] × 4 = 65 bytes. Raw frame: 10 + 137 + 4 = 151 bytes
+//! is at most 1 + [`MAX_ACT`] × 4 = 65 bytes, a `Reward` 14 + [`MAX_ACT`] × 4 = 78. Raw frame: 10 + 137 + 4 = 151 bytes
 //! ([`MAX_RAW_FRAME`]). COBS adds one code byte per started run of 254 non-zero bytes,
 //! so at most `n + n / 254 + 1` = 152 bytes ([`MAX_ENCODED_FRAME`]), plus the delimiter:
 //! [`MAX_FRAME`] = 153 bytes. At 1 Mbaud (10 bits per byte) a full sensor frame takes
@@ -139,7 +139,8 @@
 //!   applying a command further away clamped and reaching it over the next steps. The
 //!   controller limits each command against the previous one it sent; commands lost
 //!   on the way (a damaged frame, dropped by the decoder) or late can leave the next
-//!   one several deltas from what the robot applies, which only the firmware sees.
+//!   one several deltas from what the robot applies, which only the firmware sees (and
+//!   says in each step's `Reward`).
 //!
 //! # Reboots
 //!

@@ -550,27 +550,15 @@ impl FaultInjector {
     /// How many observation values step `step`'s `Sensor` frame carries: one fewer
     /// than `dim` once, at the configured `short_obs_at`.
     pub fn sensor_len(&mut self, step: u32, dim: usize) -> usize {
-        if once(
-            self.spec.short_obs_at == Some(step),
-            &mut self.stats.short_observations,
-        ) {
-            dim.saturating_sub(1)
-        } else {
-            dim
-        }
+        let due = self.spec.short_obs_at == Some(step);
+        dim - usize::from(once(due, &mut self.stats.short_observations) && dim > 0)
     }
 
     /// How many applied action values step `step`'s `Reward` frame carries: one fewer
     /// than `dim` once, at the configured `short_applied_at`.
     pub fn applied_len(&mut self, step: u32, dim: usize) -> usize {
-        if once(
-            self.spec.short_applied_at == Some(step),
-            &mut self.stats.short_applied,
-        ) {
-            dim.saturating_sub(1)
-        } else {
-            dim
-        }
+        let due = self.spec.short_applied_at == Some(step);
+        dim - usize::from(once(due, &mut self.stats.short_applied) && dim > 0)
     }
 
     /// The protocol version the firmware speaks (`version=N`): its frames' and its

@@ -238,11 +238,6 @@ pub struct FirmwareStats {
     pub envelope_clamped: u64,
 }
 
-/// Round-off the firmware allows beyond `max_delta_per_tick` and the envelope (policy
-/// units), as the controller's gate does, plus each dimension's round trip through
-/// robot units ([`firmware_config::config::ActionConfig::round_trip_error`]).
-const REACH_TOLERANCE: f32 = 1e-5;
-
 /// Whether `to` is further than `max_delta` (plus `tolerance`) from `from` in some
 /// dimension: beyond one control step's reach.
 fn beyond_reach(max_delta: &[f32], tolerance: &[f32], from: &[f32], to: &[f32]) -> bool {
@@ -276,7 +271,8 @@ pub struct SimFirmware {
     has_command: bool,
     zero: Vec<f32>,
     /// Per action dimension: how far beyond a limit a command may land through round-off
-    /// ([`REACH_TOLERANCE`] and the robot units' round trip).
+    /// ([`firmware_config::config::ActionConfig::same_action_tolerance`], as the
+    /// controller's gate allows).
     tolerance: Vec<f32>,
     state: FirmwareState,
     next_episode: u32,
@@ -412,7 +408,7 @@ impl SimFirmware {
             has_command: false,
             zero: vec![0.0; spec.action_dim()],
             tolerance: (0..spec.action_dim())
-                .map(|i| REACH_TOLERANCE + r.action.round_trip_error(i))
+                .map(|i| r.action.same_action_tolerance(i))
                 .collect(),
             state: FirmwareState::AwaitHello,
             next_episode: 0,

@@ -147,7 +147,7 @@ pub struct FinetuneSummary {
     pub robot_interventions: usize,
     /// Robot frames whose action came from a teleop device (`controller run
     /// --teleop`). They are trained on like the policy's: the recorded action is what
-    /// the robot was sent.
+    /// the robot applied.
     pub robot_teleop: usize,
     /// Robot frames admitted to training (all but the interventions left out and the
     /// frames without a successor).

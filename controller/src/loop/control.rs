@@ -301,9 +301,25 @@ impl CommandRing {
     }
     /// The newest command written at or before `t`.
     fn in_force_at(&self, t: Instant) -> Option<SentCommand> {
+        self.written_by(t).next()
+    }
+
+    /// The newest command written by `t` that `is_applied` takes for the action a step
+    /// applied, and whether it is the one in force at `t`.
+    fn applied_at(
+        &self,
+        t: Instant,
+        is_applied: impl Fn(&SentCommand) -> bool,
+    ) -> Option<(SentCommand, bool)> {
+        let found = self.written_by(t).enumerate().find(|(_, c)| is_applied(c));
+        found.map(|(newer, c)| (c, newer == 0))
+    }
+
+    /// The commands written by `t`, newest first.
+    fn written_by(&self, t: Instant) -> impl Iterator<Item = SentCommand> + '_ {
         (1..=self.len)
             .map(|k| self.buf[(self.next + COMMANDS - k) % COMMANDS])
-            .find(|c| c.at <= t)
+            .filter(move |c| c.at <= t)
     }
 }
 
@@ -422,6 +438,9 @@ pub(crate) struct Control {
     pub brain: Brain,
     pub gate: CommandGate,
     envelope: Envelope,
+    /// Per action dimension, how far an applied action may be from a command and still
+    /// be it ([`firmware_config::config::ActionConfig::same_action_tolerance`]).
+    same_action: [f32; MAX_ACT],
     pub(crate) events: Receiver<LinkEvent>,
     pub(crate) log_tx: Option<Sender<Record>>,
     pending_log: VecDeque<Record>,
@@ -600,6 +619,14 @@ impl Control {
         let envelope = gate.envelope().clone();
         let (od, ad) = (cfg.robot.observation.dim, cfg.robot.action.dim);
         let joint_checks = cfg.robot.joint_checks();
+        let mapping = &cfg.robot.action;
+        let same_action = std::array::from_fn(|i| {
+            if i < ad {
+                mapping.same_action_tolerance(i)
+            } else {
+                0.0
+            }
+        });
         Control {
             joint_checks,
             period,
@@ -608,6 +635,7 @@ impl Control {
             brain,
             gate,
             envelope,
+            same_action,
             events,
             log_tx,
             pending_log: VecDeque::with_capacity(16),
@@ -929,6 +957,64 @@ impl Control {
         }
     }
 
+    /// Whether a frame of firmware episode `episode`'s step `step` belongs to the running
+    /// episode, whose malformed frame faults it. Not past an episode's end (an operator's
+    /// label: the robot runs on while its last frames come in, as the watchdog's fault is
+    /// not one), and not an episode a fault already ended (its safe stop runs).
+    fn a_running_episodes_step(&self, episode: u32, step: u32) -> bool {
+        self.track
+            .as_ref()
+            .is_some_and(|t| t.id == episode && t.final_step.is_none_or(|f| step <= f))
+            && matches!(self.phase, Phase::Running | Phase::Ending { .. })
+    }
+
+    /// A `Reward` frame's applied action (robot units) in policy units, brought into the
+    /// envelope where round-off left it a little outside; or why the step cannot be
+    /// recorded: another number of values than the robot file's, a value that is not
+    /// finite, one outside the envelope (the firmware applies only actions inside it).
+    fn applied_in_policy_units(
+        &self,
+        step: u32,
+        applied: &[f32],
+    ) -> Result<[f32; MAX_ACT], String> {
+        let ad = self.ad;
+        if applied.len() != ad {
+            return Err(format!(
+                "the Reward frame of step {step} carries {} applied action values; the robot \
+                 file's action.dim is {ad} (a firmware bug)",
+                applied.len()
+            ));
+        }
+        let mut policy = [0.0f32; MAX_ACT];
+        self.cfg
+            .robot
+            .action
+            .to_policy_units(applied, &mut policy[..ad]);
+        for (i, p) in policy[..ad].iter_mut().enumerate() {
+            let (lo, hi, tol) = (
+                self.envelope.min[i],
+                self.envelope.max[i],
+                self.same_action[i],
+            );
+            if !applied[i].is_finite() {
+                return Err(format!(
+                    "the Reward frame of step {step} says action [{i}] applied {} (a firmware bug)",
+                    applied[i]
+                ));
+            }
+            if *p < lo - tol || *p > hi + tol {
+                return Err(format!(
+                    "the Reward frame of step {step} says action [{i}] applied {} in robot units, \
+                     {} in policy units: outside the envelope [{lo}, {hi}] (a firmware bug: it \
+                     applies only actions inside it)",
+                    applied[i], *p
+                ));
+            }
+            *p = p.clamp(lo, hi);
+        }
+        Ok(policy)
+    }
+
     fn on_message(&mut self, msg: Message, fw_us: u32, rx: Instant, now: Instant, seq: Seq) {
         match msg {
             Message::Sensor { episode, step, obs } => {
@@ -947,14 +1033,7 @@ impl Control {
                 }
                 if obs.len() != self.od {
                     // Dropped unheard, it faulted later as a stale sensor, naming nothing.
-                    // Not past an episode's end (an operator's label: the robot runs on
-                    // while its last frames come in, as the watchdog's fault is not one).
-                    if self
-                        .track
-                        .as_ref()
-                        .is_some_and(|t| t.id == episode && t.final_step.is_none_or(|f| step <= f))
-                        && matches!(self.phase, Phase::Running | Phase::Ending { .. })
-                    {
+                    if self.a_running_episodes_step(episode, step) {
                         let detail = format!(
                             "the Sensor frame of step {step} carries {} observation values; \
                              the robot file's observation.dim is {} (a firmware bug)",
@@ -1008,26 +1087,18 @@ impl Control {
                 if self.refuse_leap(now, "Reward", episode, step) {
                     return;
                 }
-                if applied.len() != self.ad {
-                    // As a Sensor frame of another size: the step cannot be recorded
-                    // (its action is unknown), and the firmware is not the one the
-                    // robot file describes.
-                    if self
-                        .track
-                        .as_ref()
-                        .is_some_and(|t| t.id == episode && t.final_step.is_none_or(|f| step <= f))
-                        && matches!(self.phase, Phase::Running | Phase::Ending { .. })
-                    {
-                        let detail = format!(
-                            "the Reward frame of step {step} carries {} applied action values; \
-                             the robot file's action.dim is {} (a firmware bug)",
-                            applied.len(),
-                            self.ad
-                        );
-                        self.fault(now, FaultKind::RewardSize, detail, None);
+                let applied = match self.applied_in_policy_units(step, &applied) {
+                    Ok(applied) => applied,
+                    Err(detail) => {
+                        // As a Sensor frame of another size: the step cannot be recorded
+                        // (what it applied is unknown), and the firmware is not the one
+                        // the robot file describes, or is not keeping its envelope.
+                        if self.a_running_episodes_step(episode, step) {
+                            self.fault(now, FaultKind::AppliedAction, detail, None);
+                        }
+                        return;
                     }
-                    return;
-                }
+                };
                 let Some(t) = track_of(&mut self.track, &mut self.closing, episode) else {
                     return;
                 };
@@ -1043,17 +1114,14 @@ impl Control {
                     // reward is in the return already, or its step was given up on.
                     return;
                 }
-                let mut rec = RewardRec {
+                t.rewards[slot] = Some(RewardRec {
                     step,
                     reward,
                     done,
                     truncated,
                     success,
-                    applied: [0.0; MAX_ACT],
-                };
-                let action = &self.cfg.robot.action;
-                action.to_policy_units(&applied, &mut rec.applied[..self.ad]);
-                t.rewards[slot] = Some(rec);
+                    applied,
+                });
                 // A non-finite reward's transition is not logged (counted as
                 // missing); it does not make the episode's return NaN either.
                 if reward.is_finite() {
@@ -2521,24 +2589,28 @@ impl Control {
             let Some(s1) = s.checked_add(1) else { break };
             let parts = (t.sensor(s), t.sensor(s1), t.reward(s1));
             if let (Some(a), Some(b), Some(r)) = parts {
-                let (sent_at, in_force, intervention, teleop) =
-                    match self.commands.in_force_at(b.rx) {
-                        Some(c) => (
-                            ns_since(self.start, c.at),
-                            c.action,
-                            c.intervention,
-                            c.teleop,
-                        ),
-                        None => (0, [0.0; MAX_ACT], self.intervention, false),
-                    };
-                // The firmware's word on what the step applied is the transition's
-                // action; the command in force only times it and marks it.
-                let action = r.applied;
-                let mapping = &self.cfg.robot.action;
-                let applied_otherwise = (0..self.ad).any(|i| {
-                    // Through robot units and back twice: controller → firmware → us.
-                    (action[i] - in_force[i]).abs() > 2.0 * mapping.round_trip_error(i)
-                });
+                // The action is the one the step applied, as the firmware says. The
+                // command it applied (the newest sent by `Sensor t+1` with those
+                // values) gives the transition its values bit for bit (the robot units'
+                // round trip changes the last bits), its send time and its marks; where
+                // the step applied none of them (the slew limit on its way to one, the
+                // hold), the command in force does.
+                let (ad, tol) = (self.ad, &self.same_action);
+                let same =
+                    |x: &[f32; MAX_ACT]| (0..ad).all(|i| (x[i] - r.applied[i]).abs() <= tol[i]);
+                let applied_by = self.commands.applied_at(b.rx, |c| same(&c.action));
+                let in_force = self.commands.in_force_at(b.rx);
+                let applied_otherwise = match applied_by {
+                    Some((_, newest)) => !newest,
+                    // Before the episode's first command: the firmware's hold.
+                    None => in_force.is_some() || !same(&[0.0; MAX_ACT]),
+                };
+                let (sent_at, intervention, teleop) = match applied_by.map(|(c, _)| c).or(in_force)
+                {
+                    Some(c) => (ns_since(self.start, c.at), c.intervention, c.teleop),
+                    None => (0, self.intervention, false),
+                };
+                let action = applied_by.map_or(r.applied, |(c, _)| c.action);
                 let mut tr = Transition {
                     episode: t.number,
                     step: s,
@@ -4632,6 +4704,143 @@ mod tests {
         }
         assert_eq!(c.report.episodes[0].transitions, 0);
         assert!(c.closing.is_none());
+    }
+
+    /// `push`'s applied action `a` as a `Reward`'s values (identity mapping).
+    fn applied(a: [f32; 2]) -> heapless::Vec<f32, MAX_ACT> {
+        heapless::Vec::from_slice(&a).unwrap()
+    }
+
+    /// The transition of a step records the action the firmware says it applied: the
+    /// command it applied (bit for bit, with its send time and marks) where that was an
+    /// older one than the command in force (late on the line), and the firmware's
+    /// values where it applied none (its slew limit on the way to one). Those steps are
+    /// counted; a step that applied the command in force, round-off aside, is not.
+    #[test]
+    fn a_transition_records_the_action_its_step_applied() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let (log_tx, log_rx) = crossbeam_channel::unbounded();
+        c.log_tx = Some(log_tx);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let mut a = [0.0f32; MAX_ACT];
+        a[..2].copy_from_slice(&[0.1, -0.1]);
+        let mut b = [0.0f32; MAX_ACT];
+        b[..2].copy_from_slice(&[0.3, 0.2]);
+        let (policy_at, teleop_at) = (Instant::now(), Instant::now() + Duration::from_micros(1));
+        c.commands.push(SentCommand {
+            at: policy_at,
+            action: a,
+            intervention: false,
+            teleop: false,
+        });
+        c.commands.push(SentCommand {
+            at: teleop_at,
+            action: b,
+            intervention: false,
+            teleop: true,
+        });
+        let obs = [0.0f32; 10];
+        let reward = |step, values| Message::Reward {
+            episode: 1,
+            step,
+            reward: 0.0,
+            done: false,
+            truncated: false,
+            success: false,
+            applied: applied(values),
+        };
+        std::thread::sleep(Duration::from_millis(1));
+        for step in 0..4 {
+            let seq = 2 * step as u16;
+            tx.send(frame(seq, Message::sensor(1, step, &obs).unwrap()))
+                .unwrap();
+        }
+        // Step 0 applied `a` (`b` was late), step 1 `b` within round-off, step 2 the
+        // slew limit's way from `b` toward a command that came after its Sensor frame.
+        tx.send(frame(1, reward(1, [0.1, -0.1]))).unwrap();
+        tx.send(frame(3, reward(2, [0.3 + 2e-7, 0.2 - 1e-7])))
+            .unwrap();
+        tx.send(frame(5, reward(3, [0.25, 0.2]))).unwrap();
+        c.drain(Instant::now());
+        c.emit_transitions();
+        let got: Vec<Transition> = log_rx
+            .try_iter()
+            .filter_map(|r| match r {
+                Record::Transition(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got.len(), 3);
+        let ns = |t| ns_since(c.start, t);
+        assert_eq!((got[0].action, got[0].teleop), (a, false));
+        assert_eq!(got[0].action_sent_ns, ns(policy_at));
+        assert_eq!((got[1].action, got[1].teleop), (b, true));
+        assert_eq!(got[1].action_sent_ns, ns(teleop_at));
+        assert_eq!(&got[2].action[..2], &[0.25, 0.2]);
+        // The command in force marks a step that applied none of them.
+        assert_eq!(
+            (got[2].teleop, got[2].action_sent_ns),
+            (true, ns(teleop_at))
+        );
+        assert_eq!(c.track.as_ref().unwrap().applied_otherwise, 2);
+    }
+
+    /// A `Reward` frame whose applied action is not finite or lies outside the envelope
+    /// (the firmware's bug) faults the episode, naming the value; one a round-off
+    /// beyond the envelope's edge is taken, brought onto the edge.
+    #[test]
+    fn an_applied_action_outside_the_envelope_faults_by_name() {
+        for (values, said) in [
+            (
+                [f32::NAN, 0.0],
+                "the Reward frame of step 1 says action [0] applied NaN",
+            ),
+            (
+                [0.0, 1.5],
+                "the Reward frame of step 1 says action [1] applied 1.5 in robot units, 1.5 \
+                 in policy units: outside the envelope [-1, 1]",
+            ),
+        ] {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.track = Some(Track::new(1, 0, 7, Instant::now()));
+            c.phase = Phase::Running;
+            let reward = Message::Reward {
+                episode: 1,
+                step: 1,
+                reward: 0.0,
+                done: false,
+                truncated: false,
+                success: false,
+                applied: applied(values),
+            };
+            tx.send(frame(1, reward)).unwrap();
+            c.drain(Instant::now());
+            let f = &c.report.faults;
+            assert_eq!(f.len(), 1, "{values:?}");
+            assert_eq!(f[0].kind, FaultKind::AppliedAction);
+            assert!(f[0].detail.starts_with(said), "{}", f[0].detail);
+        }
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.track = Some(Track::new(1, 0, 7, Instant::now()));
+        c.phase = Phase::Running;
+        let reward = Message::Reward {
+            episode: 1,
+            step: 1,
+            reward: 0.0,
+            done: false,
+            truncated: false,
+            success: false,
+            applied: applied([1.0 + 1e-6, -1.0]),
+        };
+        tx.send(frame(1, reward)).unwrap();
+        c.drain(Instant::now());
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        let r = c.track.as_ref().unwrap().reward(1).unwrap();
+        assert_eq!(&r.applied[..2], &[1.0, -1.0]);
     }
 
     /// A non-finite reward (the firmware's bug) is left out of the episode's return.

@@ -59,6 +59,12 @@
 //! every new log, teleop or not, as "not a transition log". The same records travel over
 //! the uplink (`uplink::records`), whose handshake version is unchanged for the same
 //! reason.
+//!
+//! A transition's action is the one its step applied, as the firmware's `Reward` frame
+//! says, since protocol 4 (2026-12-07); logs written before hold the command in force
+//! when the step was taken, as sent. The layout did not change: the two agree but where
+//! the robot did otherwise than it was told (a late or lost command, the firmware's
+//! slew limit or hold), and a log or dataset may hold both.
 
 use dataset::{DatasetInfo, DatasetWriter, Episode};
 use firmware_config::protocol::{MAX_ACT, MAX_OBS, StepFlags, crc32};

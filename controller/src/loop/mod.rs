@@ -57,7 +57,7 @@
 //! | `Fault { Estop }` the controller did not send (a stop button) | message | safe stop, run ends (`emergency_stop`): no `Reset` releases it |
 //! | a frame's step number far past the furthest step heard of (4 × the stale limit in ticks + 16) | message | safe stop, episode ends (`implausible_step`) |
 //! | a `Sensor` frame whose observation is not `observation.dim` values | message | safe stop, episode ends (`sensor_size`) |
-//! | a `Reward` frame whose applied action is not `action.dim` values | message | safe stop, episode ends (`reward_size`) |
+//! | a `Reward` frame whose applied action is not `action.dim` values, not finite or outside the envelope | message | safe stop, episode ends (`applied_action`) |
 //! | firmware reboot (unasked `Hello`) | message | safe stop from the firmware's hold, new handshake |
 //! | an episode's `Reset` unanswered (a reboot whose `Hello` was lost) | phase timer | a `Hello`, then the `Reset` again; a third unanswered `Reset` ends the run with an error (`no_episode_start`, through a safe stop) |
 //! | link lost (read/write error) | I/O thread / write | safe stop (writes may fail, the `Estop` is tried once), then with `--reconnect-ms` a wait for the port (no `Estop`: its writer is closed; at the run's end, the port back takes the `Estop`); without it, a read side's loss ends the run and a failed write counts against `--max-faults` like any fault |
@@ -577,9 +577,9 @@ pub enum FaultKind {
     /// A `Sensor` frame whose observation has another size than the robot file's
     /// `observation.dim`: the firmware's bug (the frame cannot be acted on).
     SensorSize,
-    /// A `Reward` frame whose applied action has another size than the robot file's
-    /// `action.dim`: the firmware's bug (the step cannot be recorded).
-    RewardSize,
+    /// A `Reward` frame whose applied action is not `action.dim` values, not finite or
+    /// outside the envelope: the firmware's bug (the step cannot be recorded).
+    AppliedAction,
     LinkLost,
     Handshake,
     NoEpisodeStart,

@@ -28,7 +28,7 @@ use firmware_config::protocol::{FrameEncoder, MAX_ACT, Message};
 use std::io::{self, Write};
 
 /// Slack for float round-off in the gate's re-check (policy units).
-const TOLERANCE: f32 = 1e-5;
+const TOLERANCE: f32 = firmware_config::config::ACTION_ROUND_OFF;
 
 /// The controller's envelope, from the robot file's `[safety]` table.
 #[derive(Clone, Debug, PartialEq)]
