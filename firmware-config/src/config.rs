@@ -243,6 +243,21 @@ fn names_reordered(
     ))
 }
 
+/// Two recordings' action names (`ours`, the one being added, and `theirs`, of `whose`)
+/// holding one action at different positions: the same actions in another order, which
+/// their values, recorded in that order, would mix up. An error message; `None`
+/// otherwise. Other spellings are not compared (recorders name the same channels
+/// otherwise: a joint, `joint.pos`, `action.0`).
+pub fn actions_reordered(ours: &[String], theirs: &[String], whose: &str) -> Option<String> {
+    let (at, here) = first_reordered_name(ours, theirs)?;
+    Some(format!(
+        "action `{}` is at [{at}] in {whose} and at [{here}] here: the same actions in \
+         another order, whose values would be mixed up (the robot file's `[action] names` \
+         were reordered, or the data was recorded in another order)",
+        theirs[at]
+    ))
+}
+
 /// The first name of `b` that `a` holds at another position, as (its index in `b`, its
 /// index in `a`): the same channels in another order, which no difference in spelling
 /// explains. `None` otherwise (an empty list names nothing).

@@ -853,6 +853,8 @@ pub struct RecordedBy {
     /// recorded under several names (`sim/push`, `sim-push`, a robot file's).
     robot: Option<String>,
     observation_names: Vec<String>,
+    /// Compared for their order only ([`firmware_config::config::actions_reordered`]).
+    action_names: Vec<String>,
     /// The rate the run's data was recorded at, Hz: one step is `1/fps` s for the
     /// discount, the action chunks and the critics' values.
     fps: Option<u32>,
@@ -870,6 +872,7 @@ impl RecordedBy {
             (Some(r), _) => RecordedBy {
                 robot: Some(r.name.clone()),
                 observation_names: r.observation_names.clone(),
+                action_names: r.action_names.clone(),
                 fps: Some(r.fps),
                 sim_task: None,
                 action_mapping: r
@@ -881,6 +884,7 @@ impl RecordedBy {
             (None, None) => RecordedBy {
                 robot: None,
                 observation_names: vec![],
+                action_names: vec![],
                 fps: None,
                 sim_task: None,
                 action_mapping: None,
@@ -894,6 +898,7 @@ impl RecordedBy {
             robot: None,
             sim_task: Some(task),
             observation_names: names(task.spec().obs_names),
+            action_names: task.spec().owned_action_names(),
             fps: Some(task.spec().control_hz),
             action_mapping: None,
         }
@@ -903,10 +908,11 @@ impl RecordedBy {
     /// same sizes with other channels would train the networks on the wrong inputs. A
     /// robot of another name with the same channels is only a warning (a robot file
     /// renamed, demonstrations from another recorder), returned. Another recording rate
-    /// is an error. Action names are not compared: the controller names actions by its
-    /// robot file's `[action] names`, else `action.{i}` (before 2026-12-07 after the
-    /// robot file's joints), other recorders otherwise (`shoulder` and `shoulder.pos`,
-    /// or a simulated task's `vx_command`), for the same channels.
+    /// is an error. Action names are compared for their order only (the same names at
+    /// other positions are an error): the controller names actions by its robot file's
+    /// `[action] names`, else `action.{i}` (before 2026-12-07 after the robot file's
+    /// joints), other recorders otherwise (`shoulder` and `shoulder.pos`, or a simulated
+    /// task's `vx_command`), for the same channels.
     ///
     /// Action mappings are compared where both record one (data recorded with another
     /// is an error); a run whose data recorded none compares each dataset with the
@@ -915,6 +921,9 @@ impl RecordedBy {
         let mut warnings = vec![];
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
             bail!("{}: {differ}", path.display());
+        }
+        if let Some(e) = self.actions_reordered(&info.action_names, "the dataset") {
+            bail!("{}: {e}", path.display());
         }
         if let Some(differ) = self.rate_differs(info.fps) {
             bail!(
@@ -957,9 +966,19 @@ impl RecordedBy {
         RecordedBy {
             robot: None,
             observation_names,
+            action_names: vec![],
             fps,
             sim_task: None,
             action_mapping: None,
+        }
+    }
+
+    /// With the run's data's action names (tests).
+    #[cfg(test)]
+    pub(crate) fn acting(self, action_names: Vec<String>) -> Self {
+        RecordedBy {
+            action_names,
+            ..self
         }
     }
 
@@ -1016,6 +1035,13 @@ impl RecordedBy {
     /// recorded one ([`RecordedBy::adopt_mapping`]).
     pub fn action_mapping(&self) -> Option<&dataset::ActionMapping> {
         self.action_mapping.as_ref().map(|(m, _)| m)
+    }
+
+    /// `theirs` (action names of `whose`) holding one of the run's action names at
+    /// another position, as an error message.
+    pub fn actions_reordered(&self, theirs: &[String], whose: &str) -> Option<String> {
+        let e = firmware_config::config::actions_reordered(&self.action_names, theirs, whose)?;
+        Some(format!("the run's {e}"))
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation
@@ -1237,6 +1263,7 @@ mod tests {
         let mut expected = RecordedBy {
             robot: None,
             observation_names: vec![],
+            action_names: vec![],
             fps: None,
             sim_task: Some(task),
             action_mapping: None,
@@ -1283,6 +1310,7 @@ mod tests {
         let mut expected = RecordedBy {
             robot: Some("lab-arm".into()),
             observation_names: names(&["q0", "q1"]),
+            action_names: names(&["shoulder", "elbow"]),
             fps: Some(20),
             sim_task: None,
             action_mapping: None,
@@ -1322,6 +1350,57 @@ mod tests {
             e.contains("recorded at 20 Hz, the run's data at 10 Hz"),
             "{e}"
         );
+    }
+
+    /// Data whose actions are the run's in another order is refused, naming the action
+    /// and both positions (their values would be trained on as the other joints'); other
+    /// spellings of them, and data that names none, are taken. So is a simulated task's
+    /// data of its own actions' order.
+    #[test]
+    fn finetune_data_with_the_actions_in_another_order_is_refused() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut expected = RecordedBy {
+            robot: Some("lab-arm".into()),
+            observation_names: names(&["q0", "q1"]),
+            action_names: names(&["shoulder", "elbow"]),
+            fps: Some(20),
+            sim_task: None,
+            action_mapping: None,
+        };
+        let info = |actions: &[&str]| dataset::DatasetInfo {
+            robot_type: "lab-arm".into(),
+            fps: 20,
+            task: String::new(),
+            observation_names: names(&["q0", "q1"]),
+            action_names: names(actions),
+            action_mapping: None,
+        };
+        let path = Path::new("robot-data");
+        let e = expected
+            .check(path, &info(&["elbow", "shoulder"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "robot-data: the run's action `elbow` is at [0] in the dataset and at [1] here: \
+                 the same actions in another order"
+            ),
+            "{e}"
+        );
+        for taken in [
+            &["shoulder.pos", "elbow.pos"][..],
+            &["action.0", "action.1"],
+            &[],
+        ] {
+            expected.check(path, &info(taken)).unwrap();
+        }
+        let mut push = RecordedBy::of_sim_task(sim::TaskId::Push);
+        let mut sim = info(&["vy_command", "vx_command"]);
+        (sim.robot_type, sim.observation_names) = ("sim/push".into(), vec![]);
+        let e = push.check(path, &sim).unwrap_err().to_string();
+        assert!(e.contains("action `vy_command` is at [0]"), "{e}");
+        sim.action_names.reverse();
+        push.check(path, &sim).unwrap();
     }
 
     /// Data recorded with another action mapping than the run's data (a robot file's

@@ -300,6 +300,9 @@ impl Check {
                 .recorded_by
                 .names_differ(&run.observation_names, "the robot's stream")
                 .or_else(|| {
+                    (self.recorded_by).actions_reordered(&run.action_names, "the robot's stream")
+                })
+                .or_else(|| {
                     let differ = self.recorded_by.rate_differs(run.fps)?;
                     Some(format!("the robot's stream was {differ}"))
                 })
@@ -1363,6 +1366,41 @@ mod tests {
             "{e}"
         );
         assert_eq!(receiver.next_index("other"), Ok(0));
+    }
+
+    /// A robot stream whose run-start record names the run's actions in another order
+    /// is refused at that record (their values would be trained on as the other
+    /// joints'); other spellings of them pass.
+    #[test]
+    fn a_stream_of_the_actions_in_another_order_is_refused() {
+        use controller::robot_loop::log::RunStart;
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let recorded_by = crate::finetune::RecordedBy::named(names(&["a", "b", "c"]));
+        let mut check = Check {
+            dims: (3, 2),
+            recorded_by: recorded_by.acting(names(&["x", "y"])),
+        };
+        let start = |actions: &[&str]| {
+            Record::Run(RunStart {
+                robot: "r".into(),
+                task: "push".into(),
+                fps: 20,
+                observation_names: names(&["a", "b", "c"]),
+                action_names: names(actions),
+                bundle: "b".into(),
+                started_unix: 0,
+                run_id: String::new(),
+                action_scale: vec![],
+                action_offset: vec![],
+            })
+        };
+        assert_eq!(check.refusal(&start(&["x", "y"])), None);
+        assert_eq!(check.refusal(&start(&["x.pos", "y.pos"])), None);
+        let e = check.refusal(&start(&["y", "x"])).unwrap();
+        assert!(
+            e.starts_with("the run's action `y` is at [0] in the robot's stream and at [1] here"),
+            "{e}"
+        );
     }
 
     /// A robot stream recorded at another rate than the run's data is refused at its

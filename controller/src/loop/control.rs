@@ -2113,7 +2113,9 @@ impl Control {
                 }
             }
             Phase::Reconnecting { until } => {
-                if now >= until {
+                // The I/O thread reopens the port; ended, it gave up its own wait (which
+                // began at the loss, before the safe stop), and nothing will come back.
+                if now >= until || self.io_ended {
                     self.fatal = Some(format!(
                         "the serial link did not come back: {} could not be reopened \
                          within --reconnect-ms {}",
@@ -5372,5 +5374,31 @@ mod tests {
             c.phase
         );
         assert!(c.link_down);
+    }
+
+    /// A run waiting for its link to come back ends once the I/O thread has given up
+    /// reopening the port (its wait began at the loss, the control thread's after the
+    /// safe stop): it waited out its own deadline for a port nothing would reopen.
+    #[test]
+    fn the_wait_for_the_link_ends_with_the_io_thread() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.link_down = true;
+        c.phase = Phase::Reconnecting {
+            until: Instant::now() + Duration::from_secs(60),
+        };
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(matches!(c.phase, Phase::Reconnecting { .. }));
+        drop(tx);
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Done);
+        let fatal = c.fatal.as_deref().unwrap_or_default();
+        assert!(
+            fatal.starts_with("the serial link did not come back"),
+            "{fatal}"
+        );
     }
 }

@@ -1530,6 +1530,14 @@ fn check_same_recording(
             names.0[i], names.1[i]
         )));
     }
+    // Actions in another order (other spellings pass: before 2026-12-07 this recorder
+    // named actions after the robot file's joints).
+    let names = (&info.action_names, &have.action_names);
+    if let Some(e) =
+        firmware_config::config::actions_reordered(names.0, names.1, "the existing dataset")
+    {
+        return Err(differs(format!("this run's {e}")));
+    }
     // The robot file's action mapping, where both record it (a dataset recorded before
     // 2026-12-07 does not, and keeps recording none: its earlier episodes' is unknown).
     if let (Some(theirs), Some(ours)) = (&have.action_mapping, &info.action_mapping)
@@ -2992,14 +3000,18 @@ pub(crate) mod tests {
         drop(w);
         let r = log_to_dataset(&old, &dir.path().join("old-ds"), Runs::Last).unwrap();
         assert!(r.unknown_run && !r.already_saved && r.episodes_written == 1);
-        // Another robot's log, other observations of the same sizes, or another control
-        // rate: refused by name, the dataset untouched.
+        // Another robot's log, other observations of the same sizes, the same actions in
+        // another order, or another control rate: refused by name, the dataset
+        // untouched.
         let fps = run_start().fps;
-        for (case, robot, names, fps, named) in [
+        let actions = run_start().action_names;
+        let reordered: Vec<String> = actions.iter().rev().cloned().collect();
+        for (case, robot, names, actions, fps, named) in [
             (
                 "robot",
                 "other-arm",
                 run_start().observation_names,
+                actions.clone(),
                 fps,
                 "was recorded by robot `",
             ),
@@ -3007,13 +3019,23 @@ pub(crate) mod tests {
                 "names",
                 "r",
                 vec!["a".into(), "c".into(), "b".into()],
+                actions.clone(),
                 fps,
                 "observation [1] is `b`, this run's is `c`",
+            ),
+            (
+                "actions",
+                "r",
+                run_start().observation_names,
+                reordered,
+                fps,
+                "this run's action `x` is at [0] in the existing dataset and at [1] here",
             ),
             (
                 "rate",
                 "r",
                 run_start().observation_names,
+                actions.clone(),
                 fps * 2,
                 "this run records at",
             ),
@@ -3023,6 +3045,7 @@ pub(crate) mod tests {
             let mut start = run_start();
             start.robot = robot.to_string();
             start.observation_names = names;
+            start.action_names = actions;
             start.fps = fps;
             w.append(&Record::Run(start)).unwrap();
             drop(w);
