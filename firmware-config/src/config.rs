@@ -243,17 +243,24 @@ fn names_reordered(
     ))
 }
 
-/// Two recordings' action names (`ours`, the one being added, and `theirs`, of `whose`)
-/// holding one action at different positions: the same actions in another order, which
-/// their values, recorded in that order, would mix up. An error message; `None`
-/// otherwise. Other spellings are not compared (recorders name the same channels
-/// otherwise: a joint, `joint.pos`, `action.0`).
-pub fn actions_reordered(ours: &[String], theirs: &[String], whose: &str) -> Option<String> {
+/// Two recordings' action names (`ours`, of `who`, and `theirs`, of `whose`) holding
+/// one action at different positions: the same actions in another order, which their
+/// values, recorded in that order, would mix up. An error message; `None` otherwise.
+/// Other spellings are not compared (recorders name the same channels otherwise: a
+/// joint, `joint.pos`, `action.0`). Compare only names both recordings were given: this
+/// controller named actions after the robot file's joints before 2026-12-07, a guess
+/// that says nothing of their order.
+pub fn actions_reordered(
+    ours: &[String],
+    who: &str,
+    theirs: &[String],
+    whose: &str,
+) -> Option<String> {
     let (at, here) = first_reordered_name(ours, theirs)?;
     Some(format!(
-        "action `{}` is at [{at}] in {whose} and at [{here}] here: the same actions in \
+        "action `{}` is at [{at}] in {whose} and at [{here}] in {who}: the same actions in \
          another order, whose values would be mixed up (the robot file's `[action] names` \
-         were reordered, or the data was recorded in another order)",
+         were reordered, or one was recorded in another order)",
         theirs[at]
     ))
 }
@@ -263,8 +270,9 @@ pub fn actions_reordered(ours: &[String], theirs: &[String], whose: &str) -> Opt
 /// explains. `None` otherwise (an empty list names nothing).
 pub fn first_reordered_name(a: &[String], b: &[String]) -> Option<(usize, usize)> {
     b.iter().enumerate().find_map(|(at, name)| {
+        // (A name both hold at `at` is in place, even where `a` repeats it earlier.)
         let here = a.iter().position(|n| n == name)?;
-        (here != at).then_some((at, here))
+        (here != at && a.get(at) != Some(name)).then_some((at, here))
     })
 }
 

@@ -853,7 +853,10 @@ pub struct RecordedBy {
     /// recorded under several names (`sim/push`, `sim-push`, a robot file's).
     robot: Option<String>,
     observation_names: Vec<String>,
-    /// Compared for their order only ([`firmware_config::config::actions_reordered`]).
+    /// Compared for their order only ([`firmware_config::config::actions_reordered`]),
+    /// with data that records an action mapping; empty where the run's data records none
+    /// (a controller's recording from before 2026-12-07 named actions after the robot
+    /// file's joints, whatever their order). A simulated task's are its own.
     action_names: Vec<String>,
     /// The rate the run's data was recorded at, Hz: one step is `1/fps` s for the
     /// discount, the action chunks and the critics' values.
@@ -872,7 +875,10 @@ impl RecordedBy {
             (Some(r), _) => RecordedBy {
                 robot: Some(r.name.clone()),
                 observation_names: r.observation_names.clone(),
-                action_names: r.action_names.clone(),
+                action_names: match r.action_mapping {
+                    Some(_) => r.action_names.clone(),
+                    None => vec![],
+                },
                 fps: Some(r.fps),
                 sim_task: None,
                 action_mapping: r
@@ -922,7 +928,11 @@ impl RecordedBy {
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
             bail!("{}: {differ}", path.display());
         }
-        if let Some(e) = self.actions_reordered(&info.action_names, "the dataset") {
+        if let Some(e) = self.actions_reordered(
+            &info.action_names,
+            info.action_mapping.is_some(),
+            "the dataset",
+        ) {
             bail!("{}: {e}", path.display());
         }
         if let Some(differ) = self.rate_differs(info.fps) {
@@ -1038,10 +1048,19 @@ impl RecordedBy {
     }
 
     /// `theirs` (action names of `whose`) holding one of the run's action names at
-    /// another position, as an error message.
-    pub fn actions_reordered(&self, theirs: &[String], whose: &str) -> Option<String> {
-        let e = firmware_config::config::actions_reordered(&self.action_names, theirs, whose)?;
-        Some(format!("the run's {e}"))
+    /// another position, as an error message. Only names `whose` was given count: data
+    /// that records an action mapping (`mapped`), or any against a simulated task.
+    pub fn actions_reordered(
+        &self,
+        theirs: &[String],
+        mapped: bool,
+        whose: &str,
+    ) -> Option<String> {
+        if !mapped && self.sim_task.is_none() {
+            return None;
+        }
+        let ours = &self.action_names;
+        firmware_config::config::actions_reordered(ours, "the run's data", theirs, whose)
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation
@@ -1367,13 +1386,17 @@ mod tests {
             sim_task: None,
             action_mapping: None,
         };
+        // Recorded since 2026-12-07: with the robot file's action mapping.
         let info = |actions: &[&str]| dataset::DatasetInfo {
             robot_type: "lab-arm".into(),
             fps: 20,
             task: String::new(),
             observation_names: names(&["q0", "q1"]),
             action_names: names(actions),
-            action_mapping: None,
+            action_mapping: Some(dataset::ActionMapping {
+                scale: vec![1.0, 1.0],
+                offset: vec![0.0, 0.0],
+            }),
         };
         let path = Path::new("robot-data");
         let e = expected
@@ -1382,8 +1405,8 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with(
-                "robot-data: the run's action `elbow` is at [0] in the dataset and at [1] here: \
-                 the same actions in another order"
+                "robot-data: action `elbow` is at [0] in the dataset and at [1] in the run's \
+                 data: the same actions in another order"
             ),
             "{e}"
         );
@@ -1394,9 +1417,18 @@ mod tests {
         ] {
             expected.check(path, &info(taken)).unwrap();
         }
+        // Data that records no action mapping (a controller's from before 2026-12-07,
+        // which named actions after the robot file's joints) is not compared.
+        let old = dataset::DatasetInfo {
+            action_mapping: None,
+            ..info(&["elbow", "shoulder"])
+        };
+        expected.check(path, &old).unwrap();
         let mut push = RecordedBy::of_sim_task(sim::TaskId::Push);
         let mut sim = info(&["vy_command", "vx_command"]);
         (sim.robot_type, sim.observation_names) = ("sim/push".into(), vec![]);
+        // (`tools dataset generate` records no mapping: a task's names are its own.)
+        sim.action_mapping = None;
         let e = push.check(path, &sim).unwrap_err().to_string();
         assert!(e.contains("action `vy_command` is at [0]"), "{e}");
         sim.action_names.reverse();

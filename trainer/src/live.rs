@@ -300,7 +300,12 @@ impl Check {
                 .recorded_by
                 .names_differ(&run.observation_names, "the robot's stream")
                 .or_else(|| {
-                    (self.recorded_by).actions_reordered(&run.action_names, "the robot's stream")
+                    let mapped = run.action_mapping().is_some();
+                    (self.recorded_by).actions_reordered(
+                        &run.action_names,
+                        mapped,
+                        "the robot's stream",
+                    )
                 })
                 .or_else(|| {
                     let differ = self.recorded_by.rate_differs(run.fps)?;
@@ -1370,7 +1375,8 @@ mod tests {
 
     /// A robot stream whose run-start record names the run's actions in another order
     /// is refused at that record (their values would be trained on as the other
-    /// joints'); other spellings of them pass.
+    /// joints'); other spellings of them pass, and so does a stream of a controller from
+    /// before 2026-12-07 (no action mapping: it named actions after the joints).
     #[test]
     fn a_stream_of_the_actions_in_another_order_is_refused() {
         use controller::robot_loop::log::RunStart;
@@ -1380,7 +1386,7 @@ mod tests {
             dims: (3, 2),
             recorded_by: recorded_by.acting(names(&["x", "y"])),
         };
-        let start = |actions: &[&str]| {
+        let start = |actions: &[&str], scale: Vec<f32>| {
             Record::Run(RunStart {
                 robot: "r".into(),
                 task: "push".into(),
@@ -1390,15 +1396,20 @@ mod tests {
                 bundle: "b".into(),
                 started_unix: 0,
                 run_id: String::new(),
-                action_scale: vec![],
-                action_offset: vec![],
+                action_offset: vec![0.0; scale.len()],
+                action_scale: scale,
             })
         };
-        assert_eq!(check.refusal(&start(&["x", "y"])), None);
-        assert_eq!(check.refusal(&start(&["x.pos", "y.pos"])), None);
-        let e = check.refusal(&start(&["y", "x"])).unwrap();
+        let mapped = || vec![1.0, 1.0];
+        assert_eq!(check.refusal(&start(&["x", "y"], mapped())), None);
+        assert_eq!(check.refusal(&start(&["x.pos", "y.pos"], mapped())), None);
+        assert_eq!(check.refusal(&start(&["y", "x"], vec![])), None);
+        let e = check.refusal(&start(&["y", "x"], mapped())).unwrap();
         assert!(
-            e.starts_with("the run's action `y` is at [0] in the robot's stream and at [1] here"),
+            e.starts_with(
+                "action `y` is at [0] in the robot's stream and at [1] in the run's data: the \
+                 same actions in another order"
+            ),
             "{e}"
         );
     }

@@ -2113,12 +2113,17 @@ impl Control {
                 }
             }
             Phase::Reconnecting { until } => {
-                // The I/O thread reopens the port; ended, it gave up its own wait (which
-                // began at the loss, before the safe stop), and nothing will come back.
+                // The I/O thread reopens the port; ended (its own wait, which began at
+                // the loss, before the safe stop, ran out; or it could not hand a port
+                // back), nothing will come back.
                 if now >= until || self.io_ended {
+                    let why = if now >= until {
+                        "could not be reopened"
+                    } else {
+                        "was not reopened: the serial I/O thread ended"
+                    };
                     self.fatal = Some(format!(
-                        "the serial link did not come back: {} could not be reopened \
-                         within --reconnect-ms {}",
+                        "the serial link did not come back: {} {why} within --reconnect-ms {}",
                         self.cfg.port.display(),
                         self.cfg.reconnect.unwrap_or_default().as_millis()
                     ));
@@ -5397,8 +5402,11 @@ mod tests {
         assert_eq!(c.phase, Phase::Done);
         let fatal = c.fatal.as_deref().unwrap_or_default();
         assert!(
-            fatal.starts_with("the serial link did not come back"),
+            fatal.contains(
+                "did not come back: /dev/null was not reopened: the serial I/O thread ended"
+            ),
             "{fatal}"
         );
+        assert_eq!(c.stopping, Some(Outcome::Error));
     }
 }

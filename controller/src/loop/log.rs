@@ -1434,8 +1434,8 @@ impl EpisodeGrouper {
 }
 
 /// Opens the dataset at `dir` for appending, or creates it; refuses one whose
-/// dimensions, robot or observation names differ from `info` (a dataset holds one
-/// robot's episodes: mixed, they would train on the wrong inputs), and one without
+/// dimensions, robot, observation names or actions' order differ from `info` (a dataset
+/// holds one robot's episodes: mixed, they would train on the wrong inputs), and one without
 /// the `next.*` columns of an episode's outcome.
 pub fn open_dataset(dir: &Path, info: &DatasetInfo) -> Result<DatasetWriter, LogError> {
     let has_meta = dir.join("meta").join("info.json").exists();
@@ -1487,7 +1487,8 @@ fn check_outcome_columns(dir: &Path, lacks: &[&str]) -> Result<(), LogError> {
 
 /// Refuses to add episodes recorded as `info` says to a dataset recorded as `have` says
 /// (its directory `dir`): other dimensions, another robot, another rate (its timestamps
-/// come from one fps) or other observation names.
+/// come from one fps), other observation names, the same actions in another order or
+/// another action mapping (the last two where both record a mapping).
 /// `advice` ends the message of a refusal that another directory would avoid.
 fn check_same_recording(
     dir: &Path,
@@ -1530,13 +1531,20 @@ fn check_same_recording(
             names.0[i], names.1[i]
         )));
     }
-    // Actions in another order (other spellings pass: before 2026-12-07 this recorder
-    // named actions after the robot file's joints).
+    // Actions in another order, where both recordings were given their names: those
+    // that record the robot file's action mapping (since 2026-12-07); before, this
+    // recorder named actions after the robot file's joints, whatever their order.
     let names = (&info.action_names, &have.action_names);
-    if let Some(e) =
-        firmware_config::config::actions_reordered(names.0, names.1, "the existing dataset")
+    if have.action_mapping.is_some()
+        && info.action_mapping.is_some()
+        && let Some(e) = firmware_config::config::actions_reordered(
+            names.0,
+            "this run",
+            names.1,
+            "the existing dataset",
+        )
     {
-        return Err(differs(format!("this run's {e}")));
+        return Err(differs(e));
     }
     // The robot file's action mapping, where both record it (a dataset recorded before
     // 2026-12-07 does not, and keeps recording none: its earlier episodes' is unknown).
@@ -2064,6 +2072,51 @@ pub(crate) mod tests {
         t.next_obs[..3].copy_from_slice(&[step as f32 + 1.0, 1.0, 2.0]);
         t.action[..2].copy_from_slice(&[0.5, -0.5]);
         t
+    }
+
+    /// A run whose actions are the dataset's in another order is refused by name, the
+    /// dataset untouched, where both recorded an action mapping (since 2026-12-07: they
+    /// were given their names); other spellings are taken, and so is a run of a
+    /// controller from before (no mapping: it named actions after the robot file's
+    /// joints, whatever their order).
+    #[test]
+    fn a_run_of_the_actions_in_another_order_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        let run = |case: &str, actions: &[&str], mapped: bool| {
+            let path = dir.path().join(format!("{case}.log"));
+            let mut w = LogWriter::open(&path).unwrap();
+            let start = RunStart {
+                action_names: actions.iter().map(|a| a.to_string()).collect(),
+                action_scale: if mapped { vec![1.0, 1.0] } else { vec![] },
+                action_offset: if mapped { vec![0.0, 0.0] } else { vec![] },
+                run_id: format!("run-{case}"),
+                ..run_start()
+            };
+            w.append(&Record::Run(start)).unwrap();
+            w.append(&Record::EpisodeStart {
+                episode: 0,
+                seed: 3,
+            })
+            .unwrap();
+            w.append(&Record::Transition(transition(0, 0, false)))
+                .unwrap();
+            drop(w);
+            log_to_dataset(&path, &out, Runs::All)
+        };
+        run("first", &["x", "y"], true).unwrap();
+        let e = run("reordered", &["y", "x"], true).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "action `x` is at [0] in the existing dataset and at [1] in this run: the \
+                 same actions in another order"
+            ) && e.contains("another directory"),
+            "{e}"
+        );
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 1);
+        run("spelled", &["x.pos", "y.pos"], true).unwrap();
+        run("older", &["y", "x"], false).unwrap();
+        assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 3);
     }
 
     pub(crate) fn run_start() -> RunStart {
@@ -3000,18 +3053,14 @@ pub(crate) mod tests {
         drop(w);
         let r = log_to_dataset(&old, &dir.path().join("old-ds"), Runs::Last).unwrap();
         assert!(r.unknown_run && !r.already_saved && r.episodes_written == 1);
-        // Another robot's log, other observations of the same sizes, the same actions in
-        // another order, or another control rate: refused by name, the dataset
-        // untouched.
+        // Another robot's log, other observations of the same sizes, or another control
+        // rate: refused by name, the dataset untouched.
         let fps = run_start().fps;
-        let actions = run_start().action_names;
-        let reordered: Vec<String> = actions.iter().rev().cloned().collect();
-        for (case, robot, names, actions, fps, named) in [
+        for (case, robot, names, fps, named) in [
             (
                 "robot",
                 "other-arm",
                 run_start().observation_names,
-                actions.clone(),
                 fps,
                 "was recorded by robot `",
             ),
@@ -3019,23 +3068,13 @@ pub(crate) mod tests {
                 "names",
                 "r",
                 vec!["a".into(), "c".into(), "b".into()],
-                actions.clone(),
                 fps,
                 "observation [1] is `b`, this run's is `c`",
-            ),
-            (
-                "actions",
-                "r",
-                run_start().observation_names,
-                reordered,
-                fps,
-                "this run's action `x` is at [0] in the existing dataset and at [1] here",
             ),
             (
                 "rate",
                 "r",
                 run_start().observation_names,
-                actions.clone(),
                 fps * 2,
                 "this run records at",
             ),
@@ -3045,7 +3084,6 @@ pub(crate) mod tests {
             let mut start = run_start();
             start.robot = robot.to_string();
             start.observation_names = names;
-            start.action_names = actions;
             start.fps = fps;
             w.append(&Record::Run(start)).unwrap();
             drop(w);

@@ -1273,7 +1273,7 @@ pub fn run(
     };
     // The output before the robot: a `--out` another run writes into, whose
     // transitions.log is not a log, or whose dataset was recorded otherwise (another
-    // robot, rate or observation names), is refused
+    // robot, rate, observation names, actions' order or mapping), is refused
     // before the port is opened (a board may reset when it is, and its firmware ends the
     // episode it runs at our `Hello`). Nothing is written yet (a run refused at the
     // handshake leaves `--out` as it was); both are checked again when opened.

@@ -737,3 +737,27 @@ fn crate_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .into()
 }
+
+/// The same names in another order are found with both positions; a name repeated (a
+/// dataset's, which nothing checks for repeats) is not taken for one out of place where
+/// both lists hold it there.
+#[test]
+fn a_reordered_name_is_found_and_a_repeated_one_is_not() {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let found = |a: &[&str], b: &[&str]| first_reordered_name(&names(a), &names(b));
+    assert_eq!(found(&["a", "b"], &["b", "a"]), Some((0, 1)));
+    assert_eq!(found(&["a", "b", "c"], &["a", "c", "b"]), Some((1, 2)));
+    assert_eq!(found(&["g", "g"], &["g", "g"]), None);
+    assert_eq!(found(&["a", "b"], &["a.pos", "b.pos"]), None);
+    assert_eq!(found(&["a", "b"], &[]), None);
+    let e = actions_reordered(
+        &names(&["x", "y"]),
+        "this run",
+        &names(&["y", "x"]),
+        "the data",
+    );
+    assert!(
+        e.unwrap()
+            .starts_with("action `y` is at [0] in the data and at [1] in this run: "),
+    );
+}
