@@ -834,47 +834,12 @@ impl Message {
                 let episode = r.u32();
                 let step = r.u32();
                 let n = r.u8() as usize;
-                if n > MAX_OBS {
-                    return Err(bad(
-                        "too many values",
-                        Found::Count {
-                            count: n,
-                            max: MAX_OBS,
-                        },
-                    ));
-                }
-                if r.data.len() != 4 * n {
-                    let bytes = r.data.len();
-                    let found = Found::ValueBytes { count: n, bytes };
-                    return Err(bad("length disagrees with the value count", found));
-                }
-                let mut obs = Vec::new();
-                for _ in 0..n {
-                    // Cannot fail: n <= MAX_OBS.
-                    let _ = obs.push(r.f32());
-                }
+                let obs = r.values(n).map_err(|(reason, found)| bad(reason, found))?;
                 Message::Sensor { episode, step, obs }
             }
             MessageType::Command => {
                 let n = r.u8() as usize;
-                if n > MAX_ACT {
-                    return Err(bad(
-                        "too many values",
-                        Found::Count {
-                            count: n,
-                            max: MAX_ACT,
-                        },
-                    ));
-                }
-                if r.data.len() != 4 * n {
-                    let bytes = r.data.len();
-                    let found = Found::ValueBytes { count: n, bytes };
-                    return Err(bad("length disagrees with the value count", found));
-                }
-                let mut action = Vec::new();
-                for _ in 0..n {
-                    let _ = action.push(r.f32());
-                }
+                let action = r.values(n).map_err(|(reason, found)| bad(reason, found))?;
                 Message::Command { action }
             }
             MessageType::Heartbeat => Message::Heartbeat,
@@ -927,25 +892,7 @@ impl Message {
                 if flags.truncated && !flags.done {
                     return Err(bad("truncated without done", Found::Byte(flags.to_byte())));
                 }
-                if n > MAX_ACT {
-                    return Err(bad(
-                        "too many values",
-                        Found::Count {
-                            count: n,
-                            max: MAX_ACT,
-                        },
-                    ));
-                }
-                if r.data.len() != 4 * n {
-                    let bytes = r.data.len();
-                    let found = Found::ValueBytes { count: n, bytes };
-                    return Err(bad("length disagrees with the value count", found));
-                }
-                let mut applied = Vec::new();
-                for _ in 0..n {
-                    // Cannot fail: n <= MAX_ACT.
-                    let _ = applied.push(r.f32());
-                }
+                let applied = r.values(n).map_err(|(reason, found)| bad(reason, found))?;
                 Message::Reward {
                     episode,
                     step,
@@ -1011,6 +958,25 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// The `n` f32 values a count announced, which must be all the payload has left:
+    /// at most `N` of them (a frame's maximum), each sent.
+    fn values<const N: usize>(&mut self, n: usize) -> Result<Vec<f32, N>, (&'static str, Found)> {
+        if n > N {
+            return Err(("too many values", Found::Count { count: n, max: N }));
+        }
+        let bytes = self.data.len();
+        if bytes != 4 * n {
+            let found = Found::ValueBytes { count: n, bytes };
+            return Err(("length disagrees with the value count", found));
+        }
+        let mut values = Vec::new();
+        for _ in 0..n {
+            // Cannot fail: n <= N.
+            let _ = values.push(self.f32());
+        }
+        Ok(values)
+    }
+
     fn take<const N: usize>(&mut self) -> [u8; N] {
         let mut b = [0u8; N];
         match self.data.split_first_chunk::<N>() {

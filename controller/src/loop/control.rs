@@ -4799,17 +4799,8 @@ mod tests {
     /// beyond the envelope's edge is taken, brought onto the edge.
     #[test]
     fn an_applied_action_outside_the_envelope_faults_by_name() {
-        for (values, said) in [
-            (
-                [f32::NAN, 0.0],
-                "the Reward frame of step 1 says action [0] applied NaN",
-            ),
-            (
-                [0.0, 1.5],
-                "the Reward frame of step 1 says action [1] applied 1.5 in robot units, 1.5 \
-                 in policy units: outside the envelope [-1, 1]",
-            ),
-        ] {
+        // A running episode's control loop after step 1's `Reward` saying `values`.
+        let heard = |values| {
             let wire = Wire::default();
             let (mut c, tx) = control(&wire);
             c.track = Some(Track::new(1, 0, 7, Instant::now()));
@@ -4825,26 +4816,26 @@ mod tests {
             };
             tx.send(frame(1, reward)).unwrap();
             c.drain(Instant::now());
+            c
+        };
+        for (values, said) in [
+            (
+                [f32::NAN, 0.0],
+                "the Reward frame of step 1 says action [0] applied NaN",
+            ),
+            (
+                [0.0, 1.5],
+                "the Reward frame of step 1 says action [1] applied 1.5 in robot units, 1.5 \
+                 in policy units: outside the envelope [-1, 1]",
+            ),
+        ] {
+            let c = heard(values);
             let f = &c.report.faults;
             assert_eq!(f.len(), 1, "{values:?}");
             assert_eq!(f[0].kind, FaultKind::AppliedAction);
             assert!(f[0].detail.starts_with(said), "{}", f[0].detail);
         }
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.track = Some(Track::new(1, 0, 7, Instant::now()));
-        c.phase = Phase::Running;
-        let reward = Message::Reward {
-            episode: 1,
-            step: 1,
-            reward: 0.0,
-            done: false,
-            truncated: false,
-            success: false,
-            applied: applied([1.0 + 1e-6, -1.0]),
-        };
-        tx.send(frame(1, reward)).unwrap();
-        c.drain(Instant::now());
+        let c = heard([1.0 + 1e-6, -1.0]);
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
         let r = c.track.as_ref().unwrap().reward(1).unwrap();
         assert_eq!(&r.applied[..2], &[1.0, -1.0]);

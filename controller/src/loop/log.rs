@@ -2085,7 +2085,6 @@ pub(crate) mod tests {
         let out = dir.path().join("ds");
         let run = |case: &str, actions: &[&str], mapped: bool| {
             let path = dir.path().join(format!("{case}.log"));
-            let mut w = LogWriter::open(&path).unwrap();
             let start = RunStart {
                 action_names: actions.iter().map(|a| a.to_string()).collect(),
                 action_scale: if mapped { vec![1.0, 1.0] } else { vec![] },
@@ -2093,15 +2092,7 @@ pub(crate) mod tests {
                 run_id: format!("run-{case}"),
                 ..run_start()
             };
-            w.append(&Record::Run(start)).unwrap();
-            w.append(&Record::EpisodeStart {
-                episode: 0,
-                seed: 3,
-            })
-            .unwrap();
-            w.append(&Record::Transition(transition(0, 0, false)))
-                .unwrap();
-            drop(w);
+            write_one_step_run(&path, start);
             log_to_dataset(&path, &out, Runs::All)
         };
         run("first", &["x", "y"], true).unwrap();
@@ -2117,6 +2108,19 @@ pub(crate) mod tests {
         run("spelled", &["x.pos", "y.pos"], true).unwrap();
         run("older", &["y", "x"], false).unwrap();
         assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 3);
+    }
+
+    /// A log at `path` of run `start` with one episode of one (unfinished) step.
+    fn write_one_step_run(path: &Path, start: RunStart) {
+        let mut w = LogWriter::open(path).unwrap();
+        w.append(&Record::Run(start)).unwrap();
+        w.append(&Record::EpisodeStart {
+            episode: 0,
+            seed: 3,
+        })
+        .unwrap();
+        w.append(&Record::Transition(transition(0, 0, false)))
+            .unwrap();
     }
 
     pub(crate) fn run_start() -> RunStart {
@@ -3037,20 +3041,11 @@ pub(crate) mod tests {
         assert_eq!(dataset::read_dataset(&out).unwrap().num_frames(), 14);
         // A log of an older version (no run id) is converted, and said to be unknown.
         let old = dir.path().join("old.log");
-        let mut w = LogWriter::open(&old).unwrap();
         let unnamed = RunStart {
             run_id: String::new(),
             ..run_start()
         };
-        w.append(&Record::Run(unnamed)).unwrap();
-        w.append(&Record::EpisodeStart {
-            episode: 0,
-            seed: 3,
-        })
-        .unwrap();
-        w.append(&Record::Transition(transition(0, 0, false)))
-            .unwrap();
-        drop(w);
+        write_one_step_run(&old, unnamed);
         let r = log_to_dataset(&old, &dir.path().join("old-ds"), Runs::Last).unwrap();
         assert!(r.unknown_run && !r.already_saved && r.episodes_written == 1);
         // Another robot's log, other observations of the same sizes, or another control
