@@ -2117,16 +2117,17 @@ impl Control {
                 // the loss, before the safe stop, ran out; or it could not hand a port
                 // back), nothing will come back.
                 if now >= until || self.io_ended {
+                    let ms = self.cfg.reconnect.unwrap_or_default().as_millis();
                     let why = if now >= until {
-                        "could not be reopened"
+                        format!("could not be reopened within --reconnect-ms {ms}")
                     } else {
-                        "was not reopened: the serial I/O thread ended"
+                        format!(
+                            "was not reopened: the serial I/O thread ended before \
+                             --reconnect-ms {ms} ran out"
+                        )
                     };
-                    self.fatal = Some(format!(
-                        "the serial link did not come back: {} {why} within --reconnect-ms {}",
-                        self.cfg.port.display(),
-                        self.cfg.reconnect.unwrap_or_default().as_millis()
-                    ));
+                    let port = self.cfg.port.display();
+                    self.fatal = Some(format!("the serial link did not come back: {port} {why}"));
                     self.stopping = Some(Outcome::Error);
                     self.phase = Phase::Done;
                 }
@@ -5393,8 +5394,9 @@ mod tests {
         assert_eq!(c.phase, Phase::Done);
         let fatal = c.fatal.as_deref().unwrap_or_default();
         assert!(
-            fatal.contains(
-                "did not come back: /dev/null was not reopened: the serial I/O thread ended"
+            fatal.ends_with(
+                "did not come back: /dev/null was not reopened: the serial I/O thread ended \
+                 before --reconnect-ms 5000 ran out"
             ),
             "{fatal}"
         );
