@@ -360,6 +360,16 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
                 ours[i]
             );
         }
+        // The task's actions in another order would train the policy to drive other
+        // joints, and its bundle names them in the task's (as `finetune --data` refuses).
+        let ours = task.spec().owned_action_names();
+        let theirs = &ds.info.action_names;
+        let whose = format!("task {task}");
+        if let Some(e) =
+            firmware_config::config::actions_reordered(&ours, &whose, theirs, "the dataset")
+        {
+            bail!("{path}: {e}");
+        }
         // Its bundle says the task's rate (`action.control_hz`), so the data must be
         // at it: 30 fps data was trained on as 20 Hz steps, and the controller's rate
         // check then passed a robot of the wrong rate.

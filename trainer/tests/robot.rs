@@ -632,11 +632,31 @@ fn offline_data_that_cannot_train_the_run_is_refused_by_name() {
         "{e}"
     );
 
-    // The task's own data, but recorded at another rate (30 fps): its steps are not the
-    // task's 20 Hz ones, and the bundle would say 20 Hz (it was trained on).
+    // The task's own data with its actions named in another order: trained on, the
+    // bundle named them in the task's (`finetune --data` refused the same data).
     let at_20 = tmp.path().join("demos-20hz");
     tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &at_20).unwrap();
     let mut ds = dataset::read_dataset(&at_20).unwrap();
+    let mut swapped = ds.info.clone();
+    swapped.action_names.swap(0, 1);
+    let first = swapped.action_names[0].clone();
+    let reordered = tmp.path().join("reordered-demos");
+    dataset::write_dataset(&reordered, &swapped, &ds.episodes).unwrap();
+    c.run.dataset = Some(reordered.display().to_string());
+    let e = format!(
+        "{:#}",
+        train(&c, &tmp.path().join("r"), &TrainOptions::default(), &mut ()).unwrap_err()
+    );
+    assert!(
+        e.contains(&format!(
+            "reordered-demos: action `{first}` is at [0] in the dataset and at [1] in task \
+             arm-reach: the same actions in another order"
+        )),
+        "{e}"
+    );
+
+    // The task's own data, but recorded at another rate (30 fps): its steps are not the
+    // task's 20 Hz ones, and the bundle would say 20 Hz (it was trained on).
     assert_eq!(ds.info.fps, 20);
     ds.info.fps = 30;
     let fast = tmp.path().join("fast-demos");
