@@ -27,11 +27,13 @@
 //! command arrives). The transition of step `t` pairs `Sensor t`, `Sensor t+1` and
 //! `Reward t+1`, and its action is the one `Reward t+1` says the step applied (mapped
 //! back to policy units): the command after the firmware's envelope and slew limit, or
-//! its hold. The command in force when `Sensor t+1` arrived (the newest whose write had
-//! started; with no command yet in the episode, the hold) gives the transition its
-//! send time and its intervention and teleop marks. The two differ where the robot did
-//! otherwise than it was told: a command lost or late on the line, the slew limit
-//! reaching a command further away, the watchdog's hold. Such transitions are counted
+//! its hold. The command the step applied (the newest written by `Sensor t+1`'s arrival
+//! whose values it is, within round-off) gives the transition its values bit for bit,
+//! its send time and its intervention and teleop marks; where it applied none (the slew
+//! limit on its way to one, the hold), the command in force then does (the newest whose
+//! write had started; with no command yet in the episode, the hold). A step that
+//! applied other than the command in force (a command lost or late on the line, the
+//! slew limit reaching a command further away, the watchdog's hold) is counted
 //! (`applied_otherwise` in each episode's report); a critic that learned from the
 //! command would credit it with what another action did.
 //!

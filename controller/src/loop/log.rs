@@ -151,7 +151,8 @@ pub struct Transition {
     pub obs_fw_us: u32,
     pub next_obs_fw_us: u32,
     pub obs_rx_ns: u64,
-    /// When the command in force during the step was sent (0: none yet, the hold).
+    /// When the command the step applied was sent (else the command in force; 0: none
+    /// yet in the episode, the hold).
     pub action_sent_ns: u64,
     pub next_obs_rx_ns: u64,
 }
