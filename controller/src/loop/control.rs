@@ -139,6 +139,10 @@ struct Track {
     /// Transitions whose applied action was not the command in force (see the module's
     /// "Which action a transition gets").
     applied_otherwise: u32,
+    /// Frames of the episode's steps that could not be read once a fault had ended it
+    /// (the first one faults the running episode), and what was wrong with the first.
+    malformed: u32,
+    malformed_first: Option<String>,
     /// Step number of the terminal reward (= the episode's step count).
     final_step: Option<u32>,
     /// `EpisodeEnd` from the firmware: (success, steps).
@@ -224,6 +228,8 @@ impl Track {
             dropped: 0,
             missing: 0,
             applied_otherwise: 0,
+            malformed: 0,
+            malformed_first: None,
             final_step: None,
             fw_end: None,
             ret: 0.0,
@@ -970,6 +976,22 @@ impl Control {
             && matches!(self.phase, Phase::Running | Phase::Ending { .. })
     }
 
+    /// A frame of step `step` of firmware episode `episode` that could not be read, where
+    /// it cannot fault the episode (a fault ended it already: the frames of its last
+    /// steps still on the line): counted on the episode, its first detail kept, so its
+    /// report says why those steps are missing. Frames past the episode's end, or of
+    /// no episode still open, are nobody's.
+    fn count_malformed(&mut self, episode: u32, step: u32, detail: String) {
+        let Some(t) = track_of(&mut self.track, &mut self.closing, episode) else {
+            return;
+        };
+        if t.final_step.is_some_and(|f| step > f) {
+            return;
+        }
+        t.malformed += 1;
+        t.malformed_first.get_or_insert(detail);
+    }
+
     /// A `Reward` frame's applied action (robot units) in policy units, brought into the
     /// envelope where round-off left it a little outside; or why the step cannot be
     /// recorded: another number of values than the robot file's, a value that is not
@@ -1035,14 +1057,16 @@ impl Control {
                 }
                 if obs.len() != self.od {
                     // Dropped unheard, it faulted later as a stale sensor, naming nothing.
+                    let detail = format!(
+                        "the Sensor frame of step {step} carries {} observation values; \
+                         the robot file's observation.dim is {} (a firmware bug)",
+                        obs.len(),
+                        self.od
+                    );
                     if self.a_running_episodes_step(episode, step) {
-                        let detail = format!(
-                            "the Sensor frame of step {step} carries {} observation values; \
-                             the robot file's observation.dim is {} (a firmware bug)",
-                            obs.len(),
-                            self.od
-                        );
                         self.fault(now, FaultKind::SensorSize, detail, None);
+                    } else {
+                        self.count_malformed(episode, step, detail);
                     }
                     return;
                 }
@@ -1097,6 +1121,8 @@ impl Control {
                         // the robot file describes, or is not keeping its envelope.
                         if self.a_running_episodes_step(episode, step) {
                             self.fault(now, FaultKind::AppliedAction, detail, None);
+                        } else {
+                            self.count_malformed(episode, step, detail);
                         }
                         return;
                     }
@@ -2849,6 +2875,8 @@ impl Control {
             dropped: t.dropped,
             missing: t.missing,
             applied_otherwise: t.applied_otherwise,
+            malformed: t.malformed,
+            malformed_first: t.malformed_first.clone(),
             seconds: elapsed.as_secs_f64(),
             cadence,
         };
@@ -3723,6 +3751,52 @@ mod tests {
             ep.detail.starts_with("JointLimit: q1 past"),
             "{}",
             ep.detail
+        );
+    }
+
+    /// A frame of a faulted episode's last steps that cannot be read (here an applied
+    /// action that is not finite) no longer faults anything, and was dropped without a
+    /// word: it is counted on the episode, its first detail kept, and said in the
+    /// episode's report. A frame past the episode's end (the safe stop's) is not.
+    #[test]
+    fn a_faulted_episodes_unreadable_last_frames_are_counted_by_name() {
+        let wire = Wire::default();
+        let (mut c, tx, _) = faulted_after_two_frames(1, &wire);
+        let reward = |step, applied| Message::Reward {
+            episode: 1,
+            step,
+            reward: 0.5,
+            done: false,
+            truncated: false,
+            success: false,
+            applied,
+        };
+        tx.send(frame(3, reward(1, applied([f32::NAN, 0.0]))))
+            .unwrap();
+        tx.send(frame(4, reward(2, applied([0.0, f32::INFINITY]))))
+            .unwrap();
+        // A Sensor frame of step 1 of another size (a corrupt copy) is counted too.
+        tx.send(frame(5, Message::sensor(1, 1, &[0.0; 3]).unwrap()))
+            .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        while c.report.episodes.is_empty() {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            assert!(c.tick < 1000);
+        }
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        let ep = &c.report.episodes[0];
+        assert_eq!((ep.transitions, ep.malformed), (0, 2));
+        let first = ep.malformed_first.as_deref().unwrap();
+        assert!(
+            first.starts_with("the Reward frame of step 1 says action [0] applied NaN"),
+            "{first}"
+        );
+        assert!(
+            ep.to_string()
+                .contains("2 frames after the fault could not be read"),
+            "{ep}"
         );
     }
 

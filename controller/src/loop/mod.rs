@@ -670,6 +670,14 @@ pub struct EpisodeReport {
     /// envelope, its hold (a watchdog trip, before the first command), a command late
     /// or lost on the line. The transition holds the applied action.
     pub applied_otherwise: u32,
+    /// Frames of the episode's steps that could not be read after a fault had ended it
+    /// (the frames of its last steps still on the line: another observation or action
+    /// size than the robot file's, an applied action not finite or outside the
+    /// envelope); their steps count as missing. The first such frame of a running
+    /// episode is its fault, not counted here.
+    pub malformed: u32,
+    /// What was wrong with the first of them.
+    pub malformed_first: Option<String>,
     pub seconds: f64,
     pub cadence: CadenceReport,
 }
@@ -719,6 +727,14 @@ impl fmt::Display for EpisodeReport {
                  envelope or hold, or a late command): their transitions hold what the \
                  robot applied",
                 self.applied_otherwise
+            )?;
+        }
+        if let Some(first) = &self.malformed_first {
+            writeln!(
+                f,
+                "  {} frames after the fault could not be read (their steps are missing); \
+                 the first: {first}",
+                self.malformed
             )?;
         }
         write!(f, "{}", self.cadence)
