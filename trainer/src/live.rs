@@ -44,7 +44,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use uplink::records::{RecordSink, serve_records};
 use uplink::{Key, Session};
@@ -277,9 +277,22 @@ struct Receiver {
 pub struct Check {
     pub dims: (usize, usize),
     pub recorded_by: crate::finetune::RecordedBy,
+    /// The action mapping the run's streams are compared with, once known: for the
+    /// training loop, whose agent takes it where the run's data recorded none
+    /// ([`take_adopted_mapping`]), so its checkpoints and bundles carry it to the robot
+    /// as a `--data` dataset's mapping is carried.
+    pub adopted: Arc<OnceLock<dataset::ActionMapping>>,
 }
 
 impl Check {
+    pub fn new(dims: (usize, usize), recorded_by: crate::finetune::RecordedBy) -> Check {
+        Check {
+            dims,
+            recorded_by,
+            adopted: Arc::default(),
+        }
+    }
+
     /// Why `rec` cannot be part of a stream for this run, or `None`; a run-start record
     /// that passes gives the action mapping later streams are compared with, where the
     /// run's data recorded none ([`crate::finetune::RecordedBy::adopt_mapping`]).
@@ -290,6 +303,10 @@ impl Check {
         {
             let whose = format!("the robot's stream of run {}", run.run_id);
             (self.recorded_by).adopt_mapping(run.action_mapping().as_ref(), &whose);
+            if let Some(m) = self.recorded_by.action_mapping() {
+                // Set once: a mapping once taken is never replaced.
+                let _ = self.adopted.set(m.clone());
+            }
         }
         refused
     }
@@ -731,6 +748,25 @@ impl Drop for Listener {
 /// `--signing-key` took the other kind's complete bundles for unpublished and wrote
 /// over them). A publish that was killed left temporaries (or a manifest whose
 /// signature is still a temporary) only, and is published again.
+/// A robot run whose data recorded no action mapping (a recording from before
+/// 2026-12-07, LeRobot's) takes the one its first stream recorded ([`Check::adopted`]),
+/// as `finetune --data` takes a dataset's: the bundles it publishes then carry it, and a
+/// robot file mapping the actions otherwise is refused at the swap.
+fn take_adopted_mapping(
+    agent: &mut crate::agent::Agent,
+    adopted: &OnceLock<dataset::ActionMapping>,
+) {
+    if let (Some(robot), Some(m)) = (agent.robot.as_mut(), adopted.get())
+        && robot.action_mapping.is_none()
+    {
+        eprintln!(
+            "finetune: the run's data recorded no action mapping; it takes the robot \
+             stream's (its bundles carry it)"
+        );
+        robot.action_mapping = Some(m.clone());
+    }
+}
+
 fn newest_bundle(root: &std::path::Path) -> Option<usize> {
     std::fs::read_dir(root)
         .ok()?
@@ -997,10 +1033,11 @@ pub(crate) fn train_live(
         None => held_whole(&uplink_dir)?,
     };
     let mut intake = Intake::new(start, config.chunks(), o.keep_interventions);
-    let mut check = Check {
-        dims: (agent.obs_dim, agent.act_dim / config.action_horizon),
-        recorded_by: crate::finetune::RecordedBy::of(agent),
-    };
+    let mut check = Check::new(
+        (agent.obs_dim, agent.act_dim / config.action_horizon),
+        crate::finetune::RecordedBy::of(agent),
+    );
+    let adopted = check.adopted.clone();
     let (recovered, mut owed) = intake.recover(&uplink_dir, &mut check, online, summary)?;
     owed += state.live_owed;
     summary.recovered = recovered;
@@ -1163,6 +1200,9 @@ pub(crate) fn train_live(
                 last_data = Some(std::time::Instant::now());
                 owed += intake.take(step, online, summary);
             }
+            // Before the checkpoint and the bundle below (a stream's run-start record
+            // is checked before its transitions are sent here).
+            take_adopted_mapping(agent, &adopted);
             draw_mixed(
                 &mut batch_rng,
                 offline,
@@ -1231,6 +1271,7 @@ pub(crate) fn train_live(
             log_clock.elapsed(),
         )?;
     }
+    take_adopted_mapping(agent, &adopted);
     state.capture_agent(agent, &batch_rng);
     // The row for the last update is written above; a session that made no update
     // keeps the window its resume restored, for the next one.
@@ -1324,10 +1365,7 @@ mod tests {
             logs: HashMap::new(),
             unsynced: HashMap::new(),
             tx,
-            check: Check {
-                dims: (3, 2),
-                recorded_by: crate::finetune::RecordedBy::named(names),
-            },
+            check: Check::new((3, 2), crate::finetune::RecordedBy::named(names)),
         };
         std::fs::create_dir_all(&r.dir).unwrap();
         (r, rx)
@@ -1382,10 +1420,7 @@ mod tests {
         use controller::robot_loop::log::RunStart;
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let recorded_by = crate::finetune::RecordedBy::named(names(&["a", "b", "c"]));
-        let mut check = Check {
-            dims: (3, 2),
-            recorded_by: recorded_by.acting(names(&["x", "y"])),
-        };
+        let mut check = Check::new((3, 2), recorded_by.acting(names(&["x", "y"])));
         let start = |actions: &[&str], scale: Vec<f32>| {
             Record::Run(RunStart {
                 robot: "r".into(),
@@ -1421,10 +1456,10 @@ mod tests {
     fn a_stream_at_another_rate_is_refused() {
         use controller::robot_loop::log::RunStart;
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut check = Check {
-            dims: (3, 2),
-            recorded_by: crate::finetune::RecordedBy::named_at(names(&["a", "b", "c"]), Some(20)),
-        };
+        let mut check = Check::new(
+            (3, 2),
+            crate::finetune::RecordedBy::named_at(names(&["a", "b", "c"]), Some(20)),
+        );
         let start = |fps: u32| {
             Record::Run(RunStart {
                 robot: "r".into(),
@@ -1478,10 +1513,10 @@ mod tests {
 
         // A run whose data recorded none compares streams with the first that records
         // one: two robots mapping the actions otherwise do not train one policy.
-        let mut unmapped = Check {
-            dims: (3, 2),
-            recorded_by: crate::finetune::RecordedBy::named_at(names(&["a", "b", "c"]), Some(20)),
-        };
+        let mut unmapped = Check::new(
+            (3, 2),
+            crate::finetune::RecordedBy::named_at(names(&["a", "b", "c"]), Some(20)),
+        );
         assert_eq!(unmapped.refusal(&start(20)), None);
         assert_eq!(unmapped.refusal(&mapped(0.3)), None);
         let e = unmapped.refusal(&mapped(0.2)).unwrap();
@@ -1644,10 +1679,7 @@ mod tests {
         whole_log.make_durable("r").unwrap();
         drop(whole_log);
         let dir = tmp.path().join("uplink");
-        let mut check = Check {
-            dims: (3, 2),
-            recorded_by: crate::finetune::RecordedBy::named(vec![]),
-        };
+        let mut check = Check::new((3, 2), crate::finetune::RecordedBy::named(vec![]));
         let chunks = ChunkSpec {
             horizon: 3,
             discount: 0.9,
@@ -1881,10 +1913,7 @@ mod tests {
         drop(ours);
         // The same steps, for a run of observation 4.
         let dir = tmp.path().join("uplink");
-        let check = |od| Check {
-            dims: (od, 2),
-            recorded_by: crate::finetune::RecordedBy::named(vec![]),
-        };
+        let check = |od| Check::new((od, 2), crate::finetune::RecordedBy::named(vec![]));
         let mut intake = Intake::new(BTreeMap::new(), ChunkSpec::SINGLE, false);
         let mut replay = Replay::new(4, 2, 8);
         let e = intake
@@ -1939,10 +1968,7 @@ mod tests {
             key,
             &dir.join("uplink"),
             &dir.join("b"),
-            Check {
-                dims: (3, 2),
-                recorded_by: crate::finetune::RecordedBy::named(vec![]),
-            },
+            Check::new((3, 2), crate::finetune::RecordedBy::named(vec![])),
         )
         .unwrap()
     }

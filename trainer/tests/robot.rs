@@ -750,6 +750,125 @@ fn a_finetune_takes_the_action_mapping_its_robot_data_recorded() {
     assert_eq!(m.action.robot_scale, mapping.scale);
 }
 
+/// The same through a live session: a run whose data recorded no action mapping takes
+/// the one its robot's stream recorded (the run-start record), and its checkpoint and
+/// the bundles it publishes carry it to the robot; they carried none (only `--data`'s
+/// was taken), so a robot file mapping the actions otherwise was not refused at a swap.
+#[test]
+fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
+    use controller::robot_loop::log::{Record, RunStart, Transition};
+    use firmware_config::protocol::{MAX_ACT, MAX_OBS};
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let demos = tmp.path().join("demos");
+    let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
+    let mut unmapped = dataset::read_dataset(&demos).unwrap();
+    unmapped.info.action_mapping = None;
+    std::fs::remove_dir_all(&demos).unwrap();
+    dataset::write_dataset(&demos, &unmapped.info, &unmapped.episodes).unwrap();
+    let run = tmp.path().join("run");
+    pretrain(&robot_config(&demos), &run);
+    let key = uplink::Key::from_bytes([3; uplink::KEY_LEN]);
+    let out = tmp.path().join("live");
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let opts = FinetuneOptions {
+        data: vec![],
+        listen: Some(trainer::finetune::LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key: key.clone(),
+            publish_every: 4,
+            signing_key: None,
+            idle_exit: Some(Duration::from_secs(2)),
+            bound: Some(bound_tx),
+            stop: None,
+        }),
+        ..finetune_options(&run, &demos, &out, 8)
+    };
+    let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
+    let addr = bound_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+
+    // The robot's stream: its run-start record (the robot file's mapping), then one
+    // episode of 12 steps.
+    let mapping = info.action_mapping.unwrap();
+    let mut records = vec![Record::Run(RunStart {
+        robot: "lab-arm".into(),
+        task: "reach the marker".into(),
+        fps: 50,
+        observation_names: info.observation_names.clone(),
+        action_names: info.action_names.clone(),
+        bundle: "b".into(),
+        started_unix: 0,
+        run_id: "run-1".into(),
+        action_scale: mapping.scale.clone(),
+        action_offset: mapping.offset.clone(),
+    })];
+    records.push(Record::EpisodeStart {
+        episode: 0,
+        seed: 1,
+    });
+    for step in 0..12u32 {
+        let mut obs = [0.0f32; MAX_OBS];
+        obs[..7].fill(step as f32 / 12.0);
+        let mut next_obs = [0.0f32; MAX_OBS];
+        next_obs[..7].fill((step + 1) as f32 / 12.0);
+        let mut action = [0.0f32; MAX_ACT];
+        action[..3].copy_from_slice(&[0.5, -0.5, 0.25]);
+        records.push(Record::Transition(Transition {
+            episode: 0,
+            step,
+            obs_dim: 7,
+            act_dim: 3,
+            obs,
+            action,
+            reward: 0.0,
+            done: false,
+            truncated: false,
+            success: false,
+            intervention: false,
+            teleop: false,
+            next_obs,
+            obs_fw_us: 0,
+            next_obs_fw_us: 0,
+            obs_rx_ns: 0,
+            action_sent_ns: 0,
+            next_obs_rx_ns: 0,
+        }));
+    }
+    let bytes: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            b
+        })
+        .collect();
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut session = uplink::Session::client(stream, &key).unwrap();
+    let sent = uplink::records::send_records(&mut session, "lab-arm", &bytes).unwrap();
+    assert_eq!(sent, bytes.len() as u64);
+    drop(session);
+    let summary = trainer.join().expect("the trainer did not panic");
+    assert_eq!(summary.streamed, 12, "{summary:?}");
+    assert!(!summary.published.is_empty(), "{summary:?}");
+
+    let tuned = load_agent(&out).unwrap();
+    assert_eq!(
+        tuned.robot.as_ref().unwrap().action_mapping.as_ref(),
+        Some(&mapping)
+    );
+    for bundle in &summary.published {
+        let m = shared_model::load_bundle(bundle, &Trust::AllowUnsigned)
+            .unwrap()
+            .manifest;
+        assert_eq!(
+            (&m.action.robot_scale, &m.action.robot_offset),
+            (&mapping.scale, &mapping.offset),
+            "{}",
+            bundle.display()
+        );
+    }
+}
+
 /// The run's offline data (`run.dataset`) is read again by `finetune` and `train
 /// --resume`; a dataset replaced at the same path since the run was trained (other
 /// episodes, same sizes) is refused with both fingerprints, where it used to be trained
