@@ -530,16 +530,25 @@ fn inspect(dir: &std::path::Path) -> Result<()> {
 
 fn validate(dir: &std::path::Path) -> Result<()> {
     let r = dataset::validate_dataset(dir)?;
-    if r.uncommitted_episodes > 0 {
-        println!(
-            "warning: the episodes index lists {} more rows than meta/info.json commits (a \
-             writer stopped before its commit, or superseded index files left behind); they \
-             are not part of the dataset, and the statistics were not checked",
-            r.uncommitted_episodes
-        );
-    }
-    // Our readers leave such files out; LeRobot reads every file under data/ and fails.
-    // Exit 0 with a warning read as "valid" to scripts that check the status.
+    let summary = format!(
+        "{} episodes, {} frames, {} data files, {} features, {} stats checked{}, {} \
+         successful episodes",
+        r.episodes,
+        r.frames,
+        r.data_files,
+        r.features,
+        r.stats_checked,
+        if r.uncommitted_episodes > 0 {
+            " (none: they may describe the uncommitted episodes)"
+        } else {
+            ""
+        },
+        r.successful_episodes
+    );
+    // Our readers leave both out; LeRobot reads every file under data/ and under
+    // meta/episodes/. A warning with exit 0 read as "valid" to scripts that check the
+    // status, so both are refusals, and `tidy` repairs both.
+    let mut problems = vec![];
     if !r.unreferenced_data_files.is_empty() {
         let files = r
             .unreferenced_data_files
@@ -547,43 +556,34 @@ fn validate(dir: &std::path::Path) -> Result<()> {
             .map(|f| f.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        anyhow::bail!(
-            "{}: not loadable by LeRobot as it is: {files} {} referenced by no episode (left \
-             by a writer stopped before its commit, or one still recording), and LeRobot \
-             reads every file under data/. This repository's readers leave {} out ({} \
-             episodes, {} frames otherwise valid); `tools dataset tidy {}` sets {} aside",
-            dir.display(),
+        problems.push(format!(
+            "{files} {} referenced by no episode (left by a writer stopped before its \
+             commit, or one still recording), and LeRobot reads every file under data/",
             if r.unreferenced_data_files.len() == 1 {
                 "is"
             } else {
                 "are"
             },
-            if r.unreferenced_data_files.len() == 1 {
-                "it"
-            } else {
-                "them"
-            },
-            r.episodes,
-            r.frames,
-            dir.display(),
-            if r.unreferenced_data_files.len() == 1 {
-                "it"
-            } else {
-                "them"
-            },
-        );
+        ));
     }
-    println!(
-        "{}: valid LeRobot v3 dataset: {} episodes, {} frames, {} data files, {} features, \
-         {} stats checked, {} successful episodes",
+    if r.uncommitted_episodes > 0 {
+        problems.push(format!(
+            "the episodes index lists {} more rows than meta/info.json commits (a writer \
+             stopped before its commit, or superseded index files left behind), and LeRobot \
+             reads every file under meta/episodes/",
+            r.uncommitted_episodes
+        ));
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{}: LeRobot would not read it as this repository's readers do: {}. They leave \
+         that out ({summary}); `tools dataset tidy {}` sets unreferenced files aside and \
+         drops uncommitted rows",
         dir.display(),
-        r.episodes,
-        r.frames,
-        r.data_files,
-        r.features,
-        r.stats_checked,
-        r.successful_episodes
+        problems.join("; "),
+        dir.display(),
     );
+    println!("{}: valid LeRobot v3 dataset: {summary}", dir.display());
     Ok(())
 }
 

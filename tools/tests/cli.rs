@@ -797,9 +797,10 @@ fn bench_and_teleop_arguments_out_of_range_are_refused() {
 }
 
 /// `tools dataset tidy`: a data file no episode references (an unfinished file a killed
-/// writer left) is named by `validate` as what stops LeRobot loading the dataset (exit
-/// 1: it exited 0 with a warning, "valid" to a script), and moved into `unreferenced/`
-/// by `tidy`, which leaves the dataset as it was.
+/// writer left), or index rows info.json does not commit, are named by `validate` as
+/// what LeRobot would read otherwise than this repository (exit 1: it exited 0 with a
+/// warning, "valid" to a script), and moved into `unreferenced/` or dropped by `tidy`,
+/// which leaves the dataset as it was.
 #[test]
 fn tidy_sets_aside_what_lerobot_would_trip_on() {
     let tmp = tempfile::tempdir().unwrap();
@@ -811,10 +812,10 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
     let o = tools(&["dataset", "validate", d]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("not loadable by LeRobot as it is: ")
+        text(&o).contains("LeRobot would not read it as this repository's readers do: ")
             && text(&o).contains("file-007.parquet is referenced by no episode")
-            && text(&o).contains("leave it out (5 episodes, ")
-            && text(&o).contains("frames otherwise valid); `tools dataset tidy "),
+            && text(&o).contains("They leave that out (5 episodes, ")
+            && text(&o).contains("successful episodes); `tools dataset tidy "),
         "{}",
         text(&o)
     );
@@ -836,6 +837,28 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
         std::fs::read(dir.join("unreferenced/chunk-000/file-007.parquet")).unwrap(),
         b"PAR1 and no footer"
     );
+    // An episodes index file our index supersedes (left behind): its rows are past
+    // info.json's totals. `validate` exited 0 with a warning; it refuses, naming the
+    // rows and that the statistics were not checked, and `tidy` removes the file.
+    let stale = dir.join("meta/episodes/chunk-000/file-001.parquet");
+    std::fs::copy(dir.join("meta/episodes/chunk-000/file-000.parquet"), &stale).unwrap();
+    let o = tools(&["dataset", "validate", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("the episodes index lists 5 more rows than meta/info.json commits")
+            && text(&o).contains("0 stats checked (none: they may describe the uncommitted")
+            && !text(&o).contains("referenced by no episode"),
+        "{}",
+        text(&o)
+    );
+    let o = tools(&["dataset", "tidy", d]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("valid LeRobot v3 dataset: 5 episodes"),
+        "{}",
+        text(&o)
+    );
+    assert!(!stale.exists());
     // A dataset with a feature this writer does not produce (a LeRobot recorder's
     // camera): its unreferenced file is set aside too, its metadata left as it was.
     // (`tidy` refused it: "cannot append to this dataset".)
