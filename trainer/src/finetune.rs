@@ -681,6 +681,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             && robot.action_mapping.is_none()
         {
             robot.action_mapping = Some(m.clone());
+            robot.action_mapping_taken = true;
         }
         summary.robot_episodes = episodes;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;
@@ -876,8 +877,8 @@ impl RecordedBy {
                 robot: Some(r.name.clone()),
                 observation_names: r.observation_names.clone(),
                 action_names: match r.action_mapping {
-                    Some(_) => r.action_names.clone(),
-                    None => vec![],
+                    Some(_) if !r.action_mapping_taken => r.action_names.clone(),
+                    _ => vec![],
                 },
                 fps: Some(r.fps),
                 sim_task: None,

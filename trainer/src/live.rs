@@ -298,9 +298,16 @@ impl Check {
     /// run's data recorded none ([`crate::finetune::RecordedBy::adopt_mapping`]).
     fn refusal(&mut self, rec: &Record) -> Option<String> {
         let refused = self.refusal_of(rec);
-        if refused.is_none()
-            && let Record::Run(run) = rec
-        {
+        if refused.is_none() {
+            self.take(rec);
+        }
+        refused
+    }
+
+    /// A record that passed [`Check::refusal_of`], held in its log: a run-start record
+    /// gives its action mapping, where the run's data recorded none.
+    fn take(&mut self, rec: &Record) {
+        if let Record::Run(run) = rec {
             let whose = format!("the robot's stream of run {}", run.run_id);
             (self.recorded_by).adopt_mapping(run.action_mapping().as_ref(), &whose);
             if let Some(m) = self.recorded_by.action_mapping() {
@@ -308,7 +315,6 @@ impl Check {
                 let _ = self.adopted.set(m.clone());
             }
         }
-        refused
     }
 
     fn refusal_of(&self, rec: &Record) -> Option<String> {
@@ -394,7 +400,7 @@ impl RecordSink for Receiver {
 
     fn append(&mut self, stream: &str, index: u64, record: &[u8]) -> Result<(), String> {
         let rec = Record::decode(record).map_err(|e| format!("record {index}: {e}"))?;
-        if let Some(why) = self.check.refusal(&rec) {
+        if let Some(why) = self.check.refusal_of(&rec) {
             return Err(format!("record {index}: {why}"));
         }
         let (writer, held) = self.log(stream)?;
@@ -407,6 +413,8 @@ impl RecordSink for Receiver {
         }
         writer.append(&rec).map_err(|e| e.to_string())?;
         *held += 1;
+        // Only once held: a record whose append failed is sent again, and checked then.
+        self.check.take(&rec);
         if let Record::Transition(t) = rec {
             let step = Step::of(&t, stream, file_name(stream), index);
             self.unsynced
@@ -742,12 +750,6 @@ impl Drop for Listener {
     }
 }
 
-/// The update count of the newest bundle under `root` (directories named by it), of
-/// those whose publish completed ([`bundle_complete`], by the bundle's own files:
-/// whether this session signs does not matter, where a resume that added or dropped
-/// `--signing-key` took the other kind's complete bundles for unpublished and wrote
-/// over them). A publish that was killed left temporaries (or a manifest whose
-/// signature is still a temporary) only, and is published again.
 /// A robot run whose data recorded no action mapping (a recording from before
 /// 2026-12-07, LeRobot's) takes the one its first stream recorded ([`Check::adopted`]),
 /// as `finetune --data` takes a dataset's: the bundles it publishes then carry it, and a
@@ -764,9 +766,16 @@ fn take_adopted_mapping(
              stream's (its bundles carry it)"
         );
         robot.action_mapping = Some(m.clone());
+        robot.action_mapping_taken = true;
     }
 }
 
+/// The update count of the newest bundle under `root` (directories named by it), of
+/// those whose publish completed ([`bundle_complete`], by the bundle's own files:
+/// whether this session signs does not matter, where a resume that added or dropped
+/// `--signing-key` took the other kind's complete bundles for unpublished and wrote
+/// over them). A publish that was killed left temporaries (or a manifest whose
+/// signature is still a temporary) only, and is published again.
 fn newest_bundle(root: &std::path::Path) -> Option<usize> {
     std::fs::read_dir(root)
         .ok()?

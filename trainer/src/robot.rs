@@ -40,6 +40,12 @@ pub struct RobotInfo {
     /// the actions otherwise). `None` in checkpoints from before 2026-12-07.
     #[serde(default)]
     pub action_mapping: Option<dataset::ActionMapping>,
+    /// The mapping was taken from later data (a `finetune --data` dataset, a live
+    /// stream) because the run's own data recorded none: the action names above are
+    /// still that data's (an older controller's joint names, perhaps), so their order is
+    /// compared with nothing, as before the mapping was taken.
+    #[serde(default)]
+    pub action_mapping_taken: bool,
 }
 
 impl RobotInfo {
@@ -68,6 +74,7 @@ impl RobotInfo {
             obs_low: low,
             obs_high: high,
             action_mapping: ds.info.action_mapping.clone(),
+            action_mapping_taken: false,
         }
     }
 

@@ -754,6 +754,9 @@ fn a_finetune_takes_the_action_mapping_its_robot_data_recorded() {
 /// the one its robot's stream recorded (the run-start record), and its checkpoint and
 /// the bundles it publishes carry it to the robot; they carried none (only `--data`'s
 /// was taken), so a robot file mapping the actions otherwise was not refused at a swap.
+/// The unmapped data's action names stay unchecked for order after that: a resumed
+/// session refused the stream log the first one trained on, whose robot file lists
+/// the actions in another order.
 #[test]
 fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
     use controller::robot_loop::log::{Record, RunStart, Transition};
@@ -795,7 +798,7 @@ fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
         task: "reach the marker".into(),
         fps: 50,
         observation_names: info.observation_names.clone(),
-        action_names: info.action_names.clone(),
+        action_names: vec!["dy".into(), "dx".into(), "dz".into()],
         bundle: "b".into(),
         started_unix: 0,
         run_id: "run-1".into(),
@@ -867,6 +870,30 @@ fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
             bundle.display()
         );
     }
+
+    // A resumed session reads the stream's log again (ended at once: nothing to wait
+    // for).
+    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    let (bound_tx, _bound_rx) = std::sync::mpsc::channel();
+    let resumed = FinetuneOptions {
+        data: vec![],
+        resume: true,
+        listen: Some(trainer::finetune::LiveOptions {
+            addr: "127.0.0.1:0".into(),
+            key,
+            publish_every: 4,
+            signing_key: None,
+            idle_exit: Some(Duration::from_secs(2)),
+            bound: Some(bound_tx),
+            stop: Some(&STOPPED),
+        }),
+        ..finetune_options(&run, &demos, &out, 16)
+    };
+    finetune(&resumed, &mut ()).unwrap();
+    assert_eq!(
+        load_agent(&out).unwrap().robot.unwrap().action_mapping,
+        Some(mapping)
+    );
 }
 
 /// The run's offline data (`run.dataset`) is read again by `finetune` and `train

@@ -531,6 +531,9 @@ pub(crate) struct Control {
     /// ([`Phase::ReconnectingToStop`]), set when it first does: a port back that is
     /// lost again does not extend it.
     stop_port_deadline: Option<Instant>,
+    /// Ports back that took (or, past that deadline, were refused) the closing `Estop`
+    /// after a loss at the run's end: each one lost again before its answer came.
+    stop_ports_back: u32,
     /// A port reopened while a safe stop was still holding: taken into use only when
     /// the stop ends, for the handshake, or for the Estop if the run ends there. Its
     /// firmware has not confirmed its robot id, so the rest of the hold ramp does not
@@ -682,6 +685,7 @@ impl Control {
             link_down: false,
             io_ended: false,
             stop_port_deadline: None,
+            stop_ports_back: 0,
             pending_writer: None,
             fatal: None,
             action: [0.0; MAX_ACT],
@@ -1065,7 +1069,8 @@ impl Control {
                     );
                     if self.a_running_episodes_step(episode, step) {
                         self.fault(now, FaultKind::SensorSize, detail, None);
-                    } else {
+                    } else if !seq.stale {
+                        // (A stale copy of the frame that faulted is not counted again.)
                         self.count_malformed(episode, step, detail);
                     }
                     return;
@@ -1121,7 +1126,7 @@ impl Control {
                         // the robot file describes, or is not keeping its envelope.
                         if self.a_running_episodes_step(episode, step) {
                             self.fault(now, FaultKind::AppliedAction, detail, None);
-                        } else {
+                        } else if !seq.stale {
                             self.count_malformed(episode, step, detail);
                         }
                         return;
@@ -1673,7 +1678,30 @@ impl Control {
     /// A port back at the run's end ([`Phase::ReconnectingToStop`]): the closing `Estop`
     /// goes out on it first, and its answer is awaited; one that cannot be written is
     /// tried again each tick of the wait.
+    ///
+    /// The wait for ports back ends at the deadline its first loss set, however often a
+    /// port comes back: a port lost and reopened within one drain (a failing cable)
+    /// started a new confirmation each time, and the run did not end.
     fn estop_on_the_port_back(&mut self, now: Instant, w: Box<dyn std::io::Write + Send>) {
+        self.stop_ports_back += 1;
+        if let Some(limit) = self.cfg.reconnect {
+            if self.stop_port_deadline.is_none() && !self.cfg.quiet {
+                // Back in the drain of its loss: the wait's own message never came.
+                self.say(format!(
+                    "the serial link was lost at the run's end and is back: the closing \
+                     Estop goes out there, and on ports back up to --reconnect-ms {} from \
+                     now (a second Ctrl-C quits)",
+                    limit.as_millis()
+                ));
+            }
+            let deadline = *self.stop_port_deadline.get_or_insert(now + limit);
+            if now >= deadline {
+                // Not taken: this tick ends the wait, the Estop unconfirmed.
+                drop(w);
+                self.phase = Phase::ReconnectingToStop { until: deadline };
+                return;
+            }
+        }
         self.take_writer(w);
         // It answers none of the Estops sent before it came back.
         self.forget_firmware_answers();
@@ -2174,8 +2202,15 @@ impl Control {
                     if !self.cfg.quiet {
                         let what = if back {
                             "the closing Estop could not be written on the port that came back"
+                                .to_string()
+                        } else if self.stop_ports_back > 0 {
+                            format!(
+                                "the port came back {} times, and the closing Estop was \
+                                 answered on none of them",
+                                self.stop_ports_back
+                            )
                         } else {
-                            "the serial link did not come back"
+                            "the serial link did not come back".to_string()
                         };
                         self.say(format!(
                             "{what} within --reconnect-ms {}: the closing Estop was not \
@@ -3795,7 +3830,7 @@ mod tests {
         );
         assert!(
             ep.to_string()
-                .contains("2 frames after the fault could not be read"),
+                .contains("2 frames after the episode was cut short could not be read"),
             "{ep}"
         );
     }
@@ -4473,6 +4508,48 @@ mod tests {
         assert!(c.report.no_estop_after_loss);
     }
 
+    /// A port that drops and comes back within each drain (a failing cable), its
+    /// firmware never answering: each port back takes the closing Estop until the
+    /// deadline the first loss set, and the run then ends, the Estop unconfirmed. Each
+    /// one started a new confirmation, and the run never ended.
+    #[test]
+    fn a_port_that_keeps_dropping_ends_the_wait_at_its_deadline() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        let limit = Duration::from_millis(40);
+        c.cfg.reconnect = Some(limit);
+        stop_at_the_runs_end(&mut c);
+        let first_loss = Instant::now();
+        let mut ptys = vec![];
+        while c.phase != Phase::Done {
+            assert!(ptys.len() < 400, "still {:?}", c.phase);
+            let pty = hil_tests::link::Pty::open().unwrap();
+            let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+            tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
+            tx.send(LinkEvent::Reconnected(port)).unwrap();
+            ptys.push(pty);
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(first_loss.elapsed() >= limit);
+        assert!(c.report.no_estop_after_loss);
+        assert_eq!(c.stop_ports_back as usize, ptys.len());
+        // Every port back before the deadline took the Estop; the last, after it, got
+        // nothing.
+        let last = ptys.pop().unwrap();
+        for pty in ptys {
+            let got = received_on(pty, |g| g.contains(&Message::Estop));
+            assert!(got.contains(&Message::Estop), "{got:?}");
+        }
+        use hil_tests::link::Port;
+        let mut buf = [0u8; 64];
+        let n = (last.into_port())
+            .read_timeout(&mut buf, Duration::from_millis(100))
+            .unwrap();
+        assert_eq!(n, 0, "{:?}", &buf[..n]);
+    }
+
     /// The closing Estop answered, then the link lost and back, all in one drain: the
     /// run is done, completed, and the port back is sent nothing (the answer says the
     /// torque went off; an Estop there would owe an answer the run need not wait for).
@@ -4877,23 +4954,25 @@ mod tests {
     #[test]
     fn an_applied_action_outside_the_envelope_faults_by_name() {
         // A running episode's control loop after step 1's `Reward` saying `values`.
+        let reward = |values| Message::Reward {
+            episode: 1,
+            step: 1,
+            reward: 0.0,
+            done: false,
+            truncated: false,
+            success: false,
+            applied: applied(values),
+        };
         let heard = |values| {
             let wire = Wire::default();
             let (mut c, tx) = control(&wire);
             c.track = Some(Track::new(1, 0, 7, Instant::now()));
             c.phase = Phase::Running;
-            let reward = Message::Reward {
-                episode: 1,
-                step: 1,
-                reward: 0.0,
-                done: false,
-                truncated: false,
-                success: false,
-                applied: applied(values),
-            };
-            tx.send(frame(1, reward)).unwrap();
+            let sensor = Message::sensor(1, 1, &vec![0.0; c.od]).unwrap();
+            tx.send(frame(0, sensor)).unwrap();
+            tx.send(frame(1, reward(values))).unwrap();
             c.drain(Instant::now());
-            c
+            (c, tx)
         };
         for (values, said) in [
             (
@@ -4906,13 +4985,27 @@ mod tests {
                  in policy units: outside the envelope [-1, 1]",
             ),
         ] {
-            let c = heard(values);
+            let (mut c, tx) = heard(values);
             let f = &c.report.faults;
             assert_eq!(f.len(), 1, "{values:?}");
             assert_eq!(f[0].kind, FaultKind::AppliedAction);
             assert!(f[0].detail.starts_with(said), "{}", f[0].detail);
+            // A copy of the frame (the link marks it stale) is not counted as one of
+            // the faulted episode's unreadable frames: it is the fault already.
+            let LinkEvent::Frame { rx, frame, .. } = frame(1, reward(values)) else {
+                unreachable!()
+            };
+            tx.send(LinkEvent::Frame {
+                rx,
+                frame,
+                stale: true,
+            })
+            .unwrap();
+            c.drain(Instant::now());
+            let closing = c.closing.as_ref().expect("the faulted episode");
+            assert_eq!(closing.track.malformed, 0, "{values:?}");
         }
-        let c = heard([1.0 + 1e-6, -1.0]);
+        let (c, _tx) = heard([1.0 + 1e-6, -1.0]);
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
         let r = c.track.as_ref().unwrap().reward(1).unwrap();
         assert_eq!(&r.applied[..2], &[1.0, -1.0]);

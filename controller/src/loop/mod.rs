@@ -670,11 +670,12 @@ pub struct EpisodeReport {
     /// envelope, its hold (a watchdog trip, before the first command), a command late
     /// or lost on the line. The transition holds the applied action.
     pub applied_otherwise: u32,
-    /// Frames of the episode's steps that could not be read after a fault had ended it
-    /// (the frames of its last steps still on the line: another observation or action
-    /// size than the robot file's, an applied action not finite or outside the
-    /// envelope); their steps count as missing. The first such frame of a running
-    /// episode is its fault, not counted here.
+    /// Frames of the episode's steps that could not be read after a fault (or an
+    /// interrupt) had cut it short (the frames of its last steps still on the line:
+    /// another observation or action size than the robot file's, an applied action not
+    /// finite or outside the envelope); a step left without a readable frame is missing.
+    /// The first such frame of a running episode is its fault, not counted here, nor
+    /// is a copy of it.
     pub malformed: u32,
     /// What was wrong with the first of them.
     pub malformed_first: Option<String>,
@@ -732,8 +733,8 @@ impl fmt::Display for EpisodeReport {
         if let Some(first) = &self.malformed_first {
             writeln!(
                 f,
-                "  {} frames after the fault could not be read (their steps are missing); \
-                 the first: {first}",
+                "  {} frames after the episode was cut short could not be read (a step left \
+                 without a readable frame is missing); the first: {first}",
                 self.malformed
             )?;
         }
