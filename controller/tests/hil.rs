@@ -2598,6 +2598,58 @@ fn disconnect_and_reconnect_holding(hold_ticks: u32, extra: &[&str]) {
     assert_eq!(episodes(&report).last().unwrap()["reason"], "completed");
 }
 
+/// Setup: one episode, then a closing hold of 400 ticks (2 s at 10x), `--reconnect-ms
+/// 1000`, the port opened through a symlink. Fault: the firmware goes away during the
+/// closing hold, and its path with it (nothing comes back). Expected, through the real
+/// I/O thread (the unit tests set the phases by hand): the loss is a fault, the hold's
+/// end finds no port for its `Estop`, the wait for one ends when the I/O thread's own
+/// reopening gives up, and the run ends stopped by the loss (exit 3), saying that the
+/// closing `Estop` was not confirmed (`no_estop_after_loss`), its episode kept.
+#[test]
+fn a_link_lost_in_the_closing_hold_ends_the_run_without_a_confirmed_estop() {
+    let _g = serial();
+    let robot = robot(|r| r.safety.hold_ticks_before_torque_off = 400);
+    let mut sim = Sim::new(robot, Pacing::RealTime, "");
+    let link = sim._dir.path().join("ttyEXPO");
+    std::os::unix::fs::symlink(sim.port(), &link).unwrap();
+    let child = sim
+        .command(&link, &["--episodes", "1", "--reconnect-ms", "1000"])
+        .spawn()
+        .unwrap();
+    // The episode's end is logged once its last frames are in: the hold has begun.
+    let log = sim.out.join("transitions.log");
+    let start = Instant::now();
+    while !log_records(&log)
+        .iter()
+        .any(|r| matches!(r, Record::EpisodeEnd(_)))
+    {
+        assert!(start.elapsed() < GUARD, "the episode never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(&link).unwrap();
+    let (_, received) = sim.stop_fw();
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    // The hold's end came after the loss: no Estop reached the firmware.
+    assert!(
+        !received.iter().any(|r| r.message == Message::Estop),
+        "an Estop before the loss: the hold ended before it ({out:?})"
+    );
+    let report = sim.report();
+    assert_eq!(report["outcome"], "stopped_by_fault", "{report}");
+    assert_eq!(report["no_estop_after_loss"], true, "{report}");
+    assert!(faults_of(&report, "link_lost") >= 1, "{report}");
+    assert_eq!(episodes(&report).len(), 1, "{report}");
+    assert_eq!(episodes(&report)[0]["reason"], "completed", "{report}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("the closing Estop was not confirmed after the loss"),
+        "{out:?}"
+    );
+    let ds = dataset::read_dataset(&sim.out.join("dataset")).unwrap();
+    assert_eq!(ds.episodes.len(), 1);
+}
+
 /// The commands at the end of `received` that make a stop's ramp and hold: the last
 /// one the hold action (0 in policy units), and going back, each dimension's size never
 /// smaller than the one after. (Counting every trailing command counted the episode's
