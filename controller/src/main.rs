@@ -676,6 +676,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                     two_speed: a.two_speed,
                     play,
                     robot: cfg.robot.clone(),
+                    simulated: a.sim.is_some(),
                     replaces: first_manifest
                         .clone()
                         .expect("--uplink needs --bundle (checked)"),
@@ -1291,6 +1292,15 @@ fn main() -> Result<std::process::ExitCode> {
                     r.skipped_saved,
                     out.display(),
                     r.runs_saved
+                );
+            }
+            if r.unmapped_runs > 0 {
+                eprintln!(
+                    "warning: {}: {} of the runs converted recorded no action mapping (a \
+                     controller from before 2026-12-07): what their actions meant on the \
+                     robot was compared with nothing, unlike the others'",
+                    log.display(),
+                    r.unmapped_runs
                 );
             }
             if r.unknown_run {

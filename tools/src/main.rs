@@ -177,7 +177,8 @@ enum DatasetCommand {
         dir: PathBuf,
     },
     /// Check the dataset deeply (metadata vs data, indices, statistics). Fails (exit 1)
-    /// on what LeRobot's loader fails on too: a data file no episode references.
+    /// also on what LeRobot's loader reads otherwise than ours: a data file no episode
+    /// references, episodes index rows meta/info.json does not commit.
     Validate {
         /// The dataset directory.
         dir: PathBuf,
@@ -574,17 +575,33 @@ fn validate(dir: &std::path::Path) -> Result<()> {
             r.uncommitted_episodes
         ));
     }
-    anyhow::ensure!(
-        problems.is_empty(),
+    if problems.is_empty() {
+        println!("{}: valid LeRobot v3 dataset: {summary}", dir.display());
+        return Ok(());
+    }
+    // `tidy` rewrites the metadata to drop the rows, which it does not do for a
+    // dataset with features this writer does not produce (a LeRobot recorder's cameras).
+    let foreign = dataset::foreign_features(dir)?;
+    let repair = if r.uncommitted_episodes > 0 && !foreign.is_empty() {
+        format!(
+            "`tools dataset tidy` does not rewrite the metadata of a dataset with features \
+             this writer does not produce ({}): remove the episodes index files (or rows) \
+             past meta/info.json's total_episodes ({}) by hand",
+            foreign.join(", "),
+            r.episodes
+        )
+    } else {
+        format!(
+            "`tools dataset tidy {}` sets unreferenced files aside and drops uncommitted rows",
+            dir.display()
+        )
+    };
+    anyhow::bail!(
         "{}: LeRobot would not read it as this repository's readers do: {}. They leave \
-         that out ({summary}); `tools dataset tidy {}` sets unreferenced files aside and \
-         drops uncommitted rows",
+         that out ({summary}); {repair}",
         dir.display(),
         problems.join("; "),
-        dir.display(),
-    );
-    println!("{}: valid LeRobot v3 dataset: {summary}", dir.display());
-    Ok(())
+    )
 }
 
 fn tidy(dir: &std::path::Path) -> Result<()> {

@@ -869,6 +869,21 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
         serde_json::json!({"dtype": "video", "shape": [3, 8, 8], "names": ["c", "h", "w"]});
     let info_text = serde_json::to_string_pretty(&info).unwrap();
     std::fs::write(&info_path, &info_text).unwrap();
+    // Its uncommitted rows `tidy` does not drop (it rewrites no such metadata): the
+    // refusal says what to remove by hand instead of sending the user to `tidy`.
+    std::fs::copy(dir.join("meta/episodes/chunk-000/file-000.parquet"), &stale).unwrap();
+    let o = tools(&["dataset", "validate", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "does not rewrite the metadata of a dataset with features this \
+             writer does not produce (observation.images.top): remove the episodes index \
+             files (or rows) past meta/info.json's total_episodes (5) by hand"
+        ),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(&stale).unwrap();
     std::fs::write(&leftover, b"PAR1 again").unwrap();
     let o = tools(&["dataset", "tidy", d]);
     assert!(o.status.success(), "{}", text(&o));

@@ -882,10 +882,13 @@ impl RecordedBy {
                 },
                 fps: Some(r.fps),
                 sim_task: None,
-                action_mapping: r
-                    .action_mapping
-                    .clone()
-                    .map(|m| (m, "the run's data".to_string())),
+                action_mapping: r.action_mapping.clone().map(|m| {
+                    let whose = match r.action_mapping_taken {
+                        true => "the data the run took its action mapping from",
+                        false => "the run's data",
+                    };
+                    (m, whose.to_string())
+                }),
             },
             (None, Some(task)) => Self::of_sim_task(task),
             (None, None) => RecordedBy {

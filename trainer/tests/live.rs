@@ -260,6 +260,7 @@ fn the_trainer_learns_from_a_running_robot_and_publishes_signed_bundles() {
             two_speed: false,
             play: Default::default(),
             robot: cfg.robot.clone(),
+            simulated: true,
             replaces: b.manifest.clone(),
         }),
     });
@@ -463,6 +464,7 @@ fn live_fine_tuning_raises_success_across_a_forced_disconnect() {
             two_speed: false,
             play: Default::default(),
             robot: cfg.robot.clone(),
+            simulated: true,
             replaces: first.manifest.clone(),
         }),
     });

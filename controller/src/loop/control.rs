@@ -2205,9 +2205,12 @@ impl Control {
                                 .to_string()
                         } else if self.stop_ports_back > 0 {
                             format!(
-                                "the port came back {} times, and the closing Estop was \
-                                 answered on none of them",
-                                self.stop_ports_back
+                                "the port came back {}, and the closing Estop was answered \
+                                 on none of them",
+                                match self.stop_ports_back {
+                                    1 => "once".to_string(),
+                                    n => format!("{n} times"),
+                                }
                             )
                         } else {
                             "the serial link did not come back".to_string()

@@ -1591,6 +1591,10 @@ pub struct Rebuilt {
     /// [`Runs::All`]: runs left out whole because the dataset notes them (they ended
     /// and saved their episodes, or were converted before).
     pub runs_saved: usize,
+    /// Converted runs whose header records no action mapping (a controller from before
+    /// 2026-12-07), where another run or the dataset records one: what their actions
+    /// meant on the robot was compared with nothing.
+    pub unmapped_runs: usize,
 }
 
 /// The episodes of one run that a dataset holds already.
@@ -1751,6 +1755,12 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     let mut r = Rebuilt {
         torn_bytes: scan.torn_bytes,
         damaged: scan.damaged,
+        unmapped_runs: match have.action_mapping {
+            Some(_) => (headers.iter())
+                .filter(|(_, rs)| rs.action_mapping().is_none())
+                .count(),
+            None => 0,
+        },
         ..Rebuilt::default()
     };
     // What the dataset holds of each run, read by the writer under its lock: a run
@@ -2744,12 +2754,9 @@ pub(crate) mod tests {
         let path = dir.path().join("same.log");
         log_of_runs(&path, &[first.clone(), older, first.clone()]);
         let out = dir.path().join("same");
-        assert_eq!(
-            log_to_dataset(&path, &out, Runs::All)
-                .unwrap()
-                .episodes_written,
-            3
-        );
+        let rebuilt = log_to_dataset(&path, &out, Runs::All).unwrap();
+        // The older controller's run is counted: its mapping was compared with nothing.
+        assert_eq!((rebuilt.episodes_written, rebuilt.unmapped_runs), (3, 1));
         let text = std::fs::read_to_string(out.join("meta/info.json")).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(

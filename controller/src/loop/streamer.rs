@@ -72,6 +72,10 @@ pub struct SwapConfig {
     /// How chunks are played, as for the first bundle.
     pub play: super::PlayOptions,
     pub robot: RobotConfig,
+    /// The firmware is the simulated one (`controller run --sim`), which maps commands
+    /// back with the same robot file: a bundle's other action mapping cancels out there,
+    /// and is a warning, as at the run's start, not a refusal.
+    pub simulated: bool,
     /// The manifest of the bundle the run started with: a new bundle fine-tunes that
     /// policy, so it must be for the same task with the same observation names (the
     /// dimensions are checked against the robot).
@@ -710,7 +714,14 @@ fn verify(
     // no actions was checked against nothing.
     super::check_action_names(&swap.robot, new)?;
     // And its action mapping (the note for a bundle without one is `controller run`'s).
-    super::check_action_mapping(&swap.robot, new)?;
+    match super::check_action_mapping(&swap.robot, new) {
+        Err(e) if swap.simulated => crate::note!(
+            "warning: bundle {name}: {e} (no difference under --sim: the simulated firmware \
+             maps the commands back with the same robot file)"
+        ),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     let exported = new.provenance.created_unix;
     let newest = not_before.unwrap_or(0).max(old.provenance.created_unix);
     if exported < newest {
@@ -1005,6 +1016,7 @@ mod tests {
                 two_speed: false,
                 play: Default::default(),
                 robot: RobotConfig::example("push").unwrap(),
+                simulated: false,
                 replaces: bundle.manifest,
             }),
         };
@@ -1254,6 +1266,7 @@ mod tests {
             two_speed: false,
             play: Default::default(),
             robot: RobotConfig::example("push").unwrap(),
+            simulated: false,
             replaces,
         };
         let dir = tmp.path().join("bundles");
@@ -1334,6 +1347,14 @@ mod tests {
             e.contains("action [0] `vx_command` was recorded as 0 + 2 × a in robot units"),
             "{e}"
         );
+        // Under --sim a warning, as at the start of a run: the simulated firmware maps
+        // the commands back with the same robot file (it was refused there).
+        let simulated = SwapConfig {
+            simulated: true,
+            ..swap(same.clone())
+        };
+        assert!(prepare(&dir, "b11", &remapped, &simulated, None).is_ok());
+        std::fs::remove_dir_all(dir.join("b11")).unwrap();
         // A copy fetched again that fails verification (a damaged graph) leaves the one
         // verified before in place, whole; it was removed before the check.
         let kept = std::fs::read(dir.join("b1/manifest.toml")).unwrap();
