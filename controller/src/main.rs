@@ -67,7 +67,9 @@ enum Command {
         robot: Option<PathBuf>,
         #[command(flatten)]
         trust: TrustArgs,
-        /// Backend(s) to build and run the networks on: tract, native, ort.
+        /// Backend(s) to build and run the networks on: tract, native, ort; with more
+        /// than one, each graph's outputs on the same inputs are compared with the
+        /// first's (refused beyond `runtime::BACKEND_TOLERANCE` of their scale).
         #[arg(long, value_delimiter = ',', default_value = "tract,native")]
         backends: Vec<String>,
     },
@@ -1298,7 +1300,7 @@ fn main() -> Result<std::process::ExitCode> {
                 eprintln!(
                     "warning: {}: {} of the runs converted recorded no action mapping (a \
                      controller from before 2026-12-07): what their actions meant on the \
-                     robot was compared with nothing, unlike the others'",
+                     robot was compared with nothing, unlike the dataset's or other runs'",
                     log.display(),
                     r.unmapped_runs
                 );
@@ -1341,10 +1343,37 @@ fn main() -> Result<std::process::ExitCode> {
         } => {
             let b = load_bundle(&bundle, &trust.trust()?)?;
             let m = &b.manifest;
+            let rows = GraphRows::for_manifest(m);
+            let mut nets = Vec::new();
             for name in &backends {
                 let backend: Backend = name.parse()?;
-                load_networks(backend, &b, GraphRows::for_manifest(m))
+                let built = load_networks(backend, &b, rows)
                     .with_context(|| format!("{}: on the {name} backend", bundle.display()))?;
+                nets.push((name.clone(), built));
+            }
+            // On this computer's CPU, whose kernels may differ from the trainer's: the
+            // backends must compute the same graphs (a bundle runs on any of them).
+            let differences = controller::runtime::backend_differences(&mut nets, m, rows)
+                .with_context(|| format!("{}: comparing the backends", bundle.display()))?;
+            for d in &differences {
+                println!(
+                    "{} against {}: {} differs by at most {:.2e} (scale {:.3})",
+                    d.backend, backends[0], d.graph, d.max_abs, d.scale
+                );
+            }
+            if let Some(d) = differences.iter().find(|d| !d.within_tolerance()) {
+                bail!(
+                    "{}: the {} backend's {} differs from {}'s by {:.3e}, more than {} of \
+                     its scale {:.3}: one of them computes the graph otherwise (a kernel or \
+                     engine bug); run the bundle on the other",
+                    bundle.display(),
+                    d.backend,
+                    d.graph,
+                    backends[0],
+                    d.max_abs,
+                    controller::runtime::BACKEND_TOLERANCE,
+                    d.scale
+                );
             }
             println!(
                 "{}: OK ({}), format {}, {} on {}: obs {}, action {}{}, N {}, n_edit {}, K {}/{} critics, {}/{} steps; trained by {} at {} env steps from {}",

@@ -4,7 +4,8 @@
 
 use anyhow::Result;
 use controller::runtime::{
-    Backend, GraphRows, Networks, Policy, PolicyOptions, TwoSpeedPolicy, load_networks, reload,
+    Backend, GraphRows, Networks, Policy, PolicyOptions, TwoSpeedPolicy, backend_differences,
+    load_networks, reload,
 };
 use shared_model::VerifiedBundle;
 use shared_model::manifest::{
@@ -43,6 +44,85 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Networks whose critic is off by `off` (a kernel bug, a graph read otherwise), only
+/// where the first member asked for is not member 0 (a later call of the comparison's).
+struct OffCritic {
+    inner: Box<dyn Networks>,
+    off: f32,
+}
+
+impl Networks for OffCritic {
+    fn denoise(&mut self, obs: &[f32], noisy: &[f32], t: f32, eps: &mut [f32]) -> Result<()> {
+        self.inner.denoise(obs, noisy, t, eps)
+    }
+    fn edit(
+        &mut self,
+        obs: &[f32],
+        base: &[f32],
+        mean: &mut [f32],
+        log_std: &mut [f32],
+    ) -> Result<()> {
+        self.inner.edit(obs, base, mean, log_std)
+    }
+    fn critic(
+        &mut self,
+        obs: &[f32],
+        actions: &[f32],
+        members: &[i64],
+        q: &mut [f32],
+    ) -> Result<()> {
+        self.inner.critic(obs, actions, members, q)?;
+        if members[0] != 0 {
+            q[q.len() - 1] += self.off;
+        }
+        Ok(())
+    }
+}
+
+/// `controller check`'s comparison of backends: tract and native agree on every graph
+/// of the synthetic bundle, well within the tolerance; a backend whose critic is off by
+/// 0.01 in a later call, or NaN, is found, by graph and backend (each backend was only loaded and probed, so a
+/// kernel computing otherwise on the robot's CPU passed the check).
+#[test]
+fn controller_check_compares_the_backends_graph_by_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    SyntheticSpec::cpu()
+        .write(dir.path(), 11, Some(&key(1)))
+        .unwrap();
+    let b = load_bundle(dir.path(), &trust(1)).unwrap();
+    let rows = GraphRows::for_manifest(&b.manifest);
+    let load = |backend| load_networks(backend, &b, rows).unwrap();
+    let mut nets = vec![
+        ("tract".to_string(), load(Backend::Tract)),
+        ("native".to_string(), load(Backend::Native)),
+    ];
+    let d = backend_differences(&mut nets, &b.manifest, rows).unwrap();
+    let graphs: Vec<&str> = d.iter().map(|d| d.graph).collect();
+    assert_eq!(graphs, ["denoiser", "edit mean", "edit log_std", "critic"]);
+    for d in &d {
+        assert_eq!(d.backend, "native");
+        assert!(d.within_tolerance() && d.max_abs < 1e-4, "{d:?}");
+        assert!(d.scale >= 1.0, "{d:?}");
+    }
+    for (name, off) in [("off", 0.01), ("nan", f32::NAN)] {
+        nets.push((
+            name.to_string(),
+            Box::new(OffCritic {
+                inner: load(Backend::Native),
+                off,
+            }),
+        ));
+    }
+    let d = backend_differences(&mut nets, &b.manifest, rows).unwrap();
+    let off: Vec<_> = d.iter().filter(|d| !d.within_tolerance()).collect();
+    assert_eq!(off.len(), 2, "{d:?}");
+    assert_eq!((off[0].graph, off[0].backend.as_str()), ("critic", "off"));
+    assert!((off[0].max_abs - 0.01).abs() < 1e-3, "{:?}", off[0]);
+    // A NaN is as far off as it gets (it compares false with any tolerance).
+    assert_eq!((off[1].graph, off[1].backend.as_str()), ("critic", "nan"));
+    assert_eq!(off[1].max_abs, f32::INFINITY);
 }
 
 #[test]

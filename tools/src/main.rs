@@ -585,10 +585,13 @@ fn validate(dir: &std::path::Path) -> Result<()> {
     let repair = if r.uncommitted_episodes > 0 && !foreign.is_empty() {
         format!(
             "`tools dataset tidy` does not rewrite the metadata of a dataset with features \
-             this writer does not produce ({}): remove the episodes index files (or rows) \
-             past meta/info.json's total_episodes ({}) by hand",
+             this writer does not produce ({}): remove by hand the episodes index rows \
+             after the first {} (meta/info.json's total_episodes, counted over the files \
+             under meta/episodes/ in name order), then `tools dataset tidy {}` sets \
+             unreferenced data files aside",
             foreign.join(", "),
-            r.episodes
+            dataset::committed_episodes(dir)?,
+            dir.display()
         )
     } else {
         format!(

@@ -876,9 +876,10 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains(
-            "does not rewrite the metadata of a dataset with features this \
-             writer does not produce (observation.images.top): remove the episodes index \
-             files (or rows) past meta/info.json's total_episodes (5) by hand"
+            "does not rewrite the metadata of a dataset with features this writer does \
+             not produce (observation.images.top): remove by hand the episodes index rows \
+             after the first 5 (meta/info.json's total_episodes, counted over the files \
+             under meta/episodes/ in name order), then `tools dataset tidy "
         ),
         "{}",
         text(&o)

@@ -1755,12 +1755,6 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     let mut r = Rebuilt {
         torn_bytes: scan.torn_bytes,
         damaged: scan.damaged,
-        unmapped_runs: match have.action_mapping {
-            Some(_) => (headers.iter())
-                .filter(|(_, rs)| rs.action_mapping().is_none())
-                .count(),
-            None => 0,
-        },
         ..Rebuilt::default()
     };
     // What the dataset holds of each run, read by the writer under its lock: a run
@@ -1769,6 +1763,12 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         .iter()
         .map(|(_, rs)| Saved::of(&w, &rs.run_id))
         .collect();
+    // Of the runs converted (not those the dataset holds whole, left out).
+    if have.action_mapping.is_some() {
+        r.unmapped_runs = (headers.iter().zip(&saved))
+            .filter(|((_, rs), s)| rs.action_mapping().is_none() && !matches!(s, Saved::Whole))
+            .count();
+    }
     // (Into a new dataset, only `--last-run` says so: it is for appending.)
     r.unknown_run =
         (appending || runs == Runs::Last) && headers.iter().any(|(_, rs)| rs.run_id.is_empty());

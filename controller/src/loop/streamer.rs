@@ -713,15 +713,13 @@ fn verify(
     // As `controller run` checks the bundle it starts with: a running bundle that named
     // no actions was checked against nothing.
     super::check_action_names(&swap.robot, new)?;
-    // And its action mapping (the note for a bundle without one is `controller run`'s).
-    match super::check_action_mapping(&swap.robot, new) {
-        Err(e) if swap.simulated => crate::note!(
-            "warning: bundle {name}: {e} (no difference under --sim: the simulated firmware \
-             maps the commands back with the same robot file)"
-        ),
+    // And its action mapping (the note for a bundle without one is `controller run`'s;
+    // under --sim a warning, said once the bundle passed the rest).
+    let mapping_warning = match super::check_action_mapping(&swap.robot, new) {
+        Err(e) if swap.simulated => Some(e),
         Err(e) => return Err(e),
-        Ok(_) => {}
-    }
+        Ok(_) => None,
+    };
     let exported = new.provenance.created_unix;
     let newest = not_before.unwrap_or(0).max(old.provenance.created_unix);
     if exported < newest {
@@ -732,6 +730,12 @@ fn verify(
     }
     if let Some(why) = crate::runtime::replacement_refused(new, old) {
         return Err(why);
+    }
+    if let Some(e) = mapping_warning {
+        crate::note!(
+            "warning: bundle {name}: {e} (no difference under --sim: the simulated firmware \
+             maps the commands back with the same robot file)"
+        );
     }
     let options = crate::runtime::swapped_in_options(&swap.options, name, new);
     let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)

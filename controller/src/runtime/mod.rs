@@ -209,6 +209,124 @@ fn probe(nets: &mut dyn Networks, m: &Manifest, rows: GraphRows) -> Result<()> {
     Ok(())
 }
 
+/// How far two backends' outputs of one graph may lie apart, relative to the larger of 1
+/// and the reference's largest output: f32 sums in another order differ by about 1e-6
+/// of that (tract and native on the synthetic `cpu` and `paper` bundles stay below
+/// 1e-5); a wrong kernel, a mis-read weight or a graph another engine reads otherwise
+/// differs by whole units.
+pub const BACKEND_TOLERANCE: f32 = 1e-3;
+
+/// One graph's largest difference between a backend and the reference backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphDifference {
+    /// `denoiser`, `edit mean`, `edit log_std`, `critic`.
+    pub graph: &'static str,
+    pub backend: String,
+    /// The largest absolute difference, and the scale it is judged at (the larger of 1
+    /// and the reference's largest absolute output).
+    pub max_abs: f32,
+    pub scale: f32,
+}
+
+impl GraphDifference {
+    pub fn within_tolerance(&self) -> bool {
+        self.max_abs <= BACKEND_TOLERANCE * self.scale
+    }
+}
+
+/// Runs every graph of each of `nets` (name, networks; the first is the reference) on
+/// the same inputs, at the batch sizes the policy uses: three observation rows about
+/// the unit scale of normalised observations, noisy actions at the chain's first, middle
+/// and last trained step, base and scored actions within [-1, 1], and the critic
+/// members in two orders. Returns each other backend's largest difference per graph,
+/// whether within [`BACKEND_TOLERANCE`] or not (the caller judges): `controller check`
+/// runs it on the robot's own CPU, whose kernels may differ from the trainer's.
+pub fn backend_differences(
+    nets: &mut [(String, Box<dyn Networks>)],
+    m: &Manifest,
+    rows: GraphRows,
+) -> Result<Vec<GraphDifference>> {
+    let (od, ad) = (m.observation.dim, m.action.chunk_dim());
+    let wave = |n: usize, phase: f32| -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.37 + phase).sin()).collect()
+    };
+    let last_step = m.diffusion.trained_steps.saturating_sub(1) as f32;
+    let mut outputs: Vec<Vec<(&'static str, Vec<f32>)>> = Vec::new();
+    for (name, n) in nets.iter_mut() {
+        let mut out: Vec<(&'static str, Vec<f32>)> = Vec::new();
+        let mut run = || -> Result<()> {
+            for row in 0..3 {
+                let obs: Vec<f32> = wave(od, row as f32).iter().map(|x| 1.5 * x).collect();
+                for t in [0.0, (last_step / 2.0).floor(), last_step] {
+                    let noisy = wave(rows.denoise * ad, 0.5 + t);
+                    let mut eps = vec![0.0; rows.denoise * ad];
+                    n.denoise(&obs, &noisy, t, &mut eps).context("denoiser")?;
+                    out.push(("denoiser", eps));
+                }
+                if rows.edit > 0 && m.graphs.edit.is_some() {
+                    let base = wave(rows.edit * ad, 1.0 + row as f32);
+                    let (mut mean, mut log_std) =
+                        (vec![0.0; rows.edit * ad], vec![0.0; rows.edit * ad]);
+                    n.edit(&obs, &base, &mut mean, &mut log_std)
+                        .context("edit policy")?;
+                    out.push(("edit mean", mean));
+                    out.push(("edit log_std", log_std));
+                }
+                if rows.critic_members > 0 {
+                    let k = m.selection.ensemble_size.max(1);
+                    let actions = wave(rows.score * ad, 2.0 + row as f32);
+                    for shift in [0, k - 1] {
+                        let members: Vec<i64> = (0..rows.critic_members)
+                            .map(|j| ((j + shift) % k) as i64)
+                            .collect();
+                        let mut q = vec![0.0; rows.critic_members * rows.score];
+                        n.critic(&obs, &actions, &members, &mut q)
+                            .context("critic")?;
+                        out.push(("critic", q));
+                    }
+                }
+            }
+            Ok(())
+        };
+        run().with_context(|| format!("on the {name} backend"))?;
+        outputs.push(out);
+    }
+    let Some((reference, others)) = outputs.split_first() else {
+        return Ok(vec![]);
+    };
+    let mut found = Vec::new();
+    for (backend, out) in nets.iter().skip(1).map(|(n, _)| n).zip(others) {
+        let mut per_graph: Vec<GraphDifference> = Vec::new();
+        for ((graph, want), (_, got)) in reference.iter().zip(out) {
+            let scale = want.iter().fold(1.0f32, |s, x| s.max(x.abs()));
+            // A NaN anywhere is a difference as large as it gets.
+            let max_abs = want.iter().zip(got).fold(0.0f32, |d, (a, b)| {
+                let diff = (a - b).abs();
+                if diff.is_nan() {
+                    f32::INFINITY
+                } else {
+                    d.max(diff)
+                }
+            });
+            match per_graph.iter_mut().find(|d| d.graph == *graph) {
+                // Judged at each call's own scale: kept where it is the furthest off.
+                Some(d) if max_abs / scale > d.max_abs / d.scale => {
+                    (d.max_abs, d.scale) = (max_abs, scale);
+                }
+                Some(_) => {}
+                None => per_graph.push(GraphDifference {
+                    graph,
+                    backend: backend.clone(),
+                    max_abs,
+                    scale,
+                }),
+            }
+        }
+        found.extend(per_graph);
+    }
+    Ok(found)
+}
+
 /// Runtime options.
 #[derive(Clone, Debug)]
 pub struct PolicyOptions {
