@@ -1365,7 +1365,8 @@ fn main() -> Result<std::process::ExitCode> {
                 bail!(
                     "{}: the {} backend's {} differs from {}'s by {:.3e}, more than {} of \
                      its scale {:.3}: one of them computes the graph otherwise (a kernel or \
-                     engine bug); run the bundle on the other",
+                     engine bug); compare a third backend (--backends tract,native,ort, \
+                     with the ort feature) and run on those that agree, or report it",
                     bundle.display(),
                     d.backend,
                     d.graph,

@@ -2659,7 +2659,8 @@ fn a_link_lost_in_the_closing_hold_ends_the_run_without_a_confirmed_estop() {
     let report = sim.report();
     assert_eq!(report["outcome"], "stopped_by_fault", "{report}");
     assert_eq!(report["no_estop_after_loss"], true, "{report}");
-    // Lost during the hold (a loss while the Estop's answer is awaited ends so too).
+    // Lost during the hold, stamped with its hold tick (a loss while the Estop's
+    // answer is awaited would also end with exit 3, with no hold tick).
     let lost = (report["faults"].as_array().unwrap().iter())
         .find(|f| f["kind"] == "link_lost")
         .unwrap_or_else(|| panic!("no link_lost fault: {report}"));

@@ -731,15 +731,15 @@ fn verify(
     if let Some(why) = crate::runtime::replacement_refused(new, old) {
         return Err(why);
     }
+    let options = crate::runtime::swapped_in_options(&swap.options, name, new);
+    let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)
+        .map_err(|e| format!("{e:#}"))?;
     if let Some(e) = mapping_warning {
         crate::note!(
             "warning: bundle {name}: {e} (no difference under --sim: the simulated firmware \
              maps the commands back with the same robot file)"
         );
     }
-    let options = crate::runtime::swapped_in_options(&swap.options, name, new);
-    let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)
-        .map_err(|e| format!("{e:#}"))?;
     Ok((brain, exported))
 }
 

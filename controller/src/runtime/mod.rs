@@ -237,10 +237,12 @@ impl GraphDifference {
 /// Runs every graph of each of `nets` (name, networks; the first is the reference) on
 /// the same inputs, at the batch sizes the policy uses: three observation rows about
 /// the unit scale of normalised observations, noisy actions at the chain's first, middle
-/// and last trained step, base and scored actions within [-1, 1], and the critic
-/// members in two orders. Returns each other backend's largest difference per graph,
-/// whether within [`BACKEND_TOLERANCE`] or not (the caller judges): `controller check`
-/// runs it on the robot's own CPU, whose kernels may differ from the trainer's.
+/// and last trained step, base and scored actions within [-1, 1], and every critic
+/// member (subsets in turn, and the last member first). Returns each other backend's
+/// largest difference per graph, whether within [`BACKEND_TOLERANCE`] or not (the
+/// caller judges); an output that is not finite is an error naming its backend.
+/// `controller check` runs it on the robot's own CPU, whose kernels may differ from the
+/// trainer's.
 pub fn backend_differences(
     nets: &mut [(String, Box<dyn Networks>)],
     m: &Manifest,
@@ -275,7 +277,13 @@ pub fn backend_differences(
                 if rows.critic_members > 0 {
                     let k = m.selection.ensemble_size.max(1);
                     let actions = wave(rows.score * ad, 2.0 + row as f32);
-                    for shift in [0, k - 1] {
+                    // Every member once (a weight read wrongly at one member's offset),
+                    // and a rotation that puts the last one first.
+                    let mut shifts: Vec<usize> = (0..k).step_by(rows.critic_members).collect();
+                    if !shifts.contains(&(k - 1)) {
+                        shifts.push(k - 1);
+                    }
+                    for shift in shifts {
                         let members: Vec<i64> = (0..rows.critic_members)
                             .map(|j| ((j + shift) % k) as i64)
                             .collect();
@@ -289,6 +297,17 @@ pub fn backend_differences(
             Ok(())
         };
         run().with_context(|| format!("on the {name} backend"))?;
+        // Judged by itself: a NaN or an infinity compares with nothing (and made either
+        // backend look like the one that differs).
+        for (graph, values) in &out {
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "the {name} backend's {graph} output [{i}] is {} for the comparison's \
+                     inputs",
+                    values[i]
+                );
+            }
+        }
         outputs.push(out);
     }
     let Some((reference, others)) = outputs.split_first() else {
@@ -299,15 +318,7 @@ pub fn backend_differences(
         let mut per_graph: Vec<GraphDifference> = Vec::new();
         for ((graph, want), (_, got)) in reference.iter().zip(out) {
             let scale = want.iter().fold(1.0f32, |s, x| s.max(x.abs()));
-            // A NaN anywhere is a difference as large as it gets.
-            let max_abs = want.iter().zip(got).fold(0.0f32, |d, (a, b)| {
-                let diff = (a - b).abs();
-                if diff.is_nan() {
-                    f32::INFINITY
-                } else {
-                    d.max(diff)
-                }
-            });
+            let max_abs = (want.iter().zip(got)).fold(0.0f32, |d, (a, b)| d.max((a - b).abs()));
             match per_graph.iter_mut().find(|d| d.graph == *graph) {
                 // Judged at each call's own scale: kept where it is the furthest off.
                 Some(d) if max_abs / scale > d.max_abs / d.scale => {
