@@ -649,6 +649,47 @@ fn main() -> Result<()> {
                         bail!("{}: the bundle was trained on data {why}", dir.display());
                     }
                 }
+                // And its channels, as `controller run --sim` checks them against the
+                // task's robot file: the same ones in another order are refused, other
+                // spellings said (a bundle naming none, before format 6, is not compared).
+                let task_observations: Vec<String> =
+                    spec.obs_names.iter().map(|n| n.to_string()).collect();
+                let task_actions = spec.owned_action_names();
+                let m = &b.manifest;
+                for (what, ours, theirs, harm) in [
+                    (
+                        "observation",
+                        &task_observations,
+                        &m.observation.names,
+                        "the policy would act on its inputs in another order",
+                    ),
+                    (
+                        "action",
+                        &task_actions,
+                        &m.action.names,
+                        "its commands would drive other actuators than it learned",
+                    ),
+                ] {
+                    if let Some((at, here)) =
+                        firmware_config::config::first_reordered_name(ours, theirs)
+                    {
+                        bail!(
+                            "{}: {what} `{}` is at [{at}] in the bundle and at [{here}] in task \
+                             {task}: {harm}",
+                            dir.display(),
+                            theirs[at]
+                        );
+                    }
+                    if let Some(i) = firmware_config::config::first_name_difference(ours, theirs) {
+                        eprintln!(
+                            "warning: {}: {what} names differ from task {task}'s, first at \
+                             [{i}] (`{}` in the bundle, `{}` in the task)",
+                            dir.display(),
+                            theirs[i],
+                            ours[i]
+                        );
+                    }
+                }
                 let cw = policy.chunk_dim();
                 // Unless told otherwise, as the run that trained the bundle played.
                 let default_replan = b.manifest.action.replan_every;

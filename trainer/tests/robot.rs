@@ -243,6 +243,35 @@ fn a_robot_run_learns_what_the_same_data_teaches_under_a_task_name() {
         e.contains("the bundle was trained on data recorded at 10 Hz, task push steps at 20 Hz"),
         "{e}"
     );
+    // One naming the task's observations in another order is refused, as `controller
+    // run --sim` refuses it (`eval --bundle` compared only the name, sizes and rate).
+    let reordered = tmp.path().join("task-b-reordered");
+    std::fs::create_dir_all(&reordered).unwrap();
+    for f in std::fs::read_dir(&task_bundle).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, reordered.join(f.file_name().unwrap())).unwrap();
+    }
+    let manifest = std::fs::read_to_string(reordered.join("manifest.toml")).unwrap();
+    let listed = "\"pusher_x\",\n    \"pusher_y\",";
+    assert_eq!(manifest.matches(listed).count(), 1, "{manifest}");
+    let manifest = manifest.replace(listed, "\"pusher_y\",\n    \"pusher_x\",");
+    std::fs::write(reordered.join("manifest.toml"), manifest).unwrap();
+    let e = trainer_cli(&[
+        "eval",
+        "--bundle",
+        reordered.to_str().unwrap(),
+        "--allow-unsigned",
+        "--episodes",
+        "2",
+    ])
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "observation `pusher_y` is at [0] in the bundle and at [1] in task push: the \
+             policy would act on its inputs in another order"
+        ),
+        "{e}"
+    );
     assert_eq!(m.observation.names, ds.info.observation_names);
     assert_eq!((m.observation.dim, m.action.dim), (10, 2));
     // The observation bounds are the data's range.

@@ -42,10 +42,22 @@ fn quick_bundle(c: &Config, dir: &Path) {
     export_bundle(&load_agent(&run).unwrap(), &dir.join("bundle"), &info, None).unwrap();
 }
 
+/// How an episode went: what the controller's report and recording must say of it too.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Outcome {
+    success: bool,
+    steps: u32,
+    /// The rewards' sum, in step order.
+    ret: f32,
+    /// The last step's flags.
+    terminated: bool,
+    truncated: bool,
+}
+
 /// Episode `i` reset with `SEED + i`, one policy (seeded with `SEED`) acting on every
 /// step in turn (with action chunks, on every chunk's first step, from each episode's
 /// start): the controller's order of episodes and actions, without the link.
-fn in_process(bundle: &Path) -> Vec<bool> {
+fn in_process(bundle: &Path) -> Vec<Outcome> {
     let b = shared_model::load_bundle(bundle, &Trust::AllowUnsigned).unwrap();
     let options = PolicyOptions {
         backend: Backend::Tract,
@@ -61,6 +73,7 @@ fn in_process(bundle: &Path) -> Vec<bool> {
     (0..EPISODES as u64)
         .map(|i| {
             env.reset(SEED + i, &mut obs);
+            let mut ret = 0.0f32;
             for t in 0.. {
                 if t % h == 0 {
                     policy.act(&obs, &mut chunk).unwrap();
@@ -68,8 +81,15 @@ fn in_process(bundle: &Path) -> Vec<bool> {
                 let k = t % h;
                 let s = env.step(&chunk[k * ad..(k + 1) * ad], &mut next);
                 obs.copy_from_slice(&next);
+                ret += s.reward;
                 if s.done() {
-                    return s.success;
+                    return Outcome {
+                        success: s.success,
+                        steps: t as u32 + 1,
+                        ret,
+                        terminated: s.terminated,
+                        truncated: s.truncated,
+                    };
                 }
             }
             unreachable!()
@@ -150,13 +170,15 @@ fn a_chunked_bundle_plays_its_chunks_through_the_serial_link_as_in_process() {
 }
 
 /// The bundle's episodes through the link on `robot` end as they do in-process (and
-/// some succeed); returns the run's report.
+/// some succeed), with the same lengths, returns and last flags in the run's report and
+/// its recording (only the successes were compared); returns the run's report.
 fn same_outcomes(
     bundle: &Path,
     out: &Path,
     robot: firmware_config::RobotConfig,
 ) -> robot_loop::RunReport {
-    let expected = in_process(bundle);
+    let outcomes = in_process(bundle);
+    let expected: Vec<bool> = outcomes.iter().map(|o| o.success).collect();
     let report = through_the_link(bundle, out, robot);
     let got: Vec<bool> = report.episodes.iter().map(|e| e.success).collect();
     eprintln!(
@@ -174,6 +196,29 @@ fn same_outcomes(
         "the quick policy never succeeds"
     );
     assert_eq!(got, expected);
+    // The rewards and the episodes' ends, as the report and the recording have them.
+    let ds = dataset::read_dataset(&out.join("dataset")).unwrap();
+    assert_eq!(ds.episodes.len(), EPISODES);
+    for (i, ((want, rep), ep)) in outcomes
+        .iter()
+        .zip(&report.episodes)
+        .zip(&ds.episodes)
+        .enumerate()
+    {
+        let recorded = Outcome {
+            success: ep.is_success(),
+            steps: ep.rewards.len() as u32,
+            ret: ep.rewards.iter().sum(),
+            terminated: *ep.terminated.last().unwrap(),
+            truncated: *ep.truncated.last().unwrap(),
+        };
+        assert_eq!(recorded, *want, "episode {i}: the recording");
+        assert_eq!(
+            (rep.success, rep.steps, rep.ret),
+            (want.success, want.steps, want.ret),
+            "episode {i}: the report"
+        );
+    }
     report
 }
 
