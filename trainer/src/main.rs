@@ -652,8 +652,7 @@ fn main() -> Result<()> {
                 // And its channels, as `controller run --sim` checks them against the
                 // task's robot file: the same ones in another order are refused, other
                 // spellings said (a bundle naming none, before format 6, is not compared).
-                let task_observations: Vec<String> =
-                    spec.obs_names.iter().map(|n| n.to_string()).collect();
+                let task_observations = spec.owned_obs_names();
                 let task_actions = spec.owned_action_names();
                 let m = &b.manifest;
                 for (what, ours, theirs, harm) in [

@@ -5,7 +5,7 @@ use dataset::{DatasetInfo, Episode};
 use shared_model::Trust;
 use sim::rng::Rng;
 use sim::{EnvConfig, TaskId};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use trainer::config::{Config, Task};
 use trainer::export::{ExportInfo, export_bundle};
 use trainer::finetune::{FinetuneOptions, finetune};
@@ -743,24 +743,32 @@ fn offline_data_that_cannot_train_the_run_is_refused_by_name() {
     );
 }
 
+/// `lab-arm` demonstrations under `dir/demos` without their action mapping (a
+/// recording from before 2026-12-07, LeRobot's), and a run pretrained on them under
+/// `dir/run`; with the dataset's description (mapping included).
+fn pretrained_on_unmapped_demos(dir: &Path) -> (PathBuf, PathBuf, DatasetInfo) {
+    let demos = dir.join("demos");
+    let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
+    let mut unmapped = dataset::read_dataset(&demos).unwrap();
+    unmapped.info.action_mapping = None;
+    std::fs::remove_dir_all(&demos).unwrap();
+    dataset::write_dataset(&demos, &unmapped.info, &unmapped.episodes).unwrap();
+    let run = dir.join("run");
+    pretrain(&robot_config(&demos), &run);
+    assert_eq!(
+        load_agent(&run).unwrap().robot.unwrap().action_mapping,
+        None
+    );
+    (demos, run, info)
+}
+
 /// A run pretrained on data that recorded no action mapping (a recording from before
 /// 2026-12-07, LeRobot's) takes the one its fine-tuning data recorded: its checkpoint
 /// keeps it and its bundles carry it to the robot.
 #[test]
 fn a_finetune_takes_the_action_mapping_its_robot_data_recorded() {
     let tmp = tempfile::tempdir().unwrap();
-    let demos = tmp.path().join("demos");
-    let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
-    let mut unmapped = dataset::read_dataset(&demos).unwrap();
-    unmapped.info.action_mapping = None;
-    std::fs::remove_dir_all(&demos).unwrap();
-    dataset::write_dataset(&demos, &unmapped.info, &unmapped.episodes).unwrap();
-    let run = tmp.path().join("run");
-    pretrain(&robot_config(&demos), &run);
-    assert_eq!(
-        load_agent(&run).unwrap().robot.unwrap().action_mapping,
-        None
-    );
+    let (_, run, info) = pretrained_on_unmapped_demos(tmp.path());
     let data = tmp.path().join("robot-data");
     own_robot_dataset(&data, "lab-arm", 2, 9);
     let out = tmp.path().join("ft");
@@ -792,30 +800,28 @@ fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
     use firmware_config::protocol::{MAX_ACT, MAX_OBS};
     use std::time::Duration;
     let tmp = tempfile::tempdir().unwrap();
-    let demos = tmp.path().join("demos");
-    let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
-    let mut unmapped = dataset::read_dataset(&demos).unwrap();
-    unmapped.info.action_mapping = None;
-    std::fs::remove_dir_all(&demos).unwrap();
-    dataset::write_dataset(&demos, &unmapped.info, &unmapped.episodes).unwrap();
-    let run = tmp.path().join("run");
-    pretrain(&robot_config(&demos), &run);
+    let (demos, run, info) = pretrained_on_unmapped_demos(tmp.path());
     let key = uplink::Key::from_bytes([3; uplink::KEY_LEN]);
     let out = tmp.path().join("live");
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let opts = FinetuneOptions {
-        data: vec![],
-        listen: Some(trainer::finetune::LiveOptions {
-            addr: "127.0.0.1:0".into(),
-            key: key.clone(),
-            publish_every: 4,
-            signing_key: None,
-            idle_exit: Some(Duration::from_secs(2)),
-            bound: Some(bound_tx),
-            stop: None,
-        }),
-        ..finetune_options(&run, &demos, &out, 8)
+    // `finetune --listen` on a free port, a bundle every 4 updates, without `--data`.
+    let live = |updates, stop| {
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let opts = FinetuneOptions {
+            data: vec![],
+            listen: Some(trainer::finetune::LiveOptions {
+                addr: "127.0.0.1:0".into(),
+                key: key.clone(),
+                publish_every: 4,
+                signing_key: None,
+                idle_exit: Some(Duration::from_secs(2)),
+                bound: Some(bound_tx),
+                stop,
+            }),
+            ..finetune_options(&run, &demos, &out, updates)
+        };
+        (opts, bound_rx)
     };
+    let (opts, bound_rx) = live(8, None);
     let trainer = std::thread::spawn(move || finetune(&opts, &mut ()).unwrap());
     let addr = bound_rx.recv_timeout(Duration::from_secs(60)).unwrap();
 
@@ -903,20 +909,10 @@ fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
     // A resumed session reads the stream's log again (ended at once: nothing to wait
     // for).
     static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-    let (bound_tx, _bound_rx) = std::sync::mpsc::channel();
+    let (resumed, _bound) = live(16, Some(&STOPPED));
     let resumed = FinetuneOptions {
-        data: vec![],
         resume: true,
-        listen: Some(trainer::finetune::LiveOptions {
-            addr: "127.0.0.1:0".into(),
-            key,
-            publish_every: 4,
-            signing_key: None,
-            idle_exit: Some(Duration::from_secs(2)),
-            bound: Some(bound_tx),
-            stop: Some(&STOPPED),
-        }),
-        ..finetune_options(&run, &demos, &out, 16)
+        ..resumed
     };
     finetune(&resumed, &mut ()).unwrap();
     assert_eq!(
