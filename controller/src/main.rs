@@ -69,7 +69,8 @@ enum Command {
         trust: TrustArgs,
         /// Backend(s) to build and run the networks on: tract, native, ort; with more
         /// than one, each graph's outputs on the same inputs are compared with the
-        /// first's (refused beyond `runtime::BACKEND_TOLERANCE` of their scale).
+        /// first's (refused beyond 1e-3 of their scale); an output that is not finite is
+        /// refused on any backend.
         #[arg(long, value_delimiter = ',', default_value = "tract,native")]
         backends: Vec<String>,
     },

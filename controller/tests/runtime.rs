@@ -84,10 +84,10 @@ impl Networks for OffCritic {
 
 /// `controller check`'s comparison of backends: tract and native agree on every graph
 /// of the synthetic bundle, well within the tolerance; a backend whose critic member 5
-/// of 10 is off by 1 is found, by graph and backend (two orders of the members compared
-/// 0, 1 and 9 only), and one whose critic is NaN is
-/// refused by name (each backend was only loaded and probed, so a
-/// kernel computing otherwise on the robot's CPU passed the check).
+/// of 10 is off by 1 is found, by graph and backend (before, two orders of the members
+/// reached only 0, 1 and 9), and one whose critic is NaN is refused by name (before,
+/// each backend was only loaded and probed, so a kernel computing otherwise on the
+/// robot's CPU passed the check).
 #[test]
 fn controller_check_compares_the_backends_graph_by_graph() {
     let dir = tempfile::tempdir().unwrap();

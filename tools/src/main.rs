@@ -600,7 +600,7 @@ fn validate(dir: &std::path::Path) -> Result<()> {
         )
     };
     anyhow::bail!(
-        "{}: LeRobot would not read it as this repository's readers do: {}. They leave \
+        "{}: LeRobot would not read it as this repository's readers do: {}. Ours leave \
          that out ({summary}); {repair}",
         dir.display(),
         problems.join("; "),

@@ -814,7 +814,7 @@ fn tidy_sets_aside_what_lerobot_would_trip_on() {
     assert!(
         text(&o).contains("LeRobot would not read it as this repository's readers do: ")
             && text(&o).contains("file-007.parquet is referenced by no episode")
-            && text(&o).contains("They leave that out (5 episodes, ")
+            && text(&o).contains("Ours leave that out (5 episodes, ")
             && text(&o).contains("successful episodes); `tools dataset tidy "),
         "{}",
         text(&o)

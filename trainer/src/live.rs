@@ -751,7 +751,8 @@ impl Drop for Listener {
 }
 
 /// A robot run whose data recorded no action mapping (a recording from before
-/// 2026-12-07, LeRobot's) takes the one its first stream recorded ([`Check::adopted`]),
+/// 2026-12-07, LeRobot's) takes the mapping of the first stream that records one
+/// ([`Check::adopted`]),
 /// as `finetune --data` takes a dataset's: the bundles it publishes then carry it, and a
 /// robot file mapping the actions otherwise is refused at the swap.
 fn take_adopted_mapping(
@@ -762,8 +763,8 @@ fn take_adopted_mapping(
         && robot.action_mapping.is_none()
     {
         eprintln!(
-            "finetune: the run's data recorded no action mapping; it takes the robot \
-             stream's (its bundles carry it)"
+            "finetune: the run's data recorded no action mapping; the run takes the robot \
+             stream's (its checkpoints and bundles carry it)"
         );
         robot.action_mapping = Some(m.clone());
         robot.action_mapping_taken = true;

@@ -764,7 +764,8 @@ fn pretrained_on_unmapped_demos(dir: &Path) -> (PathBuf, PathBuf, DatasetInfo) {
 
 /// A run pretrained on data that recorded no action mapping (a recording from before
 /// 2026-12-07, LeRobot's) takes the one its fine-tuning data recorded: its checkpoint
-/// keeps it and its bundles carry it to the robot.
+/// keeps it and its bundles carry it to the robot. A run whose own data recorded one
+/// compares the actions' order of later data; the run that took one does not.
 #[test]
 fn a_finetune_takes_the_action_mapping_its_robot_data_recorded() {
     let tmp = tempfile::tempdir().unwrap();
@@ -785,14 +786,39 @@ fn a_finetune_takes_the_action_mapping_its_robot_data_recorded() {
         .unwrap()
         .manifest;
     assert_eq!(m.action.robot_scale, mapping.scale);
+
+    // A run whose own data recorded the mapping compares the actions' order through its
+    // checkpoint (`RecordedBy::of`): the same actions in another order are refused. The
+    // run above took its mapping from later data, and its names (the unmapped data's)
+    // are still compared with nothing.
+    let mapped_run = tmp.path().join("mapped-run");
+    pretrain(&robot_config(&data), &mapped_run);
+    let mut reordered = dataset::read_dataset(&data).unwrap();
+    reordered.info.action_names.swap(0, 1);
+    let swapped = tmp.path().join("swapped");
+    dataset::write_dataset(&swapped, &reordered.info, &reordered.episodes).unwrap();
+    let refused = finetune(
+        &finetune_options(&mapped_run, &swapped, &tmp.path().join("ft2"), 2),
+        &mut (),
+    );
+    let e = format!("{:#}", refused.unwrap_err());
+    assert!(
+        e.contains("action `dy` is at [0] in the dataset and at [1] in the run's data"),
+        "{e}"
+    );
+    finetune(
+        &finetune_options(&out, &swapped, &tmp.path().join("ft3"), 2),
+        &mut (),
+    )
+    .unwrap();
 }
 
 /// The same through a live session: a run whose data recorded no action mapping takes
 /// the one its robot's stream recorded (the run-start record), and its checkpoint and
 /// the bundles it publishes carry it to the robot; they carried none (only `--data`'s
 /// was taken), so a robot file mapping the actions otherwise was not refused at a swap.
-/// The unmapped data's action names stay unchecked for order after that: a resumed
-/// session refused the stream log the first one trained on, whose robot file lists
+/// The unmapped data's action names stay unchecked for order after that: before, a
+/// resumed session refused the stream log the first one trained on, whose robot file lists
 /// the actions in another order.
 #[test]
 fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {

@@ -18,8 +18,9 @@ fn table(path: &Path) -> Vec<String> {
 
 /// `scripts/demo` checks its counts by name before it builds anything: `ROUNDS=0` ran
 /// no round and reported bundle0 as the fine-tuned bundle, `PORT=0` had the trainer
-/// listen on a port the controller never knew, and a mistyped count failed in `seq` or
-/// in a command line after minutes of work, naming another flag.
+/// listen on a port the controller never knew, a mistyped count failed in `seq` or
+/// in a command line after minutes of work, naming another flag, and the other mode's
+/// settings were ignored.
 #[test]
 fn the_demo_refuses_bad_counts_before_building() {
     use std::os::unix::fs::PermissionsExt;
@@ -68,6 +69,16 @@ fn the_demo_refuses_bad_counts_before_building() {
             "EPISODES must be from 1 to 1000",
         ),
         (&[("LIVE_EPISODES", "98001")], "would reach seed 99000"),
+        // The other mode's settings, which it ignored without a word.
+        (
+            &[("ROUNDS", "5")],
+            "ROUNDS is a setting of the other mode, and this run is MODE=live: set \
+             MODE=rounds, or unset ROUNDS",
+        ),
+        (
+            &[("MODE", "rounds"), ("PUBLISH", "100")],
+            "PUBLISH is a setting of the other mode, and this run is MODE=rounds",
+        ),
     ] {
         let mut cmd = std::process::Command::new("bash");
         cmd.arg(demo).env("PATH", &path);

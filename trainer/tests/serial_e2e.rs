@@ -42,7 +42,8 @@ fn quick_bundle(c: &Config, dir: &Path) {
     export_bundle(&load_agent(&run).unwrap(), &dir.join("bundle"), &info, None).unwrap();
 }
 
-/// How an episode went: what the controller's report and recording must say of it too.
+/// How an episode went: what the controller's recording must say of it too (its report
+/// has the success, the length and the return).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Outcome {
     success: bool,
@@ -170,8 +171,9 @@ fn a_chunked_bundle_plays_its_chunks_through_the_serial_link_as_in_process() {
 }
 
 /// The bundle's episodes through the link on `robot` end as they do in-process (and
-/// some succeed), with the same lengths, returns and last flags in the run's report and
-/// its recording (only the successes were compared); returns the run's report.
+/// some succeed), with the same lengths and returns in the run's report, and the same
+/// lengths, returns and last flags in its recording (before, only the successes were
+/// compared); returns the run's report.
 fn same_outcomes(
     bundle: &Path,
     out: &Path,

@@ -139,7 +139,8 @@ struct Track {
     /// Transitions whose applied action was not the command in force (see the module's
     /// "Which action a transition gets").
     applied_otherwise: u32,
-    /// Frames of the episode's steps that could not be read once a fault had ended it
+    /// Frames of the episode's steps that could not be read once a fault or an interrupt
+    /// had cut it short
     /// (the first one faults the running episode), and what was wrong with the first.
     malformed: u32,
     malformed_first: Option<String>,
@@ -528,11 +529,12 @@ pub(crate) struct Control {
     /// The I/O thread has ended (its channel is closed): no port comes back any more.
     io_ended: bool,
     /// Until when the run's end waits for a lost port to take its `Estop`
-    /// ([`Phase::ReconnectingToStop`]), set when it first does: a port back that is
+    /// ([`Phase::ReconnectingToStop`]), set when it first does (or by a port back in
+    /// its loss's drain): a port back that is
     /// lost again does not extend it.
     stop_port_deadline: Option<Instant>,
     /// Ports back that took (or, past that deadline, were refused) the closing `Estop`
-    /// after a loss at the run's end: each one lost again before its answer came.
+    /// after a loss at the run's end, counted in the wait's end where none answered.
     stop_ports_back: u32,
     /// A port reopened while a safe stop was still holding: taken into use only when
     /// the stop ends, for the handshake, or for the Estop if the run ends there. Its
@@ -981,8 +983,8 @@ impl Control {
     }
 
     /// A frame of step `step` of firmware episode `episode` that could not be read, where
-    /// it cannot fault the episode (a fault ended it already: the frames of its last
-    /// steps still on the line): counted on the episode, its first detail kept, so its
+    /// it cannot fault the episode (a fault or an interrupt cut it short already: the
+    /// frames of its last steps still on the line): counted on the episode, its first detail kept, so its
     /// report says why those steps are missing. Frames past the episode's end, or of
     /// no episode still open, are nobody's.
     fn count_malformed(&mut self, episode: u32, step: u32, detail: String) {
@@ -1681,7 +1683,7 @@ impl Control {
     ///
     /// The wait for ports back ends at the deadline its first loss set, however often a
     /// port comes back: a port lost and reopened within one drain (a failing cable)
-    /// started a new confirmation each time, and the run did not end.
+    /// (before, each one started a new confirmation, and the run did not end).
     fn estop_on_the_port_back(&mut self, now: Instant, w: Box<dyn std::io::Write + Send>) {
         self.stop_ports_back += 1;
         if let Some(limit) = self.cfg.reconnect {
@@ -2205,8 +2207,7 @@ impl Control {
                                 .to_string()
                         } else if self.stop_ports_back > 0 {
                             format!(
-                                "the port came back {}, and the closing Estop was answered \
-                                 on none of them",
+                                "the port came back {} and never answered the closing Estop",
                                 match self.stop_ports_back {
                                     1 => "once".to_string(),
                                     n => format!("{n} times"),
@@ -3833,7 +3834,7 @@ mod tests {
         );
         assert!(
             ep.to_string()
-                .contains("2 frames after the episode was cut short could not be read"),
+                .contains("frames that could not be read after the episode was cut short: 2"),
             "{ep}"
         );
     }
@@ -4513,8 +4514,8 @@ mod tests {
 
     /// A port that drops and comes back within each drain (a failing cable), its
     /// firmware never answering: each port back takes the closing Estop until the
-    /// deadline the first loss set, and the run then ends, the Estop unconfirmed. Each
-    /// one started a new confirmation, and the run never ended.
+    /// deadline the first loss set, and the run then ends, the Estop unconfirmed. Before,
+    /// each one started a new confirmation, and the run never ended.
     #[test]
     fn a_port_that_keeps_dropping_ends_the_wait_at_its_deadline() {
         let wire = Wire::default();

@@ -733,8 +733,8 @@ impl fmt::Display for EpisodeReport {
         if let Some(first) = &self.malformed_first {
             writeln!(
                 f,
-                "  {} frames after the episode was cut short could not be read (a step left \
-                 without a readable frame is missing); the first: {first}",
+                "  frames that could not be read after the episode was cut short: {} (a \
+                 step left without a readable frame is missing); the first: {first}",
                 self.malformed
             )?;
         }

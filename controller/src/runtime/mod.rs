@@ -210,7 +210,7 @@ fn probe(nets: &mut dyn Networks, m: &Manifest, rows: GraphRows) -> Result<()> {
 }
 
 /// How far two backends' outputs of one graph may lie apart, relative to the larger of 1
-/// and the reference's largest output: f32 sums in another order differ by about 1e-6
+/// and the reference's largest absolute output: f32 sums in another order differ by about 1e-6
 /// of that (tract and native on the synthetic `cpu` and `paper` bundles stay below
 /// 1e-5); a wrong kernel, a mis-read weight or a graph another engine reads otherwise
 /// differs by whole units.
