@@ -109,6 +109,26 @@ fn controller_check_compares_the_backends_graph_by_graph() {
         assert!(d.within_tolerance() && d.max_abs < 1e-4, "{d:?}");
         assert!(d.scale >= 1.0, "{d:?}");
     }
+    // At the paper's sizes (wider layers, longer sums) too.
+    let paper = tempfile::tempdir().unwrap();
+    SyntheticSpec::paper()
+        .write(paper.path(), 12, None)
+        .unwrap();
+    let p = load_bundle(paper.path(), &Trust::AllowUnsigned).unwrap();
+    let prows = GraphRows::for_manifest(&p.manifest);
+    let mut wide = vec![
+        (
+            "tract".to_string(),
+            load_networks(Backend::Tract, &p, prows).unwrap(),
+        ),
+        (
+            "native".to_string(),
+            load_networks(Backend::Native, &p, prows).unwrap(),
+        ),
+    ];
+    for d in backend_differences(&mut wide, &p.manifest, prows).unwrap() {
+        assert!(d.within_tolerance() && d.max_abs < 1e-4, "paper: {d:?}");
+    }
     let off_by = |name: &str, off| {
         let nets: (String, Box<dyn Networks>) = (
             name.to_string(),

@@ -141,6 +141,26 @@ fn a_trained_bundle_reaches_the_goal_through_the_serial_link_as_often_as_in_proc
     let tmp = tempfile::tempdir().unwrap();
     quick_bundle(&quick_config(), tmp.path());
     let bundle = tmp.path().join("bundle");
+    // `controller check`'s comparison of the backends on a trained bundle without an
+    // edit policy or a critic (behaviour cloning): its denoiser alone, well within the
+    // tolerance.
+    let b = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned).unwrap();
+    let rows = controller::runtime::GraphRows::for_manifest(&b.manifest);
+    let mut nets: Vec<(String, Box<dyn controller::runtime::Networks>)> =
+        [Backend::Tract, Backend::Native]
+            .into_iter()
+            .map(|backend| {
+                let nets = controller::runtime::load_networks(backend, &b, rows).unwrap();
+                (format!("{backend:?}"), nets)
+            })
+            .collect();
+    let d = controller::runtime::backend_differences(&mut nets, &b.manifest, rows).unwrap();
+    assert_eq!(
+        d.iter().map(|d| d.graph).collect::<Vec<_>>(),
+        ["denoiser"],
+        "{d:?}"
+    );
+    assert!(d[0].within_tolerance() && d[0].max_abs < 1e-4, "{d:?}");
     let robot = firmware_config::RobotConfig::example("push").unwrap();
     same_outcomes(&bundle, &tmp.path().join("controller"), robot);
 }
