@@ -677,11 +677,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         // A run whose own data recorded no action mapping takes the one its robot data
         // recorded (checkpoints keep it): its bundles carry it to the robot, and a
         // `--listen` stream recorded with another is refused.
-        if let (Some(robot), Some(m)) = (agent.robot.as_mut(), expected.action_mapping())
-            && robot.action_mapping.is_none()
-        {
-            robot.action_mapping = Some(m.clone());
-            robot.action_mapping_taken = true;
+        if let (Some(robot), Some(m)) = (agent.robot.as_mut(), expected.action_mapping()) {
+            robot.take_action_mapping(m);
         }
         summary.robot_episodes = episodes;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;

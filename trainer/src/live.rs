@@ -752,22 +752,20 @@ impl Drop for Listener {
 
 /// A robot run whose data recorded no action mapping (a recording from before
 /// 2026-12-07, LeRobot's) takes the mapping of the first stream that records one
-/// ([`Check::adopted`]),
-/// as `finetune --data` takes a dataset's: the bundles it publishes then carry it, and a
-/// robot file mapping the actions otherwise is refused at the swap.
+/// ([`Check::adopted`]), as `finetune --data` takes a dataset's: the bundles it
+/// publishes then carry it, and a robot file mapping the actions otherwise is refused at
+/// the swap.
 fn take_adopted_mapping(
     agent: &mut crate::agent::Agent,
     adopted: &OnceLock<dataset::ActionMapping>,
 ) {
     if let (Some(robot), Some(m)) = (agent.robot.as_mut(), adopted.get())
-        && robot.action_mapping.is_none()
+        && robot.take_action_mapping(m)
     {
         eprintln!(
             "finetune: the run's data recorded no action mapping; the run takes the robot \
              stream's (its checkpoints and bundles carry it)"
         );
-        robot.action_mapping = Some(m.clone());
-        robot.action_mapping_taken = true;
     }
 }
 

@@ -78,6 +78,18 @@ impl RobotInfo {
         }
     }
 
+    /// Takes `m`, the action mapping later data recorded (a `finetune --data` dataset, a
+    /// live stream), where the run's own data recorded none ([`Self::action_mapping_taken`]);
+    /// whether it was taken.
+    pub fn take_action_mapping(&mut self, m: &dataset::ActionMapping) -> bool {
+        if self.action_mapping.is_some() {
+            return false;
+        }
+        self.action_mapping = Some(m.clone());
+        self.action_mapping_taken = true;
+        true
+    }
+
     pub fn obs_dim(&self) -> usize {
         self.observation_names.len()
     }

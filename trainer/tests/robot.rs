@@ -220,51 +220,40 @@ fn a_robot_run_learns_what_the_same_data_teaches_under_a_task_name() {
     );
     // A task's bundle that says another rate is refused, as `controller run --sim`
     // refuses it (`eval --bundle` played it at the task's rate).
-    let slow = tmp.path().join("task-b-10hz");
-    std::fs::create_dir_all(&slow).unwrap();
-    for f in std::fs::read_dir(&task_bundle).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, slow.join(f.file_name().unwrap())).unwrap();
-    }
-    let manifest = std::fs::read_to_string(slow.join("manifest.toml")).unwrap();
-    assert_eq!(manifest.matches("control_hz = 20").count(), 1, "{manifest}");
-    let manifest = manifest.replace("control_hz = 20", "control_hz = 10");
-    std::fs::write(slow.join("manifest.toml"), manifest).unwrap();
-    let e = trainer_cli(&[
-        "eval",
-        "--bundle",
-        slow.to_str().unwrap(),
-        "--allow-unsigned",
-        "--episodes",
-        "2",
-    ])
-    .unwrap_err();
+    // `eval --bundle`'s refusal of a copy of the task's bundle (`name`) whose manifest
+    // has `from` (once) replaced by `to`.
+    let eval_edited = |name: &str, from: &str, to: &str| {
+        let copy = tmp.path().join(name);
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in std::fs::read_dir(&task_bundle).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+        }
+        let manifest = std::fs::read_to_string(copy.join("manifest.toml")).unwrap();
+        assert_eq!(manifest.matches(from).count(), 1, "{manifest}");
+        std::fs::write(copy.join("manifest.toml"), manifest.replace(from, to)).unwrap();
+        trainer_cli(&[
+            "eval",
+            "--bundle",
+            copy.to_str().unwrap(),
+            "--allow-unsigned",
+            "--episodes",
+            "2",
+        ])
+        .unwrap_err()
+    };
+    let e = eval_edited("task-b-10hz", "control_hz = 20", "control_hz = 10");
     assert!(
         e.contains("the bundle was trained on data recorded at 10 Hz, task push steps at 20 Hz"),
         "{e}"
     );
     // One naming the task's observations in another order is refused, as `controller
     // run --sim` refuses it (`eval --bundle` compared only the name, sizes and rate).
-    let reordered = tmp.path().join("task-b-reordered");
-    std::fs::create_dir_all(&reordered).unwrap();
-    for f in std::fs::read_dir(&task_bundle).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, reordered.join(f.file_name().unwrap())).unwrap();
-    }
-    let manifest = std::fs::read_to_string(reordered.join("manifest.toml")).unwrap();
-    let listed = "\"pusher_x\",\n    \"pusher_y\",";
-    assert_eq!(manifest.matches(listed).count(), 1, "{manifest}");
-    let manifest = manifest.replace(listed, "\"pusher_y\",\n    \"pusher_x\",");
-    std::fs::write(reordered.join("manifest.toml"), manifest).unwrap();
-    let e = trainer_cli(&[
-        "eval",
-        "--bundle",
-        reordered.to_str().unwrap(),
-        "--allow-unsigned",
-        "--episodes",
-        "2",
-    ])
-    .unwrap_err();
+    let e = eval_edited(
+        "task-b-reordered",
+        "\"pusher_x\",\n    \"pusher_y\",",
+        "\"pusher_y\",\n    \"pusher_x\",",
+    );
     assert!(
         e.contains(
             "observation `pusher_y` is at [0] in the bundle and at [1] in task push: the \
