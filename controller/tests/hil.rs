@@ -3061,9 +3061,40 @@ fn kill_9_loses_at_most_the_record_being_written() {
         .filter(|r| matches!(r, Record::EpisodeEnd(e) if e.reason == EndReason::Completed))
         .count();
     assert!(ds.episodes.len() >= ends);
+    // The next run into that --out says so before it starts (a port that does not
+    // open ends it there, the log as it was): once it has, `--last-run` would take it.
+    let log_path = sim.out.join("transitions.log");
+    let dataset_dir = sim.out.join("dataset");
+    let next_run_says = || {
+        let o = sim
+            .command(Path::new("/nonexistent/tty"), &[])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let said = next_run_says();
+    let killed_id = match log
+        .records
+        .iter()
+        .rev()
+        .find(|r| matches!(r, Record::Run(_)))
+    {
+        Some(Record::Run(run)) => run.run_id.clone(),
+        _ => unreachable!(),
+    };
+    assert!(
+        said.contains(&format!(" of run {killed_id} (started at unix time "))
+            && said.contains(&format!(
+                "`controller log-to-dataset --log {} --out {}`",
+                log_path.display(),
+                dataset_dir.display()
+            )),
+        "{said}"
+    );
+    assert_eq!(read_log(&log_path).unwrap().records, log.records);
     // The killed run saved nothing; `--last-run` appends its episodes, not the first
     // run's again.
-    let dataset_dir = sim.out.join("dataset");
     assert_eq!(
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
         saved
@@ -3110,6 +3141,8 @@ fn kill_9_loses_at_most_the_record_being_written() {
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
         transitions
     );
+    let said = next_run_says();
+    assert!(!said.contains("log-to-dataset"), "{said}");
 }
 
 /// Setup: a panic injected into the control thread at tick 40. Expected: the panic is

@@ -208,6 +208,34 @@ impl FinetuneSummary {
     }
 }
 
+/// What each `--data` dataset lacks of the controller log beside it (`controller run
+/// --out DIR` writes `DIR/dataset` and `DIR/transitions.log`): the episodes of a run
+/// killed before it saved them, which this run would not train on
+/// ([`controller::robot_loop::log::unsaved_runs`]). A log that cannot be read is said
+/// so, and the run goes on with the dataset.
+fn unsaved_robot_data(data: &[PathBuf]) -> Vec<String> {
+    use controller::robot_loop::log::{unsaved_runs, unsaved_runs_advice};
+    let mut said = vec![];
+    for dataset in data {
+        let log = match dataset.parent() {
+            Some(dir) => dir.join("transitions.log"),
+            None => continue,
+        };
+        match unsaved_runs(&log, dataset) {
+            Ok(runs) => said.extend(
+                unsaved_runs_advice(&log, dataset, &runs)
+                    .map(|a| format!("{a}; this run trains without them")),
+            ),
+            Err(e) => said.push(format!(
+                "could not tell whether the log beside --data {} holds episodes it does \
+                 not: {e}",
+                dataset.display()
+            )),
+        }
+    }
+    said
+}
+
 /// The options a finetune run began with that shape its batches (`OPTIONS_FILE` in its
 /// directory): `--resume` with others would continue it as another run.
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -665,6 +693,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             "no --data: give at least one recorded dataset (or --listen)"
         );
         let data_runs = DataRuns::gather(o, &config)?;
+        for w in unsaved_robot_data(&o.data) {
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
+        }
         let mut expected = RecordedBy::of(&agent);
         let (episodes, successes) = append_robot_data(
             &mut online,

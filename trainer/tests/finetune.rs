@@ -770,3 +770,80 @@ fn finetune_refuses_recordings_it_holds_already() {
     let e = err(&options(&round2, &d1, &tmp.path().join("round3")));
     assert!(e.contains("d1: holds controller run r1"), "{e}");
 }
+
+/// Robot data beside a controller log that holds episodes it lacks (a controller killed
+/// before it saved them: `controller run --out DIR` writes `DIR/dataset` and
+/// `DIR/transitions.log`) is trained on with a warning naming the run and the
+/// conversion that appends them (it trained on less without a word); once the dataset
+/// holds them, nothing is said.
+#[test]
+fn a_finetune_says_what_its_data_lacks_of_the_log_beside_it() {
+    use controller::robot_loop::log::{LogWriter, Record, RunStart, Transition};
+    use firmware_config::protocol::{MAX_ACT, MAX_OBS};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    tiny_run(&run);
+    let data = tmp.path().join("robot/dataset");
+    tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &data).unwrap();
+    edit_info(&data, |j| j["expo_runs"] = serde_json::json!(["saved-1"]));
+    let log = tmp.path().join("robot/transitions.log");
+    let mut w = LogWriter::open(&log).unwrap();
+    for (id, episodes) in [("saved-1", 1), ("killed-2", 2)] {
+        w.append(&Record::Run(RunStart {
+            robot: "r".into(),
+            task: "arm-reach".into(),
+            fps: 20,
+            observation_names: vec![],
+            action_names: vec![],
+            bundle: "b".into(),
+            started_unix: 7,
+            run_id: id.into(),
+            action_scale: vec![],
+            action_offset: vec![],
+        }))
+        .unwrap();
+        for episode in 0..episodes {
+            w.append(&Record::Transition(Transition {
+                episode,
+                step: 0,
+                obs_dim: 1,
+                act_dim: 1,
+                obs: [0.0; MAX_OBS],
+                action: [0.0; MAX_ACT],
+                reward: 0.0,
+                done: false,
+                truncated: false,
+                success: false,
+                intervention: false,
+                teleop: false,
+                next_obs: [0.0; MAX_OBS],
+                obs_fw_us: 0,
+                next_obs_fw_us: 0,
+                obs_rx_ns: 0,
+                action_sent_ns: 0,
+                next_obs_rx_ns: 0,
+            }))
+            .unwrap();
+        }
+    }
+    drop(w);
+    let s = finetune(&options(&run, &data, &tmp.path().join("a")), &mut ()).unwrap();
+    let said = s.warnings.join("\n");
+    assert!(
+        said.contains(&format!(
+            "{} holds 2 episodes of run killed-2 (started at unix time 7) that the dataset \
+             {} does not",
+            log.display(),
+            data.display()
+        )) && said.contains("log-to-dataset")
+            && said.contains("this run trains without them")
+            && !said.contains("saved-1"),
+        "{said}"
+    );
+    edit_info(&data, |j| {
+        j["expo_runs"] = serde_json::json!(["saved-1", "killed-2"])
+    });
+    let s = finetune(&options(&run, &data, &tmp.path().join("b")), &mut ()).unwrap();
+    let said = s.warnings.join("\n");
+    assert!(!said.contains("transitions.log"), "{said}");
+}

@@ -1866,6 +1866,119 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     Ok(r)
 }
 
+/// A run of a log with episodes that the dataset beside it does not hold
+/// ([`unsaved_runs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsavedRun {
+    pub run_id: String,
+    pub started_unix: u64,
+    /// Its episodes with a transition in the log that the dataset does not hold.
+    pub episodes: usize,
+    /// It is the log's last run.
+    pub last_in_log: bool,
+}
+
+/// The runs of the log at `log` with episodes the dataset at `dataset` does not hold:
+/// a controller killed (`kill -9`, a power cut) before it saved its episodes left them
+/// in the log only, and training on the dataset alone trains on less without a word.
+/// Empty where there is no log. Read as [`log_to_dataset`] reads it (a few MiB at a
+/// time, damaged stretches skipped). Runs the dataset cannot be asked about are left
+/// out: one without an id (a log of an older version), and one started before the
+/// oldest run of a full list of noted runs ([`dataset::MAX_NOTED_RUNS`]); damage that
+/// hides a run's header files its episodes under the run before it, as a conversion
+/// would. A run a controller is writing now (the log is locked) is left out: it saves
+/// its episodes at its end.
+pub fn unsaved_runs(log: &Path, dataset: &Path) -> Result<Vec<UnsavedRun>, LogError> {
+    // Locked and let go at once: held, a controller starting now would be refused.
+    let running = match lock_log(log) {
+        Ok(None) => return Ok(vec![]),
+        Ok(Some(_)) => false,
+        Err(LogError::InUse { .. }) => true,
+        Err(e) => return Err(e),
+    };
+    // Run by run: its header and the episodes its transitions name.
+    let mut runs: Vec<(RunStart, std::collections::BTreeSet<u32>)> = vec![];
+    scan_log(log, TAIL_READ_MAX, true, |_, rec| {
+        match rec {
+            Record::Run(rs) => runs.push((rs, Default::default())),
+            Record::Transition(t) => {
+                if let Some((_, episodes)) = runs.last_mut() {
+                    episodes.insert(t.episode);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if running {
+        runs.pop();
+    }
+    let last = runs.len().checked_sub(1);
+    let recorded = dataset.join("meta").join("info.json").exists();
+    let (noted, partial) = if recorded {
+        (
+            dataset::noted_runs(dataset)?,
+            dataset::partial_runs(dataset)?,
+        )
+    } else {
+        (vec![], vec![])
+    };
+    // A full list let its oldest runs go: a run started before those it keeps is not
+    // known to be missing.
+    let oldest = (noted.len() >= dataset::MAX_NOTED_RUNS)
+        .then(|| noted.iter().map(|id| dataset::run_started(id)).min())
+        .flatten();
+    Ok(runs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (rs, episodes))| (rs, episodes, Some(i) == last))
+        .filter(|(rs, _, _)| !rs.run_id.is_empty() && !noted.contains(&rs.run_id))
+        .filter(|(rs, _, _)| oldest.is_none_or(|o| dataset::run_started(&rs.run_id) > o))
+        .filter_map(|(rs, mut episodes, last_in_log)| {
+            if let Some((_, held)) = partial.iter().find(|(id, _)| *id == rs.run_id) {
+                episodes.retain(|e| !held.contains(e));
+            }
+            (!episodes.is_empty()).then_some(UnsavedRun {
+                run_id: rs.run_id,
+                started_unix: rs.started_unix,
+                episodes: episodes.len(),
+                last_in_log,
+            })
+        })
+        .collect())
+}
+
+/// What to say of [`unsaved_runs`]' runs of `log` (none: nothing): each by id, and the
+/// conversion that appends them to `dataset`. Every run it does not hold, not
+/// `--last-run`: a run started after the one killed is the log's last.
+pub fn unsaved_runs_advice(log: &Path, dataset: &Path, runs: &[UnsavedRun]) -> Option<String> {
+    if runs.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{} episode{} of run {} (started at unix time {})",
+                r.episodes,
+                if r.episodes == 1 { "" } else { "s" },
+                r.run_id,
+                r.started_unix
+            )
+        })
+        .collect();
+    Some(format!(
+        "{} holds {} that the dataset {} does not: a controller killed (kill -9, a power \
+         cut) before it saved them? `controller log-to-dataset --log {} --out {}` appends \
+         every run the dataset does not hold",
+        log.display(),
+        each.join(", "),
+        dataset.display(),
+        log.display(),
+        dataset.display()
+    ))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -2864,6 +2977,94 @@ pub(crate) mod tests {
         let want = [(0, done), (1, EndReason::Unfinished), (2, done), (3, done)];
         assert_eq!(got, want);
         assert_eq!(out[1].transitions.len(), 3);
+    }
+
+    /// The runs a dataset lacks of the log beside it: by id, with their episodes that it
+    /// does not hold; runs without an id or a transition, the dataset's, and a run being
+    /// written now are left out, and so are runs a full list may have let go.
+    #[test]
+    fn unsaved_runs_are_the_log_runs_the_dataset_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, out) = (
+            dir.path().join("transitions.log"),
+            dir.path().join("dataset"),
+        );
+        assert_eq!(unsaved_runs(&path, &out).unwrap(), vec![]);
+        let mut w = LogWriter::open(&path).unwrap();
+        // (id, episodes' lengths): "" is an older version's run, "e" logged no step.
+        for (id, lens) in [
+            ("", &[2][..]),
+            ("a", &[2, 3]),
+            ("b", &[1, 2]),
+            ("e", &[0]),
+            ("c-5000", &[4]),
+        ] {
+            let rs = RunStart {
+                run_id: id.into(),
+                ..run_start()
+            };
+            w.append(&Record::Run(rs)).unwrap();
+            for (e, &n) in lens.iter().enumerate() {
+                w.append(&started(e as u32)).unwrap();
+                for s in 0..n {
+                    w.append(&Record::Transition(transition(e as u32, s, s + 1 == n)))
+                        .unwrap();
+                }
+            }
+        }
+        w.sync().unwrap();
+        let unsaved = |ds: &Path| -> Vec<(String, usize, bool)> {
+            let runs = unsaved_runs(&path, ds).unwrap();
+            runs.into_iter()
+                .map(|r| (r.run_id, r.episodes, r.last_in_log))
+                .collect()
+        };
+        let owned = |v: &[(&str, usize, bool)]| -> Vec<(String, usize, bool)> {
+            v.iter()
+                .map(|(id, n, l)| (id.to_string(), *n, *l))
+                .collect()
+        };
+        // Being written (the writer holds the log): its last run is left out.
+        assert_eq!(unsaved(&out), owned(&[("a", 2, false), ("b", 2, false)]));
+        drop(w);
+        // No dataset yet: every run with an id and a step.
+        assert_eq!(
+            unsaved(&out),
+            owned(&[("a", 2, false), ("b", 2, false), ("c-5000", 1, true)])
+        );
+        // The dataset holds "a" and the first episode of "b".
+        let mut ds = open_dataset(&out, &run_start().dataset_info()).unwrap();
+        ds.note_run("a");
+        ds.note_partial_run("b", &[0]);
+        ds.finish().unwrap();
+        let runs = unsaved_runs(&path, &out).unwrap();
+        let advice = unsaved_runs_advice(&path, &out, &runs).unwrap();
+        assert!(
+            advice.contains(&format!(
+                "{} holds 1 episode of run b (started at unix time 0), 1 episode of run \
+                 c-5000 (started at unix time 0) that the dataset {} does not",
+                path.display(),
+                out.display()
+            )) && advice.contains(&format!(
+                "`controller log-to-dataset --log {} --out {}`",
+                path.display(),
+                out.display()
+            )),
+            "{advice}"
+        );
+        // As the advice says: then nothing is missing.
+        log_to_dataset(&path, &out, Runs::All).unwrap();
+        assert_eq!(unsaved(&out), vec![]);
+        assert_eq!(unsaved_runs_advice(&path, &out, &[]), None);
+        // A full list of runs keeps the newest: runs started before its oldest are not
+        // known to be missing, a later one is.
+        let full = dir.path().join("full");
+        let mut ds = open_dataset(&full, &run_start().dataset_info()).unwrap();
+        for i in 0..dataset::MAX_NOTED_RUNS {
+            ds.note_run(&format!("run-{i}"));
+        }
+        ds.finish().unwrap();
+        assert_eq!(unsaved(&full), owned(&[("c-5000", 1, true)]));
     }
 
     /// Without `--last-run`, into the dataset `controller run` saves into: the runs it

@@ -1317,6 +1317,7 @@ pub fn run(
     if let Some(dir) = &cfg.out {
         log::check_log_free(&dir.join("transitions.log"))?;
         log::check_dataset_before_run(&dir.join("dataset"), &run.dataset_info())?;
+        warn_of_a_killed_run(dir);
     }
     let port = link::open_port(&cfg.port, cfg.baud).map_err(RunError::Port)?;
     let writer = link::writer_of(port.as_ref()).map_err(RunError::Port)?;
@@ -2008,6 +2009,22 @@ impl std::io::Write for TestBytes {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Says so where the last run into `dir` (`--out`) was killed before it saved its
+/// episodes: once this run is appended to the log, `log-to-dataset --last-run` would
+/// take this one instead. (Earlier runs' were said at the start after them; one
+/// recovered elsewhere would be said at every start.) A log that cannot be read is
+/// left to the log's own opening, which says why.
+fn warn_of_a_killed_run(dir: &Path) {
+    let (log, ds) = (dir.join("transitions.log"), dir.join("dataset"));
+    let Ok(runs) = log::unsaved_runs(&log, &ds) else {
+        return;
+    };
+    let killed: Vec<_> = runs.into_iter().filter(|r| r.last_in_log).collect();
+    if let Some(advice) = log::unsaved_runs_advice(&log, &ds, &killed) {
+        note!("warning: {advice}");
     }
 }
 
