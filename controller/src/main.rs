@@ -1130,7 +1130,17 @@ fn check_bundle_fits(
     if let Some(e) = robot.observation.names_reordered(names, "the bundle") {
         bail!("{} does not fit {robot_label}: {e}", dir.display());
     }
-    if let Some(w) = robot.observation.names_differ(names, "the bundle") {
+    if dataset::made_up_names(dataset::cols::OBS, names) && !robot.observation.names.is_empty() {
+        // Trained on data that named none (`observation.state.{i}`): nothing to compare.
+        controller::note!(
+            "note: {}: the bundle names no observations (its training data named none), so \
+             their order is unchecked: the robot's Sensor values go to the policy in the \
+             order it learned them; a fine-tuning on this robot's recordings takes their \
+             names ({})",
+            dir.display(),
+            robot.observation.names.join(", ")
+        );
+    } else if let Some(w) = robot.observation.names_differ(names, "the bundle") {
         controller::note!("warning: {}: {w}", dir.display());
     }
     // The actions likewise, where both name them (format 6; robot files name them

@@ -2368,6 +2368,21 @@ fn controller_check_takes_the_robot_file_run_would() {
     let fits = bundle("fits", "names = [\"vx_command\", \"vy_command\"]\n");
     let out = check(&fits, Some(&push));
     assert!(out.status.success(), "{out:?}");
+    // The synthetic bundle's `obs.{i}` are names, other than the robot file's: warned.
+    assert!(out.stderr.contains("warning: ") && out.stderr.contains("observation names differ from the robot file's, first at [0] (`obs.0` in the bundle"), "{out:?}");
+    // A bundle whose training data named no observations (`observation.state.{i}`, as a
+    // reader makes them up) has nothing to compare: said so, not warned of.
+    let unnamed = bundle("unnamed", "names = [\"vx_command\", \"vy_command\"]\n");
+    let manifest = unnamed.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"obs.", "\"observation.state.")).unwrap();
+    let out = check(&unnamed, Some(&push));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("the bundle names no observations (its training data named none), so their order is unchecked")
+            && !out.stderr.contains("observation names differ"),
+        "{out:?}"
+    );
     let robot = RobotConfig::example("push").unwrap();
     let said = format!(
         "(robot 'sim-push'): the firmware must announce robot id {:#010x} and settings hash \

@@ -708,9 +708,12 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         )?;
         // A run whose own data recorded no action mapping takes the one its robot data
         // recorded (checkpoints keep it): its bundles carry it to the robot, and a
-        // `--listen` stream recorded with another is refused.
-        if let (Some(robot), Some(m)) = (agent.robot.as_mut(), expected.action_mapping()) {
-            robot.take_action_mapping(m);
+        // `--listen` stream recorded with another is refused. Observation names alike.
+        if let Some(robot) = agent.robot.as_mut() {
+            if let Some(m) = expected.action_mapping() {
+                robot.take_action_mapping(m);
+            }
+            robot.take_observation_names(expected.observation_names());
         }
         summary.robot_episodes = episodes;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;
@@ -961,6 +964,23 @@ impl RecordedBy {
         if let Some(differ) = self.names_differ(&info.observation_names, "the dataset") {
             bail!("{}: {differ}", path.display());
         }
+        let theirs = &info.observation_names;
+        if let Some(w) = self.adopt_names(theirs, &path.display().to_string()) {
+            warnings.push(w);
+        } else if !theirs.is_empty()
+            && unnamed_observations(theirs)
+            && !unnamed_observations(&self.observation_names)
+        {
+            let ours = &self.observation_names;
+            warnings.push(format!(
+                "{} names no observations ({} to {}): its values are taken as the run's \
+                 ({}), in that order, unchecked",
+                path.display(),
+                theirs[0],
+                theirs[theirs.len() - 1],
+                ours.join(", ")
+            ));
+        }
         if let Some(e) = self.actions_reordered(
             &info.action_names,
             info.action_mapping.is_some(),
@@ -995,6 +1015,50 @@ impl RecordedBy {
             ));
         }
         Ok(warnings)
+    }
+
+    /// Takes `theirs` (the observation names of `whose`) for the run's where the run's
+    /// data named none (a LeRobot recording without `names`: a reader made up
+    /// `observation.state.{i}`), and compares later data with them: the robot ran the
+    /// run's policy on its `Sensor` values in their order, whatever their names, so its
+    /// recordings name the values the policy learned from. A robot run only (a
+    /// simulated task's are its own); data that names none itself gives nothing. The
+    /// warning saying so, when they were taken.
+    pub fn adopt_names(&mut self, theirs: &[String], whose: &str) -> Option<String> {
+        let ours = &self.observation_names;
+        if self.robot.is_none()
+            || ours.is_empty()
+            || !unnamed_observations(ours)
+            || unnamed_observations(theirs)
+            || theirs.len() != ours.len()
+        {
+            return None;
+        }
+        let said = format!(
+            "the run's data named no observations ({} to {}): the run takes the names of \
+             {whose} for them, in their order ({}), compares later data with those, and its \
+             checkpoints and bundles carry them",
+            ours[0],
+            ours[ours.len() - 1],
+            theirs.join(", ")
+        );
+        self.observation_names = theirs.to_vec();
+        Some(said)
+    }
+
+    /// The run's observation names, as its data gave them or as taken from later data
+    /// ([`RecordedBy::adopt_names`]).
+    pub fn observation_names(&self) -> &[String] {
+        &self.observation_names
+    }
+
+    /// As a robot run's (tests).
+    #[cfg(test)]
+    pub(crate) fn on_robot(self, robot: &str) -> Self {
+        RecordedBy {
+            robot: Some(robot.into()),
+            ..self
+        }
     }
 
     /// Only observation names (tests).
@@ -1097,9 +1161,14 @@ impl RecordedBy {
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation
-    /// names, as an error message; `None` when they agree or either side has none.
+    /// names, as an error message; `None` when they agree or either side has none, or
+    /// names a reader made up for data that named none (`observation.state.{i}`: they
+    /// say nothing of the values; [`RecordedBy::adopt_names`]).
     pub fn names_differ(&self, theirs: &[String], whose: &str) -> Option<String> {
         let ours = &self.observation_names;
+        if unnamed_observations(ours) || unnamed_observations(theirs) {
+            return None;
+        }
         let i = firmware_config::config::first_name_difference(ours, theirs)?;
         Some(format!(
             "observation names differ from the run's, first at [{i}] (`{}` in {whose}, `{}` \
@@ -1301,6 +1370,12 @@ impl RunState {
             window
         });
     }
+}
+
+/// Names a reader made up for data that named none (`observation.state.{i}`): they say
+/// nothing of what the values are. An empty list names nothing either.
+fn unnamed_observations(names: &[String]) -> bool {
+    dataset::made_up_names(dataset::cols::OBS, names)
 }
 
 #[cfg(test)]

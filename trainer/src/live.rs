@@ -277,11 +277,21 @@ struct Receiver {
 pub struct Check {
     pub dims: (usize, usize),
     pub recorded_by: crate::finetune::RecordedBy,
-    /// The action mapping the run's streams are compared with, once known: for the
-    /// training loop, whose agent takes it where the run's data recorded none
-    /// ([`take_adopted_mapping`]), so its checkpoints and bundles carry it to the robot
-    /// as a `--data` dataset's mapping is carried.
-    pub adopted: Arc<OnceLock<dataset::ActionMapping>>,
+    /// What the streams gave that the run's data did not: for the training loop, whose
+    /// agent takes it ([`take_adopted`]).
+    pub adopted: Arc<Adopted>,
+}
+
+/// What a live session's streams gave where the run's own data gave nothing, each set
+/// once (a mapping or names once taken are never replaced): the action mapping its
+/// streams are compared with, and observation names for a run whose data named none
+/// ([`crate::finetune::RecordedBy::adopt_names`]). The training loop's agent takes them
+/// ([`take_adopted`]), so its checkpoints and bundles carry them to the robot as a
+/// `--data` dataset's are carried.
+#[derive(Default)]
+pub struct Adopted {
+    pub mapping: OnceLock<dataset::ActionMapping>,
+    pub observation_names: OnceLock<Vec<String>>,
 }
 
 impl Check {
@@ -305,14 +315,20 @@ impl Check {
     }
 
     /// A record that passed [`Check::refusal_of`], held in its log: a run-start record
-    /// gives its action mapping, where the run's data recorded none.
+    /// gives its action mapping, where the run's data recorded none, and its observation
+    /// names, where the run's data named none.
     fn take(&mut self, rec: &Record) {
         if let Record::Run(run) = rec {
             let whose = format!("the robot's stream of run {}", run.run_id);
             (self.recorded_by).adopt_mapping(run.action_mapping().as_ref(), &whose);
             if let Some(m) = self.recorded_by.action_mapping() {
                 // Set once: a mapping once taken is never replaced.
-                let _ = self.adopted.set(m.clone());
+                let _ = self.adopted.mapping.set(m.clone());
+            }
+            if let Some(said) = (self.recorded_by).adopt_names(&run.observation_names, &whose) {
+                eprintln!("finetune: {said}");
+                let names = self.recorded_by.observation_names().to_vec();
+                let _ = self.adopted.observation_names.set(names);
             }
         }
     }
@@ -754,18 +770,22 @@ impl Drop for Listener {
 /// 2026-12-07, LeRobot's) takes the mapping of the first stream that records one
 /// ([`Check::adopted`]), as `finetune --data` takes a dataset's: the bundles it
 /// publishes then carry it, and a robot file mapping the actions otherwise is refused at
-/// the swap.
-fn take_adopted_mapping(
-    agent: &mut crate::agent::Agent,
-    adopted: &OnceLock<dataset::ActionMapping>,
-) {
-    if let (Some(robot), Some(m)) = (agent.robot.as_mut(), adopted.get())
+/// the swap. One whose data named no observations takes the first stream's names
+/// alike (said when the stream's record was taken).
+fn take_adopted(agent: &mut crate::agent::Agent, adopted: &Adopted) {
+    let Some(robot) = agent.robot.as_mut() else {
+        return;
+    };
+    if let Some(m) = adopted.mapping.get()
         && robot.take_action_mapping(m)
     {
         eprintln!(
             "finetune: the run's data recorded no action mapping; the run takes the robot \
              stream's (its checkpoints and bundles carry it)"
         );
+    }
+    if let Some(names) = adopted.observation_names.get() {
+        robot.take_observation_names(names);
     }
 }
 
@@ -1210,7 +1230,7 @@ pub(crate) fn train_live(
             }
             // Before the checkpoint and the bundle below (a stream's run-start record
             // is checked before its transitions are sent here).
-            take_adopted_mapping(agent, &adopted);
+            take_adopted(agent, &adopted);
             draw_mixed(
                 &mut batch_rng,
                 offline,
@@ -1279,7 +1299,7 @@ pub(crate) fn train_live(
             log_clock.elapsed(),
         )?;
     }
-    take_adopted_mapping(agent, &adopted);
+    take_adopted(agent, &adopted);
     state.capture_agent(agent, &batch_rng);
     // The row for the last update is written above; a session that made no update
     // keeps the window its resume restored, for the next one.
@@ -1417,6 +1437,57 @@ mod tests {
             "{e}"
         );
         assert_eq!(receiver.next_index("other"), Ok(0));
+    }
+
+    /// A run whose data named no observations (`observation.state.{i}`) takes the first
+    /// stream's names for them, for the training loop's agent, and refuses a later
+    /// stream that names them otherwise; before, every stream was refused (its names
+    /// differed from the made-up ones).
+    #[test]
+    fn a_run_without_observation_names_takes_the_first_streams() {
+        use controller::robot_loop::log::RunStart;
+        let tmp = tempfile::tempdir().unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let made_up = names(&[
+            "observation.state.0",
+            "observation.state.1",
+            "observation.state.2",
+        ]);
+        let (mut receiver, _rx) = receiver(tmp.path(), vec![]);
+        let recorded_by = crate::finetune::RecordedBy::named(made_up).on_robot("r");
+        receiver.check = Check::new((3, 2), recorded_by);
+        let start = |obs: &[&str]| {
+            let mut bytes = vec![];
+            Record::Run(RunStart {
+                robot: "r".into(),
+                task: "push".into(),
+                fps: 20,
+                observation_names: names(obs),
+                action_names: names(&["x", "y"]),
+                bundle: "b".into(),
+                started_unix: 0,
+                run_id: "run-1".into(),
+                action_scale: vec![],
+                action_offset: vec![],
+            })
+            .encode(&mut bytes);
+            bytes
+        };
+        receiver
+            .append("first", 0, &start(&["a", "b", "c"]))
+            .unwrap();
+        let adopted = &receiver.check.adopted.observation_names;
+        assert_eq!(adopted.get(), Some(&names(&["a", "b", "c"])));
+        let e = receiver
+            .append("other", 0, &start(&["a", "c", "b"]))
+            .unwrap_err();
+        assert!(
+            e.contains("first at [1] (`c` in the robot's stream, `b` in the run)"),
+            "{e}"
+        );
+        receiver
+            .append("again", 0, &start(&["a", "b", "c"]))
+            .unwrap();
     }
 
     /// A robot stream whose run-start record names the run's actions in another order

@@ -90,6 +90,22 @@ impl RobotInfo {
         true
     }
 
+    /// Takes `names`, the observation names later data gave
+    /// ([`crate::finetune::RecordedBy::adopt_names`]), where the run's own data named
+    /// none (names a reader made up, `observation.state.{i}`); whether they were taken.
+    /// As many as the run's, and none made up themselves.
+    pub fn take_observation_names(&mut self, names: &[String]) -> bool {
+        let unnamed = |n: &[String]| dataset::made_up_names(dataset::cols::OBS, n);
+        if !unnamed(&self.observation_names)
+            || unnamed(names)
+            || names.len() != self.observation_names.len()
+        {
+            return false;
+        }
+        self.observation_names = names.to_vec();
+        true
+    }
+
     pub fn obs_dim(&self) -> usize {
         self.observation_names.len()
     }
@@ -214,4 +230,31 @@ pub fn read_training_dataset(
         .map(|&e| std::mem::take(&mut episodes[e]))
         .collect();
     Ok(ds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names are taken only for made-up ones, as many as the run's, and not made up
+    /// themselves.
+    #[test]
+    fn observation_names_are_taken_only_for_made_up_ones() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut r = RobotInfo {
+            name: "r".into(),
+            fps: 20,
+            observation_names: names(&["observation.state.0", "observation.state.1"]),
+            action_names: names(&["x"]),
+            obs_low: vec![0.0; 2],
+            obs_high: vec![1.0; 2],
+            action_mapping: None,
+            action_mapping_taken: false,
+        };
+        assert!(!r.take_observation_names(&names(&["a", "b", "c"])));
+        assert!(!r.take_observation_names(&names(&["observation.state.0", "observation.state.1"])));
+        assert!(r.take_observation_names(&names(&["a", "b"])));
+        assert!(!r.take_observation_names(&names(&["c", "d"])));
+        assert_eq!(r.observation_names, names(&["a", "b"]));
+    }
 }

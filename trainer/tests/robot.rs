@@ -989,3 +989,89 @@ fn offline_data_changed_since_the_run_is_refused() {
         "{e}"
     );
 }
+
+/// A run pretrained on demonstrations that named no observations (a LeRobot recording
+/// without `names`: read as `observation.state.{i}`) fine-tunes on its robot's own
+/// recordings, which name them, and takes their names: its checkpoint keeps them, its
+/// bundles carry them, and later data of other names is refused. It refused the robot's
+/// recordings (its names differed from the made-up ones), though the robot had run its
+/// policy on those values in that order.
+#[test]
+fn a_run_on_demos_without_observation_names_takes_its_robot_datas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demos = tmp.path().join("demos");
+    let info = own_robot_dataset(&demos, "lab-arm", 4, 5);
+    let mut unnamed = dataset::read_dataset(&demos).unwrap();
+    let made_up: Vec<String> = (0..info.observation_names.len())
+        .map(|i| format!("observation.state.{i}"))
+        .collect();
+    unnamed.info.observation_names = made_up.clone();
+    std::fs::remove_dir_all(&demos).unwrap();
+    dataset::write_dataset(&demos, &unnamed.info, &unnamed.episodes).unwrap();
+    let run = tmp.path().join("run");
+    pretrain(&robot_config(&demos), &run);
+    let robot = |dir: &Path| load_agent(dir).unwrap().robot.unwrap();
+    assert_eq!(robot(&run).observation_names, made_up);
+
+    let data = tmp.path().join("robot-data");
+    own_robot_dataset(&data, "lab-arm", 2, 9);
+    let out = tmp.path().join("ft");
+    let s = finetune(&finetune_options(&run, &data, &out, 2), &mut ()).unwrap();
+    assert!(
+        s.warnings.iter().any(|w| w.contains(&format!(
+            "the run's data named no observations (observation.state.0 to \
+             observation.state.6): the run takes the names of {} for them, in their order \
+             (q0, q1, q2, q3, q4, q5, q6)",
+            data.display()
+        ))),
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(robot(&out).observation_names, info.observation_names);
+    let bundle = tmp.path().join("bundle");
+    export_bundle(
+        &load_agent(&out).unwrap(),
+        &bundle,
+        &ExportInfo::default(),
+        None,
+    )
+    .unwrap();
+    let m = shared_model::load_bundle(&bundle, &Trust::AllowUnsigned)
+        .unwrap()
+        .manifest;
+    assert_eq!(m.observation.names, info.observation_names);
+
+    // Compared from then on: another robot's names are refused; data naming none is
+    // taken in the run's order, said so.
+    let mut other = dataset::read_dataset(&data).unwrap();
+    other.info.observation_names[2] = "elbow".into();
+    let renamed = tmp.path().join("renamed");
+    dataset::write_dataset(&renamed, &other.info, &other.episodes).unwrap();
+    let refused = finetune(
+        &finetune_options(&out, &renamed, &tmp.path().join("ft2"), 2),
+        &mut (),
+    );
+    let e = format!("{:#}", refused.unwrap_err());
+    assert!(
+        e.contains("first at [2] (`elbow` in the dataset, `q2` in the run)"),
+        "{e}"
+    );
+    other.info.observation_names = made_up;
+    let nameless = tmp.path().join("nameless");
+    dataset::write_dataset(&nameless, &other.info, &other.episodes).unwrap();
+    let s = finetune(
+        &finetune_options(&out, &nameless, &tmp.path().join("ft3"), 2),
+        &mut (),
+    )
+    .unwrap();
+    assert!(
+        s.warnings.iter().any(|w| w.contains(&format!(
+            "{} names no observations (observation.state.0 to observation.state.6): its \
+             values are taken as the run's (q0, q1, q2, q3, q4, q5, q6), in that order, \
+             unchecked",
+            nameless.display()
+        ))),
+        "{:?}",
+        s.warnings
+    );
+}

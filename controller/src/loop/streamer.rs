@@ -1309,6 +1309,22 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("observation names"), "{e}");
+        // A running bundle that named no observations (trained on data that named none)
+        // takes one that names as many: its fine-tuning took the robot's names. Not one
+        // that names fewer.
+        let mut unnamed = same.clone();
+        let n = unnamed.observation.names.len();
+        unnamed.observation.names = (0..n).map(|i| format!("observation.state.{i}")).collect();
+        assert!(prepare(&dir, "b3a", &files, &swap(unnamed.clone()), None).is_ok());
+        std::fs::remove_dir_all(dir.join("b3a")).unwrap();
+        unnamed
+            .observation
+            .names
+            .push("observation.state.99".into());
+        let e = prepare(&dir, "b3b", &files, &swap(unnamed), None)
+            .err()
+            .unwrap();
+        assert!(e.contains("observation names"), "{e}");
         // Chunks of another length (the horizon): the run's chunk play would change.
         let mut chunked = same.clone();
         chunked.action.horizon = 4;

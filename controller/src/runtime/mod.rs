@@ -666,7 +666,8 @@ impl Policy {
 }
 
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
-/// that policy, so it must be for the same task with the same observation names (their
+/// that policy, so it must be for the same task with the same observation names (or
+/// names for those of a running bundle that named none; their
 /// sizes are checked against the robot or the running policy) and its action names in
 /// the same order where both name them, the same action mapping where both record one,
 /// plan chunks of the same length (the run's chunk
@@ -679,7 +680,12 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
             new.task, old.task
         ));
     }
-    if new.observation.names != old.observation.names {
+    // A running bundle trained on data that named no observations (`observation.state.{i}`)
+    // takes one that names as many: its fine-tuning took the robot's names for the same
+    // values, in their order (the trainer's `RecordedBy::adopt_names`).
+    let (theirs, ours) = (&new.observation.names, &old.observation.names);
+    let named_now = dataset::made_up_names(dataset::cols::OBS, ours) && theirs.len() == ours.len();
+    if theirs != ours && !named_now {
         return Some(format!(
             "its observation names ({}) are not the running bundle's ({})",
             new.observation.names.join(", "),
