@@ -141,8 +141,14 @@ enum Command {
         /// (it ended and saved its episodes, or they were converted before). Only the
         /// last run is looked at (without --last-run, every run the dataset does not
         /// note is appended).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "run")]
         last_run: bool,
+        /// Only the run of this id (repeatable), from its header to the next run's: a
+        /// killed run's after later runs went into the log (`controller run` names it at
+        /// the next start), whatever else the log holds. Its episodes the dataset holds
+        /// are left out.
+        #[arg(long, value_name = "RUN_ID")]
+        run: Vec<String>,
     },
 }
 
@@ -1130,13 +1136,14 @@ fn check_bundle_fits(
     if let Some(e) = robot.observation.names_reordered(names, "the bundle") {
         bail!("{} does not fit {robot_label}: {e}", dir.display());
     }
-    if dataset::made_up_names(dataset::cols::OBS, names) && !robot.observation.names.is_empty() {
+    let unnamed = |n: &[String]| dataset::made_up_names(dataset::cols::OBS, n);
+    if unnamed(names) && !unnamed(&robot.observation.names) {
         // Trained on data that named none (`observation.state.{i}`): nothing to compare.
         controller::note!(
             "note: {}: the bundle names no observations (its training data named none), so \
-             their order is unchecked: the robot's Sensor values go to the policy in the \
-             order it learned them; a fine-tuning on this robot's recordings takes their \
-             names ({})",
+             their order is unchecked: the policy takes the robot's Sensor values in the \
+             order the frame carries them, assumed to be the order it learned; a \
+             fine-tuning on this robot's recordings takes their names ({})",
             dir.display(),
             robot.observation.names.join(", ")
         );
@@ -1258,8 +1265,15 @@ fn main() -> Result<std::process::ExitCode> {
             spin_us,
             dedicated_cpu,
         } => cmd_bench_wake(rate, seconds, spin_us, dedicated_cpu)?,
-        Command::LogToDataset { log, out, last_run } => {
-            if last_run {
+        Command::LogToDataset {
+            log,
+            out,
+            last_run,
+            run,
+        } => {
+            if !run.is_empty() {
+                eprintln!("note: converting run {} only", run.join(", "));
+            } else if last_run {
                 eprintln!(
                     "note: converting the log's last run only: the episodes of a run killed \
                      before it saved them"
@@ -1272,12 +1286,24 @@ fn main() -> Result<std::process::ExitCode> {
                     out.display()
                 );
             }
-            let runs = if last_run {
+            let by_id = !run.is_empty();
+            let runs = if by_id {
+                robot_loop::log::Runs::Only(run)
+            } else if last_run {
                 robot_loop::log::Runs::Last
             } else {
                 robot_loop::log::Runs::All
             };
             let r = robot_loop::log::log_to_dataset(&log, &out, runs)?;
+            if r.already_saved && by_id {
+                println!(
+                    "{}: the runs' episodes are in {} already (the dataset notes them: they \
+                     ended and saved them, or they were converted before); nothing written",
+                    log.display(),
+                    out.display()
+                );
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
             if r.already_saved {
                 println!(
                     "{}: the last run's episodes are in {} already (the dataset notes the \

@@ -3076,8 +3076,9 @@ fn kill_9_loses_at_most_the_record_being_written() {
         .filter(|r| matches!(r, Record::EpisodeEnd(e) if e.reason == EndReason::Completed))
         .count();
     assert!(ds.episodes.len() >= ends);
-    // The next run into that --out says so before it starts (a port that does not
-    // open ends it there, the log as it was): once it has, `--last-run` would take it.
+    // The next run into that --out says so before it starts, naming the run (a port
+    // that does not open ends it there, the log as it was): once it has started,
+    // `--last-run` would take the new run.
     let log_path = sim.out.join("transitions.log");
     let dataset_dir = sim.out.join("dataset");
     let next_run_says = || {
@@ -3101,7 +3102,8 @@ fn kill_9_loses_at_most_the_record_being_written() {
     assert!(
         said.contains(&format!(" of run {killed_id} (started at unix time "))
             && said.contains(&format!(
-                "`controller log-to-dataset --log {} --out {}`",
+                "`controller log-to-dataset --log {} --out {} --run {killed_id}` appends \
+                 them, once this run has ended",
                 log_path.display(),
                 dataset_dir.display()
             )),
@@ -3157,7 +3159,10 @@ fn kill_9_loses_at_most_the_record_being_written() {
         transitions
     );
     let said = next_run_says();
-    assert!(!said.contains("log-to-dataset"), "{said}");
+    assert!(
+        said.contains("/nonexistent/tty") && !said.contains("log-to-dataset"),
+        "{said}"
+    );
 }
 
 /// Setup: a panic injected into the control thread at tick 40. Expected: the panic is

@@ -168,11 +168,44 @@ pub fn label_success(
             }
         }
         to_policy_units(&mut ds, input, path, robot, &mut warnings)?;
-        if let Some(w) = robot
+        // Names a reader made up for a dataset that named none (`observation.state.{i}`,
+        // `action.{i}`) say nothing: the copy takes the robot file's, in their order (as
+        // the robot's own recordings name them), so that the run and its bundles name
+        // them from pretraining on. Said, as their order is the source's, unchecked.
+        let info = &mut ds.info;
+        let made_up = |key, n: &[String]| dataset::made_up_names(key, n);
+        let ours = &robot.observation.names;
+        if made_up(dataset::cols::OBS, &info.observation_names)
+            && !made_up(dataset::cols::OBS, ours)
+            && ours.len() == info.obs_dim()
+        {
+            warnings.push(format!(
+                "{}: it names no observations: the copy names them after {} ({}), in that \
+                 order, unchecked",
+                input.display(),
+                path.display(),
+                ours.join(", ")
+            ));
+            info.observation_names = ours.clone();
+        } else if let Some(w) = robot
             .observation
-            .names_differ(&ds.info.observation_names, "the dataset")
+            .names_differ(&info.observation_names, "the dataset")
         {
             warnings.push(format!("{}: {w} ({})", input.display(), path.display()));
+        }
+        let ours = &robot.action.names;
+        if made_up(dataset::cols::ACTION, &info.action_names)
+            && !ours.is_empty()
+            && ours.len() == info.action_dim()
+        {
+            warnings.push(format!(
+                "{}: it names no actions: the copy names them after {} ({}), in that order, \
+                 unchecked",
+                input.display(),
+                path.display(),
+                ours.join(", ")
+            ));
+            info.action_names = ours.clone();
         }
     }
     let n = ds.episodes.len();

@@ -688,6 +688,43 @@ fn label_converts_robot_units_to_policy_units() {
     );
     assert!(!swapped_out.exists());
 
+    // A recording that named no observations or actions (a reader makes up
+    // `observation.state.{i}` and `action.{i}`): the copy takes the robot file's names,
+    // said so; runs and bundles then name them from pretraining on.
+    let unnamed_dir = tmp.path().join("raw-unnamed");
+    let mut unnamed = raw.info.clone();
+    let od = unnamed.obs_dim();
+    unnamed.observation_names = (0..od).map(|i| format!("observation.state.{i}")).collect();
+    unnamed.action_names = vec!["action.0".into(), "action.1".into()];
+    dataset::write_dataset(&unnamed_dir, &unnamed, &raw.episodes).unwrap();
+    let named_out = tmp.path().join("named-labelled");
+    let o = tools(&[
+        "dataset",
+        "label",
+        unnamed_dir.to_str().unwrap(),
+        "--success",
+        "keep",
+        "--robot-units",
+        robot_file.to_str().unwrap(),
+        "--out",
+        named_out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let named = dataset::read_dataset(&named_out).unwrap();
+    assert_eq!(named.info.observation_names, raw.info.observation_names);
+    assert_eq!(named.info.action_names, raw.info.action_names);
+    assert!(
+        text(&o).contains(&format!(
+            "it names no observations: the copy names them after {} ({}), in that order, \
+             unchecked",
+            robot_file.display(),
+            raw.info.observation_names.join(", ")
+        )) && text(&o).contains("it names no actions: the copy names them after")
+            && !text(&o).contains("observation names differ"),
+        "{}",
+        text(&o)
+    );
+
     // A dataset in policy units already (the generated one), converted with a robot
     // whose units are twice as wide: every action shrinks to half and stays in range, so
     // nothing refuses it; the label warns.

@@ -208,27 +208,35 @@ impl FinetuneSummary {
     }
 }
 
-/// What each `--data` dataset lacks of the controller log beside it (`controller run
-/// --out DIR` writes `DIR/dataset` and `DIR/transitions.log`): the episodes of a run
-/// killed before it saved them, which this run would not train on
-/// ([`controller::robot_loop::log::unsaved_runs`]). A log that cannot be read is said
-/// so, and the run goes on with the dataset.
-fn unsaved_robot_data(data: &[PathBuf]) -> Vec<String> {
+/// What the controller logs beside the `--data` datasets (or a pretraining's
+/// `run.dataset`) hold that none of the run's data holds (`controller run --out DIR` writes `DIR/dataset` and
+/// `DIR/transitions.log`): the episodes of a run killed before it saved them, which this
+/// run would not train on ([`controller::robot_loop::log::unsaved_runs`]). Each dataset
+/// named `dataset` is looked at beside its log; any `--data` dataset, or the offline one
+/// mixed in, may hold a run (one `log-to-dataset` wrote elsewhere). A log that cannot be
+/// read is said so, and the run goes on with the datasets.
+pub(crate) fn unsaved_robot_data(data: &[PathBuf], offline: Option<&Path>) -> Vec<String> {
     use controller::robot_loop::log::{unsaved_runs, unsaved_runs_advice};
+    let holders: Vec<&Path> = data.iter().map(PathBuf::as_path).chain(offline).collect();
     let mut said = vec![];
     for dataset in data {
         let log = match dataset.parent() {
-            Some(dir) => dir.join("transitions.log"),
-            None => continue,
+            Some(dir) if dataset.file_name() == Some("dataset".as_ref()) => {
+                dir.join("transitions.log")
+            }
+            _ => continue,
         };
-        match unsaved_runs(&log, dataset) {
-            Ok(runs) => said.extend(
-                unsaved_runs_advice(&log, dataset, &runs)
-                    .map(|a| format!("{a}; this run trains without them")),
-            ),
+        match unsaved_runs(&log, &holders) {
+            Ok(runs) => said.extend(unsaved_runs_advice(&log, dataset, &runs).map(|a| {
+                format!(
+                    "{a}; this run trains without them (to train on them, stop it, append \
+                     them and start again: appended later, the dataset is no longer the one \
+                     this run trained on)"
+                )
+            })),
             Err(e) => said.push(format!(
-                "could not tell whether the log beside --data {} holds episodes it does \
-                 not: {e}",
+                "could not tell whether {} holds episodes that --data {} lacks: {e}",
+                log.display(),
                 dataset.display()
             )),
         }
@@ -682,6 +690,12 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         Replay::new(od, ad, 1)
     };
     if !resumed {
+        // Before the run's directory is made: a run stopped to append them leaves none.
+        let offline_dataset = config.run.dataset.as_deref().filter(|_| o.with_offline);
+        for w in unsaved_robot_data(&o.data, offline_dataset.map(Path::new)) {
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
+        }
         dataset::create_dir_durably(&o.out)
             .with_context(|| format!("creating {}", o.out.display()))?;
         _writing = Some(crate::run::lock_run_dir(&o.out)?);
@@ -693,10 +707,6 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             "no --data: give at least one recorded dataset (or --listen)"
         );
         let data_runs = DataRuns::gather(o, &config)?;
-        for w in unsaved_robot_data(&o.data) {
-            eprintln!("warning: {w}");
-            summary.warnings.push(w);
-        }
         let mut expected = RecordedBy::of(&agent);
         let (episodes, successes) = append_robot_data(
             &mut online,
@@ -965,6 +975,9 @@ impl RecordedBy {
             bail!("{}: {differ}", path.display());
         }
         let theirs = &info.observation_names;
+        // (Before names are taken from it.)
+        let names_compared =
+            !unnamed_observations(theirs) && !unnamed_observations(&self.observation_names);
         if let Some(w) = self.adopt_names(theirs, &path.display().to_string()) {
             warnings.push(w);
         } else if !theirs.is_empty()
@@ -1008,10 +1021,14 @@ impl RecordedBy {
             && info.robot_type.trim() != robot
         {
             warnings.push(format!(
-                "{} was recorded by robot `{}`, the run was trained on `{robot}` (its \
-                 observation names agree); fine-tuning on it",
+                "{} was recorded by robot `{}`, the run was trained on `{robot}` ({}); \
+                 fine-tuning on it",
                 path.display(),
-                info.robot_type.trim()
+                info.robot_type.trim(),
+                match names_compared {
+                    true => "its observation names agree",
+                    false => "observation names not compared: one side named none",
+                }
             ));
         }
         Ok(warnings)
@@ -1019,11 +1036,12 @@ impl RecordedBy {
 
     /// Takes `theirs` (the observation names of `whose`) for the run's where the run's
     /// data named none (a LeRobot recording without `names`: a reader made up
-    /// `observation.state.{i}`), and compares later data with them: the robot ran the
-    /// run's policy on its `Sensor` values in their order, whatever their names, so its
-    /// recordings name the values the policy learned from. A robot run only (a
-    /// simulated task's are its own); data that names none itself gives nothing. The
-    /// warning saying so, when they were taken.
+    /// `observation.state.{i}`), and compares later data with them. The first data that
+    /// names them wins, whatever recorded it: a robot's recordings of the run's policy
+    /// name the values it acted on (the robot ran it on its `Sensor` values in their
+    /// order, whatever their names), but any named dataset given first does too. A
+    /// robot run only (a simulated task's are its own); data that names none itself
+    /// gives nothing. The warning saying so, when they were taken.
     pub fn adopt_names(&mut self, theirs: &[String], whose: &str) -> Option<String> {
         let ours = &self.observation_names;
         if self.robot.is_none()

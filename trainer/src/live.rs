@@ -1440,9 +1440,9 @@ mod tests {
     }
 
     /// A run whose data named no observations (`observation.state.{i}`) takes the first
-    /// stream's names for them, for the training loop's agent, and refuses a later
-    /// stream that names them otherwise; before, every stream was refused (its names
-    /// differed from the made-up ones).
+    /// stream's names for them (held for the training loop's agent, [`take_adopted`]),
+    /// and refuses a later stream that names them otherwise; before, every stream was
+    /// refused (its names differed from the made-up ones).
     #[test]
     fn a_run_without_observation_names_takes_the_first_streams() {
         use controller::robot_loop::log::RunStart;

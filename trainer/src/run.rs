@@ -585,6 +585,9 @@ pub struct TrainSummary {
     pub env_steps: usize,
     pub stopped_early: bool,
     pub last_metrics: Option<UpdateMetricsRow>,
+    /// Said before training (also printed).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// One `metrics.csv` row.
@@ -855,6 +858,14 @@ pub fn train(
         offline_success_rate: offline_rate,
         ..Default::default()
     };
+    // A new run on a robot's recording (`controller run --out DIR`'s `DIR/dataset`)
+    // whose log holds episodes it lacks.
+    if !resumed && let Some(d) = &config.run.dataset {
+        for w in crate::finetune::unsaved_robot_data(&[PathBuf::from(d)], None) {
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
+        }
+    }
     let mut env_seeds = Rng::new(config.seed.wrapping_add(0xe4));
     let mut batch_rng = Rng::new(config.seed.wrapping_add(0xba7c));
     let mut start_step = 0;

@@ -835,15 +835,40 @@ fn a_finetune_says_what_its_data_lacks_of_the_log_beside_it() {
              {} does not",
             log.display(),
             data.display()
-        )) && said.contains("log-to-dataset")
-            && said.contains("this run trains without them")
+        )) && said.contains("--run killed-2` appends them; this run trains without them")
             && !said.contains("saved-1"),
         "{said}"
     );
+    // A new run pretrained on that dataset says so too.
+    let mut c = Config::tiny();
+    c.task = TaskId::ArmReach.into();
+    c.run.online_steps = 0;
+    c.run.dataset = Some(data.display().to_string());
+    let opts = TrainOptions {
+        checkpoint_every: 0,
+        log_every: 10,
+        ..Default::default()
+    };
+    let s = train(&c, &tmp.path().join("pre"), &opts, &mut ()).unwrap();
+    assert!(
+        s.warnings.iter().any(|w| w.contains("holds 2 episodes of run killed-2")),
+        "{:?}",
+        s.warnings
+    );
+    // The run converted into another dataset given too: it is held.
+    let converted = tmp.path().join("killed-2");
+    tools::generate::generate(TaskId::ArmReach, 2, 8, EnvConfig::default(), &converted).unwrap();
+    edit_info(&converted, |j| {
+        j["expo_runs"] = serde_json::json!(["killed-2"])
+    });
+    let mut o = options(&run, &data, &tmp.path().join("a2"));
+    o.data.push(converted);
+    let said = finetune(&o, &mut ()).unwrap().warnings.join("\n");
+    assert!(!said.contains(&log.display().to_string()), "{said}");
     edit_info(&data, |j| {
         j["expo_runs"] = serde_json::json!(["saved-1", "killed-2"])
     });
     let s = finetune(&options(&run, &data, &tmp.path().join("b")), &mut ()).unwrap();
     let said = s.warnings.join("\n");
-    assert!(!said.contains("transitions.log"), "{said}");
+    assert!(!said.contains(&log.display().to_string()), "{said}");
 }

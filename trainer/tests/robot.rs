@@ -997,7 +997,7 @@ fn offline_data_changed_since_the_run_is_refused() {
 /// recordings (its names differed from the made-up ones), though the robot had run its
 /// policy on those values in that order.
 #[test]
-fn a_run_on_demos_without_observation_names_takes_its_robot_datas() {
+fn a_run_on_demos_without_observation_names_takes_its_robot_data_names() {
     let tmp = tempfile::tempdir().unwrap();
     let demos = tmp.path().join("demos");
     let info = own_robot_dataset(&demos, "lab-arm", 4, 5);

@@ -1013,20 +1013,36 @@ pub fn lock_log(path: &Path) -> Result<Option<File>, LogError> {
 }
 
 /// One writer at a time (an advisory lock, held as long as `file` is open): another
-/// holder of the log at `path` is [`LogError::InUse`].
+/// holder of the log at `path` is [`LogError::InUse`]. A lock held for a moment (another
+/// process's look: [`check_log_free`], [`unsaved_runs`]) is waited for, up to
+/// [`LOCK_WAIT`]; a run holds it to its end.
 fn lock_exclusive(file: &File, path: &Path) -> Result<(), LogError> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse {
-            path: path.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(error)) => Err(LogError::Io {
-            path: path.to_path_buf(),
-            what: "locking the log",
-            error,
-        }),
+    let tried_until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < tried_until => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LogError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(LogError::Io {
+                    path: path.to_path_buf(),
+                    what: "locking the log",
+                    error,
+                });
+            }
+        }
     }
 }
+
+/// How long a log's lock is waited for before its holder is taken for a run writing it:
+/// a look holds it for microseconds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl LogWriter {
     /// Opens `path` for appending: creates it with the magic, or checks an existing
@@ -1576,7 +1592,7 @@ pub struct Rebuilt {
     /// Steps that the episodes' end records (or last steps) count but no transition
     /// holds: lost in damaged stretches, or never logged.
     pub missing_frames: usize,
-    /// [`Runs::Last`]: the run's episodes were in the dataset already (it notes the
+    /// [`Runs::Last`] ([`Runs::Only`]: every run's): the run's episodes were in the dataset already (it notes the
     /// run: the run ended and saved them, or they were converted before), so none was
     /// written.
     pub already_saved: bool,
@@ -1624,7 +1640,7 @@ impl Saved {
 }
 
 /// Which runs of a log [`log_to_dataset`] converts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Runs {
     /// Every run: a rebuild into a new directory, or an append of the runs a dataset
     /// does not hold (the runs it notes, or the episodes a run noted it saved, are left
@@ -1635,6 +1651,12 @@ pub enum Runs {
     /// that holds the runs before it. Nothing is written when the dataset notes the run
     /// already (it ended and saved them, or this was done before).
     Last,
+    /// The runs of these ids, each from its header to the next run's: a killed run's
+    /// after later runs went into the same log ([`unsaved_runs`]), whatever the others
+    /// are (runs of an older version without ids, damage outside them, runs a full
+    /// list of noted runs let go). Their episodes the dataset holds are left out. An id
+    /// the log does not hold is an error.
+    Only(Vec<String>),
 }
 
 /// What a conversion says where the dataset cannot tell which of a log's runs it holds.
@@ -1706,11 +1728,34 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         }
         Ok(())
     })?;
-    let first = match runs {
-        Runs::All => 0,
+    let first = match &runs {
+        Runs::All | Runs::Only(_) => 0,
         Runs::Last => headers.last().map_or(0, |(at, _)| *at),
     };
     headers.retain(|(at, _)| *at >= first);
+    // Where every run begins (a run's records end at the next one's header), and the
+    // headers of those converted.
+    let starts: Vec<u64> = headers.iter().map(|(at, _)| *at).collect();
+    if let Runs::Only(ids) = &runs {
+        if let Some(id) = ids
+            .iter()
+            .find(|id| !headers.iter().any(|(_, rs)| rs.run_id == **id))
+        {
+            let held: Vec<&str> = headers.iter().map(|(_, rs)| rs.run_id.as_str()).collect();
+            let newest = &held[held.len().saturating_sub(5)..];
+            return Err(LogError::Record {
+                path: log.to_path_buf(),
+                offset: MAGIC.len() as u64,
+                problem: format!(
+                    "no run {id} in the log (it holds {} runs{}{})",
+                    held.len(),
+                    if held.is_empty() { "" } else { ", the newest " },
+                    newest.join(", ")
+                ),
+            });
+        }
+        headers.retain(|(_, rs)| ids.contains(&rs.run_id));
+    }
     let run = headers.first().map(|(_, rs)| rs.clone());
     let run = run.ok_or_else(|| LogError::Record {
         path: log.to_path_buf(),
@@ -1793,6 +1838,10 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         r.already_saved = true;
         return Ok(r); // the writer is dropped unfinished: nothing changes
     }
+    if matches!(runs, Runs::Only(_)) && saved.iter().all(|s| matches!(s, Saved::Whole)) {
+        r.already_saved = true;
+        return Ok(r);
+    }
     r.runs_saved = saved.iter().filter(|s| matches!(s, Saved::Whole)).count();
     // Then the episodes, each appended once it has ended, under its own run's task
     // (runs of other bundles into one `--out` may name other tasks), unless the
@@ -1825,10 +1874,13 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // (its header was not checked) is left out, and a log rewritten in between is
     // refused.
     let end = scan.valid_bytes;
-    let mut next_header = headers.iter().map(|(at, _)| *at);
+    let mut next_header = starts.iter().copied();
     let mut expected = next_header.next();
-    // The run whose records are being read: an index into `headers` and `saved`.
+    let converted: std::collections::HashSet<u64> = headers.iter().map(|(at, _)| *at).collect();
+    // The run whose records are being read: an index into `headers` and `saved`; and
+    // whether it is converted (with `Runs::Only`, others are passed over).
     let mut current: Option<usize> = None;
+    let mut converting = true;
     scan_log(log, TAIL_READ_MAX, true, |at, rec| {
         if at < first || at >= end {
             return Ok(());
@@ -1842,6 +1894,15 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
                 });
             }
             expected = next_header.next();
+            converting = converted.contains(&at);
+            if !converting {
+                // It ends the run before it.
+                grouper.flush(&mut ready);
+                return append(&mut w, &mut ready, current.map(|i| &saved[i]), &mut r);
+            }
+        }
+        if !converting {
+            return Ok(());
         }
         grouper.push(&rec, &mut ready);
         // A run's header ends the run before it: its episodes go under that run's task.
@@ -1866,40 +1927,42 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     Ok(r)
 }
 
-/// A run of a log with episodes that the dataset beside it does not hold
-/// ([`unsaved_runs`]).
+/// A run of a log with episodes that no dataset it was given holds ([`unsaved_runs`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnsavedRun {
     pub run_id: String,
     pub started_unix: u64,
-    /// Its episodes with a transition in the log that the dataset does not hold.
+    /// Its episodes with a transition in the log that none of the datasets holds.
     pub episodes: usize,
     /// It is the log's last run.
     pub last_in_log: bool,
 }
 
-/// The runs of the log at `log` with episodes the dataset at `dataset` does not hold:
-/// a controller killed (`kill -9`, a power cut) before it saved its episodes left them
-/// in the log only, and training on the dataset alone trains on less without a word.
-/// Empty where there is no log. Read as [`log_to_dataset`] reads it (a few MiB at a
-/// time, damaged stretches skipped). Runs the dataset cannot be asked about are left
-/// out: one without an id (a log of an older version), and one started before the
-/// oldest run of a full list of noted runs ([`dataset::MAX_NOTED_RUNS`]); damage that
-/// hides a run's header files its episodes under the run before it, as a conversion
-/// would. A run a controller is writing now (the log is locked) is left out: it saves
-/// its episodes at its end.
-pub fn unsaved_runs(log: &Path, dataset: &Path) -> Result<Vec<UnsavedRun>, LogError> {
-    // Locked and let go at once: held, a controller starting now would be refused.
-    let running = match lock_log(log) {
+/// The runs of the log at `log` with episodes that none of the datasets at `holders`
+/// holds (those without a dataset yet hold nothing): a controller killed (`kill -9`, a
+/// power cut) before it saved its episodes left them in the log only, as did one that
+/// could not save some (a failed append: its report says why), and training on the
+/// dataset alone trains on less without a word. Empty where there is no log. Read as
+/// [`log_to_dataset`] reads it, up to its length when looked at (a run a controller
+/// starts meanwhile is not taken for one killed). Counts, not a conversion: runs without
+/// an id (a log of an older version) and runs started at or before the oldest run of
+/// a full list of noted runs ([`dataset::MAX_NOTED_RUNS`]) are left out, as the
+/// datasets cannot be asked about them, and damage that hides a run's header files its
+/// episodes under the run before it. A run a controller is writing now (it holds the
+/// log's lock) is left out: it saves its episodes at its end.
+pub fn unsaved_runs(log: &Path, holders: &[&Path]) -> Result<Vec<UnsavedRun>, LogError> {
+    // Locked and let go at once: held, a controller starting now would wait for it.
+    let (running, len) = match lock_log(log) {
         Ok(None) => return Ok(vec![]),
-        Ok(Some(_)) => false,
-        Err(LogError::InUse { .. }) => true,
+        Ok(Some(file)) => (false, file_len(&file, log)?),
+        Err(LogError::InUse { .. }) => (true, std::fs::metadata(log).map_or(0, |m| m.len())),
         Err(e) => return Err(e),
     };
     // Run by run: its header and the episodes its transitions name.
     let mut runs: Vec<(RunStart, std::collections::BTreeSet<u32>)> = vec![];
-    scan_log(log, TAIL_READ_MAX, true, |_, rec| {
+    scan_log(log, TAIL_READ_MAX, true, |at, rec| {
         match rec {
+            _ if at >= len => {}
             Record::Run(rs) => runs.push((rs, Default::default())),
             Record::Transition(t) => {
                 if let Some((_, episodes)) = runs.last_mut() {
@@ -1910,32 +1973,39 @@ pub fn unsaved_runs(log: &Path, dataset: &Path) -> Result<Vec<UnsavedRun>, LogEr
         }
         Ok(())
     })?;
+    // (Counted before a running run is left out: the runs before it are not last.)
+    let last = runs.len().checked_sub(1);
     if running {
         runs.pop();
     }
-    let last = runs.len().checked_sub(1);
-    let recorded = dataset.join("meta").join("info.json").exists();
-    let (noted, partial) = if recorded {
-        (
-            dataset::noted_runs(dataset)?,
-            dataset::partial_runs(dataset)?,
-        )
-    } else {
-        (vec![], vec![])
-    };
-    // A full list let its oldest runs go: a run started before those it keeps is not
-    // known to be missing.
-    let oldest = (noted.len() >= dataset::MAX_NOTED_RUNS)
-        .then(|| noted.iter().map(|id| dataset::run_started(id)).min())
-        .flatten();
+    // What the datasets hold: runs whole, and runs in part (by episode number).
+    let mut noted: std::collections::HashSet<String> = Default::default();
+    let mut partial: std::collections::HashMap<String, std::collections::HashSet<u32>> =
+        Default::default();
+    // A run started at or before the oldest a full list keeps may be one it let go.
+    let mut oldest_known: Option<u128> = None;
+    for dir in holders {
+        if !dir.join("meta").join("info.json").exists() {
+            continue;
+        }
+        let runs = dataset::noted_runs(dir)?;
+        if runs.len() >= dataset::MAX_NOTED_RUNS {
+            let oldest = runs.iter().map(|id| dataset::run_started(id)).min();
+            oldest_known = oldest_known.max(oldest);
+        }
+        noted.extend(runs);
+        for (id, episodes) in dataset::partial_runs(dir)? {
+            partial.entry(id).or_default().extend(episodes);
+        }
+    }
     Ok(runs
         .into_iter()
         .enumerate()
         .map(|(i, (rs, episodes))| (rs, episodes, Some(i) == last))
         .filter(|(rs, _, _)| !rs.run_id.is_empty() && !noted.contains(&rs.run_id))
-        .filter(|(rs, _, _)| oldest.is_none_or(|o| dataset::run_started(&rs.run_id) > o))
+        .filter(|(rs, _, _)| oldest_known.is_none_or(|o| dataset::run_started(&rs.run_id) > o))
         .filter_map(|(rs, mut episodes, last_in_log)| {
-            if let Some((_, held)) = partial.iter().find(|(id, _)| *id == rs.run_id) {
+            if let Some(held) = partial.get(&rs.run_id) {
                 episodes.retain(|e| !held.contains(e));
             }
             (!episodes.is_empty()).then_some(UnsavedRun {
@@ -1948,29 +2018,55 @@ pub fn unsaved_runs(log: &Path, dataset: &Path) -> Result<Vec<UnsavedRun>, LogEr
         .collect())
 }
 
-/// What to say of [`unsaved_runs`]' runs of `log` (none: nothing): each by id, and the
-/// conversion that appends them to `dataset`. Every run it does not hold, not
-/// `--last-run`: a run started after the one killed is the log's last.
+/// The length of the open log `file` (at `path`, for the message).
+fn file_len(file: &File, path: &Path) -> Result<u64, LogError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|error| LogError::Io {
+            path: path.to_path_buf(),
+            what: "reading the log's length",
+            error,
+        })
+}
+
+/// Runs [`unsaved_runs_advice`] names one by one; the count of the rest follows.
+const RUNS_NAMED: usize = 5;
+
+/// What to say of [`unsaved_runs`]' runs of `log` (none: nothing): the runs (the first
+/// [`RUNS_NAMED`] by id, then how many more), and the conversion that appends them to
+/// `dataset`: by id (`--run`), which takes the runs asked for whatever else the log holds
+/// (`--last-run` would take a later run, and a conversion of every run refuses where the
+/// dataset cannot tell what it holds).
 pub fn unsaved_runs_advice(log: &Path, dataset: &Path, runs: &[UnsavedRun]) -> Option<String> {
     if runs.is_empty() {
         return None;
     }
-    let each: Vec<String> = runs
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let mut each: Vec<String> = runs
         .iter()
+        .take(RUNS_NAMED)
         .map(|r| {
             format!(
                 "{} episode{} of run {} (started at unix time {})",
                 r.episodes,
-                if r.episodes == 1 { "" } else { "s" },
+                plural(r.episodes),
                 r.run_id,
                 r.started_unix
             )
         })
         .collect();
+    if runs.len() > RUNS_NAMED {
+        let more = runs.len() - RUNS_NAMED;
+        each.push(format!("those of {more} more run{}", plural(more)));
+    }
+    let ids: String = runs
+        .iter()
+        .map(|r| format!(" --run {}", r.run_id))
+        .collect();
     Some(format!(
         "{} holds {} that the dataset {} does not: a controller killed (kill -9, a power \
-         cut) before it saved them? `controller log-to-dataset --log {} --out {}` appends \
-         every run the dataset does not hold",
+         cut) before it saved them, or one that could not save them (its report.json says \
+         why)? `controller log-to-dataset --log {} --out {}{ids}` appends them",
         log.display(),
         each.join(", "),
         dataset.display(),
@@ -2979,26 +3075,29 @@ pub(crate) mod tests {
         assert_eq!(out[1].transitions.len(), 3);
     }
 
-    /// The runs a dataset lacks of the log beside it: by id, with their episodes that it
-    /// does not hold; runs without an id or a transition, the dataset's, and a run being
-    /// written now are left out, and so are runs a full list may have let go.
+    /// The runs the datasets lack of a log: by id, with their episodes that none holds;
+    /// runs without an id or a transition, those a dataset holds, and a run being
+    /// written now are left out, and so are runs a full list may have let go. The advice
+    /// names them by id, and converting those ids appends exactly them.
     #[test]
-    fn unsaved_runs_are_the_log_runs_the_dataset_lacks() {
+    fn unsaved_runs_are_the_log_runs_the_datasets_lack() {
         let dir = tempfile::tempdir().unwrap();
         let (path, out) = (
             dir.path().join("transitions.log"),
             dir.path().join("dataset"),
         );
-        assert_eq!(unsaved_runs(&path, &out).unwrap(), vec![]);
+        assert_eq!(unsaved_runs(&path, &[&out]).unwrap(), vec![]);
         let mut w = LogWriter::open(&path).unwrap();
         // (id, episodes' lengths): "" is an older version's run, "e" logged no step.
-        for (id, lens) in [
-            ("", &[2][..]),
+        let runs: [(&str, &[u32]); 6] = [
+            ("", &[2]),
             ("a", &[2, 3]),
             ("b", &[1, 2]),
             ("e", &[0]),
+            ("d-4000", &[1]),
             ("c-5000", &[4]),
-        ] {
+        ];
+        for (id, lens) in runs {
             let rs = RunStart {
                 run_id: id.into(),
                 ..run_start()
@@ -3013,8 +3112,8 @@ pub(crate) mod tests {
             }
         }
         w.sync().unwrap();
-        let unsaved = |ds: &Path| -> Vec<(String, usize, bool)> {
-            let runs = unsaved_runs(&path, ds).unwrap();
+        let unsaved = |holders: &[&Path]| -> Vec<(String, usize, bool)> {
+            let runs = unsaved_runs(&path, holders).unwrap();
             runs.into_iter()
                 .map(|r| (r.run_id, r.episodes, r.last_in_log))
                 .collect()
@@ -3025,46 +3124,89 @@ pub(crate) mod tests {
                 .collect()
         };
         // Being written (the writer holds the log): its last run is left out.
-        assert_eq!(unsaved(&out), owned(&[("a", 2, false), ("b", 2, false)]));
+        let before = [("a", 2, false), ("b", 2, false), ("d-4000", 1, false)];
+        assert_eq!(unsaved(&[&out]), owned(&before));
         drop(w);
         // No dataset yet: every run with an id and a step.
-        assert_eq!(
-            unsaved(&out),
-            owned(&[("a", 2, false), ("b", 2, false), ("c-5000", 1, true)])
-        );
-        // The dataset holds "a" and the first episode of "b".
+        let every = [
+            ("a", 2, false),
+            ("b", 2, false),
+            ("d-4000", 1, false),
+            ("c-5000", 1, true),
+        ];
+        assert_eq!(unsaved(&[&out]), owned(&every));
+        // The dataset holds "a" and the first episode of "b"; another holds "d-4000".
         let mut ds = open_dataset(&out, &run_start().dataset_info()).unwrap();
         ds.note_run("a");
         ds.note_partial_run("b", &[0]);
         ds.finish().unwrap();
-        let runs = unsaved_runs(&path, &out).unwrap();
+        let other = dir.path().join("other");
+        let mut ds = open_dataset(&other, &run_start().dataset_info()).unwrap();
+        ds.note_run("d-4000");
+        ds.finish().unwrap();
+        let lacking = [("b", 1, false), ("c-5000", 1, true)];
+        assert_eq!(unsaved(&[&out, &other]), owned(&lacking));
+        let runs = unsaved_runs(&path, &[&out, &other]).unwrap();
         let advice = unsaved_runs_advice(&path, &out, &runs).unwrap();
+        let command = format!(
+            "`controller log-to-dataset --log {} --out {} --run b --run c-5000`",
+            path.display(),
+            out.display()
+        );
         assert!(
             advice.contains(&format!(
                 "{} holds 1 episode of run b (started at unix time 0), 1 episode of run \
                  c-5000 (started at unix time 0) that the dataset {} does not",
                 path.display(),
                 out.display()
-            )) && advice.contains(&format!(
-                "`controller log-to-dataset --log {} --out {}`",
-                path.display(),
-                out.display()
-            )),
+            )) && advice.contains(&command),
             "{advice}"
         );
-        // As the advice says: then nothing is missing.
-        log_to_dataset(&path, &out, Runs::All).unwrap();
-        assert_eq!(unsaved(&out), vec![]);
+        // As the advice says: exactly those episodes (the id-less run, appended by a
+        // conversion of every run, is not), and then nothing is missing.
+        let ids = vec!["b".to_string(), "c-5000".to_string()];
+        let r = log_to_dataset(&path, &out, Runs::Only(ids.clone())).unwrap();
+        assert_eq!(
+            (r.episodes_written, r.frames, r.skipped_saved),
+            (2, 6, 1),
+            "{r:?}"
+        );
+        assert_eq!(unsaved(&[&out, &other]), vec![]);
+        assert_eq!(dataset::noted_runs(&out).unwrap(), ["a", "b", "c-5000"]);
+        let r = log_to_dataset(&path, &out, Runs::Only(ids)).unwrap();
+        assert!(r.already_saved && r.episodes_written == 0, "{r:?}");
+        let e = log_to_dataset(&path, &out, Runs::Only(vec!["z".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no run z in the log (it holds 6 runs, the newest a, b, e, d-4000, c-5000)"),
+            "{e}"
+        );
         assert_eq!(unsaved_runs_advice(&path, &out, &[]), None);
-        // A full list of runs keeps the newest: runs started before its oldest are not
-        // known to be missing, a later one is.
+        // Past five runs, the rest are counted.
+        let many: Vec<UnsavedRun> = (0..7)
+            .map(|i| UnsavedRun {
+                run_id: format!("r{i}"),
+                started_unix: 0,
+                episodes: 1,
+                last_in_log: false,
+            })
+            .collect();
+        let advice = unsaved_runs_advice(&path, &out, &many).unwrap();
+        assert!(
+            advice.contains("of run r4 (started at unix time 0), those of 2 more runs that")
+                && advice.contains("--run r5 --run r6`"),
+            "{advice}"
+        );
+        // A full list of runs keeps the newest: runs started at or before its oldest
+        // are not known to be missing, a later one is.
         let full = dir.path().join("full");
         let mut ds = open_dataset(&full, &run_start().dataset_info()).unwrap();
         for i in 0..dataset::MAX_NOTED_RUNS {
-            ds.note_run(&format!("run-{i}"));
+            ds.note_run(&format!("run-{}", 4000 + i));
         }
         ds.finish().unwrap();
-        assert_eq!(unsaved(&full), owned(&[("c-5000", 1, true)]));
+        assert_eq!(unsaved(&[&full]), owned(&[("c-5000", 1, true)]));
     }
 
     /// Without `--last-run`, into the dataset `controller run` saves into: the runs it

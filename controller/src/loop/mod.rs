@@ -2013,18 +2013,19 @@ impl std::io::Write for TestBytes {
 }
 
 /// Says so where the last run into `dir` (`--out`) was killed before it saved its
-/// episodes: once this run is appended to the log, `log-to-dataset --last-run` would
-/// take this one instead. (Earlier runs' were said at the start after them; one
-/// recovered elsewhere would be said at every start.) A log that cannot be read is
-/// left to the log's own opening, which says why.
+/// episodes, naming the conversion that appends them (by run id: once this run is in
+/// the log, `log-to-dataset --last-run` would take this one). Earlier runs' were said
+/// at the start after them (one recovered into another dataset would be said at every
+/// start). A log that cannot be read is left to the log's own opening, which says why.
 fn warn_of_a_killed_run(dir: &Path) {
     let (log, ds) = (dir.join("transitions.log"), dir.join("dataset"));
-    let Ok(runs) = log::unsaved_runs(&log, &ds) else {
+    let Ok(runs) = log::unsaved_runs(&log, &[&ds]) else {
         return;
     };
     let killed: Vec<_> = runs.into_iter().filter(|r| r.last_in_log).collect();
     if let Some(advice) = log::unsaved_runs_advice(&log, &ds, &killed) {
-        note!("warning: {advice}");
+        // The dataset is this run's until it ends.
+        note!("warning: {advice}, once this run has ended");
     }
 }
 

@@ -711,8 +711,15 @@ fn verify(
         .map_err(|e| e.to_string())?;
     let (new, old) = (&bundle.manifest, &swap.replaces);
     // As `controller run` checks the bundle it starts with: a running bundle that named
-    // no actions was checked against nothing.
+    // no actions (or observations: `replacement_refused` takes names for those) was
+    // checked against nothing.
     super::check_action_names(&swap.robot, new)?;
+    let names = &new.observation.names;
+    if let Some(e) = swap.robot.observation.names_reordered(names, "the bundle") {
+        return Err(e);
+    }
+    let names_warning = (swap.robot.observation.names_differ(names, "the bundle"))
+        .filter(|_| names != &old.observation.names);
     // And its action mapping (the note for a bundle without one is `controller run`'s;
     // under --sim a warning, said once the bundle passed the rest).
     let mapping_warning = match super::check_action_mapping(&swap.robot, new) {
@@ -739,6 +746,10 @@ fn verify(
             "warning: bundle {name}: {e} (no difference under --sim: the simulated firmware \
              maps the commands back with the same robot file)"
         );
+    }
+    // New names only (the running bundle's were said at the start).
+    if let Some(w) = names_warning {
+        crate::note!("warning: bundle {name}: {w}");
     }
     Ok((brain, exported))
 }
@@ -1317,6 +1328,29 @@ mod tests {
         unnamed.observation.names = (0..n).map(|i| format!("observation.state.{i}")).collect();
         assert!(prepare(&dir, "b3a", &files, &swap(unnamed.clone()), None).is_ok());
         std::fs::remove_dir_all(dir.join("b3a")).unwrap();
+        // Not one that names the robot file's channels in another order, as `controller
+        // run` refuses it at the start.
+        let robot = RobotConfig::example("push").unwrap();
+        let mut reordered_files = files.clone();
+        for (n, b) in &mut reordered_files {
+            if n == "manifest.toml" {
+                let mut m: Manifest = toml::from_str(std::str::from_utf8(b).unwrap()).unwrap();
+                let names = &mut m.observation.names;
+                names[..2].clone_from_slice(&robot.observation.names[..2]);
+                names.swap(0, 1);
+                *b = toml::to_string(&m).unwrap().into_bytes();
+            }
+        }
+        let e = prepare(&dir, "b3c", &reordered_files, &swap(unnamed.clone()), None)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains(&format!(
+                "observation `{}` is at [0] in the bundle and at [1] in the robot file",
+                robot.observation.names[1]
+            )),
+            "{e}"
+        );
         unnamed
             .observation
             .names
