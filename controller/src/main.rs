@@ -139,8 +139,8 @@ enum Command {
         /// before it saved its episodes, append them to DIR/dataset, which holds the
         /// runs before it. Nothing is written when the dataset notes the run already
         /// (it ended and saved its episodes, or they were converted before). Only the
-        /// last run is looked at (without --last-run, every run the dataset does not
-        /// note is appended).
+        /// last run is looked at (without --last-run or --run, every run the dataset
+        /// does not note is appended).
         #[arg(long, conflicts_with = "run")]
         last_run: bool,
         /// Only the run of this id (repeatable), from its header to the next run's: a
@@ -1272,7 +1272,8 @@ fn main() -> Result<std::process::ExitCode> {
             run,
         } => {
             if !run.is_empty() {
-                eprintln!("note: converting run {} only", run.join(", "));
+                let s = if run.len() == 1 { "" } else { "s" };
+                eprintln!("note: converting run{s} {} only", run.join(", "));
             } else if last_run {
                 eprintln!(
                     "note: converting the log's last run only: the episodes of a run killed \

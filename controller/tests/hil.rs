@@ -3110,6 +3110,10 @@ fn kill_9_loses_at_most_the_record_being_written() {
         "{said}"
     );
     assert_eq!(read_log(&log_path).unwrap().records, log.records);
+    // The conversion it names, into a new directory: the killed run's episodes (counted
+    // below).
+    let killed_only = sim._dir.path().join("killed-only");
+    log_to_dataset(&killed_only, &["--run", &killed_id]);
     // The killed run saved nothing; `--last-run` appends its episodes, not the first
     // run's again.
     assert_eq!(
@@ -3128,6 +3132,8 @@ fn kill_9_loses_at_most_the_record_being_written() {
         .filter(|r| matches!(r, Record::Transition(_)))
         .count();
     assert_eq!(saved + killed, transitions);
+    let killed_frames = dataset::read_dataset(&killed_only).unwrap().num_frames();
+    assert_eq!(killed_frames, killed);
     assert_eq!(
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
         transitions
@@ -3152,7 +3158,13 @@ fn kill_9_loses_at_most_the_record_being_written() {
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
         transitions
     );
-    // Every run, into the dataset that notes both: nothing again (both went in twice).
+    // Every run, into the dataset that notes both: nothing again (both went in twice);
+    // nor by the killed run's id.
+    log_to_dataset(&dataset_dir, &["--run", &killed_id]);
+    assert_eq!(
+        dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
+        transitions
+    );
     log_to_dataset(&dataset_dir, &[]);
     assert_eq!(
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),

@@ -169,7 +169,7 @@ pub fn label_success(
         }
         to_policy_units(&mut ds, input, path, robot, &mut warnings)?;
         // Names a reader made up for a dataset that named none (`observation.state.{i}`,
-        // `action.{i}`) say nothing: the copy takes the robot file's, in their order (as
+        // `action.{i}`, or an older controller's `a{i}`) say nothing: the copy takes the robot file's, in their order (as
         // the robot's own recordings name them), so that the run and its bundles name
         // them from pretraining on. Said, as their order is the source's, unchecked.
         let info = &mut ds.info;
@@ -194,8 +194,9 @@ pub fn label_success(
             warnings.push(format!("{}: {w} ({})", input.display(), path.display()));
         }
         let ours = &robot.action.names;
-        if made_up(dataset::cols::ACTION, &info.action_names)
+        if dataset::unnamed_actions(&info.action_names)
             && !ours.is_empty()
+            && !dataset::unnamed_actions(ours)
             && ours.len() == info.action_dim()
         {
             warnings.push(format!(

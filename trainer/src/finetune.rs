@@ -235,7 +235,7 @@ pub(crate) fn unsaved_robot_data(data: &[PathBuf], offline: Option<&Path>) -> Ve
                 )
             })),
             Err(e) => said.push(format!(
-                "could not tell whether {} holds episodes that --data {} lacks: {e}",
+                "could not tell whether {} holds episodes that the dataset {} lacks: {e}",
                 log.display(),
                 dataset.display()
             )),

@@ -326,7 +326,8 @@ impl Check {
                 let _ = self.adopted.mapping.set(m.clone());
             }
             if let Some(said) = (self.recorded_by).adopt_names(&run.observation_names, &whose) {
-                eprintln!("finetune: {said}");
+                // As `--data` says it.
+                eprintln!("warning: {said}");
                 let names = self.recorded_by.observation_names().to_vec();
                 let _ = self.adopted.observation_names.set(names);
             }

@@ -851,7 +851,9 @@ fn a_finetune_says_what_its_data_lacks_of_the_log_beside_it() {
     };
     let s = train(&c, &tmp.path().join("pre"), &opts, &mut ()).unwrap();
     assert!(
-        s.warnings.iter().any(|w| w.contains("holds 2 episodes of run killed-2")),
+        s.warnings
+            .iter()
+            .any(|w| w.contains("holds 2 episodes of run killed-2")),
         "{:?}",
         s.warnings
     );

@@ -2344,6 +2344,10 @@ impl Control {
             // reboot's then is taken alike, and the resent Estop reaches it.)
             self.forget_firmware_answers();
             self.hello_owed = true;
+            // A port back that takes the closing Estop, as in the wait for one: lost
+            // again unanswered, the wait's end says it came back (it said the link never
+            // did).
+            self.stop_ports_back += 1;
         }
         let writable = self.gate.writer_open();
         let mut estop_sent = false;
@@ -5415,6 +5419,59 @@ mod tests {
             c.report.faults.iter().map(|f| f.kind).collect::<Vec<_>>(),
             [FaultKind::LinkLost]
         );
+    }
+
+    /// The port kept aside takes the closing Estop, then drops before its answer: the
+    /// wait for a port back begins (from that loss: the first at the run's end) and
+    /// ends unconfirmed at its deadline, counting the kept port as one that came back
+    /// (the end said the link never came back).
+    #[test]
+    fn a_kept_port_that_took_the_estop_and_dropped_counts_as_back() {
+        let wire = Wire::default();
+        let (mut c, tx) = lost_with_reconnect(&wire);
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.pending_writer.is_some(), "{:?}", c.phase);
+        c.interrupt(Instant::now(), "signal 2".into());
+        for _ in 0..200 {
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if !matches!(c.phase, Phase::SafeStop { .. }) {
+                break;
+            }
+        }
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "{:?}",
+            c.phase
+        );
+        assert_eq!(c.stop_ports_back, 1);
+        // (A short wait from here: the phases run on the clock.)
+        let limit = Duration::from_millis(40);
+        c.cfg.reconnect = Some(limit);
+        let lost = Instant::now();
+        tx.send(LinkEvent::Lost("unplugged again".into())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        let Phase::ReconnectingToStop { until } = c.phase else {
+            panic!("{:?}", c.phase);
+        };
+        assert!(until >= lost + limit, "{until:?}");
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(2));
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            if c.phase == Phase::Done {
+                break;
+            }
+        }
+        assert!(matches!(c.phase, Phase::Done), "{:?}", c.phase);
+        assert!(c.report.no_estop_after_loss);
+        assert_eq!(c.stop_ports_back, 1);
+        drop(pty);
     }
 
     /// A re-handshake after a reconnect that ends the run otherwise than by a stop

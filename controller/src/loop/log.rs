@@ -124,6 +124,9 @@ pub enum LogError {
     /// A dataset (its directory) that cannot take this run's episodes.
     #[error("{}: {problem}", dir.display())]
     DatasetMismatch { dir: PathBuf, problem: String },
+    /// Runs asked for by id that a conversion cannot take as asked.
+    #[error("{}: {problem}", path.display())]
+    Runs { path: PathBuf, problem: String },
 }
 
 /// One control step as the controller saw it. Fixed-size, so sending it to the
@@ -1655,7 +1658,8 @@ pub enum Runs {
     /// after later runs went into the same log ([`unsaved_runs`]), whatever the others
     /// are (runs of an older version without ids, damage outside them, runs a full
     /// list of noted runs let go). Their episodes the dataset holds are left out. An id
-    /// the log does not hold is an error.
+    /// the log does not hold, or damage inside one of them when appending (it may hide
+    /// another run's header), is an error.
     Only(Vec<String>),
 }
 
@@ -1714,6 +1718,38 @@ fn check_every_run_fits(
     Ok(())
 }
 
+/// Refuses to append runs asked for by id ([`Runs::Only`]) into the dataset at `out`
+/// where damage lies inside one of them (between its header and the next run's,
+/// `starts`): it may hide another run's header, whose episodes would be taken for the
+/// one asked for (appended again if that run saved them). Into a new directory they
+/// are converted, as every run's are.
+fn check_no_damage_inside(
+    log: &Path,
+    out: &Path,
+    headers: &[(u64, RunStart)],
+    starts: &[u64],
+    damaged: &[DamagedSpan],
+) -> Result<(), LogError> {
+    for (at, rs) in headers {
+        let next = starts.iter().find(|s| *s > at).copied().unwrap_or(u64::MAX);
+        if let Some(d) = damaged.iter().find(|d| d.offset > *at && d.offset < next) {
+            return Err(LogError::Record {
+                path: log.to_path_buf(),
+                offset: d.offset,
+                problem: format!(
+                    "{} damaged bytes inside run {}'s records: they may hide another run's \
+                     header, whose episodes would be appended to {} as this run's; convert \
+                     the run into a new directory instead",
+                    d.len,
+                    rs.run_id,
+                    out.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Converts the episodes of a log's `runs` into the dataset at `out` (created or
 /// appended).
 pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, LogError> {
@@ -1737,22 +1773,34 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // headers of those converted.
     let starts: Vec<u64> = headers.iter().map(|(at, _)| *at).collect();
     if let Runs::Only(ids) = &runs {
+        let refused = |problem| LogError::Runs {
+            path: log.to_path_buf(),
+            problem,
+        };
+        if ids.is_empty() || ids.iter().any(String::is_empty) {
+            return Err(refused("no run id given (an empty one names none)".into()));
+        }
         if let Some(id) = ids
             .iter()
             .find(|id| !headers.iter().any(|(_, rs)| rs.run_id == **id))
         {
-            let held: Vec<&str> = headers.iter().map(|(_, rs)| rs.run_id.as_str()).collect();
+            let held: Vec<&str> = (headers.iter())
+                .map(|(_, rs)| rs.run_id.as_str())
+                .filter(|id| !id.is_empty())
+                .collect();
             let newest = &held[held.len().saturating_sub(5)..];
-            return Err(LogError::Record {
-                path: log.to_path_buf(),
-                offset: MAGIC.len() as u64,
-                problem: format!(
-                    "no run {id} in the log (it holds {} runs{}{})",
-                    held.len(),
-                    if held.is_empty() { "" } else { ", the newest " },
-                    newest.join(", ")
-                ),
-            });
+            return Err(refused(format!(
+                "no run {id} in the log (it holds {} run{} with an id{}{}{})",
+                held.len(),
+                if held.len() == 1 { "" } else { "s" },
+                if held.is_empty() { "" } else { ", the newest " },
+                newest.join(", "),
+                if scan.damaged.is_empty() {
+                    ""
+                } else {
+                    "; damage in the log may hide a run's header"
+                }
+            )));
         }
         headers.retain(|(_, rs)| ids.contains(&rs.run_id));
     }
@@ -1768,9 +1816,11 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // under the first's names or rate.
     check_dataset_before_run(out, &run.dataset_info())?;
     let mut have = dataset::recorded_as(out)?.map_or_else(|| run.dataset_info(), |r| r.info);
+    let advice = match &runs {
+        Runs::Only(_) => "one dataset takes runs recorded alike",
+        _ => "one dataset takes runs recorded alike (--last-run converts only the last run)",
+    };
     for (at, rs) in &headers {
-        let advice = "one dataset takes runs recorded alike (--last-run converts only the \
-                      last run)";
         check_same_recording(out, &have, &rs.dataset_info(), advice).map_err(|e| match e {
             // The run's header in the log, and the dataset it does not fit.
             LogError::DatasetMismatch { dir, problem } => LogError::Record {
@@ -1795,6 +1845,9 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     if runs == Runs::All && appending {
         // Before the dataset is opened, which tidies it.
         check_every_run_fits(log, out, &headers, &scan.damaged)?;
+    }
+    if matches!(runs, Runs::Only(_)) && appending {
+        check_no_damage_inside(log, out, &headers, &starts, &scan.damaged)?;
     }
     let mut w = open_dataset(out, &run.dataset_info())?;
     let mut r = Rebuilt {
@@ -1880,7 +1933,9 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     // The run whose records are being read: an index into `headers` and `saved`; and
     // whether it is converted (with `Runs::Only`, others are passed over).
     let mut current: Option<usize> = None;
-    let mut converting = true;
+    // (With `Runs::Only`, records before the first header, whose header damage hid,
+    // belong to no run asked for.)
+    let mut converting = !matches!(runs, Runs::Only(_));
     scan_log(log, TAIL_READ_MAX, true, |at, rec| {
         if at < first || at >= end {
             return Ok(());
@@ -3179,7 +3234,7 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("no run z in the log (it holds 6 runs, the newest a, b, e, d-4000, c-5000)"),
+            e.contains("no run z in the log (it holds 5 runs with an id, the newest a, b, e, d-4000, c-5000)"),
             "{e}"
         );
         assert_eq!(unsaved_runs_advice(&path, &out, &[]), None);
@@ -3207,6 +3262,69 @@ pub(crate) mod tests {
         }
         ds.finish().unwrap();
         assert_eq!(unsaved(&[&full]), owned(&[("c-5000", 1, true)]));
+    }
+
+    /// Runs by id take the run asked for from its header to the next one read: nothing
+    /// before the first header read (a run whose header damage hid), and, appended to a
+    /// dataset, nothing with damage inside it (it may hide another run's header, whose
+    /// episodes would go in as this run's); into a new directory that run is converted
+    /// with what follows it, as every run is.
+    #[test]
+    fn runs_by_id_leave_out_what_damage_hid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        let mut header_at = vec![];
+        for (id, n) in [("p", 2u32), ("k", 3), ("x", 4)] {
+            w.sync().unwrap();
+            header_at.push(std::fs::metadata(&path).unwrap().len() as usize);
+            let rs = RunStart {
+                run_id: id.into(),
+                ..run_start()
+            };
+            w.append(&Record::Run(rs)).unwrap();
+            w.append(&started(0)).unwrap();
+            for s in 0..n {
+                w.append(&Record::Transition(transition(0, s, s + 1 == n)))
+                    .unwrap();
+            }
+            w.append(&Record::EpisodeEnd(end(0, n))).unwrap();
+        }
+        drop(w);
+        // The headers of "p" (the first) and "x" damaged.
+        let mut bytes = std::fs::read(&path).unwrap();
+        for at in [header_at[0], header_at[2]] {
+            bytes[at + 10..at + 16].iter_mut().for_each(|b| *b ^= 0xff);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let only_k = || Runs::Only(vec!["k".into()]);
+        let new = dir.path().join("new");
+        let r = log_to_dataset(&path, &new, only_k()).unwrap();
+        // k's 3 frames and x's 4 (taken for k's), not p's 2.
+        assert_eq!((r.episodes_written, r.frames), (2, 7), "{r:?}");
+        let out = dir.path().join("ds");
+        let mut ds = open_dataset(&out, &run_start().dataset_info()).unwrap();
+        ds.note_run("other");
+        ds.finish().unwrap();
+        let e = log_to_dataset(&path, &out, only_k())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("damaged bytes inside run k's records: they may hide another run's header"),
+            "{e}"
+        );
+        assert_eq!(dataset::read_dataset(&out).unwrap().episodes.len(), 0);
+        let e = log_to_dataset(&path, &out, Runs::Only(vec![String::new()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no run id given"), "{e}");
+        let e = log_to_dataset(&path, &out, Runs::Only(vec!["p".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no run p in the log (it holds 1 run with an id, the newest k; damage"),
+            "{e}"
+        );
     }
 
     /// Without `--last-run`, into the dataset `controller run` saves into: the runs it
