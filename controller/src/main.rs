@@ -758,6 +758,25 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         report.episodes_completed,
         report.success_rate,
     );
+    let outside: u64 = report
+        .episodes
+        .iter()
+        .map(|e| u64::from(e.outside_bounds))
+        .sum();
+    if outside > 0 {
+        let acted: u64 = report.episodes.iter().map(|e| u64::from(e.commands)).sum();
+        let episodes = report
+            .episodes
+            .iter()
+            .filter(|e| e.outside_bounds > 0)
+            .count();
+        let s = if episodes == 1 { "" } else { "s" };
+        controller::say!(
+            "{outside} of {acted} frames acted on, in {episodes} episode{s}, had an \
+             observation outside the bundle's bounds (its pretraining data's range, for a robot \
+             bundle): each episode's line names the first"
+        );
+    }
     if let Some(a) = &report.two_speed {
         controller::say!(
             "two-speed: {} plans; their base candidates were {:.2} observations old on average, {} at most",

@@ -3792,3 +3792,41 @@ fn a_dataset_recorded_otherwise_is_refused_before_the_port_is_opened() {
     assert!(e.contains("in use by another process"), "{e}");
     assert_eq!(heard, 0, "the firmware heard frames");
 }
+
+/// Frames acted on with an observation outside the bundle's bounds (a robot bundle's:
+/// its pretraining data's range) are counted per episode in `report.json`, the first named,
+/// and summed at the run's end; not a fault. The controller never looked at the bounds.
+#[test]
+fn observations_outside_the_bundles_bounds_are_reported() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    let narrow = sim._dir.path().join("narrow");
+    synthetic_bundle_with(&narrow, 1, "");
+    let path = narrow.join("manifest.toml");
+    let mut m: shared_model::manifest::Manifest =
+        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m.observation.high = vec![0.0; m.observation.dim];
+    std::fs::write(&path, toml::to_string(&m).unwrap()).unwrap();
+    let port = sim.port();
+    let child = sim
+        .command_with(&narrow, &port, &["--episodes", "1"])
+        .spawn()
+        .unwrap();
+    let out = finish(child);
+    sim.stop_fw();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = sim.report();
+    let episode = &report["episodes"][0];
+    assert_eq!(report["faults"].as_array().unwrap().len(), 0, "{report}");
+    let n = episode["outside_bounds"].as_u64().unwrap();
+    let first = episode["outside_bounds_first"].as_str().unwrap();
+    assert!(n > 0 && first.contains(", outside [-10, 0]"), "{episode}");
+    assert!(
+        out.stdout.contains(&format!(
+            "{n} of {} frames acted on, in 1 episode, had an observation outside the \
+             bundle's bounds",
+            episode["commands"]
+        )),
+        "{out:?}"
+    );
+}

@@ -144,6 +144,10 @@ struct Track {
     /// (the first one faults the running episode), and what was wrong with the first.
     malformed: u32,
     malformed_first: Option<String>,
+    /// Frames acted on with an observation outside the running bundle's bounds, and the
+    /// first of them, said ([`EpisodeReport::outside_bounds`]).
+    outside_bounds: u32,
+    outside_bounds_first: Option<String>,
     /// Step number of the terminal reward (= the episode's step count).
     final_step: Option<u32>,
     /// `EpisodeEnd` from the firmware: (success, steps).
@@ -231,6 +235,8 @@ impl Track {
             applied_otherwise: 0,
             malformed: 0,
             malformed_first: None,
+            outside_bounds: 0,
+            outside_bounds_first: None,
             final_step: None,
             fw_end: None,
             ret: 0.0,
@@ -2428,6 +2434,30 @@ impl Control {
         };
     }
 
+    /// Counts the frame of `step` (in `self.obs`) where an observation lies outside the
+    /// running bundle's bounds (a robot bundle's are the range of its pretraining data; a
+    /// simulated task's, the task's): the policy acts where it learned nothing. Not a
+    /// fault: online fine-tuning explores past its demonstrations. The first is said in
+    /// the episode's report (one allocation per episode, there).
+    fn count_outside_bounds(&mut self, step: u32) {
+        let (Some(p), Some(t)) = (self.brain.policy(), self.track.as_mut()) else {
+            return;
+        };
+        let o = &p.manifest.observation;
+        let obs = &self.obs[..self.od];
+        let Some(i) = (0..obs.len()).find(|&i| !(o.low[i]..=o.high[i]).contains(&obs[i])) else {
+            return;
+        };
+        t.outside_bounds += 1;
+        if t.outside_bounds_first.is_none() {
+            let name = o.names.get(i).map_or(String::new(), |n| format!(" `{n}`"));
+            t.outside_bounds_first = Some(format!(
+                "observation[{i}]{name} = {} at step {step}, outside [{}, {}]",
+                obs[i], o.low[i], o.high[i]
+            ));
+        }
+    }
+
     /// One policy step on the newest sensor frame, if there is a new one.
     fn act(&mut self, now: Instant) {
         let Some(t) = &self.track else { return };
@@ -2468,6 +2498,7 @@ impl Control {
             self.fault(now, FaultKind::JointLimit, detail, None);
             return;
         }
+        self.count_outside_bounds(step);
         let ad = self.ad;
         let episode = self.track.as_ref().map_or(0, |t| t.number);
         // `--teleop-wait-ms`: the device gets this observation first, and its answer is
@@ -2920,6 +2951,8 @@ impl Control {
             applied_otherwise: t.applied_otherwise,
             malformed: t.malformed,
             malformed_first: t.malformed_first.clone(),
+            outside_bounds: t.outside_bounds,
+            outside_bounds_first: t.outside_bounds_first.clone(),
             seconds: elapsed.as_secs_f64(),
             cadence,
         };
@@ -4712,6 +4745,51 @@ mod tests {
                 && detail.contains("most often a units mismatch")
                 && detail.contains("`tools robot FILE`"),
             "{detail}"
+        );
+    }
+
+    /// A frame acted on with an observation outside the running bundle's bounds (for a
+    /// robot bundle, its pretraining data's range) is counted on the episode, the first
+    /// named; not a fault. The controller never looked at the bounds.
+    #[test]
+    fn observations_outside_the_bundles_bounds_are_counted() {
+        use shared_model::manifest::{Trust, load_bundle};
+        let dir = tempfile::tempdir().unwrap();
+        shared_model::synthetic::SyntheticSpec::cpu()
+            .write(dir.path(), 5, None)
+            .unwrap();
+        let b = load_bundle(dir.path(), &Trust::AllowUnsigned).unwrap();
+        let options = crate::runtime::PolicyOptions {
+            backend: crate::runtime::Backend::Native,
+            executed_steps: None,
+            seed: 1,
+        };
+        let mut brain = Brain::new(&b, &options, false).unwrap();
+        let Brain::Full { policy, .. } = &mut brain else {
+            panic!("not full")
+        };
+        let od = policy.manifest.observation.dim;
+        policy.manifest.observation.high[od - 1] = 0.2;
+        let wire = Wire::default();
+        let (mut c, tx) = control_with(&wire, brain);
+        let now = Instant::now();
+        c.phase = Phase::Idle;
+        c.tick += 1;
+        c.one_tick(now);
+        act_on_the_first_frame(&mut c, &tx, now);
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        let t = c.track.as_ref().unwrap();
+        assert_eq!(t.outside_bounds, 1);
+        assert_eq!(
+            t.outside_bounds_first.as_deref(),
+            Some(
+                format!(
+                    "observation[{}] `obs.{}` = 0.25 at step 0, outside [-10, 0.2]",
+                    od - 1,
+                    od - 1
+                )
+                .as_str()
+            )
         );
     }
 

@@ -679,6 +679,13 @@ pub struct EpisodeReport {
     pub malformed: u32,
     /// What was wrong with the first of them.
     pub malformed_first: Option<String>,
+    /// Frames acted on with an observation outside the running bundle's bounds (a robot
+    /// bundle's are the range of its pretraining data, a simulated task's the task's):
+    /// the policy acted where it learned nothing (online fine-tuning explores there;
+    /// many such frames on a new robot may be a units or wiring mistake). Not a fault.
+    pub outside_bounds: u32,
+    /// The first of them: which observation, its value, the step and the bounds.
+    pub outside_bounds_first: Option<String>,
     pub seconds: f64,
     pub cadence: CadenceReport,
 }
@@ -728,6 +735,14 @@ impl fmt::Display for EpisodeReport {
                  envelope or hold, or a late command): their transitions hold what the \
                  robot applied",
                 self.applied_otherwise
+            )?;
+        }
+        if let Some(first) = &self.outside_bounds_first {
+            writeln!(
+                f,
+                "  frames outside the bundle's observation bounds (its pretraining data's \
+                 range, for a robot bundle): {}; the first: {first}",
+                self.outside_bounds
             )?;
         }
         if let Some(first) = &self.malformed_first {
