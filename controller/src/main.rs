@@ -773,8 +773,8 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let s = if episodes == 1 { "" } else { "s" };
         controller::say!(
             "{outside} of {acted} frames acted on, in {episodes} episode{s}, had an \
-             observation outside the bundle's bounds (its pretraining data's range, for a robot \
-             bundle): each episode's line names the first"
+             observation outside the running bundle's bounds (its training data's range, for \
+             a robot bundle): report.json's outside_bounds_first names each episode's first"
         );
     }
     if let Some(a) = &report.two_speed {

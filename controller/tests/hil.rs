@@ -3794,12 +3794,20 @@ fn a_dataset_recorded_otherwise_is_refused_before_the_port_is_opened() {
 }
 
 /// Frames acted on with an observation outside the bundle's bounds (a robot bundle's:
-/// its pretraining data's range) are counted per episode in `report.json`, the first named,
+/// its training data's range) are counted per episode in `report.json`, the first named,
 /// and summed at the run's end; not a fault. The controller never looked at the bounds.
 #[test]
 fn observations_outside_the_bundles_bounds_are_reported() {
     let _g = serial();
     let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "");
+    // The synthetic bundle's bounds ([-10, 10]) hold the push task's observations: none.
+    let out = sim.run(&["--episodes", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(sim.report()["episodes"][0]["outside_bounds"], 0);
+    assert!(
+        !out.stdout.contains("outside the running bundle's bounds"),
+        "{out:?}"
+    );
     let narrow = sim._dir.path().join("narrow");
     synthetic_bundle_with(&narrow, 1, "");
     let path = narrow.join("manifest.toml");
@@ -3824,7 +3832,7 @@ fn observations_outside_the_bundles_bounds_are_reported() {
     assert!(
         out.stdout.contains(&format!(
             "{n} of {} frames acted on, in 1 episode, had an observation outside the \
-             bundle's bounds",
+             running bundle's bounds",
             episode["commands"]
         )),
         "{out:?}"

@@ -724,6 +724,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
                 robot.take_action_mapping(m);
             }
             robot.take_observation_names(expected.observation_names());
+            // Its bundles' bounds hold what it trains on now.
+            robot.widen_bounds(online.observations());
         }
         summary.robot_episodes = episodes;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;

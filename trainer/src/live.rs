@@ -767,6 +767,18 @@ impl Drop for Listener {
     }
 }
 
+/// Widens a robot run's observation bounds over the transitions `online` took since it
+/// had `before` pushes ([`crate::robot::RobotInfo::widen_bounds`]): its bundles' bounds
+/// are the range of everything it trained on.
+fn widen_bounds(agent: &mut crate::agent::Agent, online: &crate::replay::Replay, before: u64) {
+    if let Some(robot) = agent.robot.as_mut() {
+        let k = usize::try_from(online.pushes() - before).unwrap_or(usize::MAX);
+        for rows in online.last_pushed_observations(k) {
+            robot.widen_bounds(rows);
+        }
+    }
+}
+
 /// A robot run whose data recorded no action mapping (a recording from before
 /// 2026-12-07, LeRobot's) takes the mapping of the first stream that records one
 /// ([`Check::adopted`]), as `finetune --data` takes a dataset's: the bundles it
@@ -1068,6 +1080,9 @@ pub(crate) fn train_live(
     );
     let adopted = check.adopted.clone();
     let (recovered, mut owed) = intake.recover(&uplink_dir, &mut check, online, summary)?;
+    if let Some(robot) = agent.robot.as_mut() {
+        robot.widen_bounds(online.observations());
+    }
     owed += state.live_owed;
     summary.recovered = recovered;
     if recovered > 0 {
@@ -1196,9 +1211,11 @@ pub(crate) fn train_live(
         }) {
             Ok(first) => {
                 last_data = Some(std::time::Instant::now());
+                let before = online.pushes();
                 for step in std::iter::once(first).chain(rx.try_iter()) {
                     owed += intake.take(step, online, summary);
                 }
+                widen_bounds(agent, online, before);
             }
             // Updates owed (recovered transitions): they go on.
             Err(mpsc::RecvTimeoutError::Timeout) if owed > 0 && !nothing_yet => {}
@@ -1225,10 +1242,12 @@ pub(crate) fn train_live(
             // Transitions that arrived meanwhile go into the replay before the update
             // (and before a checkpoint below): a long run of owed updates (a robot back
             // after an hour away sends its backlog at once) left them queued.
+            let before = online.pushes();
             for step in rx.try_iter() {
                 last_data = Some(std::time::Instant::now());
                 owed += intake.take(step, online, summary);
             }
+            widen_bounds(agent, online, before);
             // Before the checkpoint and the bundle below (a stream's run-start record
             // is checked before its transitions are sent here).
             take_adopted(agent, &adopted);
@@ -1281,9 +1300,11 @@ pub(crate) fn train_live(
     // Transitions logged and acknowledged after the last update, up to the stop: into
     // the online replay (not trained on), so that the final checkpoint holds every
     // streamed transition. The robot will not send them again.
+    let before = online.pushes();
     for step in rx.try_iter() {
         owed += intake.take(step, online, summary);
     }
+    widen_bounds(agent, online, before);
     if let Some(last) = &errors.last {
         eprintln!(
             "finetune: {} uplink connection(s) ended in an error; the last: {last}",

@@ -134,6 +134,22 @@ impl Replay {
         self.next
     }
 
+    /// The observations of the last `k` transitions pushed (at most those held), as up
+    /// to two runs of rows (the ring wraps), oldest first.
+    pub fn last_pushed_observations(&self, k: usize) -> [&[f32]; 2] {
+        let (k, od) = (k.min(self.len), self.obs_dim);
+        let start = (self.next + self.capacity - k) % self.capacity;
+        if start + k <= self.len {
+            [&self.obs[start * od..(start + k) * od], &[]]
+        } else {
+            let wrapped = start + k - self.capacity;
+            [
+                &self.obs[start * od..self.len * od],
+                &self.obs[..wrapped * od],
+            ]
+        }
+    }
+
     /// Rows `range` (within [`Replay::len`]).
     pub fn rows(&self, range: std::ops::Range<usize>) -> Rows<'_> {
         assert!(range.end <= self.len, "rows {range:?} of {}", self.len);
@@ -754,6 +770,25 @@ impl Normalizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The observations last pushed, oldest first, across the ring's wrap.
+    #[test]
+    fn the_last_pushed_observations_follow_the_ring() {
+        let push = |r: &mut Replay, x: f32| r.push(&[x], &[0.0], 0.0, &[x], false);
+        let flat = |parts: [&[f32]; 2]| [parts[0], parts[1]].concat();
+        let mut r = Replay::new(1, 1, 3);
+        for x in 0..2 {
+            push(&mut r, x as f32);
+        }
+        assert_eq!(flat(r.last_pushed_observations(1)), [1.0]);
+        assert_eq!(flat(r.last_pushed_observations(5)), [0.0, 1.0]);
+        for x in 2..5 {
+            push(&mut r, x as f32);
+        }
+        assert_eq!(flat(r.last_pushed_observations(2)), [3.0, 4.0]);
+        assert_eq!(flat(r.last_pushed_observations(3)), [2.0, 3.0, 4.0]);
+        assert_eq!(flat(r.last_pushed_observations(0)), [0.0f32; 0]);
+    }
 
     #[test]
     fn mixed_sampling_is_half_and_half_per_slice() {

@@ -32,7 +32,9 @@ pub struct RobotInfo {
     pub observation_names: Vec<String>,
     pub action_names: Vec<String>,
     /// Per-dimension minimum and maximum of the observations in the data: the bundle's
-    /// observation bounds (the data is all the trainer knows of the robot's ranges).
+    /// observation bounds (the data is all the trainer knows of the robot's ranges),
+    /// widened by the data a fine-tuning trains on ([`Self::widen_bounds`]; since
+    /// 2026-12-07: the controller counts the frames outside them).
     pub obs_low: Vec<f32>,
     pub obs_high: Vec<f32>,
     /// The robot file's action mapping the data was recorded with, where the dataset
@@ -104,6 +106,22 @@ impl RobotInfo {
         }
         self.observation_names = names.to_vec();
         true
+    }
+
+    /// Widens the observation bounds (the bundles' `observation.low`/`high`) to hold
+    /// `observations` (rows of [`Self::obs_dim`]): data a fine-tuning trained on, so
+    /// that the bounds stay the range of everything the run learned from (the
+    /// controller counts the frames outside them). Non-finite values are left out.
+    pub fn widen_bounds(&mut self, observations: &[f32]) {
+        let od = self.obs_low.len();
+        for row in observations.chunks_exact(od.max(1)) {
+            for ((l, h), &x) in self.obs_low.iter_mut().zip(&mut self.obs_high).zip(row) {
+                if x.is_finite() {
+                    *l = l.min(x);
+                    *h = h.max(x);
+                }
+            }
+        }
     }
 
     pub fn obs_dim(&self) -> usize {
@@ -256,5 +274,11 @@ mod tests {
         assert!(r.take_observation_names(&names(&["a", "b"])));
         assert!(!r.take_observation_names(&names(&["c", "d"])));
         assert_eq!(r.observation_names, names(&["a", "b"]));
+        // Bounds widen to hold later data, never narrow; NaN is left out.
+        r.widen_bounds(&[0.5, 2.0, -1.0, f32::NAN]);
+        assert_eq!(
+            (r.obs_low.clone(), r.obs_high.clone()),
+            (vec![-1.0, 0.0], vec![1.0, 2.0])
+        );
     }
 }

@@ -862,6 +862,10 @@ fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
     for step in 0..12u32 {
         let mut obs = [0.0f32; MAX_OBS];
         obs[..7].fill(step as f32 / 12.0);
+        // Past the demonstrations' range: the run's bounds widen to hold it.
+        if step == 5 {
+            obs[0] = 50.0;
+        }
         let mut next_obs = [0.0f32; MAX_OBS];
         next_obs[..7].fill((step + 1) as f32 / 12.0);
         let mut action = [0.0f32; MAX_ACT];
@@ -909,6 +913,12 @@ fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
         tuned.robot.as_ref().unwrap().action_mapping.as_ref(),
         Some(&mapping)
     );
+    assert_eq!(tuned.robot.as_ref().unwrap().obs_high[0], 50.0);
+    let last = summary.published.last().unwrap();
+    let m = shared_model::load_bundle(last, &Trust::AllowUnsigned)
+        .unwrap()
+        .manifest;
+    assert_eq!(m.observation.high[0], 50.0);
     for bundle in &summary.published {
         let m = shared_model::load_bundle(bundle, &Trust::AllowUnsigned)
             .unwrap()
@@ -1015,6 +1025,12 @@ fn a_run_on_demos_without_observation_names_takes_its_robot_data_names() {
 
     let data = tmp.path().join("robot-data");
     own_robot_dataset(&data, "lab-arm", 2, 9);
+    // One observation past the demonstrations' range: the bounds widen to hold it.
+    let mut wide = dataset::read_dataset(&data).unwrap();
+    wide.episodes[0].observations[1] = -40.0;
+    std::fs::remove_dir_all(&data).unwrap();
+    dataset::write_dataset(&data, &wide.info, &wide.episodes).unwrap();
+    assert!(robot(&run).obs_low[1] > -40.0);
     let out = tmp.path().join("ft");
     let s = finetune(&finetune_options(&run, &data, &out, 2), &mut ()).unwrap();
     assert!(
@@ -1040,6 +1056,10 @@ fn a_run_on_demos_without_observation_names_takes_its_robot_data_names() {
         .unwrap()
         .manifest;
     assert_eq!(m.observation.names, info.observation_names);
+    assert_eq!(
+        (robot(&out).obs_low[1], m.observation.low[1]),
+        (-40.0, -40.0)
+    );
 
     // Compared from then on: another robot's names are refused; data naming none is
     // taken in the run's order, said so.

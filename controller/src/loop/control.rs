@@ -540,7 +540,8 @@ pub(crate) struct Control {
     /// lost again does not extend it.
     stop_port_deadline: Option<Instant>,
     /// Ports back that took (or, past that deadline, were refused) the closing `Estop`
-    /// after a loss at the run's end, counted in the wait's end where none answered.
+    /// after a loss at the run's end, and a port kept aside during the safe stop that took
+    /// it ([`Self::pending_writer`]), counted in the wait's end where none answered.
     stop_ports_back: u32,
     /// A port reopened while a safe stop was still holding: taken into use only when
     /// the stop ends, for the handshake, or for the Estop if the run ends there. Its
@@ -2434,11 +2435,12 @@ impl Control {
         };
     }
 
-    /// Counts the frame of `step` (in `self.obs`) where an observation lies outside the
-    /// running bundle's bounds (a robot bundle's are the range of its pretraining data; a
-    /// simulated task's, the task's): the policy acts where it learned nothing. Not a
-    /// fault: online fine-tuning explores past its demonstrations. The first is said in
-    /// the episode's report (one allocation per episode, there).
+    /// Counts the frame of `step` (in `self.obs`), acted on, where an observation lies
+    /// outside the running bundle's bounds (a robot bundle's are the range of the data
+    /// its run trained on; a simulated task's, the task's): a state the policy learned
+    /// nothing about (the frame may have been the teleop device's to act on). Not a
+    /// fault: online fine-tuning explores there. The first is said in the episode's
+    /// report (one allocation per episode, there).
     fn count_outside_bounds(&mut self, step: u32) {
         let (Some(p), Some(t)) = (self.brain.policy(), self.track.as_mut()) else {
             return;
@@ -2498,7 +2500,6 @@ impl Control {
             self.fault(now, FaultKind::JointLimit, detail, None);
             return;
         }
-        self.count_outside_bounds(step);
         let ad = self.ad;
         let episode = self.track.as_ref().map_or(0, |t| t.number);
         // `--teleop-wait-ms`: the device gets this observation first, and its answer is
@@ -2597,6 +2598,8 @@ impl Control {
                     t.steps_acted += 1;
                     t.steps_teleop += teleop.is_some() as u32;
                 }
+                // Of the frames a command went out for (`steps_acted`).
+                self.count_outside_bounds(step);
                 let mut lapsed = false;
                 if let Some(port) = self.teleop.as_mut() {
                     lapsed = port.commanded(teleop.is_some(), now);
@@ -4749,7 +4752,7 @@ mod tests {
     }
 
     /// A frame acted on with an observation outside the running bundle's bounds (for a
-    /// robot bundle, its pretraining data's range) is counted on the episode, the first
+    /// robot bundle, its training data's range) is counted on the episode, the first
     /// named; not a fault. The controller never looked at the bounds.
     #[test]
     fn observations_outside_the_bundles_bounds_are_counted() {

@@ -1730,7 +1730,9 @@ fn check_no_damage_inside(
     starts: &[u64],
     damaged: &[DamagedSpan],
 ) -> Result<(), LogError> {
-    for (at, rs) in headers {
+    // A run the dataset notes is left out whole: nothing of it is appended.
+    let noted = dataset::noted_runs(out)?;
+    for (at, rs) in headers.iter().filter(|(_, rs)| !noted.contains(&rs.run_id)) {
         let next = starts.iter().find(|s| *s > at).copied().unwrap_or(u64::MAX);
         if let Some(d) = damaged.iter().find(|d| d.offset > *at && d.offset < next) {
             return Err(LogError::Record {
@@ -1739,7 +1741,7 @@ fn check_no_damage_inside(
                 problem: format!(
                     "{} damaged bytes inside run {}'s records: they may hide another run's \
                      header, whose episodes would be appended to {} as this run's; convert \
-                     the run into a new directory instead",
+                     the run into a new directory instead, and check its episodes there",
                     d.len,
                     rs.run_id,
                     out.display()
@@ -3291,11 +3293,15 @@ pub(crate) mod tests {
             w.append(&Record::EpisodeEnd(end(0, n))).unwrap();
         }
         drop(w);
-        // The headers of "p" (the first) and "x" damaged.
+        // The headers of "p" (the first) and "x" damaged; in a copy, only p's.
         let mut bytes = std::fs::read(&path).unwrap();
-        for at in [header_at[0], header_at[2]] {
-            bytes[at + 10..at + 16].iter_mut().for_each(|b| *b ^= 0xff);
-        }
+        let damage = |bytes: &mut Vec<u8>, at: usize| {
+            bytes[at + 10..at + 16].iter_mut().for_each(|b| *b ^= 0xff)
+        };
+        damage(&mut bytes, header_at[0]);
+        let before_k = dir.path().join("before-k.log");
+        std::fs::write(&before_k, &bytes).unwrap();
+        damage(&mut bytes, header_at[2]);
         std::fs::write(&path, &bytes).unwrap();
         let only_k = || Runs::Only(vec!["k".into()]);
         let new = dir.path().join("new");
@@ -3314,6 +3320,12 @@ pub(crate) mod tests {
             "{e}"
         );
         assert_eq!(dataset::read_dataset(&out).unwrap().episodes.len(), 0);
+        // Damage before k only (p's header): k is appended, its 3 frames.
+        let r = log_to_dataset(&before_k, &out, only_k()).unwrap();
+        assert_eq!((r.episodes_written, r.frames), (1, 3), "{r:?}");
+        // Now the dataset notes k: nothing to append, so no refusal.
+        let r = log_to_dataset(&path, &out, only_k()).unwrap();
+        assert!(r.already_saved, "{r:?}");
         let e = log_to_dataset(&path, &out, Runs::Only(vec![String::new()]))
             .unwrap_err()
             .to_string();

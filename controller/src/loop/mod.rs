@@ -680,7 +680,7 @@ pub struct EpisodeReport {
     /// What was wrong with the first of them.
     pub malformed_first: Option<String>,
     /// Frames acted on with an observation outside the running bundle's bounds (a robot
-    /// bundle's are the range of its pretraining data, a simulated task's the task's):
+    /// bundle's are the range of the data it trained on, a simulated task's the task's):
     /// the policy acted where it learned nothing (online fine-tuning explores there;
     /// many such frames on a new robot may be a units or wiring mistake). Not a fault.
     pub outside_bounds: u32,
@@ -740,7 +740,7 @@ impl fmt::Display for EpisodeReport {
         if let Some(first) = &self.outside_bounds_first {
             writeln!(
                 f,
-                "  frames outside the bundle's observation bounds (its pretraining data's \
+                "  frames outside the bundle's observation bounds (its training data's \
                  range, for a robot bundle): {}; the first: {first}",
                 self.outside_bounds
             )?;
