@@ -774,7 +774,8 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         controller::say!(
             "{outside} of {acted} frames acted on, in {episodes} episode{s}, had an \
              observation outside the running bundle's bounds (its training data's range, for \
-             a robot bundle): report.json's outside_bounds_first names each episode's first"
+             a robot bundle): report.json's outside_bounds_first (and each episode's line) \
+             names each episode's first"
         );
     }
     if let Some(a) = &report.two_speed {

@@ -587,6 +587,11 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     }
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source, o.device.as_deref())?;
+    // Bounds of a checkpoint written before fine-tuning widened them: its replay was
+    // trained on.
+    if let Some(robot) = agent.robot.as_mut() {
+        robot.widen_bounds(online.observations());
+    }
     // Loading takes any `compute` settings (a new run from this one may differ); a
     // resume continues the run exactly, so only those that compute the same bits may
     // have changed in its config.toml (an edited candidate schedule went on as another

@@ -788,6 +788,15 @@ mod tests {
         assert_eq!(flat(r.last_pushed_observations(2)), [3.0, 4.0]);
         assert_eq!(flat(r.last_pushed_observations(3)), [2.0, 3.0, 4.0]);
         assert_eq!(flat(r.last_pushed_observations(0)), [0.0f32; 0]);
+        // Full with the write position back at 0, and a ring of one.
+        push(&mut r, 5.0);
+        assert_eq!(r.next_slot(), 0);
+        assert_eq!(flat(r.last_pushed_observations(2)), [4.0, 5.0]);
+        let mut one = Replay::new(1, 1, 1);
+        assert_eq!(flat(one.last_pushed_observations(1)), [0.0f32; 0]);
+        push(&mut one, 7.0);
+        push(&mut one, 8.0);
+        assert_eq!(flat(one.last_pushed_observations(3)), [8.0]);
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub struct RobotInfo {
     pub action_names: Vec<String>,
     /// Per-dimension minimum and maximum of the observations in the data: the bundle's
     /// observation bounds (the data is all the trainer knows of the robot's ranges),
-    /// widened by the data a fine-tuning trains on ([`Self::widen_bounds`]; since
-    /// 2026-12-07: the controller counts the frames outside them).
+    /// widened by the observations of the transitions a fine-tuning trains on
+    /// ([`Self::widen_bounds`]; since 2026-12-07: the controller counts the frames
+    /// outside them).
     pub obs_low: Vec<f32>,
     pub obs_high: Vec<f32>,
     /// The robot file's action mapping the data was recorded with, where the dataset

@@ -940,10 +940,9 @@ fn a_live_session_takes_the_action_mapping_its_robot_stream_recorded() {
         ..resumed
     };
     finetune(&resumed, &mut ()).unwrap();
-    assert_eq!(
-        load_agent(&out).unwrap().robot.unwrap().action_mapping,
-        Some(mapping)
-    );
+    let robot = load_agent(&out).unwrap().robot.unwrap();
+    assert_eq!(robot.action_mapping, Some(mapping));
+    assert_eq!(robot.obs_high[0], 50.0);
 }
 
 /// The run's offline data (`run.dataset`) is read again by `finetune` and `train

@@ -1658,7 +1658,8 @@ pub enum Runs {
     /// after later runs went into the same log ([`unsaved_runs`]), whatever the others
     /// are (runs of an older version without ids, damage outside them, runs a full
     /// list of noted runs let go). Their episodes the dataset holds are left out. An id
-    /// the log does not hold, or damage inside one of them when appending (it may hide
+    /// the log does not hold, or damage inside one of them when appending, unless the
+    /// dataset notes that run (nothing of it is appended) (it may hide
     /// another run's header), is an error.
     Only(Vec<String>),
 }
@@ -1721,8 +1722,9 @@ fn check_every_run_fits(
 /// Refuses to append runs asked for by id ([`Runs::Only`]) into the dataset at `out`
 /// where damage lies inside one of them (between its header and the next run's,
 /// `starts`): it may hide another run's header, whose episodes would be taken for the
-/// one asked for (appended again if that run saved them). Into a new directory they
-/// are converted, as every run's are.
+/// one asked for (appended again if that run saved them). A run the dataset notes is
+/// left out (nothing of it is appended). Into a new directory they are converted, as
+/// every run's are.
 fn check_no_damage_inside(
     log: &Path,
     out: &Path,
