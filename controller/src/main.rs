@@ -143,10 +143,11 @@ enum Command {
         /// does not note is appended).
         #[arg(long, conflicts_with = "run")]
         last_run: bool,
-        /// Only the run of this id (repeatable), from its header to the next run's: a
-        /// killed run's after later runs went into the log (`controller run` names it at
-        /// the next start), whatever else the log holds. Its episodes the dataset holds
-        /// are left out.
+        /// Only the run with this id (repeatable), from its header to the next run's,
+        /// whatever else the log holds: a killed run's episodes once later runs are in
+        /// the log (`controller run` names such a run at its next start). Episodes the
+        /// dataset holds are left out; damage inside a run the dataset does not note
+        /// refuses an append.
         #[arg(long, value_name = "RUN_ID")]
         run: Vec<String>,
     },
@@ -773,9 +774,9 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let s = if episodes == 1 { "" } else { "s" };
         controller::say!(
             "{outside} of {acted} frames acted on, in {episodes} episode{s}, had an \
-             observation outside the running bundle's bounds (its training data's range, for \
-             a robot bundle): report.json's outside_bounds_first (and each episode's line) \
-             names each episode's first"
+             observation outside the bounds of the bundle then running (its training data's \
+             range, for a robot bundle): each episode's line, and its outside_bounds_first in \
+             report.json, name its first"
         );
     }
     if let Some(a) = &report.two_speed {
@@ -1162,8 +1163,8 @@ fn check_bundle_fits(
         controller::note!(
             "note: {}: the bundle names no observations (its training data named none), so \
              their order is unchecked: the policy takes the robot's Sensor values in the \
-             order the frame carries them, assumed to be the order it learned; a \
-             fine-tuning on this robot's recordings takes their names ({})",
+             order the frame carries them, assumed to be the order it learned; fine-tuning on \
+             this robot's recordings gives it their names ({})",
             dir.display(),
             robot.observation.names.join(", ")
         );
@@ -1309,7 +1310,7 @@ fn main() -> Result<std::process::ExitCode> {
             }
             let by_id = !run.is_empty();
             let runs = if by_id {
-                robot_loop::log::Runs::Only(run)
+                robot_loop::log::Runs::Only(run.clone())
             } else if last_run {
                 robot_loop::log::Runs::Last
             } else {
@@ -1317,10 +1318,16 @@ fn main() -> Result<std::process::ExitCode> {
             };
             let r = robot_loop::log::log_to_dataset(&log, &out, runs)?;
             if r.already_saved && by_id {
+                let (s, them) = if run.len() == 1 {
+                    ("", "it")
+                } else {
+                    ("s", "them")
+                };
                 println!(
-                    "{}: the runs' episodes are in {} already (the dataset notes them: they \
-                     ended and saved them, or they were converted before); nothing written",
+                    "{}: run{s} {}: already in {} (the dataset notes {them}: saved at the \
+                     run's end, or converted before); nothing written",
                     log.display(),
+                    run.join(", "),
                     out.display()
                 );
                 return Ok(std::process::ExitCode::SUCCESS);

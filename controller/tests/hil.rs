@@ -3795,7 +3795,8 @@ fn a_dataset_recorded_otherwise_is_refused_before_the_port_is_opened() {
 
 /// Frames acted on with an observation outside the bundle's bounds (a robot bundle's:
 /// its training data's range) are counted per episode in `report.json`, the first named,
-/// and summed at the run's end; not a fault. The controller never looked at the bounds.
+/// and summed at the run's end; not a fault. (Before 2026-12-07 the controller never
+/// looked at the bounds.)
 #[test]
 fn observations_outside_the_bundles_bounds_are_reported() {
     let _g = serial();
@@ -3805,7 +3806,7 @@ fn observations_outside_the_bundles_bounds_are_reported() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(sim.report()["episodes"][0]["outside_bounds"], 0);
     assert!(
-        !out.stdout.contains("outside the running bundle's bounds"),
+        !out.stdout.contains("outside the bounds of the bundle"),
         "{out:?}"
     );
     let narrow = sim._dir.path().join("narrow");
@@ -3832,7 +3833,7 @@ fn observations_outside_the_bundles_bounds_are_reported() {
     assert!(
         out.stdout.contains(&format!(
             "{n} of {} frames acted on, in 1 episode, had an observation outside the \
-             running bundle's bounds",
+             bounds of the bundle then running",
             episode["commands"]
         )),
         "{out:?}"

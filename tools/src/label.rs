@@ -93,7 +93,8 @@ pub struct Labelled {
 /// actions are in that robot's units and are converted to policy units. Refuses an
 /// index past the dataset's episodes, dimensions that differ from the robot file's, and
 /// a converted action outside `[-1, 1]`, naming each. Warns when labels the source had
-/// are replaced, and when its observation names differ from the robot file's.
+/// are replaced, and when its observation names differ from the robot file's; a source
+/// that named no observations or actions gets the robot file's names (warned).
 pub fn label_success(
     input: &Path,
     output: &Path,
@@ -169,9 +170,10 @@ pub fn label_success(
         }
         to_policy_units(&mut ds, input, path, robot, &mut warnings)?;
         // Names a reader made up for a dataset that named none (`observation.state.{i}`,
-        // `action.{i}`, or an older controller's `a{i}`) say nothing: the copy takes the robot file's, in their order (as
-        // the robot's own recordings name them), so that the run and its bundles name
-        // them from pretraining on. Said, as their order is the source's, unchecked.
+        // `action.{i}`, or an older controller's `a{i}`) say nothing: the copy takes the
+        // robot file's, in their order (as the robot's own recordings name them), so that
+        // the run and its bundles name them from pretraining on. Said, as their order is
+        // the source's, not checked.
         let info = &mut ds.info;
         let made_up = |key, n: &[String]| dataset::made_up_names(key, n);
         let ours = &robot.observation.names;
@@ -181,7 +183,7 @@ pub fn label_success(
         {
             warnings.push(format!(
                 "{}: it names no observations: the copy names them after {} ({}), in that \
-                 order, unchecked",
+                 order (not checked)",
                 input.display(),
                 path.display(),
                 ours.join(", ")
@@ -200,8 +202,8 @@ pub fn label_success(
             && ours.len() == info.action_dim()
         {
             warnings.push(format!(
-                "{}: it names no actions: the copy names them after {} ({}), in that order, \
-                 unchecked",
+                "{}: it names no actions: the copy names them after {} ({}), in that order \
+                 (not checked)",
                 input.display(),
                 path.display(),
                 ours.join(", ")

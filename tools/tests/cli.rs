@@ -715,8 +715,8 @@ fn label_converts_robot_units_to_policy_units() {
     assert_eq!(named.info.action_names, raw.info.action_names);
     assert!(
         text(&o).contains(&format!(
-            "it names no observations: the copy names them after {} ({}), in that order, \
-             unchecked",
+            "it names no observations: the copy names them after {} ({}), in that order \
+             (not checked)",
             robot_file.display(),
             raw.info.observation_names.join(", ")
         )) && text(&o).contains("it names no actions: the copy names them after")

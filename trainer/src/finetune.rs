@@ -214,7 +214,7 @@ impl FinetuneSummary {
 /// run would not train on ([`controller::robot_loop::log::unsaved_runs`]). Each dataset
 /// named `dataset` is looked at beside its log; any `--data` dataset, or the offline one
 /// mixed in, may hold a run (one `log-to-dataset` wrote elsewhere). A log that cannot be
-/// read is said so, and the run goes on with the datasets.
+/// read is reported, and the run goes on with the datasets.
 pub(crate) fn unsaved_robot_data(data: &[PathBuf], offline: Option<&Path>) -> Vec<String> {
     use controller::robot_loop::log::{unsaved_runs, unsaved_runs_advice};
     let holders: Vec<&Path> = data.iter().map(PathBuf::as_path).chain(offline).collect();
@@ -994,7 +994,7 @@ impl RecordedBy {
             let ours = &self.observation_names;
             warnings.push(format!(
                 "{} names no observations ({} to {}): its values are taken as the run's \
-                 ({}), in that order, unchecked",
+                 ({}), in that order (not checked)",
                 path.display(),
                 theirs[0],
                 theirs[theirs.len() - 1],
@@ -1186,9 +1186,9 @@ impl RecordedBy {
     }
 
     /// Where `theirs` (named by `whose`) first differs from the run's observation
-    /// names, as an error message; `None` when they agree or either side has none, or
-    /// names a reader made up for data that named none (`observation.state.{i}`: they
-    /// say nothing of the values; [`RecordedBy::adopt_names`]).
+    /// names, as an error message; `None` when they agree, or either side has none or
+    /// only names a reader made up for data that named none (`observation.state.{i}`:
+    /// they say nothing of the values; [`RecordedBy::adopt_names`]).
     pub fn names_differ(&self, theirs: &[String], whose: &str) -> Option<String> {
         let ours = &self.observation_names;
         if unnamed_observations(ours) || unnamed_observations(theirs) {

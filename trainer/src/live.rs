@@ -1421,32 +1421,36 @@ mod tests {
         (r, rx)
     }
 
+    /// The bytes of a stream's run-start record naming observations `obs` (actions `x`,
+    /// `y`, no mapping).
+    fn stream_start(obs: &[&str]) -> Vec<u8> {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut bytes = vec![];
+        Record::Run(controller::robot_loop::log::RunStart {
+            robot: "r".into(),
+            task: "push".into(),
+            fps: 20,
+            observation_names: names(obs),
+            action_names: names(&["x", "y"]),
+            bundle: "b".into(),
+            started_unix: 0,
+            run_id: "run-1".into(),
+            action_scale: vec![],
+            action_offset: vec![],
+        })
+        .encode(&mut bytes);
+        bytes
+    }
+
     /// A robot stream whose run-start record names other observations than the run's
     /// is refused at that record (nothing of it is logged or trained on); the same
     /// names pass.
     #[test]
     fn a_stream_of_another_robot_is_refused_by_its_observation_names() {
-        use controller::robot_loop::log::RunStart;
         let tmp = tempfile::tempdir().unwrap();
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (mut receiver, _rx) = receiver(tmp.path(), names(&["a", "b", "c"]));
-        let start = |obs: &[&str]| {
-            let mut bytes = vec![];
-            Record::Run(RunStart {
-                robot: "r".into(),
-                task: "push".into(),
-                fps: 20,
-                observation_names: names(obs),
-                action_names: names(&["x", "y"]),
-                bundle: "b".into(),
-                started_unix: 0,
-                run_id: String::new(),
-                action_scale: vec![],
-                action_offset: vec![],
-            })
-            .encode(&mut bytes);
-            bytes
-        };
+        let start = stream_start;
         receiver
             .append("same", 0, &start(&["a", "b", "c"]))
             .unwrap();
@@ -1467,7 +1471,6 @@ mod tests {
     /// refused (its names differed from the made-up ones).
     #[test]
     fn a_run_without_observation_names_takes_the_first_streams() {
-        use controller::robot_loop::log::RunStart;
         let tmp = tempfile::tempdir().unwrap();
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let made_up = names(&[
@@ -1478,23 +1481,7 @@ mod tests {
         let (mut receiver, _rx) = receiver(tmp.path(), vec![]);
         let recorded_by = crate::finetune::RecordedBy::named(made_up).on_robot("r");
         receiver.check = Check::new((3, 2), recorded_by);
-        let start = |obs: &[&str]| {
-            let mut bytes = vec![];
-            Record::Run(RunStart {
-                robot: "r".into(),
-                task: "push".into(),
-                fps: 20,
-                observation_names: names(obs),
-                action_names: names(&["x", "y"]),
-                bundle: "b".into(),
-                started_unix: 0,
-                run_id: "run-1".into(),
-                action_scale: vec![],
-                action_offset: vec![],
-            })
-            .encode(&mut bytes);
-            bytes
-        };
+        let start = stream_start;
         receiver
             .append("first", 0, &start(&["a", "b", "c"]))
             .unwrap();

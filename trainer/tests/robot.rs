@@ -364,7 +364,21 @@ fn a_robot_of_its_own_shape_pretrains_exports_and_finetunes() {
     assert_eq!(summary.robot_episodes, 5);
     assert!(summary.before.is_none() && summary.after.is_none());
     let tuned = load_agent(&out).unwrap();
-    assert_eq!(tuned.robot.as_ref(), Some(&robot));
+    // The description is kept; the observation bounds widen to hold what it trained on
+    // (never narrow).
+    let kept = tuned.robot.clone().unwrap();
+    let (low, high) = (kept.obs_low.clone(), kept.obs_high.clone());
+    let as_pretrained = trainer::robot::RobotInfo {
+        obs_low: robot.obs_low.clone(),
+        obs_high: robot.obs_high.clone(),
+        ..kept
+    };
+    assert_eq!(as_pretrained, robot);
+    assert!(
+        low.iter().zip(&robot.obs_low).all(|(t, r)| t <= r)
+            && high.iter().zip(&robot.obs_high).all(|(t, r)| t >= r),
+        "{low:?} {high:?} against {robot:?}"
+    );
     export_bundle(
         &tuned,
         &tmp.path().join("bundle2"),
@@ -1086,8 +1100,8 @@ fn a_run_on_demos_without_observation_names_takes_its_robot_data_names() {
     assert!(
         s.warnings.iter().any(|w| w.contains(&format!(
             "{} names no observations (observation.state.0 to observation.state.6): its \
-             values are taken as the run's (q0, q1, q2, q3, q4, q5, q6), in that order, \
-             unchecked",
+             values are taken as the run's (q0, q1, q2, q3, q4, q5, q6), in that order \
+             (not checked)",
             nameless.display()
         ))),
         "{:?}",

@@ -4753,7 +4753,7 @@ mod tests {
 
     /// A frame acted on with an observation outside the running bundle's bounds (for a
     /// robot bundle, its training data's range) is counted on the episode, the first
-    /// named; not a fault. The controller never looked at the bounds.
+    /// named; not a fault. (Before 2026-12-07 the controller never looked at the bounds.)
     #[test]
     fn observations_outside_the_bundles_bounds_are_counted() {
         use shared_model::manifest::{Trust, load_bundle};
@@ -5450,14 +5450,17 @@ mod tests {
         got
     }
 
-    /// A stop signal while the reconnect's safe stop still holds, its port back kept
-    /// aside: the run ends there, and that port takes the Estop (its firmware holds with
-    /// its torque on). The kept port was dropped unused, and nothing turned its torque
-    /// off.
-    #[test]
-    fn a_run_ending_in_a_reconnects_safe_stop_sends_the_estop_to_the_port_back() {
-        let wire = Wire::default();
-        let (mut c, tx) = lost_with_reconnect(&wire);
+    /// A run whose link was lost, with `--reconnect-ms`, stopped by a signal while the
+    /// reconnect's safe stop holds with a port back kept aside (the pty returned): it
+    /// ends confirming the closing Estop, which went to that port.
+    fn ended_in_a_reconnects_safe_stop(
+        wire: &Wire,
+    ) -> (
+        Control,
+        crossbeam_channel::Sender<LinkEvent>,
+        hil_tests::link::Pty,
+    ) {
+        let (mut c, tx) = lost_with_reconnect(wire);
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
         tx.send(LinkEvent::Reconnected(port)).unwrap();
@@ -5477,6 +5480,17 @@ mod tests {
             "{:?}",
             c.phase
         );
+        (c, tx, pty)
+    }
+
+    /// A stop signal while the reconnect's safe stop still holds, its port back kept
+    /// aside: the run ends there, and that port takes the Estop (its firmware holds with
+    /// its torque on). The kept port was dropped unused, and nothing turned its torque
+    /// off.
+    #[test]
+    fn a_run_ending_in_a_reconnects_safe_stop_sends_the_estop_to_the_port_back() {
+        let wire = Wire::default();
+        let (mut c, tx, pty) = ended_in_a_reconnects_safe_stop(&wire);
         // Only the Estop: neither the hold ramp nor a Hello goes to an unverified port.
         let got = received_on(pty, |g| g.contains(&Message::Estop));
         assert_eq!(got, [Message::Estop]);
@@ -5509,26 +5523,7 @@ mod tests {
     #[test]
     fn a_kept_port_that_took_the_estop_and_dropped_counts_as_back() {
         let wire = Wire::default();
-        let (mut c, tx) = lost_with_reconnect(&wire);
-        let pty = hil_tests::link::Pty::open().unwrap();
-        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
-        tx.send(LinkEvent::Reconnected(port)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
-        assert!(c.pending_writer.is_some(), "{:?}", c.phase);
-        c.interrupt(Instant::now(), "signal 2".into());
-        for _ in 0..200 {
-            c.tick += 1;
-            c.one_tick(Instant::now());
-            if !matches!(c.phase, Phase::SafeStop { .. }) {
-                break;
-            }
-        }
-        assert!(
-            matches!(c.phase, Phase::ConfirmingStop { .. }),
-            "{:?}",
-            c.phase
-        );
+        let (mut c, tx, pty) = ended_in_a_reconnects_safe_stop(&wire);
         assert_eq!(c.stop_ports_back, 1);
         // (A short wait from here: the phases run on the clock.)
         let limit = Duration::from_millis(40);

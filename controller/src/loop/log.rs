@@ -1595,9 +1595,9 @@ pub struct Rebuilt {
     /// Steps that the episodes' end records (or last steps) count but no transition
     /// holds: lost in damaged stretches, or never logged.
     pub missing_frames: usize,
-    /// [`Runs::Last`] ([`Runs::Only`]: every run's): the run's episodes were in the dataset already (it notes the
-    /// run: the run ended and saved them, or they were converted before), so none was
-    /// written.
+    /// With [`Runs::Last`], the run's episodes (with [`Runs::Only`], those of every run
+    /// asked for) were in the dataset already (it notes the run: the run ended and saved
+    /// them, or they were converted before), so none was written.
     pub already_saved: bool,
     /// A converted run has no id (a log of an older version), so whether the dataset
     /// holds its episodes already is not known (with [`Runs::All`], said only when
@@ -1658,9 +1658,8 @@ pub enum Runs {
     /// after later runs went into the same log ([`unsaved_runs`]), whatever the others
     /// are (runs of an older version without ids, damage outside them, runs a full
     /// list of noted runs let go). Their episodes the dataset holds are left out. An id
-    /// the log does not hold, or damage inside one of them when appending, unless the
-    /// dataset notes that run (nothing of it is appended) (it may hide
-    /// another run's header), is an error.
+    /// the log does not hold is an error; so, when appending, is damage inside a run the
+    /// dataset does not note (it may hide another run's header).
     Only(Vec<String>),
 }
 
@@ -1690,7 +1689,7 @@ fn check_every_run_fits(
             problem: format!(
                 "{} damaged bytes, which may hide a run's header: that run's episodes would \
                  be taken for the run before it, left out as saved in {} or appended again; \
-                 {CONVERT_ANEW} (or --last-run after a killed run)",
+                 {CONVERT_ANEW} (or --run ID for a killed run's episodes)",
                 d.len,
                 out.display()
             ),
@@ -1709,7 +1708,8 @@ fn check_every_run_fits(
                 problem: format!(
                     "it notes only its newest {} runs, and run {} of the log started before \
                      the oldest of them: it may be one of those let go, whose episodes would \
-                     be appended again; {CONVERT_ANEW} (or --last-run after a killed run)",
+                     be appended again; {CONVERT_ANEW} (or --run ID for a killed run's \
+                     episodes)",
                     dataset::MAX_NOTED_RUNS,
                     rs.run_id
                 ),
@@ -1782,7 +1782,9 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             problem,
         };
         if ids.is_empty() || ids.iter().any(String::is_empty) {
-            return Err(refused("no run id given (an empty one names none)".into()));
+            return Err(refused(
+                "no run id given (an empty --run names no run)".into(),
+            ));
         }
         if let Some(id) = ids
             .iter()
@@ -1797,7 +1799,11 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
                 "no run {id} in the log (it holds {} run{} with an id{}{}{})",
                 held.len(),
                 if held.len() == 1 { "" } else { "s" },
-                if held.is_empty() { "" } else { ", the newest " },
+                match held.len() {
+                    0 => "",
+                    1..=5 => ": ",
+                    _ => ", the newest five, oldest first: ",
+                },
                 newest.join(", "),
                 if scan.damaged.is_empty() {
                     ""
@@ -2123,9 +2129,9 @@ pub fn unsaved_runs_advice(log: &Path, dataset: &Path, runs: &[UnsavedRun]) -> O
         .map(|r| format!(" --run {}", r.run_id))
         .collect();
     Some(format!(
-        "{} holds {} that the dataset {} does not: a controller killed (kill -9, a power \
-         cut) before it saved them, or one that could not save them (its report.json says \
-         why)? `controller log-to-dataset --log {} --out {}{ids}` appends them",
+        "{} holds {} that the dataset {} does not hold (a controller killed before it saved \
+         them: kill -9, a power cut; or one that could not save them: its report.json says \
+         why); `controller log-to-dataset --log {} --out {}{ids}` appends them",
         log.display(),
         each.join(", "),
         dataset.display(),
@@ -3238,7 +3244,7 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("no run z in the log (it holds 5 runs with an id, the newest a, b, e, d-4000, c-5000)"),
+            e.contains("no run z in the log (it holds 5 runs with an id: a, b, e, d-4000, c-5000)"),
             "{e}"
         );
         assert_eq!(unsaved_runs_advice(&path, &out, &[]), None);
@@ -3336,7 +3342,7 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("no run p in the log (it holds 1 run with an id, the newest k; damage"),
+            e.contains("no run p in the log (it holds 1 run with an id: k; damage"),
             "{e}"
         );
     }

@@ -342,12 +342,19 @@ fn logger_main(
                 let committed = dataset::committed_episodes(&dir).unwrap_or(0);
                 let lost = unsave_lost(s, committed);
                 if lost > 0 {
+                    // By id: after the next run into this --out, `--last-run` takes that.
+                    let which = match run_id {
+                        "" => "--last-run".to_string(),
+                        id => format!("--run {id}"),
+                    };
                     push_error(
                         s,
                         format!(
                             "{lost} episodes of this run are not in {} (its metadata could not \
-                             be written); `controller log-to-dataset --last-run` adds them from \
-                             the log",
+                             be written); `controller log-to-dataset --log {} --out {} {which}` \
+                             adds them from the log",
+                            dir.display(),
+                            log.path().display(),
                             dir.display()
                         ),
                     );
@@ -515,7 +522,7 @@ mod tests {
     /// A dataset whose metadata cannot be written at the run's end (a full disk, here
     /// a directory in the way of `info.json`'s staging file) keeps what it held before:
     /// the summary no longer counts the run's episodes as saved, and the error says how
-    /// to add them from the log. (It said they were saved.)
+    /// to add them from the log, by the run's id. (It said they were saved.)
     #[test]
     fn episodes_a_failed_finish_left_out_are_not_counted_as_saved() {
         let dir = tempfile::tempdir().unwrap();
@@ -528,7 +535,9 @@ mod tests {
         assert_eq!(s.episodes[0].dataset_index, None, "{s:?}");
         let said = s.errors.join("\n");
         assert!(said.contains("1 episodes of this run are not in"), "{said}");
-        assert!(said.contains("log-to-dataset --last-run"), "{said}");
+        // By the run's id: after the next run into this --out, `--last-run` takes that.
+        let by_id = format!("--run {}` adds them from the log", run_start().run_id);
+        assert!(said.contains(&by_id), "{said}");
         std::fs::remove_dir_all(&blocker).unwrap();
         assert_eq!(
             dataset::committed_episodes(&dir.path().join("dataset")).unwrap(),

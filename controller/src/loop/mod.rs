@@ -2028,7 +2028,7 @@ impl std::io::Write for TestBytes {
 }
 
 /// Says so where the last run into `dir` (`--out`) was killed before it saved its
-/// episodes, naming the conversion that appends them (by run id: once this run is in
+/// episodes, or could not save some, naming the conversion that appends them (by run id: once this run is in
 /// the log, `log-to-dataset --last-run` would take this one). Earlier runs' were said
 /// at the start after them (one recovered into another dataset would be said at every
 /// start). A log that cannot be read is left to the log's own opening, which says why.

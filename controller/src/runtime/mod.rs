@@ -666,8 +666,8 @@ impl Policy {
 }
 
 /// Why the verified bundle `new` may not replace the running bundle `old`: it fine-tunes
-/// that policy, so it must be for the same task with the same observation names (or
-/// names for those of a running bundle that named none; their
+/// that policy, so it must be for the same task with the same observation names (or,
+/// where the running bundle named none, any names as many as its own; their
 /// sizes are checked against the robot or the running policy) and its action names in
 /// the same order where both name them, the same action mapping where both record one,
 /// plan chunks of the same length (the run's chunk
