@@ -1157,7 +1157,7 @@ fn check_bundle_fits(
     if let Some(e) = robot.observation.names_reordered(names, "the bundle") {
         bail!("{} does not fit {robot_label}: {e}", dir.display());
     }
-    let unnamed = |n: &[String]| dataset::made_up_names(dataset::cols::OBS, n);
+    let unnamed = dataset::unnamed_observations;
     if unnamed(names) && !unnamed(&robot.observation.names) {
         // Trained on data that named none (`observation.state.{i}`): nothing to compare.
         controller::note!(

@@ -211,6 +211,12 @@ pub fn unnamed_actions(names: &[String]) -> bool {
         || names.iter().enumerate().all(|(i, n)| *n == format!("a{i}"))
 }
 
+/// Observation names that say nothing of the values: a reader's `observation.state.{i}`
+/// for data that named none ([`made_up_names`]; an empty list too).
+pub fn unnamed_observations(names: &[String]) -> bool {
+    made_up_names(cols::OBS, names)
+}
+
 /// Column / feature names used in data files and `info.json`.
 pub mod cols {
     pub const OBS: &str = "observation.state";

@@ -175,10 +175,9 @@ pub fn label_success(
         // the run and its bundles name them from pretraining on. Said, as their order is
         // the source's, not checked.
         let info = &mut ds.info;
-        let made_up = |key, n: &[String]| dataset::made_up_names(key, n);
         let ours = &robot.observation.names;
-        if made_up(dataset::cols::OBS, &info.observation_names)
-            && !made_up(dataset::cols::OBS, ours)
+        if dataset::unnamed_observations(&info.observation_names)
+            && !dataset::unnamed_observations(ours)
             && ours.len() == info.obs_dim()
         {
             warnings.push(format!(

@@ -587,11 +587,6 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     }
     let source = if resumed { &o.out } else { &o.from };
     let (mut agent, mut state, mut online) = load_run(source, o.device.as_deref())?;
-    // Bounds of a checkpoint written before fine-tuning widened them: its replay was
-    // trained on.
-    if let Some(robot) = agent.robot.as_mut() {
-        robot.widen_bounds(online.observations());
-    }
     // Loading takes any `compute` settings (a new run from this one may differ); a
     // resume continues the run exactly, so only those that compute the same bits may
     // have changed in its config.toml (an edited candidate schedule went on as another
@@ -729,8 +724,6 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
                 robot.take_action_mapping(m);
             }
             robot.take_observation_names(expected.observation_names());
-            // Its bundles' bounds hold what it trains on now.
-            robot.widen_bounds(online.observations());
         }
         summary.robot_episodes = episodes;
         summary.robot_success_rate = successes as f64 / episodes.max(1) as f64;
@@ -806,6 +799,11 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
                 o.out.display()
             );
         }
+    }
+    // Its bundles' bounds hold what it trains on: the robot data appended, and a replay
+    // checkpointed before fine-tuning widened them.
+    if let Some(robot) = agent.robot.as_mut() {
+        robot.widen_bounds(online.observations());
     }
 
     let offline_fraction = if o.with_offline {
@@ -983,13 +981,13 @@ impl RecordedBy {
         }
         let theirs = &info.observation_names;
         // (Before names are taken from it.)
-        let names_compared =
-            !unnamed_observations(theirs) && !unnamed_observations(&self.observation_names);
+        let names_compared = !dataset::unnamed_observations(theirs)
+            && !dataset::unnamed_observations(&self.observation_names);
         if let Some(w) = self.adopt_names(theirs, &path.display().to_string()) {
             warnings.push(w);
         } else if !theirs.is_empty()
-            && unnamed_observations(theirs)
-            && !unnamed_observations(&self.observation_names)
+            && dataset::unnamed_observations(theirs)
+            && !dataset::unnamed_observations(&self.observation_names)
         {
             let ours = &self.observation_names;
             warnings.push(format!(
@@ -1053,8 +1051,8 @@ impl RecordedBy {
         let ours = &self.observation_names;
         if self.robot.is_none()
             || ours.is_empty()
-            || !unnamed_observations(ours)
-            || unnamed_observations(theirs)
+            || !dataset::unnamed_observations(ours)
+            || dataset::unnamed_observations(theirs)
             || theirs.len() != ours.len()
         {
             return None;
@@ -1191,7 +1189,7 @@ impl RecordedBy {
     /// they say nothing of the values; [`RecordedBy::adopt_names`]).
     pub fn names_differ(&self, theirs: &[String], whose: &str) -> Option<String> {
         let ours = &self.observation_names;
-        if unnamed_observations(ours) || unnamed_observations(theirs) {
+        if dataset::unnamed_observations(ours) || dataset::unnamed_observations(theirs) {
             return None;
         }
         let i = firmware_config::config::first_name_difference(ours, theirs)?;
@@ -1395,12 +1393,6 @@ impl RunState {
             window
         });
     }
-}
-
-/// Names a reader made up for data that named none (`observation.state.{i}`): they say
-/// nothing of what the values are. An empty list names nothing either.
-fn unnamed_observations(names: &[String]) -> bool {
-    dataset::made_up_names(dataset::cols::OBS, names)
 }
 
 #[cfg(test)]

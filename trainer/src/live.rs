@@ -770,8 +770,12 @@ impl Drop for Listener {
 /// Widens a robot run's observation bounds over the transitions `online` took since it
 /// had `before` pushes ([`crate::robot::RobotInfo::widen_bounds`]): its bundles' bounds
 /// are the range of everything it trained on.
-fn widen_bounds(agent: &mut crate::agent::Agent, online: &crate::replay::Replay, before: u64) {
-    if let Some(robot) = agent.robot.as_mut() {
+fn widen_since(
+    robot: Option<&mut crate::robot::RobotInfo>,
+    online: &crate::replay::Replay,
+    before: u64,
+) {
+    if let Some(robot) = robot {
         let k = usize::try_from(online.pushes() - before).unwrap_or(usize::MAX);
         for rows in online.last_pushed_observations(k) {
             robot.widen_bounds(rows);
@@ -917,6 +921,21 @@ impl Intake {
             eprintln!("warning: finetune: {w}");
             summary.warnings.push(w);
         }
+    }
+
+    /// [`Self::take`] for each of `steps`, then a robot run's bounds widened over the
+    /// transitions stored ([`widen_since`]); returns the updates they are owed.
+    fn take_all(
+        &mut self,
+        steps: impl Iterator<Item = Step>,
+        online: &mut crate::replay::Replay,
+        summary: &mut crate::finetune::FinetuneSummary,
+        robot: Option<&mut crate::robot::RobotInfo>,
+    ) -> usize {
+        let before = online.pushes();
+        let owed = steps.map(|step| self.take(step, online, summary)).sum();
+        widen_since(robot, online, before);
+        owed
     }
 
     /// One streamed transition into `online` through its stream's chunker, or counted
@@ -1079,10 +1098,9 @@ pub(crate) fn train_live(
         crate::finetune::RecordedBy::of(agent),
     );
     let adopted = check.adopted.clone();
+    let before = online.pushes();
     let (recovered, mut owed) = intake.recover(&uplink_dir, &mut check, online, summary)?;
-    if let Some(robot) = agent.robot.as_mut() {
-        robot.widen_bounds(online.observations());
-    }
+    widen_since(agent.robot.as_mut(), online, before);
     owed += state.live_owed;
     summary.recovered = recovered;
     if recovered > 0 {
@@ -1211,11 +1229,8 @@ pub(crate) fn train_live(
         }) {
             Ok(first) => {
                 last_data = Some(std::time::Instant::now());
-                let before = online.pushes();
-                for step in std::iter::once(first).chain(rx.try_iter()) {
-                    owed += intake.take(step, online, summary);
-                }
-                widen_bounds(agent, online, before);
+                let steps = std::iter::once(first).chain(rx.try_iter());
+                owed += intake.take_all(steps, online, summary, agent.robot.as_mut());
             }
             // Updates owed (recovered transitions): they go on.
             Err(mpsc::RecvTimeoutError::Timeout) if owed > 0 && !nothing_yet => {}
@@ -1242,12 +1257,10 @@ pub(crate) fn train_live(
             // Transitions that arrived meanwhile go into the replay before the update
             // (and before a checkpoint below): a long run of owed updates (a robot back
             // after an hour away sends its backlog at once) left them queued.
-            let before = online.pushes();
-            for step in rx.try_iter() {
-                last_data = Some(std::time::Instant::now());
-                owed += intake.take(step, online, summary);
-            }
-            widen_bounds(agent, online, before);
+            let steps = rx
+                .try_iter()
+                .inspect(|_| last_data = Some(std::time::Instant::now()));
+            owed += intake.take_all(steps, online, summary, agent.robot.as_mut());
             // Before the checkpoint and the bundle below (a stream's run-start record
             // is checked before its transitions are sent here).
             take_adopted(agent, &adopted);
@@ -1300,11 +1313,7 @@ pub(crate) fn train_live(
     // Transitions logged and acknowledged after the last update, up to the stop: into
     // the online replay (not trained on), so that the final checkpoint holds every
     // streamed transition. The robot will not send them again.
-    let before = online.pushes();
-    for step in rx.try_iter() {
-        owed += intake.take(step, online, summary);
-    }
-    widen_bounds(agent, online, before);
+    owed += intake.take_all(rx.try_iter(), online, summary, agent.robot.as_mut());
     if let Some(last) = &errors.last {
         eprintln!(
             "finetune: {} uplink connection(s) ended in an error; the last: {last}",

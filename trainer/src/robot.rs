@@ -55,30 +55,26 @@ impl RobotInfo {
     /// The description of the robot that recorded `ds` (which must hold frames).
     pub fn of(ds: &dataset::Dataset) -> Self {
         let od = ds.info.obs_dim();
-        let (mut low, mut high) = (vec![f32::INFINITY; od], vec![f32::NEG_INFINITY; od]);
-        for ep in &ds.episodes {
-            for row in ep.observations.chunks_exact(od) {
-                for ((l, h), &x) in low.iter_mut().zip(&mut high).zip(row) {
-                    *l = l.min(x);
-                    *h = h.max(x);
-                }
-            }
-        }
         // The bundle's task name; a dataset without `robot_type` reads as "".
         let name = match ds.info.robot_type.trim() {
             "" => "robot".to_string(),
             n => n.to_string(),
         };
-        RobotInfo {
+        let mut info = RobotInfo {
             name,
             fps: ds.info.fps,
             observation_names: ds.info.observation_names.clone(),
             action_names: ds.info.action_names.clone(),
-            obs_low: low,
-            obs_high: high,
+            obs_low: vec![f32::INFINITY; od],
+            obs_high: vec![f32::NEG_INFINITY; od],
             action_mapping: ds.info.action_mapping.clone(),
             action_mapping_taken: false,
+        };
+        // (A dataset holds finite values only: the reader refuses others.)
+        for ep in &ds.episodes {
+            info.widen_bounds(&ep.observations);
         }
+        info
     }
 
     /// Takes `m`, the action mapping later data recorded (a `finetune --data` dataset, a
@@ -98,7 +94,7 @@ impl RobotInfo {
     /// none (names a reader made up, `observation.state.{i}`); whether they were taken.
     /// As many as the run's, and none made up themselves.
     pub fn take_observation_names(&mut self, names: &[String]) -> bool {
-        let unnamed = |n: &[String]| dataset::made_up_names(dataset::cols::OBS, n);
+        let unnamed = dataset::unnamed_observations;
         if !unnamed(&self.observation_names)
             || unnamed(names)
             || names.len() != self.observation_names.len()

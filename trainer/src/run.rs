@@ -350,7 +350,7 @@ fn dataset_offline_data(config: &Config, path: &str) -> Result<OfflineData> {
         // the dataset recorded must be the task's. Names made up for a dataset that
         // recorded none (`observation.state.0`, …) say nothing.
         let names = &ds.info.observation_names;
-        let made_up = dataset::made_up_names(dataset::cols::OBS, names);
+        let made_up = dataset::unnamed_observations(names);
         let ours = task.spec().owned_obs_names();
         if !made_up && let Some(i) = firmware_config::config::first_name_difference(&ours, names) {
             bail!(

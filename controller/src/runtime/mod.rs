@@ -684,7 +684,7 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
     // takes one that names as many: its fine-tuning took the robot's names for the same
     // values, in their order (the trainer's `RecordedBy::adopt_names`).
     let (theirs, ours) = (&new.observation.names, &old.observation.names);
-    let named_now = dataset::made_up_names(dataset::cols::OBS, ours) && theirs.len() == ours.len();
+    let named_now = dataset::unnamed_observations(ours) && theirs.len() == ours.len();
     if theirs != ours && !named_now {
         return Some(format!(
             "its observation names ({}) are not the running bundle's ({})",
