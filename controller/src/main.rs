@@ -136,7 +136,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Only the log's last run: after a run was killed (`kill -9`, a power cut)
-        /// before it saved its episodes, append them to DIR/dataset, which holds the
+        /// before it saved its episodes, append them to the run directory's dataset
+        /// (`--out RUN_DIR/dataset`, beside `RUN_DIR/transitions.log`), which holds the
         /// runs before it. Nothing is written when the dataset notes the run already
         /// (it ended and saved its episodes, or they were converted before). Only the
         /// last run is looked at (without --last-run or --run, every run the dataset
@@ -526,6 +527,9 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     }
     // Before a simulated firmware starts: its deadlines scale too, and overflowed.
     robot_loop::scaled_period(&robot, a.time_scale).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(w) = time_scale_warning(a.sim.as_deref(), a.time_scale) {
+        controller::note!("warning: {w}");
+    }
     // Bound before the robot is touched: an address in use fails here.
     let teleop = match &a.teleop {
         None => None,
@@ -815,9 +819,23 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     Ok(exit_code(&report))
 }
 
+/// What a `--time-scale` other than 1 means for a run on a port (none under `--sim`,
+/// whose firmware runs on the run's clock): right only for a simulated firmware running
+/// at the same scale (`sim-firmware --rate-scale`); a real robot streams at its own
+/// rate, so a faster loop takes its sensor frames for stale (the limit scales too).
+fn time_scale_warning(sim: Option<&str>, time_scale: f64) -> Option<String> {
+    (sim.is_none() && time_scale != 1.0).then(|| {
+        format!(
+            "--time-scale {time_scale} on a port: only for a simulated firmware started with \
+             --rate-scale {time_scale} (`sim-firmware`); a real robot streams at its own rate, \
+             and the run's scaled stale-sensor limit would stop it (drop --time-scale)"
+        )
+    })
+}
+
 /// The trainer's evaluation of the bundle this run played, as it played it (the
-/// denoising steps and chunk play given here), for the success rate's line; what it
-/// cannot reproduce is said beside it.
+/// backend, denoising steps and chunk play given here), for the success rate's line;
+/// what it cannot reproduce is said beside it.
 fn compare_command(dir: &Path, a: &RunArgs, swaps: usize) -> String {
     let mut c = format!(
         "trainer eval --bundle {} {} --episodes {}",
@@ -828,6 +846,10 @@ fn compare_command(dir: &Path, a: &RunArgs, swaps: usize) -> String {
         },
         a.episodes
     );
+    // `trainer eval --bundle` runs tract unless told (the run's default too).
+    if a.backend != "tract" {
+        c += &format!(" --backend {}", a.backend);
+    }
     if let Some(n) = a.executed_steps {
         c += &format!(" --executed-steps {n}");
     }
@@ -1308,6 +1330,16 @@ fn main() -> Result<std::process::ExitCode> {
                     out.display()
                 );
             }
+            // A run's directory given for its dataset: the dataset's own refusal ("not
+            // empty") would not say which directory was meant.
+            if out.join("transitions.log").is_file() {
+                bail!(
+                    "--out {}: a controller run's directory (it holds transitions.log), not a \
+                     dataset: its dataset is --out {}",
+                    out.display(),
+                    out.join("dataset").display()
+                );
+            }
             let by_id = !run.is_empty();
             let runs = if by_id {
                 robot_loop::log::Runs::Only(run.clone())
@@ -1739,10 +1771,12 @@ mod tests {
     }
 
     /// The printed comparison evaluates the policy as this run played it: it left out
-    /// the denoising steps and the chunk play given to the run.
+    /// the denoising steps and the chunk play given to the run, and the backend.
     #[test]
     fn the_comparison_plays_the_bundle_as_the_run_did() {
         let a = run_args(&[
+            "--backend",
+            "native",
             "--executed-steps",
             "2",
             "--replan-every",
@@ -1754,13 +1788,31 @@ mod tests {
         assert_eq!(
             c,
             " (compare: trainer eval --bundle out/bundle --trusted-key keys/expo.pub \
-             --episodes 20 --executed-steps 2 --replan-every 1 --temporal-ensemble 0.01)"
+             --episodes 20 --backend native --executed-steps 2 --replan-every 1 \
+             --temporal-ensemble 0.01)"
         );
+        // The default backend is the trainer's default: not named.
+        let c = compare_command(Path::new("out/bundle"), &run_args(&[]), 0);
+        assert!(!c.contains("--backend"), "{c}");
         let a = run_args(&["--two-speed"]);
         let c = compare_command(Path::new("out/bundle"), &a, 2);
         assert!(c.contains("not two-speed"), "{c}");
         assert!(c.contains("2 bundle(s) swapped in"), "{c}");
         assert!(!c.contains("--executed-steps"), "{c}");
+    }
+
+    /// A scaled clock on a port is said to be for a simulated firmware only: a real
+    /// robot's frames would all look stale to it. Under `--sim` (the firmware takes
+    /// the run's clock) and at scale 1 nothing is said.
+    #[test]
+    fn a_scaled_clock_on_a_port_is_warned_of() {
+        let w = time_scale_warning(None, 10.0).unwrap();
+        assert!(
+            w.contains("--time-scale 10 on a port") && w.contains("--rate-scale 10"),
+            "{w}"
+        );
+        assert_eq!(time_scale_warning(Some("push"), 10.0), None);
+        assert_eq!(time_scale_warning(None, 1.0), None);
     }
 
     /// A stop button and an interrupt before the run began have their own statuses in

@@ -1441,6 +1441,36 @@ fn a_reboot_that_ends_the_run_still_gets_its_estop() {
     assert_eq!(estop.state, FirmwareState::AwaitHello);
 }
 
+/// Setup: the firmware reboots at step 20 of the run's only episode, one fault allowed:
+/// the safe stop sends its `Estop` to the rebooted firmware, and the run shakes hands
+/// again, which takes the firmware out of that stop (it holds with its torque on).
+/// Expected: the run's end sends a new `Estop`, taken in the firmware's `Idle` (the run
+/// ended "completed" without one, the arm energised).
+#[test]
+fn a_reboot_in_the_last_episode_ends_with_an_estop_after_the_new_handshake() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "reboot_at=20");
+    let out = sim.run(&["--episodes", "1", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = sim.report();
+    assert_eq!(faults_of(&report, "firmware_reset"), 1, "{report}");
+    assert_eq!((fw.firmware.reboots, fw.firmware.handshakes), (1, 2));
+    assert_eq!(fw.firmware.estops, 2, "the reboot's stop and the run's end");
+    let last = received
+        .iter()
+        .rev()
+        .find(|r| r.message == Message::Estop)
+        .expect("an Estop was sent");
+    assert_eq!(last.state, FirmwareState::Idle);
+    assert_eq!(
+        report["torque_off_ticks"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+}
+
 /// Setup: the firmware reboots at step 20 of the first of 2 episodes and its `Hello`
 /// is lost on the line, so nothing says it restarted: it waits, silent, for a
 /// handshake. Expected: the stale-sensor fault ends the episode (safe stop, its Estop
@@ -3119,6 +3149,26 @@ fn kill_9_loses_at_most_the_record_being_written() {
     assert_eq!(
         dataset::read_dataset(&dataset_dir).unwrap().num_frames(),
         saved
+    );
+    // The run's directory given for its dataset is refused, naming the dataset.
+    let o = Command::new(BIN)
+        .arg("log-to-dataset")
+        .arg("--log")
+        .arg(&log_path)
+        .arg("--out")
+        .arg(&sim.out)
+        .arg("--last-run")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && said.contains(&format!(
+                "a controller run's directory (it holds transitions.log), not a dataset: its \
+                 dataset is --out {}",
+                dataset_dir.display()
+            )),
+        "{said}"
     );
     log_to_dataset(&dataset_dir, &["--last-run"]);
     dataset::validate_dataset(&dataset_dir).unwrap();

@@ -488,6 +488,8 @@ pub enum FaultCode {
     /// arrives (a farther one, e.g. a stale queued command, gets this fault again; see
     /// the module's "Stops").
     Watchdog,
+    /// A motor drew too much current (the firmware's own protection acted). The
+    /// controller takes it for a fault in any phase, between episodes too.
     Overcurrent,
     /// A command with the wrong number of values or a non-finite value; the firmware
     /// holds instead of applying it.

@@ -94,7 +94,8 @@ enum Command {
         /// row's sums so far), and at the end.
         #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
         checkpoint_every: usize,
-        /// Write a metrics row every N environment steps.
+        /// Write a metrics.csv row every N environment steps (and a pretrain.csv row
+        /// every N pretraining updates).
         #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         log_every: usize,
         /// Stop after the first checkpoint at or after this step (for testing resume).

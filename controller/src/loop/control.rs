@@ -732,14 +732,22 @@ impl Control {
     }
 
     /// Hands the episode records still queued to the logger, waiting if need be (the
-    /// loop has ended; blocking is fine now).
+    /// loop has ended; blocking is fine now). Those queued already go first: the
+    /// closing episode's end runs the loop's code once more, and a panic there (caught
+    /// by the caller) lost the records of episodes finished before, queued behind a
+    /// busy logger.
     pub(crate) fn flush_log_blocking(&mut self) {
+        self.log_blocking = true;
+        self.send_pending_blocking();
         if self.panic_repeats {
             panic!("injected panic handing the last records to the log (--inject-panic-repeats)");
         }
-        self.log_blocking = true;
         // A faulted episode still waiting for frames (the loop ended another way).
         self.end_closing(Instant::now());
+        self.send_pending_blocking();
+    }
+
+    fn send_pending_blocking(&mut self) {
         if let Some(tx) = &self.log_tx {
             while let Some(rec) = self.pending_log.pop_front() {
                 if tx.send(rec).is_err() {
@@ -1266,17 +1274,24 @@ impl Control {
                     self.emergency_stop(now);
                     return;
                 }
-                // Outside an episode a fault is old news (e.g. the watchdog of a
+                // Outside an episode a fallback is old news (e.g. the watchdog of a
                 // firmware that was stalled while we had already stopped). So is the
                 // watchdog of an episode the operator labelled: it runs on on the
                 // firmware until our Reset, and nothing is commanded while `Ending`
                 // waits for its last frames (up to 10 periods, longer than a command
                 // timeout of a few), so the firmware holds on its own, as it should.
+                // A hardware fault (overcurrent, a robot's own code) is news in any
+                // phase of a verified firmware: one in the firmware's `Reset` motion
+                // (`Starting`) or between episodes was ignored, and one that recurs at
+                // every `Reset` never stopped the run. (Unverified while
+                // `Handshaking`: counted as ignored.)
                 let labelled = self.track.as_ref().is_some_and(|t| t.label.is_some());
                 let after_label = code == FaultCode::Watchdog
                     && labelled
                     && matches!(self.phase, Phase::Ending { .. });
-                if !after_label && matches!(self.phase, Phase::Running | Phase::Ending { .. }) {
+                let in_episode = matches!(self.phase, Phase::Running | Phase::Ending { .. });
+                let hardware = !fell_back && !matches!(self.phase, Phase::Handshaking { .. });
+                if (!after_label && in_episode) || hardware {
                     self.fault(
                         now,
                         FaultKind::FirmwareFault,
@@ -2025,11 +2040,18 @@ impl Control {
         self.torque_off = false;
     }
 
+    /// A new handshake (after a reboot's or a lost link's safe stop). A firmware that
+    /// takes its `Hello` leaves any earlier stop and holds with its torque on
+    /// (protocol.rs, the firmware's states), whether or not its answer reaches us: the
+    /// `Estop` sent before no longer turns the torque off, and the run's end (or a
+    /// stop while the handshake lasts) sends a new one. (It ended the run without any
+    /// after a reboot: the reboot's safe stop had sent one.)
     fn enter_handshake(&mut self, now: Instant) {
         self.phase = Phase::Handshaking {
             since: now,
             last_hello: now,
         };
+        self.torque_off = false;
         let _ = self.gate.send_control(Message::Hello(self.hello));
     }
 
@@ -3215,6 +3237,52 @@ mod tests {
         assert_eq!(c.estops_unanswered, 1);
     }
 
+    /// The firmware takes the new handshake's `Hello` after a reboot's safe stop and
+    /// holds with its torque on again: the run's end, and a handshake that ends
+    /// unanswered, send an `Estop` of their own (both took the reboot's for it, and
+    /// the run ended with the arm energised).
+    #[test]
+    fn a_handshake_after_a_reboots_stop_is_followed_by_a_new_estop() {
+        // A reboot's safe stop in the run's last episode, as the reboot's Hello begins
+        // it; `answered`: the firmware answers the handshake's Hello.
+        let after_a_reboot = |answered: bool| {
+            let wire = Wire::default();
+            let (mut c, tx) = control(&wire);
+            c.cfg.episodes = Some(1);
+            c.episodes_begun = 1;
+            c.phase = Phase::SafeStop {
+                left: 1,
+                then: After::Handshake,
+            };
+            assert!(tick_until(&mut c, 10, |p| matches!(
+                p,
+                Phase::Handshaking { .. }
+            )));
+            assert_eq!(wire.estops(), 1, "the reboot's safe stop");
+            if answered {
+                tx.send(frame(0, Message::Hello(c.hello))).unwrap();
+            } else {
+                c.cfg.handshake_timeout = Duration::ZERO;
+            }
+            tick_until_done(&mut c, 100);
+            (c, wire)
+        };
+        for answered in [true, false] {
+            let (c, wire) = after_a_reboot(answered);
+            assert_eq!(
+                wire.estops(),
+                2,
+                "answered {answered}: the run ended without an Estop after its Hello"
+            );
+            assert!(
+                matches!(c.phase, Phase::ConfirmingStop { .. }),
+                "answered {answered}: {:?}",
+                c.phase
+            );
+            assert_eq!(c.report.torque_off_ticks.len(), 2, "answered {answered}");
+        }
+    }
+
     /// The answer to the Estop of a stop between episodes, held back on the link behind
     /// the `EpisodeStart` of the next episode (it comes marked stale), is ours: it was
     /// taken for a stop button's, and the run ended (exit 3) on link noise.
@@ -3683,6 +3751,49 @@ mod tests {
         assert_eq!(c.report.episodes[0].reason, EndReason::Labelled);
     }
 
+    /// A hardware fault outside an episode (in the firmware's `Reset` motion, between
+    /// episodes) is a fault: a safe stop, counted against `--max-faults`. It was
+    /// counted as ignored, as a late watchdog is (still, below).
+    #[test]
+    fn an_overcurrent_outside_an_episode_is_a_fault() {
+        let fault = |code| frame(3, Message::Fault { code });
+        for idle in [false, true] {
+            let wire = Wire::default();
+            let (mut c, tx) = if idle {
+                control(&wire)
+            } else {
+                starting(&wire)
+            };
+            c.paused = idle;
+            tx.send(fault(FaultCode::Overcurrent)).unwrap();
+            c.tick += 1;
+            c.one_tick(Instant::now());
+            assert_eq!(c.report.ignored_firmware_faults, 0, "idle {idle}");
+            assert_eq!(c.report.faults.len(), 1, "idle {idle}");
+            assert_eq!(c.report.faults[0].kind, FaultKind::FirmwareFault);
+            assert!(
+                c.report.faults[0].detail.contains("Overcurrent"),
+                "{:?}",
+                c.report.faults[0]
+            );
+            assert!(
+                matches!(c.phase, Phase::SafeStop { .. }),
+                "idle {idle}: {:?}",
+                c.phase
+            );
+            // At the default `--max-faults 0`, the run ends after the stop.
+            assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+        }
+        // A watchdog there is old news.
+        let wire = Wire::default();
+        let (mut c, tx) = starting(&wire);
+        tx.send(fault(FaultCode::Watchdog)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
+        assert_eq!(c.report.ignored_firmware_faults, 1);
+    }
+
     /// A control loop whose episode ends: labelled by the operator (`label`), or by the
     /// firmware (`None`), its last frames awaited; the sender of its link events; and
     /// the reason it should end with.
@@ -3920,6 +4031,44 @@ mod tests {
             "{records:?}"
         );
         assert!(matches!(records.last(), Some(Record::EpisodeEnd(_))));
+    }
+
+    /// The records queued behind a busy logger reach it before the closing episode's
+    /// end runs: a panic there lost them (an earlier episode's end, its success).
+    #[test]
+    fn queued_records_reach_the_log_before_the_last_episodes_end_runs() {
+        let wire = Wire::default();
+        let (mut c, _tx) = control(&wire);
+        let (log_tx, log_rx) = crossbeam_channel::bounded(1);
+        // The logger's queue is full; an earlier episode's record waits behind it.
+        log_tx
+            .send(Record::EpisodeStart {
+                episode: 0,
+                seed: 0,
+            })
+            .unwrap();
+        c.log_tx = Some(log_tx);
+        c.pending_log.push_back(Record::EpisodeStart {
+            episode: 1,
+            seed: 1,
+        });
+        c.panic_repeats = true;
+        let logger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            log_rx.iter().collect::<Vec<Record>>()
+        });
+        let flushed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.flush_log_blocking()));
+        assert!(flushed.is_err(), "the injected panic");
+        c.log_tx = None;
+        let records = logger.join().unwrap();
+        assert!(
+            records
+                .iter()
+                .any(|r| matches!(r, Record::EpisodeStart { episode: 1, .. })),
+            "{records:?}"
+        );
+        assert_eq!(c.report.log_drops, 0);
     }
 
     /// A control loop logging to the returned receiver, in firmware episode 1, which

@@ -1673,9 +1673,22 @@ fn handshake(
     // being written answers, but in frames that fail (a CRC over other bytes, COBS, a
     // Hello of another length), and the timeout said only "no Hello".
     let mut undecoded: (u64, Option<FrameError>) = (0, None);
+    let mut hellos_sent = false;
     loop {
-        gate.send_control(Message::Hello(ours))
-            .map_err(RunError::Port)?;
+        if let Err(e) = gate.send_control(Message::Hello(ours)) {
+            // A resend that failed (the port's write timeout): a firmware that took an
+            // earlier Hello holds with its torque on, as on the timeout below.
+            let estop = if hellos_sent {
+                estop_after_hellos(cfg, gate, "a later Hello could not be written")
+            } else {
+                String::new()
+            };
+            return Err(RunError::Port(std::io::Error::new(
+                e.kind(),
+                format!("writing Hello: {e}{estop}"),
+            )));
+        }
+        hellos_sent = true;
         let resend = Instant::now() + Duration::from_millis(250);
         loop {
             let now = Instant::now();
@@ -2104,6 +2117,60 @@ mod tests {
                 e.to_string().contains("an Estop went out after the Hellos"),
                 torque_off,
                 "{what}: {e}"
+            );
+        }
+    }
+
+    /// A resent Hello whose write fails: an earlier one may have been taken, so the
+    /// Estop goes out as on the handshake's other ends (the error returned at once,
+    /// the arm energised). A first Hello that fails was taken by nobody: no Estop.
+    #[test]
+    fn a_failed_hello_resend_sends_the_estop() {
+        /// Fails its `fail`-th write (1-based), takes the others.
+        struct FailsOnce {
+            sent: Sent,
+            writes: usize,
+            fail: usize,
+        }
+        impl std::io::Write for FailsOnce {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.writes += 1;
+                if self.writes == self.fail {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "write timed out",
+                    ));
+                }
+                self.sent.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        for fail in [1, 2] {
+            let robot = firmware_config::RobotConfig::example("push").unwrap();
+            let mut cfg = RunConfig::new(robot.clone(), "/dev/null".into());
+            cfg.quiet = true;
+            let sent = Sent::default();
+            let writer = FailsOnce {
+                sent: sent.clone(),
+                writes: 0,
+                fail,
+            };
+            let mut gate = safety::CommandGate::new(&robot, Box::new(writer));
+            // Nothing answers (the firmware's answers lost).
+            let (_tx, rx) = crossbeam_channel::unbounded();
+            let e = handshake(&cfg, &mut gate, &rx).unwrap_err();
+            assert!(matches!(e, RunError::Port(_)), "{e}");
+            let e = e.to_string();
+            assert!(e.contains("writing Hello: write timed out"), "{e}");
+            let m = sent.messages();
+            let estops = m.iter().filter(|m| matches!(m, Message::Estop)).count();
+            assert_eq!(estops, fail - 1, "failing write {fail}: {m:?}");
+            assert_eq!(
+                e.contains("an Estop went out after the Hellos"),
+                fail == 2,
+                "{e}"
             );
         }
     }

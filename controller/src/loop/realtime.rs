@@ -373,17 +373,80 @@ pub fn background_priority() -> std::io::Result<()> {
     })
 }
 
+/// `CAP_IPC_LOCK`'s bit in a capability set (linux/capability.h).
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether this process may lock its future pages too (`MCL_FUTURE`): with a finite
+/// `RLIMIT_MEMLOCK` (`memlock_limit`, `None`: unlimited) and without `CAP_IPC_LOCK`,
+/// every later allocation that would take the locked bytes past the limit fails
+/// (mlockall(2)), and Rust aborts the process at a failed allocation: no safe stop,
+/// no report, the episode in memory lost. A limit above the process's size at the
+/// start (a `limits.conf` realtime group's) passes `MCL_CURRENT | MCL_FUTURE`, so the
+/// limit is what decides, not the call's success.
+fn may_lock_future_pages(memlock_limit: Option<u64>, cap_ipc_lock: bool) -> bool {
+    cap_ipc_lock || memlock_limit.is_none()
+}
+
+/// Whether `status` (the text of /proc/self/status) gives the effective capability
+/// set (`CapEff`, hexadecimal) with `CAP_IPC_LOCK`; `false` where it does not read.
+fn has_cap_ipc_lock(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|set| set & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// This process's `RLIMIT_MEMLOCK` soft limit in bytes (`None`: unlimited).
+fn memlock_limit() -> std::io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, a valid pointer.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    // `rlim_t` is 32 bits wide on some 32-bit robot computers' targets.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur as u64))
+}
+
+/// The memory-locking step of `--realtime`: current and future pages where
+/// [`may_lock_future_pages`], else the current ones only (said in the step's detail).
+fn lock_memory() -> RealtimeStep {
+    let limit = match memlock_limit() {
+        Ok(l) => l,
+        Err(e) => return step("mlockall", Err(e)),
+    };
+    let cap = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| has_cap_ipc_lock(&s));
+    if may_lock_future_pages(limit, cap) {
+        return step(
+            "mlockall(MCL_CURRENT | MCL_FUTURE)",
+            // SAFETY: mlockall has no memory-safety preconditions.
+            check(unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) })
+                .map(|_| "all current and future pages locked in RAM".into()),
+        );
+    }
+    let limit = limit.unwrap_or_default();
+    step(
+        "mlockall(MCL_CURRENT)",
+        // SAFETY: as above.
+        check(unsafe { libc::mlockall(libc::MCL_CURRENT) }).map(|_| {
+            format!(
+                "the current pages locked in RAM, not future ones: RLIMIT_MEMLOCK is \
+                 {limit} bytes without CAP_IPC_LOCK, and an allocation past it would \
+                 abort the run (no safe stop); raise it to unlimited to lock them all"
+            )
+        }),
+    )
+}
+
 /// The `--realtime` steps for the calling (control) thread: lock memory, SCHED_FIFO
 /// at `priority`, pin to `cpu`. Each is attempted and reported, whatever the others
-/// did; without the privileges (root or CAP_IPC_LOCK / CAP_SYS_NICE) they fail.
+/// did; without the privileges (root or CAP_IPC_LOCK / CAP_SYS_NICE) they fail. Future
+/// pages are locked only where the memory-lock limit cannot make an allocation fail
+/// ([`may_lock_future_pages`]).
 pub fn apply_realtime(priority: i32, cpu: Option<usize>) -> Vec<RealtimeStep> {
-    let mut out = Vec::new();
-    out.push(step(
-        "mlockall(MCL_CURRENT | MCL_FUTURE)",
-        // SAFETY: mlockall has no memory-safety preconditions.
-        check(unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) })
-            .map(|_| "all current and future pages locked in RAM".into()),
-    ));
+    let mut out = vec![lock_memory()];
     let param = libc::sched_param {
         sched_priority: priority,
     };
@@ -510,6 +573,23 @@ pub fn dedicate_cpu(cpu: usize, reserved: RealtimeStep) -> (Vec<RealtimeStep>, b
 
 #[cfg(test)]
 mod tests {
+    /// Future pages are locked only where no allocation can fail for it: an unlimited
+    /// memory-lock limit, or `CAP_IPC_LOCK` (which the limit does not bind). A finite
+    /// limit a process starts below made every allocation past it abort the run.
+    #[test]
+    fn future_pages_are_locked_only_where_allocations_cannot_fail_for_it() {
+        use super::{has_cap_ipc_lock, may_lock_future_pages};
+        assert!(may_lock_future_pages(None, false));
+        assert!(may_lock_future_pages(Some(64 << 20), true));
+        assert!(!may_lock_future_pages(Some(64 << 20), false));
+        let status = |cap_eff: &str| format!("Name:\tcontroller\nCapEff:\t{cap_eff}\n");
+        // Root's full set, and CAP_IPC_LOCK (bit 14) alone.
+        assert!(has_cap_ipc_lock(&status("000001ffffffffff")));
+        assert!(has_cap_ipc_lock(&status("0000000000004000")));
+        assert!(!has_cap_ipc_lock(&status("0000000000800000")));
+        assert!(!has_cap_ipc_lock("Name:\tcontroller\n"));
+    }
+
     use super::*;
 
     /// The dispositions saved are put back when the guard goes: a handler routed for a
