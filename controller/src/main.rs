@@ -821,16 +821,23 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
 
 /// What a `--time-scale` other than 1 means for a run on a port (none under `--sim`,
 /// whose firmware runs on the run's clock): right only for a simulated firmware running
-/// at the same scale (`sim-firmware --rate-scale`); a real robot streams at its own
-/// rate, so a faster loop takes its sensor frames for stale (the limit scales too).
+/// at the same scale (`sim-firmware --rate-scale`). A real robot streams at its own
+/// rate: a faster loop takes its sensor frames for stale (the limit scales too), a
+/// slower one commands it less often than its command watchdog expects.
 fn time_scale_warning(sim: Option<&str>, time_scale: f64) -> Option<String> {
-    (sim.is_none() && time_scale != 1.0).then(|| {
-        format!(
-            "--time-scale {time_scale} on a port: only for a simulated firmware started with \
-             --rate-scale {time_scale} (`sim-firmware`); a real robot streams at its own rate, \
-             and the run's scaled stale-sensor limit would stop it (drop --time-scale)"
-        )
-    })
+    if sim.is_some() || time_scale == 1.0 {
+        return None;
+    }
+    let why = if time_scale > 1.0 {
+        "the run's scaled stale-sensor limit would stop it"
+    } else {
+        "the run would command it less often than its command watchdog expects"
+    };
+    Some(format!(
+        "--time-scale {time_scale} on a port: only for a simulated firmware started with \
+         --rate-scale {time_scale} (`sim-firmware`); a real robot streams at its own rate, and \
+         {why} (drop --time-scale)"
+    ))
 }
 
 /// The trainer's evaluation of the bundle this run played, as it played it (the
@@ -1314,6 +1321,16 @@ fn main() -> Result<std::process::ExitCode> {
             last_run,
             run,
         } => {
+            // A run's directory given for its dataset: the dataset's own refusal ("not
+            // empty") would not say which directory was meant.
+            if out.join("transitions.log").is_file() {
+                bail!(
+                    "--out {}: a controller run's directory (it holds transitions.log), not a \
+                     dataset: its dataset is --out {}",
+                    out.display(),
+                    out.join("dataset").display()
+                );
+            }
             if !run.is_empty() {
                 let s = if run.len() == 1 { "" } else { "s" };
                 eprintln!("note: converting run{s} {} only", run.join(", "));
@@ -1328,16 +1345,6 @@ fn main() -> Result<std::process::ExitCode> {
                      appended (the runs it notes saved their episodes there, or were \
                      converted before, and are left out)",
                     out.display()
-                );
-            }
-            // A run's directory given for its dataset: the dataset's own refusal ("not
-            // empty") would not say which directory was meant.
-            if out.join("transitions.log").is_file() {
-                bail!(
-                    "--out {}: a controller run's directory (it holds transitions.log), not a \
-                     dataset: its dataset is --out {}",
-                    out.display(),
-                    out.join("dataset").display()
                 );
             }
             let by_id = !run.is_empty();
@@ -1811,6 +1818,9 @@ mod tests {
             w.contains("--time-scale 10 on a port") && w.contains("--rate-scale 10"),
             "{w}"
         );
+        assert!(w.contains("stale-sensor limit"), "{w}");
+        let w = time_scale_warning(None, 0.5).unwrap();
+        assert!(w.contains("command watchdog"), "{w}");
         assert_eq!(time_scale_warning(Some("push"), 10.0), None);
         assert_eq!(time_scale_warning(None, 1.0), None);
     }

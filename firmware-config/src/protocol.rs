@@ -116,6 +116,9 @@
 //!
 //! - `Estop` from the controller: the firmware stops (torque off where the robot file
 //!   allows it), answers `Fault { Estop }` and takes no step until the next `Reset`.
+//!   A matching `Hello` takes it out of that stop as well (it holds with its torque
+//!   on again, as after a boot; a pressed stop button stays latched): a controller
+//!   that shakes hands again sends a new `Estop` to end its run.
 //!   It does so in any state, before a handshake too (where nothing else but a `Hello`
 //!   is taken up): a controller whose safe stop ends a run after the firmware rebooted
 //!   sends its closing `Estop` before any new `Hello`, and a stop must never be
@@ -489,7 +492,7 @@ pub enum FaultCode {
     /// the module's "Stops").
     Watchdog,
     /// A motor drew too much current (the firmware's own protection acted). The
-    /// controller takes it for a fault in any phase, between episodes too.
+    /// controller takes it for a fault outside a handshake, between episodes too.
     Overcurrent,
     /// A command with the wrong number of values or a non-finite value; the firmware
     /// holds instead of applying it.

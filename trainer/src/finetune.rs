@@ -672,12 +672,15 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
     // Before anything is written: a refused run leaves no files that would block its retry.
     let offline = if o.with_offline {
         let offline = offline_data(&config)?.replay;
+        // (Action widths are chunks of `action_horizon` steps: said per step.)
+        let h = config.action_horizon.max(1);
         ensure!(
             (offline.obs_dim, offline.act_dim) == (od, ad),
-            "the run's offline data ({}) now has observation dim {} and action dim {}, its networks take {od} and {ad}",
+            "the run's offline data ({}) now has observation dim {} and action dim {}, its networks take {od} and {}",
             config.run.dataset.as_deref().unwrap_or("generated"),
             offline.obs_dim,
-            offline.act_dim
+            offline.act_dim / h,
+            ad / h
         );
         crate::run::check_offline_mark(
             &config,

@@ -336,9 +336,10 @@ impl Check {
 
     fn refusal_of(&self, rec: &Record) -> Option<String> {
         match rec {
-            Record::Run(run) => self
-                .recorded_by
-                .names_differ(&run.observation_names, "the robot's stream")
+            Record::Run(run) => mapping_invalid(run, self.dims.1)
+                .or_else(|| {
+                    (self.recorded_by).names_differ(&run.observation_names, "the robot's stream")
+                })
                 .or_else(|| {
                     let mapped = run.action_mapping().is_some();
                     (self.recorded_by).actions_reordered(
@@ -368,6 +369,26 @@ impl Check {
             _ => None,
         }
     }
+}
+
+/// Why a stream's run-start record cannot map `action_dim` actions, if it cannot
+/// (lengths, a number not finite, a scale of 0; one list without the other), as a
+/// dataset's mapping is refused: taken on, it was carried into every checkpoint and
+/// bundle (each refused at the robot's swap) and refused every later stream.
+fn mapping_invalid(
+    run: &controller::robot_loop::log::RunStart,
+    action_dim: usize,
+) -> Option<String> {
+    let (scale, offset) = (&run.action_scale, &run.action_offset);
+    if scale.is_empty() && offset.is_empty() {
+        return None;
+    }
+    let mapping = dataset::ActionMapping {
+        scale: scale.clone(),
+        offset: offset.clone(),
+    };
+    let why = mapping.invalid(action_dim)?;
+    Some(format!("the robot's stream's action mapping {why}"))
 }
 
 /// A file name for a stream id (a path and a CRC; not itself a safe name).
@@ -1544,6 +1565,52 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// A stream whose run-start record maps the actions impossibly (other lengths, a
+    /// zero scale, one list alone) is refused, and its mapping not taken: a run whose
+    /// data recorded none took it on for good (every bundle refused at the swap).
+    #[test]
+    fn a_stream_with_an_invalid_action_mapping_is_refused() {
+        use controller::robot_loop::log::RunStart;
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut check = Check::new(
+            (3, 2),
+            crate::finetune::RecordedBy::named(names(&["a", "b", "c"])),
+        );
+        let start = |scale: Vec<f32>, offset: Vec<f32>| {
+            Record::Run(RunStart {
+                robot: "r".into(),
+                task: "push".into(),
+                fps: 20,
+                observation_names: names(&["a", "b", "c"]),
+                action_names: names(&["x", "y"]),
+                bundle: "b".into(),
+                started_unix: 0,
+                run_id: String::new(),
+                action_scale: scale,
+                action_offset: offset,
+            })
+        };
+        for (scale, offset, why) in [
+            (
+                vec![1.0],
+                vec![0.0, 0.0],
+                "holds 1 scales and 2 offsets for 2 actions",
+            ),
+            (vec![1.0, 0.0], vec![0.0, 0.0], "scale [1] is 0"),
+            (vec![1.0, 1.0], vec![], "holds 2 scales and 0 offsets"),
+        ] {
+            let e = check.refusal(&start(scale, offset)).unwrap();
+            assert!(
+                e.starts_with(&format!("the robot's stream's action mapping {why}")),
+                "{e}"
+            );
+            assert!(check.adopted.mapping.get().is_none());
+        }
+        // A valid one is taken.
+        assert_eq!(check.refusal(&start(vec![2.0, 2.0], vec![0.0, 0.0])), None);
+        assert!(check.adopted.mapping.get().is_some());
     }
 
     /// A robot stream recorded at another rate than the run's data is refused at its

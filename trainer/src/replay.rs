@@ -470,6 +470,8 @@ pub struct Chunker {
     rew: Vec<f32>,
     next_obs: Vec<f32>,
     chunk: Vec<f32>,
+    /// Chunks left out because their discounted reward sum is not finite.
+    non_finite_rewards: usize,
 }
 
 impl Chunker {
@@ -484,7 +486,15 @@ impl Chunker {
             rew: Vec::new(),
             next_obs: Vec::new(),
             chunk: vec![0.0; spec.width(action_dim)],
+            non_finite_rewards: 0,
         }
+    }
+
+    /// Chunks left out so far because their steps' finite rewards sum to an infinite
+    /// one (two of 3e38, say: a firmware's garbage): trained on, it made the critic's
+    /// target infinite, and a checkpoint holding it was refused by every resume.
+    pub fn non_finite_rewards(&self) -> usize {
+        self.non_finite_rewards
     }
 
     pub fn spec(&self) -> ChunkSpec {
@@ -559,13 +569,11 @@ impl Chunker {
         self.next_obs.extend_from_slice(next_obs);
         let mut emitted = 0;
         if self.pending() == h {
-            self.emit_front(out, h, terminated);
-            emitted += 1;
+            emitted += usize::from(self.emit_front(out, h, terminated));
         }
         if terminated {
             while self.pending() > 0 {
-                self.emit_front(out, self.pending(), true);
-                emitted += 1;
+                emitted += usize::from(self.emit_front(out, self.pending(), true));
             }
         }
         if episode_end {
@@ -575,8 +583,9 @@ impl Chunker {
     }
 
     /// Pushes the chunk that starts at the oldest pending step and spans `len` steps,
-    /// then drops that step.
-    fn emit_front(&mut self, out: &mut Replay, len: usize, terminated: bool) {
+    /// then drops that step; whether it was pushed (not when its reward sum is not
+    /// finite, [`Self::non_finite_rewards`]).
+    fn emit_front(&mut self, out: &mut Replay, len: usize, terminated: bool) -> bool {
         let (od, ad) = (self.od, self.ad);
         let last = &self.act[(len - 1) * ad..len * ad];
         for (k, dst) in self.chunk.chunks_exact_mut(ad).enumerate() {
@@ -592,17 +601,31 @@ impl Chunker {
             reward += scale * r;
             scale *= self.spec.discount;
         }
-        out.push(
-            &self.obs[..od],
-            &self.chunk,
-            reward,
-            &self.next_obs[(len - 1) * od..len * od],
-            terminated,
-        );
+        let finite = reward.is_finite();
+        if finite {
+            out.push(
+                &self.obs[..od],
+                &self.chunk,
+                reward,
+                &self.next_obs[(len - 1) * od..len * od],
+                terminated,
+            );
+        } else {
+            if self.non_finite_rewards == 0 {
+                eprintln!(
+                    "warning: a chunk of {len} steps whose rewards {:?} sum to {reward} is not \
+                     trained on (rewards that large are a recording's or a firmware's error; \
+                     further ones are only counted)",
+                    &self.rew[..len]
+                );
+            }
+            self.non_finite_rewards += 1;
+        }
         self.obs.drain(..od);
         self.act.drain(..ad);
         self.rew.remove(0);
         self.next_obs.drain(..od);
+        finite
     }
 
     /// A whole episode (flat arrays of its steps); its last step ends it.
@@ -1071,6 +1094,29 @@ mod tests {
             ]
         );
         assert_eq!(c.pending(), 0);
+    }
+
+    /// Finite rewards whose chunk sum overflows are left out of the replay, counted: an
+    /// infinite reward made the critic's target infinite, and a checkpoint holding it
+    /// was refused by every resume. The steps' other chunks are kept.
+    #[test]
+    fn a_chunk_whose_rewards_sum_past_f32_is_left_out() {
+        let spec = ChunkSpec {
+            horizon: 2,
+            discount: 1.0,
+        };
+        let mut r = Replay::new(1, 2, 8);
+        let mut c = Chunker::new(1, 1, spec);
+        let obs = [0.0, 1.0, 2.0];
+        let rew = [3e38, 3e38, 1.0];
+        let next = [1.0, 2.0, 3.0];
+        c.push_episode(&mut r, &obs, &[0.0; 3], &rew, &next, &[false, false, true]);
+        assert_eq!(c.non_finite_rewards(), 1);
+        let rows = rows(&r);
+        assert!(rows.iter().all(|row| row.2.is_finite()), "{rows:?}");
+        // The chunks from steps 1 and 2 (the last one a single step, terminal).
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].2, 3e38 + 1.0);
     }
 
     #[test]

@@ -1466,16 +1466,30 @@ fn check_generators(state: &RunState, state_path: &Path) -> Result<()> {
 fn check_normalizer(state: &RunState, od: usize, state_path: &Path) -> Result<()> {
     let n = &state.normalizer;
     ensure!(
-        n.mean.len() == od
-            && n.std.len() == od
-            && n.mean.iter().all(|x| x.is_finite())
-            && n.std.iter().all(|s| s.is_finite() && *s > 0.0),
-        "{}: the observation normalizer must hold {od} finite means and {od} finite, positive \
-         deviations (found {} and {})",
+        n.mean.len() == od && n.std.len() == od,
+        "{}: the observation normalizer must hold {od} means and {od} deviations (found {} \
+         and {})",
         state_path.display(),
         n.mean.len(),
         n.std.len()
     );
+    // The first value that cannot be, named (the lengths alone said nothing).
+    let bad_mean = n.mean.iter().position(|x| !x.is_finite());
+    let bad_std = n.std.iter().position(|s| !(s.is_finite() && *s > 0.0));
+    if let Some(i) = bad_mean {
+        bail!(
+            "{}: the observation normalizer's mean[{i}] is {} (finite expected)",
+            state_path.display(),
+            n.mean[i]
+        );
+    }
+    if let Some(i) = bad_std {
+        bail!(
+            "{}: the observation normalizer's std[{i}] is {} (finite and positive expected)",
+            state_path.display(),
+            n.std[i]
+        );
+    }
     Ok(())
 }
 

@@ -731,22 +731,30 @@ fn resume_refuses_a_different_config() {
     let state_path = tmp.path().join("checkpoint/state.json");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    for (what, edit) in [
-        ("empty", serde_json::json!({"mean": [], "std": []})),
-        ("zero deviation", {
-            let mut n = state["normalizer"].clone();
-            n["std"][0] = serde_json::json!(0.0);
-            n
-        }),
+    for (what, edit, said) in [
+        (
+            "empty",
+            serde_json::json!({"mean": [], "std": []}),
+            "state.json: the observation normalizer must hold 10 means and 10 deviations \
+             (found 0 and 0)",
+        ),
+        (
+            "zero deviation",
+            {
+                let mut n = state["normalizer"].clone();
+                n["std"][3] = serde_json::json!(0.0);
+                n
+            },
+            // The value named (the lengths alone said nothing).
+            "state.json: the observation normalizer's std[3] is 0 (finite and positive \
+             expected)",
+        ),
     ] {
         let mut bad = state.clone();
         bad["normalizer"] = edit;
         std::fs::write(&state_path, bad.to_string()).unwrap();
         let err = format!("{:#}", trainer::run::load_agent(tmp.path()).err().unwrap());
-        assert!(
-            err.contains("state.json: the observation normalizer must hold 10 finite means"),
-            "{what}: {err}"
-        );
+        assert!(err.contains(said), "{what}: {err}");
     }
 }
 

@@ -528,6 +528,16 @@ pub(crate) struct Control {
     /// The number of the last `Fault { Watchdog | InvalidCommand }` taken as the
     /// firmware falling back to its hold: a frame with that number is a copy of it.
     fallback_seq: Option<u16>,
+    /// The number of the last hardware fault (`Overcurrent`, a robot's own code) taken
+    /// as a fault: a stale frame with that number is a copy (a duplicate, an echo),
+    /// not a second fault.
+    hardware_fault_seq: Option<u16>,
+    /// A fault stopped the start of an episode (`Starting`, before its first frame):
+    /// the firmware may have begun it from our `Reset`, and frames of that episode
+    /// still on the line would start the next `Reset`'s in its place (the episode a
+    /// `Sensor` frame starts when its `EpisodeStart` was lost). Until an episode
+    /// begins, only an `EpisodeStart` with the `Reset`'s seed starts one.
+    start_abandoned: bool,
     torque_off: bool,
     /// Ticks in a row whose Estop could not be written ([`ESTOP_WRITE_TRIES`]).
     estop_write_failures: u32,
@@ -689,6 +699,8 @@ impl Control {
             stop_began: 0,
             estop_answer_seq: None,
             fallback_seq: None,
+            hardware_fault_seq: None,
+            start_abandoned: false,
             torque_off: false,
             estop_write_failures: 0,
             link_down: false,
@@ -1068,6 +1080,7 @@ impl Control {
                         .last_finished
                         .is_none_or(|f| !f.late_frame(episode, step))
                     && self.track.is_none()
+                    && !self.start_abandoned
                 {
                     // EpisodeStart lost on the link: a frame of a new episode after our
                     // Reset starts it as well (steps before it count as missing).
@@ -1290,8 +1303,14 @@ impl Control {
                     && labelled
                     && matches!(self.phase, Phase::Ending { .. });
                 let in_episode = matches!(self.phase, Phase::Running | Phase::Ending { .. });
-                let hardware = !fell_back && !matches!(self.phase, Phase::Handshaking { .. });
+                let copy_of_hardware = seq.stale && self.hardware_fault_seq == Some(seq.number);
+                let hardware = !fell_back
+                    && !matches!(self.phase, Phase::Handshaking { .. } | Phase::Done)
+                    && !copy_of_hardware;
                 if (!after_label && in_episode) || hardware {
+                    if !fell_back {
+                        self.hardware_fault_seq = Some(seq.number);
+                    }
                     self.fault(
                         now,
                         FaultKind::FirmwareFault,
@@ -1419,6 +1438,7 @@ impl Control {
         if starting {
             self.episodes_begun += 1;
         }
+        self.start_abandoned = false;
         self.start_episode(episode, seed, now, began);
         if starting && self.paused {
             self.finish_episode(
@@ -1641,13 +1661,17 @@ impl Control {
         )
     }
 
-    /// Waiting from `now` for the answer to the run's closing `Estop`, just written.
+    /// Waiting from `now` for the answer to the run's closing `Estop`, just written
+    /// (counted in `estops_unanswered`). The firmware answers in order: the answers
+    /// still owed to earlier `Estop`s come first, and the closing one's only after them
+    /// (an earlier stop's answer, late, confirmed a closing `Estop` lost on the line).
     fn confirming_stop(&self, now: Instant) -> Phase {
+        let earlier_owed = u64::from(self.estops_unanswered.saturating_sub(1));
         Phase::ConfirmingStop {
             until: now + self.estop_answer_wait(),
             resends: 0,
             written: 0,
-            answers: self.estop_answers,
+            answers: self.estop_answers + earlier_owed,
         }
     }
 
@@ -1858,6 +1882,11 @@ impl Control {
             {
                 self.stopping = Some(Outcome::StoppedByFault);
             }
+            // A hardware fault as the run ends: not a run that ended well (a wrapper
+            // restarting those would restart on it).
+            if kind == FaultKind::FirmwareFault && self.stopping == Some(Outcome::Completed) {
+                self.stopping = Some(Outcome::StoppedByFault);
+            }
             if !self.torque_off {
                 // ...unless the firmware rebooted: its torque is on again, and it
                 // answers no Estop sent before. The run's last stop starts over (hold,
@@ -1905,7 +1934,11 @@ impl Control {
             // too: its writer is closed), makes a run that was ending complete one
             // stopped by it: its closing hold and torque-off may not have reached the
             // robot (as for a stop button, `emergency_stop`).
-            let ends_run = after == Some(After::Exit) || kind == FaultKind::LinkLost;
+            // So does a hardware fault: a run that ended well would be restarted on it
+            // by a wrapper that restarts those.
+            let ends_run = after == Some(After::Exit)
+                || kind == FaultKind::LinkLost
+                || kind == FaultKind::FirmwareFault;
             if (then == After::Exit && self.stopping.is_none())
                 || (ends_run && self.stopping == Some(Outcome::Completed))
             {
@@ -1915,6 +1948,9 @@ impl Control {
             return;
         }
         self.fault_count += 1;
+        if matches!(self.phase, Phase::Starting { .. }) && self.track.is_none() {
+            self.start_abandoned = true;
+        }
         self.close_later(now, EndReason::Fault, format!("{kind:?}: {detail}"));
         // None once the torque is off: nothing is held then (a pending entry left here
         // was stamped by a later stop's first hold, and ran the stop's ticks twice).
@@ -2028,6 +2064,7 @@ impl Control {
     fn forget_firmware_answers(&mut self) {
         self.estop_answer_seq = None;
         self.fallback_seq = None;
+        self.hardware_fault_seq = None;
         self.estops_unanswered = 0;
         self.late_estop_answers = 0;
     }
@@ -2042,7 +2079,7 @@ impl Control {
 
     /// A new handshake (after a reboot's or a lost link's safe stop). A firmware that
     /// takes its `Hello` leaves any earlier stop and holds with its torque on
-    /// (protocol.rs, the firmware's states), whether or not its answer reaches us: the
+    /// (protocol.rs, "Stops"), whether or not its answer reaches us: the
     /// `Estop` sent before no longer turns the torque off, and the run's end (or a
     /// stop while the handshake lasts) sends a new one. (It ended the run without any
     /// after a reboot: the reboot's safe stop had sent one.)
@@ -3794,6 +3831,102 @@ mod tests {
         assert_eq!(c.report.ignored_firmware_faults, 1);
     }
 
+    /// A hardware fault's copy on the link (a duplicate, an echo; marked stale) is not
+    /// a second fault. One that stopped an episode's start leaves that episode to the
+    /// firmware: its frames still on the line do not start the next `Reset`'s episode
+    /// in its place (its `EpisodeStart` does). One during the closing stop of a run
+    /// that ended well makes it a run stopped by a fault (exit status 3).
+    #[test]
+    fn a_hardware_fault_is_one_fault_and_its_episode_is_not_taken_for_the_next() {
+        let wire = Wire::default();
+        let (mut c, tx) = starting(&wire);
+        c.cfg.max_faults = 1;
+        let overcurrent = Message::Fault {
+            code: FaultCode::Overcurrent,
+        };
+        tx.send(frame(3, overcurrent.clone())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        let LinkEvent::Frame { rx, frame: f, .. } = frame(3, overcurrent.clone()) else {
+            unreachable!()
+        };
+        tx.send(LinkEvent::Frame {
+            rx,
+            frame: f,
+            stale: true,
+        })
+        .unwrap();
+        assert!(tick_until(&mut c, 50, |p| matches!(
+            p,
+            Phase::Starting { .. }
+        )));
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        assert_eq!(c.report.ignored_firmware_faults, 1);
+        let Phase::Starting { seed, .. } = c.phase else {
+            unreachable!()
+        };
+        // A frame of the episode the first Reset began (firmware episode 1).
+        let obs = vec![0.25; c.od];
+        tx.send(frame(20, Message::sensor(1, 5, &obs).unwrap()))
+            .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(c.track.is_none(), "{:?}", c.track.as_ref().map(|t| t.id));
+        assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
+        tx.send(frame(21, Message::EpisodeStart { episode: 2, seed }))
+            .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.track.as_ref().map(|t| t.id), Some(2));
+        assert_eq!(c.phase, Phase::Running);
+
+        // The closing stop of a run that ended well.
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.stopping = Some(Outcome::Completed);
+        c.phase = Phase::SafeStop {
+            left: 5,
+            then: After::Exit,
+        };
+        tx.send(frame(3, overcurrent)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+    }
+
+    /// The closing `Estop`'s answer comes after those still owed to earlier `Estop`s
+    /// (the firmware answers in order): an earlier one's answer, late, is not the
+    /// closing one's (it confirmed a closing `Estop` lost on the line).
+    #[test]
+    fn the_closing_estop_is_confirmed_after_the_answers_owed_before_it() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        // A stop's Estop whose answer has not come yet.
+        c.estops_unanswered = 1;
+        stop_at_the_runs_end(&mut c);
+        let answer = |seq| {
+            frame(
+                seq,
+                Message::Fault {
+                    code: FaultCode::Estop,
+                },
+            )
+        };
+        tx.send(answer(40)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "the earlier Estop's answer confirmed the closing one: {:?}",
+            c.phase
+        );
+        tx.send(answer(41)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Done);
+    }
+
     /// A control loop whose episode ends: labelled by the operator (`label`), or by the
     /// firmware (`None`), its last frames awaited; the sender of its link events; and
     /// the reason it should end with.
@@ -4034,7 +4167,8 @@ mod tests {
     }
 
     /// The records queued behind a busy logger reach it before the closing episode's
-    /// end runs: a panic there lost them (an earlier episode's end, its success).
+    /// end runs: a panic there lost them (an earlier episode's records, its end and
+    /// success among them; an `EpisodeStart` stands for them here).
     #[test]
     fn queued_records_reach_the_log_before_the_last_episodes_end_runs() {
         let wire = Wire::default();

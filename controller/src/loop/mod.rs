@@ -1679,7 +1679,11 @@ fn handshake(
             // A resend that failed (the port's write timeout): a firmware that took an
             // earlier Hello holds with its torque on, as on the timeout below.
             let estop = if hellos_sent {
-                estop_after_hellos(cfg, gate, "a later Hello could not be written")
+                estop_after_hellos(
+                    cfg,
+                    gate,
+                    "its answer is lost: a later Hello could not be written",
+                )
             } else {
                 String::new()
             };

@@ -377,24 +377,31 @@ pub fn background_priority() -> std::io::Result<()> {
 const CAP_IPC_LOCK: u32 = 14;
 
 /// Whether this process may lock its future pages too (`MCL_FUTURE`): with a finite
-/// `RLIMIT_MEMLOCK` (`memlock_limit`, `None`: unlimited) and without `CAP_IPC_LOCK`,
-/// every later allocation that would take the locked bytes past the limit fails
-/// (mlockall(2)), and Rust aborts the process at a failed allocation: no safe stop,
-/// no report, the episode in memory lost. A limit above the process's size at the
-/// start (a `limits.conf` realtime group's) passes `MCL_CURRENT | MCL_FUTURE`, so the
-/// limit is what decides, not the call's success.
+/// `RLIMIT_MEMLOCK` (`memlock_limit`, `None`: unlimited) and without `CAP_IPC_LOCK`
+/// (which lifts the limit), every later allocation that would take the locked bytes
+/// past the limit fails (mlockall(2)), and Rust aborts the process at a failed
+/// allocation: no safe stop, no report, the episode in memory lost. A limit above the
+/// process's size when `--realtime` applies (a `limits.conf` realtime group's) passes
+/// `MCL_CURRENT | MCL_FUTURE`, so the limit is what decides, not the call's success.
 fn may_lock_future_pages(memlock_limit: Option<u64>, cap_ipc_lock: bool) -> bool {
     cap_ipc_lock || memlock_limit.is_none()
 }
 
 /// Whether `status` (the text of /proc/self/status) gives the effective capability
-/// set (`CapEff`, hexadecimal) with `CAP_IPC_LOCK`; `false` where it does not read.
-fn has_cap_ipc_lock(status: &str) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|set| set & (1 << CAP_IPC_LOCK) != 0)
+/// set (`CapEff`, hexadecimal) with `CAP_IPC_LOCK`, and `uid_map` (the text of
+/// /proc/self/uid_map) says the process is in the initial user namespace; `false`
+/// where either does not read. The kernel checks the capability against the initial
+/// namespace: inside a container's own user namespace `CapEff` shows it while the
+/// limit still applies.
+fn has_cap_ipc_lock(status: &str, uid_map: &str) -> bool {
+    let initial_namespace =
+        uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    initial_namespace
+        && status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|set| set & (1 << CAP_IPC_LOCK) != 0)
 }
 
 /// This process's `RLIMIT_MEMLOCK` soft limit in bytes (`None`: unlimited).
@@ -417,7 +424,8 @@ fn lock_memory() -> RealtimeStep {
         Ok(l) => l,
         Err(e) => return step("mlockall", Err(e)),
     };
-    let cap = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| has_cap_ipc_lock(&s));
+    let read = |p| std::fs::read_to_string(p).unwrap_or_default();
+    let cap = has_cap_ipc_lock(&read("/proc/self/status"), &read("/proc/self/uid_map"));
     if may_lock_future_pages(limit, cap) {
         return step(
             "mlockall(MCL_CURRENT | MCL_FUTURE)",
@@ -434,7 +442,8 @@ fn lock_memory() -> RealtimeStep {
             format!(
                 "the current pages locked in RAM, not future ones: RLIMIT_MEMLOCK is \
                  {limit} bytes without CAP_IPC_LOCK, and an allocation past it would \
-                 abort the run (no safe stop); raise it to unlimited to lock them all"
+                 abort the run (no safe stop); raise it to unlimited (ulimit -l) or grant \
+                 CAP_IPC_LOCK to lock them all"
             )
         }),
     )
@@ -574,8 +583,9 @@ pub fn dedicate_cpu(cpu: usize, reserved: RealtimeStep) -> (Vec<RealtimeStep>, b
 #[cfg(test)]
 mod tests {
     /// Future pages are locked only where no allocation can fail for it: an unlimited
-    /// memory-lock limit, or `CAP_IPC_LOCK` (which the limit does not bind). A finite
-    /// limit a process starts below made every allocation past it abort the run.
+    /// memory-lock limit, or `CAP_IPC_LOCK` in the initial user namespace (which lifts
+    /// the limit). A finite limit a process starts below made every allocation past it
+    /// abort the run.
     #[test]
     fn future_pages_are_locked_only_where_allocations_cannot_fail_for_it() {
         use super::{has_cap_ipc_lock, may_lock_future_pages};
@@ -583,11 +593,16 @@ mod tests {
         assert!(may_lock_future_pages(Some(64 << 20), true));
         assert!(!may_lock_future_pages(Some(64 << 20), false));
         let status = |cap_eff: &str| format!("Name:\tcontroller\nCapEff:\t{cap_eff}\n");
+        let initial = "         0          0 4294967295\n";
         // Root's full set, and CAP_IPC_LOCK (bit 14) alone.
-        assert!(has_cap_ipc_lock(&status("000001ffffffffff")));
-        assert!(has_cap_ipc_lock(&status("0000000000004000")));
-        assert!(!has_cap_ipc_lock(&status("0000000000800000")));
-        assert!(!has_cap_ipc_lock("Name:\tcontroller\n"));
+        assert!(has_cap_ipc_lock(&status("000001ffffffffff"), initial));
+        assert!(has_cap_ipc_lock(&status("0000000000004000"), initial));
+        assert!(!has_cap_ipc_lock(&status("0000000000800000"), initial));
+        assert!(!has_cap_ipc_lock("Name:\tcontroller\n", initial));
+        // A container's own user namespace: root's set there, the limit still applies.
+        let container = "         0     100000      65536\n";
+        assert!(!has_cap_ipc_lock(&status("000001ffffffffff"), container));
+        assert!(!has_cap_ipc_lock(&status("000001ffffffffff"), ""));
     }
 
     use super::*;
