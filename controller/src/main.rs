@@ -823,7 +823,7 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
 /// whose firmware runs on the run's clock): right only for a simulated firmware running
 /// at the same scale (`sim-firmware --rate-scale`). A real robot streams at its own
 /// rate: a faster loop takes its sensor frames for stale (the limit scales too), a
-/// slower one commands it less often than its command watchdog expects.
+/// slower one's commands may come too seldom for its command watchdog.
 fn time_scale_warning(sim: Option<&str>, time_scale: f64) -> Option<String> {
     if sim.is_some() || time_scale == 1.0 {
         return None;
@@ -831,7 +831,7 @@ fn time_scale_warning(sim: Option<&str>, time_scale: f64) -> Option<String> {
     let why = if time_scale > 1.0 {
         "the run's scaled stale-sensor limit would stop it"
     } else {
-        "the run would command it less often than its command watchdog expects"
+        "the run's slower commands may trip its command watchdog"
     };
     Some(format!(
         "--time-scale {time_scale} on a port: only for a simulated firmware started with \

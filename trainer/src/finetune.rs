@@ -173,6 +173,10 @@ pub struct FinetuneSummary {
     /// Of those, the ones not trained on for a value that is not finite or an action
     /// outside `[-1, 1]` (they stay in `OUT/uplink/`).
     pub streamed_unusable: usize,
+    /// Action chunks left out because their steps' finite rewards sum to an infinite
+    /// discounted reward ([`crate::replay::Chunker::non_finite_rewards`]), from `--data`
+    /// and the streams alike.
+    pub chunks_non_finite: usize,
     pub before: Option<EvalResult>,
     pub after: Option<EvalResult>,
     pub stopped_early: bool,
@@ -734,10 +738,14 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         ensure!(
             summary.replay_transitions > 0 || o.listen.is_some(),
             "--data gives no training transition: {} robot frames in {episodes} episodes, \
-             {} left out as interventions, {} without a successor{}",
+             {} left out as interventions, {} without a successor{}{}",
             summary.robot_transitions,
             summary.robot_interventions_left_out(),
             summary.robot_without_successor,
+            match summary.chunks_non_finite {
+                0 => String::new(),
+                n => format!(", {n} chunks whose rewards' discounted sum is not finite"),
+            },
             if config.action_horizon > 1 {
                 format!(
                     ", and with action_horizon {} an episode needs that many frames in a row \
@@ -1307,6 +1315,8 @@ fn append_robot_data(
             }
             successes += ep.success.iter().any(|&s| s) as usize;
         }
+        // (The chunker goes on over the next dataset: its count is the total so far.)
+        summary.chunks_non_finite = chunker.non_finite_rewards();
         if let Some(w) = crate::run::chunks_cut_by_gaps(
             &path.display().to_string(),
             &ds,
@@ -1360,8 +1370,12 @@ pub fn describe(s: &FinetuneSummary) -> String {
             s.replay_transitions
         )
     };
+    let non_finite = match s.chunks_non_finite {
+        0 => String::new(),
+        n => format!(" ({n} action chunks left out: their rewards' discounted sum is not finite)"),
+    };
     format!(
-        "{} updates on {data}; sim success before {}, after {}",
+        "{} updates on {data}{non_finite}; sim success before {}, after {}",
         s.updates,
         eval(&s.before),
         eval(&s.after)

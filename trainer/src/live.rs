@@ -383,6 +383,13 @@ fn mapping_invalid(
     if scale.is_empty() && offset.is_empty() {
         return None;
     }
+    if scale.len() == offset.len() && scale.len() != action_dim {
+        // Another robot (or task) rather than a damaged mapping.
+        return Some(format!(
+            "the robot's stream maps {} actions per step, the run takes {action_dim}",
+            scale.len()
+        ));
+    }
     let mapping = dataset::ActionMapping {
         scale: scale.clone(),
         offset: offset.clone(),
@@ -1072,6 +1079,7 @@ fn take_step(
         chunker.cut();
         return 0;
     }
+    let left_out_before = chunker.non_finite_rewards();
     summary.replay_transitions += chunker.push(
         online,
         &step.obs,
@@ -1081,6 +1089,7 @@ fn take_step(
         step.terminal,
         step.episode_end,
     );
+    summary.chunks_non_finite += chunker.non_finite_rewards() - left_out_before;
     1
 }
 
@@ -1592,20 +1601,28 @@ mod tests {
                 action_offset: offset,
             })
         };
-        for (scale, offset, why) in [
+        let mapping = |why: &str| format!("the robot's stream's action mapping {why}");
+        for (scale, offset, said) in [
             (
                 vec![1.0],
                 vec![0.0, 0.0],
-                "holds 1 scales and 2 offsets for 2 actions",
+                mapping("holds 1 scales and 2 offsets for 2 actions"),
             ),
-            (vec![1.0, 0.0], vec![0.0, 0.0], "scale [1] is 0"),
-            (vec![1.0, 1.0], vec![], "holds 2 scales and 0 offsets"),
+            (vec![1.0, 0.0], vec![0.0, 0.0], mapping("scale [1] is 0")),
+            (
+                vec![1.0, 1.0],
+                vec![],
+                mapping("holds 2 scales and 0 offsets for 2 actions"),
+            ),
+            // Another robot's actions: said as such.
+            (
+                vec![1.0; 3],
+                vec![0.0; 3],
+                "the robot's stream maps 3 actions per step, the run takes 2".into(),
+            ),
         ] {
             let e = check.refusal(&start(scale, offset)).unwrap();
-            assert!(
-                e.starts_with(&format!("the robot's stream's action mapping {why}")),
-                "{e}"
-            );
+            assert_eq!(e, said);
             assert!(check.adopted.mapping.get().is_none());
         }
         // A valid one is taken.

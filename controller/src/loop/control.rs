@@ -509,7 +509,8 @@ pub(crate) struct Control {
     /// reordered later in the episode must not be taken for it).
     late_estop_answers: u32,
     late_estop_until: Instant,
-    /// Answers to our Estops taken so far (the closing one's is waited for).
+    /// Answers to our Estops taken so far, but for late ones (`late_estop_answers`: to
+    /// `Estop`s sent before the running episode began); the closing one's is waited for.
     estop_answers: u64,
     /// The firmware timestamp of the reboot `Hello` last handled, until a handshake
     /// completes after it: the same `Hello` again (the link publishes a copy of it
@@ -1267,16 +1268,24 @@ impl Control {
                     // episode and held back behind it on the link (judged by the frame's
                     // arrival: a control thread descheduled past the window would take
                     // its own answer for a stop button's).
-                    let owed = if self.estops_unanswered > 0 {
+                    // The firmware answers in order: an answer held back behind the
+                    // episode's first frame is to an `Estop` sent before it, older than
+                    // any owed since, so it pays the older debt first (it confirmed a
+                    // closing `Estop` just after an episode began).
+                    let late =
+                        seq.stale && rx <= self.late_estop_until && self.late_estop_answers > 0;
+                    let owed = if late {
+                        Some(&mut self.late_estop_answers)
+                    } else if self.estops_unanswered > 0 {
                         Some(&mut self.estops_unanswered)
-                    } else if seq.stale && rx <= self.late_estop_until {
-                        Some(&mut self.late_estop_answers).filter(|n| **n > 0)
                     } else {
                         None
                     };
                     if let Some(n) = owed {
                         *n -= 1;
-                        self.estop_answers += 1;
+                        // (Answers to this episode's `Estop`s only: a late one never
+                        // confirms a closing `Estop`, `confirm_stop`.)
+                        self.estop_answers += u64::from(!late);
                         self.estop_answer_seq = Some(seq.number);
                         return;
                     }
@@ -1661,10 +1670,12 @@ impl Control {
         )
     }
 
-    /// Waiting from `now` for the answer to the run's closing `Estop`, just written
-    /// (counted in `estops_unanswered`). The firmware answers in order: the answers
-    /// still owed to earlier `Estop`s come first, and the closing one's only after them
-    /// (an earlier stop's answer, late, confirmed a closing `Estop` lost on the line).
+    /// Waiting from `now` for the answer to the run's closing `Estop` (counted in
+    /// `estops_unanswered`; written now, or by a stop just before). The firmware
+    /// answers in order: the answers still owed to earlier `Estop`s come first, and the
+    /// closing one's only after them (an earlier stop's answer, late, confirmed a
+    /// closing `Estop` lost on the line). Those not in by the first resend are taken
+    /// for lost ([`Self::confirm_stop`]): an answer from then on confirms the stop.
     fn confirming_stop(&self, now: Instant) -> Phase {
         let earlier_owed = u64::from(self.estops_unanswered.saturating_sub(1));
         Phase::ConfirmingStop {
@@ -2335,11 +2346,15 @@ impl Control {
                 self.report.estop_resends += 1;
                 written += 1;
             }
+            // Answers still owed to earlier `Estop`s after a whole wait are lost (a
+            // firmware answers within its next step; a port reopened since answers
+            // nothing sent before): from now on any answer is to one of the closing
+            // `Estop`s, so stale counts cost one resend, not a false "unanswered".
             self.phase = Phase::ConfirmingStop {
                 until: now + self.estop_answer_wait(),
                 resends: resends + 1,
                 written,
-                answers,
+                answers: answers.min(self.estop_answers),
             };
             return;
         }
@@ -3922,6 +3937,43 @@ mod tests {
             c.phase
         );
         tx.send(answer(41)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Done);
+
+        // Answers owed that never come (lost on the line, or to a port reopened since)
+        // are given up at the first resend: the resend's answer confirms the stop (3
+        // stale counts outlasted the 2 resends: a false "unanswered", exit 1).
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.estops_unanswered = 3;
+        stop_at_the_runs_end(&mut c);
+        estop_wait_ends(&mut c, Instant::now());
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.report.estop_resends, 1);
+        tx.send(answer(42)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Done);
+
+        // An answer held back behind the episode's first frame (stale, within the
+        // window) pays an Estop sent before the episode, not the closing one.
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.late_estop_answers = 1;
+        c.late_estop_until = Instant::now() + Duration::from_secs(60);
+        stop_at_the_runs_end(&mut c);
+        tx.send(stale_estop(43, Instant::now())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            matches!(c.phase, Phase::ConfirmingStop { .. }),
+            "the late answer confirmed the closing Estop: {:?}",
+            c.phase
+        );
+        assert_eq!(c.late_estop_answers, 0);
+        tx.send(answer(44)).unwrap();
         c.tick += 1;
         c.one_tick(Instant::now());
         assert_eq!(c.phase, Phase::Done);

@@ -387,15 +387,18 @@ fn may_lock_future_pages(memlock_limit: Option<u64>, cap_ipc_lock: bool) -> bool
     cap_ipc_lock || memlock_limit.is_none()
 }
 
+/// The link /proc/self/ns/user points to in the initial user namespace (the kernel's
+/// fixed `PROC_USER_INIT_INO`).
+const INITIAL_USER_NAMESPACE: &str = "user:[4026531837]";
+
 /// Whether `status` (the text of /proc/self/status) gives the effective capability
-/// set (`CapEff`, hexadecimal) with `CAP_IPC_LOCK`, and `uid_map` (the text of
-/// /proc/self/uid_map) says the process is in the initial user namespace; `false`
-/// where either does not read. The kernel checks the capability against the initial
-/// namespace: inside a container's own user namespace `CapEff` shows it while the
-/// limit still applies.
-fn has_cap_ipc_lock(status: &str, uid_map: &str) -> bool {
-    let initial_namespace =
-        uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+/// set (`CapEff`, hexadecimal) with `CAP_IPC_LOCK` (`false` where it does not read),
+/// in the initial user namespace (`user_ns`: where /proc/self/ns/user points; `None`
+/// on a kernel without user namespaces, where there is only that one). The kernel
+/// checks the capability against the initial namespace: inside a container's own user
+/// namespace `CapEff` shows it while the limit still applies.
+fn has_cap_ipc_lock(status: &str, user_ns: Option<&str>) -> bool {
+    let initial_namespace = user_ns.is_none_or(|ns| ns == INITIAL_USER_NAMESPACE);
     initial_namespace
         && status
             .lines()
@@ -424,8 +427,11 @@ fn lock_memory() -> RealtimeStep {
         Ok(l) => l,
         Err(e) => return step("mlockall", Err(e)),
     };
-    let read = |p| std::fs::read_to_string(p).unwrap_or_default();
-    let cap = has_cap_ipc_lock(&read("/proc/self/status"), &read("/proc/self/uid_map"));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let user_ns = std::fs::read_link("/proc/self/ns/user")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let cap = has_cap_ipc_lock(&status, user_ns.as_deref());
     if may_lock_future_pages(limit, cap) {
         return step(
             "mlockall(MCL_CURRENT | MCL_FUTURE)",
@@ -441,9 +447,10 @@ fn lock_memory() -> RealtimeStep {
         check(unsafe { libc::mlockall(libc::MCL_CURRENT) }).map(|_| {
             format!(
                 "the current pages locked in RAM, not future ones: RLIMIT_MEMLOCK is \
-                 {limit} bytes without CAP_IPC_LOCK, and an allocation past it would \
-                 abort the run (no safe stop); raise it to unlimited (ulimit -l) or grant \
-                 CAP_IPC_LOCK to lock them all"
+                 {limit} bytes without CAP_IPC_LOCK in the initial user namespace, and an \
+                 allocation past it would abort the run (no safe stop); raise it to \
+                 unlimited (ulimit -l) or grant CAP_IPC_LOCK outside any container to lock \
+                 them all"
             )
         }),
     )
@@ -593,16 +600,17 @@ mod tests {
         assert!(may_lock_future_pages(Some(64 << 20), true));
         assert!(!may_lock_future_pages(Some(64 << 20), false));
         let status = |cap_eff: &str| format!("Name:\tcontroller\nCapEff:\t{cap_eff}\n");
-        let initial = "         0          0 4294967295\n";
+        let initial = Some("user:[4026531837]");
         // Root's full set, and CAP_IPC_LOCK (bit 14) alone.
         assert!(has_cap_ipc_lock(&status("000001ffffffffff"), initial));
         assert!(has_cap_ipc_lock(&status("0000000000004000"), initial));
         assert!(!has_cap_ipc_lock(&status("0000000000800000"), initial));
         assert!(!has_cap_ipc_lock("Name:\tcontroller\n", initial));
         // A container's own user namespace: root's set there, the limit still applies.
-        let container = "         0     100000      65536\n";
+        let container = Some("user:[4026532451]");
         assert!(!has_cap_ipc_lock(&status("000001ffffffffff"), container));
-        assert!(!has_cap_ipc_lock(&status("000001ffffffffff"), ""));
+        // A kernel without user namespaces has only the initial one.
+        assert!(has_cap_ipc_lock(&status("000001ffffffffff"), None));
     }
 
     use super::*;
