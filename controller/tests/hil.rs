@@ -1441,6 +1441,53 @@ fn a_reboot_that_ends_the_run_still_gets_its_estop() {
     assert_eq!(estop.state, FirmwareState::AwaitHello);
 }
 
+/// Setup: the firmware's reset motion for the second episode reports `Fault {
+/// Overcurrent }` just before that episode's `EpisodeStart` (`overcurrent_at_reset=2`;
+/// its protection acted, and the episode starts anyway), one fault allowed, 3 episodes.
+/// Expected: a `firmware_fault` naming the overcurrent and a safe stop (it was counted
+/// as ignored, and the episode ran); the episode the firmware began from that `Reset`
+/// is left to it, and the run's 3 episodes complete after it. With no fault allowed,
+/// the run ends stopped by the fault (exit status 3) after its first episode. (In
+/// lockstep that episode's frames all arrive during the safe stop; frames of it still
+/// on the line after the next `Reset` are the unit test
+/// `a_hardware_fault_is_one_fault_and_its_episode_is_not_taken_for_the_next`'s.)
+#[test]
+fn an_overcurrent_in_the_reset_motion_is_a_fault() {
+    let _g = serial();
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "overcurrent_at_reset=2");
+    let out = sim.run(&["--episodes", "3", "--max-faults", "1"]);
+    let (fw, received) = sim.stop_fw();
+    let (_, ds) = check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = sim.report();
+    assert_eq!(fw.faults.overcurrents, 1);
+    assert_eq!(faults_of(&report, "firmware_fault"), 1, "{report}");
+    let fault = report["faults"].as_array().unwrap()[0].clone();
+    assert_eq!(
+        fault["detail"], "the firmware reported Overcurrent",
+        "{report}"
+    );
+    assert!(fault["torque_off_tick"].is_u64(), "{fault}");
+    assert_eq!(report["ignored_firmware_faults"], 0, "{report}");
+    let eps = episodes(&report);
+    assert_eq!(eps.len(), 3, "{report}");
+    assert!(eps.iter().all(|e| e["reason"] == "completed"), "{report}");
+    assert_eq!(ds.episodes.len(), 3);
+    assert_eq!(
+        fw.firmware.episodes, 4,
+        "the start the fault stopped, and the run's 3 episodes"
+    );
+
+    let mut sim = Sim::new(robot(|_| {}), Pacing::Lockstep, "overcurrent_at_reset=2");
+    let out = sim.run(&["--episodes", "3"]);
+    let (_, received) = sim.stop_fw();
+    check_invariants(&sim, &received, &out);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report = sim.report();
+    assert_eq!(report["outcome"], "stopped_by_fault", "{report}");
+    assert_eq!(episodes(&report).len(), 1, "{report}");
+}
+
 /// Setup: the firmware reboots at step 20 of the run's only episode, one fault allowed:
 /// the safe stop sends its `Estop` to the rebooted firmware, and the run shakes hands
 /// again, which takes the firmware out of that stop (it holds with its torque on).

@@ -50,6 +50,7 @@
 //! | `reboot_silent_at` | step | as `reboot_at`, and the reboot's `Hello` is lost on the line (the firmware then waits for a handshake, silent) |
 //! | `estop_at` | step, `boot`, `hello` or `end` | once, the stop button is pressed (and stays pressed) when an episode reaches this step; `boot`: as the firmware starts, before any controller connects; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
+//! | `overcurrent_at_reset` | count | once, at the count-th `Reset` (from 1), the firmware reports `Fault { Overcurrent }` in its reset motion, just before the episode's `EpisodeStart` (its protection acted; the episode starts anyway) |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
 //! | `short_obs_at` | step | once, this step's `Sensor` frame carries one observation value fewer than the robot's (a firmware bug) |
 //! | `short_applied_at` | step | once, this step's `Reward` frame carries one applied action value fewer than the robot's (a firmware bug) |
@@ -88,6 +89,8 @@ pub struct FaultSpec {
     pub reboot_hello_lost: bool,
     pub estop_at: Option<PressAt>,
     pub watchdog_at_step: Option<u32>,
+    /// The `Reset` (counted from 1) whose reset motion reports an overcurrent.
+    pub overcurrent_at_reset: Option<u32>,
     pub bad_step_at: Option<u32>,
     pub short_obs_at: Option<u32>,
     pub short_applied_at: Option<u32>,
@@ -237,6 +240,13 @@ impl FromStr for FaultSpec {
                     spec.watchdog_at_step =
                         Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
                 }
+                "overcurrent_at_reset" => {
+                    spec.overcurrent_at_reset = match u32::try_from(int(value)?) {
+                        Ok(0) => return Err(err("resets are counted from 1")),
+                        Ok(n) => Some(n),
+                        Err(_) => return Err(err("count too large")),
+                    }
+                }
                 "bad_step_at" => {
                     spec.bad_step_at =
                         Some(u32::try_from(int(value)?).map_err(|_| err("step too large"))?)
@@ -260,7 +270,7 @@ impl FromStr for FaultSpec {
                 _ => {
                     return Err(err(
                         "unknown key; expected one of seed, after, drop, flip, truncate, garbage, \
-                         dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, bad_step_at, short_obs_at, short_applied_at, version, schema, \
+                         dup, reorder, echo, stall, stall_after, reboot_at, reboot_silent_at, estop_at, watchdog_at, overcurrent_at_reset, bad_step_at, short_obs_at, short_applied_at, version, schema, \
                          nan, lose_cmd, lose_estop",
                     ));
                 }
@@ -303,6 +313,7 @@ pub struct FaultStats {
     pub reboots: u64,
     pub estop_presses: u64,
     pub watchdog_trips: u64,
+    pub overcurrents: u64,
     pub bad_steps: u64,
     pub short_observations: u64,
     pub short_applied: u64,
@@ -534,6 +545,15 @@ impl FaultInjector {
         )
     }
 
+    /// True once, at the configured `Reset` (`resets`: the `Reset`s taken so far, this
+    /// one included): its reset motion reports an overcurrent.
+    pub fn overcurrent_now(&mut self, resets: u64) -> bool {
+        once(
+            self.spec.overcurrent_at_reset.map(u64::from) == Some(resets),
+            &mut self.stats.overcurrents,
+        )
+    }
+
     /// The step number to put in step `step`'s `Sensor` frame (`u32::MAX` once, at the
     /// configured `bad_step_at`).
     pub fn sensor_step(&mut self, step: u32) -> u32 {
@@ -744,6 +764,8 @@ mod tests {
         assert_eq!(at("end"), Some(PressAt::End));
         assert!("estop_at=later".parse::<FaultSpec>().is_err());
         assert_eq!(s.watchdog_at_step, Some(8));
+        let overcurrent: FaultSpec = "overcurrent_at_reset=2".parse().unwrap();
+        assert_eq!(overcurrent.overcurrent_at_reset, Some(2));
         assert_eq!(s.bad_step_at, Some(9));
         assert_eq!(s.version, Some(2));
         assert_eq!(s.schema_hash, Some(0xdead_beef));
@@ -761,6 +783,7 @@ mod tests {
             "echo=0.1:0",
             "echo=2:1",
             "reboot_at=0",
+            "overcurrent_at_reset=0",
             // Frames are counted from 1: it never stalled.
             "stall_after=0:500",
             "estop_at=0",

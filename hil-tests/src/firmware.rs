@@ -615,6 +615,16 @@ impl SimFirmware {
         self.watchdog_tripped = false;
         self.last_command_at = now;
         self.next_tick = now + self.period;
+        if self.faults.overcurrent_now(u64::from(self.stats.episodes)) {
+            // Injected: the reset motion drew too much current; the firmware's own
+            // protection acted, and the episode starts anyway.
+            self.send(
+                now,
+                Message::Fault {
+                    code: FaultCode::Overcurrent,
+                },
+            );
+        }
         self.send(
             now,
             Message::EpisodeStart {

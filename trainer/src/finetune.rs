@@ -1372,10 +1372,13 @@ pub fn describe(s: &FinetuneSummary) -> String {
     };
     let non_finite = match s.chunks_non_finite {
         0 => String::new(),
-        n => format!(" ({n} action chunks left out: their rewards' discounted sum is not finite)"),
+        n => format!(
+            "; {n} action chunks of the robot data (--data and streams) left out: their \
+             rewards' discounted sum is not finite"
+        ),
     };
     format!(
-        "{} updates on {data}{non_finite}; sim success before {}, after {}",
+        "{} updates on {data}; sim success before {}, after {}{non_finite}",
         s.updates,
         eval(&s.before),
         eval(&s.after)

@@ -491,8 +491,8 @@ impl Chunker {
     }
 
     /// Chunks left out so far because their steps' finite rewards have an infinite
-    /// discounted sum (two of 3e38, say: a firmware's garbage): trained on, it made the critic's
-    /// target infinite, and a checkpoint holding it was refused by every resume.
+    /// discounted sum (two of 3e38, say: a firmware's garbage): trained on, it made the
+    /// critic's target infinite, and a checkpoint holding it was refused by every resume.
     pub fn non_finite_rewards(&self) -> usize {
         self.non_finite_rewards
     }
@@ -613,9 +613,9 @@ impl Chunker {
         } else {
             if self.non_finite_rewards == 0 {
                 eprintln!(
-                    "warning: a chunk of {len} steps whose rewards {:?} have a discounted sum of {reward} is not \
-                     trained on (rewards that large are a recording's or a firmware's error; \
-                     further ones are only counted)",
+                    "warning: a chunk of {len} steps whose rewards {:?} have a discounted sum \
+                     of {reward} is not trained on (rewards that large are a recording's or \
+                     a firmware's error; further ones are only counted)",
                     &self.rew[..len]
                 );
             }

@@ -509,7 +509,12 @@ pub(crate) struct Control {
     /// reordered later in the episode must not be taken for it).
     late_estop_answers: u32,
     late_estop_until: Instant,
-    /// Answers to our Estops taken so far, but for late ones (`late_estop_answers`: to
+    /// The number of the frame that began the running episode (its `EpisodeStart`, or
+    /// the `Sensor` frame that started it): a late answer is numbered before it.
+    episode_began_seq: u16,
+    /// The number of the frame being handled ([`Control::on_message`]).
+    handling_seq: u16,
+    /// Answers to our Estops taken so far, except late ones (`late_estop_answers`: to
     /// `Estop`s sent before the running episode began); the closing one's is waited for.
     estop_answers: u64,
     /// The firmware timestamp of the reboot `Hello` last handled, until a handshake
@@ -694,6 +699,8 @@ impl Control {
             estops_unanswered: 0,
             late_estop_answers: 0,
             late_estop_until: start,
+            episode_began_seq: 0,
+            handling_seq: 0,
             estop_answers: 0,
             reboot_unshaken: None,
             hello_owed: false,
@@ -1074,6 +1081,7 @@ impl Control {
     }
 
     fn on_message(&mut self, msg: Message, fw_us: u32, rx: Instant, now: Instant, seq: Seq) {
+        self.handling_seq = seq.number;
         match msg {
             Message::Sensor { episode, step, obs } => {
                 if let Phase::Starting { seed, .. } = self.phase
@@ -1269,11 +1277,17 @@ impl Control {
                     // arrival: a control thread descheduled past the window would take
                     // its own answer for a stop button's).
                     // The firmware answers in order: an answer held back behind the
-                    // episode's first frame is to an `Estop` sent before it, older than
-                    // any owed since, so it pays the older debt first (it confirmed a
-                    // closing `Estop` just after an episode began).
-                    let late =
-                        seq.stale && rx <= self.late_estop_until && self.late_estop_answers > 0;
+                    // episode's first frame (numbered before it) is to an `Estop` sent
+                    // before it, older than any owed since, so it pays the older debt
+                    // (it confirmed a closing `Estop` just after an episode began); one
+                    // numbered after it is to this episode's (taken for the late one, it
+                    // left a debt that swallowed a stop button's frame).
+                    let before_episode =
+                        (self.episode_began_seq.wrapping_sub(seq.number) as i16) > 0;
+                    let late = seq.stale
+                        && before_episode
+                        && rx <= self.late_estop_until
+                        && self.late_estop_answers > 0;
                     let owed = if late {
                         Some(&mut self.late_estop_answers)
                     } else if self.estops_unanswered > 0 {
@@ -1363,6 +1377,11 @@ impl Control {
                     // opened numbers it 0, and was taken for rebooting again).
                     self.hello_owed = false;
                     self.report.ignored_hellos += 1;
+                    // Answers come in order: one still owed to an `Estop` sent before
+                    // the Hello is lost, and the next answer is the closing one's.
+                    if let Phase::ConfirmingStop { answers, .. } = &mut self.phase {
+                        *answers = (*answers).min(self.estop_answers);
+                    }
                     return;
                 }
                 if let Phase::Handshaking { .. } = self.phase {
@@ -1462,6 +1481,7 @@ impl Control {
     /// `began`: when the frame that began it arrived (the late-Estop window runs from
     /// there, as the answers are judged by their arrival).
     fn start_episode(&mut self, episode: u32, seed: u64, now: Instant, began: Instant) {
+        self.episode_began_seq = self.handling_seq;
         // (A repeated Reset's restart, with none unanswered since, keeps those owed.)
         if self.estops_unanswered > 0 {
             self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
@@ -1761,9 +1781,8 @@ impl Control {
                 return;
             }
         }
+        // (It answers none of the Estops sent before it came back: `take_writer`.)
         self.take_writer(w);
-        // It answers none of the Estops sent before it came back.
-        self.forget_firmware_answers();
         if !self.estop_or_wait(now) && !self.cfg.quiet {
             self.say(
                 "the closing Estop could not be written on the port that came back: trying \
@@ -2081,11 +2100,13 @@ impl Control {
     }
 
     /// Writes go to a reopened port from now on. The firmware behind it holds with its
-    /// own hold action and its torque on, whatever was sent before.
+    /// own hold action and its torque on, whatever was sent before, and answers no
+    /// `Estop` sent before (the port's input is cleared as it opens).
     fn take_writer(&mut self, w: Box<dyn std::io::Write + Send>) {
         self.gate.set_writer(w);
         self.link_down = false;
         self.torque_off = false;
+        self.forget_firmware_answers();
     }
 
     /// A new handshake (after a reboot's or a lost link's safe stop). A firmware that
@@ -2418,12 +2439,12 @@ impl Control {
             && !self.gate.writer_open()
             && let Some(w) = self.pending_writer.take()
         {
+            // It answers none of the Estops sent before it came back (`take_writer`); a
+            // board that reset as its port opened announces itself with a Hello before
+            // it answers this one, which is no reboot. (One Hello is excused, whatever
+            // its number: a reboot's then is taken alike, and the resent Estop reaches
+            // it.)
             self.take_writer(w);
-            // It answers none of the Estops sent before it came back; a board that reset
-            // as its port opened announces itself with a Hello before it answers this
-            // one, which is no reboot. (One Hello is excused, whatever its number: a
-            // reboot's then is taken alike, and the resent Estop reaches it.)
-            self.forget_firmware_answers();
             self.hello_owed = true;
             // A port back that takes the closing Estop, as in the wait for one: lost
             // again unanswered, the wait's end says it came back (it said the link never
@@ -3399,6 +3420,33 @@ mod tests {
         c.one_tick(t0 + Duration::from_secs(10));
         assert!(!stop_button(&c), "{:?}", c.report.faults);
         assert_eq!(c.late_estop_answers, 0);
+
+        // Judged by number: a reordered answer numbered after the episode's first frame
+        // is to this episode's Estop, whatever late debt is owed; taken for the late
+        // one, it left this episode's owed, and a stop button's frame paid it.
+        let wire = Wire::default();
+        let (mut c, tx) = starting(&wire);
+        c.estops_unanswered = 1;
+        tx.send(episode_start()).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.late_estop_answers, 1);
+        // This episode's stop (an Estop sent), its answer reordered behind frame 103.
+        c.estops_unanswered = 1;
+        tx.send(stale_estop(102, Instant::now())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!((c.late_estop_answers, c.estops_unanswered), (1, 0));
+        tx.send(frame(
+            104,
+            Message::Fault {
+                code: FaultCode::Estop,
+            },
+        ))
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(stop_button(&c), "{:?}", c.report.faults);
     }
 
     /// A fault that begins a safe stop with the torque already off (a link lost while
@@ -3963,6 +4011,7 @@ mod tests {
         let (mut c, tx) = control(&wire);
         c.late_estop_answers = 1;
         c.late_estop_until = Instant::now() + Duration::from_secs(60);
+        c.episode_began_seq = 50;
         stop_at_the_runs_end(&mut c);
         tx.send(stale_estop(43, Instant::now())).unwrap();
         c.tick += 1;
@@ -3977,6 +4026,52 @@ mod tests {
         c.tick += 1;
         c.one_tick(Instant::now());
         assert_eq!(c.phase, Phase::Done);
+
+        // The answer to a Hello sent after the earlier Estops (a stop while shaking
+        // hands again): their answers would have come before it, so the next one is
+        // the closing Estop's.
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.estops_unanswered = 1;
+        c.phase = Phase::Handshaking {
+            since: Instant::now(),
+            last_hello: Instant::now(),
+        };
+        c.stopping = Some(Outcome::Interrupted);
+        c.phase = c.stop_unverified(Instant::now());
+        assert!(c.hello_owed, "{:?}", c.phase);
+        tx.send(frame(45, Message::Hello(c.hello))).unwrap();
+        tx.send(answer(46)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.phase, Phase::Done);
+        assert_eq!(c.report.estop_resends, 0);
+    }
+
+    /// A port back answers none of the Estops sent before it (its input was cleared as
+    /// it opened): they are no longer owed (stale counts delayed the confirmation of a
+    /// later stop).
+    #[test]
+    fn a_port_back_owes_no_answers_to_earlier_estops() {
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.estops_unanswered = 2;
+        c.link_down = true;
+        c.phase = Phase::Reconnecting {
+            until: Instant::now() + Duration::from_secs(5),
+        };
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            matches!(c.phase, Phase::Handshaking { .. }),
+            "{:?}",
+            c.phase
+        );
+        assert_eq!(c.estops_unanswered, 0);
     }
 
     /// A control loop whose episode ends: labelled by the operator (`label`), or by the

@@ -428,9 +428,13 @@ fn lock_memory() -> RealtimeStep {
         Err(e) => return step("mlockall", Err(e)),
     };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let user_ns = std::fs::read_link("/proc/self/ns/user")
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+    // Absent: a kernel without user namespaces. Unreadable otherwise (a sandbox): not
+    // taken for the initial one.
+    let user_ns = match std::fs::read_link("/proc/self/ns/user") {
+        Ok(p) => Some(p.to_string_lossy().into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(String::new()),
+    };
     let cap = has_cap_ipc_lock(&status, user_ns.as_deref());
     if may_lock_future_pages(limit, cap) {
         return step(
