@@ -132,7 +132,8 @@ enum Command {
         log: PathBuf,
         /// The dataset directory (created, or appended to: a log holds every run into
         /// its --out, and the runs the dataset notes, those that saved their episodes
-        /// into DIR/dataset or were converted before, are left out).
+        /// into DIR/dataset or were converted before, are left out). A run's own
+        /// directory (it holds transitions.log) is refused: its dataset is DIR/dataset.
         #[arg(long)]
         out: PathBuf,
         /// Only the log's last run: after a run was killed (`kill -9`, a power cut)
@@ -379,7 +380,8 @@ struct RunArgs {
     #[arg(long, default_value = "out/controller")]
     out: PathBuf,
     /// Run the loop this many times faster than the robot's control_hz, for a simulated
-    /// firmware started with the same --rate-scale (durations in the robot file scale too).
+    /// firmware started with the same --rate-scale, or under --sim (durations in the
+    /// robot file scale too). A real robot needs 1: another scale on a port is warned of.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
     /// Faults tolerated (each ends its episode with a safe stop) before the run stops.
@@ -819,11 +821,11 @@ fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     Ok(exit_code(&report))
 }
 
-/// What a `--time-scale` other than 1 means for a run on a port (none under `--sim`,
-/// whose firmware runs on the run's clock): right only for a simulated firmware running
-/// at the same scale (`sim-firmware --rate-scale`). A real robot streams at its own
-/// rate: a faster loop takes its sensor frames for stale (the limit scales too), a
-/// slower one's commands may come too seldom for its command watchdog.
+/// The warning for a `--time-scale` other than 1 on a port (none under `--sim`, whose
+/// firmware runs on the run's clock): such a scale is right only for a simulated
+/// firmware running at the same scale (`sim-firmware --rate-scale`). A real robot
+/// streams at its own rate: a faster loop takes its sensor frames for stale (the limit
+/// scales too), a slower one's commands may come too seldom for its command watchdog.
 fn time_scale_warning(sim: Option<&str>, time_scale: f64) -> Option<String> {
     if sim.is_some() || time_scale == 1.0 {
         return None;
@@ -1809,8 +1811,9 @@ mod tests {
     }
 
     /// A scaled clock on a port is said to be for a simulated firmware only: a real
-    /// robot's frames would all look stale to it. Under `--sim` (the firmware takes
-    /// the run's clock) and at scale 1 nothing is said.
+    /// robot's frames would all look stale to a faster one, and a slower one's
+    /// commands may trip its watchdog. Under `--sim` (the firmware takes the run's
+    /// clock) and at scale 1 nothing is said.
     #[test]
     fn a_scaled_clock_on_a_port_is_warned_of() {
         let w = time_scale_warning(None, 10.0).unwrap();

@@ -1446,7 +1446,8 @@ fn a_reboot_that_ends_the_run_still_gets_its_estop() {
 /// its protection acted, and the episode starts anyway), one fault allowed, 3 episodes.
 /// Expected: a `firmware_fault` naming the overcurrent and a safe stop (it was counted
 /// as ignored, and the episode ran); the episode the firmware began from that `Reset`
-/// is left to it, and the run's 3 episodes complete after it. With no fault allowed,
+/// is left to it, and the run's 3 episodes complete (one before the fault, two after
+/// it: the firmware started 4). With no fault allowed,
 /// the run ends stopped by the fault (exit status 3) after its first episode. (In
 /// lockstep that episode's frames all arrive during the safe stop; frames of it still
 /// on the line after the next `Reset` are the unit test
@@ -1485,6 +1486,7 @@ fn an_overcurrent_in_the_reset_motion_is_a_fault() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let report = sim.report();
     assert_eq!(report["outcome"], "stopped_by_fault", "{report}");
+    assert_eq!(faults_of(&report, "firmware_fault"), 1, "{report}");
     assert_eq!(episodes(&report).len(), 1, "{report}");
 }
 

@@ -116,13 +116,12 @@
 //!
 //! - `Estop` from the controller: the firmware stops (torque off where the robot file
 //!   allows it), answers `Fault { Estop }` and takes no step until the next `Reset`.
-//!   A matching `Hello` takes it out of that stop as well (it holds with its torque
-//!   on again, as after a boot; a pressed stop button stays latched): a controller
-//!   that shakes hands again sends a new `Estop` to end its run.
 //!   It does so in any state, before a handshake too (where nothing else but a `Hello`
 //!   is taken up): a controller whose safe stop ends a run after the firmware rebooted
 //!   sends its closing `Estop` before any new `Hello`, and a stop must never be
-//!   ignored.
+//!   ignored. A matching `Hello` takes the firmware out of that stop as well (it holds
+//!   with its torque on again, as after a boot; a pressed stop button stays latched):
+//!   a controller that shakes hands again sends a new `Estop` to end its run.
 //! - A hardware stop (the robot's stop button): the firmware stops the same way and
 //!   sends `Fault { Estop }` at once, in any state, before a handshake too. The stop is
 //!   latched: until the button is released, every `Reset` is answered with
@@ -482,9 +481,9 @@ impl MessageType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultCode {
     /// An [`Message::Estop`] was received (the firmware stops stepping until the next
-    /// [`Message::Reset`]), or a hardware stop was pressed (latched: until it is
-    /// released, a `Reset` is answered with this fault again; see the module's
-    /// "Stops").
+    /// [`Message::Reset`] or a matching [`Message::Hello`]), or a hardware stop was
+    /// pressed (latched: until it is released, a `Reset` is answered with this fault
+    /// again; see the module's "Stops").
     Estop,
     /// No valid command for longer than the configured command timeout; the firmware
     /// holds until a valid command within `max_delta_per_tick` of the hold action
@@ -497,7 +496,8 @@ pub enum FaultCode {
     /// A command with the wrong number of values or a non-finite value; the firmware
     /// holds instead of applying it.
     InvalidCommand,
-    /// A robot-specific fault code.
+    /// A robot-specific fault code: taken, as an overcurrent, for a fault outside a
+    /// handshake, between episodes too.
     Other(u8),
 }
 

@@ -50,7 +50,7 @@
 //! | `reboot_silent_at` | step | as `reboot_at`, and the reboot's `Hello` is lost on the line (the firmware then waits for a handshake, silent) |
 //! | `estop_at` | step, `boot`, `hello` or `end` | once, the stop button is pressed (and stays pressed) when an episode reaches this step; `boot`: as the firmware starts, before any controller connects; `hello`: as the controller's first `Hello` arrives, before the firmware answers it; `end`: at the first command after an episode ended (the controller's closing hold) |
 //! | `watchdog_at` | step | once, the command for this step is lost and the watchdog trips at once |
-//! | `overcurrent_at_reset` | count | once, at the count-th `Reset` (from 1), the firmware reports `Fault { Overcurrent }` in its reset motion, just before the episode's `EpisodeStart` (its protection acted; the episode starts anyway) |
+//! | `overcurrent_at_reset` | count | once, at the count-th episode start (from 1; a `Reset` refused under a pressed stop button starts none), the firmware reports `Fault { Overcurrent }` in its reset motion, just before the episode's `EpisodeStart` (its protection acted; the episode starts anyway) |
 //! | `bad_step_at` | step | once, this step's `Sensor` frame carries the step number `u32::MAX` (a firmware bug) |
 //! | `short_obs_at` | step | once, this step's `Sensor` frame carries one observation value fewer than the robot's (a firmware bug) |
 //! | `short_applied_at` | step | once, this step's `Reward` frame carries one applied action value fewer than the robot's (a firmware bug) |
@@ -89,7 +89,7 @@ pub struct FaultSpec {
     pub reboot_hello_lost: bool,
     pub estop_at: Option<PressAt>,
     pub watchdog_at_step: Option<u32>,
-    /// The `Reset` (counted from 1) whose reset motion reports an overcurrent.
+    /// The episode start (counted from 1) whose reset motion reports an overcurrent.
     pub overcurrent_at_reset: Option<u32>,
     pub bad_step_at: Option<u32>,
     pub short_obs_at: Option<u32>,
@@ -545,11 +545,11 @@ impl FaultInjector {
         )
     }
 
-    /// True once, at the configured `Reset` (`resets`: the `Reset`s taken so far, this
-    /// one included): its reset motion reports an overcurrent.
-    pub fn overcurrent_now(&mut self, resets: u64) -> bool {
+    /// True once, at the configured episode start (`started`: the episodes started so
+    /// far, this one included): its reset motion reports an overcurrent.
+    pub fn overcurrent_now(&mut self, started: u64) -> bool {
         once(
-            self.spec.overcurrent_at_reset.map(u64::from) == Some(resets),
+            self.spec.overcurrent_at_reset.map(u64::from) == Some(started),
             &mut self.stats.overcurrents,
         )
     }

@@ -173,8 +173,8 @@ pub struct FinetuneSummary {
     /// Of those, the ones not trained on for a value that is not finite or an action
     /// outside `[-1, 1]` (they stay in `OUT/uplink/`).
     pub streamed_unusable: usize,
-    /// Action chunks left out because their steps' finite rewards sum to an infinite
-    /// discounted reward ([`crate::replay::Chunker::non_finite_rewards`]), from `--data`
+    /// Action chunks left out because their steps' finite rewards have a discounted sum
+    /// that is not finite ([`crate::replay::Chunker::non_finite_rewards`]), from `--data`
     /// and the streams alike.
     pub chunks_non_finite: usize,
     pub before: Option<EvalResult>,
@@ -680,7 +680,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         let h = config.action_horizon.max(1);
         ensure!(
             (offline.obs_dim, offline.act_dim) == (od, ad),
-            "the run's offline data ({}) now has observation dim {} and action dim {}, its networks take {od} and {}",
+            "the run's offline data ({}) now has observation dim {} and action dim {}, its \
+             networks take {od} and {}",
             config.run.dataset.as_deref().unwrap_or("generated"),
             offline.obs_dim,
             offline.act_dim / h,
@@ -742,10 +743,7 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
             summary.robot_transitions,
             summary.robot_interventions_left_out(),
             summary.robot_without_successor,
-            match summary.chunks_non_finite {
-                0 => String::new(),
-                n => format!(", {n} chunks whose rewards' discounted sum is not finite"),
-            },
+            non_finite_chunks_said(summary.chunks_non_finite, ", "),
             if config.action_horizon > 1 {
                 format!(
                     ", and with action_horizon {} an episode needs that many frames in a row \
@@ -1331,6 +1329,18 @@ fn append_robot_data(
     Ok((episodes, successes))
 }
 
+/// The action chunks of the robot data (`--data` and streams) left out for a reward
+/// sum that is not finite, after `sep`; nothing for none.
+fn non_finite_chunks_said(n: usize, sep: &str) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(
+            "{sep}{n} action chunks of the robot data (--data and streams) left out: their \
+             rewards' discounted sum is not finite"
+        ),
+    }
+}
+
 /// One summary line for the CLI.
 pub fn describe(s: &FinetuneSummary) -> String {
     let eval = |e: &Option<EvalResult>| {
@@ -1370,13 +1380,7 @@ pub fn describe(s: &FinetuneSummary) -> String {
             s.replay_transitions
         )
     };
-    let non_finite = match s.chunks_non_finite {
-        0 => String::new(),
-        n => format!(
-            "; {n} action chunks of the robot data (--data and streams) left out: their \
-             rewards' discounted sum is not finite"
-        ),
-    };
+    let non_finite = non_finite_chunks_said(s.chunks_non_finite, "; ");
     format!(
         "{} updates on {data}; sim success before {}, after {}{non_finite}",
         s.updates,

@@ -615,7 +615,7 @@ impl Chunker {
                 eprintln!(
                     "warning: a chunk of {len} steps whose rewards {:?} have a discounted sum \
                      of {reward} is not trained on (rewards that large are a recording's or \
-                     a firmware's error; further ones are only counted)",
+                     a firmware's error; further ones are not warned of)",
                     &self.rew[..len]
                 );
             }

@@ -374,7 +374,8 @@ pub(crate) enum Phase {
         until: Instant,
     },
     /// The run's closing `Estop` went out: waiting until `until` for its answer (the
-    /// answers to our Estops counted up to `answers` came before it), then sending it
+    /// one that takes `estop_answers` past `answers`: the answers still owed to earlier
+    /// `Estop`s count first, until the first resend gives them up), then sending it
     /// again, `resends` times so far ([`ESTOP_RESENDS`]), `written` of them written.
     ConfirmingStop {
         until: Instant,
@@ -503,10 +504,11 @@ pub(crate) struct Control {
     /// comes).
     estops_unanswered: u32,
     /// Answers to Estops sent before the running episode began that have not arrived:
-    /// one the link held back behind the `EpisodeStart` (reordered) comes stale, and is
-    /// ours, not a stop button's, until `late_estop_until` (an answer's wait after the
-    /// episode began: one lost on the link never comes, and a stop button's frame
-    /// reordered later in the episode must not be taken for it).
+    /// one the link held back behind the `EpisodeStart` (reordered) comes stale,
+    /// numbered before `episode_began_seq`, and is ours, not a stop button's, until
+    /// `late_estop_until` (an answer's wait after the episode began: one lost on the
+    /// link never comes, and a stop button's frame reordered later in the episode must
+    /// not be taken for it).
     late_estop_answers: u32,
     late_estop_until: Instant,
     /// The number of the frame that began the running episode (its `EpisodeStart`, or
@@ -984,6 +986,11 @@ impl Control {
                 }
                 LinkEvent::Reconnected(w) => {
                     let w: Box<dyn std::io::Write + Send> = Box::new(w);
+                    // From here on frames come from the port back, numbered afresh, and
+                    // its firmware answers no `Estop` sent before (the port's input was
+                    // cleared as it opened): kept aside or taken, its frames are judged
+                    // so from now (a stop button's `Fault` was taken for an old answer).
+                    self.forget_firmware_answers();
                     match self.phase {
                         Phase::SafeStop { .. } if self.link_down => self.pending_writer = Some(w),
                         Phase::Reconnecting { .. } => {
@@ -1272,16 +1279,15 @@ impl Control {
                         // A duplicated or reordered copy of our Estop's answer.
                         return;
                     }
-                    // Our own Estop's answer; or one sent before the frame that began this
-                    // episode and held back behind it on the link (judged by the frame's
-                    // arrival: a control thread descheduled past the window would take
-                    // its own answer for a stop button's).
-                    // The firmware answers in order: an answer held back behind the
-                    // episode's first frame (numbered before it) is to an `Estop` sent
-                    // before it, older than any owed since, so it pays the older debt
-                    // (it confirmed a closing `Estop` just after an episode began); one
-                    // numbered after it is to this episode's (taken for the late one, it
-                    // left a debt that swallowed a stop button's frame).
+                    // Our own Estop's answer; or a late one: to an `Estop` sent before the
+                    // frame that began this episode, held back behind it on the link
+                    // (stale, numbered before it, arrived within the window: judged by
+                    // arrival, as a control thread descheduled past the window would
+                    // take its own answer for a stop button's). The firmware answers in
+                    // order, so a late one pays the older debt (it confirmed a closing
+                    // `Estop` just after an episode began); one numbered after that frame
+                    // is this episode's (taken for the late one, it left a debt that
+                    // swallowed a stop button's frame).
                     let before_episode =
                         (self.episode_began_seq.wrapping_sub(seq.number) as i16) > 0;
                     let late = seq.stale
@@ -1320,7 +1326,7 @@ impl Control {
                 // phase of a verified firmware: one in the firmware's `Reset` motion
                 // (`Starting`) or between episodes was ignored, and one that recurs at
                 // every `Reset` never stopped the run. (Unverified while
-                // `Handshaking`: counted as ignored.)
+                // `Handshaking`, and once the run is over: counted as ignored.)
                 let labelled = self.track.as_ref().is_some_and(|t| t.label.is_some());
                 let after_label = code == FaultCode::Watchdog
                     && labelled
@@ -1377,15 +1383,11 @@ impl Control {
                     // opened numbers it 0, and was taken for rebooting again).
                     self.hello_owed = false;
                     self.report.ignored_hellos += 1;
-                    // Answers come in order: one still owed to an `Estop` sent before
-                    // the Hello is lost, and the next answer is the closing one's.
-                    if let Phase::ConfirmingStop { answers, .. } = &mut self.phase {
-                        *answers = (*answers).min(self.estop_answers);
-                    }
                     return;
                 }
                 if let Phase::Handshaking { .. } = self.phase {
-                    // A firmware behind a reopened port answers no Estop sent before.
+                    // Every answer still owed came before this Hello's (answers come in
+                    // order); a rebooted firmware answers no `Estop` sent before.
                     self.forget_firmware_answers();
                     self.reboot_unshaken = None;
                     self.phase = Phase::Idle;
@@ -1479,13 +1481,15 @@ impl Control {
     }
 
     /// `began`: when the frame that began it arrived (the late-Estop window runs from
-    /// there, as the answers are judged by their arrival).
+    /// there, as the answers are judged by their arrival); its number
+    /// (`handling_seq`) is the one late answers come before.
     fn start_episode(&mut self, episode: u32, seed: u64, now: Instant, began: Instant) {
-        self.episode_began_seq = self.handling_seq;
-        // (A repeated Reset's restart, with none unanswered since, keeps those owed.)
+        // (A repeated Reset's restart, with none unanswered since, keeps those owed, and
+        // the number they are owed before.)
         if self.estops_unanswered > 0 {
             self.late_estop_answers = std::mem::take(&mut self.estops_unanswered);
             self.late_estop_until = began + self.estop_answer_wait();
+            self.episode_began_seq = self.handling_seq;
         }
         // Deadlines missed before the episode (a stall while idle) are not its own.
         self.consecutive_overruns = 0;
@@ -1781,7 +1785,7 @@ impl Control {
                 return;
             }
         }
-        // (It answers none of the Estops sent before it came back: `take_writer`.)
+        // (It answers none of the Estops sent before it came back: forgotten as it did.)
         self.take_writer(w);
         if !self.estop_or_wait(now) && !self.cfg.quiet {
             self.say(
@@ -2100,13 +2104,12 @@ impl Control {
     }
 
     /// Writes go to a reopened port from now on. The firmware behind it holds with its
-    /// own hold action and its torque on, whatever was sent before, and answers no
-    /// `Estop` sent before (the port's input is cleared as it opens).
+    /// own hold action and its torque on, whatever was sent before (and answers no
+    /// `Estop` sent before: forgotten as the port came back, `LinkEvent::Reconnected`).
     fn take_writer(&mut self, w: Box<dyn std::io::Write + Send>) {
         self.gate.set_writer(w);
         self.link_down = false;
         self.torque_off = false;
-        self.forget_firmware_answers();
     }
 
     /// A new handshake (after a reboot's or a lost link's safe stop). A firmware that
@@ -2439,11 +2442,11 @@ impl Control {
             && !self.gate.writer_open()
             && let Some(w) = self.pending_writer.take()
         {
-            // It answers none of the Estops sent before it came back (`take_writer`); a
-            // board that reset as its port opened announces itself with a Hello before
-            // it answers this one, which is no reboot. (One Hello is excused, whatever
-            // its number: a reboot's then is taken alike, and the resent Estop reaches
-            // it.)
+            // It answers none of the Estops sent before it came back (forgotten as it
+            // did, `LinkEvent::Reconnected`); a board that reset as its port opened
+            // announces itself with a Hello before it answers this one, which is no
+            // reboot. (One Hello is excused, whatever its number: a reboot's then is
+            // taken alike, and the resent Estop reaches it.)
             self.take_writer(w);
             self.hello_owed = true;
             // A port back that takes the closing Estop, as in the wait for one: lost
@@ -3898,7 +3901,8 @@ mod tests {
     /// a second fault. One that stopped an episode's start leaves that episode to the
     /// firmware: its frames still on the line do not start the next `Reset`'s episode
     /// in its place (its `EpisodeStart` does). One during the closing stop of a run
-    /// that ended well makes it a run stopped by a fault (exit status 3).
+    /// that ended well, or while its closing `Estop`'s answer is awaited, makes it a
+    /// run stopped by a fault (exit status 3).
     #[test]
     fn a_hardware_fault_is_one_fault_and_its_episode_is_not_taken_for_the_next() {
         let wire = Wire::default();
@@ -3951,7 +3955,17 @@ mod tests {
             left: 5,
             then: After::Exit,
         };
-        tx.send(frame(3, overcurrent)).unwrap();
+        tx.send(frame(3, overcurrent.clone())).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
+        assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
+        // And while its closing Estop's answer is awaited.
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.stopping = Some(Outcome::Completed);
+        stop_at_the_runs_end(&mut c);
+        tx.send(frame(4, overcurrent)).unwrap();
         c.tick += 1;
         c.one_tick(Instant::now());
         assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
@@ -4026,31 +4040,11 @@ mod tests {
         c.tick += 1;
         c.one_tick(Instant::now());
         assert_eq!(c.phase, Phase::Done);
-
-        // The answer to a Hello sent after the earlier Estops (a stop while shaking
-        // hands again): their answers would have come before it, so the next one is
-        // the closing Estop's.
-        let wire = Wire::default();
-        let (mut c, tx) = control(&wire);
-        c.estops_unanswered = 1;
-        c.phase = Phase::Handshaking {
-            since: Instant::now(),
-            last_hello: Instant::now(),
-        };
-        c.stopping = Some(Outcome::Interrupted);
-        c.phase = c.stop_unverified(Instant::now());
-        assert!(c.hello_owed, "{:?}", c.phase);
-        tx.send(frame(45, Message::Hello(c.hello))).unwrap();
-        tx.send(answer(46)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
-        assert_eq!(c.phase, Phase::Done);
-        assert_eq!(c.report.estop_resends, 0);
     }
 
     /// A port back answers none of the Estops sent before it (its input was cleared as
-    /// it opened): they are no longer owed (stale counts delayed the confirmation of a
-    /// later stop).
+    /// it opened): they are no longer owed once it is back, kept aside or taken (stale
+    /// counts delayed the confirmation of a later stop, or swallowed its stop button).
     #[test]
     fn a_port_back_owes_no_answers_to_earlier_estops() {
         let wire = Wire::default();
@@ -4072,6 +4066,39 @@ mod tests {
             c.phase
         );
         assert_eq!(c.estops_unanswered, 0);
+
+        // A port back kept aside during a safe stop: its frames are judged afresh from
+        // its arrival, so its stop button's `Fault { Estop }` is one (it paid the old
+        // port's debt and was swallowed).
+        let wire = Wire::default();
+        let (mut c, tx) = control(&wire);
+        c.cfg.reconnect = Some(Duration::from_secs(5));
+        c.estops_unanswered = 1;
+        c.link_down = true;
+        c.phase = Phase::SafeStop {
+            left: 50,
+            then: After::Reconnect,
+        };
+        let pty = hil_tests::link::Pty::open().unwrap();
+        let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
+        tx.send(LinkEvent::Reconnected(port)).unwrap();
+        tx.send(frame(
+            1,
+            Message::Fault {
+                code: FaultCode::Estop,
+            },
+        ))
+        .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(
+            c.report
+                .faults
+                .iter()
+                .any(|f| f.kind == FaultKind::EmergencyStop),
+            "{:?}",
+            c.report.faults
+        );
     }
 
     /// A control loop whose episode ends: labelled by the operator (`label`), or by the

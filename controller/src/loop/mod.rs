@@ -1682,7 +1682,7 @@ fn handshake(
                 estop_after_hellos(
                     cfg,
                     gate,
-                    "its answer is lost: a later Hello could not be written",
+                    "we wait no longer (a resent Hello could not be written)",
                 )
             } else {
                 String::new()
@@ -2126,8 +2126,9 @@ mod tests {
     }
 
     /// A resent Hello whose write fails: an earlier one may have been taken, so the
-    /// Estop goes out as on the handshake's other ends (the error returned at once,
-    /// the arm energised). A first Hello that fails was taken by nobody: no Estop.
+    /// Estop goes out as on the handshake's other ends (before, the error was returned
+    /// at once, the arm energised). A first Hello that fails was taken by nobody: no
+    /// Estop.
     #[test]
     fn a_failed_hello_resend_sends_the_estop() {
         /// Fails its `fail`-th write (1-based), takes the others.

@@ -380,9 +380,10 @@ const CAP_IPC_LOCK: u32 = 14;
 /// `RLIMIT_MEMLOCK` (`memlock_limit`, `None`: unlimited) and without `CAP_IPC_LOCK`
 /// (which lifts the limit), every later allocation that would take the locked bytes
 /// past the limit fails (mlockall(2)), and Rust aborts the process at a failed
-/// allocation: no safe stop, no report, the episode in memory lost. A limit above the
-/// process's size when `--realtime` applies (a `limits.conf` realtime group's) passes
-/// `MCL_CURRENT | MCL_FUTURE`, so the limit is what decides, not the call's success.
+/// allocation: no safe stop, no report, the episode in memory lost.
+/// `mlockall(MCL_CURRENT | MCL_FUTURE)` succeeds under a finite limit above the
+/// process's size when `--realtime` applies (a `limits.conf` realtime group's), so its
+/// success tells nothing: the limit decides.
 fn may_lock_future_pages(memlock_limit: Option<u64>, cap_ipc_lock: bool) -> bool {
     cap_ipc_lock || memlock_limit.is_none()
 }
@@ -453,8 +454,8 @@ fn lock_memory() -> RealtimeStep {
                 "the current pages locked in RAM, not future ones: RLIMIT_MEMLOCK is \
                  {limit} bytes without CAP_IPC_LOCK in the initial user namespace, and an \
                  allocation past it would abort the run (no safe stop); raise it to \
-                 unlimited (ulimit -l) or grant CAP_IPC_LOCK outside any container to lock \
-                 them all"
+                 unlimited (ulimit -l) or grant CAP_IPC_LOCK in the initial user namespace \
+                 (not a container's own) to lock them all"
             )
         }),
     )
@@ -593,13 +594,14 @@ pub fn dedicate_cpu(cpu: usize, reserved: RealtimeStep) -> (Vec<RealtimeStep>, b
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Future pages are locked only where no allocation can fail for it: an unlimited
     /// memory-lock limit, or `CAP_IPC_LOCK` in the initial user namespace (which lifts
     /// the limit). A finite limit a process starts below made every allocation past it
     /// abort the run.
     #[test]
     fn future_pages_are_locked_only_where_allocations_cannot_fail_for_it() {
-        use super::{has_cap_ipc_lock, may_lock_future_pages};
         assert!(may_lock_future_pages(None, false));
         assert!(may_lock_future_pages(Some(64 << 20), true));
         assert!(!may_lock_future_pages(Some(64 << 20), false));
@@ -616,8 +618,6 @@ mod tests {
         // A kernel without user namespaces has only the initial one.
         assert!(has_cap_ipc_lock(&status("000001ffffffffff"), None));
     }
-
-    use super::*;
 
     /// The dispositions saved are put back when the guard goes: a handler routed for a
     /// while (a live session's) does not outlive it.
