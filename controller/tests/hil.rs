@@ -1444,8 +1444,8 @@ fn a_reboot_that_ends_the_run_still_gets_its_estop() {
 /// Setup: the firmware's reset motion for the second episode reports `Fault {
 /// Overcurrent }` just before that episode's `EpisodeStart` (`overcurrent_at_reset=2`;
 /// its protection acted, and the episode starts anyway), one fault allowed, 3 episodes.
-/// Expected: a `firmware_fault` naming the overcurrent and a safe stop (it was counted
-/// as ignored, and the episode ran); the episode the firmware began from that `Reset`
+/// Expected: a `firmware_fault` naming the overcurrent and a safe stop (before, it was
+/// counted as ignored, and the episode ran); the episode the firmware began from that `Reset`
 /// is left to it, and the run's 3 episodes complete (one before the fault, two after
 /// it: the firmware started 4). With no fault allowed,
 /// the run ends stopped by the fault (exit status 3) after its first episode. (In

@@ -491,13 +491,14 @@ pub enum FaultCode {
     /// the module's "Stops").
     Watchdog,
     /// A motor drew too much current (the firmware's own protection acted). The
-    /// controller takes it for a fault outside a handshake, between episodes too.
+    /// controller takes it for a fault between episodes too (README, "Running the
+    /// controller against the simulated robot").
     Overcurrent,
     /// A command with the wrong number of values or a non-finite value; the firmware
     /// holds instead of applying it.
     InvalidCommand,
-    /// A robot-specific fault code: taken, as an overcurrent, for a fault outside a
-    /// handshake, between episodes too.
+    /// A robot-specific fault code (the controller takes it as it takes an
+    /// overcurrent).
     Other(u8),
 }
 

@@ -986,10 +986,11 @@ impl Control {
                 }
                 LinkEvent::Reconnected(w) => {
                     let w: Box<dyn std::io::Write + Send> = Box::new(w);
-                    // From here on frames come from the port back, numbered afresh, and
-                    // its firmware answers no `Estop` sent before (the port's input was
-                    // cleared as it opened): kept aside or taken, its frames are judged
-                    // so from now (a stop button's `Fault` was taken for an old answer).
+                    // From here on frames come from the port back (the link judges their
+                    // numbers afresh), and no answer to an `Estop` sent before will come
+                    // (any went out on the old port, lost with it): kept aside or taken,
+                    // its frames are judged so from now (a stop button's `Fault` was
+                    // taken for an old answer).
                     self.forget_firmware_answers();
                     match self.phase {
                         Phase::SafeStop { .. } if self.link_down => self.pending_writer = Some(w),
@@ -2104,8 +2105,9 @@ impl Control {
     }
 
     /// Writes go to a reopened port from now on. The firmware behind it holds with its
-    /// own hold action and its torque on, whatever was sent before (and answers no
-    /// `Estop` sent before: forgotten as the port came back, `LinkEvent::Reconnected`).
+    /// own hold action and its torque on, whatever was sent before (the answers owed to
+    /// `Estop`s sent before were forgotten as the port came back,
+    /// `LinkEvent::Reconnected`).
     fn take_writer(&mut self, w: Box<dyn std::io::Write + Send>) {
         self.gate.set_writer(w);
         self.link_down = false;
@@ -4068,8 +4070,8 @@ mod tests {
         assert_eq!(c.estops_unanswered, 0);
 
         // A port back kept aside during a safe stop: its frames are judged afresh from
-        // its arrival, so its stop button's `Fault { Estop }` is one (it paid the old
-        // port's debt and was swallowed).
+        // its arrival, so its stop button's `Fault { Estop }` is one (before, it paid
+        // the old port's debt and was swallowed).
         let wire = Wire::default();
         let (mut c, tx) = control(&wire);
         c.cfg.reconnect = Some(Duration::from_secs(5));
