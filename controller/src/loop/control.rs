@@ -3363,7 +3363,8 @@ mod tests {
 
     /// The answer to the Estop of a stop between episodes, held back on the link behind
     /// the `EpisodeStart` of the next episode (it comes marked stale), is ours: it was
-    /// taken for a stop button's, and the run ended (exit 3) on link noise.
+    /// taken for a stop button's, and the run ended (exit 3) on link noise. Only such an
+    /// answer: one numbered after the frame that began the episode is not (below).
     #[test]
     fn an_estop_answer_reordered_behind_the_next_episode_start_is_ours() {
         let stop_button = |c: &Control| {
@@ -3449,6 +3450,29 @@ mod tests {
             },
         ))
         .unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert!(stop_button(&c), "{:?}", c.report.faults);
+
+        // A repeated Reset's restart keeps the late debt and the number it is owed
+        // before: a stop button's frame numbered between the two starts is one (it
+        // passed as a late answer once the number moved to the second start).
+        let wire = Wire::default();
+        let (mut c, tx) = starting(&wire);
+        c.estops_unanswered = 1;
+        tx.send(episode_start()).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        let restart = Message::EpisodeStart {
+            episode: 2,
+            seed: 7,
+        };
+        tx.send(frame(110, restart)).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+        assert_eq!(c.track.as_ref().map(|t| t.id), Some(2));
+        assert_eq!(c.late_estop_answers, 1);
+        tx.send(stale_estop(105, Instant::now())).unwrap();
         c.tick += 1;
         c.one_tick(Instant::now());
         assert!(stop_button(&c), "{:?}", c.report.faults);
