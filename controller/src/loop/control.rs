@@ -94,6 +94,13 @@ struct Seq {
     stale: bool,
 }
 
+impl Seq {
+    /// A copy (duplicate or late echo) of the frame numbered `handled`.
+    fn copy_of(self, handled: Option<u16>) -> bool {
+        self.stale && handled == Some(self.number)
+    }
+}
+
 #[derive(Clone, Copy)]
 struct SensorRec {
     step: u32,
@@ -1265,7 +1272,7 @@ impl Control {
                 let fell_back = matches!(code, FaultCode::Watchdog | FaultCode::InvalidCommand);
                 // A stale frame is a copy only when its number is the one handled: an
                 // original held back behind a later frame (reordered) is stale too.
-                let copy = seq.stale && self.fallback_seq == Some(seq.number);
+                let copy = seq.copy_of(self.fallback_seq);
                 if fell_back && !copy && matches!(self.phase, Phase::Running | Phase::Ending { .. })
                 {
                     // The firmware fell back to its own hold while we were acting: that
@@ -1276,7 +1283,7 @@ impl Control {
                     self.fallback_seq = Some(seq.number);
                 }
                 if code == FaultCode::Estop {
-                    if seq.stale && self.estop_answer_seq == Some(seq.number) {
+                    if seq.copy_of(self.estop_answer_seq) {
                         // A duplicated or reordered copy of our Estop's answer.
                         return;
                     }
@@ -1333,10 +1340,9 @@ impl Control {
                     && labelled
                     && matches!(self.phase, Phase::Ending { .. });
                 let in_episode = matches!(self.phase, Phase::Running | Phase::Ending { .. });
-                let copy_of_hardware = seq.stale && self.hardware_fault_seq == Some(seq.number);
                 let hardware = !fell_back
                     && !matches!(self.phase, Phase::Handshaking { .. } | Phase::Done)
-                    && !copy_of_hardware;
+                    && !seq.copy_of(self.hardware_fault_seq);
                 if (!after_label && in_episode) || hardware {
                     if !fell_back {
                         self.hardware_fault_seq = Some(seq.number);
@@ -1893,6 +1899,18 @@ impl Control {
         if self.phase == Phase::Done {
             return;
         }
+        // A hardware fault in the run's last stop (its hold, or the wait for its Estop's
+        // answer): not a run that ended well (a wrapper restarting those would restart
+        // on it).
+        if kind == FaultKind::FirmwareFault
+            && self.stopping == Some(Outcome::Completed)
+            && matches!(
+                self.phase,
+                Phase::SafeStop { .. } | Phase::ConfirmingStop { .. }
+            )
+        {
+            self.stopping = Some(Outcome::StoppedByFault);
+        }
         if matches!(self.phase, Phase::ReconnectingToStop { .. }) {
             // No port to hold on: recorded, and the wait for the port back goes on.
             if !self.cfg.quiet {
@@ -1915,11 +1933,6 @@ impl Control {
                 && !self.closing_estop_answered()
                 && matches!(self.stopping, None | Some(Outcome::Completed))
             {
-                self.stopping = Some(Outcome::StoppedByFault);
-            }
-            // A hardware fault as the run ends: not a run that ended well (a wrapper
-            // restarting those would restart on it).
-            if kind == FaultKind::FirmwareFault && self.stopping == Some(Outcome::Completed) {
                 self.stopping = Some(Outcome::StoppedByFault);
             }
             if !self.torque_off {
@@ -1969,11 +1982,8 @@ impl Control {
             // too: its writer is closed), makes a run that was ending complete one
             // stopped by it: its closing hold and torque-off may not have reached the
             // robot (as for a stop button, `emergency_stop`).
-            // So does a hardware fault: a run that ended well would be restarted on it
-            // by a wrapper that restarts those.
-            let ends_run = after == Some(After::Exit)
-                || kind == FaultKind::LinkLost
-                || kind == FaultKind::FirmwareFault;
+            // (A hardware fault too: above.)
+            let ends_run = after == Some(After::Exit) || kind == FaultKind::LinkLost;
             if (then == After::Exit && self.stopping.is_none())
                 || (ends_run && self.stopping == Some(Outcome::Completed))
             {
@@ -3270,6 +3280,13 @@ mod tests {
         false
     }
 
+    /// Sends `event` on the link and runs one tick.
+    fn deliver(c: &mut Control, tx: &crossbeam_channel::Sender<LinkEvent>, event: LinkEvent) {
+        tx.send(event).unwrap();
+        c.tick += 1;
+        c.one_tick(Instant::now());
+    }
+
     fn tick_until_done(c: &mut Control, max: u64) -> u64 {
         for n in 1..=max {
             c.tick += 1;
@@ -3894,9 +3911,7 @@ mod tests {
                 starting(&wire)
             };
             c.paused = idle;
-            tx.send(fault(FaultCode::Overcurrent)).unwrap();
-            c.tick += 1;
-            c.one_tick(Instant::now());
+            deliver(&mut c, &tx, fault(FaultCode::Overcurrent));
             assert_eq!(c.report.ignored_firmware_faults, 0, "idle {idle}");
             assert_eq!(c.report.faults.len(), 1, "idle {idle}");
             assert_eq!(c.report.faults[0].kind, FaultKind::FirmwareFault);
@@ -3916,9 +3931,7 @@ mod tests {
         // A watchdog there is old news.
         let wire = Wire::default();
         let (mut c, tx) = starting(&wire);
-        tx.send(fault(FaultCode::Watchdog)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, fault(FaultCode::Watchdog));
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
         assert_eq!(c.report.ignored_firmware_faults, 1);
     }
@@ -3937,9 +3950,7 @@ mod tests {
         let overcurrent = Message::Fault {
             code: FaultCode::Overcurrent,
         };
-        tx.send(frame(3, overcurrent.clone())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(3, overcurrent.clone()));
         let LinkEvent::Frame { rx, frame: f, .. } = frame(3, overcurrent.clone()) else {
             unreachable!()
         };
@@ -3960,16 +3971,14 @@ mod tests {
         };
         // A frame of the episode the first Reset began (firmware episode 1).
         let obs = vec![0.25; c.od];
-        tx.send(frame(20, Message::sensor(1, 5, &obs).unwrap()))
-            .unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(20, Message::sensor(1, 5, &obs).unwrap()));
         assert!(c.track.is_none(), "{:?}", c.track.as_ref().map(|t| t.id));
         assert!(matches!(c.phase, Phase::Starting { .. }), "{:?}", c.phase);
-        tx.send(frame(21, Message::EpisodeStart { episode: 2, seed }))
-            .unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(
+            &mut c,
+            &tx,
+            frame(21, Message::EpisodeStart { episode: 2, seed }),
+        );
         assert_eq!(c.track.as_ref().map(|t| t.id), Some(2));
         assert_eq!(c.phase, Phase::Running);
 
@@ -3981,9 +3990,7 @@ mod tests {
             left: 5,
             then: After::Exit,
         };
-        tx.send(frame(3, overcurrent.clone())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(3, overcurrent.clone()));
         assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
         assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
         // And while its closing Estop's answer is awaited.
@@ -3991,9 +3998,7 @@ mod tests {
         let (mut c, tx) = control(&wire);
         c.stopping = Some(Outcome::Completed);
         stop_at_the_runs_end(&mut c);
-        tx.send(frame(4, overcurrent)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(4, overcurrent));
         assert_eq!(c.report.faults.len(), 1, "{:?}", c.report.faults);
         assert_eq!(c.stopping(), Some(Outcome::StoppedByFault));
     }
@@ -4016,17 +4021,13 @@ mod tests {
                 },
             )
         };
-        tx.send(answer(40)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, answer(40));
         assert!(
             matches!(c.phase, Phase::ConfirmingStop { .. }),
             "the earlier Estop's answer confirmed the closing one: {:?}",
             c.phase
         );
-        tx.send(answer(41)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, answer(41));
         assert_eq!(c.phase, Phase::Done);
 
         // Answers owed that never come (lost on the line, or to a port reopened since)
@@ -4040,9 +4041,7 @@ mod tests {
         c.tick += 1;
         c.one_tick(Instant::now());
         assert_eq!(c.report.estop_resends, 1);
-        tx.send(answer(42)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, answer(42));
         assert_eq!(c.phase, Phase::Done);
 
         // An answer held back behind the episode's first frame (stale, within the
@@ -4053,18 +4052,14 @@ mod tests {
         c.late_estop_until = Instant::now() + Duration::from_secs(60);
         c.episode_began_seq = 50;
         stop_at_the_runs_end(&mut c);
-        tx.send(stale_estop(43, Instant::now())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, stale_estop(43, Instant::now()));
         assert!(
             matches!(c.phase, Phase::ConfirmingStop { .. }),
             "the late answer confirmed the closing Estop: {:?}",
             c.phase
         );
         assert_eq!(c.late_estop_answers, 0);
-        tx.send(answer(44)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, answer(44));
         assert_eq!(c.phase, Phase::Done);
     }
 
@@ -4083,9 +4078,7 @@ mod tests {
         };
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
-        tx.send(LinkEvent::Reconnected(port)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, LinkEvent::Reconnected(port));
         assert!(
             matches!(c.phase, Phase::Handshaking { .. }),
             "{:?}",
@@ -4108,15 +4101,16 @@ mod tests {
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
         tx.send(LinkEvent::Reconnected(port)).unwrap();
-        tx.send(frame(
-            1,
-            Message::Fault {
-                code: FaultCode::Estop,
-            },
-        ))
-        .unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(
+            &mut c,
+            &tx,
+            frame(
+                1,
+                Message::Fault {
+                    code: FaultCode::Estop,
+                },
+            ),
+        );
         assert!(
             c.report
                 .faults
