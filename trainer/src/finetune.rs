@@ -764,7 +764,10 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         if state.live_logs.is_none() {
             state.live_logs = Some(crate::live::held_whole(&o.from.join("uplink"))?);
         }
-        carry_uplink_logs(&o.from, &o.out)?;
+        for w in carry_uplink_logs(&o.from, &o.out)? {
+            eprintln!("warning: {w}");
+            summary.warnings.push(w);
+        }
         state.finetune_updates = 0;
         // Updates the source run owed its robot transitions are not this run's.
         state.live_owed = 0;
@@ -1223,28 +1226,45 @@ impl RecordedBy {
 /// source's checkpoint records how far its replay holds each log (one written before
 /// that counts its logs as held whole); so are those of a log left in `out` by a try
 /// that failed before its first checkpoint.
-fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
+///
+/// A log already in `out` (a fresh run, or a `--resume` that found no checkpoint there)
+/// is one of such a try, which copied the source's and may have gone on receiving: one
+/// that holds the source's whole records and more is kept (the session takes the rest
+/// from it; the robot sent them once), one the source's goes on from is replaced, and
+/// any other is kept aside as `NAME.log.kept-K` (never deleted), with a warning, which
+/// this returns.
+fn carry_uplink_logs(from: &Path, out: &Path) -> Result<Vec<String>> {
     let target = out.join("uplink");
+    let mut warnings = vec![];
     for path in crate::live::stream_logs(&from.join("uplink"))? {
         // Under a shared lock: the receiver of a run still listening holds its log's
         // exclusive one, and would go on appending to the source after the copy.
-        let mut src = std::fs::File::open(&path)
-            .with_context(|| format!("{}: cannot open", path.display()))?;
-        match src.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{}: the run at {} is still receiving this stream (its log is open for \
-                 writing): end it before starting a run from it",
-                path.display(),
-                from.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("{}: cannot lock", path.display()));
+        let mut src = open_unlocked_log(&path, from)?;
+        let dest = target.join(path.file_name().expect("a file"));
+        if dest.exists() {
+            // Locked too: compared, then perhaps renamed.
+            let _dest = open_unlocked_log(&dest, out)?;
+            let valid = controller::robot_loop::log::log_valid_len(&path)?;
+            let dest_len = file_len(&dest)?;
+            let common = common_prefix_len(&path, &dest)?;
+            if common >= valid && dest_len >= valid {
+                continue;
+            }
+            if common < dest_len {
+                let aside = free_name(&dest, "kept")?;
+                std::fs::rename(&dest, &aside).with_context(|| {
+                    format!("renaming {} to {}", dest.display(), aside.display())
+                })?;
+                warnings.push(format!(
+                    "{}: a stream log of an earlier try in this directory that {} does not \
+                     go on from, kept as {} (in no replay; its robot sends again what the \
+                     source's log lacks while it still streams it)",
+                    dest.display(),
+                    path.display(),
+                    aside.display()
+                ));
             }
         }
-        // A log already in `out` (a fresh run, or a `--resume` that found no checkpoint
-        // there) is one of a try that failed before its first checkpoint: replaced.
-        let dest = target.join(path.file_name().expect("a file"));
         std::fs::create_dir_all(&target)
             .with_context(|| format!("creating {}", target.display()))?;
         let tmp = dest.with_extension("log.tmp");
@@ -1262,7 +1282,83 @@ fn carry_uplink_logs(from: &Path, out: &Path) -> Result<()> {
     if target.is_dir() {
         crate::run::sync_path(&target)?;
     }
-    Ok(())
+    Ok(warnings)
+}
+
+/// `path` (a stream log of the run at `run`) opened under a shared lock; refused while a
+/// receiver holds it open for writing.
+fn open_unlocked_log(path: &Path, run: &Path) -> Result<std::fs::File> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: the run at {} is still receiving this stream (its log is open for \
+             writing): end it before starting a run from it or into it",
+            path.display(),
+            run.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+        }
+    }
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read its length", path.display()))?
+        .len())
+}
+
+/// How many bytes `a` and `b` begin with alike.
+fn common_prefix_len(a: &Path, b: &Path) -> Result<u64> {
+    use std::io::Read;
+    let open = |p: &Path| {
+        std::fs::File::open(p)
+            .map(std::io::BufReader::new)
+            .with_context(|| format!("{}: cannot open", p.display()))
+    };
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    // 64 KiB a side: a log of days is compared without holding it in memory.
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let mut common = 0u64;
+    loop {
+        let na = read_full(&mut fa, &mut ba).with_context(|| format!("reading {}", a.display()))?;
+        let nb = read_full(&mut fb, &mut bb).with_context(|| format!("reading {}", b.display()))?;
+        let n = na.min(nb);
+        let same = ba[..n]
+            .iter()
+            .zip(&bb[..n])
+            .take_while(|(x, y)| x == y)
+            .count();
+        common += same as u64;
+        if same < n || na != nb || n == 0 {
+            return Ok(common);
+        }
+    }
+    fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The first of `PATH.WHAT-1`, `PATH.WHAT-2`, ... that does not exist.
+fn free_name(path: &Path, what: &str) -> Result<PathBuf> {
+    for k in 1..10_000 {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{what}-{k}"));
+        let candidate = PathBuf::from(name);
+        if !candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{}: no free name to keep it aside under", path.display())
 }
 
 /// Appends the frames of the recorded datasets to `online` (intervention frames only
@@ -1422,6 +1518,103 @@ impl RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream log at `path` of `steps` transitions, the first at `first`.
+    fn write_stream_log(path: &Path, first: u32, steps: u32) {
+        use controller::robot_loop::log::{LogWriter, Record, Transition};
+        use firmware_config::protocol::{MAX_ACT, MAX_OBS};
+        let mut w = LogWriter::open(path).unwrap();
+        for step in first..first + steps {
+            w.append(&Record::Transition(Transition {
+                episode: 0,
+                step,
+                obs_dim: 3,
+                act_dim: 2,
+                obs: [step as f32; MAX_OBS],
+                action: [0.0; MAX_ACT],
+                reward: 0.0,
+                done: false,
+                truncated: false,
+                success: false,
+                intervention: false,
+                teleop: false,
+                next_obs: [step as f32 + 1.0; MAX_OBS],
+                obs_fw_us: 0,
+                next_obs_fw_us: 0,
+                obs_rx_ns: 0,
+                action_sent_ns: 0,
+                next_obs_rx_ns: 0,
+            }))
+            .unwrap();
+        }
+        w.sync().unwrap();
+    }
+
+    /// A stream log already in `out` (a try from the same source that failed before its
+    /// first checkpoint) is never lost to the source's copy: one that goes on from the
+    /// source's is kept (it was replaced by the shorter copy, and its records were lost
+    /// where the robot no longer streamed them), one that does not is kept aside, and
+    /// one the source's goes on from is replaced.
+    #[test]
+    fn carrying_stream_logs_loses_none_already_in_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, out) = (tmp.path().join("from"), tmp.path().join("out"));
+        for d in [&from, &out] {
+            std::fs::create_dir_all(d.join("uplink")).unwrap();
+        }
+        let log = |run: &Path, name: &str| run.join("uplink").join(name);
+        let bytes = |p: &Path| std::fs::read(p).unwrap();
+        // "longer": the try received 2 records more; "shorter": the source's goes on;
+        // "other": the try's differs; "torn": the source's ends in a torn record, which
+        // the try's writer cut off before it went on; "new": only in the source.
+        for name in [
+            "longer.log",
+            "shorter.log",
+            "other.log",
+            "torn.log",
+            "new.log",
+        ] {
+            write_stream_log(&log(&from, name), 0, 3);
+        }
+        std::fs::copy(log(&from, "longer.log"), log(&out, "longer.log")).unwrap();
+        write_stream_log(&log(&out, "longer.log"), 3, 2);
+        write_stream_log(&log(&out, "shorter.log"), 0, 2);
+        write_stream_log(&log(&out, "other.log"), 7, 3);
+        std::fs::copy(log(&from, "torn.log"), log(&out, "torn.log")).unwrap();
+        write_stream_log(&log(&out, "torn.log"), 3, 1);
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log(&from, "torn.log"))
+            .unwrap();
+        std::io::Write::write_all(&mut torn, &[0x5a; 5]).unwrap();
+        drop(torn);
+        let (longer, torn, other) = (
+            bytes(&log(&out, "longer.log")),
+            bytes(&log(&out, "torn.log")),
+            bytes(&log(&out, "other.log")),
+        );
+
+        let warnings = carry_uplink_logs(&from, &out).unwrap();
+        assert_eq!(bytes(&log(&out, "longer.log")), longer);
+        assert_eq!(bytes(&log(&out, "torn.log")), torn);
+        for name in ["shorter.log", "other.log", "new.log"] {
+            assert_eq!(bytes(&log(&out, name)), bytes(&log(&from, name)), "{name}");
+        }
+        let aside = log(&out, "other.log.kept-1");
+        assert_eq!(bytes(&aside), other);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("other.log") && warnings[0].contains("other.log.kept-1"),
+            "{warnings:?}"
+        );
+        // Set aside is not a stream log: no session takes it for one.
+        let logs = crate::live::stream_logs(&out.join("uplink")).unwrap();
+        assert_eq!(logs.len(), 5, "{logs:?}");
+        // Carried again (a second fresh try): nothing changes, nothing more set aside.
+        assert!(carry_uplink_logs(&from, &out).unwrap().is_empty());
+        assert_eq!(bytes(&log(&out, "longer.log")), longer);
+        assert!(!log(&out, "other.log.kept-2").exists());
+    }
 
     /// `finetune --data` on a simulated task refuses data of another variant of it
     /// (`--gravity`, `--reward dense`), as `train` does.

@@ -912,6 +912,12 @@ pub fn scan_records(
     Ok(scan.records)
 }
 
+/// How many bytes of the log at `path` its whole records take, up to a torn tail (which
+/// [`LogWriter::open`] cuts off before it appends).
+pub fn log_valid_len(path: &Path) -> Result<u64, LogError> {
+    Ok(log_end(path, TAIL_READ_MAX)?.0)
+}
+
 /// [`scan_log`]'s `valid_bytes`, `torn_bytes` and `records`.
 fn log_end(path: &Path, read_max: u64) -> Result<(u64, u64, u64), LogError> {
     let scan = scan_log(path, read_max, false, |_, _| Ok(()))?;
