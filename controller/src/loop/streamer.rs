@@ -738,7 +738,23 @@ fn verify(
     if let Some(why) = crate::runtime::replacement_refused(new, old) {
         return Err(why);
     }
-    let options = crate::runtime::swapped_in_options(&swap.options, name, new);
+    // A swap changes the policy's weights, not the loop's timing: the denoising chain
+    // runs as many steps as the run started with (`--executed-steps`, else the starting
+    // bundle's). A live trainer publishes its bundles with the whole trained chain, which
+    // took a run started on a truncated one to several times its denoising time at the
+    // first swap, unsaid.
+    let executed = (swap.options.executed_steps).unwrap_or(old.diffusion.executed_steps);
+    if executed > new.diffusion.trained_steps {
+        return Err(format!(
+            "its chain is trained in {} steps, fewer than the {executed} the run executes \
+             (kept from its start)",
+            new.diffusion.trained_steps
+        ));
+    }
+    let options = PolicyOptions {
+        executed_steps: Some(executed),
+        ..crate::runtime::swapped_in_options(&swap.options, name, new)
+    };
     let brain = Brain::with_play(&bundle, &options, swap.two_speed, swap.play)
         .map_err(|e| format!("{e:#}"))?;
     if let Some(e) = mapping_warning {
@@ -1308,6 +1324,39 @@ mod tests {
                 .collect()
         };
         assert!(prepare(&dir, "b1", &files, &swap(same.clone()), None).is_ok());
+        // The chain runs as many steps as the run started with, whatever the new
+        // bundle's manifest says (a live trainer's says its whole trained chain): 3
+        // of 5 here, where the swap made it 5; `--executed-steps` wins over both.
+        let trained = same.diffusion.trained_steps;
+        assert_eq!(same.diffusion.executed_steps, trained);
+        let mut truncated = same.clone();
+        truncated.diffusion.executed_steps = 3;
+        let executed = |brain: &Brain| match brain {
+            Brain::Full { policy, .. } => policy.executed_steps(),
+            _ => unreachable!(),
+        };
+        let (brain, _) = prepare(&dir, "b1a", &files, &swap(truncated.clone()), None).unwrap();
+        assert_eq!(executed(&brain), 3);
+        let mut told = swap(truncated.clone());
+        told.options.executed_steps = Some(2);
+        let (brain, _) = prepare(&dir, "b1b", &files, &told, None).unwrap();
+        assert_eq!(executed(&brain), 2);
+        for taken in ["b1a", "b1b"] {
+            std::fs::remove_dir_all(dir.join(taken)).unwrap();
+        }
+        // A bundle trained on a shorter chain than the run executes is refused.
+        let mut longer = same.clone();
+        longer.diffusion.executed_steps = trained + 1;
+        let e = prepare(&dir, "b1c", &files, &swap(longer), None)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains(&format!(
+                "trained in {trained} steps, fewer than the {} the run executes",
+                trained + 1
+            )),
+            "{e}"
+        );
         let mut other_task = same.clone();
         other_task.task = "maze".into();
         let e = prepare(&dir, "b2", &files, &swap(other_task), None)
