@@ -657,19 +657,52 @@ fn bench_sim(steps: u64, envs: usize, repeats: usize) {
     }
 }
 
-/// Marks a dataset directory `tools demo` wrote: a rerun replaces those, and only those.
+/// Marks a dataset directory `tools demo` wrote: a rerun replaces those, and only those,
+/// while they are as it wrote them ([`DEMO_INFO_CRC`]).
 const DEMO_MARKER: &str = ".written-by-tools-demo";
+/// The marker's line that fingerprints the dataset as written: its `meta/info.json`
+/// (episode and frame counts, the runs recorded into it), which every append rewrites.
+/// A marker of an older `tools demo` has none, and its dataset is replaced as before.
+const DEMO_INFO_CRC: &str = "meta/info.json crc32: ";
+
+/// The fingerprint [`DEMO_INFO_CRC`] records of the dataset at `dir`.
+fn info_fingerprint(dir: &std::path::Path) -> Result<String> {
+    let info = dir.join("meta").join("info.json");
+    let bytes = std::fs::read(&info).with_context(|| format!("reading {}", info.display()))?;
+    Ok(format!("{:08x}", firmware_config::protocol::crc32(&bytes)))
+}
+
+/// Why `tools demo` may not replace the dataset at `dir`, if it may not.
+fn demo_refusal(dir: &std::path::Path) -> Option<String> {
+    let marker = dir.join(DEMO_MARKER);
+    let Ok(text) = std::fs::read_to_string(&marker) else {
+        return Some(format!(
+            "{}: exists and is not a dataset written by `tools demo` (no {DEMO_MARKER} in \
+             it); `tools demo` replaces only its own datasets: remove it or pass --out \
+             elsewhere",
+            dir.display()
+        ));
+    };
+    let written = text.lines().find_map(|l| l.strip_prefix(DEMO_INFO_CRC))?;
+    let now = info_fingerprint(dir).unwrap_or_else(|e| format!("unreadable ({e:#})"));
+    (now != written.trim()).then(|| {
+        format!(
+            "{}: a dataset `tools demo` wrote, changed since (its meta/info.json is not as \
+             written: episodes appended to it, e.g. by `controller log-to-dataset`); \
+             `tools demo` does not replace it: move it or pass --out elsewhere",
+            dir.display()
+        )
+    })
+}
 
 fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
     // Every directory is checked before any is removed: one refusal leaves all in place.
     for task in TaskId::ALL {
         let dir = out.join(task.name());
-        if dir.exists() && !dir.join(DEMO_MARKER).is_file() {
-            bail!(
-                "{}: exists and is not a dataset written by `tools demo` (no {DEMO_MARKER} in it); \
-                 `tools demo` replaces only its own datasets: remove it or pass --out elsewhere",
-                dir.display()
-            );
+        if dir.exists()
+            && let Some(why) = demo_refusal(&dir)
+        {
+            bail!("{why}");
         }
     }
     println!(
@@ -689,13 +722,15 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
             generate::generate(task, episodes, seed, EnvConfig::default(), &new)?;
             // Synced with its directory: a marker lost to a power cut had the next
             // `tools demo` refuse to replace its own dataset.
-            std::fs::write(
-                new.join(DEMO_MARKER),
-                "written by `tools demo`; rerunning it replaces this dataset\n",
-            )
-            .and_then(|()| std::fs::File::open(new.join(DEMO_MARKER))?.sync_all())
-            .and_then(|()| dataset::sync_dir(&new))
-            .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
+            let marker = format!(
+                "written by `tools demo`; rerunning it replaces this dataset while it is \
+                 unchanged\n{DEMO_INFO_CRC}{}\n",
+                info_fingerprint(&new)?
+            );
+            std::fs::write(new.join(DEMO_MARKER), marker)
+                .and_then(|()| std::fs::File::open(new.join(DEMO_MARKER))?.sync_all())
+                .and_then(|()| dataset::sync_dir(&new))
+                .with_context(|| format!("marking {} as a demo dataset", new.display()))?;
             // Checked before it replaces anything: a new dataset that does not validate
             // leaves the old one in place.
             dataset::validate_dataset(&new).with_context(|| {

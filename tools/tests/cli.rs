@@ -184,6 +184,40 @@ fn demo_replaces_only_its_own_datasets() {
     assert!(sentinel.is_file());
 }
 
+/// `tools demo` does not replace a dataset it wrote that has changed since (episodes
+/// appended to it): they were removed with it.
+#[test]
+fn demo_keeps_its_dataset_once_episodes_are_appended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let demo = || tools(&["demo", "--out", out, "--episodes", "2", "--seed", "5"]);
+    let o = demo();
+    assert!(o.status.success(), "{}", text(&o));
+    // An episode appended to the demo's maze dataset (as `controller log-to-dataset`
+    // appends a robot's).
+    let maze = tmp.path().join("maze");
+    let ds = dataset::read_dataset(&maze).unwrap();
+    let mut w = dataset::DatasetWriter::open_append(&maze).unwrap();
+    w.append_episode(&ds.episodes[0]).unwrap();
+    w.finish().unwrap();
+    for task in ["arm-reach", "push"] {
+        std::fs::write(tmp.path().join(task).join("sentinel"), "kept").unwrap();
+    }
+    let o = demo();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("maze: a dataset `tools demo` wrote, changed since"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(dataset::read_dataset(&maze).unwrap().episodes.len(), 3);
+    // Checked before anything is replaced: the other tasks' datasets are the first
+    // run's, untouched.
+    for task in ["arm-reach", "push"] {
+        assert!(tmp.path().join(task).join("sentinel").is_file(), "{task}");
+    }
+}
+
 #[test]
 fn unknown_task_is_a_clear_error() {
     let o = tools(&[
