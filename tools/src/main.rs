@@ -53,8 +53,8 @@ enum Command {
         /// engaged (demonstrations).
         #[arg(long)]
         engage_from_step: Option<u32>,
-        /// Seconds of silence from the controller after which the device stops (at most
-        /// a day). Longer than the controller's silent phases between episodes (a
+        /// Seconds of silence from the controller after which the device stops (10 to
+        /// 86400). Longer than the controller's silent phases between episodes (a
         /// `Reset` resent up to three times, 2 s apart; a reconnect), which it outlasts.
         #[arg(long, default_value_t = 30.0)]
         idle_s: f64,
@@ -301,6 +301,35 @@ fn viz_command(_: VizCommand) -> Result<()> {
     )
 }
 
+/// `tools teleop --idle-s`'s least: the controller falls silent for up to about 6 s
+/// between episodes (a `Reset` resent up to three times, 2 s apart).
+const TELEOP_IDLE_MIN_S: f64 = 10.0;
+
+/// Set by Ctrl-C or SIGTERM during `tools teleop`: the device stops and lets go of its
+/// deadman (killed by the signal's default, its last datagram stayed engaged until the
+/// controller's `--teleop-timeout-ms`).
+static TELEOP_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    TELEOP_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A second one kills, as usual.
+    // SAFETY: `signal` is async-signal-safe.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+    }
+}
+
+/// Ctrl-C and SIGTERM set [`TELEOP_STOP`] (once; the next one kills).
+fn stop_on_interrupt() {
+    // SAFETY: installs a handler that only stores an atomic and calls `signal`, both
+    // async-signal-safe.
+    unsafe {
+        for s in [libc::SIGINT, libc::SIGTERM] {
+            libc::signal(s, on_interrupt as *const () as libc::sighandler_t);
+        }
+    }
+}
+
 fn main() -> Result<()> {
     // Output piped into `head` and the like: end quietly when the reader goes away, as
     // other command-line tools do, instead of panicking on the broken pipe (Rust
@@ -445,9 +474,12 @@ fn main() -> Result<()> {
             seed,
         } => {
             let task: TaskId = task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+            // Shorter, it ended within the controller's silence between two episodes,
+            // and the episodes after it were recorded with the hold action.
             anyhow::ensure!(
-                idle_s.is_finite() && idle_s > 0.0 && idle_s <= 86_400.0,
-                "--idle-s must be a positive number of seconds, at most 86400 (a day), found {idle_s}"
+                (TELEOP_IDLE_MIN_S..=86_400.0).contains(&idle_s),
+                "--idle-s must be {TELEOP_IDLE_MIN_S} to 86400 (a day) seconds, longer than the \
+                 controller's silent phases between episodes, found {idle_s}"
             );
             let mut o = tools::teleop::DeviceOptions::new(controller, task);
             o.idle = std::time::Duration::from_secs_f64(idle_s);
@@ -457,8 +489,8 @@ fn main() -> Result<()> {
                 o.engage = tools::teleop::Engage::FromStep(k);
             }
             eprintln!("tools teleop: {task}'s demonstrator at the device, sending to {controller}");
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let s = tools::teleop::run_device(&o, &stop)?;
+            stop_on_interrupt();
+            let s = tools::teleop::run_device(&o, &TELEOP_STOP)?;
             println!(
                 "tools teleop: {} observations ({} with the device in control), {} episodes, {} actions sent ({} engaged)",
                 s.observations, s.in_control, s.episodes_seen, s.actions_sent, s.engaged

@@ -87,8 +87,11 @@ pub struct DeviceSummary {
 }
 
 /// Runs the device until the controller falls silent for `idle` (after its first
-/// observation) or `stop` is set.
-pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSummary> {
+/// observation) or `stop` is set. However it ends (those, or an error: a damaged
+/// datagram, a failed send), its last datagram lets go of the deadman, as a person's
+/// hand leaves a device: an engaged one was the controller's to act on until its
+/// `--teleop-timeout-ms` ran out, counted as a lapse.
+pub fn run_device(o: &DeviceOptions, stop: &AtomicBool) -> Result<DeviceSummary> {
     let bind = if o.controller.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -106,12 +109,47 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
     let socket = UdpSocket::bind(bind).context("binding the device's socket")?;
     socket.set_read_timeout(Some(o.resend))?;
     let ad = o.task.spec().action_dim();
-    let od = o.task.spec().obs_dim();
     ensure!(ad <= MAX_ACT, "{} has {ad} action values", o.task);
-    let mut demonstrator = sim::make_demonstrator(o.task);
     let mut summary = DeviceSummary::default();
-    let mut seq = 0u32;
-    let mut last = TeleopAction::new(seq, 0, &vec![0.0; ad]);
+    let mut sent = Sent {
+        seq: 0,
+        action: vec![0.0; ad],
+    };
+    let served = serve(o, stop, &socket, &mut sent, &mut summary);
+    sent.seq = sent.seq.wrapping_add(1);
+    let release = TeleopAction::new(sent.seq, 0, &sent.action);
+    let mut buf = [0u8; wire::MAX_DATAGRAM];
+    let len = wire::encode_action(&release, &mut buf);
+    let released = socket.send_to(&buf[..len], o.controller);
+    served?;
+    // (Refused: no controller is listening, and none holds an action of ours.)
+    match released {
+        Ok(_) => summary.actions_sent += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        Err(e) => return Err(e).context("sending the release to the controller"),
+    }
+    Ok(summary)
+}
+
+/// The device's sequence number and its last action's values, which its release
+/// repeats, disengaged.
+struct Sent {
+    seq: u32,
+    action: Vec<f32>,
+}
+
+/// [`run_device`]'s loop.
+fn serve(
+    o: &DeviceOptions,
+    stop: &AtomicBool,
+    socket: &UdpSocket,
+    sent: &mut Sent,
+    summary: &mut DeviceSummary,
+) -> Result<()> {
+    let od = o.task.spec().obs_dim();
+    let mut demonstrator = sim::make_demonstrator(o.task);
+    let Sent { seq, action } = sent;
+    let mut last = TeleopAction::new(*seq, 0, action);
     let mut buf = [0u8; wire::MAX_DATAGRAM];
     let mut episode = None;
     // The step of the last observation answered: a new run's first episode may reuse the
@@ -119,14 +157,13 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
     // at step 0.
     let mut last_step: Option<u32> = None;
     let mut last_heard: Option<Instant> = None;
-    let mut action = vec![0.0; ad];
     // An observation was answered in the last resend period: no resend is due.
     let mut answered = false;
     while !stop.load(Ordering::Relaxed) {
         if !answered {
             // The same values again, as a new datagram (its own sequence number).
-            seq = seq.wrapping_add(1);
-            last.seq = seq;
+            *seq = seq.wrapping_add(1);
+            last.seq = *seq;
             let len = wire::encode_action(&last, &mut buf);
             // The controller may not be up yet: "connection refused" on loopback is
             // normal.
@@ -181,8 +218,8 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
                 // stop: the controller takes no device's action after one until a
                 // release, and an always-engaged device never released (every later
                 // episode recorded the hold action).
-                seq = seq.wrapping_add(1);
-                let release = TeleopAction::new(seq, 0, &action);
+                *seq = seq.wrapping_add(1);
+                let release = TeleopAction::new(*seq, 0, action);
                 let len = wire::encode_action(&release, &mut buf);
                 socket
                     .send_to(&buf[..len], o.controller)
@@ -191,14 +228,14 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
             }
             last_step = Some(obs.step);
             answered = true;
-            demonstrator.act(obs.values(), &mut action);
+            demonstrator.act(obs.values(), action);
             let engaged = match o.engage {
                 Engage::Always => true,
                 Engage::FromStep(k) => obs.step >= k,
             };
-            seq = seq.wrapping_add(1);
+            *seq = seq.wrapping_add(1);
             // Marked as the answer to this observation (for `--teleop-wait-ms`).
-            last = TeleopAction::new(seq, if engaged { ENGAGED } else { 0 }, &action)
+            last = TeleopAction::new(*seq, if engaged { ENGAGED } else { 0 }, action)
                 .answering(obs.step);
             let len = wire::encode_action(&last, &mut buf);
             socket
@@ -216,7 +253,7 @@ pub fn run_device(o: &DeviceOptions, stop: &Arc<AtomicBool>) -> Result<DeviceSum
             break;
         }
     }
-    Ok(summary)
+    Ok(())
 }
 
 /// [`run_device`] in a thread of its own, until [`DeviceThread::finish`] (a device
@@ -347,6 +384,58 @@ mod tests {
             "the device stopped only once the observations did"
         );
         assert!(summary.observations > 0, "{summary:?}");
+    }
+
+    /// However the device ends, its last datagram is a release: an error (a damaged
+    /// datagram from the controller) left its engaged answer in force until the
+    /// controller's teleop timeout, and so did a stop.
+    #[test]
+    fn the_device_lets_go_of_the_deadman_however_it_ends() {
+        let last_action = |controller: &UdpSocket| {
+            controller
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut rx = [0u8; wire::MAX_DATAGRAM];
+            let mut last = None;
+            while let Ok((n, _)) = controller.recv_from(&mut rx) {
+                if let Ok(Datagram::Action(a)) = wire::decode(&rx[..n]) {
+                    last = Some(a);
+                }
+            }
+            last.expect("an action")
+        };
+        for damaged in [true, false] {
+            let mut o = DeviceOptions::new("127.0.0.1:1".parse().unwrap(), TaskId::Push);
+            let controller = controller_for(&mut o);
+            let device = DeviceThread::spawn(o);
+            let mut buf = [0u8; wire::MAX_DATAGRAM];
+            let (_, device_addr) = controller.recv_from(&mut buf).unwrap();
+            let len = wire::encode_observation(&observation(1, 0, &[0.0; 10]), &mut buf);
+            controller.send_to(&buf[..len], device_addr).unwrap();
+            // Its engaged answer.
+            let mut rx = [0u8; wire::MAX_DATAGRAM];
+            loop {
+                let (n, _) = controller.recv_from(&mut rx).unwrap();
+                if let Ok(Datagram::Action(a)) = wire::decode(&rx[..n])
+                    && a.flags & ENGAGED != 0
+                {
+                    break;
+                }
+            }
+            if damaged {
+                buf[len - 1] ^= 0xff;
+                controller.send_to(&buf[..len], device_addr).unwrap();
+                let last = last_action(&controller);
+                let e = device.finish().unwrap_err().to_string();
+                assert!(e.contains("a datagram from the controller"), "{e}");
+                assert_eq!(last.flags & ENGAGED, 0, "{last:?}");
+            } else {
+                let summary = device.finish().unwrap();
+                assert_eq!(summary.engaged, 1, "{summary:?}");
+                let last = last_action(&controller);
+                assert_eq!(last.flags & ENGAGED, 0, "{last:?}");
+            }
+        }
     }
 
     /// A new run whose first episode has the number the last one had (a firmware that

@@ -823,7 +823,7 @@ fn crate_dir() -> std::path::PathBuf {
 
 /// Arguments that used to panic or hang are refused by name: `bench sim --envs` outside
 /// 2..=4096 (a division by zero, an index underflow), `teleop --idle-s` past a day (a
-/// Duration overflow) and an unspecified controller address (no observation would ever
+/// Duration overflow) or under 10 s (it ended between episodes) and an unspecified controller address (no observation would ever
 /// be taken from it).
 #[test]
 fn bench_and_teleop_arguments_out_of_range_are_refused() {
@@ -851,14 +851,18 @@ fn bench_and_teleop_arguments_out_of_range_are_refused() {
             idle,
         ])
     };
-    let o = teleop("127.0.0.1:9", "1e20");
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("--idle-s must be a positive number of seconds, at most 86400"),
-        "{}",
-        text(&o)
-    );
-    let o = teleop("0.0.0.0:7979", "1");
+    // Shorter than the controller's silence between episodes: it ended there, and the
+    // later episodes were recorded with the hold action.
+    for idle in ["1e20", "1", "9.9", "NaN"] {
+        let o = teleop("127.0.0.1:9", idle);
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("--idle-s must be 10 to 86400 (a day) seconds"),
+            "{idle}: {}",
+            text(&o)
+        );
+    }
+    let o = teleop("0.0.0.0:7979", "10");
     assert!(!o.status.success());
     assert!(
         text(&o).contains("the controller's address 0.0.0.0:7979 is unspecified"),
