@@ -78,21 +78,37 @@ impl Feature {
             .unwrap_or(0)
     }
 
-    /// Per-dimension names; falls back to `{key}.{i}` when absent or malformed.
-    pub(crate) fn dim_names(&self, key: &str) -> Vec<String> {
-        let list = match &self.names {
+    /// The list `names` holds: itself, or the one list of a one-key object.
+    fn names_list(&self) -> Option<&Vec<Value>> {
+        match &self.names {
             Value::Array(a) => Some(a),
             // e.g. {"motors": ["j0", "j1"]}
             Value::Object(o) if o.len() == 1 => o.values().next().and_then(Value::as_array),
             _ => None,
-        };
-        let names: Option<Vec<String>> = list.and_then(|l| {
-            l.iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-        });
-        match names {
-            Some(n) if n.len() == self.dim() => n,
+        }
+    }
+
+    /// What is wrong with a list of names that does not name each value once: one of
+    /// other than `dim()` strings. (No list, `null` or another form, names nothing: the
+    /// values are named `{key}.{i}`.) Read as names for the first values, such a list
+    /// was replaced by made-up ones, which nothing compares with a robot's.
+    pub(crate) fn names_problem(&self) -> Option<String> {
+        let list = self.names_list()?;
+        if let Some(i) = list.iter().position(|v| !v.is_string()) {
+            return Some(format!("names[{i}] is {}, not a string", list[i]));
+        }
+        (list.len() != self.dim())
+            .then(|| format!("{} names for shape {:?}", list.len(), self.shape))
+    }
+
+    /// Per-dimension names; `{key}.{i}` when there are none (a list that does not name
+    /// each value once is refused, [`Self::names_problem`]).
+    pub(crate) fn dim_names(&self, key: &str) -> Vec<String> {
+        match self.names_list() {
+            Some(l) if self.names_problem().is_none() => l
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect(),
             _ => (0..self.dim()).map(|i| format!("{key}.{i}")).collect(),
         }
     }

@@ -104,6 +104,14 @@ pub(crate) fn check_features(json: &InfoJson, path: &Path) -> Result<(usize, usi
                 ),
             ));
         }
+        if dim.is_none()
+            && let Some(problem) = f.names_problem()
+        {
+            return Err(DatasetError::invalid(
+                path,
+                format!("feature `{k}`: {problem}"),
+            ));
+        }
     }
     let dim = |k: &str| json.features.get(k).map_or(0, Feature::dim);
     let od = dim(cols::OBS);

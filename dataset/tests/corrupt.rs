@@ -128,6 +128,63 @@ fn edit_info(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     fs::write(&path, v.to_string()).unwrap();
 }
 
+/// A names list that does not name each value once is refused, naming the feature: it
+/// was replaced by made-up names (`observation.state.0`, ...), which no check compares
+/// with a robot's.
+#[test]
+fn names_that_do_not_name_each_value_are_refused() {
+    let n = info().observation_names.len();
+    let named = |k: usize| -> Vec<serde_json::Value> {
+        (0..k).map(|i| serde_json::json!(format!("s{i}"))).collect()
+    };
+    let mut with_null = named(n);
+    with_null[1] = serde_json::Value::Null;
+    for (names, problem) in [
+        (
+            serde_json::json!(named(n - 1)),
+            format!(
+                "feature `observation.state`: {} names for shape [{n}]",
+                n - 1
+            ),
+        ),
+        (
+            serde_json::json!({"motors": named(n + 1)}),
+            format!(
+                "feature `observation.state`: {} names for shape [{n}]",
+                n + 1
+            ),
+        ),
+        (
+            serde_json::json!(with_null),
+            "feature `observation.state`: names[1] is null, not a string".into(),
+        ),
+    ] {
+        let (_t, dir) = good();
+        edit_info(&dir, |v| {
+            v["features"]["observation.state"]["names"] = names
+        });
+        expect_err(&dir, &["info.json", &problem]);
+        let e = dataset::recorded_as(&dir)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains(&problem), "{e}");
+    }
+    // As many strings as values name them; no list (null) names nothing: the values
+    // are `observation.state.{i}`.
+    for (names, first) in [
+        (serde_json::json!({"motors": named(n)}), "s0"),
+        (serde_json::Value::Null, "observation.state.0"),
+    ] {
+        let (_t, dir) = good();
+        edit_info(&dir, |v| {
+            v["features"]["observation.state"]["names"] = names
+        });
+        let ds = read_dataset(&dir).unwrap();
+        assert_eq!(ds.info.observation_names[0], first);
+    }
+}
+
 #[test]
 fn info_json_missing_field() {
     let (_t, dir) = good();
@@ -147,9 +204,13 @@ fn wrong_codebase_version() {
 #[test]
 fn wrong_dims_vs_info_json() {
     let (_t, dir) = good();
+    // (Names dropped: a list of OBS_DIM names for a shape of OBS_DIM + 1 is refused
+    // from info.json alone.)
     edit_info(&dir, |v| {
-        v["features"]["observation.state"]["shape"] = serde_json::json!([OBS_DIM + 1]);
-        v["features"]["next.observation.state"]["shape"] = serde_json::json!([OBS_DIM + 1]);
+        for k in ["observation.state", "next.observation.state"] {
+            v["features"][k]["shape"] = serde_json::json!([OBS_DIM + 1]);
+            v["features"][k]["names"] = serde_json::Value::Null;
+        }
     });
     expect_err(&dir, &["file-000.parquet", "observation.state", "[8]"]);
 }
