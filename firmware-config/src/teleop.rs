@@ -296,6 +296,11 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
     if bytes[4] != VERSION {
         return Err(TeleopError::Version { received: bytes[4] });
     }
+    // The kind before the length too: a kind of a newer device, with its own layout,
+    // is named as such.
+    let Some((what, max, known)) = shape else {
+        return Err(TeleopError::Kind(kind));
+    };
     let expected = HEADER_LEN + 4 * n as usize + CRC_LEN;
     if n as usize <= MAX_OBS && expected != len {
         return Err(TeleopError::Length {
@@ -304,9 +309,6 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram, TeleopError> {
             actual: len,
         });
     }
-    let Some((what, max, known)) = shape else {
-        return Err(TeleopError::Kind(kind));
-    };
     if n as usize > max {
         return Err(TeleopError::Count { what, n, max });
     }
@@ -558,6 +560,14 @@ mod tests {
             })
         ));
         assert_eq!(resealed(&|b| b[5] = 9), Err(TeleopError::Kind(9)));
+        // Another kind with another layout is that kind, not a wrong length.
+        assert_eq!(
+            resealed(&|b| {
+                b[5] = 9;
+                b.splice(16..16, [0u8; 4]);
+            }),
+            Err(TeleopError::Kind(9))
+        );
         assert_eq!(
             resealed(&|b| b[7] = LABEL_SUCCESS | LABEL_FAILURE),
             Err(TeleopError::BothLabels)

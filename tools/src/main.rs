@@ -198,8 +198,9 @@ enum DatasetCommand {
 enum BenchCommand {
     /// Simulation throughput per task (one thread), single env and vectorized.
     Sim {
-        /// Environment steps per measurement.
-        #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Environment steps per measurement (at most 1e12: hours of one core already,
+        /// and far from the step counter's overflow).
+        #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
         steps: u64,
         /// Environments in the vectorized measurement (2 to 4096; the action table holds
         /// 4096 rows).

@@ -833,6 +833,15 @@ fn bench_and_teleop_arguments_out_of_range_are_refused() {
         assert!(text(&o).contains("--envs"), "{}", text(&o));
         assert!(!text(&o).contains("panicked"), "{}", text(&o));
     }
+    // Past 1e12 steps: it ran for ever, and its step count overflowed.
+    for steps in ["0", "1000000000001", "18446744073709551615"] {
+        let o = tools(&["bench", "sim", "--steps", steps]);
+        assert!(
+            !o.status.success() && text(&o).contains("--steps"),
+            "{}",
+            text(&o)
+        );
+    }
     // `--repeats 0` ran once, silently.
     let o = tools(&["bench", "sim", "--repeats", "0", "--steps", "10"]);
     assert!(

@@ -1265,7 +1265,7 @@ fn carry_uplink_logs(from: &Path, out: &Path) -> Result<Vec<String>> {
                 ));
             }
         }
-        std::fs::create_dir_all(&target)
+        dataset::create_dir_durably(&target)
             .with_context(|| format!("creating {}", target.display()))?;
         let tmp = dest.with_extension("log.tmp");
         let mut copy =

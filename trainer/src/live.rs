@@ -751,7 +751,9 @@ impl Listener {
         bundles: &Path,
         check: Check,
     ) -> Result<(Listener, mpsc::Receiver<Step>)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Its entry in the run's directory durable too before any record is
+        // acknowledged (the logs inside are synced, and their directory, not its parent).
+        dataset::create_dir_durably(dir).with_context(|| format!("creating {}", dir.display()))?;
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
         let local = listener.local_addr()?;
         listener.set_nonblocking(true)?;
