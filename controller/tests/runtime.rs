@@ -466,6 +466,41 @@ fn a_reloaded_policy_draws_its_own_noise_and_must_fine_tune_the_running_one() {
     let mut current =
         Policy::new(&load_bundle(&first, &Trust::AllowUnsigned).unwrap(), &opts).unwrap();
     reload(&mut current, &same, &Trust::AllowUnsigned, &opts).unwrap();
+    // The new policy's chain runs as many steps as the running one's, whatever its
+    // manifest says (a live trainer's bundles say their whole trained chain); one
+    // trained on fewer steps is refused.
+    let executing = |n: i64| {
+        move |t: &mut toml::Table| {
+            let d = t["diffusion"].as_table_mut().unwrap();
+            d.insert("executed_steps".into(), toml::Value::Integer(n));
+        }
+    };
+    let truncated = variant_of(&first, root.path(), "truncated", &|d| {
+        edit_manifest(d, executing(2))
+    });
+    let mut current = Policy::new(
+        &load_bundle(&truncated, &Trust::AllowUnsigned).unwrap(),
+        &opts,
+    )
+    .unwrap();
+    let trained = b.manifest.diffusion.trained_steps;
+    assert_eq!(b.manifest.diffusion.executed_steps, trained);
+    assert!(trained > 2);
+    reload(&mut current, &first, &Trust::AllowUnsigned, &opts).unwrap();
+    assert_eq!(current.executed_steps(), 2);
+    let shorter = variant_of(&first, root.path(), "shorter", &|d| {
+        edit_manifest(d, |t| {
+            let d = t["diffusion"].as_table_mut().unwrap();
+            d.insert("trained_steps".into(), toml::Value::Integer(1));
+            d.insert("executed_steps".into(), toml::Value::Integer(1));
+        })
+    });
+    let e = reload(&mut current, &shorter, &Trust::AllowUnsigned, &opts).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("trained in 1 steps, fewer than the 2 the running policy executes"),
+        "{text}"
+    );
 }
 
 /// A copy of the bundle `good` as `root/name`, changed by `f`.

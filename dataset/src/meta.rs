@@ -88,12 +88,12 @@ impl Feature {
         }
     }
 
-    /// What is wrong with a list of names that does not name each value once: one of
-    /// other than `dim()` strings. (No list, `null` or another form, names nothing: the
-    /// values are named `{key}.{i}`.) Read as names for the first values, such a list
-    /// was replaced by made-up ones, which nothing compares with a robot's.
+    /// What is wrong with a list of names that is not one name per value: one of other
+    /// than `dim()` strings. (No list, an empty one, `null` or another form names
+    /// nothing: the values are named `{key}.{i}`.) Read before, such a list was
+    /// replaced by made-up names, which nothing compares with a robot's.
     pub(crate) fn names_problem(&self) -> Option<String> {
-        let list = self.names_list()?;
+        let list = self.names_list().filter(|l| !l.is_empty())?;
         if let Some(i) = list.iter().position(|v| !v.is_string()) {
             return Some(format!("names[{i}] is {}, not a string", list[i]));
         }
@@ -101,11 +101,11 @@ impl Feature {
             .then(|| format!("{} names for shape {:?}", list.len(), self.shape))
     }
 
-    /// Per-dimension names; `{key}.{i}` when there are none (a list that does not name
-    /// each value once is refused, [`Self::names_problem`]).
+    /// Per-dimension names; `{key}.{i}` when there are none (a list that is not one name
+    /// per value is refused, [`Self::names_problem`]).
     pub(crate) fn dim_names(&self, key: &str) -> Vec<String> {
         match self.names_list() {
-            Some(l) if self.names_problem().is_none() => l
+            Some(l) if !l.is_empty() && self.names_problem().is_none() => l
                 .iter()
                 .map(|v| v.as_str().unwrap_or_default().to_owned())
                 .collect(),

@@ -128,7 +128,7 @@ fn edit_info(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     fs::write(&path, v.to_string()).unwrap();
 }
 
-/// A names list that does not name each value once is refused, naming the feature: it
+/// A names list that is not one name per value is refused, naming the feature: it
 /// was replaced by made-up names (`observation.state.0`, ...), which no check compares
 /// with a robot's.
 #[test]
@@ -170,11 +170,12 @@ fn names_that_do_not_name_each_value_are_refused() {
             .to_string();
         assert!(e.contains(&problem), "{e}");
     }
-    // As many strings as values name them; no list (null) names nothing: the values
-    // are `observation.state.{i}`.
+    // As many strings as values name them; no list (null) or an empty one names
+    // nothing: the values are `observation.state.{i}`.
     for (names, first) in [
         (serde_json::json!({"motors": named(n)}), "s0"),
         (serde_json::Value::Null, "observation.state.0"),
+        (serde_json::json!([]), "observation.state.0"),
     ] {
         let (_t, dir) = good();
         edit_info(&dir, |v| {

@@ -717,12 +717,21 @@ fn demo_refusal(dir: &std::path::Path) -> Option<String> {
         ));
     };
     let written = text.lines().find_map(|l| l.strip_prefix(DEMO_INFO_CRC))?;
-    let now = info_fingerprint(dir).unwrap_or_else(|e| format!("unreadable ({e:#})"));
+    let now = match info_fingerprint(dir) {
+        Ok(now) => now,
+        Err(e) => {
+            return Some(format!(
+                "{}: a dataset `tools demo` wrote, whose meta/info.json cannot be read now \
+                 ({e:#}); `tools demo` does not replace it: move it or pass --out elsewhere",
+                dir.display()
+            ));
+        }
+    };
     (now != written.trim()).then(|| {
         format!(
             "{}: a dataset `tools demo` wrote, changed since (its meta/info.json is not as \
-             written: episodes appended to it, e.g. by `controller log-to-dataset`); \
-             `tools demo` does not replace it: move it or pass --out elsewhere",
+             written: episodes appended to it, e.g. by `controller log-to-dataset`, or \
+             tidied); `tools demo` does not replace it: move it or pass --out elsewhere",
             dir.display()
         )
     })

@@ -738,19 +738,10 @@ fn verify(
     if let Some(why) = crate::runtime::replacement_refused(new, old) {
         return Err(why);
     }
-    // A swap changes the policy's weights, not the loop's timing: the denoising chain
-    // runs as many steps as the run started with (`--executed-steps`, else the starting
-    // bundle's). A live trainer publishes its bundles with the whole trained chain, which
-    // took a run started on a truncated one to several times its denoising time at the
-    // first swap, unsaid.
-    let executed = (swap.options.executed_steps).unwrap_or(old.diffusion.executed_steps);
-    if executed > new.diffusion.trained_steps {
-        return Err(format!(
-            "its chain is trained in {} steps, fewer than the {executed} the run executes \
-             (kept from its start)",
-            new.diffusion.trained_steps
-        ));
-    }
+    // The chain runs as many steps as the run started with (`--executed-steps`, else
+    // the starting bundle's).
+    let running = (swap.options.executed_steps).unwrap_or(old.diffusion.executed_steps);
+    let executed = crate::runtime::swapped_in_executed_steps(running, new)?;
     let options = PolicyOptions {
         executed_steps: Some(executed),
         ..crate::runtime::swapped_in_options(&swap.options, name, new)
@@ -1352,7 +1343,7 @@ mod tests {
             .unwrap();
         assert!(
             e.contains(&format!(
-                "trained in {trained} steps, fewer than the {} the run executes",
+                "trained in {trained} steps, fewer than the {} the running policy executes",
                 trained + 1
             )),
             "{e}"

@@ -749,6 +749,22 @@ pub fn replacement_refused(new: &Manifest, old: &Manifest) -> Option<String> {
     None
 }
 
+/// How many denoising steps the policy of `new` runs when it is swapped in for one that
+/// runs `running`: as many (a swap changes the policy's weights, not the loop's timing;
+/// a live trainer publishes its bundles with the whole trained chain, which took a run
+/// started on a truncated one to several times its denoising time at the first swap,
+/// unsaid). A bundle trained on fewer steps is refused.
+pub fn swapped_in_executed_steps(running: usize, new: &Manifest) -> Result<usize, String> {
+    let trained = new.diffusion.trained_steps;
+    if running > trained {
+        return Err(format!(
+            "its chain is trained in {trained} steps, fewer than the {running} the running \
+             policy executes (kept at a swap)"
+        ));
+    }
+    Ok(running)
+}
+
 /// The options of the bundle of `manifest` swapped in under `name`: its own random
 /// stream (with the run's seed as it is, every swapped-in policy would replay the noise
 /// of the run's first decisions), named by `name` and its graphs' hashes together. By
@@ -806,9 +822,15 @@ pub fn reload(
         current.horizon(),
         current.act_dim()
     );
+    let executed = swapped_in_executed_steps(current.executed_steps(), m)
+        .map_err(|why| anyhow::anyhow!("refusing bundle {}: {why}", dir.display()))?;
     // Named by what it holds, not by its path (`latest`, `..`): another bundle's
     // policy draws another stream.
-    let next = Policy::new(&bundle, &swapped_in_options(options, "", m))
+    let options = PolicyOptions {
+        executed_steps: Some(executed),
+        ..swapped_in_options(options, "", m)
+    };
+    let next = Policy::new(&bundle, &options)
         .with_context(|| format!("refusing bundle {}", dir.display()))?;
     *current = next;
     Ok(())
