@@ -127,6 +127,20 @@ pub enum LogError {
     /// Runs asked for by id that a conversion cannot take as asked.
     #[error("{}: {problem}", path.display())]
     Runs { path: PathBuf, problem: String },
+    /// An episode of the log that a conversion cannot write (the dataset's message says
+    /// why): named by its run and its number in the log, where the dataset's own message
+    /// named its place in the dataset alone.
+    #[error(
+        "{}: run {run}, episode {episode}: {error}; nothing of this conversion is written \
+         (--run ID converts the other runs)",
+        path.display()
+    )]
+    Episode {
+        path: PathBuf,
+        run: String,
+        episode: u32,
+        error: dataset::DatasetError,
+    },
 }
 
 /// One control step as the controller saw it. Fixed-size, so sending it to the
@@ -1930,8 +1944,9 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
     let mut ready: Vec<LoggedEpisode> = vec![];
     let append = |w: &mut DatasetWriter,
                   ready: &mut Vec<LoggedEpisode>,
-                  held: Option<&Saved>,
+                  run: Option<usize>,
                   r: &mut Rebuilt| {
+        let held = run.map(|i| &saved[i]);
         for e in ready.drain(..) {
             if held.is_some_and(|h| h.holds(e.episode)) {
                 r.skipped_saved += 1;
@@ -1940,7 +1955,14 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             r.unfinished += usize::from(e.end.reason == EndReason::Unfinished);
             match to_episode(&e.transitions, Some(&e.end)) {
                 Some((ep, notes)) => {
-                    w.append_episode(&ep)?;
+                    w.append_episode(&ep).map_err(|error| LogError::Episode {
+                        path: log.to_path_buf(),
+                        run: run.map_or("(before the log's first run header)".into(), |i| {
+                            headers[i].1.run_id.clone()
+                        }),
+                        episode: e.episode,
+                        error,
+                    })?;
                     r.episodes_written += 1;
                     r.frames += notes.frames;
                     r.missing_frames += notes.missing;
@@ -1980,7 +2002,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
             if !converting {
                 // It ends the run before it.
                 grouper.flush(&mut ready);
-                return append(&mut w, &mut ready, current.map(|i| &saved[i]), &mut r);
+                return append(&mut w, &mut ready, current, &mut r);
             }
         }
         if !converting {
@@ -1988,7 +2010,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         }
         grouper.push(&rec, &mut ready);
         // A run's header ends the run before it: its episodes go under that run's task.
-        append(&mut w, &mut ready, current.map(|i| &saved[i]), &mut r)?;
+        append(&mut w, &mut ready, current, &mut r)?;
         if let Record::Run(rs) = &rec {
             w.set_task(&rs.task);
             current = Some(current.map_or(0, |i| i + 1));
@@ -1996,7 +2018,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
         Ok(())
     })?;
     grouper.flush(&mut ready);
-    append(&mut w, &mut ready, current.map(|i| &saved[i]), &mut r)?;
+    append(&mut w, &mut ready, current, &mut r)?;
     // Every run converted is noted, committed with its episodes, once all of them are
     // in their file (a failed close returns before anything is committed).
     w.close_data_file()?;
@@ -2959,6 +2981,41 @@ pub(crate) mod tests {
             }
             w.append(&Record::EpisodeEnd(end(0, 3))).unwrap();
         }
+    }
+
+    /// An episode the dataset refuses is named by its run and its number in the log
+    /// (the dataset's message named its index in the dataset alone), and nothing of the
+    /// conversion is written.
+    #[test]
+    fn an_episode_the_dataset_refuses_is_named_by_run_and_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        w.append(&Record::Run(run_start())).unwrap();
+        for episode in [4, 7] {
+            w.append(&Record::EpisodeStart { episode, seed: 3 })
+                .unwrap();
+            // (Non-finite values are left out before, as unusable steps.)
+            let mut t = transition(episode, 0, true);
+            if episode == 7 {
+                t.obs_dim = 4;
+            }
+            w.append(&Record::Transition(t)).unwrap();
+            w.append(&Record::EpisodeEnd(end(episode, 1))).unwrap();
+        }
+        drop(w);
+        let out = dir.path().join("ds");
+        let e = log_to_dataset(&path, &out, Runs::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.log: run test-run, episode 7: ")
+                && e.contains("nothing of this conversion is written"),
+            "{e}"
+        );
+        // (An empty dataset may be there: its directory is created first.)
+        let written = dataset::read_dataset(&out).map(|d| d.episodes.len());
+        assert!(matches!(written, Err(_) | Ok(0)), "{written:?}");
     }
 
     /// A rebuild of a log that holds runs of other tasks (bundles of other tasks run into
