@@ -139,7 +139,7 @@ pub enum LogError {
         path: PathBuf,
         run: String,
         episode: u32,
-        error: dataset::DatasetError,
+        error: Box<dataset::DatasetError>,
     },
 }
 
@@ -1961,7 +1961,7 @@ pub fn log_to_dataset(log: &Path, out: &Path, runs: Runs) -> Result<Rebuilt, Log
                             headers[i].1.run_id.clone()
                         }),
                         episode: e.episode,
-                        error,
+                        error: Box::new(error),
                     })?;
                     r.episodes_written += 1;
                     r.frames += notes.frames;
