@@ -15,6 +15,75 @@ use std::path::{Path, PathBuf};
 
 pub use dataset::unique_id;
 
+/// The hidden leftovers of interrupted writes of `out`, with what each holds: beside it
+/// `.NAME.partial-ID` ([`write_whole`]'s unfinished data), `.NAME.new-ID` and
+/// `.NAME.old-ID` (`tools demo`'s new dataset, and the one it replaced, moved aside);
+/// inside it `.partial-ID`. Later runs never take them for their own, and said nothing
+/// of them: a whole dataset's size each, and an `old` one may be the only copy of the
+/// previous dataset.
+pub fn leftovers_of(out: &Path) -> Vec<(PathBuf, &'static str)> {
+    let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return vec![];
+    };
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let kinds: [(String, &'static str); 3] = [
+        (
+            format!(".{name}.partial-"),
+            "an interrupted write's unfinished data, not a dataset",
+        ),
+        (
+            format!(".{name}.new-"),
+            "`tools demo`'s new dataset, interrupted before it was moved into place",
+        ),
+        (
+            format!(".{name}.old-"),
+            "the dataset `tools demo` replaced, moved aside and not removed (complete; \
+             the only copy if the run was cut between its renames)",
+        ),
+    ];
+    let list = |dir: &Path| -> Vec<(PathBuf, String)> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    };
+    let mut found: Vec<(PathBuf, &'static str)> = list(parent)
+        .into_iter()
+        .filter_map(|(path, n)| {
+            let (_, what) = kinds.iter().find(|(prefix, _)| n.starts_with(prefix))?;
+            Some((path, *what))
+        })
+        .collect();
+    found.extend(
+        list(out)
+            .into_iter()
+            .filter(|(_, n)| n.starts_with(".partial-"))
+            .map(|(path, _)| {
+                (
+                    path,
+                    "an interrupted write's unfinished data, not a dataset",
+                )
+            }),
+    );
+    found.sort();
+    found
+}
+
+/// Says each of [`leftovers_of`]`(out)` on stderr.
+pub fn say_leftovers(out: &Path) {
+    for (path, what) in leftovers_of(out) {
+        eprintln!(
+            "note: {}: {what}, left by an interrupted run (remove it once not needed)",
+            path.display()
+        );
+    }
+}
+
 /// Writes a new dataset at `out` whole or not at all. `out` must not exist or be empty,
 /// as for [`dataset::DatasetWriter::create`]; `write` gets an empty directory to fill.
 ///
@@ -33,6 +102,7 @@ pub use dataset::unique_id;
 /// finished write that cannot be moved into place: the error names it. `ID` is the
 /// process id and the time, so a later run never takes another's leftover for its own.
 pub fn write_whole<T>(out: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    say_leftovers(out);
     let empty_dir = match std::fs::read_dir(out) {
         Ok(entries) => {
             // A freshly made file system's own `lost+found` (an ext4 mount point) does

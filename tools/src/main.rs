@@ -747,6 +747,9 @@ fn demo(out: &std::path::Path, episodes: usize, seed: u64) -> Result<()> {
             bail!("{why}");
         }
     }
+    for task in TaskId::ALL {
+        tools::say_leftovers(&out.join(task.name()));
+    }
     println!(
         "Generating {episodes} scripted demonstrations per task into {}\n",
         out.display()

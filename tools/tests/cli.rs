@@ -218,6 +218,43 @@ fn demo_keeps_its_dataset_once_episodes_are_appended() {
     }
 }
 
+/// Leftovers of interrupted runs beside a dataset are named (a later run never took
+/// them for its own, and said nothing): a `tools demo` cut between its two renames
+/// left the previous dataset, complete, only under `.NAME.old-ID`.
+#[test]
+fn leftovers_of_interrupted_runs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let old = tmp.path().join(".push.old-1-2");
+    let partial = tmp.path().join(".maze.partial-3-4");
+    for d in [&old, &partial] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let o = tools(&["demo", "--out", out, "--episodes", "1", "--seed", "5"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "{}: the dataset `tools demo` replaced, moved aside",
+            old.display()
+        )) && text(&o).contains(&format!(
+            "{}: an interrupted write's unfinished data",
+            partial.display()
+        )),
+        "{}",
+        text(&o)
+    );
+    // Left where they are.
+    assert!(old.is_dir() && partial.is_dir());
+    // `dataset generate` names those of its own `--out` (not another's).
+    let o = generate("maze", 1, &tmp.path().join("maze2"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("partial-3-4"), "{}", text(&o));
+    std::fs::remove_dir_all(tmp.path().join("maze")).unwrap();
+    let o = generate("maze", 1, &tmp.path().join("maze"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(".maze.partial-3-4"), "{}", text(&o));
+}
+
 #[test]
 fn unknown_task_is_a_clear_error() {
     let o = tools(&[
