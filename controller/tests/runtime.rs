@@ -1785,11 +1785,13 @@ fn the_native_backend_refuses_a_layer_norm_epsilon_it_does_not_compute_with() {
 }
 
 /// The real networks of a `cpu`-sized synthetic bundle (native backend), broken on
-/// purpose: the denoiser answers NaN for its first `nan_rows` rows, and the critic
-/// answers `critic_fill` for its first `critic_rows` candidates.
+/// purpose: the denoiser answers `eps_fill` (NaN, or an infinity) for its first
+/// `nan_rows` rows, and the critic answers `critic_fill` for its first `critic_rows`
+/// candidates.
 #[derive(Clone, Copy)]
 struct Broken {
     nan_rows: usize,
+    eps_fill: f32,
     critic_fill: f32,
     critic_rows: usize,
 }
@@ -1804,7 +1806,7 @@ impl Networks for BrokenNets {
         self.inner.denoise(obs, noisy, t, eps)?;
         // Two action values per row (asserted in `Broken::policy`).
         let n = (self.how.nan_rows * 2).min(eps.len());
-        eps[..n].fill(f32::NAN);
+        eps[..n].fill(self.how.eps_fill);
         Ok(())
     }
     fn edit(&mut self, obs: &[f32], base: &[f32], mean: &mut [f32], ls: &mut [f32]) -> Result<()> {
@@ -1823,6 +1825,7 @@ impl Networks for BrokenNets {
 impl Broken {
     const NOTHING: Broken = Broken {
         nan_rows: 0,
+        eps_fill: f32::NAN,
         critic_fill: 0.0,
         critic_rows: 0,
     };
@@ -1848,36 +1851,41 @@ impl Broken {
 /// The native critic's ReLU turns a NaN candidate's activations into zeros, so its Q
 /// looks finite: a NaN candidate must still lose to a finite one, and with none finite
 /// the action is refused (it was returned as NaN, for the loop's action check to fault).
+/// So must one the denoiser answered an infinity for (the clamp made it a full-scale ±1
+/// action that passed every check).
 #[test]
 fn a_candidate_that_is_not_finite_is_never_picked() {
     let (_, n, m) = Broken::NOTHING.policy();
-    let nan_rows = |nan_rows| Broken {
-        nan_rows,
-        ..Broken::NOTHING
-    };
     let mut a = [0.0; 2];
-    let e = nan_rows(n)
-        .policy()
-        .0
-        .act(&obs(0), &mut a)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("no candidate is finite"), "{e}");
-    for seed_obs in 0..4 {
-        let c = nan_rows(n - 1)
+    for eps_fill in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let nan_rows = |nan_rows| Broken {
+            nan_rows,
+            eps_fill,
+            ..Broken::NOTHING
+        };
+        let e = nan_rows(n)
             .policy()
             .0
-            .act(&obs(seed_obs), &mut a)
-            .unwrap();
-        // Rows 0..n-1 and their edited copies n..n+n_edit-1 are NaN; only base row n-1
-        // (and its edited copy, when n_edit reaches it) is finite.
-        assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
-        let last_base = n - 1;
-        assert!(
-            c.index == last_base || c.index == n + last_base,
-            "picked {} of the NaN candidates",
-            c.index
-        );
+            .act(&obs(0), &mut a)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no candidate is finite"), "{eps_fill}: {e}");
+        for seed_obs in 0..4 {
+            let c = nan_rows(n - 1)
+                .policy()
+                .0
+                .act(&obs(seed_obs), &mut a)
+                .unwrap();
+            // Rows 0..n-1 and their edited copies n..n+n_edit-1 are NaN; only base row n-1
+            // (and its edited copy, when n_edit reaches it) is finite.
+            assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
+            let last_base = n - 1;
+            assert!(
+                c.index == last_base || c.index == n + last_base,
+                "{eps_fill}: picked {} of the NaN candidates",
+                c.index
+            );
+        }
     }
     // Candidate 0 NaN, the others finite, and a critic that scores nothing finite: the
     // critic is named, not the denoiser.
@@ -1885,6 +1893,7 @@ fn a_candidate_that_is_not_finite_is_never_picked() {
         nan_rows: 1,
         critic_fill: f32::NAN,
         critic_rows: m,
+        ..Broken::NOTHING
     };
     let e = both
         .policy()

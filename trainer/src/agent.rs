@@ -2483,6 +2483,21 @@ fn pessimistic_min(q: Tensor<2>) -> Tensor<2> {
     q.mask_fill(nan, f32::NEG_INFINITY).min_dim(0)
 }
 
+/// The critics' values `q` `[members, B·M]` with NaN in the column of each candidate of
+/// `candidates` `[B, M, A]` that holds a NaN (which [`pessimistic_min`] then scores −∞),
+/// so that it never wins, as in the controller (`shared_model::select::void_non_finite`):
+/// a critic does not reliably pass NaN through (burn's CPU ReLU is `max(x, 0)`, which
+/// makes it 0), and such a candidate was scored by the critic's biases alone, and could
+/// win. Three kernels per scoring: a row's sum is not finite when one of its values is
+/// not, and `s − s` is 0 for a finite `s`, NaN otherwise. (An infinite value cannot
+/// come from the chain here, whose clamp makes it ±1: the controller voids those too,
+/// before its clamp, which the trainer's hot path does not pay for.)
+fn void_non_finite(q: Tensor<2>, candidates: &Tensor<3>) -> Tensor<2> {
+    let [b, m, _] = candidates.dims();
+    let sum = candidates.clone().sum_dim(2).reshape([1, b * m]);
+    q + (sum.clone() - sum)
+}
+
 impl ExpoRunner for Selector<'_> {
     type Candidates = Tensor<3>;
     type Scores = Tensor<2>;
@@ -2532,7 +2547,8 @@ impl ExpoRunner for Selector<'_> {
             None => critic_input(self.obs.clone(), candidates),
         };
         let chosen = self.subset.take();
-        pessimistic_min(self.q_values(chosen, subset, input)).reshape([b, m])
+        let q = void_non_finite(self.q_values(chosen, subset, input), candidates);
+        pessimistic_min(q).reshape([b, m])
     }
 
     fn pick(&mut self, candidates: Tensor<3>, scores: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
@@ -2645,6 +2661,37 @@ mod tests {
         let (_, idx) = scores.max_dim_with_indices(1);
         let picked: Vec<i64> = idx.into_data().convert::<i64>().try_to_vec().unwrap();
         assert_eq!(picked, [1]);
+        // A candidate holding a value that is not finite loses whatever its score (a
+        // critic's ReLU made its NaN a 0, and the critic's biases scored it): the
+        // controller's `void_non_finite`. [rows 2, candidates 3, A 2].
+        let candidates = vec![
+            0.1,
+            nan,
+            /**/ 0.2,
+            0.2,
+            /**/ 0.3,
+            0.3, //
+            f32::INFINITY,
+            0.0,
+            /**/ 0.5,
+            f32::NEG_INFINITY,
+            /**/ 0.1,
+            0.1,
+        ];
+        let q = vec![9.0, 1.0, 2.0, /* row 1 */ 9.0, 8.0, 1.0];
+        let voided = void_non_finite(
+            tensor2(q.clone(), 1, 6, &device),
+            &Tensor::<3>::from_data(TensorData::new(candidates.clone(), [2, 3, 2]), &device),
+        );
+        let scores = pessimistic_min(voided).reshape([2, 3]);
+        let (_, idx) = scores.max_dim_with_indices(1);
+        let picked: Vec<i64> = idx.into_data().convert::<i64>().try_to_vec().unwrap();
+        let mut host = q.clone();
+        shared_model::select::void_non_finite(&candidates, 2, &mut host);
+        let mut want = vec![0; 2];
+        shared_model::select::argmax_rows(&host, 3, &mut want);
+        assert_eq!(want, [2, 2]);
+        assert_eq!(picked, want.iter().map(|&i| i as i64).collect::<Vec<_>>());
     }
 
     /// The TD target's value of given candidates: the candidate that scores best under

@@ -649,8 +649,16 @@ impl Policy {
             self.nets
                 .denoise(&self.obs, &self.x, step.t as f32, &mut self.eps)
                 .context("denoiser")?;
+            // A value the denoiser gave that is not finite voids its candidate (NaN, which
+            // every later step keeps, and `void_non_finite` then scores so that it never
+            // wins): an infinite one went through the clamp as a full-scale ±1, as if it
+            // were an action.
             for (x, e) in self.x.iter_mut().zip(&self.eps) {
-                *x = step.x_coef * *x + step.eps_coef * e;
+                *x = if e.is_finite() {
+                    step.x_coef * *x + step.eps_coef * e
+                } else {
+                    f32::NAN
+                };
             }
             if step.sigma > 0.0 {
                 for x in self.x.iter_mut() {
