@@ -856,6 +856,30 @@ fn newest_bundle(root: &std::path::Path) -> Option<usize> {
         .max()
 }
 
+/// Makes `root/latest` name bundle `newest` (the newest complete one) where it names
+/// another or is missing, and says so; returns whether it did. A publish killed between
+/// its bundle and `latest`, or a power cut that undid `latest`'s rename, left it naming
+/// an older bundle (or none), and the robot was offered that one until the next
+/// publish: never, after a run's last.
+fn point_latest_at(root: &std::path::Path, newest: usize) -> Result<bool> {
+    let name = format!("{newest:07}");
+    let latest = root.join("latest");
+    let named = std::fs::read_to_string(&latest).ok();
+    if named.as_deref().map(str::trim) == Some(name.as_str()) {
+        return Ok(false);
+    }
+    eprintln!(
+        "finetune: {} named {}, not the newest complete bundle {name} (a publish was cut \
+         short); it names {name} now",
+        latest.display(),
+        named
+            .as_deref()
+            .map_or("nothing".into(), |n| format!("`{}`", n.trim()))
+    );
+    crate::run::replace_file(&latest, format!("{name}\n").as_bytes())?;
+    Ok(true)
+}
+
 /// The export time the manifest of the published bundle in `dir` says; `None` when it
 /// does not read (the clock's time is all there is then).
 fn published_stamp(dir: &std::path::Path) -> Option<u64> {
@@ -1184,6 +1208,9 @@ pub(crate) fn train_live(
     // A published bundle is never written over: a robot fetches each name once. After a
     // resume from an earlier checkpoint, publishing starts again past the newest bundle.
     let newest_published = newest_bundle(&o.out.join("bundles"));
+    if let Some(n) = newest_published {
+        point_latest_at(&o.out.join("bundles"), n)?;
+    }
     if let Some(n) = newest_published.filter(|&n| n > updates) {
         eprintln!(
             "finetune: bundles up to {n:07} were published before this resume (at {updates} \
@@ -1430,6 +1457,27 @@ mod tests {
         clear_unfinished_bundle(&root.join("0001000")).unwrap();
         assert!(root.join("0001000/manifest.sig").is_file());
         clear_unfinished_bundle(&root.join("0005000")).unwrap();
+    }
+
+    /// A session's start makes `latest` name the newest complete bundle where a publish
+    /// cut short (or a power cut) left it naming an older one, or none: the robot was
+    /// offered that one until the next publish, never after the run's last.
+    #[test]
+    fn latest_names_the_newest_complete_bundle_at_a_sessions_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let latest = || std::fs::read_to_string(root.join("latest")).ok();
+        // None yet: named.
+        assert!(point_latest_at(root, 2000).unwrap());
+        assert_eq!(latest().as_deref(), Some("0002000\n"));
+        // Already so: left as it is.
+        assert!(!point_latest_at(root, 2000).unwrap());
+        // An older one named.
+        std::fs::write(root.join("latest"), "0001000\n").unwrap();
+        assert!(point_latest_at(root, 2000).unwrap());
+        assert_eq!(latest().as_deref(), Some("0002000\n"));
+        // As the live intake reads it.
+        assert!(!root.join("latest.tmp").exists());
     }
 
     /// Every connection that ended in an error is counted, however many: the summary

@@ -1475,7 +1475,12 @@ fn check_normalizer(state: &RunState, od: usize, state_path: &Path) -> Result<()
     );
     // The first value that cannot be, named (the lengths alone said nothing).
     let bad_mean = n.mean.iter().position(|x| !x.is_finite());
-    let bad_std = n.std.iter().position(|s| !(s.is_finite() && *s > 0.0));
+    // At least the least a bundle may carry: one under it exported and published, and
+    // every controller refused it.
+    let bad_std = n
+        .std
+        .iter()
+        .position(|s| !(s.is_finite() && *s >= MIN_OBS_STD));
     if let Some(i) = bad_mean {
         bail!(
             "{}: the observation normalizer's mean[{i}] is {} (finite expected)",
@@ -1485,7 +1490,8 @@ fn check_normalizer(state: &RunState, od: usize, state_path: &Path) -> Result<()
     }
     if let Some(i) = bad_std {
         bail!(
-            "{}: the observation normalizer's std[{i}] is {} (finite and positive expected)",
+            "{}: the observation normalizer's std[{i}] is {} (finite and at least \
+             {MIN_OBS_STD} expected, the least a bundle may carry)",
             state_path.display(),
             n.std[i]
         );
@@ -1677,7 +1683,10 @@ pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))
+    // One write, the newline with the row (`writeln!` on a file wrote them apart): a row
+    // cut short has no newline, by which [`truncate_csv`] knows it.
+    f.write_all(format!("{line}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn append_metrics(out: &Path, r: &UpdateMetricsRow) -> Result<()> {
@@ -1704,24 +1713,38 @@ fn append_eval(out: &Path, step: usize, e: &EvalResult) -> Result<()> {
     )
 }
 
-/// Keeps the header and the rows whose first field (the step) is at most `step`.
+/// Keeps the header and the whole rows whose first field (the step) is at most `step`.
+/// A row cut short (a full disk, a power cut: rows are synced only at checkpoints) is
+/// left out: it has no newline, or fewer fields than the header. Its step's prefix (`15`
+/// of `1500,...`) passed for a step at most `step`, and the torn row stayed in the middle
+/// of the file once the resumed run appended, where the study's reader refuses it.
 pub(crate) fn truncate_csv(path: &Path, step: usize) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines();
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    let mut lines = text.split_inclusive('\n');
     let mut out = String::new();
+    let mut fields = None;
     if let Some(h) = lines.next() {
+        let h = h.trim_end_matches('\n');
+        fields = Some(h.split(',').count());
         out.push_str(h);
         out.push('\n');
     }
     for l in lines {
-        let s: usize = l
+        let Some(row) = l.strip_suffix('\n') else {
+            continue;
+        };
+        // (More fields than the header: rows of a newer trainer, whole.)
+        if fields.is_some_and(|n| row.split(',').count() < n) {
+            continue;
+        }
+        let s: usize = row
             .split(',')
             .next()
             .and_then(|v| v.parse().ok())
             .unwrap_or(usize::MAX);
         if s <= step {
-            out.push_str(l);
+            out.push_str(row);
             out.push('\n');
         }
     }
@@ -1740,7 +1763,14 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
             f.sync_all()
         })
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    // The rename durable too: a power cut could otherwise bring back the old file (a
+    // bundle's `latest` naming an older one, an options file of the last try).
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_path(parent)
 }
 
 /// The file in a run directory whose advisory lock [`lock_run_dir`] takes.
@@ -2104,6 +2134,32 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    /// A resume cuts its logs back to the checkpoint's step, and leaves out a row cut
+    /// short past it (no newline, or fewer fields): `15` of `1500,...` passed for step 15
+    /// and stayed, mid-file once the resumed run appended.
+    #[test]
+    fn truncate_csv_leaves_out_rows_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.csv");
+        let whole = "step,a,b\n10,1,2\n20,3,4\n";
+        // (Each rule alone: "15\n" has a newline and too few fields, "12,1,2" its
+        // fields and no newline.)
+        for torn in ["3", "15,0", "30,5,6\n1", "", "\n", "15\n", "12,1,2"] {
+            std::fs::write(&p, format!("{whole}{torn}")).unwrap();
+            super::truncate_csv(&p, 20).unwrap();
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), whole, "{torn:?}");
+        }
+        std::fs::write(&p, whole).unwrap();
+        super::truncate_csv(&p, 10).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "step,a,b\n10,1,2\n");
+        // Rows appended after it are whole, newline included.
+        super::append_line(&p, "11,7,8").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "step,a,b\n10,1,2\n11,7,8\n"
+        );
+    }
+
     use super::*;
 
     /// `bc`'s online steps train on the demonstrations only (they drew half their rows

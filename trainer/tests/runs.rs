@@ -746,8 +746,20 @@ fn resume_refuses_a_different_config() {
                 n
             },
             // The value named (the lengths alone said nothing).
-            "state.json: the observation normalizer's std[3] is 0 (finite and positive \
-             expected)",
+            "state.json: the observation normalizer's std[3] is 0 (finite and at least \
+             0.001 expected",
+        ),
+        (
+            // Under the least a bundle may carry: exported and published, and refused
+            // by every controller.
+            "tiny deviation",
+            {
+                let mut n = state["normalizer"].clone();
+                n["std"][3] = serde_json::json!(1e-4);
+                n
+            },
+            "state.json: the observation normalizer's std[3] is 0.0001 (finite and at \
+             least 0.001 expected",
         ),
     ] {
         let mut bad = state.clone();
