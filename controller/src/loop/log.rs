@@ -704,17 +704,6 @@ impl LogTail {
         Ok(out)
     }
 
-    /// [`LogTail::poll`], each payload with its record's file offset (to tell which
-    /// records came before a damaged stretch, [`LogTail::damaged`]).
-    pub fn poll_at(&mut self) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        let mut out = Vec::new();
-        self.poll_each(|at, payload| {
-            out.push((at, payload.to_vec()));
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
     /// [`LogTail::poll`], handing each payload with its record's file offset to
     /// `record` instead of collecting them.
     fn poll_each(

@@ -12,7 +12,6 @@
 //! path plus the CRC of its first record (the run header), so two logs never share an
 //! id. A log whose first record is damaged is not streamed at all: the next whole record
 //! would name it anew, and the trainer would take every record again under that name.
-//! Nor is one damaged among the records the trainer holds ([`numbered_otherwise`]).
 //! Only records on disk are sent (up to the logger's last `fdatasync`, at most
 //! [`SYNC_EVERY`](super::log::SYNC_EVERY) behind): a record the trainer acknowledged
 //! and a power cut then took from the robot's log would have the next run's records
@@ -353,12 +352,6 @@ fn stream_main(
     let mut read = 0u64;
     // Damaged stretches are named once, also when the log is read again.
     let mut damage_noted_to = 0u64;
-    // The first damaged stretch of this reading of the log (the record number it comes
-    // before, its offset, its length), and how many records the trainer held when the
-    // reading began: the numbers of the records after the stretch are theirs in this
-    // reading only ([`numbered_otherwise`]).
-    let mut first_damage: Option<(u64, u64, u64)> = None;
-    let mut held_before_reading: Option<u64> = None;
     let mut stream_id: Option<String> = None;
     let mut legacy_id: Option<Legacy> = None;
     let mut short_log_noted = false;
@@ -398,7 +391,7 @@ fn stream_main(
         // The log's end was read (not a read error, which also ends the reading).
         let mut reached_end = false;
         if polled {
-            match tail.poll_at() {
+            match tail.poll() {
                 Ok(new) => {
                     at_end = new.is_empty();
                     reached_end = at_end;
@@ -428,7 +421,7 @@ fn stream_main(
                         return;
                     }
                     if stream_id.is_none()
-                        && let Some((_, first)) = new.first()
+                        && let Some(first) = new.first()
                     {
                         let crc = crc32(first);
                         let id = format!("{}#{crc:08x}", log_name.display());
@@ -440,9 +433,7 @@ fn stream_main(
                         edit(&mut |s| s.stream = Some(id.clone()));
                         stream_id = Some(id);
                     }
-                    let read_before = read;
-                    let offsets: Vec<u64> = new.iter().map(|(at, _)| *at).collect();
-                    for (_, record) in new {
+                    for record in new {
                         if read >= base {
                             pending.push_back(record);
                         }
@@ -450,10 +441,6 @@ fn stream_main(
                     }
                     edit(&mut |s| s.logged = s.logged.max(read));
                     for d in tail.damaged.drain(..) {
-                        if first_damage.is_none() {
-                            let before = offsets.iter().filter(|&&at| at < d.offset).count();
-                            first_damage = Some((read_before + before as u64, d.offset, d.len));
-                        }
                         if d.offset < damage_noted_to {
                             continue;
                         }
@@ -464,14 +451,6 @@ fn stream_main(
                             d.len,
                             d.offset
                         ));
-                    }
-                    if let Some(e) = numbered_otherwise(&log, first_damage, held_before_reading) {
-                        say(format!("uplink: {e}"));
-                        edit(&mut |s| {
-                            s.errors += 1;
-                            s.last_error = Some(e.clone());
-                        });
-                        return;
                     }
                 }
                 Err(e) => {
@@ -533,9 +512,6 @@ fn stream_main(
                         tail = open_tail();
                         pending.clear();
                         read = 0;
-                        // A new reading, of records the trainer numbered before.
-                        first_damage = None;
-                        held_before_reading = Some(resume);
                     } else {
                         // Drop what the trainer already holds (sent before a lost ack).
                         let held = usize::try_from(resume - base)
@@ -545,15 +521,6 @@ fn stream_main(
                     }
                     base = resume;
                     edit(&mut |s| s.acknowledged = resume);
-                    held_before_reading.get_or_insert(resume);
-                    if let Some(e) = numbered_otherwise(&log, first_damage, held_before_reading) {
-                        say(format!("uplink: {e}"));
-                        edit(&mut |s| {
-                            s.errors += 1;
-                            s.last_error = Some(e.clone());
-                        });
-                        return;
-                    }
                     session = Some(s);
                     backoff = Duration::from_millis(100);
                 }
@@ -794,34 +761,6 @@ fn verify(
     Ok((brain, exported))
 }
 
-/// Why the log cannot be streamed on, when a damaged stretch (`first_damage`: the number
-/// of the record it comes before, its offset and length) lies before the `held` records
-/// the trainer held when this reading of the log began. A record's number is its place
-/// among the log's whole records: if the stretch went bad after the records after it
-/// were sent (storage damage), each of them is now numbered lower than when the trainer
-/// took it, and as many new records would be taken for ones it holds, never sent. Not
-/// told apart from damage that was there when they were sent (then the numbers agree),
-/// so refused either way, as a damaged first record is. Damage after `held` is numbered
-/// in this reading alone, the same way for every record sent.
-fn numbered_otherwise(
-    log: &Path,
-    first_damage: Option<(u64, u64, u64)>,
-    held: Option<u64>,
-) -> Option<String> {
-    let ((before, offset, len), held) = (first_damage?, held?);
-    (before < held).then(|| {
-        format!(
-            "{}: {len} damaged bytes at byte {offset} (after the log's first {before} \
-             records), among the {held} records the trainer holds of this log: if they went \
-             bad after being sent, every record after them is numbered lower than when the \
-             trainer took it, and new records would be taken for ones it holds, never sent; \
-             so nothing more of this log is streamed and this run takes no bundle swaps (its \
-             runs' datasets have their episodes; record into a new --out to stream again)",
-            log.display()
-        )
-    })
-}
-
 /// The name an older controller gave a log (its path as given, `--out r1`), still to
 /// be asked under, and the asks under it that got no answer.
 struct Legacy {
@@ -1011,99 +950,6 @@ mod tests {
             said.starts_with("uplink: ") && said.contains("is damaged"),
             "{said}"
         );
-    }
-
-    /// A damaged stretch among the records the trainer already holds stops the stream,
-    /// naming it: if it went bad after they were sent, the records after it were
-    /// numbered one lower, and the first new record was taken for one the trainer held
-    /// (never sent). One after them is skipped, and the records after it sent.
-    #[test]
-    fn damage_among_the_records_the_trainer_holds_stops_the_stream() {
-        use super::super::log::{LogWriter, Record};
-        use uplink::records::{RecordSink, serve_records};
-        /// Holds `held` records of any stream, and takes what comes after them.
-        struct Holding {
-            held: u64,
-            got: Arc<Mutex<Vec<u64>>>,
-        }
-        impl RecordSink for Holding {
-            fn next_index(&mut self, _: &str) -> Result<u64, String> {
-                Ok(self.held + self.got.lock().unwrap().len() as u64)
-            }
-            fn append(&mut self, _: &str, index: u64, _: &[u8]) -> Result<(), String> {
-                self.got.lock().unwrap().push(index);
-                Ok(())
-            }
-        }
-        let key = uplink::Key::from_bytes([1; uplink::KEY_LEN]);
-        // 10 records, record `bad` damaged; the trainer holds 6.
-        let stream = |bad: u64| {
-            let tmp = tempfile::tempdir().unwrap();
-            let log = tmp.path().join("transitions.log");
-            let mut w = LogWriter::open(&log).unwrap();
-            for episode in 0..10 {
-                w.append(&Record::EpisodeStart { episode, seed: 1 })
-                    .unwrap();
-            }
-            w.sync().unwrap();
-            drop(w);
-            let mut at = vec![];
-            super::super::log::scan_records(&log, |_, offset, _| {
-                at.push(offset);
-                Ok(())
-            })
-            .unwrap();
-            let mut bytes = std::fs::read(&log).unwrap();
-            bytes[at[bad as usize] as usize + 8] ^= 0xff;
-            std::fs::write(&log, &bytes).unwrap();
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let cfg = UplinkConfig {
-                addr: listener.local_addr().unwrap().to_string(),
-                key: key.clone(),
-                drain: Duration::from_millis(500),
-                swap: None,
-            };
-            let got = Arc::new(Mutex::new(vec![]));
-            {
-                let (key, got) = (key.clone(), got.clone());
-                std::thread::spawn(move || {
-                    let mut sink = Holding { held: 6, got };
-                    for tcp in listener.incoming() {
-                        let Ok(tcp) = tcp else { return };
-                        if let Ok(mut s) = uplink::Session::server(tcp, &key) {
-                            let _ = serve_records(&mut s, &mut sink);
-                        }
-                    }
-                });
-            }
-            let (streamer, _ready) = Streamer::spawn(cfg, &log, None, quiet()).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let refused = || {
-                let s = streamer.summary.lock().unwrap();
-                s.last_error.is_some()
-            };
-            while got.lock().unwrap().len() < 3 && !refused() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let summary = streamer.finish();
-            let got = got.lock().unwrap().clone();
-            (summary, got)
-        };
-        let (summary, got) = stream(3);
-        assert!(got.is_empty(), "{got:?}");
-        let e = summary.last_error.unwrap_or_default();
-        assert!(
-            e.contains("damaged bytes at byte")
-                && e.contains(
-                    "(after the log's first 3 records), among the 6 records the trainer holds"
-                ),
-            "{e}"
-        );
-        // Past what the trainer holds: numbered in this reading alone, the same way for
-        // every record sent.
-        let (summary, got) = stream(8);
-        assert_eq!(got, [6, 7, 8], "{summary:?}");
-        assert_eq!(summary.last_error, None, "{summary:?}");
     }
 
     /// A bundle the trainer offers while the run's end drains the log is not fetched:
