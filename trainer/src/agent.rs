@@ -2753,6 +2753,87 @@ mod tests {
         );
     }
 
+    /// Through the selection itself (acting and the hoisted TD targets): a candidate
+    /// holding a NaN is never picked, though the critics score it finite (their ReLU
+    /// makes its NaN a 0), and the pick is the controller's (`void_non_finite`, then
+    /// `argmax_rows`).
+    #[test]
+    fn a_nan_candidate_is_never_selected() {
+        let device = Device::flex();
+        let mut rng = Rng::new(12);
+        let (b, m, od, ad, members) = (32, 5, 3, 2, 4);
+        let critics = CriticEnsemble::new(
+            members,
+            od + ad,
+            &[16, 16],
+            &mut Init::reference(12),
+            &device,
+        );
+        let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal()).collect() };
+        let obs = tensor2(values(b * od), b, od, &device);
+        let mut host_candidates = values(b * m * ad);
+        for row in 0..b {
+            // Candidate 0 of each row: its second value NaN.
+            host_candidates[row * m * ad + 1] = f32::NAN;
+        }
+        let candidates = Tensor::<3>::from_data(
+            TensorData::new(host_candidates.clone(), [b, m, ad]),
+            &device,
+        );
+        let joined = Joined::new(obs.clone(), (candidates, None));
+        let q: Vec<f32> = critics
+            .forward(joined.input.clone())
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let scoring = [1usize, 2];
+        // The scores on the host: min over the subset, then voided, then the argmax.
+        let mut scores: Vec<f32> = (0..b * m)
+            .map(|i| {
+                scoring
+                    .iter()
+                    .map(|&e| q[e * b * m + i])
+                    .fold(f32::MAX, f32::min)
+            })
+            .collect();
+        let unvoided = scores.clone();
+        shared_model::select::void_non_finite(&host_candidates, ad, &mut scores);
+        let mut want = vec![0; b];
+        shared_model::select::argmax_rows(&scores, m, &mut want);
+        let mut would_win = vec![0; b];
+        shared_model::select::argmax_rows(&unvoided, m, &mut would_win);
+        assert!(
+            would_win.contains(&0),
+            "the test cannot tell: no NaN candidate scored best"
+        );
+        let params = SelectionParams {
+            num_samples: m,
+            num_edit: 0,
+            critic_subset: 2,
+        };
+        let schedule = DiffusionSchedule::vp(3, 0.1, 10.0);
+        let got = select_given(
+            &critics,
+            obs,
+            joined,
+            Subset::Ids(Box::new(member_ids(&scoring, &device))),
+            &params,
+            &schedule,
+            Selected::Action,
+        );
+        let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
+        for row in 0..b {
+            let j = want[row];
+            assert_ne!(j, 0, "row {row}");
+            let start = (row * m + j) * ad;
+            assert_eq!(
+                got[row * ad..(row + 1) * ad],
+                host_candidates[start..start + ad],
+                "row {row}"
+            );
+        }
+    }
+
     /// The loop's metrics are the means over all slices of each slice's mean: the TD loss
     /// `mean (Q − y)²`, Q and the TD target, whatever the slices' values.
     #[test]

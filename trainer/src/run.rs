@@ -1765,12 +1765,19 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     // The rename durable too: a power cut could otherwise bring back the old file (a
-    // bundle's `latest` naming an older one, an options file of the last try).
+    // bundle's `latest` naming an older one, an options file of the last try). A
+    // filesystem that cannot sync a directory (EINVAL) is not an error: the file is
+    // replaced either way.
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    sync_path(parent)
+    match std::fs::File::open(parent).and_then(|d| d.sync_all()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+            Err(e).with_context(|| format!("syncing {}", parent.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The file in a run directory whose advisory lock [`lock_run_dir`] takes.
