@@ -99,6 +99,11 @@ pub const MAX_ACTIVATION_VALUES: usize = 1 << 24;
 /// into huge normalized values and the chosen action into NaN, which the load-time probe
 /// (all-zero normalized observation) would not show.
 pub const MIN_OBS_STD: f32 = 1e-3;
+/// Largest edit scale β: an edit moves each action value by less than β, and with
+/// actions in [−1, 1] one of 2 already reaches either bound from any base; past it every
+/// edited candidate is clamped to a bound (a bang-bang policy, whatever the edit policy
+/// learned). DESIGN.md's β is 0.05.
+pub const MAX_EDIT_SCALE: f32 = 2.0;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 /// The graph files [`write_bundle`] writes (a manifest may name others; it is checked).
@@ -1524,9 +1529,10 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             s.critic_subset, s.ensemble_size
         ));
     }
-    if !(s.edit_scale.is_finite() && s.edit_scale >= 0.0) {
+    if !(s.edit_scale.is_finite() && (0.0..=MAX_EDIT_SCALE).contains(&s.edit_scale)) {
         return Err(format!(
-            "selection.edit_scale = {} must be finite and not negative",
+            "selection.edit_scale = {} must be in [0, {MAX_EDIT_SCALE}] (past it every edit \
+             is clamped to a bound)",
             s.edit_scale
         ));
     }

@@ -1100,6 +1100,13 @@ impl Config {
                 "{key} must be positive, not {value}"
             );
         }
+        let most = shared_model::manifest::MAX_EDIT_SCALE;
+        ensure!(
+            e.edit_scale <= most,
+            "expo.edit_scale must be at most {most} (past it every edited action is clamped \
+             to a bound), not {}",
+            e.edit_scale
+        );
         let max_temperature = crate::nets::MAX_LOG_TEMPERATURE.exp();
         ensure!(
             e.init_temperature <= max_temperature,
@@ -1587,6 +1594,7 @@ mod tests {
             ("diffusion.ema_rate=2", "diffusion.ema_rate"),
             ("expo.edit_scale=-1", "expo.edit_scale"),
             ("expo.edit_scale=nan", "expo.edit_scale"),
+            ("expo.edit_scale=1e30", "expo.edit_scale must be at most 2"),
             ("expo.init_temperature=0", "expo.init_temperature"),
             ("run.dataset=", "run.dataset is empty"),
             (
