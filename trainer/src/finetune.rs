@@ -262,7 +262,7 @@ struct StartedWith {
     updates: Option<usize>,
 }
 
-const OPTIONS_FILE: &str = "finetune-options.json";
+pub(crate) const OPTIONS_FILE: &str = "finetune-options.json";
 
 /// The controller runs whose recordings a finetune run's replay holds ([`DataRuns`]).
 const DATA_RUNS_FILE: &str = "data-runs.json";
@@ -709,6 +709,8 @@ pub fn finetune(o: &FinetuneOptions, progress: &mut dyn Progress) -> Result<Fine
         _writing = Some(crate::run::lock_run_dir(&o.out)?);
         if !o.resume {
             ensure_no_run_in(&o.out)?;
+        } else {
+            crate::run::refuse_logs_of_another_command(&o.out, "finetune")?;
         }
         ensure!(
             !o.data.is_empty() || o.listen.is_some(),

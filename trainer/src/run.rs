@@ -828,6 +828,7 @@ pub fn train(
     let ckpt_dir = checkpoint_to_resume(out)?;
     let resumed = opts.resume && ckpt_dir.is_some();
     if opts.resume && !resumed {
+        refuse_logs_of_another_command(out, "train")?;
         eprintln!(
             "note: --resume: {} holds no checkpoint yet; starting a new run there",
             out.display()
@@ -1846,6 +1847,33 @@ pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
         held.is_empty(),
         "{} already holds a run ({}): `train --resume` (or `finetune --resume` for a \
          finetune run) continues it; or choose another --out (nothing was changed)",
+        out.display(),
+        held.join(", ")
+    );
+    Ok(())
+}
+
+/// Refuses to start a run over with `--resume` (no checkpoint yet) where the other
+/// command's run left its logs: `train --resume` wrote a `train` run beside a killed
+/// `finetune`'s `finetune.csv` (which `export` then took for a fine-tuned run), and
+/// `finetune --resume` kept a killed `train`'s rows. `this` is "train" (also `pretrain`)
+/// or "finetune".
+pub(crate) fn refuse_logs_of_another_command(out: &Path, this: &str) -> Result<()> {
+    let (theirs, files): (&str, &[&str]) = if this == "finetune" {
+        ("train", &["metrics.csv", "eval.csv", "pretrain.csv"])
+    } else {
+        ("finetune", &["finetune.csv", crate::finetune::OPTIONS_FILE])
+    };
+    let held: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|f| out.join(f).exists())
+        .collect();
+    ensure!(
+        held.is_empty(),
+        "{} holds the logs of a `{theirs}` run that wrote no checkpoint ({}): `{theirs} \
+         --resume` starts that one over there; `{this} --resume` would start another \
+         beside them. Remove them, or choose another --out (nothing was changed)",
         out.display(),
         held.join(", ")
     );

@@ -80,6 +80,33 @@ fn a_finetune_past_the_base_policys_schedule_says_so() {
     assert_eq!(said(&within, "ft-within"), None);
 }
 
+/// `finetune --resume` into an `--out` that holds no checkpoint but a killed `train`'s
+/// logs is refused by name (it kept that run's rows beside its own).
+#[test]
+fn a_finetune_resume_refuses_the_logs_of_a_train_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (from, data, out) = (
+        tmp.path().join("from"),
+        tmp.path().join("robot"),
+        tmp.path().join("out"),
+    );
+    tiny_run(&from);
+    tools::generate::generate(TaskId::ArmReach, 2, 7, EnvConfig::default(), &data).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("metrics.csv"), "step,critic_loss\n").unwrap();
+    let mut o = options(&from, &data, &out);
+    o.resume = true;
+    let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
+    assert!(
+        e.contains("holds the logs of a `train` run that wrote no checkpoint (metrics.csv)"),
+        "{e}"
+    );
+    assert!(
+        !out.join("finetune.csv").exists(),
+        "a finetune run was started"
+    );
+}
+
 /// The config and options of `train --resume` continuing a fine-tuned `tiny_run` online
 /// to 30 steps.
 fn continued_online() -> (Config, TrainOptions) {

@@ -803,6 +803,28 @@ fn a_run_names_the_file_it_cannot_write_or_read() {
     );
 }
 
+/// `train --resume` into an `--out` that holds no checkpoint but a killed `finetune`'s
+/// logs is refused by name: it wrote a `train` run beside them, which `export` then took
+/// for a fine-tuned run.
+#[test]
+fn resume_refuses_the_logs_of_another_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tiny("expo");
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("finetune.csv"), "update,critic_loss\n").unwrap();
+    let resume = TrainOptions {
+        resume: true,
+        ..TrainOptions::default()
+    };
+    let e = format!("{:#}", train(&c, &out, &resume, &mut ()).unwrap_err());
+    assert!(
+        e.contains("holds the logs of a `finetune` run that wrote no checkpoint (finetune.csv)"),
+        "{e}"
+    );
+    assert!(!out.join("metrics.csv").exists(), "a train run was started");
+}
+
 /// A run whose critic diverges (an absurd learning rate) stops at its first logged row
 /// with an error naming the metric, and leaves no checkpoint of the diverged networks
 /// (only the one taken after pretraining, before the first update online); such
