@@ -86,6 +86,9 @@ impl Target {
     fn url(addr: &str) -> String {
         if addr.contains("://") {
             addr.to_string()
+        } else if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+            // A bare IPv6 address (`::1`): its colons are not a port's.
+            format!("rerun+http://[{addr}]:{VIEWER_DEFAULT_PORT}/proxy")
         } else if has_port(addr) {
             format!("rerun+http://{addr}/proxy")
         } else {
@@ -633,6 +636,10 @@ mod tests {
             ("10.0.0.2", "10.0.0.2:9876"),
             ("viewer.example:9000", "viewer.example:9000"),
             ("[::1]", "[::1]:9876"),
+            // Unbracketed: read as `HOST:PORT` it was refused as "rerun viewer address
+            // ::1 (::1)".
+            ("::1", "[::1]:9876"),
+            ("fe80::2", "[fe80::2]:9876"),
         ] {
             assert_eq!(Target::host_port(&Target::url(addr)), host_port, "{addr}");
         }
