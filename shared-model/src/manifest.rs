@@ -99,10 +99,10 @@ pub const MAX_ACTIVATION_VALUES: usize = 1 << 24;
 /// into huge normalized values and the chosen action into NaN, which the load-time probe
 /// (all-zero normalized observation) would not show.
 pub const MIN_OBS_STD: f32 = 1e-3;
-/// Largest edit scale β: an edit moves each action value by less than β, and with
-/// actions in [−1, 1] one of 2 already reaches either bound from any base; past it every
-/// edited candidate is clamped to a bound (a bang-bang policy, whatever the edit policy
-/// learned). DESIGN.md's β is 0.05.
+/// Largest edit scale β: an edit moves each action value by at most β, and with
+/// actions in [−1, 1] one of 2 already reaches either bound from any base; a larger β
+/// only lets edits overshoot the whole range (their commands clamped). DESIGN.md's β is
+/// 0.05. Checked where a bundle edits (`num_edit` > 0).
 pub const MAX_EDIT_SCALE: f32 = 2.0;
 pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
@@ -1529,10 +1529,16 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             s.critic_subset, s.ensemble_size
         ));
     }
-    if !(s.edit_scale.is_finite() && (0.0..=MAX_EDIT_SCALE).contains(&s.edit_scale)) {
+    if !(s.edit_scale.is_finite() && s.edit_scale >= 0.0) {
         return Err(format!(
-            "selection.edit_scale = {} must be in [0, {MAX_EDIT_SCALE}] (past it every edit \
-             is clamped to a bound)",
+            "selection.edit_scale = {} must be finite and not negative",
+            s.edit_scale
+        ));
+    }
+    if s.num_edit > 0 && s.edit_scale > MAX_EDIT_SCALE {
+        return Err(format!(
+            "selection.edit_scale = {} must be at most {MAX_EDIT_SCALE} (an edit of 2 already \
+             crosses the whole action range)",
             s.edit_scale
         ));
     }

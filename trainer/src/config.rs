@@ -1103,8 +1103,8 @@ impl Config {
         let most = shared_model::manifest::MAX_EDIT_SCALE;
         ensure!(
             e.edit_scale <= most,
-            "expo.edit_scale must be at most {most} (past it every edited action is clamped \
-             to a bound), not {}",
+            "expo.edit_scale must be at most {most} (an edit of 2 already crosses the whole \
+             action range), not {}",
             e.edit_scale
         );
         let max_temperature = crate::nets::MAX_LOG_TEMPERATURE.exp();

@@ -1859,10 +1859,20 @@ pub(crate) fn ensure_no_run_in(out: &Path) -> Result<()> {
 /// `finetune --resume` kept a killed `train`'s rows. `this` is "train" (also `pretrain`)
 /// or "finetune".
 pub(crate) fn refuse_logs_of_another_command(out: &Path, this: &str) -> Result<()> {
-    let (theirs, files): (&str, &[&str]) = if this == "finetune" {
-        ("train", &["metrics.csv", "eval.csv", "pretrain.csv"])
+    let (theirs, again, ours, files): (&str, &str, &str, &[&str]) = if this == "finetune" {
+        (
+            "`train` or `pretrain`",
+            "the command that wrote them, with --resume,",
+            "`finetune --resume`",
+            &["metrics.csv", "eval.csv", "pretrain.csv"],
+        )
     } else {
-        ("finetune", &["finetune.csv", crate::finetune::OPTIONS_FILE])
+        (
+            "`finetune`",
+            "`finetune --resume`",
+            "`train --resume` (or `pretrain --resume`)",
+            &["finetune.csv", crate::finetune::OPTIONS_FILE],
+        )
     };
     let held: Vec<&str> = files
         .iter()
@@ -1871,9 +1881,9 @@ pub(crate) fn refuse_logs_of_another_command(out: &Path, this: &str) -> Result<(
         .collect();
     ensure!(
         held.is_empty(),
-        "{} holds the logs of a `{theirs}` run that wrote no checkpoint ({}): `{theirs} \
-         --resume` starts that one over there; `{this} --resume` would start another \
-         beside them. Remove them, or choose another --out (nothing was changed)",
+        "{} holds the logs of a {theirs} run that wrote no checkpoint ({}): {again} starts \
+         that one over there; {ours} would start another beside them. Remove them, or \
+         choose another --out (nothing was changed)",
         out.display(),
         held.join(", ")
     );

@@ -98,7 +98,10 @@ fn a_finetune_resume_refuses_the_logs_of_a_train_run() {
     o.resume = true;
     let e = format!("{:#}", finetune(&o, &mut ()).unwrap_err());
     assert!(
-        e.contains("holds the logs of a `train` run that wrote no checkpoint (metrics.csv)"),
+        e.contains(
+            "holds the logs of a `train` or `pretrain` run that wrote no checkpoint \
+             (metrics.csv)"
+        ),
         "{e}"
     );
     assert!(
