@@ -1,6 +1,6 @@
 //! `tools viz run DIR`: a training run's metrics as a recording.
 
-use crate::{Recorder, Target, need_dir, path_part, read_text};
+use crate::{Recorder, Target, need_dir, read_text};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
@@ -53,10 +53,23 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
     // an earlier recording at `--out` as it was.
     let mut out = RunRrd::default();
     let mut parsed = Vec::new();
-    for p in &csvs {
-        match parse_csv(p)? {
+    // One entity per file: files whose names become the same path part (`a b.csv`,
+    // `a_b.csv`) get `_2`, ... after the first, as columns do (their series were mixed).
+    let names: Vec<String> = csvs
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let stems = crate::paths("", &names);
+    for (p, stem) in csvs.iter().zip(stems) {
+        let stem = stem.trim_start_matches('/').to_string();
+        match parse_csv(p, stem.clone())? {
             Some(csv) => parsed.push(csv),
-            None => out.empty.push(stem_of(p)),
+            None => out.empty.push(stem),
         }
     }
     if parsed.is_empty() {
@@ -98,10 +111,6 @@ pub fn run_to_rrd(dir: &Path, target: &Target) -> Result<RunRrd> {
 /// (`metrics.csv`), not a diverged value.
 const NAN_MEANS_NONE: [&str; 2] = ["train_success_rate", "train_return"];
 
-fn stem_of(path: &Path) -> String {
-    path_part(&path.file_stem().unwrap_or_default().to_string_lossy())
-}
-
 /// One CSV file of a run, checked.
 struct RunCsv {
     stem: String,
@@ -118,15 +127,15 @@ struct RunCsv {
     not_numbers: Option<(usize, String)>,
 }
 
-/// The file checked, or `None` when it holds nothing (not even a header).
-fn parse_csv(path: &Path) -> Result<Option<RunCsv>> {
+/// The file checked, filed under `metrics/<stem>`, or `None` when it holds nothing
+/// (not even a header).
+fn parse_csv(path: &Path, stem: String) -> Result<Option<RunCsv>> {
     let text = read_text(path)?;
     let mut lines = text.lines();
     let Some(header) = lines.next().filter(|h| !h.trim().is_empty()) else {
         return Ok(None);
     };
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-    let stem = stem_of(path);
     rerun::TimelineName::try_new(cols[0])
         .map_err(|e| anyhow::anyhow!("{}: first column {:?}: {e}", path.display(), cols[0]))?;
     let entities = crate::paths(&format!("metrics/{stem}"), &cols[1..]);

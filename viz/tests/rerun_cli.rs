@@ -102,6 +102,24 @@ fn a_training_runs_csv_files_become_scalars_on_their_step_timeline() {
         );
     }
     std::fs::remove_file(run.join("pretrain.csv")).unwrap();
+    // Two files whose names become the same entity (`a b`, `a_b`) are filed apart, as
+    // columns are: their series were mixed into one.
+    std::fs::write(run.join("a b.csv"), "step,x\n0,1.0\n").unwrap();
+    std::fs::write(run.join("a_b.csv"), "step,x\n0,2.0\n1,3.0\n").unwrap();
+    std::fs::remove_file(&rrd).unwrap();
+    let w = viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
+    assert_eq!(
+        w.files[..2],
+        [("a_b".into(), 1), ("a_b_2".into(), 2)],
+        "{:?}",
+        w.files
+    );
+    let rows = verified_rows(&rrd);
+    assert_eq!(rows.get("/metrics/a_b/x"), Some(&1), "{rows:?}");
+    assert_eq!(rows.get("/metrics/a_b_2/x"), Some(&2), "{rows:?}");
+    for f in ["a b.csv", "a_b.csv"] {
+        std::fs::remove_file(run.join(f)).unwrap();
+    }
     std::fs::remove_file(&rrd).unwrap();
     viz::run_to_rrd(&run, &Target::File(rrd.clone())).unwrap();
 
