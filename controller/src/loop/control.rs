@@ -3404,16 +3404,12 @@ mod tests {
         c.torque_off = true;
         c.estops_unanswered = 1;
         tx.send(episode_start()).unwrap();
-        tx.send(stale_estop(100, Instant::now())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, stale_estop(100, Instant::now()));
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
         assert_eq!(c.stopping(), None);
         assert_eq!(c.phase, Phase::Running);
         // Only one answer was owed: a second stale one is a stop button's after all.
-        tx.send(stale_estop(99, Instant::now())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, stale_estop(99, Instant::now()));
         assert!(stop_button(&c), "{:?}", c.report.faults);
         // So is one an answer's wait after the episode began (the answer owed was lost
         // on the link; a stop button's frame reordered later is not taken for it).
@@ -3423,9 +3419,7 @@ mod tests {
         c.phase = Phase::Running;
         c.late_estop_answers = 1;
         c.late_estop_until = Instant::now() - Duration::from_millis(1);
-        tx.send(stale_estop(50, Instant::now())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, stale_estop(50, Instant::now()));
         assert!(stop_button(&c), "{:?}", c.report.faults);
         // Judged by arrival: an answer that came within the window is ours even when a
         // descheduled control thread handles it after the window (it was judged by the
@@ -3450,25 +3444,22 @@ mod tests {
         let wire = Wire::default();
         let (mut c, tx) = starting(&wire);
         c.estops_unanswered = 1;
-        tx.send(episode_start()).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, episode_start());
         assert_eq!(c.late_estop_answers, 1);
         // This episode's stop (an Estop sent), its answer reordered behind frame 103.
         c.estops_unanswered = 1;
-        tx.send(stale_estop(102, Instant::now())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, stale_estop(102, Instant::now()));
         assert_eq!((c.late_estop_answers, c.estops_unanswered), (1, 0));
-        tx.send(frame(
-            104,
-            Message::Fault {
-                code: FaultCode::Estop,
-            },
-        ))
-        .unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(
+            &mut c,
+            &tx,
+            frame(
+                104,
+                Message::Fault {
+                    code: FaultCode::Estop,
+                },
+            ),
+        );
         assert!(stop_button(&c), "{:?}", c.report.faults);
 
         // A repeated Reset's restart keeps the late debt and the number it is owed
@@ -3477,21 +3468,15 @@ mod tests {
         let wire = Wire::default();
         let (mut c, tx) = starting(&wire);
         c.estops_unanswered = 1;
-        tx.send(episode_start()).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, episode_start());
         let restart = Message::EpisodeStart {
             episode: 2,
             seed: 7,
         };
-        tx.send(frame(110, restart)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(110, restart));
         assert_eq!(c.track.as_ref().map(|t| t.id), Some(2));
         assert_eq!(c.late_estop_answers, 1);
-        tx.send(stale_estop(105, Instant::now())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, stale_estop(105, Instant::now()));
         assert!(stop_button(&c), "{:?}", c.report.faults);
     }
 
@@ -3505,9 +3490,7 @@ mod tests {
         c.cfg.reconnect = Some(Duration::from_millis(500));
         c.torque_off = true;
         c.phase = Phase::Idle;
-        tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, LinkEvent::Lost("unplugged".into()));
         assert!(c.hold_pending.is_empty(), "{:?}", c.hold_pending);
         let hold = c.cfg.robot.safety.hold_ticks_before_torque_off.max(1);
         match c.phase {
@@ -3533,9 +3516,7 @@ mod tests {
             answers: 0,
         };
         let hello = c.hello;
-        tx.send(frame(0, Message::Hello(hello))).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(0, Message::Hello(hello)));
         assert!(
             matches!(
                 c.phase,
@@ -3881,15 +3862,16 @@ mod tests {
         c.phase = Phase::Ending {
             until: Instant::now(),
         };
-        tx.send(frame(
-            3,
-            Message::Fault {
-                code: FaultCode::Watchdog,
-            },
-        ))
-        .unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(
+            &mut c,
+            &tx,
+            frame(
+                3,
+                Message::Fault {
+                    code: FaultCode::Watchdog,
+                },
+            ),
+        );
         assert!(c.report.faults.is_empty(), "{:?}", c.report.faults);
         assert_eq!(c.report.ignored_firmware_faults, 1);
         assert_eq!(c.phase, Phase::Idle);
@@ -4246,9 +4228,7 @@ mod tests {
         tx.send(frame(3, reward(1))).unwrap();
         tx.send(frame(4, Message::sensor(1, 2, &obs).unwrap()))
             .unwrap();
-        tx.send(frame(5, reward(2))).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(5, reward(2)));
         let records: Vec<Record> = log_rx.try_iter().collect();
         let steps: Vec<u32> = records
             .iter()
@@ -4570,16 +4550,17 @@ mod tests {
             panic!("no second Reset: {:?}", c.phase)
         };
         assert_ne!(seed, again, "a new episode, numbered on");
-        tx.send(frame(
-            1,
-            Message::EpisodeStart {
-                episode: 2,
-                seed: again,
-            },
-        ))
-        .unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(
+            &mut c,
+            &tx,
+            frame(
+                1,
+                Message::EpisodeStart {
+                    episode: 2,
+                    seed: again,
+                },
+            ),
+        );
         assert_eq!(c.phase, Phase::Running);
         c.finish_episode(Instant::now(), EndReason::Completed, "test".into());
         c.phase = Phase::Idle;
@@ -4602,9 +4583,7 @@ mod tests {
         let (log_tx, log_rx) = crossbeam_channel::bounded(64);
         let (mut c, tx) = labelled_after_step_1(&wire, Some(log_tx), true);
         c.interrupt(Instant::now(), "interrupted (Ctrl-C)".into());
-        tx.send(frame(5, step_reward(2, 0.5, false))).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, frame(5, step_reward(2, 0.5, false)));
         c.end_closing(Instant::now());
         let records: Vec<Record> = log_rx.try_iter().collect();
         let t = last_transition(&records).expect("the labelled step logged");
@@ -4959,9 +4938,7 @@ mod tests {
             }
             let pty = hil_tests::link::Pty::open().unwrap();
             let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
-            tx.send(LinkEvent::Reconnected(port)).unwrap();
-            c.tick += 1;
-            c.one_tick(Instant::now());
+            deliver(&mut c, &tx, LinkEvent::Reconnected(port));
             assert!(
                 matches!(c.phase, Phase::ConfirmingStop { .. }),
                 "{lost}: {:?}",
@@ -4973,9 +4950,7 @@ mod tests {
             let answer = Message::Fault {
                 code: FaultCode::Estop,
             };
-            tx.send(frame(1, answer)).unwrap();
-            c.tick += 1;
-            c.one_tick(Instant::now());
+            deliver(&mut c, &tx, frame(1, answer));
             assert_eq!(c.phase, Phase::Done, "{lost}");
             // The port back owed the answer to its own Estop only.
             assert_eq!(c.estops_unanswered, 0, "{lost}");
@@ -5010,9 +4985,7 @@ mod tests {
         // Back, its Estop written, and lost again before the answer.
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
-        tx.send(LinkEvent::Reconnected(port)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, LinkEvent::Reconnected(port));
         assert!(
             matches!(c.phase, Phase::ConfirmingStop { .. }),
             "{:?}",
@@ -5088,9 +5061,7 @@ mod tests {
         tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
-        tx.send(LinkEvent::Reconnected(port)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, LinkEvent::Reconnected(port));
         assert_eq!(c.phase, Phase::Done);
         assert_eq!(c.stopping(), Some(Outcome::Completed));
         let got = received_on(pty, |g| !g.is_empty());
@@ -5169,9 +5140,7 @@ mod tests {
                 };
                 tx.send(frame(1, answer)).unwrap();
             }
-            tx.send(LinkEvent::Lost("unplugged".into())).unwrap();
-            c.tick += 1;
-            c.one_tick(Instant::now());
+            deliver(&mut c, &tx, LinkEvent::Lost("unplugged".into()));
             tick_until_done(&mut c, 10);
             assert_eq!(c.phase, Phase::Done, "{answered_first}");
             let expected = if answered_first {
@@ -5940,9 +5909,7 @@ mod tests {
         let (mut c, tx) = lost_with_reconnect(wire);
         let pty = hil_tests::link::Pty::open().unwrap();
         let port = super::super::link::open_port(pty.path(), 115_200).unwrap();
-        tx.send(LinkEvent::Reconnected(port)).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, LinkEvent::Reconnected(port));
         assert!(c.pending_writer.is_some(), "{:?}", c.phase);
         c.interrupt(Instant::now(), "signal 2".into());
         for _ in 0..200 {
@@ -6006,9 +5973,7 @@ mod tests {
         let limit = Duration::from_millis(40);
         c.cfg.reconnect = Some(limit);
         let lost = Instant::now();
-        tx.send(LinkEvent::Lost("unplugged again".into())).unwrap();
-        c.tick += 1;
-        c.one_tick(Instant::now());
+        deliver(&mut c, &tx, LinkEvent::Lost("unplugged again".into()));
         let Phase::ReconnectingToStop { until } = c.phase else {
             panic!("{:?}", c.phase);
         };
