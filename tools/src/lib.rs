@@ -22,6 +22,7 @@ pub use dataset::unique_id;
 /// of them: a whole dataset's size each, and an `old` one may be the only copy of the
 /// previous dataset.
 pub fn leftovers_of(out: &Path) -> Vec<(PathBuf, &'static str)> {
+    const PARTIAL: &str = "an interrupted write's unfinished data, not a dataset";
     let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return vec![];
     };
@@ -30,10 +31,7 @@ pub fn leftovers_of(out: &Path) -> Vec<(PathBuf, &'static str)> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let kinds: [(String, &'static str); 3] = [
-        (
-            format!(".{name}.partial-"),
-            "an interrupted write's unfinished data, not a dataset",
-        ),
+        (format!(".{name}.partial-"), PARTIAL),
         (
             format!(".{name}.new-"),
             "`tools demo`'s new dataset, interrupted before it was moved into place",
@@ -63,12 +61,7 @@ pub fn leftovers_of(out: &Path) -> Vec<(PathBuf, &'static str)> {
         list(out)
             .into_iter()
             .filter(|(_, n)| n.starts_with(".partial-"))
-            .map(|(path, _)| {
-                (
-                    path,
-                    "an interrupted write's unfinished data, not a dataset",
-                )
-            }),
+            .map(|(path, _)| (path, PARTIAL)),
     );
     found.sort();
     found

@@ -116,11 +116,7 @@ pub fn run_device(o: &DeviceOptions, stop: &AtomicBool) -> Result<DeviceSummary>
         action: vec![0.0; ad],
     };
     let served = serve(o, stop, &socket, &mut sent, &mut summary);
-    sent.seq = sent.seq.wrapping_add(1);
-    let release = TeleopAction::new(sent.seq, 0, &sent.action);
-    let mut buf = [0u8; wire::MAX_DATAGRAM];
-    let len = wire::encode_action(&release, &mut buf);
-    let released = socket.send_to(&buf[..len], o.controller);
+    let released = sent.release(&socket, o.controller);
     served?;
     // Not sent (no controller listening, the link down): a warning, as the resends'
     // errors are none; the controller's teleop timeout lets go instead.
@@ -143,6 +139,17 @@ struct Sent {
     action: Vec<f32>,
 }
 
+impl Sent {
+    /// Sends `to` a release: the last action's values, disengaged, under the next
+    /// sequence number.
+    fn release(&mut self, socket: &UdpSocket, to: SocketAddr) -> std::io::Result<usize> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut buf = [0u8; wire::MAX_DATAGRAM];
+        let len = wire::encode_action(&TeleopAction::new(self.seq, 0, &self.action), &mut buf);
+        socket.send_to(&buf[..len], to)
+    }
+}
+
 /// [`run_device`]'s loop.
 fn serve(
     o: &DeviceOptions,
@@ -153,8 +160,7 @@ fn serve(
 ) -> Result<()> {
     let od = o.task.spec().obs_dim();
     let mut demonstrator = sim::make_demonstrator(o.task);
-    let Sent { seq, action } = sent;
-    let mut last = TeleopAction::new(*seq, 0, action);
+    let mut last = TeleopAction::new(sent.seq, 0, &sent.action);
     let mut buf = [0u8; wire::MAX_DATAGRAM];
     let mut episode = None;
     // The step of the last observation answered: a new run's first episode may reuse the
@@ -167,8 +173,8 @@ fn serve(
     while !stop.load(Ordering::Relaxed) {
         if !answered {
             // The same values again, as a new datagram (its own sequence number).
-            *seq = seq.wrapping_add(1);
-            last.seq = *seq;
+            sent.seq = sent.seq.wrapping_add(1);
+            last.seq = sent.seq;
             let len = wire::encode_action(&last, &mut buf);
             // The controller may not be up yet: "connection refused" on loopback is
             // normal.
@@ -223,24 +229,20 @@ fn serve(
                 // stop: the controller takes no device's action after one until a
                 // release, and an always-engaged device never released (every later
                 // episode recorded the hold action).
-                *seq = seq.wrapping_add(1);
-                let release = TeleopAction::new(*seq, 0, action);
-                let len = wire::encode_action(&release, &mut buf);
-                socket
-                    .send_to(&buf[..len], o.controller)
+                sent.release(socket, o.controller)
                     .context("sending an action to the controller")?;
                 summary.actions_sent += 1;
             }
             last_step = Some(obs.step);
             answered = true;
-            demonstrator.act(obs.values(), action);
+            demonstrator.act(obs.values(), &mut sent.action);
             let engaged = match o.engage {
                 Engage::Always => true,
                 Engage::FromStep(k) => obs.step >= k,
             };
-            *seq = seq.wrapping_add(1);
+            sent.seq = sent.seq.wrapping_add(1);
             // Marked as the answer to this observation (for `--teleop-wait-ms`).
-            last = TeleopAction::new(*seq, if engaged { ENGAGED } else { 0 }, action)
+            last = TeleopAction::new(sent.seq, if engaged { ENGAGED } else { 0 }, &sent.action)
                 .answering(obs.step);
             let len = wire::encode_action(&last, &mut buf);
             socket
@@ -250,7 +252,7 @@ fn serve(
             if engaged {
                 summary.engaged += 1;
                 if o.keep_actions {
-                    summary.engaged_actions.push(action.clone());
+                    summary.engaged_actions.push(sent.action.clone());
                 }
             }
         }

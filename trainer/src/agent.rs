@@ -2664,20 +2664,11 @@ mod tests {
         // A candidate holding a value that is not finite loses whatever its score (a
         // critic's ReLU made its NaN a 0, and the critic's biases scored it): the
         // controller's `void_non_finite`. [rows 2, candidates 3, A 2].
-        let candidates = vec![
-            0.1,
-            nan,
-            /**/ 0.2,
-            0.2,
-            /**/ 0.3,
-            0.3, //
-            f32::INFINITY,
-            0.0,
-            /**/ 0.5,
-            f32::NEG_INFINITY,
-            /**/ 0.1,
-            0.1,
-        ];
+        let candidates = [
+            [0.1, nan, 0.2, 0.2, 0.3, 0.3],
+            [f32::INFINITY, 0.0, 0.5, f32::NEG_INFINITY, 0.1, 0.1],
+        ]
+        .concat();
         let q = vec![9.0, 1.0, 2.0, /* row 1 */ 9.0, 8.0, 1.0];
         let voided = void_non_finite(
             tensor2(q.clone(), 1, 6, &device),

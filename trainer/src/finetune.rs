@@ -1247,12 +1247,12 @@ fn carry_uplink_logs(from: &Path, out: &Path) -> Result<Vec<String>> {
             // Locked too: compared, then perhaps renamed.
             let _dest = open_unlocked_log(&dest, out)?;
             let valid = controller::robot_loop::log::log_valid_len(&path)?;
-            let dest_len = file_len(&dest)?;
+            // (A common prefix is no longer than either file.)
             let common = common_prefix_len(&path, &dest)?;
-            if common >= valid && dest_len >= valid {
+            if common >= valid {
                 continue;
             }
-            if common < dest_len {
+            if common < file_len(&dest)? {
                 let aside = free_name(&dest, "kept")?;
                 std::fs::rename(&dest, &aside).with_context(|| {
                     format!("renaming {} to {}", dest.display(), aside.display())
@@ -1315,11 +1315,8 @@ fn file_len(path: &Path) -> Result<u64> {
 /// How many bytes `a` and `b` begin with alike.
 fn common_prefix_len(a: &Path, b: &Path) -> Result<u64> {
     use std::io::Read;
-    let open = |p: &Path| {
-        std::fs::File::open(p)
-            .map(std::io::BufReader::new)
-            .with_context(|| format!("{}: cannot open", p.display()))
-    };
+    let open =
+        |p: &Path| std::fs::File::open(p).with_context(|| format!("{}: cannot open", p.display()));
     let (mut fa, mut fb) = (open(a)?, open(b)?);
     // 64 KiB a side: a log of days is compared without holding it in memory.
     let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
@@ -1524,28 +1521,16 @@ mod tests {
     /// A stream log at `path` of `steps` transitions, the first at `first`.
     fn write_stream_log(path: &Path, first: u32, steps: u32) {
         use controller::robot_loop::log::{LogWriter, Record, Transition};
-        use firmware_config::protocol::{MAX_ACT, MAX_OBS};
+        use firmware_config::protocol::MAX_OBS;
         let mut w = LogWriter::open(path).unwrap();
         for step in first..first + steps {
             w.append(&Record::Transition(Transition {
-                episode: 0,
                 step,
                 obs_dim: 3,
                 act_dim: 2,
                 obs: [step as f32; MAX_OBS],
-                action: [0.0; MAX_ACT],
-                reward: 0.0,
-                done: false,
-                truncated: false,
-                success: false,
-                intervention: false,
-                teleop: false,
                 next_obs: [step as f32 + 1.0; MAX_OBS],
-                obs_fw_us: 0,
-                next_obs_fw_us: 0,
-                obs_rx_ns: 0,
-                action_sent_ns: 0,
-                next_obs_rx_ns: 0,
+                ..Default::default()
             }))
             .unwrap();
         }

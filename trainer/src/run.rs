@@ -1773,12 +1773,7 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    match std::fs::File::open(parent).and_then(|d| d.sync_all()) {
-        Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
-            Err(e).with_context(|| format!("syncing {}", parent.display()))
-        }
-        _ => Ok(()),
-    }
+    dataset::sync_dir(parent).with_context(|| format!("syncing {}", parent.display()))
 }
 
 /// The file in a run directory whose advisory lock [`lock_run_dir`] takes.

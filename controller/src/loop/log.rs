@@ -145,7 +145,7 @@ pub enum LogError {
 
 /// One control step as the controller saw it. Fixed-size, so sending it to the
 /// logger allocates nothing.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Transition {
     pub episode: u32,
     /// Frame index: the observation is the firmware's `Sensor` of this step.
